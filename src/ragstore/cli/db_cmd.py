@@ -1,0 +1,57 @@
+"""``ragstore db``: schema status, upgrade and downgrade (Alembic under an advisory lock)."""
+
+from __future__ import annotations
+
+import typer
+
+from ragstore.db import migrations
+from ragstore.runtime import Runtime
+
+app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
+
+
+@app.command("status")
+def status() -> None:
+    """Show the schema revision of the database and of the code."""
+    with Runtime() as rt:
+        db = rt.raw_db()
+        st = migrations.status(db)
+        typer.echo(f"database: {db.where}")
+        typer.echo(f"current:  {st.current or '(empty database)'}")
+        typer.echo(f"head:     {st.head}")
+        if st.unknown:
+            typer.echo("state:    AHEAD of this code (unknown revision)")
+        elif st.pending:
+            typer.echo(f"state:    behind; pending {', '.join(st.pending)} "
+                       "(run `ragstore db upgrade`)")
+        else:
+            typer.echo("state:    current")
+
+
+@app.command("upgrade")
+def upgrade(
+    to: str = typer.Option("head", "--to", help="Target revision."),
+    sql: bool = typer.Option(False, "--sql", help="Print the SQL instead of running it."),
+) -> None:
+    """Upgrade the schema to the code's revision (or --to REV)."""
+    if sql:
+        typer.echo(migrations.upgrade_sql(None, to))
+        return
+    with Runtime() as rt:
+        db = rt.raw_db()
+        before = migrations.status(db).current
+        st = migrations.upgrade(db, to)
+        if before == st.current:
+            typer.echo(f"schema already at {st.current}; nothing to do")
+        else:
+            typer.echo(f"upgraded {before or '(empty)'} -> {st.current}")
+
+
+@app.command("downgrade")
+def downgrade(to: str = typer.Option(..., "--to", help="Target revision, or 'base'.")) -> None:
+    """Downgrade the schema to an earlier revision ('base' drops every ragstore table)."""
+    with Runtime() as rt:
+        db = rt.raw_db()
+        before = migrations.status(db).current
+        st = migrations.downgrade(db, to)
+        typer.echo(f"downgraded {before or '(empty)'} -> {st.current or 'base'}")

@@ -1,0 +1,126 @@
+"""Top-level commands: ``ingest``, ``search`` and ``demo``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ragstore.errors import InputError
+from ragstore.ingest import IngestReport, ingest_paths
+from ragstore.models import Hit
+from ragstore.runtime import Runtime
+from ragstore.search import search as run_search
+
+console = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _parse_meta(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--meta {item!r} is not KEY=VALUE (e.g. --meta team=search)")
+        out[key.strip()] = value
+    return out
+
+
+def _print_report(report: IngestReport) -> None:
+    err.print(
+        f"collection {report.collection!r}: {report.count('added')} added, "
+        f"{report.count('updated')} updated, {report.count('unchanged')} unchanged, "
+        f"{len(report.failed)} failed; {report.chunks} chunks stored, {report.embedded} "
+        f"embedded, {report.reused} reused ({report.seconds:.1f}s)"
+    )
+    for o in report.failed:
+        err.print(f"  [red]failed[/] {escape(f'[{o.code}] {o.error}')}")
+
+
+def do_ingest(rt: Runtime, paths: list[Path], collection: str | None,
+              meta: dict[str, str]) -> IngestReport:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("files, {task.fields[chunks]} chunks"), TimeElapsedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("ingesting", total=None, chunks=0)
+
+        def progress(_event: str, files: int, chunks: int) -> None:
+            bar.update(task, completed=files, chunks=chunks)
+
+        report = ingest_paths(rt, paths, collection, metadata=meta, progress=progress)
+    return report
+
+
+def _print_hits(hits: list[Hit], width: int = 240) -> None:
+    if not hits:
+        console.print("no results")
+    for rank, h in enumerate(hits, 1):
+        section = " > ".join(h.section_path) or "-"
+        text = " ".join(h.text.split())
+        if len(text) > width:
+            text = text[: width - 1] + "…"
+        console.print(f"[bold]{rank:>2}.[/] [cyan]{h.score:.3f}[/]  {escape(h.source)}  "
+                      f"[dim]§ {escape(section)} ({h.chunk_type})[/]")
+        console.print(f"    {escape(text)}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("ingest")
+    def ingest(
+        paths: list[Path] = typer.Argument(..., help="Files or folders to ingest."),
+        collection: str | None = typer.Option(None, "--collection", "-c",
+                                              help="Target collection (created if new)."),
+        meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE document metadata."),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Ingest Markdown and text files; unchanged files are skipped without embedding."""
+        user_meta = _parse_meta(meta)
+        with Runtime() as rt:
+            report = do_ingest(rt, paths, collection, user_meta)
+        if as_json:
+            typer.echo(json.dumps(asdict(report), indent=2))
+        _print_report(report)
+        if report.failed:
+            raise typer.Exit(1)
+
+    @app.command("search")
+    def search(
+        query: str = typer.Argument(..., help="What to search for."),
+        k: int = typer.Option(10, "-k", help="Number of hits.", min=1, max=1000),
+        collection: str | None = typer.Option(None, "--collection", "-c"),
+        ef_search: int | None = typer.Option(None, "--ef-search", min=1, max=1000,
+                                             help="HNSW ef_search for this query."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Search a collection; prints ranked chunks with score, document and section."""
+        with Runtime() as rt:
+            hits = run_search(rt, query, collection=collection, k=k, ef_search=ef_search)
+        if as_json:
+            typer.echo(json.dumps([asdict(h) for h in hits], indent=2, default=str))
+        else:
+            _print_hits(hits)
+
+    @app.command("demo")
+    def demo(
+        collection: str = typer.Option("demo", "--collection", "-c"),
+    ) -> None:
+        """Ingest the bundled sample corpus and run a few searches over it."""
+        sample = Path(str(resources.files("ragstore") / "sample"))
+        with Runtime() as rt:
+            console.print(f"[bold]ragstore demo[/]: ingesting {sample} into {collection!r} "
+                          f"on {'the embedded PostgreSQL' if rt.db.embedded else rt.db.where}")
+            report = do_ingest(rt, [sample], collection, {"corpus": "sample"})
+            _print_report(report)
+            for query in ("how are schema migrations rolled back?",
+                          "combine keyword and vector search",
+                          "what happens to files that did not change?"):
+                console.print(f"\n[bold]search:[/] {query}")
+                _print_hits(run_search(rt, query, collection=collection, k=3), width=160)
+        if report.failed:
+            raise typer.Exit(1)

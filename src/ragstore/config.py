@@ -1,0 +1,99 @@
+"""Settings: one validated object, read from ``RAGSTORE_*`` environment variables and ``.env``.
+
+Nothing is read at import time; call :func:`get_settings`. A bad value becomes one
+:class:`~ragstore.errors.ConfigError` line naming the variable, the value and what is accepted.
+Secrets are ``SecretStr`` so that printing the settings never shows them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ragstore.errors import ConfigError
+
+ENV_PREFIX = "RAGSTORE_"
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("ragstore", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one ragstore process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    profile: Literal["dev", "test", "prod"] = Field(
+        "dev", description="Settings profile; prod refuses unsafe defaults."
+    )
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where the embedded PostgreSQL keeps its data, and backups by default.",
+    )
+    database_url: SecretStr | None = Field(
+        None, description="postgresql:// URL of an external server; unset = embedded server."
+    )
+    collection: str = Field(
+        "default", min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Collection used when a command names none.",
+    )
+    model: str = Field("all-MiniLM-L6-v2", description="Embedding model for new collections.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="Where local models run; auto picks the GPU when there is one."
+    )
+    embed_batch_size: int = Field(64, ge=1, le=4096, description="Texts per encode call.")
+    ingest_batch_chunks: int = Field(
+        512, ge=1, le=100_000, description="Chunks gathered across documents per encode round."
+    )
+    max_file_bytes: int = Field(
+        50 * 1024 * 1024, ge=1, description="Files above this size are skipped at ingest."
+    )
+    pool_min_size: int = Field(1, ge=0, le=100)
+    pool_max_size: int = Field(10, ge=1, le=1000)
+    connect_timeout_s: float = Field(5.0, gt=0, le=300)
+    search_k: int = Field(10, ge=1, le=1000, description="Hits returned when a search names no k.")
+    hnsw_ef_search: int = Field(100, ge=1, le=1000, description="Default HNSW ef_search.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as plain values with every secret replaced by ``**********``."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "**********" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        return out
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None
+
+
+def _describe_error(err: dict[str, Any]) -> str:
+    field = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+    variable = ENV_PREFIX + field.upper()
+    value = err.get("input")
+    if isinstance(value, SecretStr) or "url" in field or "password" in field or "key" in field:
+        shown = "(secret)"
+    else:
+        shown = repr(value)
+    return f"{variable}={shown} is invalid: {err.get('msg', 'bad value')}"
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build and validate the settings; raise one ConfigError naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [_describe_error(dict(e)) for e in exc.errors()]
+        raise ConfigError("; ".join(lines)) from None

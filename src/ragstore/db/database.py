@@ -1,0 +1,162 @@
+"""The connection pool and the server checks made before any work.
+
+``Database`` is handed a conninfo (from the embedded server or ``RAGSTORE_DATABASE_URL``);
+it checks the server version and pgvector, then serves pooled connections with the
+pgvector types registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ragstore.config import Settings
+from ragstore.db import embedded
+from ragstore.db.errors import translated
+from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError
+
+MIN_SERVER_VERSION = 140000
+MIN_PGVECTOR = (0, 7, 0)
+
+
+def describe(conninfo: str) -> str:
+    """A conninfo fit to print: user, host and database, never the password."""
+    try:
+        parts = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "(unparseable database URL)"
+    host = parts.get("host") or "localhost"
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{parts.get('user', '')}@{host}{port}/{parts.get('dbname', '')}"
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    server_version: int
+    pgvector_installed: str | None
+    pgvector_available: str | None
+
+
+class Database:
+    """A pool of connections to one PostgreSQL database, pgvector types registered."""
+
+    def __init__(self, conninfo: str, *, min_size: int = 1, max_size: int = 10,
+                 connect_timeout_s: float = 5.0, embedded: bool = False) -> None:
+        self.conninfo = conninfo
+        self.embedded = embedded
+        self._min_size = min_size
+        self._max_size = max_size
+        self._timeout = connect_timeout_s
+        self._pool: ConnectionPool[psycopg.Connection[tuple[object, ...]]] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        """Start the embedded server when no URL is set; otherwise use the URL."""
+        if settings.database_url is None:
+            conninfo = embedded.start(settings.data_dir)
+            is_embedded = True
+        else:
+            conninfo = settings.database_url.get_secret_value()
+            is_embedded = False
+        return cls(conninfo, min_size=settings.pool_min_size, max_size=settings.pool_max_size,
+                   connect_timeout_s=settings.connect_timeout_s, embedded=is_embedded)
+
+    @property
+    def where(self) -> str:
+        return describe(self.conninfo)
+
+    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+        """A new connection outside the pool (for migrations and admin work)."""
+        with translated(f"connecting to {self.where}"):
+            try:
+                params = make_conninfo(self.conninfo, connect_timeout=max(1, int(self._timeout)))
+            except psycopg.ProgrammingError as exc:
+                raise DatabaseUnavailableError(
+                    f"RAGSTORE_DATABASE_URL is not a valid PostgreSQL URL: {exc}; "
+                    "expected postgresql://user:password@host:port/dbname"
+                ) from None
+            return psycopg.connect(params, autocommit=autocommit)
+
+    def server_info(self) -> ServerInfo:
+        with self.connect(autocommit=True) as conn, translated(f"inspecting {self.where}"):
+            version = int(str(conn.execute("SHOW server_version_num").fetchone()[0]))  # type: ignore[index]
+            row = conn.execute(
+                "SELECT default_version, installed_version FROM pg_available_extensions "
+                "WHERE name = 'vector'"
+            ).fetchone()
+        available = str(row[0]) if row else None
+        installed = str(row[1]) if row and row[1] else None
+        return ServerInfo(version, installed, available)
+
+    def check_server(self) -> ServerInfo:
+        """Refuse servers that cannot run ragstore, saying exactly what is missing."""
+        info = self.server_info()
+        if info.server_version < MIN_SERVER_VERSION:
+            raise ExtensionMissingError(
+                f"{self.where} runs PostgreSQL {info.server_version // 10000}; ragstore needs "
+                f"PostgreSQL 14 or newer"
+            )
+        if info.pgvector_available is None:
+            raise ExtensionMissingError(
+                f"pgvector is not installed on {self.where}: install pgvector 0.7 or newer on the "
+                "server (e.g. the postgresql-NN-pgvector package), then run `ragstore db upgrade`"
+            )
+        newest = info.pgvector_installed or info.pgvector_available
+        if _version_tuple(newest) < MIN_PGVECTOR:
+            raise ExtensionMissingError(
+                f"pgvector {newest} on {self.where} is too old: ragstore needs 0.7 or newer "
+                "(upgrade the package, then run ALTER EXTENSION vector UPDATE)"
+            )
+        return info
+
+    @staticmethod
+    def _configure(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        register_vector(conn)
+        conn.commit()
+
+    @property
+    def pool(self) -> ConnectionPool[psycopg.Connection[tuple[object, ...]]]:
+        if self._pool is None:
+            with translated(f"connecting to {self.where}"):
+                self._pool = ConnectionPool(
+                    self.conninfo, min_size=self._min_size, max_size=self._max_size,
+                    configure=self._configure, open=True, timeout=self._timeout,
+                    kwargs={"connect_timeout": max(1, int(self._timeout))}, name="ragstore",
+                )
+                try:
+                    self._pool.wait(timeout=self._timeout)
+                except PoolTimeout:
+                    self._pool.close()
+                    self._pool = None
+                    raise DatabaseUnavailableError(
+                        f"could not connect to {self.where} within {self._timeout:g}s; check "
+                        "that the server runs and RAGSTORE_DATABASE_URL is right"
+                    ) from None
+        return self._pool
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        """A pooled connection; the block is one transaction, committed on success."""
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except PoolTimeout:
+            raise DatabaseUnavailableError(
+                f"no free database connection to {self.where} within {self._timeout:g}s; "
+                "raise RAGSTORE_POOL_MAX_SIZE or lower the load"
+            ) from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None

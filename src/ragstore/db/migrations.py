@@ -1,0 +1,150 @@
+"""Schema migrations: Alembic, wrapped so that upgrades are locked and the schema is checked.
+
+Revisions live in ``db/alembic/versions`` as explicit SQL with real downgrades. Upgrades
+and downgrades hold a PostgreSQL advisory lock for their whole transaction, so two
+processes upgrading at once run one after the other, and the second finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+
+from ragstore.db.database import Database
+from ragstore.db.errors import translated
+from ragstore.errors import InputError, SchemaMismatchError
+
+SCRIPT_LOCATION = Path(__file__).parent / "alembic"
+# Arbitrary but fixed: pg_advisory_xact_lock key shared by every ragstore process.
+MIGRATION_LOCK_KEY = 0x7261_6773_746F_7265 & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _config(url: str | None = None) -> Config:
+    cfg = Config(stdout=io.StringIO())
+    cfg.set_main_option("script_location", str(SCRIPT_LOCATION))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def _sqlalchemy_url(conninfo: str) -> str:
+    if conninfo.startswith("postgresql://"):
+        return "postgresql+psycopg://" + conninfo[len("postgresql://"):]
+    if conninfo.startswith("postgres://"):
+        return "postgresql+psycopg://" + conninfo[len("postgres://"):]
+    return conninfo
+
+
+def head_revision() -> str:
+    """The revision the code expects."""
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def known_revisions() -> list[str]:
+    """Every revision id, base first."""
+    script = ScriptDirectory.from_config(_config())
+    return [s.revision for s in reversed(list(script.walk_revisions()))]
+
+
+def current_revision(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
+    """The revision the database is at; None for a database ragstore never touched."""
+    exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    return str(row[0]) if row else None
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    current: str | None
+    head: str
+    pending: list[str]
+    unknown: bool  # the database is at a revision this code does not know (newer code ran)
+
+    @property
+    def is_current(self) -> bool:
+        return self.current == self.head
+
+
+def status(db: Database) -> SchemaStatus:
+    with db.connect(autocommit=True) as conn, translated(f"reading schema version on {db.where}"):
+        current = current_revision(conn)
+    revisions = known_revisions()
+    head = revisions[-1]
+    if current is None:
+        return SchemaStatus(None, head, revisions, unknown=False)
+    if current not in revisions:
+        return SchemaStatus(current, head, [], unknown=True)
+    return SchemaStatus(current, head, revisions[revisions.index(current) + 1:], unknown=False)
+
+
+def ensure_current(db: Database) -> None:
+    """Refuse to touch data unless the schema is exactly what this code expects."""
+    st = status(db)
+    if st.is_current:
+        return
+    if st.unknown:
+        raise SchemaMismatchError(
+            f"the database schema on {db.where} is at revision {st.current}, which this version "
+            f"of ragstore does not know (it expects {st.head}): upgrade ragstore, or run "
+            f"`ragstore db downgrade --to {st.head}` with the newer version first"
+        )
+    raise SchemaMismatchError(
+        f"the database schema on {db.where} is at revision {st.current or 'none'} but this "
+        f"version of ragstore needs {st.head}: run `ragstore db upgrade`"
+    )
+
+
+def _run(db: Database, action: str, target: str) -> None:
+    engine = create_engine(_sqlalchemy_url(db.conninfo), poolclass=NullPool)
+    try:
+        with translated(f"migrating {db.where}"), engine.begin() as conn:
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+            cfg = _config()
+            cfg.attributes["connection"] = conn
+            if action == "upgrade":
+                command.upgrade(cfg, target)
+            else:
+                command.downgrade(cfg, target)
+    except Exception as exc:
+        from alembic.util import CommandError
+
+        if isinstance(exc, CommandError):
+            raise InputError(f"cannot {action} to {target!r}: {exc}") from None
+        raise
+    finally:
+        engine.dispose()
+
+
+def upgrade(db: Database, to: str = "head") -> SchemaStatus:
+    """Bring the schema up to ``to`` (default: the code's head) under the advisory lock."""
+    _run(db, "upgrade", to)
+    return status(db)
+
+
+def downgrade(db: Database, to: str) -> SchemaStatus:
+    """Take the schema down to ``to`` ("base" removes every ragstore table)."""
+    _run(db, "downgrade", to)
+    return status(db)
+
+
+def upgrade_sql(db: Database | None, to: str = "head", start: str | None = None) -> str:
+    """The SQL an upgrade would run, without running it (Alembic offline mode)."""
+    url = _sqlalchemy_url(db.conninfo) if db else "postgresql+psycopg://"
+    cfg = _config(url)
+    out = io.StringIO()
+    cfg.output_buffer = out
+    rng = f"{start}:{to}" if start else to
+    command.upgrade(cfg, rng, sql=True)
+    return out.getvalue()

@@ -1,0 +1,49 @@
+"""The embedder base class: batching happens here once; providers implement ``embed_batch``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ragstore.models import ModelSpec
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Embedder(ABC):
+    """Turns texts into vectors for one pinned :class:`ModelSpec`.
+
+    Subclasses implement :meth:`embed_batch` (one call to the model) and the tokenizer
+    hooks the chunker needs so that no chunk exceeds what the model reads.
+    """
+
+    spec: ModelSpec
+    batch_size: int = 64
+
+    @abstractmethod
+    def embed_batch(self, texts: Sequence[str]) -> Vectors:
+        """Embed one batch; rows are L2-normalised when the spec says so."""
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """Embed any number of texts in batches of ``batch_size``."""
+        if not texts:
+            return np.zeros((0, self.spec.dimension), dtype=np.float32)
+        parts = [self.embed_batch(texts[i:i + self.batch_size])
+                 for i in range(0, len(texts), self.batch_size)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    @abstractmethod
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text takes in the model, special tokens included."""
+
+    @abstractmethod
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character span of each content token of ``text`` (no special tokens)."""
+
+    @property
+    def special_tokens(self) -> int:
+        """Tokens the model adds around every text (e.g. [CLS] and [SEP])."""
+        return 2

@@ -1,0 +1,105 @@
+"""Local sentence-transformers models, loaded from a directory on disk (never from a hub)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragstore.embedding.base import Embedder, Vectors
+from ragstore.errors import ModelError
+from ragstore.models import ModelSpec
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx")
+
+
+def weights_checksum(model_dir: Path) -> str:
+    """sha256 over the model's weight files, the pin that detects swapped weights."""
+    digest = hashlib.sha256()
+    found = False
+    for name in WEIGHT_FILES:
+        path = model_dir / name
+        if path.is_file():
+            found = True
+            digest.update(name.encode())
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    if not found:
+        raise ModelError(f"no weight file ({', '.join(WEIGHT_FILES)}) in {model_dir}")
+    return "sha256:" + digest.hexdigest()
+
+
+def pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class SentenceTransformerEmbedder(Embedder):
+    """A sentence-transformers model from a local directory.
+
+    ``encode`` already sorts each call's texts by length, so padding is spent only
+    within batches of similar lengths.
+    """
+
+    def __init__(self, spec: ModelSpec, model_dir: Path, *, device: str = "auto",
+                 batch_size: int = 64) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+        self.spec = spec
+        self.batch_size = batch_size
+        self.device = pick_device(device)
+        try:
+            self.model = SentenceTransformer(str(model_dir), device=self.device,
+                                             local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"could not load model {spec.key} from {model_dir}: {exc}") from None
+        self.model.max_seq_length = spec.max_tokens
+        self.tokenizer: Any = self.model.tokenizer
+        truncate = spec.options.get("truncate_dim")
+        self._truncate = int(truncate) if truncate else None
+
+    def embed_batch(self, texts: Sequence[str]) -> Vectors:
+        return self.embed(texts)
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        # encode() batches and length-sorts itself; one call per round keeps that global.
+        if not texts:
+            return np.zeros((0, self.spec.dimension), dtype=np.float32)
+        normalize_here = self._truncate is None and self.spec.normalize
+        vecs = self.model.encode(list(texts), batch_size=self.batch_size,
+                                 convert_to_numpy=True, show_progress_bar=False,
+                                 normalize_embeddings=normalize_here)
+        out = np.asarray(vecs, dtype=np.float32)
+        if self._truncate is not None:
+            out = np.ascontiguousarray(out[:, : self._truncate])
+            if self.spec.normalize:
+                out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=False,
+                             return_attention_mask=False, return_token_type_ids=False,
+                             verbose=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        enc = self.tokenizer(text, add_special_tokens=False, truncation=False,
+                             return_offsets_mapping=True, return_attention_mask=False,
+                             return_token_type_ids=False, verbose=False)
+        return [(int(a), int(b)) for a, b in enc["offset_mapping"]]

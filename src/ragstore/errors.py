@@ -1,0 +1,164 @@
+"""The one exception hierarchy of ragstore.
+
+Every failure a user can see is a :class:`RagstoreError` with a stable machine-readable
+``code``, the HTTP status the API answers with and the exit status the CLI ends with. The
+CLI prints ``error[code]: message`` on one line; the API answers RFC 9457 problem+json.
+Foreign exceptions (psycopg, pydantic, parsers) are translated into these where they
+are caught, never passed through to a user.
+
+::
+
+    RagstoreError
+    ├── ConfigError                     config_invalid
+    ├── DatabaseError                   database_error
+    │   ├── DatabaseUnavailableError    database_unavailable
+    │   ├── ExtensionMissingError       extension_missing
+    │   └── SchemaMismatchError         schema_mismatch
+    ├── NotFoundError                   not_found
+    │   ├── CollectionNotFoundError     collection_not_found
+    │   └── DocumentNotFoundError       document_not_found
+    ├── ConflictError                   conflict
+    ├── InputError                      invalid_input
+    │   ├── PathNotFoundError           path_not_found
+    │   ├── UnsupportedFormatError      unsupported_format
+    │   ├── EmptyDocumentError          empty_document
+    │   ├── BinaryFileError             binary_file
+    │   ├── DecodeError                 invalid_encoding
+    │   ├── FileTooLargeError           payload_too_large
+    │   ├── CorruptDocumentError        corrupt_document
+    │   └── InvalidFilterError          invalid_filter
+    └── ModelError                      model_error
+        ├── ModelNotFoundError          model_not_found
+        └── ModelMismatchError          model_mismatch
+"""
+
+from __future__ import annotations
+
+
+class RagstoreError(Exception):
+    """Root of every error ragstore raises on purpose."""
+
+    code = "internal_error"
+    http_status = 500
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(RagstoreError):
+    code = "config_invalid"
+    http_status = 500
+    exit_code = 78  # EX_CONFIG
+
+
+class DatabaseError(RagstoreError):
+    code = "database_error"
+    http_status = 503
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class DatabaseUnavailableError(DatabaseError):
+    code = "database_unavailable"
+
+
+class ExtensionMissingError(DatabaseError):
+    code = "extension_missing"
+
+
+class SchemaMismatchError(DatabaseError):
+    code = "schema_mismatch"
+
+
+class NotFoundError(RagstoreError):
+    code = "not_found"
+    http_status = 404
+    exit_code = 66  # EX_NOINPUT
+
+
+class CollectionNotFoundError(NotFoundError):
+    code = "collection_not_found"
+
+
+class DocumentNotFoundError(NotFoundError):
+    code = "document_not_found"
+
+
+class ConflictError(RagstoreError):
+    code = "conflict"
+    http_status = 409
+    exit_code = 65
+
+
+class InputError(RagstoreError):
+    code = "invalid_input"
+    http_status = 422
+    exit_code = 65  # EX_DATAERR
+
+
+class PathNotFoundError(InputError):
+    code = "path_not_found"
+    exit_code = 66
+
+
+class UnsupportedFormatError(InputError):
+    code = "unsupported_format"
+    http_status = 415
+
+
+class EmptyDocumentError(InputError):
+    code = "empty_document"
+
+
+class BinaryFileError(InputError):
+    code = "binary_file"
+    http_status = 415
+
+
+class DecodeError(InputError):
+    code = "invalid_encoding"
+
+
+class FileTooLargeError(InputError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class CorruptDocumentError(InputError):
+    code = "corrupt_document"
+
+
+class InvalidFilterError(InputError):
+    code = "invalid_filter"
+    http_status = 400
+
+
+class ModelError(RagstoreError):
+    code = "model_error"
+    http_status = 500
+    exit_code = 70
+
+
+class ModelNotFoundError(ModelError):
+    code = "model_not_found"
+    http_status = 404
+
+
+class ModelMismatchError(ModelError):
+    code = "model_mismatch"
+    http_status = 409
+
+
+def all_error_classes() -> list[type[RagstoreError]]:
+    """Every class of the hierarchy, root first; the API and CLI tables are checked against it."""
+    found: list[type[RagstoreError]] = []
+    todo: list[type[RagstoreError]] = [RagstoreError]
+    while todo:
+        cls = todo.pop(0)
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found

@@ -1,0 +1,242 @@
+"""The ingest pipeline: read -> parse -> chunk -> embed (only what is new) -> store.
+
+Files are taken in rounds of about ``ingest_batch_chunks`` chunks so the model always
+encodes large, length-sorted batches across documents. Unchanged files (same content
+hash) are skipped before parsing; chunks whose text is already embedded in the
+collection reuse the stored vector. Each document is written in its own transaction
+on a writer thread while the next round is parsed and encoded; a document that fails
+leaves nothing behind and the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragstore.chunking import chunk_document
+from ragstore.db import repository
+from ragstore.db.errors import translated
+from ragstore.embedding.base import Embedder
+from ragstore.errors import EmptyDocumentError, FileTooLargeError, PathNotFoundError, RagstoreError
+from ragstore.ingest.files import discover
+from ragstore.models import Chunk
+from ragstore.parsing import detect_format, parse_bytes
+from ragstore.runtime import Runtime
+
+
+@dataclass
+class FileOutcome:
+    source: str
+    status: str  # added | updated | unchanged | failed
+    chunks: int = 0
+    error: str | None = None
+    code: str | None = None
+
+
+@dataclass
+class IngestReport:
+    collection: str
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    embedded: int = 0  # chunk texts sent to the model
+    reused: int = 0  # chunks whose vector was already stored
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def failed(self) -> list[FileOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def chunks(self) -> int:
+        return sum(o.chunks for o in self.outcomes if o.status in ("added", "updated"))
+
+
+Progress = Callable[[str, int, int], None]  # (event "file"|"chunks", files done, chunks done)
+
+
+@dataclass
+class _Pending:
+    path: Path
+    record: repository.DocumentRecord
+    chunks: list[Chunk]
+    replace_id: int | None
+    vectors: np.ndarray | None = None
+
+
+def _file_metadata(path: Path, fmt: str, size: int, parsed_meta: dict[str, Any],
+                   user_meta: dict[str, Any]) -> dict[str, Any]:
+    st = path.stat()
+    meta: dict[str, Any] = dict(parsed_meta)
+    meta.update({
+        "path": str(path), "filename": path.name, "size_bytes": size, "format": fmt,
+        "modified_at": datetime.fromtimestamp(st.st_mtime, tz=UTC).isoformat(),
+    })
+    meta.update(user_meta)
+    return meta
+
+
+class _Ingestor:
+    def __init__(self, rt: Runtime, coll: repository.Collection, embedder: Embedder,
+                 report: IngestReport, user_meta: dict[str, Any],
+                 progress: Progress | None) -> None:
+        self.rt = rt
+        self.coll = coll
+        self.embedder = embedder
+        self.report = report
+        self.user_meta = user_meta
+        self.progress = progress or (lambda *_: None)
+        self.files_done = 0
+        self.chunks_done = 0
+        self._lock = threading.Lock()  # outcomes arrive from the main and the writer thread
+
+    def _done(self, outcome: FileOutcome) -> None:
+        with self._lock:
+            self.report.outcomes.append(outcome)
+            self.files_done += 1
+            self.chunks_done += outcome.chunks
+            self.progress("file", self.files_done, self.chunks_done)
+
+    def _prepare(self, path: Path, known: dict[str, tuple[int, str]]) -> _Pending | None:
+        source = str(path)
+        size = path.stat().st_size
+        limit = self.rt.settings.max_file_bytes
+        if size > limit:
+            raise FileTooLargeError(
+                f"{source}: {size} bytes is over the limit of {limit} bytes; "
+                "raise RAGSTORE_MAX_FILE_BYTES to ingest it"
+            )
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        old = known.get(source)
+        if old is not None and old[1] == digest:
+            self._done(FileOutcome(source, "unchanged"))
+            return None
+        fmt = detect_format(source, data)
+        parsed = parse_bytes(data, source, fmt)
+        chunks = chunk_document(parsed, self.embedder, self.coll.model.max_tokens)
+        if not chunks:
+            raise EmptyDocumentError(f"{source}: no text found in the file; nothing to ingest")
+        record = repository.DocumentRecord(
+            source=source, title=parsed.title, format=parsed.format, content_hash=digest,
+            size_bytes=size,
+            metadata=_file_metadata(path, parsed.format, size, parsed.metadata, self.user_meta),
+        )
+        return _Pending(path, record, chunks, old[0] if old else None)
+
+    def _embed(self, pending: list[_Pending]) -> None:
+        """Vectors for every embeddable chunk: stored ones reused, the rest encoded once."""
+        hashes = [c.content_hash for p in pending for c in p.chunks if c.embeddable]
+        with self.rt.db.connection() as conn, translated("looking up stored embeddings"):
+            stored = repository.stored_embeddings(conn, self.coll, hashes)
+        todo: dict[str, str] = {}
+        for p in pending:
+            for c in p.chunks:
+                if c.embeddable and c.content_hash not in stored:
+                    todo.setdefault(c.content_hash, c.embed_text)
+        t0 = time.perf_counter()
+        vecs = self.embedder.embed(list(todo.values()))
+        self.report.encode_seconds += time.perf_counter() - t0
+        fresh = dict(zip(todo, vecs, strict=True))
+        self.report.embedded += len(todo)
+        self.report.reused += len(hashes) - len(todo)
+        dim = self.coll.model.dimension
+        for p in pending:
+            rows = [fresh[c.content_hash] if c.content_hash in fresh
+                    else stored[c.content_hash]
+                    for c in p.chunks if c.embeddable]
+            p.vectors = np.stack(rows) if rows else np.zeros((0, dim), dtype=np.float32)
+
+    def _write(self, pending: list[_Pending]) -> None:
+        for p in pending:
+            assert p.vectors is not None
+            try:
+                with self.rt.db.connection() as conn, translated(f"storing {p.record.source}"):
+                    repository.write_document(conn, self.coll, p.record, p.chunks, p.vectors,
+                                              replace_id=p.replace_id)
+            except RagstoreError as exc:
+                self._done(FileOutcome(p.record.source, "failed", error=str(exc), code=exc.code))
+                continue
+            status = "updated" if p.replace_id is not None else "added"
+            self._done(FileOutcome(p.record.source, status, chunks=len(p.chunks)))
+
+    def run(self, files: Sequence[Path]) -> None:
+        batch_chunks = self.rt.settings.ingest_batch_chunks
+        writing: Future[None] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-writer") as writer:
+            i = 0
+            while i < len(files):
+                group = self._next_group(files, i, batch_chunks)
+                i += len(group)
+                with self.rt.db.connection() as conn, translated("reading stored documents"):
+                    known = repository.document_hashes(conn, self.coll.id, [str(f) for f in group])
+                pending: list[_Pending] = []
+                for path in group:
+                    try:
+                        item = self._prepare(path, known)
+                    except RagstoreError as exc:
+                        self._done(FileOutcome(str(path), "failed", error=str(exc), code=exc.code))
+                        continue
+                    except OSError as exc:
+                        self._done(FileOutcome(str(path), "failed",
+                                               error=f"{path}: cannot read: {exc.strerror}",
+                                               code="path_not_found"))
+                        continue
+                    if item is not None:
+                        pending.append(item)
+                if not pending:
+                    continue
+                self._embed(pending)
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(self._write, pending)
+            if writing is not None:
+                writing.result()
+
+    @staticmethod
+    def _next_group(files: Sequence[Path], start: int, batch_chunks: int) -> list[Path]:
+        """Files from ``start`` whose bytes roughly make ``batch_chunks`` chunks (~1 KB each)."""
+        budget = batch_chunks * 1024
+        group: list[Path] = []
+        used = 0
+        for path in files[start:]:
+            try:
+                size = path.stat().st_size
+            except OSError:
+                size = 0
+            if group and used + size > budget:
+                break
+            group.append(path)
+            used += size
+        return group
+
+
+def ingest_paths(rt: Runtime, paths: Sequence[Path], collection: str | None = None, *,
+                 metadata: dict[str, Any] | None = None,
+                 progress: Progress | None = None) -> IngestReport:
+    """Ingest files and folders into a collection (created with the default model if new)."""
+    name = collection or rt.settings.collection
+    files, missing = discover(paths)
+    report = IngestReport(collection=name)
+    for path in missing:
+        err = PathNotFoundError(f"{path}: no such file or directory")
+        report.outcomes.append(FileOutcome(str(path), "failed", error=str(err), code=err.code))
+    if not files:
+        return report
+    t0 = time.perf_counter()
+    coll = rt.collection(name, create=True)
+    embedder = rt.embedder_for(coll)
+    _Ingestor(rt, coll, embedder, report, metadata or {}, progress).run(files)
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -1,0 +1,114 @@
+"""Domain values shared by every layer: chunk types, blocks, chunks, model specs and hits.
+
+Plain dataclasses, no I/O: parsers produce :class:`Block`, the chunker turns blocks into
+:class:`Chunk`, the search layer returns :class:`Hit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class ChunkType(StrEnum):
+    HEADING = "heading"
+    PARAGRAPH = "paragraph"
+    LIST = "list"
+    TABLE = "table"
+    CODE = "code"
+    QUOTE = "quote"
+    PAGE_TEXT = "page_text"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One structural unit a parser found: a heading, a paragraph, a table ...
+
+    ``char_start``/``char_end`` index the document's extracted text; ``level`` is the
+    heading level for headings (1 = top) and 0 otherwise.
+    """
+
+    type: ChunkType
+    text: str
+    char_start: int
+    char_end: int
+    section_path: tuple[str, ...] = ()
+    level: int = 0
+    page: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ParsedDocument:
+    """What a parser returns: the blocks in reading order plus what it knew of the document."""
+
+    format: str
+    title: str | None
+    blocks: list[Block]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Chunk:
+    """A block (or a piece of one) sized for the embedding model, ready to store."""
+
+    ordinal: int
+    chunk_type: ChunkType
+    text: str
+    section_path: tuple[str, ...]
+    parent_ordinal: int | None
+    char_start: int
+    char_end: int
+    token_count: int
+    content_hash: str
+    page: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    context: str = ""  # the section path as the model reads it before the text
+
+    @property
+    def embeddable(self) -> bool:
+        """Headings are structure (parents, context), not search targets: no vector."""
+        return self.chunk_type is not ChunkType.HEADING
+
+    @property
+    def embed_text(self) -> str:
+        """What the model reads: the section path, then the chunk's own text."""
+        return f"{self.context}\n{self.text}" if self.context else self.text
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A pinned embedding model: everything that decides which vectors it produces."""
+
+    provider: str
+    name: str
+    revision: str
+    dimension: int
+    distance: str
+    normalize: bool
+    max_tokens: int
+    checksum: str
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.revision}"
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    chunk_id: int
+    document_id: int
+    source: str
+    title: str | None
+    text: str
+    chunk_type: str
+    section_path: list[str]
+    ordinal: int
+    page: int | None
+    score: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    explain: dict[str, Any] | None = None

@@ -1,0 +1,116 @@
+"""Markdown through markdown-it-py (CommonMark + tables), YAML front matter as metadata."""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+from typing import Any
+
+import yaml
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from mdit_py_plugins.front_matter import front_matter_plugin
+
+from ragstore.errors import CorruptDocumentError
+from ragstore.models import Block, ChunkType, ParsedDocument
+
+_md = MarkdownIt("commonmark").enable("table").use(front_matter_plugin)
+
+_CONTAINERS = {
+    "bullet_list_open": ChunkType.LIST,
+    "ordered_list_open": ChunkType.LIST,
+    "blockquote_open": ChunkType.QUOTE,
+    "table_open": ChunkType.TABLE,
+}
+
+
+def _line_offsets(text: str) -> list[int]:
+    offsets = [0]
+    for i, ch in enumerate(text):
+        if ch == "\n":
+            offsets.append(i + 1)
+    offsets.append(len(text))
+    return offsets
+
+
+def _front_matter(token: Token, name: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(token.content) or {}
+    except yaml.YAMLError as exc:
+        raise CorruptDocumentError(f"{name}: invalid YAML front matter: {exc}") from None
+    if not isinstance(data, dict):
+        raise CorruptDocumentError(f"{name}: front matter must be a YAML mapping")
+    return {str(k): v for k, v in data.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)  # dates and other YAML scalars
+
+
+def parse_markdown(text: str, name: str) -> ParsedDocument:
+    tokens = _md.parse(text)
+    lines = _line_offsets(text)
+    blocks: list[Block] = []
+    metadata: dict[str, Any] = {}
+    path: list[tuple[int, str]] = []  # (level, heading text) of the open sections
+    title: str | None = None
+
+    def span(tok: Token) -> tuple[int, int]:
+        assert tok.map is not None
+        start, end = lines[tok.map[0]], lines[min(tok.map[1], len(lines) - 1)]
+        return start, start + len(text[start:end].rstrip())
+
+    def section() -> tuple[str, ...]:
+        return tuple(h for _, h in path)
+
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.type == "front_matter":
+            metadata = _jsonable(_front_matter(tok, name))
+        elif tok.type == "heading_open" and tok.map:
+            level = int(tok.tag[1:])
+            heading = tokens[i + 1].content.strip()
+            while path and path[-1][0] >= level:
+                path.pop()
+            a, b = span(tok)
+            blocks.append(Block(ChunkType.HEADING, heading or text[a:b], a, b,
+                                section_path=section(), level=level))
+            path.append((level, heading))
+            if title is None and level == 1:
+                title = heading
+            i += 3
+            continue
+        elif tok.level == 0 and tok.map and tok.type in ("paragraph_open", "html_block"):
+            a, b = span(tok)
+            blocks.append(Block(ChunkType.PARAGRAPH, text[a:b], a, b, section_path=section()))
+        elif tok.level == 0 and tok.map and tok.type in ("fence", "code_block"):
+            a, b = span(tok)
+            meta = {"language": tok.info.strip().split()[0]} if tok.info.strip() else {}
+            blocks.append(Block(ChunkType.CODE, text[a:b], a, b, section_path=section(),
+                                metadata=meta))
+        elif tok.level == 0 and tok.map and tok.type in _CONTAINERS:
+            a, b = span(tok)
+            blocks.append(Block(_CONTAINERS[tok.type], text[a:b], a, b, section_path=section()))
+            # skip to the matching close token
+            close = tok.type.replace("_open", "_close")
+            depth = 0
+            while i < len(tokens):
+                if tokens[i].type == tok.type:
+                    depth += 1
+                elif tokens[i].type == close:
+                    depth -= 1
+                    if depth == 0:
+                        break
+                i += 1
+        i += 1
+
+    if isinstance(metadata.get("title"), str):
+        title = metadata["title"]
+    return ParsedDocument(format="markdown", title=title or PurePath(name).stem or None,
+                          blocks=[b for b in blocks if b.text.strip()], metadata=metadata)

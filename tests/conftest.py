@@ -1,0 +1,108 @@
+"""Fixtures: one embedded PostgreSQL per test session, a migrated template database, and a
+fresh database cloned from it for each test module. The real model is loaded once per
+session (the embedder cache is process-wide)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from ragstore.config import Settings
+from ragstore.db import embedded, migrations
+from ragstore.db.database import Database
+from ragstore.runtime import Runtime
+
+TEMPLATE = "ragstore_template"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Admin URI of a session-wide embedded server (its own data dir, Unix socket)."""
+    data_dir = tmp_path_factory.mktemp("pg")
+    return embedded.start(data_dir)
+
+
+def _with_db(uri: str, dbname: str) -> str:
+    base, _, query = uri.partition("?")
+    base = base.rsplit("/", 1)[0]
+    return f"{base}/{dbname}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_admin_uri: str) -> str:
+    url = _with_db(pg_admin_uri, TEMPLATE)
+    with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(TEMPLATE)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    migrations.upgrade(Database(url))
+    return url
+
+
+def create_database(pg_admin_uri: str, template: str | None) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+        if template:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)))
+        else:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return _with_db(pg_admin_uri, name)
+
+
+@pytest.fixture(scope="module")
+def database_url(pg_admin_uri: str, template_url: str) -> str:
+    """A fresh, migrated database for one test module."""
+    return create_database(pg_admin_uri, TEMPLATE)
+
+
+@pytest.fixture()
+def empty_database_url(pg_admin_uri: str) -> str:
+    """A brand-new database with no schema at all."""
+    return create_database(pg_admin_uri, None)
+
+
+@pytest.fixture(scope="module")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(database_url=database_url, data_dir=tmp_path_factory.mktemp("data"),
+                    profile="test")
+
+
+@pytest.fixture(scope="module")
+def rt(settings: Settings) -> Iterator[Runtime]:
+    runtime = Runtime(settings)
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture()
+def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment for running the CLI in-process against this module's database."""
+    assert settings.database_url is not None
+    env = {"RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
+           "RAGSTORE_DATA_DIR": str(settings.data_dir), "RAGSTORE_PROFILE": "test"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def run_cli(*args: str) -> int:
+    """Run ``ragstore ARGS`` in this process; return its exit status."""
+    from ragstore.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

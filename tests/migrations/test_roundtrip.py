@@ -1,0 +1,86 @@
+"""Schema migrations on the real server: round trip, status, refusal of a stale schema."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+
+import pytest
+
+from ragstore.config import Settings
+from ragstore.db import migrations
+from ragstore.db.database import Database
+from ragstore.db.embedded import pg_bin_dir
+from ragstore.errors import SchemaMismatchError
+from ragstore.runtime import Runtime
+
+
+def schema_dump(url: str) -> str:
+    out = subprocess.run([str(pg_bin_dir() / "pg_dump"), "--schema-only", "--no-owner", url],
+                         check=True, capture_output=True, text=True).stdout
+    # pg_dump 17+ prints a random \restrict key per run; it is not part of the schema
+    return "\n".join(line for line in out.splitlines() if not line.startswith(("\\restrict",
+                                                                              "\\unrestrict")))
+
+
+def test_upgrade_downgrade_upgrade_equals_single_upgrade(empty_database_url: str,
+                                                         template_url: str) -> None:
+    db = Database(empty_database_url)
+    migrations.upgrade(db)
+    assert migrations.downgrade(db, "base").current is None
+    assert migrations.upgrade(db).is_current
+    assert schema_dump(empty_database_url) == schema_dump(template_url)
+
+
+def test_downgrade_to_base_leaves_no_ragstore_table(empty_database_url: str) -> None:
+    db = Database(empty_database_url)
+    migrations.upgrade(db)
+    migrations.downgrade(db, "base")
+    with db.connect() as conn:
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                              "AND tablename <> 'alembic_version'").fetchall()
+    assert tables == []
+
+
+def test_concurrent_upgrades_do_not_collide(empty_database_url: str) -> None:
+    db = Database(empty_database_url)
+    errors: list[BaseException] = []
+
+    def up() -> None:
+        try:
+            migrations.upgrade(db)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=up) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert migrations.status(db).is_current
+
+
+def test_commands_refuse_a_schema_behind_the_code(empty_database_url: str,
+                                                  tmp_path: object) -> None:
+    rt = Runtime(Settings(database_url=empty_database_url, profile="test"))
+    with pytest.raises(SchemaMismatchError, match=r"run `ragstore db upgrade`"):
+        _ = rt.db
+
+
+def test_commands_refuse_a_schema_ahead_of_the_code(empty_database_url: str) -> None:
+    db = Database(empty_database_url)
+    migrations.upgrade(db)
+    with db.connect() as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+        conn.commit()
+    rt = Runtime(Settings(database_url=empty_database_url, profile="test"))
+    with pytest.raises(SchemaMismatchError,
+                       match="9999, which this version of ragstore does not know"):
+        _ = rt.db
+
+
+def test_upgrade_sql_prints_the_revision_sql() -> None:
+    out = migrations.upgrade_sql(None)
+    assert "CREATE TABLE chunks" in out
+    assert "CREATE EXTENSION IF NOT EXISTS vector" in out

@@ -1,0 +1,64 @@
+"""The CLI end to end (in-process): ingest, search, and one clear line for each bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def test_ingest_then_search_json(cli_env: dict[str, str], tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.md").write_text("# Cats\n\nCats sleep for most of the day.\n")
+    assert run_cli("ingest", str(tmp_path), "-c", "cli") == 0
+    capsys.readouterr()
+    assert run_cli("search", "how long do cats sleep", "-c", "cli", "--json") == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert hits[0]["text"] == "Cats sleep for most of the day."
+    assert hits[0]["section_path"] == ["Cats"]
+
+
+def test_missing_path_is_one_line_and_nonzero(cli_env: dict[str, str], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("ingest", str(tmp_path / "nope.md")) == 1
+    err = capsys.readouterr().err
+    assert "[path_not_found]" in err and "nope.md: no such file or directory" in err
+
+
+def test_unknown_collection(cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("search", "anything", "-c", "does-not-exist") == 66
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error[collection_not_found]: collection 'does-not-exist' does not exist")
+    assert len(err.splitlines()) == 1
+
+
+def test_unreachable_external_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", "postgresql://u:secret@127.0.0.1:9/nodb")
+    monkeypatch.setenv("RAGSTORE_CONNECT_TIMEOUT_S", "2")
+    assert run_cli("search", "anything") == 69
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error[database_unavailable]: connecting to postgresql://u@127.0.0.1:9/nodb")
+    assert "secret" not in err
+    assert len(err.splitlines()) == 1
+
+
+def test_bad_setting_names_variable_value_and_accepted(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RAGSTORE_EMBED_BATCH_SIZE", "lots")
+    assert run_cli("config", "show") == 78
+    err = capsys.readouterr().err
+    assert "RAGSTORE_EMBED_BATCH_SIZE='lots' is invalid" in err
+    assert "valid integer" in err
+
+
+def test_config_show_redacts_secrets(monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", "postgresql://u:hunter2@db/x")
+    assert run_cli("config", "show", "--json") == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    assert json.loads(out)["database_url"] == "**********"

@@ -1,0 +1,115 @@
+"""Ingest on the real database with the real model: storage, idempotence, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ragstore.ingest import ingest_paths
+from ragstore.runtime import Runtime
+from ragstore.search import search
+
+DOC_A = """# Gardening
+
+## Tomatoes
+
+Tomatoes need full sun, deep watering twice a week and a stake to climb.
+
+## Roses
+
+Prune roses in late winter, just above an outward-facing bud.
+"""
+DOC_B = "Sourdough bread rises slowly.\n\nFeed the starter with flour and water every day.\n"
+
+
+def _counts(rt: Runtime, collection: str) -> tuple[int, int, int]:
+    coll = rt.collection(collection)
+    with rt.db.connection() as conn:
+        docs = conn.execute("SELECT count(*) FROM documents WHERE collection_id = %s",
+                            (coll.id,)).fetchone()
+        chunks = conn.execute("SELECT count(*), max(id) FROM chunks WHERE collection_id = %s",
+                              (coll.id,)).fetchone()
+        vecs = conn.execute(f"SELECT count(*) FROM {coll.table}").fetchone()
+    assert docs and chunks and vecs
+    return int(docs[0]), int(chunks[0]), int(vecs[0])
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> Path:
+    (tmp_path / "garden.md").write_text(DOC_A)
+    (tmp_path / "bread.txt").write_text(DOC_B)
+    (tmp_path / "ignored.bin").write_bytes(b"\x00\x01")
+    return tmp_path
+
+
+def test_ingest_stores_documents_chunks_and_vectors(rt: Runtime, corpus: Path) -> None:
+    report = ingest_paths(rt, [corpus], "garden")
+    assert report.count("added") == 2 and not report.failed
+    docs, chunks, vecs = _counts(rt, "garden")
+    assert docs == 2
+    # 3 headings + 2 paragraphs in the markdown file, 2 paragraphs in the text file
+    assert chunks == 7
+    assert vecs == 4, "headings carry no vector; every other chunk has one"
+
+
+def test_ingest_records_section_path_and_parent(rt: Runtime, corpus: Path) -> None:
+    ingest_paths(rt, [corpus], "parents")
+    with rt.db.connection() as conn:
+        row = conn.execute(
+            "SELECT c.section_path, p.text FROM chunks c JOIN chunks p ON p.id = c.parent_id "
+            "WHERE c.text LIKE 'Prune roses%'").fetchone()
+    assert row is not None
+    assert row[0] == ["Gardening", "Roses"]
+    assert row[1] == "Roses"
+
+
+def test_reingest_of_unchanged_files_embeds_nothing_and_writes_nothing(
+        rt: Runtime, corpus: Path) -> None:
+    ingest_paths(rt, [corpus], "idem")
+    before = _counts(rt, "idem")
+    with rt.db.connection() as conn:
+        stamps = conn.execute("SELECT source, updated_at FROM documents ORDER BY source").fetchall()
+    report = ingest_paths(rt, [corpus], "idem")
+    assert report.count("unchanged") == 2
+    assert report.embedded == 0 and report.reused == 0
+    assert _counts(rt, "idem") == before
+    with rt.db.connection() as conn:
+        assert conn.execute(
+            "SELECT source, updated_at FROM documents ORDER BY source").fetchall() == stamps
+
+
+def test_changed_file_is_replaced_and_unchanged_chunks_reuse_their_vectors(
+        rt: Runtime, corpus: Path) -> None:
+    ingest_paths(rt, [corpus], "change")
+    (corpus / "garden.md").write_text(DOC_A + "\n## Herbs\n\nBasil likes warmth and rich soil.\n")
+    report = ingest_paths(rt, [corpus], "change")
+    assert report.count("updated") == 1 and report.count("unchanged") == 1
+    assert report.embedded == 1, "only the new paragraph is sent to the model"
+    assert report.reused == 2
+    hits = search(rt, "which herb likes warmth?", collection="change", k=1)
+    assert "Basil" in hits[0].text
+
+
+def test_search_finds_the_right_chunk(rt: Runtime, corpus: Path) -> None:
+    ingest_paths(rt, [corpus], "rank")
+    hits = search(rt, "when should I cut back my rose bushes?", collection="rank", k=3)
+    assert "Prune roses" in hits[0].text
+    assert hits[0].section_path == ["Gardening", "Roses"]
+    assert hits[0].score > hits[-1].score
+
+
+def test_bad_files_fail_alone_and_leave_nothing_behind(rt: Runtime, tmp_path: Path) -> None:
+    (tmp_path / "good.md").write_text(DOC_A)
+    (tmp_path / "empty.md").write_text("")
+    (tmp_path / "binary.txt").write_bytes(b"abc\x00def" * 10)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    report = ingest_paths(rt, [tmp_path, tmp_path / "missing.md"], "bad")
+    codes = {Path(o.source).name: o.code for o in report.failed}
+    assert codes == {"empty.md": "empty_document", "binary.txt": "binary_file",
+                     "latin1.txt": "invalid_encoding", "missing.md": "path_not_found"}
+    assert report.count("added") == 1
+    latin = next(o for o in report.failed if o.code == "invalid_encoding")
+    assert "invalid UTF-8 at byte 3 (line 1)" in (latin.error or "")
+    docs, _, _ = _counts(rt, "bad")
+    assert docs == 1
