@@ -23,11 +23,12 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _register() -> None:
-    from ragstore.cli import config_cmd, db_cmd, docs_cmd
+    from ragstore.cli import config_cmd, db_cmd, ingest_cmd, search_cmd
 
     app.add_typer(db_cmd.app, name="db")
     app.add_typer(config_cmd.app, name="config")
-    docs_cmd.register(app)
+    ingest_cmd.register(app)
+    search_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

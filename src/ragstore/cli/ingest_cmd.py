@@ -1,4 +1,4 @@
-"""Top-level commands: ``ingest``, ``search`` and ``demo``."""
+"""Top-level commands: ``ingest`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ragstore.cli.search_cmd import print_hits
 from ragstore.errors import InputError
 from ragstore.ingest import IngestReport, ingest_paths
-from ragstore.models import Hit
 from ragstore.runtime import Runtime
 from ragstore.search import search as run_search
 
@@ -57,19 +57,6 @@ def do_ingest(rt: Runtime, paths: list[Path], collection: str | None,
     return report
 
 
-def _print_hits(hits: list[Hit], width: int = 240) -> None:
-    if not hits:
-        console.print("no results")
-    for rank, h in enumerate(hits, 1):
-        section = " > ".join(h.section_path) or "-"
-        text = " ".join(h.text.split())
-        if len(text) > width:
-            text = text[: width - 1] + "…"
-        console.print(f"[bold]{rank:>2}.[/] [cyan]{h.score:.3f}[/]  {escape(h.source)}  "
-                      f"[dim]§ {escape(section)} ({h.chunk_type})[/]")
-        console.print(f"    {escape(text)}")
-
-
 def register(app: typer.Typer) -> None:
     @app.command("ingest")
     def ingest(
@@ -89,23 +76,6 @@ def register(app: typer.Typer) -> None:
         if report.failed:
             raise typer.Exit(1)
 
-    @app.command("search")
-    def search(
-        query: str = typer.Argument(..., help="What to search for."),
-        k: int = typer.Option(10, "-k", help="Number of hits.", min=1, max=1000),
-        collection: str | None = typer.Option(None, "--collection", "-c"),
-        ef_search: int | None = typer.Option(None, "--ef-search", min=1, max=1000,
-                                             help="HNSW ef_search for this query."),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    ) -> None:
-        """Search a collection; prints ranked chunks with score, document and section."""
-        with Runtime() as rt:
-            hits = run_search(rt, query, collection=collection, k=k, ef_search=ef_search)
-        if as_json:
-            typer.echo(json.dumps([asdict(h) for h in hits], indent=2, default=str))
-        else:
-            _print_hits(hits)
-
     @app.command("demo")
     def demo(
         collection: str = typer.Option("demo", "--collection", "-c"),
@@ -121,6 +91,6 @@ def register(app: typer.Typer) -> None:
                           "combine keyword and vector search",
                           "what happens to files that did not change?"):
                 console.print(f"\n[bold]search:[/] {query}")
-                _print_hits(run_search(rt, query, collection=collection, k=3), width=160)
+                print_hits(run_search(rt, query, collection=collection, k=3), width=160)
         if report.failed:
             raise typer.Exit(1)
