@@ -16,8 +16,16 @@ are caught, never passed through to a user.
     │   └── SchemaMismatchError         schema_mismatch
     ├── NotFoundError                   not_found
     │   ├── CollectionNotFoundError     collection_not_found
-    │   └── DocumentNotFoundError       document_not_found
+    │   ├── DocumentNotFoundError       document_not_found
+    │   ├── JobNotFoundError            job_not_found
+    │   └── ApiKeyNotFoundError         key_not_found
     ├── ConflictError                   conflict
+    ├── AuthenticationError             unauthorized
+    ├── PermissionDeniedError           forbidden
+    ├── RateLimitedError                rate_limited
+    ├── RequestTooLargeError            request_too_large
+    ├── MethodNotAllowedError           method_not_allowed
+    ├── NotReadyError                   not_ready
     ├── InputError                      invalid_input
     │   ├── PathNotFoundError           path_not_found
     │   ├── UnsupportedFormatError      unsupported_format
@@ -88,10 +96,68 @@ class DocumentNotFoundError(NotFoundError):
     code = "document_not_found"
 
 
+class JobNotFoundError(NotFoundError):
+    code = "job_not_found"
+
+
+class ApiKeyNotFoundError(NotFoundError):
+    code = "key_not_found"
+
+
 class ConflictError(RagstoreError):
     code = "conflict"
     http_status = 409
     exit_code = 65
+
+
+class AuthenticationError(RagstoreError):
+    """No API key, or one that is unknown or revoked (HTTP 401)."""
+
+    code = "unauthorized"
+    http_status = 401
+    exit_code = 77  # EX_NOPERM
+
+
+class PermissionDeniedError(RagstoreError):
+    """A valid API key without the scope or collection the request needs (HTTP 403)."""
+
+    code = "forbidden"
+    http_status = 403
+    exit_code = 77
+
+
+class RateLimitedError(RagstoreError):
+    """The API key spent its request budget; ``retry_after`` seconds until the next one."""
+
+    code = "rate_limited"
+    http_status = 429
+    exit_code = 75  # EX_TEMPFAIL
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTooLargeError(RagstoreError):
+    """A request body over RAGSTORE_MAX_REQUEST_BYTES / RAGSTORE_MAX_UPLOAD_BYTES (HTTP 413)."""
+
+    code = "request_too_large"
+    http_status = 413
+    exit_code = 65
+
+
+class MethodNotAllowedError(RagstoreError):
+    code = "method_not_allowed"
+    http_status = 405
+    exit_code = 64
+
+
+class NotReadyError(RagstoreError):
+    """The service cannot serve yet (database, schema or model); the reason says which."""
+
+    code = "not_ready"
+    http_status = 503
+    exit_code = 69
 
 
 class InputError(RagstoreError):
