@@ -61,6 +61,23 @@ class Settings(BaseSettings):
     search_k: int = Field(10, ge=1, le=1000, description="Hits returned when a search names no k.")
     hnsw_ef_search: int = Field(100, ge=1, le=1000, description="Default HNSW ef_search.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # HTTP API (ragstore serve) and background workers (ragstore worker)
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="API keys: auto = off only for the embedded database on loopback.")
+    api_host: str = Field("127.0.0.1", description="Address `ragstore serve` binds.")
+    api_port: int = Field(8080, ge=0, le=65535, description="Port `ragstore serve` binds.")
+    api_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest JSON request body (request_too_large).")
+    max_upload_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Largest multipart upload (request_too_large).")
+    background_ingest_bytes: int = Field(
+        256 * 1024, ge=0, description="Uploads above this size are ingested by a job (202).")
+    rate_limit_per_minute: int = Field(
+        1200, ge=0, description="Requests per minute per API key; 0 = unlimited.")
+    worker_heartbeat_s: float = Field(10.0, gt=0, le=3600)
+    worker_stalled_after_s: float = Field(
+        30.0, gt=0, le=86400, description="A worker silent this long has its job retried.")
 
     def redacted(self) -> dict[str, Any]:
         """The settings as plain values with every secret replaced by ``**********``."""
