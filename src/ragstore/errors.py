@@ -37,7 +37,9 @@ are caught, never passed through to a user.
     │   └── InvalidFilterError          invalid_filter
     └── ModelError                      model_error
         ├── ModelNotFoundError          model_not_found
-        └── ModelMismatchError          model_mismatch
+        ├── ModelMismatchError          model_mismatch
+        ├── EmbeddingProviderError      embedding_provider_error
+        └── MigrationStateError         model_migration_state
 """
 
 from __future__ import annotations
@@ -216,6 +218,20 @@ class ModelNotFoundError(ModelError):
 
 class ModelMismatchError(ModelError):
     code = "model_mismatch"
+    http_status = 409
+
+
+class EmbeddingProviderError(ModelError):
+    """A remote embedding endpoint failed or answered nonsense (after retries)."""
+
+    code = "embedding_provider_error"
+    http_status = 502
+
+
+class MigrationStateError(ModelError):
+    """A model migration, rollback or prune cannot run in the collection's current state."""
+
+    code = "model_migration_state"
     http_status = 409
 
 
