@@ -34,6 +34,7 @@ are caught, never passed through to a user.
     │   ├── DecodeError                 invalid_encoding
     │   ├── FileTooLargeError           payload_too_large
     │   ├── CorruptDocumentError        corrupt_document
+    │   ├── EncryptedDocumentError      encrypted_document
     │   └── InvalidFilterError          invalid_filter
     └── ModelError                      model_error
         ├── ModelNotFoundError          model_not_found
@@ -198,6 +199,10 @@ class FileTooLargeError(InputError):
 
 class CorruptDocumentError(InputError):
     code = "corrupt_document"
+
+
+class EncryptedDocumentError(InputError):
+    code = "encrypted_document"
 
 
 class InvalidFilterError(InputError):
