@@ -1,0 +1,146 @@
+"""Structured logs: one JSON object per line, or a readable console line on a terminal.
+
+Every line carries ``timestamp`` (UTC, ISO 8601), ``level`` and ``event``; lines written
+while a request is handled also carry ``request_id`` (and ``collection``/``duration_ms``
+where the code knows them), bound with :func:`bind_request` through contextvars so that
+library code logs them without passing them around.
+
+Secrets never reach a line: values under secret-looking keys (password, api key, token,
+authorization, database URL ...) are replaced by ``**********``, and any
+``postgresql://user:password@`` inside a value loses its password. Query texts and document
+texts (keys ``query``, ``q``, ``text``) are dropped unless ``RAGSTORE_LOG_QUERIES=true``.
+
+Configured only by entry points (CLI, API, worker) through :func:`configure_logging`;
+importing ragstore configures nothing. Standard-library loggers (uvicorn, procrastinate,
+alembic) are routed through the same renderer.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import IO, Any, Literal
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+REDACTED = "**********"
+_SECRET_KEY = re.compile(
+    r"pass(word)?|secret|token|api[_-]?key|authorization|cookie|credential|database_url|dsn",
+    re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?P<tail>@)",
+                           re.IGNORECASE)
+_QUERY_KEYS = frozenset({"query", "q", "text", "query_text"})
+
+LogFormat = Literal["auto", "json", "console"]
+
+
+class Redactor:
+    """structlog processor: masks secrets; drops query texts unless told to keep them."""
+
+    def __init__(self, *, log_queries: bool = False) -> None:
+        self.log_queries = log_queries
+
+    def __call__(self, logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+        for key in list(event):
+            value = event[key]
+            if key != "event" and _SECRET_KEY.search(key):
+                event[key] = REDACTED
+            elif key in _QUERY_KEYS and not self.log_queries:
+                del event[key]
+            elif isinstance(value, str):
+                event[key] = redact_text(value)
+        return event
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the password of any URL in it masked."""
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED + m.group("tail"), text)
+
+
+_FIRST = ("timestamp", "level", "event", "logger", "request_id", "collection", "duration_ms")
+
+
+def _ordered(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    """The well-known keys first, so a line reads the same way every time."""
+    out = {k: event.pop(k) for k in _FIRST if k in event}
+    out.update(event)
+    return out
+
+
+def _shared_processors(log_queries: bool) -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.processors.format_exc_info,
+        Redactor(log_queries=log_queries),
+    ]
+
+
+def configure_logging(level: str = "info", *, log_format: LogFormat = "auto",
+                      log_queries: bool = False, stream: IO[str] | None = None) -> None:
+    """Send every log line (ours and the standard library's) to ``stream`` (stderr).
+
+    ``auto`` renders JSON unless the stream is a terminal. Calling it again replaces the
+    previous configuration (tests and the CLI re-configure freely).
+    """
+    out = stream or sys.stderr
+    use_console = log_format == "console" or (
+        log_format == "auto" and hasattr(out, "isatty") and out.isatty())
+    renderer: Processor = (structlog.dev.ConsoleRenderer(colors=False) if use_console
+                           else structlog.processors.JSONRenderer(sort_keys=False))
+    shared = _shared_processors(log_queries)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    _ordered, renderer],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    handler.set_name("ragstore")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "ragstore"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lib = logging.getLogger(name)
+        lib.handlers.clear()
+        lib.propagate = True
+    # our own access line replaces uvicorn's (it has the route, status and request id)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def get_logger(name: str = "ragstore") -> Any:
+    """A structlog logger; use keyword fields, not f-strings: ``log.info("ingested", n=3)``."""
+    return structlog.stdlib.get_logger(name)
+
+
+@contextmanager
+def bind_request(request_id: str, **fields: Any) -> Iterator[None]:
+    """Attach ``request_id`` (and other fields) to every line logged inside the block."""
+    tokens = structlog.contextvars.bind_contextvars(request_id=request_id, **fields)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+
+
+def bind(**fields: Any) -> None:
+    """Add fields (e.g. ``collection``) to the current request's lines."""
+    structlog.contextvars.bind_contextvars(**fields)
+
+
+def current_fields() -> MutableMapping[str, Any]:
+    return structlog.contextvars.get_contextvars()

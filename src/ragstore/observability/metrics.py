@@ -1,0 +1,371 @@
+"""Every Prometheus metric ragstore exports, and how ``/metrics`` is rendered.
+
+Metrics are module-level objects in one registry of our own (never the global default, so
+importing ragstore registers nothing anywhere else). Code paths record through the small
+``record_*`` / ``observe_*`` functions below, one line at each call site.
+
+Several uvicorn workers: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable folder
+*before* the processes start (prometheus-client picks its value store when it is first
+imported). Each process then writes its samples there and :func:`render` merges them with
+``MultiProcessCollector``. Gauges declare how they merge (``livesum``/``max``).
+
+Database-wide figures (per-collection sizes, job queue) are not samples: they are read
+at scrape time by :class:`DatabaseCollector`, cheaply (catalog estimates, exact counts
+only for small tables) and cached for ``ttl_s`` seconds, so a scrape never scans data.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Past this many collections, the smallest are summed into collection="_other".
+MAX_COLLECTION_LABELS = 50
+# Tables smaller than this are counted exactly; larger ones use pg_class.reltuples.
+EXACT_COUNT_MAX_BYTES = 8 * 1024 * 1024
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                    10.0, 30.0)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+HTTP_REQUESTS = Counter(
+    "ragstore_http_requests_total", "HTTP requests answered, by route template, method and status.",
+    ["method", "route", "status"], registry=REGISTRY)
+HTTP_DURATION = Histogram(
+    "ragstore_http_request_duration_seconds", "Time to answer an HTTP request.",
+    ["method", "route"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+HTTP_IN_FLIGHT = Gauge(
+    "ragstore_http_requests_in_flight", "HTTP requests being answered now.",
+    registry=REGISTRY, multiprocess_mode="livesum")
+ERRORS = Counter(
+    "ragstore_errors_total", "Failures answered to a client, by stable error code.",
+    ["code"], registry=REGISTRY)
+
+SEARCHES = Counter(
+    "ragstore_search_requests_total", "Searches run, by mode and outcome (ok or error).",
+    ["mode", "outcome"], registry=REGISTRY)
+SEARCH_DURATION = Histogram(
+    "ragstore_search_duration_seconds", "Time for one search (query embedding and SQL).",
+    ["mode"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+SEARCH_HITS = Histogram(
+    "ragstore_search_hits", "Hits returned by one search.", ["mode"],
+    buckets=(0, 1, 5, 10, 20, 50, 100, 1000), registry=REGISTRY)
+
+EMBED_BATCH_DURATION = Histogram(
+    "ragstore_embedding_batch_duration_seconds", "Time for one call to the embedding model.",
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+EMBED_BATCH_SIZE = Histogram(
+    "ragstore_embedding_batch_size", "Texts sent to the embedding model in one call.",
+    buckets=_SIZE_BUCKETS, registry=REGISTRY)
+EMBED_TEXTS = Counter(
+    "ragstore_embedding_texts_total", "Texts embedded by the model.", registry=REGISTRY)
+QUERY_CACHE = Counter(
+    "ragstore_query_cache_requests_total", "Query-embedding cache look-ups, by result.",
+    ["result"], registry=REGISTRY)
+MODEL_VALIDATION_FAILURES = Counter(
+    "ragstore_model_validation_failures_total",
+    "Refusals because a loaded model differs from its pinned spec (model_mismatch).",
+    registry=REGISTRY)
+
+INGEST_DOCUMENTS = Counter(
+    "ragstore_ingest_documents_total", "Documents seen by ingest, by outcome "
+    "(added, updated, unchanged, failed).", ["outcome"], registry=REGISTRY)
+INGEST_CHUNKS = Counter(
+    "ragstore_ingest_chunks_total", "Chunks stored by ingest, by how their vector was "
+    "obtained (embedded: new model call; reused: vector already stored).",
+    ["outcome"], registry=REGISTRY)
+INGEST_DURATION = Histogram(
+    "ragstore_ingest_duration_seconds", "Time for one ingest call (a batch of files).",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800), registry=REGISTRY)
+
+POOL_MAX = Gauge(
+    "ragstore_db_pool_max_connections", "Largest size the connection pool may grow to.",
+    registry=REGISTRY, multiprocess_mode="livesum")
+POOL_SIZE = Gauge(
+    "ragstore_db_pool_connections", "Connections the pool holds now (idle and in use).",
+    registry=REGISTRY, multiprocess_mode="livesum")
+POOL_IN_USE = Gauge(
+    "ragstore_db_pool_connections_in_use", "Pooled connections lent out now.",
+    registry=REGISTRY, multiprocess_mode="livesum")
+POOL_WAITING = Gauge(
+    "ragstore_db_pool_requests_waiting", "Requests waiting now for a free connection.",
+    registry=REGISTRY, multiprocess_mode="livesum")
+POOL_WAITS = Counter(
+    "ragstore_db_pool_waits_total", "Requests that had to queue for a connection.",
+    registry=REGISTRY)
+POOL_WAIT_SECONDS = Counter(
+    "ragstore_db_pool_wait_seconds_total", "Time requests spent queueing for a connection.",
+    registry=REGISTRY)
+POOL_TIMEOUTS = Counter(
+    "ragstore_db_pool_timeouts_total", "Requests that got no connection in time (errors).",
+    registry=REGISTRY)
+
+BUILD_INFO = Gauge(
+    "ragstore_build_info", "Always 1; labels say the version and settings profile running.",
+    ["version", "profile"], registry=REGISTRY, multiprocess_mode="max")
+
+
+# --- recording helpers: one line at each call site ---------------------------------------
+
+def observe_http(method: str, route: str, status: int, seconds: float) -> None:
+    HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    HTTP_DURATION.labels(method, route).observe(seconds)
+
+
+def record_error(code: str) -> None:
+    """Count one failure answered to a client; codes are the bounded set in errors.py."""
+    ERRORS.labels(code).inc()
+    if code == "model_mismatch":
+        MODEL_VALIDATION_FAILURES.inc()
+
+
+def observe_search(mode: str, seconds: float, hits: int | None) -> None:
+    """One finished search; ``hits`` None means it failed."""
+    SEARCHES.labels(mode, "ok" if hits is not None else "error").inc()
+    SEARCH_DURATION.labels(mode).observe(seconds)
+    if hits is not None:
+        SEARCH_HITS.labels(mode).observe(hits)
+
+
+def observe_embedding_batch(size: int, seconds: float) -> None:
+    EMBED_BATCH_SIZE.observe(size)
+    EMBED_BATCH_DURATION.observe(seconds)
+    EMBED_TEXTS.inc(size)
+
+
+def record_query_cache(hit: bool) -> None:
+    QUERY_CACHE.labels("hit" if hit else "miss").inc()
+
+
+def observe_ingest(report: Any) -> None:
+    """Count one ingest run from its report (an ``ingest.service.IngestReport``)."""
+    for outcome in ("added", "updated", "unchanged", "failed"):
+        n = int(report.count(outcome))
+        if n:
+            INGEST_DOCUMENTS.labels(outcome).inc(n)
+    if report.embedded:
+        INGEST_CHUNKS.labels("embedded").inc(report.embedded)
+    if report.reused:
+        INGEST_CHUNKS.labels("reused").inc(report.reused)
+    if report.seconds:
+        INGEST_DURATION.observe(report.seconds)
+
+
+def set_build_info(version: str, profile: str) -> None:
+    BUILD_INFO.labels(version, profile).set(1)
+
+
+class PoolStats:
+    """Copies a psycopg pool's ``get_stats()`` into the pool metrics.
+
+    The pool's own counters are cumulative per pool; we add the growth since the last
+    refresh, so our counters stay monotonic (and sum correctly across processes).
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self, pool: Any) -> None:
+        stats: dict[str, int] = pool.get_stats() if pool is not None else {}
+        with self._lock:
+            POOL_MAX.set(stats.get("pool_max", 0))
+            size = stats.get("pool_size", 0)
+            POOL_SIZE.set(size)
+            POOL_IN_USE.set(max(0, size - stats.get("pool_available", 0)))
+            POOL_WAITING.set(stats.get("requests_waiting", 0))
+            for key, counter, scale in (("requests_queued", POOL_WAITS, 1.0),
+                                        ("requests_wait_ms", POOL_WAIT_SECONDS, 0.001),
+                                        ("requests_errors", POOL_TIMEOUTS, 1.0)):
+                value = float(stats.get(key, 0))
+                grown = value - self._last.get(key, 0.0)
+                if grown > 0:
+                    counter.inc(grown * scale)
+                self._last[key] = value
+
+
+POOL_STATS = PoolStats()
+
+
+# --- scrape-time database figures --------------------------------------------------------
+
+Conn = Any  # a psycopg connection; kept loose so this module imports nothing from db/
+
+
+class DatabaseCollector(Collector):
+    """Per-collection sizes, job queue and data-dir disk usage, read at scrape time.
+
+    ``connect`` opens a short-lived connection (the caller's pool or a direct one). The
+    result is cached for ``ttl_s`` so a scrape every few seconds costs one catalog query
+    per ``ttl_s``. A failing database yields ``ragstore_db_up 0`` instead of an error.
+    """
+
+    def __init__(self, connect: Callable[[], Any], *, data_dir: Path | None = None,
+                 ttl_s: float = 30.0) -> None:
+        self._connect = connect
+        self._data_dir = data_dir
+        self._ttl = ttl_s
+        self._cached: list[Metric] = []
+        self._at = float("-inf")
+        self._lock = threading.Lock()
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if time.monotonic() - self._at >= self._ttl:
+                self._cached = self._gather()
+                self._at = time.monotonic()
+            metrics = list(self._cached)
+        yield from metrics
+        yield from self._disk()
+
+    def invalidate(self) -> None:
+        """Forget the cached figures (tests, and after an operator action)."""
+        with self._lock:
+            self._at = float("-inf")
+
+    def _gather(self) -> list[Metric]:
+        up = GaugeMetricFamily("ragstore_db_up", "1 when the database answered the last scrape.")
+        try:
+            with self._connect() as conn:
+                out = _collection_metrics(conn) + _job_metrics(conn)
+        except Exception:  # a scrape must never fail because the database is down
+            up.add_metric([], 0)
+            return [up]
+        up.add_metric([], 1)
+        return [up, *out]
+
+    def _disk(self) -> list[Metric]:
+        if self._data_dir is None or not self._data_dir.exists():
+            return []
+        usage = shutil.disk_usage(self._data_dir)
+        total = GaugeMetricFamily("ragstore_data_dir_size_bytes",
+                                  "Size of the filesystem holding the data dir.")
+        free = GaugeMetricFamily("ragstore_data_dir_free_bytes",
+                                 "Free bytes on the filesystem holding the data dir.")
+        total.add_metric([], usage.total)
+        free.add_metric([], usage.free)
+        return [total, free]
+
+
+_SIZES_SQL = """
+SELECT c.name, s.table_name, pg_relation_size(t.oid), t.reltuples,
+       pg_indexes_size(t.oid)
+FROM collections c
+JOIN embedding_spaces s ON s.id = c.active_space_id
+JOIN pg_class t ON t.oid = to_regclass(quote_ident(s.table_name))
+"""
+
+
+def _collection_metrics(conn: Conn) -> list[Metric]:
+    from psycopg import sql
+
+    if not conn.execute("SELECT to_regclass('collections') IS NOT NULL").fetchone()[0]:
+        return []
+    rows: list[tuple[str, float, float]] = []
+    for name, table, size, reltuples, index_bytes in conn.execute(_SIZES_SQL).fetchall():
+        if size <= EXACT_COUNT_MAX_BYTES or reltuples < 0:
+            count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(table))).fetchone()[0]
+        else:
+            count = reltuples
+        rows.append((str(name), float(count), float(index_bytes)))
+    rows.sort(key=lambda r: (-r[1], r[0]))
+    chunks = GaugeMetricFamily(
+        "ragstore_collection_chunks",
+        "Embedded chunks in each collection's active space (estimated above 8 MiB).",
+        labels=["collection"])
+    index = GaugeMetricFamily(
+        "ragstore_collection_index_bytes",
+        "Bytes of the indexes of each collection's active embedding table.",
+        labels=["collection"])
+    shown, rest = rows[:MAX_COLLECTION_LABELS], rows[MAX_COLLECTION_LABELS:]
+    for name, count, size in shown:
+        chunks.add_metric([name], count)
+        index.add_metric([name], size)
+    if rest:
+        chunks.add_metric(["_other"], sum(r[1] for r in rest))
+        index.add_metric(["_other"], sum(r[2] for r in rest))
+    total = GaugeMetricFamily("ragstore_collections", "Collections in the database.")
+    total.add_metric([], len(rows))
+    return [total, chunks, index]
+
+
+def _job_metrics(conn: Conn) -> list[Metric]:
+    """Queue depth and the age of the oldest waiting job, when the job queue exists."""
+    if not conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()[0]:
+        return []
+    depth = GaugeMetricFamily("ragstore_jobs", "Background jobs by status (todo, doing).",
+                              labels=["status"])
+    age = GaugeMetricFamily("ragstore_jobs_oldest_todo_age_seconds",
+                            "Age of the oldest job still waiting to start (0 when none).")
+    counts = dict(conn.execute(
+        "SELECT status::text, count(*) FROM procrastinate_jobs"
+        " WHERE status IN ('todo', 'doing') GROUP BY status").fetchall())
+    for status in ("todo", "doing"):
+        depth.add_metric([status], float(counts.get(status, 0)))
+    oldest = conn.execute(
+        "SELECT EXTRACT(EPOCH FROM now() - min(COALESCE(scheduled_at, e.at)))"
+        " FROM procrastinate_jobs j"
+        " LEFT JOIN LATERAL (SELECT min(at) AS at FROM procrastinate_events"
+        "   WHERE job_id = j.id AND type = 'deferred') e ON true"
+        " WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())"
+    ).fetchone()[0]
+    age.add_metric([], float(oldest or 0.0))
+    return [depth, age]
+
+
+# --- exposition ---------------------------------------------------------------------------
+
+class _Forward(Collector):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self._registry.collect()
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower())
+
+
+def render(*extra: Collector) -> bytes:
+    """The text exposition of every metric (merged across processes when multiprocess)."""
+    registry = CollectorRegistry(auto_describe=False)
+    if multiprocess_dir():
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_Forward(REGISTRY))
+    for collector in extra:
+        registry.register(collector)
+    return generate_latest(registry)
+
+
+def mark_process_dead_at_exit() -> None:
+    """In multiprocess mode, drop this process's live gauges when it exits."""
+    if multiprocess_dir():
+        pid = os.getpid()
+        atexit.register(multiprocess.mark_process_dead, pid)
