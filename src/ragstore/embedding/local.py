@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 from ragstore.embedding.base import Embedder, Vectors
 from ragstore.errors import ModelError
 from ragstore.models import ModelSpec
+from ragstore.observability import metrics
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx")
 
@@ -80,9 +82,11 @@ class SentenceTransformerEmbedder(Embedder):
         if not texts:
             return np.zeros((0, self.spec.dimension), dtype=np.float32)
         normalize_here = self._truncate is None and self.spec.normalize
+        t0 = time.perf_counter()
         vecs = self.model.encode(list(texts), batch_size=self.batch_size,
                                  convert_to_numpy=True, show_progress_bar=False,
                                  normalize_embeddings=normalize_here)
+        metrics.observe_embedding_batch(len(texts), time.perf_counter() - t0)
         out = np.asarray(vecs, dtype=np.float32)
         if self._truncate is not None:
             out = np.ascontiguousarray(out[:, : self._truncate])

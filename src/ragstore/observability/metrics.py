@@ -154,8 +154,36 @@ def observe_embedding_batch(size: int, seconds: float) -> None:
     EMBED_TEXTS.inc(size)
 
 
-def record_query_cache(hit: bool) -> None:
-    QUERY_CACHE.labels("hit" if hit else "miss").inc()
+class _Deltas:
+    """Adds the growth of cumulative figures kept elsewhere to our counters.
+
+    The pool and the query cache keep their own running totals; copying only the growth
+    since the last sync keeps our counters monotonic and lets multiprocess mode sum them.
+    A total that went down (its owner was reset) starts a new baseline.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: str, value: float, counter: Any) -> None:
+        with self._lock:
+            grown = value - self._last.get(key, 0.0)
+            self._last[key] = value
+        if grown > 0:
+            counter.inc(grown)
+
+
+_DELTAS = _Deltas()
+
+
+def sync_query_cache() -> None:
+    """Copy the process-wide query-embedding cache's hit/miss totals into the metrics."""
+    from ragstore.embedding.cache import query_cache
+
+    stats = query_cache().stats()
+    _DELTAS.add("cache_hits", float(stats.hits), QUERY_CACHE.labels("hit"))
+    _DELTAS.add("cache_misses", float(stats.misses), QUERY_CACHE.labels("miss"))
 
 
 def observe_ingest(report: Any) -> None:
@@ -176,36 +204,18 @@ def set_build_info(version: str, profile: str) -> None:
     BUILD_INFO.labels(version, profile).set(1)
 
 
-class PoolStats:
-    """Copies a psycopg pool's ``get_stats()`` into the pool metrics.
-
-    The pool's own counters are cumulative per pool; we add the growth since the last
-    refresh, so our counters stay monotonic (and sum correctly across processes).
-    """
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def refresh(self, pool: Any) -> None:
-        stats: dict[str, int] = pool.get_stats() if pool is not None else {}
-        with self._lock:
-            POOL_MAX.set(stats.get("pool_max", 0))
-            size = stats.get("pool_size", 0)
-            POOL_SIZE.set(size)
-            POOL_IN_USE.set(max(0, size - stats.get("pool_available", 0)))
-            POOL_WAITING.set(stats.get("requests_waiting", 0))
-            for key, counter, scale in (("requests_queued", POOL_WAITS, 1.0),
-                                        ("requests_wait_ms", POOL_WAIT_SECONDS, 0.001),
-                                        ("requests_errors", POOL_TIMEOUTS, 1.0)):
-                value = float(stats.get(key, 0))
-                grown = value - self._last.get(key, 0.0)
-                if grown > 0:
-                    counter.inc(grown * scale)
-                self._last[key] = value
-
-
-POOL_STATS = PoolStats()
+def sync_pool(pool: Any) -> None:
+    """Copy a psycopg pool's ``get_stats()`` into the pool metrics (None: no pool yet)."""
+    stats: dict[str, int] = pool.get_stats() if pool is not None else {}
+    POOL_MAX.set(stats.get("pool_max", 0))
+    size = stats.get("pool_size", 0)
+    POOL_SIZE.set(size)
+    POOL_IN_USE.set(max(0, size - stats.get("pool_available", 0)))
+    POOL_WAITING.set(stats.get("requests_waiting", 0))
+    key = f"pool{id(pool)}"
+    _DELTAS.add(key + "waits", float(stats.get("requests_queued", 0)), POOL_WAITS)
+    _DELTAS.add(key + "wait_s", stats.get("requests_wait_ms", 0) / 1000.0, POOL_WAIT_SECONDS)
+    _DELTAS.add(key + "timeouts", float(stats.get("requests_errors", 0)), POOL_TIMEOUTS)
 
 
 # --- scrape-time database figures --------------------------------------------------------
