@@ -29,6 +29,7 @@ from ragstore.embedding.base import Embedder
 from ragstore.errors import EmptyDocumentError, FileTooLargeError, PathNotFoundError, RagstoreError
 from ragstore.ingest.files import discover
 from ragstore.models import Chunk
+from ragstore.observability import metrics
 from ragstore.parsing import detect_format, parse_bytes
 from ragstore.runtime import Runtime
 
@@ -233,10 +234,12 @@ def ingest_paths(rt: Runtime, paths: Sequence[Path], collection: str | None = No
         err = PathNotFoundError(f"{path}: no such file or directory")
         report.outcomes.append(FileOutcome(str(path), "failed", error=str(err), code=err.code))
     if not files:
+        metrics.observe_ingest(report)
         return report
     t0 = time.perf_counter()
     coll = rt.collection(name, create=True)
     embedder = rt.embedder_for(coll)
     _Ingestor(rt, coll, embedder, report, metadata or {}, progress).run(files)
     report.seconds = time.perf_counter() - t0
+    metrics.observe_ingest(report)
     return report

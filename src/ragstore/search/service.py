@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from psycopg import sql
@@ -9,6 +10,7 @@ from psycopg import sql
 from ragstore.db.errors import translated
 from ragstore.errors import InputError
 from ragstore.models import Hit
+from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 
 _OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
@@ -25,6 +27,7 @@ def _score(distance: float, metric: str) -> float:
 def search(rt: Runtime, query: str, *, collection: str | None = None, k: int | None = None,
            ef_search: int | None = None) -> list[Hit]:
     """The ``k`` chunks nearest to ``query`` in the collection's active model space."""
+    t0 = time.perf_counter()
     if not query.strip():
         raise InputError("the query is empty; give the words to search for")
     k = k or rt.settings.search_k
@@ -46,7 +49,9 @@ def search(rt: Runtime, query: str, *, collection: str | None = None, k: int | N
         conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(
             sql.Literal(ef_search or max(rt.settings.hnsw_ef_search, k))))
         rows = conn.execute(stmt, {"q": vector, "k": k}).fetchall()
-    return [_hit(r, coll.model.distance) for r in rows]
+    hits = [_hit(r, coll.model.distance) for r in rows]
+    metrics.observe_search("vector", time.perf_counter() - t0, len(hits))
+    return hits
 
 
 def _hit(r: tuple[Any, ...], metric: str) -> Hit:
