@@ -6,7 +6,7 @@ commit. Identifiers are composed with ``psycopg.sql``; values are always paramet
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,14 +173,22 @@ class DocumentRecord:
 
 
 def write_document(conn: Conn, coll: Collection, doc: DocumentRecord, chunks: Sequence[Chunk],
-                   vectors: np.ndarray, replace_id: int | None = None) -> int:
+                   vectors: np.ndarray, replace_id: int | None = None,
+                   extra_vectors: Mapping[str, np.ndarray] | None = None) -> int:
     """Store one document with its chunks and their vectors (caller holds the transaction).
 
     ``vectors`` has one row per embeddable chunk, in chunk order (headings have none).
+    ``extra_vectors`` (table -> vectors, same rows) fills the collection's spaces being
+    built by a model migration, so they keep up with ingest.
 
     A changed document (``replace_id``) loses its old chunks and embeddings first. Chunks
     and vectors go in by binary COPY, with chunk ids drawn beforehand so parents resolve.
+    The collection row is held ``FOR SHARE`` so a model switch waits for this write; if
+    the active space changed since ``coll`` was read and no vectors for it were given,
+    the write is refused rather than leave the searched space without this document.
     """
+    spaces = {coll.table: vectors, **(extra_vectors or {})}
+    live = _live_tables(conn, coll, set(spaces))
     if replace_id is not None:
         conn.execute("DELETE FROM chunks WHERE document_id = %s", (replace_id,))
         conn.execute(
@@ -216,14 +224,34 @@ def write_document(conn: Conn, coll: Collection, doc: DocumentRecord, chunks: Se
             copy.write_row((cid, doc_id, coll.id, ch.ordinal, ch.chunk_type.value, ch.text,
                             list(ch.section_path), parent, ch.char_start, ch.char_end, ch.page,
                             ch.token_count, Jsonb(ch.metadata), ch.content_hash))
-    with conn.cursor().copy(sql.SQL(
-        "COPY {t} (chunk_id, embedding) FROM STDIN (FORMAT BINARY)"
-    ).format(t=sql.Identifier(coll.table))) as copy:
-        copy.set_types(["int8", "vector"])
-        embedded_ids = [cid for cid, ch in zip(ids, chunks, strict=True) if ch.embeddable]
-        for cid, vec in zip(embedded_ids, vectors, strict=True):
-            copy.write_row((cid, vec))
+    embedded_ids = [cid for cid, ch in zip(ids, chunks, strict=True) if ch.embeddable]
+    for table, vecs in spaces.items():
+        if table not in live:
+            continue  # retired (or pruned) while this document was being embedded
+        with conn.cursor().copy(sql.SQL(
+            "COPY {t} (chunk_id, embedding) FROM STDIN (FORMAT BINARY)"
+        ).format(t=sql.Identifier(table))) as copy:
+            copy.set_types(["int8", "vector"])
+            for cid, vec in zip(embedded_ids, vecs, strict=True):
+                copy.write_row((cid, vec))
     return doc_id
+
+
+def _live_tables(conn: Conn, coll: Collection, provided: set[str]) -> set[str]:
+    """Lock the collection against a model switch; the tables a write must fill."""
+    conn.execute("SELECT 1 FROM collections WHERE id = %s FOR SHARE", (coll.id,))
+    rows = conn.execute(
+        "SELECT s.table_name, s.status, s.id = c.active_space_id FROM embedding_spaces s"
+        " JOIN collections c ON c.id = s.collection_id"
+        " WHERE s.collection_id = %s AND s.status IN ('active', 'building')", (coll.id,)
+    ).fetchall()
+    active = next((r[0] for r in rows if r[2]), coll.table)
+    if active not in provided:
+        raise ConflictError(
+            f"collection {coll.name!r} switched to another embedding model while this "
+            "document was being embedded; run the ingest again to store it"
+        )
+    return {r[0] for r in rows}
 
 
 def delete_documents(conn: Conn, collection_id: int, sources: Sequence[str]) -> int:

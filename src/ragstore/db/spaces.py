@@ -1,0 +1,178 @@
+"""SQL for embedding spaces beyond the active one: list, backfill, switch, retire, drop.
+
+A space is a collection paired with a model and its own ``emb_<id>`` table. A collection
+has one ``active`` space (the one searched), at most one ``building`` space (being
+backfilled by ``ragstore models migrate``, written to by ingest as well) and any number of
+``retired`` spaces (kept for an instant rollback until pruned).
+
+Concurrency: the collection row is the lock. Every document write takes it ``FOR SHARE``
+(:func:`lock_collection`); a switch of the active space takes it ``FOR UPDATE``, so it waits
+for writes in flight and no write can land between its last completeness check and the
+switch. Functions run in the caller's transaction and never commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from ragstore.db.repository import _MODEL_COLS, _spec_from_row
+from ragstore.models import ModelSpec
+
+Conn = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class Space:
+    id: int
+    collection_id: int
+    table: str
+    status: str  # building | active | retired
+    model_id: int
+    model: ModelSpec
+    created_at: datetime
+    activated_at: datetime | None
+
+
+_SPACE_SELECT = (
+    "SELECT s.id, s.collection_id, s.table_name, s.status, s.model_id, s.created_at,"
+    f" s.activated_at, {_MODEL_COLS}"
+    " FROM embedding_spaces s JOIN embedding_models m ON m.id = s.model_id"
+)
+
+
+def _space(row: Sequence[Any]) -> Space:
+    return Space(int(row[0]), int(row[1]), row[2], row[3], int(row[4]),
+                 _spec_from_row(row[7:]), row[5], row[6])
+
+
+def list_spaces(conn: Conn, collection_id: int) -> list[Space]:
+    """Every space of a collection, oldest first."""
+    rows = conn.execute(_SPACE_SELECT + " WHERE s.collection_id = %s ORDER BY s.id",
+                        (collection_id,)).fetchall()
+    return [_space(r) for r in rows]
+
+
+def get_space(conn: Conn, space_id: int) -> Space | None:
+    row = conn.execute(_SPACE_SELECT + " WHERE s.id = %s", (space_id,)).fetchone()
+    return _space(row) if row else None
+
+
+def building_spaces(conn: Conn, collection_id: int) -> list[Space]:
+    rows = conn.execute(
+        _SPACE_SELECT + " WHERE s.collection_id = %s AND s.status = 'building' ORDER BY s.id",
+        (collection_id,)).fetchall()
+    return [_space(r) for r in rows]
+
+
+def lock_collection(conn: Conn, collection_id: int, *, exclusive: bool) -> int | None:
+    """Lock the collection row (shared for writes, exclusive for switches); its active space."""
+    stmt = ("SELECT active_space_id FROM collections WHERE id = %s FOR UPDATE" if exclusive
+            else "SELECT active_space_id FROM collections WHERE id = %s FOR SHARE")
+    row = conn.execute(stmt, (collection_id,)).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def live_tables(conn: Conn, collection_id: int) -> dict[str, str]:
+    """table -> status of the collection's active and building spaces."""
+    rows = conn.execute(
+        "SELECT table_name, status FROM embedding_spaces"
+        " WHERE collection_id = %s AND status IN ('active', 'building')",
+        (collection_id,)).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def set_status(conn: Conn, space_id: int, status: str) -> None:
+    conn.execute("UPDATE embedding_spaces SET status = %s WHERE id = %s", (status, space_id))
+
+
+def activate(conn: Conn, collection_id: int, new_space_id: int, old_space_id: int) -> None:
+    """Make ``new`` the searched space and retire ``old`` (caller holds the exclusive lock)."""
+    conn.execute("UPDATE embedding_spaces SET status = 'retired' WHERE id = %s",
+                 (old_space_id,))
+    conn.execute("UPDATE embedding_spaces SET status = 'active', activated_at = now()"
+                 " WHERE id = %s", (new_space_id,))
+    conn.execute("UPDATE collections SET active_space_id = %s WHERE id = %s",
+                 (new_space_id, collection_id))
+
+
+def drop_space(conn: Conn, space: Space) -> None:
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(space.table)))
+    conn.execute("DELETE FROM embedding_spaces WHERE id = %s", (space.id,))
+
+
+def count_vectors(conn: Conn, table: str) -> int:
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+    got = row.fetchone()
+    return int(got[0]) if got else 0
+
+
+def count_missing(conn: Conn, source_table: str, target_table: str) -> int:
+    """Chunks with a vector in ``source`` and none yet in ``target``."""
+    row = conn.execute(sql.SQL(
+        "SELECT count(*) FROM {s} a WHERE NOT EXISTS"
+        " (SELECT 1 FROM {t} b WHERE b.chunk_id = a.chunk_id)"
+    ).format(s=sql.Identifier(source_table), t=sql.Identifier(target_table))).fetchone()
+    return int(row[0]) if row else 0
+
+
+@dataclass(frozen=True)
+class PendingChunk:
+    id: int
+    text: str
+    section_path: tuple[str, ...]
+
+
+def missing_batch(conn: Conn, source_table: str, target_table: str, after_id: int,
+                  limit: int) -> list[PendingChunk]:
+    """The next ``limit`` chunks (by id, after ``after_id``) in source but not in target."""
+    rows = conn.execute(sql.SQL(
+        "SELECT c.id, c.text, c.section_path FROM {s} a JOIN chunks c ON c.id = a.chunk_id"
+        " WHERE a.chunk_id > %s AND NOT EXISTS"
+        " (SELECT 1 FROM {t} b WHERE b.chunk_id = a.chunk_id)"
+        " ORDER BY a.chunk_id LIMIT %s"
+    ).format(s=sql.Identifier(source_table), t=sql.Identifier(target_table)),
+        (after_id, limit)).fetchall()
+    return [PendingChunk(int(r[0]), r[1], tuple(r[2] or ())) for r in rows]
+
+
+def insert_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarray) -> int:
+    """Add vectors for chunks that still exist and have none yet; returns rows added.
+
+    Binary COPY into a temporary table, then one INSERT that skips chunks deleted or
+    embedded meanwhile (a document re-ingested during a backfill), so a batch never fails
+    on a race with ingest.
+    """
+    if not ids:
+        return 0
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS ragstore_backfill"
+                 " (chunk_id bigint, embedding vector) ON COMMIT DELETE ROWS")
+    with conn.cursor().copy(
+        "COPY ragstore_backfill (chunk_id, embedding) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(["int8", "vector"])
+        for cid, vec in zip(ids, vectors, strict=True):
+            copy.write_row((cid, vec))
+    cur = conn.execute(sql.SQL(
+        "INSERT INTO {t} (chunk_id, embedding) SELECT s.chunk_id, s.embedding"
+        " FROM ragstore_backfill s JOIN chunks c ON c.id = s.chunk_id"
+        " ON CONFLICT (chunk_id) DO NOTHING"
+    ).format(t=sql.Identifier(table)))
+    conn.execute("TRUNCATE ragstore_backfill")
+    return cur.rowcount
+
+
+def copy_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarray) -> None:
+    """Binary COPY of fresh vectors for chunks written in this same transaction."""
+    with conn.cursor().copy(sql.SQL(
+        "COPY {t} (chunk_id, embedding) FROM STDIN (FORMAT BINARY)"
+    ).format(t=sql.Identifier(table))) as copy:
+        copy.set_types(["int8", "vector"])
+        for cid, vec in zip(ids, vectors, strict=True):
+            copy.write_row((cid, vec))
