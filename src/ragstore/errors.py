@@ -35,7 +35,12 @@ are caught, never passed through to a user.
     │   ├── FileTooLargeError           payload_too_large
     │   ├── CorruptDocumentError        corrupt_document
     │   ├── EncryptedDocumentError      encrypted_document
-    │   └── InvalidFilterError          invalid_filter
+    │   ├── InvalidFilterError          invalid_filter
+    │   ├── ImportSourceError           import_source_invalid
+    │   └── ImportValidationError       import_invalid
+    ├── ImportVerificationError         import_verification_failed
+    ├── BackupError                     backup_failed
+    │   └── BackupInvalidError          backup_invalid
     └── ModelError                      model_error
         ├── ModelNotFoundError          model_not_found
         ├── ModelMismatchError          model_mismatch
@@ -208,6 +213,42 @@ class EncryptedDocumentError(InputError):
 class InvalidFilterError(InputError):
     code = "invalid_filter"
     http_status = 400
+
+
+class ImportSourceError(InputError):
+    """A legacy store could not be read: bad file, missing column, unreadable row."""
+
+    code = "import_source_invalid"
+
+
+class ImportValidationError(InputError):
+    """The source holds records the chosen policy refuses (bad dimension, NaN, duplicates ...)."""
+
+    code = "import_invalid"
+
+
+class ImportVerificationError(RagstoreError):
+    """Written rows differ from the source, or search parity fell short; nothing was kept."""
+
+    code = "import_verification_failed"
+    http_status = 500
+    exit_code = 70
+
+
+class BackupError(RagstoreError):
+    """pg_dump or pg_restore failed; the database was left as it was."""
+
+    code = "backup_failed"
+    http_status = 500
+    exit_code = 74  # EX_IOERR
+
+
+class BackupInvalidError(BackupError):
+    """The file is not a ragstore backup (missing, truncated, checksum differs)."""
+
+    code = "backup_invalid"
+    http_status = 422
+    exit_code = 65
 
 
 class ModelError(RagstoreError):
