@@ -25,10 +25,12 @@ def decode_text(data: bytes, name: str) -> str:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
+        mixed = not data[: exc.start].isascii()
+        kind = "mixed encodings: valid UTF-8 before, " if mixed else ""
         raise DecodeError(
-            f"{name}: invalid UTF-8 at byte {exc.start} (line {line}); "
+            f"{name}: {kind}invalid UTF-8 at byte {exc.start} (line {line}); "
             "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
         ) from None
     if not text.strip():
         raise EmptyDocumentError(f"{name}: the file holds only whitespace; nothing to ingest")
-    return text
+    return text.replace("\r\n", "\n") if "\r\n" in text else text

@@ -1,34 +1,85 @@
-"""Which parser reads which file: by extension, confirmed by sniffing the content."""
+"""Which parser reads which file: the extension proposes, the content decides.
+
+Strong signatures in the bytes win over the name (a PDF saved as ``.txt`` is read as a
+PDF, an HTML page saved as ``.md`` as HTML); the extension decides among text formats;
+content sniffing decides when the extension says nothing. Binary formats (PDF, DOCX)
+are parsed from bytes; every other format is decoded as UTF-8 first.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import PurePath
 
-from ragstore.errors import UnsupportedFormatError
+from ragstore.errors import BinaryFileError, UnsupportedFormatError
 from ragstore.models import ParsedDocument
-from ragstore.parsing.decode import decode_text
+from ragstore.parsing.code import CODE_SUFFIXES, language_from_shebang, parse_code
+from ragstore.parsing.decode import decode_text, looks_binary
+from ragstore.parsing.docx import parse_docx
+from ragstore.parsing.html import parse_html
 from ragstore.parsing.markdown import parse_markdown
+from ragstore.parsing.pdf import parse_pdf
 from ragstore.parsing.text import parse_text
 
 TextParser = Callable[[str, str], ParsedDocument]
+BytesParser = Callable[[bytes, str], ParsedDocument]
 
 SUFFIXES: dict[str, str] = {
     ".md": "markdown", ".markdown": "markdown", ".mdown": "markdown",
     ".txt": "text", ".text": "text", ".rst": "text", "": "text",
+    ".html": "html", ".htm": "html", ".xhtml": "html",
+    ".pdf": "pdf", ".docx": "docx",
+    **{suffix: "code" for suffix in CODE_SUFFIXES},
 }
-TEXT_PARSERS: dict[str, TextParser] = {"markdown": parse_markdown, "text": parse_text}
+TEXT_PARSERS: dict[str, TextParser] = {
+    "markdown": parse_markdown, "text": parse_text, "html": parse_html, "code": parse_code,
+}
+BYTES_PARSERS: dict[str, BytesParser] = {"pdf": parse_pdf, "docx": parse_docx}
+
+_HTML_START = re.compile(rb"^\s*(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*(<!doctype\s+html|<html[\s>])",
+                         re.IGNORECASE | re.DOTALL)
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def supported_suffixes() -> set[str]:
     return {s for s in SUFFIXES if s}
 
 
+def sniff_format(data: bytes) -> str | None:
+    """The format the bytes themselves declare, or None when they declare none."""
+    head = data[:4096]
+    if head.lstrip()[:5] == b"%PDF-":
+        return "pdf"
+    if head.startswith(_ZIP_MAGIC) and b"word/" in data[:65536]:
+        return "docx"
+    if _HTML_START.match(head.lstrip(b"\xef\xbb\xbf")):
+        return "html"
+    if head.startswith(b"#!") and language_from_shebang(head.split(b"\n", 1)[0]) is not None:
+        return "code"
+    return None
+
+
 def detect_format(name: str, data: bytes) -> str:
-    """The format of a file from its suffix; content decides when the suffix says nothing."""
+    """The format of one file from its name and content (see the module docstring)."""
     suffix = PurePath(name).suffix.lower()
-    if suffix in SUFFIXES:
-        return SUFFIXES[suffix]
+    by_name = SUFFIXES.get(suffix)
+    sniffed = sniff_format(data)
+    if sniffed in ("pdf", "docx", "html") and by_name != "code":
+        return sniffed
+    if by_name is not None:
+        if by_name == "text" and sniffed == "code":
+            return "code"
+        return by_name
+    if sniffed is not None:
+        return sniffed
+    if data and not looks_binary(data):
+        return "text"  # an unknown suffix on a text file: read it as plain text
+    if looks_binary(data):
+        raise BinaryFileError(
+            f"{name}: unsupported binary file type {suffix!r}; supported: "
+            f"{', '.join(sorted(supported_suffixes()))}"
+        )
     raise UnsupportedFormatError(
         f"{name}: unsupported file type {suffix!r}; supported: "
         f"{', '.join(sorted(supported_suffixes()))}"
@@ -38,5 +89,7 @@ def detect_format(name: str, data: bytes) -> str:
 def parse_bytes(data: bytes, name: str, fmt: str | None = None) -> ParsedDocument:
     """Parse one file's bytes; ``name`` is used for format detection and in error messages."""
     fmt = fmt or detect_format(name, data)
+    if fmt in BYTES_PARSERS:
+        return BYTES_PARSERS[fmt](data, name)
     text = decode_text(data, name)
     return TEXT_PARSERS[fmt](text, name)

@@ -1,0 +1,105 @@
+"""DOCX through python-docx: headings, paragraphs, lists, quotes and tables in body order.
+
+The Word styles say what a paragraph is (``Heading 2``, ``List Bullet``, ``Quote``);
+consecutive list paragraphs form one list block, and each table becomes one pipe table
+with its first row as the header.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from pathlib import PurePath
+from typing import Any
+
+from docx import Document
+from docx.opc.exceptions import PackageNotFoundError
+from docx.table import Table
+from docx.text.paragraph import Paragraph
+
+from ragstore.errors import CorruptDocumentError, EmptyDocumentError
+from ragstore.models import ChunkType, ParsedDocument
+from ragstore.parsing.structure import BlockBuilder, pipe_table
+
+_HEADING = re.compile(r"^heading\s*(\d)$", re.IGNORECASE)
+
+
+def _kind(p: Paragraph) -> tuple[ChunkType, int]:
+    style = (p.style.name if p.style is not None else "") or ""
+    lowered = style.lower()
+    match = _HEADING.match(style)
+    if match:
+        return ChunkType.HEADING, int(match.group(1))
+    if lowered == "title":
+        return ChunkType.HEADING, 1
+    if lowered.startswith("list") or (p._p.pPr is not None and p._p.pPr.numPr is not None):
+        return ChunkType.LIST, 0
+    if "quote" in lowered:
+        return ChunkType.QUOTE, 0
+    if "code" in lowered or "preformatted" in lowered:
+        return ChunkType.CODE, 0
+    return ChunkType.PARAGRAPH, 0
+
+
+def _rows(table: Table) -> list[list[str]]:
+    rows = []
+    for row in table.rows:
+        cells: list[str] = []
+        seen: set[int] = set()
+        for cell in row.cells:
+            if id(cell._tc) in seen:
+                continue  # a merged cell is reported once per grid column it spans
+            seen.add(id(cell._tc))
+            cells.append(cell.text)
+        if any(c.strip() for c in cells):
+            rows.append(cells)
+    return rows
+
+
+def parse_docx(data: bytes, name: str) -> ParsedDocument:
+    try:
+        doc = Document(io.BytesIO(data))
+    except (zipfile.BadZipFile, PackageNotFoundError):
+        raise CorruptDocumentError(
+            f"{name}: not a valid DOCX file (not a zip archive); "
+            "re-save it from Word or LibreOffice as .docx"
+        ) from None
+    except (KeyError, ValueError, AttributeError, zipfile.LargeZipFile) as exc:
+        raise CorruptDocumentError(
+            f"{name}: damaged DOCX ({type(exc).__name__}: {exc}); re-save it as .docx"
+        ) from None
+    out = BlockBuilder()
+    pending: list[str] = []  # consecutive list items
+    for item in doc.iter_inner_content():
+        if isinstance(item, Paragraph):
+            kind, level = _kind(item)
+            if kind is ChunkType.LIST:
+                if item.text.strip():
+                    pending.append("- " + item.text.strip())
+                continue
+            if pending:
+                out.add(ChunkType.LIST, "\n".join(pending))
+                pending = []
+            out.add(kind, item.text, level=level)
+        else:
+            if pending:
+                out.add(ChunkType.LIST, "\n".join(pending))
+                pending = []
+            text, shape = pipe_table(_rows(item))
+            out.add(ChunkType.TABLE, text, metadata=shape)
+    if pending:
+        out.add(ChunkType.LIST, "\n".join(pending))
+    if not out.blocks:
+        raise EmptyDocumentError(f"{name}: the DOCX holds no text; nothing to ingest")
+    props = doc.core_properties
+    metadata: dict[str, Any] = {}
+    for key in ("author", "subject", "keywords", "category"):
+        value = getattr(props, key, None)
+        if value:
+            metadata[key] = str(value)
+    if props.created is not None:
+        metadata["created"] = props.created.isoformat()
+    return ParsedDocument(format="docx",
+                          title=props.title or out.title or PurePath(name).stem or None,
+                          blocks=out.blocks, metadata=metadata)

@@ -1,0 +1,128 @@
+"""HTML through BeautifulSoup on lxml: headings, paragraphs, lists, tables, code, quotes.
+
+Boilerplate that is not the document (scripts, styles, navigation, headers, footers,
+asides, forms) is dropped before the walk; ``<main>`` or ``<article>``, when present,
+is taken as the document.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+from typing import Any
+
+from bs4 import BeautifulSoup
+from bs4.element import NavigableString, Tag
+
+from ragstore.errors import EmptyDocumentError
+from ragstore.models import ChunkType, ParsedDocument
+from ragstore.parsing.structure import BlockBuilder, pipe_table
+
+_DROP = ("script", "style", "noscript", "template", "nav", "header", "footer", "aside",
+         "form", "iframe", "svg", "button", "select", "head")
+_HEADINGS = {f"h{i}": i for i in range(1, 7)}
+_LISTS = {"ul", "ol", "dl", "menu"}
+_INLINE = {"a", "abbr", "b", "bdi", "bdo", "br", "cite", "code", "data", "dfn", "em", "i",
+           "kbd", "mark", "q", "s", "samp", "small", "span", "strong", "sub", "sup", "time",
+           "u", "var", "wbr", "img", "label", "del", "ins"}
+
+
+def _text(el: Tag) -> str:
+    return " ".join(el.get_text().split())
+
+
+def _list_text(el: Tag) -> str:
+    items = el.find_all(["li", "dt", "dd"])
+    if not items:
+        return _text(el)
+    lines = []
+    for li in items:
+        depth = sum(1 for p in li.parents if isinstance(p, Tag) and p.name in _LISTS) - 1
+        own = " ".join(
+            " ".join(c.get_text(" ", strip=True).split()) if isinstance(c, Tag) else
+            " ".join(str(c).split())
+            for c in li.children
+            if not (isinstance(c, Tag) and c.name in _LISTS)
+        ).strip()
+        if own:
+            lines.append("  " * max(0, depth) + "- " + own)
+    return "\n".join(lines)
+
+
+def _table(el: Tag) -> tuple[str, dict[str, Any]]:
+    rows = []
+    for tr in el.find_all("tr"):
+        if tr.find_parent("table") is not el:
+            continue  # rows of a nested table belong to that table
+        cells = [_text(c) for c in tr.find_all(["th", "td"], recursive=False)]
+        if any(cells):
+            rows.append(cells)
+    return pipe_table(rows)
+
+
+def _walk(el: Tag, out: BlockBuilder) -> None:
+    loose: list[str] = []
+
+    def flush() -> None:
+        if loose:
+            out.add(ChunkType.PARAGRAPH, " ".join("".join(loose).split()))
+            loose.clear()
+
+    for child in el.children:
+        if isinstance(child, NavigableString):
+            if type(child) is NavigableString:
+                loose.append(str(child))
+            continue
+        if not isinstance(child, Tag):
+            continue
+        name = child.name
+        if name in _INLINE:
+            loose.append(child.get_text())
+            continue
+        flush()
+        if name in _HEADINGS:
+            out.add(ChunkType.HEADING, _text(child), level=_HEADINGS[name])
+        elif name == "p":
+            out.add(ChunkType.PARAGRAPH, _text(child))
+        elif name in _LISTS:
+            out.add(ChunkType.LIST, _list_text(child))
+        elif name == "table":
+            text, shape = _table(child)
+            out.add(ChunkType.TABLE, text, metadata=shape)
+        elif name == "pre":
+            code = child.find("code")
+            classes: list[str] | str = (code.get("class") if isinstance(code, Tag) else None) or []
+            langs = [c[9:] for c in classes if isinstance(c, str) and c.startswith("language-")]
+            out.add(ChunkType.CODE, child.get_text(), metadata={"language": langs[0]}
+                    if langs else {})
+        elif name == "blockquote":
+            out.add(ChunkType.QUOTE, _text(child))
+        else:
+            _walk(child, out)
+    flush()
+
+
+def parse_html(text: str, name: str) -> ParsedDocument:
+    soup = BeautifulSoup(text, "lxml")
+    title_tag = soup.find("title")
+    title = _text(title_tag) if isinstance(title_tag, Tag) else None
+    metadata: dict[str, Any] = {}
+    html_tag = soup.find("html")
+    if isinstance(html_tag, Tag) and isinstance(html_tag.get("lang"), str):
+        metadata["lang"] = html_tag["lang"]
+    for meta in soup.find_all("meta"):
+        key, value = meta.get("name"), meta.get("content")
+        if isinstance(key, str) and isinstance(value, str) and key.lower() in (
+                "description", "author", "keywords"):
+            metadata[key.lower()] = value
+    for tag in soup.find_all(_DROP):
+        tag.decompose()
+    for br in soup.find_all("br"):
+        br.replace_with("\n")
+    root = soup.find("main") or soup.find("article") or soup.find("body") or soup
+    out = BlockBuilder()
+    if isinstance(root, Tag):
+        _walk(root, out)
+    if not out.blocks:
+        raise EmptyDocumentError(f"{name}: the HTML page holds no text outside boilerplate")
+    return ParsedDocument(format="html", title=title or out.title or PurePath(name).stem or None,
+                          blocks=out.blocks, metadata=metadata)
