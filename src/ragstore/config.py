@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     search_k: int = Field(10, ge=1, le=1000, description="Hits returned when a search names no k.")
     hnsw_ef_search: int = Field(100, ge=1, le=1000, description="Default HNSW ef_search.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="Log lines: JSON, or readable text when auto and on a terminal.")
+    log_queries: bool = Field(
+        False, description="Log query texts (debugging only; off keeps queries out of logs).")
+    allow_embedded_in_prod: bool = Field(
+        False, description="Let profile prod run on the embedded database (single machine).")
     # HTTP API (ragstore serve) and background workers (ragstore worker)
     auth: Literal["auto", "on", "off"] = Field(
         "auto", description="API keys: auto = off only for the embedded database on loopback.")
@@ -110,7 +116,11 @@ def _describe_error(err: dict[str, Any]) -> str:
 def get_settings(**overrides: Any) -> Settings:
     """Build and validate the settings; raise one ConfigError naming each bad variable."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         lines = [_describe_error(dict(e)) for e in exc.errors()]
         raise ConfigError("; ".join(lines)) from None
+    from ragstore.profiles import check_profile
+
+    check_profile(settings)
+    return settings
