@@ -38,6 +38,11 @@ from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The one import-time action here, on purpose: in multiprocess mode every metric below
+# opens a file in that folder as it is defined, so a missing folder would make every
+# ragstore command (not only the server) crash on import.
+if os.environ.get(MULTIPROC_ENV):
+    os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
 # Past this many collections, the smallest are summed into collection="_other".
 MAX_COLLECTION_LABELS = 50
 # Tables smaller than this are counted exactly; larger ones use pg_class.reltuples.
