@@ -254,6 +254,18 @@ def _live_tables(conn: Conn, coll: Collection, provided: set[str]) -> set[str]:
     return {r[0] for r in rows}
 
 
+def sources_under(conn: Conn, collection_id: int, prefixes: Sequence[str],
+                  exact: Sequence[str] = ()) -> list[str]:
+    """Sources of the collection that start with one of ``prefixes`` or equal one of ``exact``."""
+    rows = conn.execute(
+        "SELECT source FROM documents WHERE collection_id = %s AND (source = ANY(%s)"
+        " OR EXISTS (SELECT 1 FROM unnest(%s::text[]) p WHERE left(source, length(p)) = p))"
+        " ORDER BY source",
+        (collection_id, list(exact), list(prefixes)),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def delete_documents(conn: Conn, collection_id: int, sources: Sequence[str]) -> int:
     cur = conn.execute("DELETE FROM documents WHERE collection_id = %s AND source = ANY(%s)",
                        (collection_id, list(sources)))
