@@ -1,60 +1,238 @@
-"""Vector search over a collection's active embedding space (HNSW)."""
+"""Search a collection: vector (HNSW), full-text (BM25) or hybrid (RRF of both), with filters.
+
+Every mode is one SQL statement, sent in one round trip together with its session
+settings (psycopg pipeline mode): the candidate lists are CTEs, fusion happens in the
+database, and only the final ``k`` rows come back with their chunk and document.
+
+Vector search turns on pgvector's iterative index scan (``hnsw.iterative_scan =
+relaxed_order``, pgvector >= 0.8) and re-sorts the rows it returns: without it a filter
+that keeps 1% of the chunks leaves an HNSW scan of ``ef_search`` candidates with almost
+nothing to return, the best-known pgvector pitfall.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from weakref import WeakKeyDictionary
 
 from psycopg import sql
 
+from ragstore.db.database import Database
 from ragstore.db.errors import translated
+from ragstore.db.repository import Collection
 from ragstore.errors import InputError
 from ragstore.models import Hit
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
+from ragstore.search import bm25
+from ragstore.search.filters import compile_filter
+from ragstore.search.hybrid import FusionParams, fusion_sql
+
+Mode = Literal["vector", "fulltext", "hybrid"]
+MODES: tuple[Mode, ...] = ("vector", "fulltext", "hybrid")
+MIN_CANDIDATES = 100  # depth of each list fused in hybrid mode (at least k)
 
 _OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
+_iterative: WeakKeyDictionary[Database, bool] = WeakKeyDictionary()
 
 
-def _score(distance: float, metric: str) -> float:
+@dataclass(frozen=True)
+class SearchParams:
+    """Everything about one search besides the query text and the collection."""
+
+    k: int = 10
+    mode: Mode = "hybrid"
+    where: Mapping[str, Any] | None = None
+    ef_search: int | None = None
+    candidates: int | None = None
+    fusion: FusionParams = field(default_factory=FusionParams)
+    k1: float | None = None
+    b: float | None = None
+    explain: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"unknown search mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if not 1 <= self.k <= 1000:
+            raise InputError(f"k must be between 1 and 1000, got {self.k}")
+        if self.ef_search is not None and not 1 <= self.ef_search <= 1000:
+            raise InputError(f"ef_search must be between 1 and 1000, got {self.ef_search}")
+        if self.candidates is not None and not 1 <= self.candidates <= 10_000:
+            raise InputError(f"candidates must be between 1 and 10000, got {self.candidates}")
+        if self.k1 is not None and not 0 <= self.k1 <= 10:
+            raise InputError(f"BM25 k1 must be between 0 and 10, got {self.k1:g}")
+        if self.b is not None and not 0 <= self.b <= 1:
+            raise InputError(f"BM25 b must be between 0 and 1, got {self.b:g}")
+
+    @property
+    def depth(self) -> int:
+        """How many candidates each list contributes."""
+        if self.mode != "hybrid":
+            return self.k
+        return max(self.k, self.candidates or MIN_CANDIDATES)
+
+
+def similarity(distance: float, metric: str) -> float:
+    """A higher-is-better score from a pgvector distance (cosine: 1 - distance)."""
     if metric == "cosine":
         return 1.0 - distance
-    if metric == "ip":
-        return -distance
     return -distance
 
 
+def _supports_iterative_scan(rt: Runtime) -> bool:
+    db = rt.db
+    if db not in _iterative:
+        with db.connection() as conn, translated("reading the pgvector version"):
+            row = conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        version = tuple(int(p) for p in str(row[0] if row else "0").split(".") if p.isdigit())
+        _iterative[db] = version >= (0, 8)
+    return _iterative[db]
+
+
 def search(rt: Runtime, query: str, *, collection: str | None = None, k: int | None = None,
-           ef_search: int | None = None) -> list[Hit]:
-    """The ``k`` chunks nearest to ``query`` in the collection's active model space."""
+           mode: Mode = "hybrid", where: Mapping[str, Any] | None = None,
+           ef_search: int | None = None, explain: bool = False,
+           fusion: FusionParams | None = None, candidates: int | None = None,
+           k1: float | None = None, b: float | None = None) -> list[Hit]:
+    """The best ``k`` chunks for ``query`` in a collection, by ``mode``."""
+    params = SearchParams(k=k or rt.settings.search_k, mode=mode, where=where,
+                          ef_search=ef_search, candidates=candidates,
+                          fusion=fusion or FusionParams(), k1=k1, b=b, explain=explain)
+    return run(rt, query, collection or rt.settings.collection, params)
+
+
+def run(rt: Runtime, query: str, collection: str, p: SearchParams) -> list[Hit]:
+    """:func:`search` with its parameters gathered (used by eval to reuse one object)."""
     t0 = time.perf_counter()
-    if not query.strip():
-        raise InputError("the query is empty; give the words to search for")
-    k = k or rt.settings.search_k
-    if not 1 <= k <= 1000:
-        raise InputError(f"k must be between 1 and 1000, got {k}")
-    coll = rt.collection(collection or rt.settings.collection)
-    embedder = rt.embedder_for(coll)
-    vector = embedder.embed([query])[0]
-    op = sql.SQL(_OPERATORS[coll.model.distance])
-    stmt = sql.SQL(
-        "WITH nn AS (SELECT chunk_id, embedding {op} %(q)s AS distance FROM {t}"
-        " ORDER BY embedding {op} %(q)s LIMIT %(k)s)"
-        " SELECT c.id, d.id, d.source, d.title, c.text, c.chunk_type, c.section_path,"
-        " c.ordinal, c.page, c.metadata, nn.distance"
-        " FROM nn JOIN chunks c ON c.id = nn.chunk_id JOIN documents d ON d.id = c.document_id"
-        " ORDER BY nn.distance"
-    ).format(op=op, t=sql.Identifier(coll.table))
-    with rt.db.connection() as conn, translated(f"searching {coll.name!r}"):
-        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(
-            sql.Literal(ef_search or max(rt.settings.hnsw_ef_search, k))))
-        rows = conn.execute(stmt, {"q": vector, "k": k}).fetchall()
-    hits = [_hit(r, coll.model.distance) for r in rows]
-    metrics.observe_search("vector", time.perf_counter() - t0, len(hits))
+    try:
+        hits = _run(rt, query, collection, p)
+    except Exception:
+        metrics.observe_search(p.mode, time.perf_counter() - t0, None)
+        raise
+    metrics.observe_search(p.mode, time.perf_counter() - t0, len(hits))
     return hits
 
 
-def _hit(r: tuple[Any, ...], metric: str) -> Hit:
+def _run(rt: Runtime, query: str, collection: str, p: SearchParams) -> list[Hit]:
+    if not query.strip():
+        raise InputError("the query is empty; give the words to search for")
+    compiled = compile_filter(p.where)
+    coll = rt.collection(collection)
+    values: dict[str, Any] = dict(compiled.params)
+    values.update({"k": p.k, "n": p.depth, "rrf_k": p.fusion.k,
+                   "wv": p.fusion.vector_weight, "wf": p.fusion.fulltext_weight})
+    filtered = p.where is not None and bool(p.where)
+    ctes: list[sql.Composable] = []
+    ranked: list[tuple[str, str]] = []
+
+    if p.mode in ("vector", "hybrid"):
+        values["q"] = rt.embedder_for(coll).embed([query])[0]
+        ctes.append(sql.SQL("vec AS MATERIALIZED ({})").format(
+            _vector_sql(coll, compiled.condition, filtered)))
+        ctes.append(sql.SQL("vec_ranked AS (SELECT chunk_id, raw, row_number() OVER"
+                            " (ORDER BY raw, chunk_id) AS rank FROM vec)"))
+        ranked.append(("vec_ranked", "wv"))
+    if p.mode in ("fulltext", "hybrid"):
+        ftq = bm25.parse_query(query)
+        if not ftq.empty:
+            settings = coll.settings
+            values.update({
+                "cid": coll.id, "cfg": str(settings.get("ts_config", bm25.DEFAULT_TS_CONFIG)),
+                "match": ftq.match, "required": ftq.required, "excluded": ftq.excluded,
+                "terms": ftq.terms,
+                "k1": float(p.k1 if p.k1 is not None else settings.get("bm25_k1", bm25.DEFAULT_K1)),
+                "b": float(p.b if p.b is not None else settings.get("bm25_b", bm25.DEFAULT_B)),
+            })
+            ctes.append(sql.SQL("ft AS MATERIALIZED ({})").format(
+                bm25.ranked_list_sql(ftq, compiled.condition, filtered)))
+            ctes.append(sql.SQL("ft_ranked AS (SELECT chunk_id, raw, row_number() OVER"
+                                " (ORDER BY raw DESC, chunk_id) AS rank FROM ft)"))
+            ranked.append(("ft_ranked", "wf"))
+    if not ranked:
+        return []  # full-text search for nothing but stop words
+
+    if p.mode == "hybrid":
+        ctes.append(sql.SQL("fused AS ({})").format(fusion_sql(ranked)))
+    elif p.mode == "vector":
+        score = _similarity_sql(coll.model.distance)
+        ctes.append(sql.SQL("fused AS (SELECT chunk_id, {} AS score FROM vec_ranked"
+                            " ORDER BY rank LIMIT %(k)s)").format(score))
+    else:
+        ctes.append(sql.SQL("fused AS (SELECT chunk_id, raw AS score FROM ft_ranked"
+                            " ORDER BY rank LIMIT %(k)s)"))
+    has_vec = any(name == "vec_ranked" for name, _ in ranked)
+    has_ft = any(name == "ft_ranked" for name, _ in ranked)
+    stmt = sql.SQL(
+        "WITH {ctes} SELECT c.id, d.id, d.source, d.title, c.text, c.chunk_type,"
+        " c.section_path, c.ordinal, c.page, c.metadata, f.score, {vcols}, {fcols}"
+        " FROM fused f JOIN chunks c ON c.id = f.chunk_id"
+        " JOIN documents d ON d.id = c.document_id{vjoin}{fjoin}"
+        " ORDER BY f.score DESC, c.id"
+    ).format(
+        ctes=sql.SQL(", ").join(ctes),
+        vcols=sql.SQL("v.rank, v.raw" if has_vec else "NULL::bigint, NULL::float8"),
+        fcols=sql.SQL("t.rank, t.raw" if has_ft else "NULL::bigint, NULL::float8"),
+        vjoin=sql.SQL(" LEFT JOIN vec_ranked v ON v.chunk_id = c.id" if has_vec else ""),
+        fjoin=sql.SQL(" LEFT JOIN ft_ranked t ON t.chunk_id = c.id" if has_ft else ""),
+    )
+    ef = p.ef_search or max(rt.settings.hnsw_ef_search, min(p.depth, 1000))
+    iterative = has_vec and _supports_iterative_scan(rt)
+    with rt.db.connection() as conn, translated(f"searching {coll.name!r}"):
+        with conn.pipeline():
+            if has_vec:
+                conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
+            if iterative:
+                conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+            cur = conn.execute(stmt, values)
+        rows = cur.fetchall()
+    return [_hit(r, coll, p) for r in rows]
+
+
+def _similarity_sql(metric: str) -> sql.Composable:
+    return sql.SQL("1.0 - raw" if metric == "cosine" else "-raw")
+
+
+def _vector_sql(coll: Collection, condition: sql.Composable, filtered: bool) -> sql.Composable:
+    """The ``%(n)s`` nearest embeddings; joined to chunks and documents only to filter."""
+    op = sql.SQL(_OPERATORS[coll.model.distance])
+    if not filtered:
+        return sql.SQL(
+            "SELECT e.chunk_id, e.embedding {op} %(q)s AS raw FROM {t} e"
+            " ORDER BY e.embedding {op} %(q)s LIMIT %(n)s"
+        ).format(op=op, t=sql.Identifier(coll.table))
+    return sql.SQL(
+        "SELECT e.chunk_id, e.embedding {op} %(q)s AS raw FROM {t} e"
+        " JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id"
+        " WHERE {cond} ORDER BY e.embedding {op} %(q)s LIMIT %(n)s"
+    ).format(op=op, t=sql.Identifier(coll.table), cond=condition)
+
+
+def _hit(r: tuple[Any, ...], coll: Collection, p: SearchParams) -> Hit:
+    explain: dict[str, Any] | None = None
+    if p.explain:
+        vrank, vraw, frank, fraw = r[11], r[12], r[13], r[14]
+        explain = {
+            "mode": p.mode,
+            "vector": None if vrank is None else {
+                "rank": int(vrank), "distance": float(vraw), "metric": coll.model.distance,
+                "similarity": similarity(float(vraw), coll.model.distance)},
+            "fulltext": None if frank is None else {"rank": int(frank), "bm25": float(fraw)},
+        }
+        if p.mode == "hybrid":
+            explain["rrf"] = {"k": p.fusion.k, "vector_weight": p.fusion.vector_weight,
+                              "fulltext_weight": p.fusion.fulltext_weight}
     return Hit(chunk_id=int(r[0]), document_id=int(r[1]), source=r[2], title=r[3], text=r[4],
                chunk_type=r[5], section_path=list(r[6]), ordinal=int(r[7]), page=r[8],
-               metadata=dict(r[9]), score=_score(float(r[10]), metric))
+               metadata=dict(r[9]), score=float(r[10]), explain=explain)
+
+
+def parse_mode(text: str) -> Mode:
+    """A mode from user input, or one error listing the choices."""
+    for mode in MODES:
+        if text == mode:
+            return mode
+    raise InputError(f"unknown search mode {text!r}; use one of {', '.join(MODES)}")
