@@ -23,12 +23,23 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _register() -> None:
-    from ragstore.cli import config_cmd, db_cmd, ingest_cmd, search_cmd
+    from ragstore.cli import (
+        config_cmd,
+        db_cmd,
+        ingest_cmd,
+        keys_cmd,
+        search_cmd,
+        serve_cmd,
+        worker_cmd,
+    )
 
     app.add_typer(db_cmd.app, name="db")
     app.add_typer(config_cmd.app, name="config")
     ingest_cmd.register(app)
     search_cmd.register(app)
+    app.add_typer(keys_cmd.app, name="keys")
+    serve_cmd.register(app)
+    worker_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

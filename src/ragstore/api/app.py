@@ -1,0 +1,110 @@
+"""The app factory: ``create_app(settings)`` builds the FastAPI app; its lifespan opens the
+Runtime (database pool, models), the key store and the job queue, and closes them.
+
+Nothing happens at import time. Middleware goes in :func:`install_middleware`, the one
+place to add more (metrics, request logging).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from ragstore import __version__
+from ragstore.api.deps import ApiState
+from ragstore.api.errors import install_error_handlers
+from ragstore.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from ragstore.api.routes import collections, documents, health, jobs, models, search
+from ragstore.auth import KeyStore, RateLimiter
+from ragstore.config import Settings, get_settings
+from ragstore.errors import ConfigError, RagstoreError
+from ragstore.jobs import build_queue
+from ragstore.observability.http import install_observability
+from ragstore.runtime import Runtime
+
+log = logging.getLogger("ragstore.api")
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "") or host.startswith("unix:"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_enabled(settings: Settings) -> bool:
+    """``auto`` turns keys off only for the embedded database served on loopback."""
+    if settings.auth == "auto":
+        return not (settings.uses_embedded_database and is_loopback(settings.api_host))
+    if settings.auth == "off" and settings.profile == "prod" and not is_loopback(
+            settings.api_host):
+        raise ConfigError(
+            f"RAGSTORE_AUTH=off with RAGSTORE_API_HOST={settings.api_host} in the prod profile "
+            "would serve every collection to anyone; turn auth on or bind to 127.0.0.1")
+    return settings.auth == "on"
+
+
+def install_middleware(app: FastAPI, settings: Settings) -> None:
+    """Every middleware of the app, outermost last. Add metrics/logging middleware here."""
+    app.add_middleware(BodyLimitMiddleware, json_bytes=settings.max_request_bytes,
+                       upload_bytes=settings.max_upload_bytes)
+    install_observability(app, settings)  # metrics, access log, GET /metrics
+    app.add_middleware(RequestIdMiddleware)
+
+
+def _warm_up(rt: Runtime) -> None:
+    """Open the database and load the default model now rather than on the first request."""
+    from ragstore.embedding.registry import resolve_spec
+
+    rt.db  # noqa: B018 (checks server and schema)
+    rt.embedder(resolve_spec(rt.settings.model))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    secure = auth_enabled(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = Runtime(settings)
+        try:
+            await run_in_threadpool(_warm_up, rt)
+        except RagstoreError as exc:
+            log.warning("not ready at start (see /readyz): %s", exc)
+        db = rt.raw_db()
+        queue = build_queue(db.conninfo, sync=True)
+        queue.open()
+        if secure:
+            log.info("authentication is on: requests need an API key")
+        else:
+            log.warning(
+                "authentication is OFF (RAGSTORE_AUTH=%s): every request to %s:%s has admin "
+                "rights; set RAGSTORE_AUTH=on and create keys with `ragstore keys create`",
+                settings.auth, settings.api_host, settings.api_port)
+        app.state.ragstore = ApiState(
+            runtime=rt, keys=KeyStore(db) if secure else None,
+            limiter=RateLimiter(settings.rate_limit_per_minute), queue=queue)
+        try:
+            yield
+        finally:
+            queue.close()
+            rt.close()
+
+    app = FastAPI(
+        title="ragstore", version=__version__, lifespan=lifespan,
+        summary="Document retrieval on PostgreSQL + pgvector.",
+        description=("Every error is RFC 9457 `application/problem+json` with a stable `code` "
+                     "and the `request_id`. Authenticate with `Authorization: Bearer rsk_...`."),
+    )
+    install_middleware(app, settings)
+    install_error_handlers(app)
+    for module in (health, collections, documents, search, models, jobs):
+        app.include_router(module.router)
+    return app

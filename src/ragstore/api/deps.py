@@ -1,0 +1,110 @@
+"""What route functions receive, as ``Annotated`` aliases so their signatures read as prose.
+
+``Rt`` is the process's Runtime; ``ReadAccess`` / ``WriteAccess`` / ``AdminAccess`` are the
+caller, already authenticated, rate-limited and holding at least that scope (with auth off,
+an anonymous caller with every right).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Annotated
+
+import procrastinate
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ragstore.auth import ApiKey, KeyStore, RateLimiter
+from ragstore.errors import InputError
+from ragstore.runtime import Runtime
+
+
+@dataclass
+class ApiState:
+    """Everything the app builds in its lifespan, kept on ``app.state.ragstore``."""
+
+    runtime: Runtime
+    keys: KeyStore | None  # None: auth is off
+    limiter: RateLimiter
+    queue: procrastinate.App
+
+
+def get_state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.ragstore
+    return state
+
+
+State = Annotated[ApiState, Depends(get_state)]
+
+
+def get_runtime(state: State) -> Runtime:
+    return state.runtime
+
+
+Rt = Annotated[Runtime, Depends(get_runtime)]
+
+
+CollectionName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+                                     examples=["handbook"], description="Collection name")]
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: an API key, or nobody in particular when auth is off."""
+
+    key: ApiKey | None
+
+    def require(self, scope: str, collection: str | None = None) -> None:
+        if self.key is not None:
+            self.key.require(scope, collection)
+
+    def sees(self, collection: str) -> bool:
+        return self.key is None or self.key.collection in (None, collection)
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from `ragstore keys create`.")
+
+
+def _caller(state: State,
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+            ) -> Principal:
+    if state.keys is None:
+        return Principal(None)
+    key = state.keys.authenticate(credentials.credentials if credentials else None)
+    state.limiter.hit(key.key_id)
+    return Principal(key)
+
+
+def _scoped(scope: str):  # type: ignore[no-untyped-def]
+    def dependency(caller: Annotated[Principal, Depends(_caller)]) -> Principal:
+        caller.require(scope)
+        return caller
+
+    dependency.__name__ = f"require_{scope}"
+    return dependency
+
+
+ReadAccess = Annotated[Principal, Depends(_scoped("read"))]
+WriteAccess = Annotated[Principal, Depends(_scoped("write"))]
+AdminAccess = Annotated[Principal, Depends(_scoped("admin"))]
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    """The last id of the previous page from an opaque cursor; InputError when mangled."""
+    if not cursor:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = text.partition(":")
+        if kind == "id" and value.isdigit() and len(value) < 19:
+            return int(value)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InputError(f"invalid cursor {cursor!r}; pass the next_cursor of a previous page")

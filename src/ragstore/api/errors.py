@@ -1,0 +1,166 @@
+"""The one place ragstore errors become HTTP answers: RFC 9457 ``application/problem+json``.
+
+:data:`PROBLEMS` maps every class of the :mod:`ragstore.errors` hierarchy to its status and
+title (a test checks that it covers them all). Every answer carries the stable ``code``, a
+human ``detail`` and the ``request_id``; no stack trace ever reaches a client: an
+unexpected exception is logged here with its request id and answered as ``internal_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ragstore import errors as e
+
+log = logging.getLogger("ragstore.api")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+@dataclass(frozen=True)
+class Problem:
+    status: int
+    title: str
+
+
+PROBLEMS: dict[type[e.RagstoreError], Problem] = {
+    e.RagstoreError: Problem(500, "Internal error"),
+    e.ConfigError: Problem(500, "Server misconfigured"),
+    e.DatabaseError: Problem(503, "Database error"),
+    e.DatabaseUnavailableError: Problem(503, "Database unavailable"),
+    e.ExtensionMissingError: Problem(503, "Database extension missing"),
+    e.SchemaMismatchError: Problem(503, "Database schema mismatch"),
+    e.NotFoundError: Problem(404, "Not found"),
+    e.CollectionNotFoundError: Problem(404, "Collection not found"),
+    e.DocumentNotFoundError: Problem(404, "Document not found"),
+    e.JobNotFoundError: Problem(404, "Job not found"),
+    e.ApiKeyNotFoundError: Problem(404, "API key not found"),
+    e.ConflictError: Problem(409, "Conflict"),
+    e.AuthenticationError: Problem(401, "Unauthorized"),
+    e.PermissionDeniedError: Problem(403, "Forbidden"),
+    e.RateLimitedError: Problem(429, "Too many requests"),
+    e.RequestTooLargeError: Problem(413, "Request too large"),
+    e.MethodNotAllowedError: Problem(405, "Method not allowed"),
+    e.NotReadyError: Problem(503, "Not ready"),
+    e.InputError: Problem(422, "Invalid input"),
+    e.PathNotFoundError: Problem(422, "Path not found"),
+    e.UnsupportedFormatError: Problem(415, "Unsupported format"),
+    e.EmptyDocumentError: Problem(422, "Empty document"),
+    e.BinaryFileError: Problem(415, "Binary file"),
+    e.DecodeError: Problem(422, "Invalid encoding"),
+    e.FileTooLargeError: Problem(413, "Payload too large"),
+    e.CorruptDocumentError: Problem(422, "Corrupt document"),
+    e.InvalidFilterError: Problem(400, "Invalid filter"),
+    e.ModelError: Problem(500, "Model error"),
+    e.ModelNotFoundError: Problem(404, "Model not found"),
+    e.ModelMismatchError: Problem(409, "Model mismatch"),
+}
+
+
+def problem_for(cls: type[e.RagstoreError]) -> Problem:
+    """The class's entry, or its nearest listed ancestor's (a class added elsewhere)."""
+    for klass in cls.__mro__:
+        if klass in PROBLEMS:
+            return PROBLEMS[klass]
+    return PROBLEMS[e.RagstoreError]
+
+
+def error_class_for_code(code: str) -> type[e.RagstoreError]:
+    """The class whose stable ``code`` this is (the root class for an unknown code)."""
+    for cls in e.all_error_classes():
+        if cls.code == code:
+            return cls
+    return e.RagstoreError
+
+
+def request_id_of(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "") or "")
+
+
+def problem_body(exc: e.RagstoreError, *, request_id: str, instance: str,
+                 **extra: Any) -> dict[str, Any]:
+    p = problem_for(type(exc))
+    body: dict[str, Any] = {
+        "type": f"urn:ragstore:problem:{exc.code}", "title": p.title, "status": p.status,
+        "detail": exc.message, "code": exc.code, "instance": instance,
+        "request_id": request_id,
+    }
+    body.update(extra)
+    return body
+
+
+def problem_response(exc: e.RagstoreError, *, request_id: str, instance: str,
+                     **extra: Any) -> JSONResponse:
+    body = problem_body(exc, request_id=request_id, instance=instance, **extra)
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    if isinstance(exc, e.RateLimitedError):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    if isinstance(exc, e.AuthenticationError):
+        headers["WWW-Authenticate"] = 'Bearer realm="ragstore"'
+    return JSONResponse(body, status_code=body["status"], media_type=PROBLEM_JSON,
+                        headers=headers)
+
+
+def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    items = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        items.append({"loc": loc, "msg": str(err.get("msg", "invalid"))})
+    text = "; ".join(f"{i['loc']}: {i['msg']}" for i in items[:5]) or "invalid request"
+    return f"the request is invalid: {text}", items
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every failure with problem+json: ours, FastAPI's validation, routing, crashes."""
+
+    async def on_ragstore(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, e.RagstoreError)
+        if problem_for(type(exc)).status >= 500:
+            log.warning("request %s failed: %s: %s", request_id_of(request), exc.code, exc)
+        return problem_response(exc, request_id=request_id_of(request),
+                                instance=request.url.path)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        detail, items = _validation_detail(list(exc.errors()))
+        return problem_response(e.InputError(detail), request_id=request_id_of(request),
+                                instance=request.url.path, errors=items)
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        err: e.RagstoreError
+        if exc.status_code == 404:
+            err = e.NotFoundError(f"no route {request.method} {request.url.path}; "
+                                  "see /docs or /openapi.json for the API")
+        elif exc.status_code == 405:
+            err = e.MethodNotAllowedError(
+                f"{request.method} is not allowed on {request.url.path}")
+        elif exc.status_code == 413:
+            err = e.RequestTooLargeError(str(exc.detail))
+        elif exc.status_code in (401, 403):
+            err = e.AuthenticationError(str(exc.detail))
+        elif exc.status_code < 500:
+            err = e.InputError(str(exc.detail))
+        else:
+            err = e.RagstoreError("internal error; the server log has the details")
+        return problem_response(err, request_id=request_id_of(request),
+                                instance=request.url.path)
+
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        rid = request_id_of(request)
+        log.error("request %s crashed", rid, exc_info=exc)
+        return problem_response(
+            e.RagstoreError(f"internal error; the server log has the details (request {rid})"),
+            request_id=rid, instance=request.url.path)
+
+    app.add_exception_handler(e.RagstoreError, on_ragstore)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_crash)

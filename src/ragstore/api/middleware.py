@@ -1,0 +1,115 @@
+"""ASGI middleware of our own: request ids, and request body limits enforced while reading.
+
+Both are plain ASGI (no BaseHTTPMiddleware) so they cost little on every request.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ragstore.api.errors import problem_response
+from ragstore.errors import RequestTooLargeError
+
+_GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    """Takes a sane ``X-Request-ID`` from the client or makes one; echoes it on the response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = ""
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                given = value.decode("latin-1")
+                break
+        rid = given if _GOOD_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                headers.append((b"x-request-id", rid.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over the limit: multipart uploads get ``upload_bytes``, others ``json_bytes``.
+
+    A declared Content-Length over the limit is refused before reading; a body that grows past
+    it while streaming is cut off with the same ``request_too_large`` problem.
+    """
+
+    def __init__(self, app: ASGIApp, *, json_bytes: int, upload_bytes: int) -> None:
+        self.app = app
+        self.json_bytes = json_bytes
+        self.upload_bytes = upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        ctype = headers.get(b"content-type", b"").decode("latin-1").lower()
+        multipart = ctype.startswith("multipart/")
+        limit = self.upload_bytes if multipart else self.json_bytes
+        what = "upload" if multipart else "request body"
+        setting = "RAGSTORE_MAX_UPLOAD_BYTES" if multipart else "RAGSTORE_MAX_REQUEST_BYTES"
+
+        def too_large(size: str) -> RequestTooLargeError:
+            return RequestTooLargeError(
+                f"the {what} is {size} bytes, over the limit of {limit} bytes ({setting})"
+                + ("; send large document sets in several uploads" if multipart else ""))
+
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, send, too_large(declared.decode()))
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise too_large(f"more than {limit}")
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except RequestTooLargeError as exc:
+            if started:
+                raise
+            await self._refuse(scope, send, exc)
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send, exc: RequestTooLargeError) -> None:
+        state: dict[str, Any] = scope.get("state", {})
+        response = problem_response(exc, request_id=str(state.get("request_id", "")),
+                                    instance=scope.get("path", ""))
+        response.headers["Connection"] = "close"
+
+        async def no_body() -> Message:
+            return {"type": "http.disconnect"}
+
+        await response(scope, no_body, send)

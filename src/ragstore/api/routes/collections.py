@@ -1,0 +1,55 @@
+"""/v1/collections: create with a model and settings, list, get, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from ragstore.api import catalog
+from ragstore.api.deps import AdminAccess, CollectionName, ReadAccess, Rt, WriteAccess
+from ragstore.api.errors_doc import responses
+from ragstore.api.schemas import CollectionCreate, CollectionPublic, CollectionsPublic
+from ragstore.db import repository
+from ragstore.db.errors import translated
+from ragstore.embedding.registry import resolve_spec
+
+router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=responses())
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=CollectionPublic,
+             summary="Create a collection bound to an embedding model",
+             responses=responses(409, 404))
+def create_collection(body: CollectionCreate, rt: Rt, caller: WriteAccess) -> CollectionPublic:
+    caller.require("write", body.name)
+    spec = resolve_spec(body.model or rt.settings.model)
+    with rt.db.connection() as conn, translated(f"creating collection {body.name!r}"):
+        coll = repository.create_collection(conn, body.name, spec, body.settings)
+        return CollectionPublic(**catalog.collection_detail(conn, coll))
+
+
+@router.get("", response_model=CollectionsPublic, summary="List collections")
+def list_collections(rt: Rt, caller: ReadAccess) -> CollectionsPublic:
+    with rt.db.connection() as conn, translated("listing collections"):
+        names = [n for n in catalog.collection_names(conn) if caller.sees(n)]
+        data = [CollectionPublic(**catalog.collection_detail(
+            conn, repository.get_collection(conn, n))) for n in names]
+    return CollectionsPublic(data=data, count=len(data))
+
+
+@router.get("/{name}", response_model=CollectionPublic, summary="Get a collection",
+            responses=responses(404))
+def get_collection(name: CollectionName, rt: Rt, caller: ReadAccess) -> CollectionPublic:
+    caller.require("read", name)
+    coll = rt.collection(name)
+    with rt.db.connection() as conn, translated(f"reading collection {name!r}"):
+        return CollectionPublic(**catalog.collection_detail(conn, coll))
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+               summary="Delete a collection with its documents and embeddings",
+               responses=responses(404))
+def delete_collection(name: CollectionName, rt: Rt, caller: AdminAccess) -> Response:
+    caller.require("admin", name)
+    coll = rt.collection(name)
+    with rt.db.connection() as conn, translated(f"deleting collection {name!r}"):
+        catalog.delete_collection(conn, coll)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,190 @@
+"""Request and response bodies, one family per resource (``XCreate``, ``XPublic``, ``XsPublic``).
+
+Field examples feed the OpenAPI document at ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- collections -------------------------------------------------------------------------
+
+class CollectionCreate(Strict):
+    name: str = Field(pattern=NAME_PATTERN, examples=["handbook"])
+    model: str | None = Field(None, max_length=200, examples=["all-MiniLM-L6-v2"],
+                              description="Embedding model; the server's default when omitted.")
+    settings: dict[str, Any] = Field(default_factory=dict, examples=[{"ts_config": "english"}])
+
+
+class CollectionPublic(BaseModel):
+    name: str = Field(examples=["handbook"])
+    model: str = Field(examples=["all-MiniLM-L6-v2@gt-0.1.0"])
+    dimension: int = Field(examples=[384])
+    distance: str = Field(examples=["cosine"])
+    settings: dict[str, Any]
+    documents: int
+    chunks: int
+    created_at: datetime
+
+
+class CollectionsPublic(BaseModel):
+    data: list[CollectionPublic]
+    count: int
+
+
+# --- documents ---------------------------------------------------------------------------
+
+class DocumentCreate(Strict):
+    name: str = Field(min_length=1, max_length=1000, examples=["notes/rollback.md"],
+                      description="Relative file name; its suffix decides the format.")
+    text: str = Field(min_length=1, examples=["# Rollback\n\nRun `ragstore db downgrade`."])
+    metadata: dict[str, Any] = Field(default_factory=dict, examples=[{"team": "ops"}])
+    background: bool = Field(False, description="Ingest in a job and answer 202 at once.")
+
+
+class DocumentPublic(BaseModel):
+    id: int
+    collection: str
+    name: str = Field(description="The name it was uploaded under (or its source path).")
+    source: str
+    title: str | None
+    format: str = Field(examples=["markdown"])
+    content_hash: str
+    size_bytes: int
+    chunks: int
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    status: Literal["added", "updated", "unchanged"] | None = Field(
+        None, description="Set on ingest: what the upload did.")
+
+
+class DocumentsPublic(BaseModel):
+    data: list[DocumentPublic]
+    count: int
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page.")
+
+
+# --- search ------------------------------------------------------------------------------
+
+class SearchRequest(Strict):
+    query: str = Field(min_length=1, max_length=10_000, examples=["how do I roll back?"])
+    k: int = Field(10, ge=1, le=1000)
+    mode: Literal["vector", "fulltext", "hybrid"] | None = Field(
+        None, description="Search mode; the server's default when omitted.")
+    where: dict[str, Any] | None = Field(
+        None, examples=[{"metadata.team": "ops"}], description="Filter on chunk/document fields.")
+    context: int | None = Field(None, ge=0, le=20,
+                                description="Neighbouring chunks to return around each hit.")
+    explain: bool = False
+    ef_search: int | None = Field(None, ge=1, le=1000)
+
+
+class HitPublic(BaseModel):
+    chunk_id: int
+    document_id: int
+    source: str
+    title: str | None
+    text: str
+    chunk_type: str
+    section_path: list[str]
+    ordinal: int
+    page: int | None
+    score: float
+    metadata: dict[str, Any]
+    explain: dict[str, Any] | None = None
+    context: Any | None = None
+
+
+class SearchResponse(BaseModel):
+    collection: str
+    query: str
+    data: list[HitPublic]
+    count: int
+    took_ms: float
+
+
+# --- models ------------------------------------------------------------------------------
+
+class ModelPublic(BaseModel):
+    provider: str
+    name: str
+    revision: str
+    dimension: int
+    distance: str
+    normalize: bool
+    max_tokens: int
+    checksum: str
+    collections: list[str] = Field(default_factory=list,
+                                   description="Collections whose active model this is.")
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+class SpacePublic(BaseModel):
+    id: int
+    model: str
+    status: str
+    table: str
+    embedded: int
+    created_at: datetime
+    activated_at: datetime | None
+
+
+class ModelStatusPublic(BaseModel):
+    collection: str
+    active_model: str
+    spaces: list[SpacePublic]
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+class JobError(BaseModel):
+    document: str | None
+    code: str | None
+    detail: str | None
+
+
+class JobPublic(BaseModel):
+    id: int
+    collection: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    attempts: int
+    total_documents: int
+    documents_done: int
+    chunks_done: int
+    errors: list[JobError]
+    summary: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+    next_cursor: str | None = None
+
+
+# --- health ------------------------------------------------------------------------------
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    checks: dict[str, str]

@@ -1,0 +1,160 @@
+"""API keys, stored as salted scrypt hashes and checked on every request.
+
+A key reads ``rsk_<id>_<secret>``: the public ``id`` finds the row, the ``secret`` is
+checked against ``scrypt(secret, salt)``. The key is printed once when created and never
+stored. scrypt is slow on purpose, so a secret that verified once is remembered (as its
+SHA-256, in this process only) and later requests only re-read the row: a revoked key is
+refused on its very next request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import psycopg
+
+from ragstore.db.database import Database
+from ragstore.db.errors import translated
+from ragstore.errors import (
+    ApiKeyNotFoundError,
+    AuthenticationError,
+    InputError,
+    PermissionDeniedError,
+)
+
+SCOPES = ("read", "write", "admin")
+_RANK = {scope: i for i, scope in enumerate(SCOPES)}
+_KEY_RE = re.compile(r"^rsk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32, "maxmem": 64 * 1024 * 1024}
+
+Conn = psycopg.Connection[Any]
+
+
+def _hash(secret: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key, never its secret."""
+
+    id: int
+    key_id: str
+    scope: str
+    collection: str | None
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    def allows(self, scope: str) -> bool:
+        return _RANK[self.scope] >= _RANK[scope]
+
+    def require(self, scope: str, collection: str | None = None) -> None:
+        """Raise PermissionDeniedError unless this key has ``scope`` on ``collection``."""
+        if not self.allows(scope):
+            raise PermissionDeniedError(
+                f"API key {self.key_id} has scope {self.scope!r}; this request needs "
+                f"{scope!r} (create a key with `ragstore keys create --scope {scope}`)"
+            )
+        if self.collection is not None and collection != self.collection:
+            what = f"collection {collection!r}" if collection else "every collection"
+            raise PermissionDeniedError(
+                f"API key {self.key_id} is limited to collection {self.collection!r}; "
+                f"this request touches {what}"
+            )
+
+
+@dataclass(frozen=True)
+class NewKey:
+    key: ApiKey
+    secret: str  # the whole key, shown once
+
+
+_COLS = "id, key_id, scope, collection, name, created_at, last_used_at, revoked_at"
+
+
+def _row(r: Any) -> ApiKey:
+    return ApiKey(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7])
+
+
+class KeyStore:
+    """Keys in the ``api_keys`` table of one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._verified: dict[str, bytes] = {}  # key_id -> sha256 of a secret that verified
+        self._lock = threading.Lock()
+
+    def create(self, scope: str, collection: str | None = None, name: str = "") -> NewKey:
+        if scope not in SCOPES:
+            raise InputError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        salt = secrets.token_bytes(16)
+        with self.db.connection() as conn, translated("creating an API key"):
+            row = conn.execute(
+                f"INSERT INTO api_keys (key_id, salt, secret_hash, scope, collection, name)"
+                f" VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_COLS}",
+                (key_id, salt, _hash(secret, salt), scope, collection, name),
+            ).fetchone()
+        assert row is not None
+        return NewKey(_row(row), f"rsk_{key_id}_{secret}")
+
+    def list(self) -> list[ApiKey]:
+        with self.db.connection() as conn, translated("listing API keys"):
+            rows = conn.execute(f"SELECT {_COLS} FROM api_keys ORDER BY id").fetchall()
+        return [_row(r) for r in rows]
+
+    def revoke(self, key_id: str) -> ApiKey:
+        """Revoke by public id (``rsk_<id>_...`` or the id alone); revoking twice is a no-op."""
+        m = _KEY_RE.match(key_id)
+        ident = m.group(1) if m else key_id
+        with self.db.connection() as conn, translated("revoking an API key"):
+            row = conn.execute(
+                f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = %s"
+                f" RETURNING {_COLS}", (ident,)).fetchone()
+        if row is None:
+            raise ApiKeyNotFoundError(
+                f"no API key with id {ident!r}; `ragstore keys list` shows the ids")
+        with self._lock:
+            self._verified.pop(ident, None)
+        return _row(row)
+
+    def authenticate(self, presented: str | None) -> ApiKey:
+        """The live key behind ``presented``; AuthenticationError when missing, bad or revoked."""
+        if not presented:
+            raise AuthenticationError(
+                "this request needs an API key: send `Authorization: Bearer rsk_...` "
+                "(create one with `ragstore keys create`)")
+        m = _KEY_RE.match(presented.strip())
+        if m is None:
+            raise AuthenticationError("the API key is malformed; keys look like rsk_<id>_<secret>")
+        key_id, secret = m.group(1), m.group(2)
+        digest = hashlib.sha256(secret.encode()).digest()
+        with self.db.connection() as conn, translated("checking an API key"):
+            row = conn.execute(
+                f"SELECT {_COLS}, salt, secret_hash FROM api_keys WHERE key_id = %s", (key_id,)
+            ).fetchone()
+            if row is None:
+                raise AuthenticationError(f"API key {key_id} is unknown")
+            key = _row(row)
+            if key.revoked_at is not None:
+                raise AuthenticationError(f"API key {key_id} was revoked")
+            with self._lock:
+                known = self._verified.get(key_id)
+            if known is None or not hmac.compare_digest(known, digest):
+                salt, stored = cast(bytes, row[8]), cast(bytes, row[9])
+                if not hmac.compare_digest(_hash(secret, bytes(salt)), bytes(stored)):
+                    raise AuthenticationError(f"API key {key_id}: wrong secret")
+                with self._lock:
+                    self._verified[key_id] = digest
+                conn.execute("UPDATE api_keys SET last_used_at = now() WHERE id = %s", (key.id,))
+        return key

@@ -1,0 +1,39 @@
+"""The procrastinate app: one task, ``ragstore.ingest``, on queue ``ingest``.
+
+The API defers with a synchronous connector; ``ragstore worker`` runs an asynchronous
+one. Jobs on one collection share a procrastinate lock, so they run one at a time even
+with many workers (two workers never write the same document at once).
+"""
+
+from __future__ import annotations
+
+import procrastinate
+
+from ragstore.jobs.runner import run_job
+from ragstore.runtime import Runtime
+
+QUEUE = "ingest"
+INGEST_TASK = "ragstore.ingest"
+
+
+def collection_lock(collection: str) -> str:
+    return f"ragstore-collection:{collection}"
+
+
+def build_queue(conninfo: str, *, runtime: Runtime | None = None,
+                sync: bool = False) -> procrastinate.App:
+    """A procrastinate app on ``conninfo``; with ``runtime`` it can also run the task."""
+    connector: procrastinate.BaseConnector
+    if sync:
+        connector = procrastinate.SyncPsycopgConnector(conninfo=conninfo, min_size=0, max_size=4)
+    else:
+        connector = procrastinate.PsycopgConnector(conninfo=conninfo, min_size=1, max_size=4)
+    app = procrastinate.App(connector=connector)
+
+    @app.task(name=INGEST_TASK, queue=QUEUE)
+    def ingest(job_id: int) -> None:
+        if runtime is None:
+            raise RuntimeError("this queue app was built to defer jobs, not to run them")
+        run_job(runtime, job_id)
+
+    return app

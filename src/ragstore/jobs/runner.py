@@ -1,0 +1,95 @@
+"""Running one ingest job inside a worker: stage its files, ingest them, report progress.
+
+A job may run more than once (its worker died, the queue retried it). That is safe
+because ingest writes each document in its own transaction and skips a document whose
+stored content hash matches: a re-run finishes the documents the dead worker did not
+reach and adds no chunk twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ragstore.db.errors import translated
+from ragstore.ingest import ingest_paths
+from ragstore.jobs import staging, store
+from ragstore.runtime import Runtime
+
+log = logging.getLogger("ragstore.jobs")
+
+PROGRESS_EVERY_S = 0.2
+
+
+class _Progress:
+    """Writes documents/chunks done to the job row, at most every PROGRESS_EVERY_S."""
+
+    def __init__(self, rt: Runtime, job_id: int) -> None:
+        self.rt = rt
+        self.job_id = job_id
+        self.base_docs = 0
+        self.base_chunks = 0
+        self.docs = 0
+        self.chunks = 0
+        self._last = 0.0
+
+    def __call__(self, event: str, files_done: int, chunks_done: int) -> None:
+        self.docs = self.base_docs + files_done
+        self.chunks = self.base_chunks + chunks_done
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_EVERY_S:
+            self._last = now
+            with self.rt.db.connection() as conn, translated("recording job progress"):
+                store.progress(conn, self.job_id, self.docs, self.chunks)
+
+    def next_group(self) -> None:
+        self.base_docs, self.base_chunks = self.docs, self.chunks
+
+
+def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
+    """Run (or re-run) job ``job_id`` to the end and return its final record."""
+    with rt.db.connection() as conn, translated(f"starting job {job_id}"):
+        job = store.get(conn, job_id)
+        store.start(conn, job_id)
+        files = store.files(conn, job_id)
+    log.info("job %s: ingesting %d documents into %r", job_id, len(files), job.collection)
+    tracker = _Progress(rt, job_id)
+    errors: list[dict[str, Any]] = []
+    outcomes: dict[str, int] = defaultdict(int)
+    embedded = reused = 0
+    try:
+        groups: dict[str, list[Path]] = defaultdict(list)  # same metadata -> one ingest call
+        for f in files:
+            path = staging.stage(rt.settings, job.collection, f.name, f.content)
+            groups[json.dumps(f.metadata, sort_keys=True)].append(path)
+        for meta, paths in groups.items():
+            report = ingest_paths(rt, paths, collection=job.collection,
+                                  metadata=json.loads(meta), progress=tracker)
+            tracker.docs = tracker.base_docs + len(report.outcomes)
+            tracker.chunks = tracker.base_chunks + report.chunks
+            tracker.next_group()
+            embedded += report.embedded
+            reused += report.reused
+            for o in report.outcomes:
+                outcomes[o.status] += 1
+                if o.status == "failed":
+                    errors.append({
+                        "document": staging.source_name(rt.settings, job.collection, o.source),
+                        "code": o.code, "detail": o.error})
+    except Exception as exc:  # the job itself broke: record it, let the queue see it too
+        with rt.db.connection() as conn, translated(f"finishing job {job_id}"):
+            store.finish(conn, job_id, "failed", documents=tracker.docs, chunks=tracker.chunks,
+                         errors=[*errors, {"document": None,
+                                           "code": getattr(exc, "code", "internal_error"),
+                                           "detail": str(exc)}],
+                         summary=dict(outcomes))
+        raise
+    summary: dict[str, Any] = {**outcomes, "embedded": embedded, "reused": reused}
+    with rt.db.connection() as conn, translated(f"finishing job {job_id}"):
+        store.finish(conn, job_id, "succeeded", documents=tracker.docs, chunks=tracker.chunks,
+                     errors=errors, summary=summary)
+        return store.get(conn, job_id)

@@ -1,0 +1,121 @@
+"""SQL for ``ingest_jobs`` and ``ingest_job_files``: what a job is and how far it got."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from ragstore.errors import JobNotFoundError
+
+Conn = psycopg.Connection[Any]
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class JobFile:
+    """One document of a job: a file name (its source in the collection) and its bytes."""
+
+    name: str
+    content: bytes
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: int
+    queue_job_id: int | None
+    collection: str
+    status: str
+    attempts: int
+    total_documents: int
+    documents_done: int
+    chunks_done: int
+    errors: list[dict[str, Any]]
+    summary: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+_COLS = ("id, queue_job_id, collection, status, attempts, total_documents, documents_done,"
+         " chunks_done, errors, summary, created_at, started_at, finished_at")
+
+
+def _record(r: Sequence[Any]) -> JobRecord:
+    return JobRecord(int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), int(r[7]),
+                     list(r[8]), dict(r[9]), r[10], r[11], r[12])
+
+
+def create(conn: Conn, collection: str, files: Sequence[JobFile]) -> int:
+    row = conn.execute(
+        "INSERT INTO ingest_jobs (collection, total_documents) VALUES (%s, %s) RETURNING id",
+        (collection, len(files))).fetchone()
+    assert row is not None
+    job_id = int(row[0])
+    with conn.cursor().copy(
+        "COPY ingest_job_files (job_id, ordinal, name, metadata, content) FROM STDIN"
+        " (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(["int8", "int4", "text", "jsonb", "bytea"])
+        for i, f in enumerate(files):
+            copy.write_row((job_id, i, f.name, Jsonb(f.metadata), f.content))
+    return job_id
+
+
+def set_queue_job(conn: Conn, job_id: int, queue_job_id: int) -> None:
+    conn.execute("UPDATE ingest_jobs SET queue_job_id = %s WHERE id = %s", (queue_job_id, job_id))
+
+
+def get(conn: Conn, job_id: int) -> JobRecord:
+    row = conn.execute(f"SELECT {_COLS} FROM ingest_jobs WHERE id = %s", (job_id,)).fetchone()
+    if row is None:
+        raise JobNotFoundError(f"job {job_id} does not exist; `GET /v1/jobs` lists the jobs")
+    return _record(row)
+
+
+def page(conn: Conn, *, after: int | None, limit: int, status: str | None = None,
+         collection: str | None = None) -> list[JobRecord]:
+    """Jobs newest first; ``after`` is the last id of the previous page."""
+    rows = conn.execute(
+        f"SELECT {_COLS} FROM ingest_jobs"
+        " WHERE (%(after)s::bigint IS NULL OR id < %(after)s)"
+        " AND (%(status)s::text IS NULL OR status = %(status)s)"
+        " AND (%(coll)s::text IS NULL OR collection = %(coll)s)"
+        " ORDER BY id DESC LIMIT %(limit)s",
+        {"after": after, "status": status, "coll": collection, "limit": limit}).fetchall()
+    return [_record(r) for r in rows]
+
+
+def files(conn: Conn, job_id: int) -> list[JobFile]:
+    rows = conn.execute(
+        "SELECT name, content, metadata FROM ingest_job_files WHERE job_id = %s ORDER BY ordinal",
+        (job_id,)).fetchall()
+    return [JobFile(r[0], bytes(r[1]), dict(r[2])) for r in rows]
+
+
+def start(conn: Conn, job_id: int) -> None:
+    """A worker took the job (again): progress restarts, the attempt is counted."""
+    conn.execute(
+        "UPDATE ingest_jobs SET status = 'running', attempts = attempts + 1,"
+        " documents_done = 0, chunks_done = 0, errors = '[]'::jsonb,"
+        " started_at = now(), updated_at = now() WHERE id = %s", (job_id,))
+
+
+def progress(conn: Conn, job_id: int, documents: int, chunks: int) -> None:
+    conn.execute(
+        "UPDATE ingest_jobs SET documents_done = %s, chunks_done = %s, updated_at = now()"
+        " WHERE id = %s", (documents, chunks, job_id))
+
+
+def finish(conn: Conn, job_id: int, status: str, *, documents: int, chunks: int,
+           errors: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    conn.execute(
+        "UPDATE ingest_jobs SET status = %s, documents_done = %s, chunks_done = %s,"
+        " errors = %s, summary = %s, finished_at = now(), updated_at = now() WHERE id = %s",
+        (status, documents, chunks, Jsonb(errors), Jsonb(summary), job_id))

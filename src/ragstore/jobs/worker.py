@@ -1,0 +1,76 @@
+"""``ragstore worker``: run ingest jobs from the queue until stopped.
+
+Besides procrastinate's own worker loop, each worker looks for jobs whose worker stopped
+sending heartbeats (killed, crashed, its machine gone) and puts them back on the queue,
+so a dead worker's job is retried by another and never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import procrastinate
+
+from ragstore.config import Settings
+from ragstore.jobs.queue import QUEUE, build_queue
+from ragstore.runtime import Runtime
+
+log = logging.getLogger("ragstore.jobs")
+
+
+async def retry_stalled(app: procrastinate.App, stalled_after_s: float) -> list[int]:
+    """Put jobs of workers silent for ``stalled_after_s`` back on the queue; their ids."""
+    await app.job_manager.prune_stalled_workers(stalled_after_s)
+    stalled = await app.job_manager.get_stalled_jobs(
+        queue=QUEUE, seconds_since_heartbeat=stalled_after_s)
+    ids = []
+    for job in stalled:
+        log.warning("job %s: its worker stopped; retrying it", job.id)
+        await app.job_manager.retry_job(job)
+        assert job.id is not None
+        ids.append(job.id)
+    return ids
+
+
+async def _watch_stalled(app: procrastinate.App, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(settings.worker_heartbeat_s)
+        try:
+            await retry_stalled(app, settings.worker_stalled_after_s)
+        except procrastinate.exceptions.ProcrastinateException as exc:
+            log.warning("could not check for stalled jobs: %s", exc)
+
+
+async def _run(settings: Settings, *, concurrency: int, burst: bool, name: str | None,
+               signals: bool) -> None:
+    with Runtime(settings) as rt:
+        db = rt.db  # checks the server and the schema before taking any job
+        app = build_queue(db.conninfo, runtime=rt)
+        async with app.open_async():
+            await retry_stalled(app, settings.worker_stalled_after_s)
+            watcher = asyncio.create_task(_watch_stalled(app, settings))
+            try:
+                await app.run_worker_async(
+                    queues=[QUEUE], concurrency=concurrency, wait=not burst,
+                    name=name or "ragstore-worker", delete_jobs="successful",
+                    update_heartbeat_interval=settings.worker_heartbeat_s,
+                    stalled_worker_timeout=settings.worker_stalled_after_s,
+                    fetch_job_polling_interval=min(5.0, settings.worker_heartbeat_s),
+                    install_signal_handlers=signals,
+                )
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+
+def run_worker(settings: Settings, *, concurrency: int = 1, burst: bool = False,
+               name: str | None = None, signals: bool = True) -> None:
+    """Work until SIGINT/SIGTERM (or, with ``burst``, until the queue is empty).
+
+    ``signals=False`` leaves signal handling alone (for a worker run off the main thread).
+    """
+    asyncio.run(_run(settings, concurrency=concurrency, burst=burst, name=name,
+                     signals=signals))

@@ -1,0 +1,70 @@
+"""A real ragstore server on a free loopback port, in a thread of the test process (so it
+shares the loaded model), against the test module's database."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import uvicorn
+
+from ragstore import Client
+from ragstore.api import create_app
+from ragstore.auth import KeyStore
+from ragstore.config import Settings
+from ragstore.db.database import Database
+
+
+@contextmanager
+def running_server(settings: Settings) -> Iterator[str]:
+    """Serve ``create_app(settings)`` on 127.0.0.1 at a free port; yield its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), log_level="warning", access_log=False,
+                            lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def with_(settings: Settings, **update: Any) -> Settings:
+    return settings.model_copy(update=update)
+
+
+@pytest.fixture(scope="module")
+def open_url(settings: Settings) -> Iterator[str]:
+    """A server with auth off."""
+    with running_server(with_(settings, auth="off")) as url:
+        yield url
+
+
+@pytest.fixture()
+def client(open_url: str) -> Iterator[Client]:
+    with Client(open_url) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def keys(settings: Settings) -> Iterator[KeyStore]:
+    assert settings.database_url is not None
+    db = Database(settings.database_url.get_secret_value())
+    yield KeyStore(db)
+    db.close()
