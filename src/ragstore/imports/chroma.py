@@ -1,0 +1,86 @@
+"""Reader for a Chroma persistent directory, through the ``chromadb`` package itself.
+
+Reading through Chroma's own client (not its SQLite files) is what keeps this working
+across Chroma's storage-format changes. Install it with ``pip install 'ragstore[chroma]'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ragstore.errors import ImportSourceError, PathNotFoundError
+from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vector
+
+PAGE = 1000
+
+
+def _client(path: Path) -> Any:
+    try:
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+    except ImportError:
+        raise ImportSourceError(
+            "reading a Chroma directory needs the chromadb package: "
+            "pip install 'ragstore[chroma]'") from None
+    return chromadb.PersistentClient(
+        path=str(path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
+
+
+def is_chroma_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "chroma.sqlite3").exists()
+
+
+class ChromaSource:
+    """One collection of a Chroma persistent directory."""
+
+    def __init__(self, path: Path, collection: str | None = None) -> None:
+        if not path.exists():
+            raise PathNotFoundError(f"{path}: no such file or directory")
+        if not is_chroma_dir(path):
+            raise ImportSourceError(f"{path} is not a Chroma persistent directory "
+                                    "(it has no chroma.sqlite3)")
+        self.path = path
+        self.collection = collection
+        self.space: str | None = None
+
+    @property
+    def description(self) -> str:
+        return f"Chroma collection {self.collection or '?'} in {self.path}"
+
+    def _collection(self) -> Any:
+        client = _client(self.path)
+        names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
+        if self.collection is None:
+            if len(names) != 1:
+                raise ImportSourceError(
+                    f"{self.path} holds {len(names)} Chroma collections "
+                    f"({', '.join(sorted(names)) or 'none'}); choose one with "
+                    "--chroma-collection NAME")
+            self.collection = names[0]
+        elif self.collection not in names:
+            raise ImportSourceError(
+                f"{self.path} has no Chroma collection {self.collection!r} "
+                f"(collections: {', '.join(sorted(names)) or 'none'})")
+        coll = client.get_collection(self.collection, embedding_function=None)
+        self.space = str((coll.metadata or {}).get("hnsw:space", "l2"))
+        return coll
+
+    def records(self) -> Iterator[Record]:
+        coll = self._collection()
+        offset = 0
+        while True:
+            page = coll.get(include=["embeddings", "documents", "metadatas"], limit=PAGE,
+                            offset=offset)
+            ids = page["ids"]
+            if not ids:
+                return
+            embeddings = page["embeddings"]
+            documents = page["documents"] or [None] * len(ids)
+            metadatas = page["metadatas"] or [None] * len(ids)
+            for i, rid in enumerate(ids):
+                where = f"Chroma collection {self.collection} id {rid}"
+                yield Record(to_id(rid), to_text(documents[i]), to_vector(embeddings[i], where),
+                             json_safe(dict(metadatas[i] or {})))
+            offset += len(ids)

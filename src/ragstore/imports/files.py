@@ -1,0 +1,191 @@
+"""Readers for the file-based stores: JSONL, and a NumPy matrix with a JSONL or CSV sidecar.
+
+JSONL: one JSON object per line with ``id``, ``text``, ``vector`` (or ``embedding``) and
+an optional ``metadata`` object; other top-level keys join the metadata.
+
+NumPy: a ``.npy`` matrix (or one array of an ``.npz``) whose row ``i`` belongs to line
+``i`` of the sidecar (a JSONL file with ``id``/``text``/``metadata`` or a CSV file with
+``id``/``text`` columns, every other column becoming metadata).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragstore.errors import ImportSourceError, PathNotFoundError
+from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vector
+
+VECTOR_KEYS = ("vector", "embedding", "values")
+TEXT_KEYS = ("text", "document", "content")
+
+
+def _first(obj: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, Any]:
+    for key in keys:
+        if key in obj:
+            return key, obj[key]
+    return None, None
+
+
+def _must_exist(path: Path) -> None:
+    if not path.exists():
+        raise PathNotFoundError(f"{path}: no such file or directory")
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ImportSourceError(f"{path} line {lineno}: not valid JSON ({exc.msg}); "
+                                        "each line must be one JSON object") from None
+            if not isinstance(obj, dict):
+                raise ImportSourceError(f"{path} line {lineno}: expected a JSON object, "
+                                        f"got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _split_fields(obj: dict[str, Any], *,
+                  with_vector: bool) -> tuple[Any, Any, Any, dict[str, Any]]:
+    rest = dict(obj)
+    rid = rest.pop("id", rest.pop("_id", None))
+    tkey, text = _first(rest, TEXT_KEYS)
+    if tkey:
+        rest.pop(tkey)
+    vector = None
+    if with_vector:
+        vkey, vector = _first(rest, VECTOR_KEYS)
+        if vkey:
+            rest.pop(vkey)
+    meta = rest.pop("metadata", None)
+    metadata: dict[str, Any] = dict(meta) if isinstance(meta, dict) else {}
+    if meta is not None and not isinstance(meta, dict):
+        metadata["metadata"] = meta
+    metadata.update(rest)
+    return rid, text, vector, metadata
+
+
+class JsonlSource:
+    """A JSONL file of id / text / vector / metadata objects."""
+
+    def __init__(self, path: Path) -> None:
+        _must_exist(path)
+        self.path = path
+
+    @property
+    def description(self) -> str:
+        return f"JSONL file {self.path}"
+
+    def records(self) -> Iterator[Record]:
+        for lineno, obj in _json_lines(self.path):
+            rid, text, vector, metadata = _split_fields(obj, with_vector=True)
+            where = f"{self.path} line {lineno}"
+            if vector is None:
+                raise ImportSourceError(
+                    f"{where}: no vector; expected one of the keys {', '.join(VECTOR_KEYS)}")
+            yield Record(to_id(rid), to_text(text), to_vector(vector, where), json_safe(metadata))
+
+
+def _load_matrix(path: Path, array: str | None) -> np.ndarray:
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                names = list(npz.files)
+                if array is None:
+                    wanted = [n for n in ("vectors", "embeddings") if n in names]
+                    if len(names) == 1:
+                        array = names[0]
+                    elif wanted:
+                        array = wanted[0]
+                    else:
+                        raise ImportSourceError(
+                            f"{path} holds arrays {', '.join(names)}; name the one with the "
+                            "vectors with --array NAME")
+                if array not in names:
+                    raise ImportSourceError(
+                        f"{path} has no array {array!r} (arrays: {', '.join(names)})")
+                return np.asarray(npz[array])
+        return np.asarray(np.load(path, allow_pickle=False, mmap_mode="r"))
+    except (OSError, ValueError) as exc:
+        raise ImportSourceError(f"{path}: not a readable NumPy file ({exc})") from None
+
+
+def default_sidecar(path: Path) -> Path:
+    for suffix in (".jsonl", ".csv"):
+        candidate = path.with_suffix(suffix)
+        if candidate.exists():
+            return candidate
+    raise ImportSourceError(
+        f"{path}: no sidecar found ({path.with_suffix('.jsonl').name} or "
+        f"{path.with_suffix('.csv').name}); give the ids and texts with --sidecar PATH")
+
+
+class NumpySource:
+    """A ``.npy``/``.npz`` matrix, row ``i`` described by sidecar line ``i``."""
+
+    def __init__(self, path: Path, sidecar: Path | None = None, array: str | None = None) -> None:
+        _must_exist(path)
+        self.path = path
+        self.sidecar = sidecar or default_sidecar(path)
+        _must_exist(self.sidecar)
+        self.array = array
+
+    @property
+    def description(self) -> str:
+        return f"NumPy matrix {self.path} with sidecar {self.sidecar}"
+
+    def _sidecar_rows(self) -> Iterator[tuple[str, tuple[Any, Any, dict[str, Any]]]]:
+        if self.sidecar.suffix.lower() == ".csv":
+            with self.sidecar.open(encoding="utf-8", newline="") as fh:
+                reader = csv.DictReader(fh)
+                if reader.fieldnames is None or "id" not in reader.fieldnames:
+                    raise ImportSourceError(f"{self.sidecar}: the CSV needs a header row with "
+                                            "an 'id' column (and usually 'text')")
+                for lineno, row in enumerate(reader, 2):
+                    rest: dict[str, Any] = dict(row)
+                    rid = rest.pop("id")
+                    text = rest.pop("text", None)
+                    meta_raw = rest.pop("metadata", None)
+                    if meta_raw:
+                        try:
+                            meta = json.loads(meta_raw)
+                        except json.JSONDecodeError:
+                            meta = {"metadata": meta_raw}
+                        rest = {**(meta if isinstance(meta, dict) else {"metadata": meta}),
+                                **rest}
+                    yield f"{self.sidecar} line {lineno}", (rid, text, rest)
+        else:
+            for lineno, obj in _json_lines(self.sidecar):
+                rid, text, _, metadata = _split_fields(obj, with_vector=False)
+                yield f"{self.sidecar} line {lineno}", (rid, text, metadata)
+
+    def records(self) -> Iterator[Record]:
+        matrix = _load_matrix(self.path, self.array)
+        if matrix.ndim != 2:
+            raise ImportSourceError(f"{self.path}: expected a 2-D matrix (one row per vector), "
+                                    f"got shape {matrix.shape}")
+        rows = self._sidecar_rows()
+        n = 0
+        for i in range(matrix.shape[0]):
+            item = next(rows, None)
+            if item is None:
+                raise ImportSourceError(
+                    f"{self.sidecar} describes {i} rows but {self.path} has {matrix.shape[0]}; "
+                    "the sidecar needs one line per matrix row, in the same order")
+            where, (rid, text, metadata) = item
+            n += 1
+            yield Record(to_id(rid), to_text(text), to_vector(matrix[i], where),
+                         json_safe(metadata))
+        if next(rows, None) is not None:
+            extra = 1 + sum(1 for _ in rows)
+            raise ImportSourceError(
+                f"{self.sidecar} describes {n + extra} rows but {self.path} has {n}; "
+                "the sidecar needs one line per matrix row, in the same order")

@@ -1,0 +1,180 @@
+"""Reader for a legacy PostgreSQL table that keeps vectors in a plain column.
+
+The vector column may be ``float8[]``, ``real[]``, ``numeric[]``, ``json``/``jsonb`` or
+``text`` holding a JSON array, ``bytea`` of packed little-endian floats, or pgvector's own
+``vector``/``halfvec`` (read through a cast to ``real[]``). Columns are found by name
+unless given: the id in ``id``; the text in the first of ``text``, ``content``,
+``document``, ``chunk``, ``body``; the vector in the first of ``embedding``, ``vector``,
+``vec``, ``embeddings``; the metadata in a json/jsonb ``metadata`` column, or else every
+other column. Rows are read through a server-side cursor, so the table is never held by
+the server in one result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from ragstore.db.database import describe
+from ragstore.errors import DatabaseUnavailableError, ImportSourceError
+from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vector
+
+TEXT_COLUMNS = ("text", "content", "document", "chunk", "body")
+VECTOR_COLUMNS = ("embedding", "vector", "vec", "embeddings")
+ARRAY_TYPES = ("double precision[]", "real[]", "numeric[]", "integer[]", "bigint[]")
+BYTEA_DTYPES = {"float32": "<f4", "float64": "<f8"}
+
+
+def _kind(type_name: str) -> str | None:
+    """How a column of this type is read as a vector, or None if it cannot hold one."""
+    base = type_name.split("(")[0]
+    if type_name in ARRAY_TYPES or (base.startswith("numeric") and type_name.endswith("[]")):
+        return "array"
+    if base in ("vector", "halfvec"):
+        return "pgvector"
+    if base in ("json", "jsonb"):
+        return "json"
+    if base == "text":
+        return "text"
+    if base == "bytea":
+        return "bytea"
+    return None
+
+
+class PostgresTableSource:
+    """Rows of ``table`` on the server at ``url``."""
+
+    def __init__(self, url: str, table: str, *, id_column: str = "id",
+                 text_column: str | None = None, vector_column: str | None = None,
+                 metadata_column: str | None = None, bytea_dtype: str = "float32",
+                 batch_rows: int = 2000) -> None:
+        if bytea_dtype not in BYTEA_DTYPES:
+            raise ImportSourceError(
+                f"--bytea-dtype {bytea_dtype!r} is not one of {', '.join(BYTEA_DTYPES)}")
+        self.url = url
+        self.table = table
+        self.id_column = id_column
+        self.text_column = text_column
+        self.vector_column = vector_column
+        self.metadata_column = metadata_column
+        self.bytea_dtype = BYTEA_DTYPES[bytea_dtype]
+        self.batch_rows = batch_rows
+
+    @property
+    def description(self) -> str:
+        return f"PostgreSQL table {self.table} on {describe(self.url)}"
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        try:
+            return psycopg.connect(self.url, connect_timeout=10)
+        except psycopg.Error as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DatabaseUnavailableError(
+                f"connecting to the source {describe(self.url)}: {first}") from None
+
+    def _columns(self, conn: psycopg.Connection[tuple[Any, ...]]) -> dict[str, str]:
+        try:
+            rows = conn.execute(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+                " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
+                " ORDER BY a.attnum", (self.table,)).fetchall()
+        except psycopg.Error as exc:
+            raise ImportSourceError(f"{self.description}: {exc}") from None
+        if not rows:
+            raise ImportSourceError(
+                f"table {self.table!r} does not exist on {describe(self.url)} (or has no columns);"
+                " give it as --table NAME or --table SCHEMA.NAME")
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def _pick(self, columns: dict[str, str]) -> tuple[str, str | None, str, str, list[str]]:
+        def need(name: str, flag: str) -> str:
+            if name not in columns:
+                raise ImportSourceError(
+                    f"table {self.table} has no column {name!r} (columns: "
+                    f"{', '.join(columns)}); name the right one with {flag}")
+            return name
+
+        id_col = need(self.id_column, "--id-column")
+        text_col = (need(self.text_column, "--text-column") if self.text_column
+                    else next((c for c in TEXT_COLUMNS if c in columns), None))
+        if self.vector_column:
+            vec_col = need(self.vector_column, "--vector-column")
+        else:
+            named = [c for c in VECTOR_COLUMNS if c in columns]
+            typed = [c for c, t in columns.items() if _kind(t) in ("array", "pgvector", "bytea")]
+            if not (named or len(typed) == 1):
+                raise ImportSourceError(
+                    f"cannot tell which column of {self.table} holds the vectors (columns: "
+                    f"{', '.join(f'{c} {t}' for c, t in columns.items())}); "
+                    "name it with --vector-column")
+            vec_col = named[0] if named else typed[0]
+        kind = _kind(columns[vec_col])
+        if kind is None:
+            raise ImportSourceError(
+                f"column {vec_col} of {self.table} is {columns[vec_col]}; vectors are read from "
+                "float8[], real[], numeric[], json, jsonb, text (a JSON array), bytea or vector")
+        meta_cols: list[str]
+        if self.metadata_column:
+            meta_cols = [need(self.metadata_column, "--metadata-column")]
+        elif "metadata" in columns and columns["metadata"] in ("json", "jsonb"):
+            meta_cols = ["metadata"]
+        else:
+            meta_cols = [c for c in columns if c not in (id_col, text_col, vec_col)]
+        return id_col, text_col, vec_col, kind, meta_cols
+
+    def _vector(self, raw: Any, kind: str, where: str) -> Any:
+        if raw is None:
+            return None
+        if kind == "bytea":
+            data = bytes(raw)
+            size = np.dtype(self.bytea_dtype).itemsize
+            if len(data) % size:
+                raise ImportSourceError(
+                    f"{where}: {len(data)} bytes is not a whole number of {size}-byte floats; "
+                    "is --bytea-dtype right?")
+            return np.frombuffer(data, dtype=self.bytea_dtype)
+        if kind == "text":
+            try:
+                return json.loads(raw)
+            except json.JSONDecodeError:
+                raise ImportSourceError(f"{where}: the text is not a JSON array") from None
+        return raw
+
+    def records(self) -> Iterator[Record]:
+        with self._connect() as conn:
+            columns = self._columns(conn)
+            id_col, text_col, vec_col, kind, meta_cols = self._pick(columns)
+            vec_expr: sql.Composable = sql.Identifier(vec_col)
+            if kind == "pgvector":
+                vec_expr = sql.SQL("{}::real[]").format(sql.Identifier(vec_col))
+            text_expr: sql.Composable = (sql.Identifier(text_col) if text_col
+                                         else sql.SQL("NULL::text"))
+            fields = sql.SQL(", ").join([sql.Identifier(id_col), text_expr, vec_expr,
+                                         *[sql.Identifier(c) for c in meta_cols]])
+            qualified = sql.Identifier(*self.table.split(".", 1))
+            stmt = sql.SQL("SELECT {} FROM {}").format(fields, qualified)
+            single_meta = (len(meta_cols) == 1 and meta_cols[0] in (self.metadata_column,
+                                                                     "metadata"))
+            try:
+                with conn.transaction(), conn.cursor(name="ragstore_import") as cur:
+                    cur.itersize = self.batch_rows
+                    cur.execute(stmt)
+                    for row in cur:
+                        where = f"{self.table} row id={row[0]}"
+                        vector = to_vector(self._vector(row[2], kind, where), where)
+                        if single_meta:
+                            raw = row[3]
+                            meta = raw if isinstance(raw, dict) else (
+                                {} if raw is None else {meta_cols[0]: raw})
+                        else:
+                            meta = {c: v for c, v in zip(meta_cols, row[3:], strict=True)
+                                    if v is not None}
+                        yield Record(to_id(row[0]), to_text(row[1]), vector, json_safe(meta))
+            except psycopg.Error as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ImportSourceError(f"reading {self.description}: {first}") from None

@@ -1,0 +1,97 @@
+"""What every reader yields: one :class:`Record` per stored vector, and the reader protocol.
+
+Readers only translate a store's layout into records; they judge nothing. Validation
+(:mod:`ragstore.imports.validate`) decides what is wrong with a record, so every store is
+held to the same rules and reported the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ragstore.errors import ImportSourceError
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass
+class Record:
+    """One vector of the source store with its id, text and metadata as the store had them."""
+
+    id: str | None
+    text: str | None
+    vector: Vector
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Source(Protocol):
+    """A readable legacy store."""
+
+    @property
+    def description(self) -> str:
+        """What is read, for the report (``JSONL file /x/a.jsonl``); never a password."""
+
+    def records(self) -> Iterator[Record]:
+        """Every record in the store's own order."""
+
+
+def to_vector(value: Any, where: str) -> Vector:
+    """A 1-D float32 array from a list/array of numbers; ``null`` entries become NaN.
+
+    Values too large for float32 become inf (what pgvector would refuse), so validation
+    sees them as non-finite instead of the cast failing later.
+    """
+    if value is None:
+        raise ImportSourceError(f"{where}: the record has no vector")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = np.asarray(value, dtype=np.float64).astype(np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ImportSourceError(f"{where}: the vector is not a list of numbers ({exc})") from None
+    if arr.ndim != 1:
+        raise ImportSourceError(
+            f"{where}: the vector has shape {arr.shape}; expected a flat list of numbers")
+    return arr
+
+
+def to_id(value: Any) -> str | None:
+    """Ids are kept as text (numbers become their decimal form); empty means missing."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def to_text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def json_safe(value: Any) -> Any:
+    """Metadata as JSON can hold it: dates and other objects become their string form."""
+    try:
+        json.dumps(value, allow_nan=False)
+        return value
+    except (TypeError, ValueError):
+        pass
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float):
+        return None  # NaN / inf have no JSON form
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (bytes, memoryview)):
+        return bytes(value).hex()
+    return str(value)

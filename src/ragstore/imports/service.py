@@ -1,0 +1,449 @@
+"""Importing a legacy vector store: plan (read + validate), then write, index and verify.
+
+:func:`plan_import` reads the whole source and judges every record; nothing is written, so
+``--dry-run`` is just the plan. :func:`run_import` takes a backup, then does everything in
+ONE transaction: create (or lock) the collection, COPY documents, chunks and vectors, build
+the HNSW index after the load (faster than growing it row by row), and verify. Any failure,
+including a verification that falls short or the process being killed, rolls the whole
+transaction back: the collection is exactly what it was before, or does not exist.
+
+Each source record becomes one document (``source`` = the record's id) holding one
+``paragraph`` chunk with the record's text and metadata and the record's own vector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from ragstore import backup as backups
+from ragstore.db import repository
+from ragstore.db.errors import translated
+from ragstore.errors import (
+    CollectionNotFoundError,
+    ConflictError,
+    ImportSourceError,
+    ImportValidationError,
+    ImportVerificationError,
+    InputError,
+    ModelMismatchError,
+    ModelNotFoundError,
+)
+from ragstore.imports.records import Record, Source
+from ragstore.imports.validate import ValidationReport, validate
+from ragstore.imports.verify import (
+    Matrix,
+    Verification,
+    combine,
+    differing_ids,
+    digests_of,
+    exact_top_k,
+    recall_at_k,
+    record_digest,
+)
+from ragstore.models import ModelSpec
+from ragstore.runtime import Runtime
+
+IMPORTED_PROVIDER = "imported"
+DISTANCES = ("cosine", "l2", "ip")
+_OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class ImportOptions:
+    collection: str
+    model: str
+    dimension: int | None = None
+    distance: str | None = None
+    policies: dict[str, str] = field(default_factory=dict)
+    backup: bool = True
+    backup_path: Path | None = None
+    verify_queries: int = 100
+    min_recall: float = 0.95
+    ef_search: int | None = None
+    seed: int = 0
+    maintenance_work_mem: str = "256MB"
+
+
+@dataclass
+class ImportPlan:
+    """What an import would do: the source read, the model declared, every record judged."""
+
+    source: str
+    collection: str
+    exists: bool
+    spec: ModelSpec
+    records: list[Record]
+    validation: ValidationReport
+    read_seconds: float
+
+    @property
+    def to_write(self) -> int:
+        return len(self.validation.kept)
+
+
+@dataclass
+class ImportReport:
+    source: str
+    collection: str
+    created: bool
+    model: str
+    provider: str
+    dimension: int
+    distance: str
+    read: int
+    written: int
+    skipped: int
+    validation: ValidationReport
+    backup: backups.BackupInfo | None
+    verification: Verification
+    seconds: dict[str, float]
+
+
+def declared_spec(rt: Runtime, model: str, dimension: int | None,
+                  distance: str | None) -> ModelSpec:
+    """The model the vectors came from: a pinned/built-in one, or a new imported pin.
+
+    A model ragstore can load (built-in or pinned with ``ragstore models add``) makes the
+    collection searchable by text; any other name is pinned with provider ``imported``:
+    its collection answers vector queries and keeps the model's identity on record.
+    """
+    from ragstore.modelops.specs import find_model
+
+    if distance is not None and distance not in DISTANCES:
+        raise InputError(f"--distance {distance!r} is not one of {', '.join(DISTANCES)}")
+    try:
+        spec = find_model(rt, model).spec
+    except ModelNotFoundError:
+        spec = None
+    if spec is not None:
+        if dimension is not None and dimension != spec.dimension:
+            raise ModelMismatchError(
+                f"model {spec.key} has {spec.dimension} dimensions but --dimension says "
+                f"{dimension}; the vectors cannot come from this model")
+        if distance is not None and distance != spec.distance:
+            raise ModelMismatchError(
+                f"model {spec.key} is pinned with distance {spec.distance}, not {distance}")
+        return spec
+    name, _, revision = model.partition("@")
+    if not name.strip():
+        raise InputError("--model needs a name, e.g. --model text-embedding-3-small@2024-01")
+    if dimension is None:
+        raise InputError(
+            f"model {model!r} is neither built in nor pinned, so ragstore cannot know its "
+            "dimension: declare it with --dimension N (it is checked against every vector)")
+    if not 1 <= dimension <= 16000:
+        raise InputError(f"--dimension must be between 1 and 16000, got {dimension}")
+    return ModelSpec(IMPORTED_PROVIDER, name.strip(), revision.strip() or "imported", dimension,
+                     distance or "cosine", False, 512, "",
+                     {"imported": True, "note": "vectors imported; ragstore cannot load it"})
+
+
+def _existing_ids(conn: psycopg.Connection[Any], collection_id: int,
+                  ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), 50_000):
+        rows = conn.execute("SELECT source FROM documents WHERE collection_id = %s"
+                            " AND source = ANY(%s)",
+                            (collection_id, ids[start:start + 50_000])).fetchall()
+        found.update(str(r[0]) for r in rows)
+    return found
+
+
+def _check_target(coll: repository.Collection, spec: ModelSpec) -> None:
+    m = coll.model
+    if (m.name, m.revision, m.dimension) != (spec.name, spec.revision, spec.dimension):
+        raise ModelMismatchError(
+            f"collection {coll.name!r} is pinned to {m.key} ({m.dimension} dims) but the "
+            f"source was declared as {spec.key} ({spec.dimension} dims); import into a new "
+            "collection, or declare the collection's model")
+
+
+def plan_import(rt: Runtime, source: Source, opts: ImportOptions,
+                progress: Progress | None = None) -> ImportPlan:
+    """Read and validate everything; write nothing."""
+    spec = declared_spec(rt, opts.model, opts.dimension, opts.distance)
+    t0 = time.perf_counter()
+    records: list[Record] = []
+    for rec in source.records():
+        records.append(rec)
+        if progress and len(records) % 10_000 == 0:
+            progress("read", len(records), 0)
+    read_seconds = time.perf_counter() - t0
+    if not records:
+        raise ImportSourceError(f"{source.description} holds no records; nothing to import")
+    existing: set[str] = set()
+    exists = False
+    with rt.db.connection() as conn, translated(f"looking up collection {opts.collection!r}"):
+        try:
+            coll = repository.get_collection(conn, opts.collection)
+        except CollectionNotFoundError:
+            pass
+        else:
+            exists = True
+            _check_target(coll, spec)
+            existing = _existing_ids(conn, coll.id, [r.id for r in records if r.id])
+    report = validate(records, spec.dimension, opts.policies, existing)
+    return ImportPlan(source.description, opts.collection, exists, spec, records, report,
+                      read_seconds)
+
+
+def refuse_if_invalid(plan: ImportPlan) -> None:
+    if plan.validation.ok:
+        return
+    parts = [f"{i.count} {i.kind} (first: {', '.join(i.first)})"
+             for i in plan.validation.aborting]
+    raise ImportValidationError(
+        f"{plan.source}: {'; '.join(parts)}; nothing was written. Fix the source, or choose "
+        "--policy KIND=skip (or --on-invalid skip) to leave such records out")
+
+
+def _matrix(records: list[Record], kept: list[int], dim: int) -> Matrix:
+    out = np.empty((len(kept), dim), dtype=np.float32)
+    for row, i in enumerate(kept):
+        out[row] = records[i].vector
+    return out
+
+
+class _Writer:
+    """The one-transaction write of a validated plan."""
+
+    def __init__(self, rt: Runtime, plan: ImportPlan, opts: ImportOptions,
+                 progress: Progress | None) -> None:
+        self.rt = rt
+        self.plan = plan
+        self.opts = opts
+        self.progress = progress or (lambda *_: None)
+        self.batch = hashlib.sha256(
+            f"{plan.source}|{datetime.now(UTC).isoformat()}".encode()).hexdigest()[:16]
+        self.kept = [plan.records[i] for i in plan.validation.kept]
+        self.ids = [str(r.id) for r in self.kept]
+        self.vectors = _matrix(plan.records, plan.validation.kept, plan.spec.dimension)
+        self.seconds: dict[str, float] = {}
+        self.chunk_ids: list[int] = []
+        self.had_rows = False
+
+    def _collection(self, conn: psycopg.Connection[Any]) -> tuple[repository.Collection, bool]:
+        name = self.plan.collection
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"ragstore-import:{name}",))
+        try:
+            coll = repository.get_collection(conn, name)
+        except CollectionNotFoundError:
+            spec = self.plan.spec
+            model_id = repository.upsert_model(conn, spec)
+            row = conn.execute("SELECT dimension FROM embedding_models WHERE id = %s",
+                               (model_id,)).fetchone()
+            if row is None or int(row[0]) != spec.dimension:
+                raise ModelMismatchError(
+                    f"model {spec.key} is already pinned with {row[0] if row else '?'} "
+                    f"dimensions, not {spec.dimension}; declare another revision "
+                    "(--model NAME@REVISION)") from None
+            return repository.create_collection(conn, name, spec), True
+        _check_target(coll, self.plan.spec)
+        conn.execute("SELECT 1 FROM collections WHERE id = %s FOR UPDATE", (coll.id,))
+        building = conn.execute("SELECT count(*) FROM embedding_spaces WHERE collection_id = %s"
+                                " AND status = 'building'", (coll.id,)).fetchone()
+        if building and building[0]:
+            raise ConflictError(
+                f"collection {name!r} is being migrated to another model; finish or cancel "
+                "that migration (`ragstore models`) before importing into it")
+        return coll, False
+
+    def _hnsw_indexes(self, conn: psycopg.Connection[Any], table: str) -> list[tuple[str, str]]:
+        rows = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+            " AND tablename = %s AND indexdef ILIKE %s", (table, "%USING hnsw%")).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def _copy_rows(self, conn: psycopg.Connection[Any], coll: repository.Collection) -> None:
+        total = len(self.kept)
+        with conn.cursor().copy(
+            "COPY documents (collection_id, source, title, format, content_hash, size_bytes,"
+            " metadata) FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["int4", "text", "text", "text", "text", "int8", "jsonb"])
+            for n, (rid, rec) in enumerate(zip(self.ids, self.kept, strict=True), 1):
+                text = rec.text or ""
+                title = rec.metadata.get("title")
+                copy.write_row((coll.id, rid, title if isinstance(title, str) else None,
+                                "imported", hashlib.sha256(text.encode()).hexdigest(),
+                                len(text.encode()),
+                                Jsonb({"import": {"batch": self.batch, "id": rid,
+                                                  "from": self.plan.source}})))
+                if n % 10_000 == 0:
+                    self.progress("documents", n, total)
+        doc_ids = dict(conn.execute(
+            "SELECT source, id FROM documents WHERE collection_id = %s AND metadata @> %s",
+            (coll.id, Jsonb({"import": {"batch": self.batch}}))).fetchall())
+        self.chunk_ids = [int(r[0]) for r in conn.execute(
+            "SELECT nextval(pg_get_serial_sequence('chunks', 'id')) FROM generate_series(1, %s)",
+            (total,))]
+        with conn.cursor().copy(
+            "COPY chunks (id, document_id, collection_id, ordinal, chunk_type, text,"
+            " section_path, char_start, char_end, token_count, metadata, content_hash)"
+            " FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["int8", "int8", "int4", "int4", "text", "text", "text[]", "int4",
+                            "int4", "int4", "jsonb", "text"])
+            for n, (cid, rid, rec) in enumerate(zip(self.chunk_ids, self.ids, self.kept,
+                                                    strict=True), 1):
+                text = rec.text or ""
+                copy.write_row((cid, doc_ids[rid], coll.id, 0, "paragraph", text, [], 0,
+                                len(text), len(text.split()), Jsonb(rec.metadata),
+                                hashlib.sha256(text.encode()).hexdigest()))
+                if n % 10_000 == 0:
+                    self.progress("chunks", n, total)
+        with conn.cursor().copy(sql.SQL(
+            "COPY {t} (chunk_id, embedding) FROM STDIN (FORMAT BINARY)"
+        ).format(t=sql.Identifier(coll.table))) as copy:
+            copy.set_types(["int8", "vector"])
+            for n, (cid, vec) in enumerate(zip(self.chunk_ids, self.vectors, strict=True), 1):
+                copy.write_row((cid, vec))
+                if n % 10_000 == 0:
+                    self.progress("vectors", n, total)
+
+    def _stored_digests(self, conn: psycopg.Connection[Any],
+                        coll: repository.Collection) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        stmt = sql.SQL(
+            "SELECT d.source, e.embedding FROM documents d JOIN chunks c ON c.document_id = d.id"
+            " JOIN {t} e ON e.chunk_id = c.id WHERE d.collection_id = %s AND d.metadata @> %s"
+        ).format(t=sql.Identifier(coll.table))
+        with conn.cursor(name="ragstore_import_verify", binary=True) as cur:
+            cur.itersize = 5000
+            cur.execute(stmt, (coll.id, Jsonb({"import": {"batch": self.batch}})))
+            for rid, emb in cur:
+                out[str(rid)] = record_digest(str(rid), np.asarray(emb.to_numpy()))
+        return out
+
+    def _existing(self, conn: psycopg.Connection[Any],
+                  coll: repository.Collection) -> tuple[list[int], Matrix]:
+        """Vectors that were in the space before this import (they take part in search)."""
+        rows = conn.execute(sql.SQL("SELECT chunk_id, embedding FROM {t} WHERE NOT"
+                                    " (chunk_id = ANY(%s))").format(t=sql.Identifier(coll.table)),
+                            (self.chunk_ids,)).fetchall()
+        if not rows:
+            return [], np.zeros((0, self.vectors.shape[1]), dtype=np.float32)
+        return ([int(r[0]) for r in rows],
+                np.stack([np.asarray(r[1].to_numpy(), dtype=np.float32) for r in rows]))
+
+    def _verify(self, conn: psycopg.Connection[Any], coll: repository.Collection) -> Verification:
+        opts, spec = self.opts, self.plan.spec
+        row = conn.execute(sql.SQL(
+            "SELECT count(*) FROM documents d JOIN chunks c ON c.document_id = d.id"
+            " JOIN {t} e ON e.chunk_id = c.id WHERE d.collection_id = %s AND d.metadata @> %s"
+        ).format(t=sql.Identifier(coll.table)),
+            (coll.id, Jsonb({"import": {"batch": self.batch}}))).fetchone()
+        stored_rows = int(row[0]) if row else 0
+        self.progress("checksum", 0, len(self.ids))
+        source_d = digests_of(self.ids, self.vectors)
+        stored_d = self._stored_digests(conn, coll)
+        old_ids, old_vecs = self._existing(conn, coll) if self.had_rows else ([], self.vectors[:0])
+        base = np.concatenate([old_vecs, self.vectors]) if old_ids else self.vectors
+        base_ids = np.asarray(old_ids + self.chunk_ids, dtype=np.int64)
+        n_q = min(opts.verify_queries, len(self.ids))
+        rng = np.random.default_rng(opts.seed)
+        qidx = np.sort(rng.choice(len(self.ids), size=n_q, replace=False))
+        queries = self.vectors[qidx]
+        ex_idx, ex_dist = exact_top_k(queries, base, spec.distance, 10)
+        ef = opts.ef_search or max(self.rt.settings.hnsw_ef_search, 10)
+        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef)))
+        op = sql.SQL(_OPERATORS[spec.distance])
+        stmt = sql.SQL("SELECT chunk_id, embedding {op} %(q)s FROM {t}"
+                       " ORDER BY embedding {op} %(q)s LIMIT %(k)s").format(
+            op=op, t=sql.Identifier(coll.table))
+        found = []
+        for n, q in enumerate(queries, 1):
+            hits = conn.execute(stmt, {"q": q, "k": ex_idx.shape[1]}).fetchall()
+            found.append([(int(h[0]), float(h[1])) for h in hits])
+            if n % 20 == 0:
+                self.progress("parity", n, n_q)
+        truth = [[int(base_ids[j]) for j in row_] for row_ in ex_idx]
+        recall = recall_at_k(truth, ex_dist, found)
+        return Verification(
+            source_rows=len(self.ids), stored_rows=stored_rows,
+            source_checksum=combine(source_d), stored_checksum=combine(stored_d),
+            recall_at_10=recall, queries=n_q, ef_search=ef, min_recall=opts.min_recall,
+            differing_ids=differing_ids(source_d, stored_d))
+
+    def run(self) -> tuple[repository.Collection, bool, Verification]:
+        with self.rt.db.connection() as conn, translated(
+                f"importing into collection {self.plan.collection!r}"), conn.transaction():
+            t0 = time.perf_counter()
+            coll, created = self._collection(conn)
+            before = conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(
+                t=sql.Identifier(coll.table))).fetchone()
+            self.had_rows = bool(before and before[0])
+            indexes = [] if self.had_rows else self._hnsw_indexes(conn, coll.table)
+            for name, _ in indexes:  # an empty space: build its index after the load
+                conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+            self._copy_rows(conn, coll)
+            self.seconds["write"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self.progress("index", 0, len(self.ids))
+            conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
+                sql.Literal(self.opts.maintenance_work_mem)))
+            for _, ddl in indexes:
+                # DDL as the catalog printed it for this very index (no user values in it)
+                conn.execute(sql.SQL(ddl))
+            self.seconds["index"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            verification = self._verify(conn, coll)
+            self.seconds["verify"] = time.perf_counter() - t0
+            if not verification.ok:
+                raise ImportVerificationError(_failure(verification, self.plan.collection))
+        return coll, created, verification
+
+
+def _failure(v: Verification, collection: str) -> str:
+    parts = []
+    if not v.rows_ok:
+        parts.append(f"{v.stored_rows} rows stored for {v.source_rows} source records")
+    if not v.checksum_ok:
+        parts.append(f"checksum differs (source {v.source_checksum[:16]}, pgvector "
+                     f"{v.stored_checksum[:16]}; first differing ids: "
+                     f"{', '.join(v.differing_ids) or '?'})")
+    if not v.recall_ok:
+        parts.append(f"recall@10 {v.recall_at_10:.3f} is below {v.min_recall:.2f} over "
+                     f"{v.queries} queries at ef_search {v.ef_search} (raise --ef-search)")
+    return (f"verification of the import into {collection!r} failed: {'; '.join(parts)}; "
+            "the import was rolled back and the collection is as it was")
+
+
+def run_import(rt: Runtime, plan: ImportPlan, opts: ImportOptions,
+               progress: Progress | None = None) -> ImportReport:
+    """Back up, write, index and verify in one transaction (see the module docstring)."""
+    refuse_if_invalid(plan)
+    if not 0.0 <= opts.min_recall <= 1.0:
+        raise InputError(f"--min-recall must be between 0 and 1, got {opts.min_recall}")
+    if opts.ef_search is not None and not 1 <= opts.ef_search <= 1000:
+        raise InputError(f"--ef-search must be between 1 and 1000, got {opts.ef_search}")
+    seconds = {"read": plan.read_seconds}
+    info = None
+    if opts.backup:
+        t0 = time.perf_counter()
+        if progress:
+            progress("backup", 0, 0)
+        info = backups.create_backup(rt.db, rt.settings, opts.backup_path, reason="import")
+        seconds["backup"] = time.perf_counter() - t0
+    writer = _Writer(rt, plan, opts, progress)
+    coll, created, verification = writer.run()
+    seconds.update(writer.seconds)
+    spec = coll.model
+    return ImportReport(
+        source=plan.source, collection=coll.name, created=created, model=spec.key,
+        provider=spec.provider, dimension=spec.dimension, distance=spec.distance,
+        read=plan.validation.read, written=len(writer.ids), skipped=plan.validation.skipped,
+        validation=plan.validation, backup=info, verification=verification, seconds=seconds)

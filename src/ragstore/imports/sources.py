@@ -1,0 +1,71 @@
+"""Which reader a SOURCE argument means: a URL, a Chroma directory, or a file by suffix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ragstore.errors import ImportSourceError, PathNotFoundError, UnsupportedFormatError
+from ragstore.imports.chroma import ChromaSource, is_chroma_dir
+from ragstore.imports.files import JsonlSource, NumpySource
+from ragstore.imports.postgres import PostgresTableSource
+from ragstore.imports.records import Source
+
+FORMATS = ("jsonl", "numpy", "postgres", "chroma")
+
+
+@dataclass
+class SourceOptions:
+    format: str | None = None
+    sidecar: Path | None = None
+    array: str | None = None
+    table: str | None = None
+    id_column: str = "id"
+    text_column: str | None = None
+    vector_column: str | None = None
+    metadata_column: str | None = None
+    bytea_dtype: str = "float32"
+    chroma_collection: str | None = None
+
+
+def detect_format(source: str) -> str:
+    if source.startswith(("postgresql://", "postgres://")):
+        return "postgres"
+    path = Path(source)
+    if not path.exists():
+        raise PathNotFoundError(f"{source}: no such file or directory")
+    if path.is_dir():
+        if is_chroma_dir(path):
+            return "chroma"
+        raise UnsupportedFormatError(
+            f"{source} is a directory but not a Chroma persistent directory (no "
+            "chroma.sqlite3); give a .jsonl, .npy or .npz file, or a postgresql:// URL")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix in (".npy", ".npz"):
+        return "numpy"
+    raise UnsupportedFormatError(
+        f"{source}: cannot tell the store's format from {suffix or 'no suffix'}; importable: "
+        ".jsonl/.ndjson, .npy/.npz with a sidecar, a Chroma directory, a postgresql:// URL "
+        "(or say --format jsonl|numpy|postgres|chroma)")
+
+
+def open_source(source: str, opts: SourceOptions) -> Source:
+    fmt = opts.format or detect_format(source)
+    if fmt not in FORMATS:
+        raise ImportSourceError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "postgres":
+        if not opts.table:
+            raise ImportSourceError("a PostgreSQL source needs the table: --table NAME")
+        return PostgresTableSource(source, opts.table, id_column=opts.id_column,
+                                   text_column=opts.text_column,
+                                   vector_column=opts.vector_column,
+                                   metadata_column=opts.metadata_column,
+                                   bytea_dtype=opts.bytea_dtype)
+    path = Path(source)
+    if fmt == "chroma":
+        return ChromaSource(path, opts.chroma_collection)
+    if fmt == "numpy":
+        return NumpySource(path, opts.sidecar, opts.array)
+    return JsonlSource(path)

@@ -1,0 +1,127 @@
+"""Validation of source records before anything is written: pure, values in, values out.
+
+Each rule has a kind, and the policy for each kind decides what happens to the records it
+finds: ``abort`` refuses the whole import, ``skip`` leaves those records out, ``keep``
+(only for ``missing_text``) imports them with an empty text so that they are searchable by
+vector only. Every kind is counted and its first offending ids are kept for the report, so
+a user sees the whole picture of a dirty store in one run, not one error at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ragstore.errors import InputError
+from ragstore.imports.records import Record
+
+KINDS = ("missing_id", "duplicate_id", "existing_id", "dimension_mismatch", "non_finite",
+         "zero_vector", "missing_text")
+ACTIONS = ("abort", "skip", "keep")
+FIRST_IDS = 5
+
+DESCRIPTIONS = {
+    "missing_id": "records without an id",
+    "duplicate_id": "ids seen more than once in the source (the first is kept)",
+    "existing_id": "ids already in the target collection",
+    "dimension_mismatch": "vectors whose length is not the model's dimension",
+    "non_finite": "vectors holding NaN or infinity",
+    "zero_vector": "all-zero vectors (no direction: cosine is undefined)",
+    "missing_text": "records without text",
+}
+
+
+def parse_policies(default: str, overrides: Iterable[str]) -> dict[str, str]:
+    """``--on-invalid ACTION`` plus ``--policy KIND=ACTION`` items -> kind -> action."""
+    if default not in ("abort", "skip"):
+        raise InputError(f"--on-invalid {default!r} is not one of abort, skip")
+    policies = dict.fromkeys(KINDS, default)
+    for item in overrides:
+        kind, sep, action = item.partition("=")
+        kind, action = kind.strip(), action.strip()
+        if not sep or kind not in KINDS:
+            raise InputError(f"--policy {item!r} is not KIND=ACTION with KIND one of "
+                             f"{', '.join(KINDS)}")
+        allowed = ACTIONS if kind == "missing_text" else ("abort", "skip")
+        if action not in allowed:
+            raise InputError(f"--policy {item!r}: the action for {kind} must be one of "
+                             f"{', '.join(allowed)}")
+        policies[kind] = action
+    return policies
+
+
+@dataclass
+class Issue:
+    kind: str
+    action: str
+    count: int = 0
+    first: list[str] = field(default_factory=list)  # "id" or "id (detail)"
+
+    def add(self, label: str) -> None:
+        self.count += 1
+        if len(self.first) < FIRST_IDS:
+            self.first.append(label)
+
+    @property
+    def description(self) -> str:
+        return DESCRIPTIONS[self.kind]
+
+
+@dataclass
+class ValidationReport:
+    read: int
+    kept: list[int]  # indices of the records to write, in source order
+    issues: list[Issue]  # only kinds that occurred, in KINDS order
+
+    @property
+    def aborting(self) -> list[Issue]:
+        return [i for i in self.issues if i.action == "abort"]
+
+    @property
+    def skipped(self) -> int:
+        return self.read - len(self.kept)
+
+    @property
+    def ok(self) -> bool:
+        return not self.aborting
+
+
+def validate(records: Sequence[Record], dimension: int, policies: Mapping[str, str],
+             existing_ids: set[str] | frozenset[str] = frozenset()) -> ValidationReport:
+    """Judge every record against the declared dimension and the policies."""
+    issues = {kind: Issue(kind, policies[kind]) for kind in KINDS}
+    seen: set[str] = set()
+    kept: list[int] = []
+    for index, rec in enumerate(records):
+        label = rec.id if rec.id is not None else f"#{index + 1}"
+        found: list[str] = []
+        if rec.id is None:
+            issues["missing_id"].add(f"record #{index + 1}")
+            found.append("missing_id")
+        elif rec.id in seen:
+            issues["duplicate_id"].add(label)
+            found.append("duplicate_id")
+        else:
+            seen.add(rec.id)
+            if rec.id in existing_ids:
+                issues["existing_id"].add(label)
+                found.append("existing_id")
+        vec = rec.vector
+        if vec.shape[0] != dimension:
+            issues["dimension_mismatch"].add(f"{label} ({vec.shape[0]} dims)")
+            found.append("dimension_mismatch")
+        if not np.isfinite(vec).all():
+            issues["non_finite"].add(label)
+            found.append("non_finite")
+        elif not vec.any():
+            issues["zero_vector"].add(label)
+            found.append("zero_vector")
+        if rec.text is None or not rec.text.strip():
+            issues["missing_text"].add(label)
+            found.append("missing_text")
+        if not any(policies[k] == "skip" for k in found):
+            kept.append(index)
+    return ValidationReport(read=len(records), kept=kept,
+                            issues=[i for i in issues.values() if i.count])
