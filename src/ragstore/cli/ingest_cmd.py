@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -33,18 +34,35 @@ def _parse_meta(items: list[str]) -> dict[str, str]:
 
 
 def _print_report(report: IngestReport) -> None:
+    synced = ""
+    if report.count("removed") or report.count("vanished"):
+        synced = (f", {report.count('removed')} removed, "
+                  f"{report.count('vanished')} vanished")
     err.print(
         f"collection {report.collection!r}: {report.count('added')} added, "
         f"{report.count('updated')} updated, {report.count('unchanged')} unchanged, "
-        f"{len(report.failed)} failed; {report.chunks} chunks stored, {report.embedded} "
-        f"embedded, {report.reused} reused ({report.seconds:.1f}s)"
+        f"{len(report.failed)} failed{synced}; {report.chunks} chunks stored, "
+        f"{report.embedded} embedded, {report.reused} reused ({report.seconds:.1f}s)"
     )
     for o in report.failed:
         err.print(f"  [red]failed[/] {escape(f'[{o.code}] {o.error}')}")
+    vanished = [o.source for o in report.outcomes if o.status == "vanished"]
+    if vanished:
+        err.print(f"  {len(vanished)} stored document(s) no longer on disk were kept; "
+                  "run again with --sync --prune to remove them")
+
+
+def _announce_vanished(prune: bool) -> Callable[[list[str]], None]:
+    def announce(sources: list[str]) -> None:
+        verb = "removing" if prune else "vanished (kept without --prune)"
+        err.print(f"{verb}: {len(sources)} document(s) no longer on disk")
+        for source in sources:
+            err.print(f"  [yellow]-[/] {escape(source)}")
+    return announce
 
 
 def do_ingest(rt: Runtime, paths: list[Path], collection: str | None,
-              meta: dict[str, str]) -> IngestReport:
+              meta: dict[str, str], *, sync: bool = False, prune: bool = False) -> IngestReport:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("files, {task.fields[chunks]} chunks"), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as bar:
@@ -53,7 +71,8 @@ def do_ingest(rt: Runtime, paths: list[Path], collection: str | None,
         def progress(_event: str, files: int, chunks: int) -> None:
             bar.update(task, completed=files, chunks=chunks)
 
-        report = ingest_paths(rt, paths, collection, metadata=meta, progress=progress)
+        report = ingest_paths(rt, paths, collection, metadata=meta, progress=progress,
+                              sync=sync, prune=prune, on_vanished=_announce_vanished(prune))
     return report
 
 
@@ -65,11 +84,18 @@ def register(app: typer.Typer) -> None:
                                               help="Target collection (created if new)."),
         meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE document metadata."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+        sync: bool = typer.Option(False, "--sync", help="Also report stored documents under "
+                                  "PATHS that are gone from disk."),
+        prune: bool = typer.Option(False, "--prune", help="With --sync: remove the documents "
+                                   "that are gone from disk (listed first)."),
     ) -> None:
-        """Ingest Markdown and text files; unchanged files are skipped without embedding."""
+        """Ingest Markdown, text, HTML, PDF, DOCX and source files; unchanged files are
+        skipped without embedding, changed ones replaced in one transaction."""
         user_meta = _parse_meta(meta)
+        if prune and not sync:
+            raise InputError("--prune only works with --sync (e.g. ingest docs/ --sync --prune)")
         with Runtime() as rt:
-            report = do_ingest(rt, paths, collection, user_meta)
+            report = do_ingest(rt, paths, collection, user_meta, sync=sync, prune=prune)
         if as_json:
             typer.echo(json.dumps(asdict(report), indent=2))
         _print_report(report)

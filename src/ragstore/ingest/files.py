@@ -1,4 +1,9 @@
-"""Finding the files to ingest: explicit files as given, folders walked for known suffixes."""
+"""Finding the files to ingest and reading them within the size limit.
+
+Explicit files are taken as given, folders are walked for known suffixes; a file is
+never read past ``max_file_bytes`` (plus one byte to notice it is longer), so a file
+that is huge, or grows while it is read, cannot take the process's memory with it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from ragstore.errors import FileTooLargeError
 from ragstore.parsing import supported_suffixes
 
 
@@ -31,3 +37,38 @@ def discover(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
         else:
             missing.append(path)
     return sorted(found), missing
+
+
+def sync_scopes(paths: Iterable[Path]) -> tuple[list[str], list[str]]:
+    """(folder prefixes, exact file sources) a sync of ``paths`` is responsible for.
+
+    A stored document under one of the folders, or named exactly, that is no longer on
+    disk has vanished. Paths are resolved the way :func:`discover` resolves them.
+    """
+    prefixes: list[str] = []
+    exact: list[str] = []
+    for path in paths:
+        resolved = path.resolve()
+        if path.is_dir():
+            prefixes.append(str(resolved).rstrip(os.sep) + os.sep)
+        else:
+            exact.append(str(resolved))
+    return prefixes, exact
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The file's bytes; FileTooLargeError when it holds more than ``limit`` bytes."""
+    size = path.stat().st_size
+    if size > limit:
+        raise FileTooLargeError(
+            f"{path}: {size} bytes is over the limit of {limit} bytes; "
+            "raise RAGSTORE_MAX_FILE_BYTES to ingest it"
+        )
+    with path.open("rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLargeError(
+            f"{path}: grew past the limit of {limit} bytes while being read; "
+            "raise RAGSTORE_MAX_FILE_BYTES to ingest it"
+        )
+    return data

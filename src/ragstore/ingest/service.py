@@ -3,7 +3,9 @@
 Files are taken in rounds of about ``ingest_batch_chunks`` chunks so the model always
 encodes large, length-sorted batches across documents. Unchanged files (same content
 hash) are skipped before parsing; chunks whose text is already embedded in the
-collection reuse the stored vector. Each document is written in its own transaction
+collection reuse the stored vector. With ``sync``, stored documents under the given
+folders that are gone from disk are reported as vanished, and removed with ``prune``
+(after ``on_vanished`` has been told which). Each document is written in its own transaction
 on a writer thread while the next round is parsed and encoded; a document that fails
 leaves nothing behind and the rest of the batch goes on.
 """
@@ -26,18 +28,25 @@ from ragstore.chunking import chunk_document
 from ragstore.db import repository
 from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
-from ragstore.errors import EmptyDocumentError, FileTooLargeError, PathNotFoundError, RagstoreError
-from ragstore.ingest.files import discover
+from ragstore.errors import (
+    CollectionNotFoundError,
+    EmptyDocumentError,
+    PathNotFoundError,
+    RagstoreError,
+)
+from ragstore.ingest.files import discover, read_bounded, sync_scopes
+from ragstore.modelops.fanout import building_vectors
 from ragstore.models import Chunk
 from ragstore.observability import metrics
 from ragstore.parsing import detect_format, parse_bytes
+from ragstore.parsing.language import detect_language
 from ragstore.runtime import Runtime
 
 
 @dataclass
 class FileOutcome:
     source: str
-    status: str  # added | updated | unchanged | failed
+    status: str  # added | updated | unchanged | failed | vanished | removed
     chunks: int = 0
     error: str | None = None
     code: str | None = None
@@ -74,16 +83,19 @@ class _Pending:
     chunks: list[Chunk]
     replace_id: int | None
     vectors: np.ndarray | None = None
+    extra_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # building spaces
 
 
 def _file_metadata(path: Path, fmt: str, size: int, parsed_meta: dict[str, Any],
-                   user_meta: dict[str, Any]) -> dict[str, Any]:
+                   user_meta: dict[str, Any], language: str | None = None) -> dict[str, Any]:
     st = path.stat()
     meta: dict[str, Any] = dict(parsed_meta)
     meta.update({
         "path": str(path), "filename": path.name, "size_bytes": size, "format": fmt,
         "modified_at": datetime.fromtimestamp(st.st_mtime, tz=UTC).isoformat(),
     })
+    if language:
+        meta["language"] = language
     meta.update(user_meta)
     return meta
 
@@ -111,14 +123,8 @@ class _Ingestor:
 
     def _prepare(self, path: Path, known: dict[str, tuple[int, str]]) -> _Pending | None:
         source = str(path)
-        size = path.stat().st_size
-        limit = self.rt.settings.max_file_bytes
-        if size > limit:
-            raise FileTooLargeError(
-                f"{source}: {size} bytes is over the limit of {limit} bytes; "
-                "raise RAGSTORE_MAX_FILE_BYTES to ingest it"
-            )
-        data = path.read_bytes()
+        data = read_bounded(path, self.rt.settings.max_file_bytes)
+        size = len(data)
         digest = hashlib.sha256(data).hexdigest()
         old = known.get(source)
         if old is not None and old[1] == digest:
@@ -132,7 +138,8 @@ class _Ingestor:
         record = repository.DocumentRecord(
             source=source, title=parsed.title, format=parsed.format, content_hash=digest,
             size_bytes=size,
-            metadata=_file_metadata(path, parsed.format, size, parsed.metadata, self.user_meta),
+            metadata=_file_metadata(path, parsed.format, size, parsed.metadata, self.user_meta,
+                                    detect_language(parsed)),
         )
         return _Pending(path, record, chunks, old[0] if old else None)
 
@@ -158,6 +165,10 @@ class _Ingestor:
                     else stored[c.content_hash]
                     for c in p.chunks if c.embeddable]
             p.vectors = np.stack(rows) if rows else np.zeros((0, dim), dtype=np.float32)
+        # a model migration in progress: its new space gets these documents too
+        for p, extra in zip(pending, building_vectors(self.rt, self.coll,
+                                                      [p.chunks for p in pending]), strict=True):
+            p.extra_vectors = extra
 
     def _write(self, pending: list[_Pending]) -> None:
         for p in pending:
@@ -165,7 +176,8 @@ class _Ingestor:
             try:
                 with self.rt.db.connection() as conn, translated(f"storing {p.record.source}"):
                     repository.write_document(conn, self.coll, p.record, p.chunks, p.vectors,
-                                              replace_id=p.replace_id)
+                                              replace_id=p.replace_id,
+                                              extra_vectors=p.extra_vectors)
             except RagstoreError as exc:
                 self._done(FileOutcome(p.record.source, "failed", error=str(exc), code=exc.code))
                 continue
@@ -223,23 +235,67 @@ class _Ingestor:
         return group
 
 
+def _vanished(rt: Runtime, name: str, paths: Sequence[Path], files: Sequence[Path]) -> list[str]:
+    """Stored sources the sync of ``paths`` covers that are no longer on disk."""
+    prefixes, exact = sync_scopes(paths)
+    try:
+        coll = rt.collection(name)
+    except CollectionNotFoundError:
+        return []  # nothing stored yet
+    with rt.db.connection() as conn, translated(f"listing documents of {name!r}"):
+        stored = repository.sources_under(conn, coll.id, prefixes, exact)
+    present = {str(f) for f in files}
+    return sorted(s for s in stored if s not in present and not Path(s).exists())
+
+
+def _prune(rt: Runtime, name: str, sources: Sequence[str]) -> int:
+    coll = rt.collection(name)
+    with rt.db.connection() as conn, translated(f"removing vanished documents of {name!r}"):
+        return repository.delete_documents(conn, coll.id, sources)
+
+
 def ingest_paths(rt: Runtime, paths: Sequence[Path], collection: str | None = None, *,
                  metadata: dict[str, Any] | None = None,
-                 progress: Progress | None = None) -> IngestReport:
-    """Ingest files and folders into a collection (created with the default model if new)."""
+                 progress: Progress | None = None, sync: bool = False, prune: bool = False,
+                 on_vanished: Callable[[list[str]], None] | None = None) -> IngestReport:
+    """Ingest files and folders into a collection (created with the default model if new).
+
+    ``sync`` also looks for stored documents under ``paths`` that are gone from disk:
+    they are reported as ``vanished`` and, with ``prune``, removed once the rest of the
+    batch is stored (``on_vanished`` is called with them first, before anything changes).
+    """
     name = collection or rt.settings.collection
     files, missing = discover(paths)
     report = IngestReport(collection=name)
+    gone = _vanished(rt, name, paths, files) if sync or prune else []
+    if gone and on_vanished is not None:
+        on_vanished(gone)
+    gone_set = set(gone)
     for path in missing:
+        if str(path.resolve()) in gone_set:
+            continue  # a synced file that was deleted: reported as vanished below
         err = PathNotFoundError(f"{path}: no such file or directory")
         report.outcomes.append(FileOutcome(str(path), "failed", error=str(err), code=err.code))
     if not files:
+        _finish_sync(rt, name, report, gone, prune)
         metrics.observe_ingest(report)
         return report
     t0 = time.perf_counter()
     coll = rt.collection(name, create=True)
     embedder = rt.embedder_for(coll)
     _Ingestor(rt, coll, embedder, report, metadata or {}, progress).run(files)
+    _finish_sync(rt, name, report, gone, prune)
     report.seconds = time.perf_counter() - t0
     metrics.observe_ingest(report)
     return report
+
+
+def _finish_sync(rt: Runtime, name: str, report: IngestReport, gone: Sequence[str],
+                 prune: bool) -> None:
+    """Record the vanished documents; with ``prune``, remove them in one transaction."""
+    if not gone:
+        return
+    if prune:
+        _prune(rt, name, gone)
+    status = "removed" if prune else "vanished"
+    report.outcomes.extend(FileOutcome(source, status) for source in gone)
