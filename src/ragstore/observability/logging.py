@@ -110,8 +110,11 @@ def configure_logging(level: str = "info", *, log_format: LogFormat = "auto",
     handler.setFormatter(formatter)
     handler.set_name("ragstore")
     root = logging.getLogger()
-    for old in [h for h in root.handlers if h.get_name() == "ragstore"]:
-        root.removeHandler(old)
+    for old in list(root.handlers):
+        # ours from an earlier call, and logging.basicConfig's plain stderr handler
+        plain = type(old) is logging.StreamHandler and old.stream in (sys.stderr, sys.stdout)
+        if old.get_name() == "ragstore" or plain:
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

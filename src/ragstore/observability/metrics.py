@@ -184,15 +184,22 @@ _DELTAS = _Deltas()
 
 def sync_query_cache() -> None:
     """Copy the process-wide query-embedding cache's hit/miss totals into the metrics."""
-    from ragstore.embedding.cache import query_cache
-
+    try:
+        from ragstore.embedding.cache import query_cache
+    except ImportError:  # a build without the query cache
+        return
     stats = query_cache().stats()
     _DELTAS.add("cache_hits", float(stats.hits), QUERY_CACHE.labels("hit"))
     _DELTAS.add("cache_misses", float(stats.misses), QUERY_CACHE.labels("miss"))
 
 
+_data_generation = 0  # bumped by each ingest in this process: cached sizes are stale
+
+
 def observe_ingest(report: Any) -> None:
     """Count one ingest run from its report (an ``ingest.service.IngestReport``)."""
+    global _data_generation
+    _data_generation += 1
     for outcome in ("added", "updated", "unchanged", "failed"):
         n = int(report.count(outcome))
         if n:
@@ -233,7 +240,8 @@ class DatabaseCollector(Collector):
 
     ``connect`` opens a short-lived connection (the caller's pool or a direct one). The
     result is cached for ``ttl_s`` so a scrape every few seconds costs one catalog query
-    per ``ttl_s``. A failing database yields ``ragstore_db_up 0`` instead of an error.
+    per ``ttl_s`` (sooner after an ingest in this process). A failing database yields
+    ``ragstore_db_up 0`` instead of an error.
     """
 
     def __init__(self, connect: Callable[[], Any], *, data_dir: Path | None = None,
@@ -243,6 +251,7 @@ class DatabaseCollector(Collector):
         self._ttl = ttl_s
         self._cached: list[Metric] = []
         self._at = float("-inf")
+        self._generation = -1
         self._lock = threading.Lock()
 
     def describe(self) -> Iterable[Metric]:
@@ -250,9 +259,11 @@ class DatabaseCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            if time.monotonic() - self._at >= self._ttl:
+            generation = _data_generation
+            if time.monotonic() - self._at >= self._ttl or generation != self._generation:
                 self._cached = self._gather()
                 self._at = time.monotonic()
+                self._generation = generation
             metrics = list(self._cached)
         yield from metrics
         yield from self._disk()

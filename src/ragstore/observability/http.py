@@ -1,0 +1,155 @@
+"""HTTP observability: request metrics, one access log line per request, and ``/metrics``.
+
+:func:`install_observability` is the single hook the app factory calls. It configures
+logging from the settings, adds :class:`ObservabilityMiddleware` (inside the request-id
+middleware, outside everything else, so refused bodies are counted too) and mounts the
+``/metrics`` route (unauthenticated, like every Prometheus target: keep it on the internal
+network; it shows counts and collection names, never content).
+
+Routes are labelled by their template (``/v1/collections/{name}/search``), never the raw
+path, and paths that match no route share the label ``unmatched``, so label cardinality
+stays bounded whatever clients send.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ragstore.observability import metrics
+from ragstore.observability.logging import bind_request, configure_logging, get_logger
+
+PROBLEM_JSON = b"application/problem+json"
+_MAX_PROBLEM_BYTES = 64 * 1024
+log = get_logger("ragstore.http")
+
+
+def _route_of(scope: Scope, root: Any) -> str:
+    """The matched route's template; plain Starlette routes are found by their endpoint."""
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        return path
+    endpoint = scope.get("endpoint")
+    if endpoint is not None and root is not None:
+        for route in getattr(root, "routes", ()):
+            if getattr(route, "endpoint", None) is endpoint:
+                return str(route.path)
+    return "unmatched"
+
+
+def _runtime_of(app: Any) -> Any:
+    state = getattr(getattr(app, "state", None), "ragstore", None)
+    return getattr(state, "runtime", None)
+
+
+def sync_process_metrics(app: Any) -> None:
+    """Copy this process's pool and query-cache figures into the metrics (never opens one)."""
+    rt = _runtime_of(app)
+    db = getattr(rt, "_db", None)  # only a database the runtime already opened
+    metrics.sync_pool(getattr(db, "_pool", None))
+    metrics.sync_query_cache()
+
+
+class ObservabilityMiddleware:
+    """Times and counts each request, logs one line for it, counts problem codes."""
+
+    def __init__(self, app: ASGIApp, *, root: Any = None) -> None:
+        self.app = app
+        self.root = root
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        state: dict[str, Any] = scope.setdefault("state", {})
+        request_id = str(state.get("request_id", ""))
+        status = 500
+        problem = bytearray()
+        is_problem = False
+
+        async def watching_send(message: Message) -> None:
+            nonlocal status, is_problem
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                ctype = dict(message.get("headers", [])).get(b"content-type", b"")
+                is_problem = ctype.startswith(PROBLEM_JSON)
+            elif (message["type"] == "http.response.body" and is_problem
+                  and len(problem) < _MAX_PROBLEM_BYTES):
+                problem.extend(message.get("body", b""))
+            await send(message)
+
+        metrics.HTTP_IN_FLIGHT.inc()
+        try:
+            with bind_request(request_id):
+                try:
+                    await self.app(scope, receive, watching_send)
+                finally:
+                    self._finish(scope, status, start, bytes(problem) if is_problem else b"")
+        finally:
+            metrics.HTTP_IN_FLIGHT.dec()
+
+    def _finish(self, scope: Scope, status: int, start: float, problem: bytes) -> None:
+        seconds = time.perf_counter() - start
+        route = _route_of(scope, self.root)
+        method = str(scope.get("method", ""))
+        metrics.observe_http(method, route, status, seconds)
+        code = None
+        if problem:
+            try:
+                code = json.loads(problem).get("code")
+            except (ValueError, AttributeError):
+                code = None
+            if isinstance(code, str) and len(code) <= 64:
+                metrics.record_error(code)
+        fields: dict[str, Any] = {"method": method, "route": route, "status": status,
+                                  "duration_ms": round(seconds * 1000, 2)}
+        collection = (scope.get("path_params") or {}).get("name")
+        if collection:
+            fields["collection"] = collection
+        if code:
+            fields["code"] = code
+        level = "warning" if status >= 500 else "info"
+        getattr(log, level)("request", **fields)
+        if self.root is not None:
+            sync_process_metrics(self.root)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """``GET /metrics``: the Prometheus text exposition."""
+    app = request.app
+    sync_process_metrics(app)
+    collector = getattr(app.state, "ragstore_db_collector", None)
+    if collector is None:
+        rt = _runtime_of(app)
+        if rt is None:
+            return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
+        collector = metrics.DatabaseCollector(lambda: rt.db.connection(),
+                                              data_dir=rt.settings.data_dir)
+        app.state.ragstore_db_collector = collector
+    body = await _in_thread(metrics.render, collector)
+    return Response(body, media_type=metrics.CONTENT_TYPE)
+
+
+async def _in_thread(fn: Any, *args: Any) -> bytes:
+    from starlette.concurrency import run_in_threadpool
+
+    result: bytes = await run_in_threadpool(fn, *args)
+    return result
+
+
+def install_observability(app: Any, settings: Any) -> None:
+    """Logging from the settings, the metrics middleware and ``GET /metrics`` on ``app``."""
+    from ragstore import __version__
+
+    configure_logging(settings.log_level, log_format=settings.log_format,
+                      log_queries=settings.log_queries)
+    metrics.set_build_info(__version__, settings.profile)
+    metrics.mark_process_dead_at_exit()
+    app.add_middleware(ObservabilityMiddleware, root=app)
+    app.add_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)

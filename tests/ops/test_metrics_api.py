@@ -1,0 +1,160 @@
+"""/metrics and request logs of a real server, driven over HTTP on loopback."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ragstore.config import Settings
+from ragstore.observability.logging import configure_logging
+from tests.api.conftest import running_server
+
+SEARCH_ROUTE = "/v1/collections/{name}/search"
+DOCS_ROUTE = "/v1/collections/{name}/documents"
+
+
+def scrape(http: httpx.Client) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of /metrics as (name, labels) -> value."""
+    response = http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
+          **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+@pytest.fixture(scope="module")
+def server(settings: Settings) -> Iterator[str]:
+    with running_server(settings.model_copy(update={"auth": "off"})) as url:
+        yield url
+
+
+@pytest.fixture()
+def http(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, timeout=60) as client:
+        yield client
+
+
+def test_metrics_count_an_ingest_and_a_search_through_the_api(
+        http: httpx.Client, settings: Settings) -> None:
+    before = scrape(http)
+    assert http.post("/v1/collections", json={"name": "opsmetrics"}).status_code == 201
+    text = ("# Rollback\n\nTo roll back a schema migration run ragstore db downgrade.\n\n"
+            "## Backups\n\nTake a backup with pg_dump before every upgrade.\n")
+    added = http.post("/v1/collections/opsmetrics/documents",
+                      json={"name": "ops.md", "text": text})
+    assert added.status_code == 201, added.text
+    found = http.post("/v1/collections/opsmetrics/search",
+                      json={"query": "how to roll back", "k": 3, "mode": "vector"})
+    assert found.status_code == 200, found.text
+    missing = http.post("/v1/collections/no-such-coll/search", json={"query": "x"})
+    assert missing.status_code == 404
+    assert http.get("/no/such/path/42").status_code == 404
+    after = scrape(http)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("ragstore_http_requests_total", method="POST", route=SEARCH_ROUTE,
+                status="200") == 1
+    assert grew("ragstore_http_requests_total", method="POST", route=SEARCH_ROUTE,
+                status="404") == 1
+    assert grew("ragstore_http_requests_total", method="POST", route=DOCS_ROUTE,
+                status="201") == 1
+    assert grew("ragstore_http_requests_total", method="GET", route="unmatched",
+                status="404") == 1
+    assert grew("ragstore_http_request_duration_seconds_count", method="POST",
+                route=SEARCH_ROUTE) == 2
+    assert grew("ragstore_errors_total", code="collection_not_found") == 1
+    assert grew("ragstore_search_requests_total", mode="vector", outcome="ok") == 1
+    assert grew("ragstore_search_duration_seconds_count", mode="vector") == 1
+    assert grew("ragstore_ingest_documents_total", outcome="added") == 1
+    assert grew("ragstore_ingest_documents_total", outcome="failed") == 0
+
+    assert settings.database_url is not None
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM chunks c JOIN collections k ON k.id = c.collection_id"
+            " WHERE k.name = 'opsmetrics' AND c.chunk_type <> 'heading'").fetchone()
+        table = conn.execute(
+            "SELECT s.table_name FROM collections c JOIN embedding_spaces s"
+            " ON s.id = c.active_space_id WHERE c.name = 'opsmetrics'").fetchone()
+        assert row is not None and table is not None
+        embedded = conn.execute(f'SELECT count(*) FROM "{table[0]}"').fetchone()
+        assert embedded is not None
+    assert embedded[0] >= 1
+    assert grew("ragstore_ingest_chunks_total", outcome="embedded") == embedded[0]
+    assert grew("ragstore_embedding_batch_size_sum") >= embedded[0] + 1  # chunks + the query
+    assert value(after, "ragstore_collection_chunks", collection="opsmetrics") == embedded[0]
+    assert value(after, "ragstore_collection_index_bytes", collection="opsmetrics") > 0
+    assert value(after, "ragstore_db_up") == 1
+    assert value(after, "ragstore_db_pool_max_connections") == settings.pool_max_size
+    assert value(after, "ragstore_data_dir_size_bytes") > 0
+    assert value(after, "ragstore_build_info", version=_version(), profile="test") == 1
+
+
+def test_query_cache_hits_and_misses_reach_the_metrics(http: httpx.Client) -> None:
+    from ragstore.embedding.cache import query_cache
+
+    cache = query_cache()
+    before = scrape(http)
+    assert cache.get("ops-model@1", "never cached text") is None
+    cache.put("ops-model@1", "cached text", np.ones(4, dtype=np.float32))
+    assert cache.get("ops-model@1", "cached text") is not None
+    assert cache.get("ops-model@1", "cached text") is not None
+    after = scrape(http)
+
+    def grew(result: str) -> float:
+        return (value(after, "ragstore_query_cache_requests_total", result=result)
+                - value(before, "ragstore_query_cache_requests_total", result=result))
+
+    assert grew("hit") == 2
+    assert grew("miss") == 1
+
+
+def test_request_log_line_is_json_with_the_request_id_and_no_secret(
+        http: httpx.Client) -> None:
+    buffer = io.StringIO()
+    configure_logging("info", log_format="json", stream=buffer)
+    try:
+        response = http.post(
+            "/v1/collections/opsmetrics/search",
+            json={"query": "supersecretquerytext", "k": 2},
+            headers={"X-Request-ID": "ops-req-0001",
+                     "Authorization": "Bearer rsk_topsecretkeyvalue"})
+        assert response.status_code == 200
+        assert response.headers["x-request-id"] == "ops-req-0001"
+    finally:
+        configure_logging("warning", log_format="json")
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+    mine = [rec for rec in lines if rec.get("request_id") == "ops-req-0001"]
+    access = [rec for rec in mine if rec["event"] == "request"]
+    assert len(access) == 1
+    rec = access[0]
+    assert rec["route"] == SEARCH_ROUTE and rec["status"] == 200
+    assert rec["collection"] == "opsmetrics"
+    assert rec["level"] == "info" and rec["timestamp"].endswith("Z")
+    assert isinstance(rec["duration_ms"], float)
+    raw = buffer.getvalue()
+    assert "supersecretquerytext" not in raw
+    assert "rsk_topsecretkeyvalue" not in raw
+
+
+def _version() -> str:
+    from ragstore import __version__
+
+    return __version__
