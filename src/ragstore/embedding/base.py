@@ -35,6 +35,20 @@ class Embedder(ABC):
                  for i in range(0, len(texts), self.batch_size)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    def embed_query(self, text: str) -> npt.NDArray[np.float32]:
+        """One query's vector through the process-wide LRU cache keyed by (model, text).
+
+        Searches call this instead of :meth:`embed` so a repeated query costs a dict lookup;
+        the returned array is read-only because it is shared.
+        """
+        from ragstore.embedding.cache import query_cache
+
+        cache = query_cache()
+        hit = cache.get(self.spec.key, text)
+        if hit is not None:
+            return hit
+        return cache.put(self.spec.key, text, self.embed([text])[0])
+
     @abstractmethod
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text takes in the model, special tokens included."""

