@@ -28,6 +28,7 @@ def _register() -> None:
         db_cmd,
         ingest_cmd,
         keys_cmd,
+        models_cmd,
         search_cmd,
         serve_cmd,
         worker_cmd,
@@ -35,6 +36,7 @@ def _register() -> None:
 
     app.add_typer(db_cmd.app, name="db")
     app.add_typer(config_cmd.app, name="config")
+    app.add_typer(models_cmd.app, name="models")
     ingest_cmd.register(app)
     search_cmd.register(app)
     app.add_typer(keys_cmd.app, name="keys")
