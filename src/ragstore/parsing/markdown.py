@@ -91,12 +91,19 @@ def parse_markdown(text: str, name: str) -> ParsedDocument:
             blocks.append(Block(ChunkType.PARAGRAPH, text[a:b], a, b, section_path=section()))
         elif tok.level == 0 and tok.map and tok.type in ("fence", "code_block"):
             a, b = span(tok)
-            meta = {"language": tok.info.strip().split()[0]} if tok.info.strip() else {}
+            lang = tok.info.strip().split()
             blocks.append(Block(ChunkType.CODE, text[a:b], a, b, section_path=section(),
-                                metadata=meta))
+                                metadata={"language": lang[0]} if lang else {}))
         elif tok.level == 0 and tok.map and tok.type in _CONTAINERS:
             a, b = span(tok)
-            blocks.append(Block(_CONTAINERS[tok.type], text[a:b], a, b, section_path=section()))
+            meta: dict[str, Any] = {}
+            if tok.type == "table_open":
+                rows = [ln for ln in text[a:b].split("\n") if ln.strip()]
+                header = rows[0].strip().strip("|")
+                meta = {"rows": max(1, len(rows) - 1), "columns": len(header.split("|")),
+                        "header_lines": 2}
+            blocks.append(Block(_CONTAINERS[tok.type], text[a:b], a, b, section_path=section(),
+                                metadata=meta))
             # skip to the matching close token
             close = tok.type.replace("_open", "_close")
             depth = 0

@@ -1,0 +1,187 @@
+"""Each format parsed from real files: block types, section paths, pages, metadata, and
+the bad inputs each format can bring (no database, no model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ragstore.errors import (
+    BinaryFileError,
+    CorruptDocumentError,
+    DecodeError,
+    EmptyDocumentError,
+    EncryptedDocumentError,
+)
+from ragstore.parsing import detect_format, parse_bytes
+from ragstore.parsing.language import detect_language
+from tests.fixtures.builders import (
+    DOCX_TABLE_SENTENCE,
+    MIXED,
+    PDF_PAGE3_PARAGRAPH,
+    handbook_pdf,
+    pdf_bytes,
+    write_inventory_docx,
+)
+
+
+def _types(doc: object) -> list[str]:
+    return [b.type.value for b in doc.blocks]  # type: ignore[attr-defined]
+
+
+def test_markdown_front_matter_is_document_metadata_and_tables_have_a_shape() -> None:
+    doc = parse_bytes((MIXED / "guide.md").read_bytes(), "guide.md")
+    assert doc.format == "markdown"
+    assert doc.metadata == {"title": "Field guide to the office", "team": "facilities",
+                            "tags": ["office", "onboarding"]}
+    assert _types(doc) == ["heading", "heading", "paragraph", "heading", "list", "quote",
+                           "table"]
+    table = doc.blocks[-1]
+    assert table.section_path == ("Field guide to the office", "Meeting rooms")
+    assert table.metadata == {"rows": 3, "columns": 3, "header_lines": 2}
+
+
+def test_html_drops_scripts_navigation_and_footer_and_keeps_structure() -> None:
+    doc = parse_bytes((MIXED / "coffee.html").read_bytes(), "coffee.html")
+    assert doc.format == "html" and doc.title == "Coffee machine manual"
+    assert doc.metadata == {"lang": "en", "description": "How to run the espresso machine"}
+    assert _types(doc) == ["heading", "paragraph", "heading", "list", "code"]
+    text = " ".join(b.text for b in doc.blocks)
+    for boilerplate in ("tracking", "Home", "Copyright", "font-family"):
+        assert boilerplate not in text
+    assert doc.blocks[1].text == ("Descale the espresso machine every two weeks with citric "
+                                  "acid, or the boiler clogs.")
+    assert doc.blocks[3].text == "- Fill the water tank.\n- Purge the steam wand after use."
+    assert doc.blocks[4].metadata == {"language": "bash"}
+    assert doc.blocks[4].section_path == ("Espresso machine", "Daily routine")
+
+
+def test_pdf_keeps_page_numbers_and_turns_the_outline_into_sections() -> None:
+    doc = parse_bytes(handbook_pdf(), "handbook.pdf")
+    assert doc.format == "pdf" and doc.title == "Climate handbook"
+    assert doc.metadata == {"pages": 4}
+    pages = [(b.type.value, b.page) for b in doc.blocks]
+    assert pages == [("heading", 1), ("page_text", 1), ("heading", 2), ("page_text", 2),
+                     ("heading", 3), ("page_text", 3), ("heading", 4), ("page_text", 4)]
+    page3 = doc.blocks[5]
+    assert PDF_PAGE3_PARAGRAPH in " ".join(page3.text.split())
+    assert page3.section_path == ("Ice",)
+
+
+def test_docx_reads_headings_lists_quotes_and_tables_in_body_order(tmp_path: Path) -> None:
+    path = write_inventory_docx(tmp_path / "inventory.docx")
+    doc = parse_bytes(path.read_bytes(), "inventory.docx")
+    assert doc.format == "docx" and doc.title == "Inventory"
+    assert doc.metadata["author"] == "ragstore tests"
+    assert _types(doc) == ["heading", "heading", "paragraph", "heading", "paragraph",
+                           "heading", "list", "quote", "table", "paragraph"]
+    table = doc.blocks[8]
+    assert table.text.split("\n") == [
+        "| Site | Notes |", "|---|---|", f"| North | {DOCX_TABLE_SENTENCE} |",
+        "| South | The south depot keeps pallets of copper cable. |"]
+    assert table.metadata == {"rows": 3, "columns": 2, "header_lines": 2}
+    assert table.section_path == ("Inventory", "Reference")
+    assert doc.blocks[6].text == ("- Sign out every part you take.\n"
+                                  "- Report damaged parts the same day.")
+
+
+def test_python_is_split_at_top_level_definitions_with_their_comments() -> None:
+    source = (
+        "import os\n\nLIMIT = 3\n\n\n# the helper\n@cache\ndef helper(x):\n"
+        "    return x\n\n\nclass Thing:\n    def method(self):\n        return 1\n"
+    )
+    doc = parse_bytes(source.encode(), "mod.py")
+    assert doc.format == "code" and doc.metadata == {"language": "python"}
+    assert [b.text for b in doc.blocks] == [
+        "import os\n\nLIMIT = 3",
+        "# the helper\n@cache\ndef helper(x):\n    return x",
+        "class Thing:\n    def method(self):\n        return 1",
+    ]
+    assert [b.metadata.get("symbol") for b in doc.blocks] == [None, "helper", "Thing"]
+    assert doc.blocks[1].metadata["lines"] == [6, 9]
+    for b in doc.blocks:
+        assert source[b.char_start:b.char_end] == b.text
+
+
+def test_go_is_split_at_top_level_functions_ignoring_braces_in_strings_and_comments() -> None:
+    doc = parse_bytes((MIXED / "src" / "server.go").read_bytes(), "server.go")
+    assert [b.metadata.get("symbol") for b in doc.blocks] == [None, "healthHandler", "main"]
+    assert doc.blocks[1].text.startswith("// healthHandler answers")
+    assert doc.blocks[1].text.endswith("}")
+    tricky = 'func a() {\n\ts := "}"\n\t// }\n\n\treturn\n}\n\nfunc b() {}\n'
+    blocks = parse_bytes(tricky.encode(), "t.go").blocks
+    assert [b.metadata.get("symbol") for b in blocks] == ["a", "b"]
+
+
+@pytest.mark.parametrize(("name", "data", "expected"), [
+    ("report.txt", b"%PDF-1.7\n...", "pdf"),
+    ("page.md", b"<!DOCTYPE html><html><body><p>x</p></body></html>", "html"),
+    ("deploy", b"#!/usr/bin/env bash\necho hi\n", "code"),
+    ("notes.txt", b"#!/usr/bin/env python3\nprint(1)\n", "code"),
+    ("README", b"just words\n", "text"),
+    ("data.csv", b"a,b\n1,2\n", "text"),
+    ("guide.md", b"# Title\n", "markdown"),
+    ("lib.rs", b"fn main() {}\n", "code"),
+])
+def test_format_comes_from_the_content_as_well_as_the_extension(
+        name: str, data: bytes, expected: str) -> None:
+    assert detect_format(name, data) == expected
+
+
+def test_docx_content_is_recognised_under_another_name(tmp_path: Path) -> None:
+    data = write_inventory_docx(tmp_path / "x.docx").read_bytes()
+    assert detect_format("inventory.bin", data) == "docx"
+    assert parse_bytes(data, "inventory.bin").format == "docx"
+
+
+def test_corrupt_pdf_is_refused_with_the_reason() -> None:
+    with pytest.raises(CorruptDocumentError, match=r"^broken.pdf: not a readable PDF \("):
+        parse_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog", "broken.pdf")
+    with pytest.raises(CorruptDocumentError, match="not a readable PDF"):
+        parse_bytes(handbook_pdf()[:300], "truncated.pdf")
+
+
+def test_encrypted_pdf_is_refused_unless_its_password_is_empty() -> None:
+    with pytest.raises(EncryptedDocumentError) as err:
+        parse_bytes(pdf_bytes([["secret plans"]], password="hunter2"), "locked.pdf")
+    assert err.value.code == "encrypted_document"
+    assert str(err.value) == ("locked.pdf: the PDF is encrypted with a password; save an "
+                              "unencrypted copy (e.g. qpdf --decrypt) and ingest that")
+    doc = parse_bytes(pdf_bytes([["open to all"]], password=""), "open.pdf")
+    assert "open to all" in doc.blocks[0].text
+
+
+def test_pdf_without_text_is_empty() -> None:
+    with pytest.raises(EmptyDocumentError, match="no extractable text"):
+        parse_bytes(pdf_bytes([[]]), "scan.pdf")
+
+
+def test_docx_that_is_not_a_zip_is_refused() -> None:
+    with pytest.raises(CorruptDocumentError) as err:
+        parse_bytes(b"this is plain text pretending to be a docx", "fake.docx")
+    assert str(err.value) == ("fake.docx: not a valid DOCX file (not a zip archive); re-save "
+                              "it from Word or LibreOffice as .docx")
+
+
+def test_mixed_encodings_are_refused_with_the_offset() -> None:
+    data = "naïve café\n".encode() + "crème brûlée\n".encode("latin-1")
+    with pytest.raises(DecodeError) as err:
+        parse_bytes(data, "menu.txt")
+    assert str(err.value).startswith(
+        "menu.txt: mixed encodings: valid UTF-8 before, invalid UTF-8 at byte 15 (line 2)")
+
+
+def test_unknown_binary_file_is_refused() -> None:
+    with pytest.raises(BinaryFileError, match=r"unsupported binary file type '\.bin'"):
+        parse_bytes(b"\x00\x01\x02garbage", "blob.bin")
+
+
+def test_detected_language_is_the_programming_or_the_natural_language() -> None:
+    code = parse_bytes((MIXED / "src" / "billing.py").read_bytes(), "billing.py")
+    assert detect_language(code) == "python"
+    french = parse_bytes("Le chat est assis sur le tapis. Il a plu toute la journée à "
+                         "Paris, et les rues étaient mouillées.".encode(), "chat.txt")
+    assert detect_language(french) == "French"
+    english = parse_bytes((MIXED / "notes.txt").read_bytes(), "notes.txt")
+    assert detect_language(english) == "English"
