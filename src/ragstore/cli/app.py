@@ -24,8 +24,10 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def _register() -> None:
     from ragstore.cli import (
+        backup_cmd,
         config_cmd,
         db_cmd,
+        import_cmd,
         ingest_cmd,
         keys_cmd,
         models_cmd,
@@ -42,6 +44,8 @@ def _register() -> None:
     app.add_typer(keys_cmd.app, name="keys")
     serve_cmd.register(app)
     worker_cmd.register(app)
+    import_cmd.register(app)
+    backup_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,14 +32,22 @@ def status() -> None:
 def upgrade(
     to: str = typer.Option("head", "--to", help="Target revision."),
     sql: bool = typer.Option(False, "--sql", help="Print the SQL instead of running it."),
+    no_backup: bool = typer.Option(False, "--no-backup",
+                                   help="Do not back the database up before upgrading."),
 ) -> None:
-    """Upgrade the schema to the code's revision (or --to REV)."""
+    """Upgrade the schema to the code's revision (or --to REV); backs up first."""
     if sql:
         typer.echo(migrations.upgrade_sql(None, to))
         return
     with Runtime() as rt:
         db = rt.raw_db()
-        before = migrations.status(db).current
+        pre = migrations.status(db)
+        before = pre.current
+        if before is not None and pre.pending and not no_backup:
+            from ragstore.backup import create_backup
+
+            info = create_backup(db, rt.settings, reason="upgrade")
+            typer.echo(f"backup: {info.path} (restore with `ragstore restore {info.path}`)")
         st = migrations.upgrade(db, to)
         if before == st.current:
             typer.echo(f"schema already at {st.current}; nothing to do")

@@ -1,0 +1,167 @@
+"""``ragstore import``: bring vectors in from a basic store, validated, backed up and verified."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ragstore.imports import (
+    ImportOptions,
+    ImportPlan,
+    ImportReport,
+    SourceOptions,
+    open_source,
+    parse_policies,
+    plan_import,
+    refuse_if_invalid,
+    run_import,
+)
+from ragstore.runtime import Runtime
+
+console = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _mark(ok: bool) -> str:
+    return "ok" if ok else "FAILED"
+
+
+def print_plan(plan: ImportPlan) -> None:
+    spec = plan.spec
+    usable = ("text and vector queries" if spec.provider != "imported"
+              else "vector queries only (ragstore cannot load this model)")
+    console.print(f"source:      {escape(plan.source)} ({plan.validation.read} records)")
+    console.print(f"model:       {escape(spec.key)} ({spec.provider}, {spec.dimension} dims, "
+                  f"{spec.distance}; {usable})")
+    console.print(f"collection:  {escape(plan.collection)} "
+                  f"({'existing' if plan.exists else 'new'})")
+    v = plan.validation
+    if not v.issues:
+        console.print(f"validation:  ok, {v.read} records pass every check")
+    else:
+        console.print("validation:")
+        for issue in v.issues:
+            console.print(f"  {issue.kind:<19} {issue.count:>7}  {issue.action:<5}  first: "
+                          f"{escape(', '.join(issue.first))}")
+        if v.ok:
+            console.print(f"  {'to import':<19} {len(v.kept):>7}  ({v.skipped} skipped)")
+        else:
+            kinds = ", ".join(i.kind for i in v.aborting)
+            console.print(f"  refused: the policy for {kinds} is abort")
+
+
+def print_report(report: ImportReport) -> None:
+    if report.backup is not None:
+        console.print(f"backup:      {escape(report.backup.path)} ({report.backup.bytes} bytes)")
+    else:
+        console.print("backup:      none (--no-backup)")
+    s = report.seconds
+    console.print(f"written:     {report.written} documents, chunks and vectors into "
+                  f"{escape(report.collection)!r}{' (new collection)' if report.created else ''}"
+                  f" in {s.get('write', 0):.1f}s; index {s.get('index', 0):.1f}s")
+    v = report.verification
+    console.print("verify:")
+    console.print(f"  rows        source {v.source_rows} = pgvector {v.stored_rows}"
+                  f"{'':<8}{_mark(v.rows_ok)}")
+    console.print(f"  checksum    source {v.source_checksum[:16]} = pgvector "
+                  f"{v.stored_checksum[:16]}  {_mark(v.checksum_ok)}")
+    console.print(f"  recall@10   {v.recall_at_10:.3f} over {v.queries} queries (ef_search "
+                  f"{v.ef_search}, min {v.min_recall:.2f})  {_mark(v.recall_ok)}")
+    console.print(f"imported {report.written} records into {escape(report.collection)!r}; "
+                  f"{report.skipped} skipped ({s.get('verify', 0):.1f}s verifying)")
+
+
+def _plan_dict(plan: ImportPlan) -> dict[str, Any]:
+    return {"source": plan.source, "collection": plan.collection, "exists": plan.exists,
+            "model": plan.spec.key, "provider": plan.spec.provider,
+            "dimension": plan.spec.dimension, "distance": plan.spec.distance,
+            "read": plan.validation.read, "to_import": plan.to_write,
+            "skipped": plan.validation.skipped,
+            "issues": [asdict(i) for i in plan.validation.issues]}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("import")
+    def import_(
+        source: str = typer.Argument(..., help="A .jsonl file, a .npy/.npz file, a Chroma "
+                                     "directory, or a postgresql:// URL (with --table)."),
+        collection: str | None = typer.Option(None, "--collection", "-c",
+                                              help="Target collection (created if new)."),
+        model: str = typer.Option(..., "--model", "-m", help="Model the vectors were made "
+                                  "with: a built-in or pinned model, or NAME[@REVISION] with "
+                                  "--dimension."),
+        dimension: int | None = typer.Option(None, "--dimension",
+                                             help="Dimension of a model ragstore does not know."),
+        distance: str | None = typer.Option(None, "--distance", help="cosine, l2 or ip "
+                                            "(new imported models; default cosine)."),
+        fmt: str | None = typer.Option(None, "--format",
+                                       help="jsonl, numpy, postgres or chroma (default: guess)."),
+        sidecar: Path | None = typer.Option(None, "--sidecar", help="JSONL/CSV with ids and "
+                                            "texts for a .npy/.npz (default: same name)."),
+        array: str | None = typer.Option(None, "--array", help="Array of an .npz to read."),
+        table: str | None = typer.Option(None, "--table", help="Table of a PostgreSQL source."),
+        id_column: str = typer.Option("id", "--id-column"),
+        text_column: str | None = typer.Option(None, "--text-column"),
+        vector_column: str | None = typer.Option(None, "--vector-column"),
+        metadata_column: str | None = typer.Option(None, "--metadata-column"),
+        bytea_dtype: str = typer.Option("float32", "--bytea-dtype",
+                                        help="float32 or float64 for bytea vectors."),
+        chroma_collection: str | None = typer.Option(None, "--chroma-collection"),
+        on_invalid: str = typer.Option("abort", "--on-invalid",
+                                       help="abort or skip, for every kind of bad record."),
+        policy: list[str] = typer.Option([], "--policy", help="KIND=ACTION for one kind "
+                                         "(missing_text also accepts keep)."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Read and validate only."),
+        no_backup: bool = typer.Option(False, "--no-backup", help="Skip the backup first."),
+        backup_path: Path | None = typer.Option(None, "--backup-path"),
+        verify_queries: int = typer.Option(100, "--verify-queries", min=1, max=10_000),
+        min_recall: float = typer.Option(0.95, "--min-recall"),
+        ef_search: int | None = typer.Option(None, "--ef-search"),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Import vectors from a basic store; everything or nothing, verified."""
+        policies = parse_policies(on_invalid, policy)
+        src = open_source(source, SourceOptions(
+            format=fmt, sidecar=sidecar, array=array, table=table, id_column=id_column,
+            text_column=text_column, vector_column=vector_column,
+            metadata_column=metadata_column, bytea_dtype=bytea_dtype,
+            chroma_collection=chroma_collection))
+        with Runtime() as rt:
+            opts = ImportOptions(
+                collection=collection or rt.settings.collection, model=model,
+                dimension=dimension, distance=distance, policies=policies,
+                backup=not no_backup, backup_path=backup_path, verify_queries=verify_queries,
+                min_recall=min_recall, ef_search=ef_search)
+            with Progress(TextColumn("{task.description}"), BarColumn(),
+                          MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                          transient=True, disable=not err.is_terminal) as bar:
+                task = bar.add_task("reading", total=None)
+
+                def progress(stage: str, done: int, total: int) -> None:
+                    bar.update(task, description=stage, completed=done, total=total or None)
+
+                plan = plan_import(rt, src, opts, progress)
+                if not as_json:
+                    print_plan(plan)
+                if dry_run:
+                    if as_json:
+                        typer.echo(json.dumps({"dry_run": True, **_plan_dict(plan)}, indent=2))
+                    elif plan.validation.ok:
+                        console.print(f"dry run: would import {plan.to_write} records into "
+                                      f"{escape(plan.collection)!r}; nothing was written")
+                    refuse_if_invalid(plan)
+                    return
+                report = run_import(rt, plan, opts, progress)
+        if as_json:
+            out = asdict(report)
+            out["verification"]["ok"] = report.verification.ok
+            typer.echo(json.dumps(out, indent=2, default=str))
+        else:
+            print_report(report)

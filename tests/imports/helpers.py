@@ -1,0 +1,69 @@
+"""Builders for the legacy stores the import tests read: real files the tests write."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+
+from ragstore.imports.verify import combine, digests_of
+
+Matrix = npt.NDArray[np.float32]
+
+
+def vectors(n: int, dim: int, seed: int = 0) -> Matrix:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, dim)).astype(np.float32)
+
+
+def write_jsonl(path: Path, ids: list[str], vecs: Matrix, texts: list[str] | None = None,
+                extra: list[dict[str, Any]] | None = None) -> Path:
+    with path.open("w") as fh:
+        for i, rid in enumerate(ids):
+            obj: dict[str, Any] = {"id": rid, "text": texts[i] if texts else f"text of {rid}",
+                                   "vector": vecs[i].tolist(), "metadata": {"n": i}}
+            if extra:
+                obj.update(extra[i])
+            fh.write(json.dumps(obj) + "\n")
+    return path
+
+
+def write_npy_csv(path: Path, ids: list[str], vecs: Matrix) -> Path:
+    np.save(path, vecs)
+    with path.with_suffix(".csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "text", "lang"])
+        for rid in ids:
+            w.writerow([rid, f"text of {rid}", "en"])
+    return path
+
+
+def checksum(ids: list[str], vecs: Matrix) -> str:
+    return combine(digests_of(ids, vecs.astype(np.float32)))
+
+
+def collection_state(url: str, name: str) -> dict[str, Any]:
+    """Everything a collection holds, to compare before and after a failed import."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT c.id, s.table_name FROM collections c JOIN embedding_spaces s"
+                           " ON s.id = c.active_space_id WHERE c.name = %s", (name,)).fetchone()
+        if row is None:
+            return {"exists": False,
+                    "spaces": conn.execute("SELECT count(*) FROM embedding_spaces")
+                    .fetchone()}
+        cid, table = row
+        docs = conn.execute("SELECT source, metadata::text FROM documents WHERE collection_id"
+                            " = %s ORDER BY source", (cid,)).fetchall()
+        chunks = conn.execute("SELECT text, metadata::text FROM chunks WHERE collection_id = %s"
+                              " ORDER BY text", (cid,)).fetchall()
+        embs = conn.execute(psycopg.sql.SQL("SELECT chunk_id, embedding::text FROM {}"
+                                            " ORDER BY chunk_id").format(
+            psycopg.sql.Identifier(table))).fetchall()
+        indexes = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s ORDER BY 1",
+                               (table,)).fetchall()
+    return {"exists": True, "docs": docs, "chunks": chunks, "embs": embs, "indexes": indexes}
