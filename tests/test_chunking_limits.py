@@ -1,0 +1,143 @@
+"""The chunker with the real model's tokenizer: no chunk over the model's limit, tables
+split between rows with their header repeated, code split between lines, huge lines
+handled in bounded pieces, parents and section paths kept."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from ragstore.chunking import chunk_document
+from ragstore.embedding.base import Embedder
+from ragstore.embedding.registry import load_embedder, resolve_spec
+from ragstore.models import ChunkType
+from ragstore.parsing import parse_bytes
+from tests.conftest import SHARED_DATA
+from tests.fixtures.builders import build_mixed_corpus
+
+SCIFACT = SHARED_DATA / "scifact" / "corpus.jsonl"
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return load_embedder(resolve_spec("all-MiniLM-L6-v2"), device="cpu")
+
+
+def _model_tokens(embedder: Embedder, texts: list[str]) -> list[int]:
+    return embedder.count_tokens(texts)
+
+
+def test_long_table_is_split_between_rows_with_the_header_on_every_piece(
+        embedder: Embedder) -> None:
+    rows = "\n".join(f"| part {i} | stored in bay {i} of the east hall, shelf {i % 7} |"
+                     for i in range(150))
+    md = f"# Stock\n\n| part | where |\n|---|---|\n{rows}\n"
+    chunks = chunk_document(parse_bytes(md.encode(), "stock.md"), embedder, 256)
+    tables = [c for c in chunks if c.chunk_type is ChunkType.TABLE]
+    assert len(tables) > 3
+    seen: list[str] = []
+    for c in tables:
+        lines = c.text.split("\n")
+        assert lines[:2] == ["| part | where |", "|---|---|"]
+        assert all(line.startswith("| part ") and line.endswith(" |") for line in lines[2:])
+        assert c.metadata["header_repeated"] is True
+        first, last = c.metadata["row_range"]
+        assert last - first + 1 == len(lines) - 2
+        seen.extend(lines[2:])
+    assert seen == rows.split("\n"), "every row exactly once, in order, none cut"
+    assert max(_model_tokens(embedder, [c.embed_text for c in tables])) <= 256
+
+
+def test_long_code_is_never_split_inside_a_line(embedder: Embedder) -> None:
+    body = "\n".join(f"    total_{i} = compute_discount(order_{i}, customer_tier, season)"
+                     for i in range(200))
+    source = f"def giant():\n{body}\n    return 0\n"
+    chunks = chunk_document(parse_bytes(source.encode(), "giant.py"), embedder, 256)
+    assert len(chunks) > 3
+    lines = source.rstrip("\n").split("\n")
+    rebuilt: list[str] = []
+    for c in chunks:
+        assert c.chunk_type is ChunkType.CODE and "line_split" not in c.metadata
+        assert source[c.char_start:c.char_end] == c.text
+        rebuilt.extend(c.text.split("\n"))
+    assert rebuilt == lines
+    assert max(_model_tokens(embedder, [c.embed_text for c in chunks])) <= 256
+
+
+def test_a_line_of_megabytes_without_breaks_is_chunked_in_bounded_pieces(
+        embedder: Embedder) -> None:
+    words = ("alpha beta gamma delta " * 150_000).encode()  # 3.5 MB on one line
+    unbroken = b"z" * 2_000_000  # one "word" of 2 MB
+    for name, data in (("words.txt", words), ("unbroken.txt", unbroken)):
+        t0 = time.perf_counter()
+        chunks = chunk_document(parse_bytes(data, name), embedder, 256)
+        assert time.perf_counter() - t0 < 60
+        assert max(len(c.text) for c in chunks) <= 256 * 16
+        assert max(c.token_count for c in chunks) <= 256
+        assert sum(len(c.text) for c in chunks) >= len(data.strip()) * 0.95
+    sample = chunks[:: max(1, len(chunks) // 50)]
+    assert max(_model_tokens(embedder, [c.embed_text for c in sample])) <= 256
+
+
+def test_chunks_keep_section_paths_and_parent_links(embedder: Embedder,
+                                                    tmp_path: Path) -> None:
+    corpus = build_mixed_corpus(tmp_path)
+    chunks = chunk_document(parse_bytes((corpus / "inventory.docx").read_bytes(),
+                                        "inventory.docx"), embedder, 256)
+    by_ordinal = {c.ordinal: c for c in chunks}
+    table = next(c for c in chunks if c.chunk_type is ChunkType.TABLE)
+    assert table.section_path == ("Inventory", "Reference")
+    assert table.parent_ordinal is not None
+    assert by_ordinal[table.parent_ordinal].text == "Reference"
+    assert by_ordinal[by_ordinal[table.parent_ordinal].parent_ordinal or 0].text == "Inventory"
+    assert table.embed_text.startswith("Inventory > Reference\n| Site | Notes |")
+    pdf = chunk_document(parse_bytes((corpus / "handbook.pdf").read_bytes(), "handbook.pdf"),
+                         embedder, 256)
+    assert [(c.chunk_type.value, c.page) for c in pdf if c.page == 3] == [
+        ("heading", 3), ("page_text", 3)]
+
+
+def _scifact_files(dest: Path, docs: int) -> list[Path]:
+    """SciFact abstracts as Markdown (10 per file, one section each), plain text, and as
+    a table and a code block (long cells, long lines), so every split path is taken."""
+    records = []
+    with SCIFACT.open(encoding="utf-8") as fh:
+        for line in fh:
+            records.append(json.loads(line))
+            if len(records) == docs:
+                break
+    files = []
+    for i in range(0, len(records), 10):
+        group = records[i:i + 10]
+        md = "\n\n".join(f"## {r['title']}\n\n{r['text']}" for r in group)
+        path = dest / f"sci_{i:04d}.md"
+        path.write_text(f"# SciFact part {i}\n\n{md}\n", encoding="utf-8")
+        files.append(path)
+        text = dest / f"sci_{i:04d}.txt"
+        text.write_text(" ".join(r["text"] for r in group), encoding="utf-8")  # one paragraph
+        files.append(text)
+    table = "\n".join(f"| {r['_id']} | {r['text']} |" for r in records[:60])
+    (dest / "table.md").write_text(f"# Table\n\n| id | abstract |\n|---|---|\n{table}\n")
+    code = "\n".join(f"ABSTRACT_{r['_id']} = {r['text']!r}" for r in records[:60])
+    (dest / "abstracts.py").write_text(code + "\n")
+    return [*files, dest / "table.md", dest / "abstracts.py"]
+
+
+def test_no_chunk_exceeds_the_model_limit_on_a_real_corpus(embedder: Embedder,
+                                                           tmp_path: Path) -> None:
+    files = _scifact_files(tmp_path, 400)
+    chunks = []
+    for path in files:
+        chunks.extend(chunk_document(parse_bytes(path.read_bytes(), path.name), embedder,
+                                     embedder.spec.max_tokens))
+    assert len(chunks) > 1000
+    counted = _model_tokens(embedder, [c.embed_text for c in chunks])
+    limit = embedder.spec.max_tokens
+    assert max(counted) <= limit, "the model would silently truncate a chunk"
+    assert [c.token_count for c in chunks] == counted, "stored token counts are exact"
+    split_types = {c.chunk_type for c in chunks if "part" in c.metadata}
+    assert {ChunkType.PARAGRAPH, ChunkType.TABLE, ChunkType.CODE} <= split_types
+    assert max(counted) > limit * 0.8, "pieces are filled, not cut needlessly small"
