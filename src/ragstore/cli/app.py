@@ -27,6 +27,7 @@ def _register() -> None:
         backup_cmd,
         config_cmd,
         db_cmd,
+        eval_cmd,
         import_cmd,
         ingest_cmd,
         keys_cmd,
@@ -41,6 +42,7 @@ def _register() -> None:
     app.add_typer(models_cmd.app, name="models")
     ingest_cmd.register(app)
     search_cmd.register(app)
+    eval_cmd.register(app)
     app.add_typer(keys_cmd.app, name="keys")
     serve_cmd.register(app)
     worker_cmd.register(app)

@@ -11,9 +11,20 @@ from rich.markup import escape
 
 from ragstore.models import Hit
 from ragstore.runtime import Runtime
+from ragstore.search import FusionParams, parse_filter, parse_mode
 from ragstore.search import search as run_search
 
 console = Console(highlight=False, soft_wrap=True)
+
+
+def _explain_line(h: Hit) -> str:
+    assert h.explain is not None
+    parts = []
+    vec = h.explain.get("vector")
+    ft = h.explain.get("fulltext")
+    parts.append(f"vector #{vec['rank']} distance {vec['distance']:.4f}" if vec else "vector -")
+    parts.append(f"fulltext #{ft['rank']} bm25 {ft['bm25']:.3f}" if ft else "fulltext -")
+    return "; ".join(parts)
 
 
 def print_hits(hits: list[Hit], width: int = 240) -> None:
@@ -26,22 +37,42 @@ def print_hits(hits: list[Hit], width: int = 240) -> None:
             text = text[: width - 1] + "…"
         console.print(f"[bold]{rank:>2}.[/] [cyan]{h.score:.3f}[/]  {escape(h.source)}  "
                       f"[dim]§ {escape(section)} ({h.chunk_type})[/]")
+        if h.explain is not None:
+            console.print(f"    [dim]{escape(_explain_line(h))}[/]")
         console.print(f"    {escape(text)}")
 
 
 def register(app: typer.Typer) -> None:
     @app.command("search")
     def search(
-        query: str = typer.Argument(..., help="What to search for."),
+        query: str = typer.Argument(..., help="What to search for (websearch syntax: "
+                                    "\"phrase\", or, -word)."),
         k: int = typer.Option(10, "-k", help="Number of hits.", min=1, max=1000),
         collection: str | None = typer.Option(None, "--collection", "-c"),
+        mode: str = typer.Option("hybrid", "--mode", "-m",
+                                 help="vector, fulltext or hybrid (RRF of both)."),
+        where: str | None = typer.Option(None, "--where", help="JSON filter, e.g. "
+                                         "'{\"chunk_type\": \"table\", \"year\": "
+                                         "{\"$gte\": 2020}}'."),
+        explain: bool = typer.Option(False, "--explain",
+                                     help="Show each list's rank and raw score."),
         ef_search: int | None = typer.Option(None, "--ef-search", min=1, max=1000,
                                              help="HNSW ef_search for this query."),
+        rrf_k: float = typer.Option(60.0, "--rrf-k", help="RRF constant (hybrid)."),
+        vector_weight: float = typer.Option(1.0, "--vector-weight",
+                                            help="Weight of the vector list (hybrid)."),
+        fulltext_weight: float = typer.Option(1.0, "--fulltext-weight",
+                                              help="Weight of the full-text list (hybrid)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Search a collection; prints ranked chunks with score, document and section."""
+        search_mode = parse_mode(mode)
+        filter_spec = parse_filter(where) if where is not None else None
+        fusion = FusionParams(rrf_k, vector_weight, fulltext_weight)
         with Runtime() as rt:
-            hits = run_search(rt, query, collection=collection, k=k, ef_search=ef_search)
+            hits = run_search(rt, query, collection=collection, k=k, mode=search_mode,
+                              where=filter_spec, ef_search=ef_search, explain=explain,
+                              fusion=fusion)
         if as_json:
             typer.echo(json.dumps([asdict(h) for h in hits], indent=2, default=str))
         else:

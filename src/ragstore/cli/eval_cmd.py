@@ -1,0 +1,66 @@
+"""``ragstore eval``: nDCG@10, Recall@100 and MRR@10 per search mode on a BEIR dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ragstore.runtime import Runtime
+from ragstore.search import FusionParams, parse_mode
+from ragstore.search.eval import collection_name, evaluate, ingest_records, load_beir
+from ragstore.search.service import MODES, Mode
+
+console = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_(
+        dataset_dir: Path = typer.Argument(..., help="BEIR dataset: corpus.jsonl, "
+                                           "queries.jsonl, qrels/<split>.tsv."),
+        mode: list[str] = typer.Option([], "--mode", "-m",
+                                       help="vector, fulltext or hybrid; repeat for several "
+                                       "(default: all three)."),
+        split: str = typer.Option("test", "--split", help="Judgments file qrels/SPLIT.tsv."),
+        collection: str | None = typer.Option(None, "--collection", "-c",
+                                              help="Scratch collection (default eval-<dataset>)."),
+        limit: int | None = typer.Option(None, "--limit", min=1,
+                                         help="Evaluate only the first N judged queries."),
+        rrf_k: float = typer.Option(60.0, "--rrf-k", help="RRF constant (hybrid)."),
+        vector_weight: float = typer.Option(1.0, "--vector-weight"),
+        fulltext_weight: float = typer.Option(1.0, "--fulltext-weight"),
+        as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    ) -> None:
+        """Ingest a BEIR dataset into a cached scratch collection and score each search mode."""
+        modes: list[Mode] = [parse_mode(m) for m in mode] or list(MODES)
+        fusion = FusionParams(rrf_k, vector_weight, fulltext_weight)
+        ds = load_beir(dataset_dir, split)
+        if limit is not None:
+            keep = list(ds.qrels)[:limit]
+            ds.qrels = {q: ds.qrels[q] for q in keep}
+            ds.queries = {q: ds.queries[q] for q in keep}
+        name = collection or collection_name(ds.name)
+        with Runtime() as rt:
+            records = [(i, t, x) for i, (t, x) in ds.corpus.items()]
+            added = ingest_records(
+                rt, name, records,
+                progress=lambda done, total: err.print(f"ingested {done}/{total} documents"))
+            err.print(f"collection {name!r}: {len(records)} documents ({added} newly ingested), "
+                      f"{len(ds.qrels)} judged queries ({split})")
+            results = evaluate(rt, ds, name, modes, fusion=fusion)
+        if as_json:
+            typer.echo(json.dumps({r.mode: {**r.metrics, "ms_per_query": r.ms_per_query}
+                                   for r in results}, indent=2))
+            return
+        table = Table(title=f"{ds.name} ({split}, {len(ds.qrels)} queries)")
+        for col in ("mode", "nDCG@10", "Recall@100", "MRR@10", "ms/query"):
+            table.add_column(col, justify="left" if col == "mode" else "right")
+        for r in results:
+            table.add_row(r.mode, f"{r.metrics['ndcg@10']:.4f}", f"{r.metrics['recall@100']:.4f}",
+                          f"{r.metrics['mrr@10']:.4f}", f"{r.ms_per_query:.1f}")
+        console.print(table)

@@ -1,0 +1,251 @@
+"""Retrieval quality on a BEIR-layout dataset: load it, ingest it once, score each mode.
+
+A dataset directory holds ``corpus.jsonl`` (``_id``, ``title``, ``text``),
+``queries.jsonl`` (``_id``, ``text``) and ``qrels/<split>.tsv`` (``query-id``,
+``corpus-id``, ``score``, with a header line). The corpus goes into a scratch collection
+(``eval-<dataset>`` by default) through the normal chunker, embedder and repository, one
+document per record with its title and text; records already stored with the same
+content are skipped, so a second run costs only the searches.
+
+Search returns chunks; a document's rank is that of its best chunk. The metrics follow
+the standard (trec_eval) definitions: nDCG@10 with linear gains and log2 discounts
+against the ideal ordering of all judged documents, Recall@100 over the documents judged
+relevant (score > 0), MRR@10 from the first relevant document. A query with no hits
+scores 0; the mean is over every judged query. ``tests/test_eval.py`` checks the numbers
+against ranx on the same runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ragstore.chunking import chunk_document
+from ragstore.db import repository
+from ragstore.db.errors import translated
+from ragstore.embedding.registry import resolve_spec
+from ragstore.errors import CollectionNotFoundError, InputError, PathNotFoundError
+from ragstore.models import Block, ChunkType, ParsedDocument
+from ragstore.runtime import Runtime
+from ragstore.search.service import MODES, Mode, SearchParams, run
+
+Qrels = dict[str, dict[str, int]]
+Run = dict[str, list[str]]  # query id -> document ids, best first
+
+METRICS = ("ndcg@10", "recall@100", "mrr@10")
+DOCS_PER_QUERY = 100
+CHUNKS_PER_QUERY = 200  # chunks fetched to fill DOCS_PER_QUERY documents
+
+
+@dataclass
+class BeirDataset:
+    name: str
+    corpus: dict[str, tuple[str, str]]  # id -> (title, text)
+    queries: dict[str, str]
+    qrels: Qrels
+
+
+def _read_jsonl(path: Path) -> Iterable[dict[str, object]]:
+    if not path.is_file():
+        raise PathNotFoundError(f"{path}: no such file; a BEIR dataset directory holds "
+                                "corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or "_id" not in row:
+                raise InputError(f"{path}:{lineno}: expected an object with an \"_id\"")
+            yield row
+
+
+def read_qrels(path: Path) -> Qrels:
+    if not path.is_file():
+        raise PathNotFoundError(f"{path}: no such file; judgments go in qrels/<split>.tsv")
+    qrels: Qrels = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.rstrip("\n").split("\t")
+            if lineno == 1 and parts and parts[0] == "query-id":
+                continue
+            if len(parts) < 3:
+                if line.strip():
+                    raise InputError(f"{path}:{lineno}: expected query-id, corpus-id, score")
+                continue
+            try:
+                score = int(parts[2])
+            except ValueError:
+                raise InputError(f"{path}:{lineno}: score {parts[2]!r} is not an integer") from None
+            qrels.setdefault(parts[0], {})[parts[1]] = score
+    return qrels
+
+
+def load_beir(path: Path, split: str = "test") -> BeirDataset:
+    """The corpus, the queries that have judgments in ``split``, and those judgments."""
+    if not path.is_dir():
+        raise PathNotFoundError(f"{path}: no such dataset directory")
+    corpus = {str(r["_id"]): (str(r.get("title") or ""), str(r.get("text") or ""))
+              for r in _read_jsonl(path / "corpus.jsonl")}
+    qrels = read_qrels(path / "qrels" / f"{split}.tsv")
+    queries = {str(r["_id"]): str(r.get("text") or "")
+               for r in _read_jsonl(path / "queries.jsonl") if str(r["_id"]) in qrels}
+    qrels = {q: d for q, d in qrels.items() if q in queries}
+    return BeirDataset(path.resolve().name, corpus, queries, qrels)
+
+
+def collection_name(dataset: str) -> str:
+    return "eval-" + (re.sub(r"[^A-Za-z0-9_.-]", "-", dataset) or "dataset")[:58]
+
+
+# ---- ingest -----------------------------------------------------------------------------
+
+def _record_hash(title: str, text: str) -> str:
+    return hashlib.sha256(f"{title}\n{text}".encode()).hexdigest()
+
+
+def ingest_records(rt: Runtime, collection: str, records: Sequence[tuple[str, str, str]], *,
+                   batch_docs: int = 256,
+                   progress: Callable[[int, int], None] | None = None) -> int:
+    """Store (id, title, text) records as documents (source = id); return how many were new.
+
+    Each record is one paragraph, its title then its text, chunked and embedded like any
+    document. Records whose content is already stored are skipped; changed ones replaced.
+    """
+    coll = _eval_collection(rt, collection)
+    embedder = rt.embedder_for(coll)
+    with rt.db.connection() as conn, translated("reading stored documents"):
+        known = repository.document_hashes(conn, coll.id, [r[0] for r in records])
+    todo = [r for r in records
+            if known.get(r[0], (0, ""))[1] != _record_hash(r[1], r[2])]
+    done = 0
+    for i in range(0, len(todo), batch_docs):
+        batch = todo[i:i + batch_docs]
+        docs = []
+        for doc_id, title, text in batch:
+            body = f"{title}\n{text}".strip() if title else text.strip()
+            if not body:
+                continue
+            parsed = ParsedDocument("text", title or None,
+                                    [Block(ChunkType.PARAGRAPH, body, 0, len(body))])
+            chunks = chunk_document(parsed, embedder, coll.model.max_tokens)
+            record = repository.DocumentRecord(doc_id, title or None, "text",
+                                               _record_hash(title, text), len(body.encode()),
+                                               {"beir_id": doc_id})
+            docs.append((record, chunks, known.get(doc_id, (None, ""))[0]))
+        texts = [c.embed_text for _, chunks, _ in docs for c in chunks if c.embeddable]
+        vectors = embedder.embed(texts)
+        offset = 0
+        for record, chunks, replace_id in docs:
+            n = sum(1 for c in chunks if c.embeddable)
+            with rt.db.connection() as conn, translated(f"storing {record.source}"):
+                repository.write_document(conn, coll, record, chunks,
+                                          np.asarray(vectors[offset:offset + n]),
+                                          replace_id=replace_id)
+            offset += n
+        done += len(batch)
+        if progress:
+            progress(done, len(todo))
+    return len(todo)
+
+
+def _eval_collection(rt: Runtime, name: str) -> repository.Collection:
+    try:
+        return rt.collection(name)
+    except CollectionNotFoundError:
+        pass
+    spec = resolve_spec(rt.settings.model)
+    with rt.db.connection() as conn, translated(f"creating collection {name!r}"):
+        return repository.create_collection(conn, name, spec,
+                                            {"ts_config": "english", "purpose": "eval"})
+
+
+# ---- metrics (pure) ---------------------------------------------------------------------
+
+def ndcg_at(ranked: Sequence[str], judged: Mapping[str, int], k: int = 10) -> float:
+    dcg = sum(judged.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k])
+              if judged.get(d, 0) > 0)
+    ideal = sorted((g for g in judged.values() if g > 0), reverse=True)[:k]
+    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def recall_at(ranked: Sequence[str], judged: Mapping[str, int], k: int = 100) -> float:
+    relevant = {d for d, g in judged.items() if g > 0}
+    if not relevant:
+        return 0.0
+    return len(relevant.intersection(ranked[:k])) / len(relevant)
+
+
+def mrr_at(ranked: Sequence[str], judged: Mapping[str, int], k: int = 10) -> float:
+    for i, d in enumerate(ranked[:k]):
+        if judged.get(d, 0) > 0:
+            return 1.0 / (i + 1)
+    return 0.0
+
+
+def score_run(run_: Run, qrels: Qrels) -> dict[str, float]:
+    """Mean nDCG@10, Recall@100 and MRR@10 over every judged query."""
+    if not qrels:
+        raise InputError("no judged queries to evaluate")
+    totals = dict.fromkeys(METRICS, 0.0)
+    for qid, judged in qrels.items():
+        ranked = run_.get(qid, [])
+        totals["ndcg@10"] += ndcg_at(ranked, judged, 10)
+        totals["recall@100"] += recall_at(ranked, judged, 100)
+        totals["mrr@10"] += mrr_at(ranked, judged, 10)
+    return {m: v / len(qrels) for m, v in totals.items()}
+
+
+# ---- running ----------------------------------------------------------------------------
+
+@dataclass
+class ModeResult:
+    mode: str
+    metrics: dict[str, float]
+    queries: int
+    seconds: float
+    run: Run = field(repr=False, default_factory=dict)
+
+    @property
+    def ms_per_query(self) -> float:
+        return 1000 * self.seconds / max(self.queries, 1)
+
+
+def run_queries(rt: Runtime, collection: str, queries: Mapping[str, str],
+                params: SearchParams) -> Run:
+    """Document ids per query, best first (a document ranks where its best chunk does)."""
+    out: Run = {}
+    for qid, text in queries.items():
+        docs: list[str] = []
+        seen: set[str] = set()
+        for hit in run(rt, text, collection, params):
+            if hit.source not in seen:
+                seen.add(hit.source)
+                docs.append(hit.source)
+        out[qid] = docs[:DOCS_PER_QUERY]
+    return out
+
+
+def evaluate(rt: Runtime, dataset: BeirDataset, collection: str,
+             modes: Sequence[Mode] = MODES, **search: object) -> list[ModeResult]:
+    """Score each mode on the dataset's judged queries (the corpus must be ingested)."""
+    results = []
+    for mode in modes:
+        params = SearchParams(k=CHUNKS_PER_QUERY, mode=mode, **search)  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        run_ = run_queries(rt, collection, dataset.queries, params)
+        seconds = time.perf_counter() - t0
+        results.append(ModeResult(mode, score_run(run_, dataset.qrels), len(dataset.queries),
+                                  seconds, run_))
+    return results
