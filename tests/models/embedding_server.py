@@ -1,0 +1,88 @@
+"""A real OpenAI-compatible embeddings server on 127.0.0.1 for the HTTP provider's tests.
+
+It serves ``POST /v1/embeddings`` from the real local MiniLM model (no mock): the test
+starts it in a thread, points an ``openai`` spec at it and can make it answer the next N
+requests with 429 or 503, or demand an API key.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ragstore.embedding.base import Embedder
+
+
+class EmbeddingServer:
+    def __init__(self, embedder: Embedder, *, api_key: str | None = None) -> None:
+        self.embedder = embedder
+        self.api_key = api_key
+        self.failures: deque[int] = deque()  # statuses to answer the next requests with
+        self.requests = 0
+        self.batch_sizes: list[int] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def _answer(self, status: int, body: dict[str, Any],
+                        headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with server.lock:
+                    server.requests += 1
+                    fail = server.failures.popleft() if server.failures else None
+                if self.path != "/v1/embeddings":
+                    self._answer(404, {"error": {"message": f"no route {self.path}"}})
+                    return
+                if server.api_key and self.headers.get("Authorization") != \
+                        f"Bearer {server.api_key}":
+                    self._answer(401, {"error": {"message": "Incorrect API key provided"}})
+                    return
+                if fail is not None:
+                    self._answer(fail, {"error": {"message": "slow down"}},
+                                 {"Retry-After": "0"} if fail == 429 else None)
+                    return
+                texts = body["input"]
+                texts = [texts] if isinstance(texts, str) else texts
+                with server.lock:
+                    server.batch_sizes.append(len(texts))
+                vecs = server.embedder.embed(texts)
+                self._answer(200, {
+                    "object": "list", "model": body.get("model"),
+                    "data": [{"object": "embedding", "index": i,
+                              "embedding": [float(x) for x in v]}
+                             for i, v in reversed(list(enumerate(vecs)))],
+                    "usage": {"prompt_tokens": 0, "total_tokens": 0},
+                })
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def start(self) -> EmbeddingServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

