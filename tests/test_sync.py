@@ -1,0 +1,155 @@
+"""Incremental folder sync and bad input on the real database with the real model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+
+from ragstore.config import Settings
+from ragstore.ingest import ingest_paths
+from ragstore.runtime import Runtime
+from tests.conftest import run_cli
+from tests.fixtures.builders import pdf_bytes, write_inventory_docx
+
+
+def _stored(rt: Runtime, collection: str) -> dict[str, tuple[int, int]]:
+    """file name -> (chunks, vectors) of each stored document."""
+    coll = rt.collection(collection)
+    with rt.db.connection() as conn:
+        rows = conn.execute(sql.SQL(
+            "SELECT d.source, count(c.id), count(e.chunk_id) FROM documents d"
+            " LEFT JOIN chunks c ON c.document_id = d.id"
+            " LEFT JOIN {} e ON e.chunk_id = c.id"
+            " WHERE d.collection_id = %s GROUP BY d.source").format(sql.Identifier(coll.table)),
+            (coll.id,)).fetchall()
+    return {Path(r[0]).name: (int(r[1]), int(r[2])) for r in rows}
+
+
+def _texts(rt: Runtime, collection: str, name: str) -> list[str]:
+    coll = rt.collection(collection)
+    with rt.db.connection() as conn:
+        rows = conn.execute(
+            "SELECT c.text FROM chunks c JOIN documents d ON d.id = c.document_id"
+            " WHERE d.collection_id = %s AND d.source LIKE %s ORDER BY c.ordinal",
+            (coll.id, f"%/{name}")).fetchall()
+    return [r[0] for r in rows]
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "docs"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.md").write_text("# Alpha\n\nApples ripen in autumn.\n")
+    (root / "b.txt").write_text("Bananas grow in bunches called hands.\n")
+    (root / "sub" / "c.py").write_text("def cherry():\n    return 'stone fruit'\n")
+    return root
+
+
+def test_sync_adds_replaces_skips_and_reports_vanished_files_without_removing_them(
+        rt: Runtime, folder: Path) -> None:
+    first = ingest_paths(rt, [folder], "sync1", sync=True)
+    assert first.count("added") == 3 and not first.failed
+    (folder / "a.md").write_text("# Alpha\n\nApricots ripen in early summer.\n")
+    (folder / "b.txt").unlink()
+    (folder / "d.md").write_text("Dates grow on palms.\n")
+    told: list[list[str]] = []
+    report = ingest_paths(rt, [folder], "sync1", sync=True, on_vanished=told.append)
+    status = {Path(o.source).name: o.status for o in report.outcomes}
+    assert status == {"a.md": "updated", "c.py": "unchanged", "d.md": "added",
+                      "b.txt": "vanished"}
+    assert told == [[str((folder / "b.txt").resolve())]]
+    assert report.embedded == 2, "only the changed paragraph and the new file are embedded"
+    stored = _stored(rt, "sync1")
+    assert set(stored) == {"a.md", "b.txt", "c.py", "d.md"}, "kept without --prune"
+    assert _texts(rt, "sync1", "a.md") == ["Alpha", "Apricots ripen in early summer."]
+    assert stored["a.md"] == (2, 1), "old chunks and vectors replaced, heading has none"
+
+
+def test_prune_reports_vanished_files_first_then_removes_them(
+        rt: Runtime, folder: Path) -> None:
+    ingest_paths(rt, [folder], "sync2", sync=True)
+    (folder / "sub" / "c.py").unlink()
+    (folder / "b.txt").unlink()
+    seen_while_told: list[set[str]] = []
+
+    def on_vanished(sources: list[str]) -> None:
+        seen_while_told.append(set(_stored(rt, "sync2")))
+        assert [Path(s).name for s in sources] == ["b.txt", "c.py"]
+
+    report = ingest_paths(rt, [folder], "sync2", sync=True, prune=True,
+                          on_vanished=on_vanished)
+    assert seen_while_told == [{"a.md", "b.txt", "c.py"}], "reported before anything changed"
+    assert sorted(Path(o.source).name for o in report.outcomes if o.status == "removed") == [
+        "b.txt", "c.py"]
+    assert set(_stored(rt, "sync2")) == {"a.md"}
+    coll = rt.collection("sync2")
+    with rt.db.connection() as conn:
+        orphans = conn.execute(sql.SQL(
+            "SELECT count(*) FROM {} e LEFT JOIN chunks c ON c.id = e.chunk_id"
+            " WHERE c.id IS NULL").format(sql.Identifier(coll.table))).fetchone()
+    assert orphans == (0,)
+
+
+def test_sync_of_one_folder_leaves_documents_of_other_folders_alone(
+        rt: Runtime, folder: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "o.md").write_text("Oranges are citrus fruit.\n")
+    ingest_paths(rt, [folder, other], "sync3")
+    (other / "o.md").unlink()
+    report = ingest_paths(rt, [folder], "sync3", sync=True, prune=True)
+    assert report.count("removed") == 0
+    assert "o.md" in _stored(rt, "sync3")
+
+
+def test_cli_sync_prune_lists_removals_before_the_summary(
+        cli_env: dict[str, str], folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("ingest", str(folder), "-c", "sync4", "--sync") == 0
+    (folder / "b.txt").unlink()
+    capsys.readouterr()
+    assert run_cli("ingest", str(folder), "-c", "sync4", "--sync") == 0
+    kept = capsys.readouterr().err
+    assert "vanished (kept without --prune): 1 document(s) no longer on disk" in kept
+    assert "1 vanished" in kept and "--sync --prune to remove them" in kept
+    assert run_cli("ingest", str(folder), "-c", "sync4", "--sync", "--prune") == 0
+    err = capsys.readouterr().err
+    assert err.index("removing: 1 document(s)") < err.index("b.txt") < err.index("1 removed")
+    assert run_cli("ingest", str(folder), "-c", "sync4", "--prune") != 0
+    assert "error[invalid_input]: --prune only works with --sync" in capsys.readouterr().err
+
+
+def test_bad_inputs_are_skipped_with_a_reason_and_the_rest_completes(
+        settings: Settings, tmp_path: Path) -> None:
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "good.md").write_text("# Good\n\nThis file is fine and gets stored.\n")
+    (root / "corrupt.pdf").write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog")
+    (root / "locked.pdf").write_bytes(pdf_bytes([["secret"]], password="pw"))
+    (root / "fake.docx").write_bytes(b"not a zip at all")
+    (root / "huge.txt").write_bytes(b"x" * 300_000)  # one line, no breaks, over the limit
+    (root / "mixed.txt").write_bytes("café\n".encode() + "crème\n".encode("latin-1"))
+    write_inventory_docx(root / "real.docx")
+    small = settings.model_copy(update={"max_file_bytes": 200_000})
+    with Runtime(small) as rt:
+        report = ingest_paths(rt, [root], "bad-input")
+        codes = {Path(o.source).name: o.code for o in report.failed}
+        assert codes == {"corrupt.pdf": "corrupt_document", "locked.pdf": "encrypted_document",
+                         "fake.docx": "corrupt_document", "huge.txt": "payload_too_large",
+                         "mixed.txt": "invalid_encoding"}
+        errors = {Path(o.source).name: o.error or "" for o in report.failed}
+        assert errors["huge.txt"].endswith("huge.txt: 300000 bytes is over the limit of "
+                                           "200000 bytes; raise RAGSTORE_MAX_FILE_BYTES to "
+                                           "ingest it")
+        assert "mixed encodings" in errors["mixed.txt"]
+        assert "not a zip archive" in errors["fake.docx"]
+        assert report.count("added") == 2
+        assert set(_stored(rt, "bad-input")) == {"good.md", "real.docx"}
+        with rt.db.connection() as conn:
+            metas = dict(conn.execute(
+                "SELECT format, metadata FROM documents d JOIN collections c"
+                " ON c.id = d.collection_id WHERE c.name = 'bad-input'").fetchall())
+        assert metas["docx"]["language"] == "English"
+        assert metas["docx"]["format"] == "docx" and metas["docx"]["filename"] == "real.docx"
+        assert {"path", "size_bytes", "modified_at"} <= set(metas["markdown"])
