@@ -64,16 +64,27 @@ def register(app: typer.Typer) -> None:
         fulltext_weight: float = typer.Option(1.0, "--fulltext-weight",
                                               help="Weight of the full-text list (hybrid)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        context: str | None = typer.Option(None, "--context", help="N neighbouring chunks "
+                                           "on each side of a hit, or 'section'."),
     ) -> None:
         """Search a collection; prints ranked chunks with score, document and section."""
+        from ragstore.search.context import parse_context, render_context, with_context
+
         search_mode = parse_mode(mode)
         filter_spec = parse_filter(where) if where is not None else None
         fusion = FusionParams(rrf_k, vector_weight, fulltext_weight)
+        context_mode = parse_context(context) if context is not None else None
         with Runtime() as rt:
             hits = run_search(rt, query, collection=collection, k=k, mode=search_mode,
                               where=filter_spec, ef_search=ef_search, explain=explain,
                               fusion=fusion)
+            shown = with_context(rt, hits, context_mode) if context_mode is not None else []
         if as_json:
-            typer.echo(json.dumps([asdict(h) for h in hits], indent=2, default=str))
+            typer.echo(json.dumps([asdict(h) for h in (shown or hits)], indent=2, default=str))
+        elif shown:
+            print_hits(list(shown))
+            for rank, h in enumerate(shown, 1):
+                console.print(f"\n[bold]context of hit {rank}[/] ({h.context_mode}):\n"
+                              f"{escape(render_context(h, width=240))}")
         else:
             print_hits(hits)
