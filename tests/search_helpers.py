@@ -1,0 +1,57 @@
+"""Helpers for the search tests: small collections written through the real repository
+with vectors from the real model, so that chunk metadata, types and pages can be set."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ragstore.db import repository
+from ragstore.embedding.registry import resolve_spec
+from ragstore.models import Chunk, ChunkType
+from ragstore.runtime import Runtime
+
+
+@dataclass
+class Doc:
+    source: str
+    texts: list[str]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    chunk_type: ChunkType = ChunkType.PARAGRAPH
+    page: int | None = None
+    chunk_metadata: dict[str, Any] = field(default_factory=dict)
+    title: str | None = None
+
+
+def make_collection(rt: Runtime, name: str,
+                    settings: dict[str, Any] | None = None) -> repository.Collection:
+    with rt.db.connection() as conn:
+        return repository.create_collection(conn, name, resolve_spec(rt.settings.model), settings)
+
+
+def write_docs(rt: Runtime, coll: repository.Collection, docs: Sequence[Doc]) -> None:
+    """Store each doc (one chunk per text) with the real model's vectors, in one encode."""
+    embedder = rt.embedder_for(coll)
+    vectors = embedder.embed([t for d in docs for t in d.texts])
+    offset = 0
+    for d in docs:
+        chunks = [Chunk(ordinal=i, chunk_type=d.chunk_type, text=t, section_path=(),
+                        parent_ordinal=None, char_start=0, char_end=len(t),
+                        token_count=len(t.split()),
+                        content_hash=hashlib.sha256(t.encode()).hexdigest(), page=d.page,
+                        metadata=dict(d.chunk_metadata))
+                  for i, t in enumerate(d.texts)]
+        record = repository.DocumentRecord(d.source, d.title, "text",
+                                           hashlib.sha256("".join(d.texts).encode()).hexdigest(),
+                                           sum(len(t) for t in d.texts), dict(d.metadata))
+        with rt.db.connection() as conn:
+            known = repository.document_hashes(conn, coll.id, [d.source])
+            replace = known[d.source][0] if d.source in known else None
+            repository.write_document(conn, coll, record, chunks,
+                                      np.asarray(vectors[offset:offset + len(d.texts)]),
+                                      replace_id=replace)
+        offset += len(d.texts)

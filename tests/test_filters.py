@@ -1,0 +1,158 @@
+"""The JSON filter language: every operator matches and excludes on the real database,
+injection attempts stay data, and bad filters name the operator or path at fault."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ragstore.errors import InvalidFilterError
+from ragstore.models import ChunkType
+from ragstore.runtime import Runtime
+from ragstore.search import compile_filter, parse_filter, search
+from tests.search_helpers import Doc, make_collection, write_docs
+
+COLL = "filters"
+
+
+@pytest.fixture(scope="module")
+def docs(rt: Runtime) -> Runtime:
+    coll = make_collection(rt, COLL)
+    write_docs(rt, coll, [
+        Doc("a.md", ["Quarterly search relevance report."], page=1, title="Report",
+            metadata={"year": 2019, "team": "search", "tags": ["x", "y"],
+                      "author": {"name": "Ann", "age": 40}},
+            chunk_metadata={"lang": "en", "year": 2018}),
+        Doc("b.md", ["Latency table for the ingest workers."], chunk_type=ChunkType.TABLE,
+            page=2, metadata={"year": 2021, "team": "infra", "author": {"name": "Bob"}}),
+        Doc("c.md", ["def rank(hits): return sorted(hits)"], chunk_type=ChunkType.CODE,
+            metadata={"year": 2023, "team": "search", "draft": True, "title_word": "Zeta"}),
+        Doc("d.md", ["Meeting notes about the roadmap."], page=5,
+            metadata={"year": "unknown", "team": None}),
+    ])
+    return rt
+
+
+def sources(rt: Runtime, where: dict[str, Any], mode: str = "vector") -> set[str]:
+    hits = search(rt, "report about search", collection=COLL, k=50, where=where,
+                  mode=mode)  # type: ignore[arg-type]
+    return {h.source for h in hits}
+
+
+CASES: list[tuple[str, dict[str, Any], set[str]]] = [
+    ("eq-builtin", {"chunk_type": "table"}, {"b.md"}),
+    ("eq-builtin-none", {"chunk_type": "list"}, set()),
+    ("eq-metadata", {"team": "infra"}, {"b.md"}),
+    ("eq-metadata-none", {"team": "ops"}, set()),
+    ("eq-explicit", {"team": {"$eq": "search"}}, {"a.md", "c.md"}),
+    ("ne", {"team": {"$ne": "search"}}, {"b.md", "d.md"}),
+    ("ne-none", {"source": {"$ne": "a.md"}, "chunk_type": {"$ne": "paragraph"}}, {"b.md", "c.md"}),
+    ("in", {"source": {"$in": ["a.md", "c.md", "zz.md"]}}, {"a.md", "c.md"}),
+    ("in-none", {"team": {"$in": ["ops", "hr"]}}, set()),
+    ("nin", {"team": {"$nin": ["search"]}}, {"b.md", "d.md"}),
+    ("nin-all", {"chunk_type": {"$nin": ["paragraph", "table", "code"]}}, set()),
+    ("gt", {"document.year": {"$gt": 2021}}, {"c.md"}),
+    ("gt-none", {"document.year": {"$gt": 2023}}, set()),
+    ("gte", {"document.year": {"$gte": 2021}}, {"b.md", "c.md"}),
+    ("lt", {"page": {"$lt": 2}}, {"a.md"}),
+    ("lt-none", {"page": {"$lt": 1}}, set()),
+    ("lte", {"page": {"$lte": 2}}, {"a.md", "b.md"}),
+    ("range", {"document.year": {"$gte": 2019, "$lt": 2023}}, {"a.md", "b.md"}),
+    ("exists", {"draft": {"$exists": True}}, {"c.md"}),
+    ("exists-false", {"draft": {"$exists": False}}, {"a.md", "b.md", "d.md"}),
+    ("exists-builtin", {"page": {"$exists": False}}, {"c.md"}),
+    ("dotted", {"author.name": "Ann"}, {"a.md"}),
+    ("dotted-none", {"author.name": "Cy"}, set()),
+    ("chunk-first", {"year": 2018}, {"a.md"}),  # chunk metadata wins over the document's
+    ("chunk-only", {"chunk.lang": "en"}, {"a.md"}),
+    ("document-only", {"document.lang": "en"}, set()),
+    ("string-compare", {"document.year": {"$gte": "a"}}, {"d.md"}),
+    ("array-eq", {"tags": ["x", "y"]}, {"a.md"}),
+    ("and", {"$and": [{"team": "search"}, {"chunk_type": "code"}]}, {"c.md"}),
+    ("and-none", {"$and": [{"team": "search"}, {"chunk_type": "table"}]}, set()),
+    ("or", {"$or": [{"chunk_type": "table"}, {"draft": True}]}, {"b.md", "c.md"}),
+    ("or-none", {"$or": [{"team": "ops"}, {"page": 99}]}, set()),
+    ("not", {"$not": {"team": "search"}}, {"b.md", "d.md"}),
+    ("not-none", {"$not": {"collection": COLL}}, set()),
+    ("collection", {"collection": COLL}, {"a.md", "b.md", "c.md", "d.md"}),
+    ("title", {"title": "Report"}, {"a.md"}),
+    ("created_at", {"created_at": {"$gte": "2000-01-01"}}, {"a.md", "b.md", "c.md", "d.md"}),
+    ("created_at-none", {"created_at": {"$lt": "2000-01-01T00:00:00+00:00"}}, set()),
+    ("json-null", {"team": None}, {"d.md"}),
+]
+
+
+@pytest.mark.parametrize(("where", "expected"), [(w, e) for _, w, e in CASES],
+                         ids=[name for name, _, _ in CASES])
+def test_filter_operator_on_vector_search(docs: Runtime, where: dict[str, Any],
+                                          expected: set[str]) -> None:
+    assert sources(docs, where) == expected
+
+
+@pytest.mark.parametrize("name", ["eq-builtin", "ne", "gte", "or", "not", "dotted"])
+def test_filter_applies_to_fulltext_search_too(docs: Runtime, name: str) -> None:
+    _, where, expected = next(c for c in CASES if c[0] == name)
+    fulltext = {h.source for h in search(docs, "report OR latency OR rank OR notes",
+                                         collection=COLL, k=50, where=where, mode="fulltext")}
+    assert fulltext == expected
+
+
+def test_injection_in_key_and_value_is_harmless(docs: Runtime) -> None:
+    evil = "x'); DROP TABLE chunks; --"
+    assert sources(docs, {evil: evil}) == set()
+    assert sources(docs, {"source": {"$in": [evil]}, f"a.{evil}": {"$exists": False}}) == set()
+    assert sources(docs, {"source": "a.md' OR '1'='1"}) == set()
+    with docs.db.connection() as conn:
+        row = conn.execute("SELECT count(*) FROM chunks").fetchone()
+    assert row is not None and row[0] == 4
+
+
+def test_compiled_filter_carries_values_only_as_parameters() -> None:
+    evil = "zz'; DROP TABLE chunks; --"
+    compiled = compile_filter({evil: {"$in": [evil]}, "page": {"$gt": 3}})
+    text = compiled.condition.as_string(None)  # type: ignore[arg-type]
+    assert "DROP" not in text and "zz" not in text
+    assert [evil] in compiled.params.values() and 3 in compiled.params.values()
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    ({"year": {"$regex": "x"}}, "invalid filter at 'year': unknown operator '$regex'; use one of "
+                                "$eq, $ne, $in, $nin, $gt, $gte, $lt, $lte, $exists"),
+    ({"$nor": []}, "invalid filter at the top level: unknown operator '$nor'"),
+    ({"$or": {"a": 1}}, "invalid filter at '$or': $or takes a non-empty array of filter objects, "
+                        "got an object"),
+    ({"$and": [{"a": 1}, 3]}, "invalid filter at '$and[1]': expected a filter object, "
+                              "got a number"),
+    ({"$not": []}, "invalid filter at '$not': $not takes a non-empty filter object, got an array"),
+    ({"a..b": 1}, "invalid filter path 'a..b'"),
+    ({"year": {"$in": 2020}}, "invalid filter at 'year': $in takes an array, got a number"),
+    ({"year": {"$gt": True}}, "invalid filter at 'year': $gt compares numbers or strings, "
+                              "got a boolean"),
+    ({"draft": {"$exists": "yes"}}, "invalid filter at 'draft': $exists takes true or false"),
+    ({"page": {"$gte": "two"}}, "invalid filter at 'page': $gte needs an integer, got a string"),
+    ({"chunk_type": "tabel"}, "invalid filter at 'chunk_type': unknown chunk type 'tabel'"),
+    ({"created_at": {"$gt": "last week"}}, "invalid filter at 'created_at': 'last week' is not "
+                                           "an ISO 8601 date"),
+    ({"year": {"$gt": 1, "x": 2}}, "invalid filter at 'year': an object mixes operators"),
+    ({"$gt": 3}, "invalid filter at the top level: $gt needs a field"),
+    ({"$or": [{"a": {"$foo": 1}}]}, "invalid filter at 'a': unknown operator '$foo'"),
+])
+def test_invalid_filter_names_the_operator_or_path(where: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidFilterError) as info:
+        compile_filter(where)
+    assert str(info.value).startswith(message)
+    assert info.value.code == "invalid_filter"
+
+
+def test_parse_filter_rejects_bad_json_and_non_objects() -> None:
+    with pytest.raises(InvalidFilterError, match="the filter is not valid JSON: Expecting"):
+        parse_filter("{year: 2020}")
+    with pytest.raises(InvalidFilterError, match="must be a JSON object, got an array"):
+        parse_filter("[1, 2]")
+    assert parse_filter('{"year": {"$gte": 2020}}') == {"year": {"$gte": 2020}}
+
+
+def test_invalid_filter_is_raised_before_touching_the_database(docs: Runtime) -> None:
+    with pytest.raises(InvalidFilterError, match=r"unknown operator '\$like'"):
+        search(docs, "anything", collection=COLL, where={"team": {"$like": "s%"}})
