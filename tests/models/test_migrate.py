@@ -1,0 +1,172 @@
+"""Re-embedding a collection as a migration, on the real database with two real models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from psycopg import sql
+
+from ragstore.db import repository
+from ragstore.embedding.registry import TRUNCATED_MODEL, resolve_spec
+from ragstore.errors import ConflictError, MigrationStateError
+from ragstore.ingest import ingest_paths
+from ragstore.modelops import migrate, model_status, prune, rollback
+from ragstore.modelops.texts import ContextRule
+from ragstore.models import Hit
+from ragstore.runtime import Runtime
+from ragstore.search import search
+from tests.conftest import run_cli
+from tests.models.corpus import write_corpus
+
+QUERIES = ["how to care for roses", "espresso buying guide", "glacier physics"]
+COLL = "mig"
+
+
+def _table_ids(rt: Runtime, table: str) -> set[int]:
+    with rt.db.connection() as conn:
+        return {int(r[0]) for r in conn.execute(
+            sql.SQL("SELECT chunk_id FROM {}").format(sql.Identifier(table)))}
+
+
+def _snapshot(rt: Runtime) -> list[list[tuple[int, float]]]:
+    out = []
+    for q in QUERIES:
+        hits: list[Hit] = search(rt, q, collection=COLL, k=5)
+        out.append([(h.chunk_id, h.score) for h in hits])
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(rt: Runtime, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = write_corpus(tmp_path_factory.mktemp("mig"), docs=8, paragraphs=4)
+    report = ingest_paths(rt, [folder], COLL)
+    assert report.count("added") == 8 and not report.failed
+    return folder
+
+
+def test_backfill_rebuilds_exactly_the_text_ingest_embedded(rt: Runtime, corpus: Path) -> None:
+    coll = rt.collection(COLL)
+    rule = ContextRule(rt.embedder_for(coll), coll.model.max_tokens)
+    with rt.db.connection() as conn:
+        rows = conn.execute(sql.SQL(
+            "SELECT c.text, c.section_path, c.content_hash FROM chunks c JOIN {} e"
+            " ON e.chunk_id = c.id").format(sql.Identifier(coll.table))).fetchall()
+    assert len(rows) == 32
+    for text, path, digest in rows:
+        assert hashlib.sha256(rule.embed_text(text, path).encode()).hexdigest() == digest
+
+
+def test_migrate_without_switch_keeps_search_on_the_old_model_and_ingest_fills_both(
+        rt: Runtime, corpus: Path, tmp_path: Path) -> None:
+    before = _snapshot(rt)
+    old = rt.collection(COLL)
+    report = migrate(rt, COLL, TRUNCATED_MODEL, batch_size=5, switch=False)
+    assert (report.embedded, report.total, report.switched) == (32, 32, False)
+    assert report.batches == 7
+    assert rt.collection(COLL).table == old.table and _snapshot(rt) == before
+    new_table = report.table
+    # a document ingested while the new space is building lands in both tables
+    extra = write_corpus(tmp_path / "late", docs=1, paragraphs=3, prefix="late")
+    ingest_paths(rt, [extra], COLL)
+    with rt.db.connection() as conn:
+        late = {int(r[0]) for r in conn.execute(
+            "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id"
+            " WHERE d.source LIKE %s AND c.chunk_type <> 'heading'", ("%late0%",))}
+    assert len(late) == 3
+    assert late <= _table_ids(rt, old.table) and late <= _table_ids(rt, new_table)
+    statuses = {r["table"]: (r["status"], r["missing"]) for r in model_status(rt, COLL)}
+    assert statuses == {old.table: ("active", 0), new_table: ("building", 0)}
+
+
+def test_migrate_search_rollback_search_returns_the_old_results_exactly(
+        rt: Runtime, corpus: Path) -> None:
+    before = _snapshot(rt)
+    old = rt.collection(COLL)
+    report = migrate(rt, COLL, TRUNCATED_MODEL, batch_size=5)
+    assert report.switched and report.embedded == 0, "the building space was already complete"
+    assert report.resumed_from == report.total == 35
+    assert report.sample_queries == 8 and report.sample_self_recall >= 0.5
+    now = rt.collection(COLL)
+    assert now.model.key == resolve_spec(TRUNCATED_MODEL).key and now.model.dimension == 256
+    after = _snapshot(rt)
+    assert after != before, "the 256-dimension model scores differently"
+    assert "roses" in search(rt, QUERIES[0], collection=COLL, k=1)[0].text
+    assert rollback(rt, COLL) == (now.model.key, old.model.key)
+    assert rt.collection(COLL).table == old.table
+    assert _snapshot(rt) == before
+
+
+def test_write_with_a_collection_read_before_a_switch_is_refused(rt: Runtime,
+                                                                 corpus: Path) -> None:
+    stale = rt.collection(COLL)
+    migrate(rt, COLL, TRUNCATED_MODEL)  # the retired space is reused and switched to again
+    record = repository.DocumentRecord("stale.md", None, "markdown", "x", 1, {})
+    with rt.db.connection() as conn, pytest.raises(ConflictError) as err:
+        repository.write_document(conn, stale, record, [], stale_vectors(stale))
+    assert str(err.value) == (
+        f"collection {COLL!r} switched to another embedding model while this document was "
+        "being embedded; run the ingest again to store it")
+    rollback(rt, COLL)
+
+
+def stale_vectors(coll: repository.Collection) -> np.ndarray:
+    return np.zeros((0, coll.model.dimension), dtype=np.float32)
+
+
+def test_rollback_refuses_while_the_previous_space_misses_new_chunks(
+        rt: Runtime, corpus: Path, tmp_path: Path) -> None:
+    # active: MiniLM; retired: the 256-d space. New documents go to the active one only.
+    ingest_paths(rt, [write_corpus(tmp_path / "new", docs=1, paragraphs=2, prefix="new")], COLL)
+    target = resolve_spec(TRUNCATED_MODEL).key
+    with pytest.raises(MigrationStateError) as err:
+        rollback(rt, COLL)
+    assert str(err.value) == (
+        f"2 chunks stored since the switch have no vector for {target}; run `ragstore models "
+        f"migrate {COLL} --to {target}` (it embeds only those 2, then switches back)")
+    report = migrate(rt, COLL, target)
+    assert report.embedded == 2 and report.switched
+    assert rt.collection(COLL).model.key == target
+
+
+def test_prune_drops_retired_tables_and_ends_rollback(rt: Runtime, corpus: Path) -> None:
+    retired = [r for r in model_status(rt, COLL) if r["status"] == "retired"]
+    assert len(retired) == 1
+    dropped = prune(rt, COLL)
+    assert [s.table for s in dropped] == [retired[0]["table"]]
+    with rt.db.connection() as conn:
+        row = conn.execute("SELECT to_regclass(%s)", (retired[0]["table"],)).fetchone()
+    assert row is not None and row[0] is None
+    with pytest.raises(MigrationStateError, match="has no previous model to roll back to"):
+        rollback(rt, COLL)
+    assert search(rt, QUERIES[1], collection=COLL, k=1), "the active space still answers"
+
+
+def test_migrate_to_the_active_model_is_refused(rt: Runtime, corpus: Path) -> None:
+    key = rt.collection(COLL).model.key
+    with pytest.raises(MigrationStateError, match=f"already uses {key}; nothing to migrate"):
+        migrate(rt, COLL, key)
+
+
+def test_models_cli_migrates_reports_status_and_rolls_back(
+        rt: Runtime, corpus: Path, cli_env: dict[str, str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("models", "migrate", COLL, "--to", "all-MiniLM-L6-v2") == 0
+    out = capsys.readouterr()
+    assert "switched 'mig' from all-MiniLM-L6-v2-256d" in out.err
+    assert run_cli("models", "status", COLL, "--json") == 0
+    assert '"status": "retired"' in capsys.readouterr().out
+    assert run_cli("models", "rollback", COLL) == 0
+    assert "rolled 'mig' back" in capsys.readouterr().err
+    assert run_cli("models", "migrate", COLL, "--to", "no-such-model") == 70
+    assert "error[model_not_found]: no pinned model 'no-such-model'" in capsys.readouterr().err
+    assert run_cli("models", "list", "--json") == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert listed["all-MiniLM-L6-v2-256d"]["dimension"] == 256
+    assert listed["all-MiniLM-L6-v2-256d"]["collections"] == [
+        {"collection": COLL, "status": "active"}]
+    assert listed["all-MiniLM-L6-v2"]["collections"] == [
+        {"collection": COLL, "status": "retired"}]
