@@ -23,8 +23,8 @@ from rich.table import Table
 from ragstore.embedding.http import DEFAULT_API_KEY_ENV
 from ragstore.embedding.registry import HTTP_PROVIDER, LOCAL_PROVIDER
 from ragstore.errors import InputError
-from ragstore.modelops import migrate as ops
-from ragstore.modelops import specs
+from ragstore.modelops.migrate import cancel, migrate, model_status, prune, rollback
+from ragstore.modelops.specs import add_http_model, add_local_model, find_model, list_models
 from ragstore.runtime import Runtime
 
 app = typer.Typer(help="Pinned embedding models: list, pin, migrate a collection, roll back.",
@@ -41,7 +41,7 @@ def _echo_json(value: Any) -> None:
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Every pinned model and the collections that use it."""
     with Runtime() as rt:
-        models = specs.list_models(rt)
+        models = list_models(rt)
     if as_json:
         _echo_json([m.as_dict() for m in models])
         return
@@ -61,7 +61,7 @@ def show_cmd(model: str = typer.Argument(..., help="NAME or NAME@REVISION."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Everything a pin records about one model."""
     with Runtime() as rt:
-        found = specs.find_model(rt, model, pin_builtin=False)
+        found = find_model(rt, model, pin_builtin=False)
     data = found.as_dict()
     if as_json:
         _echo_json(data)
@@ -96,11 +96,11 @@ def add_cmd(
     """Pin a model: hash its weights (or probe the endpoint) and record its spec."""
     with Runtime() as rt:
         if provider == LOCAL_PROVIDER:
-            pinned = specs.add_local_model(rt, source, name=name, revision=revision,
+            pinned = add_local_model(rt, source, name=name, revision=revision,
                                            distance=distance, normalize=normalize,
                                            max_tokens=max_tokens, truncate_dim=truncate_dim)
         elif provider == HTTP_PROVIDER:
-            pinned = specs.add_http_model(rt, source, name=name, remote_model=remote_model,
+            pinned = add_http_model(rt, source, name=name, remote_model=remote_model,
                                           revision=revision, distance=distance,
                                           normalize=normalize, max_tokens=max_tokens or 512,
                                           api_key_env=api_key_env, tokenizer=tokenizer)
@@ -141,7 +141,7 @@ def migrate_cmd(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        report = ops.migrate(rt, collection, to, batch_size=batch_size, switch=switch,
+        report = migrate(rt, collection, to, batch_size=batch_size, switch=switch,
                              sample_queries=sample_queries, progress=progress)
     if as_json:
         _echo_json({**asdict(report), "chunks_per_second": report.chunks_per_second})
@@ -166,7 +166,7 @@ def migrate_cmd(
 def rollback_cmd(collection: str = typer.Argument(...)) -> None:
     """Switch a collection back to its previous model at once (its vectors were kept)."""
     with Runtime() as rt:
-        old, new = ops.rollback(rt, collection)
+        old, new = rollback(rt, collection)
     err.print(f"rolled {collection!r} back from {escape(old)} to {escape(new)}")
 
 
@@ -176,7 +176,7 @@ def prune_cmd(collection: str = typer.Argument(...),
               ) -> None:
     """Drop the vectors of models the collection no longer uses (no rollback past this)."""
     with Runtime() as rt:
-        dropped = ops.prune(rt, collection, dry_run=dry_run)
+        dropped = prune(rt, collection, dry_run=dry_run)
     verb = "would drop" if dry_run else "dropped"
     if not dropped:
         err.print(f"nothing to prune in {collection!r}")
@@ -188,7 +188,7 @@ def prune_cmd(collection: str = typer.Argument(...),
 def cancel_cmd(collection: str = typer.Argument(...)) -> None:
     """Drop an unfinished migration's new space; the active model is untouched."""
     with Runtime() as rt:
-        dropped = ops.cancel(rt, collection)
+        dropped = cancel(rt, collection)
     if not dropped:
         err.print(f"no migration in progress in {collection!r}")
     for sp in dropped:
@@ -200,7 +200,7 @@ def status_cmd(collection: str = typer.Argument(...),
                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The embedding spaces of a collection: which model is active, building or retired."""
     with Runtime() as rt:
-        rows = ops.model_status(rt, collection)
+        rows = model_status(rt, collection)
     if as_json:
         _echo_json(rows)
         return

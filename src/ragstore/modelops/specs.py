@@ -9,6 +9,7 @@ and a collection moves to it with ``ragstore models migrate``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,7 @@ def add_local_model(rt: Runtime, path: str, *, name: str, revision: str | None =
                       distance, normalize, max_tokens or 512, checksum, options)
     embedder = SentenceTransformerEmbedder(draft, where, device=rt.settings.device,
                                            batch_size=rt.settings.embed_batch_size)
-    native = int(embedder.model.max_seq_length or 512)
+    native = _native_max_tokens(where)
     draft = replace(draft, max_tokens=min(max_tokens or native, native))
     embedder.spec = draft
     embedder.model.max_seq_length = draft.max_tokens
@@ -221,3 +222,12 @@ def _remote_dimension(client: HttpEmbedder) -> int:
         raise EmbeddingProviderError(
             f"{client.url} answered without an embedding in data[0].embedding"
         ) from None
+
+
+def _native_max_tokens(where: Path) -> int:
+    """The sequence length the model was trained for (sentence_bert_config.json), else 512."""
+    config = where / "sentence_bert_config.json"
+    try:
+        return int(json.loads(config.read_text())["max_seq_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 512

@@ -1,0 +1,106 @@
+"""Pins are enforced at load: swapped weights, another dimension or another probe are refused."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragstore.db import repository
+from ragstore.embedding.registry import (
+    DEFAULT_MODEL,
+    TRUNCATED_MODEL,
+    load_embedder,
+    minilm_dir,
+    resolve_spec,
+)
+from ragstore.embedding.validation import PROBE_TEXT
+from ragstore.errors import ModelMismatchError, ModelNotFoundError
+from ragstore.ingest import ingest_paths
+from ragstore.runtime import Runtime
+from ragstore.search import search
+from tests.conftest import run_cli
+
+WRONG = "sha256:" + "0" * 64
+
+
+def test_the_two_builtin_models_are_different_pinned_spaces() -> None:
+    full, short = resolve_spec(DEFAULT_MODEL), resolve_spec(TRUNCATED_MODEL)
+    assert (full.dimension, short.dimension) == (384, 256)
+    assert full.checksum == short.checksum, "same weights file"
+    assert full.key != short.key
+    a = load_embedder(full).embed([PROBE_TEXT])[0]
+    b = load_embedder(short).embed([PROBE_TEXT])[0]
+    assert b.shape == (256,) and abs(float(np.linalg.norm(b)) - 1.0) < 1e-5
+    assert not np.allclose(a[:256], b), "re-normalised after truncation: other vectors"
+
+
+def test_a_collection_pinned_to_other_weights_refuses_search_and_ingest(
+        rt: Runtime, tmp_path: Path, cli_env: dict[str, str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    spec = replace(resolve_spec(DEFAULT_MODEL), name="minilm-tampered", checksum=WRONG)
+    with rt.db.connection() as conn:
+        repository.create_collection(conn, "tampered", spec)
+    expected = (
+        f"model minilm-tampered@{spec.revision}: weights checksum differs from the pin: "
+        f"pinned {WRONG}, found {resolve_spec(DEFAULT_MODEL).checksum} in {minilm_dir()}. "
+        "The stored vectors were made by the pinned weights; restore those weights, or pin "
+        f"the new ones as a new revision (`ragstore models add {minilm_dir()} --name "
+        "minilm-tampered --revision NEW`) and re-embed with `ragstore models migrate "
+        "COLLECTION --to minilm-tampered@NEW`")
+    with pytest.raises(ModelMismatchError) as err:
+        search(rt, "roses", collection="tampered")
+    assert str(err.value) == expected
+    (tmp_path / "a.md").write_text("Roses in winter.\n")
+    with pytest.raises(ModelMismatchError):
+        ingest_paths(rt, [tmp_path], "tampered")
+    assert run_cli("search", "roses", "-c", "tampered") == 70
+    assert capsys.readouterr().err.startswith("error[model_mismatch]: model minilm-tampered@")
+
+
+def test_a_pin_of_another_dimension_is_refused() -> None:
+    spec = replace(resolve_spec(DEFAULT_MODEL), name="minilm-768", dimension=768)
+    with pytest.raises(ModelMismatchError) as err:
+        load_embedder(spec)
+    assert str(err.value).startswith(
+        f"model minilm-768@{spec.revision}: expected 768 dimensions, got 384 from the loaded "
+        "model; if the change is intended, pin the model as a new revision")
+
+
+def test_a_pinned_probe_vector_that_differs_is_refused() -> None:
+    base = resolve_spec(DEFAULT_MODEL)
+    good = load_embedder(base).embed([PROBE_TEXT])[0]
+    ok = replace(base, name="minilm-probed", options={**base.options, "probe": good.tolist()})
+    load_embedder(ok)  # the same model answers the same probe
+    bad = replace(ok, name="minilm-other", options={**base.options,
+                                                    "probe": (-good).tolist()})
+    with pytest.raises(ModelMismatchError, match=r"the probe vector differs from the pin "
+                       r"\(cosine similarity -1.0000, at least 0.999 expected\)"):
+        load_embedder(bad)
+
+
+def test_models_add_pins_a_local_directory_with_checksum_and_probe(
+        rt: Runtime, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(minilm_dir())
+    assert run_cli("models", "add", path, "--name", "minilm-local", "--revision", "r1",
+                   "--truncate-dim", "128", "--json") == 0
+    pinned = json.loads(capsys.readouterr().out)
+    assert (pinned["key"], pinned["dimension"], pinned["max_tokens"]) == (
+        "minilm-local@r1", 128, 256)
+    assert pinned["checksum"] == resolve_spec(DEFAULT_MODEL).checksum and pinned["probe_pinned"]
+    # a pin never changes: the same name and revision with another dimension is refused
+    assert run_cli("models", "add", path, "--name", "minilm-local", "--revision", "r1") == 65
+    assert "error[conflict]: model minilm-local@r1 is already pinned" in capsys.readouterr().err
+    assert run_cli("models", "show", "minilm-local", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["options"]["truncate_dim"] == 128
+    assert run_cli("models", "add", "/nonexistent/model", "--name", "x") == 70
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_unknown_models_are_named_with_what_exists(rt: Runtime) -> None:
+    with pytest.raises(ModelNotFoundError, match="built-in: all-MiniLM-L6-v2, "
+                       "all-MiniLM-L6-v2-256d"):
+        resolve_spec("bge-small")
