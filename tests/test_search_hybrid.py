@@ -1,0 +1,151 @@
+"""Hybrid search: RRF in SQL equals the reference fusion, weights and k matter, explain
+shows both lists, hybrid is at least as good as either mode on a labelled set, and a
+1%-selective filter still fills k vector hits."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragstore.errors import InputError
+from ragstore.runtime import Runtime
+from ragstore.search import FusionParams, rrf, search
+from ragstore.search.eval import score_run
+from tests.search_helpers import Doc, make_collection, write_docs
+
+LABELLED = "labelled"
+# Each query has one relevant document. Some need the exact rare token (full-text wins),
+# some are paraphrases that share no word with their answer (vector wins).
+CORPUS = {
+    "e4711": "Error E4711 means the replication slot was dropped while a subscriber was "
+             "still attached; recreate the slot.",
+    "e4712": "Error E4712 is raised when the write-ahead log archive runs out of disk space.",
+    "e4713": "Error E4713 appears when a replication slot name is longer than 63 bytes.",
+    "e4714": "Error E4714 signals that the archive command returned a non-zero status.",
+    "kb-33": "Ticket KB-33: reports render slowly when a dashboard holds many charts.",
+    "kb-31": "Ticket KB-31: the nightly backup job skips tables created after midnight.",
+    "kb-32": "Ticket KB-32: reports render blank when the browser blocks third-party cookies.",
+    "battery": "To make a notebook's charge last longer, dim the display, close background "
+               "apps and turn off bluetooth.",
+    "sleep": "Adults who rest seven to nine hours a night have better memory and mood.",
+    "bake": "Preheat the oven, cream the butter with sugar, fold in flour and bake the cake "
+            "for forty minutes.",
+    "tyre": "A flat wheel on the road: loosen the nuts, lift the car with a jack and mount "
+            "the spare.",
+    "vacuum": "VACUUM reclaims storage occupied by dead tuples in PostgreSQL tables.",
+    "index": "A B-tree index speeds up equality and range lookups on a column.",
+    "dog": "Puppies need several small meals a day and plenty of sleep while they grow.",
+    "rain": "Bring an umbrella: heavy showers are expected across the region this afternoon.",
+}
+QUERIES = {
+    "q1": ("what does E4711 mean", "e4711"),
+    "q2": ("KB-32", "kb-32"),
+    "q3": ("E4712", "e4712"),
+    "q4": ("how can I stop my laptop dying so quickly", "battery"),
+    "q5": ("how much should grown-ups snooze", "sleep"),
+    "q6": ("what to do with a punctured tire", "tyre"),
+    "q7": ("instructions for a sponge dessert", "bake"),
+    "q8": ("garbage collection of deleted rows in postgres", "vacuum"),
+    "q9": ("will it be wet outside later today", "rain"),
+    "q10": ("feeding a young dog", "dog"),
+    "q11": ("E4713", "e4713"),
+    "q12": ("E4714", "e4714"),
+    "q13": ("KB-33", "kb-33"),
+    "q14": ("KB-31", "kb-31"),
+}
+
+
+@pytest.fixture(scope="module")
+def labelled(rt: Runtime) -> Runtime:
+    coll = make_collection(rt, LABELLED)
+    write_docs(rt, coll, [Doc(src, [text]) for src, text in CORPUS.items()])
+    return rt
+
+
+def ndcg(rt: Runtime, mode: str, fusion: FusionParams | None = None) -> float:
+    run = {qid: [h.source for h in search(rt, text, collection=LABELLED, k=10,
+                                          mode=mode, fusion=fusion)]  # type: ignore[arg-type]
+           for qid, (text, _) in QUERIES.items()}
+    qrels = {qid: {doc: 1} for qid, (_, doc) in QUERIES.items()}
+    return score_run(run, qrels)["ndcg@10"]
+
+
+def test_hybrid_is_at_least_as_good_as_each_mode_on_a_labelled_set(labelled: Runtime) -> None:
+    vector, fulltext, hybrid = (ndcg(labelled, m) for m in ("vector", "fulltext", "hybrid"))
+    assert hybrid >= vector and hybrid >= fulltext
+    assert hybrid > min(vector, fulltext)  # and the two lists really differ on this set
+    assert fulltext < 1.0 and vector < 1.0
+
+
+def test_sql_fusion_equals_reference_rrf(labelled: Runtime) -> None:
+    query = "postgres error while the slot archive runs out of space"
+    fusion = FusionParams(k=10, vector_weight=1.0, fulltext_weight=2.0)
+    vec = [h.chunk_id for h in search(labelled, query, collection=LABELLED, mode="vector",
+                                      k=100)]
+    ft = [h.chunk_id for h in search(labelled, query, collection=LABELLED, mode="fulltext",
+                                     k=100)]
+    hits = search(labelled, query, collection=LABELLED, mode="hybrid", k=8, fusion=fusion,
+                  explain=True)
+    expected = rrf([vec, ft], k=10, weights=[1.0, 2.0])[:8]
+    assert [h.chunk_id for h in hits] == [cid for cid, _ in expected]
+    assert [h.score for h in hits] == pytest.approx([s for _, s in expected])
+    for h in hits:
+        assert h.explain is not None
+        v, f = h.explain["vector"], h.explain["fulltext"]
+        assert v is not None and v["rank"] == vec.index(h.chunk_id) + 1
+        assert f is None or f["rank"] == ft.index(h.chunk_id) + 1
+        assert h.score == pytest.approx(
+            1 / (10 + v["rank"]) + (2 / (10 + f["rank"]) if f else 0))
+        assert h.explain["rrf"] == {"k": 10, "vector_weight": 1.0, "fulltext_weight": 2.0}
+
+
+def test_zero_weight_reduces_hybrid_to_the_other_list(labelled: Runtime) -> None:
+    query = "E4712 disk space"
+    ft = [h.chunk_id for h in search(labelled, query, collection=LABELLED, mode="fulltext")]
+    only_ft = search(labelled, query, collection=LABELLED, mode="hybrid",
+                     fusion=FusionParams(vector_weight=0.0))
+    assert [h.chunk_id for h in only_ft][:len(ft)] == ft
+
+
+def test_rrf_reference() -> None:
+    assert rrf([["a", "b"], ["b", "c"]], k=0) == [("b", 1.5), ("a", 1.0), ("c", 0.5)]
+    assert rrf([["a"], ["b"]], k=60) == [("a", 1 / 61), ("b", 1 / 61)]  # tie: by id
+    assert rrf([["a"], ["b"]], k=1, weights=[1, 3])[0] == ("b", 1.5)
+    with pytest.raises(ValueError, match="2 lists but 1 weights"):
+        rrf([["a"], ["b"]], weights=[1])
+
+
+def test_fusion_parameters_are_checked() -> None:
+    with pytest.raises(InputError, match="the vector and full-text weights cannot both be 0"):
+        FusionParams(vector_weight=0, fulltext_weight=0)
+    with pytest.raises(InputError, match="the RRF constant k must be between 0 and 10000"):
+        FusionParams(k=-1)
+
+
+def test_vector_explain_reports_distance_and_similarity(labelled: Runtime) -> None:
+    hits = search(labelled, "baking a cake", collection=LABELLED, mode="vector", k=2,
+                  explain=True)
+    assert hits[0].source == "bake"
+    assert hits[0].explain is not None
+    v = hits[0].explain["vector"]
+    assert v["rank"] == 1 and v["metric"] == "cosine"
+    assert v["similarity"] == pytest.approx(1 - v["distance"]) == pytest.approx(hits[0].score)
+
+
+def test_selective_filter_still_returns_k_hits(rt: Runtime) -> None:
+    """2,000 chunks, 20 of them (1%) tagged rare: k=10 must come back full even though
+    an HNSW scan of ef_search=40 candidates would hold ~0.4 rare chunks on average."""
+    coll = make_collection(rt, "selective")
+    topics = ["databases", "gardening", "astronomy", "cooking", "football", "music",
+              "finance", "travel", "chemistry", "poetry"]
+    docs = [Doc(f"d{d:03}.md", [f"Note {i} on {topics[i % 10]}, item {i * 7 % 101}."
+                                 for i in range(d * 10, d * 10 + 10)],
+                chunk_metadata={"bucket": "rare" if d % 100 == 0 else "common"})
+            for d in range(200)]
+    write_docs(rt, coll, docs)
+    hits = search(rt, "notes on gardening", collection="selective", mode="vector", k=10,
+                  ef_search=40, where={"bucket": "rare"})
+    assert len(hits) == 10
+    assert all(h.metadata["bucket"] == "rare" for h in hits)
+    hybrid = search(rt, "notes on gardening", collection="selective", mode="hybrid", k=15,
+                    ef_search=40, where={"bucket": "rare"})
+    assert len(hybrid) == 15 and all(h.metadata["bucket"] == "rare" for h in hybrid)
