@@ -6,10 +6,11 @@ for the embedded server and for any ``RAGSTORE_DATABASE_URL`` (PostgreSQL 14 or 
 Each archive gets a ``.json`` sidecar with its sha256, the schema revision and row counts;
 a restore checks the archive against it before touching anything.
 
-A restore is atomic: every table in the ``public`` schema is dropped and the archive is
-replayed through ``psql --single-transaction``, so either the database is exactly the
-backup afterwards or, if anything fails, exactly what it was before. This is why ragstore
-wants a database of its own: a restore replaces everything in that schema.
+A restore is atomic: everything in the ``public`` schema that no extension owns is
+dropped and the archive is replayed through ``psql --single-transaction``, so either the
+database is exactly the backup afterwards or, if anything fails, exactly what it was
+before. This is why ragstore wants a database of its own: a restore replaces everything in
+that schema.
 """
 
 from __future__ import annotations
@@ -34,21 +35,45 @@ from ragstore.db.embedded import pg_bin_dir
 from ragstore.db.errors import translated
 from ragstore.errors import BackupError, BackupInvalidError, PathNotFoundError
 
-# Dropped before the archive is replayed: every ordinary/partitioned table in public that
-# no extension owns (views and sequences go with their tables through CASCADE).
-_DROP_PUBLIC_TABLES = """
+# Dropped before the archive is replayed: everything in public that no extension owns
+# (tables with their triggers, views, sequences, functions, types), so that objects made
+# after the backup (a later schema revision, a new embedding space) do not survive it.
+_DROP_PUBLIC_OBJECTS = """
 SET lock_timeout = '60s';
 DO $$
 DECLARE r record;
 BEGIN
-    FOR r IN SELECT c.oid::regclass AS rel FROM pg_class c
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
-               AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                               WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                                 AND d.deptype = 'e')
+    FOR r IN SELECT format('DROP %s IF EXISTS %I.%I CASCADE',
+                           CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                          WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE'
+                                          ELSE 'TABLE' END, n.nspname, c.relname) AS stmt
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                               AND d.objid = c.oid AND d.deptype = 'e')
+             ORDER BY CASE c.relkind WHEN 'v' THEN 0 WHEN 'm' THEN 0 WHEN 'S' THEN 2 ELSE 1 END
     LOOP
-        EXECUTE format('DROP TABLE IF EXISTS %s CASCADE', r.rel);
+        EXECUTE r.stmt;
+    END LOOP;
+    FOR r IN SELECT format('DROP %s IF EXISTS %s CASCADE',
+                           CASE p.prokind WHEN 'a' THEN 'AGGREGATE' ELSE 'ROUTINE' END,
+                           p.oid::regprocedure::text) AS stmt
+             FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                               AND d.objid = p.oid AND d.deptype = 'e')
+    LOOP
+        EXECUTE r.stmt;
+    END LOOP;
+    FOR r IN SELECT format('DROP %s IF EXISTS %I.%I CASCADE',
+                           CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+                           'public', t.typname) AS stmt
+             FROM pg_type t LEFT JOIN pg_class c ON c.oid = t.typrelid
+             WHERE t.typnamespace = 'public'::regnamespace AND t.typtype IN ('c', 'd', 'e', 'r')
+               AND (t.typrelid = 0 OR c.relkind = 'c')
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass
+                               AND d.objid = t.oid AND d.deptype = 'e')
+    LOOP
+        EXECUTE r.stmt;
     END LOOP;
 END $$;
 """
@@ -198,7 +223,7 @@ def restore_backup(db: Database, path: Path) -> RestoreResult:
                    "--no-privileges", "--file", "-", str(path)], env, f"reading {path}")
     with tempfile.TemporaryDirectory(prefix="ragstore-restore-") as tmpdir:
         prelude = Path(tmpdir) / "prelude.sql"
-        prelude.write_text(_DROP_PUBLIC_TABLES)
+        prelude.write_text(_DROP_PUBLIC_OBJECTS)
         body = Path(tmpdir) / "restore.sql"
         body.write_text(script)
         _run([_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction",

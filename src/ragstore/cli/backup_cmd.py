@@ -1,4 +1,4 @@
-"""``ragstore backup [PATH]`` and ``ragstore restore PATH`` (pg_dump / pg_restore, custom format)."""
+"""``ragstore backup [PATH]`` and ``ragstore restore PATH``: pg_dump / pg_restore archives."""
 
 from __future__ import annotations
 

@@ -360,6 +360,8 @@ class _Writer:
         ex_idx, ex_dist = exact_top_k(queries, base, spec.distance, 10)
         ef = opts.ef_search or max(self.rt.settings.hnsw_ef_search, 10)
         conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef)))
+        # measure the HNSW index itself, even where the planner would scan a small table
+        conn.execute("SET LOCAL enable_seqscan = off")
         op = sql.SQL(_OPERATORS[spec.distance])
         stmt = sql.SQL("SELECT chunk_id, embedding {op} %(q)s FROM {t}"
                        " ORDER BY embedding {op} %(q)s LIMIT %(k)s").format(
