@@ -91,6 +91,7 @@ class ValidationReport:
 def validate(records: Sequence[Record], dimension: int, policies: Mapping[str, str],
              existing_ids: set[str] | frozenset[str] = frozenset()) -> ValidationReport:
     """Judge every record against the declared dimension and the policies."""
+    policies = {kind: policies.get(kind, "abort") for kind in KINDS}
     issues = {kind: Issue(kind, policies[kind]) for kind in KINDS}
     seen: set[str] = set()
     kept: list[int] = []
