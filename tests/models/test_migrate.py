@@ -92,6 +92,10 @@ def test_migrate_search_rollback_search_returns_the_old_results_exactly(
     assert report.sample_queries == 8 and report.sample_self_recall >= 0.5
     now = rt.collection(COLL)
     assert now.model.key == resolve_spec(TRUNCATED_MODEL).key and now.model.dimension == 256
+    with rt.db.connection() as conn:
+        index = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+                             (f"{now.table}_hnsw",)).fetchone()
+    assert index is not None and "hnsw (embedding vector_cosine_ops)" in index[0]
     after = _snapshot(rt)
     assert after != before, "the 256-dimension model scores differently"
     assert "roses" in search(rt, QUERIES[0], collection=COLL, k=1)[0].text

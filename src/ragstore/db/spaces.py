@@ -22,7 +22,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from ragstore.db.repository import _MODEL_COLS, _spec_from_row
+from ragstore.db.repository import _MODEL_COLS, DISTANCE_OPS, _spec_from_row
 from ragstore.models import ModelSpec
 
 Conn = psycopg.Connection[Any]
@@ -100,6 +100,18 @@ def activate(conn: Conn, collection_id: int, new_space_id: int, old_space_id: in
                  " WHERE id = %s", (new_space_id,))
     conn.execute("UPDATE collections SET active_space_id = %s WHERE id = %s",
                  (new_space_id, collection_id))
+
+
+def drop_index(conn: Conn, table: str) -> None:
+    """Drop a space's HNSW index: a bulk backfill then builds it once, at the end."""
+    conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(f"{table}_hnsw")))
+
+
+def ensure_index(conn: Conn, table: str, distance: str) -> None:
+    """The space's HNSW index, built now if a backfill deferred it."""
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding {ops})")
+                 .format(i=sql.Identifier(f"{table}_hnsw"), t=sql.Identifier(table),
+                         ops=sql.SQL(DISTANCE_OPS[distance])))
 
 
 def drop_space(conn: Conn, space: Space) -> None:
