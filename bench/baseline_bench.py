@@ -129,7 +129,7 @@ def sweep(conn: psycopg.Connection[Any], table: str, queries: Matrix, truth: np.
 
 
 def run_size(n: int, base: Matrix, texts: list[str], queries: Matrix, work: Path,
-             halfvec: bool) -> dict[str, Any]:
+             halfvec: bool, mem: str) -> dict[str, Any]:
     print(f"== {n} vectors", flush=True)
     matrix = synthetic(base, n)
     truth, bf_times = brute_force(matrix, queries[:20])  # warm-up
@@ -143,7 +143,7 @@ def run_size(n: int, base: Matrix, texts: list[str], queries: Matrix, work: Path
     settings = Settings(data_dir=work / f"pg{n}", profile="test", model="all-MiniLM-L6-v2")
     with Runtime(settings) as rt:
         opts = ImportOptions(collection=f"bench{n}", model="all-MiniLM-L6-v2", backup=False,
-                             maintenance_work_mem="2GB")
+                             maintenance_work_mem=mem)
         t0 = time.perf_counter()
         plan = plan_import(rt, ArraySource(matrix, texts), opts)
         report = run_import(rt, plan, opts)
@@ -166,7 +166,7 @@ def run_size(n: int, base: Matrix, texts: list[str], queries: Matrix, work: Path
                                 **sizes_of(conn, table, f"{table}_hnsw", n)}
             if halfvec:
                 t0 = time.perf_counter()
-                conn.execute("SET maintenance_work_mem = '2GB'")
+                conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(mem)))
                 conn.execute(sql.SQL("CREATE TABLE half AS SELECT chunk_id, embedding::"
                                      "halfvec(384) AS embedding FROM {}").format(
                     sql.Identifier(table)))
@@ -187,6 +187,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--no-halfvec", action="store_true")
+    ap.add_argument("--maintenance-work-mem", default="2GB",
+                    help="for the HNSW builds (the graph should fit in it)")
     ap.add_argument("--out", type=Path, default=CACHE / "results.json")
     args = ap.parse_args()
     base, qvecs = real_vectors()
@@ -195,7 +197,8 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     with tempfile.TemporaryDirectory(prefix="ragstore-bench-") as tmp:
         for n in args.sizes:
-            results[str(n)] = run_size(n, base, texts, queries, Path(tmp), not args.no_halfvec)
+            results[str(n)] = run_size(n, base, texts, queries, Path(tmp),
+                                     not args.no_halfvec, args.maintenance_work_mem)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

@@ -69,7 +69,7 @@ def print_report(report: ImportReport) -> None:
     v = report.verification
     console.print("verify:")
     console.print(f"  rows        source {v.source_rows} = pgvector {v.stored_rows}"
-                  f"{'':<8}{_mark(v.rows_ok)}")
+                  f"  {_mark(v.rows_ok)}")
     console.print(f"  checksum    source {v.source_checksum[:16]} = pgvector "
                   f"{v.stored_checksum[:16]}  {_mark(v.checksum_ok)}")
     console.print(f"  recall@10   {v.recall_at_10:.3f} over {v.queries} queries (ef_search "
