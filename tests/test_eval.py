@@ -1,0 +1,128 @@
+"""The quality harness: metrics equal ranx's on the same runs, the corpus is ingested once
+and cached, and `ragstore eval` reports every mode."""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from pathlib import Path
+
+import pytest
+
+from ragstore.errors import InputError, PathNotFoundError
+from ragstore.runtime import Runtime
+from ragstore.search.eval import (
+    Qrels,
+    Run,
+    evaluate,
+    ingest_records,
+    load_beir,
+    score_run,
+)
+from tests.conftest import run_cli
+from tests.test_search_hybrid import CORPUS, QUERIES
+
+
+def ranx_scores(run: Run, qrels: Qrels) -> dict[str, float]:
+    from ranx import Qrels as RQrels
+    from ranx import Run as RRun
+    from ranx import evaluate as revaluate
+
+    scored = {q: {d: float(len(docs) - i) for i, d in enumerate(docs)} or {"__none__": 0.0}
+              for q, docs in run.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numba's cast warnings inside ranx
+        out = revaluate(RQrels(qrels), RRun(scored), ["ndcg@10", "recall@100", "mrr@10"])
+    return {k: float(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("beir") / "tiny"
+    (root / "qrels").mkdir(parents=True)
+    with (root / "corpus.jsonl").open("w") as fh:
+        for doc_id, text in CORPUS.items():
+            title, _, body = text.partition(":")
+            fh.write(json.dumps({"_id": doc_id, "title": title, "text": body}) + "\n")
+    with (root / "queries.jsonl").open("w") as fh:
+        for qid, (text, _) in QUERIES.items():
+            fh.write(json.dumps({"_id": qid, "text": text}) + "\n")
+        fh.write(json.dumps({"_id": "unjudged", "text": "not in the qrels"}) + "\n")
+    lines = ["query-id\tcorpus-id\tscore"]
+    for qid, (_, doc) in QUERIES.items():
+        lines.append(f"{qid}\t{doc}\t2")
+    lines += ["q1\te4712\t1", "q3\te4711\t1", "q4\tsleep\t0"]  # graded, and a judged 0
+    (root / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_load_beir_keeps_judged_queries_only(dataset: Path) -> None:
+    ds = load_beir(dataset)
+    assert ds.name == "tiny" and len(ds.corpus) == len(CORPUS)
+    assert set(ds.queries) == set(QUERIES) == set(ds.qrels)
+    assert ds.qrels["q1"] == {"e4711": 2, "e4712": 1}
+
+
+def test_metrics_match_ranx_on_the_runs_of_every_mode(rt: Runtime, dataset: Path) -> None:
+    ds = load_beir(dataset)
+    ingest_records(rt, "eval-tiny", [(i, t, x) for i, (t, x) in ds.corpus.items()])
+    results = evaluate(rt, ds, "eval-tiny")
+    assert [r.mode for r in results] == ["vector", "fulltext", "hybrid"]
+    for r in results:
+        assert set(r.run) == set(ds.qrels)
+        assert r.metrics == pytest.approx(ranx_scores(r.run, ds.qrels), abs=1e-9)
+    by_mode = {r.mode: r.metrics["ndcg@10"] for r in results}
+    assert by_mode["hybrid"] >= max(by_mode["vector"], by_mode["fulltext"])
+
+
+def test_metrics_match_ranx_on_random_graded_runs() -> None:
+    rng = random.Random(7)
+    docs = [f"d{i}" for i in range(300)]
+    qrels: Qrels = {f"q{i}": {d: rng.choice([0, 1, 2, 3])
+                              for d in rng.sample(docs, rng.randint(1, 40))}
+                    for i in range(60)}
+    for q in qrels:  # every query needs something relevant for ranx and trec_eval to agree
+        qrels[q][rng.choice(docs)] = 1
+    run: Run = {q: rng.sample(docs, rng.randint(1, 150)) for q in qrels}
+    assert score_run(run, qrels) == pytest.approx(ranx_scores(run, qrels), abs=1e-9)
+
+
+def test_ingest_records_skips_unchanged_and_replaces_changed(rt: Runtime) -> None:
+    records = [("a", "Alpha", "first text"), ("b", "Beta", "second text")]
+    assert ingest_records(rt, "eval-cache", records) == 2
+    assert ingest_records(rt, "eval-cache", records) == 0
+    assert ingest_records(rt, "eval-cache", [("a", "Alpha", "changed text"), records[1]]) == 1
+    with rt.db.connection() as conn:
+        rows = conn.execute("SELECT d.source, c.text FROM chunks c JOIN documents d"
+                            " ON d.id = c.document_id JOIN collections k ON k.id = d.collection_id"
+                            " WHERE k.name = 'eval-cache' ORDER BY 1").fetchall()
+    assert rows == [("a", "Alpha\nchanged text"), ("b", "Beta\nsecond text")]
+
+
+def test_eval_cli_reports_each_mode_and_reuses_the_collection(
+        cli_env: dict[str, str], dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("eval", str(dataset), "--json", "-c", "eval-cli") == 0
+    first = capsys.readouterr()
+    metrics = json.loads(first.out)
+    assert set(metrics) == {"vector", "fulltext", "hybrid"}
+    for values in metrics.values():
+        assert 0 < values["ndcg@10"] <= 1 and 0 < values["recall@100"] <= 1
+    assert f"{len(CORPUS)} newly ingested" in first.err
+    assert run_cli("eval", str(dataset), "--mode", "fulltext", "-c", "eval-cli") == 0
+    second = capsys.readouterr()
+    assert "(0 newly ingested)" in second.err
+    assert "fulltext" in second.out and "hybrid" not in second.out
+
+
+def test_bad_datasets_are_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PathNotFoundError, match="no such dataset directory"):
+        load_beir(tmp_path / "missing")
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "1", "text": "x"}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "x"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\t1\thigh\n")
+    with pytest.raises(InputError, match=r"test.tsv:2: score 'high' is not an integer"):
+        load_beir(tmp_path)
+    with pytest.raises(PathNotFoundError, match=r"train.tsv: no such file"):
+        load_beir(tmp_path, "train")
