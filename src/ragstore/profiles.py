@@ -8,6 +8,8 @@ variable to change; all of them are reported at once, so one restart fixes every
 
 from __future__ import annotations
 
+import ipaddress
+
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
@@ -32,9 +34,23 @@ def database_password(settings: Settings) -> str | None:
     return None if password is None else str(password)
 
 
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "") or host.startswith("unix:"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def auth_is_off(settings: Settings) -> bool:
-    """Whether requests would be served without API keys (``auto`` is off when embedded)."""
-    return settings.auth == "off" or (settings.auth == "auto" and settings.uses_embedded_database)
+    """Whether requests would be served without API keys.
+
+    The API's rule: ``auto`` means off only for the embedded database served on loopback.
+    """
+    if settings.auth == "auto":
+        return settings.uses_embedded_database and _is_loopback(settings.api_host)
+    return settings.auth == "off"
 
 
 def prod_problems(settings: Settings) -> list[str]:
