@@ -61,6 +61,14 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.ModelError: Problem(500, "Model error"),
     e.ModelNotFoundError: Problem(404, "Model not found"),
     e.ModelMismatchError: Problem(409, "Model mismatch"),
+    e.EmbeddingProviderError: Problem(502, "Embedding provider error"),
+    e.MigrationStateError: Problem(409, "Model migration in the wrong state"),
+    e.EncryptedDocumentError: Problem(422, "Encrypted document"),
+    e.ImportSourceError: Problem(422, "Invalid import source"),
+    e.ImportValidationError: Problem(422, "Import validation failed"),
+    e.ImportVerificationError: Problem(500, "Import verification failed"),
+    e.BackupError: Problem(500, "Backup failed"),
+    e.BackupInvalidError: Problem(422, "Invalid backup"),
 }
 
 

@@ -1,0 +1,275 @@
+"""Every route of the API over real HTTP (auth off), and the error each can answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import psycopg
+import pytest
+
+from ragstore import Client
+from ragstore.config import Settings
+from ragstore.errors import (
+    BinaryFileError,
+    CollectionNotFoundError,
+    ConflictError,
+    DocumentNotFoundError,
+    EmptyDocumentError,
+    InputError,
+    InvalidFilterError,
+    JobNotFoundError,
+    MethodNotAllowedError,
+    ModelNotFoundError,
+    NotFoundError,
+    UnsupportedFormatError,
+)
+
+ROLLBACK = "# Rollback\n\nTo roll back a migration run `ragstore db downgrade --to REV`.\n"
+KITTENS = "# Kittens\n\nKittens sleep most of the day and play at night.\n"
+
+
+@pytest.fixture(scope="module")
+def docs(open_url: str) -> Iterator[Client]:
+    """A collection ``docs`` with two documents."""
+    with Client(open_url) as c:
+        c.create_collection("docs", settings={"owner": "tests"})
+        c.add_document("docs", "ops/rollback.md", ROLLBACK, metadata={"team": "ops"})
+        c.add_document("docs", "pets/kittens.md", KITTENS, metadata={"team": "pets"})
+        yield c
+
+
+def test_healthz_answers_ok(client: Client) -> None:
+    assert client.health() == {"status": "ok"}
+
+
+def test_readyz_reports_each_check(client: Client, docs: Client) -> None:
+    ready = client.ready()
+    assert ready["status"] == "ready"
+    assert ready["checks"]["database"] == "ok"
+    assert ready["checks"]["models"] == "1 collection(s) validated"
+
+
+def test_created_collection_is_listed_with_its_model_and_counts(docs: Client) -> None:
+    listed = {c["name"]: c for c in docs.list_collections()}
+    assert listed["docs"]["model"].startswith("all-MiniLM-L6-v2@")
+    assert listed["docs"]["dimension"] == 384
+    assert listed["docs"]["documents"] == 2
+    assert docs.get_collection("docs")["settings"] == {"owner": "tests"}
+
+
+def test_creating_an_existing_collection_is_a_conflict(docs: Client) -> None:
+    with pytest.raises(ConflictError, match="already exists"):
+        docs.create_collection("docs")
+
+
+def test_unknown_model_is_model_not_found(client: Client) -> None:
+    with pytest.raises(ModelNotFoundError, match="unknown embedding model 'nope'"):
+        client.create_collection("other", model="nope")
+
+
+def test_unknown_collection_is_collection_not_found(client: Client) -> None:
+    with pytest.raises(CollectionNotFoundError, match="'missing' does not exist"):
+        client.get_collection("missing")
+    with pytest.raises(CollectionNotFoundError):
+        client.search("missing", "anything")
+    with pytest.raises(CollectionNotFoundError):
+        client.add_document("missing", "a.md", "text")
+
+
+def test_added_document_reports_its_chunks_and_name(docs: Client) -> None:
+    page = docs.list_documents("docs")
+    names = sorted(d["name"] for d in page["data"])
+    assert names == ["ops/rollback.md", "pets/kittens.md"]
+    doc = next(d for d in page["data"] if d["name"] == "ops/rollback.md")
+    assert doc["chunks"] == 2 and doc["format"] == "markdown" and doc["title"] == "Rollback"
+    assert doc["metadata"]["team"] == "ops"
+    assert docs.get_document("docs", doc["id"])["content_hash"] == doc["content_hash"]
+
+
+def test_re_adding_unchanged_text_is_skipped_and_changed_text_updates(docs: Client) -> None:
+    again = docs.add_document("docs", "ops/rollback.md", ROLLBACK, metadata={"team": "ops"})
+    assert again["status"] == "unchanged"
+    changed = docs.add_document("docs", "ops/rollback.md", ROLLBACK + "\nAlso see backups.\n",
+                                metadata={"team": "ops"})
+    assert changed["status"] == "updated" and changed["id"] == again["id"]
+    assert docs.add_document("docs", "ops/rollback.md", ROLLBACK,
+                             metadata={"team": "ops"})["status"] == "updated"
+
+
+def test_search_finds_the_matching_document(docs: Client) -> None:
+    result = docs.search("docs", "how do I undo a schema migration?", k=2)
+    assert result["count"] == 2
+    assert result["data"][0]["source"].endswith("ops/rollback.md")
+    assert result["data"][0]["score"] >= result["data"][1]["score"]
+
+
+def test_search_modes_and_filters_pass_through(docs: Client) -> None:
+    vector = docs.search("docs", "sleepy cats", k=1, mode="vector")
+    assert vector["data"][0]["source"].endswith("kittens.md")
+    text = docs.search("docs", "kittens", k=5, mode="fulltext")
+    assert [h["source"].rsplit("/", 1)[-1] for h in text["data"]] == ["kittens.md"]
+    ops_only = docs.search("docs", "kittens", k=5, where={"team": "ops"})
+    assert all(h["source"].endswith("rollback.md") for h in ops_only["data"])
+
+
+def test_invalid_search_input_is_invalid_input(docs: Client) -> None:
+    with pytest.raises(InputError, match="k"):
+        docs.search("docs", "x", k=0)
+    with pytest.raises(InputError, match="mode"):
+        docs.search("docs", "x", mode="psychic")
+
+
+def test_bad_where_filter_is_invalid_filter(docs: Client) -> None:
+    with pytest.raises(InvalidFilterError):
+        docs.search("docs", "x", where={"$nonsense": {"$gt": []}})
+
+
+def test_documents_page_by_cursor_without_gaps_or_repeats(client: Client) -> None:
+    c = client
+    c.create_collection("paged")
+    for i in range(5):
+        c.add_document("paged", f"n{i}.txt", f"note number {i} about topic {i}")
+    seen: list[int] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = c.list_documents("paged", cursor=cursor, limit=2)
+        seen += [d["id"] for d in page["data"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3 and len(seen) == 5 and len(set(seen)) == 5 and seen == sorted(seen)
+    assert [d["id"] for d in c.iter_documents("paged", page_size=3)] == seen
+
+
+def test_document_filters_by_metadata_format_and_prefix(docs: Client) -> None:
+    ops = docs.list_documents("docs", metadata={"team": "ops"})["data"]
+    assert [d["name"] for d in ops] == ["ops/rollback.md"]
+    assert docs.list_documents("docs", format="pdf")["count"] == 0
+    pets = docs.list_documents("docs", source_prefix="pets/")["data"]
+    assert [d["name"] for d in pets] == ["pets/kittens.md"]
+
+
+def test_bad_metadata_filter_and_cursor_are_refused(docs: Client) -> None:
+    with pytest.raises(InvalidFilterError, match="not valid JSON"):
+        docs.request("GET", "/v1/collections/docs/documents", params={"metadata": "{nope"})
+    with pytest.raises(InputError, match="invalid cursor"):
+        docs.list_documents("docs", cursor="garbage!")
+
+
+def test_upload_multipart_files_ingests_them(docs: Client) -> None:
+    out = docs.upload("docs", [("guide.md", b"# Guide\n\nUploading files works.\n"),
+                               ("notes.txt", b"plain text notes about uploads")],
+                      metadata={"batch": 1})
+    assert [d["name"] for d in out["data"]] == ["guide.md", "notes.txt"]
+    assert all(d["status"] == "added" and d["metadata"]["batch"] == 1 for d in out["data"])
+
+
+def test_upload_of_unknown_format_is_unsupported_format(docs: Client) -> None:
+    with pytest.raises(UnsupportedFormatError, match="unsupported file type '.xyz'"):
+        docs.upload("docs", [("data.xyz", b"")])
+    with pytest.raises(BinaryFileError, match="unsupported binary file type '.xyz'"):
+        docs.upload("docs", [("data.xyz", b"\x00\x01\x02 not a known format")])
+
+
+def test_binary_bytes_named_as_text_are_binary_file(docs: Client) -> None:
+    with pytest.raises(BinaryFileError):
+        docs.upload("docs", [("fake.txt", bytes(range(256)) * 8)])
+
+
+def test_blank_text_is_empty_document(docs: Client) -> None:
+    with pytest.raises(EmptyDocumentError):
+        docs.add_document("docs", "blank.md", "   \n\n  ")
+
+
+def test_unsafe_document_names_are_refused(docs: Client) -> None:
+    for bad in ("../escape.md", "/etc/passwd", "a/../../b.md"):
+        with pytest.raises(InputError, match="invalid document name"):
+            docs.add_document("docs", bad, "text")
+
+
+def test_deleted_document_is_gone_with_its_chunks(docs: Client, settings: Settings) -> None:
+    doc = docs.add_document("docs", "tmp/gone.md", "# Gone\n\nThis will be deleted.\n")
+    docs.delete_document("docs", doc["id"])
+    with pytest.raises(DocumentNotFoundError):
+        docs.get_document("docs", doc["id"])
+    with pytest.raises(DocumentNotFoundError):
+        docs.delete_document("docs", doc["id"])
+    assert settings.database_url is not None
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        left = conn.execute("SELECT count(*) FROM chunks WHERE document_id = %s",
+                            (doc["id"],)).fetchone()
+    assert left == (0,)
+
+
+def test_deleted_collection_drops_its_embeddings_table(client: Client,
+                                                       settings: Settings) -> None:
+    c = client
+    c.create_collection("doomed")
+    c.add_document("doomed", "a.md", "# A\n\nsome text")
+    table = c.model_status("doomed")["spaces"][0]["table"]
+    c.delete_collection("doomed")
+    with pytest.raises(CollectionNotFoundError):
+        c.get_collection("doomed")
+    assert settings.database_url is not None
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+    assert exists == (False,)
+
+
+def test_models_list_pins_and_status_shows_spaces(docs: Client) -> None:
+    models = docs.list_models()
+    mini = next(m for m in models if m["name"] == "all-MiniLM-L6-v2")
+    assert "docs" in mini["collections"] and mini["checksum"].startswith("sha256:")
+    status = docs.model_status("docs")
+    assert status["active_model"] == f"{mini['name']}@{mini['revision']}"
+    active = [s for s in status["spaces"] if s["status"] == "active"]
+    assert len(active) == 1 and active[0]["embedded"] > 0
+
+
+def test_unknown_job_is_job_not_found(client: Client) -> None:
+    with pytest.raises(JobNotFoundError):
+        client.get_job(999_999)
+
+
+def test_unknown_route_and_method_are_problems(client: Client) -> None:
+    c = client
+    with pytest.raises(NotFoundError, match="no route"):
+        c.request("GET", "/v1/nothing-here")
+    with pytest.raises(MethodNotAllowedError):
+        c.request("PUT", "/v1/collections")
+
+
+def test_errors_are_problem_json_with_request_id(open_url: str) -> None:
+    r = httpx.get(f"{open_url}/v1/collections/missing", headers={"X-Request-ID": "req-42"})
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["x-request-id"] == "req-42"
+    body = r.json()
+    assert body == {"type": "urn:ragstore:problem:collection_not_found",
+                    "title": "Collection not found", "status": 404,
+                    "detail": body["detail"], "code": "collection_not_found",
+                    "instance": "/v1/collections/missing", "request_id": "req-42"}
+    assert "Traceback" not in r.text
+
+
+def test_validation_errors_list_each_field(open_url: str) -> None:
+    r = httpx.post(f"{open_url}/v1/collections/docs/search", json={"k": "many"})
+    body = r.json()
+    assert r.status_code == 422 and body["code"] == "invalid_input"
+    assert {e["loc"] for e in body["errors"]} >= {"body.query", "body.k"}
+
+
+def test_openapi_document_has_every_resource_and_examples(open_url: str) -> None:
+    spec = httpx.get(f"{open_url}/openapi.json").json()
+    paths = set(spec["paths"])
+    assert {"/v1/collections", "/v1/collections/{name}", "/v1/collections/{name}/documents",
+            "/v1/collections/{name}/documents/upload", "/v1/collections/{name}/search",
+            "/v1/models", "/v1/collections/{name}/model", "/v1/jobs", "/v1/jobs/{job_id}",
+            "/healthz", "/readyz"} <= paths
+    create = spec["components"]["schemas"]["CollectionCreate"]["properties"]["name"]
+    assert create["examples"] == ["handbook"]
+    search_404 = spec["paths"]["/v1/collections/{name}/search"]["post"]["responses"]["404"]
+    assert "application/problem+json" in search_404["content"]
