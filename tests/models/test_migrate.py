@@ -15,6 +15,7 @@ from ragstore.embedding.registry import TRUNCATED_MODEL, resolve_spec
 from ragstore.errors import ConflictError, MigrationStateError
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import migrate, model_status, prune, rollback
+from ragstore.modelops.migrate import cancel
 from ragstore.modelops.texts import ContextRule
 from ragstore.models import Hit
 from ragstore.runtime import Runtime
@@ -174,3 +175,15 @@ def test_models_cli_migrates_reports_status_and_rolls_back(
         {"collection": COLL, "status": "active"}]
     assert listed["all-MiniLM-L6-v2"]["collections"] == [
         {"collection": COLL, "status": "retired"}]
+
+
+def test_cancel_drops_an_unfinished_migration_and_keeps_the_active_model(
+        rt: Runtime, corpus: Path) -> None:
+    active = rt.collection(COLL)
+    report = migrate(rt, COLL, "all-MiniLM-L6-v2", switch=False)
+    assert not report.switched
+    dropped = cancel(rt, COLL)
+    assert [s.table for s in dropped] == [report.table]
+    assert [r["status"] for r in model_status(rt, COLL)] == ["active"]
+    assert rt.collection(COLL).table == active.table
+    assert cancel(rt, COLL) == []
