@@ -61,6 +61,10 @@ class Principal:
         if self.key is not None:
             self.key.require(scope, collection)
 
+    def require_scope(self, scope: str) -> None:
+        if self.key is not None:
+            self.key.require_scope(scope)
+
     def sees(self, collection: str) -> bool:
         return self.key is None or self.key.collection in (None, collection)
 
@@ -80,7 +84,7 @@ def _caller(state: State,
 
 def _scoped(scope: str):  # type: ignore[no-untyped-def]
     def dependency(caller: Annotated[Principal, Depends(_caller)]) -> Principal:
-        caller.require(scope)
+        caller.require_scope(scope)
         return caller
 
     dependency.__name__ = f"require_{scope}"

@@ -57,8 +57,17 @@ class ApiKey:
     def allows(self, scope: str) -> bool:
         return _RANK[self.scope] >= _RANK[scope]
 
+    def require_scope(self, scope: str) -> None:
+        """Raise PermissionDeniedError unless this key has ``scope`` (on some collection)."""
+        if not self.allows(scope):
+            raise PermissionDeniedError(
+                f"API key {self.key_id} has scope {self.scope!r}; this request needs "
+                f"{scope!r} (create a key with `ragstore keys create --scope {scope}`)"
+            )
+
     def require(self, scope: str, collection: str | None = None) -> None:
-        """Raise PermissionDeniedError unless this key has ``scope`` on ``collection``."""
+        """Raise PermissionDeniedError unless this key has ``scope`` on ``collection``
+        (``None``: on every collection)."""
         if not self.allows(scope):
             raise PermissionDeniedError(
                 f"API key {self.key_id} has scope {self.scope!r}; this request needs "

@@ -1,0 +1,163 @@
+"""API keys over HTTP: 401 without/with a bad or revoked key, 403 without the scope or
+collection, the per-key rate limit, and the body/upload size limits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from ragstore import Client
+from ragstore.auth import KeyStore
+from ragstore.config import Settings
+from ragstore.errors import (
+    AuthenticationError,
+    FileTooLargeError,
+    PermissionDeniedError,
+    RateLimitedError,
+    RequestTooLargeError,
+)
+from tests.api.conftest import running_server, with_
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def secure_url(settings: Settings) -> Iterator[str]:
+    limited = with_(settings, auth="on", rate_limit_per_minute=40, max_request_bytes=4096,
+                    max_upload_bytes=64 * 1024, max_file_bytes=8 * 1024)
+    with running_server(limited) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def admin(secure_url: str, keys: KeyStore) -> Iterator[Client]:
+    with Client(secure_url, api_key=keys.create("admin").secret) as c:
+        c.create_collection("team")
+        c.create_collection("other")
+        yield c
+
+
+def test_request_without_key_is_401(secure_url: str, admin: Client) -> None:
+    r = httpx.get(f"{secure_url}/v1/collections")
+    assert r.status_code == 401 and r.json()["code"] == "unauthorized"
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    with Client(secure_url) as anonymous, pytest.raises(AuthenticationError, match="needs an API"):
+        anonymous.list_collections()
+
+
+def test_malformed_unknown_and_wrong_keys_are_401(secure_url: str, keys: KeyStore) -> None:
+    real = keys.create("read").secret
+    key_id = real.split("_")[1]
+    for bad, why in (("not-a-key", "malformed"), ("rsk_0123456789ab_" + "x" * 43, "unknown"),
+                     (f"rsk_{key_id}_" + "y" * 43, "wrong secret")):
+        with Client(secure_url, api_key=bad) as c, pytest.raises(AuthenticationError, match=why):
+            c.list_collections()
+
+
+def test_health_needs_no_key(secure_url: str) -> None:
+    assert httpx.get(f"{secure_url}/healthz").status_code == 200
+
+
+def test_read_key_can_search_but_not_write(secure_url: str, admin: Client,
+                                           keys: KeyStore) -> None:
+    admin.add_document("team", "a.md", "# A\n\nshared notes")
+    with Client(secure_url, api_key=keys.create("read").secret) as reader:
+        assert reader.search("team", "notes", k=1)["count"] == 1
+        with pytest.raises(PermissionDeniedError, match="needs 'write'"):
+            reader.add_document("team", "b.md", "more")
+        with pytest.raises(PermissionDeniedError, match="needs 'admin'"):
+            reader.delete_collection("team")
+
+
+def test_write_key_cannot_delete_a_collection(secure_url: str, admin: Client,
+                                              keys: KeyStore) -> None:
+    with Client(secure_url, api_key=keys.create("write").secret) as writer:
+        assert writer.add_document("team", "w.md", "# W\n\nwritten")["status"] == "added"
+        with pytest.raises(PermissionDeniedError, match="needs 'admin'"):
+            writer.delete_collection("team")
+
+
+def test_collection_key_sees_only_its_collection(secure_url: str, admin: Client,
+                                                 keys: KeyStore) -> None:
+    with Client(secure_url, api_key=keys.create("write", "team").secret) as scoped:
+        assert [c["name"] for c in scoped.list_collections()] == ["team"]
+        assert scoped.get_collection("team")["name"] == "team"
+        with pytest.raises(PermissionDeniedError, match="limited to collection 'team'"):
+            scoped.get_collection("other")
+        with pytest.raises(PermissionDeniedError):
+            scoped.search("other", "x")
+
+
+def test_revoked_key_is_refused_on_its_next_request(secure_url: str, admin: Client,
+                                                    keys: KeyStore) -> None:
+    new = keys.create("read")
+    with Client(secure_url, api_key=new.secret) as c:
+        assert c.list_collections()
+        keys.revoke(new.key.key_id)
+        with pytest.raises(AuthenticationError, match="was revoked"):
+            c.list_collections()
+
+
+def test_rate_limit_answers_429_with_retry_after(secure_url: str, keys: KeyStore) -> None:
+    secret = keys.create("read").secret
+    codes = []
+    with httpx.Client(base_url=secure_url,
+                      headers={"Authorization": f"Bearer {secret}"}) as http:
+        for _ in range(45):
+            r = http.get("/v1/models")
+            codes.append(r.status_code)
+            if r.status_code == 429:
+                assert r.json()["code"] == "rate_limited"
+                assert int(r.headers["retry-after"]) >= 1
+                break
+    assert codes.count(200) == 40 and codes[-1] == 429
+    with Client(secure_url, api_key=secret) as c, pytest.raises(RateLimitedError):
+        c.list_models()
+
+
+def test_json_body_over_the_limit_is_request_too_large(admin: Client) -> None:
+    with pytest.raises(RequestTooLargeError, match="over the limit of 4096 bytes"):
+        admin.add_document("team", "big.md", "x" * 5000)
+
+
+def test_upload_over_the_limit_is_request_too_large(admin: Client) -> None:
+    with pytest.raises(RequestTooLargeError, match="RAGSTORE_MAX_UPLOAD_BYTES"):
+        admin.upload("team", [("huge.txt", b"word " * 14000)])
+
+
+def test_file_over_the_per_file_limit_is_payload_too_large(admin: Client) -> None:
+    with pytest.raises(FileTooLargeError, match="per-file limit of 8192"):
+        admin.upload("team", [("big.txt", b"word " * 2000)])
+
+
+def test_keys_cli_creates_lists_and_revokes(cli_env: dict[str, str], secure_url: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("keys", "create", "--scope", "read", "--collection", "team") == 0
+    secret = capsys.readouterr().out.strip()
+    assert secret.startswith("rsk_")
+    with Client(secure_url, api_key=secret) as c:
+        assert [x["name"] for x in c.list_collections()] == ["team"]
+    key_id = secret.split("_")[1]
+    assert run_cli("keys", "list", "--json") == 0
+    listed = {k["id"]: k for k in json.loads(capsys.readouterr().out)}
+    assert listed[key_id]["scope"] == "read" and not listed[key_id]["revoked"]
+    assert secret.split("_")[2] not in json.dumps(listed)
+    assert run_cli("keys", "revoke", key_id) == 0
+    with Client(secure_url, api_key=secret) as c, pytest.raises(AuthenticationError):
+        c.list_collections()
+    assert run_cli("keys", "revoke", "feedfeedfeed") == 66
+    assert run_cli("keys", "create", "--scope", "root") == 65
+
+
+def test_only_a_salted_hash_is_stored(keys: KeyStore, settings: Settings) -> None:
+    import psycopg
+
+    new = keys.create("read")
+    assert settings.database_url is not None
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        row = conn.execute("SELECT salt, secret_hash FROM api_keys WHERE key_id = %s",
+                           (new.key.key_id,)).fetchone()
+    assert row is not None and len(row[0]) == 16 and len(row[1]) == 32
+    assert new.secret.split("_")[2].encode() not in bytes(row[1])
