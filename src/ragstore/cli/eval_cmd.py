@@ -12,6 +12,11 @@ from rich.table import Table
 from ragstore.runtime import Runtime
 from ragstore.search import FusionParams, parse_mode
 from ragstore.search.eval import collection_name, evaluate, ingest_records, load_beir
+from ragstore.search.hybrid import (
+    DEFAULT_FULLTEXT_WEIGHT,
+    DEFAULT_RRF_K,
+    DEFAULT_VECTOR_WEIGHT,
+)
 from ragstore.search.service import MODES, Mode
 
 console = Console(highlight=False, soft_wrap=True)
@@ -31,9 +36,9 @@ def register(app: typer.Typer) -> None:
                                               help="Scratch collection (default eval-<dataset>)."),
         limit: int | None = typer.Option(None, "--limit", min=1,
                                          help="Evaluate only the first N judged queries."),
-        rrf_k: float = typer.Option(60.0, "--rrf-k", help="RRF constant (hybrid)."),
-        vector_weight: float = typer.Option(1.0, "--vector-weight"),
-        fulltext_weight: float = typer.Option(1.0, "--fulltext-weight"),
+        rrf_k: float = typer.Option(DEFAULT_RRF_K, "--rrf-k", help="RRF constant (hybrid)."),
+        vector_weight: float = typer.Option(DEFAULT_VECTOR_WEIGHT, "--vector-weight"),
+        fulltext_weight: float = typer.Option(DEFAULT_FULLTEXT_WEIGHT, "--fulltext-weight"),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     ) -> None:
         """Ingest a BEIR dataset into a cached scratch collection and score each search mode."""

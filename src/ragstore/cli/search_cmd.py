@@ -13,6 +13,11 @@ from ragstore.models import Hit
 from ragstore.runtime import Runtime
 from ragstore.search import FusionParams, parse_filter, parse_mode
 from ragstore.search import search as run_search
+from ragstore.search.hybrid import (
+    DEFAULT_FULLTEXT_WEIGHT,
+    DEFAULT_RRF_K,
+    DEFAULT_VECTOR_WEIGHT,
+)
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -58,10 +63,10 @@ def register(app: typer.Typer) -> None:
                                      help="Show each list's rank and raw score."),
         ef_search: int | None = typer.Option(None, "--ef-search", min=1, max=1000,
                                              help="HNSW ef_search for this query."),
-        rrf_k: float = typer.Option(60.0, "--rrf-k", help="RRF constant (hybrid)."),
-        vector_weight: float = typer.Option(1.0, "--vector-weight",
+        rrf_k: float = typer.Option(DEFAULT_RRF_K, "--rrf-k", help="RRF constant (hybrid)."),
+        vector_weight: float = typer.Option(DEFAULT_VECTOR_WEIGHT, "--vector-weight",
                                             help="Weight of the vector list (hybrid)."),
-        fulltext_weight: float = typer.Option(1.0, "--fulltext-weight",
+        fulltext_weight: float = typer.Option(DEFAULT_FULLTEXT_WEIGHT, "--fulltext-weight",
                                               help="Weight of the full-text list (hybrid)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
         context: str | None = typer.Option(None, "--context", help="N neighbouring chunks "

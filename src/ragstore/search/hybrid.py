@@ -19,6 +19,8 @@ from psycopg import sql
 from ragstore.errors import InputError
 
 DEFAULT_RRF_K = 60.0
+DEFAULT_VECTOR_WEIGHT = 1.0
+DEFAULT_FULLTEXT_WEIGHT = 1.0
 
 K = TypeVar("K", bound=Hashable)
 
@@ -28,8 +30,8 @@ class FusionParams:
     """The RRF constant and the weight of each list (vector, full-text)."""
 
     k: float = DEFAULT_RRF_K
-    vector_weight: float = 1.0
-    fulltext_weight: float = 1.0
+    vector_weight: float = DEFAULT_VECTOR_WEIGHT
+    fulltext_weight: float = DEFAULT_FULLTEXT_WEIGHT
 
     def __post_init__(self) -> None:
         if not 0 <= self.k <= 10_000:

@@ -130,7 +130,7 @@ def _run(rt: Runtime, query: str, collection: str, p: SearchParams) -> list[Hit]
     ranked: list[tuple[str, str]] = []
 
     if p.mode in ("vector", "hybrid"):
-        values["q"] = rt.embedder_for(coll).embed([query])[0]
+        values["q"] = rt.embedder_for(coll).embed_query(query)
         ctes.append(sql.SQL("vec AS MATERIALIZED ({})").format(
             _vector_sql(coll, compiled.condition, filtered)))
         ctes.append(sql.SQL("vec_ranked AS (SELECT chunk_id, raw, row_number() OVER"
