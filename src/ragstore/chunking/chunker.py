@@ -277,6 +277,12 @@ def chunk_document(doc: ParsedDocument, counter: TokenCounter, max_tokens: int) 
     chunks: list[Chunk] = []
     headings: list[tuple[int, int]] = []  # (level, chunk ordinal) of open headings
     blocks = doc.blocks
+    paths = list({b.section_path: None for b in blocks
+                  if b.type is not ChunkType.HEADING and b.section_path})
+    full = counter.count_tokens([" > ".join(p[:200] for p in path) for path in paths])
+    for path, n in zip(paths, full, strict=True):  # one tokenizer call for the usual case
+        if n - counter.special_tokens <= limit // 4:
+            contexts[path] = (" > ".join(p[:200] for p in path), n - counter.special_tokens)
     ctx = [("", 0) if b.type is ChunkType.HEADING
            else _context(b.section_path, counter, limit // 4, contexts) for b in blocks]
     # blocks far too long to fit are not tokenized whole: they are split in windows
