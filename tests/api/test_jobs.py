@@ -1,0 +1,138 @@
+"""Background ingest: 202 with a job, progress and per-document errors, and a job that a
+killed worker leaves half-done and another worker finishes with no duplicate chunks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from ragstore import Client
+from ragstore.config import Settings
+from ragstore.jobs.worker import run_worker
+from tests.api.conftest import with_
+
+WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+         "november oscar papa quebec romeo sierra tango uniform victor whiskey xray").split()
+
+
+def _doc(i: int) -> bytes:
+    paras = []
+    for p in range(8):
+        words = [WORDS[(i * 7 + p * 3 + j) % len(WORDS)] for j in range(45)]
+        paras.append(f"Document {i} paragraph {p}: " + " ".join(words) + ".")
+    return (f"# Report {i}\n\n" + "\n\n".join(paras) + "\n").encode()
+
+
+@pytest.fixture(scope="module")
+def jobs_settings(settings: Settings) -> Settings:
+    return with_(settings, worker_heartbeat_s=0.5, worker_stalled_after_s=2.0,
+                 ingest_batch_chunks=1)
+
+
+@pytest.fixture(scope="module")
+def api(open_url: str) -> Iterator[Client]:
+    with Client(open_url) as c:
+        yield c
+
+
+def test_background_document_is_a_job_that_a_worker_finishes(api: Client,
+                                                             jobs_settings: Settings) -> None:
+    api.create_collection("bg")
+    job = api.add_document("bg", "later.md", "# Later\n\ningested by a worker", background=True)
+    assert job["status"] == "queued" and job["total_documents"] == 1
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 1
+    assert done["documents_done"] == 1 and done["chunks_done"] == 2 and done["errors"] == []
+    assert [d["name"] for d in api.list_documents("bg")["data"]] == ["later.md"]
+    listed = api.list_jobs(status="succeeded", collection="bg")
+    assert [j["id"] for j in listed["data"]] == [job["id"]]
+
+
+def test_job_reports_each_failed_document(api: Client, jobs_settings: Settings) -> None:
+    job = api.upload("bg", [("good.md", b"# Good\n\nfine text"), ("empty.xyz", b"")],
+                     background=True)
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.wait_for_job(job["id"], timeout=5)
+    assert done["status"] == "succeeded" and done["documents_done"] == 2
+    assert done["errors"] == [{"document": "empty.xyz", "code": "unsupported_format",
+                               "detail": done["errors"][0]["detail"]}]
+    assert done["summary"]["added"] == 1 and done["summary"]["failed"] == 1
+
+
+def test_large_upload_goes_to_a_job_by_itself(api: Client, jobs_settings: Settings,
+                                              settings: Settings) -> None:
+    big = b"word " * (settings.background_ingest_bytes // 5 + 10)
+    job = api.upload("bg", [("big.txt", big)])
+    assert job["status"] == "queued" and "id" in job
+    run_worker(jobs_settings, burst=True, signals=False)
+    assert api.get_job(job["id"])["status"] == "succeeded"
+
+
+def test_jobs_page_newest_first_by_cursor(api: Client) -> None:
+    first = api.list_jobs(limit=2)
+    rest = api.list_jobs(limit=2, cursor=first["next_cursor"])
+    ids = [j["id"] for j in first["data"] + rest["data"]]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 3
+
+
+def _counts(url: str, collection: str) -> tuple[int, int, int]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM documents d JOIN collections c"
+            "        ON c.id = d.collection_id WHERE c.name = %(n)s),"
+            " (SELECT count(*) FROM chunks k JOIN collections c"
+            "        ON c.id = k.collection_id WHERE c.name = %(n)s),"
+            " (SELECT count(*) FROM (SELECT DISTINCT k.document_id, k.ordinal FROM chunks k"
+            "        JOIN collections c ON c.id = k.collection_id WHERE c.name = %(n)s) u)",
+            {"n": collection}).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def test_killed_worker_job_is_finished_by_another_without_duplicates(
+        api: Client, jobs_settings: Settings, cli_env: dict[str, str]) -> None:
+    total = 30
+    api.create_collection("big")
+    job = api.upload("big", [(f"r{i:02d}.md", _doc(i)) for i in range(total)], background=True)
+    env = {**os.environ, **cli_env, "RAGSTORE_WORKER_HEARTBEAT_S": "0.5",
+           "RAGSTORE_WORKER_STALLED_AFTER_S": "2", "RAGSTORE_INGEST_BATCH_CHUNKS": "1",
+           "RAGSTORE_LOG_LEVEL": "warning"}
+    first = subprocess.Popen([sys.executable, "-c", "from ragstore.cli import main; main()",
+                              "worker"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            state = api.get_job(job["id"])
+            if state["documents_done"] >= 3:
+                break
+            assert state["status"] in ("queued", "running"), state
+            assert first.poll() is None, "the first worker exited"
+            assert time.monotonic() < deadline, "the first worker made no progress"
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    url = cli_env["RAGSTORE_DATABASE_URL"]
+    docs_left, _, _ = _counts(url, "big")
+    half = api.get_job(job["id"])
+    assert half["status"] == "running" and 0 < docs_left < total, (half, docs_left)
+    time.sleep(2.5)  # the dead worker's heartbeat goes stale
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+    assert done["documents_done"] == total and done["errors"] == []
+    assert done["summary"]["unchanged"] >= docs_left
+    assert done["summary"]["added"] + done["summary"]["unchanged"] == total
+    docs, chunks, distinct = _counts(url, "big")
+    assert docs == total and chunks == distinct == total * 9
