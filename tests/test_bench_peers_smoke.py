@@ -1,0 +1,104 @@
+"""The peer benchmark's own parts that need no peer package: its metrics, its corpus, the
+ragstore adapter end to end on three SciFact documents, and the report table."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from bench.peers import metrics
+from bench.peers.corpus import SCIFACT, Corpus, chunk_files, load_scifact, write_files
+from bench.peers.report import ROWS, markdown
+from bench.peers.systems import Ragstore, _sqlalchemy_url
+
+
+def test_ndcg_matches_hand_computed_values() -> None:
+    qrels = {"q1": {"a": 1}, "q2": {"b": 2, "c": 1}}
+    perfect = {"q1": ["a"], "q2": ["b", "c"]}
+    assert metrics.ndcg_at_k(perfect, qrels) == pytest.approx(1.0)
+    # q1: relevant doc at rank 2 -> 1/log2(3); q2: nothing found -> 0
+    run = {"q1": ["x", "a"], "q2": ["y"]}
+    assert metrics.ndcg_at_k(run, qrels) == pytest.approx((1 / math.log2(3)) / 2)
+
+
+def test_docs_from_chunks_keeps_first_appearance() -> None:
+    assert metrics.docs_from_chunks(["7:0", "3:1", "7:2", "9:0"], k=2) == ["7", "3"]
+
+
+def test_exact_top_k_and_recall() -> None:
+    chunks = np.eye(4, dtype=np.float32)
+    queries = np.array([[0.9, 0.1, 0, 0], [0, 0, 0.2, 0.8]], dtype=np.float32)
+    top = metrics.exact_top_k(chunks, queries, 2)
+    assert top.tolist() == [[0, 1], [3, 2]]
+    exact = {"q1": ["a", "b"], "q2": ["c", "d"]}
+    assert metrics.recall_at_k({"q1": ["b", "a"], "q2": ["c", "x"]}, exact, 2) == 0.75
+    assert metrics.recall_at_k({"q1": ["a", "b"]}, exact, 2) == 1.0  # q2 not run: not counted
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios() -> None:
+    assert metrics.paired_ratio([2.0, 6.0, 3.0], [1.0, 2.0, 3.0]) == 2.0
+    assert metrics.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+
+
+def test_subset_keeps_every_judged_document() -> None:
+    corpus = load_scifact(SCIFACT, max_docs=400)
+    judged = {d for rel in corpus.qrels.values() for d in rel}
+    assert len(corpus.docs) == 400
+    assert judged <= corpus.docs.keys()
+    assert len(corpus.queries) == 300 and corpus.queries.keys() == corpus.qrels.keys()
+
+
+def test_sqlalchemy_url_keeps_the_socket() -> None:
+    url = "postgresql://postgres:@/lc_r0?host=/tmp/x/pg"
+    assert _sqlalchemy_url(url, "psycopg") == "postgresql+psycopg://postgres@/lc_r0?host=/tmp/x/pg"
+
+
+def test_ragstore_adapter_ingests_searches_and_skips_unchanged(
+        database_url: str, tmp_path: Path) -> None:
+    full = load_scifact(SCIFACT)
+    ids = ["4983", "5836", "7912"]
+    corpus = Corpus({i: full.docs[i] for i in ids}, {}, {})
+    docs = tmp_path / "docs"
+    write_files(corpus, docs)
+    chunks = chunk_files(docs)
+    assert {c["doc"] for c in chunks} == set(ids)
+    system = Ragstore({"database_url": database_url, "work_dir": str(tmp_path),
+                       "docs_dir": str(docs), "batch_size": 64})
+    system.open()
+    try:
+        assert system.ingest() == len(chunks)
+        title = full.docs["5836"].split("\n", 1)[0]
+        hits = system.search(title, 3)
+        assert hits[0].startswith("5836:")
+        assert set(hits) <= {c["key"] for c in chunks}
+        assert system.reingest() == 0  # unchanged files: nothing embedded again
+        assert system.disk_bytes() > 0
+    finally:
+        system.close()
+
+
+def _fake_report() -> dict[str, Any]:
+    def sys_block(x: float) -> dict[str, Any]:
+        med = {key: x for key, _, _ in ROWS}
+        return {"median": med, "ratio_to_ragstore": {k: 2.0 for k in med}}
+
+    summary = {"ragstore": sys_block(1.0), "chroma": sys_block(3.0),
+               "encode": {"median": {"encode_s": 4.0, "chunks_per_s": 250.0}}}
+    summary["ragstore"]["median"].update(hybrid_ndcg_at_10=0.7, hybrid_p50_ms=9.0)
+    return {"summary": summary, "machine": {"nproc": 2, "cpu": "X", "ram_gib": 24.0,
+                                            "python": "3.11"},
+            "quick": True, "date": "2026-11-25 06:00 UTC", "wall_s": 300.0, "docs": 1000,
+            "chunks": 1800, "queries": 300, "rounds": 2, "batch_size": 64, "clients": 8,
+            "threads": 1, "latency_queries": 100,
+            "versions": {"project env": {"torch": "2.13.0"}, "bench env": {"chromadb": "1"}}}
+
+
+def test_report_table_has_a_row_per_figure_and_ratios_for_peers() -> None:
+    text = markdown(_fake_report(), "python -m bench.peers --quick")
+    assert "| figure | ragstore | chroma |" in text
+    assert "| ingest, chunks/s | 1.0 | 3.0 (2.00×) |" in text
+    assert "nDCG@10, ragstore hybrid | 0.700" in text
+    assert "`python -m bench.peers --quick`" in text and "chromadb 1" in text
