@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePath
 from typing import Any
 
@@ -13,6 +14,7 @@ from mdit_py_plugins.front_matter import front_matter_plugin
 from ragstore.errors import CorruptDocumentError
 from ragstore.models import Block, ChunkType, ParsedDocument
 
+_NEWLINE = re.compile("\n")
 _md = MarkdownIt("commonmark").enable("table").use(front_matter_plugin)
 
 _CONTAINERS = {
@@ -24,12 +26,7 @@ _CONTAINERS = {
 
 
 def _line_offsets(text: str) -> list[int]:
-    offsets = [0]
-    for i, ch in enumerate(text):
-        if ch == "\n":
-            offsets.append(i + 1)
-    offsets.append(len(text))
-    return offsets
+    return [0, *(m.end() for m in _NEWLINE.finditer(text)), len(text)]
 
 
 def _front_matter(token: Token, name: str) -> dict[str, Any]:
