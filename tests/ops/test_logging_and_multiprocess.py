@@ -1,0 +1,95 @@
+"""Log rendering and redaction rules, and metrics merged across worker processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ragstore.observability.logging import bind_request, configure_logging, get_logger
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _lines(buffer: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+
+
+def test_secrets_are_masked_and_queries_dropped_by_default() -> None:
+    out = io.StringIO()
+    configure_logging("info", log_format="json", stream=out)
+    try:
+        with bind_request("req-7", collection="handbook"):
+            get_logger("ragstore.test").info(
+                "searched", query="where is the payroll file", api_key="rsk_abc",
+                database_url="postgresql://u:pw@h/db",
+                note="connecting to postgresql://app:hunter2@db:5432/x failed")
+    finally:
+        configure_logging("warning", log_format="json")
+    [line] = _lines(out)
+    assert line["request_id"] == "req-7" and line["collection"] == "handbook"
+    assert "query" not in line
+    assert line["api_key"] == "**********" and line["database_url"] == "**********"
+    assert line["note"] == "connecting to postgresql://app:**********@db:5432/x failed"
+    assert list(line)[:3] == ["timestamp", "level", "event"]
+
+
+def test_queries_are_logged_when_turned_on() -> None:
+    out = io.StringIO()
+    configure_logging("info", log_format="json", log_queries=True, stream=out)
+    try:
+        get_logger("ragstore.test").info("searched", query="where is the payroll file")
+    finally:
+        configure_logging("warning", log_format="json")
+    assert _lines(out)[0]["query"] == "where is the payroll file"
+
+
+def test_a_terminal_gets_readable_lines_not_json() -> None:
+    out = _Terminal()
+    configure_logging("info", stream=out)
+    try:
+        get_logger("ragstore.test").info("ingested", documents=3)
+    finally:
+        configure_logging("warning", log_format="json")
+    text = out.getvalue()
+    assert "ingested" in text and "documents=3" in text
+    assert not text.lstrip().startswith("{")
+
+
+_CHILD = """
+import sys
+from ragstore.observability import metrics
+metrics.observe_http("POST", "/v1/collections/{name}/search", 200, 0.02)
+metrics.observe_search("vector", 0.01, 5)
+metrics.POOL_MAX.set(10)
+if len(sys.argv) > 1:
+    metrics.mark_process_dead_at_exit()
+"""
+
+
+def test_metrics_of_several_processes_are_merged(tmp_path: Path) -> None:
+    folder = tmp_path / "prom"
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    # two writers exit cleanly (their live gauges go); one stays "alive" (its file stays)
+    for argv in (["dead"], ["dead"], []):
+        subprocess.run([sys.executable, "-c", _CHILD, *argv], env=env, check=True, timeout=120)
+    render = ("import sys; from ragstore.observability import metrics; "
+              "sys.stdout.write(metrics.render().decode())")
+    text = subprocess.run([sys.executable, "-c", render], env=env, check=True, timeout=120,
+                          capture_output=True, text=True).stdout
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    key = ("ragstore_http_requests_total",
+           (("method", "POST"), ("route", "/v1/collections/{name}/search"), ("status", "200")))
+    assert samples[key] == 3
+    assert samples[("ragstore_search_duration_seconds_count", (("mode", "vector"),))] == 3
+    # livesum gauges count live processes only: the two that exited are gone
+    assert samples[("ragstore_db_pool_max_connections", ())] == 10
