@@ -196,6 +196,17 @@ class Client:
     def model_status(self, collection: str) -> dict[str, Any]:
         return cast(dict[str, Any], self._json("GET", f"/v1/collections/{collection}/model"))
 
+    def migrate_model(self, collection: str, to: str, *, batch_size: int = 256,
+                      switch: bool = True, sample_queries: int = 8) -> dict[str, Any]:
+        body = {"to": to, "batch_size": batch_size, "switch": switch,
+                "sample_queries": sample_queries}
+        return cast(dict[str, Any], self._json(
+            "POST", f"/v1/collections/{collection}/model/migrate", json=body))
+
+    def rollback_model(self, collection: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json(
+            "POST", f"/v1/collections/{collection}/model/rollback"))
+
     # --- jobs ----------------------------------------------------------------------------
 
     def get_job(self, job_id: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from ragstore.errors import (
     InvalidFilterError,
     JobNotFoundError,
     MethodNotAllowedError,
+    MigrationStateError,
     ModelNotFoundError,
     NotFoundError,
     UnsupportedFormatError,
@@ -168,9 +169,9 @@ def test_upload_multipart_files_ingests_them(docs: Client) -> None:
 
 
 def test_upload_of_unknown_format_is_unsupported_format(docs: Client) -> None:
-    with pytest.raises(UnsupportedFormatError, match="unsupported file type '.xyz'"):
+    with pytest.raises(UnsupportedFormatError, match=r"unsupported file type '\.xyz'"):
         docs.upload("docs", [("data.xyz", b"")])
-    with pytest.raises(BinaryFileError, match="unsupported binary file type '.xyz'"):
+    with pytest.raises(BinaryFileError, match=r"unsupported binary file type '\.xyz'"):
         docs.upload("docs", [("data.xyz", b"\x00\x01\x02 not a known format")])
 
 
@@ -273,3 +274,15 @@ def test_openapi_document_has_every_resource_and_examples(open_url: str) -> None
     assert create["examples"] == ["handbook"]
     search_404 = spec["paths"]["/v1/collections/{name}/search"]["post"]["responses"]["404"]
     assert "application/problem+json" in search_404["content"]
+
+
+def test_model_migrate_and_rollback_refuse_what_cannot_be_done(docs: Client) -> None:
+    active = docs.model_status("docs")["active_model"]
+    with pytest.raises(MigrationStateError, match="already uses"):
+        docs.migrate_model("docs", active)
+    with pytest.raises(ModelNotFoundError):
+        docs.migrate_model("docs", "no-such-model")
+    with pytest.raises(MigrationStateError, match="no previous model"):
+        docs.rollback_model("docs")
+    with pytest.raises(CollectionNotFoundError):
+        docs.rollback_model("missing")

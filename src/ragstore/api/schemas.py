@@ -150,6 +150,34 @@ class ModelStatusPublic(BaseModel):
     spaces: list[SpacePublic]
 
 
+class MigrateRequest(Strict):
+    to: str = Field(min_length=1, max_length=300, examples=["all-MiniLM-L6-v2@gt-0.1.0"],
+                    description="Target model: NAME or NAME@REVISION (pinned first).")
+    batch_size: int = Field(256, ge=1, le=100_000)
+    switch: bool = Field(True, description="Switch to the new model once validated.")
+    sample_queries: int = Field(8, ge=0, le=1000)
+
+
+class MigrationPublic(BaseModel):
+    collection: str
+    source: str
+    target: str
+    total: int
+    resumed_from: int
+    embedded: int
+    seconds: float
+    sample_queries: int
+    sample_self_recall: float
+    switched: bool
+    notes: list[str]
+
+
+class RollbackPublic(BaseModel):
+    collection: str
+    previous: str = Field(description="The model that was active.")
+    active: str = Field(description="The model now active again.")
+
+
 # --- jobs --------------------------------------------------------------------------------
 
 class JobError(BaseModel):
