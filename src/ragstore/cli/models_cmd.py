@@ -91,6 +91,10 @@ def add_cmd(
                                     help="Environment variable holding the API key (HTTP)."),
     tokenizer: str | None = typer.Option(None, "--tokenizer",
                                          help="Local tokenizer directory for chunking (HTTP)."),
+    query_prefix: str = typer.Option("", "--query-prefix",
+                                     help="Prepended to queries (e5: 'query: ')."),
+    passage_prefix: str = typer.Option("", "--passage-prefix",
+                                       help="Prepended to documents (e5: 'passage: ')."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Pin a model: hash its weights (or probe the endpoint) and record its spec."""
@@ -98,12 +102,16 @@ def add_cmd(
         if provider == LOCAL_PROVIDER:
             pinned = add_local_model(rt, source, name=name, revision=revision,
                                            distance=distance, normalize=normalize,
-                                           max_tokens=max_tokens, truncate_dim=truncate_dim)
+                                           max_tokens=max_tokens, truncate_dim=truncate_dim,
+                                           query_prefix=query_prefix,
+                                           passage_prefix=passage_prefix)
         elif provider == HTTP_PROVIDER:
             pinned = add_http_model(rt, source, name=name, remote_model=remote_model,
                                           revision=revision, distance=distance,
                                           normalize=normalize, max_tokens=max_tokens or 512,
-                                          api_key_env=api_key_env, tokenizer=tokenizer)
+                                          api_key_env=api_key_env, tokenizer=tokenizer,
+                                          query_prefix=query_prefix,
+                                          passage_prefix=passage_prefix)
         else:
             raise InputError(f"--provider {provider!r} is not one of {LOCAL_PROVIDER}, "
                              f"{HTTP_PROVIDER}")

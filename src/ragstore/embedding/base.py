@@ -28,7 +28,16 @@ class Embedder(ABC):
         """Embed one batch; rows are L2-normalised when the spec says so."""
 
     def embed(self, texts: Sequence[str]) -> Vectors:
-        """Embed any number of texts in batches of ``batch_size``."""
+        """Embed documents' texts (passages), with the spec's ``passage_prefix`` if any.
+
+        Models such as e5 are trained with ``passage: `` / ``query: `` prefixes; the pin
+        records them (``options``) so every process embeds the same way.
+        """
+        prefix = str(self.spec.options.get("passage_prefix", ""))
+        return self.embed_texts([prefix + t for t in texts] if prefix else texts)
+
+    def embed_texts(self, texts: Sequence[str]) -> Vectors:
+        """Embed texts exactly as given, in batches of ``batch_size``."""
         if not texts:
             return np.zeros((0, self.spec.dimension), dtype=np.float32)
         parts = [self.embed_batch(texts[i:i + self.batch_size])
@@ -47,7 +56,8 @@ class Embedder(ABC):
         hit = cache.get(self.spec.key, text)
         if hit is not None:
             return hit
-        return cache.put(self.spec.key, text, self.embed([text])[0])
+        prefix = str(self.spec.options.get("query_prefix", ""))
+        return cache.put(self.spec.key, text, self.embed_texts([prefix + text])[0])
 
     @abstractmethod
     def count_tokens(self, texts: Sequence[str]) -> list[int]:

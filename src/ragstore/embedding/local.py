@@ -75,9 +75,9 @@ class SentenceTransformerEmbedder(Embedder):
         self._truncate = int(truncate) if truncate else None
 
     def embed_batch(self, texts: Sequence[str]) -> Vectors:
-        return self.embed(texts)
+        return self.embed_texts(texts)
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
+    def embed_texts(self, texts: Sequence[str]) -> Vectors:
         # encode() batches and length-sorts itself; one call per round keeps that global.
         if not texts:
             return np.zeros((0, self.spec.dimension), dtype=np.float32)

@@ -145,7 +145,8 @@ def _check_common(name: str, distance: str, max_tokens: int | None) -> None:
 
 def add_local_model(rt: Runtime, path: str, *, name: str, revision: str | None = None,
                     distance: str = "cosine", normalize: bool = True,
-                    max_tokens: int | None = None, truncate_dim: int | None = None) -> PinnedModel:
+                    max_tokens: int | None = None, truncate_dim: int | None = None,
+                    query_prefix: str = "", passage_prefix: str = "") -> PinnedModel:
     """Pin a sentence-transformers model from a local directory (nothing is downloaded).
 
     The directory is hashed (the pin), loaded once to read its dimension and maximum
@@ -165,6 +166,7 @@ def add_local_model(rt: Runtime, path: str, *, name: str, revision: str | None =
     options: dict[str, Any] = {"path": stored_path}
     if truncate_dim:
         options["truncate_dim"] = int(truncate_dim)
+    options.update(_prefixes(query_prefix, passage_prefix))
     draft = ModelSpec(LOCAL_PROVIDER, name, revision or checksum.split(":")[-1][:12], 1,
                       distance, normalize, max_tokens or 512, checksum, options)
     embedder = SentenceTransformerEmbedder(draft, where, device=rt.settings.device,
@@ -183,7 +185,8 @@ def add_http_model(rt: Runtime, base_url: str, *, name: str, remote_model: str |
                    revision: str | None = None, distance: str = "cosine", normalize: bool = True,
                    max_tokens: int = 512, api_key_env: str = DEFAULT_API_KEY_ENV,
                    tokenizer: str | None = None, timeout_s: float = 30.0,
-                   max_retries: int = 5, batch_size: int = 64) -> PinnedModel:
+                   max_retries: int = 5, batch_size: int = 64, query_prefix: str = "",
+                   passage_prefix: str = "") -> PinnedModel:
     """Pin a model served by an OpenAI-compatible ``/v1/embeddings`` endpoint.
 
     The endpoint is asked for the probe vector: its length is the dimension and its hash
@@ -194,7 +197,8 @@ def add_http_model(rt: Runtime, base_url: str, *, name: str, remote_model: str |
     options: dict[str, Any] = {"base_url": base_url.rstrip("/"),
                                "model": remote_model or name, "api_key_env": api_key_env,
                                "timeout_s": timeout_s, "max_retries": max_retries,
-                               "batch_size": batch_size}
+                               "batch_size": batch_size,
+                               **_prefixes(query_prefix, passage_prefix)}
     if tokenizer:
         options["tokenizer"] = (tokenizer if tokenizer.startswith("package:")
                                 else str(Path(tokenizer).expanduser().resolve()))
@@ -231,3 +235,13 @@ def _native_max_tokens(where: Path) -> int:
         return int(json.loads(config.read_text())["max_seq_length"])
     except (OSError, ValueError, KeyError, TypeError):
         return 512
+
+
+def _prefixes(query_prefix: str, passage_prefix: str) -> dict[str, str]:
+    """The instruction prefixes some models need (e5: ``query: `` and ``passage: ``)."""
+    out = {}
+    if query_prefix:
+        out["query_prefix"] = query_prefix
+    if passage_prefix:
+        out["passage_prefix"] = passage_prefix
+    return out
