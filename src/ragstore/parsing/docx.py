@@ -25,8 +25,11 @@ from ragstore.parsing.structure import BlockBuilder, pipe_table
 _HEADING = re.compile(r"^heading\s*(\d)$", re.IGNORECASE)
 
 
-def _kind(p: Paragraph) -> tuple[ChunkType, int]:
-    style = (p.style.name if p.style is not None else "") or ""
+def _kind(p: Paragraph, style_names: dict[str, str]) -> tuple[ChunkType, int]:
+    # the style id read straight from the XML, named through a table built once: asking
+    # python-docx for ``p.style`` resolves the styles part again for every paragraph
+    style_id = p._p.style
+    style = style_names.get(style_id, style_id) if style_id else ""
     lowered = style.lower()
     match = _HEADING.match(style)
     if match:
@@ -69,11 +72,12 @@ def parse_docx(data: bytes, name: str) -> ParsedDocument:
         raise CorruptDocumentError(
             f"{name}: damaged DOCX ({type(exc).__name__}: {exc}); re-save it as .docx"
         ) from None
+    style_names = {str(st.style_id): str(st.name) for st in doc.styles if st.style_id}
     out = BlockBuilder()
     pending: list[str] = []  # consecutive list items
     for item in doc.iter_inner_content():
         if isinstance(item, Paragraph):
-            kind, level = _kind(item)
+            kind, level = _kind(item, style_names)
             if kind is ChunkType.LIST:
                 if item.text.strip():
                     pending.append("- " + item.text.strip())
