@@ -22,6 +22,7 @@ from ragstore.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ragstore.api.routes import collections, documents, health, jobs, models, search
 from ragstore.auth import KeyStore, RateLimiter
 from ragstore.config import Settings, get_settings
+from ragstore.db.database import Database
 from ragstore.errors import ConfigError, RagstoreError
 from ragstore.jobs import build_queue
 from ragstore.observability.http import install_observability
@@ -78,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(_warm_up, rt)
         except RagstoreError as exc:
             log.warning("not ready at start (see /readyz): %s", exc)
-        db = rt.raw_db()
+        db = Database.from_settings(settings)  # connects lazily: start even if it is down
         queue = build_queue(db.conninfo, sync=True)
         queue.open()
         if secure:
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             queue.close()
+            db.close()
             rt.close()
 
     app = FastAPI(
