@@ -185,3 +185,13 @@ def test_detected_language_is_the_programming_or_the_natural_language() -> None:
     assert detect_language(french) == "French"
     english = parse_bytes((MIXED / "notes.txt").read_bytes(), "notes.txt")
     assert detect_language(english) == "English"
+
+
+def test_html_keeps_an_articles_own_header_but_drops_the_sites() -> None:
+    page = (b"<html><body><header>Site menu</header><article><header><h1>Post title</h1>"
+            b"</header><p>Body text.<br>Second line.</p></article><footer>site foot</footer>"
+            b"</body></html>")
+    doc = parse_bytes(page, "post.html")
+    assert [(b.type.value, b.text) for b in doc.blocks] == [
+        ("heading", "Post title"), ("paragraph", "Body text. Second line.")]
+    assert doc.blocks[1].section_path == ("Post title",)

@@ -115,6 +115,8 @@ def parse_html(text: str, name: str) -> ParsedDocument:
                 "description", "author", "keywords"):
             metadata[key.lower()] = value
     for tag in soup.find_all(_DROP):
+        if tag.name in ("header", "footer") and tag.find_parent(("article", "main")):
+            continue  # an article's own header holds its title, not site chrome
         tag.decompose()
     for br in soup.find_all("br"):
         br.replace_with("\n")
