@@ -21,7 +21,7 @@ from ragstore.runtime import Runtime
 from tests.models.corpus import write_corpus
 
 COLL = "resume"
-TOTAL = 240  # 24 documents x 10 paragraphs, one chunk each (headings carry no vector)
+TOTAL = 120  # 12 documents x 10 paragraphs, one chunk each (headings carry no vector)
 
 
 def _building_table(rt: Runtime) -> str | None:
@@ -42,8 +42,8 @@ def _rows(rt: Runtime, table: str) -> dict[int, str]:
 
 def test_killed_migrate_resumes_without_re_embedding_finished_chunks(
         rt: Runtime, settings: Settings, tmp_path: Path) -> None:
-    report = ingest_paths(rt, [write_corpus(tmp_path, docs=24, paragraphs=10)], COLL)
-    assert report.chunks - 24 == TOTAL
+    report = ingest_paths(rt, [write_corpus(tmp_path, docs=12, paragraphs=10)], COLL)
+    assert report.chunks - 12 == TOTAL
     assert settings.database_url is not None
     env = {**os.environ, "RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
            "RAGSTORE_DATA_DIR": str(settings.data_dir), "RAGSTORE_PROFILE": "test",
@@ -52,7 +52,7 @@ def test_killed_migrate_resumes_without_re_embedding_finished_chunks(
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from ragstore.cli import main; main()", "models", "migrate",
-             COLL, "--to", TRUNCATED_MODEL, "--batch-size", "4"],
+             COLL, "--to", TRUNCATED_MODEL, "--batch-size", "2"],
             env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
@@ -60,12 +60,12 @@ def test_killed_migrate_resumes_without_re_embedding_finished_chunks(
         while time.monotonic() < deadline and proc.poll() is None:
             table = table or _building_table(rt)
             done = len(_rows(rt, table)) if table else 0
-            if done >= 4 and not refused:
+            if done >= 2 and not refused:
                 # a second migrate of the same collection is refused while one runs
                 with pytest.raises(MigrationStateError, match="another model migration"):
                     migrate(rt, COLL, TRUNCATED_MODEL)
                 refused = True
-            if done >= 16:
+            if done >= 8:
                 break
             time.sleep(0.02)
         assert proc.poll() is None, f"migrate ended before it was killed: {log.read_text()}"
@@ -78,7 +78,7 @@ def test_killed_migrate_resumes_without_re_embedding_finished_chunks(
     assert proc.returncode == -signal.SIGKILL and refused and table is not None
     assert rt.collection(COLL).model.key != resolve_spec(TRUNCATED_MODEL).key
     before = _rows(rt, table)
-    assert 16 <= len(before) < TOTAL, "killed midway, with whole batches committed"
+    assert 8 <= len(before) < TOTAL, "killed midway, with whole batches committed"
 
     resumed = migrate(rt, COLL, TRUNCATED_MODEL, batch_size=64)
     assert resumed.table == table, "the same space is resumed, not a new one"
