@@ -178,7 +178,7 @@ class Client:
     # --- search --------------------------------------------------------------------------
 
     def search(self, collection: str, query: str, *, k: int = 10, mode: str | None = None,
-               where: Mapping[str, Any] | None = None, context: int | None = None,
+               where: Mapping[str, Any] | None = None, context: int | str | None = None,
                explain: bool = False, ef_search: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"query": query, "k": k, "explain": explain}
         for key, value in (("mode", mode), ("where", where), ("context", context),

@@ -286,3 +286,17 @@ def test_model_migrate_and_rollback_refuse_what_cannot_be_done(docs: Client) -> 
         docs.rollback_model("docs")
     with pytest.raises(CollectionNotFoundError):
         docs.rollback_model("missing")
+
+
+def test_search_context_and_explain_come_back_with_hits(docs: Client) -> None:
+    near = docs.search("docs", "roll back a migration", k=1, mode="vector", context=1)
+    hit = near["data"][0]
+    assert hit["context_mode"] == "1"
+    assert [c["is_hit"] for c in hit["context"]].count(True) == 1
+    assert any(c["chunk_type"] == "heading" for c in hit["context"])
+    section = docs.search("docs", "kittens", k=1, context="section")
+    assert section["data"][0]["context_mode"] == "section"
+    explained = docs.search("docs", "kittens", k=1, explain=True)
+    assert explained["data"][0]["explain"]
+    with pytest.raises(InputError):
+        docs.search("docs", "kittens", context=99)

@@ -6,7 +6,7 @@ Field examples feed the OpenAPI document at ``/openapi.json``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -84,8 +84,10 @@ class SearchRequest(Strict):
         None, description="Search mode; the server's default when omitted.")
     where: dict[str, Any] | None = Field(
         None, examples=[{"metadata.team": "ops"}], description="Filter on chunk/document fields.")
-    context: int | None = Field(None, ge=0, le=20,
-                                description="Neighbouring chunks to return around each hit.")
+    context: Annotated[int, Field(ge=0, le=50)] | Literal["section"] | None = Field(
+        None, examples=[2, "section"],
+        description="Neighbouring chunks around each hit (0-50), or 'section' for the "
+                    "whole enclosing section (hits sharing one are merged).")
     explain: bool = False
     ef_search: int | None = Field(None, ge=1, le=1000)
 
@@ -103,7 +105,10 @@ class HitPublic(BaseModel):
     score: float
     metadata: dict[str, Any]
     explain: dict[str, Any] | None = None
-    context: Any | None = None
+    context: list[dict[str, Any]] | None = Field(
+        None, description="With `context`: the chunks around the hit, in document order.")
+    context_mode: str | None = None
+    merged_hits: list[int] | None = None
 
 
 class SearchResponse(BaseModel):

@@ -20,11 +20,12 @@ from ragstore.api.deps import CollectionName, ReadAccess, Rt
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import HitPublic, SearchRequest, SearchResponse
 from ragstore.errors import InputError
+from ragstore.search.context import parse_context, with_context
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["search"],
                    responses=responses(400, 404, 409))
 
-_OPTIONAL = ("mode", "where", "context", "explain", "ef_search")
+_OPTIONAL = ("mode", "where", "explain", "ef_search")
 
 
 def _accepted() -> set[str]:
@@ -54,8 +55,11 @@ async def search(name: CollectionName, body: SearchRequest, rt: Rt,
             raise InputError(f"this server's search does not support {option!r} yet")
         options[option] = value
     t0 = time.perf_counter()
-    hits = await run_in_threadpool(search_service.search, rt, body.query, collection=name,
-                                   k=body.k, **options)
+    hits: list[Any] = await run_in_threadpool(search_service.search, rt, body.query,
+                                              collection=name, k=body.k, **options)
+    if body.context is not None:
+        mode = parse_context(str(body.context))
+        hits = list(await run_in_threadpool(with_context, rt, hits, mode))
     took = (time.perf_counter() - t0) * 1000
     data = [_hit(h) for h in hits]
     return SearchResponse(collection=name, query=body.query, data=data, count=len(data),
