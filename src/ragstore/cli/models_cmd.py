@@ -199,8 +199,8 @@ def cancel_cmd(collection: str = typer.Argument(...)) -> None:
         dropped = cancel(rt, collection)
     if not dropped:
         err.print(f"no migration in progress in {collection!r}")
-    for sp in dropped:
-        err.print(f"cancelled the migration to {escape(sp.model.key)} ({sp.table} dropped)")
+    for sp, action in dropped:
+        err.print(f"cancelled the migration to {escape(sp.model.key)} ({sp.table} {action})")
 
 
 @app.command("status")

@@ -278,16 +278,27 @@ def prune(rt: Runtime, collection: str, *, dry_run: bool = False) -> list[spaces
     return retired
 
 
-def cancel(rt: Runtime, collection: str) -> list[spaces.Space]:
-    """Drop an unfinished migration's space (the active model is untouched)."""
+def cancel(rt: Runtime, collection: str) -> list[tuple[spaces.Space, str]]:
+    """Stop an unfinished migration; the active model is untouched.
+
+    A space built from scratch is dropped; one that was active before (a migration back to
+    a retired model) goes back to ``retired`` with its vectors, so rollback still works.
+    Returns each space with what was done to it (``dropped`` or ``retired``).
+    """
     coll = rt.collection(collection)
+    done: list[tuple[spaces.Space, str]] = []
     with _migration_lock(rt, coll), rt.db.connection() as conn, \
             translated(f"cancelling the migration of {coll.name!r}"):
         spaces.lock_collection(conn, coll.id, exclusive=True)
-        building = spaces.building_spaces(conn, coll.id)
-        for sp in building:
-            spaces.drop_space(conn, sp)
-    return building
+        for sp in spaces.building_spaces(conn, coll.id):
+            if sp.activated_at is not None:
+                spaces.ensure_index(conn, sp.table, sp.model.distance)
+                spaces.set_status(conn, sp.id, "retired")
+                done.append((sp, "retired"))
+            else:
+                spaces.drop_space(conn, sp)
+                done.append((sp, "dropped"))
+    return done
 
 
 def model_status(rt: Runtime, collection: str) -> list[dict[str, Any]]:
