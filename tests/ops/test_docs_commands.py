@@ -2,8 +2,9 @@
 
 Each page's runnable blocks are run in order, as one ``bash -euo pipefail`` script, in a
 fresh folder with a fresh embedded data dir (the page's commands share state, e.g. a
-backup written by one block and restored by the next). Blocks fenced as plain ``bash``
-show commands that need what CI lacks (Docker, a second host); the pages say so.
+backup written by one block and restored by the next). All pages start at once. Blocks
+fenced as plain ``bash`` show commands that need what CI lacks (Docker, a second host);
+the pages say so.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,19 +36,40 @@ def test_the_operations_pages_exist_and_show_runnable_commands() -> None:
         assert runnable_blocks(ROOT / "docs" / "operations" / name), f"{name}: no runnable block"
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if runnable_blocks(p)], ids=lambda p: p.name)
-def test_runnable_blocks_of_page_succeed(page: Path, tmp_path: Path) -> None:
-    script = "\n".join(["set -euo pipefail", *runnable_blocks(page)])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
-    env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "RAGSTORE_DATA_DIR": str(tmp_path / "data"),
-        "RAGSTORE_PROFILE": "dev",
-        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-    })
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, text=True,
-                            capture_output=True, timeout=400, check=False)
-    assert result.returncode == 0, (
-        f"{page.name}: exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
-        f"\n--- stderr\n{result.stderr[-4000:]}")
+RUNNABLE = [p for p in PAGES if runnable_blocks(p)]
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    """Every page's script, started at once (they share nothing; the CPU is the limit)."""
+    procs: dict[str, subprocess.Popen[str]] = {}
+    for page in RUNNABLE:
+        folder = tmp_path_factory.mktemp(page.stem)
+        script = "\n".join(["set -euo pipefail", *runnable_blocks(page)])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
+        env.update({
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            "RAGSTORE_DATA_DIR": str(folder / "data"),
+            "RAGSTORE_PROFILE": "dev",
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        })
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        procs[page.name] = subprocess.Popen(
+            ["bash", "-c", script], cwd=folder, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    yield procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("page", RUNNABLE, ids=lambda p: p.name)
+def test_runnable_blocks_of_page_succeed(
+        page: Path, started: dict[str, subprocess.Popen[str]]) -> None:
+    proc = started[page.name]
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, (
+        f"{page.name}: exit {proc.returncode}\n--- stdout\n{stdout[-4000:]}"
+        f"\n--- stderr\n{stderr[-4000:]}")
