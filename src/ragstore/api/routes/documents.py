@@ -31,7 +31,7 @@ from ragstore.api.routes.jobs import job_public
 from ragstore.api.schemas import DocumentCreate, DocumentPublic, DocumentsPublic, JobPublic
 from ragstore.db.errors import translated
 from ragstore.errors import FileTooLargeError, InputError, InvalidFilterError
-from ragstore.ingest import ingest_paths
+from ragstore.ingest import FileOutcome, ingest_paths
 from ragstore.jobs import JobFile, staging, submit_ingest
 from ragstore.runtime import Runtime
 
@@ -52,12 +52,21 @@ def _public(rt: Runtime, collection: str, doc: dict[str, Any],
 
 
 def _ingest_now(rt: Runtime, collection: str, files: list[JobFile]) -> list[DocumentPublic]:
+    """Ingest during the request: one ingest call per metadata (so the model encodes the
+    upload's chunks in shared batches); the first failure is raised after the rest are in."""
     coll = rt.collection(collection)
+    paths = [staging.stage(rt.settings, collection, f.name, f.content) for f in files]
+    outcomes: dict[str, FileOutcome] = {}
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(files):
+        groups.setdefault(json.dumps(f.metadata, sort_keys=True), []).append(i)
+    for meta, members in groups.items():
+        report = ingest_paths(rt, [paths[i] for i in members], collection=collection,
+                              metadata=json.loads(meta))
+        outcomes.update({o.source: o for o in report.outcomes})
     out = []
-    for f in files:
-        path = staging.stage(rt.settings, collection, f.name, f.content)
-        report = ingest_paths(rt, [path], collection=collection, metadata=f.metadata)
-        outcome = report.outcomes[0]
+    for f, path in zip(files, paths, strict=True):
+        outcome = outcomes[str(path.resolve())]
         if outcome.status == "failed":
             cls = error_class_for_code(outcome.code or "")
             raise cls(f"{f.name}: {_strip_path(outcome.error or 'ingest failed', path)}")
