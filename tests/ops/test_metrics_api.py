@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -124,6 +125,20 @@ def test_query_cache_hits_and_misses_reach_the_metrics(http: httpx.Client) -> No
 
     assert grew("hit") == 2
     assert grew("miss") == 1
+
+
+def test_a_queued_job_shows_in_the_queue_depth_and_age(http: httpx.Client) -> None:
+    http.post("/v1/collections", json={"name": "opsjobs"})
+    before = scrape(http)
+    queued = http.post("/v1/collections/opsjobs/documents",
+                       json={"name": "j.md", "text": "Queued for a worker.\n",
+                             "background": True})
+    assert queued.status_code == 202, queued.text
+    time.sleep(1.1)
+    after = scrape(http)
+    assert value(after, "ragstore_jobs", status="todo") == (
+        value(before, "ragstore_jobs", status="todo") + 1)
+    assert value(after, "ragstore_jobs_oldest_todo_age_seconds") >= 1.0
 
 
 def test_request_log_line_is_json_with_the_request_id_and_no_secret(

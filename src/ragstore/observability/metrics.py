@@ -239,9 +239,10 @@ class DatabaseCollector(Collector):
     """Per-collection sizes, job queue and data-dir disk usage, read at scrape time.
 
     ``connect`` opens a short-lived connection (the caller's pool or a direct one). The
-    result is cached for ``ttl_s`` so a scrape every few seconds costs one catalog query
-    per ``ttl_s`` (sooner after an ingest in this process). A failing database yields
-    ``ragstore_db_up 0`` instead of an error.
+    collection sizes are cached for ``ttl_s`` (refreshed sooner after an ingest in this
+    process), so a scrape every few seconds costs one catalog query per ``ttl_s``; the job
+    queue is read at every scrape. A failing database yields ``ragstore_db_up 0`` instead
+    of an error.
     """
 
     def __init__(self, connect: Callable[[], Any], *, data_dir: Path | None = None,
@@ -258,31 +259,30 @@ class DatabaseCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            generation = _data_generation
-            if time.monotonic() - self._at >= self._ttl or generation != self._generation:
-                self._cached = self._gather()
-                self._at = time.monotonic()
-                self._generation = generation
-            metrics = list(self._cached)
-        yield from metrics
+        up = GaugeMetricFamily("ragstore_db_up", "1 when the database answered the last scrape.")
+        out: list[Metric] = []
+        try:
+            with self._lock, self._connect() as conn:
+                generation = _data_generation
+                stale = time.monotonic() - self._at >= self._ttl
+                if stale or generation != self._generation:
+                    self._cached = _collection_metrics(conn)
+                    self._at = time.monotonic()
+                    self._generation = generation
+                # the queue is read at every scrape: two index-backed queries, and its age
+                # must not lag by the cache's lifetime
+                out = [*self._cached, *_job_metrics(conn)]
+            up.add_metric([], 1)
+        except Exception:  # a scrape must never fail because the database is down
+            up.add_metric([], 0)
+        yield up
+        yield from out
         yield from self._disk()
 
     def invalidate(self) -> None:
-        """Forget the cached figures (tests, and after an operator action)."""
+        """Forget the cached sizes (tests, and after an operator action)."""
         with self._lock:
             self._at = float("-inf")
-
-    def _gather(self) -> list[Metric]:
-        up = GaugeMetricFamily("ragstore_db_up", "1 when the database answered the last scrape.")
-        try:
-            with self._connect() as conn:
-                out = _collection_metrics(conn) + _job_metrics(conn)
-        except Exception:  # a scrape must never fail because the database is down
-            up.add_metric([], 0)
-            return [up]
-        up.add_metric([], 1)
-        return [up, *out]
 
     def _disk(self) -> list[Metric]:
         if self._data_dir is None or not self._data_dir.exists():
