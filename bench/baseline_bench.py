@@ -38,7 +38,7 @@ from ragstore.config import Settings
 from ragstore.imports import ImportOptions, Record, plan_import, run_import
 from ragstore.runtime import Runtime
 
-EF_STEPS = (40, 64, 100, 160, 256, 400)
+EF_STEPS = (40, 64, 100, 160, 256, 400, 600, 800, 1000)
 TARGET = 0.95
 
 HIT_SQL = ("WITH nn AS (SELECT chunk_id, embedding {op} %(q)s AS distance FROM {t}"
@@ -129,7 +129,7 @@ def sweep(conn: psycopg.Connection[Any], table: str, queries: Matrix, truth: np.
 
 
 def run_size(n: int, base: Matrix, texts: list[str], queries: Matrix, work: Path,
-             halfvec: bool, mem: str) -> dict[str, Any]:
+             halfvec: bool, mem: str, verify_ef: int | None) -> dict[str, Any]:
     print(f"== {n} vectors", flush=True)
     matrix = synthetic(base, n)
     truth, bf_times = brute_force(matrix, queries[:20])  # warm-up
@@ -143,7 +143,7 @@ def run_size(n: int, base: Matrix, texts: list[str], queries: Matrix, work: Path
     settings = Settings(data_dir=work / f"pg{n}", profile="test", model="all-MiniLM-L6-v2")
     with Runtime(settings) as rt:
         opts = ImportOptions(collection=f"bench{n}", model="all-MiniLM-L6-v2", backup=False,
-                             maintenance_work_mem=mem)
+                             maintenance_work_mem=mem, ef_search=verify_ef)
         t0 = time.perf_counter()
         plan = plan_import(rt, ArraySource(matrix, texts), opts)
         report = run_import(rt, plan, opts)
@@ -187,6 +187,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--no-halfvec", action="store_true")
+    ap.add_argument("--verify-ef-search", type=int, default=None,
+                    help="hnsw.ef_search of the import's own verification (default 100)")
     ap.add_argument("--maintenance-work-mem", default="2GB",
                     help="for the HNSW builds (the graph should fit in it)")
     ap.add_argument("--out", type=Path, default=CACHE / "results.json")
@@ -198,7 +200,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ragstore-bench-") as tmp:
         for n in args.sizes:
             results[str(n)] = run_size(n, base, texts, queries, Path(tmp),
-                                     not args.no_halfvec, args.maintenance_work_mem)
+                                     not args.no_halfvec, args.maintenance_work_mem,
+                                     args.verify_ef_search)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
