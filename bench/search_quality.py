@@ -31,6 +31,7 @@ from ragstore.search.eval import (
     load_beir,
     score_run,
 )
+from ragstore.search.hybrid import DEFAULT_RRF_K
 from ragstore.search.service import SearchParams, run
 
 RRF_KS = (10, 20, 40, 60, 100)
@@ -86,7 +87,10 @@ def main() -> None:
         print(f"{name}: {len(ds.corpus)} documents, {added} ingested now "
               f"({time.perf_counter() - t0:.0f}s)")
         results = evaluate(rt, ds, name)
-        rows = [(r.mode, "k=60, weights 1/1" if r.mode == "hybrid" else "", r) for r in results]
+        rows = [(r.mode, f"defaults: k={DEFAULT_RRF_K:g}, weights 1/1" if r.mode == "hybrid"
+                 else "", r) for r in results]
+        customary = evaluate(rt, ds, name, ["hybrid"], fusion=FusionParams(k=60))[0]
+        rows.append(("hybrid", "k=60 (the customary constant), weights 1/1", customary))
         if args.tune_queries:
             _, k, wf = tune(rt, args.data, name, args.tune_queries)
             fusion = FusionParams(k=k, fulltext_weight=wf)

@@ -28,7 +28,7 @@ def test_search_modes_where_and_explain_as_json(corpus: str,
     assert hits[0]["text"] == "Cats sleep for most of the day."
     assert hits[0]["explain"]["vector"]["rank"] == 1
     assert hits[0]["explain"]["fulltext"]["rank"] == 1
-    assert hits[0]["explain"]["rrf"]["k"] == 60
+    assert hits[0]["explain"]["rrf"]["k"] == 10
 
     assert run_cli("search", "tabby", "-c", corpus, "--json", "--mode", "fulltext",
                    "--where", '{"chunk_type": "table", "team": "pets"}') == 0

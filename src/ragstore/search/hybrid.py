@@ -18,7 +18,9 @@ from psycopg import sql
 
 from ragstore.errors import InputError
 
-DEFAULT_RRF_K = 60.0
+# Tuned on SciFact's train judgments (bench/search_quality.py): k=10 beat the customary 60
+# there (0.708 vs 0.701 nDCG@10) and on the held-out test split (0.714 vs 0.706).
+DEFAULT_RRF_K = 10.0
 DEFAULT_VECTOR_WEIGHT = 1.0
 DEFAULT_FULLTEXT_WEIGHT = 1.0
 
