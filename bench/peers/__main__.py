@@ -47,10 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     report = run(quick=args.quick, docs=args.docs, rounds=args.rounds,
                  peer_python=args.peer_python, systems=systems, threads=args.threads,
                  latency_queries=args.latency_queries, max_queries=args.max_queries)
-    out = REPO / "bench" / "results" / f"peers-{'quick' if args.quick else 'full'}.json"
+    kind = "quick" if args.quick else ("subset" if args.docs or args.max_queries else "full")
+    out = REPO / "bench" / "results" / f"peers-{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1), encoding="utf-8")
-    command = "python -m bench.peers" + (" --quick" if args.quick else "")
+    command = " ".join(["python -m bench.peers", *(sys.argv[1:] if argv is None else argv)])
     print(markdown(report, command))
     print(f"\nraw figures: {out}", file=sys.stderr)
     return 0

@@ -29,13 +29,19 @@ class Corpus:
 
 
 def load_scifact(data_dir: Path = SCIFACT, *, max_docs: int | None = None,
-                 seed: int = 13) -> Corpus:
-    """SciFact (test judgments), optionally cut to ``max_docs`` keeping every judged doc."""
+                 max_queries: int | None = None, seed: int = 13) -> Corpus:
+    """SciFact (test judgments), optionally cut to ``max_docs`` keeping every judged doc.
+
+    ``max_queries`` keeps the first test queries (file order of the judgments) and so only
+    their judged documents are guaranteed a place in the subset.
+    """
     qrels: dict[str, dict[str, int]] = {}
     with (data_dir / "qrels" / "test.tsv").open(encoding="utf-8") as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
             if int(row["score"]) > 0:
                 qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+    if max_queries is not None:
+        qrels = dict(list(qrels.items())[:max_queries])
     docs: dict[str, str] = {}
     with (data_dir / "corpus.jsonl").open(encoding="utf-8") as fh:
         for line in fh:

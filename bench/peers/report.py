@@ -35,7 +35,7 @@ def markdown(report: dict[str, Any], command: str) -> str:
     systems = [k for k in s if k != "encode"]
     m = report["machine"]
     lines = [
-        f"### {'Quick' if report['quick'] else 'Full'} run, {report['date']}",
+        f"### Run of {report['date']}: {report['docs']:,} documents",
         "",
         f"Command: `{command}` ({report['wall_s'] / 60:.1f} min wall). Machine: "
         f"{m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, Python {m['python']}; CPU "

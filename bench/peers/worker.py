@@ -62,6 +62,7 @@ def _encode_baseline(spec: dict[str, Any], chunks: list[dict[str, str]],
 
 def _search_all(system: Any, queries: dict[str, str], k: int,
                 **kwargs: Any) -> tuple[dict[str, list[str]], list[float]]:
+    getattr(system, "reset_caches", lambda: None)()
     found: dict[str, list[str]] = {}
     lat: list[float] = []
     for qid, text in queries.items():
@@ -77,6 +78,7 @@ def _concurrent(system: Any, queries: dict[str, str], k: int, clients: int) -> d
         system.search(text, k)
         return time.perf_counter() - t0
 
+    getattr(system, "reset_caches", lambda: None)()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         t0 = time.perf_counter()
         lat = list(pool.map(one, queries.values()))
