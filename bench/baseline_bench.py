@@ -197,7 +197,8 @@ def main() -> None:
     texts = json.loads((CACHE / "scifact_chunks.json").read_text())
     queries = qvecs[: args.queries]
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    with tempfile.TemporaryDirectory(prefix="ragstore-bench-") as tmp:
+    # the embedded servers stop when this process exits, after the directory cleanup
+    with tempfile.TemporaryDirectory(prefix="ragstore-bench-", ignore_cleanup_errors=True) as tmp:
         for n in args.sizes:
             results[str(n)] = run_size(n, base, texts, queries, Path(tmp),
                                      not args.no_halfvec, args.maintenance_work_mem,
