@@ -62,3 +62,17 @@ def test_config_show_redacts_secrets(monkeypatch: pytest.MonkeyPatch,
     out = capsys.readouterr().out
     assert "hunter2" not in out
     assert json.loads(out)["database_url"] == "**********"
+
+
+def test_demo_upgrades_an_older_embedded_schema_first(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("RAGSTORE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path / "data"))
+    assert run_cli("db", "upgrade", "--to", "0001", "--no-backup") == 0
+    assert run_cli("demo") == 0
+    out = capsys.readouterr().out
+    assert "upgraded 0001 -> " in out
+    assert "backup: " in out
+    assert "4 added" not in out  # the summary goes to stderr; stdout holds the hits
+    assert "migrations.md" in out

@@ -40,19 +40,24 @@ def upgrade(
         typer.echo(migrations.upgrade_sql(None, to))
         return
     with Runtime() as rt:
-        db = rt.raw_db()
-        pre = migrations.status(db)
-        before = pre.current
-        if before is not None and pre.pending and not no_backup:
-            from ragstore.backup import create_backup
+        upgrade_with_backup(rt, to, backup=not no_backup)
 
-            info = create_backup(db, rt.settings, reason="upgrade")
-            typer.echo(f"backup: {info.path} (restore with `ragstore restore {info.path}`)")
-        st = migrations.upgrade(db, to)
-        if before == st.current:
-            typer.echo(f"schema already at {st.current}; nothing to do")
-        else:
-            typer.echo(f"upgraded {before or '(empty)'} -> {st.current}")
+
+def upgrade_with_backup(rt: Runtime, to: str = "head", *, backup: bool = True) -> None:
+    """Back up a database that holds a schema (unless told not to), then upgrade it."""
+    db = rt.raw_db()
+    pre = migrations.status(db)
+    before = pre.current
+    if before is not None and pre.pending and backup:
+        from ragstore.backup import create_backup
+
+        info = create_backup(db, rt.settings, reason="upgrade")
+        typer.echo(f"backup: {info.path} (restore with `ragstore restore {info.path}`)")
+    st = migrations.upgrade(db, to)
+    if before == st.current:
+        typer.echo(f"schema already at {st.current}; nothing to do")
+    else:
+        typer.echo(f"upgraded {before or '(empty)'} -> {st.current}")
 
 
 @app.command("downgrade")

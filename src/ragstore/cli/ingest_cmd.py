@@ -13,7 +13,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ragstore.cli.db_cmd import upgrade_with_backup
 from ragstore.cli.search_cmd import print_hits
+from ragstore.db import migrations
 from ragstore.errors import InputError
 from ragstore.ingest import IngestReport, ingest_paths
 from ragstore.runtime import Runtime
@@ -106,9 +108,17 @@ def register(app: typer.Typer) -> None:
     def demo(
         collection: str = typer.Option("demo", "--collection", "-c"),
     ) -> None:
-        """Ingest the bundled sample corpus and run a few searches over it."""
+        """Ingest the bundled sample corpus and run a few searches over it.
+
+        On the embedded database the demo first brings an older schema up to date (taking
+        a backup, as `ragstore db upgrade` does), so it runs on any earlier data dir.
+        """
         sample = Path(str(resources.files("ragstore") / "sample"))
         with Runtime() as rt:
+            if rt.settings.uses_embedded_database:
+                st = migrations.status(rt.raw_db())
+                if st.current is not None and st.pending and not st.unknown:
+                    upgrade_with_backup(rt)
             console.print(f"[bold]ragstore demo[/]: ingesting {sample} into {collection!r} "
                           f"on {'the embedded PostgreSQL' if rt.db.embedded else rt.db.where}")
             report = do_ingest(rt, [sample], collection, {"corpus": "sample"})
