@@ -184,30 +184,39 @@ class _Ingestor:
             status = "updated" if p.replace_id is not None else "added"
             self._done(FileOutcome(p.record.source, status, chunks=len(p.chunks)))
 
+    def _prepare_group(self, group: Sequence[Path]) -> list[_Pending]:
+        """Read, parse and chunk one round of files; failures are recorded, not raised."""
+        with self.rt.db.connection() as conn, translated("reading stored documents"):
+            known = repository.document_hashes(conn, self.coll.id, [str(f) for f in group])
+        pending: list[_Pending] = []
+        for path in group:
+            try:
+                item = self._prepare(path, known)
+            except RagstoreError as exc:
+                self._done(FileOutcome(str(path), "failed", error=str(exc), code=exc.code))
+                continue
+            except OSError as exc:
+                self._done(FileOutcome(str(path), "failed",
+                                       error=f"{path}: cannot read: {exc.strerror}",
+                                       code="path_not_found"))
+                continue
+            if item is not None:
+                pending.append(item)
+        return pending
+
     def run(self, files: Sequence[Path]) -> None:
-        batch_chunks = self.rt.settings.ingest_batch_chunks
+        """Three stages overlap: round N+1 is parsed on a reader thread and round N-1 is
+        written on a writer thread while round N is encoded (torch releases the GIL)."""
+        groups = self._groups(files, self.rt.settings.ingest_batch_chunks)
         writing: Future[None] | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-writer") as writer:
-            i = 0
-            while i < len(files):
-                group = self._next_group(files, i, batch_chunks)
-                i += len(group)
-                with self.rt.db.connection() as conn, translated("reading stored documents"):
-                    known = repository.document_hashes(conn, self.coll.id, [str(f) for f in group])
-                pending: list[_Pending] = []
-                for path in group:
-                    try:
-                        item = self._prepare(path, known)
-                    except RagstoreError as exc:
-                        self._done(FileOutcome(str(path), "failed", error=str(exc), code=exc.code))
-                        continue
-                    except OSError as exc:
-                        self._done(FileOutcome(str(path), "failed",
-                                               error=f"{path}: cannot read: {exc.strerror}",
-                                               code="path_not_found"))
-                        continue
-                    if item is not None:
-                        pending.append(item)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-reader") as reader, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-writer") as writer:
+            reading = reader.submit(self._prepare_group, groups[0]) if groups else None
+            for i in range(len(groups)):
+                assert reading is not None
+                pending = reading.result()
+                if i + 1 < len(groups):
+                    reading = reader.submit(self._prepare_group, groups[i + 1])
                 if not pending:
                     continue
                 self._embed(pending)
@@ -216,6 +225,18 @@ class _Ingestor:
                 writing = writer.submit(self._write, pending)
             if writing is not None:
                 writing.result()
+
+    @classmethod
+    def _groups(cls, files: Sequence[Path], batch_chunks: int) -> list[list[Path]]:
+        """Rounds of files; the first is small so the model starts encoding early."""
+        groups: list[list[Path]] = []
+        i = 0
+        while i < len(files):
+            budget = max(1, batch_chunks // 8) if not groups else batch_chunks
+            group = cls._next_group(files, i, budget)
+            groups.append(group)
+            i += len(group)
+        return groups
 
     @staticmethod
     def _next_group(files: Sequence[Path], start: int, batch_chunks: int) -> list[Path]:
