@@ -18,22 +18,12 @@ from pathlib import Path
 
 from psycopg import sql
 
+from bench.ingest_bench import write_scifact
 from ragstore.config import Settings
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import find_model, migrate, rollback
 from ragstore.modelops.texts import ContextRule
 from ragstore.runtime import Runtime
-
-SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
-
-
-def write_scifact(folder: Path, n: int) -> None:
-    with (SCIFACT / "corpus.jsonl").open() as fh:
-        for i, line in enumerate(fh):
-            if i >= n:
-                break
-            doc = json.loads(line)
-            (folder / f"{doc['_id']}.md").write_text(f"# {doc['title']}\n\n{doc['text']}\n")
 
 
 def backfill_texts(rt: Runtime, collection: str, rule: ContextRule) -> list[str]:

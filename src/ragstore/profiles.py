@@ -34,7 +34,8 @@ def database_password(settings: Settings) -> str | None:
     return None if password is None else str(password)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether the API would listen on this machine only (loopback or a Unix socket)."""
     if host in ("localhost", "") or host.startswith("unix:"):
         return True
     try:
@@ -49,7 +50,7 @@ def auth_is_off(settings: Settings) -> bool:
     The API's rule: ``auto`` means off only for the embedded database served on loopback.
     """
     if settings.auth == "auto":
-        return settings.uses_embedded_database and _is_loopback(settings.api_host)
+        return settings.uses_embedded_database and is_loopback(settings.api_host)
     return settings.auth == "off"
 
 

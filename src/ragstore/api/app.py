@@ -7,7 +7,6 @@ place to add more (metrics, request logging).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,18 +25,10 @@ from ragstore.db.database import Database
 from ragstore.errors import ConfigError, RagstoreError
 from ragstore.jobs import build_queue
 from ragstore.observability.http import install_observability
+from ragstore.profiles import is_loopback
 from ragstore.runtime import Runtime
 
 log = logging.getLogger("ragstore.api")
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "") or host.startswith("unix:"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def auth_enabled(settings: Settings) -> bool:

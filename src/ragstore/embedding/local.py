@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import time
@@ -70,7 +71,10 @@ class SentenceTransformerEmbedder(Embedder):
         except (OSError, ValueError) as exc:
             raise ModelError(f"could not load model {spec.key} from {model_dir}: {exc}") from None
         self.model.max_seq_length = spec.max_tokens
-        self.tokenizer: Any = self.model.tokenizer
+        # The chunker counts tokens on ingest's reader thread while encode() runs: a fast
+        # tokenizer's padding/truncation state is shared and not thread-safe, so counting
+        # uses its own copy and never disturbs the batches being encoded.
+        self.tokenizer: Any = copy.deepcopy(self.model.tokenizer)
         truncate = spec.options.get("truncate_dim")
         self._truncate = int(truncate) if truncate else None
 
