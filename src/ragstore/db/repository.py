@@ -209,9 +209,7 @@ def write_document(conn: Conn, coll: Collection, doc: DocumentRecord, chunks: Se
         doc_id = int(row[0])
     if not chunks:
         return doc_id
-    ids = [int(r[0]) for r in conn.execute(
-        "SELECT nextval(pg_get_serial_sequence('chunks', 'id')) FROM generate_series(1, %s)",
-        (len(chunks),))]
+    ids = allocate_chunk_ids(conn, len(chunks))
     with conn.cursor().copy(
         "COPY chunks (id, document_id, collection_id, ordinal, chunk_type, text, section_path,"
         " parent_id, char_start, char_end, page, token_count, metadata, content_hash)"
@@ -228,13 +226,25 @@ def write_document(conn: Conn, coll: Collection, doc: DocumentRecord, chunks: Se
     for table, vecs in spaces.items():
         if table not in live:
             continue  # retired (or pruned) while this document was being embedded
-        with conn.cursor().copy(sql.SQL(
-            "COPY {t} (chunk_id, embedding) FROM STDIN (FORMAT BINARY)"
-        ).format(t=sql.Identifier(table))) as copy:
-            copy.set_types(["int8", "vector"])
-            for cid, vec in zip(embedded_ids, vecs, strict=True):
-                copy.write_row((cid, vec))
+        copy_vectors(conn, table, embedded_ids, vecs)
     return doc_id
+
+
+def allocate_chunk_ids(conn: Conn, n: int) -> list[int]:
+    """Draw ``n`` chunk ids up front, so parents and vectors can name them in one COPY."""
+    return [int(r[0]) for r in conn.execute(
+        "SELECT nextval(pg_get_serial_sequence('chunks', 'id')) FROM generate_series(1, %s)",
+        (n,))]
+
+
+def copy_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarray) -> None:
+    """Binary COPY of vectors for chunks written in this same transaction."""
+    with conn.cursor().copy(sql.SQL(
+        "COPY {t} (chunk_id, embedding) FROM STDIN (FORMAT BINARY)"
+    ).format(t=sql.Identifier(table))) as copy:
+        copy.set_types(["int8", "vector"])
+        for cid, vec in zip(ids, vectors, strict=True):
+            copy.write_row((cid, vec))
 
 
 def _live_tables(conn: Conn, coll: Collection, provided: set[str]) -> set[str]:

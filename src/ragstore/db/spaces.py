@@ -178,13 +178,3 @@ def insert_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarr
     ).format(t=sql.Identifier(table)))
     conn.execute("TRUNCATE ragstore_backfill")
     return cur.rowcount
-
-
-def copy_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarray) -> None:
-    """Binary COPY of fresh vectors for chunks written in this same transaction."""
-    with conn.cursor().copy(sql.SQL(
-        "COPY {t} (chunk_id, embedding) FROM STDIN (FORMAT BINARY)"
-    ).format(t=sql.Identifier(table))) as copy:
-        copy.set_types(["int8", "vector"])
-        for cid, vec in zip(ids, vectors, strict=True):
-            copy.write_row((cid, vec))

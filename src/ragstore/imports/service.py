@@ -287,9 +287,7 @@ class _Writer:
         doc_ids = dict(conn.execute(
             "SELECT source, id FROM documents WHERE collection_id = %s AND metadata @> %s",
             (coll.id, Jsonb({"import": {"batch": self.batch}}))).fetchall())
-        self.chunk_ids = [int(r[0]) for r in conn.execute(
-            "SELECT nextval(pg_get_serial_sequence('chunks', 'id')) FROM generate_series(1, %s)",
-            (total,))]
+        self.chunk_ids = repository.allocate_chunk_ids(conn, total)
         with conn.cursor().copy(
             "COPY chunks (id, document_id, collection_id, ordinal, chunk_type, text,"
             " section_path, char_start, char_end, token_count, metadata, content_hash)"
