@@ -113,3 +113,35 @@ def test_bad_files_fail_alone_and_leave_nothing_behind(rt: Runtime, tmp_path: Pa
     assert "invalid UTF-8 at byte 3 (line 1)" in (latin.error or "")
     docs, _, _ = _counts(rt, "bad")
     assert docs == 1
+
+
+def test_a_round_that_fails_in_the_database_falls_back_to_one_document_at_a_time(
+        rt: Runtime, tmp_path: Path) -> None:
+    """A round is written in one transaction; when the database refuses one document, the
+    round is retried document by document: that one fails alone, leaving nothing behind,
+    and the others of the same round are stored."""
+    for name in ("a", "b", "poison", "c"):
+        (tmp_path / f"{name}.txt").write_text(f"Paragraph about {name} and its properties.\n")
+    with rt.db.connection() as conn:
+        conn.execute("""
+            CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.source LIKE '%poison%' THEN
+                    RAISE EXCEPTION 'poisoned document' USING ERRCODE = 'check_violation';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse_poison BEFORE INSERT ON documents
+                FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+        """)
+    try:
+        report = ingest_paths(rt, [tmp_path], "fallback")
+    finally:
+        with rt.db.connection() as conn:
+            conn.execute("DROP TRIGGER refuse_poison ON documents; DROP FUNCTION refuse_poison()")
+    assert report.count("added") == 3
+    assert [Path(o.source).name for o in report.failed] == ["poison.txt"]
+    assert _counts(rt, "fallback") == (3, 3, 3)
+    with rt.db.connection() as conn:
+        row = conn.execute("SELECT count(*) FROM chunks WHERE text LIKE '%poison%'").fetchone()
+    assert row is not None and row[0] == 0

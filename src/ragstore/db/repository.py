@@ -6,6 +6,7 @@ commit. Identifiers are composed with ``psycopg.sql``; values are always paramet
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -172,44 +173,93 @@ class DocumentRecord:
     metadata: dict[str, Any]
 
 
+@dataclass
+class DocumentWrite:
+    """One document to store: its record, chunks and vectors (one row per embeddable chunk,
+    in chunk order; headings have none). ``replace_id`` names the stored document it
+    replaces; ``extra_vectors`` (table -> vectors, same rows) fills spaces being built by a
+    model migration, so they keep up with ingest."""
+
+    record: DocumentRecord
+    chunks: Sequence[Chunk]
+    vectors: np.ndarray
+    replace_id: int | None = None
+    extra_vectors: Mapping[str, np.ndarray] | None = None
+
+
 def write_document(conn: Conn, coll: Collection, doc: DocumentRecord, chunks: Sequence[Chunk],
                    vectors: np.ndarray, replace_id: int | None = None,
                    extra_vectors: Mapping[str, np.ndarray] | None = None) -> int:
-    """Store one document with its chunks and their vectors (caller holds the transaction).
+    """Store one document with its chunks and their vectors (caller holds the transaction)."""
+    return write_documents(conn, coll, [DocumentWrite(doc, chunks, vectors, replace_id,
+                                                      extra_vectors)])[0]
 
-    ``vectors`` has one row per embeddable chunk, in chunk order (headings have none).
-    ``extra_vectors`` (table -> vectors, same rows) fills the collection's spaces being
-    built by a model migration, so they keep up with ingest.
 
-    A changed document (``replace_id``) loses its old chunks and embeddings first. Chunks
-    and vectors go in by binary COPY, with chunk ids drawn beforehand so parents resolve.
-    The collection row is held ``FOR SHARE`` so a model switch waits for this write; if
-    the active space changed since ``coll`` was read and no vectors for it were given,
-    the write is refused rather than leave the searched space without this document.
+def write_documents(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite]) -> list[int]:
+    """Store documents with their chunks and vectors in a fixed number of statements.
+
+    The caller holds the transaction, so the documents land together or not at all. Ingest
+    writes a whole encode round this way: one row lock, one INSERT of the documents, one
+    COPY of all chunks and one per space, so the statement triggers (BM25 statistics) run
+    once per round instead of once per document, and there is one commit. Replaced documents
+    lose their old chunks and embeddings first. Chunk ids are drawn beforehand so parents
+    and vectors can name them. The collection row is held ``FOR SHARE`` so a model switch
+    waits for this write; if the active space changed since ``coll`` was read and no vectors
+    for it were given, the write is refused rather than leave the searched space without
+    these documents. Returns the document ids, in order.
     """
-    spaces = {coll.table: vectors, **(extra_vectors or {})}
-    live = _live_tables(conn, coll, set(spaces))
-    if replace_id is not None:
-        conn.execute("DELETE FROM chunks WHERE document_id = %s", (replace_id,))
-        conn.execute(
+    if not docs:
+        return []
+    provided = set.intersection(*({coll.table, *(d.extra_vectors or {})} for d in docs))
+    live = _live_tables(conn, coll, provided)
+    doc_ids: list[int | None] = [d.replace_id for d in docs]
+    replaced = [d for d in docs if d.replace_id is not None]
+    if replaced:
+        conn.execute("DELETE FROM chunks WHERE document_id = ANY(%s)",
+                     ([d.replace_id for d in replaced],))
+        conn.cursor().executemany(
             "UPDATE documents SET title = %s, format = %s, content_hash = %s, size_bytes = %s,"
             " metadata = %s, updated_at = now() WHERE id = %s",
-            (doc.title, doc.format, doc.content_hash, doc.size_bytes, Jsonb(doc.metadata),
-             replace_id),
+            [(d.record.title, d.record.format, d.record.content_hash, d.record.size_bytes,
+              Jsonb(d.record.metadata), d.replace_id) for d in replaced],
         )
-        doc_id = replace_id
-    else:
-        row = conn.execute(
+    added = [i for i, d in enumerate(docs) if d.replace_id is None]
+    if added:
+        recs = [docs[i].record for i in added]
+        rows = conn.execute(
             "INSERT INTO documents (collection_id, source, title, format, content_hash,"
-            " size_bytes, metadata) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (coll.id, doc.source, doc.title, doc.format, doc.content_hash, doc.size_bytes,
-             Jsonb(doc.metadata)),
-        ).fetchone()
-        assert row is not None
-        doc_id = int(row[0])
-    if not chunks:
-        return doc_id
-    ids = allocate_chunk_ids(conn, len(chunks))
+            " size_bytes, metadata)"
+            " SELECT %s, s, t, f, h, b, m::jsonb FROM unnest("
+            "%s::text[], %s::text[], %s::text[], %s::text[], %s::int8[], %s::text[])"
+            " AS u(s, t, f, h, b, m) RETURNING source, id",
+            (coll.id, [r.source for r in recs], [r.title for r in recs],
+             [r.format for r in recs], [r.content_hash for r in recs],
+             [r.size_bytes for r in recs], [json.dumps(r.metadata) for r in recs]),
+        ).fetchall()
+        by_source = {str(source): int(did) for source, did in rows}
+        for i, r in zip(added, recs, strict=True):
+            doc_ids[i] = by_source[r.source]
+    ids = allocate_chunk_ids(conn, sum(len(d.chunks) for d in docs))
+    _copy_chunks(conn, coll, docs, [int(i) for i in doc_ids if i is not None], ids)
+    embedded_ids: list[int] = []
+    offset = 0
+    for d in docs:
+        embedded_ids += [cid for cid, ch in zip(ids[offset:offset + len(d.chunks)], d.chunks,
+                                                strict=True) if ch.embeddable]
+        offset += len(d.chunks)
+    for table in sorted(provided & live):
+        vecs = [d.vectors if table == coll.table else (d.extra_vectors or {})[table]
+                for d in docs]
+        stacked = np.concatenate(vecs) if len(vecs) > 1 else vecs[0]
+        copy_vectors(conn, table, embedded_ids, stacked)
+    return [int(i) for i in doc_ids if i is not None]
+
+
+def _copy_chunks(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite],
+                 doc_ids: Sequence[int], ids: Sequence[int]) -> None:
+    """One binary COPY of every document's chunks, parents resolved to the drawn ids."""
+    if not ids:
+        return
     with conn.cursor().copy(
         "COPY chunks (id, document_id, collection_id, ordinal, chunk_type, text, section_path,"
         " parent_id, char_start, char_end, page, token_count, metadata, content_hash)"
@@ -217,17 +267,15 @@ def write_document(conn: Conn, coll: Collection, doc: DocumentRecord, chunks: Se
     ) as copy:
         copy.set_types(["int8", "int8", "int4", "int4", "text", "text", "text[]", "int8",
                         "int4", "int4", "int4", "int4", "jsonb", "text"])
-        for cid, ch in zip(ids, chunks, strict=True):
-            parent = ids[ch.parent_ordinal] if ch.parent_ordinal is not None else None
-            copy.write_row((cid, doc_id, coll.id, ch.ordinal, ch.chunk_type.value, ch.text,
-                            list(ch.section_path), parent, ch.char_start, ch.char_end, ch.page,
-                            ch.token_count, Jsonb(ch.metadata), ch.content_hash))
-    embedded_ids = [cid for cid, ch in zip(ids, chunks, strict=True) if ch.embeddable]
-    for table, vecs in spaces.items():
-        if table not in live:
-            continue  # retired (or pruned) while this document was being embedded
-        copy_vectors(conn, table, embedded_ids, vecs)
-    return doc_id
+        offset = 0
+        for doc_id, d in zip(doc_ids, docs, strict=True):
+            mine = ids[offset:offset + len(d.chunks)]
+            offset += len(d.chunks)
+            for cid, ch in zip(mine, d.chunks, strict=True):
+                parent = mine[ch.parent_ordinal] if ch.parent_ordinal is not None else None
+                copy.write_row((cid, doc_id, coll.id, ch.ordinal, ch.chunk_type.value, ch.text,
+                                list(ch.section_path), parent, ch.char_start, ch.char_end,
+                                ch.page, ch.token_count, Jsonb(ch.metadata), ch.content_hash))
 
 
 def allocate_chunk_ids(conn: Conn, n: int) -> list[int]:

@@ -5,9 +5,10 @@ encodes large, length-sorted batches across documents. Unchanged files (same con
 hash) are skipped before parsing; chunks whose text is already embedded in the
 collection reuse the stored vector. With ``sync``, stored documents under the given
 folders that are gone from disk are reported as vanished, and removed with ``prune``
-(after ``on_vanished`` has been told which). Each document is written in its own transaction
-on a writer thread while the next round is parsed and encoded; a document that fails
-leaves nothing behind and the rest of the batch goes on.
+(after ``on_vanished`` has been told which). Documents are written
+on a writer thread while the next round is parsed and encoded: one transaction per round,
+falling back to one per document when the round fails, so a document that fails leaves
+nothing behind and the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -171,18 +172,39 @@ class _Ingestor:
             p.extra_vectors = extra
 
     def _write(self, pending: list[_Pending]) -> None:
+        """Store a round in one transaction; if that fails, store it document by document
+        so the one bad document is reported and the rest still land."""
+        try:
+            with self.rt.db.connection() as conn, translated("storing a round of documents"):
+                repository.write_documents(conn, self.coll, [self._as_write(p) for p in pending])
+        except RagstoreError:
+            if len(pending) == 1:
+                self._write_one(pending[0])
+                return
+            for p in pending:
+                self._write_one(p)
+            return
         for p in pending:
-            assert p.vectors is not None
-            try:
-                with self.rt.db.connection() as conn, translated(f"storing {p.record.source}"):
-                    repository.write_document(conn, self.coll, p.record, p.chunks, p.vectors,
-                                              replace_id=p.replace_id,
-                                              extra_vectors=p.extra_vectors)
-            except RagstoreError as exc:
-                self._done(FileOutcome(p.record.source, "failed", error=str(exc), code=exc.code))
-                continue
-            status = "updated" if p.replace_id is not None else "added"
-            self._done(FileOutcome(p.record.source, status, chunks=len(p.chunks)))
+            self._stored(p)
+
+    def _write_one(self, p: _Pending) -> None:
+        try:
+            with self.rt.db.connection() as conn, translated(f"storing {p.record.source}"):
+                repository.write_documents(conn, self.coll, [self._as_write(p)])
+        except RagstoreError as exc:
+            self._done(FileOutcome(p.record.source, "failed", error=str(exc), code=exc.code))
+            return
+        self._stored(p)
+
+    @staticmethod
+    def _as_write(p: _Pending) -> repository.DocumentWrite:
+        assert p.vectors is not None
+        return repository.DocumentWrite(p.record, p.chunks, p.vectors, p.replace_id,
+                                        p.extra_vectors)
+
+    def _stored(self, p: _Pending) -> None:
+        status = "updated" if p.replace_id is not None else "added"
+        self._done(FileOutcome(p.record.source, status, chunks=len(p.chunks)))
 
     def _prepare_group(self, group: Sequence[Path]) -> list[_Pending]:
         """Read, parse and chunk one round of files; failures are recorded, not raised."""
@@ -226,34 +248,37 @@ class _Ingestor:
             if writing is not None:
                 writing.result()
 
-    @classmethod
-    def _groups(cls, files: Sequence[Path], batch_chunks: int) -> list[list[Path]]:
-        """Rounds of files; the first is small so the model starts encoding early."""
+    @staticmethod
+    def _groups(files: Sequence[Path], batch_chunks: int) -> list[list[Path]]:
+        """Rounds of files, sized by bytes (~1 KB per chunk), small at both ends.
+
+        The first round is small so the model starts encoding early; the last rounds shrink
+        (never below an eighth of a full round) because the final round's write cannot
+        overlap any encoding, so a small one leaves little time exposed at the end.
+        """
+        sizes = []
+        for path in files:
+            try:
+                sizes.append(path.stat().st_size)
+            except OSError:
+                sizes.append(0)
+        full = batch_chunks * 1024
+        floor = max(1024, full // 8)
+        remaining = sum(sizes)
         groups: list[list[Path]] = []
         i = 0
         while i < len(files):
-            budget = max(1, batch_chunks // 8) if not groups else batch_chunks
-            group = cls._next_group(files, i, budget)
+            budget = floor if not groups else max(floor, min(full, remaining // 2))
+            group = [files[i]]
+            used = sizes[i]
+            i += 1
+            while i < len(files) and used + sizes[i] <= budget:
+                used += sizes[i]
+                group.append(files[i])
+                i += 1
+            remaining -= used
             groups.append(group)
-            i += len(group)
         return groups
-
-    @staticmethod
-    def _next_group(files: Sequence[Path], start: int, batch_chunks: int) -> list[Path]:
-        """Files from ``start`` whose bytes roughly make ``batch_chunks`` chunks (~1 KB each)."""
-        budget = batch_chunks * 1024
-        group: list[Path] = []
-        used = 0
-        for path in files[start:]:
-            try:
-                size = path.stat().st_size
-            except OSError:
-                size = 0
-            if group and used + size > budget:
-                break
-            group.append(path)
-            used += size
-        return group
 
 
 def _vanished(rt: Runtime, name: str, paths: Sequence[Path], files: Sequence[Path]) -> list[str]:
