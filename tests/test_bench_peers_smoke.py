@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from bench.peers import metrics
 from bench.peers.corpus import SCIFACT, Corpus, chunk_files, load_scifact, write_files
-from bench.peers.report import ROWS, markdown
+from bench.peers.report import ROWS, markdown, targets
 from bench.peers.systems import Ragstore, _sqlalchemy_url
 
 
@@ -83,6 +83,8 @@ def test_ragstore_adapter_ingests_searches_and_skips_unchanged(
 def _fake_report() -> dict[str, Any]:
     def sys_block(x: float) -> dict[str, Any]:
         med = {key: x for key, _, _ in ROWS}
+        med.update(ingest_s=4.4 * x, reingest_embedded=0.0 if x == 1.0 else 1800.0,
+                   chunks=1800.0, recall_at_10=1.0)
         return {"median": med, "ratio_to_ragstore": {k: 2.0 for k in med}}
 
     summary = {"ragstore": sys_block(1.0), "chroma": sys_block(3.0),
@@ -102,3 +104,13 @@ def test_report_table_has_a_row_per_figure_and_ratios_for_peers() -> None:
     assert "| ingest, chunks/s | 1.0 | 3.0 (2.00×) |" in text
     assert "nDCG@10, ragstore hybrid | 0.700" in text
     assert "`python -m bench.peers --quick`" in text and "chromadb 1" in text
+
+
+def test_targets_are_judged_from_the_figures() -> None:
+    lines = "\n".join(targets(_fake_report()))
+    # chroma's chunks/s ratio to ragstore is 2.0: ragstore is at 0.5x the fastest peer
+    assert "ragstore at 0.50× its chunks/s (paired) — **not met**" in lines
+    assert "Ingest within 15% of pure encode: +10.0% — **met**" in lines
+    assert "every peer re-embedded all: yes) — **met**" in lines
+    assert "Hybrid nDCG@10 above every peer's default search: 0.700 vs 3.000" in lines
+    assert "(peer/ragstore 2.00×, paired) — **met**" in lines

@@ -14,22 +14,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from bench.peers.report import markdown
-from bench.peers.runner import REPO, SYSTEMS, run
+from bench.peers.runner import QUICK_DOCS, REPO, SYSTEMS, run
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="a 1,000-document SciFact subset (every judged doc kept)")
+                        help=f"a {QUICK_DOCS}-document SciFact subset (every judged doc kept), "
+                        "under 10 minutes on 2 cores")
     parser.add_argument("--docs", type=int, default=None, help="documents to keep (subset)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads per worker, the same for all (default 1)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch intra-op threads per worker, the same for all "
+                        "(default: the CPU count; workers run one at a time)")
     parser.add_argument("--latency-queries", type=int, default=100,
                         help="queries timed for latency and concurrency (default 100)")
     parser.add_argument("--max-queries", type=int, default=None,
