@@ -70,6 +70,8 @@ def test_migrate_without_switch_keeps_search_on_the_old_model_and_ingest_fills_b
     assert report.batches == 7
     assert rt.collection(COLL).table == old.table and _snapshot(rt) == before
     new_table = report.table
+    with rt.db.connection() as conn:  # complete, so indexed: ready for a later switch
+        assert conn.execute("SELECT to_regclass(%s)", (f"{new_table}_hnsw",)).fetchone() != (None,)
     # a document ingested while the new space is building lands in both tables
     extra = write_corpus(tmp_path / "late", docs=1, paragraphs=3, prefix="late")
     ingest_paths(rt, [extra], COLL)

@@ -93,3 +93,17 @@ def test_metrics_of_several_processes_are_merged(tmp_path: Path) -> None:
     assert samples[("ragstore_search_duration_seconds_count", (("mode", "vector"),))] == 3
     # livesum gauges count live processes only: the two that exited are gone
     assert samples[("ragstore_db_pool_max_connections", ())] == 10
+
+
+def test_the_worker_command_logs_structured_json_lines(cli_env: dict[str, str]) -> None:
+    """``ragstore worker`` configures the same JSON logging as the API."""
+    env = {**os.environ, **cli_env, "RAGSTORE_LOG_FORMAT": "json", "RAGSTORE_LOG_LEVEL": "info"}
+    proc = subprocess.run([sys.executable, "-c", "from ragstore.cli import main; main()",
+                           "worker", "--burst", "--name", "w-test"], env=env,
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    events = {line["event"]: line for line in lines}
+    assert events["worker started"]["worker"] == "w-test"
+    assert events["worker started"]["level"] == "info"
+    assert "worker stopped" in events

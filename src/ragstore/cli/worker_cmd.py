@@ -20,8 +20,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Process ingest jobs until stopped (SIGINT/SIGTERM finish the current job first)."""
         from ragstore.jobs.worker import run_worker
+        from ragstore.observability.logging import configure_logging
 
         settings = get_settings()
-        logging.getLogger("ragstore").setLevel(settings.log_level.upper())
+        # the same structured lines as the API (JSON unless stderr is a terminal)
+        configure_logging(settings.log_level, log_format=settings.log_format,
+                          log_queries=settings.log_queries)
         logging.getLogger("procrastinate").setLevel(logging.WARNING)
         run_worker(settings, concurrency=concurrency, burst=burst, name=name)

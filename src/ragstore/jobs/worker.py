@@ -15,9 +15,11 @@ import procrastinate
 
 from ragstore.config import Settings
 from ragstore.jobs.queue import QUEUE, build_queue
+from ragstore.observability.logging import get_logger
 from ragstore.runtime import Runtime
 
 log = logging.getLogger("ragstore.jobs")
+events = get_logger("ragstore.jobs")  # structured fields; rendered as the API's lines are
 
 
 async def retry_stalled(app: procrastinate.App, stalled_after_s: float) -> list[int]:
@@ -49,6 +51,8 @@ async def _run(settings: Settings, *, concurrency: int, burst: bool, name: str |
         db = rt.db  # checks the server and the schema before taking any job
         app = build_queue(db.conninfo, runtime=rt)
         async with app.open_async():
+            events.info("worker started", worker=name or "ragstore-worker",
+                        concurrency=concurrency, burst=burst)
             await retry_stalled(app, settings.worker_stalled_after_s)
             watcher = asyncio.create_task(_watch_stalled(app, settings))
             try:
@@ -64,6 +68,7 @@ async def _run(settings: Settings, *, concurrency: int, burst: bool, name: str |
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+                events.info("worker stopped", worker=name or "ragstore-worker")
 
 
 def run_worker(settings: Settings, *, concurrency: int = 1, burst: bool = False,

@@ -133,11 +133,12 @@ def migrate(rt: Runtime, collection: str, to_model: str, *, batch_size: int = 25
         for _ in range(MAX_PASSES):
             coll = rt.collection(collection)
             _backfill(rt, coll, space, rule, embedder, batch_size, report, progress)
-            if not switch:
-                report.notes.append("backfill complete; not switched (--no-switch)")
-                break
+            # indexed even when not switching: the space is complete and ready to search
             with rt.db.connection() as conn, translated(f"indexing {space.table}"):
                 spaces.ensure_index(conn, space.table, space.model.distance)
+            if not switch:
+                report.notes.append("backfill complete and indexed; not switched (--no-switch)")
+                break
             _validate(rt, coll, space, sample_queries, report)
             if _switch(rt, coll, space):
                 report.switched = True
