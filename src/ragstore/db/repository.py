@@ -247,7 +247,7 @@ def write_documents(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite])
         embedded_ids += [cid for cid, ch in zip(ids[offset:offset + len(d.chunks)], d.chunks,
                                                 strict=True) if ch.embeddable]
         offset += len(d.chunks)
-    for table in sorted(provided & live):
+    for table in sorted(provided & live):  # not a space retired or pruned meanwhile
         vecs = [d.vectors if table == coll.table else (d.extra_vectors or {})[table]
                 for d in docs]
         stacked = np.concatenate(vecs) if len(vecs) > 1 else vecs[0]
