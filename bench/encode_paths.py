@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 import time
 import warnings
@@ -30,20 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from bench.ingest_bench import SCIFACT
+from bench.scifact import records
 
 Encode = Callable[[list[str]], np.ndarray]
 
 
 def _texts(n: int) -> list[str]:
-    out = []
-    with (SCIFACT / "corpus.jsonl").open() as fh:
-        for line in fh:
-            doc = json.loads(line)
-            out.append(f"{doc['title']}\n{doc['text']}")
-            if len(out) >= n:
-                break
-    return out
+    return [f"{doc['title']}\n{doc['text']}" for doc in records(n)]
 
 
 def _export(st: Any, folder: Path) -> tuple[Path, Path]:

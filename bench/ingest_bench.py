@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.scifact import SCIFACT, records
 from ragstore.chunking import chunk_document
 from ragstore.config import Settings
 from ragstore.embedding.base import Embedder
@@ -30,17 +31,11 @@ from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
 from ragstore.search import search
 
-SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
-
 
 def write_scifact(folder: Path, n: int) -> list[str]:
     """N SciFact abstracts as Markdown files; returns the test queries' texts."""
-    with (SCIFACT / "corpus.jsonl").open() as fh:
-        for i, line in enumerate(fh):
-            if i >= n:
-                break
-            doc = json.loads(line)
-            (folder / f"{doc['_id']}.md").write_text(f"# {doc['title']}\n\n{doc['text']}\n")
+    for doc in records(n):
+        (folder / f"{doc['_id']}.md").write_text(f"# {doc['title']}\n\n{doc['text']}\n")
     with (SCIFACT / "queries.jsonl").open() as fh:
         return [json.loads(line)["text"] for line in fh][:300]
 

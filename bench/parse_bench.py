@@ -13,29 +13,17 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.fixtures.builders import pdf_bytes, write_docx
 
+from bench.scifact import records
 from ragstore.chunking import chunk_document
 from ragstore.embedding.registry import load_embedder, resolve_spec
 from ragstore.models import Chunk
 from ragstore.parsing import parse_bytes
-
-SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact" / "corpus.jsonl"
-
-
-def _records(n: int) -> list[dict[str, str]]:
-    out = []
-    with SCIFACT.open(encoding="utf-8") as fh:
-        for line in fh:
-            out.append(json.loads(line))
-            if len(out) == n:
-                break
-    return out
 
 
 def _wrap(text: str, width: int = 90) -> list[str]:
@@ -95,7 +83,7 @@ def main() -> None:
     embedder = load_embedder(resolve_spec("all-MiniLM-L6-v2"), device=args.device)
     limit = embedder.spec.max_tokens
     with tempfile.TemporaryDirectory() as tmp:
-        files = corpora(_records(args.docs), Path(tmp))
+        files = corpora(records(args.docs), Path(tmp))
     rows = []
     sample: list[Chunk] = []
     for fmt, (name, data) in files.items():

@@ -4,21 +4,18 @@ handled in bounded pieces, parents and section paths kept."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pytest
+from bench.scifact import records as scifact_records
 
 from ragstore.chunking import chunk_document
 from ragstore.embedding.base import Embedder
 from ragstore.embedding.registry import load_embedder, resolve_spec
 from ragstore.models import ChunkType
 from ragstore.parsing import parse_bytes
-from tests.conftest import SHARED_DATA
 from tests.fixtures.builders import build_mixed_corpus
-
-SCIFACT = SHARED_DATA / "scifact" / "corpus.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +100,7 @@ def test_chunks_keep_section_paths_and_parent_links(embedder: Embedder,
 def _scifact_files(dest: Path, docs: int) -> list[Path]:
     """SciFact abstracts as Markdown (10 per file, one section each), plain text, and as
     a table and a code block (long cells, long lines), so every split path is taken."""
-    records = []
-    with SCIFACT.open(encoding="utf-8") as fh:
-        for line in fh:
-            records.append(json.loads(line))
-            if len(records) == docs:
-                break
+    records = scifact_records(docs)
     files = []
     for i in range(0, len(records), 10):
         group = records[i:i + 10]

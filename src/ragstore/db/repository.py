@@ -239,8 +239,9 @@ def write_documents(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite])
         by_source = {str(source): int(did) for source, did in rows}
         for i, r in zip(added, recs, strict=True):
             doc_ids[i] = by_source[r.source]
+    stored = [int(i) for i in doc_ids if i is not None]  # every document has its id now
     ids = allocate_chunk_ids(conn, sum(len(d.chunks) for d in docs))
-    _copy_chunks(conn, coll, docs, [int(i) for i in doc_ids if i is not None], ids)
+    _copy_chunks(conn, coll, docs, stored, ids)
     embedded_ids: list[int] = []
     offset = 0
     for d in docs:
@@ -252,7 +253,7 @@ def write_documents(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite])
                 for d in docs]
         stacked = np.concatenate(vecs) if len(vecs) > 1 else vecs[0]
         copy_vectors(conn, table, embedded_ids, stacked)
-    return [int(i) for i in doc_ids if i is not None]
+    return stored
 
 
 def _copy_chunks(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite],

@@ -178,9 +178,6 @@ class _Ingestor:
             with self.rt.db.connection() as conn, translated("storing a round of documents"):
                 repository.write_documents(conn, self.coll, [self._as_write(p) for p in pending])
         except RagstoreError:
-            if len(pending) == 1:
-                self._write_one(pending[0])
-                return
             for p in pending:
                 self._write_one(p)
             return
