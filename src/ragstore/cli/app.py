@@ -33,6 +33,7 @@ def _register() -> None:
         keys_cmd,
         models_cmd,
         search_cmd,
+        sections_cmd,
         serve_cmd,
         worker_cmd,
     )
@@ -43,6 +44,7 @@ def _register() -> None:
     ingest_cmd.register(app)
     search_cmd.register(app)
     eval_cmd.register(app)
+    sections_cmd.register(app)
     app.add_typer(keys_cmd.app, name="keys")
     serve_cmd.register(app)
     worker_cmd.register(app)

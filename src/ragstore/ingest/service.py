@@ -13,7 +13,6 @@ nothing behind and the rest of the batch goes on.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ragstore.chunking import chunk_document
+from ragstore.chunking import chunk_document, document_hash
 from ragstore.db import repository
 from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
@@ -126,7 +125,7 @@ class _Ingestor:
         source = str(path)
         data = read_bounded(path, self.rt.settings.max_file_bytes)
         size = len(data)
-        digest = hashlib.sha256(data).hexdigest()
+        digest = document_hash(data)
         old = known.get(source)
         if old is not None and old[1] == digest:
             self._done(FileOutcome(source, "unchanged"))
