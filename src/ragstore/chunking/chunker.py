@@ -337,8 +337,10 @@ def _block_parts(doc: ParsedDocument, counter: TokenCounter, ctx: list[tuple[str
     return parts
 
 
-def _packs(parts: list[_Part], ctx: list[tuple[str, int]], limit: int) -> list[list[_Part]]:
-    """Consecutive parts merged greedily up to ``limit`` tokens with their context.
+def _packs(parts: list[_Part], ctx: list[tuple[str, int]], limit: int,
+           max_chars: int) -> list[list[_Part]]:
+    """Consecutive parts merged greedily up to ``limit`` tokens with their context (and
+    ``max_chars`` characters: a tokenizer may read a huge unbroken word as one token).
 
     A heading ends the chunk before it unless one side is tiny (under a
     ``TINY_SECTION_SHARE``-th of the budget): the chunk so far, or the whole body of the
@@ -355,25 +357,28 @@ def _packs(parts: list[_Part], ctx: list[tuple[str, int]], limit: int) -> list[l
             run += parts[j].tokens
     packs: list[list[_Part]] = []
     open_pack = False
-    used = content = 0
+    used = content = chars = 0
     for j, part in enumerate(parts):
+        size = len(part.piece.text) + len(PACK_SEPARATOR)
         if part.heading:
-            if open_pack and (content < tiny or body[j] < tiny) \
+            if open_pack and (content < tiny or body[j] < tiny) and chars + size <= max_chars \
                     and used + part.tokens + min(body[j], tiny) <= limit:
                 packs[-1].append(part)
                 used += part.tokens
                 content += part.tokens
+                chars += size
             else:
                 open_pack = False
             continue
-        if open_pack and used + part.tokens <= limit:
+        if open_pack and used + part.tokens <= limit and chars + size <= max_chars:
             packs[-1].append(part)
         else:
             packs.append([part])
             open_pack = True
-            used, content = ctx[part.block][1] + 1, 0
+            used, content, chars = ctx[part.block][1] + 1, 0, -len(PACK_SEPARATOR)
         used += part.tokens
         content += part.tokens
+        chars += size
     for pack in packs:  # a heading that ended up last in a chunk opens the next one instead
         while pack[-1].heading:
             pack.pop()
@@ -457,7 +462,8 @@ def chunk_document(doc: ParsedDocument, counter: TokenCounter, max_tokens: int) 
     ctx = [("", 0) if b.type is ChunkType.HEADING
            else _context(b.section_path, counter, limit // 4, contexts) for b in blocks]
     parts = _block_parts(doc, counter, ctx, limit, max_chars)
-    packs, pack_tokens = _pack_tokens(_packs(parts, ctx, limit), ctx, counter, max_tokens)
+    packs, pack_tokens = _pack_tokens(_packs(parts, ctx, limit, max_chars), ctx, counter,
+                                      max_tokens)
     heading_blocks = [i for i, b in enumerate(blocks) if b.type is ChunkType.HEADING]
     heading_tokens = dict(zip(heading_blocks, counter.count_tokens(
         [blocks[i].text for i in heading_blocks]), strict=True))
