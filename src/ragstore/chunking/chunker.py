@@ -291,6 +291,13 @@ class _Part:
     tokens: int
     part: int = 0  # 1-based number of this piece in its block; 0 for a whole block
     heading: bool = False
+    alone: bool = False  # kept a chunk of its own (see _stands_alone)
+
+
+def _stands_alone(block: Block) -> bool:
+    """Tables, and blocks a parser gave an identity of their own (a code file's function
+    with its symbol, ...), stay chunks of their own: merging would lose what they are."""
+    return block.type is ChunkType.TABLE or not set(block.metadata) <= {"language"}
 
 
 def _heading_line(block: Block) -> str:
@@ -318,7 +325,8 @@ def _block_parts(doc: ParsedDocument, counter: TokenCounter, ctx: list[tuple[str
         if block.type is ChunkType.HEADING:
             parts.append(_Part(i, _Piece(0, len(block.text), texts[i]), counts[i], heading=True))
         elif counts[i] + ctx[i][1] + 1 <= limit:
-            parts.append(_Part(i, _Piece(0, len(block.text), block.text), counts[i]))
+            parts.append(_Part(i, _Piece(0, len(block.text), block.text), counts[i],
+                               alone=_stands_alone(block)))
         else:
             split[i] = _split_block(block, limit - ctx[i][1] - 1, counter, max_chars)
     if not split:
@@ -330,22 +338,27 @@ def _block_parts(doc: ParsedDocument, counter: TokenCounter, ctx: list[tuple[str
         pieces, piece_counts = _enforce(pieces, sizes[:n], ctx[i][0], ctx[i][1], limit,
                                         limit + counter.special_tokens, counter, max_chars)
         sizes = sizes[n:]
-        parts.extend(_Part(i, p, c - counter.special_tokens - ctx[i][1], j if len(pieces) > 1
-                           else 0) for j, (p, c) in enumerate(zip(pieces, piece_counts,
-                                                                  strict=True), 1))
+        alone = _stands_alone(blocks[i])
+        parts.extend(_Part(i, p, c - counter.special_tokens - ctx[i][1],
+                           j if len(pieces) > 1 else 0, alone=alone)
+                     for j, (p, c) in enumerate(zip(pieces, piece_counts, strict=True), 1))
     parts.sort(key=lambda p: (p.block, p.piece.start))
     return parts
 
 
-def _packs(parts: list[_Part], ctx: list[tuple[str, int]], limit: int,
-           max_chars: int) -> list[list[_Part]]:
+def _packs(parts: list[_Part], paths: list[tuple[str, ...]], pages: list[int | None],
+           ctx: list[tuple[str, int]], limit: int, max_chars: int) -> list[list[_Part]]:
     """Consecutive parts merged greedily up to ``limit`` tokens with their context (and
     ``max_chars`` characters: a tokenizer may read a huge unbroken word as one token).
 
-    A heading ends the chunk before it unless one side is tiny (under a
-    ``TINY_SECTION_SHARE``-th of the budget): the chunk so far, or the whole body of the
-    section the heading opens. Then the heading line and what follows join the chunk,
-    so a run of short sections reads as one passage instead of a string of fragments.
+    A heading ends the chunk before it unless the whole section it opens (up to the next
+    heading) fits in the chunk and either that section is tiny (under a
+    ``TINY_SECTION_SHARE``-th of the budget) or the chunk so far is tiny and the new
+    section is a subsection of the chunk's. A run of short sections then reads as one
+    passage instead of a string of fragments, and the chunk's section path still holds
+    every part of it. ``paths`` is each block's section path (a heading's excludes itself)
+    and ``pages`` its page: a chunk never spans a page break, nor holds a part that
+    stands alone.
     """
     tiny = limit // TINY_SECTION_SHARE
     body = [0] * len(parts)  # for a heading part: tokens of its section's own body
@@ -361,8 +374,11 @@ def _packs(parts: list[_Part], ctx: list[tuple[str, int]], limit: int,
     for j, part in enumerate(parts):
         size = len(part.piece.text) + len(PACK_SEPARATOR)
         if part.heading:
-            if open_pack and (content < tiny or body[j] < tiny) and chars + size <= max_chars \
-                    and used + part.tokens + min(body[j], tiny) <= limit:
+            home = paths[packs[-1][0].block] if open_pack else ()
+            nested = paths[part.block][:len(home)] == home
+            if open_pack and (body[j] < tiny or (content < tiny and nested)) \
+                    and pages[part.block] == pages[packs[-1][0].block] \
+                    and chars + size <= max_chars and used + part.tokens + body[j] <= limit:
                 packs[-1].append(part)
                 used += part.tokens
                 content += part.tokens
@@ -370,7 +386,8 @@ def _packs(parts: list[_Part], ctx: list[tuple[str, int]], limit: int,
             else:
                 open_pack = False
             continue
-        if open_pack and used + part.tokens <= limit and chars + size <= max_chars:
+        if open_pack and not part.alone and used + part.tokens <= limit \
+                and chars + size <= max_chars and pages[part.block] == pages[packs[-1][-1].block]:
             packs[-1].append(part)
         else:
             packs.append([part])
@@ -379,6 +396,7 @@ def _packs(parts: list[_Part], ctx: list[tuple[str, int]], limit: int,
         used += part.tokens
         content += part.tokens
         chars += size
+        open_pack = not part.alone
     for pack in packs:  # a heading that ended up last in a chunk opens the next one instead
         while pack[-1].heading:
             pack.pop()
@@ -462,8 +480,9 @@ def chunk_document(doc: ParsedDocument, counter: TokenCounter, max_tokens: int) 
     ctx = [("", 0) if b.type is ChunkType.HEADING
            else _context(b.section_path, counter, limit // 4, contexts) for b in blocks]
     parts = _block_parts(doc, counter, ctx, limit, max_chars)
-    packs, pack_tokens = _pack_tokens(_packs(parts, ctx, limit, max_chars), ctx, counter,
-                                      max_tokens)
+    packs = _packs(parts, [b.section_path for b in blocks], [b.page for b in blocks], ctx,
+                   limit, max_chars)
+    packs, pack_tokens = _pack_tokens(packs, ctx, counter, max_tokens)
     heading_blocks = [i for i, b in enumerate(blocks) if b.type is ChunkType.HEADING]
     heading_tokens = dict(zip(heading_blocks, counter.count_tokens(
         [blocks[i].text for i in heading_blocks]), strict=True))
