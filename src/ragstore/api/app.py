@@ -18,7 +18,7 @@ from ragstore import __version__
 from ragstore.api.deps import ApiState
 from ragstore.api.errors import install_error_handlers
 from ragstore.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from ragstore.api.routes import collections, documents, health, jobs, models, search
+from ragstore.api.routes import collections, documents, health, jobs, models, search, texts
 from ragstore.auth import KeyStore, RateLimiter
 from ragstore.config import Settings, get_settings
 from ragstore.db.database import Database
@@ -98,6 +98,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_middleware(app, settings)
     install_error_handlers(app)
-    for module in (health, collections, documents, search, models, jobs):
+    for module in (health, collections, documents, texts, search, models, jobs):
         app.include_router(module.router)
     return app

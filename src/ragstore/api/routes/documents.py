@@ -94,7 +94,7 @@ def add_document(name: CollectionName, body: DocumentCreate, state: State, calle
     caller.require("write", name)
     rt = state.runtime
     staging.safe_name(body.name)
-    rt.collection(name)
+    rt.collection(name, create=True)  # as `ragstore ingest` does
     file = JobFile(body.name, body.text.encode("utf-8"), body.metadata)
     if body.background or len(file.content) > rt.settings.background_ingest_bytes:
         return _accept(state, name, [file])
@@ -131,7 +131,7 @@ async def upload_documents(
         batch.append(JobFile(fname, content, meta))
     from starlette.concurrency import run_in_threadpool
 
-    await run_in_threadpool(rt.collection, name)
+    await run_in_threadpool(lambda: rt.collection(name, create=True))
     total = sum(len(f.content) for f in batch)
     if background or total > rt.settings.background_ingest_bytes:
         return await run_in_threadpool(_accept, state, name, batch)
