@@ -10,11 +10,23 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ragstore.validation import problem_in
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields refused, no type coercion (``{"k": true}`` is not
+    k=1), and nothing PostgreSQL would refuse (NUL bytes, integers beyond 64 bits)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="after")
+    def _storable(self) -> Strict:
+        found = problem_in(dict(self.__dict__))
+        if found:
+            raise ValueError(f"the request holds {found}")
+        return self
 
 
 # --- collections -------------------------------------------------------------------------

@@ -68,3 +68,26 @@ def downgrade(to: str = typer.Option(..., "--to", help="Target revision, or 'bas
         before = migrations.status(db).current
         st = migrations.downgrade(db, to)
         typer.echo(f"downgraded {before or '(empty)'} -> {st.current or 'base'}")
+
+
+@app.command("stop")
+def stop() -> None:
+    """Stop the embedded PostgreSQL under RAGSTORE_DATA_DIR now.
+
+    It stops by itself when the last ragstore process using it exits normally; after a
+    ``kill -9`` of that last process it keeps running until this command (or the next
+    ragstore process to exit) stops it. Any ragstore command starts it again.
+    """
+    from ragstore.config import get_settings
+    from ragstore.db import embedded
+    from ragstore.errors import ConfigError
+
+    settings = get_settings()
+    if not settings.uses_embedded_database:
+        raise ConfigError("RAGSTORE_DATABASE_URL is set: ragstore does not manage that "
+                          "server; stop it with its own tools")
+    pg = settings.data_dir / "pg"
+    if embedded.stop(settings.data_dir):
+        typer.echo(f"stopped the embedded PostgreSQL under {pg}")
+    else:
+        typer.echo(f"no embedded PostgreSQL was running under {pg}")
