@@ -28,7 +28,7 @@ def test_python_page_runs_as_a_notebook(settings: Settings, monkeypatch: pytest.
     namespace: dict[str, object] = {"__name__": "docs_python"}
     try:
         for n, block in enumerate(blocks, 1):
-            exec(compile(block, f"docs/python.md block {n}", "exec"), namespace)  # noqa: S102
+            exec(compile(block, f"docs/python.md block {n}", "exec"), namespace)
     finally:
         for value in namespace.values():
             close = getattr(value, "close", None)
