@@ -240,27 +240,28 @@ class Store:
         """The best ``k`` chunks for ``query`` (text) or ``vector`` (an embedding of the
         collection's model), or both; ``mode`` defaults to hybrid (vector with a vector
         alone). ``context``: neighbouring chunks (0-50) or ``"section"``."""
-        t0 = time.perf_counter()
-        hits = run_search(self._rt, collection, query, vector=vector, k=k, mode=mode,
-                          where=where, context=context, explain=explain, ef_search=ef_search,
-                          rrf_k=rrf_k, vector_weight=vector_weight,
-                          fulltext_weight=fulltext_weight)
-        data = [hit_public(h) for h in hits]
-        return _dump(SearchResponse(collection=collection, query=query, data=data,
-                                    count=len(data),
-                                    took_ms=round((time.perf_counter() - t0) * 1000, 3)))
+        return _dump(search_response(
+            self._rt, collection, query, vector=vector, k=k, mode=mode, where=where,
+            context=context, explain=explain, ef_search=ef_search, rrf_k=rrf_k,
+            vector_weight=vector_weight, fulltext_weight=fulltext_weight))
 
 
-def run_search(rt: Runtime, collection: str, query: str | None, *,
-               vector: Sequence[float] | None = None, k: int = 10, mode: str | None = None,
-               where: Mapping[str, Any] | None = None, context: int | str | None = None,
-               explain: bool = False, ef_search: int | None = None,
-               rrf_k: float | None = None, vector_weight: float | None = None,
-               fulltext_weight: float | None = None) -> list[Any]:
-    """One search as the Store and the HTTP route run it: hits, with context if asked."""
+def search_response(rt: Runtime, collection: str, query: str | None, *,
+                    vector: Sequence[float] | None = None, k: int = 10,
+                    mode: str | None = None, where: Mapping[str, Any] | None = None,
+                    context: int | str | None = None, explain: bool = False,
+                    ef_search: int | None = None, rrf_k: float | None = None,
+                    vector_weight: float | None = None,
+                    fulltext_weight: float | None = None) -> SearchResponse:
+    """One search as the Store and the HTTP route run it: hits (with context if asked),
+    timing, and with ``explain`` the plan of the lists and their fusion."""
     from ragstore.search import service
     from ragstore.search.context import parse_context, with_context
     from ragstore.search.hybrid import FusionParams
+    from ragstore.search.plan import search_plan
+
+    t0 = time.perf_counter()
+    resolved = service.resolve_mode(mode, query, vector)
 
     defaults = FusionParams()
     fusion = FusionParams(defaults.k if rrf_k is None else rrf_k,
@@ -268,11 +269,18 @@ def run_search(rt: Runtime, collection: str, query: str | None, *,
                           defaults.fulltext_weight if fulltext_weight is None
                           else fulltext_weight)
     hits: list[Any] = service.search(
-        rt, query, collection=collection, k=k, mode=service.resolve_mode(mode, query, vector),
-        where=where, ef_search=ef_search, explain=explain, fusion=fusion, vector=vector)
+        rt, query, collection=collection, k=k, mode=resolved, where=where,
+        ef_search=ef_search, explain=explain, fusion=fusion, vector=vector)
     if context is not None:
         hits = list(with_context(rt, hits, parse_context(str(context))))
-    return hits
+    took = round((time.perf_counter() - t0) * 1000, 3)
+    plan = None
+    if explain:
+        plan = search_plan(rt, query or "", collection, k=k, mode=resolved, where=where,
+                           ef_search=ef_search)
+    data = [hit_public(h) for h in hits]
+    return SearchResponse(collection=collection, query=query, data=data, count=len(data),
+                          took_ms=took, plan=plan)
 
 
 def hit_public(hit: Any) -> HitPublic:

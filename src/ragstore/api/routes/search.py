@@ -1,14 +1,12 @@
-"""/v1/collections/{name}/search: query or vector, k, mode, where-filter, context, explain,
-and the fusion knobs (rrf_k, vector_weight, fulltext_weight).
+"""/v1/collections/{name}/search: query or vector, k, mode, where-filter, context, explain
+(with the search plan), and the fusion knobs (rrf_k, vector_weight, fulltext_weight).
 
-The route runs the same function as ``Store.search`` (:func:`ragstore.store.run_search`),
-so the HTTP API and the in-process API cannot drift apart.
+The route runs the same function as ``Store.search``
+(:func:`ragstore.store.search_response`), so the HTTP API and the in-process API cannot
+drift apart.
 """
 
 from __future__ import annotations
-
-import time
-from typing import Any
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
@@ -16,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from ragstore.api.deps import CollectionName, ReadAccess, Rt
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import SearchRequest, SearchResponse
-from ragstore.store import hit_public, run_search
+from ragstore.store import search_response
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["search"],
                    responses=responses(400, 404, 409))
@@ -26,14 +24,9 @@ router = APIRouter(prefix="/v1/collections/{name}", tags=["search"],
 async def search(name: CollectionName, body: SearchRequest, rt: Rt,
                  caller: ReadAccess) -> SearchResponse:
     caller.require("read", name)
-    t0 = time.perf_counter()
-    hits: list[Any] = await run_in_threadpool(
-        lambda: run_search(rt, name, body.query, vector=body.vector, k=body.k, mode=body.mode,
-                           where=body.where, context=body.context, explain=body.explain,
-                           ef_search=body.ef_search, rrf_k=body.rrf_k,
-                           vector_weight=body.vector_weight,
-                           fulltext_weight=body.fulltext_weight))
-    took = (time.perf_counter() - t0) * 1000
-    data = [hit_public(h) for h in hits]
-    return SearchResponse(collection=name, query=body.query, data=data, count=len(data),
-                          took_ms=round(took, 3))
+    return await run_in_threadpool(
+        lambda: search_response(rt, name, body.query, vector=body.vector, k=body.k,
+                                mode=body.mode, where=body.where, context=body.context,
+                                explain=body.explain, ef_search=body.ef_search,
+                                rrf_k=body.rrf_k, vector_weight=body.vector_weight,
+                                fulltext_weight=body.fulltext_weight))
