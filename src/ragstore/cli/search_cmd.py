@@ -100,6 +100,7 @@ def parse_vector(value: str) -> list[float]:
 def register(app: typer.Typer) -> None:
     @app.command("search")
     def search(
+        ctx: typer.Context,
         query: str | None = typer.Argument(None, help="What to search for (websearch "
                                            "syntax: \"phrase\", or, -word)."),
         k: int = typer.Option(10, "-k", help="Number of hits.", min=1, max=1000),
@@ -136,8 +137,11 @@ def register(app: typer.Typer) -> None:
         from ragstore.search.service import resolve_mode
 
         query_vector = parse_vector(vector) if vector is not None else None
-        if query is None and query_vector is None:
-            raise InputError("give the QUERY to search for, or --vector")
+        if query is None and query_vector is None:  # a usage error, as when it was required
+            from typer._click import exceptions as click_exceptions
+
+            raise click_exceptions.MissingParameter(ctx=ctx, param_type="argument",
+                                                    param_hint="'QUERY'")
         search_mode = resolve_mode(mode, query, query_vector)
         filter_spec = parse_filter(where) if where is not None else None
         context_mode = parse_context(context) if context is not None else None
