@@ -6,6 +6,7 @@ commit. Identifiers are composed with ``psycopg.sql``; values are always paramet
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from psycopg.types.json import Jsonb
 
 from ragstore.db import spaces
 from ragstore.db.models import MODEL_COLS, spec_from_row, upsert_model
-from ragstore.errors import CollectionNotFoundError, ConflictError
+from ragstore.errors import CollectionNotFoundError, ConflictError, InputError
 from ragstore.models import ModelSpec
 
 Conn = psycopg.Connection[Any]
@@ -49,29 +50,78 @@ def get_collection(conn: Conn, name: str) -> Collection:
                       spec_from_row(row[6:]))
 
 
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+SETTINGS = {
+    "ts_config": "text search configuration of the full-text index (a row of pg_ts_config)",
+    "bm25_k1": "BM25 term-frequency saturation, a number from 0 to 10",
+    "bm25_b": "BM25 length normalisation, a number from 0 to 1",
+    "purpose": "free text describing the collection",
+}
+
+
+def validate_settings(conn: Conn, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings, checked: known keys, values of the right type and range, and a
+    ``ts_config`` the server has. A bad value is refused here, at creation, instead of
+    failing every later add and search in the collection."""
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        known = "; ".join(f"{k}: {v}" for k, v in SETTINGS.items())
+        raise InputError(f"unknown collection setting {unknown[0]!r}; known settings are "
+                         f"{known}")
+    for key in ("bm25_k1", "bm25_b"):
+        if key in settings:
+            value = settings[key]
+            high = 10.0 if key == "bm25_k1" else 1.0
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    0.0 <= float(value) <= high):
+                raise InputError(f"collection setting {key} must be a number from 0 to "
+                                 f"{high:g}, got {value!r}")
+    for key in ("ts_config", "purpose"):
+        if key in settings and (not isinstance(settings[key], str) or "\x00" in settings[key]):
+            raise InputError(f"collection setting {key} must be text, got {settings[key]!r}")
+    if "ts_config" in settings:
+        names = [str(r[0]) for r in conn.execute("SELECT cfgname FROM pg_ts_config"
+                                                 " ORDER BY cfgname")]
+        if settings["ts_config"] not in names:
+            raise InputError(
+                f"collection setting ts_config {settings['ts_config']!r} is not a text search "
+                f"configuration of this PostgreSQL server; choose one of {', '.join(names)}")
+    return settings
+
+
 def create_collection(conn: Conn, name: str, spec: ModelSpec,
                       settings: dict[str, Any] | None = None) -> Collection:
-    """A collection bound to ``spec`` through a new, active embedding space."""
+    """A collection bound to ``spec`` through a new, active embedding space.
+
+    Everything (the row, the model pin, the space, its table and index, the active space)
+    is created in one transaction (a savepoint when the caller already holds one), so a
+    failure at any step leaves no half-made collection behind.
+    """
+    if not NAME_RE.match(name):
+        raise InputError(
+            f"invalid collection name {name!r}: use 1-63 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit")
     try:
         with conn.transaction():
+            checked = validate_settings(conn, dict(settings or {}))
             row = conn.execute(
                 "INSERT INTO collections (name, settings) VALUES (%s, %s) RETURNING id",
-                (name, Jsonb(settings or {})),
+                (name, Jsonb(checked)),
             ).fetchone()
+            assert row is not None
+            cid = int(row[0])
+            model_id = upsert_model(conn, spec)
+            space_id, _ = spaces.create_space(conn, cid, model_id, spec)
+            conn.execute("UPDATE embedding_spaces SET status = 'active', activated_at = now()"
+                         " WHERE id = %s", (space_id,))
+            conn.execute("UPDATE collections SET active_space_id = %s WHERE id = %s",
+                         (space_id, cid))
     except psycopg.errors.UniqueViolation:
         raise ConflictError(f"collection {name!r} already exists") from None
-    except psycopg.errors.CheckViolation:
-        raise ConflictError(
-            f"invalid collection name {name!r}: use 1-63 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit"
-        ) from None
-    assert row is not None
-    cid = int(row[0])
-    model_id = upsert_model(conn, spec)
-    space_id, _ = spaces.create_space(conn, cid, model_id, spec)
-    conn.execute("UPDATE embedding_spaces SET status = 'active', activated_at = now()"
-                 " WHERE id = %s", (space_id,))
-    conn.execute("UPDATE collections SET active_space_id = %s WHERE id = %s", (space_id, cid))
+    except psycopg.errors.ProgramLimitExceeded as exc:
+        raise InputError(
+            f"cannot create collection {name!r} with model {spec.key}: "
+            f"{str(exc).splitlines()[0]}; choose a model with fewer dimensions") from None
     return get_collection(conn, name)
 
 
