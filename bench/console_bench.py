@@ -31,9 +31,10 @@ from pathlib import Path
 import httpx
 
 TARGET_MS = 200.0
-WORDS = ("backup restore rollback index vector search chunk model migration replica "
-         "upload document section heading query filter latency cache worker job key scope "
-         "token embedding schema table postgres shard ingest parse fusion rank").split()
+WORDS = ("backup", "restore", "rollback", "index", "vector", "search", "chunk", "model",
+         "migration", "replica", "upload", "document", "section", "heading", "query", "filter",
+         "latency", "cache", "worker", "job", "key", "scope", "token", "embedding", "schema",
+         "table", "postgres", "shard", "ingest", "parse", "fusion", "rank")
 
 
 def _free_port() -> int:
