@@ -158,6 +158,18 @@ def test_collections_take_any_pinned_model_key(store: Store, settings: Settings,
         assert other.search("made-with-env-model", "tea", k=1)["count"] == 1
 
 
+def test_add_document_parses_by_its_name(store: Store) -> None:
+    doc = store.add_document("docs", "ops/rollback.md", "# Rollback\n\nRun the downgrade.",
+                             metadata={"team": "ops"})
+    assert (doc["name"], doc["format"], doc["status"]) == ("ops/rollback.md", "markdown",
+                                                           "added")
+    again = store.add_document("docs", "ops/rollback.md", "# Rollback\n\nRun the downgrade.",
+                               metadata={"team": "ops"})
+    assert again["status"] == "unchanged"
+    hit = store.search("docs", "downgrade", mode="fulltext")["data"][0]
+    assert hit["section_path"] == ["Rollback"]
+
+
 def test_ingest_paths_reports_each_document(store: Store, tmp_path: Path) -> None:
     (tmp_path / "a.md").write_text("# Tea\n\nGreen tea steeps for two minutes.\n")
     out = store.ingest("files", [tmp_path], metadata={"src": "disk"})

@@ -29,7 +29,7 @@ from ragstore.api.schemas import (
     TextsAdded,
 )
 from ragstore.config import Settings, get_settings
-from ragstore.db import repository, texts
+from ragstore.db import documents, repository, texts
 from ragstore.db.errors import translated
 from ragstore.errors import (
     InputError,
@@ -159,9 +159,28 @@ class Store:
         deleted is returned."""
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"deleting texts of {collection!r}"):
-            return repository.delete_documents(conn, coll.id, list(ids))
+            return documents.delete_documents(conn, coll.id, list(ids))
 
     # --- documents -----------------------------------------------------------------------
+
+    def add_document(self, collection: str, name: str, text: str, *,
+                     metadata: Mapping[str, Any] | None = None,
+                     background: bool = False) -> dict[str, Any]:
+        """Ingest text as document ``name`` (its suffix picks the parser: ``notes.md``),
+        creating the collection when missing; re-adding unchanged text is ``unchanged``.
+        ``background`` exists for parity with the clients; in-process it runs now."""
+        from ragstore.ingest.documents import NewDocument, add_documents
+        from ragstore.jobs import staging
+
+        staging.safe_name(name)
+        self._rt.collection(collection, create=True)
+        with staging.staging_area(self._rt.settings) as area:
+            doc = NewDocument(name, area.write(text.encode("utf-8")), dict(metadata or {}))
+            outcome = add_documents(self._rt, collection, [doc])[0]
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.document is not None
+        return self._document(collection, outcome.document, outcome.status)
 
     def ingest(self, collection: str, paths: Sequence[str | Path], *,
                metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ NOTES = ["Rollback: run ragstore db downgrade to go back one schema revision.",
          "Backups are taken nightly and kept for thirty days.",
          "The search API answers vector, full-text and hybrid queries."]
 SHARED = ("create_collection", "list_collections", "get_collection", "delete_collection",
-          "add_texts", "get_texts", "delete_texts", "ingest", "list_documents",
+          "add_texts", "get_texts", "delete_texts", "add_document", "ingest", "list_documents",
           "iter_documents", "get_document", "delete_document", "search")
 
 

@@ -2,7 +2,7 @@
 
 ``Store.add_texts`` and the integrations (LangChain, LlamaIndex) address documents by
 the id the caller gave, which is the document's ``source``; these queries read them back
-by that id. Writes go through :func:`ragstore.db.repository.write_documents`.
+by that id. Writes go through :func:`ragstore.db.documents.write_documents`.
 """
 
 from __future__ import annotations

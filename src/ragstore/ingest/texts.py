@@ -9,7 +9,7 @@ model, or a collection of imported vectors that ragstore cannot embed for), stor
 as one chunk with that vector. Re-adding an id with the same text and metadata changes
 nothing; new metadata on the same text rewrites the rows but reuses the stored vectors,
 so unchanged text is never embedded twice. Rows go through the one write path,
-:func:`ragstore.db.repository.write_documents`, a transaction per batch.
+:func:`ragstore.db.documents.write_documents`, a transaction per batch.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 from ragstore.chunking import chunk_document
 from ragstore.chunking.chunker import content_hash
-from ragstore.db import repository
+from ragstore.db import documents, repository
 from ragstore.db.errors import translated
 from ragstore.errors import EmptyDocumentError, InputError
 from ragstore.modelops.fanout import building_vectors
@@ -133,7 +133,7 @@ def add_texts(rt: Runtime, collection: str, texts: Sequence[str],
 def _add_batch(rt: Runtime, coll: repository.Collection, report: AddReport, texts: list[str],
                ids: list[str], metas: list[dict[str, Any]], matrix: np.ndarray | None) -> None:
     with rt.db.connection() as conn, translated(f"reading documents of {coll.name!r}"):
-        known = repository.document_hashes(conn, coll.id, ids)
+        known = documents.document_hashes(conn, coll.id, ids)
     todo: list[int] = []
     for i, doc_id in enumerate(ids):
         old = known.get(doc_id)
@@ -154,18 +154,19 @@ def _add_batch(rt: Runtime, coll: repository.Collection, report: AddReport, text
         extra = building_vectors(rt, coll, chunks)
     writes = []
     for n, i in enumerate(todo):
-        old = known.get(ids[i])
-        record = repository.DocumentRecord(
+        record = documents.DocumentRecord(
             source=ids[i], title=None, format="text", content_hash=_digest(texts[i], metas[i]),
             size_bytes=len(texts[i].encode("utf-8")), metadata=metas[i])
-        writes.append(repository.DocumentWrite(record, chunks[n], vectors[n],
-                                               old[0] if old else None, extra[n]))
-        if old:
+        writes.append(documents.DocumentWrite(record, chunks[n], vectors[n], extra[n]))
+    with rt.db.connection() as conn, translated(f"storing texts in {coll.name!r}"):
+        written = documents.write_documents(conn, coll, writes)
+    for w in written:  # decided again under the write lock
+        if w.status == "added":
+            report.added += 1
+        elif w.status == "updated":
             report.updated += 1
         else:
-            report.added += 1
-    with rt.db.connection() as conn, translated(f"storing texts in {coll.name!r}"):
-        repository.write_documents(conn, coll, writes)
+            report.unchanged += 1
 
 
 def _chunked(rt: Runtime, coll: repository.Collection, text: str, doc_id: str,
@@ -186,7 +187,7 @@ def _embed(rt: Runtime, coll: repository.Collection, report: AddReport,
     """One matrix per document: stored vectors reused, the rest encoded in one call."""
     hashes = [c.content_hash for chunks in docs for c in chunks if c.embeddable]
     with rt.db.connection() as conn, translated("looking up stored embeddings"):
-        stored = repository.stored_embeddings(conn, coll, hashes)
+        stored = documents.stored_embeddings(conn, coll, hashes)
     todo: dict[str, str] = {}
     for chunks in docs:
         for c in chunks:
