@@ -7,7 +7,7 @@ integration repeats (make the collection for an outside embedding model on first
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
 from typing import Any, Protocol
 
@@ -34,6 +34,9 @@ class Backend(Protocol):
     def get_texts(self, collection: str, ids: Sequence[str]) -> list[dict[str, Any]]: ...
 
     def delete_texts(self, collection: str, ids: Sequence[str]) -> int: ...
+
+    def iter_documents(self, collection: str, *, page_size: int = 100,
+                       **filters: Any) -> Iterator[dict[str, Any]]: ...
 
     def search(self, collection: str, query: str | None = None, *,
                vector: Sequence[float] | None = None, k: int = 10, mode: str | None = None,
