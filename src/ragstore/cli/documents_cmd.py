@@ -7,6 +7,7 @@ was ingested from (relative paths are resolved) or the name it was uploaded unde
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,15 +39,16 @@ def _find(rt: Runtime, collection: str, document: str) -> dict[str, Any]:
     """The document named by id or source (an ingested path, or an uploaded name)."""
     from ragstore.api import catalog
     from ragstore.db.errors import translated
-    from ragstore.errors import DocumentNotFoundError
+    from ragstore.errors import DocumentNotFoundError, InputError
     from ragstore.jobs import staging
 
     coll = rt.collection(collection)
     with rt.db.connection() as conn, translated(f"reading document {document!r}"):
         if document.isdigit():
             return catalog.document(conn, coll.id, int(document))
-        candidates = [str(Path(document).resolve()),
-                      str(staging.upload_root(rt.settings, collection).resolve() / document)]
+        candidates = [str(Path(document).resolve())]
+        with contextlib.suppress(InputError):  # not a name an upload could have
+            candidates.append(staging.source_of(rt.settings, collection, document))
         for source in candidates:
             try:
                 return catalog.document_by_source(conn, coll.id, source)

@@ -20,6 +20,7 @@ from weakref import WeakKeyDictionary
 
 from psycopg import sql
 
+from ragstore.db import spaces
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.db.repository import Collection
@@ -35,7 +36,6 @@ Mode = Literal["vector", "fulltext", "hybrid"]
 MODES: tuple[Mode, ...] = ("vector", "fulltext", "hybrid")
 MIN_CANDIDATES = 100  # depth of each list fused in hybrid mode (at least k)
 
-_OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
 _iterative: WeakKeyDictionary[Database, bool] = WeakKeyDictionary()
 
 
@@ -198,7 +198,7 @@ def _similarity_sql(metric: str) -> sql.Composable:
 
 def _vector_sql(coll: Collection, condition: sql.Composable, filtered: bool) -> sql.Composable:
     """The ``%(n)s`` nearest embeddings; joined to chunks and documents only to filter."""
-    op = sql.SQL(_OPERATORS[coll.model.distance])
+    op = sql.SQL(spaces.OPERATORS[coll.model.distance])
     if not filtered:
         return sql.SQL(
             "SELECT e.chunk_id, e.embedding {op} %(q)s AS raw FROM {t} e"
