@@ -1,7 +1,8 @@
 """The HTTP API: ``create_app(settings)`` returns the FastAPI application.
 
-``create_app`` is loaded on first access, so that the CLI can use the API's read-side
-modules (``ragstore.api.catalog``) without importing FastAPI.
+FastAPI is imported on first use of ``create_app`` only, so that the in-process ``Store``
+and the CLI can use the schemas and read-side modules of this package (``catalog``)
+without loading the web stack.
 """
 
 from __future__ import annotations
