@@ -89,8 +89,8 @@ def _target_space(conn: psycopg.Connection[Any], coll: repository.Collection,
         if sp.status == "building" and sp.model_id != model_id:
             raise MigrationStateError(
                 f"collection {coll.name!r} is already being migrated to {sp.model.key}; "
-                f"finish that with `ragstore models migrate {coll.name} --to {sp.model.key}` "
-                f"or drop it with `ragstore models cancel {coll.name}` first (to {spec.key})"
+                f"finish that with `ragstore models migrate -c {coll.name} --to {sp.model.key}` "
+                f"or drop it with `ragstore models cancel -c {coll.name}` first (to {spec.key})"
             )
     for sp in existing:
         if sp.model_id == model_id and sp.status == "building":
@@ -280,7 +280,7 @@ def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
         if missing:
             raise MigrationStateError(
                 f"{missing} chunks stored since the switch have no vector for "
-                f"{prev.model.key}; run `ragstore models migrate {coll.name} --to "
+                f"{prev.model.key}; run `ragstore models migrate -c {coll.name} --to "
                 f"{prev.model.key}` (it embeds only those {missing}, then switches back)"
             )
         spaces.activate(conn, coll.id, prev.id, coll.space_id)
