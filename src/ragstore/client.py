@@ -17,6 +17,8 @@ import httpx
 
 from ragstore.errors import RagstoreError, all_error_classes
 
+LSN_HEADER = "RAGStore-LSN"  # ragstore.db.lsn.HEADER (not imported: the client stays light)
+
 
 def _error_class(code: str) -> type[RagstoreError]:
     for cls in all_error_classes():
@@ -34,7 +36,7 @@ def error_from_problem(status: int, body: Mapping[str, Any]) -> RagstoreError:
     exc.status = status  # type: ignore[attr-defined]
     exc.request_id = body.get("request_id")  # type: ignore[attr-defined]
     exc.problem = dict(body)  # type: ignore[attr-defined]
-    if code == "rate_limited" and "retry_after" not in vars(exc):
+    if code in ("rate_limited", "replica_behind") and "retry_after" not in vars(exc):
         exc.retry_after = 1.0  # type: ignore[attr-defined]
     return exc
 
@@ -48,7 +50,13 @@ class Client:
     """
 
     def __init__(self, base_url: str = "http://127.0.0.1:8080", *, api_key: str | None = None,
-                 timeout: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
+                 timeout: float = 60.0, transport: httpx.BaseTransport | None = None,
+                 read_your_writes: bool = True) -> None:
+        # The WAL position of this client's last write (``RAGStore-LSN``). Sent back on later
+        # requests so a read served by a replica sees that write; copy it to another client
+        # (e.g. one for a read-only server) to carry the guarantee over.
+        self.last_lsn: str | None = None
+        self.read_your_writes = read_your_writes
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers,
                                   timeout=timeout, transport=transport)
@@ -66,6 +74,8 @@ class Client:
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request; raise the matching RagstoreError for any error answer."""
+        if self.read_your_writes and self.last_lsn:
+            kwargs["headers"] = {LSN_HEADER: self.last_lsn, **dict(kwargs.get("headers") or {})}
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -81,6 +91,9 @@ class Client:
             if not isinstance(body, dict):
                 body = {"detail": str(body)[:500]}
             raise error_from_problem(response.status_code, body)
+        written = response.headers.get(LSN_HEADER)
+        if written:
+            self.last_lsn = written
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:

@@ -37,6 +37,8 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.DatabaseUnavailableError: Problem(503, "Database unavailable"),
     e.ExtensionMissingError: Problem(503, "Database extension missing"),
     e.SchemaMismatchError: Problem(503, "Database schema mismatch"),
+    e.ReplicaBehindError: Problem(503, "Replica behind"),
+    e.ReadOnlyError: Problem(403, "Read-only server"),
     e.NotFoundError: Problem(404, "Not found"),
     e.CollectionNotFoundError: Problem(404, "Collection not found"),
     e.DocumentNotFoundError: Problem(404, "Document not found"),
@@ -108,7 +110,7 @@ def problem_response(exc: e.RagstoreError, *, request_id: str, instance: str,
                      **extra: Any) -> JSONResponse:
     body = problem_body(exc, request_id=request_id, instance=instance, **extra)
     headers = {"X-Request-ID": request_id} if request_id else {}
-    if isinstance(exc, e.RateLimitedError):
+    if isinstance(exc, (e.RateLimitedError, e.ReplicaBehindError)):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if isinstance(exc, e.AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="ragstore"'

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import subprocess
 import warnings
 from pathlib import Path
@@ -49,6 +50,29 @@ def start(data_dir: Path) -> str:
     admin_uri = server.get_uri()
     _ensure_database(admin_uri)
     return server.get_uri(database=DATABASE_NAME)
+
+
+def system_user() -> str | None:
+    """The OS user the embedded server runs as: its own unprivileged user when we are root."""
+    return "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
+
+
+def stop(data_dir: Path, mode: str = "fast") -> None:
+    """Stop the embedded server under ``data_dir/pg`` now, if it runs (``pg_ctl -m mode``).
+
+    Normally it stops when the last process using it exits; tests and benchmarks that start
+    a server of their own (a primary for a standby) stop it when done with it.
+    """
+    pgdata = data_dir / "pg"
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    try:
+        subprocess.run([str(pg_bin_dir() / "pg_ctl"), "-D", str(pgdata), "-w", "-m", mode,
+                        "stop"], check=True, user=system_user(), capture_output=True,
+                       timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DatabaseUnavailableError(
+            f"could not stop the embedded PostgreSQL under {pgdata}: {exc}") from None
 
 
 def _ensure_database(admin_uri: str) -> None:
