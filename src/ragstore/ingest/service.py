@@ -13,6 +13,7 @@ nothing behind and the rest of the batch goes on.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import threading
 import time
@@ -32,6 +33,8 @@ from ragstore.embedding.base import Embedder
 from ragstore.errors import (
     CollectionNotFoundError,
     EmptyDocumentError,
+    FileUnreadableError,
+    InputError,
     PathNotFoundError,
     RagstoreError,
 )
@@ -215,9 +218,8 @@ class _Ingestor:
                 self._done(FileOutcome(str(path), "failed", error=str(exc), code=exc.code))
                 continue
             except OSError as exc:
-                self._done(FileOutcome(str(path), "failed",
-                                       error=f"{path}: cannot read: {exc.strerror}",
-                                       code="path_not_found"))
+                err = unreadable(path, exc)
+                self._done(FileOutcome(str(path), "failed", error=str(err), code=err.code))
                 continue
             if item is not None:
                 pending.append(item)
@@ -276,6 +278,15 @@ class _Ingestor:
             remaining -= used
             groups.append(group)
         return groups
+
+
+def unreadable(path: Path, exc: OSError) -> InputError:
+    """The error for a file that could not be read: ``path_not_found`` only when it is gone
+    (ENOENT), ``file_unreadable`` for permissions, I/O errors and the like."""
+    if exc.errno == errno.ENOENT:
+        return PathNotFoundError(f"{path}: no such file or directory (removed meanwhile?)")
+    return FileUnreadableError(f"{path}: cannot read: {exc.strerror or exc}; check the "
+                               "file's permissions for the user running ragstore")
 
 
 def _vanished(rt: Runtime, name: str, paths: Sequence[Path], files: Sequence[Path]) -> list[str]:

@@ -34,6 +34,7 @@ from ragstore.errors import FileTooLargeError, InputError, InvalidFilterError
 from ragstore.ingest import FileOutcome, ingest_paths
 from ragstore.jobs import JobFile, staging, submit_ingest
 from ragstore.runtime import Runtime
+from ragstore.validation import check_value
 
 router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"],
                    responses=responses(404))
@@ -117,6 +118,7 @@ async def upload_documents(
         raise InputError(f"metadata is not valid JSON: {exc.msg}") from None
     if not isinstance(meta, dict):
         raise InputError("metadata must be a JSON object")
+    check_value(meta, "metadata")
     if not files:
         raise InputError("no files in the upload; send them as multipart field 'files'")
     batch: list[JobFile] = []
@@ -150,6 +152,8 @@ def list_documents(
                                           examples=['{"team": "ops"}'])] = None,
 ) -> DocumentsPublic:
     caller.require("read", name)
+    check_value({"format": format, "source_prefix": source_prefix, "metadata": metadata},
+                "the query", InvalidFilterError)
     after = decode_cursor(cursor)
     meta: dict[str, Any] | None = None
     if metadata is not None:
@@ -160,6 +164,7 @@ def list_documents(
         if not isinstance(meta, dict):
             raise InvalidFilterError(
                 'metadata filter must be a JSON object, e.g. {"team": "ops"}')
+        check_value(meta, "the metadata filter", InvalidFilterError)
     coll = rt.collection(name)
     prefix = source_prefix
     if prefix is not None and not prefix.startswith("/"):
