@@ -116,6 +116,8 @@ class ReplicaBehindError(DatabaseError):
     ``retry_after`` seconds is a fair guess at when it will have."""
 
     code = "replica_behind"
+    http_status = 503
+    exit_code = 69  # EX_UNAVAILABLE
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
