@@ -16,6 +16,8 @@ from ragstore.errors import InputError
 
 @pytest.mark.parametrize(("method", "path", "kind"), [
     ("POST", "/v1/collections/kb/search", "read"),
+    ("POST", "/v1/collections/kb/texts/get", "read"),
+    ("POST", "/v1/collections/kb/texts", "write"),
     ("GET", "/v1/collections", "read"),
     ("GET", "/v1/collections/kb/documents/3", "read"),
     ("POST", "/v1/collections/kb/documents", "write"),

@@ -2,7 +2,7 @@
 
 :class:`ReadRoutingMiddleware` sorts each request:
 
-- **reads** (GET/HEAD under ``/v1`` except jobs, and every ``POST .../search``) run inside a
+- **reads** (GET/HEAD under ``/v1`` except jobs, ``POST .../search`` and ``.../texts/get``) run in a
   :class:`~ragstore.db.routing.Route`, so ``Runtime.db`` is the replica the router picked.
   A replica that fails under the request is marked down and the request is run once more on
   the primary before anything reached the client: a standby going away costs latency, never
@@ -36,7 +36,7 @@ def classify(method: str, path: str) -> str:
     """``read``, ``write`` or ``other`` (health, metrics, docs, jobs' reads: the primary)."""
     if not path.startswith("/v1/"):
         return "other"
-    if method == "POST" and (path.endswith("/search") or "/search/" in path):
+    if method == "POST" and (path.endswith(("/search", "/texts/get")) or "/search/" in path):
         return "read"
     if method in _WRITES:
         return "write"
