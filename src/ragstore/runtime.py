@@ -6,6 +6,8 @@ import time. The database is opened, checked and schema-verified on first use.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from ragstore.config import Settings, get_settings
@@ -17,6 +19,8 @@ from ragstore.embedding.registry import load_embedder, resolve_spec
 from ragstore.errors import CollectionNotFoundError, ConflictError
 from ragstore.models import ModelSpec
 
+COLLECTION_CACHE_S = 1.0  # how stale a cached collection may be after another process changes it
+
 
 class Runtime:
     """Lazily opened resources shared by the services; close it when done."""
@@ -25,6 +29,8 @@ class Runtime:
         self.settings = settings or get_settings()
         self._db: Database | None = None
         self._embedders: dict[ModelSpec, Embedder] = {}
+        self._collections: dict[str, tuple[float, int, repository.Collection]] = {}
+        self._collections_lock = threading.Lock()
 
     @property
     def db(self) -> Database:
@@ -73,6 +79,25 @@ class Runtime:
             except ConflictError:
                 conn.rollback()
                 return repository.get_collection(conn, name)  # created meanwhile
+
+    def cached_collection(self, name: str) -> repository.Collection:
+        """The named collection, looked up at most once a second (the search path's).
+
+        Saves searches a round trip. A change made in this process (a model switch, a
+        collection created or deleted) is seen at once; one made by another process
+        within :data:`COLLECTION_CACHE_S`: until then searches keep reading the space
+        they read before, as a search started a moment earlier would.
+        """
+        now = time.monotonic()
+        gen = repository.changes()
+        with self._collections_lock:
+            hit = self._collections.get(name)
+        if hit is not None and hit[1] == gen and now - hit[0] < COLLECTION_CACHE_S:
+            return hit[2]
+        coll = self.collection(name)
+        with self._collections_lock:
+            self._collections[name] = (now, gen, coll)
+        return coll
 
     def embedder_for(self, coll: repository.Collection) -> Embedder:
         """The embedder of the collection's active model (its weights checked against the pin)."""

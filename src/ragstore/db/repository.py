@@ -23,6 +23,23 @@ Conn = psycopg.Connection[Any]
 
 DISTANCE_OPS = {"cosine": "vector_cosine_ops", "l2": "vector_l2_ops", "ip": "vector_ip_ops"}
 
+_changes = 0  # bumped whenever this process changes what a collection name resolves to
+
+
+def collections_changed() -> None:
+    """Note that a collection was created, deleted or switched to another space.
+
+    Caches of :func:`get_collection` (the search path's) compare :func:`changes` to drop
+    what they hold; other processes' caches expire on their own short timer.
+    """
+    global _changes
+    _changes += 1
+
+
+def changes() -> int:
+    """How many collection changes this process has made (see :func:`collections_changed`)."""
+    return _changes
+
 
 @dataclass(frozen=True)
 class Collection:
@@ -124,6 +141,7 @@ def create_collection(conn: Conn, name: str, spec: ModelSpec,
     conn.execute("UPDATE embedding_spaces SET status = 'active', activated_at = now()"
                  " WHERE id = %s", (space_id,))
     conn.execute("UPDATE collections SET active_space_id = %s WHERE id = %s", (space_id, cid))
+    collections_changed()
     return get_collection(conn, name)
 
 

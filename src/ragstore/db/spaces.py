@@ -22,6 +22,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from ragstore.db import repository
 from ragstore.db.repository import _MODEL_COLS, DISTANCE_OPS, _spec_from_row
 from ragstore.models import ModelSpec
 
@@ -100,6 +101,7 @@ def activate(conn: Conn, collection_id: int, new_space_id: int, old_space_id: in
                  " WHERE id = %s", (new_space_id,))
     conn.execute("UPDATE collections SET active_space_id = %s WHERE id = %s",
                  (new_space_id, collection_id))
+    repository.collections_changed()
 
 
 def drop_index(conn: Conn, table: str) -> None:
