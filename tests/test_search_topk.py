@@ -136,7 +136,7 @@ def test_postings_and_pruning_stay_right_under_inserts_updates_and_deletes(
     assert before is not None and impact_avgdl == pytest.approx(before[0])
     assert avgdl > impact_avgdl * 1.05, "the test must move avgdl past the stored one"
     _check_postings(rt, coll.id)
-    _all_agree(rt, coll.id, queries[:20] + ["indexing vocabulary", "retrieval of information"])
+    _all_agree(rt, coll.id, [*queries[:20], "indexing vocabulary", "retrieval of information"])
 
 
 def test_query_term_frequency_counts(

@@ -28,6 +28,7 @@ are caught, never passed through to a user.
     ├── NotReadyError                   not_ready
     ├── InputError                      invalid_input
     │   ├── PathNotFoundError           path_not_found
+    │   ├── FileUnreadableError         file_unreadable
     │   ├── UnsupportedFormatError      unsupported_format
     │   ├── EmptyDocumentError          empty_document
     │   ├── BinaryFileError             binary_file
@@ -73,21 +74,39 @@ class ConfigError(RagstoreError):
 
 
 class DatabaseError(RagstoreError):
+    """PostgreSQL refused a statement for a reason that is not the caller's input: our bug
+    or the server's state (permissions, disk). Bad input maps to 4xx in ``db/errors.py``."""
+
     code = "database_error"
-    http_status = 503
-    exit_code = 69  # EX_UNAVAILABLE
+    http_status = 500
+    exit_code = 70  # EX_SOFTWARE
 
 
 class DatabaseUnavailableError(DatabaseError):
+    """No connection to PostgreSQL. ``public`` is what an API caller is told (never the
+    database's address); ``retry_after`` seconds is the hint sent as ``Retry-After``."""
+
     code = "database_unavailable"
+    http_status = 503
+    exit_code = 69  # EX_UNAVAILABLE
+
+    def __init__(self, message: str, public: str | None = None,
+                 retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.public = public or "the database is unavailable"
+        self.retry_after = retry_after
 
 
 class ExtensionMissingError(DatabaseError):
     code = "extension_missing"
+    http_status = 503
+    exit_code = 69
 
 
 class SchemaMismatchError(DatabaseError):
     code = "schema_mismatch"
+    http_status = 503
+    exit_code = 69
 
 
 class NotFoundError(RagstoreError):
@@ -176,6 +195,13 @@ class InputError(RagstoreError):
 
 class PathNotFoundError(InputError):
     code = "path_not_found"
+    exit_code = 66
+
+
+class FileUnreadableError(InputError):
+    """The file exists but cannot be read: permissions, an I/O error, a directory loop."""
+
+    code = "file_unreadable"
     exit_code = 66
 
 

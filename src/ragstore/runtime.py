@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from ragstore.config import Settings, get_settings
-from ragstore.db import migrations, repository
+from ragstore.db import changes, migrations, repository
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
@@ -89,7 +89,7 @@ class Runtime:
         they read before, as a search started a moment earlier would.
         """
         now = time.monotonic()
-        gen = repository.changes()
+        gen = changes.changes()
         with self._collections_lock:
             hit = self._collections.get(name)
         if hit is not None and hit[1] == gen and now - hit[0] < COLLECTION_CACHE_S:

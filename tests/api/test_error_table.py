@@ -5,7 +5,12 @@ from __future__ import annotations
 import ragstore
 from ragstore.api.errors import PROBLEMS, error_class_for_code, problem_body
 from ragstore.client import error_from_problem
-from ragstore.errors import RagstoreError, RateLimitedError, all_error_classes
+from ragstore.errors import (
+    DatabaseUnavailableError,
+    RagstoreError,
+    RateLimitedError,
+    all_error_classes,
+)
 
 
 def test_problem_table_covers_every_error_class() -> None:
@@ -34,7 +39,8 @@ def test_client_raises_the_class_a_problem_names() -> None:
         body = problem_body(cls("boom"), request_id="r1", instance="/x")
         exc = error_from_problem(body["status"], body)
         assert type(exc) is cls
-        assert str(exc) == "boom"
+        assert str(exc) == ("boom" if cls is not DatabaseUnavailableError
+                            else body["detail"])  # its public text, never the address
         assert exc.request_id == "r1"  # type: ignore[attr-defined]
 
 

@@ -34,7 +34,7 @@ KITTENS = "# Kittens\n\nKittens sleep most of the day and play at night.\n"
 def docs(open_url: str) -> Iterator[Client]:
     """A collection ``docs`` with two documents."""
     with Client(open_url) as c:
-        c.create_collection("docs", settings={"owner": "tests"})
+        c.create_collection("docs", settings={"purpose": "tests"})
         c.add_document("docs", "ops/rollback.md", ROLLBACK, metadata={"team": "ops"})
         c.add_document("docs", "pets/kittens.md", KITTENS, metadata={"team": "pets"})
         yield c
@@ -56,7 +56,7 @@ def test_created_collection_is_listed_with_its_model_and_counts(docs: Client) ->
     assert listed["docs"]["model"].startswith("all-MiniLM-L6-v2@")
     assert listed["docs"]["dimension"] == 384
     assert listed["docs"]["documents"] == 2
-    assert docs.get_collection("docs")["settings"] == {"owner": "tests"}
+    assert docs.get_collection("docs")["settings"] == {"purpose": "tests"}
 
 
 def test_creating_an_existing_collection_is_a_conflict(docs: Client) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from psycopg import sql
 
-from ragstore.db import repository
+from ragstore.db import documents, repository
 from ragstore.embedding.registry import TRUNCATED_MODEL, resolve_spec
 from ragstore.errors import ConflictError, MigrationStateError
 from ragstore.ingest import ingest_paths
@@ -111,9 +111,10 @@ def test_write_with_a_collection_read_before_a_switch_is_refused(rt: Runtime,
                                                                  corpus: Path) -> None:
     stale = rt.collection(COLL)
     migrate(rt, COLL, TRUNCATED_MODEL)  # the retired space is reused and switched to again
-    record = repository.DocumentRecord("stale.md", None, "markdown", "x", 1, {})
+    record = documents.DocumentRecord("stale.md", None, "markdown", "x", 1, {})
     with rt.db.connection() as conn, pytest.raises(ConflictError) as err:
-        repository.write_document(conn, stale, record, [], stale_vectors(stale))
+        documents.write_documents(conn, stale, [documents.DocumentWrite(
+            record, [], stale_vectors(stale))])
     assert str(err.value) == (
         f"collection {COLL!r} switched to another embedding model while this document was "
         "being embedded; run the ingest again to store it")

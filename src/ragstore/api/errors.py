@@ -33,7 +33,7 @@ class Problem:
 PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.RagstoreError: Problem(500, "Internal error"),
     e.ConfigError: Problem(500, "Server misconfigured"),
-    e.DatabaseError: Problem(503, "Database error"),
+    e.DatabaseError: Problem(500, "Database error"),
     e.DatabaseUnavailableError: Problem(503, "Database unavailable"),
     e.ExtensionMissingError: Problem(503, "Database extension missing"),
     e.SchemaMismatchError: Problem(503, "Database schema mismatch"),
@@ -51,6 +51,7 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.NotReadyError: Problem(503, "Not ready"),
     e.InputError: Problem(422, "Invalid input"),
     e.PathNotFoundError: Problem(422, "Path not found"),
+    e.FileUnreadableError: Problem(422, "File unreadable"),
     e.UnsupportedFormatError: Problem(415, "Unsupported format"),
     e.EmptyDocumentError: Problem(422, "Empty document"),
     e.BinaryFileError: Problem(415, "Binary file"),
@@ -92,12 +93,30 @@ def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", "") or "")
 
 
+def public_detail(exc: e.RagstoreError) -> str:
+    """What a caller may read: an unreachable database is described without its address
+    (the full message, with it, goes to the server log)."""
+    if isinstance(exc, e.DatabaseUnavailableError):
+        return (f"{exc.public}; retry in {max(1, round(exc.retry_after))}s (the server log "
+                "has the details)")
+    return exc.message
+
+
+def retry_after(exc: e.RagstoreError) -> float | None:
+    """Seconds a client should wait before retrying, for the errors that pass with time."""
+    if isinstance(exc, (e.RateLimitedError, e.DatabaseUnavailableError)):
+        return exc.retry_after
+    if isinstance(exc, e.NotReadyError):
+        return 5.0
+    return None
+
+
 def problem_body(exc: e.RagstoreError, *, request_id: str, instance: str,
                  **extra: Any) -> dict[str, Any]:
     p = problem_for(type(exc))
     body: dict[str, Any] = {
         "type": f"urn:ragstore:problem:{exc.code}", "title": p.title, "status": p.status,
-        "detail": exc.message, "code": exc.code, "instance": instance,
+        "detail": public_detail(exc), "code": exc.code, "instance": instance,
         "request_id": request_id,
     }
     body.update(extra)
@@ -108,8 +127,9 @@ def problem_response(exc: e.RagstoreError, *, request_id: str, instance: str,
                      **extra: Any) -> JSONResponse:
     body = problem_body(exc, request_id=request_id, instance=instance, **extra)
     headers = {"X-Request-ID": request_id} if request_id else {}
-    if isinstance(exc, e.RateLimitedError):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    wait = retry_after(exc)
+    if wait is not None:
+        headers["Retry-After"] = str(max(1, round(wait)))
     if isinstance(exc, e.AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="ragstore"'
     return JSONResponse(body, status_code=body["status"], media_type=PROBLEM_JSON,

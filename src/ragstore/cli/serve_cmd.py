@@ -6,8 +6,6 @@ import logging
 
 import typer
 
-from ragstore.config import get_settings
-
 
 def register(app: typer.Typer) -> None:
     @app.command("serve")
@@ -22,6 +20,8 @@ def register(app: typer.Typer) -> None:
         import os
 
         import uvicorn
+
+        from ragstore.config import get_settings
 
         overrides = {k: v for k, v in
                      (("api_host", host), ("api_port", port), ("api_workers", workers))

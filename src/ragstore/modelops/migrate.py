@@ -38,7 +38,6 @@ Progress = Callable[[int, int], None]  # (chunks with a vector in the new space,
 LOCK_NAMESPACE = 0x5247_4D4D  # "RGMM": advisory-lock key space of model migrations
 MAX_PASSES = 20
 MIN_SELF_RECALL = 0.5
-_OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
 
 
 @dataclass
@@ -85,7 +84,7 @@ def _migration_lock(rt: Runtime, coll: repository.Collection) -> Any:
 def _target_space(conn: psycopg.Connection[Any], coll: repository.Collection,
                   model_id: int, spec: ModelSpec) -> spaces.Space:
     """The space to fill: a building one resumed, a retired one reused, or a new one."""
-    spaces.lock_collection(conn, coll.id, exclusive=True)
+    spaces.lock_collection(conn, coll.id)
     existing = spaces.list_spaces(conn, coll.id)
     for sp in existing:
         if sp.status == "building" and sp.model_id != model_id:
@@ -103,8 +102,8 @@ def _target_space(conn: psycopg.Connection[Any], coll: repository.Collection,
             got = spaces.get_space(conn, sp.id)
             assert got is not None
             return got
-    space_id, table = repository.create_space(conn, coll.id, model_id, spec)
-    spaces.drop_index(conn, table)  # built once after the backfill (much faster than per row)
+    # its index is built once, after the backfill (much faster than row by row)
+    space_id, _ = spaces.create_space(conn, coll.id, model_id, spec, index=False)
     got = spaces.get_space(conn, space_id)
     assert got is not None
     return got
@@ -202,7 +201,7 @@ def _validate(rt: Runtime, coll: repository.Collection, space: spaces.Space, n: 
         ).format(t=sql.Identifier(space.table)), (step, n)).fetchall()
         queries = [str(r[0]) for r in rows]
         vecs = embedder.embed(queries)
-        op = sql.SQL(_OPERATORS[space.model.distance])
+        op = sql.SQL(spaces.OPERATORS[space.model.distance])
         found = 0
         conn.execute("SET LOCAL hnsw.ef_search = 100")
         for q, vec in zip(queries, vecs, strict=True):
@@ -230,7 +229,7 @@ def _validate(rt: Runtime, coll: repository.Collection, space: spaces.Space, n: 
 def _switch(rt: Runtime, coll: repository.Collection, space: spaces.Space) -> bool:
     """Switch atomically if nothing is missing; False when ingest added chunks meanwhile."""
     with rt.db.connection() as conn, translated(f"switching {coll.name!r}"):
-        active = spaces.lock_collection(conn, coll.id, exclusive=True)
+        active = spaces.lock_collection(conn, coll.id)
         if active != coll.space_id:
             raise MigrationStateError(
                 f"collection {coll.name!r} switched model while migrating; run the migrate again"
@@ -246,7 +245,7 @@ def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
     coll = rt.collection(collection)
     with _migration_lock(rt, coll), rt.db.connection() as conn, \
             translated(f"rolling back {coll.name!r}"):
-        spaces.lock_collection(conn, coll.id, exclusive=True)
+        spaces.lock_collection(conn, coll.id)
         retired = [s for s in spaces.list_spaces(conn, coll.id)
                    if s.status == "retired" and s.activated_at is not None]
         if not retired:
@@ -271,7 +270,7 @@ def prune(rt: Runtime, collection: str, *, dry_run: bool = False) -> list[spaces
     coll = rt.collection(collection)
     with _migration_lock(rt, coll), rt.db.connection() as conn, \
             translated(f"pruning {coll.name!r}"):
-        spaces.lock_collection(conn, coll.id, exclusive=True)
+        spaces.lock_collection(conn, coll.id)
         retired = [s for s in spaces.list_spaces(conn, coll.id) if s.status == "retired"]
         if not dry_run:
             for sp in retired:
@@ -290,7 +289,7 @@ def cancel(rt: Runtime, collection: str) -> list[tuple[spaces.Space, str]]:
     done: list[tuple[spaces.Space, str]] = []
     with _migration_lock(rt, coll), rt.db.connection() as conn, \
             translated(f"cancelling the migration of {coll.name!r}"):
-        spaces.lock_collection(conn, coll.id, exclusive=True)
+        spaces.lock_collection(conn, coll.id)
         for sp in spaces.building_spaces(conn, coll.id):
             if sp.activated_at is not None:
                 spaces.ensure_index(conn, sp.table, sp.model.distance)

@@ -9,10 +9,12 @@ are parsed from bytes; every other format is decoded as UTF-8 first.
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import PurePath
 
-from ragstore.errors import BinaryFileError, UnsupportedFormatError
+from ragstore.errors import BinaryFileError, CorruptDocumentError, UnsupportedFormatError
 from ragstore.models import ParsedDocument
 from ragstore.parsing.code import CODE_SUFFIXES, language_from_shebang, parse_code
 from ragstore.parsing.decode import decode_text, looks_binary
@@ -86,10 +88,29 @@ def detect_format(name: str, data: bytes) -> str:
     )
 
 
+# What third-party parsers raise on files they choke on (besides their own error types,
+# which each parser module translates): deep nesting, truncated streams, bad offsets.
+PARSER_FAILURES: tuple[type[BaseException], ...] = (
+    RecursionError, RuntimeError, ArithmeticError, AssertionError, AttributeError, LookupError,
+    TypeError, ValueError, EOFError, NotImplementedError, struct.error, zlib.error, MemoryError,
+)
+
+
 def parse_bytes(data: bytes, name: str, fmt: str | None = None) -> ParsedDocument:
-    """Parse one file's bytes; ``name`` is used for format detection and in error messages."""
+    """Parse one file's bytes; ``name`` is used for format detection and in error messages.
+
+    A parser that fails in a way it does not report itself fails this one file as
+    ``corrupt_document``; an ingest of many files goes on with the rest.
+    """
     fmt = fmt or detect_format(name, data)
-    if fmt in BYTES_PARSERS:
-        return BYTES_PARSERS[fmt](data, name)
-    text = decode_text(data, name)
-    return TEXT_PARSERS[fmt](text, name)
+    try:
+        if fmt in BYTES_PARSERS:
+            return BYTES_PARSERS[fmt](data, name)
+        text = decode_text(data, name)
+        return TEXT_PARSERS[fmt](text, name)
+    except PARSER_FAILURES as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else (
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        raise CorruptDocumentError(
+            f"{name}: the {fmt} parser could not read it ({reason}); check that the file "
+            "is complete and well-formed") from None

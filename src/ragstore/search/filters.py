@@ -31,6 +31,7 @@ from psycopg.types.json import Jsonb
 
 from ragstore.errors import InvalidFilterError
 from ragstore.models import ChunkType
+from ragstore.validation import INT32_MAX, INT32_MIN, check_int_range, check_value
 
 COMPARISONS = {"$eq": "=", "$ne": "<>", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 FIELD_OPERATORS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$exists")
@@ -97,6 +98,7 @@ def compile_filter(spec: Mapping[str, Any] | None, prefix: str = "w") -> Compile
         return CompiledFilter(_TRUE, {})
     if not isinstance(spec, Mapping):
         raise InvalidFilterError(f"the filter must be a JSON object, got {_json_type(spec)}")
+    check_value(spec, "the filter", InvalidFilterError)
     compiler = _Compiler(prefix)
     condition = compiler.compile_object(spec, "", 0)
     return CompiledFilter(condition, compiler.params)
@@ -304,7 +306,8 @@ def _builtin_value(field: str, builtin: _Builtin, op: str, value: Any) -> Any:
         if not isinstance(value, int) or isinstance(value, bool):
             raise InvalidFilterError(f"invalid filter at {field!r}: {op} needs an integer, got "
                                      f"{_json_type(value)}")
-        return value
+        return check_int_range(value, f"invalid filter at {field!r}", INT32_MIN, INT32_MAX,
+                               InvalidFilterError)
     if not isinstance(value, str):
         raise InvalidFilterError(f"invalid filter at {field!r}: {op} needs a string, got "
                                  f"{_json_type(value)}")

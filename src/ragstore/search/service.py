@@ -25,6 +25,7 @@ from weakref import WeakKeyDictionary
 
 from psycopg import sql
 
+from ragstore.db import spaces
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.db.repository import Collection
@@ -40,7 +41,6 @@ Mode = Literal["vector", "fulltext", "hybrid"]
 MODES: tuple[Mode, ...] = ("vector", "fulltext", "hybrid")
 MIN_CANDIDATES = 100  # depth of each list fused in hybrid mode (at least k)
 
-_OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
 _iterative: WeakKeyDictionary[Database, bool] = WeakKeyDictionary()
 _session_ef: WeakKeyDictionary[Any, int] = WeakKeyDictionary()  # connection -> its ef_search
 
@@ -222,7 +222,7 @@ def _vector_sql(coll: Collection, condition: sql.Composable, filtered: bool,
     The vector is a binary parameter (``%(q)b``: 4 bytes a dimension, no text parsing).
     ``exact`` orders by an expression the HNSW index cannot serve: a sequential scan.
     """
-    op = sql.SQL(_OPERATORS[coll.model.distance])
+    op = sql.SQL(spaces.OPERATORS[coll.model.distance])
     order = sql.SQL("(e.embedding {op} %(q)b) + 0" if exact else "e.embedding {op} %(q)b"
                     ).format(op=op)
     if not filtered:

@@ -1,0 +1,73 @@
+"""Checks of caller-supplied values at the edge, before they reach PostgreSQL.
+
+PostgreSQL refuses a NUL byte in any text or JSON value and integers beyond 64 bits, and
+JSON ``NaN``/``Infinity`` are not JSON to it. Refused there, they would surface as a
+database error; refused here, the caller learns which value is wrong and where. The API
+schemas, the filter compiler and the CLI all use these, so both answer the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ragstore.errors import InputError
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+MAX_JSON_DEPTH = 64
+
+
+def problem_in(value: Any, at: str = "", depth: int = 0) -> str | None:
+    """The first value in ``value`` PostgreSQL would refuse, described with its path
+    (``None``: all fine). Walks dict keys, strings, numbers, lists and nested objects."""
+    where = f" at {at!r}" if at else ""
+    if depth > MAX_JSON_DEPTH:
+        return f"nested deeper than {MAX_JSON_DEPTH} levels{where}"
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"a NUL byte (\\u0000){where}; remove it"
+        return None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            return f"an integer out of the 64-bit range{where}: {value:.3g}"
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return f"a non-finite number ({value}){where}; JSON numbers must be finite"
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return f"a NUL byte (\\u0000) in a key{where}; remove it"
+            found = problem_in(item, f"{at}.{key}" if at else str(key), depth + 1)
+            if found:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = problem_in(item, f"{at}[{i}]", depth + 1)
+            if found:
+                return found
+    return None
+
+
+def check_value(value: Any, what: str, error: type[InputError] = InputError) -> Any:
+    """``value`` unchanged, or ``error`` naming ``what`` and the offending part."""
+    found = problem_in(value)
+    if found:
+        raise error(f"{what} holds {found}")
+    return value
+
+
+def check_int_range(value: int, what: str, low: int = INT32_MIN, high: int = INT32_MAX,
+                    error: type[InputError] = InputError) -> int:
+    """``value`` when ``low <= value <= high``; otherwise ``error`` naming the range."""
+    if not low <= value <= high:
+        raise error(f"{what}: {value:.3g} is out of range; use an integer from {low} to {high}")
+    return value

@@ -1,0 +1,104 @@
+"""The one table mapping PostgreSQL failures to our errors, row by row, and the cases
+that reach it through a real database."""
+
+from __future__ import annotations
+
+import socket
+
+import psycopg
+import pytest
+from psycopg import errors as pg
+from psycopg_pool import PoolTimeout
+
+from ragstore.api.errors import problem_body
+from ragstore.db.database import Database
+from ragstore.db.errors import SQLSTATE_MAP, classify, translate, translated
+from ragstore.errors import (
+    ConflictError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    InputError,
+    RagstoreError,
+)
+
+
+def _sample(key: str) -> psycopg.Error:
+    """A psycopg exception carrying the SQLSTATE ``key`` (a class gets its 000 code)."""
+    code = key if len(key) == 5 else key + "000"
+    cls: type[psycopg.Error] = pg.lookup(code)
+    return cls(f"boom {code}")
+
+
+@pytest.mark.parametrize("key", sorted(SQLSTATE_MAP))
+def test_every_row_of_the_table_maps_as_listed(key: str) -> None:
+    expected, reason = SQLSTATE_MAP[key]
+    got = translate(_sample(key), "doing x")
+    assert type(got) is expected
+    assert reason in str(got) and str(got).startswith("doing x")
+
+
+def test_the_table_sends_input_to_4xx_and_only_connections_to_503() -> None:
+    statuses = {key: cls.http_status for key, (cls, _) in SQLSTATE_MAP.items()}
+    for key, status in statuses.items():
+        if key[:2] in ("08", "53", "57"):
+            assert status == 503, key
+        else:
+            assert 400 <= status < 500, key
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (pg.SyntaxError("bug"), DatabaseError),            # 42601: our bug, 500
+    (pg.UndefinedTable("bug"), DatabaseError),         # 42P01: our bug, 500
+    (psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"), InputError),
+    (psycopg.OperationalError("connection failed"), DatabaseUnavailableError),
+    (psycopg.InterfaceError("the connection is closed"), DatabaseUnavailableError),
+    (PoolTimeout("no connection"), DatabaseUnavailableError),
+])
+def test_errors_outside_the_table(exc: Exception, expected: type[RagstoreError]) -> None:
+    assert classify(exc)[0] is expected
+    assert type(translate(exc, "x")) is expected
+
+
+def test_database_error_is_500_and_unavailable_is_503() -> None:
+    assert DatabaseError.http_status == 500
+    assert DatabaseUnavailableError.http_status == 503
+    assert ConflictError.http_status == 409
+
+
+def test_real_failures_map_to_4xx(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(InputError, match="NUL"), translated("nul"):
+            conn.execute("SELECT %s::text", ("a\x00b",))
+        conn.rollback()
+        with pytest.raises(InputError, match="out of range"), translated("range"):
+            conn.execute("SELECT %s::integer", (10**30,))
+        conn.rollback()
+        with pytest.raises(InputError, match="klingon"), translated("ts"):
+            conn.execute("SELECT to_tsvector(%s::regconfig, 'x')", ("klingon",))
+        conn.rollback()
+        conn.execute("CREATE TEMP TABLE u (x int PRIMARY KEY)")
+        conn.execute("INSERT INTO u VALUES (1)")
+        with pytest.raises(ConflictError, match="already exists"), translated("dup"):
+            conn.execute("INSERT INTO u VALUES (1)")
+
+
+def test_unreachable_database_fails_fast_without_its_address() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = Database(f"postgresql://nobody@127.0.0.1:{port}/secretdb", connect_timeout_s=1)
+    with pytest.raises(DatabaseUnavailableError) as first, db.connection():
+        pass
+    body = problem_body(first.value, request_id="r", instance="/x")
+    assert body["status"] == 503
+    assert "127.0.0.1" not in body["detail"] and "secretdb" not in body["detail"]
+    assert "POOL_MAX_SIZE" not in str(first.value)
+    import time
+
+    t0 = time.monotonic()
+    for _ in range(20):  # the breaker is open: no connect timeout per call
+        with pytest.raises(DatabaseUnavailableError) as again, db.connection():
+            pass
+        assert again.value.retry_after > 0
+    assert time.monotonic() - t0 < 1.0
+    db.close()
