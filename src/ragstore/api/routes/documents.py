@@ -76,7 +76,7 @@ def add_document(name: CollectionName, body: DocumentCreate, state: State, calle
     caller.require("write", name)
     rt = state.runtime
     staging.safe_name(body.name)
-    rt.collection(name)
+    rt.collection(name, create=True)  # as `ragstore ingest` does
     content = body.text.encode("utf-8")
     if body.background or len(content) > rt.settings.background_ingest_bytes:
         return _accept(state, name, [JobFile(body.name, content, body.metadata)])
@@ -103,7 +103,7 @@ def _upload(state: State, name: str, files: list[UploadFile], meta: dict[str, An
             background: bool) -> DocumentsPublic | JSONResponse:
     """Stream each file to a private staging file, then ingest now or queue a job."""
     rt = state.runtime
-    rt.collection(name)
+    rt.collection(name, create=True)  # as `ragstore ingest` does
     with staging.staging_area(rt.settings) as area:
         docs: list[NewDocument] = []
         total = 0
