@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ragstore.db import repository
+from ragstore.db import documents, repository
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from ragstore.search.bm25 import parse_query
@@ -129,7 +129,7 @@ def test_postings_and_pruning_stay_right_under_inserts_updates_and_deletes(
         conn.execute("UPDATE chunks SET text = text || ' indexing vocabulary indexing'"
                      " WHERE collection_id = %s AND id IN (SELECT id FROM chunks"
                      " WHERE collection_id = %s ORDER BY id LIMIT 5)", (coll.id, coll.id))
-        repository.delete_documents(conn, coll.id, [docs[1].source, docs[2].source])
+        documents.delete_documents(conn, coll.id, [docs[1].source, docs[2].source])
         avgdl, impact_avgdl = conn.execute(
             "SELECT tokens::float8 / chunks, impact_avgdl FROM bm25_collection_stats"
             " WHERE collection_id = %s", (coll.id,)).fetchone()  # type: ignore[misc]

@@ -238,6 +238,7 @@ def _run(rt: Runtime, query: str, collection: str, p: SearchParams,
                     conn.execute(
                         "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)")
             cur = conn.execute(stmt, values)
+            conn.commit()  # in the same round trip; the pool's own commit is then a no-op
         rows = cur.fetchall()
         if set_session:
             _session_ef[conn] = ef
