@@ -1,4 +1,4 @@
-"""Pruned BM25 top k (revision 0005's impact-ordered postings and threshold algorithm).
+"""Pruned BM25 top k (revision 0006's impact-ordered postings and threshold algorithm).
 
 The pruned list must be the exhaustive one, scores included, on real text (CISI records
 and its paragraph-long queries), and must stay so as chunks are added, changed and

@@ -1,7 +1,8 @@
 """The HTTP API: ``create_app(settings)`` returns the FastAPI application.
 
-FastAPI is imported on first use of ``create_app`` only, so the in-process ``Store``
-can use the schemas and catalog of this package without loading the web stack.
+FastAPI is imported on first use of ``create_app`` only, so that the in-process ``Store``
+and the CLI can use the schemas and read-side modules of this package (``catalog``)
+without loading the web stack.
 """
 
 from __future__ import annotations

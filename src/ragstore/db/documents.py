@@ -216,11 +216,11 @@ def _copy_chunks(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite],
         return
     with conn.cursor().copy(
         "COPY chunks (id, document_id, collection_id, ordinal, chunk_type, text, section_path,"
-        " parent_id, char_start, char_end, page, token_count, metadata, content_hash)"
+        " parent_id, char_start, char_end, page, token_count, metadata, content_hash, context)"
         " FROM STDIN (FORMAT BINARY)"
     ) as copy:
         copy.set_types(["int8", "int8", "int4", "int4", "text", "text", "text[]", "int8",
-                        "int4", "int4", "int4", "int4", "jsonb", "text"])
+                        "int4", "int4", "int4", "int4", "jsonb", "text", "text"])
         offset = 0
         for doc_id, d in zip(doc_ids, docs, strict=True):
             mine = ids[offset:offset + len(d.chunks)]
@@ -229,7 +229,8 @@ def _copy_chunks(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite],
                 parent = mine[ch.parent_ordinal] if ch.parent_ordinal is not None else None
                 copy.write_row((cid, doc_id, coll.id, ch.ordinal, ch.chunk_type.value, ch.text,
                                 list(ch.section_path), parent, ch.char_start, ch.char_end,
-                                ch.page, ch.token_count, Jsonb(ch.metadata), ch.content_hash))
+                                ch.page, ch.token_count, Jsonb(ch.metadata), ch.content_hash,
+                                ch.context))
 
 
 def allocate_chunk_ids(conn: Conn, n: int) -> list[int]:

@@ -166,20 +166,25 @@ def count_missing(conn: Conn, source_table: str, target_table: str) -> int:
 class PendingChunk:
     id: int
     text: str
-    section_path: tuple[str, ...]
+    context: str  # the section path as the model read it at ingest (chunks.context)
+
+    @property
+    def embed_text(self) -> str:
+        """Exactly what ingest embedded: ``models.Chunk.embed_text`` of the stored row."""
+        return f"{self.context}\n{self.text}" if self.context else self.text
 
 
 def missing_batch(conn: Conn, source_table: str, target_table: str, after_id: int,
                   limit: int) -> list[PendingChunk]:
     """The next ``limit`` chunks (by id, after ``after_id``) in source but not in target."""
     rows = conn.execute(sql.SQL(
-        "SELECT c.id, c.text, c.section_path FROM {s} a JOIN chunks c ON c.id = a.chunk_id"
+        "SELECT c.id, c.text, c.context FROM {s} a JOIN chunks c ON c.id = a.chunk_id"
         " WHERE a.chunk_id > %s AND NOT EXISTS"
         " (SELECT 1 FROM {t} b WHERE b.chunk_id = a.chunk_id)"
         " ORDER BY a.chunk_id LIMIT %s"
     ).format(s=sql.Identifier(source_table), t=sql.Identifier(target_table)),
         (after_id, limit)).fetchall()
-    return [PendingChunk(int(r[0]), r[1], tuple(r[2] or ())) for r in rows]
+    return [PendingChunk(int(r[0]), r[1], r[2]) for r in rows]
 
 
 def insert_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarray) -> int:

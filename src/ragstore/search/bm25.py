@@ -19,10 +19,10 @@ Scores count query-term frequency: a lexeme the query holds twice weighs twice (
 Lucene's merged clauses, Anserini and bm25s). On CISI's paragraph-long queries that and
 the plain syntax lift full-text nDCG@10 from 0.291 to the level of bm25s (see
 docs/benchmarks.md). The candidates are the chunks holding any query lexeme
-(:func:`ragstore_any_lexeme` in revision 0005), the set BM25 ranks.
+(:func:`ragstore_any_lexeme` in revision 0006), the set BM25 ranks.
 
 Unfiltered searches without required or excluded phrases go to
-``ragstore_bm25_topk`` (revision 0005): the threshold algorithm over impact-ordered
+``ragstore_bm25_topk`` (revision 0006): the threshold algorithm over impact-ordered
 postings, the same exact scores without scoring every match. The rest (and
 ``exact``) score every match here.
 """

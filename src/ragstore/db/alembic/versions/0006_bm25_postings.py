@@ -1,7 +1,7 @@
 """BM25 impact-ordered postings and the top-k function that reads them.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-01
 
 Full-text search used to score every chunk holding any query word, so its cost grew with
@@ -43,8 +43,8 @@ load or a change of the collection's bm25_k1/bm25_b).
 
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
