@@ -25,6 +25,7 @@ from ragstore.auth import KeyStore
 from ragstore.config import Settings
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "console"
+expect.set_options(timeout=20_000)  # a page's requests on a busy 2-core CI machine
 TARGET = "all-MiniLM-L6-v2-256d"
 EVIL = ("Warning <script>window.__pwned = 1</script> and "
         '<img src="x" onerror="window.__pwned = 2"> should show as text.\n')
