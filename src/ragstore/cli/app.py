@@ -71,6 +71,7 @@ def _register() -> None:
         mcp_cmd,
         models_cmd,
         search_cmd,
+        sections_cmd,
         serve_cmd,
         worker_cmd,
     )
@@ -83,6 +84,7 @@ def _register() -> None:
     ingest_cmd.register(app)
     search_cmd.register(app)
     eval_cmd.register(app)
+    sections_cmd.register(app)
     app.add_typer(keys_cmd.app, name="keys")
     serve_cmd.register(app)
     mcp_cmd.register(app)
