@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         None, description="postgresql:// URL of an external server; unset = embedded server."
     )
+    url: str | None = Field(
+        None, description="Base URL of a running `ragstore serve`: the CLI's search and "
+        "ingest go through it instead of loading the model in the CLI process.")
+    api_key: SecretStr | None = Field(
+        None, description="API key the CLI sends to RAGSTORE_URL (when the server wants one).")
     collection: str = Field(
         "default", min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Collection used when a command names none.",

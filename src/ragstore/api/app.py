@@ -19,9 +19,19 @@ from ragstore.api.deps import ApiState
 from ragstore.api.errors import install_error_handlers
 from ragstore.api.listen import stop_with_parent
 from ragstore.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from ragstore.api.routes import collections, documents, health, jobs, models, search
+from ragstore.api.routes import (
+    collections,
+    documents,
+    health,
+    inspect,
+    jobs,
+    models,
+    search,
+)
 from ragstore.auth import KeyStore, RateLimiter
 from ragstore.config import Settings, get_settings
+from ragstore.console import install_console
+from ragstore.console.security import ConsoleSecurityMiddleware
 from ragstore.db.database import Database
 from ragstore.errors import ConfigError, RagstoreError
 from ragstore.jobs import build_queue
@@ -52,6 +62,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
     """Every middleware of the app, outermost last. Add metrics/logging middleware here."""
     app.add_middleware(BodyLimitMiddleware, json_bytes=settings.max_request_bytes,
                        upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(ConsoleSecurityMiddleware)  # CSP and friends under /ui
     install_observability(app, settings)  # metrics, access log, GET /metrics
     app.add_middleware(RequestIdMiddleware)
 
@@ -104,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_middleware(app, settings)
     install_error_handlers(app)
-    for module in (health, collections, documents, search, models, jobs):
+    for module in (health, collections, documents, search, models, jobs, inspect):
         app.include_router(module.router)
+    install_console(app, auth=secure)
     return app

@@ -129,6 +129,8 @@ class SearchResponse(BaseModel):
     data: list[HitPublic]
     count: int
     took_ms: float
+    plan: dict[str, Any] | None = Field(
+        None, description="With `explain`: the candidate lists, their depth and the fusion.")
 
 
 # --- models ------------------------------------------------------------------------------
@@ -233,3 +235,71 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, str]
+
+
+# --- inspection (the console's read-only views) ------------------------------------------
+
+class MePublic(BaseModel):
+    auth: bool = Field(description="False when the server runs with authentication off.")
+    key_id: str | None = Field(None, examples=["3f2a9c1b0d4e"])
+    name: str | None = None
+    scope: Literal["read", "write", "admin"] = Field(
+        description="The caller's scope (admin for everyone when auth is off).")
+    collection: str | None = Field(None, description="The one collection the key may use; "
+                                   "null for every collection.")
+
+
+class TableSize(BaseModel):
+    table: str
+    table_bytes: int
+    index_bytes: int
+
+
+class SpaceStats(BaseModel):
+    id: int
+    model: str = Field(examples=["all-MiniLM-L6-v2@gt-0.1.0"])
+    model_name: str
+    status: str = Field(examples=["active", "building", "retired"])
+    active: bool
+    table: str
+    embedded: int = Field(description="Chunks with a vector in this space.")
+    progress: float = Field(description="embedded / vectors in the active space, 0..1.")
+    table_bytes: int
+    index_bytes: int
+    created_at: datetime
+    activated_at: datetime | None
+
+
+class CollectionStatsPublic(BaseModel):
+    collection: str
+    model: str
+    dimension: int
+    distance: str
+    documents: int
+    chunks: int
+    created_at: datetime
+    last_ingest: datetime | None = Field(description="When a document last changed.")
+    spaces: list[SpaceStats]
+    shared_tables: list[TableSize] = Field(
+        description="documents and chunks are shared by every collection: whole-table sizes.")
+
+
+class ChunkPublic(BaseModel):
+    id: int
+    ordinal: int
+    chunk_type: str
+    section_path: list[str]
+    page: int | None
+    token_count: int
+    char_start: int
+    char_end: int
+    text: str
+    metadata: dict[str, Any]
+
+
+class ChunksPublic(BaseModel):
+    collection: str
+    document_id: int
+    data: list[ChunkPublic]
+    count: int
+    next_after: int | None = Field(None, description="Pass as ?after= for the next page.")

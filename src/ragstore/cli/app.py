@@ -1,16 +1,35 @@
-"""The root typer app and the one place ragstore errors become an exit status."""
+"""The root typer app and the one place ragstore errors become an exit status.
+
+Exit statuses (documented in TROUBLESHOOTING.md, "Exit codes"): 0 done; 1 some files
+failed or a confirmation was declined; 64 a usage error (unknown command or option, a bad
+or missing value); every :class:`~ragstore.errors.RagstoreError` its own ``exit_code``
+(65-78, sysexits style); 130 interrupted.
+
+The pinned typer ships its own copy of click (``typer._click``): its exceptions are not
+click's, so they are caught here by typer's classes, never by ``click``'s.
+
+Command modules import only typer at module level; everything heavy (the database
+driver, the model, numpy) is imported inside the command that needs it, so that
+``ragstore config show`` or ``ragstore search --mode fulltext`` start in a fraction of
+a second and never import torch.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
-import click
 import typer
-from rich.console import Console
-from rich.markup import escape
+from typer import exceptions as typer_exceptions
+from typer._click import exceptions as click_exceptions
+from typer._click.core import Context
 
 from ragstore.errors import RagstoreError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 64  # EX_USAGE
+EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     name="ragstore",
@@ -19,10 +38,26 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ragstore import __version__
+
+        typer.echo(f"ragstore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Document retrieval on PostgreSQL + pgvector."""
 
 
 def _register() -> None:
+    """Attach every command group; one line per group so that new groups merge cleanly."""
     from ragstore.cli import (
         backup_cmd,
         config_cmd,
@@ -50,22 +85,82 @@ def _register() -> None:
     backup_cmd.register(app)
 
 
+def _metavar(param: Any) -> str:
+    """A readable placeholder for help and errors (``QUERY``, ``N``, ``PATH``), never a
+    Python type name such as ``<list[str]>`` or ``<int range>``."""
+    name = str(param.name or "value").upper()
+    bare = param.bare_type() if hasattr(param, "bare_type") else ""
+    if bare in ("int", "list[int]"):
+        word = "N"
+    elif bare in ("float", "list[float]"):
+        word = "NUMBER"
+    elif "Path" in bare:
+        word = "PATH" if param.param_type_name == "option" else name
+    else:
+        word = name
+    return word
+
+
+def _no_type(ctx: Any) -> None:
+    """An argument's help row shows its metavar only (typer adds ``<str>`` otherwise)."""
+
+
+def _readable_metavars(command: Any) -> None:
+    help_option = command.get_help_option(Context(command))
+    for param in [*getattr(command, "params", []), help_option]:
+        if param is None:
+            continue
+        if param.param_type_name == "argument":
+            param.display_type_rich = _no_type
+        if param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        else:
+            param.metavar = _metavar(param)
+    for sub in getattr(command, "commands", {}).values():
+        _readable_metavars(sub)
+
+
+def build_command() -> Any:
+    """The click command tree of the whole CLI, with readable metavars."""
+    if not app.registered_groups:
+        _register()
+    command = typer.main.get_command(app)
+    _readable_metavars(command)
+    return command
+
+
+def _usage_line(exc: click_exceptions.UsageError) -> str:
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "ragstore"
+    return f"error[usage]: {message} (see '{where} --help')"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app; a RagstoreError is one line on stderr and its exit code."""
+    """Entry point: run the CLI; every failure is one line on stderr and its exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _register()
+    command = build_command()
     try:
-        status = app(args=argv, standalone_mode=False)
+        status = command.main(args=argv, prog_name="ragstore", standalone_mode=False)
     except RagstoreError as exc:
-        err_console.print(f"[bold red]error\\[{exc.code}][/]: {escape(exc.message)}")
+        from ragstore.cli.output import print_error
+
+        print_error(exc)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    except click_exceptions.NoArgsIsHelpError:
+        sys.exit(EXIT_USAGE)  # typer printed the help when it raised this
+    except click_exceptions.UsageError as exc:
+        typer.echo(_usage_line(exc), err=True)
+        sys.exit(EXIT_USAGE)
+    except click_exceptions.ClickException as exc:
+        typer.echo(f"error[usage]: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(EXIT_USAGE)
+    except typer_exceptions.Abort:
+        typer.echo("aborted: nothing was changed", err=True)
+        sys.exit(EXIT_FAILED)
     if isinstance(status, int) and status:
+        if status == EXIT_INTERRUPTED:
+            typer.echo("interrupted", err=True)
         sys.exit(status)

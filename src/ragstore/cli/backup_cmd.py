@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
 
-from ragstore.backup import create_backup, restore_backup
-from ragstore.runtime import Runtime
+from ragstore.cli.output import confirm, echo_json
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -17,27 +17,42 @@ def _counts(counts: dict[str, int]) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("backup")
     def backup(
-        path: Path | None = typer.Argument(None, help="Archive file or folder to write "
-                                           "(default: DATA_DIR/backups/ragstore-<time>.dump)."),
+        path: Path | None = typer.Argument(None, metavar="[PATH]",
+                                           help="Archive file or folder to write (default: "
+                                           "DATA_DIR/backups/ragstore-<time>.dump)."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Back up the whole database to a pg_dump custom-format archive."""
+        from ragstore.backup import create_backup
+        from ragstore.runtime import Runtime
+
         with Runtime() as rt:
             info = create_backup(rt.raw_db(), rt.settings, path, reason="manual")
-        typer.echo(f"backup: {info.path} ({info.bytes} bytes, sha256 {info.sha256[:16]})")
+        if as_json:
+            echo_json(asdict(info))
+            return
+        typer.echo(f"backup: {info.path} ({info.bytes} bytes, sha256 {info.sha256})")
         typer.echo(f"  of {info.database} at schema revision {info.revision or '(none)'}: "
                    f"{_counts(info.counts)}")
 
     @app.command("restore")
     def restore(
-        path: Path = typer.Argument(..., help="An archive written by `ragstore backup`."),
+        path: Path = typer.Argument(..., metavar="PATH",
+                                    help="An archive written by `ragstore backup`."),
         yes: bool = typer.Option(False, "--yes", "-y",
                                  help="Do not ask; replace the database's contents."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Replace the database's contents with a backup, in one transaction."""
+        from ragstore.backup import restore_backup
+        from ragstore.runtime import Runtime
+
         with Runtime() as rt:
             db = rt.raw_db()
-            if not yes:
-                typer.confirm(f"Replace everything in {db.where} with {path}?", abort=True)
+            confirm(f"Replace everything in {db.where} with {path}?", yes=yes)
             result = restore_backup(db, path)
+        if as_json:
+            echo_json(asdict(result))
+            return
         typer.echo(f"restored {result.path} into {result.database}")
         typer.echo(f"  schema revision {result.revision or '(none)'}: {_counts(result.counts)}")

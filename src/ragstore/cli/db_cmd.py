@@ -1,41 +1,61 @@
-"""``ragstore db``: schema status, upgrade and downgrade (Alembic under an advisory lock)."""
+"""``ragstore db``: schema status, upgrade and downgrade (Alembic under an advisory lock).
+
+Both directions back the database up first (``--no-backup`` skips it); a downgrade also
+asks before it drops anything (``--yes`` answers for scripts).
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
-from ragstore.db import migrations
-from ragstore.runtime import Runtime
+from ragstore.cli.output import confirm, echo_json
+
+if TYPE_CHECKING:
+    from ragstore.db.database import Database
+    from ragstore.runtime import Runtime
 
 app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 
 
 @app.command("status")
-def status() -> None:
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the schema revision of the database and of the code."""
+    from ragstore.db import migrations
+    from ragstore.runtime import Runtime
+
     with Runtime() as rt:
         db = rt.raw_db()
         st = migrations.status(db)
-        typer.echo(f"database: {db.where}")
-        typer.echo(f"current:  {st.current or '(empty database)'}")
-        typer.echo(f"head:     {st.head}")
-        if st.unknown:
-            typer.echo("state:    AHEAD of this code (unknown revision)")
-        elif st.pending:
-            typer.echo(f"state:    behind; pending {', '.join(st.pending)} "
-                       "(run `ragstore db upgrade`)")
-        else:
-            typer.echo("state:    current")
+    state = ("ahead" if st.unknown else "behind" if st.pending else "current")
+    if as_json:
+        echo_json({"database": db.where, "current": st.current, "head": st.head,
+                   "pending": st.pending, "state": state})
+        return
+    typer.echo(f"database: {db.where}")
+    typer.echo(f"current:  {st.current or '(empty database)'}")
+    typer.echo(f"head:     {st.head}")
+    if st.unknown:
+        typer.echo("state:    AHEAD of this code (unknown revision)")
+    elif st.pending:
+        typer.echo(f"state:    behind; pending {', '.join(st.pending)} "
+                   "(run `ragstore db upgrade`)")
+    else:
+        typer.echo("state:    current")
 
 
 @app.command("upgrade")
 def upgrade(
-    to: str = typer.Option("head", "--to", help="Target revision."),
+    to: str = typer.Option("head", "--to", metavar="REV", help="Target revision."),
     sql: bool = typer.Option(False, "--sql", help="Print the SQL instead of running it."),
     no_backup: bool = typer.Option(False, "--no-backup",
                                    help="Do not back the database up before upgrading."),
 ) -> None:
     """Upgrade the schema to the code's revision (or --to REV); backs up first."""
+    from ragstore.db import migrations
+    from ragstore.runtime import Runtime
+
     if sql:
         typer.echo(migrations.upgrade_sql(None, to))
         return
@@ -43,16 +63,22 @@ def upgrade(
         upgrade_with_backup(rt, to, backup=not no_backup)
 
 
+def _backup_before(rt: Runtime, db: Database, reason: str) -> None:
+    from ragstore.backup import create_backup
+
+    info = create_backup(db, rt.settings, reason=reason)
+    typer.echo(f"backup: {info.path} (restore with `ragstore restore {info.path}`)")
+
+
 def upgrade_with_backup(rt: Runtime, to: str = "head", *, backup: bool = True) -> None:
     """Back up a database that holds a schema (unless told not to), then upgrade it."""
+    from ragstore.db import migrations
+
     db = rt.raw_db()
     pre = migrations.status(db)
     before = pre.current
     if before is not None and pre.pending and backup:
-        from ragstore.backup import create_backup
-
-        info = create_backup(db, rt.settings, reason="upgrade")
-        typer.echo(f"backup: {info.path} (restore with `ragstore restore {info.path}`)")
+        _backup_before(rt, db, "upgrade")
     st = migrations.upgrade(db, to)
     if before == st.current:
         typer.echo(f"schema already at {st.current}; nothing to do")
@@ -61,13 +87,29 @@ def upgrade_with_backup(rt: Runtime, to: str = "head", *, backup: bool = True) -
 
 
 @app.command("downgrade")
-def downgrade(to: str = typer.Option(..., "--to", help="Target revision, or 'base'.")) -> None:
-    """Downgrade the schema to an earlier revision ('base' drops every ragstore table)."""
+def downgrade(
+    to: str = typer.Option(..., "--to", metavar="REV", help="Target revision, or 'base'."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask; downgrade at once."),
+    no_backup: bool = typer.Option(False, "--no-backup",
+                                   help="Do not back the database up before downgrading."),
+) -> None:
+    """Downgrade the schema to an earlier revision ('base' drops every ragstore table);
+    backs up first and asks before it drops anything."""
+    from ragstore.db import migrations
+    from ragstore.runtime import Runtime
+
     with Runtime() as rt:
         db = rt.raw_db()
         before = migrations.status(db).current
+        if before is None:
+            typer.echo("the database holds no ragstore schema; nothing to downgrade")
+            return
+        confirm(f"Downgrade {db.where} from {before} to {to}? Tables and columns added "
+                "since are dropped with their data", yes=yes)
+        if not no_backup:
+            _backup_before(rt, db, "downgrade")
         st = migrations.downgrade(db, to)
-        typer.echo(f"downgraded {before or '(empty)'} -> {st.current or 'base'}")
+        typer.echo(f"downgraded {before} -> {st.current or 'base'}")
 
 
 @app.command("stop")

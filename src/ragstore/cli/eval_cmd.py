@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from ragstore.runtime import Runtime
-from ragstore.search import FusionParams, parse_mode
-from ragstore.search.eval import collection_name, evaluate, ingest_records, load_beir
-from ragstore.search.hybrid import (
-    DEFAULT_FULLTEXT_WEIGHT,
-    DEFAULT_RRF_K,
-    DEFAULT_VECTOR_WEIGHT,
-)
-from ragstore.search.service import MODES, Mode
-
-console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+from ragstore.cli.output import console, echo_json, err_console
+from ragstore.cli.search_cmd import FULLTEXT_WEIGHT, RRF_K, VECTOR_WEIGHT
 
 
 def register(app: typer.Typer) -> None:
@@ -28,20 +15,28 @@ def register(app: typer.Typer) -> None:
     def eval_(
         dataset_dir: Path = typer.Argument(..., help="BEIR dataset: corpus.jsonl, "
                                            "queries.jsonl, qrels/<split>.tsv."),
-        mode: list[str] = typer.Option([], "--mode", "-m",
+        mode: list[str] = typer.Option([], "--mode", "-m", metavar="MODE",
                                        help="vector, fulltext or hybrid; repeat for several "
                                        "(default: all three)."),
         split: str = typer.Option("test", "--split", help="Judgments file qrels/SPLIT.tsv."),
-        collection: str | None = typer.Option(None, "--collection", "-c",
+        collection: str | None = typer.Option(None, "--collection", "-c", metavar="NAME",
                                               help="Scratch collection (default eval-<dataset>)."),
         limit: int | None = typer.Option(None, "--limit", min=1,
                                          help="Evaluate only the first N judged queries."),
-        rrf_k: float = typer.Option(DEFAULT_RRF_K, "--rrf-k", help="RRF constant (hybrid)."),
-        vector_weight: float = typer.Option(DEFAULT_VECTOR_WEIGHT, "--vector-weight"),
-        fulltext_weight: float = typer.Option(DEFAULT_FULLTEXT_WEIGHT, "--fulltext-weight"),
+        rrf_k: float = typer.Option(RRF_K, "--rrf-k", help="RRF constant (hybrid)."),
+        vector_weight: float = typer.Option(VECTOR_WEIGHT, "--vector-weight"),
+        fulltext_weight: float = typer.Option(FULLTEXT_WEIGHT, "--fulltext-weight"),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     ) -> None:
         """Ingest a BEIR dataset into a cached scratch collection and score each search mode."""
+        from rich.table import Table
+
+        from ragstore.runtime import Runtime
+        from ragstore.search.eval import collection_name, evaluate, ingest_records, load_beir
+        from ragstore.search.hybrid import FusionParams
+        from ragstore.search.service import MODES, Mode, parse_mode
+
+        err = err_console()
         modes: list[Mode] = [parse_mode(m) for m in mode] or list(MODES)
         fusion = FusionParams(rrf_k, vector_weight, fulltext_weight)
         ds = load_beir(dataset_dir, split)
@@ -59,8 +54,7 @@ def register(app: typer.Typer) -> None:
                       f"{len(ds.qrels)} judged queries ({split})")
             results = evaluate(rt, ds, name, modes, fusion=fusion)
         if as_json:
-            typer.echo(json.dumps({r.mode: {**r.metrics, "ms_per_query": r.ms_per_query}
-                                   for r in results}, indent=2))
+            echo_json({r.mode: {**r.metrics, "ms_per_query": r.ms_per_query} for r in results})
             return
         table = Table(title=f"{ds.name} ({split}, {len(ds.qrels)} queries)")
         for col in ("mode", "nDCG@10", "Recall@100", "MRR@10", "ms/query"):
@@ -68,4 +62,4 @@ def register(app: typer.Typer) -> None:
         for r in results:
             table.add_row(r.mode, f"{r.metrics['ndcg@10']:.4f}", f"{r.metrics['recall@100']:.4f}",
                           f"{r.metrics['mrr@10']:.4f}", f"{r.ms_per_query:.1f}")
-        console.print(table)
+        console().print(table)

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer._click.exceptions import UsageError
 
-from ragstore.imports import (
-    ImportOptions,
-    ImportPlan,
-    ImportReport,
-    SourceOptions,
-    open_source,
-    parse_policies,
-    plan_import,
-    refuse_if_invalid,
-    run_import,
-)
-from ragstore.runtime import Runtime
+from ragstore.cli.output import console, deprecated, echo_json, escape, progress
 
-console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from ragstore.imports import ImportPlan, ImportReport
 
 
 def _mark(ok: bool) -> str:
@@ -37,44 +23,44 @@ def print_plan(plan: ImportPlan) -> None:
     spec = plan.spec
     usable = ("text and vector queries" if spec.provider != "imported"
               else "vector queries only (ragstore cannot load this model)")
-    console.print(f"source:      {escape(plan.source)} ({plan.validation.read} records)")
-    console.print(f"model:       {escape(spec.key)} ({spec.provider}, {spec.dimension} dims, "
+    console().print(f"source:      {escape(plan.source)} ({plan.validation.read} records)")
+    console().print(f"model:       {escape(spec.key)} ({spec.provider}, {spec.dimension} dims, "
                   f"{spec.distance}; {usable})")
-    console.print(f"collection:  {escape(plan.collection)} "
+    console().print(f"collection:  {escape(plan.collection)} "
                   f"({'existing' if plan.exists else 'new'})")
     v = plan.validation
     if not v.issues:
-        console.print(f"validation:  ok, {v.read} records pass every check")
+        console().print(f"validation:  ok, {v.read} records pass every check")
     else:
-        console.print("validation:")
+        console().print("validation:")
         for issue in v.issues:
-            console.print(f"  {issue.kind:<19} {issue.count:>7}  {issue.action:<5}  first: "
+            console().print(f"  {issue.kind:<19} {issue.count:>7}  {issue.action:<5}  first: "
                           f"{escape(', '.join(issue.first))}")
         if v.ok:
-            console.print(f"  {'to import':<19} {len(v.kept):>7}  ({v.skipped} skipped)")
+            console().print(f"  {'to import':<19} {len(v.kept):>7}  ({v.skipped} skipped)")
         else:
             kinds = ", ".join(i.kind for i in v.aborting)
-            console.print(f"  refused: the policy for {kinds} is abort")
+            console().print(f"  refused: the policy for {kinds} is abort")
 
 
 def print_report(report: ImportReport) -> None:
     if report.backup is not None:
-        console.print(f"backup:      {escape(report.backup.path)} ({report.backup.bytes} bytes)")
+        console().print(f"backup:      {escape(report.backup.path)} ({report.backup.bytes} bytes)")
     else:
-        console.print("backup:      none (--no-backup)")
+        console().print("backup:      none (--no-backup)")
     s = report.seconds
-    console.print(f"written:     {report.written} documents, chunks and vectors into "
+    console().print(f"written:     {report.written} documents, chunks and vectors into "
                   f"{escape(report.collection)!r}{' (new collection)' if report.created else ''}"
                   f" in {s.get('write', 0):.1f}s; index {s.get('index', 0):.1f}s")
     v = report.verification
-    console.print("verify:")
-    console.print(f"  rows        source {v.source_rows} = pgvector {v.stored_rows}"
+    console().print("verify:")
+    console().print(f"  rows        source {v.source_rows} = pgvector {v.stored_rows}"
                   f"  {_mark(v.rows_ok)}")
-    console.print(f"  checksum    source {v.source_checksum[:16]} = pgvector "
+    console().print(f"  checksum    source {v.source_checksum[:16]} = pgvector "
                   f"{v.stored_checksum[:16]}  {_mark(v.checksum_ok)}")
-    console.print(f"  recall@10   {v.recall_at_10:.3f} over {v.queries} queries (ef_search "
+    console().print(f"  recall@10   {v.recall_at_10:.3f} over {v.queries} queries (ef_search "
                   f"{v.ef_search}, min {v.min_recall:.2f})  {_mark(v.recall_ok)}")
-    console.print(f"imported {report.written} records into {escape(report.collection)!r}; "
+    console().print(f"imported {report.written} records into {escape(report.collection)!r}; "
                   f"{report.skipped} skipped ({s.get('verify', 0):.1f}s verifying)")
 
 
@@ -92,11 +78,14 @@ def register(app: typer.Typer) -> None:
     def import_(
         source: str = typer.Argument(..., help="A .jsonl file, a .npy/.npz file, a Chroma "
                                      "directory, or a postgresql:// URL (with --table)."),
-        collection: str | None = typer.Option(None, "--collection", "-c",
+        collection: str | None = typer.Option(None, "--collection", "-c", metavar="NAME",
                                               help="Target collection (created if new)."),
-        model: str = typer.Option(..., "--model", "-m", help="Model the vectors were made "
-                                  "with: a built-in or pinned model, or NAME[@REVISION] with "
-                                  "--dimension."),
+        model: str | None = typer.Option(None, "--model", metavar="MODEL",
+                                         help="Model the vectors were made with: a built-in "
+                                         "or pinned model, or NAME[@REVISION] with "
+                                         "--dimension. [required]"),
+        model_short: str | None = typer.Option(None, "-m", hidden=True,
+                                               help="Deprecated spelling of --model."),
         dimension: int | None = typer.Option(None, "--dimension",
                                              help="Dimension of a model ragstore does not know."),
         distance: str | None = typer.Option(None, "--distance", help="cosine, l2 or ip "
@@ -127,6 +116,25 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
         """Import vectors from a basic store; everything or nothing, verified."""
+        from ragstore.imports import (
+            ImportOptions,
+            SourceOptions,
+            open_source,
+            parse_policies,
+            plan_import,
+            refuse_if_invalid,
+            run_import,
+        )
+        from ragstore.runtime import Runtime
+
+        if model_short is not None:
+            deprecated("`ragstore import -m`", "--model (-m means --mode everywhere else)")
+            if model is not None and model != model_short:
+                raise UsageError(f"-m {model_short!r} and --model {model!r} differ; "
+                                 "give --model only")
+            model = model_short
+        if model is None:
+            raise UsageError("Missing option '--model'.")
         policies = parse_policies(on_invalid, policy)
         src = open_source(source, SourceOptions(
             format=fmt, sidecar=sidecar, array=array, table=table, id_column=id_column,
@@ -139,30 +147,27 @@ def register(app: typer.Typer) -> None:
                 dimension=dimension, distance=distance, policies=policies,
                 backup=not no_backup, backup_path=backup_path, verify_queries=verify_queries,
                 min_recall=min_recall, ef_search=ef_search)
-            with Progress(TextColumn("{task.description}"), BarColumn(),
-                          MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-                          transient=True, disable=not err.is_terminal) as bar:
-                task = bar.add_task("reading", total=None)
+            with progress("importing", "records") as update:
 
-                def progress(stage: str, done: int, total: int) -> None:
-                    bar.update(task, description=stage, completed=done, total=total or None)
+                def report_stage(stage: str, done: int, total: int) -> None:
+                    update(done, total or None, stage)
 
-                plan = plan_import(rt, src, opts, progress)
+                plan = plan_import(rt, src, opts, report_stage)
                 if not as_json:
                     print_plan(plan)
                 if dry_run:
                     if as_json:
-                        typer.echo(json.dumps({"dry_run": True, **_plan_dict(plan)}, indent=2))
+                        echo_json({"dry_run": True, **_plan_dict(plan)})
                     elif plan.validation.ok:
-                        console.print(f"dry run: would import {plan.to_write} records into "
+                        console().print(f"dry run: would import {plan.to_write} records into "
                                       f"{escape(plan.collection)!r}; nothing was written")
                     refuse_if_invalid(plan)
                     return
-                report = run_import(rt, plan, opts, progress)
+                report = run_import(rt, plan, opts, report_stage)
         if as_json:
             out = asdict(report)
             out["verification"]["ok"] = report.verification.ok
             out["validation"].pop("kept", None)  # one index per record: too long to print
-            typer.echo(json.dumps(out, indent=2, default=str))
+            echo_json(out)
         else:
             print_report(report)

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict
-from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ragstore.cli.db_cmd import upgrade_with_backup
-from ragstore.cli.search_cmd import print_hits
-from ragstore.db import migrations
+from ragstore.cli.output import console, echo_json, err_console, escape, progress
 from ragstore.errors import InputError
-from ragstore.ingest import IngestReport, ingest_paths
-from ragstore.runtime import Runtime
-from ragstore.search import search as run_search
 
-console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from ragstore.ingest import IngestReport
+    from ragstore.runtime import Runtime
 
 
 def _parse_meta(items: list[str]) -> dict[str, str]:
@@ -40,6 +32,7 @@ def _print_report(report: IngestReport) -> None:
     if report.count("removed") or report.count("vanished"):
         synced = (f", {report.count('removed')} removed, "
                   f"{report.count('vanished')} vanished")
+    err = err_console()
     err.print(
         f"collection {report.collection!r}: {report.count('added')} added, "
         f"{report.count('updated')} updated, {report.count('unchanged')} unchanged, "
@@ -56,6 +49,7 @@ def _print_report(report: IngestReport) -> None:
 
 def _announce_vanished(prune: bool) -> Callable[[list[str]], None]:
     def announce(sources: list[str]) -> None:
+        err = err_console()
         verb = "removing" if prune else "vanished (kept without --prune)"
         err.print(f"{verb}: {len(sources)} document(s) no longer on disk")
         for source in sources:
@@ -65,15 +59,15 @@ def _announce_vanished(prune: bool) -> Callable[[list[str]], None]:
 
 def do_ingest(rt: Runtime, paths: list[Path], collection: str | None,
               meta: dict[str, str], *, sync: bool = False, prune: bool = False) -> IngestReport:
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("files, {task.fields[chunks]} chunks"), TimeElapsedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("ingesting", total=None, chunks=0)
+    """Ingest ``paths`` here, with a progress bar (a terminal) or progress lines (a log)."""
+    from ragstore.ingest import ingest_paths
 
-        def progress(_event: str, files: int, chunks: int) -> None:
-            bar.update(task, completed=files, chunks=chunks)
+    with progress("ingesting", "files") as update:
 
-        report = ingest_paths(rt, paths, collection, metadata=meta, progress=progress,
+        def on_progress(_event: str, files: int, chunks: int) -> None:
+            update(files, None, f"{chunks} chunks")
+
+        report = ingest_paths(rt, paths, collection, metadata=meta, progress=on_progress,
                               sync=sync, prune=prune, on_vanished=_announce_vanished(prune))
     return report
 
@@ -93,13 +87,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ingest Markdown, text, HTML, PDF, DOCX and source files; unchanged files are
         skipped without embedding, changed ones replaced in one transaction."""
+        from ragstore.runtime import Runtime
+
         user_meta = _parse_meta(meta)
         if prune and not sync:
             raise InputError("--prune only works with --sync (e.g. ingest docs/ --sync --prune)")
         with Runtime() as rt:
             report = do_ingest(rt, paths, collection, user_meta, sync=sync, prune=prune)
         if as_json:
-            typer.echo(json.dumps(asdict(report), indent=2))
+            echo_json(asdict(report))
         _print_report(report)
         if report.failed:
             raise typer.Exit(1)
@@ -113,20 +109,28 @@ def register(app: typer.Typer) -> None:
         On the embedded database the demo first brings an older schema up to date (taking
         a backup, as `ragstore db upgrade` does), so it runs on any earlier data dir.
         """
+        from importlib import resources
+
+        from ragstore.cli.db_cmd import upgrade_with_backup
+        from ragstore.cli.search_cmd import print_hits
+        from ragstore.db import migrations
+        from ragstore.runtime import Runtime
+        from ragstore.search.service import search as run_search
+
         sample = Path(str(resources.files("ragstore") / "sample"))
         with Runtime() as rt:
             if rt.settings.uses_embedded_database:
                 st = migrations.status(rt.raw_db())
                 if st.current is not None and st.pending and not st.unknown:
                     upgrade_with_backup(rt)
-            console.print(f"[bold]ragstore demo[/]: ingesting {sample} into {collection!r} "
+            console().print(f"[bold]ragstore demo[/]: ingesting {sample} into {collection!r} "
                           f"on {'the embedded PostgreSQL' if rt.db.embedded else rt.db.where}")
             report = do_ingest(rt, [sample], collection, {"corpus": "sample"})
             _print_report(report)
             for query in ("how are schema migrations rolled back?",
                           "combine keyword and vector search",
                           "what happens to files that did not change?"):
-                console.print(f"\n[bold]search:[/] {query}")
+                console().print(f"\n[bold]search:[/] {query}")
                 print_hits(run_search(rt, query, collection=collection, k=3), width=160)
         if report.failed:
             raise typer.Exit(1)

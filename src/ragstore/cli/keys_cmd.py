@@ -2,29 +2,43 @@
 
 from __future__ import annotations
 
-import json
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from ragstore.auth import SCOPES, KeyStore
-from ragstore.runtime import Runtime
+from ragstore.cli.output import echo_json, print_table
+
+if TYPE_CHECKING:
+    from ragstore.auth import ApiKey
 
 app = typer.Typer(help="API keys for the HTTP API.", no_args_is_help=True)
-console = Console(highlight=False, soft_wrap=True)
+
+
+def _key_dict(k: ApiKey) -> dict[str, Any]:
+    return {"id": k.key_id, "scope": k.scope, "collection": k.collection, "name": k.name,
+            "created_at": k.created_at.isoformat(),
+            "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
+            "revoked": k.revoked_at is not None}
 
 
 @app.command("create")
 def create(
-    scope: str = typer.Option(..., "--scope", help=f"One of {', '.join(SCOPES)}."),
-    collection: str | None = typer.Option(None, "--collection", "-c",
+    scope: str = typer.Option(..., "--scope", metavar="SCOPE", help="read, write or admin."),
+    collection: str | None = typer.Option(None, "--collection", "-c", metavar="NAME",
                                           help="Limit the key to this collection."),
-    name: str = typer.Option("", "--name", help="A label to recognise the key by."),
+    name: str = typer.Option("", "--name", metavar="LABEL",
+                             help="A label to recognise the key by."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (with the secret)."),
 ) -> None:
     """Create a key and print it once; only a salted hash of it is stored."""
+    from ragstore.auth import KeyStore
+    from ragstore.runtime import Runtime
+
     with Runtime() as rt:
         new = KeyStore(rt.db).create(scope, collection, name)
+    if as_json:
+        echo_json({**_key_dict(new.key), "secret": new.secret})
+        return
     typer.echo(new.secret)
     where = f", collection {collection}" if collection else ""
     typer.echo(f"key {new.key.key_id}: scope {new.key.scope}{where}; shown only now, "
@@ -34,27 +48,33 @@ def create(
 @app.command("list")
 def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Every key with its scope, collection and state (never the secret)."""
+    from ragstore.auth import KeyStore
+    from ragstore.runtime import Runtime
+
     with Runtime() as rt:
         keys = KeyStore(rt.db).list()
     if as_json:
-        typer.echo(json.dumps([{
-            "id": k.key_id, "scope": k.scope, "collection": k.collection, "name": k.name,
-            "created_at": k.created_at.isoformat(),
-            "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
-            "revoked": k.revoked_at is not None} for k in keys], indent=2))
+        echo_json([_key_dict(k) for k in keys])
         return
-    table = Table("id", "scope", "collection", "name", "created", "last used", "state")
-    for k in keys:
-        table.add_row(k.key_id, k.scope, k.collection or "*", k.name,
-                      k.created_at.strftime("%Y-%m-%d %H:%M"),
-                      k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "-",
-                      "revoked" if k.revoked_at else "active")
-    console.print(table)
+    print_table(["id", "scope", "collection", "name", "created", "last used", "state"],
+                [[k.key_id, k.scope, k.collection or "*", k.name,
+                  k.created_at.strftime("%Y-%m-%d %H:%M"),
+                  k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "-",
+                  "revoked" if k.revoked_at else "active"] for k in keys])
 
 
 @app.command("revoke")
-def revoke(key_id: str = typer.Argument(..., help="The key's id (from `keys list`).")) -> None:
+def revoke(
+    key_id: str = typer.Argument(..., metavar="KEY_ID", help="The key's id (from `keys list`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
     """Revoke a key: its next request is refused with 401."""
+    from ragstore.auth import KeyStore
+    from ragstore.runtime import Runtime
+
     with Runtime() as rt:
         key = KeyStore(rt.db).revoke(key_id)
+    if as_json:
+        echo_json(_key_dict(key))
+        return
     typer.echo(f"revoked key {key.key_id}")

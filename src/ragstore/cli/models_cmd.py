@@ -1,4 +1,8 @@
-"""``ragstore models``: pinned embedding models, and moving a collection between them."""
+"""``ragstore models``: pinned embedding models, and moving a collection between them.
+
+The collection is named with ``-c/--collection`` as everywhere else; the older positional
+form (``ragstore models status docs``) still works and prints a deprecation line.
+"""
 
 from __future__ import annotations
 
@@ -7,73 +11,96 @@ from dataclasses import asdict
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
+from typer._click.exceptions import UsageError
 
-from ragstore.embedding.http import DEFAULT_API_KEY_ENV
-from ragstore.embedding.registry import HTTP_PROVIDER, LOCAL_PROVIDER
-from ragstore.errors import InputError
-from ragstore.modelops.migrate import cancel, migrate, model_status, prune, rollback
-from ragstore.modelops.specs import add_http_model, add_local_model, find_model, list_models
-from ragstore.runtime import Runtime
+from ragstore.cli.output import (
+    confirm,
+    console,
+    deprecated,
+    echo_json,
+    err_console,
+    escape,
+    print_table,
+    progress,
+)
 
 app = typer.Typer(help="Pinned embedding models: list, pin, migrate a collection, roll back.",
                   no_args_is_help=True)
-console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+LOCAL_PROVIDER = "sentence-transformers"  # ragstore.embedding.registry.LOCAL_PROVIDER
+HTTP_PROVIDER = "openai"  # ragstore.embedding.registry.HTTP_PROVIDER
+API_KEY_ENV = "RAGSTORE_EMBEDDING_API_KEY"  # ragstore.embedding.http.DEFAULT_API_KEY_ENV
 
 
-def _echo_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, default=str))
+def _collection_option() -> Any:
+    return typer.Option(None, "--collection", "-c", metavar="NAME",
+                        help="Collection [RAGSTORE_COLLECTION].")
+
+
+def _positional() -> Any:
+    return typer.Argument(None, hidden=True, metavar="[COLLECTION]",
+                          help="Deprecated: use -c/--collection.")
+
+
+def pick_collection(option: str | None, positional: str | None, command: str) -> str:
+    """The collection named by ``-c`` (or, deprecated, positionally), else the default."""
+    if positional is not None:
+        deprecated(f"`ragstore models {command} {positional}`",
+                   f"`ragstore models {command} -c {positional}`")
+        if option is not None and option != positional:
+            raise UsageError(f"the collection is given twice ({positional!r} and "
+                             f"-c {option!r}); give -c only")
+        return positional
+    if option is not None:
+        return option
+    from ragstore.config import get_settings
+
+    return get_settings().collection
 
 
 @app.command("list")
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Every pinned model and the collections that use it."""
+    """Every pinned model and the collections that use it (keys and checksums in full)."""
+    from ragstore.modelops.specs import list_models
+    from ragstore.runtime import Runtime
+
     with Runtime() as rt:
         models = list_models(rt)
     if as_json:
-        _echo_json([m.as_dict() for m in models])
+        echo_json([m.as_dict() for m in models])
         return
     if not models:
-        console.print("no pinned models yet (a collection pins its model when it is created)")
+        console().print("no pinned models yet (a collection pins its model when it is created)")
         return
-    table = Table("model", "provider", "dim", "distance", "checksum", "collections")
-    for m in models:
-        used = ", ".join(f"{c['collection']} ({c['status']})" for c in m.collections) or "-"
-        table.add_row(escape(m.spec.key), m.spec.provider, str(m.spec.dimension),
-                      m.spec.distance, m.spec.checksum[:23], escape(used))
-    console.print(table)
+    print_table(["model", "provider", "dim", "distance", "checksum", "collections"],
+                [[m.spec.key, m.spec.provider, str(m.spec.dimension), m.spec.distance,
+                  m.spec.checksum,
+                  ", ".join(f"{c['collection']} ({c['status']})" for c in m.collections)
+                  or "-"] for m in models])
 
 
 @app.command("show")
-def show_cmd(model: str = typer.Argument(..., help="NAME or NAME@REVISION."),
+def show_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME or NAME@REVISION."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Everything a pin records about one model."""
+    from ragstore.modelops.specs import find_model
+    from ragstore.runtime import Runtime
+
     with Runtime() as rt:
         found = find_model(rt, model, pin_builtin=False)
     data = found.as_dict()
     if as_json:
-        _echo_json(data)
+        echo_json(data)
         return
     for key, value in data.items():
         shown = json.dumps(value, default=str) if isinstance(value, dict | list) else value
-        console.print(f"[bold]{key:>12}[/]  {escape(str(shown))}")
+        console().print(f"[bold]{key:>12}[/]  {escape(str(shown))}")
 
 
 @app.command("add")
 def add_cmd(
-    source: str = typer.Argument(..., help="Local model directory, or the base URL of an "
+    source: str = typer.Argument(..., metavar="SOURCE",
+                                 help="Local model directory, or the base URL of an "
                                  "OpenAI-compatible endpoint (with --provider openai)."),
     name: str = typer.Option(..., "--name", help="Name to pin the model under."),
     revision: str | None = typer.Option(None, "--revision",
@@ -87,46 +114,51 @@ def add_cmd(
                                             help="Keep the first N dimensions (local)."),
     remote_model: str | None = typer.Option(None, "--remote-model",
                                             help="Model id the endpoint expects (HTTP)."),
-    api_key_env: str = typer.Option(DEFAULT_API_KEY_ENV, "--api-key-env",
+    api_key_env: str = typer.Option(API_KEY_ENV, "--api-key-env", metavar="VARIABLE",
                                     help="Environment variable holding the API key (HTTP)."),
-    tokenizer: str | None = typer.Option(None, "--tokenizer",
+    tokenizer: str | None = typer.Option(None, "--tokenizer", metavar="DIR",
                                          help="Local tokenizer directory for chunking (HTTP)."),
-    query_prefix: str = typer.Option("", "--query-prefix",
+    query_prefix: str = typer.Option("", "--query-prefix", metavar="TEXT",
                                      help="Prepended to queries (e5: 'query: ')."),
-    passage_prefix: str = typer.Option("", "--passage-prefix",
+    passage_prefix: str = typer.Option("", "--passage-prefix", metavar="TEXT",
                                        help="Prepended to documents (e5: 'passage: ')."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Pin a model: hash its weights (or probe the endpoint) and record its spec."""
+    from ragstore.errors import InputError
+    from ragstore.modelops.specs import add_http_model, add_local_model
+    from ragstore.runtime import Runtime
+
     with Runtime() as rt:
         if provider == LOCAL_PROVIDER:
             pinned = add_local_model(rt, source, name=name, revision=revision,
-                                           distance=distance, normalize=normalize,
-                                           max_tokens=max_tokens, truncate_dim=truncate_dim,
-                                           query_prefix=query_prefix,
-                                           passage_prefix=passage_prefix)
+                                     distance=distance, normalize=normalize,
+                                     max_tokens=max_tokens, truncate_dim=truncate_dim,
+                                     query_prefix=query_prefix, passage_prefix=passage_prefix)
         elif provider == HTTP_PROVIDER:
             pinned = add_http_model(rt, source, name=name, remote_model=remote_model,
-                                          revision=revision, distance=distance,
-                                          normalize=normalize, max_tokens=max_tokens or 512,
-                                          api_key_env=api_key_env, tokenizer=tokenizer,
-                                          query_prefix=query_prefix,
-                                          passage_prefix=passage_prefix)
+                                    revision=revision, distance=distance,
+                                    normalize=normalize, max_tokens=max_tokens or 512,
+                                    api_key_env=api_key_env, tokenizer=tokenizer,
+                                    query_prefix=query_prefix, passage_prefix=passage_prefix)
         else:
             raise InputError(f"--provider {provider!r} is not one of {LOCAL_PROVIDER}, "
                              f"{HTTP_PROVIDER}")
     if as_json:
-        _echo_json(pinned.as_dict())
+        echo_json(pinned.as_dict())
         return
-    console.print(f"pinned {escape(pinned.spec.key)}: {pinned.spec.dimension} dimensions, "
-                  f"{pinned.spec.distance}, checksum {pinned.spec.checksum}")
-    console.print(f"use it: ragstore models migrate COLLECTION --to {escape(pinned.spec.key)}")
+    out = console()
+    out.print(f"pinned {escape(pinned.spec.key)}: {pinned.spec.dimension} dimensions, "
+              f"{pinned.spec.distance}, checksum {pinned.spec.checksum}")
+    out.print(f"use it: ragstore models migrate -c COLLECTION --to {escape(pinned.spec.key)}")
 
 
 @app.command("migrate")
 def migrate_cmd(
-    collection: str = typer.Argument(..., help="Collection to re-embed."),
-    to: str = typer.Option(..., "--to", help="Target model: NAME or NAME@REVISION."),
+    positional: str | None = _positional(),
+    collection: str | None = _collection_option(),
+    to: str = typer.Option(..., "--to", metavar="MODEL",
+                           help="Target model: NAME or NAME@REVISION."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=100_000,
                                    help="Chunks per committed batch."),
     switch: bool = typer.Option(True, "--switch/--no-switch",
@@ -140,20 +172,18 @@ def migrate_cmd(
     Resumable: run it again after an interruption and it continues where it stopped.
     Searches use the old model until the switch; `ragstore models rollback` undoes it.
     """
-    with Runtime() as rt, Progress(
-            TextColumn("re-embedding"), BarColumn(), MofNCompleteColumn(),
-            TaskProgressColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("re-embedding", total=None)
+    from ragstore.modelops.migrate import migrate
+    from ragstore.runtime import Runtime
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        report = migrate(rt, collection, to, batch_size=batch_size, switch=switch,
-                             sample_queries=sample_queries, progress=progress)
+    name = pick_collection(collection, positional, "migrate")
+    with Runtime() as rt, progress("re-embedding", "chunks") as update:
+        report = migrate(rt, name, to, batch_size=batch_size, switch=switch,
+                         sample_queries=sample_queries,
+                         progress=lambda done, total: update(done, total, ""))
     if as_json:
-        _echo_json({**asdict(report), "chunks_per_second": report.chunks_per_second})
+        echo_json({**asdict(report), "chunks_per_second": report.chunks_per_second})
         return
+    err = err_console()
     err.print(
         f"collection {report.collection!r}: {report.embedded} chunks embedded with "
         f"{escape(report.target)} ({report.resumed_from} already done, {report.total} in all) "
@@ -165,55 +195,105 @@ def migrate_cmd(
     if report.switched:
         err.print(f"switched {report.collection!r} from {escape(report.source)} to "
                   f"{escape(report.target)}; undo with `ragstore models rollback "
-                  f"{report.collection}`")
+                  f"-c {report.collection}`")
     for note in report.notes:
         err.print(note)
 
 
 @app.command("rollback")
-def rollback_cmd(collection: str = typer.Argument(...)) -> None:
+def rollback_cmd(
+    positional: str | None = _positional(),
+    collection: str | None = _collection_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
     """Switch a collection back to its previous model at once (its vectors were kept)."""
+    from ragstore.modelops.migrate import rollback
+    from ragstore.runtime import Runtime
+
+    name = pick_collection(collection, positional, "rollback")
     with Runtime() as rt:
-        old, new = rollback(rt, collection)
-    err.print(f"rolled {collection!r} back from {escape(old)} to {escape(new)}")
+        old, new = rollback(rt, name)
+    if as_json:
+        echo_json({"collection": name, "from": old, "to": new})
+        return
+    err_console().print(f"rolled {name!r} back from {escape(old)} to {escape(new)}")
 
 
 @app.command("prune")
-def prune_cmd(collection: str = typer.Argument(...),
-              dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would go.")
-              ) -> None:
-    """Drop the vectors of models the collection no longer uses (no rollback past this)."""
+def prune_cmd(
+    positional: str | None = _positional(),
+    collection: str | None = _collection_option(),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would go."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask; drop at once."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Drop the vectors of models the collection no longer uses (no rollback past this);
+    lists what goes and asks first."""
+    from ragstore.modelops.migrate import prune
+    from ragstore.runtime import Runtime
+
+    name = pick_collection(collection, positional, "prune")
+    err = err_console()
     with Runtime() as rt:
-        dropped = prune(rt, collection, dry_run=dry_run)
+        dropped = prune(rt, name, dry_run=True)
+        if dropped and not dry_run:
+            for sp in dropped:
+                err.print(f"to drop: {sp.table} ({escape(sp.model.key)})")
+            confirm(f"Drop these {len(dropped)} table(s) of {name!r}? Rollback to their "
+                    "models becomes impossible", yes=yes)
+            dropped = prune(rt, name)
+    if as_json:
+        echo_json({"collection": name, "dry_run": dry_run,
+                   "dropped": [{"table": sp.table, "model": sp.model.key} for sp in dropped]})
+        return
     verb = "would drop" if dry_run else "dropped"
     if not dropped:
-        err.print(f"nothing to prune in {collection!r}")
+        err.print(f"nothing to prune in {name!r}")
     for sp in dropped:
         err.print(f"{verb} {sp.table} ({escape(sp.model.key)})")
 
 
 @app.command("cancel")
-def cancel_cmd(collection: str = typer.Argument(...)) -> None:
+def cancel_cmd(
+    positional: str | None = _positional(),
+    collection: str | None = _collection_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
     """Drop an unfinished migration's new space; the active model is untouched."""
+    from ragstore.modelops.migrate import cancel
+    from ragstore.runtime import Runtime
+
+    name = pick_collection(collection, positional, "cancel")
     with Runtime() as rt:
-        dropped = cancel(rt, collection)
+        dropped = cancel(rt, name)
+    if as_json:
+        echo_json({"collection": name, "cancelled": [
+            {"table": sp.table, "model": sp.model.key, "action": action}
+            for sp, action in dropped]})
+        return
+    err = err_console()
     if not dropped:
-        err.print(f"no migration in progress in {collection!r}")
+        err.print(f"no migration in progress in {name!r}")
     for sp, action in dropped:
         err.print(f"cancelled the migration to {escape(sp.model.key)} ({sp.table} {action})")
 
 
 @app.command("status")
-def status_cmd(collection: str = typer.Argument(...),
-               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def status_cmd(
+    positional: str | None = _positional(),
+    collection: str | None = _collection_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
     """The embedding spaces of a collection: which model is active, building or retired."""
+    from ragstore.modelops.migrate import model_status
+    from ragstore.runtime import Runtime
+
+    name = pick_collection(collection, positional, "status")
     with Runtime() as rt:
-        rows = model_status(rt, collection)
+        rows = model_status(rt, name)
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
-    table = Table("space", "model", "dim", "status", "vectors", "missing", "activated")
-    for r in rows:
-        table.add_row(r["table"], escape(r["model"]), str(r["dimension"]), r["status"],
-                      str(r["vectors"]), str(r["missing"]), r["activated_at"] or "-")
-    console.print(table)
+    print_table(["space", "model", "dim", "status", "vectors", "missing", "activated"],
+                [[r["table"], r["model"], str(r["dimension"]), r["status"], str(r["vectors"]),
+                  str(r["missing"]), str(r["activated_at"] or "-")] for r in rows])

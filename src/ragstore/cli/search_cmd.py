@@ -1,25 +1,28 @@
-"""``ragstore search``: ranked chunks with score, document, section path and text."""
+"""``ragstore search``: ranked chunks with score, document, section path and text.
+
+With ``RAGSTORE_URL`` set the query goes to that server; otherwise it runs here, and a
+``--mode fulltext`` search never loads the model (nor imports torch).
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from ragstore.models import Hit
-from ragstore.runtime import Runtime
-from ragstore.search import FusionParams, parse_filter, parse_mode
-from ragstore.search import search as run_search
-from ragstore.search.hybrid import (
-    DEFAULT_FULLTEXT_WEIGHT,
-    DEFAULT_RRF_K,
-    DEFAULT_VECTOR_WEIGHT,
-)
+from ragstore.cli.output import console, echo_json, escape
 
-console = Console(highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from ragstore.models import Hit
+    from ragstore.search.context import HitWithContext
+
+# the defaults of ragstore.search.hybrid, repeated so that --help needs no search import
+# (tests/test_cli_usage.py checks that they agree)
+RRF_K = 10.0
+VECTOR_WEIGHT = 1.0
+FULLTEXT_WEIGHT = 1.0
 
 
 def _explain_line(h: Hit) -> str:
@@ -32,19 +35,45 @@ def _explain_line(h: Hit) -> str:
     return "; ".join(parts)
 
 
-def print_hits(hits: list[Hit], width: int = 240) -> None:
+def print_hits(hits: Sequence[Hit], width: int = 240) -> None:
+    """Each hit on two lines: rank, score, source and section; then the text, cut to width."""
+    out = console()
     if not hits:
-        console.print("no results")
+        out.print("no results")
     for rank, h in enumerate(hits, 1):
         section = " > ".join(h.section_path) or "-"
         text = " ".join(h.text.split())
         if len(text) > width:
             text = text[: width - 1] + "…"
-        console.print(f"[bold]{rank:>2}.[/] [cyan]{h.score:.3f}[/]  {escape(h.source)}  "
-                      f"[dim]§ {escape(section)} ({h.chunk_type})[/]")
+        out.print(f"[bold]{rank:>2}.[/] [cyan]{h.score:.3f}[/]  {escape(h.source)}  "
+                  f"[dim]§ {escape(section)} ({h.chunk_type})[/]")
         if h.explain is not None:
-            console.print(f"    [dim]{escape(_explain_line(h))}[/]")
-        console.print(f"    {escape(text)}")
+            out.print(f"    [dim]{escape(_explain_line(h))}[/]")
+        out.print(f"    {escape(text)}")
+
+
+def _print_with_context(shown: Sequence[HitWithContext]) -> None:
+    from ragstore.search.context import render_context
+
+    print_hits(shown)
+    for rank, h in enumerate(shown, 1):
+        console().print(f"\n[bold]context of hit {rank}[/] ({h.context_mode}):\n"
+                        f"{escape(render_context(h, width=240))}")
+
+
+def _hits_from_json(data: list[dict[str, Any]]) -> list[HitWithContext]:
+    """The server's hits as the objects a local search returns, to print them the same way."""
+    from ragstore.search.context import ContextChunk, HitWithContext
+
+    out = []
+    for d in data:
+        context = [ContextChunk(**c) for c in d.get("context") or []]
+        plain = {k: v for k, v in d.items() if k not in ("context", "context_mode",
+                                                            "merged_hits")}
+        out.append(HitWithContext(**plain, context=context,
+                                  context_mode=d.get("context_mode") or "",
+                                  merged_hits=d.get("merged_hits") or []))
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -53,43 +82,69 @@ def register(app: typer.Typer) -> None:
         query: str = typer.Argument(..., help="What to search for (websearch syntax: "
                                     "\"phrase\", or, -word)."),
         k: int = typer.Option(10, "-k", help="Number of hits.", min=1, max=1000),
-        collection: str | None = typer.Option(None, "--collection", "-c"),
-        mode: str = typer.Option("hybrid", "--mode", "-m",
+        collection: str | None = typer.Option(None, "--collection", "-c", metavar="NAME",
+                                              help="Collection [RAGSTORE_COLLECTION]."),
+        mode: str = typer.Option("hybrid", "--mode", "-m", metavar="MODE",
                                  help="vector, fulltext or hybrid (RRF of both)."),
-        where: str | None = typer.Option(None, "--where", help="JSON filter, e.g. "
-                                         "'{\"chunk_type\": \"table\", \"year\": "
-                                         "{\"$gte\": 2020}}'."),
+        where: str | None = typer.Option(None, "--where", metavar="JSON",
+                                         help="JSON filter, e.g. '{\"chunk_type\": \"table\", "
+                                         "\"year\": {\"$gte\": 2020}}'."),
         explain: bool = typer.Option(False, "--explain",
                                      help="Show each list's rank and raw score."),
         ef_search: int | None = typer.Option(None, "--ef-search", min=1, max=1000,
                                              help="HNSW ef_search for this query."),
-        rrf_k: float = typer.Option(DEFAULT_RRF_K, "--rrf-k", help="RRF constant (hybrid)."),
-        vector_weight: float = typer.Option(DEFAULT_VECTOR_WEIGHT, "--vector-weight",
+        rrf_k: float = typer.Option(RRF_K, "--rrf-k", help="RRF constant (hybrid)."),
+        vector_weight: float = typer.Option(VECTOR_WEIGHT, "--vector-weight",
                                             help="Weight of the vector list (hybrid)."),
-        fulltext_weight: float = typer.Option(DEFAULT_FULLTEXT_WEIGHT, "--fulltext-weight",
+        fulltext_weight: float = typer.Option(FULLTEXT_WEIGHT, "--fulltext-weight",
                                               help="Weight of the full-text list (hybrid)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-        context: str | None = typer.Option(None, "--context", help="N neighbouring chunks "
-                                           "on each side of a hit, or 'section'."),
+        context: str | None = typer.Option(None, "--context", metavar="N|section",
+                                           help="N neighbouring chunks on each side of a "
+                                           "hit, or 'section'."),
     ) -> None:
         """Search a collection; prints ranked chunks with score, document and section."""
-        from ragstore.search.context import parse_context, render_context, with_context
+        from ragstore.cli.remote import remote_client
+        from ragstore.config import get_settings
+        from ragstore.search.context import parse_context
+        from ragstore.search.filters import parse_filter
+        from ragstore.search.service import parse_mode
 
         search_mode = parse_mode(mode)
         filter_spec = parse_filter(where) if where is not None else None
-        fusion = FusionParams(rrf_k, vector_weight, fulltext_weight)
         context_mode = parse_context(context) if context is not None else None
-        with Runtime() as rt:
-            hits = run_search(rt, query, collection=collection, k=k, mode=search_mode,
-                              where=filter_spec, ef_search=ef_search, explain=explain,
-                              fusion=fusion)
-            shown = with_context(rt, hits, context_mode) if context_mode is not None else []
+        settings = get_settings()
+        client = remote_client(settings)
+        if client is not None:
+            with client:
+                answer = client.search(collection or settings.collection, query, k=k,
+                                       mode=search_mode, where=filter_spec,
+                                       context=context_mode, explain=explain,
+                                       ef_search=ef_search)
+            if as_json:
+                echo_json(answer["data"])
+                return
+            hits = _hits_from_json(answer["data"])
+            if context_mode is not None:
+                _print_with_context(hits)
+            else:
+                print_hits(hits)
+            return
+
+        from ragstore.runtime import Runtime
+        from ragstore.search.context import with_context
+        from ragstore.search.hybrid import FusionParams
+        from ragstore.search.service import search as run_search
+
+        fusion = FusionParams(rrf_k, vector_weight, fulltext_weight)
+        with Runtime(settings) as rt:
+            found = run_search(rt, query, collection=collection, k=k, mode=search_mode,
+                               where=filter_spec, ef_search=ef_search, explain=explain,
+                               fusion=fusion)
+            shown = with_context(rt, found, context_mode) if context_mode is not None else []
         if as_json:
-            typer.echo(json.dumps([asdict(h) for h in (shown or hits)], indent=2, default=str))
+            echo_json([asdict(h) for h in (shown or found)])
         elif shown:
-            print_hits(list(shown))
-            for rank, h in enumerate(shown, 1):
-                console.print(f"\n[bold]context of hit {rank}[/] ({h.context_mode}):\n"
-                              f"{escape(render_context(h, width=240))}")
+            _print_with_context(shown)
         else:
-            print_hits(hits)
+            print_hits(found)

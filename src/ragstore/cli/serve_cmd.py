@@ -13,10 +13,6 @@ import os
 
 import typer
 
-from ragstore.api.listen import PARENT_ENV, bind_sockets, bound_addresses
-from ragstore.config import get_settings
-from ragstore.errors import ConfigError
-
 
 def register(app: typer.Typer) -> None:
     @app.command("serve")
@@ -30,6 +26,10 @@ def register(app: typer.Typer) -> None:
         """Serve the HTTP API (OpenAPI at /openapi.json, docs at /docs)."""
         import uvicorn
         from uvicorn.supervisors import Multiprocess
+
+        from ragstore.api.listen import PARENT_ENV, bind_sockets, bound_addresses
+        from ragstore.config import get_settings
+        from ragstore.errors import ConfigError
 
         overrides = {k: v for k, v in
                      (("api_host", host), ("api_port", port), ("api_workers", workers))

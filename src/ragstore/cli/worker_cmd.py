@@ -6,8 +6,6 @@ import logging
 
 import typer
 
-from ragstore.config import get_settings
-
 
 def register(app: typer.Typer) -> None:
     @app.command("worker")
@@ -19,6 +17,7 @@ def register(app: typer.Typer) -> None:
         name: str | None = typer.Option(None, "--name", help="Worker name in the logs."),
     ) -> None:
         """Process ingest jobs until stopped (SIGINT/SIGTERM finish the current job first)."""
+        from ragstore.config import get_settings
         from ragstore.jobs.worker import run_worker
         from ragstore.observability.logging import configure_logging
 

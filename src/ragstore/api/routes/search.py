@@ -21,6 +21,7 @@ from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import HitPublic, SearchRequest, SearchResponse
 from ragstore.errors import InputError
 from ragstore.search.context import parse_context, with_context
+from ragstore.search.plan import search_plan
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["search"],
                    responses=responses(400, 404, 409))
@@ -62,5 +63,11 @@ async def search(name: CollectionName, body: SearchRequest, rt: Rt,
         hits = list(await run_in_threadpool(with_context, rt, hits, mode))
     took = (time.perf_counter() - t0) * 1000
     data = [_hit(h) for h in hits]
+    plan = None
+    if body.explain:
+        plan = await run_in_threadpool(
+            lambda: search_plan(rt, body.query, name, k=body.k, where=body.where,
+                                ef_search=body.ef_search, **({"mode": body.mode}
+                                                            if body.mode else {})))
     return SearchResponse(collection=name, query=body.query, data=data, count=len(data),
-                          took_ms=round(took, 3))
+                          took_ms=round(took, 3), plan=plan)

@@ -1,0 +1,131 @@
+"""What every command prints through: tables, JSON, errors, deprecations, confirmations and
+progress. rich is imported on first use, so commands that print one line never pay for it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ragstore.errors import RagstoreError
+
+
+@cache
+def console() -> Console:
+    """stdout: the data a command prints (hits, tables)."""
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+@cache
+def err_console() -> Console:
+    """stderr: progress, summaries and errors, so that stdout stays pipeable."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def escape(text: str) -> str:
+    """``text`` with rich markup made literal."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def echo_json(value: Any) -> None:
+    """Print ``value`` as indented JSON on stdout (dates and paths as strings)."""
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def print_table(columns: list[str], rows: list[list[str]]) -> None:
+    """A table on stdout whose cells are never cut: long keys and checksums wrap whole."""
+    from rich.table import Table
+
+    table = Table(*columns, box=None)
+    for column in table.columns:
+        column.overflow = "fold"
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    console().print(table)
+
+
+def print_error(exc: RagstoreError) -> None:
+    """The one line a failed command ends with: ``error[code]: message``."""
+    message = " ".join(exc.message.split())
+    err_console().print(f"[bold red]error\\[{exc.code}][/]: {escape(message)}")
+
+
+def deprecated(old: str, new: str) -> None:
+    """Tell the user once, on stderr, that a spelling still works but will go."""
+    typer.echo(f"deprecated: {old} still works but will be removed; use {new}", err=True)
+
+
+def confirm(question: str, *, yes: bool) -> None:
+    """Ask before a destructive step unless ``--yes``; a 'no' (or end of input) aborts
+    with exit status 1 and nothing changed."""
+    if yes:
+        return
+    typer.confirm(f"{question} (pass --yes to skip this question)", abort=True)
+
+
+class ProgressLine:
+    """Progress for non-terminals (CI logs, pipes): one line every ``every`` items or
+    ``every_s`` seconds, whichever comes first, so long work is never silent."""
+
+    def __init__(self, label: str, unit: str, *, every: int = 100, every_s: float = 10.0,
+                 write: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.label, self.unit = label, unit
+        self.every, self.every_s = every, every_s
+        self._write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._clock = clock
+        self._start = self._last_time = clock()
+        self._last_done = 0
+
+    def update(self, done: int, total: int | None = None, extra: str = "") -> None:
+        now = self._clock()
+        if done - self._last_done < self.every and now - self._last_time < self.every_s:
+            return
+        self._last_done, self._last_time = done, now
+        of = f"/{total}" if total else ""
+        more = f", {extra}" if extra else ""
+        self._write(f"{self.label}: {done}{of} {self.unit}{more} ({now - self._start:.0f}s)")
+
+
+@contextmanager
+def progress(label: str, unit: str) -> Iterator[Callable[[int, int | None, str], None]]:
+    """A progress callback ``update(done, total, extra)``: a bar on a terminal, a
+    :class:`ProgressLine` anywhere else."""
+    err = err_console()
+    if not err.is_terminal:
+        line = ProgressLine(label, unit)
+        yield line.update
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn(unit + "{task.fields[extra]}"), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None, extra="")
+
+        def update(done: int, total: int | None = None, extra: str = "") -> None:
+            bar.update(task, completed=done, total=total or None,
+                       extra=f", {extra}" if extra else "")
+
+        yield update

@@ -1,0 +1,583 @@
+/* ragstore console.
+ *
+ * Reads the JSON API with the API key kept in this tab's sessionStorage, sent as a bearer
+ * header (no cookies: nothing for another site to ride on; never in a URL). Every stored
+ * text is rendered with textContent / text nodes, never as HTML. No build step, no
+ * dependencies; the page's Content-Security-Policy allows this file and nothing inline.
+ */
+"use strict";
+(function () {
+  const KEY = "ragstore.apiKey";
+  const body = document.body;
+  const PAGE = body.dataset.page;
+  const AUTH = body.dataset.auth === "on";
+  const COLLECTION = body.dataset.collection || "";
+  const DOCUMENT = body.dataset.document || "";
+  const enc = encodeURIComponent;
+  const $ = (id) => document.getElementById(id);
+
+  class ApiError extends Error {
+    constructor(status, problem) {
+      super(problem.detail || problem.title || "HTTP " + status);
+      this.status = status;
+      this.problem = problem;
+    }
+  }
+
+  function storedKey() { return sessionStorage.getItem(KEY); }
+
+  function signOut() {
+    sessionStorage.removeItem(KEY);
+    location.assign("/ui/login");
+  }
+
+  function headers(key) {
+    const h = { Accept: "application/json" };
+    if (key) h.Authorization = "Bearer " + key;
+    return h;
+  }
+
+  /* One API call; a problem response becomes an ApiError. A 401 with the stored key
+   * signs out (the key was revoked or the server restarted with other keys). */
+  async function api(method, path, payload, key) {
+    const explicit = key !== undefined;
+    const init = { method: method, headers: headers(explicit ? key : storedKey()),
+                   credentials: "omit", cache: "no-store" };
+    if (payload !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(payload);
+    }
+    const resp = await fetch(path, init);
+    const text = await resp.text();
+    let data = null;
+    if (text) {
+      try { data = JSON.parse(text); } catch (e) { data = { detail: text }; }
+    }
+    if (!resp.ok) {
+      if (resp.status === 401 && AUTH && !explicit) signOut();
+      throw new ApiError(resp.status, data || {});
+    }
+    return data;
+  }
+
+  /* Build an element; strings become text nodes, so nothing is ever parsed as HTML. */
+  function el(tag, props) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = String(v);
+      else if (k === "dataset") Object.assign(node.dataset, v);
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (let i = 2; i < arguments.length; i++) {
+      const c = arguments[i];
+      if (c === null || c === undefined) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
+  function problemText(err) {
+    if (err instanceof ApiError) {
+      const code = err.problem.code ? " (" + err.problem.code + ")" : "";
+      return err.message + code;
+    }
+    return String(err && err.message ? err.message : err);
+  }
+
+  function showError(id, err) {
+    const node = $(id);
+    node.textContent = typeof err === "string" ? err : problemText(err);
+    node.hidden = false;
+  }
+
+  function clearError(id) {
+    const node = $(id);
+    node.textContent = "";
+    node.hidden = true;
+  }
+
+  function fmtBytes(n) {
+    if (n === null || n === undefined) return "—";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let v = n, i = 0;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+    return (i ? v.toFixed(1) : String(v)) + " " + units[i];
+  }
+
+  function fmtDate(s) {
+    if (!s) return "—";
+    const d = new Date(s);
+    return isNaN(d) ? String(s) : d.toISOString().replace("T", " ").slice(0, 19) + " UTC";
+  }
+
+  function statusSpan(status) {
+    return el("span", { class: "status status-" + status, text: status });
+  }
+
+  function setRows(tbody, rows, empty, columns) {
+    tbody.replaceChildren();
+    if (!rows.length) {
+      tbody.append(el("tr", null, el("td", { colspan: columns, class: "hint", text: empty })));
+    }
+    for (const r of rows) tbody.append(r);
+  }
+
+  function progressCell(fraction) {
+    const pct = Math.round(fraction * 1000) / 10;
+    return el("td", null, el("progress", { max: 1, value: fraction }), " " + pct + "%");
+  }
+
+  function spaceRow(s, withSizes) {
+    const row = el("tr", { dataset: { space: s.id, status: s.status } },
+      el("td", { text: s.model }), el("td", null, statusSpan(s.status)),
+      progressCell(s.progress), el("td", { text: s.embedded }));
+    if (withSizes) {
+      row.append(el("td", { text: fmtBytes(s.table_bytes) }),
+                 el("td", { text: fmtBytes(s.index_bytes) }));
+    }
+    return row;
+  }
+
+  function applyScope(me) {
+    const admin = me.scope === "admin";
+    const write = admin || me.scope === "write";
+    for (const n of document.querySelectorAll(".admin-only")) n.hidden = !admin;
+    for (const n of document.querySelectorAll(".write-only")) n.hidden = !write;
+    const who = $("whoami");
+    if (!me.auth) {
+      who.textContent = "auth off · admin";
+    } else {
+      let text = "key " + me.key_id + (me.name ? " (" + me.name + ")" : "") + " · " + me.scope;
+      if (me.collection) text += " · only " + me.collection;
+      who.textContent = text;
+    }
+  }
+
+  /* --- pages ---------------------------------------------------------------------- */
+
+  function pageLogin() {
+    const form = $("login-form");
+    if (!form) return;  // authentication is off: nothing to sign in to
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      clearError("login-error");
+      const input = $("api-key");
+      const key = input.value.trim();
+      try {
+        await api("GET", "/v1/me", undefined, key);
+      } catch (err) {
+        showError("login-error", err);
+        return;
+      }
+      sessionStorage.setItem(KEY, key);
+      input.value = "";
+      location.assign("/ui/collections");
+    });
+  }
+
+  async function pageCollections(me) {
+    const tbody = $("collections-body");
+    const dialog = $("delete-dialog");
+    let deleting = "";
+
+    async function load() {
+      const list = await api("GET", "/v1/collections");
+      const rows = list.data.map((c) => {
+        const spaces = el("td", { class: "spaces", text: "…" });
+        const sizes = el("td", { class: "sizes", text: "…" });
+        const last = el("td", { class: "last-ingest", text: "…" });
+        const actions = el("td", { class: "admin-only" });
+        actions.hidden = me.scope !== "admin";
+        actions.append(el("button", { type: "button", class: "delete", dataset: { name: c.name },
+                                      text: "Delete…", onclick: () => askDelete(c.name) }));
+        api("GET", "/v1/collections/" + enc(c.name) + "/stats").then((s) => {
+          spaces.replaceChildren();
+          for (const sp of s.spaces) {
+            spaces.append(el("div", null, sp.model + " ", statusSpan(sp.status),
+                             sp.status === "building" ? " " + Math.round(sp.progress * 100) + "%" : ""));
+          }
+          const total = s.spaces.reduce((a, sp) => a + sp.table_bytes + sp.index_bytes, 0);
+          sizes.textContent = fmtBytes(total) + " in " + s.spaces.length + " space(s)";
+          last.textContent = fmtDate(s.last_ingest);
+        }).catch((err) => { spaces.textContent = problemText(err); });
+        return el("tr", { dataset: { collection: c.name } },
+          el("td", null, el("a", { href: "/ui/collections/" + enc(c.name), text: c.name })),
+          el("td", { text: c.documents }), el("td", { text: c.chunks }),
+          el("td", { text: c.model }), spaces, sizes, last, actions);
+      });
+      setRows(tbody, rows, "No collections yet.", 8);
+    }
+
+    function askDelete(name) {
+      deleting = name;
+      $("delete-name").textContent = name;
+      $("delete-confirm").value = "";
+      clearError("delete-error");
+      dialog.showModal();
+    }
+
+    $("delete-cancel").addEventListener("click", () => dialog.close());
+    $("delete-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      if ($("delete-confirm").value !== deleting) {
+        showError("delete-error", "Type the collection's name exactly to delete it.");
+        return;
+      }
+      try {
+        await api("DELETE", "/v1/collections/" + enc(deleting));
+      } catch (err) {
+        showError("delete-error", err);
+        return;
+      }
+      dialog.close();
+      await load();
+    });
+    $("create-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      clearError("create-error");
+      const payload = { name: $("create-name").value.trim() };
+      const model = $("create-model").value.trim();
+      if (model) payload.model = model;
+      try {
+        await api("POST", "/v1/collections", payload);
+      } catch (err) {
+        showError("create-error", err);
+        return;
+      }
+      $("create-name").value = "";
+      await load();
+    });
+    await load();
+  }
+
+  async function pageCollection() {
+    const base = "/v1/collections/" + enc(COLLECTION);
+    let cursor = null;
+
+    async function loadStats() {
+      const s = await api("GET", base + "/stats");
+      const facts = [["Model", s.model], ["Dimension", s.dimension], ["Distance", s.distance],
+                     ["Documents", s.documents], ["Chunks", s.chunks],
+                     ["Last ingest", fmtDate(s.last_ingest)], ["Created", fmtDate(s.created_at)]];
+      for (const t of s.shared_tables) {
+        facts.push(["Table " + t.table + " (shared)",
+                    fmtBytes(t.table_bytes) + " + " + fmtBytes(t.index_bytes) + " indexes"]);
+      }
+      $("stats-facts").replaceChildren(...facts.flatMap(([k, v]) =>
+        [el("dt", { text: k }), el("dd", { text: v })]));
+      setRows($("spaces-body"), s.spaces.map((sp) => spaceRow(sp, true)), "No spaces.", 6);
+    }
+
+    async function loadJobs() {
+      const jobs = await api("GET", "/v1/jobs?limit=20&collection=" + enc(COLLECTION));
+      setRows($("jobs-body"), jobs.data.map((j) => el("tr", { dataset: { job: j.id } },
+        el("td", { text: j.id }), el("td", null, statusSpan(j.status)),
+        el("td", { text: j.documents_done + " / " + j.total_documents }),
+        el("td", { text: j.chunks_done }),
+        el("td", { text: j.errors.length ? j.errors.length + ": " + (j.errors[0].document || "") +
+                   " " + (j.errors[0].detail || "") : "none" }),
+        el("td", { text: fmtDate(j.created_at) }))), "No jobs.", 6);
+    }
+
+    async function loadDocuments(more) {
+      const params = new URLSearchParams({ limit: "50" });
+      const prefix = $("source-prefix").value.trim();
+      if (prefix) params.set("source_prefix", prefix);
+      if (more && cursor) params.set("cursor", cursor);
+      const page = await api("GET", base + "/documents?" + params.toString());
+      const rows = page.data.map((d) => el("tr", { dataset: { document: d.id } },
+        el("td", null, el("a", { href: "/ui/collections/" + enc(COLLECTION) + "/documents/" + d.id,
+                                 text: d.name })),
+        el("td", { text: d.title || "" }), el("td", { text: d.format }),
+        el("td", { text: d.chunks }), el("td", { text: d.size_bytes }),
+        el("td", { text: fmtDate(d.updated_at) })));
+      if (more) {
+        for (const r of rows) $("documents-body").append(r);
+      } else {
+        setRows($("documents-body"), rows, "No documents.", 6);
+      }
+      cursor = page.next_cursor;
+      $("documents-more").hidden = !cursor;
+    }
+
+    function outcome(node, status, text) {
+      node.className = "outcome status-" + status;
+      node.textContent = text;
+    }
+
+    function uploadOne(file) {
+      const bar = el("progress", { max: 1, value: 0 });
+      const result = el("span", { class: "outcome", text: "uploading…" });
+      $("upload-list").append(el("li", { dataset: { file: file.name } },
+        el("span", { class: "file-name", text: file.name }), bar, result));
+      return new Promise((resolve) => {
+        const xhr = new XMLHttpRequest();
+        xhr.open("POST", base + "/documents/upload");
+        xhr.setRequestHeader("Accept", "application/json");
+        const key = storedKey();
+        if (key) xhr.setRequestHeader("Authorization", "Bearer " + key);
+        xhr.upload.addEventListener("progress", (ev) => {
+          if (ev.lengthComputable) bar.value = ev.loaded / ev.total;
+        });
+        xhr.addEventListener("load", () => {
+          bar.value = 1;
+          let data = {};
+          try { data = JSON.parse(xhr.responseText); } catch (e) { data = {}; }
+          if (xhr.status === 201) {
+            const d = data.data[0];
+            outcome(result, d.status || "added", (d.status || "added") + ": " + d.chunks + " chunks");
+          } else if (xhr.status === 202) {
+            outcome(result, "queued", "queued as job " + data.id);
+          } else {
+            if (xhr.status === 401 && AUTH) signOut();
+            outcome(result, "failed", "failed: " + (data.detail || xhr.statusText) +
+                    (data.code ? " (" + data.code + ")" : ""));
+          }
+          resolve();
+        });
+        xhr.addEventListener("error", () => {
+          outcome(result, "failed", "failed: the connection to the server broke");
+          resolve();
+        });
+        const form = new FormData();
+        form.append("files", file, file.name);
+        xhr.send(form);
+      });
+    }
+
+    async function uploadAll(files) {
+      for (const f of Array.from(files)) await uploadOne(f);  // one at a time: gentle on the server
+      await Promise.all([loadStats(), loadJobs(), loadDocuments(false)]);
+    }
+
+    const zone = $("drop-zone");
+    zone.addEventListener("dragover", (ev) => { ev.preventDefault(); zone.classList.add("over"); });
+    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    zone.addEventListener("drop", (ev) => {
+      ev.preventDefault();
+      zone.classList.remove("over");
+      if (ev.dataTransfer && ev.dataTransfer.files.length) uploadAll(ev.dataTransfer.files);
+    });
+    const input = $("file-input");
+    input.addEventListener("change", () => {
+      const files = Array.from(input.files);
+      input.value = "";
+      if (files.length) uploadAll(files);
+    });
+    $("filter-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      loadDocuments(false).catch((err) => showError("page-error", err));
+    });
+    $("documents-more").addEventListener("click", () => {
+      loadDocuments(true).catch((err) => showError("page-error", err));
+    });
+    await Promise.all([loadStats(), loadJobs(), loadDocuments(false)]);
+  }
+
+  async function pageDocument() {
+    const base = "/v1/collections/" + enc(COLLECTION) + "/documents/" + enc(DOCUMENT);
+    const d = await api("GET", base);
+    $("page-title").textContent = d.name;
+    const facts = [["Source", d.source], ["Title", d.title || "—"], ["Format", d.format],
+                   ["Size", d.size_bytes + " bytes"], ["Chunks", d.chunks],
+                   ["Content hash", d.content_hash], ["Metadata", JSON.stringify(d.metadata)],
+                   ["Updated", fmtDate(d.updated_at)]];
+    $("document-facts").replaceChildren(...facts.flatMap(([k, v]) =>
+      [el("dt", { text: k }), el("dd", { text: v })]));
+    let after = null;
+    async function loadChunks() {
+      const q = "?limit=500" + (after !== null ? "&after=" + after : "");
+      const page = await api("GET", base + "/chunks" + q);
+      for (const c of page.data) {
+        const meta = ["#" + c.ordinal, c.chunk_type];
+        if (c.section_path.length) meta.push(c.section_path.join(" › "));
+        if (c.page !== null) meta.push("page " + c.page);
+        meta.push(c.token_count + " tokens");
+        $("chunks-list").append(el("li", { dataset: { ordinal: c.ordinal, type: c.chunk_type } },
+          el("div", { class: "meta", text: meta.join(" · ") }),
+          el("div", { class: "text chunk-text", text: c.text })));
+      }
+      after = page.next_after;
+      $("chunks-more").hidden = after === null;
+    }
+    $("chunks-more").addEventListener("click", () => {
+      loadChunks().catch((err) => showError("page-error", err));
+    });
+    await loadChunks();
+  }
+
+  function rankCell(part, what) {
+    if (!part) return el("td", { class: "rank", title: "not in the " + what + " list", text: "—" });
+    const detail = what === "vector" ? "distance " + part.distance.toFixed(4)
+                                     : "bm25 " + part.bm25.toFixed(4);
+    return el("td", { class: "rank", title: detail }, String(part.rank),
+              el("div", { class: "meta", text: detail }));
+  }
+
+  function hitRow(h, i) {
+    const ex = h.explain || {};
+    const meta = [h.chunk_type, "chunk #" + h.ordinal];
+    if (h.section_path.length) meta.unshift(h.section_path.join(" › "));
+    if (h.page !== null) meta.push("page " + h.page);
+    const cell = el("td", { class: "hit" },
+      el("a", { href: "/ui/collections/" + enc(COLLECTION) + "/documents/" + h.document_id,
+                text: h.title || h.source }),
+      el("div", { class: "meta", text: meta.join(" · ") }),
+      el("div", { class: "text hit-text", text: h.text }));
+    if (h.context && h.context.length) {
+      const label = h.context_mode === "section" ? "Section context" : "Context";
+      const details = el("details", { class: "context" },
+        el("summary", { text: label + " (" + h.context.length + " chunks)" }));
+      for (const c of h.context) {
+        details.append(el("div", { class: "context-chunk" + (c.is_hit ? " hit" : "") },
+          el("div", { class: "meta", text: "#" + c.ordinal + " · " + c.chunk_type +
+                      (c.section_path.length ? " · " + c.section_path.join(" › ") : "") }),
+          el("div", { class: "text", text: c.text })));
+      }
+      cell.append(details);
+    }
+    return el("tr", { dataset: { chunk: h.chunk_id } },
+      el("td", { text: i + 1 }), el("td", { class: "score", text: h.score.toFixed(4) }),
+      rankCell(ex.vector, "vector"), rankCell(ex.fulltext, "full-text"), cell);
+  }
+
+  function pageSearch() {
+    $("search-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      clearError("where-error");
+      clearError("search-error");
+      const payload = { query: $("q").value, mode: $("mode").value,
+                        k: Number($("k").value || 10), explain: true };
+      const raw = $("where").value.trim();
+      if (raw) {
+        let where;
+        try { where = JSON.parse(raw); } catch (e) {
+          showError("where-error", "Filters are not valid JSON: " + e.message);
+          return;
+        }
+        if (where === null || typeof where !== "object" || Array.isArray(where)) {
+          showError("where-error", 'Filters must be a JSON object, e.g. {"metadata.team": "ops"}');
+          return;
+        }
+        payload.where = where;
+      }
+      const ctx = $("context").value;
+      if (ctx === "section") payload.context = "section";
+      else if (ctx) payload.context = Number(ctx);
+      $("search-submit").disabled = true;
+      let res;
+      try {
+        res = await api("POST", "/v1/collections/" + enc(COLLECTION) + "/search", payload);
+      } catch (err) {
+        const p = (err && err.problem) || {};
+        const onWhere = p.code === "invalid_filter" ||
+          (Array.isArray(p.errors) && p.errors.some((e) => String(e.loc).includes("where")));
+        showError(onWhere ? "where-error" : "search-error", err);
+        return;
+      } finally {
+        $("search-submit").disabled = false;
+      }
+      $("search-summary").textContent = res.count + " hit(s) in " + res.took_ms.toFixed(1) +
+        " ms, mode " + payload.mode;
+      $("hits-body").replaceChildren(...res.data.map(hitRow));
+      $("hits-table").hidden = false;
+      $("plan").textContent = JSON.stringify(res.plan, null, 2);
+      $("plan-details").hidden = !res.plan;
+    });
+  }
+
+  async function pageModels(me) {
+    const select = $("migrate-collection");
+    let polling = null;
+
+    async function loadModels() {
+      const models = await api("GET", "/v1/models");
+      setRows($("models-body"), models.data.map((m) => el("tr", { dataset: { model: m.name } },
+        el("td", { text: m.name }), el("td", { text: m.revision }), el("td", { text: m.provider }),
+        el("td", { text: m.dimension }), el("td", { text: m.distance }),
+        el("td", null, el("code", { class: "checksum", text: m.checksum || "—" })),
+        el("td", { text: m.collections.join(", ") || "—" }))), "No models pinned yet.", 7);
+    }
+
+    async function loadSpaces() {
+      if (!select.value) return;
+      const s = await api("GET", "/v1/collections/" + enc(select.value) + "/stats");
+      $("active-model").textContent = s.model;
+      setRows($("model-spaces-body"), s.spaces.map((sp) => spaceRow(sp, false)), "No spaces.", 4);
+    }
+
+    function stopPolling() {
+      if (polling !== null) clearInterval(polling);
+      polling = null;
+    }
+
+    const collections = await api("GET", "/v1/collections");
+    select.replaceChildren(...collections.data.map((c) => el("option", { value: c.name, text: c.name })));
+    select.addEventListener("change", () => loadSpaces().catch((err) => showError("migrate-error", err)));
+    $("migrate-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      clearError("migrate-error");
+      const name = select.value;
+      const to = $("migrate-to").value.trim() || $("migrate-to").placeholder;
+      $("migrate-status").textContent = "Migrating " + name + " to " + to + "…";
+      $("migrate-start").disabled = true;
+      polling = setInterval(() => { loadSpaces().catch(() => undefined); }, 500);
+      try {
+        const r = await api("POST", "/v1/collections/" + enc(name) + "/model/migrate", { to: to });
+        $("migrate-status").textContent = r.switched
+          ? "Switched " + name + " to " + r.target + ": " + r.embedded + " chunks embedded in " +
+            r.seconds.toFixed(1) + " s, sample self-recall " + r.sample_self_recall.toFixed(2) + "."
+          : "Backfilled " + r.target + " but did not switch: " + r.notes.join("; ");
+      } catch (err) {
+        $("migrate-status").textContent = "";
+        showError("migrate-error", err);
+      } finally {
+        stopPolling();
+        $("migrate-start").disabled = false;
+      }
+      await Promise.all([loadSpaces(), loadModels()]);
+    });
+    $("rollback").addEventListener("click", async () => {
+      clearError("migrate-error");
+      const name = select.value;
+      try {
+        const r = await api("POST", "/v1/collections/" + enc(name) + "/model/rollback");
+        $("migrate-status").textContent = "Rolled back " + name + ": " + r.active +
+          " is active again (was " + r.previous + ").";
+      } catch (err) {
+        showError("migrate-error", err);
+      }
+      await Promise.all([loadSpaces(), loadModels()]);
+    });
+    await Promise.all([loadModels(), loadSpaces()]);
+    applyScope(me);
+  }
+
+  /* --- start ---------------------------------------------------------------------- */
+
+  async function start() {
+    if (PAGE === "login") {
+      pageLogin();
+      return;
+    }
+    if (AUTH && !storedKey()) {
+      location.replace("/ui/login");
+      return;
+    }
+    const out = $("sign-out");
+    if (out) out.addEventListener("click", signOut);
+    const me = await api("GET", "/v1/me");
+    applyScope(me);
+    if (PAGE === "collections") await pageCollections(me);
+    else if (PAGE === "collection") await pageCollection();
+    else if (PAGE === "document") await pageDocument();
+    else if (PAGE === "search") pageSearch();
+    else if (PAGE === "models") await pageModels(me);
+    body.dataset.ready = "true";  // tests and screenshots wait for this
+  }
+
+  start().catch((err) => showError("page-error", err));
+})();

@@ -1,0 +1,94 @@
+"""Read-only SQL for looking inside a collection: sizes, spaces with progress, last ingest,
+and a document's chunks in order.
+
+The web console (``/ui``) shows these through the JSON API; they never write. Functions
+take an open connection and run inside the caller's transaction. The ``documents`` and
+``chunks`` tables are shared by every collection, so their sizes are reported as the
+shared tables' sizes; each embedding space has tables of its own, sized exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ragstore.errors import DocumentNotFoundError
+
+Conn = psycopg.Connection[Any]
+
+MAX_CHUNKS_PAGE = 5000
+
+
+def collection_stats(conn: Conn, collection_id: int) -> dict[str, Any]:
+    """Counts, last ingest and the shared tables' sizes for one collection."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM documents WHERE collection_id = %(c)s),"
+        " (SELECT count(*) FROM chunks WHERE collection_id = %(c)s),"
+        " (SELECT max(updated_at) FROM documents WHERE collection_id = %(c)s),"
+        " (SELECT created_at FROM collections WHERE id = %(c)s),"
+        " pg_table_size('documents'), pg_indexes_size('documents'),"
+        " pg_table_size('chunks'), pg_indexes_size('chunks')",
+        {"c": collection_id}).fetchone()
+    assert row is not None  # aggregates always answer one row
+    return {"documents": int(row[0]), "chunks": int(row[1]), "last_ingest": row[2],
+            "created_at": row[3],
+            "shared_tables": [
+                {"table": "documents", "table_bytes": int(row[4]), "index_bytes": int(row[5])},
+                {"table": "chunks", "table_bytes": int(row[6]), "index_bytes": int(row[7])},
+            ]}
+
+
+def space_stats(conn: Conn, collection_id: int) -> list[dict[str, Any]]:
+    """Each embedding space of a collection with its vector count and sizes, oldest first.
+
+    A space's table is counted with ``count(*)`` (exact, an index-only scan on its primary
+    key); a dropped table (cancelled migration racing this read) counts as empty.
+    """
+    rows = conn.execute(
+        "SELECT s.id, m.name || '@' || m.revision, m.name, s.status, s.table_name,"
+        " s.created_at, s.activated_at, (c.active_space_id = s.id),"
+        " to_regclass(quote_ident(s.table_name)) IS NOT NULL"
+        " FROM embedding_spaces s JOIN embedding_models m ON m.id = s.model_id"
+        " JOIN collections c ON c.id = s.collection_id"
+        " WHERE s.collection_id = %s ORDER BY s.id", (collection_id,)).fetchall()
+    out = []
+    for r in rows:
+        table, exists = str(r[4]), bool(r[8])
+        embedded = table_bytes = index_bytes = 0
+        if exists:
+            sized = conn.execute(sql.SQL(
+                "SELECT pg_table_size(%(t)s::regclass), pg_indexes_size(%(t)s::regclass),"
+                " (SELECT count(*) FROM {})").format(sql.Identifier(table)),
+                {"t": table}).fetchone()
+            assert sized is not None
+            table_bytes, index_bytes, embedded = int(sized[0]), int(sized[1]), int(sized[2])
+        out.append({"id": int(r[0]), "model": r[1], "model_name": r[2], "status": r[3],
+                    "table": table, "created_at": r[5], "activated_at": r[6],
+                    "active": bool(r[7]), "embedded": embedded,
+                    "table_bytes": table_bytes, "index_bytes": index_bytes})
+    return out
+
+
+def document_chunks(conn: Conn, collection_id: int, document_id: int, *,
+                    after: int | None, limit: int) -> list[dict[str, Any]]:
+    """A document's chunks in reading order (by ordinal) after ordinal ``after``.
+
+    Raises DocumentNotFoundError when the document is not in the collection, so an empty
+    list always means "no more chunks".
+    """
+    found = conn.execute("SELECT 1 FROM documents WHERE collection_id = %s AND id = %s",
+                         (collection_id, document_id)).fetchone()
+    if found is None:
+        raise DocumentNotFoundError(f"document {document_id} is not in this collection")
+    rows = conn.execute(
+        "SELECT id, ordinal, chunk_type, section_path, page, token_count, char_start,"
+        " char_end, text, metadata FROM chunks WHERE document_id = %(d)s"
+        " AND (%(after)s::int IS NULL OR ordinal > %(after)s)"
+        " ORDER BY ordinal LIMIT %(limit)s",
+        {"d": document_id, "after": after, "limit": limit}).fetchall()
+    return [{"id": int(r[0]), "ordinal": int(r[1]), "chunk_type": r[2],
+             "section_path": list(r[3]), "page": r[4], "token_count": int(r[5]),
+             "char_start": int(r[6]), "char_end": int(r[7]), "text": r[8],
+             "metadata": dict(r[9])} for r in rows]

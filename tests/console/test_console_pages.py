@@ -1,0 +1,194 @@
+"""The /ui console without a browser: security headers, escaping, what each page says about
+authentication, and the read-only JSON API the console is built on (/v1/me, collection
+stats, a document's chunks, the search plan). Real servers on loopback, real database."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ragstore.auth import KeyStore
+from ragstore.config import Settings
+from ragstore.console.security import CONTENT_SECURITY_POLICY
+from tests.api.conftest import running_server, with_
+
+PAGES = ("/ui/login", "/ui/collections", "/ui/collections/notes", "/ui/collections/notes/search",
+         "/ui/collections/notes/documents/1", "/ui/models")
+STATIC = Path(__file__).resolve().parents[2] / "src" / "ragstore" / "console" / "static"
+EVIL = ("# Evil\n\nHello <script>window.__pwned=1</script> and "
+        '<img src=x onerror="window.__pwned=2">.\n\n'
+        "## Rollback\n\nRun the downgrade to roll back.\n")
+
+
+@pytest.fixture(scope="module")
+def open_url(settings: Settings) -> Iterator[str]:
+    with running_server(with_(settings, auth="off")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def secure_url(settings: Settings) -> Iterator[str]:
+    with running_server(with_(settings, auth="on")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def notes(open_url: str) -> dict[str, int]:
+    """Collection ``notes`` with one markdown document holding HTML; its id by name."""
+    assert httpx.post(f"{open_url}/v1/collections", json={"name": "notes"}).status_code == 201
+    r = httpx.post(f"{open_url}/v1/collections/notes/documents/upload",
+                   files=[("files", ("evil.md", EVIL.encode()))], timeout=60)
+    assert r.status_code == 201, r.text
+    return {"evil.md": r.json()["data"][0]["id"]}
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_has_a_strict_csp_and_no_inline_script_or_style(open_url: str,
+                                                                    path: str) -> None:
+    r = httpx.get(open_url + path)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert "script-src 'self'" in CONTENT_SECURITY_POLICY
+    assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert "set-cookie" not in r.headers
+    html = r.text
+    scripts = re.findall(r"<script\b[^>]*>", html)
+    assert scripts and all(" src=" in s for s in scripts)
+    assert re.search(r"<script\b[^>]*>\s*[^<\s]", html) is None  # no inline script body
+    assert "<style" not in html and " style=" not in html
+    assert re.search(r"\son[a-z]+=", html) is None  # no inline event handlers
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_with_auth_off_every_page_says_so(open_url: str, path: str) -> None:
+    html = httpx.get(open_url + path).text
+    assert 'id="auth-off"' in html and "Authentication is off" in html
+    assert 'data-auth="off"' in html
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_with_auth_on_no_page_says_it_is_off_and_pages_hold_no_data(secure_url: str,
+                                                                   path: str) -> None:
+    r = httpx.get(secure_url + path)
+    assert r.status_code == 200
+    assert 'id="auth-off"' not in r.text and 'data-auth="on"' in r.text
+
+
+def test_static_files_carry_the_policy_too(open_url: str) -> None:
+    r = httpx.get(f"{open_url}/ui/static/console.js")
+    assert r.status_code == 200 and "javascript" in r.headers["content-type"]
+    assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_swagger_docs_keep_their_own_headers(open_url: str) -> None:
+    assert "content-security-policy" not in httpx.get(f"{open_url}/docs").headers
+
+
+def test_console_script_never_parses_text_as_html() -> None:
+    js = (STATIC / "console.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
+                 "new Function", "localStorage", "document.cookie"):
+        assert sink not in js, sink
+    assert "sessionStorage" in js and "textContent" in js
+
+
+def test_a_name_in_the_url_that_could_carry_markup_is_refused(open_url: str) -> None:
+    r = httpx.get(f"{open_url}/ui/collections/%3Cscript%3E")
+    assert r.status_code == 422
+    # the path comes back only inside problem+json, which nosniff keeps from being HTML
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+
+
+def test_root_redirects_to_the_collections(open_url: str) -> None:
+    r = httpx.get(f"{open_url}/ui")
+    assert r.status_code == 303 and r.headers["location"] == "/ui/collections"
+
+
+def test_me_with_auth_off_is_an_anonymous_admin(open_url: str) -> None:
+    assert httpx.get(f"{open_url}/v1/me").json() == {
+        "auth": False, "key_id": None, "name": None, "scope": "admin", "collection": None}
+
+
+def test_me_reports_the_keys_scope_and_collection(secure_url: str, keys: KeyStore) -> None:
+    assert httpx.get(f"{secure_url}/v1/me").status_code == 401
+    key = keys.create("read", "notes", name="viewer")
+    r = httpx.get(f"{secure_url}/v1/me", headers={"Authorization": f"Bearer {key.secret}"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body == {"auth": True, "key_id": key.secret.split("_")[1], "name": "viewer",
+                    "scope": "read", "collection": "notes"}
+
+
+def test_stats_show_counts_sizes_spaces_and_last_ingest(open_url: str,
+                                                        notes: dict[str, int]) -> None:
+    s = httpx.get(f"{open_url}/v1/collections/notes/stats").json()
+    assert s["documents"] == 1 and s["chunks"] >= 3
+    assert s["last_ingest"] is not None
+    [space] = s["spaces"]
+    assert space["status"] == "active" and space["active"] is True
+    assert space["progress"] == 1.0 and 0 < space["embedded"] <= s["chunks"]
+    assert space["table_bytes"] > 0 and space["index_bytes"] > 0
+    assert {t["table"] for t in s["shared_tables"]} == {"documents", "chunks"}
+    assert httpx.get(f"{open_url}/v1/collections/nope/stats").status_code == 404
+
+
+def test_chunks_come_in_order_with_type_section_and_page(open_url: str,
+                                                         notes: dict[str, int]) -> None:
+    doc = notes["evil.md"]
+    r = httpx.get(f"{open_url}/v1/collections/notes/documents/{doc}/chunks").json()
+    ordinals = [c["ordinal"] for c in r["data"]]
+    assert ordinals == sorted(ordinals) and ordinals[0] == 0 and r["next_after"] is None
+    assert [c["chunk_type"] for c in r["data"]][:2] == ["heading", "paragraph"]
+    assert any("<script>window.__pwned=1</script>" in c["text"] for c in r["data"])
+    assert r["data"][-1]["section_path"] == ["Evil", "Rollback"]
+    first = httpx.get(f"{open_url}/v1/collections/notes/documents/{doc}/chunks",
+                      params={"limit": 1}).json()
+    assert first["count"] == 1 and first["next_after"] == 0
+    rest = httpx.get(f"{open_url}/v1/collections/notes/documents/{doc}/chunks",
+                     params={"after": 0}).json()
+    assert [c["ordinal"] for c in rest["data"]] == ordinals[1:]
+    missing = httpx.get(f"{open_url}/v1/collections/notes/documents/999999/chunks")
+    assert missing.status_code == 404 and missing.json()["code"] == "document_not_found"
+
+
+def test_search_explain_gives_both_ranks_and_the_plan(open_url: str,
+                                                      notes: dict[str, int]) -> None:
+    r = httpx.post(f"{open_url}/v1/collections/notes/search", timeout=60,
+                   json={"query": "roll back the downgrade", "mode": "hybrid", "explain": True,
+                         "context": "section"}).json()
+    top = r["data"][0]
+    assert top["explain"]["vector"]["rank"] >= 1 and top["explain"]["fulltext"]["rank"] >= 1
+    assert top["context_mode"] == "section" and top["context"]
+    plan = r["plan"]
+    assert plan["mode"] == "hybrid" and [x["list"] for x in plan["lists"]] == ["vector",
+                                                                               "fulltext"]
+    assert plan["fusion"]["method"] == "rrf" and plan["lists"][0]["table"].startswith("emb_")
+    vector_only = httpx.post(f"{open_url}/v1/collections/notes/search", timeout=60,
+                             json={"query": "roll back", "mode": "vector", "explain": True})
+    body = vector_only.json()
+    assert [x["list"] for x in body["plan"]["lists"]] == ["vector"]
+    assert body["plan"]["fusion"] is None
+    plain = httpx.post(f"{open_url}/v1/collections/notes/search", timeout=60,
+                       json={"query": "roll back"}).json()
+    assert plain["plan"] is None
+
+
+def test_the_key_is_never_in_the_access_log(secure_url: str, keys: KeyStore,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    secret = keys.create("read").secret
+    caplog.set_level("DEBUG")
+    r = httpx.get(f"{secure_url}/v1/me", headers={"Authorization": f"Bearer {secret}"})
+    assert r.status_code == 200
+    assert any("/v1/me" in rec.getMessage() or "/v1/me" in str(rec.__dict__)
+               for rec in caplog.records)
+    assert all(secret not in str(rec.__dict__) and secret.split("_")[2] not in rec.getMessage()
+               for rec in caplog.records)

@@ -1,0 +1,167 @@
+"""The CLI's manners: every usage error is one line and exit 64, ``--version``, readable
+help, confirmations before destructive commands, and no torch where no model is needed."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ragstore.db import migrations
+from ragstore.db.database import Database
+from ragstore.runtime import Runtime
+from tests.conftest import run_cli
+
+USAGE = 64
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["serach", "x"], "error[usage]: No such command 'serach'. Did you mean 'search'? "
+                      "(see 'ragstore --help')"),
+    (["search"], "error[usage]: Missing argument 'QUERY'. (see 'ragstore search --help')"),
+    (["search", "x", "-k", "0"], "error[usage]: Invalid value for '-k': Input should be "
+                                 "greater than or equal to 1 (see 'ragstore search --help')"),
+    (["search", "x", "-k", "abc"], "error[usage]: Invalid value for '-k': Input should be a "
+                                   "valid integer, unable to parse string as an integer "
+                                   "(see 'ragstore search --help')"),
+    (["search", "x", "--zzzz"], "error[usage]: No such option: --zzzz (see 'ragstore search "
+                                "--help')"),
+    (["models", "migrate", "-c", "x", "--to", "m", "--batch-size", "0"],
+     "error[usage]: Invalid value for '--batch-size': Input should be greater than or equal "
+     "to 1 (see 'ragstore models migrate --help')"),
+    (["db", "downgrade"], "error[usage]: Missing option '--to'. (see 'ragstore db downgrade "
+                          "--help')"),
+])
+def test_usage_error_is_one_line_and_exit_64(
+        args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(*args) == USAGE
+    captured = capsys.readouterr()
+    assert captured.err.strip() == message
+    assert captured.out == ""
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    assert run_cli("--version") == 0
+    assert capsys.readouterr().out == f"ragstore {version('ragstore')}\n"
+
+
+def test_bare_group_shows_its_help_with_exit_64(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("db") == USAGE
+    assert "Usage: ragstore db [OPTIONS] COMMAND [ARGS]..." in capsys.readouterr().out
+
+
+def test_help_shows_readable_placeholders_not_python_types(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    for command in (["search"], ["ingest"], ["import"], ["eval"], ["models", "migrate"]):
+        assert run_cli(*command, "--help") == 0
+        out = capsys.readouterr().out
+        assert re.findall(r"<[a-z]+[^>]*>", out.replace("<time>", "")
+                          .replace("<dataset>", "").replace("<split>", "")) == []
+    assert run_cli("search", "--help") == 0
+    out = capsys.readouterr().out
+    assert "QUERY" in out and "-k" in out and " N " in out
+
+
+def test_search_defaults_agree_with_the_search_module() -> None:
+    from ragstore.cli import search_cmd
+    from ragstore.search import hybrid
+
+    assert (search_cmd.RRF_K, search_cmd.VECTOR_WEIGHT, search_cmd.FULLTEXT_WEIGHT) == (
+        hybrid.DEFAULT_RRF_K, hybrid.DEFAULT_VECTOR_WEIGHT, hybrid.DEFAULT_FULLTEXT_WEIGHT)
+
+
+def test_models_constants_agree_with_the_registry() -> None:
+    from ragstore.cli import models_cmd
+    from ragstore.embedding import http, registry
+
+    assert models_cmd.LOCAL_PROVIDER == registry.LOCAL_PROVIDER
+    assert models_cmd.HTTP_PROVIDER == registry.HTTP_PROVIDER
+    assert models_cmd.API_KEY_ENV == http.DEFAULT_API_KEY_ENV
+
+
+def test_fulltext_config_db_and_keys_never_import_torch(
+        cli_env: dict[str, str], rt: Runtime) -> None:
+    rt.collection("lazy", create=True)
+    code = (
+        "import sys\n"
+        "from ragstore.cli import main\n"
+        "for args in (['config', 'show'], ['db', 'status'], ['keys', 'list'],\n"
+        "             ['search', 'anything', '-c', 'lazy', '--mode', 'fulltext']):\n"
+        "    main(args)\n"
+        "heavy = sorted(m for m in ('torch', 'sentence_transformers', 'transformers')\n"
+        "               if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, **cli_env},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "no results" in proc.stdout
+    assert "HEAVY []" in proc.stderr
+
+
+def test_import_short_m_still_works_with_a_deprecation_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # refused on the missing file, after the flag was read
+    assert run_cli("import", "/nonexistent.jsonl", "-m", "x@v1", "--dimension", "4") != 0
+    err = capsys.readouterr().err
+    assert ("deprecated: `ragstore import -m` still works but will be removed; use --model "
+            "(-m means --mode everywhere else)") in err
+
+
+def test_import_without_a_model_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("import", "/nonexistent.jsonl") == USAGE
+    assert capsys.readouterr().err.strip() == (
+        "error[usage]: Missing option '--model'. (see 'ragstore import --help')")
+
+
+def _answer(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+
+
+def test_db_downgrade_asks_and_no_changes_nothing(
+        cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    db = Database(cli_env["RAGSTORE_DATABASE_URL"])
+    head = migrations.status(db).current
+    _answer(monkeypatch, "n\n")
+    assert run_cli("db", "downgrade", "--to", "base") == 1
+    captured = capsys.readouterr()
+    assert "Downgrade " in captured.out and "(pass --yes to skip this question)" in captured.out
+    assert captured.err == "aborted: nothing was changed\n"
+    assert migrations.status(db).current == head
+
+
+def test_db_downgrade_with_yes_backs_up_first(
+        cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    db = Database(cli_env["RAGSTORE_DATABASE_URL"])
+    revisions = migrations.known_revisions()
+    try:
+        assert run_cli("db", "downgrade", "--to", revisions[-2], "--yes") == 0
+        out = capsys.readouterr().out
+        backup = Path(out.split("backup: ", 1)[1].split(" ", 1)[0])
+        assert backup.is_file() and "-downgrade.dump" in backup.name
+        assert f"downgraded {revisions[-1]} -> {revisions[-2]}" in out
+        assert migrations.status(db).current == revisions[-2]
+    finally:
+        migrations.upgrade(db)
+
+
+def test_restore_asks_and_no_changes_nothing(
+        cli_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive), "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["path"] == str(archive) and len(info["sha256"]) == 64
+    _answer(monkeypatch, "n\n")
+    assert run_cli("restore", str(archive)) == 1
+    assert capsys.readouterr().err.strip().endswith("aborted: nothing was changed")
