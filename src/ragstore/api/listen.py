@@ -60,8 +60,8 @@ def bound_addresses(sockets: list[socket.socket]) -> list[str]:
 def stop_with_parent() -> None:
     """In a worker: have the kernel send SIGTERM when ``ragstore serve`` dies (Linux)."""
     parent = os.environ.get(PARENT_ENV)
-    if not parent or not hasattr(os, "getppid"):
-        return
+    if not parent or parent == str(os.getpid()) or not hasattr(os, "getppid"):
+        return  # not a worker: the serve process itself (one worker) or a test server
     try:
         import ctypes
         import signal

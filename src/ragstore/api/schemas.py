@@ -235,6 +235,9 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, str]
+    collections: dict[str, str] = Field(
+        default_factory=dict, description="Per collection: 'ok', or why it cannot embed "
+                                          "queries (it is not ready; the server still is).")
 
 
 # --- inspection (the console's read-only views) ------------------------------------------
