@@ -1,0 +1,308 @@
+"""The console in a real browser: headless Chromium (Debian's, via pytest-playwright)
+against a real ``ragstore serve`` process on loopback with authentication on.
+
+Each test signs in with a key, as a person would, and writes a screenshot of the page it
+checked to ``.artifacts/console/`` (git-ignored; two of them are in docs/img/).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from ragstore.auth import KeyStore
+from ragstore.config import Settings
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "console"
+TARGET = "all-MiniLM-L6-v2-256d"
+EVIL = ("Warning <script>window.__pwned = 1</script> and "
+        '<img src="x" onerror="window.__pwned = 2"> should show as text.\n')
+BAD_PDF = b"%PDF-1.7\nthis is not really a PDF\n"
+
+
+def _handbook(topic: str, steps: list[str]) -> str:
+    parts = [f"# {topic.title()} guide\n\nHow the team handles {topic}.\n"]
+    for i, step in enumerate(steps, 1):
+        parts.append(f"\n## Step {i}: {step}\n\nFor {topic}, {step} carefully and write "
+                     f"down what you did; a {topic} without notes cannot be repeated.\n")
+    return "".join(parts)
+
+
+DOCS = {
+    "rollback.md": _handbook("rollback", ["stop the writers", "run ragstore db downgrade",
+                                          "restore the backup", "check the search results"]),
+    "backups.md": _handbook("backups", ["take a base backup", "copy it off the host",
+                                        "test a restore every month"]),
+    "onboarding.md": _handbook("onboarding", ["create an API key", "read the handbook",
+                                              "shadow an on-call shift"]),
+}
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    admin_key: str
+    read_key: str
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(settings: Settings, keys: KeyStore,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``ragstore serve`` in its own process, auth on, on the module's database."""
+    assert settings.database_url is not None
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
+           "RAGSTORE_DATA_DIR": str(settings.data_dir), "RAGSTORE_PROFILE": "test",
+           "RAGSTORE_AUTH": "on", "RAGSTORE_API_HOST": "127.0.0.1",
+           "RAGSTORE_API_PORT": str(port), "RAGSTORE_LOG_LEVEL": "info"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "ragstore"), "serve"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "ragstore serve did not start"
+            time.sleep(0.2)
+        print(f"ragstore serve answered after {time.monotonic() - started:.1f} s")
+        yield Server(url, keys.create("admin", name="console-admin").secret,
+                     keys.create("read", name="console-reader").secret, log)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def handbook(server: Server) -> str:
+    """Collection ``handbook`` with three guides and a document holding markup."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    with httpx.Client(base_url=server.url, headers=auth, timeout=120) as c:
+        assert c.post("/v1/collections", json={"name": "handbook"}).status_code == 201
+        files = [("files", (name, text.encode())) for name, text in DOCS.items()]
+        files.append(("files", ("markup.txt", EVIL.encode())))
+        r = c.post("/v1/collections/handbook/documents/upload", files=files)
+        assert r.status_code == 201, r.text
+    return "handbook"
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def sign_in(page: Page, server: Server, key: str | None = None) -> None:
+    page.goto(f"{server.url}/ui/login")
+    page.fill("#api-key", key or server.admin_key)
+    page.click("#sign-in")
+    expect(page).to_have_url(f"{server.url}/ui/collections")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+
+
+def open_page(page: Page, server: Server, path: str) -> None:
+    page.goto(server.url + path)
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+
+
+def test_sign_in_keeps_the_key_in_the_tab_only(page: Page, server: Server) -> None:
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    page.goto(f"{server.url}/ui/collections")
+    expect(page).to_have_url(f"{server.url}/ui/login")  # no key yet: sent to sign in
+    page.fill("#api-key", "rsk_0123456789ab_" + "x" * 43)
+    page.click("#sign-in")
+    expect(page.locator("#login-error")).to_contain_text("unknown")
+    shot(page, "login")
+    sign_in(page, server)
+    expect(page.locator("#whoami")).to_contain_text("admin")
+    expect(page.locator("#auth-off")).to_have_count(0)
+    assert page.evaluate("sessionStorage.getItem('ragstore.apiKey')") == server.admin_key
+    assert page.context.cookies() == []
+    secret = server.admin_key.split("_")[2]
+    assert urls and not any(secret in u for u in urls)
+    page.click("#sign-out")
+    expect(page).to_have_url(f"{server.url}/ui/login")
+    assert page.evaluate("sessionStorage.getItem('ragstore.apiKey')") is None
+
+
+def test_a_read_key_sees_no_write_or_admin_controls(page: Page, server: Server,
+                                                    handbook: str) -> None:
+    sign_in(page, server, server.read_key)
+    expect(page.locator("#whoami")).to_contain_text("read")
+    expect(page.locator("#create-section")).to_be_hidden()
+    expect(page.locator("tr[data-collection=handbook] button.delete")).to_be_hidden()
+    open_page(page, server, f"/ui/collections/{handbook}")
+    expect(page.locator("#upload-section")).to_be_hidden()
+
+
+def test_create_a_collection_and_upload_two_files_by_drop(page: Page, server: Server) -> None:
+    sign_in(page, server)
+    page.fill("#create-name", "inbox")
+    page.click("#create-form button[type=submit]")
+    page.click("tr[data-collection=inbox] a")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    drop = page.evaluate_handle(
+        """([good, bad]) => {
+             const dt = new DataTransfer();
+             dt.items.add(new File([good], "rollback.md", {type: "text/markdown"}));
+             dt.items.add(new File([bad], "broken.pdf", {type: "application/pdf"}));
+             return dt;
+           }""", [DOCS["rollback.md"], BAD_PDF.decode()])
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": drop})
+    good = page.locator("#upload-list li[data-file='rollback.md'] .outcome")
+    bad = page.locator("#upload-list li[data-file='broken.pdf'] .outcome")
+    expect(good).to_have_text(re.compile(r"^added: \d+ chunks$"), timeout=60_000)
+    expect(bad).to_have_text(re.compile(r"^failed: broken\.pdf: not a readable PDF"),
+                             timeout=60_000)
+    expect(bad).to_contain_text("(corrupt_document)")
+    expect(page.locator("#documents-body tr")).to_have_count(1)
+    expect(page.locator("#documents-body")).to_contain_text("rollback.md")
+    expect(page.locator("#spaces-body")).to_contain_text("active")
+    page.fill("#source-prefix", "nothing-here/")
+    page.click("#filter-form button")
+    expect(page.locator("#documents-body")).to_contain_text("No documents.")
+    page.fill("#source-prefix", "roll")
+    page.click("#filter-form button")
+    expect(page.locator("#documents-body tr")).to_have_count(1)
+    shot(page, "collection")
+
+
+def test_a_document_with_script_and_img_is_shown_as_text(page: Page, server: Server,
+                                                         handbook: str) -> None:
+    sign_in(page, server)
+    open_page(page, server, f"/ui/collections/{handbook}")
+    page.click("#documents-body a:text('markup.txt')")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    chunk = page.locator("#chunks-list .chunk-text").first
+    expect(chunk).to_contain_text("<script>window.__pwned = 1</script>")
+    expect(chunk).to_contain_text('<img src="x" onerror="window.__pwned = 2">')
+    assert page.locator("#chunks-list img, #chunks-list script").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    shot(page, "document")
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "vector", "fulltext"])
+def test_search_in_each_mode_shows_ranks_context_and_plan(page: Page, server: Server,
+                                                         handbook: str, mode: str) -> None:
+    sign_in(page, server)
+    open_page(page, server, f"/ui/collections/{handbook}/search")
+    page.fill("#q", "restore the backup after a rollback")
+    page.select_option("#mode", mode)
+    page.click("#search-submit")
+    rows = page.locator("#hits-body tr")
+    expect(rows.first).to_be_visible(timeout=30_000)
+    top = rows.first.locator("td")
+    assert float(top.nth(1).inner_text()) != 0
+    vector_rank, fulltext_rank = top.nth(2).inner_text(), top.nth(3).inner_text()
+    if mode in ("hybrid", "vector"):
+        assert vector_rank.split("\n")[0].isdigit()
+    if mode in ("hybrid", "fulltext"):
+        assert fulltext_rank.split("\n")[0].isdigit()
+    if mode == "vector":
+        assert fulltext_rank == "—"
+    if mode == "fulltext":
+        assert vector_rank == "—"
+    context = rows.first.locator("details.context")
+    context.locator("summary").click()
+    expect(context.locator(".context-chunk.hit")).to_be_visible()
+    page.locator("#plan-details summary").click()
+    expect(page.locator("#plan")).to_contain_text(f'"mode": "{mode}"')
+    if mode == "hybrid":
+        expect(page.locator("#plan")).to_contain_text('"method": "rrf"')
+        shot(page, "search")
+
+
+def test_search_filters_show_errors_inline(page: Page, server: Server, handbook: str) -> None:
+    sign_in(page, server)
+    open_page(page, server, f"/ui/collections/{handbook}/search")
+    page.fill("#q", "backup")
+    page.fill("#where", "{not json")
+    page.click("#search-submit")
+    expect(page.locator("#where-error")).to_contain_text("Filters are not valid JSON")
+    page.fill("#where", '{"chunk_type": {"$near": 1}}')
+    page.click("#search-submit")
+    expect(page.locator("#where-error")).to_contain_text("(invalid_filter)")
+    page.fill("#where", '{"title": "Backups guide"}')
+    page.click("#search-submit")
+    expect(page.locator("#where-error")).to_be_hidden()
+    expect(page.locator("#hits-body tr").first).to_contain_text("Backups guide")
+
+
+def test_migrate_to_the_256d_model_then_roll_back(page: Page, server: Server,
+                                                  handbook: str) -> None:
+    sign_in(page, server)
+    open_page(page, server, "/ui/models")
+    page.select_option("#migrate-collection", handbook)
+    expect(page.locator("#active-model")).to_contain_text("all-MiniLM-L6-v2@")
+    original = page.locator("#active-model").inner_text()
+    page.fill("#migrate-to", TARGET)
+    page.click("#migrate-start")
+    expect(page.locator("#migrate-status")).to_contain_text(f"to {TARGET}")
+    expect(page.locator("#migrate-status")).to_contain_text(f"Switched {handbook} to {TARGET}@",
+                                                            timeout=120_000)
+    expect(page.locator("#active-model")).to_contain_text(f"{TARGET}@")
+    spaces = page.locator("#model-spaces-body tr")
+    expect(spaces).to_have_count(2)
+    expect(page.locator("#model-spaces-body tr[data-status=active]")).to_contain_text(TARGET)
+    expect(page.locator("#model-spaces-body tr[data-status=retired]")).to_contain_text(original)
+    pinned = page.locator(f"#models-body tr[data-model='{TARGET}']")
+    expect(pinned.locator(".checksum")).to_have_text(re.compile(r"^sha256:[0-9a-f]{64}$"))
+    expect(pinned).to_contain_text(handbook)
+    shot(page, "models")
+    page.click("#rollback")
+    expect(page.locator("#migrate-status")).to_contain_text(f"{original} is active again")
+    expect(page.locator("#active-model")).to_have_text(original)
+    expect(page.locator("#model-spaces-body tr[data-status=active]")).to_contain_text(original)
+
+
+def test_collections_page_deletes_only_after_the_name_is_typed(page: Page, server: Server,
+                                                               handbook: str) -> None:
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    assert httpx.post(f"{server.url}/v1/collections", json={"name": "scratch"},
+                      headers=auth).status_code == 201
+    sign_in(page, server)
+    row = page.locator("tr[data-collection=handbook]")
+    expect(row.locator(".spaces")).to_contain_text("active")
+    expect(row.locator(".last-ingest")).to_contain_text("UTC")
+    expect(row.locator(".sizes")).to_contain_text("KiB")
+    shot(page, "collections")
+    page.click("tr[data-collection=scratch] button.delete")
+    page.fill("#delete-confirm", "scratc")
+    page.click("#delete-submit")
+    expect(page.locator("#delete-error")).to_contain_text("Type the collection's name")
+    page.fill("#delete-confirm", "scratch")
+    page.click("#delete-submit")
+    expect(page.locator("tr[data-collection=scratch]")).to_have_count(0)
+    expect(page.locator("tr[data-collection=handbook]")).to_have_count(1)
+
+
+def test_the_server_log_never_holds_a_key(server: Server, handbook: str) -> None:
+    text = server.log.read_text()
+    assert "/ui/" in text or "request" in text
+    for key in (server.admin_key, server.read_key):
+        assert key.split("_")[2] not in text
