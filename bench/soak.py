@@ -42,8 +42,9 @@ from typing import Any
 import httpx
 
 COLLECTION = "soak"
-WORDS = ("kitten orbit ledger granite harbor violin meadow copper lantern signal cipher "
-         "thunder saffron glacier compass falcon prism willow ember quartz").split()
+WORDS = ["kitten", "orbit", "ledger", "granite", "harbor", "violin", "meadow", "copper",
+         "lantern", "signal", "cipher", "thunder", "saffron", "glacier", "compass", "falcon",
+         "prism", "willow", "ember", "quartz"]
 
 
 @dataclass
