@@ -20,20 +20,20 @@ from psycopg import sql
 
 from bench.ingest_bench import write_scifact
 from ragstore.config import Settings
+from ragstore.db.spaces import PendingChunk
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import find_model, migrate, rollback
-from ragstore.modelops.texts import ContextRule
 from ragstore.runtime import Runtime
 
 
-def backfill_texts(rt: Runtime, collection: str, rule: ContextRule) -> list[str]:
+def backfill_texts(rt: Runtime, collection: str) -> list[str]:
     """The texts the backfill sends to the target model, in its order."""
     coll = rt.collection(collection)
     with rt.db.connection() as conn:
         rows = conn.execute(sql.SQL(
-            "SELECT c.text, c.section_path FROM {} e JOIN chunks c ON c.id = e.chunk_id"
+            "SELECT c.id, c.text, c.context FROM {} e JOIN chunks c ON c.id = e.chunk_id"
             " ORDER BY e.chunk_id").format(sql.Identifier(coll.table))).fetchall()
-    return [rule.embed_text(r[0], r[1]) for r in rows]
+    return [PendingChunk(int(r[0]), r[1], r[2]).embed_text for r in rows]
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
 
     target = find_model(rt, args.to).spec
     embedder = rt.embedder(target)
-    texts = backfill_texts(rt, "bench", ContextRule(embedder, target.max_tokens))
+    texts = backfill_texts(rt, "bench")
     embedder.embed(texts[:64])  # warm-up
     t0 = time.perf_counter()
     embedder.embed(texts)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ragstore.db import repository
+from ragstore.db import documents, repository
 from ragstore.embedding.registry import resolve_spec
 from ragstore.models import Chunk, ChunkType
 from ragstore.runtime import Runtime
@@ -45,13 +45,10 @@ def write_docs(rt: Runtime, coll: repository.Collection, docs: Sequence[Doc]) ->
                         content_hash=hashlib.sha256(t.encode()).hexdigest(), page=d.page,
                         metadata=dict(d.chunk_metadata))
                   for i, t in enumerate(d.texts)]
-        record = repository.DocumentRecord(d.source, d.title, "text",
-                                           hashlib.sha256("".join(d.texts).encode()).hexdigest(),
-                                           sum(len(t) for t in d.texts), dict(d.metadata))
+        record = documents.DocumentRecord(d.source, d.title, "text",
+                                          hashlib.sha256("".join(d.texts).encode()).hexdigest(),
+                                          sum(len(t) for t in d.texts), dict(d.metadata))
         with rt.db.connection() as conn:
-            known = repository.document_hashes(conn, coll.id, [d.source])
-            replace = known[d.source][0] if d.source in known else None
-            repository.write_document(conn, coll, record, chunks,
-                                      np.asarray(vectors[offset:offset + len(d.texts)]),
-                                      replace_id=replace)
+            documents.write_documents(conn, coll, [documents.DocumentWrite(
+                record, chunks, np.asarray(vectors[offset:offset + len(d.texts)]))])
         offset += len(d.texts)

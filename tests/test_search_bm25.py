@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ragstore.db import repository
+from ragstore.db import documents, repository
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1, FullTextQuery, parse_query
@@ -65,7 +65,7 @@ def test_statistics_match_a_recount_after_insert_replace_and_delete(
     assert (stats, terms) == recomputed_stats(rt, scratch.id)
     assert stats[0] == 6 and "kitten" in terms and "purr" not in terms
     with rt.db.connection() as conn:
-        repository.delete_documents(conn, scratch.id, ["pg.md", "dogs.md"])
+        documents.delete_documents(conn, scratch.id, ["pg.md", "dogs.md"])
     stats, terms = stored_stats(rt, scratch.id)
     assert (stats, terms) == recomputed_stats(rt, scratch.id)
     assert stats[0] == 3 and "tsvector" not in terms

@@ -1,7 +1,8 @@
 """ragstore: document retrieval on PostgreSQL + pgvector.
 
 The package root stays light: importing ``ragstore`` imports nothing heavy, and each name
-below is loaded on first access (``ragstore.Client`` imports httpx then, not before), so
+below is loaded on first access (``ragstore.Client`` imports httpx then, not before;
+``ragstore.Store``, the in-process API, its database and services), so
 that ``ragstore --version`` or ``ragstore config show`` start fast. The services live in
 their subpackages (``ragstore.ingest``, ``ragstore.search``, ...).
 """
@@ -12,16 +13,19 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ragstore.client import Client
+    from ragstore.client import AsyncClient, Client
     from ragstore.errors import RagstoreError
+    from ragstore.store import Store
 
 # public name -> module that defines it; loaded on first attribute access
 _LAZY = {
+    "AsyncClient": "ragstore.client",
     "Client": "ragstore.client",
     "RagstoreError": "ragstore.errors",
+    "Store": "ragstore.store",
 }
 
-__all__ = ["Client", "RagstoreError", "__version__"]
+__all__ = ["AsyncClient", "Client", "RagstoreError", "Store", "__version__"]
 
 
 def _version() -> str:

@@ -1,42 +1,34 @@
-"""``ragstore.Client``: the HTTP API from Python, with the server's errors as exceptions.
+"""``ragstore.Client`` and ``ragstore.AsyncClient``: the HTTP API from Python.
 
-Every method mirrors one route. A problem+json answer is raised as the
-:class:`~ragstore.errors.RagstoreError` subclass whose ``code`` it carries, so code written
-against the library catches the same exceptions over HTTP; ``status`` and ``request_id``
-are set on it.
+Both send the calls built in :mod:`ragstore._requests`, so they have the same verbs with
+the same names and options as each other and as the in-process :class:`ragstore.Store`:
+code moves between in-process and server by changing the line that builds the object.
+A problem+json answer is raised as the :class:`~ragstore.errors.RagstoreError` subclass
+whose ``code`` it carries, with ``status`` and ``request_id`` set on it.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping, Sequence
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar
 
 import httpx
 
-from ragstore.errors import RagstoreError, all_error_classes
+from ragstore import _requests as calls
+from ragstore._requests import Call, Upload, error_from_problem, raise_for_problem
+from ragstore.errors import DatabaseUnavailableError
+
+__all__ = ["AsyncClient", "Client", "error_from_problem"]
+
+T = TypeVar("T")
+_FINISHED = ("succeeded", "failed")
 
 
-def _error_class(code: str) -> type[RagstoreError]:
-    for cls in all_error_classes():
-        if cls.code == code:
-            return cls
-    return RagstoreError
-
-
-def error_from_problem(status: int, body: Mapping[str, Any]) -> RagstoreError:
-    """The exception a problem+json body stands for."""
-    code = str(body.get("code") or "internal_error")
-    detail = str(body.get("detail") or body.get("title") or f"HTTP {status}")
-    cls = _error_class(code)
-    exc = cls(detail)
-    exc.status = status  # type: ignore[attr-defined]
-    exc.request_id = body.get("request_id")  # type: ignore[attr-defined]
-    exc.problem = dict(body)  # type: ignore[attr-defined]
-    if code == "rate_limited" and "retry_after" not in vars(exc):
-        exc.retry_after = 1.0  # type: ignore[attr-defined]
-    return exc
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 class Client:
@@ -49,8 +41,7 @@ class Client:
 
     def __init__(self, base_url: str = "http://127.0.0.1:8080", *, api_key: str | None = None,
                  timeout: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers,
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=_headers(api_key),
                                   timeout=timeout, transport=transport)
 
     # --- plumbing ------------------------------------------------------------------------
@@ -69,93 +60,78 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            from ragstore.errors import DatabaseUnavailableError
-
             raise DatabaseUnavailableError(
                 f"cannot reach the ragstore server at {self._http.base_url}: {exc}") from None
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = {"detail": response.text[:500] or response.reason_phrase}
-            if not isinstance(body, dict):
-                body = {"detail": str(body)[:500]}
-            raise error_from_problem(response.status_code, body)
+        raise_for_problem(response)
         return response
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.request(method, path, **kwargs).json()
+    def _send(self, call: Call[T]) -> T:
+        return call.read(self.request(call.method, call.path, **call.kwargs()))
 
-    # --- health --------------------------------------------------------------------------
+    # --- verbs ---------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        return cast(dict[str, Any], self._json("GET", "/healthz"))
+        return self._send(calls.health())
 
     def ready(self) -> dict[str, Any]:
-        return cast(dict[str, Any], self._json("GET", "/readyz"))
-
-    # --- collections ---------------------------------------------------------------------
+        return self._send(calls.ready())
 
     def create_collection(self, name: str, *, model: str | None = None,
-                          settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"name": name, "settings": dict(settings or {})}
-        if model:
-            body["model"] = model
-        return cast(dict[str, Any], self._json("POST", "/v1/collections", json=body))
+                          settings: Mapping[str, Any] | None = None,
+                          dimension: int | None = None,
+                          distance: str | None = None) -> dict[str, Any]:
+        return self._send(calls.create_collection(name, model=model, settings=settings,
+                                                  dimension=dimension, distance=distance))
 
     def list_collections(self) -> list[dict[str, Any]]:
-        return cast(list[dict[str, Any]], self._json("GET", "/v1/collections")["data"])
+        return self._send(calls.list_collections())
 
     def get_collection(self, name: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self._json("GET", f"/v1/collections/{name}"))
+        return self._send(calls.get_collection(name))
 
     def delete_collection(self, name: str) -> None:
-        self.request("DELETE", f"/v1/collections/{name}")
+        self._send(calls.delete_collection(name))
 
-    # --- documents -----------------------------------------------------------------------
+    def add_texts(self, collection: str, texts: Sequence[str],
+                  metadatas: Sequence[Mapping[str, Any]] | None = None,
+                  ids: Sequence[str] | None = None, *,
+                  vectors: Sequence[Sequence[float]] | None = None) -> dict[str, Any]:
+        """Add or update texts under ``ids`` (see :meth:`ragstore.Store.add_texts`)."""
+        return self._send(calls.add_texts(collection, texts, metadatas, ids, vectors=vectors))
+
+    def get_texts(self, collection: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+        return self._send(calls.get_texts(collection, ids))
+
+    def delete_texts(self, collection: str, ids: Sequence[str]) -> int:
+        return self._send(calls.delete_texts(collection, ids))
 
     def add_document(self, collection: str, name: str, text: str, *,
                      metadata: Mapping[str, Any] | None = None,
                      background: bool = False) -> dict[str, Any]:
         """Ingest text as document ``name``: the document, or the job when run in background
         (a job has ``status`` queued/running/...; see :meth:`wait_for_job`)."""
-        body = {"name": name, "text": text, "metadata": dict(metadata or {}),
-                "background": background}
-        return cast(dict[str, Any], self._json(
-            "POST", f"/v1/collections/{collection}/documents", json=body))
+        return self._send(calls.add_document(collection, name, text, metadata=metadata,
+                                             background=background))
 
-    def upload(self, collection: str, files: Sequence[Path | str | tuple[str, bytes]], *,
+    def upload(self, collection: str, files: Sequence[Upload], *,
                metadata: Mapping[str, Any] | None = None,
                background: bool = False) -> dict[str, Any]:
         """Upload files: ``{"data": [documents]}`` (201) or a job (202, has ``"id"``)."""
-        parts = []
-        for f in files:
-            if isinstance(f, tuple):
-                name, content = f
-            else:
-                path = Path(f)
-                name, content = path.name, path.read_bytes()
-            parts.append(("files", (name, content, "application/octet-stream")))
-        data = {"metadata": json.dumps(dict(metadata or {})),
-                "background": "true" if background else "false"}
-        return cast(dict[str, Any], self._json(
-            "POST", f"/v1/collections/{collection}/documents/upload", files=parts, data=data))
+        return self._send(calls.upload(collection, files, metadata=metadata,
+                                       background=background))
+
+    def ingest(self, collection: str, paths: Sequence[str | Path], *,
+               metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Upload files and folders (as :meth:`ragstore.Store.ingest`)."""
+        return self._send(calls.ingest(collection, paths, metadata=metadata))
 
     def list_documents(self, collection: str, *, cursor: str | None = None, limit: int = 50,
                        format: str | None = None, source_prefix: str | None = None,
                        metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """One page: ``{"data": [...], "count": n, "next_cursor": str | None}``."""
-        params: dict[str, Any] = {"limit": limit}
-        if cursor:
-            params["cursor"] = cursor
-        if format:
-            params["format"] = format
-        if source_prefix:
-            params["source_prefix"] = source_prefix
-        if metadata is not None:
-            params["metadata"] = json.dumps(dict(metadata))
-        return cast(dict[str, Any], self._json(
-            "GET", f"/v1/collections/{collection}/documents", params=params))
+        return self._send(calls.list_documents(collection, cursor=cursor, limit=limit,
+                                               format=format, source_prefix=source_prefix,
+                                               metadata=metadata))
 
     def iter_documents(self, collection: str, *, page_size: int = 100,
                        **filters: Any) -> Iterator[dict[str, Any]]:
@@ -169,67 +145,213 @@ class Client:
                 return
 
     def get_document(self, collection: str, document_id: int) -> dict[str, Any]:
-        return cast(dict[str, Any], self._json(
-            "GET", f"/v1/collections/{collection}/documents/{document_id}"))
+        return self._send(calls.get_document(collection, document_id))
 
     def delete_document(self, collection: str, document_id: int) -> None:
-        self.request("DELETE", f"/v1/collections/{collection}/documents/{document_id}")
+        self._send(calls.delete_document(collection, document_id))
 
-    # --- search --------------------------------------------------------------------------
-
-    def search(self, collection: str, query: str, *, k: int = 10, mode: str | None = None,
+    def search(self, collection: str, query: str | None = None, *,
+               vector: Sequence[float] | None = None, k: int = 10, mode: str | None = None,
                where: Mapping[str, Any] | None = None, context: int | str | None = None,
-               explain: bool = False, ef_search: int | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"query": query, "k": k, "explain": explain}
-        for key, value in (("mode", mode), ("where", where), ("context", context),
-                           ("ef_search", ef_search)):
-            if value is not None:
-                body[key] = dict(value) if isinstance(value, Mapping) else value
-        return cast(dict[str, Any], self._json(
-            "POST", f"/v1/collections/{collection}/search", json=body))
-
-    # --- models --------------------------------------------------------------------------
+               explain: bool = False, ef_search: int | None = None,
+               rrf_k: float | None = None, vector_weight: float | None = None,
+               fulltext_weight: float | None = None) -> dict[str, Any]:
+        """Search by ``query`` text or by ``vector`` (see :meth:`ragstore.Store.search`)."""
+        return self._send(calls.search(
+            collection, query, vector=vector, k=k, mode=mode, where=where, context=context,
+            explain=explain, ef_search=ef_search, rrf_k=rrf_k, vector_weight=vector_weight,
+            fulltext_weight=fulltext_weight))
 
     def list_models(self) -> list[dict[str, Any]]:
-        return cast(list[dict[str, Any]], self._json("GET", "/v1/models")["data"])
+        return self._send(calls.list_models())
 
     def model_status(self, collection: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self._json("GET", f"/v1/collections/{collection}/model"))
+        return self._send(calls.model_status(collection))
 
     def migrate_model(self, collection: str, to: str, *, batch_size: int = 256,
                       switch: bool = True, sample_queries: int = 8) -> dict[str, Any]:
-        body = {"to": to, "batch_size": batch_size, "switch": switch,
-                "sample_queries": sample_queries}
-        return cast(dict[str, Any], self._json(
-            "POST", f"/v1/collections/{collection}/model/migrate", json=body))
+        return self._send(calls.migrate_model(collection, to, batch_size=batch_size,
+                                              switch=switch, sample_queries=sample_queries))
 
     def rollback_model(self, collection: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self._json(
-            "POST", f"/v1/collections/{collection}/model/rollback"))
-
-    # --- jobs ----------------------------------------------------------------------------
+        return self._send(calls.rollback_model(collection))
 
     def get_job(self, job_id: int) -> dict[str, Any]:
-        return cast(dict[str, Any], self._json("GET", f"/v1/jobs/{job_id}"))
+        return self._send(calls.get_job(job_id))
 
     def list_jobs(self, *, cursor: str | None = None, limit: int = 50,
                   status: str | None = None, collection: str | None = None) -> dict[str, Any]:
-        params: dict[str, Any] = {"limit": limit}
-        for key, value in (("cursor", cursor), ("status", status), ("collection", collection)):
-            if value:
-                params[key] = value
-        return cast(dict[str, Any], self._json("GET", "/v1/jobs", params=params))
+        return self._send(calls.list_jobs(cursor=cursor, limit=limit, status=status,
+                                          collection=collection))
 
     def wait_for_job(self, job_id: int, *, timeout: float = 300.0,
                      poll: float = 0.2) -> dict[str, Any]:
         """Poll until the job succeeded or failed; TimeoutError after ``timeout`` seconds."""
-        import time
-
         deadline = time.monotonic() + timeout
         while True:
             job = self.get_job(job_id)
-            if job["status"] in ("succeeded", "failed"):
+            if job["status"] in _FINISHED:
                 return job
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:g}s")
             time.sleep(poll)
+
+
+class AsyncClient:
+    """:class:`Client` for asyncio: the same verbs, names and options, awaited.
+
+    ``async with AsyncClient(url, api_key=...) as client: await client.search(...)``.
+    """
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8080", *, api_key: str | None = None,
+                 timeout: float = 60.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"),
+                                       headers=_headers(api_key), timeout=timeout,
+                                       transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send a request; raise the matching RagstoreError for any error answer."""
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise DatabaseUnavailableError(
+                f"cannot reach the ragstore server at {self._http.base_url}: {exc}") from None
+        raise_for_problem(response)
+        return response
+
+    async def _send(self, call: Call[T]) -> T:
+        return call.read(await self.request(call.method, call.path, **call.kwargs()))
+
+    async def health(self) -> dict[str, Any]:
+        return await self._send(calls.health())
+
+    async def ready(self) -> dict[str, Any]:
+        return await self._send(calls.ready())
+
+    async def create_collection(self, name: str, *, model: str | None = None,
+                                settings: Mapping[str, Any] | None = None,
+                                dimension: int | None = None,
+                                distance: str | None = None) -> dict[str, Any]:
+        return await self._send(calls.create_collection(
+            name, model=model, settings=settings, dimension=dimension, distance=distance))
+
+    async def list_collections(self) -> list[dict[str, Any]]:
+        return await self._send(calls.list_collections())
+
+    async def get_collection(self, name: str) -> dict[str, Any]:
+        return await self._send(calls.get_collection(name))
+
+    async def delete_collection(self, name: str) -> None:
+        await self._send(calls.delete_collection(name))
+
+    async def add_texts(self, collection: str, texts: Sequence[str],
+                        metadatas: Sequence[Mapping[str, Any]] | None = None,
+                        ids: Sequence[str] | None = None, *,
+                        vectors: Sequence[Sequence[float]] | None = None) -> dict[str, Any]:
+        return await self._send(calls.add_texts(collection, texts, metadatas, ids,
+                                                vectors=vectors))
+
+    async def get_texts(self, collection: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+        return await self._send(calls.get_texts(collection, ids))
+
+    async def delete_texts(self, collection: str, ids: Sequence[str]) -> int:
+        return await self._send(calls.delete_texts(collection, ids))
+
+    async def add_document(self, collection: str, name: str, text: str, *,
+                           metadata: Mapping[str, Any] | None = None,
+                           background: bool = False) -> dict[str, Any]:
+        return await self._send(calls.add_document(collection, name, text, metadata=metadata,
+                                                   background=background))
+
+    async def upload(self, collection: str, files: Sequence[Upload], *,
+                     metadata: Mapping[str, Any] | None = None,
+                     background: bool = False) -> dict[str, Any]:
+        return await self._send(calls.upload(collection, files, metadata=metadata,
+                                             background=background))
+
+    async def ingest(self, collection: str, paths: Sequence[str | Path], *,
+                     metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return await self._send(calls.ingest(collection, paths, metadata=metadata))
+
+    async def list_documents(self, collection: str, *, cursor: str | None = None,
+                             limit: int = 50, format: str | None = None,
+                             source_prefix: str | None = None,
+                             metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return await self._send(calls.list_documents(
+            collection, cursor=cursor, limit=limit, format=format,
+            source_prefix=source_prefix, metadata=metadata))
+
+    async def iter_documents(self, collection: str, *, page_size: int = 100,
+                             **filters: Any) -> AsyncIterator[dict[str, Any]]:
+        cursor: str | None = None
+        while True:
+            page = await self.list_documents(collection, cursor=cursor, limit=page_size,
+                                             **filters)
+            for doc in page["data"]:
+                yield doc
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    async def get_document(self, collection: str, document_id: int) -> dict[str, Any]:
+        return await self._send(calls.get_document(collection, document_id))
+
+    async def delete_document(self, collection: str, document_id: int) -> None:
+        await self._send(calls.delete_document(collection, document_id))
+
+    async def search(self, collection: str, query: str | None = None, *,
+                     vector: Sequence[float] | None = None, k: int = 10,
+                     mode: str | None = None, where: Mapping[str, Any] | None = None,
+                     context: int | str | None = None, explain: bool = False,
+                     ef_search: int | None = None, rrf_k: float | None = None,
+                     vector_weight: float | None = None,
+                     fulltext_weight: float | None = None) -> dict[str, Any]:
+        return await self._send(calls.search(
+            collection, query, vector=vector, k=k, mode=mode, where=where, context=context,
+            explain=explain, ef_search=ef_search, rrf_k=rrf_k, vector_weight=vector_weight,
+            fulltext_weight=fulltext_weight))
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        return await self._send(calls.list_models())
+
+    async def model_status(self, collection: str) -> dict[str, Any]:
+        return await self._send(calls.model_status(collection))
+
+    async def migrate_model(self, collection: str, to: str, *, batch_size: int = 256,
+                            switch: bool = True, sample_queries: int = 8) -> dict[str, Any]:
+        return await self._send(calls.migrate_model(
+            collection, to, batch_size=batch_size, switch=switch,
+            sample_queries=sample_queries))
+
+    async def rollback_model(self, collection: str) -> dict[str, Any]:
+        return await self._send(calls.rollback_model(collection))
+
+    async def get_job(self, job_id: int) -> dict[str, Any]:
+        return await self._send(calls.get_job(job_id))
+
+    async def list_jobs(self, *, cursor: str | None = None, limit: int = 50,
+                        status: str | None = None,
+                        collection: str | None = None) -> dict[str, Any]:
+        return await self._send(calls.list_jobs(cursor=cursor, limit=limit, status=status,
+                                                collection=collection))
+
+    async def wait_for_job(self, job_id: int, *, timeout: float = 300.0,
+                           poll: float = 0.2) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = await self.get_job(job_id)
+            if job["status"] in _FINISHED:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:g}s")
+            await asyncio.sleep(poll)

@@ -13,7 +13,7 @@ from ragstore.db import migrations, repository
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
-from ragstore.embedding.registry import load_embedder, resolve_spec
+from ragstore.embedding.registry import load_embedder
 from ragstore.errors import CollectionNotFoundError, ConflictError
 from ragstore.models import ModelSpec
 
@@ -59,14 +59,17 @@ class Runtime:
         return self._embedders[spec]
 
     def collection(self, name: str, *, create: bool = False) -> repository.Collection:
-        """The named collection; with ``create`` a missing one is made with the default model."""
+        """The named collection; with ``create`` a missing one is made with the default model
+        (``RAGSTORE_MODEL``: a built-in or any model pinned with ``ragstore models add``)."""
         with self.db.connection() as conn, translated(f"opening collection {name!r}"):
             try:
                 return repository.get_collection(conn, name)
             except CollectionNotFoundError:
                 if not create:
                     raise
-        spec = resolve_spec(self.settings.model)
+        from ragstore.modelops.specs import find_model  # it builds on this module
+
+        spec = find_model(self, self.settings.model).spec
         with self.db.connection() as conn, translated(f"creating collection {name!r}"):
             try:
                 return repository.create_collection(conn, name, spec)

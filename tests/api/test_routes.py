@@ -34,7 +34,7 @@ KITTENS = "# Kittens\n\nKittens sleep most of the day and play at night.\n"
 def docs(open_url: str) -> Iterator[Client]:
     """A collection ``docs`` with two documents."""
     with Client(open_url) as c:
-        c.create_collection("docs", settings={"owner": "tests"})
+        c.create_collection("docs", settings={"purpose": "tests"})
         c.add_document("docs", "ops/rollback.md", ROLLBACK, metadata={"team": "ops"})
         c.add_document("docs", "pets/kittens.md", KITTENS, metadata={"team": "pets"})
         yield c
@@ -56,7 +56,7 @@ def test_created_collection_is_listed_with_its_model_and_counts(docs: Client) ->
     assert listed["docs"]["model"].startswith("all-MiniLM-L6-v2@")
     assert listed["docs"]["dimension"] == 384
     assert listed["docs"]["documents"] == 2
-    assert docs.get_collection("docs")["settings"] == {"owner": "tests"}
+    assert docs.get_collection("docs")["settings"] == {"purpose": "tests"}
 
 
 def test_creating_an_existing_collection_is_a_conflict(docs: Client) -> None:
@@ -65,7 +65,7 @@ def test_creating_an_existing_collection_is_a_conflict(docs: Client) -> None:
 
 
 def test_unknown_model_is_model_not_found(client: Client) -> None:
-    with pytest.raises(ModelNotFoundError, match="unknown embedding model 'nope'"):
+    with pytest.raises(ModelNotFoundError, match="no pinned model 'nope'; pinned: "):
         client.create_collection("other", model="nope")
 
 
@@ -74,8 +74,13 @@ def test_unknown_collection_is_collection_not_found(client: Client) -> None:
         client.get_collection("missing")
     with pytest.raises(CollectionNotFoundError):
         client.search("missing", "anything")
-    with pytest.raises(CollectionNotFoundError):
-        client.add_document("missing", "a.md", "text")
+
+
+def test_adding_a_document_creates_its_collection_as_ingest_does(client: Client) -> None:
+    doc = client.add_document("made-by-add", "a.md", "# A\n\nsome text")
+    assert doc["status"] == "added"
+    assert client.get_collection("made-by-add")["documents"] == 1
+    client.delete_collection("made-by-add")
 
 
 def test_added_document_reports_its_chunks_and_name(docs: Client) -> None:
@@ -257,7 +262,7 @@ def test_errors_are_problem_json_with_request_id(open_url: str) -> None:
 
 
 def test_validation_errors_list_each_field(open_url: str) -> None:
-    r = httpx.post(f"{open_url}/v1/collections/docs/search", json={"k": "many"})
+    r = httpx.post(f"{open_url}/v1/collections/docs/search", json={"query": "", "k": "many"})
     body = r.json()
     assert r.status_code == 422 and body["code"] == "invalid_input"
     assert {e["loc"] for e in body["errors"]} >= {"body.query", "body.k"}

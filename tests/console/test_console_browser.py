@@ -183,6 +183,11 @@ def test_create_a_collection_and_upload_two_files_by_drop(page: Page, server: Se
     expect(page.locator("#documents-body tr")).to_have_count(1)
     expect(page.locator("#documents-body")).to_contain_text("rollback.md")
     expect(page.locator("#spaces-body")).to_contain_text("active")
+    page.set_input_files("#file-input", files=[{  # the drop zone's own file chooser
+        "name": "rollback.md", "mimeType": "text/markdown",
+        "buffer": DOCS["rollback.md"].encode()}])
+    again = page.locator("#upload-list li[data-file='rollback.md'] .outcome").nth(1)
+    expect(again).to_have_text(re.compile(r"^unchanged: \d+ chunks$"), timeout=60_000)
     page.fill("#source-prefix", "nothing-here/")
     page.click("#filter-form button")
     expect(page.locator("#documents-body")).to_contain_text("No documents.")
@@ -260,12 +265,18 @@ def test_migrate_to_the_256d_model_then_roll_back(page: Page, server: Server,
     page.select_option("#migrate-collection", handbook)
     expect(page.locator("#active-model")).to_contain_text("all-MiniLM-L6-v2@")
     original = page.locator("#active-model").inner_text()
+    events: list[tuple[str, str]] = []
+    page.on("request", lambda r: events.append(("sent", r.url)))
+    page.on("requestfinished", lambda r: events.append(("done", r.url)))
     page.fill("#migrate-to", TARGET)
     page.click("#migrate-start")
     expect(page.locator("#migrate-status")).to_contain_text(f"to {TARGET}")
     expect(page.locator("#migrate-status")).to_contain_text(f"Switched {handbook} to {TARGET}@",
                                                             timeout=120_000)
     expect(page.locator("#active-model")).to_contain_text(f"{TARGET}@")
+    migrate = f"{server.url}/v1/collections/{handbook}/model/migrate"
+    during = events[events.index(("sent", migrate)):events.index(("done", migrate))]
+    assert ("sent", f"{server.url}/v1/collections/{handbook}/stats") in during  # watched
     spaces = page.locator("#model-spaces-body tr")
     expect(spaces).to_have_count(2)
     expect(page.locator("#model-spaces-body tr[data-status=active]")).to_contain_text(TARGET)

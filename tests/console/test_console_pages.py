@@ -73,11 +73,12 @@ def test_with_auth_off_every_page_says_so(open_url: str, path: str) -> None:
 
 
 @pytest.mark.parametrize("path", PAGES)
-def test_with_auth_on_no_page_says_it_is_off_and_pages_hold_no_data(secure_url: str,
-                                                                   path: str) -> None:
-    r = httpx.get(secure_url + path)
+def test_with_auth_on_no_page_says_it_is_off_and_pages_hold_no_data(
+        secure_url: str, notes: dict[str, int], path: str) -> None:
+    r = httpx.get(secure_url + path)  # no key: the shell only, every fact comes by the API
     assert r.status_code == 200
     assert 'id="auth-off"' not in r.text and 'data-auth="on"' in r.text
+    assert "evil.md" not in r.text and "Evil" not in r.text and "emb_" not in r.text
 
 
 def test_static_files_carry_the_policy_too(open_url: str) -> None:

@@ -26,7 +26,7 @@ def test_minilm_vectors_are_searchable_by_text(rt: Runtime, cli_env: dict[str, s
     vecs = rt.embedder(spec).embed(TEXTS)
     ids = [f"legacy-{i}" for i in range(len(TEXTS))]
     src = write_jsonl(tmp_path / "minilm.jsonl", ids, vecs, texts=TEXTS)
-    assert run_cli("import", str(src), "-c", "mini", "-m", "all-MiniLM-L6-v2", "--no-backup",
+    assert run_cli("import", str(src), "-c", "mini", "--model", "all-MiniLM-L6-v2", "--no-backup",
                    "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["provider"] == "sentence-transformers" and report["dimension"] == 384

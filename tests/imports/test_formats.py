@@ -39,7 +39,7 @@ def test_jsonl_file_is_imported_with_text_and_metadata(
     vecs = vectors(300, DIM)
     src = write_jsonl(tmp_path / "store.jsonl", ids, vecs,
                       extra=[{"source": "wiki"} for _ in ids])
-    report = _import(capsys, str(src), "-c", "fmt-jsonl", "-m", "legacy@v1",
+    report = _import(capsys, str(src), "-c", "fmt-jsonl", "--model", "legacy@v1",
                      "--dimension", str(DIM))
     _assert_verified(report, ids, vecs)
     assert report["created"] is True and report["provider"] == "imported"
@@ -54,7 +54,7 @@ def test_npy_matrix_with_csv_sidecar(cli_env: dict[str, str], tmp_path: Path,
     ids = [str(1000 + i) for i in range(200)]
     vecs = vectors(200, DIM, seed=1)
     src = write_npy_csv(tmp_path / "vecs.npy", ids, vecs)
-    report = _import(capsys, str(src), "-c", "fmt-npy", "-m", "legacy@v1",
+    report = _import(capsys, str(src), "-c", "fmt-npy", "--model", "legacy@v1",
                      "--dimension", str(DIM))
     _assert_verified(report, ids, vecs)
     with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
@@ -72,7 +72,7 @@ def test_npz_with_jsonl_sidecar_and_l2_distance(cli_env: dict[str, str], tmp_pat
         for rid in ids:
             fh.write(json.dumps({"id": rid, "text": f"t {rid}"}) + "\n")
     report = _import(capsys, str(tmp_path / "store.npz"), "--sidecar",
-                     str(tmp_path / "side.jsonl"), "-c", "fmt-npz", "-m", "legacy-l2@v1",
+                     str(tmp_path / "side.jsonl"), "-c", "fmt-npz", "--model", "legacy-l2@v1",
                      "--dimension", str(DIM), "--distance", "l2")
     _assert_verified(report, ids, vecs.astype(np.float32))
     assert report["distance"] == "l2"
@@ -82,7 +82,7 @@ def test_sidecar_with_fewer_rows_than_the_matrix_is_refused(
         cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     np.save(tmp_path / "m.npy", vectors(5, DIM))
     (tmp_path / "m.csv").write_text("id,text\na,x\nb,y\n")
-    assert run_cli("import", str(tmp_path / "m.npy"), "-c", "fmt-bad", "-m", "legacy@v1",
+    assert run_cli("import", str(tmp_path / "m.npy"), "-c", "fmt-bad", "--model", "legacy@v1",
                    "--dimension", str(DIM), "--no-backup") == 65
     err = capsys.readouterr().err
     assert "error[import_source_invalid]" in err
@@ -113,7 +113,7 @@ def test_postgres_table_each_vector_column_type(
     ids = [str(i) for i in range(120)]
     vecs = vectors(120, DIM, seed=3)
     report = _import(capsys, legacy_url, "--table", "legacy_docs", "--vector-column", column,
-                     "-c", f"pg-{column.replace('_', '-')}", "-m", "legacy@v1",
+                     "-c", f"pg-{column.replace('_', '-')}", "--model", "legacy@v1",
                      "--dimension", str(DIM))
     _assert_verified(report, ids, vecs)
     assert report["source"].startswith("PostgreSQL table legacy_docs on postgresql://")
@@ -127,7 +127,7 @@ def test_postgres_table_each_vector_column_type(
 
 def test_postgres_table_without_a_clear_vector_column_names_the_flag(
         legacy_url: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli("import", legacy_url, "--table", "legacy_docs", "-c", "pg-x", "-m",
+    assert run_cli("import", legacy_url, "--table", "legacy_docs", "-c", "pg-x", "--model",
                    "legacy@v1", "--dimension", str(DIM), "--no-backup") == 65
     err = capsys.readouterr().err
     assert "cannot tell which column of legacy_docs holds the vectors" in err
@@ -152,7 +152,7 @@ def test_chroma_directory_written_by_chromadb(cli_env: dict[str, str], tmp_path:
     got = coll.get(ids=ids, include=["embeddings"])
     ids, vecs = list(got["ids"]), np.asarray(got["embeddings"], dtype=np.float32)
     del coll, client
-    report = _import(capsys, str(tmp_path / "chroma"), "-c", "fmt-chroma", "-m", "legacy@v1",
+    report = _import(capsys, str(tmp_path / "chroma"), "-c", "fmt-chroma", "--model", "legacy@v1",
                      "--dimension", str(DIM))
     _assert_verified(report, ids, vecs)
     assert report["source"] == f"Chroma collection notes in {tmp_path / 'chroma'}"

@@ -37,14 +37,14 @@ def test_failed_verification_leaves_an_existing_collection_as_it_was(
         cli_env: dict[str, str], seeded: str, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     url = cli_env["RAGSTORE_DATABASE_URL"]
-    assert run_cli("import", seeded, "-c", "keep", "-m", "legacy@v1", "--dimension",
+    assert run_cli("import", seeded, "-c", "keep", "--model", "legacy@v1", "--dimension",
                    str(DIM), "--no-backup") == 0
     before = collection_state(url, "keep")
     assert len(before["docs"]) == 100
     src = write_jsonl(tmp_path / "new.jsonl", [f"new{i}" for i in range(300)],
                       vectors(300, DIM, seed=10))
     capsys.readouterr()
-    assert run_cli("import", str(src), "-c", "keep", "-m", "legacy@v1", "--dimension",
+    assert run_cli("import", str(src), "-c", "keep", "--model", "legacy@v1", "--dimension",
                    str(DIM), "--no-backup", "--ef-search", "1") == 70
     err = capsys.readouterr().err
     assert err.startswith("error[import_verification_failed]: verification of the import "
@@ -58,7 +58,7 @@ def test_failed_verification_of_a_new_collection_leaves_no_collection(
     url = cli_env["RAGSTORE_DATABASE_URL"]
     before = collection_state(url, "never")
     src = write_jsonl(tmp_path / "a.jsonl", [f"a{i}" for i in range(200)], vectors(200, DIM))
-    assert run_cli("import", str(src), "-c", "never", "-m", "legacy@v1", "--dimension",
+    assert run_cli("import", str(src), "-c", "never", "--model", "legacy@v1", "--dimension",
                    str(DIM), "--no-backup", "--ef-search", "1") == 70
     after = collection_state(url, "never")
     assert after == before and after["exists"] is False
@@ -73,7 +73,7 @@ def test_import_killed_mid_copy_leaves_the_collection_as_it_was(
         cli_env: dict[str, str], seeded: str, tmp_path: Path) -> None:
     url = cli_env["RAGSTORE_DATABASE_URL"]
     if collection_state(url, "keep")["exists"] is False:
-        assert run_cli("import", seeded, "-c", "keep", "-m", "legacy@v1", "--dimension",
+        assert run_cli("import", seeded, "-c", "keep", "--model", "legacy@v1", "--dimension",
                        str(DIM), "--no-backup") == 0
     before = collection_state(url, "keep")
     n = 60_000
@@ -83,7 +83,7 @@ def test_import_killed_mid_copy_leaves_the_collection_as_it_was(
     env = {**os.environ, **cli_env, "RAGSTORE_DATABASE_URL": f"{url}&application_name={app}"}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from ragstore.cli import main; main()", "import", str(src),
-         "-c", "keep", "-m", "legacy@v1", "--dimension", str(DIM), "--no-backup"],
+         "-c", "keep", "--model", "legacy@v1", "--dimension", str(DIM), "--no-backup"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen = None
     with psycopg.connect(url, autocommit=True) as watch:
@@ -108,7 +108,7 @@ def test_import_killed_mid_copy_leaves_the_collection_as_it_was(
     assert collection_state(url, "keep") == before
     # and nothing is stuck: the same import, run again to the end, succeeds
     small = write_jsonl(tmp_path / "after.jsonl", ["after1", "after2"], vectors(2, DIM, seed=12))
-    assert run_cli("import", str(small), "-c", "keep", "-m", "legacy@v1", "--dimension",
+    assert run_cli("import", str(small), "-c", "keep", "--model", "legacy@v1", "--dimension",
                    str(DIM), "--no-backup") == 0
     assert len(collection_state(url, "keep")["docs"]) == len(before["docs"]) + 2
 
@@ -117,7 +117,7 @@ def test_import_takes_a_backup_first(cli_env: dict[str, str], tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     src = write_jsonl(tmp_path / "a.jsonl", ["b1", "b2", "b3"], vectors(3, DIM))
     capsys.readouterr()
-    assert run_cli("import", str(src), "-c", "backed", "-m", "legacy@v1", "--dimension",
+    assert run_cli("import", str(src), "-c", "backed", "--model", "legacy@v1", "--dimension",
                    str(DIM), "--json") == 0
     report = json.loads(capsys.readouterr().out)
     archive = Path(report["backup"]["path"])

@@ -77,7 +77,7 @@ def test_missing_text_can_be_kept_and_other_kinds_cannot() -> None:
 def test_dry_run_reports_every_problem_and_writes_nothing(
         cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = _dirty_store(tmp_path / "dirty.jsonl")
-    assert run_cli("import", str(src), "-c", "val-dry", "-m", "legacy@v1", "--dimension",
+    assert run_cli("import", str(src), "-c", "val-dry", "--model", "legacy@v1", "--dimension",
                    str(DIM), "--dry-run") == 65
     out = capsys.readouterr()
     lines = {ln.split()[0]: ln.split() for ln in out.out.splitlines() if ln.startswith("  ")}
@@ -95,7 +95,7 @@ def test_dry_run_reports_every_problem_and_writes_nothing(
 def test_dry_run_of_a_clean_plan_says_what_it_would_do(
         cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = _dirty_store(tmp_path / "dirty.jsonl")
-    assert run_cli("import", str(src), "-c", "val-dry2", "-m", "legacy@v1", "--dimension",
+    assert run_cli("import", str(src), "-c", "val-dry2", "--model", "legacy@v1", "--dimension",
                    str(DIM), "--dry-run", "--on-invalid", "skip") == 0
     out = capsys.readouterr().out
     assert "dry run: would import 20 records into 'val-dry2'; nothing was written" in out
@@ -105,7 +105,7 @@ def test_dry_run_of_a_clean_plan_says_what_it_would_do(
 def test_abort_policy_refuses_the_import_with_counts_and_ids(
         cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = _dirty_store(tmp_path / "dirty.jsonl")
-    assert run_cli("import", str(src), "-c", "val-abort", "-m", "legacy@v1", "--dimension",
+    assert run_cli("import", str(src), "-c", "val-abort", "--model", "legacy@v1", "--dimension",
                    str(DIM), "--policy", "missing_id=skip", "--policy", "dimension_mismatch=skip",
                    "--policy", "non_finite=skip", "--policy", "missing_text=keep",
                    "--policy", "duplicate_id=skip",
@@ -120,7 +120,7 @@ def test_abort_policy_refuses_the_import_with_counts_and_ids(
 def test_skip_policy_imports_only_the_good_records(
         cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = _dirty_store(tmp_path / "dirty.jsonl")
-    assert run_cli("import", str(src), "-c", "val-skip", "-m", "legacy@v1", "--dimension",
+    assert run_cli("import", str(src), "-c", "val-skip", "--model", "legacy@v1", "--dimension",
                    str(DIM), "--on-invalid", "skip", "--policy", "missing_text=keep",
                    "--no-backup", "--json") == 0
     report = json.loads(capsys.readouterr().out)
@@ -135,7 +135,7 @@ def test_ids_already_in_the_collection_are_reported(
         cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ids = [f"e{i}" for i in range(10)]
     src = write_jsonl(tmp_path / "a.jsonl", ids, vectors(10, DIM))
-    args = ("import", str(src), "-c", "val-exist", "-m", "legacy@v1", "--dimension", str(DIM),
+    args = ("import", str(src), "-c", "val-exist", "--model", "legacy@v1", "--dimension", str(DIM),
             "--no-backup")
     assert run_cli(*args) == 0
     capsys.readouterr()
@@ -146,7 +146,7 @@ def test_ids_already_in_the_collection_are_reported(
 def test_unknown_model_needs_a_declared_dimension(
         cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = write_jsonl(tmp_path / "a.jsonl", ["x"], vectors(1, DIM))
-    assert run_cli("import", str(src), "-c", "val-nodim", "-m", "mystery-model") == 65
+    assert run_cli("import", str(src), "-c", "val-nodim", "--model", "mystery-model") == 65
     assert ("model 'mystery-model' is neither built in nor pinned, so ragstore cannot know "
             "its dimension: declare it with --dimension N") in capsys.readouterr().err
 
@@ -154,10 +154,10 @@ def test_unknown_model_needs_a_declared_dimension(
 def test_builtin_model_dimension_is_checked(
         cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = write_jsonl(tmp_path / "a.jsonl", ["x"], vectors(1, DIM))
-    assert run_cli("import", str(src), "-c", "val-mini", "-m", "all-MiniLM-L6-v2",
+    assert run_cli("import", str(src), "-c", "val-mini", "--model", "all-MiniLM-L6-v2",
                    "--dimension", "768") == 70
     assert "has 384 dimensions but --dimension says 768" in capsys.readouterr().err
-    assert run_cli("import", str(src), "-c", "val-mini", "-m", "all-MiniLM-L6-v2",
+    assert run_cli("import", str(src), "-c", "val-mini", "--model", "all-MiniLM-L6-v2",
                    "--dry-run") == 65
     assert "1 dimension_mismatch (first: x (8 dims))" in capsys.readouterr().err
 
@@ -165,11 +165,11 @@ def test_builtin_model_dimension_is_checked(
 def test_existing_collection_with_another_model_is_refused(
         cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = write_jsonl(tmp_path / "a.jsonl", ["x1", "x2"], vectors(2, DIM))
-    assert run_cli("import", str(src), "-c", "val-model", "-m", "first@v1", "--dimension",
+    assert run_cli("import", str(src), "-c", "val-model", "--model", "first@v1", "--dimension",
                    str(DIM), "--no-backup") == 0
     capsys.readouterr()
     src2 = write_jsonl(tmp_path / "b.jsonl", ["y1"], vectors(1, DIM))
-    assert run_cli("import", str(src2), "-c", "val-model", "-m", "second@v1", "--dimension",
+    assert run_cli("import", str(src2), "-c", "val-model", "--model", "second@v1", "--dimension",
                    str(DIM), "--no-backup") == 70
     err = capsys.readouterr().err
     assert "error[model_mismatch]: collection 'val-model' is pinned to first@v1 (8 dims)" in err
@@ -179,7 +179,7 @@ def test_malformed_line_names_file_and_line(
         cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "broken.jsonl"
     src.write_text('{"id": "a", "text": "t", "vector": [1, 2]}\n{"id": "b", "vector": [1, \n')
-    assert run_cli("import", str(src), "-c", "val-broken", "-m", "legacy-2d@v1", "--dimension",
+    assert run_cli("import", str(src), "-c", "val-broken", "--model", "legacy-2d@v1", "--dimension",
                    "2", "--dry-run") == 65
     assert f"error[import_source_invalid]: {src} line 2: not valid JSON" in (
         capsys.readouterr().err)

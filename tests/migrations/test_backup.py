@@ -30,7 +30,7 @@ def populated(cli_env_module: dict[str, str], tmp_path_factory: pytest.TempPathF
     for name, seed in (("alpha", 1), ("beta", 2)):
         src = write_jsonl(tmp / f"{name}.jsonl", [f"{name}{i}" for i in range(50)],
                           vectors(50, 12, seed=seed))
-        assert run_cli("import", str(src), "-c", name, "-m", "bk@v1", "--dimension", "12",
+        assert run_cli("import", str(src), "-c", name, "--model", "bk@v1", "--dimension", "12",
                        "--no-backup") == 0
     return cli_env_module["RAGSTORE_DATABASE_URL"]
 
@@ -71,7 +71,7 @@ def test_backup_damage_restore_gives_identical_data(
         conn.execute(psycopg.sql.SQL("DROP TABLE {}").format(psycopg.sql.Identifier(table[0])))
         conn.execute("UPDATE collections SET settings = '{\"damaged\": true}'")
     src = write_jsonl(tmp_path / "gamma.jsonl", ["g1", "g2"], vectors(2, 12, seed=3))
-    assert run_cli("import", str(src), "-c", "gamma", "-m", "bk@v1", "--dimension", "12",
+    assert run_cli("import", str(src), "-c", "gamma", "--model", "bk@v1", "--dimension", "12",
                    "--no-backup") == 0
     assert full_dump(populated) != before
     capsys.readouterr()

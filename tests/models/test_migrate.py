@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 from psycopg import sql
 
-from ragstore.db import repository
+from ragstore.db import documents, repository, spaces
 from ragstore.embedding.registry import TRUNCATED_MODEL, resolve_spec
 from ragstore.errors import ConflictError, MigrationStateError
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import add_local_model, migrate, model_status, prune, rollback
 from ragstore.modelops.migrate import cancel
-from ragstore.modelops.texts import ContextRule
 from ragstore.models import Hit
 from ragstore.runtime import Runtime
 from ragstore.search import search
@@ -49,16 +48,17 @@ def corpus(rt: Runtime, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_backfill_rebuilds_exactly_the_text_ingest_embedded(rt: Runtime, corpus: Path) -> None:
+def test_backfill_reads_exactly_the_text_ingest_embedded(rt: Runtime, corpus: Path) -> None:
     coll = rt.collection(COLL)
-    rule = ContextRule(rt.embedder_for(coll), coll.model.max_tokens)
     with rt.db.connection() as conn:
         rows = conn.execute(sql.SQL(
-            "SELECT c.text, c.section_path, c.content_hash FROM chunks c JOIN {} e"
+            "SELECT c.text, c.context, c.content_hash FROM chunks c JOIN {} e"
             " ON e.chunk_id = c.id").format(sql.Identifier(coll.table))).fetchall()
     assert len(rows) == 32
-    for text, path, digest in rows:
-        assert hashlib.sha256(rule.embed_text(text, path).encode()).hexdigest() == digest
+    assert all(context for _, context, _ in rows)
+    for text, context, digest in rows:
+        embedded = spaces.PendingChunk(0, text, context).embed_text
+        assert hashlib.sha256(embedded.encode()).hexdigest() == digest
 
 
 def test_migrate_without_switch_keeps_search_on_the_old_model_and_ingest_fills_both(
@@ -111,9 +111,10 @@ def test_write_with_a_collection_read_before_a_switch_is_refused(rt: Runtime,
                                                                  corpus: Path) -> None:
     stale = rt.collection(COLL)
     migrate(rt, COLL, TRUNCATED_MODEL)  # the retired space is reused and switched to again
-    record = repository.DocumentRecord("stale.md", None, "markdown", "x", 1, {})
+    record = documents.DocumentRecord("stale.md", None, "markdown", "x", 1, {})
     with rt.db.connection() as conn, pytest.raises(ConflictError) as err:
-        repository.write_document(conn, stale, record, [], stale_vectors(stale))
+        documents.write_documents(conn, stale, [documents.DocumentWrite(
+            record, [], stale_vectors(stale))])
     assert str(err.value) == (
         f"collection {COLL!r} switched to another embedding model while this document was "
         "being embedded; run the ingest again to store it")

@@ -49,7 +49,7 @@ def test_a_collection_pinned_to_other_weights_refuses_search_and_ingest(
         f"pinned {WRONG}, found {resolve_spec(DEFAULT_MODEL).checksum} in {minilm_dir()}. "
         "The stored vectors were made by the pinned weights; restore those weights, or pin "
         f"the new ones as a new revision (`ragstore models add {minilm_dir()} --name "
-        "minilm-tampered --revision NEW`) and re-embed with `ragstore models migrate "
+        "minilm-tampered --revision NEW`) and re-embed with `ragstore models migrate -c "
         "COLLECTION --to minilm-tampered@NEW`")
     with pytest.raises(ModelMismatchError) as err:
         search(rt, "roses", collection="tampered")

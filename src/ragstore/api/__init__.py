@@ -1,5 +1,23 @@
-"""The HTTP API: ``create_app(settings)`` returns the FastAPI application."""
+"""The HTTP API: ``create_app(settings)`` returns the FastAPI application.
 
-from ragstore.api.app import create_app
+FastAPI is imported on first use of ``create_app`` only, so that the in-process ``Store``
+and the CLI can use the schemas and read-side modules of this package (``catalog``)
+without loading the web stack.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ragstore.api.app import create_app
 
 __all__ = ["create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from ragstore.api.app import create_app
+
+        return create_app
+    raise AttributeError(f"module 'ragstore.api' has no attribute {name!r}")

@@ -27,6 +27,7 @@ from ragstore.api.routes import (
     jobs,
     models,
     search,
+    texts,
 )
 from ragstore.auth import KeyStore, RateLimiter
 from ragstore.config import Settings, get_settings
@@ -115,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_middleware(app, settings)
     install_error_handlers(app)
-    for module in (health, collections, documents, search, models, jobs, inspect):
+    for module in (health, collections, documents, texts, search, models, jobs, inspect):
         app.include_router(module.router)
     install_console(app, auth=secure)
     return app

@@ -79,18 +79,27 @@ class BodyLimitMiddleware:
             return
         seen = 0
         started = False
+        overflow: RequestTooLargeError | None = None
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, overflow
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise too_large(f"more than {limit}")
+                    overflow = too_large(f"more than {limit}")
+                    raise overflow
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if overflow is not None:
+                # the app answered a body it could not read (form parsing turns our error
+                # into a 4xx of its own): the client gets the 413 instead
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await self._refuse(scope, send, overflow)
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)

@@ -36,6 +36,11 @@ class CollectionCreate(Strict):
     model: str | None = Field(None, max_length=200, examples=["all-MiniLM-L6-v2"],
                               description="Embedding model; the server's default when omitted.")
     settings: dict[str, Any] = Field(default_factory=dict, examples=[{"ts_config": "english"}])
+    dimension: int | None = Field(
+        None, ge=1, le=16_000, description="With a model ragstore cannot run: the dimension "
+        "of its vectors; the collection is then added to and searched by vector only.")
+    distance: Literal["cosine", "l2", "ip"] | None = Field(
+        None, description="Distance of such vectors (cosine when omitted).")
 
 
 class CollectionPublic(BaseModel):
@@ -87,10 +92,57 @@ class DocumentsPublic(BaseModel):
     next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page.")
 
 
+# --- texts (documents added by id, as a vector store does) -----------------------------
+
+class TextsCreate(Strict):
+    texts: list[str] = Field(min_length=1, max_length=10_000, examples=[["Rollback is safe."]])
+    metadatas: list[dict[str, Any]] | None = Field(None, examples=[[{"team": "ops"}]])
+    ids: list[str] | None = Field(None, examples=[["ops-1"]],
+                                  description="One id per text; random ones when omitted.")
+    vectors: list[list[float]] | None = Field(
+        None, description="One embedding per text, stored instead of embedding it.")
+
+
+class TextsAdded(BaseModel):
+    collection: str
+    ids: list[str]
+    added: int
+    updated: int
+    unchanged: int
+    embedded: int = Field(description="Chunk texts the model encoded (0 when unchanged).")
+    reused: int
+
+
+class TextIds(Strict):
+    ids: list[str] = Field(min_length=1, max_length=10_000, examples=[["ops-1"]])
+
+
+class TextPublic(BaseModel):
+    id: str
+    document_id: int
+    text: str
+    metadata: dict[str, Any]
+
+
+class TextsPublic(BaseModel):
+    data: list[TextPublic]
+    count: int
+
+
+class TextsDeleted(BaseModel):
+    deleted: int
+
+
 # --- search ------------------------------------------------------------------------------
 
 class SearchRequest(Strict):
-    query: str = Field(min_length=1, max_length=10_000, examples=["how do I roll back?"])
+    query: str | None = Field(None, min_length=1, max_length=10_000,
+                              examples=["how do I roll back?"],
+                              description="The words to search for; or give `vector`.")
+    vector: list[float] | None = Field(
+        None, min_length=1, max_length=16_000, examples=[[0.12, -0.03, 0.4]],
+        description="Search by this embedding instead of embedding `query` (the "
+                    "collection's dimension); the way to search imported vectors.")
     k: int = Field(10, ge=1, le=1000)
     mode: Literal["vector", "fulltext", "hybrid"] | None = Field(
         None, description="Search mode; the server's default when omitted.")
@@ -102,6 +154,17 @@ class SearchRequest(Strict):
                     "whole enclosing section (hits sharing one are merged).")
     explain: bool = False
     ef_search: int | None = Field(None, ge=1, le=1000)
+    rrf_k: float | None = Field(None, ge=0, le=10_000, description="RRF constant (hybrid).")
+    vector_weight: float | None = Field(None, ge=0, le=1000,
+                                        description="Weight of the vector list (hybrid).")
+    fulltext_weight: float | None = Field(None, ge=0, le=1000,
+                                          description="Weight of the full-text list (hybrid).")
+
+    @model_validator(mode="after")
+    def _query_or_vector(self) -> SearchRequest:
+        if self.query is None and self.vector is None:
+            raise ValueError("give `query` (text) or `vector` (an embedding), or both")
+        return self
 
 
 class HitPublic(BaseModel):
@@ -125,7 +188,7 @@ class HitPublic(BaseModel):
 
 class SearchResponse(BaseModel):
     collection: str
-    query: str
+    query: str | None
     data: list[HitPublic]
     count: int
     took_ms: float

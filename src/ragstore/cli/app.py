@@ -60,8 +60,10 @@ def _register() -> None:
     """Attach every command group; one line per group so that new groups merge cleanly."""
     from ragstore.cli import (
         backup_cmd,
+        collections_cmd,
         config_cmd,
         db_cmd,
+        documents_cmd,
         eval_cmd,
         import_cmd,
         ingest_cmd,
@@ -75,6 +77,8 @@ def _register() -> None:
     app.add_typer(db_cmd.app, name="db")
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(models_cmd.app, name="models")
+    app.add_typer(collections_cmd.app, name="collections")
+    app.add_typer(documents_cmd.app, name="documents")
     ingest_cmd.register(app)
     search_cmd.register(app)
     eval_cmd.register(app)

@@ -13,6 +13,7 @@ from ragstore.cli.output import console, echo_json, err_console, escape, progres
 from ragstore.errors import InputError
 
 if TYPE_CHECKING:
+    from ragstore.client import Client
     from ragstore.ingest import IngestReport
     from ragstore.runtime import Runtime
 
@@ -72,6 +73,27 @@ def do_ingest(rt: Runtime, paths: list[Path], collection: str | None,
     return report
 
 
+def _ingest_through(client: Client, server: str, paths: list[Path], collection: str,
+                    meta: dict[str, str], as_json: bool) -> None:
+    """Ingest by uploading to the server at RAGSTORE_URL (its model does the embedding)."""
+    from ragstore.cli.remote import ingest_remote
+
+    with client, progress("uploading", "files") as update:
+        result = ingest_remote(client, server, paths, collection, meta, update)
+    if as_json:
+        echo_json(asdict(result))
+    c = result.counts
+    err = err_console()
+    err.print(f"collection {collection!r} via {escape(server)}: {c.get('added', 0)} added, "
+              f"{c.get('updated', 0)} updated, {c.get('unchanged', 0)} unchanged, "
+              f"{len(result.failed)} failed ({result.seconds:.1f}s)")
+    for f in result.failed:
+        line = f"[{f['code']}] {f['detail']}"
+        err.print(f"  [red]failed[/] {escape(line)}")
+    if result.failed:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("ingest")
     def ingest(
@@ -87,12 +109,23 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ingest Markdown, text, HTML, PDF, DOCX and source files; unchanged files are
         skipped without embedding, changed ones replaced in one transaction."""
+        from ragstore.cli.remote import remote_client
+        from ragstore.config import get_settings
         from ragstore.runtime import Runtime
 
         user_meta = _parse_meta(meta)
         if prune and not sync:
             raise InputError("--prune only works with --sync (e.g. ingest docs/ --sync --prune)")
-        with Runtime() as rt:
+        settings = get_settings()
+        client = remote_client(settings)
+        if client is not None:
+            if sync:
+                raise InputError("--sync needs the database itself: unset RAGSTORE_URL to "
+                                 "sync a folder")
+            _ingest_through(client, str(settings.url), paths,
+                            collection or settings.collection, user_meta, as_json)
+            return
+        with Runtime(settings) as rt:
             report = do_ingest(rt, paths, collection, user_meta, sync=sync, prune=prune)
         if as_json:
             echo_json(asdict(report))

@@ -21,10 +21,12 @@ if TYPE_CHECKING:
 
 @cache
 def console() -> Console:
-    """stdout: the data a command prints (hits, tables)."""
+    """stdout: the data a command prints (hits, tables). Into a pipe or file tables are
+    never wrapped, so that long keys and checksums stay whole on one line."""
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    out = Console(highlight=False, soft_wrap=True)
+    return out if out.is_terminal else Console(highlight=False, soft_wrap=True, width=4096)
 
 
 @cache

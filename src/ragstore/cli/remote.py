@@ -3,7 +3,11 @@ to it, so a command pays one HTTP round trip instead of loading the model itself
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ragstore.client import Client
@@ -18,3 +22,109 @@ def remote_client(settings: Settings) -> Client | None:
 
     key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     return Client(settings.url, api_key=key or None)
+
+
+# Uploads are sent in requests of at most this many files / bytes, below the server's
+# default RAGSTORE_BACKGROUND_INGEST_BYTES, so that they are ingested during the request.
+BATCH_FILES = 64
+BATCH_BYTES = 200 * 1024
+JOB_TIMEOUT_S = 600.0
+
+
+@dataclass
+class RemoteIngest:
+    """What an ingest through the server did: counts per status and each failure."""
+
+    collection: str
+    server: str
+    counts: dict[str, int] = field(default_factory=dict)
+    failed: list[dict[str, str | None]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, status: str, n: int = 1) -> None:
+        self.counts[status] = self.counts.get(status, 0) + n
+
+    def fail(self, name: str, code: str | None, detail: str | None) -> None:
+        self.failed.append({"document": name, "code": code, "detail": detail})
+        self.add("failed")
+
+
+def upload_names(paths: list[Path], files: list[Path]) -> dict[Path, str]:
+    """The name each file is uploaded under: a folder's files keep their path below the
+    folder (prefixed with its name), a file named directly its base name."""
+    names: dict[Path, str] = {}
+    roots = [p.resolve() for p in paths if p.is_dir()]
+    for f in files:
+        root = next((r for r in roots if f.is_relative_to(r)), None)
+        names[f] = (PurePosixPath(root.name, *f.relative_to(root).parts).as_posix()
+                    if root is not None else f.name)
+    return names
+
+
+def _batches(files: list[Path]) -> Iterator[list[Path]]:
+    batch: list[Path] = []
+    size = 0
+    for f in files:
+        n = f.stat().st_size
+        if batch and (len(batch) >= BATCH_FILES or size + n > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(f)
+        size += n
+    if batch:
+        yield batch
+
+
+def _ensure_collection(client: Client, name: str) -> None:
+    from ragstore.errors import CollectionNotFoundError
+
+    try:
+        client.get_collection(name)
+    except CollectionNotFoundError:
+        client.create_collection(name)  # as a local ingest does: created with the default
+
+
+def _record(result: RemoteIngest, client: Client, answer: dict[str, Any]) -> None:
+    if "data" in answer:
+        for doc in answer["data"]:
+            result.add(str(doc.get("status") or "added"))
+        return
+    job = client.wait_for_job(int(answer["id"]), timeout=JOB_TIMEOUT_S)
+    for key in ("added", "updated", "unchanged"):
+        result.add(key, int(job["summary"].get(key, 0)))
+    for e in job["errors"]:
+        result.fail(e.get("document") or "(job)", e.get("code"), e.get("detail"))
+
+
+def ingest_remote(client: Client, server: str, paths: list[Path], collection: str,
+                  metadata: dict[str, str],
+                  update: Callable[[int, int | None, str], None]) -> RemoteIngest:
+    """Upload ``paths`` (files and folders) to the server, a batch per request; a batch
+    the server refuses is retried file by file so that each failure names its file."""
+    from ragstore.errors import InputError
+    from ragstore.ingest.files import discover
+
+    start = time.monotonic()
+    files, missing = discover(paths)
+    result = RemoteIngest(collection, server)
+    for m in missing:
+        result.fail(str(m), "path_not_found", f"{m}: no such file or directory")
+    names = upload_names(paths, files)
+    if files:
+        _ensure_collection(client, collection)
+    done = 0
+    for batch in _batches(files):
+        parts = [(names[f], f.read_bytes()) for f in batch]
+        try:
+            _record(result, client, client.upload(collection, parts, metadata=metadata))
+        except InputError:
+            for part in parts:
+                try:
+                    _record(result, client, client.upload(collection, [part],
+                                                          metadata=metadata))
+                except InputError as exc:
+                    result.fail(part[0], exc.code, exc.message)
+        done += len(batch)
+        update(done, len(files), f"{result.counts.get('failed', 0)} failed")
+    result.seconds = time.monotonic() - start
+    return result

@@ -6,13 +6,16 @@ With ``RAGSTORE_URL`` set the query goes to that server; otherwise it runs here,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ragstore.cli.output import console, echo_json, escape
+from ragstore.errors import InputError
 
 if TYPE_CHECKING:
     from ragstore.models import Hit
@@ -76,16 +79,39 @@ def _hits_from_json(data: list[dict[str, Any]]) -> list[HitWithContext]:
     return out
 
 
+def parse_vector(value: str) -> list[float]:
+    """``--vector``: a JSON array of numbers, or ``@path`` to a file holding one."""
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"--vector {value}: cannot read the file: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--vector is not a JSON array of numbers: {exc.msg}") from None
+    if not isinstance(data, list) or not data or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in data):
+        raise InputError("--vector must be a non-empty JSON array of numbers, e.g. [0.1, 0.2]")
+    return [float(x) for x in data]
+
+
 def register(app: typer.Typer) -> None:
     @app.command("search")
     def search(
-        query: str = typer.Argument(..., help="What to search for (websearch syntax: "
-                                    "\"phrase\", or, -word)."),
+        ctx: typer.Context,
+        query: str | None = typer.Argument(None, help="What to search for (websearch "
+                                           "syntax: \"phrase\", or, -word)."),
         k: int = typer.Option(10, "-k", help="Number of hits.", min=1, max=1000),
         collection: str | None = typer.Option(None, "--collection", "-c", metavar="NAME",
                                               help="Collection [RAGSTORE_COLLECTION]."),
-        mode: str = typer.Option("hybrid", "--mode", "-m", metavar="MODE",
-                                 help="vector, fulltext or hybrid (RRF of both)."),
+        mode: str | None = typer.Option(None, "--mode", "-m", metavar="MODE",
+                                        help="vector, fulltext or hybrid (RRF of both); "
+                                        "hybrid by default, vector with --vector alone."),
+        vector: str | None = typer.Option(None, "--vector", metavar="JSON|@FILE",
+                                          help="Search by this embedding (a JSON array, or "
+                                          "@file holding one) instead of embedding the query."),
         where: str | None = typer.Option(None, "--where", metavar="JSON",
                                          help="JSON filter, e.g. '{\"chunk_type\": \"table\", "
                                          "\"year\": {\"$gte\": 2020}}'."),
@@ -108,9 +134,15 @@ def register(app: typer.Typer) -> None:
         from ragstore.config import get_settings
         from ragstore.search.context import parse_context
         from ragstore.search.filters import parse_filter
-        from ragstore.search.service import parse_mode
+        from ragstore.search.service import resolve_mode
 
-        search_mode = parse_mode(mode)
+        query_vector = parse_vector(vector) if vector is not None else None
+        if query is None and query_vector is None:  # a usage error, as when it was required
+            from typer._click import exceptions as click_exceptions
+
+            raise click_exceptions.MissingParameter(ctx=ctx, param_type="argument",
+                                                    param_hint="'QUERY'")
+        search_mode = resolve_mode(mode, query, query_vector)
         filter_spec = parse_filter(where) if where is not None else None
         context_mode = parse_context(context) if context is not None else None
         settings = get_settings()
@@ -120,7 +152,9 @@ def register(app: typer.Typer) -> None:
                 answer = client.search(collection or settings.collection, query, k=k,
                                        mode=search_mode, where=filter_spec,
                                        context=context_mode, explain=explain,
-                                       ef_search=ef_search)
+                                       ef_search=ef_search, vector=query_vector,
+                                       rrf_k=rrf_k, vector_weight=vector_weight,
+                                       fulltext_weight=fulltext_weight)
             if as_json:
                 echo_json(answer["data"])
                 return
@@ -140,7 +174,7 @@ def register(app: typer.Typer) -> None:
         with Runtime(settings) as rt:
             found = run_search(rt, query, collection=collection, k=k, mode=search_mode,
                                where=filter_spec, ef_search=ef_search, explain=explain,
-                               fusion=fusion)
+                               fusion=fusion, vector=query_vector)
             shown = with_context(rt, found, context_mode) if context_mode is not None else []
         if as_json:
             echo_json([asdict(h) for h in (shown or found)])

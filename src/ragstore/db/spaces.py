@@ -6,7 +6,7 @@ backfilled by ``ragstore models migrate``, written to by ingest as well) and any
 ``retired`` spaces (kept for an instant rollback until pruned).
 
 Concurrency: the collection row is the lock. Every document write takes it ``FOR SHARE``
-(:func:`lock_collection`); a switch of the active space takes it ``FOR UPDATE``, so it waits
+(``ragstore.db.documents``); a switch of the active space takes it ``FOR UPDATE``, so it waits
 for writes in flight and no write can land between its last completeness check and the
 switch. Functions run in the caller's transaction and never commit.
 """
@@ -22,10 +22,14 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from ragstore.db.repository import _MODEL_COLS, DISTANCE_OPS, _spec_from_row
+from ragstore.db.models import MODEL_COLS, spec_from_row
 from ragstore.models import ModelSpec
 
 Conn = psycopg.Connection[Any]
+
+# the one map from a model's distance to pgvector: index operator class and query operator
+DISTANCE_OPS = {"cosine": "vector_cosine_ops", "l2": "vector_l2_ops", "ip": "vector_ip_ops"}
+OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
 
 
 @dataclass(frozen=True)
@@ -42,14 +46,14 @@ class Space:
 
 _SPACE_SELECT = (
     "SELECT s.id, s.collection_id, s.table_name, s.status, s.model_id, s.created_at,"
-    f" s.activated_at, {_MODEL_COLS}"
+    f" s.activated_at, {MODEL_COLS}"
     " FROM embedding_spaces s JOIN embedding_models m ON m.id = s.model_id"
 )
 
 
 def _space(row: Sequence[Any]) -> Space:
     return Space(int(row[0]), int(row[1]), row[2], row[3], int(row[4]),
-                 _spec_from_row(row[7:]), row[5], row[6])
+                 spec_from_row(row[7:]), row[5], row[6])
 
 
 def list_spaces(conn: Conn, collection_id: int) -> list[Space]:
@@ -71,21 +75,11 @@ def building_spaces(conn: Conn, collection_id: int) -> list[Space]:
     return [_space(r) for r in rows]
 
 
-def lock_collection(conn: Conn, collection_id: int, *, exclusive: bool) -> int | None:
-    """Lock the collection row (shared for writes, exclusive for switches); its active space."""
-    stmt = ("SELECT active_space_id FROM collections WHERE id = %s FOR UPDATE" if exclusive
-            else "SELECT active_space_id FROM collections WHERE id = %s FOR SHARE")
-    row = conn.execute(stmt, (collection_id,)).fetchone()
+def lock_collection(conn: Conn, collection_id: int) -> int | None:
+    """Lock the collection row for a switch (writes hold it shared); its active space."""
+    row = conn.execute("SELECT active_space_id FROM collections WHERE id = %s FOR UPDATE",
+                       (collection_id,)).fetchone()
     return int(row[0]) if row and row[0] is not None else None
-
-
-def live_tables(conn: Conn, collection_id: int) -> dict[str, str]:
-    """table -> status of the collection's active and building spaces."""
-    rows = conn.execute(
-        "SELECT table_name, status FROM embedding_spaces"
-        " WHERE collection_id = %s AND status IN ('active', 'building')",
-        (collection_id,)).fetchall()
-    return {r[0]: r[1] for r in rows}
 
 
 def set_status(conn: Conn, space_id: int, status: str) -> None:
@@ -100,6 +94,38 @@ def activate(conn: Conn, collection_id: int, new_space_id: int, old_space_id: in
                  " WHERE id = %s", (new_space_id,))
     conn.execute("UPDATE collections SET active_space_id = %s WHERE id = %s",
                  (new_space_id, collection_id))
+
+
+def create_space(conn: Conn, collection_id: int, model_id: int, spec: ModelSpec,
+                 *, index: bool = True) -> tuple[int, str]:
+    """A new embedding space: its row and its ``emb_<id>`` table (with its HNSW index
+    unless ``index`` is False: a backfill or bulk load builds it once at the end)."""
+    row = conn.execute(
+        "INSERT INTO embedding_spaces (collection_id, model_id, table_name)"
+        " VALUES (%s, %s, 'emb_pending_' || gen_random_uuid()) RETURNING id",
+        (collection_id, model_id),
+    ).fetchone()
+    assert row is not None
+    space_id = int(row[0])
+    table = f"emb_{space_id}"
+    conn.execute("UPDATE embedding_spaces SET table_name = %s WHERE id = %s", (table, space_id))
+    conn.execute(sql.SQL(
+        "CREATE TABLE {t} (chunk_id bigint PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE,"
+        " embedding vector({dim}) NOT NULL)"
+    ).format(t=sql.Identifier(table), dim=sql.Literal(spec.dimension)))
+    if index:
+        ensure_index(conn, table, spec.distance)
+    return space_id, table
+
+
+def copy_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarray) -> None:
+    """Binary COPY of (chunk id, vector) rows into ``table``: the one vector COPY there is."""
+    with conn.cursor().copy(sql.SQL(
+        "COPY {t} (chunk_id, embedding) FROM STDIN (FORMAT BINARY)"
+    ).format(t=sql.Identifier(table))) as copy:
+        copy.set_types(["int8", "vector"])
+        for cid, vec in zip(ids, vectors, strict=True):
+            copy.write_row((cid, vec))
 
 
 def drop_index(conn: Conn, table: str) -> None:
@@ -138,20 +164,25 @@ def count_missing(conn: Conn, source_table: str, target_table: str) -> int:
 class PendingChunk:
     id: int
     text: str
-    section_path: tuple[str, ...]
+    context: str  # the section path as the model read it at ingest (chunks.context)
+
+    @property
+    def embed_text(self) -> str:
+        """Exactly what ingest embedded: ``models.Chunk.embed_text`` of the stored row."""
+        return f"{self.context}\n{self.text}" if self.context else self.text
 
 
 def missing_batch(conn: Conn, source_table: str, target_table: str, after_id: int,
                   limit: int) -> list[PendingChunk]:
     """The next ``limit`` chunks (by id, after ``after_id``) in source but not in target."""
     rows = conn.execute(sql.SQL(
-        "SELECT c.id, c.text, c.section_path FROM {s} a JOIN chunks c ON c.id = a.chunk_id"
+        "SELECT c.id, c.text, c.context FROM {s} a JOIN chunks c ON c.id = a.chunk_id"
         " WHERE a.chunk_id > %s AND NOT EXISTS"
         " (SELECT 1 FROM {t} b WHERE b.chunk_id = a.chunk_id)"
         " ORDER BY a.chunk_id LIMIT %s"
     ).format(s=sql.Identifier(source_table), t=sql.Identifier(target_table)),
         (after_id, limit)).fetchall()
-    return [PendingChunk(int(r[0]), r[1], tuple(r[2] or ())) for r in rows]
+    return [PendingChunk(int(r[0]), r[1], r[2]) for r in rows]
 
 
 def insert_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarray) -> int:
@@ -165,12 +196,7 @@ def insert_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarr
         return 0
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS ragstore_backfill"
                  " (chunk_id bigint, embedding vector) ON COMMIT DELETE ROWS")
-    with conn.cursor().copy(
-        "COPY ragstore_backfill (chunk_id, embedding) FROM STDIN (FORMAT BINARY)"
-    ) as copy:
-        copy.set_types(["int8", "vector"])
-        for cid, vec in zip(ids, vectors, strict=True):
-            copy.write_row((cid, vec))
+    copy_vectors(conn, "ragstore_backfill", ids, vectors)
     cur = conn.execute(sql.SQL(
         "INSERT INTO {t} (chunk_id, embedding) SELECT s.chunk_id, s.embedding"
         " FROM ragstore_backfill s JOIN chunks c ON c.id = s.chunk_id"

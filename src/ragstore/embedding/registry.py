@@ -104,7 +104,7 @@ def verify_weights(spec: ModelSpec) -> None:
             f"{spec.checksum}, found {actual} in {where}. The stored vectors were made by "
             "the pinned weights; restore those weights, or pin the new ones as a new "
             f"revision (`ragstore models add {where} --name {spec.name} --revision NEW`) "
-            f"and re-embed with `ragstore models migrate COLLECTION --to {spec.name}@NEW`"
+            f"and re-embed with `ragstore models migrate -c COLLECTION --to {spec.name}@NEW`"
         )
 
 

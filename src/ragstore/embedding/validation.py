@@ -50,7 +50,7 @@ def check_loaded(spec: ModelSpec, embedder: Embedder) -> None:
     """Refuse an embedder whose probe answer disagrees with the pinned spec."""
     vec = probe_vector(embedder)
     how = (f"if the change is intended, pin the model as a new revision with `ragstore models "
-           f"add` and re-embed with `ragstore models migrate COLLECTION --to {spec.name}@NEW`; "
+           f"add` and re-embed with `ragstore models migrate -c COLLECTION --to {spec.name}@NEW`; "
            "otherwise restore the pinned model")
     if vec.shape[0] != spec.dimension:
         raise ModelMismatchError(

@@ -27,8 +27,9 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ragstore import backup as backups
-from ragstore.db import repository
+from ragstore.db import documents, repository, spaces
 from ragstore.db.errors import translated
+from ragstore.db.models import upsert_model
 from ragstore.errors import (
     CollectionNotFoundError,
     ConflictError,
@@ -51,14 +52,14 @@ from ragstore.imports.verify import (
     recall_at_k,
     record_digest,
 )
-from ragstore.models import ModelSpec
+from ragstore.models import Chunk, ChunkType, ModelSpec
 from ragstore.runtime import Runtime
 
 IMPORTED_PROVIDER = "imported"
 DISTANCES = ("cosine", "l2", "ip")
-_OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+WRITE_SLICE = 10_000  # records per write_documents call (progress is reported per slice)
 
 
 @dataclass
@@ -242,7 +243,7 @@ class _Writer:
             coll = repository.get_collection(conn, name)
         except CollectionNotFoundError:
             spec = self.plan.spec
-            model_id = repository.upsert_model(conn, spec)
+            model_id = upsert_model(conn, spec)
             row = conn.execute("SELECT dimension FROM embedding_models WHERE id = %s",
                                (model_id,)).fetchone()
             if row is None or int(row[0]) != spec.dimension:
@@ -267,50 +268,34 @@ class _Writer:
             " AND tablename = %s AND indexdef ILIKE %s", (table, "%USING hnsw%")).fetchall()
         return [(str(r[0]), str(r[1])) for r in rows]
 
-    def _copy_rows(self, conn: psycopg.Connection[Any], coll: repository.Collection) -> None:
+    def _write_rows(self, conn: psycopg.Connection[Any], coll: repository.Collection) -> None:
+        """Every kept record as a one-chunk document with its own vector, through the shared
+        write path (:func:`ragstore.db.documents.write_documents`) in slices of
+        ``WRITE_SLICE`` inside this one transaction."""
         total = len(self.kept)
-        with conn.cursor().copy(
-            "COPY documents (collection_id, source, title, format, content_hash, size_bytes,"
-            " metadata) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(["int4", "text", "text", "text", "text", "int8", "jsonb"])
-            for n, (rid, rec) in enumerate(zip(self.ids, self.kept, strict=True), 1):
-                text = rec.text or ""
-                title = rec.metadata.get("title")
-                copy.write_row((coll.id, rid, title if isinstance(title, str) else None,
-                                "imported", hashlib.sha256(text.encode()).hexdigest(),
-                                len(text.encode()),
-                                Jsonb({"import": {"batch": self.batch, "id": rid,
-                                                  "from": self.plan.source}})))
-                if n % 10_000 == 0:
-                    self.progress("documents", n, total)
-        doc_ids = dict(conn.execute(
-            "SELECT source, id FROM documents WHERE collection_id = %s AND metadata @> %s",
-            (coll.id, Jsonb({"import": {"batch": self.batch}}))).fetchall())
-        self.chunk_ids = repository.allocate_chunk_ids(conn, total)
-        with conn.cursor().copy(
-            "COPY chunks (id, document_id, collection_id, ordinal, chunk_type, text,"
-            " section_path, char_start, char_end, token_count, metadata, content_hash)"
-            " FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(["int8", "int8", "int4", "int4", "text", "text", "text[]", "int4",
-                            "int4", "int4", "jsonb", "text"])
-            for n, (cid, rid, rec) in enumerate(zip(self.chunk_ids, self.ids, self.kept,
-                                                    strict=True), 1):
-                text = rec.text or ""
-                copy.write_row((cid, doc_ids[rid], coll.id, 0, "paragraph", text, [], 0,
-                                len(text), len(text.split()), Jsonb(rec.metadata),
-                                hashlib.sha256(text.encode()).hexdigest()))
-                if n % 10_000 == 0:
-                    self.progress("chunks", n, total)
-        with conn.cursor().copy(sql.SQL(
-            "COPY {t} (chunk_id, embedding) FROM STDIN (FORMAT BINARY)"
-        ).format(t=sql.Identifier(coll.table))) as copy:
-            copy.set_types(["int8", "vector"])
-            for n, (cid, vec) in enumerate(zip(self.chunk_ids, self.vectors, strict=True), 1):
-                copy.write_row((cid, vec))
-                if n % 10_000 == 0:
-                    self.progress("vectors", n, total)
+        written_ids: list[int] = []
+        for start in range(0, total, WRITE_SLICE):
+            writes = [self._document(rid, rec, self.vectors[i])
+                      for i, (rid, rec) in enumerate(
+                          zip(self.ids[start:start + WRITE_SLICE],
+                              self.kept[start:start + WRITE_SLICE], strict=True), start)]
+            written = documents.write_documents(conn, coll, writes, force=True)
+            written_ids += [w.id for w in written]
+            self.progress("documents", min(start + WRITE_SLICE, total), total)
+        ids_by_doc = documents.chunk_ids_of(conn, written_ids)
+        self.chunk_ids = [ids_by_doc[d] for d in written_ids]
+
+    def _document(self, rid: str, rec: Record, vector: np.ndarray) -> documents.DocumentWrite:
+        text = rec.text or ""
+        title = rec.metadata.get("title")
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        record = documents.DocumentRecord(
+            rid, title if isinstance(title, str) else None, "imported", digest,
+            len(text.encode()),
+            {"import": {"batch": self.batch, "id": rid, "from": self.plan.source}})
+        chunk = Chunk(0, ChunkType.PARAGRAPH, text, (), None, 0, len(text), len(text.split()),
+                      digest, metadata=dict(rec.metadata))
+        return documents.DocumentWrite(record, [chunk], vector[np.newaxis, :])
 
     def _stored_digests(self, conn: psycopg.Connection[Any],
                         coll: repository.Collection) -> dict[str, bytes]:
@@ -360,7 +345,7 @@ class _Writer:
         conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef)))
         # measure the HNSW index itself, even where the planner would scan a small table
         conn.execute("SET LOCAL enable_seqscan = off")
-        op = sql.SQL(_OPERATORS[spec.distance])
+        op = sql.SQL(spaces.OPERATORS[spec.distance])
         stmt = sql.SQL("SELECT chunk_id, embedding {op} %(q)s FROM {t}"
                        " ORDER BY embedding {op} %(q)s LIMIT %(k)s").format(
             op=op, t=sql.Identifier(coll.table))
@@ -389,7 +374,7 @@ class _Writer:
             indexes = [] if self.had_rows else self._hnsw_indexes(conn, coll.table)
             for name, _ in indexes:  # an empty space: build its index after the load
                 conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
-            self._copy_rows(conn, coll)
+            self._write_rows(conn, coll)
             self.seconds["write"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             self.progress("index", 0, len(self.ids))

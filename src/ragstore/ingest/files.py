@@ -56,19 +56,23 @@ def sync_scopes(paths: Iterable[Path]) -> tuple[list[str], list[str]]:
     return prefixes, exact
 
 
-def read_bounded(path: Path, limit: int) -> bytes:
-    """The file's bytes; FileTooLargeError when it holds more than ``limit`` bytes."""
+def read_bounded(path: Path, limit: int, label: str | None = None) -> bytes:
+    """The file's bytes; FileTooLargeError when it holds more than ``limit`` bytes.
+
+    ``label`` is what messages call the file (an upload's name rather than its staging path).
+    """
+    name = label or str(path)
     size = path.stat().st_size
     if size > limit:
         raise FileTooLargeError(
-            f"{path}: {size} bytes is over the limit of {limit} bytes; "
+            f"{name}: {size} bytes is over the limit of {limit} bytes; "
             "raise RAGSTORE_MAX_FILE_BYTES to ingest it"
         )
     with path.open("rb") as fh:
         data = fh.read(limit + 1)
     if len(data) > limit:
         raise FileTooLargeError(
-            f"{path}: grew past the limit of {limit} bytes while being read; "
+            f"{name}: grew past the limit of {limit} bytes while being read; "
             "raise RAGSTORE_MAX_FILE_BYTES to ingest it"
         )
     return data

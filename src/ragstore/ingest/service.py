@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ragstore.chunking import chunk_document
-from ragstore.db import repository
+from ragstore.db import documents, repository
 from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
 from ragstore.errors import (
@@ -49,11 +49,39 @@ from ragstore.runtime import Runtime
 
 @dataclass
 class FileOutcome:
+    """What happened to one input. ``document`` is the stored row as this ingest's own
+    transaction left it (absent for files skipped before parsing and for failures);
+    ``exc`` is the error of a failed input."""
+
     source: str
     status: str  # added | updated | unchanged | failed | vanished | removed
     chunks: int = 0
     error: str | None = None
     code: str | None = None
+    document: dict[str, Any] | None = None
+    exc: RagstoreError | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    """One document to ingest: the source it is stored under and where its bytes are.
+
+    A file on disk is its own source. An upload is stored under its logical source (the
+    same on every upload of that name) while its bytes sit in a staging file private to
+    the request; ``label`` (the client's name) is what error messages call it, and
+    ``early_skip`` is off so that even an unchanged upload is decided under the write
+    lock, from the stored row.
+    """
+
+    source: str
+    path: Path
+    label: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    early_skip: bool = True
+
+
+def _fail(source: str, exc: RagstoreError) -> FileOutcome:
+    return FileOutcome(source, "failed", error=str(exc), code=exc.code, exc=exc)
 
 
 @dataclass
@@ -82,20 +110,20 @@ Progress = Callable[[str, int, int], None]  # (event "file"|"chunks", files done
 
 @dataclass
 class _Pending:
-    path: Path
-    record: repository.DocumentRecord
+    item: Item
+    record: documents.DocumentRecord
     chunks: list[Chunk]
-    replace_id: int | None
     vectors: np.ndarray | None = None
     extra_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # building spaces
 
 
-def _file_metadata(path: Path, fmt: str, size: int, parsed_meta: dict[str, Any],
+def _file_metadata(item: Item, fmt: str, size: int, parsed_meta: dict[str, Any],
                    user_meta: dict[str, Any], language: str | None = None) -> dict[str, Any]:
-    st = path.stat()
+    st = item.path.stat()
     meta: dict[str, Any] = dict(parsed_meta)
     meta.update({
-        "path": str(path), "filename": path.name, "size_bytes": size, "format": fmt,
+        "path": item.source, "filename": Path(item.source).name, "size_bytes": size,
+        "format": fmt,
         "modified_at": datetime.fromtimestamp(st.st_mtime, tz=UTC).isoformat(),
     })
     if language:
@@ -125,33 +153,34 @@ class _Ingestor:
             self.chunks_done += outcome.chunks
             self.progress("file", self.files_done, self.chunks_done)
 
-    def _prepare(self, path: Path, known: dict[str, tuple[int, str]]) -> _Pending | None:
-        source = str(path)
-        data = read_bounded(path, self.rt.settings.max_file_bytes)
+    def _prepare(self, item: Item, known: dict[str, tuple[int, str]]) -> _Pending | None:
+        data = read_bounded(item.path, self.rt.settings.max_file_bytes, item.label)
         size = len(data)
         digest = hashlib.sha256(data).hexdigest()
-        old = known.get(source)
-        if old is not None and old[1] == digest:
-            self._done(FileOutcome(source, "unchanged"))
+        old = known.get(item.source)
+        if item.early_skip and old is not None and old[1] == digest:
+            self._done(FileOutcome(item.source, "unchanged"))
             return None
-        fmt = detect_format(source, data)
-        parsed = parse_bytes(data, source, fmt)
+        fmt = detect_format(item.label, data)
+        parsed = parse_bytes(data, item.label, fmt)
         chunks = chunk_document(parsed, self.embedder, self.coll.model.max_tokens)
         if not chunks:
-            raise EmptyDocumentError(f"{source}: no text found in the file; nothing to ingest")
-        record = repository.DocumentRecord(
-            source=source, title=parsed.title, format=parsed.format, content_hash=digest,
+            raise EmptyDocumentError(
+                f"{item.label}: no text found in the file; nothing to ingest")
+        record = documents.DocumentRecord(
+            source=item.source, title=parsed.title, format=parsed.format, content_hash=digest,
             size_bytes=size,
-            metadata=_file_metadata(path, parsed.format, size, parsed.metadata, self.user_meta,
+            metadata=_file_metadata(item, parsed.format, size, parsed.metadata,
+                                    {**self.user_meta, **item.metadata},
                                     detect_language(parsed)),
         )
-        return _Pending(path, record, chunks, old[0] if old else None)
+        return _Pending(item, record, chunks)
 
     def _embed(self, pending: list[_Pending]) -> None:
         """Vectors for every embeddable chunk: stored ones reused, the rest encoded once."""
         hashes = [c.content_hash for p in pending for c in p.chunks if c.embeddable]
         with self.rt.db.connection() as conn, translated("looking up stored embeddings"):
-            stored = repository.stored_embeddings(conn, self.coll, hashes)
+            stored = documents.stored_embeddings(conn, self.coll, hashes)
         todo: dict[str, str] = {}
         for p in pending:
             for c in p.chunks:
@@ -179,53 +208,52 @@ class _Ingestor:
         so the one bad document is reported and the rest still land."""
         try:
             with self.rt.db.connection() as conn, translated("storing a round of documents"):
-                repository.write_documents(conn, self.coll, [self._as_write(p) for p in pending])
+                written = documents.write_documents(conn, self.coll,
+                                                    [self._as_write(p) for p in pending])
         except RagstoreError:
             for p in pending:
                 self._write_one(p)
             return
-        for p in pending:
-            self._stored(p)
+        for w in written:
+            self._stored(w)
 
     def _write_one(self, p: _Pending) -> None:
         try:
-            with self.rt.db.connection() as conn, translated(f"storing {p.record.source}"):
-                repository.write_documents(conn, self.coll, [self._as_write(p)])
+            with self.rt.db.connection() as conn, translated(f"storing {p.item.label}"):
+                written = documents.write_documents(conn, self.coll, [self._as_write(p)])
         except RagstoreError as exc:
-            self._done(FileOutcome(p.record.source, "failed", error=str(exc), code=exc.code))
+            self._done(_fail(p.record.source, exc))
             return
-        self._stored(p)
+        self._stored(written[0])
 
     @staticmethod
-    def _as_write(p: _Pending) -> repository.DocumentWrite:
+    def _as_write(p: _Pending) -> documents.DocumentWrite:
         assert p.vectors is not None
-        return repository.DocumentWrite(p.record, p.chunks, p.vectors, p.replace_id,
-                                        p.extra_vectors)
+        return documents.DocumentWrite(p.record, p.chunks, p.vectors, p.extra_vectors)
 
-    def _stored(self, p: _Pending) -> None:
-        status = "updated" if p.replace_id is not None else "added"
-        self._done(FileOutcome(p.record.source, status, chunks=len(p.chunks)))
+    def _stored(self, w: documents.Written) -> None:
+        chunks = int(w.document["chunks"]) if w.status != "unchanged" else 0
+        self._done(FileOutcome(w.source, w.status, chunks=chunks, document=w.document))
 
-    def _prepare_group(self, group: Sequence[Path]) -> list[_Pending]:
+    def _prepare_group(self, group: Sequence[Item]) -> list[_Pending]:
         """Read, parse and chunk one round of files; failures are recorded, not raised."""
         with self.rt.db.connection() as conn, translated("reading stored documents"):
-            known = repository.document_hashes(conn, self.coll.id, [str(f) for f in group])
+            known = documents.document_hashes(conn, self.coll.id, [i.source for i in group])
         pending: list[_Pending] = []
-        for path in group:
+        for item in group:
             try:
-                item = self._prepare(path, known)
+                got = self._prepare(item, known)
             except RagstoreError as exc:
-                self._done(FileOutcome(str(path), "failed", error=str(exc), code=exc.code))
+                self._done(_fail(item.source, exc))
                 continue
             except OSError as exc:
-                err = unreadable(path, exc)
-                self._done(FileOutcome(str(path), "failed", error=str(err), code=err.code))
+                self._done(_fail(item.source, unreadable(Path(item.label), exc)))
                 continue
-            if item is not None:
-                pending.append(item)
+            if got is not None:
+                pending.append(got)
         return pending
 
-    def run(self, files: Sequence[Path]) -> None:
+    def run(self, files: Sequence[Item]) -> None:
         """Three stages overlap: round N+1 is parsed on a reader thread and round N-1 is
         written on a writer thread while round N is encoded (torch releases the GIL)."""
         groups = self._groups(files, self.rt.settings.ingest_batch_chunks)
@@ -248,7 +276,7 @@ class _Ingestor:
                 writing.result()
 
     @staticmethod
-    def _groups(files: Sequence[Path], batch_chunks: int) -> list[list[Path]]:
+    def _groups(files: Sequence[Item], batch_chunks: int) -> list[list[Item]]:
         """Rounds of files, sized by bytes (~1 KB per chunk), small at both ends.
 
         The first round is small so the model starts encoding early; the last rounds shrink
@@ -256,15 +284,15 @@ class _Ingestor:
         overlap any encoding, so a small one leaves little time exposed at the end.
         """
         sizes = []
-        for path in files:
+        for item in files:
             try:
-                sizes.append(path.stat().st_size)
+                sizes.append(item.path.stat().st_size)
             except OSError:
                 sizes.append(0)
         full = batch_chunks * 1024
         floor = max(1024, full // 8)
         remaining = sum(sizes)
-        groups: list[list[Path]] = []
+        groups: list[list[Item]] = []
         i = 0
         while i < len(files):
             budget = floor if not groups else max(floor, min(full, remaining // 2))
@@ -297,7 +325,7 @@ def _vanished(rt: Runtime, name: str, paths: Sequence[Path], files: Sequence[Pat
     except CollectionNotFoundError:
         return []  # nothing stored yet
     with rt.db.connection() as conn, translated(f"listing documents of {name!r}"):
-        stored = repository.sources_under(conn, coll.id, prefixes, exact)
+        stored = documents.sources_under(conn, coll.id, prefixes, exact)
     present = {str(f) for f in files}
     return sorted(s for s in stored if s not in present and not Path(s).exists())
 
@@ -305,7 +333,7 @@ def _vanished(rt: Runtime, name: str, paths: Sequence[Path], files: Sequence[Pat
 def _prune(rt: Runtime, name: str, sources: Sequence[str]) -> int:
     coll = rt.collection(name)
     with rt.db.connection() as conn, translated(f"removing vanished documents of {name!r}"):
-        return repository.delete_documents(conn, coll.id, sources)
+        return documents.delete_documents(conn, coll.id, sources)
 
 
 def ingest_paths(rt: Runtime, paths: Sequence[Path], collection: str | None = None, *,
@@ -335,13 +363,24 @@ def ingest_paths(rt: Runtime, paths: Sequence[Path], collection: str | None = No
         metrics.observe_ingest(report)
         return report
     t0 = time.perf_counter()
-    coll = rt.collection(name, create=True)
-    embedder = rt.embedder_for(coll)
-    _Ingestor(rt, coll, embedder, report, metadata or {}, progress).run(files)
+    ingest_items(rt, name, [Item(str(f), f, str(f)) for f in files], report,
+                 metadata=metadata, progress=progress)
     _finish_sync(rt, name, report, gone, prune)
     report.seconds = time.perf_counter() - t0
     metrics.observe_ingest(report)
     return report
+
+
+def ingest_items(rt: Runtime, name: str, items: Sequence[Item], report: IngestReport, *,
+                 metadata: dict[str, Any] | None = None, progress: Progress | None = None,
+                 create: bool = True) -> None:
+    """Ingest ``items`` into collection ``name``, appending one outcome per item to
+    ``report``: the pipeline shared by files (:func:`ingest_paths`) and uploads."""
+    if not items:
+        return
+    coll = rt.collection(name, create=create)
+    embedder = rt.embedder_for(coll)
+    _Ingestor(rt, coll, embedder, report, metadata or {}, progress).run(items)
 
 
 def _finish_sync(rt: Runtime, name: str, report: IngestReport, gone: Sequence[str],

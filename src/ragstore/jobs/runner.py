@@ -1,22 +1,21 @@
 """Running one ingest job inside a worker: stage its files, ingest them, report progress.
 
 A job may run more than once (its worker died, the queue retried it). That is safe
-because ingest writes each document in its own transaction and skips a document whose
-stored content hash matches: a re-run finishes the documents the dead worker did not
+because every document is written under its source's lock and one whose stored content
+hash matches is left unchanged: a re-run finishes the documents the dead worker did not
 reach and adds no chunk twice.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from ragstore.db.errors import translated
-from ragstore.ingest import ingest_paths
+from ragstore.ingest.documents import NewDocument, add_documents
+from ragstore.ingest.service import IngestReport
 from ragstore.jobs import staging, store
 from ragstore.runtime import Runtime
 
@@ -62,24 +61,18 @@ def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
     outcomes: dict[str, int] = defaultdict(int)
     embedded = reused = 0
     try:
-        groups: dict[str, list[Path]] = defaultdict(list)  # same metadata -> one ingest call
-        for f in files:
-            path = staging.stage(rt.settings, job.collection, f.name, f.content)
-            groups[json.dumps(f.metadata, sort_keys=True)].append(path)
-        for meta, paths in groups.items():
-            report = ingest_paths(rt, paths, collection=job.collection,
-                                  metadata=json.loads(meta), progress=tracker)
-            tracker.docs = tracker.base_docs + len(report.outcomes)
-            tracker.chunks = tracker.base_chunks + report.chunks
-            tracker.next_group()
-            embedded += report.embedded
-            reused += report.reused
-            for o in report.outcomes:
-                outcomes[o.status] += 1
-                if o.status == "failed":
-                    errors.append({
-                        "document": staging.source_name(rt.settings, job.collection, o.source),
-                        "code": o.code, "detail": o.error})
+        report = IngestReport(collection=job.collection)
+        with staging.staging_area(rt.settings) as area:
+            docs = [NewDocument(f.name, area.write(f.content), f.metadata) for f in files]
+            results = add_documents(rt, job.collection, docs, progress=tracker, report=report)
+        tracker.docs = len(results)
+        tracker.chunks = report.chunks
+        embedded, reused = report.embedded, report.reused
+        for r in results:
+            outcomes[r.status] += 1
+            if r.error is not None:
+                errors.append({"document": r.name, "code": r.error.code,
+                               "detail": str(r.error)})
     except Exception as exc:  # the job itself broke: record it, let the queue see it too
         with rt.db.connection() as conn, translated(f"finishing job {job_id}"):
             store.finish(conn, job_id, "failed", documents=tracker.docs, chunks=tracker.chunks,

@@ -1,9 +1,11 @@
-"""Where uploaded documents live on disk before (and after) they are ingested.
+"""Uploaded documents: their stored source, and the private files their bytes wait in.
 
-An upload named ``notes/a.md`` for collection ``docs`` is written to
-``<data dir>/uploads/docs/notes/a.md`` and ingested from there, so its source is the same
-on every upload: a re-upload of unchanged bytes is skipped by its content hash, a changed
-one replaces the document. Workers on other machines must share the data dir's path.
+An upload named ``notes/a.md`` for collection ``docs`` is stored under the source
+``<data dir>/uploads/docs/notes/a.md``, the same on every upload of that name: a re-upload
+of unchanged bytes is left as it is, a changed one replaces the document. The bytes
+themselves are streamed to a staging file unique to the request (``<data dir>/staging``),
+read from there by ingest and removed when the request is done, whatever its outcome, so
+concurrent uploads of one name never share a file and failed uploads leave nothing behind.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from ragstore.config import Settings
@@ -35,21 +39,45 @@ def safe_name(name: str) -> PurePosixPath:
     return path
 
 
-def stage(settings: Settings, collection: str, name: str, content: bytes) -> Path:
-    """Write the upload atomically to its fixed place and return that path."""
-    target = upload_root(settings, collection).joinpath(*safe_name(name).parts)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_file() and target.read_bytes() == content:
-        return target
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+def source_of(settings: Settings, collection: str, name: str) -> str:
+    """The source an upload named ``name`` is stored under (checked with :func:`safe_name`)."""
+    return str(upload_root(settings, collection).resolve().joinpath(*safe_name(name).parts))
+
+
+class StagingArea:
+    """Staging files of one request; every one is removed when the area closes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.root = settings.data_dir / "staging"
+        self.paths: list[Path] = []
+
+    def new_file(self) -> Path:
+        """A new, empty file that no other request can be handed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.root, prefix="upload-")
+        os.close(fd)
+        path = Path(name)
+        self.paths.append(path)
+        return path
+
+    def write(self, content: bytes) -> Path:
+        path = self.new_file()
+        path.write_bytes(content)
+        return path
+
+    def close(self) -> None:
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+        self.paths.clear()
+
+
+@contextmanager
+def staging_area(settings: Settings) -> Iterator[StagingArea]:
+    area = StagingArea(settings)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+        yield area
+    finally:
+        area.close()
 
 
 def source_name(settings: Settings, collection: str, source: str) -> str:

@@ -3,8 +3,9 @@
 While ``ragstore models migrate`` backfills a new space, new documents must land in it too,
 or the switch would lose them. Ingest calls :func:`building_vectors` once per encode round;
 it finds the collection's ``building`` spaces and embeds the round's embeddable chunks with
-each one's model (the texts rebuilt by that model's context rule, exactly as the backfill
-does). With no migration running it costs one small query.
+each one's model: the same text the active model read (``Chunk.embed_text``, stored as
+``chunks.context`` + text), exactly what the backfill embeds. With no migration running it
+costs one small query.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import numpy as np
 
 from ragstore.db import repository, spaces
 from ragstore.db.errors import translated
-from ragstore.modelops.texts import ContextRule
 from ragstore.models import Chunk
 from ragstore.runtime import Runtime
 
@@ -28,9 +28,7 @@ def building_vectors(rt: Runtime, coll: repository.Collection,
         building = spaces.building_spaces(conn, coll.id)
     for space in building:
         embedder = rt.embedder(space.model)
-        rule = ContextRule(embedder, space.model.max_tokens)
-        texts = [[rule.embed_text(c.text, c.section_path) for c in chunks if c.embeddable]
-                 for chunks in documents]
+        texts = [[c.embed_text for c in chunks if c.embeddable] for chunks in documents]
         unique = list(dict.fromkeys(t for doc in texts for t in doc))
         vecs = dict(zip(unique, embedder.embed(unique), strict=True))
         for i, doc in enumerate(texts):

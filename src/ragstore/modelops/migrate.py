@@ -29,7 +29,6 @@ from ragstore.db import repository, spaces
 from ragstore.db.errors import translated
 from ragstore.errors import InputError, MigrationStateError
 from ragstore.modelops.specs import find_model
-from ragstore.modelops.texts import ContextRule
 from ragstore.models import ModelSpec
 from ragstore.runtime import Runtime
 
@@ -38,7 +37,6 @@ Progress = Callable[[int, int], None]  # (chunks with a vector in the new space,
 LOCK_NAMESPACE = 0x5247_4D4D  # "RGMM": advisory-lock key space of model migrations
 MAX_PASSES = 20
 MIN_SELF_RECALL = 0.5
-_OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
 
 
 @dataclass
@@ -85,14 +83,14 @@ def _migration_lock(rt: Runtime, coll: repository.Collection) -> Any:
 def _target_space(conn: psycopg.Connection[Any], coll: repository.Collection,
                   model_id: int, spec: ModelSpec) -> spaces.Space:
     """The space to fill: a building one resumed, a retired one reused, or a new one."""
-    spaces.lock_collection(conn, coll.id, exclusive=True)
+    spaces.lock_collection(conn, coll.id)
     existing = spaces.list_spaces(conn, coll.id)
     for sp in existing:
         if sp.status == "building" and sp.model_id != model_id:
             raise MigrationStateError(
                 f"collection {coll.name!r} is already being migrated to {sp.model.key}; "
-                f"finish that with `ragstore models migrate {coll.name} --to {sp.model.key}` "
-                f"or drop it with `ragstore models cancel {coll.name}` first (to {spec.key})"
+                f"finish that with `ragstore models migrate -c {coll.name} --to {sp.model.key}` "
+                f"or drop it with `ragstore models cancel -c {coll.name}` first (to {spec.key})"
             )
     for sp in existing:
         if sp.model_id == model_id and sp.status == "building":
@@ -103,8 +101,8 @@ def _target_space(conn: psycopg.Connection[Any], coll: repository.Collection,
             got = spaces.get_space(conn, sp.id)
             assert got is not None
             return got
-    space_id, table = repository.create_space(conn, coll.id, model_id, spec)
-    spaces.drop_index(conn, table)  # built once after the backfill (much faster than per row)
+    # its index is built once, after the backfill (much faster than row by row)
+    space_id, _ = spaces.create_space(conn, coll.id, model_id, spec, index=False)
     got = spaces.get_space(conn, space_id)
     assert got is not None
     return got
@@ -123,16 +121,21 @@ def migrate(rt: Runtime, collection: str, to_model: str, *, batch_size: int = 25
         raise MigrationStateError(
             f"collection {coll.name!r} already uses {target.spec.key}; nothing to migrate"
         )
+    if target.spec.max_tokens < coll.model.max_tokens:
+        raise MigrationStateError(
+            f"{target.spec.key} reads at most {target.spec.max_tokens} tokens, fewer than the "
+            f"{coll.model.max_tokens} {coll.model.key} was chunked for; a migration embeds the "
+            "stored chunks and does not re-chunk them, so they would be cut short. Ingest the "
+            f"documents into a new collection created with {target.spec.key} instead")
     embedder = rt.embedder(target.spec)  # refuses a model that differs from its pin
     with _migration_lock(rt, coll):
         with rt.db.connection() as conn, translated(f"preparing the space of {target.spec.key}"):
             space = _target_space(conn, coll, target.id, target.spec)
         report = MigrationReport(coll.name, coll.model.key, target.spec.key, space.id,
                                  space.table)
-        rule = ContextRule(embedder, target.spec.max_tokens)
         for _ in range(MAX_PASSES):
             coll = rt.collection(collection)
-            _backfill(rt, coll, space, rule, embedder, batch_size, report, progress)
+            _backfill(rt, coll, space, embedder, batch_size, report, progress)
             # indexed even when not switching: the space is complete and ready to search
             with rt.db.connection() as conn, translated(f"indexing {space.table}"):
                 spaces.ensure_index(conn, space.table, space.model.distance)
@@ -152,10 +155,14 @@ def migrate(rt: Runtime, collection: str, to_model: str, *, batch_size: int = 25
     return report
 
 
-def _backfill(rt: Runtime, coll: repository.Collection, space: spaces.Space, rule: ContextRule,
+def _backfill(rt: Runtime, coll: repository.Collection, space: spaces.Space,
               embedder: Any, batch_size: int, report: MigrationReport,
               progress: Progress | None) -> None:
-    """Embed every chunk of the active space missing from ``space``, one commit per batch."""
+    """Embed every chunk of the active space missing from ``space``, one commit per batch.
+
+    Each chunk is embedded as ingest embedded it: its stored context, then its text. A
+    text the target model would cut short stops the migration with the chunk named.
+    """
     with rt.db.connection() as conn, translated(f"counting vectors of {coll.name!r}"):
         total = spaces.count_vectors(conn, coll.table)
         done = total - spaces.count_missing(conn, coll.table, space.table)
@@ -170,7 +177,8 @@ def _backfill(rt: Runtime, coll: repository.Collection, space: spaces.Space, rul
             batch = spaces.missing_batch(conn, coll.table, space.table, after, batch_size)
         if not batch:
             return
-        texts = [rule.embed_text(c.text, c.section_path) for c in batch]
+        texts = [c.embed_text for c in batch]
+        _check_fits(texts, batch, embedder, space)
         t0 = time.perf_counter()
         vecs = embedder.embed(texts)
         report.encode_seconds += time.perf_counter() - t0
@@ -182,6 +190,19 @@ def _backfill(rt: Runtime, coll: repository.Collection, space: spaces.Space, rul
         after = batch[-1].id
         if progress:
             progress(min(done, total), total)
+
+
+def _check_fits(texts: list[str], batch: list[spaces.PendingChunk], embedder: Any,
+                space: spaces.Space) -> None:
+    """Refuse texts longer than the target model reads (it would silently truncate them)."""
+    limit = space.model.max_tokens
+    for text, chunk, n in zip(texts, batch, embedder.count_tokens(texts), strict=True):
+        if n > limit:
+            raise MigrationStateError(
+                f"chunk {chunk.id} is {n} tokens for {space.model.key}, which reads at most "
+                f"{limit}; a migration does not re-chunk, so this model would cut it short. "
+                "Cancel with `ragstore models cancel` and ingest into a new collection "
+                f"created with {space.model.key} instead ({text[:40]!r}...)")
 
 
 def _validate(rt: Runtime, coll: repository.Collection, space: spaces.Space, n: int,
@@ -202,7 +223,7 @@ def _validate(rt: Runtime, coll: repository.Collection, space: spaces.Space, n: 
         ).format(t=sql.Identifier(space.table)), (step, n)).fetchall()
         queries = [str(r[0]) for r in rows]
         vecs = embedder.embed(queries)
-        op = sql.SQL(_OPERATORS[space.model.distance])
+        op = sql.SQL(spaces.OPERATORS[space.model.distance])
         found = 0
         conn.execute("SET LOCAL hnsw.ef_search = 100")
         for q, vec in zip(queries, vecs, strict=True):
@@ -230,7 +251,7 @@ def _validate(rt: Runtime, coll: repository.Collection, space: spaces.Space, n: 
 def _switch(rt: Runtime, coll: repository.Collection, space: spaces.Space) -> bool:
     """Switch atomically if nothing is missing; False when ingest added chunks meanwhile."""
     with rt.db.connection() as conn, translated(f"switching {coll.name!r}"):
-        active = spaces.lock_collection(conn, coll.id, exclusive=True)
+        active = spaces.lock_collection(conn, coll.id)
         if active != coll.space_id:
             raise MigrationStateError(
                 f"collection {coll.name!r} switched model while migrating; run the migrate again"
@@ -246,7 +267,7 @@ def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
     coll = rt.collection(collection)
     with _migration_lock(rt, coll), rt.db.connection() as conn, \
             translated(f"rolling back {coll.name!r}"):
-        spaces.lock_collection(conn, coll.id, exclusive=True)
+        spaces.lock_collection(conn, coll.id)
         retired = [s for s in spaces.list_spaces(conn, coll.id)
                    if s.status == "retired" and s.activated_at is not None]
         if not retired:
@@ -259,7 +280,7 @@ def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
         if missing:
             raise MigrationStateError(
                 f"{missing} chunks stored since the switch have no vector for "
-                f"{prev.model.key}; run `ragstore models migrate {coll.name} --to "
+                f"{prev.model.key}; run `ragstore models migrate -c {coll.name} --to "
                 f"{prev.model.key}` (it embeds only those {missing}, then switches back)"
             )
         spaces.activate(conn, coll.id, prev.id, coll.space_id)
@@ -271,7 +292,7 @@ def prune(rt: Runtime, collection: str, *, dry_run: bool = False) -> list[spaces
     coll = rt.collection(collection)
     with _migration_lock(rt, coll), rt.db.connection() as conn, \
             translated(f"pruning {coll.name!r}"):
-        spaces.lock_collection(conn, coll.id, exclusive=True)
+        spaces.lock_collection(conn, coll.id)
         retired = [s for s in spaces.list_spaces(conn, coll.id) if s.status == "retired"]
         if not dry_run:
             for sp in retired:
@@ -290,7 +311,7 @@ def cancel(rt: Runtime, collection: str) -> list[tuple[spaces.Space, str]]:
     done: list[tuple[spaces.Space, str]] = []
     with _migration_lock(rt, coll), rt.db.connection() as conn, \
             translated(f"cancelling the migration of {coll.name!r}"):
-        spaces.lock_collection(conn, coll.id, exclusive=True)
+        spaces.lock_collection(conn, coll.id)
         for sp in spaces.building_spaces(conn, coll.id):
             if sp.activated_at is not None:
                 spaces.ensure_index(conn, sp.table, sp.model.distance)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ragstore.db import repository
 from ragstore.db.errors import translated
+from ragstore.db.models import spec_from_row, upsert_model
 from ragstore.embedding.http import DEFAULT_API_KEY_ENV, HttpEmbedder
 from ragstore.embedding.local import SentenceTransformerEmbedder, weights_checksum
 from ragstore.embedding.registry import (
@@ -69,7 +69,7 @@ _SELECT = ("SELECT m.id, m.provider, m.name, m.revision, m.dimension, m.distance
 
 
 def _pinned(row: Any) -> PinnedModel:
-    return PinnedModel(int(row[0]), repository._spec_from_row(row[1:10]),
+    return PinnedModel(int(row[0]), spec_from_row(row[1:10]),
                        row[10].isoformat(), list(row[11]))
 
 
@@ -100,7 +100,7 @@ def find_model(rt: Runtime, ref: str, *, pin_builtin: bool = True) -> PinnedMode
             return _pinned(rows[0])
         builtin = builtin_specs().get(name)
         if pin_builtin and builtin is not None and revision in ("", builtin.revision):
-            repository.upsert_model(conn, resolve_spec(name))
+            upsert_model(conn, resolve_spec(name))
             row = conn.execute(_SELECT + " WHERE m.name = %s AND m.revision = %s",
                                (name, builtin.revision)).fetchone()
             assert row is not None
@@ -127,7 +127,7 @@ def _insert(rt: Runtime, spec: ModelSpec) -> PinnedModel:
                     "--revision"
                 )
             return old
-        repository.upsert_model(conn, spec)
+        upsert_model(conn, spec)
         row = conn.execute(_SELECT + " WHERE m.name = %s AND m.revision = %s",
                            (spec.name, spec.revision)).fetchone()
         assert row is not None

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from ragstore.chunking import chunk_document
-from ragstore.db import repository
+from ragstore.db import documents, repository
 from ragstore.db.errors import translated
 from ragstore.embedding.registry import resolve_spec
 from ragstore.errors import CollectionNotFoundError, InputError, PathNotFoundError
-from ragstore.models import Block, ChunkType, ParsedDocument
+from ragstore.models import Block, Chunk, ChunkType, ParsedDocument
 from ragstore.runtime import Runtime
 from ragstore.search.service import MODES, Mode, SearchParams, run
 
@@ -125,13 +125,13 @@ def ingest_records(rt: Runtime, collection: str, records: Sequence[tuple[str, st
     coll = _eval_collection(rt, collection)
     embedder = rt.embedder_for(coll)
     with rt.db.connection() as conn, translated("reading stored documents"):
-        known = repository.document_hashes(conn, coll.id, [r[0] for r in records])
+        known = documents.document_hashes(conn, coll.id, [r[0] for r in records])
     todo = [r for r in records
             if known.get(r[0], (0, ""))[1] != _record_hash(r[1], r[2])]
     done = 0
     for i in range(0, len(todo), batch_docs):
         batch = todo[i:i + batch_docs]
-        docs = []
+        docs: list[tuple[documents.DocumentRecord, list[Chunk]]] = []
         for doc_id, title, text in batch:
             body = f"{title}\n{text}".strip() if title else text.strip()
             if not body:
@@ -139,20 +139,21 @@ def ingest_records(rt: Runtime, collection: str, records: Sequence[tuple[str, st
             parsed = ParsedDocument("text", title or None,
                                     [Block(ChunkType.PARAGRAPH, body, 0, len(body))])
             chunks = chunk_document(parsed, embedder, coll.model.max_tokens)
-            record = repository.DocumentRecord(doc_id, title or None, "text",
-                                               _record_hash(title, text), len(body.encode()),
-                                               {"beir_id": doc_id})
-            docs.append((record, chunks, known.get(doc_id, (None, ""))[0]))
-        texts = [c.embed_text for _, chunks, _ in docs for c in chunks if c.embeddable]
-        vectors = embedder.embed(texts)
+            record = documents.DocumentRecord(doc_id, title or None, "text",
+                                              _record_hash(title, text), len(body.encode()),
+                                              {"beir_id": doc_id})
+            docs.append((record, chunks))
+        texts = [c.embed_text for _, chunks in docs for c in chunks if c.embeddable]
+        vectors = np.asarray(embedder.embed(texts))
+        writes = []
         offset = 0
-        for record, chunks, replace_id in docs:
+        for record, chunks in docs:
             n = sum(1 for c in chunks if c.embeddable)
-            with rt.db.connection() as conn, translated(f"storing {record.source}"):
-                repository.write_document(conn, coll, record, chunks,
-                                          np.asarray(vectors[offset:offset + n]),
-                                          replace_id=replace_id)
+            writes.append(documents.DocumentWrite(record, chunks, vectors[offset:offset + n]))
             offset += n
+        # one transaction per batch, through the shared write path (same as ingest)
+        with rt.db.connection() as conn, translated(f"storing {len(writes)} records"):
+            documents.write_documents(conn, coll, writes)
         done += len(batch)
         if progress:
             progress(done, len(todo))

@@ -13,13 +13,16 @@ nothing to return, the best-known pgvector pitfall.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from weakref import WeakKeyDictionary
 
+import numpy as np
+import numpy.typing as npt
 from psycopg import sql
 
+from ragstore.db import spaces
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.db.repository import Collection
@@ -35,7 +38,7 @@ Mode = Literal["vector", "fulltext", "hybrid"]
 MODES: tuple[Mode, ...] = ("vector", "fulltext", "hybrid")
 MIN_CANDIDATES = 100  # depth of each list fused in hybrid mode (at least k)
 
-_OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
+VECTOR_ONLY_PROVIDER = "imported"  # pins of models ragstore holds vectors of but cannot run
 _iterative: WeakKeyDictionary[Database, bool] = WeakKeyDictionary()
 
 
@@ -93,23 +96,30 @@ def _supports_iterative_scan(rt: Runtime) -> bool:
     return _iterative[db]
 
 
-def search(rt: Runtime, query: str, *, collection: str | None = None, k: int | None = None,
-           mode: Mode = "hybrid", where: Mapping[str, Any] | None = None,
+def search(rt: Runtime, query: str | None, *, collection: str | None = None,
+           k: int | None = None, mode: Mode = "hybrid", where: Mapping[str, Any] | None = None,
            ef_search: int | None = None, explain: bool = False,
            fusion: FusionParams | None = None, candidates: int | None = None,
-           k1: float | None = None, b: float | None = None) -> list[Hit]:
-    """The best ``k`` chunks for ``query`` in a collection, by ``mode``."""
+           k1: float | None = None, b: float | None = None,
+           vector: Sequence[float] | None = None) -> list[Hit]:
+    """The best ``k`` chunks for ``query`` in a collection, by ``mode``.
+
+    ``vector`` stands in for the query's embedding: the vector list ranks by it and the
+    model is never loaded, which is how a collection of imported vectors (a model ragstore
+    cannot run) is searched. With a vector and no text only ``mode="vector"`` makes sense.
+    """
     params = SearchParams(k=k or rt.settings.search_k, mode=mode, where=where,
                           ef_search=ef_search, candidates=candidates,
                           fusion=fusion or FusionParams(), k1=k1, b=b, explain=explain)
-    return run(rt, query, collection or rt.settings.collection, params)
+    return run(rt, query or "", collection or rt.settings.collection, params, vector=vector)
 
 
-def run(rt: Runtime, query: str, collection: str, p: SearchParams) -> list[Hit]:
+def run(rt: Runtime, query: str, collection: str, p: SearchParams,
+        vector: Sequence[float] | None = None) -> list[Hit]:
     """:func:`search` with its parameters gathered (used by eval to reuse one object)."""
     t0 = time.perf_counter()
     try:
-        hits = _run(rt, query, collection, p)
+        hits = _run(rt, query, collection, p, vector)
     except Exception:
         metrics.observe_search(p.mode, time.perf_counter() - t0, None)
         raise
@@ -117,8 +127,33 @@ def run(rt: Runtime, query: str, collection: str, p: SearchParams) -> list[Hit]:
     return hits
 
 
-def _run(rt: Runtime, query: str, collection: str, p: SearchParams) -> list[Hit]:
-    if not query.strip():
+def _query_vector(rt: Runtime, coll: Collection, query: str,
+                  vector: Sequence[float] | None) -> npt.NDArray[np.float32]:
+    """The vector the vector list ranks by: the given one (checked) or the query's."""
+    if vector is not None:
+        arr = np.asarray(vector, dtype=np.float32)
+        if arr.ndim != 1 or arr.shape[0] != coll.model.dimension:
+            got = arr.shape[0] if arr.ndim == 1 else f"an array of shape {arr.shape}"
+            raise InputError(
+                f"collection {coll.name!r} holds {coll.model.dimension}-dimensional vectors "
+                f"({coll.model.key}), got {got}; give a vector of that model")
+        if not np.isfinite(arr).all():
+            raise InputError("the query vector holds NaN or infinite values")
+        return arr
+    if coll.model.provider == VECTOR_ONLY_PROVIDER:
+        raise InputError(
+            f"collection {coll.name!r} holds vectors of {coll.model.key}, a model ragstore "
+            "cannot run, so text cannot be embedded for it; search it with a vector "
+            "(`vector=` / --vector) or with mode fulltext")
+    return rt.embedder_for(coll).embed_query(query)
+
+
+def _run(rt: Runtime, query: str, collection: str, p: SearchParams,
+         vector: Sequence[float] | None = None) -> list[Hit]:
+    if not query.strip() and (vector is None or p.mode != "vector"):
+        if vector is not None:
+            raise InputError(f"a search by vector alone needs mode 'vector', not {p.mode!r}; "
+                             "give query text too for full-text or hybrid search")
         raise InputError("the query is empty; give the words to search for")
     compiled = compile_filter(p.where)
     coll = rt.collection(collection)
@@ -130,7 +165,7 @@ def _run(rt: Runtime, query: str, collection: str, p: SearchParams) -> list[Hit]
     ranked: list[tuple[str, str]] = []
 
     if p.mode in ("vector", "hybrid"):
-        values["q"] = rt.embedder_for(coll).embed_query(query)
+        values["q"] = _query_vector(rt, coll, query, vector)
         ctes.append(sql.SQL("vec AS MATERIALIZED ({})").format(
             _vector_sql(coll, compiled.condition, filtered)))
         ctes.append(sql.SQL("vec_ranked AS (SELECT chunk_id, raw, row_number() OVER"
@@ -198,7 +233,7 @@ def _similarity_sql(metric: str) -> sql.Composable:
 
 def _vector_sql(coll: Collection, condition: sql.Composable, filtered: bool) -> sql.Composable:
     """The ``%(n)s`` nearest embeddings; joined to chunks and documents only to filter."""
-    op = sql.SQL(_OPERATORS[coll.model.distance])
+    op = sql.SQL(spaces.OPERATORS[coll.model.distance])
     if not filtered:
         return sql.SQL(
             "SELECT e.chunk_id, e.embedding {op} %(q)s AS raw FROM {t} e"
@@ -228,6 +263,14 @@ def _hit(r: tuple[Any, ...], coll: Collection, p: SearchParams) -> Hit:
     return Hit(chunk_id=int(r[0]), document_id=int(r[1]), source=r[2], title=r[3], text=r[4],
                chunk_type=r[5], section_path=list(r[6]), ordinal=int(r[7]), page=r[8],
                metadata=dict(r[9]), score=float(r[10]), explain=explain)
+
+
+def resolve_mode(mode: str | None, query: str | None, vector: object | None) -> Mode:
+    """The mode a request asked for, or its default: ``vector`` for a vector with no text,
+    ``hybrid`` otherwise."""
+    if mode is None:
+        return "vector" if vector is not None and not (query or "").strip() else "hybrid"
+    return parse_mode(mode)
 
 
 def parse_mode(text: str) -> Mode:

@@ -10,7 +10,7 @@ from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import CollectionCreate, CollectionPublic, CollectionsPublic
 from ragstore.db import repository
 from ragstore.db.errors import translated
-from ragstore.embedding.registry import resolve_spec
+from ragstore.store import Store
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=responses())
 
@@ -20,10 +20,9 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=res
              responses=responses(409, 404))
 def create_collection(body: CollectionCreate, rt: Rt, caller: WriteAccess) -> CollectionPublic:
     caller.require("write", body.name)
-    spec = resolve_spec(body.model or rt.settings.model)
-    with rt.db.connection() as conn, translated(f"creating collection {body.name!r}"):
-        coll = repository.create_collection(conn, body.name, spec, body.settings)
-        return CollectionPublic(**catalog.collection_detail(conn, coll))
+    return CollectionPublic(**Store.from_runtime(rt).create_collection(
+        body.name, model=body.model, settings=body.settings, dimension=body.dimension,
+        distance=body.distance))
 
 
 @router.get("", response_model=CollectionsPublic, summary="List collections")

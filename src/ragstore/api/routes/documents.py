@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from fastapi.encoders import jsonable_encoder
@@ -25,13 +25,12 @@ from ragstore.api.deps import (
     decode_cursor,
     encode_cursor,
 )
-from ragstore.api.errors import error_class_for_code
 from ragstore.api.errors_doc import responses
 from ragstore.api.routes.jobs import job_public
 from ragstore.api.schemas import DocumentCreate, DocumentPublic, DocumentsPublic, JobPublic
 from ragstore.db.errors import translated
 from ragstore.errors import FileTooLargeError, InputError, InvalidFilterError
-from ragstore.ingest import FileOutcome, ingest_paths
+from ragstore.ingest.documents import NewDocument, add_documents
 from ragstore.jobs import JobFile, staging, submit_ingest
 from ragstore.runtime import Runtime
 from ragstore.validation import check_value
@@ -52,34 +51,16 @@ def _public(rt: Runtime, collection: str, doc: dict[str, Any],
                           status=outcome, **doc)  # type: ignore[arg-type]
 
 
-def _ingest_now(rt: Runtime, collection: str, files: list[JobFile]) -> list[DocumentPublic]:
-    """Ingest during the request: one ingest call per metadata (so the model encodes the
-    upload's chunks in shared batches); the first failure is raised after the rest are in."""
-    coll = rt.collection(collection)
-    paths = [staging.stage(rt.settings, collection, f.name, f.content) for f in files]
-    outcomes: dict[str, FileOutcome] = {}
-    groups: dict[str, list[int]] = {}
-    for i, f in enumerate(files):
-        groups.setdefault(json.dumps(f.metadata, sort_keys=True), []).append(i)
-    for meta, members in groups.items():
-        report = ingest_paths(rt, [paths[i] for i in members], collection=collection,
-                              metadata=json.loads(meta))
-        outcomes.update({o.source: o for o in report.outcomes})
-    out = []
-    for f, path in zip(files, paths, strict=True):
-        outcome = outcomes[str(path.resolve())]
-        if outcome.status == "failed":
-            cls = error_class_for_code(outcome.code or "")
-            raise cls(f"{f.name}: {_strip_path(outcome.error or 'ingest failed', path)}")
-        with rt.db.connection() as conn, translated(f"reading document {f.name!r}"):
-            doc = catalog.document_by_source(conn, coll.id, outcome.source)
-        out.append(_public(rt, collection, doc, outcome.status))
-    return out
-
-
-def _strip_path(message: str, path: Path) -> str:
-    """Ingest messages name the staged path; the client knows the document by its name."""
-    return message.replace(f"{path.resolve()}: ", "").replace(str(path.resolve()), "")
+def _ingest_now(rt: Runtime, collection: str, docs: list[NewDocument]) -> list[DocumentPublic]:
+    """Ingest during the request (the upload's chunks share encode batches); the first
+    failure is raised after the rest are in. Answers are built from the rows this
+    request's own transactions wrote."""
+    outcomes = add_documents(rt, collection, docs)
+    for o in outcomes:
+        if o.error is not None:
+            raise o.error
+    return [_public(rt, collection, o.document, o.status) for o in outcomes
+            if o.document is not None]
 
 
 def _accept(state: State, collection: str, files: list[JobFile]) -> JSONResponse:
@@ -95,23 +76,59 @@ def add_document(name: CollectionName, body: DocumentCreate, state: State, calle
     caller.require("write", name)
     rt = state.runtime
     staging.safe_name(body.name)
-    rt.collection(name)
-    file = JobFile(body.name, body.text.encode("utf-8"), body.metadata)
-    if body.background or len(file.content) > rt.settings.background_ingest_bytes:
-        return _accept(state, name, [file])
-    return _ingest_now(rt, name, [file])[0]
+    rt.collection(name, create=True)  # as `ragstore ingest` does
+    content = body.text.encode("utf-8")
+    if body.background or len(content) > rt.settings.background_ingest_bytes:
+        return _accept(state, name, [JobFile(body.name, content, body.metadata)])
+    with staging.staging_area(rt.settings) as area:
+        doc = NewDocument(body.name, area.write(content), body.metadata)
+        return _ingest_now(rt, name, [doc])[0]
+
+
+def _save(src: BinaryIO, dest: Path, limit: int, name: str) -> int:
+    """Copy an upload to its staging file a block at a time; 413 past ``limit`` bytes."""
+    size = 0
+    with dest.open("wb") as out:
+        while block := src.read(1 << 20):
+            size += len(block)
+            if size > limit:
+                raise FileTooLargeError(
+                    f"{name}: over the per-file limit of {limit} bytes "
+                    "(RAGSTORE_MAX_FILE_BYTES)")
+            out.write(block)
+    return size
+
+
+def _upload(state: State, name: str, files: list[UploadFile], meta: dict[str, Any],
+            background: bool) -> DocumentsPublic | JSONResponse:
+    """Stream each file to a private staging file, then ingest now or queue a job."""
+    rt = state.runtime
+    rt.collection(name, create=True)  # as `ragstore ingest` does
+    with staging.staging_area(rt.settings) as area:
+        docs: list[NewDocument] = []
+        total = 0
+        for upload in files:
+            fname = upload.filename or ""
+            staging.safe_name(fname)
+            path = area.new_file()
+            total += _save(upload.file, path, rt.settings.max_file_bytes, fname)
+            docs.append(NewDocument(fname, path, meta))
+        if background or total > rt.settings.background_ingest_bytes:
+            return _accept(state, name, [JobFile(d.name, d.staged.read_bytes(), meta)
+                                         for d in docs])
+        out = _ingest_now(rt, name, docs)
+    return DocumentsPublic(data=out, count=len(out), next_cursor=None)
 
 
 @router.post("/upload", status_code=status.HTTP_201_CREATED, response_model=DocumentsPublic,
              summary="Upload files (multipart)", responses=_ADD_RESPONSES)
-async def upload_documents(
+def upload_documents(
     name: CollectionName, state: State, caller: WriteAccess,
     files: Annotated[list[UploadFile], File(description="One or more documents.")],
     metadata: Annotated[str, Form(description="JSON object added to every document.")] = "{}",
     background: Annotated[bool, Form()] = False,
 ) -> DocumentsPublic | JSONResponse:
     caller.require("write", name)
-    rt = state.runtime
     try:
         meta = json.loads(metadata)
     except json.JSONDecodeError as exc:
@@ -121,24 +138,7 @@ async def upload_documents(
     check_value(meta, "metadata")
     if not files:
         raise InputError("no files in the upload; send them as multipart field 'files'")
-    batch: list[JobFile] = []
-    for upload in files:
-        fname = upload.filename or ""
-        staging.safe_name(fname)
-        content = await upload.read()
-        if len(content) > rt.settings.max_file_bytes:
-            raise FileTooLargeError(
-                f"{fname}: {len(content)} bytes is over the per-file limit of "
-                f"{rt.settings.max_file_bytes} bytes (RAGSTORE_MAX_FILE_BYTES)")
-        batch.append(JobFile(fname, content, meta))
-    from starlette.concurrency import run_in_threadpool
-
-    await run_in_threadpool(rt.collection, name)
-    total = sum(len(f.content) for f in batch)
-    if background or total > rt.settings.background_ingest_bytes:
-        return await run_in_threadpool(_accept, state, name, batch)
-    docs = await run_in_threadpool(_ingest_now, rt, name, batch)
-    return DocumentsPublic(data=docs, count=len(docs), next_cursor=None)
+    return _upload(state, name, files, meta, background)
 
 
 @router.get("", response_model=DocumentsPublic, summary="List documents, a page at a time")

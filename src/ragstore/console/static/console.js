@@ -526,7 +526,9 @@
       $("migrate-start").disabled = true;
       polling = setInterval(() => { loadSpaces().catch(() => undefined); }, 500);
       try {
-        const r = await api("POST", "/v1/collections/" + enc(name) + "/model/migrate", { to: to });
+        const pending = api("POST", "/v1/collections/" + enc(name) + "/model/migrate", { to: to });
+        loadSpaces().catch(() => undefined);  // first look at once, then every 500 ms
+        const r = await pending;
         $("migrate-status").textContent = r.switched
           ? "Switched " + name + " to " + r.target + ": " + r.embedded + " chunks embedded in " +
             r.seconds.toFixed(1) + " s, sample self-recall " + r.sample_self_recall.toFixed(2) + "."

@@ -1,0 +1,192 @@
+"""Web console latency: how long each /ui page takes to answer on a 10k-chunk collection.
+
+A page of the console is its HTML shell plus the JSON requests its script makes on load
+(the key check, the collection's statistics, a page of documents, a document's chunks, the
+models...). Each round loads every page the way the script does: the shell, then each of
+its API requests one after another (a browser runs some in parallel, so the sum is an
+upper bound), and the page's time is that sum. The search page is timed with one search
+(hybrid, explain, section context), its main action.
+
+Everything runs on loopback: a ``ragstore serve`` subprocess (auth on, with a key) on a
+fresh embedded database in a temporary data dir; the collection is built through the
+upload API from generated markdown (sections of short paragraphs), so the chunk count is
+exact and no data set is needed.
+
+    python -m bench.console_bench --chunks 10000 --rounds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+TARGET_MS = 200.0
+WORDS = ("backup", "restore", "rollback", "index", "vector", "search", "chunk", "model",
+         "migration", "replica", "upload", "document", "section", "heading", "query", "filter",
+         "latency", "cache", "worker", "job", "key", "scope", "token", "embedding", "schema",
+         "table", "postgres", "shard", "ingest", "parse", "fusion", "rank")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _document(n: int, sections: int) -> str:
+    """A markdown document of ``1 + sections * 3`` chunks: title, then per section a
+    heading and two short paragraphs."""
+    parts = [f"# Handbook {n}\n"]
+    for s in range(sections):
+        w = [WORDS[(n * 7 + s * 3 + i) % len(WORDS)] for i in range(12)]
+        parts.append(f"\n## Section {s}: {w[0]} and {w[1]}\n\n"
+                     f"How to {' '.join(w[2:7])} in handbook {n}.\n\n"
+                     f"Then {' '.join(w[7:12])} before section {s + 1}.\n")
+    return "".join(parts)
+
+
+def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", "from ragstore.cli import main; main()",
+                                 "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"the server did not start; see {log}")
+
+
+def _key(env: dict[str, str]) -> str:
+    out = subprocess.run([sys.executable, "-c", "from ragstore.cli import main; main()",
+                          "keys", "create", "--scope", "admin", "--name", "bench"],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return next(w for w in out.split() if w.startswith("rsk_"))
+
+
+def _build(c: httpx.Client, chunks: int, batch: int) -> tuple[int, int]:
+    """Collection ``big`` with exactly ``chunks`` chunks; (documents, chunks) stored."""
+    sections = 33  # 100 chunks a document
+    per_doc = 1 + sections * 3
+    docs = chunks // per_doc
+    assert c.post("/v1/collections", json={"name": "big"}).status_code == 201
+    files = [(f"h{n:05d}.md", _document(n, sections)) for n in range(docs)]
+    rest = chunks - docs * per_doc
+    if rest:  # a last, shorter document: title + whole sections (+ one lone title chunk)
+        files.append((f"h{docs:05d}.md", _document(docs, (rest - 1) // 3)))
+    stored = 0
+    for i in range(0, len(files), batch):
+        part = [("files", (name, text.encode())) for name, text in files[i:i + batch]]
+        r = c.post("/v1/collections/big/documents/upload", files=part)
+        r.raise_for_status()
+        stored += sum(d["chunks"] for d in r.json()["data"])
+    return len(files), stored
+
+
+Step = Callable[[httpx.Client], httpx.Response]
+
+
+def _pages(c: httpx.Client) -> dict[str, list[tuple[str, Step]]]:
+    docs = c.get("/v1/collections/big/documents", params={"limit": 1}).json()["data"]
+    doc = docs[0]["id"]
+    search = {"query": "how to restore a backup after a rollback", "mode": "hybrid",
+              "k": 10, "explain": True, "context": "section"}
+
+    def get(path: str) -> tuple[str, Step]:
+        return path, lambda cl: cl.get(path)
+
+    me = get("/v1/me")
+    return {
+        "collections": [get("/ui/collections"), me, get("/v1/collections"),
+                        get("/v1/collections/big/stats")],
+        "collection": [get("/ui/collections/big"), me, get("/v1/collections/big/stats"),
+                       get("/v1/jobs?limit=20&collection=big"),
+                       get("/v1/collections/big/documents?limit=50")],
+        "document": [get(f"/ui/collections/big/documents/{doc}"), me,
+                     get(f"/v1/collections/big/documents/{doc}"),
+                     get(f"/v1/collections/big/documents/{doc}/chunks?limit=500")],
+        "search": [get("/ui/collections/big/search"), me,
+                   ("POST search", lambda cl: cl.post("/v1/collections/big/search",
+                                                       json=search))],
+        "models": [get("/ui/models"), me, get("/v1/models"), get("/v1/collections"),
+                   get("/v1/collections/big/stats")],
+    }
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, round(0.95 * len(ordered)) - 1)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--chunks", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=10, help="Files per upload request.")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="console-bench-") as tmp:
+        root = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
+        env.update({"RAGSTORE_DATA_DIR": str(root / "data"), "RAGSTORE_AUTH": "on",
+                    "RAGSTORE_BACKGROUND_INGEST_BYTES": str(1 << 30),
+                    "RAGSTORE_LOG_LEVEL": "warning", "RAGSTORE_RATE_LIMIT_PER_MINUTE": "100000"})
+        port = _free_port()
+        server = _serve(env, port, root / "serve.log")
+        try:
+            key = _key(env)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600,
+                              headers={"Authorization": f"Bearer {key}"}) as c:
+                t0 = time.perf_counter()
+                docs, chunks = _build(c, args.chunks, args.batch)
+                print(f"built: {docs} documents, {chunks} chunks in "
+                      f"{time.perf_counter() - t0:.0f} s")
+                pages = _pages(c)
+                for steps in pages.values():  # warm: first request of each route
+                    for _, step in steps:
+                        step(c).raise_for_status()
+                times: dict[str, list[float]] = {name: [] for name in pages}
+                slowest: dict[str, dict[str, float]] = {name: {} for name in pages}
+                for _ in range(args.rounds):
+                    for name, steps in pages.items():
+                        total = 0.0
+                        for label, step in steps:
+                            t = time.perf_counter()
+                            step(c).raise_for_status()
+                            ms = (time.perf_counter() - t) * 1000
+                            total += ms
+                            slowest[name][label] = max(slowest[name].get(label, 0.0), ms)
+                        times[name].append(total)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    print(f"\n{args.rounds} rounds on {chunks} chunks; page = shell + its API requests, "
+          "sequential (ms)")
+    print(f"{'page':<12} {'requests':>8} {'p50':>8} {'p95':>8} {'max':>8}  slowest request")
+    worst = 0.0
+    for name, values in times.items():
+        p95 = _p95(values)
+        worst = max(worst, p95)
+        label, ms = max(slowest[name].items(), key=lambda kv: kv[1])
+        print(f"{name:<12} {len(pages[name]):>8} {statistics.median(values):>8.1f} "
+              f"{p95:>8.1f} {max(values):>8.1f}  {label} (max {ms:.1f})")
+    verdict = "meets" if worst <= TARGET_MS else "MISSES"
+    print(f"\nworst page p95 {worst:.1f} ms: {verdict} the {TARGET_MS:.0f} ms target")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Request building shared by :class:`ragstore.Client` and :class:`ragstore.AsyncClient`.
+
+Each verb is a function returning a :class:`Call`: the method, path, parameters and body,
+and how to read the answer. The two clients only send calls (one blocking, one with
+``await``), so their verbs, names and options cannot drift apart; the in-process
+:class:`ragstore.Store` has the same verbs. Error answers (problem+json) become the
+:class:`~ragstore.errors.RagstoreError` subclass named by their ``code``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar, cast
+
+import httpx
+
+from ragstore.errors import RagstoreError, all_error_classes
+
+T = TypeVar("T")
+Upload = Path | str | tuple[str, bytes]
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One HTTP request and how its (successful) answer becomes the verb's result."""
+
+    method: str
+    path: str
+    read: Callable[[httpx.Response], T]
+    params: dict[str, Any] | None = None
+    json: Any = None
+    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    data: dict[str, str] | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in ("params", "json", "files", "data"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+
+def _body(r: httpx.Response) -> dict[str, Any]:
+    return cast(dict[str, Any], r.json())
+
+
+def _data(r: httpx.Response) -> list[dict[str, Any]]:
+    return cast(list[dict[str, Any]], r.json()["data"])
+
+
+def _none(_: httpx.Response) -> None:
+    return None
+
+
+def error_from_problem(status: int, body: Mapping[str, Any]) -> RagstoreError:
+    """The exception a problem+json body stands for."""
+    code = str(body.get("code") or "internal_error")
+    detail = str(body.get("detail") or body.get("title") or f"HTTP {status}")
+    cls = next((c for c in all_error_classes() if c.code == code), RagstoreError)
+    exc = cls(detail)
+    exc.status = status  # type: ignore[attr-defined]
+    exc.request_id = body.get("request_id")  # type: ignore[attr-defined]
+    exc.problem = dict(body)  # type: ignore[attr-defined]
+    if code == "rate_limited" and "retry_after" not in vars(exc):
+        exc.retry_after = 1.0  # type: ignore[attr-defined]
+    return exc
+
+
+def raise_for_problem(response: httpx.Response) -> None:
+    """Raise the RagstoreError an error answer stands for; do nothing on success."""
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"detail": response.text[:500] or response.reason_phrase}
+    if not isinstance(body, dict):
+        body = {"detail": str(body)[:500]}
+    raise error_from_problem(response.status_code, body)
+
+
+# --- health ------------------------------------------------------------------------------
+
+def health() -> Call[dict[str, Any]]:
+    return Call("GET", "/healthz", _body)
+
+
+def ready() -> Call[dict[str, Any]]:
+    return Call("GET", "/readyz", _body)
+
+
+# --- collections -------------------------------------------------------------------------
+
+def create_collection(name: str, *, model: str | None = None,
+                      settings: Mapping[str, Any] | None = None,
+                      dimension: int | None = None,
+                      distance: str | None = None) -> Call[dict[str, Any]]:
+    body: dict[str, Any] = {"name": name, "settings": dict(settings or {})}
+    for key, value in (("model", model), ("dimension", dimension), ("distance", distance)):
+        if value is not None:
+            body[key] = value
+    return Call("POST", "/v1/collections", _body, json=body)
+
+
+def list_collections() -> Call[list[dict[str, Any]]]:
+    return Call("GET", "/v1/collections", _data)
+
+
+def get_collection(name: str) -> Call[dict[str, Any]]:
+    return Call("GET", f"/v1/collections/{name}", _body)
+
+
+def delete_collection(name: str) -> Call[None]:
+    return Call("DELETE", f"/v1/collections/{name}", _none)
+
+
+# --- texts -------------------------------------------------------------------------------
+
+def add_texts(collection: str, texts: Sequence[str],
+              metadatas: Sequence[Mapping[str, Any]] | None = None,
+              ids: Sequence[str] | None = None, *,
+              vectors: Sequence[Sequence[float]] | None = None) -> Call[dict[str, Any]]:
+    body: dict[str, Any] = {"texts": list(texts)}
+    if metadatas is not None:
+        body["metadatas"] = [dict(m) for m in metadatas]
+    if ids is not None:
+        body["ids"] = list(ids)
+    if vectors is not None:
+        body["vectors"] = [[float(x) for x in v] for v in vectors]
+    return Call("POST", f"/v1/collections/{collection}/texts", _body, json=body)
+
+
+def get_texts(collection: str, ids: Sequence[str]) -> Call[list[dict[str, Any]]]:
+    return Call("POST", f"/v1/collections/{collection}/texts/get", _data,
+                json={"ids": list(ids)})
+
+
+def delete_texts(collection: str, ids: Sequence[str]) -> Call[int]:
+    return Call("POST", f"/v1/collections/{collection}/texts/delete",
+                lambda r: int(r.json()["deleted"]), json={"ids": list(ids)})
+
+
+# --- documents ---------------------------------------------------------------------------
+
+def add_document(collection: str, name: str, text: str, *,
+                 metadata: Mapping[str, Any] | None = None,
+                 background: bool = False) -> Call[dict[str, Any]]:
+    body = {"name": name, "text": text, "metadata": dict(metadata or {}),
+            "background": background}
+    return Call("POST", f"/v1/collections/{collection}/documents", _body, json=body)
+
+
+def upload(collection: str, files: Sequence[Upload], *,
+           metadata: Mapping[str, Any] | None = None,
+           background: bool = False) -> Call[dict[str, Any]]:
+    parts = []
+    for f in files:
+        if isinstance(f, tuple):
+            name, content = f
+        else:
+            path = Path(f)
+            name, content = path.name, path.read_bytes()
+        parts.append(("files", (name, content, "application/octet-stream")))
+    data = {"metadata": json.dumps(dict(metadata or {})),
+            "background": "true" if background else "false"}
+    return Call("POST", f"/v1/collections/{collection}/documents/upload", _body,
+                files=parts, data=data)
+
+
+def ingest(collection: str, paths: Sequence[str | Path], *,
+           metadata: Mapping[str, Any] | None = None) -> Call[dict[str, Any]]:
+    """Files, and the files under folders, uploaded and ingested during the request."""
+    files: list[Upload] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += [(str(f.relative_to(p)), f.read_bytes())
+                      for f in sorted(p.rglob("*")) if f.is_file()]
+        else:
+            files.append(p)
+    return upload(collection, files, metadata=metadata)
+
+
+def list_documents(collection: str, *, cursor: str | None = None, limit: int = 50,
+                   format: str | None = None, source_prefix: str | None = None,
+                   metadata: Mapping[str, Any] | None = None) -> Call[dict[str, Any]]:
+    params: dict[str, Any] = {"limit": limit}
+    if cursor:
+        params["cursor"] = cursor
+    if format:
+        params["format"] = format
+    if source_prefix:
+        params["source_prefix"] = source_prefix
+    if metadata is not None:
+        params["metadata"] = json.dumps(dict(metadata))
+    return Call("GET", f"/v1/collections/{collection}/documents", _body, params=params)
+
+
+def get_document(collection: str, document_id: int) -> Call[dict[str, Any]]:
+    return Call("GET", f"/v1/collections/{collection}/documents/{document_id}", _body)
+
+
+def delete_document(collection: str, document_id: int) -> Call[None]:
+    return Call("DELETE", f"/v1/collections/{collection}/documents/{document_id}", _none)
+
+
+# --- search ------------------------------------------------------------------------------
+
+def search(collection: str, query: str | None = None, *,
+           vector: Sequence[float] | None = None, k: int = 10, mode: str | None = None,
+           where: Mapping[str, Any] | None = None, context: int | str | None = None,
+           explain: bool = False, ef_search: int | None = None, rrf_k: float | None = None,
+           vector_weight: float | None = None,
+           fulltext_weight: float | None = None) -> Call[dict[str, Any]]:
+    body: dict[str, Any] = {"k": k, "explain": explain}
+    options: dict[str, Any] = {
+        "query": query, "vector": None if vector is None else [float(x) for x in vector],
+        "mode": mode, "where": dict(where) if where is not None else None,
+        "context": context, "ef_search": ef_search, "rrf_k": rrf_k,
+        "vector_weight": vector_weight, "fulltext_weight": fulltext_weight}
+    body.update({key: value for key, value in options.items() if value is not None})
+    return Call("POST", f"/v1/collections/{collection}/search", _body, json=body)
+
+
+# --- models ------------------------------------------------------------------------------
+
+def list_models() -> Call[list[dict[str, Any]]]:
+    return Call("GET", "/v1/models", _data)
+
+
+def model_status(collection: str) -> Call[dict[str, Any]]:
+    return Call("GET", f"/v1/collections/{collection}/model", _body)
+
+
+def migrate_model(collection: str, to: str, *, batch_size: int = 256, switch: bool = True,
+                  sample_queries: int = 8) -> Call[dict[str, Any]]:
+    body = {"to": to, "batch_size": batch_size, "switch": switch,
+            "sample_queries": sample_queries}
+    return Call("POST", f"/v1/collections/{collection}/model/migrate", _body, json=body)
+
+
+def rollback_model(collection: str) -> Call[dict[str, Any]]:
+    return Call("POST", f"/v1/collections/{collection}/model/rollback", _body)
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+def get_job(job_id: int) -> Call[dict[str, Any]]:
+    return Call("GET", f"/v1/jobs/{job_id}", _body)
+
+
+def list_jobs(*, cursor: str | None = None, limit: int = 50, status: str | None = None,
+              collection: str | None = None) -> Call[dict[str, Any]]:
+    params: dict[str, Any] = {"limit": limit}
+    for key, value in (("cursor", cursor), ("status", status), ("collection", collection)):
+        if value:
+            params[key] = value
+    return Call("GET", "/v1/jobs", _body, params=params)

@@ -1,0 +1,177 @@
+"""``ragstore collections``: list, create, show and delete collections.
+
+The same verbs as ``/v1/collections``; with ``RAGSTORE_URL`` set they go to that server.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+from ragstore.cli.output import confirm, console, echo_json, err_console, escape, print_table
+
+app = typer.Typer(help="Collections: list, create, show, delete.", no_args_is_help=True)
+
+
+def _row(c: dict[str, Any]) -> list[str]:
+    return [c["name"], c["model"], str(c["dimension"]), c["distance"], str(c["documents"]),
+            str(c["chunks"]), str(c["created_at"])[:19]]
+
+
+def _print_detail(c: dict[str, Any]) -> None:
+    out = console()
+    for key, value in c.items():
+        shown = json.dumps(value, default=str) if isinstance(value, dict | list) else value
+        out.print(f"[bold]{key:>10}[/]  {escape(str(shown))}")
+
+
+def _local_list() -> list[dict[str, Any]]:
+    from ragstore.api import catalog
+    from ragstore.db import repository
+    from ragstore.db.errors import translated
+    from ragstore.runtime import Runtime
+
+    with Runtime() as rt, rt.db.connection() as conn, translated("listing collections"):
+        return [catalog.collection_detail(conn, repository.get_collection(conn, n))
+                for n in catalog.collection_names(conn)]
+
+
+def _local_show(name: str) -> dict[str, Any]:
+    from ragstore.api import catalog
+    from ragstore.db.errors import translated
+    from ragstore.runtime import Runtime
+
+    with Runtime() as rt:
+        coll = rt.collection(name)
+        with rt.db.connection() as conn, translated(f"reading collection {name!r}"):
+            return catalog.collection_detail(conn, coll)
+
+
+def _local_create(name: str, model: str | None, settings: dict[str, Any]) -> dict[str, Any]:
+    from ragstore.api import catalog
+    from ragstore.db import repository
+    from ragstore.db.errors import translated
+    from ragstore.embedding.registry import resolve_spec
+    from ragstore.runtime import Runtime
+
+    with Runtime() as rt:
+        spec = resolve_spec(model or rt.settings.model)
+        with rt.db.connection() as conn, translated(f"creating collection {name!r}"):
+            coll = repository.create_collection(conn, name, spec, settings)
+            return catalog.collection_detail(conn, coll)
+
+
+def _local_delete(name: str) -> None:
+    from ragstore.api import catalog
+    from ragstore.db.errors import translated
+    from ragstore.runtime import Runtime
+
+    with Runtime() as rt:
+        coll = rt.collection(name)
+        with rt.db.connection() as conn, translated(f"deleting collection {name!r}"):
+            catalog.delete_collection(conn, coll)
+
+
+def _client() -> Any:
+    from ragstore.cli.remote import remote_client
+    from ragstore.config import get_settings
+
+    return remote_client(get_settings())
+
+
+@app.command("list")
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every collection with its model and how many documents and chunks it holds."""
+    client = _client()
+    if client is not None:
+        with client:
+            data = client.list_collections()
+    else:
+        data = _local_list()
+    if as_json:
+        echo_json(data)
+        return
+    if not data:
+        console().print("no collections yet (`ragstore ingest PATH -c NAME` creates one)")
+        return
+    print_table(["name", "model", "dim", "distance", "documents", "chunks", "created"],
+                [_row(c) for c in data])
+
+
+@app.command("show")
+def show_cmd(
+    name: str = typer.Argument(..., metavar="NAME", help="The collection."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """One collection: model, settings, document and chunk counts."""
+    client = _client()
+    if client is not None:
+        with client:
+            data = client.get_collection(name)
+    else:
+        data = _local_show(name)
+    if as_json:
+        echo_json(data)
+    else:
+        _print_detail(data)
+
+
+@app.command("create")
+def create_cmd(
+    name: str = typer.Argument(..., metavar="NAME", help="Letters, digits, '_', '.', '-'."),
+    model: str | None = typer.Option(None, "--model", metavar="MODEL",
+                                     help="Embedding model [RAGSTORE_MODEL]."),
+    settings: str | None = typer.Option(None, "--settings", metavar="JSON",
+                                        help="Collection settings, e.g. "
+                                        "'{\"ts_config\": \"english\"}'."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Create an empty collection bound to an embedding model."""
+    from ragstore.errors import InputError
+
+    values: dict[str, Any] = {}
+    if settings is not None:
+        try:
+            values = json.loads(settings)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--settings is not valid JSON: {exc.msg} at character "
+                             f"{exc.pos}; e.g. '{{\"ts_config\": \"english\"}}'") from None
+        if not isinstance(values, dict):
+            raise InputError("--settings must be a JSON object, e.g. "
+                             "'{\"ts_config\": \"english\"}'")
+    client = _client()
+    if client is not None:
+        with client:
+            data = client.create_collection(name, model=model, settings=values)
+    else:
+        data = _local_create(name, model, values)
+    if as_json:
+        echo_json(data)
+        return
+    err_console().print(f"created collection {escape(name)!r} with {escape(data['model'])}")
+
+
+@app.command("delete")
+def delete_cmd(
+    name: str = typer.Argument(..., metavar="NAME", help="The collection."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask; delete at once."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Delete a collection with all its documents, chunks and vectors; asks first."""
+    client = _client()
+    if client is not None:
+        with client:
+            data = client.get_collection(name)
+            confirm(f"Delete collection {name!r} with its {data['documents']} documents?",
+                    yes=yes)
+            client.delete_collection(name)
+    else:
+        data = _local_show(name)
+        confirm(f"Delete collection {name!r} with its {data['documents']} documents?", yes=yes)
+        _local_delete(name)
+    if as_json:
+        echo_json({"deleted": name, "documents": data["documents"]})
+        return
+    err_console().print(f"deleted collection {escape(name)!r} ({data['documents']} documents)")

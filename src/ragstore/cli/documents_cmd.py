@@ -1,0 +1,174 @@
+"""``ragstore documents``: list, show and delete the documents of a collection.
+
+A document is named by its id (from ``documents list``) or by its source: the path it
+was ingested from (relative paths are resolved) or the name it was uploaded under. With
+``RAGSTORE_URL`` set the commands go to that server (by id only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from ragstore.cli.output import confirm, console, echo_json, err_console, escape, print_table
+
+if TYPE_CHECKING:
+    from ragstore.runtime import Runtime
+
+app = typer.Typer(help="Documents of a collection: list, show, delete.", no_args_is_help=True)
+
+
+def _collection_option() -> Any:
+    return typer.Option(None, "--collection", "-c", metavar="NAME",
+                        help="Collection [RAGSTORE_COLLECTION].")
+
+
+def _settings_and_client() -> tuple[Any, Any]:
+    from ragstore.cli.remote import remote_client
+    from ragstore.config import get_settings
+
+    settings = get_settings()
+    return settings, remote_client(settings)
+
+
+def _find(rt: Runtime, collection: str, document: str) -> dict[str, Any]:
+    """The document named by id or source (an ingested path, or an uploaded name)."""
+    from ragstore.api import catalog
+    from ragstore.db.errors import translated
+    from ragstore.errors import DocumentNotFoundError, InputError
+    from ragstore.jobs import staging
+
+    coll = rt.collection(collection)
+    with rt.db.connection() as conn, translated(f"reading document {document!r}"):
+        if document.isdigit():
+            return catalog.document(conn, coll.id, int(document))
+        candidates = [str(Path(document).resolve())]
+        with contextlib.suppress(InputError):  # not a name an upload could have
+            candidates.append(staging.source_of(rt.settings, collection, document))
+        for source in candidates:
+            try:
+                return catalog.document_by_source(conn, coll.id, source)
+            except DocumentNotFoundError:
+                continue
+    raise DocumentNotFoundError(f"document {document!r} is not in collection "
+                                f"{collection!r}; `ragstore documents list -c {collection}` "
+                                "shows ids and sources")
+
+
+def _remote_id(document: str) -> int:
+    from ragstore.errors import InputError
+
+    if not document.isdigit():
+        raise InputError(f"through RAGSTORE_URL a document is named by its id, not "
+                         f"{document!r}; `ragstore documents list` shows the ids")
+    return int(document)
+
+
+@app.command("list")
+def list_cmd(
+    collection: str | None = _collection_option(),
+    limit: int = typer.Option(100, "--limit", min=1, max=1000, help="Documents per page."),
+    after: int | None = typer.Option(None, "--after", min=0, metavar="ID",
+                                     help="Start after this document id (next page)."),
+    source_prefix: str | None = typer.Option(None, "--source-prefix", metavar="PATH",
+                                             help="Only sources starting with this."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Documents in id order, a page at a time (`--after LAST_ID` for the next page)."""
+    settings, client = _settings_and_client()
+    name = collection or settings.collection
+    if client is not None:
+        from ragstore.api.deps import encode_cursor
+
+        with client:
+            page = client.list_documents(
+                name, limit=limit, source_prefix=source_prefix,
+                cursor=encode_cursor(after) if after is not None else None)
+        rows: list[dict[str, Any]] = page["data"]
+    else:
+        from ragstore.api import catalog
+        from ragstore.db.errors import translated
+        from ragstore.runtime import Runtime
+
+        with Runtime(settings) as rt:
+            coll = rt.collection(name)
+            with rt.db.connection() as conn, translated(f"listing documents of {name!r}"):
+                rows = catalog.documents_page(conn, coll.id, after=after, limit=limit,
+                                              source_prefix=source_prefix)
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        console().print(f"no documents in {escape(name)!r}"
+                        + (" after that id" if after is not None else ""))
+        return
+    print_table(["id", "source", "format", "chunks", "bytes", "updated"],
+                [[str(r["id"]), str(r.get("name") or r["source"]), str(r["format"]),
+                  str(r["chunks"]), str(r["size_bytes"]), str(r["updated_at"])[:19]]
+                 for r in rows])
+    if len(rows) == limit:
+        err_console().print(f"more: ragstore documents list -c {name} --after {rows[-1]['id']}")
+
+
+@app.command("show")
+def show_cmd(
+    document: str = typer.Argument(..., metavar="DOCUMENT", help="Id or source."),
+    collection: str | None = _collection_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """One document: source, title, format, hash, size, metadata and chunk count."""
+    settings, client = _settings_and_client()
+    name = collection or settings.collection
+    if client is not None:
+        with client:
+            data = client.get_document(name, _remote_id(document))
+    else:
+        from ragstore.runtime import Runtime
+
+        with Runtime(settings) as rt:
+            data = _find(rt, name, document)
+    if as_json:
+        echo_json(data)
+        return
+    out = console()
+    for key, value in data.items():
+        shown = json.dumps(value, default=str) if isinstance(value, dict | list) else value
+        out.print(f"[bold]{key:>12}[/]  {escape(str(shown))}")
+
+
+@app.command("delete")
+def delete_cmd(
+    document: str = typer.Argument(..., metavar="DOCUMENT", help="Id or source."),
+    collection: str | None = _collection_option(),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask; delete at once."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Delete a document with its chunks and vectors; asks first."""
+    settings, client = _settings_and_client()
+    name = collection or settings.collection
+    if client is not None:
+        doc_id = _remote_id(document)
+        with client:
+            data = client.get_document(name, doc_id)
+            confirm(f"Delete {data.get('name') or data['source']} from {name!r}?", yes=yes)
+            client.delete_document(name, doc_id)
+    else:
+        from ragstore.api import catalog
+        from ragstore.db.errors import translated
+        from ragstore.runtime import Runtime
+
+        with Runtime(settings) as rt:
+            data = _find(rt, name, document)
+            confirm(f"Delete {data['source']} from {name!r}?", yes=yes)
+            coll = rt.collection(name)
+            with rt.db.connection() as conn, translated(f"deleting document {document!r}"):
+                catalog.delete_document(conn, coll.id, data["id"])
+    if as_json:
+        echo_json({"deleted": data["id"], "source": data["source"], "collection": name})
+        return
+    err_console().print(f"deleted document {data['id']} ({escape(str(data['source']))}) "
+                        f"from {escape(name)!r}")

@@ -1,0 +1,315 @@
+"""SQL for documents and chunks: the one write path, and what callers need to plan a write.
+
+:func:`write_documents` is the only code that inserts or replaces documents. Ingest (files,
+uploads, jobs), eval and import all call it with records, chunks and vectors; it writes
+them for every live embedding space of the collection, in the caller's transaction.
+
+Concurrency: writes of one document are serialized per (collection, source) by a
+transaction-level advisory lock, taken before the stored row is read. Whether a document
+is added, updated or unchanged is decided under that lock, from the row as it is then, and
+the row handed back is the one this transaction wrote: an acknowledgement built from it
+always describes what this request stored. Two writers of the same source simply run one
+after the other; the second sees the first's row (same bytes: ``unchanged``; other bytes:
+``updated``). Lock keys are sorted, so writers of overlapping batches cannot deadlock, and
+folded into a fixed number of buckets per collection so a large load takes a bounded
+number of locks.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from ragstore.db import spaces
+from ragstore.db.repository import Collection
+from ragstore.errors import ConflictError, InputError
+from ragstore.models import Chunk
+
+Conn = psycopg.Connection[Any]
+
+LOCK_BUCKETS = 256  # advisory locks per collection: sources hash into these
+_LOCK_SPACE = 0x5257  # "RW": high bits of the advisory-lock keys of document writes
+
+
+@dataclass
+class DocumentRecord:
+    source: str
+    title: str | None
+    format: str
+    content_hash: str
+    size_bytes: int
+    metadata: dict[str, Any]
+
+
+@dataclass
+class DocumentWrite:
+    """One document to store: its record, chunks and vectors (one row per embeddable chunk,
+    in chunk order; headings have none). ``extra_vectors`` (table -> vectors, same rows)
+    fills spaces being built by a model migration, so they keep up with ingest."""
+
+    record: DocumentRecord
+    chunks: Sequence[Chunk]
+    vectors: np.ndarray
+    extra_vectors: Mapping[str, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class Written:
+    """What one write did to one document, and the row as this transaction left it."""
+
+    status: str  # added | updated | unchanged
+    document: dict[str, Any]  # id, source, title, format, content_hash, size_bytes, ...
+
+    @property
+    def id(self) -> int:
+        return int(self.document["id"])
+
+    @property
+    def source(self) -> str:
+        return str(self.document["source"])
+
+
+_DOC_COLS = ("id, source, title, format, content_hash, size_bytes, metadata, created_at,"
+             " updated_at")
+
+
+def _row(r: Sequence[Any], chunks: int) -> dict[str, Any]:
+    return {"id": int(r[0]), "source": r[1], "title": r[2], "format": r[3],
+            "content_hash": r[4], "size_bytes": int(r[5]), "metadata": dict(r[6]),
+            "created_at": r[7], "updated_at": r[8], "chunks": chunks}
+
+
+def lock_sources(conn: Conn, collection_id: int, sources: Sequence[str]) -> None:
+    """Hold the write locks of these sources until the transaction ends (sorted: no deadlock)."""
+    keys = sorted({(_LOCK_SPACE << 48) | (collection_id << 16)
+                   | (zlib.crc32(s.encode()) % LOCK_BUCKETS) for s in sources})
+    if keys:
+        conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM"
+                     " (SELECT k FROM unnest(%s::int8[]) AS u(k) ORDER BY k) AS s", (keys,))
+
+
+def write_documents(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite], *,
+                    force: bool = False) -> list[Written]:
+    """Add or replace documents with their chunks and vectors; one outcome per document.
+
+    The caller holds the transaction, so the documents land together or not at all. A
+    round is written in a fixed number of statements: one INSERT of the new documents, one
+    UPDATE of the replaced ones, one COPY of all chunks and one per space, so statement
+    triggers (BM25 statistics) run once per round. A document whose stored content hash
+    equals the new one is left as it is (``unchanged``) unless ``force``. The collection
+    row is held ``FOR SHARE`` so a model switch waits for this write; if the active space
+    changed since ``coll`` was read and no vectors for it were given, the write is refused
+    (409) rather than leave the searched space without these documents.
+    """
+    if not docs:
+        return []
+    sources = [d.record.source for d in docs]
+    if len(set(sources)) != len(sources):
+        dup = next(s for s in sources if sources.count(s) > 1)
+        raise InputError(f"document {dup!r} appears twice in one write; send it once")
+    provided = set.intersection(*({coll.table, *(d.extra_vectors or {})} for d in docs))
+    live = _live_tables(conn, coll, provided)
+    lock_sources(conn, coll.id, sources)
+    stored = {str(r[1]): r for r in conn.execute(
+        f"SELECT {_DOC_COLS} FROM documents WHERE collection_id = %s AND source = ANY(%s)",
+        (coll.id, sources)).fetchall()}
+    out: list[Written | None] = [None] * len(docs)
+    replaced: list[int] = []
+    added: list[int] = []
+    for i, d in enumerate(docs):
+        old = stored.get(d.record.source)
+        if old is None:
+            added.append(i)
+        elif old[4] == d.record.content_hash and not force:
+            out[i] = Written("unchanged", _row(old, -1))
+        else:
+            replaced.append(i)
+    _fill_chunk_counts(conn, out)
+    doc_ids: dict[int, int] = {}
+    if replaced:
+        old_ids = [int(stored[docs[i].record.source][0]) for i in replaced]
+        conn.execute("DELETE FROM chunks WHERE document_id = ANY(%s)", (old_ids,))
+        recs = [docs[i].record for i in replaced]
+        rows = conn.execute(
+            "UPDATE documents d SET title = u.t, format = u.f, content_hash = u.h,"
+            " size_bytes = u.b, metadata = u.m::jsonb, updated_at = now() FROM unnest("
+            "%s::int8[], %s::text[], %s::text[], %s::text[], %s::int8[], %s::text[])"
+            " AS u(i, t, f, h, b, m) WHERE d.id = u.i"
+            f" RETURNING {', '.join('d.' + c.strip() for c in _DOC_COLS.split(','))}",
+            (old_ids, [r.title for r in recs], [r.format for r in recs],
+             [r.content_hash for r in recs], [r.size_bytes for r in recs],
+             [json.dumps(r.metadata) for r in recs]),
+        ).fetchall()
+        by_source = {str(r[1]): r for r in rows}
+        for i in replaced:
+            row = by_source[docs[i].record.source]
+            out[i] = Written("updated", _row(row, len(docs[i].chunks)))
+            doc_ids[i] = int(row[0])
+    if added:
+        recs = [docs[i].record for i in added]
+        rows = conn.execute(
+            "INSERT INTO documents (collection_id, source, title, format, content_hash,"
+            " size_bytes, metadata)"
+            " SELECT %s, s, t, f, h, b, m::jsonb FROM unnest("
+            "%s::text[], %s::text[], %s::text[], %s::text[], %s::int8[], %s::text[])"
+            f" AS u(s, t, f, h, b, m) RETURNING {_DOC_COLS}",
+            (coll.id, [r.source for r in recs], [r.title for r in recs],
+             [r.format for r in recs], [r.content_hash for r in recs],
+             [r.size_bytes for r in recs], [json.dumps(r.metadata) for r in recs]),
+        ).fetchall()
+        by_source = {str(r[1]): r for r in rows}
+        for i in added:
+            row = by_source[docs[i].record.source]
+            out[i] = Written("added", _row(row, len(docs[i].chunks)))
+            doc_ids[i] = int(row[0])
+    todo = sorted(doc_ids)
+    _store_chunks(conn, coll, [docs[i] for i in todo], [doc_ids[i] for i in todo],
+                  provided & live)
+    return [w for w in out if w is not None]
+
+
+def _fill_chunk_counts(conn: Conn, out: list[Written | None]) -> None:
+    """Chunk counts of the documents left unchanged (read, since nothing was written)."""
+    ids = [w.id for w in out if w is not None]
+    if not ids:
+        return
+    counts = dict(conn.execute(
+        "SELECT document_id, count(*) FROM chunks WHERE document_id = ANY(%s)"
+        " GROUP BY document_id", (ids,)).fetchall())
+    for w in out:
+        if w is not None:
+            w.document["chunks"] = int(counts.get(w.id, 0))
+
+
+def _store_chunks(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite],
+                  doc_ids: Sequence[int], tables: set[str]) -> None:
+    """Chunks of freshly written documents, then their vectors into every live space."""
+    ids = allocate_chunk_ids(conn, sum(len(d.chunks) for d in docs))
+    _copy_chunks(conn, coll, docs, doc_ids, ids)
+    embedded_ids: list[int] = []
+    offset = 0
+    for d in docs:
+        embedded_ids += [cid for cid, ch in zip(ids[offset:offset + len(d.chunks)], d.chunks,
+                                                strict=True) if ch.embeddable]
+        offset += len(d.chunks)
+    if not embedded_ids:
+        return
+    for table in sorted(tables):  # not a space retired or pruned meanwhile
+        vecs = [d.vectors if table == coll.table else (d.extra_vectors or {})[table]
+                for d in docs]
+        stacked = np.concatenate(vecs) if len(vecs) > 1 else vecs[0]
+        spaces.copy_vectors(conn, table, embedded_ids, stacked)
+
+
+def _copy_chunks(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite],
+                 doc_ids: Sequence[int], ids: Sequence[int]) -> None:
+    """One binary COPY of every document's chunks, parents resolved to the drawn ids."""
+    if not ids:
+        return
+    with conn.cursor().copy(
+        "COPY chunks (id, document_id, collection_id, ordinal, chunk_type, text, section_path,"
+        " parent_id, char_start, char_end, page, token_count, metadata, content_hash, context)"
+        " FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(["int8", "int8", "int4", "int4", "text", "text", "text[]", "int8",
+                        "int4", "int4", "int4", "int4", "jsonb", "text", "text"])
+        offset = 0
+        for doc_id, d in zip(doc_ids, docs, strict=True):
+            mine = ids[offset:offset + len(d.chunks)]
+            offset += len(d.chunks)
+            for cid, ch in zip(mine, d.chunks, strict=True):
+                parent = mine[ch.parent_ordinal] if ch.parent_ordinal is not None else None
+                copy.write_row((cid, doc_id, coll.id, ch.ordinal, ch.chunk_type.value, ch.text,
+                                list(ch.section_path), parent, ch.char_start, ch.char_end,
+                                ch.page, ch.token_count, Jsonb(ch.metadata), ch.content_hash,
+                                ch.context))
+
+
+def allocate_chunk_ids(conn: Conn, n: int) -> list[int]:
+    """Draw ``n`` chunk ids up front, so parents and vectors can name them in one COPY."""
+    if n <= 0:
+        return []
+    return [int(r[0]) for r in conn.execute(
+        "SELECT nextval(pg_get_serial_sequence('chunks', 'id')) FROM generate_series(1, %s)",
+        (n,))]
+
+
+def _live_tables(conn: Conn, coll: Collection, provided: set[str]) -> set[str]:
+    """Lock the collection against a model switch; the tables a write must fill."""
+    conn.execute("SELECT 1 FROM collections WHERE id = %s FOR SHARE", (coll.id,))
+    rows = conn.execute(
+        "SELECT s.table_name, s.status, s.id = c.active_space_id FROM embedding_spaces s"
+        " JOIN collections c ON c.id = s.collection_id"
+        " WHERE s.collection_id = %s AND s.status IN ('active', 'building')", (coll.id,)
+    ).fetchall()
+    active = next((r[0] for r in rows if r[2]), coll.table)
+    if active not in provided:
+        raise ConflictError(
+            f"collection {coll.name!r} switched to another embedding model while this "
+            "document was being embedded; run the ingest again to store it"
+        )
+    return {r[0] for r in rows}
+
+
+def document_hashes(conn: Conn, collection_id: int,
+                    sources: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """source -> (document id, content hash) for the sources already stored.
+
+    Read without a lock: callers use it to skip unchanged files early; the decision that
+    counts is taken again under the lock by :func:`write_documents`.
+    """
+    rows = conn.execute(
+        "SELECT source, id, content_hash FROM documents"
+        " WHERE collection_id = %s AND source = ANY(%s)",
+        (collection_id, list(sources)),
+    ).fetchall()
+    return {r[0]: (int(r[1]), r[2]) for r in rows}
+
+
+def stored_embeddings(conn: Conn, coll: Collection,
+                      hashes: Sequence[str]) -> dict[str, np.ndarray]:
+    """content hash -> vector for chunks of this collection already embedded in its space."""
+    if not hashes:
+        return {}
+    rows = conn.execute(sql.SQL(
+        "SELECT DISTINCT ON (c.content_hash) c.content_hash, e.embedding"
+        " FROM chunks c JOIN {t} e ON e.chunk_id = c.id"
+        " WHERE c.collection_id = %s AND c.content_hash = ANY(%s)"
+    ).format(t=sql.Identifier(coll.table)), (coll.id, list(set(hashes)))).fetchall()
+    return {r[0]: np.asarray(r[1].to_numpy(), dtype=np.float32) for r in rows}
+
+
+def chunk_ids_of(conn: Conn, doc_ids: Sequence[int]) -> dict[int, int]:
+    """document id -> the id of its first chunk (one-chunk documents: imports)."""
+    rows = conn.execute(
+        "SELECT DISTINCT ON (document_id) document_id, id FROM chunks"
+        " WHERE document_id = ANY(%s) ORDER BY document_id, ordinal", (list(doc_ids),))
+    return {int(r[0]): int(r[1]) for r in rows}
+
+
+def sources_under(conn: Conn, collection_id: int, prefixes: Sequence[str],
+                  exact: Sequence[str] = ()) -> list[str]:
+    """Sources of the collection that start with one of ``prefixes`` or equal one of ``exact``."""
+    rows = conn.execute(
+        "SELECT source FROM documents WHERE collection_id = %s AND (source = ANY(%s)"
+        " OR EXISTS (SELECT 1 FROM unnest(%s::text[]) p WHERE left(source, length(p)) = p))"
+        " ORDER BY source",
+        (collection_id, list(exact), list(prefixes)),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def delete_documents(conn: Conn, collection_id: int, sources: Sequence[str]) -> int:
+    """Delete documents by source (chunks and vectors follow by cascade), under their locks."""
+    lock_sources(conn, collection_id, sources)
+    cur = conn.execute("DELETE FROM documents WHERE collection_id = %s AND source = ANY(%s)",
+                       (collection_id, list(sources)))
+    return cur.rowcount

@@ -1,0 +1,49 @@
+"""Read-side SQL for documents added as texts under caller-chosen ids (their ``source``).
+
+``Store.add_texts`` and the integrations (LangChain, LlamaIndex) address documents by
+the id the caller gave, which is the document's ``source``; these queries read them back
+by that id. Writes go through :func:`ragstore.db.documents.write_documents`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+Conn = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class StoredText:
+    """A document as text: its id (source), row id, text, metadata and content hash."""
+
+    id: str
+    document_id: int
+    text: str
+    metadata: dict[str, Any]
+    content_hash: str
+
+
+def texts_by_ids(conn: Conn, collection_id: int, ids: Sequence[str]) -> list[StoredText]:
+    """The documents whose source is one of ``ids``, in the order of ``ids``; missing ids
+    are left out. A document's text is its chunks' texts in order (headings included)."""
+    if not ids:
+        return []
+    rows = conn.execute(
+        "SELECT d.source, d.id, coalesce(string_agg(c.text, E'\\n\\n' ORDER BY c.ordinal), ''),"
+        " d.metadata, d.content_hash FROM documents d LEFT JOIN chunks c ON c.document_id = d.id"
+        " WHERE d.collection_id = %s AND d.source = ANY(%s) GROUP BY d.id",
+        (collection_id, list(ids)),
+    ).fetchall()
+    found = {str(r[0]): StoredText(str(r[0]), int(r[1]), str(r[2]), dict(r[3]), str(r[4]))
+             for r in rows}
+    return [found[i] for i in dict.fromkeys(ids) if i in found]
+
+
+def count_documents(conn: Conn, collection_id: int) -> int:
+    row = conn.execute("SELECT count(*) FROM documents WHERE collection_id = %s",
+                       (collection_id,)).fetchone()
+    return int(row[0]) if row else 0

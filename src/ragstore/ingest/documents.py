@@ -1,0 +1,67 @@
+"""The documents service: named documents (uploads, API text, job files) in, typed outcomes out.
+
+The HTTP routes and the job worker hand it a client's name, the bytes (already in a
+staging file private to the request) and metadata; it runs them through the ingest
+pipeline under their stored source (``jobs.staging.source_of``) and answers, per
+document, what was done and the row as the write left it. Nothing here matches outcomes
+by path or rewrites messages: each outcome carries the error object, worded with the
+client's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragstore.errors import InputError, RagstoreError
+from ragstore.ingest.service import IngestReport, Item, Progress, ingest_items
+from ragstore.jobs import staging
+from ragstore.observability import metrics
+from ragstore.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class NewDocument:
+    name: str  # the client's name: a relative path (``staging.safe_name``)
+    staged: Path  # its bytes, in a file nobody else writes
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DocumentOutcome:
+    """One document's result: ``document`` is the stored row (id, content_hash, ...) as
+    this request's transaction wrote or found it; ``error`` is set when it failed."""
+
+    name: str
+    status: str  # added | updated | unchanged | failed
+    document: dict[str, Any] | None = None
+    error: RagstoreError | None = None
+    chunks: int = 0
+
+
+def add_documents(rt: Runtime, collection: str, docs: Sequence[NewDocument], *,
+                  progress: Progress | None = None,
+                  report: IngestReport | None = None) -> list[DocumentOutcome]:
+    """Ingest named documents into an existing collection; outcomes in the order given.
+
+    Documents are encoded together (shared batches) and each is written under its source's
+    lock, so concurrent writers of one name are serialized and every outcome describes
+    what this call stored.
+    """
+    names = [d.name for d in docs]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise InputError(f"document name {dup!r} appears twice in one request; send it once")
+    items = [Item(staging.source_of(rt.settings, collection, d.name), d.staged, d.name,
+                  dict(d.metadata), early_skip=False) for d in docs]
+    report = report if report is not None else IngestReport(collection=collection)
+    ingest_items(rt, collection, items, report, progress=progress, create=False)
+    metrics.observe_ingest(report)
+    by_source = {o.source: o for o in report.outcomes}
+    out = []
+    for d, item in zip(docs, items, strict=True):
+        o = by_source[item.source]
+        out.append(DocumentOutcome(d.name, o.status, o.document, o.exc, o.chunks))
+    return out

@@ -1,0 +1,205 @@
+"""Add texts with ids and metadata in batches, as Chroma's ``add`` and LangChain's
+``add_texts`` do: the in-process :class:`ragstore.Store`, the HTTP ``/texts`` route and the
+integrations all come here.
+
+Each text becomes a document whose ``source`` is its id (a fresh UUID when none is given)
+and whose metadata is exactly the caller's. A text is chunked and embedded with the
+collection's model, or, when the caller brings one vector per text (an outside embedding
+model, or a collection of imported vectors that ragstore cannot embed for), stored whole
+as one chunk with that vector. Re-adding an id with the same text and metadata changes
+nothing; new metadata on the same text rewrites the rows but reuses the stored vectors,
+so unchanged text is never embedded twice. Rows go through the one write path,
+:func:`ragstore.db.documents.write_documents`, a transaction per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ragstore.chunking import chunk_document
+from ragstore.chunking.chunker import content_hash
+from ragstore.db import documents, repository
+from ragstore.db.errors import translated
+from ragstore.errors import EmptyDocumentError, InputError
+from ragstore.modelops.fanout import building_vectors
+from ragstore.models import Chunk, ChunkType
+from ragstore.parsing import parse_bytes
+from ragstore.runtime import Runtime
+from ragstore.search.service import VECTOR_ONLY_PROVIDER
+
+BATCH = 256  # texts per transaction
+MAX_ID_LENGTH = 1000
+
+
+@dataclass
+class AddReport:
+    """What one ``add_texts`` call did: the ids in input order and per-outcome counts."""
+
+    collection: str
+    ids: list[str] = field(default_factory=list)
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    embedded: int = 0  # chunk texts sent to the model
+    reused: int = 0  # chunks whose stored vector was reused
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"collection": self.collection, "ids": self.ids, "added": self.added,
+                "updated": self.updated, "unchanged": self.unchanged,
+                "embedded": self.embedded, "reused": self.reused}
+
+
+def _checked(texts: Sequence[str], metadatas: Sequence[Mapping[str, Any]] | None,
+             ids: Sequence[str] | None,
+             vectors: Sequence[Sequence[float]] | np.ndarray | None, dimension: int
+             ) -> tuple[list[str], list[dict[str, Any]], np.ndarray | None]:
+    n = len(texts)
+    for name, seq in (("metadatas", metadatas), ("ids", ids), ("vectors", vectors)):
+        if seq is not None and len(seq) != n:
+            raise InputError(f"{name} has {len(seq)} entries for {n} texts; give one per text")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"texts[{i}] is a {type(text).__name__}, not a string")
+        if not text.strip():
+            raise EmptyDocumentError(f"texts[{i}] is empty; give it some text")
+    out_ids = [str(i) for i in ids] if ids is not None else [uuid.uuid4().hex for _ in texts]
+    seen: set[str] = set()
+    for i, doc_id in enumerate(out_ids):
+        if not doc_id or len(doc_id) > MAX_ID_LENGTH:
+            raise InputError(f"ids[{i}] must be 1-{MAX_ID_LENGTH} characters, got {doc_id!r}")
+        if doc_id in seen:
+            raise InputError(f"id {doc_id!r} appears twice in one call; ids must be unique")
+        seen.add(doc_id)
+    metas: list[dict[str, Any]] = []
+    for i, meta in enumerate(metadatas or [{}] * n):
+        if not isinstance(meta, Mapping):
+            raise InputError(f"metadatas[{i}] is a {type(meta).__name__}, not a JSON object")
+        try:
+            json.dumps(dict(meta))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"metadatas[{i}] is not JSON-serialisable: {exc}") from None
+        metas.append(dict(meta))
+    matrix = None
+    if vectors is not None:
+        matrix = np.asarray(vectors, dtype=np.float32)
+        if matrix.ndim != 2 or matrix.shape[1] != dimension:
+            raise InputError(f"vectors must be {n} rows of {dimension} numbers (the "
+                             f"collection's dimension), got shape {matrix.shape}")
+        if not np.isfinite(matrix).all():
+            raise InputError("vectors hold NaN or infinite values")
+    return out_ids, metas, matrix
+
+
+def _digest(text: str, metadata: dict[str, Any]) -> str:
+    blob = json.dumps([text, metadata], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _whole(text: str, metadata: dict[str, Any]) -> list[Chunk]:
+    """The text as one chunk, for a caller-given vector that stands for all of it."""
+    return [Chunk(ordinal=0, chunk_type=ChunkType.PARAGRAPH, text=text, section_path=(),
+                  parent_ordinal=None, char_start=0, char_end=len(text),
+                  token_count=len(text.split()), content_hash=content_hash(text),
+                  metadata=dict(metadata))]
+
+
+def add_texts(rt: Runtime, collection: str, texts: Sequence[str],
+              metadatas: Sequence[Mapping[str, Any]] | None = None,
+              ids: Sequence[str] | None = None, *,
+              vectors: Sequence[Sequence[float]] | np.ndarray | None = None,
+              create: bool = True) -> AddReport:
+    """Add or update ``texts`` under ``ids``; the collection is created when missing."""
+    coll = rt.collection(collection, create=create)
+    out_ids, metas, matrix = _checked(texts, metadatas, ids, vectors, coll.model.dimension)
+    if matrix is None and coll.model.provider == VECTOR_ONLY_PROVIDER:
+        raise InputError(
+            f"collection {coll.name!r} holds vectors of {coll.model.key}, a model ragstore "
+            "cannot run; pass one vector per text (vectors=...)")
+    report = AddReport(collection=coll.name, ids=out_ids)
+    for start in range(0, len(texts), BATCH):
+        end = min(start + BATCH, len(texts))
+        _add_batch(rt, coll, report, list(texts[start:end]), out_ids[start:end],
+                   metas[start:end], None if matrix is None else matrix[start:end])
+    return report
+
+
+def _add_batch(rt: Runtime, coll: repository.Collection, report: AddReport, texts: list[str],
+               ids: list[str], metas: list[dict[str, Any]], matrix: np.ndarray | None) -> None:
+    with rt.db.connection() as conn, translated(f"reading documents of {coll.name!r}"):
+        known = documents.document_hashes(conn, coll.id, ids)
+    todo: list[int] = []
+    for i, doc_id in enumerate(ids):
+        old = known.get(doc_id)
+        if old is not None and old[1] == _digest(texts[i], metas[i]):
+            report.unchanged += 1
+        else:
+            todo.append(i)
+    if not todo:
+        return
+    chunks = [_whole(texts[i], metas[i]) if matrix is not None else _chunked(rt, coll, texts[i],
+                                                                            ids[i], metas[i])
+              for i in todo]
+    if matrix is not None:
+        vectors = [matrix[i:i + 1] for i in todo]
+        extra: list[dict[str, np.ndarray]] = [{} for _ in todo]
+    else:
+        vectors = _embed(rt, coll, report, chunks)
+        extra = building_vectors(rt, coll, chunks)
+    writes = []
+    for n, i in enumerate(todo):
+        record = documents.DocumentRecord(
+            source=ids[i], title=None, format="text", content_hash=_digest(texts[i], metas[i]),
+            size_bytes=len(texts[i].encode("utf-8")), metadata=metas[i])
+        writes.append(documents.DocumentWrite(record, chunks[n], vectors[n], extra[n]))
+    with rt.db.connection() as conn, translated(f"storing texts in {coll.name!r}"):
+        written = documents.write_documents(conn, coll, writes)
+    for w in written:  # decided again under the write lock
+        if w.status == "added":
+            report.added += 1
+        elif w.status == "updated":
+            report.updated += 1
+        else:
+            report.unchanged += 1
+
+
+def _chunked(rt: Runtime, coll: repository.Collection, text: str, doc_id: str,
+             metadata: dict[str, Any]) -> list[Chunk]:
+    """The text parsed as plain text and chunked for the collection's model; every chunk
+    carries the caller's metadata so hits and filters see it."""
+    parsed = parse_bytes(text.encode("utf-8"), doc_id, "text")
+    chunks = chunk_document(parsed, rt.embedder_for(coll), coll.model.max_tokens)
+    if not chunks:
+        raise EmptyDocumentError(f"text {doc_id!r} has no words to index")
+    for ch in chunks:
+        ch.metadata = {**ch.metadata, **metadata}
+    return chunks
+
+
+def _embed(rt: Runtime, coll: repository.Collection, report: AddReport,
+           docs: list[list[Chunk]]) -> list[np.ndarray]:
+    """One matrix per document: stored vectors reused, the rest encoded in one call."""
+    hashes = [c.content_hash for chunks in docs for c in chunks if c.embeddable]
+    with rt.db.connection() as conn, translated("looking up stored embeddings"):
+        stored = documents.stored_embeddings(conn, coll, hashes)
+    todo: dict[str, str] = {}
+    for chunks in docs:
+        for c in chunks:
+            if c.embeddable and c.content_hash not in stored:
+                todo.setdefault(c.content_hash, c.embed_text)
+    fresh = dict(zip(todo, rt.embedder_for(coll).embed(list(todo.values())), strict=True))
+    report.embedded += len(todo)
+    report.reused += len(hashes) - len(todo)
+    out = []
+    for chunks in docs:
+        rows = [fresh.get(c.content_hash, stored.get(c.content_hash)) for c in chunks
+                if c.embeddable]
+        out.append(np.stack([r for r in rows if r is not None]) if rows
+                   else np.zeros((0, coll.model.dimension), dtype=np.float32))
+    return out

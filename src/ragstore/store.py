@@ -1,0 +1,314 @@
+"""``ragstore.Store``: the in-process API, no server needed.
+
+``Store()`` opens the embedded database under ``RAGSTORE_DATA_DIR`` (started on first
+use); ``Store("postgresql://...")`` any PostgreSQL with pgvector. Its verbs, their
+options and the shape of what they return are those of the HTTP :class:`ragstore.Client`
+and :class:`ragstore.AsyncClient` (the same pydantic schemas serialise both), so code
+moves between in-process and server by changing the line that builds the object. Errors
+are the same :class:`~ragstore.errors.RagstoreError` subclasses everywhere.
+
+The model is loaded on the first call that needs it (an add or a vector/hybrid search),
+once per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ragstore.api import catalog
+from ragstore.api.schemas import (
+    CollectionPublic,
+    DocumentPublic,
+    HitPublic,
+    SearchResponse,
+    TextPublic,
+    TextsAdded,
+)
+from ragstore.config import Settings, get_settings
+from ragstore.db import documents, repository, texts
+from ragstore.db.errors import translated
+from ragstore.errors import (
+    InputError,
+    ModelNotFoundError,
+    RagstoreError,
+    all_error_classes,
+)
+from ragstore.ingest import texts as text_service
+from ragstore.runtime import Runtime
+
+__all__ = ["Store"]
+
+
+class Store:
+    """A ragstore database opened in this process; close it (or use ``with``) when done.
+
+    ``url``: a PostgreSQL URL; ``None`` uses ``RAGSTORE_DATABASE_URL`` or, when that is
+    unset, the embedded server under ``data_dir`` (default ``RAGSTORE_DATA_DIR``).
+    ``settings`` replaces the environment entirely (tests, embedding apps).
+    """
+
+    def __init__(self, url: str | None = None, *, data_dir: str | Path | None = None,
+                 model: str | None = None, settings: Settings | None = None) -> None:
+        overrides: dict[str, Any] = {}
+        if url is not None:
+            overrides["database_url"] = url
+        if data_dir is not None:
+            overrides["data_dir"] = Path(data_dir)
+        if model is not None:
+            overrides["model"] = model
+        if settings is None:
+            settings = get_settings(**overrides)
+        elif overrides:
+            settings = settings.model_copy(update=overrides)
+        self._rt = Runtime(settings)
+        self._owns = True
+
+    @classmethod
+    def from_runtime(cls, rt: Runtime) -> Store:
+        """A Store over a runtime someone else owns (the API server's); close leaves it open."""
+        store = cls.__new__(cls)
+        store._rt = rt
+        store._owns = False
+        return store
+
+    @property
+    def runtime(self) -> Runtime:
+        """The underlying runtime (settings, pool, loaded models) for the services."""
+        return self._rt
+
+    def close(self) -> None:
+        if self._owns:
+            self._rt.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- collections ---------------------------------------------------------------------
+
+    def create_collection(self, name: str, *, model: str | None = None,
+                          settings: Mapping[str, Any] | None = None,
+                          dimension: int | None = None,
+                          distance: str | None = None) -> dict[str, Any]:
+        """A new collection bound to ``model``: a built-in, any key pinned with ``ragstore
+        models add`` (``NAME`` or ``NAME@REVISION``), or, with ``dimension``, a name for
+        vectors made outside ragstore (searched and added by vector only)."""
+        from ragstore.modelops.specs import find_model
+
+        ref = model or self._rt.settings.model
+        if dimension is None:
+            spec = find_model(self._rt, ref).spec
+        else:
+            from ragstore.imports.service import declared_spec
+
+            try:
+                spec = find_model(self._rt, ref).spec
+                if spec.dimension != dimension:
+                    raise InputError(f"model {spec.key} has {spec.dimension} dimensions, "
+                                     f"not {dimension}; leave out dimension or name another")
+            except ModelNotFoundError:
+                spec = declared_spec(self._rt, ref, dimension, distance)
+        with self._rt.db.connection() as conn, translated(f"creating collection {name!r}"):
+            coll = repository.create_collection(conn, name, spec, dict(settings or {}))
+            return _dump(CollectionPublic(**catalog.collection_detail(conn, coll)))
+
+    def list_collections(self) -> list[dict[str, Any]]:
+        with self._rt.db.connection() as conn, translated("listing collections"):
+            return [_dump(CollectionPublic(**catalog.collection_detail(
+                conn, repository.get_collection(conn, n)))) for n in catalog.collection_names(conn)]
+
+    def get_collection(self, name: str) -> dict[str, Any]:
+        coll = self._rt.collection(name)
+        with self._rt.db.connection() as conn, translated(f"reading collection {name!r}"):
+            return _dump(CollectionPublic(**catalog.collection_detail(conn, coll)))
+
+    def delete_collection(self, name: str) -> None:
+        coll = self._rt.collection(name)
+        with self._rt.db.connection() as conn, translated(f"deleting collection {name!r}"):
+            catalog.delete_collection(conn, coll)
+
+    # --- texts (documents by caller-given id) --------------------------------------------
+
+    def add_texts(self, collection: str, texts: Sequence[str],
+                  metadatas: Sequence[Mapping[str, Any]] | None = None,
+                  ids: Sequence[str] | None = None, *,
+                  vectors: Sequence[Sequence[float]] | None = None) -> dict[str, Any]:
+        """Add or update texts under ``ids`` (random when omitted), creating the collection
+        with the default model when it is missing. Unchanged texts embed nothing; with
+        ``vectors`` (one per text) each text is stored whole with its vector."""
+        report = text_service.add_texts(self._rt, collection, texts, metadatas, ids,
+                                        vectors=vectors)
+        return _dump(TextsAdded(**report.as_dict()))
+
+    def get_texts(self, collection: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The texts stored under ``ids``, in that order; unknown ids are left out."""
+        coll = self._rt.collection(collection)
+        with self._rt.db.connection() as conn, translated(f"reading texts of {collection!r}"):
+            found = texts.texts_by_ids(conn, coll.id, list(ids))
+        return [_dump(TextPublic(id=t.id, document_id=t.document_id, text=t.text,
+                                 metadata=t.metadata)) for t in found]
+
+    def delete_texts(self, collection: str, ids: Sequence[str]) -> int:
+        """Delete the documents stored under ``ids``; unknown ids are ignored. The count
+        deleted is returned."""
+        coll = self._rt.collection(collection)
+        with self._rt.db.connection() as conn, translated(f"deleting texts of {collection!r}"):
+            return documents.delete_documents(conn, coll.id, list(ids))
+
+    # --- documents -----------------------------------------------------------------------
+
+    def add_document(self, collection: str, name: str, text: str, *,
+                     metadata: Mapping[str, Any] | None = None,
+                     background: bool = False) -> dict[str, Any]:
+        """Ingest text as document ``name`` (its suffix picks the parser: ``notes.md``),
+        creating the collection when missing; re-adding unchanged text is ``unchanged``.
+        ``background`` exists for parity with the clients; in-process it runs now."""
+        from ragstore.ingest.documents import NewDocument, add_documents
+        from ragstore.jobs import staging
+
+        staging.safe_name(name)
+        self._rt.collection(collection, create=True)
+        with staging.staging_area(self._rt.settings) as area:
+            doc = NewDocument(name, area.write(text.encode("utf-8")), dict(metadata or {}))
+            outcome = add_documents(self._rt, collection, [doc])[0]
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.document is not None
+        return self._document(collection, outcome.document, outcome.status)
+
+    def ingest(self, collection: str, paths: Sequence[str | Path], *,
+               metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Ingest files and folders (as ``ragstore ingest``): ``{"data": [documents]}``
+        with each one's ``status`` (added/updated/unchanged); a failure is raised."""
+        from ragstore.ingest import ingest_paths
+
+        report = ingest_paths(self._rt, [Path(p) for p in paths], collection=collection,
+                              metadata=dict(metadata or {}))
+        for failed in report.failed:
+            cls = next((c for c in all_error_classes() if c.code == failed.code), RagstoreError)
+            raise cls(failed.error or "ingest failed")
+        coll = self._rt.collection(collection)
+        docs = []
+        with self._rt.db.connection() as conn, translated(f"reading documents of {collection!r}"):
+            for o in report.outcomes:
+                docs.append(self._document(collection, catalog.document_by_source(
+                    conn, coll.id, o.source), o.status))
+        return {"data": docs, "count": len(docs), "next_cursor": None}
+
+    def list_documents(self, collection: str, *, cursor: str | None = None, limit: int = 50,
+                       format: str | None = None, source_prefix: str | None = None,
+                       metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """One page: ``{"data": [...], "count": n, "next_cursor": str | None}``."""
+        from ragstore.api.deps import decode_cursor, encode_cursor
+
+        if not 1 <= limit <= 500:
+            raise InputError(f"limit must be between 1 and 500, got {limit}")
+        coll = self._rt.collection(collection)
+        with self._rt.db.connection() as conn, translated(f"listing documents of {collection!r}"):
+            rows = catalog.documents_page(
+                conn, coll.id, after=decode_cursor(cursor), limit=limit, fmt=format,
+                source_prefix=source_prefix,
+                metadata=dict(metadata) if metadata is not None else None)
+        data = [self._document(collection, r) for r in rows]
+        nxt = encode_cursor(rows[-1]["id"]) if len(rows) == limit else None
+        return {"data": data, "count": len(data), "next_cursor": nxt}
+
+    def iter_documents(self, collection: str, *, page_size: int = 100,
+                       **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every document, following the cursor from page to page."""
+        cursor: str | None = None
+        while True:
+            page = self.list_documents(collection, cursor=cursor, limit=page_size, **filters)
+            yield from page["data"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def get_document(self, collection: str, document_id: int) -> dict[str, Any]:
+        coll = self._rt.collection(collection)
+        with self._rt.db.connection() as conn, translated(f"reading document {document_id}"):
+            return self._document(collection, catalog.document(conn, coll.id, document_id))
+
+    def delete_document(self, collection: str, document_id: int) -> None:
+        coll = self._rt.collection(collection)
+        with self._rt.db.connection() as conn, translated(f"deleting document {document_id}"):
+            catalog.delete_document(conn, coll.id, document_id)
+
+    def _document(self, collection: str, doc: dict[str, Any],
+                  status: str | None = None) -> dict[str, Any]:
+        from ragstore.jobs import staging
+
+        name = staging.source_name(self._rt.settings, collection, doc["source"])
+        return _dump(DocumentPublic(collection=collection, name=name, status=status,  # type: ignore[arg-type]
+                                    **doc))
+
+    # --- search --------------------------------------------------------------------------
+
+    def search(self, collection: str, query: str | None = None, *,
+               vector: Sequence[float] | None = None, k: int = 10, mode: str | None = None,
+               where: Mapping[str, Any] | None = None, context: int | str | None = None,
+               explain: bool = False, ef_search: int | None = None,
+               rrf_k: float | None = None, vector_weight: float | None = None,
+               fulltext_weight: float | None = None) -> dict[str, Any]:
+        """The best ``k`` chunks for ``query`` (text) or ``vector`` (an embedding of the
+        collection's model), or both; ``mode`` defaults to hybrid (vector with a vector
+        alone). ``context``: neighbouring chunks (0-50) or ``"section"``."""
+        return _dump(search_response(
+            self._rt, collection, query, vector=vector, k=k, mode=mode, where=where,
+            context=context, explain=explain, ef_search=ef_search, rrf_k=rrf_k,
+            vector_weight=vector_weight, fulltext_weight=fulltext_weight))
+
+
+def search_response(rt: Runtime, collection: str, query: str | None, *,
+                    vector: Sequence[float] | None = None, k: int = 10,
+                    mode: str | None = None, where: Mapping[str, Any] | None = None,
+                    context: int | str | None = None, explain: bool = False,
+                    ef_search: int | None = None, rrf_k: float | None = None,
+                    vector_weight: float | None = None,
+                    fulltext_weight: float | None = None) -> SearchResponse:
+    """One search as the Store and the HTTP route run it: hits (with context if asked),
+    timing, and with ``explain`` the plan of the lists and their fusion."""
+    from ragstore.search import service
+    from ragstore.search.context import parse_context, with_context
+    from ragstore.search.hybrid import FusionParams
+    from ragstore.search.plan import search_plan
+
+    t0 = time.perf_counter()
+    resolved = service.resolve_mode(mode, query, vector)
+
+    defaults = FusionParams()
+    fusion = FusionParams(defaults.k if rrf_k is None else rrf_k,
+                          defaults.vector_weight if vector_weight is None else vector_weight,
+                          defaults.fulltext_weight if fulltext_weight is None
+                          else fulltext_weight)
+    hits: list[Any] = service.search(
+        rt, query, collection=collection, k=k, mode=resolved, where=where,
+        ef_search=ef_search, explain=explain, fusion=fusion, vector=vector)
+    if context is not None:
+        hits = list(with_context(rt, hits, parse_context(str(context))))
+    took = round((time.perf_counter() - t0) * 1000, 3)
+    plan = None
+    if explain:
+        plan = search_plan(rt, query or "", collection, k=k, mode=resolved, where=where,
+                           ef_search=ef_search)
+    data = [hit_public(h) for h in hits]
+    return SearchResponse(collection=collection, query=query, data=data, count=len(data),
+                          took_ms=took, plan=plan)
+
+
+def hit_public(hit: Any) -> HitPublic:
+    """A hit (with or without context) as the API's schema."""
+    data = dataclasses.asdict(hit)
+    known = set(HitPublic.model_fields)
+    return HitPublic(**{k: v for k, v in data.items() if k in known})
+
+
+def _dump(model: Any) -> dict[str, Any]:
+    out: dict[str, Any] = model.model_dump(mode="json")
+    return out

@@ -1,0 +1,113 @@
+"""``Client``, ``AsyncClient`` and ``Store``: the same verbs, options and answers, over a
+real server on loopback and in-process against the same database."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ragstore import AsyncClient, Client, Store
+from ragstore.config import Settings
+from ragstore.errors import InputError
+
+NOTES = ["Rollback: run ragstore db downgrade to go back one schema revision.",
+         "Backups are taken nightly and kept for thirty days.",
+         "The search API answers vector, full-text and hybrid queries."]
+SHARED = ("create_collection", "list_collections", "get_collection", "delete_collection",
+          "add_texts", "get_texts", "delete_texts", "add_document", "ingest", "list_documents",
+          "iter_documents", "get_document", "delete_document", "search")
+
+
+@pytest.fixture(scope="module")
+def store(settings: Settings) -> Iterator[Store]:
+    with Store(settings=settings) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def notes(open_url: str) -> Iterator[Client]:
+    with Client(open_url) as c:
+        c.add_texts("notes", NOTES, [{"topic": "db"}, {"topic": "ops"}, {"topic": "api"}],
+                    ids=["rollback", "backups", "search"])
+        yield c
+
+
+def _params(fn: Any) -> list[tuple[str, Any, Any]]:
+    sig = inspect.signature(fn)
+    return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
+
+
+@pytest.mark.parametrize("verb", SHARED)
+def test_store_client_and_async_client_share_each_verb(verb: str) -> None:
+    store_params = _params(getattr(Store, verb))
+    assert _params(getattr(Client, verb)) == store_params
+    assert _params(getattr(AsyncClient, verb)) == store_params
+    assert inspect.iscoroutinefunction(getattr(AsyncClient, verb)) or verb == "iter_documents"
+
+
+def test_http_add_texts_creates_the_collection_and_skips_unchanged(notes: Client) -> None:
+    assert notes.get_collection("notes")["documents"] == 3
+    again = notes.add_texts("notes", NOTES[:1], [{"topic": "db"}], ids=["rollback"])
+    assert (again["unchanged"], again["embedded"]) == (1, 0)
+    assert [t["id"] for t in notes.get_texts("notes", ["search", "rollback"])] == [
+        "search", "rollback"]
+
+
+def test_the_three_give_the_same_hits(notes: Client, open_url: str, store: Store) -> None:
+    options: dict[str, Any] = {"k": 2, "where": {"topic": {"$in": ["db", "ops"]}},
+                               "rrf_k": 20, "vector_weight": 2.0, "explain": True}
+    over_http = notes.search("notes", "how do I go back a revision", **options)
+
+    async def run_async() -> dict[str, Any]:
+        async with AsyncClient(open_url) as ac:
+            return await ac.search("notes", "how do I go back a revision", **options)
+
+    over_async = asyncio.run(run_async())
+    in_process = store.search("notes", "how do I go back a revision", **options)
+    for out in (over_async, in_process):
+        assert [h["chunk_id"] for h in out["data"]] == [h["chunk_id"] for h in over_http["data"]]
+        assert set(out) == set(over_http)
+    assert over_http["data"][0]["metadata"] == {"topic": "db"}
+    assert over_http["data"][0]["explain"]["rrf"] == {"k": 20, "vector_weight": 2.0,
+                                                      "fulltext_weight": 1.0}
+
+
+def test_search_by_vector_over_http(notes: Client, store: Store) -> None:
+    rt = store.runtime
+    vec = rt.embedder_for(rt.collection("notes")).embed_query("nightly backups").tolist()
+    out = notes.search("notes", vector=vec, k=1)
+    assert out["query"] is None
+    assert out["data"][0]["text"] == NOTES[1]
+    with pytest.raises(InputError, match="holds 384-dimensional vectors"):
+        notes.search("notes", vector=[1.0, 2.0])
+
+
+def test_vector_only_collection_over_http(client: Client) -> None:
+    made = client.create_collection("ext", model="their-model@2024", dimension=3,
+                                    distance="l2")
+    assert (made["dimension"], made["distance"]) == (3, "l2")
+    client.add_texts("ext", ["red", "green"], ids=["r", "g"],
+                     vectors=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert [h["text"] for h in client.search("ext", vector=[0.1, 0.8, 0.0])["data"]] == [
+        "green", "red"]
+    with pytest.raises(InputError, match="cannot run, so text cannot be embedded"):
+        client.search("ext", "green", mode="hybrid")
+
+
+def test_async_client_reads_and_deletes(open_url: str, notes: Client) -> None:
+    async def scenario() -> tuple[list[str], int, list[dict[str, Any]]]:
+        async with AsyncClient(open_url) as ac:
+            await ac.add_texts("tmp", ["one", "two"], ids=["1", "2"])
+            names = [c["name"] for c in await ac.list_collections()]
+            deleted = await ac.delete_texts("tmp", ["1"])
+            left = [d async for d in ac.iter_documents("tmp")]
+            await ac.delete_collection("tmp")
+            return names, deleted, left
+
+    names, deleted, left = asyncio.run(scenario())
+    assert "tmp" in names and deleted == 1
+    assert [d["name"] for d in left] == ["2"]

