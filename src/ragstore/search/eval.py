@@ -243,7 +243,9 @@ def evaluate(rt: Runtime, dataset: BeirDataset, collection: str,
     """Score each mode on the dataset's judged queries (the corpus must be ingested)."""
     results = []
     for mode in modes:
-        params = SearchParams(k=CHUNKS_PER_QUERY, mode=mode, **search)  # type: ignore[arg-type]
+        # benchmark queries are prose: "or" and "-" in them are words, not operators
+        params = SearchParams(k=CHUNKS_PER_QUERY, mode=mode, plain=True,
+                              **search)  # type: ignore[arg-type]
         t0 = time.perf_counter()
         run_ = run_queries(rt, collection, dataset.queries, params)
         seconds = time.perf_counter() - t0

@@ -10,7 +10,7 @@ from ragstore.api import catalog
 from ragstore.api.deps import Rt
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
-from ragstore.api.schemas import Health, Readiness
+from ragstore.api.schemas import Health, Readiness, ReplicaPublic
 from ragstore.db import migrations
 from ragstore.db.errors import translated
 from ragstore.errors import ModelError, NotFoundError, NotReadyError, RagstoreError
@@ -60,4 +60,10 @@ def readyz(rt: Rt) -> Readiness:
     bad = sum(1 for v in collections.values() if v != "ok")
     checks["models"] = f"{len(names)} collection(s) validated" + (
         f", {bad} cannot embed queries" if bad else "")
-    return Readiness(checks=checks, collections=collections)
+    checks["role"] = "replica (read-only)" if rt.read_only else "primary"
+    replicas = [r.public() for r in rt.router.statuses()]
+    if replicas:
+        up = sum(1 for r in replicas if r["up"])
+        checks["replicas"] = f"{up} of {len(replicas)} serving reads"
+    return Readiness(checks=checks, collections=collections,
+                     replicas=[ReplicaPublic(**r) for r in replicas] if replicas else None)

@@ -1,7 +1,7 @@
 """Shared rate-limit buckets: one token bucket per API key, for every server and worker.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-01
 
 Counting requests in each process's memory let N uvicorn workers (or N servers) allow N
@@ -11,8 +11,8 @@ limit hold across all of them.
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
