@@ -135,8 +135,10 @@ def test_db_downgrade_asks_and_no_changes_nothing(
     _answer(monkeypatch, "n\n")
     assert run_cli("db", "downgrade", "--to", "base") == 1
     captured = capsys.readouterr()
-    assert "Downgrade " in captured.out and "(pass --yes to skip this question)" in captured.out
-    assert captured.err == "aborted: nothing was changed\n"
+    assert captured.out == ""
+    assert captured.err.startswith("Downgrade ")
+    assert "(pass --yes to skip this question) [y/N]: " in captured.err
+    assert captured.err.endswith("[y/N]: \naborted: nothing was changed\n")
     assert migrations.status(db).current == head
 
 
