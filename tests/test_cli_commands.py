@@ -210,14 +210,18 @@ def test_json_on_db_status_and_keys(
     assert json.loads(capsys.readouterr().out)["revoked"] is True
 
 
-def test_progress_line_every_n_items_or_seconds() -> None:
+def test_progress_line_every_n_items_or_seconds_after_a_quiet_start() -> None:
     lines: list[str] = []
     now = [0.0]
     line = ProgressLine("ingesting", "files", every=3, every_s=10.0, write=lines.append,
                         clock=lambda: now[0])
     for done in range(1, 7):
-        line.update(done, 6, "x chunks")
+        line.update(done, 100)
+    assert lines == []  # work that ends within 10 s prints nothing
+    now[0] = 10.0
+    for done in range(7, 13):
+        line.update(done, 100, "x chunks")
     now[0] = 25.0
-    line.update(7, None)
-    assert lines == ["ingesting: 3/6 files, x chunks (0s)", "ingesting: 6/6 files, x chunks (0s)",
-                     "ingesting: 7 files (25s)"]
+    line.update(13, None)
+    assert lines == ["ingesting: 7/100 files, x chunks (10s)",
+                     "ingesting: 10/100 files, x chunks (10s)", "ingesting: 13 files (25s)"]
