@@ -68,6 +68,7 @@ def _register() -> None:
         import_cmd,
         ingest_cmd,
         keys_cmd,
+        mcp_cmd,
         models_cmd,
         search_cmd,
         sections_cmd,
@@ -86,6 +87,7 @@ def _register() -> None:
     sections_cmd.register(app)
     app.add_typer(keys_cmd.app, name="keys")
     serve_cmd.register(app)
+    mcp_cmd.register(app)
     worker_cmd.register(app)
     import_cmd.register(app)
     backup_cmd.register(app)
