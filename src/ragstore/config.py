@@ -1,6 +1,6 @@
 """Settings: one validated object, read from ``RAGSTORE_*`` environment variables and ``.env``.
 
-Nothing is read at import time; call :func:`get_settings`. A bad value becomes one
+Nothing is read at import time; call :func:`ragstore.profiles.get_settings`. A bad value becomes one
 :class:`~ragstore.errors.ConfigError` line naming the variable, the value and what is accepted.
 Secrets are ``SecretStr`` so that printing the settings never shows them.
 """
@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from ragstore.errors import ConfigError
 
 ENV_PREFIX = "RAGSTORE_"
 
@@ -107,7 +105,7 @@ class Settings(BaseSettings):
         return self.database_url is None
 
 
-def _describe_error(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any]) -> str:
     field = ".".join(str(p) for p in err.get("loc", ())) or "settings"
     variable = ENV_PREFIX + field.upper()
     value = err.get("input")
@@ -116,16 +114,3 @@ def _describe_error(err: dict[str, Any]) -> str:
     else:
         shown = repr(value)
     return f"{variable}={shown} is invalid: {err.get('msg', 'bad value')}"
-
-
-def get_settings(**overrides: Any) -> Settings:
-    """Build and validate the settings; raise one ConfigError naming each bad variable."""
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        lines = [_describe_error(dict(e)) for e in exc.errors()]
-        raise ConfigError("; ".join(lines)) from None
-    from ragstore.profiles import check_profile
-
-    check_profile(settings)
-    return settings

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ragstore.config import Settings, get_settings
+from ragstore.config import Settings
 from ragstore.db import migrations, repository
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
@@ -16,6 +16,7 @@ from ragstore.embedding.base import Embedder
 from ragstore.embedding.registry import load_embedder
 from ragstore.errors import CollectionNotFoundError, ConflictError
 from ragstore.models import ModelSpec
+from ragstore.profiles import get_settings
 
 
 class Runtime:

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
 
         import uvicorn
 
-        from ragstore.config import get_settings
+        from ragstore.profiles import get_settings
 
         overrides = {k: v for k, v in
                      (("api_host", host), ("api_port", port), ("api_workers", workers))

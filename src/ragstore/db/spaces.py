@@ -204,3 +204,37 @@ def insert_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarr
     ).format(t=sql.Identifier(table)))
     conn.execute("TRUNCATE ragstore_backfill")
     return cur.rowcount
+
+
+MIGRATION_LOCKS = 0x5247_4D4D  # "RGMM": advisory-lock key space of model migrations
+
+
+def try_migration_lock(conn: Conn, collection_id: int) -> bool:
+    """Take the collection's session-level migration lock if free (one migrate, rollback or
+    prune at a time; released when the connection closes, also when the process dies)."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                       (MIGRATION_LOCKS, collection_id)).fetchone()
+    return bool(row and row[0])
+
+
+def sample_texts(conn: Conn, table: str, n: int, count: int) -> list[str]:
+    """``n`` chunk texts spread evenly over the ``count`` vectors of a space, by chunk id."""
+    step = max(1, count // max(n, 1))
+    rows = conn.execute(sql.SQL(
+        "SELECT c.text FROM (SELECT chunk_id, row_number() OVER (ORDER BY chunk_id) AS r"
+        " FROM {t}) e JOIN chunks c ON c.id = e.chunk_id WHERE (e.r - 1) %% %s = 0"
+        " ORDER BY e.r LIMIT %s"
+    ).format(t=sql.Identifier(table)), (step, n)).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def nearest_texts(conn: Conn, table: str, distance: str, vector: np.ndarray,
+                  k: int) -> list[str]:
+    """Texts of the ``k`` chunks nearest ``vector`` in a space, through its HNSW index."""
+    conn.execute("SET LOCAL hnsw.ef_search = 100")
+    rows = conn.execute(sql.SQL(
+        "SELECT c.text FROM {t} e JOIN chunks c ON c.id = e.chunk_id"
+        " ORDER BY e.embedding {op} %s LIMIT %s"
+    ).format(t=sql.Identifier(table), op=sql.SQL(OPERATORS[distance])),
+        (vector, k)).fetchall()
+    return [str(r[0]) for r in rows]

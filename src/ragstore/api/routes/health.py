@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ragstore.api import catalog
 from ragstore.api.deps import Rt
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import Health, Readiness
-from ragstore.db import migrations
+from ragstore.db import catalog, migrations
 from ragstore.db.errors import translated
 from ragstore.errors import NotReadyError, RagstoreError
 
@@ -28,8 +27,7 @@ def readyz(rt: Rt) -> Readiness:
     checks: dict[str, str] = {}
     try:
         db = rt.raw_db()
-        with db.connect(autocommit=True) as conn, translated(f"pinging {db.where}"):
-            conn.execute("SELECT 1")
+        db.ping()
         checks["database"] = "ok"
     except RagstoreError as exc:
         raise NotReadyError(f"database unreachable: {exc}") from None
