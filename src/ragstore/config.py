@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     ingest_batch_chunks: int = Field(
         512, ge=1, le=100_000, description="Chunks gathered across documents per encode round."
     )
+    bulk_load_bytes: int = Field(
+        4 * 1024 * 1024, ge=0,
+        description="A first load into an empty collection above this many bytes defers the "
+                    "vector index and builds it once at the end; 0 = always incremental.")
+    index_build_memory: str = Field(
+        "256MB", pattern=r"^[0-9]+(kB|MB|GB)$",
+        description="maintenance_work_mem for building a vector index after a bulk load.")
     max_file_bytes: int = Field(
         50 * 1024 * 1024, ge=1, description="Files above this size are skipped at ingest."
     )

@@ -133,11 +133,35 @@ def drop_index(conn: Conn, table: str) -> None:
     conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(f"{table}_hnsw")))
 
 
-def ensure_index(conn: Conn, table: str, distance: str) -> None:
-    """The space's HNSW index, built now if a backfill deferred it."""
+def ensure_index(conn: Conn, table: str, distance: str, *, memory: str | None = None,
+                 workers: int | None = None) -> None:
+    """The space's HNSW index, built now if a backfill or bulk load deferred it.
+
+    ``memory`` (maintenance_work_mem) and ``workers`` (parallel maintenance workers) apply
+    to this transaction only: an index built once over many rows is much faster with the
+    graph in memory and several workers inserting into it.
+    """
+    if memory is not None:
+        conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(memory)))
+    if workers is not None:
+        conn.execute(sql.SQL("SET LOCAL max_parallel_maintenance_workers = {}").format(
+            sql.Literal(workers)))
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding {ops})")
                  .format(i=sql.Identifier(f"{table}_hnsw"), t=sql.Identifier(table),
                          ops=sql.SQL(DISTANCE_OPS[distance])))
+
+
+def has_index(conn: Conn, table: str) -> bool:
+    row = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL",
+                       (f"{table}_hnsw",)).fetchone()
+    return bool(row and row[0])
+
+
+def is_empty(conn: Conn, table: str) -> bool:
+    """Whether a space holds no vector yet (a first load may defer its index)."""
+    row = conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(
+        sql.Identifier(table))).fetchone()
+    return bool(row and row[0])
 
 
 def drop_space(conn: Conn, space: Space) -> None:

@@ -25,6 +25,7 @@ from ragstore.embedding.base import Embedder
 from ragstore.embedding.http import HttpEmbedder
 from ragstore.embedding.local import SentenceTransformerEmbedder, weights_checksum
 from ragstore.embedding.paths import PACKAGE_PATH, resolve_path
+from ragstore.embedding.paths import minilm_dir as minilm_dir  # re-exported for callers
 from ragstore.embedding.validation import check_loaded
 from ragstore.errors import ModelMismatchError, ModelNotFoundError
 from ragstore.models import ModelSpec
