@@ -165,3 +165,7 @@ def test_restore_asks_and_no_changes_nothing(
     _answer(monkeypatch, "n\n")
     assert run_cli("restore", str(archive)) == 1
     assert capsys.readouterr().err.strip().endswith("aborted: nothing was changed")
+
+
+def test_revisions_read_from_the_files_agree_with_alembic() -> None:
+    assert migrations._chain_from_files() == migrations._chain_from_alembic()

@@ -31,7 +31,29 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-class Client:
+LSN_HEADER = "RAGStore-LSN"  # ragstore.db.lsn.HEADER (not imported: the client stays light)
+
+
+class _WritePosition:
+    """Read-your-writes: the WAL position of this client's last write (``RAGStore-LSN``),
+    sent back on later requests so a read a replica serves already shows that write. Copy
+    ``last_lsn`` to another client (one for a read-only server) to carry it over."""
+
+    last_lsn: str | None = None
+    read_your_writes: bool = True
+
+    def _with_lsn(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.read_your_writes and self.last_lsn:
+            kwargs["headers"] = {LSN_HEADER: self.last_lsn, **dict(kwargs.get("headers") or {})}
+        return kwargs
+
+    def _note_lsn(self, response: httpx.Response) -> None:
+        written = response.headers.get(LSN_HEADER)
+        if written:
+            self.last_lsn = written
+
+
+class Client(_WritePosition):
     """A connection to one ragstore server.
 
     ``Client("http://127.0.0.1:8080", api_key="rsk_...")``; use it as a context manager or
@@ -40,7 +62,9 @@ class Client:
     """
 
     def __init__(self, base_url: str = "http://127.0.0.1:8080", *, api_key: str | None = None,
-                 timeout: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
+                 timeout: float = 60.0, transport: httpx.BaseTransport | None = None,
+                 read_your_writes: bool = True) -> None:
+        self.read_your_writes = read_your_writes
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=_headers(api_key),
                                   timeout=timeout, transport=transport)
 
@@ -58,11 +82,12 @@ class Client:
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request; raise the matching RagstoreError for any error answer."""
         try:
-            response = self._http.request(method, path, **kwargs)
+            response = self._http.request(method, path, **self._with_lsn(kwargs))
         except httpx.TransportError as exc:
             raise DatabaseUnavailableError(
                 f"cannot reach the ragstore server at {self._http.base_url}: {exc}") from None
         raise_for_problem(response)
+        self._note_lsn(response)
         return response
 
     def _send(self, call: Call[T]) -> T:
@@ -197,7 +222,7 @@ class Client:
             time.sleep(poll)
 
 
-class AsyncClient:
+class AsyncClient(_WritePosition):
     """:class:`Client` for asyncio: the same verbs, names and options, awaited.
 
     ``async with AsyncClient(url, api_key=...) as client: await client.search(...)``.
@@ -205,7 +230,9 @@ class AsyncClient:
 
     def __init__(self, base_url: str = "http://127.0.0.1:8080", *, api_key: str | None = None,
                  timeout: float = 60.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 read_your_writes: bool = True) -> None:
+        self.read_your_writes = read_your_writes
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"),
                                        headers=_headers(api_key), timeout=timeout,
                                        transport=transport)
@@ -222,11 +249,12 @@ class AsyncClient:
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request; raise the matching RagstoreError for any error answer."""
         try:
-            response = await self._http.request(method, path, **kwargs)
+            response = await self._http.request(method, path, **self._with_lsn(kwargs))
         except httpx.TransportError as exc:
             raise DatabaseUnavailableError(
                 f"cannot reach the ragstore server at {self._http.base_url}: {exc}") from None
         raise_for_problem(response)
+        self._note_lsn(response)
         return response
 
     async def _send(self, call: Call[T]) -> T:

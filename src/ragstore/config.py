@@ -65,6 +65,14 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(
         50 * 1024 * 1024, ge=1, description="Files above this size are skipped at ingest."
     )
+    read_database_urls: SecretStr | None = Field(
+        None, description="Comma-separated postgresql:// URLs of read replicas (hot standbys);"
+        " searches, listings and document reads go there, everything else to the primary.")
+    max_replica_lag_s: float = Field(
+        10.0, gt=0, le=86400, description="A replica further behind than this is skipped.")
+    replica_wait_s: float = Field(
+        2.0, ge=0, le=60, description="How long a read-your-writes read waits for a replica to"
+        " replay the caller's last write before it goes to the primary.")
     pool_min_size: int = Field(1, ge=0, le=100)
     pool_max_size: int = Field(10, ge=1, le=1000)
     connect_timeout_s: float = Field(5.0, gt=0, le=300)
@@ -110,6 +118,14 @@ class Settings(BaseSettings):
     @property
     def uses_embedded_database(self) -> bool:
         return self.database_url is None
+
+    @property
+    def replica_urls(self) -> list[str]:
+        """The read replicas' conninfos, in the order given (empty: reads go to the primary)."""
+        if self.read_database_urls is None:
+            return []
+        text = self.read_database_urls.get_secret_value()
+        return [u.strip() for u in text.split(",") if u.strip()]
 
 
 def describe_error(err: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ are caught, never passed through to a user.
     ├── DatabaseError                   database_error
     │   ├── DatabaseUnavailableError    database_unavailable
     │   ├── ExtensionMissingError       extension_missing
+    │   ├── ReplicaBehindError          replica_behind
     │   └── SchemaMismatchError         schema_mismatch
     ├── NotFoundError                   not_found
     │   ├── CollectionNotFoundError     collection_not_found
@@ -26,6 +27,7 @@ are caught, never passed through to a user.
     ├── RequestTooLargeError            request_too_large
     ├── MethodNotAllowedError           method_not_allowed
     ├── NotReadyError                   not_ready
+    ├── ReadOnlyError                   read_only
     ├── InputError                      invalid_input
     │   ├── PathNotFoundError           path_not_found
     │   ├── FileUnreadableError         file_unreadable
@@ -109,6 +111,19 @@ class SchemaMismatchError(DatabaseError):
     exit_code = 69
 
 
+class ReplicaBehindError(DatabaseError):
+    """A read-only server's replica has not replayed the caller's last write in time (503);
+    ``retry_after`` seconds is a fair guess at when it will have."""
+
+    code = "replica_behind"
+    http_status = 503
+    exit_code = 69  # EX_UNAVAILABLE
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotFoundError(RagstoreError):
     code = "not_found"
     http_status = 404
@@ -177,6 +192,14 @@ class MethodNotAllowedError(RagstoreError):
     code = "method_not_allowed"
     http_status = 405
     exit_code = 64
+
+
+class ReadOnlyError(RagstoreError):
+    """A write sent to a server that serves a read replica only (HTTP 403)."""
+
+    code = "read_only"
+    http_status = 403
+    exit_code = 77
 
 
 class NotReadyError(RagstoreError):

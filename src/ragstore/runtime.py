@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ragstore.config import Settings
-from ragstore.db import migrations, repository
+from ragstore.db import lsn, migrations, repository, routing
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
@@ -25,6 +25,8 @@ class Runtime:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self._db: Database | None = None
+        self._router: routing.ReadRouter | None = None
+        self._read_only = False
         self._embedders: dict[ModelSpec, Embedder] = {}
 
     @property
@@ -33,16 +35,45 @@ class Runtime:
 
         A brand-new embedded database is initialised on first use (there is nothing to
         lose); any other schema that differs from the code is refused with the command
-        that fixes it.
+        that fixes it. Inside a routed read (:func:`ragstore.db.routing.routed`) this is
+        the server the router picked for the request, a replica or the primary.
         """
+        route = routing.current_route()
+        if route is not None and route.router is self._router:
+            return route.database()
+        return self.primary
+
+    @property
+    def primary(self) -> Database:
+        """The primary (the server RAGSTORE_DATABASE_URL names), even inside a routed read."""
         if self._db is None:
             db = Database.from_settings(self.settings)
             db.check_server()
-            if db.embedded and migrations.status(db).current is None:
+            with db.connect(autocommit=True) as conn, translated(f"inspecting {db.where}"):
+                read_only = lsn.in_recovery(conn)
+            if db.embedded and not read_only and migrations.status(db).current is None:
                 migrations.upgrade(db)
             migrations.ensure_current(db)
+            self._read_only = read_only
             self._db = db
         return self._db
+
+    @property
+    def read_only(self) -> bool:
+        """True when RAGSTORE_DATABASE_URL names a hot standby: this process only reads."""
+        self.primary  # noqa: B018
+        return self._read_only
+
+    @property
+    def router(self) -> routing.ReadRouter:
+        """Where reads go: the replicas of RAGSTORE_READ_DATABASE_URLS, else the primary."""
+        if self._router is None:
+            s = self.settings
+            self._router = routing.ReadRouter(
+                self.primary, s.replica_urls, max_lag_s=s.max_replica_lag_s,
+                wait_s=s.replica_wait_s, pool_min_size=s.pool_min_size,
+                pool_max_size=s.pool_max_size, connect_timeout_s=s.connect_timeout_s)
+        return self._router
 
     def raw_db(self) -> Database:
         """The database without the schema check, for the ``db`` commands themselves."""
@@ -83,6 +114,9 @@ class Runtime:
         return self.embedder(coll.model)
 
     def close(self) -> None:
+        if self._router is not None:
+            self._router.close()
+            self._router = None
         if self._db is not None:
             self._db.close()
             self._db = None

@@ -28,6 +28,7 @@ from ragstore.api.routes import (
     search,
     texts,
 )
+from ragstore.api.routing import ReadRoutingMiddleware
 from ragstore.auth import KeyStore, RateLimiter
 from ragstore.config import Settings
 from ragstore.console import install_console
@@ -56,6 +57,7 @@ def auth_enabled(settings: Settings) -> bool:
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:
     """Every middleware of the app, outermost last. Add metrics/logging middleware here."""
+    app.add_middleware(ReadRoutingMiddleware)  # innermost: it may run a read twice
     app.add_middleware(BodyLimitMiddleware, json_bytes=settings.max_request_bytes,
                        upload_bytes=settings.max_upload_bytes)
     app.add_middleware(ConsoleSecurityMiddleware)  # CSP and friends under /ui
@@ -69,6 +71,15 @@ def _warm_up(rt: Runtime) -> None:
 
     rt.db  # noqa: B018 (checks server and schema)
     rt.embedder(resolve_spec(rt.settings.model))
+
+
+def _read_only(rt: Runtime) -> bool:
+    """Whether the database is a standby; False while it cannot be reached (then it is the
+    primary's to answer, and writes fail as they would anyway)."""
+    try:
+        return rt.read_only
+    except RagstoreError:
+        return False
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -92,8 +103,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "authentication is OFF (RAGSTORE_AUTH=%s): every request to %s:%s has admin "
                 "rights; set RAGSTORE_AUTH=on and create keys with `ragstore keys create`",
                 settings.auth, settings.api_host, settings.api_port)
+        read_only = _read_only(rt)
+        if read_only:
+            log.warning("the database is a hot standby: this server answers reads only and "
+                        "refuses writes with read_only")
         app.state.ragstore = ApiState(
-            runtime=rt, keys=KeyStore(db) if secure else None,
+            runtime=rt, keys=KeyStore(db, read_only=read_only) if secure else None,
             limiter=RateLimiter(settings.rate_limit_per_minute), queue=queue)
         try:
             yield

@@ -37,6 +37,8 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.DatabaseUnavailableError: Problem(503, "Database unavailable"),
     e.ExtensionMissingError: Problem(503, "Database extension missing"),
     e.SchemaMismatchError: Problem(503, "Database schema mismatch"),
+    e.ReplicaBehindError: Problem(503, "Replica behind"),
+    e.ReadOnlyError: Problem(403, "Read-only server"),
     e.NotFoundError: Problem(404, "Not found"),
     e.CollectionNotFoundError: Problem(404, "Collection not found"),
     e.DocumentNotFoundError: Problem(404, "Document not found"),
@@ -104,7 +106,7 @@ def public_detail(exc: e.RagstoreError) -> str:
 
 def retry_after(exc: e.RagstoreError) -> float | None:
     """Seconds a client should wait before retrying, for the errors that pass with time."""
-    if isinstance(exc, (e.RateLimitedError, e.DatabaseUnavailableError)):
+    if isinstance(exc, (e.RateLimitedError, e.DatabaseUnavailableError, e.ReplicaBehindError)):
         return exc.retry_after
     if isinstance(exc, e.NotReadyError):
         return 5.0

@@ -295,9 +295,21 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class ReplicaPublic(BaseModel):
+    """A read replica as the router sees it (``RAGSTORE_READ_DATABASE_URLS``)."""
+
+    replica: str = Field(description="The replica's URL without its password.")
+    up: bool = Field(description="Answering and within RAGSTORE_MAX_REPLICA_LAG_S.")
+    lag_s: float | None = Field(description="Seconds behind the primary (None: unreachable).")
+    replay_lsn: str | None = Field(description="WAL position replayed so far.")
+    error: str | None = Field(description="Why reads skip it, when they do.")
+
+
 class Readiness(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, str]
+    replicas: list[ReplicaPublic] | None = Field(
+        None, description="Read replicas and whether reads go to them (none configured: null).")
 
 
 # --- inspection (the console's read-only views) ------------------------------------------

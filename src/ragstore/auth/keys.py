@@ -97,8 +97,9 @@ def _row(r: Any) -> ApiKey:
 class KeyStore:
     """Keys in the ``api_keys`` table of one database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, read_only: bool = False) -> None:
         self.db = db
+        self.read_only = read_only  # a standby: keys are checked, last_used_at is not kept
         self._verified: dict[str, bytes] = {}  # key_id -> sha256 of a secret that verified
         self._lock = threading.Lock()
 
@@ -165,5 +166,7 @@ class KeyStore:
                     raise AuthenticationError(f"API key {key_id}: wrong secret")
                 with self._lock:
                     self._verified[key_id] = digest
-                conn.execute("UPDATE api_keys SET last_used_at = now() WHERE id = %s", (key.id,))
+                if not self.read_only:
+                    conn.execute("UPDATE api_keys SET last_used_at = now() WHERE id = %s",
+                                 (key.id,))
         return key

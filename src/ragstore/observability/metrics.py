@@ -126,6 +126,16 @@ POOL_TIMEOUTS = Counter(
     "ragstore_db_pool_timeouts_total", "Requests that got no connection in time (errors).",
     registry=REGISTRY)
 
+REPLICA_LAG = Gauge(
+    "ragstore_db_replica_lag_seconds", "How far each read replica is behind the primary.",
+    ["replica"], registry=REGISTRY, multiprocess_mode="max")
+REPLICA_UP = Gauge(
+    "ragstore_db_replica_up", "1 while a read replica answers and is within the lag limit.",
+    ["replica"], registry=REGISTRY, multiprocess_mode="min")
+DB_READS = Counter(
+    "ragstore_db_reads_total", "Routed reads (searches, listings), by where they ran.",
+    ["target"], registry=REGISTRY)
+
 BUILD_INFO = Gauge(
     "ragstore_build_info", "Always 1; labels say the version and settings profile running.",
     ["version", "profile"], registry=REGISTRY, multiprocess_mode="max")
@@ -214,6 +224,17 @@ def observe_ingest(report: Any) -> None:
 
 def set_build_info(version: str, profile: str) -> None:
     BUILD_INFO.labels(version, profile).set(1)
+
+
+def observe_replica(replica: str, up: bool, lag_s: float | None) -> None:
+    """The last probe of a read replica: answering and usable, and its lag (-1: unknown)."""
+    REPLICA_UP.labels(replica).set(1 if up else 0)
+    REPLICA_LAG.labels(replica).set(-1 if lag_s is None else lag_s)
+
+
+def record_read(target: str) -> None:
+    """A routed read ran on ``target`` (``replica`` or ``primary``)."""
+    DB_READS.labels(target).inc()
 
 
 def sync_pool(pool: Any) -> None:

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from ragstore.api.deps import Rt
 from ragstore.api.errors_doc import responses
-from ragstore.api.schemas import Health, Readiness
+from ragstore.api.schemas import Health, Readiness, ReplicaPublic
 from ragstore.db import catalog, migrations
 from ragstore.db.errors import translated
 from ragstore.errors import NotReadyError, RagstoreError
@@ -45,4 +45,10 @@ def readyz(rt: Rt) -> Readiness:
     except RagstoreError as exc:
         raise NotReadyError(f"model check failed: {exc}") from None
     checks["models"] = f"{len(names)} collection(s) validated"
-    return Readiness(checks=checks)
+    checks["role"] = "replica (read-only)" if rt.read_only else "primary"
+    replicas = [r.public() for r in rt.router.statuses()]
+    if replicas:
+        up = sum(1 for r in replicas if r["up"])
+        checks["replicas"] = f"{up} of {len(replicas)} serving reads"
+    return Readiness(checks=checks,
+                     replicas=[ReplicaPublic(**r) for r in replicas] if replicas else None)

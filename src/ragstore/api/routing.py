@@ -1,0 +1,203 @@
+"""Which server answers a request: reads to replicas, writes to the primary, none on a standby.
+
+:class:`ReadRoutingMiddleware` sorts each request:
+
+- **reads** (GET/HEAD under ``/v1`` except jobs, ``POST .../search`` and ``.../texts/get``) run in a
+  :class:`~ragstore.db.routing.Route`, so ``Runtime.db`` is the replica the router picked.
+  A replica that fails under the request is marked down and the request is run once more on
+  the primary before anything reached the client: a standby going away costs latency, never
+  an error. The answer says where it ran (``RAGStore-Read-From``).
+- **writes** (any other method under ``/v1``) reach the primary; a 2xx answer carries the
+  primary's WAL position after the commit in ``RAGStore-LSN``. A read that sends it back is
+  served by a replica only once that replica has replayed it (read-your-writes).
+- on a **read-only server** (``RAGSTORE_DATABASE_URL`` names a hot standby) writes are refused
+  with ``read_only`` (403) before they run, and a read carrying an LSN this standby has not
+  replayed within ``RAGSTORE_REPLICA_WAIT_S`` is refused with ``replica_behind`` (503).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ragstore.api.errors import problem_response
+from ragstore.db import lsn, routing
+from ragstore.db.errors import translated
+from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
+from ragstore.runtime import Runtime
+
+READ_FROM = "RAGStore-Read-From"
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def classify(method: str, path: str) -> str:
+    """``read``, ``write`` or ``other`` (health, metrics, docs, jobs' reads: the primary)."""
+    if not path.startswith("/v1/"):
+        return "other"
+    if method == "POST" and (path.endswith(("/search", "/texts/get")) or "/search/" in path):
+        return "read"
+    if method in _WRITES:
+        return "write"
+    if method in ("GET", "HEAD") and not path.startswith("/v1/jobs"):
+        return "read"
+    return "other"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class ReadRoutingMiddleware:
+    """See the module docstring."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        kind = classify(scope["method"], scope["path"])
+        state = getattr(scope["app"].state, "ragstore", None) if "app" in scope else None
+        if kind == "other" or state is None:
+            await self.app(scope, receive, send)
+            return
+        rt: Runtime = state.runtime
+        try:
+            read_only = await run_in_threadpool(lambda: rt.read_only)
+            min_lsn = self._min_lsn(scope) if kind == "read" else None
+        except RagstoreError as exc:  # database down, bad header: the route answers it
+            if isinstance(exc, ReadOnlyError) or kind == "write" or exc.http_status < 500:
+                await _refuse(scope, send, exc)
+                return
+            await self.app(scope, receive, send)
+            return
+        if read_only:
+            await self._read_only(rt, kind, min_lsn, scope, receive, send)
+        elif kind == "write":
+            await self._write(rt, scope, receive, send)
+        else:
+            await self._read(rt, min_lsn, scope, receive, send)
+
+    @staticmethod
+    def _min_lsn(scope: Scope) -> int | None:
+        text = _header(scope, lsn.HEADER.lower().encode())
+        return lsn.parse(text) if text else None
+
+    async def _read_only(self, rt: Runtime, kind: str, min_lsn: int | None, scope: Scope,
+                         receive: Receive, send: Send) -> None:
+        if kind == "write":
+            await _refuse(scope, send, ReadOnlyError(
+                f"this server reads a hot standby ({rt.primary.where}) and refuses "
+                f"{scope['method']} {scope['path']}; send writes to a server on the primary"))
+            return
+        if min_lsn is not None:
+            wait = rt.settings.replica_wait_s
+            try:
+                caught_up = await run_in_threadpool(_replayed, rt, min_lsn, wait)
+            except RagstoreError as exc:
+                await _refuse(scope, send, exc)
+                return
+            if not caught_up:
+                await _refuse(scope, send, ReplicaBehindError(
+                    f"this read-only server's standby has not replayed your last write "
+                    f"({lsn.HEADER} {lsn.format_lsn(min_lsn)}) within {wait:g}s "
+                    "(RAGSTORE_REPLICA_WAIT_S); retry, or read from the primary",
+                    retry_after=max(1.0, wait)))
+                return
+        await self.app(scope, receive, send)
+
+    async def _write(self, rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_lsn(message: Message) -> None:
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
+                try:
+                    position = await run_in_threadpool(_primary_lsn, rt)
+                except RagstoreError:
+                    position = None
+                if position is not None:
+                    headers = list(message.get("headers", []))
+                    headers.append((lsn.HEADER.lower().encode(),
+                                    lsn.format_lsn(position).encode()))
+                    message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_lsn)
+
+    async def _read(self, rt: Runtime, min_lsn: int | None, scope: Scope, receive: Receive,
+                    send: Send) -> None:
+        router = await run_in_threadpool(lambda: rt.router)
+        if not router.has_replicas:
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        route = routing.Route(router, min_lsn)
+        if await self._attempt(route, body, scope, receive, send, last=False):
+            return
+        await self._attempt(routing.Route(router, min_lsn, primary_only=True), body, scope,
+                            receive, send, last=True)
+
+    async def _attempt(self, route: routing.Route, body: list[Message], scope: Scope,
+                       receive: Receive, send: Send, *, last: bool) -> bool:
+        """Run the request on ``route``; False when a replica failed under it and nothing
+        was sent (the caller runs it again on the primary)."""
+        pending = list(body)
+        dropped = False
+
+        async def replay() -> Message:
+            if pending:
+                return pending.pop(0)
+            return await receive()  # the body is spent: this waits for the disconnect
+
+        async def send_routed(message: Message) -> None:
+            nonlocal dropped
+            if message["type"] == "http.response.start":
+                if not last and route.lost and message["status"] >= 500:
+                    dropped = True
+                    return
+                if route.target is not None:
+                    where = "replica" if route.on_replica else "primary"
+                    message["headers"] = [*message.get("headers", []),
+                                          (READ_FROM.lower().encode(), where.encode())]
+            if dropped:
+                return
+            await send(message)
+
+        with routing.routed(route):
+            await self.app(scope, replay, send_routed)
+        return not dropped
+
+
+async def _read_body(receive: Receive) -> list[Message]:
+    """The request's body messages, kept so the request can be run a second time."""
+    messages: list[Message] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return messages
+
+
+def _replayed(rt: Runtime, min_lsn: int, wait_s: float) -> bool:
+    with translated(f"waiting for {rt.primary.where} to replay {lsn.format_lsn(min_lsn)}"):
+        return routing.wait_for_replay(rt.primary, min_lsn, wait_s)
+
+
+def _primary_lsn(rt: Runtime) -> int:
+    with rt.primary.connection() as conn, translated("reading the WAL position"):
+        return lsn.current(conn)
+
+
+async def _refuse(scope: Scope, send: Send, exc: RagstoreError) -> None:
+    state: dict[str, Any] = scope.get("state", {})
+    response = problem_response(exc, request_id=str(state.get("request_id", "")),
+                                instance=scope.get("path", ""))
+
+    async def no_body() -> Message:
+        return {"type": "http.disconnect"}
+
+    await response(scope, no_body, send)

@@ -1,0 +1,70 @@
+"""WAL positions (LSNs): where the primary has written to, how far a replica has replayed.
+
+Read-your-writes rests on these: a write answers with the primary's WAL position after its
+commit, and a later read that carries it is served by a replica only once that replica's
+``pg_last_wal_replay_lsn()`` has reached it. LSNs travel as PostgreSQL's text form
+(``16/B374D848``) and are compared as integers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from ragstore.errors import InputError
+
+HEADER = "RAGStore-LSN"
+_LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
+
+Conn = psycopg.Connection[Any]
+
+
+def parse(text: str) -> int:
+    """An LSN's text form as an integer; InputError naming the header when it is not one."""
+    m = _LSN_RE.match(text.strip())
+    if m is None:
+        raise InputError(
+            f"{HEADER} header {text!r} is not a WAL position; send back the value a write "
+            "returned, e.g. 0/3020B60")
+    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
+
+
+def format_lsn(value: int) -> str:
+    """The text form PostgreSQL prints for an LSN integer."""
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def current(conn: Conn) -> int:
+    """The primary's WAL write position: at or past every transaction committed so far."""
+    row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return parse(str(row[0]))
+
+
+@dataclass(frozen=True)
+class ReplayState:
+    """What a server says about itself: standby or not, and for a standby how far it is."""
+
+    in_recovery: bool
+    replay_lsn: int | None  # None on a primary
+    replay_age_s: float | None  # seconds since the last replayed commit (None: none yet)
+
+
+def replay_state(conn: Conn) -> ReplayState:
+    """One round trip: is this a standby, what has it replayed, how old is its last commit."""
+    row = conn.execute(
+        "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,"
+        " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8").fetchone()
+    assert row is not None
+    lsn = parse(str(row[1])) if row[1] is not None else None
+    age = float(row[2]) if row[2] is not None else None
+    return ReplayState(bool(row[0]), lsn, age)
+
+
+def in_recovery(conn: Conn) -> bool:
+    """True on a hot standby (every write there fails)."""
+    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    return bool(row and row[0])

