@@ -141,8 +141,9 @@ def test_collections_list_show_create_delete(
     assert "ts_config" in capsys.readouterr().out
     monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
     assert run_cli("collections", "delete", "scratch") == 1
-    assert capsys.readouterr().err == "aborted: nothing was changed\n"
-    assert run_cli("collections", "delete", "scratch", "--yes") == 0
+    assert capsys.readouterr().err.endswith("[y/N]: \naborted: nothing was changed\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
+    assert run_cli("collections", "delete", "scratch") == 0
     assert "deleted collection 'scratch' (0 documents)" in capsys.readouterr().err
     assert run_cli("collections", "show", "scratch") == 66
 

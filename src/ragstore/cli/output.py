@@ -74,10 +74,17 @@ def deprecated(old: str, new: str) -> None:
 
 def confirm(question: str, *, yes: bool) -> None:
     """Ask before a destructive step unless ``--yes``; a 'no' (or end of input) aborts
-    with exit status 1 and nothing changed."""
+    with exit status 1 and nothing changed. The question goes to stderr, so stdout holds
+    only the command's data (``--json``)."""
     if yes:
         return
-    typer.confirm(f"{question} (pass --yes to skip this question)", abort=True)
+    sys.stderr.write(f"{question} (pass --yes to skip this question) [y/N]: ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if not sys.stdin.isatty():  # the answer read from a pipe was not echoed
+        sys.stderr.write("\n")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise typer.Abort()
 
 
 class ProgressLine:
