@@ -54,7 +54,7 @@ def test_a_large_first_load_builds_the_index_once_at_the_end(bulk_rt: Runtime,
     text = ("Paragraph 2 of more5: common mistakes with glaciers, with detail number 502 that "
             "nobody else repeats.")
     hits = search(bulk_rt, text, collection="bulk", k=3, mode="vector")
-    assert hits and hits[0].text == text
+    assert hits and text in hits[0].text
 
 
 def test_a_small_first_load_is_incremental(bulk_rt: Runtime, tmp_path: Path) -> None:
