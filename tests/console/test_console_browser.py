@@ -25,6 +25,7 @@ from ragstore.auth import KeyStore
 from ragstore.config import Settings
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "console"
+expect.set_options(timeout=20_000)  # a page's requests on a busy 2-core CI machine
 TARGET = "all-MiniLM-L6-v2-256d"
 EVIL = ("Warning <script>window.__pwned = 1</script> and "
         '<img src="x" onerror="window.__pwned = 2"> should show as text.\n')
@@ -158,6 +159,11 @@ def test_a_read_key_sees_no_write_or_admin_controls(page: Page, server: Server,
     expect(page.locator("tr[data-collection=handbook] button.delete")).to_be_hidden()
     open_page(page, server, f"/ui/collections/{handbook}")
     expect(page.locator("#upload-section")).to_be_hidden()
+    expect(page.locator("#documents-body")).to_contain_text("rollback.md")  # it can read
+    open_page(page, server, "/ui/models")
+    expect(page.locator("#migrate-start")).to_be_hidden()
+    expect(page.locator("#rollback")).to_be_hidden()
+    expect(page.locator("#active-model")).to_contain_text("all-MiniLM-L6-v2")
 
 
 def test_create_a_collection_and_upload_two_files_by_drop(page: Page, server: Server) -> None:
@@ -180,6 +186,9 @@ def test_create_a_collection_and_upload_two_files_by_drop(page: Page, server: Se
     expect(bad).to_have_text(re.compile(r"^failed: broken\.pdf: not a readable PDF"),
                              timeout=60_000)
     expect(bad).to_contain_text("(corrupt_document)")
+    for name in ("rollback.md", "broken.pdf"):  # each file's own progress bar, full
+        bar = page.locator(f"#upload-list li[data-file='{name}'] progress")
+        assert bar.evaluate("b => b.value") == 1
     expect(page.locator("#documents-body tr")).to_have_count(1)
     expect(page.locator("#documents-body")).to_contain_text("rollback.md")
     expect(page.locator("#spaces-body")).to_contain_text("active")

@@ -409,8 +409,11 @@
     await loadChunks();
   }
 
-  function rankCell(part, what) {
-    if (!part) return el("td", { class: "rank", title: "not in the " + what + " list", text: "—" });
+  function rankCell(part, what, searched) {
+    if (!part) {
+      const why = searched ? "not among the " + what + " candidates" : "no " + what + " list in this mode";
+      return el("td", { class: "rank", title: why, text: "—" });
+    }
     const detail = what === "vector" ? "distance " + part.distance.toFixed(4)
                                      : "bm25 " + part.bm25.toFixed(4);
     return el("td", { class: "rank", title: detail }, String(part.rank),
@@ -441,7 +444,8 @@
     }
     return el("tr", { dataset: { chunk: h.chunk_id } },
       el("td", { text: i + 1 }), el("td", { class: "score", text: h.score.toFixed(4) }),
-      rankCell(ex.vector, "vector"), rankCell(ex.fulltext, "full-text"), cell);
+      rankCell(ex.vector, "vector", ex.mode !== "fulltext"),
+      rankCell(ex.fulltext, "full-text", ex.mode !== "vector"), cell);
   }
 
   function pageSearch() {

@@ -1,0 +1,66 @@
+"""What the integrations need of ragstore: the verbs ``Store`` and ``Client`` share.
+
+A structural type, so an integration takes either an in-process :class:`ragstore.Store`
+or an HTTP :class:`ragstore.Client` without knowing which; and the small helpers every
+integration repeats (make the collection for an outside embedding model on first add).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import suppress
+from typing import Any, Protocol
+
+from ragstore.errors import CollectionNotFoundError, ConflictError
+
+
+class Backend(Protocol):
+    """The verbs of :class:`ragstore.Store` and :class:`ragstore.Client` used here."""
+
+    def create_collection(self, name: str, *, model: str | None = None,
+                          settings: Mapping[str, Any] | None = None,
+                          dimension: int | None = None,
+                          distance: str | None = None) -> dict[str, Any]: ...
+
+    def get_collection(self, name: str) -> dict[str, Any]: ...
+
+    def delete_collection(self, name: str) -> None: ...
+
+    def add_texts(self, collection: str, texts: Sequence[str],
+                  metadatas: Sequence[Mapping[str, Any]] | None = None,
+                  ids: Sequence[str] | None = None, *,
+                  vectors: Sequence[Sequence[float]] | None = None) -> dict[str, Any]: ...
+
+    def get_texts(self, collection: str, ids: Sequence[str]) -> list[dict[str, Any]]: ...
+
+    def delete_texts(self, collection: str, ids: Sequence[str]) -> int: ...
+
+    def iter_documents(self, collection: str, *, page_size: int = 100,
+                       **filters: Any) -> Iterator[dict[str, Any]]: ...
+
+    def search(self, collection: str, query: str | None = None, *,
+               vector: Sequence[float] | None = None, k: int = 10, mode: str | None = None,
+               where: Mapping[str, Any] | None = None, context: int | str | None = None,
+               explain: bool = False, ef_search: int | None = None,
+               rrf_k: float | None = None, vector_weight: float | None = None,
+               fulltext_weight: float | None = None) -> dict[str, Any]: ...
+
+
+def ensure_vector_collection(backend: Backend, name: str, model: str, dimension: int,
+                             distance: str = "cosine") -> None:
+    """Create ``name`` for vectors of an outside model unless it exists (then it is used as
+    is; a dimension that differs is refused by the add that follows)."""
+    try:
+        backend.get_collection(name)
+    except CollectionNotFoundError:
+        with suppress(ConflictError):  # made meanwhile by another writer
+            backend.create_collection(name, model=model, dimension=dimension,
+                                      distance=distance)
+
+
+def exists(backend: Backend, name: str) -> bool:
+    try:
+        backend.get_collection(name)
+    except CollectionNotFoundError:
+        return False
+    return True

@@ -1,0 +1,157 @@
+"""A LangChain ``VectorStore`` on ragstore: ``RagstoreVectorStore`` (extra ``[langchain]``).
+
+::
+
+    from ragstore import Store
+    from ragstore.integrations.langchain import RagstoreVectorStore
+
+    vs = RagstoreVectorStore(Store(), "notes")            # the collection's own model
+    vs.add_texts(["Rollback: run ragstore db downgrade."], metadatas=[{"team": "db"}])
+    vs.as_retriever(search_kwargs={"k": 3, "filter": {"team": "db"}}).invoke("roll back?")
+
+Without ``embedding`` ragstore embeds with the collection's pinned model, chunks long
+texts, and searches in ``mode`` (hybrid by default: vector and BM25 fused). With a
+LangChain ``embedding`` the vectors are LangChain's: each text is stored whole with its
+vector in a collection created for that model, and searches are by vector. Either way the
+backend is a :class:`ragstore.Store` or a :class:`ragstore.Client` (same verbs), and
+``filter`` is ragstore's ``where`` language (``{"year": {"$gte": 2020}}``). A document's
+LangChain ``id`` is its ragstore text id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
+from typing import Any
+
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores import VectorStore
+
+from ragstore.errors import CollectionNotFoundError
+from ragstore.integrations.backend import Backend, ensure_vector_collection, exists
+
+__all__ = ["RagstoreVectorStore"]
+
+
+class RagstoreVectorStore(VectorStore):
+    """A ragstore collection as a LangChain vector store.
+
+    ``backend``: a :class:`ragstore.Store` or :class:`ragstore.Client`; ``collection``: its
+    name; ``embedding``: a LangChain model whose vectors to store (``None``: ragstore's own
+    model); ``model_name``: how the collection records that outside model; ``mode``: the
+    search mode when ragstore embeds (``hybrid``, ``vector`` or ``fulltext``).
+    """
+
+    def __init__(self, backend: Backend, collection: str, embedding: Embeddings | None = None,
+                 *, model_name: str | None = None, mode: str = "hybrid",
+                 distance: str = "cosine") -> None:
+        self.backend = backend
+        self.collection = collection
+        self._embedding = embedding
+        self.model_name = model_name or (
+            f"langchain-{type(embedding).__name__}" if embedding is not None else None)
+        self.mode = mode
+        self.distance = distance
+
+    @property
+    def embeddings(self) -> Embeddings | None:
+        return self._embedding
+
+    # --- writing -------------------------------------------------------------------------
+
+    def add_texts(self, texts: Iterable[str], metadatas: list[dict[str, Any]] | None = None,
+                  *, ids: list[str] | None = None, **kwargs: Any) -> list[str]:
+        """Add or update texts; ids missing (``None``) are generated. Returns the ids."""
+        batch = list(texts)
+        if not batch:
+            return []
+        given: list[str | None] = list(ids) if ids else [None] * len(batch)
+        chosen = [i if i else uuid.uuid4().hex for i in given]
+        vectors = None
+        if self._embedding is not None:
+            vectors = self._embedding.embed_documents(batch)
+            assert self.model_name is not None
+            ensure_vector_collection(self.backend, self.collection, self.model_name,
+                                     len(vectors[0]), self.distance)
+        out = self.backend.add_texts(self.collection, batch, metadatas, chosen,
+                                     vectors=vectors)
+        return list(out["ids"])
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """Delete these ids (unknown ones are ignored); ``None`` deletes the collection."""
+        if ids is None:
+            if exists(self.backend, self.collection):
+                self.backend.delete_collection(self.collection)
+            return True
+        with suppress(CollectionNotFoundError):  # no collection: nothing to delete
+            self.backend.delete_texts(self.collection, ids)
+        return True
+
+    # --- reading -------------------------------------------------------------------------
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        try:
+            found = self.backend.get_texts(self.collection, list(ids))
+        except CollectionNotFoundError:
+            return []
+        return [Document(id=t["id"], page_content=t["text"], metadata=t["metadata"])
+                for t in found]
+
+    def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
+        return [doc for doc, _ in self.similarity_search_with_score(query, k, **kwargs)]
+
+    def similarity_search_with_score(self, *args: Any, **kwargs: Any
+                                     ) -> list[tuple[Document, float]]:
+        """``(query, k=4, filter=None)``: documents with ragstore's score (higher is
+        closer: cosine similarity in vector mode, the fused RRF score in hybrid)."""
+        query, k, where = _query_args(args, kwargs)
+        if self._embedding is not None:
+            return self._search(vector=self._embedding.embed_query(query), k=k, where=where)
+        return self._search(query=query, k=k, where=where, mode=self.mode)
+
+    def similarity_search_by_vector(self, embedding: list[float], k: int = 4,
+                                    **kwargs: Any) -> list[Document]:
+        return [doc for doc, _ in self._search(vector=embedding, k=k,
+                                               where=kwargs.get("filter"))]
+
+    def _search(self, *, query: str | None = None, vector: Sequence[float] | None = None,
+                k: int, where: dict[str, Any] | None,
+                mode: str | None = None) -> list[tuple[Document, float]]:
+        try:
+            out = self.backend.search(self.collection, query, vector=vector, k=k,
+                                      where=where, mode=mode)
+        except CollectionNotFoundError:
+            return []  # an empty store: nothing added yet
+        return [(Document(id=h["source"], page_content=h["text"], metadata=h["metadata"]),
+                 float(h["score"])) for h in out["data"]]
+
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        """Scores to [0, 1] for ``similarity_search_with_relevance_scores``: cosine
+        similarity maps linearly; other scores pass through."""
+        if self.distance == "cosine":
+            return lambda score: (score + 1.0) / 2.0
+        return lambda score: score
+
+    @classmethod
+    def from_texts(cls, texts: list[str], embedding: Embeddings,
+                   metadatas: list[dict[str, Any]] | None = None, *,
+                   ids: list[str] | None = None, **kwargs: Any) -> RagstoreVectorStore:
+        """``from_texts(texts, embedding, backend=Store(), collection="name")``."""
+        try:
+            backend, collection = kwargs.pop("backend"), kwargs.pop("collection")
+        except KeyError as exc:
+            raise TypeError(f"from_texts needs {exc.args[0]}=: a ragstore Store or Client "
+                            "and the collection name") from None
+        store = cls(backend, collection, embedding, **kwargs)
+        store.add_texts(texts, metadatas, ids=ids)
+        return store
+
+
+def _query_args(args: tuple[Any, ...], kwargs: dict[str, Any]
+                ) -> tuple[str, int, dict[str, Any] | None]:
+    query = args[0] if args else kwargs["query"]
+    k = args[1] if len(args) > 1 else kwargs.get("k", 4)
+    where = kwargs.get("filter")
+    return str(query), int(k), where

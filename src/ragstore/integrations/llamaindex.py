@@ -1,0 +1,201 @@
+"""A LlamaIndex vector store on ragstore: ``RagstoreVectorStore`` (extra ``[llamaindex]``).
+
+::
+
+    from llama_index.core import VectorStoreIndex
+    from ragstore import Store
+    from ragstore.integrations.llamaindex import RagstoreEmbedding, RagstoreVectorStore
+
+    store = Store()
+    vs = RagstoreVectorStore(store, "notes")
+    index = VectorStoreIndex.from_vector_store(vs, embed_model=RagstoreEmbedding(store, "notes"))
+    index.as_retriever(similarity_top_k=3, filters=MetadataFilters(...)).retrieve("roll back?")
+
+ragstore embeds the query itself (``is_embedding_query`` is false), so a retriever's text
+query runs ragstore's ``mode`` (hybrid by default: vector and BM25 fused) with the
+collection's pinned model. Nodes that arrive with embeddings (``index.insert`` computes
+them with the ``embed_model``) are stored whole with those vectors; nodes without are
+embedded by ragstore. Node ids are ragstore text ids; the node (relationships, metadata)
+is kept in its metadata the LlamaIndex way, so results rebuild the same nodes. Metadata
+filters become ragstore's ``where`` filter. The backend is a :class:`ragstore.Store` or a
+:class:`ragstore.Client`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import Any
+
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.schema import BaseNode, MetadataMode
+from llama_index.core.vector_stores.types import (
+    BasePydanticVectorStore,
+    FilterCondition,
+    FilterOperator,
+    MetadataFilter,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryResult,
+)
+from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
+
+from ragstore.errors import CollectionNotFoundError, InputError
+from ragstore.integrations.backend import Backend, ensure_vector_collection
+from ragstore.store import Store
+
+__all__ = ["RagstoreEmbedding", "RagstoreVectorStore", "to_where"]
+
+_OPS = {FilterOperator.EQ: "$eq", FilterOperator.NE: "$ne", FilterOperator.GT: "$gt",
+        FilterOperator.GTE: "$gte", FilterOperator.LT: "$lt", FilterOperator.LTE: "$lte",
+        FilterOperator.IN: "$in", FilterOperator.NIN: "$nin"}
+
+
+def to_where(filters: MetadataFilters | None) -> dict[str, Any] | None:
+    """LlamaIndex metadata filters as a ragstore ``where`` filter; an operator ragstore's
+    filter language lacks is refused by name."""
+    if filters is None or not filters.filters:
+        return None
+    parts: list[dict[str, Any]] = []
+    for f in filters.filters:
+        if isinstance(f, MetadataFilters):
+            sub = to_where(f)
+            if sub is not None:
+                parts.append(sub)
+            continue
+        parts.append(_one(f))
+    condition = filters.condition or FilterCondition.AND
+    if condition == FilterCondition.NOT:
+        return {"$not": {"$and": parts}}
+    return {"$or": parts} if condition == FilterCondition.OR else {"$and": parts}
+
+
+def _one(f: MetadataFilter) -> dict[str, Any]:
+    if f.operator == FilterOperator.IS_EMPTY:
+        return {f.key: {"$exists": False}}
+    operator = FilterOperator(f.operator)
+    op = _OPS.get(operator)
+    if op is None:
+        raise InputError(f"metadata filter operator {operator.value} on {f.key!r} has no "
+                         "ragstore equivalent; use one of "
+                         f"{', '.join(o.value for o in _OPS)}")
+    return {f.key: {op: f.value}}
+
+
+class RagstoreVectorStore(BasePydanticVectorStore):
+    """A ragstore collection as a LlamaIndex vector store (text kept, query embedded by
+    ragstore). ``model_name``/``dimension``: create the collection for vectors of an
+    outside model rather than ragstore's default model."""
+
+    stores_text: bool = True
+    is_embedding_query: bool = False
+    flat_metadata: bool = False
+
+    _backend: Backend = PrivateAttr()
+    _collection: str = PrivateAttr()
+    _mode: str = PrivateAttr()
+    _model_name: str | None = PrivateAttr()
+
+    def __init__(self, backend: Backend, collection: str, *, mode: str = "hybrid",
+                 model_name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._backend = backend
+        self._collection = collection
+        self._mode = mode
+        self._model_name = model_name
+
+    @property
+    def client(self) -> Backend:
+        return self._backend
+
+    @property
+    def collection(self) -> str:
+        return self._collection
+
+    def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
+        if not nodes:
+            return []
+        texts = [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
+        metas = [node_to_metadata_dict(n, remove_text=True, flat_metadata=False) for n in nodes]
+        ids = [n.node_id for n in nodes]
+        vectors = None
+        if all(n.embedding is not None for n in nodes):
+            vectors = [list(n.embedding or []) for n in nodes]
+            if self._model_name is not None:
+                ensure_vector_collection(self._backend, self._collection, self._model_name,
+                                         len(vectors[0]))
+        out = self._backend.add_texts(self._collection, texts, metas, ids, vectors=vectors)
+        return list(out["ids"])
+
+    def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        """Delete every node of the source document ``ref_doc_id``."""
+        with suppress(CollectionNotFoundError):
+            ids = [d["source"] for d in self._backend.iter_documents(
+                self._collection, metadata={"ref_doc_id": ref_doc_id})]
+            if ids:
+                self._backend.delete_texts(self._collection, ids)
+
+    def delete_nodes(self, node_ids: list[str] | None = None,
+                     filters: MetadataFilters | None = None, **delete_kwargs: Any) -> None:
+        if filters is not None:
+            raise InputError("deleting nodes by metadata filter is not supported; give "
+                             "node_ids")
+        if node_ids:
+            with suppress(CollectionNotFoundError):
+                self._backend.delete_texts(self._collection, node_ids)
+
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        where = to_where(query.filters)
+        k = query.similarity_top_k
+        try:
+            if query.query_str:
+                out = self._backend.search(self._collection, query.query_str, k=k,
+                                           where=where, mode=self._mode)
+            elif query.query_embedding is not None:
+                out = self._backend.search(self._collection, vector=query.query_embedding,
+                                           k=k, where=where)
+            else:
+                raise InputError("the query has neither text nor an embedding")
+        except CollectionNotFoundError:
+            return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+        nodes, scores, ids = [], [], []
+        for hit in out["data"]:
+            node = metadata_dict_to_node(hit["metadata"])
+            node.set_content(hit["text"])
+            nodes.append(node)
+            scores.append(float(hit["score"]))
+            ids.append(str(hit["source"]))
+        return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=ids)
+
+
+class RagstoreEmbedding(BaseEmbedding):
+    """The collection's pinned ragstore model as a LlamaIndex embedding (in-process), for
+    ``VectorStoreIndex.from_vector_store(..., embed_model=...)``: the index and ragstore
+    then embed with one model, and nothing else is downloaded or called."""
+
+    _store: Store = PrivateAttr()
+    _name: str = PrivateAttr()
+
+    def __init__(self, store: Store, collection: str, **kwargs: Any) -> None:
+        super().__init__(model_name=f"ragstore:{collection}", **kwargs)
+        self._store = store
+        self._name = collection
+
+    def _embedder(self) -> Any:
+        rt = self._store.runtime
+        return rt.embedder_for(rt.collection(self._name, create=True))
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return [float(x) for x in self._embedder().embed_query(query)]
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return [float(x) for x in self._embedder().embed([text])[0]]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return [[float(x) for x in row] for row in self._embedder().embed(texts)]
+
+

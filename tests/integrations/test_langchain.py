@@ -1,0 +1,71 @@
+"""LangChain: langchain-tests' standard ``VectorStoreIntegrationTests`` suite against the
+real embedded database, then ragstore's own model behind ``as_retriever()``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from langchain_core.documents import Document
+from langchain_core.vectorstores import VectorStore
+from langchain_tests.integration_tests import VectorStoreIntegrationTests
+
+from ragstore import Store
+from ragstore.integrations.langchain import RagstoreVectorStore
+
+
+class TestRagstoreStandard(VectorStoreIntegrationTests):
+    """The standard suite (sync and async, 25 tests) with its 6-dimensional fake
+    embedding: vectors made outside ragstore, stored and searched by vector."""
+
+    @pytest.fixture()
+    def vectorstore(self, store: Store) -> Iterator[VectorStore]:  # type: ignore[override]
+        vs = RagstoreVectorStore(store, f"lc-{uuid.uuid4().hex[:10]}", self.get_embeddings())
+        try:
+            yield vs
+        finally:
+            vs.delete()
+
+
+def test_standard_suite_stored_the_outside_model_on_the_collection(store: Store) -> None:
+    vs = RagstoreVectorStore(store, "lc-fake", VectorStoreIntegrationTests.get_embeddings(),
+                             model_name="fake-embedding")
+    vs.add_texts(["one"], ids=["1"])
+    coll = store.get_collection("lc-fake")
+    assert (coll["model"], coll["dimension"]) == ("fake-embedding@imported", 6)
+
+
+@pytest.fixture(scope="module")
+def handbook(store: Store) -> RagstoreVectorStore:
+    vs = RagstoreVectorStore(store, "lc-handbook")
+    vs.add_documents([
+        Document(page_content="To roll back a schema migration run ragstore db downgrade.",
+                 metadata={"team": "db", "year": 2024}),
+        Document(page_content="Backups run nightly and are kept for thirty days.",
+                 metadata={"team": "ops", "year": 2023}),
+        Document(page_content="Kittens sleep most of the day.",
+                 metadata={"team": "pets", "year": 2024}),
+    ], ids=["rollback", "backups", "kittens"])
+    return vs
+
+
+def test_as_retriever_invoke_uses_ragstores_model_and_hybrid_search(
+        handbook: RagstoreVectorStore) -> None:
+    docs = handbook.as_retriever(search_kwargs={"k": 1}).invoke("how do I undo a migration?")
+    assert [d.id for d in docs] == ["rollback"]
+    assert docs[0].metadata == {"team": "db", "year": 2024}
+
+
+def test_retriever_filter_is_ragstores_where_language(handbook: RagstoreVectorStore) -> None:
+    retriever = handbook.as_retriever(
+        search_kwargs={"k": 3, "filter": {"year": {"$lt": 2024}}})
+    assert [d.id for d in retriever.invoke("how do I undo a migration?")] == ["backups"]
+
+
+def test_relevance_scores_are_between_zero_and_one(store: Store) -> None:
+    vs = RagstoreVectorStore(store, "lc-handbook", mode="vector")
+    scored = vs.similarity_search_with_relevance_scores("nightly backups", k=2)
+    assert scored[0][0].id == "backups"
+    assert all(0.0 <= s <= 1.0 for _, s in scored)
+    assert scored[0][1] > scored[1][1]
