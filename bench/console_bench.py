@@ -164,7 +164,7 @@ def _browser(url: str, key: str, rounds: int, doc: int) -> dict[str, list[float]
                     times[name].append(ms)
             page.goto(url + paths["search"])
             page.wait_for_selector("body[data-ready=true]", timeout=60_000)
-            page.fill("#q", f"how to restore a backup after rollback {i}")
+            page.fill("#q", f"which backup to restore in round {i} of the browser")
             t = time.perf_counter()
             page.click("#search-submit")
             page.wait_for_selector("#hits-body tr", timeout=60_000)
