@@ -85,6 +85,9 @@ class Settings(BaseSettings):
         "auto", description="API keys: auto = off only for the embedded database on loopback.")
     api_host: str = Field("127.0.0.1", description="Address `ragstore serve` binds.")
     api_port: int = Field(8080, ge=0, le=65535, description="Port `ragstore serve` binds.")
+    api_bound: str = Field(
+        "", description="Set by `ragstore serve` for its workers: the addresses it bound "
+                        "(comma-separated); auth=auto is decided from them.")
     api_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
     max_request_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest JSON request body (request_too_large).")

@@ -6,16 +6,20 @@ import time. The database is opened, checked and schema-verified on first use.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from ragstore.config import Settings, get_settings
-from ragstore.db import lsn, migrations, repository, routing
+from ragstore.db import changes, lsn, migrations, repository, routing
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
 from ragstore.embedding.registry import load_embedder
 from ragstore.errors import CollectionNotFoundError, ConflictError
 from ragstore.models import ModelSpec
+
+COLLECTION_CACHE_S = 1.0  # how stale a cached collection may be after another process changes it
 
 
 class Runtime:
@@ -27,6 +31,8 @@ class Runtime:
         self._router: routing.ReadRouter | None = None
         self._read_only = False
         self._embedders: dict[ModelSpec, Embedder] = {}
+        self._collections: dict[str, tuple[float, int, repository.Collection]] = {}
+        self._collections_lock = threading.Lock()
 
     @property
     def db(self) -> Database:
@@ -107,6 +113,25 @@ class Runtime:
             except ConflictError:
                 conn.rollback()
                 return repository.get_collection(conn, name)  # created meanwhile
+
+    def cached_collection(self, name: str) -> repository.Collection:
+        """The named collection, looked up at most once a second (the search path's).
+
+        Saves searches a round trip. A change made in this process (a model switch, a
+        collection created or deleted) is seen at once; one made by another process
+        within :data:`COLLECTION_CACHE_S`: until then searches keep reading the space
+        they read before, as a search started a moment earlier would.
+        """
+        now = time.monotonic()
+        gen = changes.changes()
+        with self._collections_lock:
+            hit = self._collections.get(name)
+        if hit is not None and hit[1] == gen and now - hit[0] < COLLECTION_CACHE_S:
+            return hit[2]
+        coll = self.collection(name)
+        with self._collections_lock:
+            self._collections[name] = (now, gen, coll)
+        return coll
 
     def embedder_for(self, coll: repository.Collection) -> Embedder:
         """The embedder of the collection's active model (its weights checked against the pin)."""

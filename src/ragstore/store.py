@@ -169,6 +169,7 @@ class Store:
         """Ingest text as document ``name`` (its suffix picks the parser: ``notes.md``),
         creating the collection when missing; re-adding unchanged text is ``unchanged``.
         ``background`` exists for parity with the clients; in-process it runs now."""
+        import ragstore.jobs  # noqa: F401  (first: ingest.documents <-> jobs import cycle)
         from ragstore.ingest.documents import NewDocument, add_documents
         from ragstore.jobs import staging
 

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ragstore.db import repository
+from ragstore.db import changes, repository
 from ragstore.errors import DocumentNotFoundError
 
 Conn = psycopg.Connection[Any]
@@ -38,6 +38,7 @@ def delete_collection(conn: Conn, coll: repository.Collection) -> None:
     tables = [str(r[0]) for r in conn.execute(
         "SELECT table_name FROM embedding_spaces WHERE collection_id = %s", (coll.id,))]
     conn.execute("DELETE FROM collections WHERE id = %s", (coll.id,))
+    changes.collections_changed()
     for table in tables:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
 

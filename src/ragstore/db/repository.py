@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ragstore.db import spaces
+from ragstore.db import changes, spaces
 from ragstore.db.models import MODEL_COLS, spec_from_row, upsert_model
 from ragstore.errors import CollectionNotFoundError, ConflictError, InputError
 from ragstore.models import ModelSpec
@@ -122,6 +122,7 @@ def create_collection(conn: Conn, name: str, spec: ModelSpec,
         raise InputError(
             f"cannot create collection {name!r} with model {spec.key}: "
             f"{str(exc).splitlines()[0]}; choose a model with fewer dimensions") from None
+    changes.collections_changed()
     return get_collection(conn, name)
 
 

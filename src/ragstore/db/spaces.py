@@ -22,6 +22,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from ragstore.db import changes
 from ragstore.db.models import MODEL_COLS, spec_from_row
 from ragstore.models import ModelSpec
 
@@ -94,6 +95,7 @@ def activate(conn: Conn, collection_id: int, new_space_id: int, old_space_id: in
                  " WHERE id = %s", (new_space_id,))
     conn.execute("UPDATE collections SET active_space_id = %s WHERE id = %s",
                  (new_space_id, collection_id))
+    changes.collections_changed()
 
 
 def create_space(conn: Conn, collection_id: int, model_id: int, spec: ModelSpec,

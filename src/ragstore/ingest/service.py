@@ -14,7 +14,6 @@ nothing behind and the rest of the batch goes on.
 from __future__ import annotations
 
 import errno
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ragstore.chunking import chunk_document
+from ragstore.chunking import chunk_document, document_hash
 from ragstore.db import documents, repository
 from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
@@ -156,7 +155,7 @@ class _Ingestor:
     def _prepare(self, item: Item, known: dict[str, tuple[int, str]]) -> _Pending | None:
         data = read_bounded(item.path, self.rt.settings.max_file_bytes, item.label)
         size = len(data)
-        digest = hashlib.sha256(data).hexdigest()
+        digest = document_hash(data)
         old = known.get(item.source)
         if item.early_skip and old is not None and old[1] == digest:
             self._done(FileOutcome(item.source, "unchanged"))

@@ -11,7 +11,20 @@ Query syntax is ``websearch_to_tsquery``'s: ``"quoted phrases"``, ``or``, ``-exc
 One difference on purpose: plain words are alternatives, not all required, because
 BM25 is a ranking of partial matches (a 15-word question matching 12 of its words in a
 passage is a hit, not a miss); chunks matching more and rarer words rank higher. Quoted
-phrases are required, ``-word`` and ``-"phrase"`` exclude.
+phrases are required, ``-word`` and ``-"phrase"`` exclude. With ``plain`` syntax (what
+``ragstore eval`` uses: benchmark queries are prose, where ``or`` and a leading ``-`` are
+words, not operators) every word is an alternative and nothing is required or excluded.
+
+Scores count query-term frequency: a lexeme the query holds twice weighs twice (as in
+Lucene's merged clauses, Anserini and bm25s). On CISI's paragraph-long queries that and
+the plain syntax lift full-text nDCG@10 from 0.291 to the level of bm25s (see
+docs/benchmarks.md). The candidates are the chunks holding any query lexeme
+(:func:`ragstore_any_lexeme` in revision 0006), the set BM25 ranks.
+
+Unfiltered searches without required or excluded phrases go to
+``ragstore_bm25_topk`` (revision 0006): the threshold algorithm over impact-ordered
+postings, the same exact scores without scoring every match. The rest (and
+``exact``) score every match here.
 """
 
 from __future__ import annotations
@@ -46,8 +59,14 @@ def _quote(text: str, phrase: bool) -> str:
     return f'"{text}"' if phrase else text
 
 
-def parse_query(text: str) -> FullTextQuery:
-    """Split ``text`` into alternatives, required phrases and exclusions (pure)."""
+def parse_query(text: str, *, plain: bool = False) -> FullTextQuery:
+    """Split ``text`` into alternatives, required phrases and exclusions (pure).
+
+    ``plain`` takes every word as an alternative: no phrases, ``or`` or exclusions.
+    """
+    if plain:
+        words = " ".join(text.replace('"', " ").split())
+        return FullTextQuery(match=words, required=None, excluded=None, terms=words)
     positive: list[tuple[str, bool]] = []
     excluded: list[str] = []
     required: list[str] = []
@@ -87,19 +106,33 @@ def parse_query(text: str) -> FullTextQuery:
                          excluded=" or ".join(excluded) or None, terms=terms)
 
 
+def uses_topk(q: FullTextQuery, filtered: bool, exact: bool) -> bool:
+    """Whether :func:`ranked_list_sql` reads the pruned top k (no filter, phrase or exclusion)."""
+    return not (filtered or exact or q.required or q.excluded)
+
+
 def ranked_list_sql(q: FullTextQuery, condition: sql.Composable,
-                    with_documents: bool) -> sql.Composable:
+                    with_documents: bool, exact: bool = False) -> sql.Composable:
     """A ``SELECT chunk_id, raw`` of the best ``%(n)s`` chunks by BM25, best first.
 
     Placeholders: ``cid`` (collection id), ``cfg`` (text search configuration),
-    ``match``/``required``/``excluded``/``terms`` (from :class:`FullTextQuery`), ``k1``,
-    ``b`` and ``n``. ``condition`` is a compiled filter over ``c`` and ``d``.
+    ``required``/``excluded``/``terms`` (from :class:`FullTextQuery`), ``k1``, ``b`` and
+    ``n``. ``condition`` is a compiled filter over ``c`` and ``d``; ``with_documents``
+    says it is not plain TRUE.
 
-    Term frequencies are read from each candidate's tsvector after ``setweight`` marks the
-    query's lexemes and ``ts_filter`` drops the rest (both in C), rather than by unnesting
-    every lexeme of every candidate: the same scores, about 3.5x faster on SciFact.
-    (Chunk tsvectors come from ``to_tsvector``, so every lexeme starts at weight D.)
+    Without a filter, phrase or exclusion this is one call of ``ragstore_bm25_topk``
+    (pruned, exact scores) or, with ``exact``, of ``ragstore_bm25_exhaustive``.
+    Otherwise every candidate is scored here, with the same arithmetic: term frequencies
+    are read from its tsvector after ``setweight`` marks the query's lexemes and
+    ``ts_filter`` drops the rest (both in C), about 3.5x faster than unnesting every
+    lexeme of every candidate. (Chunk tsvectors come from ``to_tsvector``, so every
+    lexeme starts at weight D.)
     """
+    if not (with_documents or q.required or q.excluded):
+        fn = "ragstore_bm25_exhaustive" if exact else "ragstore_bm25_topk"
+        return sql.SQL(
+            "SELECT chunk_id, raw FROM {fn}(%(cid)s, %(cfg)s::regconfig, %(terms)s,"
+            " %(n)s, %(k1)s::float8, %(b)s::float8)").format(fn=sql.Identifier(fn))
     extra: list[sql.Composable] = []
     if q.required:
         extra.append(sql.SQL(
@@ -111,18 +144,22 @@ def ranked_list_sql(q: FullTextQuery, condition: sql.Composable,
     return sql.SQL(
         "WITH s AS (SELECT chunks AS n, greatest(tokens::float8 / greatest(chunks, 1), 1.0)"
         "   AS avgdl FROM bm25_collection_stats WHERE collection_id = %(cid)s),"
-        " qt AS (SELECT t.lexeme, ln(1.0 + (s.n - t.df + 0.5) / (t.df + 0.5)) AS idf"
-        "   FROM bm25_terms t CROSS JOIN s WHERE t.collection_id = %(cid)s AND t.lexeme ="
-        "   ANY(tsvector_to_array(to_tsvector(%(cfg)s::regconfig, %(terms)s))))"
-        " SELECT c.id AS chunk_id, sum(qt.idf * u.tf * (%(k1)s + 1.0) / (u.tf + %(k1)s"
-        "   * (1.0 - %(b)s + %(b)s * c.tsv_length / s.avgdl))) AS raw"
+        " qt AS (SELECT t.lexeme, (q.qtf * ln(1.0 + (s.n - t.df + 0.5) / (t.df + 0.5)))::float8"
+        "   AS w"
+        "   FROM (SELECT u.lexeme, greatest(cardinality(u.positions), 1) AS qtf"
+        "   FROM unnest(to_tsvector(%(cfg)s::regconfig, %(terms)s)) u) q"
+        "   JOIN bm25_terms t ON t.collection_id = %(cid)s AND t.lexeme = q.lexeme"
+        "   CROSS JOIN s)"
+        " SELECT c.id AS chunk_id, sum(qt.w * u.tf * (%(k1)s::float8 + 1.0) / (u.tf"
+        "   + %(k1)s::float8 * (1.0 - %(b)s::float8 + %(b)s::float8 * c.tsv_length"
+        "   / s.avgdl)) ORDER BY u.lexeme COLLATE \"C\") AS raw"
         " FROM chunks c{join_docs} CROSS JOIN s"
         " CROSS JOIN LATERAL (SELECT x.lexeme, greatest(cardinality(x.positions), 1) AS tf"
         "   FROM unnest(ts_filter(setweight(c.tsv, 'A', (SELECT array_agg(lexeme) FROM qt)),"
         "   '{{a}}')) x) u"
         " JOIN qt ON qt.lexeme = u.lexeme"
         " WHERE c.collection_id = %(cid)s AND c.chunk_type <> 'heading'"
-        " AND c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(match)s){extra}"
+        " AND c.tsv @@ (SELECT ragstore_any_lexeme(array_agg(lexeme)) FROM qt){extra}"
         " AND {condition}"
         " GROUP BY c.id ORDER BY raw DESC, c.id LIMIT %(n)s"
     ).format(join_docs=join_docs, extra=sql.Composed(extra), condition=condition)

@@ -8,6 +8,11 @@ Vector search turns on pgvector's iterative index scan (``hnsw.iterative_scan =
 relaxed_order``, pgvector >= 0.8) and re-sorts the rows it returns: without it a filter
 that keeps 1% of the chunks leaves an HNSW scan of ``ef_search`` candidates with almost
 nothing to return, the best-known pgvector pitfall.
+
+Round trips: the collection comes from the runtime's short-lived cache, the query vector
+from the embedder's query cache and goes as a binary parameter, and the HNSW session
+settings are sent once per pooled connection (again only when a search needs another
+``ef_search``), so a repeated search costs exactly one statement.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ MIN_CANDIDATES = 100  # depth of each list fused in hybrid mode (at least k)
 
 VECTOR_ONLY_PROVIDER = "imported"  # pins of models ragstore holds vectors of but cannot run
 _iterative: WeakKeyDictionary[Database, bool] = WeakKeyDictionary()
+_session_ef: WeakKeyDictionary[Any, int] = WeakKeyDictionary()  # connection -> its ef_search
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class SearchParams:
     k1: float | None = None
     b: float | None = None
     explain: bool = False
+    exact: bool = False  # exhaustive BM25 and a sequential vector scan: the recall reference
+    plain: bool = False  # every query word an alternative: no phrases, ``or`` or ``-word``
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -101,16 +109,19 @@ def search(rt: Runtime, query: str | None, *, collection: str | None = None,
            ef_search: int | None = None, explain: bool = False,
            fusion: FusionParams | None = None, candidates: int | None = None,
            k1: float | None = None, b: float | None = None,
-           vector: Sequence[float] | None = None) -> list[Hit]:
+           vector: Sequence[float] | None = None, exact: bool = False) -> list[Hit]:
     """The best ``k`` chunks for ``query`` in a collection, by ``mode``.
 
     ``vector`` stands in for the query's embedding: the vector list ranks by it and the
     model is never loaded, which is how a collection of imported vectors (a model ragstore
     cannot run) is searched. With a vector and no text only ``mode="vector"`` makes sense.
+    ``exact`` trades speed for the exact lists (no HNSW, no BM25 pruning): what the
+    approximate lists are measured against.
     """
     params = SearchParams(k=k or rt.settings.search_k, mode=mode, where=where,
                           ef_search=ef_search, candidates=candidates,
-                          fusion=fusion or FusionParams(), k1=k1, b=b, explain=explain)
+                          fusion=fusion or FusionParams(), k1=k1, b=b, explain=explain,
+                          exact=exact)
     return run(rt, query or "", collection or rt.settings.collection, params, vector=vector)
 
 
@@ -156,7 +167,7 @@ def _run(rt: Runtime, query: str, collection: str, p: SearchParams,
                              "give query text too for full-text or hybrid search")
         raise InputError("the query is empty; give the words to search for")
     compiled = compile_filter(p.where)
-    coll = rt.collection(collection)
+    coll = rt.cached_collection(collection)
     values: dict[str, Any] = dict(compiled.params)
     values.update({"k": p.k, "n": p.depth, "rrf_k": p.fusion.k,
                    "wv": p.fusion.vector_weight, "wf": p.fusion.fulltext_weight})
@@ -167,12 +178,12 @@ def _run(rt: Runtime, query: str, collection: str, p: SearchParams,
     if p.mode in ("vector", "hybrid"):
         values["q"] = _query_vector(rt, coll, query, vector)
         ctes.append(sql.SQL("vec AS MATERIALIZED ({})").format(
-            _vector_sql(coll, compiled.condition, filtered)))
+            _vector_sql(coll, compiled.condition, filtered, p.exact)))
         ctes.append(sql.SQL("vec_ranked AS (SELECT chunk_id, raw, row_number() OVER"
                             " (ORDER BY raw, chunk_id) AS rank FROM vec)"))
         ranked.append(("vec_ranked", "wv"))
     if p.mode in ("fulltext", "hybrid"):
-        ftq = bm25.parse_query(query)
+        ftq = bm25.parse_query(query, plain=p.plain)
         if not ftq.empty:
             settings = coll.settings
             values.update({
@@ -183,7 +194,7 @@ def _run(rt: Runtime, query: str, collection: str, p: SearchParams,
                 "b": float(p.b if p.b is not None else settings.get("bm25_b", bm25.DEFAULT_B)),
             })
             ctes.append(sql.SQL("ft AS MATERIALIZED ({})").format(
-                bm25.ranked_list_sql(ftq, compiled.condition, filtered)))
+                bm25.ranked_list_sql(ftq, compiled.condition, filtered, p.exact)))
             ctes.append(sql.SQL("ft_ranked AS (SELECT chunk_id, raw, row_number() OVER"
                                 " (ORDER BY raw DESC, chunk_id) AS rank FROM ft)"))
             ranked.append(("ft_ranked", "wf"))
@@ -217,13 +228,20 @@ def _run(rt: Runtime, query: str, collection: str, p: SearchParams,
     ef = p.ef_search or max(rt.settings.hnsw_ef_search, min(p.depth, 1000))
     iterative = has_vec and _supports_iterative_scan(rt)
     with rt.db.connection() as conn, translated(f"searching {coll.name!r}"):
+        set_session = has_vec and _session_ef.get(conn) != ef
         with conn.pipeline():
-            if has_vec:
-                conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
-            if iterative:
-                conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+            if set_session:
+                # session-level: it outlives this transaction, so later searches on this
+                # pooled connection skip it (undone with the transaction if this one fails)
+                conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(ef),))
+                if iterative:
+                    conn.execute(
+                        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)")
             cur = conn.execute(stmt, values)
+            conn.commit()  # in the same round trip; the pool's own commit is then a no-op
         rows = cur.fetchall()
+        if set_session:
+            _session_ef[conn] = ef
     return [_hit(r, coll, p) for r in rows]
 
 
@@ -231,19 +249,26 @@ def _similarity_sql(metric: str) -> sql.Composable:
     return sql.SQL("1.0 - raw" if metric == "cosine" else "-raw")
 
 
-def _vector_sql(coll: Collection, condition: sql.Composable, filtered: bool) -> sql.Composable:
-    """The ``%(n)s`` nearest embeddings; joined to chunks and documents only to filter."""
+def _vector_sql(coll: Collection, condition: sql.Composable, filtered: bool,
+                exact: bool = False) -> sql.Composable:
+    """The ``%(n)s`` nearest embeddings; joined to chunks and documents only to filter.
+
+    The vector is a binary parameter (``%(q)b``: 4 bytes a dimension, no text parsing).
+    ``exact`` orders by an expression the HNSW index cannot serve: a sequential scan.
+    """
     op = sql.SQL(spaces.OPERATORS[coll.model.distance])
+    order = sql.SQL("(e.embedding {op} %(q)b) + 0" if exact else "e.embedding {op} %(q)b"
+                    ).format(op=op)
     if not filtered:
         return sql.SQL(
-            "SELECT e.chunk_id, e.embedding {op} %(q)s AS raw FROM {t} e"
-            " ORDER BY e.embedding {op} %(q)s LIMIT %(n)s"
-        ).format(op=op, t=sql.Identifier(coll.table))
+            "SELECT e.chunk_id, e.embedding {op} %(q)b AS raw FROM {t} e"
+            " ORDER BY {order} LIMIT %(n)s"
+        ).format(op=op, t=sql.Identifier(coll.table), order=order)
     return sql.SQL(
-        "SELECT e.chunk_id, e.embedding {op} %(q)s AS raw FROM {t} e"
+        "SELECT e.chunk_id, e.embedding {op} %(q)b AS raw FROM {t} e"
         " JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id"
-        " WHERE {cond} ORDER BY e.embedding {op} %(q)s LIMIT %(n)s"
-    ).format(op=op, t=sql.Identifier(coll.table), cond=condition)
+        " WHERE {cond} ORDER BY {order} LIMIT %(n)s"
+    ).format(op=op, t=sql.Identifier(coll.table), cond=condition, order=order)
 
 
 def _hit(r: tuple[Any, ...], coll: Collection, p: SearchParams) -> Hit:

