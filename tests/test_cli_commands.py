@@ -148,6 +148,17 @@ def test_collections_list_show_create_delete(
     assert run_cli("collections", "show", "scratch") == 66
 
 
+def test_search_with_context_through_the_server_prints_it(
+        ingested: dict[str, object], remote_env: dict[str, str], local: None,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
+        monkeypatch.setenv(key, remote_env[key])
+    assert run_cli("search", "green tea", "-c", "remote", "-k", "1", "--context", "1") == 0
+    out = capsys.readouterr().out
+    assert "tea.md" in out and "context of hit 1 (1):" in out
+    assert ">> [" in out and "Green tea is steeped at 80 degrees." in out
+
+
 def test_collections_list_through_the_server(
         ingested: dict[str, object], remote_env: dict[str, str], local: None,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
