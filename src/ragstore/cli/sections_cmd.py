@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+from ragstore.cli.output import console as stdout_console
+from ragstore.cli.output import err_console
 
 
 def register(app: typer.Typer) -> None:
@@ -18,7 +16,7 @@ def register(app: typer.Typer) -> None:
     def eval_sections(
         set_dir: Path = typer.Argument(..., help="Question set: questions.tsv (question, file, "
                                        "section_regex) and docs/."),
-        mode: list[str] = typer.Option([], "--mode", "-m",
+        mode: list[str] = typer.Option([], "--mode", "-m", metavar="MODE",
                                        help="vector, fulltext or hybrid; repeat for several "
                                        "(default: all three)."),
         questions: str | None = typer.Option(None, "--questions", "-q",
@@ -35,6 +33,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Top-1 and top-3 section hit rates per search mode on a long-document question
         set, with the naive 150-word window baselines (dense, BM25, RRF) from the same run."""
+        from rich.table import Table
+
         from ragstore.runtime import Runtime
         from ragstore.search import parse_mode
         from ragstore.search.sections import evaluate_sections
@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
             result = evaluate_sections(rt, set_dir, modes=modes, questions=questions,
                                        collection=collection, baselines=baselines)
         n = len(result.questions)
+        console, err = stdout_console(), err_console()
         err.print(f"collection {result.collection!r}: {result.ingested} documents newly "
                   f"ingested ({result.ingest_seconds:.1f} s), {n} questions")
         if as_json:
