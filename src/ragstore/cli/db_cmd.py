@@ -133,9 +133,9 @@ def stop() -> None:
     ``kill -9`` of that last process it keeps running until this command (or the next
     ragstore process to exit) stops it. Any ragstore command starts it again.
     """
-    from ragstore.config import get_settings
     from ragstore.db import embedded
     from ragstore.errors import ConfigError
+    from ragstore.profiles import get_settings
 
     settings = get_settings()
     if not settings.uses_embedded_database:

@@ -136,7 +136,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Search a collection; prints ranked chunks with score, document and section."""
         from ragstore.cli.remote import remote_client
-        from ragstore.config import get_settings
+        from ragstore.profiles import get_settings
         from ragstore.search.context import parse_context
         from ragstore.search.filters import parse_filter
         from ragstore.search.service import resolve_mode
