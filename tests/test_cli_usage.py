@@ -61,11 +61,13 @@ def test_bare_group_shows_its_help_with_exit_64(capsys: pytest.CaptureFixture[st
 def test_help_shows_readable_placeholders_not_python_types(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")
-    for command in (["search"], ["ingest"], ["import"], ["eval"], ["models", "migrate"]):
+    python_types = re.compile(r"<(?:str|int|float|bool|path|list|tuple|dict|choice)\b[^>]*>",
+                              re.IGNORECASE)
+    for command in (["search"], ["ingest"], ["import"], ["eval"], ["eval-sections"], ["mcp"],
+                    ["models", "migrate"], ["collections", "create"], ["documents", "list"]):
         assert run_cli(*command, "--help") == 0
         out = capsys.readouterr().out
-        assert re.findall(r"<[a-z]+[^>]*>", out.replace("<time>", "")
-                          .replace("<dataset>", "").replace("<split>", "")) == []
+        assert python_types.findall(out) == [], (command, out)
     assert run_cli("search", "--help") == 0
     out = capsys.readouterr().out
     assert "QUERY" in out and "-k" in out and " N " in out
@@ -135,8 +137,10 @@ def test_db_downgrade_asks_and_no_changes_nothing(
     _answer(monkeypatch, "n\n")
     assert run_cli("db", "downgrade", "--to", "base") == 1
     captured = capsys.readouterr()
-    assert "Downgrade " in captured.out and "(pass --yes to skip this question)" in captured.out
-    assert captured.err == "aborted: nothing was changed\n"
+    assert captured.out == ""
+    assert captured.err.startswith("Downgrade ")
+    assert "(pass --yes to skip this question) [y/N]: " in captured.err
+    assert captured.err.endswith("[y/N]: \naborted: nothing was changed\n")
     assert migrations.status(db).current == head
 
 
@@ -152,7 +156,10 @@ def test_db_downgrade_with_yes_backs_up_first(
         assert f"downgraded {revisions[-1]} -> {revisions[-2]}" in out
         assert migrations.status(db).current == revisions[-2]
     finally:
-        migrations.upgrade(db)
+        assert run_cli("db", "upgrade", "--json") == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["from"] == revisions[-2] and done["to"] == revisions[-1]
+    assert Path(done["backup"]).name.endswith("-upgrade.dump")
 
 
 def test_restore_asks_and_no_changes_nothing(

@@ -48,20 +48,24 @@ def test_ingest_stores_documents_chunks_and_vectors(rt: Runtime, corpus: Path) -
     assert report.count("added") == 2 and not report.failed
     docs, chunks, vecs = _counts(rt, "garden")
     assert docs == 2
-    # 3 headings + 2 paragraphs in the markdown file, 2 paragraphs in the text file
-    assert chunks == 7
-    assert vecs == 4, "headings carry no vector; every other chunk has one"
+    # 3 headings + one chunk for the two short sections in the markdown file, one chunk
+    # for the two short paragraphs of the text file
+    assert chunks == 5
+    assert vecs == 2, "headings carry no vector; every other chunk has one"
 
 
 def test_ingest_records_section_path_and_parent(rt: Runtime, corpus: Path) -> None:
     ingest_paths(rt, [corpus], "parents")
     with rt.db.connection() as conn:
         row = conn.execute(
-            "SELECT c.section_path, p.text FROM chunks c JOIN chunks p ON p.id = c.parent_id "
-            "WHERE c.text LIKE 'Prune roses%'").fetchone()
+            "SELECT c.section_path, p.text, c.text, c.metadata FROM chunks c"
+            " JOIN chunks p ON p.id = c.parent_id WHERE c.text LIKE '%Prune roses%'").fetchone()
     assert row is not None
-    assert row[0] == ["Gardening", "Roses"]
-    assert row[1] == "Roses"
+    # "Roses" is too short for a chunk of its own: it runs on from "Tomatoes", its heading
+    # line kept in the text and named in the metadata
+    assert row[0] == ["Gardening", "Tomatoes"]
+    assert row[1] == "Tomatoes"
+    assert "\n\n## Roses\n\nPrune roses" in row[2] and row[3]["headings"] == ["Roses"]
 
 
 def test_reingest_of_unchanged_files_embeds_nothing_and_writes_nothing(
@@ -82,11 +86,12 @@ def test_reingest_of_unchanged_files_embeds_nothing_and_writes_nothing(
 def test_changed_file_is_replaced_and_unchanged_chunks_reuse_their_vectors(
         rt: Runtime, corpus: Path) -> None:
     ingest_paths(rt, [corpus], "change")
-    (corpus / "garden.md").write_text(DOC_A + "\n## Herbs\n\nBasil likes warmth and rich soil.\n")
+    herbs = " ".join(["Basil likes warmth and rich soil, and a sunny windowsill indoors."] * 6)
+    (corpus / "garden.md").write_text(DOC_A + f"\n## Herbs\n\n{herbs}\n")
     report = ingest_paths(rt, [corpus], "change")
     assert report.count("updated") == 1 and report.count("unchanged") == 1
-    assert report.embedded == 1, "only the new paragraph is sent to the model"
-    assert report.reused == 2
+    assert report.embedded == 1, "only the new section is sent to the model"
+    assert report.reused == 1
     hits = search(rt, "which herb likes warmth?", collection="change", k=1)
     assert "Basil" in hits[0].text
 
@@ -95,7 +100,8 @@ def test_search_finds_the_right_chunk(rt: Runtime, corpus: Path) -> None:
     ingest_paths(rt, [corpus], "rank")
     hits = search(rt, "when should I cut back my rose bushes?", collection="rank", k=3)
     assert "Prune roses" in hits[0].text
-    assert hits[0].section_path == ["Gardening", "Roses"]
+    assert hits[0].section_path == ["Gardening", "Tomatoes"]
+    assert hits[0].metadata["headings"] == ["Roses"]
     assert hits[0].score > hits[-1].score
 
 

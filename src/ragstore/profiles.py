@@ -9,11 +9,13 @@ variable to change; all of them are reported at once, so one restart fixes every
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from pydantic import ValidationError
 
-from ragstore.config import Settings
+from ragstore.config import Settings, describe_error
 from ragstore.errors import ConfigError
 
 # Passwords found in tutorials, images' examples and our own compose file's sample .env.
@@ -35,13 +37,25 @@ def database_password(settings: Settings) -> str | None:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether the API would listen on this machine only (loopback or a Unix socket)."""
-    if host in ("localhost", "") or host.startswith("unix:"):
+    """Whether the API would listen on this machine only (loopback or a Unix socket).
+
+    ``""`` is *not* loopback: uvicorn (and the socket API) read it as every interface.
+    """
+    if host == "localhost" or host.startswith("unix:"):
         return True
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def served_on_loopback(settings: Settings) -> bool:
+    """Whether every address the API listens on is loopback: the ones ``ragstore serve``
+    bound (``RAGSTORE_API_BOUND``, set by it) when known, else ``RAGSTORE_API_HOST``."""
+    hosts = [h for h in settings.api_bound.split(",") if h] or [settings.api_host]
+    return all(is_loopback(h) for h in hosts)
 
 
 def auth_is_off(settings: Settings) -> bool:
@@ -50,7 +64,7 @@ def auth_is_off(settings: Settings) -> bool:
     The API's rule: ``auto`` means off only for the embedded database served on loopback.
     """
     if settings.auth == "auto":
-        return settings.uses_embedded_database and is_loopback(settings.api_host)
+        return settings.uses_embedded_database and served_on_loopback(settings)
     return settings.auth == "off"
 
 
@@ -81,3 +95,14 @@ def check_profile(settings: Settings) -> None:
     problems = prod_problems(settings)
     if problems:
         raise ConfigError("profile prod refuses to start: " + "; ".join(problems))
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build and validate the settings; raise one ConfigError naming each bad variable."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        lines = [describe_error(dict(e)) for e in exc.errors()]
+        raise ConfigError("; ".join(lines)) from None
+    check_profile(settings)
+    return settings

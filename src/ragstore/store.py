@@ -19,7 +19,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ragstore.api import catalog
 from ragstore.api.schemas import (
     CollectionPublic,
     DocumentPublic,
@@ -28,8 +27,8 @@ from ragstore.api.schemas import (
     TextPublic,
     TextsAdded,
 )
-from ragstore.config import Settings, get_settings
-from ragstore.db import documents, repository, texts
+from ragstore.config import Settings
+from ragstore.db import catalog, documents, repository, texts
 from ragstore.db.errors import translated
 from ragstore.errors import (
     InputError,
@@ -38,6 +37,7 @@ from ragstore.errors import (
     all_error_classes,
 )
 from ragstore.ingest import texts as text_service
+from ragstore.profiles import get_settings
 from ragstore.runtime import Runtime
 
 __all__ = ["Store"]
@@ -169,6 +169,7 @@ class Store:
         """Ingest text as document ``name`` (its suffix picks the parser: ``notes.md``),
         creating the collection when missing; re-adding unchanged text is ``unchanged``.
         ``background`` exists for parity with the clients; in-process it runs now."""
+        import ragstore.jobs  # noqa: F401  (first: ingest.documents <-> jobs import cycle)
         from ragstore.ingest.documents import NewDocument, add_documents
         from ragstore.jobs import staging
 

@@ -112,7 +112,8 @@ def test_rate_limit_answers_429_with_retry_after(secure_url: str, keys: KeyStore
                 assert r.json()["code"] == "rate_limited"
                 assert int(r.headers["retry-after"]) >= 1
                 break
-    assert codes.count(200) == 40 and codes[-1] == 429
+    # the bucket refills continuously (40 a minute): a slow run earns a token or two more
+    assert 40 <= codes.count(200) <= 42 and codes[-1] == 429
     with Client(secure_url, api_key=secret) as c, pytest.raises(RateLimitedError):
         c.list_models()
 

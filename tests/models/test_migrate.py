@@ -134,7 +134,7 @@ def test_rollback_refuses_while_the_previous_space_misses_new_chunks(
         rollback(rt, COLL)
     assert str(err.value) == (
         f"2 chunks stored since the switch have no vector for {target}; run `ragstore models "
-        f"migrate {COLL} --to {target}` (it embeds only those 2, then switches back)")
+        f"migrate -c {COLL} --to {target}` (it embeds only those 2, then switches back)")
     report = migrate(rt, COLL, target)
     assert report.embedded == 2 and report.switched
     assert rt.collection(COLL).model.key == target

@@ -77,7 +77,8 @@ def test_migrated_vectors_equal_a_fresh_ingest_under_the_target(rt: Runtime,
     migrated = _vectors(rt, rt.collection("ctx-src"))
     fresh = _vectors(rt, rt.collection("ctx-fresh"))
     assert rt.collection("ctx-src").model == rt.collection("ctx-fresh").model
-    assert migrated.keys() == fresh.keys() and len(fresh) >= 30
+    # the short sections share chunks (chunking v2): at least one per document
+    assert migrated.keys() == fresh.keys() and len(fresh) >= 3
     worst = max(float(np.abs(migrated[k] - fresh[k]).max()) for k in fresh)
     assert worst < 1e-5, f"a migrated vector differs from the fresh ingest's by {worst}"
 

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from ragstore import __version__
 from ragstore.api.deps import ApiState
 from ragstore.api.errors import install_error_handlers
+from ragstore.api.listen import stop_with_parent
 from ragstore.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ragstore.api.routes import (
     collections,
@@ -30,28 +31,32 @@ from ragstore.api.routes import (
 )
 from ragstore.api.routing import ReadRoutingMiddleware
 from ragstore.auth import KeyStore, RateLimiter
-from ragstore.config import Settings, get_settings
+from ragstore.config import Settings
 from ragstore.console import install_console
 from ragstore.console.security import ConsoleSecurityMiddleware
 from ragstore.db.database import Database
 from ragstore.errors import ConfigError, RagstoreError
 from ragstore.jobs import build_queue
 from ragstore.observability.http import install_observability
-from ragstore.profiles import is_loopback
+from ragstore.profiles import get_settings, served_on_loopback
 from ragstore.runtime import Runtime
 
 log = logging.getLogger("ragstore.api")
 
 
 def auth_enabled(settings: Settings) -> bool:
-    """``auto`` turns keys off only for the embedded database served on loopback."""
+    """``auto`` turns keys off only for the embedded database served on loopback.
+
+    "Served on loopback" is judged from the addresses ``ragstore serve`` actually bound
+    (``RAGSTORE_API_BOUND``) when it set them, else from ``RAGSTORE_API_HOST``.
+    """
+    local = served_on_loopback(settings)
     if settings.auth == "auto":
-        return not (settings.uses_embedded_database and is_loopback(settings.api_host))
-    if settings.auth == "off" and settings.profile == "prod" and not is_loopback(
-            settings.api_host):
+        return not (settings.uses_embedded_database and local)
+    if settings.auth == "off" and settings.profile == "prod" and not local:
         raise ConfigError(
-            f"RAGSTORE_AUTH=off with RAGSTORE_API_HOST={settings.api_host} in the prod profile "
-            "would serve every collection to anyone; turn auth on or bind to 127.0.0.1")
+            f"RAGSTORE_AUTH=off with RAGSTORE_API_HOST={settings.api_host!r} in the prod "
+            "profile would serve every collection to anyone; turn auth on or bind to 127.0.0.1")
     return settings.auth == "on"
 
 
@@ -85,6 +90,7 @@ def _read_only(rt: Runtime) -> bool:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     secure = auth_enabled(settings)
+    stop_with_parent()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -109,7 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         "refuses writes with read_only")
         app.state.ragstore = ApiState(
             runtime=rt, keys=KeyStore(db, read_only=read_only) if secure else None,
-            limiter=RateLimiter(settings.rate_limit_per_minute), queue=queue)
+            limiter=RateLimiter(settings.rate_limit_per_minute, None if read_only else db),
+            queue=queue)
         try:
             yield
         finally:

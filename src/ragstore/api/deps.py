@@ -72,12 +72,13 @@ class Principal:
 _bearer = HTTPBearer(auto_error=False, description="An API key from `ragstore keys create`.")
 
 
-def _caller(state: State,
+def _caller(state: State, request: Request,
             credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
             ) -> Principal:
     if state.keys is None:
         return Principal(None)
-    key = state.keys.authenticate(credentials.credentials if credentials else None)
+    client = request.client.host if request.client else ""
+    key = state.keys.authenticate(credentials.credentials if credentials else None, client)
     state.limiter.hit(key.key_id)
     return Principal(key)
 

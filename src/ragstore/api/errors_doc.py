@@ -23,7 +23,8 @@ _DESCRIPTIONS = {
     400: "Invalid filter", 401: "Missing, unknown or revoked API key",
     403: "The key lacks the scope or collection", 404: "Not found", 409: "Conflict",
     413: "Request or upload too large", 415: "Unsupported format", 422: "Invalid input",
-    429: "Rate limited", 503: "Database or model not ready",
+    429: "Rate limited (with Retry-After)", 500: "Internal or database error",
+    503: "Database unavailable or not ready (with Retry-After)",
 }
 
 

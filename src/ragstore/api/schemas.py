@@ -308,6 +308,9 @@ class ReplicaPublic(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, str]
+    collections: dict[str, str] = Field(
+        default_factory=dict, description="Per collection: 'ok', or why it cannot embed "
+                                          "queries (it is not ready; the server still is).")
     replicas: list[ReplicaPublic] | None = Field(
         None, description="Read replicas and whether reads go to them (none configured: null).")
 

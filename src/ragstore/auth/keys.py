@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import psycopg
 
+from ragstore.auth.throttle import AuthThrottle
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.errors import (
@@ -97,8 +98,10 @@ def _row(r: Any) -> ApiKey:
 class KeyStore:
     """Keys in the ``api_keys`` table of one database."""
 
-    def __init__(self, db: Database, *, read_only: bool = False) -> None:
+    def __init__(self, db: Database, throttle: AuthThrottle | None = None, *,
+                 read_only: bool = False) -> None:
         self.db = db
+        self.throttle = throttle or AuthThrottle()
         self.read_only = read_only  # a standby: keys are checked, last_used_at is not kept
         self._verified: dict[str, bytes] = {}  # key_id -> sha256 of a secret that verified
         self._lock = threading.Lock()
@@ -138,17 +141,36 @@ class KeyStore:
             self._verified.pop(ident, None)
         return _row(row)
 
-    def authenticate(self, presented: str | None) -> ApiKey:
-        """The live key behind ``presented``; AuthenticationError when missing, bad or revoked."""
+    def authenticate(self, presented: str | None, address: str = "") -> ApiKey:
+        """The live key behind ``presented``; AuthenticationError when missing, bad or revoked.
+
+        Failures are counted per key id and per client ``address``; over the limit the
+        check is refused (RateLimitedError) before the database or scrypt is touched.
+        A secret already verified in this process skips the throttle and the hash.
+        """
         if not presented:
             raise AuthenticationError(
                 "this request needs an API key: send `Authorization: Bearer rsk_...` "
                 "(create one with `ragstore keys create`)")
         m = _KEY_RE.match(presented.strip())
         if m is None:
+            self.throttle.check(None, address)
+            self.throttle.failed(None, address)
             raise AuthenticationError("the API key is malformed; keys look like rsk_<id>_<secret>")
         key_id, secret = m.group(1), m.group(2)
         digest = hashlib.sha256(secret.encode()).digest()
+        with self._lock:
+            known = self._verified.get(key_id)
+        cached = known is not None and hmac.compare_digest(known, digest)
+        if not cached:
+            self.throttle.check(key_id, address)
+        try:
+            return self._check(key_id, secret, digest, cached)
+        except AuthenticationError:
+            self.throttle.failed(key_id, address)
+            raise
+
+    def _check(self, key_id: str, secret: str, digest: bytes, cached: bool) -> ApiKey:
         with self.db.connection() as conn, translated("checking an API key"):
             row = conn.execute(
                 f"SELECT {_COLS}, salt, secret_hash FROM api_keys WHERE key_id = %s", (key_id,)
@@ -158,11 +180,11 @@ class KeyStore:
             key = _row(row)
             if key.revoked_at is not None:
                 raise AuthenticationError(f"API key {key_id} was revoked")
-            with self._lock:
-                known = self._verified.get(key_id)
-            if known is None or not hmac.compare_digest(known, digest):
+            if not cached:
                 salt, stored = cast(bytes, row[8]), cast(bytes, row[9])
-                if not hmac.compare_digest(_hash(secret, bytes(salt)), bytes(stored)):
+                with self.throttle.hashing(key_id):
+                    ok = hmac.compare_digest(_hash(secret, bytes(salt)), bytes(stored))
+                if not ok:
                     raise AuthenticationError(f"API key {key_id}: wrong secret")
                 with self._lock:
                     self._verified[key_id] = digest

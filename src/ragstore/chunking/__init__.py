@@ -1,5 +1,12 @@
 """Chunking: parsed blocks in, typed chunks that fit the embedding model out."""
 
-from ragstore.chunking.chunker import TokenCounter, chunk_document, content_hash
+from ragstore.chunking.chunker import (
+    CHUNKING_VERSION,
+    TokenCounter,
+    chunk_document,
+    content_hash,
+    document_hash,
+)
 
-__all__ = ["TokenCounter", "chunk_document", "content_hash"]
+__all__ = ["CHUNKING_VERSION", "TokenCounter", "chunk_document", "content_hash",
+           "document_hash"]

@@ -30,6 +30,7 @@ _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}")
 _LINE_TYPES = {ChunkType.CODE, ChunkType.TABLE, ChunkType.LIST}
 CHARS_PER_TOKEN_CAP = 16  # no chunk is longer than this many characters per token of budget
 WINDOW_CHARS = 1 << 16  # prose is tokenized at most this many characters at a time
+CHUNKING_VERSION = 2  # in every document's content hash (document_hash): bump on any change
 
 
 class TokenCounter(Protocol):
@@ -45,6 +46,15 @@ class TokenCounter(Protocol):
 
 def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def document_hash(data: bytes) -> str:
+    """The stored content hash of a document: its bytes and the chunking version, so that
+    after an upgrade that chunks differently an unchanged file is not skipped as
+    unchanged but re-chunked (and only its chunks whose text changed are re-embedded)."""
+    digest = hashlib.sha256(f"ragstore-chunking-{CHUNKING_VERSION}\n".encode())
+    digest.update(data)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -265,17 +275,206 @@ def _with_context(context: str, text: str) -> str:
     return f"{context}\n{text}" if context else text
 
 
-def chunk_document(doc: ParsedDocument, counter: TokenCounter, max_tokens: int) -> list[Chunk]:
-    """Chunks for every block of ``doc``, each within ``max_tokens`` (special tokens included).
+PACK_SEPARATOR = "\n\n"
 
-    The limit holds for what the model reads (:attr:`Chunk.embed_text`): the section path
-    (at most a quarter of the budget) followed by the chunk's text.
+
+TINY_SECTION_SHARE = 4  # a section under 1/4 of the budget may share a chunk with the next
+
+
+@dataclass
+class _Part:
+    """A block, a piece of one, or a heading line inside a merged chunk, with its content
+    tokens (no special tokens, no context)."""
+
+    block: int
+    piece: _Piece
+    tokens: int
+    part: int = 0  # 1-based number of this piece in its block; 0 for a whole block
+    heading: bool = False
+    alone: bool = False  # kept a chunk of its own (see _stands_alone)
+
+
+def _stands_alone(block: Block) -> bool:
+    """Tables, and blocks a parser gave an identity of their own (a code file's function
+    with its symbol, ...), stay chunks of their own: merging would lose what they are."""
+    return block.type is ChunkType.TABLE or not set(block.metadata) <= {"language"}
+
+
+def _heading_line(block: Block) -> str:
+    """A heading as a merged chunk shows it: a Markdown heading line of its level."""
+    return f"{'#' * max(1, min(block.level, 6))} {' '.join(block.text.split())}"
+
+
+def _reserve(context: tuple[str, int]) -> int:
+    """Tokens a chunk gives its context: the path and one for the line break after it."""
+    return context[1] + 1 if context[0] else 0
+
+
+def _block_parts(doc: ParsedDocument, counter: TokenCounter, ctx: list[tuple[str, int]],
+                 limit: int, max_chars: int) -> list[_Part]:
+    """Every block as one part when it fits with its context, else its pieces; headings
+    as the line a merged chunk would show.
+
+    Blocks are counted in one tokenizer call; pieces of split blocks in one more.
+    """
+    blocks = doc.blocks
+    texts = [_heading_line(b) if b.type is ChunkType.HEADING else b.text for b in blocks]
+    countable = [i for i, t in enumerate(texts) if len(t) <= max_chars]
+    counts = [limit + 1] * len(blocks)
+    for i, n in zip(countable, counter.count_tokens([texts[i] for i in countable]),
+                    strict=True):
+        counts[i] = n - counter.special_tokens
+    parts: list[_Part] = []
+    split: dict[int, list[_Piece]] = {}
+    for i, block in enumerate(blocks):
+        if block.type is ChunkType.HEADING:
+            parts.append(_Part(i, _Piece(0, len(block.text), texts[i]), counts[i], heading=True))
+        elif counts[i] + _reserve(ctx[i]) <= limit:
+            parts.append(_Part(i, _Piece(0, len(block.text), block.text), counts[i],
+                               alone=_stands_alone(block)))
+        else:
+            split[i] = _split_block(block, limit - ctx[i][1] - 1, counter, max_chars)
+    if not split:
+        return parts
+    flat = [(i, p) for i, pieces in split.items() for p in pieces]
+    sizes = counter.count_tokens([_with_context(ctx[i][0], p.text) for i, p in flat])
+    for i, pieces in split.items():
+        n = len(pieces)
+        pieces, piece_counts = _enforce(pieces, sizes[:n], ctx[i][0], ctx[i][1], limit,
+                                        limit + counter.special_tokens, counter, max_chars)
+        sizes = sizes[n:]
+        alone = _stands_alone(blocks[i])
+        parts.extend(_Part(i, p, c - counter.special_tokens - ctx[i][1],
+                           j if len(pieces) > 1 else 0, alone=alone)
+                     for j, (p, c) in enumerate(zip(pieces, piece_counts, strict=True), 1))
+    parts.sort(key=lambda p: (p.block, p.piece.start))
+    return parts
+
+
+def _packs(parts: list[_Part], paths: list[tuple[str, ...]], pages: list[int | None],
+           ctx: list[tuple[str, int]], limit: int, max_chars: int) -> list[list[_Part]]:
+    """Consecutive parts merged greedily up to ``limit`` tokens with their context (and
+    ``max_chars`` characters: a tokenizer may read a huge unbroken word as one token).
+
+    A heading ends the chunk before it unless the whole section it opens (up to the next
+    heading) fits in the chunk and either that section is tiny (under a
+    ``TINY_SECTION_SHARE``-th of the budget) or the chunk so far is tiny and the new
+    section is a subsection of the chunk's. A run of short sections then reads as one
+    passage instead of a string of fragments, and the chunk's section path still holds
+    every part of it. ``paths`` is each block's section path (a heading's excludes itself)
+    and ``pages`` its page: a chunk never spans a page break, nor holds a part that
+    stands alone.
+    """
+    tiny = limit // TINY_SECTION_SHARE
+    body = [0] * len(parts)  # for a heading part: tokens of its section's own body
+    run = 0
+    for j in range(len(parts) - 1, -1, -1):
+        if parts[j].heading:
+            body[j], run = run, 0
+        else:
+            run += parts[j].tokens
+    packs: list[list[_Part]] = []
+    open_pack = False
+    used = content = chars = 0
+    for j, part in enumerate(parts):
+        size = len(part.piece.text) + len(PACK_SEPARATOR)
+        if part.heading:
+            home = paths[packs[-1][0].block] if open_pack else ()
+            nested = paths[part.block][:len(home)] == home
+            if open_pack and (body[j] < tiny or (content < tiny and nested)) \
+                    and pages[part.block] == pages[packs[-1][0].block] \
+                    and chars + size <= max_chars and used + part.tokens + body[j] <= limit:
+                packs[-1].append(part)
+                used += part.tokens
+                content += part.tokens
+                chars += size
+            else:
+                open_pack = False
+            continue
+        if open_pack and not part.alone and used + part.tokens <= limit \
+                and chars + size <= max_chars and pages[part.block] == pages[packs[-1][-1].block]:
+            packs[-1].append(part)
+        else:
+            packs.append([part])
+            open_pack = True
+            used, content, chars = _reserve(ctx[part.block]), 0, -len(PACK_SEPARATOR)
+        used += part.tokens
+        content += part.tokens
+        chars += size
+        open_pack = not part.alone
+    for pack in packs:  # a heading that ended up last in a chunk opens the next one instead
+        while pack[-1].heading:
+            pack.pop()
+    return packs
+
+
+def _pack_text(pack: list[_Part]) -> str:
+    return PACK_SEPARATOR.join(p.piece.text for p in pack)
+
+
+def _pack_chunk(doc: ParsedDocument, pack: list[_Part], context: str, parent: int | None,
+                ordinal: int, tokens: int) -> Chunk:
+    first = doc.blocks[pack[0].block]
+    last = doc.blocks[pack[-1].block]
+    body = [p for p in pack if not p.heading]
+    types = {doc.blocks[p.block].type for p in body}
+    if len(pack) == 1:
+        meta = dict(first.metadata)
+        meta.update(pack[0].piece.metadata)
+        if pack[0].part:
+            meta["part"] = pack[0].part
+    else:
+        meta = {"blocks": len({p.block for p in body})}
+        languages = {doc.blocks[p.block].metadata.get("language") for p in body
+                     if doc.blocks[p.block].type is ChunkType.CODE}
+        if len(languages) == 1 and None not in languages:
+            meta["language"] = languages.pop()
+        heads = [doc.blocks[p.block].text for p in pack if p.heading]
+        if heads:
+            meta["headings"] = heads
+    return Chunk(
+        ordinal=ordinal, chunk_type=types.pop() if len(types) == 1 else ChunkType.PARAGRAPH,
+        text=_pack_text(pack), section_path=first.section_path, parent_ordinal=parent,
+        char_start=first.char_start + pack[0].piece.start,
+        char_end=last.char_start + pack[-1].piece.end, token_count=tokens, content_hash="",
+        page=first.page, metadata=meta, context=context)
+
+
+def _pack_tokens(packs: list[list[_Part]], ctx: list[tuple[str, int]],
+                 counter: TokenCounter, max_tokens: int) -> tuple[list[list[_Part]], list[int]]:
+    """Packs with their tokens as the model reads them. A single part's count is known;
+    merged packs are counted in one tokenizer call, and one that a tokenizer counts over
+    the limit after all (joins can tokenize differently) falls back to its parts alone."""
+    merged = [j for j, p in enumerate(packs) if len(p) > 1]
+    texts = [_with_context(ctx[packs[j][0].block][0], _pack_text(packs[j])) for j in merged]
+    exact = dict(zip(merged, counter.count_tokens(texts), strict=True))
+    out: list[list[_Part]] = []
+    counts: list[int] = []
+    for j, pack in enumerate(packs):
+        n = exact.get(j)
+        if n is not None and n <= max_tokens:
+            out.append(pack)
+            counts.append(n)
+            continue
+        for part in pack:
+            if not part.heading:
+                out.append([part])
+                counts.append(part.tokens + ctx[part.block][1] + counter.special_tokens)
+    return out, counts
+
+
+def chunk_document(doc: ParsedDocument, counter: TokenCounter, max_tokens: int) -> list[Chunk]:
+    """Chunks for ``doc``, each within ``max_tokens`` (special tokens included).
+
+    Headings stay chunks of their own (structure: parents and context, never embedded).
+    The blocks between two headings are merged in reading order up to the model's budget,
+    so a question meets a passage rather than a fragment; a block too long to fit is split
+    by its kind first. The limit holds for what the model reads (:attr:`Chunk.embed_text`):
+    the section path (at most a quarter of the budget) followed by the chunk's text.
     """
     limit = max_tokens - counter.special_tokens
     max_chars = max_tokens * CHARS_PER_TOKEN_CAP
     contexts: dict[tuple[str, ...], tuple[str, int]] = {}
-    chunks: list[Chunk] = []
-    headings: list[tuple[int, int]] = []  # (level, chunk ordinal) of open headings
     blocks = doc.blocks
     paths = list({b.section_path: None for b in blocks
                   if b.type is not ChunkType.HEADING and b.section_path})
@@ -285,43 +484,37 @@ def chunk_document(doc: ParsedDocument, counter: TokenCounter, max_tokens: int) 
             contexts[path] = (" > ".join(p[:200] for p in path), n - counter.special_tokens)
     ctx = [("", 0) if b.type is ChunkType.HEADING
            else _context(b.section_path, counter, limit // 4, contexts) for b in blocks]
-    # blocks far too long to fit are not tokenized whole: they are split in windows
-    countable = [i for i, b in enumerate(blocks) if len(b.text) <= max_chars]
-    counts = [max_tokens + 1] * len(blocks)
-    for i, n in zip(countable, counter.count_tokens(
-            [_with_context(ctx[i][0], blocks[i].text) for i in countable]), strict=True):
-        counts[i] = n
+    parts = _block_parts(doc, counter, ctx, limit, max_chars)
+    packs = _packs(parts, [b.section_path for b in blocks], [b.page for b in blocks], ctx,
+                   limit, max_chars)
+    packs, pack_tokens = _pack_tokens(packs, ctx, counter, max_tokens)
+    heading_blocks = [i for i, b in enumerate(blocks) if b.type is ChunkType.HEADING]
+    heading_tokens = dict(zip(heading_blocks, counter.count_tokens(
+        [blocks[i].text for i in heading_blocks]), strict=True))
 
-    for block, (context, ctx_tokens), count in zip(blocks, ctx, counts, strict=True):
+    chunks: list[Chunk] = []
+    headings: list[tuple[int, int]] = []  # (level, chunk ordinal) of open headings
+    next_pack = 0
+    for i, block in enumerate(blocks):
         if block.type is ChunkType.HEADING:
             while headings and headings[-1][0] >= block.level:
                 headings.pop()
-        parent = headings[-1][1] if headings else None
-        if count <= max_tokens:
-            pieces = [_Piece(0, len(block.text), block.text)]
-            piece_counts = [count]
-        else:
-            pieces = _split_block(block, limit - ctx_tokens - 1, counter, max_chars)
-            piece_counts = counter.count_tokens([_with_context(context, p.text) for p in pieces])
-            pieces, piece_counts = _enforce(pieces, piece_counts, context, ctx_tokens, limit,
-                                            max_tokens, counter, max_chars)
-        for part, (piece, tokens) in enumerate(zip(pieces, piece_counts, strict=True), start=1):
-            meta = dict(block.metadata)
-            meta.update(piece.metadata)
-            if len(pieces) > 1:
-                meta["part"] = part
-            chunk = Chunk(
-                ordinal=len(chunks), chunk_type=block.type, text=piece.text,
-                section_path=block.section_path, parent_ordinal=parent,
-                char_start=block.char_start + piece.start,
-                char_end=block.char_start + piece.end,
-                token_count=tokens, content_hash="", page=block.page, metadata=meta,
-                context=context,
-            )
-            chunk.content_hash = content_hash(chunk.embed_text)
+            chunk = Chunk(ordinal=len(chunks), chunk_type=block.type, text=block.text,
+                          section_path=block.section_path,
+                          parent_ordinal=headings[-1][1] if headings else None,
+                          char_start=block.char_start, char_end=block.char_end,
+                          token_count=heading_tokens[i], content_hash="",
+                          page=block.page, metadata=dict(block.metadata))
             chunks.append(chunk)
-        if block.type is ChunkType.HEADING:
-            headings.append((block.level, len(chunks) - 1))
+            headings.append((block.level, chunk.ordinal))
+            continue
+        while next_pack < len(packs) and packs[next_pack][0].block == i:
+            chunks.append(_pack_chunk(doc, packs[next_pack], ctx[i][0],
+                                      headings[-1][1] if headings else None, len(chunks),
+                                      pack_tokens[next_pack]))
+            next_pack += 1
+    for chunk in chunks:
+        chunk.content_hash = content_hash(chunk.embed_text)
     return chunks
 
 

@@ -68,8 +68,10 @@ def _register() -> None:
         import_cmd,
         ingest_cmd,
         keys_cmd,
+        mcp_cmd,
         models_cmd,
         search_cmd,
+        sections_cmd,
         serve_cmd,
         worker_cmd,
     )
@@ -82,8 +84,10 @@ def _register() -> None:
     ingest_cmd.register(app)
     search_cmd.register(app)
     eval_cmd.register(app)
+    sections_cmd.register(app)
     app.add_typer(keys_cmd.app, name="keys")
     serve_cmd.register(app)
+    mcp_cmd.register(app)
     worker_cmd.register(app)
     import_cmd.register(app)
     backup_cmd.register(app)

@@ -1,8 +1,15 @@
-"""``ragstore serve``: the HTTP API under uvicorn."""
+"""``ragstore serve``: the HTTP API under uvicorn, on sockets this command binds itself.
+
+Binding here, before uvicorn starts, lets the auth decision rest on the addresses that are
+actually listening (``--host ""`` binds every interface, so keys go on), and lets every
+worker share the same sockets. SIGTERM and SIGINT stop the server and its workers; a
+worker whose parent died (even by ``kill -9``) is told to stop by the kernel.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 
 import typer
 
@@ -17,23 +24,43 @@ def register(app: typer.Typer) -> None:
                                            help="Worker processes [RAGSTORE_API_WORKERS]."),
     ) -> None:
         """Serve the HTTP API (OpenAPI at /openapi.json, docs at /docs)."""
-        import os
-
         import uvicorn
+        from uvicorn.supervisors import Multiprocess
 
-        from ragstore.config import get_settings
+        from ragstore.api.listen import PARENT_ENV, bind_sockets, bound_addresses
+        from ragstore.errors import ConfigError
+        from ragstore.profiles import get_settings
 
         overrides = {k: v for k, v in
                      (("api_host", host), ("api_port", port), ("api_workers", workers))
                      if v is not None}
         settings = get_settings(**overrides)
+        sockets = bind_sockets(settings.api_host, settings.api_port)
+        bound = bound_addresses(sockets)
+        overrides["api_bound"] = ",".join(bound)
         # uvicorn's worker processes build the app from the environment: pass the overrides on
         for name, value in overrides.items():
             os.environ[f"RAGSTORE_{name.upper()}"] = str(value)
+        os.environ[PARENT_ENV] = str(os.getpid())
+        settings = get_settings(**overrides)
         from ragstore.api.app import auth_enabled
 
-        auth_enabled(settings)  # refuse an unsafe auth setting before binding
+        try:
+            auth_enabled(settings)  # refuse an unsafe auth setting before serving
+        except ConfigError:
+            for sock in sockets:
+                sock.close()
+            raise
         logging.getLogger("ragstore").setLevel(settings.log_level.upper())
-        uvicorn.run("ragstore.api.app:create_app", factory=True, host=settings.api_host,
-                    port=settings.api_port, workers=settings.api_workers,
-                    log_level=settings.log_level, access_log=False)
+        config = uvicorn.Config("ragstore.api.app:create_app", factory=True,
+                                workers=settings.api_workers, log_level=settings.log_level,
+                                access_log=False)
+        server = uvicorn.Server(config)
+        try:
+            if settings.api_workers > 1:
+                Multiprocess(config, sockets=sockets).run()
+            else:
+                server.run(sockets=sockets)
+        finally:
+            for sock in sockets:
+                sock.close()

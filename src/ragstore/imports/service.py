@@ -14,6 +14,7 @@ Each source record becomes one document (``source`` = the record's id) holding o
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -262,12 +263,6 @@ class _Writer:
                 "that migration (`ragstore models`) before importing into it")
         return coll, False
 
-    def _hnsw_indexes(self, conn: psycopg.Connection[Any], table: str) -> list[tuple[str, str]]:
-        rows = conn.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
-            " AND tablename = %s AND indexdef ILIKE %s", (table, "%USING hnsw%")).fetchall()
-        return [(str(r[0]), str(r[1])) for r in rows]
-
     def _write_rows(self, conn: psycopg.Connection[Any], coll: repository.Collection) -> None:
         """Every kept record as a one-chunk document with its own vector, through the shared
         write path (:func:`ragstore.db.documents.write_documents`) in slices of
@@ -368,21 +363,16 @@ class _Writer:
                 f"importing into collection {self.plan.collection!r}"), conn.transaction():
             t0 = time.perf_counter()
             coll, created = self._collection(conn)
-            before = conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(
-                t=sql.Identifier(coll.table))).fetchone()
-            self.had_rows = bool(before and before[0])
-            indexes = [] if self.had_rows else self._hnsw_indexes(conn, coll.table)
-            for name, _ in indexes:  # an empty space: build its index after the load
-                conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+            self.had_rows = not spaces.is_empty(conn, coll.table)
+            if not self.had_rows:  # an empty space: build its index once, after the load
+                spaces.drop_index(conn, coll.table)
             self._write_rows(conn, coll)
             self.seconds["write"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             self.progress("index", 0, len(self.ids))
-            conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
-                sql.Literal(self.opts.maintenance_work_mem)))
-            for _, ddl in indexes:
-                # DDL as the catalog printed it for this very index (no user values in it)
-                conn.execute(sql.SQL(ddl))
+            spaces.ensure_index(conn, coll.table, coll.model.distance,
+                                memory=self.opts.maintenance_work_mem,
+                                workers=min(4, max(0, (os.cpu_count() or 1) - 1)))
             self.seconds["index"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             verification = self._verify(conn, coll)

@@ -3,8 +3,8 @@
 :func:`install_observability` is the single hook the app factory calls. It configures
 logging from the settings, adds :class:`ObservabilityMiddleware` (inside the request-id
 middleware, outside everything else, so refused bodies are counted too) and mounts the
-``/metrics`` route (unauthenticated, like every Prometheus target: keep it on the internal
-network; it shows counts and collection names, never content).
+``/metrics`` route (unauthenticated in dev and test, like most Prometheus targets; under
+profile prod it needs an API key of any scope, sent as a bearer token by the scraper).
 
 Routes are labelled by their template (``/v1/collections/{name}/search``), never the raw
 path, and paths that match no route share the label ``unmatched``, so label cardinality
@@ -123,6 +123,7 @@ class ObservabilityMiddleware:
 async def metrics_endpoint(request: Request) -> Response:
     """``GET /metrics``: the Prometheus text exposition."""
     app = request.app
+    await _require_key_in_prod(request)
     sync_process_metrics(app)
     collector = getattr(app.state, "ragstore_db_collector", None)
     if collector is None:
@@ -134,6 +135,23 @@ async def metrics_endpoint(request: Request) -> Response:
         app.state.ragstore_db_collector = collector
     body = await _in_thread(metrics.render, collector)
     return Response(body, media_type=metrics.CONTENT_TYPE)
+
+
+async def _require_key_in_prod(request: Request) -> None:
+    """Under profile prod (where auth is always on) only a key holder reads the metrics:
+    they name collections and show load, which is not for anonymous callers."""
+    from starlette.concurrency import run_in_threadpool
+
+    state = getattr(request.app.state, "ragstore", None)
+    keys = getattr(state, "keys", None)
+    rt = _runtime_of(request.app)
+    if keys is None or rt is None or rt.settings.profile != "prod":
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    client = request.client.host if request.client else ""
+    await run_in_threadpool(keys.authenticate, token if scheme.lower() == "bearer" else None,
+                            client)
 
 
 async def _in_thread(fn: Any, *args: Any) -> bytes:

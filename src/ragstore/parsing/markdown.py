@@ -15,6 +15,7 @@ from ragstore.errors import CorruptDocumentError
 from ragstore.models import Block, ChunkType, ParsedDocument
 
 _NEWLINE = re.compile("\n")
+_ONLY_COMMENTS = re.compile(r"\s*(?:<!--.*?-->\s*)+", re.DOTALL)
 _md = MarkdownIt("commonmark").enable("table").use(front_matter_plugin)
 
 _CONTAINERS = {
@@ -85,6 +86,9 @@ def parse_markdown(text: str, name: str) -> ParsedDocument:
             continue
         elif tok.level == 0 and tok.map and tok.type in ("paragraph_open", "html_block"):
             a, b = span(tok)
+            if tok.type == "html_block" and _ONLY_COMMENTS.fullmatch(text[a:b]):
+                i += 1  # an HTML comment is not shown to a reader: not indexed either
+                continue
             blocks.append(Block(ChunkType.PARAGRAPH, text[a:b], a, b, section_path=section()))
         elif tok.level == 0 and tok.map and tok.type in ("fence", "code_block"):
             a, b = span(tok)

@@ -17,7 +17,6 @@ against ranx on the same runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ragstore.chunking import chunk_document
+from ragstore.chunking import chunk_document, document_hash
 from ragstore.db import documents, repository
 from ragstore.db.errors import translated
 from ragstore.embedding.registry import resolve_spec
@@ -111,7 +110,7 @@ def collection_name(dataset: str) -> str:
 # ---- ingest -----------------------------------------------------------------------------
 
 def _record_hash(title: str, text: str) -> str:
-    return hashlib.sha256(f"{title}\n{text}".encode()).hexdigest()
+    return document_hash(f"{title}\n{text}".encode())
 
 
 def ingest_records(rt: Runtime, collection: str, records: Sequence[tuple[str, str, str]], *,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter
 
-from ragstore.api import catalog
 from ragstore.api.deps import Rt
+from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import Health, Readiness, ReplicaPublic
-from ragstore.db import migrations
+from ragstore.db import catalog, migrations
 from ragstore.db.errors import translated
-from ragstore.errors import NotReadyError, RagstoreError
+from ragstore.errors import ModelError, NotFoundError, NotReadyError, RagstoreError
+
+log = logging.getLogger("ragstore.api")
 
 router = APIRouter(tags=["health"])
 
@@ -23,34 +27,41 @@ async def healthz() -> Health:
 @router.get("/readyz", response_model=Readiness, summary="Ready to serve",
             responses=responses(503))
 def readyz(rt: Rt) -> Readiness:
-    """Database reachable, schema at the code's revision, every active model loads and
-    matches its pin. Not ready answers 503 ``not_ready`` naming the failing check."""
+    """Database reachable and schema at the code's revision, else 503 ``not_ready`` naming
+    the failing check. Each collection's model is checked too, but a collection that cannot
+    embed queries (an imported vector-only collection, a model without a provider) is
+    reported in ``collections`` and does not make the whole server unready: a load
+    balancer must not drop every server for one collection."""
     checks: dict[str, str] = {}
     try:
         db = rt.raw_db()
-        with db.connect(autocommit=True) as conn, translated(f"pinging {db.where}"):
-            conn.execute("SELECT 1")
+        db.ping()
         checks["database"] = "ok"
     except RagstoreError as exc:
-        raise NotReadyError(f"database unreachable: {exc}") from None
+        log.warning("not ready: %s", exc)
+        raise NotReadyError(f"database unreachable: {public_detail(exc)}") from None
     st = migrations.status(db)
     if not st.is_current:
         raise NotReadyError(
             f"schema is at {st.current or 'none'}, the code needs {st.head}: "
             "run `ragstore db upgrade`")
     checks["schema"] = st.head
-    try:
-        with rt.db.connection() as conn, translated("listing collections"):
-            names = catalog.collection_names(conn)
-        for name in names:
+    with rt.db.connection() as conn, translated("listing collections"):
+        names = catalog.collection_names(conn)
+    collections: dict[str, str] = {}
+    for name in names:
+        try:
             rt.embedder_for(rt.collection(name))
-    except RagstoreError as exc:
-        raise NotReadyError(f"model check failed: {exc}") from None
-    checks["models"] = f"{len(names)} collection(s) validated"
+            collections[name] = "ok"
+        except (ModelError, NotFoundError) as exc:
+            collections[name] = f"cannot embed queries: {exc.code}: {exc}"
+    bad = sum(1 for v in collections.values() if v != "ok")
+    checks["models"] = f"{len(names)} collection(s) validated" + (
+        f", {bad} cannot embed queries" if bad else "")
     checks["role"] = "replica (read-only)" if rt.read_only else "primary"
     replicas = [r.public() for r in rt.router.statuses()]
     if replicas:
         up = sum(1 for r in replicas if r["up"])
         checks["replicas"] = f"{up} of {len(replicas)} serving reads"
-    return Readiness(checks=checks,
+    return Readiness(checks=checks, collections=collections,
                      replicas=[ReplicaPublic(**r) for r in replicas] if replicas else None)

@@ -1,0 +1,326 @@
+"""Soak: mixed load against two `ragstore serve` processes and two workers on one database.
+
+For ``--duration`` seconds, ``--clients`` threads spread over both servers add new documents,
+rewrite a small set of *hot* documents (the same names from every client, so writes of one
+document race), search, delete documents they added, and hand some adds to the workers
+(``background``). Every answer is recorded. At the end:
+
+* no answer was a 5xx;
+* every acknowledgement describes what it stored (its ``content_hash`` is the hash of the
+  text that request sent);
+* every hot document holds the text of an acknowledged write that nothing acknowledged
+  later could have overwritten (the last write wins, by acknowledgement order);
+* every added document that was not deleted is stored with its acknowledged hash, every
+  deleted one is gone, and the collection's count is exactly that;
+* every background job succeeded and its documents are stored.
+
+Throughput and p99 latency per operation go to stdout (and ``--json``). Usage::
+
+    python -m bench.soak --duration 600            # the 10-minute run in docs/benchmarks.md
+    python -m bench.soak --duration 60 --clients 6 # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+COLLECTION = "soak"
+WORDS = ["kitten", "orbit", "ledger", "granite", "harbor", "violin", "meadow", "copper",
+         "lantern", "signal", "cipher", "thunder", "saffron", "glacier", "compass", "falcon",
+         "prism", "willow", "ember", "quartz"]
+
+
+@dataclass
+class Write:
+    name: str
+    digest: str
+    start: float
+    end: float
+    status: int
+    acked_hash: str | None
+    doc_id: int | None
+
+
+@dataclass
+class Record:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    statuses: dict[str, dict[int, int]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    hot: list[Write] = field(default_factory=list)
+    added: dict[str, Write] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+    jobs: list[tuple[int, list[str], dict[str, str]]] = field(default_factory=list)
+    bad_acks: list[str] = field(default_factory=list)
+    errors_5xx: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note(self, op: str, seconds: float, status: int, body: str) -> None:
+        with self.lock:
+            self.latencies[op].append(seconds)
+            self.statuses[op][status] += 1
+            if status >= 500:
+                self.errors_5xx.append(f"{op} {status}: {body[:300]}")
+
+
+def _text(rng: random.Random, tag: str) -> str:
+    words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 160)))
+    return f"# {tag}\n\n{words}\n\n## Notes\n\n{tag} {rng.random()}\n"
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    fh = log.open("wb")
+    return subprocess.Popen([sys.executable, "-c", "from ragstore.cli import main; main()",
+                             *args], env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"server {url} not ready after {timeout}s")
+
+
+class Client(threading.Thread):
+    def __init__(self, i: int, urls: list[str], rec: Record, until: float,
+                 hot_names: list[str]) -> None:
+        super().__init__(name=f"client-{i}", daemon=True)
+        self.i = i
+        self.urls = urls
+        self.rec = rec
+        self.until = until
+        self.hot_names = hot_names
+        self.rng = random.Random(i)
+        self.mine: list[tuple[str, int]] = []
+        self.seq = 0
+
+    def call(self, op: str, method: str, path: str, **kw: Any) -> tuple[httpx.Response, float,
+                                                                       float]:
+        url = self.rng.choice(self.urls)
+        t0 = time.monotonic()
+        r = self.http.request(method, f"{url}{path}", **kw)
+        t1 = time.monotonic()
+        self.rec.note(op, t1 - t0, r.status_code, r.text)
+        return r, t0, t1
+
+    def add(self, name: str, text: str, background: bool = False) -> Write:
+        r, t0, t1 = self.call("add_bg" if background else "add", "POST",
+                              f"/v1/collections/{COLLECTION}/documents",
+                              json={"name": name, "text": text, "background": background})
+        body = r.json() if r.headers.get("content-type", "").endswith("json") else {}
+        w = Write(name, _sha(text), t0, t1, r.status_code,
+                  body.get("content_hash") if r.status_code == 201 else None,
+                  body.get("id") if r.status_code == 201 else None)
+        if r.status_code == 201 and w.acked_hash != w.digest:
+            with self.rec.lock:
+                self.rec.bad_acks.append(f"{name}: sent {w.digest[:12]}, acknowledged "
+                                         f"{str(w.acked_hash)[:12]}")
+        if background and r.status_code == 202:
+            with self.rec.lock:
+                self.rec.jobs.append((int(body["id"]), [name], {name: w.digest}))
+        return w
+
+    def run(self) -> None:
+        with httpx.Client(timeout=120) as self.http:
+            while time.monotonic() < self.until:
+                roll = self.rng.random()
+                if roll < 0.25:
+                    self.seq += 1
+                    name = f"c{self.i}/doc-{self.seq}.md"
+                    w = self.add(name, _text(self.rng, name))
+                    if w.status == 201:
+                        with self.rec.lock:
+                            self.rec.added[name] = w
+                        self.mine.append((name, int(w.doc_id or 0)))
+                elif roll < 0.50:
+                    name = self.rng.choice(self.hot_names)
+                    w = self.add(name, _text(self.rng, f"{name} by {self.i}"))
+                    with self.rec.lock:
+                        self.rec.hot.append(w)
+                elif roll < 0.85:
+                    self.call("search", "POST", f"/v1/collections/{COLLECTION}/search",
+                              json={"query": " ".join(self.rng.sample(WORDS, 3)), "k": 5})
+                elif roll < 0.95 and self.mine:
+                    name, doc_id = self.mine.pop(self.rng.randrange(len(self.mine)))
+                    r, _, _ = self.call("delete", "DELETE",
+                                        f"/v1/collections/{COLLECTION}/documents/{doc_id}")
+                    if r.status_code == 204:
+                        with self.rec.lock:
+                            self.rec.deleted.add(name)
+                else:
+                    self.seq += 1
+                    name = f"c{self.i}/bg-{self.seq}.md"
+                    self.add(name, _text(self.rng, name), background=True)
+
+
+def _stored(url: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    cursor = None
+    with httpx.Client(timeout=120) as h:
+        while True:
+            params: dict[str, Any] = {"limit": 500}
+            if cursor:
+                params["cursor"] = cursor
+            page = h.get(f"{url}/v1/collections/{COLLECTION}/documents", params=params).json()
+            for d in page["data"]:
+                out[d["name"]] = d
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return out
+
+
+def verify(url: str, rec: Record) -> list[str]:
+    """Every check of the module docstring; the list of what is wrong (empty: all held)."""
+    problems = list(rec.errors_5xx[:20]) + list(rec.bad_acks[:20])
+    with httpx.Client(timeout=120) as h:
+        for job_id, names, _ in rec.jobs:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                job = h.get(f"{url}/v1/jobs/{job_id}").json()
+                if job["status"] in ("succeeded", "failed"):
+                    break
+                time.sleep(1)
+            if job["status"] != "succeeded":
+                problems.append(f"job {job_id} ({names}) ended {job['status']}: "
+                                f"{job.get('errors')}")
+        stored = _stored(url)
+        count = h.get(f"{url}/v1/collections/{COLLECTION}").json()["documents"]
+    expected: dict[str, str] = {}
+    for name, w in rec.added.items():
+        if name not in rec.deleted:
+            expected[name] = w.digest
+    for _, _, digests in rec.jobs:
+        expected.update(digests)
+    by_name: dict[str, list[Write]] = defaultdict(list)
+    for w in rec.hot:
+        if w.status == 201:
+            by_name[w.name].append(w)
+    for name, writes in by_name.items():
+        # candidates: acked writes that no other acked write started after they ended
+        latest_start = max(w.start for w in writes)
+        candidates = {w.digest for w in writes if w.end >= latest_start}
+        got = stored.get(name, {}).get("content_hash")
+        if got not in candidates:
+            problems.append(f"hot {name}: stores {str(got)[:12]}, not one of the "
+                            f"{len(candidates)} last acknowledged writes")
+    for name, digest in expected.items():
+        got = stored.get(name, {}).get("content_hash")
+        if got != digest:
+            problems.append(f"{name}: stores {str(got)[:12]}, acknowledged {digest[:12]}")
+    for name in rec.deleted:
+        if name in stored:
+            problems.append(f"{name}: deleted (204) but still stored")
+    want = len(expected) + len(by_name)
+    if len(stored) != want or count != want:
+        problems.append(f"count: listed {len(stored)}, collection says {count}, "
+                        f"acknowledged writes imply {want}")
+    return problems
+
+
+def _p(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000 if s else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=600.0)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--hot", type=int, default=8, help="documents every client rewrites")
+    ap.add_argument("--json", type=Path, help="write the figures here too")
+    args = ap.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="ragstore-soak-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
+    env.update({"RAGSTORE_DATA_DIR": str(data_dir), "RAGSTORE_PROFILE": "test",
+                "RAGSTORE_LOG_LEVEL": "warning", "RAGSTORE_RATE_LIMIT_PER_MINUTE": "0",
+                "RAGSTORE_BACKGROUND_INGEST_BYTES": "1000000"})
+    procs: list[subprocess.Popen[bytes]] = []
+    urls = []
+    try:
+        for i in range(2):
+            port = _free_port()
+            procs.append(_start(["serve", "--host", "127.0.0.1", "--port", str(port)], env,
+                                data_dir / f"serve-{i}.log"))
+            urls.append(f"http://127.0.0.1:{port}")
+            _wait_ready(urls[-1], procs[-1])  # one at a time: the first creates the schema
+        for i in range(2):
+            procs.append(_start(["worker", "--name", f"soak-{i}"], env,
+                                data_dir / f"worker-{i}.log"))
+        httpx.post(f"{urls[0]}/v1/collections", json={"name": COLLECTION}, timeout=60)
+        rec = Record()
+        hot_names = [f"hot/doc-{i}.md" for i in range(args.hot)]
+        t0 = time.monotonic()
+        clients = [Client(i, urls, rec, t0 + args.duration, hot_names)
+                   for i in range(args.clients)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        elapsed = time.monotonic() - t0
+        problems = verify(urls[0], rec)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run([sys.executable, "-c", "from ragstore.cli import main; main()",
+                        "db", "stop"], env=env, check=False, capture_output=True)
+    figures: dict[str, Any] = {"duration_s": round(elapsed, 1), "clients": args.clients,
+                               "operations": {}, "problems": problems}
+    print(f"soak: {elapsed:.0f}s, {args.clients} clients, 2 servers, 2 workers")
+    print(f"{'operation':<10} {'count':>7} {'per s':>7} {'p50 ms':>8} {'p99 ms':>8}  statuses")
+    for op, lat in sorted(rec.latencies.items()):
+        row = {"count": len(lat), "per_s": round(len(lat) / elapsed, 2),
+               "p50_ms": round(_p(lat, 0.5), 1), "p99_ms": round(_p(lat, 0.99), 1),
+               "statuses": dict(rec.statuses[op])}
+        figures["operations"][op] = row
+        print(f"{op:<10} {row['count']:>7} {row['per_s']:>7} {row['p50_ms']:>8} "
+              f"{row['p99_ms']:>8}  {row['statuses']}")
+    print("checks:", "all held" if not problems else f"{len(problems)} problem(s)")
+    for p in problems[:40]:
+        print("  -", p)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()

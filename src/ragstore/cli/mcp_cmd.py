@@ -1,0 +1,52 @@
+"""``ragstore mcp``: serve ragstore's tools to LLM agents over MCP (stdio or HTTP)."""
+
+from __future__ import annotations
+
+import typer
+
+from ragstore.errors import ConfigError, InputError
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("mcp")
+    def mcp(
+        transport: str = typer.Option("stdio", "--transport", metavar="stdio|http",
+                                      help="stdio (spawned by an agent) or http "
+                                      "(streamable HTTP)."),
+        host: str = typer.Option("127.0.0.1", "--host", metavar="ADDR",
+                                 help="Bind address for http."),
+        port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port for http."),
+        path: str = typer.Option("/mcp", "--path", metavar="PATH",
+                                 help="Endpoint path for http."),
+        api_key: str | None = typer.Option(None, "--api-key", envvar="RAGSTORE_API_KEY",
+                                           metavar="KEY", show_envvar=True,
+                                           help="A key from `ragstore keys create`: its scope "
+                                           "and collection bound every tool; add_document "
+                                           "is offered only with a write key."),
+    ) -> None:
+        """Serve search, list_collections, get_document, get_section (and add_document
+        with a write key) as Model Context Protocol tools."""
+        if transport not in ("stdio", "http"):
+            raise InputError(f"--transport {transport!r} is not stdio or http")
+        if transport == "http" and host not in LOOPBACK and not api_key:
+            raise InputError(
+                f"serving MCP on {host} without an API key would let anyone on the network "
+                "read every collection; pass --api-key (RAGSTORE_API_KEY) or bind 127.0.0.1")
+        try:
+            from ragstore.integrations.mcp import build_server, key_for
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"ragstore mcp needs the MCP SDK ({exc.name} is missing): "
+                              "pip install 'ragstore[mcp]'") from None
+        from ragstore.store import Store
+
+        with Store() as store:
+            server = build_server(store, key_for(store, api_key))
+            if transport == "stdio":
+                server.run("stdio")
+                return
+            import uvicorn
+
+            app = server.streamable_http_app(streamable_http_path=path, host=host)
+            uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,137 @@
+"""`ragstore serve` as an attacker and an operator meet it: an empty host is every interface
+(so keys go on), failed key checks are throttled before scrypt, the per-key rate limit is
+shared through PostgreSQL, /metrics needs a key under prod, and SIGTERM stops it all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from ragstore.api.app import auth_enabled
+from ragstore.auth import KeyStore
+from ragstore.config import Settings
+from ragstore.profiles import is_loopback
+from tests.api.conftest import running_server, with_
+
+
+def test_empty_host_is_not_loopback(settings: Settings) -> None:
+    assert not is_loopback("")
+    embedded = Settings(data_dir=settings.data_dir, profile="test")
+    assert auth_enabled(embedded.model_copy(update={"api_host": ""})) is True
+    assert auth_enabled(embedded.model_copy(update={"api_bound": "127.0.0.1,::1"})) is False
+    assert auth_enabled(embedded.model_copy(update={"api_host": "127.0.0.1",
+                                                    "api_bound": "0.0.0.0"})) is True
+
+
+@pytest.fixture(scope="module")
+def secured(settings: Settings) -> Iterator[str]:
+    with running_server(with_(settings, auth="on", rate_limit_per_minute=30,
+                              profile="prod", allow_embedded_in_prod=True)) as url:
+        yield url
+
+
+def test_key_guessing_is_throttled_before_hashing(secured: str, keys: KeyStore) -> None:
+    good = keys.create("read").secret
+    key_id = good.split("_")[1]
+    wrong = f"rsk_{key_id}_{'x' * 43}"
+    with httpx.Client(base_url=secured, timeout=60) as h:
+        assert h.get("/v1/collections", headers={"Authorization": f"Bearer {good}"}
+                     ).status_code == 200  # verified once: later checks skip scrypt
+
+        def guess(_: int) -> int:
+            return h.get("/v1/collections",
+                         headers={"Authorization": f"Bearer {wrong}"}).status_code
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(guess, range(120)))
+        flood = time.monotonic() - t0
+        statuses += [guess(i) for i in range(12)]  # sequential: each one may be hashed
+        assert statuses.count(401) <= 10, statuses  # per key: 10 failures a minute
+        assert statuses.count(429) >= 120, statuses
+        r = h.get("/v1/collections", headers={"Authorization": f"Bearer {wrong}"})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        t1 = time.monotonic()
+        ok = h.get("/v1/collections", headers={"Authorization": f"Bearer {good}"})
+        assert ok.status_code == 200 and time.monotonic() - t1 < 1.0
+        assert flood < 20
+
+
+def test_rate_limit_is_shared_across_servers(settings: Settings, secured: str,
+                                             keys: KeyStore) -> None:
+    key = keys.create("read").secret
+    auth = {"Authorization": f"Bearer {key}"}
+    other = with_(settings, auth="on", rate_limit_per_minute=30)
+    with running_server(other) as second, httpx.Client(timeout=60) as h:
+        statuses = [h.get(f"{url}/v1/collections", headers=auth).status_code
+                    for _ in range(20) for url in (secured, second)]
+    assert statuses.count(200) <= 31, statuses  # one budget of 30 (+1 refill), not 60
+    assert statuses.count(429) >= 9
+
+
+def test_metrics_need_a_key_under_prod(secured: str, keys: KeyStore) -> None:
+    assert httpx.get(f"{secured}/metrics").status_code == 401
+    key = keys.create("read").secret
+    r = httpx.get(f"{secured}/metrics", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200 and "ragstore_build_info" in r.text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _session_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data dir of the session's embedded server (see tests/conftest.py)."""
+    base = tmp_path_factory.getbasetemp()
+    found = [p.parent.parent for p in base.glob("pg*/pg/PG_VERSION")]
+    assert found, "no session embedded server"
+    return found[0]
+
+
+def test_serve_on_every_interface_requires_keys_and_stops_on_sigterm(
+        pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
+    env.update({"RAGSTORE_DATA_DIR": str(_session_data_dir(tmp_path_factory)),
+                "RAGSTORE_PROFILE": "test", "RAGSTORE_AUTH": "auto",
+                "RAGSTORE_MODEL": "no-such-model"})  # skip loading a model at start
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from ragstore.cli import main; main()", "serve",
+         "--host", "", "--port", str(port), "--workers", "2"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 150
+        status = None
+        while time.monotonic() < deadline:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/v1/collections", timeout=5
+                                   ).status_code
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, "serve exited"
+                time.sleep(0.5)
+        assert status == 401  # all interfaces: the embedded database is not left open
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert len(family) >= 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) is not None
+        _gone, alive = psutil.wait_procs(family, timeout=30)
+        assert alive == []
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,125 @@
+"""``ragstore eval-sections``: question files, heading paths, the window baselines, and
+one end-to-end run on a tiny question set with the real database and model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ragstore.errors import InputError, PathNotFoundError
+from ragstore.search.sections import (
+    Passage,
+    WindowBM25,
+    first_hit,
+    heading_lines,
+    load_questions,
+    select,
+    windows,
+)
+from tests.conftest import run_cli
+
+MANUAL = """# Kettle manual
+
+Intro words about the kettle.
+
+## Descaling
+
+Fill the kettle with white vinegar and water, boil it and rinse it twice to remove lime.
+
+```sh
+# not a heading: a shell comment inside a fence
+echo rinse
+```
+
+## Warranty
+
+The warranty covers the heating element for two years from the date of purchase.
+"""
+GARDEN = """# Garden
+
+## Roses
+
+Prune roses in late winter, just above an outward-facing bud.
+
+## Tomatoes
+
+Tomatoes need full sun, deep watering twice a week and a stake to climb.
+"""
+QUESTIONS = (
+    "how do I get rid of limescale in my kettle?\tkettle.md\t^Descaling$\n"
+    "how long is the heating element guaranteed?\tkettle.md\twarranty\n"
+    "when should I cut back my rose bushes?\tgarden.md\t^Roses$\n"
+)
+
+
+def _question_set(root: Path) -> Path:
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "kettle.md").write_text(MANUAL)
+    (root / "docs" / "garden.md").write_text(GARDEN)
+    (root / "questions.tsv").write_text(QUESTIONS)
+    return root
+
+
+def test_questions_file_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "questions.tsv"
+    path.write_text("ok?\ta.md\tx\nmissing a field\ta.md\n")
+    with pytest.raises(InputError, match=r"questions.tsv:2: expected 3 tab-separated fields"):
+        load_questions(path)
+    path.write_text("bad regex?\ta.md\t(unclosed\n")
+    with pytest.raises(InputError, match=r"questions.tsv:1: section_regex is not a valid"):
+        load_questions(path)
+    with pytest.raises(PathNotFoundError, match="no such file"):
+        load_questions(tmp_path / "nope.tsv")
+    path.write_text(QUESTIONS)
+    qs = load_questions(path)
+    assert [q.number for q in select(qs, "2-3")] == [2, 3]
+    with pytest.raises(InputError, match=r"--questions '3-9' is invalid"):
+        select(qs, "3-9")
+
+
+def test_heading_paths_skip_fenced_code_and_follow_the_scoring_rule(tmp_path: Path) -> None:
+    assert [h for _, h in heading_lines(MANUAL)] == ["Kettle manual", "Descaling", "Warranty"]
+    wins = windows("kettle.md", MANUAL, words=12)
+    # the heading in force where the window starts, plus every heading inside it
+    assert wins[0].passage.headings == ("Kettle manual", "Descaling")
+    assert wins[1].passage.headings == ("Descaling",)
+    assert wins[-1].passage.headings[-1] == "Warranty"
+    assert " ".join(w.text for w in wins).split() == MANUAL.split()
+    (tmp_path / "questions.tsv").write_text(QUESTIONS)
+    q = load_questions(tmp_path / "questions.tsv")[0]
+    ranked = [Passage("kettle.md", ("Warranty",)), Passage("garden.md", ("Descaling",)),
+              Passage("kettle.md", ("Kettle manual", "descaling"))]
+    assert first_hit(q, ranked) == 3, "same file, heading matched case-insensitively"
+
+
+def test_window_bm25_prefers_the_window_with_the_rare_terms() -> None:
+    texts = ["the kettle boils water", "vinegar removes lime from the kettle",
+             "the warranty covers two years"]
+    bm25 = WindowBM25(texts)
+    assert bm25.rank("lime vinegar kettle", 3)[0] == 1
+    assert bm25.rank("warranty", 3) == [2]
+    assert bm25.rank("the of", 3) == [], "stop words alone match nothing"
+
+
+def test_eval_sections_cli_scores_every_mode_and_the_baselines(
+        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _question_set(tmp_path / "set")
+    assert run_cli("eval-sections", str(root), "--json", "-c", "sections-tiny") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["questions"] == 3 and out["ingested"] == 2
+    modes = out["modes"]
+    assert set(modes) == {"vector", "fulltext", "hybrid", "windows-dense", "windows-bm25",
+                          "windows-rrf"}
+    assert modes["fulltext"]["top3"] == 3 and modes["hybrid"]["top3"] == 3
+    assert modes["windows-bm25"]["ranks"]["2"] == 1
+    # a second run finds every file unchanged and ingests nothing
+    assert run_cli("eval-sections", str(root), "--json", "-c", "sections-tiny",
+                   "--no-baselines", "-m", "fulltext", "-q", "1-2") == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["ingested"] == 0 and set(again["modes"]) == {"fulltext"}
+    assert again["modes"]["fulltext"]["ranks"] == {"1": 1, "2": 1}
+    (root / "questions.tsv").write_text(QUESTIONS + "lost?\tmissing.md\tx\n")
+    assert run_cli("eval-sections", str(root), "-c", "sections-tiny") == 65
+    assert "questions name files that are not in" in capsys.readouterr().err
