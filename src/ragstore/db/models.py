@@ -82,3 +82,9 @@ def pinned_models(conn: Conn, name: str | None = None,
         params = (name, revision) if revision else (name,)
     rows = conn.execute(_SELECT + where + " ORDER BY m.name, m.id", params).fetchall()
     return [_pinned(r) for r in rows]
+
+
+def dimension_of(conn: Conn, model_id: int) -> int | None:
+    row = conn.execute("SELECT dimension FROM embedding_models WHERE id = %s",
+                       (model_id,)).fetchone()
+    return int(row[0]) if row else None

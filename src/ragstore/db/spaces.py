@@ -264,3 +264,28 @@ def nearest_texts(conn: Conn, table: str, distance: str, vector: np.ndarray,
     ).format(t=sql.Identifier(table), op=sql.SQL(OPERATORS[distance])),
         (vector, k)).fetchall()
     return [str(r[0]) for r in rows]
+
+
+def vectors_except(conn: Conn, table: str,
+                   chunk_ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
+    """(chunk ids, vectors) of a space, leaving out ``chunk_ids``."""
+    rows = conn.execute(sql.SQL("SELECT chunk_id, embedding FROM {t} WHERE NOT"
+                                " (chunk_id = ANY(%s))").format(t=sql.Identifier(table)),
+                        (list(chunk_ids),)).fetchall()
+    if not rows:
+        return [], np.zeros((0, 0), dtype=np.float32)
+    return ([int(r[0]) for r in rows],
+            np.stack([np.asarray(r[1].to_numpy(), dtype=np.float32) for r in rows]))
+
+
+def index_knn(conn: Conn, table: str, distance: str, vector: np.ndarray, k: int,
+              ef_search: int) -> list[tuple[int, float]]:
+    """(chunk id, distance) of the ``k`` nearest through the HNSW index (sequential scans
+    off for the transaction, so a small table is not answered exactly instead)."""
+    conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef_search)))
+    conn.execute("SET LOCAL enable_seqscan = off")
+    op = sql.SQL(OPERATORS[distance])
+    rows = conn.execute(sql.SQL("SELECT chunk_id, embedding {op} %(q)s FROM {t}"
+                                " ORDER BY embedding {op} %(q)s LIMIT %(k)s").format(
+        op=op, t=sql.Identifier(table)), {"q": vector, "k": k}).fetchall()
+    return [(int(r[0]), float(r[1])) for r in rows]
