@@ -193,6 +193,47 @@ def _recall(rt: Runtime, queries: list[str], spec: Mapping[str, Any]) -> float:
     return round(got / total, 4) if total else 1.0
 
 
+def measure(rt: Runtime, queries: list[str], clients: list[int]) -> dict[str, Any]:
+    """Latency per search at each client count, and recall@10 against the exact lists."""
+    for q in queries:  # query vectors cached, buffers warm
+        search(rt, q, collection=COLLECTION, k=10, mode="hybrid")
+    latency: dict[str, Any] = {}
+    for name, spec in SEARCHES.items():
+        def one(q: str, spec: Mapping[str, Any] = spec) -> object:
+            return search(rt, q, collection=COLLECTION, k=10, **spec)
+
+        for c in clients:
+            ms, wall = _latencies(one, queries, c)
+            latency[f"{name}@{c}"] = {"p50_ms": round(_pct(ms, 0.5), 1),
+                                      "p99_ms": round(_pct(ms, 0.99), 1),
+                                      "qps": round(len(ms) / wall, 1)}
+        print(f"  {name} {latency[f'{name}@{clients[0]}']}", flush=True)
+    recall = {name: _recall(rt, queries, spec) for name, spec in SEARCHES.items()}
+    return {"latency": latency, "recall_at_10": recall}
+
+
+def measure_existing(data_dir: Path, queries: list[str], clients: list[int]) -> dict[str, Any]:
+    """:func:`measure` on a collection a previous ``--keep`` run left in ``data_dir``."""
+    with InstantServer() as server, Runtime(Settings(data_dir=data_dir)) as rt:
+        with rt.db.connection() as conn:
+            conn.execute("UPDATE embedding_models SET options = options || %s::jsonb"
+                         " WHERE provider = 'openai'",
+                         (json.dumps({"base_url": server.base_url}),))
+        coll = rt.collection(COLLECTION)
+        conn = rt.db.connect(autocommit=True)
+        try:
+            conn.execute("VACUUM ANALYZE")
+            row = conn.execute("SELECT count(*) FROM chunks").fetchone()
+        finally:
+            conn.close()
+        out: dict[str, Any] = {"chunks": int(row[0]) if row else 0}
+        out["disk_bytes"] = _disk(rt, coll)
+        out["disk_bytes_per_chunk"] = round(sum(out["disk_bytes"].values())
+                                            / max(out["chunks"], 1))
+        out.update(measure(rt, queries, clients))
+    return out
+
+
 def run_size(target: int, queries: list[str], clients: list[int], work: Path,
              keep: bool) -> dict[str, Any]:
     data_dir = work / f"data-{target}"
@@ -217,22 +258,7 @@ def run_size(target: int, queries: list[str], clients: list[int], work: Path,
         disk = _disk(rt, coll)
         result["disk_bytes"] = disk
         result["disk_bytes_per_chunk"] = round(sum(disk.values()) / max(chunks, 1))
-        for q in queries:  # query vectors cached, buffers warm
-            search(rt, q, collection=COLLECTION, k=10, mode="hybrid")
-        latency: dict[str, Any] = {}
-        for name, spec in SEARCHES.items():
-            def one(q: str, spec: Mapping[str, Any] = spec) -> object:
-                return search(rt, q, collection=COLLECTION, k=10, **spec)
-
-            for c in clients:
-                ms, wall = _latencies(one, queries, c)
-                latency[f"{name}@{c}"] = {"p50_ms": round(_pct(ms, 0.5), 1),
-                                          "p99_ms": round(_pct(ms, 0.99), 1),
-                                          "qps": round(len(ms) / wall, 1)}
-            print(f"  {target}: {name} {latency[f'{name}@{clients[0]}']}", flush=True)
-        result["latency"] = latency
-        result["recall_at_10"] = {name: _recall(rt, queries, spec)
-                                  for name, spec in SEARCHES.items()}
+        result.update(measure(rt, queries, clients))
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -247,7 +273,15 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="where data and files go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep each size's data directory")
     ap.add_argument("--out", type=Path, help="write the results as JSON here too")
+    ap.add_argument("--measure", type=Path, metavar="DATA_DIR",
+                    help="only measure the collection a --keep run left in DATA_DIR")
     args = ap.parse_args()
+    if args.measure:
+        res = measure_existing(args.measure, _queries(args.queries), args.clients)
+        print(json.dumps(res, indent=1), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(res, indent=1))
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="ragstore-scale-"))
     queries = _queries(args.queries)
     results = []

@@ -148,6 +148,17 @@ def test_collections_list_show_create_delete(
     assert run_cli("collections", "show", "scratch") == 66
 
 
+def test_search_with_context_through_the_server_prints_it(
+        ingested: dict[str, object], remote_env: dict[str, str], local: None,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
+        monkeypatch.setenv(key, remote_env[key])
+    assert run_cli("search", "green tea", "-c", "remote", "-k", "1", "--context", "1") == 0
+    out = capsys.readouterr().out
+    assert "tea.md" in out and "context of hit 1 (1):" in out
+    assert ">> [" in out and "Green tea is steeped at 80 degrees." in out
+
+
 def test_collections_list_through_the_server(
         ingested: dict[str, object], remote_env: dict[str, str], local: None,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -210,14 +221,18 @@ def test_json_on_db_status_and_keys(
     assert json.loads(capsys.readouterr().out)["revoked"] is True
 
 
-def test_progress_line_every_n_items_or_seconds() -> None:
+def test_progress_line_every_n_items_or_seconds_after_a_quiet_start() -> None:
     lines: list[str] = []
     now = [0.0]
     line = ProgressLine("ingesting", "files", every=3, every_s=10.0, write=lines.append,
                         clock=lambda: now[0])
     for done in range(1, 7):
-        line.update(done, 6, "x chunks")
+        line.update(done, 100)
+    assert lines == []  # work that ends within 10 s prints nothing
+    now[0] = 10.0
+    for done in range(7, 13):
+        line.update(done, 100, "x chunks")
     now[0] = 25.0
-    line.update(7, None)
-    assert lines == ["ingesting: 3/6 files, x chunks (0s)", "ingesting: 6/6 files, x chunks (0s)",
-                     "ingesting: 7 files (25s)"]
+    line.update(13, None)
+    assert lines == ["ingesting: 7/100 files, x chunks (10s)",
+                     "ingesting: 10/100 files, x chunks (10s)", "ingesting: 13 files (25s)"]

@@ -156,7 +156,10 @@ def test_db_downgrade_with_yes_backs_up_first(
         assert f"downgraded {revisions[-1]} -> {revisions[-2]}" in out
         assert migrations.status(db).current == revisions[-2]
     finally:
-        migrations.upgrade(db)
+        assert run_cli("db", "upgrade", "--json") == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["from"] == revisions[-2] and done["to"] == revisions[-1]
+    assert Path(done["backup"]).name.endswith("-upgrade.dump")
 
 
 def test_restore_asks_and_no_changes_nothing(

@@ -19,7 +19,7 @@ import pytest
 from ragstore.db import documents, repository
 from ragstore.runtime import Runtime
 from ragstore.search import search
-from ragstore.search.bm25 import parse_query
+from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1, parse_query
 from tests.search_helpers import Doc, make_collection, write_docs
 
 CISI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cisi"
@@ -57,12 +57,26 @@ def _lists(rt: Runtime, cid: int, query: str, k: int, start_n: int = 64,
            max_n: int = 8192) -> tuple[list[Any], list[Any]]:
     with rt.db.connection() as conn:
         pruned = conn.execute(
-            "SELECT chunk_id, raw FROM ragstore_bm25_topk(%s, 'english', %s, %s, 0.9, 0.4,"
-            " %s, %s)", (cid, query, k, start_n, max_n)).fetchall()
+            "SELECT chunk_id, raw FROM ragstore_bm25_topk(%s, 'english', %s, %s, %s, %s,"
+            " %s, %s)", (cid, query, k, DEFAULT_K1, DEFAULT_B, start_n, max_n)).fetchall()
         exact = conn.execute(
-            "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive(%s, 'english', %s, %s, 0.9, 0.4)",
-            (cid, query, k)).fetchall()
+            "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive(%s, 'english', %s, %s, %s, %s)",
+            (cid, query, k, DEFAULT_K1, DEFAULT_B)).fetchall()
     return pruned, exact
+
+
+def _chunks_read(rt: Runtime, cid: int, query: str, fn: str) -> int:
+    """Chunk rows one call of ragstore_bm25_<fn> fetched (this transaction's statistics)."""
+    def fetched(conn: Any) -> int:
+        row = conn.execute("SELECT coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0)"
+                           " FROM pg_stat_xact_user_tables WHERE relname = 'chunks'").fetchone()
+        return int(row[0])
+
+    with rt.db.connection() as conn:
+        before = fetched(conn)
+        conn.execute(f"SELECT count(*) FROM ragstore_bm25_{fn}(%s, 'english', %s, 1, %s, %s)",
+                     (cid, query, DEFAULT_K1, DEFAULT_B))
+        return fetched(conn) - before
 
 
 def _assert_same(pruned: list[Any], exact: list[Any], query: str) -> None:
@@ -83,6 +97,8 @@ def test_pruned_top_k_is_the_exhaustive_top_k_on_cisi(
     # tiny first reads: several rounds; a tiny cap: the exhaustive fallback
     _all_agree(rt, coll.id, queries[:10], start_n=2)
     _all_agree(rt, coll.id, queries[:10], start_n=2, max_n=8)
+    assert _chunks_read(rt, coll.id, queries[0], "topk") * 3 < _chunks_read(
+        rt, coll.id, queries[0], "exhaustive"), "the pruned path must not read every match"
     for q in queries[:10]:
         fast = [h.chunk_id for h in search(rt, q, collection="topk", k=10, mode="fulltext")]
         slow = [h.chunk_id for h in search(rt, q, collection="topk", k=10, mode="fulltext",
@@ -154,3 +170,15 @@ def test_plain_syntax_takes_operators_as_words() -> None:
     assert q.terms == "what -is retrieval or indexing"
     web = parse_query('what -is "retrieval" or indexing')
     assert web.excluded == "is" and web.required == '"retrieval"'
+
+
+def test_sql_and_python_bm25_defaults_agree(
+        rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]) -> None:
+    """Impacts are written with the SQL defaults and searched with Python's: a mismatch would
+    silently send every full-text search to the exhaustive path."""
+    coll, _, _ = cisi
+    with rt.db.connection() as conn:
+        row = conn.execute("SELECT k1, b FROM ragstore_bm25_params(%s)", (coll.id,)).fetchone()
+        stats = conn.execute("SELECT impact_k1, impact_b FROM bm25_collection_stats"
+                             " WHERE collection_id = %s", (coll.id,)).fetchone()
+    assert row == (DEFAULT_K1, DEFAULT_B) == stats

@@ -25,11 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ragstore.config import Settings
-from ragstore.db import migrations
+from ragstore.db import catalog, migrations
 from ragstore.db.database import Database
 from ragstore.db.embedded import pg_bin_dir
 from ragstore.db.errors import translated
@@ -137,12 +136,7 @@ def _sha256(path: Path) -> str:
 def _counts(db: Database) -> tuple[str | None, dict[str, int]]:
     with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
         revision = migrations.current_revision(conn)
-        counts: dict[str, int] = {}
-        if revision is not None:
-            for table in ("collections", "documents", "chunks"):
-                row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                    sql.Identifier(table))).fetchone()
-                counts[table] = int(str(row[0])) if row else 0
+        counts = catalog.row_counts(conn) if revision is not None else {}
     return revision, counts
 
 

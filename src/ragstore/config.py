@@ -1,6 +1,6 @@
 """Settings: one validated object, read from ``RAGSTORE_*`` environment variables and ``.env``.
 
-Nothing is read at import time; call :func:`get_settings`. A bad value becomes one
+Nothing is read at import time; call :func:`ragstore.profiles.get_settings`. A bad value becomes one
 :class:`~ragstore.errors.ConfigError` line naming the variable, the value and what is accepted.
 Secrets are ``SecretStr`` so that printing the settings never shows them.
 """
@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from ragstore.errors import ConfigError
 
 ENV_PREFIX = "RAGSTORE_"
 
@@ -57,6 +55,13 @@ class Settings(BaseSettings):
     ingest_batch_chunks: int = Field(
         512, ge=1, le=100_000, description="Chunks gathered across documents per encode round."
     )
+    bulk_load_bytes: int = Field(
+        4 * 1024 * 1024, ge=0,
+        description="A first load into an empty collection above this many bytes defers the "
+                    "vector index and builds it once at the end; 0 = always incremental.")
+    index_build_memory: str = Field(
+        "256MB", pattern=r"^[0-9]+(kB|MB|GB)$",
+        description="maintenance_work_mem for building a vector index after a bulk load.")
     max_file_bytes: int = Field(
         50 * 1024 * 1024, ge=1, description="Files above this size are skipped at ingest."
     )
@@ -126,7 +131,7 @@ class Settings(BaseSettings):
         return [u.strip() for u in text.split(",") if u.strip()]
 
 
-def _describe_error(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any]) -> str:
     field = ".".join(str(p) for p in err.get("loc", ())) or "settings"
     variable = ENV_PREFIX + field.upper()
     value = err.get("input")
@@ -135,16 +140,3 @@ def _describe_error(err: dict[str, Any]) -> str:
     else:
         shown = repr(value)
     return f"{variable}={shown} is invalid: {err.get('msg', 'bad value')}"
-
-
-def get_settings(**overrides: Any) -> Settings:
-    """Build and validate the settings; raise one ConfigError naming each bad variable."""
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        lines = [_describe_error(dict(e)) for e in exc.errors()]
-        raise ConfigError("; ".join(lines)) from None
-    from ragstore.profiles import check_profile
-
-    check_profile(settings)
-    return settings

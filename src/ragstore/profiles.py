@@ -9,11 +9,13 @@ variable to change; all of them are reported at once, so one restart fixes every
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from pydantic import ValidationError
 
-from ragstore.config import Settings
+from ragstore.config import Settings, describe_error
 from ragstore.errors import ConfigError
 
 # Passwords found in tutorials, images' examples and our own compose file's sample .env.
@@ -93,3 +95,14 @@ def check_profile(settings: Settings) -> None:
     problems = prod_problems(settings)
     if problems:
         raise ConfigError("profile prod refuses to start: " + "; ".join(problems))
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build and validate the settings; raise one ConfigError naming each bad variable."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        lines = [describe_error(dict(e)) for e in exc.errors()]
+        raise ConfigError("; ".join(lines)) from None
+    check_profile(settings)
+    return settings

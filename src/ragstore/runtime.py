@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any
 
-from ragstore.config import Settings, get_settings
+from ragstore.config import Settings
 from ragstore.db import changes, lsn, migrations, repository, routing
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
@@ -18,6 +18,7 @@ from ragstore.embedding.base import Embedder
 from ragstore.embedding.registry import load_embedder
 from ragstore.errors import CollectionNotFoundError, ConflictError
 from ragstore.models import ModelSpec
+from ragstore.profiles import get_settings
 
 COLLECTION_CACHE_S = 1.0  # how stale a cached collection may be after another process changes it
 

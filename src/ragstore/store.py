@@ -19,7 +19,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ragstore.api import catalog
 from ragstore.api.schemas import (
     CollectionPublic,
     DocumentPublic,
@@ -28,8 +27,8 @@ from ragstore.api.schemas import (
     TextPublic,
     TextsAdded,
 )
-from ragstore.config import Settings, get_settings
-from ragstore.db import documents, repository, texts
+from ragstore.config import Settings
+from ragstore.db import catalog, documents, repository, texts
 from ragstore.db.errors import translated
 from ragstore.errors import (
     InputError,
@@ -38,6 +37,7 @@ from ragstore.errors import (
     all_error_classes,
 )
 from ragstore.ingest import texts as text_service
+from ragstore.profiles import get_settings
 from ragstore.runtime import Runtime
 
 __all__ = ["Store"]

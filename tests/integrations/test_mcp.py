@@ -135,3 +135,11 @@ async def test_http_session_adds_documents_only_with_a_write_key(handbook: Store
             assert [c["name"] for c in listed["collections"]] == ["handbook"]
             assert "limited to collection 'handbook'" in _error(await session.call_tool(
                 "search", {"collection": "other", "query": "note"}))
+
+
+def test_http_off_loopback_needs_a_key(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import run_cli
+
+    assert run_cli("mcp", "--transport", "http", "--host", "0.0.0.0") == 65
+    assert "serving MCP on 0.0.0.0 without an API key" in capsys.readouterr().err
+    assert run_cli("mcp", "--transport", "carrier-pigeon") == 65

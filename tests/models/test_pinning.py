@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from ragstore.db import repository
+from ragstore.embedding.paths import minilm_dir
 from ragstore.embedding.registry import (
     DEFAULT_MODEL,
     TRUNCATED_MODEL,
     load_embedder,
-    minilm_dir,
     resolve_spec,
 )
 from ragstore.embedding.validation import PROBE_TEXT

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ragstore.config import get_settings
 from ragstore.errors import ConfigError
+from ragstore.profiles import get_settings
 from tests.conftest import run_cli
 
 STRONG_URL = "postgresql://ragstore:Xq7-very-long-unique@db.internal:5432/ragstore"

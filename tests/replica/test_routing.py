@@ -66,3 +66,6 @@ def test_lag_dates_the_oldest_unreplayed_wal(database_url: str) -> None:
     assert router._lag(caught_up, 300) == 0.0  # an idle primary is not a lagging replica
     older = lsn.ReplayState(in_recovery=True, replay_lsn=50, replay_age_s=60.0)
     assert router._lag(older, 300) == pytest.approx(60)  # WAL older than what we watched
+    in_transit = lsn.ReplayState(in_recovery=True, replay_lsn=250, replay_age_s=60.0,
+                                 receive_lsn=250)
+    assert router._lag(in_transit, 300) == 0.0  # replayed all it received: not behind

@@ -25,15 +25,21 @@ def _served_by(response: httpx.Response) -> str:
     return response.headers.get("RAGStore-Read-From", "")
 
 
-def test_ingest_on_primary_search_on_standby(pair: Pair) -> None:
+@pytest.fixture(scope="module")
+def kb(pair: Pair) -> str:
+    """Collection ``kb`` with TEXTS, ingested on the primary and replayed by the standby."""
     with running_server(pair.settings()) as url, Client(url) as c:
         c.create_collection("kb")
         for name, text in TEXTS.items():
             doc = c.add_document("kb", name, text)
             assert doc["chunks"] >= 1
         assert c.last_lsn is not None  # writes answer with their WAL position
-        pair.wait_caught_up()
-        c.last_lsn = None  # no read-your-writes needed now: the standby has it all
+    pair.wait_caught_up()
+    return "kb"
+
+
+def test_ingest_on_primary_search_on_standby(pair: Pair, kb: str) -> None:
+    with running_server(pair.settings()) as url, Client(url) as c:
         r = c.request("POST", "/v1/collections/kb/search",
                       json={"query": "why does bread rise", "k": 2})
         assert _served_by(r) == "replica"
@@ -49,7 +55,7 @@ def test_ingest_on_primary_search_on_standby(pair: Pair) -> None:
         assert 'ragstore_db_reads_total{target="replica"}' in metrics
 
 
-def test_read_only_server_answers_searches_and_refuses_writes(pair: Pair) -> None:
+def test_read_only_server_answers_searches_and_refuses_writes(pair: Pair, kb: str) -> None:
     pair.wait_caught_up()
     with running_server(pair.read_only_settings()) as url, Client(url) as c:
         hits = c.search("kb", "ocean tides and the moon", k=1)
@@ -69,7 +75,7 @@ def test_read_only_server_answers_searches_and_refuses_writes(pair: Pair) -> Non
         assert r.json()["code"] == "read_only"
 
 
-def test_read_your_writes_waits_for_replay_or_uses_the_primary(pair: Pair) -> None:
+def test_read_your_writes_waits_for_replay_or_uses_the_primary(pair: Pair, kb: str) -> None:
     with running_server(pair.settings(replica_wait_s=0.3)) as url, \
             running_server(pair.read_only_settings(replica_wait_s=0.3)) as ro_url, \
             Client(url) as c, Client(ro_url) as ro:
@@ -99,7 +105,7 @@ def test_read_your_writes_waits_for_replay_or_uses_the_primary(pair: Pair) -> No
         assert hits["data"][0]["title"] == "Comets"
 
 
-def test_lagging_replica_is_skipped_until_it_catches_up(pair: Pair) -> None:
+def test_lagging_replica_is_skipped_until_it_catches_up(pair: Pair, kb: str) -> None:
     settings = pair.settings(max_replica_lag_s=0.3)
     with running_server(settings) as url, Client(url, read_your_writes=False) as c:
         pair.pause_replay(True)
@@ -121,7 +127,7 @@ def test_lagging_replica_is_skipped_until_it_catches_up(pair: Pair) -> None:
         assert _served_by(r) == "replica"
 
 
-def test_standby_stopped_mid_load_searches_fall_back(pair: Pair) -> None:
+def test_standby_stopped_mid_load_searches_fall_back(pair: Pair, kb: str) -> None:
     pair.wait_caught_up()
     statuses: list[int] = []
     served: list[str] = []

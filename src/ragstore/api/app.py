@@ -31,14 +31,14 @@ from ragstore.api.routes import (
 )
 from ragstore.api.routing import ReadRoutingMiddleware
 from ragstore.auth import KeyStore, RateLimiter
-from ragstore.config import Settings, get_settings
+from ragstore.config import Settings
 from ragstore.console import install_console
 from ragstore.console.security import ConsoleSecurityMiddleware
 from ragstore.db.database import Database
 from ragstore.errors import ConfigError, RagstoreError
 from ragstore.jobs import build_queue
 from ragstore.observability.http import install_observability
-from ragstore.profiles import served_on_loopback
+from ragstore.profiles import get_settings, served_on_loopback
 from ragstore.runtime import Runtime
 
 log = logging.getLogger("ragstore.api")

@@ -305,6 +305,11 @@ def _heading_line(block: Block) -> str:
     return f"{'#' * max(1, min(block.level, 6))} {' '.join(block.text.split())}"
 
 
+def _reserve(context: tuple[str, int]) -> int:
+    """Tokens a chunk gives its context: the path and one for the line break after it."""
+    return context[1] + 1 if context[0] else 0
+
+
 def _block_parts(doc: ParsedDocument, counter: TokenCounter, ctx: list[tuple[str, int]],
                  limit: int, max_chars: int) -> list[_Part]:
     """Every block as one part when it fits with its context, else its pieces; headings
@@ -324,7 +329,7 @@ def _block_parts(doc: ParsedDocument, counter: TokenCounter, ctx: list[tuple[str
     for i, block in enumerate(blocks):
         if block.type is ChunkType.HEADING:
             parts.append(_Part(i, _Piece(0, len(block.text), texts[i]), counts[i], heading=True))
-        elif counts[i] + ctx[i][1] + 1 <= limit:
+        elif counts[i] + _reserve(ctx[i]) <= limit:
             parts.append(_Part(i, _Piece(0, len(block.text), block.text), counts[i],
                                alone=_stands_alone(block)))
         else:
@@ -392,7 +397,7 @@ def _packs(parts: list[_Part], paths: list[tuple[str, ...]], pages: list[int | N
         else:
             packs.append([part])
             open_pack = True
-            used, content, chars = ctx[part.block][1] + 1, 0, -len(PACK_SEPARATOR)
+            used, content, chars = _reserve(ctx[part.block]), 0, -len(PACK_SEPARATOR)
         used += part.tokens
         content += part.tokens
         chars += size

@@ -28,8 +28,7 @@ def _print_detail(c: dict[str, Any]) -> None:
 
 
 def _local_list() -> list[dict[str, Any]]:
-    from ragstore.api import catalog
-    from ragstore.db import repository
+    from ragstore.db import catalog, repository
     from ragstore.db.errors import translated
     from ragstore.runtime import Runtime
 
@@ -39,7 +38,7 @@ def _local_list() -> list[dict[str, Any]]:
 
 
 def _local_show(name: str) -> dict[str, Any]:
-    from ragstore.api import catalog
+    from ragstore.db import catalog
     from ragstore.db.errors import translated
     from ragstore.runtime import Runtime
 
@@ -50,8 +49,7 @@ def _local_show(name: str) -> dict[str, Any]:
 
 
 def _local_create(name: str, model: str | None, settings: dict[str, Any]) -> dict[str, Any]:
-    from ragstore.api import catalog
-    from ragstore.db import repository
+    from ragstore.db import catalog, repository
     from ragstore.db.errors import translated
     from ragstore.embedding.registry import resolve_spec
     from ragstore.runtime import Runtime
@@ -64,7 +62,7 @@ def _local_create(name: str, model: str | None, settings: dict[str, Any]) -> dic
 
 
 def _local_delete(name: str) -> None:
-    from ragstore.api import catalog
+    from ragstore.db import catalog
     from ragstore.db.errors import translated
     from ragstore.runtime import Runtime
 
@@ -76,7 +74,7 @@ def _local_delete(name: str) -> None:
 
 def _client() -> Any:
     from ragstore.cli.remote import remote_client
-    from ragstore.config import get_settings
+    from ragstore.profiles import get_settings
 
     return remote_client(get_settings())
 

@@ -11,7 +11,8 @@ app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 def show(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Print the effective settings (environment, .env, defaults); secrets are redacted."""
     from ragstore.cli.output import echo_json, print_table
-    from ragstore.config import ENV_PREFIX, get_settings
+    from ragstore.config import ENV_PREFIX
+    from ragstore.profiles import get_settings
 
     values = get_settings().redacted()
     if as_json:

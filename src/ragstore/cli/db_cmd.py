@@ -51,6 +51,7 @@ def upgrade(
     sql: bool = typer.Option(False, "--sql", help="Print the SQL instead of running it."),
     no_backup: bool = typer.Option(False, "--no-backup",
                                    help="Do not back the database up before upgrading."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Upgrade the schema to the code's revision (or --to REV); backs up first."""
     from ragstore.db import migrations
@@ -60,27 +61,33 @@ def upgrade(
         typer.echo(migrations.upgrade_sql(None, to))
         return
     with Runtime() as rt:
-        upgrade_with_backup(rt, to, backup=not no_backup)
+        upgrade_with_backup(rt, to, backup=not no_backup, as_json=as_json)
 
 
-def _backup_before(rt: Runtime, db: Database, reason: str) -> None:
+def _backup_before(rt: Runtime, db: Database, reason: str, *, quiet: bool = False) -> str:
     from ragstore.backup import create_backup
 
     info = create_backup(db, rt.settings, reason=reason)
-    typer.echo(f"backup: {info.path} (restore with `ragstore restore {info.path}`)")
+    if not quiet:
+        typer.echo(f"backup: {info.path} (restore with `ragstore restore {info.path}`)")
+    return info.path
 
 
-def upgrade_with_backup(rt: Runtime, to: str = "head", *, backup: bool = True) -> None:
+def upgrade_with_backup(rt: Runtime, to: str = "head", *, backup: bool = True,
+                        as_json: bool = False) -> None:
     """Back up a database that holds a schema (unless told not to), then upgrade it."""
     from ragstore.db import migrations
 
     db = rt.raw_db()
     pre = migrations.status(db)
     before = pre.current
+    path = None
     if before is not None and pre.pending and backup:
-        _backup_before(rt, db, "upgrade")
+        path = _backup_before(rt, db, "upgrade", quiet=as_json)
     st = migrations.upgrade(db, to)
-    if before == st.current:
+    if as_json:
+        echo_json({"from": before, "to": st.current, "backup": path})
+    elif before == st.current:
         typer.echo(f"schema already at {st.current}; nothing to do")
     else:
         typer.echo(f"upgraded {before or '(empty)'} -> {st.current}")
@@ -92,6 +99,7 @@ def downgrade(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask; downgrade at once."),
     no_backup: bool = typer.Option(False, "--no-backup",
                                    help="Do not back the database up before downgrading."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Downgrade the schema to an earlier revision ('base' drops every ragstore table);
     backs up first and asks before it drops anything."""
@@ -102,13 +110,18 @@ def downgrade(
         db = rt.raw_db()
         before = migrations.status(db).current
         if before is None:
-            typer.echo("the database holds no ragstore schema; nothing to downgrade")
+            if as_json:
+                echo_json({"from": None, "to": None, "backup": None})
+            else:
+                typer.echo("the database holds no ragstore schema; nothing to downgrade")
             return
         confirm(f"Downgrade {db.where} from {before} to {to}? Tables and columns added "
                 "since are dropped with their data", yes=yes)
-        if not no_backup:
-            _backup_before(rt, db, "downgrade")
+        path = None if no_backup else _backup_before(rt, db, "downgrade", quiet=as_json)
         st = migrations.downgrade(db, to)
+    if as_json:
+        echo_json({"from": before, "to": st.current, "backup": path})
+    else:
         typer.echo(f"downgraded {before} -> {st.current or 'base'}")
 
 
@@ -120,9 +133,9 @@ def stop() -> None:
     ``kill -9`` of that last process it keeps running until this command (or the next
     ragstore process to exit) stops it. Any ragstore command starts it again.
     """
-    from ragstore.config import get_settings
     from ragstore.db import embedded
     from ragstore.errors import ConfigError
+    from ragstore.profiles import get_settings
 
     settings = get_settings()
     if not settings.uses_embedded_database:

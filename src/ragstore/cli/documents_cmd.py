@@ -29,7 +29,7 @@ def _collection_option() -> Any:
 
 def _settings_and_client() -> tuple[Any, Any]:
     from ragstore.cli.remote import remote_client
-    from ragstore.config import get_settings
+    from ragstore.profiles import get_settings
 
     settings = get_settings()
     return settings, remote_client(settings)
@@ -37,7 +37,7 @@ def _settings_and_client() -> tuple[Any, Any]:
 
 def _find(rt: Runtime, collection: str, document: str) -> dict[str, Any]:
     """The document named by id or source (an ingested path, or an uploaded name)."""
-    from ragstore.api import catalog
+    from ragstore.db import catalog
     from ragstore.db.errors import translated
     from ragstore.errors import DocumentNotFoundError, InputError
     from ragstore.jobs import staging
@@ -90,7 +90,7 @@ def list_cmd(
                 cursor=encode_cursor(after) if after is not None else None)
         rows: list[dict[str, Any]] = page["data"]
     else:
-        from ragstore.api import catalog
+        from ragstore.db import catalog
         from ragstore.db.errors import translated
         from ragstore.runtime import Runtime
 
@@ -157,7 +157,7 @@ def delete_cmd(
             confirm(f"Delete {data.get('name') or data['source']} from {name!r}?", yes=yes)
             client.delete_document(name, doc_id)
     else:
-        from ragstore.api import catalog
+        from ragstore.db import catalog
         from ragstore.db.errors import translated
         from ragstore.runtime import Runtime
 

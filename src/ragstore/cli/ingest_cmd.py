@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
         """Ingest Markdown, text, HTML, PDF, DOCX and source files; unchanged files are
         skipped without embedding, changed ones replaced in one transaction."""
         from ragstore.cli.remote import remote_client
-        from ragstore.config import get_settings
+        from ragstore.profiles import get_settings
         from ragstore.runtime import Runtime
 
         user_meta = _parse_meta(meta)

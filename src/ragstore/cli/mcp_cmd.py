@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from ragstore.errors import InputError
+from ragstore.errors import ConfigError, InputError
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def register(app: typer.Typer) -> None:
@@ -28,7 +30,15 @@ def register(app: typer.Typer) -> None:
         with a write key) as Model Context Protocol tools."""
         if transport not in ("stdio", "http"):
             raise InputError(f"--transport {transport!r} is not stdio or http")
-        from ragstore.integrations.mcp import build_server, key_for
+        if transport == "http" and host not in LOOPBACK and not api_key:
+            raise InputError(
+                f"serving MCP on {host} without an API key would let anyone on the network "
+                "read every collection; pass --api-key (RAGSTORE_API_KEY) or bind 127.0.0.1")
+        try:
+            from ragstore.integrations.mcp import build_server, key_for
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"ragstore mcp needs the MCP SDK ({exc.name} is missing): "
+                              "pip install 'ragstore[mcp]'") from None
         from ragstore.store import Store
 
         with Store() as store:

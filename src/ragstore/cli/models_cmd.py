@@ -53,7 +53,7 @@ def pick_collection(option: str | None, positional: str | None, command: str) ->
         return positional
     if option is not None:
         return option
-    from ragstore.config import get_settings
+    from ragstore.profiles import get_settings
 
     return get_settings().collection
 

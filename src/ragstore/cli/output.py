@@ -89,13 +89,16 @@ def confirm(question: str, *, yes: bool) -> None:
 
 class ProgressLine:
     """Progress for non-terminals (CI logs, pipes): one line every ``every`` items or
-    ``every_s`` seconds, whichever comes first, so long work is never silent."""
+    ``every_s`` seconds, whichever comes first, so long work is never silent. Work that
+    ends within ``quiet_s`` seconds (default: ``every_s``) prints nothing, so short
+    commands keep their output to their result."""
 
     def __init__(self, label: str, unit: str, *, every: int = 100, every_s: float = 10.0,
-                 write: Callable[[str], None] | None = None,
+                 quiet_s: float | None = None, write: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.label, self.unit = label, unit
         self.every, self.every_s = every, every_s
+        self.quiet_s = every_s if quiet_s is None else quiet_s
         self._write = write or (lambda line: print(line, file=sys.stderr, flush=True))
         self._clock = clock
         self._start = self._last_time = clock()
@@ -103,6 +106,8 @@ class ProgressLine:
 
     def update(self, done: int, total: int | None = None, extra: str = "") -> None:
         now = self._clock()
+        if now - self._start < self.quiet_s:
+            return
         if done - self._last_done < self.every and now - self._last_time < self.every_s:
             return
         self._last_done, self._last_time = done, now

@@ -66,13 +66,18 @@ def _print_with_context(shown: Sequence[HitWithContext]) -> None:
 
 def _hits_from_json(data: list[dict[str, Any]]) -> list[HitWithContext]:
     """The server's hits as the objects a local search returns, to print them the same way."""
+    from dataclasses import fields
+
+    from ragstore.models import Hit
     from ragstore.search.context import ContextChunk, HitWithContext
 
+    hit_keys = {f.name for f in fields(Hit)}  # fields a newer server adds are not printed
+    chunk_keys = {f.name for f in fields(ContextChunk)}
     out = []
     for d in data:
-        context = [ContextChunk(**c) for c in d.get("context") or []]
-        plain = {k: v for k, v in d.items() if k not in ("context", "context_mode",
-                                                            "merged_hits")}
+        context = [ContextChunk(**{k: v for k, v in c.items() if k in chunk_keys})
+                   for c in d.get("context") or []]
+        plain = {k: v for k, v in d.items() if k in hit_keys}
         out.append(HitWithContext(**plain, context=context,
                                   context_mode=d.get("context_mode") or "",
                                   merged_hits=d.get("merged_hits") or []))
@@ -131,7 +136,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Search a collection; prints ranked chunks with score, document and section."""
         from ragstore.cli.remote import remote_client
-        from ragstore.config import get_settings
+        from ragstore.profiles import get_settings
         from ragstore.search.context import parse_context
         from ragstore.search.filters import parse_filter
         from ragstore.search.service import resolve_mode

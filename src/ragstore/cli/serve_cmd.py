@@ -28,8 +28,8 @@ def register(app: typer.Typer) -> None:
         from uvicorn.supervisors import Multiprocess
 
         from ragstore.api.listen import PARENT_ENV, bind_sockets, bound_addresses
-        from ragstore.config import get_settings
         from ragstore.errors import ConfigError
+        from ragstore.profiles import get_settings
 
         overrides = {k: v for k, v in
                      (("api_host", host), ("api_port", port), ("api_workers", workers))

@@ -17,9 +17,9 @@ def register(app: typer.Typer) -> None:
         name: str | None = typer.Option(None, "--name", help="Worker name in the logs."),
     ) -> None:
         """Process ingest jobs until stopped (SIGINT/SIGTERM finish the current job first)."""
-        from ragstore.config import get_settings
         from ragstore.jobs.worker import run_worker
         from ragstore.observability.logging import configure_logging
+        from ragstore.profiles import get_settings
 
         settings = get_settings()
         # the same structured lines as the API (JSON unless stderr is a terminal)

@@ -194,6 +194,12 @@ class Database:
                         public="the database cannot be reached") from None
         return self._pool
 
+    def ping(self) -> None:
+        """One round trip on a fresh connection (readiness): raises when the server does not
+        answer now."""
+        with self.connect(autocommit=True) as conn, translated(f"pinging {self.where}"):
+            conn.execute("SELECT 1")
+
     def probe(self) -> bool:
         """Whether a fresh connection can be opened now (quickly: at most 2 s).
 

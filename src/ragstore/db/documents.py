@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -293,6 +293,31 @@ def chunk_ids_of(conn: Conn, doc_ids: Sequence[int]) -> dict[int, int]:
         "SELECT DISTINCT ON (document_id) document_id, id FROM chunks"
         " WHERE document_id = ANY(%s) ORDER BY document_id, ordinal", (list(doc_ids),))
     return {int(r[0]): int(r[1]) for r in rows}
+
+
+def vectors_by_source(conn: Conn, collection_id: int, table: str,
+                      metadata: dict[str, Any]) -> Iterator[tuple[str, np.ndarray]]:
+    """(source, vector) of the documents whose metadata contains ``metadata`` (one-chunk
+    documents: an import's batch), streamed through a server-side cursor."""
+    stmt = sql.SQL(
+        "SELECT d.source, e.embedding FROM documents d JOIN chunks c ON c.document_id = d.id"
+        " JOIN {t} e ON e.chunk_id = c.id WHERE d.collection_id = %s AND d.metadata @> %s"
+    ).format(t=sql.Identifier(table))
+    with conn.cursor(name="ragstore_vectors_by_source", binary=True) as cur:
+        cur.itersize = 5000
+        cur.execute(stmt, (collection_id, Jsonb(metadata)))
+        for source, emb in cur:
+            yield str(source), np.asarray(emb.to_numpy())
+
+
+def count_embedded(conn: Conn, collection_id: int, table: str,
+                   metadata: dict[str, Any]) -> int:
+    """Chunks with a vector in ``table`` of the documents whose metadata contains ``metadata``."""
+    row = conn.execute(sql.SQL(
+        "SELECT count(*) FROM documents d JOIN chunks c ON c.document_id = d.id"
+        " JOIN {t} e ON e.chunk_id = c.id WHERE d.collection_id = %s AND d.metadata @> %s"
+    ).format(t=sql.Identifier(table)), (collection_id, Jsonb(metadata))).fetchone()
+    return int(row[0]) if row else 0
 
 
 def sources_under(conn: Conn, collection_id: int, prefixes: Sequence[str],

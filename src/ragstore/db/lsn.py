@@ -51,17 +51,27 @@ class ReplayState:
     in_recovery: bool
     replay_lsn: int | None  # None on a primary
     replay_age_s: float | None  # seconds since the last replayed commit (None: none yet)
+    receive_lsn: int | None = None  # streamed in so far (None: not streaming)
+
+    @property
+    def replayed_all_received(self) -> bool:
+        """Replay keeps up with what streams in: any gap is transit, not lag."""
+        return (self.receive_lsn is not None and self.replay_lsn is not None
+                and self.replay_lsn >= self.receive_lsn)
 
 
 def replay_state(conn: Conn) -> ReplayState:
-    """One round trip: is this a standby, what has it replayed, how old is its last commit."""
+    """One round trip: is this a standby, what has it received and replayed, how old is its
+    last replayed commit."""
     row = conn.execute(
         "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,"
-        " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8").fetchone()
+        " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,"
+        " pg_last_wal_receive_lsn()::text").fetchone()
     assert row is not None
-    lsn = parse(str(row[1])) if row[1] is not None else None
+    replayed = parse(str(row[1])) if row[1] is not None else None
     age = float(row[2]) if row[2] is not None else None
-    return ReplayState(bool(row[0]), lsn, age)
+    received = parse(str(row[3])) if row[3] is not None else None
+    return ReplayState(bool(row[0]), replayed, age, received)
 
 
 def in_recovery(conn: Conn) -> bool:

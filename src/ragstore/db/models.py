@@ -1,8 +1,9 @@
-"""SQL for ``embedding_models``: pinning a model spec and reading specs back from rows."""
+"""SQL for ``embedding_models``: pinning a model spec, reading pins and specs back."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -38,3 +39,52 @@ def upsert_model(conn: Conn, spec: ModelSpec) -> int:
                        (spec.name, spec.revision)).fetchone()
     assert row is not None
     return int(row[0])
+
+
+@dataclass(frozen=True)
+class PinnedModel:
+    id: int
+    spec: ModelSpec
+    created_at: str
+    collections: list[dict[str, str]]  # {"collection": name, "status": space status}
+
+    def as_dict(self) -> dict[str, Any]:
+        s = self.spec
+        opts = {k: v for k, v in s.options.items() if k != "probe"}
+        return {"id": self.id, "key": s.key, "provider": s.provider, "name": s.name,
+                "revision": s.revision, "dimension": s.dimension, "distance": s.distance,
+                "normalize": s.normalize, "max_tokens": s.max_tokens, "checksum": s.checksum,
+                "options": opts, "probe_pinned": bool(s.options.get("probe")),
+                "created_at": self.created_at, "collections": self.collections}
+
+
+_SELECT = ("SELECT m.id, m.provider, m.name, m.revision, m.dimension, m.distance, m.normalize,"
+           " m.max_tokens, m.checksum, m.options, m.created_at,"
+           " coalesce((SELECT jsonb_agg(jsonb_build_object('collection', c.name, 'status',"
+           " s.status) ORDER BY c.name, s.id) FROM embedding_spaces s"
+           " JOIN collections c ON c.id = s.collection_id WHERE s.model_id = m.id),"
+           " '[]'::jsonb) FROM embedding_models m")
+
+
+def _pinned(row: Any) -> PinnedModel:
+    return PinnedModel(int(row[0]), spec_from_row(row[1:10]),
+                       row[10].isoformat(), list(row[11]))
+
+
+def pinned_models(conn: Conn, name: str | None = None,
+                  revision: str | None = None) -> list[PinnedModel]:
+    """Pinned models (all, or those named ``name``, optionally at ``revision``), by name
+    then age, each with the collections whose spaces use it."""
+    where = ""
+    params: tuple[str, ...] = ()
+    if name is not None:
+        where = " WHERE m.name = %s" + (" AND m.revision = %s" if revision else "")
+        params = (name, revision) if revision else (name,)
+    rows = conn.execute(_SELECT + where + " ORDER BY m.name, m.id", params).fetchall()
+    return [_pinned(r) for r in rows]
+
+
+def dimension_of(conn: Conn, model_id: int) -> int | None:
+    row = conn.execute("SELECT dimension FROM embedding_models WHERE id = %s",
+                       (model_id,)).fetchone()
+    return int(row[0]) if row else None

@@ -126,6 +126,12 @@ def create_collection(conn: Conn, name: str, spec: ModelSpec,
     return get_collection(conn, name)
 
 
+def lock_name(conn: Conn, key: str) -> None:
+    """A transaction-level advisory lock on ``key`` (e.g. one import per collection name,
+    also for a collection that does not exist yet)."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
+
+
 def list_collections(conn: Conn) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT c.name, m.name, m.revision, s.table_name,"

@@ -29,6 +29,7 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
+from psycopg_pool import ConnectionPool
 
 from ragstore.db import lsn
 from ragstore.db.database import Database
@@ -61,6 +62,21 @@ class ReplicaDatabase(Database):
     """A replica's pool; a failure under a request marks it down and flags the route."""
 
     router: ReadRouter
+
+    def __init__(self, conninfo: str, **kwargs: Any) -> None:
+        super().__init__(conninfo, **kwargs)
+        # requests, probes and mark_down open and close this pool from many threads: one
+        # at a time, or a pool made by one is dropped unclosed by another
+        self._pool_lock = threading.Lock()
+
+    @property
+    def pool(self) -> ConnectionPool[psycopg.Connection[tuple[object, ...]]]:
+        with self._pool_lock:
+            return super().pool
+
+    def close(self) -> None:
+        with self._pool_lock:
+            super().close()
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
@@ -207,15 +223,19 @@ class ReadRouter:
     def _lag(self, state: lsn.ReplayState, primary_lsn: int | None) -> float:
         """Seconds since the primary first showed WAL the replica has not replayed.
 
-        The primary's position is sampled at every probe. When an earlier sample was already
-        replayed, the first sample past the replica's position dates the oldest unreplayed WAL
-        (to within a probe interval). When every sample is past it (the WAL is older than what
-        we watched), the age of the last replayed commit is the honest, if pessimistic,
-        answer: after a long idle spell it overstates the lag until the next probe.
+        A standby that has replayed all it received is not behind: what it lacks is in
+        transit (a broken stream also looks like this; the standby's own monitoring must
+        catch that). Otherwise the primary's position, sampled at every probe, dates the lag:
+        when an earlier sample was already replayed, the first sample past the replica's
+        position dates the oldest unreplayed WAL (to within a probe interval). When every
+        sample is past it (the WAL is older than what we watched), the age of the last
+        replayed commit is the honest, if pessimistic, answer.
         """
         replayed = state.replay_lsn
         if replayed is None or (primary_lsn is not None and replayed >= primary_lsn):
             return 0.0
+        if state.replayed_all_received:
+            return 0.0  # streaming and replaying as it arrives: in transit, not behind
         now = time.monotonic()
         samples = list(self._history)
         seen_replayed = any(pos <= replayed for _, pos in samples)

@@ -135,11 +135,35 @@ def drop_index(conn: Conn, table: str) -> None:
     conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(f"{table}_hnsw")))
 
 
-def ensure_index(conn: Conn, table: str, distance: str) -> None:
-    """The space's HNSW index, built now if a backfill deferred it."""
+def ensure_index(conn: Conn, table: str, distance: str, *, memory: str | None = None,
+                 workers: int | None = None) -> None:
+    """The space's HNSW index, built now if a backfill or bulk load deferred it.
+
+    ``memory`` (maintenance_work_mem) and ``workers`` (parallel maintenance workers) apply
+    to this transaction only: an index built once over many rows is much faster with the
+    graph in memory and several workers inserting into it.
+    """
+    if memory is not None:
+        conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(memory)))
+    if workers is not None:
+        conn.execute(sql.SQL("SET LOCAL max_parallel_maintenance_workers = {}").format(
+            sql.Literal(workers)))
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding {ops})")
                  .format(i=sql.Identifier(f"{table}_hnsw"), t=sql.Identifier(table),
                          ops=sql.SQL(DISTANCE_OPS[distance])))
+
+
+def has_index(conn: Conn, table: str) -> bool:
+    row = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL",
+                       (f"{table}_hnsw",)).fetchone()
+    return bool(row and row[0])
+
+
+def is_empty(conn: Conn, table: str) -> bool:
+    """Whether a space holds no vector yet (a first load may defer its index)."""
+    row = conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(
+        sql.Identifier(table))).fetchone()
+    return bool(row and row[0])
 
 
 def drop_space(conn: Conn, space: Space) -> None:
@@ -206,3 +230,62 @@ def insert_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarr
     ).format(t=sql.Identifier(table)))
     conn.execute("TRUNCATE ragstore_backfill")
     return cur.rowcount
+
+
+MIGRATION_LOCKS = 0x5247_4D4D  # "RGMM": advisory-lock key space of model migrations
+
+
+def try_migration_lock(conn: Conn, collection_id: int) -> bool:
+    """Take the collection's session-level migration lock if free (one migrate, rollback or
+    prune at a time; released when the connection closes, also when the process dies)."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                       (MIGRATION_LOCKS, collection_id)).fetchone()
+    return bool(row and row[0])
+
+
+def sample_texts(conn: Conn, table: str, n: int, count: int) -> list[str]:
+    """``n`` chunk texts spread evenly over the ``count`` vectors of a space, by chunk id."""
+    step = max(1, count // max(n, 1))
+    rows = conn.execute(sql.SQL(
+        "SELECT c.text FROM (SELECT chunk_id, row_number() OVER (ORDER BY chunk_id) AS r"
+        " FROM {t}) e JOIN chunks c ON c.id = e.chunk_id WHERE (e.r - 1) %% %s = 0"
+        " ORDER BY e.r LIMIT %s"
+    ).format(t=sql.Identifier(table)), (step, n)).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def nearest_texts(conn: Conn, table: str, distance: str, vector: np.ndarray,
+                  k: int) -> list[str]:
+    """Texts of the ``k`` chunks nearest ``vector`` in a space, through its HNSW index."""
+    conn.execute("SET LOCAL hnsw.ef_search = 100")
+    rows = conn.execute(sql.SQL(
+        "SELECT c.text FROM {t} e JOIN chunks c ON c.id = e.chunk_id"
+        " ORDER BY e.embedding {op} %s LIMIT %s"
+    ).format(t=sql.Identifier(table), op=sql.SQL(OPERATORS[distance])),
+        (vector, k)).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def vectors_except(conn: Conn, table: str,
+                   chunk_ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
+    """(chunk ids, vectors) of a space, leaving out ``chunk_ids``."""
+    rows = conn.execute(sql.SQL("SELECT chunk_id, embedding FROM {t} WHERE NOT"
+                                " (chunk_id = ANY(%s))").format(t=sql.Identifier(table)),
+                        (list(chunk_ids),)).fetchall()
+    if not rows:
+        return [], np.zeros((0, 0), dtype=np.float32)
+    return ([int(r[0]) for r in rows],
+            np.stack([np.asarray(r[1].to_numpy(), dtype=np.float32) for r in rows]))
+
+
+def index_knn(conn: Conn, table: str, distance: str, vector: np.ndarray, k: int,
+              ef_search: int) -> list[tuple[int, float]]:
+    """(chunk id, distance) of the ``k`` nearest through the HNSW index (sequential scans
+    off for the transaction, so a small table is not answered exactly instead)."""
+    conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef_search)))
+    conn.execute("SET LOCAL enable_seqscan = off")
+    op = sql.SQL(OPERATORS[distance])
+    rows = conn.execute(sql.SQL("SELECT chunk_id, embedding {op} %(q)s FROM {t}"
+                                " ORDER BY embedding {op} %(q)s LIMIT %(k)s").format(
+        op=op, t=sql.Identifier(table)), {"q": vector, "k": k}).fetchall()
+    return [(int(r[0]), float(r[1])) for r in rows]

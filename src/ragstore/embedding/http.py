@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import SecretStr
 
 from ragstore.embedding.base import Embedder, Vectors
+from ragstore.embedding.paths import resolve_path
 from ragstore.errors import EmbeddingProviderError, ModelError, ModelMismatchError
 from ragstore.models import ModelSpec
 
@@ -213,8 +214,6 @@ def _server_message(response: httpx.Response) -> str:
 def _load_tokenizer(where: str, spec: ModelSpec) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
-
-    from ragstore.embedding.registry import resolve_path
 
     path = resolve_path(where)
     try:

@@ -119,6 +119,14 @@ class SentenceTransformerEmbedder(Embedder):
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if not texts:
             return []
+        backend: Any = getattr(self.tokenizer, "backend_tokenizer", None)
+        fast = getattr(backend, "encode_batch_fast", None)
+        if backend is not None and fast is not None:
+            # the Rust tokenizer straight, without offsets: the same ids as the wrapper's
+            # call at about half its cost, which is most of the chunker's time
+            backend.no_truncation()
+            backend.no_padding()
+            return [len(e.ids) for e in fast(list(texts), add_special_tokens=True)]
         enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=False,
                              return_attention_mask=False, return_token_type_ids=False,
                              verbose=False)

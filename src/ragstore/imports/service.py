@@ -14,6 +14,7 @@ Each source record becomes one document (``source`` = the record's id) holding o
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,11 +24,9 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from ragstore import backup as backups
-from ragstore.db import documents, repository, spaces
+from ragstore.db import documents, models, repository, spaces
 from ragstore.db.errors import translated
 from ragstore.db.models import upsert_model
 from ragstore.errors import (
@@ -156,10 +155,7 @@ def _existing_ids(conn: psycopg.Connection[Any], collection_id: int,
                   ids: list[str]) -> set[str]:
     found: set[str] = set()
     for start in range(0, len(ids), 50_000):
-        rows = conn.execute("SELECT source FROM documents WHERE collection_id = %s"
-                            " AND source = ANY(%s)",
-                            (collection_id, ids[start:start + 50_000])).fetchall()
-        found.update(str(r[0]) for r in rows)
+        found.update(documents.document_hashes(conn, collection_id, ids[start:start + 50_000]))
     return found
 
 
@@ -238,35 +234,25 @@ class _Writer:
 
     def _collection(self, conn: psycopg.Connection[Any]) -> tuple[repository.Collection, bool]:
         name = self.plan.collection
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"ragstore-import:{name}",))
+        repository.lock_name(conn, f"ragstore-import:{name}")
         try:
             coll = repository.get_collection(conn, name)
         except CollectionNotFoundError:
             spec = self.plan.spec
-            model_id = upsert_model(conn, spec)
-            row = conn.execute("SELECT dimension FROM embedding_models WHERE id = %s",
-                               (model_id,)).fetchone()
-            if row is None or int(row[0]) != spec.dimension:
+            pinned = models.dimension_of(conn, upsert_model(conn, spec))
+            if pinned != spec.dimension:
                 raise ModelMismatchError(
-                    f"model {spec.key} is already pinned with {row[0] if row else '?'} "
+                    f"model {spec.key} is already pinned with {pinned} "
                     f"dimensions, not {spec.dimension}; declare another revision "
                     "(--model NAME@REVISION)") from None
             return repository.create_collection(conn, name, spec), True
         _check_target(coll, self.plan.spec)
-        conn.execute("SELECT 1 FROM collections WHERE id = %s FOR UPDATE", (coll.id,))
-        building = conn.execute("SELECT count(*) FROM embedding_spaces WHERE collection_id = %s"
-                                " AND status = 'building'", (coll.id,)).fetchone()
-        if building and building[0]:
+        spaces.lock_collection(conn, coll.id)
+        if spaces.building_spaces(conn, coll.id):
             raise ConflictError(
                 f"collection {name!r} is being migrated to another model; finish or cancel "
                 "that migration (`ragstore models`) before importing into it")
         return coll, False
-
-    def _hnsw_indexes(self, conn: psycopg.Connection[Any], table: str) -> list[tuple[str, str]]:
-        rows = conn.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
-            " AND tablename = %s AND indexdef ILIKE %s", (table, "%USING hnsw%")).fetchall()
-        return [(str(r[0]), str(r[1])) for r in rows]
 
     def _write_rows(self, conn: psycopg.Connection[Any], coll: repository.Collection) -> None:
         """Every kept record as a one-chunk document with its own vector, through the shared
@@ -299,37 +285,21 @@ class _Writer:
 
     def _stored_digests(self, conn: psycopg.Connection[Any],
                         coll: repository.Collection) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        stmt = sql.SQL(
-            "SELECT d.source, e.embedding FROM documents d JOIN chunks c ON c.document_id = d.id"
-            " JOIN {t} e ON e.chunk_id = c.id WHERE d.collection_id = %s AND d.metadata @> %s"
-        ).format(t=sql.Identifier(coll.table))
-        with conn.cursor(name="ragstore_import_verify", binary=True) as cur:
-            cur.itersize = 5000
-            cur.execute(stmt, (coll.id, Jsonb({"import": {"batch": self.batch}})))
-            for rid, emb in cur:
-                out[str(rid)] = record_digest(str(rid), np.asarray(emb.to_numpy()))
-        return out
+        return {rid: record_digest(rid, vec) for rid, vec in documents.vectors_by_source(
+            conn, coll.id, coll.table, {"import": {"batch": self.batch}})}
 
     def _existing(self, conn: psycopg.Connection[Any],
                   coll: repository.Collection) -> tuple[list[int], Matrix]:
         """Vectors that were in the space before this import (they take part in search)."""
-        rows = conn.execute(sql.SQL("SELECT chunk_id, embedding FROM {t} WHERE NOT"
-                                    " (chunk_id = ANY(%s))").format(t=sql.Identifier(coll.table)),
-                            (self.chunk_ids,)).fetchall()
-        if not rows:
+        ids, vecs = spaces.vectors_except(conn, coll.table, self.chunk_ids)
+        if not ids:
             return [], np.zeros((0, self.vectors.shape[1]), dtype=np.float32)
-        return ([int(r[0]) for r in rows],
-                np.stack([np.asarray(r[1].to_numpy(), dtype=np.float32) for r in rows]))
+        return ids, vecs
 
     def _verify(self, conn: psycopg.Connection[Any], coll: repository.Collection) -> Verification:
         opts, spec = self.opts, self.plan.spec
-        row = conn.execute(sql.SQL(
-            "SELECT count(*) FROM documents d JOIN chunks c ON c.document_id = d.id"
-            " JOIN {t} e ON e.chunk_id = c.id WHERE d.collection_id = %s AND d.metadata @> %s"
-        ).format(t=sql.Identifier(coll.table)),
-            (coll.id, Jsonb({"import": {"batch": self.batch}}))).fetchone()
-        stored_rows = int(row[0]) if row else 0
+        stored_rows = documents.count_embedded(conn, coll.id, coll.table,
+                                               {"import": {"batch": self.batch}})
         self.progress("checksum", 0, len(self.ids))
         source_d = digests_of(self.ids, self.vectors)
         stored_d = self._stored_digests(conn, coll)
@@ -342,17 +312,11 @@ class _Writer:
         queries = self.vectors[qidx]
         ex_idx, ex_dist = exact_top_k(queries, base, spec.distance, 10)
         ef = opts.ef_search or max(self.rt.settings.hnsw_ef_search, 10)
-        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef)))
-        # measure the HNSW index itself, even where the planner would scan a small table
-        conn.execute("SET LOCAL enable_seqscan = off")
-        op = sql.SQL(spaces.OPERATORS[spec.distance])
-        stmt = sql.SQL("SELECT chunk_id, embedding {op} %(q)s FROM {t}"
-                       " ORDER BY embedding {op} %(q)s LIMIT %(k)s").format(
-            op=op, t=sql.Identifier(coll.table))
         found = []
         for n, q in enumerate(queries, 1):
-            hits = conn.execute(stmt, {"q": q, "k": ex_idx.shape[1]}).fetchall()
-            found.append([(int(h[0]), float(h[1])) for h in hits])
+            # the HNSW index itself, even where the planner would scan a small table
+            found.append(spaces.index_knn(conn, coll.table, spec.distance, q,
+                                          int(ex_idx.shape[1]), ef))
             if n % 20 == 0:
                 self.progress("parity", n, n_q)
         truth = [[int(base_ids[j]) for j in row_] for row_ in ex_idx]
@@ -368,21 +332,16 @@ class _Writer:
                 f"importing into collection {self.plan.collection!r}"), conn.transaction():
             t0 = time.perf_counter()
             coll, created = self._collection(conn)
-            before = conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(
-                t=sql.Identifier(coll.table))).fetchone()
-            self.had_rows = bool(before and before[0])
-            indexes = [] if self.had_rows else self._hnsw_indexes(conn, coll.table)
-            for name, _ in indexes:  # an empty space: build its index after the load
-                conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+            self.had_rows = not spaces.is_empty(conn, coll.table)
+            if not self.had_rows:  # an empty space: build its index once, after the load
+                spaces.drop_index(conn, coll.table)
             self._write_rows(conn, coll)
             self.seconds["write"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             self.progress("index", 0, len(self.ids))
-            conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
-                sql.Literal(self.opts.maintenance_work_mem)))
-            for _, ddl in indexes:
-                # DDL as the catalog printed it for this very index (no user values in it)
-                conn.execute(sql.SQL(ddl))
+            spaces.ensure_index(conn, coll.table, coll.model.distance,
+                                memory=self.opts.maintenance_work_mem,
+                                workers=min(4, max(0, (os.cpu_count() or 1) - 1)))
             self.seconds["index"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             verification = self._verify(conn, coll)

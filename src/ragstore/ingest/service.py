@@ -14,6 +14,7 @@ nothing behind and the rest of the batch goes on.
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ragstore.chunking import chunk_document, document_hash
-from ragstore.db import documents, repository
+from ragstore.db import documents, repository, spaces
 from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
 from ragstore.errors import (
@@ -379,7 +380,45 @@ def ingest_items(rt: Runtime, name: str, items: Sequence[Item], report: IngestRe
         return
     coll = rt.collection(name, create=create)
     embedder = rt.embedder_for(coll)
-    _Ingestor(rt, coll, embedder, report, metadata or {}, progress).run(items)
+    _defer_index(rt, coll, items)
+    try:
+        _Ingestor(rt, coll, embedder, report, metadata or {}, progress).run(items)
+    finally:
+        _build_index(rt, coll)
+
+
+def _defer_index(rt: Runtime, coll: repository.Collection, items: Sequence[Item]) -> bool:
+    """A large first load (an empty space, more than ``RAGSTORE_BULK_LOAD_BYTES``) drops the
+    space's HNSW index so rows go in by COPY alone; :func:`_build_index` builds it once at
+    the end, several times faster than growing it row by row. Small loads stay incremental.
+    Searches meanwhile scan exactly (slower, never wrong)."""
+    limit = rt.settings.bulk_load_bytes
+    if limit <= 0:
+        return False
+    total = 0
+    for item in items:
+        try:
+            total += item.path.stat().st_size
+        except OSError:
+            continue
+    if total <= limit:
+        return False
+    with rt.db.connection() as conn, translated(f"preparing a bulk load of {coll.name!r}"):
+        if not spaces.is_empty(conn, coll.table):
+            return False
+        spaces.drop_index(conn, coll.table)
+    return True
+
+
+def _build_index(rt: Runtime, coll: repository.Collection) -> None:
+    """The active space's HNSW index, built now if a bulk load (this one, or one that was
+    killed) deferred it; a no-op when it exists."""
+    with rt.db.connection() as conn, translated(f"indexing {coll.table}"):
+        if spaces.has_index(conn, coll.table):
+            return
+        spaces.ensure_index(conn, coll.table, coll.model.distance,
+                            memory=rt.settings.index_build_memory,
+                            workers=min(4, max(0, (os.cpu_count() or 1) - 1)))
 
 
 def _finish_sync(rt: Runtime, name: str, report: IngestReport, gone: Sequence[str],

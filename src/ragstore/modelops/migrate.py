@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg import sql
 
 from ragstore.db import repository, spaces
 from ragstore.db.errors import translated
@@ -34,7 +33,6 @@ from ragstore.runtime import Runtime
 
 Progress = Callable[[int, int], None]  # (chunks with a vector in the new space, total)
 
-LOCK_NAMESPACE = 0x5247_4D4D  # "RGMM": advisory-lock key space of model migrations
 MAX_PASSES = 20
 MIN_SELF_RECALL = 0.5
 
@@ -68,9 +66,8 @@ def _migration_lock(rt: Runtime, coll: repository.Collection) -> Any:
     conn = rt.db.connect(autocommit=True)
     try:
         with translated("taking the migration lock"):
-            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                               (LOCK_NAMESPACE, coll.id)).fetchone()
-        if not row or not row[0]:
+            locked = spaces.try_migration_lock(conn, coll.id)
+        if not locked:
             raise MigrationStateError(
                 f"another model migration, rollback or prune of collection {coll.name!r} is "
                 "running; wait for it to finish (a killed one releases its lock at once)"
@@ -215,28 +212,18 @@ def _validate(rt: Runtime, coll: repository.Collection, space: spaces.Space, n: 
         count = spaces.count_vectors(conn, space.table)
         if count == 0:
             return
-        step = max(1, count // n)
-        rows = conn.execute(sql.SQL(
-            "SELECT c.text FROM (SELECT chunk_id, row_number() OVER (ORDER BY chunk_id) AS r"
-            " FROM {t}) e JOIN chunks c ON c.id = e.chunk_id WHERE (e.r - 1) %% %s = 0"
-            " ORDER BY e.r LIMIT %s"
-        ).format(t=sql.Identifier(space.table)), (step, n)).fetchall()
-        queries = [str(r[0]) for r in rows]
+        queries = spaces.sample_texts(conn, space.table, n, count)
         vecs = embedder.embed(queries)
-        op = sql.SQL(spaces.OPERATORS[space.model.distance])
         found = 0
-        conn.execute("SET LOCAL hnsw.ef_search = 100")
         for q, vec in zip(queries, vecs, strict=True):
-            hits = conn.execute(sql.SQL(
-                "SELECT c.text FROM {t} e JOIN chunks c ON c.id = e.chunk_id"
-                " ORDER BY e.embedding {op} %s LIMIT 10"
-            ).format(t=sql.Identifier(space.table), op=op), (np.asarray(vec),)).fetchall()
+            hits = spaces.nearest_texts(conn, space.table, space.model.distance,
+                                        np.asarray(vec), 10)
             if not hits:
                 raise MigrationStateError(
                     f"validation failed: the query {q[:40]!r} found nothing in {space.table}; "
                     "the new space was not switched to"
                 )
-            found += any(h[0] == q for h in hits)
+            found += q in hits
     report.sample_queries = len(queries)
     report.sample_self_recall = found / len(queries) if queries else 0.0
     if queries and report.sample_self_recall < MIN_SELF_RECALL:

@@ -10,19 +10,20 @@ and a collection moves to it with ``ragstore models migrate``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ragstore.db import models
 from ragstore.db.errors import translated
-from ragstore.db.models import spec_from_row, upsert_model
+from ragstore.db.models import PinnedModel
 from ragstore.embedding.http import DEFAULT_API_KEY_ENV, HttpEmbedder
 from ragstore.embedding.local import SentenceTransformerEmbedder, weights_checksum
+from ragstore.embedding.paths import resolve_path
 from ragstore.embedding.registry import (
     HTTP_PROVIDER,
     LOCAL_PROVIDER,
     builtin_specs,
-    resolve_path,
     resolve_spec,
 )
 from ragstore.embedding.validation import (
@@ -43,70 +44,30 @@ from ragstore.runtime import Runtime
 DISTANCES = ("cosine", "l2", "ip")
 
 
-@dataclass(frozen=True)
-class PinnedModel:
-    id: int
-    spec: ModelSpec
-    created_at: str
-    collections: list[dict[str, str]]  # {"collection": name, "status": space status}
-
-    def as_dict(self) -> dict[str, Any]:
-        s = self.spec
-        opts = {k: v for k, v in s.options.items() if k != "probe"}
-        return {"id": self.id, "key": s.key, "provider": s.provider, "name": s.name,
-                "revision": s.revision, "dimension": s.dimension, "distance": s.distance,
-                "normalize": s.normalize, "max_tokens": s.max_tokens, "checksum": s.checksum,
-                "options": opts, "probe_pinned": bool(s.options.get("probe")),
-                "created_at": self.created_at, "collections": self.collections}
-
-
-_SELECT = ("SELECT m.id, m.provider, m.name, m.revision, m.dimension, m.distance, m.normalize,"
-           " m.max_tokens, m.checksum, m.options, m.created_at,"
-           " coalesce((SELECT jsonb_agg(jsonb_build_object('collection', c.name, 'status',"
-           " s.status) ORDER BY c.name, s.id) FROM embedding_spaces s"
-           " JOIN collections c ON c.id = s.collection_id WHERE s.model_id = m.id),"
-           " '[]'::jsonb) FROM embedding_models m")
-
-
-def _pinned(row: Any) -> PinnedModel:
-    return PinnedModel(int(row[0]), spec_from_row(row[1:10]),
-                       row[10].isoformat(), list(row[11]))
-
-
 def list_models(rt: Runtime) -> list[PinnedModel]:
     """Every pinned model, with the collections whose spaces use it."""
     with rt.db.connection() as conn, translated("listing embedding models"):
-        rows = conn.execute(_SELECT + " ORDER BY m.name, m.id").fetchall()
-    return [_pinned(r) for r in rows]
+        return models.pinned_models(conn)
 
 
 def find_model(rt: Runtime, ref: str, *, pin_builtin: bool = True) -> PinnedModel:
     """The pinned model ``NAME`` or ``NAME@REVISION``; a built-in is pinned on first use."""
     name, _, revision = ref.partition("@")
     with rt.db.connection() as conn, translated(f"looking up model {ref!r}"):
-        if revision:
-            rows = conn.execute(_SELECT + " WHERE m.name = %s AND m.revision = %s",
-                                (name, revision)).fetchall()
-        else:
-            rows = conn.execute(_SELECT + " WHERE m.name = %s ORDER BY m.id",
-                                (name,)).fetchall()
+        rows = models.pinned_models(conn, name, revision or None)
         if len(rows) > 1:
-            keys = ", ".join(f"{r[2]}@{r[3]}" for r in rows)
+            keys = ", ".join(r.spec.key for r in rows)
             raise InputError(
                 f"model {name!r} is pinned in {len(rows)} revisions ({keys}); "
                 "name one as NAME@REVISION"
             )
         if rows:
-            return _pinned(rows[0])
+            return rows[0]
         builtin = builtin_specs().get(name)
         if pin_builtin and builtin is not None and revision in ("", builtin.revision):
-            upsert_model(conn, resolve_spec(name))
-            row = conn.execute(_SELECT + " WHERE m.name = %s AND m.revision = %s",
-                               (name, builtin.revision)).fetchone()
-            assert row is not None
-            return _pinned(row)
-        known = [f"{r[0]}@{r[1]}" for r in conn.execute(
-            "SELECT name, revision FROM embedding_models ORDER BY name, id")]
+            models.upsert_model(conn, resolve_spec(name))
+            return models.pinned_models(conn, name, builtin.revision)[0]
+        known = [m.spec.key for m in models.pinned_models(conn)]
     raise ModelNotFoundError(
         f"no pinned model {ref!r}; pinned: {', '.join(known) or 'none'}; built-in: "
         f"{', '.join(sorted(builtin_specs()))}; pin another with `ragstore models add`"
@@ -115,10 +76,9 @@ def find_model(rt: Runtime, ref: str, *, pin_builtin: bool = True) -> PinnedMode
 
 def _insert(rt: Runtime, spec: ModelSpec) -> PinnedModel:
     with rt.db.connection() as conn, translated(f"pinning model {spec.key}"):
-        row = conn.execute(_SELECT + " WHERE m.name = %s AND m.revision = %s",
-                           (spec.name, spec.revision)).fetchone()
-        if row is not None:
-            old = _pinned(row)
+        found = models.pinned_models(conn, spec.name, spec.revision)
+        if found:
+            old = found[0]
             if old.spec.checksum != spec.checksum or old.spec.dimension != spec.dimension:
                 raise ConflictError(
                     f"model {spec.key} is already pinned with checksum {old.spec.checksum} "
@@ -127,11 +87,8 @@ def _insert(rt: Runtime, spec: ModelSpec) -> PinnedModel:
                     "--revision"
                 )
             return old
-        upsert_model(conn, spec)
-        row = conn.execute(_SELECT + " WHERE m.name = %s AND m.revision = %s",
-                           (spec.name, spec.revision)).fetchone()
-        assert row is not None
-        return _pinned(row)
+        models.upsert_model(conn, spec)
+        return models.pinned_models(conn, spec.name, spec.revision)[0]
 
 
 def _check_common(name: str, distance: str, max_tokens: int | None) -> None:

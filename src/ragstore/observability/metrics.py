@@ -318,28 +318,10 @@ class DatabaseCollector(Collector):
         return [total, free]
 
 
-_SIZES_SQL = """
-SELECT c.name, s.table_name, pg_relation_size(t.oid), t.reltuples,
-       pg_indexes_size(t.oid)
-FROM collections c
-JOIN embedding_spaces s ON s.id = c.active_space_id
-JOIN pg_class t ON t.oid = to_regclass(quote_ident(s.table_name))
-"""
-
-
 def _collection_metrics(conn: Conn) -> list[Metric]:
-    from psycopg import sql
+    from ragstore.db import catalog
 
-    if not conn.execute("SELECT to_regclass('collections') IS NOT NULL").fetchone()[0]:
-        return []
-    rows: list[tuple[str, float, float]] = []
-    for name, table, size, reltuples, index_bytes in conn.execute(_SIZES_SQL).fetchall():
-        if size <= EXACT_COUNT_MAX_BYTES or reltuples < 0:
-            count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                sql.Identifier(table))).fetchone()[0]
-        else:
-            count = reltuples
-        rows.append((str(name), float(count), float(index_bytes)))
+    rows = catalog.space_sizes(conn, exact_below_bytes=EXACT_COUNT_MAX_BYTES)
     rows.sort(key=lambda r: (-r[1], r[0]))
     chunks = GaugeMetricFamily(
         "ragstore_collection_chunks",
@@ -363,24 +345,18 @@ def _collection_metrics(conn: Conn) -> list[Metric]:
 
 def _job_metrics(conn: Conn) -> list[Metric]:
     """Queue depth and the age of the oldest waiting job, when the job queue exists."""
-    if not conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()[0]:
+    from ragstore.db import catalog
+
+    queue = catalog.job_queue(conn)
+    if queue is None:
         return []
+    counts, oldest = queue
     depth = GaugeMetricFamily("ragstore_jobs", "Background jobs by status (todo, doing).",
                               labels=["status"])
     age = GaugeMetricFamily("ragstore_jobs_oldest_todo_age_seconds",
                             "Age of the oldest job still waiting to start (0 when none).")
-    counts = dict(conn.execute(
-        "SELECT status::text, count(*) FROM procrastinate_jobs"
-        " WHERE status IN ('todo', 'doing') GROUP BY status").fetchall())
     for status in ("todo", "doing"):
         depth.add_metric([status], float(counts.get(status, 0)))
-    oldest = conn.execute(
-        "SELECT EXTRACT(EPOCH FROM now() - min(COALESCE(scheduled_at, e.at)))"
-        " FROM procrastinate_jobs j"
-        " LEFT JOIN LATERAL (SELECT min(at) AS at FROM procrastinate_events"
-        "   WHERE job_id = j.id AND type = 'deferred') e ON true"
-        " WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())"
-    ).fetchone()[0]
     age.add_metric([], float(oldest or 0.0))
     return [depth, age]
 

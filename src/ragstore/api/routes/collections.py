@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from ragstore.api import catalog
 from ragstore.api.deps import AdminAccess, CollectionName, ReadAccess, Rt, WriteAccess
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import CollectionCreate, CollectionPublic, CollectionsPublic
-from ragstore.db import repository
+from ragstore.db import catalog, repository
 from ragstore.db.errors import translated
 from ragstore.store import Store
 

@@ -14,7 +14,6 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
-from ragstore.api import catalog
 from ragstore.api.deps import (
     CollectionName,
     ReadAccess,
@@ -28,6 +27,7 @@ from ragstore.api.deps import (
 from ragstore.api.errors_doc import responses
 from ragstore.api.routes.jobs import job_public
 from ragstore.api.schemas import DocumentCreate, DocumentPublic, DocumentsPublic, JobPublic
+from ragstore.db import catalog
 from ragstore.db.errors import translated
 from ragstore.errors import FileTooLargeError, InputError, InvalidFilterError
 from ragstore.ingest.documents import NewDocument, add_documents

@@ -6,12 +6,11 @@ import logging
 
 from fastapi import APIRouter
 
-from ragstore.api import catalog
 from ragstore.api.deps import Rt
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import Health, Readiness, ReplicaPublic
-from ragstore.db import migrations
+from ragstore.db import catalog, migrations
 from ragstore.db.errors import translated
 from ragstore.errors import ModelError, NotFoundError, NotReadyError, RagstoreError
 
@@ -36,8 +35,7 @@ def readyz(rt: Rt) -> Readiness:
     checks: dict[str, str] = {}
     try:
         db = rt.raw_db()
-        with db.connect(autocommit=True) as conn, translated(f"pinging {db.where}"):
-            conn.execute("SELECT 1")
+        db.ping()
         checks["database"] = "ok"
     except RagstoreError as exc:
         log.warning("not ready: %s", exc)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ragstore.api import catalog
 from ragstore.api.deps import AdminAccess, CollectionName, ReadAccess, Rt
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import (
@@ -16,6 +15,7 @@ from ragstore.api.schemas import (
     RollbackPublic,
     SpacePublic,
 )
+from ragstore.db import catalog
 from ragstore.db.errors import translated
 from ragstore.modelops.migrate import migrate as migrate_collection
 from ragstore.modelops.migrate import rollback as rollback_collection

@@ -110,11 +110,12 @@ def upgrade() -> None:
         INCLUDE (chunk_id, tf, len);
     CREATE INDEX bm25_postings_chunk_idx ON bm25_postings (chunk_id);
 
-    -- The collection's k1 and b as search uses them by default (settings, else 0.9 / 0.4).
+    -- The collection's k1 and b as search uses them by default (settings, else 1.2 / 0.75,
+    -- search/bm25.py's DEFAULT_K1 and DEFAULT_B).
     CREATE FUNCTION ragstore_bm25_params(cid integer, OUT k1 float8, OUT b float8)
         LANGUAGE sql STABLE AS $$
-        SELECT coalesce((settings->>'bm25_k1')::float8, 0.9),
-               coalesce((settings->>'bm25_b')::float8, 0.4)
+        SELECT coalesce((settings->>'bm25_k1')::float8, 1.2),
+               coalesce((settings->>'bm25_b')::float8, 0.75)
         FROM collections WHERE id = cid $$;
 
     -- One stored impact: the tf part of BM25 at the avgdl of the time (inlined by the planner).

@@ -1,4 +1,4 @@
-"""Read-side SQL the API serves: collection details, document pages, models and spaces.
+"""Read-side SQL: collection details, document pages, models, spaces, sizes and the queue.
 
 Functions take an open connection and run inside the caller's transaction.
 """
@@ -124,3 +124,52 @@ def spaces(conn: Conn, collection_id: int) -> list[dict[str, Any]]:
                     "activated_at": r[5]})
     return out
 
+
+def space_sizes(conn: Conn, *, exact_below_bytes: int) -> list[tuple[str, float, float]]:
+    """(collection, embedded chunks, index bytes) of every active space: counted exactly
+    for tables up to ``exact_below_bytes``, estimated from the planner's statistics above."""
+    exists = conn.execute("SELECT to_regclass('collections') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return []
+    rows: list[tuple[str, float, float]] = []
+    for name, table, size, reltuples, index_bytes in conn.execute(
+            "SELECT c.name, s.table_name, pg_relation_size(t.oid), t.reltuples,"
+            " pg_indexes_size(t.oid) FROM collections c"
+            " JOIN embedding_spaces s ON s.id = c.active_space_id"
+            " JOIN pg_class t ON t.oid = to_regclass(quote_ident(s.table_name))").fetchall():
+        if size <= exact_below_bytes or reltuples < 0:
+            got = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(table))).fetchone()
+            count = float(got[0]) if got else 0.0
+        else:
+            count = float(reltuples)
+        rows.append((str(name), count, float(index_bytes)))
+    return rows
+
+
+def job_queue(conn: Conn) -> tuple[dict[str, int], float] | None:
+    """({status: jobs} for todo and doing, age in seconds of the oldest waiting job), or
+    None when the job queue's schema is not there."""
+    exists = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    counts = {str(k): int(v) for k, v in conn.execute(
+        "SELECT status::text, count(*) FROM procrastinate_jobs"
+        " WHERE status IN ('todo', 'doing') GROUP BY status").fetchall()}
+    oldest = conn.execute(
+        "SELECT EXTRACT(EPOCH FROM now() - min(COALESCE(scheduled_at, e.at)))"
+        " FROM procrastinate_jobs j"
+        " LEFT JOIN LATERAL (SELECT min(at) AS at FROM procrastinate_events"
+        "   WHERE job_id = j.id AND type = 'deferred') e ON true"
+        " WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())"
+    ).fetchone()
+    return counts, float(oldest[0] or 0.0) if oldest else 0.0
+
+
+def row_counts(conn: Conn) -> dict[str, int]:
+    """Rows of collections, documents and chunks (what a backup records to check a restore)."""
+    row = conn.execute("SELECT (SELECT count(*) FROM collections),"
+                       " (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks)"
+                       ).fetchone()
+    assert row is not None
+    return {"collections": int(row[0]), "documents": int(row[1]), "chunks": int(row[2])}
