@@ -23,7 +23,6 @@ Throughput and p99 latency per operation go to stdout (and ``--json``). Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -85,7 +84,10 @@ def _text(rng: random.Random, tag: str) -> str:
 
 
 def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    """The content hash the server stores for this text (see chunking.document_hash)."""
+    from ragstore.chunking.chunker import document_hash
+
+    return document_hash(text.encode())
 
 
 def _free_port() -> int:
@@ -136,8 +138,8 @@ class Client(threading.Thread):
         self.rec.note(op, t1 - t0, r.status_code, r.text)
         return r, t0, t1
 
-    def add(self, name: str, text: str, background: bool = False) -> Write:
-        r, t0, t1 = self.call("add_bg" if background else "add", "POST",
+    def add(self, name: str, text: str, background: bool = False, op: str = "add") -> Write:
+        r, t0, t1 = self.call("add_bg" if background else op, "POST",
                               f"/v1/collections/{COLLECTION}/documents",
                               json={"name": name, "text": text, "background": background})
         body = r.json() if r.headers.get("content-type", "").endswith("json") else {}
@@ -167,7 +169,7 @@ class Client(threading.Thread):
                         self.mine.append((name, int(w.doc_id or 0)))
                 elif roll < 0.50:
                     name = self.rng.choice(self.hot_names)
-                    w = self.add(name, _text(self.rng, f"{name} by {self.i}"))
+                    w = self.add(name, _text(self.rng, f"{name} by {self.i}"), op="update")
                     with self.rec.lock:
                         self.rec.hot.append(w)
                 elif roll < 0.85:

@@ -24,6 +24,7 @@ from ragstore.chunking import document_hash
 from ragstore.config import Settings
 from ragstore.runtime import Runtime
 from tests.api.conftest import running_server, with_
+from tests.conftest import run_cli
 
 WRITERS = 6
 
@@ -150,22 +151,26 @@ def _state(rt: Runtime, collection: str) -> list[tuple[str, str, int, str]]:
 
 
 def test_two_cli_ingests_of_one_folder_both_succeed(rt: Runtime, settings: Settings,
+                                                    cli_env: dict[str, str],
                                                     tmp_path: Path) -> None:
+    """One ``ragstore ingest`` in a process of its own, one in this process (it shares the
+    loaded model, which keeps the test short), started together on one folder."""
     folder = tmp_path / "docs"
     folder.mkdir()
     for i in range(12):
         (folder / f"doc{i:02d}.md").write_text(f"# Doc {i}\n\n{_text(i)}\n## Part\n\nmore {i}\n")
-    assert settings.database_url is not None
-    env = {**os.environ, "RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
-           "RAGSTORE_DATA_DIR": str(settings.data_dir), "RAGSTORE_PROFILE": "test",
-           "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-c", "from ragstore.cli import main; main()", "ingest",
-           str(folder), "--collection", "cli2"]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
-    results = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, results, strict=True):
-        assert p.returncode == 0, f"exit {p.returncode}: {out}\n{err}"
+    env = {**os.environ, **cli_env, "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = ["ingest", str(folder), "--collection", "cli2"]
+    proc = subprocess.Popen([sys.executable, "-c", "from ragstore.cli import main; main()",
+                             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    inproc: list[int] = []
+    thread = threading.Thread(target=lambda: inproc.append(run_cli(*args)))
+    thread.start()
+    out, err = proc.communicate(timeout=240)
+    thread.join(timeout=240)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {out}\n{err}"
+    assert inproc == [0]
     from ragstore.ingest import ingest_paths
 
     ingest_paths(rt, [folder], "cli1")

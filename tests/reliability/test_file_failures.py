@@ -7,7 +7,6 @@ import errno
 from pathlib import Path
 
 from ragstore.ingest import ingest_paths
-from ragstore.ingest.service import unreadable
 from ragstore.runtime import Runtime
 
 DEEP_HTML = b"<html><body>" + b"<div>" * 50000 + b"x" + b"</div>" * 50000 + b"</body></html>"
@@ -36,6 +35,8 @@ def test_an_unreadable_file_is_not_called_missing(rt: Runtime, tmp_path: Path) -
 
 
 def test_oserror_labels() -> None:
+    from ragstore.ingest.service import unreadable
+
     path = Path("/data/x.md")
     assert unreadable(path, PermissionError(errno.EACCES, "Permission denied")).code == \
         "file_unreadable"

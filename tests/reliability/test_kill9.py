@@ -8,7 +8,6 @@ covered by ``tests/models/test_resume.py`` (it resumes without re-embedding).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -22,6 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ragstore.chunking.chunker import document_hash
 from ragstore.config import Settings
 from tests.conftest import run_cli
 from tests.imports.helpers import vectors, write_jsonl
@@ -89,7 +89,7 @@ def _doc_count(url: str, coll: str) -> int:
 
 def _assert_whole(stored: dict[str, tuple[str, int, int, int]], folder: Path) -> None:
     for source, (digest, chunks, need, have) in stored.items():
-        assert digest == hashlib.sha256(Path(source).read_bytes()).hexdigest(), source
+        assert digest == document_hash(Path(source).read_bytes()), source
         assert chunks > 0 and need == have, (source, chunks, need, have)
 
 
