@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -25,7 +27,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from bench.http_bench import _corpus, _free_port, _queries, _serve
+from bench.http_bench import _corpus, _free_port, _queries
 from ragstore.config import Settings
 from ragstore.db import embedded, lsn, migrations, standby
 from ragstore.db.database import Database
@@ -104,6 +106,28 @@ def _load(url: str, queries: list[str], clients: int, seconds: float
     return len(latencies), latencies, served, errors
 
 
+def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """A ``ragstore serve`` subprocess, once its /readyz answers 200 (its output in ``log``)."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from ragstore.cli import main; main()", "serve",
+             "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=out, stderr=out)
+    deadline = time.monotonic() + 600
+    last = ""
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            if r.status_code == 200:
+                return proc
+            last = r.text[:300]
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    tail = log.read_text(errors="replace")[-1500:]
+    raise SystemExit(f"the server did not become ready: {last}\n{tail}")
+
+
 def _pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else 0.0
 
@@ -147,7 +171,7 @@ def main() -> None:
                             "RAGSTORE_DATA_DIR": str(root / "data"),
                             "RAGSTORE_LOG_LEVEL": "warning", **extra})
                 port = _free_port()
-                server = _serve(env, port)
+                server = _serve(env, port, root / f"serve-{port}.log")
                 try:
                     url = f"http://127.0.0.1:{port}"
                     _load(url, queries, args.clients, 3.0)  # warm: cache the embeddings

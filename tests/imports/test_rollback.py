@@ -46,7 +46,7 @@ def test_failed_verification_leaves_an_existing_collection_as_it_was(
     capsys.readouterr()
     assert run_cli("import", str(src), "-c", "keep", "--model", "legacy@v1", "--dimension",
                    str(DIM), "--no-backup", "--ef-search", "1") == 70
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()[-1]  # after the progress lines
     assert err.startswith("error[import_verification_failed]: verification of the import "
                           "into 'keep' failed: recall@10 0.")
     assert "the import was rolled back and the collection is as it was" in err

@@ -113,6 +113,7 @@ def test_http_model_pinned_by_probe_ingests_and_searches(
 
         repository.create_collection(conn, "remote", pinned.spec)
     report = ingest_paths(rt, [tmp_path], "remote")
-    assert report.count("added") == 1 and report.embedded == 2
+    # both short paragraphs of the one section are packed into one chunk, embedded remotely
+    assert report.count("added") == 1 and report.embedded == 1
     hits = search(rt, "when to prune roses", collection="remote", k=1)
     assert "Roses" in hits[0].text

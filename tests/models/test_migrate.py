@@ -42,7 +42,7 @@ def _snapshot(rt: Runtime) -> list[list[tuple[int, float]]]:
 
 @pytest.fixture(scope="module")
 def corpus(rt: Runtime, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = write_corpus(tmp_path_factory.mktemp("mig"), docs=8, paragraphs=4)
+    folder = write_corpus(tmp_path_factory.mktemp("mig"), docs=8, paragraphs=4, long=True)
     report = ingest_paths(rt, [folder], COLL)
     assert report.count("added") == 8 and not report.failed
     return folder
@@ -73,7 +73,7 @@ def test_migrate_without_switch_keeps_search_on_the_old_model_and_ingest_fills_b
     with rt.db.connection() as conn:  # complete, so indexed: ready for a later switch
         assert conn.execute("SELECT to_regclass(%s)", (f"{new_table}_hnsw",)).fetchone() != (None,)
     # a document ingested while the new space is building lands in both tables
-    extra = write_corpus(tmp_path / "late", docs=1, paragraphs=3, prefix="late")
+    extra = write_corpus(tmp_path / "late", docs=1, paragraphs=3, prefix="late", long=True)
     ingest_paths(rt, [extra], COLL)
     with rt.db.connection() as conn:
         late = {int(r[0]) for r in conn.execute(
@@ -128,7 +128,8 @@ def stale_vectors(coll: repository.Collection) -> np.ndarray:
 def test_rollback_refuses_while_the_previous_space_misses_new_chunks(
         rt: Runtime, corpus: Path, tmp_path: Path) -> None:
     # active: MiniLM; retired: the 256-d space. New documents go to the active one only.
-    ingest_paths(rt, [write_corpus(tmp_path / "new", docs=1, paragraphs=2, prefix="new")], COLL)
+    new = write_corpus(tmp_path / "new", docs=1, paragraphs=2, prefix="new", long=True)
+    ingest_paths(rt, [new], COLL)
     target = resolve_spec(TRUNCATED_MODEL).key
     with pytest.raises(MigrationStateError) as err:
         rollback(rt, COLL)
@@ -162,14 +163,14 @@ def test_migrate_to_the_active_model_is_refused(rt: Runtime, corpus: Path) -> No
 def test_models_cli_migrates_reports_status_and_rolls_back(
         rt: Runtime, corpus: Path, cli_env: dict[str, str],
         capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli("models", "migrate", COLL, "--to", "all-MiniLM-L6-v2") == 0
+    assert run_cli("models", "migrate", "-c", COLL, "--to", "all-MiniLM-L6-v2") == 0
     out = capsys.readouterr()
     assert "switched 'mig' from all-MiniLM-L6-v2-256d" in out.err
-    assert run_cli("models", "status", COLL, "--json") == 0
+    assert run_cli("models", "status", "-c", COLL, "--json") == 0
     assert '"status": "retired"' in capsys.readouterr().out
-    assert run_cli("models", "rollback", COLL) == 0
+    assert run_cli("models", "rollback", "-c", COLL) == 0
     assert "rolled 'mig' back" in capsys.readouterr().err
-    assert run_cli("models", "migrate", COLL, "--to", "no-such-model") == 70
+    assert run_cli("models", "migrate", "-c", COLL, "--to", "no-such-model") == 70
     assert "error[model_not_found]: no pinned model 'no-such-model'" in capsys.readouterr().err
     assert run_cli("models", "list", "--json") == 0
     listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
@@ -184,7 +185,8 @@ def test_cancel_keeps_a_formerly_active_space_and_drops_a_new_one(
         rt: Runtime, corpus: Path, tmp_path: Path) -> None:
     active = rt.collection(COLL)
     # back towards the (retired) MiniLM space: cancelling keeps its vectors for a rollback
-    ingest_paths(rt, [write_corpus(tmp_path / "c", docs=1, paragraphs=1, prefix="c")], COLL)
+    one = write_corpus(tmp_path / "c", docs=1, paragraphs=1, prefix="c", long=True)
+    ingest_paths(rt, [one], COLL)
     report = migrate(rt, COLL, "all-MiniLM-L6-v2", switch=False)
     assert not report.switched and report.embedded == 1
     [(space, action)] = cancel(rt, COLL)

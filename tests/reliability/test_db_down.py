@@ -58,6 +58,8 @@ def test_killed_postmaster_fails_fast_then_comes_back(
         assert status == 200, "the server did not bring the embedded database back"
         assert _postmaster(data_dir / "pg") != pid
         assert [c["name"] for c in h.get("/v1/collections").json()["data"]] == ["kept"]
+    # the server was its last user: its shutdown stopped the embedded PostgreSQL
+    assert not (data_dir / "pg" / "postmaster.pid").exists()
     # a user killed with -9 never unregisters; the next process to start drops it, so the
     # last one that exits normally stops the server
     user = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path;"
@@ -76,3 +78,4 @@ def test_killed_postmaster_fails_fast_then_comes_back(
     monkeypatch.delenv("RAGSTORE_DATABASE_URL", raising=False)
     assert run_cli("db", "stop") == 0
     assert not embedded.stop(data_dir)  # already stopped
+    embedded.release(data_dir)  # and this process is no longer a user

@@ -34,6 +34,7 @@ from ragstore.auth import KeyStore, RateLimiter
 from ragstore.config import Settings
 from ragstore.console import install_console
 from ragstore.console.security import ConsoleSecurityMiddleware
+from ragstore.db import embedded
 from ragstore.db.database import Database
 from ragstore.errors import ConfigError, RagstoreError
 from ragstore.jobs import build_queue
@@ -123,6 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             queue.close()
             db.close()
             rt.close()
+            if settings.uses_embedded_database:
+                embedded.release(settings.data_dir)  # stops it if we were its last user
 
     app = FastAPI(
         title="ragstore", version=__version__, lifespan=lifespan,

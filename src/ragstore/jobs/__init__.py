@@ -4,8 +4,8 @@ The queue is procrastinate's (its schema is applied by our revision 0003); what 
 sees of a job (status, progress, per-document errors) is our ``ingest_jobs`` table.
 """
 
+from ragstore.db.jobs import JobFile, JobRecord
 from ragstore.jobs.queue import INGEST_TASK, QUEUE, build_queue
 from ragstore.jobs.service import submit_ingest
-from ragstore.jobs.store import JobFile, JobRecord
 
 __all__ = ["INGEST_TASK", "QUEUE", "JobFile", "JobRecord", "build_queue", "submit_ingest"]

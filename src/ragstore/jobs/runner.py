@@ -13,10 +13,11 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from ragstore.db import jobs as store
 from ragstore.db.errors import translated
 from ragstore.ingest.documents import NewDocument, add_documents
 from ragstore.ingest.service import IngestReport
-from ragstore.jobs import staging, store
+from ragstore.jobs import staging
 from ragstore.runtime import Runtime
 
 log = logging.getLogger("ragstore.jobs")

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import procrastinate
 
+from ragstore.db import jobs as store
 from ragstore.db.errors import translated
 from ragstore.errors import DatabaseError
-from ragstore.jobs import store
 from ragstore.jobs.queue import INGEST_TASK, collection_lock
 from ragstore.runtime import Runtime
 

@@ -46,9 +46,9 @@ _ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def _public(rt: Runtime, collection: str, doc: dict[str, Any],
             outcome: str | None = None) -> DocumentPublic:
-    return DocumentPublic(collection=collection,
-                          name=staging.source_name(rt.settings, collection, doc["source"]),
-                          status=outcome, **doc)  # type: ignore[arg-type]
+    return DocumentPublic.model_validate({
+        **doc, "collection": collection, "status": outcome,
+        "name": staging.source_name(rt.settings, collection, doc["source"])})
 
 
 def _ingest_now(rt: Runtime, collection: str, docs: list[NewDocument]) -> list[DocumentPublic]:

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query
 from ragstore.api.deps import ReadAccess, RowId, Rt, decode_cursor, encode_cursor
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import JobError, JobPublic, JobsPublic
+from ragstore.db import jobs as job_store
 from ragstore.db.errors import translated
 from ragstore.jobs import JobRecord
-from ragstore.jobs import store as job_store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(404))
 
