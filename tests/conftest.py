@@ -106,3 +106,15 @@ def run_cli(*args: str) -> int:
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the browser tests last.
+
+    pytest-playwright's sync API keeps an event loop running in the main thread from the
+    first browser test until the session ends; the async tests after it (langchain-tests'
+    async suite, the MCP client sessions, both on pytest-asyncio/anyio) then fail with
+    "Cannot run the event loop while another loop is running". The sort is stable, so
+    every other test keeps its order.
+    """
+    items.sort(key=lambda item: item.path.name == "test_console_browser.py")

@@ -42,7 +42,7 @@ def _rows(rt: Runtime, table: str) -> dict[int, str]:
 
 def test_killed_migrate_resumes_without_re_embedding_finished_chunks(
         rt: Runtime, settings: Settings, tmp_path: Path) -> None:
-    report = ingest_paths(rt, [write_corpus(tmp_path, docs=12, paragraphs=10)], COLL)
+    report = ingest_paths(rt, [write_corpus(tmp_path, docs=12, paragraphs=10, long=True)], COLL)
     assert report.chunks - 12 == TOTAL
     assert settings.database_url is not None
     env = {**os.environ, "RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
