@@ -30,9 +30,12 @@ def backfill_texts(rt: Runtime, collection: str) -> list[str]:
     """The texts the backfill sends to the target model, in its order."""
     coll = rt.collection(collection)
     with rt.db.connection() as conn:
-        rows = conn.execute(sql.SQL(
-            "SELECT c.id, c.text, c.context FROM {} e JOIN chunks c ON c.id = e.chunk_id"
-            " ORDER BY e.chunk_id").format(sql.Identifier(coll.table))).fetchall()
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT c.id, c.text, c.context FROM {} e JOIN chunks c ON c.id = e.chunk_id"
+                " ORDER BY e.chunk_id"
+            ).format(sql.Identifier(coll.table))
+        ).fetchall()
     return [PendingChunk(int(r[0]), r[1], r[2]).embed_text for r in rows]
 
 
@@ -73,9 +76,13 @@ def main() -> None:
 
     n = len(texts)
     result = {
-        "documents": len(report.outcomes), "chunks_backfilled": mig.embedded,
-        "target": mig.target, "batch_size": args.batch_size, "batches": mig.batches,
-        "raw_encode_s": round(encode, 2), "raw_encode_chunks_per_s": round(n / encode, 1),
+        "documents": len(report.outcomes),
+        "chunks_backfilled": mig.embedded,
+        "target": mig.target,
+        "batch_size": args.batch_size,
+        "batches": mig.batches,
+        "raw_encode_s": round(encode, 2),
+        "raw_encode_chunks_per_s": round(n / encode, 1),
         "migrate_s": round(mig.seconds, 2),
         "backfill_chunks_per_s": round(mig.embedded / mig.seconds, 1),
         "overhead_vs_encode": f"{(mig.seconds / encode - 1) * 100:.1f}%",

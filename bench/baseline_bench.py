@@ -41,10 +41,12 @@ from ragstore.runtime import Runtime
 EF_STEPS = (40, 64, 100, 160, 256, 400, 600, 800, 1000)
 TARGET = 0.95
 
-HIT_SQL = ("WITH nn AS (SELECT chunk_id, embedding {op} %(q)s AS distance FROM {t}"
-           " ORDER BY embedding {op} %(q)s LIMIT 10)"
-           " SELECT c.id, d.source, c.text, nn.distance FROM nn JOIN chunks c ON c.id = nn.chunk_id"
-           " JOIN documents d ON d.id = c.document_id ORDER BY nn.distance")
+HIT_SQL = (
+    "WITH nn AS (SELECT chunk_id, embedding {op} %(q)s AS distance FROM {t}"
+    " ORDER BY embedding {op} %(q)s LIMIT 10)"
+    " SELECT c.id, d.source, c.text, nn.distance FROM nn JOIN chunks c ON c.id = nn.chunk_id"
+    " JOIN documents d ON d.id = c.document_id ORDER BY nn.distance"
+)
 
 
 class ArraySource:
@@ -78,22 +80,31 @@ def brute_force(matrix: Matrix, queries: Matrix, k: int = 10) -> tuple[np.ndarra
 
 def summary(times: list[float]) -> dict[str, float]:
     ms = sorted(t * 1000 for t in times)
-    return {"qps": len(ms) / (sum(ms) / 1000), "p50_ms": statistics.median(ms),
-            "p95_ms": ms[int(0.95 * (len(ms) - 1))]}
+    return {
+        "qps": len(ms) / (sum(ms) / 1000),
+        "p50_ms": statistics.median(ms),
+        "p95_ms": ms[int(0.95 * (len(ms) - 1))],
+    }
 
 
 def recall(found: list[list[int]], truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t.tolist())) / len(t) for f, t in zip(found, truth,
-                                                                                 strict=True)]))
+    return float(
+        np.mean([len(set(f) & set(t.tolist())) / len(t) for f, t in zip(found, truth, strict=True)])
+    )
 
 
-def pg_search(conn: psycopg.Connection[Any], table: str, queries: Matrix, ef: int, cast: str,
-              id_of: dict[int, int]) -> tuple[list[list[int]], list[float]]:
+def pg_search(
+    conn: psycopg.Connection[Any],
+    table: str,
+    queries: Matrix,
+    ef: int,
+    cast: str,
+    id_of: dict[int, int],
+) -> tuple[list[list[int]], list[float]]:
     conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
     op = sql.SQL("<=>")
     qexpr = sql.SQL("%(q)s") if cast == "vector" else sql.SQL("%(q)s::halfvec")
-    stmt = sql.SQL(HIT_SQL.replace("%(q)s", "{q}")).format(op=op, t=sql.Identifier(table),
-                                                           q=qexpr)
+    stmt = sql.SQL(HIT_SQL.replace("%(q)s", "{q}")).format(op=op, t=sql.Identifier(table), q=qexpr)
     for q in queries[:20]:  # warm-up
         conn.execute(stmt, {"q": q}).fetchall()
     found, times = [], []
@@ -106,91 +117,150 @@ def pg_search(conn: psycopg.Connection[Any], table: str, queries: Matrix, ef: in
 
 
 def sizes_of(conn: psycopg.Connection[Any], table: str, index: str, n: int) -> dict[str, float]:
-    row = conn.execute("SELECT pg_table_size(%s::regclass), pg_relation_size(%s::regclass)",
-                       (table, index)).fetchone()
+    row = conn.execute(
+        "SELECT pg_table_size(%s::regclass), pg_relation_size(%s::regclass)", (table, index)
+    ).fetchone()
     assert row is not None
     heap, idx = int(row[0]), int(row[1])
-    return {"heap_bytes_per_vector": heap / n, "index_bytes_per_vector": idx / n,
-            "total_bytes_per_vector": (heap + idx) / n}
+    return {
+        "heap_bytes_per_vector": heap / n,
+        "index_bytes_per_vector": idx / n,
+        "total_bytes_per_vector": (heap + idx) / n,
+    }
 
 
-def sweep(conn: psycopg.Connection[Any], table: str, queries: Matrix, truth: np.ndarray,
-          cast: str, id_of: dict[int, int]) -> list[dict[str, float]]:
+def sweep(
+    conn: psycopg.Connection[Any],
+    table: str,
+    queries: Matrix,
+    truth: np.ndarray,
+    cast: str,
+    id_of: dict[int, int],
+) -> list[dict[str, float]]:
     rows = []
     for ef in EF_STEPS:
         found, times = pg_search(conn, table, queries, ef, cast, id_of)
         r = recall(found, truth)
         rows.append({"ef_search": ef, "recall_at_10": r, **summary(times)})
-        print(f"    {cast:<7} ef_search {ef:>3}: recall@10 {r:.3f}, "
-              f"{rows[-1]['qps']:.0f} q/s, p50 {rows[-1]['p50_ms']:.2f} ms", flush=True)
+        print(
+            f"    {cast:<7} ef_search {ef:>3}: recall@10 {r:.3f}, "
+            f"{rows[-1]['qps']:.0f} q/s, p50 {rows[-1]['p50_ms']:.2f} ms",
+            flush=True,
+        )
         if r >= TARGET:
             break
     return rows
 
 
-def run_size(n: int, base: Matrix, texts: list[str], queries: Matrix, work: Path,
-             halfvec: bool, mem: str, verify_ef: int | None) -> dict[str, Any]:
+def run_size(
+    n: int,
+    base: Matrix,
+    texts: list[str],
+    queries: Matrix,
+    work: Path,
+    halfvec: bool,
+    mem: str,
+    verify_ef: int | None,
+) -> dict[str, Any]:
     print(f"== {n} vectors", flush=True)
     matrix = synthetic(base, n)
     truth, bf_times = brute_force(matrix, queries[:20])  # warm-up
     truth, bf_times = brute_force(matrix, queries)
-    result: dict[str, Any] = {"n": n, "real": min(n, len(base)),
-                              "load_average_at_start": os.getloadavg()[0],
-                              "basic": {**summary(bf_times), "recall_at_10": 1.0,
-                                        "bytes_per_vector": matrix.shape[1] * 4}}
-    print(f"  basic store: {result['basic']['qps']:.1f} q/s, p50 "
-          f"{result['basic']['p50_ms']:.2f} ms", flush=True)
+    result: dict[str, Any] = {
+        "n": n,
+        "real": min(n, len(base)),
+        "load_average_at_start": os.getloadavg()[0],
+        "basic": {
+            **summary(bf_times),
+            "recall_at_10": 1.0,
+            "bytes_per_vector": matrix.shape[1] * 4,
+        },
+    }
+    print(
+        f"  basic store: {result['basic']['qps']:.1f} q/s, p50 {result['basic']['p50_ms']:.2f} ms",
+        flush=True,
+    )
     settings = Settings(data_dir=work / f"pg{n}", profile="test", model="all-MiniLM-L6-v2")
     with Runtime(settings) as rt:
-        opts = ImportOptions(collection=f"bench{n}", model="all-MiniLM-L6-v2", backup=False,
-                             maintenance_work_mem=mem, ef_search=verify_ef)
+        opts = ImportOptions(
+            collection=f"bench{n}",
+            model="all-MiniLM-L6-v2",
+            backup=False,
+            maintenance_work_mem=mem,
+            ef_search=verify_ef,
+        )
         t0 = time.perf_counter()
         plan = plan_import(rt, ArraySource(matrix, texts), opts)
         report = run_import(rt, plan, opts)
         total = time.perf_counter() - t0
         v = report.verification
-        result["import"] = {"seconds_total": total, **{f"seconds_{k}": s for k, s in
-                                                         report.seconds.items()},
-                            "verified": v.ok, "verify_recall_at_10": v.recall_at_10,
-                            "checksum_equal": v.checksum_ok}
-        print(f"  import: {total:.0f}s ({report.seconds}); verification ok={v.ok}, "
-              f"recall@10 {v.recall_at_10:.3f}", flush=True)
+        result["import"] = {
+            "seconds_total": total,
+            **{f"seconds_{k}": s for k, s in report.seconds.items()},
+            "verified": v.ok,
+            "verify_recall_at_10": v.recall_at_10,
+            "checksum_equal": v.checksum_ok,
+        }
+        print(
+            f"  import: {total:.0f}s ({report.seconds}); verification ok={v.ok}, "
+            f"recall@10 {v.recall_at_10:.3f}",
+            flush=True,
+        )
         with psycopg.connect(rt.db.conninfo, autocommit=True) as conn:
             from pgvector.psycopg import register_vector
 
             register_vector(conn)
             table = rt.collection(f"bench{n}").table
-            id_of = {int(r[0]): int(str(r[1])[1:]) for r in conn.execute(
-                "SELECT c.id, d.source FROM chunks c JOIN documents d ON d.id = c.document_id")}
-            result["vector"] = {"sweep": sweep(conn, table, queries, truth, "vector", id_of),
-                                **sizes_of(conn, table, f"{table}_hnsw", n)}
+            id_of = {
+                int(r[0]): int(str(r[1])[1:])
+                for r in conn.execute(
+                    "SELECT c.id, d.source FROM chunks c JOIN documents d ON d.id = c.document_id"
+                )
+            }
+            result["vector"] = {
+                "sweep": sweep(conn, table, queries, truth, "vector", id_of),
+                **sizes_of(conn, table, f"{table}_hnsw", n),
+            }
             if halfvec:
                 t0 = time.perf_counter()
                 conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(mem)))
-                conn.execute(sql.SQL("CREATE TABLE half AS SELECT chunk_id, embedding::"
-                                     "halfvec(384) AS embedding FROM {}").format(
-                    sql.Identifier(table)))
-                conn.execute("CREATE INDEX half_hnsw ON half USING hnsw "
-                             "(embedding halfvec_cosine_ops)")
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE half AS SELECT chunk_id, embedding::"
+                        "halfvec(384) AS embedding FROM {}"
+                    ).format(sql.Identifier(table))
+                )
+                conn.execute(
+                    "CREATE INDEX half_hnsw ON half USING hnsw (embedding halfvec_cosine_ops)"
+                )
                 build = time.perf_counter() - t0
-                result["halfvec"] = {"build_seconds": build,
-                                     "sweep": sweep(conn, "half", queries, truth, "halfvec",
-                                                    id_of),
-                                     **sizes_of(conn, "half", "half_hnsw", n)}
+                result["halfvec"] = {
+                    "build_seconds": build,
+                    "sweep": sweep(conn, "half", queries, truth, "halfvec", id_of),
+                    **sizes_of(conn, "half", "half_hnsw", n),
+                }
     result["load_average_at_end"] = os.getloadavg()[0]
     return result
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--no-halfvec", action="store_true")
-    ap.add_argument("--verify-ef-search", type=int, default=None,
-                    help="hnsw.ef_search of the import's own verification (default 100)")
-    ap.add_argument("--maintenance-work-mem", default="2GB",
-                    help="for the HNSW builds (the graph should fit in it)")
+    ap.add_argument(
+        "--verify-ef-search",
+        type=int,
+        default=None,
+        help="hnsw.ef_search of the import's own verification (default 100)",
+    )
+    ap.add_argument(
+        "--maintenance-work-mem",
+        default="2GB",
+        help="for the HNSW builds (the graph should fit in it)",
+    )
     ap.add_argument("--out", type=Path, default=CACHE / "results.json")
     args = ap.parse_args()
     base, qvecs = real_vectors()
@@ -200,9 +270,16 @@ def main() -> None:
     # the embedded servers stop when this process exits, after the directory cleanup
     with tempfile.TemporaryDirectory(prefix="ragstore-bench-", ignore_cleanup_errors=True) as tmp:
         for n in args.sizes:
-            results[str(n)] = run_size(n, base, texts, queries, Path(tmp),
-                                     not args.no_halfvec, args.maintenance_work_mem,
-                                     args.verify_ef_search)
+            results[str(n)] = run_size(
+                n,
+                base,
+                texts,
+                queries,
+                Path(tmp),
+                not args.no_halfvec,
+                args.maintenance_work_mem,
+                args.verify_ef_search,
+            )
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

@@ -43,16 +43,19 @@ def _embed_real(cache: Path) -> tuple[Matrix, Matrix]:
             doc = json.loads(line)
             md = f"# {doc['title']}\n\n{doc['text']}\n".encode()
             parsed = parse_bytes(md, f"{doc['_id']}.md", "markdown")
-            texts += [c.embed_text for c in chunk_document(parsed, embedder, CHUNK_TOKENS)
-                      if c.embeddable]
+            texts += [
+                c.embed_text for c in chunk_document(parsed, embedder, CHUNK_TOKENS) if c.embeddable
+            ]
     queries = [json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").open()]
     t0 = time.perf_counter()
     order = np.argsort([len(t) for t in texts])  # length-sorted batches encode faster
     base = np.empty((len(texts), embedder.spec.dimension), dtype=np.float32)
     base[order] = embedder.embed([texts[i] for i in order])
     qvec = embedder.embed(queries)
-    print(f"embedded {len(texts)} chunks and {len(queries)} queries "
-          f"in {time.perf_counter() - t0:.0f}s")
+    print(
+        f"embedded {len(texts)} chunks and {len(queries)} queries "
+        f"in {time.perf_counter() - t0:.0f}s"
+    )
     cache.mkdir(parents=True, exist_ok=True)
     np.save(cache / "scifact_chunks.npy", base)
     np.save(cache / "scifact_queries.npy", qvec)
@@ -84,8 +87,9 @@ def synthetic(base: Matrix, n: int, sigma: float = 0.02, seed: int = 0) -> Matri
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--cache", type=Path, default=CACHE)
     args = ap.parse_args()
     base, queries = real_vectors(args.cache)

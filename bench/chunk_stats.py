@@ -36,8 +36,12 @@ from ragstore.parsing import parse_bytes
 
 def old_chunker(rev: str) -> Callable[..., Any]:
     """``chunk_document`` of the chunker at git revision ``rev``."""
-    source = subprocess.run(["git", "show", f"{rev}:src/ragstore/chunking/chunker.py"],
-                            check=True, capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{rev}:src/ragstore/chunking/chunker.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     path = Path(tempfile.mkdtemp()) / f"chunker_{rev}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -67,8 +71,10 @@ def stats(folder: Path, against: str | None = None) -> dict[str, object]:
             t1 = time.perf_counter()
             out[name].extend(chunk(parsed, embedder, spec.max_tokens))
             seconds[name] += time.perf_counter() - t1
-    result = {name: summary(chunks, spec.max_tokens) | {"chunk_seconds": round(seconds[name], 2)}
-              for name, chunks in out.items()}
+    result = {
+        name: summary(chunks, spec.max_tokens) | {"chunk_seconds": round(seconds[name], 2)}
+        for name, chunks in out.items()
+    }
     return {"files": len(files), "parse_seconds": round(parse_s, 2), **result}
 
 
@@ -79,14 +85,23 @@ def summary(chunks: list[Any], max_tokens: int) -> dict[str, object]:
 
     def dist(a: np.ndarray) -> dict[str, float]:
         pct = np.percentile(a, [10, 50, 90]) if len(a) else [0, 0, 0]
-        return {"mean": round(float(a.mean()), 1) if len(a) else 0.0,
-                "p10": float(pct[0]), "p50": float(pct[1]), "p90": float(pct[2]),
-                "max": float(a.max()) if len(a) else 0.0}
+        return {
+            "mean": round(float(a.mean()), 1) if len(a) else 0.0,
+            "p10": float(pct[0]),
+            "p50": float(pct[1]),
+            "p90": float(pct[2]),
+            "max": float(a.max()) if len(a) else 0.0,
+        }
 
-    return {"chunks": len(chunks), "embedded": len(embedded),
-            "unique_embedded": len({c.content_hash for c in embedded}),
-            "embedded_tokens": int(tokens.sum()), "tokens": dist(tokens), "words": dist(words),
-            "at_token_limit": int((tokens >= max_tokens - 8).sum())}
+    return {
+        "chunks": len(chunks),
+        "embedded": len(embedded),
+        "unique_embedded": len({c.content_hash for c in embedded}),
+        "embedded_tokens": int(tokens.sum()),
+        "tokens": dist(tokens),
+        "words": dist(words),
+        "at_token_limit": int((tokens >= max_tokens - 8).sum()),
+    }
 
 
 def main() -> None:

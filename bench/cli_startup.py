@@ -31,8 +31,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-HOLD = ("import sys, time; from pathlib import Path; from ragstore.db import embedded; "
-        "embedded.start(Path(sys.argv[1])); print('up', flush=True); time.sleep(3600)")
+HOLD = (
+    "import sys, time; from pathlib import Path; from ragstore.db import embedded; "
+    "embedded.start(Path(sys.argv[1])); print('up', flush=True); time.sleep(3600)"
+)
 
 
 def _commands(collection: str) -> dict[str, list[str]]:
@@ -45,8 +47,12 @@ def _commands(collection: str) -> dict[str, list[str]]:
 @contextlib.contextmanager
 def _holding(src: str, data_dir: Path, env: dict[str, str]) -> Iterator[None]:
     """Keep the embedded PostgreSQL of ``data_dir`` running while the block runs."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(data_dir)],
-                            env={**env, "PYTHONPATH": src}, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(data_dir)],
+        env={**env, "PYTHONPATH": src},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "up":
@@ -66,9 +72,12 @@ def _serving(src: str, env: dict[str, str]) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     code = "import sys; from ragstore.cli import main; main(sys.argv[1:])"
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(port)],
-                            env={**env, "PYTHONPATH": src, "RAGSTORE_AUTH": "off"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", "--port", str(port)],
+        env={**env, "PYTHONPATH": src, "RAGSTORE_AUTH": "off"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -87,34 +96,46 @@ def _run(src: str, args: list[str], env: dict[str, str]) -> tuple[float, float]:
     child_env = {**env, "PYTHONPATH": src}
     code = "import sys; from ragstore.cli import main; sys.argv[0] = 'ragstore'; main()"
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=child_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=child_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         assert proc.stderr is not None
-        raise SystemExit(f"ragstore {' '.join(args)} failed under {src}: "
-                         f"{proc.stderr.read().decode()[-500:]}")
+        raise SystemExit(
+            f"ragstore {' '.join(args)} failed under {src}: {proc.stderr.read().decode()[-500:]}"
+        )
     return wall, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tree", action="append", required=True,
-                        help="NAME=PATH of a src/ folder; the first is the baseline")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        required=True,
+        help="NAME=PATH of a src/ folder; the first is the baseline",
+    )
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--collection", default="C")
     parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--serve", action="store_true",
-                        help="also time a hybrid search through RAGSTORE_URL")
+    parser.add_argument(
+        "--serve", action="store_true", help="also time a hybrid search through RAGSTORE_URL"
+    )
     opts = parser.parse_args()
     trees = dict(t.split("=", 1) for t in opts.tree)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
     env["RAGSTORE_DATA_DIR"] = str(opts.data_dir)
     env.setdefault("HF_HUB_OFFLINE", "1")
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load "
-          f"{os.getloadavg()[0]:.1f}; hyperfine: {'yes' if shutil.which('hyperfine') else 'no'}")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load "
+        f"{os.getloadavg()[0]:.1f}; hyperfine: {'yes' if shutil.which('hyperfine') else 'no'}"
+    )
     commands = _commands(opts.collection)
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
 
@@ -142,8 +163,10 @@ def main() -> None:
             walls = [w for w, _ in results[(label, name)]]
             cpus = [c for _, c in results[(label, name)]]
             wall = statistics.median(walls)
-            print(f"{label:<26} {name:<8} {wall:>11.3f}s {statistics.median(cpus):>10.3f}s "
-                  f"{wall / base_wall:>6.2f}")
+            print(
+                f"{label:<26} {name:<8} {wall:>11.3f}s {statistics.median(cpus):>10.3f}s "
+                f"{wall / base_wall:>6.2f}"
+            )
 
 
 if __name__ == "__main__":

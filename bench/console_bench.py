@@ -38,10 +38,40 @@ import httpx
 
 TARGET_MS = 200.0
 CHROMIUM = "/usr/bin/chromium"
-WORDS = ("backup", "restore", "rollback", "index", "vector", "search", "chunk", "model",
-         "migration", "replica", "upload", "document", "section", "heading", "query", "filter",
-         "latency", "cache", "worker", "job", "key", "scope", "token", "embedding", "schema",
-         "table", "postgres", "shard", "ingest", "parse", "fusion", "rank")
+WORDS = (
+    "backup",
+    "restore",
+    "rollback",
+    "index",
+    "vector",
+    "search",
+    "chunk",
+    "model",
+    "migration",
+    "replica",
+    "upload",
+    "document",
+    "section",
+    "heading",
+    "query",
+    "filter",
+    "latency",
+    "cache",
+    "worker",
+    "job",
+    "key",
+    "scope",
+    "token",
+    "embedding",
+    "schema",
+    "table",
+    "postgres",
+    "shard",
+    "ingest",
+    "parse",
+    "fusion",
+    "rank",
+)
 
 
 def _free_port() -> int:
@@ -56,17 +86,31 @@ def _document(n: int, sections: int) -> str:
     parts = [f"# Handbook {n}\n"]
     for s in range(sections):
         w = [WORDS[(n * 7 + s * 3 + i) % len(WORDS)] for i in range(12)]
-        parts.append(f"\n## Section {s}: {w[0]} and {w[1]}\n\n"
-                     f"How to {' '.join(w[2:7])} in handbook {n}.\n\n"
-                     f"Then {' '.join(w[7:12])} before section {s + 1}.\n")
+        parts.append(
+            f"\n## Section {s}: {w[0]} and {w[1]}\n\n"
+            f"How to {' '.join(w[2:7])} in handbook {n}.\n\n"
+            f"Then {' '.join(w[7:12])} before section {s + 1}.\n"
+        )
     return "".join(parts)
 
 
 def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", "from ragstore.cli import main; main()",
-                                 "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from ragstore.cli import main; main()",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
@@ -80,9 +124,23 @@ def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]
 
 
 def _key(env: dict[str, str]) -> str:
-    out = subprocess.run([sys.executable, "-c", "from ragstore.cli import main; main()",
-                          "keys", "create", "--scope", "admin", "--name", "bench"],
-                         env=env, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from ragstore.cli import main; main()",
+            "keys",
+            "create",
+            "--scope",
+            "admin",
+            "--name",
+            "bench",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return next(w for w in out.split() if w.startswith("rsk_"))
 
 
@@ -98,7 +156,7 @@ def _build(c: httpx.Client, chunks: int, batch: int) -> tuple[int, int]:
         files.append((f"h{docs:05d}.md", _document(docs, (rest - 1) // 3)))
     stored = 0
     for i in range(0, len(files), batch):
-        part = [("files", (name, text.encode())) for name, text in files[i:i + batch]]
+        part = [("files", (name, text.encode())) for name, text in files[i : i + batch]]
         r = c.post("/v1/collections/big/documents/upload", files=part)
         r.raise_for_status()
         stored += sum(d["chunks"] for d in r.json()["data"])
@@ -115,27 +173,49 @@ def _pages(c: httpx.Client) -> dict[str, list[tuple[str, Step]]]:
 
     def search(cl: httpx.Client) -> httpx.Response:
         """A new query text each time: the server's query-embedding cache never answers."""
-        return cl.post("/v1/collections/big/search", json={
-            "query": f"how to restore a backup after rollback {next(searches)}",
-            "mode": "hybrid", "k": 10, "explain": True, "context": "section"})
+        return cl.post(
+            "/v1/collections/big/search",
+            json={
+                "query": f"how to restore a backup after rollback {next(searches)}",
+                "mode": "hybrid",
+                "k": 10,
+                "explain": True,
+                "context": "section",
+            },
+        )
 
     def get(path: str) -> tuple[str, Step]:
         return path, lambda cl: cl.get(path)
 
     me = get("/v1/me")
     return {
-        "collections": [get("/ui/collections"), me, get("/v1/collections"),
-                        get("/v1/collections/big/stats")],
-        "collection": [get("/ui/collections/big"), me, get("/v1/collections/big/stats"),
-                       get("/v1/jobs?limit=20&collection=big"),
-                       get("/v1/collections/big/documents?limit=50")],
-        "document": [get(f"/ui/collections/big/documents/{doc}"), me,
-                     get(f"/v1/collections/big/documents/{doc}"),
-                     get(f"/v1/collections/big/documents/{doc}/chunks?limit=500")],
-        "search": [get("/ui/collections/big/search"), me,
-                   ("POST search", search)],
-        "models": [get("/ui/models"), me, get("/v1/models"), get("/v1/collections"),
-                   get("/v1/collections/big/stats")],
+        "collections": [
+            get("/ui/collections"),
+            me,
+            get("/v1/collections"),
+            get("/v1/collections/big/stats"),
+        ],
+        "collection": [
+            get("/ui/collections/big"),
+            me,
+            get("/v1/collections/big/stats"),
+            get("/v1/jobs?limit=20&collection=big"),
+            get("/v1/collections/big/documents?limit=50"),
+        ],
+        "document": [
+            get(f"/ui/collections/big/documents/{doc}"),
+            me,
+            get(f"/v1/collections/big/documents/{doc}"),
+            get(f"/v1/collections/big/documents/{doc}/chunks?limit=500"),
+        ],
+        "search": [get("/ui/collections/big/search"), me, ("POST search", search)],
+        "models": [
+            get("/ui/models"),
+            me,
+            get("/v1/models"),
+            get("/v1/collections"),
+            get("/v1/collections/big/stats"),
+        ],
     }
 
 
@@ -144,9 +224,13 @@ def _browser(url: str, key: str, rounds: int, doc: int) -> dict[str, list[float]
     rendered the data (``body[data-ready]``); the search page also submits one search."""
     from playwright.sync_api import sync_playwright
 
-    paths = {"collections": "/ui/collections", "collection": "/ui/collections/big",
-             "document": f"/ui/collections/big/documents/{doc}",
-             "search": "/ui/collections/big/search", "models": "/ui/models"}
+    paths = {
+        "collections": "/ui/collections",
+        "collection": "/ui/collections/big",
+        "document": f"/ui/collections/big/documents/{doc}",
+        "search": "/ui/collections/big/search",
+        "models": "/ui/models",
+    }
     times: dict[str, list[float]] = {name: [] for name in [*paths, "search (submit)"]}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
@@ -184,25 +268,36 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--batch", type=int, default=10, help="Files per upload request.")
-    ap.add_argument("--browser-rounds", type=int, default=10,
-                    help="Rounds in headless Chromium (0: skip).")
+    ap.add_argument(
+        "--browser-rounds", type=int, default=10, help="Rounds in headless Chromium (0: skip)."
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="console-bench-") as tmp:
         root = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
-        env.update({"RAGSTORE_DATA_DIR": str(root / "data"), "RAGSTORE_AUTH": "on",
-                    "RAGSTORE_BACKGROUND_INGEST_BYTES": str(1 << 30),
-                    "RAGSTORE_LOG_LEVEL": "warning", "RAGSTORE_RATE_LIMIT_PER_MINUTE": "100000"})
+        env.update(
+            {
+                "RAGSTORE_DATA_DIR": str(root / "data"),
+                "RAGSTORE_AUTH": "on",
+                "RAGSTORE_BACKGROUND_INGEST_BYTES": str(1 << 30),
+                "RAGSTORE_LOG_LEVEL": "warning",
+                "RAGSTORE_RATE_LIMIT_PER_MINUTE": "100000",
+            }
+        )
         port = _free_port()
         server = _serve(env, port, root / "serve.log")
         try:
             key = _key(env)
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600,
-                              headers={"Authorization": f"Bearer {key}"}) as c:
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{port}",
+                timeout=600,
+                headers={"Authorization": f"Bearer {key}"},
+            ) as c:
                 t0 = time.perf_counter()
                 docs, chunks = _build(c, args.chunks, args.batch)
-                print(f"built: {docs} documents, {chunks} chunks in "
-                      f"{time.perf_counter() - t0:.0f} s")
+                print(
+                    f"built: {docs} documents, {chunks} chunks in {time.perf_counter() - t0:.0f} s"
+                )
                 pages = _pages(c)
                 for steps in pages.values():  # warm: first request of each route
                     for _, step in steps:
@@ -219,37 +314,52 @@ def main() -> None:
                             total += ms
                             slowest[name][label] = max(slowest[name].get(label, 0.0), ms)
                         times[name].append(total)
-                doc = int(c.get("/v1/collections/big/documents",
-                                params={"limit": 1}).json()["data"][0]["id"])
-            in_browser = (_browser(f"http://127.0.0.1:{port}", key, args.browser_rounds, doc)
-                          if args.browser_rounds else {})
+                doc = int(
+                    c.get("/v1/collections/big/documents", params={"limit": 1}).json()["data"][0][
+                        "id"
+                    ]
+                )
+            in_browser = (
+                _browser(f"http://127.0.0.1:{port}", key, args.browser_rounds, doc)
+                if args.browser_rounds
+                else {}
+            )
         finally:
             server.terminate()
             server.wait(timeout=60)
-    print(f"\n{args.rounds} rounds on {chunks} chunks; page = shell + its API requests, "
-          "sequential (ms)")
+    print(
+        f"\n{args.rounds} rounds on {chunks} chunks; page = shell + its API requests, "
+        "sequential (ms)"
+    )
     print(f"{'page':<12} {'requests':>8} {'p50':>8} {'p95':>8} {'max':>8}  slowest request")
     worst = 0.0
     for name, values in times.items():
         p95 = _p95(values)
         worst = max(worst, p95)
         label, ms = max(slowest[name].items(), key=lambda kv: kv[1])
-        print(f"{name:<12} {len(pages[name]):>8} {statistics.median(values):>8.1f} "
-              f"{p95:>8.1f} {max(values):>8.1f}  {label} (max {ms:.1f})")
+        print(
+            f"{name:<12} {len(pages[name]):>8} {statistics.median(values):>8.1f} "
+            f"{p95:>8.1f} {max(values):>8.1f}  {label} (max {ms:.1f})"
+        )
     if in_browser:
-        print(f"\n{args.browser_rounds} rounds in headless Chromium: navigation start to data "
-              "rendered (ms)")
+        print(
+            f"\n{args.browser_rounds} rounds in headless Chromium: navigation start to data "
+            "rendered (ms)"
+        )
         print(f"{'page':<16} {'p50':>8} {'p95':>8} {'max':>8}")
         for name, values in in_browser.items():
             p95 = _p95(values)
-            print(f"{name:<16} {statistics.median(values):>8.1f} {p95:>8.1f} "
-                  f"{max(values):>8.1f}")
-    print(f"\nserver answers, worst page p95 {worst:.1f} ms: "
-          f"{'meets' if worst <= TARGET_MS else 'MISSES'} the {TARGET_MS:.0f} ms target")
+            print(f"{name:<16} {statistics.median(values):>8.1f} {p95:>8.1f} {max(values):>8.1f}")
+    print(
+        f"\nserver answers, worst page p95 {worst:.1f} ms: "
+        f"{'meets' if worst <= TARGET_MS else 'MISSES'} the {TARGET_MS:.0f} ms target"
+    )
     if in_browser:
         rendered = max(_p95(v) for v in in_browser.values())
-        print(f"in the browser, worst p95 {rendered:.1f} ms: "
-              f"{'meets' if rendered <= TARGET_MS else 'MISSES'} the {TARGET_MS:.0f} ms target")
+        print(
+            f"in the browser, worst p95 {rendered:.1f} ms: "
+            f"{'meets' if rendered <= TARGET_MS else 'MISSES'} the {TARGET_MS:.0f} ms target"
+        )
 
 
 if __name__ == "__main__":

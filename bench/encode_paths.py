@@ -50,8 +50,9 @@ def _export(st: Any, folder: Path) -> tuple[Path, Path]:
             self.bert = bert
 
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            out = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                            token_type_ids=token_type_ids).last_hidden_state
+            out = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(out.dtype)
             pooled = (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=1)
@@ -59,17 +60,28 @@ def _export(st: Any, folder: Path) -> tuple[Path, Path]:
     names = ["input_ids", "attention_mask", "token_type_ids"]
     sample = st.tokenizer(["hello world"], return_tensors="pt")
     fp32 = folder / "model.onnx"
-    torch.onnx.export(Pooled(st[0].auto_model).eval(), tuple(sample[k] for k in names),
-                      str(fp32), input_names=names, output_names=["embedding"],
-                      dynamic_axes={**{k: {0: "batch", 1: "seq"} for k in names},
-                                    "embedding": {0: "batch"}},
-                      opset_version=17, dynamo=False)
+    torch.onnx.export(
+        Pooled(st[0].auto_model).eval(),
+        tuple(sample[k] for k in names),
+        str(fp32),
+        input_names=names,
+        output_names=["embedding"],
+        dynamic_axes={**{k: {0: "batch", 1: "seq"} for k in names}, "embedding": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
     optimized = folder / "model.opt.onnx"
-    optimizer.optimize_model(str(fp32), model_type="bert", num_heads=12,
-                             hidden_size=384).save_model_to_file(str(optimized))
+    optimizer.optimize_model(
+        str(fp32), model_type="bert", num_heads=12, hidden_size=384
+    ).save_model_to_file(str(optimized))
     int8 = folder / "model.int8.onnx"
-    quantize_dynamic(str(optimized), str(int8), weight_type=QuantType.QInt8, per_channel=True,
-                     extra_options={"DefaultTensorType": 1})
+    quantize_dynamic(
+        str(optimized),
+        str(int8),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        extra_options={"DefaultTensorType": 1},
+    )
     return fp32, int8
 
 
@@ -82,11 +94,18 @@ def _ort(path: Path, tokenizer: Any, batch: int) -> Encode:
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), 384), dtype=np.float32)
         for start in range(0, len(texts), batch):
-            idx = order[start:start + batch]
-            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                            max_length=256, return_tensors="np")
-            feeds = {k: enc[k].astype(np.int64)
-                     for k in ("input_ids", "attention_mask", "token_type_ids")}
+            idx = order[start : start + batch]
+            enc = tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=256,
+                return_tensors="np",
+            )
+            feeds = {
+                k: enc[k].astype(np.int64)
+                for k in ("input_ids", "attention_mask", "token_type_ids")
+            }
             out[idx] = session.run(None, feeds)[0]
         return out
 
@@ -114,12 +133,14 @@ def main() -> None:
     st.max_seq_length = 256
 
     def torch_encode(batch: int, model: Any = st) -> Encode:
-        return lambda t: model.encode(t, batch_size=batch, normalize_embeddings=True,
-                                      convert_to_numpy=True)
+        return lambda t: model.encode(
+            t, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True
+        )
 
     quantized = copy.deepcopy(st)
-    torch.ao.quantization.quantize_dynamic(quantized, {torch.nn.Linear}, dtype=torch.qint8,
-                                           inplace=True)
+    torch.ao.quantization.quantize_dynamic(
+        quantized, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+    )
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = _export(st, Path(tmp))
         candidates: list[tuple[str, Encode]] = [
@@ -136,13 +157,17 @@ def main() -> None:
             rows.append((name, seconds, float(cos.min()), float(cos.mean())))
         again_s, _ = _timed(torch_encode(64), texts)
     ref = (base_s + again_s) / 2
-    print(f"{len(texts)} SciFact abstracts; torch fp32 batch 64 ran {base_s:.1f}s and "
-          f"{again_s:.1f}s (the reference is their mean)\n")
+    print(
+        f"{len(texts)} SciFact abstracts; torch fp32 batch 64 ran {base_s:.1f}s and "
+        f"{again_s:.1f}s (the reference is their mean)\n"
+    )
     print("| path | texts/s | speed vs torch fp32 | cosine to torch fp32, min / mean |")
     print("|---|---|---|---|")
     for name, seconds, low, mean in rows:
-        print(f"| {name} | {len(texts) / seconds:.1f} | {ref / seconds:.2f}× | "
-              f"{low:.4f} / {mean:.4f} |")
+        print(
+            f"| {name} | {len(texts) / seconds:.1f} | {ref / seconds:.2f}× | "
+            f"{low:.4f} / {mean:.4f} |"
+        )
 
 
 if __name__ == "__main__":

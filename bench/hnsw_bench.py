@@ -36,8 +36,9 @@ TABLE = "bench_hnsw"
 def real_vectors(rt: Runtime, collection: str) -> np.ndarray:
     coll = rt.collection(collection)
     with rt.db.connection() as conn:
-        rows = conn.execute(sql.SQL("SELECT embedding FROM {} ORDER BY chunk_id").format(
-            sql.Identifier(coll.table))).fetchall()
+        rows = conn.execute(
+            sql.SQL("SELECT embedding FROM {} ORDER BY chunk_id").format(sql.Identifier(coll.table))
+        ).fetchall()
     return np.stack([np.asarray(r[0].to_numpy(), dtype=np.float32) for r in rows])
 
 
@@ -53,8 +54,9 @@ def grow(real: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([real, synth.astype(np.float32)])
 
 
-def exact_top(vectors: np.ndarray, queries: np.ndarray, mask: np.ndarray | None,
-              k: int = 10) -> list[set[int]]:
+def exact_top(
+    vectors: np.ndarray, queries: np.ndarray, mask: np.ndarray | None, k: int = 10
+) -> list[set[int]]:
     sims = queries @ vectors.T
     if mask is not None:
         sims[:, ~mask] = -np.inf
@@ -62,36 +64,56 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, mask: np.ndarray | None,
     return [set(int(x) for x in row) for row in top]
 
 
-def load(conn: psycopg.Connection[tuple[object, ...]], vectors: np.ndarray,
-         tags: np.ndarray) -> float:
+def load(
+    conn: psycopg.Connection[tuple[object, ...]], vectors: np.ndarray, tags: np.ndarray
+) -> float:
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(TABLE)))
-    conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, tag int NOT NULL,"
-                         " embedding vector({}) NOT NULL)").format(
-        sql.Identifier(TABLE), sql.Literal(vectors.shape[1])))
-    with conn.cursor().copy(sql.SQL("COPY {} (id, tag, embedding) FROM STDIN (FORMAT BINARY)"
-                                    ).format(sql.Identifier(TABLE))) as copy:
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (id bigint PRIMARY KEY, tag int NOT NULL,"
+            " embedding vector({}) NOT NULL)"
+        ).format(sql.Identifier(TABLE), sql.Literal(vectors.shape[1]))
+    )
+    with conn.cursor().copy(
+        sql.SQL("COPY {} (id, tag, embedding) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(TABLE)
+        )
+    ) as copy:
         copy.set_types(["int8", "int4", "vector"])
         for i, (tag, vec) in enumerate(zip(tags, vectors, strict=True)):
             copy.write_row((i, int(tag), vec))
     conn.execute("SET maintenance_work_mem = '1GB'")
     t0 = time.perf_counter()
-    conn.execute(sql.SQL("CREATE INDEX ON {} USING hnsw (embedding vector_cosine_ops)").format(
-        sql.Identifier(TABLE)))
+    conn.execute(
+        sql.SQL("CREATE INDEX ON {} USING hnsw (embedding vector_cosine_ops)").format(
+            sql.Identifier(TABLE)
+        )
+    )
     conn.execute(sql.SQL("CREATE INDEX ON {} (tag)").format(sql.Identifier(TABLE)))
     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(TABLE)))
     return time.perf_counter() - t0
 
 
-def run_queries(conn: psycopg.Connection[tuple[object, ...]], queries: np.ndarray, ef: int,
-                where: int | None, iterative: bool, k: int = 10) -> tuple[list[set[int]], float]:
+def run_queries(
+    conn: psycopg.Connection[tuple[object, ...]],
+    queries: np.ndarray,
+    ef: int,
+    where: int | None,
+    iterative: bool,
+    k: int = 10,
+) -> tuple[list[set[int]], float]:
     conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(ef),))
-    conn.execute("SELECT set_config('hnsw.iterative_scan', %s, false)",
-                 ("relaxed_order" if iterative else "off",))
-    cond = (sql.SQL("WHERE tag < {}").format(sql.Literal(where)) if where is not None
-            else sql.SQL(""))
-    stmt = sql.SQL("SELECT id FROM (SELECT id, embedding <=> %s AS d FROM {} {}"
-                   " ORDER BY embedding <=> %s LIMIT %s) x ORDER BY d").format(
-        sql.Identifier(TABLE), cond)
+    conn.execute(
+        "SELECT set_config('hnsw.iterative_scan', %s, false)",
+        ("relaxed_order" if iterative else "off",),
+    )
+    cond = (
+        sql.SQL("WHERE tag < {}").format(sql.Literal(where)) if where is not None else sql.SQL("")
+    )
+    stmt = sql.SQL(
+        "SELECT id FROM (SELECT id, embedding <=> %s AS d FROM {} {}"
+        " ORDER BY embedding <=> %s LIMIT %s) x ORDER BY d"
+    ).format(sql.Identifier(TABLE), cond)
     out = []
     t0 = time.perf_counter()
     for q in queries:
@@ -117,8 +139,10 @@ def main() -> None:
         conninfo = rt.db.conninfo
     vectors = grow(real, args.size)
     tags = np.random.default_rng(1).integers(0, 100, len(vectors))
-    print(f"{len(real)} real SciFact chunk vectors grown to {len(vectors)}; "
-          f"{len(queries)} real queries")
+    print(
+        f"{len(real)} real SciFact chunk vectors grown to {len(vectors)}; "
+        f"{len(queries)} real queries"
+    )
     with psycopg.connect(conninfo, autocommit=True) as conn:
         register_vector(conn)
         build = load(conn, vectors, tags)
@@ -130,16 +154,20 @@ def main() -> None:
             run_queries(conn, queries[:20], ef, None, True)  # warm the cache
             got, secs = run_queries(conn, queries, ef, None, True)
             print(f"| {ef} | {recall(got, truth):.4f} | {len(queries) / secs:.0f} |")
-        print("\n| filter | selectivity | iterative scan | recall@10 | queries with < 10 hits "
-              "| queries/s |")
+        print(
+            "\n| filter | selectivity | iterative scan | recall@10 | queries with < 10 hits "
+            "| queries/s |"
+        )
         print("|---|---|---|---|---|---|")
         for where in (1, 10, 50):
             ftruth = exact_top(vectors, queries, tags < where)
             for iterative in (False, True):
                 got, secs = run_queries(conn, queries, 100, where, iterative)
                 short = sum(1 for g in got if len(g) < 10)
-                print(f"| tag < {where} | {where}% | {'relaxed_order' if iterative else 'off'} "
-                      f"| {recall(got, ftruth):.4f} | {short} | {len(queries) / secs:.0f} |")
+                print(
+                    f"| tag < {where} | {where}% | {'relaxed_order' if iterative else 'off'} "
+                    f"| {recall(got, ftruth):.4f} | {short} | {len(queries) / secs:.0f} |"
+                )
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(TABLE)))
 
 

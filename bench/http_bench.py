@@ -61,9 +61,20 @@ def _queries(dataset: str, n: int) -> list[str]:
 
 def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from ragstore.cli import main; main()", "serve",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-c",
+            "from ragstore.cli import main; main()",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
@@ -92,8 +103,16 @@ def _variant(text: str, n: int) -> str:
     return "".join(chars)
 
 
-def _load(url: str, collection: str, queries: list[str], clients: int, seconds: float,
-          mode: str | None, *, fresh: bool = True) -> dict[str, float]:
+def _load(
+    url: str,
+    collection: str,
+    queries: list[str],
+    clients: int,
+    seconds: float,
+    mode: str | None,
+    *,
+    fresh: bool = True,
+) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -134,10 +153,14 @@ def _load(url: str, collection: str, queries: list[str], clients: int, seconds: 
         t.join()
     wall = time.perf_counter() - t0
     lat = sorted(latencies)
-    return {"clients": clients, "requests": len(lat), "errors": errors,
-            "rps": len(lat) / wall,
-            "p50_ms": statistics.median(lat) * 1000,
-            "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000}
+    return {
+        "clients": clients,
+        "requests": len(lat),
+        "errors": errors,
+        "rps": len(lat) / wall,
+        "p50_ms": statistics.median(lat) * 1000,
+        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+    }
 
 
 def main() -> None:
@@ -156,10 +179,16 @@ def main() -> None:
         (root / "corpus").mkdir()
         files = _corpus(args.dataset, args.docs, root / "corpus")
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
-        env.update({"RAGSTORE_DATA_DIR": str(root / "data"), "RAGSTORE_AUTH": "off",
-                    "RAGSTORE_LOG_LEVEL": "warning", "HF_HUB_OFFLINE": "1",
-                    "RAGSTORE_BACKGROUND_INGEST_BYTES": str(1 << 30),
-                    "RAGSTORE_RATE_LIMIT_PER_MINUTE": "0"})
+        env.update(
+            {
+                "RAGSTORE_DATA_DIR": str(root / "data"),
+                "RAGSTORE_AUTH": "off",
+                "RAGSTORE_LOG_LEVEL": "warning",
+                "HF_HUB_OFFLINE": "1",
+                "RAGSTORE_BACKGROUND_INGEST_BYTES": str(1 << 30),
+                "RAGSTORE_RATE_LIMIT_PER_MINUTE": "0",
+            }
+        )
         port = _free_port()
         server = _serve(env, port)
         url = f"http://127.0.0.1:{port}"
@@ -169,18 +198,31 @@ def main() -> None:
                 t0 = time.perf_counter()
                 chunks = 0
                 for i in range(0, len(files), args.batch):
-                    batch = [(p.name, p.read_bytes()) for p in files[i:i + args.batch]]
+                    batch = [(p.name, p.read_bytes()) for p in files[i : i + args.batch]]
                     chunks += sum(d["chunks"] for d in c.upload("api", batch)["data"])
                 api_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "from ragstore.cli import main; main()",
-                            "ingest", str(root / "corpus"), "--collection", "cli"],
-                           env=env, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "from ragstore.cli import main; main()",
+                    "ingest",
+                    str(root / "corpus"),
+                    "--collection",
+                    "cli",
+                ],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             cli_s = time.perf_counter() - t0
-            print(f"ingest {len(files)} docs / {chunks} chunks: API {api_s:.1f}s "
-                  f"({len(files) / api_s:.1f} docs/s, {chunks / api_s:.0f} chunks/s); "
-                  f"CLI {cli_s:.1f}s ({len(files) / cli_s:.1f} docs/s, {chunks / cli_s:.0f} "
-                  "chunks/s, process start and model load included)")
+            print(
+                f"ingest {len(files)} docs / {chunks} chunks: API {api_s:.1f}s "
+                f"({len(files) / api_s:.1f} docs/s, {chunks / api_s:.0f} chunks/s); "
+                f"CLI {cli_s:.1f}s ({len(files) / cli_s:.1f} docs/s, {chunks / cli_s:.0f} "
+                "chunks/s, process start and model load included)"
+            )
             queries = _queries(args.dataset, args.queries)
             _load(url, "api", queries, 1, min(3.0, args.seconds), args.mode)  # warm-up
             print("| queries | clients | requests | req/s | p50 ms | p99 ms | errors |")
@@ -189,8 +231,10 @@ def main() -> None:
                 kind = "distinct (embedded)" if fresh else "repeated (cached)"
                 for n in (int(x) for x in args.clients.split(",")):
                     r = _load(url, "api", queries, n, args.seconds, args.mode, fresh=fresh)
-                    print(f"| {kind} | {n} | {r['requests']:.0f} | {r['rps']:.1f} | "
-                          f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']:.0f} |")
+                    print(
+                        f"| {kind} | {n} | {r['requests']:.0f} | {r['rps']:.1f} | "
+                        f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']:.0f} |"
+                    )
         finally:
             server.terminate()
             server.wait(timeout=60)

@@ -65,8 +65,12 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=1000, help="SciFact documents to use")
     ap.add_argument("--folder", type=Path, help="ingest this folder instead of SciFact")
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="ingests, each into a fresh collection, between encode runs")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="ingests, each into a fresh collection, between encode runs",
+    )
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ragstore-bench-"))
@@ -95,8 +99,7 @@ def main() -> None:
         assert not report.failed, report.failed
         reports.append(report)
         encodes.append(_encode_seconds(embedder, texts))
-    overheads = [r.seconds / ((encodes[i] + encodes[i + 1]) / 2) - 1
-                 for i, r in enumerate(reports)]
+    overheads = [r.seconds / ((encodes[i] + encodes[i + 1]) / 2) - 1 for i, r in enumerate(reports)]
     median = statistics.median_low(overheads)
     report = reports[overheads.index(median)]
     encode = statistics.mean(encodes)
@@ -115,9 +118,12 @@ def main() -> None:
 
     n = len(texts)
     result = {
-        "documents": len(report.outcomes), "chunks_stored": report.chunks, "texts_embedded": n,
+        "documents": len(report.outcomes),
+        "chunks_stored": report.chunks,
+        "texts_embedded": n,
         "db_start_and_schema_s": round(db_start, 2),
-        "raw_encode_s": round(encode, 2), "raw_encode_texts_per_s": round(n / encode, 1),
+        "raw_encode_s": round(encode, 2),
+        "raw_encode_texts_per_s": round(n / encode, 1),
         "ingest_s": round(report.seconds, 2),
         "ingest_chunks_per_s": round(report.chunks / report.seconds, 1),
         "ingest_embedded_per_s": round(report.embedded / report.seconds, 1),
@@ -126,7 +132,8 @@ def main() -> None:
         "encode_runs_s": [round(e, 2) for e in encodes],
         "reingest_unchanged_s": round(reingest.seconds, 2),
         "reingest_speedup": round(report.seconds / reingest.seconds, 1),
-        "search_p50_ms": round(statistics.median(latencies), 2), "search_p99_ms": round(p99, 2),
+        "search_p50_ms": round(statistics.median(latencies), 2),
+        "search_p99_ms": round(p99, 2),
         "queries": len(latencies),
     }
     print(json.dumps(result, indent=2))

@@ -70,8 +70,10 @@ def serve(port: int, dimension: int) -> None:
                 numbers = ",".join(f"{x:.5f}" for x in vectors.embed(str(t)).tolist())
                 items.append(f'{{"object":"embedding","index":{i},"embedding":[{numbers}]}}')
             model = json.dumps(body.get("model", "instant"))
-            data = (f'{{"object":"list","model":{model},"data":[{",".join(items)}],'
-                    '"usage":{"prompt_tokens":0,"total_tokens":0}}').encode()
+            data = (
+                f'{{"object":"list","model":{model},"data":[{",".join(items)}],'
+                '"usage":{"prompt_tokens":0,"total_tokens":0}}'
+            ).encode()
             self._answer(200, data)
 
         def _answer(self, status: int, data: bytes) -> None:
@@ -96,8 +98,18 @@ class InstantServer:
 
     def start(self) -> InstantServer:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.instant_embedder", "--port", "0",
-             "--dimension", str(self.dimension)], stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "bench.instant_embedder",
+                "--port",
+                "0",
+                "--dimension",
+                str(self.dimension),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().split()
         if len(line) != 2 or line[0] != "port":

@@ -60,8 +60,10 @@ def main() -> None:
         body = metrics.render()
     render = (time.perf_counter() - t0) / rounds
     print(f"request without observability: {bare * 1e6:.0f} us")
-    print(f"request with metrics + JSON access log: {observed * 1e6:.0f} us "
-          f"(+{(observed - bare) * 1e6:.0f} us)")
+    print(
+        f"request with metrics + JSON access log: {observed * 1e6:.0f} us "
+        f"(+{(observed - bare) * 1e6:.0f} us)"
+    )
     print(f"metrics.render(): {render * 1e3:.2f} ms for {len(body)} bytes")
 
 

@@ -41,16 +41,19 @@ def corpora(records: list[dict[str, str]], tmp: Path) -> dict[str, tuple[str, by
     """format -> (file name, bytes)"""
     md = "\n\n".join(f"## {r['title']}\n\n{r['text']}" for r in records)
     text = "\n\n".join(f"{r['title']}\n\n{r['text']}" for r in records)
-    page = "".join(f"<h2>{html.escape(r['title'])}</h2><p>{html.escape(r['text'])}</p>"
-                   for r in records)
+    page = "".join(
+        f"<h2>{html.escape(r['title'])}</h2><p>{html.escape(r['text'])}</p>" for r in records
+    )
     code = "\n\n\n".join(
-        f"def abstract_{r['_id']}() -> str:\n    \"\"\"{r['title']}\"\"\"\n"
-        f"    return {r['text']!r}" for r in records)
+        f'def abstract_{r["_id"]}() -> str:\n    """{r["title"]}"""\n    return {r["text"]!r}'
+        for r in records
+    )
     pages = []
     for r in records:
         pages.append([r["title"][:90], "", *_wrap(r["text"])])
-    docx = write_docx(tmp / "bench.docx", title="SciFact",
-                      sections=[(r["title"], [r["text"]]) for r in records])
+    docx = write_docx(
+        tmp / "bench.docx", title="SciFact", sections=[(r["title"], [r["text"]]) for r in records]
+    )
     return {
         "markdown": ("bench.md", f"# SciFact\n\n{md}\n".encode()),
         "text": ("bench.txt", text.encode()),
@@ -87,6 +90,7 @@ def main() -> None:
     rows = []
     sample: list[Chunk] = []
     for fmt, (name, data) in files.items():
+
         def run(data: bytes = data, name: str = name) -> list[Chunk]:
             return chunk_document(parse_bytes(data, name), embedder, limit)
 
@@ -101,15 +105,21 @@ def main() -> None:
     embedder.embed(texts)
     embed_s = time.perf_counter() - t0
     embed_mbs = sum(len(t.encode()) for t in texts) / 1e6 / embed_s
-    print(f"embedding: {len(texts)} chunks in {embed_s:.2f}s = {embed_mbs:.3f} MB/s of text "
-          f"({len(texts) / embed_s:.0f} chunks/s) on {args.device}")
-    print("| format | file MB | text MB | chunks | parse+chunk s | text MB/s | file MB/s "
-          "| × embedding |")
+    print(
+        f"embedding: {len(texts)} chunks in {embed_s:.2f}s = {embed_mbs:.3f} MB/s of text "
+        f"({len(texts) / embed_s:.0f} chunks/s) on {args.device}"
+    )
+    print(
+        "| format | file MB | text MB | chunks | parse+chunk s | text MB/s | file MB/s "
+        "| × embedding |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for fmt, file_mb, text_mb, n, seconds in rows:
-        print(f"| {fmt} | {file_mb:.2f} | {text_mb:.2f} | {n} | {seconds:.2f} | "
-              f"{text_mb / seconds:.2f} | {file_mb / seconds:.2f} | "
-              f"{text_mb / seconds / embed_mbs:.0f}× |")
+        print(
+            f"| {fmt} | {file_mb:.2f} | {text_mb:.2f} | {n} | {seconds:.2f} | "
+            f"{text_mb / seconds:.2f} | {file_mb / seconds:.2f} | "
+            f"{text_mb / seconds / embed_mbs:.0f}× |"
+        )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,10 @@ class LagSampler:
         self._thread.join()
 
     def _run(self) -> None:
-        with psycopg.connect(self._urls[0], autocommit=True) as p, \
-                psycopg.connect(self._urls[1], autocommit=True) as s:
+        with (
+            psycopg.connect(self._urls[0], autocommit=True) as p,
+            psycopg.connect(self._urls[1], autocommit=True) as s,
+        ):
             while not self._stop.is_set():
                 written = lsn.current(p)
                 replayed = lsn.replay_state(s).replay_lsn or 0
@@ -73,8 +75,9 @@ class LagSampler:
         return seconds, gaps
 
 
-def _load(url: str, queries: list[str], clients: int, seconds: float
-          ) -> tuple[int, list[float], Counter[str], int]:
+def _load(
+    url: str, queries: list[str], clients: int, seconds: float
+) -> tuple[int, list[float], Counter[str], int]:
     latencies: list[float] = []
     served: Counter[str] = Counter()
     errors = 0
@@ -87,8 +90,10 @@ def _load(url: str, queries: list[str], clients: int, seconds: float
         with httpx.Client(base_url=url, timeout=60) as http:
             while time.monotonic() < deadline:
                 t0 = time.perf_counter()
-                r = http.post("/v1/collections/bench/search",
-                              json={"query": queries[i % len(queries)], "k": 10})
+                r = http.post(
+                    "/v1/collections/bench/search",
+                    json={"query": queries[i % len(queries)], "k": 10},
+                )
                 dt = time.perf_counter() - t0
                 with lock:
                     if r.status_code == 200:
@@ -110,8 +115,20 @@ def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]
     """A ``ragstore serve`` subprocess, once its /readyz answers 200 (its output in ``log``)."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from ragstore.cli import main; main()", "serve",
-             "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=out, stderr=out)
+            [
+                sys.executable,
+                "-c",
+                "from ragstore.cli import main; main()",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
     deadline = time.monotonic() + 600
     last = ""
     while time.monotonic() < deadline and proc.poll() is None:
@@ -147,8 +164,7 @@ def main() -> None:
         node = standby.create(primary_url, root / "standby")
         try:
             docs = _corpus("scifact", args.docs, _mkdir(root / "docs"))
-            settings = Settings(database_url=primary_url, data_dir=root / "data",
-                                profile="test")
+            settings = Settings(database_url=primary_url, data_dir=root / "data", profile="test")
             with Runtime(settings) as rt, LagSampler(primary_url, node.conninfo) as sampler:
                 t0 = time.monotonic()
                 report = ingest_paths(rt, docs, collection="bench")
@@ -157,19 +173,28 @@ def main() -> None:
             lag_s, gap = sampler.lags()
             chunks = sum(o.chunks for o in report.outcomes)
             print(f"## bulk ingest: {len(docs)} documents, {chunks} chunks in {ingest_s:.1f} s")
-            print(f"replica lag: max {max(lag_s):.2f} s, p95 {_pct(lag_s, 95):.2f} s, "
-                  f"mean {statistics.mean(lag_s):.2f} s; byte gap max "
-                  f"{max(gap) / 1e6:.1f} MB over {len(lag_s)} samples")
+            print(
+                f"replica lag: max {max(lag_s):.2f} s, p95 {_pct(lag_s, 95):.2f} s, "
+                f"mean {statistics.mean(lag_s):.2f} s; byte gap max "
+                f"{max(gap) / 1e6:.1f} MB over {len(lag_s)} samples"
+            )
 
             queries = _queries("scifact", args.queries)
             rows = []
-            for label, extra in (("primary only", {}),
-                                 ("reads on the standby",
-                                  {"RAGSTORE_READ_DATABASE_URLS": node.conninfo})):
+            for label, extra in (
+                ("primary only", {}),
+                ("reads on the standby", {"RAGSTORE_READ_DATABASE_URLS": node.conninfo}),
+            ):
                 env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
-                env.update({"RAGSTORE_DATABASE_URL": primary_url, "RAGSTORE_AUTH": "off",
-                            "RAGSTORE_DATA_DIR": str(root / "data"),
-                            "RAGSTORE_LOG_LEVEL": "warning", **extra})
+                env.update(
+                    {
+                        "RAGSTORE_DATABASE_URL": primary_url,
+                        "RAGSTORE_AUTH": "off",
+                        "RAGSTORE_DATA_DIR": str(root / "data"),
+                        "RAGSTORE_LOG_LEVEL": "warning",
+                        **extra,
+                    }
+                )
                 port = _free_port()
                 server = _serve(env, port, root / f"serve-{port}.log")
                 try:
@@ -179,14 +204,25 @@ def main() -> None:
                 finally:
                     server.terminate()
                     server.wait(timeout=60)
-                rows.append((label, n, n / args.seconds, 1000 * _pct(lat, 50),
-                             1000 * _pct(lat, 95), dict(served), errors))
+                rows.append(
+                    (
+                        label,
+                        n,
+                        n / args.seconds,
+                        1000 * _pct(lat, 50),
+                        1000 * _pct(lat, 95),
+                        dict(served),
+                        errors,
+                    )
+                )
             print(f"\n## search, {args.clients} clients, {args.seconds:g} s, repeated queries")
             print("| reads | requests | req/s | p50 ms | p95 ms | served by | errors |")
             print("|---|---:|---:|---:|---:|---|---:|")
             for label, n, rps, p50, p95, served_by, errors in rows:
-                print(f"| {label} | {n} | {rps:.1f} | {p50:.1f} | {p95:.1f} | "
-                      f"{served_by} | {errors} |")
+                print(
+                    f"| {label} | {n} | {rps:.1f} | {p50:.1f} | {p95:.1f} | "
+                    f"{served_by} | {errors} |"
+                )
             print(f"\nratio (standby / primary only): {rows[1][2] / rows[0][2]:.2f}")
         finally:
             node.remove()

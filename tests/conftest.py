@@ -49,8 +49,11 @@ def create_database(pg_admin_uri: str, template: str | None) -> str:
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
         if template:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)))
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(template)
+                )
+            )
         else:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return _with_db(pg_admin_uri, name)
@@ -70,8 +73,9 @@ def empty_database_url(pg_admin_uri: str) -> str:
 
 @pytest.fixture(scope="module")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(database_url=database_url, data_dir=tmp_path_factory.mktemp("data"),
-                    profile="test")
+    return Settings(
+        database_url=database_url, data_dir=tmp_path_factory.mktemp("data"), profile="test"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +89,11 @@ def rt(settings: Settings) -> Iterator[Runtime]:
 def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Environment for running the CLI in-process against this module's database."""
     assert settings.database_url is not None
-    env = {"RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
-           "RAGSTORE_DATA_DIR": str(settings.data_dir), "RAGSTORE_PROFILE": "test"}
+    env = {
+        "RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
+        "RAGSTORE_DATA_DIR": str(settings.data_dir),
+        "RAGSTORE_PROFILE": "test",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env

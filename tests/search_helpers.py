@@ -27,8 +27,9 @@ class Doc:
     title: str | None = None
 
 
-def make_collection(rt: Runtime, name: str,
-                    settings: dict[str, Any] | None = None) -> repository.Collection:
+def make_collection(
+    rt: Runtime, name: str, settings: dict[str, Any] | None = None
+) -> repository.Collection:
     with rt.db.connection() as conn:
         return repository.create_collection(conn, name, resolve_spec(rt.settings.model), settings)
 
@@ -39,16 +40,38 @@ def write_docs(rt: Runtime, coll: repository.Collection, docs: Sequence[Doc]) ->
     vectors = embedder.embed([t for d in docs for t in d.texts])
     offset = 0
     for d in docs:
-        chunks = [Chunk(ordinal=i, chunk_type=d.chunk_type, text=t, section_path=(),
-                        parent_ordinal=None, char_start=0, char_end=len(t),
-                        token_count=len(t.split()),
-                        content_hash=hashlib.sha256(t.encode()).hexdigest(), page=d.page,
-                        metadata=dict(d.chunk_metadata))
-                  for i, t in enumerate(d.texts)]
-        record = documents.DocumentRecord(d.source, d.title, "text",
-                                          hashlib.sha256("".join(d.texts).encode()).hexdigest(),
-                                          sum(len(t) for t in d.texts), dict(d.metadata))
+        chunks = [
+            Chunk(
+                ordinal=i,
+                chunk_type=d.chunk_type,
+                text=t,
+                section_path=(),
+                parent_ordinal=None,
+                char_start=0,
+                char_end=len(t),
+                token_count=len(t.split()),
+                content_hash=hashlib.sha256(t.encode()).hexdigest(),
+                page=d.page,
+                metadata=dict(d.chunk_metadata),
+            )
+            for i, t in enumerate(d.texts)
+        ]
+        record = documents.DocumentRecord(
+            d.source,
+            d.title,
+            "text",
+            hashlib.sha256("".join(d.texts).encode()).hexdigest(),
+            sum(len(t) for t in d.texts),
+            dict(d.metadata),
+        )
         with rt.db.connection() as conn:
-            documents.write_documents(conn, coll, [documents.DocumentWrite(
-                record, chunks, np.asarray(vectors[offset:offset + len(d.texts)]))])
+            documents.write_documents(
+                conn,
+                coll,
+                [
+                    documents.DocumentWrite(
+                        record, chunks, np.asarray(vectors[offset : offset + len(d.texts)])
+                    )
+                ],
+            )
         offset += len(d.texts)

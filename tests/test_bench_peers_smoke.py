@@ -57,7 +57,8 @@ def test_sqlalchemy_url_keeps_the_socket() -> None:
 
 
 def test_ragstore_adapter_ingests_searches_and_skips_unchanged(
-        database_url: str, tmp_path: Path) -> None:
+    database_url: str, tmp_path: Path
+) -> None:
     full = load_scifact(SCIFACT)
     ids = ["4983", "5836", "7912"]
     corpus = Corpus({i: full.docs[i] for i in ids}, {}, {})
@@ -65,8 +66,14 @@ def test_ragstore_adapter_ingests_searches_and_skips_unchanged(
     write_files(corpus, docs)
     chunks = chunk_files(docs)
     assert {c["doc"] for c in chunks} == set(ids)
-    system = Ragstore({"database_url": database_url, "work_dir": str(tmp_path),
-                       "docs_dir": str(docs), "batch_size": 64})
+    system = Ragstore(
+        {
+            "database_url": database_url,
+            "work_dir": str(tmp_path),
+            "docs_dir": str(docs),
+            "batch_size": 64,
+        }
+    )
     system.open()
     try:
         assert system.ingest() == len(chunks)
@@ -83,19 +90,36 @@ def test_ragstore_adapter_ingests_searches_and_skips_unchanged(
 def _fake_report() -> dict[str, Any]:
     def sys_block(x: float) -> dict[str, Any]:
         med = {key: x for key, _, _ in ROWS}
-        med.update(ingest_s=4.4 * x, reingest_embedded=0.0 if x == 1.0 else 1800.0,
-                   chunks=1800.0, recall_at_10=1.0)
+        med.update(
+            ingest_s=4.4 * x,
+            reingest_embedded=0.0 if x == 1.0 else 1800.0,
+            chunks=1800.0,
+            recall_at_10=1.0,
+        )
         return {"median": med, "ratio_to_ragstore": {k: 2.0 for k in med}}
 
-    summary = {"ragstore": sys_block(1.0), "chroma": sys_block(3.0),
-               "encode": {"median": {"encode_s": 4.0, "chunks_per_s": 250.0}}}
+    summary = {
+        "ragstore": sys_block(1.0),
+        "chroma": sys_block(3.0),
+        "encode": {"median": {"encode_s": 4.0, "chunks_per_s": 250.0}},
+    }
     summary["ragstore"]["median"].update(hybrid_ndcg_at_10=0.7, hybrid_p50_ms=9.0, reingest_s=0.1)
-    return {"summary": summary, "machine": {"nproc": 2, "cpu": "X", "ram_gib": 24.0,
-                                            "python": "3.11"},
-            "quick": True, "date": "2026-11-25 06:00 UTC", "wall_s": 300.0, "docs": 1000,
-            "chunks": 1800, "queries": 300, "rounds": 2, "batch_size": 64, "clients": 8,
-            "threads": 1, "latency_queries": 100,
-            "versions": {"project env": {"torch": "2.13.0"}, "bench env": {"chromadb": "1"}}}
+    return {
+        "summary": summary,
+        "machine": {"nproc": 2, "cpu": "X", "ram_gib": 24.0, "python": "3.11"},
+        "quick": True,
+        "date": "2026-11-25 06:00 UTC",
+        "wall_s": 300.0,
+        "docs": 1000,
+        "chunks": 1800,
+        "queries": 300,
+        "rounds": 2,
+        "batch_size": 64,
+        "clients": 8,
+        "threads": 1,
+        "latency_queries": 100,
+        "versions": {"project env": {"torch": "2.13.0"}, "bench env": {"chromadb": "1"}},
+    }
 
 
 def test_report_table_has_a_row_per_figure_and_ratios_for_peers() -> None:

@@ -21,8 +21,7 @@ from tests.models.corpus import write_corpus
 def bulk_rt(settings: Settings) -> Iterator[Runtime]:
     """A runtime whose bulk threshold is 2 KB and whose rounds are small, so a few files
     make a bulk load written in several transactions."""
-    rt = Runtime(settings.model_copy(update={"bulk_load_bytes": 2048,
-                                             "ingest_batch_chunks": 8}))
+    rt = Runtime(settings.model_copy(update={"bulk_load_bytes": 2048, "ingest_batch_chunks": 8}))
     yield rt
     rt.close()
 
@@ -40,8 +39,9 @@ def _indexed_during(rt: Runtime, folder: Path, name: str) -> list[bool]:
     return seen
 
 
-def test_a_large_first_load_builds_the_index_once_at_the_end(bulk_rt: Runtime,
-                                                             tmp_path: Path) -> None:
+def test_a_large_first_load_builds_the_index_once_at_the_end(
+    bulk_rt: Runtime, tmp_path: Path
+) -> None:
     folder = write_corpus(tmp_path / "a", docs=8, paragraphs=3)
     assert sum(f.stat().st_size for f in folder.iterdir()) > 2048
     assert not any(_indexed_during(bulk_rt, folder, "bulk")), "index deferred during the load"
@@ -51,8 +51,10 @@ def test_a_large_first_load_builds_the_index_once_at_the_end(bulk_rt: Runtime,
     # a second load into the now non-empty space is incremental: the index stays
     more = write_corpus(tmp_path / "b", docs=8, paragraphs=3, prefix="more")
     assert all(_indexed_during(bulk_rt, more, "bulk"))
-    text = ("Paragraph 2 of more5: common mistakes with glaciers, with detail number 502 that "
-            "nobody else repeats.")
+    text = (
+        "Paragraph 2 of more5: common mistakes with glaciers, with detail number 502 that "
+        "nobody else repeats."
+    )
     hits = search(bulk_rt, text, collection="bulk", k=3, mode="vector")
     assert hits and text in hits[0].text
 
@@ -68,7 +70,8 @@ def test_a_killed_bulk_load_gets_its_index_back(bulk_rt: Runtime, tmp_path: Path
     coll = bulk_rt.collection("killed")
     with bulk_rt.db.connection() as conn:  # as a load killed before its final build
         spaces.drop_index(conn, coll.table)
-    ingest_paths(bulk_rt, [write_corpus(tmp_path / "k2", docs=1, paragraphs=1, prefix="x")],
-                 "killed")
+    ingest_paths(
+        bulk_rt, [write_corpus(tmp_path / "k2", docs=1, paragraphs=1, prefix="x")], "killed"
+    )
     with bulk_rt.db.connection() as conn:
         assert spaces.has_index(conn, coll.table)

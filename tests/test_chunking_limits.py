@@ -28,9 +28,11 @@ def _model_tokens(embedder: Embedder, texts: list[str]) -> list[int]:
 
 
 def test_long_table_is_split_between_rows_with_the_header_on_every_piece(
-        embedder: Embedder) -> None:
-    rows = "\n".join(f"| part {i} | stored in bay {i} of the east hall, shelf {i % 7} |"
-                     for i in range(150))
+    embedder: Embedder,
+) -> None:
+    rows = "\n".join(
+        f"| part {i} | stored in bay {i} of the east hall, shelf {i % 7} |" for i in range(150)
+    )
     md = f"# Stock\n\n| part | where |\n|---|---|\n{rows}\n"
     chunks = chunk_document(parse_bytes(md.encode(), "stock.md"), embedder, 256)
     tables = [c for c in chunks if c.chunk_type is ChunkType.TABLE]
@@ -49,8 +51,9 @@ def test_long_table_is_split_between_rows_with_the_header_on_every_piece(
 
 
 def test_long_code_is_never_split_inside_a_line(embedder: Embedder) -> None:
-    body = "\n".join(f"    total_{i} = compute_discount(order_{i}, customer_tier, season)"
-                     for i in range(200))
+    body = "\n".join(
+        f"    total_{i} = compute_discount(order_{i}, customer_tier, season)" for i in range(200)
+    )
     source = f"def giant():\n{body}\n    return 0\n"
     chunks = chunk_document(parse_bytes(source.encode(), "giant.py"), embedder, 256)
     assert len(chunks) > 3
@@ -58,14 +61,15 @@ def test_long_code_is_never_split_inside_a_line(embedder: Embedder) -> None:
     rebuilt: list[str] = []
     for c in chunks:
         assert c.chunk_type is ChunkType.CODE and "line_split" not in c.metadata
-        assert source[c.char_start:c.char_end] == c.text
+        assert source[c.char_start : c.char_end] == c.text
         rebuilt.extend(c.text.split("\n"))
     assert rebuilt == lines
     assert max(_model_tokens(embedder, [c.embed_text for c in chunks])) <= 256
 
 
 def test_a_line_of_megabytes_without_breaks_is_chunked_in_bounded_pieces(
-        embedder: Embedder) -> None:
+    embedder: Embedder,
+) -> None:
     words = ("alpha beta gamma delta " * 150_000).encode()  # 3.5 MB on one line
     unbroken = b"z" * 2_000_000  # one "word" of 2 MB
     for name, data in (("words.txt", words), ("unbroken.txt", unbroken)):
@@ -79,11 +83,11 @@ def test_a_line_of_megabytes_without_breaks_is_chunked_in_bounded_pieces(
     assert max(_model_tokens(embedder, [c.embed_text for c in sample])) <= 256
 
 
-def test_chunks_keep_section_paths_and_parent_links(embedder: Embedder,
-                                                    tmp_path: Path) -> None:
+def test_chunks_keep_section_paths_and_parent_links(embedder: Embedder, tmp_path: Path) -> None:
     corpus = build_mixed_corpus(tmp_path)
-    chunks = chunk_document(parse_bytes((corpus / "inventory.docx").read_bytes(),
-                                        "inventory.docx"), embedder, 256)
+    chunks = chunk_document(
+        parse_bytes((corpus / "inventory.docx").read_bytes(), "inventory.docx"), embedder, 256
+    )
     by_ordinal = {c.ordinal: c for c in chunks}
     table = next(c for c in chunks if c.chunk_type is ChunkType.TABLE)
     assert table.section_path == ("Inventory", "Reference")
@@ -91,10 +95,13 @@ def test_chunks_keep_section_paths_and_parent_links(embedder: Embedder,
     assert by_ordinal[table.parent_ordinal].text == "Reference"
     assert by_ordinal[by_ordinal[table.parent_ordinal].parent_ordinal or 0].text == "Inventory"
     assert table.embed_text.startswith("Inventory > Reference\n| Site | Notes |")
-    pdf = chunk_document(parse_bytes((corpus / "handbook.pdf").read_bytes(), "handbook.pdf"),
-                         embedder, 256)
+    pdf = chunk_document(
+        parse_bytes((corpus / "handbook.pdf").read_bytes(), "handbook.pdf"), embedder, 256
+    )
     assert [(c.chunk_type.value, c.page) for c in pdf if c.page == 3] == [
-        ("heading", 3), ("page_text", 3)]
+        ("heading", 3),
+        ("page_text", 3),
+    ]
 
 
 def _scifact_files(dest: Path, docs: int) -> list[Path]:
@@ -103,7 +110,7 @@ def _scifact_files(dest: Path, docs: int) -> list[Path]:
     records = scifact_records(docs)
     files = []
     for i in range(0, len(records), 10):
-        group = records[i:i + 10]
+        group = records[i : i + 10]
         md = "\n\n".join(f"## {r['title']}\n\n{r['text']}" for r in group)
         path = dest / f"sci_{i:04d}.md"
         path.write_text(f"# SciFact part {i}\n\n{md}\n", encoding="utf-8")
@@ -118,13 +125,17 @@ def _scifact_files(dest: Path, docs: int) -> list[Path]:
     return [*files, dest / "table.md", dest / "abstracts.py"]
 
 
-def test_no_chunk_exceeds_the_model_limit_on_a_real_corpus(embedder: Embedder,
-                                                           tmp_path: Path) -> None:
+def test_no_chunk_exceeds_the_model_limit_on_a_real_corpus(
+    embedder: Embedder, tmp_path: Path
+) -> None:
     files = _scifact_files(tmp_path, 400)
     chunks = []
     for path in files:
-        chunks.extend(chunk_document(parse_bytes(path.read_bytes(), path.name), embedder,
-                                     embedder.spec.max_tokens))
+        chunks.extend(
+            chunk_document(
+                parse_bytes(path.read_bytes(), path.name), embedder, embedder.spec.max_tokens
+            )
+        )
     assert len(chunks) > 1000
     counted = _model_tokens(embedder, [c.embed_text for c in chunks])
     limit = embedder.spec.max_tokens

@@ -28,7 +28,8 @@ def embedder() -> Embedder:
 
 @pytest.mark.parametrize("name", ["readline.md", "events.md"])
 def test_sections_are_packed_to_the_budget_without_losing_or_reordering_text(
-        embedder: Embedder, name: str) -> None:
+    embedder: Embedder, name: str
+) -> None:
     doc = parse_bytes((NODE_DOCS / name).read_bytes(), name)
     chunks = chunk_document(doc, embedder, 256)
     body = [c for c in chunks if c.chunk_type is not ChunkType.HEADING]
@@ -43,7 +44,8 @@ def test_sections_are_packed_to_the_budget_without_losing_or_reordering_text(
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
     for b in blocks:
         assert any(lo <= b.char_start and b.char_end <= hi for lo, hi in spans) or any(
-            lo <= b.char_start < hi for lo, hi in spans), f"block lost: {b.text[:60]!r}"
+            lo <= b.char_start < hi for lo, hi in spans
+        ), f"block lost: {b.text[:60]!r}"
     assert sum(len(b.text.split()) for b in blocks) <= sum(len(c.text.split()) for c in body)
     ordinals = [c.ordinal for c in chunks]
     assert ordinals == list(range(len(chunks)))
@@ -62,8 +64,10 @@ def test_sections_are_packed_to_the_budget_without_losing_or_reordering_text(
 
 
 def test_short_sections_share_a_chunk_and_long_ones_keep_their_own(embedder: Embedder) -> None:
-    md = (f"# Guide\n\n## Short one\n\nTiny note.\n\n## Short two\n\nAnother tiny note.\n\n"
-          f"## Long one\n\n{LONG}\n\n## Long two\n\n{LONG}\n")
+    md = (
+        f"# Guide\n\n## Short one\n\nTiny note.\n\n## Short two\n\nAnother tiny note.\n\n"
+        f"## Long one\n\n{LONG}\n\n## Long two\n\n{LONG}\n"
+    )
     chunks = chunk_document(parse_bytes(md.encode(), "guide.md"), embedder, 256)
     body = [c for c in chunks if c.chunk_type is not ChunkType.HEADING]
     assert [c.section_path[-1] for c in body] == ["Short one", "Long one", "Long two"]
@@ -72,14 +76,21 @@ def test_short_sections_share_a_chunk_and_long_ones_keep_their_own(embedder: Emb
     assert body[1].text == LONG and "headings" not in body[1].metadata
     # the heading chunks stay, in document order, as parents of what follows them
     kinds = [(c.chunk_type.value, c.text[:10]) for c in chunks]
-    assert kinds == [("heading", "Guide"), ("heading", "Short one"), ("paragraph", "Tiny note."),
-                     ("heading", "Short two"), ("heading", "Long one"),
-                     ("paragraph", LONG[:10]), ("heading", "Long two"),
-                     ("paragraph", LONG[:10])]
+    assert kinds == [
+        ("heading", "Guide"),
+        ("heading", "Short one"),
+        ("paragraph", "Tiny note."),
+        ("heading", "Short two"),
+        ("heading", "Long one"),
+        ("paragraph", LONG[:10]),
+        ("heading", "Long two"),
+        ("paragraph", LONG[:10]),
+    ]
 
 
 def test_an_upgraded_chunker_re_chunks_unchanged_files_and_reuses_vectors(
-        rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "guide.md").write_text(f"# Guide\n\n## Long one\n\n{LONG}\n")
     first = ingest_paths(rt, [tmp_path], "upgrade")
     assert first.count("added") == 1 and first.embedded == 1

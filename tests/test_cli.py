@@ -10,8 +10,9 @@ import pytest
 from tests.conftest import run_cli
 
 
-def test_ingest_then_search_json(cli_env: dict[str, str], tmp_path: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_ingest_then_search_json(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "a.md").write_text("# Cats\n\nCats sleep for most of the day.\n")
     assert run_cli("ingest", str(tmp_path), "-c", "cli") == 0
     capsys.readouterr()
@@ -21,8 +22,9 @@ def test_ingest_then_search_json(cli_env: dict[str, str], tmp_path: Path,
     assert hits[0]["section_path"] == ["Cats"]
 
 
-def test_missing_path_is_one_line_and_nonzero(cli_env: dict[str, str], tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_path_is_one_line_and_nonzero(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli("ingest", str(tmp_path / "nope.md")) == 1
     err = capsys.readouterr().err
     assert "[path_not_found]" in err and "nope.md: no such file or directory" in err
@@ -35,19 +37,23 @@ def test_unknown_collection(cli_env: dict[str, str], capsys: pytest.CaptureFixtu
     assert len(err.splitlines()) == 1
 
 
-def test_unreachable_external_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_external_database(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("RAGSTORE_DATABASE_URL", "postgresql://u:secret@127.0.0.1:9/nodb")
     monkeypatch.setenv("RAGSTORE_CONNECT_TIMEOUT_S", "2")
     assert run_cli("search", "anything") == 69
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error[database_unavailable]: connecting to postgresql://u@127.0.0.1:9/nodb")
+    assert err.startswith(
+        "error[database_unavailable]: connecting to postgresql://u@127.0.0.1:9/nodb"
+    )
     assert "secret" not in err
     assert len(err.splitlines()) == 1
 
 
 def test_bad_setting_names_variable_value_and_accepted(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("RAGSTORE_EMBED_BATCH_SIZE", "lots")
     assert run_cli("config", "show") == 78
     err = capsys.readouterr().err
@@ -55,8 +61,9 @@ def test_bad_setting_names_variable_value_and_accepted(
     assert "valid integer" in err
 
 
-def test_config_show_redacts_secrets(monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_show_redacts_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("RAGSTORE_DATABASE_URL", "postgresql://u:hunter2@db/x")
     assert run_cli("config", "show", "--json") == 0
     out = capsys.readouterr().out
@@ -65,8 +72,8 @@ def test_config_show_redacts_secrets(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_demo_upgrades_an_older_embedded_schema_first(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("RAGSTORE_DATABASE_URL", raising=False)
     monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path / "data"))
     assert run_cli("db", "upgrade", "--to", "0001", "--no-backup") == 0

@@ -34,16 +34,25 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def env(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
-    return {**base, "RAGSTORE_DATABASE_URL": database_url, "RAGSTORE_PROFILE": "test",
-            "RAGSTORE_DATA_DIR": str(tmp_path_factory.mktemp("clidata"))}
+    return {
+        **base,
+        "RAGSTORE_DATABASE_URL": database_url,
+        "RAGSTORE_PROFILE": "test",
+        "RAGSTORE_DATA_DIR": str(tmp_path_factory.mktemp("clidata")),
+    }
 
 
 @pytest.fixture(scope="module")
 def server(env: dict[str, str]) -> Iterator[str]:
     """``ragstore serve`` in its own process on a free loopback port; its base URL."""
     port = _free_port()
-    proc = subprocess.Popen([*CLI, "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:
@@ -54,8 +63,11 @@ def server(env: dict[str, str]) -> Iterator[str]:
             except httpx.TransportError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ragstore serve did not start: {proc.stderr.read()}"
-                                   if proc.stderr else "ragstore serve did not start")
+                raise RuntimeError(
+                    f"ragstore serve did not start: {proc.stderr.read()}"
+                    if proc.stderr
+                    else "ragstore serve did not start"
+                )
             time.sleep(0.2)
         yield url
     finally:
@@ -71,8 +83,9 @@ def remote_env(server: str, env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def ingested(remote_env: dict[str, str],
-             tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def ingested(
+    remote_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, object]:
     """Two documents ingested through the server by a CLI process that, with the search
     after it, never imports torch: the server's model did the embedding."""
     folder = tmp_path_factory.mktemp("corpus") / "notes"
@@ -88,8 +101,9 @@ def ingested(remote_env: dict[str, str],
         "heavy = [m for m in ('torch', 'sentence_transformers') if m in sys.modules]\n"
         "print('HEAVY', heavy, file=sys.stderr)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], env=remote_env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=remote_env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     report, hits = proc.stdout.split("---\n")
     return {"report": json.loads(report), "hits": json.loads(hits), "stderr": proc.stderr}
@@ -104,8 +118,7 @@ def local(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAGSTORE_API_KEY", raising=False)
 
 
-def test_ingest_and_search_through_the_server_load_no_model(
-        ingested: dict[str, object]) -> None:
+def test_ingest_and_search_through_the_server_load_no_model(ingested: dict[str, object]) -> None:
     report = ingested["report"]
     assert isinstance(report, dict)
     assert report["counts"] == {"added": 2} and report["failed"] == []
@@ -117,24 +130,35 @@ def test_ingest_and_search_through_the_server_load_no_model(
 
 
 def test_remote_search_of_an_unknown_collection_is_one_line(
-        remote_env: dict[str, str], local: None, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    remote_env: dict[str, str],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
         monkeypatch.setenv(key, remote_env[key])
     assert run_cli("search", "x", "-c", "nope", "--mode", "fulltext") == 66
     assert capsys.readouterr().err.strip() == (
         "error[collection_not_found]: collection 'nope' does not exist (collections: "
-        "remote); ingest into it to create it")
+        "remote); ingest into it to create it"
+    )
 
 
 def test_collections_list_show_create_delete(
-        ingested: dict[str, object], local: None, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    ingested: dict[str, object],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert run_cli("collections", "list", "--json") == 0
     listed = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
     assert listed["remote"]["documents"] == 2 and listed["remote"]["chunks"] == 4
-    assert run_cli("collections", "create", "scratch", "--settings", '{"ts_config": "simple"}',
-                   "--json") == 0
+    assert (
+        run_cli(
+            "collections", "create", "scratch", "--settings", '{"ts_config": "simple"}', "--json"
+        )
+        == 0
+    )
     created = json.loads(capsys.readouterr().out)
     assert created["name"] == "scratch" and created["settings"] == {"ts_config": "simple"}
     assert run_cli("collections", "show", "scratch") == 0
@@ -149,8 +173,12 @@ def test_collections_list_show_create_delete(
 
 
 def test_search_with_context_through_the_server_prints_it(
-        ingested: dict[str, object], remote_env: dict[str, str], local: None,
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    ingested: dict[str, object],
+    remote_env: dict[str, str],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
         monkeypatch.setenv(key, remote_env[key])
     assert run_cli("search", "green tea", "-c", "remote", "-k", "1", "--context", "1") == 0
@@ -160,8 +188,12 @@ def test_search_with_context_through_the_server_prints_it(
 
 
 def test_collections_list_through_the_server(
-        ingested: dict[str, object], remote_env: dict[str, str], local: None,
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    ingested: dict[str, object],
+    remote_env: dict[str, str],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
         monkeypatch.setenv(key, remote_env[key])
     assert run_cli("collections", "list", "--json") == 0
@@ -169,7 +201,8 @@ def test_collections_list_through_the_server(
 
 
 def test_documents_list_show_delete(
-        ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]) -> None:
+    ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli("documents", "list", "-c", "remote", "--json") == 0
     docs = json.loads(capsys.readouterr().out)
     assert [Path(d["source"]).name for d in docs] == ["cats.md", "tea.md"]
@@ -181,12 +214,14 @@ def test_documents_list_show_delete(
     out = capsys.readouterr().out
     assert "cats.md" in out and "tea.md" not in out
     assert run_cli("documents", "show", "missing.md", "-c", "remote") == 66
-    assert capsys.readouterr().err.startswith("error[document_not_found]: document "
-                                              "'missing.md' is not in collection 'remote'")
+    assert capsys.readouterr().err.startswith(
+        "error[document_not_found]: document 'missing.md' is not in collection 'remote'"
+    )
 
 
 def test_models_list_prints_whole_keys_and_checksums(
-        ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]) -> None:
+    ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli("models", "list", "--json") == 0
     models = json.loads(capsys.readouterr().out)
     assert run_cli("models", "list") == 0
@@ -196,19 +231,23 @@ def test_models_list_prints_whole_keys_and_checksums(
 
 
 def test_models_status_takes_c_and_still_the_positional_with_a_deprecation(
-        ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]) -> None:
+    ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli("models", "status", "-c", "remote", "--json") == 0
     spaces = json.loads(capsys.readouterr().out)
     assert [s["status"] for s in spaces] == ["active"]
     assert run_cli("models", "status", "remote", "--json") == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out) == spaces
-    assert captured.err == ("deprecated: `ragstore models status remote` still works but "
-                            "will be removed; use `ragstore models status -c remote`\n")
+    assert captured.err == (
+        "deprecated: `ragstore models status remote` still works but "
+        "will be removed; use `ragstore models status -c remote`\n"
+    )
 
 
 def test_json_on_db_status_and_keys(
-        ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]) -> None:
+    ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli("db", "status", "--json") == 0
     status = json.loads(capsys.readouterr().out)
     assert status["state"] == "current" and status["current"] == status["head"]
@@ -224,8 +263,9 @@ def test_json_on_db_status_and_keys(
 def test_progress_line_every_n_items_or_seconds_after_a_quiet_start() -> None:
     lines: list[str] = []
     now = [0.0]
-    line = ProgressLine("ingesting", "files", every=3, every_s=10.0, write=lines.append,
-                        clock=lambda: now[0])
+    line = ProgressLine(
+        "ingesting", "files", every=3, every_s=10.0, write=lines.append, clock=lambda: now[0]
+    )
     for done in range(1, 7):
         line.update(done, 100)
     assert lines == []  # work that ends within 10 s prints nothing
@@ -234,5 +274,8 @@ def test_progress_line_every_n_items_or_seconds_after_a_quiet_start() -> None:
         line.update(done, 100, "x chunks")
     now[0] = 25.0
     line.update(13, None)
-    assert lines == ["ingesting: 7/100 files, x chunks (10s)",
-                     "ingesting: 10/100 files, x chunks (10s)", "ingesting: 13 files (25s)"]
+    assert lines == [
+        "ingesting: 7/100 files, x chunks (10s)",
+        "ingesting: 10/100 files, x chunks (10s)",
+        "ingesting: 13 files (25s)",
+    ]

@@ -21,25 +21,44 @@ from tests.conftest import run_cli
 USAGE = 64
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["serach", "x"], "error[usage]: No such command 'serach'. Did you mean 'search'? "
-                      "(see 'ragstore --help')"),
-    (["search"], "error[usage]: Missing argument 'QUERY'. (see 'ragstore search --help')"),
-    (["search", "x", "-k", "0"], "error[usage]: Invalid value for '-k': Input should be "
-                                 "greater than or equal to 1 (see 'ragstore search --help')"),
-    (["search", "x", "-k", "abc"], "error[usage]: Invalid value for '-k': Input should be a "
-                                   "valid integer, unable to parse string as an integer "
-                                   "(see 'ragstore search --help')"),
-    (["search", "x", "--zzzz"], "error[usage]: No such option: --zzzz (see 'ragstore search "
-                                "--help')"),
-    (["models", "migrate", "-c", "x", "--to", "m", "--batch-size", "0"],
-     "error[usage]: Invalid value for '--batch-size': Input should be greater than or equal "
-     "to 1 (see 'ragstore models migrate --help')"),
-    (["db", "downgrade"], "error[usage]: Missing option '--to'. (see 'ragstore db downgrade "
-                          "--help')"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["serach", "x"],
+            "error[usage]: No such command 'serach'. Did you mean 'search'? "
+            "(see 'ragstore --help')",
+        ),
+        (["search"], "error[usage]: Missing argument 'QUERY'. (see 'ragstore search --help')"),
+        (
+            ["search", "x", "-k", "0"],
+            "error[usage]: Invalid value for '-k': Input should be "
+            "greater than or equal to 1 (see 'ragstore search --help')",
+        ),
+        (
+            ["search", "x", "-k", "abc"],
+            "error[usage]: Invalid value for '-k': Input should be a "
+            "valid integer, unable to parse string as an integer "
+            "(see 'ragstore search --help')",
+        ),
+        (
+            ["search", "x", "--zzzz"],
+            "error[usage]: No such option: --zzzz (see 'ragstore search --help')",
+        ),
+        (
+            ["models", "migrate", "-c", "x", "--to", "m", "--batch-size", "0"],
+            "error[usage]: Invalid value for '--batch-size': Input should be greater than or equal "
+            "to 1 (see 'ragstore models migrate --help')",
+        ),
+        (
+            ["db", "downgrade"],
+            "error[usage]: Missing option '--to'. (see 'ragstore db downgrade --help')",
+        ),
+    ],
+)
 def test_usage_error_is_one_line_and_exit_64(
-        args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli(*args) == USAGE
     captured = capsys.readouterr()
     assert captured.err.strip() == message
@@ -59,12 +78,23 @@ def test_bare_group_shows_its_help_with_exit_64(capsys: pytest.CaptureFixture[st
 
 
 def test_help_shows_readable_placeholders_not_python_types(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("COLUMNS", "200")
-    python_types = re.compile(r"<(?:str|int|float|bool|path|list|tuple|dict|choice)\b[^>]*>",
-                              re.IGNORECASE)
-    for command in (["search"], ["ingest"], ["import"], ["eval"], ["eval-sections"], ["mcp"],
-                    ["models", "migrate"], ["collections", "create"], ["documents", "list"]):
+    python_types = re.compile(
+        r"<(?:str|int|float|bool|path|list|tuple|dict|choice)\b[^>]*>", re.IGNORECASE
+    )
+    for command in (
+        ["search"],
+        ["ingest"],
+        ["import"],
+        ["eval"],
+        ["eval-sections"],
+        ["mcp"],
+        ["models", "migrate"],
+        ["collections", "create"],
+        ["documents", "list"],
+    ):
         assert run_cli(*command, "--help") == 0
         out = capsys.readouterr().out
         assert python_types.findall(out) == [], (command, out)
@@ -78,7 +108,10 @@ def test_search_defaults_agree_with_the_search_module() -> None:
     from ragstore.search import hybrid
 
     assert (search_cmd.RRF_K, search_cmd.VECTOR_WEIGHT, search_cmd.FULLTEXT_WEIGHT) == (
-        hybrid.DEFAULT_RRF_K, hybrid.DEFAULT_VECTOR_WEIGHT, hybrid.DEFAULT_FULLTEXT_WEIGHT)
+        hybrid.DEFAULT_RRF_K,
+        hybrid.DEFAULT_VECTOR_WEIGHT,
+        hybrid.DEFAULT_FULLTEXT_WEIGHT,
+    )
 
 
 def test_models_constants_agree_with_the_registry() -> None:
@@ -91,7 +124,8 @@ def test_models_constants_agree_with_the_registry() -> None:
 
 
 def test_fulltext_config_db_and_keys_never_import_torch(
-        cli_env: dict[str, str], rt: Runtime) -> None:
+    cli_env: dict[str, str], rt: Runtime
+) -> None:
     rt.collection("lazy", create=True)
     code = (
         "import sys\n"
@@ -103,26 +137,35 @@ def test_fulltext_config_db_and_keys_never_import_torch(
         "               if m in sys.modules)\n"
         "print('HEAVY', heavy, file=sys.stderr)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, **cli_env},
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **cli_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "no results" in proc.stdout
     assert "HEAVY []" in proc.stderr
 
 
 def test_import_short_m_still_works_with_a_deprecation_line(
-        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     # refused on the missing file, after the flag was read
     assert run_cli("import", "/nonexistent.jsonl", "-m", "x@v1", "--dimension", "4") != 0
     err = capsys.readouterr().err
-    assert ("deprecated: `ragstore import -m` still works but will be removed; use --model "
-            "(-m means --mode everywhere else)") in err
+    assert (
+        "deprecated: `ragstore import -m` still works but will be removed; use --model "
+        "(-m means --mode everywhere else)"
+    ) in err
 
 
 def test_import_without_a_model_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli("import", "/nonexistent.jsonl") == USAGE
     assert capsys.readouterr().err.strip() == (
-        "error[usage]: Missing option '--model'. (see 'ragstore import --help')")
+        "error[usage]: Missing option '--model'. (see 'ragstore import --help')"
+    )
 
 
 def _answer(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
@@ -130,8 +173,8 @@ def _answer(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
 
 
 def test_db_downgrade_asks_and_no_changes_nothing(
-        cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     db = Database(cli_env["RAGSTORE_DATABASE_URL"])
     head = migrations.status(db).current
     _answer(monkeypatch, "n\n")
@@ -145,7 +188,8 @@ def test_db_downgrade_asks_and_no_changes_nothing(
 
 
 def test_db_downgrade_with_yes_backs_up_first(
-        cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     db = Database(cli_env["RAGSTORE_DATABASE_URL"])
     revisions = migrations.known_revisions()
     try:
@@ -163,8 +207,11 @@ def test_db_downgrade_with_yes_backs_up_first(
 
 
 def test_restore_asks_and_no_changes_nothing(
-        cli_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     archive = tmp_path / "b.dump"
     assert run_cli("backup", str(archive), "--json") == 0
     info = json.loads(capsys.readouterr().out)

@@ -14,8 +14,9 @@ from ragstore.errors import ConflictError, InputError, RagstoreError
 from ragstore.runtime import Runtime
 
 
-def _create(rt: Runtime, name: str, settings: dict[str, Any] | None = None,
-            dimension: int | None = None) -> repository.Collection:
+def _create(
+    rt: Runtime, name: str, settings: dict[str, Any] | None = None, dimension: int | None = None
+) -> repository.Collection:
     spec = resolve_spec(rt.settings.model)
     if dimension is not None:
         spec = dataclasses.replace(spec, name=f"wide-{dimension}", dimension=dimension)
@@ -28,15 +29,19 @@ def _names(rt: Runtime) -> list[str]:
         return [str(r[0]) for r in conn.execute("SELECT name FROM collections")]
 
 
-@pytest.mark.parametrize(("given", "words"), [
-    ({"ts_config": "klingon"}, ["ts_config 'klingon'", "english", "simple"]),
-    ({"tsconfig": "english"}, ["unknown collection setting 'tsconfig'", "ts_config"]),
-    ({"bm25_b": 2}, ["bm25_b must be a number from 0 to 1, got 2"]),
-    ({"bm25_k1": True}, ["bm25_k1 must be a number"]),
-    ({"ts_config": "eng\x00lish"}, ["ts_config must be text"]),
-])
-def test_bad_settings_are_refused_at_creation(rt: Runtime, given: dict[str, Any],
-                                              words: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        ({"ts_config": "klingon"}, ["ts_config 'klingon'", "english", "simple"]),
+        ({"tsconfig": "english"}, ["unknown collection setting 'tsconfig'", "ts_config"]),
+        ({"bm25_b": 2}, ["bm25_b must be a number from 0 to 1, got 2"]),
+        ({"bm25_k1": True}, ["bm25_k1 must be a number"]),
+        ({"ts_config": "eng\x00lish"}, ["ts_config must be text"]),
+    ],
+)
+def test_bad_settings_are_refused_at_creation(
+    rt: Runtime, given: dict[str, Any], words: list[str]
+) -> None:
     with pytest.raises(InputError) as err:
         _create(rt, "zz", given)
     assert err.value.code == "invalid_input" and err.value.http_status == 422
@@ -64,8 +69,9 @@ def test_a_failed_creation_leaves_nothing_behind(rt: Runtime) -> None:
     assert err.value.http_status == 422, str(err.value)
     assert "wide" not in _names(rt)
     with rt.db.connection() as conn:
-        orphans = conn.execute("SELECT count(*) FROM embedding_spaces"
-                               " WHERE collection_id IS NULL OR table_name LIKE 'emb_pending%'"
-                               ).fetchone()
+        orphans = conn.execute(
+            "SELECT count(*) FROM embedding_spaces"
+            " WHERE collection_id IS NULL OR table_name LIKE 'emb_pending%'"
+        ).fetchone()
     assert orphans is not None and orphans[0] == 0
     assert _create(rt, "wide").name == "wide"  # the name is free again

@@ -46,14 +46,17 @@ def test_the_table_sends_input_to_4xx_and_only_connections_to_503() -> None:
             assert 400 <= status < 500, key
 
 
-@pytest.mark.parametrize("exc, expected", [
-    (pg.SyntaxError("bug"), DatabaseError),            # 42601: our bug, 500
-    (pg.UndefinedTable("bug"), DatabaseError),         # 42P01: our bug, 500
-    (psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"), InputError),
-    (psycopg.OperationalError("connection failed"), DatabaseUnavailableError),
-    (psycopg.InterfaceError("the connection is closed"), DatabaseUnavailableError),
-    (PoolTimeout("no connection"), DatabaseUnavailableError),
-])
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (pg.SyntaxError("bug"), DatabaseError),  # 42601: our bug, 500
+        (pg.UndefinedTable("bug"), DatabaseError),  # 42P01: our bug, 500
+        (psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"), InputError),
+        (psycopg.OperationalError("connection failed"), DatabaseUnavailableError),
+        (psycopg.InterfaceError("the connection is closed"), DatabaseUnavailableError),
+        (PoolTimeout("no connection"), DatabaseUnavailableError),
+    ],
+)
 def test_errors_outside_the_table(exc: Exception, expected: type[RagstoreError]) -> None:
     assert classify(exc)[0] is expected
     assert type(translate(exc, "x")) is expected

@@ -27,8 +27,9 @@ def _local(name: str, batch_size: int = 4) -> SentenceTransformerEmbedder:
 def test_vectors_match_sentence_transformers_encode_in_the_callers_order() -> None:
     embedder = _local("all-MiniLM-L6-v2")
     ours = embedder.embed_texts(TEXTS)
-    theirs = embedder.model.encode(TEXTS, batch_size=4, normalize_embeddings=True,
-                                   convert_to_numpy=True)
+    theirs = embedder.model.encode(
+        TEXTS, batch_size=4, normalize_embeddings=True, convert_to_numpy=True
+    )
     assert ours.shape == (len(TEXTS), 384) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)

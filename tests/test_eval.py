@@ -29,8 +29,10 @@ def ranx_scores(run: Run, qrels: Qrels) -> dict[str, float]:
     from ranx import Run as RRun
     from ranx import evaluate as revaluate
 
-    scored = {q: {d: float(len(docs) - i) for i, d in enumerate(docs)} or {"__none__": 0.0}
-              for q, docs in run.items()}
+    scored = {
+        q: {d: float(len(docs) - i) for i, d in enumerate(docs)} or {"__none__": 0.0}
+        for q, docs in run.items()
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba's cast warnings inside ranx
         out = revaluate(RQrels(qrels), RRun(scored), ["ndcg@10", "recall@100", "mrr@10"])
@@ -79,9 +81,10 @@ def test_metrics_match_ranx_on_the_runs_of_every_mode(rt: Runtime, dataset: Path
 def test_metrics_match_ranx_on_random_graded_runs() -> None:
     rng = random.Random(7)
     docs = [f"d{i}" for i in range(300)]
-    qrels: Qrels = {f"q{i}": {d: rng.choice([0, 1, 2, 3])
-                              for d in rng.sample(docs, rng.randint(1, 40))}
-                    for i in range(60)}
+    qrels: Qrels = {
+        f"q{i}": {d: rng.choice([0, 1, 2, 3]) for d in rng.sample(docs, rng.randint(1, 40))}
+        for i in range(60)
+    }
     for q in qrels:  # every query needs something relevant for ranx and trec_eval to agree
         qrels[q][rng.choice(docs)] = 1
     run: Run = {q: rng.sample(docs, rng.randint(1, 150)) for q in qrels}
@@ -94,14 +97,17 @@ def test_ingest_records_skips_unchanged_and_replaces_changed(rt: Runtime) -> Non
     assert ingest_records(rt, "eval-cache", records) == 0
     assert ingest_records(rt, "eval-cache", [("a", "Alpha", "changed text"), records[1]]) == 1
     with rt.db.connection() as conn:
-        rows = conn.execute("SELECT d.source, c.text FROM chunks c JOIN documents d"
-                            " ON d.id = c.document_id JOIN collections k ON k.id = d.collection_id"
-                            " WHERE k.name = 'eval-cache' ORDER BY 1").fetchall()
+        rows = conn.execute(
+            "SELECT d.source, c.text FROM chunks c JOIN documents d"
+            " ON d.id = c.document_id JOIN collections k ON k.id = d.collection_id"
+            " WHERE k.name = 'eval-cache' ORDER BY 1"
+        ).fetchall()
     assert rows == [("a", "Alpha\nchanged text"), ("b", "Beta\nsecond text")]
 
 
 def test_eval_cli_reports_each_mode_and_reuses_the_collection(
-        cli_env: dict[str, str], dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli("eval", str(dataset), "--json", "-c", "eval-cli") == 0
     first = capsys.readouterr()
     metrics = json.loads(first.out)

@@ -19,24 +19,49 @@ COLL = "filters"
 @pytest.fixture(scope="module")
 def docs(rt: Runtime) -> Runtime:
     coll = make_collection(rt, COLL)
-    write_docs(rt, coll, [
-        Doc("a.md", ["Quarterly search relevance report."], page=1, title="Report",
-            metadata={"year": 2019, "team": "search", "tags": ["x", "y"],
-                      "author": {"name": "Ann", "age": 40}},
-            chunk_metadata={"lang": "en", "year": 2018}),
-        Doc("b.md", ["Latency table for the ingest workers."], chunk_type=ChunkType.TABLE,
-            page=2, metadata={"year": 2021, "team": "infra", "author": {"name": "Bob"}}),
-        Doc("c.md", ["def rank(hits): return sorted(hits)"], chunk_type=ChunkType.CODE,
-            metadata={"year": 2023, "team": "search", "draft": True, "title_word": "Zeta"}),
-        Doc("d.md", ["Meeting notes about the roadmap."], page=5,
-            metadata={"year": "unknown", "team": None}),
-    ])
+    write_docs(
+        rt,
+        coll,
+        [
+            Doc(
+                "a.md",
+                ["Quarterly search relevance report."],
+                page=1,
+                title="Report",
+                metadata={
+                    "year": 2019,
+                    "team": "search",
+                    "tags": ["x", "y"],
+                    "author": {"name": "Ann", "age": 40},
+                },
+                chunk_metadata={"lang": "en", "year": 2018},
+            ),
+            Doc(
+                "b.md",
+                ["Latency table for the ingest workers."],
+                chunk_type=ChunkType.TABLE,
+                page=2,
+                metadata={"year": 2021, "team": "infra", "author": {"name": "Bob"}},
+            ),
+            Doc(
+                "c.md",
+                ["def rank(hits): return sorted(hits)"],
+                chunk_type=ChunkType.CODE,
+                metadata={"year": 2023, "team": "search", "draft": True, "title_word": "Zeta"},
+            ),
+            Doc(
+                "d.md",
+                ["Meeting notes about the roadmap."],
+                page=5,
+                metadata={"year": "unknown", "team": None},
+            ),
+        ],
+    )
     return rt
 
 
 def sources(rt: Runtime, where: dict[str, Any], mode: str = "vector") -> set[str]:
-    hits = search(rt, "report about search", collection=COLL, k=50, where=where,
-                  mode=mode)  # type: ignore[arg-type]
+    hits = search(rt, "report about search", collection=COLL, k=50, where=where, mode=mode)  # type: ignore[arg-type]
     return {h.source for h in hits}
 
 
@@ -83,18 +108,29 @@ CASES: list[tuple[str, dict[str, Any], set[str]]] = [
 ]
 
 
-@pytest.mark.parametrize(("where", "expected"), [(w, e) for _, w, e in CASES],
-                         ids=[name for name, _, _ in CASES])
-def test_filter_operator_on_vector_search(docs: Runtime, where: dict[str, Any],
-                                          expected: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("where", "expected"), [(w, e) for _, w, e in CASES], ids=[name for name, _, _ in CASES]
+)
+def test_filter_operator_on_vector_search(
+    docs: Runtime, where: dict[str, Any], expected: set[str]
+) -> None:
     assert sources(docs, where) == expected
 
 
 @pytest.mark.parametrize("name", ["eq-builtin", "ne", "gte", "or", "not", "dotted"])
 def test_filter_applies_to_fulltext_search_too(docs: Runtime, name: str) -> None:
     _, where, expected = next(c for c in CASES if c[0] == name)
-    fulltext = {h.source for h in search(docs, "report OR latency OR rank OR notes",
-                                         collection=COLL, k=50, where=where, mode="fulltext")}
+    fulltext = {
+        h.source
+        for h in search(
+            docs,
+            "report OR latency OR rank OR notes",
+            collection=COLL,
+            k=50,
+            where=where,
+            mode="fulltext",
+        )
+    }
     assert fulltext == expected
 
 
@@ -116,28 +152,48 @@ def test_compiled_filter_carries_values_only_as_parameters() -> None:
     assert [evil] in compiled.params.values() and 3 in compiled.params.values()
 
 
-@pytest.mark.parametrize(("where", "message"), [
-    ({"year": {"$regex": "x"}}, "invalid filter at 'year': unknown operator '$regex'; use one of "
-                                "$eq, $ne, $in, $nin, $gt, $gte, $lt, $lte, $exists"),
-    ({"$nor": []}, "invalid filter at the top level: unknown operator '$nor'"),
-    ({"$or": {"a": 1}}, "invalid filter at '$or': $or takes a non-empty array of filter objects, "
-                        "got an object"),
-    ({"$and": [{"a": 1}, 3]}, "invalid filter at '$and[1]': expected a filter object, "
-                              "got a number"),
-    ({"$not": []}, "invalid filter at '$not': $not takes a non-empty filter object, got an array"),
-    ({"a..b": 1}, "invalid filter path 'a..b'"),
-    ({"year": {"$in": 2020}}, "invalid filter at 'year': $in takes an array, got a number"),
-    ({"year": {"$gt": True}}, "invalid filter at 'year': $gt compares numbers or strings, "
-                              "got a boolean"),
-    ({"draft": {"$exists": "yes"}}, "invalid filter at 'draft': $exists takes true or false"),
-    ({"page": {"$gte": "two"}}, "invalid filter at 'page': $gte needs an integer, got a string"),
-    ({"chunk_type": "tabel"}, "invalid filter at 'chunk_type': unknown chunk type 'tabel'"),
-    ({"created_at": {"$gt": "last week"}}, "invalid filter at 'created_at': 'last week' is not "
-                                           "an ISO 8601 date"),
-    ({"year": {"$gt": 1, "x": 2}}, "invalid filter at 'year': an object mixes operators"),
-    ({"$gt": 3}, "invalid filter at the top level: $gt needs a field"),
-    ({"$or": [{"a": {"$foo": 1}}]}, "invalid filter at 'a': unknown operator '$foo'"),
-])
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        (
+            {"year": {"$regex": "x"}},
+            "invalid filter at 'year': unknown operator '$regex'; use one of "
+            "$eq, $ne, $in, $nin, $gt, $gte, $lt, $lte, $exists",
+        ),
+        ({"$nor": []}, "invalid filter at the top level: unknown operator '$nor'"),
+        (
+            {"$or": {"a": 1}},
+            "invalid filter at '$or': $or takes a non-empty array of filter objects, got an object",
+        ),
+        (
+            {"$and": [{"a": 1}, 3]},
+            "invalid filter at '$and[1]': expected a filter object, got a number",
+        ),
+        (
+            {"$not": []},
+            "invalid filter at '$not': $not takes a non-empty filter object, got an array",
+        ),
+        ({"a..b": 1}, "invalid filter path 'a..b'"),
+        ({"year": {"$in": 2020}}, "invalid filter at 'year': $in takes an array, got a number"),
+        (
+            {"year": {"$gt": True}},
+            "invalid filter at 'year': $gt compares numbers or strings, got a boolean",
+        ),
+        ({"draft": {"$exists": "yes"}}, "invalid filter at 'draft': $exists takes true or false"),
+        (
+            {"page": {"$gte": "two"}},
+            "invalid filter at 'page': $gte needs an integer, got a string",
+        ),
+        ({"chunk_type": "tabel"}, "invalid filter at 'chunk_type': unknown chunk type 'tabel'"),
+        (
+            {"created_at": {"$gt": "last week"}},
+            "invalid filter at 'created_at': 'last week' is not an ISO 8601 date",
+        ),
+        ({"year": {"$gt": 1, "x": 2}}, "invalid filter at 'year': an object mixes operators"),
+        ({"$gt": 3}, "invalid filter at the top level: $gt needs a field"),
+        ({"$or": [{"a": {"$foo": 1}}]}, "invalid filter at 'a': unknown operator '$foo'"),
+    ],
+)
 def test_invalid_filter_names_the_operator_or_path(where: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidFilterError) as info:
         compile_filter(where)

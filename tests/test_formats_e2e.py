@@ -27,17 +27,30 @@ def ingested(rt: Runtime, tmp_path_factory: pytest.TempPathFactory) -> IngestRep
 def test_every_format_of_the_corpus_is_ingested(rt: Runtime, ingested: IngestReport) -> None:
     assert not ingested.failed
     assert sorted(Path(o.source).name for o in ingested.outcomes if o.status == "added") == [
-        "billing.py", "coffee.html", "guide.md", "handbook.pdf", "inventory.docx",
-        "notes.txt", "server.go"]
+        "billing.py",
+        "coffee.html",
+        "guide.md",
+        "handbook.pdf",
+        "inventory.docx",
+        "notes.txt",
+        "server.go",
+    ]
     with rt.db.connection() as conn:
-        rows = conn.execute("SELECT d.format, d.metadata FROM documents d JOIN collections c"
-                            " ON c.id = d.collection_id WHERE c.name = %s",
-                            (COLLECTION,)).fetchall()
+        rows = conn.execute(
+            "SELECT d.format, d.metadata FROM documents d JOIN collections c"
+            " ON c.id = d.collection_id WHERE c.name = %s",
+            (COLLECTION,),
+        ).fetchall()
     meta = {Path(m["path"]).name: (fmt, m) for fmt, m in rows}
     assert {name: fmt for name, (fmt, _) in meta.items()} == {
-        "billing.py": "code", "coffee.html": "html", "guide.md": "markdown",
-        "handbook.pdf": "pdf", "inventory.docx": "docx", "notes.txt": "text",
-        "server.go": "code"}
+        "billing.py": "code",
+        "coffee.html": "html",
+        "guide.md": "markdown",
+        "handbook.pdf": "pdf",
+        "inventory.docx": "docx",
+        "notes.txt": "text",
+        "server.go": "code",
+    }
     assert meta["billing.py"][1]["language"] == "python"
     assert meta["server.go"][1]["language"] == "go"
     assert meta["guide.md"][1]["language"] == "English"
@@ -46,8 +59,7 @@ def test_every_format_of_the_corpus_is_ingested(rt: Runtime, ingested: IngestRep
     assert all(m["project"] == "e2e" for _, m in meta.values())
 
 
-def test_search_finds_a_sentence_inside_a_docx_table(rt: Runtime,
-                                                     ingested: IngestReport) -> None:
+def test_search_finds_a_sentence_inside_a_docx_table(rt: Runtime, ingested: IngestReport) -> None:
     hits = search(rt, "where are the spare turbine blades kept?", collection=COLLECTION, k=3)
     top = hits[0]
     assert Path(top.source).name == "inventory.docx"
@@ -57,8 +69,9 @@ def test_search_finds_a_sentence_inside_a_docx_table(rt: Runtime,
 
 
 def test_search_finds_a_function_in_a_code_file(rt: Runtime, ingested: IngestReport) -> None:
-    hits = search(rt, "function that computes the VAT owed on an invoice",
-                  collection=COLLECTION, k=3)
+    hits = search(
+        rt, "function that computes the VAT owed on an invoice", collection=COLLECTION, k=3
+    )
     top = hits[0]
     assert Path(top.source).name == "billing.py"
     assert top.chunk_type == "code"
@@ -67,10 +80,8 @@ def test_search_finds_a_function_in_a_code_file(rt: Runtime, ingested: IngestRep
     assert top.metadata["language"] == "python"
 
 
-def test_search_finds_a_paragraph_on_page_3_of_a_pdf(rt: Runtime,
-                                                     ingested: IngestReport) -> None:
-    hits = search(rt, "how much ice have glaciers in the Alps lost?", collection=COLLECTION,
-                  k=3)
+def test_search_finds_a_paragraph_on_page_3_of_a_pdf(rt: Runtime, ingested: IngestReport) -> None:
+    hits = search(rt, "how much ice have glaciers in the Alps lost?", collection=COLLECTION, k=3)
     top = hits[0]
     assert Path(top.source).name == "handbook.pdf"
     assert top.page == 3 and top.chunk_type == "page_text"
@@ -78,8 +89,9 @@ def test_search_finds_a_paragraph_on_page_3_of_a_pdf(rt: Runtime,
     assert top.section_path == ["Ice"]
 
 
-def test_context_n_adds_neighbouring_chunks_on_each_side(rt: Runtime,
-                                                         ingested: IngestReport) -> None:
+def test_context_n_adds_neighbouring_chunks_on_each_side(
+    rt: Runtime, ingested: IngestReport
+) -> None:
     hits = search(rt, "where are the spare turbine blades kept?", collection=COLLECTION, k=1)
     [hit] = with_context(rt, hits, 1)
     # the list and the quote before the table share one chunk; the table stands alone
@@ -91,21 +103,36 @@ def test_context_n_adds_neighbouring_chunks_on_each_side(rt: Runtime,
 
 
 def test_context_section_returns_the_section_once_for_hits_that_share_it(
-        rt: Runtime, ingested: IngestReport) -> None:
-    hits = search(rt, "spare parts store rules tickets damaged parts", collection=COLLECTION,
-                  k=10, mode="vector")
-    docx_hits = [h for h in hits if Path(h.source).name == "inventory.docx"
-                 and h.section_path == ["Inventory", "Reference"]]
+    rt: Runtime, ingested: IngestReport
+) -> None:
+    hits = search(
+        rt,
+        "spare parts store rules tickets damaged parts",
+        collection=COLLECTION,
+        k=10,
+        mode="vector",
+    )
+    docx_hits = [
+        h
+        for h in hits
+        if Path(h.source).name == "inventory.docx" and h.section_path == ["Inventory", "Reference"]
+    ]
     assert len(docx_hits) >= 2
     shown = with_context(rt, hits, "section")
-    reference = [h for h in shown if Path(h.source).name == "inventory.docx"
-                 and h.section_path == ["Inventory", "Reference"]]
+    reference = [
+        h
+        for h in shown
+        if Path(h.source).name == "inventory.docx" and h.section_path == ["Inventory", "Reference"]
+    ]
     assert len(reference) == 1, "hits sharing a section are merged"
     section = reference[0]
-    assert sorted([section.chunk_id, *section.merged_hits]) == sorted(
-        h.chunk_id for h in docx_hits)
+    assert sorted([section.chunk_id, *section.merged_hits]) == sorted(h.chunk_id for h in docx_hits)
     assert [c.chunk_type for c in section.context] == [
-        "heading", "paragraph", "table", "paragraph"], "list and quote merged, table alone"
+        "heading",
+        "paragraph",
+        "table",
+        "paragraph",
+    ], "list and quote merged, table alone"
     assert section.context[0].text == "Reference"
     accounted = [i for h in shown for i in (h.chunk_id, *h.merged_hits)]
     assert sorted(accounted) == sorted(h.chunk_id for h in hits), "every hit exactly once"
@@ -117,9 +144,9 @@ def test_context_section_returns_the_section_once_for_hits_that_share_it(
 
 
 def test_context_section_of_a_pdf_page_without_heading_stays_on_its_page(
-        rt: Runtime, ingested: IngestReport) -> None:
-    hits = search(rt, "how much ice have glaciers in the Alps lost?", collection=COLLECTION,
-                  k=1)
+    rt: Runtime, ingested: IngestReport
+) -> None:
+    hits = search(rt, "how much ice have glaciers in the Alps lost?", collection=COLLECTION, k=1)
     [hit] = with_context(rt, hits, "section")
     assert [(c.chunk_type, c.page) for c in hit.context] == [("heading", 3), ("page_text", 3)]
 
@@ -132,17 +159,29 @@ def test_invalid_context_is_refused() -> None:
     assert parse_context("Section") == "section" and parse_context("3") == 3
 
 
-def test_cli_search_with_context(cli_env: dict[str, str], ingested: IngestReport,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_search_with_context(
+    cli_env: dict[str, str], ingested: IngestReport, capsys: pytest.CaptureFixture[str]
+) -> None:
     capsys.readouterr()
-    assert run_cli("search", "where are the spare turbine blades kept?", "-c", COLLECTION,
-                   "-k", "1", "--context", "section", "--json") == 0
+    assert (
+        run_cli(
+            "search",
+            "where are the spare turbine blades kept?",
+            "-c",
+            COLLECTION,
+            "-k",
+            "1",
+            "--context",
+            "section",
+            "--json",
+        )
+        == 0
+    )
     [hit] = json.loads(capsys.readouterr().out)
     assert hit["context_mode"] == "section"
     assert hit["context"][0]["chunk_type"] == "heading"
     assert any(c["is_hit"] and DOCX_TABLE_SENTENCE in c["text"] for c in hit["context"])
-    assert run_cli("search", "turbine blades", "-c", COLLECTION, "-k", "1",
-                   "--context", "1") == 0
+    assert run_cli("search", "turbine blades", "-c", COLLECTION, "-k", "1", "--context", "1") == 0
     out = capsys.readouterr().out
     assert "context of hit 1 (1):" in out and ">> [" in out
     assert run_cli("search", "x", "-c", COLLECTION, "--context", "lots") != 0

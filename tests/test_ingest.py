@@ -26,10 +26,12 @@ DOC_B = "Sourdough bread rises slowly.\n\nFeed the starter with flour and water 
 def _counts(rt: Runtime, collection: str) -> tuple[int, int, int]:
     coll = rt.collection(collection)
     with rt.db.connection() as conn:
-        docs = conn.execute("SELECT count(*) FROM documents WHERE collection_id = %s",
-                            (coll.id,)).fetchone()
-        chunks = conn.execute("SELECT count(*), max(id) FROM chunks WHERE collection_id = %s",
-                              (coll.id,)).fetchone()
+        docs = conn.execute(
+            "SELECT count(*) FROM documents WHERE collection_id = %s", (coll.id,)
+        ).fetchone()
+        chunks = conn.execute(
+            "SELECT count(*), max(id) FROM chunks WHERE collection_id = %s", (coll.id,)
+        ).fetchone()
         vecs = conn.execute(f"SELECT count(*) FROM {coll.table}").fetchone()
     assert docs and chunks and vecs
     return int(docs[0]), int(chunks[0]), int(vecs[0])
@@ -59,7 +61,8 @@ def test_ingest_records_section_path_and_parent(rt: Runtime, corpus: Path) -> No
     with rt.db.connection() as conn:
         row = conn.execute(
             "SELECT c.section_path, p.text, c.text, c.metadata FROM chunks c"
-            " JOIN chunks p ON p.id = c.parent_id WHERE c.text LIKE '%Prune roses%'").fetchone()
+            " JOIN chunks p ON p.id = c.parent_id WHERE c.text LIKE '%Prune roses%'"
+        ).fetchone()
     assert row is not None
     # "Roses" is too short for a chunk of its own: it runs on from "Tomatoes", its heading
     # line kept in the text and named in the metadata
@@ -69,7 +72,8 @@ def test_ingest_records_section_path_and_parent(rt: Runtime, corpus: Path) -> No
 
 
 def test_reingest_of_unchanged_files_embeds_nothing_and_writes_nothing(
-        rt: Runtime, corpus: Path) -> None:
+    rt: Runtime, corpus: Path
+) -> None:
     ingest_paths(rt, [corpus], "idem")
     before = _counts(rt, "idem")
     with rt.db.connection() as conn:
@@ -79,12 +83,15 @@ def test_reingest_of_unchanged_files_embeds_nothing_and_writes_nothing(
     assert report.embedded == 0 and report.reused == 0
     assert _counts(rt, "idem") == before
     with rt.db.connection() as conn:
-        assert conn.execute(
-            "SELECT source, updated_at FROM documents ORDER BY source").fetchall() == stamps
+        assert (
+            conn.execute("SELECT source, updated_at FROM documents ORDER BY source").fetchall()
+            == stamps
+        )
 
 
 def test_changed_file_is_replaced_and_unchanged_chunks_reuse_their_vectors(
-        rt: Runtime, corpus: Path) -> None:
+    rt: Runtime, corpus: Path
+) -> None:
     ingest_paths(rt, [corpus], "change")
     herbs = " ".join(["Basil likes warmth and rich soil, and a sunny windowsill indoors."] * 6)
     (corpus / "garden.md").write_text(DOC_A + f"\n## Herbs\n\n{herbs}\n")
@@ -112,8 +119,12 @@ def test_bad_files_fail_alone_and_leave_nothing_behind(rt: Runtime, tmp_path: Pa
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
     report = ingest_paths(rt, [tmp_path, tmp_path / "missing.md"], "bad")
     codes = {Path(o.source).name: o.code for o in report.failed}
-    assert codes == {"empty.md": "empty_document", "binary.txt": "binary_file",
-                     "latin1.txt": "invalid_encoding", "missing.md": "path_not_found"}
+    assert codes == {
+        "empty.md": "empty_document",
+        "binary.txt": "binary_file",
+        "latin1.txt": "invalid_encoding",
+        "missing.md": "path_not_found",
+    }
     assert report.count("added") == 1
     latin = next(o for o in report.failed if o.code == "invalid_encoding")
     assert "invalid UTF-8 at byte 3 (line 1)" in (latin.error or "")
@@ -122,7 +133,8 @@ def test_bad_files_fail_alone_and_leave_nothing_behind(rt: Runtime, tmp_path: Pa
 
 
 def test_a_round_that_fails_in_the_database_falls_back_to_one_document_at_a_time(
-        rt: Runtime, tmp_path: Path) -> None:
+    rt: Runtime, tmp_path: Path
+) -> None:
     """A round is written in one transaction; when the database refuses one document, the
     round is retried document by document: that one fails alone, leaving nothing behind,
     and the others of the same round are stored."""

@@ -33,10 +33,12 @@ def _types(doc: object) -> list[str]:
 def test_markdown_front_matter_is_document_metadata_and_tables_have_a_shape() -> None:
     doc = parse_bytes((MIXED / "guide.md").read_bytes(), "guide.md")
     assert doc.format == "markdown"
-    assert doc.metadata == {"title": "Field guide to the office", "team": "facilities",
-                            "tags": ["office", "onboarding"]}
-    assert _types(doc) == ["heading", "heading", "paragraph", "heading", "list", "quote",
-                           "table"]
+    assert doc.metadata == {
+        "title": "Field guide to the office",
+        "team": "facilities",
+        "tags": ["office", "onboarding"],
+    }
+    assert _types(doc) == ["heading", "heading", "paragraph", "heading", "list", "quote", "table"]
     table = doc.blocks[-1]
     assert table.section_path == ("Field guide to the office", "Meeting rooms")
     assert table.metadata == {"rows": 3, "columns": 3, "header_lines": 2}
@@ -50,8 +52,9 @@ def test_html_drops_scripts_navigation_and_footer_and_keeps_structure() -> None:
     text = " ".join(b.text for b in doc.blocks)
     for boilerplate in ("tracking", "Home", "Copyright", "font-family"):
         assert boilerplate not in text
-    assert doc.blocks[1].text == ("Descale the espresso machine every two weeks with citric "
-                                  "acid, or the boiler clogs.")
+    assert doc.blocks[1].text == (
+        "Descale the espresso machine every two weeks with citric acid, or the boiler clogs."
+    )
     assert doc.blocks[3].text == "- Fill the water tank.\n- Purge the steam wand after use."
     assert doc.blocks[4].metadata == {"language": "bash"}
     assert doc.blocks[4].section_path == ("Espresso machine", "Daily routine")
@@ -62,8 +65,16 @@ def test_pdf_keeps_page_numbers_and_turns_the_outline_into_sections() -> None:
     assert doc.format == "pdf" and doc.title == "Climate handbook"
     assert doc.metadata == {"pages": 4}
     pages = [(b.type.value, b.page) for b in doc.blocks]
-    assert pages == [("heading", 1), ("page_text", 1), ("heading", 2), ("page_text", 2),
-                     ("heading", 3), ("page_text", 3), ("heading", 4), ("page_text", 4)]
+    assert pages == [
+        ("heading", 1),
+        ("page_text", 1),
+        ("heading", 2),
+        ("page_text", 2),
+        ("heading", 3),
+        ("page_text", 3),
+        ("heading", 4),
+        ("page_text", 4),
+    ]
     page3 = doc.blocks[5]
     assert PDF_PAGE3_PARAGRAPH in " ".join(page3.text.split())
     assert page3.section_path == ("Ice",)
@@ -74,16 +85,30 @@ def test_docx_reads_headings_lists_quotes_and_tables_in_body_order(tmp_path: Pat
     doc = parse_bytes(path.read_bytes(), "inventory.docx")
     assert doc.format == "docx" and doc.title == "Inventory"
     assert doc.metadata["author"] == "ragstore tests"
-    assert _types(doc) == ["heading", "heading", "paragraph", "heading", "paragraph",
-                           "heading", "list", "quote", "table", "paragraph"]
+    assert _types(doc) == [
+        "heading",
+        "heading",
+        "paragraph",
+        "heading",
+        "paragraph",
+        "heading",
+        "list",
+        "quote",
+        "table",
+        "paragraph",
+    ]
     table = doc.blocks[8]
     assert table.text.split("\n") == [
-        "| Site | Notes |", "|---|---|", f"| North | {DOCX_TABLE_SENTENCE} |",
-        "| South | The south depot keeps pallets of copper cable. |"]
+        "| Site | Notes |",
+        "|---|---|",
+        f"| North | {DOCX_TABLE_SENTENCE} |",
+        "| South | The south depot keeps pallets of copper cable. |",
+    ]
     assert table.metadata == {"rows": 3, "columns": 2, "header_lines": 2}
     assert table.section_path == ("Inventory", "Reference")
-    assert doc.blocks[6].text == ("- Sign out every part you take.\n"
-                                  "- Report damaged parts the same day.")
+    assert doc.blocks[6].text == (
+        "- Sign out every part you take.\n- Report damaged parts the same day."
+    )
 
 
 def test_python_is_split_at_top_level_definitions_with_their_comments() -> None:
@@ -101,7 +126,7 @@ def test_python_is_split_at_top_level_definitions_with_their_comments() -> None:
     assert [b.metadata.get("symbol") for b in doc.blocks] == [None, "helper", "Thing"]
     assert doc.blocks[1].metadata["lines"] == [6, 9]
     for b in doc.blocks:
-        assert source[b.char_start:b.char_end] == b.text
+        assert source[b.char_start : b.char_end] == b.text
 
 
 def test_go_is_split_at_top_level_functions_ignoring_braces_in_strings_and_comments() -> None:
@@ -114,18 +139,22 @@ def test_go_is_split_at_top_level_functions_ignoring_braces_in_strings_and_comme
     assert [b.metadata.get("symbol") for b in blocks] == ["a", "b"]
 
 
-@pytest.mark.parametrize(("name", "data", "expected"), [
-    ("report.txt", b"%PDF-1.7\n...", "pdf"),
-    ("page.md", b"<!DOCTYPE html><html><body><p>x</p></body></html>", "html"),
-    ("deploy", b"#!/usr/bin/env bash\necho hi\n", "code"),
-    ("notes.txt", b"#!/usr/bin/env python3\nprint(1)\n", "code"),
-    ("README", b"just words\n", "text"),
-    ("data.csv", b"a,b\n1,2\n", "text"),
-    ("guide.md", b"# Title\n", "markdown"),
-    ("lib.rs", b"fn main() {}\n", "code"),
-])
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("report.txt", b"%PDF-1.7\n...", "pdf"),
+        ("page.md", b"<!DOCTYPE html><html><body><p>x</p></body></html>", "html"),
+        ("deploy", b"#!/usr/bin/env bash\necho hi\n", "code"),
+        ("notes.txt", b"#!/usr/bin/env python3\nprint(1)\n", "code"),
+        ("README", b"just words\n", "text"),
+        ("data.csv", b"a,b\n1,2\n", "text"),
+        ("guide.md", b"# Title\n", "markdown"),
+        ("lib.rs", b"fn main() {}\n", "code"),
+    ],
+)
 def test_format_comes_from_the_content_as_well_as_the_extension(
-        name: str, data: bytes, expected: str) -> None:
+    name: str, data: bytes, expected: str
+) -> None:
     assert detect_format(name, data) == expected
 
 
@@ -146,8 +175,10 @@ def test_encrypted_pdf_is_refused_unless_its_password_is_empty() -> None:
     with pytest.raises(EncryptedDocumentError) as err:
         parse_bytes(pdf_bytes([["secret plans"]], password="hunter2"), "locked.pdf")
     assert err.value.code == "encrypted_document"
-    assert str(err.value) == ("locked.pdf: the PDF is encrypted with a password; save an "
-                              "unencrypted copy (e.g. qpdf --decrypt) and ingest that")
+    assert str(err.value) == (
+        "locked.pdf: the PDF is encrypted with a password; save an "
+        "unencrypted copy (e.g. qpdf --decrypt) and ingest that"
+    )
     doc = parse_bytes(pdf_bytes([["open to all"]], password=""), "open.pdf")
     assert "open to all" in doc.blocks[0].text
 
@@ -160,8 +191,10 @@ def test_pdf_without_text_is_empty() -> None:
 def test_docx_that_is_not_a_zip_is_refused() -> None:
     with pytest.raises(CorruptDocumentError) as err:
         parse_bytes(b"this is plain text pretending to be a docx", "fake.docx")
-    assert str(err.value) == ("fake.docx: not a valid DOCX file (not a zip archive); re-save "
-                              "it from Word or LibreOffice as .docx")
+    assert str(err.value) == (
+        "fake.docx: not a valid DOCX file (not a zip archive); re-save "
+        "it from Word or LibreOffice as .docx"
+    )
 
 
 def test_mixed_encodings_are_refused_with_the_offset() -> None:
@@ -169,7 +202,8 @@ def test_mixed_encodings_are_refused_with_the_offset() -> None:
     with pytest.raises(DecodeError) as err:
         parse_bytes(data, "menu.txt")
     assert str(err.value).startswith(
-        "menu.txt: mixed encodings: valid UTF-8 before, invalid UTF-8 at byte 15 (line 2)")
+        "menu.txt: mixed encodings: valid UTF-8 before, invalid UTF-8 at byte 15 (line 2)"
+    )
 
 
 def test_unknown_binary_file_is_refused() -> None:
@@ -180,18 +214,25 @@ def test_unknown_binary_file_is_refused() -> None:
 def test_detected_language_is_the_programming_or_the_natural_language() -> None:
     code = parse_bytes((MIXED / "src" / "billing.py").read_bytes(), "billing.py")
     assert detect_language(code) == "python"
-    french = parse_bytes("Le chat est assis sur le tapis. Il a plu toute la journée à "
-                         "Paris, et les rues étaient mouillées.".encode(), "chat.txt")
+    french = parse_bytes(
+        "Le chat est assis sur le tapis. Il a plu toute la journée à "
+        "Paris, et les rues étaient mouillées.".encode(),
+        "chat.txt",
+    )
     assert detect_language(french) == "French"
     english = parse_bytes((MIXED / "notes.txt").read_bytes(), "notes.txt")
     assert detect_language(english) == "English"
 
 
 def test_html_keeps_an_articles_own_header_but_drops_the_sites() -> None:
-    page = (b"<html><body><header>Site menu</header><article><header><h1>Post title</h1>"
-            b"</header><p>Body text.<br>Second line.</p></article><footer>site foot</footer>"
-            b"</body></html>")
+    page = (
+        b"<html><body><header>Site menu</header><article><header><h1>Post title</h1>"
+        b"</header><p>Body text.<br>Second line.</p></article><footer>site foot</footer>"
+        b"</body></html>"
+    )
     doc = parse_bytes(page, "post.html")
     assert [(b.type.value, b.text) for b in doc.blocks] == [
-        ("heading", "Post title"), ("paragraph", "Body text. Second line.")]
+        ("heading", "Post title"),
+        ("paragraph", "Body text. Second line."),
+    ]
     assert doc.blocks[1].section_path == ("Post title",)

@@ -16,11 +16,18 @@ from tests.search_helpers import Doc, make_collection, write_docs
 
 COLL = "bm25"
 DOCS = [
-    Doc("cats.md", ["Cats sleep most of the day and hunt at night.",
-                    "A cat purrs when it is content."]),
+    Doc(
+        "cats.md",
+        ["Cats sleep most of the day and hunt at night.", "A cat purrs when it is content."],
+    ),
     Doc("dogs.md", ["Dogs bark at strangers and sleep at night."]),
-    Doc("pg.md", ["PostgreSQL full text search ranks documents with tsvector and GIN.",
-                  "The planner uses the GIN index for tsvector matches."]),
+    Doc(
+        "pg.md",
+        [
+            "PostgreSQL full text search ranks documents with tsvector and GIN.",
+            "The planner uses the GIN index for tsvector matches.",
+        ],
+    ),
     Doc("long.md", ["Zebra " + "savanna grass water river " * 12 + "zebra herd."]),
     Doc("short.md", ["Zebra herd at dusk."]),
 ]
@@ -35,10 +42,14 @@ def coll(rt: Runtime) -> repository.Collection:
 
 def stored_stats(rt: Runtime, cid: int) -> tuple[Any, dict[str, int]]:
     with rt.db.connection() as conn:
-        stats = conn.execute("SELECT chunks, tokens FROM bm25_collection_stats"
-                             " WHERE collection_id = %s", (cid,)).fetchone()
-        terms = dict(conn.execute("SELECT lexeme, df FROM bm25_terms WHERE collection_id = %s",
-                                  (cid,)).fetchall())
+        stats = conn.execute(
+            "SELECT chunks, tokens FROM bm25_collection_stats WHERE collection_id = %s", (cid,)
+        ).fetchone()
+        terms = dict(
+            conn.execute(
+                "SELECT lexeme, df FROM bm25_terms WHERE collection_id = %s", (cid,)
+            ).fetchall()
+        )
     return (tuple(stats) if stats else (0, 0)), terms
 
 
@@ -46,16 +57,23 @@ def recomputed_stats(rt: Runtime, cid: int) -> tuple[Any, dict[str, int]]:
     with rt.db.connection() as conn:
         stats = conn.execute(
             "SELECT count(*), coalesce(sum(ragstore_tsv_length(tsv)), 0) FROM chunks"
-            " WHERE collection_id = %s AND chunk_type <> 'heading'", (cid,)).fetchone()
-        terms = dict(conn.execute(
-            "SELECT l, count(*) FROM chunks c, unnest(tsvector_to_array(c.tsv)) l"
-            " WHERE collection_id = %s AND chunk_type <> 'heading' GROUP BY l", (cid,)).fetchall())
+            " WHERE collection_id = %s AND chunk_type <> 'heading'",
+            (cid,),
+        ).fetchone()
+        terms = dict(
+            conn.execute(
+                "SELECT l, count(*) FROM chunks c, unnest(tsvector_to_array(c.tsv)) l"
+                " WHERE collection_id = %s AND chunk_type <> 'heading' GROUP BY l",
+                (cid,),
+            ).fetchall()
+        )
     assert stats is not None
     return (int(stats[0]), int(stats[1])), terms
 
 
 def test_statistics_match_a_recount_after_insert_replace_and_delete(
-        rt: Runtime, coll: repository.Collection) -> None:
+    rt: Runtime, coll: repository.Collection
+) -> None:
     scratch = make_collection(rt, "bm25-scratch")
     write_docs(rt, scratch, DOCS)
     assert stored_stats(rt, scratch.id) == recomputed_stats(rt, scratch.id)
@@ -70,8 +88,11 @@ def test_statistics_match_a_recount_after_insert_replace_and_delete(
     assert (stats, terms) == recomputed_stats(rt, scratch.id)
     assert stats[0] == 3 and "tsvector" not in terms
     with rt.db.connection() as conn:  # an UPDATE of a chunk's text is counted too
-        conn.execute("UPDATE chunks SET text = 'Zebra zebra zebra' WHERE collection_id = %s"
-                     " AND text LIKE 'Zebra herd%%'", (scratch.id,))
+        conn.execute(
+            "UPDATE chunks SET text = 'Zebra zebra zebra' WHERE collection_id = %s"
+            " AND text LIKE 'Zebra herd%%'",
+            (scratch.id,),
+        )
     assert stored_stats(rt, scratch.id) == recomputed_stats(rt, scratch.id)
     with rt.db.connection() as conn:
         conn.execute("DELETE FROM collections WHERE id = %s", (scratch.id,))
@@ -85,9 +106,12 @@ def expected_bm25(rt: Runtime, cid: int, query: str) -> dict[str, float]:
     with rt.db.connection() as conn:
         rows = conn.execute(
             "SELECT c.text, x.lexeme, cardinality(x.positions) FROM chunks c, unnest(c.tsv) x"
-            " WHERE c.collection_id = %s", (cid,)).fetchall()
-        qlex = conn.execute("SELECT tsvector_to_array(to_tsvector('english', %s))",
-                            (query,)).fetchone()
+            " WHERE c.collection_id = %s",
+            (cid,),
+        ).fetchall()
+        qlex = conn.execute(
+            "SELECT tsvector_to_array(to_tsvector('english', %s))", (query,)
+        ).fetchone()
     assert qlex is not None
     tf: dict[str, dict[str, int]] = {}
     for text, lexeme, count in rows:
@@ -120,8 +144,9 @@ def test_fulltext_scores_are_bm25(rt: Runtime, coll: repository.Collection) -> N
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
-def test_shorter_chunk_with_same_term_ranks_higher(rt: Runtime,
-                                                   coll: repository.Collection) -> None:
+def test_shorter_chunk_with_same_term_ranks_higher(
+    rt: Runtime, coll: repository.Collection
+) -> None:
     hits = search(rt, "zebra", collection=COLL, mode="fulltext", k=10)
     assert [h.source for h in hits] == ["short.md", "long.md"]
 
@@ -136,17 +161,22 @@ def test_websearch_phrase_or_and_exclusion(rt: Runtime, coll: repository.Collect
         return [h.text for h in search(rt, q, collection=COLL, mode="fulltext", k=10)]
 
     assert texts('"full text search"') == [
-        "PostgreSQL full text search ranks documents with tsvector and GIN."]
+        "PostgreSQL full text search ranks documents with tsvector and GIN."
+    ]
     assert set(texts("tsvector -planner")) == {
-        "PostgreSQL full text search ranks documents with tsvector and GIN."}
-    assert set(texts("purrs or bark")) == {"A cat purrs when it is content.",
-                                           "Dogs bark at strangers and sleep at night."}
+        "PostgreSQL full text search ranks documents with tsvector and GIN."
+    }
+    assert set(texts("purrs or bark")) == {
+        "A cat purrs when it is content.",
+        "Dogs bark at strangers and sleep at night.",
+    }
     assert texts('sleep -"at night"') == []
     assert texts("the and of") == []  # only stop words: nothing to rank
 
 
 def test_stop_word_query_in_hybrid_still_returns_vector_hits(
-        rt: Runtime, coll: repository.Collection) -> None:
+    rt: Runtime, coll: repository.Collection
+) -> None:
     hits = search(rt, "the of", collection=COLL, mode="hybrid", k=3, explain=True)
     assert len(hits) == 3
     assert all(h.explain and h.explain["fulltext"] is None for h in hits)
@@ -159,25 +189,38 @@ def test_text_search_configuration_is_a_collection_setting(rt: Runtime) -> None:
     write_docs(rt, simple, docs)
     write_docs(rt, english, docs)
     with rt.db.connection() as conn:
-        configs = conn.execute("SELECT collection_id, ts_config::text FROM chunks"
-                               " WHERE collection_id IN (%s, %s) ORDER BY 1",
-                               (simple.id, english.id)).fetchall()
+        configs = conn.execute(
+            "SELECT collection_id, ts_config::text FROM chunks"
+            " WHERE collection_id IN (%s, %s) ORDER BY 1",
+            (simple.id, english.id),
+        ).fetchall()
     assert configs == [(simple.id, "simple"), (english.id, "english")]
-    assert [h.source for h in search(rt, "running", collection="bm25-english",
-                                     mode="fulltext")] == ["run.md"]  # stemmed
+    assert [
+        h.source for h in search(rt, "running", collection="bm25-english", mode="fulltext")
+    ] == ["run.md"]  # stemmed
     assert search(rt, "running", collection="bm25-simple", mode="fulltext") == []
-    assert [h.source for h in search(rt, "every", collection="bm25-simple",
-                                     mode="fulltext")] == ["run.md"]  # no stop words
+    assert [h.source for h in search(rt, "every", collection="bm25-simple", mode="fulltext")] == [
+        "run.md"
+    ]  # no stop words
 
 
-@pytest.mark.parametrize(("query", "expected"), [
-    ("cats dogs", FullTextQuery("cats or dogs", None, None, "cats dogs")),
-    ('"vector search" postgres -mysql',
-     FullTextQuery('"vector search" or postgres', '"vector search"', "mysql",
-                   "vector search postgres")),
-    ('"a b" or "c d" x', FullTextQuery('"a b" or "c d" or x', '"a b" or "c d"', None, "a b c d x")),
-    ('x -"bad thing" OR y', FullTextQuery("x or y", None, '"bad thing"', "x y")),
-    ("-only", FullTextQuery("", None, "only", "")),
-])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("cats dogs", FullTextQuery("cats or dogs", None, None, "cats dogs")),
+        (
+            '"vector search" postgres -mysql',
+            FullTextQuery(
+                '"vector search" or postgres', '"vector search"', "mysql", "vector search postgres"
+            ),
+        ),
+        (
+            '"a b" or "c d" x',
+            FullTextQuery('"a b" or "c d" or x', '"a b" or "c d"', None, "a b c d x"),
+        ),
+        ('x -"bad thing" OR y', FullTextQuery("x or y", None, '"bad thing"', "x y")),
+        ("-only", FullTextQuery("", None, "only", "")),
+    ],
+)
 def test_parse_query(query: str, expected: FullTextQuery) -> None:
     assert parse_query(query) == expected

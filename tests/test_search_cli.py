@@ -12,53 +12,105 @@ from tests.conftest import run_cli
 
 @pytest.fixture()
 def corpus(cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    (tmp_path / "cats.md").write_text("# Cats\n\nCats sleep for most of the day.\n\n"
-                                      "| breed | hours |\n|---|---|\n| tabby | 16 |\n")
+    (tmp_path / "cats.md").write_text(
+        "# Cats\n\nCats sleep for most of the day.\n\n"
+        "| breed | hours |\n|---|---|\n| tabby | 16 |\n"
+    )
     (tmp_path / "dogs.md").write_text("# Dogs\n\nDogs bark at the mail carrier.\n")
     assert run_cli("ingest", str(tmp_path), "-c", "cli-search", "--meta", "team=pets") == 0
     capsys.readouterr()
     return "cli-search"
 
 
-def test_search_modes_where_and_explain_as_json(corpus: str,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli("search", "how long do cats sleep", "-c", corpus, "--json", "--explain",
-                   "--mode", "hybrid", "-k", "3") == 0
+def test_search_modes_where_and_explain_as_json(
+    corpus: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        run_cli(
+            "search",
+            "how long do cats sleep",
+            "-c",
+            corpus,
+            "--json",
+            "--explain",
+            "--mode",
+            "hybrid",
+            "-k",
+            "3",
+        )
+        == 0
+    )
     hits = json.loads(capsys.readouterr().out)
     assert hits[0]["text"] == "Cats sleep for most of the day."
     assert hits[0]["explain"]["vector"]["rank"] == 1
     assert hits[0]["explain"]["fulltext"]["rank"] == 1
     assert hits[0]["explain"]["rrf"]["k"] == 10
 
-    assert run_cli("search", "tabby", "-c", corpus, "--json", "--mode", "fulltext",
-                   "--where", '{"chunk_type": "table", "team": "pets"}') == 0
+    assert (
+        run_cli(
+            "search",
+            "tabby",
+            "-c",
+            corpus,
+            "--json",
+            "--mode",
+            "fulltext",
+            "--where",
+            '{"chunk_type": "table", "team": "pets"}',
+        )
+        == 0
+    )
     hits = json.loads(capsys.readouterr().out)
     assert [h["chunk_type"] for h in hits] == ["table"]
 
-    assert run_cli("search", "cats", "-c", corpus, "--json", "--mode", "vector",
-                   "--where", '{"chunk_type": {"$in": ["code", "list"]}}') == 0
+    assert (
+        run_cli(
+            "search",
+            "cats",
+            "-c",
+            corpus,
+            "--json",
+            "--mode",
+            "vector",
+            "--where",
+            '{"chunk_type": {"$in": ["code", "list"]}}',
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == []
 
 
-def test_explain_in_text_output_shows_each_list(corpus: str,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli("search", "dogs bark", "-c", corpus, "--explain", "-k", "1",
-                   "--ef-search", "40") == 0
+def test_explain_in_text_output_shows_each_list(
+    corpus: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        run_cli("search", "dogs bark", "-c", corpus, "--explain", "-k", "1", "--ef-search", "40")
+        == 0
+    )
     out = capsys.readouterr().out
     assert "vector #1 distance" in out and "fulltext #1 bm25" in out
     assert "Dogs bark at the mail carrier." in out
 
 
-@pytest.mark.parametrize(("args", "start"), [
-    (["--where", '{"year": {"$regex": "x"}}'],
-     "error[invalid_filter]: invalid filter at 'year': unknown operator '$regex'"),
-    (["--where", "{year: 1}"], "error[invalid_filter]: the filter is not valid JSON"),
-    (["--mode", "semantic"],
-     "error[invalid_input]: unknown search mode 'semantic'; use one of vector, fulltext, hybrid"),
-    (["--rrf-k", "-3"], "error[invalid_input]: the RRF constant k must be between 0 and 10000"),
-])
-def test_bad_search_options_are_one_line(corpus: str, capsys: pytest.CaptureFixture[str],
-                                         args: list[str], start: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "start"),
+    [
+        (
+            ["--where", '{"year": {"$regex": "x"}}'],
+            "error[invalid_filter]: invalid filter at 'year': unknown operator '$regex'",
+        ),
+        (["--where", "{year: 1}"], "error[invalid_filter]: the filter is not valid JSON"),
+        (
+            ["--mode", "semantic"],
+            "error[invalid_input]: unknown search mode 'semantic';"
+            " use one of vector, fulltext, hybrid",
+        ),
+        (["--rrf-k", "-3"], "error[invalid_input]: the RRF constant k must be between 0 and 10000"),
+    ],
+)
+def test_bad_search_options_are_one_line(
+    corpus: str, capsys: pytest.CaptureFixture[str], args: list[str], start: str
+) -> None:
     code = run_cli("search", "cats", "-c", corpus, *args)
     err = capsys.readouterr().err.strip()
     assert code != 0

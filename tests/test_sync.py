@@ -18,12 +18,15 @@ def _stored(rt: Runtime, collection: str) -> dict[str, tuple[int, int]]:
     """file name -> (chunks, vectors) of each stored document."""
     coll = rt.collection(collection)
     with rt.db.connection() as conn:
-        rows = conn.execute(sql.SQL(
-            "SELECT d.source, count(c.id), count(e.chunk_id) FROM documents d"
-            " LEFT JOIN chunks c ON c.document_id = d.id"
-            " LEFT JOIN {} e ON e.chunk_id = c.id"
-            " WHERE d.collection_id = %s GROUP BY d.source").format(sql.Identifier(coll.table)),
-            (coll.id,)).fetchall()
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT d.source, count(c.id), count(e.chunk_id) FROM documents d"
+                " LEFT JOIN chunks c ON c.document_id = d.id"
+                " LEFT JOIN {} e ON e.chunk_id = c.id"
+                " WHERE d.collection_id = %s GROUP BY d.source"
+            ).format(sql.Identifier(coll.table)),
+            (coll.id,),
+        ).fetchall()
     return {Path(r[0]).name: (int(r[1]), int(r[2])) for r in rows}
 
 
@@ -33,7 +36,8 @@ def _texts(rt: Runtime, collection: str, name: str) -> list[str]:
         rows = conn.execute(
             "SELECT c.text FROM chunks c JOIN documents d ON d.id = c.document_id"
             " WHERE d.collection_id = %s AND d.source LIKE %s ORDER BY c.ordinal",
-            (coll.id, f"%/{name}")).fetchall()
+            (coll.id, f"%/{name}"),
+        ).fetchall()
     return [r[0] for r in rows]
 
 
@@ -48,7 +52,8 @@ def folder(tmp_path: Path) -> Path:
 
 
 def test_sync_adds_replaces_skips_and_reports_vanished_files_without_removing_them(
-        rt: Runtime, folder: Path) -> None:
+    rt: Runtime, folder: Path
+) -> None:
     first = ingest_paths(rt, [folder], "sync1", sync=True)
     assert first.count("added") == 3 and not first.failed
     (folder / "a.md").write_text("# Alpha\n\nApricots ripen in early summer.\n")
@@ -57,8 +62,7 @@ def test_sync_adds_replaces_skips_and_reports_vanished_files_without_removing_th
     told: list[list[str]] = []
     report = ingest_paths(rt, [folder], "sync1", sync=True, on_vanished=told.append)
     status = {Path(o.source).name: o.status for o in report.outcomes}
-    assert status == {"a.md": "updated", "c.py": "unchanged", "d.md": "added",
-                      "b.txt": "vanished"}
+    assert status == {"a.md": "updated", "c.py": "unchanged", "d.md": "added", "b.txt": "vanished"}
     assert told == [[str((folder / "b.txt").resolve())]]
     assert report.embedded == 2, "only the changed paragraph and the new file are embedded"
     stored = _stored(rt, "sync1")
@@ -67,8 +71,7 @@ def test_sync_adds_replaces_skips_and_reports_vanished_files_without_removing_th
     assert stored["a.md"] == (2, 1), "old chunks and vectors replaced, heading has none"
 
 
-def test_prune_reports_vanished_files_first_then_removes_them(
-        rt: Runtime, folder: Path) -> None:
+def test_prune_reports_vanished_files_first_then_removes_them(rt: Runtime, folder: Path) -> None:
     ingest_paths(rt, [folder], "sync2", sync=True)
     (folder / "sub" / "c.py").unlink()
     (folder / "b.txt").unlink()
@@ -78,22 +81,27 @@ def test_prune_reports_vanished_files_first_then_removes_them(
         seen_while_told.append(set(_stored(rt, "sync2")))
         assert [Path(s).name for s in sources] == ["b.txt", "c.py"]
 
-    report = ingest_paths(rt, [folder], "sync2", sync=True, prune=True,
-                          on_vanished=on_vanished)
+    report = ingest_paths(rt, [folder], "sync2", sync=True, prune=True, on_vanished=on_vanished)
     assert seen_while_told == [{"a.md", "b.txt", "c.py"}], "reported before anything changed"
     assert sorted(Path(o.source).name for o in report.outcomes if o.status == "removed") == [
-        "b.txt", "c.py"]
+        "b.txt",
+        "c.py",
+    ]
     assert set(_stored(rt, "sync2")) == {"a.md"}
     coll = rt.collection("sync2")
     with rt.db.connection() as conn:
-        orphans = conn.execute(sql.SQL(
-            "SELECT count(*) FROM {} e LEFT JOIN chunks c ON c.id = e.chunk_id"
-            " WHERE c.id IS NULL").format(sql.Identifier(coll.table))).fetchone()
+        orphans = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM {} e LEFT JOIN chunks c ON c.id = e.chunk_id"
+                " WHERE c.id IS NULL"
+            ).format(sql.Identifier(coll.table))
+        ).fetchone()
     assert orphans == (0,)
 
 
 def test_sync_of_one_folder_leaves_documents_of_other_folders_alone(
-        rt: Runtime, folder: Path, tmp_path: Path) -> None:
+    rt: Runtime, folder: Path, tmp_path: Path
+) -> None:
     other = tmp_path / "other"
     other.mkdir()
     (other / "o.md").write_text("Oranges are citrus fruit.\n")
@@ -105,7 +113,8 @@ def test_sync_of_one_folder_leaves_documents_of_other_folders_alone(
 
 
 def test_cli_sync_prune_lists_removals_before_the_summary(
-        cli_env: dict[str, str], folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli("ingest", str(folder), "-c", "sync4", "--sync") == 0
     (folder / "b.txt").unlink()
     capsys.readouterr()
@@ -121,7 +130,8 @@ def test_cli_sync_prune_lists_removals_before_the_summary(
 
 
 def test_bad_inputs_are_skipped_with_a_reason_and_the_rest_completes(
-        settings: Settings, tmp_path: Path) -> None:
+    settings: Settings, tmp_path: Path
+) -> None:
     root = tmp_path / "bad"
     root.mkdir()
     (root / "good.md").write_text("# Good\n\nThis file is fine and gets stored.\n")
@@ -135,21 +145,30 @@ def test_bad_inputs_are_skipped_with_a_reason_and_the_rest_completes(
     with Runtime(small) as rt:
         report = ingest_paths(rt, [root], "bad-input")
         codes = {Path(o.source).name: o.code for o in report.failed}
-        assert codes == {"corrupt.pdf": "corrupt_document", "locked.pdf": "encrypted_document",
-                         "fake.docx": "corrupt_document", "huge.txt": "payload_too_large",
-                         "mixed.txt": "invalid_encoding"}
+        assert codes == {
+            "corrupt.pdf": "corrupt_document",
+            "locked.pdf": "encrypted_document",
+            "fake.docx": "corrupt_document",
+            "huge.txt": "payload_too_large",
+            "mixed.txt": "invalid_encoding",
+        }
         errors = {Path(o.source).name: o.error or "" for o in report.failed}
-        assert errors["huge.txt"].endswith("huge.txt: 300000 bytes is over the limit of "
-                                           "200000 bytes; raise RAGSTORE_MAX_FILE_BYTES to "
-                                           "ingest it")
+        assert errors["huge.txt"].endswith(
+            "huge.txt: 300000 bytes is over the limit of "
+            "200000 bytes; raise RAGSTORE_MAX_FILE_BYTES to "
+            "ingest it"
+        )
         assert "mixed encodings" in errors["mixed.txt"]
         assert "not a zip archive" in errors["fake.docx"]
         assert report.count("added") == 2
         assert set(_stored(rt, "bad-input")) == {"good.md", "real.docx"}
         with rt.db.connection() as conn:
-            metas = dict(conn.execute(
-                "SELECT format, metadata FROM documents d JOIN collections c"
-                " ON c.id = d.collection_id WHERE c.name = 'bad-input'").fetchall())
+            metas = dict(
+                conn.execute(
+                    "SELECT format, metadata FROM documents d JOIN collections c"
+                    " ON c.id = d.collection_id WHERE c.name = 'bad-input'"
+                ).fetchall()
+            )
         assert metas["docx"]["language"] == "English"
         assert metas["docx"]["format"] == "docx" and metas["docx"]["filename"] == "real.docx"
         assert {"path", "size_bytes", "modified_at"} <= set(metas["markdown"])

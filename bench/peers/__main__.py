@@ -23,33 +23,65 @@ from bench.peers.runner import QUICK_DOCS, REPO, SYSTEMS, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a {QUICK_DOCS}-document SciFact subset (every judged doc kept), "
-                        "under 10 minutes on 2 cores")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.peers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a {QUICK_DOCS}-document SciFact subset (every judged doc kept), "
+        "under 10 minutes on 2 cores",
+    )
     parser.add_argument("--docs", type=int, default=None, help="documents to keep (subset)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch intra-op threads per worker, the same for all "
-                        "(default: the CPU count; workers run one at a time)")
-    parser.add_argument("--latency-queries", type=int, default=100,
-                        help="queries timed for latency and concurrency (default 100)")
-    parser.add_argument("--max-queries", type=int, default=None,
-                        help="cap the test queries (nDCG uses all that are kept)")
-    parser.add_argument("--peer-python", default=str(REPO / ".venv-bench" / "bin" / "python"),
-                        help="python of the environment holding the peers")
-    parser.add_argument("--systems", default=",".join(SYSTEMS),
-                        help="comma-separated; ragstore is always included")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch intra-op threads per worker, the same for all "
+        "(default: the CPU count; workers run one at a time)",
+    )
+    parser.add_argument(
+        "--latency-queries",
+        type=int,
+        default=100,
+        help="queries timed for latency and concurrency (default 100)",
+    )
+    parser.add_argument(
+        "--max-queries",
+        type=int,
+        default=None,
+        help="cap the test queries (nDCG uses all that are kept)",
+    )
+    parser.add_argument(
+        "--peer-python",
+        default=str(REPO / ".venv-bench" / "bin" / "python"),
+        help="python of the environment holding the peers",
+    )
+    parser.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="comma-separated; ragstore is always included"
+    )
     args = parser.parse_args(argv)
     if not Path(args.peer_python).exists():
-        print(f"error: no peer environment at {args.peer_python}; create it as the module "
-              "docstring shows, or pass --peer-python", file=sys.stderr)
+        print(
+            f"error: no peer environment at {args.peer_python}; create it as the module "
+            "docstring shows, or pass --peer-python",
+            file=sys.stderr,
+        )
         return 2
     systems = tuple(dict.fromkeys(["ragstore", *args.systems.split(",")]))
-    report = run(quick=args.quick, docs=args.docs, rounds=args.rounds,
-                 peer_python=args.peer_python, systems=systems, threads=args.threads,
-                 latency_queries=args.latency_queries, max_queries=args.max_queries)
+    report = run(
+        quick=args.quick,
+        docs=args.docs,
+        rounds=args.rounds,
+        peer_python=args.peer_python,
+        systems=systems,
+        threads=args.threads,
+        latency_queries=args.latency_queries,
+        max_queries=args.max_queries,
+    )
     kind = "quick" if args.quick else ("subset" if args.docs or args.max_queries else "full")
     out = REPO / "bench" / "results" / f"peers-{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,13 @@ class Corpus:
     qrels: dict[str, dict[str, int]]  # query id -> doc id -> gain
 
 
-def load_scifact(data_dir: Path = SCIFACT, *, max_docs: int | None = None,
-                 max_queries: int | None = None, seed: int = 13) -> Corpus:
+def load_scifact(
+    data_dir: Path = SCIFACT,
+    *,
+    max_docs: int | None = None,
+    max_queries: int | None = None,
+    seed: int = 13,
+) -> Corpus:
     """SciFact (test judgments), optionally cut to ``max_docs`` keeping every judged doc.
 
     ``max_queries`` keeps the first test queries (file order of the judgments) and so only
@@ -62,8 +67,9 @@ def load_scifact(data_dir: Path = SCIFACT, *, max_docs: int | None = None,
             qid = str(q["_id"])
             if qid in qrels and qrels[qid].keys() & docs.keys():
                 queries[qid] = q["text"]
-    qrels = {q: {d: g for d, g in rel.items() if d in docs} for q, rel in qrels.items()
-             if q in queries}
+    qrels = {
+        q: {d: g for d, g in rel.items() if d in docs} for q, rel in qrels.items() if q in queries
+    }
     return Corpus(docs, queries, qrels)
 
 
@@ -92,6 +98,11 @@ def chunk_files(folder: Path) -> list[dict[str, str]]:
         parsed = parse_bytes(data, str(path), detect_format(str(path), data))
         for chunk in chunk_document(parsed, embedder, spec.max_tokens):
             if chunk.embeddable:
-                out.append({"key": f"{path.stem}:{chunk.ordinal}", "doc": path.stem,
-                            "text": chunk.embed_text})
+                out.append(
+                    {
+                        "key": f"{path.stem}:{chunk.ordinal}",
+                        "doc": path.stem,
+                        "text": chunk.embed_text,
+                    }
+                )
     return out

@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 
-def ndcg_at_k(run: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]],
-              k: int = 10) -> float:
+def ndcg_at_k(
+    run: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]], k: int = 10
+) -> float:
     """Mean nDCG@k over the judged queries; a query missing from ``run`` scores 0."""
     scores: list[float] = []
     for qid, rel in qrels.items():
@@ -41,11 +42,15 @@ def exact_top_k(chunk_vecs: np.ndarray, query_vecs: np.ndarray, k: int = 10) -> 
     return np.take_along_axis(top, order, axis=1)
 
 
-def recall_at_k(found: Mapping[str, Sequence[str]], exact: Mapping[str, Sequence[str]],
-                k: int = 10) -> float:
+def recall_at_k(
+    found: Mapping[str, Sequence[str]], exact: Mapping[str, Sequence[str]], k: int = 10
+) -> float:
     """Mean share of the exact top-``k`` chunks that a system's top-``k`` holds (queries it ran)."""
-    shares = [len(set(found[q][:k]) & set(want[:k])) / len(want[:k])
-              for q, want in exact.items() if want and q in found]
+    shares = [
+        len(set(found[q][:k]) & set(want[:k])) / len(want[:k])
+        for q, want in exact.items()
+        if want and q in found
+    ]
     return sum(shares) / len(shares) if shares else 0.0
 
 

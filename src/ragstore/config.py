@@ -39,12 +39,18 @@ class Settings(BaseSettings):
         None, description="postgresql:// URL of an external server; unset = embedded server."
     )
     url: str | None = Field(
-        None, description="Base URL of a running `ragstore serve`: the CLI's search and "
-        "ingest go through it instead of loading the model in the CLI process.")
+        None,
+        description="Base URL of a running `ragstore serve`: the CLI's search and "
+        "ingest go through it instead of loading the model in the CLI process.",
+    )
     api_key: SecretStr | None = Field(
-        None, description="API key the CLI sends to RAGSTORE_URL (when the server wants one).")
+        None, description="API key the CLI sends to RAGSTORE_URL (when the server wants one)."
+    )
     collection: str = Field(
-        "default", min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        "default",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Collection used when a command names none.",
     )
     model: str = Field("all-MiniLM-L6-v2", description="Embedding model for new collections.")
@@ -56,23 +62,34 @@ class Settings(BaseSettings):
         512, ge=1, le=100_000, description="Chunks gathered across documents per encode round."
     )
     bulk_load_bytes: int = Field(
-        4 * 1024 * 1024, ge=0,
+        4 * 1024 * 1024,
+        ge=0,
         description="A first load into an empty collection above this many bytes defers the "
-                    "vector index and builds it once at the end; 0 = always incremental.")
+        "vector index and builds it once at the end; 0 = always incremental.",
+    )
     index_build_memory: str = Field(
-        "256MB", pattern=r"^[0-9]+(kB|MB|GB)$",
-        description="maintenance_work_mem for building a vector index after a bulk load.")
+        "256MB",
+        pattern=r"^[0-9]+(kB|MB|GB)$",
+        description="maintenance_work_mem for building a vector index after a bulk load.",
+    )
     max_file_bytes: int = Field(
         50 * 1024 * 1024, ge=1, description="Files above this size are skipped at ingest."
     )
     read_database_urls: SecretStr | None = Field(
-        None, description="Comma-separated postgresql:// URLs of read replicas (hot standbys);"
-        " searches, listings and document reads go there, everything else to the primary.")
+        None,
+        description="Comma-separated postgresql:// URLs of read replicas (hot standbys);"
+        " searches, listings and document reads go there, everything else to the primary.",
+    )
     max_replica_lag_s: float = Field(
-        10.0, gt=0, le=86400, description="A replica further behind than this is skipped.")
+        10.0, gt=0, le=86400, description="A replica further behind than this is skipped."
+    )
     replica_wait_s: float = Field(
-        2.0, ge=0, le=60, description="How long a read-your-writes read waits for a replica to"
-        " replay the caller's last write before it goes to the primary.")
+        2.0,
+        ge=0,
+        le=60,
+        description="How long a read-your-writes read waits for a replica to"
+        " replay the caller's last write before it goes to the primary.",
+    )
     pool_min_size: int = Field(1, ge=0, le=100)
     pool_max_size: int = Field(10, ge=1, le=1000)
     connect_timeout_s: float = Field(5.0, gt=0, le=300)
@@ -80,31 +97,42 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(100, ge=1, le=1000, description="Default HNSW ef_search.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = Field(
-        "auto", description="Log lines: JSON, or readable text when auto and on a terminal.")
+        "auto", description="Log lines: JSON, or readable text when auto and on a terminal."
+    )
     log_queries: bool = Field(
-        False, description="Log query texts (debugging only; off keeps queries out of logs).")
+        False, description="Log query texts (debugging only; off keeps queries out of logs)."
+    )
     allow_embedded_in_prod: bool = Field(
-        False, description="Let profile prod run on the embedded database (single machine).")
+        False, description="Let profile prod run on the embedded database (single machine)."
+    )
     # HTTP API (ragstore serve) and background workers (ragstore worker)
     auth: Literal["auto", "on", "off"] = Field(
-        "auto", description="API keys: auto = off only for the embedded database on loopback.")
+        "auto", description="API keys: auto = off only for the embedded database on loopback."
+    )
     api_host: str = Field("127.0.0.1", description="Address `ragstore serve` binds.")
     api_port: int = Field(8080, ge=0, le=65535, description="Port `ragstore serve` binds.")
     api_bound: str = Field(
-        "", description="Set by `ragstore serve` for its workers: the addresses it bound "
-                        "(comma-separated); auth=auto is decided from them.")
+        "",
+        description="Set by `ragstore serve` for its workers: the addresses it bound "
+        "(comma-separated); auth=auto is decided from them.",
+    )
     api_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
     max_request_bytes: int = Field(
-        1024 * 1024, ge=1024, description="Largest JSON request body (request_too_large).")
+        1024 * 1024, ge=1024, description="Largest JSON request body (request_too_large)."
+    )
     max_upload_bytes: int = Field(
-        50 * 1024 * 1024, ge=1024, description="Largest multipart upload (request_too_large).")
+        50 * 1024 * 1024, ge=1024, description="Largest multipart upload (request_too_large)."
+    )
     background_ingest_bytes: int = Field(
-        256 * 1024, ge=0, description="Uploads above this size are ingested by a job (202).")
+        256 * 1024, ge=0, description="Uploads above this size are ingested by a job (202)."
+    )
     rate_limit_per_minute: int = Field(
-        1200, ge=0, description="Requests per minute per API key; 0 = unlimited.")
+        1200, ge=0, description="Requests per minute per API key; 0 = unlimited."
+    )
     worker_heartbeat_s: float = Field(10.0, gt=0, le=3600)
     worker_stalled_after_s: float = Field(
-        30.0, gt=0, le=86400, description="A worker silent this long has its job retried.")
+        30.0, gt=0, le=86400, description="A worker silent this long has its job retried."
+    )
 
     def redacted(self) -> dict[str, Any]:
         """The settings as plain values with every secret replaced by ``**********``."""

@@ -92,8 +92,7 @@ class DatabaseUnavailableError(DatabaseError):
     http_status = 503
     exit_code = 69  # EX_UNAVAILABLE
 
-    def __init__(self, message: str, public: str | None = None,
-                 retry_after: float = 5.0) -> None:
+    def __init__(self, message: str, public: str | None = None, retry_after: float = 5.0) -> None:
         super().__init__(message)
         self.public = public or "the database is unavailable"
         self.retry_after = retry_after

@@ -19,10 +19,23 @@ from ragstore.config import Settings, describe_error
 from ragstore.errors import ConfigError
 
 # Passwords found in tutorials, images' examples and our own compose file's sample .env.
-DEFAULT_PASSWORDS = frozenset({
-    "postgres", "password", "ragstore", "changeme", "change-me", "secret", "admin", "root",
-    "example", "pass", "test", "1234", "12345678",
-})
+DEFAULT_PASSWORDS = frozenset(
+    {
+        "postgres",
+        "password",
+        "ragstore",
+        "changeme",
+        "change-me",
+        "secret",
+        "admin",
+        "root",
+        "example",
+        "pass",
+        "test",
+        "1234",
+        "12345678",
+    }
+)
 
 
 def database_password(settings: Settings) -> str | None:
@@ -74,17 +87,20 @@ def prod_problems(settings: Settings) -> list[str]:
     if auth_is_off(settings):
         problems.append(
             f"RAGSTORE_AUTH={settings.auth} leaves the API without keys: set RAGSTORE_AUTH=on "
-            "and create keys with `ragstore keys create`")
+            "and create keys with `ragstore keys create`"
+        )
     password = database_password(settings)
     if password is not None and password.lower() in DEFAULT_PASSWORDS:
         problems.append(
             "RAGSTORE_DATABASE_URL uses a well-known default password: set a strong, unique "
-            "password on the database role and in the URL")
+            "password on the database role and in the URL"
+        )
     if settings.uses_embedded_database and not settings.allow_embedded_in_prod:
         problems.append(
             "RAGSTORE_DATABASE_URL is unset, so the embedded single-machine database would be "
             "used: point RAGSTORE_DATABASE_URL at a managed PostgreSQL with pgvector, or set "
-            "RAGSTORE_ALLOW_EMBEDDED_IN_PROD=true to accept it")
+            "RAGSTORE_ALLOW_EMBEDDED_IN_PROD=true to accept it"
+        )
     return problems
 
 

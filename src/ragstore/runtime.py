@@ -76,9 +76,14 @@ class Runtime:
         if self._router is None:
             s = self.settings
             self._router = routing.ReadRouter(
-                self.primary, s.replica_urls, max_lag_s=s.max_replica_lag_s,
-                wait_s=s.replica_wait_s, pool_min_size=s.pool_min_size,
-                pool_max_size=s.pool_max_size, connect_timeout_s=s.connect_timeout_s)
+                self.primary,
+                s.replica_urls,
+                max_lag_s=s.max_replica_lag_s,
+                wait_s=s.replica_wait_s,
+                pool_min_size=s.pool_min_size,
+                pool_max_size=s.pool_max_size,
+                connect_timeout_s=s.connect_timeout_s,
+            )
         return self._router
 
     def raw_db(self) -> Database:
@@ -93,7 +98,8 @@ class Runtime:
         """The loaded model for a pinned spec (loaded once per process)."""
         if spec not in self._embedders:
             self._embedders[spec] = load_embedder(
-                spec, device=self.settings.device, batch_size=self.settings.embed_batch_size)
+                spec, device=self.settings.device, batch_size=self.settings.embed_batch_size
+            )
         return self._embedders[spec]
 
     def collection(self, name: str, *, create: bool = False) -> repository.Collection:
@@ -151,4 +157,3 @@ class Runtime:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-

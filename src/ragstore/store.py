@@ -51,8 +51,14 @@ class Store:
     ``settings`` replaces the environment entirely (tests, embedding apps).
     """
 
-    def __init__(self, url: str | None = None, *, data_dir: str | Path | None = None,
-                 model: str | None = None, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        data_dir: str | Path | None = None,
+        model: str | None = None,
+        settings: Settings | None = None,
+    ) -> None:
         overrides: dict[str, Any] = {}
         if url is not None:
             overrides["database_url"] = url
@@ -92,10 +98,15 @@ class Store:
 
     # --- collections ---------------------------------------------------------------------
 
-    def create_collection(self, name: str, *, model: str | None = None,
-                          settings: Mapping[str, Any] | None = None,
-                          dimension: int | None = None,
-                          distance: str | None = None) -> dict[str, Any]:
+    def create_collection(
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+        dimension: int | None = None,
+        distance: str | None = None,
+    ) -> dict[str, Any]:
         """A new collection bound to ``model``: a built-in, any key pinned with ``ragstore
         models add`` (``NAME`` or ``NAME@REVISION``), or, with ``dimension``, a name for
         vectors made outside ragstore (searched and added by vector only)."""
@@ -110,8 +121,10 @@ class Store:
             try:
                 spec = find_model(self._rt, ref).spec
                 if spec.dimension != dimension:
-                    raise InputError(f"model {spec.key} has {spec.dimension} dimensions, "
-                                     f"not {dimension}; leave out dimension or name another")
+                    raise InputError(
+                        f"model {spec.key} has {spec.dimension} dimensions, "
+                        f"not {dimension}; leave out dimension or name another"
+                    )
             except ModelNotFoundError:
                 spec = declared_spec(self._rt, ref, dimension, distance)
         with self._rt.db.connection() as conn, translated(f"creating collection {name!r}"):
@@ -120,8 +133,14 @@ class Store:
 
     def list_collections(self) -> list[dict[str, Any]]:
         with self._rt.db.connection() as conn, translated("listing collections"):
-            return [_dump(CollectionPublic(**catalog.collection_detail(
-                conn, repository.get_collection(conn, n)))) for n in catalog.collection_names(conn)]
+            return [
+                _dump(
+                    CollectionPublic(
+                        **catalog.collection_detail(conn, repository.get_collection(conn, n))
+                    )
+                )
+                for n in catalog.collection_names(conn)
+            ]
 
     def get_collection(self, name: str) -> dict[str, Any]:
         coll = self._rt.collection(name)
@@ -135,15 +154,21 @@ class Store:
 
     # --- texts (documents by caller-given id) --------------------------------------------
 
-    def add_texts(self, collection: str, texts: Sequence[str],
-                  metadatas: Sequence[Mapping[str, Any]] | None = None,
-                  ids: Sequence[str] | None = None, *,
-                  vectors: Sequence[Sequence[float]] | None = None) -> dict[str, Any]:
+    def add_texts(
+        self,
+        collection: str,
+        texts: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any]] | None = None,
+        ids: Sequence[str] | None = None,
+        *,
+        vectors: Sequence[Sequence[float]] | None = None,
+    ) -> dict[str, Any]:
         """Add or update texts under ``ids`` (random when omitted), creating the collection
         with the default model when it is missing. Unchanged texts embed nothing; with
         ``vectors`` (one per text) each text is stored whole with its vector."""
-        report = text_service.add_texts(self._rt, collection, texts, metadatas, ids,
-                                        vectors=vectors)
+        report = text_service.add_texts(
+            self._rt, collection, texts, metadatas, ids, vectors=vectors
+        )
         return _dump(TextsAdded(**report.as_dict()))
 
     def get_texts(self, collection: str, ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -151,8 +176,10 @@ class Store:
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"reading texts of {collection!r}"):
             found = texts.texts_by_ids(conn, coll.id, list(ids))
-        return [_dump(TextPublic(id=t.id, document_id=t.document_id, text=t.text,
-                                 metadata=t.metadata)) for t in found]
+        return [
+            _dump(TextPublic(id=t.id, document_id=t.document_id, text=t.text, metadata=t.metadata))
+            for t in found
+        ]
 
     def delete_texts(self, collection: str, ids: Sequence[str]) -> int:
         """Delete the documents stored under ``ids``; unknown ids are ignored. The count
@@ -163,9 +190,15 @@ class Store:
 
     # --- documents -----------------------------------------------------------------------
 
-    def add_document(self, collection: str, name: str, text: str, *,
-                     metadata: Mapping[str, Any] | None = None,
-                     background: bool = False) -> dict[str, Any]:
+    def add_document(
+        self,
+        collection: str,
+        name: str,
+        text: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        background: bool = False,
+    ) -> dict[str, Any]:
         """Ingest text as document ``name`` (its suffix picks the parser: ``notes.md``),
         creating the collection when missing; re-adding unchanged text is ``unchanged``.
         ``background`` exists for parity with the clients; in-process it runs now."""
@@ -183,14 +216,20 @@ class Store:
         assert outcome.document is not None
         return self._document(collection, outcome.document, outcome.status)
 
-    def ingest(self, collection: str, paths: Sequence[str | Path], *,
-               metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def ingest(
+        self,
+        collection: str,
+        paths: Sequence[str | Path],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Ingest files and folders (as ``ragstore ingest``): ``{"data": [documents]}``
         with each one's ``status`` (added/updated/unchanged); a failure is raised."""
         from ragstore.ingest import ingest_paths
 
-        report = ingest_paths(self._rt, [Path(p) for p in paths], collection=collection,
-                              metadata=dict(metadata or {}))
+        report = ingest_paths(
+            self._rt, [Path(p) for p in paths], collection=collection, metadata=dict(metadata or {})
+        )
         for failed in report.failed:
             cls = next((c for c in all_error_classes() if c.code == failed.code), RagstoreError)
             raise cls(failed.error or "ingest failed")
@@ -198,13 +237,23 @@ class Store:
         docs = []
         with self._rt.db.connection() as conn, translated(f"reading documents of {collection!r}"):
             for o in report.outcomes:
-                docs.append(self._document(collection, catalog.document_by_source(
-                    conn, coll.id, o.source), o.status))
+                docs.append(
+                    self._document(
+                        collection, catalog.document_by_source(conn, coll.id, o.source), o.status
+                    )
+                )
         return {"data": docs, "count": len(docs), "next_cursor": None}
 
-    def list_documents(self, collection: str, *, cursor: str | None = None, limit: int = 50,
-                       format: str | None = None, source_prefix: str | None = None,
-                       metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def list_documents(
+        self,
+        collection: str,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+        format: str | None = None,
+        source_prefix: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """One page: ``{"data": [...], "count": n, "next_cursor": str | None}``."""
         from ragstore.api.deps import decode_cursor, encode_cursor
 
@@ -213,15 +262,21 @@ class Store:
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"listing documents of {collection!r}"):
             rows = catalog.documents_page(
-                conn, coll.id, after=decode_cursor(cursor), limit=limit, fmt=format,
+                conn,
+                coll.id,
+                after=decode_cursor(cursor),
+                limit=limit,
+                fmt=format,
                 source_prefix=source_prefix,
-                metadata=dict(metadata) if metadata is not None else None)
+                metadata=dict(metadata) if metadata is not None else None,
+            )
         data = [self._document(collection, r) for r in rows]
         nxt = encode_cursor(rows[-1]["id"]) if len(rows) == limit else None
         return {"data": data, "count": len(data), "next_cursor": nxt}
 
-    def iter_documents(self, collection: str, *, page_size: int = 100,
-                       **filters: Any) -> Iterator[dict[str, Any]]:
+    def iter_documents(
+        self, collection: str, *, page_size: int = 100, **filters: Any
+    ) -> Iterator[dict[str, Any]]:
         """Every document, following the cursor from page to page."""
         cursor: str | None = None
         while True:
@@ -241,38 +296,77 @@ class Store:
         with self._rt.db.connection() as conn, translated(f"deleting document {document_id}"):
             catalog.delete_document(conn, coll.id, document_id)
 
-    def _document(self, collection: str, doc: dict[str, Any],
-                  status: str | None = None) -> dict[str, Any]:
+    def _document(
+        self, collection: str, doc: dict[str, Any], status: str | None = None
+    ) -> dict[str, Any]:
         from ragstore.jobs import staging
 
         name = staging.source_name(self._rt.settings, collection, doc["source"])
-        return _dump(DocumentPublic(collection=collection, name=name, status=status,  # type: ignore[arg-type]
-                                    **doc))
+        return _dump(
+            DocumentPublic(
+                collection=collection,
+                name=name,
+                status=status,  # type: ignore[arg-type]
+                **doc,
+            )
+        )
 
     # --- search --------------------------------------------------------------------------
 
-    def search(self, collection: str, query: str | None = None, *,
-               vector: Sequence[float] | None = None, k: int = 10, mode: str | None = None,
-               where: Mapping[str, Any] | None = None, context: int | str | None = None,
-               explain: bool = False, ef_search: int | None = None,
-               rrf_k: float | None = None, vector_weight: float | None = None,
-               fulltext_weight: float | None = None) -> dict[str, Any]:
+    def search(
+        self,
+        collection: str,
+        query: str | None = None,
+        *,
+        vector: Sequence[float] | None = None,
+        k: int = 10,
+        mode: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        context: int | str | None = None,
+        explain: bool = False,
+        ef_search: int | None = None,
+        rrf_k: float | None = None,
+        vector_weight: float | None = None,
+        fulltext_weight: float | None = None,
+    ) -> dict[str, Any]:
         """The best ``k`` chunks for ``query`` (text) or ``vector`` (an embedding of the
         collection's model), or both; ``mode`` defaults to hybrid (vector with a vector
         alone). ``context``: neighbouring chunks (0-50) or ``"section"``."""
-        return _dump(search_response(
-            self._rt, collection, query, vector=vector, k=k, mode=mode, where=where,
-            context=context, explain=explain, ef_search=ef_search, rrf_k=rrf_k,
-            vector_weight=vector_weight, fulltext_weight=fulltext_weight))
+        return _dump(
+            search_response(
+                self._rt,
+                collection,
+                query,
+                vector=vector,
+                k=k,
+                mode=mode,
+                where=where,
+                context=context,
+                explain=explain,
+                ef_search=ef_search,
+                rrf_k=rrf_k,
+                vector_weight=vector_weight,
+                fulltext_weight=fulltext_weight,
+            )
+        )
 
 
-def search_response(rt: Runtime, collection: str, query: str | None, *,
-                    vector: Sequence[float] | None = None, k: int = 10,
-                    mode: str | None = None, where: Mapping[str, Any] | None = None,
-                    context: int | str | None = None, explain: bool = False,
-                    ef_search: int | None = None, rrf_k: float | None = None,
-                    vector_weight: float | None = None,
-                    fulltext_weight: float | None = None) -> SearchResponse:
+def search_response(
+    rt: Runtime,
+    collection: str,
+    query: str | None,
+    *,
+    vector: Sequence[float] | None = None,
+    k: int = 10,
+    mode: str | None = None,
+    where: Mapping[str, Any] | None = None,
+    context: int | str | None = None,
+    explain: bool = False,
+    ef_search: int | None = None,
+    rrf_k: float | None = None,
+    vector_weight: float | None = None,
+    fulltext_weight: float | None = None,
+) -> SearchResponse:
     """One search as the Store and the HTTP route run it: hits (with context if asked),
     timing, and with ``explain`` the plan of the lists and their fusion."""
     from ragstore.search import service
@@ -284,23 +378,35 @@ def search_response(rt: Runtime, collection: str, query: str | None, *,
     resolved = service.resolve_mode(mode, query, vector)
 
     defaults = FusionParams()
-    fusion = FusionParams(defaults.k if rrf_k is None else rrf_k,
-                          defaults.vector_weight if vector_weight is None else vector_weight,
-                          defaults.fulltext_weight if fulltext_weight is None
-                          else fulltext_weight)
+    fusion = FusionParams(
+        defaults.k if rrf_k is None else rrf_k,
+        defaults.vector_weight if vector_weight is None else vector_weight,
+        defaults.fulltext_weight if fulltext_weight is None else fulltext_weight,
+    )
     hits: list[Any] = service.search(
-        rt, query, collection=collection, k=k, mode=resolved, where=where,
-        ef_search=ef_search, explain=explain, fusion=fusion, vector=vector)
+        rt,
+        query,
+        collection=collection,
+        k=k,
+        mode=resolved,
+        where=where,
+        ef_search=ef_search,
+        explain=explain,
+        fusion=fusion,
+        vector=vector,
+    )
     if context is not None:
         hits = list(with_context(rt, hits, parse_context(str(context))))
     took = round((time.perf_counter() - t0) * 1000, 3)
     plan = None
     if explain:
-        plan = search_plan(rt, query or "", collection, k=k, mode=resolved, where=where,
-                           ef_search=ef_search)
+        plan = search_plan(
+            rt, query or "", collection, k=k, mode=resolved, where=where, ef_search=ef_search
+        )
     data = [hit_public(h) for h in hits]
-    return SearchResponse(collection=collection, query=query, data=data, count=len(data),
-                          took_ms=took, plan=plan)
+    return SearchResponse(
+        collection=collection, query=query, data=data, count=len(data), took_ms=took, plan=plan
+    )
 
 
 def hit_public(hit: Any) -> HitPublic:

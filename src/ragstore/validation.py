@@ -65,8 +65,13 @@ def check_value(value: Any, what: str, error: type[InputError] = InputError) -> 
     return value
 
 
-def check_int_range(value: int, what: str, low: int = INT32_MIN, high: int = INT32_MAX,
-                    error: type[InputError] = InputError) -> int:
+def check_int_range(
+    value: int,
+    what: str,
+    low: int = INT32_MIN,
+    high: int = INT32_MAX,
+    error: type[InputError] = InputError,
+) -> int:
     """``value`` when ``low <= value <= high``; otherwise ``error`` naming the range."""
     if not low <= value <= high:
         raise error(f"{what}: {value:.3g} is out of range; use an integer from {low} to {high}")

@@ -25,8 +25,14 @@ from tests.conftest import run_cli
 
 @pytest.fixture(scope="module")
 def secure_url(settings: Settings) -> Iterator[str]:
-    limited = with_(settings, auth="on", rate_limit_per_minute=40, max_request_bytes=4096,
-                    max_upload_bytes=64 * 1024, max_file_bytes=8 * 1024)
+    limited = with_(
+        settings,
+        auth="on",
+        rate_limit_per_minute=40,
+        max_request_bytes=4096,
+        max_upload_bytes=64 * 1024,
+        max_file_bytes=8 * 1024,
+    )
     with running_server(limited) as url:
         yield url
 
@@ -50,8 +56,11 @@ def test_request_without_key_is_401(secure_url: str, admin: Client) -> None:
 def test_malformed_unknown_and_wrong_keys_are_401(secure_url: str, keys: KeyStore) -> None:
     real = keys.create("read").secret
     key_id = real.split("_")[1]
-    for bad, why in (("not-a-key", "malformed"), ("rsk_0123456789ab_" + "x" * 43, "unknown"),
-                     (f"rsk_{key_id}_" + "y" * 43, "wrong secret")):
+    for bad, why in (
+        ("not-a-key", "malformed"),
+        ("rsk_0123456789ab_" + "x" * 43, "unknown"),
+        (f"rsk_{key_id}_" + "y" * 43, "wrong secret"),
+    ):
         with Client(secure_url, api_key=bad) as c, pytest.raises(AuthenticationError, match=why):
             c.list_collections()
 
@@ -60,8 +69,7 @@ def test_health_needs_no_key(secure_url: str) -> None:
     assert httpx.get(f"{secure_url}/healthz").status_code == 200
 
 
-def test_read_key_can_search_but_not_write(secure_url: str, admin: Client,
-                                           keys: KeyStore) -> None:
+def test_read_key_can_search_but_not_write(secure_url: str, admin: Client, keys: KeyStore) -> None:
     admin.add_document("team", "a.md", "# A\n\nshared notes")
     with Client(secure_url, api_key=keys.create("read").secret) as reader:
         assert reader.search("team", "notes", k=1)["count"] == 1
@@ -71,16 +79,18 @@ def test_read_key_can_search_but_not_write(secure_url: str, admin: Client,
             reader.delete_collection("team")
 
 
-def test_write_key_cannot_delete_a_collection(secure_url: str, admin: Client,
-                                              keys: KeyStore) -> None:
+def test_write_key_cannot_delete_a_collection(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
     with Client(secure_url, api_key=keys.create("write").secret) as writer:
         assert writer.add_document("team", "w.md", "# W\n\nwritten")["status"] == "added"
         with pytest.raises(PermissionDeniedError, match="needs 'admin'"):
             writer.delete_collection("team")
 
 
-def test_collection_key_sees_only_its_collection(secure_url: str, admin: Client,
-                                                 keys: KeyStore) -> None:
+def test_collection_key_sees_only_its_collection(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
     with Client(secure_url, api_key=keys.create("write", "team").secret) as scoped:
         assert [c["name"] for c in scoped.list_collections()] == ["team"]
         assert scoped.get_collection("team")["name"] == "team"
@@ -90,8 +100,9 @@ def test_collection_key_sees_only_its_collection(secure_url: str, admin: Client,
             scoped.search("other", "x")
 
 
-def test_revoked_key_is_refused_on_its_next_request(secure_url: str, admin: Client,
-                                                    keys: KeyStore) -> None:
+def test_revoked_key_is_refused_on_its_next_request(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
     new = keys.create("read")
     with Client(secure_url, api_key=new.secret) as c:
         assert c.list_collections()
@@ -103,8 +114,7 @@ def test_revoked_key_is_refused_on_its_next_request(secure_url: str, admin: Clie
 def test_rate_limit_answers_429_with_retry_after(secure_url: str, keys: KeyStore) -> None:
     secret = keys.create("read").secret
     codes = []
-    with httpx.Client(base_url=secure_url,
-                      headers={"Authorization": f"Bearer {secret}"}) as http:
+    with httpx.Client(base_url=secure_url, headers={"Authorization": f"Bearer {secret}"}) as http:
         for _ in range(45):
             r = http.get("/v1/models")
             codes.append(r.status_code)
@@ -133,8 +143,9 @@ def test_file_over_the_per_file_limit_is_payload_too_large(admin: Client) -> Non
         admin.upload("team", [("big.txt", b"word " * 2000)])
 
 
-def test_keys_cli_creates_lists_and_revokes(cli_env: dict[str, str], secure_url: str,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_keys_cli_creates_lists_and_revokes(
+    cli_env: dict[str, str], secure_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli("keys", "create", "--scope", "read", "--collection", "team") == 0
     secret = capsys.readouterr().out.strip()
     assert secret.startswith("rsk_")
@@ -158,7 +169,8 @@ def test_only_a_salted_hash_is_stored(keys: KeyStore, settings: Settings) -> Non
     new = keys.create("read")
     assert settings.database_url is not None
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
-        row = conn.execute("SELECT salt, secret_hash FROM api_keys WHERE key_id = %s",
-                           (new.key.key_id,)).fetchone()
+        row = conn.execute(
+            "SELECT salt, secret_hash FROM api_keys WHERE key_id = %s", (new.key.key_id,)
+        ).fetchone()
     assert row is not None and len(row[0]) == 16 and len(row[1]) == 32
     assert new.secret.split("_")[2].encode() not in bytes(row[1])

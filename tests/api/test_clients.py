@@ -14,12 +14,27 @@ from ragstore import AsyncClient, Client, Store
 from ragstore.config import Settings
 from ragstore.errors import InputError
 
-NOTES = ["Rollback: run ragstore db downgrade to go back one schema revision.",
-         "Backups are taken nightly and kept for thirty days.",
-         "The search API answers vector, full-text and hybrid queries."]
-SHARED = ("create_collection", "list_collections", "get_collection", "delete_collection",
-          "add_texts", "get_texts", "delete_texts", "add_document", "ingest", "list_documents",
-          "iter_documents", "get_document", "delete_document", "search")
+NOTES = [
+    "Rollback: run ragstore db downgrade to go back one schema revision.",
+    "Backups are taken nightly and kept for thirty days.",
+    "The search API answers vector, full-text and hybrid queries.",
+]
+SHARED = (
+    "create_collection",
+    "list_collections",
+    "get_collection",
+    "delete_collection",
+    "add_texts",
+    "get_texts",
+    "delete_texts",
+    "add_document",
+    "ingest",
+    "list_documents",
+    "iter_documents",
+    "get_document",
+    "delete_document",
+    "search",
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +46,12 @@ def store(settings: Settings) -> Iterator[Store]:
 @pytest.fixture(scope="module")
 def notes(open_url: str) -> Iterator[Client]:
     with Client(open_url) as c:
-        c.add_texts("notes", NOTES, [{"topic": "db"}, {"topic": "ops"}, {"topic": "api"}],
-                    ids=["rollback", "backups", "search"])
+        c.add_texts(
+            "notes",
+            NOTES,
+            [{"topic": "db"}, {"topic": "ops"}, {"topic": "api"}],
+            ids=["rollback", "backups", "search"],
+        )
         yield c
 
 
@@ -54,12 +73,19 @@ def test_http_add_texts_creates_the_collection_and_skips_unchanged(notes: Client
     again = notes.add_texts("notes", NOTES[:1], [{"topic": "db"}], ids=["rollback"])
     assert (again["unchanged"], again["embedded"]) == (1, 0)
     assert [t["id"] for t in notes.get_texts("notes", ["search", "rollback"])] == [
-        "search", "rollback"]
+        "search",
+        "rollback",
+    ]
 
 
 def test_the_three_give_the_same_hits(notes: Client, open_url: str, store: Store) -> None:
-    options: dict[str, Any] = {"k": 2, "where": {"topic": {"$in": ["db", "ops"]}},
-                               "rrf_k": 20, "vector_weight": 2.0, "explain": True}
+    options: dict[str, Any] = {
+        "k": 2,
+        "where": {"topic": {"$in": ["db", "ops"]}},
+        "rrf_k": 20,
+        "vector_weight": 2.0,
+        "explain": True,
+    }
     over_http = notes.search("notes", "how do I go back a revision", **options)
 
     async def run_async() -> dict[str, Any]:
@@ -72,8 +98,11 @@ def test_the_three_give_the_same_hits(notes: Client, open_url: str, store: Store
         assert [h["chunk_id"] for h in out["data"]] == [h["chunk_id"] for h in over_http["data"]]
         assert set(out) == set(over_http)
     assert over_http["data"][0]["metadata"] == {"topic": "db"}
-    assert over_http["data"][0]["explain"]["rrf"] == {"k": 20, "vector_weight": 2.0,
-                                                      "fulltext_weight": 1.0}
+    assert over_http["data"][0]["explain"]["rrf"] == {
+        "k": 20,
+        "vector_weight": 2.0,
+        "fulltext_weight": 1.0,
+    }
 
 
 def test_search_by_vector_over_http(notes: Client, store: Store) -> None:
@@ -87,13 +116,15 @@ def test_search_by_vector_over_http(notes: Client, store: Store) -> None:
 
 
 def test_vector_only_collection_over_http(client: Client) -> None:
-    made = client.create_collection("ext", model="their-model@2024", dimension=3,
-                                    distance="l2")
+    made = client.create_collection("ext", model="their-model@2024", dimension=3, distance="l2")
     assert (made["dimension"], made["distance"]) == (3, "l2")
-    client.add_texts("ext", ["red", "green"], ids=["r", "g"],
-                     vectors=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    client.add_texts(
+        "ext", ["red", "green"], ids=["r", "g"], vectors=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    )
     assert [h["text"] for h in client.search("ext", vector=[0.1, 0.8, 0.0])["data"]] == [
-        "green", "red"]
+        "green",
+        "red",
+    ]
     with pytest.raises(InputError, match="cannot run, so text cannot be embedded"):
         client.search("ext", "green", mode="hybrid")
 

@@ -19,8 +19,11 @@ def test_problem_table_covers_every_error_class() -> None:
 
 
 def test_problem_table_statuses_match_the_classes() -> None:
-    wrong = {c.__name__: (p.status, c.http_status) for c, p in PROBLEMS.items()
-             if p.status != c.http_status}
+    wrong = {
+        c.__name__: (p.status, c.http_status)
+        for c, p in PROBLEMS.items()
+        if p.status != c.http_status
+    }
     assert wrong == {}
 
 
@@ -39,8 +42,9 @@ def test_client_raises_the_class_a_problem_names() -> None:
         body = problem_body(cls("boom"), request_id="r1", instance="/x")
         exc = error_from_problem(body["status"], body)
         assert type(exc) is cls
-        assert str(exc) == ("boom" if cls is not DatabaseUnavailableError
-                            else body["detail"])  # its public text, never the address
+        assert str(exc) == (
+            "boom" if cls is not DatabaseUnavailableError else body["detail"]
+        )  # its public text, never the address
         assert exc.request_id == "r1"  # type: ignore[attr-defined]
 
 

@@ -19,9 +19,30 @@ from ragstore.jobs.worker import run_worker
 from tests.api.conftest import with_
 
 WORDS = (
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
-    "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra",
-    "tango", "uniform", "victor", "whiskey", "xray",
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
 )
 
 
@@ -35,8 +56,9 @@ def _doc(i: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def jobs_settings(settings: Settings) -> Settings:
-    return with_(settings, worker_heartbeat_s=0.5, worker_stalled_after_s=2.0,
-                 ingest_batch_chunks=1)
+    return with_(
+        settings, worker_heartbeat_s=0.5, worker_stalled_after_s=2.0, ingest_batch_chunks=1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +67,9 @@ def api(open_url: str) -> Iterator[Client]:
         yield c
 
 
-def test_background_document_is_a_job_that_a_worker_finishes(api: Client,
-                                                             jobs_settings: Settings) -> None:
+def test_background_document_is_a_job_that_a_worker_finishes(
+    api: Client, jobs_settings: Settings
+) -> None:
     api.create_collection("bg")
     job = api.add_document("bg", "later.md", "# Later\n\ningested by a worker", background=True)
     assert job["status"] == "queued" and job["total_documents"] == 1
@@ -60,18 +83,25 @@ def test_background_document_is_a_job_that_a_worker_finishes(api: Client,
 
 
 def test_job_reports_each_failed_document(api: Client, jobs_settings: Settings) -> None:
-    job = api.upload("bg", [("good.md", b"# Good\n\nfine text"), ("empty.xyz", b"")],
-                     background=True)
+    job = api.upload(
+        "bg", [("good.md", b"# Good\n\nfine text"), ("empty.xyz", b"")], background=True
+    )
     run_worker(jobs_settings, burst=True, signals=False)
     done = api.wait_for_job(job["id"], timeout=5)
     assert done["status"] == "succeeded" and done["documents_done"] == 2
-    assert done["errors"] == [{"document": "empty.xyz", "code": "unsupported_format",
-                               "detail": done["errors"][0]["detail"]}]
+    assert done["errors"] == [
+        {
+            "document": "empty.xyz",
+            "code": "unsupported_format",
+            "detail": done["errors"][0]["detail"],
+        }
+    ]
     assert done["summary"]["added"] == 1 and done["summary"]["failed"] == 1
 
 
-def test_large_upload_goes_to_a_job_by_itself(api: Client, jobs_settings: Settings,
-                                              settings: Settings) -> None:
+def test_large_upload_goes_to_a_job_by_itself(
+    api: Client, jobs_settings: Settings, settings: Settings
+) -> None:
     big = b"word " * (settings.background_ingest_bytes // 5 + 10)
     job = api.upload("bg", [("big.txt", big)])
     assert job["status"] == "queued" and "id" in job
@@ -95,22 +125,33 @@ def _counts(url: str, collection: str) -> tuple[int, int, int]:
             "        ON c.id = k.collection_id WHERE c.name = %(n)s),"
             " (SELECT count(*) FROM (SELECT DISTINCT k.document_id, k.ordinal FROM chunks k"
             "        JOIN collections c ON c.id = k.collection_id WHERE c.name = %(n)s) u)",
-            {"n": collection}).fetchone()
+            {"n": collection},
+        ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1]), int(row[2])
 
 
 def test_killed_worker_job_is_finished_by_another_without_duplicates(
-        api: Client, jobs_settings: Settings, cli_env: dict[str, str]) -> None:
+    api: Client, jobs_settings: Settings, cli_env: dict[str, str]
+) -> None:
     total = 30
     api.create_collection("big")
     job = api.upload("big", [(f"r{i:02d}.md", _doc(i)) for i in range(total)], background=True)
-    env = {**os.environ, **cli_env, "RAGSTORE_WORKER_HEARTBEAT_S": "0.5",
-           "RAGSTORE_WORKER_STALLED_AFTER_S": "2", "RAGSTORE_INGEST_BATCH_CHUNKS": "1",
-           "RAGSTORE_LOG_LEVEL": "warning"}
-    first = subprocess.Popen([sys.executable, "-c", "from ragstore.cli import main; main()",
-                              "worker"], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {
+        **os.environ,
+        **cli_env,
+        "RAGSTORE_WORKER_HEARTBEAT_S": "0.5",
+        "RAGSTORE_WORKER_STALLED_AFTER_S": "2",
+        "RAGSTORE_INGEST_BATCH_CHUNKS": "1",
+        "RAGSTORE_LOG_LEVEL": "warning",
+    }
+    first = subprocess.Popen(
+        [sys.executable, "-c", "from ragstore.cli import main; main()", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while True:

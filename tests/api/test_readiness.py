@@ -19,8 +19,7 @@ from ragstore.errors import DatabaseUnavailableError, NotReadyError, SchemaMisma
 from tests.api.conftest import running_server, with_
 
 
-def test_database_without_schema_is_not_ready(settings: Settings,
-                                              empty_database_url: str) -> None:
+def test_database_without_schema_is_not_ready(settings: Settings, empty_database_url: str) -> None:
     bare = with_(settings, database_url=SecretStr(empty_database_url), auth="off")
     with running_server(bare) as url, Client(url) as c:
         assert c.health() == {"status": "ok"}
@@ -34,8 +33,12 @@ def test_unreachable_database_is_not_ready(settings: Settings) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    down = with_(settings, database_url=SecretStr(f"postgresql://nobody@127.0.0.1:{port}/none"),
-                 auth="off", connect_timeout_s=1.0)
+    down = with_(
+        settings,
+        database_url=SecretStr(f"postgresql://nobody@127.0.0.1:{port}/none"),
+        auth="off",
+        connect_timeout_s=1.0,
+    )
     with running_server(down) as url, Client(url) as c:
         r = httpx.get(f"{url}/readyz")
         assert r.status_code == 503 and r.json()["code"] == "not_ready"
@@ -50,9 +53,21 @@ def test_serve_command_says_auth_is_off_and_serves(cli_env: dict[str, str]) -> N
         port = s.getsockname()[1]
     env = {**os.environ, **cli_env, "RAGSTORE_AUTH": "off"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from ragstore.cli import main; main()", "serve",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-c",
+            "from ragstore.cli import main; main()",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         lines = []

@@ -96,11 +96,14 @@ def test_added_document_reports_its_chunks_and_name(docs: Client) -> None:
 def test_re_adding_unchanged_text_is_skipped_and_changed_text_updates(docs: Client) -> None:
     again = docs.add_document("docs", "ops/rollback.md", ROLLBACK, metadata={"team": "ops"})
     assert again["status"] == "unchanged"
-    changed = docs.add_document("docs", "ops/rollback.md", ROLLBACK + "\nAlso see backups.\n",
-                                metadata={"team": "ops"})
+    changed = docs.add_document(
+        "docs", "ops/rollback.md", ROLLBACK + "\nAlso see backups.\n", metadata={"team": "ops"}
+    )
     assert changed["status"] == "updated" and changed["id"] == again["id"]
-    assert docs.add_document("docs", "ops/rollback.md", ROLLBACK,
-                             metadata={"team": "ops"})["status"] == "updated"
+    assert (
+        docs.add_document("docs", "ops/rollback.md", ROLLBACK, metadata={"team": "ops"})["status"]
+        == "updated"
+    )
 
 
 def test_search_finds_the_matching_document(docs: Client) -> None:
@@ -166,9 +169,14 @@ def test_bad_metadata_filter_and_cursor_are_refused(docs: Client) -> None:
 
 
 def test_upload_multipart_files_ingests_them(docs: Client) -> None:
-    out = docs.upload("docs", [("guide.md", b"# Guide\n\nUploading files works.\n"),
-                               ("notes.txt", b"plain text notes about uploads")],
-                      metadata={"batch": 1})
+    out = docs.upload(
+        "docs",
+        [
+            ("guide.md", b"# Guide\n\nUploading files works.\n"),
+            ("notes.txt", b"plain text notes about uploads"),
+        ],
+        metadata={"batch": 1},
+    )
     assert [d["name"] for d in out["data"]] == ["guide.md", "notes.txt"]
     assert all(d["status"] == "added" and d["metadata"]["batch"] == 1 for d in out["data"])
 
@@ -205,13 +213,13 @@ def test_deleted_document_is_gone_with_its_chunks(docs: Client, settings: Settin
         docs.delete_document("docs", doc["id"])
     assert settings.database_url is not None
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
-        left = conn.execute("SELECT count(*) FROM chunks WHERE document_id = %s",
-                            (doc["id"],)).fetchone()
+        left = conn.execute(
+            "SELECT count(*) FROM chunks WHERE document_id = %s", (doc["id"],)
+        ).fetchone()
     assert left == (0,)
 
 
-def test_deleted_collection_drops_its_embeddings_table(client: Client,
-                                                       settings: Settings) -> None:
+def test_deleted_collection_drops_its_embeddings_table(client: Client, settings: Settings) -> None:
     c = client
     c.create_collection("doomed")
     c.add_document("doomed", "a.md", "# A\n\nsome text")
@@ -254,10 +262,15 @@ def test_errors_are_problem_json_with_request_id(open_url: str) -> None:
     assert r.headers["content-type"] == "application/problem+json"
     assert r.headers["x-request-id"] == "req-42"
     body = r.json()
-    assert body == {"type": "urn:ragstore:problem:collection_not_found",
-                    "title": "Collection not found", "status": 404,
-                    "detail": body["detail"], "code": "collection_not_found",
-                    "instance": "/v1/collections/missing", "request_id": "req-42"}
+    assert body == {
+        "type": "urn:ragstore:problem:collection_not_found",
+        "title": "Collection not found",
+        "status": 404,
+        "detail": body["detail"],
+        "code": "collection_not_found",
+        "instance": "/v1/collections/missing",
+        "request_id": "req-42",
+    }
     assert "Traceback" not in r.text
 
 
@@ -271,10 +284,19 @@ def test_validation_errors_list_each_field(open_url: str) -> None:
 def test_openapi_document_has_every_resource_and_examples(open_url: str) -> None:
     spec = httpx.get(f"{open_url}/openapi.json").json()
     paths = set(spec["paths"])
-    assert {"/v1/collections", "/v1/collections/{name}", "/v1/collections/{name}/documents",
-            "/v1/collections/{name}/documents/upload", "/v1/collections/{name}/search",
-            "/v1/models", "/v1/collections/{name}/model", "/v1/jobs", "/v1/jobs/{job_id}",
-            "/healthz", "/readyz"} <= paths
+    assert {
+        "/v1/collections",
+        "/v1/collections/{name}",
+        "/v1/collections/{name}/documents",
+        "/v1/collections/{name}/documents/upload",
+        "/v1/collections/{name}/search",
+        "/v1/models",
+        "/v1/collections/{name}/model",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/healthz",
+        "/readyz",
+    } <= paths
     create = spec["components"]["schemas"]["CollectionCreate"]["properties"]["name"]
     assert create["examples"] == ["handbook"]
     search_404 = spec["paths"]["/v1/collections/{name}/search"]["post"]["responses"]["404"]

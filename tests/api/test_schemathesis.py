@@ -10,12 +10,17 @@ from hypothesis import HealthCheck, given, settings
 
 from ragstore import Client
 
-PROBLEM_FIELDS = {"type": str, "title": str, "status": int, "detail": str, "code": str,
-                  "request_id": str}
+PROBLEM_FIELDS = {
+    "type": str,
+    "title": str,
+    "status": int,
+    "detail": str,
+    "code": str,
+    "request_id": str,
+}
 
 
-def problem_json(ctx: object, response: schemathesis.Response,
-                 case: schemathesis.Case) -> None:
+def problem_json(ctx: object, response: schemathesis.Response, case: schemathesis.Case) -> None:
     """An error answer is RFC 9457 problem+json with our fields and its own status."""
     if response.status_code < 400:
         return
@@ -30,8 +35,9 @@ def problem_json(ctx: object, response: schemathesis.Response,
     assert "Traceback" not in response.text
 
 
-def server_errors_are_absent(ctx: object, response: schemathesis.Response,
-                             case: schemathesis.Case) -> None:
+def server_errors_are_absent(
+    ctx: object, response: schemathesis.Response, case: schemathesis.Case
+) -> None:
     assert response.status_code < 500, response.text
 
 
@@ -45,7 +51,8 @@ def api_schema(open_url: str) -> schemathesis.BaseSchema:
 
 
 def test_api_never_answers_5xx_and_errors_are_problem_json(
-        api_schema: schemathesis.BaseSchema, open_url: str) -> None:
+    api_schema: schemathesis.BaseSchema, open_url: str
+) -> None:
     """Each operation gets a bounded number of generated requests (derandomized)."""
     tested = []
     statuses: set[int] = set()
@@ -53,8 +60,13 @@ def test_api_never_answers_5xx_and_errors_are_problem_json(
         operation = result.ok()
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=6, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=6,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case: schemathesis.Case) -> None:
             response = case.call(base_url=open_url, timeout=60)
             server_errors_are_absent(None, response, case)

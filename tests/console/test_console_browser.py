@@ -27,26 +27,39 @@ from ragstore.config import Settings
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "console"
 expect.set_options(timeout=20_000)  # a page's requests on a busy 2-core CI machine
 TARGET = "all-MiniLM-L6-v2-256d"
-EVIL = ("Warning <script>window.__pwned = 1</script> and "
-        '<img src="x" onerror="window.__pwned = 2"> should show as text.\n')
+EVIL = (
+    "Warning <script>window.__pwned = 1</script> and "
+    '<img src="x" onerror="window.__pwned = 2"> should show as text.\n'
+)
 BAD_PDF = b"%PDF-1.7\nthis is not really a PDF\n"
 
 
 def _handbook(topic: str, steps: list[str]) -> str:
     parts = [f"# {topic.title()} guide\n\nHow the team handles {topic}.\n"]
     for i, step in enumerate(steps, 1):
-        parts.append(f"\n## Step {i}: {step}\n\nFor {topic}, {step} carefully and write "
-                     f"down what you did; a {topic} without notes cannot be repeated.\n")
+        parts.append(
+            f"\n## Step {i}: {step}\n\nFor {topic}, {step} carefully and write "
+            f"down what you did; a {topic} without notes cannot be repeated.\n"
+        )
     return "".join(parts)
 
 
 DOCS = {
-    "rollback.md": _handbook("rollback", ["stop the writers", "run ragstore db downgrade",
-                                          "restore the backup", "check the search results"]),
-    "backups.md": _handbook("backups", ["take a base backup", "copy it off the host",
-                                        "test a restore every month"]),
-    "onboarding.md": _handbook("onboarding", ["create an API key", "read the handbook",
-                                              "shadow an on-call shift"]),
+    "rollback.md": _handbook(
+        "rollback",
+        [
+            "stop the writers",
+            "run ragstore db downgrade",
+            "restore the backup",
+            "check the search results",
+        ],
+    ),
+    "backups.md": _handbook(
+        "backups", ["take a base backup", "copy it off the host", "test a restore every month"]
+    ),
+    "onboarding.md": _handbook(
+        "onboarding", ["create an API key", "read the handbook", "shadow an on-call shift"]
+    ),
 }
 
 
@@ -65,19 +78,30 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(settings: Settings, keys: KeyStore,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    settings: Settings, keys: KeyStore, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     """``ragstore serve`` in its own process, auth on, on the module's database."""
     assert settings.database_url is not None
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
-           "RAGSTORE_DATA_DIR": str(settings.data_dir), "RAGSTORE_PROFILE": "test",
-           "RAGSTORE_AUTH": "on", "RAGSTORE_API_HOST": "127.0.0.1",
-           "RAGSTORE_API_PORT": str(port), "RAGSTORE_LOG_LEVEL": "info"}
+    env = {
+        **os.environ,
+        "RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
+        "RAGSTORE_DATA_DIR": str(settings.data_dir),
+        "RAGSTORE_PROFILE": "test",
+        "RAGSTORE_AUTH": "on",
+        "RAGSTORE_API_HOST": "127.0.0.1",
+        "RAGSTORE_API_PORT": str(port),
+        "RAGSTORE_LOG_LEVEL": "info",
+    }
     with log.open("wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "ragstore"), "serve"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ragstore"), "serve"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     try:
@@ -92,8 +116,12 @@ def server(settings: Settings, keys: KeyStore,
             assert time.monotonic() < deadline, "ragstore serve did not start"
             time.sleep(0.2)
         print(f"ragstore serve answered after {time.monotonic() - started:.1f} s")
-        yield Server(url, keys.create("admin", name="console-admin").secret,
-                     keys.create("read", name="console-reader").secret, log)
+        yield Server(
+            url,
+            keys.create("admin", name="console-admin").secret,
+            keys.create("read", name="console-reader").secret,
+            log,
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -151,8 +179,9 @@ def test_sign_in_keeps_the_key_in_the_tab_only(page: Page, server: Server) -> No
     assert page.evaluate("sessionStorage.getItem('ragstore.apiKey')") is None
 
 
-def test_a_read_key_sees_no_write_or_admin_controls(page: Page, server: Server,
-                                                    handbook: str) -> None:
+def test_a_read_key_sees_no_write_or_admin_controls(
+    page: Page, server: Server, handbook: str
+) -> None:
     sign_in(page, server, server.read_key)
     expect(page.locator("#whoami")).to_contain_text("read")
     expect(page.locator("#create-section")).to_be_hidden()
@@ -178,13 +207,16 @@ def test_create_a_collection_and_upload_two_files_by_drop(page: Page, server: Se
              dt.items.add(new File([good], "rollback.md", {type: "text/markdown"}));
              dt.items.add(new File([bad], "broken.pdf", {type: "application/pdf"}));
              return dt;
-           }""", [DOCS["rollback.md"], BAD_PDF.decode()])
+           }""",
+        [DOCS["rollback.md"], BAD_PDF.decode()],
+    )
     page.dispatch_event("#drop-zone", "drop", {"dataTransfer": drop})
     good = page.locator("#upload-list li[data-file='rollback.md'] .outcome")
     bad = page.locator("#upload-list li[data-file='broken.pdf'] .outcome")
     expect(good).to_have_text(re.compile(r"^added: \d+ chunks$"), timeout=60_000)
-    expect(bad).to_have_text(re.compile(r"^failed: broken\.pdf: not a readable PDF"),
-                             timeout=60_000)
+    expect(bad).to_have_text(
+        re.compile(r"^failed: broken\.pdf: not a readable PDF"), timeout=60_000
+    )
     expect(bad).to_contain_text("(corrupt_document)")
     for name in ("rollback.md", "broken.pdf"):  # each file's own progress bar, full
         bar = page.locator(f"#upload-list li[data-file='{name}'] progress")
@@ -192,9 +224,16 @@ def test_create_a_collection_and_upload_two_files_by_drop(page: Page, server: Se
     expect(page.locator("#documents-body tr")).to_have_count(1)
     expect(page.locator("#documents-body")).to_contain_text("rollback.md")
     expect(page.locator("#spaces-body")).to_contain_text("active")
-    page.set_input_files("#file-input", files=[{  # the drop zone's own file chooser
-        "name": "rollback.md", "mimeType": "text/markdown",
-        "buffer": DOCS["rollback.md"].encode()}])
+    page.set_input_files(
+        "#file-input",
+        files=[
+            {  # the drop zone's own file chooser
+                "name": "rollback.md",
+                "mimeType": "text/markdown",
+                "buffer": DOCS["rollback.md"].encode(),
+            }
+        ],
+    )
     again = page.locator("#upload-list li[data-file='rollback.md'] .outcome").nth(1)
     expect(again).to_have_text(re.compile(r"^unchanged: \d+ chunks$"), timeout=60_000)
     page.fill("#source-prefix", "nothing-here/")
@@ -206,8 +245,9 @@ def test_create_a_collection_and_upload_two_files_by_drop(page: Page, server: Se
     shot(page, "collection")
 
 
-def test_a_document_with_script_and_img_is_shown_as_text(page: Page, server: Server,
-                                                         handbook: str) -> None:
+def test_a_document_with_script_and_img_is_shown_as_text(
+    page: Page, server: Server, handbook: str
+) -> None:
     sign_in(page, server)
     open_page(page, server, f"/ui/collections/{handbook}")
     page.click("#documents-body a:text('markup.txt')")
@@ -221,8 +261,9 @@ def test_a_document_with_script_and_img_is_shown_as_text(page: Page, server: Ser
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "vector", "fulltext"])
-def test_search_in_each_mode_shows_ranks_context_and_plan(page: Page, server: Server,
-                                                         handbook: str, mode: str) -> None:
+def test_search_in_each_mode_shows_ranks_context_and_plan(
+    page: Page, server: Server, handbook: str, mode: str
+) -> None:
     sign_in(page, server)
     open_page(page, server, f"/ui/collections/{handbook}/search")
     page.fill("#q", "restore the backup after a rollback")
@@ -267,8 +308,9 @@ def test_search_filters_show_errors_inline(page: Page, server: Server, handbook:
     expect(page.locator("#hits-body tr").first).to_contain_text("Backups guide")
 
 
-def test_migrate_to_the_256d_model_then_roll_back(page: Page, server: Server,
-                                                  handbook: str) -> None:
+def test_migrate_to_the_256d_model_then_roll_back(
+    page: Page, server: Server, handbook: str
+) -> None:
     sign_in(page, server)
     open_page(page, server, "/ui/models")
     page.select_option("#migrate-collection", handbook)
@@ -280,11 +322,12 @@ def test_migrate_to_the_256d_model_then_roll_back(page: Page, server: Server,
     page.fill("#migrate-to", TARGET)
     page.click("#migrate-start")
     expect(page.locator("#migrate-status")).to_contain_text(f"to {TARGET}")
-    expect(page.locator("#migrate-status")).to_contain_text(f"Switched {handbook} to {TARGET}@",
-                                                            timeout=120_000)
+    expect(page.locator("#migrate-status")).to_contain_text(
+        f"Switched {handbook} to {TARGET}@", timeout=120_000
+    )
     expect(page.locator("#active-model")).to_contain_text(f"{TARGET}@")
     migrate = f"{server.url}/v1/collections/{handbook}/model/migrate"
-    during = events[events.index(("sent", migrate)):events.index(("done", migrate))]
+    during = events[events.index(("sent", migrate)) : events.index(("done", migrate))]
     assert ("sent", f"{server.url}/v1/collections/{handbook}/stats") in during  # watched
     spaces = page.locator("#model-spaces-body tr")
     expect(spaces).to_have_count(2)
@@ -300,11 +343,16 @@ def test_migrate_to_the_256d_model_then_roll_back(page: Page, server: Server,
     expect(page.locator("#model-spaces-body tr[data-status=active]")).to_contain_text(original)
 
 
-def test_collections_page_deletes_only_after_the_name_is_typed(page: Page, server: Server,
-                                                               handbook: str) -> None:
+def test_collections_page_deletes_only_after_the_name_is_typed(
+    page: Page, server: Server, handbook: str
+) -> None:
     auth = {"Authorization": f"Bearer {server.admin_key}"}
-    assert httpx.post(f"{server.url}/v1/collections", json={"name": "scratch"},
-                      headers=auth).status_code == 201
+    assert (
+        httpx.post(
+            f"{server.url}/v1/collections", json={"name": "scratch"}, headers=auth
+        ).status_code
+        == 201
+    )
     sign_in(page, server)
     row = page.locator("tr[data-collection=handbook]")
     expect(row.locator(".spaces")).to_contain_text("active")

@@ -16,12 +16,20 @@ from ragstore.config import Settings
 from ragstore.console.security import CONTENT_SECURITY_POLICY
 from tests.api.conftest import running_server, with_
 
-PAGES = ("/ui/login", "/ui/collections", "/ui/collections/notes", "/ui/collections/notes/search",
-         "/ui/collections/notes/documents/1", "/ui/models")
+PAGES = (
+    "/ui/login",
+    "/ui/collections",
+    "/ui/collections/notes",
+    "/ui/collections/notes/search",
+    "/ui/collections/notes/documents/1",
+    "/ui/models",
+)
 STATIC = Path(__file__).resolve().parents[2] / "src" / "ragstore" / "console" / "static"
-EVIL = ("# Evil\n\nHello <script>window.__pwned=1</script> and "
-        '<img src=x onerror="window.__pwned=2">.\n\n'
-        "## Rollback\n\nRun the downgrade to roll back.\n")
+EVIL = (
+    "# Evil\n\nHello <script>window.__pwned=1</script> and "
+    '<img src=x onerror="window.__pwned=2">.\n\n'
+    "## Rollback\n\nRun the downgrade to roll back.\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +48,19 @@ def secure_url(settings: Settings) -> Iterator[str]:
 def notes(open_url: str) -> dict[str, int]:
     """Collection ``notes`` with one markdown document holding HTML; its id by name."""
     assert httpx.post(f"{open_url}/v1/collections", json={"name": "notes"}).status_code == 201
-    r = httpx.post(f"{open_url}/v1/collections/notes/documents/upload",
-                   files=[("files", ("evil.md", EVIL.encode()))], timeout=60)
+    r = httpx.post(
+        f"{open_url}/v1/collections/notes/documents/upload",
+        files=[("files", ("evil.md", EVIL.encode()))],
+        timeout=60,
+    )
     assert r.status_code == 201, r.text
     return {"evil.md": r.json()["data"][0]["id"]}
 
 
 @pytest.mark.parametrize("path", PAGES)
-def test_every_page_has_a_strict_csp_and_no_inline_script_or_style(open_url: str,
-                                                                    path: str) -> None:
+def test_every_page_has_a_strict_csp_and_no_inline_script_or_style(
+    open_url: str, path: str
+) -> None:
     r = httpx.get(open_url + path)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
@@ -74,7 +86,8 @@ def test_with_auth_off_every_page_says_so(open_url: str, path: str) -> None:
 
 @pytest.mark.parametrize("path", PAGES)
 def test_with_auth_on_no_page_says_it_is_off_and_pages_hold_no_data(
-        secure_url: str, notes: dict[str, int], path: str) -> None:
+    secure_url: str, notes: dict[str, int], path: str
+) -> None:
     r = httpx.get(secure_url + path)  # no key: the shell only, every fact comes by the API
     assert r.status_code == 200
     assert 'id="auth-off"' not in r.text and 'data-auth="on"' in r.text
@@ -94,8 +107,16 @@ def test_swagger_docs_keep_their_own_headers(open_url: str) -> None:
 
 def test_console_script_never_parses_text_as_html() -> None:
     js = (STATIC / "console.js").read_text()
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
-                 "new Function", "localStorage", "document.cookie"):
+    for sink in (
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+        "localStorage",
+        "document.cookie",
+    ):
         assert sink not in js, sink
     assert "sessionStorage" in js and "textContent" in js
 
@@ -116,7 +137,12 @@ def test_root_redirects_to_the_collections(open_url: str) -> None:
 
 def test_me_with_auth_off_is_an_anonymous_admin(open_url: str) -> None:
     assert httpx.get(f"{open_url}/v1/me").json() == {
-        "auth": False, "key_id": None, "name": None, "scope": "admin", "collection": None}
+        "auth": False,
+        "key_id": None,
+        "name": None,
+        "scope": "admin",
+        "collection": None,
+    }
 
 
 def test_me_reports_the_keys_scope_and_collection(secure_url: str, keys: KeyStore) -> None:
@@ -125,12 +151,18 @@ def test_me_reports_the_keys_scope_and_collection(secure_url: str, keys: KeyStor
     r = httpx.get(f"{secure_url}/v1/me", headers={"Authorization": f"Bearer {key.secret}"})
     assert r.status_code == 200
     body = r.json()
-    assert body == {"auth": True, "key_id": key.secret.split("_")[1], "name": "viewer",
-                    "scope": "read", "collection": "notes"}
+    assert body == {
+        "auth": True,
+        "key_id": key.secret.split("_")[1],
+        "name": "viewer",
+        "scope": "read",
+        "collection": "notes",
+    }
 
 
-def test_stats_show_counts_sizes_spaces_and_last_ingest(open_url: str,
-                                                        notes: dict[str, int]) -> None:
+def test_stats_show_counts_sizes_spaces_and_last_ingest(
+    open_url: str, notes: dict[str, int]
+) -> None:
     s = httpx.get(f"{open_url}/v1/collections/notes/stats").json()
     assert s["documents"] == 1 and s["chunks"] >= 3
     assert s["last_ingest"] is not None
@@ -142,8 +174,9 @@ def test_stats_show_counts_sizes_spaces_and_last_ingest(open_url: str,
     assert httpx.get(f"{open_url}/v1/collections/nope/stats").status_code == 404
 
 
-def test_chunks_come_in_order_with_type_section_and_page(open_url: str,
-                                                         notes: dict[str, int]) -> None:
+def test_chunks_come_in_order_with_type_section_and_page(
+    open_url: str, notes: dict[str, int]
+) -> None:
     doc = notes["evil.md"]
     r = httpx.get(f"{open_url}/v1/collections/notes/documents/{doc}/chunks").json()
     stored = httpx.get(f"{open_url}/v1/collections/notes/documents/{doc}").json()["chunks"]
@@ -155,45 +188,60 @@ def test_chunks_come_in_order_with_type_section_and_page(open_url: str,
     assert all(c["section_path"][:1] == ["Evil"] for c in r["data"] if c["section_path"])
     assert any(c["section_path"] for c in r["data"])
     assert all(c["page"] is None for c in r["data"])  # markdown has no pages
-    first = httpx.get(f"{open_url}/v1/collections/notes/documents/{doc}/chunks",
-                      params={"limit": 1}).json()
+    first = httpx.get(
+        f"{open_url}/v1/collections/notes/documents/{doc}/chunks", params={"limit": 1}
+    ).json()
     assert first["count"] == 1 and first["next_after"] == 0
-    rest = httpx.get(f"{open_url}/v1/collections/notes/documents/{doc}/chunks",
-                     params={"after": 0}).json()
+    rest = httpx.get(
+        f"{open_url}/v1/collections/notes/documents/{doc}/chunks", params={"after": 0}
+    ).json()
     assert [c["ordinal"] for c in rest["data"]] == ordinals[1:]
     missing = httpx.get(f"{open_url}/v1/collections/notes/documents/999999/chunks")
     assert missing.status_code == 404 and missing.json()["code"] == "document_not_found"
 
 
-def test_search_explain_gives_both_ranks_and_the_plan(open_url: str,
-                                                      notes: dict[str, int]) -> None:
-    r = httpx.post(f"{open_url}/v1/collections/notes/search", timeout=60,
-                   json={"query": "roll back the downgrade", "mode": "hybrid", "explain": True,
-                         "context": "section"}).json()
+def test_search_explain_gives_both_ranks_and_the_plan(open_url: str, notes: dict[str, int]) -> None:
+    r = httpx.post(
+        f"{open_url}/v1/collections/notes/search",
+        timeout=60,
+        json={
+            "query": "roll back the downgrade",
+            "mode": "hybrid",
+            "explain": True,
+            "context": "section",
+        },
+    ).json()
     top = r["data"][0]
     assert top["explain"]["vector"]["rank"] >= 1 and top["explain"]["fulltext"]["rank"] >= 1
     assert top["context_mode"] == "section" and top["context"]
     plan = r["plan"]
-    assert plan["mode"] == "hybrid" and [x["list"] for x in plan["lists"]] == ["vector",
-                                                                               "fulltext"]
+    assert plan["mode"] == "hybrid" and [x["list"] for x in plan["lists"]] == ["vector", "fulltext"]
     assert plan["fusion"]["method"] == "rrf" and plan["lists"][0]["table"].startswith("emb_")
-    vector_only = httpx.post(f"{open_url}/v1/collections/notes/search", timeout=60,
-                             json={"query": "roll back", "mode": "vector", "explain": True})
+    vector_only = httpx.post(
+        f"{open_url}/v1/collections/notes/search",
+        timeout=60,
+        json={"query": "roll back", "mode": "vector", "explain": True},
+    )
     body = vector_only.json()
     assert [x["list"] for x in body["plan"]["lists"]] == ["vector"]
     assert body["plan"]["fusion"] is None
-    plain = httpx.post(f"{open_url}/v1/collections/notes/search", timeout=60,
-                       json={"query": "roll back"}).json()
+    plain = httpx.post(
+        f"{open_url}/v1/collections/notes/search", timeout=60, json={"query": "roll back"}
+    ).json()
     assert plain["plan"] is None
 
 
-def test_the_key_is_never_in_the_access_log(secure_url: str, keys: KeyStore,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_the_key_is_never_in_the_access_log(
+    secure_url: str, keys: KeyStore, caplog: pytest.LogCaptureFixture
+) -> None:
     secret = keys.create("read").secret
     caplog.set_level("DEBUG")
     r = httpx.get(f"{secure_url}/v1/me", headers={"Authorization": f"Bearer {secret}"})
     assert r.status_code == 200
-    assert any("/v1/me" in rec.getMessage() or "/v1/me" in str(rec.__dict__)
-               for rec in caplog.records)
-    assert all(secret not in str(rec.__dict__) and secret.split("_")[2] not in rec.getMessage()
-               for rec in caplog.records)
+    assert any(
+        "/v1/me" in rec.getMessage() or "/v1/me" in str(rec.__dict__) for rec in caplog.records
+    )
+    assert all(
+        secret not in str(rec.__dict__) and secret.split("_")[2] not in rec.getMessage()
+        for rec in caplog.records
+    )

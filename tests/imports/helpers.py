@@ -21,12 +21,21 @@ def vectors(n: int, dim: int, seed: int = 0) -> Matrix:
     return rng.normal(size=(n, dim)).astype(np.float32)
 
 
-def write_jsonl(path: Path, ids: list[str], vecs: Matrix, texts: list[str] | None = None,
-                extra: list[dict[str, Any]] | None = None) -> Path:
+def write_jsonl(
+    path: Path,
+    ids: list[str],
+    vecs: Matrix,
+    texts: list[str] | None = None,
+    extra: list[dict[str, Any]] | None = None,
+) -> Path:
     with path.open("w") as fh:
         for i, rid in enumerate(ids):
-            obj: dict[str, Any] = {"id": rid, "text": texts[i] if texts else f"text of {rid}",
-                                   "vector": vecs[i].tolist(), "metadata": {"n": i}}
+            obj: dict[str, Any] = {
+                "id": rid,
+                "text": texts[i] if texts else f"text of {rid}",
+                "vector": vecs[i].tolist(),
+                "metadata": {"n": i},
+            }
             if extra:
                 obj.update(extra[i])
             fh.write(json.dumps(obj) + "\n")
@@ -50,20 +59,30 @@ def checksum(ids: list[str], vecs: Matrix) -> str:
 def collection_state(url: str, name: str) -> dict[str, Any]:
     """Everything a collection holds, to compare before and after a failed import."""
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT c.id, s.table_name FROM collections c JOIN embedding_spaces s"
-                           " ON s.id = c.active_space_id WHERE c.name = %s", (name,)).fetchone()
+        row = conn.execute(
+            "SELECT c.id, s.table_name FROM collections c JOIN embedding_spaces s"
+            " ON s.id = c.active_space_id WHERE c.name = %s",
+            (name,),
+        ).fetchone()
         if row is None:
-            return {"exists": False,
-                    "spaces": conn.execute("SELECT count(*) FROM embedding_spaces")
-                    .fetchone()}
+            return {
+                "exists": False,
+                "spaces": conn.execute("SELECT count(*) FROM embedding_spaces").fetchone(),
+            }
         cid, table = row
-        docs = conn.execute("SELECT source, metadata::text FROM documents WHERE collection_id"
-                            " = %s ORDER BY source", (cid,)).fetchall()
-        chunks = conn.execute("SELECT text, metadata::text FROM chunks WHERE collection_id = %s"
-                              " ORDER BY text", (cid,)).fetchall()
-        embs = conn.execute(psycopg.sql.SQL("SELECT chunk_id, embedding::text FROM {}"
-                                            " ORDER BY chunk_id").format(
-            psycopg.sql.Identifier(table))).fetchall()
-        indexes = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s ORDER BY 1",
-                               (table,)).fetchall()
+        docs = conn.execute(
+            "SELECT source, metadata::text FROM documents WHERE collection_id = %s ORDER BY source",
+            (cid,),
+        ).fetchall()
+        chunks = conn.execute(
+            "SELECT text, metadata::text FROM chunks WHERE collection_id = %s ORDER BY text", (cid,)
+        ).fetchall()
+        embs = conn.execute(
+            psycopg.sql.SQL("SELECT chunk_id, embedding::text FROM {} ORDER BY chunk_id").format(
+                psycopg.sql.Identifier(table)
+            )
+        ).fetchall()
+        indexes = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = %s ORDER BY 1", (table,)
+        ).fetchall()
     return {"exists": True, "docs": docs, "chunks": chunks, "embs": embs, "indexes": indexes}

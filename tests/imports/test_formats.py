@@ -34,56 +34,88 @@ def _assert_verified(report: dict[str, Any], ids: list[str], vecs: np.ndarray) -
 
 
 def test_jsonl_file_is_imported_with_text_and_metadata(
-        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ids = [f"doc-{i}" for i in range(300)]
     vecs = vectors(300, DIM)
-    src = write_jsonl(tmp_path / "store.jsonl", ids, vecs,
-                      extra=[{"source": "wiki"} for _ in ids])
-    report = _import(capsys, str(src), "-c", "fmt-jsonl", "--model", "legacy@v1",
-                     "--dimension", str(DIM))
+    src = write_jsonl(tmp_path / "store.jsonl", ids, vecs, extra=[{"source": "wiki"} for _ in ids])
+    report = _import(
+        capsys, str(src), "-c", "fmt-jsonl", "--model", "legacy@v1", "--dimension", str(DIM)
+    )
     _assert_verified(report, ids, vecs)
     assert report["created"] is True and report["provider"] == "imported"
     with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
-        row = conn.execute("SELECT k.text, k.metadata FROM chunks k JOIN documents d ON"
-                           " d.id = k.document_id WHERE d.source = 'doc-7'").fetchone()
+        row = conn.execute(
+            "SELECT k.text, k.metadata FROM chunks k JOIN documents d ON"
+            " d.id = k.document_id WHERE d.source = 'doc-7'"
+        ).fetchone()
     assert row == ("text of doc-7", {"n": 7, "source": "wiki"})
 
 
-def test_npy_matrix_with_csv_sidecar(cli_env: dict[str, str], tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_npy_matrix_with_csv_sidecar(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ids = [str(1000 + i) for i in range(200)]
     vecs = vectors(200, DIM, seed=1)
     src = write_npy_csv(tmp_path / "vecs.npy", ids, vecs)
-    report = _import(capsys, str(src), "-c", "fmt-npy", "--model", "legacy@v1",
-                     "--dimension", str(DIM))
+    report = _import(
+        capsys, str(src), "-c", "fmt-npy", "--model", "legacy@v1", "--dimension", str(DIM)
+    )
     _assert_verified(report, ids, vecs)
     with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
-        meta = conn.execute("SELECT k.metadata FROM chunks k JOIN documents d ON"
-                            " d.id = k.document_id WHERE d.source = '1005'").fetchone()
+        meta = conn.execute(
+            "SELECT k.metadata FROM chunks k JOIN documents d ON"
+            " d.id = k.document_id WHERE d.source = '1005'"
+        ).fetchone()
     assert meta == ({"lang": "en"},)
 
 
-def test_npz_with_jsonl_sidecar_and_l2_distance(cli_env: dict[str, str], tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_npz_with_jsonl_sidecar_and_l2_distance(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ids = [f"n{i}" for i in range(150)]
     vecs = vectors(150, DIM, seed=2).astype(np.float64)  # float64 on disk, float32 stored
     np.savez(tmp_path / "store.npz", embeddings=vecs, other=np.arange(3))
     with (tmp_path / "side.jsonl").open("w") as fh:
         for rid in ids:
             fh.write(json.dumps({"id": rid, "text": f"t {rid}"}) + "\n")
-    report = _import(capsys, str(tmp_path / "store.npz"), "--sidecar",
-                     str(tmp_path / "side.jsonl"), "-c", "fmt-npz", "--model", "legacy-l2@v1",
-                     "--dimension", str(DIM), "--distance", "l2")
+    report = _import(
+        capsys,
+        str(tmp_path / "store.npz"),
+        "--sidecar",
+        str(tmp_path / "side.jsonl"),
+        "-c",
+        "fmt-npz",
+        "--model",
+        "legacy-l2@v1",
+        "--dimension",
+        str(DIM),
+        "--distance",
+        "l2",
+    )
     _assert_verified(report, ids, vecs.astype(np.float32))
     assert report["distance"] == "l2"
 
 
 def test_sidecar_with_fewer_rows_than_the_matrix_is_refused(
-        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     np.save(tmp_path / "m.npy", vectors(5, DIM))
     (tmp_path / "m.csv").write_text("id,text\na,x\nb,y\n")
-    assert run_cli("import", str(tmp_path / "m.npy"), "-c", "fmt-bad", "--model", "legacy@v1",
-                   "--dimension", str(DIM), "--no-backup") == 65
+    assert (
+        run_cli(
+            "import",
+            str(tmp_path / "m.npy"),
+            "-c",
+            "fmt-bad",
+            "--model",
+            "legacy@v1",
+            "--dimension",
+            str(DIM),
+            "--no-backup",
+        )
+        == 65
+    )
     err = capsys.readouterr().err
     assert "error[import_source_invalid]" in err
     assert "describes 2 rows but" in err and "has 5" in err
@@ -95,68 +127,124 @@ def legacy_url(pg_admin_uri: str) -> str:
     url = create_database(pg_admin_uri, None)
     vecs = vectors(120, DIM, seed=3).astype(np.float64)
     with psycopg.connect(url) as conn:
-        conn.execute("CREATE TABLE legacy_docs (id integer PRIMARY KEY, content text,"
-                     " emb float8[], emb_real real[], emb_json jsonb, emb_bytea bytea,"
-                     " emb_text text, metadata jsonb)")
+        conn.execute(
+            "CREATE TABLE legacy_docs (id integer PRIMARY KEY, content text,"
+            " emb float8[], emb_real real[], emb_json jsonb, emb_bytea bytea,"
+            " emb_text text, metadata jsonb)"
+        )
         with conn.cursor().copy("COPY legacy_docs FROM STDIN") as copy:
             for i, v in enumerate(vecs):
-                copy.write_row((i, f"legacy text {i}", v.tolist(), v.tolist(),
-                                json.dumps(v.tolist()), v.astype("<f4").tobytes(),
-                                json.dumps(v.tolist()), json.dumps({"row": i})))
+                copy.write_row(
+                    (
+                        i,
+                        f"legacy text {i}",
+                        v.tolist(),
+                        v.tolist(),
+                        json.dumps(v.tolist()),
+                        v.astype("<f4").tobytes(),
+                        json.dumps(v.tolist()),
+                        json.dumps({"row": i}),
+                    )
+                )
     return url
 
 
 @pytest.mark.parametrize("column", ["emb", "emb_real", "emb_json", "emb_bytea", "emb_text"])
 def test_postgres_table_each_vector_column_type(
-        column: str, legacy_url: str, cli_env: dict[str, str],
-        capsys: pytest.CaptureFixture[str]) -> None:
+    column: str, legacy_url: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     ids = [str(i) for i in range(120)]
     vecs = vectors(120, DIM, seed=3)
-    report = _import(capsys, legacy_url, "--table", "legacy_docs", "--vector-column", column,
-                     "-c", f"pg-{column.replace('_', '-')}", "--model", "legacy@v1",
-                     "--dimension", str(DIM))
+    report = _import(
+        capsys,
+        legacy_url,
+        "--table",
+        "legacy_docs",
+        "--vector-column",
+        column,
+        "-c",
+        f"pg-{column.replace('_', '-')}",
+        "--model",
+        "legacy@v1",
+        "--dimension",
+        str(DIM),
+    )
     _assert_verified(report, ids, vecs)
     assert report["source"].startswith("PostgreSQL table legacy_docs on postgresql://")
     with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
-        row = conn.execute("SELECT k.text, k.metadata FROM chunks k JOIN documents d ON"
-                           " d.id = k.document_id JOIN collections c ON c.id = d.collection_id"
-                           " WHERE c.name = %s AND d.source = '42'",
-                           (f"pg-{column.replace('_', '-')}",)).fetchone()
+        row = conn.execute(
+            "SELECT k.text, k.metadata FROM chunks k JOIN documents d ON"
+            " d.id = k.document_id JOIN collections c ON c.id = d.collection_id"
+            " WHERE c.name = %s AND d.source = '42'",
+            (f"pg-{column.replace('_', '-')}",),
+        ).fetchone()
     assert row == ("legacy text 42", {"row": 42})
 
 
 def test_postgres_table_without_a_clear_vector_column_names_the_flag(
-        legacy_url: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli("import", legacy_url, "--table", "legacy_docs", "-c", "pg-x", "--model",
-                   "legacy@v1", "--dimension", str(DIM), "--no-backup") == 65
+    legacy_url: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        run_cli(
+            "import",
+            legacy_url,
+            "--table",
+            "legacy_docs",
+            "-c",
+            "pg-x",
+            "--model",
+            "legacy@v1",
+            "--dimension",
+            str(DIM),
+            "--no-backup",
+        )
+        == 65
+    )
     err = capsys.readouterr().err
     assert "cannot tell which column of legacy_docs holds the vectors" in err
     assert "--vector-column" in err
 
 
-def test_chroma_directory_written_by_chromadb(cli_env: dict[str, str], tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_chroma_directory_written_by_chromadb(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
     ids = [f"c{i}" for i in range(250)]
     vecs = vectors(250, DIM, seed=4)
-    client = chromadb.PersistentClient(path=str(tmp_path / "chroma"),
-                                       settings=ChromaSettings(anonymized_telemetry=False))
-    coll = client.get_or_create_collection("notes", embedding_function=None,
-                                           metadata={"hnsw:space": "cosine"})
-    coll.add(ids=ids, embeddings=vecs.tolist(), documents=[f"chroma {i}" for i in ids],
-             metadatas=[{"topic": "t", "i": n} for n in range(250)])
+    client = chromadb.PersistentClient(
+        path=str(tmp_path / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    coll = client.get_or_create_collection(
+        "notes", embedding_function=None, metadata={"hnsw:space": "cosine"}
+    )
+    coll.add(
+        ids=ids,
+        embeddings=vecs.tolist(),
+        documents=[f"chroma {i}" for i in ids],
+        metadatas=[{"topic": "t", "i": n} for n in range(250)],
+    )
     # Chroma hands vectors back through float64, 1 ulp off what was given: what it returns is
     # the source the checksum must match
     got = coll.get(ids=ids, include=["embeddings"])
     ids, vecs = list(got["ids"]), np.asarray(got["embeddings"], dtype=np.float32)
     del coll, client
-    report = _import(capsys, str(tmp_path / "chroma"), "-c", "fmt-chroma", "--model", "legacy@v1",
-                     "--dimension", str(DIM))
+    report = _import(
+        capsys,
+        str(tmp_path / "chroma"),
+        "-c",
+        "fmt-chroma",
+        "--model",
+        "legacy@v1",
+        "--dimension",
+        str(DIM),
+    )
     _assert_verified(report, ids, vecs)
     assert report["source"] == f"Chroma collection notes in {tmp_path / 'chroma'}"
     with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
-        row = conn.execute("SELECT k.text, k.metadata FROM chunks k JOIN documents d ON"
-                           " d.id = k.document_id WHERE d.source = 'c9'").fetchone()
+        row = conn.execute(
+            "SELECT k.text, k.metadata FROM chunks k JOIN documents d ON"
+            " d.id = k.document_id WHERE d.source = 'c9'"
+        ).fetchone()
     assert row == ("chroma c9", {"topic": "t", "i": 9})

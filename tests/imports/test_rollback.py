@@ -28,70 +28,150 @@ DIM = 16
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory, settings: object) -> str:
     """A collection 'keep' that already holds 100 imported records."""
-    src = write_jsonl(tmp_path_factory.mktemp("seed") / "seed.jsonl",
-                      [f"old{i}" for i in range(100)], vectors(100, DIM, seed=9))
+    src = write_jsonl(
+        tmp_path_factory.mktemp("seed") / "seed.jsonl",
+        [f"old{i}" for i in range(100)],
+        vectors(100, DIM, seed=9),
+    )
     return str(src)
 
 
 def test_failed_verification_leaves_an_existing_collection_as_it_was(
-        cli_env: dict[str, str], seeded: str, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], seeded: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = cli_env["RAGSTORE_DATABASE_URL"]
-    assert run_cli("import", seeded, "-c", "keep", "--model", "legacy@v1", "--dimension",
-                   str(DIM), "--no-backup") == 0
+    assert (
+        run_cli(
+            "import",
+            seeded,
+            "-c",
+            "keep",
+            "--model",
+            "legacy@v1",
+            "--dimension",
+            str(DIM),
+            "--no-backup",
+        )
+        == 0
+    )
     before = collection_state(url, "keep")
     assert len(before["docs"]) == 100
-    src = write_jsonl(tmp_path / "new.jsonl", [f"new{i}" for i in range(300)],
-                      vectors(300, DIM, seed=10))
+    src = write_jsonl(
+        tmp_path / "new.jsonl", [f"new{i}" for i in range(300)], vectors(300, DIM, seed=10)
+    )
     capsys.readouterr()
-    assert run_cli("import", str(src), "-c", "keep", "--model", "legacy@v1", "--dimension",
-                   str(DIM), "--no-backup", "--ef-search", "1") == 70
+    assert (
+        run_cli(
+            "import",
+            str(src),
+            "-c",
+            "keep",
+            "--model",
+            "legacy@v1",
+            "--dimension",
+            str(DIM),
+            "--no-backup",
+            "--ef-search",
+            "1",
+        )
+        == 70
+    )
     err = capsys.readouterr().err.splitlines()[-1]  # after the progress lines
-    assert err.startswith("error[import_verification_failed]: verification of the import "
-                          "into 'keep' failed: recall@10 0.")
+    assert err.startswith(
+        "error[import_verification_failed]: verification of the import "
+        "into 'keep' failed: recall@10 0."
+    )
     assert "the import was rolled back and the collection is as it was" in err
     assert collection_state(url, "keep") == before
 
 
 def test_failed_verification_of_a_new_collection_leaves_no_collection(
-        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = cli_env["RAGSTORE_DATABASE_URL"]
     before = collection_state(url, "never")
     src = write_jsonl(tmp_path / "a.jsonl", [f"a{i}" for i in range(200)], vectors(200, DIM))
-    assert run_cli("import", str(src), "-c", "never", "--model", "legacy@v1", "--dimension",
-                   str(DIM), "--no-backup", "--ef-search", "1") == 70
+    assert (
+        run_cli(
+            "import",
+            str(src),
+            "-c",
+            "never",
+            "--model",
+            "legacy@v1",
+            "--dimension",
+            str(DIM),
+            "--no-backup",
+            "--ef-search",
+            "1",
+        )
+        == 70
+    )
     after = collection_state(url, "never")
     assert after == before and after["exists"] is False
     with psycopg.connect(url) as conn:
-        leftovers = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename ~ '^emb_[0-9]+$'"
-                                 " AND tablename NOT IN (SELECT table_name FROM"
-                                 " embedding_spaces)").fetchone()
+        leftovers = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE tablename ~ '^emb_[0-9]+$'"
+            " AND tablename NOT IN (SELECT table_name FROM"
+            " embedding_spaces)"
+        ).fetchone()
     assert leftovers == (0,)
 
 
 def test_import_killed_mid_copy_leaves_the_collection_as_it_was(
-        cli_env: dict[str, str], seeded: str, tmp_path: Path) -> None:
+    cli_env: dict[str, str], seeded: str, tmp_path: Path
+) -> None:
     url = cli_env["RAGSTORE_DATABASE_URL"]
     if collection_state(url, "keep")["exists"] is False:
-        assert run_cli("import", seeded, "-c", "keep", "--model", "legacy@v1", "--dimension",
-                       str(DIM), "--no-backup") == 0
+        assert (
+            run_cli(
+                "import",
+                seeded,
+                "-c",
+                "keep",
+                "--model",
+                "legacy@v1",
+                "--dimension",
+                str(DIM),
+                "--no-backup",
+            )
+            == 0
+        )
     before = collection_state(url, "keep")
     n = 60_000
-    src = write_npy_csv(tmp_path / "big.npy", [f"big{i}" for i in range(n)],
-                        vectors(n, DIM, seed=11))
+    src = write_npy_csv(
+        tmp_path / "big.npy", [f"big{i}" for i in range(n)], vectors(n, DIM, seed=11)
+    )
     app = f"ragstore-crash-{os.getpid()}"
     env = {**os.environ, **cli_env, "RAGSTORE_DATABASE_URL": f"{url}&application_name={app}"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from ragstore.cli import main; main()", "import", str(src),
-         "-c", "keep", "--model", "legacy@v1", "--dimension", str(DIM), "--no-backup"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-c",
+            "from ragstore.cli import main; main()",
+            "import",
+            str(src),
+            "-c",
+            "keep",
+            "--model",
+            "legacy@v1",
+            "--dimension",
+            str(DIM),
+            "--no-backup",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     seen = None
     with psycopg.connect(url, autocommit=True) as watch:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            row = watch.execute("SELECT query FROM pg_stat_activity WHERE application_name = %s"
-                                " AND state = 'active' AND query LIKE 'COPY %%'",
-                                (app,)).fetchone()
+            row = watch.execute(
+                "SELECT query FROM pg_stat_activity WHERE application_name = %s"
+                " AND state = 'active' AND query LIKE 'COPY %%'",
+                (app,),
+            ).fetchone()
             if row:
                 seen = str(row[0])
                 os.kill(proc.pid, signal.SIGKILL)
@@ -101,24 +181,50 @@ def test_import_killed_mid_copy_leaves_the_collection_as_it_was(
         assert seen is not None, "the import never reached its COPY"
         assert proc.returncode == -signal.SIGKILL
         deadline = time.monotonic() + 60  # the server notices the dead client, rolls back
-        while watch.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name"
-                            " = %s", (app,)).fetchone() != (0,):
+        while watch.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,)
+        ).fetchone() != (0,):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     assert collection_state(url, "keep") == before
     # and nothing is stuck: the same import, run again to the end, succeeds
     small = write_jsonl(tmp_path / "after.jsonl", ["after1", "after2"], vectors(2, DIM, seed=12))
-    assert run_cli("import", str(small), "-c", "keep", "--model", "legacy@v1", "--dimension",
-                   str(DIM), "--no-backup") == 0
+    assert (
+        run_cli(
+            "import",
+            str(small),
+            "-c",
+            "keep",
+            "--model",
+            "legacy@v1",
+            "--dimension",
+            str(DIM),
+            "--no-backup",
+        )
+        == 0
+    )
     assert len(collection_state(url, "keep")["docs"]) == len(before["docs"]) + 2
 
 
-def test_import_takes_a_backup_first(cli_env: dict[str, str], tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_takes_a_backup_first(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = write_jsonl(tmp_path / "a.jsonl", ["b1", "b2", "b3"], vectors(3, DIM))
     capsys.readouterr()
-    assert run_cli("import", str(src), "-c", "backed", "--model", "legacy@v1", "--dimension",
-                   str(DIM), "--json") == 0
+    assert (
+        run_cli(
+            "import",
+            str(src),
+            "-c",
+            "backed",
+            "--model",
+            "legacy@v1",
+            "--dimension",
+            str(DIM),
+            "--json",
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     archive = Path(report["backup"]["path"])
     assert archive.parent == Path(cli_env["RAGSTORE_DATA_DIR"]) / "backups"

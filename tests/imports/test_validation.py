@@ -27,8 +27,9 @@ def _dirty_store(path: Path) -> Path:
     good = vectors(20, DIM)
     with path.open("w") as fh:
         for i in range(20):
-            fh.write(json.dumps({"id": f"ok{i}", "text": f"good {i}",
-                                 "vector": good[i].tolist()}) + "\n")
+            fh.write(
+                json.dumps({"id": f"ok{i}", "text": f"good {i}", "vector": good[i].tolist()}) + "\n"
+            )
         for i in range(3):  # 3 dimension mismatches
             fh.write(json.dumps({"id": f"short{i}", "text": "x", "vector": [1.0] * 5}) + "\n")
         fh.write('{"id": "nan1", "text": "x", "vector": [NaN, 1, 1, 1, 1, 1, 1, 1]}\n')
@@ -44,15 +45,27 @@ def _dirty_store(path: Path) -> Path:
 
 
 def test_every_kind_is_counted_with_its_first_ids() -> None:
-    recs = [_rec("a", [1.0] * DIM), _rec("a", [1.0] * DIM), _rec("b", [1.0] * 3),
-            _rec("c", [np.nan] + [1.0] * 7), _rec("d", [0.0] * DIM), _rec("e", [1.0] * DIM, None),
-            _rec(None, [1.0] * DIM), _rec("old", [1.0] * DIM)]
+    recs = [
+        _rec("a", [1.0] * DIM),
+        _rec("a", [1.0] * DIM),
+        _rec("b", [1.0] * 3),
+        _rec("c", [np.nan] + [1.0] * 7),
+        _rec("d", [0.0] * DIM),
+        _rec("e", [1.0] * DIM, None),
+        _rec(None, [1.0] * DIM),
+        _rec("old", [1.0] * DIM),
+    ]
     report = validate(recs, DIM, parse_policies("skip", []), existing_ids={"old"})
     found = {i.kind: (i.count, i.first) for i in report.issues}
-    assert found == {"missing_id": (1, ["record #7"]), "duplicate_id": (1, ["a"]),
-                     "existing_id": (1, ["old"]), "dimension_mismatch": (1, ["b (3 dims)"]),
-                     "non_finite": (1, ["c"]), "zero_vector": (1, ["d"]),
-                     "missing_text": (1, ["e"])}
+    assert found == {
+        "missing_id": (1, ["record #7"]),
+        "duplicate_id": (1, ["a"]),
+        "existing_id": (1, ["old"]),
+        "dimension_mismatch": (1, ["b (3 dims)"]),
+        "non_finite": (1, ["c"]),
+        "zero_vector": (1, ["d"]),
+        "missing_text": (1, ["e"]),
+    }
     assert report.kept == [0]
     assert report.skipped == 7 and report.ok
 
@@ -60,8 +73,11 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
 def test_first_ids_stop_at_five_but_the_count_goes_on() -> None:
     recs = [_rec(f"z{i}", [0.0] * DIM) for i in range(12)]
     (issue,) = validate(recs, DIM, parse_policies("abort", [])).issues
-    assert (issue.kind, issue.count, issue.first) == ("zero_vector", 12,
-                                                      ["z0", "z1", "z2", "z3", "z4"])
+    assert (issue.kind, issue.count, issue.first) == (
+        "zero_vector",
+        12,
+        ["z0", "z1", "z2", "z3", "z4"],
+    )
 
 
 def test_missing_text_can_be_kept_and_other_kinds_cannot() -> None:
@@ -75,10 +91,23 @@ def test_missing_text_can_be_kept_and_other_kinds_cannot() -> None:
 
 
 def test_dry_run_reports_every_problem_and_writes_nothing(
-        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = _dirty_store(tmp_path / "dirty.jsonl")
-    assert run_cli("import", str(src), "-c", "val-dry", "--model", "legacy@v1", "--dimension",
-                   str(DIM), "--dry-run") == 65
+    assert (
+        run_cli(
+            "import",
+            str(src),
+            "-c",
+            "val-dry",
+            "--model",
+            "legacy@v1",
+            "--dimension",
+            str(DIM),
+            "--dry-run",
+        )
+        == 65
+    )
     out = capsys.readouterr()
     lines = {ln.split()[0]: ln.split() for ln in out.out.splitlines() if ln.startswith("  ")}
     assert lines["dimension_mismatch"][1:3] == ["3", "abort"]
@@ -93,36 +122,90 @@ def test_dry_run_reports_every_problem_and_writes_nothing(
 
 
 def test_dry_run_of_a_clean_plan_says_what_it_would_do(
-        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = _dirty_store(tmp_path / "dirty.jsonl")
-    assert run_cli("import", str(src), "-c", "val-dry2", "--model", "legacy@v1", "--dimension",
-                   str(DIM), "--dry-run", "--on-invalid", "skip") == 0
+    assert (
+        run_cli(
+            "import",
+            str(src),
+            "-c",
+            "val-dry2",
+            "--model",
+            "legacy@v1",
+            "--dimension",
+            str(DIM),
+            "--dry-run",
+            "--on-invalid",
+            "skip",
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "dry run: would import 20 records into 'val-dry2'; nothing was written" in out
     assert collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-dry2")["exists"] is False
 
 
 def test_abort_policy_refuses_the_import_with_counts_and_ids(
-        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = _dirty_store(tmp_path / "dirty.jsonl")
-    assert run_cli("import", str(src), "-c", "val-abort", "--model", "legacy@v1", "--dimension",
-                   str(DIM), "--policy", "missing_id=skip", "--policy", "dimension_mismatch=skip",
-                   "--policy", "non_finite=skip", "--policy", "missing_text=keep",
-                   "--policy", "duplicate_id=skip",
-                   "--no-backup") == 65
+    assert (
+        run_cli(
+            "import",
+            str(src),
+            "-c",
+            "val-abort",
+            "--model",
+            "legacy@v1",
+            "--dimension",
+            str(DIM),
+            "--policy",
+            "missing_id=skip",
+            "--policy",
+            "dimension_mismatch=skip",
+            "--policy",
+            "non_finite=skip",
+            "--policy",
+            "missing_text=keep",
+            "--policy",
+            "duplicate_id=skip",
+            "--no-backup",
+        )
+        == 65
+    )
     err = capsys.readouterr().err.strip()
-    assert err == ("error[import_invalid]: JSONL file " + str(src) + ": 1 zero_vector (first: "
-                   "zero1); nothing was written. Fix the source, or choose --policy KIND=skip "
-                   "(or --on-invalid skip) to leave such records out")
+    assert err == (
+        "error[import_invalid]: JSONL file " + str(src) + ": 1 zero_vector (first: "
+        "zero1); nothing was written. Fix the source, or choose --policy KIND=skip "
+        "(or --on-invalid skip) to leave such records out"
+    )
     assert collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-abort")["exists"] is False
 
 
 def test_skip_policy_imports_only_the_good_records(
-        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = _dirty_store(tmp_path / "dirty.jsonl")
-    assert run_cli("import", str(src), "-c", "val-skip", "--model", "legacy@v1", "--dimension",
-                   str(DIM), "--on-invalid", "skip", "--policy", "missing_text=keep",
-                   "--no-backup", "--json") == 0
+    assert (
+        run_cli(
+            "import",
+            str(src),
+            "-c",
+            "val-skip",
+            "--model",
+            "legacy@v1",
+            "--dimension",
+            str(DIM),
+            "--on-invalid",
+            "skip",
+            "--policy",
+            "missing_text=keep",
+            "--no-backup",
+            "--json",
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert (report["read"], report["written"], report["skipped"]) == (32, 22, 10)
     state = collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-skip")
@@ -132,11 +215,21 @@ def test_skip_policy_imports_only_the_good_records(
 
 
 def test_ids_already_in_the_collection_are_reported(
-        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ids = [f"e{i}" for i in range(10)]
     src = write_jsonl(tmp_path / "a.jsonl", ids, vectors(10, DIM))
-    args = ("import", str(src), "-c", "val-exist", "--model", "legacy@v1", "--dimension", str(DIM),
-            "--no-backup")
+    args = (
+        "import",
+        str(src),
+        "-c",
+        "val-exist",
+        "--model",
+        "legacy@v1",
+        "--dimension",
+        str(DIM),
+        "--no-backup",
+    )
     assert run_cli(*args) == 0
     capsys.readouterr()
     assert run_cli(*args) == 65
@@ -144,42 +237,98 @@ def test_ids_already_in_the_collection_are_reported(
 
 
 def test_unknown_model_needs_a_declared_dimension(
-        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = write_jsonl(tmp_path / "a.jsonl", ["x"], vectors(1, DIM))
     assert run_cli("import", str(src), "-c", "val-nodim", "--model", "mystery-model") == 65
-    assert ("model 'mystery-model' is neither built in nor pinned, so ragstore cannot know "
-            "its dimension: declare it with --dimension N") in capsys.readouterr().err
+    assert (
+        "model 'mystery-model' is neither built in nor pinned, so ragstore cannot know "
+        "its dimension: declare it with --dimension N"
+    ) in capsys.readouterr().err
 
 
 def test_builtin_model_dimension_is_checked(
-        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = write_jsonl(tmp_path / "a.jsonl", ["x"], vectors(1, DIM))
-    assert run_cli("import", str(src), "-c", "val-mini", "--model", "all-MiniLM-L6-v2",
-                   "--dimension", "768") == 70
+    assert (
+        run_cli(
+            "import",
+            str(src),
+            "-c",
+            "val-mini",
+            "--model",
+            "all-MiniLM-L6-v2",
+            "--dimension",
+            "768",
+        )
+        == 70
+    )
     assert "has 384 dimensions but --dimension says 768" in capsys.readouterr().err
-    assert run_cli("import", str(src), "-c", "val-mini", "--model", "all-MiniLM-L6-v2",
-                   "--dry-run") == 65
+    assert (
+        run_cli("import", str(src), "-c", "val-mini", "--model", "all-MiniLM-L6-v2", "--dry-run")
+        == 65
+    )
     assert "1 dimension_mismatch (first: x (8 dims))" in capsys.readouterr().err
 
 
 def test_existing_collection_with_another_model_is_refused(
-        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = write_jsonl(tmp_path / "a.jsonl", ["x1", "x2"], vectors(2, DIM))
-    assert run_cli("import", str(src), "-c", "val-model", "--model", "first@v1", "--dimension",
-                   str(DIM), "--no-backup") == 0
+    assert (
+        run_cli(
+            "import",
+            str(src),
+            "-c",
+            "val-model",
+            "--model",
+            "first@v1",
+            "--dimension",
+            str(DIM),
+            "--no-backup",
+        )
+        == 0
+    )
     capsys.readouterr()
     src2 = write_jsonl(tmp_path / "b.jsonl", ["y1"], vectors(1, DIM))
-    assert run_cli("import", str(src2), "-c", "val-model", "--model", "second@v1", "--dimension",
-                   str(DIM), "--no-backup") == 70
+    assert (
+        run_cli(
+            "import",
+            str(src2),
+            "-c",
+            "val-model",
+            "--model",
+            "second@v1",
+            "--dimension",
+            str(DIM),
+            "--no-backup",
+        )
+        == 70
+    )
     err = capsys.readouterr().err
     assert "error[model_mismatch]: collection 'val-model' is pinned to first@v1 (8 dims)" in err
 
 
 def test_malformed_line_names_file_and_line(
-        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = tmp_path / "broken.jsonl"
     src.write_text('{"id": "a", "text": "t", "vector": [1, 2]}\n{"id": "b", "vector": [1, \n')
-    assert run_cli("import", str(src), "-c", "val-broken", "--model", "legacy-2d@v1", "--dimension",
-                   "2", "--dry-run") == 65
+    assert (
+        run_cli(
+            "import",
+            str(src),
+            "-c",
+            "val-broken",
+            "--model",
+            "legacy-2d@v1",
+            "--dimension",
+            "2",
+            "--dry-run",
+        )
+        == 65
+    )
     assert f"error[import_source_invalid]: {src} line 2: not valid JSON" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )

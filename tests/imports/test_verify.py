@@ -34,8 +34,7 @@ def test_distances_follow_pgvector() -> None:
     q = np.array([[3.0, 4.0]], dtype=np.float32)
     base = np.array([[3.0, 4.0], [0.0, 1.0], [-3.0, -4.0]], dtype=np.float32)
     np.testing.assert_allclose(distances(q, base, "cosine")[0], [0.0, 0.2, 2.0], atol=1e-6)
-    np.testing.assert_allclose(distances(q, base, "l2")[0], [0.0, np.sqrt(18.0), 10.0],
-                               atol=1e-5)
+    np.testing.assert_allclose(distances(q, base, "l2")[0], [0.0, np.sqrt(18.0), 10.0], atol=1e-5)
     np.testing.assert_allclose(distances(q, base, "ip")[0], [-25.0, -4.0, 25.0])
 
 

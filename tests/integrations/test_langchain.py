@@ -29,8 +29,9 @@ class TestRagstoreStandard(VectorStoreIntegrationTests):
 
 
 def test_standard_suite_stored_the_outside_model_on_the_collection(store: Store) -> None:
-    vs = RagstoreVectorStore(store, "lc-fake", VectorStoreIntegrationTests.get_embeddings(),
-                             model_name="fake-embedding")
+    vs = RagstoreVectorStore(
+        store, "lc-fake", VectorStoreIntegrationTests.get_embeddings(), model_name="fake-embedding"
+    )
     vs.add_texts(["one"], ids=["1"])
     coll = store.get_collection("lc-fake")
     assert (coll["model"], coll["dimension"]) == ("fake-embedding@imported", 6)
@@ -39,27 +40,36 @@ def test_standard_suite_stored_the_outside_model_on_the_collection(store: Store)
 @pytest.fixture(scope="module")
 def handbook(store: Store) -> RagstoreVectorStore:
     vs = RagstoreVectorStore(store, "lc-handbook")
-    vs.add_documents([
-        Document(page_content="To roll back a schema migration run ragstore db downgrade.",
-                 metadata={"team": "db", "year": 2024}),
-        Document(page_content="Backups run nightly and are kept for thirty days.",
-                 metadata={"team": "ops", "year": 2023}),
-        Document(page_content="Kittens sleep most of the day.",
-                 metadata={"team": "pets", "year": 2024}),
-    ], ids=["rollback", "backups", "kittens"])
+    vs.add_documents(
+        [
+            Document(
+                page_content="To roll back a schema migration run ragstore db downgrade.",
+                metadata={"team": "db", "year": 2024},
+            ),
+            Document(
+                page_content="Backups run nightly and are kept for thirty days.",
+                metadata={"team": "ops", "year": 2023},
+            ),
+            Document(
+                page_content="Kittens sleep most of the day.",
+                metadata={"team": "pets", "year": 2024},
+            ),
+        ],
+        ids=["rollback", "backups", "kittens"],
+    )
     return vs
 
 
 def test_as_retriever_invoke_uses_ragstores_model_and_hybrid_search(
-        handbook: RagstoreVectorStore) -> None:
+    handbook: RagstoreVectorStore,
+) -> None:
     docs = handbook.as_retriever(search_kwargs={"k": 1}).invoke("how do I undo a migration?")
     assert [d.id for d in docs] == ["rollback"]
     assert docs[0].metadata == {"team": "db", "year": 2024}
 
 
 def test_retriever_filter_is_ragstores_where_language(handbook: RagstoreVectorStore) -> None:
-    retriever = handbook.as_retriever(
-        search_kwargs={"k": 3, "filter": {"year": {"$lt": 2024}}})
+    retriever = handbook.as_retriever(search_kwargs={"k": 3, "filter": {"year": {"$lt": 2024}}})
     assert [d.id for d in retriever.invoke("how do I undo a migration?")] == ["backups"]
 
 

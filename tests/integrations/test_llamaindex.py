@@ -19,12 +19,21 @@ from ragstore.errors import InputError
 from ragstore.integrations.llamaindex import RagstoreEmbedding, RagstoreVectorStore, to_where
 
 NODES = [
-    TextNode(id_="rollback", text="To roll back a schema migration run ragstore db downgrade.",
-             metadata={"team": "db", "year": 2024}),
-    TextNode(id_="backups", text="Backups run nightly and are kept for thirty days.",
-             metadata={"team": "ops", "year": 2023}),
-    TextNode(id_="restore", text="Restore a backup with ragstore restore FILE.",
-             metadata={"team": "ops", "year": 2024}),
+    TextNode(
+        id_="rollback",
+        text="To roll back a schema migration run ragstore db downgrade.",
+        metadata={"team": "db", "year": 2024},
+    ),
+    TextNode(
+        id_="backups",
+        text="Backups run nightly and are kept for thirty days.",
+        metadata={"team": "ops", "year": 2023},
+    ),
+    TextNode(
+        id_="restore",
+        text="Restore a backup with ragstore restore FILE.",
+        metadata={"team": "ops", "year": 2024},
+    ),
 ]
 
 
@@ -33,7 +42,8 @@ def index(store: Store) -> VectorStoreIndex:
     vs = RagstoreVectorStore(store, "li-handbook")
     vs.add(NODES)  # no embeddings on the nodes: ragstore embeds them
     return VectorStoreIndex.from_vector_store(
-        vs, embed_model=RagstoreEmbedding(store, "li-handbook"))
+        vs, embed_model=RagstoreEmbedding(store, "li-handbook")
+    )
 
 
 def test_retriever_finds_the_node_with_its_metadata(index: VectorStoreIndex) -> None:
@@ -44,19 +54,24 @@ def test_retriever_finds_the_node_with_its_metadata(index: VectorStoreIndex) -> 
 
 
 def test_retriever_applies_metadata_filters(index: VectorStoreIndex) -> None:
-    filters = MetadataFilters(filters=[
-        MetadataFilter(key="team", value="ops"),
-        MetadataFilter(key="year", value=2024, operator=FilterOperator.GTE),
-    ])
+    filters = MetadataFilters(
+        filters=[
+            MetadataFilter(key="team", value="ops"),
+            MetadataFilter(key="year", value=2024, operator=FilterOperator.GTE),
+        ]
+    )
     found = index.as_retriever(similarity_top_k=3, filters=filters).retrieve(
-        "how long are backups kept?")
+        "how long are backups kept?"
+    )
     assert [n.node.node_id for n in found] == ["restore"]
 
 
 def test_inserted_documents_are_embedded_by_the_index_and_deleted_by_ref(
-        index: VectorStoreIndex, store: Store) -> None:
-    index.insert(Document(text="Kittens sleep most of the day.", id_="pets-doc",
-                          metadata={"team": "pets"}))
+    index: VectorStoreIndex, store: Store
+) -> None:
+    index.insert(
+        Document(text="Kittens sleep most of the day.", id_="pets-doc", metadata={"team": "pets"})
+    )
     found = index.as_retriever(similarity_top_k=1).retrieve("which animal naps a lot?")
     assert found[0].node.ref_doc_id == "pets-doc"
     index.delete_ref_doc("pets-doc")
@@ -73,12 +88,17 @@ def test_query_by_embedding_alone(index: VectorStoreIndex, store: Store) -> None
 
 
 def test_filters_translate_to_ragstores_where_language() -> None:
-    filters = MetadataFilters(condition=FilterCondition.OR, filters=[
-        MetadataFilter(key="team", value=["db", "ops"], operator=FilterOperator.IN),
-        MetadataFilter(key="year", value=2020, operator=FilterOperator.LT),
-    ])
-    assert to_where(filters) == {"$or": [{"team": {"$in": ["db", "ops"]}},
-                                         {"year": {"$lt": 2020}}]}
+    filters = MetadataFilters(
+        condition=FilterCondition.OR,
+        filters=[
+            MetadataFilter(key="team", value=["db", "ops"], operator=FilterOperator.IN),
+            MetadataFilter(key="year", value=2020, operator=FilterOperator.LT),
+        ],
+    )
+    assert to_where(filters) == {"$or": [{"team": {"$in": ["db", "ops"]}}, {"year": {"$lt": 2020}}]}
     with pytest.raises(InputError, match="operator text_match on 'title' has no ragstore"):
-        to_where(MetadataFilters(filters=[MetadataFilter(
-            key="title", value="x", operator=FilterOperator.TEXT_MATCH)]))
+        to_where(
+            MetadataFilters(
+                filters=[MetadataFilter(key="title", value="x", operator=FilterOperator.TEXT_MATCH)]
+            )
+        )

@@ -25,9 +25,11 @@ from ragstore.auth.keys import KeyStore
 from ragstore.config import Settings
 from ragstore.integrations.mcp import build_server, key_for
 
-GUIDE = ("# Guide\n\nThe operations guide.\n\n## Rollback\n\nTo roll back a schema migration "
-         "run ragstore db downgrade with the target revision.\n\n## Backups\n\nBackups run "
-         "nightly and are kept for thirty days.\n")
+GUIDE = (
+    "# Guide\n\nThe operations guide.\n\n## Rollback\n\nTo roll back a schema migration "
+    "run ragstore db downgrade with the target revision.\n\n## Backups\n\nBackups run "
+    "nightly and are kept for thirty days.\n"
+)
 READ_TOOLS = {"search", "list_collections", "get_document", "get_section"}
 
 
@@ -40,8 +42,11 @@ def handbook(store: Store) -> Store:
 
 def _data(result: Any) -> Any:
     assert not result.is_error, result.content
-    return result.structured_content if result.structured_content is not None else \
-        json.loads(result.content[0].text)
+    return (
+        result.structured_content
+        if result.structured_content is not None
+        else json.loads(result.content[0].text)
+    )
 
 
 def _error(result: Any) -> str:
@@ -50,38 +55,68 @@ def _error(result: Any) -> str:
 
 
 async def test_stdio_session_searches_and_reads_without_write_tools(
-        handbook: Store, settings: Settings) -> None:
+    handbook: Store, settings: Settings
+) -> None:
     assert settings.database_url is not None
-    env = {"RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
-           "RAGSTORE_DATA_DIR": str(settings.data_dir), "RAGSTORE_PROFILE": "test",
-           "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1"}
+    env = {
+        "RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
+        "RAGSTORE_DATA_DIR": str(settings.data_dir),
+        "RAGSTORE_PROFILE": "test",
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     params = StdioServerParameters(
-        command=sys.executable, args=["-c", "from ragstore.cli import main; main()", "mcp"],
-        env=env)
+        command=sys.executable, args=["-c", "from ragstore.cli import main; main()", "mcp"], env=env
+    )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
         assert {t.name for t in (await session.list_tools()).tools} == READ_TOOLS
-        found = _data(await session.call_tool("search", {  # fulltext: no model to load
-            "collection": "handbook", "query": "downgrade target revision", "k": 1,
-            "mode": "fulltext", "context": "section", "where": {"team": "ops"}}))
+        found = _data(
+            await session.call_tool(
+                "search",
+                {  # fulltext: no model to load
+                    "collection": "handbook",
+                    "query": "downgrade target revision",
+                    "k": 1,
+                    "mode": "fulltext",
+                    "context": "section",
+                    "where": {"team": "ops"},
+                },
+            )
+        )
         hit = found["hits"][0]
         assert hit["section"].startswith("Guide")
         assert "ragstore db downgrade" in hit["context"]
-        section = _data(await session.call_tool("get_section", {
-            "collection": "handbook", "document_id": hit["document_id"],
-            "section": hit["section"]}))
+        section = _data(
+            await session.call_tool(
+                "get_section",
+                {
+                    "collection": "handbook",
+                    "document_id": hit["document_id"],
+                    "section": hit["section"],
+                },
+            )
+        )
         assert section["section"] == hit["section"] and "target revision" in section["text"]
-        assert "has no section 'Nope'" in _error(await session.call_tool("get_section", {
-            "collection": "handbook", "document_id": hit["document_id"], "section": "Nope"}))
-        doc = _data(await session.call_tool("get_document", {
-            "collection": "handbook", "document_id": hit["document_id"]}))
+        assert "has no section 'Nope'" in _error(
+            await session.call_tool(
+                "get_section",
+                {"collection": "handbook", "document_id": hit["document_id"], "section": "Nope"},
+            )
+        )
+        doc = _data(
+            await session.call_tool(
+                "get_document", {"collection": "handbook", "document_id": hit["document_id"]}
+            )
+        )
         assert (doc["name"], doc["truncated"]) == ("ops/guide.md", False)
         assert "thirty days" in doc["text"]
         listed = _data(await session.call_tool("list_collections", {}))
         assert {c["name"] for c in listed["collections"]} == {"handbook", "other"}
-        assert "'missing' does not exist" in _error(await session.call_tool(
-            "search", {"collection": "missing", "query": "x"}))
+        assert "'missing' does not exist" in _error(
+            await session.call_tool("search", {"collection": "missing", "query": "x"})
+        )
 
 
 @contextmanager
@@ -104,8 +139,7 @@ def _serving(app: Any) -> Iterator[str]:
 
 @asynccontextmanager
 async def _session(url: str) -> AsyncIterator[ClientSession]:
-    async with streamable_http_client(url) as (read, write), \
-            ClientSession(read, write) as session:
+    async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
         yield session
 
@@ -114,27 +148,43 @@ async def test_http_session_adds_documents_only_with_a_write_key(handbook: Store
     keys = KeyStore(handbook.runtime.db)
     writer = keys.create("write", name="agent").secret
     reader = keys.create("read", collection="handbook", name="reader").secret
-    with _serving(build_server(handbook, key_for(handbook, writer)).streamable_http_app()
-                  ) as url:
+    with _serving(build_server(handbook, key_for(handbook, writer)).streamable_http_app()) as url:
         async with _session(url) as session:
-            assert {t.name for t in (await session.list_tools()).tools} == \
-                READ_TOOLS | {"add_document"}
-            added = _data(await session.call_tool("add_document", {
-                "collection": "agent-notes", "name": "tea.md",
-                "text": "# Tea\n\nGreen tea steeps for two minutes.", "metadata": {"by": "ai"}}))
+            assert {t.name for t in (await session.list_tools()).tools} == READ_TOOLS | {
+                "add_document"
+            }
+            added = _data(
+                await session.call_tool(
+                    "add_document",
+                    {
+                        "collection": "agent-notes",
+                        "name": "tea.md",
+                        "text": "# Tea\n\nGreen tea steeps for two minutes.",
+                        "metadata": {"by": "ai"},
+                    },
+                )
+            )
             assert added["status"] == "added"
-            found = _data(await session.call_tool("search", {
-                "collection": "agent-notes", "query": "green tea", "mode": "fulltext",
-                "where": {"by": "ai"}}))
+            found = _data(
+                await session.call_tool(
+                    "search",
+                    {
+                        "collection": "agent-notes",
+                        "query": "green tea",
+                        "mode": "fulltext",
+                        "where": {"by": "ai"},
+                    },
+                )
+            )
             assert [h["section"] for h in found["hits"]] == ["Tea"]
-    with _serving(build_server(handbook, key_for(handbook, reader)).streamable_http_app()
-                  ) as url:
+    with _serving(build_server(handbook, key_for(handbook, reader)).streamable_http_app()) as url:
         async with _session(url) as session:
             assert {t.name for t in (await session.list_tools()).tools} == READ_TOOLS
             listed = _data(await session.call_tool("list_collections", {}))
             assert [c["name"] for c in listed["collections"]] == ["handbook"]
-            assert "limited to collection 'handbook'" in _error(await session.call_tool(
-                "search", {"collection": "other", "query": "note"}))
+            assert "limited to collection 'handbook'" in _error(
+                await session.call_tool("search", {"collection": "other", "query": "note"})
+            )
 
 
 def test_http_off_loopback_needs_a_key(capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,31 +18,52 @@ from tests.imports.helpers import vectors, write_jsonl
 
 def full_dump(url: str) -> str:
     """Schema and every row, as pg_dump prints them (its random \\restrict key left out)."""
-    out = subprocess.run([str(pg_bin_dir() / "pg_dump"), "--no-owner", url], check=True,
-                         capture_output=True, text=True).stdout
-    return "\n".join(line for line in out.splitlines()
-                     if not line.startswith(("\\restrict", "\\unrestrict")))
+    out = subprocess.run(
+        [str(pg_bin_dir() / "pg_dump"), "--no-owner", url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return "\n".join(
+        line for line in out.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))
+    )
 
 
 @pytest.fixture(scope="module")
 def populated(cli_env_module: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
     tmp = tmp_path_factory.mktemp("pop")
     for name, seed in (("alpha", 1), ("beta", 2)):
-        src = write_jsonl(tmp / f"{name}.jsonl", [f"{name}{i}" for i in range(50)],
-                          vectors(50, 12, seed=seed))
-        assert run_cli("import", str(src), "-c", name, "--model", "bk@v1", "--dimension", "12",
-                       "--no-backup") == 0
+        src = write_jsonl(
+            tmp / f"{name}.jsonl", [f"{name}{i}" for i in range(50)], vectors(50, 12, seed=seed)
+        )
+        assert (
+            run_cli(
+                "import",
+                str(src),
+                "-c",
+                name,
+                "--model",
+                "bk@v1",
+                "--dimension",
+                "12",
+                "--no-backup",
+            )
+            == 0
+        )
     return cli_env_module["RAGSTORE_DATABASE_URL"]
 
 
 @pytest.fixture(scope="module")
-def cli_env_module(settings: object, database_url: str,
-                   tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def cli_env_module(
+    settings: object, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     import os
 
-    env = {"RAGSTORE_DATABASE_URL": database_url,
-           "RAGSTORE_DATA_DIR": str(tmp_path_factory.mktemp("bkdata")),
-           "RAGSTORE_PROFILE": "test"}
+    env = {
+        "RAGSTORE_DATABASE_URL": database_url,
+        "RAGSTORE_DATA_DIR": str(tmp_path_factory.mktemp("bkdata")),
+        "RAGSTORE_PROFILE": "test",
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield env
@@ -54,7 +75,8 @@ def cli_env_module(settings: object, database_url: str,
 
 
 def test_backup_damage_restore_gives_identical_data(
-        populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = full_dump(populated)
     archive = tmp_path / "before.dump"
     assert run_cli("backup", str(archive)) == 0
@@ -65,14 +87,28 @@ def test_backup_damage_restore_gives_identical_data(
     # damage: rows deleted, an embedding table dropped, a new collection, settings changed
     with psycopg.connect(populated) as conn:
         conn.execute("DELETE FROM documents WHERE source LIKE 'alpha1%'")
-        table = conn.execute("SELECT s.table_name FROM collections c JOIN embedding_spaces s"
-                             " ON s.id = c.active_space_id WHERE c.name = 'beta'").fetchone()
+        table = conn.execute(
+            "SELECT s.table_name FROM collections c JOIN embedding_spaces s"
+            " ON s.id = c.active_space_id WHERE c.name = 'beta'"
+        ).fetchone()
         assert table is not None
         conn.execute(psycopg.sql.SQL("DROP TABLE {}").format(psycopg.sql.Identifier(table[0])))
         conn.execute("UPDATE collections SET settings = '{\"damaged\": true}'")
     src = write_jsonl(tmp_path / "gamma.jsonl", ["g1", "g2"], vectors(2, 12, seed=3))
-    assert run_cli("import", str(src), "-c", "gamma", "--model", "bk@v1", "--dimension", "12",
-                   "--no-backup") == 0
+    assert (
+        run_cli(
+            "import",
+            str(src),
+            "-c",
+            "gamma",
+            "--model",
+            "bk@v1",
+            "--dimension",
+            "12",
+            "--no-backup",
+        )
+        == 0
+    )
     assert full_dump(populated) != before
     capsys.readouterr()
     assert run_cli("restore", str(archive), "--yes") == 0
@@ -82,7 +118,8 @@ def test_backup_damage_restore_gives_identical_data(
 
 
 def test_damaged_archive_is_refused_and_nothing_changes(
-        populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     archive = tmp_path / "b.dump"
     assert run_cli("backup", str(archive)) == 0
     before = full_dump(populated)
@@ -91,23 +128,28 @@ def test_damaged_archive_is_refused_and_nothing_changes(
     capsys.readouterr()
     assert run_cli("restore", str(archive), "--yes") == 65
     err = capsys.readouterr().err
-    assert err.startswith(f"error[backup_invalid]: {archive}: sha256 differs from the one "
-                          "recorded at backup time")
+    assert err.startswith(
+        f"error[backup_invalid]: {archive}: sha256 differs from the one recorded at backup time"
+    )
     Path(f"{archive}.json").unlink()  # without the sidecar, pg_restore itself refuses it
     assert run_cli("restore", str(archive), "--yes") == 65
     assert "is not a readable pg_dump custom-format archive" in capsys.readouterr().err
     assert full_dump(populated) == before
 
 
-def test_restore_of_a_missing_file_names_it(populated: str, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_restore_of_a_missing_file_names_it(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli("restore", str(tmp_path / "nope.dump"), "--yes") == 66
     assert f"{tmp_path / 'nope.dump'}: no such file or directory" in capsys.readouterr().err
 
 
 def test_db_upgrade_backs_up_first_and_restore_rolls_it_back(
-        empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    empty_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     revisions = migrations.known_revisions()
     older = revisions[-2]
     db = Database(empty_database_url)

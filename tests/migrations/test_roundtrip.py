@@ -16,15 +16,21 @@ from ragstore.runtime import Runtime
 
 
 def schema_dump(url: str) -> str:
-    out = subprocess.run([str(pg_bin_dir() / "pg_dump"), "--schema-only", "--no-owner", url],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [str(pg_bin_dir() / "pg_dump"), "--schema-only", "--no-owner", url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     # pg_dump 17+ prints a random \restrict key per run; it is not part of the schema
-    return "\n".join(line for line in out.splitlines() if not line.startswith(("\\restrict",
-                                                                              "\\unrestrict")))
+    return "\n".join(
+        line for line in out.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))
+    )
 
 
-def test_upgrade_downgrade_upgrade_equals_single_upgrade(empty_database_url: str,
-                                                         template_url: str) -> None:
+def test_upgrade_downgrade_upgrade_equals_single_upgrade(
+    empty_database_url: str, template_url: str
+) -> None:
     db = Database(empty_database_url)
     migrations.upgrade(db)
     assert migrations.downgrade(db, "base").current is None
@@ -37,8 +43,10 @@ def test_downgrade_to_base_leaves_no_ragstore_table(empty_database_url: str) -> 
     migrations.upgrade(db)
     migrations.downgrade(db, "base")
     with db.connect() as conn:
-        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                              "AND tablename <> 'alembic_version'").fetchall()
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename <> 'alembic_version'"
+        ).fetchall()
     assert tables == []
 
 
@@ -61,8 +69,9 @@ def test_concurrent_upgrades_do_not_collide(empty_database_url: str) -> None:
     assert migrations.status(db).is_current
 
 
-def test_commands_refuse_a_schema_behind_the_code(empty_database_url: str,
-                                                  tmp_path: object) -> None:
+def test_commands_refuse_a_schema_behind_the_code(
+    empty_database_url: str, tmp_path: object
+) -> None:
     rt = Runtime(Settings(database_url=empty_database_url, profile="test"))
     with pytest.raises(SchemaMismatchError, match=r"run `ragstore db upgrade`"):
         _ = rt.db
@@ -75,8 +84,9 @@ def test_commands_refuse_a_schema_ahead_of_the_code(empty_database_url: str) -> 
         conn.execute("UPDATE alembic_version SET version_num = '9999'")
         conn.commit()
     rt = Runtime(Settings(database_url=empty_database_url, profile="test"))
-    with pytest.raises(SchemaMismatchError,
-                       match="9999, which this version of ragstore does not know"):
+    with pytest.raises(
+        SchemaMismatchError, match="9999, which this version of ragstore does not know"
+    ):
         _ = rt.db
 
 

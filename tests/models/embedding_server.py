@@ -30,8 +30,9 @@ class EmbeddingServer:
             def log_message(self, *_: Any) -> None:
                 pass
 
-            def _answer(self, status: int, body: dict[str, Any],
-                        headers: dict[str, str] | None = None) -> None:
+            def _answer(
+                self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -50,26 +51,36 @@ class EmbeddingServer:
                 if self.path != "/v1/embeddings":
                     self._answer(404, {"error": {"message": f"no route {self.path}"}})
                     return
-                if server.api_key and self.headers.get("Authorization") != \
-                        f"Bearer {server.api_key}":
+                if (
+                    server.api_key
+                    and self.headers.get("Authorization") != f"Bearer {server.api_key}"
+                ):
                     self._answer(401, {"error": {"message": "Incorrect API key provided"}})
                     return
                 if fail is not None:
-                    self._answer(fail, {"error": {"message": "slow down"}},
-                                 {"Retry-After": "0"} if fail == 429 else None)
+                    self._answer(
+                        fail,
+                        {"error": {"message": "slow down"}},
+                        {"Retry-After": "0"} if fail == 429 else None,
+                    )
                     return
                 texts = body["input"]
                 texts = [texts] if isinstance(texts, str) else texts
                 with server.lock:
                     server.batch_sizes.append(len(texts))
                 vecs = server.embedder.embed(texts)
-                self._answer(200, {
-                    "object": "list", "model": body.get("model"),
-                    "data": [{"object": "embedding", "index": i,
-                              "embedding": [float(x) for x in v]}
-                             for i, v in reversed(list(enumerate(vecs)))],
-                    "usage": {"prompt_tokens": 0, "total_tokens": 0},
-                })
+                self._answer(
+                    200,
+                    {
+                        "object": "list",
+                        "model": body.get("model"),
+                        "data": [
+                            {"object": "embedding", "index": i, "embedding": [float(x) for x in v]}
+                            for i, v in reversed(list(enumerate(vecs)))
+                        ],
+                        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+                    },
+                )
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

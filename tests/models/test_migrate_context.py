@@ -28,21 +28,33 @@ def _corpus(folder: Path) -> Path:
     for d, topic in enumerate(["glaciers", "violins", "sourdough"]):
         lines = [f"# {LONG.format(topic)} top {d}", ""]
         for s in range(2):
-            lines += [f"## {LONG.format(topic)} section {s}", "",
-                      f"Intro {s} of {topic}: how {topic} behave in season {s}.", ""]
+            lines += [
+                f"## {LONG.format(topic)} section {s}",
+                "",
+                f"Intro {s} of {topic}: how {topic} behave in season {s}.",
+                "",
+            ]
             for sub in range(2):
-                lines += [f"### Detail {sub} of {topic} {s}", "",
-                          f"Paragraph about {topic}, part {s}.{sub}, number {d * 10 + sub}.",
-                          "", f"- a list item on {topic} {s}.{sub}", ""]
+                lines += [
+                    f"### Detail {sub} of {topic} {s}",
+                    "",
+                    f"Paragraph about {topic}, part {s}.{sub}, number {d * 10 + sub}.",
+                    "",
+                    f"- a list item on {topic} {s}.{sub}",
+                    "",
+                ]
         (folder / f"doc{d}.md").write_text("\n".join(lines))
     return folder
 
 
 def _vectors(rt: Runtime, coll: repository.Collection) -> dict[tuple[str, int], np.ndarray]:
     with rt.db.connection() as conn:
-        rows = conn.execute(sql.SQL(
-            "SELECT d.source, c.ordinal, e.embedding FROM {} e JOIN chunks c ON c.id = e.chunk_id"
-            " JOIN documents d ON d.id = c.document_id").format(sql.Identifier(coll.table))
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT d.source, c.ordinal, e.embedding FROM {} e"
+                " JOIN chunks c ON c.id = e.chunk_id"
+                " JOIN documents d ON d.id = c.document_id"
+            ).format(sql.Identifier(coll.table))
         ).fetchall()
     return {(str(r[0]), int(r[1])): np.asarray(r[2].to_numpy()) for r in rows}
 
@@ -52,12 +64,15 @@ def _contexts(rt: Runtime, name: str) -> dict[tuple[str, int], str]:
         rows = conn.execute(
             "SELECT d.source, c.ordinal, c.context FROM chunks c JOIN documents d"
             " ON d.id = c.document_id JOIN collections k ON k.id = c.collection_id"
-            " WHERE k.name = %s", (name,)).fetchall()
+            " WHERE k.name = %s",
+            (name,),
+        ).fetchall()
     return {(str(r[0]), int(r[1])): str(r[2]) for r in rows}
 
 
-def test_migrated_vectors_equal_a_fresh_ingest_under_the_target(rt: Runtime,
-                                                                tmp_path: Path) -> None:
+def test_migrated_vectors_equal_a_fresh_ingest_under_the_target(
+    rt: Runtime, tmp_path: Path
+) -> None:
     folder = _corpus(tmp_path / "docs")
     report = ingest_paths(rt, [folder], "ctx-src")
     assert not report.failed

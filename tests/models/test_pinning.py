@@ -39,8 +39,8 @@ def test_the_two_builtin_models_are_different_pinned_spaces() -> None:
 
 
 def test_a_collection_pinned_to_other_weights_refuses_search_and_ingest(
-        rt: Runtime, tmp_path: Path, cli_env: dict[str, str],
-        capsys: pytest.CaptureFixture[str]) -> None:
+    rt: Runtime, tmp_path: Path, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = replace(resolve_spec(DEFAULT_MODEL), name="minilm-tampered", checksum=WRONG)
     with rt.db.connection() as conn:
         repository.create_collection(conn, "tampered", spec)
@@ -50,7 +50,8 @@ def test_a_collection_pinned_to_other_weights_refuses_search_and_ingest(
         "The stored vectors were made by the pinned weights; restore those weights, or pin "
         f"the new ones as a new revision (`ragstore models add {minilm_dir()} --name "
         "minilm-tampered --revision NEW`) and re-embed with `ragstore models migrate -c "
-        "COLLECTION --to minilm-tampered@NEW`")
+        "COLLECTION --to minilm-tampered@NEW`"
+    )
     with pytest.raises(ModelMismatchError) as err:
         search(rt, "roses", collection="tampered")
     assert str(err.value) == expected
@@ -67,7 +68,8 @@ def test_a_pin_of_another_dimension_is_refused() -> None:
         load_embedder(spec)
     assert str(err.value).startswith(
         f"model minilm-768@{spec.revision}: expected 768 dimensions, got 384 from the loaded "
-        "model; if the change is intended, pin the model as a new revision")
+        "model; if the change is intended, pin the model as a new revision"
+    )
 
 
 def test_a_pinned_probe_vector_that_differs_is_refused() -> None:
@@ -75,21 +77,40 @@ def test_a_pinned_probe_vector_that_differs_is_refused() -> None:
     good = load_embedder(base).embed([PROBE_TEXT])[0]
     ok = replace(base, name="minilm-probed", options={**base.options, "probe": good.tolist()})
     load_embedder(ok)  # the same model answers the same probe
-    bad = replace(ok, name="minilm-other", options={**base.options,
-                                                    "probe": (-good).tolist()})
-    with pytest.raises(ModelMismatchError, match=r"the probe vector differs from the pin "
-                       r"\(cosine similarity -1.0000, at least 0.999 expected\)"):
+    bad = replace(ok, name="minilm-other", options={**base.options, "probe": (-good).tolist()})
+    with pytest.raises(
+        ModelMismatchError,
+        match=r"the probe vector differs from the pin "
+        r"\(cosine similarity -1.0000, at least 0.999 expected\)",
+    ):
         load_embedder(bad)
 
 
 def test_models_add_pins_a_local_directory_with_checksum_and_probe(
-        rt: Runtime, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    rt: Runtime, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     path = str(minilm_dir())
-    assert run_cli("models", "add", path, "--name", "minilm-local", "--revision", "r1",
-                   "--truncate-dim", "128", "--json") == 0
+    assert (
+        run_cli(
+            "models",
+            "add",
+            path,
+            "--name",
+            "minilm-local",
+            "--revision",
+            "r1",
+            "--truncate-dim",
+            "128",
+            "--json",
+        )
+        == 0
+    )
     pinned = json.loads(capsys.readouterr().out)
     assert (pinned["key"], pinned["dimension"], pinned["max_tokens"]) == (
-        "minilm-local@r1", 128, 256)
+        "minilm-local@r1",
+        128,
+        256,
+    )
     assert pinned["checksum"] == resolve_spec(DEFAULT_MODEL).checksum and pinned["probe_pinned"]
     # a pin never changes: the same name and revision with another dimension is refused
     assert run_cli("models", "add", path, "--name", "minilm-local", "--revision", "r1") == 65
@@ -101,6 +122,7 @@ def test_models_add_pins_a_local_directory_with_checksum_and_probe(
 
 
 def test_unknown_models_are_named_with_what_exists(rt: Runtime) -> None:
-    with pytest.raises(ModelNotFoundError, match="built-in: all-MiniLM-L6-v2, "
-                       "all-MiniLM-L6-v2-256d"):
+    with pytest.raises(
+        ModelNotFoundError, match="built-in: all-MiniLM-L6-v2, all-MiniLM-L6-v2-256d"
+    ):
         resolve_spec("bge-small")

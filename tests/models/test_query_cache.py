@@ -52,11 +52,16 @@ def test_repeated_queries_are_embedded_once_per_model() -> None:
 
 def test_pinned_prefixes_go_before_queries_and_passages() -> None:
     base = resolve_spec(DEFAULT_MODEL)
-    e5_like = replace(base, name="minilm-prefixed", options={
-        **base.options, "query_prefix": "query: ", "passage_prefix": "passage: "})
+    e5_like = replace(
+        base,
+        name="minilm-prefixed",
+        options={**base.options, "query_prefix": "query: ", "passage_prefix": "passage: "},
+    )
     embedder = load_embedder(e5_like)
     plain = load_embedder(base)
-    np.testing.assert_allclose(embedder.embed(["roses"])[0],
-                               plain.embed(["passage: roses"])[0], atol=1e-6)
-    np.testing.assert_allclose(embedder.embed_query("roses"),
-                               plain.embed(["query: roses"])[0], atol=1e-6)
+    np.testing.assert_allclose(
+        embedder.embed(["roses"])[0], plain.embed(["passage: roses"])[0], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        embedder.embed_query("roses"), plain.embed(["query: roses"])[0], atol=1e-6
+    )

@@ -29,31 +29,56 @@ def _building_table(rt: Runtime) -> str | None:
         row = conn.execute(
             "SELECT s.table_name FROM embedding_spaces s JOIN collections c"
             " ON c.id = s.collection_id WHERE c.name = %s AND s.status = 'building'",
-            (COLL,)).fetchone()
+            (COLL,),
+        ).fetchone()
     return str(row[0]) if row else None
 
 
 def _rows(rt: Runtime, table: str) -> dict[int, str]:
     """chunk id -> xmin: the transaction that wrote the row (a rewrite changes it)."""
     with rt.db.connection() as conn:
-        return {int(r[0]): str(r[1]) for r in conn.execute(
-            sql.SQL("SELECT chunk_id, xmin::text FROM {}").format(sql.Identifier(table)))}
+        return {
+            int(r[0]): str(r[1])
+            for r in conn.execute(
+                sql.SQL("SELECT chunk_id, xmin::text FROM {}").format(sql.Identifier(table))
+            )
+        }
 
 
 def test_killed_migrate_resumes_without_re_embedding_finished_chunks(
-        rt: Runtime, settings: Settings, tmp_path: Path) -> None:
+    rt: Runtime, settings: Settings, tmp_path: Path
+) -> None:
     report = ingest_paths(rt, [write_corpus(tmp_path, docs=12, paragraphs=10, long=True)], COLL)
     assert report.chunks - 12 == TOTAL
     assert settings.database_url is not None
-    env = {**os.environ, "RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
-           "RAGSTORE_DATA_DIR": str(settings.data_dir), "RAGSTORE_PROFILE": "test",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAGSTORE_DEVICE": "cpu"}
+    env = {
+        **os.environ,
+        "RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
+        "RAGSTORE_DATA_DIR": str(settings.data_dir),
+        "RAGSTORE_PROFILE": "test",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "RAGSTORE_DEVICE": "cpu",
+    }
     log = tmp_path / "migrate.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from ragstore.cli import main; main()", "models", "migrate",
-             COLL, "--to", TRUNCATED_MODEL, "--batch-size", "2"],
-            env=env, stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-c",
+                "from ragstore.cli import main; main()",
+                "models",
+                "migrate",
+                COLL,
+                "--to",
+                TRUNCATED_MODEL,
+                "--batch-size",
+                "2",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 180
         table, done, refused = None, 0, False

@@ -21,8 +21,13 @@ def _hadolint() -> str:
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    result = subprocess.run([_hadolint(), str(ROOT / "Dockerfile")], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [_hadolint(), str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -45,8 +50,13 @@ def test_compose_has_database_api_worker_and_prometheus_wired_together() -> None
     assert api_env["RAGSTORE_PROFILE"] == "prod" and api_env["RAGSTORE_AUTH"] == "on"
     assert "PROMETHEUS_MULTIPROC_DIR" in api_env
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    targets = [t for job in prom["scrape_configs"] if job["job_name"] == "ragstore-api"
-               for cfg in job["static_configs"] for t in cfg["targets"]]
+    targets = [
+        t
+        for job in prom["scrape_configs"]
+        if job["job_name"] == "ragstore-api"
+        for cfg in job["static_configs"]
+        for t in cfg["targets"]
+    ]
     assert targets == [f"api:{api_env['RAGSTORE_API_PORT']}"]
     mounted = " ".join(services["prometheus"]["volumes"])
     assert "alerts.yml" in mounted and "prometheus.yml" in mounted

@@ -29,8 +29,14 @@ def runnable_blocks(page: Path) -> list[str]:
 
 def test_the_operations_pages_exist_and_show_runnable_commands() -> None:
     names = {p.name for p in PAGES}
-    expected = {"install.md", "configure.md", "upgrade.md", "backup-restore.md",
-                "rollback.md", "scaling.md"}
+    expected = {
+        "install.md",
+        "configure.md",
+        "upgrade.md",
+        "backup-restore.md",
+        "rollback.md",
+        "scaling.md",
+    }
     assert expected <= names
     for name in expected:
         assert runnable_blocks(ROOT / "docs" / "operations" / name), f"{name}: no runnable block"
@@ -40,24 +46,31 @@ RUNNABLE = [p for p in PAGES if runnable_blocks(p)]
 
 
 @pytest.fixture(scope="module")
-def started(tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[dict[str, subprocess.Popen[str]]]:
+def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, subprocess.Popen[str]]]:
     """Every page's script, started at once (they share nothing; the CPU is the limit)."""
     procs: dict[str, subprocess.Popen[str]] = {}
     for page in RUNNABLE:
         folder = tmp_path_factory.mktemp(page.stem)
         script = "\n".join(["set -euo pipefail", *runnable_blocks(page)])
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
-        env.update({
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-            "RAGSTORE_DATA_DIR": str(folder / "data"),
-            "RAGSTORE_PROFILE": "dev",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-        })
+        env.update(
+            {
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+                "RAGSTORE_DATA_DIR": str(folder / "data"),
+                "RAGSTORE_PROFILE": "dev",
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+            }
+        )
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         procs[page.name] = subprocess.Popen(
-            ["bash", "-c", script], cwd=folder, env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            ["bash", "-c", script],
+            cwd=folder,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
     yield procs
     for proc in procs.values():
         if proc.poll() is None:
@@ -67,9 +80,11 @@ def started(tmp_path_factory: pytest.TempPathFactory
 
 @pytest.mark.parametrize("page", RUNNABLE, ids=lambda p: p.name)
 def test_runnable_blocks_of_page_succeed(
-        page: Path, started: dict[str, subprocess.Popen[str]]) -> None:
+    page: Path, started: dict[str, subprocess.Popen[str]]
+) -> None:
     proc = started[page.name]
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, (
         f"{page.name}: exit {proc.returncode}\n--- stdout\n{stdout[-4000:]}"
-        f"\n--- stderr\n{stderr[-4000:]}")
+        f"\n--- stderr\n{stderr[-4000:]}"
+    )

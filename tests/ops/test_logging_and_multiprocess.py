@@ -29,9 +29,12 @@ def test_secrets_are_masked_and_queries_dropped_by_default() -> None:
     try:
         with bind_request("req-7", collection="handbook"):
             get_logger("ragstore.test").info(
-                "searched", query="where is the payroll file", api_key="rsk_abc",
+                "searched",
+                query="where is the payroll file",
+                api_key="rsk_abc",
                 database_url="postgresql://u:pw@h/db",
-                note="connecting to postgresql://app:hunter2@db:5432/x failed")
+                note="connecting to postgresql://app:hunter2@db:5432/x failed",
+            )
     finally:
         configure_logging("warning", log_format="json")
     [line] = _lines(out)
@@ -81,14 +84,27 @@ def test_metrics_of_several_processes_are_merged(tmp_path: Path) -> None:
     # two writers exit cleanly (their live gauges go); one stays "alive" (its file stays)
     for argv in (["dead"], ["dead"], []):
         subprocess.run([sys.executable, "-c", _CHILD, *argv], env=env, check=True, timeout=120)
-    render = ("import sys; from ragstore.observability import metrics; "
-              "sys.stdout.write(metrics.render().decode())")
-    text = subprocess.run([sys.executable, "-c", render], env=env, check=True, timeout=120,
-                          capture_output=True, text=True).stdout
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in text_string_to_metric_families(text) for s in f.samples}
-    key = ("ragstore_http_requests_total",
-           (("method", "POST"), ("route", "/v1/collections/{name}/search"), ("status", "200")))
+    render = (
+        "import sys; from ragstore.observability import metrics; "
+        "sys.stdout.write(metrics.render().decode())"
+    )
+    text = subprocess.run(
+        [sys.executable, "-c", render],
+        env=env,
+        check=True,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    ).stdout
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    key = (
+        "ragstore_http_requests_total",
+        (("method", "POST"), ("route", "/v1/collections/{name}/search"), ("status", "200")),
+    )
     assert samples[key] == 3
     assert samples[("ragstore_search_duration_seconds_count", (("mode", "vector"),))] == 3
     # livesum gauges count live processes only: the two that exited are gone
@@ -98,9 +114,22 @@ def test_metrics_of_several_processes_are_merged(tmp_path: Path) -> None:
 def test_the_worker_command_logs_structured_json_lines(cli_env: dict[str, str]) -> None:
     """``ragstore worker`` configures the same JSON logging as the API."""
     env = {**os.environ, **cli_env, "RAGSTORE_LOG_FORMAT": "json", "RAGSTORE_LOG_LEVEL": "info"}
-    proc = subprocess.run([sys.executable, "-c", "from ragstore.cli import main; main()",
-                           "worker", "--burst", "--name", "w-test"], env=env,
-                          capture_output=True, text=True, timeout=180, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from ragstore.cli import main; main()",
+            "worker",
+            "--burst",
+            "--name",
+            "w-test",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     events = {line["event"]: line for line in lines}

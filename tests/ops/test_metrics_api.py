@@ -33,8 +33,9 @@ def scrape(http: httpx.Client) -> dict[tuple[str, frozenset[tuple[str, str]]], f
     return out
 
 
-def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
-          **labels: str) -> float:
+def value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
@@ -51,16 +52,20 @@ def http(server: str) -> Iterator[httpx.Client]:
 
 
 def test_metrics_count_an_ingest_and_a_search_through_the_api(
-        http: httpx.Client, settings: Settings) -> None:
+    http: httpx.Client, settings: Settings
+) -> None:
     before = scrape(http)
     assert http.post("/v1/collections", json={"name": "opsmetrics"}).status_code == 201
-    text = ("# Rollback\n\nTo roll back a schema migration run ragstore db downgrade.\n\n"
-            "## Backups\n\nTake a backup with pg_dump before every upgrade.\n")
-    added = http.post("/v1/collections/opsmetrics/documents",
-                      json={"name": "ops.md", "text": text})
+    text = (
+        "# Rollback\n\nTo roll back a schema migration run ragstore db downgrade.\n\n"
+        "## Backups\n\nTake a backup with pg_dump before every upgrade.\n"
+    )
+    added = http.post("/v1/collections/opsmetrics/documents", json={"name": "ops.md", "text": text})
     assert added.status_code == 201, added.text
-    found = http.post("/v1/collections/opsmetrics/search",
-                      json={"query": "how to roll back", "k": 3, "mode": "vector"})
+    found = http.post(
+        "/v1/collections/opsmetrics/search",
+        json={"query": "how to roll back", "k": 3, "mode": "vector"},
+    )
     assert found.status_code == 200, found.text
     missing = http.post("/v1/collections/no-such-coll/search", json={"query": "x"})
     assert missing.status_code == 404
@@ -70,16 +75,17 @@ def test_metrics_count_an_ingest_and_a_search_through_the_api(
     def grew(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert grew("ragstore_http_requests_total", method="POST", route=SEARCH_ROUTE,
-                status="200") == 1
-    assert grew("ragstore_http_requests_total", method="POST", route=SEARCH_ROUTE,
-                status="404") == 1
-    assert grew("ragstore_http_requests_total", method="POST", route=DOCS_ROUTE,
-                status="201") == 1
-    assert grew("ragstore_http_requests_total", method="GET", route="unmatched",
-                status="404") == 1
-    assert grew("ragstore_http_request_duration_seconds_count", method="POST",
-                route=SEARCH_ROUTE) == 2
+    assert (
+        grew("ragstore_http_requests_total", method="POST", route=SEARCH_ROUTE, status="200") == 1
+    )
+    assert (
+        grew("ragstore_http_requests_total", method="POST", route=SEARCH_ROUTE, status="404") == 1
+    )
+    assert grew("ragstore_http_requests_total", method="POST", route=DOCS_ROUTE, status="201") == 1
+    assert grew("ragstore_http_requests_total", method="GET", route="unmatched", status="404") == 1
+    assert (
+        grew("ragstore_http_request_duration_seconds_count", method="POST", route=SEARCH_ROUTE) == 2
+    )
     assert grew("ragstore_errors_total", code="collection_not_found") == 1
     assert grew("ragstore_search_requests_total", mode="vector", outcome="ok") == 1
     assert grew("ragstore_search_duration_seconds_count", mode="vector") == 1
@@ -90,10 +96,12 @@ def test_metrics_count_an_ingest_and_a_search_through_the_api(
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
         row = conn.execute(
             "SELECT count(*) FROM chunks c JOIN collections k ON k.id = c.collection_id"
-            " WHERE k.name = 'opsmetrics' AND c.chunk_type <> 'heading'").fetchone()
+            " WHERE k.name = 'opsmetrics' AND c.chunk_type <> 'heading'"
+        ).fetchone()
         table = conn.execute(
             "SELECT s.table_name FROM collections c JOIN embedding_spaces s"
-            " ON s.id = c.active_space_id WHERE c.name = 'opsmetrics'").fetchone()
+            " ON s.id = c.active_space_id WHERE c.name = 'opsmetrics'"
+        ).fetchone()
         assert row is not None and table is not None
         embedded = conn.execute(f'SELECT count(*) FROM "{table[0]}"').fetchone()
         assert embedded is not None
@@ -120,8 +128,9 @@ def test_query_cache_hits_and_misses_reach_the_metrics(http: httpx.Client) -> No
     after = scrape(http)
 
     def grew(result: str) -> float:
-        return (value(after, "ragstore_query_cache_requests_total", result=result)
-                - value(before, "ragstore_query_cache_requests_total", result=result))
+        return value(after, "ragstore_query_cache_requests_total", result=result) - value(
+            before, "ragstore_query_cache_requests_total", result=result
+        )
 
     assert grew("hit") == 2
     assert grew("miss") == 1
@@ -130,27 +139,31 @@ def test_query_cache_hits_and_misses_reach_the_metrics(http: httpx.Client) -> No
 def test_a_queued_job_shows_in_the_queue_depth_and_age(http: httpx.Client) -> None:
     http.post("/v1/collections", json={"name": "opsjobs"})
     before = scrape(http)
-    queued = http.post("/v1/collections/opsjobs/documents",
-                       json={"name": "j.md", "text": "Queued for a worker.\n",
-                             "background": True})
+    queued = http.post(
+        "/v1/collections/opsjobs/documents",
+        json={"name": "j.md", "text": "Queued for a worker.\n", "background": True},
+    )
     assert queued.status_code == 202, queued.text
     time.sleep(1.1)
     after = scrape(http)
     assert value(after, "ragstore_jobs", status="todo") == (
-        value(before, "ragstore_jobs", status="todo") + 1)
+        value(before, "ragstore_jobs", status="todo") + 1
+    )
     assert value(after, "ragstore_jobs_oldest_todo_age_seconds") >= 1.0
 
 
-def test_request_log_line_is_json_with_the_request_id_and_no_secret(
-        http: httpx.Client) -> None:
+def test_request_log_line_is_json_with_the_request_id_and_no_secret(http: httpx.Client) -> None:
     buffer = io.StringIO()
     configure_logging("info", log_format="json", stream=buffer)
     try:
         response = http.post(
             "/v1/collections/opsmetrics/search",
             json={"query": "supersecretquerytext", "k": 2},
-            headers={"X-Request-ID": "ops-req-0001",
-                     "Authorization": "Bearer rsk_topsecretkeyvalue"})
+            headers={
+                "X-Request-ID": "ops-req-0001",
+                "Authorization": "Bearer rsk_topsecretkeyvalue",
+            },
+        )
         assert response.status_code == 200
         assert response.headers["x-request-id"] == "ops-req-0001"
     finally:

@@ -13,8 +13,12 @@ STRONG_URL = "postgresql://ragstore:Xq7-very-long-unique@db.internal:5432/ragsto
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory) -> None:
-    for name in ("RAGSTORE_PROFILE", "RAGSTORE_AUTH", "RAGSTORE_DATABASE_URL",
-                 "RAGSTORE_ALLOW_EMBEDDED_IN_PROD"):
+    for name in (
+        "RAGSTORE_PROFILE",
+        "RAGSTORE_AUTH",
+        "RAGSTORE_DATABASE_URL",
+        "RAGSTORE_ALLOW_EMBEDDED_IN_PROD",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # no stray .env
 
@@ -24,7 +28,8 @@ def test_prod_refuses_auth_off() -> None:
         get_settings(profile="prod", auth="off", database_url=STRONG_URL)
     assert str(exc.value) == (
         "profile prod refuses to start: RAGSTORE_AUTH=off leaves the API without keys: set "
-        "RAGSTORE_AUTH=on and create keys with `ragstore keys create`")
+        "RAGSTORE_AUTH=on and create keys with `ragstore keys create`"
+    )
 
 
 @pytest.mark.parametrize("password", ["postgres", "ragstore", "ChangeMe", "password"])
@@ -64,10 +69,12 @@ def test_dev_and_test_accept_the_defaults(profile: str) -> None:
 
 
 def test_cli_in_prod_with_unsafe_settings_exits_78_with_one_line(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("RAGSTORE_PROFILE", "prod")
-    monkeypatch.setenv("RAGSTORE_DATABASE_URL",
-                       "postgresql://ragstore:postgres@db.internal:5432/ragstore")
+    monkeypatch.setenv(
+        "RAGSTORE_DATABASE_URL", "postgresql://ragstore:postgres@db.internal:5432/ragstore"
+    )
     assert run_cli("config", "show") == 78
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1

@@ -18,8 +18,9 @@ PAGE = Path(__file__).resolve().parents[2] / "docs" / "python.md"
 _BLOCK = re.compile(r"^```python runnable[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
-def test_python_page_runs_as_a_notebook(settings: Settings, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_python_page_runs_as_a_notebook(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     blocks = _BLOCK.findall(PAGE.read_text(encoding="utf-8"))
     assert len(blocks) >= 4, "docs/python.md lost its runnable examples"
     assert settings.database_url is not None

@@ -19,7 +19,9 @@ def test_every_error_code_has_a_section_with_cause_and_fix() -> None:
 
 
 def test_the_table_gives_each_code_its_http_status_and_exit_code() -> None:
-    rows = {code: (int(http), int(exit_code)) for code, http, exit_code in
-            re.findall(r"^\| `([a-z_]+)` \| (\d+) \| (\d+) \|", DOC, re.M)}
+    rows = {
+        code: (int(http), int(exit_code))
+        for code, http, exit_code in re.findall(r"^\| `([a-z_]+)` \| (\d+) \| (\d+) \|", DOC, re.M)
+    }
     for cls in all_error_classes():
         assert rows.get(cls.code) == (cls.http_status, cls.exit_code), cls.code

@@ -20,8 +20,9 @@ PROBLEM = "application/problem+json"
 def http(open_url: str) -> Iterator[httpx.Client]:
     with Client(open_url) as c:
         c.create_collection("edge")
-        c.add_document("edge", "seed.md", "# Seed\n\nA page about kittens.\n",
-                       metadata={"team": "ops"})
+        c.add_document(
+            "edge", "seed.md", "# Seed\n\nA page about kittens.\n", metadata={"team": "ops"}
+        )
     with httpx.Client(base_url=open_url, timeout=60) as h:
         yield h
 
@@ -51,36 +52,48 @@ SEARCH_BODIES = {
 
 @pytest.mark.parametrize("case", sorted(SEARCH_BODIES))
 def test_search_refuses_bad_input_as_4xx(http: httpx.Client, case: str) -> None:
-    body = _refused(http.post("/v1/collections/edge/search", json=SEARCH_BODIES[case]),
-                    400, 422)
+    body = _refused(http.post("/v1/collections/edge/search", json=SEARCH_BODIES[case]), 400, 422)
     assert body["status"] in (400, 422)
 
 
 def test_search_with_a_sane_body_still_finds(http: httpx.Client) -> None:
-    r = http.post("/v1/collections/edge/search", json={"query": "kittens", "k": 3,
-                                                      "where": {"page": {"$lt": 2**31 - 1}}})
+    r = http.post(
+        "/v1/collections/edge/search",
+        json={"query": "kittens", "k": 3, "where": {"page": {"$lt": 2**31 - 1}}},
+    )
     assert r.status_code == 200, r.text
 
 
 def test_non_finite_number_is_refused(http: httpx.Client) -> None:
     raw = b'{"query": "kittens", "where": {"year": NaN}}'
-    _refused(http.post("/v1/collections/edge/search", content=raw,
-                       headers={"content-type": "application/json"}), 400, 422)
+    _refused(
+        http.post(
+            "/v1/collections/edge/search", content=raw, headers={"content-type": "application/json"}
+        ),
+        400,
+        422,
+    )
 
 
-@pytest.mark.parametrize("metadata", [{"te\u0000am": "x"}, {"team": "x\u0000"},
-                                      {"n": [1, {"deep": "\u0000"}]}, {"big": 10**30}])
+@pytest.mark.parametrize(
+    "metadata",
+    [{"te\u0000am": "x"}, {"team": "x\u0000"}, {"n": [1, {"deep": "\u0000"}]}, {"big": 10**30}],
+)
 def test_document_metadata_is_checked(http: httpx.Client, metadata: dict[str, Any]) -> None:
-    r = http.post("/v1/collections/edge/documents",
-                  json={"name": "m.md", "text": "# M\n\nmetadata", "metadata": metadata})
+    r = http.post(
+        "/v1/collections/edge/documents",
+        json={"name": "m.md", "text": "# M\n\nmetadata", "metadata": metadata},
+    )
     body = _refused(r, 422)
     assert "metadata" in body["detail"]
 
 
 def test_upload_metadata_with_nul_is_refused(http: httpx.Client) -> None:
-    r = http.post("/v1/collections/edge/documents/upload",
-                  files={"files": ("u.md", b"# U\n\nupload")},
-                  data={"metadata": '{"team": "a\\u0000b"}'})
+    r = http.post(
+        "/v1/collections/edge/documents/upload",
+        files={"files": ("u.md", b"# U\n\nupload")},
+        data={"metadata": '{"team": "a\\u0000b"}'},
+    )
     _refused(r, 422)
 
 
@@ -90,10 +103,13 @@ def test_collection_settings_with_nul_are_refused(http: httpx.Client) -> None:
     assert http.get("/v1/collections/nul").status_code == 404
 
 
-@pytest.mark.parametrize("params", [{"source_prefix": "a\u0000"}, {"format": "mark\u0000"},
-                                    {"metadata": '{"team": "\\u0000"}'}])
-def test_document_list_query_with_nul_is_refused(http: httpx.Client,
-                                                 params: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "params",
+    [{"source_prefix": "a\u0000"}, {"format": "mark\u0000"}, {"metadata": '{"team": "\\u0000"}'}],
+)
+def test_document_list_query_with_nul_is_refused(
+    http: httpx.Client, params: dict[str, str]
+) -> None:
     _refused(http.get("/v1/collections/edge/documents", params=params), 400)
 
 
@@ -104,12 +120,19 @@ def test_strict_booleans_in_migrate(http: httpx.Client) -> None:
     _refused(r, 422, 404)
 
 
-@pytest.mark.parametrize("where", ['{"team": "o\\u0000ps"}', '{"te\\u0000am": 1}',
-                                   '{"page": 1e30}', '{"page": 1000000000000000000000000000}',
-                                   '{"year": NaN}'])
+@pytest.mark.parametrize(
+    "where",
+    [
+        '{"team": "o\\u0000ps"}',
+        '{"te\\u0000am": 1}',
+        '{"page": 1e30}',
+        '{"page": 1000000000000000000000000000}',
+        '{"year": NaN}',
+    ],
+)
 def test_cli_search_refuses_bad_filters_with_exit_65(
-        cli_env: dict[str, str], http: httpx.Client, where: str,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], http: httpx.Client, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     status = run_cli("search", "kittens", "-c", "edge", "--where", where)
     err = capsys.readouterr().err
     assert status == 65, err

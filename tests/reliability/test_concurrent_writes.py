@@ -86,38 +86,53 @@ def _check(responses: list[httpx.Response], texts: list[str], url: str, coll: st
     assert doc["content_hash"] in acked
     winner = next(t for t in texts if _hash(t) == doc["content_hash"])
     mine = winner.split()[2]  # "Version N" -> "N"
-    chunks = httpx.get(f"{url}/v1/collections/{coll}/documents/{doc['id']}/chunks",
-                       timeout=60).json()["data"]
+    chunks = httpx.get(
+        f"{url}/v1/collections/{coll}/documents/{doc['id']}/chunks", timeout=60
+    ).json()["data"]
     assert chunks
     found = {m for c in chunks for m in re.findall(r"(?:word|Version )(\d+)", c["text"])}
     assert found == {mine}, "the stored chunks are the winner's text, nothing else"
 
 
-def test_same_name_json_writes_are_acknowledged_as_stored(servers: tuple[str, str],
-                                                          settings: Settings) -> None:
+def test_same_name_json_writes_are_acknowledged_as_stored(
+    servers: tuple[str, str], settings: Settings
+) -> None:
     a, b = servers
     assert httpx.post(f"{a}/v1/collections", json={"name": "w"}, timeout=60).status_code == 201
     texts = [_text(i) for i in range(WRITERS)]
-    calls = [lambda i=i: httpx.post(f"{(a, b)[i % 2]}/v1/collections/w/documents",
-                                    json={"name": "same.md", "text": texts[i]}, timeout=120)
-             for i in range(WRITERS)]
+    calls = [
+        lambda i=i: httpx.post(
+            f"{(a, b)[i % 2]}/v1/collections/w/documents",
+            json={"name": "same.md", "text": texts[i]},
+            timeout=120,
+        )
+        for i in range(WRITERS)
+    ]
     _check(_concurrently(calls), texts, a, "w")
     assert not list((settings.data_dir / "staging").glob("*")), "staging files left behind"
 
 
-def test_same_name_uploads_are_acknowledged_as_stored(servers: tuple[str, str],
-                                                      settings: Settings) -> None:
+def test_same_name_uploads_are_acknowledged_as_stored(
+    servers: tuple[str, str], settings: Settings
+) -> None:
     a, b = servers
     assert httpx.post(f"{a}/v1/collections", json={"name": "u"}, timeout=60).status_code == 201
     texts = [_text(10 + i) for i in range(WRITERS)]
-    calls = [lambda i=i: httpx.post(f"{(a, b)[i % 2]}/v1/collections/u/documents/upload",
-                                    files={"files": ("same.md", texts[i].encode())},
-                                    timeout=120)
-             for i in range(WRITERS)]
+    calls = [
+        lambda i=i: httpx.post(
+            f"{(a, b)[i % 2]}/v1/collections/u/documents/upload",
+            files={"files": ("same.md", texts[i].encode())},
+            timeout=120,
+        )
+        for i in range(WRITERS)
+    ]
     _check(_concurrently(calls), texts, b, "u")
     # a failed upload leaves nothing staged either
-    bad = httpx.post(f"{a}/v1/collections/u/documents/upload",
-                     files={"files": ("bad.bin", b"\x00\x01\x02" * 100)}, timeout=60)
+    bad = httpx.post(
+        f"{a}/v1/collections/u/documents/upload",
+        files={"files": ("bad.bin", b"\x00\x01\x02" * 100)},
+        timeout=60,
+    )
     assert bad.status_code == 415, bad.text
     assert not list((settings.data_dir / "staging").glob("*")), "staging files left behind"
     assert not (settings.data_dir / "uploads" / "u").exists()
@@ -128,14 +143,20 @@ def test_oversized_chunked_upload_is_413(servers: tuple[str, str]) -> None:
     boundary = "xyzzy"
 
     def body() -> Iterator[bytes]:  # no Content-Length: streamed in chunks
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
-               f"filename=\"big.md\"\r\nContent-Type: text/markdown\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+            f'filename="big.md"\r\nContent-Type: text/markdown\r\n\r\n'
+        ).encode()
         for _ in range(100):
             yield b"x" * 1024
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    r = httpx.post(f"{a}/v1/collections/u/documents/upload", content=body(), timeout=60,
-                   headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    r = httpx.post(
+        f"{a}/v1/collections/u/documents/upload",
+        content=body(),
+        timeout=60,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert r.status_code == 413, r.text
     assert r.json()["code"] == "request_too_large"
 
@@ -146,13 +167,15 @@ def _state(rt: Runtime, collection: str) -> list[tuple[str, str, int, str]]:
             "SELECT d.source, d.content_hash, count(c.id), string_agg(c.content_hash, ','"
             " ORDER BY c.ordinal) FROM documents d JOIN collections k ON k.id = d.collection_id"
             " LEFT JOIN chunks c ON c.document_id = d.id WHERE k.name = %s"
-            " GROUP BY d.source, d.content_hash ORDER BY d.source", (collection,)).fetchall()
+            " GROUP BY d.source, d.content_hash ORDER BY d.source",
+            (collection,),
+        ).fetchall()
     return [(str(r[0]), str(r[1]), int(r[2]), str(r[3])) for r in rows]
 
 
-def test_two_cli_ingests_of_one_folder_both_succeed(rt: Runtime, settings: Settings,
-                                                    cli_env: dict[str, str],
-                                                    tmp_path: Path) -> None:
+def test_two_cli_ingests_of_one_folder_both_succeed(
+    rt: Runtime, settings: Settings, cli_env: dict[str, str], tmp_path: Path
+) -> None:
     """One ``ragstore ingest`` in a process of its own, one in this process (it shares the
     loaded model, which keeps the test short), started together on one folder."""
     folder = tmp_path / "docs"
@@ -161,9 +184,13 @@ def test_two_cli_ingests_of_one_folder_both_succeed(rt: Runtime, settings: Setti
         (folder / f"doc{i:02d}.md").write_text(f"# Doc {i}\n\n{_text(i)}\n## Part\n\nmore {i}\n")
     env = {**os.environ, **cli_env, "PYTHONPATH": os.pathsep.join(sys.path)}
     args = ["ingest", str(folder), "--collection", "cli2"]
-    proc = subprocess.Popen([sys.executable, "-c", "from ragstore.cli import main; main()",
-                             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from ragstore.cli import main; main()", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     inproc: list[int] = []
     thread = threading.Thread(target=lambda: inproc.append(run_cli(*args)))
     thread.start()

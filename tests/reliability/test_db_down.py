@@ -27,13 +27,19 @@ def _postmaster(pgdata: Path) -> int:
 
 
 def test_killed_postmaster_fails_fast_then_comes_back(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data_dir = tmp_path / "data"
-    local = Settings(data_dir=data_dir, profile="test", auth="off", connect_timeout_s=5.0,
-                     model="no-such-model")  # no model needed: collections only
+    local = Settings(
+        data_dir=data_dir, profile="test", auth="off", connect_timeout_s=5.0, model="no-such-model"
+    )  # no model needed: collections only
     with running_server(local) as url, httpx.Client(base_url=url, timeout=30) as h:
-        assert h.post("/v1/collections", json={"name": "kept", "model": "all-MiniLM-L6-v2"}
-                      ).status_code == 201
+        assert (
+            h.post(
+                "/v1/collections", json={"name": "kept", "model": "all-MiniLM-L6-v2"}
+            ).status_code
+            == 201
+        )
         pid = _postmaster(data_dir / "pg")
         os.kill(pid, signal.SIGKILL)
         psutil.Process(pid).wait(timeout=10) if psutil.pid_exists(pid) else None
@@ -62,10 +68,18 @@ def test_killed_postmaster_fails_fast_then_comes_back(
     assert not (data_dir / "pg" / "postmaster.pid").exists()
     # a user killed with -9 never unregisters; the next process to start drops it, so the
     # last one that exits normally stops the server
-    user = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path;"
-                             " from ragstore.db import embedded; embedded.start(Path(sys.argv[1]));"
-                             " print('joined', flush=True); time.sleep(120)", str(data_dir)],
-                            stdout=subprocess.PIPE, text=True)
+    user = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path;"
+            " from ragstore.db import embedded; embedded.start(Path(sys.argv[1]));"
+            " print('joined', flush=True); time.sleep(120)",
+            str(data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert user.stdout is not None and user.stdout.readline().strip() == "joined"
     users = data_dir / "pg" / ".handle_pids.json"
     assert user.pid in json.loads(users.read_text())

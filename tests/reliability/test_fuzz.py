@@ -34,40 +34,87 @@ def test_stateful_run_never_answers_5xx(seeded: str) -> None:
         def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
             assert response.status_code < 500, (case.method, case.path, response.text[:500])
 
-    Machine.run(settings=settings(max_examples=12, stateful_step_count=4, deadline=None,
-                                  derandomize=True, database=None,
-                                  suppress_health_check=list(HealthCheck)))
+    Machine.run(
+        settings=settings(
+            max_examples=12,
+            stateful_step_count=4,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
     assert issubclass(Machine, APIStateMachine)
 
 
 EDGE_TEXT = st.one_of(
     st.text(alphabet=st.characters(codec="utf-8"), max_size=8).map(lambda s: s + "\x00"),
-    st.just("\x00"), st.just("a\u0000b"), st.text(max_size=5))
-EDGE_NUMBER = st.one_of(st.booleans(), st.integers(min_value=-(2**80), max_value=2**80),
-                        st.floats(allow_nan=False, allow_infinity=False), st.just(1e30))
-EDGE_VALUE = st.one_of(EDGE_TEXT, EDGE_NUMBER, st.none(),
-                       st.dictionaries(EDGE_TEXT, st.one_of(EDGE_TEXT, EDGE_NUMBER),
-                                       max_size=2))
+    st.just("\x00"),
+    st.just("a\u0000b"),
+    st.text(max_size=5),
+)
+EDGE_NUMBER = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.just(1e30),
+)
+EDGE_VALUE = st.one_of(
+    EDGE_TEXT,
+    EDGE_NUMBER,
+    st.none(),
+    st.dictionaries(EDGE_TEXT, st.one_of(EDGE_TEXT, EDGE_NUMBER), max_size=2),
+)
 EDGE_OBJECT = st.dictionaries(EDGE_TEXT, EDGE_VALUE, max_size=3)
 
 BODIES = st.one_of(
-    st.builds(lambda q, k, w: ("POST", "/v1/collections/fz/search",
-                               {"query": q, "k": k, "where": w}),
-              EDGE_TEXT.filter(bool), EDGE_NUMBER, EDGE_OBJECT),
-    st.builds(lambda w: ("POST", "/v1/collections/fz/search", {"query": "kittens", "where": w}),
-              st.dictionaries(st.sampled_from(["page", "chunk_type", "title", "t"]),
-                              st.one_of(EDGE_VALUE, st.dictionaries(
-                                  st.sampled_from(["$gt", "$in", "$eq", "$exists"]),
-                                  st.one_of(EDGE_VALUE, st.lists(EDGE_VALUE, max_size=2)),
-                                  max_size=2)), min_size=1, max_size=2)),
-    st.builds(lambda n, t, m: ("POST", "/v1/collections/fz/documents",
-                               {"name": n, "text": t, "metadata": m}),
-              st.one_of(EDGE_TEXT, st.just("ok.md")), EDGE_TEXT.filter(bool), EDGE_OBJECT),
-    st.builds(lambda n, s: ("POST", "/v1/collections", {"name": n, "settings": s}),
-              st.one_of(EDGE_TEXT, st.just("fz2")), EDGE_OBJECT),
-    st.builds(lambda p, f, m: ("GET", "/v1/collections/fz/documents",
-                               {"source_prefix": p, "format": f, "metadata": m}),
-              EDGE_TEXT, EDGE_TEXT, EDGE_TEXT),
+    st.builds(
+        lambda q, k, w: ("POST", "/v1/collections/fz/search", {"query": q, "k": k, "where": w}),
+        EDGE_TEXT.filter(bool),
+        EDGE_NUMBER,
+        EDGE_OBJECT,
+    ),
+    st.builds(
+        lambda w: ("POST", "/v1/collections/fz/search", {"query": "kittens", "where": w}),
+        st.dictionaries(
+            st.sampled_from(["page", "chunk_type", "title", "t"]),
+            st.one_of(
+                EDGE_VALUE,
+                st.dictionaries(
+                    st.sampled_from(["$gt", "$in", "$eq", "$exists"]),
+                    st.one_of(EDGE_VALUE, st.lists(EDGE_VALUE, max_size=2)),
+                    max_size=2,
+                ),
+            ),
+            min_size=1,
+            max_size=2,
+        ),
+    ),
+    st.builds(
+        lambda n, t, m: (
+            "POST",
+            "/v1/collections/fz/documents",
+            {"name": n, "text": t, "metadata": m},
+        ),
+        st.one_of(EDGE_TEXT, st.just("ok.md")),
+        EDGE_TEXT.filter(bool),
+        EDGE_OBJECT,
+    ),
+    st.builds(
+        lambda n, s: ("POST", "/v1/collections", {"name": n, "settings": s}),
+        st.one_of(EDGE_TEXT, st.just("fz2")),
+        EDGE_OBJECT,
+    ),
+    st.builds(
+        lambda p, f, m: (
+            "GET",
+            "/v1/collections/fz/documents",
+            {"source_prefix": p, "format": f, "metadata": m},
+        ),
+        EDGE_TEXT,
+        EDGE_TEXT,
+        EDGE_TEXT,
+    ),
 )
 
 
@@ -75,8 +122,13 @@ def test_edge_values_never_answer_5xx(seeded: str) -> None:
     with httpx.Client(base_url=seeded, timeout=60) as h:
 
         @given(call=BODIES)
-        @settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=60,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(call: tuple[str, str, dict[str, Any]]) -> None:
             method, path, payload = call
             if method == "GET":

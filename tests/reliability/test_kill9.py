@@ -30,24 +30,34 @@ from tests.models.corpus import write_corpus
 DOCS = 10
 EXTRA = int(os.environ.get("RAGSTORE_FAULT_SEEDS", "0"))
 INGEST_POINTS = [("first-round", 0.0), ("midway", 0.5)] + [
-    (f"seed-{s}", random.Random(s).uniform(0.1, 0.9)) for s in range(1, EXTRA + 1)]
+    (f"seed-{s}", random.Random(s).uniform(0.1, 0.9)) for s in range(1, EXTRA + 1)
+]
 
 
 def _env(settings: Settings) -> dict[str, str]:
     assert settings.database_url is not None
-    return {**os.environ, "RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
-            "RAGSTORE_DATA_DIR": str(settings.data_dir), "RAGSTORE_PROFILE": "test",
-            "RAGSTORE_DEVICE": "cpu", "RAGSTORE_INGEST_BATCH_CHUNKS": "2",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return {
+        **os.environ,
+        "RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
+        "RAGSTORE_DATA_DIR": str(settings.data_dir),
+        "RAGSTORE_PROFILE": "test",
+        "RAGSTORE_DEVICE": "cpu",
+        "RAGSTORE_INGEST_BATCH_CHUNKS": "2",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
 
 
-def _kill_when(args: list[str], env: dict[str, str], log: Path,
-               ready: Callable[[], bool]) -> None:
+def _kill_when(args: list[str], env: dict[str, str], log: Path, ready: Callable[[], bool]) -> None:
     """Run ``ragstore ARGS`` and SIGKILL it as soon as ``ready()`` holds (it must not finish
     first: the test would prove nothing)."""
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", "from ragstore.cli import main; main()",
-                                 *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from ragstore.cli import main; main()", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None and not ready():
@@ -65,8 +75,11 @@ def _kill_when(args: list[str], env: dict[str, str], log: Path,
 def _stored(url: str, coll: str) -> dict[str, tuple[str, int, int, int]]:
     """source -> (content_hash, chunks, chunks that need a vector, vectors stored)."""
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT s.table_name FROM collections c JOIN embedding_spaces s"
-                           " ON s.id = c.active_space_id WHERE c.name = %s", (coll,)).fetchone()
+        row = conn.execute(
+            "SELECT s.table_name FROM collections c JOIN embedding_spaces s"
+            " ON s.id = c.active_space_id WHERE c.name = %s",
+            (coll,),
+        ).fetchone()
         if row is None:
             return {}
         table = str(row[0])
@@ -76,14 +89,19 @@ def _stored(url: str, coll: str) -> dict[str, tuple[str, int, int, int]]:
             f" FROM documents d JOIN collections c ON c.id = d.collection_id"
             f" LEFT JOIN chunks k ON k.document_id = d.id"
             f" LEFT JOIN {table} e ON e.chunk_id = k.id"
-            f" WHERE c.name = %s GROUP BY d.source, d.content_hash", (coll,)).fetchall()
+            f" WHERE c.name = %s GROUP BY d.source, d.content_hash",
+            (coll,),
+        ).fetchall()
     return {str(r[0]): (str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
 
 def _doc_count(url: str, coll: str) -> int:
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*) FROM documents d JOIN collections c"
-                           " ON c.id = d.collection_id WHERE c.name = %s", (coll,)).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM documents d JOIN collections c"
+            " ON c.id = d.collection_id WHERE c.name = %s",
+            (coll,),
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -95,14 +113,23 @@ def _assert_whole(stored: dict[str, tuple[str, int, int, int]], folder: Path) ->
 
 @pytest.mark.parametrize("point, fraction", INGEST_POINTS, ids=[p for p, _ in INGEST_POINTS])
 def test_ingest_killed_leaves_whole_documents_and_a_rerun_converges(
-        settings: Settings, cli_env: dict[str, str], tmp_path: Path, point: str,
-        fraction: float, capsys: pytest.CaptureFixture[str]) -> None:
+    settings: Settings,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    point: str,
+    fraction: float,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     url = cli_env["RAGSTORE_DATABASE_URL"]
     coll = f"kill-{point}"
     folder = write_corpus(tmp_path / "corpus", docs=DOCS, paragraphs=3)
     threshold = max(1, int(DOCS * fraction))
-    _kill_when(["ingest", str(folder), "-c", coll], _env(settings), tmp_path / "ingest.log",
-               lambda: _doc_count(url, coll) >= threshold)
+    _kill_when(
+        ["ingest", str(folder), "-c", coll],
+        _env(settings),
+        tmp_path / "ingest.log",
+        lambda: _doc_count(url, coll) >= threshold,
+    )
     partial = _stored(url, coll)
     assert threshold <= len(partial) < DOCS
     _assert_whole(partial, folder)
@@ -120,28 +147,39 @@ def test_ingest_killed_leaves_whole_documents_and_a_rerun_converges(
 
 
 def test_import_killed_mid_transaction_keeps_nothing_and_a_rerun_completes(
-        settings: Settings, cli_env: dict[str, str], tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    settings: Settings, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = cli_env["RAGSTORE_DATABASE_URL"]
     ids = [f"r{i}" for i in range(6000)]
     vecs = vectors(len(ids), 16, seed=7)
     src = write_jsonl(tmp_path / "store.jsonl", ids, vecs)
-    args = ["import", str(src), "-c", "kill-import", "-m", "legacy@v1", "--dimension", "16",
-            "--no-backup"]
+    args = [
+        "import",
+        str(src),
+        "-c",
+        "kill-import",
+        "-m",
+        "legacy@v1",
+        "--dimension",
+        "16",
+        "--no-backup",
+    ]
 
     def writing() -> bool:
         with psycopg.connect(url, autocommit=True) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                 " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
-                " AND (query ILIKE 'COPY%%' OR query ILIKE 'CREATE INDEX%%')").fetchone()
+                " AND (query ILIKE 'COPY%%' OR query ILIKE 'CREATE INDEX%%')"
+            ).fetchone()
         return bool(row and row[0])
 
     _kill_when(args, _env(settings), tmp_path / "import.log", writing)
     time.sleep(0.5)  # the server notices the dead client and rolls its transaction back
     with psycopg.connect(url) as conn:
-        left = conn.execute("SELECT count(*) FROM collections WHERE name = 'kill-import'"
-                            ).fetchone()
+        left = conn.execute(
+            "SELECT count(*) FROM collections WHERE name = 'kill-import'"
+        ).fetchone()
     assert left == (0,), "a killed import left a half-written collection"
     capsys.readouterr()
     assert run_cli(*args, "--json") == 0

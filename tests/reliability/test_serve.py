@@ -30,14 +30,23 @@ def test_empty_host_is_not_loopback(settings: Settings) -> None:
     embedded = Settings(data_dir=settings.data_dir, profile="test")
     assert auth_enabled(embedded.model_copy(update={"api_host": ""})) is True
     assert auth_enabled(embedded.model_copy(update={"api_bound": "127.0.0.1,::1"})) is False
-    assert auth_enabled(embedded.model_copy(update={"api_host": "127.0.0.1",
-                                                    "api_bound": "0.0.0.0"})) is True
+    assert (
+        auth_enabled(embedded.model_copy(update={"api_host": "127.0.0.1", "api_bound": "0.0.0.0"}))
+        is True
+    )
 
 
 @pytest.fixture(scope="module")
 def secured(settings: Settings) -> Iterator[str]:
-    with running_server(with_(settings, auth="on", rate_limit_per_minute=30,
-                              profile="prod", allow_embedded_in_prod=True)) as url:
+    with running_server(
+        with_(
+            settings,
+            auth="on",
+            rate_limit_per_minute=30,
+            profile="prod",
+            allow_embedded_in_prod=True,
+        )
+    ) as url:
         yield url
 
 
@@ -46,12 +55,14 @@ def test_key_guessing_is_throttled_before_hashing(secured: str, keys: KeyStore) 
     key_id = good.split("_")[1]
     wrong = f"rsk_{key_id}_{'x' * 43}"
     with httpx.Client(base_url=secured, timeout=60) as h:
-        assert h.get("/v1/collections", headers={"Authorization": f"Bearer {good}"}
-                     ).status_code == 200  # verified once: later checks skip scrypt
+        assert (
+            h.get("/v1/collections", headers={"Authorization": f"Bearer {good}"}).status_code == 200
+        )  # verified once: later checks skip scrypt
 
         def guess(_: int) -> int:
-            return h.get("/v1/collections",
-                         headers={"Authorization": f"Bearer {wrong}"}).status_code
+            return h.get(
+                "/v1/collections", headers={"Authorization": f"Bearer {wrong}"}
+            ).status_code
 
         t0 = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
@@ -68,14 +79,18 @@ def test_key_guessing_is_throttled_before_hashing(secured: str, keys: KeyStore) 
         assert flood < 20
 
 
-def test_rate_limit_is_shared_across_servers(settings: Settings, secured: str,
-                                             keys: KeyStore) -> None:
+def test_rate_limit_is_shared_across_servers(
+    settings: Settings, secured: str, keys: KeyStore
+) -> None:
     key = keys.create("read").secret
     auth = {"Authorization": f"Bearer {key}"}
     other = with_(settings, auth="on", rate_limit_per_minute=30)
     with running_server(other) as second, httpx.Client(timeout=60) as h:
-        statuses = [h.get(f"{url}/v1/collections", headers=auth).status_code
-                    for _ in range(20) for url in (secured, second)]
+        statuses = [
+            h.get(f"{url}/v1/collections", headers=auth).status_code
+            for _ in range(20)
+            for url in (secured, second)
+        ]
     assert statuses.count(200) <= 31, statuses  # one budget of 30 (+1 refill), not 60
     assert statuses.count(429) >= 9
 
@@ -102,23 +117,41 @@ def _session_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_serve_on_every_interface_requires_keys_and_stops_on_sigterm(
-        pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
-    env.update({"RAGSTORE_DATA_DIR": str(_session_data_dir(tmp_path_factory)),
-                "RAGSTORE_PROFILE": "test", "RAGSTORE_AUTH": "auto",
-                "RAGSTORE_MODEL": "no-such-model"})  # skip loading a model at start
+    env.update(
+        {
+            "RAGSTORE_DATA_DIR": str(_session_data_dir(tmp_path_factory)),
+            "RAGSTORE_PROFILE": "test",
+            "RAGSTORE_AUTH": "auto",
+            "RAGSTORE_MODEL": "no-such-model",
+        }
+    )  # skip loading a model at start
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from ragstore.cli import main; main()", "serve",
-         "--host", "", "--port", str(port), "--workers", "2"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-c",
+            "from ragstore.cli import main; main()",
+            "serve",
+            "--host",
+            "",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 150
         status = None
         while time.monotonic() < deadline:
             try:
-                status = httpx.get(f"http://127.0.0.1:{port}/v1/collections", timeout=5
-                                   ).status_code
+                status = httpx.get(f"http://127.0.0.1:{port}/v1/collections", timeout=5).status_code
                 break
             except httpx.TransportError:
                 assert proc.poll() is None, "serve exited"

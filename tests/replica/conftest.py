@@ -31,17 +31,26 @@ class Pair:
     def settings(self, **update: object) -> Settings:
         """Settings of a server on the primary that reads from the standby."""
         base: dict[str, object] = {
-            "database_url": self.primary_url, "read_database_urls": self.standby.conninfo,
-            "data_dir": self.data_dir, "profile": "test", "auth": "off",
-            "max_replica_lag_s": 5.0, "replica_wait_s": 2.0}
+            "database_url": self.primary_url,
+            "read_database_urls": self.standby.conninfo,
+            "data_dir": self.data_dir,
+            "profile": "test",
+            "auth": "off",
+            "max_replica_lag_s": 5.0,
+            "replica_wait_s": 2.0,
+        }
         base.update(update)
         return Settings(**base)  # type: ignore[arg-type]
 
     def read_only_settings(self, **update: object) -> Settings:
         """Settings of a search-only server on the standby alone."""
-        base: dict[str, object] = {"database_url": self.standby.conninfo,
-                                   "data_dir": self.data_dir, "profile": "test", "auth": "off",
-                                   "replica_wait_s": 0.5}
+        base: dict[str, object] = {
+            "database_url": self.standby.conninfo,
+            "data_dir": self.data_dir,
+            "profile": "test",
+            "auth": "off",
+            "replica_wait_s": 0.5,
+        }
         base.update(update)
         return Settings(**base)  # type: ignore[arg-type]
 
@@ -52,8 +61,9 @@ class Pair:
         deadline = time.monotonic() + timeout_s
         with psycopg.connect(self.standby.conninfo, autocommit=True) as s:
             while time.monotonic() < deadline:
-                row = s.execute("SELECT pg_last_wal_replay_lsn() >= %s",
-                                (target[0] if target else None,)).fetchone()
+                row = s.execute(
+                    "SELECT pg_last_wal_replay_lsn() >= %s", (target[0] if target else None,)
+                ).fetchone()
                 if row and row[0]:
                     return
                 time.sleep(0.02)
@@ -61,8 +71,7 @@ class Pair:
 
     def pause_replay(self, paused: bool) -> None:
         with psycopg.connect(self.standby.conninfo, autocommit=True) as s:
-            s.execute("SELECT pg_wal_replay_pause()" if paused else
-                      "SELECT pg_wal_replay_resume()")
+            s.execute("SELECT pg_wal_replay_pause()" if paused else "SELECT pg_wal_replay_resume()")
 
 
 @pytest.fixture(scope="package")

@@ -14,19 +14,22 @@ from ragstore.db.routing import ReadRouter
 from ragstore.errors import InputError
 
 
-@pytest.mark.parametrize(("method", "path", "kind"), [
-    ("POST", "/v1/collections/kb/search", "read"),
-    ("POST", "/v1/collections/kb/texts/get", "read"),
-    ("POST", "/v1/collections/kb/texts", "write"),
-    ("GET", "/v1/collections", "read"),
-    ("GET", "/v1/collections/kb/documents/3", "read"),
-    ("POST", "/v1/collections/kb/documents", "write"),
-    ("DELETE", "/v1/collections/kb", "write"),
-    ("POST", "/v1/collections", "write"),
-    ("GET", "/v1/jobs/4", "other"),  # a job just submitted is the primary's to show
-    ("GET", "/readyz", "other"),
-    ("GET", "/metrics", "other"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "kind"),
+    [
+        ("POST", "/v1/collections/kb/search", "read"),
+        ("POST", "/v1/collections/kb/texts/get", "read"),
+        ("POST", "/v1/collections/kb/texts", "write"),
+        ("GET", "/v1/collections", "read"),
+        ("GET", "/v1/collections/kb/documents/3", "read"),
+        ("POST", "/v1/collections/kb/documents", "write"),
+        ("DELETE", "/v1/collections/kb", "write"),
+        ("POST", "/v1/collections", "write"),
+        ("GET", "/v1/jobs/4", "other"),  # a job just submitted is the primary's to show
+        ("GET", "/readyz", "other"),
+        ("GET", "/metrics", "other"),
+    ],
+)
 def test_classify(method: str, path: str, kind: str) -> None:
     assert classify(method, path) == kind
 
@@ -42,8 +45,9 @@ def test_lsn_text_round_trips_and_orders() -> None:
 
 def test_unreachable_replica_is_skipped(database_url: str) -> None:
     primary = Database(database_url)
-    router = ReadRouter(primary, ["postgresql://postgres@127.0.0.1:1/ragstore"],
-                        max_lag_s=5, wait_s=0.1)
+    router = ReadRouter(
+        primary, ["postgresql://postgres@127.0.0.1:1/ragstore"], max_lag_s=5, wait_s=0.1
+    )
     try:
         t0 = time.monotonic()
         assert router.choose() is primary
@@ -66,6 +70,7 @@ def test_lag_dates_the_oldest_unreplayed_wal(database_url: str) -> None:
     assert router._lag(caught_up, 300) == 0.0  # an idle primary is not a lagging replica
     older = lsn.ReplayState(in_recovery=True, replay_lsn=50, replay_age_s=60.0)
     assert router._lag(older, 300) == pytest.approx(60)  # WAL older than what we watched
-    in_transit = lsn.ReplayState(in_recovery=True, replay_lsn=250, replay_age_s=60.0,
-                                 receive_lsn=250)
+    in_transit = lsn.ReplayState(
+        in_recovery=True, replay_lsn=250, replay_age_s=60.0, receive_lsn=250
+    )
     assert router._lag(in_transit, 300) == 0.0  # replayed all it received: not behind

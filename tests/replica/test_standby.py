@@ -40,8 +40,9 @@ def kb(pair: Pair) -> str:
 
 def test_ingest_on_primary_search_on_standby(pair: Pair, kb: str) -> None:
     with running_server(pair.settings()) as url, Client(url) as c:
-        r = c.request("POST", "/v1/collections/kb/search",
-                      json={"query": "why does bread rise", "k": 2})
+        r = c.request(
+            "POST", "/v1/collections/kb/search", json={"query": "why does bread rise", "k": 2}
+        )
         assert _served_by(r) == "replica"
         assert r.json()["data"][0]["title"] == "Bread"
         listing = c.request("GET", "/v1/collections/kb/documents")
@@ -66,8 +67,11 @@ def test_read_only_server_answers_searches_and_refuses_writes(pair: Pair, kb: st
         assert refused.value.status == 403  # type: ignore[attr-defined]
         with pytest.raises(ReadOnlyError):
             c.create_collection("other")
-        bad = httpx.post(f"{url}/v1/collections/kb/search", json={"query": "x"},
-                         headers={"RAGStore-LSN": "not-a-position"})
+        bad = httpx.post(
+            f"{url}/v1/collections/kb/search",
+            json={"query": "x"},
+            headers={"RAGStore-LSN": "not-a-position"},
+        )
         assert bad.status_code == 422 and bad.json()["code"] == "invalid_input"
         r = httpx.delete(f"{url}/v1/collections/kb")
         assert r.status_code == 403
@@ -76,9 +80,12 @@ def test_read_only_server_answers_searches_and_refuses_writes(pair: Pair, kb: st
 
 
 def test_read_your_writes_waits_for_replay_or_uses_the_primary(pair: Pair, kb: str) -> None:
-    with running_server(pair.settings(replica_wait_s=0.3)) as url, \
-            running_server(pair.read_only_settings(replica_wait_s=0.3)) as ro_url, \
-            Client(url) as c, Client(ro_url) as ro:
+    with (
+        running_server(pair.settings(replica_wait_s=0.3)) as url,
+        running_server(pair.read_only_settings(replica_wait_s=0.3)) as ro_url,
+        Client(url) as c,
+        Client(ro_url) as ro,
+    ):
         # replay running: the write is visible at once, and the read may well be the replica's
         c.add_document("kb", "glass.md", "# Glass\n\nSand melted with soda ash becomes glass.")
         r = c.request("POST", "/v1/collections/kb/search", json={"query": "how glass is made"})
@@ -86,13 +93,19 @@ def test_read_your_writes_waits_for_replay_or_uses_the_primary(pair: Pair, kb: s
         pair.pause_replay(True)
         try:
             c.add_document("kb", "comet.md", "# Comets\n\nA comet's icy nucleus grows a tail.")
-            r = c.request("POST", "/v1/collections/kb/search",
-                          json={"query": "icy comet nucleus tail", "k": 1})
+            r = c.request(
+                "POST",
+                "/v1/collections/kb/search",
+                json={"query": "icy comet nucleus tail", "k": 1},
+            )
             assert r.json()["data"][0]["title"] == "Comets"  # the caller sees its write ...
             assert _served_by(r) == "primary"  # ... from the primary: the standby is paused
-            blind = c.request("POST", "/v1/collections/kb/search",
-                              json={"query": "icy comet nucleus tail", "k": 1},
-                              headers={"RAGStore-LSN": "0/0"})
+            blind = c.request(
+                "POST",
+                "/v1/collections/kb/search",
+                json={"query": "icy comet nucleus tail", "k": 1},
+                headers={"RAGStore-LSN": "0/0"},
+            )
             assert _served_by(blind) == "replica"  # without the position: the standby
             assert blind.json()["data"][0]["title"] != "Comets"
             ro.last_lsn = c.last_lsn  # the search-only fleet cannot fall back: 503
@@ -136,8 +149,9 @@ def test_standby_stopped_mid_load_searches_fall_back(pair: Pair, kb: str) -> Non
     def load(url: str) -> None:
         with httpx.Client(base_url=url, timeout=30) as http:
             while not stop.is_set():
-                r = http.post("/v1/collections/kb/search",
-                              json={"query": "tides of the ocean", "k": 3})
+                r = http.post(
+                    "/v1/collections/kb/search", json={"query": "tides of the ocean", "k": 3}
+                )
                 statuses.append(r.status_code)
                 served.append(_served_by(r))
 

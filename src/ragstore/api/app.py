@@ -57,15 +57,19 @@ def auth_enabled(settings: Settings) -> bool:
     if settings.auth == "off" and settings.profile == "prod" and not local:
         raise ConfigError(
             f"RAGSTORE_AUTH=off with RAGSTORE_API_HOST={settings.api_host!r} in the prod "
-            "profile would serve every collection to anyone; turn auth on or bind to 127.0.0.1")
+            "profile would serve every collection to anyone; turn auth on or bind to 127.0.0.1"
+        )
     return settings.auth == "on"
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:
     """Every middleware of the app, outermost last. Add metrics/logging middleware here."""
     app.add_middleware(ReadRoutingMiddleware)  # innermost: it may run a read twice
-    app.add_middleware(BodyLimitMiddleware, json_bytes=settings.max_request_bytes,
-                       upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        json_bytes=settings.max_request_bytes,
+        upload_bytes=settings.max_upload_bytes,
+    )
     app.add_middleware(ConsoleSecurityMiddleware)  # CSP and friends under /ui
     install_observability(app, settings)  # metrics, access log, GET /metrics
     app.add_middleware(RequestIdMiddleware)
@@ -109,15 +113,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning(
                 "authentication is OFF (RAGSTORE_AUTH=%s): every request to %s:%s has admin "
                 "rights; set RAGSTORE_AUTH=on and create keys with `ragstore keys create`",
-                settings.auth, settings.api_host, settings.api_port)
+                settings.auth,
+                settings.api_host,
+                settings.api_port,
+            )
         read_only = _read_only(rt)
         if read_only:
-            log.warning("the database is a hot standby: this server answers reads only and "
-                        "refuses writes with read_only")
+            log.warning(
+                "the database is a hot standby: this server answers reads only and "
+                "refuses writes with read_only"
+            )
         app.state.ragstore = ApiState(
-            runtime=rt, keys=KeyStore(db, read_only=read_only) if secure else None,
+            runtime=rt,
+            keys=KeyStore(db, read_only=read_only) if secure else None,
             limiter=RateLimiter(settings.rate_limit_per_minute, None if read_only else db),
-            queue=queue)
+            queue=queue,
+        )
         try:
             yield
         finally:
@@ -128,10 +139,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 embedded.release(settings.data_dir)  # stops it if we were its last user
 
     app = FastAPI(
-        title="ragstore", version=__version__, lifespan=lifespan,
+        title="ragstore",
+        version=__version__,
+        lifespan=lifespan,
         summary="Document retrieval on PostgreSQL + pgvector.",
-        description=("Every error is RFC 9457 `application/problem+json` with a stable `code` "
-                     "and the `request_id`. Authenticate with `Authorization: Bearer rsk_...`."),
+        description=(
+            "Every error is RFC 9457 `application/problem+json` with a stable `code` "
+            "and the `request_id`. Authenticate with `Authorization: Bearer rsk_...`."
+        ),
     )
     install_middleware(app, settings)
     install_error_handlers(app)

@@ -46,8 +46,14 @@ def get_runtime(state: State) -> Runtime:
 Rt = Annotated[Runtime, Depends(get_runtime)]
 
 
-CollectionName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
-                                     examples=["handbook"], description="Collection name")]
+CollectionName = Annotated[
+    str,
+    Path(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        examples=["handbook"],
+        description="Collection name",
+    ),
+]
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
@@ -72,9 +78,11 @@ class Principal:
 _bearer = HTTPBearer(auto_error=False, description="An API key from `ragstore keys create`.")
 
 
-def _caller(state: State, request: Request,
-            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-            ) -> Principal:
+def _caller(
+    state: State,
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
     if state.keys is None:
         return Principal(None)
     client = request.client.host if request.client else ""

@@ -99,8 +99,10 @@ def public_detail(exc: e.RagstoreError) -> str:
     """What a caller may read: an unreachable database is described without its address
     (the full message, with it, goes to the server log)."""
     if isinstance(exc, e.DatabaseUnavailableError):
-        return (f"{exc.public}; retry in {max(1, round(exc.retry_after))}s (the server log "
-                "has the details)")
+        return (
+            f"{exc.public}; retry in {max(1, round(exc.retry_after))}s (the server log "
+            "has the details)"
+        )
     return exc.message
 
 
@@ -113,20 +115,26 @@ def retry_after(exc: e.RagstoreError) -> float | None:
     return None
 
 
-def problem_body(exc: e.RagstoreError, *, request_id: str, instance: str,
-                 **extra: Any) -> dict[str, Any]:
+def problem_body(
+    exc: e.RagstoreError, *, request_id: str, instance: str, **extra: Any
+) -> dict[str, Any]:
     p = problem_for(type(exc))
     body: dict[str, Any] = {
-        "type": f"urn:ragstore:problem:{exc.code}", "title": p.title, "status": p.status,
-        "detail": public_detail(exc), "code": exc.code, "instance": instance,
+        "type": f"urn:ragstore:problem:{exc.code}",
+        "title": p.title,
+        "status": p.status,
+        "detail": public_detail(exc),
+        "code": exc.code,
+        "instance": instance,
         "request_id": request_id,
     }
     body.update(extra)
     return body
 
 
-def problem_response(exc: e.RagstoreError, *, request_id: str, instance: str,
-                     **extra: Any) -> JSONResponse:
+def problem_response(
+    exc: e.RagstoreError, *, request_id: str, instance: str, **extra: Any
+) -> JSONResponse:
     body = problem_body(exc, request_id=request_id, instance=instance, **extra)
     headers = {"X-Request-ID": request_id} if request_id else {}
     wait = retry_after(exc)
@@ -134,8 +142,7 @@ def problem_response(exc: e.RagstoreError, *, request_id: str, instance: str,
         headers["Retry-After"] = str(max(1, round(wait)))
     if isinstance(exc, e.AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="ragstore"'
-    return JSONResponse(body, status_code=body["status"], media_type=PROBLEM_JSON,
-                        headers=headers)
+    return JSONResponse(body, status_code=body["status"], media_type=PROBLEM_JSON, headers=headers)
 
 
 def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
@@ -154,24 +161,28 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, e.RagstoreError)
         if problem_for(type(exc)).status >= 500:
             log.warning("request %s failed: %s: %s", request_id_of(request), exc.code, exc)
-        return problem_response(exc, request_id=request_id_of(request),
-                                instance=request.url.path)
+        return problem_response(exc, request_id=request_id_of(request), instance=request.url.path)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         detail, items = _validation_detail(list(exc.errors()))
-        return problem_response(e.InputError(detail), request_id=request_id_of(request),
-                                instance=request.url.path, errors=items)
+        return problem_response(
+            e.InputError(detail),
+            request_id=request_id_of(request),
+            instance=request.url.path,
+            errors=items,
+        )
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         err: e.RagstoreError
         if exc.status_code == 404:
-            err = e.NotFoundError(f"no route {request.method} {request.url.path}; "
-                                  "see /docs or /openapi.json for the API")
+            err = e.NotFoundError(
+                f"no route {request.method} {request.url.path}; "
+                "see /docs or /openapi.json for the API"
+            )
         elif exc.status_code == 405:
-            err = e.MethodNotAllowedError(
-                f"{request.method} is not allowed on {request.url.path}")
+            err = e.MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}")
         elif exc.status_code == 413:
             err = e.RequestTooLargeError(str(exc.detail))
         elif exc.status_code in (401, 403):
@@ -180,15 +191,16 @@ def install_error_handlers(app: FastAPI) -> None:
             err = e.InputError(str(exc.detail))
         else:
             err = e.RagstoreError("internal error; the server log has the details")
-        return problem_response(err, request_id=request_id_of(request),
-                                instance=request.url.path)
+        return problem_response(err, request_id=request_id_of(request), instance=request.url.path)
 
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:
         rid = request_id_of(request)
         log.error("request %s crashed", rid, exc_info=exc)
         return problem_response(
             e.RagstoreError(f"internal error; the server log has the details (request {rid})"),
-            request_id=rid, instance=request.url.path)
+            request_id=rid,
+            instance=request.url.path,
+        )
 
     app.add_exception_handler(e.RagstoreError, on_ragstore)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -11,8 +11,10 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "type": {"type": "string", "example": "urn:ragstore:problem:collection_not_found"},
         "title": {"type": "string", "example": "Collection not found"},
         "status": {"type": "integer", "example": 404},
-        "detail": {"type": "string",
-                   "example": "collection 'x' does not exist (collections: docs)"},
+        "detail": {
+            "type": "string",
+            "example": "collection 'x' does not exist (collections: docs)",
+        },
         "code": {"type": "string", "example": "collection_not_found"},
         "instance": {"type": "string", "example": "/v1/collections/x"},
         "request_id": {"type": "string", "example": "6f1c2d0e9b8a4f1e"},
@@ -20,10 +22,16 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 _DESCRIPTIONS = {
-    400: "Invalid filter", 401: "Missing, unknown or revoked API key",
-    403: "The key lacks the scope or collection", 404: "Not found", 409: "Conflict",
-    413: "Request or upload too large", 415: "Unsupported format", 422: "Invalid input",
-    429: "Rate limited (with Retry-After)", 500: "Internal or database error",
+    400: "Invalid filter",
+    401: "Missing, unknown or revoked API key",
+    403: "The key lacks the scope or collection",
+    404: "Not found",
+    409: "Conflict",
+    413: "Request or upload too large",
+    415: "Unsupported format",
+    422: "Invalid input",
+    429: "Rate limited (with Retry-After)",
+    500: "Internal or database error",
     503: "Database unavailable or not ready (with Retry-After)",
 }
 
@@ -31,6 +39,10 @@ _DESCRIPTIONS = {
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these statuses (with no argument: the ones every route has)."""
     chosen = statuses or (401, 403, 422, 429, 503)
-    return {s: {"description": _DESCRIPTIONS.get(s, "Error"),
-                "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}}}
-            for s in chosen}
+    return {
+        s: {
+            "description": _DESCRIPTIONS.get(s, "Error"),
+            "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
+        }
+        for s in chosen
+    }

@@ -19,8 +19,9 @@ PARENT_ENV = "RAGSTORE_SERVE_PARENT"
 def bind_sockets(host: str, port: int) -> list[socket.socket]:
     """Listening TCP sockets for ``host`` (``""``: every IPv4 and IPv6 interface)."""
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as exc:
         raise ConfigError(f"RAGSTORE_API_HOST={host!r} does not resolve: {exc.strerror}") from None
     sockets: list[socket.socket] = []
@@ -48,8 +49,10 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
     except OSError as exc:
         for sock in sockets:
             sock.close()
-        raise ConfigError(f"cannot listen on {host or '*'}:{port}: {exc.strerror}; pick another "
-                          "--port or stop what uses it") from None
+        raise ConfigError(
+            f"cannot listen on {host or '*'}:{port}: {exc.strerror}; pick another "
+            "--port or stop what uses it"
+        ) from None
     return sockets
 
 

@@ -71,7 +71,8 @@ class BodyLimitMiddleware:
         def too_large(size: str) -> RequestTooLargeError:
             return RequestTooLargeError(
                 f"the {what} is {size} bytes, over the limit of {limit} bytes ({setting})"
-                + ("; send large document sets in several uploads" if multipart else ""))
+                + ("; send large document sets in several uploads" if multipart else "")
+            )
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -114,8 +115,9 @@ class BodyLimitMiddleware:
     @staticmethod
     async def _refuse(scope: Scope, send: Send, exc: RequestTooLargeError) -> None:
         state: dict[str, Any] = scope.get("state", {})
-        response = problem_response(exc, request_id=str(state.get("request_id", "")),
-                                    instance=scope.get("path", ""))
+        response = problem_response(
+            exc, request_id=str(state.get("request_id", "")), instance=scope.get("path", "")
+        )
         response.headers["Connection"] = "close"
 
         async def no_body() -> Message:

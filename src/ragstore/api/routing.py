@@ -89,12 +89,24 @@ class ReadRoutingMiddleware:
         text = _header(scope, lsn.HEADER.lower().encode())
         return lsn.parse(text) if text else None
 
-    async def _read_only(self, rt: Runtime, kind: str, min_lsn: int | None, scope: Scope,
-                         receive: Receive, send: Send) -> None:
+    async def _read_only(
+        self,
+        rt: Runtime,
+        kind: str,
+        min_lsn: int | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
         if kind == "write":
-            await _refuse(scope, send, ReadOnlyError(
-                f"this server reads a hot standby ({rt.primary.where}) and refuses "
-                f"{scope['method']} {scope['path']}; send writes to a server on the primary"))
+            await _refuse(
+                scope,
+                send,
+                ReadOnlyError(
+                    f"this server reads a hot standby ({rt.primary.where}) and refuses "
+                    f"{scope['method']} {scope['path']}; send writes to a server on the primary"
+                ),
+            )
             return
         if min_lsn is not None:
             wait = rt.settings.replica_wait_s
@@ -104,11 +116,16 @@ class ReadRoutingMiddleware:
                 await _refuse(scope, send, exc)
                 return
             if not caught_up:
-                await _refuse(scope, send, ReplicaBehindError(
-                    f"this read-only server's standby has not replayed your last write "
-                    f"({lsn.HEADER} {lsn.format_lsn(min_lsn)}) within {wait:g}s "
-                    "(RAGSTORE_REPLICA_WAIT_S); retry, or read from the primary",
-                    retry_after=max(1.0, wait)))
+                await _refuse(
+                    scope,
+                    send,
+                    ReplicaBehindError(
+                        f"this read-only server's standby has not replayed your last write "
+                        f"({lsn.HEADER} {lsn.format_lsn(min_lsn)}) within {wait:g}s "
+                        "(RAGSTORE_REPLICA_WAIT_S); retry, or read from the primary",
+                        retry_after=max(1.0, wait),
+                    ),
+                )
                 return
         await self.app(scope, receive, send)
 
@@ -121,15 +138,15 @@ class ReadRoutingMiddleware:
                     position = None
                 if position is not None:
                     headers = list(message.get("headers", []))
-                    headers.append((lsn.HEADER.lower().encode(),
-                                    lsn.format_lsn(position).encode()))
+                    headers.append((lsn.HEADER.lower().encode(), lsn.format_lsn(position).encode()))
                     message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_lsn)
 
-    async def _read(self, rt: Runtime, min_lsn: int | None, scope: Scope, receive: Receive,
-                    send: Send) -> None:
+    async def _read(
+        self, rt: Runtime, min_lsn: int | None, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         router = await run_in_threadpool(lambda: rt.router)
         if not router.has_replicas:
             await self.app(scope, receive, send)
@@ -138,11 +155,20 @@ class ReadRoutingMiddleware:
         route = routing.Route(router, min_lsn)
         if await self._attempt(route, body, scope, receive, send, last=False):
             return
-        await self._attempt(routing.Route(router, min_lsn, primary_only=True), body, scope,
-                            receive, send, last=True)
+        await self._attempt(
+            routing.Route(router, min_lsn, primary_only=True), body, scope, receive, send, last=True
+        )
 
-    async def _attempt(self, route: routing.Route, body: list[Message], scope: Scope,
-                       receive: Receive, send: Send, *, last: bool) -> bool:
+    async def _attempt(
+        self,
+        route: routing.Route,
+        body: list[Message],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        last: bool,
+    ) -> bool:
         """Run the request on ``route``; False when a replica failed under it and nothing
         was sent (the caller runs it again on the primary)."""
         pending = list(body)
@@ -161,8 +187,10 @@ class ReadRoutingMiddleware:
                     return
                 if route.target is not None:
                     where = "replica" if route.on_replica else "primary"
-                    message["headers"] = [*message.get("headers", []),
-                                          (READ_FROM.lower().encode(), where.encode())]
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        (READ_FROM.lower().encode(), where.encode()),
+                    ]
             if dropped:
                 return
             await send(message)
@@ -194,8 +222,9 @@ def _primary_lsn(rt: Runtime) -> int:
 
 async def _refuse(scope: Scope, send: Send, exc: RagstoreError) -> None:
     state: dict[str, Any] = scope.get("state", {})
-    response = problem_response(exc, request_id=str(state.get("request_id", "")),
-                                instance=scope.get("path", ""))
+    response = problem_response(
+        exc, request_id=str(state.get("request_id", "")), instance=scope.get("path", "")
+    )
 
     async def no_body() -> Message:
         return {"type": "http.disconnect"}

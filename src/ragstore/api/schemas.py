@@ -31,16 +31,26 @@ class Strict(BaseModel):
 
 # --- collections -------------------------------------------------------------------------
 
+
 class CollectionCreate(Strict):
     name: str = Field(pattern=NAME_PATTERN, examples=["handbook"])
-    model: str | None = Field(None, max_length=200, examples=["all-MiniLM-L6-v2"],
-                              description="Embedding model; the server's default when omitted.")
+    model: str | None = Field(
+        None,
+        max_length=200,
+        examples=["all-MiniLM-L6-v2"],
+        description="Embedding model; the server's default when omitted.",
+    )
     settings: dict[str, Any] = Field(default_factory=dict, examples=[{"ts_config": "english"}])
     dimension: int | None = Field(
-        None, ge=1, le=16_000, description="With a model ragstore cannot run: the dimension "
-        "of its vectors; the collection is then added to and searched by vector only.")
+        None,
+        ge=1,
+        le=16_000,
+        description="With a model ragstore cannot run: the dimension "
+        "of its vectors; the collection is then added to and searched by vector only.",
+    )
     distance: Literal["cosine", "l2", "ip"] | None = Field(
-        None, description="Distance of such vectors (cosine when omitted).")
+        None, description="Distance of such vectors (cosine when omitted)."
+    )
 
 
 class CollectionPublic(BaseModel):
@@ -61,9 +71,14 @@ class CollectionsPublic(BaseModel):
 
 # --- documents ---------------------------------------------------------------------------
 
+
 class DocumentCreate(Strict):
-    name: str = Field(min_length=1, max_length=1000, examples=["notes/rollback.md"],
-                      description="Relative file name; its suffix decides the format.")
+    name: str = Field(
+        min_length=1,
+        max_length=1000,
+        examples=["notes/rollback.md"],
+        description="Relative file name; its suffix decides the format.",
+    )
     text: str = Field(min_length=1, examples=["# Rollback\n\nRun `ragstore db downgrade`."])
     metadata: dict[str, Any] = Field(default_factory=dict, examples=[{"team": "ops"}])
     background: bool = Field(False, description="Ingest in a job and answer 202 at once.")
@@ -83,7 +98,8 @@ class DocumentPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
     status: Literal["added", "updated", "unchanged"] | None = Field(
-        None, description="Set on ingest: what the upload did.")
+        None, description="Set on ingest: what the upload did."
+    )
 
 
 class DocumentsPublic(BaseModel):
@@ -94,13 +110,16 @@ class DocumentsPublic(BaseModel):
 
 # --- texts (documents added by id, as a vector store does) -----------------------------
 
+
 class TextsCreate(Strict):
     texts: list[str] = Field(min_length=1, max_length=10_000, examples=[["Rollback is safe."]])
     metadatas: list[dict[str, Any]] | None = Field(None, examples=[[{"team": "ops"}]])
-    ids: list[str] | None = Field(None, examples=[["ops-1"]],
-                                  description="One id per text; random ones when omitted.")
+    ids: list[str] | None = Field(
+        None, examples=[["ops-1"]], description="One id per text; random ones when omitted."
+    )
     vectors: list[list[float]] | None = Field(
-        None, description="One embedding per text, stored instead of embedding it.")
+        None, description="One embedding per text, stored instead of embedding it."
+    )
 
 
 class TextsAdded(BaseModel):
@@ -135,30 +154,45 @@ class TextsDeleted(BaseModel):
 
 # --- search ------------------------------------------------------------------------------
 
+
 class SearchRequest(Strict):
-    query: str | None = Field(None, min_length=1, max_length=10_000,
-                              examples=["how do I roll back?"],
-                              description="The words to search for; or give `vector`.")
+    query: str | None = Field(
+        None,
+        min_length=1,
+        max_length=10_000,
+        examples=["how do I roll back?"],
+        description="The words to search for; or give `vector`.",
+    )
     vector: list[float] | None = Field(
-        None, min_length=1, max_length=16_000, examples=[[0.12, -0.03, 0.4]],
+        None,
+        min_length=1,
+        max_length=16_000,
+        examples=[[0.12, -0.03, 0.4]],
         description="Search by this embedding instead of embedding `query` (the "
-                    "collection's dimension); the way to search imported vectors.")
+        "collection's dimension); the way to search imported vectors.",
+    )
     k: int = Field(10, ge=1, le=1000)
     mode: Literal["vector", "fulltext", "hybrid"] | None = Field(
-        None, description="Search mode; the server's default when omitted.")
+        None, description="Search mode; the server's default when omitted."
+    )
     where: dict[str, Any] | None = Field(
-        None, examples=[{"metadata.team": "ops"}], description="Filter on chunk/document fields.")
+        None, examples=[{"metadata.team": "ops"}], description="Filter on chunk/document fields."
+    )
     context: Annotated[int, Field(ge=0, le=50)] | Literal["section"] | None = Field(
-        None, examples=[2, "section"],
+        None,
+        examples=[2, "section"],
         description="Neighbouring chunks around each hit (0-50), or 'section' for the "
-                    "whole enclosing section (hits sharing one are merged).")
+        "whole enclosing section (hits sharing one are merged).",
+    )
     explain: bool = False
     ef_search: int | None = Field(None, ge=1, le=1000)
     rrf_k: float | None = Field(None, ge=0, le=10_000, description="RRF constant (hybrid).")
-    vector_weight: float | None = Field(None, ge=0, le=1000,
-                                        description="Weight of the vector list (hybrid).")
-    fulltext_weight: float | None = Field(None, ge=0, le=1000,
-                                          description="Weight of the full-text list (hybrid).")
+    vector_weight: float | None = Field(
+        None, ge=0, le=1000, description="Weight of the vector list (hybrid)."
+    )
+    fulltext_weight: float | None = Field(
+        None, ge=0, le=1000, description="Weight of the full-text list (hybrid)."
+    )
 
     @model_validator(mode="after")
     def _query_or_vector(self) -> SearchRequest:
@@ -181,7 +215,8 @@ class HitPublic(BaseModel):
     metadata: dict[str, Any]
     explain: dict[str, Any] | None = None
     context: list[dict[str, Any]] | None = Field(
-        None, description="With `context`: the chunks around the hit, in document order.")
+        None, description="With `context`: the chunks around the hit, in document order."
+    )
     context_mode: str | None = None
     merged_hits: list[int] | None = None
 
@@ -193,10 +228,12 @@ class SearchResponse(BaseModel):
     count: int
     took_ms: float
     plan: dict[str, Any] | None = Field(
-        None, description="With `explain`: the candidate lists, their depth and the fusion.")
+        None, description="With `explain`: the candidate lists, their depth and the fusion."
+    )
 
 
 # --- models ------------------------------------------------------------------------------
+
 
 class ModelPublic(BaseModel):
     provider: str
@@ -207,8 +244,9 @@ class ModelPublic(BaseModel):
     normalize: bool
     max_tokens: int
     checksum: str
-    collections: list[str] = Field(default_factory=list,
-                                   description="Collections whose active model this is.")
+    collections: list[str] = Field(
+        default_factory=list, description="Collections whose active model this is."
+    )
 
 
 class ModelsPublic(BaseModel):
@@ -233,8 +271,12 @@ class ModelStatusPublic(BaseModel):
 
 
 class MigrateRequest(Strict):
-    to: str = Field(min_length=1, max_length=300, examples=["all-MiniLM-L6-v2@gt-0.1.0"],
-                    description="Target model: NAME or NAME@REVISION (pinned first).")
+    to: str = Field(
+        min_length=1,
+        max_length=300,
+        examples=["all-MiniLM-L6-v2@gt-0.1.0"],
+        description="Target model: NAME or NAME@REVISION (pinned first).",
+    )
     batch_size: int = Field(256, ge=1, le=100_000)
     switch: bool = Field(True, description="Switch to the new model once validated.")
     sample_queries: int = Field(8, ge=0, le=1000)
@@ -261,6 +303,7 @@ class RollbackPublic(BaseModel):
 
 
 # --- jobs --------------------------------------------------------------------------------
+
 
 class JobError(BaseModel):
     document: str | None
@@ -291,6 +334,7 @@ class JobsPublic(BaseModel):
 
 # --- health ------------------------------------------------------------------------------
 
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
@@ -309,22 +353,28 @@ class Readiness(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, str]
     collections: dict[str, str] = Field(
-        default_factory=dict, description="Per collection: 'ok', or why it cannot embed "
-                                          "queries (it is not ready; the server still is).")
+        default_factory=dict,
+        description="Per collection: 'ok', or why it cannot embed "
+        "queries (it is not ready; the server still is).",
+    )
     replicas: list[ReplicaPublic] | None = Field(
-        None, description="Read replicas and whether reads go to them (none configured: null).")
+        None, description="Read replicas and whether reads go to them (none configured: null)."
+    )
 
 
 # --- inspection (the console's read-only views) ------------------------------------------
+
 
 class MePublic(BaseModel):
     auth: bool = Field(description="False when the server runs with authentication off.")
     key_id: str | None = Field(None, examples=["3f2a9c1b0d4e"])
     name: str | None = None
     scope: Literal["read", "write", "admin"] = Field(
-        description="The caller's scope (admin for everyone when auth is off).")
-    collection: str | None = Field(None, description="The one collection the key may use; "
-                                   "null for every collection.")
+        description="The caller's scope (admin for everyone when auth is off)."
+    )
+    collection: str | None = Field(
+        None, description="The one collection the key may use; null for every collection."
+    )
 
 
 class TableSize(BaseModel):
@@ -359,7 +409,8 @@ class CollectionStatsPublic(BaseModel):
     last_ingest: datetime | None = Field(description="When a document last changed.")
     spaces: list[SpaceStats]
     shared_tables: list[TableSize] = Field(
-        description="documents and chunks are shared by every collection: whole-table sizes.")
+        description="documents and chunks are shared by every collection: whole-table sizes."
+    )
 
 
 class ChunkPublic(BaseModel):

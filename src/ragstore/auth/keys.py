@@ -98,8 +98,9 @@ def _row(r: Any) -> ApiKey:
 class KeyStore:
     """Keys in the ``api_keys`` table of one database."""
 
-    def __init__(self, db: Database, throttle: AuthThrottle | None = None, *,
-                 read_only: bool = False) -> None:
+    def __init__(
+        self, db: Database, throttle: AuthThrottle | None = None, *, read_only: bool = False
+    ) -> None:
         self.db = db
         self.throttle = throttle or AuthThrottle()
         self.read_only = read_only  # a standby: keys are checked, last_used_at is not kept
@@ -133,10 +134,13 @@ class KeyStore:
         with self.db.connection() as conn, translated("revoking an API key"):
             row = conn.execute(
                 f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = %s"
-                f" RETURNING {_COLS}", (ident,)).fetchone()
+                f" RETURNING {_COLS}",
+                (ident,),
+            ).fetchone()
         if row is None:
             raise ApiKeyNotFoundError(
-                f"no API key with id {ident!r}; `ragstore keys list` shows the ids")
+                f"no API key with id {ident!r}; `ragstore keys list` shows the ids"
+            )
         with self._lock:
             self._verified.pop(ident, None)
         return _row(row)
@@ -151,7 +155,8 @@ class KeyStore:
         if not presented:
             raise AuthenticationError(
                 "this request needs an API key: send `Authorization: Bearer rsk_...` "
-                "(create one with `ragstore keys create`)")
+                "(create one with `ragstore keys create`)"
+            )
         m = _KEY_RE.match(presented.strip())
         if m is None:
             self.throttle.check(None, address)
@@ -189,6 +194,7 @@ class KeyStore:
                 with self._lock:
                     self._verified[key_id] = digest
                 if not self.read_only:
-                    conn.execute("UPDATE api_keys SET last_used_at = now() WHERE id = %s",
-                                 (key.id,))
+                    conn.execute(
+                        "UPDATE api_keys SET last_used_at = now() WHERE id = %s", (key.id,)
+                    )
         return key

@@ -40,7 +40,9 @@ class RateLimiter:
             wait = (1.0 - avail) / self._rate
             raise RateLimitedError(
                 f"API key {key} is over its limit of {self.per_minute} requests a minute; "
-                f"retry in {wait:.1f}s", retry_after=wait)
+                f"retry in {wait:.1f}s",
+                retry_after=wait,
+            )
 
     def _take_shared(self, key: str) -> float | None:
         assert self.db is not None

@@ -44,9 +44,10 @@ class AuthThrottle:
         """Raise RateLimitedError when this key id or address failed too often lately."""
         now = time.monotonic()
         with self._lock:
-            for bucket, limit, what in ((f"key:{key_id}", self.per_key, f"API key {key_id}"),
-                                        (f"addr:{address}", self.per_address,
-                                         f"client {address}")):
+            for bucket, limit, what in (
+                (f"key:{key_id}", self.per_key, f"API key {key_id}"),
+                (f"addr:{address}", self.per_address, f"client {address}"),
+            ):
                 if bucket == "key:None":
                     continue
                 times = self._recent(bucket, now)
@@ -54,7 +55,8 @@ class AuthThrottle:
                     wait = max(1.0, self.window_s - (now - times[0]))
                     raise RateLimitedError(
                         f"too many failed authentications for {what}; retry in {wait:.0f}s",
-                        retry_after=wait)
+                        retry_after=wait,
+                    )
 
     def failed(self, key_id: str | None, address: str) -> None:
         now = time.monotonic()
@@ -72,7 +74,8 @@ class AuthThrottle:
             if key_id in self._hashing:
                 raise RateLimitedError(
                     f"another authentication of API key {key_id} is in progress; retry in 1s",
-                    retry_after=1.0)
+                    retry_after=1.0,
+                )
             self._hashing.add(key_id)
         try:
             yield

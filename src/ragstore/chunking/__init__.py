@@ -8,5 +8,4 @@ from ragstore.chunking.chunker import (
     document_hash,
 )
 
-__all__ = ["CHUNKING_VERSION", "TokenCounter", "chunk_document", "content_hash",
-           "document_hash"]
+__all__ = ["CHUNKING_VERSION", "TokenCounter", "chunk_document", "content_hash", "document_hash"]

@@ -84,8 +84,9 @@ def _cut_point(text: str, lo: int, hi: int, prefer_lines: bool) -> int:
     return hi
 
 
-def split_to_fit(text: str, limit: int, counter: TokenCounter,
-                 prefer_lines: bool) -> list[tuple[int, int]]:
+def split_to_fit(
+    text: str, limit: int, counter: TokenCounter, prefer_lines: bool
+) -> list[tuple[int, int]]:
     """Char spans of ``text`` pieces with at most ``limit`` content tokens each."""
     spans = counter.token_spans(text)
     pieces: list[tuple[int, int]] = []
@@ -133,20 +134,24 @@ def _cap_chars(text: str, spans: list[tuple[int, int]], max_chars: int) -> list[
     return _trimmed(text, out)
 
 
-def split_prose(text: str, limit: int, counter: TokenCounter, max_chars: int,
-                prefer_lines: bool = False) -> list[tuple[int, int]]:
+def split_prose(
+    text: str, limit: int, counter: TokenCounter, max_chars: int, prefer_lines: bool = False
+) -> list[tuple[int, int]]:
     """:func:`split_to_fit` over bounded windows, then capped at ``max_chars``."""
     spans: list[tuple[int, int]] = []
     pos = 0
     while pos < len(text):
         end = min(len(text), pos + WINDOW_CHARS)
         if end < len(text):
-            ws = max(text.rfind("\n", pos + WINDOW_CHARS // 2, end),
-                     text.rfind(" ", pos + WINDOW_CHARS // 2, end))
+            ws = max(
+                text.rfind("\n", pos + WINDOW_CHARS // 2, end),
+                text.rfind(" ", pos + WINDOW_CHARS // 2, end),
+            )
             if ws > 0:
                 end = ws + 1
-        spans.extend((pos + a, pos + b)
-                     for a, b in split_to_fit(text[pos:end], limit, counter, prefer_lines))
+        spans.extend(
+            (pos + a, pos + b) for a, b in split_to_fit(text[pos:end], limit, counter, prefer_lines)
+        )
         pos = end
     return _cap_chars(text, spans, max_chars)
 
@@ -165,20 +170,22 @@ def _lines(text: str, start: int = 0) -> list[tuple[int, int]]:
     return out
 
 
-def _unit_tokens(text: str, units: Sequence[tuple[int, int]], counter: TokenCounter,
-                 max_chars: int) -> list[int]:
+def _unit_tokens(
+    text: str, units: Sequence[tuple[int, int]], counter: TokenCounter, max_chars: int
+) -> list[int]:
     """Content tokens of each unit; units too long to fit anyway are not tokenized."""
     big = max_chars * 2
     small = [i for i, (a, b) in enumerate(units) if b - a <= big]
-    counts = counter.count_tokens([text[units[i][0]:units[i][1]] for i in small])
+    counts = counter.count_tokens([text[units[i][0] : units[i][1]] for i in small])
     out = [1 << 30] * len(units)
     for i, n in zip(small, counts, strict=True):
         out[i] = n - counter.special_tokens
     return out
 
 
-def _pack(text: str, units: list[tuple[int, int]], budget: int, counter: TokenCounter,
-          max_chars: int) -> list[_Piece]:
+def _pack(
+    text: str, units: list[tuple[int, int]], budget: int, counter: TokenCounter, max_chars: int
+) -> list[_Piece]:
     """Whole units (lines, rows) packed greedily into pieces of at most ``budget`` tokens.
 
     A unit that alone is over the budget is split inside itself, flagged ``line_split``.
@@ -202,7 +209,7 @@ def _pack(text: str, units: list[tuple[int, int]], budget: int, counter: TokenCo
         if n > budget or b - a > max_chars:
             close()
             for x, y in split_prose(text[a:b], budget, counter, max_chars):
-                pieces.append(_Piece(a + x, a + y, text[a + x:a + y], {"line_split": True}))
+                pieces.append(_Piece(a + x, a + y, text[a + x : a + y], {"line_split": True}))
             continue
         span = units[group[0]][0] if group else a
         if group and (used + n > budget or b - span > max_chars):
@@ -217,45 +224,51 @@ def _table_header(block: Block, lines: list[tuple[int, int]]) -> int:
     declared = block.metadata.get("header_lines")
     if isinstance(declared, int) and 0 < declared < len(lines):
         return declared
-    if len(lines) > 2 and _TABLE_RULE.match(block.text[lines[1][0]:lines[1][1]]):
+    if len(lines) > 2 and _TABLE_RULE.match(block.text[lines[1][0] : lines[1][1]]):
         return 2
     return 0
 
 
-def _split_table(block: Block, budget: int, counter: TokenCounter,
-                 max_chars: int) -> list[_Piece]:
+def _split_table(block: Block, budget: int, counter: TokenCounter, max_chars: int) -> list[_Piece]:
     """Rows packed into pieces, the header lines repeated at the top of each."""
     text = block.text
     lines = _lines(text)
     h = _table_header(block, lines)
-    header = text[:lines[h - 1][1]] if h else ""
+    header = text[: lines[h - 1][1]] if h else ""
     header_tokens = (counter.count_tokens([header])[0] - counter.special_tokens) if h else 0
     if not h or header_tokens > budget // 2 or len(header) > max_chars // 2:
         return _pack(text, lines, budget, counter, max_chars)
-    pieces = _pack(text, lines[h:], budget - header_tokens - 1, counter,
-                   max_chars - len(header) - 1)
+    pieces = _pack(
+        text, lines[h:], budget - header_tokens - 1, counter, max_chars - len(header) - 1
+    )
     for piece in pieces:
-        rows = text[piece.start:piece.end].count("\n") + 1
+        rows = text[piece.start : piece.end].count("\n") + 1
         piece.text = f"{header}\n{piece.text}"
         if not piece.metadata.get("line_split"):
-            row_no = text[:piece.start].count("\n") + 1 - h
-            piece.metadata.update({"header_repeated": True,
-                                   "row_range": [row_no, row_no + rows - 1]})
+            row_no = text[: piece.start].count("\n") + 1 - h
+            piece.metadata.update(
+                {"header_repeated": True, "row_range": [row_no, row_no + rows - 1]}
+            )
     return pieces
 
 
-def _split_block(block: Block, budget: int, counter: TokenCounter,
-                 max_chars: int) -> list[_Piece]:
+def _split_block(block: Block, budget: int, counter: TokenCounter, max_chars: int) -> list[_Piece]:
     if block.type is ChunkType.TABLE:
         return _split_table(block, budget, counter, max_chars)
     if block.type in _LINE_TYPES:
         return _pack(block.text, _lines(block.text), budget, counter, max_chars)
-    return [_Piece(a, b, block.text[a:b])
-            for a, b in split_prose(block.text, budget, counter, max_chars)]
+    return [
+        _Piece(a, b, block.text[a:b])
+        for a, b in split_prose(block.text, budget, counter, max_chars)
+    ]
 
 
-def _context(section_path: tuple[str, ...], counter: TokenCounter, budget: int,
-             cache: dict[tuple[str, ...], tuple[str, int]]) -> tuple[str, int]:
+def _context(
+    section_path: tuple[str, ...],
+    counter: TokenCounter,
+    budget: int,
+    cache: dict[tuple[str, ...], tuple[str, int]],
+) -> tuple[str, int]:
     """The section path as read by the model, and its tokens; long paths lose their top."""
     if section_path not in cache:
         parts = [p[:200] for p in section_path]
@@ -310,8 +323,13 @@ def _reserve(context: tuple[str, int]) -> int:
     return context[1] + 1 if context[0] else 0
 
 
-def _block_parts(doc: ParsedDocument, counter: TokenCounter, ctx: list[tuple[str, int]],
-                 limit: int, max_chars: int) -> list[_Part]:
+def _block_parts(
+    doc: ParsedDocument,
+    counter: TokenCounter,
+    ctx: list[tuple[str, int]],
+    limit: int,
+    max_chars: int,
+) -> list[_Part]:
     """Every block as one part when it fits with its context, else its pieces; headings
     as the line a merged chunk would show.
 
@@ -321,8 +339,7 @@ def _block_parts(doc: ParsedDocument, counter: TokenCounter, ctx: list[tuple[str
     texts = [_heading_line(b) if b.type is ChunkType.HEADING else b.text for b in blocks]
     countable = [i for i, t in enumerate(texts) if len(t) <= max_chars]
     counts = [limit + 1] * len(blocks)
-    for i, n in zip(countable, counter.count_tokens([texts[i] for i in countable]),
-                    strict=True):
+    for i, n in zip(countable, counter.count_tokens([texts[i] for i in countable]), strict=True):
         counts[i] = n - counter.special_tokens
     parts: list[_Part] = []
     split: dict[int, list[_Piece]] = {}
@@ -330,8 +347,11 @@ def _block_parts(doc: ParsedDocument, counter: TokenCounter, ctx: list[tuple[str
         if block.type is ChunkType.HEADING:
             parts.append(_Part(i, _Piece(0, len(block.text), texts[i]), counts[i], heading=True))
         elif counts[i] + _reserve(ctx[i]) <= limit:
-            parts.append(_Part(i, _Piece(0, len(block.text), block.text), counts[i],
-                               alone=_stands_alone(block)))
+            parts.append(
+                _Part(
+                    i, _Piece(0, len(block.text), block.text), counts[i], alone=_stands_alone(block)
+                )
+            )
         else:
             split[i] = _split_block(block, limit - ctx[i][1] - 1, counter, max_chars)
     if not split:
@@ -340,19 +360,40 @@ def _block_parts(doc: ParsedDocument, counter: TokenCounter, ctx: list[tuple[str
     sizes = counter.count_tokens([_with_context(ctx[i][0], p.text) for i, p in flat])
     for i, pieces in split.items():
         n = len(pieces)
-        pieces, piece_counts = _enforce(pieces, sizes[:n], ctx[i][0], ctx[i][1], limit,
-                                        limit + counter.special_tokens, counter, max_chars)
+        pieces, piece_counts = _enforce(
+            pieces,
+            sizes[:n],
+            ctx[i][0],
+            ctx[i][1],
+            limit,
+            limit + counter.special_tokens,
+            counter,
+            max_chars,
+        )
         sizes = sizes[n:]
         alone = _stands_alone(blocks[i])
-        parts.extend(_Part(i, p, c - counter.special_tokens - ctx[i][1],
-                           j if len(pieces) > 1 else 0, alone=alone)
-                     for j, (p, c) in enumerate(zip(pieces, piece_counts, strict=True), 1))
+        parts.extend(
+            _Part(
+                i,
+                p,
+                c - counter.special_tokens - ctx[i][1],
+                j if len(pieces) > 1 else 0,
+                alone=alone,
+            )
+            for j, (p, c) in enumerate(zip(pieces, piece_counts, strict=True), 1)
+        )
     parts.sort(key=lambda p: (p.block, p.piece.start))
     return parts
 
 
-def _packs(parts: list[_Part], paths: list[tuple[str, ...]], pages: list[int | None],
-           ctx: list[tuple[str, int]], limit: int, max_chars: int) -> list[list[_Part]]:
+def _packs(
+    parts: list[_Part],
+    paths: list[tuple[str, ...]],
+    pages: list[int | None],
+    ctx: list[tuple[str, int]],
+    limit: int,
+    max_chars: int,
+) -> list[list[_Part]]:
     """Consecutive parts merged greedily up to ``limit`` tokens with their context (and
     ``max_chars`` characters: a tokenizer may read a huge unbroken word as one token).
 
@@ -380,10 +421,14 @@ def _packs(parts: list[_Part], paths: list[tuple[str, ...]], pages: list[int | N
         size = len(part.piece.text) + len(PACK_SEPARATOR)
         if part.heading:
             home = paths[packs[-1][0].block] if open_pack else ()
-            nested = paths[part.block][:len(home)] == home
-            if open_pack and (body[j] < tiny or (content < tiny and nested)) \
-                    and pages[part.block] == pages[packs[-1][0].block] \
-                    and chars + size <= max_chars and used + part.tokens + body[j] <= limit:
+            nested = paths[part.block][: len(home)] == home
+            if (
+                open_pack
+                and (body[j] < tiny or (content < tiny and nested))
+                and pages[part.block] == pages[packs[-1][0].block]
+                and chars + size <= max_chars
+                and used + part.tokens + body[j] <= limit
+            ):
                 packs[-1].append(part)
                 used += part.tokens
                 content += part.tokens
@@ -391,8 +436,13 @@ def _packs(parts: list[_Part], paths: list[tuple[str, ...]], pages: list[int | N
             else:
                 open_pack = False
             continue
-        if open_pack and not part.alone and used + part.tokens <= limit \
-                and chars + size <= max_chars and pages[part.block] == pages[packs[-1][-1].block]:
+        if (
+            open_pack
+            and not part.alone
+            and used + part.tokens <= limit
+            and chars + size <= max_chars
+            and pages[part.block] == pages[packs[-1][-1].block]
+        ):
             packs[-1].append(part)
         else:
             packs.append([part])
@@ -412,8 +462,14 @@ def _pack_text(pack: list[_Part]) -> str:
     return PACK_SEPARATOR.join(p.piece.text for p in pack)
 
 
-def _pack_chunk(doc: ParsedDocument, pack: list[_Part], context: str, parent: int | None,
-                ordinal: int, tokens: int) -> Chunk:
+def _pack_chunk(
+    doc: ParsedDocument,
+    pack: list[_Part],
+    context: str,
+    parent: int | None,
+    ordinal: int,
+    tokens: int,
+) -> Chunk:
     first = doc.blocks[pack[0].block]
     last = doc.blocks[pack[-1].block]
     body = [p for p in pack if not p.heading]
@@ -425,23 +481,35 @@ def _pack_chunk(doc: ParsedDocument, pack: list[_Part], context: str, parent: in
             meta["part"] = pack[0].part
     else:
         meta = {"blocks": len({p.block for p in body})}
-        languages = {doc.blocks[p.block].metadata.get("language") for p in body
-                     if doc.blocks[p.block].type is ChunkType.CODE}
+        languages = {
+            doc.blocks[p.block].metadata.get("language")
+            for p in body
+            if doc.blocks[p.block].type is ChunkType.CODE
+        }
         if len(languages) == 1 and None not in languages:
             meta["language"] = languages.pop()
         heads = [doc.blocks[p.block].text for p in pack if p.heading]
         if heads:
             meta["headings"] = heads
     return Chunk(
-        ordinal=ordinal, chunk_type=types.pop() if len(types) == 1 else ChunkType.PARAGRAPH,
-        text=_pack_text(pack), section_path=first.section_path, parent_ordinal=parent,
+        ordinal=ordinal,
+        chunk_type=types.pop() if len(types) == 1 else ChunkType.PARAGRAPH,
+        text=_pack_text(pack),
+        section_path=first.section_path,
+        parent_ordinal=parent,
         char_start=first.char_start + pack[0].piece.start,
-        char_end=last.char_start + pack[-1].piece.end, token_count=tokens, content_hash="",
-        page=first.page, metadata=meta, context=context)
+        char_end=last.char_start + pack[-1].piece.end,
+        token_count=tokens,
+        content_hash="",
+        page=first.page,
+        metadata=meta,
+        context=context,
+    )
 
 
-def _pack_tokens(packs: list[list[_Part]], ctx: list[tuple[str, int]],
-                 counter: TokenCounter, max_tokens: int) -> tuple[list[list[_Part]], list[int]]:
+def _pack_tokens(
+    packs: list[list[_Part]], ctx: list[tuple[str, int]], counter: TokenCounter, max_tokens: int
+) -> tuple[list[list[_Part]], list[int]]:
     """Packs with their tokens as the model reads them. A single part's count is known;
     merged packs are counted in one tokenizer call, and one that a tokenizer counts over
     the limit after all (joins can tokenize differently) falls back to its parts alone."""
@@ -476,21 +544,32 @@ def chunk_document(doc: ParsedDocument, counter: TokenCounter, max_tokens: int) 
     max_chars = max_tokens * CHARS_PER_TOKEN_CAP
     contexts: dict[tuple[str, ...], tuple[str, int]] = {}
     blocks = doc.blocks
-    paths = list({b.section_path: None for b in blocks
-                  if b.type is not ChunkType.HEADING and b.section_path})
+    paths = list(
+        {b.section_path: None for b in blocks if b.type is not ChunkType.HEADING and b.section_path}
+    )
     full = counter.count_tokens([" > ".join(p[:200] for p in path) for path in paths])
     for path, n in zip(paths, full, strict=True):  # one tokenizer call for the usual case
         if n - counter.special_tokens <= limit // 4:
             contexts[path] = (" > ".join(p[:200] for p in path), n - counter.special_tokens)
-    ctx = [("", 0) if b.type is ChunkType.HEADING
-           else _context(b.section_path, counter, limit // 4, contexts) for b in blocks]
+    ctx = [
+        ("", 0)
+        if b.type is ChunkType.HEADING
+        else _context(b.section_path, counter, limit // 4, contexts)
+        for b in blocks
+    ]
     parts = _block_parts(doc, counter, ctx, limit, max_chars)
-    packs = _packs(parts, [b.section_path for b in blocks], [b.page for b in blocks], ctx,
-                   limit, max_chars)
+    packs = _packs(
+        parts, [b.section_path for b in blocks], [b.page for b in blocks], ctx, limit, max_chars
+    )
     packs, pack_tokens = _pack_tokens(packs, ctx, counter, max_tokens)
     heading_blocks = [i for i, b in enumerate(blocks) if b.type is ChunkType.HEADING]
-    heading_tokens = dict(zip(heading_blocks, counter.count_tokens(
-        [blocks[i].text for i in heading_blocks]), strict=True))
+    heading_tokens = dict(
+        zip(
+            heading_blocks,
+            counter.count_tokens([blocks[i].text for i in heading_blocks]),
+            strict=True,
+        )
+    )
 
     chunks: list[Chunk] = []
     headings: list[tuple[int, int]] = []  # (level, chunk ordinal) of open headings
@@ -499,28 +578,49 @@ def chunk_document(doc: ParsedDocument, counter: TokenCounter, max_tokens: int) 
         if block.type is ChunkType.HEADING:
             while headings and headings[-1][0] >= block.level:
                 headings.pop()
-            chunk = Chunk(ordinal=len(chunks), chunk_type=block.type, text=block.text,
-                          section_path=block.section_path,
-                          parent_ordinal=headings[-1][1] if headings else None,
-                          char_start=block.char_start, char_end=block.char_end,
-                          token_count=heading_tokens[i], content_hash="",
-                          page=block.page, metadata=dict(block.metadata))
+            chunk = Chunk(
+                ordinal=len(chunks),
+                chunk_type=block.type,
+                text=block.text,
+                section_path=block.section_path,
+                parent_ordinal=headings[-1][1] if headings else None,
+                char_start=block.char_start,
+                char_end=block.char_end,
+                token_count=heading_tokens[i],
+                content_hash="",
+                page=block.page,
+                metadata=dict(block.metadata),
+            )
             chunks.append(chunk)
             headings.append((block.level, chunk.ordinal))
             continue
         while next_pack < len(packs) and packs[next_pack][0].block == i:
-            chunks.append(_pack_chunk(doc, packs[next_pack], ctx[i][0],
-                                      headings[-1][1] if headings else None, len(chunks),
-                                      pack_tokens[next_pack]))
+            chunks.append(
+                _pack_chunk(
+                    doc,
+                    packs[next_pack],
+                    ctx[i][0],
+                    headings[-1][1] if headings else None,
+                    len(chunks),
+                    pack_tokens[next_pack],
+                )
+            )
             next_pack += 1
     for chunk in chunks:
         chunk.content_hash = content_hash(chunk.embed_text)
     return chunks
 
 
-def _enforce(pieces: list[_Piece], counts: list[int], context: str, ctx_tokens: int, limit: int,
-             max_tokens: int, counter: TokenCounter,
-             max_chars: int) -> tuple[list[_Piece], list[int]]:
+def _enforce(
+    pieces: list[_Piece],
+    counts: list[int],
+    context: str,
+    ctx_tokens: int,
+    limit: int,
+    max_tokens: int,
+    counter: TokenCounter,
+    max_chars: int,
+) -> tuple[list[_Piece], list[int]]:
     """Re-split any piece the tokenizer still counts over the limit (a join of lines can
     tokenize differently from the lines alone); loops until every piece fits."""
     budget = limit - ctx_tokens - 1
@@ -532,9 +632,14 @@ def _enforce(pieces: list[_Piece], counts: list[int], context: str, ctx_tokens: 
                 out.append(piece)
                 continue
             for a, b in split_prose(piece.text, budget, counter, max_chars, prefer_lines=True):
-                out.append(_Piece(piece.start + min(a, piece.end - piece.start),
-                                  piece.start + min(b, piece.end - piece.start),
-                                  piece.text[a:b], dict(piece.metadata)))
+                out.append(
+                    _Piece(
+                        piece.start + min(a, piece.end - piece.start),
+                        piece.start + min(b, piece.end - piece.start),
+                        piece.text[a:b],
+                        dict(piece.metadata),
+                    )
+                )
         pieces = out
         counts = counter.count_tokens([_with_context(context, p.text) for p in pieces])
     return pieces, counts

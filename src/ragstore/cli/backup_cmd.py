@@ -17,9 +17,12 @@ def _counts(counts: dict[str, int]) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("backup")
     def backup(
-        path: Path | None = typer.Argument(None, metavar="[PATH]",
-                                           help="Archive file or folder to write (default: "
-                                           "DATA_DIR/backups/ragstore-<time>.dump)."),
+        path: Path | None = typer.Argument(
+            None,
+            metavar="[PATH]",
+            help="Archive file or folder to write (default: "
+            "DATA_DIR/backups/ragstore-<time>.dump).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Back up the whole database to a pg_dump custom-format archive."""
@@ -32,15 +35,19 @@ def register(app: typer.Typer) -> None:
             echo_json(asdict(info))
             return
         typer.echo(f"backup: {info.path} ({info.bytes} bytes, sha256 {info.sha256})")
-        typer.echo(f"  of {info.database} at schema revision {info.revision or '(none)'}: "
-                   f"{_counts(info.counts)}")
+        typer.echo(
+            f"  of {info.database} at schema revision {info.revision or '(none)'}: "
+            f"{_counts(info.counts)}"
+        )
 
     @app.command("restore")
     def restore(
-        path: Path = typer.Argument(..., metavar="PATH",
-                                    help="An archive written by `ragstore backup`."),
-        yes: bool = typer.Option(False, "--yes", "-y",
-                                 help="Do not ask; replace the database's contents."),
+        path: Path = typer.Argument(
+            ..., metavar="PATH", help="An archive written by `ragstore backup`."
+        ),
+        yes: bool = typer.Option(
+            False, "--yes", "-y", help="Do not ask; replace the database's contents."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Replace the database's contents with a backup, in one transaction."""

@@ -16,8 +16,15 @@ app = typer.Typer(help="Collections: list, create, show, delete.", no_args_is_he
 
 
 def _row(c: dict[str, Any]) -> list[str]:
-    return [c["name"], c["model"], str(c["dimension"]), c["distance"], str(c["documents"]),
-            str(c["chunks"]), str(c["created_at"])[:19]]
+    return [
+        c["name"],
+        c["model"],
+        str(c["dimension"]),
+        c["distance"],
+        str(c["documents"]),
+        str(c["chunks"]),
+        str(c["created_at"])[:19],
+    ]
 
 
 def _print_detail(c: dict[str, Any]) -> None:
@@ -33,8 +40,10 @@ def _local_list() -> list[dict[str, Any]]:
     from ragstore.runtime import Runtime
 
     with Runtime() as rt, rt.db.connection() as conn, translated("listing collections"):
-        return [catalog.collection_detail(conn, repository.get_collection(conn, n))
-                for n in catalog.collection_names(conn)]
+        return [
+            catalog.collection_detail(conn, repository.get_collection(conn, n))
+            for n in catalog.collection_names(conn)
+        ]
 
 
 def _local_show(name: str) -> dict[str, Any]:
@@ -94,8 +103,10 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
     if not data:
         console().print("no collections yet (`ragstore ingest PATH -c NAME` creates one)")
         return
-    print_table(["name", "model", "dim", "distance", "documents", "chunks", "created"],
-                [_row(c) for c in data])
+    print_table(
+        ["name", "model", "dim", "distance", "documents", "chunks", "created"],
+        [_row(c) for c in data],
+    )
 
 
 @app.command("show")
@@ -119,11 +130,15 @@ def show_cmd(
 @app.command("create")
 def create_cmd(
     name: str = typer.Argument(..., metavar="NAME", help="Letters, digits, '_', '.', '-'."),
-    model: str | None = typer.Option(None, "--model", metavar="MODEL",
-                                     help="Embedding model [RAGSTORE_MODEL]."),
-    settings: str | None = typer.Option(None, "--settings", metavar="JSON",
-                                        help="Collection settings, e.g. "
-                                        "'{\"ts_config\": \"english\"}'."),
+    model: str | None = typer.Option(
+        None, "--model", metavar="MODEL", help="Embedding model [RAGSTORE_MODEL]."
+    ),
+    settings: str | None = typer.Option(
+        None,
+        "--settings",
+        metavar="JSON",
+        help='Collection settings, e.g. \'{"ts_config": "english"}\'.',
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Create an empty collection bound to an embedding model."""
@@ -134,11 +149,12 @@ def create_cmd(
         try:
             values = json.loads(settings)
         except json.JSONDecodeError as exc:
-            raise InputError(f"--settings is not valid JSON: {exc.msg} at character "
-                             f"{exc.pos}; e.g. '{{\"ts_config\": \"english\"}}'") from None
+            raise InputError(
+                f"--settings is not valid JSON: {exc.msg} at character "
+                f'{exc.pos}; e.g. \'{{"ts_config": "english"}}\''
+            ) from None
         if not isinstance(values, dict):
-            raise InputError("--settings must be a JSON object, e.g. "
-                             "'{\"ts_config\": \"english\"}'")
+            raise InputError('--settings must be a JSON object, e.g. \'{"ts_config": "english"}\'')
     client = _client()
     if client is not None:
         with client:
@@ -162,8 +178,7 @@ def delete_cmd(
     if client is not None:
         with client:
             data = client.get_collection(name)
-            confirm(f"Delete collection {name!r} with its {data['documents']} documents?",
-                    yes=yes)
+            confirm(f"Delete collection {name!r} with its {data['documents']} documents?", yes=yes)
             client.delete_collection(name)
     else:
         data = _local_show(name)

@@ -18,6 +18,10 @@ def show(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
     if as_json:
         echo_json(values)
         return
-    print_table(["variable", "value"],
-                [[ENV_PREFIX + name.upper(), "" if value is None else str(value)]
-                 for name, value in values.items()])
+    print_table(
+        ["variable", "value"],
+        [
+            [ENV_PREFIX + name.upper(), "" if value is None else str(value)]
+            for name, value in values.items()
+        ],
+    )

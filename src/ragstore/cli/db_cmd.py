@@ -28,10 +28,17 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     with Runtime() as rt:
         db = rt.raw_db()
         st = migrations.status(db)
-    state = ("ahead" if st.unknown else "behind" if st.pending else "current")
+    state = "ahead" if st.unknown else "behind" if st.pending else "current"
     if as_json:
-        echo_json({"database": db.where, "current": st.current, "head": st.head,
-                   "pending": st.pending, "state": state})
+        echo_json(
+            {
+                "database": db.where,
+                "current": st.current,
+                "head": st.head,
+                "pending": st.pending,
+                "state": state,
+            }
+        )
         return
     typer.echo(f"database: {db.where}")
     typer.echo(f"current:  {st.current or '(empty database)'}")
@@ -39,8 +46,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     if st.unknown:
         typer.echo("state:    AHEAD of this code (unknown revision)")
     elif st.pending:
-        typer.echo(f"state:    behind; pending {', '.join(st.pending)} "
-                   "(run `ragstore db upgrade`)")
+        typer.echo(f"state:    behind; pending {', '.join(st.pending)} (run `ragstore db upgrade`)")
     else:
         typer.echo("state:    current")
 
@@ -49,8 +55,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 def upgrade(
     to: str = typer.Option("head", "--to", metavar="REV", help="Target revision."),
     sql: bool = typer.Option(False, "--sql", help="Print the SQL instead of running it."),
-    no_backup: bool = typer.Option(False, "--no-backup",
-                                   help="Do not back the database up before upgrading."),
+    no_backup: bool = typer.Option(
+        False, "--no-backup", help="Do not back the database up before upgrading."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Upgrade the schema to the code's revision (or --to REV); backs up first."""
@@ -73,8 +80,9 @@ def _backup_before(rt: Runtime, db: Database, reason: str, *, quiet: bool = Fals
     return info.path
 
 
-def upgrade_with_backup(rt: Runtime, to: str = "head", *, backup: bool = True,
-                        as_json: bool = False) -> None:
+def upgrade_with_backup(
+    rt: Runtime, to: str = "head", *, backup: bool = True, as_json: bool = False
+) -> None:
     """Back up a database that holds a schema (unless told not to), then upgrade it."""
     from ragstore.db import migrations
 
@@ -97,8 +105,9 @@ def upgrade_with_backup(rt: Runtime, to: str = "head", *, backup: bool = True,
 def downgrade(
     to: str = typer.Option(..., "--to", metavar="REV", help="Target revision, or 'base'."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask; downgrade at once."),
-    no_backup: bool = typer.Option(False, "--no-backup",
-                                   help="Do not back the database up before downgrading."),
+    no_backup: bool = typer.Option(
+        False, "--no-backup", help="Do not back the database up before downgrading."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Downgrade the schema to an earlier revision ('base' drops every ragstore table);
@@ -115,8 +124,11 @@ def downgrade(
             else:
                 typer.echo("the database holds no ragstore schema; nothing to downgrade")
             return
-        confirm(f"Downgrade {db.where} from {before} to {to}? Tables and columns added "
-                "since are dropped with their data", yes=yes)
+        confirm(
+            f"Downgrade {db.where} from {before} to {to}? Tables and columns added "
+            "since are dropped with their data",
+            yes=yes,
+        )
         path = None if no_backup else _backup_before(rt, db, "downgrade", quiet=as_json)
         st = migrations.downgrade(db, to)
     if as_json:
@@ -139,8 +151,10 @@ def stop() -> None:
 
     settings = get_settings()
     if not settings.uses_embedded_database:
-        raise ConfigError("RAGSTORE_DATABASE_URL is set: ragstore does not manage that "
-                          "server; stop it with its own tools")
+        raise ConfigError(
+            "RAGSTORE_DATABASE_URL is set: ragstore does not manage that "
+            "server; stop it with its own tools"
+        )
     pg = settings.data_dir / "pg"
     if embedded.stop(settings.data_dir):
         typer.echo(f"stopped the embedded PostgreSQL under {pg}")

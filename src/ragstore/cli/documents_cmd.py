@@ -23,8 +23,9 @@ app = typer.Typer(help="Documents of a collection: list, show, delete.", no_args
 
 
 def _collection_option() -> Any:
-    return typer.Option(None, "--collection", "-c", metavar="NAME",
-                        help="Collection [RAGSTORE_COLLECTION].")
+    return typer.Option(
+        None, "--collection", "-c", metavar="NAME", help="Collection [RAGSTORE_COLLECTION]."
+    )
 
 
 def _settings_and_client() -> tuple[Any, Any]:
@@ -54,17 +55,21 @@ def _find(rt: Runtime, collection: str, document: str) -> dict[str, Any]:
                 return catalog.document_by_source(conn, coll.id, source)
             except DocumentNotFoundError:
                 continue
-    raise DocumentNotFoundError(f"document {document!r} is not in collection "
-                                f"{collection!r}; `ragstore documents list -c {collection}` "
-                                "shows ids and sources")
+    raise DocumentNotFoundError(
+        f"document {document!r} is not in collection "
+        f"{collection!r}; `ragstore documents list -c {collection}` "
+        "shows ids and sources"
+    )
 
 
 def _remote_id(document: str) -> int:
     from ragstore.errors import InputError
 
     if not document.isdigit():
-        raise InputError(f"through RAGSTORE_URL a document is named by its id, not "
-                         f"{document!r}; `ragstore documents list` shows the ids")
+        raise InputError(
+            f"through RAGSTORE_URL a document is named by its id, not "
+            f"{document!r}; `ragstore documents list` shows the ids"
+        )
     return int(document)
 
 
@@ -72,10 +77,12 @@ def _remote_id(document: str) -> int:
 def list_cmd(
     collection: str | None = _collection_option(),
     limit: int = typer.Option(100, "--limit", min=1, max=1000, help="Documents per page."),
-    after: int | None = typer.Option(None, "--after", min=0, metavar="ID",
-                                     help="Start after this document id (next page)."),
-    source_prefix: str | None = typer.Option(None, "--source-prefix", metavar="PATH",
-                                             help="Only sources starting with this."),
+    after: int | None = typer.Option(
+        None, "--after", min=0, metavar="ID", help="Start after this document id (next page)."
+    ),
+    source_prefix: str | None = typer.Option(
+        None, "--source-prefix", metavar="PATH", help="Only sources starting with this."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Documents in id order, a page at a time (`--after LAST_ID` for the next page)."""
@@ -86,8 +93,11 @@ def list_cmd(
 
         with client:
             page = client.list_documents(
-                name, limit=limit, source_prefix=source_prefix,
-                cursor=encode_cursor(after) if after is not None else None)
+                name,
+                limit=limit,
+                source_prefix=source_prefix,
+                cursor=encode_cursor(after) if after is not None else None,
+            )
         rows: list[dict[str, Any]] = page["data"]
     else:
         from ragstore.db import catalog
@@ -97,19 +107,31 @@ def list_cmd(
         with Runtime(settings) as rt:
             coll = rt.collection(name)
             with rt.db.connection() as conn, translated(f"listing documents of {name!r}"):
-                rows = catalog.documents_page(conn, coll.id, after=after, limit=limit,
-                                              source_prefix=source_prefix)
+                rows = catalog.documents_page(
+                    conn, coll.id, after=after, limit=limit, source_prefix=source_prefix
+                )
     if as_json:
         echo_json(rows)
         return
     if not rows:
-        console().print(f"no documents in {escape(name)!r}"
-                        + (" after that id" if after is not None else ""))
+        console().print(
+            f"no documents in {escape(name)!r}" + (" after that id" if after is not None else "")
+        )
         return
-    print_table(["id", "source", "format", "chunks", "bytes", "updated"],
-                [[str(r["id"]), str(r.get("name") or r["source"]), str(r["format"]),
-                  str(r["chunks"]), str(r["size_bytes"]), str(r["updated_at"])[:19]]
-                 for r in rows])
+    print_table(
+        ["id", "source", "format", "chunks", "bytes", "updated"],
+        [
+            [
+                str(r["id"]),
+                str(r.get("name") or r["source"]),
+                str(r["format"]),
+                str(r["chunks"]),
+                str(r["size_bytes"]),
+                str(r["updated_at"])[:19],
+            ]
+            for r in rows
+        ],
+    )
     if len(rows) == limit:
         err_console().print(f"more: ragstore documents list -c {name} --after {rows[-1]['id']}")
 
@@ -170,5 +192,6 @@ def delete_cmd(
     if as_json:
         echo_json({"deleted": data["id"], "source": data["source"], "collection": name})
         return
-    err_console().print(f"deleted document {data['id']} ({escape(str(data['source']))}) "
-                        f"from {escape(name)!r}")
+    err_console().print(
+        f"deleted document {data['id']} ({escape(str(data['source']))}) from {escape(name)!r}"
+    )

@@ -13,16 +13,27 @@ from ragstore.cli.search_cmd import FULLTEXT_WEIGHT, RRF_K, VECTOR_WEIGHT
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_(
-        dataset_dir: Path = typer.Argument(..., help="BEIR dataset: corpus.jsonl, "
-                                           "queries.jsonl, qrels/<split>.tsv."),
-        mode: list[str] = typer.Option([], "--mode", "-m", metavar="MODE",
-                                       help="vector, fulltext or hybrid; repeat for several "
-                                       "(default: all three)."),
+        dataset_dir: Path = typer.Argument(
+            ..., help="BEIR dataset: corpus.jsonl, queries.jsonl, qrels/<split>.tsv."
+        ),
+        mode: list[str] = typer.Option(
+            [],
+            "--mode",
+            "-m",
+            metavar="MODE",
+            help="vector, fulltext or hybrid; repeat for several (default: all three).",
+        ),
         split: str = typer.Option("test", "--split", help="Judgments file qrels/SPLIT.tsv."),
-        collection: str | None = typer.Option(None, "--collection", "-c", metavar="NAME",
-                                              help="Scratch collection (default eval-<dataset>)."),
-        limit: int | None = typer.Option(None, "--limit", min=1,
-                                         help="Evaluate only the first N judged queries."),
+        collection: str | None = typer.Option(
+            None,
+            "--collection",
+            "-c",
+            metavar="NAME",
+            help="Scratch collection (default eval-<dataset>).",
+        ),
+        limit: int | None = typer.Option(
+            None, "--limit", min=1, help="Evaluate only the first N judged queries."
+        ),
         rrf_k: float = typer.Option(RRF_K, "--rrf-k", help="RRF constant (hybrid)."),
         vector_weight: float = typer.Option(VECTOR_WEIGHT, "--vector-weight"),
         fulltext_weight: float = typer.Option(FULLTEXT_WEIGHT, "--fulltext-weight"),
@@ -48,10 +59,15 @@ def register(app: typer.Typer) -> None:
         with Runtime() as rt:
             records = [(i, t, x) for i, (t, x) in ds.corpus.items()]
             added = ingest_records(
-                rt, name, records,
-                progress=lambda done, total: err.print(f"ingested {done}/{total} documents"))
-            err.print(f"collection {name!r}: {len(records)} documents ({added} newly ingested), "
-                      f"{len(ds.qrels)} judged queries ({split})")
+                rt,
+                name,
+                records,
+                progress=lambda done, total: err.print(f"ingested {done}/{total} documents"),
+            )
+            err.print(
+                f"collection {name!r}: {len(records)} documents ({added} newly ingested), "
+                f"{len(ds.qrels)} judged queries ({split})"
+            )
             results = evaluate(rt, ds, name, modes, fusion=fusion)
         if as_json:
             echo_json({r.mode: {**r.metrics, "ms_per_query": r.ms_per_query} for r in results})
@@ -60,6 +76,11 @@ def register(app: typer.Typer) -> None:
         for col in ("mode", "nDCG@10", "Recall@100", "MRR@10", "ms/query"):
             table.add_column(col, justify="left" if col == "mode" else "right")
         for r in results:
-            table.add_row(r.mode, f"{r.metrics['ndcg@10']:.4f}", f"{r.metrics['recall@100']:.4f}",
-                          f"{r.metrics['mrr@10']:.4f}", f"{r.ms_per_query:.1f}")
+            table.add_row(
+                r.mode,
+                f"{r.metrics['ndcg@10']:.4f}",
+                f"{r.metrics['recall@100']:.4f}",
+                f"{r.metrics['mrr@10']:.4f}",
+                f"{r.ms_per_query:.1f}",
+            )
         console().print(table)

@@ -21,21 +21,29 @@ def _mark(ok: bool) -> str:
 
 def print_plan(plan: ImportPlan) -> None:
     spec = plan.spec
-    usable = ("text and vector queries" if spec.provider != "imported"
-              else "vector queries only (ragstore cannot load this model)")
+    usable = (
+        "text and vector queries"
+        if spec.provider != "imported"
+        else "vector queries only (ragstore cannot load this model)"
+    )
     console().print(f"source:      {escape(plan.source)} ({plan.validation.read} records)")
-    console().print(f"model:       {escape(spec.key)} ({spec.provider}, {spec.dimension} dims, "
-                  f"{spec.distance}; {usable})")
-    console().print(f"collection:  {escape(plan.collection)} "
-                  f"({'existing' if plan.exists else 'new'})")
+    console().print(
+        f"model:       {escape(spec.key)} ({spec.provider}, {spec.dimension} dims, "
+        f"{spec.distance}; {usable})"
+    )
+    console().print(
+        f"collection:  {escape(plan.collection)} ({'existing' if plan.exists else 'new'})"
+    )
     v = plan.validation
     if not v.issues:
         console().print(f"validation:  ok, {v.read} records pass every check")
     else:
         console().print("validation:")
         for issue in v.issues:
-            console().print(f"  {issue.kind:<19} {issue.count:>7}  {issue.action:<5}  first: "
-                          f"{escape(', '.join(issue.first))}")
+            console().print(
+                f"  {issue.kind:<19} {issue.count:>7}  {issue.action:<5}  first: "
+                f"{escape(', '.join(issue.first))}"
+            )
         if v.ok:
             console().print(f"  {'to import':<19} {len(v.kept):>7}  ({v.skipped} skipped)")
         else:
@@ -49,64 +57,98 @@ def print_report(report: ImportReport) -> None:
     else:
         console().print("backup:      none (--no-backup)")
     s = report.seconds
-    console().print(f"written:     {report.written} documents, chunks and vectors into "
-                  f"{escape(report.collection)!r}{' (new collection)' if report.created else ''}"
-                  f" in {s.get('write', 0):.1f}s; index {s.get('index', 0):.1f}s")
+    console().print(
+        f"written:     {report.written} documents, chunks and vectors into "
+        f"{escape(report.collection)!r}{' (new collection)' if report.created else ''}"
+        f" in {s.get('write', 0):.1f}s; index {s.get('index', 0):.1f}s"
+    )
     v = report.verification
     console().print("verify:")
-    console().print(f"  rows        source {v.source_rows} = pgvector {v.stored_rows}"
-                  f"  {_mark(v.rows_ok)}")
-    console().print(f"  checksum    source {v.source_checksum[:16]} = pgvector "
-                  f"{v.stored_checksum[:16]}  {_mark(v.checksum_ok)}")
-    console().print(f"  recall@10   {v.recall_at_10:.3f} over {v.queries} queries (ef_search "
-                  f"{v.ef_search}, min {v.min_recall:.2f})  {_mark(v.recall_ok)}")
-    console().print(f"imported {report.written} records into {escape(report.collection)!r}; "
-                  f"{report.skipped} skipped ({s.get('verify', 0):.1f}s verifying)")
+    console().print(
+        f"  rows        source {v.source_rows} = pgvector {v.stored_rows}  {_mark(v.rows_ok)}"
+    )
+    console().print(
+        f"  checksum    source {v.source_checksum[:16]} = pgvector "
+        f"{v.stored_checksum[:16]}  {_mark(v.checksum_ok)}"
+    )
+    console().print(
+        f"  recall@10   {v.recall_at_10:.3f} over {v.queries} queries (ef_search "
+        f"{v.ef_search}, min {v.min_recall:.2f})  {_mark(v.recall_ok)}"
+    )
+    console().print(
+        f"imported {report.written} records into {escape(report.collection)!r}; "
+        f"{report.skipped} skipped ({s.get('verify', 0):.1f}s verifying)"
+    )
 
 
 def _plan_dict(plan: ImportPlan) -> dict[str, Any]:
-    return {"source": plan.source, "collection": plan.collection, "exists": plan.exists,
-            "model": plan.spec.key, "provider": plan.spec.provider,
-            "dimension": plan.spec.dimension, "distance": plan.spec.distance,
-            "read": plan.validation.read, "to_import": plan.to_write,
-            "skipped": plan.validation.skipped,
-            "issues": [asdict(i) for i in plan.validation.issues]}
+    return {
+        "source": plan.source,
+        "collection": plan.collection,
+        "exists": plan.exists,
+        "model": plan.spec.key,
+        "provider": plan.spec.provider,
+        "dimension": plan.spec.dimension,
+        "distance": plan.spec.distance,
+        "read": plan.validation.read,
+        "to_import": plan.to_write,
+        "skipped": plan.validation.skipped,
+        "issues": [asdict(i) for i in plan.validation.issues],
+    }
 
 
 def register(app: typer.Typer) -> None:
     @app.command("import")
     def import_(
-        source: str = typer.Argument(..., help="A .jsonl file, a .npy/.npz file, a Chroma "
-                                     "directory, or a postgresql:// URL (with --table)."),
-        collection: str | None = typer.Option(None, "--collection", "-c", metavar="NAME",
-                                              help="Target collection (created if new)."),
-        model: str | None = typer.Option(None, "--model", metavar="MODEL",
-                                         help="Model the vectors were made with: a built-in "
-                                         "or pinned model, or NAME[@REVISION] with "
-                                         "--dimension. [required]"),
-        model_short: str | None = typer.Option(None, "-m", hidden=True,
-                                               help="Deprecated spelling of --model."),
-        dimension: int | None = typer.Option(None, "--dimension",
-                                             help="Dimension of a model ragstore does not know."),
-        distance: str | None = typer.Option(None, "--distance", help="cosine, l2 or ip "
-                                            "(new imported models; default cosine)."),
-        fmt: str | None = typer.Option(None, "--format",
-                                       help="jsonl, numpy, postgres or chroma (default: guess)."),
-        sidecar: Path | None = typer.Option(None, "--sidecar", help="JSONL/CSV with ids and "
-                                            "texts for a .npy/.npz (default: same name)."),
+        source: str = typer.Argument(
+            ...,
+            help="A .jsonl file, a .npy/.npz file, a Chroma "
+            "directory, or a postgresql:// URL (with --table).",
+        ),
+        collection: str | None = typer.Option(
+            None, "--collection", "-c", metavar="NAME", help="Target collection (created if new)."
+        ),
+        model: str | None = typer.Option(
+            None,
+            "--model",
+            metavar="MODEL",
+            help="Model the vectors were made with: a built-in "
+            "or pinned model, or NAME[@REVISION] with "
+            "--dimension. [required]",
+        ),
+        model_short: str | None = typer.Option(
+            None, "-m", hidden=True, help="Deprecated spelling of --model."
+        ),
+        dimension: int | None = typer.Option(
+            None, "--dimension", help="Dimension of a model ragstore does not know."
+        ),
+        distance: str | None = typer.Option(
+            None, "--distance", help="cosine, l2 or ip (new imported models; default cosine)."
+        ),
+        fmt: str | None = typer.Option(
+            None, "--format", help="jsonl, numpy, postgres or chroma (default: guess)."
+        ),
+        sidecar: Path | None = typer.Option(
+            None,
+            "--sidecar",
+            help="JSONL/CSV with ids and texts for a .npy/.npz (default: same name).",
+        ),
         array: str | None = typer.Option(None, "--array", help="Array of an .npz to read."),
         table: str | None = typer.Option(None, "--table", help="Table of a PostgreSQL source."),
         id_column: str = typer.Option("id", "--id-column"),
         text_column: str | None = typer.Option(None, "--text-column"),
         vector_column: str | None = typer.Option(None, "--vector-column"),
         metadata_column: str | None = typer.Option(None, "--metadata-column"),
-        bytea_dtype: str = typer.Option("float32", "--bytea-dtype",
-                                        help="float32 or float64 for bytea vectors."),
+        bytea_dtype: str = typer.Option(
+            "float32", "--bytea-dtype", help="float32 or float64 for bytea vectors."
+        ),
         chroma_collection: str | None = typer.Option(None, "--chroma-collection"),
-        on_invalid: str = typer.Option("abort", "--on-invalid",
-                                       help="abort or skip, for every kind of bad record."),
-        policy: list[str] = typer.Option([], "--policy", help="KIND=ACTION for one kind "
-                                         "(missing_text also accepts keep)."),
+        on_invalid: str = typer.Option(
+            "abort", "--on-invalid", help="abort or skip, for every kind of bad record."
+        ),
+        policy: list[str] = typer.Option(
+            [], "--policy", help="KIND=ACTION for one kind (missing_text also accepts keep)."
+        ),
         dry_run: bool = typer.Option(False, "--dry-run", help="Read and validate only."),
         no_backup: bool = typer.Option(False, "--no-backup", help="Skip the backup first."),
         backup_path: Path | None = typer.Option(None, "--backup-path"),
@@ -130,23 +172,41 @@ def register(app: typer.Typer) -> None:
         if model_short is not None:
             deprecated("`ragstore import -m`", "--model (-m means --mode everywhere else)")
             if model is not None and model != model_short:
-                raise UsageError(f"-m {model_short!r} and --model {model!r} differ; "
-                                 "give --model only")
+                raise UsageError(
+                    f"-m {model_short!r} and --model {model!r} differ; give --model only"
+                )
             model = model_short
         if model is None:
             raise UsageError("Missing option '--model'.")
         policies = parse_policies(on_invalid, policy)
-        src = open_source(source, SourceOptions(
-            format=fmt, sidecar=sidecar, array=array, table=table, id_column=id_column,
-            text_column=text_column, vector_column=vector_column,
-            metadata_column=metadata_column, bytea_dtype=bytea_dtype,
-            chroma_collection=chroma_collection))
+        src = open_source(
+            source,
+            SourceOptions(
+                format=fmt,
+                sidecar=sidecar,
+                array=array,
+                table=table,
+                id_column=id_column,
+                text_column=text_column,
+                vector_column=vector_column,
+                metadata_column=metadata_column,
+                bytea_dtype=bytea_dtype,
+                chroma_collection=chroma_collection,
+            ),
+        )
         with Runtime() as rt:
             opts = ImportOptions(
-                collection=collection or rt.settings.collection, model=model,
-                dimension=dimension, distance=distance, policies=policies,
-                backup=not no_backup, backup_path=backup_path, verify_queries=verify_queries,
-                min_recall=min_recall, ef_search=ef_search)
+                collection=collection or rt.settings.collection,
+                model=model,
+                dimension=dimension,
+                distance=distance,
+                policies=policies,
+                backup=not no_backup,
+                backup_path=backup_path,
+                verify_queries=verify_queries,
+                min_recall=min_recall,
+                ef_search=ef_search,
+            )
             with progress("importing", "records") as update:
 
                 def report_stage(stage: str, done: int, total: int) -> None:
@@ -159,8 +219,10 @@ def register(app: typer.Typer) -> None:
                     if as_json:
                         echo_json({"dry_run": True, **_plan_dict(plan)})
                     elif plan.validation.ok:
-                        console().print(f"dry run: would import {plan.to_write} records into "
-                                      f"{escape(plan.collection)!r}; nothing was written")
+                        console().print(
+                            f"dry run: would import {plan.to_write} records into "
+                            f"{escape(plan.collection)!r}; nothing was written"
+                        )
                     refuse_if_invalid(plan)
                     return
                 report = run_import(rt, plan, opts, report_stage)

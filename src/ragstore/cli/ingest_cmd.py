@@ -31,8 +31,7 @@ def _parse_meta(items: list[str]) -> dict[str, str]:
 def _print_report(report: IngestReport) -> None:
     synced = ""
     if report.count("removed") or report.count("vanished"):
-        synced = (f", {report.count('removed')} removed, "
-                  f"{report.count('vanished')} vanished")
+        synced = f", {report.count('removed')} removed, {report.count('vanished')} vanished"
     err = err_console()
     err.print(
         f"collection {report.collection!r}: {report.count('added')} added, "
@@ -44,8 +43,10 @@ def _print_report(report: IngestReport) -> None:
         err.print(f"  [red]failed[/] {escape(f'[{o.code}] {o.error}')}")
     vanished = [o.source for o in report.outcomes if o.status == "vanished"]
     if vanished:
-        err.print(f"  {len(vanished)} stored document(s) no longer on disk were kept; "
-                  "run again with --sync --prune to remove them")
+        err.print(
+            f"  {len(vanished)} stored document(s) no longer on disk were kept; "
+            "run again with --sync --prune to remove them"
+        )
 
 
 def _announce_vanished(prune: bool) -> Callable[[list[str]], None]:
@@ -55,11 +56,19 @@ def _announce_vanished(prune: bool) -> Callable[[list[str]], None]:
         err.print(f"{verb}: {len(sources)} document(s) no longer on disk")
         for source in sources:
             err.print(f"  [yellow]-[/] {escape(source)}")
+
     return announce
 
 
-def do_ingest(rt: Runtime, paths: list[Path], collection: str | None,
-              meta: dict[str, str], *, sync: bool = False, prune: bool = False) -> IngestReport:
+def do_ingest(
+    rt: Runtime,
+    paths: list[Path],
+    collection: str | None,
+    meta: dict[str, str],
+    *,
+    sync: bool = False,
+    prune: bool = False,
+) -> IngestReport:
     """Ingest ``paths`` here, with a progress bar (a terminal) or progress lines (a log)."""
     from ragstore.ingest import ingest_paths
 
@@ -68,13 +77,27 @@ def do_ingest(rt: Runtime, paths: list[Path], collection: str | None,
         def on_progress(_event: str, files: int, chunks: int) -> None:
             update(files, None, f"{chunks} chunks")
 
-        report = ingest_paths(rt, paths, collection, metadata=meta, progress=on_progress,
-                              sync=sync, prune=prune, on_vanished=_announce_vanished(prune))
+        report = ingest_paths(
+            rt,
+            paths,
+            collection,
+            metadata=meta,
+            progress=on_progress,
+            sync=sync,
+            prune=prune,
+            on_vanished=_announce_vanished(prune),
+        )
     return report
 
 
-def _ingest_through(client: Client, server: str, paths: list[Path], collection: str,
-                    meta: dict[str, str], as_json: bool) -> None:
+def _ingest_through(
+    client: Client,
+    server: str,
+    paths: list[Path],
+    collection: str,
+    meta: dict[str, str],
+    as_json: bool,
+) -> None:
     """Ingest by uploading to the server at RAGSTORE_URL (its model does the embedding)."""
     from ragstore.cli.remote import ingest_remote
 
@@ -84,9 +107,11 @@ def _ingest_through(client: Client, server: str, paths: list[Path], collection: 
         echo_json(asdict(result))
     c = result.counts
     err = err_console()
-    err.print(f"collection {collection!r} via {escape(server)}: {c.get('added', 0)} added, "
-              f"{c.get('updated', 0)} updated, {c.get('unchanged', 0)} unchanged, "
-              f"{len(result.failed)} failed ({result.seconds:.1f}s)")
+    err.print(
+        f"collection {collection!r} via {escape(server)}: {c.get('added', 0)} added, "
+        f"{c.get('updated', 0)} updated, {c.get('unchanged', 0)} unchanged, "
+        f"{len(result.failed)} failed ({result.seconds:.1f}s)"
+    )
     for f in result.failed:
         line = f"[{f['code']}] {f['detail']}"
         err.print(f"  [red]failed[/] {escape(line)}")
@@ -98,14 +123,21 @@ def register(app: typer.Typer) -> None:
     @app.command("ingest")
     def ingest(
         paths: list[Path] = typer.Argument(..., help="Files or folders to ingest."),
-        collection: str | None = typer.Option(None, "--collection", "-c",
-                                              help="Target collection (created if new)."),
+        collection: str | None = typer.Option(
+            None, "--collection", "-c", help="Target collection (created if new)."
+        ),
         meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE document metadata."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-        sync: bool = typer.Option(False, "--sync", help="Also report stored documents under "
-                                  "PATHS that are gone from disk."),
-        prune: bool = typer.Option(False, "--prune", help="With --sync: remove the documents "
-                                   "that are gone from disk (listed first)."),
+        sync: bool = typer.Option(
+            False,
+            "--sync",
+            help="Also report stored documents under PATHS that are gone from disk.",
+        ),
+        prune: bool = typer.Option(
+            False,
+            "--prune",
+            help="With --sync: remove the documents that are gone from disk (listed first).",
+        ),
     ) -> None:
         """Ingest Markdown, text, HTML, PDF, DOCX and source files; unchanged files are
         skipped without embedding, changed ones replaced in one transaction."""
@@ -120,10 +152,17 @@ def register(app: typer.Typer) -> None:
         client = remote_client(settings)
         if client is not None:
             if sync:
-                raise InputError("--sync needs the database itself: unset RAGSTORE_URL to "
-                                 "sync a folder")
-            _ingest_through(client, str(settings.url), paths,
-                            collection or settings.collection, user_meta, as_json)
+                raise InputError(
+                    "--sync needs the database itself: unset RAGSTORE_URL to sync a folder"
+                )
+            _ingest_through(
+                client,
+                str(settings.url),
+                paths,
+                collection or settings.collection,
+                user_meta,
+                as_json,
+            )
             return
         with Runtime(settings) as rt:
             report = do_ingest(rt, paths, collection, user_meta, sync=sync, prune=prune)
@@ -156,13 +195,17 @@ def register(app: typer.Typer) -> None:
                 st = migrations.status(rt.raw_db())
                 if st.current is not None and st.pending and not st.unknown:
                     upgrade_with_backup(rt)
-            console().print(f"[bold]ragstore demo[/]: ingesting {sample} into {collection!r} "
-                          f"on {'the embedded PostgreSQL' if rt.db.embedded else rt.db.where}")
+            console().print(
+                f"[bold]ragstore demo[/]: ingesting {sample} into {collection!r} "
+                f"on {'the embedded PostgreSQL' if rt.db.embedded else rt.db.where}"
+            )
             report = do_ingest(rt, [sample], collection, {"corpus": "sample"})
             _print_report(report)
-            for query in ("how are schema migrations rolled back?",
-                          "combine keyword and vector search",
-                          "what happens to files that did not change?"):
+            for query in (
+                "how are schema migrations rolled back?",
+                "combine keyword and vector search",
+                "what happens to files that did not change?",
+            ):
                 console().print(f"\n[bold]search:[/] {query}")
                 print_hits(run_search(rt, query, collection=collection, k=3), width=160)
         if report.failed:

@@ -15,19 +15,26 @@ app = typer.Typer(help="API keys for the HTTP API.", no_args_is_help=True)
 
 
 def _key_dict(k: ApiKey) -> dict[str, Any]:
-    return {"id": k.key_id, "scope": k.scope, "collection": k.collection, "name": k.name,
-            "created_at": k.created_at.isoformat(),
-            "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
-            "revoked": k.revoked_at is not None}
+    return {
+        "id": k.key_id,
+        "scope": k.scope,
+        "collection": k.collection,
+        "name": k.name,
+        "created_at": k.created_at.isoformat(),
+        "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
+        "revoked": k.revoked_at is not None,
+    }
 
 
 @app.command("create")
 def create(
     scope: str = typer.Option(..., "--scope", metavar="SCOPE", help="read, write or admin."),
-    collection: str | None = typer.Option(None, "--collection", "-c", metavar="NAME",
-                                          help="Limit the key to this collection."),
-    name: str = typer.Option("", "--name", metavar="LABEL",
-                             help="A label to recognise the key by."),
+    collection: str | None = typer.Option(
+        None, "--collection", "-c", metavar="NAME", help="Limit the key to this collection."
+    ),
+    name: str = typer.Option(
+        "", "--name", metavar="LABEL", help="A label to recognise the key by."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with the secret)."),
 ) -> None:
     """Create a key and print it once; only a salted hash of it is stored."""
@@ -41,8 +48,10 @@ def create(
         return
     typer.echo(new.secret)
     where = f", collection {collection}" if collection else ""
-    typer.echo(f"key {new.key.key_id}: scope {new.key.scope}{where}; shown only now, "
-               "store it safely", err=True)
+    typer.echo(
+        f"key {new.key.key_id}: scope {new.key.scope}{where}; shown only now, store it safely",
+        err=True,
+    )
 
 
 @app.command("list")
@@ -56,11 +65,21 @@ def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     if as_json:
         echo_json([_key_dict(k) for k in keys])
         return
-    print_table(["id", "scope", "collection", "name", "created", "last used", "state"],
-                [[k.key_id, k.scope, k.collection or "*", k.name,
-                  k.created_at.strftime("%Y-%m-%d %H:%M"),
-                  k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "-",
-                  "revoked" if k.revoked_at else "active"] for k in keys])
+    print_table(
+        ["id", "scope", "collection", "name", "created", "last used", "state"],
+        [
+            [
+                k.key_id,
+                k.scope,
+                k.collection or "*",
+                k.name,
+                k.created_at.strftime("%Y-%m-%d %H:%M"),
+                k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "-",
+                "revoked" if k.revoked_at else "active",
+            ]
+            for k in keys
+        ],
+    )
 
 
 @app.command("revoke")

@@ -12,19 +12,27 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 def register(app: typer.Typer) -> None:
     @app.command("mcp")
     def mcp(
-        transport: str = typer.Option("stdio", "--transport", metavar="stdio|http",
-                                      help="stdio (spawned by an agent) or http "
-                                      "(streamable HTTP)."),
-        host: str = typer.Option("127.0.0.1", "--host", metavar="ADDR",
-                                 help="Bind address for http."),
+        transport: str = typer.Option(
+            "stdio",
+            "--transport",
+            metavar="stdio|http",
+            help="stdio (spawned by an agent) or http (streamable HTTP).",
+        ),
+        host: str = typer.Option(
+            "127.0.0.1", "--host", metavar="ADDR", help="Bind address for http."
+        ),
         port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port for http."),
-        path: str = typer.Option("/mcp", "--path", metavar="PATH",
-                                 help="Endpoint path for http."),
-        api_key: str | None = typer.Option(None, "--api-key", envvar="RAGSTORE_API_KEY",
-                                           metavar="KEY", show_envvar=True,
-                                           help="A key from `ragstore keys create`: its scope "
-                                           "and collection bound every tool; add_document "
-                                           "is offered only with a write key."),
+        path: str = typer.Option("/mcp", "--path", metavar="PATH", help="Endpoint path for http."),
+        api_key: str | None = typer.Option(
+            None,
+            "--api-key",
+            envvar="RAGSTORE_API_KEY",
+            metavar="KEY",
+            show_envvar=True,
+            help="A key from `ragstore keys create`: its scope "
+            "and collection bound every tool; add_document "
+            "is offered only with a write key.",
+        ),
     ) -> None:
         """Serve search, list_collections, get_document, get_section (and add_document
         with a write key) as Model Context Protocol tools."""
@@ -33,12 +41,15 @@ def register(app: typer.Typer) -> None:
         if transport == "http" and host not in LOOPBACK and not api_key:
             raise InputError(
                 f"serving MCP on {host} without an API key would let anyone on the network "
-                "read every collection; pass --api-key (RAGSTORE_API_KEY) or bind 127.0.0.1")
+                "read every collection; pass --api-key (RAGSTORE_API_KEY) or bind 127.0.0.1"
+            )
         try:
             from ragstore.integrations.mcp import build_server, key_for
         except ModuleNotFoundError as exc:
-            raise ConfigError(f"ragstore mcp needs the MCP SDK ({exc.name} is missing): "
-                              "pip install 'ragstore[mcp]'") from None
+            raise ConfigError(
+                f"ragstore mcp needs the MCP SDK ({exc.name} is missing): "
+                "pip install 'ragstore[mcp]'"
+            ) from None
         from ragstore.store import Store
 
         with Store() as store:

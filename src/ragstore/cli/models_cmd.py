@@ -24,8 +24,10 @@ from ragstore.cli.output import (
     progress,
 )
 
-app = typer.Typer(help="Pinned embedding models: list, pin, migrate a collection, roll back.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Pinned embedding models: list, pin, migrate a collection, roll back.",
+    no_args_is_help=True,
+)
 
 LOCAL_PROVIDER = "sentence-transformers"  # ragstore.embedding.registry.LOCAL_PROVIDER
 HTTP_PROVIDER = "openai"  # ragstore.embedding.registry.HTTP_PROVIDER
@@ -33,23 +35,28 @@ API_KEY_ENV = "RAGSTORE_EMBEDDING_API_KEY"  # ragstore.embedding.http.DEFAULT_AP
 
 
 def _collection_option() -> Any:
-    return typer.Option(None, "--collection", "-c", metavar="NAME",
-                        help="Collection [RAGSTORE_COLLECTION].")
+    return typer.Option(
+        None, "--collection", "-c", metavar="NAME", help="Collection [RAGSTORE_COLLECTION]."
+    )
 
 
 def _positional() -> Any:
-    return typer.Argument(None, hidden=True, metavar="[COLLECTION]",
-                          help="Deprecated: use -c/--collection.")
+    return typer.Argument(
+        None, hidden=True, metavar="[COLLECTION]", help="Deprecated: use -c/--collection."
+    )
 
 
 def pick_collection(option: str | None, positional: str | None, command: str) -> str:
     """The collection named by ``-c`` (or, deprecated, positionally), else the default."""
     if positional is not None:
-        deprecated(f"`ragstore models {command} {positional}`",
-                   f"`ragstore models {command} -c {positional}`")
+        deprecated(
+            f"`ragstore models {command} {positional}`",
+            f"`ragstore models {command} -c {positional}`",
+        )
         if option is not None and option != positional:
-            raise UsageError(f"the collection is given twice ({positional!r} and "
-                             f"-c {option!r}); give -c only")
+            raise UsageError(
+                f"the collection is given twice ({positional!r} and -c {option!r}); give -c only"
+            )
         return positional
     if option is not None:
         return option
@@ -72,16 +79,27 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
     if not models:
         console().print("no pinned models yet (a collection pins its model when it is created)")
         return
-    print_table(["model", "provider", "dim", "distance", "checksum", "collections"],
-                [[m.spec.key, m.spec.provider, str(m.spec.dimension), m.spec.distance,
-                  m.spec.checksum,
-                  ", ".join(f"{c['collection']} ({c['status']})" for c in m.collections)
-                  or "-"] for m in models])
+    print_table(
+        ["model", "provider", "dim", "distance", "checksum", "collections"],
+        [
+            [
+                m.spec.key,
+                m.spec.provider,
+                str(m.spec.dimension),
+                m.spec.distance,
+                m.spec.checksum,
+                ", ".join(f"{c['collection']} ({c['status']})" for c in m.collections) or "-",
+            ]
+            for m in models
+        ],
+    )
 
 
 @app.command("show")
-def show_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME or NAME@REVISION."),
-             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def show_cmd(
+    model: str = typer.Argument(..., metavar="MODEL", help="NAME or NAME@REVISION."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
     """Everything a pin records about one model."""
     from ragstore.modelops.specs import find_model
     from ragstore.runtime import Runtime
@@ -99,29 +117,43 @@ def show_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME or NAM
 
 @app.command("add")
 def add_cmd(
-    source: str = typer.Argument(..., metavar="SOURCE",
-                                 help="Local model directory, or the base URL of an "
-                                 "OpenAI-compatible endpoint (with --provider openai)."),
+    source: str = typer.Argument(
+        ...,
+        metavar="SOURCE",
+        help="Local model directory, or the base URL of an "
+        "OpenAI-compatible endpoint (with --provider openai).",
+    ),
     name: str = typer.Option(..., "--name", help="Name to pin the model under."),
-    revision: str | None = typer.Option(None, "--revision",
-                                        help="Revision label (default: from the checksum)."),
-    provider: str = typer.Option(LOCAL_PROVIDER, "--provider",
-                                 help=f"{LOCAL_PROVIDER} or {HTTP_PROVIDER}."),
+    revision: str | None = typer.Option(
+        None, "--revision", help="Revision label (default: from the checksum)."
+    ),
+    provider: str = typer.Option(
+        LOCAL_PROVIDER, "--provider", help=f"{LOCAL_PROVIDER} or {HTTP_PROVIDER}."
+    ),
     distance: str = typer.Option("cosine", "--distance", help="cosine, l2 or ip."),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize"),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Tokens the model reads."),
-    truncate_dim: int | None = typer.Option(None, "--truncate-dim", min=8,
-                                            help="Keep the first N dimensions (local)."),
-    remote_model: str | None = typer.Option(None, "--remote-model",
-                                            help="Model id the endpoint expects (HTTP)."),
-    api_key_env: str = typer.Option(API_KEY_ENV, "--api-key-env", metavar="VARIABLE",
-                                    help="Environment variable holding the API key (HTTP)."),
-    tokenizer: str | None = typer.Option(None, "--tokenizer", metavar="DIR",
-                                         help="Local tokenizer directory for chunking (HTTP)."),
-    query_prefix: str = typer.Option("", "--query-prefix", metavar="TEXT",
-                                     help="Prepended to queries (e5: 'query: ')."),
-    passage_prefix: str = typer.Option("", "--passage-prefix", metavar="TEXT",
-                                       help="Prepended to documents (e5: 'passage: ')."),
+    truncate_dim: int | None = typer.Option(
+        None, "--truncate-dim", min=8, help="Keep the first N dimensions (local)."
+    ),
+    remote_model: str | None = typer.Option(
+        None, "--remote-model", help="Model id the endpoint expects (HTTP)."
+    ),
+    api_key_env: str = typer.Option(
+        API_KEY_ENV,
+        "--api-key-env",
+        metavar="VARIABLE",
+        help="Environment variable holding the API key (HTTP).",
+    ),
+    tokenizer: str | None = typer.Option(
+        None, "--tokenizer", metavar="DIR", help="Local tokenizer directory for chunking (HTTP)."
+    ),
+    query_prefix: str = typer.Option(
+        "", "--query-prefix", metavar="TEXT", help="Prepended to queries (e5: 'query: ')."
+    ),
+    passage_prefix: str = typer.Option(
+        "", "--passage-prefix", metavar="TEXT", help="Prepended to documents (e5: 'passage: ')."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Pin a model: hash its weights (or probe the endpoint) and record its spec."""
@@ -131,25 +163,45 @@ def add_cmd(
 
     with Runtime() as rt:
         if provider == LOCAL_PROVIDER:
-            pinned = add_local_model(rt, source, name=name, revision=revision,
-                                     distance=distance, normalize=normalize,
-                                     max_tokens=max_tokens, truncate_dim=truncate_dim,
-                                     query_prefix=query_prefix, passage_prefix=passage_prefix)
+            pinned = add_local_model(
+                rt,
+                source,
+                name=name,
+                revision=revision,
+                distance=distance,
+                normalize=normalize,
+                max_tokens=max_tokens,
+                truncate_dim=truncate_dim,
+                query_prefix=query_prefix,
+                passage_prefix=passage_prefix,
+            )
         elif provider == HTTP_PROVIDER:
-            pinned = add_http_model(rt, source, name=name, remote_model=remote_model,
-                                    revision=revision, distance=distance,
-                                    normalize=normalize, max_tokens=max_tokens or 512,
-                                    api_key_env=api_key_env, tokenizer=tokenizer,
-                                    query_prefix=query_prefix, passage_prefix=passage_prefix)
+            pinned = add_http_model(
+                rt,
+                source,
+                name=name,
+                remote_model=remote_model,
+                revision=revision,
+                distance=distance,
+                normalize=normalize,
+                max_tokens=max_tokens or 512,
+                api_key_env=api_key_env,
+                tokenizer=tokenizer,
+                query_prefix=query_prefix,
+                passage_prefix=passage_prefix,
+            )
         else:
-            raise InputError(f"--provider {provider!r} is not one of {LOCAL_PROVIDER}, "
-                             f"{HTTP_PROVIDER}")
+            raise InputError(
+                f"--provider {provider!r} is not one of {LOCAL_PROVIDER}, {HTTP_PROVIDER}"
+            )
     if as_json:
         echo_json(pinned.as_dict())
         return
     out = console()
-    out.print(f"pinned {escape(pinned.spec.key)}: {pinned.spec.dimension} dimensions, "
-              f"{pinned.spec.distance}, checksum {pinned.spec.checksum}")
+    out.print(
+        f"pinned {escape(pinned.spec.key)}: {pinned.spec.dimension} dimensions, "
+        f"{pinned.spec.distance}, checksum {pinned.spec.checksum}"
+    )
     out.print(f"use it: ragstore models migrate -c COLLECTION --to {escape(pinned.spec.key)}")
 
 
@@ -157,14 +209,22 @@ def add_cmd(
 def migrate_cmd(
     positional: str | None = _positional(),
     collection: str | None = _collection_option(),
-    to: str = typer.Option(..., "--to", metavar="MODEL",
-                           help="Target model: NAME or NAME@REVISION."),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, max=100_000,
-                                   help="Chunks per committed batch."),
-    switch: bool = typer.Option(True, "--switch/--no-switch",
-                                help="Switch to the new model once validated."),
-    sample_queries: int = typer.Option(8, "--sample-queries", min=0, max=1000,
-                                       help="Queries asked of the new space before switching."),
+    to: str = typer.Option(
+        ..., "--to", metavar="MODEL", help="Target model: NAME or NAME@REVISION."
+    ),
+    batch_size: int = typer.Option(
+        256, "--batch-size", min=1, max=100_000, help="Chunks per committed batch."
+    ),
+    switch: bool = typer.Option(
+        True, "--switch/--no-switch", help="Switch to the new model once validated."
+    ),
+    sample_queries: int = typer.Option(
+        8,
+        "--sample-queries",
+        min=0,
+        max=1000,
+        help="Queries asked of the new space before switching.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Re-embed a collection with another model beside the old one, then switch.
@@ -177,9 +237,15 @@ def migrate_cmd(
 
     name = pick_collection(collection, positional, "migrate")
     with Runtime() as rt, progress("re-embedding", "chunks") as update:
-        report = migrate(rt, name, to, batch_size=batch_size, switch=switch,
-                         sample_queries=sample_queries,
-                         progress=lambda done, total: update(done, total, ""))
+        report = migrate(
+            rt,
+            name,
+            to,
+            batch_size=batch_size,
+            switch=switch,
+            sample_queries=sample_queries,
+            progress=lambda done, total: update(done, total, ""),
+        )
     if as_json:
         echo_json({**asdict(report), "chunks_per_second": report.chunks_per_second})
         return
@@ -190,12 +256,16 @@ def migrate_cmd(
         f"in {report.seconds:.1f}s, {report.chunks_per_second:.0f} chunks/s"
     )
     if report.sample_queries:
-        err.print(f"validated: {report.sample_queries} sample queries answered, "
-                  f"{report.sample_self_recall:.0%} found their own chunk")
+        err.print(
+            f"validated: {report.sample_queries} sample queries answered, "
+            f"{report.sample_self_recall:.0%} found their own chunk"
+        )
     if report.switched:
-        err.print(f"switched {report.collection!r} from {escape(report.source)} to "
-                  f"{escape(report.target)}; undo with `ragstore models rollback "
-                  f"-c {report.collection}`")
+        err.print(
+            f"switched {report.collection!r} from {escape(report.source)} to "
+            f"{escape(report.target)}; undo with `ragstore models rollback "
+            f"-c {report.collection}`"
+        )
     for note in report.notes:
         err.print(note)
 
@@ -239,12 +309,20 @@ def prune_cmd(
         if dropped and not dry_run:
             for sp in dropped:
                 err.print(f"to drop: {sp.table} ({escape(sp.model.key)})")
-            confirm(f"Drop these {len(dropped)} table(s) of {name!r}? Rollback to their "
-                    "models becomes impossible", yes=yes)
+            confirm(
+                f"Drop these {len(dropped)} table(s) of {name!r}? Rollback to their "
+                "models becomes impossible",
+                yes=yes,
+            )
             dropped = prune(rt, name)
     if as_json:
-        echo_json({"collection": name, "dry_run": dry_run,
-                   "dropped": [{"table": sp.table, "model": sp.model.key} for sp in dropped]})
+        echo_json(
+            {
+                "collection": name,
+                "dry_run": dry_run,
+                "dropped": [{"table": sp.table, "model": sp.model.key} for sp in dropped],
+            }
+        )
         return
     verb = "would drop" if dry_run else "dropped"
     if not dropped:
@@ -267,9 +345,15 @@ def cancel_cmd(
     with Runtime() as rt:
         dropped = cancel(rt, name)
     if as_json:
-        echo_json({"collection": name, "cancelled": [
-            {"table": sp.table, "model": sp.model.key, "action": action}
-            for sp, action in dropped]})
+        echo_json(
+            {
+                "collection": name,
+                "cancelled": [
+                    {"table": sp.table, "model": sp.model.key, "action": action}
+                    for sp, action in dropped
+                ],
+            }
+        )
         return
     err = err_console()
     if not dropped:
@@ -294,6 +378,18 @@ def status_cmd(
     if as_json:
         echo_json(rows)
         return
-    print_table(["space", "model", "dim", "status", "vectors", "missing", "activated"],
-                [[r["table"], r["model"], str(r["dimension"]), r["status"], str(r["vectors"]),
-                  str(r["missing"]), str(r["activated_at"] or "-")] for r in rows])
+    print_table(
+        ["space", "model", "dim", "status", "vectors", "missing", "activated"],
+        [
+            [
+                r["table"],
+                r["model"],
+                str(r["dimension"]),
+                r["status"],
+                str(r["vectors"]),
+                str(r["missing"]),
+                str(r["activated_at"] or "-"),
+            ]
+            for r in rows
+        ],
+    )

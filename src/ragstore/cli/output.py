@@ -93,9 +93,17 @@ class ProgressLine:
     ends within ``quiet_s`` seconds (default: ``every_s``) prints nothing, so short
     commands keep their output to their result."""
 
-    def __init__(self, label: str, unit: str, *, every: int = 100, every_s: float = 10.0,
-                 quiet_s: float | None = None, write: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        label: str,
+        unit: str,
+        *,
+        every: int = 100,
+        every_s: float = 10.0,
+        quiet_s: float | None = None,
+        write: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.label, self.unit = label, unit
         self.every, self.every_s = every, every_s
         self.quiet_s = every_s if quiet_s is None else quiet_s
@@ -133,13 +141,20 @@ def progress(label: str, unit: str) -> Iterator[Callable[[int, int | None, str],
         TimeElapsedColumn,
     )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn(unit + "{task.fields[extra]}"), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit + "{task.fields[extra]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         task = bar.add_task(label, total=None, extra="")
 
         def update(done: int, total: int | None = None, extra: str = "") -> None:
-            bar.update(task, completed=done, total=total or None,
-                       extra=f", {extra}" if extra else "")
+            bar.update(
+                task, completed=done, total=total or None, extra=f", {extra}" if extra else ""
+            )
 
         yield update

@@ -56,8 +56,11 @@ def upload_names(paths: list[Path], files: list[Path]) -> dict[Path, str]:
     roots = [p.resolve() for p in paths if p.is_dir()]
     for f in files:
         root = next((r for r in roots if f.is_relative_to(r)), None)
-        names[f] = (PurePosixPath(root.name, *f.relative_to(root).parts).as_posix()
-                    if root is not None else f.name)
+        names[f] = (
+            PurePosixPath(root.name, *f.relative_to(root).parts).as_posix()
+            if root is not None
+            else f.name
+        )
     return names
 
 
@@ -96,9 +99,14 @@ def _record(result: RemoteIngest, client: Client, answer: dict[str, Any]) -> Non
         result.fail(e.get("document") or "(job)", e.get("code"), e.get("detail"))
 
 
-def ingest_remote(client: Client, server: str, paths: list[Path], collection: str,
-                  metadata: dict[str, str],
-                  update: Callable[[int, int | None, str], None]) -> RemoteIngest:
+def ingest_remote(
+    client: Client,
+    server: str,
+    paths: list[Path],
+    collection: str,
+    metadata: dict[str, str],
+    update: Callable[[int, int | None, str], None],
+) -> RemoteIngest:
     """Upload ``paths`` (files and folders) to the server, a batch per request; a batch
     the server refuses is retried file by file so that each failure names its file."""
     from ragstore.errors import InputError
@@ -120,8 +128,7 @@ def ingest_remote(client: Client, server: str, paths: list[Path], collection: st
         except InputError:
             for part in parts:
                 try:
-                    _record(result, client, client.upload(collection, [part],
-                                                          metadata=metadata))
+                    _record(result, client, client.upload(collection, [part], metadata=metadata))
                 except InputError as exc:
                     result.fail(part[0], exc.code, exc.message)
         done += len(batch)

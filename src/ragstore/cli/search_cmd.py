@@ -48,8 +48,10 @@ def print_hits(hits: Sequence[Hit], width: int = 240) -> None:
         text = " ".join(h.text.split())
         if len(text) > width:
             text = text[: width - 1] + "…"
-        out.print(f"[bold]{rank:>2}.[/] [cyan]{h.score:.3f}[/]  {escape(h.source)}  "
-                  f"[dim]§ {escape(section)} ({h.chunk_type})[/]")
+        out.print(
+            f"[bold]{rank:>2}.[/] [cyan]{h.score:.3f}[/]  {escape(h.source)}  "
+            f"[dim]§ {escape(section)} ({h.chunk_type})[/]"
+        )
         if h.explain is not None:
             out.print(f"    [dim]{escape(_explain_line(h))}[/]")
         out.print(f"    {escape(text)}")
@@ -60,8 +62,10 @@ def _print_with_context(shown: Sequence[HitWithContext]) -> None:
 
     print_hits(shown)
     for rank, h in enumerate(shown, 1):
-        console().print(f"\n[bold]context of hit {rank}[/] ({h.context_mode}):\n"
-                        f"{escape(render_context(h, width=240))}")
+        console().print(
+            f"\n[bold]context of hit {rank}[/] ({h.context_mode}):\n"
+            f"{escape(render_context(h, width=240))}"
+        )
 
 
 def _hits_from_json(data: list[dict[str, Any]]) -> list[HitWithContext]:
@@ -75,12 +79,19 @@ def _hits_from_json(data: list[dict[str, Any]]) -> list[HitWithContext]:
     chunk_keys = {f.name for f in fields(ContextChunk)}
     out = []
     for d in data:
-        context = [ContextChunk(**{k: v for k, v in c.items() if k in chunk_keys})
-                   for c in d.get("context") or []]
+        context = [
+            ContextChunk(**{k: v for k, v in c.items() if k in chunk_keys})
+            for c in d.get("context") or []
+        ]
         plain = {k: v for k, v in d.items() if k in hit_keys}
-        out.append(HitWithContext(**plain, context=context,
-                                  context_mode=d.get("context_mode") or "",
-                                  merged_hits=d.get("merged_hits") or []))
+        out.append(
+            HitWithContext(
+                **plain,
+                context=context,
+                context_mode=d.get("context_mode") or "",
+                merged_hits=d.get("merged_hits") or [],
+            )
+        )
     return out
 
 
@@ -96,8 +107,11 @@ def parse_vector(value: str) -> list[float]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"--vector is not a JSON array of numbers: {exc.msg}") from None
-    if not isinstance(data, list) or not data or not all(
-            isinstance(x, int | float) and not isinstance(x, bool) for x in data):
+    if (
+        not isinstance(data, list)
+        or not data
+        or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in data)
+    ):
         raise InputError("--vector must be a non-empty JSON array of numbers, e.g. [0.1, 0.2]")
     return [float(x) for x in data]
 
@@ -106,33 +120,54 @@ def register(app: typer.Typer) -> None:
     @app.command("search")
     def search(
         ctx: typer.Context,
-        query: str | None = typer.Argument(None, help="What to search for (websearch "
-                                           "syntax: \"phrase\", or, -word)."),
+        query: str | None = typer.Argument(
+            None, help='What to search for (websearch syntax: "phrase", or, -word).'
+        ),
         k: int = typer.Option(10, "-k", help="Number of hits.", min=1, max=1000),
-        collection: str | None = typer.Option(None, "--collection", "-c", metavar="NAME",
-                                              help="Collection [RAGSTORE_COLLECTION]."),
-        mode: str | None = typer.Option(None, "--mode", "-m", metavar="MODE",
-                                        help="vector, fulltext or hybrid (RRF of both); "
-                                        "hybrid by default, vector with --vector alone."),
-        vector: str | None = typer.Option(None, "--vector", metavar="JSON|@FILE",
-                                          help="Search by this embedding (a JSON array, or "
-                                          "@file holding one) instead of embedding the query."),
-        where: str | None = typer.Option(None, "--where", metavar="JSON",
-                                         help="JSON filter, e.g. '{\"chunk_type\": \"table\", "
-                                         "\"year\": {\"$gte\": 2020}}'."),
-        explain: bool = typer.Option(False, "--explain",
-                                     help="Show each list's rank and raw score."),
-        ef_search: int | None = typer.Option(None, "--ef-search", min=1, max=1000,
-                                             help="HNSW ef_search for this query."),
+        collection: str | None = typer.Option(
+            None, "--collection", "-c", metavar="NAME", help="Collection [RAGSTORE_COLLECTION]."
+        ),
+        mode: str | None = typer.Option(
+            None,
+            "--mode",
+            "-m",
+            metavar="MODE",
+            help="vector, fulltext or hybrid (RRF of both); "
+            "hybrid by default, vector with --vector alone.",
+        ),
+        vector: str | None = typer.Option(
+            None,
+            "--vector",
+            metavar="JSON|@FILE",
+            help="Search by this embedding (a JSON array, or "
+            "@file holding one) instead of embedding the query.",
+        ),
+        where: str | None = typer.Option(
+            None,
+            "--where",
+            metavar="JSON",
+            help='JSON filter, e.g. \'{"chunk_type": "table", "year": {"$gte": 2020}}\'.',
+        ),
+        explain: bool = typer.Option(
+            False, "--explain", help="Show each list's rank and raw score."
+        ),
+        ef_search: int | None = typer.Option(
+            None, "--ef-search", min=1, max=1000, help="HNSW ef_search for this query."
+        ),
         rrf_k: float = typer.Option(RRF_K, "--rrf-k", help="RRF constant (hybrid)."),
-        vector_weight: float = typer.Option(VECTOR_WEIGHT, "--vector-weight",
-                                            help="Weight of the vector list (hybrid)."),
-        fulltext_weight: float = typer.Option(FULLTEXT_WEIGHT, "--fulltext-weight",
-                                              help="Weight of the full-text list (hybrid)."),
+        vector_weight: float = typer.Option(
+            VECTOR_WEIGHT, "--vector-weight", help="Weight of the vector list (hybrid)."
+        ),
+        fulltext_weight: float = typer.Option(
+            FULLTEXT_WEIGHT, "--fulltext-weight", help="Weight of the full-text list (hybrid)."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-        context: str | None = typer.Option(None, "--context", metavar="N|section",
-                                           help="N neighbouring chunks on each side of a "
-                                           "hit, or 'section'."),
+        context: str | None = typer.Option(
+            None,
+            "--context",
+            metavar="N|section",
+            help="N neighbouring chunks on each side of a hit, or 'section'.",
+        ),
     ) -> None:
         """Search a collection; prints ranked chunks with score, document and section."""
         from ragstore.cli.remote import remote_client
@@ -145,8 +180,9 @@ def register(app: typer.Typer) -> None:
         if query is None and query_vector is None:  # a usage error, as when it was required
             from typer._click import exceptions as click_exceptions
 
-            raise click_exceptions.MissingParameter(ctx=ctx, param_type="argument",
-                                                    param_hint="'QUERY'")
+            raise click_exceptions.MissingParameter(
+                ctx=ctx, param_type="argument", param_hint="'QUERY'"
+            )
         search_mode = resolve_mode(mode, query, query_vector)
         filter_spec = parse_filter(where) if where is not None else None
         context_mode = parse_context(context) if context is not None else None
@@ -154,12 +190,20 @@ def register(app: typer.Typer) -> None:
         client = remote_client(settings)
         if client is not None:
             with client:
-                answer = client.search(collection or settings.collection, query, k=k,
-                                       mode=search_mode, where=filter_spec,
-                                       context=context_mode, explain=explain,
-                                       ef_search=ef_search, vector=query_vector,
-                                       rrf_k=rrf_k, vector_weight=vector_weight,
-                                       fulltext_weight=fulltext_weight)
+                answer = client.search(
+                    collection or settings.collection,
+                    query,
+                    k=k,
+                    mode=search_mode,
+                    where=filter_spec,
+                    context=context_mode,
+                    explain=explain,
+                    ef_search=ef_search,
+                    vector=query_vector,
+                    rrf_k=rrf_k,
+                    vector_weight=vector_weight,
+                    fulltext_weight=fulltext_weight,
+                )
             if as_json:
                 echo_json(answer["data"])
                 return
@@ -177,9 +221,18 @@ def register(app: typer.Typer) -> None:
 
         fusion = FusionParams(rrf_k, vector_weight, fulltext_weight)
         with Runtime(settings) as rt:
-            found = run_search(rt, query, collection=collection, k=k, mode=search_mode,
-                               where=filter_spec, ef_search=ef_search, explain=explain,
-                               fusion=fusion, vector=query_vector)
+            found = run_search(
+                rt,
+                query,
+                collection=collection,
+                k=k,
+                mode=search_mode,
+                where=filter_spec,
+                ef_search=ef_search,
+                explain=explain,
+                fusion=fusion,
+                vector=query_vector,
+            )
             shown = with_context(rt, found, context_mode) if context_mode is not None else []
         if as_json:
             echo_json([asdict(h) for h in (shown or found)])

@@ -14,21 +14,28 @@ from ragstore.cli.output import err_console
 def register(app: typer.Typer) -> None:
     @app.command("eval-sections")
     def eval_sections(
-        set_dir: Path = typer.Argument(..., help="Question set: questions.tsv (question, file, "
-                                       "section_regex) and docs/."),
-        mode: list[str] = typer.Option([], "--mode", "-m", metavar="MODE",
-                                       help="vector, fulltext or hybrid; repeat for several "
-                                       "(default: all three)."),
-        questions: str | None = typer.Option(None, "--questions", "-q",
-                                             help="Only questions FIRST-LAST (1-based), "
-                                             "e.g. 21-40."),
-        collection: str | None = typer.Option(None, "--collection", "-c",
-                                              help="Scratch collection "
-                                              "(default sections-<set>)."),
-        baselines: bool = typer.Option(True, "--baselines/--no-baselines",
-                                       help="Also score the 150-word window baselines."),
-        per_question: bool = typer.Option(False, "--per-question",
-                                          help="Also print each question's first hit rank."),
+        set_dir: Path = typer.Argument(
+            ..., help="Question set: questions.tsv (question, file, section_regex) and docs/."
+        ),
+        mode: list[str] = typer.Option(
+            [],
+            "--mode",
+            "-m",
+            metavar="MODE",
+            help="vector, fulltext or hybrid; repeat for several (default: all three).",
+        ),
+        questions: str | None = typer.Option(
+            None, "--questions", "-q", help="Only questions FIRST-LAST (1-based), e.g. 21-40."
+        ),
+        collection: str | None = typer.Option(
+            None, "--collection", "-c", help="Scratch collection (default sections-<set>)."
+        ),
+        baselines: bool = typer.Option(
+            True, "--baselines/--no-baselines", help="Also score the 150-word window baselines."
+        ),
+        per_question: bool = typer.Option(
+            False, "--per-question", help="Also print each question's first hit rank."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     ) -> None:
         """Top-1 and top-3 section hit rates per search mode on a long-document question
@@ -42,31 +49,53 @@ def register(app: typer.Typer) -> None:
 
         modes: list[Mode] = [parse_mode(m) for m in mode] or list(MODES)
         with Runtime() as rt:
-            result = evaluate_sections(rt, set_dir, modes=modes, questions=questions,
-                                       collection=collection, baselines=baselines)
+            result = evaluate_sections(
+                rt,
+                set_dir,
+                modes=modes,
+                questions=questions,
+                collection=collection,
+                baselines=baselines,
+            )
         n = len(result.questions)
         console, err = stdout_console(), err_console()
-        err.print(f"collection {result.collection!r}: {result.ingested} documents newly "
-                  f"ingested ({result.ingest_seconds:.1f} s), {n} questions")
+        err.print(
+            f"collection {result.collection!r}: {result.ingested} documents newly "
+            f"ingested ({result.ingest_seconds:.1f} s), {n} questions"
+        )
         if as_json:
-            typer.echo(json.dumps({
-                "questions": n, "ingested": result.ingested,
-                "ingest_seconds": round(result.ingest_seconds, 2),
-                "modes": {s.mode: {"top1": s.hits_at(1), "top3": s.hits_at(3),
-                                   "ranks": {str(q): r for q, r in s.ranks.items()}}
-                          for s in result.scores}}, indent=2))
+            typer.echo(
+                json.dumps(
+                    {
+                        "questions": n,
+                        "ingested": result.ingested,
+                        "ingest_seconds": round(result.ingest_seconds, 2),
+                        "modes": {
+                            s.mode: {
+                                "top1": s.hits_at(1),
+                                "top3": s.hits_at(3),
+                                "ranks": {str(q): r for q, r in s.ranks.items()},
+                            }
+                            for s in result.scores
+                        },
+                    },
+                    indent=2,
+                )
+            )
             return
         table = Table(title=f"{set_dir.resolve().name}: section hits of {n} questions")
         for col in ("mode", "top-1", "top-3", "top-1 %", "top-3 %"):
             table.add_column(col, justify="left" if col == "mode" else "right")
         for s in result.scores:
             one, three = s.hits_at(1), s.hits_at(3)
-            table.add_row(s.mode, str(one), str(three), f"{100 * one / n:.0f}",
-                          f"{100 * three / n:.0f}")
+            table.add_row(
+                s.mode, str(one), str(three), f"{100 * one / n:.0f}", f"{100 * three / n:.0f}"
+            )
         console.print(table)
         if per_question:
             console.print("question  " + "  ".join(f"{s.mode:>13}" for s in result.scores))
             for q in result.questions:
                 ranks = [s.ranks[q.number] for s in result.scores]
-                console.print(f"{q.number:>8}  " + "  ".join(
-                    f"{'-' if r is None else r:>13}" for r in ranks))
+                console.print(
+                    f"{q.number:>8}  " + "  ".join(f"{'-' if r is None else r:>13}" for r in ranks)
+                )

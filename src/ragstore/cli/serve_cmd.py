@@ -18,10 +18,12 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         host: str | None = typer.Option(None, "--host", help="Bind address [RAGSTORE_API_HOST]."),
-        port: int | None = typer.Option(None, "--port", help="Port [RAGSTORE_API_PORT].",
-                                        min=0, max=65535),
-        workers: int | None = typer.Option(None, "--workers", min=1, max=64,
-                                           help="Worker processes [RAGSTORE_API_WORKERS]."),
+        port: int | None = typer.Option(
+            None, "--port", help="Port [RAGSTORE_API_PORT].", min=0, max=65535
+        ),
+        workers: int | None = typer.Option(
+            None, "--workers", min=1, max=64, help="Worker processes [RAGSTORE_API_WORKERS]."
+        ),
     ) -> None:
         """Serve the HTTP API (OpenAPI at /openapi.json, docs at /docs)."""
         import uvicorn
@@ -31,9 +33,11 @@ def register(app: typer.Typer) -> None:
         from ragstore.errors import ConfigError
         from ragstore.profiles import get_settings
 
-        overrides = {k: v for k, v in
-                     (("api_host", host), ("api_port", port), ("api_workers", workers))
-                     if v is not None}
+        overrides = {
+            k: v
+            for k, v in (("api_host", host), ("api_port", port), ("api_workers", workers))
+            if v is not None
+        }
         settings = get_settings(**overrides)
         sockets = bind_sockets(settings.api_host, settings.api_port)
         bound = bound_addresses(sockets)
@@ -52,9 +56,13 @@ def register(app: typer.Typer) -> None:
                 sock.close()
             raise
         logging.getLogger("ragstore").setLevel(settings.log_level.upper())
-        config = uvicorn.Config("ragstore.api.app:create_app", factory=True,
-                                workers=settings.api_workers, log_level=settings.log_level,
-                                access_log=False)
+        config = uvicorn.Config(
+            "ragstore.api.app:create_app",
+            factory=True,
+            workers=settings.api_workers,
+            log_level=settings.log_level,
+            access_log=False,
+        )
         server = uvicorn.Server(config)
         try:
             if settings.api_workers > 1:

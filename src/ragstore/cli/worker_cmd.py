@@ -10,10 +10,12 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("worker")
     def worker(
-        concurrency: int = typer.Option(1, "--concurrency", min=1, max=32,
-                                        help="Jobs run at once by this process."),
-        burst: bool = typer.Option(False, "--burst",
-                                   help="Exit once the queue is empty instead of waiting."),
+        concurrency: int = typer.Option(
+            1, "--concurrency", min=1, max=32, help="Jobs run at once by this process."
+        ),
+        burst: bool = typer.Option(
+            False, "--burst", help="Exit once the queue is empty instead of waiting."
+        ),
         name: str | None = typer.Option(None, "--name", help="Worker name in the logs."),
     ) -> None:
         """Process ingest jobs until stopped (SIGINT/SIGTERM finish the current job first)."""
@@ -23,7 +25,8 @@ def register(app: typer.Typer) -> None:
 
         settings = get_settings()
         # the same structured lines as the API (JSON unless stderr is a terminal)
-        configure_logging(settings.log_level, log_format=settings.log_format,
-                          log_queries=settings.log_queries)
+        configure_logging(
+            settings.log_level, log_format=settings.log_format, log_queries=settings.log_queries
+        )
         logging.getLogger("procrastinate").setLevel(logging.WARNING)
         run_worker(settings, concurrency=concurrency, burst=burst, name=name)

@@ -43,11 +43,18 @@ def build_router(auth: bool) -> APIRouter:
     templates = _templates()
     router = APIRouter(prefix=CONSOLE_PREFIX, include_in_schema=False)
 
-    def page(request: Request, template: str, name: str, title: str,
-             **context: Any) -> HTMLResponse:
-        values: dict[str, Any] = {"page": name, "title": title, "auth": auth,
-                                  "version": __version__, "collection": "", "document_id": "",
-                                  "builtin_models": BUILTIN_MODELS}
+    def page(
+        request: Request, template: str, name: str, title: str, **context: Any
+    ) -> HTMLResponse:
+        values: dict[str, Any] = {
+            "page": name,
+            "title": title,
+            "auth": auth,
+            "version": __version__,
+            "collection": "",
+            "document_id": "",
+            "builtin_models": BUILTIN_MODELS,
+        }
         values.update(context)
         return templates.TemplateResponse(request, template, values)
 
@@ -70,8 +77,14 @@ def build_router(auth: bool) -> APIRouter:
 
     @router.get("/collections/{name}/documents/{document_id}", response_class=HTMLResponse)
     def document(request: Request, name: Name, document_id: DocId) -> HTMLResponse:
-        return page(request, "document.html", "document", f"{name}: document {document_id}",
-                    collection=name, document_id=document_id)
+        return page(
+            request,
+            "document.html",
+            "document",
+            f"{name}: document {document_id}",
+            collection=name,
+            document_id=document_id,
+        )
 
     @router.get("/collections/{name}/search", response_class=HTMLResponse)
     def search(request: Request, name: Name) -> HTMLResponse:
@@ -88,5 +101,6 @@ def install_console(app: FastAPI, *, auth: bool) -> None:
     """Mount the pages and the static files under ``/ui`` (the security headers are
     middleware: :class:`~ragstore.console.security.ConsoleSecurityMiddleware`)."""
     app.include_router(build_router(auth))
-    app.mount(f"{CONSOLE_PREFIX}/static", StaticFiles(directory=HERE / "static"),
-              name="console-static")
+    app.mount(
+        f"{CONSOLE_PREFIX}/static", StaticFiles(directory=HERE / "static"), name="console-static"
+    )

@@ -22,11 +22,20 @@ def collection_detail(conn: Conn, coll: repository.Collection) -> dict[str, Any]
     row = conn.execute(
         "SELECT (SELECT count(*) FROM documents WHERE collection_id = %(id)s),"
         " (SELECT count(*) FROM chunks WHERE collection_id = %(id)s),"
-        " (SELECT created_at FROM collections WHERE id = %(id)s)", {"id": coll.id}).fetchone()
+        " (SELECT created_at FROM collections WHERE id = %(id)s)",
+        {"id": coll.id},
+    ).fetchone()
     assert row is not None
-    return {"name": coll.name, "model": coll.model.key, "dimension": coll.model.dimension,
-            "distance": coll.model.distance, "settings": coll.settings,
-            "documents": int(row[0]), "chunks": int(row[1]), "created_at": row[2]}
+    return {
+        "name": coll.name,
+        "model": coll.model.key,
+        "dimension": coll.model.dimension,
+        "distance": coll.model.distance,
+        "settings": coll.settings,
+        "documents": int(row[0]),
+        "chunks": int(row[1]),
+        "created_at": row[2],
+    }
 
 
 def collection_names(conn: Conn) -> list[str]:
@@ -35,28 +44,50 @@ def collection_names(conn: Conn) -> list[str]:
 
 def delete_collection(conn: Conn, coll: repository.Collection) -> None:
     """The collection, its documents, chunks, spaces and every ``emb_*`` table of it."""
-    tables = [str(r[0]) for r in conn.execute(
-        "SELECT table_name FROM embedding_spaces WHERE collection_id = %s", (coll.id,))]
+    tables = [
+        str(r[0])
+        for r in conn.execute(
+            "SELECT table_name FROM embedding_spaces WHERE collection_id = %s", (coll.id,)
+        )
+    ]
     conn.execute("DELETE FROM collections WHERE id = %s", (coll.id,))
     changes.collections_changed()
     for table in tables:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
 
 
-_DOC_COLS = ("d.id, d.source, d.title, d.format, d.content_hash, d.size_bytes, d.metadata,"
-             " d.created_at, d.updated_at,"
-             " (SELECT count(*) FROM chunks k WHERE k.document_id = d.id)")
+_DOC_COLS = (
+    "d.id, d.source, d.title, d.format, d.content_hash, d.size_bytes, d.metadata,"
+    " d.created_at, d.updated_at,"
+    " (SELECT count(*) FROM chunks k WHERE k.document_id = d.id)"
+)
 
 
 def _doc(r: Sequence[Any]) -> dict[str, Any]:
-    return {"id": int(r[0]), "source": r[1], "title": r[2], "format": r[3],
-            "content_hash": r[4], "size_bytes": int(r[5]), "metadata": dict(r[6]),
-            "created_at": r[7], "updated_at": r[8], "chunks": int(r[9])}
+    return {
+        "id": int(r[0]),
+        "source": r[1],
+        "title": r[2],
+        "format": r[3],
+        "content_hash": r[4],
+        "size_bytes": int(r[5]),
+        "metadata": dict(r[6]),
+        "created_at": r[7],
+        "updated_at": r[8],
+        "chunks": int(r[9]),
+    }
 
 
-def documents_page(conn: Conn, collection_id: int, *, after: int | None, limit: int,
-                   fmt: str | None = None, source_prefix: str | None = None,
-                   metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def documents_page(
+    conn: Conn,
+    collection_id: int,
+    *,
+    after: int | None,
+    limit: int,
+    fmt: str | None = None,
+    source_prefix: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Documents in id order after ``after``; filters by format, source prefix and metadata."""
     rows = conn.execute(
         f"SELECT {_DOC_COLS} FROM documents d WHERE d.collection_id = %(c)s"
@@ -65,23 +96,33 @@ def documents_page(conn: Conn, collection_id: int, *, after: int | None, limit: 
         " AND (%(prefix)s::text IS NULL OR starts_with(d.source, %(prefix)s))"
         " AND (%(meta)s::jsonb IS NULL OR d.metadata @> %(meta)s)"
         " ORDER BY d.id LIMIT %(limit)s",
-        {"c": collection_id, "after": after, "fmt": fmt, "prefix": source_prefix,
-         "meta": Jsonb(metadata) if metadata is not None else None, "limit": limit},
+        {
+            "c": collection_id,
+            "after": after,
+            "fmt": fmt,
+            "prefix": source_prefix,
+            "meta": Jsonb(metadata) if metadata is not None else None,
+            "limit": limit,
+        },
     ).fetchall()
     return [_doc(r) for r in rows]
 
 
 def document(conn: Conn, collection_id: int, doc_id: int) -> dict[str, Any]:
-    row = conn.execute(f"SELECT {_DOC_COLS} FROM documents d WHERE d.collection_id = %s"
-                       " AND d.id = %s", (collection_id, doc_id)).fetchone()
+    row = conn.execute(
+        f"SELECT {_DOC_COLS} FROM documents d WHERE d.collection_id = %s AND d.id = %s",
+        (collection_id, doc_id),
+    ).fetchone()
     if row is None:
         raise DocumentNotFoundError(f"document {doc_id} is not in this collection")
     return _doc(row)
 
 
 def document_by_source(conn: Conn, collection_id: int, source: str) -> dict[str, Any]:
-    row = conn.execute(f"SELECT {_DOC_COLS} FROM documents d WHERE d.collection_id = %s"
-                       " AND d.source = %s", (collection_id, source)).fetchone()
+    row = conn.execute(
+        f"SELECT {_DOC_COLS} FROM documents d WHERE d.collection_id = %s AND d.source = %s",
+        (collection_id, source),
+    ).fetchone()
     if row is None:
         raise DocumentNotFoundError(f"document {source!r} is not in this collection")
     return _doc(row)
@@ -89,8 +130,10 @@ def document_by_source(conn: Conn, collection_id: int, source: str) -> dict[str,
 
 def delete_document(conn: Conn, collection_id: int, doc_id: int) -> str:
     """Delete it (chunks and vectors follow by cascade); its source is returned."""
-    row = conn.execute("DELETE FROM documents WHERE collection_id = %s AND id = %s"
-                       " RETURNING source", (collection_id, doc_id)).fetchone()
+    row = conn.execute(
+        "DELETE FROM documents WHERE collection_id = %s AND id = %s RETURNING source",
+        (collection_id, doc_id),
+    ).fetchone()
     if row is None:
         raise DocumentNotFoundError(f"document {doc_id} is not in this collection")
     return str(row[0])
@@ -104,24 +147,47 @@ def models(conn: Conn) -> list[dict[str, Any]]:
         " FROM embedding_models m"
         " LEFT JOIN embedding_spaces s ON s.model_id = m.id"
         " LEFT JOIN collections c ON c.active_space_id = s.id"
-        " GROUP BY m.id ORDER BY m.name, m.revision").fetchall()
-    return [{"provider": r[0], "name": r[1], "revision": r[2], "dimension": int(r[3]),
-             "distance": r[4], "normalize": bool(r[5]), "max_tokens": int(r[6]),
-             "checksum": r[7], "collections": list(r[8])} for r in rows]
+        " GROUP BY m.id ORDER BY m.name, m.revision"
+    ).fetchall()
+    return [
+        {
+            "provider": r[0],
+            "name": r[1],
+            "revision": r[2],
+            "dimension": int(r[3]),
+            "distance": r[4],
+            "normalize": bool(r[5]),
+            "max_tokens": int(r[6]),
+            "checksum": r[7],
+            "collections": list(r[8]),
+        }
+        for r in rows
+    ]
 
 
 def spaces(conn: Conn, collection_id: int) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT s.id, m.name || '@' || m.revision, s.status, s.table_name, s.created_at,"
         " s.activated_at FROM embedding_spaces s JOIN embedding_models m ON m.id = s.model_id"
-        " WHERE s.collection_id = %s ORDER BY s.id", (collection_id,)).fetchall()
+        " WHERE s.collection_id = %s ORDER BY s.id",
+        (collection_id,),
+    ).fetchall()
     out = []
     for r in rows:
-        count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-            sql.Identifier(str(r[3])))).fetchone()
-        out.append({"id": int(r[0]), "model": r[1], "status": r[2], "table": r[3],
-                    "embedded": int(count[0]) if count else 0, "created_at": r[4],
-                    "activated_at": r[5]})
+        count = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(str(r[3])))
+        ).fetchone()
+        out.append(
+            {
+                "id": int(r[0]),
+                "model": r[1],
+                "status": r[2],
+                "table": r[3],
+                "embedded": int(count[0]) if count else 0,
+                "created_at": r[4],
+                "activated_at": r[5],
+            }
+        )
     return out
 
 
@@ -133,13 +199,15 @@ def space_sizes(conn: Conn, *, exact_below_bytes: int) -> list[tuple[str, float,
         return []
     rows: list[tuple[str, float, float]] = []
     for name, table, size, reltuples, index_bytes in conn.execute(
-            "SELECT c.name, s.table_name, pg_relation_size(t.oid), t.reltuples,"
-            " pg_indexes_size(t.oid) FROM collections c"
-            " JOIN embedding_spaces s ON s.id = c.active_space_id"
-            " JOIN pg_class t ON t.oid = to_regclass(quote_ident(s.table_name))").fetchall():
+        "SELECT c.name, s.table_name, pg_relation_size(t.oid), t.reltuples,"
+        " pg_indexes_size(t.oid) FROM collections c"
+        " JOIN embedding_spaces s ON s.id = c.active_space_id"
+        " JOIN pg_class t ON t.oid = to_regclass(quote_ident(s.table_name))"
+    ).fetchall():
         if size <= exact_below_bytes or reltuples < 0:
-            got = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                sql.Identifier(table))).fetchone()
+            got = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+            ).fetchone()
             count = float(got[0]) if got else 0.0
         else:
             count = float(reltuples)
@@ -153,9 +221,13 @@ def job_queue(conn: Conn) -> tuple[dict[str, int], float] | None:
     exists = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()
     if not exists or not exists[0]:
         return None
-    counts = {str(k): int(v) for k, v in conn.execute(
-        "SELECT status::text, count(*) FROM procrastinate_jobs"
-        " WHERE status IN ('todo', 'doing') GROUP BY status").fetchall()}
+    counts = {
+        str(k): int(v)
+        for k, v in conn.execute(
+            "SELECT status::text, count(*) FROM procrastinate_jobs"
+            " WHERE status IN ('todo', 'doing') GROUP BY status"
+        ).fetchall()
+    }
     oldest = conn.execute(
         "SELECT EXTRACT(EPOCH FROM now() - min(COALESCE(scheduled_at, e.at)))"
         " FROM procrastinate_jobs j"
@@ -168,8 +240,9 @@ def job_queue(conn: Conn) -> tuple[dict[str, int], float] | None:
 
 def row_counts(conn: Conn) -> dict[str, int]:
     """Rows of collections, documents and chunks (what a backup records to check a restore)."""
-    row = conn.execute("SELECT (SELECT count(*) FROM collections),"
-                       " (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks)"
-                       ).fetchone()
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM collections),"
+        " (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks)"
+    ).fetchone()
     assert row is not None
     return {"collections": int(row[0]), "documents": int(row[1]), "chunks": int(row[2])}

@@ -67,7 +67,9 @@ class Breaker:
             if now < self.open_until:
                 raise DatabaseUnavailableError(
                     "the database is down (failing fast until it answers again)",
-                    public="the database is unavailable", retry_after=self.open_until - now)
+                    public="the database is unavailable",
+                    retry_after=self.open_until - now,
+                )
             self.open_until = now + 1.0  # this caller probes; the others wait for it
             return True
 
@@ -95,8 +97,15 @@ class ServerInfo:
 class Database:
     """A pool of connections to one PostgreSQL database, pgvector types registered."""
 
-    def __init__(self, conninfo: str, *, min_size: int = 1, max_size: int = 10,
-                 connect_timeout_s: float = 5.0, embedded: bool = False) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout_s: float = 5.0,
+        embedded: bool = False,
+    ) -> None:
         self.conninfo = conninfo
         self.embedded = embedded
         self._min_size = min_size
@@ -115,8 +124,13 @@ class Database:
         else:
             conninfo = settings.database_url.get_secret_value()
             is_embedded = False
-        db = cls(conninfo, min_size=settings.pool_min_size, max_size=settings.pool_max_size,
-                 connect_timeout_s=settings.connect_timeout_s, embedded=is_embedded)
+        db = cls(
+            conninfo,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            connect_timeout_s=settings.connect_timeout_s,
+            embedded=is_embedded,
+        )
         if is_embedded:
             db.data_dir = settings.data_dir
         return db
@@ -180,9 +194,14 @@ class Database:
         if self._pool is None:
             with translated(f"connecting to {self.where}"):
                 self._pool = ConnectionPool(
-                    self.conninfo, min_size=self._min_size, max_size=self._max_size,
-                    configure=self._configure, open=True, timeout=self._timeout,
-                    kwargs={"connect_timeout": max(1, int(self._timeout))}, name="ragstore",
+                    self.conninfo,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    configure=self._configure,
+                    open=True,
+                    timeout=self._timeout,
+                    kwargs={"connect_timeout": max(1, int(self._timeout))},
+                    name="ragstore",
                 )
                 try:
                     self._pool.wait(timeout=self._timeout)
@@ -192,7 +211,8 @@ class Database:
                     raise DatabaseUnavailableError(
                         f"could not connect to {self.where} within {self._timeout:g}s; check "
                         "that the server runs and RAGSTORE_DATABASE_URL is right",
-                        public="the database cannot be reached") from None
+                        public="the database cannot be reached",
+                    ) from None
         return self._pool
 
     def ping(self) -> None:
@@ -213,8 +233,7 @@ class Database:
             except DatabaseUnavailableError:
                 return False
         try:
-            with psycopg.connect(self.conninfo, connect_timeout=min(2, max(1, int(
-                    self._timeout)))):
+            with psycopg.connect(self.conninfo, connect_timeout=min(2, max(1, int(self._timeout)))):
                 return True
         except psycopg.Error:
             return False
@@ -230,8 +249,10 @@ class Database:
             if not self.probe():
                 wait = self.breaker.trip()
                 raise DatabaseUnavailableError(
-                    f"{self.where} does not answer", public="the database is unavailable",
-                    retry_after=wait)
+                    f"{self.where} does not answer",
+                    public="the database is unavailable",
+                    retry_after=wait,
+                )
             if self._pool is not None:
                 self._pool.check()  # drop the connections that died with the server
         try:
@@ -243,11 +264,14 @@ class Database:
                     f"no free connection to {self.where} within {self._timeout:g}s: all "
                     f"{self._max_size} are busy; raise RAGSTORE_POOL_MAX_SIZE or lower the load",
                     public="the server is overloaded (no free database connection)",
-                    retry_after=1.0) from None
+                    retry_after=1.0,
+                ) from None
             wait = self.breaker.trip()
             raise DatabaseUnavailableError(
-                f"{self.where} does not answer", public="the database is unavailable",
-                retry_after=wait) from None
+                f"{self.where} does not answer",
+                public="the database is unavailable",
+                retry_after=wait,
+            ) from None
         except DatabaseUnavailableError as exc:
             exc.retry_after = self.breaker.trip()
             raise

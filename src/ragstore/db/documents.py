@@ -77,27 +77,43 @@ class Written:
         return str(self.document["source"])
 
 
-_DOC_COLS = ("id, source, title, format, content_hash, size_bytes, metadata, created_at,"
-             " updated_at")
+_DOC_COLS = "id, source, title, format, content_hash, size_bytes, metadata, created_at, updated_at"
 
 
 def _row(r: Sequence[Any], chunks: int) -> dict[str, Any]:
-    return {"id": int(r[0]), "source": r[1], "title": r[2], "format": r[3],
-            "content_hash": r[4], "size_bytes": int(r[5]), "metadata": dict(r[6]),
-            "created_at": r[7], "updated_at": r[8], "chunks": chunks}
+    return {
+        "id": int(r[0]),
+        "source": r[1],
+        "title": r[2],
+        "format": r[3],
+        "content_hash": r[4],
+        "size_bytes": int(r[5]),
+        "metadata": dict(r[6]),
+        "created_at": r[7],
+        "updated_at": r[8],
+        "chunks": chunks,
+    }
 
 
 def lock_sources(conn: Conn, collection_id: int, sources: Sequence[str]) -> None:
     """Hold the write locks of these sources until the transaction ends (sorted: no deadlock)."""
-    keys = sorted({(_LOCK_SPACE << 48) | (collection_id << 16)
-                   | (zlib.crc32(s.encode()) % LOCK_BUCKETS) for s in sources})
+    keys = sorted(
+        {
+            (_LOCK_SPACE << 48) | (collection_id << 16) | (zlib.crc32(s.encode()) % LOCK_BUCKETS)
+            for s in sources
+        }
+    )
     if keys:
-        conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM"
-                     " (SELECT k FROM unnest(%s::int8[]) AS u(k) ORDER BY k) AS s", (keys,))
+        conn.execute(
+            "SELECT count(pg_advisory_xact_lock(k)) FROM"
+            " (SELECT k FROM unnest(%s::int8[]) AS u(k) ORDER BY k) AS s",
+            (keys,),
+        )
 
 
-def write_documents(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite], *,
-                    force: bool = False) -> list[Written]:
+def write_documents(
+    conn: Conn, coll: Collection, docs: Sequence[DocumentWrite], *, force: bool = False
+) -> list[Written]:
     """Add or replace documents with their chunks and vectors; one outcome per document.
 
     The caller holds the transaction, so the documents land together or not at all. A
@@ -118,9 +134,13 @@ def write_documents(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite],
     provided = set.intersection(*({coll.table, *(d.extra_vectors or {})} for d in docs))
     live = _live_tables(conn, coll, provided)
     lock_sources(conn, coll.id, sources)
-    stored = {str(r[1]): r for r in conn.execute(
-        f"SELECT {_DOC_COLS} FROM documents WHERE collection_id = %s AND source = ANY(%s)",
-        (coll.id, sources)).fetchall()}
+    stored = {
+        str(r[1]): r
+        for r in conn.execute(
+            f"SELECT {_DOC_COLS} FROM documents WHERE collection_id = %s AND source = ANY(%s)",
+            (coll.id, sources),
+        ).fetchall()
+    }
     out: list[Written | None] = [None] * len(docs)
     replaced: list[int] = []
     added: list[int] = []
@@ -144,9 +164,14 @@ def write_documents(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite],
             "%s::int8[], %s::text[], %s::text[], %s::text[], %s::int8[], %s::text[])"
             " AS u(i, t, f, h, b, m) WHERE d.id = u.i"
             f" RETURNING {', '.join('d.' + c.strip() for c in _DOC_COLS.split(','))}",
-            (old_ids, [r.title for r in recs], [r.format for r in recs],
-             [r.content_hash for r in recs], [r.size_bytes for r in recs],
-             [json.dumps(r.metadata) for r in recs]),
+            (
+                old_ids,
+                [r.title for r in recs],
+                [r.format for r in recs],
+                [r.content_hash for r in recs],
+                [r.size_bytes for r in recs],
+                [json.dumps(r.metadata) for r in recs],
+            ),
         ).fetchall()
         by_source = {str(r[1]): r for r in rows}
         for i in replaced:
@@ -161,9 +186,15 @@ def write_documents(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite],
             " SELECT %s, s, t, f, h, b, m::jsonb FROM unnest("
             "%s::text[], %s::text[], %s::text[], %s::text[], %s::int8[], %s::text[])"
             f" AS u(s, t, f, h, b, m) RETURNING {_DOC_COLS}",
-            (coll.id, [r.source for r in recs], [r.title for r in recs],
-             [r.format for r in recs], [r.content_hash for r in recs],
-             [r.size_bytes for r in recs], [json.dumps(r.metadata) for r in recs]),
+            (
+                coll.id,
+                [r.source for r in recs],
+                [r.title for r in recs],
+                [r.format for r in recs],
+                [r.content_hash for r in recs],
+                [r.size_bytes for r in recs],
+                [json.dumps(r.metadata) for r in recs],
+            ),
         ).fetchall()
         by_source = {str(r[1]): r for r in rows}
         for i in added:
@@ -171,8 +202,7 @@ def write_documents(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite],
             out[i] = Written("added", _row(row, len(docs[i].chunks)))
             doc_ids[i] = int(row[0])
     todo = sorted(doc_ids)
-    _store_chunks(conn, coll, [docs[i] for i in todo], [doc_ids[i] for i in todo],
-                  provided & live)
+    _store_chunks(conn, coll, [docs[i] for i in todo], [doc_ids[i] for i in todo], provided & live)
     return [w for w in out if w is not None]
 
 
@@ -181,36 +211,52 @@ def _fill_chunk_counts(conn: Conn, out: list[Written | None]) -> None:
     ids = [w.id for w in out if w is not None]
     if not ids:
         return
-    counts = dict(conn.execute(
-        "SELECT document_id, count(*) FROM chunks WHERE document_id = ANY(%s)"
-        " GROUP BY document_id", (ids,)).fetchall())
+    counts = dict(
+        conn.execute(
+            "SELECT document_id, count(*) FROM chunks WHERE document_id = ANY(%s)"
+            " GROUP BY document_id",
+            (ids,),
+        ).fetchall()
+    )
     for w in out:
         if w is not None:
             w.document["chunks"] = int(counts.get(w.id, 0))
 
 
-def _store_chunks(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite],
-                  doc_ids: Sequence[int], tables: set[str]) -> None:
+def _store_chunks(
+    conn: Conn,
+    coll: Collection,
+    docs: Sequence[DocumentWrite],
+    doc_ids: Sequence[int],
+    tables: set[str],
+) -> None:
     """Chunks of freshly written documents, then their vectors into every live space."""
     ids = allocate_chunk_ids(conn, sum(len(d.chunks) for d in docs))
     _copy_chunks(conn, coll, docs, doc_ids, ids)
     embedded_ids: list[int] = []
     offset = 0
     for d in docs:
-        embedded_ids += [cid for cid, ch in zip(ids[offset:offset + len(d.chunks)], d.chunks,
-                                                strict=True) if ch.embeddable]
+        embedded_ids += [
+            cid
+            for cid, ch in zip(ids[offset : offset + len(d.chunks)], d.chunks, strict=True)
+            if ch.embeddable
+        ]
         offset += len(d.chunks)
     if not embedded_ids:
         return
     for table in sorted(tables):  # not a space retired or pruned meanwhile
-        vecs = [d.vectors if table == coll.table else (d.extra_vectors or {})[table]
-                for d in docs]
+        vecs = [d.vectors if table == coll.table else (d.extra_vectors or {})[table] for d in docs]
         stacked = np.concatenate(vecs) if len(vecs) > 1 else vecs[0]
         spaces.copy_vectors(conn, table, embedded_ids, stacked)
 
 
-def _copy_chunks(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite],
-                 doc_ids: Sequence[int], ids: Sequence[int]) -> None:
+def _copy_chunks(
+    conn: Conn,
+    coll: Collection,
+    docs: Sequence[DocumentWrite],
+    doc_ids: Sequence[int],
+    ids: Sequence[int],
+) -> None:
     """One binary COPY of every document's chunks, parents resolved to the drawn ids."""
     if not ids:
         return
@@ -219,27 +265,63 @@ def _copy_chunks(conn: Conn, coll: Collection, docs: Sequence[DocumentWrite],
         " parent_id, char_start, char_end, page, token_count, metadata, content_hash, context)"
         " FROM STDIN (FORMAT BINARY)"
     ) as copy:
-        copy.set_types(["int8", "int8", "int4", "int4", "text", "text", "text[]", "int8",
-                        "int4", "int4", "int4", "int4", "jsonb", "text", "text"])
+        copy.set_types(
+            [
+                "int8",
+                "int8",
+                "int4",
+                "int4",
+                "text",
+                "text",
+                "text[]",
+                "int8",
+                "int4",
+                "int4",
+                "int4",
+                "int4",
+                "jsonb",
+                "text",
+                "text",
+            ]
+        )
         offset = 0
         for doc_id, d in zip(doc_ids, docs, strict=True):
-            mine = ids[offset:offset + len(d.chunks)]
+            mine = ids[offset : offset + len(d.chunks)]
             offset += len(d.chunks)
             for cid, ch in zip(mine, d.chunks, strict=True):
                 parent = mine[ch.parent_ordinal] if ch.parent_ordinal is not None else None
-                copy.write_row((cid, doc_id, coll.id, ch.ordinal, ch.chunk_type.value, ch.text,
-                                list(ch.section_path), parent, ch.char_start, ch.char_end,
-                                ch.page, ch.token_count, Jsonb(ch.metadata), ch.content_hash,
-                                ch.context))
+                copy.write_row(
+                    (
+                        cid,
+                        doc_id,
+                        coll.id,
+                        ch.ordinal,
+                        ch.chunk_type.value,
+                        ch.text,
+                        list(ch.section_path),
+                        parent,
+                        ch.char_start,
+                        ch.char_end,
+                        ch.page,
+                        ch.token_count,
+                        Jsonb(ch.metadata),
+                        ch.content_hash,
+                        ch.context,
+                    )
+                )
 
 
 def allocate_chunk_ids(conn: Conn, n: int) -> list[int]:
     """Draw ``n`` chunk ids up front, so parents and vectors can name them in one COPY."""
     if n <= 0:
         return []
-    return [int(r[0]) for r in conn.execute(
-        "SELECT nextval(pg_get_serial_sequence('chunks', 'id')) FROM generate_series(1, %s)",
-        (n,))]
+    return [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT nextval(pg_get_serial_sequence('chunks', 'id')) FROM generate_series(1, %s)",
+            (n,),
+        )
+    ]
 
 
 def _live_tables(conn: Conn, coll: Collection, provided: set[str]) -> set[str]:
@@ -248,7 +330,8 @@ def _live_tables(conn: Conn, coll: Collection, provided: set[str]) -> set[str]:
     rows = conn.execute(
         "SELECT s.table_name, s.status, s.id = c.active_space_id FROM embedding_spaces s"
         " JOIN collections c ON c.id = s.collection_id"
-        " WHERE s.collection_id = %s AND s.status IN ('active', 'building')", (coll.id,)
+        " WHERE s.collection_id = %s AND s.status IN ('active', 'building')",
+        (coll.id,),
     ).fetchall()
     active = next((r[0] for r in rows if r[2]), coll.table)
     if active not in provided:
@@ -259,8 +342,9 @@ def _live_tables(conn: Conn, coll: Collection, provided: set[str]) -> set[str]:
     return {r[0] for r in rows}
 
 
-def document_hashes(conn: Conn, collection_id: int,
-                    sources: Sequence[str]) -> dict[str, tuple[int, str]]:
+def document_hashes(
+    conn: Conn, collection_id: int, sources: Sequence[str]
+) -> dict[str, tuple[int, str]]:
     """source -> (document id, content hash) for the sources already stored.
 
     Read without a lock: callers use it to skip unchanged files early; the decision that
@@ -274,16 +358,18 @@ def document_hashes(conn: Conn, collection_id: int,
     return {r[0]: (int(r[1]), r[2]) for r in rows}
 
 
-def stored_embeddings(conn: Conn, coll: Collection,
-                      hashes: Sequence[str]) -> dict[str, np.ndarray]:
+def stored_embeddings(conn: Conn, coll: Collection, hashes: Sequence[str]) -> dict[str, np.ndarray]:
     """content hash -> vector for chunks of this collection already embedded in its space."""
     if not hashes:
         return {}
-    rows = conn.execute(sql.SQL(
-        "SELECT DISTINCT ON (c.content_hash) c.content_hash, e.embedding"
-        " FROM chunks c JOIN {t} e ON e.chunk_id = c.id"
-        " WHERE c.collection_id = %s AND c.content_hash = ANY(%s)"
-    ).format(t=sql.Identifier(coll.table)), (coll.id, list(set(hashes)))).fetchall()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT DISTINCT ON (c.content_hash) c.content_hash, e.embedding"
+            " FROM chunks c JOIN {t} e ON e.chunk_id = c.id"
+            " WHERE c.collection_id = %s AND c.content_hash = ANY(%s)"
+        ).format(t=sql.Identifier(coll.table)),
+        (coll.id, list(set(hashes))),
+    ).fetchall()
     return {r[0]: np.asarray(r[1].to_numpy(), dtype=np.float32) for r in rows}
 
 
@@ -291,12 +377,15 @@ def chunk_ids_of(conn: Conn, doc_ids: Sequence[int]) -> dict[int, int]:
     """document id -> the id of its first chunk (one-chunk documents: imports)."""
     rows = conn.execute(
         "SELECT DISTINCT ON (document_id) document_id, id FROM chunks"
-        " WHERE document_id = ANY(%s) ORDER BY document_id, ordinal", (list(doc_ids),))
+        " WHERE document_id = ANY(%s) ORDER BY document_id, ordinal",
+        (list(doc_ids),),
+    )
     return {int(r[0]): int(r[1]) for r in rows}
 
 
-def vectors_by_source(conn: Conn, collection_id: int, table: str,
-                      metadata: dict[str, Any]) -> Iterator[tuple[str, np.ndarray]]:
+def vectors_by_source(
+    conn: Conn, collection_id: int, table: str, metadata: dict[str, Any]
+) -> Iterator[tuple[str, np.ndarray]]:
     """(source, vector) of the documents whose metadata contains ``metadata`` (one-chunk
     documents: an import's batch), streamed through a server-side cursor."""
     stmt = sql.SQL(
@@ -310,18 +399,21 @@ def vectors_by_source(conn: Conn, collection_id: int, table: str,
             yield str(source), np.asarray(emb.to_numpy())
 
 
-def count_embedded(conn: Conn, collection_id: int, table: str,
-                   metadata: dict[str, Any]) -> int:
+def count_embedded(conn: Conn, collection_id: int, table: str, metadata: dict[str, Any]) -> int:
     """Chunks with a vector in ``table`` of the documents whose metadata contains ``metadata``."""
-    row = conn.execute(sql.SQL(
-        "SELECT count(*) FROM documents d JOIN chunks c ON c.document_id = d.id"
-        " JOIN {t} e ON e.chunk_id = c.id WHERE d.collection_id = %s AND d.metadata @> %s"
-    ).format(t=sql.Identifier(table)), (collection_id, Jsonb(metadata))).fetchone()
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*) FROM documents d JOIN chunks c ON c.document_id = d.id"
+            " JOIN {t} e ON e.chunk_id = c.id WHERE d.collection_id = %s AND d.metadata @> %s"
+        ).format(t=sql.Identifier(table)),
+        (collection_id, Jsonb(metadata)),
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
-def sources_under(conn: Conn, collection_id: int, prefixes: Sequence[str],
-                  exact: Sequence[str] = ()) -> list[str]:
+def sources_under(
+    conn: Conn, collection_id: int, prefixes: Sequence[str], exact: Sequence[str] = ()
+) -> list[str]:
     """Sources of the collection that start with one of ``prefixes`` or equal one of ``exact``."""
     rows = conn.execute(
         "SELECT source FROM documents WHERE collection_id = %s AND (source = ANY(%s)"
@@ -335,6 +427,8 @@ def sources_under(conn: Conn, collection_id: int, prefixes: Sequence[str],
 def delete_documents(conn: Conn, collection_id: int, sources: Sequence[str]) -> int:
     """Delete documents by source (chunks and vectors follow by cascade), under their locks."""
     lock_sources(conn, collection_id, sources)
-    cur = conn.execute("DELETE FROM documents WHERE collection_id = %s AND source = ANY(%s)",
-                       (collection_id, list(sources)))
+    cur = conn.execute(
+        "DELETE FROM documents WHERE collection_id = %s AND source = ANY(%s)",
+        (collection_id, list(sources)),
+    )
     return cur.rowcount

@@ -27,8 +27,10 @@ from ragstore.errors import (
 # SQLSTATE (class or full code) -> (our error class, what to tell the caller)
 SQLSTATE_MAP: dict[str, tuple[type[RagstoreError], str]] = {
     "08": (DatabaseUnavailableError, "the database connection failed"),
-    "53": (DatabaseUnavailableError, "the database is out of resources (connections, "
-                                     "memory or disk)"),
+    "53": (
+        DatabaseUnavailableError,
+        "the database is out of resources (connections, memory or disk)",
+    ),
     "57P01": (DatabaseUnavailableError, "the database server is shutting down"),
     "57P02": (DatabaseUnavailableError, "the database server crashed"),
     "57P03": (DatabaseUnavailableError, "the database server is starting up"),

@@ -30,14 +30,19 @@ def collection_stats(conn: Conn, collection_id: int) -> dict[str, Any]:
         " (SELECT created_at FROM collections WHERE id = %(c)s),"
         " pg_table_size('documents'), pg_indexes_size('documents'),"
         " pg_table_size('chunks'), pg_indexes_size('chunks')",
-        {"c": collection_id}).fetchone()
+        {"c": collection_id},
+    ).fetchone()
     assert row is not None  # aggregates always answer one row
-    return {"documents": int(row[0]), "chunks": int(row[1]), "last_ingest": row[2],
-            "created_at": row[3],
-            "shared_tables": [
-                {"table": "documents", "table_bytes": int(row[4]), "index_bytes": int(row[5])},
-                {"table": "chunks", "table_bytes": int(row[6]), "index_bytes": int(row[7])},
-            ]}
+    return {
+        "documents": int(row[0]),
+        "chunks": int(row[1]),
+        "last_ingest": row[2],
+        "created_at": row[3],
+        "shared_tables": [
+            {"table": "documents", "table_bytes": int(row[4]), "index_bytes": int(row[5])},
+            {"table": "chunks", "table_bytes": int(row[6]), "index_bytes": int(row[7])},
+        ],
+    }
 
 
 def space_stats(conn: Conn, collection_id: int) -> list[dict[str, Any]]:
@@ -52,34 +57,52 @@ def space_stats(conn: Conn, collection_id: int) -> list[dict[str, Any]]:
         " to_regclass(quote_ident(s.table_name)) IS NOT NULL"
         " FROM embedding_spaces s JOIN embedding_models m ON m.id = s.model_id"
         " JOIN collections c ON c.id = s.collection_id"
-        " WHERE s.collection_id = %s ORDER BY s.id", (collection_id,)).fetchall()
+        " WHERE s.collection_id = %s ORDER BY s.id",
+        (collection_id,),
+    ).fetchall()
     out = []
     for r in rows:
         table, exists = str(r[4]), bool(r[8])
         embedded = table_bytes = index_bytes = 0
         if exists:
-            sized = conn.execute(sql.SQL(
-                "SELECT pg_table_size(%(t)s::regclass), pg_indexes_size(%(t)s::regclass),"
-                " (SELECT count(*) FROM {})").format(sql.Identifier(table)),
-                {"t": table}).fetchone()
+            sized = conn.execute(
+                sql.SQL(
+                    "SELECT pg_table_size(%(t)s::regclass), pg_indexes_size(%(t)s::regclass),"
+                    " (SELECT count(*) FROM {})"
+                ).format(sql.Identifier(table)),
+                {"t": table},
+            ).fetchone()
             assert sized is not None
             table_bytes, index_bytes, embedded = int(sized[0]), int(sized[1]), int(sized[2])
-        out.append({"id": int(r[0]), "model": r[1], "model_name": r[2], "status": r[3],
-                    "table": table, "created_at": r[5], "activated_at": r[6],
-                    "active": bool(r[7]), "embedded": embedded,
-                    "table_bytes": table_bytes, "index_bytes": index_bytes})
+        out.append(
+            {
+                "id": int(r[0]),
+                "model": r[1],
+                "model_name": r[2],
+                "status": r[3],
+                "table": table,
+                "created_at": r[5],
+                "activated_at": r[6],
+                "active": bool(r[7]),
+                "embedded": embedded,
+                "table_bytes": table_bytes,
+                "index_bytes": index_bytes,
+            }
+        )
     return out
 
 
-def document_chunks(conn: Conn, collection_id: int, document_id: int, *,
-                    after: int | None, limit: int) -> list[dict[str, Any]]:
+def document_chunks(
+    conn: Conn, collection_id: int, document_id: int, *, after: int | None, limit: int
+) -> list[dict[str, Any]]:
     """A document's chunks in reading order (by ordinal) after ordinal ``after``.
 
     Raises DocumentNotFoundError when the document is not in the collection, so an empty
     list always means "no more chunks".
     """
-    found = conn.execute("SELECT 1 FROM documents WHERE collection_id = %s AND id = %s",
-                         (collection_id, document_id)).fetchone()
+    found = conn.execute(
+        "SELECT 1 FROM documents WHERE collection_id = %s AND id = %s", (collection_id, document_id)
+    ).fetchone()
     if found is None:
         raise DocumentNotFoundError(f"document {document_id} is not in this collection")
     rows = conn.execute(
@@ -87,8 +110,20 @@ def document_chunks(conn: Conn, collection_id: int, document_id: int, *,
         " char_end, text, metadata FROM chunks WHERE document_id = %(d)s"
         " AND (%(after)s::int IS NULL OR ordinal > %(after)s)"
         " ORDER BY ordinal LIMIT %(limit)s",
-        {"d": document_id, "after": after, "limit": limit}).fetchall()
-    return [{"id": int(r[0]), "ordinal": int(r[1]), "chunk_type": r[2],
-             "section_path": list(r[3]), "page": r[4], "token_count": int(r[5]),
-             "char_start": int(r[6]), "char_end": int(r[7]), "text": r[8],
-             "metadata": dict(r[9])} for r in rows]
+        {"d": document_id, "after": after, "limit": limit},
+    ).fetchall()
+    return [
+        {
+            "id": int(r[0]),
+            "ordinal": int(r[1]),
+            "chunk_type": r[2],
+            "section_path": list(r[3]),
+            "page": r[4],
+            "token_count": int(r[5]),
+            "char_start": int(r[6]),
+            "char_end": int(r[7]),
+            "text": r[8],
+            "metadata": dict(r[9]),
+        }
+        for r in rows
+    ]

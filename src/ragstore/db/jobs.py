@@ -43,19 +43,35 @@ class JobRecord:
     finished_at: datetime | None
 
 
-_COLS = ("id, queue_job_id, collection, status, attempts, total_documents, documents_done,"
-         " chunks_done, errors, summary, created_at, started_at, finished_at")
+_COLS = (
+    "id, queue_job_id, collection, status, attempts, total_documents, documents_done,"
+    " chunks_done, errors, summary, created_at, started_at, finished_at"
+)
 
 
 def _record(r: Sequence[Any]) -> JobRecord:
-    return JobRecord(int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), int(r[7]),
-                     list(r[8]), dict(r[9]), r[10], r[11], r[12])
+    return JobRecord(
+        int(r[0]),
+        r[1],
+        r[2],
+        r[3],
+        int(r[4]),
+        int(r[5]),
+        int(r[6]),
+        int(r[7]),
+        list(r[8]),
+        dict(r[9]),
+        r[10],
+        r[11],
+        r[12],
+    )
 
 
 def create(conn: Conn, collection: str, files: Sequence[JobFile]) -> int:
     row = conn.execute(
         "INSERT INTO ingest_jobs (collection, total_documents) VALUES (%s, %s) RETURNING id",
-        (collection, len(files))).fetchone()
+        (collection, len(files)),
+    ).fetchone()
     assert row is not None
     job_id = int(row[0])
     with conn.cursor().copy(
@@ -79,8 +95,14 @@ def get(conn: Conn, job_id: int) -> JobRecord:
     return _record(row)
 
 
-def page(conn: Conn, *, after: int | None, limit: int, status: str | None = None,
-         collection: str | None = None) -> list[JobRecord]:
+def page(
+    conn: Conn,
+    *,
+    after: int | None,
+    limit: int,
+    status: str | None = None,
+    collection: str | None = None,
+) -> list[JobRecord]:
     """Jobs newest first; ``after`` is the last id of the previous page."""
     rows = conn.execute(
         f"SELECT {_COLS} FROM ingest_jobs"
@@ -88,14 +110,16 @@ def page(conn: Conn, *, after: int | None, limit: int, status: str | None = None
         " AND (%(status)s::text IS NULL OR status = %(status)s)"
         " AND (%(coll)s::text IS NULL OR collection = %(coll)s)"
         " ORDER BY id DESC LIMIT %(limit)s",
-        {"after": after, "status": status, "coll": collection, "limit": limit}).fetchall()
+        {"after": after, "status": status, "coll": collection, "limit": limit},
+    ).fetchall()
     return [_record(r) for r in rows]
 
 
 def files(conn: Conn, job_id: int) -> list[JobFile]:
     rows = conn.execute(
         "SELECT name, content, metadata FROM ingest_job_files WHERE job_id = %s ORDER BY ordinal",
-        (job_id,)).fetchall()
+        (job_id,),
+    ).fetchall()
     return [JobFile(r[0], bytes(r[1]), dict(r[2])) for r in rows]
 
 
@@ -104,18 +128,31 @@ def start(conn: Conn, job_id: int) -> None:
     conn.execute(
         "UPDATE ingest_jobs SET status = 'running', attempts = attempts + 1,"
         " documents_done = 0, chunks_done = 0, errors = '[]'::jsonb,"
-        " started_at = now(), updated_at = now() WHERE id = %s", (job_id,))
+        " started_at = now(), updated_at = now() WHERE id = %s",
+        (job_id,),
+    )
 
 
 def progress(conn: Conn, job_id: int, documents: int, chunks: int) -> None:
     conn.execute(
         "UPDATE ingest_jobs SET documents_done = %s, chunks_done = %s, updated_at = now()"
-        " WHERE id = %s", (documents, chunks, job_id))
+        " WHERE id = %s",
+        (documents, chunks, job_id),
+    )
 
 
-def finish(conn: Conn, job_id: int, status: str, *, documents: int, chunks: int,
-           errors: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+def finish(
+    conn: Conn,
+    job_id: int,
+    status: str,
+    *,
+    documents: int,
+    chunks: int,
+    errors: list[dict[str, Any]],
+    summary: dict[str, Any],
+) -> None:
     conn.execute(
         "UPDATE ingest_jobs SET status = %s, documents_done = %s, chunks_done = %s,"
         " errors = %s, summary = %s, finished_at = now(), updated_at = now() WHERE id = %s",
-        (status, documents, chunks, Jsonb(errors), Jsonb(summary), job_id))
+        (status, documents, chunks, Jsonb(errors), Jsonb(summary), job_id),
+    )

@@ -28,7 +28,8 @@ def parse(text: str) -> int:
     if m is None:
         raise InputError(
             f"{HEADER} header {text!r} is not a WAL position; send back the value a write "
-            "returned, e.g. 0/3020B60")
+            "returned, e.g. 0/3020B60"
+        )
     return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
 
 
@@ -56,8 +57,11 @@ class ReplayState:
     @property
     def replayed_all_received(self) -> bool:
         """Replay keeps up with what streams in: any gap is transit, not lag."""
-        return (self.receive_lsn is not None and self.replay_lsn is not None
-                and self.replay_lsn >= self.receive_lsn)
+        return (
+            self.receive_lsn is not None
+            and self.replay_lsn is not None
+            and self.replay_lsn >= self.receive_lsn
+        )
 
 
 def replay_state(conn: Conn) -> ReplayState:
@@ -66,7 +70,8 @@ def replay_state(conn: Conn) -> ReplayState:
     row = conn.execute(
         "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,"
         " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,"
-        " pg_last_wal_receive_lsn()::text").fetchone()
+        " pg_last_wal_receive_lsn()::text"
+    ).fetchone()
     assert row is not None
     replayed = parse(str(row[1])) if row[1] is not None else None
     age = float(row[2]) if row[2] is not None else None

@@ -40,9 +40,9 @@ def _config(url: str | None = None) -> Config:
 
 def _sqlalchemy_url(conninfo: str) -> str:
     if conninfo.startswith("postgresql://"):
-        return "postgresql+psycopg://" + conninfo[len("postgresql://"):]
+        return "postgresql+psycopg://" + conninfo[len("postgresql://") :]
     if conninfo.startswith("postgres://"):
-        return "postgresql+psycopg://" + conninfo[len("postgres://"):]
+        return "postgresql+psycopg://" + conninfo[len("postgres://") :]
     return conninfo
 
 
@@ -56,9 +56,12 @@ def _declared(path: Path) -> tuple[str, str | None] | None:
     assign both as plain constants."""
     found: dict[str, object] = {}
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name)
-                and isinstance(node.value, ast.Constant)):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and isinstance(node.value, ast.Constant)
+        ):
             found[node.targets[0].id] = node.value.value
     rev, down = found.get("revision"), found.get("down_revision", ...)
     if isinstance(rev, str) and (down is None or isinstance(down, str)):
@@ -132,7 +135,7 @@ def status(db: Database) -> SchemaStatus:
         return SchemaStatus(None, head, revisions, unknown=False)
     if current not in revisions:
         return SchemaStatus(current, head, [], unknown=True)
-    return SchemaStatus(current, head, revisions[revisions.index(current) + 1:], unknown=False)
+    return SchemaStatus(current, head, revisions[revisions.index(current) + 1 :], unknown=False)
 
 
 def ensure_current(db: Database) -> None:

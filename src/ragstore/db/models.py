@@ -14,14 +14,25 @@ from ragstore.models import ModelSpec
 Conn = psycopg.Connection[Any]
 
 # the columns of a spec, selected from ``embedding_models m`` (read with :func:`spec_from_row`)
-MODEL_COLS = ("m.provider, m.name, m.revision, m.dimension, m.distance, m.normalize, "
-              "m.max_tokens, m.checksum, m.options")
+MODEL_COLS = (
+    "m.provider, m.name, m.revision, m.dimension, m.distance, m.normalize, "
+    "m.max_tokens, m.checksum, m.options"
+)
 
 
 def spec_from_row(row: Sequence[Any]) -> ModelSpec:
     provider, name, revision, dimension, distance, normalize, max_tokens, checksum, options = row
-    return ModelSpec(provider, name, revision, int(dimension), distance, bool(normalize),
-                     int(max_tokens), checksum, dict(options or {}))
+    return ModelSpec(
+        provider,
+        name,
+        revision,
+        int(dimension),
+        distance,
+        bool(normalize),
+        int(max_tokens),
+        checksum,
+        dict(options or {}),
+    )
 
 
 def upsert_model(conn: Conn, spec: ModelSpec) -> int:
@@ -30,13 +41,24 @@ def upsert_model(conn: Conn, spec: ModelSpec) -> int:
         "INSERT INTO embedding_models (provider, name, revision, dimension, distance, normalize,"
         " max_tokens, checksum, options) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (name, revision) DO NOTHING RETURNING id",
-        (spec.provider, spec.name, spec.revision, spec.dimension, spec.distance, spec.normalize,
-         spec.max_tokens, spec.checksum, Jsonb(spec.options)),
+        (
+            spec.provider,
+            spec.name,
+            spec.revision,
+            spec.dimension,
+            spec.distance,
+            spec.normalize,
+            spec.max_tokens,
+            spec.checksum,
+            Jsonb(spec.options),
+        ),
     ).fetchone()
     if row:
         return int(row[0])
-    row = conn.execute("SELECT id FROM embedding_models WHERE name = %s AND revision = %s",
-                       (spec.name, spec.revision)).fetchone()
+    row = conn.execute(
+        "SELECT id FROM embedding_models WHERE name = %s AND revision = %s",
+        (spec.name, spec.revision),
+    ).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -51,28 +73,41 @@ class PinnedModel:
     def as_dict(self) -> dict[str, Any]:
         s = self.spec
         opts = {k: v for k, v in s.options.items() if k != "probe"}
-        return {"id": self.id, "key": s.key, "provider": s.provider, "name": s.name,
-                "revision": s.revision, "dimension": s.dimension, "distance": s.distance,
-                "normalize": s.normalize, "max_tokens": s.max_tokens, "checksum": s.checksum,
-                "options": opts, "probe_pinned": bool(s.options.get("probe")),
-                "created_at": self.created_at, "collections": self.collections}
+        return {
+            "id": self.id,
+            "key": s.key,
+            "provider": s.provider,
+            "name": s.name,
+            "revision": s.revision,
+            "dimension": s.dimension,
+            "distance": s.distance,
+            "normalize": s.normalize,
+            "max_tokens": s.max_tokens,
+            "checksum": s.checksum,
+            "options": opts,
+            "probe_pinned": bool(s.options.get("probe")),
+            "created_at": self.created_at,
+            "collections": self.collections,
+        }
 
 
-_SELECT = ("SELECT m.id, m.provider, m.name, m.revision, m.dimension, m.distance, m.normalize,"
-           " m.max_tokens, m.checksum, m.options, m.created_at,"
-           " coalesce((SELECT jsonb_agg(jsonb_build_object('collection', c.name, 'status',"
-           " s.status) ORDER BY c.name, s.id) FROM embedding_spaces s"
-           " JOIN collections c ON c.id = s.collection_id WHERE s.model_id = m.id),"
-           " '[]'::jsonb) FROM embedding_models m")
+_SELECT = (
+    "SELECT m.id, m.provider, m.name, m.revision, m.dimension, m.distance, m.normalize,"
+    " m.max_tokens, m.checksum, m.options, m.created_at,"
+    " coalesce((SELECT jsonb_agg(jsonb_build_object('collection', c.name, 'status',"
+    " s.status) ORDER BY c.name, s.id) FROM embedding_spaces s"
+    " JOIN collections c ON c.id = s.collection_id WHERE s.model_id = m.id),"
+    " '[]'::jsonb) FROM embedding_models m"
+)
 
 
 def _pinned(row: Any) -> PinnedModel:
-    return PinnedModel(int(row[0]), spec_from_row(row[1:10]),
-                       row[10].isoformat(), list(row[11]))
+    return PinnedModel(int(row[0]), spec_from_row(row[1:10]), row[10].isoformat(), list(row[11]))
 
 
-def pinned_models(conn: Conn, name: str | None = None,
-                  revision: str | None = None) -> list[PinnedModel]:
+def pinned_models(
+    conn: Conn, name: str | None = None, revision: str | None = None
+) -> list[PinnedModel]:
     """Pinned models (all, or those named ``name``, optionally at ``revision``), by name
     then age, each with the collections whose spaces use it."""
     where = ""
@@ -85,6 +120,7 @@ def pinned_models(conn: Conn, name: str | None = None,
 
 
 def dimension_of(conn: Conn, model_id: int) -> int | None:
-    row = conn.execute("SELECT dimension FROM embedding_models WHERE id = %s",
-                       (model_id,)).fetchone()
+    row = conn.execute(
+        "SELECT dimension FROM embedding_models WHERE id = %s", (model_id,)
+    ).fetchone()
     return int(row[0]) if row else None

@@ -46,8 +46,9 @@ def get_collection(conn: Conn, name: str) -> Collection:
             f"collection {name!r} does not exist (collections: {known}); "
             "ingest into it to create it"
         )
-    return Collection(int(row[0]), row[1], dict(row[2]), int(row[3]), row[4], int(row[5]),
-                      spec_from_row(row[6:]))
+    return Collection(
+        int(row[0]), row[1], dict(row[2]), int(row[3]), row[4], int(row[5]), spec_from_row(row[6:])
+    )
 
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -66,31 +67,37 @@ def validate_settings(conn: Conn, settings: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         known = "; ".join(f"{k}: {v}" for k, v in SETTINGS.items())
-        raise InputError(f"unknown collection setting {unknown[0]!r}; known settings are "
-                         f"{known}")
+        raise InputError(f"unknown collection setting {unknown[0]!r}; known settings are {known}")
     for key in ("bm25_k1", "bm25_b"):
         if key in settings:
             value = settings[key]
             high = 10.0 if key == "bm25_k1" else 1.0
-            if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                    0.0 <= float(value) <= high):
-                raise InputError(f"collection setting {key} must be a number from 0 to "
-                                 f"{high:g}, got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (0.0 <= float(value) <= high)
+            ):
+                raise InputError(
+                    f"collection setting {key} must be a number from 0 to {high:g}, got {value!r}"
+                )
     for key in ("ts_config", "purpose"):
         if key in settings and (not isinstance(settings[key], str) or "\x00" in settings[key]):
             raise InputError(f"collection setting {key} must be text, got {settings[key]!r}")
     if "ts_config" in settings:
-        names = [str(r[0]) for r in conn.execute("SELECT cfgname FROM pg_ts_config"
-                                                 " ORDER BY cfgname")]
+        names = [
+            str(r[0]) for r in conn.execute("SELECT cfgname FROM pg_ts_config ORDER BY cfgname")
+        ]
         if settings["ts_config"] not in names:
             raise InputError(
                 f"collection setting ts_config {settings['ts_config']!r} is not a text search "
-                f"configuration of this PostgreSQL server; choose one of {', '.join(names)}")
+                f"configuration of this PostgreSQL server; choose one of {', '.join(names)}"
+            )
     return settings
 
 
-def create_collection(conn: Conn, name: str, spec: ModelSpec,
-                      settings: dict[str, Any] | None = None) -> Collection:
+def create_collection(
+    conn: Conn, name: str, spec: ModelSpec, settings: dict[str, Any] | None = None
+) -> Collection:
     """A collection bound to ``spec`` through a new, active embedding space.
 
     Everything (the row, the model pin, the space, its table and index, the active space)
@@ -100,7 +107,8 @@ def create_collection(conn: Conn, name: str, spec: ModelSpec,
     if not NAME_RE.match(name):
         raise InputError(
             f"invalid collection name {name!r}: use 1-63 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit")
+            "starting with a letter or digit"
+        )
     try:
         with conn.transaction():
             checked = validate_settings(conn, dict(settings or {}))
@@ -112,16 +120,20 @@ def create_collection(conn: Conn, name: str, spec: ModelSpec,
             cid = int(row[0])
             model_id = upsert_model(conn, spec)
             space_id, _ = spaces.create_space(conn, cid, model_id, spec)
-            conn.execute("UPDATE embedding_spaces SET status = 'active', activated_at = now()"
-                         " WHERE id = %s", (space_id,))
-            conn.execute("UPDATE collections SET active_space_id = %s WHERE id = %s",
-                         (space_id, cid))
+            conn.execute(
+                "UPDATE embedding_spaces SET status = 'active', activated_at = now() WHERE id = %s",
+                (space_id,),
+            )
+            conn.execute(
+                "UPDATE collections SET active_space_id = %s WHERE id = %s", (space_id, cid)
+            )
     except psycopg.errors.UniqueViolation:
         raise ConflictError(f"collection {name!r} already exists") from None
     except psycopg.errors.ProgramLimitExceeded as exc:
         raise InputError(
             f"cannot create collection {name!r} with model {spec.key}: "
-            f"{str(exc).splitlines()[0]}; choose a model with fewer dimensions") from None
+            f"{str(exc).splitlines()[0]}; choose a model with fewer dimensions"
+        ) from None
     changes.collections_changed()
     return get_collection(conn, name)
 
@@ -140,7 +152,14 @@ def list_collections(conn: Conn) -> list[dict[str, Any]]:
         " FROM collections c LEFT JOIN embedding_spaces s ON s.id = c.active_space_id"
         " LEFT JOIN embedding_models m ON m.id = s.model_id ORDER BY c.name"
     ).fetchall()
-    return [{"name": r[0], "model": f"{r[1]}@{r[2]}", "table": r[3], "documents": r[4],
-             "chunks": r[5], "created_at": r[6].isoformat()} for r in rows]
-
-
+    return [
+        {
+            "name": r[0],
+            "model": f"{r[1]}@{r[2]}",
+            "table": r[3],
+            "documents": r[4],
+            "chunks": r[5],
+            "created_at": r[6].isoformat(),
+        }
+        for r in rows
+    ]

@@ -52,10 +52,13 @@ class ReplicaStatus:
     checked_at: float = float("-inf")
 
     def public(self) -> dict[str, Any]:
-        return {"replica": self.name, "up": self.up,
-                "lag_s": None if self.lag_s is None else round(self.lag_s, 3),
-                "replay_lsn": None if self.replay_lsn is None else lsn.format_lsn(
-                    self.replay_lsn), "error": self.error}
+        return {
+            "replica": self.name,
+            "up": self.up,
+            "lag_s": None if self.lag_s is None else round(self.lag_s, 3),
+            "replay_lsn": None if self.replay_lsn is None else lsn.format_lsn(self.replay_lsn),
+            "error": self.error,
+        }
 
 
 class ReplicaDatabase(Database):
@@ -101,17 +104,30 @@ class _Replica:
 class ReadRouter:
     """Picks the server for each read; see the module docstring for the rules."""
 
-    def __init__(self, primary: Database, replica_urls: Sequence[str], *, max_lag_s: float,
-                 wait_s: float, pool_min_size: int = 1, pool_max_size: int = 10,
-                 connect_timeout_s: float = 5.0, probe_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        primary: Database,
+        replica_urls: Sequence[str],
+        *,
+        max_lag_s: float,
+        wait_s: float,
+        pool_min_size: int = 1,
+        pool_max_size: int = 10,
+        connect_timeout_s: float = 5.0,
+        probe_interval_s: float = 1.0,
+    ) -> None:
         self.primary = primary
         self.max_lag_s = max_lag_s
         self.wait_s = wait_s
         self.probe_interval_s = probe_interval_s
         self._replicas: list[_Replica] = []
         for url in replica_urls:
-            db = ReplicaDatabase(url, min_size=pool_min_size, max_size=pool_max_size,
-                                 connect_timeout_s=connect_timeout_s)
+            db = ReplicaDatabase(
+                url,
+                min_size=pool_min_size,
+                max_size=pool_max_size,
+                connect_timeout_s=connect_timeout_s,
+            )
             db.router = self
             self._replicas.append(_Replica(db))
         self._lock = threading.Lock()
@@ -179,8 +195,7 @@ class ReadRouter:
 
     def _refresh(self) -> None:
         now = time.monotonic()
-        stale = [r for r in self._replicas
-                 if now - r.status.checked_at >= self.probe_interval_s]
+        stale = [r for r in self._replicas if now - r.status.checked_at >= self.probe_interval_s]
         if not stale or not self._probe_lock.acquire(blocking=False):
             return  # fresh, or another request is probing: use what we know
         try:
@@ -216,9 +231,15 @@ class ReadRouter:
             return
         lag = self._lag(state, primary_lsn)
         ok = lag <= self.max_lag_s
-        self._set(r, up=ok, lag=lag, replayed=state.replay_lsn,
-                  error=None if ok else f"{lag:.1f}s behind, over RAGSTORE_MAX_REPLICA_LAG_S="
-                  f"{self.max_lag_s:g}")
+        self._set(
+            r,
+            up=ok,
+            lag=lag,
+            replayed=state.replay_lsn,
+            error=None
+            if ok
+            else f"{lag:.1f}s behind, over RAGSTORE_MAX_REPLICA_LAG_S={self.max_lag_s:g}",
+        )
 
     def _lag(self, state: lsn.ReplayState, primary_lsn: int | None) -> float:
         """Seconds since the primary first showed WAL the replica has not replayed.
@@ -257,8 +278,9 @@ class ReadRouter:
                 return None
         return state.replay_lsn if state.in_recovery else None
 
-    def _set(self, r: _Replica, *, up: bool, lag: float | None, replayed: int | None,
-             error: str | None) -> None:
+    def _set(
+        self, r: _Replica, *, up: bool, lag: float | None, replayed: int | None, error: str | None
+    ) -> None:
         with self._lock:
             was_up = r.status.up
             r.status.up = up
@@ -282,8 +304,9 @@ class ReadRouter:
 
 
 def _connect(conninfo: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(make_conninfo(conninfo, connect_timeout=PROBE_TIMEOUT_S),
-                           autocommit=True)
+    return psycopg.connect(
+        make_conninfo(conninfo, connect_timeout=PROBE_TIMEOUT_S), autocommit=True
+    )
 
 
 def wait_for_replay(db: Database, min_lsn: int, timeout_s: float) -> bool:
@@ -304,6 +327,7 @@ def wait_for_replay(db: Database, min_lsn: int, timeout_s: float) -> bool:
 
 # --- the per-request route ------------------------------------------------------------------
 
+
 @dataclass
 class Route:
     """One read request's routing: where it runs, chosen on its first database use."""
@@ -316,8 +340,9 @@ class Route:
 
     def database(self) -> Database:
         if self.target is None:
-            self.target = (self.router.primary if self.primary_only
-                           else self.router.choose(self.min_lsn))
+            self.target = (
+                self.router.primary if self.primary_only else self.router.choose(self.min_lsn)
+            )
         return self.target
 
     @property

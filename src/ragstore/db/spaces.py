@@ -53,14 +53,23 @@ _SPACE_SELECT = (
 
 
 def _space(row: Sequence[Any]) -> Space:
-    return Space(int(row[0]), int(row[1]), row[2], row[3], int(row[4]),
-                 spec_from_row(row[7:]), row[5], row[6])
+    return Space(
+        int(row[0]),
+        int(row[1]),
+        row[2],
+        row[3],
+        int(row[4]),
+        spec_from_row(row[7:]),
+        row[5],
+        row[6],
+    )
 
 
 def list_spaces(conn: Conn, collection_id: int) -> list[Space]:
     """Every space of a collection, oldest first."""
-    rows = conn.execute(_SPACE_SELECT + " WHERE s.collection_id = %s ORDER BY s.id",
-                        (collection_id,)).fetchall()
+    rows = conn.execute(
+        _SPACE_SELECT + " WHERE s.collection_id = %s ORDER BY s.id", (collection_id,)
+    ).fetchall()
     return [_space(r) for r in rows]
 
 
@@ -72,14 +81,16 @@ def get_space(conn: Conn, space_id: int) -> Space | None:
 def building_spaces(conn: Conn, collection_id: int) -> list[Space]:
     rows = conn.execute(
         _SPACE_SELECT + " WHERE s.collection_id = %s AND s.status = 'building' ORDER BY s.id",
-        (collection_id,)).fetchall()
+        (collection_id,),
+    ).fetchall()
     return [_space(r) for r in rows]
 
 
 def lock_collection(conn: Conn, collection_id: int) -> int | None:
     """Lock the collection row for a switch (writes hold it shared); its active space."""
-    row = conn.execute("SELECT active_space_id FROM collections WHERE id = %s FOR UPDATE",
-                       (collection_id,)).fetchone()
+    row = conn.execute(
+        "SELECT active_space_id FROM collections WHERE id = %s FOR UPDATE", (collection_id,)
+    ).fetchone()
     return int(row[0]) if row and row[0] is not None else None
 
 
@@ -89,17 +100,20 @@ def set_status(conn: Conn, space_id: int, status: str) -> None:
 
 def activate(conn: Conn, collection_id: int, new_space_id: int, old_space_id: int) -> None:
     """Make ``new`` the searched space and retire ``old`` (caller holds the exclusive lock)."""
-    conn.execute("UPDATE embedding_spaces SET status = 'retired' WHERE id = %s",
-                 (old_space_id,))
-    conn.execute("UPDATE embedding_spaces SET status = 'active', activated_at = now()"
-                 " WHERE id = %s", (new_space_id,))
-    conn.execute("UPDATE collections SET active_space_id = %s WHERE id = %s",
-                 (new_space_id, collection_id))
+    conn.execute("UPDATE embedding_spaces SET status = 'retired' WHERE id = %s", (old_space_id,))
+    conn.execute(
+        "UPDATE embedding_spaces SET status = 'active', activated_at = now() WHERE id = %s",
+        (new_space_id,),
+    )
+    conn.execute(
+        "UPDATE collections SET active_space_id = %s WHERE id = %s", (new_space_id, collection_id)
+    )
     changes.collections_changed()
 
 
-def create_space(conn: Conn, collection_id: int, model_id: int, spec: ModelSpec,
-                 *, index: bool = True) -> tuple[int, str]:
+def create_space(
+    conn: Conn, collection_id: int, model_id: int, spec: ModelSpec, *, index: bool = True
+) -> tuple[int, str]:
     """A new embedding space: its row and its ``emb_<id>`` table (with its HNSW index
     unless ``index`` is False: a backfill or bulk load builds it once at the end)."""
     row = conn.execute(
@@ -111,10 +125,12 @@ def create_space(conn: Conn, collection_id: int, model_id: int, spec: ModelSpec,
     space_id = int(row[0])
     table = f"emb_{space_id}"
     conn.execute("UPDATE embedding_spaces SET table_name = %s WHERE id = %s", (table, space_id))
-    conn.execute(sql.SQL(
-        "CREATE TABLE {t} (chunk_id bigint PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE,"
-        " embedding vector({dim}) NOT NULL)"
-    ).format(t=sql.Identifier(table), dim=sql.Literal(spec.dimension)))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {t} (chunk_id bigint PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE,"
+            " embedding vector({dim}) NOT NULL)"
+        ).format(t=sql.Identifier(table), dim=sql.Literal(spec.dimension))
+    )
     if index:
         ensure_index(conn, table, spec.distance)
     return space_id, table
@@ -122,9 +138,11 @@ def create_space(conn: Conn, collection_id: int, model_id: int, spec: ModelSpec,
 
 def copy_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarray) -> None:
     """Binary COPY of (chunk id, vector) rows into ``table``: the one vector COPY there is."""
-    with conn.cursor().copy(sql.SQL(
-        "COPY {t} (chunk_id, embedding) FROM STDIN (FORMAT BINARY)"
-    ).format(t=sql.Identifier(table))) as copy:
+    with conn.cursor().copy(
+        sql.SQL("COPY {t} (chunk_id, embedding) FROM STDIN (FORMAT BINARY)").format(
+            t=sql.Identifier(table)
+        )
+    ) as copy:
         copy.set_types(["int8", "vector"])
         for cid, vec in zip(ids, vectors, strict=True):
             copy.write_row((cid, vec))
@@ -135,8 +153,9 @@ def drop_index(conn: Conn, table: str) -> None:
     conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(f"{table}_hnsw")))
 
 
-def ensure_index(conn: Conn, table: str, distance: str, *, memory: str | None = None,
-                 workers: int | None = None) -> None:
+def ensure_index(
+    conn: Conn, table: str, distance: str, *, memory: str | None = None, workers: int | None = None
+) -> None:
     """The space's HNSW index, built now if a backfill or bulk load deferred it.
 
     ``memory`` (maintenance_work_mem) and ``workers`` (parallel maintenance workers) apply
@@ -146,23 +165,30 @@ def ensure_index(conn: Conn, table: str, distance: str, *, memory: str | None = 
     if memory is not None:
         conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(memory)))
     if workers is not None:
-        conn.execute(sql.SQL("SET LOCAL max_parallel_maintenance_workers = {}").format(
-            sql.Literal(workers)))
-    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding {ops})")
-                 .format(i=sql.Identifier(f"{table}_hnsw"), t=sql.Identifier(table),
-                         ops=sql.SQL(DISTANCE_OPS[distance])))
+        conn.execute(
+            sql.SQL("SET LOCAL max_parallel_maintenance_workers = {}").format(sql.Literal(workers))
+        )
+    conn.execute(
+        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding {ops})").format(
+            i=sql.Identifier(f"{table}_hnsw"),
+            t=sql.Identifier(table),
+            ops=sql.SQL(DISTANCE_OPS[distance]),
+        )
+    )
 
 
 def has_index(conn: Conn, table: str) -> bool:
-    row = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL",
-                       (f"{table}_hnsw",)).fetchone()
+    row = conn.execute(
+        "SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (f"{table}_hnsw",)
+    ).fetchone()
     return bool(row and row[0])
 
 
 def is_empty(conn: Conn, table: str) -> bool:
     """Whether a space holds no vector yet (a first load may defer its index)."""
-    row = conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(
-        sql.Identifier(table))).fetchone()
+    row = conn.execute(
+        sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table))
+    ).fetchone()
     return bool(row and row[0])
 
 
@@ -179,10 +205,12 @@ def count_vectors(conn: Conn, table: str) -> int:
 
 def count_missing(conn: Conn, source_table: str, target_table: str) -> int:
     """Chunks with a vector in ``source`` and none yet in ``target``."""
-    row = conn.execute(sql.SQL(
-        "SELECT count(*) FROM {s} a WHERE NOT EXISTS"
-        " (SELECT 1 FROM {t} b WHERE b.chunk_id = a.chunk_id)"
-    ).format(s=sql.Identifier(source_table), t=sql.Identifier(target_table))).fetchone()
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*) FROM {s} a WHERE NOT EXISTS"
+            " (SELECT 1 FROM {t} b WHERE b.chunk_id = a.chunk_id)"
+        ).format(s=sql.Identifier(source_table), t=sql.Identifier(target_table))
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -198,16 +226,19 @@ class PendingChunk:
         return f"{self.context}\n{self.text}" if self.context else self.text
 
 
-def missing_batch(conn: Conn, source_table: str, target_table: str, after_id: int,
-                  limit: int) -> list[PendingChunk]:
+def missing_batch(
+    conn: Conn, source_table: str, target_table: str, after_id: int, limit: int
+) -> list[PendingChunk]:
     """The next ``limit`` chunks (by id, after ``after_id``) in source but not in target."""
-    rows = conn.execute(sql.SQL(
-        "SELECT c.id, c.text, c.context FROM {s} a JOIN chunks c ON c.id = a.chunk_id"
-        " WHERE a.chunk_id > %s AND NOT EXISTS"
-        " (SELECT 1 FROM {t} b WHERE b.chunk_id = a.chunk_id)"
-        " ORDER BY a.chunk_id LIMIT %s"
-    ).format(s=sql.Identifier(source_table), t=sql.Identifier(target_table)),
-        (after_id, limit)).fetchall()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT c.id, c.text, c.context FROM {s} a JOIN chunks c ON c.id = a.chunk_id"
+            " WHERE a.chunk_id > %s AND NOT EXISTS"
+            " (SELECT 1 FROM {t} b WHERE b.chunk_id = a.chunk_id)"
+            " ORDER BY a.chunk_id LIMIT %s"
+        ).format(s=sql.Identifier(source_table), t=sql.Identifier(target_table)),
+        (after_id, limit),
+    ).fetchall()
     return [PendingChunk(int(r[0]), r[1], r[2]) for r in rows]
 
 
@@ -220,14 +251,18 @@ def insert_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarr
     """
     if not ids:
         return 0
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS ragstore_backfill"
-                 " (chunk_id bigint, embedding vector) ON COMMIT DELETE ROWS")
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS ragstore_backfill"
+        " (chunk_id bigint, embedding vector) ON COMMIT DELETE ROWS"
+    )
     copy_vectors(conn, "ragstore_backfill", ids, vectors)
-    cur = conn.execute(sql.SQL(
-        "INSERT INTO {t} (chunk_id, embedding) SELECT s.chunk_id, s.embedding"
-        " FROM ragstore_backfill s JOIN chunks c ON c.id = s.chunk_id"
-        " ON CONFLICT (chunk_id) DO NOTHING"
-    ).format(t=sql.Identifier(table)))
+    cur = conn.execute(
+        sql.SQL(
+            "INSERT INTO {t} (chunk_id, embedding) SELECT s.chunk_id, s.embedding"
+            " FROM ragstore_backfill s JOIN chunks c ON c.id = s.chunk_id"
+            " ON CONFLICT (chunk_id) DO NOTHING"
+        ).format(t=sql.Identifier(table))
+    )
     conn.execute("TRUNCATE ragstore_backfill")
     return cur.rowcount
 
@@ -238,54 +273,70 @@ MIGRATION_LOCKS = 0x5247_4D4D  # "RGMM": advisory-lock key space of model migrat
 def try_migration_lock(conn: Conn, collection_id: int) -> bool:
     """Take the collection's session-level migration lock if free (one migrate, rollback or
     prune at a time; released when the connection closes, also when the process dies)."""
-    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                       (MIGRATION_LOCKS, collection_id)).fetchone()
+    row = conn.execute(
+        "SELECT pg_try_advisory_lock(%s, %s)", (MIGRATION_LOCKS, collection_id)
+    ).fetchone()
     return bool(row and row[0])
 
 
 def sample_texts(conn: Conn, table: str, n: int, count: int) -> list[str]:
     """``n`` chunk texts spread evenly over the ``count`` vectors of a space, by chunk id."""
     step = max(1, count // max(n, 1))
-    rows = conn.execute(sql.SQL(
-        "SELECT c.text FROM (SELECT chunk_id, row_number() OVER (ORDER BY chunk_id) AS r"
-        " FROM {t}) e JOIN chunks c ON c.id = e.chunk_id WHERE (e.r - 1) %% %s = 0"
-        " ORDER BY e.r LIMIT %s"
-    ).format(t=sql.Identifier(table)), (step, n)).fetchall()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT c.text FROM (SELECT chunk_id, row_number() OVER (ORDER BY chunk_id) AS r"
+            " FROM {t}) e JOIN chunks c ON c.id = e.chunk_id WHERE (e.r - 1) %% %s = 0"
+            " ORDER BY e.r LIMIT %s"
+        ).format(t=sql.Identifier(table)),
+        (step, n),
+    ).fetchall()
     return [str(r[0]) for r in rows]
 
 
-def nearest_texts(conn: Conn, table: str, distance: str, vector: np.ndarray,
-                  k: int) -> list[str]:
+def nearest_texts(conn: Conn, table: str, distance: str, vector: np.ndarray, k: int) -> list[str]:
     """Texts of the ``k`` chunks nearest ``vector`` in a space, through its HNSW index."""
     conn.execute("SET LOCAL hnsw.ef_search = 100")
-    rows = conn.execute(sql.SQL(
-        "SELECT c.text FROM {t} e JOIN chunks c ON c.id = e.chunk_id"
-        " ORDER BY e.embedding {op} %s LIMIT %s"
-    ).format(t=sql.Identifier(table), op=sql.SQL(OPERATORS[distance])),
-        (vector, k)).fetchall()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT c.text FROM {t} e JOIN chunks c ON c.id = e.chunk_id"
+            " ORDER BY e.embedding {op} %s LIMIT %s"
+        ).format(t=sql.Identifier(table), op=sql.SQL(OPERATORS[distance])),
+        (vector, k),
+    ).fetchall()
     return [str(r[0]) for r in rows]
 
 
-def vectors_except(conn: Conn, table: str,
-                   chunk_ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
+def vectors_except(
+    conn: Conn, table: str, chunk_ids: Sequence[int]
+) -> tuple[list[int], np.ndarray]:
     """(chunk ids, vectors) of a space, leaving out ``chunk_ids``."""
-    rows = conn.execute(sql.SQL("SELECT chunk_id, embedding FROM {t} WHERE NOT"
-                                " (chunk_id = ANY(%s))").format(t=sql.Identifier(table)),
-                        (list(chunk_ids),)).fetchall()
+    rows = conn.execute(
+        sql.SQL("SELECT chunk_id, embedding FROM {t} WHERE NOT (chunk_id = ANY(%s))").format(
+            t=sql.Identifier(table)
+        ),
+        (list(chunk_ids),),
+    ).fetchall()
     if not rows:
         return [], np.zeros((0, 0), dtype=np.float32)
-    return ([int(r[0]) for r in rows],
-            np.stack([np.asarray(r[1].to_numpy(), dtype=np.float32) for r in rows]))
+    return (
+        [int(r[0]) for r in rows],
+        np.stack([np.asarray(r[1].to_numpy(), dtype=np.float32) for r in rows]),
+    )
 
 
-def index_knn(conn: Conn, table: str, distance: str, vector: np.ndarray, k: int,
-              ef_search: int) -> list[tuple[int, float]]:
+def index_knn(
+    conn: Conn, table: str, distance: str, vector: np.ndarray, k: int, ef_search: int
+) -> list[tuple[int, float]]:
     """(chunk id, distance) of the ``k`` nearest through the HNSW index (sequential scans
     off for the transaction, so a small table is not answered exactly instead)."""
     conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef_search)))
     conn.execute("SET LOCAL enable_seqscan = off")
     op = sql.SQL(OPERATORS[distance])
-    rows = conn.execute(sql.SQL("SELECT chunk_id, embedding {op} %(q)s FROM {t}"
-                                " ORDER BY embedding {op} %(q)s LIMIT %(k)s").format(
-        op=op, t=sql.Identifier(table)), {"q": vector, "k": k}).fetchall()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT chunk_id, embedding {op} %(q)s FROM {t}"
+            " ORDER BY embedding {op} %(q)s LIMIT %(k)s"
+        ).format(op=op, t=sql.Identifier(table)),
+        {"q": vector, "k": k},
+    ).fetchall()
     return [(int(r[0]), float(r[1])) for r in rows]

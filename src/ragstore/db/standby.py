@@ -35,12 +35,14 @@ def _free_port() -> int:
 
 def _run(args: list[str], what: str, timeout_s: float = 120) -> None:
     try:
-        subprocess.run(args, check=True, capture_output=True, timeout=timeout_s,
-                       user=embedded.system_user())
+        subprocess.run(
+            args, check=True, capture_output=True, timeout=timeout_s, user=embedded.system_user()
+        )
     except subprocess.CalledProcessError as exc:
         err = exc.stderr.decode(errors="replace").strip().splitlines()
         raise DatabaseUnavailableError(
-            f"{what} failed: {' '.join(err[-3:]) if err else exc}") from None
+            f"{what} failed: {' '.join(err[-3:]) if err else exc}"
+        ) from None
     except (OSError, subprocess.SubprocessError) as exc:
         raise DatabaseUnavailableError(f"{what} failed: {exc}") from None
 
@@ -64,15 +66,36 @@ class Standby:
 
     def start(self) -> None:
         """Start (again) on the same port; it resumes streaming where it stopped."""
-        _run([str(embedded.pg_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-w",
-              "-o", f"-h {HOST} -p {self.port} -k ''", "-l", str(self.pgdata / "log"), "start"],
-             f"starting the standby in {self.pgdata}")
+        _run(
+            [
+                str(embedded.pg_bin_dir() / "pg_ctl"),
+                "-D",
+                str(self.pgdata),
+                "-w",
+                "-o",
+                f"-h {HOST} -p {self.port} -k ''",
+                "-l",
+                str(self.pgdata / "log"),
+                "start",
+            ],
+            f"starting the standby in {self.pgdata}",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """Stop it: ``fast`` ends open sessions (as a crash would look to clients)."""
         if (self.pgdata / "postmaster.pid").exists():
-            _run([str(embedded.pg_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-w",
-                  "-m", mode, "stop"], f"stopping the standby in {self.pgdata}")
+            _run(
+                [
+                    str(embedded.pg_bin_dir() / "pg_ctl"),
+                    "-D",
+                    str(self.pgdata),
+                    "-w",
+                    "-m",
+                    mode,
+                    "stop",
+                ],
+                f"stopping the standby in {self.pgdata}",
+            )
 
     def remove(self) -> None:
         """Stop it and delete its data directory."""
@@ -92,7 +115,8 @@ def create(primary_conninfo: str, pgdata: Path, *, port: int | None = None) -> S
     user = str(parts.get("user") or "postgres")
     if pgdata.exists() and any(pgdata.iterdir()):
         raise DatabaseUnavailableError(
-            f"{pgdata} is not empty; give pg_basebackup a new directory for the standby")
+            f"{pgdata} is not empty; give pg_basebackup a new directory for the standby"
+        )
     pgdata.mkdir(parents=True, exist_ok=True, mode=0o700)
     owner = embedded.system_user()
     if owner is not None:  # root runs PostgreSQL as its own user, who must own the copy
@@ -101,15 +125,29 @@ def create(primary_conninfo: str, pgdata: Path, *, port: int | None = None) -> S
         ensure_prefix_permissions(pgdata)
         shutil.chown(pgdata, owner, owner)
     os.chmod(pgdata, 0o700)
-    args = [str(embedded.pg_bin_dir() / "pg_basebackup"), "-D", str(pgdata), "-R",
-            "-X", "stream", "-c", "fast", "-h", host, "-U", user, "--no-sync"]
+    args = [
+        str(embedded.pg_bin_dir() / "pg_basebackup"),
+        "-D",
+        str(pgdata),
+        "-R",
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+        "-h",
+        host,
+        "-U",
+        user,
+        "--no-sync",
+    ]
     if parts.get("port"):
         args += ["-p", str(parts["port"])]
     _run(args, f"pg_basebackup of {host}")
     standby = Standby(pgdata, port or _free_port(), str(parts.get("dbname") or "postgres"))
     with (pgdata / "postgresql.auto.conf").open("a") as conf:
         # fewer query cancellations on the standby; report replay position promptly
-        conf.write("hot_standby = on\nhot_standby_feedback = on\n"
-                   "wal_receiver_status_interval = 1s\n")
+        conf.write(
+            "hot_standby = on\nhot_standby_feedback = on\nwal_receiver_status_interval = 1s\n"
+        )
     standby.start()
     return standby

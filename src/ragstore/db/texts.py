@@ -38,12 +38,14 @@ def texts_by_ids(conn: Conn, collection_id: int, ids: Sequence[str]) -> list[Sto
         " WHERE d.collection_id = %s AND d.source = ANY(%s) GROUP BY d.id",
         (collection_id, list(ids)),
     ).fetchall()
-    found = {str(r[0]): StoredText(str(r[0]), int(r[1]), str(r[2]), dict(r[3]), str(r[4]))
-             for r in rows}
+    found = {
+        str(r[0]): StoredText(str(r[0]), int(r[1]), str(r[2]), dict(r[3]), str(r[4])) for r in rows
+    }
     return [found[i] for i in dict.fromkeys(ids) if i in found]
 
 
 def count_documents(conn: Conn, collection_id: int) -> int:
-    row = conn.execute("SELECT count(*) FROM documents WHERE collection_id = %s",
-                       (collection_id,)).fetchone()
+    row = conn.execute(
+        "SELECT count(*) FROM documents WHERE collection_id = %s", (collection_id,)
+    ).fetchone()
     return int(row[0]) if row else 0

@@ -40,8 +40,10 @@ class Embedder(ABC):
         """Embed texts exactly as given, in batches of ``batch_size``."""
         if not texts:
             return np.zeros((0, self.spec.dimension), dtype=np.float32)
-        parts = [self.embed_batch(texts[i:i + self.batch_size])
-                 for i in range(0, len(texts), self.batch_size)]
+        parts = [
+            self.embed_batch(texts[i : i + self.batch_size])
+            for i in range(0, len(texts), self.batch_size)
+        ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def embed_query(self, text: str) -> npt.NDArray[np.float32]:

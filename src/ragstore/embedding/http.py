@@ -61,9 +61,15 @@ def _retry_after(response: httpx.Response) -> float | None:
 class HttpEmbedder(Embedder):
     """A pinned remote model behind an OpenAI-compatible embeddings endpoint."""
 
-    def __init__(self, spec: ModelSpec, *, api_key: SecretStr | None = None,
-                 batch_size: int | None = None, client: httpx.Client | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        api_key: SecretStr | None = None,
+        batch_size: int | None = None,
+        client: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         opts = spec.options
         base_url = str(opts.get("base_url", "")).rstrip("/")
         if not base_url.startswith(("http://", "https://")):
@@ -85,7 +91,8 @@ class HttpEmbedder(Embedder):
         self._api_key = api_key
         self._sleep = sleep
         self._client = client or httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        )
         self.requests = 0  # HTTP requests sent, retries included
         self.retries = 0
         self.tokenizer: Any = None
@@ -135,7 +142,7 @@ class HttpEmbedder(Embedder):
                     "or raise options.max_retries / options.timeout_s of the model spec"
                 )
             if wait is None:
-                wait = self.backoff_s * (2 ** attempt)
+                wait = self.backoff_s * (2**attempt)
             self._sleep(min(wait, MAX_BACKOFF_S))
             attempt += 1
             self.retries += 1
@@ -179,17 +186,28 @@ class HttpEmbedder(Embedder):
             return []
         if self.tokenizer is None:
             return [len(_WORDS.findall(t)) for t in texts]
-        enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=False,
-                             return_attention_mask=False, return_token_type_ids=False,
-                             verbose=False)
+        enc = self.tokenizer(
+            list(texts),
+            add_special_tokens=True,
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
         return [len(ids) for ids in enc["input_ids"]]
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         if self.tokenizer is None:
             return [m.span() for m in _WORDS.finditer(text)]
-        enc = self.tokenizer(text, add_special_tokens=False, truncation=False,
-                             return_offsets_mapping=True, return_attention_mask=False,
-                             return_token_type_ids=False, verbose=False)
+        enc = self.tokenizer(
+            text,
+            add_special_tokens=False,
+            truncation=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
         return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
 
 

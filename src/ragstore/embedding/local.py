@@ -52,8 +52,9 @@ class SentenceTransformerEmbedder(Embedder):
     similar lengths.
     """
 
-    def __init__(self, spec: ModelSpec, model_dir: Path, *, device: str = "auto",
-                 batch_size: int = 64) -> None:
+    def __init__(
+        self, spec: ModelSpec, model_dir: Path, *, device: str = "auto", batch_size: int = 64
+    ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
@@ -66,8 +67,9 @@ class SentenceTransformerEmbedder(Embedder):
         self.batch_size = batch_size
         self.device = pick_device(device)
         try:
-            self.model = SentenceTransformer(str(model_dir), device=self.device,
-                                             local_files_only=True)
+            self.model = SentenceTransformer(
+                str(model_dir), device=self.device, local_files_only=True
+            )
         except (OSError, ValueError) as exc:
             raise ModelError(f"could not load model {spec.key} from {model_dir}: {exc}") from None
         self.model.max_seq_length = spec.max_tokens
@@ -99,11 +101,13 @@ class SentenceTransformerEmbedder(Embedder):
         out: Vectors | None = None
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
-                idx = order[start:start + self.batch_size]
+                idx = order[start : start + self.batch_size]
                 features = self.model.preprocess([texts[i] for i in idx])
                 if self.device != "cpu":
-                    features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
-                                for k, v in features.items()}
+                    features = {
+                        k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                        for k, v in features.items()
+                    }
                 vecs = self.model(features)["sentence_embedding"].float().cpu().numpy()
                 if out is None:
                     out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
@@ -127,13 +131,24 @@ class SentenceTransformerEmbedder(Embedder):
             backend.no_truncation()
             backend.no_padding()
             return [len(e.ids) for e in fast(list(texts), add_special_tokens=True)]
-        enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=False,
-                             return_attention_mask=False, return_token_type_ids=False,
-                             verbose=False)
+        enc = self.tokenizer(
+            list(texts),
+            add_special_tokens=True,
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
         return [len(ids) for ids in enc["input_ids"]]
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        enc = self.tokenizer(text, add_special_tokens=False, truncation=False,
-                             return_offsets_mapping=True, return_attention_mask=False,
-                             return_token_type_ids=False, verbose=False)
+        enc = self.tokenizer(
+            text,
+            add_special_tokens=False,
+            truncation=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
         return [(int(a), int(b)) for a, b in enc["offset_mapping"]]

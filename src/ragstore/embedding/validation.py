@@ -49,9 +49,11 @@ def similarity(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
 def check_loaded(spec: ModelSpec, embedder: Embedder) -> None:
     """Refuse an embedder whose probe answer disagrees with the pinned spec."""
     vec = probe_vector(embedder)
-    how = (f"if the change is intended, pin the model as a new revision with `ragstore models "
-           f"add` and re-embed with `ragstore models migrate -c COLLECTION --to {spec.name}@NEW`; "
-           "otherwise restore the pinned model")
+    how = (
+        f"if the change is intended, pin the model as a new revision with `ragstore models "
+        f"add` and re-embed with `ragstore models migrate -c COLLECTION --to {spec.name}@NEW`; "
+        "otherwise restore the pinned model"
+    )
     if vec.shape[0] != spec.dimension:
         raise ModelMismatchError(
             f"model {spec.key}: expected {spec.dimension} dimensions, got {vec.shape[0]} "

@@ -22,10 +22,11 @@ def _client(path: Path) -> Any:
         from chromadb.config import Settings as ChromaSettings
     except ImportError:
         raise ImportSourceError(
-            "reading a Chroma directory needs the chromadb package: "
-            "pip install 'ragstore[chroma]'") from None
+            "reading a Chroma directory needs the chromadb package: pip install 'ragstore[chroma]'"
+        ) from None
     return chromadb.PersistentClient(
-        path=str(path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
+        path=str(path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+    )
 
 
 def is_chroma_dir(path: Path) -> bool:
@@ -39,8 +40,9 @@ class ChromaSource:
         if not path.exists():
             raise PathNotFoundError(f"{path}: no such file or directory")
         if not is_chroma_dir(path):
-            raise ImportSourceError(f"{path} is not a Chroma persistent directory "
-                                    "(it has no chroma.sqlite3)")
+            raise ImportSourceError(
+                f"{path} is not a Chroma persistent directory (it has no chroma.sqlite3)"
+            )
         self.path = path
         self.collection = collection
         self.space: str | None = None
@@ -57,12 +59,14 @@ class ChromaSource:
                 raise ImportSourceError(
                     f"{self.path} holds {len(names)} Chroma collections "
                     f"({', '.join(sorted(names)) or 'none'}); choose one with "
-                    "--chroma-collection NAME")
+                    "--chroma-collection NAME"
+                )
             self.collection = names[0]
         elif self.collection not in names:
             raise ImportSourceError(
                 f"{self.path} has no Chroma collection {self.collection!r} "
-                f"(collections: {', '.join(sorted(names)) or 'none'})")
+                f"(collections: {', '.join(sorted(names)) or 'none'})"
+            )
         coll = client.get_collection(self.collection, embedding_function=None)
         self.space = str((coll.metadata or {}).get("hnsw:space", "l2"))
         return coll
@@ -71,8 +75,9 @@ class ChromaSource:
         coll = self._collection()
         offset = 0
         while True:
-            page = coll.get(include=["embeddings", "documents", "metadatas"], limit=PAGE,
-                            offset=offset)
+            page = coll.get(
+                include=["embeddings", "documents", "metadatas"], limit=PAGE, offset=offset
+            )
             ids = page["ids"]
             if not ids:
                 return
@@ -81,6 +86,10 @@ class ChromaSource:
             metadatas = page["metadatas"] or [None] * len(ids)
             for i, rid in enumerate(ids):
                 where = f"Chroma collection {self.collection} id {rid}"
-                yield Record(to_id(rid), to_text(documents[i]), to_vector(embeddings[i], where),
-                             json_safe(dict(metadatas[i] or {})))
+                yield Record(
+                    to_id(rid),
+                    to_text(documents[i]),
+                    to_vector(embeddings[i], where),
+                    json_safe(dict(metadatas[i] or {})),
+                )
             offset += len(ids)

@@ -45,16 +45,20 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ImportSourceError(f"{path} line {lineno}: not valid JSON ({exc.msg}); "
-                                        "each line must be one JSON object") from None
+                raise ImportSourceError(
+                    f"{path} line {lineno}: not valid JSON ({exc.msg}); "
+                    "each line must be one JSON object"
+                ) from None
             if not isinstance(obj, dict):
-                raise ImportSourceError(f"{path} line {lineno}: expected a JSON object, "
-                                        f"got {type(obj).__name__}")
+                raise ImportSourceError(
+                    f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}"
+                )
             yield lineno, obj
 
 
-def _split_fields(obj: dict[str, Any], *,
-                  with_vector: bool) -> tuple[Any, Any, Any, dict[str, Any]]:
+def _split_fields(
+    obj: dict[str, Any], *, with_vector: bool
+) -> tuple[Any, Any, Any, dict[str, Any]]:
     rest = dict(obj)
     rid = rest.pop("id", rest.pop("_id", None))
     tkey, text = _first(rest, TEXT_KEYS)
@@ -90,7 +94,8 @@ class JsonlSource:
             where = f"{self.path} line {lineno}"
             if vector is None:
                 raise ImportSourceError(
-                    f"{where}: no vector; expected one of the keys {', '.join(VECTOR_KEYS)}")
+                    f"{where}: no vector; expected one of the keys {', '.join(VECTOR_KEYS)}"
+                )
             yield Record(to_id(rid), to_text(text), to_vector(vector, where), json_safe(metadata))
 
 
@@ -108,10 +113,12 @@ def _load_matrix(path: Path, array: str | None) -> np.ndarray:
                     else:
                         raise ImportSourceError(
                             f"{path} holds arrays {', '.join(names)}; name the one with the "
-                            "vectors with --array NAME")
+                            "vectors with --array NAME"
+                        )
                 if array not in names:
                     raise ImportSourceError(
-                        f"{path} has no array {array!r} (arrays: {', '.join(names)})")
+                        f"{path} has no array {array!r} (arrays: {', '.join(names)})"
+                    )
                 return np.asarray(npz[array])
         return np.asarray(np.load(path, allow_pickle=False, mmap_mode="r"))
     except (OSError, ValueError) as exc:
@@ -125,7 +132,8 @@ def default_sidecar(path: Path) -> Path:
             return candidate
     raise ImportSourceError(
         f"{path}: no sidecar found ({path.with_suffix('.jsonl').name} or "
-        f"{path.with_suffix('.csv').name}); give the ids and texts with --sidecar PATH")
+        f"{path.with_suffix('.csv').name}); give the ids and texts with --sidecar PATH"
+    )
 
 
 class NumpySource:
@@ -147,8 +155,10 @@ class NumpySource:
             with self.sidecar.open(encoding="utf-8", newline="") as fh:
                 reader = csv.DictReader(fh)
                 if reader.fieldnames is None or "id" not in reader.fieldnames:
-                    raise ImportSourceError(f"{self.sidecar}: the CSV needs a header row with "
-                                            "an 'id' column (and usually 'text')")
+                    raise ImportSourceError(
+                        f"{self.sidecar}: the CSV needs a header row with "
+                        "an 'id' column (and usually 'text')"
+                    )
                 for lineno, row in enumerate(reader, 2):
                     rest: dict[str, Any] = dict(row)
                     rid = rest.pop("id")
@@ -159,8 +169,7 @@ class NumpySource:
                             meta = json.loads(meta_raw)
                         except json.JSONDecodeError:
                             meta = {"metadata": meta_raw}
-                        rest = {**(meta if isinstance(meta, dict) else {"metadata": meta}),
-                                **rest}
+                        rest = {**(meta if isinstance(meta, dict) else {"metadata": meta}), **rest}
                     yield f"{self.sidecar} line {lineno}", (rid, text, rest)
         else:
             for lineno, obj in _json_lines(self.sidecar):
@@ -170,8 +179,9 @@ class NumpySource:
     def records(self) -> Iterator[Record]:
         matrix = _load_matrix(self.path, self.array)
         if matrix.ndim != 2:
-            raise ImportSourceError(f"{self.path}: expected a 2-D matrix (one row per vector), "
-                                    f"got shape {matrix.shape}")
+            raise ImportSourceError(
+                f"{self.path}: expected a 2-D matrix (one row per vector), got shape {matrix.shape}"
+            )
         rows = self._sidecar_rows()
         n = 0
         for i in range(matrix.shape[0]):
@@ -179,13 +189,16 @@ class NumpySource:
             if item is None:
                 raise ImportSourceError(
                     f"{self.sidecar} describes {i} rows but {self.path} has {matrix.shape[0]}; "
-                    "the sidecar needs one line per matrix row, in the same order")
+                    "the sidecar needs one line per matrix row, in the same order"
+                )
             where, (rid, text, metadata) = item
             n += 1
-            yield Record(to_id(rid), to_text(text), to_vector(matrix[i], where),
-                         json_safe(metadata))
+            yield Record(
+                to_id(rid), to_text(text), to_vector(matrix[i], where), json_safe(metadata)
+            )
         if next(rows, None) is not None:
             extra = 1 + sum(1 for _ in rows)
             raise ImportSourceError(
                 f"{self.sidecar} describes {n + extra} rows but {self.path} has {n}; "
-                "the sidecar needs one line per matrix row, in the same order")
+                "the sidecar needs one line per matrix row, in the same order"
+            )

@@ -49,13 +49,22 @@ def _kind(type_name: str) -> str | None:
 class PostgresTableSource:
     """Rows of ``table`` on the server at ``url``."""
 
-    def __init__(self, url: str, table: str, *, id_column: str = "id",
-                 text_column: str | None = None, vector_column: str | None = None,
-                 metadata_column: str | None = None, bytea_dtype: str = "float32",
-                 batch_rows: int = 2000) -> None:
+    def __init__(
+        self,
+        url: str,
+        table: str,
+        *,
+        id_column: str = "id",
+        text_column: str | None = None,
+        vector_column: str | None = None,
+        metadata_column: str | None = None,
+        bytea_dtype: str = "float32",
+        batch_rows: int = 2000,
+    ) -> None:
         if bytea_dtype not in BYTEA_DTYPES:
             raise ImportSourceError(
-                f"--bytea-dtype {bytea_dtype!r} is not one of {', '.join(BYTEA_DTYPES)}")
+                f"--bytea-dtype {bytea_dtype!r} is not one of {', '.join(BYTEA_DTYPES)}"
+            )
         self.url = url
         self.table = table
         self.id_column = id_column
@@ -75,20 +84,24 @@ class PostgresTableSource:
         except psycopg.Error as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DatabaseUnavailableError(
-                f"connecting to the source {describe(self.url)}: {first}") from None
+                f"connecting to the source {describe(self.url)}: {first}"
+            ) from None
 
     def _columns(self, conn: psycopg.Connection[tuple[Any, ...]]) -> dict[str, str]:
         try:
             rows = conn.execute(
                 "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
                 " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
-                " ORDER BY a.attnum", (self.table,)).fetchall()
+                " ORDER BY a.attnum",
+                (self.table,),
+            ).fetchall()
         except psycopg.Error as exc:
             raise ImportSourceError(f"{self.description}: {exc}") from None
         if not rows:
             raise ImportSourceError(
                 f"table {self.table!r} does not exist on {describe(self.url)} (or has no columns);"
-                " give it as --table NAME or --table SCHEMA.NAME")
+                " give it as --table NAME or --table SCHEMA.NAME"
+            )
         return {str(r[0]): str(r[1]) for r in rows}
 
     def _pick(self, columns: dict[str, str]) -> tuple[str, str | None, str, str, list[str]]:
@@ -96,12 +109,16 @@ class PostgresTableSource:
             if name not in columns:
                 raise ImportSourceError(
                     f"table {self.table} has no column {name!r} (columns: "
-                    f"{', '.join(columns)}); name the right one with {flag}")
+                    f"{', '.join(columns)}); name the right one with {flag}"
+                )
             return name
 
         id_col = need(self.id_column, "--id-column")
-        text_col = (need(self.text_column, "--text-column") if self.text_column
-                    else next((c for c in TEXT_COLUMNS if c in columns), None))
+        text_col = (
+            need(self.text_column, "--text-column")
+            if self.text_column
+            else next((c for c in TEXT_COLUMNS if c in columns), None)
+        )
         if self.vector_column:
             vec_col = need(self.vector_column, "--vector-column")
         else:
@@ -111,13 +128,15 @@ class PostgresTableSource:
                 raise ImportSourceError(
                     f"cannot tell which column of {self.table} holds the vectors (columns: "
                     f"{', '.join(f'{c} {t}' for c, t in columns.items())}); "
-                    "name it with --vector-column")
+                    "name it with --vector-column"
+                )
             vec_col = named[0] if named else typed[0]
         kind = _kind(columns[vec_col])
         if kind is None:
             raise ImportSourceError(
                 f"column {vec_col} of {self.table} is {columns[vec_col]}; vectors are read from "
-                "float8[], real[], numeric[], json, jsonb, text (a JSON array), bytea or vector")
+                "float8[], real[], numeric[], json, jsonb, text (a JSON array), bytea or vector"
+            )
         meta_cols: list[str]
         if self.metadata_column:
             meta_cols = [need(self.metadata_column, "--metadata-column")]
@@ -136,7 +155,8 @@ class PostgresTableSource:
             if len(data) % size:
                 raise ImportSourceError(
                     f"{where}: {len(data)} bytes is not a whole number of {size}-byte floats; "
-                    "is --bytea-dtype right?")
+                    "is --bytea-dtype right?"
+                )
             return np.frombuffer(data, dtype=self.bytea_dtype)
         if kind == "text":
             try:
@@ -152,14 +172,20 @@ class PostgresTableSource:
             vec_expr: sql.Composable = sql.Identifier(vec_col)
             if kind == "pgvector":
                 vec_expr = sql.SQL("{}::real[]").format(sql.Identifier(vec_col))
-            text_expr: sql.Composable = (sql.Identifier(text_col) if text_col
-                                         else sql.SQL("NULL::text"))
-            fields = sql.SQL(", ").join([sql.Identifier(id_col), text_expr, vec_expr,
-                                         *[sql.Identifier(c) for c in meta_cols]])
+            text_expr: sql.Composable = (
+                sql.Identifier(text_col) if text_col else sql.SQL("NULL::text")
+            )
+            fields = sql.SQL(", ").join(
+                [
+                    sql.Identifier(id_col),
+                    text_expr,
+                    vec_expr,
+                    *[sql.Identifier(c) for c in meta_cols],
+                ]
+            )
             qualified = sql.Identifier(*self.table.split(".", 1))
             stmt = sql.SQL("SELECT {} FROM {}").format(fields, qualified)
-            single_meta = (len(meta_cols) == 1 and meta_cols[0] in (self.metadata_column,
-                                                                     "metadata"))
+            single_meta = len(meta_cols) == 1 and meta_cols[0] in (self.metadata_column, "metadata")
             try:
                 with conn.transaction(), conn.cursor(name="ragstore_import") as cur:
                     cur.itersize = self.batch_rows
@@ -169,11 +195,17 @@ class PostgresTableSource:
                         vector = to_vector(self._vector(row[2], kind, where), where)
                         if single_meta:
                             raw = row[3]
-                            meta = raw if isinstance(raw, dict) else (
-                                {} if raw is None else {meta_cols[0]: raw})
+                            meta = (
+                                raw
+                                if isinstance(raw, dict)
+                                else ({} if raw is None else {meta_cols[0]: raw})
+                            )
                         else:
-                            meta = {c: v for c, v in zip(meta_cols, row[3:], strict=True)
-                                    if v is not None}
+                            meta = {
+                                c: v
+                                for c, v in zip(meta_cols, row[3:], strict=True)
+                                if v is not None
+                            }
                         yield Record(to_id(row[0]), to_text(row[1]), vector, json_safe(meta))
             except psycopg.Error as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

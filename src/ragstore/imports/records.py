@@ -57,7 +57,8 @@ def to_vector(value: Any, where: str) -> Vector:
         raise ImportSourceError(f"{where}: the vector is not a list of numbers ({exc})") from None
     if arr.ndim != 1:
         raise ImportSourceError(
-            f"{where}: the vector has shape {arr.shape}; expected a flat list of numbers")
+            f"{where}: the vector has shape {arr.shape}; expected a flat list of numbers"
+        )
     return arr
 
 

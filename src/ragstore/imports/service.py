@@ -112,8 +112,9 @@ class ImportReport:
     seconds: dict[str, float]
 
 
-def declared_spec(rt: Runtime, model: str, dimension: int | None,
-                  distance: str | None) -> ModelSpec:
+def declared_spec(
+    rt: Runtime, model: str, dimension: int | None, distance: str | None
+) -> ModelSpec:
     """The model the vectors came from: a pinned/built-in one, or a new imported pin.
 
     A model ragstore can load (built-in or pinned with ``ragstore models add``) makes the
@@ -132,10 +133,12 @@ def declared_spec(rt: Runtime, model: str, dimension: int | None,
         if dimension is not None and dimension != spec.dimension:
             raise ModelMismatchError(
                 f"model {spec.key} has {spec.dimension} dimensions but --dimension says "
-                f"{dimension}; the vectors cannot come from this model")
+                f"{dimension}; the vectors cannot come from this model"
+            )
         if distance is not None and distance != spec.distance:
             raise ModelMismatchError(
-                f"model {spec.key} is pinned with distance {spec.distance}, not {distance}")
+                f"model {spec.key} is pinned with distance {spec.distance}, not {distance}"
+            )
         return spec
     name, _, revision = model.partition("@")
     if not name.strip():
@@ -143,19 +146,27 @@ def declared_spec(rt: Runtime, model: str, dimension: int | None,
     if dimension is None:
         raise InputError(
             f"model {model!r} is neither built in nor pinned, so ragstore cannot know its "
-            "dimension: declare it with --dimension N (it is checked against every vector)")
+            "dimension: declare it with --dimension N (it is checked against every vector)"
+        )
     if not 1 <= dimension <= 16000:
         raise InputError(f"--dimension must be between 1 and 16000, got {dimension}")
-    return ModelSpec(IMPORTED_PROVIDER, name.strip(), revision.strip() or "imported", dimension,
-                     distance or "cosine", False, 512, "",
-                     {"imported": True, "note": "vectors imported; ragstore cannot load it"})
+    return ModelSpec(
+        IMPORTED_PROVIDER,
+        name.strip(),
+        revision.strip() or "imported",
+        dimension,
+        distance or "cosine",
+        False,
+        512,
+        "",
+        {"imported": True, "note": "vectors imported; ragstore cannot load it"},
+    )
 
 
-def _existing_ids(conn: psycopg.Connection[Any], collection_id: int,
-                  ids: list[str]) -> set[str]:
+def _existing_ids(conn: psycopg.Connection[Any], collection_id: int, ids: list[str]) -> set[str]:
     found: set[str] = set()
     for start in range(0, len(ids), 50_000):
-        found.update(documents.document_hashes(conn, collection_id, ids[start:start + 50_000]))
+        found.update(documents.document_hashes(conn, collection_id, ids[start : start + 50_000]))
     return found
 
 
@@ -165,11 +176,13 @@ def _check_target(coll: repository.Collection, spec: ModelSpec) -> None:
         raise ModelMismatchError(
             f"collection {coll.name!r} is pinned to {m.key} ({m.dimension} dims) but the "
             f"source was declared as {spec.key} ({spec.dimension} dims); import into a new "
-            "collection, or declare the collection's model")
+            "collection, or declare the collection's model"
+        )
 
 
-def plan_import(rt: Runtime, source: Source, opts: ImportOptions,
-                progress: Progress | None = None) -> ImportPlan:
+def plan_import(
+    rt: Runtime, source: Source, opts: ImportOptions, progress: Progress | None = None
+) -> ImportPlan:
     """Read and validate everything; write nothing."""
     spec = declared_spec(rt, opts.model, opts.dimension, opts.distance)
     t0 = time.perf_counter()
@@ -193,18 +206,19 @@ def plan_import(rt: Runtime, source: Source, opts: ImportOptions,
             _check_target(coll, spec)
             existing = _existing_ids(conn, coll.id, [r.id for r in records if r.id])
     report = validate(records, spec.dimension, opts.policies, existing)
-    return ImportPlan(source.description, opts.collection, exists, spec, records, report,
-                      read_seconds)
+    return ImportPlan(
+        source.description, opts.collection, exists, spec, records, report, read_seconds
+    )
 
 
 def refuse_if_invalid(plan: ImportPlan) -> None:
     if plan.validation.ok:
         return
-    parts = [f"{i.count} {i.kind} (first: {', '.join(i.first)})"
-             for i in plan.validation.aborting]
+    parts = [f"{i.count} {i.kind} (first: {', '.join(i.first)})" for i in plan.validation.aborting]
     raise ImportValidationError(
         f"{plan.source}: {'; '.join(parts)}; nothing was written. Fix the source, or choose "
-        "--policy KIND=skip (or --on-invalid skip) to leave such records out")
+        "--policy KIND=skip (or --on-invalid skip) to leave such records out"
+    )
 
 
 def _matrix(records: list[Record], kept: list[int], dim: int) -> Matrix:
@@ -217,14 +231,16 @@ def _matrix(records: list[Record], kept: list[int], dim: int) -> Matrix:
 class _Writer:
     """The one-transaction write of a validated plan."""
 
-    def __init__(self, rt: Runtime, plan: ImportPlan, opts: ImportOptions,
-                 progress: Progress | None) -> None:
+    def __init__(
+        self, rt: Runtime, plan: ImportPlan, opts: ImportOptions, progress: Progress | None
+    ) -> None:
         self.rt = rt
         self.plan = plan
         self.opts = opts
         self.progress = progress or (lambda *_: None)
         self.batch = hashlib.sha256(
-            f"{plan.source}|{datetime.now(UTC).isoformat()}".encode()).hexdigest()[:16]
+            f"{plan.source}|{datetime.now(UTC).isoformat()}".encode()
+        ).hexdigest()[:16]
         self.kept = [plan.records[i] for i in plan.validation.kept]
         self.ids = [str(r.id) for r in self.kept]
         self.vectors = _matrix(plan.records, plan.validation.kept, plan.spec.dimension)
@@ -244,14 +260,16 @@ class _Writer:
                 raise ModelMismatchError(
                     f"model {spec.key} is already pinned with {pinned} "
                     f"dimensions, not {spec.dimension}; declare another revision "
-                    "(--model NAME@REVISION)") from None
+                    "(--model NAME@REVISION)"
+                ) from None
             return repository.create_collection(conn, name, spec), True
         _check_target(coll, self.plan.spec)
         spaces.lock_collection(conn, coll.id)
         if spaces.building_spaces(conn, coll.id):
             raise ConflictError(
                 f"collection {name!r} is being migrated to another model; finish or cancel "
-                "that migration (`ragstore models`) before importing into it")
+                "that migration (`ragstore models`) before importing into it"
+            )
         return coll, False
 
     def _write_rows(self, conn: psycopg.Connection[Any], coll: repository.Collection) -> None:
@@ -261,10 +279,17 @@ class _Writer:
         total = len(self.kept)
         written_ids: list[int] = []
         for start in range(0, total, WRITE_SLICE):
-            writes = [self._document(rid, rec, self.vectors[i])
-                      for i, (rid, rec) in enumerate(
-                          zip(self.ids[start:start + WRITE_SLICE],
-                              self.kept[start:start + WRITE_SLICE], strict=True), start)]
+            writes = [
+                self._document(rid, rec, self.vectors[i])
+                for i, (rid, rec) in enumerate(
+                    zip(
+                        self.ids[start : start + WRITE_SLICE],
+                        self.kept[start : start + WRITE_SLICE],
+                        strict=True,
+                    ),
+                    start,
+                )
+            ]
             written = documents.write_documents(conn, coll, writes, force=True)
             written_ids += [w.id for w in written]
             self.progress("documents", min(start + WRITE_SLICE, total), total)
@@ -276,20 +301,40 @@ class _Writer:
         title = rec.metadata.get("title")
         digest = hashlib.sha256(text.encode()).hexdigest()
         record = documents.DocumentRecord(
-            rid, title if isinstance(title, str) else None, "imported", digest,
+            rid,
+            title if isinstance(title, str) else None,
+            "imported",
+            digest,
             len(text.encode()),
-            {"import": {"batch": self.batch, "id": rid, "from": self.plan.source}})
-        chunk = Chunk(0, ChunkType.PARAGRAPH, text, (), None, 0, len(text), len(text.split()),
-                      digest, metadata=dict(rec.metadata))
+            {"import": {"batch": self.batch, "id": rid, "from": self.plan.source}},
+        )
+        chunk = Chunk(
+            0,
+            ChunkType.PARAGRAPH,
+            text,
+            (),
+            None,
+            0,
+            len(text),
+            len(text.split()),
+            digest,
+            metadata=dict(rec.metadata),
+        )
         return documents.DocumentWrite(record, [chunk], vector[np.newaxis, :])
 
-    def _stored_digests(self, conn: psycopg.Connection[Any],
-                        coll: repository.Collection) -> dict[str, bytes]:
-        return {rid: record_digest(rid, vec) for rid, vec in documents.vectors_by_source(
-            conn, coll.id, coll.table, {"import": {"batch": self.batch}})}
+    def _stored_digests(
+        self, conn: psycopg.Connection[Any], coll: repository.Collection
+    ) -> dict[str, bytes]:
+        return {
+            rid: record_digest(rid, vec)
+            for rid, vec in documents.vectors_by_source(
+                conn, coll.id, coll.table, {"import": {"batch": self.batch}}
+            )
+        }
 
-    def _existing(self, conn: psycopg.Connection[Any],
-                  coll: repository.Collection) -> tuple[list[int], Matrix]:
+    def _existing(
+        self, conn: psycopg.Connection[Any], coll: repository.Collection
+    ) -> tuple[list[int], Matrix]:
         """Vectors that were in the space before this import (they take part in search)."""
         ids, vecs = spaces.vectors_except(conn, coll.table, self.chunk_ids)
         if not ids:
@@ -298,8 +343,9 @@ class _Writer:
 
     def _verify(self, conn: psycopg.Connection[Any], coll: repository.Collection) -> Verification:
         opts, spec = self.opts, self.plan.spec
-        stored_rows = documents.count_embedded(conn, coll.id, coll.table,
-                                               {"import": {"batch": self.batch}})
+        stored_rows = documents.count_embedded(
+            conn, coll.id, coll.table, {"import": {"batch": self.batch}}
+        )
         self.progress("checksum", 0, len(self.ids))
         source_d = digests_of(self.ids, self.vectors)
         stored_d = self._stored_digests(conn, coll)
@@ -315,21 +361,31 @@ class _Writer:
         found = []
         for n, q in enumerate(queries, 1):
             # the HNSW index itself, even where the planner would scan a small table
-            found.append(spaces.index_knn(conn, coll.table, spec.distance, q,
-                                          int(ex_idx.shape[1]), ef))
+            found.append(
+                spaces.index_knn(conn, coll.table, spec.distance, q, int(ex_idx.shape[1]), ef)
+            )
             if n % 20 == 0:
                 self.progress("parity", n, n_q)
         truth = [[int(base_ids[j]) for j in row_] for row_ in ex_idx]
         recall = recall_at_k(truth, ex_dist, found)
         return Verification(
-            source_rows=len(self.ids), stored_rows=stored_rows,
-            source_checksum=combine(source_d), stored_checksum=combine(stored_d),
-            recall_at_10=recall, queries=n_q, ef_search=ef, min_recall=opts.min_recall,
-            differing_ids=differing_ids(source_d, stored_d))
+            source_rows=len(self.ids),
+            stored_rows=stored_rows,
+            source_checksum=combine(source_d),
+            stored_checksum=combine(stored_d),
+            recall_at_10=recall,
+            queries=n_q,
+            ef_search=ef,
+            min_recall=opts.min_recall,
+            differing_ids=differing_ids(source_d, stored_d),
+        )
 
     def run(self) -> tuple[repository.Collection, bool, Verification]:
-        with self.rt.db.connection() as conn, translated(
-                f"importing into collection {self.plan.collection!r}"), conn.transaction():
+        with (
+            self.rt.db.connection() as conn,
+            translated(f"importing into collection {self.plan.collection!r}"),
+            conn.transaction(),
+        ):
             t0 = time.perf_counter()
             coll, created = self._collection(conn)
             self.had_rows = not spaces.is_empty(conn, coll.table)
@@ -339,9 +395,13 @@ class _Writer:
             self.seconds["write"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             self.progress("index", 0, len(self.ids))
-            spaces.ensure_index(conn, coll.table, coll.model.distance,
-                                memory=self.opts.maintenance_work_mem,
-                                workers=min(4, max(0, (os.cpu_count() or 1) - 1)))
+            spaces.ensure_index(
+                conn,
+                coll.table,
+                coll.model.distance,
+                memory=self.opts.maintenance_work_mem,
+                workers=min(4, max(0, (os.cpu_count() or 1) - 1)),
+            )
             self.seconds["index"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             verification = self._verify(conn, coll)
@@ -356,18 +416,25 @@ def _failure(v: Verification, collection: str) -> str:
     if not v.rows_ok:
         parts.append(f"{v.stored_rows} rows stored for {v.source_rows} source records")
     if not v.checksum_ok:
-        parts.append(f"checksum differs (source {v.source_checksum[:16]}, pgvector "
-                     f"{v.stored_checksum[:16]}; first differing ids: "
-                     f"{', '.join(v.differing_ids) or '?'})")
+        parts.append(
+            f"checksum differs (source {v.source_checksum[:16]}, pgvector "
+            f"{v.stored_checksum[:16]}; first differing ids: "
+            f"{', '.join(v.differing_ids) or '?'})"
+        )
     if not v.recall_ok:
-        parts.append(f"recall@10 {v.recall_at_10:.3f} is below {v.min_recall:.2f} over "
-                     f"{v.queries} queries at ef_search {v.ef_search} (raise --ef-search)")
-    return (f"verification of the import into {collection!r} failed: {'; '.join(parts)}; "
-            "the import was rolled back and the collection is as it was")
+        parts.append(
+            f"recall@10 {v.recall_at_10:.3f} is below {v.min_recall:.2f} over "
+            f"{v.queries} queries at ef_search {v.ef_search} (raise --ef-search)"
+        )
+    return (
+        f"verification of the import into {collection!r} failed: {'; '.join(parts)}; "
+        "the import was rolled back and the collection is as it was"
+    )
 
 
-def run_import(rt: Runtime, plan: ImportPlan, opts: ImportOptions,
-               progress: Progress | None = None) -> ImportReport:
+def run_import(
+    rt: Runtime, plan: ImportPlan, opts: ImportOptions, progress: Progress | None = None
+) -> ImportReport:
     """Back up, write, index and verify in one transaction (see the module docstring)."""
     refuse_if_invalid(plan)
     if not 0.0 <= opts.min_recall <= 1.0:
@@ -387,7 +454,18 @@ def run_import(rt: Runtime, plan: ImportPlan, opts: ImportOptions,
     seconds.update(writer.seconds)
     spec = coll.model
     return ImportReport(
-        source=plan.source, collection=coll.name, created=created, model=spec.key,
-        provider=spec.provider, dimension=spec.dimension, distance=spec.distance,
-        read=plan.validation.read, written=len(writer.ids), skipped=plan.validation.skipped,
-        validation=plan.validation, backup=info, verification=verification, seconds=seconds)
+        source=plan.source,
+        collection=coll.name,
+        created=created,
+        model=spec.key,
+        provider=spec.provider,
+        dimension=spec.dimension,
+        distance=spec.distance,
+        read=plan.validation.read,
+        written=len(writer.ids),
+        skipped=plan.validation.skipped,
+        validation=plan.validation,
+        backup=info,
+        verification=verification,
+        seconds=seconds,
+    )

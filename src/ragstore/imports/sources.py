@@ -39,7 +39,8 @@ def detect_format(source: str) -> str:
             return "chroma"
         raise UnsupportedFormatError(
             f"{source} is a directory but not a Chroma persistent directory (no "
-            "chroma.sqlite3); give a .jsonl, .npy or .npz file, or a postgresql:// URL")
+            "chroma.sqlite3); give a .jsonl, .npy or .npz file, or a postgresql:// URL"
+        )
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
@@ -48,7 +49,8 @@ def detect_format(source: str) -> str:
     raise UnsupportedFormatError(
         f"{source}: cannot tell the store's format from {suffix or 'no suffix'}; importable: "
         ".jsonl/.ndjson, .npy/.npz with a sidecar, a Chroma directory, a postgresql:// URL "
-        "(or say --format jsonl|numpy|postgres|chroma)")
+        "(or say --format jsonl|numpy|postgres|chroma)"
+    )
 
 
 def open_source(source: str, opts: SourceOptions) -> Source:
@@ -58,11 +60,15 @@ def open_source(source: str, opts: SourceOptions) -> Source:
     if fmt == "postgres":
         if not opts.table:
             raise ImportSourceError("a PostgreSQL source needs the table: --table NAME")
-        return PostgresTableSource(source, opts.table, id_column=opts.id_column,
-                                   text_column=opts.text_column,
-                                   vector_column=opts.vector_column,
-                                   metadata_column=opts.metadata_column,
-                                   bytea_dtype=opts.bytea_dtype)
+        return PostgresTableSource(
+            source,
+            opts.table,
+            id_column=opts.id_column,
+            text_column=opts.text_column,
+            vector_column=opts.vector_column,
+            metadata_column=opts.metadata_column,
+            bytea_dtype=opts.bytea_dtype,
+        )
     path = Path(source)
     if fmt == "chroma":
         return ChromaSource(path, opts.chroma_collection)

@@ -17,8 +17,15 @@ import numpy as np
 from ragstore.errors import InputError
 from ragstore.imports.records import Record
 
-KINDS = ("missing_id", "duplicate_id", "existing_id", "dimension_mismatch", "non_finite",
-         "zero_vector", "missing_text")
+KINDS = (
+    "missing_id",
+    "duplicate_id",
+    "existing_id",
+    "dimension_mismatch",
+    "non_finite",
+    "zero_vector",
+    "missing_text",
+)
 ACTIONS = ("abort", "skip", "keep")
 FIRST_IDS = 5
 
@@ -42,12 +49,14 @@ def parse_policies(default: str, overrides: Iterable[str]) -> dict[str, str]:
         kind, sep, action = item.partition("=")
         kind, action = kind.strip(), action.strip()
         if not sep or kind not in KINDS:
-            raise InputError(f"--policy {item!r} is not KIND=ACTION with KIND one of "
-                             f"{', '.join(KINDS)}")
+            raise InputError(
+                f"--policy {item!r} is not KIND=ACTION with KIND one of {', '.join(KINDS)}"
+            )
         allowed = ACTIONS if kind == "missing_text" else ("abort", "skip")
         if action not in allowed:
-            raise InputError(f"--policy {item!r}: the action for {kind} must be one of "
-                             f"{', '.join(allowed)}")
+            raise InputError(
+                f"--policy {item!r}: the action for {kind} must be one of {', '.join(allowed)}"
+            )
         policies[kind] = action
     return policies
 
@@ -88,8 +97,12 @@ class ValidationReport:
         return not self.aborting
 
 
-def validate(records: Sequence[Record], dimension: int, policies: Mapping[str, str],
-             existing_ids: set[str] | frozenset[str] = frozenset()) -> ValidationReport:
+def validate(
+    records: Sequence[Record],
+    dimension: int,
+    policies: Mapping[str, str],
+    existing_ids: set[str] | frozenset[str] = frozenset(),
+) -> ValidationReport:
     """Judge every record against the declared dimension and the policies."""
     policies = {kind: policies.get(kind, "abort") for kind in KINDS}
     issues = {kind: Issue(kind, policies[kind]) for kind in KINDS}
@@ -124,5 +137,6 @@ def validate(records: Sequence[Record], dimension: int, policies: Mapping[str, s
             found.append("missing_text")
         if not any(policies[k] == "skip" for k in found):
             kept.append(index)
-    return ValidationReport(read=len(records), kept=kept,
-                            issues=[i for i in issues.values() if i.count])
+    return ValidationReport(
+        read=len(records), kept=kept, issues=[i for i in issues.values() if i.count]
+    )

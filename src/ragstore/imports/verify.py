@@ -57,29 +57,36 @@ def distances(queries: Matrix, base: Matrix, metric: str) -> Matrix:
         return np.asarray(1.0 - qn @ bn.T, dtype=np.float32)
     if metric == "ip":
         return np.asarray(-(queries @ base.T), dtype=np.float32)
-    sq = (np.sum(queries ** 2, axis=1)[:, None] + np.sum(base ** 2, axis=1)[None, :]
-          - 2.0 * (queries @ base.T))
+    sq = (
+        np.sum(queries**2, axis=1)[:, None]
+        + np.sum(base**2, axis=1)[None, :]
+        - 2.0 * (queries @ base.T)
+    )
     return np.asarray(np.sqrt(np.maximum(sq, 0.0)), dtype=np.float32)
 
 
-def exact_top_k(queries: Matrix, base: Matrix, metric: str, k: int,
-                block: int = 32) -> tuple[npt.NDArray[np.int64], Matrix]:
+def exact_top_k(
+    queries: Matrix, base: Matrix, metric: str, k: int, block: int = 32
+) -> tuple[npt.NDArray[np.int64], Matrix]:
     """Row indices and distances of the ``k`` nearest base rows for each query (brute force)."""
     k = min(k, base.shape[0])
     idx = np.empty((queries.shape[0], k), dtype=np.int64)
     dist = np.empty((queries.shape[0], k), dtype=np.float32)
     for start in range(0, queries.shape[0], block):
-        d = distances(queries[start:start + block], base, metric)
+        d = distances(queries[start : start + block], base, metric)
         part = np.argpartition(d, k - 1, axis=1)[:, :k]
         pd = np.take_along_axis(d, part, axis=1)
         order = np.argsort(pd, axis=1)
-        idx[start:start + block] = np.take_along_axis(part, order, axis=1)
-        dist[start:start + block] = np.take_along_axis(pd, order, axis=1)
+        idx[start : start + block] = np.take_along_axis(part, order, axis=1)
+        dist[start : start + block] = np.take_along_axis(pd, order, axis=1)
     return idx, dist
 
 
-def recall_at_k(exact_ids: Sequence[Sequence[int]], exact_dist: Matrix,
-                found: Iterable[Sequence[tuple[int, float]]]) -> float:
+def recall_at_k(
+    exact_ids: Sequence[Sequence[int]],
+    exact_dist: Matrix,
+    found: Iterable[Sequence[tuple[int, float]]],
+) -> float:
     """Mean share of the exact top k that the index found; ties with the k-th count."""
     scores = []
     for truth, tdist, hits in zip(exact_ids, exact_dist, found, strict=True):

@@ -41,9 +41,14 @@ class DocumentOutcome:
     chunks: int = 0
 
 
-def add_documents(rt: Runtime, collection: str, docs: Sequence[NewDocument], *,
-                  progress: Progress | None = None,
-                  report: IngestReport | None = None) -> list[DocumentOutcome]:
+def add_documents(
+    rt: Runtime,
+    collection: str,
+    docs: Sequence[NewDocument],
+    *,
+    progress: Progress | None = None,
+    report: IngestReport | None = None,
+) -> list[DocumentOutcome]:
     """Ingest named documents into an existing collection; outcomes in the order given.
 
     Documents are encoded together (shared batches) and each is written under its source's
@@ -54,8 +59,16 @@ def add_documents(rt: Runtime, collection: str, docs: Sequence[NewDocument], *,
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise InputError(f"document name {dup!r} appears twice in one request; send it once")
-    items = [Item(staging.source_of(rt.settings, collection, d.name), d.staged, d.name,
-                  dict(d.metadata), early_skip=False) for d in docs]
+    items = [
+        Item(
+            staging.source_of(rt.settings, collection, d.name),
+            d.staged,
+            d.name,
+            dict(d.metadata),
+            early_skip=False,
+        )
+        for d in docs
+    ]
     report = report if report is not None else IngestReport(collection=collection)
     ingest_items(rt, collection, items, report, progress=progress, create=False)
     metrics.observe_ingest(report)

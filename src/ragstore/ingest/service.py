@@ -117,15 +117,25 @@ class _Pending:
     extra_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # building spaces
 
 
-def _file_metadata(item: Item, fmt: str, size: int, parsed_meta: dict[str, Any],
-                   user_meta: dict[str, Any], language: str | None = None) -> dict[str, Any]:
+def _file_metadata(
+    item: Item,
+    fmt: str,
+    size: int,
+    parsed_meta: dict[str, Any],
+    user_meta: dict[str, Any],
+    language: str | None = None,
+) -> dict[str, Any]:
     st = item.path.stat()
     meta: dict[str, Any] = dict(parsed_meta)
-    meta.update({
-        "path": item.source, "filename": Path(item.source).name, "size_bytes": size,
-        "format": fmt,
-        "modified_at": datetime.fromtimestamp(st.st_mtime, tz=UTC).isoformat(),
-    })
+    meta.update(
+        {
+            "path": item.source,
+            "filename": Path(item.source).name,
+            "size_bytes": size,
+            "format": fmt,
+            "modified_at": datetime.fromtimestamp(st.st_mtime, tz=UTC).isoformat(),
+        }
+    )
     if language:
         meta["language"] = language
     meta.update(user_meta)
@@ -133,9 +143,15 @@ def _file_metadata(item: Item, fmt: str, size: int, parsed_meta: dict[str, Any],
 
 
 class _Ingestor:
-    def __init__(self, rt: Runtime, coll: repository.Collection, embedder: Embedder,
-                 report: IngestReport, user_meta: dict[str, Any],
-                 progress: Progress | None) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        coll: repository.Collection,
+        embedder: Embedder,
+        report: IngestReport,
+        user_meta: dict[str, Any],
+        progress: Progress | None,
+    ) -> None:
         self.rt = rt
         self.coll = coll
         self.embedder = embedder
@@ -165,14 +181,21 @@ class _Ingestor:
         parsed = parse_bytes(data, item.label, fmt)
         chunks = chunk_document(parsed, self.embedder, self.coll.model.max_tokens)
         if not chunks:
-            raise EmptyDocumentError(
-                f"{item.label}: no text found in the file; nothing to ingest")
+            raise EmptyDocumentError(f"{item.label}: no text found in the file; nothing to ingest")
         record = documents.DocumentRecord(
-            source=item.source, title=parsed.title, format=parsed.format, content_hash=digest,
+            source=item.source,
+            title=parsed.title,
+            format=parsed.format,
+            content_hash=digest,
             size_bytes=size,
-            metadata=_file_metadata(item, parsed.format, size, parsed.metadata,
-                                    {**self.user_meta, **item.metadata},
-                                    detect_language(parsed)),
+            metadata=_file_metadata(
+                item,
+                parsed.format,
+                size,
+                parsed.metadata,
+                {**self.user_meta, **item.metadata},
+                detect_language(parsed),
+            ),
         )
         return _Pending(item, record, chunks)
 
@@ -194,13 +217,16 @@ class _Ingestor:
         self.report.reused += len(hashes) - len(todo)
         dim = self.coll.model.dimension
         for p in pending:
-            rows = [fresh[c.content_hash] if c.content_hash in fresh
-                    else stored[c.content_hash]
-                    for c in p.chunks if c.embeddable]
+            rows = [
+                fresh[c.content_hash] if c.content_hash in fresh else stored[c.content_hash]
+                for c in p.chunks
+                if c.embeddable
+            ]
             p.vectors = np.stack(rows) if rows else np.zeros((0, dim), dtype=np.float32)
         # a model migration in progress: its new space gets these documents too
-        for p, extra in zip(pending, building_vectors(self.rt, self.coll,
-                                                      [p.chunks for p in pending]), strict=True):
+        for p, extra in zip(
+            pending, building_vectors(self.rt, self.coll, [p.chunks for p in pending]), strict=True
+        ):
             p.extra_vectors = extra
 
     def _write(self, pending: list[_Pending]) -> None:
@@ -208,8 +234,9 @@ class _Ingestor:
         so the one bad document is reported and the rest still land."""
         try:
             with self.rt.db.connection() as conn, translated("storing a round of documents"):
-                written = documents.write_documents(conn, self.coll,
-                                                    [self._as_write(p) for p in pending])
+                written = documents.write_documents(
+                    conn, self.coll, [self._as_write(p) for p in pending]
+                )
         except RagstoreError:
             for p in pending:
                 self._write_one(p)
@@ -258,8 +285,10 @@ class _Ingestor:
         written on a writer thread while round N is encoded (torch releases the GIL)."""
         groups = self._groups(files, self.rt.settings.ingest_batch_chunks)
         writing: Future[None] | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-reader") as reader, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-writer") as writer:
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-reader") as reader,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-writer") as writer,
+        ):
             reading = reader.submit(self._prepare_group, groups[0]) if groups else None
             for i in range(len(groups)):
                 assert reading is not None
@@ -313,8 +342,10 @@ def unreadable(path: Path, exc: OSError) -> InputError:
     (ENOENT), ``file_unreadable`` for permissions, I/O errors and the like."""
     if exc.errno == errno.ENOENT:
         return PathNotFoundError(f"{path}: no such file or directory (removed meanwhile?)")
-    return FileUnreadableError(f"{path}: cannot read: {exc.strerror or exc}; check the "
-                               "file's permissions for the user running ragstore")
+    return FileUnreadableError(
+        f"{path}: cannot read: {exc.strerror or exc}; check the "
+        "file's permissions for the user running ragstore"
+    )
 
 
 def _vanished(rt: Runtime, name: str, paths: Sequence[Path], files: Sequence[Path]) -> list[str]:
@@ -336,10 +367,17 @@ def _prune(rt: Runtime, name: str, sources: Sequence[str]) -> int:
         return documents.delete_documents(conn, coll.id, sources)
 
 
-def ingest_paths(rt: Runtime, paths: Sequence[Path], collection: str | None = None, *,
-                 metadata: dict[str, Any] | None = None,
-                 progress: Progress | None = None, sync: bool = False, prune: bool = False,
-                 on_vanished: Callable[[list[str]], None] | None = None) -> IngestReport:
+def ingest_paths(
+    rt: Runtime,
+    paths: Sequence[Path],
+    collection: str | None = None,
+    *,
+    metadata: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    sync: bool = False,
+    prune: bool = False,
+    on_vanished: Callable[[list[str]], None] | None = None,
+) -> IngestReport:
     """Ingest files and folders into a collection (created with the default model if new).
 
     ``sync`` also looks for stored documents under ``paths`` that are gone from disk:
@@ -363,17 +401,30 @@ def ingest_paths(rt: Runtime, paths: Sequence[Path], collection: str | None = No
         metrics.observe_ingest(report)
         return report
     t0 = time.perf_counter()
-    ingest_items(rt, name, [Item(str(f), f, str(f)) for f in files], report,
-                 metadata=metadata, progress=progress)
+    ingest_items(
+        rt,
+        name,
+        [Item(str(f), f, str(f)) for f in files],
+        report,
+        metadata=metadata,
+        progress=progress,
+    )
     _finish_sync(rt, name, report, gone, prune)
     report.seconds = time.perf_counter() - t0
     metrics.observe_ingest(report)
     return report
 
 
-def ingest_items(rt: Runtime, name: str, items: Sequence[Item], report: IngestReport, *,
-                 metadata: dict[str, Any] | None = None, progress: Progress | None = None,
-                 create: bool = True) -> None:
+def ingest_items(
+    rt: Runtime,
+    name: str,
+    items: Sequence[Item],
+    report: IngestReport,
+    *,
+    metadata: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    create: bool = True,
+) -> None:
     """Ingest ``items`` into collection ``name``, appending one outcome per item to
     ``report``: the pipeline shared by files (:func:`ingest_paths`) and uploads."""
     if not items:
@@ -416,13 +467,18 @@ def _build_index(rt: Runtime, coll: repository.Collection) -> None:
     with rt.db.connection() as conn, translated(f"indexing {coll.table}"):
         if spaces.has_index(conn, coll.table):
             return
-        spaces.ensure_index(conn, coll.table, coll.model.distance,
-                            memory=rt.settings.index_build_memory,
-                            workers=min(4, max(0, (os.cpu_count() or 1) - 1)))
+        spaces.ensure_index(
+            conn,
+            coll.table,
+            coll.model.distance,
+            memory=rt.settings.index_build_memory,
+            workers=min(4, max(0, (os.cpu_count() or 1) - 1)),
+        )
 
 
-def _finish_sync(rt: Runtime, name: str, report: IngestReport, gone: Sequence[str],
-                 prune: bool) -> None:
+def _finish_sync(
+    rt: Runtime, name: str, report: IngestReport, gone: Sequence[str], prune: bool
+) -> None:
     """Record the vanished documents; with ``prune``, remove them in one transaction."""
     if not gone:
         return

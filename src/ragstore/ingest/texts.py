@@ -51,15 +51,24 @@ class AddReport:
     reused: int = 0  # chunks whose stored vector was reused
 
     def as_dict(self) -> dict[str, Any]:
-        return {"collection": self.collection, "ids": self.ids, "added": self.added,
-                "updated": self.updated, "unchanged": self.unchanged,
-                "embedded": self.embedded, "reused": self.reused}
+        return {
+            "collection": self.collection,
+            "ids": self.ids,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "embedded": self.embedded,
+            "reused": self.reused,
+        }
 
 
-def _checked(texts: Sequence[str], metadatas: Sequence[Mapping[str, Any]] | None,
-             ids: Sequence[str] | None,
-             vectors: Sequence[Sequence[float]] | np.ndarray | None, dimension: int
-             ) -> tuple[list[str], list[dict[str, Any]], np.ndarray | None]:
+def _checked(
+    texts: Sequence[str],
+    metadatas: Sequence[Mapping[str, Any]] | None,
+    ids: Sequence[str] | None,
+    vectors: Sequence[Sequence[float]] | np.ndarray | None,
+    dimension: int,
+) -> tuple[list[str], list[dict[str, Any]], np.ndarray | None]:
     n = len(texts)
     for name, seq in (("metadatas", metadatas), ("ids", ids), ("vectors", vectors)):
         if seq is not None and len(seq) != n:
@@ -90,8 +99,10 @@ def _checked(texts: Sequence[str], metadatas: Sequence[Mapping[str, Any]] | None
     if vectors is not None:
         matrix = np.asarray(vectors, dtype=np.float32)
         if matrix.ndim != 2 or matrix.shape[1] != dimension:
-            raise InputError(f"vectors must be {n} rows of {dimension} numbers (the "
-                             f"collection's dimension), got shape {matrix.shape}")
+            raise InputError(
+                f"vectors must be {n} rows of {dimension} numbers (the "
+                f"collection's dimension), got shape {matrix.shape}"
+            )
         if not np.isfinite(matrix).all():
             raise InputError("vectors hold NaN or infinite values")
     return out_ids, metas, matrix
@@ -104,34 +115,64 @@ def _digest(text: str, metadata: dict[str, Any]) -> str:
 
 def _whole(text: str, metadata: dict[str, Any]) -> list[Chunk]:
     """The text as one chunk, for a caller-given vector that stands for all of it."""
-    return [Chunk(ordinal=0, chunk_type=ChunkType.PARAGRAPH, text=text, section_path=(),
-                  parent_ordinal=None, char_start=0, char_end=len(text),
-                  token_count=len(text.split()), content_hash=content_hash(text),
-                  metadata=dict(metadata))]
+    return [
+        Chunk(
+            ordinal=0,
+            chunk_type=ChunkType.PARAGRAPH,
+            text=text,
+            section_path=(),
+            parent_ordinal=None,
+            char_start=0,
+            char_end=len(text),
+            token_count=len(text.split()),
+            content_hash=content_hash(text),
+            metadata=dict(metadata),
+        )
+    ]
 
 
-def add_texts(rt: Runtime, collection: str, texts: Sequence[str],
-              metadatas: Sequence[Mapping[str, Any]] | None = None,
-              ids: Sequence[str] | None = None, *,
-              vectors: Sequence[Sequence[float]] | np.ndarray | None = None,
-              create: bool = True) -> AddReport:
+def add_texts(
+    rt: Runtime,
+    collection: str,
+    texts: Sequence[str],
+    metadatas: Sequence[Mapping[str, Any]] | None = None,
+    ids: Sequence[str] | None = None,
+    *,
+    vectors: Sequence[Sequence[float]] | np.ndarray | None = None,
+    create: bool = True,
+) -> AddReport:
     """Add or update ``texts`` under ``ids``; the collection is created when missing."""
     coll = rt.collection(collection, create=create)
     out_ids, metas, matrix = _checked(texts, metadatas, ids, vectors, coll.model.dimension)
     if matrix is None and coll.model.provider == VECTOR_ONLY_PROVIDER:
         raise InputError(
             f"collection {coll.name!r} holds vectors of {coll.model.key}, a model ragstore "
-            "cannot run; pass one vector per text (vectors=...)")
+            "cannot run; pass one vector per text (vectors=...)"
+        )
     report = AddReport(collection=coll.name, ids=out_ids)
     for start in range(0, len(texts), BATCH):
         end = min(start + BATCH, len(texts))
-        _add_batch(rt, coll, report, list(texts[start:end]), out_ids[start:end],
-                   metas[start:end], None if matrix is None else matrix[start:end])
+        _add_batch(
+            rt,
+            coll,
+            report,
+            list(texts[start:end]),
+            out_ids[start:end],
+            metas[start:end],
+            None if matrix is None else matrix[start:end],
+        )
     return report
 
 
-def _add_batch(rt: Runtime, coll: repository.Collection, report: AddReport, texts: list[str],
-               ids: list[str], metas: list[dict[str, Any]], matrix: np.ndarray | None) -> None:
+def _add_batch(
+    rt: Runtime,
+    coll: repository.Collection,
+    report: AddReport,
+    texts: list[str],
+    ids: list[str],
+    metas: list[dict[str, Any]],
+    matrix: np.ndarray | None,
+) -> None:
     with rt.db.connection() as conn, translated(f"reading documents of {coll.name!r}"):
         known = documents.document_hashes(conn, coll.id, ids)
     todo: list[int] = []
@@ -143,11 +184,14 @@ def _add_batch(rt: Runtime, coll: repository.Collection, report: AddReport, text
             todo.append(i)
     if not todo:
         return
-    chunks = [_whole(texts[i], metas[i]) if matrix is not None else _chunked(rt, coll, texts[i],
-                                                                            ids[i], metas[i])
-              for i in todo]
+    chunks = [
+        _whole(texts[i], metas[i])
+        if matrix is not None
+        else _chunked(rt, coll, texts[i], ids[i], metas[i])
+        for i in todo
+    ]
     if matrix is not None:
-        vectors = [matrix[i:i + 1] for i in todo]
+        vectors = [matrix[i : i + 1] for i in todo]
         extra: list[dict[str, np.ndarray]] = [{} for _ in todo]
     else:
         vectors = _embed(rt, coll, report, chunks)
@@ -155,8 +199,13 @@ def _add_batch(rt: Runtime, coll: repository.Collection, report: AddReport, text
     writes = []
     for n, i in enumerate(todo):
         record = documents.DocumentRecord(
-            source=ids[i], title=None, format="text", content_hash=_digest(texts[i], metas[i]),
-            size_bytes=len(texts[i].encode("utf-8")), metadata=metas[i])
+            source=ids[i],
+            title=None,
+            format="text",
+            content_hash=_digest(texts[i], metas[i]),
+            size_bytes=len(texts[i].encode("utf-8")),
+            metadata=metas[i],
+        )
         writes.append(documents.DocumentWrite(record, chunks[n], vectors[n], extra[n]))
     with rt.db.connection() as conn, translated(f"storing texts in {coll.name!r}"):
         written = documents.write_documents(conn, coll, writes)
@@ -169,8 +218,9 @@ def _add_batch(rt: Runtime, coll: repository.Collection, report: AddReport, text
             report.unchanged += 1
 
 
-def _chunked(rt: Runtime, coll: repository.Collection, text: str, doc_id: str,
-             metadata: dict[str, Any]) -> list[Chunk]:
+def _chunked(
+    rt: Runtime, coll: repository.Collection, text: str, doc_id: str, metadata: dict[str, Any]
+) -> list[Chunk]:
     """The text parsed as plain text and chunked for the collection's model; every chunk
     carries the caller's metadata so hits and filters see it."""
     parsed = parse_bytes(text.encode("utf-8"), doc_id, "text")
@@ -182,8 +232,9 @@ def _chunked(rt: Runtime, coll: repository.Collection, text: str, doc_id: str,
     return chunks
 
 
-def _embed(rt: Runtime, coll: repository.Collection, report: AddReport,
-           docs: list[list[Chunk]]) -> list[np.ndarray]:
+def _embed(
+    rt: Runtime, coll: repository.Collection, report: AddReport, docs: list[list[Chunk]]
+) -> list[np.ndarray]:
     """One matrix per document: stored vectors reused, the rest encoded in one call."""
     hashes = [c.content_hash for chunks in docs for c in chunks if c.embeddable]
     with rt.db.connection() as conn, translated("looking up stored embeddings"):
@@ -198,8 +249,12 @@ def _embed(rt: Runtime, coll: repository.Collection, report: AddReport,
     report.reused += len(hashes) - len(todo)
     out = []
     for chunks in docs:
-        rows = [fresh.get(c.content_hash, stored.get(c.content_hash)) for c in chunks
-                if c.embeddable]
-        out.append(np.stack([r for r in rows if r is not None]) if rows
-                   else np.zeros((0, coll.model.dimension), dtype=np.float32))
+        rows = [
+            fresh.get(c.content_hash, stored.get(c.content_hash)) for c in chunks if c.embeddable
+        ]
+        out.append(
+            np.stack([r for r in rows if r is not None])
+            if rows
+            else np.zeros((0, coll.model.dimension), dtype=np.float32)
+        )
     return out

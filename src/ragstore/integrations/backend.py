@@ -17,45 +17,66 @@ from ragstore.errors import CollectionNotFoundError, ConflictError
 class Backend(Protocol):
     """The verbs of :class:`ragstore.Store` and :class:`ragstore.Client` used here."""
 
-    def create_collection(self, name: str, *, model: str | None = None,
-                          settings: Mapping[str, Any] | None = None,
-                          dimension: int | None = None,
-                          distance: str | None = None) -> dict[str, Any]: ...
+    def create_collection(
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+        dimension: int | None = None,
+        distance: str | None = None,
+    ) -> dict[str, Any]: ...
 
     def get_collection(self, name: str) -> dict[str, Any]: ...
 
     def delete_collection(self, name: str) -> None: ...
 
-    def add_texts(self, collection: str, texts: Sequence[str],
-                  metadatas: Sequence[Mapping[str, Any]] | None = None,
-                  ids: Sequence[str] | None = None, *,
-                  vectors: Sequence[Sequence[float]] | None = None) -> dict[str, Any]: ...
+    def add_texts(
+        self,
+        collection: str,
+        texts: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any]] | None = None,
+        ids: Sequence[str] | None = None,
+        *,
+        vectors: Sequence[Sequence[float]] | None = None,
+    ) -> dict[str, Any]: ...
 
     def get_texts(self, collection: str, ids: Sequence[str]) -> list[dict[str, Any]]: ...
 
     def delete_texts(self, collection: str, ids: Sequence[str]) -> int: ...
 
-    def iter_documents(self, collection: str, *, page_size: int = 100,
-                       **filters: Any) -> Iterator[dict[str, Any]]: ...
+    def iter_documents(
+        self, collection: str, *, page_size: int = 100, **filters: Any
+    ) -> Iterator[dict[str, Any]]: ...
 
-    def search(self, collection: str, query: str | None = None, *,
-               vector: Sequence[float] | None = None, k: int = 10, mode: str | None = None,
-               where: Mapping[str, Any] | None = None, context: int | str | None = None,
-               explain: bool = False, ef_search: int | None = None,
-               rrf_k: float | None = None, vector_weight: float | None = None,
-               fulltext_weight: float | None = None) -> dict[str, Any]: ...
+    def search(
+        self,
+        collection: str,
+        query: str | None = None,
+        *,
+        vector: Sequence[float] | None = None,
+        k: int = 10,
+        mode: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        context: int | str | None = None,
+        explain: bool = False,
+        ef_search: int | None = None,
+        rrf_k: float | None = None,
+        vector_weight: float | None = None,
+        fulltext_weight: float | None = None,
+    ) -> dict[str, Any]: ...
 
 
-def ensure_vector_collection(backend: Backend, name: str, model: str, dimension: int,
-                             distance: str = "cosine") -> None:
+def ensure_vector_collection(
+    backend: Backend, name: str, model: str, dimension: int, distance: str = "cosine"
+) -> None:
     """Create ``name`` for vectors of an outside model unless it exists (then it is used as
     is; a dimension that differs is refused by the add that follows)."""
     try:
         backend.get_collection(name)
     except CollectionNotFoundError:
         with suppress(ConflictError):  # made meanwhile by another writer
-            backend.create_collection(name, model=model, dimension=dimension,
-                                      distance=distance)
+            backend.create_collection(name, model=model, dimension=dimension, distance=distance)
 
 
 def exists(backend: Backend, name: str) -> bool:

@@ -44,14 +44,22 @@ class RagstoreVectorStore(VectorStore):
     search mode when ragstore embeds (``hybrid``, ``vector`` or ``fulltext``).
     """
 
-    def __init__(self, backend: Backend, collection: str, embedding: Embeddings | None = None,
-                 *, model_name: str | None = None, mode: str = "hybrid",
-                 distance: str = "cosine") -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        collection: str,
+        embedding: Embeddings | None = None,
+        *,
+        model_name: str | None = None,
+        mode: str = "hybrid",
+        distance: str = "cosine",
+    ) -> None:
         self.backend = backend
         self.collection = collection
         self._embedding = embedding
         self.model_name = model_name or (
-            f"langchain-{type(embedding).__name__}" if embedding is not None else None)
+            f"langchain-{type(embedding).__name__}" if embedding is not None else None
+        )
         self.mode = mode
         self.distance = distance
 
@@ -61,8 +69,14 @@ class RagstoreVectorStore(VectorStore):
 
     # --- writing -------------------------------------------------------------------------
 
-    def add_texts(self, texts: Iterable[str], metadatas: list[dict[str, Any]] | None = None,
-                  *, ids: list[str] | None = None, **kwargs: Any) -> list[str]:
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
         """Add or update texts; ids missing (``None``) are generated. Returns the ids."""
         batch = list(texts)
         if not batch:
@@ -73,10 +87,10 @@ class RagstoreVectorStore(VectorStore):
         if self._embedding is not None:
             vectors = self._embedding.embed_documents(batch)
             assert self.model_name is not None
-            ensure_vector_collection(self.backend, self.collection, self.model_name,
-                                     len(vectors[0]), self.distance)
-        out = self.backend.add_texts(self.collection, batch, metadatas, chosen,
-                                     vectors=vectors)
+            ensure_vector_collection(
+                self.backend, self.collection, self.model_name, len(vectors[0]), self.distance
+            )
+        out = self.backend.add_texts(self.collection, batch, metadatas, chosen, vectors=vectors)
         return list(out["ids"])
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
@@ -96,14 +110,14 @@ class RagstoreVectorStore(VectorStore):
             found = self.backend.get_texts(self.collection, list(ids))
         except CollectionNotFoundError:
             return []
-        return [Document(id=t["id"], page_content=t["text"], metadata=t["metadata"])
-                for t in found]
+        return [Document(id=t["id"], page_content=t["text"], metadata=t["metadata"]) for t in found]
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         return [doc for doc, _ in self.similarity_search_with_score(query, k, **kwargs)]
 
-    def similarity_search_with_score(self, *args: Any, **kwargs: Any
-                                     ) -> list[tuple[Document, float]]:
+    def similarity_search_with_score(
+        self, *args: Any, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
         """``(query, k=4, filter=None)``: documents with ragstore's score (higher is
         closer: cosine similarity in vector mode, the fused RRF score in hybrid)."""
         query, k, where = _query_args(args, kwargs)
@@ -111,21 +125,33 @@ class RagstoreVectorStore(VectorStore):
             return self._search(vector=self._embedding.embed_query(query), k=k, where=where)
         return self._search(query=query, k=k, where=where, mode=self.mode)
 
-    def similarity_search_by_vector(self, embedding: list[float], k: int = 4,
-                                    **kwargs: Any) -> list[Document]:
-        return [doc for doc, _ in self._search(vector=embedding, k=k,
-                                               where=kwargs.get("filter"))]
+    def similarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, **kwargs: Any
+    ) -> list[Document]:
+        return [doc for doc, _ in self._search(vector=embedding, k=k, where=kwargs.get("filter"))]
 
-    def _search(self, *, query: str | None = None, vector: Sequence[float] | None = None,
-                k: int, where: dict[str, Any] | None,
-                mode: str | None = None) -> list[tuple[Document, float]]:
+    def _search(
+        self,
+        *,
+        query: str | None = None,
+        vector: Sequence[float] | None = None,
+        k: int,
+        where: dict[str, Any] | None,
+        mode: str | None = None,
+    ) -> list[tuple[Document, float]]:
         try:
-            out = self.backend.search(self.collection, query, vector=vector, k=k,
-                                      where=where, mode=mode)
+            out = self.backend.search(
+                self.collection, query, vector=vector, k=k, where=where, mode=mode
+            )
         except CollectionNotFoundError:
             return []  # an empty store: nothing added yet
-        return [(Document(id=h["source"], page_content=h["text"], metadata=h["metadata"]),
-                 float(h["score"])) for h in out["data"]]
+        return [
+            (
+                Document(id=h["source"], page_content=h["text"], metadata=h["metadata"]),
+                float(h["score"]),
+            )
+            for h in out["data"]
+        ]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         """Scores to [0, 1] for ``similarity_search_with_relevance_scores``: cosine
@@ -135,22 +161,31 @@ class RagstoreVectorStore(VectorStore):
         return lambda score: score
 
     @classmethod
-    def from_texts(cls, texts: list[str], embedding: Embeddings,
-                   metadatas: list[dict[str, Any]] | None = None, *,
-                   ids: list[str] | None = None, **kwargs: Any) -> RagstoreVectorStore:
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> RagstoreVectorStore:
         """``from_texts(texts, embedding, backend=Store(), collection="name")``."""
         try:
             backend, collection = kwargs.pop("backend"), kwargs.pop("collection")
         except KeyError as exc:
-            raise TypeError(f"from_texts needs {exc.args[0]}=: a ragstore Store or Client "
-                            "and the collection name") from None
+            raise TypeError(
+                f"from_texts needs {exc.args[0]}=: a ragstore Store or Client "
+                "and the collection name"
+            ) from None
         store = cls(backend, collection, embedding, **kwargs)
         store.add_texts(texts, metadatas, ids=ids)
         return store
 
 
-def _query_args(args: tuple[Any, ...], kwargs: dict[str, Any]
-                ) -> tuple[str, int, dict[str, Any] | None]:
+def _query_args(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[str, int, dict[str, Any] | None]:
     query = args[0] if args else kwargs["query"]
     k = args[1] if len(args) > 1 else kwargs.get("k", 4)
     where = kwargs.get("filter")

@@ -47,9 +47,16 @@ from ragstore.store import Store
 
 __all__ = ["RagstoreEmbedding", "RagstoreVectorStore", "to_where"]
 
-_OPS = {FilterOperator.EQ: "$eq", FilterOperator.NE: "$ne", FilterOperator.GT: "$gt",
-        FilterOperator.GTE: "$gte", FilterOperator.LT: "$lt", FilterOperator.LTE: "$lte",
-        FilterOperator.IN: "$in", FilterOperator.NIN: "$nin"}
+_OPS = {
+    FilterOperator.EQ: "$eq",
+    FilterOperator.NE: "$ne",
+    FilterOperator.GT: "$gt",
+    FilterOperator.GTE: "$gte",
+    FilterOperator.LT: "$lt",
+    FilterOperator.LTE: "$lte",
+    FilterOperator.IN: "$in",
+    FilterOperator.NIN: "$nin",
+}
 
 
 def to_where(filters: MetadataFilters | None) -> dict[str, Any] | None:
@@ -77,9 +84,11 @@ def _one(f: MetadataFilter) -> dict[str, Any]:
     operator = FilterOperator(f.operator)
     op = _OPS.get(operator)
     if op is None:
-        raise InputError(f"metadata filter operator {operator.value} on {f.key!r} has no "
-                         "ragstore equivalent; use one of "
-                         f"{', '.join(o.value for o in _OPS)}")
+        raise InputError(
+            f"metadata filter operator {operator.value} on {f.key!r} has no "
+            "ragstore equivalent; use one of "
+            f"{', '.join(o.value for o in _OPS)}"
+        )
     return {f.key: {op: f.value}}
 
 
@@ -97,8 +106,15 @@ class RagstoreVectorStore(BasePydanticVectorStore):
     _mode: str = PrivateAttr()
     _model_name: str | None = PrivateAttr()
 
-    def __init__(self, backend: Backend, collection: str, *, mode: str = "hybrid",
-                 model_name: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        collection: str,
+        *,
+        mode: str = "hybrid",
+        model_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._backend = backend
         self._collection = collection
@@ -123,24 +139,32 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         if all(n.embedding is not None for n in nodes):
             vectors = [list(n.embedding or []) for n in nodes]
             if self._model_name is not None:
-                ensure_vector_collection(self._backend, self._collection, self._model_name,
-                                         len(vectors[0]))
+                ensure_vector_collection(
+                    self._backend, self._collection, self._model_name, len(vectors[0])
+                )
         out = self._backend.add_texts(self._collection, texts, metas, ids, vectors=vectors)
         return list(out["ids"])
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete every node of the source document ``ref_doc_id``."""
         with suppress(CollectionNotFoundError):
-            ids = [d["source"] for d in self._backend.iter_documents(
-                self._collection, metadata={"ref_doc_id": ref_doc_id})]
+            ids = [
+                d["source"]
+                for d in self._backend.iter_documents(
+                    self._collection, metadata={"ref_doc_id": ref_doc_id}
+                )
+            ]
             if ids:
                 self._backend.delete_texts(self._collection, ids)
 
-    def delete_nodes(self, node_ids: list[str] | None = None,
-                     filters: MetadataFilters | None = None, **delete_kwargs: Any) -> None:
+    def delete_nodes(
+        self,
+        node_ids: list[str] | None = None,
+        filters: MetadataFilters | None = None,
+        **delete_kwargs: Any,
+    ) -> None:
         if filters is not None:
-            raise InputError("deleting nodes by metadata filter is not supported; give "
-                             "node_ids")
+            raise InputError("deleting nodes by metadata filter is not supported; give node_ids")
         if node_ids:
             with suppress(CollectionNotFoundError):
                 self._backend.delete_texts(self._collection, node_ids)
@@ -150,11 +174,13 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         k = query.similarity_top_k
         try:
             if query.query_str:
-                out = self._backend.search(self._collection, query.query_str, k=k,
-                                           where=where, mode=self._mode)
+                out = self._backend.search(
+                    self._collection, query.query_str, k=k, where=where, mode=self._mode
+                )
             elif query.query_embedding is not None:
-                out = self._backend.search(self._collection, vector=query.query_embedding,
-                                           k=k, where=where)
+                out = self._backend.search(
+                    self._collection, vector=query.query_embedding, k=k, where=where
+                )
             else:
                 raise InputError("the query has neither text nor an embedding")
         except CollectionNotFoundError:
@@ -197,5 +223,3 @@ class RagstoreEmbedding(BaseEmbedding):
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         return [[float(x) for x in row] for row in self._embedder().embed(texts)]
-
-

@@ -41,12 +41,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 def answers(fn: F) -> F:
     """Our errors reach the agent as the tool's answer, ``error[code]: message``, which it
     can act on (the SDK would say only "Error executing tool")."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except RagstoreError as exc:
             raise ToolError(f"error[{exc.code}]: {exc}") from None
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -61,30 +63,48 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
     """The MCP server over ``store``; ``add_document`` exists only for a write-scoped key."""
     server: MCPServer = MCPServer(
         name="ragstore",
-        instructions=("Search the user's documents stored in ragstore. Call list_collections "
-                      "first, then search; open a hit's document or section for more."))
+        instructions=(
+            "Search the user's documents stored in ragstore. Call list_collections "
+            "first, then search; open a hit's document or section for more."
+        ),
+    )
 
     def allow(scope: str, collection: str | None) -> None:
         if key is not None:
             key.require(scope, collection)
 
-    @server.tool(description=(
-        "Search a collection. mode: hybrid (default; words and meaning), vector (meaning) "
-        "or fulltext (words; supports \"phrases\", or, -word). where: a JSON filter on "
-        "metadata, e.g. {\"team\": \"ops\", \"year\": {\"$gte\": 2020}}. context: a number "
-        "of neighbouring chunks (0-50) or \"section\" to return each hit's whole section."))
+    @server.tool(
+        description=(
+            "Search a collection. mode: hybrid (default; words and meaning), vector (meaning) "
+            'or fulltext (words; supports "phrases", or, -word). where: a JSON filter on '
+            'metadata, e.g. {"team": "ops", "year": {"$gte": 2020}}. context: a number '
+            'of neighbouring chunks (0-50) or "section" to return each hit\'s whole section.'
+        )
+    )
     @answers
-    def search(collection: str, query: str, k: int = 5, mode: str = "hybrid",
-               where: dict[str, Any] | None = None,
-               context: int | str | None = None) -> dict[str, Any]:
+    def search(
+        collection: str,
+        query: str,
+        k: int = 5,
+        mode: str = "hybrid",
+        where: dict[str, Any] | None = None,
+        context: int | str | None = None,
+    ) -> dict[str, Any]:
         allow("read", collection)
         out = store.search(collection, query, k=k, mode=mode, where=where, context=context)
         hits = []
         for h in out["data"]:
-            hit = {"document_id": h["document_id"], "chunk_id": h["chunk_id"],
-                   "source": h["source"], "title": h["title"], "score": h["score"],
-                   "section": " > ".join(h["section_path"]), "page": h["page"],
-                   "text": h["text"], "metadata": h["metadata"]}
+            hit = {
+                "document_id": h["document_id"],
+                "chunk_id": h["chunk_id"],
+                "source": h["source"],
+                "title": h["title"],
+                "score": h["score"],
+                "section": " > ".join(h["section_path"]),
+                "page": h["page"],
+                "text": h["text"],
+                "metadata": h["metadata"],
+            }
             if h.get("context"):
                 hit["context"] = "\n\n".join(c["text"] for c in h["context"])
             hits.append(hit)
@@ -93,48 +113,80 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
     @server.tool(description="The collections: name, embedding model, documents, chunks.")
     @answers
     def list_collections() -> dict[str, Any]:
-        rows = [c for c in store.list_collections()
-                if key is None or key.collection in (None, c["name"])]
-        return {"collections": [{k: c[k] for k in ("name", "model", "documents", "chunks")}
-                                for c in rows]}
+        rows = [
+            c
+            for c in store.list_collections()
+            if key is None or key.collection in (None, c["name"])
+        ]
+        return {
+            "collections": [
+                {k: c[k] for k in ("name", "model", "documents", "chunks")} for c in rows
+            ]
+        }
 
-    @server.tool(description=(
-        "A document by its id (document_id in search hits): its name, title, metadata and "
-        "text (long texts are cut at 50000 characters)."))
+    @server.tool(
+        description=(
+            "A document by its id (document_id in search hits): its name, title, metadata and "
+            "text (long texts are cut at 50000 characters)."
+        )
+    )
     @answers
     def get_document(collection: str, document_id: int) -> dict[str, Any]:
         allow("read", collection)
         doc = store.get_document(collection, document_id)
         text = "\n\n".join(c["text"] for c in _chunks(store, collection, document_id))
-        return {"id": doc["id"], "name": doc["name"], "title": doc["title"],
-                "format": doc["format"], "metadata": doc["metadata"],
-                "truncated": len(text) > MAX_TEXT_CHARS, "text": text[:MAX_TEXT_CHARS]}
+        return {
+            "id": doc["id"],
+            "name": doc["name"],
+            "title": doc["title"],
+            "format": doc["format"],
+            "metadata": doc["metadata"],
+            "truncated": len(text) > MAX_TEXT_CHARS,
+            "text": text[:MAX_TEXT_CHARS],
+        }
 
-    @server.tool(description=(
-        "One section of a document: section is its heading path as search hits show it "
-        "(\"Guide > Rollback\"); the section's text with its subsections."))
+    @server.tool(
+        description=(
+            "One section of a document: section is its heading path as search hits show it "
+            '("Guide > Rollback"); the section\'s text with its subsections.'
+        )
+    )
     @answers
     def get_section(collection: str, document_id: int, section: str) -> dict[str, Any]:
         allow("read", collection)
         want = [p.strip() for p in section.split(">") if p.strip()]
         if not want:
             raise InputError("section is empty; give a heading path such as 'Guide > Setup'")
-        chunks = [c for c in _chunks(store, collection, document_id)
-                  if c["section_path"][:len(want)] == want]
+        chunks = [
+            c
+            for c in _chunks(store, collection, document_id)
+            if c["section_path"][: len(want)] == want
+        ]
         if not chunks:
-            raise InputError(f"document {document_id} has no section {section!r}; use the "
-                             "section of a search hit")
+            raise InputError(
+                f"document {document_id} has no section {section!r}; use the "
+                "section of a search hit"
+            )
         text = "\n\n".join(c["text"] for c in chunks)
-        return {"document_id": document_id, "section": " > ".join(want),
-                "truncated": len(text) > MAX_TEXT_CHARS, "text": text[:MAX_TEXT_CHARS]}
+        return {
+            "document_id": document_id,
+            "section": " > ".join(want),
+            "truncated": len(text) > MAX_TEXT_CHARS,
+            "text": text[:MAX_TEXT_CHARS],
+        }
 
     if key is not None and key.allows("write"):
-        @server.tool(description=(
-            "Add (or update) a document in a collection, created if missing. name: a file "
-            "name whose suffix picks the parser (notes.md, page.html, memo.txt)."))
+
+        @server.tool(
+            description=(
+                "Add (or update) a document in a collection, created if missing. name: a file "
+                "name whose suffix picks the parser (notes.md, page.html, memo.txt)."
+            )
+        )
         @answers
-        def add_document(collection: str, name: str, text: str,
-                         metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        def add_document(
+            collection: str, name: str, text: str, metadata: dict[str, Any] | None = None
+        ) -> dict[str, Any]:
             allow("write", collection)
             doc = store.add_document(collection, name, text, metadata=metadata)
             return {k: doc[k] for k in ("id", "name", "status", "chunks")}

@@ -20,8 +20,9 @@ def collection_lock(collection: str) -> str:
     return f"ragstore-collection:{collection}"
 
 
-def build_queue(conninfo: str, *, runtime: Runtime | None = None,
-                sync: bool = False) -> procrastinate.App:
+def build_queue(
+    conninfo: str, *, runtime: Runtime | None = None, sync: bool = False
+) -> procrastinate.App:
     """A procrastinate app on ``conninfo``; with ``runtime`` it can also run the task."""
     connector: procrastinate.BaseConnector
     if sync:

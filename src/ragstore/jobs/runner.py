@@ -72,18 +72,35 @@ def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
         for r in results:
             outcomes[r.status] += 1
             if r.error is not None:
-                errors.append({"document": r.name, "code": r.error.code,
-                               "detail": str(r.error)})
+                errors.append({"document": r.name, "code": r.error.code, "detail": str(r.error)})
     except Exception as exc:  # the job itself broke: record it, let the queue see it too
         with rt.db.connection() as conn, translated(f"finishing job {job_id}"):
-            store.finish(conn, job_id, "failed", documents=tracker.docs, chunks=tracker.chunks,
-                         errors=[*errors, {"document": None,
-                                           "code": getattr(exc, "code", "internal_error"),
-                                           "detail": str(exc)}],
-                         summary=dict(outcomes))
+            store.finish(
+                conn,
+                job_id,
+                "failed",
+                documents=tracker.docs,
+                chunks=tracker.chunks,
+                errors=[
+                    *errors,
+                    {
+                        "document": None,
+                        "code": getattr(exc, "code", "internal_error"),
+                        "detail": str(exc),
+                    },
+                ],
+                summary=dict(outcomes),
+            )
         raise
     summary: dict[str, Any] = {**outcomes, "embedded": embedded, "reused": reused}
     with rt.db.connection() as conn, translated(f"finishing job {job_id}"):
-        store.finish(conn, job_id, "succeeded", documents=tracker.docs, chunks=tracker.chunks,
-                     errors=errors, summary=summary)
+        store.finish(
+            conn,
+            job_id,
+            "succeeded",
+            documents=tracker.docs,
+            chunks=tracker.chunks,
+            errors=errors,
+            summary=summary,
+        )
         return store.get(conn, job_id)

@@ -31,11 +31,11 @@ def safe_name(name: str) -> PurePosixPath:
     """The upload's file name as a relative path; anything that could escape is refused."""
     path = PurePosixPath(name.replace("\\", "/"))
     parts = path.parts
-    if not parts or len(parts) > 8 or path.is_absolute() or not all(
-            _PART.match(p) for p in parts):
+    if not parts or len(parts) > 8 or path.is_absolute() or not all(_PART.match(p) for p in parts):
         raise InputError(
             f"invalid document name {name!r}: use a relative path of up to 8 parts made of "
-            "letters, digits, spaces and _.,()+=@- (each part starting with a letter or digit)")
+            "letters, digits, spaces and _.,()+=@- (each part starting with a letter or digit)"
+        )
     return path
 
 
@@ -83,4 +83,4 @@ def staging_area(settings: Settings) -> Iterator[StagingArea]:
 def source_name(settings: Settings, collection: str, source: str) -> str:
     """The name a client gave for a staged source; other sources are returned unchanged."""
     root = str(upload_root(settings, collection).resolve()) + os.sep
-    return source[len(root):] if source.startswith(root) else source
+    return source[len(root) :] if source.startswith(root) else source

@@ -26,7 +26,8 @@ async def retry_stalled(app: procrastinate.App, stalled_after_s: float) -> list[
     """Put jobs of workers silent for ``stalled_after_s`` back on the queue; their ids."""
     await app.job_manager.prune_stalled_workers(stalled_after_s)
     stalled = await app.job_manager.get_stalled_jobs(
-        queue=QUEUE, seconds_since_heartbeat=stalled_after_s)
+        queue=QUEUE, seconds_since_heartbeat=stalled_after_s
+    )
     ids = []
     for job in stalled:
         log.warning("job %s: its worker stopped; retrying it", job.id)
@@ -45,20 +46,28 @@ async def _watch_stalled(app: procrastinate.App, settings: Settings) -> None:
             log.warning("could not check for stalled jobs: %s", exc)
 
 
-async def _run(settings: Settings, *, concurrency: int, burst: bool, name: str | None,
-               signals: bool) -> None:
+async def _run(
+    settings: Settings, *, concurrency: int, burst: bool, name: str | None, signals: bool
+) -> None:
     with Runtime(settings) as rt:
         db = rt.db  # checks the server and the schema before taking any job
         app = build_queue(db.conninfo, runtime=rt)
         async with app.open_async():
-            events.info("worker started", worker=name or "ragstore-worker",
-                        concurrency=concurrency, burst=burst)
+            events.info(
+                "worker started",
+                worker=name or "ragstore-worker",
+                concurrency=concurrency,
+                burst=burst,
+            )
             await retry_stalled(app, settings.worker_stalled_after_s)
             watcher = asyncio.create_task(_watch_stalled(app, settings))
             try:
                 await app.run_worker_async(
-                    queues=[QUEUE], concurrency=concurrency, wait=not burst,
-                    name=name or "ragstore-worker", delete_jobs="successful",
+                    queues=[QUEUE],
+                    concurrency=concurrency,
+                    wait=not burst,
+                    name=name or "ragstore-worker",
+                    delete_jobs="successful",
                     update_heartbeat_interval=settings.worker_heartbeat_s,
                     stalled_worker_timeout=settings.worker_stalled_after_s,
                     fetch_job_polling_interval=min(5.0, settings.worker_heartbeat_s),
@@ -71,11 +80,16 @@ async def _run(settings: Settings, *, concurrency: int, burst: bool, name: str |
                 events.info("worker stopped", worker=name or "ragstore-worker")
 
 
-def run_worker(settings: Settings, *, concurrency: int = 1, burst: bool = False,
-               name: str | None = None, signals: bool = True) -> None:
+def run_worker(
+    settings: Settings,
+    *,
+    concurrency: int = 1,
+    burst: bool = False,
+    name: str | None = None,
+    signals: bool = True,
+) -> None:
     """Work until SIGINT/SIGTERM (or, with ``burst``, until the queue is empty).
 
     ``signals=False`` leaves signal handling alone (for a worker run off the main thread).
     """
-    asyncio.run(_run(settings, concurrency=concurrency, burst=burst, name=name,
-                     signals=signals))
+    asyncio.run(_run(settings, concurrency=concurrency, burst=burst, name=name, signals=signals))

@@ -20,8 +20,9 @@ from ragstore.models import Chunk
 from ragstore.runtime import Runtime
 
 
-def building_vectors(rt: Runtime, coll: repository.Collection,
-                     documents: Sequence[Sequence[Chunk]]) -> list[dict[str, np.ndarray]]:
+def building_vectors(
+    rt: Runtime, coll: repository.Collection, documents: Sequence[Sequence[Chunk]]
+) -> list[dict[str, np.ndarray]]:
     """For each document: building space table -> one vector per embeddable chunk."""
     out: list[dict[str, np.ndarray]] = [{} for _ in documents]
     with rt.db.connection() as conn, translated(f"listing spaces of {coll.name!r}"):
@@ -32,6 +33,9 @@ def building_vectors(rt: Runtime, coll: repository.Collection,
         unique = list(dict.fromkeys(t for doc in texts for t in doc))
         vecs = dict(zip(unique, embedder.embed(unique), strict=True))
         for i, doc in enumerate(texts):
-            out[i][space.table] = (np.stack([vecs[t] for t in doc]) if doc else
-                                   np.zeros((0, space.model.dimension), dtype=np.float32))
+            out[i][space.table] = (
+                np.stack([vecs[t] for t in doc])
+                if doc
+                else np.zeros((0, space.model.dimension), dtype=np.float32)
+            )
     return out

@@ -77,8 +77,9 @@ def _migration_lock(rt: Runtime, coll: repository.Collection) -> Any:
         conn.close()
 
 
-def _target_space(conn: psycopg.Connection[Any], coll: repository.Collection,
-                  model_id: int, spec: ModelSpec) -> spaces.Space:
+def _target_space(
+    conn: psycopg.Connection[Any], coll: repository.Collection, model_id: int, spec: ModelSpec
+) -> spaces.Space:
     """The space to fill: a building one resumed, a retired one reused, or a new one."""
     spaces.lock_collection(conn, coll.id)
     existing = spaces.list_spaces(conn, coll.id)
@@ -105,9 +106,16 @@ def _target_space(conn: psycopg.Connection[Any], coll: repository.Collection,
     return got
 
 
-def migrate(rt: Runtime, collection: str, to_model: str, *, batch_size: int = 256,
-            switch: bool = True, sample_queries: int = 8,
-            progress: Progress | None = None) -> MigrationReport:
+def migrate(
+    rt: Runtime,
+    collection: str,
+    to_model: str,
+    *,
+    batch_size: int = 256,
+    switch: bool = True,
+    sample_queries: int = 8,
+    progress: Progress | None = None,
+) -> MigrationReport:
     """Re-embed ``collection`` with ``to_model`` beside the active space, then switch to it."""
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
@@ -123,13 +131,13 @@ def migrate(rt: Runtime, collection: str, to_model: str, *, batch_size: int = 25
             f"{target.spec.key} reads at most {target.spec.max_tokens} tokens, fewer than the "
             f"{coll.model.max_tokens} {coll.model.key} was chunked for; a migration embeds the "
             "stored chunks and does not re-chunk them, so they would be cut short. Ingest the "
-            f"documents into a new collection created with {target.spec.key} instead")
+            f"documents into a new collection created with {target.spec.key} instead"
+        )
     embedder = rt.embedder(target.spec)  # refuses a model that differs from its pin
     with _migration_lock(rt, coll):
         with rt.db.connection() as conn, translated(f"preparing the space of {target.spec.key}"):
             space = _target_space(conn, coll, target.id, target.spec)
-        report = MigrationReport(coll.name, coll.model.key, target.spec.key, space.id,
-                                 space.table)
+        report = MigrationReport(coll.name, coll.model.key, target.spec.key, space.id, space.table)
         for _ in range(MAX_PASSES):
             coll = rt.collection(collection)
             _backfill(rt, coll, space, embedder, batch_size, report, progress)
@@ -152,9 +160,15 @@ def migrate(rt: Runtime, collection: str, to_model: str, *, batch_size: int = 25
     return report
 
 
-def _backfill(rt: Runtime, coll: repository.Collection, space: spaces.Space,
-              embedder: Any, batch_size: int, report: MigrationReport,
-              progress: Progress | None) -> None:
+def _backfill(
+    rt: Runtime,
+    coll: repository.Collection,
+    space: spaces.Space,
+    embedder: Any,
+    batch_size: int,
+    report: MigrationReport,
+    progress: Progress | None,
+) -> None:
     """Embed every chunk of the active space missing from ``space``, one commit per batch.
 
     Each chunk is embedded as ingest embedded it: its stored context, then its text. A
@@ -189,8 +203,9 @@ def _backfill(rt: Runtime, coll: repository.Collection, space: spaces.Space,
             progress(min(done, total), total)
 
 
-def _check_fits(texts: list[str], batch: list[spaces.PendingChunk], embedder: Any,
-                space: spaces.Space) -> None:
+def _check_fits(
+    texts: list[str], batch: list[spaces.PendingChunk], embedder: Any, space: spaces.Space
+) -> None:
     """Refuse texts longer than the target model reads (it would silently truncate them)."""
     limit = space.model.max_tokens
     for text, chunk, n in zip(texts, batch, embedder.count_tokens(texts), strict=True):
@@ -199,11 +214,13 @@ def _check_fits(texts: list[str], batch: list[spaces.PendingChunk], embedder: An
                 f"chunk {chunk.id} is {n} tokens for {space.model.key}, which reads at most "
                 f"{limit}; a migration does not re-chunk, so this model would cut it short. "
                 "Cancel with `ragstore models cancel` and ingest into a new collection "
-                f"created with {space.model.key} instead ({text[:40]!r}...)")
+                f"created with {space.model.key} instead ({text[:40]!r}...)"
+            )
 
 
-def _validate(rt: Runtime, coll: repository.Collection, space: spaces.Space, n: int,
-              report: MigrationReport) -> None:
+def _validate(
+    rt: Runtime, coll: repository.Collection, space: spaces.Space, n: int, report: MigrationReport
+) -> None:
     """A sample of chunk texts, asked as queries of the new space, must find themselves."""
     if n <= 0:
         return
@@ -216,8 +233,9 @@ def _validate(rt: Runtime, coll: repository.Collection, space: spaces.Space, n: 
         vecs = embedder.embed(queries)
         found = 0
         for q, vec in zip(queries, vecs, strict=True):
-            hits = spaces.nearest_texts(conn, space.table, space.model.distance,
-                                        np.asarray(vec), 10)
+            hits = spaces.nearest_texts(
+                conn, space.table, space.model.distance, np.asarray(vec), 10
+            )
             if not hits:
                 raise MigrationStateError(
                     f"validation failed: the query {q[:40]!r} found nothing in {space.table}; "
@@ -252,11 +270,17 @@ def _switch(rt: Runtime, coll: repository.Collection, space: spaces.Space) -> bo
 def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
     """Switch back to the previously active model; returns (from key, to key)."""
     coll = rt.collection(collection)
-    with _migration_lock(rt, coll), rt.db.connection() as conn, \
-            translated(f"rolling back {coll.name!r}"):
+    with (
+        _migration_lock(rt, coll),
+        rt.db.connection() as conn,
+        translated(f"rolling back {coll.name!r}"),
+    ):
         spaces.lock_collection(conn, coll.id)
-        retired = [s for s in spaces.list_spaces(conn, coll.id)
-                   if s.status == "retired" and s.activated_at is not None]
+        retired = [
+            s
+            for s in spaces.list_spaces(conn, coll.id)
+            if s.status == "retired" and s.activated_at is not None
+        ]
         if not retired:
             raise MigrationStateError(
                 f"collection {coll.name!r} has no previous model to roll back to (it has only "
@@ -277,8 +301,11 @@ def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
 def prune(rt: Runtime, collection: str, *, dry_run: bool = False) -> list[spaces.Space]:
     """Drop the tables of the collection's retired spaces (rollback is then impossible)."""
     coll = rt.collection(collection)
-    with _migration_lock(rt, coll), rt.db.connection() as conn, \
-            translated(f"pruning {coll.name!r}"):
+    with (
+        _migration_lock(rt, coll),
+        rt.db.connection() as conn,
+        translated(f"pruning {coll.name!r}"),
+    ):
         spaces.lock_collection(conn, coll.id)
         retired = [s for s in spaces.list_spaces(conn, coll.id) if s.status == "retired"]
         if not dry_run:
@@ -296,8 +323,11 @@ def cancel(rt: Runtime, collection: str) -> list[tuple[spaces.Space, str]]:
     """
     coll = rt.collection(collection)
     done: list[tuple[spaces.Space, str]] = []
-    with _migration_lock(rt, coll), rt.db.connection() as conn, \
-            translated(f"cancelling the migration of {coll.name!r}"):
+    with (
+        _migration_lock(rt, coll),
+        rt.db.connection() as conn,
+        translated(f"cancelling the migration of {coll.name!r}"),
+    ):
         spaces.lock_collection(conn, coll.id)
         for sp in spaces.building_spaces(conn, coll.id):
             if sp.activated_at is not None:
@@ -317,12 +347,20 @@ def model_status(rt: Runtime, collection: str) -> list[dict[str, Any]]:
     with rt.db.connection() as conn, translated(f"reading spaces of {coll.name!r}"):
         for sp in spaces.list_spaces(conn, coll.id):
             vectors = spaces.count_vectors(conn, sp.table)
-            missing = 0 if sp.id == coll.space_id else spaces.count_missing(
-                conn, coll.table, sp.table)
-            out.append({"space": sp.id, "table": sp.table, "model": sp.model.key,
-                        "dimension": sp.model.dimension, "status": sp.status,
-                        "vectors": vectors, "missing": missing,
-                        "created_at": sp.created_at.isoformat(),
-                        "activated_at": sp.activated_at.isoformat() if sp.activated_at
-                        else None})
+            missing = (
+                0 if sp.id == coll.space_id else spaces.count_missing(conn, coll.table, sp.table)
+            )
+            out.append(
+                {
+                    "space": sp.id,
+                    "table": sp.table,
+                    "model": sp.model.key,
+                    "dimension": sp.model.dimension,
+                    "status": sp.status,
+                    "vectors": vectors,
+                    "missing": missing,
+                    "created_at": sp.created_at.isoformat(),
+                    "activated_at": sp.activated_at.isoformat() if sp.activated_at else None,
+                }
+            )
     return out

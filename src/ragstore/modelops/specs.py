@@ -100,10 +100,19 @@ def _check_common(name: str, distance: str, max_tokens: int | None) -> None:
         raise InputError(f"max tokens must be at least 8, got {max_tokens}")
 
 
-def add_local_model(rt: Runtime, path: str, *, name: str, revision: str | None = None,
-                    distance: str = "cosine", normalize: bool = True,
-                    max_tokens: int | None = None, truncate_dim: int | None = None,
-                    query_prefix: str = "", passage_prefix: str = "") -> PinnedModel:
+def add_local_model(
+    rt: Runtime,
+    path: str,
+    *,
+    name: str,
+    revision: str | None = None,
+    distance: str = "cosine",
+    normalize: bool = True,
+    max_tokens: int | None = None,
+    truncate_dim: int | None = None,
+    query_prefix: str = "",
+    passage_prefix: str = "",
+) -> PinnedModel:
     """Pin a sentence-transformers model from a local directory (nothing is downloaded).
 
     The directory is hashed (the pin), loaded once to read its dimension and maximum
@@ -124,26 +133,49 @@ def add_local_model(rt: Runtime, path: str, *, name: str, revision: str | None =
     if truncate_dim:
         options["truncate_dim"] = int(truncate_dim)
     options.update(_prefixes(query_prefix, passage_prefix))
-    draft = ModelSpec(LOCAL_PROVIDER, name, revision or checksum.split(":")[-1][:12], 1,
-                      distance, normalize, max_tokens or 512, checksum, options)
-    embedder = SentenceTransformerEmbedder(draft, where, device=rt.settings.device,
-                                           batch_size=rt.settings.embed_batch_size)
+    draft = ModelSpec(
+        LOCAL_PROVIDER,
+        name,
+        revision or checksum.split(":")[-1][:12],
+        1,
+        distance,
+        normalize,
+        max_tokens or 512,
+        checksum,
+        options,
+    )
+    embedder = SentenceTransformerEmbedder(
+        draft, where, device=rt.settings.device, batch_size=rt.settings.embed_batch_size
+    )
     native = _native_max_tokens(where)
     draft = replace(draft, max_tokens=min(max_tokens or native, native))
     embedder.spec = draft
     embedder.model.max_seq_length = draft.max_tokens
     vec = probe_vector(embedder)
-    spec = replace(draft, dimension=int(vec.shape[0]),
-                   options={**options, "probe": probe_record(vec)})
+    spec = replace(
+        draft, dimension=int(vec.shape[0]), options={**options, "probe": probe_record(vec)}
+    )
     return _insert(rt, spec)
 
 
-def add_http_model(rt: Runtime, base_url: str, *, name: str, remote_model: str | None = None,
-                   revision: str | None = None, distance: str = "cosine", normalize: bool = True,
-                   max_tokens: int = 512, api_key_env: str = DEFAULT_API_KEY_ENV,
-                   tokenizer: str | None = None, timeout_s: float = 30.0,
-                   max_retries: int = 5, batch_size: int = 64, query_prefix: str = "",
-                   passage_prefix: str = "") -> PinnedModel:
+def add_http_model(
+    rt: Runtime,
+    base_url: str,
+    *,
+    name: str,
+    remote_model: str | None = None,
+    revision: str | None = None,
+    distance: str = "cosine",
+    normalize: bool = True,
+    max_tokens: int = 512,
+    api_key_env: str = DEFAULT_API_KEY_ENV,
+    tokenizer: str | None = None,
+    timeout_s: float = 30.0,
+    max_retries: int = 5,
+    batch_size: int = 64,
+    query_prefix: str = "",
+    passage_prefix: str = "",
+) -> PinnedModel:
     """Pin a model served by an OpenAI-compatible ``/v1/embeddings`` endpoint.
 
     The endpoint is asked for the probe vector: its length is the dimension and its hash
@@ -151,16 +183,24 @@ def add_http_model(rt: Runtime, base_url: str, *, name: str, remote_model: str |
     refused at start. The API key stays in the environment variable ``api_key_env``.
     """
     _check_common(name, distance, max_tokens)
-    options: dict[str, Any] = {"base_url": base_url.rstrip("/"),
-                               "model": remote_model or name, "api_key_env": api_key_env,
-                               "timeout_s": timeout_s, "max_retries": max_retries,
-                               "batch_size": batch_size,
-                               **_prefixes(query_prefix, passage_prefix)}
+    options: dict[str, Any] = {
+        "base_url": base_url.rstrip("/"),
+        "model": remote_model or name,
+        "api_key_env": api_key_env,
+        "timeout_s": timeout_s,
+        "max_retries": max_retries,
+        "batch_size": batch_size,
+        **_prefixes(query_prefix, passage_prefix),
+    }
     if tokenizer:
-        options["tokenizer"] = (tokenizer if tokenizer.startswith("package:")
-                                else str(Path(tokenizer).expanduser().resolve()))
-    draft = ModelSpec(HTTP_PROVIDER, name, revision or "", 1, distance, normalize, max_tokens,
-                      "", options)
+        options["tokenizer"] = (
+            tokenizer
+            if tokenizer.startswith("package:")
+            else str(Path(tokenizer).expanduser().resolve())
+        )
+    draft = ModelSpec(
+        HTTP_PROVIDER, name, revision or "", 1, distance, normalize, max_tokens, "", options
+    )
     client = HttpEmbedder(draft)
     try:
         client.spec = replace(draft, dimension=_remote_dimension(client))
@@ -168,9 +208,13 @@ def add_http_model(rt: Runtime, base_url: str, *, name: str, remote_model: str |
     finally:
         client.close()
     checksum = probe_checksum(vec)
-    spec = replace(draft, revision=revision or checksum.split(":")[-1][:12],
-                   dimension=int(vec.shape[0]), checksum=checksum,
-                   options={**options, "probe": probe_record(vec)})
+    spec = replace(
+        draft,
+        revision=revision or checksum.split(":")[-1][:12],
+        dimension=int(vec.shape[0]),
+        checksum=checksum,
+        options={**options, "probe": probe_record(vec)},
+    )
     return _insert(rt, spec)
 
 

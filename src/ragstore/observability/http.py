@@ -79,8 +79,11 @@ class ObservabilityMiddleware:
                 status = int(message["status"])
                 ctype = dict(message.get("headers", [])).get(b"content-type", b"")
                 is_problem = ctype.startswith(PROBLEM_JSON)
-            elif (message["type"] == "http.response.body" and is_problem
-                  and len(problem) < _MAX_PROBLEM_BYTES):
+            elif (
+                message["type"] == "http.response.body"
+                and is_problem
+                and len(problem) < _MAX_PROBLEM_BYTES
+            ):
                 problem.extend(message.get("body", b""))
             await send(message)
 
@@ -107,8 +110,12 @@ class ObservabilityMiddleware:
                 code = None
             if isinstance(code, str) and len(code) <= 64:
                 metrics.record_error(code)
-        fields: dict[str, Any] = {"method": method, "route": route, "status": status,
-                                  "duration_ms": round(seconds * 1000, 2)}
+        fields: dict[str, Any] = {
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+        }
         collection = (scope.get("path_params") or {}).get("name")
         if collection:
             fields["collection"] = collection
@@ -130,8 +137,9 @@ async def metrics_endpoint(request: Request) -> Response:
         rt = _runtime_of(app)
         if rt is None:
             return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
-        collector = metrics.DatabaseCollector(lambda: rt.db.connection(),
-                                              data_dir=rt.settings.data_dir)
+        collector = metrics.DatabaseCollector(
+            lambda: rt.db.connection(), data_dir=rt.settings.data_dir
+        )
         app.state.ragstore_db_collector = collector
     body = await _in_thread(metrics.render, collector)
     return Response(body, media_type=metrics.CONTENT_TYPE)
@@ -150,8 +158,9 @@ async def _require_key_in_prod(request: Request) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     client = request.client.host if request.client else ""
-    await run_in_threadpool(keys.authenticate, token if scheme.lower() == "bearer" else None,
-                            client)
+    await run_in_threadpool(
+        keys.authenticate, token if scheme.lower() == "bearer" else None, client
+    )
 
 
 async def _in_thread(fn: Any, *args: Any) -> bytes:
@@ -165,8 +174,9 @@ def install_observability(app: Any, settings: Any) -> None:
     """Logging from the settings, the metrics middleware and ``GET /metrics`` on ``app``."""
     from ragstore import __version__
 
-    configure_logging(settings.log_level, log_format=settings.log_format,
-                      log_queries=settings.log_queries)
+    configure_logging(
+        settings.log_level, log_format=settings.log_format, log_queries=settings.log_queries
+    )
     metrics.set_build_info(__version__, settings.profile)
     metrics.mark_process_dead_at_exit()
     app.add_middleware(ObservabilityMiddleware, root=app)

@@ -30,9 +30,11 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 REDACTED = "**********"
 _SECRET_KEY = re.compile(
     r"pass(word)?|secret|token|api[_-]?key|authorization|cookie|credential|database_url|dsn",
-    re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?P<tail>@)",
-                           re.IGNORECASE)
+    re.IGNORECASE,
+)
+_URL_PASSWORD = re.compile(
+    r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?P<tail>@)", re.IGNORECASE
+)
 _QUERY_KEYS = frozenset({"query", "q", "text", "query_text"})
 
 LogFormat = Literal["auto", "json", "console"]
@@ -82,8 +84,13 @@ def _shared_processors(log_queries: bool) -> list[Processor]:
     ]
 
 
-def configure_logging(level: str = "info", *, log_format: LogFormat = "auto",
-                      log_queries: bool = False, stream: IO[str] | None = None) -> None:
+def configure_logging(
+    level: str = "info",
+    *,
+    log_format: LogFormat = "auto",
+    log_queries: bool = False,
+    stream: IO[str] | None = None,
+) -> None:
     """Send every log line (ours and the standard library's) to ``stream`` (stderr).
 
     ``auto`` renders JSON unless the stream is a terminal. Calling it again replaces the
@@ -91,9 +98,13 @@ def configure_logging(level: str = "info", *, log_format: LogFormat = "auto",
     """
     out = stream or sys.stderr
     use_console = log_format == "console" or (
-        log_format == "auto" and hasattr(out, "isatty") and out.isatty())
-    renderer: Processor = (structlog.dev.ConsoleRenderer(colors=False) if use_console
-                           else structlog.processors.JSONRenderer(sort_keys=False))
+        log_format == "auto" and hasattr(out, "isatty") and out.isatty()
+    )
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if use_console
+        else structlog.processors.JSONRenderer(sort_keys=False)
+    )
     shared = _shared_processors(log_queries)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -103,8 +114,7 @@ def configure_logging(level: str = "info", *, log_format: LogFormat = "auto",
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    _ordered, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _ordered, renderer],
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)

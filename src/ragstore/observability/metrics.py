@@ -50,98 +50,190 @@ EXACT_COUNT_MAX_BYTES = 8 * 1024 * 1024
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
-                    10.0, 30.0)
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 HTTP_REQUESTS = Counter(
-    "ragstore_http_requests_total", "HTTP requests answered, by route template, method and status.",
-    ["method", "route", "status"], registry=REGISTRY)
+    "ragstore_http_requests_total",
+    "HTTP requests answered, by route template, method and status.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
 HTTP_DURATION = Histogram(
-    "ragstore_http_request_duration_seconds", "Time to answer an HTTP request.",
-    ["method", "route"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+    "ragstore_http_request_duration_seconds",
+    "Time to answer an HTTP request.",
+    ["method", "route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 HTTP_IN_FLIGHT = Gauge(
-    "ragstore_http_requests_in_flight", "HTTP requests being answered now.",
-    registry=REGISTRY, multiprocess_mode="livesum")
+    "ragstore_http_requests_in_flight",
+    "HTTP requests being answered now.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 ERRORS = Counter(
-    "ragstore_errors_total", "Failures answered to a client, by stable error code.",
-    ["code"], registry=REGISTRY)
+    "ragstore_errors_total",
+    "Failures answered to a client, by stable error code.",
+    ["code"],
+    registry=REGISTRY,
+)
 
 SEARCHES = Counter(
-    "ragstore_search_requests_total", "Searches run, by mode and outcome (ok or error).",
-    ["mode", "outcome"], registry=REGISTRY)
+    "ragstore_search_requests_total",
+    "Searches run, by mode and outcome (ok or error).",
+    ["mode", "outcome"],
+    registry=REGISTRY,
+)
 SEARCH_DURATION = Histogram(
-    "ragstore_search_duration_seconds", "Time for one search (query embedding and SQL).",
-    ["mode"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+    "ragstore_search_duration_seconds",
+    "Time for one search (query embedding and SQL).",
+    ["mode"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 SEARCH_HITS = Histogram(
-    "ragstore_search_hits", "Hits returned by one search.", ["mode"],
-    buckets=(0, 1, 5, 10, 20, 50, 100, 1000), registry=REGISTRY)
+    "ragstore_search_hits",
+    "Hits returned by one search.",
+    ["mode"],
+    buckets=(0, 1, 5, 10, 20, 50, 100, 1000),
+    registry=REGISTRY,
+)
 
 EMBED_BATCH_DURATION = Histogram(
-    "ragstore_embedding_batch_duration_seconds", "Time for one call to the embedding model.",
-    buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+    "ragstore_embedding_batch_duration_seconds",
+    "Time for one call to the embedding model.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 EMBED_BATCH_SIZE = Histogram(
-    "ragstore_embedding_batch_size", "Texts sent to the embedding model in one call.",
-    buckets=_SIZE_BUCKETS, registry=REGISTRY)
+    "ragstore_embedding_batch_size",
+    "Texts sent to the embedding model in one call.",
+    buckets=_SIZE_BUCKETS,
+    registry=REGISTRY,
+)
 EMBED_TEXTS = Counter(
-    "ragstore_embedding_texts_total", "Texts embedded by the model.", registry=REGISTRY)
+    "ragstore_embedding_texts_total", "Texts embedded by the model.", registry=REGISTRY
+)
 QUERY_CACHE = Counter(
-    "ragstore_query_cache_requests_total", "Query-embedding cache look-ups, by result.",
-    ["result"], registry=REGISTRY)
+    "ragstore_query_cache_requests_total",
+    "Query-embedding cache look-ups, by result.",
+    ["result"],
+    registry=REGISTRY,
+)
 MODEL_VALIDATION_FAILURES = Counter(
     "ragstore_model_validation_failures_total",
     "Refusals because a loaded model differs from its pinned spec (model_mismatch).",
-    registry=REGISTRY)
+    registry=REGISTRY,
+)
 
 INGEST_DOCUMENTS = Counter(
-    "ragstore_ingest_documents_total", "Documents seen by ingest, by outcome "
-    "(added, updated, unchanged, failed).", ["outcome"], registry=REGISTRY)
+    "ragstore_ingest_documents_total",
+    "Documents seen by ingest, by outcome (added, updated, unchanged, failed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 INGEST_CHUNKS = Counter(
-    "ragstore_ingest_chunks_total", "Chunks stored by ingest, by how their vector was "
+    "ragstore_ingest_chunks_total",
+    "Chunks stored by ingest, by how their vector was "
     "obtained (embedded: new model call; reused: vector already stored).",
-    ["outcome"], registry=REGISTRY)
+    ["outcome"],
+    registry=REGISTRY,
+)
 INGEST_DURATION = Histogram(
-    "ragstore_ingest_duration_seconds", "Time for one ingest call (a batch of files).",
-    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800), registry=REGISTRY)
+    "ragstore_ingest_duration_seconds",
+    "Time for one ingest call (a batch of files).",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+    registry=REGISTRY,
+)
 
 POOL_MAX = Gauge(
-    "ragstore_db_pool_max_connections", "Largest size the connection pool may grow to.",
-    registry=REGISTRY, multiprocess_mode="livesum")
+    "ragstore_db_pool_max_connections",
+    "Largest size the connection pool may grow to.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 POOL_SIZE = Gauge(
-    "ragstore_db_pool_connections", "Connections the pool holds now (idle and in use).",
-    registry=REGISTRY, multiprocess_mode="livesum")
+    "ragstore_db_pool_connections",
+    "Connections the pool holds now (idle and in use).",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 POOL_IN_USE = Gauge(
-    "ragstore_db_pool_connections_in_use", "Pooled connections lent out now.",
-    registry=REGISTRY, multiprocess_mode="livesum")
+    "ragstore_db_pool_connections_in_use",
+    "Pooled connections lent out now.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 POOL_WAITING = Gauge(
-    "ragstore_db_pool_requests_waiting", "Requests waiting now for a free connection.",
-    registry=REGISTRY, multiprocess_mode="livesum")
+    "ragstore_db_pool_requests_waiting",
+    "Requests waiting now for a free connection.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 POOL_WAITS = Counter(
-    "ragstore_db_pool_waits_total", "Requests that had to queue for a connection.",
-    registry=REGISTRY)
+    "ragstore_db_pool_waits_total",
+    "Requests that had to queue for a connection.",
+    registry=REGISTRY,
+)
 POOL_WAIT_SECONDS = Counter(
-    "ragstore_db_pool_wait_seconds_total", "Time requests spent queueing for a connection.",
-    registry=REGISTRY)
+    "ragstore_db_pool_wait_seconds_total",
+    "Time requests spent queueing for a connection.",
+    registry=REGISTRY,
+)
 POOL_TIMEOUTS = Counter(
-    "ragstore_db_pool_timeouts_total", "Requests that got no connection in time (errors).",
-    registry=REGISTRY)
+    "ragstore_db_pool_timeouts_total",
+    "Requests that got no connection in time (errors).",
+    registry=REGISTRY,
+)
 
 REPLICA_LAG = Gauge(
-    "ragstore_db_replica_lag_seconds", "How far each read replica is behind the primary.",
-    ["replica"], registry=REGISTRY, multiprocess_mode="max")
+    "ragstore_db_replica_lag_seconds",
+    "How far each read replica is behind the primary.",
+    ["replica"],
+    registry=REGISTRY,
+    multiprocess_mode="max",
+)
 REPLICA_UP = Gauge(
-    "ragstore_db_replica_up", "1 while a read replica answers and is within the lag limit.",
-    ["replica"], registry=REGISTRY, multiprocess_mode="min")
+    "ragstore_db_replica_up",
+    "1 while a read replica answers and is within the lag limit.",
+    ["replica"],
+    registry=REGISTRY,
+    multiprocess_mode="min",
+)
 DB_READS = Counter(
-    "ragstore_db_reads_total", "Routed reads (searches, listings), by where they ran.",
-    ["target"], registry=REGISTRY)
+    "ragstore_db_reads_total",
+    "Routed reads (searches, listings), by where they ran.",
+    ["target"],
+    registry=REGISTRY,
+)
 
 BUILD_INFO = Gauge(
-    "ragstore_build_info", "Always 1; labels say the version and settings profile running.",
-    ["version", "profile"], registry=REGISTRY, multiprocess_mode="max")
+    "ragstore_build_info",
+    "Always 1; labels say the version and settings profile running.",
+    ["version", "profile"],
+    registry=REGISTRY,
+    multiprocess_mode="max",
+)
 
 
 # --- recording helpers: one line at each call site ---------------------------------------
+
 
 def observe_http(method: str, route: str, status: int, seconds: float) -> None:
     HTTP_REQUESTS.labels(method, route, str(status)).inc()
@@ -266,8 +358,9 @@ class DatabaseCollector(Collector):
     of an error.
     """
 
-    def __init__(self, connect: Callable[[], Any], *, data_dir: Path | None = None,
-                 ttl_s: float = 30.0) -> None:
+    def __init__(
+        self, connect: Callable[[], Any], *, data_dir: Path | None = None, ttl_s: float = 30.0
+    ) -> None:
         self._connect = connect
         self._data_dir = data_dir
         self._ttl = ttl_s
@@ -309,10 +402,12 @@ class DatabaseCollector(Collector):
         if self._data_dir is None or not self._data_dir.exists():
             return []
         usage = shutil.disk_usage(self._data_dir)
-        total = GaugeMetricFamily("ragstore_data_dir_size_bytes",
-                                  "Size of the filesystem holding the data dir.")
-        free = GaugeMetricFamily("ragstore_data_dir_free_bytes",
-                                 "Free bytes on the filesystem holding the data dir.")
+        total = GaugeMetricFamily(
+            "ragstore_data_dir_size_bytes", "Size of the filesystem holding the data dir."
+        )
+        free = GaugeMetricFamily(
+            "ragstore_data_dir_free_bytes", "Free bytes on the filesystem holding the data dir."
+        )
         total.add_metric([], usage.total)
         free.add_metric([], usage.free)
         return [total, free]
@@ -326,11 +421,13 @@ def _collection_metrics(conn: Conn) -> list[Metric]:
     chunks = GaugeMetricFamily(
         "ragstore_collection_chunks",
         "Embedded chunks in each collection's active space (estimated above 8 MiB).",
-        labels=["collection"])
+        labels=["collection"],
+    )
     index = GaugeMetricFamily(
         "ragstore_collection_index_bytes",
         "Bytes of the indexes of each collection's active embedding table.",
-        labels=["collection"])
+        labels=["collection"],
+    )
     shown, rest = rows[:MAX_COLLECTION_LABELS], rows[MAX_COLLECTION_LABELS:]
     for name, count, size in shown:
         chunks.add_metric([name], count)
@@ -351,10 +448,13 @@ def _job_metrics(conn: Conn) -> list[Metric]:
     if queue is None:
         return []
     counts, oldest = queue
-    depth = GaugeMetricFamily("ragstore_jobs", "Background jobs by status (todo, doing).",
-                              labels=["status"])
-    age = GaugeMetricFamily("ragstore_jobs_oldest_todo_age_seconds",
-                            "Age of the oldest job still waiting to start (0 when none).")
+    depth = GaugeMetricFamily(
+        "ragstore_jobs", "Background jobs by status (todo, doing).", labels=["status"]
+    )
+    age = GaugeMetricFamily(
+        "ragstore_jobs_oldest_todo_age_seconds",
+        "Age of the oldest job still waiting to start (0 when none).",
+    )
     for status in ("todo", "doing"):
         depth.add_metric([status], float(counts.get(status, 0)))
     age.add_metric([], float(oldest or 0.0))
@@ -362,6 +462,7 @@ def _job_metrics(conn: Conn) -> list[Metric]:
 
 
 # --- exposition ---------------------------------------------------------------------------
+
 
 class _Forward(Collector):
     def __init__(self, registry: CollectorRegistry) -> None:

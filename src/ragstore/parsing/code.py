@@ -23,17 +23,62 @@ from ragstore.models import Block, ChunkType, ParsedDocument
 
 # suffix -> Pygments lexer alias (also the language name stored in metadata)
 CODE_SUFFIXES: dict[str, str] = {
-    ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript",
-    ".cjs": "javascript", ".jsx": "javascript", ".ts": "typescript", ".tsx": "typescript",
-    ".go": "go", ".rs": "rust", ".java": "java", ".kt": "kotlin", ".scala": "scala",
-    ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp",
-    ".cs": "csharp", ".swift": "swift", ".rb": "ruby", ".php": "php", ".sql": "sql",
-    ".sh": "bash", ".bash": "bash", ".zsh": "bash", ".lua": "lua", ".r": "r",
+    ".py": "python",
+    ".pyi": "python",
+    ".js": "javascript",
+    ".mjs": "javascript",
+    ".cjs": "javascript",
+    ".jsx": "javascript",
+    ".ts": "typescript",
+    ".tsx": "typescript",
+    ".go": "go",
+    ".rs": "rust",
+    ".java": "java",
+    ".kt": "kotlin",
+    ".scala": "scala",
+    ".c": "c",
+    ".h": "c",
+    ".cc": "cpp",
+    ".cpp": "cpp",
+    ".cxx": "cpp",
+    ".hpp": "cpp",
+    ".cs": "csharp",
+    ".swift": "swift",
+    ".rb": "ruby",
+    ".php": "php",
+    ".sql": "sql",
+    ".sh": "bash",
+    ".bash": "bash",
+    ".zsh": "bash",
+    ".lua": "lua",
+    ".r": "r",
 }
-_SHEBANGS = {"python": "python", "python3": "python", "bash": "bash", "sh": "bash",
-             "zsh": "bash", "node": "javascript", "ruby": "ruby", "php": "php"}
-_DEFINING_KEYWORDS = {"def", "class", "func", "fn", "function", "struct", "enum", "trait",
-                      "impl", "interface", "type", "module", "create", "procedure"}
+_SHEBANGS = {
+    "python": "python",
+    "python3": "python",
+    "bash": "bash",
+    "sh": "bash",
+    "zsh": "bash",
+    "node": "javascript",
+    "ruby": "ruby",
+    "php": "php",
+}
+_DEFINING_KEYWORDS = {
+    "def",
+    "class",
+    "func",
+    "fn",
+    "function",
+    "struct",
+    "enum",
+    "trait",
+    "impl",
+    "interface",
+    "type",
+    "module",
+    "create",
+    "procedure",
+}
 _OPEN, _CLOSE = set("([{"), set(")]}")
 
 
@@ -134,9 +179,13 @@ def _lexed_units(text: str, lexer: Lexer, lines: list[str]) -> list[_Unit]:
                 start = i
             continue
         prev = lines[i - 1].rstrip()
-        new_top = (depth_at_start[i] == 0 and not blank and not content[:1].isspace()
-                   and not content.lstrip().startswith(("{", ")", "]"))
-                   and (not prev.strip() or (depth_at_start[i - 1] > 0 and prev.endswith("}"))))
+        new_top = (
+            depth_at_start[i] == 0
+            and not blank
+            and not content[:1].isspace()
+            and not content.lstrip().startswith(("{", ")", "]"))
+            and (not prev.strip() or (depth_at_start[i - 1] > 0 and prev.endswith("}")))
+        )
         if new_top:
             last = i - 1
             while last > start and not lines[last].strip():
@@ -191,13 +240,16 @@ def parse_code(text: str, name: str) -> ParsedDocument:
         body = text[a:b].rstrip()
         if not body.strip():
             continue
-        meta: dict[str, object] = {"language": language,
-                                   "lines": [unit.first + 1, unit.last + 1]}
+        meta: dict[str, object] = {"language": language, "lines": [unit.first + 1, unit.last + 1]}
         if unit.symbol:
             meta["symbol"] = unit.symbol
         blocks.append(Block(ChunkType.CODE, body, a, a + len(body), metadata=meta))
-    return ParsedDocument(format="code", title=PurePath(name).name or None, blocks=blocks,
-                          metadata={"language": language})
+    return ParsedDocument(
+        format="code",
+        title=PurePath(name).name or None,
+        blocks=blocks,
+        metadata={"language": language},
+    )
 
 
 def line_of(offsets: list[int], char: int) -> int:

@@ -104,6 +104,9 @@ def parse_docx(data: bytes, name: str) -> ParsedDocument:
             metadata[key] = str(value)
     if props.created is not None:
         metadata["created"] = props.created.isoformat()
-    return ParsedDocument(format="docx",
-                          title=props.title or out.title or PurePath(name).stem or None,
-                          blocks=out.blocks, metadata=metadata)
+    return ParsedDocument(
+        format="docx",
+        title=props.title or out.title or PurePath(name).stem or None,
+        blocks=out.blocks,
+        metadata=metadata,
+    )

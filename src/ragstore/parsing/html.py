@@ -17,13 +17,56 @@ from ragstore.errors import EmptyDocumentError
 from ragstore.models import ChunkType, ParsedDocument
 from ragstore.parsing.structure import BlockBuilder, pipe_table
 
-_DROP = ("script", "style", "noscript", "template", "nav", "header", "footer", "aside",
-         "form", "iframe", "svg", "button", "select", "head")
+_DROP = (
+    "script",
+    "style",
+    "noscript",
+    "template",
+    "nav",
+    "header",
+    "footer",
+    "aside",
+    "form",
+    "iframe",
+    "svg",
+    "button",
+    "select",
+    "head",
+)
 _HEADINGS = {f"h{i}": i for i in range(1, 7)}
 _LISTS = {"ul", "ol", "dl", "menu"}
-_INLINE = {"a", "abbr", "b", "bdi", "bdo", "br", "cite", "code", "data", "dfn", "em", "i",
-           "kbd", "mark", "q", "s", "samp", "small", "span", "strong", "sub", "sup", "time",
-           "u", "var", "wbr", "img", "label", "del", "ins"}
+_INLINE = {
+    "a",
+    "abbr",
+    "b",
+    "bdi",
+    "bdo",
+    "br",
+    "cite",
+    "code",
+    "data",
+    "dfn",
+    "em",
+    "i",
+    "kbd",
+    "mark",
+    "q",
+    "s",
+    "samp",
+    "small",
+    "span",
+    "strong",
+    "sub",
+    "sup",
+    "time",
+    "u",
+    "var",
+    "wbr",
+    "img",
+    "label",
+    "del",
+    "ins",
+}
 
 
 def _text(el: Tag) -> str:
@@ -38,8 +81,9 @@ def _list_text(el: Tag) -> str:
     for li in items:
         depth = sum(1 for p in li.parents if isinstance(p, Tag) and p.name in _LISTS) - 1
         own = " ".join(
-            " ".join(c.get_text(" ", strip=True).split()) if isinstance(c, Tag) else
-            " ".join(str(c).split())
+            " ".join(c.get_text(" ", strip=True).split())
+            if isinstance(c, Tag)
+            else " ".join(str(c).split())
             for c in li.children
             if not (isinstance(c, Tag) and c.name in _LISTS)
         ).strip()
@@ -92,8 +136,9 @@ def _walk(el: Tag, out: BlockBuilder) -> None:
             code = child.find("code")
             classes: list[str] | str = (code.get("class") if isinstance(code, Tag) else None) or []
             langs = [c[9:] for c in classes if isinstance(c, str) and c.startswith("language-")]
-            out.add(ChunkType.CODE, child.get_text(), metadata={"language": langs[0]}
-                    if langs else {})
+            out.add(
+                ChunkType.CODE, child.get_text(), metadata={"language": langs[0]} if langs else {}
+            )
         elif name == "blockquote":
             out.add(ChunkType.QUOTE, _text(child))
         else:
@@ -111,8 +156,11 @@ def parse_html(text: str, name: str) -> ParsedDocument:
         metadata["lang"] = html_tag["lang"]
     for meta in soup.find_all("meta"):
         key, value = meta.get("name"), meta.get("content")
-        if isinstance(key, str) and isinstance(value, str) and key.lower() in (
-                "description", "author", "keywords"):
+        if (
+            isinstance(key, str)
+            and isinstance(value, str)
+            and key.lower() in ("description", "author", "keywords")
+        ):
             metadata[key.lower()] = value
     for tag in soup.find_all(_DROP):
         if tag.name in ("header", "footer") and tag.find_parent(("article", "main")):
@@ -126,5 +174,9 @@ def parse_html(text: str, name: str) -> ParsedDocument:
         _walk(root, out)
     if not out.blocks:
         raise EmptyDocumentError(f"{name}: the HTML page holds no text outside boilerplate")
-    return ParsedDocument(format="html", title=title or out.title or PurePath(name).stem or None,
-                          blocks=out.blocks, metadata=metadata)
+    return ParsedDocument(
+        format="html",
+        title=title or out.title or PurePath(name).stem or None,
+        blocks=out.blocks,
+        metadata=metadata,
+    )

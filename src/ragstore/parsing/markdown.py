@@ -77,8 +77,16 @@ def parse_markdown(text: str, name: str) -> ParsedDocument:
             while path and path[-1][0] >= level:
                 path.pop()
             a, b = span(tok)
-            blocks.append(Block(ChunkType.HEADING, heading or text[a:b], a, b,
-                                section_path=section(), level=level))
+            blocks.append(
+                Block(
+                    ChunkType.HEADING,
+                    heading or text[a:b],
+                    a,
+                    b,
+                    section_path=section(),
+                    level=level,
+                )
+            )
             path.append((level, heading))
             if title is None and level == 1:
                 title = heading
@@ -93,18 +101,30 @@ def parse_markdown(text: str, name: str) -> ParsedDocument:
         elif tok.level == 0 and tok.map and tok.type in ("fence", "code_block"):
             a, b = span(tok)
             lang = tok.info.strip().split()
-            blocks.append(Block(ChunkType.CODE, text[a:b], a, b, section_path=section(),
-                                metadata={"language": lang[0]} if lang else {}))
+            blocks.append(
+                Block(
+                    ChunkType.CODE,
+                    text[a:b],
+                    a,
+                    b,
+                    section_path=section(),
+                    metadata={"language": lang[0]} if lang else {},
+                )
+            )
         elif tok.level == 0 and tok.map and tok.type in _CONTAINERS:
             a, b = span(tok)
             meta: dict[str, Any] = {}
             if tok.type == "table_open":
                 rows = [ln for ln in text[a:b].split("\n") if ln.strip()]
                 header = rows[0].strip().strip("|")
-                meta = {"rows": max(1, len(rows) - 1), "columns": len(header.split("|")),
-                        "header_lines": 2}
-            blocks.append(Block(_CONTAINERS[tok.type], text[a:b], a, b, section_path=section(),
-                                metadata=meta))
+                meta = {
+                    "rows": max(1, len(rows) - 1),
+                    "columns": len(header.split("|")),
+                    "header_lines": 2,
+                }
+            blocks.append(
+                Block(_CONTAINERS[tok.type], text[a:b], a, b, section_path=section(), metadata=meta)
+            )
             # skip to the matching close token
             close = tok.type.replace("_open", "_close")
             depth = 0
@@ -120,5 +140,9 @@ def parse_markdown(text: str, name: str) -> ParsedDocument:
 
     if isinstance(metadata.get("title"), str):
         title = metadata["title"]
-    return ParsedDocument(format="markdown", title=title or PurePath(name).stem or None,
-                          blocks=[b for b in blocks if b.text.strip()], metadata=metadata)
+    return ParsedDocument(
+        format="markdown",
+        title=title or PurePath(name).stem or None,
+        blocks=[b for b in blocks if b.text.strip()],
+        metadata=metadata,
+    )

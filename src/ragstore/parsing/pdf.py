@@ -68,8 +68,15 @@ def _open(data: bytes, name: str) -> PdfReader:
             f"{name}: the PDF is encrypted with a password; "
             "save an unencrypted copy (e.g. qpdf --decrypt) and ingest that"
         ) from None
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError,
-            RecursionError) as exc:
+    except (
+        PyPdfError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        OSError,
+        RecursionError,
+    ) as exc:
         raise CorruptDocumentError(
             f"{name}: not a readable PDF ({type(exc).__name__}: {exc}); "
             "re-export it from the program that made it"
@@ -86,8 +93,7 @@ def parse_pdf(data: bytes, name: str) -> ParsedDocument:
             out.add(ChunkType.HEADING, bookmark, level=level, page=number)
         try:
             text = page.extract_text() or ""
-        except (PyPdfError, ValueError, KeyError, TypeError, AttributeError,
-                RecursionError) as exc:
+        except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise CorruptDocumentError(
                 f"{name}: page {number} cannot be read ({type(exc).__name__}: {exc}); "
                 "re-export the PDF from the program that made it"
@@ -108,5 +114,9 @@ def parse_pdf(data: bytes, name: str) -> ParsedDocument:
         title = str(info.title) if info.title else None
         if info.author:
             metadata["author"] = str(info.author)
-    return ParsedDocument(format="pdf", title=title or PurePath(name).stem or None,
-                          blocks=out.blocks, metadata=metadata)
+    return ParsedDocument(
+        format="pdf",
+        title=title or PurePath(name).stem or None,
+        blocks=out.blocks,
+        metadata=metadata,
+    )

@@ -28,19 +28,32 @@ TextParser = Callable[[str, str], ParsedDocument]
 BytesParser = Callable[[bytes, str], ParsedDocument]
 
 SUFFIXES: dict[str, str] = {
-    ".md": "markdown", ".markdown": "markdown", ".mdown": "markdown",
-    ".txt": "text", ".text": "text", ".rst": "text", "": "text",
-    ".html": "html", ".htm": "html", ".xhtml": "html",
-    ".pdf": "pdf", ".docx": "docx",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".mdown": "markdown",
+    ".txt": "text",
+    ".text": "text",
+    ".rst": "text",
+    "": "text",
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+    ".pdf": "pdf",
+    ".docx": "docx",
     **{suffix: "code" for suffix in CODE_SUFFIXES},
 }
 TEXT_PARSERS: dict[str, TextParser] = {
-    "markdown": parse_markdown, "text": parse_text, "html": parse_html, "code": parse_code,
+    "markdown": parse_markdown,
+    "text": parse_text,
+    "html": parse_html,
+    "code": parse_code,
 }
 BYTES_PARSERS: dict[str, BytesParser] = {"pdf": parse_pdf, "docx": parse_docx}
 
-_HTML_START = re.compile(rb"^\s*(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*(<!doctype\s+html|<html[\s>])",
-                         re.IGNORECASE | re.DOTALL)
+_HTML_START = re.compile(
+    rb"^\s*(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*(<!doctype\s+html|<html[\s>])",
+    re.IGNORECASE | re.DOTALL,
+)
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -91,8 +104,19 @@ def detect_format(name: str, data: bytes) -> str:
 # What third-party parsers raise on files they choke on (besides their own error types,
 # which each parser module translates): deep nesting, truncated streams, bad offsets.
 PARSER_FAILURES: tuple[type[BaseException], ...] = (
-    RecursionError, RuntimeError, ArithmeticError, AssertionError, AttributeError, LookupError,
-    TypeError, ValueError, EOFError, NotImplementedError, struct.error, zlib.error, MemoryError,
+    RecursionError,
+    RuntimeError,
+    ArithmeticError,
+    AssertionError,
+    AttributeError,
+    LookupError,
+    TypeError,
+    ValueError,
+    EOFError,
+    NotImplementedError,
+    struct.error,
+    zlib.error,
+    MemoryError,
 )
 
 
@@ -109,8 +133,12 @@ def parse_bytes(data: bytes, name: str, fmt: str | None = None) -> ParsedDocumen
         text = decode_text(data, name)
         return TEXT_PARSERS[fmt](text, name)
     except PARSER_FAILURES as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else (
-            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        reason = (
+            "nested too deeply"
+            if isinstance(exc, RecursionError)
+            else (f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        )
         raise CorruptDocumentError(
             f"{name}: the {fmt} parser could not read it ({reason}); check that the file "
-            "is complete and well-formed") from None
+            "is complete and well-formed"
+        ) from None

@@ -22,8 +22,15 @@ class BlockBuilder:
     def section(self) -> tuple[str, ...]:
         return tuple(h for _, h in self._path)
 
-    def add(self, kind: ChunkType, text: str, *, level: int = 0, page: int | None = None,
-            metadata: dict[str, Any] | None = None) -> None:
+    def add(
+        self,
+        kind: ChunkType,
+        text: str,
+        *,
+        level: int = 0,
+        page: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         text = text.strip()
         if not text:
             return
@@ -33,15 +40,33 @@ class BlockBuilder:
             level = max(1, level)
             while self._path and self._path[-1][0] >= level:
                 self._path.pop()
-            self.blocks.append(Block(kind, text, start, start + len(text),
-                                     section_path=self.section, level=level, page=page,
-                                     metadata=metadata or {}))
+            self.blocks.append(
+                Block(
+                    kind,
+                    text,
+                    start,
+                    start + len(text),
+                    section_path=self.section,
+                    level=level,
+                    page=page,
+                    metadata=metadata or {},
+                )
+            )
             self._path.append((level, " ".join(text.split())))
             if self.title is None and level == 1:
                 self.title = " ".join(text.split())
             return
-        self.blocks.append(Block(kind, text, start, start + len(text), section_path=self.section,
-                                 page=page, metadata=metadata or {}))
+        self.blocks.append(
+            Block(
+                kind,
+                text,
+                start,
+                start + len(text),
+                section_path=self.section,
+                page=page,
+                metadata=metadata or {},
+            )
+        )
 
 
 def pipe_table(rows: list[list[str]]) -> tuple[str, dict[str, Any]]:

@@ -106,8 +106,12 @@ def parse_query(text: str, *, plain: bool = False) -> FullTextQuery:
     match = " or ".join(_quote(t, p) for t, p in positive)
     terms = " ".join(t for t, _ in positive)
     # phrases keep the user's own ``or`` between them, with websearch_to_tsquery's precedence
-    return FullTextQuery(match=match, required=" ".join(required) or None,
-                         excluded=" or ".join(excluded) or None, terms=terms)
+    return FullTextQuery(
+        match=match,
+        required=" ".join(required) or None,
+        excluded=" or ".join(excluded) or None,
+        terms=terms,
+    )
 
 
 def uses_topk(q: FullTextQuery, filtered: bool, exact: bool) -> bool:
@@ -115,8 +119,9 @@ def uses_topk(q: FullTextQuery, filtered: bool, exact: bool) -> bool:
     return not (filtered or exact or q.required or q.excluded)
 
 
-def ranked_list_sql(q: FullTextQuery, condition: sql.Composable,
-                    with_documents: bool, exact: bool = False) -> sql.Composable:
+def ranked_list_sql(
+    q: FullTextQuery, condition: sql.Composable, with_documents: bool, exact: bool = False
+) -> sql.Composable:
     """A ``SELECT chunk_id, raw`` of the best ``%(n)s`` chunks by BM25, best first.
 
     Placeholders: ``cid`` (collection id), ``cfg`` (text search configuration),
@@ -136,14 +141,17 @@ def ranked_list_sql(q: FullTextQuery, condition: sql.Composable,
         fn = "ragstore_bm25_exhaustive" if exact else "ragstore_bm25_topk"
         return sql.SQL(
             "SELECT chunk_id, raw FROM {fn}(%(cid)s, %(cfg)s::regconfig, %(terms)s,"
-            " %(n)s, %(k1)s::float8, %(b)s::float8)").format(fn=sql.Identifier(fn))
+            " %(n)s, %(k1)s::float8, %(b)s::float8)"
+        ).format(fn=sql.Identifier(fn))
     extra: list[sql.Composable] = []
     if q.required:
-        extra.append(sql.SQL(
-            " AND c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(required)s)"))
+        extra.append(
+            sql.SQL(" AND c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(required)s)")
+        )
     if q.excluded:
-        extra.append(sql.SQL(
-            " AND NOT (c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(excluded)s))"))
+        extra.append(
+            sql.SQL(" AND NOT (c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(excluded)s))")
+        )
     join_docs = sql.SQL(" JOIN documents d ON d.id = c.document_id" if with_documents else "")
     return sql.SQL(
         "WITH s AS (SELECT chunks AS n, greatest(tokens::float8 / greatest(chunks, 1), 1.0)"
@@ -156,7 +164,7 @@ def ranked_list_sql(q: FullTextQuery, condition: sql.Composable,
         "   CROSS JOIN s)"
         " SELECT c.id AS chunk_id, sum(qt.w * u.tf * (%(k1)s::float8 + 1.0) / (u.tf"
         "   + %(k1)s::float8 * (1.0 - %(b)s::float8 + %(b)s::float8 * c.tsv_length"
-        "   / s.avgdl)) ORDER BY u.lexeme COLLATE \"C\") AS raw"
+        '   / s.avgdl)) ORDER BY u.lexeme COLLATE "C") AS raw'
         " FROM chunks c{join_docs} CROSS JOIN s"
         " CROSS JOIN LATERAL (SELECT x.lexeme, greatest(cardinality(x.positions), 1) AS tf"
         "   FROM unnest(ts_filter(setweight(c.tsv, 'A', (SELECT array_agg(lexeme) FROM qt)),"

@@ -86,8 +86,9 @@ FROM chunks h LEFT JOIN chunks p ON p.id = h.parent_id WHERE h.id = ANY(%s)
 """
 
 
-def _ranges(rt: Runtime, ranges: list[tuple[int, int, int, int, int | None]]
-            ) -> list[list[ContextChunk]]:
+def _ranges(
+    rt: Runtime, ranges: list[tuple[int, int, int, int, int | None]]
+) -> list[list[ContextChunk]]:
     """Chunks of each (document, first ordinal, last ordinal, depth, page) range.
 
     ``depth`` > 0 also ends the range before the first heading whose section path is
@@ -95,16 +96,27 @@ def _ranges(rt: Runtime, ranges: list[tuple[int, int, int, int, int | None]]
     """
     if not ranges:
         return []
-    params = {"doc": [r[0] for r in ranges], "lo": [r[1] for r in ranges],
-              "hi": [r[2] for r in ranges], "depth": [r[3] for r in ranges],
-              "page": [r[4] for r in ranges]}
+    params = {
+        "doc": [r[0] for r in ranges],
+        "lo": [r[1] for r in ranges],
+        "hi": [r[2] for r in ranges],
+        "depth": [r[3] for r in ranges],
+        "page": [r[4] for r in ranges],
+    }
     out: list[list[ContextChunk]] = [[] for _ in ranges]
     with rt.db.connection() as conn, translated("reading context chunks"):
         rows: list[Any] = conn.execute(_RANGE_SQL, params).fetchall()
         for row in rows:
-            out[int(row[0]) - 1].append(ContextChunk(
-                chunk_id=int(row[1]), ordinal=int(row[2]), chunk_type=row[3], text=row[4],
-                section_path=list(row[5]), page=row[6]))
+            out[int(row[0]) - 1].append(
+                ContextChunk(
+                    chunk_id=int(row[1]),
+                    ordinal=int(row[2]),
+                    chunk_type=row[3],
+                    text=row[4],
+                    section_path=list(row[5]),
+                    page=row[6],
+                )
+            )
     return out
 
 
@@ -122,10 +134,13 @@ def with_context(rt: Runtime, hits: list[Hit], mode: ContextMode) -> list[HitWit
     if mode == "section":
         return _sections(rt, hits)
     n = int(mode)
-    found = _ranges(rt, [(h.document_id, max(0, h.ordinal - n), h.ordinal + n, 0, None)
-                         for h in hits])
-    return [_extend(h, context=_mark(chunks, {h.chunk_id}), context_mode=str(n))
-            for h, chunks in zip(hits, found, strict=True)]
+    found = _ranges(
+        rt, [(h.document_id, max(0, h.ordinal - n), h.ordinal + n, 0, None) for h in hits]
+    )
+    return [
+        _extend(h, context=_mark(chunks, {h.chunk_id}), context_mode=str(n))
+        for h, chunks in zip(hits, found, strict=True)
+    ]
 
 
 def _sections(rt: Runtime, hits: list[Hit]) -> list[HitWithContext]:
@@ -136,8 +151,9 @@ def _sections(rt: Runtime, hits: list[Hit]) -> list[HitWithContext]:
     for h in hits:
         start, depth = parents.get(h.chunk_id, (None, None))
         if start is not None and depth is not None:
-            keys.append((h.document_id, int(start), int(start) + MAX_SECTION_CHUNKS - 1,
-                         int(depth), None))
+            keys.append(
+                (h.document_id, int(start), int(start) + MAX_SECTION_CHUNKS - 1, int(depth), None)
+            )
         else:  # no heading above: the chunks around it, on its page for a PDF
             lo = max(0, h.ordinal - MAX_SECTION_CHUNKS // 2)
             keys.append((h.document_id, lo, lo + MAX_SECTION_CHUNKS - 1, 1, h.page))
@@ -152,8 +168,14 @@ def _sections(rt: Runtime, hits: list[Hit]) -> list[HitWithContext]:
     for i, chunks in zip(owners, sections, strict=True):
         group = members[i]
         ids = {h.chunk_id for h in group}
-        out.append(_extend(hits[i], context=_mark(chunks, ids), context_mode="section",
-                           merged_hits=[h.chunk_id for h in group[1:]]))
+        out.append(
+            _extend(
+                hits[i],
+                context=_mark(chunks, ids),
+                context_mode="section",
+                merged_hits=[h.chunk_id for h in group[1:]],
+            )
+        )
     return out
 
 

@@ -54,8 +54,10 @@ class BeirDataset:
 
 def _read_jsonl(path: Path) -> Iterable[dict[str, object]]:
     if not path.is_file():
-        raise PathNotFoundError(f"{path}: no such file; a BEIR dataset directory holds "
-                                "corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
+        raise PathNotFoundError(
+            f"{path}: no such file; a BEIR dataset directory holds "
+            "corpus.jsonl, queries.jsonl and qrels/<split>.tsv"
+        )
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -65,7 +67,7 @@ def _read_jsonl(path: Path) -> Iterable[dict[str, object]]:
             except json.JSONDecodeError as exc:
                 raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict) or "_id" not in row:
-                raise InputError(f"{path}:{lineno}: expected an object with an \"_id\"")
+                raise InputError(f'{path}:{lineno}: expected an object with an "_id"')
             yield row
 
 
@@ -94,11 +96,16 @@ def load_beir(path: Path, split: str = "test") -> BeirDataset:
     """The corpus, the queries that have judgments in ``split``, and those judgments."""
     if not path.is_dir():
         raise PathNotFoundError(f"{path}: no such dataset directory")
-    corpus = {str(r["_id"]): (str(r.get("title") or ""), str(r.get("text") or ""))
-              for r in _read_jsonl(path / "corpus.jsonl")}
+    corpus = {
+        str(r["_id"]): (str(r.get("title") or ""), str(r.get("text") or ""))
+        for r in _read_jsonl(path / "corpus.jsonl")
+    }
     qrels = read_qrels(path / "qrels" / f"{split}.tsv")
-    queries = {str(r["_id"]): str(r.get("text") or "")
-               for r in _read_jsonl(path / "queries.jsonl") if str(r["_id"]) in qrels}
+    queries = {
+        str(r["_id"]): str(r.get("text") or "")
+        for r in _read_jsonl(path / "queries.jsonl")
+        if str(r["_id"]) in qrels
+    }
     qrels = {q: d for q, d in qrels.items() if q in queries}
     return BeirDataset(path.resolve().name, corpus, queries, qrels)
 
@@ -109,13 +116,19 @@ def collection_name(dataset: str) -> str:
 
 # ---- ingest -----------------------------------------------------------------------------
 
+
 def _record_hash(title: str, text: str) -> str:
     return document_hash(f"{title}\n{text}".encode())
 
 
-def ingest_records(rt: Runtime, collection: str, records: Sequence[tuple[str, str, str]], *,
-                   batch_docs: int = 256,
-                   progress: Callable[[int, int], None] | None = None) -> int:
+def ingest_records(
+    rt: Runtime,
+    collection: str,
+    records: Sequence[tuple[str, str, str]],
+    *,
+    batch_docs: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
     """Store (id, title, text) records as documents (source = id); return how many were new.
 
     Each record is one paragraph, its title then its text, chunked and embedded like any
@@ -125,22 +138,27 @@ def ingest_records(rt: Runtime, collection: str, records: Sequence[tuple[str, st
     embedder = rt.embedder_for(coll)
     with rt.db.connection() as conn, translated("reading stored documents"):
         known = documents.document_hashes(conn, coll.id, [r[0] for r in records])
-    todo = [r for r in records
-            if known.get(r[0], (0, ""))[1] != _record_hash(r[1], r[2])]
+    todo = [r for r in records if known.get(r[0], (0, ""))[1] != _record_hash(r[1], r[2])]
     done = 0
     for i in range(0, len(todo), batch_docs):
-        batch = todo[i:i + batch_docs]
+        batch = todo[i : i + batch_docs]
         docs: list[tuple[documents.DocumentRecord, list[Chunk]]] = []
         for doc_id, title, text in batch:
             body = f"{title}\n{text}".strip() if title else text.strip()
             if not body:
                 continue
-            parsed = ParsedDocument("text", title or None,
-                                    [Block(ChunkType.PARAGRAPH, body, 0, len(body))])
+            parsed = ParsedDocument(
+                "text", title or None, [Block(ChunkType.PARAGRAPH, body, 0, len(body))]
+            )
             chunks = chunk_document(parsed, embedder, coll.model.max_tokens)
-            record = documents.DocumentRecord(doc_id, title or None, "text",
-                                              _record_hash(title, text), len(body.encode()),
-                                              {"beir_id": doc_id})
+            record = documents.DocumentRecord(
+                doc_id,
+                title or None,
+                "text",
+                _record_hash(title, text),
+                len(body.encode()),
+                {"beir_id": doc_id},
+            )
             docs.append((record, chunks))
         texts = [c.embed_text for _, chunks in docs for c in chunks if c.embeddable]
         vectors = np.asarray(embedder.embed(texts))
@@ -148,7 +166,7 @@ def ingest_records(rt: Runtime, collection: str, records: Sequence[tuple[str, st
         offset = 0
         for record, chunks in docs:
             n = sum(1 for c in chunks if c.embeddable)
-            writes.append(documents.DocumentWrite(record, chunks, vectors[offset:offset + n]))
+            writes.append(documents.DocumentWrite(record, chunks, vectors[offset : offset + n]))
             offset += n
         # one transaction per batch, through the shared write path (same as ingest)
         with rt.db.connection() as conn, translated(f"storing {len(writes)} records"):
@@ -166,15 +184,20 @@ def _eval_collection(rt: Runtime, name: str) -> repository.Collection:
         pass
     spec = resolve_spec(rt.settings.model)
     with rt.db.connection() as conn, translated(f"creating collection {name!r}"):
-        return repository.create_collection(conn, name, spec,
-                                            {"ts_config": "english", "purpose": "eval"})
+        return repository.create_collection(
+            conn, name, spec, {"ts_config": "english", "purpose": "eval"}
+        )
 
 
 # ---- metrics (pure) ---------------------------------------------------------------------
 
+
 def ndcg_at(ranked: Sequence[str], judged: Mapping[str, int], k: int = 10) -> float:
-    dcg = sum(judged.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k])
-              if judged.get(d, 0) > 0)
+    dcg = sum(
+        judged.get(d, 0) / math.log2(i + 2)
+        for i, d in enumerate(ranked[:k])
+        if judged.get(d, 0) > 0
+    )
     ideal = sorted((g for g in judged.values() if g > 0), reverse=True)[:k]
     idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
     return dcg / idcg if idcg > 0 else 0.0
@@ -209,6 +232,7 @@ def score_run(run_: Run, qrels: Qrels) -> dict[str, float]:
 
 # ---- running ----------------------------------------------------------------------------
 
+
 @dataclass
 class ModeResult:
     mode: str
@@ -222,8 +246,9 @@ class ModeResult:
         return 1000 * self.seconds / max(self.queries, 1)
 
 
-def run_queries(rt: Runtime, collection: str, queries: Mapping[str, str],
-                params: SearchParams) -> Run:
+def run_queries(
+    rt: Runtime, collection: str, queries: Mapping[str, str], params: SearchParams
+) -> Run:
     """Document ids per query, best first (a document ranks where its best chunk does)."""
     out: Run = {}
     for qid, text in queries.items():
@@ -237,17 +262,22 @@ def run_queries(rt: Runtime, collection: str, queries: Mapping[str, str],
     return out
 
 
-def evaluate(rt: Runtime, dataset: BeirDataset, collection: str,
-             modes: Sequence[Mode] = MODES, **search: object) -> list[ModeResult]:
+def evaluate(
+    rt: Runtime,
+    dataset: BeirDataset,
+    collection: str,
+    modes: Sequence[Mode] = MODES,
+    **search: object,
+) -> list[ModeResult]:
     """Score each mode on the dataset's judged queries (the corpus must be ingested)."""
     results = []
     for mode in modes:
         # benchmark queries are prose: "or" and "-" in them are words, not operators
-        params = SearchParams(k=CHUNKS_PER_QUERY, mode=mode, plain=True,
-                              **search)  # type: ignore[arg-type]
+        params = SearchParams(k=CHUNKS_PER_QUERY, mode=mode, plain=True, **search)  # type: ignore[arg-type]
         t0 = time.perf_counter()
         run_ = run_queries(rt, collection, dataset.queries, params)
         seconds = time.perf_counter() - t0
-        results.append(ModeResult(mode, score_run(run_, dataset.qrels), len(dataset.queries),
-                                  seconds, run_))
+        results.append(
+            ModeResult(mode, score_run(run_, dataset.qrels), len(dataset.queries), seconds, run_)
+        )
     return results

@@ -57,7 +57,8 @@ class _Builtin:
 
 BUILTINS: dict[str, _Builtin] = {
     "collection": _Builtin(
-        sql.SQL("(SELECT name FROM collections WHERE id = c.collection_id)"), "text", False),
+        sql.SQL("(SELECT name FROM collections WHERE id = c.collection_id)"), "text", False
+    ),
     "source": _Builtin(sql.SQL("d.source"), "text", False),
     "title": _Builtin(sql.SQL("d.title"), "text", True),
     "chunk_type": _Builtin(sql.SQL("c.chunk_type"), "text", False),
@@ -73,8 +74,10 @@ def parse_filter(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidFilterError(f"the filter is not valid JSON: {exc.msg} at character "
-                                 f"{exc.pos}; e.g. '{{\"chunk_type\": \"table\"}}'") from None
+        raise InvalidFilterError(
+            f"the filter is not valid JSON: {exc.msg} at character "
+            f'{exc.pos}; e.g. \'{{"chunk_type": "table"}}\''
+        ) from None
     if not isinstance(value, dict):
         raise InvalidFilterError(f"the filter must be a JSON object, got {_json_type(value)}")
     return value
@@ -147,8 +150,7 @@ class _Compiler:
 
     def compile_object(self, spec: Mapping[str, Any], at: str, depth: int) -> sql.Composable:
         if depth > MAX_DEPTH:
-            raise InvalidFilterError(f"invalid filter {_where(at)}: nested deeper than "
-                                     f"{MAX_DEPTH}")
+            raise InvalidFilterError(f"invalid filter {_where(at)}: nested deeper than {MAX_DEPTH}")
         parts: list[sql.Composable] = []
         for key, value in spec.items():
             if not isinstance(key, str):
@@ -163,48 +165,67 @@ class _Compiler:
         here = f"{at}.{op}" if at else op
         if op == "$not":
             if not isinstance(value, Mapping) or not value:
-                raise InvalidFilterError(f"invalid filter {_where(here)}: $not takes a non-empty "
-                                         f"filter object, got {_json_type(value)}")
+                raise InvalidFilterError(
+                    f"invalid filter {_where(here)}: $not takes a non-empty "
+                    f"filter object, got {_json_type(value)}"
+                )
             return sql.SQL("(NOT coalesce({}, FALSE))").format(
-                self.compile_object(value, here, depth + 1))
+                self.compile_object(value, here, depth + 1)
+            )
         if op in ("$and", "$or"):
             if not isinstance(value, list) or not value:
-                raise InvalidFilterError(f"invalid filter {_where(here)}: {op} takes a non-empty "
-                                         f"array of filter objects, got {_json_type(value)}")
+                raise InvalidFilterError(
+                    f"invalid filter {_where(here)}: {op} takes a non-empty "
+                    f"array of filter objects, got {_json_type(value)}"
+                )
             parts = []
             for i, item in enumerate(value):
                 if not isinstance(item, Mapping):
-                    raise InvalidFilterError(f"invalid filter {_where(f'{here}[{i}]')}: expected "
-                                             f"a filter object, got {_json_type(item)}")
+                    raise InvalidFilterError(
+                        f"invalid filter {_where(f'{here}[{i}]')}: expected "
+                        f"a filter object, got {_json_type(item)}"
+                    )
                 parts.append(self.compile_object(item, f"{here}[{i}]", depth + 1))
             if op == "$and":
                 return _and(parts)
             return sql.SQL("(") + sql.SQL(" OR ").join(parts) + sql.SQL(")")
         if op in FIELD_OPERATORS:
-            raise InvalidFilterError(f"invalid filter {_where(at)}: {op} needs a field, e.g. "
-                                     f'{{"year": {{"{op}": ...}}}}')
-        raise InvalidFilterError(f"invalid filter {_where(at)}: unknown operator {op!r}; use one "
-                                 f"of {', '.join(LOGICAL_OPERATORS + FIELD_OPERATORS)}")
+            raise InvalidFilterError(
+                f'invalid filter {_where(at)}: {op} needs a field, e.g. {{"year": {{"{op}": ...}}}}'
+            )
+        raise InvalidFilterError(
+            f"invalid filter {_where(at)}: unknown operator {op!r}; use one "
+            f"of {', '.join(LOGICAL_OPERATORS + FIELD_OPERATORS)}"
+        )
 
     def compile_field(self, field: str, value: Any) -> sql.Composable:
         if field in BUILTINS:
             builtin = BUILTINS[field]
-            return _and([self.builtin_condition(field, builtin, op, operand)
-                         for op, operand in _operators(field, value)])
+            return _and(
+                [
+                    self.builtin_condition(field, builtin, op, operand)
+                    for op, operand in _operators(field, value)
+                ]
+            )
         if field.startswith("chunk."):
-            path = self.bind(_split_path(field[len("chunk."):]), "text[]")
+            path = self.bind(_split_path(field[len("chunk.") :]), "text[]")
             expr: sql.Composable = sql.SQL("(c.metadata #> {})").format(path)
         elif field.startswith("document."):
-            path = self.bind(_split_path(field[len("document."):]), "text[]")
+            path = self.bind(_split_path(field[len("document.") :]), "text[]")
             expr = sql.SQL("(d.metadata #> {})").format(path)
         else:
             path = self.bind(_split_path(field), "text[]")
             expr = sql.SQL("coalesce(c.metadata #> {p}, d.metadata #> {p})").format(p=path)
-        return _and([self.metadata_condition(field, expr, op, operand)
-                     for op, operand in _operators(field, value)])
+        return _and(
+            [
+                self.metadata_condition(field, expr, op, operand)
+                for op, operand in _operators(field, value)
+            ]
+        )
 
-    def metadata_condition(self, field: str, expr: sql.Composable, op: str,
-                           operand: Any) -> sql.Composable:
+    def metadata_condition(
+        self, field: str, expr: sql.Composable, op: str, operand: Any
+    ) -> sql.Composable:
         if op == "$exists":
             return _exists(field, expr, operand)
         if op in ("$in", "$nin"):
@@ -216,30 +237,40 @@ class _Compiler:
             return sql.SQL("({} = {})").format(expr, self.bind(Jsonb(operand), "jsonb"))
         if op == "$ne":
             return sql.SQL("({} IS DISTINCT FROM {})").format(
-                expr, self.bind(Jsonb(operand), "jsonb"))
+                expr, self.bind(Jsonb(operand), "jsonb")
+            )
         if op in COMPARISONS:
             if _is_number(operand):
-                typed = sql.SQL("(CASE WHEN jsonb_typeof({e}) = 'number' THEN ({e})::numeric END)"
-                                ).format(e=expr)
+                typed = sql.SQL(
+                    "(CASE WHEN jsonb_typeof({e}) = 'number' THEN ({e})::numeric END)"
+                ).format(e=expr)
                 return sql.SQL("({} {} {})").format(
-                    typed, sql.SQL(COMPARISONS[op]), self.bind(operand, "numeric"))
+                    typed, sql.SQL(COMPARISONS[op]), self.bind(operand, "numeric")
+                )
             if isinstance(operand, str):
-                typed = sql.SQL("(CASE WHEN jsonb_typeof({e}) = 'string' THEN {e} #>> '{{}}' END)"
-                                ).format(e=expr)
+                typed = sql.SQL(
+                    "(CASE WHEN jsonb_typeof({e}) = 'string' THEN {e} #>> '{{}}' END)"
+                ).format(e=expr)
                 return sql.SQL("({} {} {})").format(
-                    typed, sql.SQL(COMPARISONS[op]), self.bind(operand, "text"))
-            raise InvalidFilterError(f"invalid filter at {field!r}: {op} compares numbers or "
-                                     f"strings, got {_json_type(operand)}")
+                    typed, sql.SQL(COMPARISONS[op]), self.bind(operand, "text")
+                )
+            raise InvalidFilterError(
+                f"invalid filter at {field!r}: {op} compares numbers or "
+                f"strings, got {_json_type(operand)}"
+            )
         raise _unknown_operator(field, op)
 
-    def builtin_condition(self, field: str, builtin: _Builtin, op: str,
-                          operand: Any) -> sql.Composable:
+    def builtin_condition(
+        self, field: str, builtin: _Builtin, op: str, operand: Any
+    ) -> sql.Composable:
         col = builtin.column
         if op == "$exists":
             return _exists(field, col, operand)
         if op in ("$in", "$nin"):
-            values = self.bind([_builtin_value(field, builtin, op, v)
-                                for v in _array(field, op, operand)], builtin.array_cast)
+            values = self.bind(
+                [_builtin_value(field, builtin, op, v) for v in _array(field, op, operand)],
+                builtin.array_cast,
+            )
             if op == "$in":
                 return sql.SQL("({} = ANY({}))").format(col, values)
             return sql.SQL("({c} IS NULL OR NOT ({c} = ANY({v})))").format(c=col, v=values)
@@ -249,50 +280,64 @@ class _Compiler:
             return sql.SQL("({} IS NOT NULL)").format(col)
         if op == "$ne":
             return sql.SQL("({} IS DISTINCT FROM {})").format(
-                col, self.bind(_builtin_value(field, builtin, op, operand), builtin.cast))
+                col, self.bind(_builtin_value(field, builtin, op, operand), builtin.cast)
+            )
         if op in COMPARISONS:
             return sql.SQL("({} {} {})").format(
-                col, sql.SQL(COMPARISONS[op]),
-                self.bind(_builtin_value(field, builtin, op, operand), builtin.cast))
+                col,
+                sql.SQL(COMPARISONS[op]),
+                self.bind(_builtin_value(field, builtin, op, operand), builtin.cast),
+            )
         raise _unknown_operator(field, op)
 
 
 def _split_path(field: str) -> list[str]:
     parts = field.split(".")
     if len(field) > MAX_PATH_LENGTH or any(not p for p in parts):
-        raise InvalidFilterError(f"invalid filter path {field!r}: use dot-separated, non-empty "
-                                 f"keys of at most {MAX_PATH_LENGTH} characters (e.g. "
-                                 "'author.name')")
+        raise InvalidFilterError(
+            f"invalid filter path {field!r}: use dot-separated, non-empty "
+            f"keys of at most {MAX_PATH_LENGTH} characters (e.g. "
+            "'author.name')"
+        )
     return parts
 
 
 def _operators(field: str, value: Any) -> list[tuple[str, Any]]:
     """``value`` as (operator, operand) pairs: a literal is ``$eq``."""
-    if isinstance(value, Mapping) and value and all(
-            isinstance(k, str) and k.startswith("$") for k in value):
+    if (
+        isinstance(value, Mapping)
+        and value
+        and all(isinstance(k, str) and k.startswith("$") for k in value)
+    ):
         return list(value.items())
     if isinstance(value, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in value):
-        raise InvalidFilterError(f"invalid filter at {field!r}: an object mixes operators and "
-                                 "plain keys; use only operators ($eq, $gt, ...) in it")
+        raise InvalidFilterError(
+            f"invalid filter at {field!r}: an object mixes operators and "
+            "plain keys; use only operators ($eq, $gt, ...) in it"
+        )
     return [("$eq", value)]
 
 
 def _unknown_operator(field: str, op: str) -> InvalidFilterError:
-    return InvalidFilterError(f"invalid filter at {field!r}: unknown operator {op!r}; use one of "
-                              f"{', '.join(FIELD_OPERATORS)}")
+    return InvalidFilterError(
+        f"invalid filter at {field!r}: unknown operator {op!r}; use one of "
+        f"{', '.join(FIELD_OPERATORS)}"
+    )
 
 
 def _exists(field: str, expr: sql.Composable, operand: Any) -> sql.Composable:
     if not isinstance(operand, bool):
-        raise InvalidFilterError(f"invalid filter at {field!r}: $exists takes true or false, "
-                                 f"got {_json_type(operand)}")
+        raise InvalidFilterError(
+            f"invalid filter at {field!r}: $exists takes true or false, got {_json_type(operand)}"
+        )
     return sql.SQL("({} IS {} NULL)").format(expr, sql.SQL("NOT" if operand else ""))
 
 
 def _array(field: str, op: str, operand: Any) -> list[Any]:
     if not isinstance(operand, list):
-        raise InvalidFilterError(f"invalid filter at {field!r}: {op} takes an array, got "
-                                 f"{_json_type(operand)}")
+        raise InvalidFilterError(
+            f"invalid filter at {field!r}: {op} takes an array, got {_json_type(operand)}"
+        )
     return operand
 
 
@@ -304,22 +349,29 @@ def _builtin_value(field: str, builtin: _Builtin, op: str, value: Any) -> Any:
     """``value`` checked and converted for the built-in column's type."""
     if builtin.kind == "int":
         if not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidFilterError(f"invalid filter at {field!r}: {op} needs an integer, got "
-                                     f"{_json_type(value)}")
-        return check_int_range(value, f"invalid filter at {field!r}", INT32_MIN, INT32_MAX,
-                               InvalidFilterError)
+            raise InvalidFilterError(
+                f"invalid filter at {field!r}: {op} needs an integer, got {_json_type(value)}"
+            )
+        return check_int_range(
+            value, f"invalid filter at {field!r}", INT32_MIN, INT32_MAX, InvalidFilterError
+        )
     if not isinstance(value, str):
-        raise InvalidFilterError(f"invalid filter at {field!r}: {op} needs a string, got "
-                                 f"{_json_type(value)}")
+        raise InvalidFilterError(
+            f"invalid filter at {field!r}: {op} needs a string, got {_json_type(value)}"
+        )
     if builtin.kind == "timestamp":
         try:
             stamp = datetime.fromisoformat(value)
         except ValueError:
-            raise InvalidFilterError(f"invalid filter at {field!r}: {value!r} is not an ISO 8601 "
-                                     "date or time (e.g. '2026-01-31' or "
-                                     "'2026-01-31T12:00:00+00:00')") from None
+            raise InvalidFilterError(
+                f"invalid filter at {field!r}: {value!r} is not an ISO 8601 "
+                "date or time (e.g. '2026-01-31' or "
+                "'2026-01-31T12:00:00+00:00')"
+            ) from None
         return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
     if field == "chunk_type" and value not in _CHUNK_TYPES:
-        raise InvalidFilterError(f"invalid filter at {field!r}: unknown chunk type {value!r}; "
-                                 f"use one of {', '.join(_CHUNK_TYPES)}")
+        raise InvalidFilterError(
+            f"invalid filter at {field!r}: unknown chunk type {value!r}; "
+            f"use one of {', '.join(_CHUNK_TYPES)}"
+        )
     return value

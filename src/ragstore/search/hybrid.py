@@ -45,8 +45,12 @@ class FusionParams:
             raise InputError("the vector and full-text weights cannot both be 0")
 
 
-def rrf(lists: Sequence[Sequence[K]], *, k: float = DEFAULT_RRF_K,
-        weights: Sequence[float] | None = None) -> list[tuple[K, float]]:
+def rrf(
+    lists: Sequence[Sequence[K]],
+    *,
+    k: float = DEFAULT_RRF_K,
+    weights: Sequence[float] | None = None,
+) -> list[tuple[K, float]]:
     """Fuse ranked lists (best first) into (item, score), best first.
 
     Ties are broken by the item itself, ascending, as :func:`fusion_sql` does by chunk id.
@@ -67,9 +71,12 @@ def fusion_sql(ranked: Sequence[tuple[str, str]]) -> sql.Composable:
     ``ranked`` pairs each CTE name (with columns ``chunk_id`` and ``rank``) with the
     placeholder of its weight; ``%(rrf_k)s`` is the RRF constant.
     """
-    parts = [sql.SQL("SELECT chunk_id, {w}::float8 / (%(rrf_k)s::float8 + rank) AS s FROM {t}"
-                     ).format(w=sql.Placeholder(weight), t=sql.Identifier(name))
-             for name, weight in ranked]
+    parts = [
+        sql.SQL("SELECT chunk_id, {w}::float8 / (%(rrf_k)s::float8 + rank) AS s FROM {t}").format(
+            w=sql.Placeholder(weight), t=sql.Identifier(name)
+        )
+        for name, weight in ranked
+    ]
     return sql.SQL(
         "SELECT chunk_id, sum(s) AS score FROM ({parts}) x"
         " GROUP BY chunk_id ORDER BY score DESC, chunk_id LIMIT %(k)s"

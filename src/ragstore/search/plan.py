@@ -18,33 +18,60 @@ from ragstore.search import bm25
 from ragstore.search.service import Mode, SearchParams
 
 
-def search_plan(rt: Runtime, query: str, collection: str, *, k: int | None = None,
-                mode: Mode = "hybrid", where: Mapping[str, Any] | None = None,
-                ef_search: int | None = None) -> dict[str, Any]:
+def search_plan(
+    rt: Runtime,
+    query: str,
+    collection: str,
+    *,
+    k: int | None = None,
+    mode: Mode = "hybrid",
+    where: Mapping[str, Any] | None = None,
+    ef_search: int | None = None,
+) -> dict[str, Any]:
     """The lists, depths and fusion of one search, without running it."""
     p = SearchParams(k=k or rt.settings.search_k, mode=mode, where=where, ef_search=ef_search)
     coll = rt.collection(collection)
     lists: list[dict[str, Any]] = []
     if p.mode in ("vector", "hybrid"):
-        lists.append({
-            "list": "vector", "model": coll.model.key, "table": coll.table,
-            "metric": coll.model.distance, "depth": p.depth, "index": "hnsw",
-            "ef_search": p.ef_search or max(rt.settings.hnsw_ef_search, min(p.depth, 1000)),
-        })
+        lists.append(
+            {
+                "list": "vector",
+                "model": coll.model.key,
+                "table": coll.table,
+                "metric": coll.model.distance,
+                "depth": p.depth,
+                "index": "hnsw",
+                "ef_search": p.ef_search or max(rt.settings.hnsw_ef_search, min(p.depth, 1000)),
+            }
+        )
     if p.mode in ("fulltext", "hybrid"):
         ftq = bm25.parse_query(query)
         settings = coll.settings
-        lists.append({
-            "list": "fulltext", "depth": p.depth,
-            "ts_config": str(settings.get("ts_config", bm25.DEFAULT_TS_CONFIG)),
-            "k1": float(settings.get("bm25_k1", bm25.DEFAULT_K1)),
-            "b": float(settings.get("bm25_b", bm25.DEFAULT_B)),
-            "match": ftq.match, "required": ftq.required, "excluded": ftq.excluded,
-            "skipped": ftq.empty,
-        })
+        lists.append(
+            {
+                "list": "fulltext",
+                "depth": p.depth,
+                "ts_config": str(settings.get("ts_config", bm25.DEFAULT_TS_CONFIG)),
+                "k1": float(settings.get("bm25_k1", bm25.DEFAULT_K1)),
+                "b": float(settings.get("bm25_b", bm25.DEFAULT_B)),
+                "match": ftq.match,
+                "required": ftq.required,
+                "excluded": ftq.excluded,
+                "skipped": ftq.empty,
+            }
+        )
     fusion: dict[str, Any] | None = None
     if p.mode == "hybrid":
-        fusion = {"method": "rrf", "k": p.fusion.k, "vector_weight": p.fusion.vector_weight,
-                  "fulltext_weight": p.fusion.fulltext_weight}
-    return {"mode": p.mode, "k": p.k, "lists": lists, "fusion": fusion,
-            "filter": dict(where) if where else None}
+        fusion = {
+            "method": "rrf",
+            "k": p.fusion.k,
+            "vector_weight": p.fusion.vector_weight,
+            "fulltext_weight": p.fusion.fulltext_weight,
+        }
+    return {
+        "mode": p.mode,
+        "k": p.k,
+        "lists": lists,
+        "fusion": fusion,
+        "filter": dict(where) if where else None,
+    }

@@ -42,12 +42,58 @@ _HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t#]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _WORD = re.compile(r"\S+")
 _TERM = re.compile(r"[a-z0-9]+")
-_STOP = frozenset((
-    "a", "an", "and", "are", "as", "at", "be", "but", "by", "can", "do", "does", "for",
-    "from", "how", "i", "if", "in", "into", "is", "it", "its", "of", "on", "or", "so", "that",
-    "the", "their", "then", "there", "these", "they", "this", "to", "was", "what", "when",
-    "where", "which", "while", "who", "why", "will", "with", "without", "you", "your",
-))
+_STOP = frozenset(
+    (
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "can",
+        "do",
+        "does",
+        "for",
+        "from",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "so",
+        "that",
+        "the",
+        "their",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "why",
+        "will",
+        "with",
+        "without",
+        "you",
+        "your",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -78,21 +124,26 @@ class ModeScore:
 def load_questions(path: Path) -> list[Question]:
     """Every question of a ``questions.tsv``; a malformed line is one error naming it."""
     if not path.is_file():
-        raise PathNotFoundError(f"{path}: no such file; a question set holds questions.tsv "
-                                "(question, file, section_regex; tab-separated) and docs/")
+        raise PathNotFoundError(
+            f"{path}: no such file; a question set holds questions.tsv "
+            "(question, file, section_regex; tab-separated) and docs/"
+        )
     out: list[Question] = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split("\t")
         if len(parts) != 3:
-            raise InputError(f"{path}:{lineno}: expected 3 tab-separated fields "
-                             f"(question, file, section_regex), got {len(parts)}")
+            raise InputError(
+                f"{path}:{lineno}: expected 3 tab-separated fields "
+                f"(question, file, section_regex), got {len(parts)}"
+            )
         try:
             pattern = re.compile(parts[2].strip(), re.IGNORECASE)
         except re.error as exc:
-            raise InputError(f"{path}:{lineno}: section_regex is not a valid regular "
-                             f"expression ({exc})") from None
+            raise InputError(
+                f"{path}:{lineno}: section_regex is not a valid regular expression ({exc})"
+            ) from None
         out.append(Question(parts[0].strip(), parts[1].strip(), pattern, len(out) + 1))
     if not out:
         raise InputError(f"{path}: no questions in the file")
@@ -105,9 +156,11 @@ def select(questions: Sequence[Question], spec: str | None) -> list[Question]:
         return list(questions)
     m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", spec)
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)) <= len(questions):
-        raise InputError(f"--questions {spec!r} is invalid: give a range FIRST-LAST within "
-                         f"1-{len(questions)}, for example 21-{len(questions)}")
-    return list(questions[int(m.group(1)) - 1:int(m.group(2))])
+        raise InputError(
+            f"--questions {spec!r} is invalid: give a range FIRST-LAST within "
+            f"1-{len(questions)}, for example 21-{len(questions)}"
+        )
+    return list(questions[int(m.group(1)) - 1 : int(m.group(2))])
 
 
 def heading_lines(text: str) -> list[tuple[int, str]]:
@@ -156,6 +209,7 @@ def hit_passage(hit: Hit) -> Passage:
 
 
 # ---- the naive baselines ----------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Window:
@@ -211,8 +265,9 @@ class WindowBM25:
         return [int(i) for i in order if scores[i] > 0]
 
 
-def baseline_scores(docs: dict[str, str], questions: Sequence[Question],
-                    embedder: Embedder) -> list[ModeScore]:
+def baseline_scores(
+    docs: dict[str, str], questions: Sequence[Question], embedder: Embedder
+) -> list[ModeScore]:
     """Section hits of the three window baselines over ``docs`` (basename -> raw text)."""
     wins = [w for name in sorted(docs) for w in windows(name, docs[name])]
     if not wins:
@@ -233,8 +288,9 @@ def baseline_scores(docs: dict[str, str], questions: Sequence[Question],
     return [dense, sparse, fused]
 
 
-def system_scores(questions: Sequence[Question], modes: Sequence[Mode],
-                  search: Callable[[str, Mode], list[Hit]]) -> list[ModeScore]:
+def system_scores(
+    questions: Sequence[Question], modes: Sequence[Mode], search: Callable[[str, Mode], list[Hit]]
+) -> list[ModeScore]:
     """Section hits of ragstore's own modes; ``search(query, mode)`` returns ranked hits."""
     out = []
     for mode in modes:
@@ -248,10 +304,15 @@ def system_scores(questions: Sequence[Question], modes: Sequence[Mode],
 def read_docs(folder: Path) -> dict[str, str]:
     """basename -> text of every file directly in ``folder`` (the set's ``docs/``)."""
     if not folder.is_dir():
-        raise PathNotFoundError(f"{folder}: no such folder; a question set keeps its documents "
-                                "in docs/ next to questions.tsv")
-    return {p.name: p.read_text(encoding="utf-8", errors="replace")
-            for p in sorted(folder.iterdir()) if p.is_file()}
+        raise PathNotFoundError(
+            f"{folder}: no such folder; a question set keeps its documents "
+            "in docs/ next to questions.tsv"
+        )
+    return {
+        p.name: p.read_text(encoding="utf-8", errors="replace")
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
 
 
 # ---- one run ----------------------------------------------------------------------------
@@ -272,27 +333,38 @@ class SectionRun:
     ingest_seconds: float
 
 
-def evaluate_sections(rt: Runtime, folder: Path, *, modes: Sequence[Mode] = MODES,
-                      questions: str | None = None, collection: str | None = None,
-                      baselines: bool = True, fusion: FusionParams | None = None) -> SectionRun:
+def evaluate_sections(
+    rt: Runtime,
+    folder: Path,
+    *,
+    modes: Sequence[Mode] = MODES,
+    questions: str | None = None,
+    collection: str | None = None,
+    baselines: bool = True,
+    fusion: FusionParams | None = None,
+) -> SectionRun:
     """Ingest ``folder/docs`` (unchanged files are skipped), then score each mode and,
     with ``baselines``, the three window baselines on the selected questions."""
     chosen = select(load_questions(folder / "questions.tsv"), questions)
     docs = read_docs(folder / "docs")
     missing = sorted({q.file for q in chosen} - set(docs))
     if missing:
-        raise InputError(f"{folder / 'questions.tsv'}: questions name files that are not in "
-                         f"{folder / 'docs'}: {', '.join(missing)}")
+        raise InputError(
+            f"{folder / 'questions.tsv'}: questions name files that are not in "
+            f"{folder / 'docs'}: {', '.join(missing)}"
+        )
     name = collection or collection_name(folder)
     report = ingest_paths(rt, [folder / "docs"], name)
     if report.failed:
         first = report.failed[0]
-        raise InputError(f"{len(report.failed)} file(s) of {folder / 'docs'} failed to ingest; "
-                         f"first: {first.error}")
-    params = {m: SearchParams(k=SEARCH_K, mode=m, fusion=fusion or FusionParams())
-              for m in modes}
+        raise InputError(
+            f"{len(report.failed)} file(s) of {folder / 'docs'} failed to ingest; "
+            f"first: {first.error}"
+        )
+    params = {m: SearchParams(k=SEARCH_K, mode=m, fusion=fusion or FusionParams()) for m in modes}
     scores = system_scores(chosen, modes, lambda q, m: run(rt, q, name, params[m]))
     if baselines:
         scores.extend(baseline_scores(docs, chosen, rt.embedder_for(rt.collection(name))))
-    return SectionRun(name, chosen, scores, report.count("added") + report.count("updated"),
-                      report.seconds)
+    return SectionRun(
+        name, chosen, scores, report.count("added") + report.count("updated"), report.seconds
+    )

@@ -98,18 +98,30 @@ def _supports_iterative_scan(rt: Runtime) -> bool:
     if db not in _iterative:
         with db.connection() as conn, translated("reading the pgvector version"):
             row = conn.execute(
-                "SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+                "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+            ).fetchone()
         version = tuple(int(p) for p in str(row[0] if row else "0").split(".") if p.isdigit())
         _iterative[db] = version >= (0, 8)
     return _iterative[db]
 
 
-def search(rt: Runtime, query: str | None, *, collection: str | None = None,
-           k: int | None = None, mode: Mode = "hybrid", where: Mapping[str, Any] | None = None,
-           ef_search: int | None = None, explain: bool = False,
-           fusion: FusionParams | None = None, candidates: int | None = None,
-           k1: float | None = None, b: float | None = None,
-           vector: Sequence[float] | None = None, exact: bool = False) -> list[Hit]:
+def search(
+    rt: Runtime,
+    query: str | None,
+    *,
+    collection: str | None = None,
+    k: int | None = None,
+    mode: Mode = "hybrid",
+    where: Mapping[str, Any] | None = None,
+    ef_search: int | None = None,
+    explain: bool = False,
+    fusion: FusionParams | None = None,
+    candidates: int | None = None,
+    k1: float | None = None,
+    b: float | None = None,
+    vector: Sequence[float] | None = None,
+    exact: bool = False,
+) -> list[Hit]:
     """The best ``k`` chunks for ``query`` in a collection, by ``mode``.
 
     ``vector`` stands in for the query's embedding: the vector list ranks by it and the
@@ -118,15 +130,24 @@ def search(rt: Runtime, query: str | None, *, collection: str | None = None,
     ``exact`` trades speed for the exact lists (no HNSW, no BM25 pruning): what the
     approximate lists are measured against.
     """
-    params = SearchParams(k=k or rt.settings.search_k, mode=mode, where=where,
-                          ef_search=ef_search, candidates=candidates,
-                          fusion=fusion or FusionParams(), k1=k1, b=b, explain=explain,
-                          exact=exact)
+    params = SearchParams(
+        k=k or rt.settings.search_k,
+        mode=mode,
+        where=where,
+        ef_search=ef_search,
+        candidates=candidates,
+        fusion=fusion or FusionParams(),
+        k1=k1,
+        b=b,
+        explain=explain,
+        exact=exact,
+    )
     return run(rt, query or "", collection or rt.settings.collection, params, vector=vector)
 
 
-def run(rt: Runtime, query: str, collection: str, p: SearchParams,
-        vector: Sequence[float] | None = None) -> list[Hit]:
+def run(
+    rt: Runtime, query: str, collection: str, p: SearchParams, vector: Sequence[float] | None = None
+) -> list[Hit]:
     """:func:`search` with its parameters gathered (used by eval to reuse one object)."""
     t0 = time.perf_counter()
     try:
@@ -138,8 +159,9 @@ def run(rt: Runtime, query: str, collection: str, p: SearchParams,
     return hits
 
 
-def _query_vector(rt: Runtime, coll: Collection, query: str,
-                  vector: Sequence[float] | None) -> npt.NDArray[np.float32]:
+def _query_vector(
+    rt: Runtime, coll: Collection, query: str, vector: Sequence[float] | None
+) -> npt.NDArray[np.float32]:
     """The vector the vector list ranks by: the given one (checked) or the query's."""
     if vector is not None:
         arr = np.asarray(vector, dtype=np.float32)
@@ -147,7 +169,8 @@ def _query_vector(rt: Runtime, coll: Collection, query: str,
             got = arr.shape[0] if arr.ndim == 1 else f"an array of shape {arr.shape}"
             raise InputError(
                 f"collection {coll.name!r} holds {coll.model.dimension}-dimensional vectors "
-                f"({coll.model.key}), got {got}; give a vector of that model")
+                f"({coll.model.key}), got {got}; give a vector of that model"
+            )
         if not np.isfinite(arr).all():
             raise InputError("the query vector holds NaN or infinite values")
         return arr
@@ -155,48 +178,80 @@ def _query_vector(rt: Runtime, coll: Collection, query: str,
         raise InputError(
             f"collection {coll.name!r} holds vectors of {coll.model.key}, a model ragstore "
             "cannot run, so text cannot be embedded for it; search it with a vector "
-            "(`vector=` / --vector) or with mode fulltext")
+            "(`vector=` / --vector) or with mode fulltext"
+        )
     return rt.embedder_for(coll).embed_query(query)
 
 
-def _run(rt: Runtime, query: str, collection: str, p: SearchParams,
-         vector: Sequence[float] | None = None) -> list[Hit]:
+def _run(
+    rt: Runtime, query: str, collection: str, p: SearchParams, vector: Sequence[float] | None = None
+) -> list[Hit]:
     if not query.strip() and (vector is None or p.mode != "vector"):
         if vector is not None:
-            raise InputError(f"a search by vector alone needs mode 'vector', not {p.mode!r}; "
-                             "give query text too for full-text or hybrid search")
+            raise InputError(
+                f"a search by vector alone needs mode 'vector', not {p.mode!r}; "
+                "give query text too for full-text or hybrid search"
+            )
         raise InputError("the query is empty; give the words to search for")
     compiled = compile_filter(p.where)
     coll = rt.cached_collection(collection)
     values: dict[str, Any] = dict(compiled.params)
-    values.update({"k": p.k, "n": p.depth, "rrf_k": p.fusion.k,
-                   "wv": p.fusion.vector_weight, "wf": p.fusion.fulltext_weight})
+    values.update(
+        {
+            "k": p.k,
+            "n": p.depth,
+            "rrf_k": p.fusion.k,
+            "wv": p.fusion.vector_weight,
+            "wf": p.fusion.fulltext_weight,
+        }
+    )
     filtered = p.where is not None and bool(p.where)
     ctes: list[sql.Composable] = []
     ranked: list[tuple[str, str]] = []
 
     if p.mode in ("vector", "hybrid"):
         values["q"] = _query_vector(rt, coll, query, vector)
-        ctes.append(sql.SQL("vec AS MATERIALIZED ({})").format(
-            _vector_sql(coll, compiled.condition, filtered, p.exact)))
-        ctes.append(sql.SQL("vec_ranked AS (SELECT chunk_id, raw, row_number() OVER"
-                            " (ORDER BY raw, chunk_id) AS rank FROM vec)"))
+        ctes.append(
+            sql.SQL("vec AS MATERIALIZED ({})").format(
+                _vector_sql(coll, compiled.condition, filtered, p.exact)
+            )
+        )
+        ctes.append(
+            sql.SQL(
+                "vec_ranked AS (SELECT chunk_id, raw, row_number() OVER"
+                " (ORDER BY raw, chunk_id) AS rank FROM vec)"
+            )
+        )
         ranked.append(("vec_ranked", "wv"))
     if p.mode in ("fulltext", "hybrid"):
         ftq = bm25.parse_query(query, plain=p.plain)
         if not ftq.empty:
             settings = coll.settings
-            values.update({
-                "cid": coll.id, "cfg": str(settings.get("ts_config", bm25.DEFAULT_TS_CONFIG)),
-                "match": ftq.match, "required": ftq.required, "excluded": ftq.excluded,
-                "terms": ftq.terms,
-                "k1": float(p.k1 if p.k1 is not None else settings.get("bm25_k1", bm25.DEFAULT_K1)),
-                "b": float(p.b if p.b is not None else settings.get("bm25_b", bm25.DEFAULT_B)),
-            })
-            ctes.append(sql.SQL("ft AS MATERIALIZED ({})").format(
-                bm25.ranked_list_sql(ftq, compiled.condition, filtered, p.exact)))
-            ctes.append(sql.SQL("ft_ranked AS (SELECT chunk_id, raw, row_number() OVER"
-                                " (ORDER BY raw DESC, chunk_id) AS rank FROM ft)"))
+            values.update(
+                {
+                    "cid": coll.id,
+                    "cfg": str(settings.get("ts_config", bm25.DEFAULT_TS_CONFIG)),
+                    "match": ftq.match,
+                    "required": ftq.required,
+                    "excluded": ftq.excluded,
+                    "terms": ftq.terms,
+                    "k1": float(
+                        p.k1 if p.k1 is not None else settings.get("bm25_k1", bm25.DEFAULT_K1)
+                    ),
+                    "b": float(p.b if p.b is not None else settings.get("bm25_b", bm25.DEFAULT_B)),
+                }
+            )
+            ctes.append(
+                sql.SQL("ft AS MATERIALIZED ({})").format(
+                    bm25.ranked_list_sql(ftq, compiled.condition, filtered, p.exact)
+                )
+            )
+            ctes.append(
+                sql.SQL(
+                    "ft_ranked AS (SELECT chunk_id, raw, row_number() OVER"
+                    " (ORDER BY raw DESC, chunk_id) AS rank FROM ft)"
+                )
+            )
             ranked.append(("ft_ranked", "wf"))
     if not ranked:
         return []  # full-text search for nothing but stop words
@@ -205,11 +260,17 @@ def _run(rt: Runtime, query: str, collection: str, p: SearchParams,
         ctes.append(sql.SQL("fused AS ({})").format(fusion_sql(ranked)))
     elif p.mode == "vector":
         score = _similarity_sql(coll.model.distance)
-        ctes.append(sql.SQL("fused AS (SELECT chunk_id, {} AS score FROM vec_ranked"
-                            " ORDER BY rank LIMIT %(k)s)").format(score))
+        ctes.append(
+            sql.SQL(
+                "fused AS (SELECT chunk_id, {} AS score FROM vec_ranked ORDER BY rank LIMIT %(k)s)"
+            ).format(score)
+        )
     else:
-        ctes.append(sql.SQL("fused AS (SELECT chunk_id, raw AS score FROM ft_ranked"
-                            " ORDER BY rank LIMIT %(k)s)"))
+        ctes.append(
+            sql.SQL(
+                "fused AS (SELECT chunk_id, raw AS score FROM ft_ranked ORDER BY rank LIMIT %(k)s)"
+            )
+        )
     has_vec = any(name == "vec_ranked" for name, _ in ranked)
     has_ft = any(name == "ft_ranked" for name, _ in ranked)
     stmt = sql.SQL(
@@ -235,8 +296,7 @@ def _run(rt: Runtime, query: str, collection: str, p: SearchParams,
                 # pooled connection skip it (undone with the transaction if this one fails)
                 conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(ef),))
                 if iterative:
-                    conn.execute(
-                        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)")
+                    conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)")
             cur = conn.execute(stmt, values)
             conn.commit()  # in the same round trip; the pool's own commit is then a no-op
         rows = cur.fetchall()
@@ -249,16 +309,18 @@ def _similarity_sql(metric: str) -> sql.Composable:
     return sql.SQL("1.0 - raw" if metric == "cosine" else "-raw")
 
 
-def _vector_sql(coll: Collection, condition: sql.Composable, filtered: bool,
-                exact: bool = False) -> sql.Composable:
+def _vector_sql(
+    coll: Collection, condition: sql.Composable, filtered: bool, exact: bool = False
+) -> sql.Composable:
     """The ``%(n)s`` nearest embeddings; joined to chunks and documents only to filter.
 
     The vector is a binary parameter (``%(q)b``: 4 bytes a dimension, no text parsing).
     ``exact`` orders by an expression the HNSW index cannot serve: a sequential scan.
     """
     op = sql.SQL(spaces.OPERATORS[coll.model.distance])
-    order = sql.SQL("(e.embedding {op} %(q)b) + 0" if exact else "e.embedding {op} %(q)b"
-                    ).format(op=op)
+    order = sql.SQL("(e.embedding {op} %(q)b) + 0" if exact else "e.embedding {op} %(q)b").format(
+        op=op
+    )
     if not filtered:
         return sql.SQL(
             "SELECT e.chunk_id, e.embedding {op} %(q)b AS raw FROM {t} e"
@@ -277,17 +339,36 @@ def _hit(r: tuple[Any, ...], coll: Collection, p: SearchParams) -> Hit:
         vrank, vraw, frank, fraw = r[11], r[12], r[13], r[14]
         explain = {
             "mode": p.mode,
-            "vector": None if vrank is None else {
-                "rank": int(vrank), "distance": float(vraw), "metric": coll.model.distance,
-                "similarity": similarity(float(vraw), coll.model.distance)},
+            "vector": None
+            if vrank is None
+            else {
+                "rank": int(vrank),
+                "distance": float(vraw),
+                "metric": coll.model.distance,
+                "similarity": similarity(float(vraw), coll.model.distance),
+            },
             "fulltext": None if frank is None else {"rank": int(frank), "bm25": float(fraw)},
         }
         if p.mode == "hybrid":
-            explain["rrf"] = {"k": p.fusion.k, "vector_weight": p.fusion.vector_weight,
-                              "fulltext_weight": p.fusion.fulltext_weight}
-    return Hit(chunk_id=int(r[0]), document_id=int(r[1]), source=r[2], title=r[3], text=r[4],
-               chunk_type=r[5], section_path=list(r[6]), ordinal=int(r[7]), page=r[8],
-               metadata=dict(r[9]), score=float(r[10]), explain=explain)
+            explain["rrf"] = {
+                "k": p.fusion.k,
+                "vector_weight": p.fusion.vector_weight,
+                "fulltext_weight": p.fusion.fulltext_weight,
+            }
+    return Hit(
+        chunk_id=int(r[0]),
+        document_id=int(r[1]),
+        source=r[2],
+        title=r[3],
+        text=r[4],
+        chunk_type=r[5],
+        section_path=list(r[6]),
+        ordinal=int(r[7]),
+        page=r[8],
+        metadata=dict(r[9]),
+        score=float(r[10]),
+        explain=explain,
+    )
 
 
 def resolve_mode(mode: str | None, query: str | None, vector: object | None) -> Mode:

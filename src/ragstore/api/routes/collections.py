@@ -14,27 +14,40 @@ from ragstore.store import Store
 router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=responses())
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=CollectionPublic,
-             summary="Create a collection bound to an embedding model",
-             responses=responses(409, 404))
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CollectionPublic,
+    summary="Create a collection bound to an embedding model",
+    responses=responses(409, 404),
+)
 def create_collection(body: CollectionCreate, rt: Rt, caller: WriteAccess) -> CollectionPublic:
     caller.require("write", body.name)
-    return CollectionPublic(**Store.from_runtime(rt).create_collection(
-        body.name, model=body.model, settings=body.settings, dimension=body.dimension,
-        distance=body.distance))
+    return CollectionPublic(
+        **Store.from_runtime(rt).create_collection(
+            body.name,
+            model=body.model,
+            settings=body.settings,
+            dimension=body.dimension,
+            distance=body.distance,
+        )
+    )
 
 
 @router.get("", response_model=CollectionsPublic, summary="List collections")
 def list_collections(rt: Rt, caller: ReadAccess) -> CollectionsPublic:
     with rt.db.connection() as conn, translated("listing collections"):
         names = [n for n in catalog.collection_names(conn) if caller.sees(n)]
-        data = [CollectionPublic(**catalog.collection_detail(
-            conn, repository.get_collection(conn, n))) for n in names]
+        data = [
+            CollectionPublic(**catalog.collection_detail(conn, repository.get_collection(conn, n)))
+            for n in names
+        ]
     return CollectionsPublic(data=data, count=len(data))
 
 
-@router.get("/{name}", response_model=CollectionPublic, summary="Get a collection",
-            responses=responses(404))
+@router.get(
+    "/{name}", response_model=CollectionPublic, summary="Get a collection", responses=responses(404)
+)
 def get_collection(name: CollectionName, rt: Rt, caller: ReadAccess) -> CollectionPublic:
     caller.require("read", name)
     coll = rt.collection(name)
@@ -42,9 +55,13 @@ def get_collection(name: CollectionName, rt: Rt, caller: ReadAccess) -> Collecti
         return CollectionPublic(**catalog.collection_detail(conn, coll))
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
-               summary="Delete a collection with its documents and embeddings",
-               responses=responses(404))
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete a collection with its documents and embeddings",
+    responses=responses(404),
+)
 def delete_collection(name: CollectionName, rt: Rt, caller: AdminAccess) -> Response:
     caller.require("admin", name)
     coll = rt.collection(name)

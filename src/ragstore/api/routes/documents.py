@@ -35,8 +35,9 @@ from ragstore.jobs import JobFile, staging, submit_ingest
 from ragstore.runtime import Runtime
 from ragstore.validation import check_value
 
-router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"],
-                   responses=responses(404))
+router = APIRouter(
+    prefix="/v1/collections/{name}/documents", tags=["documents"], responses=responses(404)
+)
 
 _ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": JobPublic, "description": "Accepted: ingested by a background job"},
@@ -44,11 +45,17 @@ _ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _public(rt: Runtime, collection: str, doc: dict[str, Any],
-            outcome: str | None = None) -> DocumentPublic:
-    return DocumentPublic.model_validate({
-        **doc, "collection": collection, "status": outcome,
-        "name": staging.source_name(rt.settings, collection, doc["source"])})
+def _public(
+    rt: Runtime, collection: str, doc: dict[str, Any], outcome: str | None = None
+) -> DocumentPublic:
+    return DocumentPublic.model_validate(
+        {
+            **doc,
+            "collection": collection,
+            "status": outcome,
+            "name": staging.source_name(rt.settings, collection, doc["source"]),
+        }
+    )
 
 
 def _ingest_now(rt: Runtime, collection: str, docs: list[NewDocument]) -> list[DocumentPublic]:
@@ -59,20 +66,30 @@ def _ingest_now(rt: Runtime, collection: str, docs: list[NewDocument]) -> list[D
     for o in outcomes:
         if o.error is not None:
             raise o.error
-    return [_public(rt, collection, o.document, o.status) for o in outcomes
-            if o.document is not None]
+    return [
+        _public(rt, collection, o.document, o.status) for o in outcomes if o.document is not None
+    ]
 
 
 def _accept(state: State, collection: str, files: list[JobFile]) -> JSONResponse:
     job = submit_ingest(state.runtime, state.queue, collection, files)
-    return JSONResponse(jsonable_encoder(job_public(job)), status_code=status.HTTP_202_ACCEPTED,
-                        headers={"Location": f"/v1/jobs/{job.id}"})
+    return JSONResponse(
+        jsonable_encoder(job_public(job)),
+        status_code=status.HTTP_202_ACCEPTED,
+        headers={"Location": f"/v1/jobs/{job.id}"},
+    )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DocumentPublic,
-             summary="Add a document given as text", responses=_ADD_RESPONSES)
-def add_document(name: CollectionName, body: DocumentCreate, state: State, caller: WriteAccess
-                 ) -> DocumentPublic | JSONResponse:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DocumentPublic,
+    summary="Add a document given as text",
+    responses=_ADD_RESPONSES,
+)
+def add_document(
+    name: CollectionName, body: DocumentCreate, state: State, caller: WriteAccess
+) -> DocumentPublic | JSONResponse:
     caller.require("write", name)
     rt = state.runtime
     staging.safe_name(body.name)
@@ -93,14 +110,15 @@ def _save(src: BinaryIO, dest: Path, limit: int, name: str) -> int:
             size += len(block)
             if size > limit:
                 raise FileTooLargeError(
-                    f"{name}: over the per-file limit of {limit} bytes "
-                    "(RAGSTORE_MAX_FILE_BYTES)")
+                    f"{name}: over the per-file limit of {limit} bytes (RAGSTORE_MAX_FILE_BYTES)"
+                )
             out.write(block)
     return size
 
 
-def _upload(state: State, name: str, files: list[UploadFile], meta: dict[str, Any],
-            background: bool) -> DocumentsPublic | JSONResponse:
+def _upload(
+    state: State, name: str, files: list[UploadFile], meta: dict[str, Any], background: bool
+) -> DocumentsPublic | JSONResponse:
     """Stream each file to a private staging file, then ingest now or queue a job."""
     rt = state.runtime
     rt.collection(name, create=True)  # as `ragstore ingest` does
@@ -114,16 +132,24 @@ def _upload(state: State, name: str, files: list[UploadFile], meta: dict[str, An
             total += _save(upload.file, path, rt.settings.max_file_bytes, fname)
             docs.append(NewDocument(fname, path, meta))
         if background or total > rt.settings.background_ingest_bytes:
-            return _accept(state, name, [JobFile(d.name, d.staged.read_bytes(), meta)
-                                         for d in docs])
+            return _accept(
+                state, name, [JobFile(d.name, d.staged.read_bytes(), meta) for d in docs]
+            )
         out = _ingest_now(rt, name, docs)
     return DocumentsPublic(data=out, count=len(out), next_cursor=None)
 
 
-@router.post("/upload", status_code=status.HTTP_201_CREATED, response_model=DocumentsPublic,
-             summary="Upload files (multipart)", responses=_ADD_RESPONSES)
+@router.post(
+    "/upload",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DocumentsPublic,
+    summary="Upload files (multipart)",
+    responses=_ADD_RESPONSES,
+)
 def upload_documents(
-    name: CollectionName, state: State, caller: WriteAccess,
+    name: CollectionName,
+    state: State,
+    caller: WriteAccess,
     files: Annotated[list[UploadFile], File(description="One or more documents.")],
     metadata: Annotated[str, Form(description="JSON object added to every document.")] = "{}",
     background: Annotated[bool, Form()] = False,
@@ -143,17 +169,24 @@ def upload_documents(
 
 @router.get("", response_model=DocumentsPublic, summary="List documents, a page at a time")
 def list_documents(
-    name: CollectionName, rt: Rt, caller: ReadAccess,
+    name: CollectionName,
+    rt: Rt,
+    caller: ReadAccess,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     format: Annotated[str | None, Query(max_length=50, examples=["markdown"])] = None,
     source_prefix: Annotated[str | None, Query(max_length=1000)] = None,
-    metadata: Annotated[str | None, Query(description="JSON object the metadata contains",
-                                          examples=['{"team": "ops"}'])] = None,
+    metadata: Annotated[
+        str | None,
+        Query(description="JSON object the metadata contains", examples=['{"team": "ops"}']),
+    ] = None,
 ) -> DocumentsPublic:
     caller.require("read", name)
-    check_value({"format": format, "source_prefix": source_prefix, "metadata": metadata},
-                "the query", InvalidFilterError)
+    check_value(
+        {"format": format, "source_prefix": source_prefix, "metadata": metadata},
+        "the query",
+        InvalidFilterError,
+    )
     after = decode_cursor(cursor)
     meta: dict[str, Any] | None = None
     if metadata is not None:
@@ -162,34 +195,40 @@ def list_documents(
         except json.JSONDecodeError as exc:
             raise InvalidFilterError(f"metadata filter is not valid JSON: {exc.msg}") from None
         if not isinstance(meta, dict):
-            raise InvalidFilterError(
-                'metadata filter must be a JSON object, e.g. {"team": "ops"}')
+            raise InvalidFilterError('metadata filter must be a JSON object, e.g. {"team": "ops"}')
         check_value(meta, "the metadata filter", InvalidFilterError)
     coll = rt.collection(name)
     prefix = source_prefix
     if prefix is not None and not prefix.startswith("/"):
         prefix = str(staging.upload_root(rt.settings, name).resolve() / prefix)
     with rt.db.connection() as conn, translated(f"listing documents of {name!r}"):
-        rows = catalog.documents_page(conn, coll.id, after=after, limit=limit, fmt=format,
-                                      source_prefix=prefix, metadata=meta)
+        rows = catalog.documents_page(
+            conn, coll.id, after=after, limit=limit, fmt=format, source_prefix=prefix, metadata=meta
+        )
     data = [_public(rt, name, r) for r in rows]
     nxt = encode_cursor(rows[-1]["id"]) if len(rows) == limit else None
     return DocumentsPublic(data=data, count=len(data), next_cursor=nxt)
 
 
 @router.get("/{document_id}", response_model=DocumentPublic, summary="Get a document")
-def get_document(name: CollectionName, document_id: RowId, rt: Rt,
-                 caller: ReadAccess) -> DocumentPublic:
+def get_document(
+    name: CollectionName, document_id: RowId, rt: Rt, caller: ReadAccess
+) -> DocumentPublic:
     caller.require("read", name)
     coll = rt.collection(name)
     with rt.db.connection() as conn, translated(f"reading document {document_id}"):
         return _public(rt, name, catalog.document(conn, coll.id, document_id))
 
 
-@router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT,
-               response_class=Response, summary="Delete a document with its chunks")
-def delete_document(name: CollectionName, document_id: RowId, rt: Rt,
-                    caller: WriteAccess) -> Response:
+@router.delete(
+    "/{document_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete a document with its chunks",
+)
+def delete_document(
+    name: CollectionName, document_id: RowId, rt: Rt, caller: WriteAccess
+) -> Response:
     caller.require("write", name)
     coll = rt.collection(name)
     with rt.db.connection() as conn, translated(f"deleting document {document_id}"):

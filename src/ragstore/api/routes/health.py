@@ -24,8 +24,7 @@ async def healthz() -> Health:
     return Health()
 
 
-@router.get("/readyz", response_model=Readiness, summary="Ready to serve",
-            responses=responses(503))
+@router.get("/readyz", response_model=Readiness, summary="Ready to serve", responses=responses(503))
 def readyz(rt: Rt) -> Readiness:
     """Database reachable and schema at the code's revision, else 503 ``not_ready`` naming
     the failing check. Each collection's model is checked too, but a collection that cannot
@@ -44,7 +43,8 @@ def readyz(rt: Rt) -> Readiness:
     if not st.is_current:
         raise NotReadyError(
             f"schema is at {st.current or 'none'}, the code needs {st.head}: "
-            "run `ragstore db upgrade`")
+            "run `ragstore db upgrade`"
+        )
     checks["schema"] = st.head
     with rt.db.connection() as conn, translated("listing collections"):
         names = catalog.collection_names(conn)
@@ -57,11 +57,15 @@ def readyz(rt: Rt) -> Readiness:
             collections[name] = f"cannot embed queries: {exc.code}: {exc}"
     bad = sum(1 for v in collections.values() if v != "ok")
     checks["models"] = f"{len(names)} collection(s) validated" + (
-        f", {bad} cannot embed queries" if bad else "")
+        f", {bad} cannot embed queries" if bad else ""
+    )
     checks["role"] = "replica (read-only)" if rt.read_only else "primary"
     replicas = [r.public() for r in rt.router.statuses()]
     if replicas:
         up = sum(1 for r in replicas if r["up"])
         checks["replicas"] = f"{up} of {len(replicas)} serving reads"
-    return Readiness(checks=checks, collections=collections,
-                     replicas=[ReplicaPublic(**r) for r in replicas] if replicas else None)
+    return Readiness(
+        checks=checks,
+        collections=collections,
+        replicas=[ReplicaPublic(**r) for r in replicas] if replicas else None,
+    )

@@ -29,13 +29,21 @@ def me(caller: ReadAccess) -> MePublic:
     key = caller.key
     if key is None:
         return MePublic(auth=False, key_id=None, name=None, scope="admin", collection=None)
-    return MePublic(auth=True, key_id=key.key_id, name=key.name or None,
-                    scope=key.scope, collection=key.collection)  # type: ignore[arg-type]
+    return MePublic(
+        auth=True,
+        key_id=key.key_id,
+        name=key.name or None,
+        scope=key.scope,  # type: ignore[arg-type]
+        collection=key.collection,
+    )
 
 
-@router.get("/v1/collections/{name}/stats", response_model=CollectionStatsPublic,
-            summary="Counts, table and index sizes, spaces with progress, last ingest",
-            responses=responses(404))
+@router.get(
+    "/v1/collections/{name}/stats",
+    response_model=CollectionStatsPublic,
+    summary="Counts, table and index sizes, spaces with progress, last ingest",
+    responses=responses(404),
+)
 def collection_stats(name: CollectionName, rt: Rt, caller: ReadAccess) -> CollectionStatsPublic:
     caller.require("read", name)
     coll = rt.collection(name)
@@ -46,21 +54,36 @@ def collection_stats(name: CollectionName, rt: Rt, caller: ReadAccess) -> Collec
     # active space, which is what a migration copies
     total = next((s["embedded"] for s in spaces if s["active"]), 0)
     return CollectionStatsPublic(
-        collection=name, model=coll.model.key, dimension=coll.model.dimension,
-        distance=coll.model.distance, documents=stats["documents"], chunks=stats["chunks"],
-        created_at=stats["created_at"], last_ingest=stats["last_ingest"],
-        spaces=[SpaceStats(progress=min(1.0, s["embedded"] / total) if total else 1.0, **s)
-                for s in spaces],
-        shared_tables=[TableSize(**t) for t in stats["shared_tables"]])
+        collection=name,
+        model=coll.model.key,
+        dimension=coll.model.dimension,
+        distance=coll.model.distance,
+        documents=stats["documents"],
+        chunks=stats["chunks"],
+        created_at=stats["created_at"],
+        last_ingest=stats["last_ingest"],
+        spaces=[
+            SpaceStats(progress=min(1.0, s["embedded"] / total) if total else 1.0, **s)
+            for s in spaces
+        ],
+        shared_tables=[TableSize(**t) for t in stats["shared_tables"]],
+    )
 
 
-@router.get("/v1/collections/{name}/documents/{document_id}/chunks",
-            response_model=ChunksPublic, summary="A document's chunks in reading order",
-            responses=responses(404))
+@router.get(
+    "/v1/collections/{name}/documents/{document_id}/chunks",
+    response_model=ChunksPublic,
+    summary="A document's chunks in reading order",
+    responses=responses(404),
+)
 def document_chunks(
-    name: CollectionName, document_id: RowId, rt: Rt, caller: ReadAccess,
-    after: Annotated[int | None, Query(ge=-1, le=2**31 - 1,
-                                       description="next_after of the previous page")] = None,
+    name: CollectionName,
+    document_id: RowId,
+    rt: Rt,
+    caller: ReadAccess,
+    after: Annotated[
+        int | None, Query(ge=-1, le=2**31 - 1, description="next_after of the previous page")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=inspection.MAX_CHUNKS_PAGE)] = 1000,
 ) -> ChunksPublic:
     caller.require("read", name)
@@ -68,5 +91,10 @@ def document_chunks(
     with rt.db.connection() as conn, translated(f"reading the chunks of document {document_id}"):
         rows = inspection.document_chunks(conn, coll.id, document_id, after=after, limit=limit)
     data = [ChunkPublic(**r) for r in rows]
-    return ChunksPublic(collection=name, document_id=document_id, data=data, count=len(data),
-                        next_after=data[-1].ordinal if len(data) == limit else None)
+    return ChunksPublic(
+        collection=name,
+        document_id=document_id,
+        data=data,
+        count=len(data),
+        next_after=data[-1].ordinal if len(data) == limit else None,
+    )

@@ -18,13 +18,22 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(404))
 
 def job_public(job: JobRecord) -> JobPublic:
     return JobPublic(
-        id=job.id, collection=job.collection, status=job.status,  # type: ignore[arg-type]
-        attempts=job.attempts, total_documents=job.total_documents,
-        documents_done=job.documents_done, chunks_done=job.chunks_done,
-        errors=[JobError(document=e.get("document"), code=e.get("code"),
-                         detail=e.get("detail")) for e in job.errors],
-        summary=job.summary, created_at=job.created_at, started_at=job.started_at,
-        finished_at=job.finished_at)
+        id=job.id,
+        collection=job.collection,
+        status=job.status,  # type: ignore[arg-type]
+        attempts=job.attempts,
+        total_documents=job.total_documents,
+        documents_done=job.documents_done,
+        chunks_done=job.chunks_done,
+        errors=[
+            JobError(document=e.get("document"), code=e.get("code"), detail=e.get("detail"))
+            for e in job.errors
+        ],
+        summary=job.summary,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Get a job")
@@ -37,19 +46,18 @@ def get_job(job_id: RowId, rt: Rt, caller: ReadAccess) -> JobPublic:
 
 @router.get("", response_model=JobsPublic, summary="List jobs, newest first")
 def list_jobs(
-    rt: Rt, caller: ReadAccess,
+    rt: Rt,
+    caller: ReadAccess,
     cursor: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed)$")] = None,
-    collection: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-                          ] = None,
+    collection: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")] = None,
 ) -> JobsPublic:
     if caller.key is not None and caller.key.collection is not None:
         caller.require("read", collection)
     after = decode_cursor(cursor)
     with rt.db.connection() as conn, translated("listing jobs"):
-        rows = job_store.page(conn, after=after, limit=limit, status=status,
-                              collection=collection)
+        rows = job_store.page(conn, after=after, limit=limit, status=status, collection=collection)
     data = [job_public(j) for j in rows]
     nxt = encode_cursor(rows[-1].id) if len(rows) == limit else None
     return JobsPublic(data=data, count=len(data), next_cursor=nxt)

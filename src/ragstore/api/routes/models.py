@@ -34,8 +34,11 @@ def list_models(rt: Rt, caller: ReadAccess) -> ModelsPublic:
     return ModelsPublic(data=data, count=len(data))
 
 
-@router.get("/v1/collections/{name}/model", response_model=ModelStatusPublic,
-            summary="A collection's active model and its embedding spaces")
+@router.get(
+    "/v1/collections/{name}/model",
+    response_model=ModelStatusPublic,
+    summary="A collection's active model and its embedding spaces",
+)
 def model_status(name: CollectionName, rt: Rt, caller: ReadAccess) -> ModelStatusPublic:
     caller.require("read", name)
     coll = rt.collection(name)
@@ -44,26 +47,47 @@ def model_status(name: CollectionName, rt: Rt, caller: ReadAccess) -> ModelStatu
     return ModelStatusPublic(collection=name, active_model=coll.model.key, spaces=spaces)
 
 
-@router.post("/v1/collections/{name}/model/migrate", response_model=MigrationPublic,
-             summary="Re-embed a collection with another model, then switch",
-             responses=responses(404, 409))
-def migrate_model(name: CollectionName, body: MigrateRequest, rt: Rt,
-                  caller: AdminAccess) -> MigrationPublic:
+@router.post(
+    "/v1/collections/{name}/model/migrate",
+    response_model=MigrationPublic,
+    summary="Re-embed a collection with another model, then switch",
+    responses=responses(404, 409),
+)
+def migrate_model(
+    name: CollectionName, body: MigrateRequest, rt: Rt, caller: AdminAccess
+) -> MigrationPublic:
     """Runs the whole (resumable) backfill in the request; searches keep using the old
     model until the switch. Long migrations are better run with `ragstore models migrate`."""
     caller.require("admin", name)
-    report = migrate_collection(rt, name, body.to, batch_size=body.batch_size,
-                              switch=body.switch, sample_queries=body.sample_queries)
+    report = migrate_collection(
+        rt,
+        name,
+        body.to,
+        batch_size=body.batch_size,
+        switch=body.switch,
+        sample_queries=body.sample_queries,
+    )
     return MigrationPublic(
-        collection=report.collection, source=report.source, target=report.target,
-        total=report.total, resumed_from=report.resumed_from, embedded=report.embedded,
-        seconds=report.seconds, sample_queries=report.sample_queries,
-        sample_self_recall=report.sample_self_recall, switched=report.switched,
-        notes=list(report.notes))
+        collection=report.collection,
+        source=report.source,
+        target=report.target,
+        total=report.total,
+        resumed_from=report.resumed_from,
+        embedded=report.embedded,
+        seconds=report.seconds,
+        sample_queries=report.sample_queries,
+        sample_self_recall=report.sample_self_recall,
+        switched=report.switched,
+        notes=list(report.notes),
+    )
 
 
-@router.post("/v1/collections/{name}/model/rollback", response_model=RollbackPublic,
-             summary="Switch back to the previous model at once", responses=responses(404, 409))
+@router.post(
+    "/v1/collections/{name}/model/rollback",
+    response_model=RollbackPublic,
+    summary="Switch back to the previous model at once",
+    responses=responses(404, 409),
+)
 def rollback_model(name: CollectionName, rt: Rt, caller: AdminAccess) -> RollbackPublic:
     caller.require("admin", name)
     previous, active = rollback_collection(rt, name)

@@ -16,17 +16,30 @@ from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import SearchRequest, SearchResponse
 from ragstore.store import search_response
 
-router = APIRouter(prefix="/v1/collections/{name}", tags=["search"],
-                   responses=responses(400, 404, 409))
+router = APIRouter(
+    prefix="/v1/collections/{name}", tags=["search"], responses=responses(400, 404, 409)
+)
 
 
 @router.post("/search", response_model=SearchResponse, summary="Search a collection")
-async def search(name: CollectionName, body: SearchRequest, rt: Rt,
-                 caller: ReadAccess) -> SearchResponse:
+async def search(
+    name: CollectionName, body: SearchRequest, rt: Rt, caller: ReadAccess
+) -> SearchResponse:
     caller.require("read", name)
     return await run_in_threadpool(
-        lambda: search_response(rt, name, body.query, vector=body.vector, k=body.k,
-                                mode=body.mode, where=body.where, context=body.context,
-                                explain=body.explain, ef_search=body.ef_search,
-                                rrf_k=body.rrf_k, vector_weight=body.vector_weight,
-                                fulltext_weight=body.fulltext_weight))
+        lambda: search_response(
+            rt,
+            name,
+            body.query,
+            vector=body.vector,
+            k=body.k,
+            mode=body.mode,
+            where=body.where,
+            context=body.context,
+            explain=body.explain,
+            ef_search=body.ef_search,
+            rrf_k=body.rrf_k,
+            vector_weight=body.vector_weight,
+            fulltext_weight=body.fulltext_weight,
+        )
+    )

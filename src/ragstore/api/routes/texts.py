@@ -22,22 +22,29 @@ from ragstore.api.schemas import (
 )
 from ragstore.store import Store
 
-router = APIRouter(prefix="/v1/collections/{name}/texts", tags=["texts"],
-                   responses=responses(404))
+router = APIRouter(prefix="/v1/collections/{name}/texts", tags=["texts"], responses=responses(404))
 
 
 def _store(rt: Rt) -> Store:
     return Store.from_runtime(rt)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=TextsAdded,
-             summary="Add or update texts by id", responses=responses(404, 413))
-async def add_texts(name: CollectionName, body: TextsCreate, rt: Rt,
-                    caller: WriteAccess) -> TextsAdded:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TextsAdded,
+    summary="Add or update texts by id",
+    responses=responses(404, 413),
+)
+async def add_texts(
+    name: CollectionName, body: TextsCreate, rt: Rt, caller: WriteAccess
+) -> TextsAdded:
     caller.require("write", name)
     out = await run_in_threadpool(
-        lambda: _store(rt).add_texts(name, body.texts, body.metadatas, body.ids,
-                                     vectors=body.vectors))
+        lambda: _store(rt).add_texts(
+            name, body.texts, body.metadatas, body.ids, vectors=body.vectors
+        )
+    )
     return TextsAdded(**out)
 
 
@@ -49,7 +56,6 @@ def get_texts(name: CollectionName, body: TextIds, rt: Rt, caller: ReadAccess) -
 
 
 @router.post("/delete", response_model=TextsDeleted, summary="Delete texts by id")
-def delete_texts(name: CollectionName, body: TextIds, rt: Rt,
-                 caller: WriteAccess) -> TextsDeleted:
+def delete_texts(name: CollectionName, body: TextIds, rt: Rt, caller: WriteAccess) -> TextsDeleted:
     caller.require("write", name)
     return TextsDeleted(deleted=_store(rt).delete_texts(name, body.ids))

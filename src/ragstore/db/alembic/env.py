@@ -8,8 +8,9 @@ config = context.config
 
 
 def run_offline() -> None:
-    context.configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True,
-                      transactional_ddl=True)
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"), literal_binds=True, transactional_ddl=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -360,8 +360,10 @@ def upgrade() -> None:
             GROUP BY c.id ORDER BY raw DESC, c.id LIMIT k;
     END $$;
     """)
-    op.execute("SELECT ragstore_bm25_rebuild(collection_id) FROM bm25_collection_stats"
-               " ORDER BY collection_id")
+    op.execute(
+        "SELECT ragstore_bm25_rebuild(collection_id) FROM bm25_collection_stats"
+        " ORDER BY collection_id"
+    )
 
 
 def downgrade() -> None:
