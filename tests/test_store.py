@@ -154,6 +154,11 @@ def test_vector_only_collection_is_added_to_and_searched_by_vector(store: Store)
         store.search("outside", "north", mode="vector")
     with pytest.raises(InputError, match="pass one vector per text"):
         store.add_texts("outside", ["west"])
+    # beyond float32's range: refused as input, not cast to infinity (found by schemathesis)
+    with pytest.raises(InputError, match="vectors holds NaN, infinite or out-of-range"):
+        store.add_texts("outside", ["west"], vectors=[[1e39, 0, 0, 0]])
+    with pytest.raises(InputError, match="the query vector holds NaN, infinite or out-of-range"):
+        store.search("outside", vector=[0.0, -1e300, 0.0, 0.0])
 
 
 def test_collections_take_any_pinned_model_key(

@@ -12,7 +12,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from ragstore.errors import InputError
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -76,3 +81,21 @@ def check_int_range(
     if not low <= value <= high:
         raise error(f"{what}: {value:.3g} is out of range; use an integer from {low} to {high}")
     return value
+
+
+def float32_array(values: Any, what: str) -> npt.NDArray[np.float32]:
+    """``values`` as float32, refusing what float32 cannot hold.
+
+    A number beyond float32's range (about 3.4e38) would silently become infinity in the
+    cast; it, NaN and infinity are refused as input instead of reaching the database.
+    """
+    try:
+        wide = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} must hold only numbers: {exc}") from None
+    if not np.isfinite(wide).all() or (np.abs(wide) > FLOAT32_MAX).any():
+        raise InputError(
+            f"{what} holds NaN, infinite or out-of-range values; "
+            f"every number must be finite and within ±{FLOAT32_MAX:.2e}"
+        )
+    return wide.astype(np.float32)

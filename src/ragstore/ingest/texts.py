@@ -33,6 +33,7 @@ from ragstore.models import Chunk, ChunkType
 from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
 from ragstore.search.service import VECTOR_ONLY_PROVIDER
+from ragstore.validation import float32_array
 
 BATCH = 256  # texts per transaction
 MAX_ID_LENGTH = 1000
@@ -97,14 +98,12 @@ def _checked(
         metas.append(dict(meta))
     matrix = None
     if vectors is not None:
-        matrix = np.asarray(vectors, dtype=np.float32)
+        matrix = float32_array(vectors, "vectors")
         if matrix.ndim != 2 or matrix.shape[1] != dimension:
             raise InputError(
                 f"vectors must be {n} rows of {dimension} numbers (the "
                 f"collection's dimension), got shape {matrix.shape}"
             )
-        if not np.isfinite(matrix).all():
-            raise InputError("vectors hold NaN or infinite values")
     return out_ids, metas, matrix
 
 

@@ -38,6 +38,7 @@ from ragstore.runtime import Runtime
 from ragstore.search import bm25
 from ragstore.search.filters import compile_filter
 from ragstore.search.hybrid import FusionParams, fusion_sql
+from ragstore.validation import float32_array
 
 Mode = Literal["vector", "fulltext", "hybrid"]
 MODES: tuple[Mode, ...] = ("vector", "fulltext", "hybrid")
@@ -164,15 +165,13 @@ def _query_vector(
 ) -> npt.NDArray[np.float32]:
     """The vector the vector list ranks by: the given one (checked) or the query's."""
     if vector is not None:
-        arr = np.asarray(vector, dtype=np.float32)
+        arr = float32_array(vector, "the query vector")
         if arr.ndim != 1 or arr.shape[0] != coll.model.dimension:
             got = arr.shape[0] if arr.ndim == 1 else f"an array of shape {arr.shape}"
             raise InputError(
                 f"collection {coll.name!r} holds {coll.model.dimension}-dimensional vectors "
                 f"({coll.model.key}), got {got}; give a vector of that model"
             )
-        if not np.isfinite(arr).all():
-            raise InputError("the query vector holds NaN or infinite values")
         return arr
     if coll.model.provider == VECTOR_ONLY_PROVIDER:
         raise InputError(
