@@ -25,6 +25,21 @@ from tests.imports.helpers import collection_state, vectors, write_jsonl, write_
 DIM = 16
 
 
+def _import(source: str, collection: str, *extra: str) -> list[str]:
+    """``ragstore import`` arguments of the legacy test model into ``collection``."""
+    return [
+        "import",
+        source,
+        "-c",
+        collection,
+        "--model",
+        "legacy@v1",
+        "--dimension",
+        str(DIM),
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory, settings: object) -> str:
     """A collection 'keep' that already holds 100 imported records."""
@@ -40,42 +55,14 @@ def test_failed_verification_leaves_an_existing_collection_as_it_was(
     cli_env: dict[str, str], seeded: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = cli_env["RAGSTORE_DATABASE_URL"]
-    assert (
-        run_cli(
-            "import",
-            seeded,
-            "-c",
-            "keep",
-            "--model",
-            "legacy@v1",
-            "--dimension",
-            str(DIM),
-            "--no-backup",
-        )
-        == 0
-    )
+    assert run_cli(*_import(seeded, "keep", "--no-backup")) == 0
     before = collection_state(url, "keep")
     assert len(before["docs"]) == 100
     src = write_jsonl(
         tmp_path / "new.jsonl", [f"new{i}" for i in range(300)], vectors(300, DIM, seed=10)
     )
     capsys.readouterr()
-    assert (
-        run_cli(
-            "import",
-            str(src),
-            "-c",
-            "keep",
-            "--model",
-            "legacy@v1",
-            "--dimension",
-            str(DIM),
-            "--no-backup",
-            "--ef-search",
-            "1",
-        )
-        == 70
-    )
+    assert run_cli(*_import(str(src), "keep", "--no-backup", "--ef-search", "1")) == 70
     err = capsys.readouterr().err.splitlines()[-1]  # after the progress lines
     assert err.startswith(
         "error[import_verification_failed]: verification of the import "
@@ -91,22 +78,7 @@ def test_failed_verification_of_a_new_collection_leaves_no_collection(
     url = cli_env["RAGSTORE_DATABASE_URL"]
     before = collection_state(url, "never")
     src = write_jsonl(tmp_path / "a.jsonl", [f"a{i}" for i in range(200)], vectors(200, DIM))
-    assert (
-        run_cli(
-            "import",
-            str(src),
-            "-c",
-            "never",
-            "--model",
-            "legacy@v1",
-            "--dimension",
-            str(DIM),
-            "--no-backup",
-            "--ef-search",
-            "1",
-        )
-        == 70
-    )
+    assert run_cli(*_import(str(src), "never", "--no-backup", "--ef-search", "1")) == 70
     after = collection_state(url, "never")
     assert after == before and after["exists"] is False
     with psycopg.connect(url) as conn:
@@ -123,20 +95,7 @@ def test_import_killed_mid_copy_leaves_the_collection_as_it_was(
 ) -> None:
     url = cli_env["RAGSTORE_DATABASE_URL"]
     if collection_state(url, "keep")["exists"] is False:
-        assert (
-            run_cli(
-                "import",
-                seeded,
-                "-c",
-                "keep",
-                "--model",
-                "legacy@v1",
-                "--dimension",
-                str(DIM),
-                "--no-backup",
-            )
-            == 0
-        )
+        assert run_cli(*_import(seeded, "keep", "--no-backup")) == 0
     before = collection_state(url, "keep")
     n = 60_000
     src = write_npy_csv(
@@ -149,15 +108,7 @@ def test_import_killed_mid_copy_leaves_the_collection_as_it_was(
             sys.executable,
             "-c",
             "from ragstore.cli import main; main()",
-            "import",
-            str(src),
-            "-c",
-            "keep",
-            "--model",
-            "legacy@v1",
-            "--dimension",
-            str(DIM),
-            "--no-backup",
+            *_import(str(src), "keep", "--no-backup"),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -189,20 +140,7 @@ def test_import_killed_mid_copy_leaves_the_collection_as_it_was(
     assert collection_state(url, "keep") == before
     # and nothing is stuck: the same import, run again to the end, succeeds
     small = write_jsonl(tmp_path / "after.jsonl", ["after1", "after2"], vectors(2, DIM, seed=12))
-    assert (
-        run_cli(
-            "import",
-            str(small),
-            "-c",
-            "keep",
-            "--model",
-            "legacy@v1",
-            "--dimension",
-            str(DIM),
-            "--no-backup",
-        )
-        == 0
-    )
+    assert run_cli(*_import(str(small), "keep", "--no-backup")) == 0
     assert len(collection_state(url, "keep")["docs"]) == len(before["docs"]) + 2
 
 
@@ -211,20 +149,7 @@ def test_import_takes_a_backup_first(
 ) -> None:
     src = write_jsonl(tmp_path / "a.jsonl", ["b1", "b2", "b3"], vectors(3, DIM))
     capsys.readouterr()
-    assert (
-        run_cli(
-            "import",
-            str(src),
-            "-c",
-            "backed",
-            "--model",
-            "legacy@v1",
-            "--dimension",
-            str(DIM),
-            "--json",
-        )
-        == 0
-    )
+    assert run_cli(*_import(str(src), "backed", "--json")) == 0
     report = json.loads(capsys.readouterr().out)
     archive = Path(report["backup"]["path"])
     assert archive.parent == Path(cli_env["RAGSTORE_DATA_DIR"]) / "backups"
