@@ -38,6 +38,20 @@ def weights_checksum(model_dir: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def set_threads(threads: int) -> None:
+    """Intra-op threads of every local model in this process (torch's setting is global).
+
+    torch's default, one per physical core, is the fastest on an idle machine; where other
+    processes keep the cores busy, a thread that waits for a descheduled sibling at every
+    layer wastes the model's share, and fewer threads finish sooner (docs/benchmarks.md,
+    "Encode paths").
+    """
+    import torch
+
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def pick_device(device: str) -> str:
     if device != "auto":
         return device
