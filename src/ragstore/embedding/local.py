@@ -156,6 +156,26 @@ class SentenceTransformerEmbedder(Embedder):
             idx = order[start : start + self.batch_size]
             yield idx, inputs.features([encodings[i] for i in idx])
 
+    @property
+    def joins_add_up(self) -> bool:
+        """Whether texts joined by whitespace take exactly the sum of their tokens.
+
+        True for BERT's tokenizer (its normalizer works per character, its pre-tokenizer
+        splits at every whitespace and WordPiece reads one word at a time), so the chunker
+        sums the counts it has instead of tokenizing each merged chunk again. A tokenizer
+        that marks word starts (SentencePiece, byte-level BPE) or normalizes across
+        characters may not, and is counted.
+        """
+        from tokenizers import models, normalizers, pre_tokenizers
+
+        backend: Any = getattr(self.tokenizer, "backend_tokenizer", None)
+        return (
+            backend is not None
+            and isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+            and isinstance(backend.normalizer, normalizers.BertNormalizer | None)
+            and isinstance(backend.model, models.WordPiece)
+        )
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if not texts:
             return []
