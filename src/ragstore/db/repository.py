@@ -120,9 +120,7 @@ def swap_shadow(conn: Conn, live: Collection, shadow: Collection) -> None:
         " FROM collections WHERE id = %s) o WHERE n.id = %s",
         (live.name, live.id, shadow.id),
     )
-    conn.execute(
-        "UPDATE collections SET shadow_of = %s WHERE shadow_of = %s", (shadow.id, live.id)
-    )
+    conn.execute("UPDATE collections SET shadow_of = %s WHERE shadow_of = %s", (shadow.id, live.id))
     changes.collections_changed()
 
 

@@ -54,6 +54,7 @@ class MigrationReport:
     resumed_from: int = 0  # vectors already in the target space when this run started
     embedded: int = 0  # chunks embedded by this run
     rechunked: int = 0  # documents cut again for the target (a smaller token budget)
+    recut: bool = False  # the target has a chunk set of its own (totals count documents)
     batches: int = 0
     seconds: float = 0.0
     encode_seconds: float = 0.0
@@ -194,15 +195,14 @@ def _migrate_recut(
             rechunk.ensure_not_stale(conn, coll, target.id, target.spec.key)
             shadow, space = rechunk.prepare(conn, coll, target)
         report = MigrationReport(coll.name, coll.model.key, target.spec.key, space.id, space.table)
+        report.recut = True
         for _ in range(MAX_PASSES):
             coll = rt.collection(collection)
             rechunk.backfill(rt, coll, shadow, embedder, report, progress)
             with rt.db.connection() as conn, translated(f"indexing {space.table}"):
                 spaces.ensure_index(conn, space.table, space.model.distance)
             if not switch:
-                report.notes.append(
-                    "re-cut, embedded and indexed; not switched (--no-switch)"
-                )
+                report.notes.append("re-cut, embedded and indexed; not switched (--no-switch)")
                 break
             _validate(rt, coll, space, sample_queries, report)
             with rt.db.connection() as conn, translated(f"switching {coll.name!r}"):
