@@ -132,8 +132,7 @@ def main() -> None:
         src, *pairs = rest.split(",")
         extra = dict(p.split("=", 1) for p in pairs)
         results.append(run_tree(label, Path(src), args.folder, extra))
-    for r in results:
-        print(json.dumps(r), flush=True)
+        print(json.dumps(results[-1]), flush=True)
     if len(results) > 1:
         base = results[0]["wall_s"]
         for r in results[1:]:
