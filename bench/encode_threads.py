@@ -6,7 +6,7 @@ wall and CPU seconds: on a CPU that other processes keep busy, the wall time of 
 threads can exceed that of fewer at equal CPU time (a thread waits for a descheduled
 sibling at every layer).
 
-    python -m bench.encode_threads ../shared/data/nodejs-api/docs --threads 2 1 --step 10
+    python -m bench.encode_threads ../shared/data/nodejs-api/docs --threads 2 1 --limit 300
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--step", type=int, default=10, help="every STEP-th embedded text")
+    ap.add_argument("--limit", type=int, default=300, help="at most this many texts")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     spec = resolve_spec("all-MiniLM-L6-v2")
@@ -37,7 +38,7 @@ def main() -> None:
         for f in files
         for c in chunk_document(parse_bytes(f.read_bytes(), str(f)), embedder, spec.max_tokens)
         if c.embeddable
-    ][:: args.step]
+    ][: args.limit * args.step : args.step]
     tokens = sum(embedder.count_tokens(texts))
     print(f"{len(texts)} texts, {tokens} tokens", flush=True)
     embedder.embed(texts[:16])  # warm-up
