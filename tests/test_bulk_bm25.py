@@ -1,4 +1,4 @@
-"""BM25 statistics and postings of a bulk load (revision 0008) against the incremental path.
+"""BM25 statistics and postings of a bulk load (revision 0011) against the incremental path.
 
 The same CISI records are ingested twice as files: once as a bulk load (one transaction,
 the BM25 triggers off, statistics and postings built once before the commit) and once

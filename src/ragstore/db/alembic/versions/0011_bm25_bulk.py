@@ -1,7 +1,7 @@
 """The bulk write path: BM25 statistics and postings built once, after a large load.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-01
 
 Revision 0004's statistics triggers and 0006's postings triggers run once per statement
@@ -24,8 +24,8 @@ fills ``tsv_length`` and ``ts_config`` still runs: those are columns of the chun
 
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
