@@ -1,7 +1,7 @@
 """BM25 top k in two phases (MaxScore over impact-ordered postings), with filters.
 
 Revision ID: 0009
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-01
 
 Revision 0006's ``ragstore_bm25_topk`` read every query term's postings to the same depth,
@@ -35,7 +35,7 @@ value quoted by psycopg), never from raw user text.
 from alembic import op
 
 revision = "0009"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
