@@ -53,6 +53,9 @@ def serve(port: int, dimension: int) -> None:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # headers and body go out as two writes: without TCP_NODELAY the body waits
+        # for the client's delayed ACK (40 ms a request), which is not the server's cost
+        disable_nagle_algorithm = True
 
         def log_message(self, *_: Any) -> None:
             pass
@@ -122,6 +125,8 @@ class InstantServer:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
             self.proc = None
 
     def __enter__(self) -> InstantServer:

@@ -3,14 +3,17 @@ ragstore adapter end to end on three SciFact documents, and the report table."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from bench.instant_embedder import InstantServer
 from bench.peers import metrics
 from bench.peers.corpus import SCIFACT, Corpus, chunk_files, load_scifact, write_files
+from bench.peers.encoders import CachedVectors
 from bench.peers.report import ROWS, markdown, targets
 from bench.peers.systems import Ragstore, _sqlalchemy_url
 
@@ -138,3 +141,50 @@ def test_targets_are_judged_from_the_figures() -> None:
     assert "44× (0 chunks embedded; every peer re-embedded all: yes) — **met**" in lines
     assert "Hybrid nDCG@10 above every peer's default search: 0.700 vs 3.000" in lines
     assert "(peer/ragstore 2.00×, paired) — **met**" in lines
+
+
+def test_cached_vectors_look_up_chunk_texts_and_encode_the_rest(tmp_path: Path) -> None:
+    chunks = [{"key": "1:0", "doc": "1", "text": "alpha"}, {"key": "2:0", "doc": "2", "text": "b"}]
+    chunks_file = tmp_path / "chunks.jsonl"
+    chunks_file.write_text("\n".join(json.dumps(c) for c in chunks), encoding="utf-8")
+    table = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    np.savez(tmp_path / "v.npz", chunks=table, queries=table[:1])
+    cache = CachedVectors(chunks_file, tmp_path / "v.npz")
+    encoded: list[list[str]] = []
+
+    def model(texts: list[str]) -> np.ndarray:
+        encoded.append(texts)
+        return np.full((len(texts), 2), 0.5, dtype=np.float32)
+
+    out = cache.embed(["b", "a query", "alpha"], model)
+    assert encoded == [["a query"]]  # only the text missing from the table reached the model
+    assert out.tolist() == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
+    assert (cache.hits, cache.misses) == (2, 1)
+
+
+def test_ragstore_adapter_with_the_instant_server(database_url: str, tmp_path: Path) -> None:
+    full = load_scifact(SCIFACT)
+    ids = ["4983", "5836"]
+    docs = tmp_path / "docs"
+    write_files(Corpus({i: full.docs[i] for i in ids}, {}, {}), docs)
+    chunks = chunk_files(docs)
+    with InstantServer() as server:
+        system = Ragstore(
+            {
+                "database_url": database_url,
+                "work_dir": str(tmp_path),
+                "docs_dir": str(docs),
+                "batch_size": 64,
+                "encoder": "instant",
+                "instant_url": server.base_url,
+            }
+        )
+        system.open()
+        try:
+            assert system.ingest() == len(chunks)  # the same chunks as MiniLM's pin
+            title = full.docs["5836"].split("\n", 1)[0]
+            assert system.search(title, 3)[0].startswith("5836:")
+            embedder = system.rt.embedder_for(system.rt.collection("bench"))
+            assert embedder.spec.provider == "openai"
+        finally:
+            system.close()

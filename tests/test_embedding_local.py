@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ragstore.embedding.local import SentenceTransformerEmbedder
 from ragstore.embedding.registry import TRUNCATED_MODEL, load_embedder, resolve_spec
@@ -43,3 +44,30 @@ def test_truncated_spec_keeps_the_first_dimensions_renormalised() -> None:
     expected = full[:, :256] / np.linalg.norm(full[:, :256], axis=1, keepdims=True)
     assert cut.shape == (len(TEXTS), 256)
     np.testing.assert_allclose(cut, expected, atol=1e-5)
+
+
+def test_batches_are_cut_by_token_count_with_preprocess_features() -> None:
+    """Texts are tokenized once and batched by token count: the features equal the model's
+    own ``preprocess`` of each batch, and padding is what token order leaves,
+    where character order would pad short-character, many-token texts with long ones."""
+    embedder = _local("all-MiniLM-L6-v2", batch_size=3)
+    assert embedder._inputs is not None  # the fast tokenizer's path, not preprocess
+    texts = [("a " * n).strip() for n in (5, 40, 9, 300)] + [
+        "internationalization " * n for n in (4, 30, 2)
+    ]
+    tokens = embedder.count_tokens(texts)
+    padded = 0
+    for idx, features in embedder._batches(texts):
+        theirs = embedder.model.preprocess([texts[i] for i in idx])
+        for name in ("input_ids", "token_type_ids", "attention_mask"):
+            assert torch.equal(features[name], theirs[name]), name
+        mask = features["attention_mask"]
+        padded += int(mask.numel() - mask.sum())
+    assert max(tokens) > 256  # the long one is truncated like preprocess truncates it
+    by_chars = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    char_padding = sum(
+        len(batch) * max(min(tokens[i], 256) for i in batch)
+        - sum(min(tokens[i], 256) for i in batch)
+        for batch in (by_chars[k : k + 3] for k in range(0, len(texts), 3))
+    )
+    assert padded < char_padding

@@ -6,8 +6,14 @@ Run from the project environment (``.venv``); the peers run in ``.venv-bench``:
     pip install torch==2.13.0 && pip install -r bench/peers/requirements.txt
     deactivate && . .venv/bin/activate && python -m bench.peers --quick
 
-Writes the raw figures to ``bench/results/peers-<quick|full>.json`` and prints the
-Markdown table that goes into docs/benchmarks.md.
+``--encoder instant`` (one instant embedding server for every system: the write path
+where the model is not the limit) and ``--encoder cached`` (the real MiniLM vectors of the
+chunk texts computed once and looked up; queries encoded by the real model) are described
+in :mod:`bench.peers.encoders`. The peers' Python is ``--peer-python``, else
+``$PEERS_PYTHON``, else ``.venv-bench/bin/python`` in the repository.
+
+Writes the raw figures to ``bench/results/peers-<quick|full|subset>[-<encoder>].json`` and
+prints the Markdown table that goes into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 import sys
 from pathlib import Path
 
+from bench.peers.encoders import ENCODERS
 from bench.peers.report import markdown
 from bench.peers.runner import QUICK_DOCS, REPO, SYSTEMS, run
 
@@ -57,9 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--peer-python",
-        default=str(REPO / ".venv-bench" / "bin" / "python"),
-        help="python of the environment holding the peers",
+        default=os.environ.get("PEERS_PYTHON") or str(REPO / ".venv-bench" / "bin" / "python"),
+        help="python of the environment holding the peers (default: $PEERS_PYTHON, "
+        "else .venv-bench/bin/python)",
     )
+    parser.add_argument(
+        "--encoder",
+        choices=ENCODERS,
+        default="model",
+        help="model: every system runs MiniLM (default); instant: the instant embedding "
+        "server for all; cached: MiniLM vectors of the chunks precomputed, queries by the model",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="encode batch (default 64)")
     parser.add_argument(
         "--systems", default=",".join(SYSTEMS), help="comma-separated; ragstore is always included"
     )
@@ -81,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         latency_queries=args.latency_queries,
         max_queries=args.max_queries,
+        encoder=args.encoder,
+        batch_size=args.batch_size,
     )
     kind = "quick" if args.quick else ("subset" if args.docs or args.max_queries else "full")
+    if args.encoder != "model":
+        kind += f"-{args.encoder}"
     out = REPO / "bench" / "results" / f"peers-{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1), encoding="utf-8")

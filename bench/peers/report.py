@@ -19,6 +19,14 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("disk_bytes_per_chunk", "disk bytes/chunk", "{:,.0f}"),
     ("peak_rss_mib", "peak RSS of the process, MiB", "{:,.0f}"),
 )
+ENCODERS = {
+    "model": "all-MiniLM-L6-v2 in every system's process (its own embedding interface)",
+    "instant": "the instant embedding server (bench/instant_embedder.py) for documents and "
+    "queries, through each system's embedding interface",
+    "cached": "documents: the real MiniLM vectors of the chunk texts, looked up by text "
+    "behind each system's document-embedding call; queries: the real model, each system's "
+    "own path",
+}
 
 
 def _cell(value: float | None, fmt: str, ratio: float | None) -> str:
@@ -43,7 +51,9 @@ def markdown(report: dict[str, Any], command: str) -> str:
         f"{report['docs']:,} documents → {report['chunks']:,} chunks, {report['queries']} test "
         f"queries; {report['rounds']} interleaved rounds, encode batch {report['batch_size']}, "
         f"{report['clients']} concurrent clients, {report['threads']} torch thread(s) per "
-        f"process, latency over {report['latency_queries']} queries. Cells: median over "
+        f"process, latency over {report['latency_queries']} queries. Encoder "
+        f"(`--encoder {report.get('encoder', 'model')}`): "
+        f"{ENCODERS[report.get('encoder', 'model')]}. Cells: median over "
         "rounds (ratio to ragstore, median of per-round ratios).",
         "",
         "| figure | " + " | ".join(systems) + " |",
@@ -66,11 +76,23 @@ def markdown(report: dict[str, Any], command: str) -> str:
             f"| search p50, ms, ragstore hybrid | {rs['hybrid_p50_ms']:.1f} |"
             + " – |" * (len(systems) - 1)
         )
+    misses = {n: s[n]["median"].get("cache_misses", 0) for n in systems}
+    if report.get("encoder") == "cached":
+        lines.append(
+            "| chunk texts not in the cache (encoded) | "
+            + " | ".join(f"{misses[n]:.0f}" for n in systems)
+            + " |"
+        )
     enc = s["encode"]["median"]
-    lines += ["", "Targets (issue 9), from this run:", "", *targets(report)]
+    lines += ["", "Targets, from this run:", "", *targets(report)]
+    what = {
+        "model": "Pure model encode",
+        "instant": "Pure encode by the instant server (HTTP, one client)",
+        "cached": "Cache lookups",
+    }[report.get("encoder", "model")]
     lines += [
         "",
-        f"Pure model encode of the same {report['chunks']:,} chunk texts (same model, batch "
+        f"{what} of the same {report['chunks']:,} chunk texts (batch "
         f"{report['batch_size']}): {enc['encode_s']:.1f} s = {enc['chunks_per_s']:.1f} chunks/s.",
         "",
         "Versions: "

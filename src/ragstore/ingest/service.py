@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ragstore.chunking import chunk_document, document_hash
+from ragstore.chunking import chunk_document, document_hash, recipe
 from ragstore.db import documents, repository, spaces
 from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
@@ -196,6 +196,7 @@ class _Ingestor:
                 {**self.user_meta, **item.metadata},
                 detect_language(parsed),
             ),
+            parsed=recipe.encode(parsed),
         )
         return _Pending(item, record, chunks)
 
