@@ -136,6 +136,7 @@ def search(
     b: float | None = None,
     vector: Sequence[float] | None = None,
     exact: bool = False,
+    sections: bool = True,
 ) -> list[Hit]:
     """The best ``k`` chunks for ``query`` in a collection, by ``mode``.
 
@@ -143,7 +144,8 @@ def search(
     model is never loaded, which is how a collection of imported vectors (a model ragstore
     cannot run) is searched. With a vector and no text only ``mode="vector"`` makes sense.
     ``exact`` trades speed for the exact lists (no HNSW, no BM25 pruning): what the
-    approximate lists are measured against.
+    approximate lists are measured against. ``sections=False`` ranks chunks alone, as
+    before section-level aggregation (search/aggregate.py).
     """
     params = SearchParams(
         k=k or rt.settings.search_k,
@@ -156,6 +158,7 @@ def search(
         b=b,
         explain=explain,
         exact=exact,
+        sections=sections,
     )
     return run(rt, query or "", collection or rt.settings.collection, params, vector=vector)
 
