@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from psycopg import sql
 
-from ragstore.db import repository
+from ragstore.db import documents, repository
 from ragstore.db.models import upsert_model
 from ragstore.embedding.registry import DEFAULT_MODEL, resolve_spec
-from ragstore.errors import MigrationStateError
+from ragstore.errors import ConflictError, MigrationStateError
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import migrate, model_status, prune, rechunk, rollback
+from ragstore.models import Chunk, ChunkType
 from ragstore.runtime import Runtime
 from ragstore.search import search
 
@@ -156,6 +157,20 @@ def test_migration_to_a_smaller_budget_recuts_and_rolls_back(
     status = model_status(rt, COLL)
     assert [(r["status"], r["chunks"]) for r in status] == [("active", "live"), ("retired", "own")]
 
+    # the kept chunk set is listed nowhere; a writer still holding the old row is refused
+    with rt.db.connection() as conn:
+        assert [c["name"] for c in repository.list_collections(conn)] == ["rc-fresh", COLL]
+    stale = documents.DocumentWrite(
+        documents.DocumentRecord("late.md", None, "text", "h", 1, {}),
+        [Chunk(0, ChunkType.PARAGRAPH, "late", (), None, 0, 4, 1, "h")],
+        np.ones((1, before.model.dimension), dtype=np.float32),
+    )
+    with (
+        pytest.raises(ConflictError, match="switched to another embedding model"),
+        rt.db.connection() as conn,
+    ):
+        documents.write_documents(conn, before, [stale])
+
     # rollback: the old model with its own chunks (same rows) and vectors, exactly
     assert rollback(rt, COLL) == (after.model.key, before.model.key)
     back = rt.collection(COLL)
@@ -165,6 +180,25 @@ def test_migration_to_a_smaller_budget_recuts_and_rolls_back(
     assert restored.keys() == original_vectors.keys()
     assert all(np.array_equal(restored[k], original_vectors[k]) for k in restored)
     assert _hit_texts(rt, "glaciers of part 0") <= old_texts | {c[2] for c in original.values()}
+
+    # forward again (the kept set is in step: nothing to cut), then a document changes:
+    # rollback refuses, and a migrate back cuts just that one for the old model
+    again = migrate(rt, COLL, narrow)
+    assert again.switched and again.rechunked == 0 and rt.collection(COLL).id == after.id
+    (folder / "doc0.md").write_text(_doc(0, "glaciers") + "\n\nA new closing remark.\n")
+    assert not ingest_paths(rt, [folder], COLL).failed
+    with pytest.raises(MigrationStateError, match="1 documents stored since the switch"):
+        rollback(rt, COLL)
+    back_again = migrate(rt, COLL, before.model.key)
+    assert back_again.switched and back_again.rechunked == 1
+    back = rt.collection(COLL)
+    assert back.id == before.id
+    now = _chunks(rt, back)
+    assert {k: v for k, v in now.items() if k[0] != "doc0.md"} == {
+        k: v for k, v in original.items() if k[0] != "doc0.md"
+    }
+    assert any("A new closing remark." in v[2] for k, v in now.items() if k[0] == "doc0.md")
+    assert _hit_texts(rt, "a new closing remark") & {v[2] for v in now.values()}
 
     # prune drops the chunk set kept for the 96-token model, and nothing else
     dropped = prune(rt, COLL)
@@ -176,6 +210,6 @@ def test_migration_to_a_smaller_budget_recuts_and_rolls_back(
         ).fetchone()
     assert COLL in names and not any(n.startswith("~") for n in names)
     assert tables == (0,)
-    assert _chunks(rt, rt.collection(COLL)) == original
+    assert _chunks(rt, rt.collection(COLL)) == now
     with pytest.raises(MigrationStateError, match="no previous model"):
         rollback(rt, COLL)
