@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from psycopg import sql
 
-from ragstore.db import documents, repository
+from ragstore.db import catalog, documents, repository
 from ragstore.db.models import upsert_model
 from ragstore.embedding.registry import DEFAULT_MODEL, resolve_spec
 from ragstore.errors import ConflictError, MigrationStateError
@@ -157,9 +157,12 @@ def test_migration_to_a_smaller_budget_recuts_and_rolls_back(
     status = model_status(rt, COLL)
     assert [(r["status"], r["chunks"]) for r in status] == [("active", "live"), ("retired", "own")]
 
-    # the kept chunk set is listed nowhere; a writer still holding the old row is refused
+    # the kept chunk set is listed as no collection (its space is, under the collection's
+    # model status); a writer still holding the old row is refused
     with rt.db.connection() as conn:
         assert [c["name"] for c in repository.list_collections(conn)] == ["rc-fresh", COLL]
+        kept = [(s["status"], s["table"]) for s in catalog.spaces(conn, after.id)]
+    assert kept == [("retired", before.table), ("active", after.table)]
     stale = documents.DocumentWrite(
         documents.DocumentRecord("late.md", None, "text", "h", 1, {}),
         [Chunk(0, ChunkType.PARAGRAPH, "late", (), None, 0, 4, 1, "h")],
