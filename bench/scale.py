@@ -275,6 +275,9 @@ def run_size(
             chunks=chunks,
             ingest_s=round(seconds, 1),
             ingest_chunks_per_s=round(chunks / seconds, 1),
+            # where the ingest time went (threads overlap): parse_chunk, embed, write,
+            # bm25_build and index_build (a bulk load's final builds)
+            ingest_stages_s={k: round(v, 1) for k, v in getattr(report, "stages", {}).items()},
         )
         result["index_rebuild_s"] = _rebuild(rt, coll)
         disk = _disk(rt, coll)

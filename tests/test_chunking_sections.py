@@ -99,3 +99,30 @@ def test_an_upgraded_chunker_re_chunks_unchanged_files_and_reuses_vectors(
     upgraded = ingest_paths(rt, [tmp_path], "upgrade")
     assert upgraded.count("updated") == 1, "same bytes, new chunking: chunked again"
     assert upgraded.embedded == 0 and upgraded.reused == 1, "same chunk text: vector reused"
+
+
+class _Counted:
+    """The real tokenizer without ``joins_add_up``: every merged chunk is tokenized."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self.special_tokens = embedder.special_tokens
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return self.embedder.count_tokens(texts)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return self.embedder.token_spans(text)
+
+
+def test_summed_counts_of_merged_chunks_equal_tokenizing_them(embedder: Embedder) -> None:
+    """BERT's tokenizer never reads across whitespace, so the chunker sums the counts of a
+    merged chunk's parts instead of tokenizing it again: the same chunks, the same counts."""
+    assert getattr(embedder, "joins_add_up", False)
+    doc = parse_bytes((NODE_DOCS / "readline.md").read_bytes(), "readline.md")
+    summed = chunk_document(doc, embedder, 256)
+    counted = chunk_document(doc, _Counted(embedder), 256)
+    assert any(len(c.metadata.get("headings", [])) or c.metadata.get("blocks") for c in summed)
+    assert [(c.text, c.context, c.token_count) for c in summed] == [
+        (c.text, c.context, c.token_count) for c in counted
+    ]

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         "auto", description="Where local models run; auto picks the GPU when there is one."
     )
     embed_batch_size: int = Field(64, ge=1, le=4096, description="Texts per encode call.")
+    embed_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="Threads a local model computes with (process-wide); 0 = torch's default, "
+        "one per physical core. On a CPU shared with other busy processes 1 can be faster.",
+    )
     ingest_batch_chunks: int = Field(
         512, ge=1, le=100_000, description="Chunks gathered across documents per encode round."
     )

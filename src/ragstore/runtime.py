@@ -15,7 +15,8 @@ from ragstore.db import changes, lsn, migrations, repository, routing
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
-from ragstore.embedding.registry import load_embedder
+from ragstore.embedding.local import set_threads
+from ragstore.embedding.registry import LOCAL_PROVIDER, load_embedder
 from ragstore.errors import CollectionNotFoundError, ConflictError
 from ragstore.models import ModelSpec
 from ragstore.profiles import get_settings
@@ -97,6 +98,8 @@ class Runtime:
     def embedder(self, spec: ModelSpec) -> Embedder:
         """The loaded model for a pinned spec (loaded once per process)."""
         if spec not in self._embedders:
+            if self.settings.embed_threads and spec.provider == LOCAL_PROVIDER:
+                set_threads(self.settings.embed_threads)
             self._embedders[spec] = load_embedder(
                 spec, device=self.settings.device, batch_size=self.settings.embed_batch_size
             )

@@ -5,17 +5,13 @@ reads the context the chunker stored, it does not rebuild it."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
-import pytest
 from psycopg import sql
 
 from ragstore.db import migrations, repository
-from ragstore.db.models import upsert_model
 from ragstore.embedding.registry import TRUNCATED_MODEL
-from ragstore.errors import MigrationStateError
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import find_model, migrate
 from ragstore.runtime import Runtime
@@ -104,14 +100,3 @@ def test_the_schema_migration_fills_the_context_of_existing_chunks(rt: Runtime) 
     migrations.downgrade(rt.db, "0004")
     migrations.upgrade(rt.db)
     assert _contexts(rt, "ctx-fresh") == before
-
-
-def test_a_target_with_a_smaller_budget_is_refused(rt: Runtime) -> None:
-    coll = rt.collection("ctx-fresh")
-    small = find_model(rt, TRUNCATED_MODEL).spec
-    narrow = dataclasses.replace(small, name="minilm-128", max_tokens=128)
-    with rt.db.connection() as conn:
-        upsert_model(conn, narrow)
-    with pytest.raises(MigrationStateError) as err:
-        migrate(rt, coll.name, "minilm-128")
-    assert "does not re-chunk" in str(err.value)

@@ -511,11 +511,22 @@ def _pack_tokens(
     packs: list[list[_Part]], ctx: list[tuple[str, int]], counter: TokenCounter, max_tokens: int
 ) -> tuple[list[list[_Part]], list[int]]:
     """Packs with their tokens as the model reads them. A single part's count is known;
-    merged packs are counted in one tokenizer call, and one that a tokenizer counts over
-    the limit after all (joins can tokenize differently) falls back to its parts alone."""
+    merged packs are summed where the counter's ``joins_add_up`` (a tokenizer that never
+    reads across whitespace), else counted in one tokenizer call, and one that a tokenizer
+    counts over the limit after all (joins can tokenize differently) falls back to its
+    parts alone."""
     merged = [j for j, p in enumerate(packs) if len(p) > 1]
-    texts = [_with_context(ctx[packs[j][0].block][0], _pack_text(packs[j])) for j in merged]
-    exact = dict(zip(merged, counter.count_tokens(texts), strict=True))
+    if getattr(counter, "joins_add_up", False):
+        # whitespace ends every token (BERT's WordPiece): a join's count is the sum
+        exact = {
+            j: counter.special_tokens
+            + ctx[packs[j][0].block][1]
+            + sum(p.tokens for p in packs[j])
+            for j in merged
+        }
+    else:
+        texts = [_with_context(ctx[packs[j][0].block][0], _pack_text(packs[j])) for j in merged]
+        exact = dict(zip(merged, counter.count_tokens(texts), strict=True))
     out: list[list[_Part]] = []
     counts: list[int] = []
     for j, pack in enumerate(packs):

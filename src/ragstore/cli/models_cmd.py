@@ -250,10 +250,12 @@ def migrate_cmd(
         echo_json({**asdict(report), "chunks_per_second": report.chunks_per_second})
         return
     err = err_console()
+    unit = "documents" if report.recut else "chunks"
     err.print(
         f"collection {report.collection!r}: {report.embedded} chunks embedded with "
-        f"{escape(report.target)} ({report.resumed_from} already done, {report.total} in all) "
-        f"in {report.seconds:.1f}s, {report.chunks_per_second:.0f} chunks/s"
+        f"{escape(report.target)} ({report.resumed_from} {unit} already done, "
+        f"{report.total} in all) in {report.seconds:.1f}s, "
+        f"{report.chunks_per_second:.0f} chunks/s"
     )
     if report.sample_queries:
         err.print(
@@ -379,13 +381,14 @@ def status_cmd(
         echo_json(rows)
         return
     print_table(
-        ["space", "model", "dim", "status", "vectors", "missing", "activated"],
+        ["space", "model", "dim", "status", "chunks", "vectors", "missing", "activated"],
         [
             [
                 r["table"],
                 r["model"],
                 str(r["dimension"]),
                 r["status"],
+                r["chunks"],
                 str(r["vectors"]),
                 str(r["missing"]),
                 str(r["activated_at"] or "-"),

@@ -39,15 +39,21 @@ def collection_detail(conn: Conn, coll: repository.Collection) -> dict[str, Any]
 
 
 def collection_names(conn: Conn) -> list[str]:
-    return [str(r[0]) for r in conn.execute("SELECT name FROM collections ORDER BY name")]
+    return [
+        str(r[0])
+        for r in conn.execute("SELECT name FROM collections WHERE shadow_of IS NULL ORDER BY name")
+    ]
 
 
 def delete_collection(conn: Conn, coll: repository.Collection) -> None:
-    """The collection, its documents, chunks, spaces and every ``emb_*`` table of it."""
+    """The collection, its documents, chunks, spaces and every ``emb_*`` table of it,
+    and of its shadows (other chunk sets, kept for a rollback; their rows go by cascade)."""
     tables = [
         str(r[0])
         for r in conn.execute(
-            "SELECT table_name FROM embedding_spaces WHERE collection_id = %s", (coll.id,)
+            "SELECT table_name FROM embedding_spaces WHERE collection_id = %(c)s"
+            " OR collection_id IN (SELECT id FROM collections WHERE shadow_of = %(c)s)",
+            {"c": coll.id},
         )
     ]
     conn.execute("DELETE FROM collections WHERE id = %s", (coll.id,))
@@ -146,7 +152,7 @@ def models(conn: Conn) -> list[dict[str, Any]]:
         " coalesce(array_agg(c.name ORDER BY c.name) FILTER (WHERE c.name IS NOT NULL), '{}')"
         " FROM embedding_models m"
         " LEFT JOIN embedding_spaces s ON s.model_id = m.id"
-        " LEFT JOIN collections c ON c.active_space_id = s.id"
+        " LEFT JOIN collections c ON c.active_space_id = s.id AND c.shadow_of IS NULL"
         " GROUP BY m.id ORDER BY m.name, m.revision"
     ).fetchall()
     return [
@@ -166,11 +172,15 @@ def models(conn: Conn) -> list[dict[str, Any]]:
 
 
 def spaces(conn: Conn, collection_id: int) -> list[dict[str, Any]]:
+    """Every space of a collection, with those of its shadows (chunk sets kept for a
+    rollback, or being built, by a migration that cut the documents again)."""
     rows = conn.execute(
         "SELECT s.id, m.name || '@' || m.revision, s.status, s.table_name, s.created_at,"
         " s.activated_at FROM embedding_spaces s JOIN embedding_models m ON m.id = s.model_id"
-        " WHERE s.collection_id = %s ORDER BY s.id",
-        (collection_id,),
+        " WHERE s.collection_id = %(c)s"
+        " OR s.collection_id IN (SELECT id FROM collections WHERE shadow_of = %(c)s)"
+        " ORDER BY s.id",
+        {"c": collection_id},
     ).fetchall()
     out = []
     for r in rows:
@@ -203,6 +213,7 @@ def space_sizes(conn: Conn, *, exact_below_bytes: int) -> list[tuple[str, float,
         " pg_indexes_size(t.oid) FROM collections c"
         " JOIN embedding_spaces s ON s.id = c.active_space_id"
         " JOIN pg_class t ON t.oid = to_regclass(quote_ident(s.table_name))"
+        " WHERE c.shadow_of IS NULL"
     ).fetchall():
         if size <= exact_below_bytes or reltuples < 0:
             got = conn.execute(

@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 from ragstore.db import spaces
 from ragstore.db.repository import Collection
 from ragstore.errors import ConflictError, InputError
-from ragstore.models import Chunk
+from ragstore.models import Chunk, ChunkType
 
 Conn = psycopg.Connection[Any]
 
@@ -47,6 +47,7 @@ class DocumentRecord:
     content_hash: str
     size_bytes: int
     metadata: dict[str, Any]
+    parsed: bytes | None = None  # what the chunks were cut from (chunking.recipe), if kept
 
 
 @dataclass
@@ -111,6 +112,33 @@ def lock_sources(conn: Conn, collection_id: int, sources: Sequence[str]) -> None
         )
 
 
+def begin_bulk(conn: Conn, collection_id: int) -> None:
+    """Start a bulk write of one collection in this transaction (revision 0011).
+
+    Every BM25 trigger then skips for the rest of the transaction, and
+    :func:`finish_bulk` must be called before it commits. Every source lock of the
+    collection is taken first (in key order, like :func:`lock_sources`), so no other writer
+    changes the collection's chunks until this transaction ends and the recount that
+    :func:`finish_bulk` does from scratch is exact.
+    """
+    keys = [(_LOCK_SPACE << 48) | (collection_id << 16) | b for b in range(LOCK_BUCKETS)]
+    conn.execute(
+        "SELECT count(pg_advisory_xact_lock(k)) FROM"
+        " (SELECT k FROM unnest(%s::int8[]) AS u(k) ORDER BY k) AS s",
+        (keys,),
+    )
+    conn.execute("SELECT set_config('ragstore.bulk', 'on', true)")
+
+
+def finish_bulk(conn: Conn, collection_id: int) -> int:
+    """End a bulk write: the collection's BM25 statistics recounted and its postings
+    rewritten in one set-based pass each, in the writer's transaction, so that readers see
+    the chunks and their statistics together. Returns the postings written."""
+    row = conn.execute("SELECT ragstore_bm25_bulk_finish(%s)", (collection_id,)).fetchone()
+    conn.execute("SELECT set_config('ragstore.bulk', 'off', true)")
+    return int(row[0]) if row else 0
+
+
 def write_documents(
     conn: Conn, coll: Collection, docs: Sequence[DocumentWrite], *, force: bool = False
 ) -> list[Written]:
@@ -160,9 +188,9 @@ def write_documents(
         recs = [docs[i].record for i in replaced]
         rows = conn.execute(
             "UPDATE documents d SET title = u.t, format = u.f, content_hash = u.h,"
-            " size_bytes = u.b, metadata = u.m::jsonb, updated_at = now() FROM unnest("
-            "%s::int8[], %s::text[], %s::text[], %s::text[], %s::int8[], %s::text[])"
-            " AS u(i, t, f, h, b, m) WHERE d.id = u.i"
+            " size_bytes = u.b, metadata = u.m::jsonb, parsed = u.p, updated_at = now()"
+            " FROM unnest(%s::int8[], %s::text[], %s::text[], %s::text[], %s::int8[],"
+            " %s::text[], %s::bytea[]) AS u(i, t, f, h, b, m, p) WHERE d.id = u.i"
             f" RETURNING {', '.join('d.' + c.strip() for c in _DOC_COLS.split(','))}",
             (
                 old_ids,
@@ -171,6 +199,7 @@ def write_documents(
                 [r.content_hash for r in recs],
                 [r.size_bytes for r in recs],
                 [json.dumps(r.metadata) for r in recs],
+                [r.parsed for r in recs],
             ),
         ).fetchall()
         by_source = {str(r[1]): r for r in rows}
@@ -182,10 +211,10 @@ def write_documents(
         recs = [docs[i].record for i in added]
         rows = conn.execute(
             "INSERT INTO documents (collection_id, source, title, format, content_hash,"
-            " size_bytes, metadata)"
-            " SELECT %s, s, t, f, h, b, m::jsonb FROM unnest("
-            "%s::text[], %s::text[], %s::text[], %s::text[], %s::int8[], %s::text[])"
-            f" AS u(s, t, f, h, b, m) RETURNING {_DOC_COLS}",
+            " size_bytes, metadata, parsed)"
+            " SELECT %s, s, t, f, h, b, m::jsonb, p FROM unnest(%s::text[], %s::text[],"
+            " %s::text[], %s::text[], %s::int8[], %s::text[], %s::bytea[])"
+            f" AS u(s, t, f, h, b, m, p) RETURNING {_DOC_COLS}",
             (
                 coll.id,
                 [r.source for r in recs],
@@ -194,6 +223,7 @@ def write_documents(
                 [r.content_hash for r in recs],
                 [r.size_bytes for r in recs],
                 [json.dumps(r.metadata) for r in recs],
+                [r.parsed for r in recs],
             ),
         ).fetchall()
         by_source = {str(r[1]): r for r in rows}
@@ -325,8 +355,18 @@ def allocate_chunk_ids(conn: Conn, n: int) -> list[int]:
 
 
 def _live_tables(conn: Conn, coll: Collection, provided: set[str]) -> set[str]:
-    """Lock the collection against a model switch; the tables a write must fill."""
-    conn.execute("SELECT 1 FROM collections WHERE id = %s FOR SHARE", (coll.id,))
+    """Lock the collection against a model switch; the tables a write must fill.
+
+    A row that became a shadow (a re-chunking migration switched away from it) while the
+    caller held it as the live collection is refused like a switch of its space."""
+    row = conn.execute(
+        "SELECT shadow_of IS NOT NULL FROM collections WHERE id = %s FOR SHARE", (coll.id,)
+    ).fetchone()
+    if row is not None and bool(row[0]) != coll.shadow:
+        raise ConflictError(
+            f"collection {coll.name!r} switched to another embedding model while this "
+            "document was being embedded; run the ingest again to store it"
+        )
     rows = conn.execute(
         "SELECT s.table_name, s.status, s.id = c.active_space_id FROM embedding_spaces s"
         " JOIN collections c ON c.id = s.collection_id"
@@ -432,3 +472,85 @@ def delete_documents(conn: Conn, collection_id: int, sources: Sequence[str]) -> 
         (collection_id, list(sources)),
     )
     return cur.rowcount
+
+
+# The twin of a document in another chunk set (a shadow collection, see
+# repository.create_shadow): same source, content, title, format and metadata.
+_TWIN = (
+    "SELECT 1 FROM documents t WHERE t.collection_id = %(other)s AND t.source = d.source"
+    " AND t.content_hash = d.content_hash AND t.format = d.format"
+    " AND t.title IS NOT DISTINCT FROM d.title AND t.metadata = d.metadata"
+)
+
+
+def without_twin(
+    conn: Conn, collection_id: int, other_id: int, after_id: int, limit: int
+) -> list[tuple[int, DocumentRecord]]:
+    """The next ``limit`` documents of a collection (by id, after ``after_id``) that
+    ``other`` lacks or holds in another version: what a re-chunking backfill still has
+    to cut and embed. (document id, its record with the stored blocks) each."""
+    rows = conn.execute(
+        "SELECT d.id, d.source, d.title, d.format, d.content_hash, d.size_bytes, d.metadata,"
+        f" d.parsed FROM documents d WHERE d.collection_id = %(coll)s AND d.id > %(after)s"
+        f" AND NOT EXISTS ({_TWIN}) ORDER BY d.id LIMIT %(n)s",
+        {"coll": collection_id, "other": other_id, "after": after_id, "n": limit},
+    ).fetchall()
+    return [
+        (int(r[0]), DocumentRecord(r[1], r[2], r[3], r[4], int(r[5]), dict(r[6]), r[7]))
+        for r in rows
+    ]
+
+
+def sources_without_twin(conn: Conn, collection_id: int, other_id: int) -> list[str]:
+    """Sources of a collection that ``other`` does not hold in the same version."""
+    rows = conn.execute(
+        f"SELECT d.source FROM documents d WHERE d.collection_id = %(coll)s"
+        f" AND NOT EXISTS ({_TWIN}) ORDER BY d.source",
+        {"coll": collection_id, "other": other_id},
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def count_without_twin(conn: Conn, collection_id: int, other_id: int) -> int:
+    """How many documents of a collection ``other`` lacks or holds in another version."""
+    row = conn.execute(
+        f"SELECT count(*) FROM documents d WHERE d.collection_id = %(coll)s"
+        f" AND NOT EXISTS ({_TWIN})",
+        {"coll": collection_id, "other": other_id},
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def stored_chunks(conn: Conn, document_id: int) -> list[Chunk]:
+    """A document's chunks as stored, in order (parents as ordinals)."""
+    rows = conn.execute(
+        "SELECT c.ordinal, c.chunk_type, c.text, c.section_path, p.ordinal, c.char_start,"
+        " c.char_end, c.token_count, c.content_hash, c.page, c.metadata, c.context"
+        " FROM chunks c LEFT JOIN chunks p ON p.id = c.parent_id"
+        " WHERE c.document_id = %s ORDER BY c.ordinal",
+        (document_id,),
+    ).fetchall()
+    return [
+        Chunk(
+            int(r[0]),
+            ChunkType(r[1]),
+            r[2],
+            tuple(r[3]),
+            r[4],
+            int(r[5]),
+            int(r[6]),
+            int(r[7]),
+            r[8],
+            r[9],
+            dict(r[10]),
+            r[11],
+        )
+        for r in rows
+    ]
+
+
+def count_documents(conn: Conn, collection_id: int) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM documents WHERE collection_id = %s", (collection_id,)
+    ).fetchone()
+    return int(row[0]) if row else 0

@@ -94,9 +94,10 @@ class PinnedModel:
 _SELECT = (
     "SELECT m.id, m.provider, m.name, m.revision, m.dimension, m.distance, m.normalize,"
     " m.max_tokens, m.checksum, m.options, m.created_at,"
-    " coalesce((SELECT jsonb_agg(jsonb_build_object('collection', c.name, 'status',"
-    " s.status) ORDER BY c.name, s.id) FROM embedding_spaces s"
-    " JOIN collections c ON c.id = s.collection_id WHERE s.model_id = m.id),"
+    " coalesce((SELECT jsonb_agg(jsonb_build_object('collection', coalesce(p.name, c.name),"
+    " 'status', s.status) ORDER BY coalesce(p.name, c.name), s.id) FROM embedding_spaces s"
+    " JOIN collections c ON c.id = s.collection_id"
+    " LEFT JOIN collections p ON p.id = c.shadow_of WHERE s.model_id = m.id),"
     " '[]'::jsonb) FROM embedding_models m"
 )
 

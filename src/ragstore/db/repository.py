@@ -30,24 +30,105 @@ class Collection:
     table: str
     model_id: int
     model: ModelSpec
+    shadow: bool = False  # a shadow row: another chunk set of a collection (see create_shadow)
+
+
+_SELECT = (
+    f"SELECT c.id, c.name, c.settings, s.id, s.table_name, m.id, c.shadow_of IS NOT NULL,"
+    f" {MODEL_COLS} FROM collections c JOIN embedding_spaces s ON s.id = c.active_space_id"
+    " JOIN embedding_models m ON m.id = s.model_id"
+)
+
+
+def _collection(row: Any) -> Collection:
+    return Collection(
+        int(row[0]),
+        row[1],
+        dict(row[2]),
+        int(row[3]),
+        row[4],
+        int(row[5]),
+        spec_from_row(row[7:]),
+        bool(row[6]),
+    )
 
 
 def get_collection(conn: Conn, name: str) -> Collection:
-    row = conn.execute(
-        f"SELECT c.id, c.name, c.settings, s.id, s.table_name, m.id, {MODEL_COLS}"
-        " FROM collections c JOIN embedding_spaces s ON s.id = c.active_space_id"
-        " JOIN embedding_models m ON m.id = s.model_id WHERE c.name = %s",
-        (name,),
-    ).fetchone()
+    row = conn.execute(_SELECT + " WHERE c.name = %s AND c.shadow_of IS NULL", (name,)).fetchone()
     if row is None:
-        names = [r[0] for r in conn.execute("SELECT name FROM collections ORDER BY name")]
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM collections WHERE shadow_of IS NULL ORDER BY name"
+            )
+        ]
         known = ", ".join(str(n) for n in names) or "none yet"
         raise CollectionNotFoundError(
             f"collection {name!r} does not exist (collections: {known}); "
             "ingest into it to create it"
         )
-    return Collection(
-        int(row[0]), row[1], dict(row[2]), int(row[3]), row[4], int(row[5]), spec_from_row(row[6:])
+    return _collection(row)
+
+
+def collection_by_id(conn: Conn, collection_id: int) -> Collection | None:
+    """A collection row by id, shadow or not."""
+    row = conn.execute(_SELECT + " WHERE c.id = %s", (collection_id,)).fetchone()
+    return _collection(row) if row else None
+
+
+def shadows(conn: Conn, collection_id: int) -> list[Collection]:
+    """The shadow rows of a collection (its other chunk sets), oldest first."""
+    rows = conn.execute(
+        _SELECT + " WHERE c.shadow_of = %s ORDER BY c.id", (collection_id,)
+    ).fetchall()
+    return [_collection(r) for r in rows]
+
+
+def create_shadow(conn: Conn, coll: Collection, model_id: int, spec: ModelSpec) -> Collection:
+    """A shadow of ``coll``: a hidden collection row (named ``~<id>``, found by no lookup
+    by name and no listing) whose documents and chunks are cut for ``spec``, with one
+    ``building`` space for it (no HNSW index yet: built once, after the backfill).
+
+    A re-chunking model migration fills it and then swaps it in (:func:`swap_shadow`).
+    """
+    row = conn.execute(
+        "INSERT INTO collections (name, settings, shadow_of)"
+        " VALUES ('~' || (random() * 1e15)::int8, %s, %s) RETURNING id",
+        (Jsonb(coll.settings), coll.id),
+    ).fetchone()
+    assert row is not None
+    cid = int(row[0])
+    conn.execute("UPDATE collections SET name = '~' || id WHERE id = %s", (cid,))
+    space_id, _ = spaces.create_space(conn, cid, model_id, spec, index=False)
+    conn.execute("UPDATE collections SET active_space_id = %s WHERE id = %s", (space_id, cid))
+    got = collection_by_id(conn, cid)
+    assert got is not None
+    return got
+
+
+def swap_shadow(conn: Conn, live: Collection, shadow: Collection) -> None:
+    """Make ``shadow`` the collection named ``live.name`` and ``live`` its shadow, in the
+    caller's transaction (which holds both rows locked): name, settings and creation time
+    move over, and the other shadows of ``live`` follow to the new live row."""
+    conn.execute(
+        "UPDATE collections SET name = '~' || id, shadow_of = %s WHERE id = %s",
+        (shadow.id, live.id),
+    )
+    conn.execute(
+        "UPDATE collections n SET name = o.name_was, shadow_of = NULL, settings = o.settings,"
+        " created_at = o.created_at FROM (SELECT %s::text AS name_was, settings, created_at"
+        " FROM collections WHERE id = %s) o WHERE n.id = %s",
+        (live.name, live.id, shadow.id),
+    )
+    conn.execute("UPDATE collections SET shadow_of = %s WHERE shadow_of = %s", (shadow.id, live.id))
+    changes.collections_changed()
+
+
+def lock_rows(conn: Conn, collection_ids: list[int]) -> None:
+    """Hold collection rows ``FOR UPDATE`` (in id order) until the transaction ends:
+    document writes hold them shared, so this waits for writes in flight."""
+    conn.execute(
+        "SELECT id FROM collections WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (collection_ids,)
     )
 
 
@@ -150,7 +231,8 @@ def list_collections(conn: Conn) -> list[dict[str, Any]]:
         " (SELECT count(*) FROM documents d WHERE d.collection_id = c.id),"
         " (SELECT count(*) FROM chunks k WHERE k.collection_id = c.id), c.created_at"
         " FROM collections c LEFT JOIN embedding_spaces s ON s.id = c.active_space_id"
-        " LEFT JOIN embedding_models m ON m.id = s.model_id ORDER BY c.name"
+        " LEFT JOIN embedding_models m ON m.id = s.model_id WHERE c.shadow_of IS NULL"
+        " ORDER BY c.name"
     ).fetchall()
     return [
         {

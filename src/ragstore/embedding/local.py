@@ -38,6 +38,20 @@ def weights_checksum(model_dir: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def set_threads(threads: int) -> None:
+    """Intra-op threads of every local model in this process (torch's setting is global).
+
+    torch's default, one per physical core, is the fastest on an idle machine; where other
+    processes keep the cores busy, a thread that waits for a descheduled sibling at every
+    layer wastes the model's share, and fewer threads finish sooner (docs/benchmarks.md,
+    "Encode paths").
+    """
+    import torch
+
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def pick_device(device: str) -> str:
     if device != "auto":
         return device
@@ -141,6 +155,26 @@ class SentenceTransformerEmbedder(Embedder):
         for start in range(0, len(texts), self.batch_size):
             idx = order[start : start + self.batch_size]
             yield idx, inputs.features([encodings[i] for i in idx])
+
+    @property
+    def joins_add_up(self) -> bool:
+        """Whether texts joined by whitespace take exactly the sum of their tokens.
+
+        True for BERT's tokenizer (its normalizer works per character, its pre-tokenizer
+        splits at every whitespace and WordPiece reads one word at a time), so the chunker
+        sums the counts it has instead of tokenizing each merged chunk again. A tokenizer
+        that marks word starts (SentencePiece, byte-level BPE) or normalizes across
+        characters may not, and is counted.
+        """
+        from tokenizers import models, normalizers, pre_tokenizers
+
+        backend: Any = getattr(self.tokenizer, "backend_tokenizer", None)
+        return (
+            backend is not None
+            and isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+            and isinstance(backend.normalizer, normalizers.BertNormalizer | None)
+            and isinstance(backend.model, models.WordPiece)
+        )
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if not texts:

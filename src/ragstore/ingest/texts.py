@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ragstore.chunking import chunk_document
+from ragstore.chunking import chunk_document, recipe
 from ragstore.chunking.chunker import content_hash
 from ragstore.db import documents, repository
 from ragstore.db.errors import translated
@@ -183,12 +183,13 @@ def _add_batch(
             todo.append(i)
     if not todo:
         return
-    chunks = [
-        _whole(texts[i], metas[i])
+    cut = [
+        (_whole(texts[i], metas[i]), None)
         if matrix is not None
         else _chunked(rt, coll, texts[i], ids[i], metas[i])
         for i in todo
     ]
+    chunks = [c for c, _ in cut]
     if matrix is not None:
         vectors = [matrix[i : i + 1] for i in todo]
         extra: list[dict[str, np.ndarray]] = [{} for _ in todo]
@@ -204,6 +205,7 @@ def _add_batch(
             content_hash=_digest(texts[i], metas[i]),
             size_bytes=len(texts[i].encode("utf-8")),
             metadata=metas[i],
+            parsed=cut[n][1],
         )
         writes.append(documents.DocumentWrite(record, chunks[n], vectors[n], extra[n]))
     with rt.db.connection() as conn, translated(f"storing texts in {coll.name!r}"):
@@ -219,16 +221,17 @@ def _add_batch(
 
 def _chunked(
     rt: Runtime, coll: repository.Collection, text: str, doc_id: str, metadata: dict[str, Any]
-) -> list[Chunk]:
+) -> tuple[list[Chunk], bytes]:
     """The text parsed as plain text and chunked for the collection's model; every chunk
-    carries the caller's metadata so hits and filters see it."""
+    carries the caller's metadata so hits and filters see it. With what they were cut
+    from (:mod:`ragstore.chunking.recipe`), for a model migration that re-cuts them."""
     parsed = parse_bytes(text.encode("utf-8"), doc_id, "text")
     chunks = chunk_document(parsed, rt.embedder_for(coll), coll.model.max_tokens)
     if not chunks:
         raise EmptyDocumentError(f"text {doc_id!r} has no words to index")
     for ch in chunks:
         ch.metadata = {**ch.metadata, **metadata}
-    return chunks
+    return chunks, recipe.encode(parsed, metadata)
 
 
 def _embed(

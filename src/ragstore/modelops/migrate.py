@@ -11,6 +11,11 @@ row exclusively, so no document can slip in between the last check and the switc
 
 ``rollback`` switches back to the previous space (kept, ``retired``) at once; ``prune``
 drops retired spaces; ``cancel`` drops an unfinished one.
+
+A target that reads fewer tokens than the active model cannot embed the stored chunks
+(it would cut them short): its documents are cut again into a chunk set of their own,
+a shadow collection row swapped in at the switch (:mod:`ragstore.modelops.rechunk`).
+Rollback, prune and cancel handle both kinds of space.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from ragstore.db import repository, spaces
+from ragstore.db import catalog, documents, repository, spaces
 from ragstore.db.errors import translated
 from ragstore.errors import InputError, MigrationStateError
+from ragstore.modelops import rechunk
 from ragstore.modelops.specs import find_model
 from ragstore.models import ModelSpec
 from ragstore.runtime import Runtime
@@ -44,9 +50,11 @@ class MigrationReport:
     target: str
     space_id: int
     table: str
-    total: int = 0  # chunks with a vector in the source space
+    total: int = 0  # chunks with a vector in the source space (re-cut: documents)
     resumed_from: int = 0  # vectors already in the target space when this run started
     embedded: int = 0  # chunks embedded by this run
+    rechunked: int = 0  # documents cut again for the target (a smaller token budget)
+    recut: bool = False  # the target has a chunk set of its own (totals count documents)
     batches: int = 0
     seconds: float = 0.0
     encode_seconds: float = 0.0
@@ -82,6 +90,7 @@ def _target_space(
 ) -> spaces.Space:
     """The space to fill: a building one resumed, a retired one reused, or a new one."""
     spaces.lock_collection(conn, coll.id)
+    rechunk.ensure_not_stale(conn, coll, model_id, spec.key)
     existing = spaces.list_spaces(conn, coll.id)
     for sp in existing:
         if sp.status == "building" and sp.model_id != model_id:
@@ -126,14 +135,16 @@ def migrate(
         raise MigrationStateError(
             f"collection {coll.name!r} already uses {target.spec.key}; nothing to migrate"
         )
-    if target.spec.max_tokens < coll.model.max_tokens:
-        raise MigrationStateError(
-            f"{target.spec.key} reads at most {target.spec.max_tokens} tokens, fewer than the "
-            f"{coll.model.max_tokens} {coll.model.key} was chunked for; a migration embeds the "
-            "stored chunks and does not re-chunk them, so they would be cut short. Ingest the "
-            f"documents into a new collection created with {target.spec.key} instead"
-        )
     embedder = rt.embedder(target.spec)  # refuses a model that differs from its pin
+    with rt.db.connection() as conn, translated(f"reading spaces of {coll.name!r}"):
+        recut = (
+            rechunk.find_shadow(conn, coll, target.id) is not None
+            or target.spec.max_tokens < coll.model.max_tokens
+        )
+    if recut:
+        return _migrate_recut(
+            rt, collection, target, embedder, switch, sample_queries, progress, t0
+        )
     with _migration_lock(rt, coll):
         with rt.db.connection() as conn, translated(f"preparing the space of {target.spec.key}"):
             space = _target_space(conn, coll, target.id, target.spec)
@@ -150,6 +161,59 @@ def migrate(
             _validate(rt, coll, space, sample_queries, report)
             if _switch(rt, coll, space):
                 report.switched = True
+                break
+        else:
+            raise MigrationStateError(
+                f"documents kept arriving in {coll.name!r} faster than the backfill caught up "
+                f"after {MAX_PASSES} passes; run the migrate again when ingest is quieter"
+            )
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _migrate_recut(
+    rt: Runtime,
+    collection: str,
+    target: Any,
+    embedder: Any,
+    switch: bool,
+    sample_queries: int,
+    progress: Progress | None,
+    t0: float,
+) -> MigrationReport:
+    """Migrate to a model with its own chunk set (see :mod:`ragstore.modelops.rechunk`)."""
+    coll = rt.collection(collection)
+    with _migration_lock(rt, coll):
+        with rt.db.connection() as conn, translated(f"preparing the chunks of {target.spec.key}"):
+            for sp in spaces.building_spaces(conn, coll.id):
+                raise MigrationStateError(
+                    f"collection {coll.name!r} is already being migrated to {sp.model.key}; "
+                    f"finish that with `ragstore models migrate -c {coll.name} --to "
+                    f"{sp.model.key}` or drop it with `ragstore models cancel -c {coll.name}` "
+                    f"first (to {target.spec.key})"
+                )
+            rechunk.ensure_not_stale(conn, coll, target.id, target.spec.key)
+            shadow, space = rechunk.prepare(conn, coll, target)
+        report = MigrationReport(coll.name, coll.model.key, target.spec.key, space.id, space.table)
+        report.recut = True
+        for _ in range(MAX_PASSES):
+            coll = rt.collection(collection)
+            rechunk.backfill(rt, coll, shadow, embedder, report, progress)
+            with rt.db.connection() as conn, translated(f"indexing {space.table}"):
+                spaces.ensure_index(conn, space.table, space.model.distance)
+            if not switch:
+                report.notes.append("re-cut, embedded and indexed; not switched (--no-switch)")
+                break
+            _validate(rt, coll, space, sample_queries, report)
+            with rt.db.connection() as conn, translated(f"switching {coll.name!r}"):
+                switched = rechunk.swap(conn, coll, shadow)
+            if switched:
+                report.switched = True
+                report.notes.append(
+                    f"{target.spec.key} reads at most {target.spec.max_tokens} tokens, fewer "
+                    f"than {coll.model.key}: the documents were cut again for it; the old "
+                    "chunks are kept for a rollback until `ragstore models prune`"
+                )
                 break
         else:
             raise MigrationStateError(
@@ -267,8 +331,23 @@ def _switch(rt: Runtime, coll: repository.Collection, space: spaces.Space) -> bo
     return True
 
 
+def _shadow_spaces(
+    conn: Any, coll: repository.Collection
+) -> list[tuple[repository.Collection, spaces.Space]]:
+    """Each shadow of a collection (another chunk set) with the space it serves."""
+    out = []
+    for sh in repository.shadows(conn, coll.id):
+        sp = spaces.get_space(conn, sh.space_id)
+        if sp is not None:
+            out.append((sh, sp))
+    return out
+
+
 def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
-    """Switch back to the previously active model; returns (from key, to key)."""
+    """Switch back to the previously active model; returns (from key, to key).
+
+    When that model had chunks of its own (a re-chunking migration), they come back with
+    it: the kept chunk set is swapped in again, exactly as it was."""
     coll = rt.collection(collection)
     with (
         _migration_lock(rt, coll),
@@ -276,17 +355,32 @@ def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
         translated(f"rolling back {coll.name!r}"),
     ):
         spaces.lock_collection(conn, coll.id)
-        retired = [
-            s
+        retired: list[tuple[spaces.Space, repository.Collection | None]] = [
+            (s, None)
             for s in spaces.list_spaces(conn, coll.id)
             if s.status == "retired" and s.activated_at is not None
+        ]
+        retired += [
+            (sp, sh)
+            for sh, sp in _shadow_spaces(conn, coll)
+            if sp.status == "retired" and sp.activated_at is not None
         ]
         if not retired:
             raise MigrationStateError(
                 f"collection {coll.name!r} has no previous model to roll back to (it has only "
                 f"ever used {coll.model.key}, or older spaces were pruned)"
             )
-        prev = max(retired, key=lambda s: (s.activated_at, s.id))
+        prev, shadow = max(retired, key=lambda r: (r[0].activated_at, r[0].id))
+        if shadow is not None:
+            if not rechunk.swap(conn, coll, shadow):
+                changed = documents.count_without_twin(conn, coll.id, shadow.id)
+                raise MigrationStateError(
+                    f"{changed} documents stored since the switch have no chunks for "
+                    f"{prev.model.key}; run `ragstore models migrate -c {coll.name} --to "
+                    f"{prev.model.key}` (it cuts and embeds only those {changed}, then "
+                    "switches back)"
+                )
+            return coll.model.key, prev.model.key
         missing = spaces.count_missing(conn, coll.table, prev.table)
         if missing:
             raise MigrationStateError(
@@ -299,7 +393,8 @@ def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
 
 
 def prune(rt: Runtime, collection: str, *, dry_run: bool = False) -> list[spaces.Space]:
-    """Drop the tables of the collection's retired spaces (rollback is then impossible)."""
+    """Drop the tables of the collection's retired spaces (rollback is then impossible),
+    and the chunk sets kept for models switched away from (shadows not being built)."""
     coll = rt.collection(collection)
     with (
         _migration_lock(rt, coll),
@@ -308,10 +403,14 @@ def prune(rt: Runtime, collection: str, *, dry_run: bool = False) -> list[spaces
     ):
         spaces.lock_collection(conn, coll.id)
         retired = [s for s in spaces.list_spaces(conn, coll.id) if s.status == "retired"]
+        kept = [sh for sh, sp in _shadow_spaces(conn, coll) if sp.status == "retired"]
+        dropped = retired + [s for sh in kept for s in spaces.list_spaces(conn, sh.id)]
         if not dry_run:
             for sp in retired:
                 spaces.drop_space(conn, sp)
-    return retired
+            for sh in kept:
+                catalog.delete_collection(conn, sh)
+    return dropped
 
 
 def cancel(rt: Runtime, collection: str) -> list[tuple[spaces.Space, str]]:
@@ -329,6 +428,16 @@ def cancel(rt: Runtime, collection: str) -> list[tuple[spaces.Space, str]]:
         translated(f"cancelling the migration of {coll.name!r}"),
     ):
         spaces.lock_collection(conn, coll.id)
+        for sh, sp in _shadow_spaces(conn, coll):
+            if sp.status != "building":
+                continue
+            if sp.activated_at is not None:
+                spaces.ensure_index(conn, sp.table, sp.model.distance)
+                spaces.set_status(conn, sp.id, "retired")
+                done.append((sp, "retired"))
+            else:
+                catalog.delete_collection(conn, sh)
+                done.append((sp, "dropped"))
         for sp in spaces.building_spaces(conn, coll.id):
             if sp.activated_at is not None:
                 spaces.ensure_index(conn, sp.table, sp.model.distance)
@@ -345,11 +454,16 @@ def model_status(rt: Runtime, collection: str) -> list[dict[str, Any]]:
     coll = rt.collection(collection)
     out: list[dict[str, Any]] = []
     with rt.db.connection() as conn, translated(f"reading spaces of {coll.name!r}"):
+        rows: list[tuple[spaces.Space, int, str]] = []
         for sp in spaces.list_spaces(conn, coll.id):
-            vectors = spaces.count_vectors(conn, sp.table)
             missing = (
                 0 if sp.id == coll.space_id else spaces.count_missing(conn, coll.table, sp.table)
             )
+            rows.append((sp, missing, "live"))
+        for sh, sp in _shadow_spaces(conn, coll):  # documents out of step, not chunks
+            rows.append((sp, len(rechunk.out_of_step(conn, coll, sh)), "own"))
+        for sp, missing, chunk_set in rows:
+            vectors = spaces.count_vectors(conn, sp.table)
             out.append(
                 {
                     "space": sp.id,
@@ -359,6 +473,7 @@ def model_status(rt: Runtime, collection: str) -> list[dict[str, Any]]:
                     "status": sp.status,
                     "vectors": vectors,
                     "missing": missing,
+                    "chunks": chunk_set,
                     "created_at": sp.created_at.isoformat(),
                     "activated_at": sp.activated_at.isoformat() if sp.activated_at else None,
                 }

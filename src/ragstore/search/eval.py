@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ragstore.chunking import chunk_document, document_hash
+from ragstore.chunking import chunk_document, document_hash, recipe
 from ragstore.db import documents, repository
 from ragstore.db.errors import translated
 from ragstore.embedding.registry import resolve_spec
@@ -158,6 +158,7 @@ def ingest_records(
                 _record_hash(title, text),
                 len(body.encode()),
                 {"beir_id": doc_id},
+                recipe.encode(parsed),
             )
             docs.append((record, chunks))
         texts = [c.embed_text for _, chunks in docs for c in chunks if c.embeddable]

@@ -26,7 +26,7 @@ from weakref import WeakKeyDictionary
 
 import numpy as np
 import numpy.typing as npt
-from psycopg import sql
+from psycopg import ClientCursor, sql
 
 from ragstore.db import spaces
 from ragstore.db.database import Database
@@ -206,6 +206,7 @@ def _run(
         }
     )
     filtered = p.where is not None and bool(p.where)
+    pruned_filter = False  # the BM25 top k takes the filter as SQL text (``ftcond``)
     ctes: list[sql.Composable] = []
     ranked: list[tuple[str, str]] = []
 
@@ -246,6 +247,7 @@ def _run(
                     bm25.ranked_list_sql(ftq, compiled.condition, filtered, p.exact)
                 )
             )
+            pruned_filter = filtered and bm25.uses_topk(ftq, p.exact)
             ctes.append(
                 sql.SQL(
                     "ft_ranked AS (SELECT chunk_id, raw, row_number() OVER"
@@ -289,6 +291,11 @@ def _run(
     ef = p.ef_search or max(rt.settings.hnsw_ef_search, min(p.depth, 1000))
     iterative = has_vec and _supports_iterative_scan(rt)
     with rt.db.connection() as conn, translated(f"searching {coll.name!r}"):
+        if pruned_filter:
+            # every value quoted client-side by psycopg, as in a bound parameter
+            values["ftcond"] = ClientCursor(conn).mogrify(
+                sql.Composed([compiled.condition]), compiled.params
+            )
         set_session = has_vec and _session_ef.get(conn) != ef
         # One read statement is its own transaction: in autocommit no BEGIN goes ahead of
         # it and no COMMIT after, so the search is one Parse/Bind/Execute/Sync round trip

@@ -1,0 +1,218 @@
+"""A model migration to a model that reads fewer tokens cuts the documents again.
+
+The collection is ingested with MiniLM (256 tokens) from Markdown with long sections,
+headings over 200 characters and nested sections, then migrated to the same weights pinned
+with a 96-token budget: every chunk of the target fits it, its chunks and vectors equal a
+fresh ingest under the target, searches answer before, during and after the backfill, a
+rollback restores the original chunks and vectors exactly and a prune drops the kept set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from psycopg import sql
+
+from ragstore.db import catalog, documents, repository
+from ragstore.db.models import upsert_model
+from ragstore.embedding.registry import DEFAULT_MODEL, resolve_spec
+from ragstore.errors import ConflictError, MigrationStateError
+from ragstore.ingest import ingest_paths
+from ragstore.modelops import migrate, model_status, prune, rechunk, rollback
+from ragstore.models import Chunk, ChunkType
+from ragstore.runtime import Runtime
+from ragstore.search import search
+
+COLL = "rc-src"
+NARROW = "minilm-96"
+LONG = "a heading that goes on and on about the {} " + "and its many qualifications " * 8
+SENTENCE = "The {t} of part {p} behave in ways that take a long sentence, number {n}, to explain. "
+
+
+def _doc(d: int, topic: str) -> str:
+    lines = [f"# {LONG.format(topic)} top {d}", ""]
+    for s in range(2):
+        lines += [f"## {LONG.format(topic)} section {s}", ""]
+        # a long section: one paragraph of ~120 tokens, one chunk at 256, two at 96
+        lines += ["".join(SENTENCE.format(t=topic, p=s, n=n) for n in range(6)), ""]
+        for sub in range(2):
+            lines += [
+                f"### Detail {sub} of {topic} {s}",
+                "",
+                f"Paragraph about {topic}, part {s}.{sub}, number {d * 10 + sub}.",
+                "",
+                f"- a list item on {topic} {s}.{sub}",
+                "",
+            ]
+    return "\n".join(lines)
+
+
+def _write(folder: Path, topics: list[str], start: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for d, topic in enumerate(topics, start):
+        (folder / f"doc{d}.md").write_text(_doc(d, topic))
+    return folder
+
+
+Key = tuple[str, int]
+
+
+def _chunks(rt: Runtime, coll: repository.Collection) -> dict[Key, tuple[Any, ...]]:
+    """(source name, ordinal) -> (chunk id, type, text, context, section path)."""
+    with rt.db.connection() as conn:
+        rows = conn.execute(
+            "SELECT d.source, c.ordinal, c.id, c.chunk_type, c.text, c.context, c.section_path"
+            " FROM chunks c JOIN documents d ON d.id = c.document_id"
+            " WHERE c.collection_id = %s",
+            (coll.id,),
+        ).fetchall()
+    return {(Path(r[0]).name, int(r[1])): tuple(r[2:]) for r in rows}
+
+
+def _vectors(rt: Runtime, coll: repository.Collection) -> dict[Key, np.ndarray]:
+    with rt.db.connection() as conn:
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT d.source, c.ordinal, e.embedding FROM {} e"
+                " JOIN chunks c ON c.id = e.chunk_id"
+                " JOIN documents d ON d.id = c.document_id"
+            ).format(sql.Identifier(coll.table))
+        ).fetchall()
+    return {(Path(r[0]).name, int(r[1])): np.asarray(r[2].to_numpy()) for r in rows}
+
+
+def _hit_texts(rt: Runtime, query: str) -> set[str]:
+    hits = search(rt, query, collection=COLL, k=5, mode="vector")
+    assert hits, f"no hit for {query!r}"
+    return {h.text for h in hits}
+
+
+@pytest.fixture(scope="module")
+def narrow(rt: Runtime) -> str:
+    base = resolve_spec(DEFAULT_MODEL)
+    with rt.db.connection() as conn:
+        upsert_model(conn, dataclasses.replace(base, name=NARROW, max_tokens=96))
+    return NARROW
+
+
+def test_migration_to_a_smaller_budget_recuts_and_rolls_back(
+    rt: Runtime, tmp_path: Path, narrow: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _write(tmp_path / "docs", ["glaciers", "violins"])
+    assert not ingest_paths(rt, [folder], COLL).failed
+    before = rt.collection(COLL)
+    old_chunks = _chunks(rt, before)
+    old_texts = {c[2] for c in old_chunks.values()}
+    assert _hit_texts(rt, "how glaciers behave") <= old_texts
+
+    # a backfill that is not switched: searches keep the old model and the old chunks,
+    # also while it runs (one document per batch, a search after each)
+    monkeypatch.setattr(rechunk, "BATCH_DOCUMENTS", 1)
+    seen: list[set[str]] = []
+    report = migrate(
+        rt,
+        COLL,
+        narrow,
+        switch=False,
+        progress=lambda done, total: seen.append(_hit_texts(rt, "violins in season")),
+    )
+    assert report.rechunked == 2 and not report.switched and report.batches == 2
+    assert len(seen) == 3 and all(s <= old_texts for s in seen)
+    assert rt.collection(COLL).model.key == before.model.key
+    # a document ingested meanwhile, into the live collection, is cut for the target too
+    _write(folder, ["penguins"], start=2)
+    assert not ingest_paths(rt, [folder], COLL).failed
+    original = _chunks(rt, before)
+    original_vectors = _vectors(rt, before)
+    assert len(original) > len(old_chunks)
+
+    report = migrate(rt, COLL, narrow)
+    assert report.switched and report.rechunked == 1 and report.resumed_from == 2
+    after = rt.collection(COLL)
+    assert after.model.key.startswith(NARROW) and after.id != before.id
+    new_chunks = _chunks(rt, after)
+    new_texts = {c[2] for c in new_chunks.values()}
+    assert len(new_chunks) > len(original)  # the long sections were cut again
+    assert _hit_texts(rt, "penguins of part 1") <= new_texts
+
+    # every chunk fits the target's budget, as the model reads it (context, then text)
+    embedder = rt.embedder(after.model)
+    read = [f"{c[3]}\n{c[2]}" if c[3] else c[2] for c in new_chunks.values() if c[1] != "heading"]
+    assert max(embedder.count_tokens(read)) <= 96
+    # and equals a fresh ingest under the target model: chunks and vectors
+    with rt.db.connection() as conn:
+        repository.create_collection(conn, "rc-fresh", after.model)
+    assert not ingest_paths(rt, [folder], "rc-fresh").failed
+    fresh = rt.collection("rc-fresh")
+    fresh_chunks = _chunks(rt, fresh)
+    assert {k: v[1:] for k, v in new_chunks.items()} == {k: v[1:] for k, v in fresh_chunks.items()}
+    migrated, expected = _vectors(rt, after), _vectors(rt, fresh)
+    assert migrated.keys() == expected.keys()
+    worst = max(float(np.abs(migrated[k] - expected[k]).max()) for k in expected)
+    assert worst < 1e-5, f"a re-cut vector differs from the fresh ingest's by {worst}"
+    status = model_status(rt, COLL)
+    assert [(r["status"], r["chunks"]) for r in status] == [("active", "live"), ("retired", "own")]
+
+    # the kept chunk set is listed as no collection (its space is, under the collection's
+    # model status); a writer still holding the old row is refused
+    with rt.db.connection() as conn:
+        assert [c["name"] for c in repository.list_collections(conn)] == ["rc-fresh", COLL]
+        kept = [(s["status"], s["table"]) for s in catalog.spaces(conn, after.id)]
+    assert kept == [("retired", before.table), ("active", after.table)]
+    stale = documents.DocumentWrite(
+        documents.DocumentRecord("late.md", None, "text", "h", 1, {}),
+        [Chunk(0, ChunkType.PARAGRAPH, "late", (), None, 0, 4, 1, "h")],
+        np.ones((1, before.model.dimension), dtype=np.float32),
+    )
+    with (
+        pytest.raises(ConflictError, match="switched to another embedding model"),
+        rt.db.connection() as conn,
+    ):
+        documents.write_documents(conn, before, [stale])
+
+    # rollback: the old model with its own chunks (same rows) and vectors, exactly
+    assert rollback(rt, COLL) == (after.model.key, before.model.key)
+    back = rt.collection(COLL)
+    assert back.id == before.id and back.model == before.model
+    assert _chunks(rt, back) == original
+    restored = _vectors(rt, back)
+    assert restored.keys() == original_vectors.keys()
+    assert all(np.array_equal(restored[k], original_vectors[k]) for k in restored)
+    assert _hit_texts(rt, "glaciers of part 0") <= old_texts | {c[2] for c in original.values()}
+
+    # forward again (the kept set is in step: nothing to cut), then a document changes:
+    # rollback refuses, and a migrate back cuts just that one for the old model
+    again = migrate(rt, COLL, narrow)
+    assert again.switched and again.rechunked == 0 and rt.collection(COLL).id == after.id
+    (folder / "doc0.md").write_text(_doc(0, "glaciers") + "\n\nA new closing remark.\n")
+    assert not ingest_paths(rt, [folder], COLL).failed
+    with pytest.raises(MigrationStateError, match="1 documents stored since the switch"):
+        rollback(rt, COLL)
+    back_again = migrate(rt, COLL, before.model.key)
+    assert back_again.switched and back_again.rechunked == 1
+    back = rt.collection(COLL)
+    assert back.id == before.id
+    now = _chunks(rt, back)
+    assert {k: v for k, v in now.items() if k[0] != "doc0.md"} == {
+        k: v for k, v in original.items() if k[0] != "doc0.md"
+    }
+    assert any("A new closing remark." in v[2] for k, v in now.items() if k[0] == "doc0.md")
+    assert _hit_texts(rt, "a new closing remark") & {v[2] for v in now.values()}
+
+    # prune drops the chunk set kept for the 96-token model, and nothing else
+    dropped = prune(rt, COLL)
+    assert [s.model.name for s in dropped] == [NARROW]
+    with rt.db.connection() as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM collections ORDER BY id")]
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE tablename = %s", (after.table,)
+        ).fetchone()
+    assert COLL in names and not any(n.startswith("~") for n in names)
+    assert tables == (0,)
+    assert _chunks(rt, rt.collection(COLL)) == now
+    with pytest.raises(MigrationStateError, match="no previous model"):
+        rollback(rt, COLL)
