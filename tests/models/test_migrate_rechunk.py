@@ -23,6 +23,7 @@ from ragstore.embedding.registry import DEFAULT_MODEL, resolve_spec
 from ragstore.errors import ConflictError, MigrationStateError
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import migrate, model_status, prune, rechunk, rollback
+from ragstore.modelops.migrate import cancel
 from ragstore.models import Chunk, ChunkType
 from ragstore.runtime import Runtime
 from ragstore.search import search
@@ -216,3 +217,28 @@ def test_migration_to_a_smaller_budget_recuts_and_rolls_back(
     assert _chunks(rt, rt.collection(COLL)) == now
     with pytest.raises(MigrationStateError, match="no previous model"):
         rollback(rt, COLL)
+
+
+def test_cancel_drops_a_recut_chunk_set_being_built(
+    rt: Runtime, tmp_path: Path, narrow: str
+) -> None:
+    folder = tmp_path / "small"
+    folder.mkdir()
+    (folder / "a.md").write_text("# Kettles\n\nKettles boil water.\n")
+    assert not ingest_paths(rt, [folder], "rc-cancel").failed
+    coll = rt.collection("rc-cancel")
+    report = migrate(rt, "rc-cancel", narrow, switch=False)
+    assert report.recut and report.rechunked == 1
+    with rt.db.connection() as conn:
+        (shadow,) = repository.shadows(conn, coll.id)
+    done = cancel(rt, "rc-cancel")
+    assert [(sp.table, action) for sp, action in done] == [(shadow.table, "dropped")]
+    with rt.db.connection() as conn:
+        assert repository.shadows(conn, coll.id) == []
+        left = conn.execute(
+            "SELECT (SELECT count(*) FROM documents WHERE collection_id = %s),"
+            " to_regclass(%s) IS NULL",
+            (shadow.id, shadow.table),
+        ).fetchone()
+    assert left == (0, True)
+    assert rt.collection("rc-cancel") == coll
