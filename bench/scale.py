@@ -60,6 +60,9 @@ SEARCHES: dict[str, dict[str, Any]] = {
     "hybrid_1pct": {"mode": "hybrid", "where": {"bucket": 0}},
     "hybrid_10pct": {"mode": "hybrid", "where": {"bucket": {"$lt": 10}}},
     "fulltext_10pct": {"mode": "fulltext", "where": {"bucket": {"$lt": 10}}},
+    # chunks ranked alone (no section aggregation, whose pool reads 50-deep lists)
+    "fulltext_chunks": {"mode": "fulltext", "sections": False},
+    "hybrid_chunks": {"mode": "hybrid", "sections": False},
 }
 
 

@@ -3,7 +3,7 @@
 The pruned list must be the exhaustive one, scores included, on real text (CISI records
 and its paragraph-long queries), and must stay so as chunks are added, changed and
 removed and the collection's average length drifts away from the one the stored impacts
-were computed with. The collection keeps only 6 postings per term (``list_keep``; 2,000 by
+were computed with. The collection keeps only 6 postings per term (``list_keep``; 20,000 by
 default) so that lists are trimmed, floors rise and reads run off the end of lists, as
 they do for common words in a large collection.
 """
@@ -280,3 +280,9 @@ def test_sql_and_python_bm25_defaults_agree(
             (coll.id,),
         ).fetchone()
     assert row == (DEFAULT_K1, DEFAULT_B) == stats
+    with rt.db.connection() as conn:
+        default = conn.execute(
+            "SELECT column_default FROM information_schema.columns"
+            " WHERE table_name = 'bm25_collection_stats' AND column_name = 'list_keep'"
+        ).fetchone()
+    assert default == ("20000",), "revision 0009 keeps 20,000 postings a term by default"
