@@ -130,10 +130,13 @@ def begin_bulk(conn: Conn, collection_id: int) -> None:
     conn.execute("SELECT set_config('ragstore.bulk', 'on', true)")
 
 
-def finish_bulk(conn: Conn, collection_id: int) -> int:
+def finish_bulk(conn: Conn, collection_id: int, memory: str | None = None) -> int:
     """End a bulk write: the collection's BM25 statistics recounted and its postings
     rewritten in one set-based pass each, in the writer's transaction, so that readers see
-    the chunks and their statistics together. Returns the postings written."""
+    the chunks and their statistics together. ``memory`` is the ``work_mem`` of the rest of
+    the transaction (the grouping and ranking sorts). Returns the postings written."""
+    if memory is not None:
+        conn.execute("SELECT set_config('work_mem', %s, true)", (memory,))
     row = conn.execute("SELECT ragstore_bm25_bulk_finish(%s)", (collection_id,)).fetchone()
     conn.execute("SELECT set_config('ragstore.bulk', 'off', true)")
     return int(row[0]) if row else 0

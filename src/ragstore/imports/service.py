@@ -398,7 +398,7 @@ class _Writer:
             self.seconds["write"] = time.perf_counter() - t0
             if not self.had_rows:
                 t0 = time.perf_counter()
-                documents.finish_bulk(conn, coll.id)
+                documents.finish_bulk(conn, coll.id, self.opts.maintenance_work_mem)
                 self.seconds["bm25"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             self.progress("index", 0, len(self.ids))

@@ -340,7 +340,7 @@ class _Ingestor:
                 finally:
                     self._conn = None
                 t0 = time.perf_counter()
-                documents.finish_bulk(conn, self.coll.id)
+                documents.finish_bulk(conn, self.coll.id, self.rt.settings.index_build_memory)
                 self.report.stages["bm25_build"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 _ensure_index(self.rt, self.coll, conn)

@@ -73,10 +73,8 @@ def _recreate(when: str) -> str:
     return "\n".join(out)
 
 
-# Revision 0006's rebuild, with ties between equal impacts at a list's cut broken by chunk
-# id (``{tie}``), so that the postings kept do not depend on the rows' physical order: a
-# bulk load and a rebuild of the same chunks keep the same ones.
-_REBUILD = """
+# Revision 0006's rebuild (restored by the downgrade).
+_REBUILD_0006 = """
     CREATE OR REPLACE FUNCTION ragstore_bm25_rebuild(cid integer) RETURNS bigint
         LANGUAGE plpgsql AS $$
     DECLARE
@@ -92,7 +90,7 @@ _REBUILD = """
         PERFORM ragstore_bm25_impact_stats(ARRAY[cid]);
         CREATE TEMP TABLE ragstore_bm25_all ON COMMIT DROP AS
         SELECT t.term_id, x.impact, n.id AS chunk_id, x.tf, n.tsv_length AS len,
-               row_number() OVER (PARTITION BY t.term_id ORDER BY x.impact DESC{tie}) AS rn
+               row_number() OVER (PARTITION BY t.term_id ORDER BY x.impact DESC) AS rn
         FROM chunks n JOIN bm25_collection_stats s ON s.collection_id = n.collection_id
         CROSS JOIN LATERAL (
             SELECT u.lexeme, greatest(cardinality(u.positions), 1) AS tf,
@@ -117,23 +115,120 @@ _REBUILD = """
 """
 
 
-def upgrade() -> None:
-    op.execute(_REBUILD.format(tie=", n.id"))
-    op.execute(_recreate(f"WHEN ({_BULK_OFF})"))
-    op.execute("""
-    -- After a bulk write of collection CID (ragstore.bulk on, its sources locked): its
-    -- statistics recounted from its chunks, its postings rewritten at the final avgdl.
-    -- Returns the postings written.
+
+# Postings of collection CID from the temporary table ragstore_bm25_lex (lexeme, chunk_id,
+# tf, len: one row per distinct lexeme of each counted chunk), at the collection's current
+# avgdl and k1/b, for terms whose df is already counted. A rare term (df within list_keep)
+# keeps all its postings unranked; only the common terms' postings are ranked, ties at a
+# list's cut broken by chunk id so that the postings kept do not depend on the rows'
+# physical order. Same impacts, floors and stored counts as revision 0006's rebuild; a
+# term's row is rewritten only where they change. When bm25_postings holds nothing else
+# (a first load into a new store), its two indexes are dropped and built again after the
+# insert (about twice as fast; other transactions wait for the commit, never see a part).
+_WRITE_POSTINGS = """
+    CREATE FUNCTION ragstore_bm25_write_postings(cid integer) RETURNS bigint
+        LANGUAGE plpgsql AS $$
+    DECLARE
+        written bigint;
+        more bigint;
+        keep integer;
+        st record;
+        avgdl float8;
+        alone boolean;
+    BEGIN
+        UPDATE bm25_collection_stats SET impact_k1 = NULL, impact_b = NULL, impact_avgdl = NULL
+        WHERE collection_id = cid;
+        PERFORM ragstore_bm25_impact_stats(ARRAY[cid]);
+        SELECT * INTO st FROM bm25_collection_stats WHERE collection_id = cid;
+        IF NOT FOUND THEN
+            RETURN 0;
+        END IF;
+        keep := st.list_keep;
+        avgdl := greatest(st.tokens::float8 / greatest(st.chunks, 1), 1.0);
+        ANALYZE ragstore_bm25_lex;
+        CREATE TEMP TABLE ragstore_bm25_all ON COMMIT DROP AS
+        SELECT t.term_id, t.df, ragstore_bm25_impact(x.tf, x.len, st.impact_k1, st.impact_b,
+                                                     avgdl) AS impact, x.chunk_id, x.tf, x.len
+        FROM ragstore_bm25_lex x
+        JOIN bm25_terms t ON t.collection_id = cid AND t.lexeme = x.lexeme;
+        ANALYZE ragstore_bm25_all;
+        alone := NOT EXISTS (SELECT 1 FROM bm25_postings);
+        IF alone THEN
+            DROP INDEX bm25_postings_impact_idx;
+            DROP INDEX bm25_postings_chunk_idx;
+        END IF;
+        INSERT INTO bm25_postings (term_id, impact, chunk_id, tf, len)
+        SELECT term_id, impact, chunk_id, tf, len FROM ragstore_bm25_all
+        WHERE df <= keep ORDER BY term_id, impact DESC;
+        GET DIAGNOSTICS written = ROW_COUNT;
+        CREATE TEMP TABLE ragstore_bm25_ranked ON COMMIT DROP AS
+        SELECT term_id, impact, chunk_id, tf, len,
+               row_number() OVER (PARTITION BY term_id ORDER BY impact DESC, chunk_id) AS rn
+        FROM ragstore_bm25_all WHERE df > keep;
+        INSERT INTO bm25_postings (term_id, impact, chunk_id, tf, len)
+        SELECT term_id, impact, chunk_id, tf, len FROM ragstore_bm25_ranked
+        WHERE rn <= keep ORDER BY term_id, impact DESC;
+        GET DIAGNOSTICS more = ROW_COUNT;
+        IF alone THEN
+            CREATE INDEX bm25_postings_impact_idx ON bm25_postings (term_id, impact DESC)
+                INCLUDE (chunk_id, tf, len);
+            CREATE INDEX bm25_postings_chunk_idx ON bm25_postings (chunk_id);
+        END IF;
+        UPDATE bm25_terms t SET stored = a.kept, floor = a.top
+        FROM (SELECT term_id, count(*)::integer AS kept, 0::real AS top
+              FROM ragstore_bm25_all WHERE df <= keep GROUP BY term_id
+              UNION ALL
+              SELECT term_id, (count(*) FILTER (WHERE rn <= keep))::integer,
+                     coalesce(max(impact) FILTER (WHERE rn > keep), 0)::real
+              FROM ragstore_bm25_ranked GROUP BY term_id) a
+        WHERE t.term_id = a.term_id AND (t.stored, t.floor) IS DISTINCT FROM (a.kept, a.top);
+        DROP TABLE ragstore_bm25_all;
+        DROP TABLE ragstore_bm25_ranked;
+        RETURN written + more;
+    END $$;
+"""
+
+# The lexemes of collection CID's counted chunks, once (see _WRITE_POSTINGS).
+_LEX = """
+        CREATE TEMP TABLE ragstore_bm25_lex ON COMMIT DROP AS
+        SELECT u.lexeme, n.id AS chunk_id, greatest(cardinality(u.positions), 1) AS tf,
+               n.tsv_length AS len
+        FROM chunks n CROSS JOIN LATERAL unnest(n.tsv) u
+        WHERE n.collection_id = cid AND n.chunk_type <> 'heading';
+"""
+
+# Rewrite one collection's postings at its current avgdl and k1/b (revision 0006's
+# function, faster). Returns the postings written.
+_REBUILD = f"""
+    CREATE OR REPLACE FUNCTION ragstore_bm25_rebuild(cid integer) RETURNS bigint
+        LANGUAGE plpgsql AS $$
+    DECLARE
+        written bigint;
+    BEGIN
+        PERFORM 1 FROM bm25_collection_stats WHERE collection_id = cid FOR UPDATE;
+        DELETE FROM bm25_postings p USING bm25_terms t
+        WHERE t.collection_id = cid AND p.term_id = t.term_id;
+        {_LEX}
+        written := ragstore_bm25_write_postings(cid);
+        DROP TABLE ragstore_bm25_lex;
+        RETURN written;
+    END $$;
+"""
+
+# After a bulk write of collection CID (ragstore.bulk on, its sources locked): its
+# statistics recounted from its chunks (as the triggers leave them: a row once a counted
+# chunk was written, zeros after the last one is removed), its postings rewritten at the
+# final avgdl. Returns the postings written.
+_BULK_FINISH = f"""
     CREATE FUNCTION ragstore_bm25_bulk_finish(cid integer) RETURNS bigint
         LANGUAGE plpgsql AS $$
     DECLARE
         v_n bigint;
         v_len bigint;
+        written bigint;
     BEGIN
         SELECT count(*), coalesce(sum(tsv_length), 0) INTO v_n, v_len FROM chunks
         WHERE collection_id = cid AND chunk_type <> 'heading';
-        -- as the triggers leave it: a row once a counted chunk was written, zeros after
-        -- the last one is removed
         IF v_n > 0 THEN
             INSERT INTO bm25_collection_stats AS s (collection_id, chunks, tokens)
             VALUES (cid, v_n, v_len)
@@ -144,20 +239,32 @@ def upgrade() -> None:
         DELETE FROM bm25_postings p USING bm25_terms t
         WHERE t.collection_id = cid AND p.term_id = t.term_id;
         DELETE FROM bm25_terms WHERE collection_id = cid;
-        INSERT INTO bm25_terms (collection_id, lexeme, df)
-        SELECT cid, l.lexeme, count(*) FROM chunks c,
-               unnest(tsvector_to_array(c.tsv)) AS l(lexeme)
-        WHERE c.collection_id = cid AND c.chunk_type <> 'heading'
-        GROUP BY l.lexeme ORDER BY l.lexeme;
         IF v_n = 0 THEN
             RETURN 0;
         END IF;
-        RETURN ragstore_bm25_rebuild(cid);
+        {_LEX}
+        -- a rare term's list is all its postings: stored = df from the start
+        INSERT INTO bm25_terms (collection_id, lexeme, df, stored)
+        SELECT cid, x.lexeme, count(*),
+               CASE WHEN count(*) <= (SELECT list_keep FROM bm25_collection_stats
+                                      WHERE collection_id = cid) THEN count(*) ELSE 0 END
+        FROM ragstore_bm25_lex x GROUP BY x.lexeme ORDER BY x.lexeme;
+        written := ragstore_bm25_write_postings(cid);
+        DROP TABLE ragstore_bm25_lex;
+        RETURN written;
     END $$;
-    """)
+"""
+
+
+def upgrade() -> None:
+    op.execute(_WRITE_POSTINGS)
+    op.execute(_REBUILD)
+    op.execute(_recreate(f"WHEN ({_BULK_OFF})"))
+    op.execute(_BULK_FINISH)
 
 
 def downgrade() -> None:
     op.execute("DROP FUNCTION ragstore_bm25_bulk_finish(integer)")
-    op.execute(_REBUILD.format(tie=""))
+    op.execute(_REBUILD_0006)
+    op.execute("DROP FUNCTION ragstore_bm25_write_postings(integer)")
     op.execute(_recreate(""))
