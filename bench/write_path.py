@@ -121,6 +121,9 @@ def bench_ingest(work: Path, folder: Path) -> dict[str, Any]:
             "chunks": n,
             "chunks_per_s": round(n / seconds),
             "failed": len(report.failed),
+            # seconds per stage (reader, encoder and writer threads overlap; absent before
+            # the bulk write path)
+            "stages": {k: round(v, 2) for k, v in getattr(report, "stages", {}).items()},
         }
         if label == "bulk":
             out["stages"] = {k: round(v, 2) for k, v in stages(rt, folder).items()}

@@ -111,7 +111,17 @@ def test_context_section_returns_the_section_once_for_hits_that_share_it(
         collection=COLLECTION,
         k=10,
         mode="vector",
+        sections=False,  # chunks alone: several of one section
     )
+    by_section = search(
+        rt,
+        "spare parts store rules tickets damaged parts",
+        collection=COLLECTION,
+        k=10,
+        mode="vector",
+    )
+    ref = [h for h in by_section if h.section_path == ["Inventory", "Reference"]]
+    assert len(ref) == 1, "by default a section is ranked and returned once"
     docx_hits = [
         h
         for h in hits
@@ -127,6 +137,7 @@ def test_context_section_returns_the_section_once_for_hits_that_share_it(
     assert len(reference) == 1, "hits sharing a section are merged"
     section = reference[0]
     assert sorted([section.chunk_id, *section.merged_hits]) == sorted(h.chunk_id for h in docx_hits)
+    assert sorted([ref[0].chunk_id, *ref[0].section_hits]) == sorted(h.chunk_id for h in docx_hits)
     assert [c.chunk_type for c in section.context] == [
         "heading",
         "paragraph",

@@ -3,7 +3,7 @@
 The pruned list must be the exhaustive one, scores included, on real text (CISI records
 and its paragraph-long queries), and must stay so as chunks are added, changed and
 removed and the collection's average length drifts away from the one the stored impacts
-were computed with. The collection keeps only 6 postings per term (``list_keep``; 2,000 by
+were computed with. The collection keeps only 6 postings per term (``list_keep``; 20,000 by
 default) so that lists are trimmed, floors rise and reads run off the end of lists, as
 they do for common words in a large collection.
 """
@@ -32,7 +32,13 @@ def _cisi() -> tuple[list[Doc], list[str]]:
     with (CISI / "corpus.jsonl").open(encoding="utf-8") as fh:
         for line in fh:
             row = json.loads(line)
-            docs.append(Doc(f"cisi-{row['_id']}.txt", [f"{row['title']}\n{row['text']}"]))
+            docs.append(
+                Doc(
+                    f"cisi-{row['_id']}.txt",
+                    [f"{row['title']}\n{row['text']}"],
+                    metadata={"bucket": len(docs) % 10},
+                )
+            )
             if len(docs) == N_DOCS:
                 break
     with (CISI / "queries.jsonl").open(encoding="utf-8") as fh:
@@ -55,22 +61,41 @@ def cisi(rt: Runtime) -> tuple[repository.Collection, list[Doc], list[str]]:
     return coll, docs, queries
 
 
+# filters as ragstore_bm25_topk takes them (SQL over c and d): about 30% and 10% of the
+# documents, and a per-chunk one
+FILTERS = (
+    "(d.metadata->>'bucket')::int < 3",
+    "(d.metadata->>'bucket')::int = 0",
+    "c.id % 7 = 0",
+)
+
+
 def _lists(
-    rt: Runtime, cid: int, query: str, k: int, start_n: int = 64, max_n: int = 8192
+    rt: Runtime,
+    cid: int,
+    query: str,
+    k: int,
+    start_n: int = 0,
+    max_n: int = 4096,
+    cond: str | None = None,
+    alpha: float = 0.5,
 ) -> tuple[list[Any], list[Any]]:
     with rt.db.connection() as conn:
         pruned = conn.execute(
-            "SELECT chunk_id, raw FROM ragstore_bm25_topk(%s, 'english', %s, %s, %s, %s, %s, %s)",
-            (cid, query, k, DEFAULT_K1, DEFAULT_B, start_n, max_n),
+            "SELECT chunk_id, raw FROM ragstore_bm25_topk(%s, 'english', %s, %s, %s, %s, %s, %s,"
+            " %s, %s)",
+            (cid, query, k, DEFAULT_K1, DEFAULT_B, start_n, max_n, cond, alpha),
         ).fetchall()
+        # the reference: every match scored (filtered: the exhaustive statement plus the filter)
         exact = conn.execute(
-            "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive(%s, 'english', %s, %s, %s, %s)",
-            (cid, query, k, DEFAULT_K1, DEFAULT_B),
+            "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive_where(%s, 'english', %s, %s, %s,"
+            " %s, %s)",
+            (cid, query, k, DEFAULT_K1, DEFAULT_B, cond),
         ).fetchall()
     return pruned, exact
 
 
-def _chunks_read(rt: Runtime, cid: int, query: str, fn: str) -> int:
+def _chunks_read(rt: Runtime, cid: int, query: str, fn: str, cond: str | None = None) -> int:
     """Chunk rows one call of ragstore_bm25_<fn> fetched (this transaction's statistics)."""
 
     def fetched(conn: Any) -> int:
@@ -82,10 +107,17 @@ def _chunks_read(rt: Runtime, cid: int, query: str, fn: str) -> int:
 
     with rt.db.connection() as conn:
         before = fetched(conn)
-        conn.execute(
-            f"SELECT count(*) FROM ragstore_bm25_{fn}(%s, 'english', %s, 1, %s, %s)",
-            (cid, query, DEFAULT_K1, DEFAULT_B),
-        )
+        if cond is None:
+            conn.execute(
+                f"SELECT count(*) FROM ragstore_bm25_{fn}(%s, 'english', %s, 1, %s, %s)",
+                (cid, query, DEFAULT_K1, DEFAULT_B),
+            )
+        else:
+            conn.execute(
+                f"SELECT count(*) FROM ragstore_bm25_{fn}(%s, 'english', %s, 1, %s, %s,"
+                " cond => %s)",
+                (cid, query, DEFAULT_K1, DEFAULT_B, cond),
+            )
         return fetched(conn) - before
 
 
@@ -94,10 +126,13 @@ def _assert_same(pruned: list[Any], exact: list[Any], query: str) -> None:
     assert [r[1] for r in pruned] == pytest.approx([r[1] for r in exact], rel=1e-12)
 
 
-def _all_agree(rt: Runtime, cid: int, queries: list[str], **kw: int) -> None:
-    for q in queries:
+def _all_agree(rt: Runtime, cid: int, queries: list[str], **kw: Any) -> None:
+    for i, q in enumerate(queries):
         for k in (1, 10, 50):
             _assert_same(*_lists(rt, cid, q, k, **kw), q)
+            if i < 12:  # filtered: fewer queries, same coverage of the code paths
+                for cond in FILTERS:
+                    _assert_same(*_lists(rt, cid, q, k, cond=cond, **kw), f"{cond}: {q}")
 
 
 def test_pruned_top_k_is_the_exhaustive_top_k_on_cisi(
@@ -105,9 +140,11 @@ def test_pruned_top_k_is_the_exhaustive_top_k_on_cisi(
 ) -> None:
     coll, _, queries = cisi
     _all_agree(rt, coll.id, queries)
-    # tiny first reads: several rounds; a tiny cap: the exhaustive fallback
-    _all_agree(rt, coll.id, queries[:10], start_n=2)
-    _all_agree(rt, coll.id, queries[:10], start_n=2, max_n=8)
+    # a tiny cap: the exhaustive fallback; the cut budget at both ends (most terms read
+    # deep, or most left unread)
+    _all_agree(rt, coll.id, queries[:10], max_n=8)
+    _all_agree(rt, coll.id, queries[:10], alpha=0.05)
+    _all_agree(rt, coll.id, queries[:10], alpha=1.0)
     assert _chunks_read(rt, coll.id, queries[0], "topk") * 3 < _chunks_read(
         rt, coll.id, queries[0], "exhaustive"
     ), "the pruned path must not read every match"
@@ -117,6 +154,26 @@ def test_pruned_top_k_is_the_exhaustive_top_k_on_cisi(
             h.chunk_id for h in search(rt, q, collection="topk", k=10, mode="fulltext", exact=True)
         ]
         assert fast == slow and len(fast) == 10
+
+
+def test_filtered_searches_prune_and_match_the_exhaustive_lists(
+    rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]
+) -> None:
+    """A filtered full-text search goes to the pruned top k with its filter rendered as SQL
+    text; ``exact`` scores every match with the filter inline (the independent reference)."""
+    coll, _, queries = cisi
+    where: dict[str, Any]
+    for where in ({"bucket": {"$lt": 3}}, {"bucket": 0}, {"$or": [{"bucket": 1}, {"bucket": 7}]}):
+        for q in queries[:8]:
+            fast = search(rt, q, collection="topk", k=10, mode="fulltext", where=where)
+            slow = search(rt, q, collection="topk", k=10, mode="fulltext", where=where, exact=True)
+            assert [h.chunk_id for h in fast] == [h.chunk_id for h in slow], (where, q[:40])
+            assert [h.score for h in fast] == pytest.approx([h.score for h in slow], rel=1e-12)
+            assert fast
+    cond = FILTERS[0]
+    assert _chunks_read(rt, coll.id, queries[0], "topk", cond) < _chunks_read(
+        rt, coll.id, queries[0], "exhaustive_where", cond
+    ), "the pruned path must not read every match (it reads each chunk it filters)"
 
 
 def _check_postings(rt: Runtime, cid: int) -> int:
@@ -223,3 +280,9 @@ def test_sql_and_python_bm25_defaults_agree(
             (coll.id,),
         ).fetchone()
     assert row == (DEFAULT_K1, DEFAULT_B) == stats
+    with rt.db.connection() as conn:
+        default = conn.execute(
+            "SELECT column_default FROM information_schema.columns"
+            " WHERE table_name = 'bm25_collection_stats' AND column_name = 'list_keep'"
+        ).fetchone()
+    assert default == ("20000",), "revision 0009 keeps 20,000 postings a term by default"

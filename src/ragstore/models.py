@@ -112,3 +112,9 @@ class Hit:
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
     explain: dict[str, Any] | None = None
+    # section-level aggregation (search/aggregate.py): what the list is ordered by, the
+    # other chunks of the same section that matched (best first), and the heading chunk
+    # the hit sits under (None outside any section); None / [] when it was not applied
+    section_score: float | None = None
+    section_hits: list[int] = field(default_factory=list)
+    section_id: int | None = None

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from psycopg import sql
 
-from ragstore.db import documents, repository
+from ragstore.db import catalog, documents, repository
 from ragstore.db.models import upsert_model
 from ragstore.embedding.registry import DEFAULT_MODEL, resolve_spec
 from ragstore.errors import ConflictError, MigrationStateError
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import migrate, model_status, prune, rechunk, rollback
+from ragstore.modelops.migrate import cancel
 from ragstore.models import Chunk, ChunkType
 from ragstore.runtime import Runtime
 from ragstore.search import search
@@ -157,9 +158,12 @@ def test_migration_to_a_smaller_budget_recuts_and_rolls_back(
     status = model_status(rt, COLL)
     assert [(r["status"], r["chunks"]) for r in status] == [("active", "live"), ("retired", "own")]
 
-    # the kept chunk set is listed nowhere; a writer still holding the old row is refused
+    # the kept chunk set is listed as no collection (its space is, under the collection's
+    # model status); a writer still holding the old row is refused
     with rt.db.connection() as conn:
         assert [c["name"] for c in repository.list_collections(conn)] == ["rc-fresh", COLL]
+        kept = [(s["status"], s["table"]) for s in catalog.spaces(conn, after.id)]
+    assert kept == [("retired", before.table), ("active", after.table)]
     stale = documents.DocumentWrite(
         documents.DocumentRecord("late.md", None, "text", "h", 1, {}),
         [Chunk(0, ChunkType.PARAGRAPH, "late", (), None, 0, 4, 1, "h")],
@@ -213,3 +217,28 @@ def test_migration_to_a_smaller_budget_recuts_and_rolls_back(
     assert _chunks(rt, rt.collection(COLL)) == now
     with pytest.raises(MigrationStateError, match="no previous model"):
         rollback(rt, COLL)
+
+
+def test_cancel_drops_a_recut_chunk_set_being_built(
+    rt: Runtime, tmp_path: Path, narrow: str
+) -> None:
+    folder = tmp_path / "small"
+    folder.mkdir()
+    (folder / "a.md").write_text("# Kettles\n\nKettles boil water.\n")
+    assert not ingest_paths(rt, [folder], "rc-cancel").failed
+    coll = rt.collection("rc-cancel")
+    report = migrate(rt, "rc-cancel", narrow, switch=False)
+    assert report.recut and report.rechunked == 1
+    with rt.db.connection() as conn:
+        (shadow,) = repository.shadows(conn, coll.id)
+    done = cancel(rt, "rc-cancel")
+    assert [(sp.table, action) for sp, action in done] == [(shadow.table, "dropped")]
+    with rt.db.connection() as conn:
+        assert repository.shadows(conn, coll.id) == []
+        left = conn.execute(
+            "SELECT (SELECT count(*) FROM documents WHERE collection_id = %s),"
+            " to_regclass(%s) IS NULL",
+            (shadow.id, shadow.table),
+        ).fetchone()
+    assert left == (0, True)
+    assert rt.collection("rc-cancel") == coll

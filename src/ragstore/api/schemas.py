@@ -193,6 +193,11 @@ class SearchRequest(Strict):
     fulltext_weight: float | None = Field(
         None, ge=0, le=1000, description="Weight of the full-text list (hybrid)."
     )
+    sections: bool = Field(
+        True,
+        description="Rank sections: a section's matching chunks add up and each section "
+        "is returned once, as its best chunk. false ranks chunks alone.",
+    )
 
     @model_validator(mode="after")
     def _query_or_vector(self) -> SearchRequest:
@@ -214,6 +219,22 @@ class HitPublic(BaseModel):
     score: float
     metadata: dict[str, Any]
     explain: dict[str, Any] | None = None
+    section_score: float | None = Field(
+        None,
+        description="What the list is ordered by: the evidence of the hit's whole section "
+        "(its best matching chunks, decayed), since each section is returned once, as its "
+        "best chunk. `score` stays the chunk's own (similarity, BM25 or RRF score).",
+    )
+    section_hits: list[int] = Field(
+        default_factory=list,
+        description="Chunk ids of the other chunks of the same section that matched, best "
+        'first (fetch them with `context: "section"`).',
+    )
+    section_id: int | None = Field(
+        None,
+        description="Chunk id of the heading the hit sits under (the hit's own id for a "
+        "heading); null outside any section.",
+    )
     context: list[dict[str, Any]] | None = Field(
         None, description="With `context`: the chunks around the hit, in document order."
     )

@@ -172,11 +172,15 @@ def models(conn: Conn) -> list[dict[str, Any]]:
 
 
 def spaces(conn: Conn, collection_id: int) -> list[dict[str, Any]]:
+    """Every space of a collection, with those of its shadows (chunk sets kept for a
+    rollback, or being built, by a migration that cut the documents again)."""
     rows = conn.execute(
         "SELECT s.id, m.name || '@' || m.revision, s.status, s.table_name, s.created_at,"
         " s.activated_at FROM embedding_spaces s JOIN embedding_models m ON m.id = s.model_id"
-        " WHERE s.collection_id = %s ORDER BY s.id",
-        (collection_id,),
+        " WHERE s.collection_id = %(c)s"
+        " OR s.collection_id IN (SELECT id FROM collections WHERE shadow_of = %(c)s)"
+        " ORDER BY s.id",
+        {"c": collection_id},
     ).fetchall()
     out = []
     for r in rows:

@@ -112,6 +112,36 @@ def lock_sources(conn: Conn, collection_id: int, sources: Sequence[str]) -> None
         )
 
 
+def begin_bulk(conn: Conn, collection_id: int) -> None:
+    """Start a bulk write of one collection in this transaction (revision 0011).
+
+    Every BM25 trigger then skips for the rest of the transaction, and
+    :func:`finish_bulk` must be called before it commits. Every source lock of the
+    collection is taken first (in key order, like :func:`lock_sources`), so no other writer
+    changes the collection's chunks until this transaction ends and the recount that
+    :func:`finish_bulk` does from scratch is exact.
+    """
+    keys = [(_LOCK_SPACE << 48) | (collection_id << 16) | b for b in range(LOCK_BUCKETS)]
+    conn.execute(
+        "SELECT count(pg_advisory_xact_lock(k)) FROM"
+        " (SELECT k FROM unnest(%s::int8[]) AS u(k) ORDER BY k) AS s",
+        (keys,),
+    )
+    conn.execute("SELECT set_config('ragstore.bulk', 'on', true)")
+
+
+def finish_bulk(conn: Conn, collection_id: int, memory: str | None = None) -> int:
+    """End a bulk write: the collection's BM25 statistics recounted and its postings
+    rewritten in one set-based pass each, in the writer's transaction, so that readers see
+    the chunks and their statistics together. ``memory`` is the ``work_mem`` of the rest of
+    the transaction (the grouping and ranking sorts). Returns the postings written."""
+    if memory is not None:
+        conn.execute("SELECT set_config('work_mem', %s, true)", (memory,))
+    row = conn.execute("SELECT ragstore_bm25_bulk_finish(%s)", (collection_id,)).fetchone()
+    conn.execute("SELECT set_config('ragstore.bulk', 'off', true)")
+    return int(row[0]) if row else 0
+
+
 def write_documents(
     conn: Conn, coll: Collection, docs: Sequence[DocumentWrite], *, force: bool = False
 ) -> list[Written]:

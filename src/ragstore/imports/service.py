@@ -3,7 +3,9 @@
 :func:`plan_import` reads the whole source and judges every record; nothing is written, so
 ``--dry-run`` is just the plan. :func:`run_import` takes a backup, then does everything in
 ONE transaction: create (or lock) the collection, COPY documents, chunks and vectors, build
-the HNSW index after the load (faster than growing it row by row), and verify. Any failure,
+the BM25 statistics and postings (into an empty space: once, after the load, with the
+triggers off, :func:`ragstore.db.documents.begin_bulk`) and the HNSW index after the load
+(faster than growing it row by row), and verify. Any failure,
 including a verification that falls short or the process being killed, rolls the whole
 transaction back: the collection is exactly what it was before, or does not exist.
 
@@ -389,10 +391,15 @@ class _Writer:
             t0 = time.perf_counter()
             coll, created = self._collection(conn)
             self.had_rows = not spaces.is_empty(conn, coll.table)
-            if not self.had_rows:  # an empty space: build its index once, after the load
+            if not self.had_rows:  # an empty space: BM25 and the index built once, at the end
                 spaces.drop_index(conn, coll.table)
+                documents.begin_bulk(conn, coll.id)
             self._write_rows(conn, coll)
             self.seconds["write"] = time.perf_counter() - t0
+            if not self.had_rows:
+                t0 = time.perf_counter()
+                documents.finish_bulk(conn, coll.id, self.opts.maintenance_work_mem)
+                self.seconds["bm25"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             self.progress("index", 0, len(self.ids))
             spaces.ensure_index(

@@ -17,8 +17,9 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,6 +93,7 @@ class IngestReport:
     reused: int = 0  # chunks whose vector was already stored
     seconds: float = 0.0
     encode_seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)  # seconds of the write stages
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -151,8 +153,12 @@ class _Ingestor:
         report: IngestReport,
         user_meta: dict[str, Any],
         progress: Progress | None,
+        bulk: bool = False,
     ) -> None:
         self.rt = rt
+        self.bulk = bulk
+        self._conn: Any = None  # the bulk load's one connection (its transaction)
+        self._bulk_outcomes: list[FileOutcome] = []
         self.coll = coll
         self.embedder = embedder
         self.report = report
@@ -230,11 +236,29 @@ class _Ingestor:
         ):
             p.extra_vectors = extra
 
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """One round's transaction: its own, or a savepoint of the bulk load's."""
+        if self._conn is None:
+            with self.rt.db.connection() as conn:
+                yield conn
+        else:
+            with self._conn.transaction():
+                yield self._conn
+
     def _write(self, pending: list[_Pending]) -> None:
-        """Store a round in one transaction; if that fails, store it document by document
-        so the one bad document is reported and the rest still land."""
+        """Store a round in one transaction (a savepoint in a bulk load); if that fails,
+        store it document by document so the one bad document is reported and the rest
+        still land."""
+        t0 = time.perf_counter()
         try:
-            with self.rt.db.connection() as conn, translated("storing a round of documents"):
+            self._write_round(pending)
+        finally:
+            self._timed("write", t0)
+
+    def _write_round(self, pending: list[_Pending]) -> None:
+        try:
+            with translated("storing a round of documents"), self._transaction() as conn:
                 written = documents.write_documents(
                     conn, self.coll, [self._as_write(p) for p in pending]
                 )
@@ -247,7 +271,7 @@ class _Ingestor:
 
     def _write_one(self, p: _Pending) -> None:
         try:
-            with self.rt.db.connection() as conn, translated(f"storing {p.item.label}"):
+            with translated(f"storing {p.item.label}"), self._transaction() as conn:
                 written = documents.write_documents(conn, self.coll, [self._as_write(p)])
         except RagstoreError as exc:
             self._done(_fail(p.record.source, exc))
@@ -261,10 +285,26 @@ class _Ingestor:
 
     def _stored(self, w: documents.Written) -> None:
         chunks = int(w.document["chunks"]) if w.status != "unchanged" else 0
-        self._done(FileOutcome(w.source, w.status, chunks=chunks, document=w.document))
+        outcome = FileOutcome(w.source, w.status, chunks=chunks, document=w.document)
+        if self._conn is not None:
+            self._bulk_outcomes.append(outcome)
+        self._done(outcome)
+
+    def _timed(self, stage: str, t0: float) -> None:
+        with self._lock:
+            self.report.stages[stage] = (
+                self.report.stages.get(stage, 0.0) + time.perf_counter() - t0
+            )
 
     def _prepare_group(self, group: Sequence[Item]) -> list[_Pending]:
         """Read, parse and chunk one round of files; failures are recorded, not raised."""
+        t0 = time.perf_counter()
+        try:
+            return self._prepare_all(group)
+        finally:
+            self._timed("parse_chunk", t0)
+
+    def _prepare_all(self, group: Sequence[Item]) -> list[_Pending]:
         with self.rt.db.connection() as conn, translated("reading stored documents"):
             known = documents.document_hashes(conn, self.coll.id, [i.source for i in group])
         pending: list[_Pending] = []
@@ -282,6 +322,36 @@ class _Ingestor:
         return pending
 
     def run(self, files: Sequence[Item]) -> None:
+        """Write ``files``: round by round, or, for a bulk load, every round in one
+        transaction that ends with the BM25 statistics, postings and the HNSW index built
+        once over all of them (see :func:`_defer_index`)."""
+        if not self.bulk:
+            self._pipeline(files)
+            return
+        try:
+            with (
+                translated(f"bulk loading {self.coll.name!r}"),
+                self.rt.db.connection() as conn,
+            ):
+                documents.begin_bulk(conn, self.coll.id)
+                self._conn = conn
+                try:
+                    self._pipeline(files)
+                finally:
+                    self._conn = None
+                t0 = time.perf_counter()
+                documents.finish_bulk(conn, self.coll.id, self.rt.settings.index_build_memory)
+                self.report.stages["bm25_build"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                _ensure_index(self.rt, self.coll, conn)
+                self.report.stages["index_build"] = time.perf_counter() - t0
+        except RagstoreError as exc:
+            # the transaction rolled back: nothing of this load was stored
+            for o in self._bulk_outcomes:
+                o.status, o.chunks, o.document = "failed", 0, None
+                o.error, o.code, o.exc = str(exc), exc.code, exc
+
+    def _pipeline(self, files: Sequence[Item]) -> None:
         """Three stages overlap: round N+1 is parsed on a reader thread and round N-1 is
         written on a writer thread while round N is encoded (torch releases the GIL)."""
         groups = self._groups(files, self.rt.settings.ingest_batch_chunks)
@@ -298,7 +368,9 @@ class _Ingestor:
                     reading = reader.submit(self._prepare_group, groups[i + 1])
                 if not pending:
                     continue
+                t0 = time.perf_counter()
                 self._embed(pending)
+                self._timed("embed", t0)
                 if writing is not None:
                     writing.result()
                 writing = writer.submit(self._write, pending)
@@ -432,18 +504,20 @@ def ingest_items(
         return
     coll = rt.collection(name, create=create)
     embedder = rt.embedder_for(coll)
-    _defer_index(rt, coll, items)
+    bulk = _defer_index(rt, coll, items)
     try:
-        _Ingestor(rt, coll, embedder, report, metadata or {}, progress).run(items)
+        _Ingestor(rt, coll, embedder, report, metadata or {}, progress, bulk).run(items)
     finally:
         _build_index(rt, coll)
 
 
 def _defer_index(rt: Runtime, coll: repository.Collection, items: Sequence[Item]) -> bool:
-    """A large first load (an empty space, more than ``RAGSTORE_BULK_LOAD_BYTES``) drops the
-    space's HNSW index so rows go in by COPY alone; :func:`_build_index` builds it once at
-    the end, several times faster than growing it row by row. Small loads stay incremental.
-    Searches meanwhile scan exactly (slower, never wrong)."""
+    """Whether this is a bulk load: a large first load (an empty space, more than
+    ``RAGSTORE_BULK_LOAD_BYTES``). It drops the space's HNSW index, and is then written in
+    one transaction with the BM25 triggers off (:func:`documents.begin_bulk`): rows go in
+    by COPY alone, and the statistics, postings and HNSW index are built once at the end,
+    before the commit, several times faster than growing them round by round. Readers see
+    the load all at once, complete, or not at all. Small loads stay incremental."""
     limit = rt.settings.bulk_load_bytes
     if limit <= 0:
         return False
@@ -466,15 +540,20 @@ def _build_index(rt: Runtime, coll: repository.Collection) -> None:
     """The active space's HNSW index, built now if a bulk load (this one, or one that was
     killed) deferred it; a no-op when it exists."""
     with rt.db.connection() as conn, translated(f"indexing {coll.table}"):
-        if spaces.has_index(conn, coll.table):
-            return
-        spaces.ensure_index(
-            conn,
-            coll.table,
-            coll.model.distance,
-            memory=rt.settings.index_build_memory,
-            workers=min(4, max(0, (os.cpu_count() or 1) - 1)),
-        )
+        _ensure_index(rt, coll, conn)
+
+
+def _ensure_index(rt: Runtime, coll: repository.Collection, conn: Any) -> None:
+    """Build the space's HNSW index in ``conn``'s transaction unless it exists."""
+    if spaces.has_index(conn, coll.table):
+        return
+    spaces.ensure_index(
+        conn,
+        coll.table,
+        coll.model.distance,
+        memory=rt.settings.index_build_memory,
+        workers=min(4, max(0, (os.cpu_count() or 1) - 1)),
+    )
 
 
 def _finish_sync(

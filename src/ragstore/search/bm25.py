@@ -21,10 +21,11 @@ the plain syntax lift full-text nDCG@10 from 0.291 to the level of bm25s (see
 docs/benchmarks.md). The candidates are the chunks holding any query lexeme
 (:func:`ragstore_any_lexeme` in revision 0006), the set BM25 ranks.
 
-Unfiltered searches without required or excluded phrases go to
-``ragstore_bm25_topk`` (revision 0006): the threshold algorithm over impact-ordered
-postings, the same exact scores without scoring every match. The rest (and
-``exact``) score every match here.
+Searches without required or excluded phrases go to ``ragstore_bm25_topk`` (revision
+0009: MaxScore over revision 0006's impact-ordered postings), the same exact scores
+without scoring every match; a filter travels with the call as SQL text (rendered with
+client-side literal quoting) and is checked on the chunks the pruning reads. Phrases,
+exclusions and ``exact`` score every match here.
 """
 
 from __future__ import annotations
@@ -114,9 +115,12 @@ def parse_query(text: str, *, plain: bool = False) -> FullTextQuery:
     )
 
 
-def uses_topk(q: FullTextQuery, filtered: bool, exact: bool) -> bool:
-    """Whether :func:`ranked_list_sql` reads the pruned top k (no filter, phrase or exclusion)."""
-    return not (filtered or exact or q.required or q.excluded)
+def uses_topk(q: FullTextQuery, exact: bool) -> bool:
+    """Whether :func:`ranked_list_sql` reads the pruned top k (no phrase or exclusion).
+
+    Then a filtered search needs the ``ftcond`` parameter: the filter as SQL text.
+    """
+    return not (exact or q.required or q.excluded)
 
 
 def ranked_list_sql(
@@ -129,20 +133,25 @@ def ranked_list_sql(
     ``n``. ``condition`` is a compiled filter over ``c`` and ``d``; ``with_documents``
     says it is not plain TRUE.
 
-    Without a filter, phrase or exclusion this is one call of ``ragstore_bm25_topk``
-    (pruned, exact scores) or, with ``exact``, of ``ragstore_bm25_exhaustive``.
+    Without a phrase or exclusion this is one call of ``ragstore_bm25_topk`` (pruned,
+    exact scores; a filter goes as the text parameter ``ftcond``, see :func:`uses_topk`)
+    or, with ``exact`` and no filter, of ``ragstore_bm25_exhaustive``.
     Otherwise every candidate is scored here, with the same arithmetic: term frequencies
     are read from its tsvector after ``setweight`` marks the query's lexemes and
     ``ts_filter`` drops the rest (both in C), about 3.5x faster than unnesting every
     lexeme of every candidate. (Chunk tsvectors come from ``to_tsvector``, so every
     lexeme starts at weight D.)
     """
-    if not (with_documents or q.required or q.excluded):
-        fn = "ragstore_bm25_exhaustive" if exact else "ragstore_bm25_topk"
+    if uses_topk(q, exact):
         return sql.SQL(
-            "SELECT chunk_id, raw FROM {fn}(%(cid)s, %(cfg)s::regconfig, %(terms)s,"
-            " %(n)s, %(k1)s::float8, %(b)s::float8)"
-        ).format(fn=sql.Identifier(fn))
+            "SELECT chunk_id, raw FROM ragstore_bm25_topk(%(cid)s, %(cfg)s::regconfig,"
+            " %(terms)s, %(n)s, %(k1)s::float8, %(b)s::float8{cond})"
+        ).format(cond=sql.SQL(", cond => %(ftcond)s" if with_documents else ""))
+    if not (with_documents or q.required or q.excluded):
+        return sql.SQL(
+            "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive(%(cid)s, %(cfg)s::regconfig,"
+            " %(terms)s, %(n)s, %(k1)s::float8, %(b)s::float8)"
+        )
     extra: list[sql.Composable] = []
     if q.required:
         extra.append(

@@ -65,8 +65,8 @@ def rrf(
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def fusion_sql(ranked: Sequence[tuple[str, str]]) -> sql.Composable:
-    """``SELECT chunk_id, score`` fusing ranked CTEs, best ``%(k)s`` first.
+def fusion_sql(ranked: Sequence[tuple[str, str]], limit: str = "k") -> sql.Composable:
+    """``SELECT chunk_id, score`` fusing ranked CTEs, best ``%(<limit>)s`` first.
 
     ``ranked`` pairs each CTE name (with columns ``chunk_id`` and ``rank``) with the
     placeholder of its weight; ``%(rrf_k)s`` is the RRF constant.
@@ -79,5 +79,5 @@ def fusion_sql(ranked: Sequence[tuple[str, str]]) -> sql.Composable:
     ]
     return sql.SQL(
         "SELECT chunk_id, sum(s) AS score FROM ({parts}) x"
-        " GROUP BY chunk_id ORDER BY score DESC, chunk_id LIMIT %(k)s"
-    ).format(parts=sql.SQL(" UNION ALL ").join(parts))
+        " GROUP BY chunk_id ORDER BY score DESC, chunk_id LIMIT {limit}"
+    ).format(parts=sql.SQL(" UNION ALL ").join(parts), limit=sql.Placeholder(limit))

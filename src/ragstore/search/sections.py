@@ -16,6 +16,7 @@ ranked by exact cosine with the collection's own model (``windows-dense``), by B
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import Counter
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from ragstore.embedding.base import Embedder
 from ragstore.errors import InputError, PathNotFoundError
@@ -265,14 +267,43 @@ class WindowBM25:
         return [int(i) for i in order if scores[i] > 0]
 
 
+def window_vectors(
+    texts: Sequence[str], embedder: Embedder, cache_dir: Path | None, model_key: str
+) -> npt.NDArray[np.float32]:
+    """The windows' vectors, from ``cache_dir`` when an earlier run encoded the same texts
+    with the same model: encoding thousands of windows takes minutes on a small CPU and
+    the baselines never change between runs over the same documents."""
+    digest = hashlib.sha256(model_key.encode())
+    for t in texts:
+        digest.update(hashlib.sha256(t.encode()).digest())
+    path = None if cache_dir is None else cache_dir / f"windows-{digest.hexdigest()[:24]}.npy"
+    if path is not None and path.is_file():
+        cached = np.load(path)
+        if cached.shape[0] == len(texts):
+            return np.asarray(cached, dtype=np.float32)
+    vectors = np.asarray(embedder.embed(texts), dtype=np.float32)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, vectors)
+        tmp.replace(path)
+    return vectors
+
+
 def baseline_scores(
-    docs: dict[str, str], questions: Sequence[Question], embedder: Embedder
+    docs: dict[str, str],
+    questions: Sequence[Question],
+    embedder: Embedder,
+    *,
+    cache_dir: Path | None = None,
+    model_key: str = "",
 ) -> list[ModeScore]:
-    """Section hits of the three window baselines over ``docs`` (basename -> raw text)."""
+    """Section hits of the three window baselines over ``docs`` (basename -> raw text);
+    the window vectors are cached under ``cache_dir`` (see :func:`window_vectors`)."""
     wins = [w for name in sorted(docs) for w in windows(name, docs[name])]
     if not wins:
         raise InputError("the question set's docs/ holds no text to cut into windows")
-    vectors = embedder.embed([w.text for w in wins])
+    vectors = window_vectors([w.text for w in wins], embedder, cache_dir, model_key)
     bm25 = WindowBM25([w.text for w in wins])
     dense = ModeScore("windows-dense")
     sparse = ModeScore("windows-bm25")
@@ -342,9 +373,11 @@ def evaluate_sections(
     collection: str | None = None,
     baselines: bool = True,
     fusion: FusionParams | None = None,
+    sections: bool = True,
 ) -> SectionRun:
     """Ingest ``folder/docs`` (unchanged files are skipped), then score each mode and,
-    with ``baselines``, the three window baselines on the selected questions."""
+    with ``baselines``, the three window baselines on the selected questions.
+    ``sections=False`` ranks chunks alone (no section-level aggregation), for comparison."""
     chosen = select(load_questions(folder / "questions.tsv"), questions)
     docs = read_docs(folder / "docs")
     missing = sorted({q.file for q in chosen} - set(docs))
@@ -361,10 +394,22 @@ def evaluate_sections(
             f"{len(report.failed)} file(s) of {folder / 'docs'} failed to ingest; "
             f"first: {first.error}"
         )
-    params = {m: SearchParams(k=SEARCH_K, mode=m, fusion=fusion or FusionParams()) for m in modes}
+    params = {
+        m: SearchParams(k=SEARCH_K, mode=m, fusion=fusion or FusionParams(), sections=sections)
+        for m in modes
+    }
     scores = system_scores(chosen, modes, lambda q, m: run(rt, q, name, params[m]))
     if baselines:
-        scores.extend(baseline_scores(docs, chosen, rt.embedder_for(rt.collection(name))))
+        coll = rt.collection(name)
+        scores.extend(
+            baseline_scores(
+                docs,
+                chosen,
+                rt.embedder_for(coll),
+                cache_dir=rt.settings.data_dir / "cache" / "sections",
+                model_key=coll.model.key,
+            )
+        )
     return SectionRun(
         name, chosen, scores, report.count("added") + report.count("updated"), report.seconds
     )

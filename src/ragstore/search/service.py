@@ -1,8 +1,9 @@
 """Search a collection: vector (HNSW), full-text (BM25) or hybrid (RRF of both), with filters.
 
-Every mode is one SQL statement, sent in one round trip together with its session
-settings (psycopg pipeline mode): the candidate lists are CTEs, fusion happens in the
-database, and only the final ``k`` rows come back with their chunk and document.
+Every mode is one SQL statement, sent in one round trip (in autocommit: a single read
+needs no BEGIN or COMMIT), with its session settings in the same pipeline when a pooled
+connection needs them: the candidate lists are CTEs, fusion happens in the database, and
+only the final ``k`` rows come back with their chunk and document.
 
 Vector search turns on pgvector's iterative index scan (``hnsw.iterative_scan =
 relaxed_order``, pgvector >= 0.8) and re-sorts the rows it returns: without it a filter
@@ -25,7 +26,7 @@ from weakref import WeakKeyDictionary
 
 import numpy as np
 import numpy.typing as npt
-from psycopg import sql
+from psycopg import ClientCursor, sql
 
 from ragstore.db import spaces
 from ragstore.db.database import Database
@@ -36,6 +37,14 @@ from ragstore.models import Hit
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 from ragstore.search import bm25
+from ragstore.search.aggregate import (
+    SECTION_CAP,
+    SECTION_DECAY,
+    SECTION_POOL,
+    pool_size,
+    section_ctes,
+    section_values,
+)
 from ragstore.search.filters import compile_filter
 from ragstore.search.hybrid import FusionParams, fusion_sql
 from ragstore.validation import float32_array
@@ -64,6 +73,7 @@ class SearchParams:
     explain: bool = False
     exact: bool = False  # exhaustive BM25 and a sequential vector scan: the recall reference
     plain: bool = False  # every query word an alternative: no phrases, ``or`` or ``-word``
+    sections: bool = True  # rank sections by all their chunks, one hit each (search/aggregate)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -83,8 +93,13 @@ class SearchParams:
     def depth(self) -> int:
         """How many candidates each list contributes."""
         if self.mode != "hybrid":
-            return self.k
+            return max(self.k, SECTION_POOL) if self.sections else self.k
         return max(self.k, self.candidates or MIN_CANDIDATES)
+
+    @property
+    def pool(self) -> int:
+        """How many ranked chunks the final list is drawn from (grouped into sections)."""
+        return pool_size(self.k, self.depth, self.mode == "hybrid") if self.sections else self.k
 
 
 def similarity(distance: float, metric: str) -> float:
@@ -122,6 +137,7 @@ def search(
     b: float | None = None,
     vector: Sequence[float] | None = None,
     exact: bool = False,
+    sections: bool = True,
 ) -> list[Hit]:
     """The best ``k`` chunks for ``query`` in a collection, by ``mode``.
 
@@ -129,7 +145,8 @@ def search(
     model is never loaded, which is how a collection of imported vectors (a model ragstore
     cannot run) is searched. With a vector and no text only ``mode="vector"`` makes sense.
     ``exact`` trades speed for the exact lists (no HNSW, no BM25 pruning): what the
-    approximate lists are measured against.
+    approximate lists are measured against. ``sections=False`` ranks chunks alone, as
+    before section-level aggregation (search/aggregate.py).
     """
     params = SearchParams(
         k=k or rt.settings.search_k,
@@ -142,6 +159,7 @@ def search(
         b=b,
         explain=explain,
         exact=exact,
+        sections=sections,
     )
     return run(rt, query or "", collection or rt.settings.collection, params, vector=vector)
 
@@ -199,12 +217,14 @@ def _run(
         {
             "k": p.k,
             "n": p.depth,
+            "pool": p.pool,
             "rrf_k": p.fusion.k,
             "wv": p.fusion.vector_weight,
             "wf": p.fusion.fulltext_weight,
         }
     )
     filtered = p.where is not None and bool(p.where)
+    pruned_filter = False  # the BM25 top k takes the filter as SQL text (``ftcond``)
     ctes: list[sql.Composable] = []
     ranked: list[tuple[str, str]] = []
 
@@ -245,6 +265,7 @@ def _run(
                     bm25.ranked_list_sql(ftq, compiled.condition, filtered, p.exact)
                 )
             )
+            pruned_filter = filtered and bm25.uses_topk(ftq, p.exact)
             ctes.append(
                 sql.SQL(
                     "ft_ranked AS (SELECT chunk_id, raw, row_number() OVER"
@@ -256,30 +277,43 @@ def _run(
         return []  # full-text search for nothing but stop words
 
     if p.mode == "hybrid":
-        ctes.append(sql.SQL("fused AS ({})").format(fusion_sql(ranked)))
+        ctes.append(sql.SQL("fused AS ({})").format(fusion_sql(ranked, "pool")))
     elif p.mode == "vector":
         score = _similarity_sql(coll.model.distance)
         ctes.append(
             sql.SQL(
-                "fused AS (SELECT chunk_id, {} AS score FROM vec_ranked ORDER BY rank LIMIT %(k)s)"
+                "fused AS (SELECT chunk_id, {} AS score FROM vec_ranked"
+                " ORDER BY rank LIMIT %(pool)s)"
             ).format(score)
         )
     else:
         ctes.append(
             sql.SQL(
-                "fused AS (SELECT chunk_id, raw AS score FROM ft_ranked ORDER BY rank LIMIT %(k)s)"
+                "fused AS (SELECT chunk_id, raw AS score FROM ft_ranked"
+                " ORDER BY rank LIMIT %(pool)s)"
             )
+        )
+    if p.sections:
+        ctes.extend(section_ctes(p.mode == "hybrid"))
+        values.update(section_values())
+        final = sql.SQL("(SELECT chunk_id, score, section_score, section_hits FROM sectioned)")
+    else:
+        final = sql.SQL(
+            "(SELECT chunk_id, score, NULL::float8 AS section_score,"
+            " NULL::bigint[] AS section_hits FROM fused)"
         )
     has_vec = any(name == "vec_ranked" for name, _ in ranked)
     has_ft = any(name == "ft_ranked" for name, _ in ranked)
     stmt = sql.SQL(
         "WITH {ctes} SELECT c.id, d.id, d.source, d.title, c.text, c.chunk_type,"
-        " c.section_path, c.ordinal, c.page, c.metadata, f.score, {vcols}, {fcols}"
-        " FROM fused f JOIN chunks c ON c.id = f.chunk_id"
+        " c.section_path, c.ordinal, c.page, c.metadata, f.score, {vcols}, {fcols},"
+        " f.section_score, f.section_hits, c.parent_id"
+        " FROM {final} f JOIN chunks c ON c.id = f.chunk_id"
         " JOIN documents d ON d.id = c.document_id{vjoin}{fjoin}"
-        " ORDER BY f.score DESC, c.id"
+        " ORDER BY f.section_score DESC NULLS LAST, f.score DESC, c.id"
     ).format(
         ctes=sql.SQL(", ").join(ctes),
+        final=final,
         vcols=sql.SQL("v.rank, v.raw" if has_vec else "NULL::bigint, NULL::float8"),
         fcols=sql.SQL("t.rank, t.raw" if has_ft else "NULL::bigint, NULL::float8"),
         vjoin=sql.SQL(" LEFT JOIN vec_ranked v ON v.chunk_id = c.id" if has_vec else ""),
@@ -288,17 +322,31 @@ def _run(
     ef = p.ef_search or max(rt.settings.hnsw_ef_search, min(p.depth, 1000))
     iterative = has_vec and _supports_iterative_scan(rt)
     with rt.db.connection() as conn, translated(f"searching {coll.name!r}"):
+        if pruned_filter:
+            # every value quoted client-side by psycopg, as in a bound parameter
+            values["ftcond"] = ClientCursor(conn).mogrify(
+                sql.Composed([compiled.condition]), compiled.params
+            )
         set_session = has_vec and _session_ef.get(conn) != ef
-        with conn.pipeline():
+        # One read statement is its own transaction: in autocommit no BEGIN goes ahead of
+        # it and no COMMIT after, so the search is one Parse/Bind/Execute/Sync round trip
+        # (a transaction with a pipeline took three: BEGIN, the query, the exit's Sync).
+        conn.autocommit = True  # idle pooled connection: a client-side switch, no message
+        try:
             if set_session:
-                # session-level: it outlives this transaction, so later searches on this
-                # pooled connection skip it (undone with the transaction if this one fails)
-                conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(ef),))
-                if iterative:
-                    conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)")
-            cur = conn.execute(stmt, values)
-            conn.commit()  # in the same round trip; the pool's own commit is then a no-op
-        rows = cur.fetchall()
+                with conn.pipeline():
+                    # session-level: later searches on this pooled connection skip them
+                    conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(ef),))
+                    if iterative:
+                        conn.execute(
+                            "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)"
+                        )
+                    cur = conn.execute(stmt, values)
+            else:
+                cur = conn.execute(stmt, values)
+            rows = cur.fetchall()
+        finally:
+            conn.autocommit = False
         if set_session:
             _session_ef[conn] = ef
     return [_hit(r, coll, p) for r in rows]
@@ -348,6 +396,13 @@ def _hit(r: tuple[Any, ...], coll: Collection, p: SearchParams) -> Hit:
             },
             "fulltext": None if frank is None else {"rank": int(frank), "bm25": float(fraw)},
         }
+        if r[15] is not None:
+            explain["section"] = {
+                "score": float(r[15]),
+                "chunks": 1 + len(r[16] or ()),
+                "decay": SECTION_DECAY,
+                "cap": SECTION_CAP,
+            }
         if p.mode == "hybrid":
             explain["rrf"] = {
                 "k": p.fusion.k,
@@ -367,6 +422,9 @@ def _hit(r: tuple[Any, ...], coll: Collection, p: SearchParams) -> Hit:
         metadata=dict(r[9]),
         score=float(r[10]),
         explain=explain,
+        section_score=None if r[15] is None else float(r[15]),
+        section_hits=[int(i) for i in r[16] or ()],
+        section_id=int(r[0]) if r[5] == "heading" else None if r[17] is None else int(r[17]),
     )
 
 

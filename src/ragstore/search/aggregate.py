@@ -1,0 +1,78 @@
+"""Section-level aggregation: rank sections by all the evidence they hold, return each once.
+
+A long document is cut into chunks of a section; a question about that section often
+matches several of them, each only in part, while a fragment of an unrelated section
+matches one sentence well. Ranking chunks alone lets the fragment win and fills the top
+of the list with pieces of one section. So every search ranks a pool of candidate
+chunks (the fused list in hybrid mode, the single list otherwise) and then:
+
+- groups them by section: the heading chunk they sit under (``parent_id``); a chunk
+  outside any section (no heading above it, e.g. one-paragraph records) and a heading
+  chunk itself are sections of their own, so such collections rank exactly as before;
+- scores a section ``sum(decay**(j-1) * value_j)`` over its best ``SECTION_CAP`` chunks
+  (``j`` = 1 for its best), where a chunk's value is its fused RRF score in hybrid mode
+  and ``1 / (SECTION_RANK_K + rank)`` in the single-list modes (cosine and BM25 scores do
+  not add up; ranks do);
+- returns the best chunk of each of the top ``k`` sections, carrying the section's score
+  and the other chunks of the section that matched (``section_hits``).
+
+``decay`` 0.5 and a cap of 5 were chosen on the tuning half of the nodejs-api question set
+(questions 1-20; docs/benchmarks.md); they keep one strong chunk ahead of a section
+with several weak ones while letting two or three good ones of one section outrank a
+single slightly better fragment. It is all in the search statement, one round trip.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+SECTION_DECAY = 0.5
+SECTION_CAP = 5
+SECTION_RANK_K = 10.0  # the RRF constant of a single list's ranks
+SECTION_POOL = 50  # candidates ranked before grouping in the single-list modes (hybrid: 100)
+
+
+def pool_size(k: int, depth: int, hybrid: bool) -> int:
+    """How many ranked candidates are grouped into sections: enough that the top ``k``
+    sections see their other chunks, never fewer than ``k``."""
+    return max(k, depth if hybrid else SECTION_POOL)
+
+
+def section_ctes(hybrid: bool) -> list[sql.Composable]:
+    """CTEs turning ``fused`` (``chunk_id, score``, the pool, best first) into
+    ``sectioned`` (``chunk_id, score, section_score, section_hits``): the best chunk of
+    each of the top ``%(k)s`` sections, with ``section_hits`` the section's other pooled
+    chunk ids, best first. Parameters: ``%(sec_decay)s``, ``%(sec_cap)s``, ``%(sec_k)s``."""
+    value = sql.SQL("p.score" if hybrid else "1.0 / (%(sec_k)s::float8 + p.r)")
+    return [
+        sql.SQL(
+            "pool AS (SELECT chunk_id, score,"
+            " row_number() OVER (ORDER BY score DESC, chunk_id) AS r FROM fused)"
+        ),
+        sql.SQL(
+            "grp AS (SELECT p.chunk_id, p.score, p.r, {value} AS v, c.document_id AS doc,"
+            " CASE WHEN c.chunk_type = 'heading' OR c.parent_id IS NULL THEN -c.id"
+            " ELSE c.parent_id END AS sec FROM pool p JOIN chunks c ON c.id = p.chunk_id)"
+        ).format(value=value),
+        sql.SQL(
+            "grp_j AS (SELECT grp.*, row_number() OVER"
+            " (PARTITION BY doc, sec ORDER BY r) AS j FROM grp)"
+        ),
+        sql.SQL(
+            "sect AS (SELECT doc, sec, min(r) AS best,"
+            " sum(CASE WHEN j <= %(sec_cap)s THEN v * power(%(sec_decay)s::float8, j - 1)"
+            " ELSE 0 END) AS section_score,"
+            " array_agg(chunk_id ORDER BY r) AS members"
+            " FROM grp_j GROUP BY doc, sec ORDER BY section_score DESC, best LIMIT %(k)s)"
+        ),
+        sql.SQL(
+            "sectioned AS (SELECT g.chunk_id, g.score, s.section_score, s.members[2:]"
+            " AS section_hits FROM sect s JOIN grp_j g ON g.doc = s.doc AND g.sec = s.sec"
+            " AND g.j = 1)"
+        ),
+    ]
+
+
+def section_values() -> dict[str, float]:
+    """The statement parameters :func:`section_ctes` refers to."""
+    return {"sec_decay": SECTION_DECAY, "sec_cap": SECTION_CAP, "sec_k": SECTION_RANK_K}

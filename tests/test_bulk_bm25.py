@@ -1,0 +1,210 @@
+"""BM25 statistics and postings of a bulk load (revision 0011) against the incremental path.
+
+The same CISI records are ingested twice as files: once as a bulk load (one transaction,
+the BM25 triggers off, statistics and postings built once before the commit) and once
+round by round through the triggers. Document frequencies, chunk count, total length and
+every full-text list must be identical, and the bulk load's postings must be exactly
+those a rebuild of the incremental collection writes. Each collection keeps 6 postings
+per term so that lists are trimmed and floors rise, as for common words at scale. A bulk
+load is seen by other connections all at once or not at all: while it runs nothing of it
+is visible, and a load whose connection dies leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ragstore.db import repository
+from ragstore.embedding.registry import resolve_spec
+from ragstore.errors import DatabaseUnavailableError
+from ragstore.ingest import ingest_paths
+from ragstore.ingest.service import IngestReport, Item, ingest_items
+from ragstore.runtime import Runtime
+from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1
+
+CISI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cisi"
+N_DOCS = 12
+KEEP = 6
+_ADVISORY_CLASS = 0x5257 << 16  # high half of documents' source-lock keys
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    folder = tmp_path_factory.mktemp("cisi")
+    with (CISI / "corpus.jsonl").open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh):
+            if n == N_DOCS:
+                break
+            row = json.loads(line)
+            (folder / f"cisi-{row['_id']}.txt").write_text(
+                f"{row['title']}\n\n{row['text']}\n", encoding="utf-8"
+            )
+    with (CISI / "queries.jsonl").open(encoding="utf-8") as fh:
+        queries = [str(json.loads(line)["text"]) for line in fh][:15]
+    return folder, queries
+
+
+def _bulk(rt: Runtime, on: bool) -> None:
+    """Loads above 2 KB into an empty collection are bulk loads (or none are), written in
+    rounds of 16 chunks. One runtime for both kinds: the model is loaded once."""
+    rt.settings = rt.settings.model_copy(
+        update={"bulk_load_bytes": 2048 if on else 0, "ingest_batch_chunks": 16}
+    )
+
+
+def _prepare(rt: Runtime, name: str) -> repository.Collection:
+    """A new collection keeping KEEP postings per term."""
+    with rt.db.connection() as conn:
+        coll = repository.create_collection(conn, name, resolve_spec(rt.settings.model))
+        conn.execute(
+            "INSERT INTO bm25_collection_stats (collection_id, list_keep) VALUES (%s, %s)",
+            (coll.id, KEEP),
+        )
+    return coll
+
+
+def _visible_chunks(rt: Runtime, cid: int) -> int:
+    with rt.db.connection() as conn:
+        row = conn.execute("SELECT count(*) FROM chunks WHERE collection_id = %s", (cid,))
+        return int(row.fetchone()[0])  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def loaded(rt: Runtime, corpus: tuple[Path, list[str]]) -> dict[str, Any]:
+    folder = corpus[0]
+    out: dict[str, Any] = {}
+    for label in ("bulk", "inc"):
+        _bulk(rt, label == "bulk")
+        coll = _prepare(rt, f"bm25-{label}")
+        seen: list[int] = []
+        report = ingest_paths(
+            rt,
+            [folder],
+            coll.name,
+            progress=lambda *_, cid=coll.id, seen=seen: seen.append(_visible_chunks(rt, cid)),
+        )
+        assert not report.failed and report.chunks > 0
+        out[label] = {"coll": coll, "seen": seen, "report": report}
+    _bulk(rt, True)
+    return out
+
+
+def _stats(rt: Runtime, cid: int) -> dict[str, Any]:
+    with rt.db.connection() as conn:
+        stats = conn.execute(
+            "SELECT chunks, tokens, impact_k1, impact_b, impact_avgdl, list_keep"
+            " FROM bm25_collection_stats WHERE collection_id = %s",
+            (cid,),
+        ).fetchone()
+        terms = conn.execute(
+            "SELECT lexeme, df, floor, stored FROM bm25_terms WHERE collection_id = %s",
+            (cid,),
+        ).fetchall()
+        postings = conn.execute(
+            "SELECT t.lexeme, d.source, c.ordinal, p.impact, p.tf, p.len FROM bm25_postings p"
+            " JOIN bm25_terms t ON t.term_id = p.term_id JOIN chunks c ON c.id = p.chunk_id"
+            " JOIN documents d ON d.id = c.document_id WHERE t.collection_id = %s",
+            (cid,),
+        ).fetchall()
+    return {
+        "stats": tuple(stats) if stats else None,
+        "df": {r[0]: r[1] for r in terms},
+        "lists": {r[0]: (r[2], r[3]) for r in terms},
+        "postings": sorted(postings),
+    }
+
+
+def _full_text(rt: Runtime, cid: int, query: str, fn: str) -> list[tuple[str, int, float]]:
+    args = "%s, 'english', %s, 10, %s, %s"
+    with rt.db.connection() as conn:
+        rows = conn.execute(
+            f"SELECT d.source, c.ordinal, r.raw FROM ragstore_bm25_{fn}({args}) r"
+            " JOIN chunks c ON c.id = r.chunk_id JOIN documents d ON d.id = c.document_id",
+            (cid, query, DEFAULT_K1, DEFAULT_B),
+        ).fetchall()
+    return [(str(r[0]), int(r[1]), float(r[2])) for r in rows]
+
+
+def test_a_bulk_load_is_invisible_until_it_commits(loaded: dict[str, Any]) -> None:
+    assert loaded["bulk"]["seen"] and not any(loaded["bulk"]["seen"])
+    # the incremental load commits round by round, so other connections see it grow
+    assert len(loaded["inc"]["seen"]) > 1 and any(loaded["inc"]["seen"])
+    assert loaded["bulk"]["report"].stages.keys() >= {"bm25_build", "index_build"}
+    assert "bm25_build" not in loaded["inc"]["report"].stages
+
+
+def test_bulk_statistics_and_lists_equal_the_incremental_ones(
+    rt: Runtime, loaded: dict[str, Any], corpus: tuple[Path, list[str]]
+) -> None:
+    bulk_id, inc_id = loaded["bulk"]["coll"].id, loaded["inc"]["coll"].id
+    bulk, inc = _stats(rt, bulk_id), _stats(rt, inc_id)
+    assert bulk["stats"][:2] == inc["stats"][:2] and bulk["stats"][5] == KEEP
+    assert bulk["df"] == inc["df"] and len(bulk["df"]) > 500
+    assert bulk["postings"] and any(floor > 0 for floor, _ in bulk["lists"].values())
+    for query in corpus[1]:
+        exact = _full_text(rt, bulk_id, query, "exhaustive")
+        assert exact, query
+        assert _full_text(rt, bulk_id, query, "topk") == exact
+        assert _full_text(rt, inc_id, query, "exhaustive") == exact
+
+
+def test_bulk_postings_are_those_a_rebuild_writes(
+    rt: Runtime, loaded: dict[str, Any]
+) -> None:
+    inc_id = loaded["inc"]["coll"].id
+    with rt.db.connection() as conn:
+        conn.execute("SELECT ragstore_bm25_rebuild(%s)", (inc_id,))
+    bulk, inc = _stats(rt, loaded["bulk"]["coll"].id), _stats(rt, inc_id)
+    assert bulk["stats"] == inc["stats"]
+    assert bulk["lists"] == inc["lists"]
+    assert bulk["postings"] == inc["postings"]
+
+
+def test_a_bulk_load_whose_connection_dies_leaves_nothing(
+    rt: Runtime, corpus: tuple[Path, list[str]]
+) -> None:
+    """The load's connection is terminated after its first round: every document is
+    reported failed and nothing of the load is left, statistics included."""
+    files = sorted(corpus[0].iterdir())[:6]
+    coll = _prepare(rt, "bm25-killed")
+    killed: list[int] = []
+
+    def kill(*_: object) -> None:
+        if killed:
+            return
+        with rt.db.connection() as conn:
+            pids = [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT DISTINCT pid FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND classid = %s AND pid <> pg_backend_pid()",
+                    (_ADVISORY_CLASS,),
+                )
+            ]
+            killed.extend(pids)
+            for pid in pids:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    report = IngestReport(coll.name)
+    items = [Item(str(f), f, str(f)) for f in files]
+    with pytest.raises(DatabaseUnavailableError):
+        # the connection loss also fails the index check that ends every ingest
+        ingest_items(rt, coll.name, items, report, progress=kill)
+    assert len(killed) == 1, "the bulk load's connection holds the collection's source locks"
+    assert len(report.outcomes) == len(files)
+    assert all(o.status == "failed" and o.document is None for o in report.outcomes)
+    time.sleep(rt.db.breaker.max_open_s)  # the breaker the lost connection opened
+    with rt.db.connection() as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM documents WHERE collection_id = %(c)s),"
+            " (SELECT count(*) FROM chunks WHERE collection_id = %(c)s),"
+            " (SELECT count(*) FROM bm25_terms WHERE collection_id = %(c)s),"
+            " (SELECT chunks FROM bm25_collection_stats WHERE collection_id = %(c)s)",
+            {"c": coll.id},
+        ).fetchone()
+    assert row == (0, 0, 0, 0)

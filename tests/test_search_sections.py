@@ -1,0 +1,138 @@
+"""Section-level aggregation (search/aggregate.py) on the real database and model: several
+matching chunks of one section raise it, each section comes back once as its best chunk
+carrying the others, and collections without headings rank exactly as before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ragstore.ingest import ingest_paths
+from ragstore.models import Hit
+from ragstore.runtime import Runtime
+from ragstore.search.context import with_context
+from ragstore.search.service import SearchParams, run
+from ragstore.store import Store
+
+FILLER = (
+    "The kettle sits on the counter beside the toaster and the bread bin. "
+    "Every morning somebody fills it from the tap, switches it on and waits for the click. "
+    "Its handle stays cool, its lid opens with a button, and its base turns all the way round. "
+    "A small window on the side shows how much water is inside before it boils. "
+)
+
+
+def _paragraph(i: int) -> str:
+    # one mention of the query word in about 170 words: each paragraph is its own chunk
+    return f"Step {i} of the long routine. " + FILLER * 2 + "Wipe off the limescale. " + FILLER
+
+
+MANUAL = "\n\n".join(
+    [
+        "# Kettle manual",
+        "## Descaling routine",
+        *(_paragraph(i) for i in range(1, 5)),
+        "## Quick tip",
+        "Limescale? Vinegar dissolves limescale. Pour a cup of vinegar into the kettle, leave "
+        "it for an hour, then rinse it three times with fresh water before boiling it again.",
+        "## Warranty",
+        "The warranty covers the heating element for two years from the date of purchase.",
+    ]
+)
+GARDEN = (
+    "The garden lies behind the house, between the shed and the old stone wall. "
+    "Paths of gravel run between the beds, and a water butt collects rain from the roof. "
+    "Birds visit the feeder by the hedge, and the bench by the pond catches the evening sun. "
+)
+PLAIN = "\n\n".join(  # no headings; each paragraph long enough to be a chunk of its own
+    s + " " + GARDEN * 3
+    for s in (
+        "Roses want pruning in late winter, just above an outward-facing bud.",
+        "Tomatoes need full sun, deep watering twice a week and a stake to climb.",
+        "Compost heaps warm up faster when greens and browns are mixed in layers.",
+        "Pruning fruit trees in summer slows their growth; in winter it spurs it.",
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def collection(rt: Runtime, tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("sections")
+    (root / "kettle.md").write_text(MANUAL)
+    (root / "garden.txt").write_text(PLAIN)
+    report = ingest_paths(rt, [root], "sections-agg")
+    assert not report.failed
+    return str(root)
+
+
+def _search(rt: Runtime, _root: str, query: str, **kw: object) -> list[Hit]:
+    return run(rt, query, "sections-agg", SearchParams(**kw))  # type: ignore[arg-type]
+
+
+def test_several_matching_chunks_raise_their_section_above_a_better_fragment(
+    rt: Runtime, collection: str
+) -> None:
+    chunks = _search(rt, collection, "limescale", k=5, mode="fulltext", sections=False)
+    assert [h.section_path[-1] for h in chunks[:3]] == [
+        "Quick tip",
+        "Descaling routine",
+        "Descaling routine",
+    ], "chunk by chunk, the short tip wins and fragments of one section follow"
+    assert all(h.section_score is None and h.section_hits == [] for h in chunks)
+
+    hits = _search(rt, collection, "limescale", k=5, mode="fulltext")
+    assert [h.section_path[-1] for h in hits] == ["Descaling routine", "Quick tip"]
+    best = hits[0]
+    assert best.chunk_id == chunks[1].chunk_id, "a section comes back as its best chunk"
+    assert len(best.section_hits) == 3
+    assert set(best.section_hits) == {h.chunk_id for h in chunks[2:5]}
+    assert best.score == pytest.approx(chunks[1].score), "score stays the chunk's own BM25"
+    assert best.section_score is not None and hits[1].section_score is not None
+    assert best.section_score > hits[1].section_score
+    assert hits[1].section_hits == []
+
+
+@pytest.mark.parametrize("mode", ["vector", "hybrid"])
+def test_each_section_is_returned_once_with_its_heading(
+    rt: Runtime, collection: str, mode: str
+) -> None:
+    hits = _search(rt, collection, "how do I remove limescale from the kettle?", k=10, mode=mode)
+    kettle = [h.section_id for h in hits if h.source.endswith("kettle.md")]
+    assert len(kettle) >= 2 and None not in kettle, "every kettle.md chunk has a heading"
+    assert len(set(kettle)) == len(kettle), "no section twice"
+    scores = [h.section_score for h in hits]
+    assert all(s is not None for s in scores)
+    assert scores == sorted(scores, reverse=True), "the list is ordered by section_score"  # type: ignore[type-var]
+    top = with_context(rt, hits[:1], "section")[0]
+    heading = top.context[0]
+    assert heading.chunk_type == "heading" and heading.chunk_id == hits[0].section_id
+    assert heading.text == hits[0].section_path[-1]
+    assert set(hits[0].section_hits) <= {c.chunk_id for c in top.context}
+    if mode == "hybrid":
+        assert hits[0].section_path[-1] == "Descaling routine"
+        assert len(hits[0].section_hits) >= 2
+
+
+def test_chunks_outside_any_section_rank_exactly_as_before(rt: Runtime, collection: str) -> None:
+    where = {"source": str(Path(collection).resolve() / "garden.txt")}
+    for mode in ("vector", "fulltext", "hybrid"):
+        on = _search(rt, collection, "when to prune", k=4, mode=mode, where=where)
+        off = _search(rt, collection, "when to prune", k=4, mode=mode, where=where, sections=False)
+        assert [h.chunk_id for h in on] == [h.chunk_id for h in off]
+        assert [h.score for h in on] == pytest.approx([h.score for h in off])
+        assert all(h.section_id is None and h.section_hits == [] for h in on)
+        assert len(on) >= 2 and Path(on[0].source).name == "garden.txt"
+
+
+def test_store_returns_the_section_fields_and_can_rank_chunks_alone(
+    rt: Runtime, collection: str
+) -> None:
+    store = Store.from_runtime(rt)
+    by_section = store.search("sections-agg", "limescale", k=5, mode="fulltext")["data"]
+    assert by_section[0]["section_path"][-1] == "Descaling routine"
+    assert len(by_section[0]["section_hits"]) == 3 and by_section[0]["section_id"] is not None
+    assert by_section[0]["section_score"] > by_section[1]["section_score"]
+    chunks = store.search("sections-agg", "limescale", k=5, mode="fulltext", sections=False)
+    assert chunks["data"][0]["section_path"][-1] == "Quick tip"
+    assert all(h["section_score"] is None and h["section_hits"] == [] for h in chunks["data"])
