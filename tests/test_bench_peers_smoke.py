@@ -17,6 +17,8 @@ from bench.peers.encoders import CachedVectors
 from bench.peers.report import ROWS, markdown, targets
 from bench.peers.systems import Ragstore, _sqlalchemy_url
 
+from tests.conftest import TEMPLATE, create_database
+
 
 def test_ndcg_matches_hand_computed_values() -> None:
     qrels = {"q1": {"a": 1}, "q2": {"b": 2, "c": 1}}
@@ -162,7 +164,10 @@ def test_cached_vectors_look_up_chunk_texts_and_encode_the_rest(tmp_path: Path) 
     assert (cache.hits, cache.misses) == (2, 1)
 
 
-def test_ragstore_adapter_with_the_instant_server(database_url: str, tmp_path: Path) -> None:
+def test_ragstore_adapter_with_the_instant_server(
+    pg_admin_uri: str, template_url: str, tmp_path: Path
+) -> None:
+    database_url = create_database(pg_admin_uri, TEMPLATE)  # its own "bench" collection
     full = load_scifact(SCIFACT)
     ids = ["4983", "5836"]
     docs = tmp_path / "docs"

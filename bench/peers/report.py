@@ -76,6 +76,14 @@ def markdown(report: dict[str, Any], command: str) -> str:
             f"| search p50, ms, ragstore hybrid | {rs['hybrid_p50_ms']:.1f} |"
             + " – |" * (len(systems) - 1)
         )
+    for name in systems:
+        lean = s[name]["median"].get("ids_only_p50_ms")
+        if lean is not None:
+            lines.append(
+                f"| search p50, ms, {name} asked for ids only | "
+                + " | ".join(f"{lean:.1f}" if n == name else "–" for n in systems)
+                + " |"
+            )
     misses = {n: s[n]["median"].get("cache_misses", 0) for n in systems}
     if report.get("encoder") == "cached":
         lines.append(

@@ -285,6 +285,10 @@ def _versions(results: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     return out
 
 
+def rows_of(by: dict[tuple[str, int], Any], name: str, rounds: int) -> list[dict[str, Any]]:
+    return [by[(name, i)] for i in range(rounds)]
+
+
 def summarize(
     results: list[dict[str, Any]],
     exact: dict[str, list[str]],
@@ -328,6 +332,13 @@ def summarize(
                 {q: metrics.docs_from_chunks(v) for q, v in first["hybrid_runs"].items()}, qrels
             )
             med["hybrid_p50_ms"] = metrics.percentile(first["hybrid_latencies"], 50) * 1000
+        lean = [
+            metrics.percentile(r["ids_only_latencies"], 50) * 1000
+            for r in rows_of(by, name, rounds)
+            if "ids_only_latencies" in r
+        ]
+        if lean:
+            med["ids_only_p50_ms"] = float(np.median(lean))
         med["reingest_embedded"] = float(first["reingest_embedded"])
         med["chunks"] = float(first["chunks"])
         ratios = {k: metrics.paired_ratio(v, per["ragstore"][k]) for k, v in per[name].items()}

@@ -16,7 +16,10 @@ ragstore adapter runs in the project environment, the peers in the bench environ
   ``TextNode``s then ``as_retriever(similarity_top_k=k)`` (its defaults: no ANN index).
 - Chroma: ``PersistentClient`` + ``SentenceTransformerEmbeddingFunction`` with the batch
   size set; ``add`` in batches of ``get_max_batch_size()`` then ``query`` (its defaults:
-  HNSW, l2 on unit vectors). Re-ingest is ``upsert``.
+  HNSW, l2 on unit vectors), with its default ``include`` (documents, metadatas and
+  distances come back, as every other system returns its hits' text; runs before
+  2026-12-01 asked for ids only, still timed apart as ``ids_only_latencies``). Re-ingest
+  is ``upsert``.
 
 With ``--encoder instant`` or ``cached`` (:mod:`bench.peers.encoders`) each system keeps
 its own store and search calls; only the encoding behind its embedding interface changes:
@@ -434,6 +437,13 @@ class Chroma:
         return self._load(upsert=True)  # upsert embeds every document again
 
     def search(self, query: str, k: int) -> list[str]:
+        """Chroma's default ``include`` (documents, metadatas, distances): every system's
+        search returns the hits' text, as ragstore's, LangChain's and LlamaIndex's do."""
+        res = self.coll.query(query_texts=[query], n_results=k)
+        return list(res["ids"][0])
+
+    def search_ids_only(self, query: str, k: int) -> list[str]:
+        """``include=[]``: ids alone, how runs before 2026-12-01 called it (reported apart)."""
         res = self.coll.query(query_texts=[query], n_results=k, include=[])
         return list(res["ids"][0])
 

@@ -1,8 +1,9 @@
 """Search a collection: vector (HNSW), full-text (BM25) or hybrid (RRF of both), with filters.
 
-Every mode is one SQL statement, sent in one round trip together with its session
-settings (psycopg pipeline mode): the candidate lists are CTEs, fusion happens in the
-database, and only the final ``k`` rows come back with their chunk and document.
+Every mode is one SQL statement, sent in one round trip (in autocommit: a single read
+needs no BEGIN or COMMIT), with its session settings in the same pipeline when a pooled
+connection needs them: the candidate lists are CTEs, fusion happens in the database, and
+only the final ``k`` rows come back with their chunk and document.
 
 Vector search turns on pgvector's iterative index scan (``hnsw.iterative_scan =
 relaxed_order``, pgvector >= 0.8) and re-sorts the rows it returns: without it a filter
@@ -327,16 +328,25 @@ def _run(
                 sql.Composed([compiled.condition]), compiled.params
             )
         set_session = has_vec and _session_ef.get(conn) != ef
-        with conn.pipeline():
+        # One read statement is its own transaction: in autocommit no BEGIN goes ahead of
+        # it and no COMMIT after, so the search is one Parse/Bind/Execute/Sync round trip
+        # (a transaction with a pipeline took three: BEGIN, the query, the exit's Sync).
+        conn.autocommit = True  # idle pooled connection: a client-side switch, no message
+        try:
             if set_session:
-                # session-level: it outlives this transaction, so later searches on this
-                # pooled connection skip it (undone with the transaction if this one fails)
-                conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(ef),))
-                if iterative:
-                    conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)")
-            cur = conn.execute(stmt, values)
-            conn.commit()  # in the same round trip; the pool's own commit is then a no-op
-        rows = cur.fetchall()
+                with conn.pipeline():
+                    # session-level: later searches on this pooled connection skip them
+                    conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(ef),))
+                    if iterative:
+                        conn.execute(
+                            "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)"
+                        )
+                    cur = conn.execute(stmt, values)
+            else:
+                cur = conn.execute(stmt, values)
+            rows = cur.fetchall()
+        finally:
+            conn.autocommit = False
         if set_session:
             _session_ef[conn] = ef
     return [_hit(r, coll, p) for r in rows]

@@ -1,0 +1,60 @@
+"""A repeated search is one round trip to PostgreSQL: one Sync from the client, no BEGIN or
+COMMIT around its statement, and the pooled connection goes back as it came (not in
+autocommit, no transaction open). Counted from libpq's own protocol trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ragstore import runtime
+from ragstore.runtime import Runtime
+from ragstore.search import search
+from tests.search_helpers import Doc, make_collection, write_docs
+
+
+def _traced(rt: Runtime, trace: Path, run: object) -> list[str]:
+    """The frontend messages (``F`` lines) libpq sent while ``run()`` ran on every pooled
+    connection."""
+    pool = rt.db.pool
+    conns = [pool.getconn() for _ in range(pool.get_stats()["pool_size"])]
+    fh = trace.open("w")
+    for conn in conns:
+        conn.pgconn.trace(fh.fileno())
+        conn.pgconn.set_trace_flags(1 | 2)  # no timestamps, stable output
+    for conn in conns:
+        pool.putconn(conn)
+    try:
+        run()  # type: ignore[operator]
+    finally:
+        conns = [pool.getconn() for _ in range(pool.get_stats()["pool_size"])]
+        for conn in conns:
+            conn.pgconn.untrace()
+            pool.putconn(conn)
+        fh.close()
+    return [line.split("\t")[2] for line in trace.read_text().splitlines() if line[:1] == "F"]
+
+
+@pytest.mark.parametrize("mode", ["vector", "hybrid", "fulltext"])
+def test_a_repeated_search_is_one_round_trip(
+    rt: Runtime, tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the collection is re-read once a second; a slow machine must not count that read
+    monkeypatch.setattr(runtime, "COLLECTION_CACHE_S", 3600.0)
+    coll = make_collection(rt, f"trips_{mode}")
+    write_docs(rt, coll, [Doc("a.txt", ["pgvector keeps the embeddings"]), Doc("b.txt", ["x"])])
+    query = "where are embeddings kept"
+    first = search(rt, query, collection=coll.name, k=2, mode=mode)  # settings sent, cached
+    assert first[0].source == "a.txt"
+    sent = _traced(
+        rt, tmp_path / "trace.txt", lambda: search(rt, query, collection=coll.name, k=2, mode=mode)
+    )
+    assert sent.count("Sync") == 1, sent
+    assert "Execute" in sent
+    statements = " ".join(sent)
+    assert "BEGIN" not in statements and "COMMIT" not in statements
+    with rt.db.connection() as conn:  # handed back as any other pooled connection
+        assert conn.autocommit is False
+        conn.execute("SELECT 1")
+        assert conn.info.transaction_status == 2  # INTRANS: a transaction as usual
