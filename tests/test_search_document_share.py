@@ -44,9 +44,7 @@ def _search(rt: Runtime, query: str, **kw: object) -> list[Hit]:
     return run(rt, query, "sections-docshare", SearchParams(**kw))  # type: ignore[arg-type]
 
 
-def test_a_document_matching_in_several_sections_lifts_them(
-    rt: Runtime, collection: str
-) -> None:
+def test_a_document_matching_in_several_sections_lifts_them(rt: Runtime, collection: str) -> None:
     chunks = _search(rt, "descaler", k=10, mode="fulltext", sections=False)
     files = [Path(h.source).name for h in chunks]
     assert files == ["note.md"] + ["manual.md"] * 5, "chunk by chunk the note wins"
