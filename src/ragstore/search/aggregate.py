@@ -13,11 +13,13 @@ chunks (the fused list in hybrid mode, the single list otherwise) and then:
   (``j`` = 1 for its best), where a chunk's value is its fused RRF score in hybrid mode
   and ``1 / (SECTION_RANK_K + rank)`` in the single-list modes (cosine and BM25 scores do
   not add up; ranks do);
-- adds to it ``DOCUMENT_SHARE`` times the summed scores of its document's best
-  ``DOCUMENT_CAP`` pooled sections (its own included): a section of a document that
-  matches the question in several places is likelier the answer than an equally scored
-  section of a document that matches once. Between sections of one document the order
-  does not change; a document with one pooled section only has its score scaled;
+- adds to a section under a heading ``DOCUMENT_SHARE`` times the summed scores of its
+  document's best ``DOCUMENT_CAP`` pooled sections under a heading (its own included): a
+  section of a long document that matches the question in several places is likelier the
+  answer than an equally scored section of a document that matches once. Between
+  sections of one document the order does not change. Chunks with no heading above them
+  get no share: in a collection of short records split into a few chunks (SciFact) it
+  would favour the longer records (hybrid nDCG@10 0.716 to 0.715 when it applied to all);
 - returns the best chunk of each of the top ``k`` sections, carrying the section's score
   and the other chunks of the section that matched (``section_hits``).
 
@@ -78,12 +80,12 @@ def section_ctes(hybrid: bool) -> list[sql.Composable]:
         ),
         sql.SQL(
             "sect_d AS (SELECT sect_own.*, row_number() OVER"
-            " (PARTITION BY doc ORDER BY own DESC, best) AS dj FROM sect_own)"
+            " (PARTITION BY doc, sec > 0 ORDER BY own DESC, best) AS dj FROM sect_own)"
         ),
-        sql.SQL(
-            "sect AS (SELECT doc, sec, best, members, own + %(sec_doc)s::float8"
-            " * sum(CASE WHEN dj <= %(sec_doc_cap)s THEN own ELSE 0 END)"
-            " OVER (PARTITION BY doc) AS section_score"
+        sql.SQL(  # sec > 0: a section under a heading (the others are lone chunks)
+            "sect AS (SELECT doc, sec, best, members, own + CASE WHEN sec > 0"
+            " THEN %(sec_doc)s::float8 * sum(CASE WHEN dj <= %(sec_doc_cap)s THEN own"
+            " ELSE 0 END) OVER (PARTITION BY doc, sec > 0) ELSE 0 END AS section_score"
             " FROM sect_d ORDER BY section_score DESC, best LIMIT %(k)s)"
         ),
         sql.SQL(
