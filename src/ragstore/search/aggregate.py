@@ -28,8 +28,8 @@ chunks (the fused list in hybrid mode, the single list otherwise) and then:
 with several weak ones while letting two or three good ones of one section outrank a
 single slightly better fragment. The document share (0.05 of the best 10 sections) was
 chosen on the same questions afterwards: it raised every mode's top-1 and top-3 there
-(0.02-0.2 and caps 10 to all gave the same or one fewer). It is all in the search
-statement, one round trip.
+except hybrid top-3, already 18 of 20 (shares 0.05-0.2 with caps of 10 or 20 gave the
+same). It is all in the search statement, one round trip.
 """
 
 from __future__ import annotations
