@@ -9,7 +9,8 @@ vector index build (``_build_index``); reader and writer overlap the model, so t
 add up to more than the wall time.
 
     python -m bench.longdoc_ingest ../shared/data/nodejs-api/docs \\
-        --tree before=/path/to/old/src --tree after=src
+        --tree before=/path/to/old/src --tree after=src \\
+        --tree after-1-thread=src,RAGSTORE_EMBED_THREADS=1
 """
 
 from __future__ import annotations
@@ -84,10 +85,14 @@ print(json.dumps({
 """
 
 
-def run_tree(label: str, src: Path, folder: Path) -> dict[str, Any]:
-    """One first ingest of ``folder`` by the ragstore under ``src``, in a fresh data dir."""
+def run_tree(
+    label: str, src: Path, folder: Path, extra: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """One first ingest of ``folder`` by the ragstore under ``src``, in a fresh data dir,
+    with ``extra`` environment variables (``RAGSTORE_EMBED_THREADS=1``, ...)."""
     with tempfile.TemporaryDirectory(prefix=f"longdoc-{label}-") as data:
         env = dict(os.environ, PYTHONPATH=str(src.resolve()), RAGSTORE_DATA_DIR=data)
+        env.update(extra or {})
         before = os.getloadavg()
         t0 = time.perf_counter()
         proc = subprocess.run(
@@ -116,14 +121,18 @@ def main() -> None:
     ap.add_argument(
         "--tree",
         action="append",
-        metavar="LABEL=SRC",
-        help="a ragstore source tree to time (repeat; default: this checkout's src)",
+        metavar="LABEL=SRC[,VAR=VALUE...]",
+        help="a ragstore source tree to time, with environment variables for it (repeat; "
+        "default: this checkout's src)",
     )
     args = ap.parse_args()
-    trees = [t.split("=", 1) for t in (args.tree or [f"current={Path('src')}"])]
-    results = [run_tree(label, Path(src), args.folder) for label, src in trees]
-    for r in results:
-        print(json.dumps(r), flush=True)
+    results = []
+    for spec in args.tree or [f"current={Path('src')}"]:
+        label, rest = spec.split("=", 1)
+        src, *pairs = rest.split(",")
+        extra = dict(p.split("=", 1) for p in pairs)
+        results.append(run_tree(label, Path(src), args.folder, extra))
+        print(json.dumps(results[-1]), flush=True)
     if len(results) > 1:
         base = results[0]["wall_s"]
         for r in results[1:]:

@@ -13,6 +13,7 @@ from ragstore.models import Hit
 from ragstore.runtime import Runtime
 from ragstore.search.context import with_context
 from ragstore.search.service import SearchParams, run
+from ragstore.store import Store
 
 FILLER = (
     "The kettle sits on the counter beside the toaster and the bread bin. "
@@ -122,3 +123,16 @@ def test_chunks_outside_any_section_rank_exactly_as_before(rt: Runtime, collecti
         assert [h.score for h in on] == pytest.approx([h.score for h in off])
         assert all(h.section_id is None and h.section_hits == [] for h in on)
         assert len(on) >= 2 and Path(on[0].source).name == "garden.txt"
+
+
+def test_store_returns_the_section_fields_and_can_rank_chunks_alone(
+    rt: Runtime, collection: str
+) -> None:
+    store = Store.from_runtime(rt)
+    by_section = store.search("sections-agg", "limescale", k=5, mode="fulltext")["data"]
+    assert by_section[0]["section_path"][-1] == "Descaling routine"
+    assert len(by_section[0]["section_hits"]) == 3 and by_section[0]["section_id"] is not None
+    assert by_section[0]["section_score"] > by_section[1]["section_score"]
+    chunks = store.search("sections-agg", "limescale", k=5, mode="fulltext", sections=False)
+    assert chunks["data"][0]["section_path"][-1] == "Quick tip"
+    assert all(h["section_score"] is None and h["section_hits"] == [] for h in chunks["data"])

@@ -136,6 +136,7 @@ def test_eval_sections_cli_scores_every_mode_and_the_baselines(
             "-c",
             "sections-tiny",
             "--no-baselines",
+            "--chunks",
             "-m",
             "fulltext",
             "-q",

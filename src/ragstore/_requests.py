@@ -258,8 +258,11 @@ def search(
     rrf_k: float | None = None,
     vector_weight: float | None = None,
     fulltext_weight: float | None = None,
+    sections: bool = True,
 ) -> Call[dict[str, Any]]:
     body: dict[str, Any] = {"k": k, "explain": explain}
+    if not sections:  # only when asked, so that an older server is not sent an unknown field
+        body["sections"] = False
     options: dict[str, Any] = {
         "query": query,
         "vector": None if vector is None else [float(x) for x in vector],

@@ -245,6 +245,7 @@ class Client(_WritePosition):
         rrf_k: float | None = None,
         vector_weight: float | None = None,
         fulltext_weight: float | None = None,
+        sections: bool = True,
     ) -> dict[str, Any]:
         """Search by ``query`` text or by ``vector`` (see :meth:`ragstore.Store.search`)."""
         return self._send(
@@ -261,6 +262,7 @@ class Client(_WritePosition):
                 rrf_k=rrf_k,
                 vector_weight=vector_weight,
                 fulltext_weight=fulltext_weight,
+                sections=sections,
             )
         )
 
@@ -499,6 +501,7 @@ class AsyncClient(_WritePosition):
         rrf_k: float | None = None,
         vector_weight: float | None = None,
         fulltext_weight: float | None = None,
+        sections: bool = True,
     ) -> dict[str, Any]:
         return await self._send(
             calls.search(
@@ -514,6 +517,7 @@ class AsyncClient(_WritePosition):
                 rrf_k=rrf_k,
                 vector_weight=vector_weight,
                 fulltext_weight=fulltext_weight,
+                sections=sections,
             )
         )
 

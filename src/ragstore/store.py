@@ -328,10 +328,13 @@ class Store:
         rrf_k: float | None = None,
         vector_weight: float | None = None,
         fulltext_weight: float | None = None,
+        sections: bool = True,
     ) -> dict[str, Any]:
         """The best ``k`` chunks for ``query`` (text) or ``vector`` (an embedding of the
         collection's model), or both; ``mode`` defaults to hybrid (vector with a vector
-        alone). ``context``: neighbouring chunks (0-50) or ``"section"``."""
+        alone). ``context``: neighbouring chunks (0-50) or ``"section"``. Each section is
+        returned once (``section_score``, ``section_hits``); ``sections=False`` ranks
+        chunks alone."""
         return _dump(
             search_response(
                 self._rt,
@@ -347,6 +350,7 @@ class Store:
                 rrf_k=rrf_k,
                 vector_weight=vector_weight,
                 fulltext_weight=fulltext_weight,
+                sections=sections,
             )
         )
 
@@ -366,6 +370,7 @@ def search_response(
     rrf_k: float | None = None,
     vector_weight: float | None = None,
     fulltext_weight: float | None = None,
+    sections: bool = True,
 ) -> SearchResponse:
     """One search as the Store and the HTTP route run it: hits (with context if asked),
     timing, and with ``explain`` the plan of the lists and their fusion."""
@@ -394,6 +399,7 @@ def search_response(
         explain=explain,
         fusion=fusion,
         vector=vector,
+        sections=sections,
     )
     if context is not None:
         hits = list(with_context(rt, hits, parse_context(str(context))))

@@ -193,6 +193,11 @@ class SearchRequest(Strict):
     fulltext_weight: float | None = Field(
         None, ge=0, le=1000, description="Weight of the full-text list (hybrid)."
     )
+    sections: bool = Field(
+        True,
+        description="Rank sections: a section's matching chunks add up and each section "
+        "is returned once, as its best chunk. false ranks chunks alone.",
+    )
 
     @model_validator(mode="after")
     def _query_or_vector(self) -> SearchRequest:
@@ -223,7 +228,7 @@ class HitPublic(BaseModel):
     section_hits: list[int] = Field(
         default_factory=list,
         description="Chunk ids of the other chunks of the same section that matched, best "
-        "first (fetch them with `context: \"section\"`).",
+        'first (fetch them with `context: "section"`).',
     )
     section_id: int | None = Field(
         None,

@@ -161,6 +161,11 @@ def register(app: typer.Typer) -> None:
         fulltext_weight: float = typer.Option(
             FULLTEXT_WEIGHT, "--fulltext-weight", help="Weight of the full-text list (hybrid)."
         ),
+        sections: bool = typer.Option(
+            True,
+            "--sections/--chunks",
+            help="Rank sections, each once (default), or chunks alone.",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
         context: str | None = typer.Option(
             None,
@@ -203,6 +208,7 @@ def register(app: typer.Typer) -> None:
                     rrf_k=rrf_k,
                     vector_weight=vector_weight,
                     fulltext_weight=fulltext_weight,
+                    sections=sections,
                 )
             if as_json:
                 echo_json(answer["data"])
@@ -232,6 +238,7 @@ def register(app: typer.Typer) -> None:
                 explain=explain,
                 fusion=fusion,
                 vector=query_vector,
+                sections=sections,
             )
             shown = with_context(rt, found, context_mode) if context_mode is not None else []
         if as_json:

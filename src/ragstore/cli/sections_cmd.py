@@ -33,6 +33,11 @@ def register(app: typer.Typer) -> None:
         baselines: bool = typer.Option(
             True, "--baselines/--no-baselines", help="Also score the 150-word window baselines."
         ),
+        sections: bool = typer.Option(
+            True,
+            "--sections/--chunks",
+            help="Rank sections (the default search) or chunks alone, to compare.",
+        ),
         per_question: bool = typer.Option(
             False, "--per-question", help="Also print each question's first hit rank."
         ),
@@ -56,6 +61,7 @@ def register(app: typer.Typer) -> None:
                 questions=questions,
                 collection=collection,
                 baselines=baselines,
+                sections=sections,
             )
         n = len(result.questions)
         console, err = stdout_console(), err_console()

@@ -25,6 +25,9 @@ from ragstore.db import embedded
 from ragstore.errors import DatabaseUnavailableError
 
 HOST = "127.0.0.1"
+# How long pg_ctl waits for a standby to accept connections: its first start may sync and
+# replay a large copy (pg_ctl's own default is 60 s).
+_START_WAIT_S = 300
 
 
 def _free_port() -> int:
@@ -72,6 +75,8 @@ class Standby:
                 "-D",
                 str(self.pgdata),
                 "-w",
+                "-t",
+                str(_START_WAIT_S),
                 "-o",
                 f"-h {HOST} -p {self.port} -k ''",
                 "-l",
@@ -79,6 +84,7 @@ class Standby:
                 "start",
             ],
             f"starting the standby in {self.pgdata}",
+            timeout_s=_START_WAIT_S + 10,
         )
 
     def stop(self, mode: str = "fast") -> None:
@@ -145,9 +151,18 @@ def create(primary_conninfo: str, pgdata: Path, *, port: int | None = None) -> S
     _run(args, f"pg_basebackup of {host}")
     standby = Standby(pgdata, port or _free_port(), str(parts.get("dbname") or "postgres"))
     with (pgdata / "postgresql.auto.conf").open("a") as conf:
-        # fewer query cancellations on the standby; report replay position promptly
+        # fewer query cancellations on the standby; report replay position promptly. The
+        # copy was taken --no-sync, so its first start syncs the data directory: one syncfs()
+        # instead of an fsync per file (a primary with many databases has tens of thousands,
+        # which took over a minute on a busy disk and outran pg_ctl's wait).
         conf.write(
             "hot_standby = on\nhot_standby_feedback = on\nwal_receiver_status_interval = 1s\n"
+            "recovery_init_sync_method = syncfs\n"
         )
-    standby.start()
+    try:
+        standby.start()
+    except DatabaseUnavailableError:
+        # pg_ctl gave up waiting but the postmaster may still be coming up: leave no orphan
+        standby.stop("immediate")
+        raise
     return standby

@@ -64,6 +64,7 @@ class Backend(Protocol):
         rrf_k: float | None = None,
         vector_weight: float | None = None,
         fulltext_weight: float | None = None,
+        sections: bool = True,
     ) -> dict[str, Any]: ...
 
 

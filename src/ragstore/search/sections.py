@@ -373,9 +373,11 @@ def evaluate_sections(
     collection: str | None = None,
     baselines: bool = True,
     fusion: FusionParams | None = None,
+    sections: bool = True,
 ) -> SectionRun:
     """Ingest ``folder/docs`` (unchanged files are skipped), then score each mode and,
-    with ``baselines``, the three window baselines on the selected questions."""
+    with ``baselines``, the three window baselines on the selected questions.
+    ``sections=False`` ranks chunks alone (no section-level aggregation), for comparison."""
     chosen = select(load_questions(folder / "questions.tsv"), questions)
     docs = read_docs(folder / "docs")
     missing = sorted({q.file for q in chosen} - set(docs))
@@ -392,7 +394,10 @@ def evaluate_sections(
             f"{len(report.failed)} file(s) of {folder / 'docs'} failed to ingest; "
             f"first: {first.error}"
         )
-    params = {m: SearchParams(k=SEARCH_K, mode=m, fusion=fusion or FusionParams()) for m in modes}
+    params = {
+        m: SearchParams(k=SEARCH_K, mode=m, fusion=fusion or FusionParams(), sections=sections)
+        for m in modes
+    }
     scores = system_scores(chosen, modes, lambda q, m: run(rt, q, name, params[m]))
     if baselines:
         coll = rt.collection(name)

@@ -41,5 +41,6 @@ async def search(
             rrf_k=body.rrf_k,
             vector_weight=body.vector_weight,
             fulltext_weight=body.fulltext_weight,
+            sections=body.sections,
         )
     )

@@ -241,9 +241,14 @@ BEGIN
         n := least(n * 4, max_n);
     END LOOP;
     IF contenders IS NULL THEN
-        SELECT min(z.raw) INTO theta FROM (
+        SELECT min(z.raw), count(*) INTO theta, i FROM (
             SELECT r.raw FROM ragstore_bm25_score(cand[1:2 * k], lexs, ws, k1, b, avgdl) r
             ORDER BY r.raw DESC LIMIT k) z;
+        IF i < k THEN  -- cannot happen (each chunk read holds a query term); never guess
+            RETURN QUERY SELECT * FROM ragstore_bm25_exhaustive_where(cid, cfg, terms, k, k1,
+                                                                      b, cond);
+            RETURN;
+        END IF;
         -- Phase 2: what is not read must sum below budget (< theta); trimmed tails always
         -- count, so when they alone come near theta nothing can be pruned.
         rest := (SELECT sum(f) FROM unnest(fls) f);

@@ -7,19 +7,20 @@ Create Date: 2026-12-01
 Revision 0004's statistics triggers and 0006's postings triggers run once per statement
 that writes ``chunks``; for a large first load (and an import) their per-statement work
 (upserting every lexeme's df, inserting postings into a growing impact index, trimming
-lists as they pass twice ``list_keep``) cost most of the write: about 0.4 ms and 4 ms per
-chunk respectively, where the chunk COPY itself takes a few microseconds.
+lists as they pass twice ``list_keep``) cost most of the write: about 0.4 ms and 4.6 ms per
+chunk respectively on the shared 2-core machine, against about 0.5 ms for the chunk COPY.
 
 A writer that sets the transaction-local setting ``ragstore.bulk`` to ``on`` makes every
 BM25 trigger skip (a ``WHEN`` clause on the statement triggers: nothing runs), and then,
 in the same transaction, calls ``ragstore_bm25_bulk_finish(collection)``: it recounts the
-collection's chunk count, total length and document frequencies from its chunks in one
-grouped statement each, and rewrites its postings with ``ragstore_bm25_rebuild`` at the
-final avgdl. Readers never see the chunks without their statistics and postings: both
-commit together. The writer holds every source lock of the collection for the whole
-transaction (``documents.lock_collection_writes``), so no other writer changes the
-collection's chunks meanwhile and a recount from scratch is exact. The row trigger that
-fills ``tsv_length`` and ``ts_config`` still runs: those are columns of the chunk.
+collection's chunk count and total length, reads every counted chunk's lexemes once into
+a temporary table, counts document frequencies from it and writes the postings at the
+final avgdl (``ragstore_bm25_write_postings``, which ``ragstore_bm25_rebuild`` now uses
+too). Readers never see the chunks without their statistics and postings: both commit
+together. The writer holds every source lock of the collection for the whole transaction
+(``documents.begin_bulk``), so no other writer changes the collection's chunks meanwhile
+and a recount from scratch is exact. The row trigger that fills ``tsv_length`` and
+``ts_config`` still runs: those are columns of the chunk.
 """
 
 from alembic import op
@@ -115,16 +116,16 @@ _REBUILD_0006 = """
 """
 
 
-
 # Postings of collection CID from the temporary table ragstore_bm25_lex (lexeme, chunk_id,
 # tf, len: one row per distinct lexeme of each counted chunk), at the collection's current
-# avgdl and k1/b, for terms whose df is already counted. A rare term (df within list_keep)
-# keeps all its postings unranked; only the common terms' postings are ranked, ties at a
-# list's cut broken by chunk id so that the postings kept do not depend on the rows'
-# physical order. Same impacts, floors and stored counts as revision 0006's rebuild; a
-# term's row is rewritten only where they change. When bm25_postings holds nothing else
-# (a first load into a new store), its two indexes are dropped and built again after the
-# insert (about twice as fast; other transactions wait for the commit, never see a part).
+# avgdl and k1/b, for terms whose df is already counted (exactly: a rare term's stored
+# count is set to its df). A rare term (df within list_keep) keeps all its postings,
+# unranked; only the common terms' postings are ranked, ties at a list's cut broken by
+# chunk id so that the postings kept do not depend on the rows' physical order. Same
+# impacts, floors and stored counts as revision 0006's rebuild; a term's row is rewritten
+# only where they change. When bm25_postings holds nothing else (a first load into a new
+# store), its two indexes are dropped and built again after the insert (about twice as
+# fast; other transactions wait for the commit, never see a part).
 _WRITE_POSTINGS = """
     CREATE FUNCTION ragstore_bm25_write_postings(cid integer) RETURNS bigint
         LANGUAGE plpgsql AS $$
@@ -146,25 +147,26 @@ _WRITE_POSTINGS = """
         keep := st.list_keep;
         avgdl := greatest(st.tokens::float8 / greatest(st.chunks, 1), 1.0);
         ANALYZE ragstore_bm25_lex;
-        CREATE TEMP TABLE ragstore_bm25_all ON COMMIT DROP AS
-        SELECT t.term_id, t.df, ragstore_bm25_impact(x.tf, x.len, st.impact_k1, st.impact_b,
-                                                     avgdl) AS impact, x.chunk_id, x.tf, x.len
-        FROM ragstore_bm25_lex x
-        JOIN bm25_terms t ON t.collection_id = cid AND t.lexeme = x.lexeme;
-        ANALYZE ragstore_bm25_all;
         alone := NOT EXISTS (SELECT 1 FROM bm25_postings);
         IF alone THEN
             DROP INDEX bm25_postings_impact_idx;
             DROP INDEX bm25_postings_chunk_idx;
         END IF;
         INSERT INTO bm25_postings (term_id, impact, chunk_id, tf, len)
-        SELECT term_id, impact, chunk_id, tf, len FROM ragstore_bm25_all
-        WHERE df <= keep ORDER BY term_id, impact DESC;
+        SELECT t.term_id, ragstore_bm25_impact(x.tf, x.len, st.impact_k1, st.impact_b, avgdl),
+               x.chunk_id, x.tf, x.len
+        FROM ragstore_bm25_lex x
+        JOIN bm25_terms t ON t.collection_id = cid AND t.lexeme = x.lexeme
+        WHERE t.df <= keep ORDER BY 1, 2 DESC;
         GET DIAGNOSTICS written = ROW_COUNT;
         CREATE TEMP TABLE ragstore_bm25_ranked ON COMMIT DROP AS
         SELECT term_id, impact, chunk_id, tf, len,
                row_number() OVER (PARTITION BY term_id ORDER BY impact DESC, chunk_id) AS rn
-        FROM ragstore_bm25_all WHERE df > keep;
+        FROM (SELECT t.term_id, ragstore_bm25_impact(x.tf, x.len, st.impact_k1, st.impact_b,
+                                                     avgdl) AS impact, x.chunk_id, x.tf, x.len
+              FROM ragstore_bm25_lex x
+              JOIN bm25_terms t ON t.collection_id = cid AND t.lexeme = x.lexeme
+              WHERE t.df > keep) c;
         INSERT INTO bm25_postings (term_id, impact, chunk_id, tf, len)
         SELECT term_id, impact, chunk_id, tf, len FROM ragstore_bm25_ranked
         WHERE rn <= keep ORDER BY term_id, impact DESC;
@@ -174,15 +176,14 @@ _WRITE_POSTINGS = """
                 INCLUDE (chunk_id, tf, len);
             CREATE INDEX bm25_postings_chunk_idx ON bm25_postings (chunk_id);
         END IF;
+        -- a rare term's list is all its df postings, nothing trimmed
+        UPDATE bm25_terms SET stored = df, floor = 0
+        WHERE collection_id = cid AND df <= keep AND (stored <> df OR floor <> 0);
         UPDATE bm25_terms t SET stored = a.kept, floor = a.top
-        FROM (SELECT term_id, count(*)::integer AS kept, 0::real AS top
-              FROM ragstore_bm25_all WHERE df <= keep GROUP BY term_id
-              UNION ALL
-              SELECT term_id, (count(*) FILTER (WHERE rn <= keep))::integer,
-                     coalesce(max(impact) FILTER (WHERE rn > keep), 0)::real
+        FROM (SELECT term_id, (count(*) FILTER (WHERE rn <= keep))::integer AS kept,
+                     coalesce(max(impact) FILTER (WHERE rn > keep), 0)::real AS top
               FROM ragstore_bm25_ranked GROUP BY term_id) a
         WHERE t.term_id = a.term_id AND (t.stored, t.floor) IS DISTINCT FROM (a.kept, a.top);
-        DROP TABLE ragstore_bm25_all;
         DROP TABLE ragstore_bm25_ranked;
         RETURN written + more;
     END $$;
