@@ -153,9 +153,7 @@ def test_bulk_statistics_and_lists_equal_the_incremental_ones(
         assert _full_text(rt, inc_id, query, "exhaustive") == exact
 
 
-def test_bulk_postings_are_those_a_rebuild_writes(
-    rt: Runtime, loaded: dict[str, Any]
-) -> None:
+def test_bulk_postings_are_those_a_rebuild_writes(rt: Runtime, loaded: dict[str, Any]) -> None:
     inc_id = loaded["inc"]["coll"].id
     with rt.db.connection() as conn:
         conn.execute("SELECT ragstore_bm25_rebuild(%s)", (inc_id,))

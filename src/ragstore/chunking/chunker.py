@@ -519,9 +519,7 @@ def _pack_tokens(
     if getattr(counter, "joins_add_up", False):
         # whitespace ends every token (BERT's WordPiece): a join's count is the sum
         exact = {
-            j: counter.special_tokens
-            + ctx[packs[j][0].block][1]
-            + sum(p.tokens for p in packs[j])
+            j: counter.special_tokens + ctx[packs[j][0].block][1] + sum(p.tokens for p in packs[j])
             for j in merged
         }
     else:

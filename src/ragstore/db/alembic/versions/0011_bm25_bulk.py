@@ -116,7 +116,6 @@ _REBUILD_0006 = """
 """
 
 
-
 # Postings of collection CID from the temporary table ragstore_bm25_lex (lexeme, chunk_id,
 # tf, len: one row per distinct lexeme of each counted chunk), at the collection's current
 # avgdl and k1/b, for terms whose df is already counted (exactly: a rare term's stored
