@@ -13,6 +13,7 @@ switch. Functions run in the caller's transaction and never commit.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -151,6 +152,11 @@ def copy_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarray
 def drop_index(conn: Conn, table: str) -> None:
     """Drop a space's HNSW index: a bulk backfill then builds it once, at the end."""
     conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(f"{table}_hnsw")))
+
+
+def build_workers() -> int:
+    """Parallel maintenance workers for a bulk index build: one per spare core, at most 4."""
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
 def ensure_index(

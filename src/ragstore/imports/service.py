@@ -16,7 +16,6 @@ Each source record becomes one document (``source`` = the record's id) holding o
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -407,7 +406,7 @@ class _Writer:
                 coll.table,
                 coll.model.distance,
                 memory=self.opts.maintenance_work_mem,
-                workers=min(4, max(0, (os.cpu_count() or 1) - 1)),
+                workers=spaces.build_workers(),
             )
             self.seconds["index"] = time.perf_counter() - t0
             t0 = time.perf_counter()

@@ -14,7 +14,6 @@ nothing behind and the rest of the batch goes on.
 from __future__ import annotations
 
 import errno
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -552,7 +551,7 @@ def _ensure_index(rt: Runtime, coll: repository.Collection, conn: Any) -> None:
         coll.table,
         coll.model.distance,
         memory=rt.settings.index_build_memory,
-        workers=min(4, max(0, (os.cpu_count() or 1) - 1)),
+        workers=spaces.build_workers(),
     )
 
 

@@ -163,10 +163,7 @@ def migrate(
                 report.switched = True
                 break
         else:
-            raise MigrationStateError(
-                f"documents kept arriving in {coll.name!r} faster than the backfill caught up "
-                f"after {MAX_PASSES} passes; run the migrate again when ingest is quieter"
-            )
+            raise _outpaced(coll)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -216,12 +213,17 @@ def _migrate_recut(
                 )
                 break
         else:
-            raise MigrationStateError(
-                f"documents kept arriving in {coll.name!r} faster than the backfill caught up "
-                f"after {MAX_PASSES} passes; run the migrate again when ingest is quieter"
-            )
+            raise _outpaced(coll)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _outpaced(coll: repository.Collection) -> MigrationStateError:
+    """Writes kept the backfill from ever catching up: say so rather than loop forever."""
+    return MigrationStateError(
+        f"documents kept arriving in {coll.name!r} faster than the backfill caught up "
+        f"after {MAX_PASSES} passes; run the migrate again when ingest is quieter"
+    )
 
 
 def _backfill(
