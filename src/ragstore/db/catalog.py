@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ragstore.db import changes, repository
+from ragstore.db import changes, documents, repository
 from ragstore.errors import DocumentNotFoundError
 
 Conn = psycopg.Connection[Any]
@@ -70,18 +70,7 @@ _DOC_COLS = (
 
 
 def _doc(r: Sequence[Any]) -> dict[str, Any]:
-    return {
-        "id": int(r[0]),
-        "source": r[1],
-        "title": r[2],
-        "format": r[3],
-        "content_hash": r[4],
-        "size_bytes": int(r[5]),
-        "metadata": dict(r[6]),
-        "created_at": r[7],
-        "updated_at": r[8],
-        "chunks": int(r[9]),
-    }
+    return documents.document_row(r, int(r[9]))
 
 
 def documents_page(

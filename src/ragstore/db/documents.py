@@ -81,7 +81,8 @@ class Written:
 _DOC_COLS = "id, source, title, format, content_hash, size_bytes, metadata, created_at, updated_at"
 
 
-def _row(r: Sequence[Any], chunks: int) -> dict[str, Any]:
+def document_row(r: Sequence[Any], chunks: int) -> dict[str, Any]:
+    """A document as the API shows it, from a row of ``_DOC_COLS`` (catalog reads use it too)."""
     return {
         "id": int(r[0]),
         "source": r[1],
@@ -180,7 +181,7 @@ def write_documents(
         if old is None:
             added.append(i)
         elif old[4] == d.record.content_hash and not force:
-            out[i] = Written("unchanged", _row(old, -1))
+            out[i] = Written("unchanged", document_row(old, -1))
         else:
             replaced.append(i)
     _fill_chunk_counts(conn, out)
@@ -208,7 +209,7 @@ def write_documents(
         by_source = {str(r[1]): r for r in rows}
         for i in replaced:
             row = by_source[docs[i].record.source]
-            out[i] = Written("updated", _row(row, len(docs[i].chunks)))
+            out[i] = Written("updated", document_row(row, len(docs[i].chunks)))
             doc_ids[i] = int(row[0])
     if added:
         recs = [docs[i].record for i in added]
@@ -232,7 +233,7 @@ def write_documents(
         by_source = {str(r[1]): r for r in rows}
         for i in added:
             row = by_source[docs[i].record.source]
-            out[i] = Written("added", _row(row, len(docs[i].chunks)))
+            out[i] = Written("added", document_row(row, len(docs[i].chunks)))
             doc_ids[i] = int(row[0])
     todo = sorted(doc_ids)
     _store_chunks(conn, coll, [docs[i] for i in todo], [doc_ids[i] for i in todo], provided & live)
