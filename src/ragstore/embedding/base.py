@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -73,3 +74,18 @@ class Embedder(ABC):
     def special_tokens(self) -> int:
         """Tokens the model adds around every text (e.g. [CLS] and [SEP])."""
         return 2
+
+
+def tokenizer_spans(tokenizer: Any, text: str) -> list[tuple[int, int]]:
+    """Character spans of ``text``'s tokens under a Hugging Face tokenizer (no special
+    tokens, no truncation): what chunk splitting cuts at, for local and HTTP models alike."""
+    enc = tokenizer(
+        text,
+        add_special_tokens=False,
+        truncation=False,
+        return_offsets_mapping=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,
+    )
+    return [(int(a), int(b)) for a, b in enc["offset_mapping"]]

@@ -32,7 +32,7 @@ import httpx
 import numpy as np
 from pydantic import SecretStr
 
-from ragstore.embedding.base import Embedder, Vectors
+from ragstore.embedding.base import Embedder, Vectors, tokenizer_spans
 from ragstore.embedding.paths import resolve_path
 from ragstore.errors import EmbeddingProviderError, ModelError, ModelMismatchError
 from ragstore.models import ModelSpec
@@ -199,16 +199,7 @@ class HttpEmbedder(Embedder):
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         if self.tokenizer is None:
             return [m.span() for m in _WORDS.finditer(text)]
-        enc = self.tokenizer(
-            text,
-            add_special_tokens=False,
-            truncation=False,
-            return_offsets_mapping=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )
-        return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+        return tokenizer_spans(self.tokenizer, text)
 
 
 def _server_message(response: httpx.Response) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ragstore.embedding.base import Embedder, Vectors
+from ragstore.embedding.base import Embedder, Vectors, tokenizer_spans
 from ragstore.errors import ModelError
 from ragstore.models import ModelSpec
 from ragstore.observability import metrics
@@ -198,16 +198,7 @@ class SentenceTransformerEmbedder(Embedder):
         return [len(ids) for ids in enc["input_ids"]]
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        enc = self.tokenizer(
-            text,
-            add_special_tokens=False,
-            truncation=False,
-            return_offsets_mapping=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )
-        return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+        return tokenizer_spans(self.tokenizer, text)
 
 
 _PROBE = [
