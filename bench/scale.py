@@ -216,14 +216,20 @@ def _recall(rt: Runtime, queries: list[str], spec: Mapping[str, Any]) -> float:
 
 
 def measure(
-    rt: Runtime, queries: list[str], clients: list[int], recall_queries: int | None = None
+    rt: Runtime,
+    queries: list[str],
+    clients: list[int],
+    recall_queries: int | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     """Latency per search at each client count, and recall@10 against the exact lists (on
-    the first ``recall_queries`` queries: exact BM25 scores every match, seconds at 1M)."""
+    the first ``recall_queries`` queries, none with 0: exact BM25 scores every match,
+    seconds at 1M). ``only`` names a subset of :data:`SEARCHES`."""
+    searches = {n: s for n, s in SEARCHES.items() if not only or n in only}
     for q in queries:  # query vectors cached, buffers warm
         search(rt, q, collection=COLLECTION, k=10, mode="hybrid")
     latency: dict[str, Any] = {}
-    for name, spec in SEARCHES.items():
+    for name, spec in searches.items():
 
         def one(q: str, spec: Mapping[str, Any] = spec) -> object:
             return search(rt, q, collection=COLLECTION, k=10, **spec)
@@ -236,16 +242,20 @@ def measure(
                 "qps": round(len(ms) / wall, 1),
             }
         print(f"  {name} {latency[f'{name}@{clients[0]}']}", flush=True)
-    some = queries[:recall_queries] if recall_queries else queries
+    some = queries if recall_queries is None else queries[:recall_queries]
     recall: dict[str, float] = {}
-    for name, spec in SEARCHES.items():
+    for name, spec in searches.items() if some else ():
         recall[name] = _recall(rt, some, spec)
         print(f"  recall@10 {name} {recall[name]}", flush=True)
     return {"latency": latency, "recall_at_10": recall}
 
 
 def measure_existing(
-    data_dir: Path, queries: list[str], clients: list[int], recall_queries: int | None = None
+    data_dir: Path,
+    queries: list[str],
+    clients: list[int],
+    recall_queries: int | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     """:func:`measure` on a collection a previous ``--keep`` run left in ``data_dir``."""
     with InstantServer() as server, Runtime(Settings(data_dir=data_dir)) as rt:
@@ -265,7 +275,7 @@ def measure_existing(
         out: dict[str, Any] = {"chunks": int(row[0]) if row else 0}
         out["disk_bytes"] = _disk(rt, coll)
         out["disk_bytes_per_chunk"] = round(sum(out["disk_bytes"].values()) / max(out["chunks"], 1))
-        out.update(measure(rt, queries, clients, recall_queries))
+        out.update(measure(rt, queries, clients, recall_queries, only))
     return out
 
 
@@ -374,7 +384,12 @@ def main() -> None:
     )
     ap.add_argument("--workers", type=int, default=2, help="processes preparing documents")
     ap.add_argument(
-        "--recall-queries", type=int, help="recall@10 on the first N queries only (default all)"
+        "--recall-queries",
+        type=int,
+        help="recall@10 on the first N queries only (default all; 0: no recall)",
+    )
+    ap.add_argument(
+        "--only", nargs="+", choices=sorted(SEARCHES), help="measure these searches only"
     )
     ap.add_argument(
         "--measure",
@@ -385,7 +400,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.measure:
         res = measure_existing(
-            args.measure, _queries(args.queries), args.clients, args.recall_queries
+            args.measure, _queries(args.queries), args.clients, args.recall_queries, args.only
         )
         print(json.dumps(res, indent=1), flush=True)
         if args.out:
