@@ -1,7 +1,7 @@
 """The BM25 bulk build read straight from the chunks: no staging table, hash joins.
 
 Revision ID: 0013
-Revises: 0012
+Revises: 0014
 Create Date: 2026-12-01
 
 Revision 0011's ``ragstore_bm25_bulk_finish`` (a large first load, an import into an empty
@@ -27,7 +27,7 @@ from types import ModuleType
 from alembic import op
 
 revision = "0013"
-down_revision = "0012"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
