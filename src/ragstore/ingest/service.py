@@ -34,6 +34,7 @@ from ragstore.errors import (
 )
 from ragstore.ingest import prepare
 from ragstore.ingest.files import discover, sync_scopes
+from ragstore.ingest.prepare import unreadable as unreadable  # where callers found it
 from ragstore.modelops.fanout import building_vectors
 from ragstore.models import Chunk
 from ragstore.observability import metrics
