@@ -1,6 +1,7 @@
 """Ingest without encode at scale: the bulk write path against round-by-round writes.
 
     python -m bench.bulk_load --chunks 20000 --incremental
+    python -m bench.bulk_load --chunks 100000 --inprocess
 
 The corpus and the model are those of ``bench.scale`` (SciFact, CISI and Cranfield records
 recombined into Markdown files; the instant embedding server pinned as an HTTP model with
@@ -10,7 +11,13 @@ folder into a fresh data directory with ``ingest_paths`` as a first load: the bu
 (``bulk_load_bytes=0``: one transaction per round, the BM25 triggers on, the HNSW index
 grown row by row). Prints chunks/s and the seconds of each stage from the ingest report:
 ``parse_chunk`` (reader thread), ``embed`` and ``write`` (writer thread; the three overlap),
-then the bulk load's ``bm25_build`` and ``index_build`` before its commit.
+then the bulk load's ``bm25_build`` and ``index_build`` before its commit; ``stage_cpu_s``
+is the CPU time of the ingesting thread in each stage. On a shared machine wall times
+swing with the load, so each run also counts the CPU seconds spent by every process of
+the load (``cpu_s``, ``cpu_ms_per_chunk``): the ingesting process (its threads), the
+forked parse workers, the embedded PostgreSQL (postmaster, backends, parallel build
+workers) and the instant embedding server; ``chunks_per_cpu_s`` is chunks per CPU second
+of all of them together.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -32,6 +40,50 @@ from ragstore.ingest import ingest_paths
 from ragstore.modelops import add_http_model
 from ragstore.runtime import Runtime
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int, reaped: bool = False) -> float:
+    """CPU seconds of a process (with its reaped children's when ``reaped``), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / _TICK
+
+
+def _postgres_cpu(data_dir: Path) -> float:
+    """CPU seconds of the embedded PostgreSQL under ``data_dir``: the postmaster, its live
+    backends and workers, and those that exited (reaped by the postmaster)."""
+    pid_files = list(data_dir.rglob("postmaster.pid"))
+    if not pid_files:
+        return 0.0
+    master = int(pid_files[0].read_text().split()[0])
+    total = _proc_cpu(master, reaped=True)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == master:
+            total += _proc_cpu(int(stat.parent.name))
+    return total
+
+
+def _cpu(data_dir: Path, server: InstantServer) -> dict[str, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped: the parse workers
+    assert server.proc is not None
+    return {
+        "ragstore_process": own.ru_utime + own.ru_stime,
+        "parse_workers": kids.ru_utime + kids.ru_stime,
+        "postgres": _postgres_cpu(data_dir),
+        "embedding_server": _proc_cpu(server.proc.pid),
+    }
+
 
 def _load(folder: Path, data_dir: Path, server: InstantServer, **update: Any) -> dict[str, Any]:
     with Runtime(Settings(data_dir=data_dir, **update)) as rt:
@@ -45,15 +97,25 @@ def _load(folder: Path, data_dir: Path, server: InstantServer, **update: Any) ->
         )
         with rt.db.connection() as conn:
             repository.create_collection(conn, COLLECTION, pinned.spec)
+        cpu0 = _cpu(data_dir, server)
         t0 = time.perf_counter()
         report = ingest_paths(rt, [folder], COLLECTION)
         seconds = time.perf_counter() - t0
+        cpu1 = _cpu(data_dir, server)
         assert not report.failed, report.failed[:3]
+    cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
+    total = sum(cpu.values())
     return {
         "chunks": report.chunks,
         "seconds": round(seconds, 1),
         "chunks_per_s": round(report.chunks / seconds),
         "stages_s": {k: round(v, 1) for k, v in report.stages.items()},
+        "stage_cpu_s": {k: round(v, 1) for k, v in report.stage_cpu.items()},
+        "cpu_s": {k: round(v, 1) for k, v in cpu.items()},
+        "cpu_ms_per_chunk": {k: round(1000 * v / report.chunks, 3) for k, v in cpu.items()},
+        "cpu_s_total": round(total, 1),
+        # what this CPU work would allow on ``os.cpu_count()`` idle cores, if it overlapped
+        "chunks_per_cpu_s": round(report.chunks / total),
     }
 
 
@@ -61,6 +123,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--chunks", type=int, default=20_000, help="target stored chunks")
     ap.add_argument("--incremental", action="store_true", help="also ingest with bulk off")
+    ap.add_argument(
+        "--inprocess",
+        action="store_true",
+        help="also ingest with files parsed in the ingesting process (RAGSTORE_INGEST_WORKERS=1)",
+    )
     ap.add_argument("--work", type=Path, help="where data and files go (default: a temp dir)")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ragstore-bulk-load-"))
@@ -81,6 +148,10 @@ def main() -> None:
                 coll = repository.create_collection(conn, COLLECTION, pinned.spec)
             result["documents"] = write_corpus(folder, args.chunks, rt, coll)
         result["bulk"] = _load(folder, work / "data-bulk", server)
+        if args.inprocess:
+            result["bulk_inprocess"] = _load(
+                folder, work / "data-bulk-inprocess", server, ingest_workers=1
+            )
         if args.incremental:
             result["incremental"] = _load(
                 folder, work / "data-incremental", server, bulk_load_bytes=0

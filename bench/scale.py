@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bench import scale_build
 from bench.instant_embedder import InstantServer
 from ragstore.chunking import chunk_document
 from ragstore.config import Settings
@@ -86,8 +87,11 @@ def _document(j: int, records: list[tuple[str, str]], rng: random.Random) -> str
     return f"---\nbucket: {j % 100}\n---\n# {title}\n\n{text}\n\n{' '.join(extra)}\n"
 
 
-def write_corpus(folder: Path, target_chunks: int, rt: Runtime, coll: repository.Collection) -> int:
-    """Markdown files holding about ``target_chunks`` chunks; returns the file count."""
+def docs_for(
+    target_chunks: int, rt: Runtime, coll: repository.Collection, rows: bool = False
+) -> int:
+    """Documents that hold about ``target_chunks`` chunks (embedded ones, or with ``rows``
+    every row of ``chunks``, headings too), from the chunk count of a 300-document sample."""
     records = _records()
     embedder = rt.embedder_for(coll)
     rng = random.Random(7)
@@ -98,11 +102,17 @@ def write_corpus(folder: Path, target_chunks: int, rt: Runtime, coll: repository
             for c in chunk_document(
                 parse_bytes(s.encode(), f"s{j}.md"), embedder, coll.model.max_tokens
             )
-            if c.embeddable
+            if rows or c.embeddable
         )
         for j, s in enumerate(sample)
     )
-    n_docs = max(1, round(target_chunks / per_doc))
+    return max(1, round(target_chunks / per_doc))
+
+
+def write_corpus(folder: Path, target_chunks: int, rt: Runtime, coll: repository.Collection) -> int:
+    """Markdown files holding about ``target_chunks`` chunks; returns the file count."""
+    records = _records()
+    n_docs = docs_for(target_chunks, rt, coll)
     rng = random.Random(7)
     for j in range(n_docs):
         sub = folder / f"{j // 1000:04d}"
@@ -205,12 +215,21 @@ def _recall(rt: Runtime, queries: list[str], spec: Mapping[str, Any]) -> float:
     return round(got / total, 4) if total else 1.0
 
 
-def measure(rt: Runtime, queries: list[str], clients: list[int]) -> dict[str, Any]:
-    """Latency per search at each client count, and recall@10 against the exact lists."""
+def measure(
+    rt: Runtime,
+    queries: list[str],
+    clients: list[int],
+    recall_queries: int | None = None,
+    only: list[str] | None = None,
+) -> dict[str, Any]:
+    """Latency per search at each client count, and recall@10 against the exact lists (on
+    the first ``recall_queries`` queries, none with 0: exact BM25 scores every match,
+    seconds at 1M). ``only`` names a subset of :data:`SEARCHES`."""
+    searches = {n: s for n, s in SEARCHES.items() if not only or n in only}
     for q in queries:  # query vectors cached, buffers warm
         search(rt, q, collection=COLLECTION, k=10, mode="hybrid")
     latency: dict[str, Any] = {}
-    for name, spec in SEARCHES.items():
+    for name, spec in searches.items():
 
         def one(q: str, spec: Mapping[str, Any] = spec) -> object:
             return search(rt, q, collection=COLLECTION, k=10, **spec)
@@ -223,11 +242,21 @@ def measure(rt: Runtime, queries: list[str], clients: list[int]) -> dict[str, An
                 "qps": round(len(ms) / wall, 1),
             }
         print(f"  {name} {latency[f'{name}@{clients[0]}']}", flush=True)
-    recall = {name: _recall(rt, queries, spec) for name, spec in SEARCHES.items()}
+    some = queries if recall_queries is None else queries[:recall_queries]
+    recall: dict[str, float] = {}
+    for name, spec in searches.items() if some else ():
+        recall[name] = _recall(rt, some, spec)
+        print(f"  recall@10 {name} {recall[name]}", flush=True)
     return {"latency": latency, "recall_at_10": recall}
 
 
-def measure_existing(data_dir: Path, queries: list[str], clients: list[int]) -> dict[str, Any]:
+def measure_existing(
+    data_dir: Path,
+    queries: list[str],
+    clients: list[int],
+    recall_queries: int | None = None,
+    only: list[str] | None = None,
+) -> dict[str, Any]:
     """:func:`measure` on a collection a previous ``--keep`` run left in ``data_dir``."""
     with InstantServer() as server, Runtime(Settings(data_dir=data_dir)) as rt:
         with rt.db.connection() as conn:
@@ -246,17 +275,24 @@ def measure_existing(data_dir: Path, queries: list[str], clients: list[int]) -> 
         out: dict[str, Any] = {"chunks": int(row[0]) if row else 0}
         out["disk_bytes"] = _disk(rt, coll)
         out["disk_bytes_per_chunk"] = round(sum(out["disk_bytes"].values()) / max(out["chunks"], 1))
-        out.update(measure(rt, queries, clients))
+        out.update(measure(rt, queries, clients, recall_queries, only))
     return out
 
 
 def run_size(
-    target: int, queries: list[str], clients: list[int], work: Path, keep: bool
+    target: int,
+    queries: list[str],
+    clients: list[int],
+    work: Path,
+    keep: bool,
+    construct: str = "files",
+    workers: int = 2,
+    recall_queries: int | None = None,
+    measure_too: bool = True,
 ) -> dict[str, Any]:
     data_dir = work / f"data-{target}"
     folder = work / f"docs-{target}"
-    folder.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"target_chunks": target}
+    result: dict[str, Any] = {"target_chunks": target, "construct": construct}
     with InstantServer() as server, Runtime(Settings(data_dir=data_dir)) as rt:
         pinned = add_http_model(
             rt,
@@ -268,25 +304,57 @@ def run_size(
         )
         with rt.db.connection() as conn:
             coll = repository.create_collection(conn, COLLECTION, pinned.spec)
-        result["documents"] = write_corpus(folder, target, rt, coll)
-        t0 = time.perf_counter()
-        report = ingest_paths(rt, [folder], COLLECTION)
-        seconds = time.perf_counter() - t0
-        assert not report.failed, report.failed[:3]
-        chunks = report.chunks
-        result.update(
-            chunks=chunks,
-            ingest_s=round(seconds, 1),
-            ingest_chunks_per_s=round(chunks / seconds, 1),
-            # where the ingest time went (threads overlap): parse_chunk, embed, write,
-            # bm25_build and index_build (a bulk load's final builds)
-            ingest_stages_s={k: round(v, 1) for k, v in getattr(report, "stages", {}).items()},
-        )
-        result["index_rebuild_s"] = _rebuild(rt, coll)
+        if construct == "direct":
+            # the target counts rows of chunks (headings too), what full-text search reads
+            n_docs = docs_for(target, rt, coll, rows=True)
+            print(f"  {n_docs} documents, direct construction", flush=True)
+            t0 = time.perf_counter()
+            built = scale_build.build(
+                rt, coll, n_docs, workers=workers, memory=rt.settings.index_build_memory
+            )
+            seconds = time.perf_counter() - t0
+            result.update(
+                documents=n_docs,
+                chunks=built.chunks,
+                vectors=built.vectors,
+                ingest_s=round(seconds, 1),
+                ingest_chunks_per_s=round(built.chunks / seconds, 1),
+                ingest_stages_s=built.stages_s,
+                # the first load's own one-time builds (a REINDEX would repeat them)
+                index_build_s={
+                    "bm25": built.stages_s["bm25_build"],
+                    "hnsw": built.stages_s["index_build"],
+                },
+            )
+            chunks = built.chunks
+            conn = rt.db.connect(autocommit=True)
+            try:
+                conn.execute("VACUUM ANALYZE")
+            finally:
+                conn.close()
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            result["documents"] = write_corpus(folder, target, rt, coll)
+            t0 = time.perf_counter()
+            report = ingest_paths(rt, [folder], COLLECTION)
+            seconds = time.perf_counter() - t0
+            assert not report.failed, report.failed[:3]
+            chunks = report.chunks
+            result.update(
+                chunks=chunks,
+                ingest_s=round(seconds, 1),
+                ingest_chunks_per_s=round(chunks / seconds, 1),
+                # where the ingest time went (threads overlap): parse_chunk, embed, write,
+                # bm25_build and index_build (a bulk load's final builds)
+                ingest_stages_s={k: round(v, 1) for k, v in getattr(report, "stages", {}).items()},
+            )
+            result["index_rebuild_s"] = _rebuild(rt, coll)
         disk = _disk(rt, coll)
         result["disk_bytes"] = disk
         result["disk_bytes_per_chunk"] = round(sum(disk.values()) / max(chunks, 1))
-        result.update(measure(rt, queries, clients))
+        print(json.dumps(result, indent=1), flush=True)
+        if measure_too:
+            result.update(measure(rt, queries, clients, recall_queries))
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -302,6 +370,28 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep each size's data directory")
     ap.add_argument("--out", type=Path, help="write the results as JSON here too")
     ap.add_argument(
+        "--construct",
+        choices=("files", "direct"),
+        default="files",
+        help="files: Markdown files through ingest_paths; direct: documents generated, parsed "
+        "and chunked in --workers processes and written through the bulk path "
+        "(bench/scale_build.py; the 1M size)",
+    )
+    ap.add_argument(
+        "--build-only",
+        action="store_true",
+        help="build (with --keep) and stop; measure later with --measure under the bench lock",
+    )
+    ap.add_argument("--workers", type=int, default=2, help="processes preparing documents")
+    ap.add_argument(
+        "--recall-queries",
+        type=int,
+        help="recall@10 on the first N queries only (default all; 0: no recall)",
+    )
+    ap.add_argument(
+        "--only", nargs="+", choices=sorted(SEARCHES), help="measure these searches only"
+    )
+    ap.add_argument(
         "--measure",
         type=Path,
         metavar="DATA_DIR",
@@ -309,7 +399,9 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.measure:
-        res = measure_existing(args.measure, _queries(args.queries), args.clients)
+        res = measure_existing(
+            args.measure, _queries(args.queries), args.clients, args.recall_queries, args.only
+        )
         print(json.dumps(res, indent=1), flush=True)
         if args.out:
             args.out.write_text(json.dumps(res, indent=1))
@@ -319,7 +411,19 @@ def main() -> None:
     results = []
     for size in args.sizes:
         print(f"size {size}: building in {work}", flush=True)
-        results.append(run_size(size, queries, args.clients, work, args.keep))
+        results.append(
+            run_size(
+                size,
+                queries,
+                args.clients,
+                work,
+                args.keep,
+                args.construct,
+                args.workers,
+                args.recall_queries,
+                not args.build_only,
+            )
+        )
         print(json.dumps(results[-1], indent=1), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))

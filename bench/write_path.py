@@ -16,6 +16,15 @@ Run it against two source trees to compare before/after in one sitting:
 
     PYTHONPATH=src python -m bench.write_path --docs 2000
     PYTHONPATH=/path/to/old/src python -m bench.write_path --docs 2000
+
+or let it alternate the two trees itself, each run a fresh process and database, the
+order swapped every round so that a drift in the machine's load falls on both, and print
+the records/s of each and their ratio per round (``--against``; ``--only eval`` or
+``--only import``):
+
+    git archive 7c19559 src | tar -x -C /tmp/old
+    PYTHONPATH=src:. python -m bench.write_path --docs 2000 --only import \
+        --against /tmp/old/src --rounds 4
 """
 
 from __future__ import annotations
@@ -23,6 +32,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -190,11 +203,64 @@ def bench_import(work: Path, n: int) -> dict[str, Any]:
     }
 
 
+def _load() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def _run_tree(src: str, docs: int, only: str) -> dict[str, Any]:
+    """One run of this module in a fresh process with ``src`` first on the path."""
+    bench_root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{bench_root}")
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.write_path", "--docs", str(docs), "--only", only],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout)[only])
+
+
+def paired(new_src: str, old_src: str, docs: int, only: str, rounds: int) -> dict[str, Any]:
+    """``rounds`` pairs of runs, new and old alternating (new first in odd rounds)."""
+    rows = []
+    for r in range(rounds):
+        order = [("new", new_src), ("old", old_src)]
+        if r % 2:
+            order.reverse()
+        res = {"load_before": _load()}
+        for label, src in order:
+            res[label] = _run_tree(src, docs, only)
+        res["load_after"] = _load()
+        res["ratio"] = round(res["new"]["records_per_s"] / res["old"]["records_per_s"], 2)
+        rows.append(res)
+        print(
+            f"round {r + 1}: new {res['new']['records_per_s']} old "
+            f"{res['old']['records_per_s']} records/s, new/old {res['ratio']} "
+            f"(load {res['load_before']} -> {res['load_after']}); new stages "
+            f"{res['new'].get('stages', {})}, old stages {res['old'].get('stages', {})}",
+            file=sys.stderr,
+            flush=True,
+        )
+    ratios = [r["ratio"] for r in rows]
+    return {"rounds": rows, "ratios": ratios, "median_ratio": statistics.median(ratios)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--docs", type=int, default=2000, help="SciFact abstracts to load")
     ap.add_argument("--only", choices=("ingest", "eval", "import"), action="append")
+    ap.add_argument("--against", help="another tree's src/: alternate runs of both (paired)")
+    ap.add_argument("--rounds", type=int, default=4, help="pairs of runs with --against")
     args = ap.parse_args()
+    if args.against:
+        only = args.only or ["import"]
+        if len(only) != 1 or only[0] == "ingest":
+            ap.error("--against takes one --only: eval or import")
+        new_src = str(Path(__file__).resolve().parents[1] / "src")
+        result = paired(new_src, args.against, args.docs, only[0], args.rounds)
+        print(json.dumps({"docs": args.docs, only[0]: result}, indent=2))
+        return
     work = Path(tempfile.mkdtemp(prefix="ragstore-write-path-"))
     folder = work / "docs"
     folder.mkdir()

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     ingest_batch_chunks: int = Field(
         512, ge=1, le=100_000, description="Chunks gathered across documents per encode round."
     )
+    ingest_workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Processes that parse and chunk files in an ingest of more than 2 MB; "
+        "0 = one per core, 1 = in the ingesting process.",
+    )
     bulk_load_bytes: int = Field(
         4 * 1024 * 1024,
         ge=0,

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ragstore.embedding.base import TokenEncoding
 from ragstore.models import Block, Chunk, ChunkType, ParsedDocument
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s")
@@ -85,10 +87,18 @@ def _cut_point(text: str, lo: int, hi: int, prefer_lines: bool) -> int:
 
 
 def split_to_fit(
-    text: str, limit: int, counter: TokenCounter, prefer_lines: bool
+    text: str,
+    limit: int,
+    counter: TokenCounter,
+    prefer_lines: bool,
+    spans: list[tuple[int, int]] | None = None,
 ) -> list[tuple[int, int]]:
-    """Char spans of ``text`` pieces with at most ``limit`` content tokens each."""
-    spans = counter.token_spans(text)
+    """Char spans of ``text`` pieces with at most ``limit`` content tokens each.
+
+    ``spans`` are ``counter.token_spans(text)`` when the caller has them already.
+    """
+    if spans is None:
+        spans = counter.token_spans(text)
     pieces: list[tuple[int, int]] = []
     t = 0
     start = 0
@@ -135,9 +145,18 @@ def _cap_chars(text: str, spans: list[tuple[int, int]], max_chars: int) -> list[
 
 
 def split_prose(
-    text: str, limit: int, counter: TokenCounter, max_chars: int, prefer_lines: bool = False
+    text: str,
+    limit: int,
+    counter: TokenCounter,
+    max_chars: int,
+    prefer_lines: bool = False,
+    tokens: list[tuple[int, int]] | None = None,
 ) -> list[tuple[int, int]]:
-    """:func:`split_to_fit` over bounded windows, then capped at ``max_chars``."""
+    """:func:`split_to_fit` over bounded windows, then capped at ``max_chars``.
+
+    ``tokens``: ``counter.token_spans(text)`` if known (used when one window holds it all).
+    """
+    known = tokens if len(text) <= WINDOW_CHARS else None
     spans: list[tuple[int, int]] = []
     pos = 0
     while pos < len(text):
@@ -149,8 +168,9 @@ def split_prose(
             )
             if ws > 0:
                 end = ws + 1
+        window = text if known is not None else text[pos:end]
         spans.extend(
-            (pos + a, pos + b) for a, b in split_to_fit(text[pos:end], limit, counter, prefer_lines)
+            (pos + a, pos + b) for a, b in split_to_fit(window, limit, counter, prefer_lines, known)
         )
         pos = end
     return _cap_chars(text, spans, max_chars)
@@ -252,15 +272,45 @@ def _split_table(block: Block, budget: int, counter: TokenCounter, max_chars: in
     return pieces
 
 
-def _split_block(block: Block, budget: int, counter: TokenCounter, max_chars: int) -> list[_Piece]:
+def _split_block(
+    block: Block,
+    budget: int,
+    counter: TokenCounter,
+    max_chars: int,
+    enc: TokenEncoding | None = None,
+) -> list[_Piece]:
     if block.type is ChunkType.TABLE:
         return _split_table(block, budget, counter, max_chars)
     if block.type in _LINE_TYPES:
         return _pack(block.text, _lines(block.text), budget, counter, max_chars)
+    spans = enc.spans if enc is not None else None
     return [
         _Piece(a, b, block.text[a:b])
-        for a, b in split_prose(block.text, budget, counter, max_chars)
+        for a, b in split_prose(block.text, budget, counter, max_chars, tokens=spans)
     ]
+
+
+def _tokens_between(enc: TokenEncoding, starts: list[int], a: int, b: int) -> int | None:
+    """Content tokens of ``text[a:b]`` read from the whole text's encoding, or None when a
+    cut falls inside a word (a token straddles it, or the tokens on its two sides belong
+    to one word): only a text cut between words tokenizes alone as it does in place.
+    ``starts`` are the spans' starts."""
+    spans, words = enc.spans, enc.words
+    ka, kb = bisect_left(starts, a), bisect_left(starts, b)
+    for cut, k in ((a, ka), (b, kb)):
+        if k > 0 and spans[k - 1][1] > cut:
+            return None
+        if 0 < k < len(spans) and words[k - 1] == words[k]:
+            return None
+    return kb - ka
+
+
+def _encodings(counter: TokenCounter, texts: list[str]) -> list[TokenEncoding] | None:
+    """The counter's :meth:`token_encodings` of ``texts`` if it has them."""
+    encode: Callable[[list[str]], list[TokenEncoding] | None] | None = getattr(
+        counter, "token_encodings", None
+    )
+    return encode(texts) if encode is not None and texts else None
 
 
 def _context(
@@ -339,8 +389,17 @@ def _block_parts(
     texts = [_heading_line(b) if b.type is ChunkType.HEADING else b.text for b in blocks]
     countable = [i for i, t in enumerate(texts) if len(t) <= max_chars]
     counts = [limit + 1] * len(blocks)
-    for i, n in zip(countable, counter.count_tokens([texts[i] for i in countable]), strict=True):
-        counts[i] = n - counter.special_tokens
+    encs = _encodings(counter, [texts[i] for i in countable])
+    enc_of: dict[int, TokenEncoding] = {}
+    if encs is not None:
+        for i, enc in zip(countable, encs, strict=True):
+            counts[i] = enc.count - counter.special_tokens
+            enc_of[i] = enc
+    else:
+        for i, n in zip(
+            countable, counter.count_tokens([texts[i] for i in countable]), strict=True
+        ):
+            counts[i] = n - counter.special_tokens
     parts: list[_Part] = []
     split: dict[int, list[_Piece]] = {}
     for i, block in enumerate(blocks):
@@ -353,11 +412,11 @@ def _block_parts(
                 )
             )
         else:
-            split[i] = _split_block(block, limit - ctx[i][1] - 1, counter, max_chars)
+            split[i] = _split_block(block, limit - ctx[i][1] - 1, counter, max_chars, enc_of.get(i))
     if not split:
         return parts
     flat = [(i, p) for i, pieces in split.items() for p in pieces]
-    sizes = counter.count_tokens([_with_context(ctx[i][0], p.text) for i, p in flat])
+    sizes = _piece_sizes(blocks, flat, enc_of, ctx, counter)
     for i, pieces in split.items():
         n = len(pieces)
         pieces, piece_counts = _enforce(
@@ -384,6 +443,40 @@ def _block_parts(
         )
     parts.sort(key=lambda p: (p.block, p.piece.start))
     return parts
+
+
+def _piece_sizes(
+    blocks: list[Block],
+    flat: list[tuple[int, _Piece]],
+    enc_of: dict[int, TokenEncoding],
+    ctx: list[tuple[str, int]],
+    counter: TokenCounter,
+) -> list[int]:
+    """Tokens of each split piece with its context, as the model reads it.
+
+    Where joins add up (:attr:`Embedder.joins_add_up`), a prose piece cut between words
+    takes its context's tokens plus its own, counted off its block's encoding; any other
+    piece is tokenized (one call for all of them).
+    """
+    known: dict[int, int] = {}
+    if getattr(counter, "joins_add_up", False):
+        starts: dict[int, list[int]] = {}
+        for k, (i, p) in enumerate(flat):
+            enc = enc_of.get(i)
+            block = blocks[i]
+            if enc is None or block.type in _LINE_TYPES or p.text != block.text[p.start : p.end]:
+                continue
+            if i not in starts:
+                starts[i] = [a for a, _ in enc.spans]
+            n = _tokens_between(enc, starts[i], p.start, p.end)
+            if n is not None:
+                known[k] = counter.special_tokens + ctx[i][1] + n
+    rest = [k for k in range(len(flat)) if k not in known]
+    counted = counter.count_tokens(
+        [_with_context(ctx[flat[k][0]][0], flat[k][1].text) for k in rest]
+    )
+    known.update(zip(rest, counted, strict=True))
+    return [known[k] for k in range(len(flat))]
 
 
 def _packs(

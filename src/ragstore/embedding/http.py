@@ -32,7 +32,15 @@ import httpx
 import numpy as np
 from pydantic import SecretStr
 
-from ragstore.embedding.base import Embedder, Vectors, tokenizer_spans
+from ragstore.embedding.base import (
+    Embedder,
+    TokenEncoding,
+    Vectors,
+    tokenizer_counts,
+    tokenizer_encodings,
+    tokenizer_joins_add_up,
+    tokenizer_spans,
+)
 from ragstore.embedding.paths import resolve_path
 from ragstore.errors import EmbeddingProviderError, ModelError, ModelMismatchError
 from ragstore.models import ModelSpec
@@ -182,19 +190,18 @@ class HttpEmbedder(Embedder):
         return 2 if self.tokenizer is not None else 0
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        if not texts:
-            return []
         if self.tokenizer is None:
             return [len(_WORDS.findall(t)) for t in texts]
-        enc = self.tokenizer(
-            list(texts),
-            add_special_tokens=True,
-            truncation=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )
-        return [len(ids) for ids in enc["input_ids"]]
+        return tokenizer_counts(self.tokenizer, texts)
+
+    def token_encodings(self, texts: Sequence[str]) -> list[TokenEncoding] | None:
+        if self.tokenizer is None:
+            return None
+        return tokenizer_encodings(self.tokenizer, texts)
+
+    @property
+    def joins_add_up(self) -> bool:
+        return self.tokenizer is not None and tokenizer_joins_add_up(self.tokenizer)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         if self.tokenizer is None:

@@ -13,7 +13,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ragstore.embedding.base import Embedder, Vectors, tokenizer_spans
+from ragstore.embedding.base import (
+    Embedder,
+    TokenEncoding,
+    Vectors,
+    tokenizer_counts,
+    tokenizer_encodings,
+    tokenizer_joins_add_up,
+    tokenizer_spans,
+)
 from ragstore.errors import ModelError
 from ragstore.models import ModelSpec
 from ragstore.observability import metrics
@@ -158,44 +166,13 @@ class SentenceTransformerEmbedder(Embedder):
 
     @property
     def joins_add_up(self) -> bool:
-        """Whether texts joined by whitespace take exactly the sum of their tokens.
-
-        True for BERT's tokenizer (its normalizer works per character, its pre-tokenizer
-        splits at every whitespace and WordPiece reads one word at a time), so the chunker
-        sums the counts it has instead of tokenizing each merged chunk again. A tokenizer
-        that marks word starts (SentencePiece, byte-level BPE) or normalizes across
-        characters may not, and is counted.
-        """
-        from tokenizers import models, normalizers, pre_tokenizers
-
-        backend: Any = getattr(self.tokenizer, "backend_tokenizer", None)
-        return (
-            backend is not None
-            and isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
-            and isinstance(backend.normalizer, normalizers.BertNormalizer | None)
-            and isinstance(backend.model, models.WordPiece)
-        )
+        return tokenizer_joins_add_up(self.tokenizer)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        if not texts:
-            return []
-        backend: Any = getattr(self.tokenizer, "backend_tokenizer", None)
-        fast = getattr(backend, "encode_batch_fast", None)
-        if backend is not None and fast is not None:
-            # the Rust tokenizer straight, without offsets: the same ids as the wrapper's
-            # call at about half its cost, which is most of the chunker's time
-            backend.no_truncation()
-            backend.no_padding()
-            return [len(e.ids) for e in fast(list(texts), add_special_tokens=True)]
-        enc = self.tokenizer(
-            list(texts),
-            add_special_tokens=True,
-            truncation=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )
-        return [len(ids) for ids in enc["input_ids"]]
+        return tokenizer_counts(self.tokenizer, texts)
+
+    def token_encodings(self, texts: Sequence[str]) -> list[TokenEncoding] | None:
+        return tokenizer_encodings(self.tokenizer, texts)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         return tokenizer_spans(self.tokenizer, text)

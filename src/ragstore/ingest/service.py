@@ -13,37 +13,31 @@ nothing behind and the rest of the batch goes on.
 
 from __future__ import annotations
 
-import errno
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ragstore.chunking import chunk_document, document_hash, recipe
 from ragstore.db import documents, repository, spaces
 from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
 from ragstore.errors import (
     CollectionNotFoundError,
-    EmptyDocumentError,
-    FileUnreadableError,
-    InputError,
     PathNotFoundError,
     RagstoreError,
 )
-from ragstore.ingest.files import discover, read_bounded, sync_scopes
+from ragstore.ingest import prepare
+from ragstore.ingest.files import discover, sync_scopes
+from ragstore.ingest.prepare import unreadable as unreadable  # where callers found it
 from ragstore.modelops.fanout import building_vectors
 from ragstore.models import Chunk
 from ragstore.observability import metrics
-from ragstore.parsing import detect_format, parse_bytes
-from ragstore.parsing.language import detect_language
 from ragstore.runtime import Runtime
 
 
@@ -93,6 +87,9 @@ class IngestReport:
     seconds: float = 0.0
     encode_seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # seconds of the write stages
+    # CPU seconds of the ingesting process's thread in each stage (the database server's
+    # and worker processes' are not in it): with ``stages``, what waited and what worked
+    stage_cpu: dict[str, float] = field(default_factory=dict)
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -118,31 +115,6 @@ class _Pending:
     extra_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # building spaces
 
 
-def _file_metadata(
-    item: Item,
-    fmt: str,
-    size: int,
-    parsed_meta: dict[str, Any],
-    user_meta: dict[str, Any],
-    language: str | None = None,
-) -> dict[str, Any]:
-    st = item.path.stat()
-    meta: dict[str, Any] = dict(parsed_meta)
-    meta.update(
-        {
-            "path": item.source,
-            "filename": Path(item.source).name,
-            "size_bytes": size,
-            "format": fmt,
-            "modified_at": datetime.fromtimestamp(st.st_mtime, tz=UTC).isoformat(),
-        }
-    )
-    if language:
-        meta["language"] = language
-    meta.update(user_meta)
-    return meta
-
-
 class _Ingestor:
     def __init__(
         self,
@@ -166,6 +138,7 @@ class _Ingestor:
         self.files_done = 0
         self.chunks_done = 0
         self._lock = threading.Lock()  # outcomes arrive from the main and the writer thread
+        self._preparer: prepare.Preparer | None = None
 
     def _done(self, outcome: FileOutcome) -> None:
         with self._lock:
@@ -173,37 +146,6 @@ class _Ingestor:
             self.files_done += 1
             self.chunks_done += outcome.chunks
             self.progress("file", self.files_done, self.chunks_done)
-
-    def _prepare(self, item: Item, known: dict[str, tuple[int, str]]) -> _Pending | None:
-        data = read_bounded(item.path, self.rt.settings.max_file_bytes, item.label)
-        size = len(data)
-        digest = document_hash(data)
-        old = known.get(item.source)
-        if item.early_skip and old is not None and old[1] == digest:
-            self._done(FileOutcome(item.source, "unchanged"))
-            return None
-        fmt = detect_format(item.label, data)
-        parsed = parse_bytes(data, item.label, fmt)
-        chunks = chunk_document(parsed, self.embedder, self.coll.model.max_tokens)
-        if not chunks:
-            raise EmptyDocumentError(f"{item.label}: no text found in the file; nothing to ingest")
-        record = documents.DocumentRecord(
-            source=item.source,
-            title=parsed.title,
-            format=parsed.format,
-            content_hash=digest,
-            size_bytes=size,
-            metadata=_file_metadata(
-                item,
-                parsed.format,
-                size,
-                parsed.metadata,
-                {**self.user_meta, **item.metadata},
-                detect_language(parsed),
-            ),
-            parsed=recipe.encode(parsed),
-        )
-        return _Pending(item, record, chunks)
 
     def _embed(self, pending: list[_Pending]) -> None:
         """Vectors for every embeddable chunk: stored ones reused, the rest encoded once."""
@@ -249,11 +191,8 @@ class _Ingestor:
         """Store a round in one transaction (a savepoint in a bulk load); if that fails,
         store it document by document so the one bad document is reported and the rest
         still land."""
-        t0 = time.perf_counter()
-        try:
+        with self._stage("write"):
             self._write_round(pending)
-        finally:
-            self._timed("write", t0)
 
     def _write_round(self, pending: list[_Pending]) -> None:
         try:
@@ -289,41 +228,55 @@ class _Ingestor:
             self._bulk_outcomes.append(outcome)
         self._done(outcome)
 
-    def _timed(self, stage: str, t0: float) -> None:
-        with self._lock:
-            self.report.stages[stage] = (
-                self.report.stages.get(stage, 0.0) + time.perf_counter() - t0
-            )
+    @contextmanager
+    def _stage(self, stage: str) -> Iterator[None]:
+        """Add the wall and CPU seconds (of this thread) of the block to ``stage``."""
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+            with self._lock:
+                stages, cpus = self.report.stages, self.report.stage_cpu
+                stages[stage] = stages.get(stage, 0.0) + wall
+                cpus[stage] = cpus.get(stage, 0.0) + cpu
 
     def _prepare_group(self, group: Sequence[Item]) -> list[_Pending]:
         """Read, parse and chunk one round of files; failures are recorded, not raised."""
-        t0 = time.perf_counter()
-        try:
+        with self._stage("parse_chunk"):
             return self._prepare_all(group)
-        finally:
-            self._timed("parse_chunk", t0)
 
     def _prepare_all(self, group: Sequence[Item]) -> list[_Pending]:
         with self.rt.db.connection() as conn, translated("reading stored documents"):
             known = documents.document_hashes(conn, self.coll.id, [i.source for i in group])
+        assert self._preparer is not None
+        hashes = [known[i.source][1] if i.source in known else None for i in group]
         pending: list[_Pending] = []
-        for item in group:
-            try:
-                got = self._prepare(item, known)
-            except RagstoreError as exc:
-                self._done(_fail(item.source, exc))
-                continue
-            except OSError as exc:
-                self._done(_fail(item.source, unreadable(Path(item.label), exc)))
-                continue
-            if got is not None:
-                pending.append(got)
+        for item, got in zip(group, self._preparer.run(group, hashes), strict=True):
+            if got.error is not None:
+                self._done(_fail(item.source, got.error))
+            elif got.unchanged:
+                self._done(FileOutcome(item.source, "unchanged"))
+            else:
+                assert got.record is not None
+                pending.append(_Pending(item, got.record, got.chunks))
         return pending
 
     def run(self, files: Sequence[Item]) -> None:
         """Write ``files``: round by round, or, for a bulk load, every round in one
         transaction that ends with the BM25 statistics, postings and the HNSW index built
         once over all of them (see :func:`_defer_index`)."""
+        job = prepare.Job(
+            self.embedder,
+            self.coll.model.max_tokens,
+            self.rt.settings.max_file_bytes,
+            self.user_meta,
+        )
+        workers = prepare.pool_size(self.rt.settings.ingest_workers, _total_bytes(files))
+        with prepare.preparer(job, workers) as self._preparer:
+            self._run(files)
+
+    def _run(self, files: Sequence[Item]) -> None:
         if not self.bulk:
             self._pipeline(files)
             return
@@ -338,12 +291,10 @@ class _Ingestor:
                     self._pipeline(files)
                 finally:
                     self._conn = None
-                t0 = time.perf_counter()
-                documents.finish_bulk(conn, self.coll.id, self.rt.settings.index_build_memory)
-                self.report.stages["bm25_build"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                _ensure_index(self.rt, self.coll, conn)
-                self.report.stages["index_build"] = time.perf_counter() - t0
+                with self._stage("bm25_build"):
+                    documents.finish_bulk(conn, self.coll.id, self.rt.settings.index_build_memory)
+                with self._stage("index_build"):
+                    _ensure_index(self.rt, self.coll, conn)
         except RagstoreError as exc:
             # the transaction rolled back: nothing of this load was stored
             for o in self._bulk_outcomes:
@@ -367,9 +318,8 @@ class _Ingestor:
                     reading = reader.submit(self._prepare_group, groups[i + 1])
                 if not pending:
                     continue
-                t0 = time.perf_counter()
-                self._embed(pending)
-                self._timed("embed", t0)
+                with self._stage("embed"):
+                    self._embed(pending)
                 if writing is not None:
                     writing.result()
                 writing = writer.submit(self._write, pending)
@@ -407,17 +357,6 @@ class _Ingestor:
             remaining -= used
             groups.append(group)
         return groups
-
-
-def unreadable(path: Path, exc: OSError) -> InputError:
-    """The error for a file that could not be read: ``path_not_found`` only when it is gone
-    (ENOENT), ``file_unreadable`` for permissions, I/O errors and the like."""
-    if exc.errno == errno.ENOENT:
-        return PathNotFoundError(f"{path}: no such file or directory (removed meanwhile?)")
-    return FileUnreadableError(
-        f"{path}: cannot read: {exc.strerror or exc}; check the "
-        "file's permissions for the user running ragstore"
-    )
 
 
 def _vanished(rt: Runtime, name: str, paths: Sequence[Path], files: Sequence[Path]) -> list[str]:
@@ -520,19 +459,23 @@ def _defer_index(rt: Runtime, coll: repository.Collection, items: Sequence[Item]
     limit = rt.settings.bulk_load_bytes
     if limit <= 0:
         return False
-    total = 0
-    for item in items:
-        try:
-            total += item.path.stat().st_size
-        except OSError:
-            continue
-    if total <= limit:
+    if _total_bytes(items) <= limit:
         return False
     with rt.db.connection() as conn, translated(f"preparing a bulk load of {coll.name!r}"):
         if not spaces.is_empty(conn, coll.table):
             return False
         spaces.drop_index(conn, coll.table)
     return True
+
+
+def _total_bytes(items: Sequence[Item]) -> int:
+    total = 0
+    for item in items:
+        try:
+            total += item.path.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def _build_index(rt: Runtime, coll: repository.Collection) -> None:

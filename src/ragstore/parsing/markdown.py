@@ -17,6 +17,9 @@ from ragstore.models import Block, ChunkType, ParsedDocument
 _NEWLINE = re.compile("\n")
 _ONLY_COMMENTS = re.compile(r"\s*(?:<!--.*?-->\s*)+", re.DOTALL)
 _md = MarkdownIt("commonmark").enable("table").use(front_matter_plugin)
+# libyaml's parser when PyYAML has it: the same safe constructor, about 10x faster than the
+# pure-Python scanner, which took a third of parsing a short Markdown file
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _CONTAINERS = {
     "bullet_list_open": ChunkType.LIST,
@@ -32,7 +35,7 @@ def _line_offsets(text: str) -> list[int]:
 
 def _front_matter(token: Token, name: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(token.content) or {}
+        data = yaml.load(token.content, Loader=_YAML_LOADER) or {}
     except yaml.YAMLError as exc:
         raise CorruptDocumentError(f"{name}: invalid YAML front matter: {exc}") from None
     if not isinstance(data, dict):

@@ -22,7 +22,8 @@ docs/benchmarks.md). The candidates are the chunks holding any query lexeme
 (:func:`ragstore_any_lexeme` in revision 0006), the set BM25 ranks.
 
 Searches without required or excluded phrases go to ``ragstore_bm25_topk`` (revision
-0009: MaxScore over revision 0006's impact-ordered postings), the same exact scores
+0009: MaxScore over revision 0006's impact-ordered postings; revision 0014: the cut budget
+on the longest lists, contenders scored best bound first), the same exact scores
 without scoring every match; a filter travels with the call as SQL text (rendered with
 client-side literal quoting) and is checked on the chunks the pruning reads. Phrases,
 exclusions and ``exact`` score every match here.

@@ -1,0 +1,207 @@
+"""Read, parse and chunk files: in this process, or in forked worker processes for a large
+ingest so that parsing and tokenizing use every core instead of one thread under the GIL.
+
+A file becomes a :class:`Prepared`: the document record and chunks to store, or the
+outcome already known (``unchanged`` before parsing, or the error that stopped it). The
+work is pure (bytes in, rows out), so it runs the same in a worker: the workers are forked
+with the embedder's tokenizer in memory (nothing is pickled on the way in but the items),
+and their results come back pickled in input order.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ragstore.chunking import chunk_document, document_hash, recipe
+from ragstore.chunking.chunker import TokenCounter
+from ragstore.db import documents
+from ragstore.errors import (
+    EmptyDocumentError,
+    FileUnreadableError,
+    InputError,
+    PathNotFoundError,
+    RagstoreError,
+)
+from ragstore.ingest.files import read_bounded
+from ragstore.models import Chunk
+from ragstore.parsing import detect_format, parse_bytes
+from ragstore.parsing.language import detect_language
+
+if TYPE_CHECKING:
+    from ragstore.ingest.service import Item
+
+FILES_PER_TASK = 16  # files a worker prepares per task: amortizes the round trip
+MIN_POOL_BYTES = 2 * 1024 * 1024  # smaller ingests are prepared in this process
+
+
+@dataclass
+class Prepared:
+    """One file, prepared: ``record`` and ``chunks`` to store, or ``unchanged``, or
+    ``error`` (a file that cannot be stored; the rest of the batch goes on)."""
+
+    source: str
+    record: documents.DocumentRecord | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+    unchanged: bool = False
+    error: RagstoreError | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """What preparing needs besides the files: the same for every file of an ingest."""
+
+    counter: TokenCounter
+    max_tokens: int
+    max_file_bytes: int
+    user_meta: dict[str, Any]
+
+
+def unreadable(path: Path, exc: OSError) -> InputError:
+    """The error for a file that could not be read: ``path_not_found`` only when it is gone
+    (ENOENT), ``file_unreadable`` for permissions, I/O errors and the like."""
+    import errno
+
+    if exc.errno == errno.ENOENT:
+        return PathNotFoundError(f"{path}: no such file or directory (removed meanwhile?)")
+    return FileUnreadableError(
+        f"{path}: cannot read: {exc.strerror or exc}; check the "
+        "file's permissions for the user running ragstore"
+    )
+
+
+def _file_metadata(
+    item: Item,
+    fmt: str,
+    size: int,
+    parsed_meta: dict[str, Any],
+    user_meta: dict[str, Any],
+    language: str | None = None,
+) -> dict[str, Any]:
+    st = item.path.stat()
+    meta: dict[str, Any] = dict(parsed_meta)
+    meta.update(
+        {
+            "path": item.source,
+            "filename": Path(item.source).name,
+            "size_bytes": size,
+            "format": fmt,
+            "modified_at": datetime.fromtimestamp(st.st_mtime, tz=UTC).isoformat(),
+        }
+    )
+    if language:
+        meta["language"] = language
+    meta.update(user_meta)
+    return meta
+
+
+def prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
+    """Read, parse and chunk one file; ``stored_hash`` is its stored content hash, if any
+    (an unchanged file is skipped before parsing when the item allows it)."""
+    try:
+        return _prepare(job, item, stored_hash)
+    except RagstoreError as exc:
+        return Prepared(item.source, error=exc)
+    except OSError as exc:
+        return Prepared(item.source, error=unreadable(Path(item.label), exc))
+
+
+def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
+    data = read_bounded(item.path, job.max_file_bytes, item.label)
+    size = len(data)
+    digest = document_hash(data)
+    if item.early_skip and stored_hash == digest:
+        return Prepared(item.source, unchanged=True)
+    fmt = detect_format(item.label, data)
+    parsed = parse_bytes(data, item.label, fmt)
+    chunks = chunk_document(parsed, job.counter, job.max_tokens)
+    if not chunks:
+        raise EmptyDocumentError(f"{item.label}: no text found in the file; nothing to ingest")
+    record = documents.DocumentRecord(
+        source=item.source,
+        title=parsed.title,
+        format=parsed.format,
+        content_hash=digest,
+        size_bytes=size,
+        metadata=_file_metadata(
+            item,
+            parsed.format,
+            size,
+            parsed.metadata,
+            {**job.user_meta, **item.metadata},
+            detect_language(parsed),
+        ),
+        parsed=recipe.encode(parsed),
+    )
+    return Prepared(item.source, record, chunks)
+
+
+_JOB: Job | None = None  # a worker's job, inherited from the parent by fork
+
+
+def _init_worker(job: Job) -> None:
+    global _JOB
+    # the parent may have used the tokenizer's thread pool before forking; one process
+    # per core is the parallelism here (and this keeps tokenizers from warning about it)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _JOB = job
+
+
+def _prepare_many(items: list[Item], hashes: list[str | None]) -> list[Prepared]:
+    assert _JOB is not None, "worker started without its job"
+    return [prepare(_JOB, item, h) for item, h in zip(items, hashes, strict=True)]
+
+
+class Preparer:
+    """Prepares rounds of files, in worker processes when there are several."""
+
+    def __init__(self, job: Job, pool: ProcessPoolExecutor | None) -> None:
+        self.job = job
+        self.pool = pool
+
+    def run(self, items: Sequence[Item], hashes: Sequence[str | None]) -> list[Prepared]:
+        """Every item prepared, in input order."""
+        if self.pool is None or len(items) <= FILES_PER_TASK:
+            return [prepare(self.job, item, h) for item, h in zip(items, hashes, strict=True)]
+        tasks = [
+            self.pool.submit(
+                _prepare_many,
+                list(items[i : i + FILES_PER_TASK]),
+                list(hashes[i : i + FILES_PER_TASK]),
+            )
+            for i in range(0, len(items), FILES_PER_TASK)
+        ]
+        return [p for t in tasks for p in t.result()]
+
+
+def pool_size(requested: int, total_bytes: int) -> int:
+    """Worker processes for an ingest of ``total_bytes``: ``requested`` (0 = one per core),
+    none (prepare in this process) for a small ingest, a single core, or where processes
+    cannot be forked."""
+    if total_bytes < MIN_POOL_BYTES or "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    n = requested or (os.cpu_count() or 1)
+    return n if n > 1 else 0
+
+
+@contextmanager
+def preparer(job: Job, workers: int) -> Iterator[Preparer]:
+    """A :class:`Preparer` with ``workers`` forked processes (0: in this process)."""
+    if workers <= 0:
+        yield Preparer(job, None)
+        return
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(job,)
+    ) as pool:
+        # with fork every worker starts at the first submit: do it now, before this
+        # ingest starts its reader and writer threads, so no lock is copied mid-use
+        pool.submit(os.getpid).result()
+        yield Preparer(job, pool)

@@ -1,0 +1,104 @@
+"""The chunker's fast path (one tokenizer pass per block: counts, spans and word numbers
+together; split pieces counted off their block's encoding) cuts exactly the chunks that
+the plain path (every count and span asked of the tokenizer) cuts, on real documents."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ragstore.chunking import chunk_document
+from ragstore.embedding.base import Embedder
+from ragstore.embedding.registry import load_embedder, resolve_spec
+from ragstore.models import Chunk
+from ragstore.parsing import parse_bytes
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+NODE_DOCS = DATA / "nodejs-api" / "docs"
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return load_embedder(resolve_spec("all-MiniLM-L6-v2"), device="cpu")
+
+
+class _Plain:
+    """The real tokenizer asked one question at a time: no encodings, no summed joins."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self.special_tokens = embedder.special_tokens
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return self.embedder.count_tokens(texts)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return self.embedder.token_spans(text)
+
+
+def _scifact(n: int) -> list[tuple[str, bytes]]:
+    """SciFact abstracts as Markdown files, two of them per file so most are split."""
+    rows: list[dict[str, Any]] = []
+    with (DATA / "scifact" / "corpus.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            rows.append(json.loads(line))
+            if len(rows) >= 2 * n:
+                break
+    out = []
+    for j, (a, b) in enumerate(zip(rows[::2], rows[1::2], strict=True)):
+        text = f"# {a['title']}\n\n{a['text']} {b['text']}\n\n## {b['title']}\n\n{b['text']}\n"
+        out.append((f"sf{j}.md", text.encode()))
+    return out
+
+
+def _shape(chunks: list[Chunk]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            c.ordinal,
+            c.chunk_type,
+            c.text,
+            c.section_path,
+            c.parent_ordinal,
+            c.char_start,
+            c.char_end,
+            c.token_count,
+            c.content_hash,
+            c.metadata,
+            c.context,
+        )
+        for c in chunks
+    ]
+
+
+def test_fast_path_cuts_the_same_chunks_on_nodejs_api_and_scifact(embedder: Embedder) -> None:
+    names = ("readline.md", "path.md", "dns.md", "os.md")
+    files = [(n, (NODE_DOCS / n).read_bytes()) for n in names]
+    files += _scifact(60)
+    plain = _Plain(embedder)
+    split = 0
+    for name, data in files:
+        doc = parse_bytes(data, name)
+        for budget in (256, 96):
+            fast = chunk_document(doc, embedder, budget)
+            assert _shape(fast) == _shape(chunk_document(doc, plain, budget)), (name, budget)
+            split += sum(1 for c in fast if c.metadata.get("part"))
+    assert split > 100, "the documents exercise split blocks, where the fast path counts"
+
+
+def test_encodings_agree_with_counts_and_spans(embedder: Embedder) -> None:
+    texts = [
+        "Plain words, punctuation; and numbers 3.14!",
+        "Café naïve résumé – accents and dashes",
+        "中文字符 mixed with Latin",
+        "control\x00chars\x1fand\ttabs",
+        "x" * 300 + " a word far over WordPiece's per-word limit",
+        "",
+    ]
+    encs = embedder.token_encodings(texts)
+    assert encs is not None
+    assert [e.count for e in encs] == embedder.count_tokens(texts)
+    assert [e.spans for e in encs] == [embedder.token_spans(t) for t in texts]
+    assert all(len(e.words) == len(e.spans) for e in encs)

@@ -1,0 +1,70 @@
+"""Files parsed and chunked in forked worker processes (a large ingest): the same outcomes,
+chunks and errors as parsing them in the ingesting process, and unchanged files skipped."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ragstore.config import Settings
+from ragstore.ingest import ingest_paths, prepare
+from ragstore.runtime import Runtime
+from tests.models.corpus import write_corpus
+
+
+@pytest.fixture(scope="module")
+def small_rounds(settings: Settings) -> Iterator[Runtime]:
+    rt = Runtime(settings.model_copy(update={"ingest_batch_chunks": 8, "ingest_workers": 2}))
+    yield rt
+    rt.close()
+
+
+def _folder(tmp_path: Path) -> Path:
+    folder = write_corpus(tmp_path / "docs", docs=6, paragraphs=2)
+    (folder / "bad.md").write_text("---\n[unclosed\n---\n# Title\n\nBody.\n", encoding="utf-8")
+    (folder / "empty.md").write_text("   \n", encoding="utf-8")
+    return folder
+
+
+def _outcomes(rt: Runtime, folder: Path, name: str, children: list[int]) -> list[tuple[str, ...]]:
+    def progress(event: str, files: int, chunks: int) -> None:
+        children.append(len(multiprocessing.active_children()))
+
+    report = ingest_paths(rt, [folder], name, progress=progress)
+    rows = [(Path(o.source).name, o.status, str(o.chunks), o.code or "") for o in report.outcomes]
+    return sorted(rows)
+
+
+def _texts(rt: Runtime, name: str) -> list[str]:
+    coll = rt.collection(name)
+    with rt.db.connection() as conn:
+        rows = conn.execute("SELECT text FROM chunks WHERE collection_id = %s", (coll.id,))
+        return sorted(str(r[0]) for r in rows)
+
+
+def test_workers_prepare_what_the_ingesting_process_prepares(
+    small_rounds: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _folder(tmp_path)
+    monkeypatch.setattr(prepare, "MIN_POOL_BYTES", 0)  # the pool for a small folder too
+    monkeypatch.setattr(prepare, "FILES_PER_TASK", 2)
+    seen: list[int] = []
+    pooled = _outcomes(small_rounds, folder, "pooled", seen)
+    assert max(seen) == 2, "two worker processes prepared the files"
+    inline_rt = Runtime(small_rounds.settings.model_copy(update={"ingest_workers": 1}))
+    try:
+        alone: list[int] = []
+        inline = _outcomes(inline_rt, folder, "inline", alone)
+        assert max(alone) == 0, "ingest_workers=1: no worker process"
+    finally:
+        inline_rt.close()
+    assert pooled == inline
+    codes = {name: code for name, _, _, code in pooled}
+    assert codes["bad.md"] == "corrupt_document" and codes["empty.md"] == "empty_document"
+    assert sum(1 for _, status, _, _ in pooled if status == "added") == 6
+    assert _texts(small_rounds, "pooled") == _texts(small_rounds, "inline")
+    again = _outcomes(small_rounds, folder, "pooled", [])
+    assert [s for n, s, _, _ in again if n not in ("bad.md", "empty.md")] == ["unchanged"] * 6
