@@ -14,6 +14,7 @@ import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -178,7 +179,14 @@ class Preparer:
             )
             for i in range(0, len(items), FILES_PER_TASK)
         ]
-        return [p for t in tasks for p in t.result()]
+        try:
+            return [p for t in tasks for p in t.result()]
+        except BrokenProcessPool as exc:
+            raise RagstoreError(
+                f"a worker process parsing files for this ingest died ({exc}; out of "
+                "memory?); run it again, or with RAGSTORE_INGEST_WORKERS=1 to parse the "
+                "files in the ingesting process"
+            ) from None
 
 
 def pool_size(requested: int, total_bytes: int) -> int:
