@@ -195,8 +195,15 @@ def pool_size(requested: int, total_bytes: int) -> int:
     cannot be forked."""
     if total_bytes < MIN_POOL_BYTES or "fork" not in multiprocessing.get_all_start_methods():
         return 0
-    n = requested or (os.cpu_count() or 1)
+    n = requested or _cores()
     return n if n > 1 else 0
+
+
+def _cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS says, as in a
+    container pinned to a few cores), else the machine's count."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
 
 
 @contextmanager
