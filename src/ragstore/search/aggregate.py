@@ -147,28 +147,32 @@ def rank_sections(
     """The top ``k`` sections of ``pool`` by the rule :func:`section_ctes` runs in SQL,
     best first. The pool is ranked by score (ties: chunk id), as the statement ranks it."""
     ranked = sorted(pool, key=lambda c: (-c.score, c.chunk_id))
-    groups: dict[tuple[Hashable, int], list[tuple[int, Candidate]]] = {}
+    # a key (document, under a heading?, id): the heading chunk's id, or the chunk's own
+    groups: dict[tuple[Hashable, bool, int], list[tuple[int, Candidate]]] = {}
     for r, c in enumerate(ranked, 1):
-        sec = c.section if c.section is not None else -c.chunk_id
-        groups.setdefault((c.document, sec), []).append((r, c))
-    own: dict[tuple[Hashable, int], float] = {}
-    for key, members in groups.items():
-        own[key] = sum(
+        key = (c.document, c.section is not None, c.chunk_id if c.section is None else c.section)
+        groups.setdefault(key, []).append((r, c))
+    own = {
+        key: sum(
             (c.score if hybrid else 1.0 / (rank_k + r)) * decay ** (j - 1)
             for j, (r, c) in enumerate(members[:cap], 1)
         )
+        for key, members in groups.items()
+    }
     best_of: dict[Hashable, list[tuple[float, int]]] = {}
     for key, members in groups.items():
-        if key[1] > 0:
+        if key[1]:
             best_of.setdefault(key[0], []).append((-own[key], members[0][0]))
     evidence = {
         doc: sum(-v for v, _ in sorted(scores)[:document_cap]) for doc, scores in best_of.items()
     }
-    scored = []
-    for key, members in groups.items():
-        total = own[key] + (share * evidence[key[0]] if key[1] > 0 else 0.0)
-        scored.append((-total, members[0][0], key))
-    scored.sort()
+    scored = sorted(
+        (
+            (-(own[key] + (share * evidence[key[0]] if key[1] else 0.0)), members[0][0], key)
+            for key, members in groups.items()
+        ),
+        key=lambda t: (t[0], t[1]),
+    )
     return [
         RankedSection(
             groups[key][0][1].chunk_id, -neg, tuple(c.chunk_id for _, c in groups[key][1:])
