@@ -146,7 +146,7 @@ def _load(folder: Path, data_dir: Path, server: InstantServer, **update: Any) ->
         "seconds": round(seconds, 1),
         "chunks_per_s": round(report.chunks / seconds),
         "stages_s": {k: round(v, 1) for k, v in report.stages.items()},
-        "stage_cpu_s": {k: round(v, 1) for k, v in report.stage_cpu.items()},
+        "stage_cpu_s": {k: round(v, 1) for k, v in getattr(report, "stage_cpu", {}).items()},
         "cpu_s": {k: round(v, 1) for k, v in cpu.items()},
         "cpu_ms_per_chunk": {k: round(1000 * v / report.chunks, 3) for k, v in cpu.items()},
         "cpu_s_total": round(total, 1),

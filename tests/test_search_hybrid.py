@@ -11,7 +11,8 @@ from ragstore.runtime import Runtime
 from ragstore.search import FusionParams, rrf, search
 from ragstore.search.aggregate import SECTION_POOL
 from ragstore.search.eval import score_run
-from ragstore.search.service import HYBRID_FULLTEXT_DEPTH, SearchParams, run
+from ragstore.search.plan import search_plan
+from ragstore.search.service import HYBRID_FULLTEXT_DEPTH, MIN_CANDIDATES, SearchParams, run
 from tests.search_helpers import Doc, make_collection, write_docs
 
 LABELLED = "labelled"
@@ -121,6 +122,11 @@ def test_hybrid_fuses_a_shallower_fulltext_list(labelled: Runtime) -> None:
     assert ranks and max(ranks) <= 3
     with pytest.raises(InputError, match="the full-text depth must be between 1 and 10000"):
         SearchParams(fulltext_depth=0)
+    plan = search_plan(labelled, query, LABELLED, k=10)  # explain says the same depths
+    assert [(x["list"], x["depth"]) for x in plan["lists"]] == [
+        ("vector", MIN_CANDIDATES),
+        ("fulltext", HYBRID_FULLTEXT_DEPTH),
+    ]
 
 
 def test_zero_weight_reduces_hybrid_to_the_other_list(labelled: Runtime) -> None:
