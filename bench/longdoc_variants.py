@@ -241,10 +241,12 @@ def hybrid_ranks(
     fulltext: dict[int, Fulltext],
 ) -> dict[int, int | None]:
     """First hit rank of each question in hybrid mode: the vector list of the variant and
-    the stored full-text list, fused by RRF (default constant and weights), the fused top
-    ``MIN_CANDIDATES`` ranked into sections as the search statement ranks them. Valid for
-    variants that cut the same chunks as the stored collection (not ``max_tokens``)."""
+    the stored full-text list (as deep as a hybrid search reads it), fused by RRF (default
+    constant and weights), the fused top ``MIN_CANDIDATES`` ranked into sections as the
+    search statement ranks them. Valid for variants that cut the same chunks as the stored
+    collection (not ``max_tokens``)."""
     fusion = FusionParams()
+    text_depth = SearchParams(k=S.SEARCH_K, mode="hybrid").fulltext_list_depth
     sims = qvecs @ matrix.T
     index = {(u.file, u.ordinal): i for i, u in enumerate(units) if u.ordinal >= 0}
     base = [(u.file, u.section, u.headings) for u in units]
@@ -253,7 +255,7 @@ def hybrid_ranks(
         vec = [int(i) for i in np.argsort(-sims[qi], kind="stable")[:MIN_CANDIDATES]]
         extra: dict[int, tuple[str, int | None, tuple[str, ...]]] = {}
         text_list = []
-        for key, headings in fulltext[q.number][:MIN_CANDIDATES]:
+        for key, headings in fulltext[q.number][:text_depth]:
             i = index.get(key)
             if i is None:  # a heading chunk: no vector, a section of its own
                 i = len(units) + len(extra)
