@@ -58,11 +58,13 @@ def _bulk(rt: Runtime, on: bool) -> None:
 
 
 def _prepare(rt: Runtime, name: str) -> repository.Collection:
-    """A new collection keeping KEEP postings per term."""
+    """A new collection keeping KEEP postings per term, and postings from its first chunk
+    (a bulk load this small would otherwise defer them, revision 0015)."""
     with rt.db.connection() as conn:
         coll = repository.create_collection(conn, name, resolve_spec(rt.settings.model))
         conn.execute(
-            "INSERT INTO bm25_collection_stats (collection_id, list_keep) VALUES (%s, %s)",
+            "INSERT INTO bm25_collection_stats (collection_id, list_keep, postings_from)"
+            " VALUES (%s, %s, 0)",
             (coll.id, KEEP),
         )
     return coll

@@ -1,6 +1,8 @@
-"""The chunker's fast path (one tokenizer pass per block: counts, spans and word numbers
-together; split pieces counted off their block's encoding) cuts exactly the chunks that
-the plain path (every count and span asked of the tokenizer) cuts, on real documents."""
+"""Fast paths that must not change what is stored: Markdown's line path (front matter,
+ATX headings and paragraphs found line by line) gives the blocks markdown-it gives, and the
+chunker's fast path (one tokenizer pass per block: counts, spans and word numbers together;
+split pieces counted off their block's encoding) cuts exactly the chunks that the plain
+path (every count and span asked of the tokenizer) cuts, on real documents."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from ragstore.chunking import chunk_document
 from ragstore.embedding.base import Embedder
 from ragstore.embedding.registry import load_embedder, resolve_spec
 from ragstore.models import Chunk
-from ragstore.parsing import parse_bytes
+from ragstore.parsing import markdown, parse_bytes
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NODE_DOCS = DATA / "nodejs-api" / "docs"
@@ -102,3 +104,36 @@ def test_encodings_agree_with_counts_and_spans(embedder: Embedder) -> None:
     assert [e.count for e in encs] == embedder.count_tokens(texts)
     assert [e.spans for e in encs] == [embedder.token_spans(t) for t in texts]
     assert all(len(e.words) == len(e.spans) for e in encs)
+
+
+EDGE = [
+    "",
+    "---\n---\n",
+    "---\na: 1\n---",
+    "---\ntitle: T\nbucket: 3\n---\n# T\n\ntext\n",
+    "---\na: b\n...\n",
+    "# a #\n",
+    "#a\n",
+    "####### x\n",
+    "x\n===\n",
+    "x\n---\n",
+    "para\n# head\npara2\nmore\n\n\n",
+    "1. x\n",
+    "2019 was a year\nof\n",
+    "a\n  b\n",
+    "\u00a0x\n",
+    "x\x0cy\n",
+    "# T\n\n<!-- c -->\n",
+    "a | b\n--|--\n1 | 2\n",
+    "# H1\n## H2\ntext\n### H3\n\nmore text\n",
+    "text without a newline",
+]
+
+
+def test_plain_markdown_parses_as_markdown_it_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = [data.decode() for _, data in _scifact(200)] + EDGE
+    plain = [t for t in texts if markdown._plain_tokens(t) is not None]
+    assert len(plain) > 200, "the abstracts and the plain edge cases take the line path"
+    fast = [repr(markdown.parse_markdown(t, "x.md")) for t in texts]
+    monkeypatch.setattr(markdown, "_plain_tokens", lambda _text: None)
+    assert fast == [repr(markdown.parse_markdown(t, "x.md")) for t in texts]

@@ -4,12 +4,14 @@ chunks and errors as parsing them in the ingesting process, and unchanged files 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ragstore.config import Settings
+from ragstore.errors import RagstoreError
 from ragstore.ingest import ingest_paths, prepare
 from ragstore.runtime import Runtime
 from tests.models.corpus import write_corpus
@@ -23,7 +25,7 @@ def small_rounds(settings: Settings) -> Iterator[Runtime]:
 
 
 def _folder(tmp_path: Path) -> Path:
-    folder = write_corpus(tmp_path / "docs", docs=6, paragraphs=2)
+    folder = write_corpus(tmp_path / "docs", docs=4, paragraphs=2)
     (folder / "bad.md").write_text("---\n[unclosed\n---\n# Title\n\nBody.\n", encoding="utf-8")
     (folder / "empty.md").write_text("   \n", encoding="utf-8")
     return folder
@@ -64,7 +66,22 @@ def test_workers_prepare_what_the_ingesting_process_prepares(
     assert pooled == inline
     codes = {name: code for name, _, _, code in pooled}
     assert codes["bad.md"] == "corrupt_document" and codes["empty.md"] == "empty_document"
-    assert sum(1 for _, status, _, _ in pooled if status == "added") == 6
+    assert sum(1 for _, status, _, _ in pooled if status == "added") == 4
     assert _texts(small_rounds, "pooled") == _texts(small_rounds, "inline")
     again = _outcomes(small_rounds, folder, "pooled", [])
-    assert [s for n, s, _, _ in again if n not in ("bad.md", "empty.md")] == ["unchanged"] * 6
+    assert [s for n, s, _, _ in again if n not in ("bad.md", "empty.md")] == ["unchanged"] * 4
+
+
+def _die(items: list[object], hashes: list[object]) -> list[object]:
+    os._exit(3)  # a worker killed mid-task (the OOM killer, say)
+
+
+def test_a_worker_that_dies_fails_the_ingest_with_one_clear_error(
+    small_rounds: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_corpus(tmp_path / "docs", docs=3, paragraphs=1)
+    monkeypatch.setattr(prepare, "MIN_POOL_BYTES", 0)
+    monkeypatch.setattr(prepare, "FILES_PER_TASK", 1)
+    monkeypatch.setattr(prepare, "_prepare_many", _die)
+    with pytest.raises(RagstoreError, match="RAGSTORE_INGEST_WORKERS=1"):
+        ingest_paths(small_rounds, [folder], "died")

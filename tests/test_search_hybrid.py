@@ -9,7 +9,10 @@ import pytest
 from ragstore.errors import InputError
 from ragstore.runtime import Runtime
 from ragstore.search import FusionParams, rrf, search
+from ragstore.search.aggregate import SECTION_POOL
 from ragstore.search.eval import score_run
+from ragstore.search.plan import search_plan
+from ragstore.search.service import HYBRID_FULLTEXT_DEPTH, MIN_CANDIDATES, SearchParams, run
 from tests.search_helpers import Doc, make_collection, write_docs
 
 LABELLED = "labelled"
@@ -97,6 +100,33 @@ def test_sql_fusion_equals_reference_rrf(labelled: Runtime) -> None:
         assert f is None or f["rank"] == ft.index(h.chunk_id) + 1
         assert h.score == pytest.approx(1 / (10 + v["rank"]) + (2 / (10 + f["rank"]) if f else 0))
         assert h.explain["rrf"] == {"k": 10, "vector_weight": 1.0, "fulltext_weight": 2.0}
+
+
+def test_hybrid_fuses_a_shallower_fulltext_list(labelled: Runtime) -> None:
+    """The BM25 list of a hybrid search is ``fulltext_list_depth`` deep (default 30, at
+    least k); the vector list keeps the full depth; both run at once and fuse as RRF."""
+    assert SearchParams(k=10).fulltext_list_depth == HYBRID_FULLTEXT_DEPTH
+    assert SearchParams(k=50).fulltext_list_depth == 50
+    assert SearchParams(k=10, candidates=200).fulltext_list_depth == 200
+    ft_mode = SearchParams(k=10, mode="fulltext")
+    assert ft_mode.fulltext_list_depth == ft_mode.depth == SECTION_POOL
+    query = "postgres error while the slot archive runs out of space"
+    vec = [h.chunk_id for h in search(labelled, query, collection=LABELLED, mode="vector", k=100)]
+    ft = [h.chunk_id for h in search(labelled, query, collection=LABELLED, mode="fulltext", k=100)]
+    assert len(ft) > 3
+    p = SearchParams(k=3, fulltext_depth=2, explain=True, sections=False)
+    hits = run(labelled, query, LABELLED, p)
+    expected = rrf([vec, ft[:3]], k=10)[:3]  # at least k: the list is 3 deep
+    assert [h.chunk_id for h in hits] == [cid for cid, _ in expected]
+    ranks = [h.explain["fulltext"]["rank"] for h in hits if h.explain and h.explain["fulltext"]]
+    assert ranks and max(ranks) <= 3
+    with pytest.raises(InputError, match="the full-text depth must be between 1 and 10000"):
+        SearchParams(fulltext_depth=0)
+    plan = search_plan(labelled, query, LABELLED, k=10)  # explain says the same depths
+    assert [(x["list"], x["depth"]) for x in plan["lists"]] == [
+        ("vector", MIN_CANDIDATES),
+        ("fulltext", HYBRID_FULLTEXT_DEPTH),
+    ]
 
 
 def test_zero_weight_reduces_hybrid_to_the_other_list(labelled: Runtime) -> None:

@@ -11,8 +11,9 @@ import pytest
 from ragstore.ingest import ingest_paths
 from ragstore.models import Hit
 from ragstore.runtime import Runtime
+from ragstore.search.aggregate import SECTION_POOL, Candidate, rank_sections
 from ragstore.search.context import with_context
-from ragstore.search.service import SearchParams, run
+from ragstore.search.service import MIN_CANDIDATES, SearchParams, run
 from ragstore.store import Store
 
 FILLER = (
@@ -136,3 +137,36 @@ def test_store_returns_the_section_fields_and_can_rank_chunks_alone(
     chunks = store.search("sections-agg", "limescale", k=5, mode="fulltext", sections=False)
     assert chunks["data"][0]["section_path"][-1] == "Quick tip"
     assert all(h["section_score"] is None and h["section_hits"] == [] for h in chunks["data"])
+
+
+@pytest.mark.parametrize(
+    ("mode", "query"),
+    [
+        ("fulltext", "water limescale"),
+        ("vector", "how do I remove limescale from the kettle?"),
+        ("hybrid", "how do I remove limescale from the kettle?"),
+        ("hybrid", "pruning roses in winter"),
+    ],
+)
+def test_the_python_rule_ranks_sections_as_the_search_statement_does(
+    rt: Runtime, collection: str, mode: str, query: str
+) -> None:
+    # the pool the statement groups: the list (hybrid: the fused list) as deep as it looks
+    depth = MIN_CANDIDATES if mode == "hybrid" else SECTION_POOL
+    pool = _search(rt, collection, query, k=depth, mode=mode, sections=False)
+    assert len({h.document_id for h in pool}) == 2, "both files compete"
+    candidates = [
+        Candidate(
+            h.chunk_id,
+            h.score,
+            h.document_id,
+            None if h.chunk_type == "heading" else h.section_id,
+        )
+        for h in pool
+    ]
+    expected = rank_sections(candidates, 6, hybrid=mode == "hybrid")
+    hits = _search(rt, collection, query, k=6, mode=mode)
+    assert [h.chunk_id for h in hits] == [s.chunk_id for s in expected]
+    assert [h.section_score for h in hits] == pytest.approx([s.section_score for s in expected])
+    assert [h.section_hits for h in hits] == [list(s.section_hits) for s in expected]
+    assert any(s.section_hits for s in expected), "some section holds several pooled chunks"

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from bench import longdoc_variants
 
 from ragstore.errors import InputError, PathNotFoundError
 from ragstore.search.sections import (
@@ -150,3 +151,38 @@ def test_eval_sections_cli_scores_every_mode_and_the_baselines(
     (root / "questions.tsv").write_text(QUESTIONS + "lost?\tmissing.md\tx\n")
     assert run_cli("eval-sections", str(root), "-c", "sections-tiny") == 65
     assert "questions name files that are not in" in capsys.readouterr().err
+
+
+LONG_STEP = (
+    "Pour out the water, fill the kettle halfway with white vinegar, top it up with water "
+    "and let it stand for an hour before you boil it once and empty it into the sink. "
+) * 4
+
+
+def test_longdoc_variants_scores_vectors_offline_and_encodes_each_text_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _question_set(tmp_path / "set")
+    steps = "\n\n".join(f"Step {i}. {LONG_STEP}" for i in range(1, 5))
+    (root / "docs" / "kettle.md").write_text(
+        MANUAL.replace("## Warranty", steps + "\n\n## Warranty")
+    )
+    cache = tmp_path / "cache"
+    args = [str(root), "--cache", str(cache), "--split", "2", "--json"]
+    variants = ["--variant", "current", "--variant", "prefix=last,summaries=all"]
+    longdoc_variants.main([*args, *variants])
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"current", "prefix=last,summaries=all", "windows-dense"}
+    current = report["current"]
+    assert current["vectors"] >= 4 and current["encoded_now"] == current["vectors"]
+    assert current["sections"]["q3-3"][1] == 1, "the rose question finds its section"
+    assert current["sections"]["q1-2"][1] == 2, "both kettle questions within the top 3"
+    other = report["prefix=last,summaries=all"]
+    assert other["vectors"] == current["vectors"] + 1, "one summary: the long Descaling section"
+    assert 0 < other["encoded_now"] <= other["vectors"]
+    longdoc_variants.main([*args, "--variant", "current"])
+    again = json.loads(capsys.readouterr().out)
+    assert again["current"]["encoded_now"] == 0, "every vector comes from the cache"
+    assert again["current"]["sections"] == current["sections"]
+    with pytest.raises(SystemExit, match="prefix=full"):
+        longdoc_variants.parse_variant("prefix=middle")

@@ -1,5 +1,6 @@
-"""An import's one-time builds: BM25 postings equal to a rebuild's, and an HNSW index built
-with the workers it is given, the table's settings left as they were."""
+"""An import's one-time builds: BM25 postings equal to a rebuild's (or deferred, below the
+collection's ``postings_from``, until a write brings it there), full-text lists equal to
+the exhaustive ones either way, and an HNSW index built with the workers it is given."""
 
 from __future__ import annotations
 
@@ -18,55 +19,81 @@ from tests.imports.helpers import vectors, write_jsonl
 
 SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "data" / "scifact"
 N = 700  # 700 x 384-d vectors: a heap past spaces.FORCE_WORKERS_BYTES
+MORE = 150  # a second import into the deferred collection
 DIM = 384
 
 
 @pytest.fixture(scope="module")
-def imported(rt: Runtime, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def corpus() -> tuple[list[str], list[str]]:
     texts: list[str] = []
     with (SCIFACT / "corpus.jsonl").open(encoding="utf-8") as fh:
         for line in fh:
             row = json.loads(line)
             texts.append(f"{row['title']}\n{row['text']}")
-            if len(texts) == N:
+            if len(texts) == N + MORE:
                 break
     with (SCIFACT / "queries.jsonl").open(encoding="utf-8") as fh:
         queries = [str(json.loads(line)["text"]) for line in fh][:20]
-    ids = [f"sf-{i}" for i in range(N)]
-    path = write_jsonl(tmp_path_factory.mktemp("bulk") / "s.jsonl", ids, vectors(N, DIM), texts)
+    return texts, queries
+
+
+def _import(rt: Runtime, name: str, path: Path) -> ImportReport:
     opts = ImportOptions(
-        collection="bulk-build", model="legacy@v1", dimension=DIM, backup=False, verify_queries=20
+        collection=name, model="legacy@v1", dimension=DIM, backup=False, verify_queries=20
     )
-    report = run_import(rt, plan_import(rt, JsonlSource(path), opts), opts)
-    return {"report": report, "queries": queries}
+    return run_import(rt, plan_import(rt, JsonlSource(path), opts), opts)
 
 
-def _postings(rt: Runtime, cid: int) -> list[tuple[Any, ...]]:
+def _source(tmp: Path, texts: list[str], first: int, seed: int) -> Path:
+    ids = [f"sf-{i}" for i in range(first, first + len(texts))]
+    return write_jsonl(tmp / f"s{first}.jsonl", ids, vectors(len(ids), DIM, seed), texts)
+
+
+@pytest.fixture(scope="module")
+def imported(
+    rt: Runtime, corpus: tuple[list[str], list[str]], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """'built': the first N records with postings from the first chunk; 'deferred': the
+    same records under the default postings_from (2,500)."""
+    tmp = tmp_path_factory.mktemp("bulk")
+    path = _source(tmp, corpus[0][:N], 0, 0)
     with rt.db.connection() as conn:
-        return conn.execute(
+        conn.execute("ALTER TABLE bm25_collection_stats ALTER COLUMN postings_from SET DEFAULT 0")
+    built = _import(rt, "bulk-built", path)
+    with rt.db.connection() as conn:
+        conn.execute(
+            "ALTER TABLE bm25_collection_stats ALTER COLUMN postings_from SET DEFAULT 2500"
+        )
+    deferred = _import(rt, "bulk-deferred", path)
+    return {"built": built, "deferred": deferred, "tmp": tmp}
+
+
+def _cid(rt: Runtime, name: str) -> int:
+    with rt.db.connection() as conn:
+        row = conn.execute("SELECT id FROM collections WHERE name = %s", (name,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _state(rt: Runtime, cid: int) -> dict[str, Any]:
+    with rt.db.connection() as conn:
+        stats = conn.execute(
+            "SELECT chunks, tokens, impact_avgdl IS NOT NULL, postings_deferred"
+            " FROM bm25_collection_stats WHERE collection_id = %s",
+            (cid,),
+        ).fetchone()
+        postings = conn.execute(
             "SELECT t.lexeme, t.df, t.stored, t.floor, p.chunk_id, p.impact, p.tf, p.len"
             " FROM bm25_terms t LEFT JOIN bm25_postings p ON p.term_id = t.term_id"
             " WHERE t.collection_id = %s ORDER BY 1, 5",
             (cid,),
         ).fetchall()
+    return {"stats": stats, "postings": postings, "stored": sum(p[4] is not None for p in postings)}
 
 
-def test_an_import_writes_the_postings_a_rebuild_writes(
-    rt: Runtime, imported: dict[str, Any]
-) -> None:
-    report: ImportReport = imported["report"]
-    assert report.verification.ok and report.written == N
+def _lists_agree(rt: Runtime, cid: int, queries: list[str]) -> None:
     with rt.db.connection() as conn:
-        row = conn.execute("SELECT id FROM collections WHERE name = 'bulk-build'").fetchone()
-    assert row is not None
-    cid = int(row[0])
-    before = _postings(rt, cid)
-    assert len(before) > 50 * N  # SciFact abstracts hold about 90 lexemes each
-    with rt.db.connection() as conn:
-        conn.execute("SELECT ragstore_bm25_rebuild(%s)", (cid,))
-    assert _postings(rt, cid) == before
-    with rt.db.connection() as conn:
-        for query in imported["queries"]:
+        for query in queries:
             args = (cid, query, DEFAULT_K1, DEFAULT_B)
             exact = conn.execute(
                 "SELECT * FROM ragstore_bm25_exhaustive(%s, 'english', %s, 10, %s, %s)", args
@@ -78,13 +105,60 @@ def test_an_import_writes_the_postings_a_rebuild_writes(
             assert pruned == exact, query
 
 
+def test_an_import_writes_the_postings_a_rebuild_writes(
+    rt: Runtime, imported: dict[str, Any], corpus: tuple[list[str], list[str]]
+) -> None:
+    report: ImportReport = imported["built"]
+    assert report.verification.ok and report.written == N
+    cid = _cid(rt, "bulk-built")
+    before = _state(rt, cid)
+    assert before["stored"] > 50 * N  # SciFact abstracts hold about 90 lexemes each
+    assert before["stats"][2:] == (True, False)
+    with rt.db.connection() as conn:
+        conn.execute("SELECT ragstore_bm25_rebuild(%s)", (cid,))
+    assert _state(rt, cid) == before
+    _lists_agree(rt, cid, corpus[1])
+
+
+def test_a_small_import_defers_its_postings_and_searches_exhaustively(
+    rt: Runtime, imported: dict[str, Any], corpus: tuple[list[str], list[str]]
+) -> None:
+    assert imported["deferred"].verification.ok
+    built, deferred = _state(rt, _cid(rt, "bulk-built")), _state(rt, _cid(rt, "bulk-deferred"))
+    assert deferred["stored"] == 0 and deferred["stats"][2:] == (False, True)
+    assert deferred["stats"][:2] == built["stats"][:2]
+    # the same terms and document frequencies as the collection with postings
+    assert {p[:2] for p in deferred["postings"]} == {p[:2] for p in built["postings"]}
+    _lists_agree(rt, _cid(rt, "bulk-deferred"), corpus[1])
+
+
+def test_the_write_that_reaches_postings_from_builds_every_posting(
+    rt: Runtime, imported: dict[str, Any], corpus: tuple[list[str], list[str]]
+) -> None:
+    cid = _cid(rt, "bulk-deferred")
+    with rt.db.connection() as conn:
+        conn.execute(
+            "UPDATE bm25_collection_stats SET postings_from = %s WHERE collection_id = %s",
+            (N + MORE, cid),
+        )
+    report = _import(rt, "bulk-deferred", _source(imported["tmp"], corpus[0][N:], N, 1))
+    assert report.verification.ok and report.written == MORE
+    after = _state(rt, cid)
+    assert after["stats"][0] == N + MORE and after["stats"][2:] == (True, False)
+    assert after["stored"] > 50 * (N + MORE)
+    with rt.db.connection() as conn:
+        conn.execute("SELECT ragstore_bm25_rebuild(%s)", (cid,))
+    assert _state(rt, cid) == after
+    _lists_agree(rt, cid, corpus[1])
+
+
 def test_the_index_build_leaves_no_parallel_setting_on_the_table(
     rt: Runtime, imported: dict[str, Any]
 ) -> None:
     with rt.db.connection() as conn:
         row = conn.execute(
             "SELECT s.table_name FROM embedding_spaces s JOIN collections c"
-            " ON c.active_space_id = s.id WHERE c.name = 'bulk-build'"
+            " ON c.active_space_id = s.id WHERE c.name = 'bulk-built'"
         ).fetchone()
         assert row is not None
         table = str(row[0])

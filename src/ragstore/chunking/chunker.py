@@ -649,7 +649,14 @@ def chunk_document(doc: ParsedDocument, counter: TokenCounter, max_tokens: int) 
     paths = list(
         {b.section_path: None for b in blocks if b.type is not ChunkType.HEADING and b.section_path}
     )
-    full = counter.count_tokens([" > ".join(p[:200] for p in path) for path in paths])
+    heading_blocks = [i for i, b in enumerate(blocks) if b.type is ChunkType.HEADING]
+    # one tokenizer call for the section paths and the heading chunks' own texts
+    counted = counter.count_tokens(
+        [" > ".join(p[:200] for p in path) for path in paths]
+        + [blocks[i].text for i in heading_blocks]
+    )
+    full = counted[: len(paths)]
+    heading_tokens = dict(zip(heading_blocks, counted[len(paths) :], strict=True))
     for path, n in zip(paths, full, strict=True):  # one tokenizer call for the usual case
         if n - counter.special_tokens <= limit // 4:
             contexts[path] = (" > ".join(p[:200] for p in path), n - counter.special_tokens)
@@ -664,14 +671,6 @@ def chunk_document(doc: ParsedDocument, counter: TokenCounter, max_tokens: int) 
         parts, [b.section_path for b in blocks], [b.page for b in blocks], ctx, limit, max_chars
     )
     packs, pack_tokens = _pack_tokens(packs, ctx, counter, max_tokens)
-    heading_blocks = [i for i, b in enumerate(blocks) if b.type is ChunkType.HEADING]
-    heading_tokens = dict(
-        zip(
-            heading_blocks,
-            counter.count_tokens([blocks[i].text for i in heading_blocks]),
-            strict=True,
-        )
-    )
 
     chunks: list[Chunk] = []
     headings: list[tuple[int, int]] = []  # (level, chunk ordinal) of open headings

@@ -163,6 +163,7 @@ def build_workers() -> int:
 # PostgreSQL's own rule (about 8 MB of heap) would build alone. Two cores halve a
 # 2,000-vector HNSW build already; a few hundred rows are not worth a worker's start.
 FORCE_WORKERS_BYTES = 1 << 20
+MIN_BUILD_MEMORY = 64 << 20
 
 
 def ensure_index(
@@ -175,19 +176,24 @@ def ensure_index(
     graph in memory and several workers inserting into it. PostgreSQL gives a build no
     worker below about 8 MB of heap (5,000 384-d vectors), so ``workers`` is set on the
     table for the build (``parallel_workers``, reset after it) once the heap passes
-    ``FORCE_WORKERS_BYTES``.
+    ``FORCE_WORKERS_BYTES``. ``memory`` is a ceiling: a build takes four times the table
+    (at least ``MIN_BUILD_MEMORY``), since a parallel build maps all it is given as shared
+    memory (256 MB of it cost a 2,000-vector build a fifth of its time).
     """
+    heap = _heap_bytes(conn, table)
     if memory is not None:
-        conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(memory)))
+        # no more than the graph needs (under 4x the table from 64 dimensions up; at least
+        # 64 MB, the least two participants are given): a parallel build maps it all
+        conn.execute(
+            "SELECT set_config('maintenance_work_mem', (least(pg_size_bytes(%s),"
+            " greatest(%s, 4 * %s::bigint)) / 1024)::bigint || 'kB', true)",
+            (memory, MIN_BUILD_MEMORY, heap),
+        )
     if workers is not None:
         conn.execute(
             sql.SQL("SET LOCAL max_parallel_maintenance_workers = {}").format(sql.Literal(workers))
         )
-    force = (
-        bool(workers)
-        and not has_index(conn, table)
-        and _heap_bytes(conn, table) >= FORCE_WORKERS_BYTES
-    )
+    force = bool(workers) and heap >= FORCE_WORKERS_BYTES and not has_index(conn, table)
     t = sql.Identifier(table)
     if force:
         conn.execute(
@@ -207,7 +213,8 @@ def ensure_index(
 
 
 def _heap_bytes(conn: Conn, table: str) -> int:
-    row = conn.execute("SELECT pg_relation_size(to_regclass(quote_ident(%s)))", (table,)).fetchone()
+    """The table with its TOAST (vectors of over 2,000 dimensions are stored there)."""
+    row = conn.execute("SELECT pg_table_size(to_regclass(quote_ident(%s)))", (table,)).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 
 

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -178,7 +179,14 @@ class Preparer:
             )
             for i in range(0, len(items), FILES_PER_TASK)
         ]
-        return [p for t in tasks for p in t.result()]
+        try:
+            return [p for t in tasks for p in t.result()]
+        except BrokenProcessPool as exc:
+            raise RagstoreError(
+                f"a worker process parsing files for this ingest died ({exc}; out of "
+                "memory?); run it again, or with RAGSTORE_INGEST_WORKERS=1 to parse the "
+                "files in the ingesting process"
+            ) from None
 
 
 def pool_size(requested: int, total_bytes: int) -> int:
@@ -187,8 +195,15 @@ def pool_size(requested: int, total_bytes: int) -> int:
     cannot be forked."""
     if total_bytes < MIN_POOL_BYTES or "fork" not in multiprocessing.get_all_start_methods():
         return 0
-    n = requested or (os.cpu_count() or 1)
+    n = requested or _cores()
     return n if n > 1 else 0
+
+
+def _cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS says, as in a
+    container pinned to a few cores), else the machine's count."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
 
 
 @contextmanager

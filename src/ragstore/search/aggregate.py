@@ -30,9 +30,16 @@ single slightly better fragment. The document share (0.05 of the best 10 section
 chosen on the same questions afterwards: it raised every mode's top-1 and top-3 there
 except hybrid top-3, already 18 of 20 (shares 0.05-0.2 with caps of 10 or 20 gave the
 same). It is all in the search statement, one round trip.
+
+:func:`rank_sections` is the same rule in Python (a test checks that the two agree): the
+reference, and what offline studies replay over candidate lists without a database
+(``bench/longdoc_variants.py``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 
 from psycopg import sql
 
@@ -105,3 +112,70 @@ def section_values() -> dict[str, float]:
         "sec_doc": DOCUMENT_SHARE,
         "sec_doc_cap": DOCUMENT_CAP,
     }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A pooled chunk as the section rule sees it. ``section`` is the id of the heading
+    chunk it sits under, or ``None`` for a heading chunk itself and a chunk with no heading
+    above it (each a section of its own)."""
+
+    chunk_id: int
+    score: float
+    document: Hashable
+    section: int | None
+
+
+@dataclass(frozen=True)
+class RankedSection:
+    chunk_id: int  # the section's best pooled chunk
+    section_score: float
+    section_hits: tuple[int, ...]  # the section's other pooled chunks, best first
+
+
+def rank_sections(
+    pool: Sequence[Candidate],
+    k: int,
+    *,
+    hybrid: bool,
+    decay: float = SECTION_DECAY,
+    cap: int = SECTION_CAP,
+    rank_k: float = SECTION_RANK_K,
+    share: float = DOCUMENT_SHARE,
+    document_cap: int = DOCUMENT_CAP,
+) -> list[RankedSection]:
+    """The top ``k`` sections of ``pool`` by the rule :func:`section_ctes` runs in SQL,
+    best first. The pool is ranked by score (ties: chunk id), as the statement ranks it."""
+    ranked = sorted(pool, key=lambda c: (-c.score, c.chunk_id))
+    # a key (document, under a heading?, id): the heading chunk's id, or the chunk's own
+    groups: dict[tuple[Hashable, bool, int], list[tuple[int, Candidate]]] = {}
+    for r, c in enumerate(ranked, 1):
+        key = (c.document, c.section is not None, c.chunk_id if c.section is None else c.section)
+        groups.setdefault(key, []).append((r, c))
+    own = {
+        key: sum(
+            (c.score if hybrid else 1.0 / (rank_k + r)) * decay ** (j - 1)
+            for j, (r, c) in enumerate(members[:cap], 1)
+        )
+        for key, members in groups.items()
+    }
+    best_of: dict[Hashable, list[tuple[float, int]]] = {}
+    for key, members in groups.items():
+        if key[1]:
+            best_of.setdefault(key[0], []).append((-own[key], members[0][0]))
+    evidence = {
+        doc: sum(-v for v, _ in sorted(scores)[:document_cap]) for doc, scores in best_of.items()
+    }
+    scored = sorted(
+        (
+            (-(own[key] + (share * evidence[key[0]] if key[1] else 0.0)), members[0][0], key)
+            for key, members in groups.items()
+        ),
+        key=lambda t: (t[0], t[1]),
+    )
+    return [
+        RankedSection(
+            groups[key][0][1].chunk_id, -neg, tuple(c.chunk_id for _, c in groups[key][1:])
+        )
+        for neg, _, key in scored[:k]
+    ]

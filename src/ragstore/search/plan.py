@@ -50,7 +50,7 @@ def search_plan(
         lists.append(
             {
                 "list": "fulltext",
-                "depth": p.depth,
+                "depth": p.fulltext_list_depth,
                 "ts_config": str(settings.get("ts_config", bm25.DEFAULT_TS_CONFIG)),
                 "k1": float(settings.get("bm25_k1", bm25.DEFAULT_K1)),
                 "b": float(settings.get("bm25_b", bm25.DEFAULT_B)),

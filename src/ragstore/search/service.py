@@ -1,9 +1,17 @@
 """Search a collection: vector (HNSW), full-text (BM25) or hybrid (RRF of both), with filters.
 
-Every mode is one SQL statement, sent in one round trip (in autocommit: a single read
-needs no BEGIN or COMMIT), with its session settings in the same pipeline when a pooled
-connection needs them: the candidate lists are CTEs, fusion happens in the database, and
-only the final ``k`` rows come back with their chunk and document.
+Vector and full-text search are one SQL statement each, sent in one round trip (in
+autocommit: a single read needs no BEGIN or COMMIT), with its session settings in the same
+pipeline when a pooled connection needs them: the candidate list is a CTE, the section
+grouping happens in the database, and only the final ``k`` rows come back with their chunk
+and document.
+
+Hybrid search runs its two lists at once on two pooled connections (the full-text list on
+a small thread pool), each fetched as two arrays, then fuses, groups and fetches the rows
+in a third statement: its latency is the slower list plus one short statement, not the
+sum of both (at 100k chunks the BM25 list alone cost about three vector searches). The
+BM25 list is :data:`HYBRID_FULLTEXT_DEPTH` deep (at least ``k``), the vector list
+:data:`MIN_CANDIDATES`.
 
 Vector search turns on pgvector's iterative index scan (``hnsw.iterative_scan =
 relaxed_order``, pgvector >= 0.8) and re-sorts the rows it returns: without it a filter
@@ -13,13 +21,16 @@ nothing to return, the best-known pgvector pitfall.
 Round trips: the collection comes from the runtime's short-lived cache, the query vector
 from the embedder's query cache and goes as a binary parameter, and the HNSW session
 settings are sent once per pooled connection (again only when a search needs another
-``ef_search``), so a repeated search costs exactly one statement.
+``ef_search``), so a repeated vector or full-text search costs exactly one statement.
 """
 
 from __future__ import annotations
 
+import contextvars
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from weakref import WeakKeyDictionary
@@ -52,6 +63,10 @@ from ragstore.validation import float32_array
 Mode = Literal["vector", "fulltext", "hybrid"]
 MODES: tuple[Mode, ...] = ("vector", "fulltext", "hybrid")
 MIN_CANDIDATES = 100  # depth of each list fused in hybrid mode (at least k)
+# The BM25 list's depth in hybrid mode (at least k). A BM25 top 100 cost about three vector
+# searches at 100k chunks; 30 gives the same nDCG@10 on SciFact, CISI and Cranfield at
+# k = 10 and the same nodejs-api section hits on q21-40 (docs/benchmarks.md, "Scale").
+HYBRID_FULLTEXT_DEPTH = 30
 
 VECTOR_ONLY_PROVIDER = "imported"  # pins of models ragstore holds vectors of but cannot run
 _iterative: WeakKeyDictionary[Database, bool] = WeakKeyDictionary()
@@ -74,6 +89,7 @@ class SearchParams:
     exact: bool = False  # exhaustive BM25 and a sequential vector scan: the recall reference
     plain: bool = False  # every query word an alternative: no phrases, ``or`` or ``-word``
     sections: bool = True  # rank sections by all their chunks, one hit each (search/aggregate)
+    fulltext_depth: int | None = None  # hybrid: the BM25 list's depth (default: see below)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -84,6 +100,10 @@ class SearchParams:
             raise InputError(f"ef_search must be between 1 and 1000, got {self.ef_search}")
         if self.candidates is not None and not 1 <= self.candidates <= 10_000:
             raise InputError(f"candidates must be between 1 and 10000, got {self.candidates}")
+        if self.fulltext_depth is not None and not 1 <= self.fulltext_depth <= 10_000:
+            raise InputError(
+                f"the full-text depth must be between 1 and 10000, got {self.fulltext_depth}"
+            )
         if self.k1 is not None and not 0 <= self.k1 <= 10:
             raise InputError(f"BM25 k1 must be between 0 and 10, got {self.k1:g}")
         if self.b is not None and not 0 <= self.b <= 1:
@@ -95,6 +115,19 @@ class SearchParams:
         if self.mode != "hybrid":
             return max(self.k, SECTION_POOL) if self.sections else self.k
         return max(self.k, self.candidates or MIN_CANDIDATES)
+
+    @property
+    def fulltext_list_depth(self) -> int:
+        """How many candidates the full-text list contributes: in hybrid mode
+        :data:`HYBRID_FULLTEXT_DEPTH` (at least ``k``) unless ``candidates`` or
+        ``fulltext_depth`` say otherwise; else :attr:`depth`."""
+        if self.mode != "hybrid":
+            return self.depth
+        if self.fulltext_depth is not None:
+            return max(self.k, self.fulltext_depth)
+        if self.candidates is not None:
+            return self.depth
+        return max(self.k, HYBRID_FULLTEXT_DEPTH)
 
     @property
     def pool(self) -> int:
@@ -223,25 +256,16 @@ def _run(
             "wf": p.fusion.fulltext_weight,
         }
     )
+    if p.sections:
+        values.update(section_values())
     filtered = p.where is not None and bool(p.where)
+    vec_sql: sql.Composable | None = None
+    ft_sql: sql.Composable | None = None
     pruned_filter = False  # the BM25 top k takes the filter as SQL text (``ftcond``)
-    ctes: list[sql.Composable] = []
-    ranked: list[tuple[str, str]] = []
 
     if p.mode in ("vector", "hybrid"):
         values["q"] = _query_vector(rt, coll, query, vector)
-        ctes.append(
-            sql.SQL("vec AS MATERIALIZED ({})").format(
-                _vector_sql(coll, compiled.condition, filtered, p.exact)
-            )
-        )
-        ctes.append(
-            sql.SQL(
-                "vec_ranked AS (SELECT chunk_id, raw, row_number() OVER"
-                " (ORDER BY raw, chunk_id) AS rank FROM vec)"
-            )
-        )
-        ranked.append(("vec_ranked", "wv"))
+        vec_sql = _vector_sql(coll, compiled.condition, filtered, p.exact)
     if p.mode in ("fulltext", "hybrid"):
         ftq = bm25.parse_query(query, plain=p.plain)
         if not ftq.empty:
@@ -260,22 +284,109 @@ def _run(
                     "b": float(p.b if p.b is not None else settings.get("bm25_b", bm25.DEFAULT_B)),
                 }
             )
-            ctes.append(
-                sql.SQL("ft AS MATERIALIZED ({})").format(
-                    bm25.ranked_list_sql(ftq, compiled.condition, filtered, p.exact)
-                )
-            )
+            ft_sql = bm25.ranked_list_sql(ftq, compiled.condition, filtered, p.exact)
             pruned_filter = filtered and bm25.uses_topk(ftq, p.exact)
-            ctes.append(
-                sql.SQL(
-                    "ft_ranked AS (SELECT chunk_id, raw, row_number() OVER"
-                    " (ORDER BY raw DESC, chunk_id) AS rank FROM ft)"
-                )
-            )
-            ranked.append(("ft_ranked", "wf"))
-    if not ranked:
+    if vec_sql is None and ft_sql is None:
         return []  # full-text search for nothing but stop words
 
+    run_ = _Statement(
+        rt=rt,
+        coll=coll,
+        ef=p.ef_search or max(rt.settings.hnsw_ef_search, min(p.depth, 1000)),
+        iterative=vec_sql is not None and _supports_iterative_scan(rt),
+        compiled=compiled,
+    )
+    if vec_sql is not None and ft_sql is not None:
+        # the two lists at once, on two pooled connections; fused by a third statement
+        ft_values = dict(values, n=p.fulltext_list_depth)
+        pending = _lists_executor().submit(
+            contextvars.copy_context().run,
+            run_.execute,
+            _as_arrays(ft_sql, "raw DESC, chunk_id"),
+            ft_values,
+            pruned_filter=pruned_filter,
+        )
+        try:
+            vec_rows = run_.execute(_as_arrays(vec_sql, "raw, chunk_id"), values, hnsw=True)
+        finally:
+            ft_rows = pending.result()
+        values.update(
+            vec_ids=vec_rows[0][0],
+            vec_raws=vec_rows[0][1],
+            ft_ids=ft_rows[0][0],
+            ft_raws=ft_rows[0][1],
+        )
+        ctes = [_from_arrays("vec_ranked", "vec"), _from_arrays("ft_ranked", "ft")]
+        stmt = _final_sql(ctes, [("vec_ranked", "wv"), ("ft_ranked", "wf")], p, coll)
+        rows = run_.execute(stmt, values)
+    elif vec_sql is not None:
+        ctes = [
+            sql.SQL("vec AS MATERIALIZED ({})").format(vec_sql),
+            sql.SQL(
+                "vec_ranked AS (SELECT chunk_id, raw, row_number() OVER"
+                " (ORDER BY raw, chunk_id) AS rank FROM vec)"
+            ),
+        ]
+        stmt = _final_sql(ctes, [("vec_ranked", "wv")], p, coll)
+        rows = run_.execute(stmt, values, hnsw=True)
+    else:
+        assert ft_sql is not None
+        ctes = [
+            sql.SQL("ft AS MATERIALIZED ({})").format(ft_sql),
+            sql.SQL(
+                "ft_ranked AS (SELECT chunk_id, raw, row_number() OVER"
+                " (ORDER BY raw DESC, chunk_id) AS rank FROM ft)"
+            ),
+        ]
+        stmt = _final_sql(ctes, [("ft_ranked", "wf")], p, coll)
+        rows = run_.execute(stmt, values, pruned_filter=pruned_filter)
+    return [_hit(r, coll, p) for r in rows]
+
+
+_executor_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+LIST_THREADS = 16  # full-text lists of concurrent hybrid searches run on these threads
+
+
+def _lists_executor() -> ThreadPoolExecutor:
+    """The threads that run a hybrid search's full-text list beside its vector list.
+
+    A search never holds a pooled connection while it waits for the other list (each
+    statement checks one out and returns it), so a busy pool makes lists wait, never
+    deadlock."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(LIST_THREADS, thread_name_prefix="ragstore-fulltext")
+        return _executor
+
+
+def _as_arrays(list_sql: sql.Composable, order: str) -> sql.Composed:
+    """A ranked list as one row of two arrays (chunk ids and raw scores, best first)."""
+    return sql.SQL(
+        "SELECT coalesce(array_agg(chunk_id ORDER BY {o}), '{{}}'::bigint[]),"
+        " coalesce(array_agg(raw ORDER BY {o}), '{{}}'::float8[]) FROM ({l}) l"
+    ).format(o=sql.SQL(order), l=list_sql)
+
+
+def _from_arrays(name: str, prefix: str) -> sql.Composable:
+    """A ranked CTE (``chunk_id, raw, rank``) from a list fetched as arrays."""
+    return sql.SQL(
+        "{n} AS (SELECT chunk_id, raw, rank FROM unnest({i}::bigint[], {r}::float8[])"
+        " WITH ORDINALITY AS x(chunk_id, raw, rank))"
+    ).format(
+        n=sql.Identifier(name),
+        i=sql.Placeholder(f"{prefix}_ids"),
+        r=sql.Placeholder(f"{prefix}_raws"),
+    )
+
+
+def _final_sql(
+    ctes: list[sql.Composable], ranked: list[tuple[str, str]], p: SearchParams, coll: Collection
+) -> sql.Composed:
+    """The ranked lists fused (hybrid) or cut to the pool, grouped into sections, joined to
+    their chunk and document rows: the rows :func:`_hit` reads."""
+    ctes = list(ctes)
     if p.mode == "hybrid":
         ctes.append(sql.SQL("fused AS ({})").format(fusion_sql(ranked, "pool")))
     elif p.mode == "vector":
@@ -295,7 +406,6 @@ def _run(
         )
     if p.sections:
         ctes.extend(section_ctes(p.mode == "hybrid"))
-        values.update(section_values())
         final = sql.SQL("(SELECT chunk_id, score, section_score, section_hits FROM sectioned)")
     else:
         final = sql.SQL(
@@ -304,7 +414,7 @@ def _run(
         )
     has_vec = any(name == "vec_ranked" for name, _ in ranked)
     has_ft = any(name == "ft_ranked" for name, _ in ranked)
-    stmt = sql.SQL(
+    return sql.SQL(
         "WITH {ctes} SELECT c.id, d.id, d.source, d.title, c.text, c.chunk_type,"
         " c.section_path, c.ordinal, c.page, c.metadata, f.score, {vcols}, {fcols},"
         " f.section_score, f.section_hits, c.parent_id"
@@ -319,37 +429,61 @@ def _run(
         vjoin=sql.SQL(" LEFT JOIN vec_ranked v ON v.chunk_id = c.id" if has_vec else ""),
         fjoin=sql.SQL(" LEFT JOIN ft_ranked t ON t.chunk_id = c.id" if has_ft else ""),
     )
-    ef = p.ef_search or max(rt.settings.hnsw_ef_search, min(p.depth, 1000))
-    iterative = has_vec and _supports_iterative_scan(rt)
-    with rt.db.connection() as conn, translated(f"searching {coll.name!r}"):
-        if pruned_filter:
-            # every value quoted client-side by psycopg, as in a bound parameter
-            values["ftcond"] = ClientCursor(conn).mogrify(
-                sql.Composed([compiled.condition]), compiled.params
-            )
-        set_session = has_vec and _session_ef.get(conn) != ef
-        # One read statement is its own transaction: in autocommit no BEGIN goes ahead of
-        # it and no COMMIT after, so the search is one Parse/Bind/Execute/Sync round trip
-        # (a transaction with a pipeline took three: BEGIN, the query, the exit's Sync).
-        conn.autocommit = True  # idle pooled connection: a client-side switch, no message
-        try:
-            if set_session:
-                with conn.pipeline():
-                    # session-level: later searches on this pooled connection skip them
-                    conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(ef),))
-                    if iterative:
+
+
+@dataclass(frozen=True)
+class _Statement:
+    """Runs one search statement on a pooled connection, in one round trip."""
+
+    rt: Runtime
+    coll: Collection
+    ef: int
+    iterative: bool
+    compiled: Any  # the compiled filter: its condition and parameters
+
+    def execute(
+        self,
+        stmt: sql.Composed,
+        values: dict[str, Any],
+        *,
+        hnsw: bool = False,
+        pruned_filter: bool = False,
+    ) -> list[tuple[Any, ...]]:
+        """The statement's rows; ``hnsw`` when it scans the HNSW index (its session
+        settings go first, once per connection), ``pruned_filter`` when the BM25 top k
+        takes the filter as SQL text."""
+        with self.rt.db.connection() as conn, translated(f"searching {self.coll.name!r}"):
+            if pruned_filter:
+                # every value quoted client-side by psycopg, as in a bound parameter
+                values["ftcond"] = ClientCursor(conn).mogrify(
+                    sql.Composed([self.compiled.condition]), self.compiled.params
+                )
+            set_session = hnsw and _session_ef.get(conn) != self.ef
+            # One read statement is its own transaction: in autocommit no BEGIN goes ahead
+            # of it and no COMMIT after, so the search is one Parse/Bind/Execute/Sync round
+            # trip (a transaction with a pipeline took three: BEGIN, the query, the exit's
+            # Sync).
+            conn.autocommit = True  # idle pooled connection: a client-side switch, no message
+            try:
+                if set_session:
+                    with conn.pipeline():
+                        # session-level: later searches on this pooled connection skip them
                         conn.execute(
-                            "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)"
+                            "SELECT set_config('hnsw.ef_search', %s, false)", (str(self.ef),)
                         )
+                        if self.iterative:
+                            conn.execute(
+                                "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)"
+                            )
+                        cur = conn.execute(stmt, values)
+                else:
                     cur = conn.execute(stmt, values)
-            else:
-                cur = conn.execute(stmt, values)
-            rows = cur.fetchall()
-        finally:
-            conn.autocommit = False
-        if set_session:
-            _session_ef[conn] = ef
-    return [_hit(r, coll, p) for r in rows]
+                rows: list[tuple[Any, ...]] = cur.fetchall()
+            finally:
+                conn.autocommit = False
+            if set_session:
+                _session_ef[conn] = self.ef
+        return rows
 
 
 def _similarity_sql(metric: str) -> sql.Composable:

@@ -1,0 +1,256 @@
+"""Vector section hits of chunking and embedding variants on a long-document question set,
+offline: no database, vectors cached by text so that only what a variant changes is encoded.
+
+    python -m bench.longdoc_variants ../shared/data/nodejs-api --cache /tmp/vcache \\
+        --variant current --variant prefix=last --variant max_tokens=128 \\
+        --variant summaries=prose --json
+
+Each variant parses and chunks the set's ``docs/`` as ingest would (``max_tokens=N``: a
+smaller chunk budget than the model's), embeds what the model would read (``prefix=full``,
+the section path, as ingest does; ``last``: the last heading only; ``none``), optionally
+adds one vector per section of two or more chunks (``summaries=prose``: the section path
+and the section's paragraphs; ``all``: its blocks in order; the model reads the first
+``max_seq_length`` tokens), ranks every vector by exact cosine and ranks sections with
+:func:`ragstore.search.aggregate.rank_sections` (the search statement's rule, pool of
+``SECTION_POOL``). It reports the vector mode's top-1 / top-3 section hits per half of the
+questions (1-20 for tuning, the rest reported) beside ``windows-dense``, the naive
+baseline. Full-text and hybrid need the stored collection: ``ragstore eval-sections``.
+Encoding ~1M tokens takes minutes on a small CPU; the cache (``--cache DIR``, one file per
+model) keeps every text's vector between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from ragstore.chunking import chunk_document
+from ragstore.config import Settings
+from ragstore.embedding.base import Embedder
+from ragstore.embedding.registry import load_embedder, resolve_spec
+from ragstore.models import Chunk, ChunkType, ParsedDocument
+from ragstore.parsing import parse_bytes
+from ragstore.search import sections as S
+from ragstore.search.aggregate import SECTION_POOL, Candidate, rank_sections
+
+PREFIXES = ("full", "last", "none")
+SUMMARIES = ("none", "prose", "all")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    max_tokens: int | None = None
+    prefix: str = "full"
+    summaries: str = "none"
+
+
+def parse_variant(spec: str) -> Variant:
+    """``current`` or comma-separated ``key=value`` (max_tokens, prefix, summaries)."""
+    fields: dict[str, str] = {}
+    if spec != "current":
+        for item in spec.split(","):
+            key, _, value = item.partition("=")
+            fields[key.strip()] = value.strip()
+    unknown = set(fields) - {"max_tokens", "prefix", "summaries"}
+    prefix, summaries = fields.get("prefix", "full"), fields.get("summaries", "none")
+    if unknown or prefix not in PREFIXES or summaries not in SUMMARIES:
+        raise SystemExit(
+            f"--variant {spec!r}: give 'current' or max_tokens=N,prefix={'|'.join(PREFIXES)},"
+            f"summaries={'|'.join(SUMMARIES)}"
+        )
+    tokens = int(fields["max_tokens"]) if "max_tokens" in fields else None
+    return Variant(spec, tokens, prefix, summaries)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One vector: where it comes from and the section it counts for."""
+
+    file: str
+    section: int | None  # heading ordinal + 1; None outside any section
+    headings: tuple[str, ...]  # the passage's heading path (the set's scoring rule)
+    text: str  # what the model reads
+
+
+class VectorCache:
+    """Vectors by sha256 of the text, kept in one ``.npz`` per model under ``folder``."""
+
+    def __init__(self, folder: Path | None, embedder: Embedder, model_key: str) -> None:
+        self.embedder = embedder
+        name = hashlib.sha256(model_key.encode()).hexdigest()[:16]
+        self.path = None if folder is None else folder / f"vectors-{name}.npz"
+        self.vectors: dict[str, npt.NDArray[np.float32]] = {}
+        self.encoded = 0
+        if self.path is not None and self.path.is_file():
+            data = np.load(self.path)
+            self.vectors = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+
+    def get(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        keys = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in self.vectors}
+        if missing:
+            vecs = self.embedder.embed(list(missing.values()))
+            self.vectors.update(zip(missing, np.asarray(vecs, dtype=np.float32), strict=True))
+            self.encoded += len(missing)
+            self.save()
+        return np.stack([self.vectors[k] for k in keys])
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp.npz")
+        keys = list(self.vectors)
+        np.savez(tmp, keys=np.array(keys), vectors=np.stack([self.vectors[k] for k in keys]))
+        tmp.replace(self.path)
+
+
+def _headings(ch: Chunk) -> tuple[str, ...]:
+    out = [ch.section_path[-1]] if ch.section_path else []
+    out += [str(h) for h in ch.metadata.get("headings", ())]
+    out += [h for _, h in S.heading_lines(ch.text)]
+    return tuple(out)
+
+
+def _read_as(ch: Chunk, prefix: str) -> str:
+    if prefix == "full" or not ch.context:
+        return ch.embed_text
+    if prefix == "last":
+        return f"{ch.section_path[-1][:200]}\n{ch.text}"
+    return ch.text
+
+
+def _summaries(name: str, doc: ParsedDocument, chunks: list[Chunk], kind: str) -> list[Unit]:
+    """One unit per section of two or more chunks: its path and its blocks (``prose``:
+    paragraphs only, when it has any)."""
+    members: dict[int, list[Chunk]] = {}
+    for ch in chunks:
+        if ch.chunk_type is not ChunkType.HEADING and ch.parent_ordinal is not None:
+            members.setdefault(ch.parent_ordinal, []).append(ch)
+    starts = sorted(c.char_start for c in chunks if c.chunk_type is ChunkType.HEADING)
+    out = []
+    for parent, group in members.items():
+        if len(group) < 2:
+            continue
+        head = chunks[parent]
+        end = next((s for s in starts if s > head.char_start), 1 << 62)
+        blocks = [
+            b
+            for b in doc.blocks
+            if b.type is not ChunkType.HEADING and head.char_end <= b.char_start < end
+        ]
+        if kind == "prose":
+            blocks = [b for b in blocks if b.type is ChunkType.PARAGRAPH] or blocks
+        body = "\n\n".join(b.text for b in blocks)
+        text = f"{group[0].context}\n{body}" if group[0].context else body
+        out.append(Unit(name, parent + 1, (head.text.strip(),), text))
+    return out
+
+
+def variant_units(
+    docs: dict[str, ParsedDocument], embedder: Embedder, max_tokens: int, v: Variant
+) -> list[Unit]:
+    out: list[Unit] = []
+    for name, doc in docs.items():
+        chunks = chunk_document(doc, embedder, v.max_tokens or max_tokens)
+        for ch in chunks:
+            if ch.embeddable:
+                section = None if ch.parent_ordinal is None else ch.parent_ordinal + 1
+                out.append(Unit(name, section, _headings(ch), _read_as(ch, v.prefix)))
+        if v.summaries != "none":
+            out.extend(_summaries(name, doc, chunks, v.summaries))
+    return out
+
+
+def vector_ranks(
+    units: list[Unit],
+    matrix: npt.NDArray[np.float32],
+    questions: Sequence[S.Question],
+    qvecs: npt.NDArray[np.float32],
+    sections: bool = True,
+) -> dict[int, int | None]:
+    """First hit rank of each question: sections by the search rule, or chunks alone."""
+    sims = qvecs @ matrix.T
+    out: dict[int, int | None] = {}
+    for qi, q in enumerate(questions):
+        order = [int(i) for i in np.argsort(-sims[qi], kind="stable")[:SECTION_POOL]]
+        if sections:
+            pool = [
+                Candidate(i, float(sims[qi][i]), units[i].file, units[i].section) for i in order
+            ]
+            top = [s.chunk_id for s in rank_sections(pool, S.SEARCH_K, hybrid=False)]
+        else:
+            top = order[: S.SEARCH_K]
+        passages = [S.Passage(units[i].file, units[i].headings) for i in top]
+        out[q.number] = S.first_hit(q, passages)
+    return out
+
+
+def halves(ranks: dict[int, int | None], split: int) -> dict[str, list[int]]:
+    """top-1 / top-3 hits on questions 1..split and split+1..end."""
+
+    def count(nums: list[int], k: int) -> int:
+        return sum(1 for n in nums if (r := ranks[n]) is not None and r <= k)
+
+    first = [n for n in ranks if n <= split]
+    rest = [n for n in ranks if n > split]
+    return {
+        f"q1-{split}": [count(first, 1), count(first, 3)],
+        f"q{split + 1}-{max(ranks)}": [count(rest, 1), count(rest, 3)],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("set_dir", type=Path)
+    ap.add_argument("--variant", action="append", default=[])
+    ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--split", type=int, default=20, help="last tuning question (default 20)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    variants = [parse_variant(v) for v in args.variant or ["current"]]
+    spec = resolve_spec(Settings().model)
+    embedder = load_embedder(spec, device="cpu")
+    cache = VectorCache(args.cache, embedder, spec.key)
+    questions = S.load_questions(args.set_dir / "questions.tsv")
+    raw = S.read_docs(args.set_dir / "docs")
+    docs = {name: parse_bytes(text.encode(), name) for name, text in raw.items()}
+    qvecs = cache.get([q.text for q in questions])
+    report: dict[str, object] = {}
+    for v in variants:
+        t0 = time.perf_counter()
+        units = variant_units(docs, embedder, spec.max_tokens, v)
+        before = cache.encoded
+        matrix = cache.get([u.text for u in units])
+        report[v.name] = {
+            "vectors": len(units),
+            "tokens": sum(
+                min(n, spec.max_tokens) for n in embedder.count_tokens([u.text for u in units])
+            ),
+            "encoded_now": cache.encoded - before,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "sections": halves(vector_ranks(units, matrix, questions, qvecs), args.split),
+            "chunks": halves(vector_ranks(units, matrix, questions, qvecs, False), args.split),
+        }
+        print(v.name, json.dumps(report[v.name]), file=sys.stderr, flush=True)
+    dense = S.baseline_scores(raw, questions, embedder, cache_dir=args.cache, model_key=spec.key)[0]
+    report["windows-dense"] = {"sections": halves(dense.ranks, args.split)}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for name, row in report.items():
+            print(f"{name:40s} {row}")
+
+
+if __name__ == "__main__":
+    main()
