@@ -73,7 +73,8 @@ class Settings(BaseSettings):
         ge=0,
         le=256,
         description="Processes that parse and chunk files in an ingest of more than 2 MB; "
-        "0 = one per core, 1 = in the ingesting process.",
+        "0 = one per core on 4 or more cores (else in the ingesting process), "
+        "1 = in the ingesting process.",
     )
     bulk_load_bytes: int = Field(
         4 * 1024 * 1024,
