@@ -6,17 +6,18 @@ offline: no database, vectors cached by text so that only what a variant changes
         --variant summaries=prose --json
 
 Each variant parses and chunks the set's ``docs/`` as ingest would (``max_tokens=N``: a
-smaller chunk budget than the model's), embeds what the model would read (``prefix=full``,
-the section path, as ingest does; ``last``: the last heading only; ``none``), optionally
-adds one vector per section of two or more chunks (``summaries=prose``: the section path
-and the section's paragraphs; ``all``: its blocks in order; the model reads the first
-``max_seq_length`` tokens), ranks every vector by exact cosine and ranks sections with
-:func:`ragstore.search.aggregate.rank_sections` (the search statement's rule, pool of
-``SECTION_POOL``). It reports the vector mode's top-1 / top-3 section hits per half of the
-questions (1-20 for tuning, the rest reported) beside ``windows-dense``, the naive
-baseline. Full-text and hybrid need the stored collection: ``ragstore eval-sections``.
-Encoding ~1M tokens takes minutes on a small CPU; the cache (``--cache DIR``, one file per
-model) keeps every text's vector between runs.
+smaller chunk budget than the model's) and embeds what the model would read:
+``prefix=full`` (the section path, as ingest does), ``last`` (the last heading only) or
+``none``; ``neighbour=N`` puts the last N words of the previous chunk of the section
+between the path and the text; ``summaries=prose`` adds one vector per section of two or
+more chunks, the path and the section's paragraphs (``all``: all its blocks in order; the
+model reads the first ``max_seq_length`` tokens). Every vector is ranked by exact cosine
+and sections by :func:`ragstore.search.aggregate.rank_sections` (the search statement's
+rule, a pool of ``SECTION_POOL``). It reports the vector mode's top-1 / top-3 section hits
+per half of the questions (1-20 for tuning, the rest reported) beside ``windows-dense``,
+the naive baseline. Full-text and hybrid need the stored collection: use
+``ragstore eval-sections``. Encoding ~1M tokens takes minutes on a small CPU; the cache
+(``--cache DIR``, one file per model) keeps every text's vector between runs.
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ from ragstore.embedding.base import Embedder
 from ragstore.embedding.registry import load_embedder, resolve_spec
 from ragstore.models import Chunk, ChunkType, ParsedDocument
 from ragstore.parsing import parse_bytes
+from ragstore.runtime import Runtime
 from ragstore.search import sections as S
 from ragstore.search.aggregate import SECTION_POOL, Candidate, rank_sections
+from ragstore.search.hybrid import FusionParams, rrf
+from ragstore.search.service import MIN_CANDIDATES, SearchParams, run
 
 PREFIXES = ("full", "last", "none")
 SUMMARIES = ("none", "prose", "all")
@@ -52,24 +56,26 @@ class Variant:
     max_tokens: int | None = None
     prefix: str = "full"
     summaries: str = "none"
+    neighbour: int = 0  # words of the previous chunk of the section read before the text
 
 
 def parse_variant(spec: str) -> Variant:
-    """``current`` or comma-separated ``key=value`` (max_tokens, prefix, summaries)."""
+    """``current`` or comma-separated ``key=value`` (max_tokens, prefix, summaries,
+    neighbour)."""
     fields: dict[str, str] = {}
     if spec != "current":
         for item in spec.split(","):
             key, _, value = item.partition("=")
             fields[key.strip()] = value.strip()
-    unknown = set(fields) - {"max_tokens", "prefix", "summaries"}
+    unknown = set(fields) - {"max_tokens", "prefix", "summaries", "neighbour"}
     prefix, summaries = fields.get("prefix", "full"), fields.get("summaries", "none")
     if unknown or prefix not in PREFIXES or summaries not in SUMMARIES:
         raise SystemExit(
             f"--variant {spec!r}: give 'current' or max_tokens=N,prefix={'|'.join(PREFIXES)},"
-            f"summaries={'|'.join(SUMMARIES)}"
+            f"summaries={'|'.join(SUMMARIES)},neighbour=WORDS"
         )
     tokens = int(fields["max_tokens"]) if "max_tokens" in fields else None
-    return Variant(spec, tokens, prefix, summaries)
+    return Variant(spec, tokens, prefix, summaries, int(fields.get("neighbour", 0)))
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class Unit:
     section: int | None  # heading ordinal + 1; None outside any section
     headings: tuple[str, ...]  # the passage's heading path (the set's scoring rule)
     text: str  # what the model reads
+    ordinal: int = -1  # the chunk's ordinal in its document; -1 for a section summary
 
 
 class VectorCache:
@@ -163,10 +170,21 @@ def variant_units(
     out: list[Unit] = []
     for name, doc in docs.items():
         chunks = chunk_document(doc, embedder, v.max_tokens or max_tokens)
+        previous: Chunk | None = None
         for ch in chunks:
             if ch.embeddable:
                 section = None if ch.parent_ordinal is None else ch.parent_ordinal + 1
-                out.append(Unit(name, section, _headings(ch), _read_as(ch, v.prefix)))
+                text = _read_as(ch, v.prefix)
+                if (
+                    v.neighbour
+                    and previous is not None
+                    and previous.parent_ordinal == ch.parent_ordinal
+                ):
+                    tail = " ".join(previous.text.split()[-v.neighbour :])
+                    head, _, body = text.partition("\n") if ch.context else ("", "", text)
+                    text = f"{head}\n{tail}\n{body}" if head else f"{tail}\n{body}"
+                out.append(Unit(name, section, _headings(ch), text, ch.ordinal))
+            previous = ch
         if v.summaries != "none":
             out.extend(_summaries(name, doc, chunks, v.summaries))
     return out
@@ -196,6 +214,68 @@ def vector_ranks(
     return out
 
 
+Fulltext = list[tuple[tuple[str, int], tuple[str, ...]]]
+
+
+def fulltext_lists(
+    collection: str, questions: Sequence[S.Question], depth: int
+) -> dict[int, Fulltext]:
+    """Each question's full-text list from the stored collection (``ragstore eval-sections``
+    ingests it), chunks alone: ((file, ordinal), heading path), best first."""
+    out: dict[int, Fulltext] = {}
+    with Runtime() as rt:
+        for q in questions:
+            params = SearchParams(k=depth, mode="fulltext", sections=False)
+            hits = run(rt, q.text, collection, params)
+            out[q.number] = [
+                ((Path(h.source).name, h.ordinal), S.hit_passage(h).headings) for h in hits
+            ]
+    return out
+
+
+def hybrid_ranks(
+    units: list[Unit],
+    matrix: npt.NDArray[np.float32],
+    questions: Sequence[S.Question],
+    qvecs: npt.NDArray[np.float32],
+    fulltext: dict[int, Fulltext],
+) -> dict[int, int | None]:
+    """First hit rank of each question in hybrid mode: the vector list of the variant and
+    the stored full-text list (as deep as a hybrid search reads it), fused by RRF (default
+    constant and weights), the fused top ``MIN_CANDIDATES`` ranked into sections as the
+    search statement ranks them. Valid for variants that cut the same chunks as the stored
+    collection (not ``max_tokens``)."""
+    fusion = FusionParams()
+    text_depth = SearchParams(k=S.SEARCH_K, mode="hybrid").fulltext_list_depth
+    sims = qvecs @ matrix.T
+    index = {(u.file, u.ordinal): i for i, u in enumerate(units) if u.ordinal >= 0}
+    base = [(u.file, u.section, u.headings) for u in units]
+    out: dict[int, int | None] = {}
+    for qi, q in enumerate(questions):
+        vec = [int(i) for i in np.argsort(-sims[qi], kind="stable")[:MIN_CANDIDATES]]
+        extra: dict[int, tuple[str, int | None, tuple[str, ...]]] = {}
+        text_list = []
+        for key, headings in fulltext[q.number][:text_depth]:
+            i = index.get(key)
+            if i is None:  # a heading chunk: no vector, a section of its own
+                i = len(units) + len(extra)
+                extra[i] = (key[0], None, headings)
+            text_list.append(i)
+        fused = rrf(
+            [vec, text_list],
+            k=fusion.k,
+            weights=[fusion.vector_weight, fusion.fulltext_weight],
+        )[:MIN_CANDIDATES]
+        info = [extra.get(i) or base[i] for i, _ in fused]
+        pool = [
+            Candidate(i, score, f, sec) for (i, score), (f, sec, _) in zip(fused, info, strict=True)
+        ]
+        where = {i: (f, hs) for (i, _), (f, _, hs) in zip(fused, info, strict=True)}
+        top = [r.chunk_id for r in rank_sections(pool, S.SEARCH_K, hybrid=True)]
+        out[q.number] = S.first_hit(q, [S.Passage(*where[i]) for i in top])
+    return out
+
+
 def halves(ranks: dict[int, int | None], split: int) -> dict[str, list[int]]:
     """top-1 / top-3 hits on questions 1..split and split+1..end."""
 
@@ -216,6 +296,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--variant", action="append", default=[])
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--split", type=int, default=20, help="last tuning question (default 20)")
+    ap.add_argument(
+        "--collection",
+        help="stored collection of the same documents (ragstore eval-sections makes "
+        "sections-<set>): also score hybrid with its full-text lists",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant or ["current"]]
@@ -226,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     raw = S.read_docs(args.set_dir / "docs")
     docs = {name: parse_bytes(text.encode(), name) for name, text in raw.items()}
     qvecs = cache.get([q.text for q in questions])
+    fulltext = (
+        fulltext_lists(args.collection, questions, MIN_CANDIDATES) if args.collection else None
+    )
     report: dict[str, object] = {}
     for v in variants:
         t0 = time.perf_counter()
@@ -242,6 +330,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "sections": halves(vector_ranks(units, matrix, questions, qvecs), args.split),
             "chunks": halves(vector_ranks(units, matrix, questions, qvecs, False), args.split),
         }
+        if fulltext is not None and v.max_tokens is None:
+            ranks = hybrid_ranks(units, matrix, questions, qvecs, fulltext)
+            report[v.name]["hybrid"] = halves(ranks, args.split)  # type: ignore[index]
         print(v.name, json.dumps(report[v.name]), file=sys.stderr, flush=True)
     dense = S.baseline_scores(raw, questions, embedder, cache_dir=args.cache, model_key=spec.key)[0]
     report["windows-dense"] = {"sections": halves(dense.ranks, args.split)}

@@ -9,13 +9,17 @@ from pathlib import Path
 import pytest
 from bench import longdoc_variants
 
+from ragstore.config import Settings
+from ragstore.embedding.registry import load_embedder, resolve_spec
 from ragstore.errors import InputError, PathNotFoundError
+from ragstore.parsing import parse_bytes
 from ragstore.search.sections import (
     Passage,
     WindowBM25,
     first_hit,
     heading_lines,
     load_questions,
+    read_docs,
     select,
     windows,
 )
@@ -186,3 +190,22 @@ def test_longdoc_variants_scores_vectors_offline_and_encodes_each_text_once(
     assert again["current"]["sections"] == current["sections"]
     with pytest.raises(SystemExit, match="prefix=full"):
         longdoc_variants.parse_variant("prefix=middle")
+
+    # hybrid: the variant's vectors fused with a full-text list (here a made-up one that
+    # ranks the rose chunk first, then a heading chunk, which has no vector)
+    spec = resolve_spec(Settings().model)
+    embedder = load_embedder(spec, device="cpu")
+    docs = {n: parse_bytes(t.encode(), n) for n, t in read_docs(root / "docs").items()}
+    v = longdoc_variants.parse_variant("current")
+    units = longdoc_variants.variant_units(docs, embedder, spec.max_tokens, v)
+    cached = longdoc_variants.VectorCache(cache, embedder, spec.key)
+    questions = load_questions(root / "questions.tsv")
+    matrix = cached.get([u.text for u in units])
+    qvecs = cached.get([q.text for q in questions])
+    assert cached.encoded == 0
+    rose = next(u for u in units if "Roses" in u.headings)
+    listed = [((rose.file, rose.ordinal), rose.headings), (("garden.md", 0), ("Garden",))]
+    fulltext = {q.number: listed for q in questions}
+    ranks = longdoc_variants.hybrid_ranks(units, matrix, questions, qvecs, fulltext)
+    assert ranks[3] == 1, "both lists put the rose section first"
+    assert ranks[1] is not None and ranks[1] <= 3
