@@ -58,13 +58,11 @@ def _bulk(rt: Runtime, on: bool) -> None:
 
 
 def _prepare(rt: Runtime, name: str) -> repository.Collection:
-    """A new collection keeping KEEP postings per term, and postings from its first chunk
-    (a bulk load this small would otherwise defer them, revision 0015)."""
+    """A new collection keeping KEEP postings per term."""
     with rt.db.connection() as conn:
         coll = repository.create_collection(conn, name, resolve_spec(rt.settings.model))
         conn.execute(
-            "INSERT INTO bm25_collection_stats (collection_id, list_keep, postings_from)"
-            " VALUES (%s, %s, 0)",
+            "INSERT INTO bm25_collection_stats (collection_id, list_keep) VALUES (%s, %s)",
             (coll.id, KEEP),
         )
     return coll
