@@ -320,27 +320,27 @@ def _run(
         stmt = _final_sql(ctes, [("vec_ranked", "wv"), ("ft_ranked", "wf")], p, coll)
         rows = run_.execute(stmt, values)
     elif vec_sql is not None:
-        ctes = [
-            sql.SQL("vec AS MATERIALIZED ({})").format(vec_sql),
-            sql.SQL(
-                "vec_ranked AS (SELECT chunk_id, raw, row_number() OVER"
-                " (ORDER BY raw, chunk_id) AS rank FROM vec)"
-            ),
-        ]
+        ctes = _ranked_list("vec", vec_sql, "raw")
         stmt = _final_sql(ctes, [("vec_ranked", "wv")], p, coll)
         rows = run_.execute(stmt, values, hnsw=True)
     else:
         assert ft_sql is not None
-        ctes = [
-            sql.SQL("ft AS MATERIALIZED ({})").format(ft_sql),
-            sql.SQL(
-                "ft_ranked AS (SELECT chunk_id, raw, row_number() OVER"
-                " (ORDER BY raw DESC, chunk_id) AS rank FROM ft)"
-            ),
-        ]
+        ctes = _ranked_list("ft", ft_sql, "raw DESC")
         stmt = _final_sql(ctes, [("ft_ranked", "wf")], p, coll)
         rows = run_.execute(stmt, values, pruned_filter=pruned_filter)
     return [_hit(r, coll, p) for r in rows]
+
+
+def _ranked_list(name: str, query: sql.Composable, order: str) -> list[sql.Composable]:
+    """One list's CTEs for a single-list search: the list materialised once, then ranked
+    (ties broken by chunk id, so a search is deterministic)."""
+    return [
+        sql.SQL("{} AS MATERIALIZED ({})").format(sql.Identifier(name), query),
+        sql.SQL(
+            "{} AS (SELECT chunk_id, raw, row_number() OVER"
+            " (ORDER BY " + order + ", chunk_id) AS rank FROM {})"
+        ).format(sql.Identifier(f"{name}_ranked"), sql.Identifier(name)),
+    ]
 
 
 _executor_lock = threading.Lock()
