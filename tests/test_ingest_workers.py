@@ -87,11 +87,9 @@ def test_a_worker_that_dies_fails_the_ingest_with_one_clear_error(
         ingest_paths(small_rounds, [folder], "died")
 
 
-def test_workers_by_default_only_on_four_or_more_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_by_default_only_on_four_or_more_cores() -> None:
     big = prepare.MIN_POOL_BYTES
-    monkeypatch.setattr(prepare, "_cores", lambda: 2)
-    assert prepare.pool_size(0, big) == 0, "2 cores: prepared in the ingesting process"
-    assert prepare.pool_size(2, big) == 2 and prepare.pool_size(1, big) == 0
-    monkeypatch.setattr(prepare, "_cores", lambda: 8)
-    assert prepare.pool_size(0, big) == 8
-    assert prepare.pool_size(0, big - 1) == 0, "a small ingest never forks"
+    assert prepare.pool_size(0, big, cores=2) == 0, "2 cores: prepared in the ingesting process"
+    assert prepare.pool_size(2, big, cores=2) == 2 and prepare.pool_size(1, big, cores=2) == 0
+    assert prepare.pool_size(0, big, cores=8) == 8
+    assert prepare.pool_size(0, big - 1, cores=8) == 0, "a small ingest never forks"

@@ -192,17 +192,18 @@ class Preparer:
 AUTO_MIN_CORES = 4  # with 0 (auto), fewer cores prepare in the ingesting process
 
 
-def pool_size(requested: int, total_bytes: int) -> int:
+def pool_size(requested: int, total_bytes: int, cores: int | None = None) -> int:
     """Worker processes for an ingest of ``total_bytes``: ``requested``, or with 0 one per
     core on a machine of ``AUTO_MIN_CORES`` or more; none (prepare in this process) for a
     small ingest, fewer cores, or where processes cannot be forked. On 2 cores the
     workers cost 0.1-0.2 CPU-ms a chunk (pickling the chunks back) and gave no faster
-    load (docs/benchmarks.md): the encode, write and database work fill the second core."""
+    load (docs/benchmarks.md): the encode, write and database work fill the second core.
+    ``cores`` defaults to the cores this process may run on."""
     if total_bytes < MIN_POOL_BYTES or "fork" not in multiprocessing.get_all_start_methods():
         return 0
     if requested:
         return requested if requested > 1 else 0
-    cores = _cores()
+    cores = _cores() if cores is None else cores
     return cores if cores >= AUTO_MIN_CORES else 0
 
 
