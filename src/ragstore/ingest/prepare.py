@@ -10,6 +10,7 @@ and their results come back pickled in input order.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
@@ -68,8 +69,6 @@ class Job:
 def unreadable(path: Path, exc: OSError) -> InputError:
     """The error for a file that could not be read: ``path_not_found`` only when it is gone
     (ENOENT), ``file_unreadable`` for permissions, I/O errors and the like."""
-    import errno
-
     if exc.errno == errno.ENOENT:
         return PathNotFoundError(f"{path}: no such file or directory (removed meanwhile?)")
     return FileUnreadableError(

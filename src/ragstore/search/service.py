@@ -56,7 +56,7 @@ from ragstore.search.aggregate import (
     section_ctes,
     section_values,
 )
-from ragstore.search.filters import compile_filter
+from ragstore.search.filters import CompiledFilter, compile_filter
 from ragstore.search.hybrid import FusionParams, fusion_sql
 from ragstore.validation import float32_array
 
@@ -439,7 +439,7 @@ class _Statement:
     coll: Collection
     ef: int
     iterative: bool
-    compiled: Any  # the compiled filter: its condition and parameters
+    compiled: CompiledFilter
 
     def execute(
         self,
