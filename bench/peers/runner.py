@@ -9,6 +9,7 @@ rounds is reported, so a slow minute on the shared machine hits both sides of a 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -318,6 +319,8 @@ def summarize(
             "disk_bytes_per_chunk": [r["disk_bytes"] / r["chunks"] for r in rows],
             "peak_rss_mib": [r["peak_rss_bytes"] / 2**20 for r in rows],
             "cache_misses": [float(r.get("cache_misses", 0)) for r in rows],
+            "settle_s": [r.get("settle_s", math.nan) for r in rows],
+            "first_search_ms": [r.get("first_search_s", math.nan) * 1000 for r in rows],
         }
         per[name] = series
     out: dict[str, dict[str, Any]] = {}
