@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from ragstore.db.models import upsert_model
 from ragstore.errors import (
     CollectionNotFoundError,
     ConflictError,
+    DatabaseUnavailableError,
     ImportSourceError,
     ImportValidationError,
     ImportVerificationError,
@@ -59,7 +61,63 @@ IMPORTED_PROVIDER = "imported"
 DISTANCES = ("cosine", "l2", "ip")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-WRITE_SLICE = 10_000  # records per write_documents call (progress is reported per slice)
+WRITE_SLICE = 10_000  # records per write_documents call at most (progress is reported per slice)
+SLICES = 4  # a bulk import is written in at least this many slices (see _Writer._write_rows)
+MIN_SLICE = 250  # ... of at least this many records
+
+
+def _slice_size(total: int) -> int:
+    """Records per write_documents call: a quarter of the import, between MIN_SLICE and
+    WRITE_SLICE, so that the tsvectors of all but the first slice are computed on the
+    second connection while the writer is busy."""
+    return max(1, min(WRITE_SLICE, max(MIN_SLICE, -(-total // SLICES))))
+
+
+class _Lexer:
+    """The tsvectors of the next slice of chunks, computed on a second connection.
+
+    One worker thread holds its own autocommit connection (outside the pool, so an import
+    never waits for a pooled one); it runs :func:`ragstore.db.documents.text_search_vectors`,
+    which reads no table, so nothing about the writer's transaction is shared or exposed.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], config: int) -> None:
+        self.config = config
+        self.conn = conn
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-lexer")
+        self.pending: Future[documents.Lexemes] | None = None
+
+    @classmethod
+    def start(cls, rt: Runtime, config: int) -> _Lexer | None:
+        """A lexer with its own connection; None when no second connection can be opened
+        now (the server at max_connections): the chunk trigger then computes every
+        tsvector, as it does outside bulk writes."""
+        try:
+            return cls(rt.db.connect(autocommit=True), config)
+        except DatabaseUnavailableError:
+            return None
+
+    def submit(self, texts: list[str]) -> None:
+        """Start computing the next slice's (the writer takes each before the next)."""
+        self.pending = self.pool.submit(
+            documents.text_search_vectors, self.conn, self.config, texts
+        )
+
+    def attach(self, writes: list[documents.DocumentWrite]) -> list[documents.DocumentWrite]:
+        """``writes`` with the lexemes computed for them (submitted one slice earlier)."""
+        if self.pending is None:
+            return writes
+        with translated("computing the tsvectors of an import"):
+            lex = self.pending.result()
+        self.pending = None
+        parts = lex.split([len(w.chunks) for w in writes])
+        return [replace(w, lexemes=x) for w, x in zip(writes, parts, strict=True)]
+
+    def close(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+        self.pool.shutdown(wait=True)
+        self.conn.close()
 
 
 @dataclass
@@ -275,27 +333,51 @@ class _Writer:
 
     def _write_rows(self, conn: psycopg.Connection[Any], coll: repository.Collection) -> None:
         """Every kept record as a one-chunk document with its own vector, through the shared
-        write path (:func:`ragstore.db.documents.write_documents`) in slices of
-        ``WRITE_SLICE`` inside this one transaction."""
+        write path (:func:`ragstore.db.documents.write_documents`) in slices inside this one
+        transaction.
+
+        Into an empty space (a bulk write) the chunks' tsvectors of the next slice are
+        computed on a second connection while this one writes the current slice
+        (:class:`_Lexer`); the first slice's are computed by the chunk trigger meanwhile.
+        ``to_tsvector`` is most of the server's work per chunk, and this way it runs on
+        another core instead of in the writing backend (revision 0015).
+        """
         total = len(self.kept)
+        step = _slice_size(total)
+        starts = list(range(0, total, step))
         written_ids: list[int] = []
-        for start in range(0, total, WRITE_SLICE):
-            writes = [
-                self._document(rid, rec, self.vectors[i])
-                for i, (rid, rec) in enumerate(
-                    zip(
-                        self.ids[start : start + WRITE_SLICE],
-                        self.kept[start : start + WRITE_SLICE],
-                        strict=True,
-                    ),
-                    start,
-                )
-            ]
-            written = documents.write_documents(conn, coll, writes, force=True)
-            written_ids += [w.id for w in written]
-            self.progress("documents", min(start + WRITE_SLICE, total), total)
+        lexer = None
+        if not self.had_rows:  # a bulk write: the chunk trigger keeps what it is sent
+            lexer = _Lexer.start(self.rt, documents.ts_config_oid(conn, coll.id))
+        try:
+            for n, start in enumerate(starts):
+                writes = [
+                    self._document(rid, rec, self.vectors[i])
+                    for i, (rid, rec) in enumerate(
+                        zip(
+                            self.ids[start : start + step],
+                            self.kept[start : start + step],
+                            strict=True,
+                        ),
+                        start,
+                    )
+                ]
+                if lexer is not None:
+                    writes = lexer.attach(writes)  # computed while the last slice was written
+                    if n + 1 < len(starts):
+                        lexer.submit(self.texts(starts[n + 1], step))
+                written = documents.write_documents(conn, coll, writes, force=True)
+                written_ids += [w.id for w in written]
+                self.progress("documents", min(start + step, total), total)
+        finally:
+            if lexer is not None:
+                lexer.close()
         ids_by_doc = documents.chunk_ids_of(conn, written_ids)
         self.chunk_ids = [ids_by_doc[d] for d in written_ids]
+
+    def texts(self, start: int, step: int) -> list[str]:
+        """The chunk texts of the records ``start`` to ``start + step`` (one each)."""
+        return [rec.text or "" for rec in self.kept[start : start + step]]
 
     def _document(self, rid: str, rec: Record, vector: np.ndarray) -> documents.DocumentWrite:
         text = rec.text or ""
