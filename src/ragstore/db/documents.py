@@ -515,18 +515,6 @@ def vectors_by_source(
             yield str(source), np.asarray(emb.to_numpy())
 
 
-def count_embedded(conn: Conn, collection_id: int, table: str, metadata: dict[str, Any]) -> int:
-    """Chunks with a vector in ``table`` of the documents whose metadata contains ``metadata``."""
-    row = conn.execute(
-        sql.SQL(
-            "SELECT count(*) FROM documents d JOIN chunks c ON c.document_id = d.id"
-            " JOIN {t} e ON e.chunk_id = c.id WHERE d.collection_id = %s AND d.metadata @> %s"
-        ).format(t=sql.Identifier(table)),
-        (collection_id, Jsonb(metadata)),
-    ).fetchone()
-    return int(row[0]) if row else 0
-
-
 def sources_under(
     conn: Conn, collection_id: int, prefixes: Sequence[str], exact: Sequence[str] = ()
 ) -> list[str]:
