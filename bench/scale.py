@@ -1,6 +1,7 @@
 """Search latency, recall and ingest throughput as a collection grows (10k, 100k, 1M chunks).
 
     python -m bench.scale --sizes 10000 100000 --out /tmp/scale.json
+    python -m bench.scale --top-up DATA_DIR --sizes 1000000   # grow a kept collection
 
 Corpus: the shared SciFact, CISI and Cranfield records recombined into Markdown files. File
 ``j`` holds record ``j mod M``'s title and text followed by the sentences of one other
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import re
 import shutil
@@ -34,7 +36,8 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,8 @@ from bench.instant_embedder import InstantServer
 from ragstore.chunking import chunk_document
 from ragstore.config import Settings
 from ragstore.db import repository
-from ragstore.ingest import ingest_paths
+from ragstore.ingest import IngestReport, ingest_paths
+from ragstore.ingest.service import ingest_items
 from ragstore.modelops import add_http_model
 from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
@@ -102,18 +106,16 @@ def instant_collection(rt: Runtime, server: InstantServer) -> repository.Collect
         return repository.create_collection(conn, COLLECTION, pinned.spec)
 
 
-def docs_for(
-    target_chunks: int, rt: Runtime, coll: repository.Collection, rows: bool = False
-) -> int:
-    """Documents that hold about ``target_chunks`` chunks (embedded ones, or with ``rows``
-    every row of ``chunks``, headings too), from the chunk count of a 300-document sample
-    spread over all records (the first 300 alone are SciFact's, longer than CISI's and
-    Cranfield's: the 1M run sized from them got 931k rows)."""
+def rows_per_document(rt: Runtime, coll: repository.Collection, rows: bool = False) -> float:
+    """Mean chunks a document of the corpus holds (embedded ones, or with ``rows`` every row
+    of ``chunks``, headings too), from a 300-document sample spread over all records (the
+    first 300 alone are SciFact's, longer than CISI's and Cranfield's: the 1M run sized from
+    them got 931k rows)."""
     records = _records()
     embedder = rt.embedder_for(coll)
     step = max(1, len(records) // 300)
     sample = [scale_build.document(i * step, records) for i in range(300)]
-    per_doc = statistics.mean(
+    return statistics.mean(
         sum(
             1
             for c in chunk_document(
@@ -123,7 +125,13 @@ def docs_for(
         )
         for j, s in enumerate(sample)
     )
-    return max(1, round(target_chunks / per_doc))
+
+
+def docs_for(
+    target_chunks: int, rt: Runtime, coll: repository.Collection, rows: bool = False
+) -> int:
+    """Documents that hold about ``target_chunks`` chunks (see :func:`rows_per_document`)."""
+    return max(1, round(target_chunks / rows_per_document(rt, coll, rows)))
 
 
 def write_corpus(folder: Path, target_chunks: int, rt: Runtime, coll: repository.Collection) -> int:
@@ -267,6 +275,31 @@ def measure(
     return {"latency": latency, "recall_at_10": recall}
 
 
+@contextmanager
+def existing(data_dir: Path) -> Iterator[tuple[Runtime, repository.Collection]]:
+    """The runtime and collection a previous ``--keep`` run left in ``data_dir``, its HTTP
+    model pointed at a freshly started instant server."""
+    with InstantServer() as server, Runtime(Settings(data_dir=data_dir)) as rt:
+        with rt.db.connection() as conn:
+            conn.execute(
+                "UPDATE embedding_models SET options = options || %s::jsonb"
+                " WHERE provider = 'openai'",
+                (json.dumps({"base_url": server.base_url}),),
+            )
+        yield rt, rt.collection(COLLECTION)
+
+
+def _vacuum_analyze(rt: Runtime) -> float:
+    """``VACUUM ANALYZE`` of the whole database; its seconds."""
+    conn = rt.db.connect(autocommit=True)
+    try:
+        t0 = time.perf_counter()
+        conn.execute("VACUUM ANALYZE")
+        return round(time.perf_counter() - t0, 1)
+    finally:
+        conn.close()
+
+
 def measure_existing(
     data_dir: Path,
     queries: list[str],
@@ -275,24 +308,77 @@ def measure_existing(
     only: list[str] | None = None,
 ) -> dict[str, Any]:
     """:func:`measure` on a collection a previous ``--keep`` run left in ``data_dir``."""
-    with InstantServer() as server, Runtime(Settings(data_dir=data_dir)) as rt:
-        with rt.db.connection() as conn:
-            conn.execute(
-                "UPDATE embedding_models SET options = options || %s::jsonb"
-                " WHERE provider = 'openai'",
-                (json.dumps({"base_url": server.base_url}),),
-            )
-        coll = rt.collection(COLLECTION)
-        conn = rt.db.connect(autocommit=True)
-        try:
-            conn.execute("VACUUM ANALYZE")
-            row = conn.execute("SELECT count(*) FROM chunks").fetchone()
-        finally:
-            conn.close()
-        out: dict[str, Any] = {"chunks": int(row[0]) if row else 0}
+    with existing(data_dir) as (rt, coll):
+        out: dict[str, Any] = {"vacuum_analyze_s": _vacuum_analyze(rt)}
+        with rt.db.connection() as conn:  # any kept collection (files or --construct direct)
+            row = conn.execute(
+                "SELECT count(*) FROM chunks WHERE collection_id = %s", (coll.id,)
+            ).fetchone()
+        out["chunks"] = int(row[0]) if row else 0
         out["disk_bytes"] = _disk(rt, coll)
         out["disk_bytes_per_chunk"] = round(sum(out["disk_bytes"].values()) / max(out["chunks"], 1))
         out.update(measure(rt, queries, clients, recall_queries, only))
+    return out
+
+
+def top_up(
+    rt: Runtime, coll: repository.Collection, target_rows: int, work: Path
+) -> dict[str, Any]:
+    """Grow the collection to at least ``target_rows`` rows of ``chunks`` with the next
+    documents of the corpus, as a user's later load into the non-empty collection: the
+    documents are written as Markdown files and go through :func:`ingest_items` (the
+    collection's own parser, chunker, HTTP model and incremental write path: HNSW index
+    kept, BM25 statistics and postings maintained by the triggers, one transaction a
+    round), stored under the sources ``--construct direct`` gives them. One load is sized
+    from :func:`rows_per_document`; if it falls short, another follows."""
+    records = _records()
+    per_doc = rows_per_document(rt, coll, rows=True)
+    with rt.db.connection() as conn:
+        before = scale_build.stored(conn, coll)
+    now = before
+    out: dict[str, Any] = {
+        "rows_before": before.rows,
+        "documents_before": before.documents,
+        "loads": [],
+    }
+    while now.rows < target_rows:
+        first = now.documents
+        n_docs = max(1, math.ceil((target_rows - now.rows) / per_doc * 1.01))
+        folder = work / f"top-up-{first}"
+        items = scale_build.write_files(folder, first, first + n_docs, records)
+        report = IngestReport(collection=COLLECTION)
+
+        def progress(event: str, files: int, chunks: int, n: int = n_docs) -> None:
+            if files % 2000 == 0:
+                print(f"  top-up: {files}/{n} files, {chunks} chunks", flush=True)
+
+        t0 = time.perf_counter()
+        ingest_items(rt, COLLECTION, items, report, progress=progress)
+        seconds = time.perf_counter() - t0
+        shutil.rmtree(folder, ignore_errors=True)
+        if report.failed:
+            raise RuntimeError(f"top-up load failed: {report.failed[0].error}")
+        with rt.db.connection() as conn:
+            now = scale_build.stored(conn, coll)
+        out["loads"].append(
+            {
+                "documents": n_docs,
+                "first_document": first,
+                "chunks": report.chunks,
+                "ingest_s": round(seconds, 1),
+                "chunks_per_s": round(report.chunks / seconds, 1),
+                "stages_s": {k: round(v, 1) for k, v in report.stages.items()},
+            }
+        )
+        print(f"  top-up load: {out['loads'][-1]}", flush=True)
+    seconds = sum(load["ingest_s"] for load in out["loads"])
+    added = now.rows - before.rows
+    out.update(
+        rows_after=now.rows,
+        documents_after=now.documents,
+        ingest_s=round(seconds, 1),
+        chunks_per_s=round(added / seconds, 1) if seconds else 0.0,
+    )
     return out
 
 
@@ -405,7 +491,26 @@ def main() -> None:
         metavar="DATA_DIR",
         help="only measure the collection a --keep run left in DATA_DIR",
     )
+    ap.add_argument(
+        "--top-up",
+        type=Path,
+        metavar="DATA_DIR",
+        help="grow the collection a --keep run left in DATA_DIR to --sizes (one size) rows of "
+        "chunks with the corpus's next documents, through the incremental ingest path",
+    )
     args = ap.parse_args()
+    if args.top_up:
+        if len(args.sizes) != 1:
+            ap.error("--top-up takes one target size: --sizes N")
+        work = args.work or Path(tempfile.mkdtemp(prefix="ragstore-scale-"))
+        with existing(args.top_up) as (rt, coll):
+            res = top_up(rt, coll, args.sizes[0], work)
+            res["vacuum_analyze_s"] = _vacuum_analyze(rt)
+            res["disk_bytes"] = _disk(rt, coll)
+        print(json.dumps(res, indent=1), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(res, indent=1))
+        return
     if args.measure:
         res = measure_existing(
             args.measure, _queries(args.queries), args.clients, args.recall_queries, args.only

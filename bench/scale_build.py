@@ -34,6 +34,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ from bench.instant_embedder import Vectors
 from ragstore.chunking import chunk_document, document_hash, recipe
 from ragstore.db import documents, repository, spaces
 from ragstore.embedding.registry import load_embedder
+from ragstore.ingest.service import Item
 from ragstore.models import ModelSpec
 from ragstore.parsing import parse_bytes
 from ragstore.parsing.language import detect_language
@@ -76,6 +78,48 @@ def document(j: int, records: list[tuple[str, str]]) -> str:
     return _document(j, records, random.Random(1_000_003 * 7 + j))
 
 
+def source(j: int) -> str:
+    """The source document ``j`` is stored under."""
+    return f"scale/{j // 1000:04d}/doc{j:07d}.md"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the collection holds: rows of ``chunks`` (headings too) and documents."""
+
+    rows: int
+    documents: int
+
+
+def stored(conn: Any, coll: repository.Collection) -> Stored:
+    """Rows and documents of ``coll``; its documents must be ``0 .. n - 1`` of the corpus
+    (what :func:`build` and a top-up write), so that the next one to add is ``n``."""
+    docs, last = conn.execute(
+        "SELECT count(*), max(source) FROM documents WHERE collection_id = %s", (coll.id,)
+    ).fetchone()
+    if docs and last != source(docs - 1):
+        raise RuntimeError(
+            f"collection {coll.name!r} holds {docs} documents but its last is {last!r}, not"
+            f" {source(docs - 1)!r}: not a corpus this bench built, so it cannot be topped up"
+        )
+    (rows,) = conn.execute(
+        "SELECT count(*) FROM chunks WHERE collection_id = %s", (coll.id,)
+    ).fetchone()
+    return Stored(int(rows), int(docs))
+
+
+def write_files(folder: Path, first: int, last: int, records: list[tuple[str, str]]) -> list[Item]:
+    """Documents ``first`` to ``last - 1`` as Markdown files under ``folder``, as ingest
+    items stored under their :func:`source` (the names the direct build gives them)."""
+    items: list[Item] = []
+    for j in range(first, last):
+        path = folder / source(j)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(document(j, records), encoding="utf-8")
+        items.append(Item(source(j), path, source(j)))
+    return items
+
+
 def _prepare(first: int, last: int) -> tuple[list[documents.DocumentWrite], float]:
     """Parse, chunk and embed documents ``first`` to ``last - 1`` (in a worker process)."""
     t0 = time.process_time()
@@ -85,9 +129,9 @@ def _prepare(first: int, last: int) -> tuple[list[documents.DocumentWrite], floa
     spec: ModelSpec = _state["spec"]
     out: list[documents.DocumentWrite] = []
     for j in range(first, last):
-        source = f"scale/{j // 1000:04d}/doc{j:07d}.md"
+        name = source(j)
         data = document(j, records).encode()
-        parsed = parse_bytes(data, source, "markdown")
+        parsed = parse_bytes(data, name, "markdown")
         chunks = chunk_document(parsed, embedder, spec.max_tokens)
         texts = [c.embed_text for c in chunks if c.embeddable]
         if texts:
@@ -99,13 +143,13 @@ def _prepare(first: int, last: int) -> tuple[list[documents.DocumentWrite], floa
             vectors = np.zeros((0, spec.dimension), dtype=np.float32)
         metadata: dict[str, Any] = dict(parsed.metadata)
         metadata.update(
-            path=source, filename=source.rsplit("/", 1)[1], size_bytes=len(data), format="markdown"
+            path=name, filename=name.rsplit("/", 1)[1], size_bytes=len(data), format="markdown"
         )
         language = detect_language(parsed)
         if language:
             metadata["language"] = language
         record = documents.DocumentRecord(
-            source=source,
+            source=name,
             title=parsed.title,
             format=parsed.format,
             content_hash=document_hash(data),

@@ -60,6 +60,31 @@ class DocumentWrite:
     chunks: Sequence[Chunk]
     vectors: np.ndarray
     extra_vectors: Mapping[str, np.ndarray] | None = None
+    lexemes: Lexemes | None = None  # the chunks' tsvectors, when computed beforehand
+
+
+@dataclass(frozen=True)
+class Lexemes:
+    """Chunks' tsvectors computed before a bulk write (:func:`text_search_vectors`).
+
+    ``tsv`` holds each chunk's tsvector in PostgreSQL's binary form and ``lengths`` its
+    ``ragstore_tsv_length``, in chunk order; ``config`` is the oid of the text search
+    configuration they were computed with. In a bulk write (:func:`begin_bulk`) the chunk
+    trigger keeps them when ``config`` is the collection's (revision 0015) instead of
+    computing ``to_tsvector`` again in the writing backend.
+    """
+
+    config: int
+    tsv: Sequence[bytes]
+    lengths: Sequence[int]
+
+    def split(self, sizes: Sequence[int]) -> list[Lexemes]:
+        """Consecutive parts of ``sizes`` chunks each (one per document)."""
+        out, at = [], 0
+        for n in sizes:
+            out.append(Lexemes(self.config, self.tsv[at : at + n], self.lengths[at : at + n]))
+            at += n
+        return out
 
 
 @dataclass(frozen=True)
@@ -141,6 +166,43 @@ def finish_bulk(conn: Conn, collection_id: int, memory: str | None = None) -> in
     row = conn.execute("SELECT ragstore_bm25_bulk_finish(%s)", (collection_id,)).fetchone()
     conn.execute("SELECT set_config('ragstore.bulk', 'off', true)")
     return int(row[0]) if row else 0
+
+
+def ts_config_oid(conn: Conn, collection_id: int) -> int:
+    """The oid of the text search configuration the chunk trigger gives this collection's
+    chunks: its ``ts_config`` setting, else the column default (english)."""
+    row = conn.execute(
+        "SELECT coalesce((settings->>'ts_config')::regconfig, 'english'::regconfig)::oid"
+        " FROM collections WHERE id = %s",
+        (collection_id,),
+    ).fetchone()
+    if row is None:
+        raise InputError(f"collection id {collection_id} does not exist")
+    return int(row[0])
+
+
+def text_search_vectors(conn: Conn, config: int, texts: Sequence[str]) -> Lexemes:
+    """``to_tsvector(config, text)`` and its length for each text, in order, in binary form.
+
+    A pure function of the texts: it reads no table, so it runs on any connection of the
+    same server, outside the writer's transaction. An import runs it on a second
+    connection for the next slice of chunks while the writer stores the current one
+    (``imports.service``); the chunk trigger then keeps the values (revision 0015).
+    ``OFFSET 0`` keeps the subquery whole: pulled up, ``v`` would be computed twice.
+    """
+    if not texts:
+        return Lexemes(config, [], [])
+    rows = (
+        conn.cursor(binary=True)
+        .execute(
+            "SELECT v, ragstore_tsv_length(v) FROM (SELECT to_tsvector(%s::oid::regconfig, t)"
+            " AS v, o FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, o) OFFSET 0) AS s"
+            " ORDER BY o",
+            (config, list(texts)),
+        )
+        .fetchall()
+    )
+    return Lexemes(config, [bytes(r[0]) for r in rows], [int(r[1]) for r in rows])
 
 
 def write_documents(
@@ -291,58 +353,68 @@ def _copy_chunks(
     doc_ids: Sequence[int],
     ids: Sequence[int],
 ) -> None:
-    """One binary COPY of every document's chunks, parents resolved to the drawn ids."""
+    """One binary COPY of every document's chunks, parents resolved to the drawn ids; with
+    their tsvectors when every document brings them (:class:`Lexemes`)."""
     if not ids:
         return
-    with conn.cursor().copy(
-        "COPY chunks (id, document_id, collection_id, ordinal, chunk_type, text, section_path,"
-        " parent_id, char_start, char_end, page, token_count, metadata, content_hash, context)"
-        " FROM STDIN (FORMAT BINARY)"
-    ) as copy:
-        copy.set_types(
-            [
-                "int8",
-                "int8",
-                "int4",
-                "int4",
-                "text",
-                "text",
-                "text[]",
-                "int8",
-                "int4",
-                "int4",
-                "int4",
-                "int4",
-                "jsonb",
-                "text",
-                "text",
-            ]
-        )
+    lex = [d.lexemes for d in docs]
+    with_lexemes = all(x is not None for x in lex)
+    columns = _CHUNK_COLUMNS + (", ts_config, tsv, tsv_length" if with_lexemes else "")
+    types = _CHUNK_TYPES + (_LEXEME_TYPES if with_lexemes else [])
+    with conn.cursor().copy(f"COPY chunks ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(types)
         offset = 0
-        for doc_id, d in zip(doc_ids, docs, strict=True):
+        for doc_id, d, x in zip(doc_ids, docs, lex, strict=True):
             mine = ids[offset : offset + len(d.chunks)]
             offset += len(d.chunks)
-            for cid, ch in zip(mine, d.chunks, strict=True):
+            for j, (cid, ch) in enumerate(zip(mine, d.chunks, strict=True)):
                 parent = mine[ch.parent_ordinal] if ch.parent_ordinal is not None else None
-                copy.write_row(
-                    (
-                        cid,
-                        doc_id,
-                        coll.id,
-                        ch.ordinal,
-                        ch.chunk_type.value,
-                        ch.text,
-                        list(ch.section_path),
-                        parent,
-                        ch.char_start,
-                        ch.char_end,
-                        ch.page,
-                        ch.token_count,
-                        Jsonb(ch.metadata),
-                        ch.content_hash,
-                        ch.context,
-                    )
+                row: tuple[Any, ...] = (
+                    cid,
+                    doc_id,
+                    coll.id,
+                    ch.ordinal,
+                    ch.chunk_type.value,
+                    ch.text,
+                    list(ch.section_path),
+                    parent,
+                    ch.char_start,
+                    ch.char_end,
+                    ch.page,
+                    ch.token_count,
+                    Jsonb(ch.metadata),
+                    ch.content_hash,
+                    ch.context,
                 )
+                if x is not None and with_lexemes:
+                    row += (x.config, x.tsv[j], x.lengths[j])
+                copy.write_row(row)
+
+
+_CHUNK_COLUMNS = (
+    "id, document_id, collection_id, ordinal, chunk_type, text, section_path, parent_id,"
+    " char_start, char_end, page, token_count, metadata, content_hash, context"
+)
+_CHUNK_TYPES = [
+    "int8",
+    "int8",
+    "int4",
+    "int4",
+    "text",
+    "text",
+    "text[]",
+    "int8",
+    "int4",
+    "int4",
+    "int4",
+    "int4",
+    "jsonb",
+    "text",
+    "text",
+]
+# ts_config, tsv, tsv_length: a binary COPY field is the type's own binary form, so the
+# tsvector PostgreSQL sent (text_search_vectors) goes back as it came, as raw bytes
+_LEXEME_TYPES = ["oid", "bytea", "int4"]
 
 
 def allocate_chunk_ids(conn: Conn, n: int) -> list[int]:
@@ -441,18 +513,6 @@ def vectors_by_source(
         cur.execute(stmt, (collection_id, Jsonb(metadata)))
         for source, emb in cur:
             yield str(source), np.asarray(emb.to_numpy())
-
-
-def count_embedded(conn: Conn, collection_id: int, table: str, metadata: dict[str, Any]) -> int:
-    """Chunks with a vector in ``table`` of the documents whose metadata contains ``metadata``."""
-    row = conn.execute(
-        sql.SQL(
-            "SELECT count(*) FROM documents d JOIN chunks c ON c.document_id = d.id"
-            " JOIN {t} e ON e.chunk_id = c.id WHERE d.collection_id = %s AND d.metadata @> %s"
-        ).format(t=sql.Identifier(table)),
-        (collection_id, Jsonb(metadata)),
-    ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def sources_under(

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from ragstore.db.models import upsert_model
 from ragstore.errors import (
     CollectionNotFoundError,
     ConflictError,
+    DatabaseUnavailableError,
     ImportSourceError,
     ImportValidationError,
     ImportVerificationError,
@@ -59,7 +62,66 @@ IMPORTED_PROVIDER = "imported"
 DISTANCES = ("cosine", "l2", "ip")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-WRITE_SLICE = 10_000  # records per write_documents call (progress is reported per slice)
+WRITE_SLICE = 10_000  # records per write_documents call at most (progress is reported per slice)
+SLICES = 4  # a bulk import is written in at least this many slices (see _Writer._write_rows)
+MIN_SLICE = 250  # ... of at least this many records
+
+
+def _slice_size(total: int) -> int:
+    """Records per write_documents call: a quarter of the import, between MIN_SLICE and
+    WRITE_SLICE, so that the tsvectors of all but the first slice are computed on the
+    second connection while the writer is busy."""
+    return max(1, min(WRITE_SLICE, max(MIN_SLICE, -(-total // SLICES))))
+
+
+class _Lexer:
+    """The tsvectors of the slices of chunks after the one being written, computed on a
+    second connection.
+
+    One worker thread holds its own autocommit connection (outside the pool, so an import
+    never waits for a pooled one) and computes the slices in the order they were
+    submitted (:func:`ragstore.db.documents.text_search_vectors`, which reads no table:
+    nothing of the writer's transaction is shared or exposed). The writer keeps it
+    ``AHEAD`` slices ahead, so it never waits for the writer, and takes each slice's
+    result when it writes that slice.
+    """
+
+    AHEAD = 2  # slices submitted beyond the one being written (bounds the memory held)
+
+    def __init__(self, conn: psycopg.Connection[Any], config: int) -> None:
+        self.config = config
+        self.conn = conn
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-lexer")
+        self.queue: deque[Future[documents.Lexemes]] = deque()
+
+    @classmethod
+    def start(cls, rt: Runtime, config: int) -> _Lexer | None:
+        """A lexer with its own connection; None when no second connection can be opened
+        now (the server at max_connections): the chunk trigger then computes every
+        tsvector, as it does outside bulk writes."""
+        try:
+            return cls(rt.db.connect(autocommit=True), config)
+        except DatabaseUnavailableError:
+            return None
+
+    def submit(self, texts: list[str]) -> None:
+        """Queue the next slice's texts (slices are taken back in the order given)."""
+        self.queue.append(
+            self.pool.submit(documents.text_search_vectors, self.conn, self.config, texts)
+        )
+
+    def attach(self, writes: list[documents.DocumentWrite]) -> list[documents.DocumentWrite]:
+        """``writes`` with their lexemes: the result of the oldest slice submitted."""
+        with translated("computing the tsvectors of an import"):
+            lex = self.queue.popleft().result()
+        parts = lex.split([len(w.chunks) for w in writes])
+        return [replace(w, lexemes=x) for w, x in zip(writes, parts, strict=True)]
+
+    def close(self) -> None:
+        for pending in self.queue:
+            pending.cancel()
+        self.pool.shutdown(wait=True)
+        self.conn.close()
 
 
 @dataclass
@@ -275,27 +337,58 @@ class _Writer:
 
     def _write_rows(self, conn: psycopg.Connection[Any], coll: repository.Collection) -> None:
         """Every kept record as a one-chunk document with its own vector, through the shared
-        write path (:func:`ragstore.db.documents.write_documents`) in slices of
-        ``WRITE_SLICE`` inside this one transaction."""
+        write path (:func:`ragstore.db.documents.write_documents`) in slices inside this one
+        transaction.
+
+        Into an empty space (a bulk write) the chunks' tsvectors of the next slices are
+        computed on a second connection while this one writes the current slice
+        (:class:`_Lexer`); the first slice's are computed by the chunk trigger meanwhile
+        (a quarter of the import: the trigger's path costs the writer about three times
+        what a slice with its tsvectors does, so both connections finish together).
+        ``to_tsvector`` is most of the server's work per chunk, and this way it runs on
+        another core instead of in the writing backend (revision 0015).
+        """
         total = len(self.kept)
+        step = _slice_size(total)
+        starts = list(range(0, total, step))
         written_ids: list[int] = []
-        for start in range(0, total, WRITE_SLICE):
-            writes = [
-                self._document(rid, rec, self.vectors[i])
-                for i, (rid, rec) in enumerate(
-                    zip(
-                        self.ids[start : start + WRITE_SLICE],
-                        self.kept[start : start + WRITE_SLICE],
-                        strict=True,
-                    ),
-                    start,
-                )
-            ]
-            written = documents.write_documents(conn, coll, writes, force=True)
-            written_ids += [w.id for w in written]
-            self.progress("documents", min(start + WRITE_SLICE, total), total)
+        queued = 0  # the last slice submitted to the lexer
+        lexer = None
+        if not self.had_rows:  # a bulk write: the chunk trigger keeps what it is sent
+            lexer = _Lexer.start(self.rt, documents.ts_config_oid(conn, coll.id))
+        try:
+            for n, start in enumerate(starts):
+                writes = [
+                    self._document(rid, rec, self.vectors[i])
+                    for i, (rid, rec) in enumerate(
+                        zip(
+                            self.ids[start : start + step],
+                            self.kept[start : start + step],
+                            strict=True,
+                        ),
+                        start,
+                    )
+                ]
+                if lexer is not None:
+                    # slice 0 is the trigger's; the next ones are queued before this waits
+                    for ahead in range(max(1, n + 1), min(len(starts), n + 1 + lexer.AHEAD)):
+                        if ahead > queued:
+                            lexer.submit(self.texts(starts[ahead], step))
+                            queued = ahead
+                    if n > 0:
+                        writes = lexer.attach(writes)
+                written = documents.write_documents(conn, coll, writes, force=True)
+                written_ids += [w.id for w in written]
+                self.progress("documents", min(start + step, total), total)
+        finally:
+            if lexer is not None:
+                lexer.close()
         ids_by_doc = documents.chunk_ids_of(conn, written_ids)
         self.chunk_ids = [ids_by_doc[d] for d in written_ids]
+
+    def texts(self, start: int, step: int) -> list[str]:
+        """The chunk texts of the records ``start`` to ``start + step`` (one each)."""
+        return [rec.text or "" for rec in self.kept[start : start + step]]
 
     def _document(self, rid: str, rec: Record, vector: np.ndarray) -> documents.DocumentWrite:
         text = rec.text or ""
@@ -325,13 +418,17 @@ class _Writer:
 
     def _stored_digests(
         self, conn: psycopg.Connection[Any], coll: repository.Collection
-    ) -> dict[str, bytes]:
-        return {
-            rid: record_digest(rid, vec)
-            for rid, vec in documents.vectors_by_source(
-                conn, coll.id, coll.table, {"import": {"batch": self.batch}}
-            )
-        }
+    ) -> tuple[int, dict[str, bytes]]:
+        """The rows stored under this import's batch (each chunk with a vector in the
+        space) and their digests by record id, in one read."""
+        rows = 0
+        digests: dict[str, bytes] = {}
+        for rid, vec in documents.vectors_by_source(
+            conn, coll.id, coll.table, {"import": {"batch": self.batch}}
+        ):
+            rows += 1
+            digests[rid] = record_digest(rid, vec)
+        return rows, digests
 
     def _existing(
         self, conn: psycopg.Connection[Any], coll: repository.Collection
@@ -344,12 +441,9 @@ class _Writer:
 
     def _verify(self, conn: psycopg.Connection[Any], coll: repository.Collection) -> Verification:
         opts, spec = self.opts, self.plan.spec
-        stored_rows = documents.count_embedded(
-            conn, coll.id, coll.table, {"import": {"batch": self.batch}}
-        )
         self.progress("checksum", 0, len(self.ids))
         source_d = digests_of(self.ids, self.vectors)
-        stored_d = self._stored_digests(conn, coll)
+        stored_rows, stored_d = self._stored_digests(conn, coll)
         old_ids, old_vecs = self._existing(conn, coll) if self.had_rows else ([], self.vectors[:0])
         base = np.concatenate([old_vecs, self.vectors]) if old_ids else self.vectors
         base_ids = np.asarray(old_ids + self.chunk_ids, dtype=np.int64)

@@ -3,9 +3,10 @@
 RRF scores an item by ``sum(weight_i / (k + rank_i))`` over the lists it appears in
 (ranks start at 1; a list it is missing from adds nothing). It needs no score
 calibration between BM25 and cosine similarity, which is why it is the default way to
-combine them. :func:`rrf` is the reference; :func:`fusion_sql` composes the SQL the
-search service runs so that both lists and their fusion cost one round trip; a test
-checks that the two agree.
+combine them. :func:`rrf` is the reference and what hybrid search runs on its two lists
+(search/fused.py); :func:`fusion_sql` composes the same rule in SQL for the statements
+that fuse inside the database (a hybrid search whose query holds only stop words has its
+vector list alone); a test checks that the two agree.
 """
 
 from __future__ import annotations

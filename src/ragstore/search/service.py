@@ -7,10 +7,11 @@ grouping happens in the database, and only the final ``k`` rows come back with t
 and document.
 
 Hybrid search runs its two lists at once on two pooled connections (the full-text list on
-a small thread pool), each fetched as two arrays, then fuses, groups and fetches the rows
-in a third statement: its latency is the slower list plus one short statement, not the
-sum of both (at 100k chunks the BM25 list alone cost about three vector searches). The
-BM25 list is :data:`HYBRID_FULLTEXT_DEPTH` deep (at least ``k``), the vector list
+a small thread pool), each returning its candidates with their chunk and document rows,
+and fuses and groups them in Python (search/fused.py, the same rules as the SQL): its
+latency is the slower list, not the sum of both, and no third statement (at 100k chunks
+the BM25 list alone cost about three vector searches; a fusing statement added 2.5-3 ms).
+The BM25 list is :data:`HYBRID_FULLTEXT_DEPTH` deep (at least ``k``), the vector list
 :data:`MIN_CANDIDATES`.
 
 Vector search turns on pgvector's iterative index scan (``hnsw.iterative_scan =
@@ -57,6 +58,7 @@ from ragstore.search.aggregate import (
     section_values,
 )
 from ragstore.search.filters import CompiledFilter, compile_filter
+from ragstore.search.fused import fused_rows
 from ragstore.search.hybrid import FusionParams, fusion_sql
 from ragstore.validation import float32_array
 
@@ -297,29 +299,22 @@ def _run(
         compiled=compiled,
     )
     if vec_sql is not None and ft_sql is not None:
-        # the two lists at once, on two pooled connections; fused by a third statement
+        # the two lists at once, on two pooled connections, each with its rows; fused here
         ft_values = dict(values, n=p.fulltext_list_depth)
         pending = _lists_executor().submit(
             contextvars.copy_context().run,
             run_.execute,
-            _as_arrays(ft_sql, "raw DESC, chunk_id"),
+            _with_rows(ft_sql, "l.raw DESC, l.chunk_id"),
             ft_values,
             pruned_filter=pruned_filter,
         )
         try:
-            vec_rows = run_.execute(_as_arrays(vec_sql, "raw, chunk_id"), values, hnsw=True)
+            vec_rows = run_.execute(_with_rows(vec_sql, "l.raw, l.chunk_id"), values, hnsw=True)
         finally:
             ft_rows = pending.result()
-        values.update(
-            vec_ids=vec_rows[0][0],
-            vec_raws=vec_rows[0][1],
-            ft_ids=ft_rows[0][0],
-            ft_raws=ft_rows[0][1],
-        )
-        ctes = [_from_arrays("vec_ranked", "vec"), _from_arrays("ft_ranked", "ft")]
-        stmt = _final_sql(ctes, [("vec_ranked", "wv"), ("ft_ranked", "wf")], p, coll)
-        rows = run_.execute(stmt, values)
-    elif vec_sql is not None:
+        rows = fused_rows(vec_rows, ft_rows, p.k, p.pool, p.fusion, p.sections)
+        return [_hit(r, coll, p) for r in rows]
+    if vec_sql is not None:
         ctes = _ranked_list("vec", vec_sql, "raw")
         stmt = _final_sql(ctes, [("vec_ranked", "wv")], p, coll)
         rows = run_.execute(stmt, values, hnsw=True)
@@ -361,24 +356,15 @@ def _lists_executor() -> ThreadPoolExecutor:
         return _executor
 
 
-def _as_arrays(list_sql: sql.Composable, order: str) -> sql.Composed:
-    """A ranked list as one row of two arrays (chunk ids and raw scores, best first)."""
+def _with_rows(list_sql: sql.Composable, order: str) -> sql.Composed:
+    """A ranked list (``chunk_id, raw``) with each candidate's chunk and document: the
+    rows :func:`ragstore.search.fused.fused_rows` fuses and returns (:data:`LIST_ROW`)."""
     return sql.SQL(
-        "SELECT coalesce(array_agg(chunk_id ORDER BY {o}), '{{}}'::bigint[]),"
-        " coalesce(array_agg(raw ORDER BY {o}), '{{}}'::float8[]) FROM ({l}) l"
+        "SELECT l.chunk_id, l.raw, d.id, d.source, d.title, c.text, c.chunk_type,"
+        " c.section_path, c.ordinal, c.page, c.metadata, c.parent_id"
+        " FROM ({l}) l JOIN chunks c ON c.id = l.chunk_id"
+        " JOIN documents d ON d.id = c.document_id ORDER BY {o}"
     ).format(o=sql.SQL(order), l=list_sql)
-
-
-def _from_arrays(name: str, prefix: str) -> sql.Composable:
-    """A ranked CTE (``chunk_id, raw, rank``) from a list fetched as arrays."""
-    return sql.SQL(
-        "{n} AS (SELECT chunk_id, raw, rank FROM unnest({i}::bigint[], {r}::float8[])"
-        " WITH ORDINALITY AS x(chunk_id, raw, rank))"
-    ).format(
-        n=sql.Identifier(name),
-        i=sql.Placeholder(f"{prefix}_ids"),
-        r=sql.Placeholder(f"{prefix}_raws"),
-    )
 
 
 def _final_sql(
