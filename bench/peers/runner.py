@@ -87,7 +87,9 @@ def _worker(python: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
         "TRANSFORMERS_OFFLINE": "1",
         "ANONYMIZED_TELEMETRY": "False",
         "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": str(REPO),
+        # the caller's path after the repository: a worker imports the ragstore the runner
+        # imports (PYTHONPATH=src from a worktree), not whichever one is installed
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
         "OMP_NUM_THREADS": str(spec["threads"]),
         "MKL_NUM_THREADS": str(spec["threads"]),
     }
