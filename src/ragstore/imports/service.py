@@ -69,9 +69,16 @@ MIN_SLICE = 250  # ... of at least this many records
 
 def _slice_size(total: int) -> int:
     """Records per write_documents call: a quarter of the import, between MIN_SLICE and
-    WRITE_SLICE, so that the tsvectors of all but the first slice are computed on the
-    second connection while the writer is busy."""
+    WRITE_SLICE."""
     return max(1, min(WRITE_SLICE, max(MIN_SLICE, -(-total // SLICES))))
+
+
+def _by_trigger(n: int) -> bool:
+    """Whether slice ``n``'s tsvectors are left to the chunk trigger: one slice in SLICES
+    (0, 4, 8, ...), the others come from the second connection. With its tsvectors a slice
+    costs the writer about a third of what it costs through the trigger, and the second
+    connection about half, so this share keeps both busy until the end."""
+    return n % SLICES == 0
 
 
 class _Lexer:
@@ -342,17 +349,16 @@ class _Writer:
 
         Into an empty space (a bulk write) the chunks' tsvectors of the next slices are
         computed on a second connection while this one writes the current slice
-        (:class:`_Lexer`); the first slice's are computed by the chunk trigger meanwhile
-        (a quarter of the import: the trigger's path costs the writer about three times
-        what a slice with its tsvectors does, so both connections finish together).
-        ``to_tsvector`` is most of the server's work per chunk, and this way it runs on
-        another core instead of in the writing backend (revision 0015).
+        (:class:`_Lexer`), except one slice in four (the first among them), whose tsvectors
+        the chunk trigger computes meanwhile (:func:`_by_trigger`). ``to_tsvector`` is most
+        of the server's work per chunk, and this way most of it runs on another core
+        instead of in the writing backend (revision 0015).
         """
         total = len(self.kept)
         step = _slice_size(total)
         starts = list(range(0, total, step))
         written_ids: list[int] = []
-        queued = 0  # the last slice submitted to the lexer
+        queued = 0  # the last slice looked at for the lexer (slice 0 is the trigger's)
         lexer = None
         if not self.had_rows:  # a bulk write: the chunk trigger keeps what it is sent
             lexer = _Lexer.start(self.rt, documents.ts_config_oid(conn, coll.id))
@@ -370,12 +376,12 @@ class _Writer:
                     )
                 ]
                 if lexer is not None:
-                    # slice 0 is the trigger's; the next ones are queued before this waits
-                    for ahead in range(max(1, n + 1), min(len(starts), n + 1 + lexer.AHEAD)):
-                        if ahead > queued:
+                    # the next slices are queued before this one waits for its own
+                    for ahead in range(queued + 1, min(len(starts), n + 1 + lexer.AHEAD)):
+                        if not _by_trigger(ahead):
                             lexer.submit(self.texts(starts[ahead], step))
-                            queued = ahead
-                    if n > 0:
+                        queued = ahead
+                    if not _by_trigger(n):
                         writes = lexer.attach(writes)
                 written = documents.write_documents(conn, coll, writes, force=True)
                 written_ids += [w.id for w in written]
