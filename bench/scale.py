@@ -310,8 +310,11 @@ def measure_existing(
     """:func:`measure` on a collection a previous ``--keep`` run left in ``data_dir``."""
     with existing(data_dir) as (rt, coll):
         out: dict[str, Any] = {"vacuum_analyze_s": _vacuum_analyze(rt)}
-        with rt.db.connection() as conn:
-            out["chunks"] = scale_build.stored(conn, coll).rows
+        with rt.db.connection() as conn:  # any kept collection (files or --construct direct)
+            row = conn.execute(
+                "SELECT count(*) FROM chunks WHERE collection_id = %s", (coll.id,)
+            ).fetchone()
+        out["chunks"] = int(row[0]) if row else 0
         out["disk_bytes"] = _disk(rt, coll)
         out["disk_bytes_per_chunk"] = round(sum(out["disk_bytes"].values()) / max(out["chunks"], 1))
         out.update(measure(rt, queries, clients, recall_queries, only))

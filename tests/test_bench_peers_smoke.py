@@ -82,6 +82,7 @@ def test_ragstore_adapter_ingests_searches_and_skips_unchanged(
     system.open()
     try:
         assert system.ingest() == len(chunks)
+        system.settle()  # VACUUM (ANALYZE) of its database, as the worker does before timing
         title = full.docs["5836"].split("\n", 1)[0]
         hits = system.search(title, 3)
         assert hits[0].startswith("5836:")

@@ -71,3 +71,34 @@ def test_batches_are_cut_by_token_count_with_preprocess_features() -> None:
         for batch in (by_chars[k : k + 3] for k in range(0, len(texts), 3))
     )
     assert padded < char_padding
+
+
+def test_one_text_goes_straight_through_the_model_with_the_batch_vector() -> None:
+    """A single text (a search's query) skips the batching and the module stack, and gets
+    the vector the same text gets inside an ingest batch, for full and truncated specs."""
+    for name in ("all-MiniLM-L6-v2", TRUNCATED_MODEL):
+        embedder = _local(name)
+        assert embedder._single is not None
+        batch = embedder.embed_texts(TEXTS)
+        for i, text in enumerate(TEXTS):
+            alone = embedder.embed_texts([text])
+            assert alone.shape == (1, batch.shape[1]) and alone.dtype == np.float32
+            np.testing.assert_allclose(alone[0], batch[i], rtol=0, atol=1e-6)
+        query = "Which drugs lower mortality after a heart attack?"
+        np.testing.assert_allclose(
+            embedder.embed_query(query + name), embedder.embed([query + name])[0], atol=1e-6
+        )
+
+
+def test_a_model_pooled_otherwise_keeps_the_module_stack() -> None:
+    """The single-text path mean-pools: a model that pools the CLS token is not given it."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from ragstore.embedding.local import _Inputs, _SingleText
+
+    embedder = _local("all-MiniLM-L6-v2")
+    mean = embedder.model
+    cls_pooled = SentenceTransformer(modules=[mean[0], Pooling(384, pooling_mode="cls")])
+    assert _SingleText.of(mean, _Inputs.of(mean)) is not None
+    assert _SingleText.of(cls_pooled, _Inputs.of(cls_pooled)) is None

@@ -10,6 +10,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("chunks_per_s", "ingest, chunks/s", "{:.1f}"),
     ("non_encode_share", "ingest time not spent encoding", "{:.0%}"),
     ("reingest_s", "re-ingest unchanged, s", "{:.2f}"),
+    ("settle_s", "settle after ingest (VACUUM ANALYZE), s", "{:.2f}"),
+    ("first_search_ms", "first search of the process, ms (untimed warm-up)", "{:.1f}"),
     ("p50_ms", "search p50, ms (1 client)", "{:.1f}"),
     ("p99_ms", "search p99, ms (1 client)", "{:.1f}"),
     ("qps_1", "queries/s, 1 client", "{:.1f}"),

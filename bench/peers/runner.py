@@ -9,6 +9,7 @@ rounds is reported, so a slow minute on the shared machine hits both sides of a 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -86,7 +87,9 @@ def _worker(python: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
         "TRANSFORMERS_OFFLINE": "1",
         "ANONYMIZED_TELEMETRY": "False",
         "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": str(REPO),
+        # the caller's path after the repository: a worker imports the ragstore the runner
+        # imports (PYTHONPATH=src from a worktree), not whichever one is installed
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
         "OMP_NUM_THREADS": str(spec["threads"]),
         "MKL_NUM_THREADS": str(spec["threads"]),
     }
@@ -318,6 +321,8 @@ def summarize(
             "disk_bytes_per_chunk": [r["disk_bytes"] / r["chunks"] for r in rows],
             "peak_rss_mib": [r["peak_rss_bytes"] / 2**20 for r in rows],
             "cache_misses": [float(r.get("cache_misses", 0)) for r in rows],
+            "settle_s": [r.get("settle_s", math.nan) for r in rows],
+            "first_search_ms": [r.get("first_search_s", math.nan) * 1000 for r in rows],
         }
         per[name] = series
     out: dict[str, dict[str, Any]] = {}

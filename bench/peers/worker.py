@@ -1,11 +1,13 @@
 """One system, one round, one process: ``python -m bench.peers.worker SPEC.json OUT.json``.
 
 Steps, in order: load the model and open the store (untimed), ingest (timed), disk size,
-single-client search (latency per query), 8-client search (wall time -> queries/s), the
-runs for nDCG (first round only), re-ingest of the unchanged corpus (timed, first round
-only: a peer's re-ingest is a full re-embed, one figure is enough for a ratio in the
-hundreds; last, since a peer that does not upsert duplicates its rows), then the
-process's peak RSS.
+settle (timed apart: ``VACUUM (ANALYZE)`` for the PostgreSQL systems, the work autovacuum
+would otherwise start at a random moment of the search passes; nothing for Chroma), one
+untimed warm-up search (its time reported apart), single-client search (latency per
+query), 8-client search (wall time -> queries/s), the runs for nDCG (first round only),
+re-ingest of the unchanged corpus (timed, first round only: a peer's re-ingest is a full
+re-embed, one figure is enough for a ratio in the hundreds; last, since a peer that does
+not upsert duplicates its rows), then the process's peak RSS.
 
 The special system ``encode`` is the baseline: the same texts through the same model with
 the same batch size and nothing else; it also writes the vectors for exact search.
@@ -44,6 +46,12 @@ PACKAGES = (
     "asyncpg",
     "chromadb",
 )
+
+
+# One untimed search before the timed passes, the same text for every system: the first
+# search of a process pays one-time costs (ragstore: the pgvector version check and its
+# first statement; Chroma: loading the index segments), reported apart as first_search_s.
+WARM_UP_QUERY = "warm up the search path"
 
 
 def versions() -> dict[str, str]:
@@ -186,6 +194,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if cache is not None:  # --encoder cached: texts the model had to encode after all
             result["cache_misses"] = cache.misses
         result["disk_bytes"] = system.disk_bytes() - disk0
+        t0 = time.perf_counter()
+        system.settle()
+        result["settle_s"] = time.perf_counter() - t0
+        getattr(system, "reset_caches", lambda: None)()
+        t0 = time.perf_counter()
+        system.search(WARM_UP_QUERY, 10)
+        result["first_search_s"] = time.perf_counter() - t0
         timed = dict(list(queries.items())[: spec["latency_queries"]])
         found, lat = _search_all(system, timed, 10)
         result["top10"] = found

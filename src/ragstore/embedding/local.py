@@ -104,6 +104,7 @@ class SentenceTransformerEmbedder(Embedder):
         truncate = spec.options.get("truncate_dim")
         self._truncate = int(truncate) if truncate else None
         self._inputs = _Inputs.of(self.model)
+        self._single = _SingleText.of(self.model, self._inputs)
 
     def embed_batch(self, texts: Sequence[str]) -> Vectors:
         return self.embed_texts(texts)
@@ -126,6 +127,23 @@ class SentenceTransformerEmbedder(Embedder):
         t0 = time.perf_counter()
         out: Vectors | None = None
         with torch.inference_mode():
+            if len(texts) == 1 and self._single is not None:
+                out = self._single(texts[0])  # a query: no sorting, padding or features
+        if out is None:
+            out = self._encode_batches(texts)
+        metrics.observe_embedding_batch(len(texts), time.perf_counter() - t0)
+        if self._truncate is not None:
+            out = np.ascontiguousarray(out[:, : self._truncate])
+        if self.spec.normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+    def _encode_batches(self, texts: Sequence[str]) -> Vectors:
+        """The model's sentence embeddings of ``texts``, batch by batch, in their order."""
+        import torch
+
+        out: Vectors | None = None
+        with torch.inference_mode():
             for idx, features in self._batches(texts):
                 if self.device != "cpu":
                     features = {
@@ -137,11 +155,6 @@ class SentenceTransformerEmbedder(Embedder):
                     out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
                 out[idx] = vecs
         assert out is not None
-        metrics.observe_embedding_batch(len(texts), time.perf_counter() - t0)
-        if self._truncate is not None:
-            out = np.ascontiguousarray(out[:, : self._truncate])
-        if self.spec.normalize:
-            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 
     def _batches(self, texts: Sequence[str]) -> Iterator[tuple[npt.NDArray[np.intp], Any]]:
@@ -250,3 +263,70 @@ class _Inputs:
         features: dict[str, Any] = {n: torch.from_numpy(arrays[n]) for n in self.names}
         features["modality"] = "text"
         return features
+
+
+class _SingleText:
+    """One text straight through the transformer, mean-pooled: a search's query encode.
+
+    The model's own stack (``SentenceTransformer.forward`` over Transformer, Pooling and
+    Normalize modules) rebuilds a features dict, filters keyword arguments and computes a
+    masked mean for every call; for one unpadded text none of that changes a number, so
+    this reads the text's ids from the private tokenizer of :class:`_Inputs` into one
+    tensor and calls the Hugging Face model with them alone (no padding, so no attention
+    mask, and token types that are all zero by default). :meth:`of` uses it only for a
+    model whose modules are exactly Transformer, mean Pooling and optionally Normalize,
+    and only when its vectors match the full stack's on a probe of awkward texts.
+    """
+
+    def __init__(self, backend: Any, model: Any, normalize: bool, device: str) -> None:
+        self.backend = backend
+        self.model = model
+        self.normalize = normalize
+        self.device = device
+
+    @classmethod
+    def of(cls, model: Any, inputs: _Inputs | None) -> _SingleText | None:
+        import torch
+        from sentence_transformers.sentence_transformer.modules import (
+            Normalize,
+            Pooling,
+            Transformer,
+        )
+
+        modules = list(model)
+        if inputs is None or len(modules) not in (2, 3):
+            return None
+        first, pooling = modules[0], modules[1]
+        normalize = len(modules) == 3
+        if normalize and type(modules[2]) is not Normalize:
+            return None
+        if type(first) is not Transformer or type(pooling) is not Pooling:
+            return None
+        if pooling.pooling_mode not in ("mean", ("mean",)) or not pooling.include_prompt:
+            return None
+        hf_model = getattr(first, "auto_model", None)
+        if hf_model is None:
+            return None
+        single = cls(inputs.backend, hf_model, normalize, str(model.device))
+        with torch.inference_mode():
+            for text in _PROBE[:3] + _PROBE[4:]:  # the 600-word text only costs load time
+                expected = model(inputs.features(inputs.encode([text])))["sentence_embedding"]
+                got = single(text)
+                if not np.allclose(got, expected.float().cpu().numpy(), rtol=0, atol=1e-6):
+                    return None
+        return single
+
+    def __call__(self, text: str) -> Vectors:
+        """The text's sentence embedding, a (1, dimension) float32 array; call it under
+        ``torch.inference_mode``."""
+        import torch
+
+        ids = torch.tensor([self.backend.encode(text, add_special_tokens=True).ids])
+        if self.device != "cpu":
+            ids = ids.to(self.device)
+        hidden = self.model(input_ids=ids, return_dict=True).last_hidden_state
+        vec = hidden.sum(dim=1) / hidden.shape[1]
+        if self.normalize:
+            vec = torch.nn.functional.normalize(vec, p=2, dim=1)
+        out: Vectors = vec.float().cpu().numpy()
+        return out
