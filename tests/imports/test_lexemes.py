@@ -18,14 +18,9 @@ import psycopg
 import pytest
 
 from ragstore.db import documents, repository
+from ragstore.imports import service
 from ragstore.imports.files import JsonlSource
-from ragstore.imports.service import (
-    MIN_SLICE,
-    ImportOptions,
-    declared_spec,
-    plan_import,
-    run_import,
-)
+from ragstore.imports.service import ImportOptions, declared_spec, plan_import, run_import
 from ragstore.models import Chunk, ChunkType
 from ragstore.runtime import Runtime
 from tests.imports.helpers import vectors, write_jsonl
@@ -47,7 +42,7 @@ def _write(
         oid = conn.execute("SELECT %s::regconfig::oid", (config,)).fetchone()
         assert oid is not None
         lex = documents.text_search_vectors(
-            conn, int(oid[0]), [PLANTED] * len(TEXTS) if planted else TEXTS
+            conn, int(str(oid[0])), [PLANTED] * len(TEXTS) if planted else TEXTS
         )
         writes = []
         for n, (text, part) in enumerate(zip(TEXTS, lex.split([1] * len(TEXTS)), strict=True)):
@@ -86,9 +81,14 @@ def test_other_writes_compute_the_tsvector_themselves(rt: Runtime, bulk: bool, c
 
 
 def test_an_import_of_several_slices_stores_the_tsvector_of_each_text(
-    rt: Runtime, tmp_path: Path
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    n = 2 * MIN_SLICE + 7  # three slices: the trigger's, then two from the second connection
+    # slices of 15, 60, 60, 60, 60, 60 and 52 records, each one's tsvectors computed on
+    # the second connection while the writer stores an earlier one
+    monkeypatch.setattr(service, "WRITE_SLICE", 60)
+    monkeypatch.setattr(service, "MIN_SLICE", 60)
+    n = 367
+    assert [b - a for a, b in service._slices(n)] == [15, 60, 60, 60, 60, 60, 52]
     ids = [f"r{i}" for i in range(n)]
     texts = [f"Record {i} says running cells {'divided ' * (i % 5)}#{i * 7}" for i in range(n)]
     path = write_jsonl(tmp_path / "lex.jsonl", ids, vectors(n, 8, 3), texts)

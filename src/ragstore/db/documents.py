@@ -196,7 +196,7 @@ def text_search_vectors(conn: Conn, config: int, texts: Sequence[str]) -> Lexeme
         conn.cursor(binary=True)
         .execute(
             "SELECT v, ragstore_tsv_length(v) FROM (SELECT to_tsvector(%s::oid::regconfig, t)"
-            " AS v, o FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, o) OFFSET 0) AS s"
+            " AS v, o FROM unnest(%b::text[]) WITH ORDINALITY AS u(t, o) OFFSET 0) AS s"
             " ORDER BY o",
             (config, list(texts)),
         )
@@ -217,7 +217,9 @@ def write_documents(
     equals the new one is left as it is (``unchanged``) unless ``force``. The collection
     row is held ``FOR SHARE`` so a model switch waits for this write; if the active space
     changed since ``coll`` was read and no vectors for it were given, the write is refused
-    (409) rather than leave the searched space without these documents.
+    (409) rather than leave the searched space without these documents. Array parameters
+    go in binary (``%b``): in text form psycopg escapes every quote of every JSON metadata
+    string with a regular expression, about 40 ms per 1,000 documents of the writer's time.
     """
     if not docs:
         return []
@@ -231,7 +233,7 @@ def write_documents(
     stored = {
         str(r[1]): r
         for r in conn.execute(
-            f"SELECT {_DOC_COLS} FROM documents WHERE collection_id = %s AND source = ANY(%s)",
+            f"SELECT {_DOC_COLS} FROM documents WHERE collection_id = %s AND source = ANY(%b)",
             (coll.id, sources),
         ).fetchall()
     }
@@ -255,8 +257,8 @@ def write_documents(
         rows = conn.execute(
             "UPDATE documents d SET title = u.t, format = u.f, content_hash = u.h,"
             " size_bytes = u.b, metadata = u.m::jsonb, parsed = u.p, updated_at = now()"
-            " FROM unnest(%s::int8[], %s::text[], %s::text[], %s::text[], %s::int8[],"
-            " %s::text[], %s::bytea[]) AS u(i, t, f, h, b, m, p) WHERE d.id = u.i"
+            " FROM unnest(%b::int8[], %b::text[], %b::text[], %b::text[], %b::int8[],"
+            " %b::text[], %b::bytea[]) AS u(i, t, f, h, b, m, p) WHERE d.id = u.i"
             f" RETURNING {', '.join('d.' + c.strip() for c in _DOC_COLS.split(','))}",
             (
                 old_ids,
@@ -278,8 +280,8 @@ def write_documents(
         rows = conn.execute(
             "INSERT INTO documents (collection_id, source, title, format, content_hash,"
             " size_bytes, metadata, parsed)"
-            " SELECT %s, s, t, f, h, b, m::jsonb, p FROM unnest(%s::text[], %s::text[],"
-            " %s::text[], %s::text[], %s::int8[], %s::text[], %s::bytea[])"
+            " SELECT %s, s, t, f, h, b, m::jsonb, p FROM unnest(%b::text[], %b::text[],"
+            " %b::text[], %b::text[], %b::int8[], %b::text[], %b::bytea[])"
             f" AS u(s, t, f, h, b, m, p) RETURNING {_DOC_COLS}",
             (
                 coll.id,

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +64,19 @@ DISTANCES = ("cosine", "l2", "ip")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 WRITE_SLICE = 10_000  # records per write_documents call at most (progress is reported per slice)
-SLICES = 4  # a bulk import is written in at least this many slices (see _Writer._write_rows)
+SLICES = 4  # a bulk import is written in about this many slices (see _slices)
 MIN_SLICE = 250  # ... of at least this many records
 
 
-def _slice_size(total: int) -> int:
-    """Records per write_documents call: a quarter of the import, between MIN_SLICE and
-    WRITE_SLICE, so that the tsvectors of all but the first slice are computed on the
-    second connection while the writer is busy."""
-    return max(1, min(WRITE_SLICE, max(MIN_SLICE, -(-total // SLICES))))
+def _slices(total: int) -> list[tuple[int, int]]:
+    """(start, end) of each write_documents call: slices of a quarter of the import,
+    between MIN_SLICE and WRITE_SLICE records, after a first one of a quarter of that, so
+    that the writer waits little for the first slice's tsvectors (:class:`_Lexer`)."""
+    step = max(1, min(WRITE_SLICE, max(MIN_SLICE, -(-total // SLICES))))
+    bounds = [0, min(total, max(1, step // SLICES))]
+    while bounds[-1] < total:
+        bounds.append(min(total, bounds[-1] + step))
+    return list(pairwise(bounds))
 
 
 class _Lexer:
@@ -340,55 +345,46 @@ class _Writer:
         write path (:func:`ragstore.db.documents.write_documents`) in slices inside this one
         transaction.
 
-        Into an empty space (a bulk write) the chunks' tsvectors of the next slices are
-        computed on a second connection while this one writes the current slice
-        (:class:`_Lexer`); the first slice's are computed by the chunk trigger meanwhile
-        (a quarter of the import: the trigger's path costs the writer about three times
-        what a slice with its tsvectors does, so both connections finish together).
+        Into an empty space (a bulk write) the chunks' tsvectors are computed on a second
+        connection, up to two slices ahead of the one this connection writes
+        (:class:`_Lexer`); the first slice is small, so the writer starts soon.
         ``to_tsvector`` is most of the server's work per chunk, and this way it runs on
-        another core instead of in the writing backend (revision 0015).
+        another core instead of in the writing backend (revision 0015). Without a second
+        connection the chunk trigger computes them, as for any other write.
         """
         total = len(self.kept)
-        step = _slice_size(total)
-        starts = list(range(0, total, step))
+        bounds = _slices(total)
         written_ids: list[int] = []
-        queued = 0  # the last slice submitted to the lexer
+        queued = -1  # the last slice handed to the lexer
         lexer = None
         if not self.had_rows:  # a bulk write: the chunk trigger keeps what it is sent
             lexer = _Lexer.start(self.rt, documents.ts_config_oid(conn, coll.id))
         try:
-            for n, start in enumerate(starts):
+            for n, (start, end) in enumerate(bounds):
+                if lexer is not None:  # this slice and the next AHEAD, before this one waits
+                    for ahead in range(queued + 1, min(len(bounds), n + 1 + lexer.AHEAD)):
+                        lexer.submit(self.texts(*bounds[ahead]))
+                        queued = ahead
                 writes = [
                     self._document(rid, rec, self.vectors[i])
                     for i, (rid, rec) in enumerate(
-                        zip(
-                            self.ids[start : start + step],
-                            self.kept[start : start + step],
-                            strict=True,
-                        ),
-                        start,
+                        zip(self.ids[start:end], self.kept[start:end], strict=True), start
                     )
                 ]
                 if lexer is not None:
-                    # slice 0 is the trigger's; the next ones are queued before this waits
-                    for ahead in range(max(1, n + 1), min(len(starts), n + 1 + lexer.AHEAD)):
-                        if ahead > queued:
-                            lexer.submit(self.texts(starts[ahead], step))
-                            queued = ahead
-                    if n > 0:
-                        writes = lexer.attach(writes)
+                    writes = lexer.attach(writes)
                 written = documents.write_documents(conn, coll, writes, force=True)
                 written_ids += [w.id for w in written]
-                self.progress("documents", min(start + step, total), total)
+                self.progress("documents", end, total)
         finally:
             if lexer is not None:
                 lexer.close()
         ids_by_doc = documents.chunk_ids_of(conn, written_ids)
         self.chunk_ids = [ids_by_doc[d] for d in written_ids]
 
-    def texts(self, start: int, step: int) -> list[str]:
-        """The chunk texts of the records ``start`` to ``start + step`` (one each)."""
-        return [rec.text or "" for rec in self.kept[start : start + step]]
+    def texts(self, start: int, end: int) -> list[str]:
+        """The chunk texts of the records ``start`` to ``end`` (one each)."""
+        return [rec.text or "" for rec in self.kept[start:end]]
 
     def _document(self, rid: str, rec: Record, vector: np.ndarray) -> documents.DocumentWrite:
         text = rec.text or ""
