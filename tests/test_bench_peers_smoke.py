@@ -84,8 +84,10 @@ def test_ragstore_adapter_ingests_searches_and_skips_unchanged(
         assert system.ingest() == len(chunks)
         system.settle()  # VACUUM (ANALYZE) of its database, as the worker does before timing
         title = full.docs["5836"].split("\n", 1)[0]
+        clock = system.encode_clock.seconds
         hits = system.search(title, 3)
         assert hits[0].startswith("5836:")
+        assert system.encode_clock.seconds > clock  # the query encode, timed apart
         assert set(hits) <= {c["key"] for c in chunks}
         assert system.reingest() == 0  # unchanged files: nothing embedded again
         assert system.disk_bytes() > 0

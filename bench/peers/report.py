@@ -13,6 +13,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("settle_s", "settle after ingest (VACUUM ANALYZE), s", "{:.2f}"),
     ("first_search_ms", "first search of the process, ms (untimed warm-up)", "{:.1f}"),
     ("p50_ms", "search p50, ms (1 client)", "{:.1f}"),
+    ("encode_p50_ms", "of which the query encode, p50 ms", "{:.1f}"),
+    ("rest_p50_ms", "search minus its encode, p50 ms", "{:.1f}"),
     ("p99_ms", "search p99, ms (1 client)", "{:.1f}"),
     ("qps_1", "queries/s, 1 client", "{:.1f}"),
     ("qps_8", "queries/s, 8 clients", "{:.1f}"),

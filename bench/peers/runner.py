@@ -288,6 +288,10 @@ def _versions(results: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     return out
 
 
+def _p50_ms(values: list[float] | None) -> float:
+    return metrics.percentile(values, 50) * 1000 if values else math.nan
+
+
 def rows_of(by: dict[tuple[str, int], Any], name: str, rounds: int) -> list[dict[str, Any]]:
     return [by[(name, i)] for i in range(rounds)]
 
@@ -321,6 +325,15 @@ def summarize(
             "disk_bytes_per_chunk": [r["disk_bytes"] / r["chunks"] for r in rows],
             "peak_rss_mib": [r["peak_rss_bytes"] / 2**20 for r in rows],
             "cache_misses": [float(r.get("cache_misses", 0)) for r in rows],
+            "encode_p50_ms": [_p50_ms(r.get("encode_latencies")) for r in rows],
+            "rest_p50_ms": [
+                _p50_ms(
+                    [a - b for a, b in zip(r["latencies"], r["encode_latencies"], strict=True)]
+                    if "encode_latencies" in r
+                    else None
+                )
+                for r in rows
+            ],
             "settle_s": [r.get("settle_s", math.nan) for r in rows],
             "first_search_ms": [r.get("first_search_s", math.nan) * 1000 for r in rows],
         }

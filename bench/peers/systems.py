@@ -34,10 +34,31 @@ from __future__ import annotations
 import inspect
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from bench.peers.encoders import CachedVectors, HttpVectors
+
+
+class EncodeClock:
+    """Seconds a system spent in its query-embedding call (ragstore's ``embed_query``,
+    Chroma's embedding function), so the worker splits each search's latency into the
+    encode and the rest, the same way for both."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def timed(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        return wrapper
 
 
 class System(Protocol):
@@ -146,6 +167,8 @@ class Ragstore:
                 return self.cache.embed(list(texts), model_embed)
 
             embedder.embed = embed  # type: ignore[method-assign]
+        self.encode_clock = EncodeClock()
+        embedder.embed_query = self.encode_clock.timed(embedder.embed_query)  # type: ignore[method-assign]
         self.hybrid = "mode" in inspect.signature(search).parameters
 
     def ingest(self) -> int:
@@ -389,6 +412,7 @@ class Chroma:
         batch_size = self.spec["batch_size"]
         encoder = _encoder(self.spec)
         cache = self.cache = _cached(self.spec) if encoder == "cached" else None
+        clock = self.encode_clock = EncodeClock()
 
         class SameBatch(SentenceTransformerEmbeddingFunction):
             """Chroma's own function, encoding with the batch size every system uses."""
@@ -405,8 +429,11 @@ class Chroma:
                     )
 
                 # cached: chunk texts looked up, queries (never in the table) encoded
+                t0 = time.perf_counter()
                 vecs = cache.embed(list(input), model) if cache else model(list(input))
-                return [np.array(v, dtype=np.float32) for v in vecs]
+                out = [np.array(v, dtype=np.float32) for v in vecs]
+                clock.seconds += time.perf_counter() - t0
+                return out
 
         if encoder == "instant":
             from chromadb.api.types import EmbeddingFunction
