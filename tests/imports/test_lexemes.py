@@ -83,12 +83,12 @@ def test_other_writes_compute_the_tsvector_themselves(rt: Runtime, bulk: bool, c
 def test_an_import_of_several_slices_stores_the_tsvector_of_each_text(
     rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # slices of 15, 60, 60, 60, 60, 60 and 52 records, each one's tsvectors computed on
-    # the second connection while the writer stores an earlier one
+    # slices of 15, 30, 60, 60, 60, 60, 60 and 22 records, each one's tsvectors computed
+    # on the second connection while the writer stores an earlier one
     monkeypatch.setattr(service, "WRITE_SLICE", 60)
     monkeypatch.setattr(service, "MIN_SLICE", 60)
     n = 367
-    assert [b - a for a, b in service._slices(n)] == [15, 60, 60, 60, 60, 60, 52]
+    assert [b - a for a, b in service._slices(n)] == [15, 30, 60, 60, 60, 60, 60, 22]
     ids = [f"r{i}" for i in range(n)]
     texts = [f"Record {i} says running cells {'divided ' * (i % 5)}#{i * 7}" for i in range(n)]
     path = write_jsonl(tmp_path / "lex.jsonl", ids, vectors(n, 8, 3), texts)

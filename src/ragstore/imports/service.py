@@ -70,12 +70,15 @@ MIN_SLICE = 250  # ... of at least this many records
 
 def _slices(total: int) -> list[tuple[int, int]]:
     """(start, end) of each write_documents call: slices of a quarter of the import,
-    between MIN_SLICE and WRITE_SLICE records, after a first one of a quarter of that, so
-    that the writer waits little for the first slice's tsvectors (:class:`_Lexer`)."""
+    between MIN_SLICE and WRITE_SLICE records, after two smaller ones (a quarter and a half
+    of that), so that the writer waits little for the first slices' tsvectors while the
+    second connection gets ahead of it (:class:`_Lexer`)."""
     step = max(1, min(WRITE_SLICE, max(MIN_SLICE, -(-total // SLICES))))
-    bounds = [0, min(total, max(1, step // SLICES))]
+    size = max(1, step // SLICES)
+    bounds = [0]
     while bounds[-1] < total:
-        bounds.append(min(total, bounds[-1] + step))
+        bounds.append(min(total, bounds[-1] + size))
+        size = min(step, 2 * size)
     return list(pairwise(bounds))
 
 
@@ -347,7 +350,7 @@ class _Writer:
 
         Into an empty space (a bulk write) the chunks' tsvectors are computed on a second
         connection, up to two slices ahead of the one this connection writes
-        (:class:`_Lexer`); the first slice is small, so the writer starts soon.
+        (:class:`_Lexer`); the first slices are small, so the writer starts soon.
         ``to_tsvector`` is most of the server's work per chunk, and this way it runs on
         another core instead of in the writing backend (revision 0015). Without a second
         connection the chunk trigger computes them, as for any other write.
