@@ -23,10 +23,15 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
-def pg_admin_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+def pg_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data dir of the session-wide embedded server."""
+    return tmp_path_factory.mktemp("pg")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_uri(pg_data_dir: Path) -> str:
     """Admin URI of a session-wide embedded server (its own data dir, Unix socket)."""
-    data_dir = tmp_path_factory.mktemp("pg")
-    return embedded.start(data_dir)
+    return embedded.start(pg_data_dir)
 
 
 def _with_db(uri: str, dbname: str) -> str:

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ragstore.errors import DatabaseUnavailableError
 
 DATABASE_NAME = "ragstore"
 _logger = logging.getLogger(__name__)
+_start_lock = threading.Lock()  # one thread of this process at a time in start()
 
 
 def pg_bin_dir() -> Path:
@@ -46,11 +48,16 @@ def start(data_dir: Path) -> str:
         data_dir.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset, harmless
-            server = get_server(data_dir / "pg", cleanup_mode="stop")
-            with server._lock:  # the package's inter-process lock over its pid list
-                _forget_dead_users(server.global_process_id_list)
-                server.ensure_postgres_running()  # restarts a postmaster that died
-                server.global_process_id_list.get_and_add(os.getpid())  # after a release
+            # the package's lock over its pid list is an inter-process file lock that one
+            # process must not enter from two threads (the second release raises), and its
+            # server registry is not thread-safe either: threads probing at once (every
+            # pooled connection busy) take turns here first
+            with _start_lock:
+                server = get_server(data_dir / "pg", cleanup_mode="stop")
+                with server._lock:  # the package's inter-process lock over its pid list
+                    _forget_dead_users(server.global_process_id_list)
+                    server.ensure_postgres_running()  # restarts a postmaster that died
+                    server.global_process_id_list.get_and_add(os.getpid())  # after a release
     except (OSError, subprocess.SubprocessError, AssertionError) as exc:
         raise DatabaseUnavailableError(
             f"could not start the embedded PostgreSQL under {data_dir / 'pg'}: {exc}; "
