@@ -102,3 +102,87 @@ def test_a_model_pooled_otherwise_keeps_the_module_stack() -> None:
     cls_pooled = SentenceTransformer(modules=[mean[0], Pooling(384, pooling_mode="cls")])
     assert _SingleText.of(mean, _Inputs.of(mean)) is not None
     assert _SingleText.of(cls_pooled, _Inputs.of(cls_pooled)) is None
+
+
+QUERIES = [
+    "Which drugs lower mortality after a heart attack?",
+    "0-dimensional biomaterials show inductive properties.",
+    "  Ünïcode, CAFÉ and 中文\twith\u00a0odd   spacing.  ",
+    "",
+    " ",
+    "?",
+    "word " * 600,  # far past max_tokens: truncated at 256 like encode truncates it
+    "fs.readFile(path[, options], callback) => { return `${a}` }",
+]
+
+
+def test_a_bert_query_takes_the_written_out_forward_and_gets_encodes_vector() -> None:
+    """MiniLM is a plain BERT: a single text is encoded by ``BertForward`` (no module
+    stack), and its vector is sentence-transformers' ``encode`` of the same text within
+    1e-6, for the full and the truncated spec, including a text truncated at max_tokens."""
+    from ragstore.embedding.bert_forward import BertForward
+
+    for name in ("all-MiniLM-L6-v2", TRUNCATED_MODEL):
+        embedder = _local(name)
+        assert embedder._single is not None
+        assert isinstance(embedder._single.forward, BertForward)
+        theirs = embedder.model.encode(
+            QUERIES, batch_size=1, normalize_embeddings=True, convert_to_numpy=True
+        )
+        dim = embedder.spec.dimension
+        expected = theirs[:, :dim] / np.linalg.norm(theirs[:, :dim], axis=1, keepdims=True)
+        for text, want in zip(QUERIES, expected, strict=True):
+            np.testing.assert_allclose(embedder.embed_texts([text])[0], want, rtol=0, atol=1e-6)
+
+
+def test_the_written_out_forward_equals_bert_model_on_another_shape() -> None:
+    """Not tied to MiniLM's sizes: a small random BERT (3 heads, 2 layers) gives its own
+    ``last_hidden_state`` mean; a BERT with another activation is refused."""
+    from transformers import BertConfig, BertModel
+
+    from ragstore.embedding.bert_forward import BertForward
+
+    torch.manual_seed(7)
+    sizes = dict(
+        vocab_size=60,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=96,
+        max_position_embeddings=40,
+    )
+    model = BertModel(BertConfig(**sizes)).eval()
+    forward = BertForward.of(model)
+    assert forward is not None
+    with torch.inference_mode():
+        for n in (1, 7, 40):
+            ids = torch.randint(0, 60, (1, n))
+            hidden = model(input_ids=ids).last_hidden_state
+            torch.testing.assert_close(forward(ids), hidden.mean(dim=1), rtol=0, atol=1e-6)
+    relu = BertModel(BertConfig(**sizes, hidden_act="relu")).eval()
+    assert BertForward.of(relu) is None
+    assert BertForward.of(model.train()) is None
+
+
+def test_a_model_whose_code_differs_from_its_config_keeps_its_own_forward() -> None:
+    """A BERT whose feed-forward does not compute what its config says (tanh GELU under
+    ``hidden_act="gelu"``) passes the written-out forward's checks but not the probe, so a
+    query goes through the Hugging Face model, with the model's own vector."""
+    import copy
+
+    from sentence_transformers import SentenceTransformer
+
+    from ragstore.embedding.bert_forward import BertForward
+    from ragstore.embedding.local import _Inputs, _SingleText
+
+    altered = copy.deepcopy(_local("all-MiniLM-L6-v2").model)
+    assert isinstance(altered, SentenceTransformer)
+    for layer in altered[0].auto_model.encoder.layer:
+        layer.intermediate.intermediate_act_fn = torch.nn.GELU(approximate="tanh")
+    assert BertForward.of(altered[0].auto_model) is not None  # its checks pass
+    single = _SingleText.of(altered, _Inputs.of(altered))
+    assert single is not None and single.forward is None
+    theirs = altered.encode(QUERIES[:3], batch_size=1, convert_to_numpy=True)
+    with torch.inference_mode():
+        for text, want in zip(QUERIES[:3], theirs, strict=True):
+            np.testing.assert_allclose(single(text)[0], want, rtol=0, atol=1e-6)

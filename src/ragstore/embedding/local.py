@@ -198,6 +198,7 @@ _PROBE = [
     "word " * 600,
     "fs.readFile(path[, options], callback) => {\n  return `${a}` }",
 ]
+_SINGLE_PROBE = _PROBE[:3] + _PROBE[4:]  # the 600-word text would only cost load time
 
 
 class _Inputs:
@@ -276,13 +277,21 @@ class _SingleText:
     mask, and token types that are all zero by default). :meth:`of` uses it only for a
     model whose modules are exactly Transformer, mean Pooling and optionally Normalize,
     and only when its vectors match the full stack's on a probe of awkward texts.
+
+    For a plain BERT the forward itself is written out over the model's weights
+    (:class:`~ragstore.embedding.bert_forward.BertForward`: no module stack, fused QKV), which
+    takes a sixth off a query's encode; where that does not pass the probe, the Hugging Face
+    model's own forward is used.
     """
 
-    def __init__(self, backend: Any, model: Any, normalize: bool, device: str) -> None:
+    def __init__(
+        self, backend: Any, model: Any, normalize: bool, device: str, forward: Any = None
+    ) -> None:
         self.backend = backend
         self.model = model
         self.normalize = normalize
         self.device = device
+        self.forward = forward  # a BertForward, or None for the model's own forward
 
     @classmethod
     def of(cls, model: Any, inputs: _Inputs | None) -> _SingleText | None:
@@ -307,14 +316,30 @@ class _SingleText:
         hf_model = getattr(first, "auto_model", None)
         if hf_model is None:
             return None
-        single = cls(inputs.backend, hf_model, normalize, str(model.device))
+        from ragstore.embedding.bert_forward import BertForward
+
+        device = str(model.device)
         with torch.inference_mode():
-            for text in _PROBE[:3] + _PROBE[4:]:  # the 600-word text only costs load time
-                expected = model(inputs.features(inputs.encode([text])))["sentence_embedding"]
-                got = single(text)
-                if not np.allclose(got, expected.float().cpu().numpy(), rtol=0, atol=1e-6):
-                    return None
-        return single
+            expected = [
+                model(inputs.features(inputs.encode([text])))["sentence_embedding"]
+                .float()
+                .cpu()
+                .numpy()
+                for text in _SINGLE_PROBE
+            ]
+            fast = BertForward.of(hf_model)
+            for forward in (fast, None) if fast is not None else (None,):
+                single = cls(inputs.backend, hf_model, normalize, device, forward)
+                if single._matches(expected):
+                    return single
+        return None
+
+    def _matches(self, expected: Sequence[Vectors]) -> bool:
+        """Whether this path gives the full stack's vectors of the probe texts."""
+        return all(
+            np.allclose(self(text), want, rtol=0, atol=1e-6)
+            for text, want in zip(_SINGLE_PROBE, expected, strict=True)
+        )
 
     def __call__(self, text: str) -> Vectors:
         """The text's sentence embedding, a (1, dimension) float32 array; call it under
@@ -324,8 +349,11 @@ class _SingleText:
         ids = torch.tensor([self.backend.encode(text, add_special_tokens=True).ids])
         if self.device != "cpu":
             ids = ids.to(self.device)
-        hidden = self.model(input_ids=ids, return_dict=True).last_hidden_state
-        vec = hidden.sum(dim=1) / hidden.shape[1]
+        if self.forward is not None:
+            vec = self.forward(ids)
+        else:
+            hidden = self.model(input_ids=ids, return_dict=True).last_hidden_state
+            vec = hidden.sum(dim=1) / hidden.shape[1]
         if self.normalize:
             vec = torch.nn.functional.normalize(vec, p=2, dim=1)
         out: Vectors = vec.float().cpu().numpy()

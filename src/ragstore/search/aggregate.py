@@ -29,10 +29,12 @@ with several weak ones while letting two or three good ones of one section outra
 single slightly better fragment. The document share (0.05 of the best 10 sections) was
 chosen on the same questions afterwards: it raised every mode's top-1 and top-3 there
 except hybrid top-3, already 18 of 20 (shares 0.05-0.2 with caps of 10 or 20 gave the
-same). It is all in the search statement, one round trip.
+same).
 
-:func:`rank_sections` is the same rule in Python (a test checks that the two agree): the
-reference, and what offline studies replay over candidate lists without a database
+The rule runs in Python (:func:`rank_sections`) over the pool a search's one statement
+returns: search/single.py for a single list, search/fused.py for hybrid. It ran in SQL
+until 2026-12-01 (seven CTEs; about 1.3 ms of a SciFact vector search against 0.1 ms here).
+Offline studies replay it over candidate lists without a database
 (``bench/longdoc_variants.py``).
 """
 
@@ -40,8 +42,6 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-
-from psycopg import sql
 
 SECTION_DECAY = 0.5
 SECTION_CAP = 5
@@ -55,63 +55,6 @@ def pool_size(k: int, depth: int, hybrid: bool) -> int:
     """How many ranked candidates are grouped into sections: enough that the top ``k``
     sections see their other chunks, never fewer than ``k``."""
     return max(k, depth if hybrid else SECTION_POOL)
-
-
-def section_ctes(hybrid: bool) -> list[sql.Composable]:
-    """CTEs turning ``fused`` (``chunk_id, score``, the pool, best first) into
-    ``sectioned`` (``chunk_id, score, section_score, section_hits``): the best chunk of
-    each of the top ``%(k)s`` sections, with ``section_hits`` the section's other pooled
-    chunk ids, best first, and ``section_score`` including the document's share.
-    Parameters: ``%(sec_decay)s``, ``%(sec_cap)s``, ``%(sec_k)s``, ``%(sec_doc)s``,
-    ``%(sec_doc_cap)s``."""
-    value = sql.SQL("p.score" if hybrid else "1.0 / (%(sec_k)s::float8 + p.r)")
-    return [
-        sql.SQL(
-            "pool AS (SELECT chunk_id, score,"
-            " row_number() OVER (ORDER BY score DESC, chunk_id) AS r FROM fused)"
-        ),
-        sql.SQL(
-            "grp AS (SELECT p.chunk_id, p.score, p.r, {value} AS v, c.document_id AS doc,"
-            " CASE WHEN c.chunk_type = 'heading' OR c.parent_id IS NULL THEN -c.id"
-            " ELSE c.parent_id END AS sec FROM pool p JOIN chunks c ON c.id = p.chunk_id)"
-        ).format(value=value),
-        sql.SQL(
-            "grp_j AS (SELECT grp.*, row_number() OVER"
-            " (PARTITION BY doc, sec ORDER BY r) AS j FROM grp)"
-        ),
-        sql.SQL(
-            "sect_own AS (SELECT doc, sec, min(r) AS best,"
-            " sum(CASE WHEN j <= %(sec_cap)s THEN v * power(%(sec_decay)s::float8, j - 1)"
-            " ELSE 0 END) AS own,"
-            " array_agg(chunk_id ORDER BY r) AS members FROM grp_j GROUP BY doc, sec)"
-        ),
-        sql.SQL(
-            "sect_d AS (SELECT sect_own.*, row_number() OVER"
-            " (PARTITION BY doc, sec > 0 ORDER BY own DESC, best) AS dj FROM sect_own)"
-        ),
-        sql.SQL(  # sec > 0: a section under a heading (the others are lone chunks)
-            "sect AS (SELECT doc, sec, best, members, own + CASE WHEN sec > 0"
-            " THEN %(sec_doc)s::float8 * sum(CASE WHEN dj <= %(sec_doc_cap)s THEN own"
-            " ELSE 0 END) OVER (PARTITION BY doc, sec > 0) ELSE 0 END AS section_score"
-            " FROM sect_d ORDER BY section_score DESC, best LIMIT %(k)s)"
-        ),
-        sql.SQL(
-            "sectioned AS (SELECT g.chunk_id, g.score, s.section_score, s.members[2:]"
-            " AS section_hits FROM sect s JOIN grp_j g ON g.doc = s.doc AND g.sec = s.sec"
-            " AND g.j = 1)"
-        ),
-    ]
-
-
-def section_values() -> dict[str, float]:
-    """The statement parameters :func:`section_ctes` refers to."""
-    return {
-        "sec_decay": SECTION_DECAY,
-        "sec_cap": SECTION_CAP,
-        "sec_k": SECTION_RANK_K,
-        "sec_doc": DOCUMENT_SHARE,
-        "sec_doc_cap": DOCUMENT_CAP,
-    }
 
 
 @dataclass(frozen=True)
@@ -144,8 +87,8 @@ def rank_sections(
     share: float = DOCUMENT_SHARE,
     document_cap: int = DOCUMENT_CAP,
 ) -> list[RankedSection]:
-    """The top ``k`` sections of ``pool`` by the rule :func:`section_ctes` runs in SQL,
-    best first. The pool is ranked by score (ties: chunk id), as the statement ranks it."""
+    """The top ``k`` sections of ``pool`` by the rule above, best first. The pool is ranked
+    by score (ties: chunk id)."""
     ranked = sorted(pool, key=lambda c: (-c.score, c.chunk_id))
     # a key (document, under a heading?, id): the heading chunk's id, or the chunk's own
     groups: dict[tuple[Hashable, bool, int], list[tuple[int, Candidate]]] = {}

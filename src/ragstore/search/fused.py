@@ -9,10 +9,9 @@ list arrives is RRF over at most ``depth + fulltext depth`` ids and the section 
 the pool, well under a millisecond (at 100k chunks the fusing statement cost 2.5-3 ms of
 the 13-17 ms a hybrid search took; docs/benchmarks.md, "Scale").
 
-The rules are the ones the single-list statements run in SQL, from their Python
-references: :func:`ragstore.search.hybrid.rrf` (a test checks it against
-:func:`~ragstore.search.hybrid.fusion_sql`) and :func:`ragstore.search.aggregate.rank_sections`
-(a test checks it against :func:`~ragstore.search.aggregate.section_ctes`).
+The rules: :func:`ragstore.search.hybrid.rrf` and
+:func:`ragstore.search.aggregate.rank_sections` (which single-list searches also run, in
+search/single.py).
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 Vector and full-text search are one SQL statement each, sent in one round trip (in
 autocommit: a single read needs no BEGIN or COMMIT), with its session settings in the same
-pipeline when a pooled connection needs them: the candidate list is a CTE, the section
-grouping happens in the database, and only the final ``k`` rows come back with their chunk
-and document.
+pipeline when a pooled connection needs them: the statement returns the list's pool of
+candidates, and the sections are ranked in Python (search/single.py; only the chunks that
+can be hits bring their text).
 
 Hybrid search runs its two lists at once on two pooled connections (the full-text list on
 a small thread pool), each returning its candidates with their chunk and document rows,
-and fuses and groups them in Python (search/fused.py, the same rules as the SQL): its
+and fuses and groups them in Python (search/fused.py, the same section rule): its
 latency is the slower list, not the sum of both, and no third statement (at 100k chunks
 the BM25 list alone cost about three vector searches; a fusing statement added 2.5-3 ms).
 The BM25 list is :data:`HYBRID_FULLTEXT_DEPTH` deep (at least ``k``), its first
@@ -49,18 +49,11 @@ from ragstore.errors import InputError
 from ragstore.models import Hit
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
-from ragstore.search import bm25
-from ragstore.search.aggregate import (
-    SECTION_CAP,
-    SECTION_DECAY,
-    SECTION_POOL,
-    pool_size,
-    section_ctes,
-    section_values,
-)
+from ragstore.search import bm25, single
+from ragstore.search.aggregate import SECTION_CAP, SECTION_DECAY, SECTION_POOL, pool_size
 from ragstore.search.filters import CompiledFilter, compile_filter
 from ragstore.search.fused import fused_rows
-from ragstore.search.hybrid import FusionParams, fusion_sql
+from ragstore.search.hybrid import FusionParams
 from ragstore.validation import float32_array
 
 Mode = Literal["vector", "fulltext", "hybrid"]
@@ -263,18 +256,7 @@ def _run(
     compiled = compile_filter(p.where)
     coll = rt.cached_collection(collection)
     values: dict[str, Any] = dict(compiled.params)
-    values.update(
-        {
-            "k": p.k,
-            "n": p.depth,
-            "pool": p.pool,
-            "rrf_k": p.fusion.k,
-            "wv": p.fusion.vector_weight,
-            "wf": p.fusion.fulltext_weight,
-        }
-    )
-    if p.sections:
-        values.update(section_values())
+    values.update({"k": p.k, "n": p.depth})
     filtered = p.where is not None and bool(p.where)
     vec_sql: sql.Composable | None = None
     ft_sql: sql.Composable | None = None
@@ -282,7 +264,7 @@ def _run(
 
     if p.mode in ("vector", "hybrid"):
         values["q"] = _query_vector(rt, coll, query, vector)
-        vec_sql = _vector_sql(coll, compiled.condition, filtered, p.exact)
+        vec_sql = _vector_sql(coll, compiled.condition, filtered, p.exact, p.depth)
     if p.mode in ("fulltext", "hybrid"):
         ftq = bm25.parse_query(query, plain=p.plain)
         if not ftq.empty:
@@ -335,28 +317,20 @@ def _run(
             ft_rows = pending.result()
         rows = fused_rows(vec_rows, ft_rows, p.k, p.pool, p.fusion, p.sections)
         return [_hit(r, coll, p) for r in rows]
+    # one list: its pool in one statement, grouped into sections in Python (search/single.py)
     if vec_sql is not None:
-        ctes = _ranked_list("vec", vec_sql, "raw")
-        stmt = _final_sql(ctes, [("vec_ranked", "wv")], p, coll)
-        rows = run_.execute(stmt, values, hnsw=True)
+        rows = run_.execute(single.pool_sql(vec_sql, "x.raw"), values, hnsw=True)
+        metric = coll.model.distance
+        rows = single.final_rows(
+            rows, p.k, p.sections, lambda raw: similarity(raw, metric), vector=True
+        )
     else:
         assert ft_sql is not None
-        ctes = _ranked_list("ft", ft_sql, "raw DESC")
-        stmt = _final_sql(ctes, [("ft_ranked", "wf")], p, coll)
-        rows = run_.execute(stmt, values, pruned_filter=pruned_filter)
+        rows = run_.execute(
+            single.pool_sql(ft_sql, "x.raw DESC"), values, pruned_filter=pruned_filter
+        )
+        rows = single.final_rows(rows, p.k, p.sections, float, vector=False)
     return [_hit(r, coll, p) for r in rows]
-
-
-def _ranked_list(name: str, query: sql.Composable, order: str) -> list[sql.Composable]:
-    """One list's CTEs for a single-list search: the list materialised once, then ranked
-    (ties broken by chunk id, so a search is deterministic)."""
-    return [
-        sql.SQL("{} AS MATERIALIZED ({})").format(sql.Identifier(name), query),
-        sql.SQL(
-            "{} AS (SELECT chunk_id, raw, row_number() OVER"
-            " (ORDER BY " + order + ", chunk_id) AS rank FROM {})"
-        ).format(sql.Identifier(f"{name}_ranked"), sql.Identifier(name)),
-    ]
 
 
 _executor_lock = threading.Lock()
@@ -386,56 +360,6 @@ def _with_rows(list_sql: sql.Composable, order: str) -> sql.Composed:
         " FROM ({l}) l JOIN chunks c ON c.id = l.chunk_id"
         " JOIN documents d ON d.id = c.document_id ORDER BY {o}"
     ).format(o=sql.SQL(order), l=list_sql)
-
-
-def _final_sql(
-    ctes: list[sql.Composable], ranked: list[tuple[str, str]], p: SearchParams, coll: Collection
-) -> sql.Composed:
-    """The ranked lists fused (hybrid) or cut to the pool, grouped into sections, joined to
-    their chunk and document rows: the rows :func:`_hit` reads."""
-    ctes = list(ctes)
-    if p.mode == "hybrid":
-        ctes.append(sql.SQL("fused AS ({})").format(fusion_sql(ranked, "pool")))
-    elif p.mode == "vector":
-        score = _similarity_sql(coll.model.distance)
-        ctes.append(
-            sql.SQL(
-                "fused AS (SELECT chunk_id, {} AS score FROM vec_ranked"
-                " ORDER BY rank LIMIT %(pool)s)"
-            ).format(score)
-        )
-    else:
-        ctes.append(
-            sql.SQL(
-                "fused AS (SELECT chunk_id, raw AS score FROM ft_ranked"
-                " ORDER BY rank LIMIT %(pool)s)"
-            )
-        )
-    if p.sections:
-        ctes.extend(section_ctes(p.mode == "hybrid"))
-        final = sql.SQL("(SELECT chunk_id, score, section_score, section_hits FROM sectioned)")
-    else:
-        final = sql.SQL(
-            "(SELECT chunk_id, score, NULL::float8 AS section_score,"
-            " NULL::bigint[] AS section_hits FROM fused)"
-        )
-    has_vec = any(name == "vec_ranked" for name, _ in ranked)
-    has_ft = any(name == "ft_ranked" for name, _ in ranked)
-    return sql.SQL(
-        "WITH {ctes} SELECT c.id, d.id, d.source, d.title, c.text, c.chunk_type,"
-        " c.section_path, c.ordinal, c.page, c.metadata, f.score, {vcols}, {fcols},"
-        " f.section_score, f.section_hits, c.parent_id"
-        " FROM {final} f JOIN chunks c ON c.id = f.chunk_id"
-        " JOIN documents d ON d.id = c.document_id{vjoin}{fjoin}"
-        " ORDER BY f.section_score DESC NULLS LAST, f.score DESC, c.id"
-    ).format(
-        ctes=sql.SQL(", ").join(ctes),
-        final=final,
-        vcols=sql.SQL("v.rank, v.raw" if has_vec else "NULL::bigint, NULL::float8"),
-        fcols=sql.SQL("t.rank, t.raw" if has_ft else "NULL::bigint, NULL::float8"),
-        vjoin=sql.SQL(" LEFT JOIN vec_ranked v ON v.chunk_id = c.id" if has_vec else ""),
-        fjoin=sql.SQL(" LEFT JOIN ft_ranked t ON t.chunk_id = c.id" if has_ft else ""),
-    )
 
 
 @dataclass(frozen=True)
@@ -498,13 +422,22 @@ def _similarity_sql(metric: str) -> sql.Composable:
 
 
 def _vector_sql(
-    coll: Collection, condition: sql.Composable, filtered: bool, exact: bool = False
+    coll: Collection, condition: sql.Composable, filtered: bool, exact: bool, depth: int
 ) -> sql.Composable:
-    """The ``%(n)s`` nearest embeddings; joined to chunks and documents only to filter.
+    """The ``depth`` nearest embeddings; joined to chunks and documents only to filter.
 
     The vector is a binary parameter (``%(q)b``: 4 bytes a dimension, no text parsing).
     ``exact`` orders by an expression the HNSW index cannot serve: a sequential scan.
+
+    Unfiltered, the depth is a literal: the statement then has one plan whatever the
+    vector (the HNSW scan), PostgreSQL's plan cache switches the prepared statement to its
+    generic plan after five executions and a search skips planning (about 0.4 ms a search
+    on SciFact, same rows). With ``LIMIT`` a parameter the generic plan cannot know how
+    few rows are wanted and sorts the whole table instead (slower, other rows), so
+    PostgreSQL keeps planning every execution; filtered searches keep that, as the
+    filter's selectivity decides their plan.
     """
+    limit = sql.Literal(depth) if not filtered else sql.SQL("%(n)s")
     op = sql.SQL(spaces.OPERATORS[coll.model.distance])
     order = sql.SQL("(e.embedding {op} %(q)b) + 0" if exact else "e.embedding {op} %(q)b").format(
         op=op
@@ -512,13 +445,13 @@ def _vector_sql(
     if not filtered:
         return sql.SQL(
             "SELECT e.chunk_id, e.embedding {op} %(q)b AS raw FROM {t} e"
-            " ORDER BY {order} LIMIT %(n)s"
-        ).format(op=op, t=sql.Identifier(coll.table), order=order)
+            " ORDER BY {order} LIMIT {limit}"
+        ).format(op=op, t=sql.Identifier(coll.table), order=order, limit=limit)
     return sql.SQL(
         "SELECT e.chunk_id, e.embedding {op} %(q)b AS raw FROM {t} e"
         " JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id"
-        " WHERE {cond} ORDER BY {order} LIMIT %(n)s"
-    ).format(op=op, t=sql.Identifier(coll.table), cond=condition, order=order)
+        " WHERE {cond} ORDER BY {order} LIMIT {limit}"
+    ).format(op=op, t=sql.Identifier(coll.table), cond=condition, order=order, limit=limit)
 
 
 def _hit(r: tuple[Any, ...], coll: Collection, p: SearchParams) -> Hit:
