@@ -12,7 +12,13 @@ from ragstore.search import FusionParams, rrf, search
 from ragstore.search.aggregate import SECTION_POOL
 from ragstore.search.eval import score_run
 from ragstore.search.plan import search_plan
-from ragstore.search.service import HYBRID_FULLTEXT_DEPTH, MIN_CANDIDATES, SearchParams, run
+from ragstore.search.service import (
+    HYBRID_FULLTEXT_DEPTH,
+    HYBRID_FULLTEXT_EXACT,
+    MIN_CANDIDATES,
+    SearchParams,
+    run,
+)
 from tests.search_helpers import Doc, make_collection, write_docs
 
 LABELLED = "labelled"
@@ -106,6 +112,11 @@ def test_hybrid_fuses_a_shallower_fulltext_list(labelled: Runtime) -> None:
     """The BM25 list of a hybrid search is ``fulltext_list_depth`` deep (default 30, at
     least k); the vector list keeps the full depth; both run at once and fuse as RRF."""
     assert SearchParams(k=10).fulltext_list_depth == HYBRID_FULLTEXT_DEPTH
+    # its first ranks exact, the rest a tail (revision 0017); exact all through when set
+    assert SearchParams(k=10).fulltext_exact_depth == HYBRID_FULLTEXT_EXACT
+    assert SearchParams(k=25).fulltext_exact_depth == 25
+    assert SearchParams(k=10, fulltext_depth=30).fulltext_exact_depth == 30
+    assert SearchParams(k=10, candidates=50).fulltext_exact_depth == 50
     assert SearchParams(k=50).fulltext_list_depth == 50
     assert SearchParams(k=10, candidates=200).fulltext_list_depth == 200
     ft_mode = SearchParams(k=10, mode="fulltext")

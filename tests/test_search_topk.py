@@ -286,3 +286,34 @@ def test_sql_and_python_bm25_defaults_agree(
             " WHERE table_name = 'bm25_collection_stats' AND column_name = 'list_keep'"
         ).fetchone()
     assert default == ("20000",), "revision 0009 keeps 20,000 postings a term by default"
+
+
+def test_a_tail_follows_the_exact_top_k_with_exact_scores(
+    rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]
+) -> None:
+    """``tail`` (revision 0017): the first k rows are the exhaustive top k, the rest are
+    other chunks with their exact scores, best first, and most of the exact next ranks."""
+    coll, _, queries = cisi
+    found = wanted = 0
+    for q in queries[:12]:
+        for k, tail, cond in ((5, 20, None), (10, 30, None), (5, 15, FILTERS[0])):
+            with rt.db.connection() as conn:
+                rows = conn.execute(
+                    "SELECT chunk_id, raw FROM ragstore_bm25_topk(%s, 'english', %s, %s, %s, %s,"
+                    " cond => %s, tail => %s)",
+                    (coll.id, q, k, DEFAULT_K1, DEFAULT_B, cond, tail),
+                ).fetchall()
+                every = conn.execute(
+                    "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive_where(%s, 'english', %s,"
+                    " 100000, %s, %s, %s)",
+                    (coll.id, q, DEFAULT_K1, DEFAULT_B, cond),
+                ).fetchall()
+            _assert_same(rows[:k], every[:k], q)
+            assert min(k, len(every)) <= len(rows) <= tail
+            score = dict(every)
+            assert [r[1] for r in rows] == pytest.approx([score[r[0]] for r in rows], rel=1e-12)
+            assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)
+            assert len({r[0] for r in rows}) == len(rows)
+            found += len({r[0] for r in rows[k:]} & {r[0] for r in every[k:tail]})
+            wanted += len(every[k:tail])
+    assert found >= 0.8 * wanted, f"the tail holds {found} of the exact {wanted}"

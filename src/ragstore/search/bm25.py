@@ -125,7 +125,12 @@ def uses_topk(q: FullTextQuery, exact: bool) -> bool:
 
 
 def ranked_list_sql(
-    q: FullTextQuery, condition: sql.Composable, with_documents: bool, exact: bool = False
+    q: FullTextQuery,
+    condition: sql.Composable,
+    with_documents: bool,
+    exact: bool = False,
+    *,
+    tail: bool = False,
 ) -> sql.Composable:
     """A ``SELECT chunk_id, raw`` of the best ``%(n)s`` chunks by BM25, best first.
 
@@ -136,7 +141,10 @@ def ranked_list_sql(
 
     Without a phrase or exclusion this is one call of ``ragstore_bm25_topk`` (pruned,
     exact scores; a filter goes as the text parameter ``ftcond``, see :func:`uses_topk`)
-    or, with ``exact`` and no filter, of ``ragstore_bm25_exhaustive``.
+    or, with ``exact`` and no filter, of ``ragstore_bm25_exhaustive``. With ``tail`` the
+    pruned list goes on past its exact top ``%(n)s`` to ``%(tail)s`` rows: the best of the
+    other chunks it scored exactly on the way (revision 0017), which may miss some of the
+    exact ranks there; without pruning the list is exact and ``%(tail)s`` deep.
     Otherwise every candidate is scored here, with the same arithmetic: term frequencies
     are read from its tsvector after ``setweight`` marks the query's lexemes and
     ``ts_filter`` drops the rest (both in C), about 3.5x faster than unnesting every
@@ -146,13 +154,17 @@ def ranked_list_sql(
     if uses_topk(q, exact):
         return sql.SQL(
             "SELECT chunk_id, raw FROM ragstore_bm25_topk(%(cid)s, %(cfg)s::regconfig,"
-            " %(terms)s, %(n)s, %(k1)s::float8, %(b)s::float8{cond})"
-        ).format(cond=sql.SQL(", cond => %(ftcond)s" if with_documents else ""))
+            " %(terms)s, %(n)s, %(k1)s::float8, %(b)s::float8{cond}{tail})"
+        ).format(
+            cond=sql.SQL(", cond => %(ftcond)s" if with_documents else ""),
+            tail=sql.SQL(", tail => %(tail)s" if tail else ""),
+        )
+    n = sql.SQL("greatest(%(n)s, %(tail)s)" if tail else "%(n)s")
     if not (with_documents or q.required or q.excluded):
         return sql.SQL(
             "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive(%(cid)s, %(cfg)s::regconfig,"
-            " %(terms)s, %(n)s, %(k1)s::float8, %(b)s::float8)"
-        )
+            " %(terms)s, {n}, %(k1)s::float8, %(b)s::float8)"
+        ).format(n=n)
     extra: list[sql.Composable] = []
     if q.required:
         extra.append(
@@ -183,5 +195,5 @@ def ranked_list_sql(
         " WHERE c.collection_id = %(cid)s AND c.chunk_type <> 'heading'"
         " AND c.tsv @@ (SELECT ragstore_any_lexeme(array_agg(lexeme)) FROM qt){extra}"
         " AND {condition}"
-        " GROUP BY c.id ORDER BY raw DESC, c.id LIMIT %(n)s"
-    ).format(join_docs=join_docs, extra=sql.Composed(extra), condition=condition)
+        " GROUP BY c.id ORDER BY raw DESC, c.id LIMIT {n}"
+    ).format(join_docs=join_docs, extra=sql.Composed(extra), condition=condition, n=n)

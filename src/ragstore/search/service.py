@@ -11,8 +11,9 @@ a small thread pool), each returning its candidates with their chunk and documen
 and fuses and groups them in Python (search/fused.py, the same section rule): its
 latency is the slower list, not the sum of both, and no third statement (at 100k chunks
 the BM25 list alone cost about three vector searches; a fusing statement added 2.5-3 ms).
-The BM25 list is :data:`HYBRID_FULLTEXT_DEPTH` deep (at least ``k``), the vector list
-:data:`MIN_CANDIDATES`.
+The BM25 list is :data:`HYBRID_FULLTEXT_DEPTH` deep (at least ``k``), its first
+:data:`HYBRID_FULLTEXT_EXACT` ranks exact and the rest a tail of chunks scored exactly on
+the way (search/bm25.py); the vector list is :data:`MIN_CANDIDATES` deep.
 
 Vector search turns on pgvector's iterative index scan (``hnsw.iterative_scan =
 relaxed_order``, pgvector >= 0.8) and re-sorts the rows it returns: without it a filter
@@ -62,6 +63,11 @@ MIN_CANDIDATES = 100  # depth of each list fused in hybrid mode (at least k)
 # searches at 100k chunks; 30 gives the same nDCG@10 on SciFact, CISI and Cranfield at
 # k = 10 and the same nodejs-api section hits on q21-40 (docs/benchmarks.md, "Scale").
 HYBRID_FULLTEXT_DEPTH = 30
+# How much of that list is exact (at least k): ranks beyond it are the best of the other
+# chunks the pruned top k scored exactly on the way (revision 0017's ``tail``), 99% of the
+# exact top 30 at 121k chunks for about three quarters of its cost. RRF weighs rank 21 and
+# rank 30 alike (1/31 against 1/40), so the fused lists hardly move.
+HYBRID_FULLTEXT_EXACT = 20
 
 VECTOR_ONLY_PROVIDER = "imported"  # pins of models ragstore holds vectors of but cannot run
 _iterative: WeakKeyDictionary[Database, bool] = WeakKeyDictionary()
@@ -123,6 +129,15 @@ class SearchParams:
         if self.candidates is not None:
             return self.depth
         return max(self.k, HYBRID_FULLTEXT_DEPTH)
+
+    @property
+    def fulltext_exact_depth(self) -> int:
+        """How many of the full-text list's ranks are exact: all of them, but in hybrid mode
+        at the default depth, where the first :data:`HYBRID_FULLTEXT_EXACT` (at least
+        ``k``) are and the rest is the pruned top k's tail (search/bm25.py)."""
+        if self.mode != "hybrid" or self.fulltext_depth is not None or self.candidates:
+            return self.fulltext_list_depth
+        return min(self.fulltext_list_depth, max(self.k, HYBRID_FULLTEXT_EXACT))
 
     @property
     def pool(self) -> int:
@@ -268,7 +283,13 @@ def _run(
                     "b": float(p.b if p.b is not None else settings.get("bm25_b", bm25.DEFAULT_B)),
                 }
             )
-            ft_sql = bm25.ranked_list_sql(ftq, compiled.condition, filtered, p.exact)
+            ft_sql = bm25.ranked_list_sql(
+                ftq,
+                compiled.condition,
+                filtered,
+                p.exact,
+                tail=p.fulltext_exact_depth < p.fulltext_list_depth,
+            )
             pruned_filter = filtered and bm25.uses_topk(ftq, p.exact)
     if vec_sql is None and ft_sql is None:
         return []  # full-text search for nothing but stop words
@@ -282,7 +303,7 @@ def _run(
     )
     if vec_sql is not None and ft_sql is not None:
         # the two lists at once, on two pooled connections, each with its rows; fused here
-        ft_values = dict(values, n=p.fulltext_list_depth)
+        ft_values = dict(values, n=p.fulltext_exact_depth, tail=p.fulltext_list_depth)
         pending = _lists_executor().submit(
             contextvars.copy_context().run,
             run_.execute,
