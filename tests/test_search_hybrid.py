@@ -117,6 +117,7 @@ def test_hybrid_fuses_a_shallower_fulltext_list(labelled: Runtime) -> None:
     assert SearchParams(k=25).fulltext_exact_depth == 25
     assert SearchParams(k=10, fulltext_depth=30).fulltext_exact_depth == 30
     assert SearchParams(k=10, candidates=50).fulltext_exact_depth == 50
+    assert SearchParams(k=10, where={"team": "ops"}).fulltext_exact_depth == 30
     assert SearchParams(k=50).fulltext_list_depth == 50
     assert SearchParams(k=10, candidates=200).fulltext_list_depth == 200
     ft_mode = SearchParams(k=10, mode="fulltext")
