@@ -139,6 +139,7 @@ def test_hybrid_fuses_a_shallower_fulltext_list(labelled: Runtime) -> None:
         ("vector", MIN_CANDIDATES),
         ("fulltext", HYBRID_FULLTEXT_DEPTH),
     ]
+    assert plan["lists"][1]["exact_depth"] == HYBRID_FULLTEXT_EXACT
 
 
 def test_zero_weight_reduces_hybrid_to_the_other_list(labelled: Runtime) -> None:

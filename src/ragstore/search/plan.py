@@ -51,6 +51,8 @@ def search_plan(
             {
                 "list": "fulltext",
                 "depth": p.fulltext_list_depth,
+                # ranks after it are the pruned top k's tail (service.HYBRID_FULLTEXT_EXACT)
+                "exact_depth": p.fulltext_exact_depth,
                 "ts_config": str(settings.get("ts_config", bm25.DEFAULT_TS_CONFIG)),
                 "k1": float(settings.get("bm25_k1", bm25.DEFAULT_K1)),
                 "b": float(settings.get("bm25_b", bm25.DEFAULT_B)),
