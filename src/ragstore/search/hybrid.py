@@ -1,12 +1,9 @@
-"""Reciprocal rank fusion: the rule in Python, and the same rule as one SQL statement.
+"""Reciprocal rank fusion, the rule hybrid search runs on its two lists (search/fused.py).
 
 RRF scores an item by ``sum(weight_i / (k + rank_i))`` over the lists it appears in
 (ranks start at 1; a list it is missing from adds nothing). It needs no score
 calibration between BM25 and cosine similarity, which is why it is the default way to
-combine them. :func:`rrf` is the reference and what hybrid search runs on its two lists
-(search/fused.py); :func:`fusion_sql` composes the same rule in SQL for the statements
-that fuse inside the database (a hybrid search whose query holds only stop words has its
-vector list alone); a test checks that the two agree.
+combine them.
 """
 
 from __future__ import annotations
@@ -14,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
-
-from psycopg import sql
 
 from ragstore.errors import InputError
 
@@ -54,7 +49,7 @@ def rrf(
 ) -> list[tuple[K, float]]:
     """Fuse ranked lists (best first) into (item, score), best first.
 
-    Ties are broken by the item itself, ascending, as :func:`fusion_sql` does by chunk id.
+    Ties are broken by the item itself, ascending (by chunk id for chunks).
     """
     weights = list(weights) if weights is not None else [1.0] * len(lists)
     if len(weights) != len(lists):
@@ -64,21 +59,3 @@ def rrf(
         for rank, item in enumerate(items, start=1):
             scores[item] = scores.get(item, 0.0) + w / (k + rank)
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-
-
-def fusion_sql(ranked: Sequence[tuple[str, str]], limit: str = "k") -> sql.Composable:
-    """``SELECT chunk_id, score`` fusing ranked CTEs, best ``%(<limit>)s`` first.
-
-    ``ranked`` pairs each CTE name (with columns ``chunk_id`` and ``rank``) with the
-    placeholder of its weight; ``%(rrf_k)s`` is the RRF constant.
-    """
-    parts = [
-        sql.SQL("SELECT chunk_id, {w}::float8 / (%(rrf_k)s::float8 + rank) AS s FROM {t}").format(
-            w=sql.Placeholder(weight), t=sql.Identifier(name)
-        )
-        for name, weight in ranked
-    ]
-    return sql.SQL(
-        "SELECT chunk_id, sum(s) AS score FROM ({parts}) x"
-        " GROUP BY chunk_id ORDER BY score DESC, chunk_id LIMIT {limit}"
-    ).format(parts=sql.SQL(" UNION ALL ").join(parts), limit=sql.Placeholder(limit))

@@ -426,10 +426,6 @@ class _Statement:
         return rows
 
 
-def _similarity_sql(metric: str) -> sql.Composable:
-    return sql.SQL("1.0 - raw" if metric == "cosine" else "-raw")
-
-
 def _vector_sql(
     coll: Collection, condition: sql.Composable, filtered: bool, exact: bool, depth: int
 ) -> sql.Composable:
