@@ -73,7 +73,7 @@ def fused_rows(
     chosen: list[tuple[int, float | None, list[int] | None]]
     if sections:
         ranked = rank_sections(
-            [Candidate(cid, s, rows[cid][2], _section(rows[cid])) for cid, s in fused],
+            [Candidate(cid, s, rows[cid][2], section_of(rows[cid])) for cid, s in fused],
             k,
             hybrid=True,
         )
@@ -89,8 +89,9 @@ def fused_rows(
     return out
 
 
-def _section(row: tuple[Any, ...]) -> int | None:
-    """The heading chunk a listed chunk sits under; ``None`` for a heading itself and a
+def section_of(row: tuple[Any, ...]) -> int | None:
+    """The heading chunk a listed or pooled chunk (a :data:`LIST_ROW`-shaped row: chunk type
+    at 6, parent at 11) sits under; ``None`` for a heading itself and a
     chunk with no heading above it (each a section of its own)."""
     if row[6] == "heading" or row[11] is None:
         return None

@@ -26,6 +26,7 @@ from typing import Any
 from psycopg import sql
 
 from ragstore.search.aggregate import Candidate, rank_sections
+from ragstore.search.fused import section_of
 
 # A chunk under a heading: it groups with the others of its section.
 _HEADED = "c.parent_id IS NOT NULL AND c.chunk_type <> 'heading'"
@@ -71,7 +72,7 @@ def final_rows(
     if sections:
         ranked = rank_sections(
             [
-                Candidate(int(r[0]), s, int(r[2]), _section(r))
+                Candidate(int(r[0]), s, int(r[2]), section_of(r))
                 for r, s in zip(rows, scores, strict=True)
             ],
             k,
@@ -90,11 +91,3 @@ def final_rows(
         v, t = (listed, (None, None)) if vector else ((None, None), listed)
         out.append((r[0], *r[2:11], scores[i], *v, *t, section_score, hits, r[11]))
     return out
-
-
-def _section(row: tuple[Any, ...]) -> int | None:
-    """The heading chunk a pooled chunk sits under; ``None`` for a heading itself and a
-    chunk with no heading above it (each a section of its own)."""
-    if row[6] == "heading" or row[11] is None:
-        return None
-    return int(row[11])
