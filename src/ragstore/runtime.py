@@ -31,6 +31,10 @@ class Runtime:
         self.settings = settings or get_settings()
         self._db: Database | None = None
         self._router: routing.ReadRouter | None = None
+        # the first requests of a server arrive together: one of them opens the database
+        # and the router, the others wait (a second one built and dropped would leave its
+        # pool unclosed, for the garbage collector to stop on one of the pool's own threads)
+        self._open_lock = threading.RLock()
         self._read_only = False
         self._embedders: dict[ModelSpec, Embedder] = {}
         self._collections: dict[str, tuple[float, int, repository.Collection]] = {}
@@ -54,16 +58,21 @@ class Runtime:
     def primary(self) -> Database:
         """The primary (the server RAGSTORE_DATABASE_URL names), even inside a routed read."""
         if self._db is None:
-            db = Database.from_settings(self.settings)
-            db.check_server()
-            with db.connect(autocommit=True) as conn, translated(f"inspecting {db.where}"):
-                read_only = lsn.in_recovery(conn)
-            if db.embedded and not read_only and migrations.status(db).current is None:
-                migrations.upgrade(db)
-            migrations.ensure_current(db)
-            self._read_only = read_only
-            self._db = db
+            with self._open_lock:
+                if self._db is None:
+                    self._db = self._open_primary()
         return self._db
+
+    def _open_primary(self) -> Database:
+        db = Database.from_settings(self.settings)
+        db.check_server()
+        with db.connect(autocommit=True) as conn, translated(f"inspecting {db.where}"):
+            read_only = lsn.in_recovery(conn)
+        if db.embedded and not read_only and migrations.status(db).current is None:
+            migrations.upgrade(db)
+        migrations.ensure_current(db)
+        self._read_only = read_only
+        return db
 
     @property
     def read_only(self) -> bool:
@@ -75,16 +84,18 @@ class Runtime:
     def router(self) -> routing.ReadRouter:
         """Where reads go: the replicas of RAGSTORE_READ_DATABASE_URLS, else the primary."""
         if self._router is None:
-            s = self.settings
-            self._router = routing.ReadRouter(
-                self.primary,
-                s.replica_urls,
-                max_lag_s=s.max_replica_lag_s,
-                wait_s=s.replica_wait_s,
-                pool_min_size=s.pool_min_size,
-                pool_max_size=s.pool_max_size,
-                connect_timeout_s=s.connect_timeout_s,
-            )
+            with self._open_lock:
+                if self._router is None:
+                    s = self.settings
+                    self._router = routing.ReadRouter(
+                        self.primary,
+                        s.replica_urls,
+                        max_lag_s=s.max_replica_lag_s,
+                        wait_s=s.replica_wait_s,
+                        pool_min_size=s.pool_min_size,
+                        pool_max_size=s.pool_max_size,
+                        connect_timeout_s=s.connect_timeout_s,
+                    )
         return self._router
 
     def raw_db(self) -> Database:
