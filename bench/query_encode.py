@@ -54,9 +54,7 @@ def main() -> None:
     paths: dict[str, Callable[[str], np.ndarray]] = {
         "written-out forward": lambda t: ours(t, fast),
         "BertModel forward": lambda t: ours(t, None),
-        "sentence-transformers encode": lambda t: embedder.model.encode(
-            [t], convert_to_numpy=True
-        ),
+        "sentence-transformers encode": lambda t: embedder.model.encode([t], convert_to_numpy=True),
     }
     names = list(paths)
     for q in queries[:10]:  # warm-up
