@@ -112,6 +112,10 @@ class Database:
         self._max_size = max_size
         self._timeout = connect_timeout_s
         self._pool: ConnectionPool[psycopg.Connection[tuple[object, ...]]] | None = None
+        # the first requests of a server reach for the pool together: one opens it (a
+        # second pool, built and overwritten, would never be closed; the garbage collector
+        # then stops it on one of its own threads: "cannot join current thread")
+        self._pool_open_lock = threading.Lock()
         self.breaker = Breaker()
         self.data_dir: Path | None = None  # the embedded server's, to restart it
 
@@ -191,6 +195,13 @@ class Database:
 
     @property
     def pool(self) -> ConnectionPool[psycopg.Connection[tuple[object, ...]]]:
+        pool = self._pool
+        if pool is not None:
+            return pool
+        with self._pool_open_lock:
+            return self._open_pool()
+
+    def _open_pool(self) -> ConnectionPool[psycopg.Connection[tuple[object, ...]]]:
         if self._pool is None:
             with translated(f"connecting to {self.where}"):
                 self._pool = ConnectionPool(
@@ -282,6 +293,7 @@ class Database:
             self.breaker.reset()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        with self._pool_open_lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
