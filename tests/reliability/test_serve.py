@@ -69,8 +69,11 @@ def test_key_guessing_is_throttled_before_hashing(secured: str, keys: KeyStore) 
             statuses = list(pool.map(guess, range(120)))
         flood = time.monotonic() - t0
         statuses += [guess(i) for i in range(12)]  # sequential: each one may be hashed
-        assert statuses.count(401) <= 10, statuses  # per key: 10 failures a minute
-        assert statuses.count(429) >= 120, statuses
+        # per key: 10 failures a minute, plus one for every 6 s the guessing took (the
+        # budget refills continuously; a loaded CI machine took over 6 s)
+        refilled = int((time.monotonic() - t0) // 6)
+        assert statuses.count(401) <= 10 + refilled, statuses
+        assert statuses.count(429) >= 120 - refilled, statuses
         r = h.get("/v1/collections", headers={"Authorization": f"Bearer {wrong}"})
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
         t1 = time.monotonic()
