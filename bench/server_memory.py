@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from bench import scale, scale_build
 from ragstore.config import Settings
 from ragstore.db import embedded
@@ -39,13 +37,10 @@ FIRST_DOCUMENT = 5_000_000  # the added documents' numbers start past any kept c
 
 def _set_shared_buffers(data_dir: Path, value: str | None) -> str:
     """Set (or with None keep) the server's ``shared_buffers`` and restart it; its value."""
-    with Runtime(Settings(data_dir=data_dir)) as rt:
-        rt.db.ping()
-        assert rt.db.conninfo is not None
-        with psycopg.connect(rt.db.conninfo, autocommit=True) as conn:
-            row = conn.execute("SHOW shared_buffers").fetchone()
-            if value is not None:
-                conn.execute(f"ALTER SYSTEM SET shared_buffers = '{value}'")
+    with Runtime(Settings(data_dir=data_dir)) as rt, rt.db.connect(autocommit=True) as conn:
+        row = conn.execute("SHOW shared_buffers").fetchone()
+        if value is not None:
+            conn.execute(f"ALTER SYSTEM SET shared_buffers = '{value}'")
     embedded.stop(data_dir)
     return str(row[0]) if row else ""
 
