@@ -11,11 +11,14 @@ data with structure, not uniform noise, which would be an unrealistic worst case
     python -m bench.instant_embedder --port 0     # prints "port N" once listening
 
 It runs as its own process so that its JSON encoding does not compete for the bench's GIL.
+Like OpenAI it answers ``"encoding_format": "base64"`` (what ragstore's HTTP provider and
+OpenAI's Python client ask for) with float32 bytes and anything else with printed floats.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import re
 import subprocess
@@ -69,9 +72,14 @@ def serve(port: int, dimension: int) -> None:
             texts = body.get("input", [])
             texts = [texts] if isinstance(texts, str) else texts
             items = []
+            as_base64 = body.get("encoding_format") == "base64"  # as OpenAI answers it
             for i, t in enumerate(texts):
-                numbers = ",".join(f"{x:.5f}" for x in vectors.embed(str(t)).tolist())
-                items.append(f'{{"object":"embedding","index":{i},"embedding":[{numbers}]}}')
+                v = vectors.embed(str(t))
+                if as_base64:
+                    value = '"' + base64.b64encode(v.astype("<f4").tobytes()).decode() + '"'
+                else:
+                    value = "[" + ",".join(f"{x:.5f}" for x in v.tolist()) + "]"
+                items.append(f'{{"object":"embedding","index":{i},"embedding":{value}}}')
             model = json.dumps(body.get("model", "instant"))
             data = (
                 f'{{"object":"list","model":{model},"data":[{",".join(items)}],'

@@ -2,11 +2,14 @@
 
 It serves ``POST /v1/embeddings`` from the real local MiniLM model (no mock): the test
 starts it in a thread, points an ``openai`` spec at it and can make it answer the next N
-requests with 429 or 503, or demand an API key.
+requests with 429 or 503, or demand an API key. ``base64`` says what it does with
+``"encoding_format": "base64"``: ``serve`` it as OpenAI does (float32 bytes), ``ignore`` it
+(lists of numbers, as some servers do) or ``refuse`` it (HTTP 400, as a strict one would).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections import deque
@@ -23,6 +26,8 @@ class EmbeddingServer:
         self.failures: deque[int] = deque()  # statuses to answer the next requests with
         self.requests = 0
         self.batch_sizes: list[int] = []
+        self.formats: list[str] = []  # the encoding_format of each request
+        self.base64 = "serve"
         self.lock = threading.Lock()
         server = self
 
@@ -66,16 +71,29 @@ class EmbeddingServer:
                     return
                 texts = body["input"]
                 texts = [texts] if isinstance(texts, str) else texts
+                fmt = str(body.get("encoding_format", "float"))
+                with server.lock:
+                    server.formats.append(fmt)
+                if fmt == "base64" and server.base64 == "refuse":
+                    self._answer(400, {"error": {"message": "encoding_format must be float"}})
+                    return
                 with server.lock:
                     server.batch_sizes.append(len(texts))
                 vecs = server.embedder.embed(texts)
+                as_b64 = fmt == "base64" and server.base64 == "serve"
                 self._answer(
                     200,
                     {
                         "object": "list",
                         "model": body.get("model"),
                         "data": [
-                            {"object": "embedding", "index": i, "embedding": [float(x) for x in v]}
+                            {
+                                "object": "embedding",
+                                "index": i,
+                                "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()
+                                if as_b64
+                                else [float(x) for x in v],
+                            }
                             for i, v in reversed(list(enumerate(vecs)))
                         ],
                         "usage": {"prompt_tokens": 0, "total_tokens": 0},

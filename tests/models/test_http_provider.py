@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from ragstore.embedding.base import Embedder
 from ragstore.embedding.http import HttpEmbedder
 from ragstore.embedding.registry import DEFAULT_MODEL, load_embedder, resolve_spec
-from ragstore.errors import EmbeddingProviderError, ModelMismatchError
+from ragstore.errors import EmbeddingProviderError, ModelError, ModelMismatchError
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import add_http_model, find_model
 from ragstore.models import ModelSpec
@@ -63,6 +63,48 @@ def test_http_embedder_returns_the_served_models_vectors_in_input_order(
     assert server.batch_sizes == [2, 2, 1], "texts are sent in batches of batch_size"
     np.testing.assert_allclose(got, local.embed(TEXTS), atol=1e-5)
     assert emb.count_tokens(["hello world"]) == [4]
+
+
+@pytest.mark.parametrize("behaviour", ["serve", "ignore", "refuse"])
+def test_http_embedder_asks_for_base64_and_reads_whatever_the_server_sends(
+    server: EmbeddingServer, local: Embedder, behaviour: str
+) -> None:
+    emb = HttpEmbedder(_spec(server), api_key=SecretStr("sk-test-123"), batch_size=2)
+    server.base64 = behaviour
+    server.formats.clear()
+    try:
+        got = emb.embed(TEXTS)
+    finally:
+        server.base64 = "serve"
+    np.testing.assert_allclose(got, local.embed(TEXTS), atol=1e-5)
+    if behaviour == "refuse":
+        # refused once, then floats for every later batch: no second refusal
+        assert server.formats == ["base64", "float", "float", "float"]
+        assert emb.encoding_format == "float" and emb.retries == 0
+    else:
+        assert server.formats == ["base64"] * 3
+
+
+def test_http_embedder_with_float_format_never_asks_for_base64(server: EmbeddingServer) -> None:
+    emb = HttpEmbedder(_spec(server, encoding_format="float"), api_key=SecretStr("sk-test-123"))
+    server.formats.clear()
+    assert emb.embed(TEXTS[:2]).shape == (2, 384)
+    assert server.formats == ["float"]
+    with pytest.raises(ModelError, match=r"options\.encoding_format must be one of base64, float"):
+        HttpEmbedder(_spec(server, encoding_format="binary"))
+
+
+def test_http_embedder_refusal_after_base64_worked_is_the_servers_error(
+    server: EmbeddingServer,
+) -> None:
+    """Once base64 has been answered, a 4xx is the server's answer, not a format problem."""
+    emb = HttpEmbedder(_spec(server), api_key=SecretStr("sk-test-123"))
+    emb.embed(["x"])
+    server.failures.append(400)
+    server.formats.clear()
+    with pytest.raises(EmbeddingProviderError, match="HTTP 400 slow down"):
+        emb.embed(["y"])
+    assert emb.encoding_format == "base64"
 
 
 def test_http_embedder_retries_429_and_503_with_backoff(server: EmbeddingServer) -> None:

@@ -5,13 +5,19 @@ provider covers them. A spec for it names the endpoint in its options::
 
     {"base_url": "http://127.0.0.1:8080/v1", "model": "bge-small-en-v1.5",
      "api_key_env": "RAGSTORE_EMBEDDING_API_KEY", "timeout_s": 30, "max_retries": 5,
-     "batch_size": 64, "tokenizer": "/models/bge-small"}
+     "batch_size": 64, "tokenizer": "/models/bge-small", "encoding_format": "base64"}
 
 The API key is read from the environment variable ``api_key_env`` names, held as a
 ``SecretStr`` and only ever written into the ``Authorization`` header: it is never stored in
 the database or printed. Rate limits (429) and server errors (5xx) are retried with
 exponential backoff (honouring ``Retry-After``); other 4xx answers fail at once with the
 server's own message.
+
+Vectors are asked for as base64 (``encoding_format``, OpenAI's own client does the same):
+little-endian float32 bytes, a quarter of the JSON of printed floats, decoded with no number
+parsing on either side. A server that ignores the field and sends lists of numbers is read
+as well; one that refuses base64 with a 4xx answer is asked again for floats, and from then
+on this embedder asks for floats (``"encoding_format": "float"`` skips the first try).
 
 Token counting (the chunker needs it) uses the tokenizer at ``options["tokenizer"]`` when
 given (a local directory, never a hub download); otherwise words and punctuation marks are
@@ -21,6 +27,8 @@ server truncates anyway.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import time
@@ -48,6 +56,7 @@ from ragstore.models import ModelSpec
 DEFAULT_API_KEY_ENV = "RAGSTORE_EMBEDDING_API_KEY"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
+ENCODING_FORMATS = ("base64", "float")
 _WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
 
@@ -91,6 +100,13 @@ class HttpEmbedder(Embedder):
         self.batch_size = int(batch_size or opts.get("batch_size", 64))
         self.max_retries = int(opts.get("max_retries", 5))
         self.backoff_s = float(opts.get("backoff_s", 0.5))
+        self.encoding_format = str(opts.get("encoding_format", "base64"))
+        if self.encoding_format not in ENCODING_FORMATS:
+            raise ModelError(
+                f"model {spec.key}: options.encoding_format must be one of "
+                f"{', '.join(ENCODING_FORMATS)}, got {self.encoding_format!r}"
+            )
+        self._format_settled = self.encoding_format == "float"  # a server took it
         timeout = float(opts.get("timeout_s", 30.0))
         if api_key is None:
             env = str(opts.get("api_key_env", DEFAULT_API_KEY_ENV))
@@ -117,11 +133,15 @@ class HttpEmbedder(Embedder):
         return headers
 
     def _post(self, texts: Sequence[str]) -> dict[str, Any]:
-        body = {"model": self.remote_model, "input": list(texts), "encoding_format": "float"}
         attempt = 0
         while True:
             self.requests += 1
             wait: float | None = None
+            body = {
+                "model": self.remote_model,
+                "input": list(texts),
+                "encoding_format": self.encoding_format,
+            }
             try:
                 response = self._client.post(self.url, json=body, headers=self._headers())
             except httpx.TimeoutException:
@@ -136,7 +156,17 @@ class HttpEmbedder(Embedder):
                         raise EmbeddingProviderError(
                             f"{self.url} answered 200 with a body that is not JSON"
                         ) from None
+                    self._format_settled = True
                     return data
+                if (
+                    400 <= response.status_code < 500
+                    and not self._format_settled
+                    and (response.status_code not in (401, 403, 404, 429))
+                ):
+                    # a server that knows only floats: ask again for those, from now on
+                    self.encoding_format = "float"
+                    self._format_settled = True
+                    continue
                 if response.status_code not in RETRY_STATUSES:
                     raise EmbeddingProviderError(
                         f"{self.url} refused the request for model {self.remote_model!r}: "
@@ -155,12 +185,14 @@ class HttpEmbedder(Embedder):
             attempt += 1
             self.retries += 1
 
-    def embed_batch(self, texts: Sequence[str]) -> Vectors:
+    def remote_vectors(self, texts: Sequence[str]) -> Vectors:
+        """The server's vectors for ``texts``, in input order, as it sent them: one request,
+        no dimension check and no normalising (what pinning a new endpoint reads)."""
         data = self._post(texts)
         try:
             items = sorted(data["data"], key=lambda d: int(d.get("index", 0)))
-            out = np.asarray([d["embedding"] for d in items], dtype=np.float32)
-        except (KeyError, TypeError, ValueError):
+            out = np.asarray([_vector(d["embedding"]) for d in items], dtype=np.float32)
+        except (KeyError, TypeError, ValueError, binascii.Error):
             raise EmbeddingProviderError(
                 f"{self.url} answered without a list of embeddings in 'data'"
             ) from None
@@ -169,6 +201,10 @@ class HttpEmbedder(Embedder):
                 f"{self.url} returned {out.shape[0] if out.ndim else 0} embeddings "
                 f"for {len(texts)} texts"
             )
+        return out
+
+    def embed_batch(self, texts: Sequence[str]) -> Vectors:
+        out = self.remote_vectors(texts)
         if out.shape[1] != self.spec.dimension:
             raise ModelMismatchError(
                 f"model {self.spec.key}: expected {self.spec.dimension} dimensions, got "
@@ -207,6 +243,16 @@ class HttpEmbedder(Embedder):
         if self.tokenizer is None:
             return [m.span() for m in _WORDS.finditer(text)]
         return tokenizer_spans(self.tokenizer, text)
+
+
+def _vector(embedding: object) -> Any:
+    """One answered embedding: base64 of little-endian float32s, or a list of numbers."""
+    if isinstance(embedding, str):
+        raw = base64.b64decode(embedding, validate=True)
+        if len(raw) % 4:
+            raise ValueError("base64 embedding is not a whole number of float32s")
+        return np.frombuffer(raw, dtype="<f4")
+    return embedding
 
 
 def _server_message(response: httpx.Response) -> str:

@@ -34,7 +34,6 @@ from ragstore.embedding.validation import (
 )
 from ragstore.errors import (
     ConflictError,
-    EmbeddingProviderError,
     InputError,
     ModelNotFoundError,
 )
@@ -220,13 +219,7 @@ def add_http_model(
 
 def _remote_dimension(client: HttpEmbedder) -> int:
     """The length of the vector the endpoint returns, before the spec knows it."""
-    data = client._post([PROBE_TEXT])
-    try:
-        return len(data["data"][0]["embedding"])
-    except (KeyError, IndexError, TypeError):
-        raise EmbeddingProviderError(
-            f"{client.url} answered without an embedding in data[0].embedding"
-        ) from None
+    return int(client.remote_vectors([PROBE_TEXT]).shape[1])
 
 
 def _native_max_tokens(where: Path) -> int:
