@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from ragstore.embedding.wordpieces import WordPieces, word_pieces
 from ragstore.models import ModelSpec
 
 Vectors = npt.NDArray[np.float32]
@@ -89,16 +90,45 @@ class Embedder(ABC):
         return False
 
 
-@dataclass(frozen=True)
 class TokenEncoding:
     """One text as the model's tokenizer reads it: ``count`` tokens with the special ones
     (what :meth:`Embedder.count_tokens` says), and the character span and word number of
     each content token (what :meth:`Embedder.token_spans` says, and which pre-tokenized
-    word it belongs to), so that the chunker tokenizes a block once and knows both."""
+    word it belongs to), so that the chunker tokenizes a block once and knows both.
 
-    count: int
-    spans: list[tuple[int, int]]
-    words: list[int]
+    ``detail`` computes spans and words on first use instead (the chunker reads them only
+    for blocks it splits; see :mod:`ragstore.embedding.wordpieces`)."""
+
+    __slots__ = ("_detail", "_spans", "_words", "count")
+
+    def __init__(
+        self,
+        count: int,
+        spans: list[tuple[int, int]] | None = None,
+        words: list[int] | None = None,
+        *,
+        detail: Callable[[], tuple[list[tuple[int, int]], list[int]]] | None = None,
+    ) -> None:
+        if (spans is None or words is None) and detail is None:
+            raise ValueError("a TokenEncoding needs its spans and words, or a detail to make them")
+        self.count = count
+        self._spans = spans
+        self._words = words
+        self._detail = detail
+
+    def _load(self) -> tuple[list[tuple[int, int]], list[int]]:
+        if self._spans is None or self._words is None:
+            assert self._detail is not None
+            self._spans, self._words = self._detail()
+        return self._spans, self._words
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        return self._load()[0]
+
+    @property
+    def words(self) -> list[int]:
+        return self._load()[1]
 
 
 def _backend(tokenizer: Any) -> Any:
@@ -124,7 +154,21 @@ def tokenizer_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
         return []
     backend = _backend(tokenizer)
     if backend is not None:
-        return [len(e.ids) for e in backend.encode_batch_fast(list(texts), add_special_tokens=True)]
+        pieces = _word_pieces(tokenizer, backend)
+        if pieces is None:
+            return [
+                len(e.ids) for e in backend.encode_batch_fast(list(texts), add_special_tokens=True)
+            ]
+        out = [0] * len(texts)
+        plain = [i for i, t in enumerate(texts) if pieces.plain(t)]
+        for i, n in zip(plain, pieces.counts([texts[i] for i in plain]), strict=True):
+            out[i] = n
+        other = [i for i, t in enumerate(texts) if not out[i]]
+        if other:
+            cut = backend.encode_batch_fast([texts[i] for i in other], add_special_tokens=True)
+            for i, e in zip(other, cut, strict=True):
+                out[i] = len(e.ids)
+        return out
     enc = tokenizer(
         list(texts),
         add_special_tokens=True,
@@ -142,18 +186,30 @@ def tokenizer_encodings(tokenizer: Any, texts: Sequence[str]) -> list[TokenEncod
     backend = _backend(tokenizer)
     if backend is None:
         return None
-    out: list[TokenEncoding] = []
-    for e in backend.encode_batch(list(texts), add_special_tokens=True):
-        keep = [k for k, special in enumerate(e.special_tokens_mask) if not special]
-        offsets, words = e.offsets, e.word_ids
-        out.append(
-            TokenEncoding(
+    out: list[TokenEncoding | None] = [None] * len(texts)
+    pieces = _word_pieces(tokenizer, backend)
+    if pieces is not None:
+        plain = [i for i, t in enumerate(texts) if pieces.plain(t)]
+        for i, n in zip(plain, pieces.counts([texts[i] for i in plain]), strict=True):
+            out[i] = TokenEncoding(n, detail=partial(pieces.spans, texts[i]))
+    other = [i for i, e in enumerate(out) if e is None]
+    if other:
+        cut = backend.encode_batch([texts[i] for i in other], add_special_tokens=True)
+        for i, e in zip(other, cut, strict=True):
+            keep = [k for k, special in enumerate(e.special_tokens_mask) if not special]
+            offsets, words = e.offsets, e.word_ids
+            out[i] = TokenEncoding(
                 len(e.ids),
                 [offsets[k] for k in keep],
                 [-1 if words[k] is None else words[k] for k in keep],
             )
-        )
-    return out
+    return [e for e in out if e is not None]
+
+
+def _word_pieces(tokenizer: Any, backend: Any) -> WordPieces | None:
+    """The word cache of a BERT-style tokenizer (:mod:`ragstore.embedding.wordpieces`),
+    None for any other: its counts hold only where texts' tokens are their words'."""
+    return word_pieces(backend) if tokenizer_joins_add_up(tokenizer) else None
 
 
 def tokenizer_joins_add_up(tokenizer: Any) -> bool:

@@ -1,0 +1,100 @@
+"""Token counts and spans from the word cache equal the Rust tokenizer's, text for text.
+
+The reference is the tokenizer itself (``encode_batch`` with offsets), on real documents
+(every paragraph of the nodejs-api reference and of the SciFact corpus) and on generated
+text that mixes plain ASCII with what must take the tokenizer's own path: accents, CJK,
+control characters, added tokens such as ``[SEP]``, odd whitespace.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ragstore.embedding import wordpieces
+from ragstore.embedding.base import _backend, tokenizer_counts, tokenizer_encodings
+from ragstore.embedding.registry import DEFAULT_MODEL, load_embedder, resolve_spec
+from tests.conftest import SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return load_embedder(resolve_spec(DEFAULT_MODEL)).tokenizer  # type: ignore[attr-defined]
+
+
+def _reference(tokenizer: Any, texts: list[str]) -> list[tuple[int, list[Any], list[int]]]:
+    """Count, content-token spans and word numbers straight from the Rust tokenizer."""
+    out = []
+    for e in _backend(tokenizer).encode_batch(texts, add_special_tokens=True):
+        keep = [k for k, special in enumerate(e.special_tokens_mask) if not special]
+        offsets, words = e.offsets, e.word_ids  # each access builds a new list
+        out.append(
+            (
+                len(e.ids),
+                [tuple(offsets[k]) for k in keep],
+                [-1 if words[k] is None else words[k] for k in keep],
+            )
+        )
+    return out
+
+
+def _assert_same(tokenizer: Any, texts: list[str]) -> None:
+    want = _reference(tokenizer, texts)
+    encs = tokenizer_encodings(tokenizer, texts)
+    assert encs is not None
+    got = [(e.count, [tuple(s) for s in e.spans], e.words) for e in encs]
+    for text, w, g in zip(texts, want, got, strict=True):
+        assert g == w, f"{text[:120]!r}"
+    assert tokenizer_counts(tokenizer, texts) == [w[0] for w in want]
+
+
+def _paragraphs() -> list[str]:
+    texts = []
+    for path in sorted((SHARED_DATA / "nodejs-api" / "docs").glob("*.md")):
+        texts += [p for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    with (SHARED_DATA / "scifact" / "corpus.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)
+            texts += [doc["title"], doc["text"]]
+    return texts
+
+
+def test_real_documents_count_and_span_as_the_tokenizer_does(tokenizer: Any) -> None:
+    texts = _paragraphs()
+    pieces = wordpieces.word_pieces(_backend(tokenizer))
+    plain = sum(pieces.plain(t) for t in texts)
+    assert plain > 0.9 * len(texts), "most real text takes the word path"
+    assert plain < len(texts), "and some (non-ASCII) does not"
+    _assert_same(tokenizer, texts)
+
+
+_ALPHABET = st.sampled_from(
+    [
+        *"abcXYZ019 .,;:!?()[]{}<>'\"`~@#$%^&*-_=+/\\|\t\n\r",
+        *["\x00", "\x07", "\x7f", "é", "Ü", "中", "\u00a0", "\u2019", "\u200b", "ﬁ"],
+        *["[SEP]", "[cls]", "[MASK]", "[UNK]", "tokenization", "unaffable", "x" * 120],
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_ALPHABET, max_size=40).map("".join), min_size=1, max_size=8))
+def test_generated_text_counts_and_spans_as_the_tokenizer_does(
+    tokenizer: Any, texts: list[str]
+) -> None:
+    _assert_same(tokenizer, texts)
+
+
+def test_a_full_word_cache_starts_over_and_stays_right(
+    tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wordpieces, "CACHE_WORDS", 5)
+    pieces = wordpieces.WordPieces(_backend(tokenizer))
+    texts = ["alpha beta gamma delta", "epsilon zeta eta theta iota", "alpha kappa"]
+    want = [w[0] for w in _reference(tokenizer, texts)]
+    assert pieces.counts(texts) == want
+    assert len(pieces._offsets) <= 5 + 5
