@@ -79,12 +79,26 @@ def _lists(
     max_n: int = 4096,
     cond: str | None = None,
     alpha: float = 0.5,
+    replan_at: int = 1024,
+    replan_rise: float = 1.1,
 ) -> tuple[list[Any], list[Any]]:
     with rt.db.connection() as conn:
         pruned = conn.execute(
             "SELECT chunk_id, raw FROM ragstore_bm25_topk(%s, 'english', %s, %s, %s, %s, %s, %s,"
-            " %s, %s)",
-            (cid, query, k, DEFAULT_K1, DEFAULT_B, start_n, max_n, cond, alpha),
+            " %s, %s, replan_at => %s, replan_rise => %s)",
+            (
+                cid,
+                query,
+                k,
+                DEFAULT_K1,
+                DEFAULT_B,
+                start_n,
+                max_n,
+                cond,
+                alpha,
+                replan_at,
+                replan_rise,
+            ),
         ).fetchall()
         # the reference: every match scored (filtered: the exhaustive statement plus the filter)
         exact = conn.execute(
@@ -154,6 +168,31 @@ def test_pruned_top_k_is_the_exhaustive_top_k_on_cisi(
             h.chunk_id for h in search(rt, q, collection="topk", k=10, mode="fulltext", exact=True)
         ]
         assert fast == slow and len(fast) == 10
+
+
+def test_planning_the_contenders_again_keeps_the_exhaustive_top_k(
+    rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]
+) -> None:
+    """Revision 0018: with ``replan_at`` 1 and ``replan_rise`` 1 the function plans its
+    contenders again after any batch that leaves one above theta (up to three times,
+    alpha halved each time); the lists stay the exhaustive ones, filtered or not."""
+    coll, _, queries = cisi
+    _all_agree(rt, coll.id, queries[:12], replan_at=1, replan_rise=1.0)
+    _all_agree(rt, coll.id, queries[:6], replan_at=1, replan_rise=1.0, alpha=1.0)
+    plans: list[str] = []
+    with rt.db.connection() as conn:
+        conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+        conn.execute("SET client_min_messages = debug1")
+        for q in queries[:12]:
+            for k in (1, 10):
+                conn.execute(
+                    "SELECT count(*) FROM ragstore_bm25_topk(%s, 'english', %s, %s, %s, %s,"
+                    " replan_at => 1, replan_rise => 1.0)",
+                    (coll.id, q, k, DEFAULT_K1, DEFAULT_B),
+                )
+        conn.execute("RESET client_min_messages")
+    replans = [m for m in plans if m.startswith("ragstore_bm25_topk: plan")]
+    assert replans, "the queries above plan their contenders again"
 
 
 def test_filtered_searches_prune_and_match_the_exhaustive_lists(
