@@ -97,4 +97,4 @@ def test_a_full_word_cache_starts_over_and_stays_right(
     texts = ["alpha beta gamma delta", "epsilon zeta eta theta iota", "alpha kappa"]
     want = [w[0] for w in _reference(tokenizer, texts)]
     assert pieces.counts(texts) == want
-    assert len(pieces._offsets) <= 5 + 5
+    assert len(pieces._ends) <= 5 + 5

@@ -30,9 +30,9 @@ from weakref import WeakKeyDictionary
 # BertPreTokenizer's words in printable ASCII: letters and digits, or one punctuation mark
 _WORD = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
 _NOT_PLAIN = re.compile(r"[^\t\n\r -~]")
-CACHE_WORDS = 500_000  # words kept per tokenizer; the cache starts over past this
+CACHE_WORDS = 100_000  # words kept per tokenizer (about 20 MB); it starts over past this
 
-Offsets = tuple[tuple[int, int], ...]
+Ends = tuple[int, ...]  # where each piece of a word ends (its pieces cover it in order)
 
 
 class WordPieces:
@@ -47,7 +47,7 @@ class WordPieces:
             if any(added)
             else None
         )
-        self._offsets: dict[str, Offsets] = {}
+        self._ends: dict[str, Ends] = {}
         self._lock = threading.Lock()
 
     def plain(self, text: str) -> bool:
@@ -56,35 +56,38 @@ class WordPieces:
             self._added is None or self._added.search(text) is None
         )
 
-    def _learn(self, words: list[str]) -> dict[str, Offsets]:
-        offsets = self._offsets
-        new = [w for w in set(words) if w not in offsets]
+    def _learn(self, words: list[str]) -> dict[str, Ends]:
+        ends = self._ends
+        new = [w for w in set(words) if w not in ends]
         if new:
             cut = self.backend.encode_batch(new, add_special_tokens=False)
             with self._lock:
-                if len(offsets) + len(new) > CACHE_WORDS:
-                    offsets = self._offsets = {}
+                if len(ends) + len(new) > CACHE_WORDS:
+                    ends = self._ends = {}
                 for w, e in zip(new, cut, strict=True):
-                    offsets[w] = tuple(e.offsets)
-        return offsets
+                    # WordPiece covers a word with consecutive pieces (or one [UNK]):
+                    # the ends say it all, in a third of the memory of the spans
+                    ends[w] = tuple(b for _, b in e.offsets)
+        return ends
 
     def counts(self, texts: list[str]) -> list[int]:
         """Tokens of each plain text, special tokens included."""
         words = [_WORD.findall(t) for t in texts]
-        offsets = self._learn([w for ws in words for w in ws])
-        return [self.special + sum(len(offsets[w]) for w in ws) for ws in words]
+        ends = self._learn([w for ws in words for w in ws])
+        return [self.special + sum(len(ends[w]) for w in ws) for ws in words]
 
     def spans(self, text: str) -> tuple[list[tuple[int, int]], list[int]]:
         """Each content token's character span in ``text`` and its word's number."""
         found = list(_WORD.finditer(text))
-        offsets = self._learn([m.group() for m in found])
+        ends = self._learn([m.group() for m in found])
         spans: list[tuple[int, int]] = []
         words: list[int] = []
         for k, m in enumerate(found):
-            start = m.start()
-            for a, b in offsets[m.group()]:
-                spans.append((start + a, start + b))
+            start = a = m.start()
+            for b in ends[m.group()]:
+                spans.append((a, start + b))
                 words.append(k)
+                a = start + b
         return spans, words
 
 
