@@ -195,6 +195,41 @@ def test_planning_the_contenders_again_keeps_the_exhaustive_top_k(
     assert replans, "the queries above plan their contenders again"
 
 
+def test_floors_exact_false_plans_over_the_stored_postings_with_exact_scores(
+    rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]
+) -> None:
+    """Revision 0019: where the trimmed postings alone could reach theta, the approximate
+    list (hybrid's) does not score every match; what it returns is scored exactly, best
+    first, and here (6 postings a term: every list trimmed) holds most of the exact top k."""
+    coll, _, queries = cisi
+    notes: list[str] = []
+    found = wanted = 0
+    with rt.db.connection() as conn:
+        conn.add_notice_handler(lambda d: notes.append(d.message_primary or ""))
+        conn.execute("SET client_min_messages = debug1")
+        for q in queries:
+            rows = conn.execute(
+                "SELECT chunk_id, raw FROM ragstore_bm25_topk(%s, 'english', %s, 10, %s, %s,"
+                " floors_exact => false)",
+                (coll.id, q, DEFAULT_K1, DEFAULT_B),
+            ).fetchall()
+            every = conn.execute(
+                "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive(%s, 'english', %s, 100000,"
+                " %s, %s)",
+                (coll.id, q, DEFAULT_K1, DEFAULT_B),
+            ).fetchall()
+            score = dict(every)
+            assert [r[1] for r in rows] == pytest.approx([score[r[0]] for r in rows], rel=1e-12)
+            assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)
+            assert len({r[0] for r in rows}) == len(rows) <= 10
+            found += len({r[0] for r in rows} & {r[0] for r in every[:10]})
+            wanted += len(every[:10])
+        conn.execute("RESET client_min_messages")
+    approximate = [m for m in notes if "stored postings only" in m]
+    assert approximate, "some queries reach the floors and take the approximate plan"
+    assert found >= 0.7 * wanted, f"the approximate lists hold {found} of the exact {wanted}"
+
+
 def test_filtered_searches_prune_and_match_the_exhaustive_lists(
     rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]
 ) -> None:

@@ -144,7 +144,10 @@ def ranked_list_sql(
     or, with ``exact`` and no filter, of ``ragstore_bm25_exhaustive``. With ``tail`` the
     pruned list goes on past its exact top ``%(n)s`` to ``%(tail)s`` rows: the best of the
     other chunks it scored exactly on the way (revision 0017), which may miss some of the
-    exact ranks there; without pruning the list is exact and ``%(tail)s`` deep.
+    exact ranks there; without pruning the list is exact and ``%(tail)s`` deep. A tailed
+    list is approximate in one more way (revision 0019, ``floors_exact => false``): where
+    the trimmed postings of common words alone could reach the k-th score, it plans over
+    the stored postings instead of scoring every match (seconds at a million chunks).
     Otherwise every candidate is scored here, with the same arithmetic: term frequencies
     are read from its tsvector after ``setweight`` marks the query's lexemes and
     ``ts_filter`` drops the rest (both in C), about 3.5x faster than unnesting every
@@ -157,7 +160,7 @@ def ranked_list_sql(
             " %(terms)s, %(n)s, %(k1)s::float8, %(b)s::float8{cond}{tail})"
         ).format(
             cond=sql.SQL(", cond => %(ftcond)s" if with_documents else ""),
-            tail=sql.SQL(", tail => %(tail)s" if tail else ""),
+            tail=sql.SQL(", tail => %(tail)s, floors_exact => false" if tail else ""),
         )
     n = sql.SQL("greatest(%(n)s, %(tail)s)" if tail else "%(n)s")
     if not (with_documents or q.required or q.excluded):

@@ -1,0 +1,296 @@
+"""BM25 top k: an approximate list for hybrid search when the trimmed postings reach theta.
+
+Revision ID: 0019
+Revises: 0018
+Create Date: 2026-12-02
+
+At a million chunks each common term keeps its best 20,000 postings, and the floor of
+each list (the most a dropped posting adds) is high. For a query of many common words the
+floors alone sum to 95% of the k-th score phase 1 found, no chunk can be ruled out from the
+stored postings, and ``ragstore_bm25_topk`` scores every match: 18 of 100 SciFact claims
+took 2.1-7.5 s at 1,004,091 chunks, in full-text and in hybrid search alike
+(docs/benchmarks.md, "BM25 at 1M: the long tail").
+
+``floors_exact => false`` plans over the stored postings instead, as if nothing were
+trimmed: the chunks it returns are scored exactly, but a chunk whose score comes from
+postings below the floors of several lists may be missing (on those 18 claims, 0.84 of
+the exhaustive top 10 on average; 42 ms-2.4 s instead of 2.1-7.5 s). The default stays
+exact; an unfiltered hybrid search, whose BM25 list is already approximate past its
+exact top 20 (revision 0017's tail) and fused with an HNSW list, asks for it. A new
+parameter means a new signature, so revision 0018's function is dropped first; the
+downgrade restores it.
+"""
+
+import importlib.util
+from pathlib import Path
+
+from alembic import op
+
+revision = "0019"
+down_revision = "0018"
+branch_labels = None
+depends_on = None
+
+_DROP_0018 = """
+DROP FUNCTION ragstore_bm25_topk(integer, regconfig, text, integer, float8, float8, integer,
+                                 integer, text, float8, integer, integer, float8);
+"""
+
+_UPGRADE = r"""
+CREATE FUNCTION ragstore_bm25_topk(cid integer, cfg regconfig, terms text, k integer,
+                                   k1 float8, b float8, start_n integer DEFAULT 0,
+                                   max_n integer DEFAULT 4096, cond text DEFAULT NULL,
+                                   alpha float8 DEFAULT 0.5, tail integer DEFAULT 0,
+                                   replan_at integer DEFAULT 1024,
+                                   replan_rise float8 DEFAULT 1.1,
+                                   floors_exact boolean DEFAULT true)
+    RETURNS TABLE (chunk_id bigint, raw float8) LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    st record;
+    avgdl float8;
+    ratio float8;
+    ids integer[];
+    lexs text[];
+    ws float8[];
+    fls float8[];  -- w * floor * ratio: the most a term's trimmed postings add
+    ubs float8[];  -- w * max(best impact, floor) * ratio: the most the term adds
+    lens float8[]; -- postings stored per term / w: which lists give the most for the budget
+    cuts float8[]; -- phase 2: read a term's postings with impact >= cut (NULL: not read)
+    cbs float8[];  -- phase 2: the most a term's postings not read add
+    m integer;
+    n integer;
+    lim integer;
+    step integer;
+    total integer;
+    cand bigint[];
+    passing bigint[];
+    contenders bigint[];
+    bounds float8[];
+    sids bigint[];   -- chunks scored exactly so far, and their scores
+    sraws float8[];
+    batch bigint[];
+    all_read boolean;
+    theta float8;
+    budget float8;
+    rest float8;
+    slack float8;
+    i integer;
+    t integer;
+    floor_rest float8; -- the sum of the terms' floors
+    plan_theta float8; -- theta when the contenders were planned
+    replan boolean;
+    plans integer := 0;
+    nout integer := greatest(k, coalesce(tail, 0)); -- rows returned
+BEGIN
+    SELECT * INTO st FROM bm25_collection_stats s WHERE s.collection_id = cid;
+    IF NOT FOUND OR st.chunks <= 0 THEN
+        RETURN;
+    END IF;
+    IF st.impact_avgdl IS NULL OR st.impact_k1 IS DISTINCT FROM k1
+       OR st.impact_b IS DISTINCT FROM b THEN
+        RETURN QUERY SELECT * FROM ragstore_bm25_exhaustive_where(cid, cfg, terms, nout, k1, b,
+                                                                  cond);
+        RETURN;
+    END IF;
+    avgdl := greatest(st.tokens::float8 / greatest(st.chunks, 1), 1.0);
+    ratio := greatest(1.0, avgdl / st.impact_avgdl) * 1.000001;
+    SELECT array_agg(tt.term_id ORDER BY tt.lexeme COLLATE "C"),
+           array_agg(tt.lexeme ORDER BY tt.lexeme COLLATE "C"),
+           array_agg(wt.w ORDER BY tt.lexeme COLLATE "C"),
+           array_agg(wt.w * tt.floor * ratio ORDER BY tt.lexeme COLLATE "C"),
+           array_agg(wt.w * greatest(tt.floor, coalesce(
+               (SELECT max(x.impact) FROM bm25_postings x WHERE x.term_id = tt.term_id), 0))
+               * ratio ORDER BY tt.lexeme COLLATE "C"),
+           array_agg(tt.stored / greatest(wt.w, 1e-9) ORDER BY tt.lexeme COLLATE "C")
+    INTO ids, lexs, ws, fls, ubs, lens
+    FROM (SELECT u.lexeme, greatest(cardinality(u.positions), 1) AS qtf
+          FROM unnest(to_tsvector(cfg, terms)) u) q
+    JOIN bm25_terms tt ON tt.collection_id = cid AND tt.lexeme = q.lexeme
+    CROSS JOIN LATERAL (SELECT (q.qtf * ln(1.0 + (st.chunks - tt.df + 0.5)
+                                           / (tt.df + 0.5)))::float8 AS w) wt;
+    IF ids IS NULL THEN
+        RETURN;
+    END IF;
+    m := cardinality(ids);
+    n := greatest(start_n, 4 * k, 32);
+    LOOP
+        WITH q AS (SELECT * FROM unnest(ids, ws) AS q(term_id, w)),
+        lists AS (
+            SELECT q.term_id, q.w, p.chunk_id, p.tf, p.len
+            FROM q CROSS JOIN LATERAL (
+                SELECT x.chunk_id, x.tf, x.len FROM bm25_postings x
+                WHERE x.term_id = q.term_id ORDER BY x.impact DESC LIMIT n) p),
+        cnt AS (SELECT count(l.chunk_id) < n AS done
+                FROM q LEFT JOIN lists l ON l.term_id = q.term_id GROUP BY q.term_id),
+        c AS (SELECT l.chunk_id, sum(l.w * l.tf * (k1 + 1.0) / (l.tf + k1
+                   * (1.0 - b + b * l.len / avgdl))) AS known
+              FROM lists l GROUP BY l.chunk_id)
+        SELECT (SELECT array_agg(c.chunk_id ORDER BY c.known DESC, c.chunk_id) FROM c),
+               (SELECT bool_and(cnt.done) FROM cnt)
+        INTO cand, all_read;
+        cand := coalesce(cand, '{}');
+        IF cond IS NOT NULL THEN
+            lim := 0;
+            total := cardinality(cand);
+            passing := '{}';
+            LOOP
+                step := greatest(4 * k, lim);
+                passing := passing || ragstore_bm25_passing(cand[lim + 1:lim + step], cond);
+                lim := lim + step;
+                EXIT WHEN cardinality(passing) >= k OR lim >= total
+                    OR (lim >= 8 * k AND cardinality(passing) < 0.05 * lim);
+            END LOOP;
+            IF cardinality(passing) < k AND cardinality(passing) < 0.05 * least(lim, total)
+               AND NOT (all_read AND lim >= total) THEN
+                RETURN QUERY SELECT * FROM ragstore_bm25_exhaustive_where(cid, cfg, terms, nout,
+                                                                          k1, b, cond);
+                RETURN;
+            END IF;
+            all_read := all_read AND lim >= total;
+            cand := ARRAY(SELECT x.id FROM unnest(cand[1:lim]) WITH ORDINALITY x(id, o)
+                          WHERE x.id = ANY(passing) ORDER BY x.o);
+        END IF;
+        EXIT WHEN cardinality(cand) >= k;
+        IF all_read AND NOT EXISTS (SELECT 1 FROM unnest(fls) f WHERE f > 0) THEN
+            contenders := cand;
+            EXIT;
+        END IF;
+        IF all_read OR n >= max_n THEN
+            RETURN QUERY SELECT * FROM ragstore_bm25_exhaustive_where(cid, cfg, terms, nout, k1,
+                                                                      b, cond);
+            RETURN;
+        END IF;
+        n := least(n * 4, max_n);
+    END LOOP;
+    IF contenders IS NOT NULL THEN
+        RETURN QUERY SELECT r.chunk_id, r.raw
+            FROM ragstore_bm25_score(contenders, lexs, ws, k1, b, avgdl) r
+            ORDER BY r.raw DESC, r.chunk_id LIMIT nout;
+        RETURN;
+    END IF;
+    SELECT array_agg(r.chunk_id), array_agg(r.raw) INTO sids, sraws
+        FROM ragstore_bm25_score(cand[1:2 * k], lexs, ws, k1, b, avgdl) r;
+    IF coalesce(cardinality(sids), 0) < k THEN
+        RETURN QUERY SELECT * FROM ragstore_bm25_exhaustive_where(cid, cfg, terms, nout, k1,
+                                                                  b, cond);
+        RETURN;
+    END IF;
+    theta := (SELECT x FROM unnest(sraws) x ORDER BY x DESC OFFSET k - 1 LIMIT 1);
+    rest := (SELECT sum(f) FROM unnest(fls) f);
+    IF rest >= theta * 0.95 THEN
+        IF floors_exact THEN
+            RETURN QUERY SELECT * FROM ragstore_bm25_exhaustive_where(cid, cfg, terms, nout,
+                                                                      k1, b, cond);
+            RETURN;
+        END IF;
+        -- the trimmed postings alone could reach theta: the exact list scores every match
+        -- (seconds at 1M); the approximate one plans over the stored postings as if
+        -- nothing were trimmed (each term's best 20,000 and more), scores still exact
+        RAISE DEBUG 'ragstore_bm25_topk: the floors (%) reach theta (%): stored postings only',
+            rest, theta;
+        fls := array_fill(0::float8, ARRAY[m]);
+        rest := 0;
+    END IF;
+    -- plan: the budget, the lists' cuts and the contenders from theta; then score the
+    -- contenders best bound first until the next bound is below theta. When theta has
+    -- risen replan_rise-fold (a tenth) with replan_at or more contenders still above it,
+    -- plan again from the new theta with half the alpha (at most three times): a higher
+    -- theta and a smaller budget read more of the lists but pass far fewer chunks, which
+    -- is what long tails at a million chunks spend their time scoring (tens of thousands
+    -- of contenders)
+    floor_rest := rest;
+    LOOP
+        plan_theta := theta;
+        budget := least(floor_rest + (theta - floor_rest) * alpha, theta * 0.999999);
+        -- the budget goes to the longest lists of the cheapest terms first: each is left
+        -- unread while its whole bound fits; the next is read down to the cut the rest
+        -- of the budget allows; the others are read to their floor
+        slack := budget - floor_rest;
+        cuts := array_fill(NULL::float8, ARRAY[m]);
+        cbs := fls;
+        FOR t IN SELECT o FROM unnest(lens) WITH ORDINALITY u(len, o) ORDER BY u.len DESC, u.o LOOP
+            IF ubs[t] - fls[t] <= slack THEN
+                cbs[t] := ubs[t];
+                slack := slack - (ubs[t] - fls[t]);
+            ELSE
+                cbs[t] := fls[t] + slack;
+                cuts[t] := cbs[t] / (ws[t] * ratio);
+                slack := 0;
+            END IF;
+        END LOOP;
+        rest := (SELECT sum(x) FROM unnest(cbs) x);
+        -- a posting's bound from its stored impact (w * impact * ratio: at least its exact
+        -- share), less its term's share of rest; the chunks scored already left out after
+        -- the aggregate, on the few that pass (a filter on the scan would test every
+        -- posting), through a hashed list (after a new plan they are thousands)
+        WITH q AS (SELECT q.term_id, q.w * ratio AS wr, q.cut, q.cb
+                   FROM unnest(ids, ws, cuts, cbs) AS q(term_id, w, cut, cb)
+                   WHERE q.cut IS NOT NULL),
+        c AS MATERIALIZED (
+            SELECT p.chunk_id, (sum(p.g) + rest) * 1.000001 AS bound
+            FROM q CROSS JOIN LATERAL (
+                SELECT x.chunk_id, q.wr * x.impact - q.cb AS g FROM bm25_postings x
+                WHERE x.term_id = q.term_id AND x.impact >= q.cut) p
+            GROUP BY p.chunk_id HAVING (sum(p.g) + rest) * 1.000001 >= theta)
+        SELECT array_agg(c.chunk_id ORDER BY c.bound DESC, c.chunk_id),
+               array_agg(c.bound ORDER BY c.bound DESC, c.chunk_id)
+        INTO contenders, bounds FROM c
+        WHERE c.chunk_id NOT IN (SELECT unnest(sids));
+        -- score the contenders best bound first, in growing batches, until the next bound
+        -- is below the k-th exact score
+        i := 0;
+        total := coalesce(cardinality(contenders), 0);
+        step := greatest(k, 16);
+        replan := false;
+        WHILE i < total AND bounds[i + 1] >= theta LOOP
+            batch := ragstore_bm25_passing(contenders[i + 1:i + step], cond);
+            SELECT sids || coalesce(array_agg(r.chunk_id), '{}'),
+                   sraws || coalesce(array_agg(r.raw), '{}')
+                INTO sids, sraws
+                FROM ragstore_bm25_score(batch, lexs, ws, k1, b, avgdl) r;
+            theta := (SELECT x FROM unnest(sraws) x ORDER BY x DESC OFFSET k - 1 LIMIT 1);
+            i := i + step;
+            step := step * 2;
+            IF plans < 3 AND theta >= plan_theta * replan_rise AND total - i >= replan_at
+               AND (SELECT count(*) FROM unnest(bounds[i + 1:total]) x WHERE x >= theta)
+                   >= replan_at THEN
+                replan := true;
+                EXIT;
+            END IF;
+        END LOOP;
+        EXIT WHEN NOT replan;
+        plans := plans + 1;
+        alpha := alpha * 0.5;
+        RAISE DEBUG 'ragstore_bm25_topk: plan % from theta % (was %), % of % contenders scored',
+            plans + 1, theta, plan_theta, i, total;
+    END LOOP;
+    -- the exact top k, then the best of the other chunks scored on the way (the tail)
+    RETURN QUERY SELECT x.id, x.raw FROM unnest(sids, sraws) x(id, raw)
+        ORDER BY x.raw DESC, x.id LIMIT nout;
+END $fn$;
+"""
+
+
+def _topk_0018() -> str:
+    """Revision 0018's ``ragstore_bm25_topk``, which the downgrade restores."""
+    spec = importlib.util.spec_from_file_location(
+        "ragstore_rev_0018", Path(__file__).with_name("0018_bm25_topk_replan.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module._UPGRADE)
+
+
+def upgrade() -> None:
+    op.execute(_DROP_0018)
+    op.execute(_UPGRADE)
+
+
+def downgrade() -> None:
+    op.execute("""
+    DROP FUNCTION ragstore_bm25_topk(integer, regconfig, text, integer, float8, float8,
+                                     integer, integer, text, float8, integer, integer, float8,
+                                     boolean);
+    """)
+    op.execute(_topk_0018())
