@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ragstore.embedding.wordpieces import WordPieces, word_pieces
+from ragstore.embedding.wordpieces import WordPieces, reads_words_alone, word_pieces
 from ragstore.models import ModelSpec
 
 Vectors = npt.NDArray[np.float32]
@@ -154,16 +154,11 @@ def tokenizer_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
         return []
     backend = _backend(tokenizer)
     if backend is not None:
-        pieces = _word_pieces(tokenizer, backend)
-        if pieces is None:
-            return [
-                len(e.ids) for e in backend.encode_batch_fast(list(texts), add_special_tokens=True)
-            ]
         out = [0] * len(texts)
-        plain = [i for i, t in enumerate(texts) if pieces.plain(t)]
-        for i, n in zip(plain, pieces.counts([texts[i] for i in plain]), strict=True):
-            out[i] = n
-        other = [i for i, t in enumerate(texts) if not out[i]]
+        pieces, plain, other = _split_plain(backend, texts)
+        if pieces is not None:
+            for i, n in zip(plain, pieces.counts([texts[i] for i in plain]), strict=True):
+                out[i] = n
         if other:
             cut = backend.encode_batch_fast([texts[i] for i in other], add_special_tokens=True)
             for i, e in zip(other, cut, strict=True):
@@ -187,12 +182,10 @@ def tokenizer_encodings(tokenizer: Any, texts: Sequence[str]) -> list[TokenEncod
     if backend is None:
         return None
     out: list[TokenEncoding | None] = [None] * len(texts)
-    pieces = _word_pieces(tokenizer, backend)
+    pieces, plain, other = _split_plain(backend, texts)
     if pieces is not None:
-        plain = [i for i, t in enumerate(texts) if pieces.plain(t)]
         for i, n in zip(plain, pieces.counts([texts[i] for i in plain]), strict=True):
             out[i] = TokenEncoding(n, detail=partial(pieces.spans, texts[i]))
-    other = [i for i, e in enumerate(out) if e is None]
     if other:
         cut = backend.encode_batch([texts[i] for i in other], add_special_tokens=True)
         for i, e in zip(other, cut, strict=True):
@@ -206,10 +199,20 @@ def tokenizer_encodings(tokenizer: Any, texts: Sequence[str]) -> list[TokenEncod
     return [e for e in out if e is not None]
 
 
-def _word_pieces(tokenizer: Any, backend: Any) -> WordPieces | None:
+def _split_plain(
+    backend: Any, texts: Sequence[str]
+) -> tuple[WordPieces | None, list[int], list[int]]:
     """The word cache of a BERT-style tokenizer (:mod:`ragstore.embedding.wordpieces`),
-    None for any other: its counts hold only where texts' tokens are their words'."""
-    return word_pieces(backend) if tokenizer_joins_add_up(tokenizer) else None
+    the positions of the texts it counts, and those left to the tokenizer itself."""
+    pieces = word_pieces(backend)
+    if pieces is None:
+        return None, [], list(range(len(texts)))
+    plain = [pieces.plain(t) for t in texts]
+    return (
+        pieces,
+        [i for i, p in enumerate(plain) if p],
+        [i for i, p in enumerate(plain) if not p],
+    )
 
 
 def tokenizer_joins_add_up(tokenizer: Any) -> bool:
@@ -221,15 +224,8 @@ def tokenizer_joins_add_up(tokenizer: Any) -> bool:
     again. A tokenizer that marks word starts (SentencePiece, byte-level BPE) or
     normalizes across characters may not, and is counted.
     """
-    from tokenizers import models, normalizers, pre_tokenizers
-
     backend: Any = getattr(tokenizer, "backend_tokenizer", None)
-    return (
-        backend is not None
-        and isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
-        and isinstance(backend.normalizer, normalizers.BertNormalizer | None)
-        and isinstance(backend.model, models.WordPiece)
-    )
+    return backend is not None and reads_words_alone(backend)
 
 
 def tokenizer_spans(tokenizer: Any, text: str) -> list[tuple[int, int]]:

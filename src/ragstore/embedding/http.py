@@ -133,14 +133,15 @@ class HttpEmbedder(Embedder):
         return headers
 
     def _post(self, texts: Sequence[str]) -> dict[str, Any]:
+        inputs = list(texts)
         attempt = 0
         while True:
             self.requests += 1
             wait: float | None = None
             body = {
                 "model": self.remote_model,
-                "input": list(texts),
-                "encoding_format": self.encoding_format,
+                "input": inputs,
+                "encoding_format": self.encoding_format,  # floats after a refusal
             }
             try:
                 response = self._client.post(self.url, json=body, headers=self._headers())

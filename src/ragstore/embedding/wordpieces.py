@@ -91,14 +91,26 @@ class WordPieces:
         return spans, words
 
 
-_pieces: WeakKeyDictionary[Any, WordPieces] = WeakKeyDictionary()
+def reads_words_alone(backend: Any) -> bool:
+    """Whether a Rust tokenizer is BERT's kind: a per-character normalizer (or none),
+    BertPreTokenizer and WordPiece, so that a text's tokens are its words' tokens."""
+    from tokenizers import models, normalizers, pre_tokenizers
+
+    return (
+        isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+        and isinstance(backend.normalizer, normalizers.BertNormalizer | None)
+        and isinstance(backend.model, models.WordPiece)
+    )
+
+
+_pieces: WeakKeyDictionary[Any, WordPieces | None] = WeakKeyDictionary()
 _pieces_lock = threading.Lock()
 
 
-def word_pieces(backend: Any) -> WordPieces:
-    """The one :class:`WordPieces` of a Rust tokenizer (``backend``) in this process."""
+def word_pieces(backend: Any) -> WordPieces | None:
+    """The one :class:`WordPieces` of a Rust tokenizer (``backend``) in this process, or
+    None for a tokenizer that does not read words alone (decided once per tokenizer)."""
     with _pieces_lock:
-        found = _pieces.get(backend)
-        if found is None:
-            found = _pieces[backend] = WordPieces(backend)
-        return found
+        if backend not in _pieces:
+            _pieces[backend] = WordPieces(backend) if reads_words_alone(backend) else None
+        return _pieces[backend]
