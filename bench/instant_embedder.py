@@ -13,6 +13,8 @@ data with structure, not uniform noise, which would be an unrealistic worst case
 It runs as its own process so that its JSON encoding does not compete for the bench's GIL.
 Like OpenAI it answers ``"encoding_format": "base64"`` (what ragstore's HTTP provider and
 OpenAI's Python client ask for) with float32 bytes and anything else with printed floats.
+``--delay-ms`` holds each answer back that long, as a remote embedding API's round trip
+would (``bench/query_overlap.py``); the default answers at once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -51,7 +54,7 @@ class Vectors:
         return v / norm if norm > 0 else v
 
 
-def serve(port: int, dimension: int) -> None:
+def serve(port: int, dimension: int, delay_ms: float = 0.0) -> None:
     vectors = Vectors(dimension)
 
     class Handler(BaseHTTPRequestHandler):
@@ -80,6 +83,8 @@ def serve(port: int, dimension: int) -> None:
                 else:
                     value = "[" + ",".join(f"{x:.5f}" for x in v.tolist()) + "]"
                 items.append(f'{{"object":"embedding","index":{i},"embedding":{value}}}')
+            if delay_ms > 0:
+                time.sleep(delay_ms / 1000)
             model = json.dumps(body.get("model", "instant"))
             data = (
                 f'{{"object":"list","model":{model},"data":[{",".join(items)}],'
@@ -102,8 +107,9 @@ def serve(port: int, dimension: int) -> None:
 class InstantServer:
     """The server as a child process on loopback; ``base_url`` once started."""
 
-    def __init__(self, dimension: int = DIMENSION) -> None:
+    def __init__(self, dimension: int = DIMENSION, delay_ms: float = 0.0) -> None:
         self.dimension = dimension
+        self.delay_ms = delay_ms
         self.proc: subprocess.Popen[str] | None = None
         self.base_url = ""
 
@@ -117,6 +123,8 @@ class InstantServer:
                 "0",
                 "--dimension",
                 str(self.dimension),
+                "--delay-ms",
+                str(self.delay_ms),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -148,8 +156,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--dimension", type=int, default=DIMENSION)
+    ap.add_argument("--delay-ms", type=float, default=0.0, help="hold each answer this long")
     args = ap.parse_args()
-    serve(args.port, args.dimension)
+    serve(args.port, args.dimension, args.delay_ms)
 
 
 if __name__ == "__main__":

@@ -276,10 +276,12 @@ def measure(
 
 
 @contextmanager
-def existing(data_dir: Path) -> Iterator[tuple[Runtime, repository.Collection]]:
+def existing(
+    data_dir: Path, delay_ms: float = 0.0
+) -> Iterator[tuple[Runtime, repository.Collection]]:
     """The runtime and collection a previous ``--keep`` run left in ``data_dir``, its HTTP
-    model pointed at a freshly started instant server."""
-    with InstantServer() as server, Runtime(Settings(data_dir=data_dir)) as rt:
+    model pointed at a freshly started instant server (answering after ``delay_ms``)."""
+    with InstantServer(delay_ms=delay_ms) as server, Runtime(Settings(data_dir=data_dir)) as rt:
         with rt.db.connection() as conn:
             conn.execute(
                 "UPDATE embedding_models SET options = options || %s::jsonb"

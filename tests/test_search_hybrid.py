@@ -4,6 +4,9 @@ shows both lists, hybrid is at least as good as either mode on a labelled set, a
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import pytest
 
 from ragstore.errors import InputError
@@ -224,3 +227,68 @@ def test_selective_filter_still_returns_k_hits(rt: Runtime) -> None:
         where={"bucket": "rare"},
     )
     assert len(hybrid) == 10 and all(h.metadata["bucket"] == "rare" for h in hybrid)
+
+
+def test_the_bm25_list_runs_while_the_query_is_embedded(
+    labelled: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query not in the query cache is embedded while the BM25 list already runs (the
+    slower list no longer waits for the model); a failing embed is the error reported."""
+    from ragstore.embedding.cache import query_cache
+    from ragstore.errors import EmbeddingProviderError
+    from ragstore.search import service
+
+    started = threading.Event()
+    execute = service._Statement.execute
+
+    def noting(self: Any, stmt: Any, values: dict[str, Any], **kw: Any) -> Any:
+        if "q" not in values:  # the BM25 list: the vector's statement carries the vector
+            started.set()
+        return execute(self, stmt, values, **kw)
+
+    monkeypatch.setattr(service._Statement, "execute", noting)
+    embedder = labelled.embedder_for(labelled.collection(LABELLED))
+    embed_query = embedder.embed_query
+    seen: list[bool] = []
+
+    def waiting(text: str) -> Any:
+        seen.append(started.wait(10))  # never set if the BM25 list waited for the embed
+        return embed_query(text)
+
+    monkeypatch.setattr(embedder, "embed_query", waiting)
+    query_cache().clear()
+    hits = search(labelled, "what does E4711 mean", collection=LABELLED, k=3, mode="hybrid")
+    assert seen == [True]
+    assert hits[0].source == "e4711"
+
+    def failing(text: str) -> Any:
+        started.wait(10)
+        raise EmbeddingProviderError("the model is down")
+
+    monkeypatch.setattr(embedder, "embed_query", failing)
+    query_cache().clear()
+    started.clear()
+    with pytest.raises(EmbeddingProviderError, match="the model is down"):
+        search(labelled, "what does E4712 mean", collection=LABELLED, k=3, mode="hybrid")
+    stats = labelled.db.pool.get_stats()
+    assert stats["pool_available"] == stats["pool_size"]  # the BM25 list gave its connection back
+
+
+def test_hybrid_hits_carry_their_metadata(rt: Runtime) -> None:
+    """Hybrid's lists bring metadata as JSON text, parsed for the hits only: the same
+    values as the vector search's hits."""
+    coll = make_collection(rt, "hybrid_meta")
+    meta = {"team": "db", "tags": ["wal", "slots"], "level": 3, "nested": {"a": None}}
+    write_docs(
+        rt,
+        coll,
+        [
+            Doc("a.txt", ["the replication slot was dropped"], chunk_metadata=meta),
+            Doc("b.txt", ["ovens bake cakes"]),
+        ],
+    )
+    hybrid = search(rt, "replication slot", collection=coll.name, k=2, mode="hybrid")
+    vector = search(rt, "replication slot", collection=coll.name, k=2, mode="vector")
+    assert hybrid[0].source == "a.txt" and hybrid[0].metadata == vector[0].metadata
+    assert hybrid[0].metadata["nested"] == {"a": None} and hybrid[0].metadata["level"] == 3
+    assert isinstance(hybrid[1].metadata, dict)

@@ -29,10 +29,11 @@ settings are sent once per pooled connection (again only when a search needs ano
 from __future__ import annotations
 
 import contextvars
+import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from weakref import WeakKeyDictionary
@@ -230,10 +231,11 @@ def run(
     return hits
 
 
-def _query_vector(
-    rt: Runtime, coll: Collection, query: str, vector: Sequence[float] | None
-) -> npt.NDArray[np.float32]:
-    """The vector the vector list ranks by: the given one (checked) or the query's."""
+def _given_vector(
+    coll: Collection, query: str, vector: Sequence[float] | None
+) -> npt.NDArray[np.float32] | None:
+    """The given query vector, checked; ``None`` when the query's text is to be embedded
+    (:func:`_query_vector`). Raises before any statement runs when text cannot be embedded."""
     if vector is not None:
         arr = float32_array(vector, "the query vector")
         if arr.ndim != 1 or arr.shape[0] != coll.model.dimension:
@@ -249,7 +251,15 @@ def _query_vector(
             "cannot run, so text cannot be embedded for it; search it with a vector "
             "(`vector=` / --vector) or with mode fulltext"
         )
-    return rt.embedder_for(coll).embed_query(query)
+    return None
+
+
+def _query_vector(
+    rt: Runtime, coll: Collection, query: str, given: npt.NDArray[np.float32] | None
+) -> npt.NDArray[np.float32]:
+    """The vector the vector list ranks by: the given one or the query's (the embedder's
+    query cache, else the model)."""
+    return given if given is not None else rt.embedder_for(coll).embed_query(query)
 
 
 def _run(
@@ -271,8 +281,9 @@ def _run(
     ft_sql: sql.Composable | None = None
     pruned_filter = False  # the BM25 top k takes the filter as SQL text (``ftcond``)
 
+    given: npt.NDArray[np.float32] | None = None
     if p.mode in ("vector", "hybrid"):
-        values["q"] = _query_vector(rt, coll, query, vector)
+        given = _given_vector(coll, query, vector)
         vec_sql = _vector_sql(coll, compiled.condition, filtered, p.exact, p.depth)
     if p.mode in ("fulltext", "hybrid"):
         ftq = bm25.parse_query(query, plain=p.plain)
@@ -311,7 +322,9 @@ def _run(
         compiled=compiled,
     )
     if vec_sql is not None and ft_sql is not None:
-        # the two lists at once, on two pooled connections, each with its rows; fused here
+        # the two lists at once, on two pooled connections, each with its rows; fused here.
+        # The BM25 list goes first: it is the slower one, and a query that is not in the
+        # query cache is embedded while it runs (the encode no longer delays it)
         ft_values = dict(values, n=p.fulltext_exact_depth, tail=p.fulltext_list_depth)
         pending = _lists_executor().submit(
             contextvars.copy_context().run,
@@ -321,13 +334,19 @@ def _run(
             pruned_filter=pruned_filter,
         )
         try:
+            values["q"] = _query_vector(rt, coll, query, given)
             vec_rows = run_.execute(_with_rows(vec_sql, "l.raw, l.chunk_id"), values, hnsw=True)
-        finally:
-            ft_rows = pending.result()
+        except BaseException:
+            # the embed or the vector list failed: its error is the one to report, once
+            # the BM25 list has given its connection back
+            wait([pending])
+            raise
+        ft_rows = pending.result()
         rows = fused_rows(vec_rows, ft_rows, p.k, p.pool, p.fusion, p.sections)
         return [_hit(r, coll, p) for r in rows]
     # one list: its pool in one statement, grouped into sections in Python (search/single.py)
     if vec_sql is not None:
+        values["q"] = _query_vector(rt, coll, query, given)
         rows = run_.execute(single.pool_sql(vec_sql, "x.raw"), values, hnsw=True)
         metric = coll.model.distance
         rows = single.final_rows(
@@ -362,10 +381,14 @@ def _lists_executor() -> ThreadPoolExecutor:
 
 def _with_rows(list_sql: sql.Composable, order: str) -> sql.Composed:
     """A ranked list (``chunk_id, raw``) with each candidate's chunk and document: the
-    rows :func:`ragstore.search.fused.fused_rows` fuses and returns (:data:`LIST_ROW`)."""
+    rows :func:`ragstore.search.fused.fused_rows` fuses and returns (:data:`LIST_ROW`).
+
+    The metadata comes as JSON text, parsed only for the hits (:func:`_hit`): a hybrid
+    search pools about 130 rows and returns ``k``, and parsing every row's JSON cost about
+    as much as fusing them."""
     return sql.SQL(
         "SELECT l.chunk_id, l.raw, d.id, d.source, d.title, c.text, c.chunk_type,"
-        " c.section_path, c.ordinal, c.page, c.metadata, c.parent_id"
+        " c.section_path, c.ordinal, c.page, c.metadata::text, c.parent_id"
         " FROM ({l}) l JOIN chunks c ON c.id = l.chunk_id"
         " JOIN documents d ON d.id = c.document_id ORDER BY {o}"
     ).format(o=sql.SQL(order), l=list_sql)
@@ -498,7 +521,7 @@ def _hit(r: tuple[Any, ...], coll: Collection, p: SearchParams) -> Hit:
         section_path=list(r[6]),
         ordinal=int(r[7]),
         page=r[8],
-        metadata=dict(r[9]),
+        metadata=json.loads(r[9]) if isinstance(r[9], str) else dict(r[9]),
         score=float(r[10]),
         explain=explain,
         section_score=None if r[15] is None else float(r[15]),
