@@ -391,3 +391,80 @@ def test_a_tail_follows_the_exact_top_k_with_exact_scores(
             found += len({r[0] for r in rows[k:]} & {r[0] for r in every[k:tail]})
             wanted += len(every[k:tail])
     assert found >= 0.8 * wanted, f"the tail holds {found} of the exact {wanted}"
+
+
+def test_where_the_floors_reach_theta_the_exact_list_scores_chunks_holding_enough_terms(
+    rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]
+) -> None:
+    """Revision 0020: where the trimmed postings alone could reach theta, the exact list
+    (full-text search's) scores the chunks whose terms' bounds add up to a try at or above
+    theta, not every match; the list is the exhaustive one, tails and ties included."""
+    coll, _, queries = cisi
+    notes: list[str] = []
+    enough = []
+    with rt.db.connection() as conn:
+        conn.add_notice_handler(lambda d: notes.append(d.message_primary or ""))
+        conn.execute("SET client_min_messages = debug1")
+        for q in queries:
+            notes.clear()
+            for k, tail in ((1, 0), (10, 0), (10, 25), (50, 0)):
+                rows = conn.execute(
+                    "SELECT chunk_id, raw FROM ragstore_bm25_topk(%s, 'english', %s, %s, %s, %s,"
+                    " tail => %s)",
+                    (coll.id, q, k, DEFAULT_K1, DEFAULT_B, tail),
+                ).fetchall()
+                exact = conn.execute(
+                    "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive(%s, 'english', %s, %s,"
+                    " %s, %s)",
+                    (coll.id, q, k, DEFAULT_K1, DEFAULT_B),
+                ).fetchall()
+                _assert_same(rows[:k], exact, q)
+            if any("chunks holding enough terms" in m for m in notes):
+                enough.append(q)
+        conn.execute("RESET client_min_messages")
+    assert len(enough) >= 5, "queries of common words reach the floors"
+    # fewer chunks read than scoring every match, on the query that reads the most
+    read = max(enough, key=lambda q: _chunks_read(rt, coll.id, q, "exhaustive"))
+    assert _chunks_read(rt, coll.id, read, "topk") < _chunks_read(rt, coll.id, read, "exhaustive")
+
+
+@pytest.mark.parametrize(
+    ("lexs", "ubs", "need", "matches", "misses"),
+    [
+        # one term is enough alone, the other two only together
+        (["wal", "slot", "archiv"], [5.0, 3.0, 2.5], 5.0, ["wal", "slot archiv"], ["slot", "archiv"]),
+        # quotes and backslashes in lexemes survive tsquery's input syntax
+        (["o'neil", "c:\\dir", "x"], [2.0, 2.0, 2.0], 4.0, ["o'neil c:\\dir", "x o'neil"], ["x"]),
+    ],
+)
+def test_the_enough_terms_condition(
+    rt: Runtime, lexs: list[str], ubs: list[float], need: float, matches: list[str], misses: list[str]
+) -> None:
+    """``ragstore_bm25_enough``: every set of terms whose bounds reach the need matches,
+    no other does; a need no term is needed for gives no condition (NULL)."""
+    with rt.db.connection() as conn:
+        q = conn.execute(
+            "SELECT ragstore_bm25_enough(%s::text[], %s::float8[], %s)", (lexs, ubs, need)
+        ).fetchone()[0]
+        assert q is not None
+
+        def holds(words: str) -> bool:
+            row = conn.execute(
+                "SELECT array_to_tsvector(%s::text[]) @@ ragstore_bm25_enough(%s::text[],"
+                " %s::float8[], %s)",
+                (words.split(" "), lexs, ubs, need),
+            ).fetchone()
+            return bool(row[0])
+
+        assert all(holds(m) for m in matches) and not any(holds(m) for m in misses)
+        none = conn.execute(
+            "SELECT ragstore_bm25_enough(%s::text[], %s::float8[], 0)", (lexs, ubs)
+        ).fetchone()[0]
+        assert none is None
+        # a tiny budget leaves terms out: a weaker condition, never a stronger one
+        weak = conn.execute(
+            "SELECT array_to_tsvector(%s::text[]) @@ ragstore_bm25_enough(%s::text[],"
+            " %s::float8[], %s, 1)",
+            (matches[0].split(" "), lexs, ubs, need),
+        ).fetchone()
+        assert weak is None or weak[0] is None or weak[0] is True
