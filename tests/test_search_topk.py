@@ -432,13 +432,24 @@ def test_where_the_floors_reach_theta_the_exact_list_scores_chunks_holding_enoug
     ("lexs", "ubs", "need", "matches", "misses"),
     [
         # one term is enough alone, the other two only together
-        (["wal", "slot", "archiv"], [5.0, 3.0, 2.5], 5.0, ["wal", "slot archiv"], ["slot", "archiv"]),
+        (
+            ["wal", "slot", "archiv"],
+            [5.0, 3.0, 2.5],
+            5.0,
+            ["wal", "slot archiv"],
+            ["slot", "archiv"],
+        ),
         # quotes and backslashes in lexemes survive tsquery's input syntax
         (["o'neil", "c:\\dir", "x"], [2.0, 2.0, 2.0], 4.0, ["o'neil c:\\dir", "x o'neil"], ["x"]),
     ],
 )
 def test_the_enough_terms_condition(
-    rt: Runtime, lexs: list[str], ubs: list[float], need: float, matches: list[str], misses: list[str]
+    rt: Runtime,
+    lexs: list[str],
+    ubs: list[float],
+    need: float,
+    matches: list[str],
+    misses: list[str],
 ) -> None:
     """``ragstore_bm25_enough``: every set of terms whose bounds reach the need matches,
     no other does; a need no term is needed for gives no condition (NULL)."""
