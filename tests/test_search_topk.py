@@ -407,7 +407,7 @@ def test_where_the_floors_reach_theta_the_exact_list_scores_chunks_holding_enoug
         conn.execute("SET client_min_messages = debug1")
         for q in queries:
             notes.clear()
-            for k, tail in ((1, 0), (10, 0), (10, 25), (50, 0)):
+            for k, tail in ((1, 0), (10, 0), (10, 25), (50, 0)):  # a tail: every match
                 rows = conn.execute(
                     "SELECT chunk_id, raw FROM ragstore_bm25_topk(%s, 'english', %s, %s, %s, %s,"
                     " tail => %s)",
@@ -421,8 +421,25 @@ def test_where_the_floors_reach_theta_the_exact_list_scores_chunks_holding_enoug
                 _assert_same(rows[:k], exact, q)
             if any("chunks holding enough terms" in m for m in notes):
                 enough.append(q)
+        filtered = 0
+        for q in queries[:12]:  # a filter joins the condition
+            for cond in FILTERS:
+                notes.clear()
+                rows = conn.execute(
+                    "SELECT chunk_id, raw FROM ragstore_bm25_topk(%s, 'english', %s, 10, %s, %s,"
+                    " cond => %s)",
+                    (coll.id, q, DEFAULT_K1, DEFAULT_B, cond),
+                ).fetchall()
+                exact = conn.execute(
+                    "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive_where(%s, 'english', %s,"
+                    " 10, %s, %s, %s)",
+                    (coll.id, q, DEFAULT_K1, DEFAULT_B, cond),
+                ).fetchall()
+                _assert_same(rows, exact, f"{cond}: {q}")
+                filtered += any("chunks holding enough terms" in m for m in notes)
         conn.execute("RESET client_min_messages")
     assert len(enough) >= 5, "queries of common words reach the floors"
+    assert filtered >= 3, "filtered queries reach the floors too"
     # fewer chunks read than scoring every match, on the query that reads the most
     read = max(enough, key=lambda q: _chunks_read(rt, coll.id, q, "exhaustive"))
     assert _chunks_read(rt, coll.id, read, "topk") < _chunks_read(rt, coll.id, read, "exhaustive")

@@ -23,8 +23,10 @@ terms, so it was scored); otherwise theta rises to the k-th score found and the 
 runs. The last try is phase 1's theta, which the chunks phase 1 scored reach: the list is
 exact. The condition grows with the terms (a threshold function has no small formula);
 past 256 nodes the terms of smallest bound are left out of it and their bounds taken off
-theta, a weaker condition that still holds every chunk that can reach theta. Filtered
-searches keep the exhaustive fallback.
+theta, a weaker condition that still holds every chunk that can reach theta. A filtered
+search adds its filter to the condition (theta is then the k-th score of chunks that pass);
+a list with a tail past k (only hybrid's approximate list asks for one) still scores every
+match, whose ranks past k are exact.
 
 On four such claims at 1,004,091 chunks: 3.1-4.7 s exhaustive, 41-944 ms this way, same
 top 10 (the experiment that led here; the revision's own figures are in
@@ -123,13 +125,13 @@ BEGIN
     RETURN NULL;
 END $fn$;
 
--- The exact top k (then the best of the others scored, to NOUT rows) when phase 1 found
--- THETA and the trimmed postings' floors could reach it: the chunks holding enough terms
--- for a try at or above theta, scored exactly (see the revision's docstring).
+-- The exact top k when phase 1 found THETA and the trimmed postings' floors could reach
+-- it: the chunks holding enough terms for a try at or above theta, scored exactly (see the
+-- revision's docstring).
 CREATE FUNCTION ragstore_bm25_enough_topk(cid integer, cfg regconfig, terms text,
                                           lexs text[], ws float8[], ubs float8[],
-                                          theta float8, k integer, nout integer,
-                                          k1 float8, b float8, avgdl float8)
+                                          theta float8, k integer, k1 float8, b float8,
+                                          avgdl float8, cond text DEFAULT NULL)
     RETURNS TABLE (chunk_id bigint, raw float8) LANGUAGE plpgsql STABLE AS $fn$
 DECLARE
     tries float8[] := ARRAY[theta * 2, theta * 1.4, theta];
@@ -146,27 +148,29 @@ BEGIN
         CONTINUE WHEN t > most; -- no chunk can score that much
         q := ragstore_bm25_enough(lexs, ubs, t);
         EXIT WHEN q IS NULL;
-        -- planned with the query's own tsquery (the GIN index, its matches estimated)
-        EXECUTE 'SELECT ARRAY(SELECT c.id FROM chunks c WHERE c.collection_id = $1'
-                ' AND c.chunk_type <> ''heading'' AND c.tsv @@ $2'
-                ' EXCEPT SELECT unnest($3::bigint[]))'
+        -- planned with the query's own tsquery (the GIN index, its matches estimated);
+        -- a filter (COND, SQL over c and d) keeps the chunks that pass it: theta is then
+        -- the k-th score of passing chunks
+        EXECUTE format('SELECT ARRAY(SELECT c.id FROM chunks c'
+                       ' JOIN documents d ON d.id = c.document_id WHERE c.collection_id = $1'
+                       ' AND c.chunk_type <> ''heading'' AND c.tsv @@ $2 AND (%s)'
+                       ' EXCEPT SELECT unnest($3::bigint[]))', coalesce(cond, 'true'))
             INTO batch USING cid, q, sids;
         SELECT sids || coalesce(array_agg(r.chunk_id), '{}'),
                sraws || coalesce(array_agg(r.raw), '{}')
             INTO sids, sraws
             FROM ragstore_bm25_score(batch, lexs, ws, k1, b, avgdl) r;
+        -- every chunk scoring t or more has been scored: with k of them the list is exact
         kth := (SELECT x FROM unnest(sraws) x ORDER BY x DESC OFFSET k - 1 LIMIT 1);
         IF kth >= t THEN
-            -- k chunks at t or above, and every chunk scoring t or more was scored
             RETURN QUERY SELECT x.id, x.raw FROM unnest(sids, sraws) x(id, raw)
-                ORDER BY x.raw DESC, x.id LIMIT nout;
+                ORDER BY x.raw DESC, x.id LIMIT k;
             RETURN;
         END IF;
         theta := greatest(theta, coalesce(kth, theta));
     END LOOP;
     -- no condition narrows the matches (or rounding kept the last try short): every match
-    RETURN QUERY SELECT * FROM ragstore_bm25_exhaustive_where(cid, cfg, terms, nout, k1, b,
-                                                              NULL);
+    RETURN QUERY SELECT * FROM ragstore_bm25_exhaustive_where(cid, cfg, terms, k, k1, b, cond);
 END $fn$;
 """
 
@@ -312,13 +316,14 @@ BEGIN
     theta := (SELECT x FROM unnest(sraws) x ORDER BY x DESC OFFSET k - 1 LIMIT 1);
     rest := (SELECT sum(f) FROM unnest(fls) f);
     IF rest >= theta * 0.95 THEN
-        IF floors_exact AND cond IS NULL THEN
+        IF floors_exact AND nout <= k THEN
             -- the trimmed postings alone could reach theta: score the chunks whose terms
-            -- can add up to it (revision 0020), not every match
-            RAISE DEBUG 'ragstore_bm25_topk: the floors (%) reach theta (%): chunks holding enough terms',
-                rest, theta;
+            -- can add up to it (revision 0020), not every match (a tail, which only the
+            -- approximate list asks for, still scores every match: exact ranks past k)
+            RAISE DEBUG '%', format('ragstore_bm25_topk: the floors (%s) reach theta (%s): '
+                                    'chunks holding enough terms', rest, theta);
             RETURN QUERY SELECT * FROM ragstore_bm25_enough_topk(cid, cfg, terms, lexs, ws, ubs,
-                                                                 theta, k, nout, k1, b, avgdl);
+                                                                 theta, k, k1, b, avgdl, cond);
             RETURN;
         END IF;
         IF floors_exact THEN
@@ -436,8 +441,8 @@ def downgrade() -> None:
     op.execute(_topk_0019())
     op.execute("""
     DROP FUNCTION ragstore_bm25_enough_topk(integer, regconfig, text, text[], float8[],
-                                            float8[], float8, integer, integer, float8, float8,
-                                            float8);
+                                            float8[], float8, integer, float8, float8, float8,
+                                            text);
     DROP FUNCTION ragstore_bm25_enough(text[], float8[], float8, integer);
     DROP FUNCTION ragstore_bm25_enough_at(text[], float8[], float8[], integer, float8, integer);
     """)
