@@ -26,6 +26,9 @@ collection (102,959 of its 135,752 chunks under a heading) on 2 busy cores, so a
 an hour for a million. The downgrade puts the text-only tsvectors back the same way.
 """
 
+import importlib.util
+from pathlib import Path
+
 from alembic import op
 
 revision = "0021"
@@ -74,31 +77,24 @@ _TRIGGER = """
         FOR EACH ROW EXECUTE FUNCTION ragstore_chunk_before_write();
 """
 
-_TRIGGER_0015 = """
-    CREATE OR REPLACE FUNCTION ragstore_chunk_before_write() RETURNS trigger
-        LANGUAGE plpgsql AS $$
-    DECLARE
-        cfg regconfig;
-    BEGIN
-        IF TG_OP = 'INSERT' THEN
-            cfg := coalesce((SELECT (settings->>'ts_config')::regconfig FROM collections
-                             WHERE id = NEW.collection_id), NEW.ts_config);
-            -- a bulk writer's own tsvector, computed under the collection's configuration
-            IF NEW.tsv IS NOT NULL AND NEW.ts_config = cfg
-               AND coalesce(current_setting('ragstore.bulk', true), '') = 'on' THEN
-                RETURN NEW;
-            END IF;
-            NEW.ts_config := cfg;
-        END IF;
-        NEW.tsv := to_tsvector(NEW.ts_config, NEW.text);
-        NEW.tsv_length := ragstore_tsv_length(NEW.tsv);
-        RETURN NEW;
-    END $$;
-
+# the downgrade's trigger: revision 0015's function, fired on text and ts_config again
+_RECREATE_0015 = """
     DROP TRIGGER chunks_before_write ON chunks;
     CREATE TRIGGER chunks_before_write BEFORE INSERT OR UPDATE OF text, ts_config ON chunks
         FOR EACH ROW EXECUTE FUNCTION ragstore_chunk_before_write();
 """
+
+
+def _trigger_0015() -> str:
+    """Revision 0015's ``ragstore_chunk_before_write``, which the downgrade restores."""
+    spec = importlib.util.spec_from_file_location(
+        "ragstore_rev_0015", Path(__file__).with_name("0015_chunk_tsv_from_writer.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module._TRIGGER)
+
 
 # every chunk under a heading read again by the trigger; then the touched collections'
 # postings rewritten at their new average length
@@ -119,6 +115,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(_TRIGGER_0015)
+    op.execute(_trigger_0015())
+    op.execute(_RECREATE_0015)
     op.execute(_REREAD.format(column="text"))
     op.execute("DROP FUNCTION ragstore_chunk_search_text(text, text[], text)")
