@@ -41,6 +41,14 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _collection_id(conn: Any, data_dir: Path) -> int:
+    """The bench collection's id, or exit saying the directory holds none."""
+    found = conn.execute("SELECT id FROM collections WHERE name = %s", (COLLECTION,)).fetchone()
+    if found is None:
+        raise SystemExit(f"{data_dir} holds no {COLLECTION!r} collection")
+    return int(found[0])
+
+
 def measure(data_dir: Path, queries: list[str], k: int, tail: int, rounds: int) -> dict[str, Any]:
     """Per list: p50/p90/p99/max/mean ms; the hybrid list's share of the exact top k."""
     times: dict[str, list[float]] = {"exact": [], "hybrid": []}
@@ -49,11 +57,7 @@ def measure(data_dir: Path, queries: list[str], k: int, tail: int, rounds: int) 
     with Runtime(Settings(data_dir=data_dir)) as rt:
         conn = rt.db.connect(autocommit=True)
         try:
-            row = conn.execute("SELECT id FROM collections WHERE name = %s", (COLLECTION,))
-            found = row.fetchone()
-            if found is None:
-                raise SystemExit(f"{data_dir} holds no {COLLECTION!r} collection")
-            cid = found[0]
+            cid = _collection_id(conn, data_dir)
             for rnd in range(rounds):
                 for i, q in enumerate(queries):
                     order = ["exact", "hybrid"] if (i + rnd) % 2 == 0 else ["hybrid", "exact"]
@@ -94,12 +98,7 @@ def enough(data_dir: Path, queries: list[str], k: int) -> dict[str, Any]:
     with Runtime(Settings(data_dir=data_dir)) as rt:
         conn = rt.db.connect(autocommit=True)
         try:
-            found = conn.execute(
-                "SELECT id FROM collections WHERE name = %s", (COLLECTION,)
-            ).fetchone()
-            if found is None:
-                raise SystemExit(f"{data_dir} holds no {COLLECTION!r} collection")
-            cid = found[0]
+            cid = _collection_id(conn, data_dir)
             notes: list[str] = []
             conn.add_notice_handler(lambda d: notes.append(d.message_primary or ""))
             conn.execute("SET client_min_messages = debug1")

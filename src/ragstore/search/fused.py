@@ -34,7 +34,7 @@ LIST_ROW = (
     "section_path",
     "ordinal",
     "page",
-    "metadata",
+    "metadata",  # JSON text, parsed for the hits only
     "parent_id",
 )
 

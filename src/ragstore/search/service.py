@@ -336,11 +336,10 @@ def _run(
         try:
             values["q"] = _query_vector(rt, coll, query, given)
             vec_rows = run_.execute(_with_rows(vec_sql, "l.raw, l.chunk_id"), values, hnsw=True)
-        except BaseException:
-            # the embed or the vector list failed: its error is the one to report, once
-            # the BM25 list has given its connection back
+        finally:
+            # whatever happened here, the BM25 list has given its connection back before
+            # the search returns; an error of the embed or the vector list is the one raised
             wait([pending])
-            raise
         ft_rows = pending.result()
         rows = fused_rows(vec_rows, ft_rows, p.k, p.pool, p.fusion, p.sections)
         return [_hit(r, coll, p) for r in rows]
@@ -383,9 +382,9 @@ def _with_rows(list_sql: sql.Composable, order: str) -> sql.Composed:
     """A ranked list (``chunk_id, raw``) with each candidate's chunk and document: the
     rows :func:`ragstore.search.fused.fused_rows` fuses and returns (:data:`LIST_ROW`).
 
-    The metadata comes as JSON text, parsed only for the hits (:func:`_hit`): a hybrid
-    search pools about 130 rows and returns ``k``, and parsing every row's JSON cost about
-    as much as fusing them."""
+    The metadata comes as JSON text, parsed only for the hits (:func:`_hit`, as for the
+    single-list pools): a hybrid search pools about 130 rows and returns ``k``, and
+    parsing every row's JSON cost about as much as fusing them."""
     return sql.SQL(
         "SELECT l.chunk_id, l.raw, d.id, d.source, d.title, c.text, c.chunk_type,"
         " c.section_path, c.ordinal, c.page, c.metadata::text, c.parent_id"
@@ -521,7 +520,7 @@ def _hit(r: tuple[Any, ...], coll: Collection, p: SearchParams) -> Hit:
         section_path=list(r[6]),
         ordinal=int(r[7]),
         page=r[8],
-        metadata=json.loads(r[9]) if isinstance(r[9], str) else dict(r[9]),
+        metadata=json.loads(r[9]),  # JSON text: _with_rows, single.pool_sql
         score=float(r[10]),
         explain=explain,
         section_score=None if r[15] is None else float(r[15]),

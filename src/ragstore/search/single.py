@@ -36,13 +36,13 @@ def pool_sql(list_sql: sql.Composable, order: str) -> sql.Composed:
     """The pool of a ranked list (``chunk_id, raw``, ``order`` the list's order over
     ``raw``), best first: ``chunk_id, raw, document_id, source, title, text, chunk_type,
     section_path, ordinal, page, metadata, parent_id, full`` where ``source``, ``title``,
-    ``text``, ``section_path`` and ``metadata`` are NULL unless ``full``. Parameter
-    ``%(k)s``."""
+    ``text``, ``section_path`` and ``metadata`` (JSON text, parsed for the hits) are NULL
+    unless ``full``. Parameter ``%(k)s``."""
     return sql.SQL(
         "SELECT p.chunk_id, p.raw, p.document_id, CASE WHEN p.f THEN d.source END,"
         " CASE WHEN p.f THEN d.title END, CASE WHEN p.f THEN p.text END, p.chunk_type,"
         " CASE WHEN p.f THEN p.section_path END, p.ordinal, p.page,"
-        " CASE WHEN p.f THEN p.metadata END, p.parent_id, p.f"
+        " CASE WHEN p.f THEN p.metadata::text END, p.parent_id, p.f"
         " FROM (SELECT l.chunk_id, l.raw, l.r, c.document_id, c.text, c.chunk_type,"
         " c.section_path, c.ordinal, c.page, c.metadata, c.parent_id,"
         " ({h}) OR l.r <= %(k)s + count(*) FILTER (WHERE {h}) OVER () AS f"
