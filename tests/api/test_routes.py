@@ -327,3 +327,34 @@ def test_search_context_and_explain_come_back_with_hits(docs: Client) -> None:
     assert explained["data"][0]["explain"]
     with pytest.raises(InputError):
         docs.search("docs", "kittens", context=99)
+
+
+def test_auth_off_loopback_server_refuses_foreign_hosts_and_origins(
+    open_url: str, docs: Client
+) -> None:
+    # With auth off, being on this machine is the only credential. A page of another site
+    # must not use the server: not by DNS rebinding (its own name resolving to 127.0.0.1,
+    # so the browser sends `Host: evil.example`) nor by a cross-site form post (a simple
+    # request the browser sends without asking, with `Origin: https://evil.example`).
+    port = open_url.rsplit(":", 1)[1]
+    rebound = httpx.get(f"{open_url}/v1/collections", headers={"Host": f"evil.example:{port}"})
+    assert rebound.status_code == 403, rebound.text
+    assert rebound.headers["content-type"] == "application/problem+json"
+    assert rebound.json()["code"] == "forbidden"
+    assert "evil.example" in rebound.json()["detail"]
+    assert "RAGSTORE_AUTH=on" in rebound.json()["detail"]
+    assert httpx.get(f"{open_url}/ui/", headers={"Host": "evil.example"}).status_code == 403
+    for origin in ("https://evil.example", "null"):
+        forged = httpx.post(
+            f"{open_url}/v1/collections/docs/documents/upload",
+            files={"files": ("forged.md", b"# Forged\n\nplanted by another site\n")},
+            headers={"Origin": origin},
+        )
+        assert forged.status_code == 403, forged.text
+    assert "forged.md" not in {d["name"] for d in docs.list_documents("docs", limit=500)["data"]}
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]", "app.localhost"):
+        ok = httpx.get(
+            f"{open_url}/v1/collections",
+            headers={"Host": host, "Origin": f"http://{host}"},
+        )
+        assert ok.status_code == 200, (host, ok.text)
