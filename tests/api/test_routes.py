@@ -358,3 +358,20 @@ def test_auth_off_loopback_server_refuses_foreign_hosts_and_origins(
             headers={"Host": host, "Origin": f"http://{host}"},
         )
         assert ok.status_code == 200, (host, ok.text)
+
+
+def test_json_nested_too_deep_for_the_parser_is_input_not_a_crash(
+    open_url: str, docs: Client
+) -> None:
+    # json.loads raises RecursionError (not JSONDecodeError) past ~1000 levels
+    deep = "[" * 3000
+    up = httpx.post(
+        f"{open_url}/v1/collections/docs/documents/upload",
+        files={"files": ("deep.md", b"# Deep\n\ntext\n")},
+        data={"metadata": deep},
+    )
+    assert up.status_code == 422 and up.json()["code"] == "invalid_input", up.text
+    assert "nested deeper than" in up.json()["detail"]
+    listed = httpx.get(f"{open_url}/v1/collections/docs/documents", params={"metadata": deep})
+    assert listed.status_code == 400 and listed.json()["code"] == "invalid_filter", listed.text
+    assert httpx.get(f"{open_url}/healthz").status_code == 200
