@@ -206,9 +206,37 @@ def test_parse_filter_rejects_bad_json_and_non_objects() -> None:
         parse_filter("{year: 2020}")
     with pytest.raises(InvalidFilterError, match="must be a JSON object, got an array"):
         parse_filter("[1, 2]")
+    with pytest.raises(InvalidFilterError, match="not valid JSON: nested deeper than"):
+        parse_filter("[" * 3000)  # RecursionError inside json.loads
     assert parse_filter('{"year": {"$gte": 2020}}') == {"year": {"$gte": 2020}}
 
 
 def test_invalid_filter_is_raised_before_touching_the_database(docs: Runtime) -> None:
     with pytest.raises(InvalidFilterError, match=r"unknown operator '\$like'"):
         search(docs, "anything", collection=COLL, where={"team": {"$like": "s%"}})
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        (
+            {f"k{i}": i for i in range(1001)},
+            "invalid filter: 1001 conditions, over the limit of 1000",
+        ),
+        (
+            {"$or": [{"team": str(i)} for i in range(1001)]},
+            "invalid filter: 1001 conditions, over the limit of 1000",
+        ),
+        (
+            {"a": {"$in": list(range(6000))}, "b": {"$nin": list(range(4001))}},
+            "invalid filter: 10001 values in $in/$nin arrays, over the limit of 10000",
+        ),
+    ],
+)
+def test_filter_size_is_bounded(where: dict[str, Any], message: str) -> None:
+    # 20,000 ANDed keys (300 kB of JSON) kept two database backends busy for minutes
+    with pytest.raises(InvalidFilterError) as info:
+        compile_filter(where)
+    assert str(info.value).startswith(message)
+    compile_filter({f"k{i}": i for i in range(1000)})
+    compile_filter({"a": {"$in": list(range(10_000))}})

@@ -12,7 +12,7 @@ import pytest
 
 from ragstore import AsyncClient, Client, Store
 from ragstore.config import Settings
-from ragstore.errors import InputError
+from ragstore.errors import ConfigError, InputError
 
 NOTES = [
     "Rollback: run ragstore db downgrade to go back one schema revision.",
@@ -142,3 +142,42 @@ def test_async_client_reads_and_deletes(open_url: str, notes: Client) -> None:
     names, deleted, left = asyncio.run(scenario())
     assert "tmp" in names and deleted == 1
     assert [d["name"] for d in left] == ["2"]
+
+
+def test_a_url_that_is_not_ragstore_is_a_config_error() -> None:
+    # RAGSTORE_URL at another web server (a wrong port, a proxy's page) answered 200 HTML:
+    # the clients raised json.JSONDecodeError, the CLI printed its traceback
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            body = b"<html>a captive portal</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _page
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with Client(url) as c, pytest.raises(ConfigError, match="not ragstore's API") as info:
+            c.list_collections()
+        assert url in str(info.value) and "text/html" in str(info.value)
+
+        async def search() -> None:
+            async with AsyncClient(url) as ac:
+                await ac.search("notes", "rollback")
+
+        with pytest.raises(ConfigError, match="not ragstore's API"):
+            asyncio.run(search())
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,36 +1,100 @@
-"""Turning file bytes into text, refusing binary files and invalid UTF-8 with a clear reason."""
+"""Turning file bytes into text, refusing binary files and invalid UTF-8 with a clear reason.
+
+UTF-8 is the encoding; a byte-order mark says otherwise without guessing, so UTF-16 and
+UTF-32 files that start with one (what Windows Notepad's "Unicode" and PowerShell's ``>``
+write) are read in their encoding. Line endings are made ``\\n`` whatever they were
+(Windows ``\\r\\n``, old Mac ``\\r``), so every parser counts lines the same way.
+"""
 
 from __future__ import annotations
+
+import codecs
 
 from ragstore.errors import BinaryFileError, DecodeError, EmptyDocumentError
 
 SNIFF_BYTES = 8192
 
+# longest first: the UTF-32-LE mark starts with the UTF-16-LE one
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def declared_encoding(data: bytes) -> tuple[str, int] | None:
+    """(encoding, BOM length) when the bytes start with a byte-order mark."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            return encoding, len(bom)
+    return None
+
+
+def _utf16_without_bom(data: bytes) -> str | None:
+    """ "little"/"big" when the head is ASCII text in UTF-16 (every other byte NUL)."""
+    head = data[: SNIFF_BYTES - SNIFF_BYTES % 2]
+    if len(head) < 4:
+        return None
+    if head[1::2].count(0) > 0.9 * len(head[1::2]) and b"\x00" not in head[0::2]:
+        return "little"
+    if head[0::2].count(0) > 0.9 * len(head[0::2]) and b"\x00" not in head[1::2]:
+        return "big"
+    return None
+
 
 def looks_binary(data: bytes) -> bool:
-    """NUL bytes in the first 8 KiB: how git and grep tell binary from text."""
-    return b"\x00" in data[:SNIFF_BYTES]
+    """NUL bytes in the first 8 KiB (how git and grep tell binary from text), unless a
+    byte-order mark declares a UTF-16 or UTF-32 text."""
+    return declared_encoding(data) is None and b"\x00" in data[:SNIFF_BYTES]
 
 
 def decode_text(data: bytes, name: str) -> str:
-    """Strict UTF-8 (a BOM is dropped); the error names the first bad byte's offset."""
+    """Strict UTF-8, or the encoding a BOM declares; the error names the first bad byte."""
     if not data.strip():
         raise EmptyDocumentError(f"{name}: the file is empty; nothing to ingest")
-    if looks_binary(data):
+    declared = declared_encoding(data)
+    encoding, skip = declared if declared else ("utf-8", 0)
+    if declared is None and looks_binary(data):
+        order = _utf16_without_bom(data)
+        if order is not None:
+            raise DecodeError(
+                f"{name}: looks like UTF-16 without a byte-order mark ({order}-endian); "
+                f"re-save it as UTF-8 (e.g. iconv -f utf-16{order[0]}e -t utf-8)"
+            )
         raise BinaryFileError(
             f"{name}: looks like a binary file (NUL bytes), not text; "
             "convert it to a supported format first"
         )
     try:
-        text = data.decode("utf-8-sig")
+        text = data[skip:].decode(encoding)
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        mixed = not data[: exc.start].isascii()
-        kind = "mixed encodings: valid UTF-8 before, " if mixed else ""
-        raise DecodeError(
-            f"{name}: {kind}invalid UTF-8 at byte {exc.start} (line {line}); "
-            "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-        ) from None
+        raise _decode_error(data, skip + exc.start, encoding, name) from None
+    if "\x00" in text:
+        at = text.index("\x00")
+        raise BinaryFileError(
+            f"{name}: holds a NUL character at character {at}, which text cannot; "
+            "check the file is what its extension says, or remove the NUL bytes "
+            "(e.g. tr -d '\\000')"
+        )
     if not text.strip():
         raise EmptyDocumentError(f"{name}: the file holds only whitespace; nothing to ingest")
-    return text.replace("\r\n", "\n") if "\r\n" in text else text
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+def _decode_error(data: bytes, at: int, encoding: str, name: str) -> DecodeError:
+    if encoding != "utf-8":
+        return DecodeError(
+            f"{name}: invalid {encoding.upper()} at byte {at} (its byte-order mark declares "
+            f"{encoding.upper()}); re-save the file as UTF-8"
+        )
+    line = data[:at].count(b"\n") + 1
+    mixed = not data[:at].isascii()
+    kind = "mixed encodings: valid UTF-8 before, " if mixed else ""
+    return DecodeError(
+        f"{name}: {kind}invalid UTF-8 at byte {at} (line {line}); "
+        "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )

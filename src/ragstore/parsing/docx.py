@@ -17,12 +17,20 @@ from docx import Document
 from docx.opc.exceptions import PackageNotFoundError
 from docx.table import Table
 from docx.text.paragraph import Paragraph
+from lxml import etree
 
 from ragstore.errors import CorruptDocumentError, EmptyDocumentError
 from ragstore.models import ChunkType, ParsedDocument
 from ragstore.parsing.structure import BlockBuilder, pipe_table
 
 _HEADING = re.compile(r"^heading\s*(\d)$", re.IGNORECASE)
+
+# What a DOCX may unpack to. python-docx reads every part into memory and lxml builds a
+# tree several times the size of the XML, so a small archive of a huge, well-compressed
+# part (a zip bomb) would take gigabytes; real documents unpack to a few megabytes of XML
+# and their images. The sizes checked are those the archive declares, which zipfile
+# never reads past.
+MAX_UNPACKED_BYTES = 256 * 1024 * 1024
 
 
 def _kind(p: Paragraph, style_names: dict[str, str]) -> tuple[ChunkType, int]:
@@ -60,18 +68,44 @@ def _rows(table: Table) -> list[list[str]]:
     return rows
 
 
-def parse_docx(data: bytes, name: str) -> ParsedDocument:
+def _check_unpacked_size(data: bytes, name: str) -> None:
+    """Refuse an archive that declares more than :data:`MAX_UNPACKED_BYTES` of content."""
     try:
-        doc = Document(io.BytesIO(data))
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile:
+        return  # python-docx reports it below, in the words it uses for every non-zip
+    if total > MAX_UNPACKED_BYTES:
+        raise CorruptDocumentError(
+            f"{name}: unpacks to {total} bytes, over the {MAX_UNPACKED_BYTES} bytes a DOCX "
+            "may hold (a zip bomb, or not a real document); open it in Word or LibreOffice "
+            "and save a copy without the oversized content"
+        )
+
+
+def parse_docx(data: bytes, name: str) -> ParsedDocument:
+    """Parse a DOCX; a damaged archive or XML part is ``corrupt_document`` for this file."""
+    _check_unpacked_size(data, name)
+    try:
+        return _parse(data, name)
     except (zipfile.BadZipFile, PackageNotFoundError):
         raise CorruptDocumentError(
             f"{name}: not a valid DOCX file (not a zip archive); "
             "re-save it from Word or LibreOffice as .docx"
         ) from None
+    except etree.XMLSyntaxError as exc:
+        raise CorruptDocumentError(
+            f"{name}: damaged DOCX (word/document.xml or another part is not well-formed "
+            f"XML: {exc}); re-save it from Word or LibreOffice as .docx"
+        ) from None
     except (KeyError, ValueError, AttributeError, zipfile.LargeZipFile) as exc:
         raise CorruptDocumentError(
             f"{name}: damaged DOCX ({type(exc).__name__}: {exc}); re-save it as .docx"
         ) from None
+
+
+def _parse(data: bytes, name: str) -> ParsedDocument:
+    doc = Document(io.BytesIO(data))
     style_names = {str(st.style_id): str(st.name) for st in doc.styles if st.style_id}
     out = BlockBuilder()
     pending: list[str] = []  # consecutive list items

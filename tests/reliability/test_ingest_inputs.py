@@ -1,0 +1,88 @@
+"""What careless users feed ``ragstore ingest``: files in other encodings and line endings,
+damaged or hostile DOCX archives. Each file is either read correctly or fails alone with
+one clear error; the rest of the run is stored."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ragstore.errors import BinaryFileError, CorruptDocumentError, DecodeError
+from ragstore.ingest import ingest_paths
+from ragstore.parsing import parse_bytes
+from ragstore.runtime import Runtime
+from tests.fixtures.builders import write_docx
+
+_BODY = "Widgets are small.\n\nGadgets are larger than widgets.\n"
+
+
+def _docx_with(tmp_path: Path, document_xml: bytes, *, compress: bool = False) -> bytes:
+    """A real DOCX whose ``word/document.xml`` is replaced by ``document_xml``."""
+    real = write_docx(tmp_path / "real.docx", title="t", sections=[("S", ["x"])])
+    out = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(real) as src, zipfile.ZipFile(out, "w", method) as dst:
+        for info in src.infolist():
+            body = document_xml if info.filename == "word/document.xml" else src.read(info)
+            dst.writestr(info.filename, body)
+    return out.getvalue()
+
+
+def test_a_docx_with_broken_xml_fails_alone(rt: Runtime, tmp_path: Path) -> None:
+    broken = b'<?xml version="1.0"?><w:document xmlns:w="urn:w"><w:body><w:p><w:t>cut off'
+    (tmp_path / "broken.docx").write_bytes(_docx_with(tmp_path, broken))
+    (tmp_path / "real.docx").unlink()
+    (tmp_path / "good.md").write_text("# Good\n\nKittens sleep all day.\n")
+    report = ingest_paths(rt, [tmp_path], collection="docx-xml")
+    by_name = {Path(o.source).name: o for o in report.outcomes}
+    assert by_name["good.md"].status == "added"
+    assert by_name["broken.docx"].code == "corrupt_document"
+    assert "broken.docx: damaged DOCX (word/document.xml" in (by_name["broken.docx"].error or "")
+
+
+def test_a_docx_zip_bomb_is_refused_before_it_is_unpacked(tmp_path: Path) -> None:
+    ns = b'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+    xml = b"<w:document " + ns + b"><w:body><w:p><w:r><w:t>" + b"A" * (300 << 20)
+    data = _docx_with(tmp_path, xml + b"</w:t></w:r></w:p></w:body></w:document>", compress=True)
+    assert len(data) < 1 << 20  # a 300 MiB part in well under 1 MiB on disk
+    with pytest.raises(CorruptDocumentError, match=r"bomb.docx: unpacks to \d+ bytes"):
+        parse_bytes(data, "bomb.docx")
+
+
+@pytest.mark.parametrize(
+    ("encoding", "bom"),
+    [("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"), ("utf-8", b"\xef\xbb\xbf")],
+)
+def test_text_with_a_byte_order_mark_is_decoded(encoding: str, bom: bytes) -> None:
+    doc = parse_bytes(bom + _BODY.encode(encoding), "notes.txt")
+    assert [b.text for b in doc.blocks] == [
+        "Widgets are small.",
+        "Gadgets are larger than widgets.",
+    ]
+
+
+def test_utf16_without_a_byte_order_mark_is_named() -> None:
+    with pytest.raises(DecodeError, match=r"notes.txt: looks like UTF-16 without a byte-order"):
+        parse_bytes(_BODY.encode("utf-16-le"), "notes.txt")
+
+
+@pytest.mark.parametrize("newline", ["\r", "\r\n"])
+def test_markdown_with_old_mac_or_windows_line_endings(newline: str) -> None:
+    text = "# Title\n\nPara one.\n\n## Sub\n\nPara two.\n".replace("\n", newline)
+    doc = parse_bytes(text.encode(), "notes.md")
+    assert [(b.type.value, b.text) for b in doc.blocks] == [
+        ("heading", "Title"),
+        ("paragraph", "Para one."),
+        ("heading", "Sub"),
+        ("paragraph", "Para two."),
+    ]
+    assert doc.blocks[-1].section_path == ("Title", "Sub")
+
+
+def test_a_nul_past_the_binary_sniff_is_refused_before_embedding() -> None:
+    data = b"# Notes\n\n" + b"word " * 2000 + b"\x00 and more\n"
+    with pytest.raises(BinaryFileError, match=r"notes.md: holds a NUL character at character"):
+        parse_bytes(data, "notes.md")
