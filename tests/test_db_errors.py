@@ -51,6 +51,8 @@ def test_the_table_sends_input_to_4xx_and_only_connections_to_503() -> None:
     [
         (pg.SyntaxError("bug"), DatabaseError),  # 42601: our bug, 500
         (pg.UndefinedTable("bug"), DatabaseError),  # 42P01: our bug, 500
+        # ... except a collection's vector table, dropped by a concurrent delete or rollback
+        (pg.UndefinedTable('relation "emb_12" does not exist'), ConflictError),
         (psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"), InputError),
         (psycopg.OperationalError("connection failed"), DatabaseUnavailableError),
         (psycopg.InterfaceError("the connection is closed"), DatabaseUnavailableError),

@@ -206,6 +206,8 @@ def test_parse_filter_rejects_bad_json_and_non_objects() -> None:
         parse_filter("{year: 2020}")
     with pytest.raises(InvalidFilterError, match="must be a JSON object, got an array"):
         parse_filter("[1, 2]")
+    with pytest.raises(InvalidFilterError, match="not valid JSON: nested deeper than"):
+        parse_filter("[" * 3000)  # RecursionError inside json.loads
     assert parse_filter('{"year": {"$gte": 2020}}') == {"year": {"$gte": 2020}}
 
 

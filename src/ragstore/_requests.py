@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import httpx
 
-from ragstore.errors import RagstoreError, all_error_classes
+from ragstore.errors import ConfigError, RagstoreError, all_error_classes
 
 T = TypeVar("T")
 Upload = Path | str | tuple[str, bytes]
@@ -68,6 +68,23 @@ def error_from_problem(status: int, body: Mapping[str, Any]) -> RagstoreError:
     if code == "rate_limited" and "retry_after" not in vars(exc):
         exc.retry_after = 1.0  # type: ignore[attr-defined]
     return exc
+
+
+def read_answer(call: Call[T], response: httpx.Response) -> T:
+    """The verb's result from a successful answer.
+
+    An answer that is not ragstore's (another web server at the URL, a proxy's or captive
+    portal's page) would otherwise surface as a bare ``JSONDecodeError`` or ``KeyError``.
+    """
+    try:
+        return call.read(response)
+    except (ValueError, KeyError, TypeError) as exc:
+        kind = response.headers.get("content-type", "no content type")
+        raise ConfigError(
+            f"{call.method} {response.url} answered HTTP {response.status_code} ({kind}), "
+            f"which is not ragstore's API ({type(exc).__name__}: {exc}); check the server "
+            "URL (RAGSTORE_URL)"
+        ) from None
 
 
 def raise_for_problem(response: httpx.Response) -> None:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import httpx
 
 from ragstore import _requests as calls
-from ragstore._requests import Call, Upload, error_from_problem, raise_for_problem
+from ragstore._requests import Call, Upload, error_from_problem, raise_for_problem, read_answer
 from ragstore.errors import DatabaseUnavailableError
 
 __all__ = ["AsyncClient", "Client", "error_from_problem"]
@@ -102,7 +102,7 @@ class Client(_WritePosition):
         return response
 
     def _send(self, call: Call[T]) -> T:
-        return call.read(self.request(call.method, call.path, **call.kwargs()))
+        return read_answer(call, self.request(call.method, call.path, **call.kwargs()))
 
     # --- verbs ---------------------------------------------------------------------------
 
@@ -364,7 +364,7 @@ class AsyncClient(_WritePosition):
         return response
 
     async def _send(self, call: Call[T]) -> T:
-        return call.read(await self.request(call.method, call.path, **call.kwargs()))
+        return read_answer(call, await self.request(call.method, call.path, **call.kwargs()))
 
     async def health(self) -> dict[str, Any]:
         return await self._send(calls.health())

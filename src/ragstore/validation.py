@@ -8,6 +8,7 @@ schemas, the filter compiler and the CLI all use these, so both answer the same.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -60,6 +61,20 @@ def problem_in(value: Any, at: str = "", depth: int = 0) -> str | None:
             if found:
                 return found
     return None
+
+
+def loads_json(text: str) -> Any:
+    """``json.loads`` whose every failure is a :class:`json.JSONDecodeError`.
+
+    Past about a thousand levels of nesting the parser raises ``RecursionError``, which
+    would slip past ``except json.JSONDecodeError`` and crash the request or command.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError(
+            f"nested deeper than {MAX_JSON_DEPTH} levels", text, 0
+        ) from None
 
 
 def check_value(value: Any, what: str, error: type[InputError] = InputError) -> Any:

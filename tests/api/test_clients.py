@@ -12,7 +12,7 @@ import pytest
 
 from ragstore import AsyncClient, Client, Store
 from ragstore.config import Settings
-from ragstore.errors import InputError
+from ragstore.errors import ConfigError, InputError
 
 NOTES = [
     "Rollback: run ragstore db downgrade to go back one schema revision.",
@@ -115,6 +115,14 @@ def test_search_by_vector_over_http(notes: Client, store: Store) -> None:
         notes.search("notes", vector=[1.0, 2.0])
 
 
+def test_k_0_is_refused_in_process_as_over_http(notes: Client, store: Store) -> None:
+    # Store.search (and the MCP tool on it) read k=0 as "the default" and answered 10 hits
+    with pytest.raises(InputError, match="k must be between 1 and 1000, got 0"):
+        store.search("notes", "backups", k=0, mode="fulltext")
+    with pytest.raises(InputError, match="greater than or equal to 1"):
+        notes.search("notes", "backups", k=0)
+
+
 def test_vector_only_collection_over_http(client: Client) -> None:
     made = client.create_collection("ext", model="their-model@2024", dimension=3, distance="l2")
     assert (made["dimension"], made["distance"]) == (3, "l2")
@@ -142,3 +150,42 @@ def test_async_client_reads_and_deletes(open_url: str, notes: Client) -> None:
     names, deleted, left = asyncio.run(scenario())
     assert "tmp" in names and deleted == 1
     assert [d["name"] for d in left] == ["2"]
+
+
+def test_a_url_that_is_not_ragstore_is_a_config_error() -> None:
+    # RAGSTORE_URL at another web server (a wrong port, a proxy's page) answered 200 HTML:
+    # the clients raised json.JSONDecodeError, the CLI printed its traceback
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            body = b"<html>a captive portal</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _page
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with Client(url) as c, pytest.raises(ConfigError, match="not ragstore's API") as info:
+            c.list_collections()
+        assert url in str(info.value) and "text/html" in str(info.value)
+
+        async def search() -> None:
+            async with AsyncClient(url) as ac:
+                await ac.search("notes", "rollback")
+
+        with pytest.raises(ConfigError, match="not ragstore's API"):
+            asyncio.run(search())
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -127,6 +127,9 @@ def test_invalid_search_input_is_invalid_input(docs: Client) -> None:
         docs.search("docs", "x", k=0)
     with pytest.raises(InputError, match="mode"):
         docs.search("docs", "x", mode="psychic")
+    # the schema's bound is the engine's (it said 1000; the engine refuses over 100)
+    with pytest.raises(InputError, match=r"vector_weight: Input should be less than or equal"):
+        docs.search("docs", "x", mode="hybrid", vector_weight=101)
 
 
 def test_bad_where_filter_is_invalid_filter(docs: Client) -> None:
@@ -327,3 +330,106 @@ def test_search_context_and_explain_come_back_with_hits(docs: Client) -> None:
     assert explained["data"][0]["explain"]
     with pytest.raises(InputError):
         docs.search("docs", "kittens", context=99)
+
+
+def test_auth_off_loopback_server_refuses_foreign_hosts_and_origins(
+    open_url: str, docs: Client
+) -> None:
+    # With auth off, being on this machine is the only credential. A page of another site
+    # must not use the server: not by DNS rebinding (its own name resolving to 127.0.0.1,
+    # so the browser sends `Host: evil.example`) nor by a cross-site form post (a simple
+    # request the browser sends without asking, with `Origin: https://evil.example`).
+    port = open_url.rsplit(":", 1)[1]
+    rebound = httpx.get(f"{open_url}/v1/collections", headers={"Host": f"evil.example:{port}"})
+    assert rebound.status_code == 403, rebound.text
+    assert rebound.headers["content-type"] == "application/problem+json"
+    assert rebound.json()["code"] == "forbidden"
+    assert "evil.example" in rebound.json()["detail"]
+    assert "RAGSTORE_AUTH=on" in rebound.json()["detail"]
+    assert httpx.get(f"{open_url}/ui/", headers={"Host": "evil.example"}).status_code == 403
+    for origin in ("https://evil.example", "null"):
+        forged = httpx.post(
+            f"{open_url}/v1/collections/docs/documents/upload",
+            files={"files": ("forged.md", b"# Forged\n\nplanted by another site\n")},
+            headers={"Origin": origin},
+        )
+        assert forged.status_code == 403, forged.text
+    assert "forged.md" not in {d["name"] for d in docs.list_documents("docs", limit=500)["data"]}
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]", "app.localhost"):
+        ok = httpx.get(
+            f"{open_url}/v1/collections",
+            headers={"Host": host, "Origin": f"http://{host}"},
+        )
+        assert ok.status_code == 200, (host, ok.text)
+
+
+def test_json_nested_too_deep_for_the_parser_is_input_not_a_crash(
+    open_url: str, docs: Client
+) -> None:
+    # json.loads raises RecursionError (not JSONDecodeError) past ~1000 levels
+    deep = "[" * 3000
+    up = httpx.post(
+        f"{open_url}/v1/collections/docs/documents/upload",
+        files={"files": ("deep.md", b"# Deep\n\ntext\n")},
+        data={"metadata": deep},
+    )
+    assert up.status_code == 422 and up.json()["code"] == "invalid_input", up.text
+    assert "nested deeper than" in up.json()["detail"]
+    listed = httpx.get(f"{open_url}/v1/collections/docs/documents", params={"metadata": deep})
+    assert listed.status_code == 400 and listed.json()["code"] == "invalid_filter", listed.text
+    assert httpx.get(f"{open_url}/healthz").status_code == 200
+
+
+def test_collection_deleted_meanwhile_is_not_a_server_error(
+    open_url: str, settings: Settings, docs: Client
+) -> None:
+    # A request that looked the collection up just before another deleted it read a dropped
+    # `emb_N` table (500 database_error) or a vanished row (500 internal_error).
+    import threading
+    import time
+
+    from ragstore.db import catalog, repository
+    from ragstore.db.database import Database
+    from ragstore.errors import CollectionNotFoundError as Gone
+
+    assert settings.database_url is not None
+    db = Database(settings.database_url.get_secret_value())
+    try:
+        with db.connection() as conn:
+            spec = repository.get_collection(conn, "docs").model
+            coll = repository.create_collection(conn, "vanishing", spec)
+            catalog.delete_collection(conn, coll)
+            with pytest.raises(Gone, match="vanishing"):
+                catalog.collection_detail(conn, coll)
+    finally:
+        db.close()
+
+    answers: list[tuple[str, int, str]] = []
+    stop = time.monotonic() + 3
+
+    def churn(work: str) -> None:
+        with httpx.Client(base_url=open_url, timeout=60) as c:
+            while time.monotonic() < stop:
+                if work == "create":
+                    r = c.post("/v1/collections", json={"name": "churn"})
+                elif work == "delete":
+                    r = c.delete("/v1/collections/churn")
+                elif work == "list":
+                    r = c.get("/v1/collections")
+                elif work == "get":
+                    r = c.get("/v1/collections/churn")
+                else:
+                    r = c.post("/v1/collections/churn/search", json={"query": "x", "mode": work})
+                answers.append((work, r.status_code, r.text[:300]))
+
+    works = ("create", "delete", "list", "get", "vector", "hybrid")
+    threads = [threading.Thread(target=churn, args=(w,)) for w in works]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {w for w, _, _ in answers} == set(works)
+    errors = [a for a in answers if a[1] >= 500 or (a[0] == "list" and a[1] != 200)]
+    assert not errors, errors[:5]
+    assert httpx.get(f"{open_url}/healthz").status_code == 200
+

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from ragstore import __version__
 from ragstore.api.deps import ApiState
 from ragstore.api.errors import install_error_handlers
+from ragstore.api.hostguard import LoopbackGuardMiddleware
 from ragstore.api.listen import stop_with_parent
 from ragstore.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ragstore.api.routes import (
@@ -62,7 +63,15 @@ def auth_enabled(settings: Settings) -> bool:
     return settings.auth == "on"
 
 
-def install_middleware(app: FastAPI, settings: Settings) -> None:
+def guards_loopback(settings: Settings, secure: bool) -> bool:
+    """Whether to refuse other sites' requests: auth off on loopback TCP, where being on
+    this machine is the only credential (a Unix socket is out of a browser's reach)."""
+    bound = [h for h in settings.api_bound.split(",") if h] or [settings.api_host]
+    unix = any(h.startswith("unix:") for h in bound)
+    return not secure and served_on_loopback(settings) and not unix
+
+
+def install_middleware(app: FastAPI, settings: Settings, *, secure: bool = True) -> None:
     """Every middleware of the app, outermost last. Add metrics/logging middleware here."""
     app.add_middleware(ReadRoutingMiddleware)  # innermost: it may run a read twice
     app.add_middleware(
@@ -70,6 +79,8 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
         json_bytes=settings.max_request_bytes,
         upload_bytes=settings.max_upload_bytes,
     )
+    if guards_loopback(settings, secure):
+        app.add_middleware(LoopbackGuardMiddleware)  # DNS rebinding, cross-site posts
     app.add_middleware(ConsoleSecurityMiddleware)  # CSP and friends under /ui
     install_observability(app, settings)  # metrics, access log, GET /metrics
     app.add_middleware(RequestIdMiddleware)
@@ -148,7 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "and the `request_id`. Authenticate with `Authorization: Bearer rsk_...`."
         ),
     )
-    install_middleware(app, settings)
+    install_middleware(app, settings, secure=secure)
     install_error_handlers(app)
     for module in (health, collections, documents, texts, search, models, jobs, inspect):
         app.include_router(module.router)

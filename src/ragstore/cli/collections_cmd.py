@@ -143,11 +143,12 @@ def create_cmd(
 ) -> None:
     """Create an empty collection bound to an embedding model."""
     from ragstore.errors import InputError
+    from ragstore.validation import loads_json
 
     values: dict[str, Any] = {}
     if settings is not None:
         try:
-            values = json.loads(settings)
+            values = loads_json(settings)
         except json.JSONDecodeError as exc:
             raise InputError(
                 f"--settings is not valid JSON: {exc.msg} at character "

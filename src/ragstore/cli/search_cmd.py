@@ -97,6 +97,8 @@ def _hits_from_json(data: list[dict[str, Any]]) -> list[HitWithContext]:
 
 def parse_vector(value: str) -> list[float]:
     """``--vector``: a JSON array of numbers, or ``@path`` to a file holding one."""
+    from ragstore.validation import loads_json
+
     text = value
     if value.startswith("@"):
         try:
@@ -104,7 +106,7 @@ def parse_vector(value: str) -> list[float]:
         except OSError as exc:
             raise InputError(f"--vector {value}: cannot read the file: {exc.strerror}") from None
     try:
-        data = json.loads(text)
+        data = loads_json(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"--vector is not a JSON array of numbers: {exc.msg}") from None
     if (

@@ -13,7 +13,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ragstore.db import changes, documents, repository
-from ragstore.errors import DocumentNotFoundError
+from ragstore.errors import CollectionNotFoundError, DocumentNotFoundError
 
 Conn = psycopg.Connection[Any]
 
@@ -25,7 +25,10 @@ def collection_detail(conn: Conn, coll: repository.Collection) -> dict[str, Any]
         " (SELECT created_at FROM collections WHERE id = %(id)s)",
         {"id": coll.id},
     ).fetchone()
-    assert row is not None
+    if row is None or row[2] is None:  # deleted since the caller looked it up
+        raise CollectionNotFoundError(
+            f"collection {coll.name!r} was deleted while this request read it"
+        )
     return {
         "name": coll.name,
         "model": coll.model.key,

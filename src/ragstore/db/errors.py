@@ -49,6 +49,14 @@ def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:
     if isinstance(exc, PoolTimeout):
         return DatabaseUnavailableError, "no database connection could be had in time"
     state = getattr(exc, "sqlstate", None)
+    if state == "42P01" and 'relation "emb_' in str(exc):
+        # a collection's vector table, the only kind dropped while serving: a request
+        # that looked the collection up before another deleted it (or rolled its model
+        # back) reads a table that is gone; retried, it gets collection_not_found
+        return ConflictError, (
+            "the collection was deleted or its model rolled back while this request ran; "
+            "retry the request"
+        )
     if isinstance(state, str) and state:
         for key in (state, state[:2]):
             if key in SQLSTATE_MAP:

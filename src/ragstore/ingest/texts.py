@@ -222,10 +222,11 @@ def _add_batch(
 def _chunked(
     rt: Runtime, coll: repository.Collection, text: str, doc_id: str, metadata: dict[str, Any]
 ) -> tuple[list[Chunk], bytes]:
-    """The text parsed as plain text and chunked for the collection's model; every chunk
+    """The text parsed as plain paragraphs (no section titles looked for: the caller's own
+    passage) and chunked for the collection's model; every chunk
     carries the caller's metadata so hits and filters see it. With what they were cut
     from (:mod:`ragstore.chunking.recipe`), for a model migration that re-cuts them."""
-    parsed = parse_bytes(text.encode("utf-8"), doc_id, "text")
+    parsed = parse_bytes(text.encode("utf-8"), doc_id, "plain")
     chunks = chunk_document(parsed, rt.embedder_for(coll), coll.model.max_tokens)
     if not chunks:
         raise EmptyDocumentError(f"text {doc_id!r} has no words to index")

@@ -22,7 +22,7 @@ from ragstore.parsing.docx import parse_docx
 from ragstore.parsing.html import parse_html
 from ragstore.parsing.markdown import parse_markdown
 from ragstore.parsing.pdf import parse_pdf
-from ragstore.parsing.text import parse_text
+from ragstore.parsing.text import parse_plain, parse_text
 
 TextParser = Callable[[str, str], ParsedDocument]
 BytesParser = Callable[[bytes, str], ParsedDocument]
@@ -45,6 +45,7 @@ SUFFIXES: dict[str, str] = {
 TEXT_PARSERS: dict[str, TextParser] = {
     "markdown": parse_markdown,
     "text": parse_text,
+    "plain": parse_plain,  # texts sent as strings: paragraphs only (parsing/text.py)
     "html": parse_html,
     "code": parse_code,
 }

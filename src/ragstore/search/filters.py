@@ -31,7 +31,13 @@ from psycopg.types.json import Jsonb
 
 from ragstore.errors import InvalidFilterError
 from ragstore.models import ChunkType
-from ragstore.validation import INT32_MAX, INT32_MIN, check_int_range, check_value
+from ragstore.validation import (
+    INT32_MAX,
+    INT32_MIN,
+    check_int_range,
+    check_value,
+    loads_json,
+)
 
 COMPARISONS = {"$eq": "=", "$ne": "<>", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 FIELD_OPERATORS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$exists")
@@ -77,7 +83,7 @@ _TRUE = sql.SQL("TRUE")
 def parse_filter(text: str) -> dict[str, Any]:
     """A filter from its JSON text (the CLI's ``--where``)."""
     try:
-        value = json.loads(text)
+        value = loads_json(text)
     except json.JSONDecodeError as exc:
         raise InvalidFilterError(
             f"the filter is not valid JSON: {exc.msg} at character "

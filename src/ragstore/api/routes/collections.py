@@ -9,6 +9,7 @@ from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import CollectionCreate, CollectionPublic, CollectionsPublic
 from ragstore.db import catalog, repository
 from ragstore.db.errors import translated
+from ragstore.errors import CollectionNotFoundError
 from ragstore.store import Store
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=responses())
@@ -36,12 +37,16 @@ def create_collection(body: CollectionCreate, rt: Rt, caller: WriteAccess) -> Co
 
 @router.get("", response_model=CollectionsPublic, summary="List collections")
 def list_collections(rt: Rt, caller: ReadAccess) -> CollectionsPublic:
+    data: list[CollectionPublic] = []
     with rt.db.connection() as conn, translated("listing collections"):
-        names = [n for n in catalog.collection_names(conn) if caller.sees(n)]
-        data = [
-            CollectionPublic(**catalog.collection_detail(conn, repository.get_collection(conn, n)))
-            for n in names
-        ]
+        for name in catalog.collection_names(conn):
+            if not caller.sees(name):
+                continue
+            try:
+                coll = repository.get_collection(conn, name)
+                data.append(CollectionPublic(**catalog.collection_detail(conn, coll)))
+            except CollectionNotFoundError:
+                continue  # deleted since the names were read: no longer listed
     return CollectionsPublic(data=data, count=len(data))
 
 

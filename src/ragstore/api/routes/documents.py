@@ -33,7 +33,7 @@ from ragstore.errors import FileTooLargeError, InputError, InvalidFilterError
 from ragstore.ingest.documents import NewDocument, add_documents
 from ragstore.jobs import JobFile, staging, submit_ingest
 from ragstore.runtime import Runtime
-from ragstore.validation import check_value
+from ragstore.validation import check_value, loads_json
 
 router = APIRouter(
     prefix="/v1/collections/{name}/documents", tags=["documents"], responses=responses(404)
@@ -156,7 +156,7 @@ def upload_documents(
 ) -> DocumentsPublic | JSONResponse:
     caller.require("write", name)
     try:
-        meta = json.loads(metadata)
+        meta = loads_json(metadata)
     except json.JSONDecodeError as exc:
         raise InputError(f"metadata is not valid JSON: {exc.msg}") from None
     if not isinstance(meta, dict):
@@ -191,7 +191,7 @@ def list_documents(
     meta: dict[str, Any] | None = None
     if metadata is not None:
         try:
-            meta = json.loads(metadata)
+            meta = loads_json(metadata)
         except json.JSONDecodeError as exc:
             raise InvalidFilterError(f"metadata filter is not valid JSON: {exc.msg}") from None
         if not isinstance(meta, dict):

@@ -1,0 +1,93 @@
+"""With authentication off, answer only requests that come from this machine's own pages.
+
+``RAGSTORE_AUTH=auto`` turns keys off for the embedded database served on loopback: being
+on this machine is then the only credential. A web page of another site, open in a browser
+on the same machine, could still use the server in two ways:
+
+* DNS rebinding: the page's own name is made to resolve to 127.0.0.1, so the browser
+  treats the server as that site and lets the page read every answer. Its requests carry
+  ``Host: evil.example``.
+* A cross-site form post (multipart upload) is a "simple" request the browser sends
+  without asking first; it carries ``Origin: https://evil.example`` (or ``null``).
+
+:class:`LoopbackGuardMiddleware` refuses both with ``forbidden`` unless the ``Host`` and
+any ``Origin`` name a loopback host (``localhost``, ``*.localhost``, ``127.0.0.0/8``,
+``[::1]``). Requests without those headers (curl, the Python client over HTTP/1.0) pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ragstore.api.errors import problem_response
+from ragstore.errors import PermissionDeniedError
+
+
+def is_loopback_name(host: str) -> bool:
+    """Whether ``host`` (no port; IPv6 in brackets or not) can only mean this machine."""
+    host = host.strip().lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost" or host.endswith(".localhost"):
+        return True  # RFC 6761: browsers resolve these to loopback themselves
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_of_authority(authority: str) -> str:
+    """``example:8080`` -> ``example``; ``[::1]:8080`` -> ``[::1]``."""
+    if authority.startswith("["):
+        return authority.split("]", 1)[0] + "]"
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def foreign_party(headers: dict[bytes, bytes]) -> str | None:
+    """What names a non-loopback party in these request headers (``None``: none does)."""
+    host = headers.get(b"host")
+    if host is not None:
+        name = _host_of_authority(host.decode("latin-1"))
+        if not is_loopback_name(name):
+            return f"Host {name!r}"
+    origin = headers.get(b"origin")
+    if origin is not None:
+        text = origin.decode("latin-1").strip()
+        try:
+            origin_host = urlsplit(text).hostname if text != "null" else None
+        except ValueError:
+            origin_host = None
+        if origin_host is None or not is_loopback_name(origin_host):
+            return f"Origin {text!r}"
+    return None
+
+
+class LoopbackGuardMiddleware:
+    """Refuses requests addressed to, or sent from, another site (see the module doc)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        party = foreign_party(dict(scope.get("headers", ())))
+        if party is None:
+            await self.app(scope, receive, send)
+            return
+        state: dict[str, Any] = scope.get("state", {})
+        exc = PermissionDeniedError(
+            f"{party} is not this machine: with authentication off this server answers only "
+            "requests to and from localhost, 127.0.0.1 or [::1] (a guard against other "
+            "sites' pages using it); use one of those names, or turn authentication on "
+            "(RAGSTORE_AUTH=on) to serve other names"
+        )
+        response = problem_response(
+            exc, request_id=str(state.get("request_id", "")), instance=scope.get("path", "")
+        )
+        await response(scope, receive, send)
