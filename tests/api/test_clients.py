@@ -115,6 +115,14 @@ def test_search_by_vector_over_http(notes: Client, store: Store) -> None:
         notes.search("notes", vector=[1.0, 2.0])
 
 
+def test_k_0_is_refused_in_process_as_over_http(notes: Client, store: Store) -> None:
+    # Store.search (and the MCP tool on it) read k=0 as "the default" and answered 10 hits
+    with pytest.raises(InputError, match="k must be between 1 and 1000, got 0"):
+        store.search("notes", "backups", k=0, mode="fulltext")
+    with pytest.raises(InputError, match="greater than or equal to 1"):
+        notes.search("notes", "backups", k=0)
+
+
 def test_vector_only_collection_over_http(client: Client) -> None:
     made = client.create_collection("ext", model="their-model@2024", dimension=3, distance="l2")
     assert (made["dimension"], made["distance"]) == (3, "l2")

@@ -127,6 +127,9 @@ def test_invalid_search_input_is_invalid_input(docs: Client) -> None:
         docs.search("docs", "x", k=0)
     with pytest.raises(InputError, match="mode"):
         docs.search("docs", "x", mode="psychic")
+    # the schema's bound is the engine's (it said 1000; the engine refuses over 100)
+    with pytest.raises(InputError, match=r"vector_weight: Input should be less than or equal"):
+        docs.search("docs", "x", mode="hybrid", vector_weight=101)
 
 
 def test_bad_where_filter_is_invalid_filter(docs: Client) -> None:

@@ -5,12 +5,15 @@ one clear error; the rest of the run is stored."""
 from __future__ import annotations
 
 import io
+import json
+import os
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from ragstore.errors import BinaryFileError, CorruptDocumentError, DecodeError
+from ragstore.errors import BinaryFileError, CorruptDocumentError, DecodeError, InputError
 from ragstore.ingest import ingest_paths
 from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
@@ -86,3 +89,24 @@ def test_a_nul_past_the_binary_sniff_is_refused_before_embedding() -> None:
     data = b"# Notes\n\n" + b"word " * 2000 + b"\x00 and more\n"
     with pytest.raises(BinaryFileError, match=r"notes.md: holds a NUL character at character"):
         parse_bytes(data, "notes.md")
+
+
+def test_a_file_name_that_is_not_utf8_fails_alone(rt: Runtime, tmp_path: Path) -> None:
+    bad = os.fsdecode(b"caf\xe9.md")  # a Latin-1 name: not valid UTF-8
+    (tmp_path / bad).write_text("# Cafe\n\nCoffee and cake.\n")
+    (tmp_path / "good.md").write_text("# Good\n\nKittens sleep all day.\n")
+    report = ingest_paths(rt, [tmp_path], collection="names")
+    assert [(Path(o.source).name, o.status, o.code) for o in report.outcomes] == [
+        ("caf\\xe9.md", "failed", "invalid_encoding"),
+        ("good.md", "added", None),
+    ]
+    assert "caf\\xe9.md: the file name is not valid UTF-8" in (report.failed[0].error or "")
+    json.dumps(asdict(report), default=str).encode()  # the report prints as it is
+
+
+def test_an_empty_collection_name_is_refused_not_taken_as_the_default(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    (tmp_path / "a.md").write_text("# A\n\nalpha\n")
+    with pytest.raises(InputError, match="the collection name is empty"):
+        ingest_paths(rt, [tmp_path], collection="")

@@ -188,10 +188,10 @@ class SearchRequest(Strict):
     ef_search: int | None = Field(None, ge=1, le=1000)
     rrf_k: float | None = Field(None, ge=0, le=10_000, description="RRF constant (hybrid).")
     vector_weight: float | None = Field(
-        None, ge=0, le=1000, description="Weight of the vector list (hybrid)."
+        None, ge=0, le=100, description="Weight of the vector list (hybrid)."
     )
     fulltext_weight: float | None = Field(
-        None, ge=0, le=1000, description="Weight of the full-text list (hybrid)."
+        None, ge=0, le=100, description="Weight of the full-text list (hybrid)."
     )
     sections: bool = Field(
         True,

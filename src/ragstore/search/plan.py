@@ -29,7 +29,9 @@ def search_plan(
     ef_search: int | None = None,
 ) -> dict[str, Any]:
     """The lists, depths and fusion of one search, without running it."""
-    p = SearchParams(k=k or rt.settings.search_k, mode=mode, where=where, ef_search=ef_search)
+    p = SearchParams(
+        k=rt.settings.search_k if k is None else k, mode=mode, where=where, ef_search=ef_search
+    )
     coll = rt.collection(collection)
     lists: list[dict[str, Any]] = []
     if p.mode in ("vector", "hybrid"):

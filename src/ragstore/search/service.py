@@ -202,7 +202,7 @@ def search(
     before section-level aggregation (search/aggregate.py).
     """
     params = SearchParams(
-        k=k or rt.settings.search_k,
+        k=rt.settings.search_k if k is None else k,
         mode=mode,
         where=where,
         ef_search=ef_search,
