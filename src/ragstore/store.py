@@ -207,6 +207,7 @@ class Store:
         from ragstore.jobs import staging
 
         staging.safe_name(name)
+        text_service.unicode_text(text, f"{name}: the text")
         self._rt.collection(collection, create=True)
         with staging.staging_area(self._rt.settings) as area:
             doc = NewDocument(name, area.write(text.encode("utf-8")), dict(metadata or {}))
@@ -219,16 +220,20 @@ class Store:
     def ingest(
         self,
         collection: str,
-        paths: Sequence[str | Path],
+        paths: str | Path | Sequence[str | Path],
         *,
         metadata: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Ingest files and folders (as ``ragstore ingest``): ``{"data": [documents]}``
-        with each one's ``status`` (added/updated/unchanged); a failure is raised."""
+        """Ingest files and folders (as ``ragstore ingest``; one may be given bare):
+        ``{"data": [documents]}`` with each one's ``status`` (added/updated/unchanged); a
+        failure is raised."""
         from ragstore.ingest import ingest_paths
 
+        # one path given bare is that path, not its characters (Path("/") among them,
+        # which would walk the whole disk)
+        given = [paths] if isinstance(paths, (str, Path)) else paths
         report = ingest_paths(
-            self._rt, [Path(p) for p in paths], collection=collection, metadata=dict(metadata or {})
+            self._rt, [Path(p) for p in given], collection=collection, metadata=dict(metadata or {})
         )
         for failed in report.failed:
             cls = next((c for c in all_error_classes() if c.code == failed.code), RagstoreError)

@@ -10,6 +10,7 @@ import os
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from ragstore.imports.files import JsonlSource, NumpySource
 from ragstore.ingest import ingest_paths
 from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
+from ragstore.store import Store
 from tests.fixtures.builders import write_docx
 
 _BODY = "Widgets are small.\n\nGadgets are larger than widgets.\n"
@@ -150,3 +152,30 @@ def test_import_files_saved_with_a_utf8_bom_are_read(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_bytes("id,text\r\nb,beta\r\n".encode("utf-8-sig"))
     records = list(NumpySource(tmp_path / "m.npy").records())
     assert [(r.id, r.text) for r in records] == [("b", "beta")]
+
+
+@pytest.mark.parametrize(
+    ("texts", "ids", "message"),
+    [
+        ("one text", None, r"texts is one string, not a list of texts; pass \[text\]"),
+        (["ok \ud800 text"], None, r"texts\[0\] holds a lone surrogate \(U\+D800\) at character 3"),
+        (["fine"], ["\udcff"], r"ids\[0\] holds a lone surrogate \(U\+DCFF\) at character 0"),
+    ],
+    ids=["one-string", "surrogate-text", "surrogate-id"],
+)
+def test_store_add_texts_refuses_what_is_not_a_list_of_unicode_texts(
+    rt: Runtime, texts: Any, ids: list[str] | None, message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        Store.from_runtime(rt).add_texts("texts-in", texts, ids=ids)
+
+
+def test_store_add_document_with_a_lone_surrogate_is_invalid_input(rt: Runtime) -> None:
+    with pytest.raises(InputError, match=r"notes.md: the text holds a lone surrogate"):
+        Store.from_runtime(rt).add_document("texts-in", "notes.md", "# T\n\nbad \udc80 byte")
+
+
+def test_store_ingest_of_one_path_string_ingests_that_path(rt: Runtime, tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("# A\n\nalpha apples\n")
+    out = Store.from_runtime(rt).ingest("one-path", str(tmp_path / "a.md"))
+    assert [(Path(d["source"]).name, d["status"]) for d in out["data"]] == [("a.md", "added")]

@@ -70,6 +70,8 @@ def _checked(
     vectors: Sequence[Sequence[float]] | np.ndarray | None,
     dimension: int,
 ) -> tuple[list[str], list[dict[str, Any]], np.ndarray | None]:
+    if isinstance(texts, (str, bytes)):
+        raise InputError("texts is one string, not a list of texts; pass [text] to add one")
     n = len(texts)
     for name, seq in (("metadatas", metadatas), ("ids", ids), ("vectors", vectors)):
         if seq is not None and len(seq) != n:
@@ -79,9 +81,11 @@ def _checked(
             raise InputError(f"texts[{i}] is a {type(text).__name__}, not a string")
         if not text.strip():
             raise EmptyDocumentError(f"texts[{i}] is empty; give it some text")
+        unicode_text(text, f"texts[{i}]")
     out_ids = [str(i) for i in ids] if ids is not None else [uuid.uuid4().hex for _ in texts]
     seen: set[str] = set()
     for i, doc_id in enumerate(out_ids):
+        unicode_text(doc_id, f"ids[{i}]")
         if not doc_id or len(doc_id) > MAX_ID_LENGTH:
             raise InputError(f"ids[{i}] must be 1-{MAX_ID_LENGTH} characters, got {doc_id!r}")
         if doc_id in seen:
@@ -92,7 +96,11 @@ def _checked(
         if not isinstance(meta, Mapping):
             raise InputError(f"metadatas[{i}] is a {type(meta).__name__}, not a JSON object")
         try:
-            json.dumps(dict(meta))
+            json.dumps(dict(meta), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(
+                f"metadatas[{i}] holds a lone surrogate ({exc.reason}); give valid Unicode text"
+            ) from None
         except (TypeError, ValueError) as exc:
             raise InputError(f"metadatas[{i}] is not JSON-serialisable: {exc}") from None
         metas.append(dict(meta))
@@ -105,6 +113,20 @@ def _checked(
                 f"collection's dimension), got shape {matrix.shape}"
             )
     return out_ids, metas, matrix
+
+
+def unicode_text(text: str, what: str) -> None:
+    """Refuse a string that is not valid Unicode: a lone surrogate (``"\\ud800"``, from a
+    bad ``\\u`` escape or a file name decoded with surrogate escapes) has no UTF-8 form,
+    so the database could not store it and the encoder would fail deep in the write."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"{what} holds a lone surrogate (U+{ord(text[exc.start]):04X}) at character "
+            f"{exc.start}, which is not valid Unicode; fix the text (or the \\u escape "
+            "that made it)"
+        ) from None
 
 
 def _digest(text: str, metadata: dict[str, Any]) -> str:
