@@ -57,16 +57,12 @@ def get_collection(conn: Conn, name: str) -> Collection:
     row = conn.execute(_SELECT + " WHERE c.name = %s AND c.shadow_of IS NULL", (name,)).fetchone()
     if row is None:
         names = [
-            r[0]
+            str(r[0])
             for r in conn.execute(
                 "SELECT name FROM collections WHERE shadow_of IS NULL ORDER BY name"
             )
         ]
-        known = ", ".join(str(n) for n in names) or "none yet"
-        raise CollectionNotFoundError(
-            f"collection {name!r} does not exist (collections: {known}); "
-            "ingest into it to create it"
-        )
+        raise CollectionNotFoundError.missing(name, names)
     return _collection(row)
 
 
