@@ -189,3 +189,20 @@ def test_a_url_that_is_not_ragstore_is_a_config_error() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_names_and_ids_cannot_steer_a_call_to_another_route(notes: Client, store: Store) -> None:
+    # delete_collection("notes/documents/1") sent DELETE /v1/collections/notes/documents/1
+    # and deleted that document; an id of "1/../x" reached another route the same way
+    doc = notes.list_documents("notes")["data"][0]
+    for steer in (f"notes/documents/{doc['id']}", "..", "notes%2Fdocuments", "notes\n"):
+        with pytest.raises(InputError, match="invalid collection name"):
+            notes.delete_collection(steer)
+    with pytest.raises(InputError, match="invalid document id"):
+        notes.get_document("notes", f"{doc['id']}/chunks")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="invalid job id"):
+        notes.get_job("1/../../collections")  # type: ignore[arg-type]
+    assert notes.get_document("notes", doc["id"])["id"] == doc["id"]
+    # the in-process check read `$` as "end, or before a final newline"
+    with pytest.raises(InputError, match="invalid collection name"):
+        store.create_collection("notes2\n")

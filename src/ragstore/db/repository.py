@@ -181,7 +181,7 @@ def create_collection(
     is created in one transaction (a savepoint when the caller already holds one), so a
     failure at any step leaves no half-made collection behind.
     """
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):  # match() let a final newline through
         raise InputError(
             f"invalid collection name {name!r}: use 1-63 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit"
