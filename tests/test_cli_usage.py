@@ -51,6 +51,12 @@ USAGE = 64
             "to 1 (see 'ragstore models migrate --help')",
         ),
         (
+            ["ingest", "notes.md", "-c", ""],
+            "error[usage]: Invalid value for '--collection' / '-c': the collection name is "
+            "empty; name one, or leave the option out to use RAGSTORE_COLLECTION "
+            "(see 'ragstore ingest --help')",
+        ),
+        (
             ["db", "downgrade"],
             "error[usage]: Missing option '--to'. (see 'ragstore db downgrade --help')",
         ),

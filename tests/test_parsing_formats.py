@@ -80,6 +80,28 @@ def test_pdf_keeps_page_numbers_and_turns_the_outline_into_sections() -> None:
     assert page3.section_path == ("Ice",)
 
 
+def test_pdf_bookmarks_open_their_sections_where_the_title_is_on_the_page() -> None:
+    data = pdf_bytes(
+        [
+            ["Pumps", "A pump moves water.", "", "2.1 Seals", "Seals keep the water in."],
+            ["Seals wear out after a year.", "", "Filters", "Filters catch the sand."],
+        ],
+        outline=[("Pumps", 0), ("Seals", 0), ("Filters", 1), ("Index", 1)],
+    )
+    doc = parse_bytes(data, "manual.pdf")
+    got = [(b.type.value, " ".join(b.text.split()), b.section_path, b.page) for b in doc.blocks]
+    assert got == [
+        ("heading", "Pumps", (), 1),
+        ("page_text", "A pump moves water.", ("Pumps",), 1),
+        ("heading", "Seals", (), 1),  # "2.1 Seals" on the page: the number is not the title
+        ("page_text", "Seals keep the water in.", ("Seals",), 1),
+        ("page_text", "Seals wear out after a year.", ("Seals",), 2),  # still that section
+        ("heading", "Filters", (), 2),
+        ("heading", "Index", (), 2),  # not on the page: opens where the text has got to
+        ("page_text", "Filters catch the sand.", ("Index",), 2),
+    ]
+
+
 def test_docx_reads_headings_lists_quotes_and_tables_in_body_order(tmp_path: Path) -> None:
     path = write_inventory_docx(tmp_path / "inventory.docx")
     doc = parse_bytes(path.read_bytes(), "inventory.docx")

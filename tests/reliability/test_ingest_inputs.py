@@ -5,12 +5,23 @@ one clear error; the rest of the run is stored."""
 from __future__ import annotations
 
 import io
+import json
+import os
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from ragstore.errors import BinaryFileError, CorruptDocumentError, DecodeError
+from ragstore.errors import (
+    BinaryFileError,
+    CorruptDocumentError,
+    DecodeError,
+    ImportSourceError,
+    InputError,
+)
+from ragstore.imports.files import JsonlSource, NumpySource
 from ragstore.ingest import ingest_paths
 from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
@@ -86,3 +97,56 @@ def test_a_nul_past_the_binary_sniff_is_refused_before_embedding() -> None:
     data = b"# Notes\n\n" + b"word " * 2000 + b"\x00 and more\n"
     with pytest.raises(BinaryFileError, match=r"notes.md: holds a NUL character at character"):
         parse_bytes(data, "notes.md")
+
+
+def test_a_file_name_that_is_not_utf8_fails_alone(rt: Runtime, tmp_path: Path) -> None:
+    bad = os.fsdecode(b"caf\xe9.md")  # a Latin-1 name: not valid UTF-8
+    (tmp_path / bad).write_text("# Cafe\n\nCoffee and cake.\n")
+    (tmp_path / "good.md").write_text("# Good\n\nKittens sleep all day.\n")
+    report = ingest_paths(rt, [tmp_path], collection="names")
+    assert [(Path(o.source).name, o.status, o.code) for o in report.outcomes] == [
+        ("caf\\xe9.md", "failed", "invalid_encoding"),
+        ("good.md", "added", None),
+    ]
+    assert "caf\\xe9.md: the file name is not valid UTF-8" in (report.failed[0].error or "")
+    json.dumps(asdict(report), default=str).encode()  # the report prints as it is
+
+
+def test_an_empty_collection_name_is_refused_not_taken_as_the_default(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    (tmp_path / "a.md").write_text("# A\n\nalpha\n")
+    with pytest.raises(InputError, match="the collection name is empty"):
+        ingest_paths(rt, [tmp_path], collection="")
+
+
+_RECORD = '{"id": "a", "text": "alpha", "vector": [0.5, 0.5]}\n'
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_RECORD.encode("utf-16"), r"rows.jsonl: the file is UTF-16, not UTF-8; re-save it"),
+        (
+            _RECORD.encode() + '{"id": "b", "text": "caf\xe9"}\n'.encode("latin-1"),
+            r"rows.jsonl line 2: invalid UTF-8 at byte 75; re-save the file as UTF-8",
+        ),
+    ],
+    ids=["utf16", "latin1-line-2"],
+)
+def test_an_import_file_that_is_not_utf8_is_named(
+    tmp_path: Path, data: bytes, message: str
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(ImportSourceError, match=message):
+        list(JsonlSource(path).records())
+
+
+def test_import_files_saved_with_a_utf8_bom_are_read(tmp_path: Path) -> None:
+    (tmp_path / "rows.jsonl").write_bytes(_RECORD.encode("utf-8-sig"))
+    assert [r.id for r in JsonlSource(tmp_path / "rows.jsonl").records()] == ["a"]
+    np.save(tmp_path / "m.npy", np.array([[0.5, 0.5]], dtype=np.float32))
+    (tmp_path / "m.csv").write_bytes("id,text\r\nb,beta\r\n".encode("utf-8-sig"))
+    records = list(NumpySource(tmp_path / "m.npy").records())
+    assert [(r.id, r.text) for r in records] == [("b", "beta")]

@@ -135,12 +135,36 @@ def _readable_metavars(command: Any) -> None:
         _readable_metavars(sub)
 
 
+def _named_collection(ctx: Any, param: Any, value: Any) -> Any:
+    """An empty ``--collection`` is a usage error: left to fall back to the default
+    collection (``-c "$UNSET_VAR"``), an ingest or a delete would act on the wrong one."""
+    if isinstance(value, str) and not value:
+        raise click_exceptions.BadParameter(
+            "the collection name is empty; name one, or leave the option out to use "
+            "RAGSTORE_COLLECTION",
+            ctx=ctx,
+            param=param,
+        )
+    return value
+
+
+def _checked_collections(command: Any) -> None:
+    """Every ``--collection`` option of the tree refuses an empty name."""
+    for param in getattr(command, "params", []):
+        if param.name == "collection" and param.callback is None:
+            param.callback = _named_collection
+    for sub in getattr(command, "commands", {}).values():
+        _checked_collections(sub)
+
+
 def build_command() -> Any:
-    """The click command tree of the whole CLI, with readable metavars."""
+    """The click command tree of the whole CLI, with readable metavars and every
+    ``--collection`` checked for an empty name."""
     if not app.registered_groups:
         _register()
     command = typer.main.get_command(app)
     _readable_metavars(command)
+    _checked_collections(command)
     return command
 
 

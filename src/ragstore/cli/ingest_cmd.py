@@ -41,6 +41,14 @@ def _print_report(report: IngestReport) -> None:
     )
     for o in report.failed:
         err.print(f"  [red]failed[/] {escape(f'[{o.code}] {o.error}')}")
+    if not report.outcomes:
+        from ragstore.parsing import supported_suffixes
+
+        err.print(
+            "  no files to ingest: folders are searched for supported suffixes only "
+            f"({', '.join(sorted(supported_suffixes()))}) and hidden files are skipped; "
+            "name a file to ingest it whatever its suffix"
+        )
     vanished = [o.source for o in report.outcomes if o.status == "vanished"]
     if vanished:
         err.print(

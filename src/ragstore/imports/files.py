@@ -10,6 +10,7 @@ NumPy: a ``.npy`` matrix (or one array of an ``.npz``) whose row ``i`` belongs t
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from collections.abc import Iterator
@@ -37,23 +38,47 @@ def _must_exist(path: Path) -> None:
         raise PathNotFoundError(f"{path}: no such file or directory")
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+def _utf8_lines(path: Path) -> Iterator[str]:
+    """The file's lines as text: UTF-8, a leading BOM dropped (as Excel and PowerShell
+    write them); a file in another encoding is :class:`ImportSourceError` naming the line
+    and byte, not a ``UnicodeDecodeError`` from deep inside the import."""
+    with path.open("rb") as fh:
+        offset = 0
+        for lineno, raw in enumerate(fh, 1):
+            if lineno == 1:
+                if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                    raise ImportSourceError(
+                        f"{path}: the file is UTF-16, not UTF-8; re-save it as UTF-8 "
+                        "(e.g. iconv -f utf-16 -t utf-8)"
+                    )
+                if raw.startswith(codecs.BOM_UTF8):
+                    raw, offset = raw[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
                 raise ImportSourceError(
-                    f"{path} line {lineno}: not valid JSON ({exc.msg}); "
-                    "each line must be one JSON object"
+                    f"{path} line {lineno}: invalid UTF-8 at byte {offset + exc.start}; "
+                    "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
                 ) from None
-            if not isinstance(obj, dict):
-                raise ImportSourceError(
-                    f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}"
-                )
-            yield lineno, obj
+            offset += len(raw)
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for lineno, line in enumerate(_utf8_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ImportSourceError(
+                f"{path} line {lineno}: not valid JSON ({exc.msg}); "
+                "each line must be one JSON object"
+            ) from None
+        if not isinstance(obj, dict):
+            raise ImportSourceError(
+                f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}"
+            )
+        yield lineno, obj
 
 
 def _split_fields(
@@ -152,25 +177,24 @@ class NumpySource:
 
     def _sidecar_rows(self) -> Iterator[tuple[str, tuple[Any, Any, dict[str, Any]]]]:
         if self.sidecar.suffix.lower() == ".csv":
-            with self.sidecar.open(encoding="utf-8", newline="") as fh:
-                reader = csv.DictReader(fh)
-                if reader.fieldnames is None or "id" not in reader.fieldnames:
-                    raise ImportSourceError(
-                        f"{self.sidecar}: the CSV needs a header row with "
-                        "an 'id' column (and usually 'text')"
-                    )
-                for lineno, row in enumerate(reader, 2):
-                    rest: dict[str, Any] = dict(row)
-                    rid = rest.pop("id")
-                    text = rest.pop("text", None)
-                    meta_raw = rest.pop("metadata", None)
-                    if meta_raw:
-                        try:
-                            meta = json.loads(meta_raw)
-                        except json.JSONDecodeError:
-                            meta = {"metadata": meta_raw}
-                        rest = {**(meta if isinstance(meta, dict) else {"metadata": meta}), **rest}
-                    yield f"{self.sidecar} line {lineno}", (rid, text, rest)
+            reader = csv.DictReader(_utf8_lines(self.sidecar))
+            if reader.fieldnames is None or "id" not in reader.fieldnames:
+                raise ImportSourceError(
+                    f"{self.sidecar}: the CSV needs a header row with "
+                    "an 'id' column (and usually 'text')"
+                )
+            for lineno, row in enumerate(reader, 2):
+                rest: dict[str, Any] = dict(row)
+                rid = rest.pop("id")
+                text = rest.pop("text", None)
+                meta_raw = rest.pop("metadata", None)
+                if meta_raw:
+                    try:
+                        meta = json.loads(meta_raw)
+                    except json.JSONDecodeError:
+                        meta = {"metadata": meta_raw}
+                    rest = {**(meta if isinstance(meta, dict) else {"metadata": meta}), **rest}
+                yield f"{self.sidecar} line {lineno}", (rid, text, rest)
         else:
             for lineno, obj in _json_lines(self.sidecar):
                 rid, text, _, metadata = _split_fields(obj, with_vector=False)

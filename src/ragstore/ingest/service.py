@@ -29,6 +29,8 @@ from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
 from ragstore.errors import (
     CollectionNotFoundError,
+    DecodeError,
+    InputError,
     PathNotFoundError,
     RagstoreError,
 )
@@ -395,7 +397,9 @@ def ingest_paths(
     they are reported as ``vanished`` and, with ``prune``, removed once the rest of the
     batch is stored (``on_vanished`` is called with them first, before anything changes).
     """
-    name = collection or rt.settings.collection
+    name = rt.settings.collection if collection is None else collection
+    if not name:
+        raise InputError("the collection name is empty; name one, or pass None for the default")
     files, missing = discover(paths)
     report = IngestReport(collection=name)
     gone = _vanished(rt, name, paths, files) if sync or prune else []
@@ -405,8 +409,9 @@ def ingest_paths(
     for path in missing:
         if str(path.resolve()) in gone_set:
             continue  # a synced file that was deleted: reported as vanished below
-        err = PathNotFoundError(f"{path}: no such file or directory")
-        report.outcomes.append(FileOutcome(str(path), "failed", error=str(err), code=err.code))
+        shown = _printable(str(path))
+        err = PathNotFoundError(f"{shown}: no such file or directory")
+        report.outcomes.append(FileOutcome(shown, "failed", error=str(err), code=err.code))
     if not files:
         _finish_sync(rt, name, report, gone, prune)
         metrics.observe_ingest(report)
@@ -438,6 +443,7 @@ def ingest_items(
 ) -> None:
     """Ingest ``items`` into collection ``name``, appending one outcome per item to
     ``report``: the pipeline shared by files (:func:`ingest_paths`) and uploads."""
+    items = _storable_names(items, report)
     if not items:
         return
     coll = rt.collection(name, create=create)
@@ -447,6 +453,40 @@ def ingest_items(
         _Ingestor(rt, coll, embedder, report, metadata or {}, progress, bulk).run(items)
     finally:
         _build_index(rt, coll)
+
+
+def _storable_names(items: Sequence[Item], report: IngestReport) -> list[Item]:
+    """The items whose source the database can store; the others fail alone.
+
+    A file name of bytes that are not UTF-8 (a Latin-1 name on a Linux disk) arrives as a
+    str with surrogate escapes that no text column takes; stored under an escaped form it
+    would no longer name the file, so ``--sync`` would call it vanished. The outcome names
+    it with its bad bytes escaped (``caf\\xe9.md``) so the report can be printed.
+    """
+    ok: list[Item] = []
+    for item in items:
+        try:
+            item.source.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = _printable(item.label)
+            err = DecodeError(
+                f"{shown}: the file name is not valid UTF-8, which ragstore cannot store; "
+                "rename the file (e.g. convmv -f latin1 -t utf-8 --notest FILE)"
+            )
+            report.outcomes.append(_fail(_printable(item.source), err))
+            continue
+        ok.append(item)
+    return ok
+
+
+def _printable(name: str) -> str:
+    """``name`` with the bytes a file system gave that are not UTF-8 escaped as ``\\xNN``
+    (and any other lone surrogate, as a JSON body can carry, as ``\\udNNN``)."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _defer_index(rt: Runtime, coll: repository.Collection, items: Sequence[Item]) -> bool:

@@ -2,13 +2,18 @@
 
 PDFs carry no reliable paragraph structure, so each page's text becomes ``page_text``
 blocks split at blank lines; the outline (bookmarks), when there is one, becomes
-headings at the pages it points to, so chunks still get section paths.
+headings, so chunks still get section paths. A bookmark points at a page, not at a place
+on it, and a manual's page often opens two or three sections: each heading goes where its
+title starts a line of the page's text (:func:`_title_at`; the title line itself is the
+heading, not text), so the text above it stays in the section before. A title not found
+on its page opens the section at the top of the page, as before.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
 from pathlib import PurePath
 from typing import Any
 
@@ -45,6 +50,38 @@ def _outline(reader: PdfReader) -> dict[int, list[tuple[int, str]]]:
     except (PyPdfError, KeyError, TypeError, ValueError, AttributeError):
         return {}
     return found
+
+
+def _title_at(text: str, title: str, start: int) -> re.Match[str] | None:
+    """Where ``title`` starts a line of ``text`` at or after ``start`` (case, spacing and
+    a leading section number like ``2.1`` or ``IV.`` aside), up to its line's end."""
+    words = [re.escape(w) for w in title.split()]
+    if not words:
+        return None
+    pattern = re.compile(
+        r"^[ \t]*(?:(?:\d+(?:\.\d+)*|[IVXLC]+)\.?[ \t]+)?" + r"\s+".join(words) + r"[ \t]*$",
+        re.IGNORECASE | re.MULTILINE,
+    )
+    return pattern.search(text, start)
+
+
+def _page_blocks(
+    out: BlockBuilder, text: str, bookmarks: list[tuple[int, str]], number: int
+) -> None:
+    """The page's bookmarks as headings where their titles are, its text between them."""
+    pos = 0
+    for level, bookmark in bookmarks:
+        found = _title_at(text, bookmark, pos)
+        if found is not None:
+            _add_text(out, text[pos : found.start()], number)
+            pos = found.end()
+        out.add(ChunkType.HEADING, bookmark, level=level, page=number)
+    _add_text(out, text[pos:], number)
+
+
+def _add_text(out: BlockBuilder, text: str, number: int) -> None:
+    for a, b in paragraph_spans(text):
+        out.add(ChunkType.PAGE_TEXT, text[a:b], page=number)
 
 
 def _open(data: bytes, name: str) -> PdfReader:
@@ -89,8 +126,6 @@ def parse_pdf(data: bytes, name: str) -> ParsedDocument:
     outline = _outline(reader)
     out = BlockBuilder()
     for number, page in enumerate(reader.pages, start=1):
-        for level, bookmark in outline.get(number, []):
-            out.add(ChunkType.HEADING, bookmark, level=level, page=number)
         try:
             text = page.extract_text() or ""
         except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
@@ -98,8 +133,7 @@ def parse_pdf(data: bytes, name: str) -> ParsedDocument:
                 f"{name}: page {number} cannot be read ({type(exc).__name__}: {exc}); "
                 "re-export the PDF from the program that made it"
             ) from None
-        for a, b in paragraph_spans(text):
-            out.add(ChunkType.PAGE_TEXT, text[a:b], page=number)
+        _page_blocks(out, text, outline.get(number, []), number)
     if not any(b.type is ChunkType.PAGE_TEXT for b in out.blocks):
         raise EmptyDocumentError(
             f"{name}: the PDF has no extractable text (a scan?); run OCR on it first"
