@@ -39,6 +39,7 @@ from ragstore.errors import (
 from ragstore.ingest import texts as text_service
 from ragstore.profiles import get_settings
 from ragstore.runtime import Runtime
+from ragstore.validation import check_value
 
 __all__ = ["Store"]
 
@@ -166,6 +167,8 @@ class Store:
         """Add or update texts under ``ids`` (random when omitted), creating the collection
         with the default model when it is missing. Unchanged texts embed nothing; with
         ``vectors`` (one per text) each text is stored whole with its vector."""
+        for i, meta in enumerate(metadatas or ()):
+            check_value(meta, f"metadatas[{i}]")  # as the HTTP schema does, by name
         report = text_service.add_texts(
             self._rt, collection, texts, metadatas, ids, vectors=vectors
         )
@@ -207,6 +210,7 @@ class Store:
         from ragstore.jobs import staging
 
         staging.safe_name(name)
+        check_value(metadata or {}, "metadata")  # before the collection is made
         self._rt.collection(collection, create=True)
         with staging.staging_area(self._rt.settings) as area:
             doc = NewDocument(name, area.write(text.encode("utf-8")), dict(metadata or {}))
@@ -227,6 +231,7 @@ class Store:
         with each one's ``status`` (added/updated/unchanged); a failure is raised."""
         from ragstore.ingest import ingest_paths
 
+        check_value(metadata or {}, "metadata")
         report = ingest_paths(
             self._rt, [Path(p) for p in paths], collection=collection, metadata=dict(metadata or {})
         )

@@ -206,3 +206,13 @@ def test_names_and_ids_cannot_steer_a_call_to_another_route(notes: Client, store
     # the in-process check read `$` as "end, or before a final newline"
     with pytest.raises(InputError, match="invalid collection name"):
         store.create_collection("notes2\n")
+
+
+def test_in_process_metadata_postgresql_would_refuse_is_named(store: Store) -> None:
+    # the HTTP schemas refuse these at the edge; in process (and through MCP's add_document)
+    # they reached PostgreSQL: "invalid input syntax for type json", and a collection made
+    with pytest.raises(InputError, match=r"metadatas\[0\] holds a non-finite number"):
+        store.add_texts("notes", ["x"], [{"a": float("nan")}])
+    with pytest.raises(InputError, match=r"metadata holds a NUL byte"):
+        store.add_document("never-made", "n.md", "hi", metadata={"a\x00": 1})
+    assert "never-made" not in {c["name"] for c in store.list_collections()}
