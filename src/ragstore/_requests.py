@@ -10,6 +10,7 @@ and how to read the answer. The two clients only send calls (one blocking, one w
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import httpx
 
-from ragstore.errors import ConfigError, RagstoreError, all_error_classes
+from ragstore.errors import ConfigError, InputError, RagstoreError, all_error_classes
 
 T = TypeVar("T")
 Upload = Path | str | tuple[str, bytes]
@@ -42,6 +43,29 @@ class Call(Generic[T]):
             if value is not None:
                 out[key] = value
         return out
+
+
+# The server's collection name pattern (api/schemas.py NAME_PATTERN). A name or id goes
+# into the URL path, and the server decodes %2F before routing: checked here, a name such
+# as "docs/documents/7" cannot turn delete_collection into deleting a document.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def _n(name: str) -> str:
+    """``name`` as a URL path segment, or InputError when it is no collection name."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InputError(
+            f"invalid collection name {name!r}: use 1-63 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _id(value: int, what: str) -> int:
+    """``value`` as a URL path segment, or InputError when it is no positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"invalid {what} id {value!r}: give a positive integer")
+    return value
 
 
 def _body(r: httpx.Response) -> dict[str, Any]:
@@ -134,11 +158,11 @@ def list_collections() -> Call[list[dict[str, Any]]]:
 
 
 def get_collection(name: str) -> Call[dict[str, Any]]:
-    return Call("GET", f"/v1/collections/{name}", _body)
+    return Call("GET", f"/v1/collections/{_n(name)}", _body)
 
 
 def delete_collection(name: str) -> Call[None]:
-    return Call("DELETE", f"/v1/collections/{name}", _none)
+    return Call("DELETE", f"/v1/collections/{_n(name)}", _none)
 
 
 # --- texts -------------------------------------------------------------------------------
@@ -159,17 +183,18 @@ def add_texts(
         body["ids"] = list(ids)
     if vectors is not None:
         body["vectors"] = [[float(x) for x in v] for v in vectors]
-    return Call("POST", f"/v1/collections/{collection}/texts", _body, json=body)
+    return Call("POST", f"/v1/collections/{_n(collection)}/texts", _body, json=body)
 
 
 def get_texts(collection: str, ids: Sequence[str]) -> Call[list[dict[str, Any]]]:
-    return Call("POST", f"/v1/collections/{collection}/texts/get", _data, json={"ids": list(ids)})
+    path = f"/v1/collections/{_n(collection)}/texts/get"
+    return Call("POST", path, _data, json={"ids": list(ids)})
 
 
 def delete_texts(collection: str, ids: Sequence[str]) -> Call[int]:
     return Call(
         "POST",
-        f"/v1/collections/{collection}/texts/delete",
+        f"/v1/collections/{_n(collection)}/texts/delete",
         lambda r: int(r.json()["deleted"]),
         json={"ids": list(ids)},
     )
@@ -187,7 +212,7 @@ def add_document(
     background: bool = False,
 ) -> Call[dict[str, Any]]:
     body = {"name": name, "text": text, "metadata": dict(metadata or {}), "background": background}
-    return Call("POST", f"/v1/collections/{collection}/documents", _body, json=body)
+    return Call("POST", f"/v1/collections/{_n(collection)}/documents", _body, json=body)
 
 
 def upload(
@@ -210,7 +235,11 @@ def upload(
         "background": "true" if background else "false",
     }
     return Call(
-        "POST", f"/v1/collections/{collection}/documents/upload", _body, files=parts, data=data
+        "POST",
+        f"/v1/collections/{_n(collection)}/documents/upload",
+        _body,
+        files=parts,
+        data=data,
     )
 
 
@@ -247,15 +276,17 @@ def list_documents(
         params["source_prefix"] = source_prefix
     if metadata is not None:
         params["metadata"] = json.dumps(dict(metadata))
-    return Call("GET", f"/v1/collections/{collection}/documents", _body, params=params)
+    return Call("GET", f"/v1/collections/{_n(collection)}/documents", _body, params=params)
 
 
 def get_document(collection: str, document_id: int) -> Call[dict[str, Any]]:
-    return Call("GET", f"/v1/collections/{collection}/documents/{document_id}", _body)
+    path = f"/v1/collections/{_n(collection)}/documents/{_id(document_id, 'document')}"
+    return Call("GET", path, _body)
 
 
 def delete_document(collection: str, document_id: int) -> Call[None]:
-    return Call("DELETE", f"/v1/collections/{collection}/documents/{document_id}", _none)
+    path = f"/v1/collections/{_n(collection)}/documents/{_id(document_id, 'document')}"
+    return Call("DELETE", path, _none)
 
 
 # --- search ------------------------------------------------------------------------------
@@ -292,7 +323,7 @@ def search(
         "fulltext_weight": fulltext_weight,
     }
     body.update({key: value for key, value in options.items() if value is not None})
-    return Call("POST", f"/v1/collections/{collection}/search", _body, json=body)
+    return Call("POST", f"/v1/collections/{_n(collection)}/search", _body, json=body)
 
 
 # --- models ------------------------------------------------------------------------------
@@ -303,25 +334,25 @@ def list_models() -> Call[list[dict[str, Any]]]:
 
 
 def model_status(collection: str) -> Call[dict[str, Any]]:
-    return Call("GET", f"/v1/collections/{collection}/model", _body)
+    return Call("GET", f"/v1/collections/{_n(collection)}/model", _body)
 
 
 def migrate_model(
     collection: str, to: str, *, batch_size: int = 256, switch: bool = True, sample_queries: int = 8
 ) -> Call[dict[str, Any]]:
     body = {"to": to, "batch_size": batch_size, "switch": switch, "sample_queries": sample_queries}
-    return Call("POST", f"/v1/collections/{collection}/model/migrate", _body, json=body)
+    return Call("POST", f"/v1/collections/{_n(collection)}/model/migrate", _body, json=body)
 
 
 def rollback_model(collection: str) -> Call[dict[str, Any]]:
-    return Call("POST", f"/v1/collections/{collection}/model/rollback", _body)
+    return Call("POST", f"/v1/collections/{_n(collection)}/model/rollback", _body)
 
 
 # --- jobs --------------------------------------------------------------------------------
 
 
 def get_job(job_id: int) -> Call[dict[str, Any]]:
-    return Call("GET", f"/v1/jobs/{job_id}", _body)
+    return Call("GET", f"/v1/jobs/{_id(job_id, 'job')}", _body)
 
 
 def list_jobs(

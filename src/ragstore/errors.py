@@ -53,6 +53,8 @@ are caught, never passed through to a user.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 
 class RagstoreError(Exception):
     """Root of every error ragstore raises on purpose."""
@@ -131,6 +133,29 @@ class NotFoundError(RagstoreError):
 
 class CollectionNotFoundError(NotFoundError):
     code = "collection_not_found"
+
+    def __init__(self, message: str, *, collection: str = "", known: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.collection = collection
+        self.known = known
+
+    @classmethod
+    def missing(cls, name: str, known: Sequence[str]) -> CollectionNotFoundError:
+        """``name`` does not exist; the message lists ``known`` to help a typo."""
+        names = ", ".join(known) or "none yet"
+        return cls(
+            f"collection {name!r} does not exist (collections: {names}); "
+            "ingest into it to create it",
+            collection=name,
+            known=tuple(known),
+        )
+
+    def seen_by(self, sees: Callable[[str], bool]) -> CollectionNotFoundError:
+        """The same error listing only the collections a caller may see: a key limited to
+        one collection must not learn the others' names from a 404."""
+        if not self.collection:
+            return self
+        return CollectionNotFoundError.missing(self.collection, [n for n in self.known if sees(n)])
 
 
 class DocumentNotFoundError(NotFoundError):

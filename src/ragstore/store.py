@@ -39,6 +39,7 @@ from ragstore.errors import (
 from ragstore.ingest import texts as text_service
 from ragstore.profiles import get_settings
 from ragstore.runtime import Runtime
+from ragstore.validation import check_value
 
 __all__ = ["Store"]
 
@@ -166,6 +167,8 @@ class Store:
         """Add or update texts under ``ids`` (random when omitted), creating the collection
         with the default model when it is missing. Unchanged texts embed nothing; with
         ``vectors`` (one per text) each text is stored whole with its vector."""
+        for i, meta in enumerate(metadatas or ()):
+            check_value(meta, f"metadatas[{i}]")  # as the HTTP schema does, by name
         report = text_service.add_texts(
             self._rt, collection, texts, metadatas, ids, vectors=vectors
         )
@@ -208,6 +211,7 @@ class Store:
 
         staging.safe_name(name)
         text_service.unicode_text(text, f"{name}: the text")
+        check_value(metadata or {}, "metadata")  # before the collection is made
         self._rt.collection(collection, create=True)
         with staging.staging_area(self._rt.settings) as area:
             doc = NewDocument(name, area.write(text.encode("utf-8")), dict(metadata or {}))
@@ -232,6 +236,7 @@ class Store:
         # one path given bare is that path, not its characters (Path("/") among them,
         # which would walk the whole disk)
         given = [paths] if isinstance(paths, (str, Path)) else paths
+        check_value(metadata or {}, "metadata")
         report = ingest_paths(
             self._rt, [Path(p) for p in given], collection=collection, metadata=dict(metadata or {})
         )

@@ -14,6 +14,7 @@ from ragstore.auth import KeyStore
 from ragstore.config import Settings
 from ragstore.errors import (
     AuthenticationError,
+    CollectionNotFoundError,
     FileTooLargeError,
     PermissionDeniedError,
     RateLimitedError,
@@ -98,6 +99,19 @@ def test_collection_key_sees_only_its_collection(
             scoped.get_collection("other")
         with pytest.raises(PermissionDeniedError):
             scoped.search("other", "x")
+
+
+def test_a_key_for_a_missing_collection_learns_no_other_names(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    # a key made for a collection before it is ingested: its 404 listed every collection
+    with Client(secure_url, api_key=keys.create("write", "ghost").secret) as scoped:
+        for call in (lambda: scoped.get_collection("ghost"), lambda: scoped.search("ghost", "x")):
+            with pytest.raises(CollectionNotFoundError, match="'ghost' does not exist") as info:
+                call()
+            assert "team" not in str(info.value) and "other" not in str(info.value)
+    with pytest.raises(CollectionNotFoundError, match=r"\(collections: .*other, team"):
+        admin.get_collection("ghost")
 
 
 def test_revoked_key_is_refused_on_its_next_request(

@@ -189,3 +189,30 @@ def test_a_url_that_is_not_ragstore_is_a_config_error() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_names_and_ids_cannot_steer_a_call_to_another_route(notes: Client, store: Store) -> None:
+    # delete_collection("notes/documents/1") sent DELETE /v1/collections/notes/documents/1
+    # and deleted that document; an id of "1/../x" reached another route the same way
+    doc = notes.list_documents("notes")["data"][0]
+    for steer in (f"notes/documents/{doc['id']}", "..", "notes%2Fdocuments", "notes\n"):
+        with pytest.raises(InputError, match="invalid collection name"):
+            notes.delete_collection(steer)
+    with pytest.raises(InputError, match="invalid document id"):
+        notes.get_document("notes", f"{doc['id']}/chunks")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="invalid job id"):
+        notes.get_job("1/../../collections")  # type: ignore[arg-type]
+    assert notes.get_document("notes", doc["id"])["id"] == doc["id"]
+    # the in-process check read `$` as "end, or before a final newline"
+    with pytest.raises(InputError, match="invalid collection name"):
+        store.create_collection("notes2\n")
+
+
+def test_in_process_metadata_postgresql_would_refuse_is_named(store: Store) -> None:
+    # the HTTP schemas refuse these at the edge; in process (and through MCP's add_document)
+    # they reached PostgreSQL: "invalid input syntax for type json", and a collection made
+    with pytest.raises(InputError, match=r"metadatas\[0\] holds a non-finite number"):
+        store.add_texts("notes", ["x"], [{"a": float("nan")}])
+    with pytest.raises(InputError, match=r"metadata holds a NUL byte"):
+        store.add_document("never-made", "n.md", "hi", metadata={"a\x00": 1})
+    assert "never-made" not in {c["name"] for c in store.list_collections()}

@@ -187,6 +187,16 @@ async def test_http_session_adds_documents_only_with_a_write_key(handbook: Store
             )
 
 
+async def test_a_key_for_a_missing_collection_learns_no_other_names(handbook: Store) -> None:
+    from mcp import Client as McpClient
+
+    ghost = KeyStore(handbook.runtime.db).create("read", collection="ghost").secret
+    async with McpClient(build_server(handbook, key_for(handbook, ghost))) as session:
+        text = _error(await session.call_tool("search", {"collection": "ghost", "query": "x"}))
+    assert "collection 'ghost' does not exist" in text
+    assert "handbook" not in text and "other" not in text
+
+
 def test_http_off_loopback_needs_a_key(capsys: pytest.CaptureFixture[str]) -> None:
     from tests.conftest import run_cli
 

@@ -88,7 +88,9 @@ def _caller(
     client = request.client.host if request.client else ""
     key = state.keys.authenticate(credentials.credentials if credentials else None, client)
     state.limiter.hit(key.key_id)
-    return Principal(key)
+    caller = Principal(key)
+    request.state.principal = caller  # errors.py words a 404 for what it may see
+    return caller
 
 
 def _scoped(scope: str):  # type: ignore[no-untyped-def]

@@ -159,6 +159,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_ragstore(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, e.RagstoreError)
+        caller = getattr(request.state, "principal", None)
+        if isinstance(exc, e.CollectionNotFoundError) and caller is not None:
+            exc = exc.seen_by(caller.sees)
         if problem_for(type(exc)).status >= 500:
             log.warning("request %s failed: %s: %s", request_id_of(request), exc.code, exc)
         return problem_response(exc, request_id=request_id_of(request), instance=request.url.path)

@@ -57,16 +57,12 @@ def get_collection(conn: Conn, name: str) -> Collection:
     row = conn.execute(_SELECT + " WHERE c.name = %s AND c.shadow_of IS NULL", (name,)).fetchone()
     if row is None:
         names = [
-            r[0]
+            str(r[0])
             for r in conn.execute(
                 "SELECT name FROM collections WHERE shadow_of IS NULL ORDER BY name"
             )
         ]
-        known = ", ".join(str(n) for n in names) or "none yet"
-        raise CollectionNotFoundError(
-            f"collection {name!r} does not exist (collections: {known}); "
-            "ingest into it to create it"
-        )
+        raise CollectionNotFoundError.missing(name, names)
     return _collection(row)
 
 
@@ -185,7 +181,7 @@ def create_collection(
     is created in one transaction (a savepoint when the caller already holds one), so a
     failure at any step leaves no half-made collection behind.
     """
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):  # match() let a final newline through
         raise InputError(
             f"invalid collection name {name!r}: use 1-63 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit"

@@ -26,7 +26,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from ragstore.auth.keys import ApiKey, KeyStore
 from ragstore.db.errors import translated
 from ragstore.db.inspection import document_chunks
-from ragstore.errors import InputError, RagstoreError
+from ragstore.errors import CollectionNotFoundError, InputError, RagstoreError
 from ragstore.store import Store
 
 __all__ = ["MAX_TEXT_CHARS", "build_server", "key_for"]
@@ -38,14 +38,20 @@ MAX_CHUNKS = 10_000
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def answers(fn: F) -> F:
+def answers(fn: F, key: ApiKey | None = None) -> F:
     """Our errors reach the agent as the tool's answer, ``error[code]: message``, which it
-    can act on (the SDK would say only "Error executing tool")."""
+    can act on (the SDK would say only "Error executing tool"). With a key limited to one
+    collection, a missing collection's message names no other."""
+
+    def sees(name: str) -> bool:
+        return key is None or key.collection in (None, name)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except CollectionNotFoundError as exc:
+            raise ToolError(f"error[{exc.code}]: {exc.seen_by(sees)}") from None
         except RagstoreError as exc:
             raise ToolError(f"error[{exc.code}]: {exc}") from None
 
@@ -73,6 +79,9 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         if key is not None:
             key.require(scope, collection)
 
+    def answered(fn: F) -> F:
+        return answers(fn, key)
+
     @server.tool(
         description=(
             "Search a collection. mode: hybrid (default; words and meaning), vector (meaning) "
@@ -81,7 +90,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             'of neighbouring chunks (0-50) or "section" to return each hit\'s whole section.'
         )
     )
-    @answers
+    @answered
     def search(
         collection: str,
         query: str,
@@ -111,7 +120,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         return {"collection": collection, "query": query, "hits": hits}
 
     @server.tool(description="The collections: name, embedding model, documents, chunks.")
-    @answers
+    @answered
     def list_collections() -> dict[str, Any]:
         rows = [
             c
@@ -130,7 +139,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             "text (long texts are cut at 50000 characters)."
         )
     )
-    @answers
+    @answered
     def get_document(collection: str, document_id: int) -> dict[str, Any]:
         allow("read", collection)
         doc = store.get_document(collection, document_id)
@@ -151,7 +160,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             '("Guide > Rollback"); the section\'s text with its subsections.'
         )
     )
-    @answers
+    @answered
     def get_section(collection: str, document_id: int, section: str) -> dict[str, Any]:
         allow("read", collection)
         want = [p.strip() for p in section.split(">") if p.strip()]
@@ -183,7 +192,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
                 "name whose suffix picks the parser (notes.md, page.html, memo.txt)."
             )
         )
-        @answers
+        @answered
         def add_document(
             collection: str, name: str, text: str, metadata: dict[str, Any] | None = None
         ) -> dict[str, Any]:
