@@ -72,9 +72,7 @@ def loads_json(text: str) -> Any:
     try:
         return json.loads(text)
     except RecursionError:
-        raise json.JSONDecodeError(
-            f"nested deeper than {MAX_JSON_DEPTH} levels", text, 0
-        ) from None
+        raise json.JSONDecodeError(f"nested deeper than {MAX_JSON_DEPTH} levels", text, 0) from None
 
 
 def check_value(value: Any, what: str, error: type[InputError] = InputError) -> Any:

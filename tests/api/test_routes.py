@@ -432,4 +432,3 @@ def test_collection_deleted_meanwhile_is_not_a_server_error(
     errors = [a for a in answers if a[1] >= 500 or (a[0] == "list" and a[1] != 200)]
     assert not errors, errors[:5]
     assert httpx.get(f"{open_url}/healthz").status_code == 200
-
