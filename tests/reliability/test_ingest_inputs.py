@@ -179,3 +179,12 @@ def test_store_ingest_of_one_path_string_ingests_that_path(rt: Runtime, tmp_path
     (tmp_path / "a.md").write_text("# A\n\nalpha apples\n")
     out = Store.from_runtime(rt).ingest("one-path", str(tmp_path / "a.md"))
     assert [(Path(d["source"]).name, d["status"]) for d in out["data"]] == [("a.md", "added")]
+
+
+def test_terminal_control_characters_in_names_are_printed_visibly() -> None:
+    from ragstore.cli.output import escape
+
+    name = "/docs/evil\x1b[2J\x07\x9b.md: the file is empty [red]x[/]\nnext line"
+    assert escape(name) == (
+        "/docs/evil\\x1b[2J\\x07\\x9b.md: the file is empty \\[red]x\\[/]\nnext line"
+    )

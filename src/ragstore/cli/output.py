@@ -4,6 +4,7 @@ progress. rich is imported on first use, so commands that print one line never p
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,11 +38,18 @@ def err_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+# C0 controls but tab and newline, DEL and C1: a file name or document text holding ESC
+# sequences must not clear the user's screen or rewrite lines when a report names it
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def escape(text: str) -> str:
-    """``text`` with rich markup made literal."""
+    """``text`` with rich markup made literal and terminal control characters shown as
+    ``\\xNN``."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(text)
+    visible = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return rich_escape(visible)
 
 
 def echo_json(value: Any) -> None:
