@@ -188,3 +188,18 @@ def test_terminal_control_characters_in_names_are_printed_visibly() -> None:
     assert escape(name) == (
         "/docs/evil\\x1b[2J\\x07\\x9b.md: the file is empty \\[red]x\\[/]\nnext line"
     )
+
+
+def test_a_pipe_or_a_dangling_link_given_by_name_says_what_it_is(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    os.mkfifo(tmp_path / "pipe.md")
+    (tmp_path / "link.md").symlink_to("gone.md")
+    report = ingest_paths(rt, [tmp_path / "pipe.md", tmp_path / "link.md"], collection="odd")
+    by_name = {Path(o.source).name: o for o in report.outcomes}
+    assert by_name["pipe.md"].code == "file_unreadable"
+    assert "pipe.md: not a regular file or folder" in (by_name["pipe.md"].error or "")
+    assert by_name["link.md"].code == "path_not_found"
+    assert "link.md: a symbolic link to gone.md, which does not exist" in (
+        by_name["link.md"].error or ""
+    )

@@ -13,6 +13,7 @@ nothing behind and the rest of the batch goes on.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +31,7 @@ from ragstore.embedding.base import Embedder
 from ragstore.errors import (
     CollectionNotFoundError,
     DecodeError,
+    FileUnreadableError,
     InputError,
     PathNotFoundError,
     RagstoreError,
@@ -410,7 +412,7 @@ def ingest_paths(
         if str(path.resolve()) in gone_set:
             continue  # a synced file that was deleted: reported as vanished below
         shown = _printable(str(path))
-        err = PathNotFoundError(f"{shown}: no such file or directory")
+        err = _not_ingestible(path, shown)
         report.outcomes.append(FileOutcome(shown, "failed", error=str(err), code=err.code))
     if not files:
         _finish_sync(rt, name, report, gone, prune)
@@ -453,6 +455,20 @@ def ingest_items(
         _Ingestor(rt, coll, embedder, report, metadata or {}, progress, bulk).run(items)
     finally:
         _build_index(rt, coll)
+
+
+def _not_ingestible(path: Path, shown: str) -> InputError:
+    """Why a named path that is neither a file nor a folder was not read: it is missing,
+    a link to nothing, or a device, pipe or socket (reading a pipe could wait forever)."""
+    if path.is_symlink() and not path.exists():
+        target = _printable(str(os.readlink(path)))
+        return PathNotFoundError(f"{shown}: a symbolic link to {target}, which does not exist")
+    if path.exists():
+        return FileUnreadableError(
+            f"{shown}: not a regular file or folder (a device, pipe or socket); "
+            "copy its content to a file and ingest that"
+        )
+    return PathNotFoundError(f"{shown}: no such file or directory")
 
 
 def _storable_names(items: Sequence[Item], report: IngestReport) -> list[Item]:
