@@ -1,15 +1,18 @@
 """Checks of caller-supplied values at the edge, before they reach PostgreSQL.
 
 PostgreSQL refuses a NUL byte in any text or JSON value and integers beyond 64 bits, and
-JSON ``NaN``/``Infinity`` are not JSON to it. Refused there, they would surface as a
-database error; refused here, the caller learns which value is wrong and where. The API
-schemas, the filter compiler and the CLI all use these, so both answer the same.
+JSON ``NaN``/``Infinity`` are not JSON to it; a lone surrogate (``"\\ud800"`` in JSON, a
+valid escape that decodes to no character) cannot even be encoded to UTF-8 to send.
+Refused there, they would surface as a database error; refused here, the caller learns
+which value is wrong and where. The API schemas, the filter compiler and the CLI all use
+these, so both answer the same.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +28,19 @@ INT64_MAX = 2**63 - 1
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 MAX_JSON_DEPTH = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text_problem(text: str, where: str) -> str | None:
+    if "\x00" in text:
+        return f"a NUL byte (\\u0000){where}; remove it"
+    lone = _SURROGATE.search(text)
+    if lone is not None:
+        return (
+            f"a lone surrogate (U+{ord(lone.group()):04X}){where}, which is not valid "
+            "Unicode; fix the text or the \\u escape that made it"
+        )
+    return None
 
 
 def problem_in(value: Any, at: str = "", depth: int = 0) -> str | None:
@@ -34,9 +50,7 @@ def problem_in(value: Any, at: str = "", depth: int = 0) -> str | None:
     if depth > MAX_JSON_DEPTH:
         return f"nested deeper than {MAX_JSON_DEPTH} levels{where}"
     if isinstance(value, str):
-        if "\x00" in value:
-            return f"a NUL byte (\\u0000){where}; remove it"
-        return None
+        return _text_problem(value, where)
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
@@ -49,8 +63,8 @@ def problem_in(value: Any, at: str = "", depth: int = 0) -> str | None:
         return None
     if isinstance(value, Mapping):
         for key, item in value.items():
-            if isinstance(key, str) and "\x00" in key:
-                return f"a NUL byte (\\u0000) in a key{where}; remove it"
+            if isinstance(key, str) and (found := _text_problem(key, f" in a key{where}")):
+                return found
             found = problem_in(item, f"{at}.{key}" if at else str(key), depth + 1)
             if found:
                 return found

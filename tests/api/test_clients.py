@@ -215,4 +215,8 @@ def test_in_process_metadata_postgresql_would_refuse_is_named(store: Store) -> N
         store.add_texts("notes", ["x"], [{"a": float("nan")}])
     with pytest.raises(InputError, match=r"metadata holds a NUL byte"):
         store.add_document("never-made", "n.md", "hi", metadata={"a\x00": 1})
+    with pytest.raises(InputError, match=r"metadata holds a lone surrogate \(U\+D800\) at 'a'"):
+        store.add_document("never-made", "n.md", "hi", metadata={"a": "x\ud800"})
+    with pytest.raises(InputError, match=r"lone surrogate \(U\+DC00\) in a key"):
+        store.add_document("never-made", "n.md", "hi", metadata={"\udc00": 1})
     assert "never-made" not in {c["name"] for c in store.list_collections()}
