@@ -39,7 +39,7 @@ from ragstore.errors import (
 from ragstore.ingest import texts as text_service
 from ragstore.profiles import get_settings
 from ragstore.runtime import Runtime
-from ragstore.validation import check_value
+from ragstore.validation import check_value, unicode_text
 
 __all__ = ["Store"]
 
@@ -167,8 +167,6 @@ class Store:
         """Add or update texts under ``ids`` (random when omitted), creating the collection
         with the default model when it is missing. Unchanged texts embed nothing; with
         ``vectors`` (one per text) each text is stored whole with its vector."""
-        for i, meta in enumerate(metadatas or ()):
-            check_value(meta, f"metadatas[{i}]")  # as the HTTP schema does, by name
         report = text_service.add_texts(
             self._rt, collection, texts, metadatas, ids, vectors=vectors
         )
@@ -210,7 +208,7 @@ class Store:
         from ragstore.jobs import staging
 
         staging.safe_name(name)
-        text_service.unicode_text(text, f"{name}: the text")
+        unicode_text(text, f"{name}: the text")
         check_value(metadata or {}, "metadata")  # before the collection is made
         self._rt.collection(collection, create=True)
         with staging.staging_area(self._rt.settings) as area:

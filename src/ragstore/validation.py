@@ -43,6 +43,19 @@ def _text_problem(text: str, where: str) -> str | None:
     return None
 
 
+def unicode_text(text: str, what: str) -> None:
+    """Refuse a string that is not valid Unicode: a lone surrogate (``"\\ud800"``, from a
+    bad ``\\u`` escape or a file name decoded with surrogate escapes) has no UTF-8 form,
+    so the database could not store it and the encoder would fail deep in the write."""
+    lone = _SURROGATE.search(text)
+    if lone is not None:
+        raise InputError(
+            f"{what} holds a lone surrogate (U+{ord(lone.group()):04X}) at character "
+            f"{lone.start()}, which is not valid Unicode; fix the text (or the \\u escape "
+            "that made it)"
+        )
+
+
 def problem_in(value: Any, at: str = "", depth: int = 0) -> str | None:
     """The first value in ``value`` PostgreSQL would refuse, described with its path
     (``None``: all fine). Walks dict keys, strings, numbers, lists and nested objects."""

@@ -10,7 +10,6 @@ NumPy: a ``.npy`` matrix (or one array of an ``.npz``) whose row ``i`` belongs t
 
 from __future__ import annotations
 
-import codecs
 import csv
 import json
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import numpy as np
 
 from ragstore.errors import ImportSourceError, PathNotFoundError
 from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vector
+from ragstore.parsing.decode import declared_encoding
 
 VECTOR_KEYS = ("vector", "embedding", "values")
 TEXT_KEYS = ("text", "document", "content")
@@ -45,14 +45,16 @@ def _utf8_lines(path: Path) -> Iterator[str]:
     with path.open("rb") as fh:
         offset = 0
         for lineno, raw in enumerate(fh, 1):
-            if lineno == 1:
-                if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            declared = declared_encoding(raw) if lineno == 1 else None
+            if declared is not None:
+                encoding, offset = declared
+                if encoding != "utf-8":
+                    family = encoding.removesuffix("-le").removesuffix("-be")  # utf-16
                     raise ImportSourceError(
-                        f"{path}: the file is UTF-16, not UTF-8; re-save it as UTF-8 "
-                        "(e.g. iconv -f utf-16 -t utf-8)"
+                        f"{path}: the file is {family.upper()}, not UTF-8; re-save it as "
+                        f"UTF-8 (e.g. iconv -f {family} -t utf-8)"
                     )
-                if raw.startswith(codecs.BOM_UTF8):
-                    raw, offset = raw[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
+                raw = raw[offset:]
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as exc:

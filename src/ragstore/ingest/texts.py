@@ -33,7 +33,7 @@ from ragstore.models import Chunk, ChunkType
 from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
 from ragstore.search.service import VECTOR_ONLY_PROVIDER
-from ragstore.validation import float32_array
+from ragstore.validation import check_value, float32_array, unicode_text
 
 BATCH = 256  # texts per transaction
 MAX_ID_LENGTH = 1000
@@ -96,11 +96,7 @@ def _checked(
         if not isinstance(meta, Mapping):
             raise InputError(f"metadatas[{i}] is a {type(meta).__name__}, not a JSON object")
         try:
-            json.dumps(dict(meta), ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InputError(
-                f"metadatas[{i}] holds a lone surrogate ({exc.reason}); give valid Unicode text"
-            ) from None
+            json.dumps(dict(meta))
         except (TypeError, ValueError) as exc:
             raise InputError(f"metadatas[{i}] is not JSON-serialisable: {exc}") from None
         metas.append(dict(meta))
@@ -113,20 +109,6 @@ def _checked(
                 f"collection's dimension), got shape {matrix.shape}"
             )
     return out_ids, metas, matrix
-
-
-def unicode_text(text: str, what: str) -> None:
-    """Refuse a string that is not valid Unicode: a lone surrogate (``"\\ud800"``, from a
-    bad ``\\u`` escape or a file name decoded with surrogate escapes) has no UTF-8 form,
-    so the database could not store it and the encoder would fail deep in the write."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(
-            f"{what} holds a lone surrogate (U+{ord(text[exc.start]):04X}) at character "
-            f"{exc.start}, which is not valid Unicode; fix the text (or the \\u escape "
-            "that made it)"
-        ) from None
 
 
 def _digest(text: str, metadata: dict[str, Any]) -> str:
@@ -162,7 +144,12 @@ def add_texts(
     vectors: Sequence[Sequence[float]] | np.ndarray | None = None,
     create: bool = True,
 ) -> AddReport:
-    """Add or update ``texts`` under ``ids``; the collection is created when missing."""
+    """Add or update ``texts`` under ``ids``; the collection is created when missing,
+    after the metadata is checked for values PostgreSQL would refuse (named, as the HTTP
+    schemas name them, and no collection is left behind)."""
+    for i, meta in enumerate(metadatas or ()):
+        if isinstance(meta, Mapping):
+            check_value(meta, f"metadatas[{i}]")
     coll = rt.collection(collection, create=create)
     out_ids, metas, matrix = _checked(texts, metadatas, ids, vectors, coll.model.dimension)
     if matrix is None and coll.model.provider == VECTOR_ONLY_PROVIDER:

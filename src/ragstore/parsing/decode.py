@@ -56,7 +56,7 @@ def decode_text(data: bytes, name: str) -> str:
         raise EmptyDocumentError(f"{name}: the file is empty; nothing to ingest")
     declared = declared_encoding(data)
     encoding, skip = declared if declared else ("utf-8", 0)
-    if declared is None and looks_binary(data):
+    if looks_binary(data):
         order = _utf16_without_bom(data)
         if order is not None:
             raise DecodeError(

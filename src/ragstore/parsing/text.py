@@ -199,8 +199,6 @@ def _is_numbered(piece: _Piece) -> bool:
 
 
 def _level(piece: _Piece, styles: dict[object, int]) -> int:
-    """Adornments and keywords: in order of first appearance; numbered titles: the level
-    of the first numbered style plus their depth."""
-    if piece.style == ("numbered", 0):
-        return styles.setdefault(piece.style, len(styles) + 1) + piece.depth
-    return styles.setdefault(piece.style, len(styles) + 1)
+    """A style's level is its order of first appearance; a numbered title is its depth
+    below that (every other title has depth 0)."""
+    return styles.setdefault(piece.style, len(styles) + 1) + piece.depth
