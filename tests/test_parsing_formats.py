@@ -14,6 +14,7 @@ from ragstore.errors import (
     EmptyDocumentError,
     EncryptedDocumentError,
 )
+from ragstore.models import ChunkType
 from ragstore.parsing import detect_format, parse_bytes
 from ragstore.parsing.language import detect_language
 from tests.fixtures.builders import (
@@ -382,3 +383,21 @@ def test_html_keeps_an_articles_own_header_but_drops_the_sites() -> None:
         ("paragraph", "Body text. Second line."),
     ]
     assert doc.blocks[1].section_path == ("Post title",)
+
+
+def test_html_inline_markup_joins_its_words_and_blocks_stay_apart() -> None:
+    page = (
+        b"<html><body><h1>The <code>Vec</code>s chapter</h1><ul>"
+        b"<li>Use <a href='#'><code>Vec</code></a>s, or <code>get_unchecked</code>, which"
+        b" is fast.<!-- hidden --></li><li><p>First para.</p><p>Second <em>one</em>.</p>"
+        b"<ul><li>nested <b>bold</b>ly</li></ul></li></ul>"
+        b"<table><tr><th>key</th><th>value</th></tr>"
+        b"<tr><td><p>one</p><p>two</p></td><td>x<code>y</code></td></tr></table></body></html>"
+    )
+    doc = parse_bytes(page, "page.html")
+    texts = {b.type: b.text for b in doc.blocks}
+    assert texts[ChunkType.HEADING] == "The Vecs chapter"
+    assert texts[ChunkType.LIST] == (
+        "- Use Vecs, or get_unchecked, which is fast.\n- First para. Second one.\n  - nested boldly"
+    )
+    assert "| one two | xy |" in texts[ChunkType.TABLE]
