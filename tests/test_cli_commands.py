@@ -279,3 +279,28 @@ def test_progress_line_every_n_items_or_seconds_after_a_quiet_start() -> None:
         "ingesting: 10/100 files, x chunks (10s)",
         "ingesting: 13 files (25s)",
     ]
+
+
+def test_progress_line_ends_with_the_final_count() -> None:
+    """The last line a long command printed counts everything it did, not the state at the
+    last periodic line (an ingest of 200 files ended its log with "117 files")."""
+    lines: list[str] = []
+    now = [0.0]
+    line = ProgressLine(
+        "ingesting", "files", every=100, every_s=10.0, write=lines.append, clock=lambda: now[0]
+    )
+    now[0] = 10.0
+    line.update(117, None, "234 chunks")
+    now[0] = 12.0
+    line.update(200, None, "400 chunks")
+    line.close()
+    line.close()  # once only
+    assert lines == [
+        "ingesting: 117 files, 234 chunks (10s)",
+        "ingesting: 200 files, 400 chunks (12s)",
+    ]
+    quiet: list[str] = []
+    short = ProgressLine("ingesting", "files", write=quiet.append, clock=lambda: 0.0)
+    short.update(5, None)
+    short.close()
+    assert quiet == []  # a short command still prints nothing

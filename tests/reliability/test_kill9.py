@@ -146,6 +146,45 @@ def test_ingest_killed_leaves_whole_documents_and_a_rerun_converges(
     assert _stored(url, coll) == full
 
 
+def test_ingest_sigterm_says_what_was_stored_and_how_to_resume(
+    settings: Settings, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGTERM (a service manager stopping a job, a container shutting down) ends an ingest
+    as Ctrl-C does: the round being written commits whole, and the command says so, with
+    the counts the database holds and how to resume, and exits 143 (128 + SIGTERM)."""
+    url = cli_env["RAGSTORE_DATABASE_URL"]
+    coll = "sigterm"
+    folder = write_corpus(tmp_path / "corpus", docs=DOCS, paragraphs=3)
+    log = tmp_path / "ingest.log"
+    args = ["ingest", str(folder), "-c", coll]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from ragstore.cli import main; main()", *args],
+            env=_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and _doc_count(url, coll) < 2:
+            time.sleep(0.02)
+        assert proc.poll() is None, f"ended before the signal: {log.read_text()[-2000:]}"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 143, text
+    stored = _stored(url, coll)
+    assert 2 <= len(stored) < DOCS, text
+    _assert_whole(stored, folder)
+    assert f"interrupted by SIGTERM: {len(stored)} added, 0 updated" in text, text
+    assert f"of {DOCS} files" in text and "run the same command again to resume" in text, text
+    assert "Traceback" not in text, text
+
+
 def test_import_killed_mid_transaction_keeps_nothing_and_a_rerun_completes(
     settings: Settings, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,7 +3,7 @@
 Exit statuses (documented in TROUBLESHOOTING.md, "Exit codes"): 0 done; 1 some files
 failed or a confirmation was declined; 64 a usage error (unknown command or option, a bad
 or missing value); every :class:`~ragstore.errors.RagstoreError` its own ``exit_code``
-(65-78, sysexits style); 130 interrupted.
+(65-78, sysexits style); 130 interrupted; 143 an ingest stopped by SIGTERM.
 
 The pinned typer ships its own copy of click (``typer._click``): its exceptions are not
 click's, so they are caught here by typer's classes, never by ``click``'s.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -55,6 +56,31 @@ def _print_report(report: IngestReport) -> None:
             f"  {len(vanished)} stored document(s) no longer on disk were kept; "
             "run again with --sync --prune to remove them"
         )
+
+
+def _print_interrupted(exc: KeyboardInterrupt) -> int:
+    """Say what an interrupted ingest stored and how to resume; return the exit status."""
+    from ragstore.cli.signals import interrupt_status
+    from ragstore.ingest import IngestInterrupted
+
+    how, status = interrupt_status(exc)
+    err = err_console()
+    if not isinstance(exc, IngestInterrupted):
+        err.print(f"interrupted by {how}")
+        return status
+    report = exc.report
+    err.print(
+        f"interrupted by {how}: {report.count('added')} added, {report.count('updated')} "
+        f"updated, {report.count('unchanged')} unchanged, {len(report.failed)} failed "
+        f"of {exc.total} files; {report.chunks} chunks stored ({report.seconds:.1f}s)"
+    )
+    for o in report.failed:
+        err.print(f"  [red]failed[/] {escape(f'[{o.code}] {o.error}')}")
+    err.print(
+        "  each document is stored whole or not at all; run the same command again to "
+        "resume (what is stored is skipped as unchanged)"
+    )
+    return status
 
 
 def _announce_vanished(prune: bool) -> Callable[[list[str]], None]:
@@ -172,8 +198,13 @@ def register(app: typer.Typer) -> None:
                 as_json,
             )
             return
-        with Runtime(settings) as rt:
-            report = do_ingest(rt, paths, collection, user_meta, sync=sync, prune=prune)
+        from ragstore.cli.signals import terminate_as_interrupt
+
+        try:
+            with terminate_as_interrupt(), Runtime(settings) as rt:
+                report = do_ingest(rt, paths, collection, user_meta, sync=sync, prune=prune)
+        except KeyboardInterrupt as exc:
+            sys.exit(_print_interrupted(exc))
         if as_json:
             echo_json(asdict(report))
         _print_report(report)

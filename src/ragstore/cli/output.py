@@ -119,13 +119,30 @@ class ProgressLine:
         self._clock = clock
         self._start = self._last_time = clock()
         self._last_done = 0
+        self._printed = False
+        self._latest: tuple[int, int | None, str] | None = None  # not printed yet
 
     def update(self, done: int, total: int | None = None, extra: str = "") -> None:
         now = self._clock()
+        self._latest = (done, total, extra)
         if now - self._start < self.quiet_s:
             return
         if done - self._last_done < self.every and now - self._last_time < self.every_s:
             return
+        self._print(now)
+
+    def close(self) -> None:
+        """Print the latest count if a line was printed before and that count was not: a
+        log's last progress line then says how far the work got, not where it was at the
+        last periodic line. Short work stays silent."""
+        if self._printed and self._latest is not None:
+            self._print(self._clock())
+
+    def _print(self, now: float) -> None:
+        assert self._latest is not None
+        done, total, extra = self._latest
+        self._latest = None
+        self._printed = True
         self._last_done, self._last_time = done, now
         of = f"/{total}" if total else ""
         more = f", {extra}" if extra else ""
@@ -139,7 +156,10 @@ def progress(label: str, unit: str) -> Iterator[Callable[[int, int | None, str],
     err = err_console()
     if not err.is_terminal:
         line = ProgressLine(label, unit)
-        yield line.update
+        try:
+            yield line.update
+        finally:
+            line.close()
         return
     from rich.progress import (
         BarColumn,

@@ -107,6 +107,20 @@ class IngestReport:
         return sum(o.chunks for o in self.outcomes if o.status in ("added", "updated"))
 
 
+class IngestInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, where the caller turns it into an interrupt) stopped an ingest.
+
+    It is raised from the interrupt (its ``__cause__``) once the round being written has
+    committed, so ``report`` holds exactly what is stored: every document in it whole, a
+    bulk load's documents left out (its one transaction rolled back). ``total`` is the
+    number of inputs the ingest was given."""
+
+    def __init__(self, report: IngestReport, total: int) -> None:
+        super().__init__(f"ingest of {report.collection!r} interrupted")
+        self.report = report
+        self.total = total
+
+
 Progress = Callable[[str, int, int], None]  # (event "file"|"chunks", files done, chunks done)
 
 
@@ -299,6 +313,13 @@ class _Ingestor:
                     documents.finish_bulk(conn, self.coll.id, self.rt.settings.index_build_memory)
                 with self._stage("index_build"):
                     _ensure_index(self.rt, self.coll, conn)
+        except KeyboardInterrupt:
+            # the transaction rolled back: the load's documents are not stored
+            rolled_back = {id(o) for o in self._bulk_outcomes}
+            with self._lock:
+                outcomes = self.report.outcomes
+                outcomes[:] = [o for o in outcomes if id(o) not in rolled_back]
+            raise
         except RagstoreError as exc:
             # the transaction rolled back: nothing of this load was stored
             for o in self._bulk_outcomes:
@@ -419,14 +440,18 @@ def ingest_paths(
         metrics.observe_ingest(report)
         return report
     t0 = time.perf_counter()
-    ingest_items(
-        rt,
-        name,
-        [Item(str(f), f, str(f)) for f in files],
-        report,
-        metadata=metadata,
-        progress=progress,
-    )
+    try:
+        ingest_items(
+            rt,
+            name,
+            [Item(str(f), f, str(f)) for f in files],
+            report,
+            metadata=metadata,
+            progress=progress,
+        )
+    except KeyboardInterrupt as exc:  # nothing vanished is removed after an interrupt
+        report.seconds = time.perf_counter() - t0
+        raise IngestInterrupted(report, len(files) + len(missing)) from exc
     _finish_sync(rt, name, report, gone, prune)
     report.seconds = time.perf_counter() - t0
     metrics.observe_ingest(report)

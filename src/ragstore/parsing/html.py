@@ -69,8 +69,25 @@ _INLINE = {
 }
 
 
+def _flat(el: Tag, skip: frozenset[str] | set[str] = frozenset()) -> str:
+    """The element's text as a reader sees it: inline markup joins its neighbours
+    (``<code>Vec</code>s`` is ``Vecs``), block-level children are set apart by spaces (two
+    ``<p>`` in a table cell are two sentences, not one glued word). Comments and child
+    elements named in ``skip`` are left out."""
+    parts: list[str] = []
+    for child in el.children:
+        if isinstance(child, Tag):
+            if child.name in skip:
+                continue
+            inner = _flat(child)
+            parts.append(inner if child.name in _INLINE else f" {inner} ")
+        elif type(child) is NavigableString:
+            parts.append(str(child))
+    return "".join(parts)
+
+
 def _text(el: Tag) -> str:
-    return " ".join(el.get_text().split())
+    return " ".join(_flat(el).split())
 
 
 def _list_text(el: Tag) -> str:
@@ -80,13 +97,7 @@ def _list_text(el: Tag) -> str:
     lines = []
     for li in items:
         depth = sum(1 for p in li.parents if isinstance(p, Tag) and p.name in _LISTS) - 1
-        own = " ".join(
-            " ".join(c.get_text(" ", strip=True).split())
-            if isinstance(c, Tag)
-            else " ".join(str(c).split())
-            for c in li.children
-            if not (isinstance(c, Tag) and c.name in _LISTS)
-        ).strip()
+        own = " ".join(_flat(li, skip=_LISTS).split())  # nested lists are lines of their own
         if own:
             lines.append("  " * max(0, depth) + "- " + own)
     return "\n".join(lines)
@@ -120,7 +131,7 @@ def _walk(el: Tag, out: BlockBuilder) -> None:
             continue
         name = child.name
         if name in _INLINE:
-            loose.append(child.get_text())
+            loose.append(_flat(child))
             continue
         flush()
         if name in _HEADINGS:

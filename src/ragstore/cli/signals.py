@@ -1,0 +1,55 @@
+"""SIGTERM as an interrupt, for commands that change data.
+
+A service manager, ``docker stop`` or ``timeout`` ends a command with SIGTERM, which by
+default kills Python without unwinding: no summary, no exit handlers (the embedded server
+keeps the dead process on its list of users), and nothing said about what was stored.
+Inside :func:`terminate_as_interrupt` SIGTERM raises :class:`Terminated` in the main
+thread instead, a :class:`KeyboardInterrupt`, so the command stops exactly as on Ctrl-C:
+the transaction in flight commits or rolls back whole, and the command can say so.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, what a shell reports for a SIGTERM death
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived inside :func:`terminate_as_interrupt`."""
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` for the block (main thread only; elsewhere a
+    no-op). A second SIGTERM while the first unwinds kills the process at once, as
+    before: the database never holds half a transaction either way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def raise_terminated(_signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def interrupt_status(exc: BaseException) -> tuple[str, int]:
+    """How ``exc`` (a KeyboardInterrupt, or one raised from it) came about, and the exit
+    status that says so: ``("SIGTERM", 143)`` or ``("Ctrl-C", 130)``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, Terminated):
+            return "SIGTERM", EXIT_TERMINATED
+        seen = seen.__cause__
+    return "Ctrl-C", 128 + signal.SIGINT

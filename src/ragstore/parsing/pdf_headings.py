@@ -1,0 +1,319 @@
+"""Section titles of a PDF without an outline, found from how its lines are set.
+
+Most PDFs people have (papers, reports, exported manuals) carry no bookmarks, so without
+this every chunk of them had an empty section path: nothing for the model or BM25 to read
+as a heading and nothing for search to rank sections by. pypdf reports each text run with
+its font and size (``visitor_text``) during the same extraction that gives the page text,
+so the cost is the bookkeeping of one callback per run.
+
+The rules, for one document (:func:`find_headings`):
+
+- the body size is the size (rounded to half a point) holding most characters;
+- a heading is a run of at most three adjacent lines set in one size clearly larger than
+  the body (x1.15 and a point more), short (at most 100 characters a line, 20 words in
+  all), not ending like a sentence (``.``, ``,``, ``;``, ``:``), mostly letters (not a
+  number, an equation, a single letter or a drop cap), not a caption (``Figure 2``,
+  ``Table 1``) nor a table-of-contents line with leader dots;
+- a size most of whose characters are *not* in such runs is a text size (a big-print
+  document, a large-print passage), never a heading size: a document set in one size has
+  no headings;
+- a line repeated on several pages (digits aside) at the top or bottom of the page, or on
+  many pages anywhere, is a running header or footer, not a heading;
+- a bold line at about the body size that starts with a section number (``2.1 Methods``)
+  is a heading too (report styles often set sub-sections so);
+- levels: the distinct heading sizes, largest first, at most :data:`MAX_LEVELS`; numbered
+  bold titles at body size come below them, deeper by their number's depth.
+
+It works on what pypdf extracts, in the order of the page's content stream: a heading is
+placed where its text starts a line of the page text, as a bookmark is (``parsing/pdf.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_LEVELS = 4  # heading levels at most (sizes beyond the fourth share the last level)
+LARGER = 1.15  # a heading size is at least this many times the body size ...
+LARGER_BY = 1.0  # ... and this many points more
+MAX_RUN_LINES = 3  # a heading wraps onto at most this many lines
+MAX_LINE_CHARS = 100
+MAX_WORDS = 20
+HEADING_SHARE = 0.5  # of a size's characters in heading-shaped runs, or it is a text size
+LINE_SHARE = 0.8  # of a line's characters in its dominant size (and bold, for bold lines)
+
+_SENTENCE_END = re.compile(r"[.,;:]['\")\]]*$|-$")
+_CAPTION = re.compile(
+    r"^(?:fig(?:ure)?|table|tab|listing|algorithm|equation|eq|chart|plate|exhibit)\.?\s*"
+    r"[\dIVX]",
+    re.IGNORECASE,
+)
+_LEADER = re.compile(r"\.{4,}|(?:\. ){3,}|…{2,}|_{4,}")
+_NUMBERED = re.compile(r"^(?:(\d{1,2}(?:\.\d{1,2}){0,4})\.?|([IVXLC]{1,6})\.)\s+(?=[^\W\d_])")
+_BOLD_NAME = re.compile(
+    r"bold|black|heavy|demi|semibd|extrabd|ultrabd|-bd\b|,bd\b|\bcmbx|\bcmb\d|\bbx\d", re.I
+)
+_DIGITS = re.compile(r"\d+")
+_FORCE_BOLD = 1 << 18  # FontDescriptor /Flags bit 19
+
+
+@dataclass
+class PdfLine:
+    page: int  # 1-based
+    index: int  # its place among the page's lines
+    text: str
+    size: float  # the size holding most of its characters (0: no characters)
+    bold: bool  # nearly all its characters bold
+    chars: int  # non-space characters
+    key: str = ""  # its text lower-cased, digits as "#": how running lines are matched
+
+
+@dataclass
+class _Collector:
+    """The ``visitor_text`` callback of one page: its lines with their size and weight."""
+
+    page: int
+    lines: list[PdfLine] = field(default_factory=list)
+    _parts: list[str] = field(default_factory=list)
+    _sizes: Counter[tuple[float, bool]] = field(default_factory=Counter)
+    _bold: dict[int, bool] = field(default_factory=dict)
+
+    def __call__(self, text: Any, cm: Any, tm: Any, font: Any, size: Any) -> None:
+        if not isinstance(text, str) or not text:
+            return
+        pieces = text.split("\n")
+        for i, piece in enumerate(pieces):
+            if i:
+                self.end_line()
+            if piece:
+                self._parts.append(piece)
+                n = len(piece) - piece.count(" ")
+                if n:
+                    self._sizes[(_size(cm, tm, size), self._is_bold(font))] += n
+
+    def end_line(self) -> None:
+        text = " ".join("".join(self._parts).split())
+        if text:
+            by_size: Counter[float] = Counter()
+            bold = 0
+            for (size, is_bold), n in self._sizes.items():
+                by_size[size] += n
+                bold += n if is_bold else 0
+            chars = sum(by_size.values())
+            size, n = by_size.most_common(1)[0] if by_size else (0.0, 0)
+            self.lines.append(
+                PdfLine(
+                    page=self.page,
+                    index=len(self.lines),
+                    text=text,
+                    size=size if chars and n >= LINE_SHARE * chars else 0.0,
+                    bold=bool(chars) and bold >= LINE_SHARE * chars,
+                    chars=chars,
+                    key=_DIGITS.sub("#", text.lower()),
+                )
+            )
+        self._parts.clear()
+        self._sizes.clear()
+
+    def _is_bold(self, font: Any) -> bool:
+        if font is None:
+            return False
+        key = id(font)
+        found = self._bold.get(key)
+        if found is None:
+            found = self._bold[key] = _font_is_bold(font)
+        return found
+
+
+def _size(cm: Any, tm: Any, size: Any) -> float:
+    """The size a run is seen at: its Tf size scaled by the text and current matrices,
+    rounded to half a point (generators that set ``1 Tf`` and scale the matrix are many)."""
+    try:
+        c = float(tm[2]) * float(cm[0]) + float(tm[3]) * float(cm[2])
+        d = float(tm[2]) * float(cm[1]) + float(tm[3]) * float(cm[3])
+        seen = abs(float(size)) * math.hypot(c, d)
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if not math.isfinite(seen) or seen > 1000:
+        return 0.0
+    return round(seen * 2) / 2
+
+
+def _font_is_bold(font: Any) -> bool:
+    try:
+        name = str(font.get("/BaseFont", "") or "")
+        if _BOLD_NAME.search(name.split("+")[-1]):
+            return True
+        descriptor = font.get("/FontDescriptor")
+        if descriptor is None and "/DescendantFonts" in font:
+            descriptor = font["/DescendantFonts"][0].get_object().get("/FontDescriptor")
+        if descriptor is None:
+            return False
+        descriptor = descriptor.get_object()
+        weight = descriptor.get("/FontWeight")
+        flags = int(descriptor.get("/Flags", 0) or 0)
+        return (weight is not None and float(weight) >= 600) or bool(flags & _FORCE_BOLD)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        return False
+
+
+def page_collector(page: int) -> _Collector:
+    """A ``visitor_text`` callback for ``page.extract_text``; call :meth:`end_line` after."""
+    return _Collector(page)
+
+
+def _shaped(text: str, lines: int) -> bool:
+    """Whether a run of ``lines`` lines reading ``text`` can be a title."""
+    words = text.split()
+    if not words or len(words) > MAX_WORDS or len(text) > MAX_LINE_CHARS * lines:
+        return False
+    if _SENTENCE_END.search(text) or _CAPTION.match(text) or _LEADER.search(text):
+        return False
+    if text[0].islower():
+        return False  # a continued sentence
+    letters = sum(ch.isalpha() for ch in text)
+    visible = len(text) - text.count(" ")
+    return letters >= 2 and letters * 2 >= visible and max(len(w) for w in words) >= 2
+
+
+def _numbered_depth(text: str) -> int:
+    m = _NUMBERED.match(text)
+    if m is None:
+        return 0
+    return m.group(1).count(".") + 1 if m.group(1) else 1
+
+
+def _edge_key(line: PdfLine) -> tuple[str, float]:
+    """A line's text with its digits as ``#`` (page numbers, dates) and its size: the
+    title of a document repeated small as the running header is still its title."""
+    return line.key, line.size
+
+
+def _running_lines(pages: list[list[PdfLine]]) -> set[tuple[str, float]]:
+    """Keys of lines that are running headers or footers (see the module docstring)."""
+    on_pages: dict[tuple[str, float], set[int]] = {}
+    at_edge: Counter[tuple[str, float]] = Counter()
+    seen: Counter[tuple[str, float]] = Counter()
+    for lines in pages:
+        for line in lines:
+            key = _edge_key(line)
+            on_pages.setdefault(key, set()).add(line.page)
+            seen[key] += 1
+            if line.index < 2 or line.index >= len(lines) - 2:
+                at_edge[key] += 1
+    many = max(3, math.ceil(0.4 * len(pages)))
+    return {
+        key
+        for key, where in on_pages.items()
+        if len(where) >= 2 and (at_edge[key] * 3 >= seen[key] * 2 or len(where) >= many)
+    }
+
+
+@dataclass
+class _Run:
+    page: int
+    lines: list[PdfLine]
+
+    @property
+    def text(self) -> str:
+        return " ".join(line.text for line in self.lines)
+
+
+def _runs(
+    lines: list[PdfLine], is_large: Callable[[float], bool], running: set[tuple[str, float]]
+) -> list[_Run]:
+    """Adjacent lines of one large size, split before a line that opens with a number
+    (two numbered titles in a row are two headings, "Chapter 2" over its name is one),
+    and bold lines of other sizes alone; the rest is text."""
+    out: list[_Run] = []
+    for line in lines:
+        if not is_large(line.size) or _edge_key(line) in running:
+            if line.bold:  # maybe a numbered title at body size; other lines are text
+                out.append(_Run(line.page, [line]))
+            continue
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and last.lines[-1].index == line.index - 1
+            and last.lines[-1].size == line.size
+            and _edge_key(last.lines[-1]) not in running
+            and not (_numbered_depth(line.text) and _shaped(last.text, len(last.lines)))
+        ):
+            last.lines.append(line)
+        else:
+            out.append(_Run(line.page, [line]))
+    return out
+
+
+def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]]:
+    """page number (1-based) -> [(level, title)] in page order, as ``_outline`` gives."""
+    running = _running_lines(pages)
+    chars: Counter[float] = Counter()  # per size, running headers and footers aside
+    for lines in pages:
+        for line in lines:
+            if line.size and _edge_key(line) not in running:
+                chars[line.size] += line.chars
+    if not chars:
+        return {}
+    body = chars.most_common(1)[0][0]
+
+    def is_large(size: float) -> bool:
+        return size >= body * LARGER and size >= body + LARGER_BY
+
+    runs = [run for lines in pages for run in _runs(lines, is_large, running)]
+    shaped: set[int] = set()  # ids of the runs shaped like titles at a large size
+    in_titles: Counter[float] = Counter()
+    for run in runs:
+        size = run.lines[0].size
+        if (
+            is_large(size)
+            and len(run.lines) <= MAX_RUN_LINES
+            and not any(_edge_key(line) in running for line in run.lines)
+            and all(len(line.text) <= MAX_LINE_CHARS for line in run.lines)
+            and _shaped(run.text, len(run.lines))
+        ):
+            shaped.add(id(run))
+            in_titles[size] += sum(line.chars for line in run.lines)
+    sizes = sorted((s for s in in_titles if in_titles[s] >= HEADING_SHARE * chars[s]), reverse=True)
+    level_of = {s: min(i + 1, MAX_LEVELS) for i, s in enumerate(sizes)}
+    numbered = {
+        id(run): _numbered_depth(run.text)
+        for run in runs
+        if id(run) not in shaped and _bold_numbered(run, body, is_large, running)
+    }
+    # numbered bold titles at body size go below the sized levels, by their depth
+    # relative to the shallowest of them ("2.1" under "2", or alone under the sizes)
+    top = min(numbered.values(), default=1)
+    below = min(len(sizes), MAX_LEVELS - 1)
+    found: dict[int, list[tuple[int, str]]] = {}
+    for run in runs:
+        size = run.lines[0].size
+        if size in level_of and id(run) in shaped:
+            level = level_of[size]
+        elif id(run) in numbered:
+            level = min(below + 1 + numbered[id(run)] - top, MAX_LEVELS)
+        else:
+            continue
+        found.setdefault(run.page, []).append((level, run.text))
+    return found
+
+
+def _bold_numbered(
+    run: _Run, body: float, is_large: Callable[[float], bool], running: set[tuple[str, float]]
+) -> bool:
+    """A single bold line at about the body size opening with a section number."""
+    line = run.lines[0]
+    return (
+        len(run.lines) == 1
+        and line.bold
+        and line.size >= body * 0.95
+        and not is_large(line.size)
+        and _numbered_depth(line.text) > 0
+        and len(line.text) <= MAX_LINE_CHARS
+        and _edge_key(line) not in running
+        and _shaped(line.text, 1)
+    )
