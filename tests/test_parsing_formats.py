@@ -204,6 +204,12 @@ def test_pdf_bold_numbered_titles_at_body_size_are_sections() -> None:
     assert _headings(with_title) == [(1, "Depot standard", 1), (2, "1 Scope", 1)]
 
 
+def test_pdf_titles_may_be_api_names_in_lower_case() -> None:
+    text = "Joins all given path segments together using the separator of the platform."
+    data = pdf_bytes([[("Path", 22), text, ("path.join([...paths])", 16.5), text]])
+    assert _headings(data) == [(1, "Path", 1), (2, "path.join([...paths])", 1)]
+
+
 def test_pdf_outline_wins_over_title_sizes() -> None:
     data = pdf_bytes(
         [[("Big title", 20), "Some text on the page.", ("Rainfall", 15), "Rain text."]],

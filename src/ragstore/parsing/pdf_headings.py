@@ -173,8 +173,6 @@ def _shaped(text: str, lines: int) -> bool:
         return False
     if _SENTENCE_END.search(text) or _CAPTION.match(text) or _LEADER.search(text):
         return False
-    if text[0].islower():
-        return False  # a continued sentence
     letters = sum(ch.isalpha() for ch in text)
     visible = len(text) - text.count(" ")
     return letters >= 2 and letters * 2 >= visible and max(len(w) for w in words) >= 2
