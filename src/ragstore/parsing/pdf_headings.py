@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pypdf.errors import PyPdfError
+
 MAX_LEVELS = 4  # heading levels at most (sizes beyond the fourth share the last level)
 LARGER = 1.15  # a heading size is at least this many times the body size ...
 LARGER_BY = 1.0  # ... and this many points more
@@ -80,7 +82,7 @@ class _Collector:
     lines: list[PdfLine] = field(default_factory=list)
     _parts: list[str] = field(default_factory=list)
     _sizes: Counter[tuple[float, bool]] = field(default_factory=Counter)
-    _bold: dict[int, bool] = field(default_factory=dict)
+    _bold: dict[int, tuple[Any, bool]] = field(default_factory=dict)  # id -> (font, bold)
 
     def __call__(self, text: Any, cm: Any, tm: Any, font: Any, size: Any) -> None:
         if not isinstance(text, str) or not text:
@@ -122,11 +124,10 @@ class _Collector:
     def _is_bold(self, font: Any) -> bool:
         if font is None:
             return False
-        key = id(font)
-        found = self._bold.get(key)
-        if found is None:
-            found = self._bold[key] = _font_is_bold(font)
-        return found
+        known = self._bold.get(id(font))
+        if known is None:  # the font is kept with its answer, so its id is not reused
+            known = self._bold[id(font)] = (font, _font_is_bold(font))
+        return known[1]
 
 
 def _size(cm: Any, tm: Any, size: Any) -> float:
@@ -144,6 +145,9 @@ def _size(cm: Any, tm: Any, size: Any) -> float:
 
 
 def _font_is_bold(font: Any) -> bool:
+    """Bold by its name (``Helvetica-Bold``, TeX's ``CMBX12``), weight or ForceBold flag:
+    generators name the weight in the font name far more often than they fill in the
+    descriptor, and the name is what a subset prefix (``ABCDEF+``) leaves readable."""
     try:
         name = str(font.get("/BaseFont", "") or "")
         if _BOLD_NAME.search(name.split("+")[-1]):
@@ -157,8 +161,8 @@ def _font_is_bold(font: Any) -> bool:
         weight = descriptor.get("/FontWeight")
         flags = int(descriptor.get("/Flags", 0) or 0)
         return (weight is not None and float(weight) >= 600) or bool(flags & _FORCE_BOLD)
-    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
-        return False
+    except (PyPdfError, AttributeError, TypeError, ValueError, KeyError, IndexError):
+        return False  # a font dictionary this odd reads as regular
 
 
 def page_collector(page: int) -> _Collector:
