@@ -63,7 +63,7 @@ _DIGITS = re.compile(r"\d+")
 _FORCE_BOLD = 1 << 18  # FontDescriptor /Flags bit 19
 
 
-@dataclass
+@dataclass(slots=True)
 class PdfLine:
     page: int  # 1-based
     index: int  # its place among the page's lines
@@ -71,7 +71,7 @@ class PdfLine:
     size: float  # the size holding most of its characters (0: no characters)
     bold: bool  # nearly all its characters bold
     chars: int  # non-space characters
-    key: str = ""  # its text lower-cased, digits as "#": how running lines are matched
+    key: str | None = None  # lower-cased, digits as "#" (:func:`_edge_key` fills it in)
 
 
 @dataclass
@@ -81,32 +81,33 @@ class _Collector:
     page: int
     lines: list[PdfLine] = field(default_factory=list)
     _parts: list[str] = field(default_factory=list)
-    _sizes: Counter[tuple[float, bool]] = field(default_factory=Counter)
+    _sizes: dict[tuple[float, bool], int] = field(default_factory=dict)
     _bold: dict[int, tuple[Any, bool]] = field(default_factory=dict)  # id -> (font, bold)
 
     def __call__(self, text: Any, cm: Any, tm: Any, font: Any, size: Any) -> None:
         if not isinstance(text, str) or not text:
             return
-        pieces = text.split("\n")
-        for i, piece in enumerate(pieces):
+        for i, piece in enumerate(text.split("\n") if "\n" in text else (text,)):
             if i:
                 self.end_line()
             if piece:
                 self._parts.append(piece)
                 n = len(piece) - piece.count(" ")
                 if n:
-                    self._sizes[(_size(cm, tm, size), self._is_bold(font))] += n
+                    key = (_size(cm, tm, size), self._is_bold(font))
+                    self._sizes[key] = self._sizes.get(key, 0) + n
 
     def end_line(self) -> None:
         text = " ".join("".join(self._parts).split())
         if text:
-            by_size: Counter[float] = Counter()
+            by_size: dict[float, int] = {}
             bold = 0
             for (size, is_bold), n in self._sizes.items():
-                by_size[size] += n
+                by_size[size] = by_size.get(size, 0) + n
                 bold += n if is_bold else 0
             chars = sum(by_size.values())
-            size, n = by_size.most_common(1)[0] if by_size else (0.0, 0)
+            size = max(by_size, key=by_size.__getitem__) if by_size else 0.0
+            n = by_size.get(size, 0)
             self.lines.append(
                 PdfLine(
                     page=self.page,
@@ -115,7 +116,6 @@ class _Collector:
                     size=size if chars and n >= LINE_SHARE * chars else 0.0,
                     bold=bool(chars) and bold >= LINE_SHARE * chars,
                     chars=chars,
-                    key=_DIGITS.sub("#", text.lower()),
                 )
             )
         self._parts.clear()
@@ -192,22 +192,27 @@ def _numbered_depth(text: str) -> int:
 def _edge_key(line: PdfLine) -> tuple[str, float]:
     """A line's text with its digits as ``#`` (page numbers, dates) and its size: the
     title of a document repeated small as the running header is still its title."""
+    if line.key is None:
+        line.key = _DIGITS.sub("#", line.text.lower())
     return line.key, line.size
 
 
-def _running_lines(pages: list[list[PdfLine]]) -> set[tuple[str, float]]:
-    """Keys of lines that are running headers or footers (see the module docstring)."""
+def _running_lines(
+    candidates: list[list[PdfLine]], page_lines: list[int]
+) -> set[tuple[str, float]]:
+    """Keys of the candidate lines that are running headers or footers (see the module
+    docstring); ``page_lines`` is how many lines each page has."""
     on_pages: dict[tuple[str, float], set[int]] = {}
     at_edge: Counter[tuple[str, float]] = Counter()
     seen: Counter[tuple[str, float]] = Counter()
-    for lines in pages:
+    for lines, count in zip(candidates, page_lines, strict=True):
         for line in lines:
             key = _edge_key(line)
             on_pages.setdefault(key, set()).add(line.page)
             seen[key] += 1
-            if line.index < 2 or line.index >= len(lines) - 2:
+            if line.index < 2 or line.index >= count - 2:
                 at_edge[key] += 1
-    many = max(3, math.ceil(0.4 * len(pages)))
+    many = max(3, math.ceil(0.4 * len(page_lines)))
     return {
         key
         for key, where in on_pages.items()
@@ -253,20 +258,26 @@ def _runs(
 
 def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]]:
     """page number (1-based) -> [(level, title)] in page order, as ``_outline`` gives."""
-    running = _running_lines(pages)
-    chars: Counter[float] = Counter()  # per size, running headers and footers aside
+    chars: dict[float, int] = {}  # per size
     for lines in pages:
         for line in lines:
-            if line.size and _edge_key(line) not in running:
-                chars[line.size] += line.chars
+            if line.size:
+                chars[line.size] = chars.get(line.size, 0) + line.chars
     if not chars:
         return {}
-    body = chars.most_common(1)[0][0]
+    body = max(chars, key=chars.__getitem__)
 
     def is_large(size: float) -> bool:
         return size >= body * LARGER and size >= body + LARGER_BY
 
-    runs = [run for lines in pages for run in _runs(lines, is_large, running)]
+    # only large or bold lines can be titles: the rest is looked at no further
+    candidates = [[ln for ln in lines if ln.bold or is_large(ln.size)] for lines in pages]
+    running = _running_lines(candidates, [len(lines) for lines in pages])
+    for lines in candidates:
+        for line in lines:
+            if _edge_key(line) in running:  # running headers and footers are no share
+                chars[line.size] -= line.chars
+    runs = [run for lines in candidates for run in _runs(lines, is_large, running)]
     shaped: set[int] = set()  # ids of the runs shaped like titles at a large size
     in_titles: Counter[float] = Counter()
     for run in runs:
