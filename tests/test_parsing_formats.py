@@ -204,10 +204,30 @@ def test_pdf_bold_numbered_titles_at_body_size_are_sections() -> None:
     assert _headings(with_title) == [(1, "Depot standard", 1), (2, "1 Scope", 1)]
 
 
-def test_pdf_titles_may_be_api_names_in_lower_case() -> None:
+def test_pdf_titles_may_be_api_names_in_lower_case_but_not_addresses() -> None:
     text = "Joins all given path segments together using the separator of the platform."
-    data = pdf_bytes([[("Path", 22), text, ("path.join([...paths])", 16.5), text]])
-    assert _headings(data) == [(1, "Path", 1), (2, "path.join([...paths])", 1)]
+    data = pdf_bytes(
+        [
+            [
+                ("Path", 22),
+                ("Jane Roe (jane.roe@example.org)", 16.5),  # the title page's author
+                ("https://nodejs.org/api", 16.5),
+                text,
+                ("path.join([...paths])", 16.5),
+                text,
+                ("path.resolve([...paths])", 16.5),
+                text,
+                ("path.relative(from, to)", 16.5),
+                text,
+            ]
+        ]
+    )
+    assert _headings(data) == [
+        (1, "Path", 1),
+        (2, "path.join([...paths])", 1),
+        (2, "path.resolve([...paths])", 1),
+        (2, "path.relative(from, to)", 1),
+    ]
 
 
 def test_pdf_outline_wins_over_title_sizes() -> None:

@@ -13,7 +13,8 @@ The rules, for one document (:func:`find_headings`):
   the body (x1.15 and a point more), short (at most 100 characters a line, 20 words in
   all), not ending like a sentence (``.``, ``,``, ``;``, ``:``), mostly letters (not a
   number, an equation, a single letter or a drop cap), not a caption (``Figure 2``,
-  ``Table 1``) nor a table-of-contents line with leader dots;
+  ``Table 1``), a table-of-contents line with leader dots, nor a line with an e-mail
+  address or a web address (authors on a title page);
 - a size most of whose characters are *not* in such runs is a text size (a big-print
   document, a large-print passage), never a heading size: a document set in one size has
   no headings;
@@ -45,7 +46,7 @@ LARGER_BY = 1.0  # ... and this many points more
 MAX_RUN_LINES = 3  # a heading wraps onto at most this many lines
 MAX_LINE_CHARS = 100
 MAX_WORDS = 20
-HEADING_SHARE = 0.5  # of a size's characters in heading-shaped runs, or it is a text size
+HEADING_SHARE = 0.5  # of a size's characters in title-shaped runs (against running text)
 LINE_SHARE = 0.8  # of a line's characters in its dominant size (and bold, for bold lines)
 
 _SENTENCE_END = re.compile(r"[.,;:]['\")\]]*$|-$")
@@ -54,6 +55,7 @@ _CAPTION = re.compile(
     r"[\dIVX]",
     re.IGNORECASE,
 )
+_CONTACT = re.compile(r"https?://|\bwww\.|[\w.+-]+@[\w-]+\.\w")  # title-page lines
 _LEADER = re.compile(r"\.{4,}|(?:\. ){3,}|…{2,}|_{4,}")
 _NUMBERED = re.compile(r"^(?:(\d{1,2}(?:\.\d{1,2}){0,4})\.?|([IVXLC]{1,6})\.)\s+(?=[^\W\d_])")
 _BOLD_NAME = re.compile(
@@ -170,16 +172,32 @@ def page_collector(page: int) -> _Collector:
     return _Collector(page)
 
 
-def _shaped(text: str, lines: int) -> bool:
-    """Whether a run of ``lines`` lines reading ``text`` can be a title."""
+def _prose(run: _Run) -> bool:
+    """Whether a run reads like running text: too many lines or words, a line too long,
+    a sentence's end. Such runs make their size a text size (see :func:`find_headings`)."""
+    text = run.text
+    return (
+        len(run.lines) > MAX_RUN_LINES
+        or any(len(line.text) > MAX_LINE_CHARS for line in run.lines)
+        or len(text.split()) > MAX_WORDS
+        or _SENTENCE_END.search(text) is not None
+    )
+
+
+def _title_like(text: str) -> bool:
+    """Whether a short text can be a title: mostly letters (not a number, an equation, a
+    single letter), not a caption, a contents line with leader dots, an e-mail address or
+    a web address (an author's on a title page)."""
+    if _CAPTION.match(text) or _LEADER.search(text) or _CONTACT.search(text):
+        return False
     words = text.split()
-    if not words or len(words) > MAX_WORDS or len(text) > MAX_LINE_CHARS * lines:
-        return False
-    if _SENTENCE_END.search(text) or _CAPTION.match(text) or _LEADER.search(text):
-        return False
     letters = sum(ch.isalpha() for ch in text)
     visible = len(text) - text.count(" ")
     return letters >= 2 and letters * 2 >= visible and max(len(w) for w in words) >= 2
+
+
+def _shaped(run: _Run) -> bool:
+    return not _prose(run) and _title_like(run.text)
 
 
 def _numbered_depth(text: str) -> int:
@@ -248,7 +266,7 @@ def _runs(
             and last.lines[-1].index == line.index - 1
             and last.lines[-1].size == line.size
             and _edge_key(last.lines[-1]) not in running
-            and not (_numbered_depth(line.text) and _shaped(last.text, len(last.lines)))
+            and not (_numbered_depth(line.text) and _shaped(last))
         ):
             last.lines.append(line)
         else:
@@ -273,25 +291,24 @@ def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]
     # only large or bold lines can be titles: the rest is looked at no further
     candidates = [[ln for ln in lines if ln.bold or is_large(ln.size)] for lines in pages]
     running = _running_lines(candidates, [len(lines) for lines in pages])
-    for lines in candidates:
-        for line in lines:
-            if _edge_key(line) in running:  # running headers and footers are no share
-                chars[line.size] -= line.chars
     runs = [run for lines in candidates for run in _runs(lines, is_large, running)]
     shaped: set[int] = set()  # ids of the runs shaped like titles at a large size
-    in_titles: Counter[float] = Counter()
+    in_titles: Counter[float] = Counter()  # characters per size in runs shaped like titles
+    in_prose: Counter[float] = Counter()  # ... and in runs that read like running text
     for run in runs:
         size = run.lines[0].size
-        if (
-            is_large(size)
-            and len(run.lines) <= MAX_RUN_LINES
-            and not any(_edge_key(line) in running for line in run.lines)
-            and all(len(line.text) <= MAX_LINE_CHARS for line in run.lines)
-            and _shaped(run.text, len(run.lines))
-        ):
+        if not is_large(size) or any(_edge_key(line) in running for line in run.lines):
+            continue
+        if _prose(run):
+            in_prose[size] += sum(line.chars for line in run.lines)
+        elif _title_like(run.text):
             shaped.add(id(run))
             in_titles[size] += sum(line.chars for line in run.lines)
-    sizes = sorted((s for s in in_titles if in_titles[s] >= HEADING_SHARE * chars[s]), reverse=True)
+    # a size mostly set in running text is a text size (big print): none of it is a title
+    sizes = sorted(
+        (s for s in in_titles if in_titles[s] >= HEADING_SHARE * (in_titles[s] + in_prose[s])),
+        reverse=True,
+    )
     level_of = {s: min(i + 1, MAX_LEVELS) for i, s in enumerate(sizes)}
     numbered = {
         id(run): _numbered_depth(run.text)
@@ -328,5 +345,5 @@ def _bold_numbered(
         and _numbered_depth(line.text) > 0
         and len(line.text) <= MAX_LINE_CHARS
         and _edge_key(line) not in running
-        and _shaped(line.text, 1)
+        and _shaped(run)
     )
