@@ -15,11 +15,12 @@ The rules, for one document (:func:`find_headings`):
   number, an equation, a single letter or a drop cap), not a caption (``Figure 2``,
   ``Table 1``), a table-of-contents line with leader dots, nor a line with an e-mail
   address or a web address (authors on a title page);
-- a size most of whose characters are *not* in such runs is a text size (a big-print
-  document, a large-print passage), never a heading size: a document set in one size has
-  no headings;
-- a line repeated on several pages (digits aside) at the top or bottom of the page, or on
-  many pages anywhere, is a running header or footer, not a heading;
+- a size whose characters are mostly in runs that read like running text (more lines,
+  longer lines, more words, a sentence's end) is a text size (a big-print document, a
+  large-print passage), never a title size; a document set in one size has no titles;
+- a line repeated in one size on several pages (digits aside) at the top or bottom of
+  the page, or on many pages anywhere, is a running header or footer, not a heading (so
+  is "Chapter 3" over each chapter's title: the title below it still is one);
 - a bold line at about the body size that starts with a section number (``2.1 Methods``)
   is a heading too (report styles often set sub-sections so);
 - levels: the distinct heading sizes, largest first, at most :data:`MAX_LEVELS`; numbered
