@@ -178,6 +178,16 @@ def test_pdf_running_headers_and_footers_are_not_sections() -> None:
     assert _headings(data) == [(1, t, n) for n, t in enumerate(titles, start=1)]
     doc = parse_bytes(data, "quarterly.pdf")
     assert "Acme Quarterly" in doc.blocks[0].text, "the header is still text of its page"
+    # "Chapter N" over each chapter's title repeats like a running header; the title stays
+    book = [
+        [(f"Chapter {n}", 20), (title, 24), f"The {title.lower()} are told in this chapter."]
+        for n, title in enumerate(["Early years", "The war", "Later life"], start=1)
+    ]
+    assert _headings(pdf_bytes(book)) == [
+        (1, "Early years", 1),
+        (1, "The war", 2),
+        (1, "Later life", 3),
+    ]
 
 
 def test_pdf_bold_numbered_titles_at_body_size_are_sections() -> None:
