@@ -240,6 +240,32 @@ def test_pdf_titles_may_be_api_names_in_lower_case_but_not_addresses() -> None:
     ]
 
 
+def test_pdf_bold_titles_a_little_larger_than_the_body_are_sections() -> None:
+    text = "Counts are made by two people who sign the sheet together at the end."
+    data = pdf_bytes(
+        [
+            [
+                ("Stock rules", 16),  # Word's default heading sizes over 11 pt text
+                text,
+                ("Counting", 13),
+                text,
+                ("Who counts", 12, True),
+                text,
+                ("When to count", 12, True),
+                text,
+                ("Some words in 12 pt but not bold", 12),  # not bold: text
+                text,
+            ]
+        ]
+    )
+    assert _headings(data) == [
+        (1, "Stock rules", 1),
+        (2, "Counting", 1),
+        (3, "Who counts", 1),
+        (3, "When to count", 1),
+    ]
+
+
 def test_pdf_outline_wins_over_title_sizes() -> None:
     data = pdf_bytes(
         [[("Big title", 20), "Some text on the page.", ("Rainfall", 15), "Rain text."]],

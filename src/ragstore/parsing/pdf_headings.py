@@ -10,11 +10,11 @@ The rules, for one document (:func:`find_headings`):
 
 - the body size is the size (rounded to half a point) holding most characters;
 - a heading is a run of at most three adjacent lines set in one size clearly larger than
-  the body (x1.15 and a point more), short (at most 100 characters a line, 20 words in
-  all), not ending like a sentence (``.``, ``,``, ``;``, ``:``), mostly letters (not a
-  number, an equation, a single letter or a drop cap), not a caption (``Figure 2``,
-  ``Table 1``), a table-of-contents line with leader dots, nor a line with an e-mail
-  address or a web address (authors on a title page);
+  the body (x1.15 and a point more; in bold, x1.04 and half a point more), short (at most
+  100 characters a line, 20 words in all), not ending like a sentence (``.``, ``,``,
+  ``;``, ``:``), mostly letters (not a number, an equation, a single letter or a drop
+  cap), not a caption (``Figure 2``, ``Table 1``), a table-of-contents line with leader
+  dots, nor a line with an e-mail address or a web address (authors on a title page);
 - a size whose characters are mostly in runs that read like running text (more lines,
   longer lines, more words, a sentence's end) is a text size (a big-print document, a
   large-print passage), never a title size; a document set in one size has no titles;
@@ -44,6 +44,7 @@ from pypdf.errors import PyPdfError
 MAX_LEVELS = 4  # heading levels at most (sizes beyond the fourth share the last level)
 LARGER = 1.15  # a heading size is at least this many times the body size ...
 LARGER_BY = 1.0  # ... and this many points more
+BOLD_LARGER = 1.04  # a bold line needs only this (12 pt bold over 11 pt text)
 MAX_RUN_LINES = 3  # a heading wraps onto at most this many lines
 MAX_LINE_CHARS = 100
 MAX_WORDS = 20
@@ -250,14 +251,14 @@ class _Run:
 
 
 def _runs(
-    lines: list[PdfLine], is_large: Callable[[float], bool], running: set[tuple[str, float]]
+    lines: list[PdfLine], is_large: Callable[[PdfLine], bool], running: set[tuple[str, float]]
 ) -> list[_Run]:
     """Adjacent lines of one large size, split before a line that opens with a number
     (two numbered titles in a row are two headings, "Chapter 2" over its name is one),
     and bold lines of other sizes alone; the rest is text."""
     out: list[_Run] = []
     for line in lines:
-        if not is_large(line.size) or _edge_key(line) in running:
+        if not is_large(line) or _edge_key(line) in running:
             if line.bold:  # maybe a numbered title at body size; other lines are text
                 out.append(_Run(line.page, [line]))
             continue
@@ -286,11 +287,16 @@ def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]
         return {}
     body = max(chars, key=chars.__getitem__)
 
-    def is_large(size: float) -> bool:
-        return size >= body * LARGER and size >= body + LARGER_BY
+    def is_large(line: PdfLine) -> bool:
+        """Set clearly larger than the body, or bold and larger at all (Word's third
+        heading level: 12 pt bold over 11 pt text)."""
+        size = line.size
+        return (size >= body * LARGER and size >= body + LARGER_BY) or (
+            line.bold and size >= body * BOLD_LARGER and size > body
+        )
 
     # only large or bold lines can be titles: the rest is looked at no further
-    candidates = [[ln for ln in lines if ln.bold or is_large(ln.size)] for lines in pages]
+    candidates = [[ln for ln in lines if ln.bold or is_large(ln)] for lines in pages]
     running = _running_lines(candidates, [len(lines) for lines in pages])
     runs = [run for lines in candidates for run in _runs(lines, is_large, running)]
     shaped: set[int] = set()  # ids of the runs shaped like titles at a large size
@@ -298,7 +304,7 @@ def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]
     in_prose: Counter[float] = Counter()  # ... and in runs that read like running text
     for run in runs:
         size = run.lines[0].size
-        if not is_large(size) or any(_edge_key(line) in running for line in run.lines):
+        if not is_large(run.lines[0]) or any(_edge_key(line) in running for line in run.lines):
             continue
         if _prose(run):
             in_prose[size] += sum(line.chars for line in run.lines)
@@ -334,7 +340,7 @@ def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]
 
 
 def _bold_numbered(
-    run: _Run, body: float, is_large: Callable[[float], bool], running: set[tuple[str, float]]
+    run: _Run, body: float, is_large: Callable[[PdfLine], bool], running: set[tuple[str, float]]
 ) -> bool:
     """A single bold line at about the body size opening with a section number."""
     line = run.lines[0]
@@ -342,7 +348,7 @@ def _bold_numbered(
         len(run.lines) == 1
         and line.bold
         and line.size >= body * 0.95
-        and not is_large(line.size)
+        and not is_large(line)
         and _numbered_depth(line.text) > 0
         and len(line.text) <= MAX_LINE_CHARS
         and _edge_key(line) not in running
