@@ -204,6 +204,9 @@ def test_pdf_bold_numbered_titles_at_body_size_are_sections() -> None:
                 ("3. Counting is done every quarter.", 11, True),  # a bold sentence
                 ("2 Storage", 11, True),
                 "Parts are kept on racks.",
+                ("Depot Racks Parts", 11, True),  # a table's bold header row, then its rows
+                "North 12 400",
+                ("South 3 75", 11, True),
             ]
         ]
     )
