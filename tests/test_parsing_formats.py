@@ -269,6 +269,15 @@ def test_pdf_bold_titles_a_little_larger_than_the_body_are_sections() -> None:
     ]
 
 
+def test_pdf_title_levels_are_capped_at_four() -> None:
+    text = "Each level of this outline has a paragraph of its own under it."
+    sizes = [26, 22, 18, 15, 13]
+    data = pdf_bytes(
+        [[line for n, size in enumerate(sizes) for line in ((f"Part {n}", size), text)]]
+    )
+    assert [level for level, _, _ in _headings(data)] == [1, 2, 3, 4, 4]
+
+
 def test_pdf_outline_wins_over_title_sizes() -> None:
     data = pdf_bytes(
         [[("Big title", 20), "Some text on the page.", ("Rainfall", 15), "Rain text."]],
