@@ -13,7 +13,13 @@ from ragstore.runtime import Runtime
 from ragstore.search import search
 from ragstore.search.context import parse_context, with_context
 from tests.conftest import run_cli
-from tests.fixtures.builders import DOCX_TABLE_SENTENCE, PDF_PAGE3_PARAGRAPH, build_mixed_corpus
+from tests.fixtures.builders import (
+    DOCX_TABLE_SENTENCE,
+    PDF_PAGE3_PARAGRAPH,
+    REPORT_SAMPLING_SENTENCE,
+    build_mixed_corpus,
+    report_pdf,
+)
 
 COLLECTION = "mixed"
 
@@ -160,6 +166,27 @@ def test_context_section_of_a_pdf_page_without_heading_stays_on_its_page(
     hits = search(rt, "how much ice have glaciers in the Alps lost?", collection=COLLECTION, k=1)
     [hit] = with_context(rt, hits, "section")
     assert [(c.chunk_type, c.page) for c in hit.context] == [("heading", 3), ("page_text", 3)]
+
+
+def test_search_returns_the_section_path_of_a_pdf_without_outline(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    (tmp_path / "report.pdf").write_bytes(report_pdf(detail=6))
+    report = ingest_paths(rt, [tmp_path], "report-sections")
+    assert not report.failed
+    hits = search(
+        rt,
+        "when were the water samples drawn and how were they kept?",
+        collection="report-sections",
+        k=3,
+    )
+    top = hits[0]
+    assert Path(top.source).name == "report.pdf" and top.page == 2
+    assert REPORT_SAMPLING_SENTENCE in " ".join(top.text.split())
+    assert top.section_path == ["Field station report", "2 Methods", "2.1 Sampling"]
+    [hit] = with_context(rt, hits[:1], "section")
+    assert [(c.chunk_type, c.page) for c in hit.context] == [("heading", 2), ("page_text", 2)]
+    assert hit.context[0].text == "2.1 Sampling"
 
 
 def test_invalid_context_is_refused() -> None:

@@ -21,8 +21,10 @@ from tests.fixtures.builders import (
     DOCX_TABLE_SENTENCE,
     MIXED,
     PDF_PAGE3_PARAGRAPH,
+    REPORT_SAMPLING_SENTENCE,
     handbook_pdf,
     pdf_bytes,
+    report_pdf,
     write_inventory_docx,
 )
 
@@ -101,6 +103,190 @@ def test_pdf_bookmarks_open_their_sections_where_the_title_is_on_the_page() -> N
         ("heading", "Index", (), 2),  # not on the page: opens where the text has got to
         ("page_text", "Filters catch the sand.", ("Index",), 2),
     ]
+
+
+def _headings(data: bytes) -> list[tuple[int, str, int | None]]:
+    doc = parse_bytes(data, "doc.pdf")
+    return [(b.level, b.text, b.page) for b in doc.blocks if b.type.value == "heading"]
+
+
+def test_pdf_without_outline_gets_sections_from_title_sizes_with_levels() -> None:
+    doc = parse_bytes(report_pdf(), "report.pdf")
+    got = [(b.type.value, b.level, " ".join(b.text.split())[:25], b.page) for b in doc.blocks]
+    assert got == [
+        ("heading", 1, "Field station report", 1),
+        ("page_text", 0, "Prepared by the hydrology", 1),
+        ("heading", 2, "1 Introduction", 1),
+        ("page_text", 0, "The station on the river ", 1),
+        ("heading", 3, "1.1 Scope", 1),
+        # the caption, equation, drop cap and page number set large stay text, in order
+        ("page_text", 0, "This report covers the sp", 1),
+        ("heading", 2, "2 Methods", 2),
+        ("page_text", 0, "Every gauge was read twic", 2),
+        ("heading", 3, "2.1 Sampling", 2),
+        ("page_text", 0, "Water samples were drawn ", 2),
+        ("heading", 3, "2.2 Analysis", 2),
+        ("page_text", 0, "Sediment was weighed afte", 2),
+        ("heading", 2, "3 Results", 3),
+        ("page_text", 0, "Spring flow peaked in the", 3),
+    ]
+    sampling = doc.blocks[9]
+    assert " ".join(sampling.text.split()) == REPORT_SAMPLING_SENTENCE
+    assert sampling.section_path == ("Field station report", "2 Methods", "2.1 Sampling")
+    scope = " ".join(doc.blocks[5].text.split())
+    assert scope.endswith(
+        "Figure 1 Flow at the north gauge x = 2y + 3 T he gauges were "
+        "calibrated before the season began. 1"
+    )
+    assert doc.title == "report", "the title still comes from the metadata or the name"
+
+
+def test_pdf_in_one_size_or_in_big_print_has_no_sections() -> None:
+    lines = ["Dear members,", "", "The hall is closed on Monday", "for the floor to be"]
+    lines += ["sanded and oiled again.", "", "Thank you", "The committee"]
+    assert _headings(pdf_bytes([lines])) == []
+    big = [(line, 20) for line in lines]  # everything big: a big-print letter
+    assert _headings(pdf_bytes([big, big])) == []
+    # a large-print passage in a normal document is text, short lines and all, and so is
+    # the one short line of that size
+    notice = [
+        "The club meets on Fridays in the hall behind the library on Mill Street.",
+        ("Notice", 18),
+        "The annual dues are collected at the first meeting of the year.",
+        ("Please bring", 18),
+        ("your own cup", 18),
+        ("and a plate", 18),
+        ("for the supper", 18),
+        ("after the talk", 18),
+        "Visitors are welcome at every meeting and pay nothing the first time.",
+    ]
+    assert _headings(pdf_bytes([notice])) == []
+
+
+def test_pdf_running_headers_and_footers_are_not_sections() -> None:
+    def page(n: int, title: str) -> list[str | tuple[str, float]]:
+        return [
+            ("Acme Quarterly", 16),
+            (title, 16),
+            f"The {title.lower()} of the quarter are set out on this page in full detail.",
+            "Each figure was checked by the finance office before it was printed.",
+            (f"Page {n} of 4", 14),
+        ]
+
+    titles = ["Revenue", "Costs", "Outlook", "Staff"]
+    data = pdf_bytes([page(n, t) for n, t in enumerate(titles, start=1)])
+    assert _headings(data) == [(1, t, n) for n, t in enumerate(titles, start=1)]
+    doc = parse_bytes(data, "quarterly.pdf")
+    assert "Acme Quarterly" in doc.blocks[0].text, "the header is still text of its page"
+    # "Chapter N" over each chapter's title repeats like a running header; the title stays
+    book = [
+        [(f"Chapter {n}", 20), (title, 24), f"The {title.lower()} are told in this chapter."]
+        for n, title in enumerate(["Early years", "The war", "Later life"], start=1)
+    ]
+    assert _headings(pdf_bytes(book)) == [
+        (1, "Early years", 1),
+        (1, "The war", 2),
+        (1, "Later life", 3),
+    ]
+
+
+def test_pdf_bold_numbered_titles_at_body_size_are_sections() -> None:
+    data = pdf_bytes(
+        [
+            [
+                ("1 Scope", 11, True),
+                "This standard covers the storage of spare parts in the depots.",
+                ("1.1 Terms", 11, True),
+                "A part is anything with a stock number.",
+                ("Note", 11, True),  # bold but not numbered: emphasis, not a title
+                "Parts without a number are consumables.",
+                "2 Methods",  # numbered but not bold: a list item or a line of text
+                ("3. Counting is done every quarter.", 11, True),  # a bold sentence
+                ("2 Storage", 11, True),
+                "Parts are kept on racks.",
+            ]
+        ]
+    )
+    assert _headings(data) == [(1, "1 Scope", 1), (2, "1.1 Terms", 1), (1, "2 Storage", 1)]
+    # below sizes: a larger title over them comes first
+    racks = "Parts are kept on racks sorted by their stock number."
+    with_title = pdf_bytes([[("Depot standard", 18), ("1 Scope", 11, True), racks]])
+    assert _headings(with_title) == [(1, "Depot standard", 1), (2, "1 Scope", 1)]
+
+
+def test_pdf_titles_may_be_api_names_in_lower_case_but_not_addresses() -> None:
+    text = "Joins all given path segments together using the separator of the platform."
+    data = pdf_bytes(
+        [
+            [
+                ("Path", 22),
+                ("Jane Roe (jane.roe@example.org)", 16.5),  # the title page's author
+                ("https://nodejs.org/api", 16.5),
+                text,
+                ("path.join([...paths])", 16.5),
+                text,
+                ("path.resolve([...paths])", 16.5),
+                text,
+                ("path.relative(from, to)", 16.5),
+                text,
+            ]
+        ]
+    )
+    assert _headings(data) == [
+        (1, "Path", 1),
+        (2, "path.join([...paths])", 1),
+        (2, "path.resolve([...paths])", 1),
+        (2, "path.relative(from, to)", 1),
+    ]
+
+
+def test_pdf_bold_titles_a_little_larger_than_the_body_are_sections() -> None:
+    text = "Counts are made by two people who sign the sheet together at the end."
+    data = pdf_bytes(
+        [
+            [
+                ("Stock rules", 16),  # Word's default heading sizes over 11 pt text
+                text,
+                ("Counting", 13),
+                text,
+                ("Who counts", 12, True),
+                text,
+                ("When to count", 12, True),
+                text,
+                ("Some words in 12 pt but not bold", 12),  # not bold: text
+                text,
+            ]
+        ]
+    )
+    assert _headings(data) == [
+        (1, "Stock rules", 1),
+        (2, "Counting", 1),
+        (3, "Who counts", 1),
+        (3, "When to count", 1),
+    ]
+
+
+def test_pdf_outline_wins_over_title_sizes() -> None:
+    data = pdf_bytes(
+        [[("Big title", 20), "Some text on the page.", ("Rainfall", 15), "Rain text."]],
+        outline=[("Rainfall", 0)],
+    )
+    assert _headings(data) == [(1, "Rainfall", 1)]
+
+
+def test_a_text_file_named_pdf_is_refused_as_not_a_pdf() -> None:
+    with pytest.raises(CorruptDocumentError) as err:
+        parse_bytes(b"Meeting notes\nBring the slides.\n", "notes.pdf")
+    assert str(err.value) == (
+        "notes.pdf: not a PDF: it has no %PDF- header and starts with "
+        "'Meeting notes\\nBring the slides.\\n' (text); if it is text, give it its real "
+        "extension (.txt, .md, .html), else re-export the PDF from the program that made it"
+    )
+    with pytest.raises(CorruptDocumentError, match=r"starts with .* \(binary data\)"):
+        parse_bytes(b"\x89PNG\r\n\x1a\n\x00\x00", "image.pdf")
+    with pytest.raises(EmptyDocumentError, match="the file is empty"):
+        parse_bytes(b"", "empty.pdf")
+    assert detect_format("page.pdf", b"<!doctype html><p>hi</p>") == "html"
 
 
 def test_docx_reads_headings_lists_quotes_and_tables_in_body_order(tmp_path: Path) -> None:

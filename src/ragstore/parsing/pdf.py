@@ -7,6 +7,15 @@ on it, and a manual's page often opens two or three sections: each heading goes 
 title starts a line of the page's text (:func:`_title_at`; the title line itself is the
 heading, not text), so the text above it stays in the section before. A title not found
 on its page opens the section at the top of the page, as before.
+
+A PDF without an outline (most papers, reports and exported manuals) gets its headings
+from how its lines are set (:mod:`ragstore.parsing.pdf_headings`: short lines in a size
+clearly larger than the body, bold numbered titles), placed the same way; one whose title
+is not found as a line of the page text is left out. The outline, when there is one, wins.
+
+A file named ``.pdf`` that does not start like one (plain text saved under that name) is
+refused as not a PDF, saying what it starts with, rather than with pypdf's "Stream has
+ended unexpectedly".
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
 
 from ragstore.errors import CorruptDocumentError, EmptyDocumentError, EncryptedDocumentError
 from ragstore.models import ChunkType, ParsedDocument
+from ragstore.parsing.decode import looks_binary
+from ragstore.parsing.pdf_headings import PdfLine, find_headings, page_collector
 from ragstore.parsing.structure import BlockBuilder
 from ragstore.parsing.text import paragraph_spans
 
@@ -65,17 +76,55 @@ def _title_at(text: str, title: str, start: int) -> re.Match[str] | None:
     return pattern.search(text, start)
 
 
+def _lines_at(text: str, title: str, start: int) -> tuple[int, int] | None:
+    """Where the lines that read ``title`` (spacing aside, as :mod:`pdf_headings` joined
+    them) start at or after ``start``, up to the end of the last. A scan of the page's
+    lines: a detected title is its lines verbatim, and a regex compiled per title (as
+    for bookmarks) cost a fifth of the parse of a long report."""
+    n = len(text)
+    pos = start
+    while pos < n:
+        end = text.find("\n", pos)
+        end = n if end < 0 else end
+        got = " ".join(text[pos:end].split())
+        if got and title.startswith(got) and title[len(got) : len(got) + 1] in ("", " "):
+            last = end
+            while len(got) < len(title) and last < n:
+                following = text.find("\n", last + 1)
+                following = n if following < 0 else following
+                piece = " ".join(text[last + 1 : following].split())
+                got = f"{got} {piece}" if piece else got
+                last = following
+            if got == title:
+                return pos, last
+        pos = end + 1
+    return None
+
+
 def _page_blocks(
-    out: BlockBuilder, text: str, bookmarks: list[tuple[int, str]], number: int
+    out: BlockBuilder,
+    text: str,
+    headings: list[tuple[int, str]],
+    number: int,
+    *,
+    detected: bool = False,
 ) -> None:
-    """The page's bookmarks as headings where their titles are, its text between them."""
+    """The page's headings where their titles are, its text between them. A bookmark not
+    found opens its section where the text has got to; a detected title not found (it is
+    made of the page's own lines, so only a surprise of the extraction) is left out."""
     pos = 0
-    for level, bookmark in bookmarks:
-        found = _title_at(text, bookmark, pos)
-        if found is not None:
-            _add_text(out, text[pos : found.start()], number)
-            pos = found.end()
-        out.add(ChunkType.HEADING, bookmark, level=level, page=number)
+    for level, heading in headings:
+        if detected:
+            span = _lines_at(text, heading, pos)
+        else:
+            found = _title_at(text, heading, pos)
+            span = None if found is None else (found.start(), found.end())
+        if span is not None:
+            _add_text(out, text[pos : span[0]], number)
+            pos = span[1]
+        elif detected:
+            continue
+        out.add(ChunkType.HEADING, heading, level=level, page=number)
     _add_text(out, text[pos:], number)
 
 
@@ -84,7 +133,30 @@ def _add_text(out: BlockBuilder, text: str, number: int) -> None:
         out.add(ChunkType.PAGE_TEXT, text[a:b], page=number)
 
 
+_PDF_HEADER_WITHIN = 1024  # readers accept the %PDF- header this far into the file
+
+
+def _check_header(data: bytes, name: str) -> None:
+    """Refuse bytes that do not start like a PDF, saying what they start with."""
+    if b"%PDF-" in data[:_PDF_HEADER_WITHIN]:
+        return
+    if not data.strip():
+        raise EmptyDocumentError(f"{name}: the file is empty; nothing to ingest")
+    head = data.lstrip()[:40]
+    try:
+        shown = repr(head.decode("utf-8"))
+    except UnicodeDecodeError:
+        shown = repr(head)
+    kind = "binary data" if looks_binary(data) else "text"
+    raise CorruptDocumentError(
+        f"{name}: not a PDF: it has no %PDF- header and starts with {shown} ({kind}); "
+        "if it is text, give it its real extension (.txt, .md, .html), "
+        "else re-export the PDF from the program that made it"
+    )
+
+
 def _open(data: bytes, name: str) -> PdfReader:
+    _check_header(data, name)
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted:
@@ -124,16 +196,24 @@ def _open(data: bytes, name: str) -> PdfReader:
 def parse_pdf(data: bytes, name: str) -> ParsedDocument:
     reader = _open(data, name)
     outline = _outline(reader)
-    out = BlockBuilder()
+    texts: list[str] = []
+    lines: list[list[PdfLine]] = []
     for number, page in enumerate(reader.pages, start=1):
+        collect = None if outline else page_collector(number)
         try:
-            text = page.extract_text() or ""
+            texts.append(page.extract_text(visitor_text=collect) or "")
         except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise CorruptDocumentError(
                 f"{name}: page {number} cannot be read ({type(exc).__name__}: {exc}); "
                 "re-export the PDF from the program that made it"
             ) from None
-        _page_blocks(out, text, outline.get(number, []), number)
+        if collect is not None:
+            collect.end_line()
+            lines.append(collect.lines)
+    headings = outline or find_headings(lines)
+    out = BlockBuilder()
+    for number, text in enumerate(texts, start=1):
+        _page_blocks(out, text, headings.get(number, []), number, detected=not outline)
     if not any(b.type is ChunkType.PAGE_TEXT for b in out.blocks):
         raise EmptyDocumentError(
             f"{name}: the PDF has no extractable text (a scan?); run OCR on it first"

@@ -1,0 +1,356 @@
+"""Section titles of a PDF without an outline, found from how its lines are set.
+
+Most PDFs people have (papers, reports, exported manuals) carry no bookmarks, so without
+this every chunk of them had an empty section path: nothing for the model or BM25 to read
+as a heading and nothing for search to rank sections by. pypdf reports each text run with
+its font and size (``visitor_text``) during the same extraction that gives the page text,
+so the cost is the bookkeeping of one callback per run.
+
+The rules, for one document (:func:`find_headings`):
+
+- the body size is the size (rounded to half a point) holding most characters;
+- a heading is a run of at most three adjacent lines set in one size clearly larger than
+  the body (x1.15 and a point more; in bold, x1.04 and half a point more), short (at most
+  100 characters a line, 20 words in all), not ending like a sentence (``.``, ``,``,
+  ``;``, ``:``), mostly letters (not a number, an equation, a single letter or a drop
+  cap), not a caption (``Figure 2``, ``Table 1``), a table-of-contents line with leader
+  dots, nor a line with an e-mail address or a web address (authors on a title page);
+- a size whose characters are mostly in runs that read like running text (more lines,
+  longer lines, more words, a sentence's end) is a text size (a big-print document, a
+  large-print passage), never a title size; a document set in one size has no titles;
+- a line repeated in one size on several pages (digits aside) at the top or bottom of
+  the page, or on many pages anywhere, is a running header or footer, not a heading (so
+  is "Chapter 3" over each chapter's title: the title below it still is one);
+- a bold line at about the body size that starts with a section number (``2.1 Methods``)
+  is a heading too (report styles often set sub-sections so);
+- levels: the distinct heading sizes, largest first, at most :data:`MAX_LEVELS`; numbered
+  bold titles at body size come below them, deeper by their number's depth.
+
+It works on what pypdf extracts, in the order of the page's content stream: a heading is
+placed where its text starts a line of the page text, as a bookmark is (``parsing/pdf.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pypdf.errors import PyPdfError
+
+MAX_LEVELS = 4  # heading levels at most (sizes beyond the fourth share the last level)
+LARGER = 1.15  # a heading size is at least this many times the body size ...
+LARGER_BY = 1.0  # ... and this many points more
+BOLD_LARGER = 1.04  # a bold line needs only this (12 pt bold over 11 pt text)
+MAX_RUN_LINES = 3  # a heading wraps onto at most this many lines
+MAX_LINE_CHARS = 100
+MAX_WORDS = 20
+HEADING_SHARE = 0.5  # of a size's characters in title-shaped runs (against running text)
+LINE_SHARE = 0.8  # of a line's characters in its dominant size (and bold, for bold lines)
+
+_SENTENCE_END = re.compile(r"[.,;:]['\")\]]*$|-$")
+_CAPTION = re.compile(
+    r"^(?:fig(?:ure)?|table|tab|listing|algorithm|equation|eq|chart|plate|exhibit)\.?\s*"
+    r"[\dIVX]",
+    re.IGNORECASE,
+)
+_CONTACT = re.compile(r"https?://|\bwww\.|[\w.+-]+@[\w-]+\.\w")  # title-page lines
+_LEADER = re.compile(r"\.{4,}|(?:\. ){3,}|…{2,}|_{4,}")
+_NUMBERED = re.compile(r"^(?:(\d{1,2}(?:\.\d{1,2}){0,4})\.?|([IVXLC]{1,6})\.)\s+(?=[^\W\d_])")
+_BOLD_NAME = re.compile(
+    r"bold|black|heavy|demi|semibd|extrabd|ultrabd|-bd\b|,bd\b|\bcmbx|\bcmb\d|\bbx\d", re.I
+)
+_DIGITS = re.compile(r"\d+")
+_FORCE_BOLD = 1 << 18  # FontDescriptor /Flags bit 19
+
+
+@dataclass(slots=True)
+class PdfLine:
+    page: int  # 1-based
+    index: int  # its place among the page's lines
+    text: str
+    size: float  # the size holding most of its characters (0: no characters)
+    bold: bool  # nearly all its characters bold
+    chars: int  # non-space characters
+    key: str | None = None  # lower-cased, digits as "#" (:func:`_edge_key` fills it in)
+
+
+@dataclass
+class _Collector:
+    """The ``visitor_text`` callback of one page: its lines with their size and weight."""
+
+    page: int
+    lines: list[PdfLine] = field(default_factory=list)
+    _parts: list[str] = field(default_factory=list)
+    _sizes: dict[tuple[float, bool], int] = field(default_factory=dict)
+    _bold: dict[int, tuple[Any, bool]] = field(default_factory=dict)  # id -> (font, bold)
+
+    def __call__(self, text: Any, cm: Any, tm: Any, font: Any, size: Any) -> None:
+        if not isinstance(text, str) or not text:
+            return
+        for i, piece in enumerate(text.split("\n") if "\n" in text else (text,)):
+            if i:
+                self.end_line()
+            if piece:
+                self._parts.append(piece)
+                n = len(piece) - piece.count(" ")
+                if n:
+                    key = (_size(cm, tm, size), self._is_bold(font))
+                    self._sizes[key] = self._sizes.get(key, 0) + n
+
+    def end_line(self) -> None:
+        text = " ".join("".join(self._parts).split())
+        if text:
+            by_size: dict[float, int] = {}
+            bold = 0
+            for (size, is_bold), n in self._sizes.items():
+                by_size[size] = by_size.get(size, 0) + n
+                bold += n if is_bold else 0
+            chars = sum(by_size.values())
+            size = max(by_size, key=by_size.__getitem__) if by_size else 0.0
+            n = by_size.get(size, 0)
+            self.lines.append(
+                PdfLine(
+                    page=self.page,
+                    index=len(self.lines),
+                    text=text,
+                    size=size if chars and n >= LINE_SHARE * chars else 0.0,
+                    bold=bool(chars) and bold >= LINE_SHARE * chars,
+                    chars=chars,
+                )
+            )
+        self._parts.clear()
+        self._sizes.clear()
+
+    def _is_bold(self, font: Any) -> bool:
+        if font is None:
+            return False
+        known = self._bold.get(id(font))
+        if known is None:  # the font is kept with its answer, so its id is not reused
+            known = self._bold[id(font)] = (font, _font_is_bold(font))
+        return known[1]
+
+
+def _size(cm: Any, tm: Any, size: Any) -> float:
+    """The size a run is seen at: its Tf size scaled by the text and current matrices,
+    rounded to half a point (generators that set ``1 Tf`` and scale the matrix are many)."""
+    try:
+        c = float(tm[2]) * float(cm[0]) + float(tm[3]) * float(cm[2])
+        d = float(tm[2]) * float(cm[1]) + float(tm[3]) * float(cm[3])
+        seen = abs(float(size)) * math.hypot(c, d)
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if not math.isfinite(seen) or seen > 1000:
+        return 0.0
+    return round(seen * 2) / 2
+
+
+def _font_is_bold(font: Any) -> bool:
+    """Bold by its name (``Helvetica-Bold``, TeX's ``CMBX12``), weight or ForceBold flag:
+    generators name the weight in the font name far more often than they fill in the
+    descriptor, and the name is what a subset prefix (``ABCDEF+``) leaves readable."""
+    try:
+        name = str(font.get("/BaseFont", "") or "")
+        if _BOLD_NAME.search(name.split("+")[-1]):
+            return True
+        descriptor = font.get("/FontDescriptor")
+        if descriptor is None and "/DescendantFonts" in font:
+            descriptor = font["/DescendantFonts"][0].get_object().get("/FontDescriptor")
+        if descriptor is None:
+            return False
+        descriptor = descriptor.get_object()
+        weight = descriptor.get("/FontWeight")
+        flags = int(descriptor.get("/Flags", 0) or 0)
+        return (weight is not None and float(weight) >= 600) or bool(flags & _FORCE_BOLD)
+    except (PyPdfError, AttributeError, TypeError, ValueError, KeyError, IndexError):
+        return False  # a font dictionary this odd reads as regular
+
+
+def page_collector(page: int) -> _Collector:
+    """A ``visitor_text`` callback for ``page.extract_text``; call :meth:`end_line` after."""
+    return _Collector(page)
+
+
+def _prose(run: _Run) -> bool:
+    """Whether a run reads like running text: too many lines or words, a line too long,
+    a sentence's end. Such runs make their size a text size (see :func:`find_headings`)."""
+    text = run.text
+    return (
+        len(run.lines) > MAX_RUN_LINES
+        or any(len(line.text) > MAX_LINE_CHARS for line in run.lines)
+        or len(text.split()) > MAX_WORDS
+        or _SENTENCE_END.search(text) is not None
+    )
+
+
+def _title_like(text: str) -> bool:
+    """Whether a short text can be a title: mostly letters (not a number, an equation, a
+    single letter), not a caption, a contents line with leader dots, an e-mail address or
+    a web address (an author's on a title page)."""
+    if _CAPTION.match(text) or _LEADER.search(text) or _CONTACT.search(text):
+        return False
+    words = text.split()
+    letters = sum(ch.isalpha() for ch in text)
+    visible = len(text) - text.count(" ")
+    return letters >= 2 and letters * 2 >= visible and max(len(w) for w in words) >= 2
+
+
+def _shaped(run: _Run) -> bool:
+    return not _prose(run) and _title_like(run.text)
+
+
+def _numbered_depth(text: str) -> int:
+    m = _NUMBERED.match(text)
+    if m is None:
+        return 0
+    return m.group(1).count(".") + 1 if m.group(1) else 1
+
+
+def _edge_key(line: PdfLine) -> tuple[str, float]:
+    """A line's text with its digits as ``#`` (page numbers, dates) and its size: the
+    title of a document repeated small as the running header is still its title."""
+    if line.key is None:
+        line.key = _DIGITS.sub("#", line.text.lower())
+    return line.key, line.size
+
+
+def _running_lines(
+    candidates: list[list[PdfLine]], page_lines: list[int]
+) -> set[tuple[str, float]]:
+    """Keys of the candidate lines that are running headers or footers (see the module
+    docstring); ``page_lines`` is how many lines each page has."""
+    on_pages: dict[tuple[str, float], set[int]] = {}
+    at_edge: Counter[tuple[str, float]] = Counter()
+    seen: Counter[tuple[str, float]] = Counter()
+    for lines, count in zip(candidates, page_lines, strict=True):
+        for line in lines:
+            key = _edge_key(line)
+            on_pages.setdefault(key, set()).add(line.page)
+            seen[key] += 1
+            if line.index < 2 or line.index >= count - 2:
+                at_edge[key] += 1
+    many = max(3, math.ceil(0.4 * len(page_lines)))
+    return {
+        key
+        for key, where in on_pages.items()
+        if len(where) >= 2 and (at_edge[key] * 3 >= seen[key] * 2 or len(where) >= many)
+    }
+
+
+@dataclass
+class _Run:
+    page: int
+    lines: list[PdfLine]
+
+    @property
+    def text(self) -> str:
+        return " ".join(line.text for line in self.lines)
+
+
+def _runs(
+    lines: list[PdfLine], is_large: Callable[[PdfLine], bool], running: set[tuple[str, float]]
+) -> list[_Run]:
+    """Adjacent lines of one large size, split before a line that opens with a number
+    (two numbered titles in a row are two headings, "Chapter 2" over its name is one),
+    and bold lines of other sizes alone; the rest is text."""
+    out: list[_Run] = []
+    for line in lines:
+        if not is_large(line) or _edge_key(line) in running:
+            if line.bold:  # maybe a numbered title at body size; other lines are text
+                out.append(_Run(line.page, [line]))
+            continue
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and last.lines[-1].index == line.index - 1
+            and last.lines[-1].size == line.size
+            and _edge_key(last.lines[-1]) not in running
+            and not (_numbered_depth(line.text) and _shaped(last))
+        ):
+            last.lines.append(line)
+        else:
+            out.append(_Run(line.page, [line]))
+    return out
+
+
+def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]]:
+    """page number (1-based) -> [(level, title)] in page order, as ``_outline`` gives."""
+    chars: dict[float, int] = {}  # per size
+    for lines in pages:
+        for line in lines:
+            if line.size:
+                chars[line.size] = chars.get(line.size, 0) + line.chars
+    if not chars:
+        return {}
+    body = max(chars, key=chars.__getitem__)
+
+    def is_large(line: PdfLine) -> bool:
+        """Set clearly larger than the body, or bold and larger at all (Word's third
+        heading level: 12 pt bold over 11 pt text)."""
+        size = line.size
+        return (size >= body * LARGER and size >= body + LARGER_BY) or (
+            line.bold and size >= body * BOLD_LARGER and size > body
+        )
+
+    # only large or bold lines can be titles: the rest is looked at no further
+    candidates = [[ln for ln in lines if ln.bold or is_large(ln)] for lines in pages]
+    running = _running_lines(candidates, [len(lines) for lines in pages])
+    runs = [run for lines in candidates for run in _runs(lines, is_large, running)]
+    shaped: set[int] = set()  # ids of the runs shaped like titles at a large size
+    in_titles: Counter[float] = Counter()  # characters per size in runs shaped like titles
+    in_prose: Counter[float] = Counter()  # ... and in runs that read like running text
+    for run in runs:
+        size = run.lines[0].size
+        if not is_large(run.lines[0]) or any(_edge_key(line) in running for line in run.lines):
+            continue
+        if _prose(run):
+            in_prose[size] += sum(line.chars for line in run.lines)
+        elif _title_like(run.text):
+            shaped.add(id(run))
+            in_titles[size] += sum(line.chars for line in run.lines)
+    # a size mostly set in running text is a text size (big print): none of it is a title
+    sizes = sorted(
+        (s for s in in_titles if in_titles[s] >= HEADING_SHARE * (in_titles[s] + in_prose[s])),
+        reverse=True,
+    )
+    level_of = {s: min(i + 1, MAX_LEVELS) for i, s in enumerate(sizes)}
+    numbered = {
+        id(run): _numbered_depth(run.text)
+        for run in runs
+        if id(run) not in shaped and _bold_numbered(run, body, is_large, running)
+    }
+    # numbered bold titles at body size go below the sized levels, by their depth
+    # relative to the shallowest of them ("2.1" under "2", or alone under the sizes)
+    top = min(numbered.values(), default=1)
+    below = min(len(sizes), MAX_LEVELS - 1)
+    found: dict[int, list[tuple[int, str]]] = {}
+    for run in runs:
+        size = run.lines[0].size
+        if size in level_of and id(run) in shaped:
+            level = level_of[size]
+        elif id(run) in numbered:
+            level = min(below + 1 + numbered[id(run)] - top, MAX_LEVELS)
+        else:
+            continue
+        found.setdefault(run.page, []).append((level, run.text))
+    return found
+
+
+def _bold_numbered(
+    run: _Run, body: float, is_large: Callable[[PdfLine], bool], running: set[tuple[str, float]]
+) -> bool:
+    """A single bold line at about the body size opening with a section number."""
+    line = run.lines[0]
+    return (
+        len(run.lines) == 1
+        and line.bold
+        and line.size >= body * 0.95
+        and not is_large(line)
+        and _numbered_depth(line.text) > 0
+        and len(line.text) <= MAX_LINE_CHARS
+        and _edge_key(line) not in running
+        and _shaped(run)
+    )
