@@ -13,6 +13,15 @@ earlier commit, loaded from a file::
 each under a 15 pt numbered title, an 18 pt part title every ten pages, 11 pt text) with
 no outline. ``--ignore-outline`` lists the titles found as if a PDF had no outline (to
 compare them with its bookmarks).
+
+``--markdown FILE.md ...`` prints each Markdown file to a PDF with Chromium (HTML from
+markdown-it, the browser's default heading styles, its date/title header and URL/page
+footer, no outline) and also counts how many of its h1-h3 headings are found as titles
+(h4 is bold at body size, not numbered: not a title by these rules) and how many titles
+are no heading of the file::
+
+    python -m bench.pdf_sections --before /tmp/pdf_before.py --repeat 3 \
+        --markdown ../shared/data/nodejs-api/docs/{path,dns,events,buffer,stream,fs}.md
 """
 
 from __future__ import annotations
@@ -21,12 +30,15 @@ import argparse
 import importlib.util
 import io
 import statistics
+import subprocess
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+from markdown_it import MarkdownIt
 from pypdf import PdfReader
 from tests.fixtures.builders import PdfLine, pdf_bytes
 
@@ -80,6 +92,44 @@ def _titles_without_outline(data: bytes) -> dict[int, list[tuple[int, str]]]:
     return find_headings(lines)
 
 
+def print_markdown(md: Path, out: Path) -> tuple[bytes, list[tuple[int, str]]]:
+    """``md`` printed to a PDF by Chromium, and its headings as (level, text)."""
+    parser = MarkdownIt("commonmark").enable("table")
+    source = md.read_text(encoding="utf-8")
+    tokens = parser.parse(source)
+    truth = [
+        (int(tok.tag[1]), _norm(tokens[i + 1].content))
+        for i, tok in enumerate(tokens)
+        if tok.type == "heading_open"
+    ]
+    page = out / f"{md.stem}.html"
+    page.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{md.name}</title><style>body{{font-family:sans-serif;font-size:11pt}}"
+        f"</style></head><body>{parser.render(source)}</body></html>",
+        encoding="utf-8",
+    )
+    pdf = out / f"{md.stem}.pdf"
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--print-to-pdf={pdf}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return pdf.read_bytes(), truth
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.replace("`", "").split()).lower()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pdfs", nargs="*", type=Path)
@@ -88,9 +138,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--ignore-outline", action="store_true")
     ap.add_argument("--show", type=int, default=8, help="titles to print per PDF")
+    ap.add_argument("--markdown", nargs="*", type=Path, default=[])
     args = ap.parse_args()
+    printed = Path(tempfile.mkdtemp(prefix="pdf-sections-"))
+    truths: dict[str, list[tuple[int, str]]] = {}
     before: Callable[[bytes, str], ParsedDocument] = _load(args.before).parse_pdf
     inputs = [(str(p), p.read_bytes()) for p in args.pdfs]
+    for md in args.markdown:
+        data, truths[str(md)] = print_markdown(md, printed)
+        inputs.append((str(md), data))
     if args.synthetic_pages:
         inputs.append(
             (f"synthetic {args.synthetic_pages} pages", synthetic_report(args.synthetic_pages))
@@ -111,6 +167,15 @@ def main() -> None:
             f"parse median of {args.repeat}: before {a:.3f} s, after {b:.3f} s, "
             f"after/before {b / a:.2f}"
         )
+        if name in truths:
+            want = {t for lv, t in truths[name] if lv <= 3}
+            every = {t for _, t in truths[name]}
+            got = [_norm(blk.text) for blk in heads]
+            false = [t for t in got if t not in every]
+            print(
+                f"  Markdown h1-h3: {len(want)}, found {len(want & set(got))}; "
+                f"titles that are no heading of the file: {len(false)} {false[:3]}"
+            )
         if args.ignore_outline and bookmarks:
             found = _titles_without_outline(data)
             titles = [(p, lv, t) for p in sorted(found) for lv, t in found[p]]

@@ -178,6 +178,16 @@ def test_pdf_running_headers_and_footers_are_not_sections() -> None:
     assert _headings(data) == [(1, t, n) for n, t in enumerate(titles, start=1)]
     doc = parse_bytes(data, "quarterly.pdf")
     assert "Acme Quarterly" in doc.blocks[0].text, "the header is still text of its page"
+    # "Chapter N" over each chapter's title repeats like a running header; the title stays
+    book = [
+        [(f"Chapter {n}", 20), (title, 24), f"The {title.lower()} are told in this chapter."]
+        for n, title in enumerate(["Early years", "The war", "Later life"], start=1)
+    ]
+    assert _headings(pdf_bytes(book)) == [
+        (1, "Early years", 1),
+        (1, "The war", 2),
+        (1, "Later life", 3),
+    ]
 
 
 def test_pdf_bold_numbered_titles_at_body_size_are_sections() -> None:
@@ -194,6 +204,9 @@ def test_pdf_bold_numbered_titles_at_body_size_are_sections() -> None:
                 ("3. Counting is done every quarter.", 11, True),  # a bold sentence
                 ("2 Storage", 11, True),
                 "Parts are kept on racks.",
+                ("Depot Racks Parts", 11, True),  # a table's bold header row, then its rows
+                "North 12 400",
+                ("South 3 75", 11, True),
             ]
         ]
     )
@@ -202,6 +215,67 @@ def test_pdf_bold_numbered_titles_at_body_size_are_sections() -> None:
     racks = "Parts are kept on racks sorted by their stock number."
     with_title = pdf_bytes([[("Depot standard", 18), ("1 Scope", 11, True), racks]])
     assert _headings(with_title) == [(1, "Depot standard", 1), (2, "1 Scope", 1)]
+
+
+def test_pdf_titles_may_be_api_names_in_lower_case_but_not_addresses() -> None:
+    text = "Joins all given path segments together using the separator of the platform."
+    data = pdf_bytes(
+        [
+            [
+                ("Path", 22),
+                ("Jane Roe (jane.roe@example.org)", 16.5),  # the title page's author
+                ("https://nodejs.org/api", 16.5),
+                text,
+                ("path.join([...paths])", 16.5),
+                text,
+                ("path.resolve([...paths])", 16.5),
+                text,
+                ("path.relative(from, to)", 16.5),
+                text,
+            ]
+        ]
+    )
+    assert _headings(data) == [
+        (1, "Path", 1),
+        (2, "path.join([...paths])", 1),
+        (2, "path.resolve([...paths])", 1),
+        (2, "path.relative(from, to)", 1),
+    ]
+
+
+def test_pdf_bold_titles_a_little_larger_than_the_body_are_sections() -> None:
+    text = "Counts are made by two people who sign the sheet together at the end."
+    data = pdf_bytes(
+        [
+            [
+                ("Stock rules", 16),  # Word's default heading sizes over 11 pt text
+                text,
+                ("Counting", 13),
+                text,
+                ("Who counts", 12, True),
+                text,
+                ("When to count", 12, True),
+                text,
+                ("Some words in 12 pt but not bold", 12),  # not bold: text
+                text,
+            ]
+        ]
+    )
+    assert _headings(data) == [
+        (1, "Stock rules", 1),
+        (2, "Counting", 1),
+        (3, "Who counts", 1),
+        (3, "When to count", 1),
+    ]
+
+
+def test_pdf_title_levels_are_capped_at_four() -> None:
+    text = "Each level of this outline has a paragraph of its own under it."
+    sizes = [26, 22, 18, 15, 13]
+    data = pdf_bytes(
+        [[line for n, size in enumerate(sizes) for line in ((f"Part {n}", size), text)]]
+    )
+    assert [level for level, _, _ in _headings(data)] == [1, 2, 3, 4, 4]
 
 
 def test_pdf_outline_wins_over_title_sizes() -> None:

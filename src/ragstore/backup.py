@@ -15,9 +15,11 @@ that schema.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
@@ -76,6 +78,10 @@ BEGIN
     END LOOP;
 END $$;
 """
+
+
+# the table of contents line (``pg_restore --list``) of the table every ragstore schema has
+_SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ TABLE public alembic_version ", re.M)
 
 
 @dataclass
@@ -178,7 +184,10 @@ def create_backup(
         )
         tmp.replace(path)
     finally:
-        tmp.unlink(missing_ok=True)
+        # a read-only volume refuses even the unlink of a file that is not there: the
+        # error pg_dump gave is the one to report, not this one
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     info = BackupInfo(
         path=str(path),
         bytes=path.stat().st_size,
@@ -189,8 +198,23 @@ def create_backup(
         reason=reason,
         counts=counts,
     )
-    Path(f"{path}.json").write_text(json.dumps(asdict(info), indent=2) + "\n")
+    _write_sidecar(path, info)
     return info
+
+
+def _write_sidecar(path: Path, info: BackupInfo) -> None:
+    """Write ``<archive>.json``; if it cannot be written the backup failed, and the archive
+    goes too: an archive without its sidecar would be restored unchecked."""
+    side = Path(f"{path}.json")
+    try:
+        side.write_text(json.dumps(asdict(info), indent=2) + "\n")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise BackupError(
+            f"cannot write {side}: {exc.strerror or exc}; the backup was not kept "
+            "(check the folder's free space and permissions)"
+        ) from None
 
 
 def read_info(path: Path) -> BackupInfo | None:
@@ -220,6 +244,13 @@ def check_archive(path: Path) -> BackupInfo | None:
         first = (proc.stderr.strip().splitlines() or ["unreadable"])[0]
         raise BackupInvalidError(
             f"{path} is not a readable pg_dump custom-format archive ({first})"
+        )
+    if not _SCHEMA_ENTRY.search(proc.stdout):
+        raise BackupInvalidError(
+            f"{path} holds no ragstore schema (no alembic_version table): it is a dump of "
+            "another database, not a `ragstore backup`, and restoring it would replace "
+            "every collection with tables ragstore cannot use; restore it into a database "
+            "of its own with pg_restore"
         )
     return info
 

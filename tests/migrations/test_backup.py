@@ -168,3 +168,71 @@ def test_db_upgrade_backs_up_first_and_restore_rolls_it_back(
     assert run_cli("db", "upgrade", "--no-backup") == 0
     assert "backup:" not in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "backups").glob("*.dump")) == [archive.name]
+
+
+def test_a_backup_that_cannot_be_written_is_one_error_and_leaves_no_file(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pg_dump failing, and the cleanup after it failing too (a read-only volume refuses
+    even the unlink of a file that is not there; here the temporary name is taken by a
+    folder), is ``backup_failed``, not a traceback of the cleanup; a sidecar that cannot
+    be written fails the backup and takes the archive with it."""
+    archive = tmp_path / "b.dump"
+    (tmp_path / ".b.dump.partial").mkdir()
+    capsys.readouterr()
+    assert run_cli("backup", str(archive)) == 74
+    err = capsys.readouterr().err
+    assert err.startswith("error[backup_failed]: backing up ") and "pg_dump failed" in err
+    assert not archive.exists()
+    (tmp_path / ".b.dump.partial").rmdir()
+    Path(f"{archive}.json").mkdir()
+    assert run_cli("backup", str(archive)) == 74
+    err = capsys.readouterr().err
+    assert err.startswith(f"error[backup_failed]: cannot write {archive}.json") and err[-1] == "\n"
+    assert not archive.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump.json"]
+
+
+def test_restore_of_an_archive_that_is_no_ragstore_backup_is_refused(
+    populated: str,
+    empty_database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A pg_dump of another database (no ragstore schema in it) would replace every
+    collection with tables ragstore cannot use, and a later command's automatic schema
+    set-up would trip over them; it is refused before anything is dropped."""
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE documents (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO documents VALUES (1, 'not ragstore')")
+    foreign = tmp_path / "other.dump"
+    dump = [str(pg_bin_dir() / "pg_dump"), "--format=custom", "--file", str(foreign)]
+    subprocess.run([*dump, empty_database_url], check=True)
+    before = full_dump(populated)
+    capsys.readouterr()
+    assert run_cli("restore", str(foreign), "--yes") == 65
+    err = capsys.readouterr().err
+    assert err.startswith(f"error[backup_invalid]: {foreign} holds no ragstore schema")
+    assert full_dump(populated) == before
+
+
+def test_schema_set_up_over_foreign_tables_is_one_error(
+    empty_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A database that holds another application's ``documents`` table: the upgrade's
+    error is one line naming the clash (it was a SQLAlchemy traceback quoting the whole
+    first revision)."""
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE documents (id int PRIMARY KEY, body text)")
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path))
+    capsys.readouterr()
+    status = run_cli("db", "upgrade", "--no-backup")
+    err = capsys.readouterr().err
+    assert status == 65, err
+    assert err.startswith("error[") and err.count("\n") == 1, err
+    assert 'relation "documents" already exists' in err
+    assert migrations.status(Database(empty_database_url)).current is None

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from ragstore.db.database import Database
-from ragstore.db.errors import translated
-from ragstore.errors import InputError, SchemaMismatchError
+from ragstore.db.errors import translate, translated
+from ragstore.errors import ConflictError, InputError, RagstoreError, SchemaMismatchError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -172,12 +172,28 @@ def _run(db: Database, action: str, target: str) -> None:
                 command.downgrade(cfg, target)
     except Exception as exc:
         from alembic.util import CommandError
+        from sqlalchemy.exc import DBAPIError
 
         if isinstance(exc, CommandError):
             raise InputError(f"cannot {action} to {target!r}: {exc}") from None
+        if isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.Error):
+            # SQLAlchemy wraps the driver's error (and quotes the whole revision's SQL)
+            raise _failed(exc.orig, db, action) from None
         raise
     finally:
         engine.dispose()
+
+
+def _failed(exc: psycopg.Error, db: Database, action: str) -> RagstoreError:
+    """The one-line error for a revision that failed; the transaction rolled it back."""
+    where = f"{action} of {db.where} (rolled back, the schema is as it was)"
+    if isinstance(exc, psycopg.errors.DuplicateTable | psycopg.errors.DuplicateObject):
+        first = str(exc).strip().splitlines()[0]
+        return ConflictError(
+            f"{where}: {first}; the database holds tables that are not ragstore's: give "
+            "ragstore a database of its own (RAGSTORE_DATABASE_URL)"
+        )
+    return translate(exc, where)
 
 
 def upgrade(db: Database, to: str = "head") -> SchemaStatus:

@@ -10,15 +10,17 @@ The rules, for one document (:func:`find_headings`):
 
 - the body size is the size (rounded to half a point) holding most characters;
 - a heading is a run of at most three adjacent lines set in one size clearly larger than
-  the body (x1.15 and a point more), short (at most 100 characters a line, 20 words in
-  all), not ending like a sentence (``.``, ``,``, ``;``, ``:``), mostly letters (not a
-  number, an equation, a single letter or a drop cap), not a caption (``Figure 2``,
-  ``Table 1``) nor a table-of-contents line with leader dots;
-- a size most of whose characters are *not* in such runs is a text size (a big-print
-  document, a large-print passage), never a heading size: a document set in one size has
-  no headings;
-- a line repeated on several pages (digits aside) at the top or bottom of the page, or on
-  many pages anywhere, is a running header or footer, not a heading;
+  the body (x1.15 and a point more; in bold, x1.04 and half a point more), short (at most
+  100 characters a line, 20 words in all), not ending like a sentence (``.``, ``,``,
+  ``;``, ``:``), mostly letters (not a number, an equation, a single letter or a drop
+  cap), not a caption (``Figure 2``, ``Table 1``), a table-of-contents line with leader
+  dots, nor a line with an e-mail address or a web address (authors on a title page);
+- a size whose characters are mostly in runs that read like running text (more lines,
+  longer lines, more words, a sentence's end) is a text size (a big-print document, a
+  large-print passage), never a title size; a document set in one size has no titles;
+- a line repeated in one size on several pages (digits aside) at the top or bottom of
+  the page, or on many pages anywhere, is a running header or footer, not a heading (so
+  is "Chapter 3" over each chapter's title: the title below it still is one);
 - a bold line at about the body size that starts with a section number (``2.1 Methods``)
   is a heading too (report styles often set sub-sections so);
 - levels: the distinct heading sizes, largest first, at most :data:`MAX_LEVELS`; numbered
@@ -37,13 +39,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pypdf.errors import PyPdfError
+
 MAX_LEVELS = 4  # heading levels at most (sizes beyond the fourth share the last level)
 LARGER = 1.15  # a heading size is at least this many times the body size ...
 LARGER_BY = 1.0  # ... and this many points more
+BOLD_LARGER = 1.04  # a bold line needs only this (12 pt bold over 11 pt text)
 MAX_RUN_LINES = 3  # a heading wraps onto at most this many lines
 MAX_LINE_CHARS = 100
 MAX_WORDS = 20
-HEADING_SHARE = 0.5  # of a size's characters in heading-shaped runs, or it is a text size
+HEADING_SHARE = 0.5  # of a size's characters in title-shaped runs (against running text)
 LINE_SHARE = 0.8  # of a line's characters in its dominant size (and bold, for bold lines)
 
 _SENTENCE_END = re.compile(r"[.,;:]['\")\]]*$|-$")
@@ -52,6 +57,7 @@ _CAPTION = re.compile(
     r"[\dIVX]",
     re.IGNORECASE,
 )
+_CONTACT = re.compile(r"https?://|\bwww\.|[\w.+-]+@[\w-]+\.\w")  # title-page lines
 _LEADER = re.compile(r"\.{4,}|(?:\. ){3,}|…{2,}|_{4,}")
 _NUMBERED = re.compile(r"^(?:(\d{1,2}(?:\.\d{1,2}){0,4})\.?|([IVXLC]{1,6})\.)\s+(?=[^\W\d_])")
 _BOLD_NAME = re.compile(
@@ -61,7 +67,7 @@ _DIGITS = re.compile(r"\d+")
 _FORCE_BOLD = 1 << 18  # FontDescriptor /Flags bit 19
 
 
-@dataclass
+@dataclass(slots=True)
 class PdfLine:
     page: int  # 1-based
     index: int  # its place among the page's lines
@@ -69,7 +75,7 @@ class PdfLine:
     size: float  # the size holding most of its characters (0: no characters)
     bold: bool  # nearly all its characters bold
     chars: int  # non-space characters
-    key: str = ""  # its text lower-cased, digits as "#": how running lines are matched
+    key: str | None = None  # lower-cased, digits as "#" (:func:`_edge_key` fills it in)
 
 
 @dataclass
@@ -79,32 +85,33 @@ class _Collector:
     page: int
     lines: list[PdfLine] = field(default_factory=list)
     _parts: list[str] = field(default_factory=list)
-    _sizes: Counter[tuple[float, bool]] = field(default_factory=Counter)
-    _bold: dict[int, bool] = field(default_factory=dict)
+    _sizes: dict[tuple[float, bool], int] = field(default_factory=dict)
+    _bold: dict[int, tuple[Any, bool]] = field(default_factory=dict)  # id -> (font, bold)
 
     def __call__(self, text: Any, cm: Any, tm: Any, font: Any, size: Any) -> None:
         if not isinstance(text, str) or not text:
             return
-        pieces = text.split("\n")
-        for i, piece in enumerate(pieces):
+        for i, piece in enumerate(text.split("\n") if "\n" in text else (text,)):
             if i:
                 self.end_line()
             if piece:
                 self._parts.append(piece)
                 n = len(piece) - piece.count(" ")
                 if n:
-                    self._sizes[(_size(cm, tm, size), self._is_bold(font))] += n
+                    key = (_size(cm, tm, size), self._is_bold(font))
+                    self._sizes[key] = self._sizes.get(key, 0) + n
 
     def end_line(self) -> None:
         text = " ".join("".join(self._parts).split())
         if text:
-            by_size: Counter[float] = Counter()
+            by_size: dict[float, int] = {}
             bold = 0
             for (size, is_bold), n in self._sizes.items():
-                by_size[size] += n
+                by_size[size] = by_size.get(size, 0) + n
                 bold += n if is_bold else 0
             chars = sum(by_size.values())
-            size, n = by_size.most_common(1)[0] if by_size else (0.0, 0)
+            size = max(by_size, key=by_size.__getitem__) if by_size else 0.0
+            n = by_size.get(size, 0)
             self.lines.append(
                 PdfLine(
                     page=self.page,
@@ -113,7 +120,6 @@ class _Collector:
                     size=size if chars and n >= LINE_SHARE * chars else 0.0,
                     bold=bool(chars) and bold >= LINE_SHARE * chars,
                     chars=chars,
-                    key=_DIGITS.sub("#", text.lower()),
                 )
             )
         self._parts.clear()
@@ -122,11 +128,10 @@ class _Collector:
     def _is_bold(self, font: Any) -> bool:
         if font is None:
             return False
-        key = id(font)
-        found = self._bold.get(key)
-        if found is None:
-            found = self._bold[key] = _font_is_bold(font)
-        return found
+        known = self._bold.get(id(font))
+        if known is None:  # the font is kept with its answer, so its id is not reused
+            known = self._bold[id(font)] = (font, _font_is_bold(font))
+        return known[1]
 
 
 def _size(cm: Any, tm: Any, size: Any) -> float:
@@ -144,6 +149,9 @@ def _size(cm: Any, tm: Any, size: Any) -> float:
 
 
 def _font_is_bold(font: Any) -> bool:
+    """Bold by its name (``Helvetica-Bold``, TeX's ``CMBX12``), weight or ForceBold flag:
+    generators name the weight in the font name far more often than they fill in the
+    descriptor, and the name is what a subset prefix (``ABCDEF+``) leaves readable."""
     try:
         name = str(font.get("/BaseFont", "") or "")
         if _BOLD_NAME.search(name.split("+")[-1]):
@@ -157,8 +165,8 @@ def _font_is_bold(font: Any) -> bool:
         weight = descriptor.get("/FontWeight")
         flags = int(descriptor.get("/Flags", 0) or 0)
         return (weight is not None and float(weight) >= 600) or bool(flags & _FORCE_BOLD)
-    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
-        return False
+    except (PyPdfError, AttributeError, TypeError, ValueError, KeyError, IndexError):
+        return False  # a font dictionary this odd reads as regular
 
 
 def page_collector(page: int) -> _Collector:
@@ -166,18 +174,32 @@ def page_collector(page: int) -> _Collector:
     return _Collector(page)
 
 
-def _shaped(text: str, lines: int) -> bool:
-    """Whether a run of ``lines`` lines reading ``text`` can be a title."""
+def _prose(run: _Run) -> bool:
+    """Whether a run reads like running text: too many lines or words, a line too long,
+    a sentence's end. Such runs make their size a text size (see :func:`find_headings`)."""
+    text = run.text
+    return (
+        len(run.lines) > MAX_RUN_LINES
+        or any(len(line.text) > MAX_LINE_CHARS for line in run.lines)
+        or len(text.split()) > MAX_WORDS
+        or _SENTENCE_END.search(text) is not None
+    )
+
+
+def _title_like(text: str) -> bool:
+    """Whether a short text can be a title: mostly letters (not a number, an equation, a
+    single letter), not a caption, a contents line with leader dots, an e-mail address or
+    a web address (an author's on a title page)."""
+    if _CAPTION.match(text) or _LEADER.search(text) or _CONTACT.search(text):
+        return False
     words = text.split()
-    if not words or len(words) > MAX_WORDS or len(text) > MAX_LINE_CHARS * lines:
-        return False
-    if _SENTENCE_END.search(text) or _CAPTION.match(text) or _LEADER.search(text):
-        return False
-    if text[0].islower():
-        return False  # a continued sentence
     letters = sum(ch.isalpha() for ch in text)
     visible = len(text) - text.count(" ")
     return letters >= 2 and letters * 2 >= visible and max(len(w) for w in words) >= 2
+
+
+def _shaped(run: _Run) -> bool:
+    return not _prose(run) and _title_like(run.text)
 
 
 def _numbered_depth(text: str) -> int:
@@ -190,22 +212,27 @@ def _numbered_depth(text: str) -> int:
 def _edge_key(line: PdfLine) -> tuple[str, float]:
     """A line's text with its digits as ``#`` (page numbers, dates) and its size: the
     title of a document repeated small as the running header is still its title."""
+    if line.key is None:
+        line.key = _DIGITS.sub("#", line.text.lower())
     return line.key, line.size
 
 
-def _running_lines(pages: list[list[PdfLine]]) -> set[tuple[str, float]]:
-    """Keys of lines that are running headers or footers (see the module docstring)."""
+def _running_lines(
+    candidates: list[list[PdfLine]], page_lines: list[int]
+) -> set[tuple[str, float]]:
+    """Keys of the candidate lines that are running headers or footers (see the module
+    docstring); ``page_lines`` is how many lines each page has."""
     on_pages: dict[tuple[str, float], set[int]] = {}
     at_edge: Counter[tuple[str, float]] = Counter()
     seen: Counter[tuple[str, float]] = Counter()
-    for lines in pages:
+    for lines, count in zip(candidates, page_lines, strict=True):
         for line in lines:
             key = _edge_key(line)
             on_pages.setdefault(key, set()).add(line.page)
             seen[key] += 1
-            if line.index < 2 or line.index >= len(lines) - 2:
+            if line.index < 2 or line.index >= count - 2:
                 at_edge[key] += 1
-    many = max(3, math.ceil(0.4 * len(pages)))
+    many = max(3, math.ceil(0.4 * len(page_lines)))
     return {
         key
         for key, where in on_pages.items()
@@ -224,14 +251,14 @@ class _Run:
 
 
 def _runs(
-    lines: list[PdfLine], is_large: Callable[[float], bool], running: set[tuple[str, float]]
+    lines: list[PdfLine], is_large: Callable[[PdfLine], bool], running: set[tuple[str, float]]
 ) -> list[_Run]:
     """Adjacent lines of one large size, split before a line that opens with a number
     (two numbered titles in a row are two headings, "Chapter 2" over its name is one),
     and bold lines of other sizes alone; the rest is text."""
     out: list[_Run] = []
     for line in lines:
-        if not is_large(line.size) or _edge_key(line) in running:
+        if not is_large(line) or _edge_key(line) in running:
             if line.bold:  # maybe a numbered title at body size; other lines are text
                 out.append(_Run(line.page, [line]))
             continue
@@ -241,7 +268,7 @@ def _runs(
             and last.lines[-1].index == line.index - 1
             and last.lines[-1].size == line.size
             and _edge_key(last.lines[-1]) not in running
-            and not (_numbered_depth(line.text) and _shaped(last.text, len(last.lines)))
+            and not (_numbered_depth(line.text) and _shaped(last))
         ):
             last.lines.append(line)
         else:
@@ -251,34 +278,44 @@ def _runs(
 
 def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]]:
     """page number (1-based) -> [(level, title)] in page order, as ``_outline`` gives."""
-    running = _running_lines(pages)
-    chars: Counter[float] = Counter()  # per size, running headers and footers aside
+    chars: dict[float, int] = {}  # per size
     for lines in pages:
         for line in lines:
-            if line.size and _edge_key(line) not in running:
-                chars[line.size] += line.chars
+            if line.size:
+                chars[line.size] = chars.get(line.size, 0) + line.chars
     if not chars:
         return {}
-    body = chars.most_common(1)[0][0]
+    body = max(chars, key=chars.__getitem__)
 
-    def is_large(size: float) -> bool:
-        return size >= body * LARGER and size >= body + LARGER_BY
+    def is_large(line: PdfLine) -> bool:
+        """Set clearly larger than the body, or bold and larger at all (Word's third
+        heading level: 12 pt bold over 11 pt text)."""
+        size = line.size
+        return (size >= body * LARGER and size >= body + LARGER_BY) or (
+            line.bold and size >= body * BOLD_LARGER and size > body
+        )
 
-    runs = [run for lines in pages for run in _runs(lines, is_large, running)]
+    # only large or bold lines can be titles: the rest is looked at no further
+    candidates = [[ln for ln in lines if ln.bold or is_large(ln)] for lines in pages]
+    running = _running_lines(candidates, [len(lines) for lines in pages])
+    runs = [run for lines in candidates for run in _runs(lines, is_large, running)]
     shaped: set[int] = set()  # ids of the runs shaped like titles at a large size
-    in_titles: Counter[float] = Counter()
+    in_titles: Counter[float] = Counter()  # characters per size in runs shaped like titles
+    in_prose: Counter[float] = Counter()  # ... and in runs that read like running text
     for run in runs:
         size = run.lines[0].size
-        if (
-            is_large(size)
-            and len(run.lines) <= MAX_RUN_LINES
-            and not any(_edge_key(line) in running for line in run.lines)
-            and all(len(line.text) <= MAX_LINE_CHARS for line in run.lines)
-            and _shaped(run.text, len(run.lines))
-        ):
+        if not is_large(run.lines[0]) or any(_edge_key(line) in running for line in run.lines):
+            continue
+        if _prose(run):
+            in_prose[size] += sum(line.chars for line in run.lines)
+        elif _title_like(run.text):
             shaped.add(id(run))
             in_titles[size] += sum(line.chars for line in run.lines)
-    sizes = sorted((s for s in in_titles if in_titles[s] >= HEADING_SHARE * chars[s]), reverse=True)
+    # a size mostly set in running text is a text size (big print): none of it is a title
+    sizes = sorted(
+        (s for s in in_titles if in_titles[s] >= HEADING_SHARE * (in_titles[s] + in_prose[s])),
+        reverse=True,
+    )
     level_of = {s: min(i + 1, MAX_LEVELS) for i, s in enumerate(sizes)}
     numbered = {
         id(run): _numbered_depth(run.text)
@@ -303,7 +340,7 @@ def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]
 
 
 def _bold_numbered(
-    run: _Run, body: float, is_large: Callable[[float], bool], running: set[tuple[str, float]]
+    run: _Run, body: float, is_large: Callable[[PdfLine], bool], running: set[tuple[str, float]]
 ) -> bool:
     """A single bold line at about the body size opening with a section number."""
     line = run.lines[0]
@@ -311,9 +348,9 @@ def _bold_numbered(
         len(run.lines) == 1
         and line.bold
         and line.size >= body * 0.95
-        and not is_large(line.size)
+        and not is_large(line)
         and _numbered_depth(line.text) > 0
         and len(line.text) <= MAX_LINE_CHARS
         and _edge_key(line) not in running
-        and _shaped(line.text, 1)
+        and _shaped(run)
     )
