@@ -204,6 +204,9 @@ def test_pdf_bold_numbered_titles_at_body_size_are_sections() -> None:
                 ("3. Counting is done every quarter.", 11, True),  # a bold sentence
                 ("2 Storage", 11, True),
                 "Parts are kept on racks.",
+                ("Depot Racks Parts", 11, True),  # a table's bold header row, then its rows
+                "North 12 400",
+                ("South 3 75", 11, True),
             ]
         ]
     )
@@ -264,6 +267,15 @@ def test_pdf_bold_titles_a_little_larger_than_the_body_are_sections() -> None:
         (3, "Who counts", 1),
         (3, "When to count", 1),
     ]
+
+
+def test_pdf_title_levels_are_capped_at_four() -> None:
+    text = "Each level of this outline has a paragraph of its own under it."
+    sizes = [26, 22, 18, 15, 13]
+    data = pdf_bytes(
+        [[line for n, size in enumerate(sizes) for line in ((f"Part {n}", size), text)]]
+    )
+    assert [level for level, _, _ in _headings(data)] == [1, 2, 3, 4, 4]
 
 
 def test_pdf_outline_wins_over_title_sizes() -> None:
