@@ -41,6 +41,10 @@ def _dirty_store(path: Path) -> Path:
         fh.write(json.dumps({"id": "notext1", "vector": good[1].tolist()}) + "\n")
         fh.write(json.dumps({"id": "notext2", "text": "  ", "vector": good[2].tolist()}) + "\n")
         fh.write(json.dumps({"text": "no id", "vector": good[3].tolist()}) + "\n")
+        # what PostgreSQL cannot store: the import failed at the write, naming no record
+        fh.write(json.dumps({"id": "nul1", "text": "a\x00b", "vector": good[4].tolist()}) + "\n")
+        bad_key = {"id": "sur1", "text": "x", "metadata": {"k\ud800": 1}}
+        fh.write(json.dumps({**bad_key, "vector": good[5].tolist()}) + "\n")
     return path
 
 
@@ -54,6 +58,9 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
         _rec("e", [1.0] * DIM, None),
         _rec(None, [1.0] * DIM),
         _rec("old", [1.0] * DIM),
+        _rec("f", [1.0] * DIM, "nul\x00text"),
+        Record("g", "t", np.ones(DIM, dtype=np.float32), {"a": {"b\x00": 1}}),
+        _rec("h" * 2001, [1.0] * DIM),
     ]
     report = validate(recs, DIM, parse_policies("skip", []), existing_ids={"old"})
     found = {i.kind: (i.count, i.first) for i in report.issues}
@@ -65,9 +72,17 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
         "non_finite": (1, ["c"]),
         "zero_vector": (1, ["d"]),
         "missing_text": (1, ["e"]),
+        "unstorable": (
+            3,
+            [
+                "f (text: a NUL byte (\\u0000))",
+                "g (metadata: a NUL byte (\\u0000) in a key at 'a')",
+                "h" * 60 + "... (id: 2001 bytes, over the 2000 an id may have)",
+            ],
+        ),
     }
     assert report.kept == [0]
-    assert report.skipped == 7 and report.ok
+    assert report.skipped == 10 and report.ok
 
 
 def test_first_ids_stop_at_five_but_the_count_goes_on() -> None:
@@ -117,6 +132,7 @@ def test_dry_run_reports_every_problem_and_writes_nothing(
     assert lines["duplicate_id"][1] == "2" and "first: ok3, ok4" in out.out
     assert lines["missing_text"][1] == "2" and "notext1, notext2" in out.out
     assert lines["missing_id"][1] == "1"
+    assert lines["unstorable"][1] == "2" and "first: nul1 (text: a NUL byte" in out.out
     assert "error[import_invalid]" in out.err and "nothing was written" in out.err
     assert collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-dry")["exists"] is False
 
@@ -170,6 +186,8 @@ def test_abort_policy_refuses_the_import_with_counts_and_ids(
             "missing_text=keep",
             "--policy",
             "duplicate_id=skip",
+            "--policy",
+            "unstorable=skip",
             "--no-backup",
         )
         == 65
@@ -207,11 +225,11 @@ def test_skip_policy_imports_only_the_good_records(
         == 0
     )
     report = json.loads(capsys.readouterr().out)
-    assert (report["read"], report["written"], report["skipped"]) == (32, 22, 10)
+    assert (report["read"], report["written"], report["skipped"]) == (34, 22, 12)
     state = collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-skip")
     sources = {d[0] for d in state["docs"]}
     assert {"ok0", "ok19", "ok3", "ok4", "notext1"} <= sources
-    assert not {"short0", "nan1", "big1", "zero1"} & sources
+    assert not {"short0", "nan1", "big1", "zero1", "nul1", "sur1"} & sources
 
 
 def test_ids_already_in_the_collection_are_reported(

@@ -16,6 +16,7 @@ import numpy as np
 
 from ragstore.errors import InputError
 from ragstore.imports.records import Record
+from ragstore.validation import problem_in
 
 KINDS = (
     "missing_id",
@@ -25,9 +26,14 @@ KINDS = (
     "non_finite",
     "zero_vector",
     "missing_text",
+    "unstorable",
 )
 ACTIONS = ("abort", "skip", "keep")
 FIRST_IDS = 5
+# an id is stored as its document's source, under a unique btree index whose entries
+# PostgreSQL limits to 2704 bytes: a longer id failed the whole write, naming no record
+MAX_ID_BYTES = 2000
+SHOWN_ID_CHARS = 60
 
 DESCRIPTIONS = {
     "missing_id": "records without an id",
@@ -37,6 +43,8 @@ DESCRIPTIONS = {
     "non_finite": "vectors holding NaN or infinity",
     "zero_vector": "all-zero vectors (no direction: cosine is undefined)",
     "missing_text": "records without text",
+    "unstorable": "ids, texts or metadata the database cannot store (a NUL character, a "
+    "lone surrogate, a number out of range)",
 }
 
 
@@ -135,8 +143,31 @@ def validate(
         if rec.text is None or not rec.text.strip():
             issues["missing_text"].add(label)
             found.append("missing_text")
+        unstorable = _unstorable(rec)
+        if unstorable is not None:
+            issues["unstorable"].add(f"{_shown(label)} ({unstorable})")
+            found.append("unstorable")
         if not any(policies[k] == "skip" for k in found):
             kept.append(index)
     return ValidationReport(
         read=len(records), kept=kept, issues=[i for i in issues.values() if i.count]
     )
+
+
+def _unstorable(rec: Record) -> str | None:
+    """The first part of ``rec`` PostgreSQL would refuse, named with its field: found here,
+    it is one kind with the others, instead of failing the whole write naming no record."""
+    size = len(rec.id.encode("utf-8", "surrogatepass")) if rec.id is not None else 0
+    if size > MAX_ID_BYTES:
+        return f"id: {size} bytes, over the {MAX_ID_BYTES} an id may have"
+    for name, value in (("id", rec.id), ("text", rec.text), ("metadata", rec.metadata)):
+        problem = problem_in(value)
+        if problem is not None:
+            return f"{name}: {problem.split(';')[0]}"
+    return None
+
+
+def _shown(label: str) -> str:
+    """An id as a report can print it: a NUL or a lone surrogate escaped, a long one cut."""
+    shown = label.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return shown if len(shown) <= SHOWN_ID_CHARS else shown[:SHOWN_ID_CHARS] + "..."
