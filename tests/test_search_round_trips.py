@@ -1,5 +1,6 @@
 """A repeated vector or full-text search is one round trip to PostgreSQL: one Sync from the
-client, no BEGIN or COMMIT around its statement, and the pooled connection goes back as it
+client, no BEGIN or COMMIT around its statement (sent with its transaction-local
+statement_timeout), and the pooled connection goes back as it
 came (not in autocommit, no transaction open). A hybrid search is two statements of one
 round trip each: its two lists at once on two connections, fused in Python (search/fused.py).
 Counted from libpq's own protocol trace."""
@@ -71,10 +72,14 @@ def test_a_repeated_search_is_one_round_trip(
         rt, tmp_path / "trace.txt", lambda: search(rt, query, collection=coll.name, k=2, mode=mode)
     )
     assert sent.count("Sync") == trips, sent
-    assert sent.count("Execute") == trips, sent
+    # each search statement goes with its transaction-local statement_timeout
+    # (RAGSTORE_SEARCH_TIMEOUT_S), in the same round trip
+    assert sent.count("Execute") == 2 * trips, sent
     statements = " ".join(sent)
     assert "BEGIN" not in statements and "COMMIT" not in statements
     with rt.db.connection() as conn:  # handed back as any other pooled connection
         assert conn.autocommit is False
         conn.execute("SELECT 1")
         assert conn.info.transaction_status == 2  # INTRANS: a transaction as usual
+        row = conn.execute("SHOW statement_timeout").fetchone()
+        assert row is not None and row[0] == "0"  # the search's limit did not stay behind

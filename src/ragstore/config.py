@@ -7,11 +7,12 @@ Secrets are ``SecretStr`` so that printing the settings never shows them.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "RAGSTORE_"
@@ -110,6 +111,13 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(5.0, gt=0, le=300)
     search_k: int = Field(10, ge=1, le=1000, description="Hits returned when a search names no k.")
     hnsw_ef_search: int = Field(100, ge=1, le=1000, description="Default HNSW ef_search.")
+    search_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        le=86400,
+        description="A search statement running longer is ended with search_timeout; 0 = no "
+        "limit. Ingests, migrations and index builds are not limited.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="Log lines: JSON, or readable text when auto and on a terminal."
@@ -138,6 +146,26 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         50 * 1024 * 1024, ge=1024, description="Largest multipart upload (request_too_large)."
     )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest request head (request line and headers): a client that sends "
+        "more without finishing it is answered 431 headers_too_large and disconnected.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a connection may take to send a whole request head, counted "
+        "from when it opened or its last response ended; then it is closed.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or networks of reverse proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto are believed; empty = none (the client "
+        "address is the TCP peer's).",
+    )
     background_ingest_bytes: int = Field(
         256 * 1024, ge=0, description="Uploads above this size are ingested by a job (202)."
     )
@@ -148,6 +176,21 @@ class Settings(BaseSettings):
     worker_stalled_after_s: float = Field(
         30.0, gt=0, le=86400, description="A worker silent this long has its job retried."
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        """Addresses or networks only: ``*`` would let any client pick its own address."""
+        for item in (p.strip() for p in value.split(",")):
+            if not item:
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/24)"
+                ) from None
+        return ",".join(p.strip() for p in value.split(",") if p.strip())
 
     def redacted(self) -> dict[str, Any]:
         """The settings as plain values with every secret replaced by ``**********``."""

@@ -25,8 +25,10 @@ are caught, never passed through to a user.
     ├── PermissionDeniedError           forbidden
     ├── RateLimitedError                rate_limited
     ├── RequestTooLargeError            request_too_large
+    │   └── HeadersTooLargeError        headers_too_large
     ├── MethodNotAllowedError           method_not_allowed
     ├── NotReadyError                   not_ready
+    ├── SearchTimeoutError              search_timeout
     ├── ReadOnlyError                   read_only
     ├── InputError                      invalid_input
     │   ├── PathNotFoundError           path_not_found
@@ -212,6 +214,14 @@ class RequestTooLargeError(RagstoreError):
     exit_code = 65
 
 
+class HeadersTooLargeError(RequestTooLargeError):
+    """A request head (request line and headers) over ``RAGSTORE_MAX_HEADER_BYTES``: answered
+    by the HTTP protocol layer before the app sees the request."""
+
+    code = "headers_too_large"
+    http_status = 431
+
+
 class MethodNotAllowedError(RagstoreError):
     code = "method_not_allowed"
     http_status = 405
@@ -232,6 +242,14 @@ class NotReadyError(RagstoreError):
     code = "not_ready"
     http_status = 503
     exit_code = 69
+
+
+class SearchTimeoutError(RagstoreError):
+    """A search statement ran past ``RAGSTORE_SEARCH_TIMEOUT_S`` and PostgreSQL ended it (504)."""
+
+    code = "search_timeout"
+    http_status = 504
+    exit_code = 75  # EX_TEMPFAIL
 
 
 class InputError(RagstoreError):

@@ -15,6 +15,7 @@ import uvicorn
 
 from ragstore import Client
 from ragstore.api import create_app
+from ragstore.api.server import server_config
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
 from ragstore.db.database import Database
@@ -27,8 +28,8 @@ def running_server(settings: Settings) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings), log_level="warning", access_log=False, lifespan="on"
+    config = server_config(
+        create_app(settings), settings, log_level="warning", access_log=False, lifespan="on"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -33,6 +33,7 @@ _DESCRIPTIONS = {
     429: "Rate limited (with Retry-After)",
     500: "Internal or database error",
     503: "Database unavailable or not ready (with Retry-After)",
+    504: "The search ran past RAGSTORE_SEARCH_TIMEOUT_S (search_timeout)",
 }
 
 

@@ -59,5 +59,11 @@ def register(app: typer.Typer) -> None:
                 return
             import uvicorn
 
+            from ragstore.api.server import server_config
+            from ragstore.profiles import get_settings
+
             app = server.streamable_http_app(streamable_http_path=path, host=host)
-            uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+            config = server_config(
+                app, get_settings(), host=host, port=port, log_level="warning", access_log=False
+            )
+            uvicorn.Server(config).run()

@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
         from uvicorn.supervisors import Multiprocess
 
         from ragstore.api.listen import PARENT_ENV, bind_sockets, bound_addresses
+        from ragstore.api.server import server_config
         from ragstore.errors import ConfigError
         from ragstore.profiles import get_settings
 
@@ -56,8 +57,9 @@ def register(app: typer.Typer) -> None:
                 sock.close()
             raise
         logging.getLogger("ragstore").setLevel(settings.log_level.upper())
-        config = uvicorn.Config(
+        config = server_config(
             "ragstore.api.app:create_app",
+            settings,
             factory=True,
             workers=settings.api_workers,
             log_level=settings.log_level,

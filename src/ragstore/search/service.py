@@ -23,7 +23,12 @@ nothing to return, the best-known pgvector pitfall.
 Round trips: the collection comes from the runtime's short-lived cache, the query vector
 from the embedder's query cache and goes as a binary parameter, and the HNSW session
 settings are sent once per pooled connection (again only when a search needs another
-``ef_search``), so a repeated vector or full-text search costs exactly one statement.
+``ef_search``), so a repeated vector or full-text search costs exactly one round trip.
+
+Every search statement runs under ``RAGSTORE_SEARCH_TIMEOUT_S``: a transaction-local
+``statement_timeout`` sent in the same pipeline (:func:`_search_deadline`), so PostgreSQL
+ends a runaway search, or one whose client went away, and nothing else that uses the pooled
+connection afterwards (ingest, index builds) inherits the limit.
 """
 
 from __future__ import annotations
@@ -32,21 +37,22 @@ import contextvars
 import json
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from weakref import WeakKeyDictionary
 
 import numpy as np
 import numpy.typing as npt
-from psycopg import ClientCursor, sql
+from psycopg import ClientCursor, errors, sql
 
 from ragstore.db import spaces
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.db.repository import Collection
-from ragstore.errors import InputError
+from ragstore.errors import InputError, SearchTimeoutError
 from ragstore.models import Hit
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
@@ -393,6 +399,23 @@ def _with_rows(list_sql: sql.Composable, order: str) -> sql.Composed:
     ).format(o=sql.SQL(order), l=list_sql)
 
 
+@contextmanager
+def _search_deadline(collection: str, timeout_s: float) -> Iterator[None]:
+    """Turn PostgreSQL's "canceling statement due to statement timeout" into one clear
+    :class:`SearchTimeoutError` (another cancel, e.g. an administrator's, stays as it is)."""
+    try:
+        yield
+    except errors.QueryCanceled as exc:
+        if "statement timeout" not in str(exc):
+            raise
+        raise SearchTimeoutError(
+            f"the search of collection {collection!r} ran longer than {timeout_s:g} s and "
+            f"was stopped (RAGSTORE_SEARCH_TIMEOUT_S={timeout_s:g}); narrow it (a filter, a "
+            "smaller k, no exact search), retry when the database is less busy, or raise "
+            "the limit"
+        ) from None
+
+
 @dataclass(frozen=True)
 class _Statement:
     """Runs one search statement on a pooled connection, in one round trip."""
@@ -414,7 +437,12 @@ class _Statement:
         """The statement's rows; ``hnsw`` when it scans the HNSW index (its session
         settings go first, once per connection), ``pruned_filter`` when the BM25 top k
         takes the filter as SQL text."""
-        with self.rt.db.connection() as conn, translated(f"searching {self.coll.name!r}"):
+        timeout_s = self.rt.settings.search_timeout_s
+        with (
+            self.rt.db.connection() as conn,
+            translated(f"searching {self.coll.name!r}"),
+            _search_deadline(self.coll.name, timeout_s),
+        ):
             if pruned_filter:
                 # every value quoted client-side by psycopg, as in a bound parameter
                 values["ftcond"] = ClientCursor(conn).mogrify(
@@ -427,13 +455,21 @@ class _Statement:
             # Sync).
             conn.autocommit = True  # idle pooled connection: a client-side switch, no message
             try:
-                if set_session:
+                if set_session or timeout_s:
                     with conn.pipeline():
-                        # session-level: later searches on this pooled connection skip them
-                        conn.execute(
-                            "SELECT set_config('hnsw.ef_search', %s, false)", (str(self.ef),)
-                        )
-                        if self.iterative:
+                        if timeout_s:
+                            # transaction-local: the statement below and nothing after it
+                            conn.execute(
+                                "SELECT set_config('statement_timeout', %s, true)",
+                                (str(max(1, round(timeout_s * 1000))),),
+                            )
+                        if set_session:
+                            # session-level: later searches on this connection skip them
+                            conn.execute(
+                                "SELECT set_config('hnsw.ef_search', %s, false)",
+                                (str(self.ef),),
+                            )
+                        if set_session and self.iterative:
                             conn.execute(
                                 "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)"
                             )

@@ -17,7 +17,7 @@ from ragstore.api.schemas import SearchRequest, SearchResponse
 from ragstore.store import search_response
 
 router = APIRouter(
-    prefix="/v1/collections/{name}", tags=["search"], responses=responses(400, 404, 409)
+    prefix="/v1/collections/{name}", tags=["search"], responses=responses(400, 404, 409, 504)
 )
 
 

@@ -1,0 +1,177 @@
+"""How uvicorn serves the app: one :func:`server_config` for ``ragstore serve``, ``ragstore
+mcp`` and the tests, so every server runs with the same guards.
+
+uvicorn's httptools protocol, left alone, reads a request head without limit (a client that
+sent 96 MB of headers kept the event loop busy for 13.6 s, every other client waiting) and
+waits for it without end (a head sent a byte a second holds a connection forever; so does
+a connection that never sends anything). :class:`GuardedHttpToolsProtocol` keeps
+httptools' speed and adds two bounds:
+
+* ``RAGSTORE_MAX_HEADER_BYTES``: once more bytes than this arrived without the parser
+  finishing a head (or a chunked body's trailers), the client is answered 431
+  ``headers_too_large`` and disconnected. Bytes are counted as they arrive, before the
+  parser would buffer more of them, so a flood costs one read buffer (256 KiB) at most.
+* ``RAGSTORE_HEADER_TIMEOUT_S``: a connection must deliver a whole head within this many
+  seconds of opening, or of its last response ending, else it is closed.
+
+``X-Forwarded-For`` / ``X-Forwarded-Proto`` are read only from the addresses in
+``RAGSTORE_TRUSTED_PROXIES`` (none by default): with uvicorn's default any local process
+could name another client address and so dodge the per-address throttle of failed keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from ragstore.config import Settings
+from ragstore.errors import HeadersTooLargeError
+
+log = logging.getLogger("ragstore.api")
+
+_DEFAULTS = Settings.model_fields
+
+
+class ServeConfig(uvicorn.Config):
+    """uvicorn's ``Config`` with the head limits on it: worker processes receive the config
+    pickled, so the limits travel with it (a class attribute set at run time would not)."""
+
+    def __init__(
+        self, app: Any, *, max_header_bytes: int, header_timeout_s: float, **kwargs: Any
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self.max_header_bytes = max_header_bytes
+        self.header_timeout_s = header_timeout_s
+
+
+def server_config(app: Any, settings: Settings, **kwargs: Any) -> ServeConfig:
+    """The uvicorn config that serves ``app`` (an app, or an import string with
+    ``factory=True``) under ``settings``' limits; ``kwargs`` go to uvicorn as they are."""
+    trusted = settings.trusted_proxies
+    return ServeConfig(
+        app,
+        http=GuardedHttpToolsProtocol,
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted.split(",") if trusted else None,
+        **kwargs,
+    )
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on the size and the time of a request head
+    (see the module doc)."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        if isinstance(config, ServeConfig):
+            self.max_head = config.max_header_bytes
+            self.head_timeout = config.header_timeout_s
+        else:  # a plain uvicorn.Config naming this class: the settings' defaults
+            self.max_head = int(_DEFAULTS["max_header_bytes"].default)
+            self.head_timeout = float(_DEFAULTS["header_timeout_s"].default)
+        self.unparsed = 0  # bytes received since the parser last finished something
+        self.progressed = False
+        self.head_timer: asyncio.TimerHandle | None = None
+
+    # the clock of a head: from the connection's start or its last response, to the head's end
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_clock()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_clock()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self._start_head_clock()  # waiting for the next request's head
+
+    def _start_head_clock(self) -> None:
+        self._stop_head_clock()
+        self.head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _stop_head_clock(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    # the size of a head: bytes that arrive without the parser finishing anything
+    def data_received(self, data: bytes) -> None:
+        self.progressed = False
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        if self.progressed:
+            self.unparsed = 0
+            return
+        self.unparsed += len(data)
+        if self.unparsed > self.max_head:
+            self._refuse_head()
+
+    def on_headers_complete(self) -> None:
+        self.progressed = True
+        self._stop_head_clock()
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.progressed = True
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.progressed = True
+        super().on_message_complete()
+
+    def _refuse_head(self) -> None:
+        """Answer 431 (unless a response is under way: then only disconnect) and close."""
+        from ragstore.api.errors import PROBLEM_JSON, problem_body
+
+        self._stop_head_clock()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        log.warning(
+            "refused a request head of more than %d bytes from %s (RAGSTORE_MAX_HEADER_BYTES)",
+            self.max_head,
+            client,
+        )
+        if self.cycle is None or self.cycle.response_complete:
+            exc = HeadersTooLargeError(
+                f"the request head (request line and headers) is over {self.max_head} bytes "
+                "(RAGSTORE_MAX_HEADER_BYTES); send fewer or shorter headers"
+            )
+            rid = uuid.uuid4().hex
+            body = json.dumps(problem_body(exc, request_id=rid, instance="")).encode()
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                + b"content-type: "
+                + PROBLEM_JSON.encode()
+                + b"\r\n"
+                + b"content-length: "
+                + str(len(body)).encode()
+                + b"\r\n"
+                + b"x-request-id: "
+                + rid.encode()
+                + b"\r\n"
+                + b"connection: close\r\n\r\n"
+                + body
+            )
+        self.transport.close()

@@ -1,0 +1,256 @@
+"""What a real server on loopback does with hostile or runaway traffic: an oversized request
+head is refused early (431) without stalling other clients, a head sent a byte at a time is
+cut off, a forged X-Forwarded-For changes nothing unless its sender is a trusted proxy, and
+a search that runs too long ends with ``search_timeout`` while ingests wait as long as they
+need."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+import pytest
+
+from ragstore import Client
+from ragstore.auth import KeyStore
+from ragstore.config import Settings
+from ragstore.errors import SearchTimeoutError
+from tests.api.conftest import running_server, with_
+from tests.conftest import run_cli
+
+TIMEOUT_S = 0.5  # the server's search timeout here
+HEAD_TIMEOUT_S = 1.0  # and its header timeout
+
+
+@pytest.fixture(scope="module")
+def secured(settings: Settings) -> Iterator[str]:
+    guarded = with_(
+        settings, auth="on", search_timeout_s=TIMEOUT_S, header_timeout_s=HEAD_TIMEOUT_S
+    )
+    with running_server(guarded) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def admin_key(keys: KeyStore) -> str:
+    return keys.create("admin").secret
+
+
+@pytest.fixture(scope="module")
+def admin(secured: str, admin_key: str) -> Iterator[Client]:
+    with Client(secured, api_key=admin_key) as c:
+        c.add_document("notes", "ops/rollback.md", "# Rollback\n\nRoll back with downgrade.\n")
+        yield c
+
+
+def _connect(url: str) -> socket.socket:
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=10)
+    return sock
+
+
+def _read_all(sock: socket.socket, wait_s: float) -> bytes:
+    """What the server sends until it closes the connection (or ``wait_s`` passes)."""
+    sock.settimeout(wait_s)
+    got = b""
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return got
+
+
+def test_an_oversized_request_head_is_refused_with_431(secured: str) -> None:
+    with _connect(secured) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100_000)
+        answer = _read_all(sock, 5.0)  # the head is not finished: only the limit answers
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"application/problem+json" in head
+    problem = json.loads(body)
+    assert problem["code"] == "headers_too_large"
+    assert "RAGSTORE_MAX_HEADER_BYTES" in problem["detail"]
+
+
+def test_a_header_flood_is_cut_off_while_others_are_served(secured: str) -> None:
+    sent = 0
+    cut_off: list[OSError] = []
+
+    def flood() -> None:
+        nonlocal sent
+        with _connect(secured) as sock:
+            try:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                line = b"X-" + b"a" * 1000 + b": " + b"b" * 3000 + b"\r\n"
+                for _ in range(16_000):  # 64 MB of headers, never finished
+                    sock.sendall(line)
+                    sent += len(line)
+            except OSError as exc:
+                cut_off.append(exc)
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    slowest = 0.0
+    with httpx.Client(base_url=secured, timeout=30) as h:
+        while flooder.is_alive():
+            t0 = time.monotonic()
+            assert h.get("/healthz").status_code == 200
+            slowest = max(slowest, time.monotonic() - t0)
+    flooder.join()
+    assert cut_off, f"the server read all {sent} bytes of an unfinished head"
+    assert sent < 16 * 1024 * 1024
+    assert slowest < 1.0
+
+
+def test_a_large_head_under_the_limit_and_a_large_body_pass(secured: str) -> None:
+    r = httpx.get(f"{secured}/healthz", headers={"X-Big": "a" * 40_000})
+    assert r.status_code == 200
+    body = json.dumps({"query": "x" * 600_000}).encode()  # head and body arrive together
+    r = httpx.post(f"{secured}/v1/collections/notes/search", content=body)
+    assert r.status_code == 401  # read and answered by the app, not refused as a head
+
+
+def test_a_head_sent_a_byte_at_a_time_is_cut_off(secured: str) -> None:
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100
+    with _connect(secured) as sock:
+        t0 = time.monotonic()
+        closed = False
+        for byte in request:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            sock.settimeout(0.2)
+            try:
+                if sock.recv(1024) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                closed = True
+                break
+        elapsed = time.monotonic() - t0
+    assert closed, "a head trickled in over 20 s was still being read"
+    assert HEAD_TIMEOUT_S * 0.9 <= elapsed < HEAD_TIMEOUT_S + 2.0
+
+
+def test_an_idle_connection_is_closed_after_the_header_timeout(secured: str) -> None:
+    with _connect(secured) as sock:
+        t0 = time.monotonic()
+        assert _read_all(sock, HEAD_TIMEOUT_S + 3.0) == b""
+        elapsed = time.monotonic() - t0
+    assert elapsed < HEAD_TIMEOUT_S + 2.0
+
+
+def _failed_auths(url: str, forged: bool) -> list[int]:
+    """40 malformed keys from this loopback client, each naming another address."""
+    with httpx.Client(base_url=url, timeout=30) as h:
+        return [
+            h.get(
+                "/v1/collections",
+                headers={
+                    "Authorization": "Bearer not-a-key",
+                    **({"X-Forwarded-For": f"198.51.100.{i}"} if forged else {}),
+                },
+            ).status_code
+            for i in range(40)
+        ]
+
+
+def test_a_forged_forwarded_for_is_throttled_as_the_client_itself(
+    secured: str, admin: Client
+) -> None:
+    # (admin's key verified before: a verified key skips the throttle this test fills)
+    statuses = _failed_auths(secured, forged=True)
+    assert statuses.count(401) <= 30, statuses  # 30 failures a minute from 127.0.0.1
+    assert statuses[-10:] == [429] * 10, statuses
+
+
+def test_a_trusted_proxy_passes_the_client_address(settings: Settings) -> None:
+    proxied = with_(settings, auth="on", trusted_proxies="127.0.0.1")
+    with running_server(proxied) as url:
+        statuses = _failed_auths(url, forged=True)
+    assert statuses == [401] * 40  # each forwarded address failed once
+
+
+def _hold_lock(settings: Settings) -> psycopg.Connection[tuple[object, ...]]:
+    """A connection holding an exclusive lock on ``chunks``: every search waits on it."""
+    assert settings.database_url is not None
+    conn = psycopg.connect(settings.database_url.get_secret_value())
+    conn.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+    return conn
+
+
+def test_a_search_over_the_timeout_is_search_timeout(admin: Client, settings: Settings) -> None:
+    admin.search("notes", "rollback")  # the collection is cached: only the search waits
+    conn = _hold_lock(settings)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(SearchTimeoutError) as info:
+            admin.search("notes", "rollback")
+        elapsed = time.monotonic() - t0
+    finally:
+        conn.rollback()
+        conn.close()
+    assert "RAGSTORE_SEARCH_TIMEOUT_S" in str(info.value)
+    assert TIMEOUT_S <= elapsed < TIMEOUT_S + 3.0
+    r = admin.request("POST", "/v1/collections/notes/search", json={"query": "rollback"})
+    assert r.status_code == 200  # the lock gone, the same search answers
+
+
+def test_the_search_timeout_answers_504_problem_json(
+    secured: str, admin: Client, admin_key: str, settings: Settings
+) -> None:
+    conn = _hold_lock(settings)
+    try:
+        r = httpx.post(
+            f"{secured}/v1/collections/notes/search",
+            json={"query": "rollback"},
+            headers={"Authorization": f"Bearer {admin_key}"},
+        )
+    finally:
+        conn.rollback()
+        conn.close()
+    assert r.status_code == 504
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["code"] == "search_timeout"
+
+
+def test_the_cli_reports_a_search_timeout(
+    admin: Client,
+    settings: Settings,
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RAGSTORE_SEARCH_TIMEOUT_S", str(TIMEOUT_S))
+    assert run_cli("search", "rollback", "-c", "notes", "--mode", "fulltext") == 0
+    conn = _hold_lock(settings)
+    try:
+        code = run_cli("search", "rollback", "-c", "notes", "--mode", "fulltext")
+    finally:
+        conn.rollback()
+        conn.close()
+    err = capsys.readouterr().err
+    assert code == 75, err
+    assert "error[search_timeout]" in err and "RAGSTORE_SEARCH_TIMEOUT_S" in err
+
+
+def test_an_ingest_waits_past_the_search_timeout(admin: Client, settings: Settings) -> None:
+    conn = _hold_lock(settings)
+    release = threading.Timer(3 * TIMEOUT_S, lambda: (conn.rollback(), conn.close()))
+    release.start()
+    try:
+        added = admin.add_document("notes", "ops/wait.md", "# Waiting\n\nIngests wait.\n")
+    finally:
+        release.join()
+    assert added["chunks"] >= 1
