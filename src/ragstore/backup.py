@@ -82,6 +82,8 @@ END $$;
 
 # the table of contents line (``pg_restore --list``) of the table every ragstore schema has
 _SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ TABLE public alembic_version ", re.M)
+# an extension's entry (its name captured) and the comment on it
+_EXTENSION_ENTRY = re.compile(r"^\d+; \d+ \d+ (?:EXTENSION - ([a-z0-9_]+) |COMMENT - EXTENSION )")
 
 
 @dataclass
@@ -122,14 +124,21 @@ def _client_args(conninfo: str) -> tuple[str, dict[str, str]]:
     return make_conninfo("", **{k: v for k, v in params.items() if v is not None}), env
 
 
-def _run(args: list[str], env: dict[str, str], what: str, **kw: Any) -> str:
+def _run(
+    args: list[str],
+    env: dict[str, str],
+    what: str,
+    failed: type[BackupError] = BackupError,
+    **kw: Any,
+) -> str:
+    """Run a client tool; its failure is ``failed`` with the tool's first lines."""
     try:
         proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False, **kw)
     except OSError as exc:
         raise BackupError(f"{what}: could not run {Path(args[0]).name}: {exc}") from None
     if proc.returncode != 0:
         detail = " ".join(line for line in (proc.stderr or "").strip().splitlines()[:3])
-        raise BackupError(f"{what}: {Path(args[0]).name} failed: {detail or 'no message'}")
+        raise failed(f"{what}: {Path(args[0]).name} failed: {detail or 'no message'}")
     return str(proc.stdout)
 
 
@@ -229,6 +238,11 @@ def read_info(path: Path) -> BackupInfo | None:
 
 def check_archive(path: Path) -> BackupInfo | None:
     """Refuse a missing, damaged or foreign archive before anything is dropped."""
+    return _checked(path)[0]
+
+
+def _checked(path: Path) -> tuple[BackupInfo | None, str]:
+    """:func:`check_archive`, and the archive's table of contents (``pg_restore --list``)."""
     if not path.exists():
         raise PathNotFoundError(f"{path}: no such file or directory")
     info = read_info(path)
@@ -252,7 +266,26 @@ def check_archive(path: Path) -> BackupInfo | None:
             "every collection with tables ragstore cannot use; restore it into a database "
             "of its own with pg_restore"
         )
-    return info
+    return info, proc.stdout
+
+
+def _without_extensions(listing: str) -> tuple[str, list[str]]:
+    """The table of contents without its extensions (and their comments), and their names.
+
+    pg_restore ``--clean`` drops and re-creates each extension, which gives ``vector`` new
+    type OIDs; every session of a server left running knows the old ones (the driver sends
+    vectors typed by OID) and each of its searches would fail from then on ("cache lookup
+    failed for type N") until it was restarted. The extensions are kept as they are
+    instead, and only created where missing."""
+    names: list[str] = []
+    kept: list[str] = []
+    for line in listing.splitlines():
+        entry = _EXTENSION_ENTRY.match(line)
+        if entry is None:
+            kept.append(line)
+        elif entry.group(1):
+            names.append(entry.group(1))
+    return "\n".join(kept) + "\n", names
 
 
 @dataclass
@@ -266,25 +299,34 @@ class RestoreResult:
 
 def restore_backup(db: Database, path: Path) -> RestoreResult:
     """Make the database exactly what the archive holds, in one transaction."""
-    info = check_archive(path)
+    info, listing = _checked(path)
     conninfo, env = _client_args(db.conninfo)
-    script = _run(
-        [
-            _tool("pg_restore"),
-            "--clean",
-            "--if-exists",
-            "--no-owner",
-            "--no-privileges",
-            "--file",
-            "-",
-            str(path),
-        ],
-        env,
-        f"reading {path}",
-    )
+    entries, extensions = _without_extensions(listing)
     with tempfile.TemporaryDirectory(prefix="ragstore-restore-") as tmpdir:
+        toc = Path(tmpdir) / "toc.list"
+        toc.write_text(entries)
+        script = _run(
+            [
+                _tool("pg_restore"),
+                "--clean",
+                "--if-exists",
+                "--no-owner",
+                "--no-privileges",
+                "--use-list",
+                str(toc),
+                "--file",
+                "-",
+                str(path),
+            ],
+            env,
+            # only the archive is read here: a failure is the archive's (cut short, or
+            # damaged past its table of contents), and nothing was changed
+            f"{path} is truncated or damaged (nothing was changed; restore another backup)",
+            BackupInvalidError,
+        )
         prelude = Path(tmpdir) / "prelude.sql"
-        prelude.write_text(_DROP_PUBLIC_OBJECTS)
+        create = "".join(f'CREATE EXTENSION IF NOT EXISTS "{name}";\n' for name in extensions)
+        prelude.write_text(create + _DROP_PUBLIC_OBJECTS)
         body = Path(tmpdir) / "restore.sql"
         body.write_text(script)
         _run(

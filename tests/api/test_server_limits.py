@@ -151,6 +151,37 @@ def test_an_idle_connection_is_closed_after_the_header_timeout(secured: str) -> 
     assert elapsed < HEAD_TIMEOUT_S + 2.0
 
 
+def _post_slowly(url: str, pieces: list[bytes], gap_s: float) -> bytes:
+    """POST a body to a search in ``pieces`` sent ``gap_s`` apart; what the server answers
+    (``b""``: it closed the connection first)."""
+    size = sum(len(p) for p in pieces)
+    with _connect(url) as sock:
+        sock.sendall(
+            b"POST /v1/collections/notes/search HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size
+        )
+        for piece in pieces:
+            time.sleep(gap_s)
+            try:
+                sock.sendall(piece)
+            except OSError:
+                return b""
+        return _read_all(sock, 10.0)
+
+
+def test_a_body_sent_a_byte_at_a_time_is_cut_off(secured: str) -> None:
+    t0 = time.monotonic()
+    assert _post_slowly(secured, [b" "] * 40, 0.1) == b""
+    assert time.monotonic() - t0 < HEAD_TIMEOUT_S + 2.0
+
+
+def test_a_slow_body_at_a_fair_rate_is_read(secured: str) -> None:
+    body = json.dumps({"query": "rollback", "pad": "x" * 6000}).encode()
+    pieces = [body[i : i + 2048] for i in range(0, len(body), 2048)]  # over 1 s in all
+    answer = _post_slowly(secured, pieces, 0.35)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:100]  # read whole, then answered
+
+
 def _failed_auths(url: str, forged: bool) -> list[int]:
     """40 malformed keys from this loopback client, each naming another address."""
     with httpx.Client(base_url=url, timeout=30) as h:

@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.imports.helpers import collection_state, vectors, write_jsonl, write_npy_csv
+from tests.sigterm import sigterm_when
 
 DIM = 16
 
@@ -158,3 +159,29 @@ def test_import_takes_a_backup_first(
     assert side["reason"] == "import" and side["sha256"] == report["backup"]["sha256"]
     assert "backed" not in json.dumps(side["counts"])  # taken before the collection existed
     assert np.isclose(report["verification"]["recall_at_10"], 1.0)
+
+
+def test_sigterm_mid_copy_rolls_the_import_back_and_says_so(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM while the COPY runs: the one transaction rolls back, the command says that
+    nothing was written and exits 143 (it died silently, killed by the signal)."""
+    url = cli_env["RAGSTORE_DATABASE_URL"]
+    n = 20_000
+    src = write_npy_csv(tmp_path / "t.npy", [f"t{i}" for i in range(n)], vectors(n, DIM, seed=5))
+
+    def copying() -> bool:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND state = 'active' AND query LIKE 'COPY %%'"
+            ).fetchone()
+        return bool(row and row[0])
+
+    capsys.readouterr()
+    with sigterm_when(copying) as sent:
+        status = run_cli(*_import(str(src), "term", "--no-backup"))
+    err = capsys.readouterr().err
+    assert sent == [True] and status == 143, err
+    assert "interrupted by SIGTERM: the import was rolled back, nothing was written" in err
+    assert collection_state(url, "term")["exists"] is False

@@ -6,8 +6,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
+from pgvector.psycopg import register_vector
 
 from ragstore.db import migrations
 from ragstore.db.database import Database
@@ -134,6 +136,11 @@ def test_damaged_archive_is_refused_and_nothing_changes(
     Path(f"{archive}.json").unlink()  # without the sidecar, pg_restore itself refuses it
     assert run_cli("restore", str(archive), "--yes") == 65
     assert "is not a readable pg_dump custom-format archive" in capsys.readouterr().err
+    # cut near its end, its table of contents still reads: the data does not
+    archive.write_bytes(data[:-200])
+    assert run_cli("restore", str(archive), "--yes") == 65
+    err = capsys.readouterr().err
+    assert err.startswith(f"error[backup_invalid]: {archive} is truncated or damaged"), err
     assert full_dump(populated) == before
 
 
@@ -236,3 +243,23 @@ def test_schema_set_up_over_foreign_tables_is_one_error(
     assert err.startswith("error[") and err.count("\n") == 1, err
     assert 'relation "documents" already exists' in err
     assert migrations.status(Database(empty_database_url)).current is None
+
+
+def test_a_session_open_across_a_restore_still_sends_vectors(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A running server's pooled sessions know the ``vector`` type by its OID. A restore
+    that dropped and re-created the extension gave the type a new OID, and every search of
+    a server left running failed from then on ("cache lookup failed for type N") until it
+    was restarted; the extension is kept as it is."""
+    archive = tmp_path / "live.dump"
+    assert run_cli("backup", str(archive)) == 0
+    with psycopg.connect(populated, autocommit=True) as conn:
+        register_vector(conn)
+        query = "SELECT %s <-> %s"
+        a, b = np.ones(3, dtype=np.float32), np.zeros(3, dtype=np.float32)
+        assert conn.execute(query, (a, b)).fetchone() is not None
+        capsys.readouterr()
+        assert run_cli("restore", str(archive), "--yes") == 0
+        row = conn.execute(query, (a, b)).fetchone()
+        assert row is not None and abs(float(row[0]) - 3**0.5) < 1e-6

@@ -18,18 +18,20 @@ from ragstore.errors import MigrationStateError
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import migrate
 from ragstore.runtime import Runtime
+from tests.conftest import run_cli
 from tests.models.corpus import write_corpus
+from tests.sigterm import sigterm_when
 
 COLL = "resume"
 TOTAL = 120  # 12 documents x 10 paragraphs, one chunk each (headings carry no vector)
 
 
-def _building_table(rt: Runtime) -> str | None:
+def _building_table(rt: Runtime, coll: str = COLL) -> str | None:
     with rt.db.connection() as conn:
         row = conn.execute(
             "SELECT s.table_name FROM embedding_spaces s JOIN collections c"
             " ON c.id = s.collection_id WHERE c.name = %s AND s.status = 'building'",
-            (COLL,),
+            (coll,),
         ).fetchone()
     return str(row[0]) if row else None
 
@@ -113,3 +115,33 @@ def test_killed_migrate_resumes_without_re_embedding_finished_chunks(
     assert len(after) == TOTAL
     assert {cid: after[cid] for cid in before} == before, "finished rows were not rewritten"
     assert resumed.switched and rt.collection(COLL).table == table
+
+
+def test_sigterm_stops_a_migrate_saying_how_far_it_got(
+    rt: Runtime, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM mid-backfill: the batches committed stay, the command says how many vectors
+    the new space holds, that searches still use the old model and how to resume, and
+    exits 143 (it died silently, killed by the signal)."""
+    coll = "resume-term"
+    ingest_paths(rt, [write_corpus(tmp_path, docs=4, paragraphs=10, long=True)], coll)
+    old = rt.collection(coll).model.key
+
+    def started() -> bool:
+        table = _building_table(rt, coll)
+        return table is not None and len(_rows(rt, table)) >= 4
+
+    capsys.readouterr()
+    with sigterm_when(started) as sent:
+        status = run_cli(
+            "models", "migrate", "-c", coll, "--to", TRUNCATED_MODEL, "--batch-size", "2"
+        )
+    err = capsys.readouterr().err
+    assert sent == [True] and status == 143, err
+    table = _building_table(rt, coll)
+    assert table is not None and rt.collection(coll).model.key == old
+    stored = len(_rows(rt, table))
+    assert 4 <= stored < 40, err
+    target = resolve_spec(TRUNCATED_MODEL).key
+    assert f"interrupted by SIGTERM: {stored} of 40 chunks have a vector for {target}" in err
+    assert f"searches still use {old}" in err and "run the same command again" in err

@@ -12,7 +12,10 @@ httptools' speed and adds two bounds:
   ``headers_too_large`` and disconnected. Bytes are counted as they arrive, before the
   parser would buffer more of them, so a flood costs one read buffer (256 KiB) at most.
 * ``RAGSTORE_HEADER_TIMEOUT_S``: a connection must deliver a whole head within this many
-  seconds of opening, or of its last response ending, else it is closed.
+  seconds of opening, or of its last response ending, else it is closed. A request body
+  gets the same time plus a second for every :data:`BODY_MIN_BYTES_PER_S` bytes it
+  delivered (time while the app is not reading does not count): a body trickled in a byte
+  at a time no longer holds a connection and its task forever, a slow upload still passes.
 
 ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are read only from the addresses in
 ``RAGSTORE_TRUSTED_PROXIES`` (none by default): with uvicorn's default any local process
@@ -37,6 +40,8 @@ from ragstore.errors import HeadersTooLargeError
 log = logging.getLogger("ragstore.api")
 
 _DEFAULTS = Settings.model_fields
+
+BODY_MIN_BYTES_PER_S = 1024  # a request body slower than this is cut off (see the module doc)
 
 
 class ServeConfig(uvicorn.Config):
@@ -87,6 +92,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.unparsed = 0  # bytes received since the parser last finished something
         self.progressed = False
         self.head_timer: asyncio.TimerHandle | None = None
+        self.body_timer: asyncio.TimerHandle | None = None
+        self.body_deadline = 0.0
+        self.in_body = False  # between a head's end and its message's end
 
     # the clock of a head: from the connection's start or its last response, to the head's end
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -95,6 +103,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_clock()
+        self._stop_body_clock()
         super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
@@ -116,12 +125,38 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.close()
 
+    # the clock of a body: the head's time again, plus a second per BODY_MIN_BYTES_PER_S
+    # delivered; armed once a body is on its way (data_received), stopped at its end
+    def _stop_body_clock(self) -> None:
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
+
+    def _body_check(self) -> None:
+        self.body_timer = None
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.flow.read_paused:  # the app is not reading: the client cannot send
+            self.body_deadline = max(self.body_deadline, now + self.head_timeout)
+        if now < self.body_deadline:
+            self.body_timer = self.loop.call_at(self.body_deadline, self._body_check)
+            return
+        log.warning(
+            "closed a connection whose request body arrived slower than %d bytes/s "
+            "(RAGSTORE_HEADER_TIMEOUT_S)",
+            BODY_MIN_BYTES_PER_S,
+        )
+        self.transport.close()
+
     # the size of a head: bytes that arrive without the parser finishing anything
     def data_received(self, data: bytes) -> None:
         self.progressed = False
         super().data_received(data)
         if self.transport.is_closing():
             return
+        if self.in_body and self.body_timer is None:  # a body is on its way: time it
+            self.body_timer = self.loop.call_at(self.body_deadline, self._body_check)
         if self.progressed:
             self.unparsed = 0
             return
@@ -132,14 +167,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.progressed = True
         self._stop_head_clock()
+        self.in_body = True
+        self.body_deadline = self.loop.time() + self.head_timeout
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
         self.progressed = True
+        self.body_deadline += len(body) / BODY_MIN_BYTES_PER_S
         super().on_body(body)
 
     def on_message_complete(self) -> None:
         self.progressed = True
+        self.in_body = False
+        self._stop_body_clock()
         super().on_message_complete()
 
     def _refuse_head(self) -> None:

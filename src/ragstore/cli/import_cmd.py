@@ -158,6 +158,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
         """Import vectors from a basic store; everything or nothing, verified."""
+        from ragstore.cli.signals import interrupt_says
         from ragstore.imports import (
             ImportOptions,
             SourceOptions,
@@ -194,7 +195,11 @@ def register(app: typer.Typer) -> None:
                 chroma_collection=chroma_collection,
             ),
         )
-        with Runtime() as rt:
+        rolled_back = (
+            "the import was rolled back, nothing was written (it is one transaction); run "
+            "the same command again"
+        )
+        with interrupt_says(rolled_back), Runtime() as rt:
             opts = ImportOptions(
                 collection=collection or rt.settings.collection,
                 model=model,

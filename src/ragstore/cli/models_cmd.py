@@ -7,6 +7,7 @@ form (``ragstore models status docs``) still works and prints a deprecation line
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from typing import Any
 
@@ -232,20 +233,28 @@ def migrate_cmd(
     Resumable: run it again after an interruption and it continues where it stopped.
     Searches use the old model until the switch; `ragstore models rollback` undoes it.
     """
+    from ragstore.cli.signals import terminate_as_interrupt
     from ragstore.modelops.migrate import migrate
     from ragstore.runtime import Runtime
 
     name = pick_collection(collection, positional, "migrate")
-    with Runtime() as rt, progress("re-embedding", "chunks") as update:
-        report = migrate(
-            rt,
-            name,
-            to,
-            batch_size=batch_size,
-            switch=switch,
-            sample_queries=sample_queries,
-            progress=lambda done, total: update(done, total, ""),
-        )
+    try:
+        with (
+            terminate_as_interrupt(),
+            Runtime() as rt,
+            progress("re-embedding", "chunks") as update,
+        ):
+            report = migrate(
+                rt,
+                name,
+                to,
+                batch_size=batch_size,
+                switch=switch,
+                sample_queries=sample_queries,
+                progress=lambda done, total: update(done, total, ""),
+            )
+    except KeyboardInterrupt as exc:
+        sys.exit(_print_interrupted(exc, name))
     if as_json:
         echo_json({**asdict(report), "chunks_per_second": report.chunks_per_second})
         return
@@ -270,6 +279,46 @@ def migrate_cmd(
         )
     for note in report.notes:
         err.print(note)
+
+
+def _print_interrupted(exc: KeyboardInterrupt, name: str) -> int:
+    """Say where an interrupted migration stands, read back from the database (each batch
+    commits on its own, so that is exact), and how to go on; return the exit status."""
+    from ragstore.cli.signals import interrupt_status
+    from ragstore.errors import RagstoreError
+    from ragstore.modelops.migrate import model_status
+    from ragstore.runtime import Runtime
+
+    how, status = interrupt_status(exc)
+    err = err_console()
+    try:
+        with Runtime() as rt:
+            rows = model_status(rt, name)
+    except RagstoreError as error:
+        err.print(f"interrupted by {how}; where the migration stands is unknown: {error}")
+        return status
+    active = next((r["model"] for r in rows if r["status"] == "active"), "?")
+    for r in rows:
+        if r["status"] == "building":
+            model, have, missing = escape(r["model"]), r["vectors"], r["missing"]
+            done = (
+                f"{have} of {have + missing} chunks have a vector for {model}"
+                if r["chunks"] == "live"  # else the target has a chunk set of its own
+                else f"{have} vectors stored for {model}, {missing} documents to re-cut"
+            )
+            err.print(
+                f"interrupted by {how}: {done} (each batch is committed); searches still "
+                f"use {escape(active)}"
+            )
+            break
+    else:
+        err.print(f"interrupted by {how}: {name!r} uses {escape(active)}")
+    err.print(
+        "  run the same command again to resume where it stopped, or drop the new space "
+        f"with `ragstore models cancel -c {name}`; `ragstore models status -c {name}` "
+        "shows where it stands"
+    )
+    return status
 
 
 @app.command("rollback")

@@ -11,6 +11,7 @@ the transaction in flight commits or rolls back whole, and the command can say s
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,3 +54,19 @@ def interrupt_status(exc: BaseException) -> tuple[str, int]:
             return "SIGTERM", EXIT_TERMINATED
         seen = seen.__cause__
     return "Ctrl-C", 128 + signal.SIGINT
+
+
+@contextmanager
+def interrupt_says(what_happened: str) -> Iterator[None]:
+    """:func:`terminate_as_interrupt` for the block; an interrupt (SIGTERM or Ctrl-C) ends
+    the command with ``interrupted by HOW: WHAT_HAPPENED`` and its exit status, for a
+    command whose one transaction makes that sentence the same whenever it stops."""
+    try:
+        with terminate_as_interrupt():
+            yield
+    except KeyboardInterrupt as exc:
+        from ragstore.cli.output import err_console
+
+        how, status = interrupt_status(exc)
+        err_console().print(f"interrupted by {how}: {what_happened}")
+        sys.exit(status)
