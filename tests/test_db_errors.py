@@ -4,6 +4,7 @@ that reach it through a real database."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,6 +21,7 @@ from ragstore.errors import (
     InputError,
     RagstoreError,
 )
+from tests.conftest import run_cli
 
 
 def _sample(key: str) -> psycopg.Error:
@@ -107,3 +109,25 @@ def test_unreachable_database_fails_fast_without_its_address() -> None:
         assert again.value.retry_after > 0
     assert time.monotonic() - t0 < 1.0
     db.close()
+
+
+def test_an_embedded_server_that_will_not_start_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reason is in the server's log (a full disk: "could not write lock file ...: No
+    space left on device"); the error quoted pg_ctl's command line and its exit status."""
+    pg_dir = tmp_path / "pg"
+    pg_dir.mkdir()
+    (pg_dir / "PG_VERSION").write_text("18\n")  # a data directory with its files gone
+    for path in (tmp_path, pg_dir):
+        path.chmod(0o777)  # the server's own user (under root) writes its log here
+    monkeypatch.delenv("RAGSTORE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path))
+    capsys.readouterr()
+    assert run_cli("collections", "list") == 69
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith(
+        f"error[database_unavailable]: could not start the embedded PostgreSQL under {pg_dir}: "
+    ), err
+    assert "could not access the server configuration file" in err, err
+    assert "Command '[" not in err and f"(its log: {pg_dir / 'log'})" in err, err

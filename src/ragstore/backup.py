@@ -124,14 +124,21 @@ def _client_args(conninfo: str) -> tuple[str, dict[str, str]]:
     return make_conninfo("", **{k: v for k, v in params.items() if v is not None}), env
 
 
-def _run(args: list[str], env: dict[str, str], what: str, **kw: Any) -> str:
+def _run(
+    args: list[str],
+    env: dict[str, str],
+    what: str,
+    failed: type[BackupError] = BackupError,
+    **kw: Any,
+) -> str:
+    """Run a client tool; its failure is ``failed`` with the tool's first lines."""
     try:
         proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False, **kw)
     except OSError as exc:
         raise BackupError(f"{what}: could not run {Path(args[0]).name}: {exc}") from None
     if proc.returncode != 0:
         detail = " ".join(line for line in (proc.stderr or "").strip().splitlines()[:3])
-        raise BackupError(f"{what}: {Path(args[0]).name} failed: {detail or 'no message'}")
+        raise failed(f"{what}: {Path(args[0]).name} failed: {detail or 'no message'}")
     return str(proc.stdout)
 
 
@@ -312,7 +319,10 @@ def restore_backup(db: Database, path: Path) -> RestoreResult:
                 str(path),
             ],
             env,
-            f"reading {path}",
+            # only the archive is read here: a failure is the archive's (cut short, or
+            # damaged past its table of contents), and nothing was changed
+            f"{path} is truncated or damaged (nothing was changed; restore another backup)",
+            BackupInvalidError,
         )
         prelude = Path(tmpdir) / "prelude.sql"
         create = "".join(f'CREATE EXTENSION IF NOT EXISTS "{name}";\n' for name in extensions)

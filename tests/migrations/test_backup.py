@@ -136,6 +136,11 @@ def test_damaged_archive_is_refused_and_nothing_changes(
     Path(f"{archive}.json").unlink()  # without the sidecar, pg_restore itself refuses it
     assert run_cli("restore", str(archive), "--yes") == 65
     assert "is not a readable pg_dump custom-format archive" in capsys.readouterr().err
+    # cut near its end, its table of contents still reads: the data does not
+    archive.write_bytes(data[:-200])
+    assert run_cli("restore", str(archive), "--yes") == 65
+    err = capsys.readouterr().err
+    assert err.startswith(f"error[backup_invalid]: {archive} is truncated or damaged"), err
     assert full_dump(populated) == before
 
 

