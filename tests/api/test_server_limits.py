@@ -205,6 +205,24 @@ def test_a_request_without_a_valid_key_is_refused_before_its_body(
     assert b"connection: close" in answer.lower()
 
 
+def test_only_the_upload_route_takes_upload_sized_bodies(
+    secured: str, admin: Client, admin_key: str
+) -> None:
+    # a JSON route called "multipart" got the 50 MB upload limit and read it all into memory
+    body = b"--b\r\n" + b"x" * (2 * 1024 * 1024)
+    r = httpx.post(
+        f"{secured}/v1/collections/notes/search",
+        content=body,
+        headers={
+            "Content-Type": "multipart/form-data; boundary=b",
+            "Authorization": f"Bearer {admin_key}",
+        },
+    )
+    assert r.status_code == 413
+    assert r.json()["code"] == "request_too_large"
+    assert "RAGSTORE_MAX_REQUEST_BYTES" in r.json()["detail"]
+
+
 def _failed_auths(url: str, forged: bool) -> list[int]:
     """40 malformed keys from this loopback client, each naming another address."""
     with httpx.Client(base_url=url, timeout=30) as h:

@@ -48,8 +48,14 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+UPLOAD_SUFFIX = "/documents/upload"  # the one route that takes files (api/routes/documents.py)
+
+
 class BodyLimitMiddleware:
     """Refuse bodies over the limit: multipart uploads get ``upload_bytes``, others ``json_bytes``.
+
+    Only the upload route takes upload-sized bodies: a JSON route sent a body labelled
+    multipart keeps the JSON limit (it read up to ``upload_bytes`` into memory before).
 
     A declared Content-Length over the limit is refused before reading; a body that grows past
     it while streaming is cut off with the same ``request_too_large`` problem.
@@ -66,7 +72,7 @@ class BodyLimitMiddleware:
             return
         headers = dict(scope.get("headers", ()))
         ctype = headers.get(b"content-type", b"").decode("latin-1").lower()
-        multipart = ctype.startswith("multipart/")
+        multipart = ctype.startswith("multipart/") and scope["path"].endswith(UPLOAD_SUFFIX)
         limit = self.upload_bytes if multipart else self.json_bytes
         what = "upload" if multipart else "request body"
         setting = "RAGSTORE_MAX_UPLOAD_BYTES" if multipart else "RAGSTORE_MAX_REQUEST_BYTES"
