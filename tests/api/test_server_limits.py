@@ -151,14 +151,15 @@ def test_an_idle_connection_is_closed_after_the_header_timeout(secured: str) -> 
     assert elapsed < HEAD_TIMEOUT_S + 2.0
 
 
-def _post_slowly(url: str, pieces: list[bytes], gap_s: float) -> bytes:
+def _post_slowly(url: str, key: str, pieces: list[bytes], gap_s: float) -> bytes:
     """POST a body to a search in ``pieces`` sent ``gap_s`` apart; what the server answers
     (``b""``: it closed the connection first)."""
     size = sum(len(p) for p in pieces)
     with _connect(url) as sock:
         sock.sendall(
             b"POST /v1/collections/notes/search HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size
+            b"Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (key.encode(), size)
         )
         for piece in pieces:
             time.sleep(gap_s)
@@ -169,17 +170,57 @@ def _post_slowly(url: str, pieces: list[bytes], gap_s: float) -> bytes:
         return _read_all(sock, 10.0)
 
 
-def test_a_body_sent_a_byte_at_a_time_is_cut_off(secured: str) -> None:
+def test_a_body_sent_a_byte_at_a_time_is_cut_off(
+    secured: str, admin: Client, admin_key: str
+) -> None:
     t0 = time.monotonic()
-    assert _post_slowly(secured, [b" "] * 40, 0.1) == b""
+    assert _post_slowly(secured, admin_key, [b" "] * 40, 0.1) == b""
     assert time.monotonic() - t0 < HEAD_TIMEOUT_S + 2.0
 
 
-def test_a_slow_body_at_a_fair_rate_is_read(secured: str) -> None:
-    body = json.dumps({"query": "rollback", "pad": "x" * 6000}).encode()
+def test_a_slow_body_at_a_fair_rate_is_read(secured: str, admin: Client, admin_key: str) -> None:
+    body = b'{"query": "rollback"' + b" " * 6000 + b"}"
     pieces = [body[i : i + 2048] for i in range(0, len(body), 2048)]  # over 1 s in all
-    answer = _post_slowly(secured, pieces, 0.35)
-    assert answer.startswith(b"HTTP/1.1 401 "), answer[:100]  # read whole, then answered
+    answer = _post_slowly(secured, admin_key, pieces, 0.35)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+
+
+@pytest.mark.parametrize(
+    ("path", "ctype"),
+    [
+        ("/v1/collections/notes/documents/upload", "multipart/form-data; boundary=b"),
+        ("/v1/collections/notes/search", "application/json"),
+    ],
+)
+def test_a_request_without_a_valid_key_is_refused_before_its_body(
+    secured: str, path: str, ctype: str
+) -> None:
+    with _connect(secured) as sock:  # a 40 MB body announced, none of it sent
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {40 * 1024 * 1024}\r\n\r\n".encode()
+        )
+        answer = _read_all(sock, 3.0)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:100]
+    assert b"connection: close" in answer.lower()
+
+
+def test_only_the_upload_route_takes_upload_sized_bodies(
+    secured: str, admin: Client, admin_key: str
+) -> None:
+    # a JSON route called "multipart" got the 50 MB upload limit and read it all into memory
+    body = b"--b\r\n" + b"x" * (2 * 1024 * 1024)
+    r = httpx.post(
+        f"{secured}/v1/collections/notes/search",
+        content=body,
+        headers={
+            "Content-Type": "multipart/form-data; boundary=b",
+            "Authorization": f"Bearer {admin_key}",
+        },
+    )
+    assert r.status_code == 413
+    assert r.json()["code"] == "request_too_large"
+    assert "RAGSTORE_MAX_REQUEST_BYTES" in r.json()["detail"]
 
 
 def _failed_auths(url: str, forged: bool) -> list[int]:

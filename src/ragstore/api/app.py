@@ -19,7 +19,11 @@ from ragstore.api.deps import ApiState
 from ragstore.api.errors import install_error_handlers
 from ragstore.api.hostguard import LoopbackGuardMiddleware
 from ragstore.api.listen import stop_with_parent
-from ragstore.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from ragstore.api.middleware import (
+    AuthBeforeBodyMiddleware,
+    BodyLimitMiddleware,
+    RequestIdMiddleware,
+)
 from ragstore.api.routes import (
     collections,
     documents,
@@ -79,6 +83,8 @@ def install_middleware(app: FastAPI, settings: Settings, *, secure: bool = True)
         json_bytes=settings.max_request_bytes,
         upload_bytes=settings.max_upload_bytes,
     )
+    if secure:
+        app.add_middleware(AuthBeforeBodyMiddleware)  # no body read for an unknown caller
     if guards_loopback(settings, secure):
         app.add_middleware(LoopbackGuardMiddleware)  # DNS rebinding, cross-site posts
     app.add_middleware(ConsoleSecurityMiddleware)  # CSP and friends under /ui

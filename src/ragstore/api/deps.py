@@ -15,6 +15,7 @@ from typing import Annotated
 import procrastinate
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from ragstore.auth import ApiKey, KeyStore, RateLimiter
 from ragstore.errors import InputError
@@ -78,23 +79,37 @@ class Principal:
 _bearer = HTTPBearer(auto_error=False, description="An API key from `ragstore keys create`.")
 
 
-def _caller(
+def authenticate(
+    keys: KeyStore, limiter: RateLimiter, presented: str | None, client: str
+) -> Principal:
+    """The caller behind the bearer token ``presented``, its request counted against the
+    key's rate limit. Runs once a request: in :class:`~ragstore.api.middleware.
+    AuthBeforeBodyMiddleware` for a request with a body, else in the routes' dependency."""
+    key = keys.authenticate(presented, client)
+    limiter.hit(key.key_id)
+    return Principal(key)
+
+
+async def _caller(
     state: State,
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if state.keys is None:
         return Principal(None)
+    early = getattr(request.state, "principal", None)
+    if isinstance(early, Principal):
+        return early  # authenticated before the body was read
     client = request.client.host if request.client else ""
-    key = state.keys.authenticate(credentials.credentials if credentials else None, client)
-    state.limiter.hit(key.key_id)
-    caller = Principal(key)
+    token = credentials.credentials if credentials else None
+    # the key check may hash and reads the database: off the event loop
+    caller = await run_in_threadpool(authenticate, state.keys, state.limiter, token, client)
     request.state.principal = caller  # errors.py words a 404 for what it may see
     return caller
 
 
 def _scoped(scope: str):  # type: ignore[no-untyped-def]
-    def dependency(caller: Annotated[Principal, Depends(_caller)]) -> Principal:
+    async def dependency(caller: Annotated[Principal, Depends(_caller)]) -> Principal:
         caller.require_scope(scope)
         return caller
 

@@ -1,4 +1,5 @@
-"""ASGI middleware of our own: request ids, and request body limits enforced while reading.
+"""ASGI middleware of our own: request ids, request body limits enforced while reading, and
+API keys checked before a request body is read.
 
 Both are plain ASGI (no BaseHTTPMiddleware) so they cost little on every request.
 """
@@ -9,10 +10,12 @@ import re
 import uuid
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ragstore.api.deps import ApiState, authenticate
 from ragstore.api.errors import problem_response
-from ragstore.errors import RequestTooLargeError
+from ragstore.errors import RagstoreError, RequestTooLargeError
 
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -45,8 +48,14 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+UPLOAD_SUFFIX = "/documents/upload"  # the one route that takes files (api/routes/documents.py)
+
+
 class BodyLimitMiddleware:
     """Refuse bodies over the limit: multipart uploads get ``upload_bytes``, others ``json_bytes``.
+
+    Only the upload route takes upload-sized bodies: a JSON route sent a body labelled
+    multipart keeps the JSON limit (it read up to ``upload_bytes`` into memory before).
 
     A declared Content-Length over the limit is refused before reading; a body that grows past
     it while streaming is cut off with the same ``request_too_large`` problem.
@@ -63,7 +72,7 @@ class BodyLimitMiddleware:
             return
         headers = dict(scope.get("headers", ()))
         ctype = headers.get(b"content-type", b"").decode("latin-1").lower()
-        multipart = ctype.startswith("multipart/")
+        multipart = ctype.startswith("multipart/") and scope["path"].endswith(UPLOAD_SUFFIX)
         limit = self.upload_bytes if multipart else self.json_bytes
         what = "upload" if multipart else "request body"
         setting = "RAGSTORE_MAX_UPLOAD_BYTES" if multipart else "RAGSTORE_MAX_REQUEST_BYTES"
@@ -124,3 +133,59 @@ class BodyLimitMiddleware:
             return {"type": "http.disconnect"}
 
         await response(scope, no_body, send)
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _bearer_token(headers: dict[bytes, bytes]) -> str | None:
+    """The token of ``Authorization: Bearer TOKEN`` (as FastAPI's ``HTTPBearer`` reads it)."""
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+class AuthBeforeBodyMiddleware:
+    """With API keys on, check the key of a ``/v1`` request that carries a body before the
+    body is read.
+
+    FastAPI reads and parses a body (a 50 MB multipart upload is parsed and spooled to
+    disk) before a route's dependencies run, so a caller without a valid key made the
+    server take in whole bodies just to be told 401. Here a missing, wrong or throttled key
+    is answered at once with ``Connection: close``, the body unread; a good one is left on
+    the request's state for the routes' dependency (:func:`ragstore.api.deps._caller`).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in _BODY_METHODS
+            or not scope["path"].startswith("/v1/")
+        ):
+            await self.app(scope, receive, send)
+            return
+        api: ApiState = scope["app"].state.ragstore
+        if api.keys is None:
+            await self.app(scope, receive, send)
+            return
+        token = _bearer_token(dict(scope.get("headers", ())))
+        client = scope["client"][0] if scope.get("client") else ""
+        state: dict[str, Any] = scope.setdefault("state", {})
+        try:
+            state["principal"] = await run_in_threadpool(
+                authenticate, api.keys, api.limiter, token, client
+            )
+        except RagstoreError as exc:
+            response = problem_response(
+                exc, request_id=str(state.get("request_id", "")), instance=scope["path"]
+            )
+            response.headers["Connection"] = "close"
+
+            async def no_body() -> Message:
+                return {"type": "http.disconnect"}
+
+            await response(scope, no_body, send)
+            return
+        await self.app(scope, receive, send)
