@@ -139,8 +139,11 @@ def _ingest_through(
     try:
         with terminate_as_interrupt(), client, progress("uploading", "files") as update:
             result = ingest_remote(client, server, paths, collection, meta, update)
-    except RemoteInterrupted as exc:
+    except KeyboardInterrupt as exc:
         how, status = interrupt_status(exc)
+        if not isinstance(exc, RemoteInterrupted):  # not while uploading
+            err_console().print(f"interrupted by {how}")
+            sys.exit(status)
         c = exc.result.counts
         err_console().print(
             f"interrupted by {how}: the server acknowledged {c.get('added', 0)} added, "
