@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from ragstore.auth import KeyStore
 from ragstore.cli.output import ProgressLine
 from ragstore.db.database import Database
 from tests.conftest import run_cli
+from tests.sigterm import sigterm_when
 
 CLI = [sys.executable, "-c", "import sys; from ragstore.cli import main; main(sys.argv[1:])"]
 
@@ -304,3 +306,38 @@ def test_progress_line_ends_with_the_final_count() -> None:
     short.update(5, None)
     short.close()
     assert quiet == []  # a short command still prints nothing
+
+
+def test_sigterm_stops_an_ingest_through_the_server_saying_what_it_acknowledged(
+    remote_env: dict[str, str],
+    local: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Through RAGSTORE_URL the CLI cannot know whether the request in flight was stored:
+    it says what the server acknowledged and that the batch being sent may be stored too,
+    and exits 143 (it died silently, killed by the signal)."""
+    for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
+        monkeypatch.setenv(key, remote_env[key])
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i in range(150):  # three requests of at most 64 files
+        (folder / f"f{i:03d}.md").write_text(f"# F{i}\n\nNote {i} on the w{i} topic.\n")
+
+    def stored() -> int:
+        with psycopg.connect(remote_env["RAGSTORE_DATABASE_URL"]) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM documents d JOIN collections c ON c.id = d.collection_id"
+                " WHERE c.name = 'remote-term'"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    capsys.readouterr()
+    with sigterm_when(lambda: stored() >= 1) as sent:
+        status = run_cli("ingest", str(folder), "-c", "remote-term")
+    err = " ".join(capsys.readouterr().err.split())
+    assert sent == [True] and status == 143, err
+    assert "interrupted by SIGTERM: the server acknowledged " in err, err
+    assert " of 150 files; the request in flight may have been stored too" in err, err
+    assert "run the same command again to resume" in err, err

@@ -133,10 +133,26 @@ def _ingest_through(
     as_json: bool,
 ) -> None:
     """Ingest by uploading to the server at RAGSTORE_URL (its model does the embedding)."""
-    from ragstore.cli.remote import ingest_remote
+    from ragstore.cli.remote import RemoteInterrupted, ingest_remote
+    from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
 
-    with client, progress("uploading", "files") as update:
-        result = ingest_remote(client, server, paths, collection, meta, update)
+    try:
+        with terminate_as_interrupt(), client, progress("uploading", "files") as update:
+            result = ingest_remote(client, server, paths, collection, meta, update)
+    except KeyboardInterrupt as exc:
+        how, status = interrupt_status(exc)
+        if not isinstance(exc, RemoteInterrupted):  # not while uploading
+            err_console().print(f"interrupted by {how}")
+            sys.exit(status)
+        c = exc.result.counts
+        err_console().print(
+            f"interrupted by {how}: the server acknowledged {c.get('added', 0)} added, "
+            f"{c.get('updated', 0)} updated, {c.get('unchanged', 0)} unchanged, "
+            f"{len(exc.result.failed)} failed of {exc.total} files; the request in flight "
+            "may have been stored too (each document whole or not at all); run the same "
+            "command again to resume (what is stored is skipped as unchanged)"
+        )
+        sys.exit(status)
     if as_json:
         echo_json(asdict(result))
     c = result.counts

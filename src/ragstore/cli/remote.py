@@ -49,6 +49,17 @@ class RemoteIngest:
         self.add("failed")
 
 
+class RemoteInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped an ingest through the server: ``result`` counts what the
+    server acknowledged; the request in flight may have been stored too (the server goes
+    on with a request whose client left). ``total`` is the number of inputs."""
+
+    def __init__(self, result: RemoteIngest, total: int) -> None:
+        super().__init__(f"ingest into {result.collection!r} through the server interrupted")
+        self.result = result
+        self.total = total
+
+
 def upload_names(paths: list[Path], files: list[Path]) -> dict[Path, str]:
     """The name each file is uploaded under: a folder's files keep their path below the
     folder (prefixed with its name), a file named directly its base name."""
@@ -109,7 +120,6 @@ def ingest_remote(
 ) -> RemoteIngest:
     """Upload ``paths`` (files and folders) to the server, a batch per request; a batch
     the server refuses is retried file by file so that each failure names its file."""
-    from ragstore.errors import InputError
     from ragstore.ingest.files import discover
 
     start = time.monotonic()
@@ -121,17 +131,34 @@ def ingest_remote(
     if files:
         _ensure_collection(client, collection)
     done = 0
-    for batch in _batches(files):
-        parts = [(names[f], f.read_bytes()) for f in batch]
-        try:
-            _record(result, client, client.upload(collection, parts, metadata=metadata))
-        except InputError:
-            for part in parts:
-                try:
-                    _record(result, client, client.upload(collection, [part], metadata=metadata))
-                except InputError as exc:
-                    result.fail(part[0], exc.code, exc.message)
-        done += len(batch)
-        update(done, len(files), f"{result.counts.get('failed', 0)} failed")
+    try:
+        for batch in _batches(files):
+            _send(client, collection, [(names[f], f.read_bytes()) for f in batch], metadata, result)
+            done += len(batch)
+            update(done, len(files), f"{result.counts.get('failed', 0)} failed")
+    except KeyboardInterrupt as exc:
+        result.seconds = time.monotonic() - start
+        raise RemoteInterrupted(result, len(files) + len(missing)) from exc
     result.seconds = time.monotonic() - start
     return result
+
+
+def _send(
+    client: Client,
+    collection: str,
+    parts: list[tuple[str, bytes]],
+    metadata: dict[str, str],
+    result: RemoteIngest,
+) -> None:
+    """Upload one batch; one the server refuses is sent again file by file so that each
+    failure names its file."""
+    from ragstore.errors import InputError
+
+    try:
+        _record(result, client, client.upload(collection, parts, metadata=metadata))
+    except InputError:
+        for part in parts:
+            try:
+                _record(result, client, client.upload(collection, [part], metadata=metadata))
+            except InputError as exc:
+                result.fail(part[0], exc.code, exc.message)
