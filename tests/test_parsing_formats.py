@@ -17,6 +17,7 @@ from ragstore.errors import (
 from ragstore.models import ChunkType
 from ragstore.parsing import detect_format, parse_bytes
 from ragstore.parsing.language import detect_language
+from ragstore.parsing.pdf_headings import storable
 from tests.fixtures.builders import (
     DOCX_TABLE_SENTENCE,
     MIXED,
@@ -475,3 +476,14 @@ def test_html_inline_markup_joins_its_words_and_blocks_stay_apart() -> None:
         "- Use Vecs, or get_unchecked, which is fast.\n- First para. Second one.\n  - nested boldly"
     )
     assert "| one two | xy |" in texts[ChunkType.TABLE]
+
+
+def test_pdf_text_with_nul_or_lone_surrogates_is_stored_with_replacement_characters() -> None:
+    # Chromium printed Node's buffer docs with console.log('\0\0') as NUL glyphs: the file
+    # parsed, then failed at the database after its chunks were embedded
+    data = pdf_bytes([["Intro", "console.log('\x00\x00') sends two NUL bytes"]], title="a\x00b")
+    doc = parse_bytes(data, "nul.pdf")
+    assert doc.title == "a\ufffdb"
+    assert "console.log('\ufffd\ufffd') sends two NUL bytes" in doc.blocks[0].text
+    assert not any("\x00" in b.text for b in doc.blocks)
+    assert storable("x\ud800y\x00") == "x\ufffdy\ufffd"

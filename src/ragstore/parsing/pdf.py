@@ -32,7 +32,7 @@ from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
 from ragstore.errors import CorruptDocumentError, EmptyDocumentError, EncryptedDocumentError
 from ragstore.models import ChunkType, ParsedDocument
 from ragstore.parsing.decode import looks_binary
-from ragstore.parsing.pdf_headings import PdfLine, find_headings, page_collector
+from ragstore.parsing.pdf_headings import PdfLine, find_headings, page_collector, storable
 from ragstore.parsing.structure import BlockBuilder
 from ragstore.parsing.text import paragraph_spans
 
@@ -52,7 +52,7 @@ def _outline(reader: PdfReader) -> dict[int, list[tuple[int, str]]]:
                 number = reader.get_destination_page_number(item)
             except (PyPdfError, KeyError, TypeError, ValueError, AttributeError):
                 continue
-            title = " ".join(str(getattr(item, "title", "") or "").split())
+            title = storable(" ".join(str(getattr(item, "title", "") or "").split()))
             if title and number is not None and number >= 0:
                 found.setdefault(number + 1, []).append((level, title))
 
@@ -201,7 +201,7 @@ def parse_pdf(data: bytes, name: str) -> ParsedDocument:
     for number, page in enumerate(reader.pages, start=1):
         collect = None if outline else page_collector(number)
         try:
-            texts.append(page.extract_text(visitor_text=collect) or "")
+            texts.append(storable(page.extract_text(visitor_text=collect) or ""))
         except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise CorruptDocumentError(
                 f"{name}: page {number} cannot be read ({type(exc).__name__}: {exc}); "
@@ -225,9 +225,9 @@ def parse_pdf(data: bytes, name: str) -> ParsedDocument:
     except PyPdfError:
         info = None
     if info is not None:
-        title = str(info.title) if info.title else None
+        title = storable(str(info.title)) if info.title else None
         if info.author:
-            metadata["author"] = str(info.author)
+            metadata["author"] = storable(str(info.author))
     return ParsedDocument(
         format="pdf",
         title=title or PurePath(name).stem or None,

@@ -65,6 +65,15 @@ _BOLD_NAME = re.compile(
 )
 _DIGITS = re.compile(r"\d+")
 _FORCE_BOLD = 1 << 18  # FontDescriptor /Flags bit 19
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` with NUL and lone surrogates as U+FFFD. A PDF's strings and glyphs can
+    decode to either (a NUL shown in a code sample, a broken UTF-16 title); PostgreSQL's
+    text holds neither, and a file that reads fine must not fail at the database after its
+    chunks were embedded."""
+    return _UNSTORABLE.sub("\ufffd", text) if _UNSTORABLE.search(text) else text
 
 
 @dataclass(slots=True)
@@ -102,7 +111,7 @@ class _Collector:
                     self._sizes[key] = self._sizes.get(key, 0) + n
 
     def end_line(self) -> None:
-        text = " ".join("".join(self._parts).split())
+        text = storable(" ".join("".join(self._parts).split()))
         if text:
             by_size: dict[float, int] = {}
             bold = 0
