@@ -21,6 +21,7 @@ import pytest
 from ragstore.api.app import auth_enabled
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
+from ragstore.errors import ConfigError
 from ragstore.profiles import is_loopback
 from tests.api.conftest import running_server, with_
 
@@ -34,6 +35,19 @@ def test_empty_host_is_not_loopback(settings: Settings) -> None:
         auth_enabled(embedded.model_copy(update={"api_host": "127.0.0.1", "api_bound": "0.0.0.0"}))
         is True
     )
+
+
+@pytest.mark.parametrize("profile", ["dev", "test", "prod"])
+def test_auth_off_on_any_address_but_loopback_is_refused_in_every_profile(
+    settings: Settings, profile: str
+) -> None:
+    base = Settings(
+        data_dir=settings.data_dir, profile=profile, auth="off", allow_embedded_in_prod=True
+    )
+    assert auth_enabled(base.model_copy(update={"api_bound": "127.0.0.1,::1"})) is False
+    for bound in ("0.0.0.0", "127.0.0.1,192.168.1.20", "::"):
+        with pytest.raises(ConfigError, match="would serve every collection to anyone"):
+            auth_enabled(base.model_copy(update={"api_bound": bound}))
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,8 @@ log = logging.getLogger("ragstore.api")
 
 
 def auth_enabled(settings: Settings) -> bool:
-    """``auto`` turns keys off only for the embedded database served on loopback.
+    """``auto`` turns keys off only for the embedded database served on loopback; ``off``
+    is refused on any other address.
 
     "Served on loopback" is judged from the addresses ``ragstore serve`` actually bound
     (``RAGSTORE_API_BOUND``) when it set them, else from ``RAGSTORE_API_HOST``.
@@ -59,10 +60,15 @@ def auth_enabled(settings: Settings) -> bool:
     local = served_on_loopback(settings)
     if settings.auth == "auto":
         return not (settings.uses_embedded_database and local)
-    if settings.auth == "off" and settings.profile == "prod" and not local:
+    if settings.auth == "off" and not local:
+        # in every profile: two settings made for different occasions (keys off for local
+        # work, every interface to try a phone or a container) must not add up to a store
+        # that anyone on the network can read and delete with admin rights
         raise ConfigError(
-            f"RAGSTORE_AUTH=off with RAGSTORE_API_HOST={settings.api_host!r} in the prod "
-            "profile would serve every collection to anyone; turn auth on or bind to 127.0.0.1"
+            f"RAGSTORE_AUTH=off with RAGSTORE_API_HOST={settings.api_host!r} would serve every "
+            "collection to anyone who can reach this machine, with admin rights; turn keys on "
+            "(RAGSTORE_AUTH=on and `ragstore keys create`) or bind to 127.0.0.1 (a reverse "
+            "proxy on this machine can still serve the network)"
         )
     return settings.auth == "on"
 
