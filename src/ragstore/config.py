@@ -176,6 +176,13 @@ class Settings(BaseSettings):
     worker_stalled_after_s: float = Field(
         30.0, gt=0, le=86400, description="A worker silent this long has its job retried."
     )
+    worker_max_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="A job whose worker stopped this many times (killed, out of memory) "
+        "fails instead of being retried again.",
+    )
 
     @field_validator("trusted_proxies")
     @classmethod

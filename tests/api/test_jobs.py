@@ -181,3 +181,23 @@ def test_killed_worker_job_is_finished_by_another_without_duplicates(
     docs, chunks, distinct = _counts(url, "big")
     # a heading and 8 paragraphs of ~60 tokens: the heading chunk and two merged chunks
     assert docs == total and chunks == distinct == total * 3
+
+
+def test_a_job_whose_workers_keep_dying_fails_as_worker_lost(
+    api: Client, jobs_settings: Settings, cli_env: dict[str, str]
+) -> None:
+    # three workers died in it already (out of memory, killed): the stalled-job check put it
+    # back on the queue each time; the next worker gives it up instead of dying in turn
+    api.create_collection("poison")
+    job = api.upload("poison", [("p.md", _doc(1))], background=True)
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        conn.execute(
+            "UPDATE ingest_jobs SET attempts = %s WHERE id = %s",
+            (jobs_settings.worker_max_attempts, job["id"]),
+        )
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.get_job(job["id"])
+    assert done["status"] == "failed" and done["attempts"] == jobs_settings.worker_max_attempts
+    assert [e["code"] for e in done["errors"]] == ["worker_lost"]
+    assert "RAGSTORE_WORKER_MAX_ATTEMPTS" in done["errors"][0]["detail"]
+    assert _counts(cli_env["RAGSTORE_DATABASE_URL"], "poison")[0] == 0

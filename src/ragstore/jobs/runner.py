@@ -50,10 +50,47 @@ class _Progress:
         self.base_docs, self.base_chunks = self.docs, self.chunks
 
 
+WORKER_LOST = "worker_lost"  # the error code of a job given up after its workers died
+
+
+def _abandon(conn: store.Conn, job: store.JobRecord) -> store.JobRecord:
+    """Fail a job whose workers all stopped in the middle of it. A job that kills its
+    worker (a document that exhausts memory) would otherwise be retried by the stalled-job
+    check forever, taking down every worker in turn. What earlier attempts stored stays:
+    each document was written whole."""
+    log.error(
+        "job %s: its worker stopped %d times before finishing it; not retrying it again",
+        job.id,
+        job.attempts,
+    )
+    store.finish(
+        conn,
+        job.id,
+        "failed",
+        documents=job.documents_done,
+        chunks=job.chunks_done,
+        errors=[
+            *job.errors,
+            {
+                "document": None,
+                "code": WORKER_LOST,
+                "detail": f"the job was started {job.attempts} times and each time its worker "
+                "stopped before finishing it (killed, out of memory, its machine gone); it is "
+                "not retried again (RAGSTORE_WORKER_MAX_ATTEMPTS): check the workers' logs and "
+                "memory, then send the files again (documents already stored stay unchanged)",
+            },
+        ],
+        summary=job.summary,
+    )
+    return store.get(conn, job.id)
+
+
 def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
     """Run (or re-run) job ``job_id`` to the end and return its final record."""
     with rt.db.connection() as conn, translated(f"starting job {job_id}"):
         job = store.get(conn, job_id)
+        if job.attempts >= rt.settings.worker_max_attempts:
+            return _abandon(conn, job)
         store.start(conn, job_id)
         files = store.files(conn, job_id)
     log.info("job %s: ingesting %d documents into %r", job_id, len(files), job.collection)
