@@ -51,6 +51,14 @@ def _env(settings: Settings) -> dict[str, str]:
 def _kill_when(args: list[str], env: dict[str, str], log: Path, ready: Callable[[], bool]) -> None:
     """Run ``ragstore ARGS`` and SIGKILL it as soon as ``ready()`` holds (it must not finish
     first: the test would prove nothing)."""
+    assert _signal_when(args, env, log, ready, signal.SIGKILL) == -signal.SIGKILL
+
+
+def _signal_when(
+    args: list[str], env: dict[str, str], log: Path, ready: Callable[[], bool], sig: int
+) -> int:
+    """Run ``ragstore ARGS``, send it ``sig`` as soon as ``ready()`` holds (it must not end
+    first) and return its exit status."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from ragstore.cli import main; main()", *args],
@@ -62,14 +70,14 @@ def _kill_when(args: list[str], env: dict[str, str], log: Path, ready: Callable[
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None and not ready():
             time.sleep(0.02)
-        assert proc.poll() is None, f"ended before the kill point: {log.read_text()[-2000:]}"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        assert proc.poll() is None, f"ended before the signal: {log.read_text()[-2000:]}"
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    return proc.returncode
 
 
 def _stored(url: str, coll: str) -> dict[str, tuple[str, int, int, int]]:
@@ -157,26 +165,11 @@ def test_ingest_sigterm_says_what_was_stored_and_how_to_resume(
     folder = write_corpus(tmp_path / "corpus", docs=DOCS, paragraphs=3)
     log = tmp_path / "ingest.log"
     args = ["ingest", str(folder), "-c", coll]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from ragstore.cli import main; main()", *args],
-            env=_env(settings),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None and _doc_count(url, coll) < 2:
-            time.sleep(0.02)
-        assert proc.poll() is None, f"ended before the signal: {log.read_text()[-2000:]}"
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    status = _signal_when(
+        args, _env(settings), log, lambda: _doc_count(url, coll) >= 2, signal.SIGTERM
+    )
     text = log.read_text()
-    assert proc.returncode == 143, text
+    assert status == 143, text
     stored = _stored(url, coll)
     assert 2 <= len(stored) < DOCS, text
     _assert_whole(stored, folder)
