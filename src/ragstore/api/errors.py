@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Scope, Send
 
 from ragstore import errors as e
 
@@ -145,6 +146,25 @@ def problem_response(
     if isinstance(exc, e.AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="ragstore"'
     return JSONResponse(body, status_code=body["status"], media_type=PROBLEM_JSON, headers=headers)
+
+
+async def send_problem(
+    scope: Scope, send: Send, exc: e.RagstoreError, *, close: bool = False
+) -> None:
+    """Answer a request from ASGI middleware (before any route ran) with ``exc``'s problem,
+    the request body left unread; ``close`` adds ``Connection: close`` (the client may be
+    sending a body nobody will read)."""
+    state: dict[str, Any] = scope.get("state", {})
+    response = problem_response(
+        exc, request_id=str(state.get("request_id", "")), instance=scope.get("path", "")
+    )
+    if close:
+        response.headers["Connection"] = "close"
+
+    async def no_body() -> Message:
+        return {"type": "http.disconnect"}
+
+    await response(scope, no_body, send)
 
 
 def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:

@@ -18,12 +18,11 @@ any ``Origin`` name a loopback host (``localhost``, ``*.localhost``, ``127.0.0.0
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ragstore.api.errors import problem_response
+from ragstore.api.errors import send_problem
 from ragstore.errors import PermissionDeniedError
 
 
@@ -80,14 +79,10 @@ class LoopbackGuardMiddleware:
         if party is None:
             await self.app(scope, receive, send)
             return
-        state: dict[str, Any] = scope.get("state", {})
         exc = PermissionDeniedError(
             f"{party} is not this machine: with authentication off this server answers only "
             "requests to and from localhost, 127.0.0.1 or [::1] (a guard against other "
             "sites' pages using it); use one of those names, or turn authentication on "
             "(RAGSTORE_AUTH=on) to serve other names"
         )
-        response = problem_response(
-            exc, request_id=str(state.get("request_id", "")), instance=scope.get("path", "")
-        )
-        await response(scope, receive, send)
+        await send_problem(scope, send, exc)

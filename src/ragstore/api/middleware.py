@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstore.api.deps import ApiState, authenticate
-from ragstore.api.errors import problem_response
+from ragstore.api.errors import send_problem
 from ragstore.errors import RagstoreError, RequestTooLargeError
 
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -85,7 +85,7 @@ class BodyLimitMiddleware:
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._refuse(scope, send, too_large(declared.decode()))
+            await send_problem(scope, send, too_large(declared.decode()), close=True)
             return
         seen = 0
         started = False
@@ -108,7 +108,7 @@ class BodyLimitMiddleware:
                 # into a 4xx of its own): the client gets the 413 instead
                 if message["type"] == "http.response.start" and not started:
                     started = True
-                    await self._refuse(scope, send, overflow)
+                    await send_problem(scope, send, overflow, close=True)
                 return
             if message["type"] == "http.response.start":
                 started = True
@@ -119,20 +119,7 @@ class BodyLimitMiddleware:
         except RequestTooLargeError as exc:
             if started:
                 raise
-            await self._refuse(scope, send, exc)
-
-    @staticmethod
-    async def _refuse(scope: Scope, send: Send, exc: RequestTooLargeError) -> None:
-        state: dict[str, Any] = scope.get("state", {})
-        response = problem_response(
-            exc, request_id=str(state.get("request_id", "")), instance=scope.get("path", "")
-        )
-        response.headers["Connection"] = "close"
-
-        async def no_body() -> Message:
-            return {"type": "http.disconnect"}
-
-        await response(scope, no_body, send)
+            await send_problem(scope, send, exc, close=True)
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -178,14 +165,6 @@ class AuthBeforeBodyMiddleware:
                 authenticate, api.keys, api.limiter, token, client
             )
         except RagstoreError as exc:
-            response = problem_response(
-                exc, request_id=str(state.get("request_id", "")), instance=scope["path"]
-            )
-            response.headers["Connection"] = "close"
-
-            async def no_body() -> Message:
-                return {"type": "http.disconnect"}
-
-            await response(scope, no_body, send)
+            await send_problem(scope, send, exc, close=True)
             return
         await self.app(scope, receive, send)

@@ -17,12 +17,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ragstore.api.errors import problem_response
+from ragstore.api.errors import send_problem
 from ragstore.db import lsn, routing
 from ragstore.db.errors import translated
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
@@ -73,7 +71,7 @@ class ReadRoutingMiddleware:
             min_lsn = self._min_lsn(scope) if kind == "read" else None
         except RagstoreError as exc:  # database down, bad header: the route answers it
             if isinstance(exc, ReadOnlyError) or kind == "write" or exc.http_status < 500:
-                await _refuse(scope, send, exc)
+                await send_problem(scope, send, exc)
                 return
             await self.app(scope, receive, send)
             return
@@ -99,7 +97,7 @@ class ReadRoutingMiddleware:
         send: Send,
     ) -> None:
         if kind == "write":
-            await _refuse(
+            await send_problem(
                 scope,
                 send,
                 ReadOnlyError(
@@ -113,10 +111,10 @@ class ReadRoutingMiddleware:
             try:
                 caught_up = await run_in_threadpool(_replayed, rt, min_lsn, wait)
             except RagstoreError as exc:
-                await _refuse(scope, send, exc)
+                await send_problem(scope, send, exc)
                 return
             if not caught_up:
-                await _refuse(
+                await send_problem(
                     scope,
                     send,
                     ReplicaBehindError(
@@ -218,15 +216,3 @@ def _replayed(rt: Runtime, min_lsn: int, wait_s: float) -> bool:
 def _primary_lsn(rt: Runtime) -> int:
     with rt.primary.connection() as conn, translated("reading the WAL position"):
         return lsn.current(conn)
-
-
-async def _refuse(scope: Scope, send: Send, exc: RagstoreError) -> None:
-    state: dict[str, Any] = scope.get("state", {})
-    response = problem_response(
-        exc, request_id=str(state.get("request_id", "")), instance=scope.get("path", "")
-    )
-
-    async def no_body() -> Message:
-        return {"type": "http.disconnect"}
-
-    await response(scope, no_body, send)
