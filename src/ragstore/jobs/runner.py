@@ -3,7 +3,8 @@
 A job may run more than once (its worker died, the queue retried it). That is safe
 because every document is written under its source's lock and one whose stored content
 hash matches is left unchanged: a re-run finishes the documents the dead worker did not
-reach and adds no chunk twice.
+reach and adds no chunk twice. Its summary still counts what the earlier attempts stored
+as this job's work (:func:`job_status`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from ragstore.db import jobs as store
 from ragstore.db.errors import translated
-from ragstore.ingest.documents import NewDocument, add_documents
+from ragstore.ingest.documents import DocumentOutcome, NewDocument, add_documents
 from ragstore.ingest.service import IngestReport
 from ragstore.jobs import staging
 from ragstore.runtime import Runtime
@@ -48,6 +49,31 @@ class _Progress:
 
     def next_group(self) -> None:
         self.base_docs, self.base_chunks = self.docs, self.chunks
+
+
+def job_status(outcome: DocumentOutcome, job: store.JobRecord, *, retry: bool) -> str:
+    """What the job as a whole did to one document, for its summary.
+
+    A retry (the worker of an earlier attempt stopped) finds the documents that attempt
+    stored already there, and its write calls them ``unchanged``. The client asked this
+    job to store them, so the summary counts them as the earlier attempt did: a document
+    whose row was created after the job was recorded was ``added`` by it, one only
+    rewritten since was ``updated``. Attempts leave no per-document record of their own;
+    the rows' timestamps (``now()`` of the writing transaction, on the server's clock as
+    the job's ``created_at`` is) are what a killed attempt cannot fail to leave. Only
+    retries read them: on a first attempt ``unchanged`` is what was stored before, and
+    it also stays ``unchanged`` on a retry when it was stored before the job was sent.
+    (An identical upload of the same name by another request while the job waited would
+    count for the job as well: same bytes, same result.)
+    """
+    doc = outcome.document
+    if not retry or outcome.status != "unchanged" or doc is None:
+        return outcome.status
+    if doc["created_at"] >= job.created_at:
+        return "added"
+    if doc["updated_at"] >= job.created_at:
+        return "updated"
+    return "unchanged"
 
 
 WORKER_LOST = "worker_lost"  # the error code of a job given up after its workers died
@@ -107,7 +133,7 @@ def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
         tracker.chunks = report.chunks
         embedded, reused = report.embedded, report.reused
         for r in results:
-            outcomes[r.status] += 1
+            outcomes[job_status(r, job, retry=job.attempts > 0)] += 1
             if r.error is not None:
                 errors.append({"document": r.name, "code": r.error.code, "detail": str(r.error)})
     except Exception as exc:  # the job itself broke: record it, let the queue see it too
