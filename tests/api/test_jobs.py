@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -205,3 +206,51 @@ def test_a_job_whose_workers_keep_dying_fails_as_worker_lost(
     assert [e["code"] for e in done["errors"]] == ["worker_lost"]
     assert "RAGSTORE_WORKER_MAX_ATTEMPTS" in done["errors"][0]["detail"]
     assert _counts(cli_env["RAGSTORE_DATABASE_URL"], "poison")[0] == 0
+
+
+def test_a_worker_loading_its_model_longer_than_stalled_after_runs_its_job_once(
+    api: Client, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A fresh worker loads the embedding model inside its first job (seconds) while its
+    heartbeat is older than a short RAGSTORE_WORKER_STALLED_AFTER_S: the stalled-job
+    check must not take the job from the live worker that holds it and run it a second
+    time (beside it, in the worker's second slot), nor prune the worker (its next fetch
+    failed on the missing worker row)."""
+    api.create_collection("slow")
+    job = api.upload("slow", [(f"s{i}.md", _doc(i)) for i in range(2)], background=True)
+    env = {
+        **os.environ,
+        **cli_env,
+        # the check runs every heartbeat, just before the beat: it always finds it stale
+        "RAGSTORE_WORKER_HEARTBEAT_S": "2",
+        "RAGSTORE_WORKER_STALLED_AFTER_S": "0.5",
+        "RAGSTORE_LOG_LEVEL": "info",
+    }
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from ragstore.cli import main; main()",
+                "worker",
+                "--concurrency",
+                "2",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        done = api.wait_for_job(job["id"], timeout=120)
+        time.sleep(1.0)  # a second run, had the job been taken back, would start by now
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+    text = log.read_text()
+    final = api.get_job(job["id"])
+    assert done["status"] == final["status"] == "succeeded", (final, text)
+    assert done["attempts"] == final["attempts"] == 1, (final, text)
+    assert "its worker stopped; retrying it" not in text, text
+    assert "is silent but alive (it holds its lock); not retrying it" in text, text

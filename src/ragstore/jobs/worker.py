@@ -1,8 +1,10 @@
 """``ragstore worker``: run ingest jobs from the queue until stopped.
 
 Besides procrastinate's own worker loop, each worker looks for jobs whose worker stopped
-sending heartbeats (killed, crashed, its machine gone) and puts them back on the queue,
-so a dead worker's job is retried by another and never lost.
+(killed, crashed, its machine gone) and puts them back on the queue, so a dead worker's
+job is retried by another and never lost. A worker counts as stopped when its heartbeat
+is stale and the advisory lock it holds while alive is free (``jobs.liveness``): a slow
+live worker keeps its job.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import procrastinate
 
 from ragstore.config import Settings
+from ragstore.jobs.liveness import LiveJobManager
 from ragstore.jobs.queue import QUEUE, build_queue
 from ragstore.observability.logging import get_logger
 from ragstore.runtime import Runtime
@@ -23,7 +26,8 @@ events = get_logger("ragstore.jobs")  # structured fields; rendered as the API's
 
 
 async def retry_stalled(app: procrastinate.App, stalled_after_s: float) -> list[int]:
-    """Put jobs of workers silent for ``stalled_after_s`` back on the queue; their ids."""
+    """Put jobs of dead workers (silent for ``stalled_after_s``, their lock free) back on
+    the queue; their ids."""
     await app.job_manager.prune_stalled_workers(stalled_after_s)
     stalled = await app.job_manager.get_stalled_jobs(
         queue=QUEUE, seconds_since_heartbeat=stalled_after_s
@@ -52,6 +56,9 @@ async def _run(
     with Runtime(settings) as rt:
         db = rt.db  # checks the server and the schema before taking any job
         app = build_queue(db.conninfo, runtime=rt)
+        app.job_manager = LiveJobManager(
+            app.connector, db.conninfo, stalled_after_s=settings.worker_stalled_after_s
+        )
         async with app.open_async():
             events.info(
                 "worker started",

@@ -1,0 +1,138 @@
+"""Which workers are alive: a session advisory lock each, not the heartbeat alone.
+
+procrastinate judges a worker by its heartbeat: one silent for ``stalled_after_s`` is
+pruned and its jobs are put back on the queue. Silence is not death, though. A heartbeat
+arrives late when the worker's event loop is held up (a C extension keeping the GIL
+while the embedding model loads, a swapping machine, a busy database), and it is always
+older than ``stalled_after_s`` when that is set below ``RAGSTORE_WORKER_HEARTBEAT_S``.
+Then the live worker's job ran a second time, beside the first, and the pruned worker
+failed on its next job (its row, which the job points at, was gone).
+
+So every worker holds, from its registration until it unregisters, a session-level
+advisory lock keyed by its worker id, on a connection of its own. PostgreSQL releases it
+exactly when that session ends: the worker stopped, was killed, or its machine went
+away (the session's TCP keepalives, set below from ``stalled_after_s``, end the session
+of a machine that vanished). A worker whose heartbeat is stale is treated as dead only
+when its lock can be taken too; a slow worker that still holds its lock keeps its row
+and its jobs. A worker that lost its database session but lives on is covered by its
+heartbeat still: either proof of life keeps its jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import procrastinate
+import psycopg
+from procrastinate.jobs import Job
+from procrastinate.manager import JobManager
+
+log = logging.getLogger("ragstore.jobs")
+
+# a worker's lock key is the int4 pair (WORKER_LOCKS, its id): apart from int8 keys
+WORKER_LOCKS = 0x5257_4B52  # "RWKR"
+
+_PRUNE = (
+    "DELETE FROM procrastinate_workers"
+    " WHERE last_heartbeat < now() - make_interval(secs => %(seconds_since_heartbeat)s)"
+    " AND pg_try_advisory_xact_lock(%(space)s, (id %% 2147483648)::int4)"
+    " RETURNING id AS worker_id"
+)
+_ALIVE = (
+    "SELECT w.id AS worker_id FROM unnest(%(ids)s::bigint[]) AS w(id)"
+    " WHERE NOT pg_try_advisory_xact_lock(%(space)s, (w.id %% 2147483648)::int4)"
+)
+_HOLD = "SELECT pg_advisory_lock(%s, (%s::bigint %% 2147483648)::int4)"
+
+
+class LiveJobManager(JobManager):
+    """procrastinate's job manager, with a worker's liveness proven by its lock."""
+
+    def __init__(
+        self, connector: procrastinate.BaseConnector, conninfo: str, *, stalled_after_s: float
+    ) -> None:
+        super().__init__(connector)
+        self.conninfo = conninfo
+        self.stalled_after_s = stalled_after_s
+        self._held: dict[int, psycopg.AsyncConnection[Any]] = {}
+
+    async def register_worker(self) -> int:
+        worker_id = await super().register_worker()
+        try:
+            self._held[worker_id] = await self._hold(worker_id)
+        except BaseException:
+            await super().unregister_worker(worker_id)
+            raise
+        return worker_id
+
+    async def _hold(self, worker_id: int) -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        try:
+            # a session of a vanished machine ends within ~2 x stalled_after_s (ignored,
+            # and not needed, on a Unix socket)
+            idle = max(1, math.ceil(self.stalled_after_s))
+            every = max(1, math.ceil(self.stalled_after_s / 3))
+            await conn.execute(
+                "SELECT set_config('tcp_keepalives_idle', %s, false),"
+                " set_config('tcp_keepalives_interval', %s, false),"
+                " set_config('tcp_keepalives_count', '3', false)",
+                (str(idle), str(every)),
+            )
+            await conn.execute(_HOLD, (WORKER_LOCKS, worker_id))
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def unregister_worker(self, worker_id: int) -> None:
+        try:
+            await super().unregister_worker(worker_id)
+        finally:
+            conn = self._held.pop(worker_id, None)
+            if conn is not None:
+                await conn.close()  # the session ends: its lock goes with it
+
+    async def prune_stalled_workers(self, seconds_since_heartbeat: float) -> list[int]:
+        """Delete the workers whose heartbeat is stale and whose lock is free (dead ones)."""
+        rows = await self.connector.execute_query_all_async(
+            query=_PRUNE,
+            seconds_since_heartbeat=seconds_since_heartbeat,
+            space=WORKER_LOCKS,
+        )
+        return [int(row["worker_id"]) for row in rows]
+
+    async def get_stalled_jobs(
+        self,
+        nb_seconds: int | None = None,
+        queue: str | None = None,
+        task_name: str | None = None,
+        seconds_since_heartbeat: float = 30,
+    ) -> Iterable[Job]:
+        """Running jobs of workers that are silent and whose lock is free: dead ones."""
+        jobs = list(
+            await super().get_stalled_jobs(
+                nb_seconds,
+                queue=queue,
+                task_name=task_name,
+                seconds_since_heartbeat=seconds_since_heartbeat,
+            )
+        )
+        ids = sorted({j.worker_id for j in jobs if j.worker_id is not None})
+        if not ids:
+            return jobs
+        rows = await self.connector.execute_query_all_async(
+            query=_ALIVE, ids=ids, space=WORKER_LOCKS
+        )
+        alive = {int(row["worker_id"]) for row in rows}
+        for j in jobs:
+            if j.worker_id in alive:
+                log.info(
+                    "job %s: its worker %s is silent but alive (it holds its lock); "
+                    "not retrying it",
+                    j.id,
+                    j.worker_id,
+                )
+        return [j for j in jobs if j.worker_id not in alive]
