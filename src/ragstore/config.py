@@ -174,7 +174,10 @@ class Settings(BaseSettings):
     )
     worker_heartbeat_s: float = Field(10.0, gt=0, le=3600)
     worker_stalled_after_s: float = Field(
-        30.0, gt=0, le=86400, description="A worker silent this long has its job retried."
+        30.0,
+        gt=0,
+        le=86400,
+        description="A worker silent this long whose database session ended has its job retried.",
     )
     worker_max_attempts: int = Field(
         3,
