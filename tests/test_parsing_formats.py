@@ -270,6 +270,53 @@ def test_pdf_bold_titles_a_little_larger_than_the_body_are_sections() -> None:
     ]
 
 
+def test_pdf_titles_in_a_row_are_sections_of_their_own_and_a_wrapped_title_is_one() -> None:
+    text = "Spare parts are counted by two people at the end of every quarter."
+    data = pdf_bytes(
+        [
+            [
+                ("Depot manual", 20),
+                ("Counting", 15),  # an h2 right over an h3
+                ("Who counts", 13),
+                text,
+                ("When to count", 13),  # two h3s with nothing between them
+                "",
+                ("Where to count", 13),
+                text,
+                ("Storage of spare parts in the", 15),  # one h2 wrapped onto two lines
+                ("northern and eastern depots", 15),
+                text,
+                ("Racks", 15, True),  # one size, two weights: a title and a subtitle
+                ("Shelves and bins", 15),
+                text,
+            ]
+        ]
+    )
+    assert _headings(data) == [
+        (1, "Depot manual", 1),
+        (2, "Counting", 1),
+        (3, "Who counts", 1),
+        (3, "When to count", 1),
+        (3, "Where to count", 1),
+        (2, "Storage of spare parts in the northern and eastern depots", 1),
+        (2, "Racks", 1),
+        (2, "Shelves and bins", 1),
+    ]
+    # a title page's authors, their names in bold over or under their addresses in the
+    # same size, are no titles when set apart from the addresses either
+    authors = [
+        ("Depot manual", 20),
+        ("Ann Lee", 15, True),
+        ("Bob Day (bob.day@example.org)", 15),
+        "",
+        ("Depot Services Group (https://example.org/depots)", 15),
+        "",
+        ("Carl Fox", 15),
+        *[text] * 3,
+    ]
+    assert _headings(pdf_bytes([authors])) == [(1, "Depot manual", 1)]
+
+
 def test_pdf_title_levels_are_capped_at_four() -> None:
     text = "Each level of this outline has a paragraph of its own under it."
     sizes = [26, 22, 18, 15, 13]

@@ -9,12 +9,16 @@ so the cost is the bookkeeping of one callback per run.
 The rules, for one document (:func:`find_headings`):
 
 - the body size is the size (rounded to half a point) holding most characters;
-- a heading is a run of at most three adjacent lines set in one size clearly larger than
-  the body (x1.15 and a point more; in bold, x1.04 and half a point more), short (at most
+- a heading is a run of at most three adjacent lines set in one size and weight clearly
+  larger than the body (x1.15 and a point more; in bold, x1.04 and half a point more) at
+  a wrapped line's spacing (baselines at most 1.6 sizes apart: two titles in a row, an h3
+  right under an h2 or two h3s, have the space between them that sets titles apart from
+  what is around them, and are two headings), short (at most
   100 characters a line, 20 words in all), not ending like a sentence (``.``, ``,``,
   ``;``, ``:``), mostly letters (not a number, an equation, a single letter or a drop
   cap), not a caption (``Figure 2``, ``Table 1``), a table-of-contents line with leader
-  dots, nor a line with an e-mail address or a web address (authors on a title page);
+  dots, nor a line with an e-mail address or a web address (authors on a title page),
+  nor next to one in its size (an author's name over the address);
 - a size whose characters are mostly in runs that read like running text (more lines,
   longer lines, more words, a sentence's end) is a text size (a big-print document, a
   large-print passage), never a title size; a document set in one size has no titles;
@@ -46,6 +50,7 @@ LARGER = 1.15  # a heading size is at least this many times the body size ...
 LARGER_BY = 1.0  # ... and this many points more
 BOLD_LARGER = 1.04  # a bold line needs only this (12 pt bold over 11 pt text)
 MAX_RUN_LINES = 3  # a heading wraps onto at most this many lines
+WRAP_GAP = 1.6  # baselines further apart than this many times the size: not one title
 MAX_LINE_CHARS = 100
 MAX_WORDS = 20
 HEADING_SHARE = 0.5  # of a size's characters in title-shaped runs (against running text)
@@ -85,6 +90,7 @@ class PdfLine:
     bold: bool  # nearly all its characters bold
     chars: int  # non-space characters
     key: str | None = None  # lower-cased, digits as "#" (:func:`_edge_key` fills it in)
+    y: float | None = None  # where its first run starts, up the page (None: not known)
 
 
 @dataclass
@@ -96,6 +102,7 @@ class _Collector:
     _parts: list[str] = field(default_factory=list)
     _sizes: dict[tuple[float, bool], int] = field(default_factory=dict)
     _bold: dict[int, tuple[Any, bool]] = field(default_factory=dict)  # id -> (font, bold)
+    _y: float | None = None
 
     def __call__(self, text: Any, cm: Any, tm: Any, font: Any, size: Any) -> None:
         if not isinstance(text, str) or not text:
@@ -104,6 +111,8 @@ class _Collector:
             if i:
                 self.end_line()
             if piece:
+                if not self._parts:  # a line's first run: where it starts (a later piece
+                    self._y = None if i else _baseline(cm, tm)  # of this text: unknown)
                 self._parts.append(piece)
                 n = len(piece) - piece.count(" ")
                 if n:
@@ -129,10 +138,12 @@ class _Collector:
                     size=size if chars and n >= LINE_SHARE * chars else 0.0,
                     bold=bool(chars) and bold >= LINE_SHARE * chars,
                     chars=chars,
+                    y=self._y,
                 )
             )
         self._parts.clear()
         self._sizes.clear()
+        self._y = None
 
     def _is_bold(self, font: Any) -> bool:
         if font is None:
@@ -155,6 +166,26 @@ def _size(cm: Any, tm: Any, size: Any) -> float:
     if not math.isfinite(seen) or seen > 1000:
         return 0.0
     return round(seen * 2) / 2
+
+
+def _baseline(cm: Any, tm: Any) -> float | None:
+    """How far up the page a run starts: the text matrix's origin through the current
+    matrix (None for a matrix pypdf did not give as numbers)."""
+    try:
+        y = float(tm[4]) * float(cm[1]) + float(tm[5]) * float(cm[3]) + float(cm[5])
+    except (TypeError, ValueError, IndexError):
+        return None
+    return y if math.isfinite(y) else None
+
+
+def _gap(above: PdfLine, below: PdfLine) -> float | None:
+    """How far the baseline of ``below`` is under that of ``above``, the line before it
+    on its page (None: not known, or not under it: another column, a stream out of
+    reading order)."""
+    if above.y is None or below.y is None or above.page != below.page:
+        return None
+    gap = above.y - below.y
+    return gap if gap > 0 else None
 
 
 def _font_is_bold(font: Any) -> bool:
@@ -205,6 +236,18 @@ def _title_like(text: str) -> bool:
     letters = sum(ch.isalpha() for ch in text)
     visible = len(text) - text.count(" ")
     return letters >= 2 and letters * 2 >= visible and max(len(w) for w in words) >= 2
+
+
+def _beside_address(run: _Run, pages: list[list[PdfLine]]) -> bool:
+    """Whether the line over or under the run, in its size, has an e-mail or a web
+    address: a title page's authors (names in bold over their addresses, a group's name
+    and address over its member's name) are no titles."""
+    lines = pages[run.page - 1]
+    size = run.lines[0].size
+    for i in (run.lines[0].index - 1, run.lines[-1].index + 1):
+        if 0 <= i < len(lines) and lines[i].size == size and _CONTACT.search(lines[i].text):
+            return True
+    return False
 
 
 def _shaped(run: _Run) -> bool:
@@ -262,9 +305,11 @@ class _Run:
 def _runs(
     lines: list[PdfLine], is_large: Callable[[PdfLine], bool], running: set[tuple[str, float]]
 ) -> list[_Run]:
-    """Adjacent lines of one large size, split before a line that opens with a number
-    (two numbered titles in a row are two headings, "Chapter 2" over its name is one),
-    and bold lines of other sizes alone; the rest is text."""
+    """Adjacent lines of one large size and weight at a wrapped line's spacing (a gap
+    over :data:`WRAP_GAP` times the size sets two titles in a row apart), split before a
+    line that opens with a number (two numbered titles in a row are two headings,
+    "Chapter 2" over its name is one), and bold lines of other sizes alone; the rest is
+    text."""
     out: list[_Run] = []
     for line in lines:
         if not is_large(line) or _edge_key(line) in running:
@@ -276,6 +321,8 @@ def _runs(
             last is not None
             and last.lines[-1].index == line.index - 1
             and last.lines[-1].size == line.size
+            and last.lines[-1].bold == line.bold
+            and (_gap(last.lines[-1], line) or 0.0) <= WRAP_GAP * line.size
             and _edge_key(last.lines[-1]) not in running
             and not (_numbered_depth(line.text) and _shaped(last))
         ):
@@ -317,7 +364,7 @@ def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]
             continue
         if _prose(run):
             in_prose[size] += sum(line.chars for line in run.lines)
-        elif _title_like(run.text):
+        elif _title_like(run.text) and not _beside_address(run, pages):
             shaped.add(id(run))
             in_titles[size] += sum(line.chars for line in run.lines)
     # a size mostly set in running text is a text size (big print): none of it is a title
