@@ -317,6 +317,38 @@ def test_pdf_titles_in_a_row_are_sections_of_their_own_and_a_wrapped_title_is_on
     assert _headings(pdf_bytes([authors])) == [(1, "Depot manual", 1)]
 
 
+def test_pdf_titles_may_end_in_a_full_stop_a_colon_or_a_comma_but_sentences_are_text() -> None:
+    text = "The depot keeps spare parts for the pumps of the northern district."
+    data = pdf_bytes(
+        [
+            [
+                ("Depot manual", 20),
+                ("1. Overview.", 15),
+                text,
+                ("Introduction:", 15),
+                text,
+                ("Cell death: the significance of apoptosis.", 15),
+                text,
+                ("Pumps, valves and seals,", 15),
+                text,
+                # a sentence set large, and a large line that runs on into the text
+                ("The pumps are checked by the staff every week and after each storm.", 15),
+                text,
+                ("Before a pump is opened,", 15),
+                "the power is switched off at the main board by the electrician.",
+                text,
+            ]
+        ]
+    )
+    assert _headings(data) == [
+        (1, "Depot manual", 1),
+        (2, "1. Overview.", 1),
+        (2, "Introduction:", 1),
+        (2, "Cell death: the significance of apoptosis.", 1),
+        (2, "Pumps, valves and seals,", 1),
+    ]
+
+
 def test_pdf_title_levels_are_capped_at_four() -> None:
     text = "Each level of this outline has a paragraph of its own under it."
     sizes = [26, 22, 18, 15, 13]

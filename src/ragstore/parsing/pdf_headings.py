@@ -13,12 +13,14 @@ The rules, for one document (:func:`find_headings`):
   larger than the body (x1.15 and a point more; in bold, x1.04 and half a point more) at
   a wrapped line's spacing (baselines at most 1.6 sizes apart: two titles in a row, an h3
   right under an h2 or two h3s, have the space between them that sets titles apart from
-  what is around them, and are two headings), short (at most
-  100 characters a line, 20 words in all), not ending like a sentence (``.``, ``,``,
-  ``;``, ``:``), mostly letters (not a number, an equation, a single letter or a drop
-  cap), not a caption (``Figure 2``, ``Table 1``), a table-of-contents line with leader
-  dots, nor a line with an e-mail address or a web address (authors on a title page),
-  nor next to one in its size (an author's name over the address);
+  what is around them, and are two headings), short (at most 100 characters a line, 20
+  words in all), not ending like a sentence (in ``;`` or a hyphen; in ``.``, ``,`` or
+  ``:`` only when it has at most 12 words and the next line does not carry it on in lower
+  case: "Introduction:" and "1. Overview." are titles), mostly letters (not a number, an
+  equation, a single letter or a drop cap), not a caption (``Figure 2``, ``Table 1``), a
+  table-of-contents line with leader dots, nor a line with an e-mail address or a web
+  address (authors on a title page), nor next to one in its size (an author's name over
+  the address);
 - a size whose characters are mostly in runs that read like running text (more lines,
   longer lines, more words, a sentence's end) is a text size (a big-print document, a
   large-print passage), never a title size; a document set in one size has no titles;
@@ -53,6 +55,7 @@ MAX_RUN_LINES = 3  # a heading wraps onto at most this many lines
 WRAP_GAP = 1.6  # baselines further apart than this many times the size: not one title
 MAX_LINE_CHARS = 100
 MAX_WORDS = 20
+MAX_END_WORDS = 12  # a large title ending in a full stop, a colon or a comma: at most this
 HEADING_SHARE = 0.5  # of a size's characters in title-shaped runs (against running text)
 LINE_SHARE = 0.8  # of a line's characters in its dominant size (and bold, for bold lines)
 
@@ -214,15 +217,28 @@ def page_collector(page: int) -> _Collector:
     return _Collector(page)
 
 
-def _prose(run: _Run) -> bool:
+def _prose(run: _Run, *, large: bool = False, following: PdfLine | None = None) -> bool:
     """Whether a run reads like running text: too many lines or words, a line too long,
-    a sentence's end. Such runs make their size a text size (see :func:`find_headings`)."""
+    a sentence's end. Such runs make their size a text size (see :func:`find_headings`).
+    A ``large`` run (set in a title size) may end in ``.``, ``:`` or ``,`` ("Introduction:",
+    "1. Overview.") when it is short (:data:`MAX_END_WORDS`) and the line ``following``
+    it does not carry on its sentence (starts in lower case)."""
     text = run.text
-    return (
+    words = len(text.split())
+    if (
         len(run.lines) > MAX_RUN_LINES
         or any(len(line.text) > MAX_LINE_CHARS for line in run.lines)
-        or len(text.split()) > MAX_WORDS
-        or _SENTENCE_END.search(text) is not None
+        or words > MAX_WORDS
+    ):
+        return True
+    end = _SENTENCE_END.search(text)
+    if end is None:
+        return False
+    return not (
+        large
+        and end.group()[0] in ".:,"
+        and words <= MAX_END_WORDS
+        and not (following is not None and following.text[:1].islower())
     )
 
 
@@ -238,6 +254,13 @@ def _title_like(text: str) -> bool:
     return letters >= 2 and letters * 2 >= visible and max(len(w) for w in words) >= 2
 
 
+def _following(run: _Run, pages: list[list[PdfLine]]) -> PdfLine | None:
+    """The line after the run on its page, if any."""
+    lines = pages[run.page - 1]
+    i = run.lines[-1].index + 1
+    return lines[i] if i < len(lines) else None
+
+
 def _beside_address(run: _Run, pages: list[list[PdfLine]]) -> bool:
     """Whether the line over or under the run, in its size, has an e-mail or a web
     address: a title page's authors (names in bold over their addresses, a group's name
@@ -250,8 +273,8 @@ def _beside_address(run: _Run, pages: list[list[PdfLine]]) -> bool:
     return False
 
 
-def _shaped(run: _Run) -> bool:
-    return not _prose(run) and _title_like(run.text)
+def _shaped(run: _Run, *, large: bool = False) -> bool:
+    return not _prose(run, large=large) and _title_like(run.text)
 
 
 def _numbered_depth(text: str) -> int:
@@ -324,7 +347,7 @@ def _runs(
             and last.lines[-1].bold == line.bold
             and (_gap(last.lines[-1], line) or 0.0) <= WRAP_GAP * line.size
             and _edge_key(last.lines[-1]) not in running
-            and not (_numbered_depth(line.text) and _shaped(last))
+            and not (_numbered_depth(line.text) and _shaped(last, large=True))
         ):
             last.lines.append(line)
         else:
@@ -362,7 +385,7 @@ def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]
         size = run.lines[0].size
         if not is_large(run.lines[0]) or any(_edge_key(line) in running for line in run.lines):
             continue
-        if _prose(run):
+        if _prose(run, large=True, following=_following(run, pages)):
             in_prose[size] += sum(line.chars for line in run.lines)
         elif _title_like(run.text) and not _beside_address(run, pages):
             shaped.add(id(run))
