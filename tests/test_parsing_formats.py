@@ -349,6 +349,52 @@ def test_pdf_titles_may_end_in_a_full_stop_a_colon_or_a_comma_but_sentences_are_
     ]
 
 
+def test_pdf_bold_lines_at_body_size_set_apart_are_the_lowest_sections() -> None:
+    text = ["Counts are made by two people who sign the sheet", "together at the end of the day."]
+    data = pdf_bytes(
+        [
+            [
+                ("Stock rules", 16),
+                *text,
+                ("Counting", 13),
+                *text,
+                ("event.bubbles", 11, True),  # Chromium's h4: bold, body size, space around
+                "",
+                *text,
+                ("Who counts", 11, True),
+                "",
+                *text,
+                # bold that is no title: a lead-in right over its text, a paragraph in
+                # bold, a table's header row over its rows, a bold sentence, a bold row
+                ("Note", 11, True),
+                "Parts without a number are consumables.",
+                ("Do not stack the crates more than", 11, True),
+                ("three high in the north depot", 11, True),
+                "",
+                *text,
+                ("Depot Racks Parts", 11, True),
+                "North 12 400",
+                "",
+                ("Always count twice.", 11, True),
+                "",
+                *text,
+                ("Total 15 475", 11, True),
+                "",
+                *text,
+            ]
+        ]
+    )
+    assert _headings(data) == [
+        (1, "Stock rules", 1),
+        (2, "Counting", 1),
+        (3, "event.bubbles", 1),
+        (3, "Who counts", 1),
+    ]
+    # alone under the sizes and numbered titles: one level below the deepest of them
+    numbered = pdf_bytes([[("1 Scope", 11, True), *text, ("Terms", 11, True), "", *text]])
+    assert _headings(numbered) == [(1, "1 Scope", 1), (2, "Terms", 1)]
+
+
 def test_pdf_title_levels_are_capped_at_four() -> None:
     text = "Each level of this outline has a paragraph of its own under it."
     sizes = [26, 22, 18, 15, 13]

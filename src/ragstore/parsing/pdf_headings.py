@@ -29,8 +29,13 @@ The rules, for one document (:func:`find_headings`):
   is "Chapter 3" over each chapter's title: the title below it still is one);
 - a bold line at about the body size that starts with a section number (``2.1 Methods``)
   is a heading too (report styles often set sub-sections so);
+- a short bold line at about the body size, mostly letters, set apart from the lines
+  over and under it by a paragraph's break (1.5 times the body's leading or more), is a
+  heading too (Chromium prints Markdown's h4 so); a bold lead-in right over its text, a
+  paragraph in bold, a table's bold header row over its rows are not;
 - levels: the distinct heading sizes, largest first, at most :data:`MAX_LEVELS`; numbered
-  bold titles at body size come below them, deeper by their number's depth.
+  bold titles at body size come below them, deeper by their number's depth, and bold
+  lines set apart one level below the deepest of all.
 
 It works on what pypdf extracts, in the order of the page's content stream: a heading is
 placed where its text starts a line of the page text, as a bookmark is (``parsing/pdf.py``).
@@ -43,6 +48,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from pypdf.errors import PyPdfError
@@ -55,6 +61,9 @@ MAX_RUN_LINES = 3  # a heading wraps onto at most this many lines
 WRAP_GAP = 1.6  # baselines further apart than this many times the size: not one title
 MAX_LINE_CHARS = 100
 MAX_WORDS = 20
+MAX_ALONE_CHARS = 80  # a bold line at body size set apart (an h4): at most this long
+MAX_ALONE_WORDS = 10
+APART = 1.5  # leadings between two baselines with a paragraph's break between them
 MAX_END_WORDS = 12  # a large title ending in a full stop, a colon or a comma: at most this
 HEADING_SHARE = 0.5  # of a size's characters in title-shaped runs (against running text)
 LINE_SHARE = 0.8  # of a line's characters in its dominant size (and bold, for bold lines)
@@ -401,21 +410,86 @@ def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]
         for run in runs
         if id(run) not in shaped and _bold_numbered(run, body, is_large, running)
     }
+    lead = _body_leading(pages, body)
+    alone = {
+        id(run)
+        for run in runs
+        if id(run) not in shaped
+        and id(run) not in numbered
+        and _bold_alone(run, pages, body, lead, is_large, running)
+    }
     # numbered bold titles at body size go below the sized levels, by their depth
-    # relative to the shallowest of them ("2.1" under "2", or alone under the sizes)
+    # relative to the shallowest of them ("2.1" under "2", or alone under the sizes);
+    # bold lines set apart at body size one level below the deepest of all
     top = min(numbered.values(), default=1)
     below = min(len(sizes), MAX_LEVELS - 1)
-    found: dict[int, list[tuple[int, str]]] = {}
+    titles: list[tuple[_Run, int]] = []  # level 0: one below the deepest
     for run in runs:
         size = run.lines[0].size
         if size in level_of and id(run) in shaped:
-            level = level_of[size]
+            titles.append((run, level_of[size]))
         elif id(run) in numbered:
-            level = min(below + 1 + numbered[id(run)] - top, MAX_LEVELS)
-        else:
-            continue
-        found.setdefault(run.page, []).append((level, run.text))
+            titles.append((run, min(below + 1 + numbered[id(run)] - top, MAX_LEVELS)))
+        elif id(run) in alone:
+            titles.append((run, 0))
+    lowest = min(max((level for _, level in titles), default=0) + 1, MAX_LEVELS)
+    found: dict[int, list[tuple[int, str]]] = {}
+    for run, level in titles:
+        found.setdefault(run.page, []).append((level or lowest, run.text))
     return found
+
+
+def _body_leading(pages: list[list[PdfLine]], body: float) -> float:
+    """The usual distance between the baselines of two lines of regular body text in a
+    row (to the half point), or 1.2 body sizes where no two such lines tell."""
+    gaps: Counter[float] = Counter()
+    for lines in pages:
+        for above, below in pairwise(lines):
+            if above.size == below.size == body and not (above.bold or below.bold):
+                gap = _gap(above, below)
+                if gap is not None and 0.8 * body <= gap <= 3 * body:
+                    gaps[round(gap * 2) / 2] += 1
+    return gaps.most_common(1)[0][0] if gaps else 1.2 * body
+
+
+def _bold_alone(
+    run: _Run,
+    pages: list[list[PdfLine]],
+    body: float,
+    lead: float,
+    is_large: Callable[[PdfLine], bool],
+    running: set[tuple[str, float]],
+) -> bool:
+    """A single short bold line at about the body size, mostly letters, not ending like a
+    sentence, with the space of a paragraph's break (:data:`APART` leadings) over it (or
+    the top of the page) and under it: Chromium prints Markdown's h4 so. A bold lead-in
+    right over its text, a paragraph in bold, a table's bold header row over its rows and
+    the last line of a page (nothing under it to tell) are not."""
+    line = run.lines[0]
+    if (
+        len(run.lines) != 1
+        or not line.bold
+        or line.size < body * 0.95
+        or is_large(line)
+        or len(line.text) > MAX_ALONE_CHARS
+        or len(line.text.split()) > MAX_ALONE_WORDS
+        or _edge_key(line) in running
+        or not _shaped(run)
+    ):
+        return False
+    letters = sum(ch.isalpha() for ch in line.text)
+    if letters * 3 < (len(line.text) - line.text.count(" ")) * 2:  # a row of figures
+        return False
+    lines = pages[line.page - 1]
+    if line.index + 1 >= len(lines):
+        return False
+    under = _gap(line, lines[line.index + 1])
+    if under is None or under < APART * lead:
+        return False
+    if line.index == 0:
+        return True
+    over = _gap(lines[line.index - 1], line)
+    return over is not None and over >= APART * lead
 
 
 def _bold_numbered(
