@@ -114,7 +114,7 @@ class _Collector:
     _parts: list[str] = field(default_factory=list)
     _sizes: dict[tuple[float, bool], int] = field(default_factory=dict)
     _bold: dict[int, tuple[Any, bool]] = field(default_factory=dict)  # id -> (font, bold)
-    _y: float | None = None
+    _y: float | None = None  # the baseline of the line being collected
 
     def __call__(self, text: Any, cm: Any, tm: Any, font: Any, size: Any) -> None:
         if not isinstance(text, str) or not text:
@@ -123,8 +123,9 @@ class _Collector:
             if i:
                 self.end_line()
             if piece:
-                if not self._parts:  # a line's first run: where it starts (a later piece
-                    self._y = None if i else _baseline(cm, tm)  # of this text: unknown)
+                if not self._parts:
+                    # the line starts here: where is known only for the text's first piece
+                    self._y = None if i else _baseline(cm, tm)
                 self._parts.append(piece)
                 n = len(piece) - piece.count(" ")
                 if n:
