@@ -342,3 +342,53 @@ def test_an_exact_search_is_not_cut_off(admin: Client, settings: Settings) -> No
         finally:
             release.join()
     assert hits and hits[0].source.endswith("rollback.md")
+
+
+def _waiting_searches(settings: Settings) -> int:
+    """Statements on ``chunks`` that wait for a lock (searches held up by ``_hold_lock``)."""
+    assert settings.database_url is not None
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND state = 'active' AND wait_event_type = 'Lock'"
+            " AND query ILIKE '%%chunks%%'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_search_whose_client_disconnects_is_cancelled_in_postgres(
+    open_url: str, settings: Settings
+) -> None:
+    """A client that gives up on a slow search (here one held up by a lock, as behind an
+    index build) takes its statements with it: both lists of the hybrid search leave
+    PostgreSQL at once, not after RAGSTORE_SEARCH_TIMEOUT_S (30 s here)."""
+    with Client(open_url) as api:
+        api.add_document("gone", "a.md", "# Alpha\n\nalpha bravo charlie\n")
+        api.search("gone", "alpha")  # the collection cached, the model loaded
+    body = json.dumps({"query": "alpha", "mode": "hybrid"}).encode()
+    host = urlsplit(open_url).netloc
+    lock = _hold_lock(settings)
+    try:
+        sock = _connect(open_url)
+        try:
+            sock.sendall(
+                f"POST /v1/collections/gone/search HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            deadline = time.monotonic() + 10
+            while _waiting_searches(settings) < 2:
+                assert time.monotonic() < deadline, "the search's two lists never started"
+                time.sleep(0.02)
+        finally:
+            sock.close()
+        deadline = time.monotonic() + 3
+        while (waiting := _waiting_searches(settings)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert waiting == 0, "the search ran on after its client went away"
+    finally:
+        lock.rollback()
+        lock.close()
+    with Client(open_url) as api:  # the pooled connections it used serve the next search
+        hits = api.search("gone", "alpha", mode="hybrid")["data"]
+    assert {h["source"].rsplit("/", 1)[-1] for h in hits} == {"a.md"}

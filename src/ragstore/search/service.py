@@ -50,6 +50,7 @@ import numpy.typing as npt
 from psycopg import ClientCursor, errors, sql
 
 from ragstore.db import spaces
+from ragstore.db.cancel import cancellable
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.db.repository import Collection
@@ -447,6 +448,7 @@ class _Statement:
             self.rt.db.connection() as conn,
             translated(f"searching {self.coll.name!r}"),
             _search_deadline(self.coll.name, timeout_s),
+            cancellable(conn),  # an API search whose client went away (db/cancel.py)
         ):
             if pruned_filter:
                 # every value quoted client-side by psycopg, as in a bound parameter

@@ -8,10 +8,10 @@ drift apart.
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Request, Response
 
 from ragstore.api.deps import CollectionName, ReadAccess, Rt
+from ragstore.api.disconnect import unless_disconnected
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import SearchRequest, SearchResponse
 from ragstore.store import search_response
@@ -23,10 +23,12 @@ router = APIRouter(
 
 @router.post("/search", response_model=SearchResponse, summary="Search a collection")
 async def search(
-    name: CollectionName, body: SearchRequest, rt: Rt, caller: ReadAccess
-) -> SearchResponse:
+    name: CollectionName, body: SearchRequest, rt: Rt, caller: ReadAccess, request: Request
+) -> SearchResponse | Response:
     caller.require("read", name)
-    return await run_in_threadpool(
+    # a search whose client goes away is cancelled in PostgreSQL (api/disconnect.py)
+    return await unless_disconnected(
+        request,
         lambda: search_response(
             rt,
             name,
@@ -42,5 +44,5 @@ async def search(
             vector_weight=body.vector_weight,
             fulltext_weight=body.fulltext_weight,
             sections=body.sections,
-        )
+        ),
     )

@@ -1,0 +1,64 @@
+"""Work that stops when its client goes away: a search whose client disconnected is
+cancelled in PostgreSQL instead of running on to ``RAGSTORE_SEARCH_TIMEOUT_S``.
+
+uvicorn tells an app that the client went away by answering ``receive()`` with
+``http.disconnect``; once the request body has been read, a further ``receive()`` waits
+for exactly that (the answer Starlette's streaming responses listen for). So the route
+runs its work on a worker thread and listens beside it: if the client goes first, the
+work's statements are cancelled (:class:`ragstore.db.cancel.Cancellation`) and the route
+answers 499, nginx's "client closed request", which nobody receives but the access log
+and the metrics record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ragstore.db.cancel import Cancellation, cancelling
+
+log = logging.getLogger("ragstore.api")
+
+T = TypeVar("T")
+
+CLIENT_CLOSED = 499
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass  # more body: not expected once the route runs, and not ours to read
+
+
+async def unless_disconnected(request: Request, work: Callable[[], T]) -> T | Response:
+    """``work()`` on a worker thread; if the client disconnects first, its statements are
+    cancelled and the answer is a 499 no one receives."""
+    cancellation = Cancellation()
+
+    def run() -> T:
+        with cancelling(cancellation):
+            return work()
+
+    task = asyncio.ensure_future(run_in_threadpool(run))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request itself was cancelled (the server is stopping)
+        gone.cancel()
+        cancellation.cancel()
+        raise
+    gone.cancel()
+    await asyncio.wait((gone,))
+    if task.done():
+        return task.result()
+    stopped = await run_in_threadpool(cancellation.cancel)
+    log.info("the client went away: %d running statement(s) of its request cancelled", stopped)
+    with contextlib.suppress(Exception):
+        await task  # its statement cancelled, the thread is done at once
+    return Response(status_code=CLIENT_CLOSED)
