@@ -57,7 +57,9 @@ async def unless_disconnected(request: Request, work: Callable[[], T]) -> T | Re
     await asyncio.wait((gone,))
     if task.done():
         return task.result()
-    stopped = await run_in_threadpool(cancellation.cancel)
+    # not on Starlette's thread pool: when searches stuck behind a lock fill it, their
+    # cancels would wait for one of them to end
+    stopped = await asyncio.to_thread(cancellation.cancel)
     log.info("the client went away: %d running statement(s) of its request cancelled", stopped)
     with contextlib.suppress(Exception):
         await task  # its statement cancelled, the thread is done at once
