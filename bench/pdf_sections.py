@@ -45,8 +45,9 @@ from tests.fixtures.builders import PdfLine, pdf_bytes
 from bench.scifact import records
 from ragstore.models import ChunkType, ParsedDocument
 from ragstore.parsing.pdf import _outline, parse_pdf
-from ragstore.parsing.pdf_headings import PdfLine as PdfTextLine
-from ragstore.parsing.pdf_headings import find_headings, page_collector
+from ragstore.parsing.pdf_headings import find_headings
+from ragstore.parsing.pdf_lines import PdfLine as PdfTextLine
+from ragstore.parsing.pdf_lines import page_collector
 
 
 def _load(path: Path) -> ModuleType:

@@ -17,7 +17,7 @@ from ragstore.errors import (
 from ragstore.models import ChunkType
 from ragstore.parsing import detect_format, parse_bytes
 from ragstore.parsing.language import detect_language
-from ragstore.parsing.pdf_headings import storable
+from ragstore.parsing.pdf_lines import storable
 from tests.fixtures.builders import (
     DOCX_TABLE_SENTENCE,
     MIXED,

@@ -32,7 +32,8 @@ from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
 from ragstore.errors import CorruptDocumentError, EmptyDocumentError, EncryptedDocumentError
 from ragstore.models import ChunkType, ParsedDocument
 from ragstore.parsing.decode import looks_binary
-from ragstore.parsing.pdf_headings import PdfLine, find_headings, page_collector, storable
+from ragstore.parsing.pdf_headings import find_headings
+from ragstore.parsing.pdf_lines import PdfLine, page_collector, storable
 from ragstore.parsing.structure import BlockBuilder
 from ragstore.parsing.text import paragraph_spans
 
@@ -77,7 +78,7 @@ def _title_at(text: str, title: str, start: int) -> re.Match[str] | None:
 
 
 def _lines_at(text: str, title: str, start: int) -> tuple[int, int] | None:
-    """Where the lines that read ``title`` (spacing aside, as :mod:`pdf_headings` joined
+    """Where the lines that read ``title`` (spacing aside, as :mod:`pdf_lines` joined
     them) start at or after ``start``, up to the end of the last. A scan of the page's
     lines: a detected title is its lines verbatim, and a regex compiled per title (as
     for bookmarks) cost a fifth of the parse of a long report."""

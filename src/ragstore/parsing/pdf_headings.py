@@ -4,7 +4,8 @@ Most PDFs people have (papers, reports, exported manuals) carry no bookmarks, so
 this every chunk of them had an empty section path: nothing for the model or BM25 to read
 as a heading and nothing for search to rank sections by. pypdf reports each text run with
 its font and size (``visitor_text``) during the same extraction that gives the page text,
-so the cost is the bookkeeping of one callback per run.
+so the cost is the bookkeeping of one callback per run (:mod:`ragstore.parsing.pdf_lines`
+collects the lines; this module reads titles from them).
 
 The rules, for one document (:func:`find_headings`):
 
@@ -47,11 +48,10 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
 
-from pypdf.errors import PyPdfError
+from ragstore.parsing.pdf_lines import PdfLine
 
 MAX_LEVELS = 4  # heading levels at most (sizes beyond the fourth share the last level)
 LARGER = 1.15  # a heading size is at least this many times the body size ...
@@ -66,7 +66,6 @@ MAX_ALONE_WORDS = 10
 APART = 1.5  # leadings between two baselines with a paragraph's break between them
 MAX_END_WORDS = 12  # a large title ending in a full stop, a colon or a comma: at most this
 HEADING_SHARE = 0.5  # of a size's characters in title-shaped runs (against running text)
-LINE_SHARE = 0.8  # of a line's characters in its dominant size (and bold, for bold lines)
 
 _SENTENCE_END = re.compile(r"[.,;:]['\")\]]*$|-$")
 _CAPTION = re.compile(
@@ -77,118 +76,7 @@ _CAPTION = re.compile(
 _CONTACT = re.compile(r"https?://|\bwww\.|[\w.+-]+@[\w-]+\.\w")  # title-page lines
 _LEADER = re.compile(r"\.{4,}|(?:\. ){3,}|…{2,}|_{4,}")
 _NUMBERED = re.compile(r"^(?:(\d{1,2}(?:\.\d{1,2}){0,4})\.?|([IVXLC]{1,6})\.)\s+(?=[^\W\d_])")
-_BOLD_NAME = re.compile(
-    r"bold|black|heavy|demi|semibd|extrabd|ultrabd|-bd\b|,bd\b|\bcmbx|\bcmb\d|\bbx\d", re.I
-)
 _DIGITS = re.compile(r"\d+")
-_FORCE_BOLD = 1 << 18  # FontDescriptor /Flags bit 19
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def storable(text: str) -> str:
-    """``text`` with NUL and lone surrogates as U+FFFD. A PDF's strings and glyphs can
-    decode to either (a NUL shown in a code sample, a broken UTF-16 title); PostgreSQL's
-    text holds neither, and a file that reads fine must not fail at the database after its
-    chunks were embedded."""
-    return _UNSTORABLE.sub("\ufffd", text) if _UNSTORABLE.search(text) else text
-
-
-@dataclass(slots=True)
-class PdfLine:
-    page: int  # 1-based
-    index: int  # its place among the page's lines
-    text: str
-    size: float  # the size holding most of its characters (0: no characters)
-    bold: bool  # nearly all its characters bold
-    chars: int  # non-space characters
-    key: str | None = None  # lower-cased, digits as "#" (:func:`_edge_key` fills it in)
-    y: float | None = None  # where its first run starts, up the page (None: not known)
-
-
-@dataclass
-class _Collector:
-    """The ``visitor_text`` callback of one page: its lines with their size and weight."""
-
-    page: int
-    lines: list[PdfLine] = field(default_factory=list)
-    _parts: list[str] = field(default_factory=list)
-    _sizes: dict[tuple[float, bool], int] = field(default_factory=dict)
-    _bold: dict[int, tuple[Any, bool]] = field(default_factory=dict)  # id -> (font, bold)
-    _y: float | None = None  # the baseline of the line being collected
-
-    def __call__(self, text: Any, cm: Any, tm: Any, font: Any, size: Any) -> None:
-        if not isinstance(text, str) or not text:
-            return
-        for i, piece in enumerate(text.split("\n") if "\n" in text else (text,)):
-            if i:
-                self.end_line()
-            if piece:
-                if not self._parts:
-                    # the line starts here: where is known only for the text's first piece
-                    self._y = None if i else _baseline(cm, tm)
-                self._parts.append(piece)
-                n = len(piece) - piece.count(" ")
-                if n:
-                    key = (_size(cm, tm, size), self._is_bold(font))
-                    self._sizes[key] = self._sizes.get(key, 0) + n
-
-    def end_line(self) -> None:
-        text = storable(" ".join("".join(self._parts).split()))
-        if text:
-            by_size: dict[float, int] = {}
-            bold = 0
-            for (size, is_bold), n in self._sizes.items():
-                by_size[size] = by_size.get(size, 0) + n
-                bold += n if is_bold else 0
-            chars = sum(by_size.values())
-            size = max(by_size, key=by_size.__getitem__) if by_size else 0.0
-            n = by_size.get(size, 0)
-            self.lines.append(
-                PdfLine(
-                    page=self.page,
-                    index=len(self.lines),
-                    text=text,
-                    size=size if chars and n >= LINE_SHARE * chars else 0.0,
-                    bold=bool(chars) and bold >= LINE_SHARE * chars,
-                    chars=chars,
-                    y=self._y,
-                )
-            )
-        self._parts.clear()
-        self._sizes.clear()
-        self._y = None
-
-    def _is_bold(self, font: Any) -> bool:
-        if font is None:
-            return False
-        known = self._bold.get(id(font))
-        if known is None:  # the font is kept with its answer, so its id is not reused
-            known = self._bold[id(font)] = (font, _font_is_bold(font))
-        return known[1]
-
-
-def _size(cm: Any, tm: Any, size: Any) -> float:
-    """The size a run is seen at: its Tf size scaled by the text and current matrices,
-    rounded to half a point (generators that set ``1 Tf`` and scale the matrix are many)."""
-    try:
-        c = float(tm[2]) * float(cm[0]) + float(tm[3]) * float(cm[2])
-        d = float(tm[2]) * float(cm[1]) + float(tm[3]) * float(cm[3])
-        seen = abs(float(size)) * math.hypot(c, d)
-    except (TypeError, ValueError, IndexError):
-        return 0.0
-    if not math.isfinite(seen) or seen > 1000:
-        return 0.0
-    return round(seen * 2) / 2
-
-
-def _baseline(cm: Any, tm: Any) -> float | None:
-    """How far up the page a run starts: the text matrix's origin through the current
-    matrix (None for a matrix pypdf did not give as numbers)."""
-    try:
-        y = float(tm[4]) * float(cm[1]) + float(tm[5]) * float(cm[3]) + float(cm[5])
-    except (TypeError, ValueError, IndexError):
-        return None
-    return y if math.isfinite(y) else None
 
 
 def _gap(above: PdfLine, below: PdfLine) -> float | None:
@@ -199,32 +87,6 @@ def _gap(above: PdfLine, below: PdfLine) -> float | None:
         return None
     gap = above.y - below.y
     return gap if gap > 0 else None
-
-
-def _font_is_bold(font: Any) -> bool:
-    """Bold by its name (``Helvetica-Bold``, TeX's ``CMBX12``), weight or ForceBold flag:
-    generators name the weight in the font name far more often than they fill in the
-    descriptor, and the name is what a subset prefix (``ABCDEF+``) leaves readable."""
-    try:
-        name = str(font.get("/BaseFont", "") or "")
-        if _BOLD_NAME.search(name.split("+")[-1]):
-            return True
-        descriptor = font.get("/FontDescriptor")
-        if descriptor is None and "/DescendantFonts" in font:
-            descriptor = font["/DescendantFonts"][0].get_object().get("/FontDescriptor")
-        if descriptor is None:
-            return False
-        descriptor = descriptor.get_object()
-        weight = descriptor.get("/FontWeight")
-        flags = int(descriptor.get("/Flags", 0) or 0)
-        return (weight is not None and float(weight) >= 600) or bool(flags & _FORCE_BOLD)
-    except (PyPdfError, AttributeError, TypeError, ValueError, KeyError, IndexError):
-        return False  # a font dictionary this odd reads as regular
-
-
-def page_collector(page: int) -> _Collector:
-    """A ``visitor_text`` callback for ``page.extract_text``; call :meth:`end_line` after."""
-    return _Collector(page)
 
 
 def _prose(run: _Run, *, large: bool = False, following: PdfLine | None = None) -> bool:
