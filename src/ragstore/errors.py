@@ -14,7 +14,8 @@ are caught, never passed through to a user.
     │   ├── DatabaseUnavailableError    database_unavailable
     │   ├── ExtensionMissingError       extension_missing
     │   ├── ReplicaBehindError          replica_behind
-    │   └── SchemaMismatchError         schema_mismatch
+    │   ├── SchemaMismatchError         schema_mismatch
+    │   └── StatementCancelledError     statement_cancelled
     ├── NotFoundError                   not_found
     │   ├── CollectionNotFoundError     collection_not_found
     │   ├── DocumentNotFoundError       document_not_found
@@ -121,6 +122,20 @@ class ReplicaBehindError(DatabaseError):
     code = "replica_behind"
     http_status = 503
     exit_code = 69  # EX_UNAVAILABLE
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StatementCancelledError(DatabaseError):
+    """PostgreSQL cancelled one statement of the request (an administrator's
+    ``pg_cancel_backend``, a role's own ``statement_timeout``): that request failed, the
+    database is fine (503: retry it; ``retry_after`` seconds is the hint)."""
+
+    code = "statement_cancelled"
+    http_status = 503
+    exit_code = 75  # EX_TEMPFAIL
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)

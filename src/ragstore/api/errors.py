@@ -39,6 +39,7 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.ExtensionMissingError: Problem(503, "Database extension missing"),
     e.SchemaMismatchError: Problem(503, "Database schema mismatch"),
     e.ReplicaBehindError: Problem(503, "Replica behind"),
+    e.StatementCancelledError: Problem(503, "Statement cancelled"),
     e.ReadOnlyError: Problem(403, "Read-only server"),
     e.NotFoundError: Problem(404, "Not found"),
     e.CollectionNotFoundError: Problem(404, "Collection not found"),
@@ -111,7 +112,15 @@ def public_detail(exc: e.RagstoreError) -> str:
 
 def retry_after(exc: e.RagstoreError) -> float | None:
     """Seconds a client should wait before retrying, for the errors that pass with time."""
-    if isinstance(exc, (e.RateLimitedError, e.DatabaseUnavailableError, e.ReplicaBehindError)):
+    if isinstance(
+        exc,
+        (
+            e.RateLimitedError,
+            e.DatabaseUnavailableError,
+            e.ReplicaBehindError,
+            e.StatementCancelledError,
+        ),
+    ):
         return exc.retry_after
     if isinstance(exc, e.NotReadyError):
         return 5.0

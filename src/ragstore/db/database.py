@@ -287,8 +287,10 @@ class Database:
             exc.retry_after = self.breaker.trip()
             raise
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            self.breaker.trip()
-            raise translate(exc, f"using {self.where}") from exc
+            err = translate(exc, f"using {self.where}")  # a cancel: statement_cancelled
+            if isinstance(err, DatabaseUnavailableError):
+                self.breaker.trip()
+            raise err from exc
         if self.breaker.failures:
             self.breaker.reset()
 

@@ -4,8 +4,11 @@
 is, by SQLSTATE (a full five-character code wins over its two-character class). The rule
 behind it: bad *input* (a NUL byte, a number out of range, a duplicate name, an unknown
 text search configuration) is the caller's to fix and answers 4xx; only a database that
-cannot be reached answers 503 ``database_unavailable``; anything else is our bug and
-answers 500 ``database_error``. ``tests/test_db_errors.py`` enumerates the table.
+cannot be reached answers 503 ``database_unavailable``; a statement PostgreSQL cancelled
+(an administrator's ``pg_cancel_backend``, a role's ``statement_timeout``) fails its own
+request only, 503 ``statement_cancelled`` (not a database that is down: the breaker of
+``db/database.py`` stays closed); anything else is our bug and answers 500
+``database_error``. ``tests/test_db_errors.py`` enumerates the table.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ragstore.errors import (
     DatabaseUnavailableError,
     InputError,
     RagstoreError,
+    StatementCancelledError,
 )
 
 # SQLSTATE (class or full code) -> (our error class, what to tell the caller)
@@ -30,6 +34,11 @@ SQLSTATE_MAP: dict[str, tuple[type[RagstoreError], str]] = {
     "53": (
         DatabaseUnavailableError,
         "the database is out of resources (connections, memory or disk)",
+    ),
+    "57014": (
+        StatementCancelledError,
+        "the database cancelled the statement (an administrator's cancel or a statement "
+        "timeout set in the database); only this request failed, retry it",
     ),
     "57P01": (DatabaseUnavailableError, "the database server is shutting down"),
     "57P02": (DatabaseUnavailableError, "the database server crashed"),
@@ -76,6 +85,8 @@ def translate(exc: BaseException, where: str) -> RagstoreError:
         return DatabaseUnavailableError(f"{where}: {reason} ({detail})", public=reason)
     if cls is InputError or cls is ConflictError:
         return cls(f"{where}: {reason}: {_without_context(detail)}")
+    if cls is StatementCancelledError:
+        return StatementCancelledError(f"{where}: {reason} ({_without_context(detail)})")
     return DatabaseError(f"{where}: {detail}")
 
 
