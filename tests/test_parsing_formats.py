@@ -23,6 +23,7 @@ from tests.fixtures.builders import (
     MIXED,
     PDF_PAGE3_PARAGRAPH,
     REPORT_SAMPLING_SENTENCE,
+    PdfLine,
     handbook_pdf,
     pdf_bytes,
     report_pdf,
@@ -393,6 +394,47 @@ def test_pdf_bold_lines_at_body_size_set_apart_are_the_lowest_sections() -> None
     # alone under the sizes and numbered titles: one level below the deepest of them
     numbered = pdf_bytes([[("1 Scope", 11, True), *text, ("Terms", 11, True), "", *text]])
     assert _headings(numbered) == [(1, "1 Scope", 1), (2, "Terms", 1)]
+
+
+_TEXT = ["An emitter calls its listeners in the order they were added to it,", "one by one."]
+_CODE = [
+    ("const { EventEmitter } = require('node:events');", 9, False, True),
+    ("const emitter = new EventEmitter();", 9, False, True),
+    ("emitter.on('event', (a, b) => console.log(a, b, this));", 9, False, True),
+    ("emitter.emit('event', 'a', 'b');", 9, False, True),
+]
+
+
+def test_pdf_body_size_is_the_text_size_when_code_samples_hold_more_characters() -> None:
+    # an API reference printed with default styles: more characters in its code
+    # samples (9 pt Courier) than in its text; the body is still the 11 pt text, so a
+    # bold line at that size set apart is a title and the text is no title size
+    data = pdf_bytes(
+        [
+            [
+                ("Events", 20),
+                *_TEXT,
+                *_CODE,
+                *_CODE,
+                ("Listeners", 15),
+                *_TEXT,
+                *_CODE,
+                *_CODE,
+                ("Error events", 11, True),
+                "",
+                *_TEXT,
+                *_CODE,
+                *_CODE,
+            ]
+        ]
+    )
+    assert _headings(data) == [(1, "Events", 1), (2, "Listeners", 1), (3, "Error events", 1)]
+    # a code listing with a few words of text (its footer) keeps the code as its body
+    listing: list[PdfLine] = []
+    for name, op in [("add", "+"), ("sub", "-"), ("mul", "*"), ("div", "/"), ("mod", "%")]:
+        listing += [(f"def {name}(a, b):", 9, False, True), (f"return a {op} b", 9, False, True)]
+        listing.append("")
+    assert _headings(pdf_bytes([[*listing, *listing, ("Printed from calc.py", 7)]])) == []
 
 
 def test_pdf_title_levels_are_capped_at_four() -> None:

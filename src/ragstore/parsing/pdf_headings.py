@@ -9,7 +9,9 @@ collects the lines; this module reads titles from them).
 
 The rules, for one document (:func:`find_headings`):
 
-- the body size is the size (rounded to half a point) holding most characters;
+- the body size is the size (rounded to half a point) holding most characters outside
+  monospace fonts (code samples, which may hold more, set smaller), unless those are
+  under a tenth of all (a code listing);
 - a heading is a run of at most three adjacent lines set in one size and weight clearly
   larger than the body (x1.15 and a point more; in bold, x1.04 and half a point more) at
   a wrapped line's spacing (baselines at most 1.6 sizes apart: two titles in a row, an h3
@@ -66,6 +68,7 @@ MAX_ALONE_WORDS = 10
 APART = 1.5  # leadings between two baselines with a paragraph's break between them
 MAX_END_WORDS = 12  # a large title ending in a full stop, a colon or a comma: at most this
 HEADING_SHARE = 0.5  # of a size's characters in title-shaped runs (against running text)
+TEXT_SHARE = 0.1  # of all characters, in fonts that are not monospace: the body is text
 
 _SENTENCE_END = re.compile(r"[.,;:]['\")\]]*$|-$")
 _CAPTION = re.compile(
@@ -229,14 +232,9 @@ def _runs(
 
 def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]]:
     """page number (1-based) -> [(level, title)] in page order, as ``_outline`` gives."""
-    chars: dict[float, int] = {}  # per size
-    for lines in pages:
-        for line in lines:
-            if line.size:
-                chars[line.size] = chars.get(line.size, 0) + line.chars
-    if not chars:
+    body = _body_size(pages)
+    if not body:
         return {}
-    body = max(chars, key=chars.__getitem__)
 
     def is_large(line: PdfLine) -> bool:
         """Set clearly larger than the body, or bold and larger at all (Word's third
@@ -300,6 +298,24 @@ def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]
     for run, level in titles:
         found.setdefault(run.page, []).append((level or lowest, run.text))
     return found
+
+
+def _body_size(pages: list[list[PdfLine]]) -> float:
+    """The size (rounded to half a point) holding most characters of text: characters in
+    a monospace font (code samples, which in an API reference hold more characters than
+    its text and are set smaller) count only when text holds less than
+    :data:`TEXT_SHARE` of all (a code listing); 0 for no characters at all."""
+    text: Counter[float] = Counter()
+    every: Counter[float] = Counter()
+    for lines in pages:
+        for line in lines:
+            if line.size:
+                text[line.size] += line.chars - line.code
+                every[line.size] += line.chars
+    if not every:
+        return 0.0
+    by = text if text.total() >= TEXT_SHARE * every.total() else every
+    return max(by, key=by.__getitem__)
 
 
 def _body_leading(pages: list[list[PdfLine]], body: float) -> float:

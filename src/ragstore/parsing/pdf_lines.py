@@ -3,8 +3,9 @@
 This module owns the line collector: the ``visitor_text`` callback that turns pypdf's
 text runs (each with its font, size and matrices) into :class:`PdfLine` objects, one per
 line of the page text, each with the size holding most of its characters, whether it is
-bold, how many characters it has and where its baseline is. It reads fonts (bold by name,
-weight or flag) and matrices (the size a run is seen at, its baseline) and nothing more;
+bold, how many characters it has (and how many of them are in a monospace font: code) and
+where its baseline is. It reads fonts (bold by name, weight or flag; monospace by name or
+flag) and matrices (the size a run is seen at, its baseline) and nothing more;
 what the lines mean (which are titles) is :mod:`ragstore.parsing.pdf_headings`'s business.
 It also owns :func:`storable`, which every text taken from a PDF passes through.
 """
@@ -22,7 +23,9 @@ LINE_SHARE = 0.8  # of a line's characters in its dominant size (and bold, for b
 _BOLD_NAME = re.compile(
     r"bold|black|heavy|demi|semibd|extrabd|ultrabd|-bd\b|,bd\b|\bcmbx|\bcmb\d|\bbx\d", re.I
 )
+_MONO_NAME = re.compile(r"mono|courier|code|consolas|menlo", re.I)
 _FORCE_BOLD = 1 << 18  # FontDescriptor /Flags bit 19
+_FIXED_PITCH = 1  # FontDescriptor /Flags bit 1
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -44,6 +47,7 @@ class PdfLine:
     chars: int  # non-space characters
     key: str | None = None  # lower-cased, digits as "#" (:func:`_edge_key` fills it in)
     y: float | None = None  # where its first run starts, up the page (None: not known)
+    code: int = 0  # of its characters, those in a monospace font
 
 
 @dataclass
@@ -53,8 +57,8 @@ class _Collector:
     page: int
     lines: list[PdfLine] = field(default_factory=list)
     _parts: list[str] = field(default_factory=list)
-    _sizes: dict[tuple[float, bool], int] = field(default_factory=dict)
-    _bold: dict[int, tuple[Any, bool]] = field(default_factory=dict)  # id -> (font, bold)
+    _sizes: dict[tuple[float, bool, bool], int] = field(default_factory=dict)  # size, bold, mono
+    _fonts: dict[int, tuple[Any, bool, bool]] = field(default_factory=dict)  # id -> font's
     _y: float | None = None  # the baseline of the line being collected
 
     def __call__(self, text: Any, cm: Any, tm: Any, font: Any, size: Any) -> None:
@@ -70,17 +74,18 @@ class _Collector:
                 self._parts.append(piece)
                 n = len(piece) - piece.count(" ")
                 if n:
-                    key = (_size(cm, tm, size), self._is_bold(font))
+                    key = (_size(cm, tm, size), *self._style(font))
                     self._sizes[key] = self._sizes.get(key, 0) + n
 
     def end_line(self) -> None:
         text = storable(" ".join("".join(self._parts).split()))
         if text:
             by_size: dict[float, int] = {}
-            bold = 0
-            for (size, is_bold), n in self._sizes.items():
+            bold = code = 0
+            for (size, is_bold, mono), n in self._sizes.items():
                 by_size[size] = by_size.get(size, 0) + n
                 bold += n if is_bold else 0
+                code += n if mono else 0
             chars = sum(by_size.values())
             size = max(by_size, key=by_size.__getitem__) if by_size else 0.0
             n = by_size.get(size, 0)
@@ -93,19 +98,20 @@ class _Collector:
                     bold=bool(chars) and bold >= LINE_SHARE * chars,
                     chars=chars,
                     y=self._y,
+                    code=code,
                 )
             )
         self._parts.clear()
         self._sizes.clear()
         self._y = None
 
-    def _is_bold(self, font: Any) -> bool:
+    def _style(self, font: Any) -> tuple[bool, bool]:
         if font is None:
-            return False
-        known = self._bold.get(id(font))
+            return False, False
+        known = self._fonts.get(id(font))
         if known is None:  # the font is kept with its answer, so its id is not reused
-            known = self._bold[id(font)] = (font, _font_is_bold(font))
-        return known[1]
+            known = self._fonts[id(font)] = (font, *_font_style(font))
+        return known[1], known[2]
 
 
 def _size(cm: Any, tm: Any, size: Any) -> float:
@@ -132,25 +138,30 @@ def _baseline(cm: Any, tm: Any) -> float | None:
     return y if math.isfinite(y) else None
 
 
-def _font_is_bold(font: Any) -> bool:
-    """Bold by its name (``Helvetica-Bold``, TeX's ``CMBX12``), weight or ForceBold flag:
+def _font_style(font: Any) -> tuple[bool, bool]:
+    """Whether a font is bold and whether it is monospace (code), by its name
+    (``Helvetica-Bold``, TeX's ``CMBX12``; ``Courier``, ``DejaVuSansMono``) or its
+    descriptor (a weight of 600 or more, the ForceBold flag; the FixedPitch flag):
     generators name the weight in the font name far more often than they fill in the
     descriptor, and the name is what a subset prefix (``ABCDEF+``) leaves readable."""
+    bold = mono = False
     try:
-        name = str(font.get("/BaseFont", "") or "")
-        if _BOLD_NAME.search(name.split("+")[-1]):
-            return True
+        name = str(font.get("/BaseFont", "") or "").split("+")[-1]
+        bold, mono = bool(_BOLD_NAME.search(name)), bool(_MONO_NAME.search(name))
+        if bold and mono:
+            return True, True
         descriptor = font.get("/FontDescriptor")
         if descriptor is None and "/DescendantFonts" in font:
             descriptor = font["/DescendantFonts"][0].get_object().get("/FontDescriptor")
         if descriptor is None:
-            return False
+            return bold, mono
         descriptor = descriptor.get_object()
         weight = descriptor.get("/FontWeight")
         flags = int(descriptor.get("/Flags", 0) or 0)
-        return (weight is not None and float(weight) >= 600) or bool(flags & _FORCE_BOLD)
+        heavy = (weight is not None and float(weight) >= 600) or bool(flags & _FORCE_BOLD)
+        return bold or heavy, mono or bool(flags & _FIXED_PITCH)
     except (PyPdfError, AttributeError, TypeError, ValueError, KeyError, IndexError):
-        return False  # a font dictionary this odd reads as regular
+        return bold, mono  # a font dictionary this odd reads as what its name says
 
 
 def page_collector(page: int) -> _Collector:
