@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pypdf.generic import DictionaryObject, NameObject, NumberObject
 
 from ragstore.errors import (
     BinaryFileError,
@@ -17,13 +18,14 @@ from ragstore.errors import (
 from ragstore.models import ChunkType
 from ragstore.parsing import detect_format, parse_bytes
 from ragstore.parsing.language import detect_language
-from ragstore.parsing.pdf_lines import storable
+from ragstore.parsing.pdf_lines import _font_style, storable
 from tests.fixtures.builders import (
     DOCX_TABLE_SENTENCE,
     MIXED,
     PDF_PAGE3_PARAGRAPH,
     REPORT_SAMPLING_SENTENCE,
     PdfLine,
+    Run,
     handbook_pdf,
     pdf_bytes,
     report_pdf,
@@ -437,6 +439,52 @@ def test_pdf_body_size_is_the_text_size_when_code_samples_hold_more_characters()
     assert _headings(pdf_bytes([[*listing, *listing, ("Printed from calc.py", 7)]])) == []
 
 
+def test_pdf_titles_with_names_in_code_are_sections_at_the_level_of_their_size() -> None:
+    # Chromium's default styles set code at 13/16 of the size around it, titles too: a
+    # title in code is smaller than one in text at the same level, and a title that
+    # mixes both has no one size; code samples (regular code lines) stay text
+    inline = 11 * 13 / 16
+
+    def prose(name: str) -> list[Run]:
+        return [
+            ("The ", 11, False, False),
+            (name, inline, False, True),
+            (" method adds a listener at the end of the listeners array.", 11, False, False),
+        ]
+
+    def h(text: str, size: float, code: bool = False) -> Run:
+        return (text, size * 13 / 16 if code else size, True, code)
+
+    data = pdf_bytes(
+        [
+            [
+                h("Events", 22),
+                prose("emitter.on()"),
+                *_CODE,
+                [h("Class: ", 16.5), h("EventEmitter", 16.5, code=True)],
+                prose("emitter.once()"),
+                *_CODE,
+                h("emitter.on(eventName, listener)", 12.87, code=True),
+                prose("emitter.on()"),
+                h("event.bubbles", 11, code=True),
+                "",
+                prose("emitter.off()"),
+                *_CODE,
+                h("Error events", 12.87),
+                prose("emitter.emit()"),
+                *_CODE,
+            ]
+        ]
+    )
+    assert _headings(data) == [
+        (1, "Events", 1),
+        (2, "Class: EventEmitter", 1),
+        (3, "emitter.on(eventName, listener)", 1),
+        (4, "event.bubbles", 1),
+        (3, "Error events", 1),
+    ]
+
+
 def test_pdf_title_levels_are_capped_at_four() -> None:
     text = "Each level of this outline has a paragraph of its own under it."
     sizes = [26, 22, 18, 15, 13]
@@ -643,6 +691,42 @@ def test_html_inline_markup_joins_its_words_and_blocks_stay_apart() -> None:
         "- Use Vecs, or get_unchecked, which is fast.\n- First para. Second one.\n  - nested boldly"
     )
     assert "| one two | xy |" in texts[ChunkType.TABLE]
+
+
+def test_pdf_fonts_are_code_by_name_or_by_the_fixed_pitch_flag() -> None:
+    def font(name: str, flags: int = 32) -> DictionaryObject:
+        descriptor = DictionaryObject({NameObject("/Flags"): NumberObject(flags)})
+        return DictionaryObject(
+            {NameObject("/BaseFont"): NameObject(name), NameObject("/FontDescriptor"): descriptor}
+        )
+
+    styles = {
+        name: _font_style(font(name))
+        for name in [
+            "/CAAAAA+DejaVuSansMono",  # Chromium's default monospace
+            "/DAAAAA+DejaVuSansMono-Bold",
+            "/Courier",
+            "/AKEQKS+CMTT10",  # TeX's typewriter
+            "/JNNPWA+NimbusMonL-Regu",  # DocBook's
+            "/SourceCodePro-Regular",
+            "/Helvetica-Bold",
+            "/PWNLKT+CMR10",
+            "/Monotype-Corsiva",  # "Mono" as in Monotype: no code
+        ]
+    }
+    assert styles == {
+        "/CAAAAA+DejaVuSansMono": (False, True),
+        "/DAAAAA+DejaVuSansMono-Bold": (True, True),
+        "/Courier": (False, True),
+        "/AKEQKS+CMTT10": (False, True),
+        "/JNNPWA+NimbusMonL-Regu": (False, True),
+        "/SourceCodePro-Regular": (False, True),
+        "/Helvetica-Bold": (True, False),
+        "/PWNLKT+CMR10": (False, False),
+        "/Monotype-Corsiva": (False, False),
+    }
+    assert _font_style(font("/F00", flags=1 | 32)) == (False, True)  # FixedPitch
+    assert _font_style(font("/F00", flags=32 | 1 << 18)) == (True, False)  # ForceBold
 
 
 def test_pdf_text_with_nul_or_lone_surrogates_is_stored_with_replacement_characters() -> None:

@@ -12,6 +12,12 @@ The rules, for one document (:func:`find_headings`):
 - the body size is the size (rounded to half a point) holding most characters outside
   monospace fonts (code samples, which may hold more, set smaller), unless those are
   under a tenth of all (a code listing);
+- a line's size and weight are those of its characters outside monospace fonts when it
+  has any (a title with a name in code: "Class: EventEmitter"), of its code when it has
+  none; where the document sets code smaller than the text around it (a browser's default
+  styles: 13/16 of it, in titles too), as its lines of body text with inline code show,
+  a line all in code is read at the size of the text it stands in (a title in code is at
+  its level; a code sample is at the body size, not a title);
 - a heading is a run of at most three adjacent lines set in one size and weight clearly
   larger than the body (x1.15 and a point more; in bold, x1.04 and half a point more) at
   a wrapped line's spacing (baselines at most 1.6 sizes apart: two titles in a row, an h3
@@ -69,6 +75,7 @@ APART = 1.5  # leadings between two baselines with a paragraph's break between t
 MAX_END_WORDS = 12  # a large title ending in a full stop, a colon or a comma: at most this
 HEADING_SHARE = 0.5  # of a size's characters in title-shaped runs (against running text)
 TEXT_SHARE = 0.1  # of all characters, in fonts that are not monospace: the body is text
+CODE_SCALE = (0.6, 0.97)  # code set this much smaller than its text is set relative to it
 
 _SENTENCE_END = re.compile(r"[.,;:]['\")\]]*$|-$")
 _CAPTION = re.compile(
@@ -235,6 +242,12 @@ def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]
     body = _body_size(pages)
     if not body:
         return {}
+    scale = _code_scale(pages, body)
+    if scale != 1.0:  # a line all in code is read at the size of the text it stands in
+        for lines in pages:
+            for line in lines:
+                if line.code == line.chars and line.code_size:
+                    line.size = round(line.code_size / scale * 2) / 2
 
     def is_large(line: PdfLine) -> bool:
         """Set clearly larger than the body, or bold and larger at all (Word's third
@@ -318,13 +331,35 @@ def _body_size(pages: list[list[PdfLine]]) -> float:
     return max(by, key=by.__getitem__)
 
 
+def _code_scale(pages: list[list[PdfLine]], body: float) -> float:
+    """How much smaller than the text around it code is set, as the lines of body text
+    with code in them show (a browser's default styles set code at 13/16 of the text's
+    size, in titles too): the ratio most of their code characters are at, when it lies in
+    :data:`CODE_SCALE`; 1 when they do not tell (no such lines, no one ratio for most)."""
+    ratios: Counter[float] = Counter()
+    for lines in pages:
+        for line in lines:
+            if line.size == body and not line.bold and 0 < line.code < line.chars:
+                ratios[round(line.code_size / body, 3)] += line.code
+    if not ratios:
+        return 1.0
+    ratio, n = ratios.most_common(1)[0]
+    low, high = CODE_SCALE
+    return ratio if low <= ratio <= high and n * 2 > ratios.total() else 1.0
+
+
 def _body_leading(pages: list[list[PdfLine]], body: float) -> float:
     """The usual distance between the baselines of two lines of regular body text in a
     row (to the half point), or 1.2 body sizes where no two such lines tell."""
     gaps: Counter[float] = Counter()
     for lines in pages:
         for above, below in pairwise(lines):
-            if above.size == below.size == body and not (above.bold or below.bold):
+            if (
+                above.size == below.size == body
+                and not (above.bold or below.bold)
+                and above.code < above.chars  # code samples have a leading of their own
+                and below.code < below.chars
+            ):
                 gap = _gap(above, below)
                 if gap is not None and 0.8 * body <= gap <= 3 * body:
                     gaps[round(gap * 2) / 2] += 1

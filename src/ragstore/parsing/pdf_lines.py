@@ -2,11 +2,12 @@
 
 This module owns the line collector: the ``visitor_text`` callback that turns pypdf's
 text runs (each with its font, size and matrices) into :class:`PdfLine` objects, one per
-line of the page text, each with the size holding most of its characters, whether it is
-bold, how many characters it has (and how many of them are in a monospace font: code) and
-where its baseline is. It reads fonts (bold by name, weight or flag; monospace by name or
-flag) and matrices (the size a run is seen at, its baseline) and nothing more;
-what the lines mean (which are titles) is :mod:`ragstore.parsing.pdf_headings`'s business.
+line of the page text, each with the size holding most of its characters (of those outside
+monospace fonts when it has any), whether it is bold, how many characters it has, how
+many of them are code (in a monospace font) and at what size, and where its baseline is.
+It reads fonts (bold by name, weight or flag; monospace by name or flag) and matrices (the
+size a run is seen at, its baseline) and nothing more; what the lines mean (which are
+titles, the size code stands in for) is :mod:`ragstore.parsing.pdf_headings`'s business.
 It also owns :func:`storable`, which every text taken from a PDF passes through.
 """
 
@@ -23,7 +24,9 @@ LINE_SHARE = 0.8  # of a line's characters in its dominant size (and bold, for b
 _BOLD_NAME = re.compile(
     r"bold|black|heavy|demi|semibd|extrabd|ultrabd|-bd\b|,bd\b|\bcmbx|\bcmb\d|\bbx\d", re.I
 )
-_MONO_NAME = re.compile(r"mono|courier|code|consolas|menlo", re.I)
+_MONO_NAME = re.compile(
+    r"mono(?!type)|courier|code|consolas|menlo|nimbusmon|\bcm(?:sl|i)?tt|\b(?:sf|ec)tt", re.I
+)
 _FORCE_BOLD = 1 << 18  # FontDescriptor /Flags bit 19
 _FIXED_PITCH = 1  # FontDescriptor /Flags bit 1
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -48,11 +51,14 @@ class PdfLine:
     key: str | None = None  # lower-cased, digits as "#" (:func:`_edge_key` fills it in)
     y: float | None = None  # where its first run starts, up the page (None: not known)
     code: int = 0  # of its characters, those in a monospace font
+    code_size: float = 0.0  # the size of most of those, to a hundredth of a point
 
 
 @dataclass
 class _Collector:
-    """The ``visitor_text`` callback of one page: its lines with their size and weight."""
+    """The ``visitor_text`` callback of one page: its lines with their size and weight,
+    both judged from the characters of a line outside monospace fonts when it has any (a
+    title with a name in code: "Class: EventEmitter"), from its code when it has none."""
 
     page: int
     lines: list[PdfLine] = field(default_factory=list)
@@ -74,19 +80,26 @@ class _Collector:
                 self._parts.append(piece)
                 n = len(piece) - piece.count(" ")
                 if n:
-                    key = (_size(cm, tm, size), *self._style(font))
+                    key = (_seen(cm, tm, size), *self._style(font))
                     self._sizes[key] = self._sizes.get(key, 0) + n
 
     def end_line(self) -> None:
         text = storable(" ".join("".join(self._parts).split()))
         if text:
+            chars = sum(self._sizes.values())
+            code = sum(n for (_, _, mono), n in self._sizes.items() if mono)
+            by_code: dict[float, int] = {}
+            for (seen, _, mono), n in self._sizes.items():
+                if mono:
+                    by_code[seen] = by_code.get(seen, 0) + n
             by_size: dict[float, int] = {}
-            bold = code = 0
-            for (size, is_bold, mono), n in self._sizes.items():
-                by_size[size] = by_size.get(size, 0) + n
-                bold += n if is_bold else 0
-                code += n if mono else 0
-            chars = sum(by_size.values())
+            bold = 0
+            for (seen, is_bold, mono), n in self._sizes.items():
+                if mono == (code == chars):  # text when there is any, else code
+                    size = round(seen * 2) / 2
+                    by_size[size] = by_size.get(size, 0) + n
+                    bold += n if is_bold else 0
+            judged = sum(by_size.values())
             size = max(by_size, key=by_size.__getitem__) if by_size else 0.0
             n = by_size.get(size, 0)
             self.lines.append(
@@ -94,11 +107,12 @@ class _Collector:
                     page=self.page,
                     index=len(self.lines),
                     text=text,
-                    size=size if chars and n >= LINE_SHARE * chars else 0.0,
-                    bold=bool(chars) and bold >= LINE_SHARE * chars,
+                    size=size if judged and n >= LINE_SHARE * judged else 0.0,
+                    bold=bool(judged) and bold >= LINE_SHARE * judged,
                     chars=chars,
                     y=self._y,
                     code=code,
+                    code_size=max(by_code, key=by_code.__getitem__) if by_code else 0.0,
                 )
             )
         self._parts.clear()
@@ -114,9 +128,10 @@ class _Collector:
         return known[1], known[2]
 
 
-def _size(cm: Any, tm: Any, size: Any) -> float:
-    """The size a run is seen at: its Tf size scaled by the text and current matrices,
-    rounded to half a point (generators that set ``1 Tf`` and scale the matrix are many)."""
+def _seen(cm: Any, tm: Any, size: Any) -> float:
+    """The size a run is seen at: its Tf size scaled by the text and current matrices
+    (generators that set ``1 Tf`` and scale the matrix are many), to a hundredth of a
+    point; a line's size is rounded to half a point."""
     try:
         c = float(tm[2]) * float(cm[0]) + float(tm[3]) * float(cm[2])
         d = float(tm[2]) * float(cm[1]) + float(tm[3]) * float(cm[3])
@@ -125,7 +140,7 @@ def _size(cm: Any, tm: Any, size: Any) -> float:
         return 0.0
     if not math.isfinite(seen) or seen > 1000:
         return 0.0
-    return round(seen * 2) / 2
+    return round(seen, 2)
 
 
 def _baseline(cm: Any, tm: Any) -> float | None:
