@@ -16,11 +16,14 @@ compare them with its bookmarks).
 
 ``--markdown FILE.md ...`` prints each Markdown file to a PDF with Chromium (HTML from
 markdown-it, the browser's default heading styles, its date/title header and URL/page
-footer, no outline) and also counts how many of its h1-h3 headings are found as titles
-(h4 is bold at body size, not numbered: not a title by these rules) and how many titles
-are no heading of the file::
+footer, no outline; the text in 11 pt sans-serif, or with ``--default-styles`` in the
+browser's default 12 pt serif with code at 13/16 of the size around it, titles too) and
+also counts how many of its h1-h4 headings are found as titles, how many of those at
+their Markdown level, and how many titles are no heading of the file. h1-h3 are set
+larger than the text, h4 bold at its size set apart (a title one level below the
+others); h5 and h6 are set smaller than the text and are not titles::
 
-    python -m bench.pdf_sections --before /tmp/pdf_before.py --repeat 3 \
+    python -m bench.pdf_sections --before /tmp/pdf_before.py --repeat 3 [--default-styles] \
         --markdown ../shared/data/nodejs-api/docs/{path,dns,events,buffer,stream,fs}.md
 """
 
@@ -93,8 +96,11 @@ def _titles_without_outline(data: bytes) -> dict[int, list[tuple[int, str]]]:
     return find_headings(lines)
 
 
-def print_markdown(md: Path, out: Path) -> tuple[bytes, list[tuple[int, str]]]:
+def print_markdown(
+    md: Path, out: Path, *, default_styles: bool = False
+) -> tuple[bytes, list[tuple[int, str]]]:
     """``md`` printed to a PDF by Chromium, and its headings as (level, text)."""
+    style = "" if default_styles else "<style>body{font-family:sans-serif;font-size:11pt}</style>"
     parser = MarkdownIt("commonmark").enable("table")
     source = md.read_text(encoding="utf-8")
     tokens = parser.parse(source)
@@ -106,8 +112,7 @@ def print_markdown(md: Path, out: Path) -> tuple[bytes, list[tuple[int, str]]]:
     page = out / f"{md.stem}.html"
     page.write_text(
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{md.name}</title><style>body{{font-family:sans-serif;font-size:11pt}}"
-        f"</style></head><body>{parser.render(source)}</body></html>",
+        f"<title>{md.name}</title>{style}</head><body>{parser.render(source)}</body></html>",
         encoding="utf-8",
     )
     pdf = out / f"{md.stem}.pdf"
@@ -140,13 +145,14 @@ def main() -> None:
     ap.add_argument("--ignore-outline", action="store_true")
     ap.add_argument("--show", type=int, default=8, help="titles to print per PDF")
     ap.add_argument("--markdown", nargs="*", type=Path, default=[])
+    ap.add_argument("--default-styles", action="store_true", help="print without a stylesheet")
     args = ap.parse_args()
     printed = Path(tempfile.mkdtemp(prefix="pdf-sections-"))
     truths: dict[str, list[tuple[int, str]]] = {}
     before: Callable[[bytes, str], ParsedDocument] = _load(args.before).parse_pdf
     inputs = [(str(p), p.read_bytes()) for p in args.pdfs]
     for md in args.markdown:
-        data, truths[str(md)] = print_markdown(md, printed)
+        data, truths[str(md)] = print_markdown(md, printed, default_styles=args.default_styles)
         inputs.append((str(md), data))
     if args.synthetic_pages:
         inputs.append(
@@ -169,12 +175,15 @@ def main() -> None:
             f"after/before {b / a:.2f}"
         )
         if name in truths:
-            want = {t for lv, t in truths[name] if lv <= 3}
+            want = {t for lv, t in truths[name] if lv <= 4}
+            leveled = {(lv, t) for lv, t in truths[name] if lv <= 4}
             every = {t for _, t in truths[name]}
             got = [_norm(blk.text) for blk in heads]
+            at_level = leveled & {(blk.level, _norm(blk.text)) for blk in heads}
             false = [t for t in got if t not in every]
             print(
-                f"  Markdown h1-h3: {len(want)}, found {len(want & set(got))}; "
+                f"  Markdown h1-h4: {len(want)}, found {len(want & set(got))}, "
+                f"{len(at_level)} at their level; "
                 f"titles that are no heading of the file: {len(false)} {false[:3]}"
             )
         if args.ignore_outline and bookmarks:
