@@ -246,7 +246,7 @@ def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]
     if scale != 1.0:  # a line all in code is read at the size of the text it stands in
         for lines in pages:
             for line in lines:
-                if line.code == line.chars and line.code_size:
+                if line.code == line.chars and line.size:  # (0: no one size)
                     line.size = round(line.code_size / scale * 2) / 2
 
     def is_large(line: PdfLine) -> bool:
