@@ -11,14 +11,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
 from ragstore.config import Settings
+from ragstore.db import embedded
 from ragstore.db.database import Database
 from ragstore.errors import StatementCancelledError
+from tests.api.conftest import running_server
 
 COLL = "faults"
 
@@ -101,6 +104,136 @@ def test_an_administrators_cancel_fails_only_that_search(
     again = _search(http)
     assert again.status_code == 200, again.text
     assert time.monotonic() - t0 < 1.0
+
+
+def _terminate_idle(admin: psycopg.Connection[tuple[object, ...]]) -> int:
+    """End every idle session of this database but the administrator's: the server's pool."""
+    row = admin.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND state = 'idle' AND pid <> pg_backend_pid()"
+        " AND backend_type = 'client backend'"
+    ).fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def test_terminated_idle_connections_are_replaced(
+    http: httpx.Client, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    assert _search(http).status_code == 200
+    assert _terminate_idle(admin) >= 1
+    time.sleep(0.2)  # the backends are gone
+    r = _search(http)
+    assert r.status_code == 200, r.text
+    assert _terminate_idle(admin) >= 1
+    time.sleep(0.2)
+    r = http.post(
+        f"/v1/collections/{COLL}/documents",
+        json={"name": "ops/replaced.md", "text": "# Replaced\n\nA fresh connection.\n"},
+    )
+    assert r.status_code == 201, r.text
+
+
+def _stored(admin: psycopg.Connection[tuple[object, ...]], source: str) -> tuple[int, ...]:
+    """Documents named ``source`` (stored under the server's upload dir), their chunks and
+    those of them not headings (the ones with vectors); the collection's chunks and tokens as
+    the BM25 statistics should count them (headings left out) and as they do."""
+    row = admin.execute(
+        "SELECT (SELECT count(*) FROM documents d WHERE d.collection_id = c.id"
+        "   AND d.source LIKE %(s)s),"
+        " (SELECT count(*) FROM chunks k JOIN documents d ON d.id = k.document_id"
+        "   WHERE d.collection_id = c.id AND d.source LIKE %(s)s),"
+        " (SELECT count(*) FROM chunks k JOIN documents d ON d.id = k.document_id"
+        "   WHERE d.collection_id = c.id AND d.source LIKE %(s)s AND k.chunk_type <> 'heading'),"
+        " (SELECT count(*) FROM chunks k WHERE k.collection_id = c.id"
+        "   AND k.chunk_type <> 'heading'),"
+        " (SELECT sum(tsv_length) FROM chunks k WHERE k.collection_id = c.id"
+        "   AND k.chunk_type <> 'heading'),"
+        " (SELECT chunks FROM bm25_collection_stats s WHERE s.collection_id = c.id),"
+        " (SELECT tokens FROM bm25_collection_stats s WHERE s.collection_id = c.id)"
+        " FROM collections c WHERE c.name = %(c)s",
+        {"s": f"%/{source}", "c": COLL},
+    ).fetchone()
+    assert row is not None
+    return tuple(int(str(v)) for v in row)
+
+
+def _vectors(admin: psycopg.Connection[tuple[object, ...]], table: str, source: str) -> int:
+    row = admin.execute(
+        f"SELECT count(*) FROM {table} e JOIN chunks k ON k.id = e.chunk_id"
+        " JOIN documents d ON d.id = k.document_id WHERE d.source LIKE %s",
+        (f"%/{source}",),
+    ).fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def test_a_write_whose_connection_is_terminated_is_stored_whole_or_not_at_all(
+    http: httpx.Client, admin: psycopg.Connection[tuple[object, ...]], settings: Settings
+) -> None:
+    row = admin.execute(
+        "SELECT s.table_name FROM collections c JOIN embedding_spaces s ON s.id = c.active_space_id"
+        " WHERE c.name = %s",
+        (COLL,),
+    ).fetchone()
+    assert row is not None
+    table = str(row[0])
+    source = "ops/terminated.md"
+    text = "# Terminated\n\nThe writer's connection ends.\n\n## More\n\nA second section.\n"
+    # reads of the vectors pass; the write's COPY of them waits, its rows so far written
+    holder = _locked(settings, f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+    try:
+        thread, answers = _in_thread(
+            lambda: http.post(
+                f"/v1/collections/{COLL}/documents", json={"name": source, "text": text}
+            )
+        )
+        pid = _waiting_backend(admin, "COPY%")
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        time.sleep(0.3)  # the write gave up its connection, or retried (waiting again)
+    finally:
+        holder.rollback()
+        holder.close()
+    thread.join(timeout=20)
+    (r,) = answers
+    docs, chunks, texts, *stats = _stored(admin, source)
+    vectors = _vectors(admin, table, source)
+    assert stats[:2] == stats[2:]  # the BM25 statistics count exactly the stored chunks
+    if r.status_code == 201:
+        assert (docs, r.json()["chunks"]) == (1, chunks) and vectors == texts >= 1
+    else:
+        assert r.headers["content-type"].startswith("application/problem+json"), r.text
+        assert (docs, chunks, vectors) == (0, 0, 0), r.text
+    assert _search(http).status_code == 200
+
+
+def test_a_restarted_database_is_used_again_without_restarting_the_api(tmp_path: Path) -> None:
+    """An embedded server of its own (the session's is shared), stopped and started under
+    the API, then restarted at once: every pooled connection of the API died with it."""
+    data_dir = tmp_path / "data"
+    local = Settings(data_dir=data_dir, profile="test", auth="off", model="no-such-model")
+    kept = {"name": "kept", "model": "all-MiniLM-L6-v2"}  # no model loaded: collections only
+    with running_server(local) as url, httpx.Client(base_url=url, timeout=30) as h:
+        try:
+            assert h.post("/v1/collections", json=kept).status_code == 201
+            assert embedded.stop(data_dir)
+            down = h.get("/v1/collections")
+            assert down.status_code == 503 and down.json()["code"] == "database_unavailable"
+            embedded.start(data_dir)
+            deadline = time.monotonic() + 10
+            while (r := h.get("/v1/collections")).status_code != 200:
+                assert time.monotonic() < deadline, r.text  # the breaker's back-off (1 s)
+                time.sleep(0.2)
+            assert embedded.stop(data_dir)
+            embedded.start(data_dir)
+            # the API's connections died unseen: none is handed out dead
+            r = h.get("/v1/collections")
+            assert r.status_code == 200, r.text
+            assert [c["name"] for c in r.json()["data"]] == ["kept"]
+            r = h.post("/v1/collections", json={**kept, "name": "again"})
+            assert r.status_code == 201, r.text
+        finally:
+            embedded.start(data_dir)  # up for the API's shutdown, whatever failed
 
 
 def test_a_cancel_outside_a_search_leaves_the_breaker_closed(settings: Settings) -> None:

@@ -3,10 +3,19 @@
 ``Database`` is handed a conninfo (from the embedded server or ``RAGSTORE_DATABASE_URL``);
 it checks the server version and pgvector, then serves pooled connections with the
 pgvector types registered.
+
+One connection's fault is one request's: a pooled connection an administrator ended
+(``pg_terminate_backend``) or a restart closed is replaced before a request gets it
+(:meth:`Database._check_idle`), and a connection lost in use fails its request alone
+while the server still takes new ones; only a server that does not answer opens the
+:class:`Breaker`. A cancelled statement is no connection fault at all
+(``statement_cancelled``, see ``db/errors.py``).
 """
 
 from __future__ import annotations
 
+import logging
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +33,8 @@ from ragstore.db import embedded
 from ragstore.db.errors import translate, translated
 from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError
 
+log = logging.getLogger("ragstore.db")
+
 MIN_SERVER_VERSION = 140000
 MIN_PGVECTOR = (0, 7, 0)
 
@@ -37,6 +48,15 @@ def describe(conninfo: str) -> str:
     host = parts.get("host") or "localhost"
     port = f":{parts['port']}" if parts.get("port") else ""
     return f"postgresql://{parts.get('user', '')}@{host}{port}/{parts.get('dbname', '')}"
+
+
+def _readable(fd: int) -> bool:
+    """Whether a socket has something to read (or its peer closed it), without waiting."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -209,6 +229,7 @@ class Database:
                     min_size=self._min_size,
                     max_size=self._max_size,
                     configure=self._configure,
+                    check=self._check_idle,
                     open=True,
                     timeout=self._timeout,
                     kwargs={"connect_timeout": max(1, int(self._timeout))},
@@ -243,11 +264,51 @@ class Database:
                 embedded.start(self.data_dir)
             except DatabaseUnavailableError:
                 return False
+        return self.answers()
+
+    def answers(self) -> bool:
+        """Whether the server takes a fresh connection now (at most 2 s); an embedded
+        server that died is not started here (that is the breaker's probe)."""
         try:
             with psycopg.connect(self.conninfo, connect_timeout=min(2, max(1, int(self._timeout)))):
                 return True
         except psycopg.Error:
             return False
+
+    def _check_idle(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        """The pool's check of each connection it hands out; no round trip when healthy.
+
+        An idle connection's socket has nothing to read unless the server wrote to it
+        unasked: nearly always the connection's end (``pg_terminate_backend``, a restart,
+        ``idle_session_timeout``). Only then is it checked with a round trip. A dead one
+        raises when the server takes fresh connections: the pool drops it and hands out
+        another, after checking its other idle connections at once (a restart ended them
+        all). When the server does not answer it is handed out as it is: its request
+        fails at once and opens the breaker, as without the check.
+        """
+        if not _readable(conn.fileno()):
+            return
+        try:
+            ConnectionPool.check_connection(conn)
+        except psycopg.Error as exc:
+            if not self.answers():
+                return
+            log.warning("replacing a pooled connection the database closed: %s", exc)
+            pool = self._pool
+            if pool is not None:
+                pool.check()
+            raise
+
+    def _lost(self, exc: DatabaseUnavailableError) -> None:
+        """A connection failed in use (``exc``): open the breaker unless the server still
+        takes fresh connections, in which case only this connection was lost (ended by
+        an administrator, say) and only its request fails."""
+        cause = exc.__cause__
+        if isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError)) and self.answers():
+            exc.public = "the database closed this request's connection; retry the request"
+            exc.retry_after = 1.0
+            return
+        exc.retry_after = self.breaker.trip()
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
@@ -284,12 +345,13 @@ class Database:
                 retry_after=wait,
             ) from None
         except DatabaseUnavailableError as exc:
-            exc.retry_after = self.breaker.trip()
+            self._lost(exc)
             raise
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             err = translate(exc, f"using {self.where}")  # a cancel: statement_cancelled
             if isinstance(err, DatabaseUnavailableError):
-                self.breaker.trip()
+                err.__cause__ = exc
+                self._lost(err)
             raise err from exc
         if self.breaker.failures:
             self.breaker.reset()
