@@ -27,9 +27,12 @@ settings are sent once per pooled connection (again only when a search needs ano
 
 Every search statement runs under ``RAGSTORE_SEARCH_TIMEOUT_S``: a transaction-local
 ``statement_timeout`` sent in the same pipeline (:func:`_search_deadline`), so PostgreSQL
-ends a runaway search, or one whose client went away, and nothing else that uses the pooled
-connection afterwards (ingest, index builds) inherits the limit. Exact searches (eval's and
-the benchmarks' reference lists, not offered by the API or the CLI) are not limited.
+ends a runaway search and nothing else that uses the pooled connection afterwards (ingest,
+index builds) inherits the limit. An API search whose HTTP client disconnects is cancelled
+at once instead (``cancellable``; see api/disconnect.py); the timeout bounds the rest: the
+CLI's and the library's searches, and API searches whose client waits. Exact searches
+(eval's and the benchmarks' reference lists, not offered by the API or the CLI) are not
+limited.
 """
 
 from __future__ import annotations
