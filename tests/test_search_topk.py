@@ -496,3 +496,23 @@ def test_the_enough_terms_condition(
             (matches[0].split(" "), lexs, ubs, need),
         ).fetchone()
         assert weak is None or weak[0] is None or weak[0] is True
+
+
+BM25_LISTS = (
+    "ragstore_bm25_topk",
+    "ragstore_bm25_exhaustive",
+    "ragstore_bm25_exhaustive_where",
+    "ragstore_bm25_enough_topk",
+)
+
+
+def test_bm25_list_functions_tell_the_planner_they_return_a_short_list(rt: Runtime) -> None:
+    """At PostgreSQL's default estimate (1,000 rows) a search over some thousands of chunks
+    was planned as a hash join over every chunk and document (15-30 ms beside a 3 ms list,
+    revision 0022); a revision that redefines a list function must keep ``ROWS 50``."""
+    with rt.db.connection() as conn:
+        rows = conn.execute(
+            "SELECT p.proname, p.prorows FROM pg_proc p WHERE p.proname = ANY(%s) AND p.proretset",
+            (list(BM25_LISTS),),
+        ).fetchall()
+    assert sorted(rows) == sorted((name, 50.0) for name in BM25_LISTS)
