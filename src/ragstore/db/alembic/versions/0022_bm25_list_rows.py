@@ -10,9 +10,10 @@ A full-text or hybrid search statement joins its BM25 list (``ragstore_bm25_topk
 unless told otherwise; on a collection of some thousands of chunks that made a hash join
 over a sequential scan of every chunk (texts included) and every document look cheaper than
 a few dozen index probes. On the SciFact corpus as the peers bench loads it (9,632 chunks)
-that scan cost 15-30 ms of a full-text search whose list took 3-4 ms: full-text p50 19 ms
-and hybrid 18 ms against 9.8 and 6.6 ms with the estimate below (same run, same
-collection; docs/benchmarks.md, "Session of 2026-12-02 11:34"). Larger collections were
+that scan cost 15-30 ms of a full-text search whose list took 3-4 ms: full-text p50
+18.9-19.6 ms and hybrid 14.4-15.6 ms against 4.0-4.6 and 4.1-4.3 ms with the estimate
+below (the two alternating on the same collection; docs/benchmarks.md, "Session of
+2026-12-02 11:34"). Larger collections were
 planned with index probes already.
 
 The functions return ``k`` rows (a search's depth, 10-100; hybrid's list 30), so they are
