@@ -266,7 +266,7 @@ def stop(data_dir: Path, *, wait_s: int = STOP_WAIT_S) -> bool:
 
 def _pg_ctl_stop(pgdata: Path, mode: str, wait_s: int) -> str | None:
     """Run ``pg_ctl -m <mode> -w stop``; None when it stopped the server, else why not
-    (pg_ctl's last line of stderr, or that it did not return)."""
+    (the first line pg_ctl wrote to stderr, or that it did not return)."""
     argv = [str(pg_bin_dir() / "pg_ctl"), "-D", str(pgdata), "-m", mode, "-t", str(wait_s)]
     try:
         # pg_ctl stop starts no process that would keep its pipe open: capturing is safe
