@@ -122,7 +122,9 @@ def _full_text(rt: Runtime, cid: int, query: str, fn: str) -> list[tuple[str, in
     with rt.db.connection() as conn:
         rows = conn.execute(
             f"SELECT d.source, c.ordinal, r.raw FROM ragstore_bm25_{fn}({args}) r"
-            " JOIN chunks c ON c.id = r.chunk_id JOIN documents d ON d.id = c.document_id",
+            " JOIN chunks c ON c.id = r.chunk_id JOIN documents d ON d.id = c.document_id"
+            # a join keeps no order of its own (revision 0022 changed the plan here)
+            " ORDER BY r.raw DESC, d.source, c.ordinal",
             (cid, query, DEFAULT_K1, DEFAULT_B),
         ).fetchall()
     return [(str(r[0]), int(r[1]), float(r[2])) for r in rows]
