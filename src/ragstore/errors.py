@@ -89,7 +89,18 @@ class DatabaseError(RagstoreError):
     exit_code = 70  # EX_SOFTWARE
 
 
-class DatabaseUnavailableError(DatabaseError):
+class RetryLater(Exception):
+    """Mixed into the errors that pass with time: ``retry_after`` seconds is the hint a
+    client is sent (HTTP ``Retry-After``, ``api/errors.retry_after``). Not a class of the
+    hierarchy itself (no code of its own): it comes first in their bases, so its
+    ``__init__`` hands the message on to theirs."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DatabaseUnavailableError(RetryLater, DatabaseError):
     """No connection to PostgreSQL. ``public`` is what an API caller is told (never the
     database's address); ``retry_after`` seconds is the hint sent as ``Retry-After``."""
 
@@ -98,9 +109,8 @@ class DatabaseUnavailableError(DatabaseError):
     exit_code = 69  # EX_UNAVAILABLE
 
     def __init__(self, message: str, public: str | None = None, retry_after: float = 5.0) -> None:
-        super().__init__(message)
+        super().__init__(message, retry_after)
         self.public = public or "the database is unavailable"
-        self.retry_after = retry_after
 
 
 class ExtensionMissingError(DatabaseError):
@@ -115,7 +125,7 @@ class SchemaMismatchError(DatabaseError):
     exit_code = 69
 
 
-class ReplicaBehindError(DatabaseError):
+class ReplicaBehindError(RetryLater, DatabaseError):
     """A read-only server's replica has not replayed the caller's last write in time (503);
     ``retry_after`` seconds is a fair guess at when it will have."""
 
@@ -123,12 +133,8 @@ class ReplicaBehindError(DatabaseError):
     http_status = 503
     exit_code = 69  # EX_UNAVAILABLE
 
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
-
-class StatementCancelledError(DatabaseError):
+class StatementCancelledError(RetryLater, DatabaseError):
     """PostgreSQL cancelled one statement of the request (an administrator's
     ``pg_cancel_backend``, a role's own ``statement_timeout``): that request failed, the
     database is fine (503: retry it; ``retry_after`` seconds is the hint)."""
@@ -136,10 +142,6 @@ class StatementCancelledError(DatabaseError):
     code = "statement_cancelled"
     http_status = 503
     exit_code = 75  # EX_TEMPFAIL
-
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class NotFoundError(RagstoreError):
@@ -209,16 +211,12 @@ class PermissionDeniedError(RagstoreError):
     exit_code = 77
 
 
-class RateLimitedError(RagstoreError):
+class RateLimitedError(RetryLater, RagstoreError):
     """The API key spent its request budget; ``retry_after`` seconds until the next one."""
 
     code = "rate_limited"
     http_status = 429
     exit_code = 75  # EX_TEMPFAIL
-
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class RequestTooLargeError(RagstoreError):

@@ -112,15 +112,7 @@ def public_detail(exc: e.RagstoreError) -> str:
 
 def retry_after(exc: e.RagstoreError) -> float | None:
     """Seconds a client should wait before retrying, for the errors that pass with time."""
-    if isinstance(
-        exc,
-        (
-            e.RateLimitedError,
-            e.DatabaseUnavailableError,
-            e.ReplicaBehindError,
-            e.StatementCancelledError,
-        ),
-    ):
+    if isinstance(exc, e.RetryLater):
         return exc.retry_after
     if isinstance(exc, e.NotReadyError):
         return 5.0
