@@ -56,7 +56,7 @@ class _InThread:
         f: Future[Any] = Future()
         try:
             f.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # handed to the caller, as a pool would
+        except Exception as exc:  # handed to the caller, as a pool would
             f.set_exception(exc)
         return f
 

@@ -22,7 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ragstore.db.cancel import Cancellation, cancelling
+from ragstore.db.cancel import Cancellation, Cancelled, cancelling
+from ragstore.errors import RagstoreError
 
 log = logging.getLogger("ragstore.api")
 
@@ -49,7 +50,7 @@ async def unless_disconnected(request: Request, work: Callable[[], T]) -> T | Re
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # this request itself was cancelled (the server is stopping)
+    except asyncio.CancelledError:  # this request itself was cancelled (the server stops)
         gone.cancel()
         cancellation.cancel()
         raise
@@ -61,6 +62,8 @@ async def unless_disconnected(request: Request, work: Callable[[], T]) -> T | Re
     # cancels would wait for one of them to end
     stopped = await asyncio.to_thread(cancellation.cancel)
     log.info("the client went away: %d running statement(s) of its request cancelled", stopped)
-    with contextlib.suppress(Exception):
-        await task  # its statement cancelled, the thread is done at once
+    # its statement cancelled, the thread is done at once: with Cancelled, or with the
+    # error or result the search reached first; anything else is a fault and surfaces
+    with contextlib.suppress(Cancelled, RagstoreError):
+        await task
     return Response(status_code=CLIENT_CLOSED)

@@ -20,6 +20,7 @@ heartbeat still: either proof of life keeps its jobs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Iterable
@@ -46,6 +47,9 @@ _ALIVE = (
     " WHERE NOT pg_try_advisory_xact_lock(%(space)s, (w.id %% 2147483648)::int4)"
 )
 _HOLD = "SELECT pg_advisory_lock(%s, (%s::bigint %% 2147483648)::int4)"
+# what taking the lock's session can fail with (the server refuses or goes away, the
+# worker is stopped meanwhile): the registration is undone, the error goes on
+_SESSION_FAILED = (psycopg.Error, OSError, asyncio.CancelledError)
 
 
 class LiveJobManager(JobManager):
@@ -63,7 +67,7 @@ class LiveJobManager(JobManager):
         worker_id = await super().register_worker()
         try:
             self._held[worker_id] = await self._hold(worker_id)
-        except BaseException:
+        except _SESSION_FAILED:
             await super().unregister_worker(worker_id)
             raise
         return worker_id
@@ -82,7 +86,7 @@ class LiveJobManager(JobManager):
                 (str(idle), str(every)),
             )
             await conn.execute(_HOLD, (WORKER_LOCKS, worker_id))
-        except BaseException:
+        except _SESSION_FAILED:
             await conn.close()
             raise
         return conn
