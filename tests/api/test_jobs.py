@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import psycopg
 import pytest
@@ -117,6 +118,18 @@ def test_jobs_page_newest_first_by_cursor(api: Client) -> None:
     assert ids == sorted(ids, reverse=True) and len(set(ids)) == 3
 
 
+def _worker(env: dict[str, str], out: int | IO[bytes], *args: str) -> subprocess.Popen[bytes]:
+    """``ragstore worker`` in a session of its own (``os.killpg`` ends it and its children),
+    its output and errors to ``out``."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "from ragstore.cli import main; main()", "worker", *args],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 def _counts(url: str, collection: str) -> tuple[int, int, int]:
     with psycopg.connect(url) as conn:
         row = conn.execute(
@@ -150,13 +163,7 @@ def test_killed_worker_job_is_finished_by_another_without_duplicates(
         "RAGSTORE_INGEST_BATCH_CHUNKS": "1",
         "RAGSTORE_LOG_LEVEL": "warning",
     }
-    first = subprocess.Popen(
-        [sys.executable, "-c", "from ragstore.cli import main; main()", "worker"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    first = _worker(env, subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -228,20 +235,7 @@ def test_a_worker_loading_its_model_longer_than_stalled_after_runs_its_job_once(
     }
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from ragstore.cli import main; main()",
-                "worker",
-                "--concurrency",
-                "2",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        worker = _worker(env, out, "--concurrency", "2")
     try:
         done = api.wait_for_job(job["id"], timeout=120)
         time.sleep(1.0)  # a second run, had the job been taken back, would start by now
