@@ -42,8 +42,12 @@ async def retry_stalled(app: procrastinate.App, stalled_after_s: float) -> list[
 
 
 async def _watch_stalled(app: procrastinate.App, settings: Settings) -> None:
+    # every heartbeat, or every stalled_after_s when that is shorter: a dead worker's job
+    # waits at most about stalled_after_s plus one period, and a check never runs in step
+    # with the beat (same period, same start), where it would see only fresh heartbeats
+    every = min(settings.worker_heartbeat_s, settings.worker_stalled_after_s)
     while True:
-        await asyncio.sleep(settings.worker_heartbeat_s)
+        await asyncio.sleep(every)
         try:
             await retry_stalled(app, settings.worker_stalled_after_s)
         except procrastinate.exceptions.ProcrastinateException as exc:
