@@ -30,7 +30,7 @@ from typing import Any
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ragstore.config import Settings
-from ragstore.db import catalog, migrations
+from ragstore.db import catalog, migrations, native
 from ragstore.db.database import Database
 from ragstore.db.embedded import pg_bin_dir
 from ragstore.db.errors import translated
@@ -183,6 +183,9 @@ def create_backup(
                 _tool("pg_dump"),
                 "--format=custom",
                 "--compress=6",
+                # the native kernel's C functions name a library on this machine: left out,
+                # so the archive restores on any server (ragstore.db.native)
+                f"--exclude-schema={native.SCHEMA}",
                 "--file",
                 str(tmp),
                 "--dbname",

@@ -88,6 +88,14 @@ class Settings(BaseSettings):
         pattern=r"^[0-9]+(kB|MB|GB)$",
         description="maintenance_work_mem for building a vector index after a bulk load.",
     )
+    native_bm25: bool = Field(
+        True,
+        description="On the embedded server, compile and use the C kernel of BM25's top k "
+        "(same results, faster); false drops it. External servers always run the SQL.",
+    )
+    native_bm25_cc: str = Field(
+        "cc", description="The C compiler that builds the native BM25 kernel."
+    )
     max_file_bytes: int = Field(
         50 * 1024 * 1024, ge=1, description="Files above this size are skipped at ingest."
     )

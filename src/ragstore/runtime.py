@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from ragstore.config import Settings
-from ragstore.db import changes, lsn, migrations, repository, routing
+from ragstore.db import changes, lsn, migrations, native, repository, routing
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
@@ -71,6 +71,13 @@ class Runtime:
         if db.embedded and not read_only and migrations.status(db).current is None:
             migrations.upgrade(db)
         migrations.ensure_current(db)
+        if db.embedded and not read_only:
+            native.sync(
+                db,
+                self.settings.data_dir / "native",
+                enabled=self.settings.native_bm25,
+                cc=self.settings.native_bm25_cc,
+            )
         self._read_only = read_only
         return db
 

@@ -1,0 +1,173 @@
+"""The native BM25 kernel: C functions compiled for, and created on, the embedded server.
+
+``ragstore_bm25_topk`` calls ``ragstore_native.bm25_contenders`` (revision 0023) where that
+function exists and the SQL ``ragstore_bm25_contenders`` otherwise; both return the same
+arrays, bit for bit. :func:`sync` puts the C function in place when ragstore opens its
+embedded server (after the schema check): it compiles ``ragstore_bm25.c`` with the
+server's own ``pg_config`` headers into ``DATA_DIR/native`` (once: the file name holds a
+hash of the source, the flags and the server version), then creates the function in the
+schema ``ragstore_native``. With the function already there and its library on disk it is
+one query. Anything that fails (no compiler, a compile error, a server that will not load
+it, a role that is not superuser) logs one warning and leaves the SQL path; an external
+server (``RAGSTORE_DATABASE_URL``) is never touched. ``RAGSTORE_NATIVE_BM25=false`` drops
+the schema, so every session of the database takes the SQL path.
+
+The schema is outside ``public``: backups leave it out (``pg_dump --exclude-schema``), so
+an archive restores on any server, and the embedded server gets it back at its next open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from ragstore.db.database import Database
+from ragstore.db.embedded import pg_bin_dir
+
+log = logging.getLogger("ragstore.db.native")
+
+SCHEMA = "ragstore_native"
+SOURCE = Path(__file__).with_name("ragstore_bm25.c")
+# -ffp-contract=off: no fused multiply-add, whose single rounding would change the sums
+CFLAGS = ("-O2", "-fPIC", "-ffp-contract=off")
+COMPILE_TIMEOUT_S = 120
+# (name, arguments, result, C symbol): revision 0023's ragstore_bm25_contenders
+FUNCTIONS = (
+    (
+        "bm25_contenders",
+        "ids integer[], ws float8[], cuts float8[], cbs float8[], ratio float8, rest float8, "
+        "theta float8, sids bigint[], OUT contenders bigint[], OUT bounds float8[]",
+        "record",
+        "ragstore_bm25_contenders",
+    ),
+)
+# one process at a time creates the functions (pg_advisory_xact_lock key)
+_LOCK_KEY = 0x7261_6773_6E61_7476
+
+
+class NativeUnavailable(Exception):
+    """Why the native kernel could not be put in place (logged, never raised further)."""
+
+
+def library_path(cache_dir: Path, server_version: str) -> Path:
+    """Where the library for this source, these flags and this server goes."""
+    digest = hashlib.sha256()
+    digest.update(SOURCE.read_bytes())
+    digest.update(repr((CFLAGS, server_version, sys.platform)).encode())
+    return cache_dir / f"ragstore_bm25-{digest.hexdigest()[:16]}.so"
+
+
+def installed(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
+    """The library ``ragstore_native.bm25_contenders`` loads; None when it does not exist."""
+    row = conn.execute(
+        "SELECT p.probin FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = %s AND p.proname = %s",
+        (SCHEMA, FUNCTIONS[0][0]),
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def sync(db: Database, cache_dir: Path, *, enabled: bool = True, cc: str = "cc") -> bool:
+    """Install the native kernel on ``db`` (``enabled``) or remove it; whether it is in place.
+
+    Never raises for a kernel that cannot be built or loaded: one warning, and search
+    keeps the SQL path.
+    """
+    try:
+        if not enabled:
+            uninstall(db)
+            return False
+        return install(db, cache_dir, cc=cc)
+    except (NativeUnavailable, OSError, subprocess.SubprocessError, psycopg.Error) as exc:
+        log.warning("native BM25 kernel not in use, search takes the SQL path: %s", exc)
+        return False
+
+
+def uninstall(db: Database) -> None:
+    """Drop the native functions: every session takes the SQL path from its next search."""
+    with db.connect(autocommit=True) as conn:
+        if installed(conn) is not None:
+            conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+
+
+def install(db: Database, cache_dir: Path, *, cc: str = "cc") -> bool:
+    """Compile (when not cached) and create the native functions; raises when it cannot."""
+    if os.name != "posix":
+        raise NativeUnavailable("built on POSIX systems only")
+    with db.connect(autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT current_setting('server_version'), "
+            "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+        ).fetchone()
+        assert row is not None
+        version, superuser = str(row[0]), bool(row[1])
+        lib = library_path(cache_dir, version)
+        if installed(conn) == str(lib) and lib.exists():
+            return True
+        if not superuser:
+            raise NativeUnavailable("creating a C function needs a superuser role")
+        if not lib.exists():
+            compile_library(lib, cc)
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            conn.execute(f"GRANT USAGE ON SCHEMA {SCHEMA} TO PUBLIC")
+            for name, args, result, symbol in FUNCTIONS:
+                # loading checks the library's magic block and finds the symbol
+                conn.execute(
+                    sql.SQL(
+                        f"CREATE OR REPLACE FUNCTION {SCHEMA}.{name}({args}) RETURNS {result} "
+                        "LANGUAGE C STABLE PARALLEL SAFE AS {lib}, {symbol}"
+                    ).format(lib=sql.Literal(str(lib)), symbol=sql.Literal(symbol))
+                )
+            # one call on nothing: the library runs in this server
+            conn.execute(
+                f"SELECT * FROM {SCHEMA}.bm25_contenders('{{}}', '{{}}', '{{}}', '{{}}', "
+                "1, 0, 0, NULL)"
+            ).fetchone()
+    log.info("native BM25 kernel in use (%s)", lib)
+    return True
+
+
+def compile_library(lib: Path, cc: str) -> None:
+    """Compile ``SOURCE`` into ``lib`` with the embedded server's headers (atomically: a
+    library half written is never at that path)."""
+    pg_config = pg_bin_dir() / "pg_config"
+    if not pg_config.exists():
+        raise NativeUnavailable(f"no pg_config at {pg_config}")
+    include = subprocess.run(
+        [str(pg_config), "--includedir-server"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    lib.parent.chmod(0o755)  # the server may run as another OS user (embedded.system_user)
+    tmp = lib.with_name(f".{lib.name}.{os.getpid()}.tmp")
+    link = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
+    try:
+        done = subprocess.run(
+            [cc, *CFLAGS, *link, f"-I{include}", "-o", str(tmp), str(SOURCE)],
+            capture_output=True,
+            text=True,
+            timeout=COMPILE_TIMEOUT_S,
+            check=False,
+        )
+        if done.returncode != 0:
+            first = next((x for x in done.stderr.splitlines() if x.strip()), "")
+            raise NativeUnavailable(
+                f"{cc} exited with {done.returncode} compiling {SOURCE.name}"
+                + (f": {first.strip()}" if first else "")
+            )
+        tmp.chmod(0o755)
+        tmp.replace(lib)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,230 @@
+"""The native BM25 kernel (ragstore.db.native): the C ``bm25_contenders`` returns what the SQL
+``ragstore_bm25_contenders`` returns, bit for bit, and searches rank the same with it and
+without it; backups leave it out, and a kernel that cannot be built leaves search working.
+
+The kernel is created here on the test database directly (the tests' databases are reached
+by URL, so the runtime treats them as external and never installs it itself); the
+compiler runs once per session at most (the library is cached by source and server).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ragstore.backup import create_backup
+from ragstore.db import native, repository
+from ragstore.db.embedded import pg_bin_dir
+from ragstore.runtime import Runtime
+from ragstore.search import search
+from tests.search_helpers import Doc, make_collection, write_docs
+
+CISI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cisi"
+N_DOCS = 80
+NAME = "native"
+
+# revision 0022's phase-2 statement (two ordered aggregates), the reference for both
+_STATEMENT_0022 = """
+WITH q AS (SELECT q.term_id, q.w * %(ratio)s::float8 AS wr, q.cut, q.cb
+           FROM unnest(%(ids)s::int[], %(ws)s::float8[], %(cuts)s::float8[],
+                       %(cbs)s::float8[]) AS q(term_id, w, cut, cb)
+           WHERE q.cut IS NOT NULL),
+c AS MATERIALIZED (
+    SELECT p.chunk_id, (sum(p.g) + %(rest)s::float8) * 1.000001 AS bound
+    FROM q CROSS JOIN LATERAL (
+        SELECT x.chunk_id, q.wr * x.impact - q.cb AS g FROM bm25_postings x
+        WHERE x.term_id = q.term_id AND x.impact >= q.cut) p
+    GROUP BY p.chunk_id HAVING (sum(p.g) + %(rest)s::float8) * 1.000001 >= %(theta)s::float8)
+SELECT array_agg(c.chunk_id ORDER BY c.bound DESC, c.chunk_id),
+       array_agg(c.bound ORDER BY c.bound DESC, c.chunk_id)
+FROM c WHERE c.chunk_id NOT IN (SELECT unnest(%(sids)s::bigint[]))
+"""
+_ARGS = (
+    "%(ids)s::int[], %(ws)s::float8[], %(cuts)s::float8[], %(cbs)s::float8[], "
+    "%(ratio)s::float8, %(rest)s::float8, %(theta)s::float8, %(sids)s::bigint[]"
+)
+
+
+@pytest.fixture(scope="module")
+def cisi(rt: Runtime) -> tuple[repository.Collection, list[str]]:
+    docs: list[Doc] = []
+    with (CISI / "corpus.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            docs.append(Doc(f"cisi-{row['_id']}.txt", [f"{row['title']}\n{row['text']}"]))
+            if len(docs) == N_DOCS:
+                break
+    with (CISI / "queries.jsonl").open(encoding="utf-8") as fh:
+        queries = [str(json.loads(line)["text"]) for line in fh][:12]
+    coll = make_collection(rt, NAME)
+    write_docs(rt, coll, docs)
+    return coll, queries
+
+
+@pytest.fixture(scope="session")
+def native_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("native")
+
+
+def _install(rt: Runtime, cache: Path) -> None:
+    assert native.sync(rt.db, cache), "the native kernel did not install"
+
+
+def _terms(rt: Runtime, cid: int, query: str, quantile: float) -> dict[str, Any]:
+    """Arguments as ragstore_bm25_topk builds them: the query's terms in lexeme order,
+    their weights, a cut at a quantile of each term's impacts (every third term unread)."""
+    with rt.db.connection() as conn:
+        rows = conn.execute(
+            "SELECT t.term_id, ln(1.0 + (s.chunks - t.df + 0.5) / (t.df + 0.5))::float8,"
+            " (SELECT percentile_disc(%s) WITHIN GROUP (ORDER BY x.impact)"
+            "  FROM bm25_postings x WHERE x.term_id = t.term_id)::float8"
+            " FROM (SELECT DISTINCT u.lexeme FROM unnest(to_tsvector('english', %s)) u) q"
+            " JOIN bm25_terms t ON t.collection_id = %s AND t.lexeme = q.lexeme"
+            " JOIN bm25_collection_stats s ON s.collection_id = t.collection_id"
+            ' ORDER BY t.lexeme COLLATE "C"',
+            (quantile, query, cid),
+        ).fetchall()
+    ratio = 1.0000013
+    cuts = [None if i % 3 == 2 else r[2] for i, r in enumerate(rows)]
+    cbs = [r[1] * (r[2] or 0.0) * ratio * 0.5 for r in rows]
+    return {
+        "ids": [r[0] for r in rows],
+        "ws": [r[1] for r in rows],
+        "cuts": cuts,
+        "cbs": cbs,
+        "ratio": ratio,
+        "rest": sum(cb for cb, cut in zip(cbs, cuts, strict=True) if cut is None),
+    }
+
+
+def _three(rt: Runtime, args: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """(contenders, bounds) from revision 0022's statement, the SQL function and the C one."""
+    with rt.db.connection() as conn:
+        old = conn.execute(_STATEMENT_0022, args).fetchone()
+        sql = conn.execute(f"SELECT * FROM ragstore_bm25_contenders({_ARGS})", args).fetchone()
+        c = conn.execute(f"SELECT * FROM ragstore_native.bm25_contenders({_ARGS})", args).fetchone()
+    assert old is not None and sql is not None and c is not None
+    return [(r[0], r[1]) for r in (old, sql, c)]
+
+
+def test_native_contenders_are_the_sql_ones_bit_for_bit(
+    rt: Runtime, cisi: tuple[repository.Collection, list[str]], native_cache: Path
+) -> None:
+    _install(rt, native_cache)
+    coll, queries = cisi
+    kept = 0
+    for query in queries[:6]:
+        for quantile in (0.0, 0.5):
+            args = _terms(rt, coll.id, query, quantile)
+            assert any(c is not None for c in args["cuts"])
+            everything = _three(rt, {**args, "theta": -1e300, "sids": None})
+            ids, bounds = everything[0]
+            assert ids and len(set(ids)) == len(ids)
+            theta = sorted(bounds)[len(bounds) // 2]  # keeps about half
+            cases = [
+                {"theta": -1e300, "sids": None},
+                {"theta": theta, "sids": []},
+                {"theta": theta, "sids": ids[:3] + ids[-2:] + [10**15]},  # NOT IN
+                {"theta": max(bounds) * 2 + 1, "sids": None},  # keeps nothing: NULL arrays
+                {"theta": -1e300, "sids": [ids[0], None]},  # NOT IN (.., NULL): nothing
+            ]
+            for case in cases:
+                old, sql, c = _three(rt, {**args, **case})
+                assert sql == old, (query[:40], case)
+                assert c == sql, (query[:40], case)
+                assert [b.hex() for b in c[1] or []] == [b.hex() for b in sql[1] or []]
+                kept += len(c[0] or [])
+            assert _three(rt, {**args, "theta": max(bounds) * 2 + 1, "sids": None})[2] == (
+                None,
+                None,
+            )
+    assert kept > 0
+
+
+def _rankings(rt: Runtime, queries: list[str]) -> list[list[tuple[int, float]]]:
+    out = []
+    for query in queries:
+        for mode in ("fulltext", "hybrid"):
+            hits = search(rt, query, collection=NAME, k=10, mode=mode)  # type: ignore[arg-type]
+            out.append([(h.chunk_id, h.score) for h in hits])
+    return out
+
+
+def _native_calls(rt: Runtime, cid: int, query: str) -> int:
+    """Calls of the C function one ragstore_bm25_topk made (this transaction's statistics)."""
+    with rt.db.connection() as conn, conn.transaction():
+        conn.execute("SET LOCAL track_functions = 'all'")
+        conn.execute(
+            "SELECT count(*) FROM ragstore_bm25_topk(%s, 'english', %s, 10, 1.2, 0.75)",
+            (cid, query),
+        )
+        row = conn.execute(
+            "SELECT coalesce(pg_stat_get_xact_function_calls(p.oid), 0) FROM pg_proc p"
+            " JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'ragstore_native' AND p.proname = 'bm25_contenders'"
+        ).fetchone()
+    return int(str(row[0])) if row else 0
+
+
+def test_searches_rank_the_same_with_and_without_the_native_kernel(
+    rt: Runtime, cisi: tuple[repository.Collection, list[str]], native_cache: Path
+) -> None:
+    coll, queries = cisi
+    _install(rt, native_cache)
+    assert _native_calls(rt, coll.id, queries[0]) >= 1  # the search took the native path
+    with_native = _rankings(rt, queries)
+    assert native.sync(rt.db, native_cache, enabled=False) is False
+    with rt.db.connection() as conn:
+        assert native.installed(conn) is None
+    without = _rankings(rt, queries)
+    assert with_native == without
+    assert any(with_native)
+
+
+def test_a_backup_leaves_the_native_schema_out(
+    rt: Runtime, cisi: tuple[repository.Collection, list[str]], native_cache: Path, tmp_path: Path
+) -> None:
+    _install(rt, native_cache)
+    info = create_backup(rt.db, rt.settings, tmp_path / "b.dump")
+    listing = subprocess.run(
+        [str(pg_bin_dir() / "pg_restore"), "--list", info.path],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "ragstore_bm25_contenders" in listing  # the SQL function is in it
+    assert "ragstore_native" not in listing
+
+
+def test_a_kernel_that_does_not_compile_leaves_search_working(
+    rt: Runtime,
+    cisi: tuple[repository.Collection, list[str]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, queries = cisi
+    native.uninstall(rt.db)
+    expected = _rankings(rt, queries[:2])
+    with caplog.at_level(logging.WARNING, logger="ragstore.db.native"):
+        assert native.sync(rt.db, tmp_path / "cache", cc="/bin/false") is False
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "/bin/false exited with 1" in warnings[0].getMessage()
+    with rt.db.connection() as conn:
+        assert native.installed(conn) is None
+    assert _rankings(rt, queries[:2]) == expected
+
+
+def test_install_is_cached_and_idempotent(rt: Runtime, native_cache: Path) -> None:
+    _install(rt, native_cache)
+    libs = list(native_cache.glob("*.so"))
+    assert len(libs) == 1
+    built = libs[0].stat().st_mtime_ns
+    _install(rt, native_cache)  # already in place: one query, no compile
+    assert libs[0].stat().st_mtime_ns == built
+    with rt.db.connection() as conn:
+        assert native.installed(conn) == str(libs[0])
