@@ -146,6 +146,46 @@ def test_native_contenders_are_the_sql_ones_bit_for_bit(
     assert kept > 0
 
 
+def test_native_scores_are_the_sql_ones_bit_for_bit(
+    rt: Runtime, cisi: tuple[repository.Collection, list[str]], native_cache: Path
+) -> None:
+    _install(rt, native_cache)
+    coll, queries = cisi
+    scored = 0
+    with rt.db.connection() as conn:
+        ids = [
+            r[0] for r in conn.execute("SELECT id FROM chunks WHERE collection_id = %s", (coll.id,))
+        ]
+        ids += [10**15]  # no such chunk
+        for query in queries[:8]:
+            args = _terms(rt, coll.id, query, 0.0)
+            with rt.db.connection() as conn2:
+                lexs = [
+                    r[0]
+                    for r in conn2.execute(
+                        "SELECT lexeme FROM bm25_terms WHERE term_id = ANY(%s)"
+                        ' ORDER BY lexeme COLLATE "C"',
+                        (args["ids"],),
+                    )
+                ]
+            # weights out of lexeme order, and a lexeme no chunk holds
+            lexs, ws = [*lexs[::-1], "zzzunseen"], [*args["ws"][::-1], 1.5]
+            for k1, b, avgdl in ((1.2, 0.75, 97.3), (0.9, 0.4, 12.0)):
+                rows = []
+                for fn in ("ragstore_bm25_score", "ragstore_native.bm25_score"):
+                    rows.append(
+                        conn.execute(
+                            f"SELECT chunk_id, raw FROM {fn}(%s::bigint[], %s::text[],"
+                            " %s::float8[], %s, %s, %s) ORDER BY chunk_id",
+                            (ids, lexs, ws, k1, b, avgdl),
+                        ).fetchall()
+                    )
+                sql, c = rows
+                assert [(i, r.hex()) for i, r in c] == [(i, r.hex()) for i, r in sql], query[:40]
+                scored += len(c)
+    assert scored > 0
+
+
 def _rankings(rt: Runtime, queries: list[str]) -> list[list[tuple[int, float]]]:
     out = []
     for query in queries:
@@ -155,20 +195,19 @@ def _rankings(rt: Runtime, queries: list[str]) -> list[list[tuple[int, float]]]:
     return out
 
 
-def _native_calls(rt: Runtime, cid: int, query: str) -> int:
-    """Calls of the C function one ragstore_bm25_topk made (this transaction's statistics)."""
+def _native_calls(rt: Runtime, cid: int, query: str) -> dict[str, int]:
+    """Calls of each C function one ragstore_bm25_topk made (this transaction's statistics)."""
     with rt.db.connection() as conn, conn.transaction():
         conn.execute("SET LOCAL track_functions = 'all'")
         conn.execute(
             "SELECT count(*) FROM ragstore_bm25_topk(%s, 'english', %s, 10, 1.2, 0.75)",
             (cid, query),
         )
-        row = conn.execute(
-            "SELECT coalesce(pg_stat_get_xact_function_calls(p.oid), 0) FROM pg_proc p"
-            " JOIN pg_namespace n ON n.oid = p.pronamespace"
-            " WHERE n.nspname = 'ragstore_native' AND p.proname = 'bm25_contenders'"
-        ).fetchone()
-    return int(str(row[0])) if row else 0
+        rows = conn.execute(
+            "SELECT p.proname, coalesce(pg_stat_get_xact_function_calls(p.oid), 0) FROM pg_proc p"
+            " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'ragstore_native'"
+        ).fetchall()
+    return {str(name): int(str(calls)) for name, calls in rows}
 
 
 def test_searches_rank_the_same_with_and_without_the_native_kernel(
@@ -176,7 +215,8 @@ def test_searches_rank_the_same_with_and_without_the_native_kernel(
 ) -> None:
     coll, queries = cisi
     _install(rt, native_cache)
-    assert _native_calls(rt, coll.id, queries[0]) >= 1  # the search took the native path
+    calls = _native_calls(rt, coll.id, queries[0])  # the search took the native path
+    assert calls["bm25_contenders"] >= 1 and calls["bm25_score"] >= 1, calls
     with_native = _rankings(rt, queries)
     assert native.sync(rt.db, native_cache, enabled=False) is False
     with rt.db.connection() as conn:

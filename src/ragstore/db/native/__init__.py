@@ -38,7 +38,9 @@ SOURCE = Path(__file__).with_name("ragstore_bm25.c")
 # -ffp-contract=off: no fused multiply-add, whose single rounding would change the sums
 CFLAGS = ("-O2", "-fPIC", "-ffp-contract=off")
 COMPILE_TIMEOUT_S = 120
-# (name, arguments, result, C symbol): revision 0023's ragstore_bm25_contenders
+# (name, arguments, result, C symbol, options): revision 0023's ragstore_bm25_contenders
+# (NULLs as the SQL takes them) and revision 0009's ragstore_bm25_score (STRICT:
+# ragstore_bm25_topk never passes it a NULL)
 FUNCTIONS = (
     (
         "bm25_contenders",
@@ -46,6 +48,14 @@ FUNCTIONS = (
         "theta float8, sids bigint[], OUT contenders bigint[], OUT bounds float8[]",
         "record",
         "ragstore_bm25_contenders",
+        "",
+    ),
+    (
+        "bm25_score",
+        "ids bigint[], lexs text[], ws float8[], k1 float8, b float8, avgdl float8",
+        "TABLE (chunk_id bigint, raw float8)",
+        "ragstore_bm25_score",
+        "STRICT",
     ),
 )
 # one process at a time creates the functions (pg_advisory_xact_lock key)
@@ -119,12 +129,12 @@ def install(db: Database, cache_dir: Path, *, cc: str = "cc") -> bool:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
             conn.execute(f"GRANT USAGE ON SCHEMA {SCHEMA} TO PUBLIC")
-            for name, args, result, symbol in FUNCTIONS:
+            for name, args, result, symbol, options in FUNCTIONS:
                 # loading checks the library's magic block and finds the symbol
                 conn.execute(
                     sql.SQL(
                         f"CREATE OR REPLACE FUNCTION {SCHEMA}.{name}({args}) RETURNS {result} "
-                        "LANGUAGE C STABLE PARALLEL SAFE AS {lib}, {symbol}"
+                        f"LANGUAGE C STABLE {options} PARALLEL SAFE AS {{lib}}, {{symbol}}"
                     ).format(lib=sql.Literal(str(lib)), symbol=sql.Literal(symbol))
                 )
             # one call on nothing: the library runs in this server

@@ -9,6 +9,13 @@
  * float sums are the same), the chunks whose (sum + rest) * 1.000001 >= theta and are not
  * in sids kept, sorted by bound DESC then chunk_id.
  *
+ * ragstore_native.bm25_score: revision 0009's ragstore_bm25_score in C, the same scores bit
+ * for bit. Each chunk of ids (read through a saved plan, as the SQL reads it by chunks_pkey)
+ * has its tsvector searched for the query's lexemes in C collation order (the tsvector's
+ * own order), each match with positions adding w * tf * (k1 + 1) / (tf + k1 * (1 - b + b *
+ * tsv_length / avgdl)), tf its positions, in that order, with PostgreSQL's float8
+ * arithmetic; a chunk holding none of them returns no row.
+ *
  * ragstore (ragstore.db.native) compiles this file with the server's pg_config and
  * creates the function in the schema ragstore_native; ragstore_bm25_topk calls it where
  * it exists and the SQL function otherwise.
@@ -22,8 +29,12 @@
 #include "funcapi.h"
 #include "nodes/params.h"
 #include "tcop/dest.h"
+#include "tsearch/ts_type.h"
 #include "utils/array.h"
+#include "utils/builtins.h"
 #include "utils/float.h"
+#include "utils/tuplestore.h"
+#include "varatt.h"
 
 PG_MODULE_MAGIC;
 
@@ -310,4 +321,222 @@ ragstore_bm25_contenders(PG_FUNCTION_ARGS)
 		}
 	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, result, result_null)));
+}
+
+/* ---- bm25_score ---- */
+
+static const char *const CHUNKS_SQL =
+"SELECT c.id, c.tsv, c.tsv_length FROM chunks c WHERE c.id = ANY($1)";
+
+static SPIPlanPtr chunks_plan = NULL;
+
+typedef struct QueryTerm
+{
+	char	   *lexeme;
+	int			len;
+	float8		w;
+} QueryTerm;
+
+typedef struct ScoreReceiver
+{
+	DestReceiver pub;
+	QueryTerm  *terms;			/* in C collation order */
+	int			n_terms;
+	float8		k1;
+	float8		k1_plus_1;		/* k1 + 1.0 */
+	float8		one_minus_b;	/* 1.0 - b */
+	float8		b;
+	float8		avgdl;
+	Tuplestorestate *out;
+	TupleDesc	out_desc;
+} ScoreReceiver;
+
+/* ORDER BY lexeme COLLATE "C": bytes, then the shorter first (tsCompareString's order) */
+static int
+lexeme_cmp(const char *a, int lena, const char *b, int lenb)
+{
+	int			c = memcmp(a, b, Min(lena, lenb));
+
+	if (c != 0)
+		return c;
+	return (lena > lenb) - (lena < lenb);
+}
+
+static int
+term_cmp(const void *x, const void *y)
+{
+	const QueryTerm *a = (const QueryTerm *) x;
+	const QueryTerm *b = (const QueryTerm *) y;
+
+	return lexeme_cmp(a->lexeme, a->len, b->lexeme, b->len);
+}
+
+/* the entry of LEXEME in a tsvector (entries sorted by tsCompareString), or NULL */
+static WordEntry *
+find_lexeme(TSVector tsv, const char *lexeme, int len)
+{
+	WordEntry  *entries = ARRPTR(tsv);
+	char	   *strs = STRPTR(tsv);
+	int			lo = 0,
+				hi = tsv->size - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+		int			c = lexeme_cmp(strs + entries[mid].pos, entries[mid].len, lexeme, len);
+
+		if (c == 0)
+			return &entries[mid];
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return NULL;
+}
+
+static bool
+receive_chunk(TupleTableSlot *slot, DestReceiver *self)
+{
+	ScoreReceiver *r = (ScoreReceiver *) self;
+	bool		id_null,
+				tsv_null,
+				len_null;
+	Datum		id = slot_getattr(slot, 1, &id_null);
+	Datum		tsv_datum = slot_getattr(slot, 2, &tsv_null);
+	Datum		len_datum = slot_getattr(slot, 3, &len_null);
+	TSVector	tsv;
+	float8		sum = 0;
+	bool		any = false;
+	int			i;
+
+	if (id_null || tsv_null || len_null)
+		return true;			/* no lexemes (a NULL tsvector), or a NULL length: no row */
+	tsv = DatumGetTSVector(tsv_datum);
+	for (i = 0; i < r->n_terms; i++)
+	{
+		WordEntry  *e = find_lexeme(tsv, r->terms[i].lexeme, r->terms[i].len);
+		float8		tf;
+		float8		part;
+
+		/* ts_filter(setweight(tsv, 'A', lexs), '{a}') keeps lexemes with positions */
+		if (e == NULL || !e->haspos || POSDATALEN(tsv, e) == 0)
+			continue;
+		tf = (float8) POSDATALEN(tsv, e);
+		/* qt.w * u.tf * (k1 + 1.0) / (u.tf + k1 * (1.0 - b + b * c.tsv_length / avgdl)) */
+		part = float8_div(float8_mul(float8_mul(r->terms[i].w, tf), r->k1_plus_1),
+						  float8_pl(tf, float8_mul(r->k1,
+												   float8_pl(r->one_minus_b,
+															 float8_div(float8_mul(r->b,
+																				   (float8) DatumGetInt32(len_datum)),
+																		r->avgdl)))));
+		/* sum(...) ORDER BY lexeme COLLATE "C": the first value, then float8pl */
+		sum = any ? float8_pl(sum, part) : part;
+		any = true;
+	}
+	if (any)
+	{
+		Datum		values[2] = {id, Float8GetDatum(sum)};
+		bool		nulls[2] = {false, false};
+
+		tuplestore_putvalues(r->out, r->out_desc, values, nulls);
+	}
+	if ((Pointer) tsv != DatumGetPointer(tsv_datum))
+		pfree(tsv);
+	return true;
+}
+
+PG_FUNCTION_INFO_V1(ragstore_bm25_score);
+
+/*
+ * bm25_score(ids int8[], lexs text[], ws float8[], k1 float8, b float8, avgdl float8)
+ *     RETURNS TABLE (chunk_id int8, raw float8), STRICT (ragstore_bm25_topk passes no NULL)
+ */
+Datum
+ragstore_bm25_score(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum	   *lex_values,
+			   *w_values;
+	bool	   *lex_nulls,
+			   *w_nulls;
+	int			n_lexs,
+				n_ws,
+				n,
+				i;
+	ScoreReceiver *receiver;
+	ParamListInfo params;
+	SPIExecuteOptions options;
+	int			rc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	deconstruct_array_builtin(PG_GETARG_ARRAYTYPE_P(1), TEXTOID, &lex_values, &lex_nulls,
+							  &n_lexs);
+	deconstruct_array_builtin(PG_GETARG_ARRAYTYPE_P(2), FLOAT8OID, &w_values, &w_nulls, &n_ws);
+
+	receiver = palloc0(sizeof(ScoreReceiver));
+	receiver->pub.receiveSlot = receive_chunk;
+	receiver->pub.rStartup = receiver_startup;
+	receiver->pub.rShutdown = receiver_shutdown;
+	receiver->pub.rDestroy = receiver_destroy;
+	receiver->pub.mydest = DestNone;
+	receiver->terms = palloc(sizeof(QueryTerm) * Max(n_lexs, 1));
+	/* unnest(lexs, ws): a lexeme without its weight (or a NULL one) adds NULL, which sum()
+	 * skips; setweight refuses a NULL lexeme */
+	n = 0;
+	for (i = 0; i < n_lexs; i++)
+	{
+		if (lex_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("lexeme array may not contain nulls")));
+		if (i >= n_ws || w_nulls[i])
+			continue;
+		receiver->terms[n].lexeme = VARDATA_ANY(DatumGetPointer(lex_values[i]));
+		receiver->terms[n].len = VARSIZE_ANY_EXHDR(DatumGetPointer(lex_values[i]));
+		receiver->terms[n].w = DatumGetFloat8(w_values[i]);
+		n++;
+	}
+	/* a stable sort is not needed: the query's lexemes are distinct (a tsvector's) */
+	qsort(receiver->terms, n, sizeof(QueryTerm), term_cmp);
+	receiver->n_terms = n;
+	receiver->k1 = PG_GETARG_FLOAT8(3);
+	receiver->b = PG_GETARG_FLOAT8(4);
+	receiver->avgdl = PG_GETARG_FLOAT8(5);
+	receiver->k1_plus_1 = float8_pl(receiver->k1, 1.0);
+	receiver->one_minus_b = float8_mi(1.0, receiver->b);
+	receiver->out = rsinfo->setResult;
+	receiver->out_desc = rsinfo->setDesc;
+	if (n == 0)
+		return (Datum) 0;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "ragstore_native.bm25_score: SPI_connect failed");
+	if (chunks_plan == NULL)
+	{
+		Oid			types[1] = {INT8ARRAYOID};
+		SPIPlanPtr	plan = SPI_prepare_cursor(CHUNKS_SQL, 1, types, CURSOR_OPT_GENERIC_PLAN);
+
+		if (plan == NULL)
+			elog(ERROR, "ragstore_native.bm25_score: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "ragstore_native.bm25_score: SPI_keepplan failed");
+		chunks_plan = plan;
+	}
+	params = makeParamList(1);
+	params->params[0].value = PG_GETARG_DATUM(0);
+	params->params[0].isnull = false;
+	params->params[0].pflags = PARAM_FLAG_CONST;
+	params->params[0].ptype = INT8ARRAYOID;
+	memset(&options, 0, sizeof(options));
+	options.params = params;
+	options.read_only = true;
+	options.dest = (DestReceiver *) receiver;
+	rc = SPI_execute_plan_extended(chunks_plan, &options);
+	if (rc != SPI_OK_SELECT && rc != SPI_OK_UTILITY)
+		elog(ERROR, "ragstore_native.bm25_score: reading chunks failed: %s",
+			 SPI_result_code_string(rc));
+	SPI_finish();
+	return (Datum) 0;
 }

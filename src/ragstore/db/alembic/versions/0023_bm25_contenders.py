@@ -115,6 +115,59 @@ _DECLARE = """\
 BEGIN
 """
 
+# the exact scores: ragstore_native.bm25_score (revision 0009's ragstore_bm25_score in C,
+# the same scores bit for bit) where it exists; the rows come in another order, which no
+# step after depends on (each sorts, or takes them as a set)
+_CONTENDERS_SCORED_0020 = """\
+    IF contenders IS NOT NULL THEN
+        RETURN QUERY SELECT r.chunk_id, r.raw
+            FROM ragstore_bm25_score(contenders, lexs, ws, k1, b, avgdl) r
+            ORDER BY r.raw DESC, r.chunk_id LIMIT nout;
+        RETURN;
+    END IF;
+    SELECT array_agg(r.chunk_id), array_agg(r.raw) INTO sids, sraws
+        FROM ragstore_bm25_score(cand[1:2 * k], lexs, ws, k1, b, avgdl) r;
+"""
+_CONTENDERS_SCORED = """\
+    IF contenders IS NOT NULL AND native THEN
+        RETURN QUERY SELECT r.chunk_id, r.raw
+            FROM ragstore_native.bm25_score(contenders, lexs, ws, k1, b, avgdl) r
+            ORDER BY r.raw DESC, r.chunk_id LIMIT nout;
+        RETURN;
+    ELSIF contenders IS NOT NULL THEN
+        RETURN QUERY SELECT r.chunk_id, r.raw
+            FROM ragstore_bm25_score(contenders, lexs, ws, k1, b, avgdl) r
+            ORDER BY r.raw DESC, r.chunk_id LIMIT nout;
+        RETURN;
+    END IF;
+    IF native THEN
+        SELECT array_agg(r.chunk_id), array_agg(r.raw) INTO sids, sraws
+            FROM ragstore_native.bm25_score(cand[1:2 * k], lexs, ws, k1, b, avgdl) r;
+    ELSE
+        SELECT array_agg(r.chunk_id), array_agg(r.raw) INTO sids, sraws
+            FROM ragstore_bm25_score(cand[1:2 * k], lexs, ws, k1, b, avgdl) r;
+    END IF;
+"""
+_BATCH_SCORED_0020 = """\
+            SELECT sids || coalesce(array_agg(r.chunk_id), '{}'),
+                   sraws || coalesce(array_agg(r.raw), '{}')
+                INTO sids, sraws
+                FROM ragstore_bm25_score(batch, lexs, ws, k1, b, avgdl) r;
+"""
+_BATCH_SCORED = """\
+            IF native THEN
+                SELECT sids || coalesce(array_agg(r.chunk_id), '{}'),
+                       sraws || coalesce(array_agg(r.raw), '{}')
+                    INTO sids, sraws
+                    FROM ragstore_native.bm25_score(batch, lexs, ws, k1, b, avgdl) r;
+            ELSE
+                SELECT sids || coalesce(array_agg(r.chunk_id), '{}'),
+                       sraws || coalesce(array_agg(r.raw), '{}')
+                    INTO sids, sraws
+                    FROM ragstore_bm25_score(batch, lexs, ws, k1, b, avgdl) r;
+            END IF;
+"""
+
 _SET_ROWS = f"ALTER FUNCTION ragstore_bm25_topk ROWS {LIST_ROWS};"
 
 
@@ -131,7 +184,12 @@ def _topk_0020() -> str:
 
 def _topk() -> str:
     body = _topk_0020()
-    for old, new in ((_STATEMENT_0020, _STATEMENT), (_DECLARE_0020, _DECLARE)):
+    for old, new in (
+        (_STATEMENT_0020, _STATEMENT),
+        (_DECLARE_0020, _DECLARE),
+        (_CONTENDERS_SCORED_0020, _CONTENDERS_SCORED),
+        (_BATCH_SCORED_0020, _BATCH_SCORED),
+    ):
         if body.count(old) != 1:
             raise RuntimeError("revision 0020's ragstore_bm25_topk is not the one 0023 edits")
         body = body.replace(old, new)
