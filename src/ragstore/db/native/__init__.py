@@ -142,6 +142,9 @@ def install(db: Database, cache_dir: Path, *, cc: str = "cc") -> bool:
                 f"SELECT * FROM {SCHEMA}.bm25_contenders('{{}}', '{{}}', '{{}}', '{{}}', "
                 "1, 0, 0, NULL)"
             ).fetchone()
+    for stale in cache_dir.glob("ragstore_bm25-*.so"):
+        if stale != lib:  # a server session that loaded it keeps its mapping
+            stale.unlink(missing_ok=True)
     log.info("native BM25 kernel in use (%s)", lib)
     return True
 

@@ -218,7 +218,8 @@ ragstore_bm25_contenders(PG_FUNCTION_ARGS)
 		}
 		n_terms = Max(Max(n_ids, n_ws), Max(n_cuts, n_cbs));
 
-		chunks = chunkhash_create(ctx, 1024, NULL);
+		/* some thousands of chunks at 100k (11k for a typical SciFact claim): few grows */
+		chunks = chunkhash_create(ctx, 8192, NULL);
 		receiver = palloc0(sizeof(Receiver));
 		receiver->pub.receiveSlot = receive_posting;
 		receiver->pub.rStartup = receiver_startup;
