@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from ragstore.backup import create_backup
+from ragstore.config import Settings
 from ragstore.db import native, repository
 from ragstore.db.embedded import pg_bin_dir
 from ragstore.runtime import Runtime
@@ -67,8 +68,10 @@ def cisi(rt: Runtime) -> tuple[repository.Collection, list[str]]:
 
 
 @pytest.fixture(scope="session")
-def native_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("native")
+def native_cache(pg_data_dir: Path, pg_admin_uri: str) -> Path:
+    """Inside the session server's data directory, as the runtime puts it (named relative
+    to it: the folders above may not be open to the server's OS user)."""
+    return pg_data_dir / "pg" / "ragstore_native_test"
 
 
 def _install(rt: Runtime, cache: Path) -> None:
@@ -227,7 +230,10 @@ def test_searches_rank_the_same_with_and_without_the_native_kernel(
 
 
 def test_a_backup_leaves_the_native_schema_out(
-    rt: Runtime, cisi: tuple[repository.Collection, list[str]], native_cache: Path, tmp_path: Path
+    rt: Runtime,
+    cisi: tuple[repository.Collection, list[str]],
+    native_cache: Path,
+    tmp_path: Path,
 ) -> None:
     _install(rt, native_cache)
     info = create_backup(rt.db, rt.settings, tmp_path / "b.dump")
@@ -267,4 +273,21 @@ def test_install_is_cached_and_idempotent(rt: Runtime, native_cache: Path) -> No
     _install(rt, native_cache)  # already in place: one query, no compile
     assert libs[0].stat().st_mtime_ns == built
     with rt.db.connection() as conn:
-        assert native.installed(conn) == str(libs[0])
+        assert native.installed(conn) == f"{native_cache.name}/{libs[0].name}"
+
+
+def test_the_runtime_puts_it_on_the_embedded_server_and_the_setting_drops_it(
+    pg_data_dir: Path,
+) -> None:
+    def opened(enabled: bool) -> str | None:
+        settings = Settings(
+            data_dir=pg_data_dir, database_url=None, profile="test", native_bm25=enabled
+        )
+        with Runtime(settings) as rt, rt.db.connection() as conn:
+            return native.installed(conn)
+
+    lib = opened(True)
+    assert lib is not None and lib.startswith("ragstore_native/")
+    assert (pg_data_dir / "pg" / lib).exists()
+    assert opened(True) == lib  # already in place
+    assert opened(False) is None

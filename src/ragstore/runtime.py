@@ -74,7 +74,7 @@ class Runtime:
         if db.embedded and not read_only:
             native.sync(
                 db,
-                self.settings.data_dir / "native",
+                native.library_dir(self.settings.data_dir),
                 enabled=self.settings.native_bm25,
                 cc=self.settings.native_bm25_cc,
             )

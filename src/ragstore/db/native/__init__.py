@@ -4,9 +4,10 @@
 function exists and the SQL ``ragstore_bm25_contenders`` otherwise; both return the same
 arrays, bit for bit. :func:`sync` puts the C function in place when ragstore opens its
 embedded server (after the schema check): it compiles ``ragstore_bm25.c`` with the
-server's own ``pg_config`` headers into ``DATA_DIR/native`` (once: the file name holds a
-hash of the source, the flags and the server version), then creates the function in the
-schema ``ragstore_native``. With the function already there and its library on disk it is
+server's own ``pg_config`` headers into ``DATA_DIR/pg/ragstore_native`` (once: the file
+name holds a hash of the source, the flags and the server version), then creates the
+functions in the schema ``ragstore_native``, naming the library relative to the server's
+data directory. With the function already there and its library on disk it is
 one query. Anything that fails (no compiler, a compile error, a server that will not load
 it, a role that is not superuser) logs one warning and leaves the SQL path; an external
 server (``RAGSTORE_DATABASE_URL``) is never touched. ``RAGSTORE_NATIVE_BM25=false`` drops
@@ -66,6 +67,12 @@ class NativeUnavailable(Exception):
     """Why the native kernel could not be put in place (logged, never raised further)."""
 
 
+def library_dir(data_dir: Path) -> Path:
+    """Where the embedded server under ``data_dir`` gets its library: inside its own data
+    directory (``embedded.start`` runs it in ``data_dir/pg``), named relative to it."""
+    return data_dir / "pg" / SCHEMA
+
+
 def library_path(cache_dir: Path, server_version: str) -> Path:
     """Where the library for this source, these flags and this server goes."""
     digest = hashlib.sha256()
@@ -119,7 +126,8 @@ def install(db: Database, cache_dir: Path, *, cc: str = "cc") -> bool:
         assert row is not None
         version, superuser = str(row[0]), bool(row[1])
         lib = library_path(cache_dir, version)
-        if installed(conn) == str(lib) and lib.exists():
+        probin = _server_name(conn, lib) if superuser else str(lib)
+        if installed(conn) == probin and lib.exists():
             return True
         if not superuser:
             raise NativeUnavailable("creating a C function needs a superuser role")
@@ -135,7 +143,7 @@ def install(db: Database, cache_dir: Path, *, cc: str = "cc") -> bool:
                     sql.SQL(
                         f"CREATE OR REPLACE FUNCTION {SCHEMA}.{name}({args}) RETURNS {result} "
                         f"LANGUAGE C STABLE {options} PARALLEL SAFE AS {{lib}}, {{symbol}}"
-                    ).format(lib=sql.Literal(str(lib)), symbol=sql.Literal(symbol))
+                    ).format(lib=sql.Literal(probin), symbol=sql.Literal(symbol))
                 )
             # one call on nothing: the library runs in this server
             conn.execute(
@@ -147,6 +155,20 @@ def install(db: Database, cache_dir: Path, *, cc: str = "cc") -> bool:
             stale.unlink(missing_ok=True)
     log.info("native BM25 kernel in use (%s)", lib)
     return True
+
+
+def _server_name(conn: psycopg.Connection[tuple[object, ...]], lib: Path) -> str:
+    """How the server names ``lib``: relative to its data directory when it lies inside it.
+
+    A server process works in its data directory, so a relative name holds wherever the
+    directory moves and needs no permission on the folders above it (the server runs as
+    another OS user when ragstore runs as root, and those folders may be private)."""
+    row = conn.execute("SELECT current_setting('data_directory')").fetchone()
+    assert row is not None
+    try:
+        return str(lib.resolve().relative_to(Path(str(row[0])).resolve()))
+    except ValueError:
+        return str(lib)
 
 
 def compile_library(lib: Path, cc: str) -> None:
