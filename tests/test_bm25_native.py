@@ -82,7 +82,7 @@ def _terms(rt: Runtime, cid: int, query: str, quantile: float) -> dict[str, Any]
     """Arguments as ragstore_bm25_topk builds them: the query's terms in lexeme order,
     their weights, a cut at a quantile of each term's impacts (every third term unread)."""
     with rt.db.connection() as conn:
-        rows = conn.execute(
+        found = conn.execute(
             "SELECT t.term_id, ln(1.0 + (s.chunks - t.df + 0.5) / (t.df + 0.5))::float8,"
             " (SELECT percentile_disc(%s) WITHIN GROUP (ORDER BY x.impact)"
             "  FROM bm25_postings x WHERE x.term_id = t.term_id)::float8"
@@ -92,6 +92,7 @@ def _terms(rt: Runtime, cid: int, query: str, quantile: float) -> dict[str, Any]
             ' ORDER BY t.lexeme COLLATE "C"',
             (quantile, query, cid),
         ).fetchall()
+    rows = [(r[0], float(str(r[1])), None if r[2] is None else float(str(r[2]))) for r in found]
     ratio = 1.0000013
     cuts = [None if i % 3 == 2 else r[2] for i, r in enumerate(rows)]
     cbs = [r[1] * (r[2] or 0.0) * ratio * 0.5 for r in rows]
@@ -184,7 +185,9 @@ def test_native_scores_are_the_sql_ones_bit_for_bit(
                         ).fetchall()
                     )
                 sql, c = rows
-                assert [(i, r.hex()) for i, r in c] == [(i, r.hex()) for i, r in sql], query[:40]
+                assert [(i, float(str(r)).hex()) for i, r in c] == [
+                    (i, float(str(r)).hex()) for i, r in sql
+                ], query[:40]
                 scored += len(c)
     assert scored > 0
 
@@ -193,7 +196,8 @@ def _rankings(rt: Runtime, queries: list[str]) -> list[list[tuple[int, float]]]:
     out = []
     for query in queries:
         for mode in ("fulltext", "hybrid"):
-            hits = search(rt, query, collection=NAME, k=10, mode=mode)  # type: ignore[arg-type]
+            assert mode in ("fulltext", "hybrid")
+            hits = search(rt, query, collection=NAME, k=10, mode=mode)
             out.append([(h.chunk_id, h.score) for h in hits])
     return out
 
@@ -284,7 +288,8 @@ def test_the_runtime_puts_it_on_the_embedded_server_and_the_setting_drops_it(
             data_dir=pg_data_dir, database_url=None, profile="test", native_bm25=enabled
         )
         with Runtime(settings) as rt, rt.db.connection() as conn:
-            return native.installed(conn)
+            lib: str | None = native.installed(conn)
+            return lib
 
     lib = opened(True)
     assert lib is not None and lib.startswith("ragstore_native/")
