@@ -114,13 +114,24 @@ typedef struct Kept
 	int64		chunk_id;
 } Kept;
 
-/* ORDER BY bound DESC, chunk_id (float8 order: NaN above everything) */
+/* float8_cmp_internal, inlined: NaN above everything and equal to itself, -0 = 0 */
+static inline int
+float8_order(float8 a, float8 b)
+{
+	if (unlikely(isnan(a)))
+		return isnan(b) ? 0 : 1;
+	if (unlikely(isnan(b)))
+		return -1;
+	return (a > b) - (a < b);
+}
+
+/* ORDER BY bound DESC, chunk_id */
 static int
 kept_cmp(const void *a, const void *b)
 {
 	const Kept *x = (const Kept *) a;
 	const Kept *y = (const Kept *) b;
-	int			c = float8_cmp_internal(y->bound, x->bound);
+	int			c = float8_order(y->bound, x->bound);
 
 	if (c != 0)
 		return c;

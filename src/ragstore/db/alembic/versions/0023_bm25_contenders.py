@@ -17,8 +17,11 @@ The statement moves, unchanged in what it returns, into ``ragstore_bm25_contende
 ``ragstore_native.bm25_contenders`` instead where that function exists: the same
 arrays, bit for bit, from a C function that ragstore compiles and creates on the embedded
 server only (``ragstore.db.native``: same postings read term by term in array order, the
-same float sums per chunk, the same order). Its schema is outside ``public``, so backups
-leave it out and an external server, which never has it, runs this revision's SQL.
+same float sums per chunk, the same order). The exact scoring (1.4-1.8 ms of the list)
+goes the same way: ``ragstore_native.bm25_score`` where it exists, else revision 0009's
+``ragstore_bm25_score``, the same scores bit for bit (rows in another order, which no step
+after depends on). The schema is outside ``public``, so backups leave it out, and an
+external server, which never has it, runs this revision's SQL.
 
 The downgrade restores revision 0022's ``ragstore_bm25_topk`` and drops the function and
 the native schema.
