@@ -267,6 +267,10 @@ def test_a_kernel_that_does_not_compile_leaves_search_working(
     with rt.db.connection() as conn:
         assert native.installed(conn) is None
     assert _rankings(rt, queries[:2]) == expected
+    caplog.clear()  # the failure is remembered: the next open neither compiles nor warns
+    with caplog.at_level(logging.WARNING, logger="ragstore.db.native"):
+        assert native.sync(rt.db, tmp_path / "cache", cc="/bin/false") is False
+    assert not caplog.records
 
 
 def test_install_is_cached_and_idempotent(rt: Runtime, native_cache: Path) -> None:

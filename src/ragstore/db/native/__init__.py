@@ -9,7 +9,8 @@ name holds a hash of the source, the flags and the server version), then creates
 functions in the schema ``ragstore_native``, naming the library relative to the server's
 data directory. With the function already there and its library on disk it is
 one query. Anything that fails (no compiler, a compile error, a server that will not load
-it, a role that is not superuser) logs one warning and leaves the SQL path; an external
+it, a role that is not superuser) logs one warning and leaves the SQL path (a failed
+compile is remembered for a day, so later opens neither retry it nor warn again); an external
 server (``RAGSTORE_DATABASE_URL``) is never touched. ``RAGSTORE_NATIVE_BM25=false`` drops
 the schema, so every session of the database takes the SQL path.
 
@@ -19,11 +20,13 @@ an archive restores on any server, and the embedded server gets it back at its n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -63,8 +66,16 @@ FUNCTIONS = (
 _LOCK_KEY = 0x7261_6773_6E61_7476
 
 
+RETRY_FAILED_BUILD_S = 24 * 3600  # a compile that failed is tried again after this
+
+
 class NativeUnavailable(Exception):
-    """Why the native kernel could not be put in place (logged, never raised further)."""
+    """Why the native kernel could not be put in place (logged, never raised further);
+    ``quiet`` when it was logged already (a failed build remembered)."""
+
+    def __init__(self, message: str, *, quiet: bool = False) -> None:
+        super().__init__(message)
+        self.quiet = quiet
 
 
 def library_dir(data_dir: Path) -> Path:
@@ -103,7 +114,10 @@ def sync(db: Database, cache_dir: Path, *, enabled: bool = True, cc: str = "cc")
             return False
         return install(db, cache_dir, cc=cc)
     except (NativeUnavailable, OSError, subprocess.SubprocessError, psycopg.Error) as exc:
-        log.warning("native BM25 kernel not in use, search takes the SQL path: %s", exc)
+        quiet = isinstance(exc, NativeUnavailable) and exc.quiet
+        (log.debug if quiet else log.warning)(
+            "native BM25 kernel not in use, search takes the SQL path: %s", exc
+        )
         return False
 
 
@@ -132,7 +146,7 @@ def install(db: Database, cache_dir: Path, *, cc: str = "cc") -> bool:
         if not superuser:
             raise NativeUnavailable("creating a C function needs a superuser role")
         if not lib.exists():
-            compile_library(lib, cc)
+            _build(lib, cc)
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
@@ -169,6 +183,27 @@ def _server_name(conn: psycopg.Connection[tuple[object, ...]], lib: Path) -> str
         return str(lib.resolve().relative_to(Path(str(row[0])).resolve()))
     except ValueError:
         return str(lib)
+
+
+def _build(lib: Path, cc: str) -> None:
+    """:func:`compile_library`, a failure remembered for a day (next to the library) so that
+    each command on a machine without a compiler neither tries again nor warns again."""
+    tag = hashlib.sha256(cc.encode()).hexdigest()[:8]
+    failed = lib.with_name(f".{lib.stem}.{tag}.failed")
+    try:
+        if time.time() - failed.stat().st_mtime < RETRY_FAILED_BUILD_S:
+            why = failed.read_text(encoding="utf-8").strip()
+            raise NativeUnavailable(f"{why} (remembered in {failed})", quiet=True)
+    except OSError:
+        pass  # no failure remembered
+    try:
+        compile_library(lib, cc)
+    except (NativeUnavailable, OSError, subprocess.SubprocessError) as exc:
+        with contextlib.suppress(OSError):
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            failed.write_text(f"{exc}\n", encoding="utf-8")
+        raise
+    failed.unlink(missing_ok=True)
 
 
 def compile_library(lib: Path, cc: str) -> None:
