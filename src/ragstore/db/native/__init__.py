@@ -167,7 +167,7 @@ def install(db: Database, cache_dir: Path, *, cc: str = "cc") -> bool:
     for stale in cache_dir.glob("ragstore_bm25-*.so"):
         if stale != lib:  # a server session that loaded it keeps its mapping
             stale.unlink(missing_ok=True)
-    log.info("native BM25 kernel in use (%s)", lib)
+    log.debug("native BM25 kernel in use (%s)", lib)
     return True
 
 
