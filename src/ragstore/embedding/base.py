@@ -155,9 +155,9 @@ def tokenizer_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     backend = _backend(tokenizer)
     if backend is not None:
         out = [0] * len(texts)
-        pieces, plain, other = _split_plain(backend, texts)
+        pieces, plain, units, other = _split_plain(backend, texts)
         if pieces is not None:
-            for i, n in zip(plain, pieces.counts([texts[i] for i in plain]), strict=True):
+            for i, n in zip(plain, pieces.counts_of(units), strict=True):
                 out[i] = n
         if other:
             cut = backend.encode_batch_fast([texts[i] for i in other], add_special_tokens=True)
@@ -182,9 +182,9 @@ def tokenizer_encodings(tokenizer: Any, texts: Sequence[str]) -> list[TokenEncod
     if backend is None:
         return None
     out: list[TokenEncoding | None] = [None] * len(texts)
-    pieces, plain, other = _split_plain(backend, texts)
+    pieces, plain, units, other = _split_plain(backend, texts)
     if pieces is not None:
-        for i, n in zip(plain, pieces.counts([texts[i] for i in plain]), strict=True):
+        for i, n in zip(plain, pieces.counts_of(units), strict=True):
             out[i] = TokenEncoding(n, detail=partial(pieces.spans, texts[i]))
     if other:
         cut = backend.encode_batch([texts[i] for i in other], add_special_tokens=True)
@@ -201,18 +201,24 @@ def tokenizer_encodings(tokenizer: Any, texts: Sequence[str]) -> list[TokenEncod
 
 def _split_plain(
     backend: Any, texts: Sequence[str]
-) -> tuple[WordPieces | None, list[int], list[int]]:
+) -> tuple[WordPieces | None, list[int], list[list[str]], list[int]]:
     """The word cache of a BERT-style tokenizer (:mod:`ragstore.embedding.wordpieces`),
-    the positions of the texts it counts, and those left to the tokenizer itself."""
+    the positions of the texts it counts and their units, and the positions of those left
+    to the tokenizer itself."""
     pieces = word_pieces(backend)
     if pieces is None:
-        return None, [], list(range(len(texts)))
-    plain = [pieces.plain(t) for t in texts]
-    return (
-        pieces,
-        [i for i, p in enumerate(plain) if p],
-        [i for i, p in enumerate(plain) if not p],
-    )
+        return None, [], [], list(range(len(texts)))
+    plain: list[int] = []
+    units: list[list[str]] = []
+    other: list[int] = []
+    for i, t in enumerate(texts):
+        us = pieces.units(t)
+        if us is None:
+            other.append(i)
+        else:
+            plain.append(i)
+            units.append(us)
+    return pieces, plain, units, other
 
 
 def tokenizer_joins_add_up(tokenizer: Any) -> bool:

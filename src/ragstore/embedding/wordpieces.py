@@ -10,13 +10,17 @@ tokens are its words' tokens in order, and a word is tokenized once per process:
 pieces of each word seen are kept, and a text costs a regular-expression pass and a
 dictionary lookup per word, about eight times less than the Rust tokenizer for counts.
 
-Only texts of printable ASCII, tabs and line breaks take this path. There the
-pre-tokenizer's words are exactly runs of letters and digits and single punctuation marks
-(every printable ASCII character that is not a letter, digit or space is punctuation to
-BERT), and the normalizer does nothing a word alone would not get too (lower-casing;
-accents and CJK padding need other characters; control characters, which it deletes, are
-excluded). A text holding an added token's text (``[SEP]``, ``[MASK]``: the tokenizer
-matches those before splitting) or anything else goes to the tokenizer itself. Spans and
+Printable ASCII, tabs and line breaks are read this way. There the pre-tokenizer's words
+are exactly runs of letters and digits and single punctuation marks (every printable
+ASCII character that is not a letter, digit or space is punctuation to BERT), and the
+normalizer does nothing a word alone would not get too (lower-casing; accents and CJK
+padding need other characters; control characters, which it deletes, are excluded). In
+a text with other characters, each space-delimited segment holding one is a unit of its
+own, tokenized whole and kept like a word (its tokens with their word numbers): a space,
+tab or line break ends every word and the normalizer works per character, so the text's
+tokens are its units' tokens all the same. A text holding an added token's text
+(``[SEP]``, ``[MASK]``: the tokenizer matches those before splitting) or such a segment
+over ``SEGMENT_CHARS`` (CJK prose has no spaces) goes to the tokenizer itself. Spans and
 word numbers are built only when the chunker asks for them (a block it must split).
 """
 
@@ -24,15 +28,24 @@ from __future__ import annotations
 
 import re
 import threading
+from itertools import chain, compress
 from typing import Any
 from weakref import WeakKeyDictionary
 
 # BertPreTokenizer's words in printable ASCII: letters and digits, or one punctuation mark
 _WORD = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
 _NOT_PLAIN = re.compile(r"[^\t\n\r -~]")
+# in a text that is not all plain: a whitespace-delimited segment holding a character
+# that is not plain ASCII is one unit (tokenized as a whole), the rest are words as above
+_UNIT = re.compile(r"(?<![^ \t\n\r])[^ \t\n\r]*[^\t\n\r -~][^ \t\n\r]*|" + _WORD.pattern)
+SEGMENT_CHARS = 64  # a text with a longer such segment goes to the tokenizer itself
 CACHE_WORDS = 100_000  # words kept per tokenizer (about 20 MB); it starts over past this
 
 Ends = tuple[int, ...]  # where each piece of a word ends (its pieces cover it in order)
+Pieces = tuple[tuple[int, int, int], ...]  # a segment's tokens: (start, end, word number)
+_GROUP = re.Match.group
+_SPAN = re.Match.span
+_OVER_ONE = (1).__lt__
 
 
 class WordPieces:
@@ -47,48 +60,111 @@ class WordPieces:
             if any(added)
             else None
         )
-        self._ends: dict[str, Ends] = {}
+        self._ends: dict[str, Ends | Pieces] = {}
         self._lock = threading.Lock()
 
-    def plain(self, text: str) -> bool:
-        """Whether ``text``'s tokens are its words' tokens (see the module docstring)."""
-        return _NOT_PLAIN.search(text) is None and (
-            self._added is None or self._added.search(text) is None
-        )
+    def units(self, text: str) -> list[str] | None:
+        """The words (and segments) whose tokens are ``text``'s tokens in order, or None
+        for a text the tokenizer must read itself (see the module docstring)."""
+        if self._added is not None and self._added.search(text) is not None:
+            return None
+        if _NOT_PLAIN.search(text) is None:
+            return _WORD.findall(text)
+        units = _UNIT.findall(text)
+        return units if max(map(len, units), default=0) <= SEGMENT_CHARS else None
 
-    def _learn(self, words: list[str]) -> dict[str, Ends]:
+    def plain(self, text: str) -> bool:
+        """Whether ``text``'s tokens are its units' tokens (see the module docstring)."""
+        return self.units(text) is not None
+
+    def _learn(self, units: list[str]) -> dict[str, Ends | Pieces]:
         ends = self._ends
-        new = [w for w in set(words) if w not in ends]
+        seen = set(units)
+        new = list(seen.difference(ends))
         if new:
             cut = self.backend.encode_batch(new, add_special_tokens=False)
             with self._lock:
                 if len(ends) + len(new) > CACHE_WORDS:
-                    ends = self._ends = {}
+                    # start over, keeping the known words of the units at hand
+                    ends = self._ends = {w: ends[w] for w in seen.difference(new)}
                 for w, e in zip(new, cut, strict=True):
-                    # WordPiece covers a word with consecutive pieces (or one [UNK]):
-                    # the ends say it all, in a third of the memory of the spans
-                    ends[w] = tuple(b for _, b in e.offsets)
+                    if _NOT_PLAIN.search(w) is None:
+                        # WordPiece covers a word with consecutive pieces (or one [UNK]):
+                        # the ends say it all, in a third of the memory of the spans
+                        ends[w] = tuple(b for _, b in e.offsets)
+                    else:
+                        ends[w] = tuple(
+                            (a, b, -1 if k is None else k)
+                            for (a, b), k in zip(e.offsets, e.word_ids, strict=True)
+                        )
         return ends
 
+    def counts_of(self, units: list[list[str]]) -> list[int]:
+        """Tokens of each text given as its :meth:`units`, special tokens included."""
+        special = self.special
+        try:  # every word known: the usual case once a load is under way
+            get = self._ends.__getitem__
+            return [special + sum(map(len, map(get, us))) for us in units]
+        except KeyError:
+            get = self._learn(list(chain.from_iterable(units))).__getitem__
+            return [special + sum(map(len, map(get, us))) for us in units]
+
     def counts(self, texts: list[str]) -> list[int]:
-        """Tokens of each plain text, special tokens included."""
-        words = [_WORD.findall(t) for t in texts]
-        ends = self._learn([w for ws in words for w in ws])
-        return [self.special + sum(len(ends[w]) for w in ws) for ws in words]
+        """Tokens of each text whose :meth:`units` are known, special tokens included."""
+        units = [self.units(t) for t in texts]
+        if any(us is None for us in units):
+            raise ValueError("counts() takes only texts that plain() accepts")
+        return self.counts_of(units)  # type: ignore[arg-type]
 
     def spans(self, text: str) -> tuple[list[tuple[int, int]], list[int]]:
         """Each content token's character span in ``text`` and its word's number."""
-        found = list(_WORD.finditer(text))
-        ends = self._learn([m.group() for m in found])
-        spans: list[tuple[int, int]] = []
-        words: list[int] = []
-        for k, m in enumerate(found):
-            start = a = m.start()
-            for b in ends[m.group()]:
+        plain = _NOT_PLAIN.search(text) is None
+        found = list((_WORD if plain else _UNIT).finditer(text))
+        keys = list(map(_GROUP, found))
+        try:
+            pieces = list(map(self._ends.__getitem__, keys))
+        except KeyError:
+            pieces = list(map(self._learn(keys).__getitem__, keys))
+        found_spans = list(map(_SPAN, found))
+        if plain:  # words only: those of more than one piece are cut
+            cut = list(compress(range(len(keys)), map(_OVER_ONE, map(len, pieces))))
+        else:  # and every segment
+            cut = [k for k, p in enumerate(pieces) if len(p) != 1 or type(p[0]) is not int]
+        return _token_spans(found_spans, pieces, cut)
+
+
+def _token_spans(
+    found: list[tuple[int, int]], pieces: list[Ends | Pieces], cut: list[int]
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """Token spans and word numbers of a text from its units' spans and pieces: a word
+    of one piece is one token over the word, so only the units at ``cut`` are taken
+    apart (words of several pieces, segments of any number of words)."""
+    n = len(found)
+    if not cut:
+        return found, list(range(n))
+    spans: list[tuple[int, int]] = []
+    words: list[int] = []
+    prev = shift = 0  # shift: words of the segments so far, less one word a segment
+    for k in cut:
+        spans += found[prev:k]
+        words += range(prev + shift, k + shift)
+        start = found[k][0]
+        unit = pieces[k]
+        if unit and type(unit[0]) is int:  # a word
+            a = start
+            for b in unit:
                 spans.append((a, start + b))
-                words.append(k)
                 a = start + b
-        return spans, words
+            words += [k + shift] * len(unit)
+        else:  # a segment (none at all where the normalizer drops it whole)
+            for x, y, j in unit:  # type: ignore[misc]
+                spans.append((start + x, start + y))
+                words.append(k + shift + j)
+            shift += (unit[-1][2] + 1 if unit else 0) - 1  # type: ignore[index]
+        prev = k + 1
+    spans += found[prev:]
+    words += range(prev + shift, n + shift)
+    return spans, words
 
 
 def reads_words_alone(backend: Any) -> bool:
