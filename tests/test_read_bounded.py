@@ -1,0 +1,45 @@
+"""Reading a file within the size limit: its bytes, or FileTooLargeError, also for a file
+that grows between the size check and the read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ragstore.errors import FileTooLargeError
+from ragstore.ingest.files import read_bounded
+
+
+class _Growing(type(Path())):  # type: ignore[misc]
+    """A real file whose stat() is taken before ``extra`` bytes are appended to it."""
+
+    extra = b""
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        st = super().stat(follow_symlinks=follow_symlinks)
+        with open(self, "ab") as fh:
+            fh.write(self.extra)
+        return st
+
+
+def test_a_file_within_the_limit_is_read_whole(tmp_path: Path) -> None:
+    f = tmp_path / "a.md"
+    for data in (b"x", b"hello\n" * 600, b"y" * 4096):
+        f.write_bytes(data)
+        assert read_bounded(f, 4096) == data
+    f.write_bytes(b"y" * 4097)
+    with pytest.raises(FileTooLargeError, match="4097 bytes is over the limit of 4096"):
+        read_bounded(f, 4096)
+
+
+def test_a_file_that_grows_while_read_is_read_to_the_limit_or_refused(tmp_path: Path) -> None:
+    f = _Growing(tmp_path / "g.md")
+    f.write_bytes(b"a" * 100)
+    f.extra = b"b" * 50  # still within the limit: every byte there at the read
+    assert read_bounded(f, 1000) == b"a" * 100 + b"b" * 50
+    f.write_bytes(b"a" * 100)
+    f.extra = b"c" * 2000  # past the limit
+    with pytest.raises(FileTooLargeError, match="grew past the limit of 1000 bytes"):
+        read_bounded(f, 1000)
