@@ -39,7 +39,7 @@ _NOT_PLAIN = re.compile(r"[^\t\n\r -~]")
 # that is not plain ASCII is one unit (tokenized as a whole), the rest are words as above
 _UNIT = re.compile(r"(?<![^ \t\n\r])[^ \t\n\r]*[^\t\n\r -~][^ \t\n\r]*|" + _WORD.pattern)
 SEGMENT_CHARS = 64  # a text with a longer such segment goes to the tokenizer itself
-CACHE_WORDS = 100_000  # words kept per tokenizer (about 20 MB); it starts over past this
+CACHE_WORDS = 100_000  # words kept per tokenizer (about 25 MB); it starts over past this
 
 Ends = tuple[int, ...]  # where each piece of a word ends (its pieces cover it in order)
 Pieces = tuple[tuple[int, int, int], ...]  # a segment's tokens: (start, end, word number)
@@ -61,6 +61,7 @@ class WordPieces:
             else None
         )
         self._ends: dict[str, Ends | Pieces] = {}
+        self._counts: dict[str, int] = {}  # tokens of each unit in _ends: what counts read
         self._lock = threading.Lock()
 
     def units(self, text: str) -> list[str] | None:
@@ -77,8 +78,9 @@ class WordPieces:
         """Whether ``text``'s tokens are its units' tokens (see the module docstring)."""
         return self.units(text) is not None
 
-    def _learn(self, units: list[str]) -> dict[str, Ends | Pieces]:
-        ends = self._ends
+    def _learn(self, units: list[str]) -> tuple[dict[str, Ends | Pieces], dict[str, int]]:
+        """The caches (pieces, token counts), holding every unit of ``units``."""
+        ends, counts = self._ends, self._counts
         seen = set(units)
         new = list(seen.difference(ends))
         if new:
@@ -86,7 +88,9 @@ class WordPieces:
             with self._lock:
                 if len(ends) + len(new) > CACHE_WORDS:
                     # start over, keeping the known words of the units at hand
-                    ends = self._ends = {w: ends[w] for w in seen.difference(new)}
+                    known = seen.difference(new)
+                    ends = self._ends = {w: ends[w] for w in known}
+                    counts = self._counts = {w: len(ends[w]) for w in known}
                 for w, e in zip(new, cut, strict=True):
                     if _NOT_PLAIN.search(w) is None:
                         # WordPiece covers a word with consecutive pieces (or one [UNK]):
@@ -97,17 +101,18 @@ class WordPieces:
                             (a, b, -1 if k is None else k)
                             for (a, b), k in zip(e.offsets, e.word_ids, strict=True)
                         )
-        return ends
+                    counts[w] = len(ends[w])
+        return ends, counts
 
     def counts_of(self, units: list[list[str]]) -> list[int]:
         """Tokens of each text given as its :meth:`units`, special tokens included."""
         special = self.special
         try:  # every word known: the usual case once a load is under way
-            get = self._ends.__getitem__
-            return [special + sum(map(len, map(get, us))) for us in units]
+            get = self._counts.__getitem__
+            return [special + sum(map(get, us)) for us in units]
         except KeyError:
-            get = self._learn(list(chain.from_iterable(units))).__getitem__
-            return [special + sum(map(len, map(get, us))) for us in units]
+            get = self._learn(list(chain.from_iterable(units)))[1].__getitem__
+            return [special + sum(map(get, us)) for us in units]
 
     def counts(self, texts: list[str]) -> list[int]:
         """Tokens of each text whose :meth:`units` are known, special tokens included."""
@@ -124,7 +129,7 @@ class WordPieces:
         try:
             pieces = list(map(self._ends.__getitem__, keys))
         except KeyError:
-            pieces = list(map(self._learn(keys).__getitem__, keys))
+            pieces = list(map(self._learn(keys)[0].__getitem__, keys))
         found_spans = list(map(_SPAN, found))
         if plain:  # words only: those of more than one piece are cut
             cut = list(compress(range(len(keys)), map(_OVER_ONE, map(len, pieces))))
