@@ -33,7 +33,37 @@ def _line_offsets(text: str) -> list[int]:
     return [0, *(m.end() for m in _NEWLINE.finditer(text)), len(text)]
 
 
+# a front matter line YAML reads as a string key and a decimal integer or a plain string
+_SIMPLE_LINE = re.compile(
+    r"([A-Za-z_][A-Za-z0-9_]*): (?:(0|[1-9][0-9]*)|([A-Za-z][A-Za-z0-9_]*(?: [A-Za-z0-9_]+)*))"
+)
+# what YAML 1.1 resolves a word starting with a letter to, when not a string
+_YAML_WORDS = frozenset(
+    {"yes", "Yes", "YES", "no", "No", "NO", "true", "True", "TRUE", "false", "False", "FALSE"}
+    | {"on", "On", "ON", "off", "Off", "OFF", "null", "Null", "NULL"}
+)
+
+
+def _simple_front_matter(content: str) -> dict[str, Any] | None:
+    """Front matter made only of ``key: words`` and ``key: number`` lines as YAML reads
+    it, without YAML (a third of parsing a short file went to building its loader); None
+    for anything else (any other line, a word YAML reads as a boolean or null)."""
+    out: dict[str, Any] = {}
+    for line in content.split("\n"):
+        m = _SIMPLE_LINE.fullmatch(line)
+        if m is None:
+            return None
+        key, number, words = m.groups()
+        if key in _YAML_WORDS or words in _YAML_WORDS:
+            return None
+        out[key] = words if number is None else int(number)
+    return out or None
+
+
 def _front_matter(token: Token, name: str) -> dict[str, Any]:
+    simple = _simple_front_matter(token.content)
+    if simple is not None:
+        return simple
     try:
         data = yaml.load(token.content, Loader=_YAML_LOADER) or {}
     except yaml.YAMLError as exc:
