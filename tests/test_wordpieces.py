@@ -116,3 +116,37 @@ def test_a_cache_that_starts_over_keeps_the_known_words_of_the_text_at_hand(
     assert pieces.counts(texts[:1]) == [want[0][0]]
     assert pieces.counts(texts[1:]) == [want[1][0]]
     assert pieces.spans(texts[0]) == (want[0][1], want[0][2])
+
+
+def _same_index(index: Any, spans: list[tuple[int, int]], words: list[int], text: str) -> None:
+    from ragstore.embedding.base import TokenIndex
+
+    ref = TokenIndex(spans, words)
+    assert len(index) == len(ref)
+    for i in range(len(ref)):
+        assert (index.start(i), index.end(i)) == (ref.start(i), ref.end(i))
+        if i:
+            assert index.joined(i) == ref.joined(i)
+    for pos in range(len(text) + 2):
+        assert index.before(pos) == ref.before(pos), pos
+        for t in {0, len(ref) // 2, max(0, ref.before(pos) - 1), len(ref)}:
+            assert index.advance(t, pos) == ref.advance(t, pos), (t, pos)
+
+
+def test_a_plain_texts_word_index_reads_as_its_token_spans(tokenizer: Any) -> None:
+    from ragstore.embedding.base import WordIndex
+
+    texts = [t for t in _paragraphs()[:3000] if t.isascii()][:400]
+    texts += ["", "a", "unaffable tokenization", "x" * 130 + " ok", "[SEP]"[1:], "a , b"]
+    pieces = wordpieces.word_pieces(_backend(tokenizer))
+    for text in texts:
+        located = pieces.located(text)
+        assert located is not None, text[:80]
+        _same_index(WordIndex(*located), *pieces.spans(text), text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ALPHABET, max_size=40).map("".join))
+def test_every_encodings_index_reads_as_its_spans(tokenizer: Any, text: str) -> None:
+    (enc,) = tokenizer_encodings(tokenizer, [text]) or []
+    _same_index(enc.index, enc.spans, enc.words, text)

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ragstore.embedding.base import TokenEncoding
+from ragstore.embedding.base import TokenEncoding, TokenIndex
 from ragstore.models import Block, Chunk, ChunkType, ParsedDocument
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s")
@@ -91,30 +90,30 @@ def split_to_fit(
     limit: int,
     counter: TokenCounter,
     prefer_lines: bool,
-    spans: list[tuple[int, int]] | None = None,
+    tokens: TokenIndex | None = None,
 ) -> list[tuple[int, int]]:
     """Char spans of ``text`` pieces with at most ``limit`` content tokens each.
 
-    ``spans`` are ``counter.token_spans(text)`` when the caller has them already.
+    ``tokens`` index ``counter.token_spans(text)`` when the caller has them already.
     """
-    if spans is None:
-        spans = counter.token_spans(text)
+    if tokens is None:
+        tokens = TokenIndex(counter.token_spans(text))
+    n = len(tokens)
     pieces: list[tuple[int, int]] = []
     t = 0
     start = 0
-    while t < len(spans):
-        if len(spans) - t <= limit:
+    while t < n:
+        if n - t <= limit:
             pieces.append((start, len(text)))
             break
         # the piece may end at the start of token t+limit at the latest
-        hard_end = spans[t + limit][0]
+        hard_end = tokens.start(t + limit)
         end = _cut_point(text, start, hard_end, prefer_lines)
         if end <= start:
             end = hard_end
         pieces.append((start, end))
         start = end
-        while t < len(spans) and spans[t][0] < end:
-            t += 1
+        t = tokens.advance(t, end)
     return _trimmed(text, pieces)
 
 
@@ -150,11 +149,12 @@ def split_prose(
     counter: TokenCounter,
     max_chars: int,
     prefer_lines: bool = False,
-    tokens: list[tuple[int, int]] | None = None,
+    tokens: TokenIndex | None = None,
 ) -> list[tuple[int, int]]:
     """:func:`split_to_fit` over bounded windows, then capped at ``max_chars``.
 
-    ``tokens``: ``counter.token_spans(text)`` if known (used when one window holds it all).
+    ``tokens``: the index of ``counter.token_spans(text)`` if known (used when one window
+    holds it all).
     """
     known = tokens if len(text) <= WINDOW_CHARS else None
     spans: list[tuple[int, int]] = []
@@ -283,24 +283,23 @@ def _split_block(
         return _split_table(block, budget, counter, max_chars)
     if block.type in _LINE_TYPES:
         return _pack(block.text, _lines(block.text), budget, counter, max_chars)
-    spans = enc.spans if enc is not None else None
+    index = enc.index if enc is not None else None
     return [
         _Piece(a, b, block.text[a:b])
-        for a, b in split_prose(block.text, budget, counter, max_chars, tokens=spans)
+        for a, b in split_prose(block.text, budget, counter, max_chars, tokens=index)
     ]
 
 
-def _tokens_between(enc: TokenEncoding, starts: list[int], a: int, b: int) -> int | None:
+def _tokens_between(enc: TokenEncoding, a: int, b: int) -> int | None:
     """Content tokens of ``text[a:b]`` read from the whole text's encoding, or None when a
     cut falls inside a word (a token straddles it, or the tokens on its two sides belong
-    to one word): only a text cut between words tokenizes alone as it does in place.
-    ``starts`` are the spans' starts."""
-    spans, words = enc.spans, enc.words
-    ka, kb = bisect_left(starts, a), bisect_left(starts, b)
+    to one word): only a text cut between words tokenizes alone as it does in place."""
+    index = enc.index
+    ka, kb = index.before(a), index.before(b)
     for cut, k in ((a, ka), (b, kb)):
-        if k > 0 and spans[k - 1][1] > cut:
+        if k > 0 and index.end(k - 1) > cut:
             return None
-        if 0 < k < len(spans) and words[k - 1] == words[k]:
+        if 0 < k < len(index) and index.joined(k):
             return None
     return kb - ka
 
@@ -460,15 +459,12 @@ def _piece_sizes(
     """
     known: dict[int, int] = {}
     if getattr(counter, "joins_add_up", False):
-        starts: dict[int, list[int]] = {}
         for k, (i, p) in enumerate(flat):
             enc = enc_of.get(i)
             block = blocks[i]
             if enc is None or block.type in _LINE_TYPES or p.text != block.text[p.start : p.end]:
                 continue
-            if i not in starts:
-                starts[i] = [a for a, _ in enc.spans]
-            n = _tokens_between(enc, starts[i], p.start, p.end)
+            n = _tokens_between(enc, p.start, p.end)
             if n is not None:
                 known[k] = counter.special_tokens + ctx[i][1] + n
     rest = [k for k in range(len(flat)) if k not in known]

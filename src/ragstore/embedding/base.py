@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from functools import partial
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -90,16 +92,105 @@ class Embedder(ABC):
         return False
 
 
+class TokenIndex:
+    """Where a text's content tokens lie, asked token by token or by position: what the
+    chunker reads to split a block. This one holds the spans and word numbers as lists;
+    :class:`ragstore.embedding.wordpieces.WordIndex` answers from a plain text's words
+    without making the lists."""
+
+    __slots__ = ("_spans", "_starts", "_words")
+
+    def __init__(self, spans: list[tuple[int, int]], words: list[int] | None = None) -> None:
+        self._spans = spans
+        self._words = words
+        self._starts: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def start(self, i: int) -> int:
+        return self._spans[i][0]
+
+    def end(self, i: int) -> int:
+        return self._spans[i][1]
+
+    def before(self, pos: int) -> int:
+        """Tokens that start before ``pos``, found by bisection (starts in order)."""
+        if self._starts is None:
+            self._starts = [a for a, _ in self._spans]
+        return bisect_left(self._starts, pos)
+
+    def advance(self, t: int, pos: int) -> int:
+        """The first token from ``t`` on that starts at or after ``pos``."""
+        spans = self._spans
+        while t < len(spans) and spans[t][0] < pos:
+            t += 1
+        return t
+
+    def joined(self, i: int) -> bool:
+        """Whether token ``i`` continues the word of token ``i - 1``."""
+        assert self._words is not None, "a TokenIndex made without word numbers"
+        return self._words[i - 1] == self._words[i]
+
+
+class WordIndex(TokenIndex):
+    """The :class:`TokenIndex` of a plain text, from its words' starts and pieces (see
+    :meth:`WordPieces.located`): a token is found by bisection over the words' token
+    counts, so a block is split without a tuple made per token. Plain words follow one
+    another and their pieces cover them in order, so token starts strictly increase."""
+
+    __slots__ = ("_cum", "_pieces", "_word_starts")
+
+    def __init__(self, word_starts: list[int], pieces: list[tuple[int, ...]]) -> None:
+        self._word_starts = word_starts
+        self._pieces = pieces
+        self._cum = list(accumulate(map(len, pieces), initial=0))  # tokens before word k
+
+    def __len__(self) -> int:
+        return self._cum[-1]
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        """(word, piece in the word) of token ``i``."""
+        k = bisect_right(self._cum, i) - 1
+        return k, i - self._cum[k]
+
+    def start(self, i: int) -> int:
+        k, j = self._locate(i)
+        return self._word_starts[k] + (self._pieces[k][j - 1] if j else 0)
+
+    def end(self, i: int) -> int:
+        k, j = self._locate(i)
+        return self._word_starts[k] + self._pieces[k][j]
+
+    def before(self, pos: int) -> int:
+        k = bisect_left(self._word_starts, pos)  # words that start before pos
+        if k == 0:
+            return 0
+        ends = self._pieces[k - 1]  # its first piece starts before pos, the others at ends
+        return (
+            self._cum[k - 1]
+            + 1
+            + bisect_left(ends, pos - self._word_starts[k - 1], 0, len(ends) - 1)
+        )
+
+    def advance(self, t: int, pos: int) -> int:
+        return max(t, self.before(pos))
+
+    def joined(self, i: int) -> bool:
+        return self._locate(i)[1] > 0
+
+
 class TokenEncoding:
     """One text as the model's tokenizer reads it: ``count`` tokens with the special ones
     (what :meth:`Embedder.count_tokens` says), and the character span and word number of
     each content token (what :meth:`Embedder.token_spans` says, and which pre-tokenized
     word it belongs to), so that the chunker tokenizes a block once and knows both.
 
-    ``detail`` computes spans and words on first use instead (the chunker reads them only
-    for blocks it splits; see :mod:`ragstore.embedding.wordpieces`)."""
+    ``detail`` computes spans and words on first use instead, and ``index`` the
+    :class:`TokenIndex` the chunker reads (it reads them only for blocks it splits; see
+    :mod:`ragstore.embedding.wordpieces`)."""
 
-    __slots__ = ("_detail", "_spans", "_words", "count")
+    __slots__ = ("_detail", "_index", "_make_index", "_spans", "_words", "count")
 
     def __init__(
         self,
@@ -108,6 +199,7 @@ class TokenEncoding:
         words: list[int] | None = None,
         *,
         detail: Callable[[], tuple[list[tuple[int, int]], list[int]]] | None = None,
+        index: Callable[[], TokenIndex] | None = None,
     ) -> None:
         if (spans is None or words is None) and detail is None:
             raise ValueError("a TokenEncoding needs its spans and words, or a detail to make them")
@@ -115,6 +207,8 @@ class TokenEncoding:
         self._spans = spans
         self._words = words
         self._detail = detail
+        self._make_index = index
+        self._index: TokenIndex | None = None
 
     def _load(self) -> tuple[list[tuple[int, int]], list[int]]:
         if self._spans is None or self._words is None:
@@ -129,6 +223,15 @@ class TokenEncoding:
     @property
     def words(self) -> list[int]:
         return self._load()[1]
+
+    @property
+    def index(self) -> TokenIndex:
+        if self._index is None:
+            if self._make_index is not None:
+                self._index = self._make_index()
+            else:
+                self._index = TokenIndex(*self._load())
+        return self._index
 
 
 def _backend(tokenizer: Any) -> Any:
@@ -185,7 +288,11 @@ def tokenizer_encodings(tokenizer: Any, texts: Sequence[str]) -> list[TokenEncod
     pieces, plain, units, other = _split_plain(backend, texts)
     if pieces is not None:
         for i, n in zip(plain, pieces.counts_of(units), strict=True):
-            out[i] = TokenEncoding(n, detail=partial(pieces.spans, texts[i]))
+            out[i] = TokenEncoding(
+                n,
+                detail=partial(pieces.spans, texts[i]),
+                index=partial(_plain_index, pieces, texts[i]),
+            )
     if other:
         cut = backend.encode_batch([texts[i] for i in other], add_special_tokens=True)
         for i, e in zip(other, cut, strict=True):
@@ -197,6 +304,14 @@ def tokenizer_encodings(tokenizer: Any, texts: Sequence[str]) -> list[TokenEncod
                 [-1 if words[k] is None else words[k] for k in keep],
             )
     return [e for e in out if e is not None]
+
+
+def _plain_index(pieces: WordPieces, text: str) -> TokenIndex:
+    """A :class:`WordIndex` of ``text`` where all its units are words, else the lists."""
+    located = pieces.located(text)
+    if located is None:
+        return TokenIndex(*pieces.spans(text))
+    return WordIndex(*located)
 
 
 def _split_plain(

@@ -45,6 +45,7 @@ Ends = tuple[int, ...]  # where each piece of a word ends (its pieces cover it i
 Pieces = tuple[tuple[int, int, int], ...]  # a segment's tokens: (start, end, word number)
 _GROUP = re.Match.group
 _SPAN = re.Match.span
+_START = re.Match.start
 _OVER_ONE = (1).__lt__
 
 
@@ -120,6 +121,19 @@ class WordPieces:
         if any(us is None for us in units):
             raise ValueError("counts() takes only texts that plain() accepts")
         return self.counts_of(units)  # type: ignore[arg-type]
+
+    def located(self, text: str) -> tuple[list[int], list[Ends]] | None:
+        """Where each word of a plain ``text`` starts, and its pieces' ends; None for a
+        text that is not plain (see :class:`ragstore.embedding.base.WordIndex`)."""
+        if _NOT_PLAIN.search(text) is not None:
+            return None
+        found = list(_WORD.finditer(text))
+        keys = list(map(_GROUP, found))
+        try:
+            pieces = list(map(self._ends.__getitem__, keys))
+        except KeyError:
+            pieces = list(map(self._learn(keys)[0].__getitem__, keys))
+        return list(map(_START, found)), pieces  # type: ignore[return-value]
 
     def spans(self, text: str) -> tuple[list[tuple[int, int]], list[int]]:
         """Each content token's character span in ``text`` and its word's number."""
