@@ -256,8 +256,10 @@ def test_a_kernel_that_does_not_compile_leaves_search_working(
     cisi: tuple[repository.Collection, list[str]],
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, queries = cisi
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # nothing built yet
     native.uninstall(rt.db)
     expected = _rankings(rt, queries[:2])
     with caplog.at_level(logging.WARNING, logger="ragstore.db.native"):
@@ -300,3 +302,30 @@ def test_the_runtime_puts_it_on_the_embedded_server_and_the_setting_drops_it(
     assert (pg_data_dir / "pg" / lib).exists()
     assert opened(True) == lib  # already in place
     assert opened(False) is None
+
+
+def test_a_library_built_once_serves_every_data_directory(
+    rt: Runtime, pg_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compiled once into the machine's build cache, then copied: a second data directory
+    (a test's, a second store's) needs no compiler and no compile time."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    # inside the server's data directory, where the server may read them
+    first, second = pg_data_dir / "pg" / "native_one", pg_data_dir / "pg" / "native_two"
+    native.uninstall(rt.db)
+    _install(rt, first)
+    built = list((tmp_path / "xdg" / "ragstore" / "native").glob("*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+
+    def no_compiler(lib: Path, cc: str) -> None:
+        raise AssertionError(f"compiled {lib} again")
+
+    monkeypatch.setattr(native, "compile_library", no_compiler)
+    native.uninstall(rt.db)
+    _install(rt, second)
+    (lib,) = second.glob("*.so")
+    assert lib.read_bytes() == built[0].read_bytes()
+    assert built[0].stat().st_mtime_ns == stamp
+    with rt.db.connection() as conn:
+        assert native.installed(conn) == f"native_two/{lib.name}"

@@ -4,8 +4,9 @@
 function exists and the SQL ``ragstore_bm25_contenders`` otherwise; both return the same
 arrays, bit for bit. :func:`sync` puts the C function in place when ragstore opens its
 embedded server (after the schema check): it compiles ``ragstore_bm25.c`` with the
-server's own ``pg_config`` headers into ``DATA_DIR/pg/ragstore_native`` (once: the file
-name holds a hash of the source, the flags and the server version), then creates the
+server's own ``pg_config`` headers (once a machine: into the build cache,
+:func:`build_cache`; the file name holds a hash of the source, the flags and the server
+version), copies it into ``DATA_DIR/pg/ragstore_native``, then creates the
 functions in the schema ``ragstore_native``, naming the library relative to the server's
 data directory. With the function already there and its library on disk it is
 one query. Anything that fails (no compiler, a compile error, a server that will not load
@@ -24,6 +25,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -146,7 +148,7 @@ def install(db: Database, cache_dir: Path, *, cc: str = "cc") -> bool:
         if not superuser:
             raise NativeUnavailable("creating a C function needs a superuser role")
         if not lib.exists():
-            _build(lib, cc)
+            _obtain(lib, cc)
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
@@ -183,6 +185,41 @@ def _server_name(conn: psycopg.Connection[tuple[object, ...]], lib: Path) -> str
         return str(lib.resolve().relative_to(Path(str(row[0])).resolve()))
     except ValueError:
         return str(lib)
+
+
+def build_cache() -> Path:
+    """The machine's build cache (``$XDG_CACHE_HOME/ragstore/native``, else
+    ``~/.cache/ragstore/native``): a library compiled once serves every data directory."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "ragstore" / "native"
+
+
+def _obtain(lib: Path, cc: str) -> None:
+    """Put the library at ``lib``: copied from the build cache, compiled there first when
+    it is not; compiled in place when the cache cannot be written (a read-only home)."""
+    shared = build_cache() / lib.name
+    try:
+        if not shared.exists():
+            _build(shared, cc)
+        _copy(shared, lib)
+    except NativeUnavailable:
+        raise  # the compile failed (or failed within the day): the same in place
+    except OSError as exc:
+        log.debug("native BM25 build cache %s not usable (%s); building in place", shared, exc)
+        _build(lib, cc)
+
+
+def _copy(src: Path, lib: Path) -> None:
+    """``src`` to ``lib`` atomically, readable by the server's OS user."""
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    lib.parent.chmod(0o755)  # the server may run as another OS user (embedded.system_user)
+    tmp = lib.with_name(f".{lib.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        tmp.chmod(0o755)
+        tmp.replace(lib)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _build(lib: Path, cc: str) -> None:
