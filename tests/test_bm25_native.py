@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from ragstore.backup import create_backup
@@ -148,6 +149,79 @@ def test_native_contenders_are_the_sql_ones_bit_for_bit(
                 None,
             )
     assert kept > 0
+
+
+def _c_and_sql(conn: Any, args: dict[str, Any]) -> tuple[Any, Any, bool]:
+    """(C arrays, SQL arrays, whether the C function read postings through SPI), on CONN
+    in its transaction; SPI's nested statement shows in auto_explain, a direct read not."""
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
+    conn.execute("LOAD 'auto_explain'")
+    for setting in (
+        "auto_explain.log_min_duration = 0",
+        "auto_explain.log_nested_statements = on",
+        "auto_explain.log_level = notice",
+        "client_min_messages = notice",
+    ):
+        conn.execute(f"SET LOCAL {setting}")
+    c = conn.execute(f"SELECT * FROM ragstore_native.bm25_contenders({_ARGS})", args).fetchone()
+    spi = any("FROM bm25_postings x WHERE x.term_id" in n for n in notices)
+    conn.execute("SET LOCAL auto_explain.log_min_duration = -1")
+    sql = conn.execute(f"SELECT * FROM ragstore_bm25_contenders({_ARGS})", args).fetchone()
+    assert c is not None and sql is not None
+    return (c[0], c[1]), (sql[0], sql[1]), spi
+
+
+def _same(c: Any, sql: Any) -> None:
+    assert c == sql
+    assert [b.hex() for b in c[1] or []] == [b.hex() for b in sql[1] or []]
+
+
+def test_native_contenders_read_the_index_directly_and_see_what_the_sql_sees(
+    rt: Runtime, cisi: tuple[repository.Collection, list[str]], native_cache: Path
+) -> None:
+    """The C function reads postings through the index AM (no executor): values from the
+    index tuple on all-visible pages, the heap asked otherwise; the postings a transaction
+    deleted are gone for it as for the SQL; a serializable transaction reads through SPI."""
+    _install(rt, native_cache)
+    coll, queries = cisi
+    cases = [
+        {**_terms(rt, coll.id, query, quantile), "theta": -1e300, "sids": None}
+        for query in queries[:4]
+        for quantile in (0.0, 0.7)
+    ]
+    with rt.db.connect(autocommit=True) as conn:
+        conn.execute("VACUUM bm25_postings")  # all-visible: index-only reads
+    with rt.db.connection() as conn:
+        for args in cases:
+            c, sql, spi = _c_and_sql(conn, args)
+            _same(c, sql)
+            assert c[0] and not spi
+        best = _c_and_sql(conn, cases[0])[0][0][0]
+        # one document's postings deleted in this transaction: their index entries stay,
+        # their pages are no longer all-visible, the heap says they are gone
+        with conn.transaction(force_rollback=True):
+            gone = conn.execute(
+                "DELETE FROM bm25_postings x USING chunks c WHERE c.id = x.chunk_id"
+                " AND c.document_id = (SELECT document_id FROM chunks WHERE id = %s)"
+                " RETURNING x.chunk_id",
+                (best,),
+            ).fetchall()
+            assert gone
+            for args in cases:
+                c, sql, spi = _c_and_sql(conn, args)
+                _same(c, sql)
+                assert not spi and not {r[0] for r in gone} & set(c[0] or [])
+    serializable = rt.db.connect()
+    try:
+        serializable.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+        for args in cases[:2]:
+            c, sql, spi = _c_and_sql(serializable, args)
+            _same(c, sql)
+            assert c[0] and spi  # the executor takes its predicate locks
+        serializable.rollback()
+    finally:
+        serializable.close()
 
 
 def test_native_scores_are_the_sql_ones_bit_for_bit(

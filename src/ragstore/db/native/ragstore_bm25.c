@@ -3,8 +3,10 @@
  *
  * ragstore_native.bm25_contenders: revision 0023's ragstore_bm25_contenders in C, the same
  * arrays bit for bit. Each term (array order) with a non-NULL cut has its postings with
- * impact >= cut read through a saved plan (SPI: the executor sees to visibility, the index
- * order is the SQL statement's), a posting's share wr * impact - cb added to its chunk's
+ * impact >= cut read from bm25_postings_impact_idx through the index AM, as an index-only
+ * scan reads them (visibility map, else the heap under the statement's snapshot), or
+ * through a saved plan (SPI) in a serializable transaction or where that index is not of
+ * the expected shape, a posting's share wr * impact - cb added to its chunk's
  * sum in a hash table in that order (the order and arithmetic of the SQL aggregate, so the
  * float sums are the same), the chunks whose (sum + rest) * 1.000001 >= theta and are not
  * in sids kept, sorted by bound DESC then chunk_id.
@@ -22,17 +24,31 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/nbtree.h"
+#include "access/relscan.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/visibilitymap.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_am_d.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "nodes/params.h"
 #include "tcop/dest.h"
 #include "tsearch/ts_type.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/float.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/tuplestore.h"
 #include "varatt.h"
 
@@ -106,6 +122,132 @@ receiver_shutdown(DestReceiver *self)
 static void
 receiver_destroy(DestReceiver *self)
 {
+}
+
+/*
+ * Postings read without the executor: bm25_postings_impact_idx (term_id, impact DESC)
+ * INCLUDE (chunk_id, ...) scanned through the index AM with the keys term_id = id and
+ * impact >= cut (int4eq, float48ge: the operators the SQL's index-only scan uses), each
+ * entry's values taken from the index tuple, its visibility as nodeIndexonlyscan.c decides
+ * it: an all-visible heap page (visibility map) counts as visible, otherwise the heap
+ * tuple is fetched under the statement's snapshot and the entry skipped when none is
+ * visible. A chunk holds one posting a term, so the order within a term changes no sum.
+ */
+typedef struct DirectScan
+{
+	Relation	heap;
+	Relation	index;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	Buffer		vmbuffer;
+} DirectScan;
+
+/* the index attribute ATTNO (1-based) is NAME of type TYPID */
+static bool
+index_column_is(Relation index, int attno, const char *name, Oid typid)
+{
+	Form_pg_attribute att;
+
+	if (attno > RelationGetDescr(index)->natts)
+		return false;
+	att = TupleDescAttr(RelationGetDescr(index), attno - 1);
+	return strcmp(NameStr(att->attname), name) == 0 && att->atttypid == typid;
+}
+
+/*
+ * Open the index scan, or return false (nothing held) where the direct read does not
+ * apply: no bm25_postings_impact_idx of the expected shape beside the bm25_postings the
+ * search path names, or a serializable transaction (whose predicate locks the executor
+ * takes); the caller reads through SPI then.
+ */
+static bool
+direct_begin(DirectScan *d)
+{
+	Oid			heap_oid = RelnameGetRelid("bm25_postings");
+	Oid			index_oid;
+	Relation	index;
+
+	if (IsolationIsSerializable() || !OidIsValid(heap_oid))
+		return false;
+	index_oid = get_relname_relid("bm25_postings_impact_idx", get_rel_namespace(heap_oid));
+	if (!OidIsValid(index_oid))
+		return false;
+	d->heap = table_open(heap_oid, AccessShareLock);
+	index = index_open(index_oid, AccessShareLock);
+	if (index->rd_rel->relam != BTREE_AM_OID || index->rd_index->indrelid != heap_oid ||
+		!index->rd_index->indisvalid || index->rd_index->indnkeyatts != 2 ||
+		RelationGetIndexExpressions(index) != NIL || RelationGetIndexPredicate(index) != NIL ||
+		!index_column_is(index, 1, "term_id", INT4OID) ||
+		!index_column_is(index, 2, "impact", FLOAT4OID) ||
+		!index_column_is(index, 3, "chunk_id", INT8OID))
+	{
+		index_close(index, AccessShareLock);
+		table_close(d->heap, AccessShareLock);
+		return false;
+	}
+	d->index = index;
+	d->scan = index_beginscan(d->heap, index, GetActiveSnapshot(), NULL, 2, 0);
+	d->scan->xs_want_itup = true;
+	d->slot = table_slot_create(d->heap, NULL);
+	d->vmbuffer = InvalidBuffer;
+	return true;
+}
+
+/* one term's postings with impact >= cut into the receiver's sums */
+static void
+direct_read(DirectScan *d, Receiver *r, Datum id, Datum cut)
+{
+	ScanKeyData keys[2];
+	ItemPointer tid;
+
+	ScanKeyEntryInitialize(&keys[0], 0, 1, BTEqualStrategyNumber, INT4OID, InvalidOid,
+						   F_INT4EQ, id);
+	ScanKeyEntryInitialize(&keys[1], 0, 2, BTGreaterEqualStrategyNumber, FLOAT8OID,
+						   InvalidOid, F_FLOAT48GE, cut);
+	index_rescan(d->scan, keys, 2, NULL, 0);
+	while ((tid = index_getnext_tid(d->scan, ForwardScanDirection)) != NULL)
+	{
+		IndexTuple	itup;
+		bool		id_null,
+					impact_null;
+		Datum		chunk_id,
+					impact;
+		float8		g;
+		ChunkEntry *e;
+		bool		found;
+
+		CHECK_FOR_INTERRUPTS();
+		if (!VM_ALL_VISIBLE(d->heap, ItemPointerGetBlockNumber(tid), &d->vmbuffer))
+		{
+			if (!index_fetch_heap(d->scan, d->slot))
+				continue;		/* no version visible to the snapshot */
+			ExecClearTuple(d->slot);
+			if (d->scan->xs_heap_continue)
+				elog(ERROR, "ragstore_native.bm25_contenders: non-MVCC snapshot");
+		}
+		if (d->scan->xs_recheck)	/* btree never asks; nothing here could recheck */
+			elog(ERROR, "ragstore_native.bm25_contenders: the index asks for a recheck");
+		itup = d->scan->xs_itup;
+		impact = index_getattr(itup, 2, d->scan->xs_itupdesc, &impact_null);
+		chunk_id = index_getattr(itup, 3, d->scan->xs_itupdesc, &id_null);
+		if (id_null || impact_null)
+			continue;			/* NOT NULL columns */
+		/* as receive_posting: q.wr * x.impact - q.cb, summed per chunk in term order */
+		g = float8_mi(float8_mul(r->wr, (float8) DatumGetFloat4(impact)), r->cb);
+		e = chunkhash_insert(r->chunks, DatumGetInt64(chunk_id), &found);
+		e->sum = found ? float8_pl(e->sum, g) : g;
+	}
+}
+
+static void
+direct_end(DirectScan *d)
+{
+	if (d->vmbuffer != InvalidBuffer)
+		ReleaseBuffer(d->vmbuffer);
+	ExecDropSingleTupleTableSlot(d->slot);
+	index_endscan(d->scan);
+	index_close(d->index, AccessShareLock);
+	table_close(d->heap, AccessShareLock);
 }
 
 typedef struct Kept
@@ -208,6 +350,8 @@ ragstore_bm25_contenders(PG_FUNCTION_ARGS)
 		chunkhash_iterator it;
 		ChunkEntry *e;
 		int			i;
+		DirectScan	scan;
+		bool		direct;
 
 		deconstruct_array_builtin(PG_GETARG_ARRAYTYPE_P(0), INT4OID, &ids, &ids_null, &n_ids);
 		deconstruct_array_builtin(PG_GETARG_ARRAYTYPE_P(1), FLOAT8OID, &ws, &ws_null, &n_ws);
@@ -239,9 +383,10 @@ ragstore_bm25_contenders(PG_FUNCTION_ARGS)
 		receiver->pub.mydest = DestNone;
 		receiver->chunks = chunks;
 
-		if (SPI_connect() != SPI_OK_CONNECT)
+		direct = direct_begin(&scan);
+		if (!direct && SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "ragstore_native.bm25_contenders: SPI_connect failed");
-		if (postings_plan == NULL)
+		if (!direct && postings_plan == NULL)
 		{
 			Oid			types[2] = {INT4OID, FLOAT8OID};
 			SPIPlanPtr	plan = SPI_prepare_cursor(POSTINGS_SQL, 2, types,
@@ -273,6 +418,11 @@ ragstore_bm25_contenders(PG_FUNCTION_ARGS)
 				continue;
 			receiver->wr = float8_mul(DatumGetFloat8(w), ratio);	/* q.w * ratio */
 			receiver->cb = DatumGetFloat8(cb);
+			if (direct)
+			{
+				direct_read(&scan, receiver, id, cut);
+				continue;
+			}
 
 			params = makeParamList(2);
 			params->params[0].value = id;
@@ -294,7 +444,10 @@ ragstore_bm25_contenders(PG_FUNCTION_ARGS)
 				elog(ERROR, "ragstore_native.bm25_contenders: reading postings failed: %s",
 					 SPI_result_code_string(rc));
 		}
-		SPI_finish();
+		if (direct)
+			direct_end(&scan);
+		else
+			SPI_finish();
 
 		/* HAVING (sum + rest) * 1.000001 >= theta, then NOT IN (sids) */
 		kept = MemoryContextAlloc(ctx, sizeof(Kept) * Max(chunks->members, 1));
