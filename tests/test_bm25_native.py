@@ -151,9 +151,9 @@ def test_native_contenders_are_the_sql_ones_bit_for_bit(
     assert kept > 0
 
 
-def _c_and_sql(conn: Any, args: dict[str, Any]) -> tuple[Any, Any, bool]:
-    """(C arrays, SQL arrays, whether the C function read postings through SPI), on CONN
-    in its transaction; SPI's nested statement shows in auto_explain, a direct read not."""
+def _explained(conn: Any) -> list[str]:
+    """auto_explain on CONN for this transaction: the list its notices go to (a C function's
+    SPI statement shows in it; a direct read does not)."""
     notices: list[str] = []
     conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
     conn.execute("LOAD 'auto_explain'")
@@ -164,6 +164,13 @@ def _c_and_sql(conn: Any, args: dict[str, Any]) -> tuple[Any, Any, bool]:
         "client_min_messages = notice",
     ):
         conn.execute(f"SET LOCAL {setting}")
+    return notices
+
+
+def _c_and_sql(conn: Any, args: dict[str, Any]) -> tuple[Any, Any, bool]:
+    """(C arrays, SQL arrays, whether the C function read postings through SPI), on CONN
+    in its transaction."""
+    notices = _explained(conn)
     c = conn.execute(f"SELECT * FROM ragstore_native.bm25_contenders({_ARGS})", args).fetchone()
     spi = any("FROM bm25_postings x WHERE x.term_id" in n for n in notices)
     conn.execute("SET LOCAL auto_explain.log_min_duration = -1")
@@ -264,6 +271,70 @@ def test_native_scores_are_the_sql_ones_bit_for_bit(
                 ], query[:40]
                 scored += len(c)
     assert scored > 0
+
+
+def test_native_scores_read_the_chunks_directly_and_see_what_the_sql_sees(
+    rt: Runtime, cisi: tuple[repository.Collection, list[str]], native_cache: Path
+) -> None:
+    """bm25_score probes chunks_pkey through the index AM (each id once, NULLs and repeats
+    as = ANY takes them) and scores the visible row: chunks deleted in the transaction are
+    gone for it as for the SQL; a serializable transaction reads through SPI."""
+    _install(rt, native_cache)
+    coll, queries = cisi
+    args = _terms(rt, coll.id, queries[1], 0.0)
+    lexs: list[str] = []
+
+    def both(conn: Any, ids: list[int | None]) -> tuple[list[Any], bool]:
+        notices = _explained(conn)
+        rows = []
+        for fn in ("ragstore_native.bm25_score", "ragstore_bm25_score"):
+            rows.append(
+                [
+                    (i, float(str(r)).hex())
+                    for i, r in conn.execute(
+                        f"SELECT chunk_id, raw FROM {fn}(%s::bigint[], %s::text[],"
+                        " %s::float8[], 1.2, 0.75, 97.3) ORDER BY chunk_id",
+                        (ids, lexs, args["ws"]),
+                    )
+                ]
+            )
+            conn.execute("SET LOCAL auto_explain.log_min_duration = -1")
+        assert rows[0] == rows[1]
+        return rows[0], any("FROM chunks c WHERE c.id = ANY" in n for n in notices)
+
+    with rt.db.connection() as conn:
+        lexs += [
+            r[0]
+            for r in conn.execute(
+                'SELECT lexeme FROM bm25_terms WHERE term_id = ANY(%s) ORDER BY lexeme COLLATE "C"',
+                (args["ids"],),
+            )
+        ]
+        ids: list[int | None] = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM chunks WHERE collection_id = %s ORDER BY id DESC", (coll.id,)
+            )
+        ]
+        ids += [ids[0], ids[3], None, 10**15]  # repeats, a NULL, no such chunk
+        rows, spi = both(conn, ids)
+        assert len(rows) > 10 and not spi
+        with conn.transaction(force_rollback=True):
+            gone = conn.execute(
+                "DELETE FROM chunks WHERE document_id = (SELECT document_id FROM chunks"
+                " WHERE id = %s) RETURNING id",
+                (rows[0][0],),
+            ).fetchall()
+            after, spi = both(conn, ids)
+            assert not spi and gone
+            assert after == [r for r in rows if r[0] not in {g[0] for g in gone}]
+    serializable = rt.db.connect()
+    try:
+        serializable.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+        assert both(serializable, ids) == (rows, True)
+        serializable.rollback()
+    finally:
+        serializable.close()
 
 
 def _rankings(rt: Runtime, queries: list[str]) -> list[list[tuple[int, float]]]:

@@ -12,7 +12,8 @@
  * in sids kept, sorted by bound DESC then chunk_id.
  *
  * ragstore_native.bm25_score: revision 0009's ragstore_bm25_score in C, the same scores bit
- * for bit. Each chunk of ids (read through a saved plan, as the SQL reads it by chunks_pkey)
+ * for bit. Each chunk of ids (chunks_pkey probed through the index AM, the row visible to
+ * the statement's snapshot; SPI where that does not apply, as above)
  * has its tsvector searched for the query's lexemes in C collation order (the tsvector's
  * own order), each match with positions adding w * tf * (k1 + 1) / (tf + k1 * (1 - b + b *
  * tsv_length / avgdl)), tf its positions, in that order, with PostgreSQL's float8
@@ -560,24 +561,15 @@ find_lexeme(TSVector tsv, const char *lexeme, int len)
 	return NULL;
 }
 
-static bool
-receive_chunk(TupleTableSlot *slot, DestReceiver *self)
+/* one chunk's score into the result (no row when it holds none of the query's lexemes) */
+static void
+score_chunk(ScoreReceiver *r, Datum id, Datum tsv_datum, Datum len_datum)
 {
-	ScoreReceiver *r = (ScoreReceiver *) self;
-	bool		id_null,
-				tsv_null,
-				len_null;
-	Datum		id = slot_getattr(slot, 1, &id_null);
-	Datum		tsv_datum = slot_getattr(slot, 2, &tsv_null);
-	Datum		len_datum = slot_getattr(slot, 3, &len_null);
-	TSVector	tsv;
+	TSVector	tsv = DatumGetTSVector(tsv_datum);
 	float8		sum = 0;
 	bool		any = false;
 	int			i;
 
-	if (id_null || tsv_null || len_null)
-		return true;			/* no lexemes (a NULL tsvector), or a NULL length: no row */
-	tsv = DatumGetTSVector(tsv_datum);
 	for (i = 0; i < r->n_terms; i++)
 	{
 		WordEntry  *e = find_lexeme(tsv, r->terms[i].lexeme, r->terms[i].len);
@@ -608,7 +600,143 @@ receive_chunk(TupleTableSlot *slot, DestReceiver *self)
 	}
 	if ((Pointer) tsv != DatumGetPointer(tsv_datum))
 		pfree(tsv);
+}
+
+static bool
+receive_chunk(TupleTableSlot *slot, DestReceiver *self)
+{
+	bool		id_null,
+				tsv_null,
+				len_null;
+	Datum		id = slot_getattr(slot, 1, &id_null);
+	Datum		tsv_datum = slot_getattr(slot, 2, &tsv_null);
+	Datum		len_datum = slot_getattr(slot, 3, &len_null);
+
+	/* no lexemes (a NULL tsvector), or a NULL length: no row */
+	if (!id_null && !tsv_null && !len_null)
+		score_chunk((ScoreReceiver *) self, id, tsv_datum, len_datum);
 	return true;
+}
+
+/*
+ * Chunks read without the executor: chunks_pkey (id) scanned through the index AM, one
+ * probe an id (the ids sorted, without duplicates or NULLs, as = ANY's index scan takes
+ * them), the heap tuple visible to the statement's snapshot fetched and its id, tsv and
+ * tsv_length scored; SPI where this does not apply (as for the postings).
+ */
+typedef struct ChunkScan
+{
+	Relation	heap;
+	Relation	index;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	AttrNumber	id_att;
+	AttrNumber	tsv_att;
+	AttrNumber	len_att;
+} ChunkScan;
+
+/* the attribute number of the heap column NAME of type TYPID, or InvalidAttrNumber */
+static AttrNumber
+heap_column(Relation heap, const char *name, Oid typid)
+{
+	TupleDesc	desc = RelationGetDescr(heap);
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return att->atttypid == typid ? att->attnum : InvalidAttrNumber;
+	}
+	return InvalidAttrNumber;
+}
+
+static bool
+chunks_begin(ChunkScan *d)
+{
+	Oid			heap_oid = RelnameGetRelid("chunks");
+	Oid			index_oid;
+	Relation	index;
+
+	if (IsolationIsSerializable() || !OidIsValid(heap_oid))
+		return false;
+	index_oid = get_relname_relid("chunks_pkey", get_rel_namespace(heap_oid));
+	if (!OidIsValid(index_oid))
+		return false;
+	d->heap = table_open(heap_oid, AccessShareLock);
+	d->id_att = heap_column(d->heap, "id", INT8OID);
+	d->tsv_att = heap_column(d->heap, "tsv", TSVECTOROID);
+	d->len_att = heap_column(d->heap, "tsv_length", INT4OID);
+	index = index_open(index_oid, AccessShareLock);
+	if (d->id_att == InvalidAttrNumber || d->tsv_att == InvalidAttrNumber ||
+		d->len_att == InvalidAttrNumber || index->rd_rel->relam != BTREE_AM_OID ||
+		index->rd_index->indrelid != heap_oid || !index->rd_index->indisvalid ||
+		index->rd_index->indnatts != 1 || index->rd_index->indkey.values[0] != d->id_att ||
+		RelationGetIndexExpressions(index) != NIL || RelationGetIndexPredicate(index) != NIL ||
+		!index_column_is(index, 1, "id", INT8OID))
+	{
+		index_close(index, AccessShareLock);
+		table_close(d->heap, AccessShareLock);
+		return false;
+	}
+	d->index = index;
+	d->scan = index_beginscan(d->heap, index, GetActiveSnapshot(), NULL, 1, 0);
+	d->slot = table_slot_create(d->heap, NULL);
+	return true;
+}
+
+/* score the chunks of IDS (an int8[]) through the open scan */
+static void
+chunks_score(ChunkScan *d, ScoreReceiver *r, ArrayType *ids)
+{
+	Datum	   *values;
+	bool	   *nulls;
+	int64	   *sorted;
+	int			n,
+				m = 0,
+				i;
+
+	deconstruct_array(ids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &values,
+					  &nulls, &n);
+	sorted = palloc(sizeof(int64) * Max(n, 1));
+	for (i = 0; i < n; i++)
+		if (!nulls[i])			/* id = NULL matches nothing */
+			sorted[m++] = DatumGetInt64(values[i]);
+	qsort(sorted, m, sizeof(int64), int64_cmp);
+	for (i = 0; i < m; i++)
+	{
+		ScanKeyData key;
+
+		if (i > 0 && sorted[i] == sorted[i - 1])
+			continue;			/* one row a chunk, however often ids names it */
+		CHECK_FOR_INTERRUPTS();
+		ScanKeyEntryInitialize(&key, 0, 1, BTEqualStrategyNumber, INT8OID, InvalidOid,
+							   F_INT8EQ, Int64GetDatum(sorted[i]));
+		index_rescan(d->scan, &key, 1, NULL, 0);
+		while (index_getnext_slot(d->scan, ForwardScanDirection, d->slot))
+		{
+			bool		id_null,
+						tsv_null,
+						len_null;
+			Datum		id = slot_getattr(d->slot, d->id_att, &id_null);
+			Datum		tsv_datum = slot_getattr(d->slot, d->tsv_att, &tsv_null);
+			Datum		len_datum = slot_getattr(d->slot, d->len_att, &len_null);
+
+			if (!id_null && !tsv_null && !len_null)
+				score_chunk(r, id, tsv_datum, len_datum);
+		}
+	}
+	pfree(sorted);
+}
+
+static void
+chunks_end(ChunkScan *d)
+{
+	ExecDropSingleTupleTableSlot(d->slot);
+	index_endscan(d->scan);
+	index_close(d->index, AccessShareLock);
+	table_close(d->heap, AccessShareLock);
 }
 
 PG_FUNCTION_INFO_V1(ragstore_bm25_score);
@@ -633,6 +761,7 @@ ragstore_bm25_score(PG_FUNCTION_ARGS)
 	ParamListInfo params;
 	SPIExecuteOptions options;
 	int			rc;
+	ChunkScan	scan;
 
 	InitMaterializedSRF(fcinfo, 0);
 	deconstruct_array_builtin(PG_GETARG_ARRAYTYPE_P(1), TEXTOID, &lex_values, &lex_nulls,
@@ -675,6 +804,12 @@ ragstore_bm25_score(PG_FUNCTION_ARGS)
 	if (n == 0)
 		return (Datum) 0;
 
+	if (chunks_begin(&scan))
+	{
+		chunks_score(&scan, receiver, PG_GETARG_ARRAYTYPE_P(0));
+		chunks_end(&scan);
+		return (Datum) 0;
+	}
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "ragstore_native.bm25_score: SPI_connect failed");
 	if (chunks_plan == NULL)
