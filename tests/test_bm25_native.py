@@ -219,6 +219,13 @@ def test_native_contenders_read_the_index_directly_and_see_what_the_sql_sees(
                 c, sql, spi = _c_and_sql(conn, args)
                 _same(c, sql)
                 assert not spi and not {r[0] for r in gone} & set(c[0] or [])
+        # an index of another shape (no chunk_id in it): the postings through SPI
+        with conn.transaction(force_rollback=True):
+            conn.execute("DROP INDEX bm25_postings_impact_idx")
+            conn.execute("CREATE INDEX bm25_postings_impact_idx ON bm25_postings (term_id, impact)")
+            c, sql, spi = _c_and_sql(conn, cases[0])
+            _same(c, sql)
+            assert c[0] and spi
     serializable = rt.db.connect()
     try:
         serializable.isolation_level = psycopg.IsolationLevel.SERIALIZABLE

@@ -27,6 +27,7 @@
 
 #include "access/genam.h"
 #include "access/nbtree.h"
+#include "access/relation.h"
 #include "access/relscan.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -34,6 +35,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_am_d.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
@@ -168,22 +170,24 @@ direct_begin(DirectScan *d)
 	Oid			index_oid;
 	Relation	index;
 
-	if (IsolationIsSerializable() || !OidIsValid(heap_oid))
+	if (IsolationIsSerializable() || !ActiveSnapshotSet() || !OidIsValid(heap_oid))
 		return false;
 	index_oid = get_relname_relid("bm25_postings_impact_idx", get_rel_namespace(heap_oid));
 	if (!OidIsValid(index_oid))
 		return false;
-	d->heap = table_open(heap_oid, AccessShareLock);
-	index = index_open(index_oid, AccessShareLock);
-	if (index->rd_rel->relam != BTREE_AM_OID || index->rd_index->indrelid != heap_oid ||
+	d->heap = relation_open(heap_oid, AccessShareLock);
+	index = relation_open(index_oid, AccessShareLock);	/* index_open if it is one */
+	if (d->heap->rd_rel->relkind != RELKIND_RELATION ||
+		index->rd_rel->relkind != RELKIND_INDEX || index->rd_rel->relam != BTREE_AM_OID ||
+		index->rd_index->indrelid != heap_oid ||
 		!index->rd_index->indisvalid || index->rd_index->indnkeyatts != 2 ||
 		RelationGetIndexExpressions(index) != NIL || RelationGetIndexPredicate(index) != NIL ||
 		!index_column_is(index, 1, "term_id", INT4OID) ||
 		!index_column_is(index, 2, "impact", FLOAT4OID) ||
 		!index_column_is(index, 3, "chunk_id", INT8OID))
 	{
-		index_close(index, AccessShareLock);
-		table_close(d->heap, AccessShareLock);
+		relation_close(index, AccessShareLock);
+		relation_close(d->heap, AccessShareLock);
 		return false;
 	}
 	d->index = index;
@@ -659,25 +663,26 @@ chunks_begin(ChunkScan *d)
 	Oid			index_oid;
 	Relation	index;
 
-	if (IsolationIsSerializable() || !OidIsValid(heap_oid))
+	if (IsolationIsSerializable() || !ActiveSnapshotSet() || !OidIsValid(heap_oid))
 		return false;
 	index_oid = get_relname_relid("chunks_pkey", get_rel_namespace(heap_oid));
 	if (!OidIsValid(index_oid))
 		return false;
-	d->heap = table_open(heap_oid, AccessShareLock);
+	d->heap = relation_open(heap_oid, AccessShareLock);
 	d->id_att = heap_column(d->heap, "id", INT8OID);
 	d->tsv_att = heap_column(d->heap, "tsv", TSVECTOROID);
 	d->len_att = heap_column(d->heap, "tsv_length", INT4OID);
-	index = index_open(index_oid, AccessShareLock);
+	index = relation_open(index_oid, AccessShareLock);	/* index_open if it is one */
 	if (d->id_att == InvalidAttrNumber || d->tsv_att == InvalidAttrNumber ||
-		d->len_att == InvalidAttrNumber || index->rd_rel->relam != BTREE_AM_OID ||
+		d->len_att == InvalidAttrNumber || d->heap->rd_rel->relkind != RELKIND_RELATION ||
+		index->rd_rel->relkind != RELKIND_INDEX || index->rd_rel->relam != BTREE_AM_OID ||
 		index->rd_index->indrelid != heap_oid || !index->rd_index->indisvalid ||
 		index->rd_index->indnatts != 1 || index->rd_index->indkey.values[0] != d->id_att ||
 		RelationGetIndexExpressions(index) != NIL || RelationGetIndexPredicate(index) != NIL ||
 		!index_column_is(index, 1, "id", INT8OID))
 	{
-		index_close(index, AccessShareLock);
-		table_close(d->heap, AccessShareLock);
+		relation_close(index, AccessShareLock);
+		relation_close(d->heap, AccessShareLock);
 		return false;
 	}
 	d->index = index;
