@@ -251,8 +251,8 @@ direct_end(DirectScan *d)
 		ReleaseBuffer(d->vmbuffer);
 	ExecDropSingleTupleTableSlot(d->slot);
 	index_endscan(d->scan);
-	index_close(d->index, AccessShareLock);
-	table_close(d->heap, AccessShareLock);
+	index_close(d->index, NoLock);	/* locks held to the end of the transaction, as the executor holds them */
+	table_close(d->heap, NoLock);
 }
 
 typedef struct Kept
@@ -740,8 +740,8 @@ chunks_end(ChunkScan *d)
 {
 	ExecDropSingleTupleTableSlot(d->slot);
 	index_endscan(d->scan);
-	index_close(d->index, AccessShareLock);
-	table_close(d->heap, AccessShareLock);
+	index_close(d->index, NoLock);	/* locks held to the end of the transaction, as the executor holds them */
+	table_close(d->heap, NoLock);
 }
 
 PG_FUNCTION_INFO_V1(ragstore_bm25_score);
