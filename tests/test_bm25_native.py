@@ -151,6 +151,109 @@ def test_native_contenders_are_the_sql_ones_bit_for_bit(
     assert kept > 0
 
 
+_LISTS_ARGS = (
+    "%(ids)s::int[], %(ws)s::float8[], %(n)s::int, %(k1)s::float8, %(b)s::float8, %(avgdl)s::float8"
+)
+
+
+def _query_terms(rt: Runtime, cid: int, query: str) -> dict[str, Any]:
+    """ids and ws as ragstore_bm25_topk looks them up (NULL arrays when no term is known)."""
+    with rt.db.connection() as conn:
+        row = conn.execute(
+            'SELECT array_agg(tt.term_id ORDER BY tt.lexeme COLLATE "C"),'
+            " array_agg((q.qtf * ln(1.0 + (s.chunks - tt.df + 0.5) / (tt.df + 0.5)))::float8"
+            '           ORDER BY tt.lexeme COLLATE "C")'
+            " FROM (SELECT u.lexeme, greatest(cardinality(u.positions), 1) AS qtf"
+            "       FROM unnest(to_tsvector('english', %s)) u) q"
+            " JOIN bm25_terms tt ON tt.collection_id = %s AND tt.lexeme = q.lexeme"
+            " JOIN bm25_collection_stats s ON s.collection_id = tt.collection_id",
+            (query, cid),
+        ).fetchone()
+    assert row is not None
+    return {"ids": row[0], "ws": row[1]}
+
+
+def _lists_c_and_sql(conn: Any, args: dict[str, Any]) -> tuple[Any, Any, bool]:
+    """(C (cand, all_read), SQL (cand, all_read), whether C read through SPI) on CONN."""
+    notices = _explained(conn)
+    c = conn.execute(f"SELECT * FROM ragstore_native.bm25_lists({_LISTS_ARGS})", args).fetchone()
+    spi = any("FROM bm25_postings x WHERE x.term_id" in n for n in notices)
+    conn.execute("SET LOCAL auto_explain.log_min_duration = -1")
+    sql = conn.execute(f"SELECT * FROM ragstore_bm25_lists({_LISTS_ARGS})", args).fetchone()
+    assert c is not None and sql is not None
+    return tuple(c), tuple(sql), spi
+
+
+def test_native_lists_are_the_sql_ones_bit_for_bit(
+    rt: Runtime, cisi: tuple[repository.Collection, list[str]], native_cache: Path
+) -> None:
+    """Phase 1's lists (revision 0024): the same chunks in the same order and the same flag
+    from C as from SQL, for CISI queries, a term the collection lacks, a stop-word-only
+    query, terms out of the usual shape (an unknown id, a repeat, NULLs), and each n."""
+    _install(rt, native_cache)
+    coll, queries = cisi
+    with rt.db.connect(autocommit=True) as conn:
+        conn.execute("VACUUM bm25_postings")  # all-visible: index-only reads
+    base = [_query_terms(rt, coll.id, q) for q in queries[:8]]
+    absent = _query_terms(rt, coll.id, f"{queries[0]} zzqxvunseen")
+    stop = _query_terms(rt, coll.id, "the of and to in a")
+    assert stop == {"ids": None, "ws": None}
+    assert absent == base[0]  # the unknown lexeme has no term: left out as topk leaves it
+    ids0, ws0 = base[0]["ids"], base[0]["ws"]
+    odd = [
+        stop,
+        {"ids": [], "ws": []},
+        {"ids": [*ids0, 2_000_000_000], "ws": [*ws0, 1.5]},  # a term with no postings
+        {"ids": [ids0[0], *ids0], "ws": [0.5, *ws0]},  # a term twice
+        {"ids": [ids0[0], None], "ws": [None, 1.0]},  # NULLs as unnest pads them
+        {"ids": ids0, "ws": ws0[:-1]},
+    ]
+    seen = 0
+    with rt.db.connection() as conn:
+        for terms in [*base, *odd]:
+            for n in (32, 3, 1, 0, 100000, None):
+                for k1, b, avgdl in ((1.2, 0.75, 97.3), (0.9, 0.4, 12.0), (None, 0.75, 1.0)):
+                    args = {**terms, "n": n, "k1": k1, "b": b, "avgdl": avgdl}
+                    c, sql, spi = _lists_c_and_sql(conn, args)
+                    assert c == sql, (terms, n, k1)
+                    assert not spi
+                    seen += len(c[0] or [])
+        # all read (n above every list), and not (n = 1)
+        full = _lists_c_and_sql(conn, {**base[0], "n": 100000, "k1": 1.2, "b": 0.75, "avgdl": 9.0})
+        assert full[0][1] is True and full[0][0]
+        one = _lists_c_and_sql(conn, {**base[0], "n": 1, "k1": 1.2, "b": 0.75, "avgdl": 9.0})
+        assert one[0][1] is False
+        # a document's postings deleted in this transaction: gone for C as for SQL
+        with conn.transaction(force_rollback=True):
+            best = full[0][0][0]
+            gone = conn.execute(
+                "DELETE FROM bm25_postings x USING chunks c WHERE c.id = x.chunk_id"
+                " AND c.document_id = (SELECT document_id FROM chunks WHERE id = %s)"
+                " RETURNING x.chunk_id",
+                (best,),
+            ).fetchall()
+            for n in (32, 3):
+                args = {**base[0], "n": n, "k1": 1.2, "b": 0.75, "avgdl": 9.0}
+                c, sql, spi = _lists_c_and_sql(conn, args)
+                assert c == sql and not spi and not {r[0] for r in gone} & set(c[0] or [])
+        with pytest.raises(psycopg.errors.InvalidRowCountInLimitClause):
+            conn.execute(
+                f"SELECT * FROM ragstore_native.bm25_lists({_LISTS_ARGS})",
+                {**base[0], "n": -1, "k1": 1.2, "b": 0.75, "avgdl": 9.0},
+            )
+    assert seen > 0
+    serializable = rt.db.connect()
+    try:
+        serializable.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+        for terms in base[:2]:
+            args = {**terms, "n": 32, "k1": 1.2, "b": 0.75, "avgdl": 97.3}
+            c, sql, spi = _lists_c_and_sql(serializable, args)
+            assert c == sql and c[0] and spi  # the executor takes its predicate locks
+        serializable.rollback()
+    finally:
+        serializable.close()
+
+
 def _explained(conn: Any) -> list[str]:
     """auto_explain on CONN for this transaction: the list its notices go to (a C function's
     SPI statement shows in it; a direct read does not)."""
@@ -376,6 +479,7 @@ def test_searches_rank_the_same_with_and_without_the_native_kernel(
     _install(rt, native_cache)
     calls = _native_calls(rt, coll.id, queries[0])  # the search took the native path
     assert calls["bm25_contenders"] >= 1 and calls["bm25_score"] >= 1, calls
+    assert calls["bm25_lists"] >= 1, calls
     with_native = _rankings(rt, queries)
     assert native.sync(rt.db, native_cache, enabled=False) is False
     with rt.db.connection() as conn:

@@ -1,8 +1,9 @@
 """The native BM25 kernel: C functions compiled for, and created on, the embedded server.
 
-``ragstore_bm25_topk`` calls ``ragstore_native.bm25_contenders`` (revision 0023) where that
-function exists and the SQL ``ragstore_bm25_contenders`` otherwise; both return the same
-arrays, bit for bit. :func:`sync` puts the C function in place when ragstore opens its
+``ragstore_bm25_topk`` calls ``ragstore_native.bm25_contenders`` (revision 0023) and
+``ragstore_native.bm25_lists`` (revision 0024) where those functions exist and the SQL
+``ragstore_bm25_contenders`` / ``ragstore_bm25_lists`` otherwise; each pair returns the
+same arrays, bit for bit. :func:`sync` puts the C function in place when ragstore opens its
 embedded server (after the schema check): it compiles ``ragstore_bm25.c`` with the
 server's own ``pg_config`` headers (once a machine: into the build cache,
 :func:`build_cache`; the file name holds a hash of the source, the flags and the server
@@ -45,7 +46,8 @@ SOURCE = Path(__file__).with_name("ragstore_bm25.c")
 CFLAGS = ("-O2", "-fPIC", "-ffp-contract=off")
 COMPILE_TIMEOUT_S = 120
 # (name, arguments, result, C symbol, options): revision 0023's ragstore_bm25_contenders
-# (NULLs as the SQL takes them) and revision 0009's ragstore_bm25_score (STRICT:
+# and revision 0024's ragstore_bm25_lists (NULLs as the SQL takes them) and revision
+# 0009's ragstore_bm25_score (STRICT:
 # ragstore_bm25_topk never passes it a NULL)
 FUNCTIONS = (
     (
@@ -54,6 +56,14 @@ FUNCTIONS = (
         "theta float8, sids bigint[], OUT contenders bigint[], OUT bounds float8[]",
         "record",
         "ragstore_bm25_contenders",
+        "",
+    ),
+    (
+        "bm25_lists",
+        "ids integer[], ws float8[], n integer, k1 float8, b float8, avgdl float8, "
+        "OUT cand bigint[], OUT all_read boolean",
+        "record",
+        "ragstore_bm25_lists",
         "",
     ),
     (

@@ -61,6 +61,7 @@ typedef struct ChunkEntry
 {
 	int64		chunk_id;
 	float8		sum;
+	bool		any;			/* bm25_lists: a non-NULL share summed */
 	char		status;
 } ChunkEntry;
 
@@ -164,7 +165,7 @@ index_column_is(Relation index, int attno, const char *name, Oid typid)
  * takes); the caller reads through SPI then.
  */
 static bool
-direct_begin(DirectScan *d)
+direct_begin(DirectScan *d, int nkeys, bool lists)
 {
 	Oid			heap_oid = RelnameGetRelid("bm25_postings");
 	Oid			index_oid;
@@ -184,14 +185,16 @@ direct_begin(DirectScan *d)
 		RelationGetIndexExpressions(index) != NIL || RelationGetIndexPredicate(index) != NIL ||
 		!index_column_is(index, 1, "term_id", INT4OID) ||
 		!index_column_is(index, 2, "impact", FLOAT4OID) ||
-		!index_column_is(index, 3, "chunk_id", INT8OID))
+		!index_column_is(index, 3, "chunk_id", INT8OID) ||
+		(lists && (!index_column_is(index, 4, "tf", INT2OID) ||
+				   !index_column_is(index, 5, "len", INT4OID))))
 	{
 		relation_close(index, AccessShareLock);
 		relation_close(d->heap, AccessShareLock);
 		return false;
 	}
 	d->index = index;
-	d->scan = index_beginscan(d->heap, index, GetActiveSnapshot(), NULL, 2, 0);
+	d->scan = index_beginscan(d->heap, index, GetActiveSnapshot(), NULL, nkeys, 0);
 	d->scan->xs_want_itup = true;
 	d->slot = table_slot_create(d->heap, NULL);
 	d->vmbuffer = InvalidBuffer;
@@ -388,7 +391,7 @@ ragstore_bm25_contenders(PG_FUNCTION_ARGS)
 		receiver->pub.mydest = DestNone;
 		receiver->chunks = chunks;
 
-		direct = direct_begin(&scan);
+		direct = direct_begin(&scan, 2, false);
 		if (!direct && SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "ragstore_native.bm25_contenders: SPI_connect failed");
 		if (!direct && postings_plan == NULL)
@@ -489,6 +492,357 @@ ragstore_bm25_contenders(PG_FUNCTION_ARGS)
 			result[1] = PointerGetDatum(construct_array_builtin(out_bounds, n_kept, FLOAT8OID));
 			result_null[0] = result_null[1] = false;
 		}
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, result, result_null)));
+}
+
+/* ---- bm25_lists ---- */
+
+/* one term's best postings by impact, as phase 1 reads them */
+static const char *const LISTS_SQL =
+"SELECT x.chunk_id, x.tf, x.len FROM bm25_postings x WHERE x.term_id = $1 "
+"ORDER BY x.impact DESC LIMIT $2";
+
+static SPIPlanPtr lists_plan = NULL;
+
+/* phase 1's sums: each posting's exact share added to its chunk, terms in array order */
+typedef struct ListsReceiver
+{
+	DestReceiver pub;
+	chunkhash_hash *chunks;
+	bool		share_null;		/* w, k1, b or avgdl NULL: every share NULL */
+	float8		w;
+	float8		k1;
+	float8		k1_plus_1;		/* k1 + 1.0 */
+	float8		one_minus_b;	/* 1.0 - b */
+	float8		b;
+	float8		avgdl;
+	int64		taken;			/* rows of this term */
+} ListsReceiver;
+
+static void
+lists_add(ListsReceiver *r, Datum chunk_id, Datum tf_datum, Datum len_datum)
+{
+	ChunkEntry *e;
+	bool		found;
+
+	r->taken++;
+	e = chunkhash_insert(r->chunks, DatumGetInt64(chunk_id), &found);
+	if (!found)
+	{
+		e->any = false;
+		e->sum = 0;
+	}
+	if (!r->share_null)
+	{
+		float8		tf = (float8) DatumGetInt16(tf_datum);
+		float8		len = (float8) DatumGetInt32(len_datum);
+
+		/* l.w * l.tf * (k1 + 1.0) / (l.tf + k1 * (1.0 - b + b * l.len / avgdl)) */
+		float8		g = float8_div(float8_mul(float8_mul(r->w, tf), r->k1_plus_1),
+								   float8_pl(tf, float8_mul(r->k1,
+															float8_pl(r->one_minus_b,
+																	  float8_div(float8_mul(r->b, len),
+																				 r->avgdl)))));
+
+		/* sum(float8): the first non-NULL value, then float8pl in input order */
+		e->sum = e->any ? float8_pl(e->sum, g) : g;
+		e->any = true;
+	}
+}
+
+static bool
+receive_list_row(TupleTableSlot *slot, DestReceiver *self)
+{
+	bool		id_null,
+				tf_null,
+				len_null;
+	Datum		id = slot_getattr(slot, 1, &id_null);
+	Datum		tf = slot_getattr(slot, 2, &tf_null);
+	Datum		len = slot_getattr(slot, 3, &len_null);
+
+	if (!id_null && !tf_null && !len_null)	/* NOT NULL columns */
+		lists_add((ListsReceiver *) self, id, tf, len);
+	return true;
+}
+
+/* one term's first LIMIT visible postings (impact DESC, the index's order), or all (-1) */
+static void
+direct_list(DirectScan *d, ListsReceiver *r, Datum id, int64 limit)
+{
+	ScanKeyData key;
+	ItemPointer tid;
+
+	ScanKeyEntryInitialize(&key, 0, 1, BTEqualStrategyNumber, INT4OID, InvalidOid,
+						   F_INT4EQ, id);
+	index_rescan(d->scan, &key, 1, NULL, 0);
+	while ((limit < 0 || r->taken < limit) &&
+		   (tid = index_getnext_tid(d->scan, ForwardScanDirection)) != NULL)
+	{
+		IndexTuple	itup;
+		bool		id_null,
+					tf_null,
+					len_null;
+		Datum		chunk_id,
+					tf,
+					len;
+
+		CHECK_FOR_INTERRUPTS();
+		if (!VM_ALL_VISIBLE(d->heap, ItemPointerGetBlockNumber(tid), &d->vmbuffer))
+		{
+			if (!index_fetch_heap(d->scan, d->slot))
+				continue;		/* no version visible to the snapshot */
+			ExecClearTuple(d->slot);
+			if (d->scan->xs_heap_continue)
+				elog(ERROR, "ragstore_native.bm25_lists: non-MVCC snapshot");
+		}
+		if (d->scan->xs_recheck)
+			elog(ERROR, "ragstore_native.bm25_lists: the index asks for a recheck");
+		itup = d->scan->xs_itup;
+		chunk_id = index_getattr(itup, 3, d->scan->xs_itupdesc, &id_null);
+		tf = index_getattr(itup, 4, d->scan->xs_itupdesc, &tf_null);
+		len = index_getattr(itup, 5, d->scan->xs_itupdesc, &len_null);
+		if (id_null || tf_null || len_null)
+			continue;			/* NOT NULL columns */
+		lists_add(r, chunk_id, tf, len);
+	}
+}
+
+typedef struct Known
+{
+	float8		known;
+	bool		null;
+	int64		chunk_id;
+} Known;
+
+/* ORDER BY known DESC (NULLS FIRST), chunk_id */
+static int
+known_cmp(const void *a, const void *b)
+{
+	const Known *x = (const Known *) a;
+	const Known *y = (const Known *) b;
+	int			c;
+
+	if (x->null != y->null)
+		return x->null ? -1 : 1;
+	c = x->null ? 0 : float8_order(y->known, x->known);
+	if (c != 0)
+		return c;
+	return (x->chunk_id > y->chunk_id) - (x->chunk_id < y->chunk_id);
+}
+
+PG_FUNCTION_INFO_V1(ragstore_bm25_lists);
+
+/*
+ * bm25_lists(ids int4[], ws float8[], n int4, k1 float8, b float8, avgdl float8,
+ *            OUT cand int8[], OUT all_read bool)
+ *
+ * Revision 0024's ragstore_bm25_lists: each term's (array order) n best postings by
+ * impact, each posting's exact share w * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len /
+ * avgdl)) summed per chunk in that order; cand the chunks by sum DESC then chunk_id (NULL
+ * when none), all_read whether every term (grouped by id) has fewer than n rows.
+ */
+Datum
+ragstore_bm25_lists(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		result[2] = {0, 0};
+	bool		result_null[2] = {true, true};
+	MemoryContext ctx = CurrentMemoryContext;
+	Datum	   *ids = NULL,
+			   *ws = NULL;
+	bool	   *ids_null = NULL,
+			   *ws_null = NULL;
+	int			n_ids = 0,
+				n_ws = 0,
+				n_terms,
+				i,
+				j;
+	bool		limit_null = PG_ARGISNULL(2);
+	int64		limit = limit_null ? -1 : (int64) PG_GETARG_INT32(2);
+	int64	   *taken;
+	ListsReceiver *receiver;
+	chunkhash_hash *chunks;
+	DirectScan	scan;
+	bool		direct = false;
+	bool		spi = false;
+	bool		have_done = false;
+	bool		all_done = true;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "ragstore_native.bm25_lists must return a record");
+	tupdesc = BlessTupleDesc(tupdesc);
+
+	/* unnest(NULL, ...) pads with NULLs as for an empty array */
+	if (!PG_ARGISNULL(0))
+		deconstruct_array_builtin(PG_GETARG_ARRAYTYPE_P(0), INT4OID, &ids, &ids_null, &n_ids);
+	if (!PG_ARGISNULL(1))
+		deconstruct_array_builtin(PG_GETARG_ARRAYTYPE_P(1), FLOAT8OID, &ws, &ws_null, &n_ws);
+	n_terms = Max(n_ids, n_ws);
+	taken = palloc0(sizeof(int64) * Max(n_terms, 1));
+
+	chunks = chunkhash_create(ctx, 1024, NULL);
+	receiver = palloc0(sizeof(ListsReceiver));
+	receiver->pub.receiveSlot = receive_list_row;
+	receiver->pub.rStartup = receiver_startup;
+	receiver->pub.rShutdown = receiver_shutdown;
+	receiver->pub.rDestroy = receiver_destroy;
+	receiver->pub.mydest = DestNone;
+	receiver->chunks = chunks;
+	if (PG_ARGISNULL(3) || PG_ARGISNULL(4) || PG_ARGISNULL(5))
+		receiver->share_null = true;
+	else
+	{
+		receiver->k1 = PG_GETARG_FLOAT8(3);
+		receiver->b = PG_GETARG_FLOAT8(4);
+		receiver->avgdl = PG_GETARG_FLOAT8(5);
+		receiver->k1_plus_1 = float8_pl(receiver->k1, 1.0);
+		receiver->one_minus_b = float8_mi(1.0, receiver->b);
+	}
+
+	for (i = 0; i < n_terms; i++)
+	{
+		Datum		id,
+					w;
+		bool		w_null;
+
+		if (!limit_null && limit < 0)	/* the Limit node of each term's read */
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_ROW_COUNT_IN_LIMIT_CLAUSE),
+					 errmsg("LIMIT must not be negative")));
+		if (!element(ids, ids_null, n_ids, i, &id))
+			continue;			/* x.term_id = NULL: no posting */
+		if (limit == 0)
+			continue;			/* LIMIT 0 */
+		w_null = !element(ws, ws_null, n_ws, i, &w);
+		receiver->share_null = w_null || PG_ARGISNULL(3) || PG_ARGISNULL(4) ||
+			PG_ARGISNULL(5);
+		receiver->w = w_null ? 0 : DatumGetFloat8(w);
+		receiver->taken = 0;
+		if (!direct && !spi)
+		{
+			direct = direct_begin(&scan, 1, true);
+			if (!direct)
+			{
+				if (SPI_connect() != SPI_OK_CONNECT)
+					elog(ERROR, "ragstore_native.bm25_lists: SPI_connect failed");
+				spi = true;
+				if (lists_plan == NULL)
+				{
+					Oid			types[2] = {INT4OID, INT8OID};
+					SPIPlanPtr	plan = SPI_prepare_cursor(LISTS_SQL, 2, types,
+														  CURSOR_OPT_GENERIC_PLAN);
+
+					if (plan == NULL)
+						elog(ERROR, "ragstore_native.bm25_lists: SPI_prepare failed: %s",
+							 SPI_result_code_string(SPI_result));
+					if (SPI_keepplan(plan) != 0)
+						elog(ERROR, "ragstore_native.bm25_lists: SPI_keepplan failed");
+					lists_plan = plan;
+				}
+			}
+		}
+		if (direct)
+			direct_list(&scan, receiver, id, limit);
+		else
+		{
+			ParamListInfo params = makeParamList(2);
+			SPIExecuteOptions options;
+			int			rc;
+
+			params->params[0].value = id;
+			params->params[0].isnull = false;
+			params->params[0].pflags = PARAM_FLAG_CONST;
+			params->params[0].ptype = INT4OID;
+			params->params[1].value = Int64GetDatum(limit);
+			params->params[1].isnull = limit_null;
+			params->params[1].pflags = PARAM_FLAG_CONST;
+			params->params[1].ptype = INT8OID;
+			memset(&options, 0, sizeof(options));
+			options.params = params;
+			options.read_only = true;
+			options.dest = (DestReceiver *) receiver;
+			rc = SPI_execute_plan_extended(lists_plan, &options);
+			if (rc != SPI_OK_SELECT && rc != SPI_OK_UTILITY)
+				elog(ERROR, "ragstore_native.bm25_lists: reading postings failed: %s",
+					 SPI_result_code_string(rc));
+		}
+		taken[i] = receiver->taken;
+	}
+	if (direct)
+		direct_end(&scan);
+	if (spi)
+		SPI_finish();
+
+	/*
+	 * cnt: q LEFT JOIN lists ON l.term_id = q.term_id GROUP BY q.term_id, count(chunk_id) <
+	 * n, and bool_and over the groups. A term named d times has d rows in q, each joined
+	 * to the d reads of its postings: d * (their sum) rows. The NULL ids are one group that
+	 * joins nothing (count 0).
+	 */
+	for (i = 0; i < n_terms; i++)
+	{
+		int64		count = 0;
+		int			d = 0;
+		bool		first = true;
+		Datum		id;
+
+		if (!element(ids, ids_null, n_ids, i, &id))
+		{
+			for (j = 0; j < i; j++)
+				if (!element(ids, ids_null, n_ids, j, &id))
+					first = false;
+		}
+		else
+		{
+			for (j = 0; j < n_terms; j++)
+			{
+				Datum		other;
+
+				if (!element(ids, ids_null, n_ids, j, &other) ||
+					DatumGetInt32(other) != DatumGetInt32(id))
+					continue;
+				if (j < i)
+					first = false;
+				d++;
+				count += taken[j];
+			}
+			count *= d;
+		}
+		if (!first || limit_null)
+			continue;			/* a group counted once; count < NULL is NULL */
+		have_done = true;
+		if (!(count < limit))
+			all_done = false;
+	}
+	if (have_done)
+	{
+		result[1] = BoolGetDatum(all_done);
+		result_null[1] = false;
+	}
+
+	if (chunks->members > 0)
+	{
+		Known	   *known = MemoryContextAlloc(ctx, sizeof(Known) * chunks->members);
+		Datum	   *out = palloc(sizeof(Datum) * chunks->members);
+		int			n_known = 0;
+		chunkhash_iterator it;
+		ChunkEntry *e;
+
+		chunkhash_start_iterate(chunks, &it);
+		while ((e = chunkhash_iterate(chunks, &it)) != NULL)
+		{
+			known[n_known].known = e->sum;
+			known[n_known].null = !e->any;
+			known[n_known].chunk_id = e->chunk_id;
+			n_known++;
+		}
+		qsort(known, n_known, sizeof(Known), known_cmp);
+		for (i = 0; i < n_known; i++)
+			out[i] = Int64GetDatum(known[i].chunk_id);
+		result[0] = PointerGetDatum(construct_array(out, n_known, INT8OID, sizeof(int64),
+													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		result_null[0] = false;
 	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, result, result_null)));
 }
