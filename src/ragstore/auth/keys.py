@@ -168,7 +168,9 @@ class KeyStore:
             known = self._verified.get(key_id)
         cached = known is not None and hmac.compare_digest(known, digest)
         if not cached:
-            self.throttle.check(key_id, address)
+            # admitted and, failing, counted atomically (auth/throttle.py)
+            with self.throttle.attempt(key_id, address):
+                return self._check(key_id, secret, digest, cached)
         try:
             return self._check(key_id, secret, digest, cached)
         except AuthenticationError:
@@ -187,8 +189,7 @@ class KeyStore:
                 raise AuthenticationError(f"API key {key_id} was revoked")
             if not cached:
                 salt, stored = cast(bytes, row[8]), cast(bytes, row[9])
-                with self.throttle.hashing(key_id):
-                    ok = hmac.compare_digest(_hash(secret, bytes(salt)), bytes(stored))
+                ok = hmac.compare_digest(_hash(secret, bytes(salt)), bytes(stored))
                 if not ok:
                     raise AuthenticationError(f"API key {key_id}: wrong secret")
                 with self._lock:

@@ -1,0 +1,70 @@
+"""The failed-authentication throttle admits and counts a key id's checks atomically."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from ragstore.auth.throttle import AuthThrottle
+from ragstore.errors import AuthenticationError, RateLimitedError
+
+
+def _fail(throttle: AuthThrottle, key_id: str, address: str = "10.0.0.1") -> None:
+    with pytest.raises(AuthenticationError), throttle.attempt(key_id, address):
+        raise AuthenticationError(f"API key {key_id}: wrong secret")
+
+
+def test_a_failed_check_is_counted_before_the_next_one_is_admitted() -> None:
+    throttle = AuthThrottle(per_key=2, per_address=100)
+    _fail(throttle, "k1")
+    _fail(throttle, "k1")
+    over = "too many failed authentications for API key k1"
+    with pytest.raises(RateLimitedError, match=over), throttle.attempt("k1", "10.0.0.2"):
+        pass
+    with throttle.attempt("k2", "10.0.0.1"):  # another key id: its own budget
+        pass
+
+
+def test_a_check_in_flight_refuses_a_concurrent_one_of_the_same_key() -> None:
+    throttle = AuthThrottle(per_key=10, per_address=100)
+    with (
+        throttle.attempt("k1", "10.0.0.1"),
+        pytest.raises(RateLimitedError, match="in progress"),
+        throttle.attempt("k1", "10.0.0.2"),
+    ):
+        pass
+    with throttle.attempt("k1", "10.0.0.1"):  # the slot was freed
+        pass
+
+
+def test_concurrent_guesses_never_hash_more_than_the_budget() -> None:
+    """Sixteen threads guessing one key id: at most ``per_key`` checks ever run (the
+    others are refused), however the threads interleave. With the check before the slot
+    and the count after it, a guess that passed the check could take the slot a failing
+    one had just freed before its failure was counted."""
+    throttle = AuthThrottle(per_key=3, per_address=10_000)
+    ran = 0
+    lock = threading.Lock()
+    start = threading.Barrier(16)
+
+    def guess(_: int) -> str:
+        nonlocal ran
+        start.wait()
+        outcomes = []
+        for _ in range(50):
+            try:
+                with throttle.attempt("k1", "10.0.0.1"):
+                    with lock:
+                        ran += 1
+                    raise AuthenticationError("wrong secret")
+            except AuthenticationError:
+                outcomes.append("401")
+            except RateLimitedError:
+                outcomes.append("429")
+        return ",".join(outcomes)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(guess, range(16)))
+    assert ran == 3
