@@ -128,6 +128,35 @@ receiver_destroy(DestReceiver *self)
 {
 }
 
+/* a receiver whose rows go to RECEIVE (the executor calls nothing else of it) */
+static void
+receiver_init(DestReceiver *pub, bool (*receive) (TupleTableSlot *, DestReceiver *))
+{
+	pub->receiveSlot = receive;
+	pub->rStartup = receiver_startup;
+	pub->rShutdown = receiver_shutdown;
+	pub->rDestroy = receiver_destroy;
+	pub->mydest = DestNone;
+}
+
+/* SPI connected, with *PLAN prepared (once a backend) and kept; WHO names the caller */
+static void
+spi_begin(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types, const char *who)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "%s: SPI_connect failed", who);
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	prepared = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
+
+		if (prepared == NULL)
+			elog(ERROR, "%s: SPI_prepare failed: %s", who, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(prepared) != 0)
+			elog(ERROR, "%s: SPI_keepplan failed", who);
+		*plan = prepared;
+	}
+}
+
 /*
  * Postings read without the executor: bm25_postings_impact_idx (term_id, impact DESC)
  * INCLUDE (chunk_id, ...) scanned through the index AM with the keys term_id = id and
@@ -201,21 +230,48 @@ direct_begin(DirectScan *d, int nkeys, bool lists)
 	return true;
 }
 
+/*
+ * The scan's next index tuple visible to the statement's snapshot, or NULL at its end:
+ * an all-visible heap page (visibility map) counts as visible, otherwise the heap tuple
+ * is fetched and the entry skipped when no version of it is visible.
+ */
+static IndexTuple
+direct_next(DirectScan *d, const char *who)
+{
+	ItemPointer tid;
+
+	while ((tid = index_getnext_tid(d->scan, ForwardScanDirection)) != NULL)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (!VM_ALL_VISIBLE(d->heap, ItemPointerGetBlockNumber(tid), &d->vmbuffer))
+		{
+			if (!index_fetch_heap(d->scan, d->slot))
+				continue;		/* no version visible to the snapshot */
+			ExecClearTuple(d->slot);
+			if (d->scan->xs_heap_continue)
+				elog(ERROR, "%s: non-MVCC snapshot", who);
+		}
+		if (d->scan->xs_recheck)	/* btree never asks; nothing here could recheck */
+			elog(ERROR, "%s: the index asks for a recheck", who);
+		return d->scan->xs_itup;
+	}
+	return NULL;
+}
+
 /* one term's postings with impact >= cut into the receiver's sums */
 static void
 direct_read(DirectScan *d, Receiver *r, Datum id, Datum cut)
 {
 	ScanKeyData keys[2];
-	ItemPointer tid;
+	IndexTuple	itup;
 
 	ScanKeyEntryInitialize(&keys[0], 0, 1, BTEqualStrategyNumber, INT4OID, InvalidOid,
 						   F_INT4EQ, id);
 	ScanKeyEntryInitialize(&keys[1], 0, 2, BTGreaterEqualStrategyNumber, FLOAT8OID,
 						   InvalidOid, F_FLOAT48GE, cut);
 	index_rescan(d->scan, keys, 2, NULL, 0);
-	while ((tid = index_getnext_tid(d->scan, ForwardScanDirection)) != NULL)
+	while ((itup = direct_next(d, "ragstore_native.bm25_contenders")) != NULL)
 	{
-		IndexTuple	itup;
 		bool		id_null,
 					impact_null;
 		Datum		chunk_id,
@@ -224,18 +280,6 @@ direct_read(DirectScan *d, Receiver *r, Datum id, Datum cut)
 		ChunkEntry *e;
 		bool		found;
 
-		CHECK_FOR_INTERRUPTS();
-		if (!VM_ALL_VISIBLE(d->heap, ItemPointerGetBlockNumber(tid), &d->vmbuffer))
-		{
-			if (!index_fetch_heap(d->scan, d->slot))
-				continue;		/* no version visible to the snapshot */
-			ExecClearTuple(d->slot);
-			if (d->scan->xs_heap_continue)
-				elog(ERROR, "ragstore_native.bm25_contenders: non-MVCC snapshot");
-		}
-		if (d->scan->xs_recheck)	/* btree never asks; nothing here could recheck */
-			elog(ERROR, "ragstore_native.bm25_contenders: the index asks for a recheck");
-		itup = d->scan->xs_itup;
 		impact = index_getattr(itup, 2, d->scan->xs_itupdesc, &impact_null);
 		chunk_id = index_getattr(itup, 3, d->scan->xs_itupdesc, &id_null);
 		if (id_null || impact_null)
@@ -384,28 +428,16 @@ ragstore_bm25_contenders(PG_FUNCTION_ARGS)
 		/* some thousands of chunks at 100k (11k for a typical SciFact claim): few grows */
 		chunks = chunkhash_create(ctx, 8192, NULL);
 		receiver = palloc0(sizeof(Receiver));
-		receiver->pub.receiveSlot = receive_posting;
-		receiver->pub.rStartup = receiver_startup;
-		receiver->pub.rShutdown = receiver_shutdown;
-		receiver->pub.rDestroy = receiver_destroy;
-		receiver->pub.mydest = DestNone;
+		receiver_init(&receiver->pub, receive_posting);
 		receiver->chunks = chunks;
 
 		direct = direct_begin(&scan, 2, false);
-		if (!direct && SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "ragstore_native.bm25_contenders: SPI_connect failed");
-		if (!direct && postings_plan == NULL)
+		if (!direct)
 		{
 			Oid			types[2] = {INT4OID, FLOAT8OID};
-			SPIPlanPtr	plan = SPI_prepare_cursor(POSTINGS_SQL, 2, types,
-												  CURSOR_OPT_GENERIC_PLAN);
 
-			if (plan == NULL)
-				elog(ERROR, "ragstore_native.bm25_contenders: SPI_prepare failed: %s",
-					 SPI_result_code_string(SPI_result));
-			if (SPI_keepplan(plan) != 0)
-				elog(ERROR, "ragstore_native.bm25_contenders: SPI_keepplan failed");
-			postings_plan = plan;
+			spi_begin(&postings_plan, POSTINGS_SQL, 2, types,
+					  "ragstore_native.bm25_contenders");
 		}
 		for (i = 0; i < n_terms; i++)
 		{
@@ -571,15 +603,14 @@ static void
 direct_list(DirectScan *d, ListsReceiver *r, Datum id, int64 limit)
 {
 	ScanKeyData key;
-	ItemPointer tid;
+	IndexTuple	itup;
 
 	ScanKeyEntryInitialize(&key, 0, 1, BTEqualStrategyNumber, INT4OID, InvalidOid,
 						   F_INT4EQ, id);
 	index_rescan(d->scan, &key, 1, NULL, 0);
 	while ((limit < 0 || r->taken < limit) &&
-		   (tid = index_getnext_tid(d->scan, ForwardScanDirection)) != NULL)
+		   (itup = direct_next(d, "ragstore_native.bm25_lists")) != NULL)
 	{
-		IndexTuple	itup;
 		bool		id_null,
 					tf_null,
 					len_null;
@@ -587,18 +618,6 @@ direct_list(DirectScan *d, ListsReceiver *r, Datum id, int64 limit)
 					tf,
 					len;
 
-		CHECK_FOR_INTERRUPTS();
-		if (!VM_ALL_VISIBLE(d->heap, ItemPointerGetBlockNumber(tid), &d->vmbuffer))
-		{
-			if (!index_fetch_heap(d->scan, d->slot))
-				continue;		/* no version visible to the snapshot */
-			ExecClearTuple(d->slot);
-			if (d->scan->xs_heap_continue)
-				elog(ERROR, "ragstore_native.bm25_lists: non-MVCC snapshot");
-		}
-		if (d->scan->xs_recheck)
-			elog(ERROR, "ragstore_native.bm25_lists: the index asks for a recheck");
-		itup = d->scan->xs_itup;
 		chunk_id = index_getattr(itup, 3, d->scan->xs_itupdesc, &id_null);
 		tf = index_getattr(itup, 4, d->scan->xs_itupdesc, &tf_null);
 		len = index_getattr(itup, 5, d->scan->xs_itupdesc, &len_null);
@@ -683,11 +702,7 @@ ragstore_bm25_lists(PG_FUNCTION_ARGS)
 
 	chunks = chunkhash_create(ctx, 1024, NULL);
 	receiver = palloc0(sizeof(ListsReceiver));
-	receiver->pub.receiveSlot = receive_list_row;
-	receiver->pub.rStartup = receiver_startup;
-	receiver->pub.rShutdown = receiver_shutdown;
-	receiver->pub.rDestroy = receiver_destroy;
-	receiver->pub.mydest = DestNone;
+	receiver_init(&receiver->pub, receive_list_row);
 	receiver->chunks = chunks;
 	if (PG_ARGISNULL(3) || PG_ARGISNULL(4) || PG_ARGISNULL(5))
 		receiver->share_null = true;
@@ -724,22 +739,10 @@ ragstore_bm25_lists(PG_FUNCTION_ARGS)
 			direct = direct_begin(&scan, 1, true);
 			if (!direct)
 			{
-				if (SPI_connect() != SPI_OK_CONNECT)
-					elog(ERROR, "ragstore_native.bm25_lists: SPI_connect failed");
-				spi = true;
-				if (lists_plan == NULL)
-				{
-					Oid			types[2] = {INT4OID, INT8OID};
-					SPIPlanPtr	plan = SPI_prepare_cursor(LISTS_SQL, 2, types,
-														  CURSOR_OPT_GENERIC_PLAN);
+				Oid			types[2] = {INT4OID, INT8OID};
 
-					if (plan == NULL)
-						elog(ERROR, "ragstore_native.bm25_lists: SPI_prepare failed: %s",
-							 SPI_result_code_string(SPI_result));
-					if (SPI_keepplan(plan) != 0)
-						elog(ERROR, "ragstore_native.bm25_lists: SPI_keepplan failed");
-					lists_plan = plan;
-				}
+				spi_begin(&lists_plan, LISTS_SQL, 2, types, "ragstore_native.bm25_lists");
+				spi = true;
 			}
 		}
 		if (direct)
@@ -1128,11 +1131,7 @@ ragstore_bm25_score(PG_FUNCTION_ARGS)
 	deconstruct_array_builtin(PG_GETARG_ARRAYTYPE_P(2), FLOAT8OID, &w_values, &w_nulls, &n_ws);
 
 	receiver = palloc0(sizeof(ScoreReceiver));
-	receiver->pub.receiveSlot = receive_chunk;
-	receiver->pub.rStartup = receiver_startup;
-	receiver->pub.rShutdown = receiver_shutdown;
-	receiver->pub.rDestroy = receiver_destroy;
-	receiver->pub.mydest = DestNone;
+	receiver_init(&receiver->pub, receive_chunk);
 	receiver->terms = palloc(sizeof(QueryTerm) * Max(n_lexs, 1));
 	/* unnest(lexs, ws): a lexeme without its weight (or a NULL one) adds NULL, which sum()
 	 * skips; setweight refuses a NULL lexeme */
@@ -1169,19 +1168,10 @@ ragstore_bm25_score(PG_FUNCTION_ARGS)
 		chunks_end(&scan);
 		return (Datum) 0;
 	}
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "ragstore_native.bm25_score: SPI_connect failed");
-	if (chunks_plan == NULL)
 	{
 		Oid			types[1] = {INT8ARRAYOID};
-		SPIPlanPtr	plan = SPI_prepare_cursor(CHUNKS_SQL, 1, types, CURSOR_OPT_GENERIC_PLAN);
 
-		if (plan == NULL)
-			elog(ERROR, "ragstore_native.bm25_score: SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "ragstore_native.bm25_score: SPI_keepplan failed");
-		chunks_plan = plan;
+		spi_begin(&chunks_plan, CHUNKS_SQL, 1, types, "ragstore_native.bm25_score");
 	}
 	params = makeParamList(1);
 	params->params[0].value = PG_GETARG_DATUM(0);
