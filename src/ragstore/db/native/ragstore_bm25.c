@@ -187,6 +187,43 @@ index_column_is(Relation index, int attno, const char *name, Oid typid)
 	return strcmp(NameStr(att->attname), name) == 0 && att->atttypid == typid;
 }
 
+/* a table and index opened by open_btree but not read: their locks given back */
+static void
+close_btree(Relation heap, Relation index)
+{
+	relation_close(index, AccessShareLock);
+	relation_close(heap, AccessShareLock);
+}
+
+/*
+ * TABLE and its btree INDEX_NAME (in TABLE's schema) opened for a direct read, or false
+ * (nothing held) where one does not apply: a serializable transaction (whose predicate
+ * locks the executor takes), no active snapshot, either missing, not a plain table and a
+ * valid btree index on it without expressions or a predicate. The caller checks the
+ * columns it reads and gives both back with close_btree when they are not its own.
+ */
+static bool
+open_btree(const char *table, const char *index_name, Relation *heap, Relation *index)
+{
+	Oid			heap_oid = RelnameGetRelid(table);
+	Oid			index_oid;
+
+	if (IsolationIsSerializable() || !ActiveSnapshotSet() || !OidIsValid(heap_oid))
+		return false;
+	index_oid = get_relname_relid(index_name, get_rel_namespace(heap_oid));
+	if (!OidIsValid(index_oid))
+		return false;
+	*heap = relation_open(heap_oid, AccessShareLock);
+	*index = relation_open(index_oid, AccessShareLock);	/* index_open if it is one */
+	if ((*heap)->rd_rel->relkind == RELKIND_RELATION &&
+		(*index)->rd_rel->relkind == RELKIND_INDEX && (*index)->rd_rel->relam == BTREE_AM_OID &&
+		(*index)->rd_index->indrelid == heap_oid && (*index)->rd_index->indisvalid &&
+		RelationGetIndexExpressions(*index) == NIL && RelationGetIndexPredicate(*index) == NIL)
+		return true;
+	close_btree(*heap, *index);
+	return false;
+}
+
 /*
  * Open the index scan, or return false (nothing held) where the direct read does not
  * apply: no bm25_postings_impact_idx of the expected shape beside the bm25_postings the
@@ -196,30 +233,18 @@ index_column_is(Relation index, int attno, const char *name, Oid typid)
 static bool
 direct_begin(DirectScan *d, int nkeys, bool lists)
 {
-	Oid			heap_oid = RelnameGetRelid("bm25_postings");
-	Oid			index_oid;
 	Relation	index;
 
-	if (IsolationIsSerializable() || !ActiveSnapshotSet() || !OidIsValid(heap_oid))
+	if (!open_btree("bm25_postings", "bm25_postings_impact_idx", &d->heap, &index))
 		return false;
-	index_oid = get_relname_relid("bm25_postings_impact_idx", get_rel_namespace(heap_oid));
-	if (!OidIsValid(index_oid))
-		return false;
-	d->heap = relation_open(heap_oid, AccessShareLock);
-	index = relation_open(index_oid, AccessShareLock);	/* index_open if it is one */
-	if (d->heap->rd_rel->relkind != RELKIND_RELATION ||
-		index->rd_rel->relkind != RELKIND_INDEX || index->rd_rel->relam != BTREE_AM_OID ||
-		index->rd_index->indrelid != heap_oid ||
-		!index->rd_index->indisvalid || index->rd_index->indnkeyatts != 2 ||
-		RelationGetIndexExpressions(index) != NIL || RelationGetIndexPredicate(index) != NIL ||
+	if (index->rd_index->indnkeyatts != 2 ||
 		!index_column_is(index, 1, "term_id", INT4OID) ||
 		!index_column_is(index, 2, "impact", FLOAT4OID) ||
 		!index_column_is(index, 3, "chunk_id", INT8OID) ||
 		(lists && (!index_column_is(index, 4, "tf", INT2OID) ||
 				   !index_column_is(index, 5, "len", INT4OID))))
 	{
-		relation_close(index, AccessShareLock);
-		relation_close(d->heap, AccessShareLock);
+		close_btree(d->heap, index);
 		return false;
 	}
 	d->index = index;
@@ -1016,30 +1041,19 @@ heap_column(Relation heap, const char *name, Oid typid)
 static bool
 chunks_begin(ChunkScan *d)
 {
-	Oid			heap_oid = RelnameGetRelid("chunks");
-	Oid			index_oid;
 	Relation	index;
 
-	if (IsolationIsSerializable() || !ActiveSnapshotSet() || !OidIsValid(heap_oid))
+	if (!open_btree("chunks", "chunks_pkey", &d->heap, &index))
 		return false;
-	index_oid = get_relname_relid("chunks_pkey", get_rel_namespace(heap_oid));
-	if (!OidIsValid(index_oid))
-		return false;
-	d->heap = relation_open(heap_oid, AccessShareLock);
 	d->id_att = heap_column(d->heap, "id", INT8OID);
 	d->tsv_att = heap_column(d->heap, "tsv", TSVECTOROID);
 	d->len_att = heap_column(d->heap, "tsv_length", INT4OID);
-	index = relation_open(index_oid, AccessShareLock);	/* index_open if it is one */
 	if (d->id_att == InvalidAttrNumber || d->tsv_att == InvalidAttrNumber ||
-		d->len_att == InvalidAttrNumber || d->heap->rd_rel->relkind != RELKIND_RELATION ||
-		index->rd_rel->relkind != RELKIND_INDEX || index->rd_rel->relam != BTREE_AM_OID ||
-		index->rd_index->indrelid != heap_oid || !index->rd_index->indisvalid ||
+		d->len_att == InvalidAttrNumber ||
 		index->rd_index->indnatts != 1 || index->rd_index->indkey.values[0] != d->id_att ||
-		RelationGetIndexExpressions(index) != NIL || RelationGetIndexPredicate(index) != NIL ||
 		!index_column_is(index, 1, "id", INT8OID))
 	{
-		relation_close(index, AccessShareLock);
-		relation_close(d->heap, AccessShareLock);
+		close_btree(d->heap, index);
 		return false;
 	}
 	d->index = index;
