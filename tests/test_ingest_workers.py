@@ -87,9 +87,14 @@ def test_a_worker_that_dies_fails_the_ingest_with_one_clear_error(
         ingest_paths(small_rounds, [folder], "died")
 
 
-def test_workers_by_default_only_on_four_or_more_cores() -> None:
+def test_workers_by_default_on_four_cores_or_two_when_the_model_is_elsewhere() -> None:
     big = prepare.MIN_POOL_BYTES
     assert prepare.pool_size(0, big, cores=2) == 0, "2 cores: prepared in the ingesting process"
     assert prepare.pool_size(2, big, cores=2) == 2 and prepare.pool_size(1, big, cores=2) == 0
     assert prepare.pool_size(0, big, cores=8) == 8
     assert prepare.pool_size(0, big - 1, cores=8) == 0, "a small ingest never forks"
+    # a remote or GPU model leaves the cores to parsing: workers from 2 cores up
+    assert prepare.pool_size(0, big, cores=2, model_on_cpu=False) == 2
+    assert prepare.pool_size(0, big, cores=1, model_on_cpu=False) == 0
+    assert prepare.pool_size(1, big, cores=4, model_on_cpu=False) == 0, "1 = in-process"
+    assert prepare.pool_size(0, big - 1, cores=2, model_on_cpu=False) == 0

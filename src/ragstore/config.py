@@ -74,7 +74,8 @@ class Settings(BaseSettings):
         ge=0,
         le=256,
         description="Processes that parse and chunk files in an ingest of more than 2 MB; "
-        "0 = one per core on 4 or more cores (else in the ingesting process), "
+        "0 = one per core on 4 or more cores, or on 2 or more when the model is remote or on a "
+        "GPU (else in the ingesting process), "
         "1 = in the ingesting process.",
     )
     bulk_load_bytes: int = Field(

@@ -178,3 +178,12 @@ def test_http_model_pinned_by_probe_ingests_and_searches(
     assert report.count("added") == 1 and report.embedded == 1
     hits = search(rt, "when to prune roses", collection="remote", k=1)
     assert "Roses" in hits[0].text
+
+
+def test_only_a_local_model_on_the_cpu_competes_with_parsing_for_the_cores(
+    server: EmbeddingServer, local: Embedder
+) -> None:
+    # ingest.prepare.pool_size forks parse workers on 2 cores only when the model is not
+    # encoding on them
+    assert HttpEmbedder(_spec(server)).encodes_on_cpu is False
+    assert local.encodes_on_cpu is (getattr(local, "device", "cpu") == "cpu")

@@ -79,6 +79,13 @@ class Embedder(ABC):
         """Tokens the model adds around every text (e.g. [CLS] and [SEP])."""
         return 2
 
+    @property
+    def encodes_on_cpu(self) -> bool:
+        """Whether encoding runs on this machine's CPU cores (a local model without a GPU):
+        then it competes with parsing for them. A remote endpoint or a GPU leaves the cores
+        to parsing and writing (``ingest.prepare.pool_size``)."""
+        return True
+
     def token_encodings(self, texts: Sequence[str]) -> list[TokenEncoding] | None:
         """Count, spans and words of each text in one tokenizer pass (see
         :class:`TokenEncoding`), or None when the model cannot say (then the chunker

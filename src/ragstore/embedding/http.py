@@ -226,6 +226,10 @@ class HttpEmbedder(Embedder):
     def special_tokens(self) -> int:
         return 2 if self.tokenizer is not None else 0
 
+    @property
+    def encodes_on_cpu(self) -> bool:
+        return False  # the endpoint's machine encodes
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if self.tokenizer is None:
             return [len(_WORDS.findall(t)) for t in texts]

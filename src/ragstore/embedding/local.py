@@ -181,6 +181,10 @@ class SentenceTransformerEmbedder(Embedder):
     def joins_add_up(self) -> bool:
         return tokenizer_joins_add_up(self.tokenizer)
 
+    @property
+    def encodes_on_cpu(self) -> bool:
+        return self.device == "cpu"
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return tokenizer_counts(self.tokenizer, texts)
 

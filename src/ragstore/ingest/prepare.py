@@ -188,22 +188,27 @@ class Preparer:
             ) from None
 
 
-AUTO_MIN_CORES = 4  # with 0 (auto), fewer cores prepare in the ingesting process
+AUTO_MIN_CORES = 4  # with 0 (auto) and a model on the CPU, fewer cores prepare in-process
 
 
-def pool_size(requested: int, total_bytes: int, cores: int | None = None) -> int:
+def pool_size(
+    requested: int, total_bytes: int, cores: int | None = None, *, model_on_cpu: bool = True
+) -> int:
     """Worker processes for an ingest of ``total_bytes``: ``requested``, or with 0 one per
-    core on a machine of ``AUTO_MIN_CORES`` or more; none (prepare in this process) for a
-    small ingest, fewer cores, or where processes cannot be forked. On 2 cores the
-    workers cost 0.1-0.2 CPU-ms a chunk (pickling the chunks back) and gave no faster
-    load (docs/benchmarks.md): the encode, write and database work fill the second core.
-    ``cores`` defaults to the cores this process may run on."""
+    core; none (prepare in this process) for a small ingest or where processes cannot be
+    forked. With 0 and a model that encodes on this machine's CPU (``model_on_cpu``), only
+    a machine of ``AUTO_MIN_CORES`` or more forks: on 2 cores the model, the writes and the
+    database fill the second core, and the workers add 0.1-0.2 CPU-ms a chunk (pickling
+    the chunks back). A remote or GPU model leaves the cores to parsing, writing and the
+    database, and there one thread under the GIL is the limit: workers from 2 cores up
+    (a 100k first load with the instant server on 2 cores: docs/benchmarks.md, "Parse
+    workers on 2 cores"). ``cores`` defaults to the cores this process may run on."""
     if total_bytes < MIN_POOL_BYTES or "fork" not in multiprocessing.get_all_start_methods():
         return 0
     if requested:
         return requested if requested > 1 else 0
     cores = _cores() if cores is None else cores
-    return cores if cores >= AUTO_MIN_CORES else 0
+    return cores if cores >= (AUTO_MIN_CORES if model_on_cpu else 2) else 0
 
 
 def _cores() -> int:

@@ -290,7 +290,11 @@ class _Ingestor:
             self.rt.settings.max_file_bytes,
             self.user_meta,
         )
-        workers = prepare.pool_size(self.rt.settings.ingest_workers, _total_bytes(files))
+        workers = prepare.pool_size(
+            self.rt.settings.ingest_workers,
+            _total_bytes(files),
+            model_on_cpu=self.embedder.encodes_on_cpu,
+        )
         with prepare.preparer(job, workers) as self._preparer:
             self._run(files)
 
