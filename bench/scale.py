@@ -453,8 +453,7 @@ def run_size(
         result["disk_bytes_per_chunk"] = round(sum(disk.values()) / max(chunks, 1))
         if construct != "direct":
             result["index_rebuild_s"] = _rebuild(rt, coll)
-            after = _disk(rt, coll)
-            result["disk_bytes_after_rebuild"] = after
+            result["disk_bytes_after_rebuild"] = _disk(rt, coll)
         print(json.dumps(result, indent=1), flush=True)
         if measure_too:
             result.update(measure(rt, queries, clients, recall_queries))

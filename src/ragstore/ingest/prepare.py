@@ -189,6 +189,7 @@ class Preparer:
 
 
 AUTO_MIN_CORES = 4  # with 0 (auto) and a model on the CPU, fewer cores prepare in-process
+AUTO_MIN_CORES_MODEL_ELSEWHERE = 2  # the same with a remote or GPU model
 
 
 def pool_size(
@@ -208,7 +209,8 @@ def pool_size(
     if requested:
         return requested if requested > 1 else 0
     cores = _cores() if cores is None else cores
-    return cores if cores >= (AUTO_MIN_CORES if model_on_cpu else 2) else 0
+    least = AUTO_MIN_CORES if model_on_cpu else AUTO_MIN_CORES_MODEL_ELSEWHERE
+    return cores if cores >= least else 0
 
 
 def _cores() -> int:
