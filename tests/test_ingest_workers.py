@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ragstore.config import Settings
+from ragstore.embedding import wordpieces
+from ragstore.embedding.registry import resolve_spec
 from ragstore.errors import RagstoreError
 from ragstore.ingest import ingest_paths, prepare
 from ragstore.runtime import Runtime
@@ -98,3 +103,59 @@ def test_workers_by_default_on_four_cores_or_two_when_the_model_is_elsewhere() -
     assert prepare.pool_size(0, big, cores=1, model_on_cpu=False) == 0
     assert prepare.pool_size(1, big, cores=4, model_on_cpu=False) == 0, "1 = in-process"
     assert prepare.pool_size(0, big - 1, cores=2, model_on_cpu=False) == 0
+
+
+_FORKING = threading.Event()
+# set as a fork starts, before ragstore's own hooks (the last registered run first)
+os.register_at_fork(before=_FORKING.set)
+
+
+def test_workers_forked_while_another_thread_learns_words_do_not_hang(
+    small_rounds: Runtime,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """``ragstore serve`` forks parse workers for a large upload while other requests run:
+    one of them may be inside the word cache's lock at that moment. The fork waits for it,
+    so no worker starts with a lock that nobody will release."""
+    folder = tmp_path / "fresh"
+    folder.mkdir()
+    for i in range(4):  # words no process has seen: every worker must learn them
+        words = " ".join(f"zq{uuid.uuid4().hex[:10]}" for _ in range(400))
+        (folder / f"f{i}.md").write_text(f"# Doc {i}\n\n{words}.\n", encoding="utf-8")
+    monkeypatch.setattr(prepare, "MIN_POOL_BYTES", 0)
+    monkeypatch.setattr(prepare, "FILES_PER_TASK", 1)
+    rt = Runtime(small_rounds.settings.model_copy(update={"ingest_batch_chunks": 512}))
+    request.addfinalizer(rt.close)  # one round of every file: prepared by the workers
+    rt.embedder(resolve_spec(rt.settings.model)).count_tokens(["warm the word cache"])
+    locks = [wordpieces._pieces_lock, *(wp._lock for wp in list(wordpieces._instances))]
+    held = threading.Event()
+    _FORKING.clear()
+
+    def learning() -> None:  # another request's thread, mid-way through learning words
+        for lock in locks:
+            lock.acquire()
+        held.set()
+        _FORKING.wait(60)  # the ingest is forking its workers now: hold on a moment more
+        time.sleep(0.3)
+        for lock in reversed(locks):
+            lock.release()
+
+    other = threading.Thread(target=learning, daemon=True)
+    other.start()
+    assert held.wait(10)
+    outcome: list[object] = []
+    ingest = threading.Thread(
+        target=lambda: outcome.append(ingest_paths(rt, [folder], "forked-busy")),
+        daemon=True,
+    )
+    ingest.start()
+    ingest.join(60)
+    hung = ingest.is_alive()
+    if hung:  # the regression: workers wait forever; stop them so the suite can go on
+        for child in multiprocessing.active_children():
+            child.kill()
+    assert not hung, "a parse worker inherited a held word-cache lock and never finished"
+    report = outcome[0]
+    assert [o.status for o in report.outcomes] == ["added"] * 4  # type: ignore[attr-defined]

@@ -26,11 +26,12 @@ word numbers are built only when the chunker asks for them (a block it must spli
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from itertools import chain, compress
 from typing import Any
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, WeakSet
 
 # BertPreTokenizer's words in printable ASCII: letters and digits, or one punctuation mark
 _WORD = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
@@ -64,6 +65,7 @@ class WordPieces:
         self._ends: dict[str, Ends | Pieces] = {}
         self._counts: dict[str, int] = {}  # tokens of each unit in _ends: what counts read
         self._lock = threading.Lock()
+        _instances.add(self)
 
     def units(self, text: str) -> list[str] | None:
         """The words (and segments) whose tokens are ``text``'s tokens in order, or None
@@ -200,6 +202,34 @@ def reads_words_alone(backend: Any) -> bool:
 
 _pieces: WeakKeyDictionary[Any, WordPieces | None] = WeakKeyDictionary()
 _pieces_lock = threading.Lock()
+_instances: WeakSet[WordPieces] = WeakSet()
+_held: list[threading.Lock] = []  # taken by the forking thread from before to after a fork
+
+
+def _before_fork() -> None:
+    """Take every lock of the word caches, so that a fork copies them free and their
+    dictionaries whole. Parse workers are forked from processes that run other threads
+    (``ragstore serve`` ingesting an upload while other requests count tokens): a child
+    that inherited a lock held by another thread would wait on it forever at its first
+    new word, and the ingest with it (tests/test_ingest_workers.py)."""
+    locks = [_pieces_lock, *(wp._lock for wp in list(_instances))]
+    for lock in locks:
+        lock.acquire()
+    _held[:] = locks
+
+
+def _after_fork() -> None:
+    """Release what :func:`_before_fork` took, in the parent and in the child."""
+    locks = _held[:]
+    _held.clear()
+    for lock in reversed(locks):
+        lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork
+    )
 
 
 def word_pieces(backend: Any) -> WordPieces | None:
