@@ -8,6 +8,7 @@ shares them. A worker asks the kernel for SIGTERM when the serve process dies, e
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 
@@ -49,11 +50,21 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
     except OSError as exc:
         for sock in sockets:
             sock.close()
-        raise ConfigError(
-            f"cannot listen on {host or '*'}:{port}: {exc.strerror}; pick another "
-            "--port or stop what uses it"
-        ) from None
+        where = f"{host or '*'}:{port}"
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror}; {_remedy(exc)}") from None
     return sockets
+
+
+def _remedy(exc: OSError) -> str:
+    """What to do about a bind that failed, by its cause."""
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            "no interface of this machine has that address: give --host one it has "
+            "(`ip addr` lists them), 127.0.0.1 for this machine alone, or 0.0.0.0 for all"
+        )
+    if exc.errno == errno.EACCES:
+        return "ports below 1024 need privileges: pick --port 1024 or above"
+    return "pick another --port or stop what uses it"
 
 
 def bound_addresses(sockets: list[socket.socket]) -> list[str]:
