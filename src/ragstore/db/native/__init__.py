@@ -16,6 +16,14 @@ compile is remembered for a day, so later opens neither retry it nor warn again)
 server (``RAGSTORE_DATABASE_URL``) is never touched. ``RAGSTORE_NATIVE_BM25=false`` drops
 the schema, so every session of the database takes the SQL path.
 
+A machine without a compiler (the Docker image's runtime stage) gets the library ahead of
+time: :func:`prebuild` (``python -m ragstore.db.native --prebuild DIR``) compiles it where a
+compiler is, named as :func:`install` looks for it (:func:`library_path` with the version
+the embedded binaries report, :func:`embedded_server_version`), and
+``RAGSTORE_NATIVE_BM25_PREBUILT=DIR`` makes :func:`install` copy it from there before it
+looks in the build cache, never compiling. A directory without this source's, flags' and
+server's file (built for another server version) is passed over as if unset.
+
 The schema is outside ``public``: backups leave it out (``pg_dump --exclude-schema``), so
 an archive restores on any server, and the embedded server gets it back at its next open.
 """
@@ -114,7 +122,14 @@ def installed(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
     return str(row[0]) if row else None
 
 
-def sync(db: Database, cache_dir: Path, *, enabled: bool = True, cc: str = "cc") -> bool:
+def sync(
+    db: Database,
+    cache_dir: Path,
+    *,
+    enabled: bool = True,
+    cc: str = "cc",
+    prebuilt: Path | None = None,
+) -> bool:
     """Install the native kernel on ``db`` (``enabled``) or remove it; whether it is in place.
 
     Never raises for a kernel that cannot be built or loaded: one warning, and search
@@ -124,7 +139,7 @@ def sync(db: Database, cache_dir: Path, *, enabled: bool = True, cc: str = "cc")
         if not enabled:
             uninstall(db)
             return False
-        return install(db, cache_dir, cc=cc)
+        return install(db, cache_dir, cc=cc, prebuilt=prebuilt)
     except (NativeUnavailable, OSError, subprocess.SubprocessError, psycopg.Error) as exc:
         quiet = isinstance(exc, NativeUnavailable) and exc.quiet
         (log.debug if quiet else log.warning)(
@@ -140,8 +155,9 @@ def uninstall(db: Database) -> None:
             conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
 
 
-def install(db: Database, cache_dir: Path, *, cc: str = "cc") -> bool:
-    """Compile (when not cached) and create the native functions; raises when it cannot."""
+def install(db: Database, cache_dir: Path, *, cc: str = "cc", prebuilt: Path | None = None) -> bool:
+    """Compile (when neither ``prebuilt`` nor the build cache has it) and create the native
+    functions; raises when it cannot."""
     if os.name != "posix":
         raise NativeUnavailable("built on POSIX systems only")
     with db.connect(autocommit=True) as conn:
@@ -158,7 +174,7 @@ def install(db: Database, cache_dir: Path, *, cc: str = "cc") -> bool:
         if not superuser:
             raise NativeUnavailable("creating a C function needs a superuser role")
         if not lib.exists():
-            _obtain(lib, cc)
+            _obtain(lib, cc, prebuilt)
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
@@ -204,9 +220,17 @@ def build_cache() -> Path:
     return Path(root) / "ragstore" / "native"
 
 
-def _obtain(lib: Path, cc: str) -> None:
-    """Put the library at ``lib``: copied from the build cache, compiled there first when
-    it is not; compiled in place when the cache cannot be written (a read-only home)."""
+def _obtain(lib: Path, cc: str, prebuilt: Path | None = None) -> None:
+    """Put the library at ``lib``: copied from ``prebuilt`` when it holds this very file (an
+    image built without a compiler at run time), else from the build cache, compiled there
+    first when it is not; compiled in place when the cache cannot be written (a read-only
+    home)."""
+    if prebuilt is not None:
+        ready = prebuilt / lib.name
+        if ready.is_file():
+            _copy(ready, lib)
+            return
+        log.debug("no prebuilt native BM25 kernel %s (another server version?)", ready)
     shared = build_cache() / lib.name
     try:
         if not shared.exists():
@@ -217,6 +241,33 @@ def _obtain(lib: Path, cc: str) -> None:
     except OSError as exc:
         log.debug("native BM25 build cache %s not usable (%s); building in place", shared, exc)
         _build(lib, cc)
+
+
+def embedded_server_version() -> str:
+    """What ``SHOW server_version`` returns on the embedded server, read from its binary
+    (``postgres -V``: "postgres (PostgreSQL) 18.6" gives "18.6"), so that a library can be
+    named for that server without one running (:func:`prebuild`)."""
+    postgres = pg_bin_dir() / "postgres"
+    out = subprocess.run(
+        [str(postgres), "-V"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+    prefix = "postgres (PostgreSQL) "  # then PG_VERSION, which server_version shows
+    if not out.startswith(prefix):
+        raise NativeUnavailable(f"{postgres} -V printed {out!r}, not {prefix}VERSION")
+    return out[len(prefix) :]
+
+
+def prebuild(dest_dir: Path, cc: str = "cc") -> Path:
+    """Compile the library into ``dest_dir`` for the embedded server, without running it;
+    the path it went to.
+
+    Named as :func:`install` looks for it (``RAGSTORE_NATIVE_BM25_PREBUILT=dest_dir``), so a
+    machine or image stage with a compiler builds it for one without. Raises
+    :class:`NativeUnavailable` (or ``OSError``) when it cannot: a build step should fail.
+    """
+    lib = library_path(dest_dir, embedded_server_version())
+    compile_library(lib, cc)
+    return lib
 
 
 def _copy(src: Path, lib: Path) -> None:
