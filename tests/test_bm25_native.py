@@ -4,7 +4,8 @@ without it; backups leave it out, and a kernel that cannot be built leaves searc
 
 The kernel is created here on the test database directly (the tests' databases are reached
 by URL, so the runtime treats them as external and never installs it itself); the
-compiler runs once per session at most (the library is cached by source and server).
+compiler runs once per session at most (the library is cached by source and server), and
+once more for the prebuilt folder of the Docker image's stages reproduced by hand.
 """
 
 from __future__ import annotations
