@@ -203,3 +203,49 @@ def test_http_off_loopback_needs_a_key(capsys: pytest.CaptureFixture[str]) -> No
     assert run_cli("mcp", "--transport", "http", "--host", "0.0.0.0") == 65
     assert "serving MCP on 0.0.0.0 without an API key" in capsys.readouterr().err
     assert run_cli("mcp", "--transport", "carrier-pigeon") == 65
+
+
+def _waiting_searches(store: Store) -> int:
+    """Statements on ``chunks`` that wait for a lock (searches held up by the test)."""
+    with store.runtime.db.connect(autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND state = 'active' AND wait_event_type = 'Lock'"
+            " AND query ILIKE '%%chunks%%'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_a_search_the_agent_abandons_is_cancelled_in_postgres(handbook: Store) -> None:
+    """An agent that stops waiting for a slow search (here one held up by a lock, as behind
+    an index build) takes its statements with it: both lists of the hybrid search leave
+    PostgreSQL at once, not after RAGSTORE_SEARCH_TIMEOUT_S, and the next search answers."""
+    import anyio
+    from mcp import Client as McpClient
+
+    async with McpClient(build_server(handbook)) as session:
+        _data(await session.call_tool("search", {"collection": "handbook", "query": "backups"}))
+        lock = handbook.runtime.db.connect()
+        lock.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(session.call_tool, "search", {"collection": "handbook", "query": "x"})
+                deadline = time.monotonic() + 10
+                while _waiting_searches(handbook) < 2:
+                    assert time.monotonic() < deadline, "the search's two lists never started"
+                    await anyio.sleep(0.02)
+                gave_up = time.monotonic()
+                tg.cancel_scope.cancel()  # the agent gives up on the call
+            deadline = time.monotonic() + 3
+            while (waiting := _waiting_searches(handbook)) and time.monotonic() < deadline:
+                await anyio.sleep(0.05)
+            assert waiting == 0, "the search ran on after the agent abandoned it"
+            # not held to the search timeout (30 s here), as a tool run on a thread would be
+            assert time.monotonic() - gave_up < 5
+        finally:
+            lock.rollback()
+            lock.close()
+        found = _data(
+            await session.call_tool("search", {"collection": "handbook", "query": "backups"})
+        )
+        assert "thirty days" in found["hits"][0]["text"]

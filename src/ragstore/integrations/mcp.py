@@ -11,19 +11,26 @@ agents spawn) or streamable HTTP. Tools:
   (``--api-key`` / ``RAGSTORE_API_KEY``); otherwise the tool is not offered at all.
 
 With a key, every tool call is checked against its scope and collection, as the HTTP API
-does. A failing call answers the agent with the error's one-line message.
+does. A failing call answers the agent with the error's one-line message. A search the
+agent abandons (``notifications/cancelled``, its own timeout, a closed session) is
+cancelled in PostgreSQL, as an HTTP search whose client goes away is
+(``api/disconnect.py``), instead of running on to ``RAGSTORE_SEARCH_TIMEOUT_S``.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 from ragstore.auth.keys import ApiKey, KeyStore
+from ragstore.db.cancel import Cancellation, cancelling
 from ragstore.db.errors import translated
 from ragstore.db.inspection import document_chunks
 from ragstore.errors import CollectionNotFoundError, InputError, RagstoreError
@@ -36,26 +43,62 @@ MAX_CHUNKS = 10_000
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def answers(fn: F, key: ApiKey | None = None) -> F:
     """Our errors reach the agent as the tool's answer, ``error[code]: message``, which it
     can act on (the SDK would say only "Error executing tool"). With a key limited to one
-    collection, a missing collection's message names no other."""
+    collection, a missing collection's message names no other. ``fn`` may be a coroutine
+    function (the SDK awaits it) or a plain one (the SDK runs it on a worker thread)."""
 
     def sees(name: str) -> bool:
         return key is None or key.collection in (None, name)
+
+    def tool_error(exc: RagstoreError) -> ToolError:
+        if isinstance(exc, CollectionNotFoundError):
+            return ToolError(f"error[{exc.code}]: {exc.seen_by(sees)}")
+        return ToolError(f"error[{exc.code}]: {exc}")
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def awaited(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except RagstoreError as exc:
+                raise tool_error(exc) from None
+
+        return awaited  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except CollectionNotFoundError as exc:
-            raise ToolError(f"error[{exc.code}]: {exc.seen_by(sees)}") from None
         except RagstoreError as exc:
-            raise ToolError(f"error[{exc.code}]: {exc}") from None
+            raise tool_error(exc) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+async def until_abandoned(work: Callable[[], T]) -> T:
+    """``work()`` on a worker thread; if the call is cancelled first (the agent's
+    ``notifications/cancelled`` or timeout, the session closing), its statements are
+    cancelled in PostgreSQL (:class:`ragstore.db.cancel.Cancellation`) and the call ends
+    at once. A plain tool would wait for its thread: the SDK runs it with no way to stop
+    it, so an abandoned search held a pooled connection to ``RAGSTORE_SEARCH_TIMEOUT_S``."""
+    cancellation = Cancellation()
+
+    def run() -> T:
+        with cancelling(cancellation):
+            return work()
+
+    try:
+        return await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):  # a round trip per statement: off the loop
+            await anyio.to_thread.run_sync(cancellation.cancel)
+        raise
 
 
 def key_for(store: Store, presented: str | None) -> ApiKey | None:
@@ -91,7 +134,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         )
     )
     @answered
-    def search(
+    async def search(
         collection: str,
         query: str,
         k: int = 5,
@@ -100,7 +143,9 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         context: int | str | None = None,
     ) -> dict[str, Any]:
         allow("read", collection)
-        out = store.search(collection, query, k=k, mode=mode, where=where, context=context)
+        out = await until_abandoned(
+            lambda: store.search(collection, query, k=k, mode=mode, where=where, context=context)
+        )
         hits = []
         for h in out["data"]:
             hit = {
