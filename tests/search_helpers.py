@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import psycopg
 
 from ragstore.db import documents, repository
 from ragstore.embedding.registry import resolve_spec
@@ -75,3 +76,15 @@ def write_docs(rt: Runtime, coll: repository.Collection, docs: Sequence[Doc]) ->
                 ],
             )
         offset += len(d.texts)
+
+
+def waiting_searches(conninfo: str) -> int:
+    """Statements on ``chunks`` that wait for a lock: searches a test holds up with
+    ``LOCK TABLE chunks``, to see them start and see them cancelled."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND state = 'active' AND wait_event_type = 'Lock'"
+            " AND query ILIKE '%%chunks%%'"
+        ).fetchone()
+    return int(row[0]) if row else 0

@@ -25,6 +25,7 @@ from ragstore.runtime import Runtime
 from ragstore.search import search
 from tests.api.conftest import running_server, with_
 from tests.conftest import run_cli
+from tests.search_helpers import waiting_searches
 
 TIMEOUT_S = 0.5  # the server's search timeout here
 HEAD_TIMEOUT_S = 1.0  # and its header timeout
@@ -345,15 +346,8 @@ def test_an_exact_search_is_not_cut_off(admin: Client, settings: Settings) -> No
 
 
 def _waiting_searches(settings: Settings) -> int:
-    """Statements on ``chunks`` that wait for a lock (searches held up by ``_hold_lock``)."""
     assert settings.database_url is not None
-    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid() AND state = 'active' AND wait_event_type = 'Lock'"
-            " AND query ILIKE '%%chunks%%'"
-        ).fetchone()
-    return int(row[0]) if row else 0
+    return waiting_searches(settings.database_url.get_secret_value())
 
 
 def test_a_search_whose_client_disconnects_is_cancelled_in_postgres(

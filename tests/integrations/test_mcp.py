@@ -24,6 +24,7 @@ from ragstore import Store
 from ragstore.auth.keys import KeyStore
 from ragstore.config import Settings
 from ragstore.integrations.mcp import build_server, key_for
+from tests.search_helpers import waiting_searches
 
 GUIDE = (
     "# Guide\n\nThe operations guide.\n\n## Rollback\n\nTo roll back a schema migration "
@@ -206,14 +207,9 @@ def test_http_off_loopback_needs_a_key(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def _waiting_searches(store: Store) -> int:
-    """Statements on ``chunks`` that wait for a lock (searches held up by the test)."""
-    with store.runtime.db.connect(autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid() AND state = 'active' AND wait_event_type = 'Lock'"
-            " AND query ILIKE '%%chunks%%'"
-        ).fetchone()
-    return int(row[0]) if row else 0
+    url = store.runtime.settings.database_url
+    assert url is not None
+    return waiting_searches(url.get_secret_value())
 
 
 async def test_a_search_the_agent_abandons_is_cancelled_in_postgres(handbook: Store) -> None:
