@@ -140,7 +140,7 @@ def writes(conn: Any, cid: int, rows: int) -> None:
     )
     step(
         f"{rows} tsvectors alone",
-        "SELECT sum(ragstore_tsv_length(to_tsvector(ts_config,"
+        "SELECT sum(ragstore_tsv_length(to_tsvector(ts_config::regconfig,"
         " ragstore_chunk_search_text(chunk_type, section_path, text)))) FROM src",
     )
     conn.rollback()

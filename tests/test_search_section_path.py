@@ -46,8 +46,9 @@ def test_a_heading_word_finds_the_chunks_of_its_section(rt: Runtime, collection:
 def test_what_the_tsvector_holds(rt: Runtime, collection: str) -> None:
     with rt.db.connection() as conn:
         rows = conn.execute(
-            "SELECT c.chunk_type, c.section_path, c.tsv = to_tsvector(c.ts_config, c.text),"
-            " c.tsv = to_tsvector(c.ts_config, array_to_string(c.section_path, E'\\n')"
+            "SELECT c.chunk_type, c.section_path,"
+            " c.tsv = to_tsvector(c.ts_config::regconfig, c.text),"
+            " c.tsv = to_tsvector(c.ts_config::regconfig, array_to_string(c.section_path, E'\\n')"
             " || E'\\n' || c.text), c.tsv_length = ragstore_tsv_length(c.tsv)"
             " FROM chunks c JOIN collections k ON k.id = c.collection_id WHERE k.name = %s",
             (collection,),

@@ -94,3 +94,33 @@ def test_upgrade_sql_prints_the_revision_sql() -> None:
     out = migrations.upgrade_sql(None)
     assert "CREATE TABLE chunks" in out
     assert "CREATE EXTENSION IF NOT EXISTS vector" in out
+
+
+# the reg* types pg_upgrade refuses in user tables (check_for_data_types_usage in its
+# check.c): they hold catalog oids, which a new cluster does not keep
+_UNUPGRADABLE = [
+    "regcollation",
+    "regconfig",
+    "regdictionary",
+    "regnamespace",
+    "regoper",
+    "regoperator",
+    "regproc",
+    "regprocedure",
+]
+
+
+def test_no_column_holds_a_reg_type_pg_upgrade_refuses(template_url: str) -> None:
+    """A database with ragstore's schema can move to a new PostgreSQL major version with
+    pg_upgrade (revision 0025 stores chunks.ts_config by name, not as a regconfig)."""
+    with Database(template_url).connect() as conn:
+        found = conn.execute(
+            "SELECT c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, NULL)"
+            " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            " AND c.relkind IN ('r', 'm', 'p') AND a.attnum > 0 AND NOT a.attisdropped"
+            " AND format_type(a.atttypid, NULL) = ANY(%s)",
+            (_UNUPGRADABLE,),
+        ).fetchall()
+    assert [r[0] for r in found] == []

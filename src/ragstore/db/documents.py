@@ -68,13 +68,14 @@ class Lexemes:
     """Chunks' tsvectors computed before a bulk write (:func:`text_search_vectors`).
 
     ``tsv`` holds each chunk's tsvector in PostgreSQL's binary form and ``lengths`` its
-    ``ragstore_tsv_length``, in chunk order; ``config`` is the oid of the text search
-    configuration they were computed with. In a bulk write (:func:`begin_bulk`) the chunk
-    trigger keeps them when ``config`` is the collection's (revision 0015) instead of
-    computing ``to_tsvector`` again in the writing backend.
+    ``ragstore_tsv_length``, in chunk order; ``config`` is the name of the text search
+    configuration they were computed with (as ``regconfig`` prints it: revision 0025 stores
+    it by name). In a bulk write (:func:`begin_bulk`) the chunk trigger keeps them when
+    ``config`` is the collection's (revision 0015) instead of computing ``to_tsvector``
+    again in the writing backend.
     """
 
-    config: int
+    config: str
     tsv: Sequence[bytes]
     lengths: Sequence[int]
 
@@ -168,20 +169,20 @@ def finish_bulk(conn: Conn, collection_id: int, memory: str | None = None) -> in
     return int(row[0]) if row else 0
 
 
-def ts_config_oid(conn: Conn, collection_id: int) -> int:
-    """The oid of the text search configuration the chunk trigger gives this collection's
-    chunks: its ``ts_config`` setting, else the column default (english)."""
+def ts_config_name(conn: Conn, collection_id: int) -> str:
+    """The text search configuration the chunk trigger gives this collection's chunks, by
+    name: its ``ts_config`` setting, else the column default (english)."""
     row = conn.execute(
-        "SELECT coalesce((settings->>'ts_config')::regconfig, 'english'::regconfig)::oid"
+        "SELECT coalesce((settings->>'ts_config')::regconfig, 'english'::regconfig)::text"
         " FROM collections WHERE id = %s",
         (collection_id,),
     ).fetchone()
     if row is None:
         raise InputError(f"collection id {collection_id} does not exist")
-    return int(row[0])
+    return str(row[0])
 
 
-def text_search_vectors(conn: Conn, config: int, texts: Sequence[str]) -> Lexemes:
+def text_search_vectors(conn: Conn, config: str, texts: Sequence[str]) -> Lexemes:
     """``to_tsvector(config, text)`` and its length for each text, in order, in binary form.
 
     A pure function of the texts: it reads no table, so it runs on any connection of the
@@ -195,7 +196,7 @@ def text_search_vectors(conn: Conn, config: int, texts: Sequence[str]) -> Lexeme
     rows = (
         conn.cursor(binary=True)
         .execute(
-            "SELECT v, ragstore_tsv_length(v) FROM (SELECT to_tsvector(%s::oid::regconfig, t)"
+            "SELECT v, ragstore_tsv_length(v) FROM (SELECT to_tsvector(%s::regconfig, t)"
             " AS v, o FROM unnest(%b::text[]) WITH ORDINALITY AS u(t, o) OFFSET 0) AS s"
             " ORDER BY o",
             (config, list(texts)),
@@ -416,7 +417,7 @@ _CHUNK_TYPES = [
 ]
 # ts_config, tsv, tsv_length: a binary COPY field is the type's own binary form, so the
 # tsvector PostgreSQL sent (text_search_vectors) goes back as it came, as raw bytes
-_LEXEME_TYPES = ["oid", "bytea", "int4"]
+_LEXEME_TYPES = ["text", "bytea", "int4"]
 
 
 def allocate_chunk_ids(conn: Conn, n: int) -> list[int]:

@@ -96,14 +96,14 @@ class _Lexer:
 
     AHEAD = 2  # slices submitted beyond the one being written (bounds the memory held)
 
-    def __init__(self, conn: psycopg.Connection[Any], config: int) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], config: str) -> None:
         self.config = config
         self.conn = conn
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-lexer")
         self.queue: deque[Future[documents.Lexemes]] = deque()
 
     @classmethod
-    def start(cls, rt: Runtime, config: int) -> _Lexer | None:
+    def start(cls, rt: Runtime, config: str) -> _Lexer | None:
         """A lexer with its own connection; None when no second connection can be opened
         now (the server at max_connections): the chunk trigger then computes every
         tsvector, as it does outside bulk writes."""
@@ -361,7 +361,7 @@ class _Writer:
         queued = -1  # the last slice handed to the lexer
         lexer = None
         if not self.had_rows:  # a bulk write: the chunk trigger keeps what it is sent
-            lexer = _Lexer.start(self.rt, documents.ts_config_oid(conn, coll.id))
+            lexer = _Lexer.start(self.rt, documents.ts_config_name(conn, coll.id))
         try:
             for n, (start, end) in enumerate(bounds):
                 if lexer is not None:  # this slice and the next AHEAD, before this one waits
