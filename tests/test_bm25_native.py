@@ -532,6 +532,22 @@ def test_a_kernel_that_does_not_compile_leaves_search_working(
     assert not caplog.records
 
 
+def test_a_machine_without_a_compiler_tries_once_and_says_so(
+    rt: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing compiler fails the build in the machine's cache once (remembered there),
+    with one warning that names it; it is not taken for an unwritable cache and tried
+    again in the data directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    native.uninstall(rt.db)
+    with caplog.at_level(logging.WARNING, logger="ragstore.db.native"):
+        assert native.sync(rt.db, tmp_path / "lib", cc="/nonexistent/cc") is False
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "no C compiler '/nonexistent/cc'" in warnings[0]
+    assert len(list((tmp_path / "xdg").rglob(".*.failed"))) == 1
+    assert not list((tmp_path / "lib").glob(".*.failed")), "compiled again in place"
+
+
 def test_install_is_cached_and_idempotent(rt: Runtime, native_cache: Path) -> None:
     _install(rt, native_cache)
     libs = list(native_cache.glob("*.so"))

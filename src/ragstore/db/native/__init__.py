@@ -322,13 +322,21 @@ def compile_library(lib: Path, cc: str) -> None:
     tmp = lib.with_name(f".{lib.name}.{os.getpid()}.tmp")
     link = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
     try:
-        done = subprocess.run(
-            [cc, *CFLAGS, *link, f"-I{include}", "-o", str(tmp), str(SOURCE)],
-            capture_output=True,
-            text=True,
-            timeout=COMPILE_TIMEOUT_S,
-            check=False,
-        )
+        try:
+            done = subprocess.run(
+                [cc, *CFLAGS, *link, f"-I{include}", "-o", str(tmp), str(SOURCE)],
+                capture_output=True,
+                text=True,
+                timeout=COMPILE_TIMEOUT_S,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            # no compiler is a build failure (remembered, not retried in place), not a
+            # cache folder that cannot be written
+            raise NativeUnavailable(
+                f"no C compiler {cc!r} ({exc.strerror}): install one or point "
+                "RAGSTORE_NATIVE_BM25_CC at it"
+            ) from None
         if done.returncode != 0:
             first = next((x for x in done.stderr.splitlines() if x.strip()), "")
             raise NativeUnavailable(
