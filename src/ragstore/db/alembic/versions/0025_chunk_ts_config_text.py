@@ -18,8 +18,8 @@ writer's configuration with the collection's as ``regconfig`` values, so any spe
 the same configuration matches. The upgrade rewrites ``chunks`` once (the column's type
 changes; no trigger fires: every tsvector stays as it is), about as long as a ``VACUUM
 FULL`` of the table: ``ragstore db upgrade`` of the 100k bench collection (135,752 chunks)
-took 9.5 s on 2 cores, server start included. A ``VACUUM ANALYZE chunks`` after it brings
-searches back to their speed (about 20% slower right after the rewrite). The downgrade
+took 9.5 s on 2 cores, server start included, and searches right after it ran as fast as
+before it (docs/benchmarks.md, "Revision 0025 on the 100k collection"). The downgrade
 turns the names back into ``regconfig``. ``pg_upgrade --check`` of an embedded data
 directory at this revision (its native functions dropped first) against a fresh ``initdb``
 reports "Clusters are compatible"; at revision 0024 it failed on ``chunks.ts_config``.
