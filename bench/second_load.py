@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             "chunks": report.chunks,
             "seconds": round(took, 2),
             "chunks_per_s": round(report.chunks / took, 1),
-            "stages_s": {k: round(v, 2) for k, v in getattr(report, "stages", {}).items()},
+            "stages_s": {k: round(v, 2) for k, v in report.stages.items()},
         }
         if args.functions:
             time.sleep(11)  # an idle session reports its statistics within 10 s (PG 15+)

@@ -80,25 +80,25 @@ def _trigger_0021() -> str:
     return str(module._TRIGGER)
 
 
-def upgrade() -> None:
-    # a column named in a trigger's UPDATE OF list cannot change type under it
+def _retype(kind: str) -> None:
+    """``chunks.ts_config`` as ``kind``, its values cast, default english. A column named
+    in a trigger's UPDATE OF list cannot change type under it: the trigger goes first."""
     op.execute("DROP TRIGGER chunks_before_write ON chunks")
-    op.execute("""
+    op.execute(f"""
     ALTER TABLE chunks ALTER COLUMN ts_config DROP DEFAULT,
-        ALTER COLUMN ts_config TYPE text USING ts_config::text,
+        ALTER COLUMN ts_config TYPE {kind} USING ts_config::{kind},
         ALTER COLUMN ts_config SET DEFAULT 'english';
     """)
+
+
+def upgrade() -> None:
+    _retype("text")
     op.execute(_TRIGGER)
     op.execute(_CREATE_TRIGGER)
 
 
 def downgrade() -> None:
-    op.execute("DROP TRIGGER chunks_before_write ON chunks")
-    op.execute("""
-    ALTER TABLE chunks ALTER COLUMN ts_config DROP DEFAULT,
-        ALTER COLUMN ts_config TYPE regconfig USING ts_config::regconfig,
-        ALTER COLUMN ts_config SET DEFAULT 'english';
-    """)
+    _retype("regconfig")
     # revision 0021's function; its script drops the trigger before creating it again
     op.execute(_CREATE_TRIGGER)
     op.execute(_trigger_0021())
