@@ -12,6 +12,7 @@ from ragstore.db import documents, repository
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1, FullTextQuery, parse_query
+from ragstore.search.plan import search_plan
 from tests.search_helpers import Doc, make_collection, write_docs
 
 COLL = "bm25"
@@ -172,6 +173,38 @@ def test_websearch_phrase_or_and_exclusion(rt: Runtime, coll: repository.Collect
     }
     assert texts('sleep -"at night"') == []
     assert texts("the and of") == []  # only stop words: nothing to rank
+
+
+def test_hybrid_phrases_and_exclusions_bind_the_vector_list_too(
+    rt: Runtime, coll: repository.Collection
+) -> None:
+    """The collection is smaller than a hybrid search's vector list: without the
+    constraints on that list every chunk would come back."""
+
+    def hits(q: str, **kw: Any) -> list[Any]:
+        return search(rt, q, collection=COLL, mode="hybrid", k=10, explain=True, **kw)
+
+    excluded = hits("tsvector -planner")
+    assert excluded and all("planner" not in h.text.lower() for h in excluded)
+    assert any("tsvector" in h.text for h in excluded)  # the vector list still ranks the rest
+    assert [h.text for h in hits('"full text search" ranks')] == [
+        "PostgreSQL full text search ranks documents with tsvector and GIN."
+    ]
+    night = hits('sleep -"at night"', where={"absent": {"$exists": False}})
+    assert night and all("at night" not in h.text for h in night)
+    assert hits("-cats") == []  # only an exclusion: nothing to search for
+    # the model reads the words searched for: the distances are those of "tsvector"
+    alone = {
+        h.chunk_id: h.explain["vector"]["distance"]
+        for h in search(rt, "tsvector", collection=COLL, mode="vector", k=10, explain=True)
+        if h.explain and h.explain["vector"]
+    }
+    for h in excluded:
+        assert h.explain is not None
+        if h.explain["vector"] is not None:
+            assert h.explain["vector"]["distance"] == pytest.approx(alone[h.chunk_id], abs=1e-6)
+    vector_list = search_plan(rt, "tsvector -planner", COLL)["lists"][0]
+    assert (vector_list["embedded"], vector_list["excluded"]) == ("tsvector", "planner")
 
 
 def test_stop_word_query_in_hybrid_still_returns_vector_hits(

@@ -34,20 +34,23 @@ def search_plan(
     )
     coll = rt.collection(collection)
     lists: list[dict[str, Any]] = []
+    ftq = bm25.parse_query(query) if p.mode != "vector" else None
     if p.mode in ("vector", "hybrid"):
-        lists.append(
-            {
-                "list": "vector",
-                "model": coll.model.key,
-                "table": coll.table,
-                "metric": coll.model.distance,
-                "depth": p.depth,
-                "index": "hnsw",
-                "ef_search": p.ef_search or max(rt.settings.hnsw_ef_search, min(p.depth, 1000)),
-            }
-        )
-    if p.mode in ("fulltext", "hybrid"):
-        ftq = bm25.parse_query(query)
+        vector: dict[str, Any] = {
+            "list": "vector",
+            "model": coll.model.key,
+            "table": coll.table,
+            "metric": coll.model.distance,
+            "depth": p.depth,
+            "index": "hnsw",
+            "ef_search": p.ef_search or max(rt.settings.hnsw_ef_search, min(p.depth, 1000)),
+        }
+        if ftq is not None and (ftq.required or ftq.excluded):
+            # hybrid: the phrases and exclusions bind this list too; the model reads the
+            # words searched for (service._syntax_condition)
+            vector.update(embedded=ftq.terms, required=ftq.required, excluded=ftq.excluded)
+        lists.append(vector)
+    if ftq is not None:
         settings = coll.settings
         lists.append(
             {

@@ -293,35 +293,43 @@ def _run(
     pruned_filter = False  # the BM25 top k takes the filter as SQL text (``ftcond``)
 
     given: npt.NDArray[np.float32] | None = None
+    ftq = bm25.parse_query(query, plain=p.plain) if p.mode != "vector" else None
+    embedded = query  # the text the vector list ranks by
     if p.mode in ("vector", "hybrid"):
         given = _given_vector(coll, query, vector)
-        vec_sql = _vector_sql(coll, compiled.condition, filtered, p.exact, p.depth)
-    if p.mode in ("fulltext", "hybrid"):
-        ftq = bm25.parse_query(query, plain=p.plain)
-        if not ftq.empty:
-            settings = coll.settings
-            values.update(
-                {
-                    "cid": coll.id,
-                    "cfg": str(settings.get("ts_config", bm25.DEFAULT_TS_CONFIG)),
-                    "match": ftq.match,
-                    "required": ftq.required,
-                    "excluded": ftq.excluded,
-                    "terms": ftq.terms,
-                    "k1": float(
-                        p.k1 if p.k1 is not None else settings.get("bm25_k1", bm25.DEFAULT_K1)
-                    ),
-                    "b": float(p.b if p.b is not None else settings.get("bm25_b", bm25.DEFAULT_B)),
-                }
-            )
-            ft_sql = bm25.ranked_list_sql(
-                ftq,
-                compiled.condition,
-                filtered,
-                p.exact,
-                tail=p.fulltext_exact_depth < p.fulltext_list_depth,
-            )
-            pruned_filter = filtered and bm25.uses_topk(ftq, p.exact)
+        condition, bound = compiled.condition, filtered
+        if ftq is not None and (ftq.required or ftq.excluded):
+            # hybrid: the query's phrases and exclusions bind the vector list too, and the
+            # model reads the words searched for, not the ones excluded (see _syntax_condition)
+            if ftq.empty:
+                return []  # nothing but exclusions: nothing to search for
+            condition, bound = _syntax_condition(ftq, condition), True
+            values["cfg"] = str(coll.settings.get("ts_config", bm25.DEFAULT_TS_CONFIG))
+            values.update(required=ftq.required, excluded=ftq.excluded)
+            embedded = ftq.terms
+        vec_sql = _vector_sql(coll, condition, bound, p.exact, p.depth)
+    if ftq is not None and not ftq.empty:
+        settings = coll.settings
+        values.update(
+            {
+                "cid": coll.id,
+                "cfg": str(settings.get("ts_config", bm25.DEFAULT_TS_CONFIG)),
+                "match": ftq.match,
+                "required": ftq.required,
+                "excluded": ftq.excluded,
+                "terms": ftq.terms,
+                "k1": float(p.k1 if p.k1 is not None else settings.get("bm25_k1", bm25.DEFAULT_K1)),
+                "b": float(p.b if p.b is not None else settings.get("bm25_b", bm25.DEFAULT_B)),
+            }
+        )
+        ft_sql = bm25.ranked_list_sql(
+            ftq,
+            compiled.condition,
+            filtered,
+            p.exact,
+            tail=p.fulltext_exact_depth < p.fulltext_list_depth,
+        )
+        pruned_filter = filtered and bm25.uses_topk(ftq, p.exact)
     if vec_sql is None and ft_sql is None:
         return []  # full-text search for nothing but stop words
 
@@ -348,7 +356,7 @@ def _run(
             pruned_filter=pruned_filter,
         )
         try:
-            values["q"] = _query_vector(rt, coll, query, given)
+            values["q"] = _query_vector(rt, coll, embedded, given)
             vec_rows = run_.execute(_with_rows(vec_sql, "l.raw, l.chunk_id"), values, hnsw=True)
         finally:
             # whatever happened here, the BM25 list has given its connection back before
@@ -492,6 +500,29 @@ class _Statement:
             if set_session:
                 _session_ef[conn] = self.ef
         return rows
+
+
+def _syntax_condition(ftq: bm25.FullTextQuery, condition: sql.Composable) -> sql.Composable:
+    """``condition`` and the query's required phrases and exclusions, over ``c`` (the
+    chunk), for a hybrid search's vector list.
+
+    Quoted phrases and ``-word`` are constraints, not words to rank by. Applied to the
+    full-text list alone, a hybrid search for ``replication -logical`` still returned the
+    chunks about logical replication that the vector list found (the model read
+    "-logical" as one more word about it). So both lists keep only the chunks that hold
+    every required phrase and no excluded word or phrase, the same ``websearch_to_tsquery``
+    tests as the full-text list, with the same placeholders (``cfg``, ``required``,
+    ``excluded``). The vector list is then a filtered one: PostgreSQL plans each
+    execution by how selective the condition is.
+    """
+    parts: list[sql.Composable] = [condition]
+    if ftq.required:
+        parts.append(sql.SQL("c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(required)s)"))
+    if ftq.excluded:
+        parts.append(
+            sql.SQL("NOT (c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(excluded)s))")
+        )
+    return sql.SQL(" AND ").join(sql.SQL("({})").format(x) for x in parts)
 
 
 def _vector_sql(
