@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
 
 from ragstore.db import documents, repository
 from ragstore.runtime import Runtime
 from ragstore.search import search
-from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1, parse_query
+from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1, parse_query, ranked_list_sql
 from tests.search_helpers import Doc, make_collection, write_docs
 
 CISI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cisi"
@@ -248,6 +249,62 @@ def test_filtered_searches_prune_and_match_the_exhaustive_lists(
     assert _chunks_read(rt, coll.id, queries[0], "topk", cond) < _chunks_read(
         rt, coll.id, queries[0], "exhaustive_where", cond
     ), "the pruned path must not read every match (it reads each chunk it filters)"
+
+
+def test_phrases_and_exclusions_match_the_exhaustive_lists(
+    rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]
+) -> None:
+    """A required phrase or an exclusion is a condition on which chunks may rank. An
+    exclusion goes to the pruned top k as SQL text (with a filter or without); a required
+    phrase picks the candidates itself. Either way the list is the exhaustive one, scores
+    included: every match of any query word scored, the condition checked after
+    (``ragstore_bm25_exhaustive_where``, an independent statement)."""
+    coll, _, queries = cisi
+    checked = 0
+    for suffix, test in (
+        (" -library", "NOT (c.tsv @@ websearch_to_tsquery('english', 'library'))"),
+        (
+            ' "information retrieval"',
+            "c.tsv @@ websearch_to_tsquery('english', '\"information retrieval\"')",
+        ),
+        (
+            ' -"the user" -science',
+            "NOT (c.tsv @@ websearch_to_tsquery('english', '\"the user\" or science'))",
+        ),
+    ):
+        for where, sql_filter in (
+            (None, "true"),
+            ({"bucket": {"$lt": 5}}, "(d.metadata->>'bucket')::int < 5"),
+        ):
+            for q in queries[:6]:
+                query = q + suffix
+                fast = search(rt, query, collection="topk", k=10, mode="fulltext", where=where)
+                with rt.db.connection() as conn:
+                    ref = conn.execute(
+                        "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive_where(%s, 'english',"
+                        " %s, 10, %s, %s, %s)",
+                        (
+                            coll.id,
+                            parse_query(query).terms,
+                            DEFAULT_K1,
+                            DEFAULT_B,
+                            f"({test}) AND ({sql_filter})",
+                        ),
+                    ).fetchall()
+                assert [h.chunk_id for h in fast] == [r[0] for r in ref], (suffix, q[:40])
+                assert [h.score for h in fast] == pytest.approx([r[1] for r in ref], rel=1e-12)
+                checked += bool(fast)
+    assert checked >= 20  # most lists hold hits: the comparison is not of empty lists
+    excluded = "NOT (c.tsv @@ websearch_to_tsquery('english', 'library'))"
+    assert _chunks_read(rt, coll.id, queries[0], "topk", excluded) < _chunks_read(
+        rt, coll.id, queries[0], "exhaustive_where", excluded
+    ), "an exclusion must not make the list read every match"
+    for query in ("cats -dogs", 'cats -"full text" search'):  # the top k, with a condition
+        stmt = ranked_list_sql(parse_query(query), sql.SQL("true"), False).as_string(None)
+        assert "ragstore_bm25_topk(" in stmt and "cond => %(ftcond)s" in stmt, query
+    # a required phrase picks the candidates: no probe of every word's matches
+    stmt = ranked_list_sql(parse_query('"full text" search'), sql.SQL("true"), False)
+    assert "ragstore_any_lexeme" not in stmt.as_string(None)
 
 
 def _check_postings(rt: Runtime, cid: int) -> int:

@@ -21,12 +21,15 @@ the plain syntax lift full-text nDCG@10 from 0.291 to the level of bm25s (see
 docs/benchmarks.md). The candidates are the chunks holding any query lexeme
 (:func:`ragstore_any_lexeme` in revision 0006), the set BM25 ranks.
 
-Searches without required or excluded phrases go to ``ragstore_bm25_topk`` (revision
-0009: MaxScore over revision 0006's impact-ordered postings; revision 0014: the cut budget
-on the longest lists, contenders scored best bound first), the same exact scores
-without scoring every match; a filter travels with the call as SQL text (rendered with
-client-side literal quoting) and is checked on the chunks the pruning reads. Phrases,
-exclusions and ``exact`` score every match here.
+Searches go to ``ragstore_bm25_topk`` (revision 0009: MaxScore over revision 0006's
+impact-ordered postings; revision 0014: the cut budget on the longest lists, contenders
+scored best bound first), the same exact scores without scoring every match. A filter,
+and a query's required phrases and exclusions, travel with the call as one SQL condition
+over ``c`` and ``d`` (rendered with client-side literal quoting), checked on the chunks
+the pruning reads: a phrase or an exclusion is a condition on which chunks may rank, not
+a term to score. A required phrase instead picks the candidates: the chunks holding it,
+all scored. Only ``exact`` (eval's reference lists) scores every match here; until
+2026-12-03 phrases and exclusions did too, 1-5 s a hybrid search at a million chunks.
 """
 
 from __future__ import annotations
@@ -117,11 +120,16 @@ def parse_query(text: str, *, plain: bool = False) -> FullTextQuery:
 
 
 def uses_topk(q: FullTextQuery, exact: bool) -> bool:
-    """Whether :func:`ranked_list_sql` reads the pruned top k (no phrase or exclusion).
+    """Whether :func:`ranked_list_sql` reads the pruned top k: unless ``exact`` or the
+    query requires a phrase.
 
-    Then a filtered search needs the ``ftcond`` parameter: the filter as SQL text.
+    Then a filtered search, or one with exclusions, needs the ``ftcond`` parameter: the
+    filter and the exclusion test as SQL text. A required phrase narrows the candidates
+    to the chunks holding it, which the GIN index finds directly: those are scored, no
+    pruning (the top k checked a phrase on each chunk it read, best first, and fell back
+    to every match of every word where the phrase was rare).
     """
-    return not (exact or q.required or q.excluded)
+    return not (exact or q.required)
 
 
 def ranked_list_sql(
@@ -139,9 +147,11 @@ def ranked_list_sql(
     ``n``. ``condition`` is a compiled filter over ``c`` and ``d``; ``with_documents``
     says it is not plain TRUE.
 
-    Without a phrase or exclusion this is one call of ``ragstore_bm25_topk`` (pruned,
-    exact scores; a filter goes as the text parameter ``ftcond``, see :func:`uses_topk`)
-    or, with ``exact`` and no filter, of ``ragstore_bm25_exhaustive``. With ``tail`` the
+    Unless ``exact`` or a required phrase this is one call of ``ragstore_bm25_topk``
+    (pruned, exact scores; a filter and exclusions go as the text parameter ``ftcond``,
+    see :func:`uses_topk`); with ``exact`` and no filter, phrase or exclusion, one of
+    ``ragstore_bm25_exhaustive``; otherwise the SQL below scores every candidate (with a
+    required phrase, the chunks holding it). With ``tail`` the
     pruned list goes on past its exact top ``%(n)s`` to ``%(tail)s`` rows: the best of the
     other chunks it scored exactly on the way (revision 0017), which may miss some of the
     exact ranks there; without pruning the list is exact and ``%(tail)s`` deep. A tailed
@@ -157,11 +167,12 @@ def ranked_list_sql(
     lexeme starts at weight D.)
     """
     if uses_topk(q, exact):
+        conditioned = with_documents or q.required or q.excluded
         return sql.SQL(
             "SELECT chunk_id, raw FROM ragstore_bm25_topk(%(cid)s, %(cfg)s::regconfig,"
             " %(terms)s, %(n)s, %(k1)s::float8, %(b)s::float8{cond}{tail})"
         ).format(
-            cond=sql.SQL(", cond => %(ftcond)s" if with_documents else ""),
+            cond=sql.SQL(", cond => %(ftcond)s" if conditioned else ""),
             tail=sql.SQL(", tail => %(tail)s, floors_exact => false" if tail else ""),
         )
     n = sql.SQL("greatest(%(n)s, %(tail)s)" if tail else "%(n)s")
@@ -198,7 +209,18 @@ def ranked_list_sql(
         "   '{{a}}')) x) u"
         " JOIN qt ON qt.lexeme = u.lexeme"
         " WHERE c.collection_id = %(cid)s AND c.chunk_type <> 'heading'"
-        " AND c.tsv @@ (SELECT ragstore_any_lexeme(array_agg(lexeme)) FROM qt){extra}"
-        " AND {condition}"
+        "{any_lexeme}{extra} AND {condition}"
         " GROUP BY c.id ORDER BY raw DESC, c.id LIMIT {n}"
-    ).format(join_docs=join_docs, extra=sql.Composed(extra), condition=condition, n=n)
+    ).format(
+        join_docs=join_docs,
+        # a chunk holding a required phrase holds one of the query's lexemes: the phrase
+        # alone picks the candidates (one GIN probe of its words, not of every word's)
+        any_lexeme=sql.SQL(
+            ""
+            if q.required
+            else " AND c.tsv @@ (SELECT ragstore_any_lexeme(array_agg(lexeme)) FROM qt)"
+        ),
+        extra=sql.Composed(extra),
+        condition=condition,
+        n=n,
+    )

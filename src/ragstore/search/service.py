@@ -63,7 +63,7 @@ from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 from ragstore.search import bm25, single
 from ragstore.search.aggregate import SECTION_CAP, SECTION_DECAY, SECTION_POOL, pool_size
-from ragstore.search.filters import CompiledFilter, compile_filter
+from ragstore.search.filters import compile_filter
 from ragstore.search.fused import fused_rows
 from ragstore.search.hybrid import FusionParams
 from ragstore.validation import float32_array
@@ -290,24 +290,26 @@ def _run(
     filtered = p.where is not None and bool(p.where)
     vec_sql: sql.Composable | None = None
     ft_sql: sql.Composable | None = None
-    pruned_filter = False  # the BM25 top k takes the filter as SQL text (``ftcond``)
+    ftcond: sql.Composable | None = None  # the condition the BM25 top k takes as SQL text
 
     given: npt.NDArray[np.float32] | None = None
     ftq = bm25.parse_query(query, plain=p.plain) if p.mode != "vector" else None
+    # the query's phrases and exclusions: a condition on chunks, for both lists (see
+    # _syntax_condition)
+    constrained = ftq is not None and bool(ftq.required or ftq.excluded)
+    condition = _syntax_condition(ftq, compiled.condition) if ftq and constrained else None
     embedded = query  # the text the vector list ranks by
+    if ftq is not None and constrained:
+        if ftq.empty:
+            return []  # nothing but exclusions: nothing to search for
+        values["cfg"] = str(coll.settings.get("ts_config", bm25.DEFAULT_TS_CONFIG))
+        values.update(required=ftq.required, excluded=ftq.excluded)
+        embedded = ftq.terms  # the model reads the words searched for, not the excluded
     if p.mode in ("vector", "hybrid"):
         given = _given_vector(coll, query, vector)
-        condition, bound = compiled.condition, filtered
-        if ftq is not None and (ftq.required or ftq.excluded):
-            # hybrid: the query's phrases and exclusions bind the vector list too, and the
-            # model reads the words searched for, not the ones excluded (see _syntax_condition)
-            if ftq.empty:
-                return []  # nothing but exclusions: nothing to search for
-            condition, bound = _syntax_condition(ftq, condition), True
-            values["cfg"] = str(coll.settings.get("ts_config", bm25.DEFAULT_TS_CONFIG))
-            values.update(required=ftq.required, excluded=ftq.excluded)
-            embedded = ftq.terms
-        vec_sql = _vector_sql(coll, condition, bound, p.exact, p.depth)
+        vec_sql = _vector_sql(
+            coll, condition or compiled.condition, filtered or constrained, p.exact, p.depth
+        )
     if ftq is not None and not ftq.empty:
         settings = coll.settings
         values.update(
@@ -327,9 +329,11 @@ def _run(
             compiled.condition,
             filtered,
             p.exact,
-            tail=p.fulltext_exact_depth < p.fulltext_list_depth,
+            # a constrained list is exact all through, like a filtered one
+            tail=not constrained and p.fulltext_exact_depth < p.fulltext_list_depth,
         )
-        pruned_filter = filtered and bm25.uses_topk(ftq, p.exact)
+        if (filtered or constrained) and bm25.uses_topk(ftq, p.exact):
+            ftcond = condition or compiled.condition
     if vec_sql is None and ft_sql is None:
         return []  # full-text search for nothing but stop words
 
@@ -338,7 +342,6 @@ def _run(
         coll=coll,
         ef=p.ef_search or max(rt.settings.hnsw_ef_search, min(p.depth, 1000)),
         iterative=vec_sql is not None and _supports_iterative_scan(rt),
-        compiled=compiled,
         # exact lists are eval's and the benchmarks' reference (not offered by the API or
         # the CLI) and take seconds at 1M by design: not cut off
         timeout_s=0.0 if p.exact else rt.settings.search_timeout_s,
@@ -347,13 +350,14 @@ def _run(
         # the two lists at once, on two pooled connections, each with its rows; fused here.
         # The BM25 list goes first: it is the slower one, and a query that is not in the
         # query cache is embedded while it runs (the encode no longer delays it)
-        ft_values = dict(values, n=p.fulltext_exact_depth, tail=p.fulltext_list_depth)
+        exact_depth = p.fulltext_list_depth if constrained else p.fulltext_exact_depth
+        ft_values = dict(values, n=exact_depth, tail=p.fulltext_list_depth)
         pending = _lists_executor().submit(
             contextvars.copy_context().run,
             run_.execute,
             _with_rows(ft_sql, "l.raw DESC, l.chunk_id"),
             ft_values,
-            pruned_filter=pruned_filter,
+            ftcond=ftcond,
         )
         try:
             values["q"] = _query_vector(rt, coll, embedded, given)
@@ -375,9 +379,7 @@ def _run(
         )
     else:
         assert ft_sql is not None
-        rows = run_.execute(
-            single.pool_sql(ft_sql, "x.raw DESC"), values, pruned_filter=pruned_filter
-        )
+        rows = run_.execute(single.pool_sql(ft_sql, "x.raw DESC"), values, ftcond=ftcond)
         rows = single.final_rows(rows, p.k, p.sections, float, vector=False)
     return [_hit(r, coll, p) for r in rows]
 
@@ -440,7 +442,6 @@ class _Statement:
     coll: Collection
     ef: int
     iterative: bool
-    compiled: CompiledFilter
     timeout_s: float  # statement_timeout of each statement; 0 = none
 
     def execute(
@@ -449,11 +450,11 @@ class _Statement:
         values: dict[str, Any],
         *,
         hnsw: bool = False,
-        pruned_filter: bool = False,
+        ftcond: sql.Composable | None = None,
     ) -> list[tuple[Any, ...]]:
         """The statement's rows; ``hnsw`` when it scans the HNSW index (its session
-        settings go first, once per connection), ``pruned_filter`` when the BM25 top k
-        takes the filter as SQL text."""
+        settings go first, once per connection); ``ftcond``, the condition (over ``values``)
+        that the BM25 top k takes as SQL text (``%(ftcond)s``)."""
         timeout_s = self.timeout_s
         with (
             self.rt.db.connection() as conn,
@@ -461,11 +462,9 @@ class _Statement:
             _search_deadline(self.coll.name, timeout_s),
             cancellable(conn),  # an API search whose client went away (db/cancel.py)
         ):
-            if pruned_filter:
+            if ftcond is not None:
                 # every value quoted client-side by psycopg, as in a bound parameter
-                values["ftcond"] = ClientCursor(conn).mogrify(
-                    sql.Composed([self.compiled.condition]), self.compiled.params
-                )
+                values["ftcond"] = ClientCursor(conn).mogrify(sql.Composed([ftcond]), values)
             set_session = hnsw and _session_ef.get(conn) != self.ef
             # One read statement is its own transaction: in autocommit no BEGIN goes ahead
             # of it and no COMMIT after, so the search is one Parse/Bind/Execute/Sync round
@@ -504,7 +503,8 @@ class _Statement:
 
 def _syntax_condition(ftq: bm25.FullTextQuery, condition: sql.Composable) -> sql.Composable:
     """``condition`` and the query's required phrases and exclusions, over ``c`` (the
-    chunk), for a hybrid search's vector list.
+    chunk): what a hybrid search's vector list keeps, and what the BM25 top k takes as
+    its ``cond`` text.
 
     Quoted phrases and ``-word`` are constraints, not words to rank by. Applied to the
     full-text list alone, a hybrid search for ``replication -logical`` still returned the
@@ -513,7 +513,8 @@ def _syntax_condition(ftq: bm25.FullTextQuery, condition: sql.Composable) -> sql
     every required phrase and no excluded word or phrase, the same ``websearch_to_tsquery``
     tests as the full-text list, with the same placeholders (``cfg``, ``required``,
     ``excluded``). The vector list is then a filtered one: PostgreSQL plans each
-    execution by how selective the condition is.
+    execution by how selective the condition is. The BM25 list prunes with it like with
+    a filter, instead of scoring every match (seconds at a million chunks).
     """
     parts: list[sql.Composable] = [condition]
     if ftq.required:
