@@ -23,13 +23,13 @@ docs/benchmarks.md). The candidates are the chunks holding any query lexeme
 
 Searches go to ``ragstore_bm25_topk`` (revision 0009: MaxScore over revision 0006's
 impact-ordered postings; revision 0014: the cut budget on the longest lists, contenders
-scored best bound first), the same exact scores without scoring every match. A filter,
-and a query's required phrases and exclusions, travel with the call as one SQL condition
-over ``c`` and ``d`` (rendered with client-side literal quoting), checked on the chunks
-the pruning reads: a phrase or an exclusion is a condition on which chunks may rank, not
-a term to score. A required phrase instead picks the candidates: the chunks holding it,
-all scored. Only ``exact`` (eval's reference lists) scores every match here; until
-2026-12-03 phrases and exclusions did too, 1-5 s a hybrid search at a million chunks.
+scored best bound first), the same exact scores without scoring every match. A filter
+and a query's exclusions travel with the call as one SQL condition over ``c`` and ``d``
+(rendered with client-side literal quoting), checked on the chunks the pruning reads: an
+exclusion is a condition on which chunks may rank, not a term to score. A required phrase
+instead picks the candidates: the chunks holding it, all scored. Only ``exact`` (eval's
+reference lists) scores every match of every word here; until 2026-12-03 phrases and
+exclusions did too, 1-5 s a hybrid search at a million chunks.
 """
 
 from __future__ import annotations
