@@ -119,6 +119,21 @@ def parse_query(text: str, *, plain: bool = False) -> FullTextQuery:
     )
 
 
+def syntax_tests(q: FullTextQuery) -> list[sql.Composable]:
+    """The query's required-phrase and exclusion tests over ``c`` (the chunk), with the
+    placeholders ``cfg``, ``required`` and ``excluded``: what the exhaustive list checks
+    inline, the pruned top k takes in its ``cond`` text, and a hybrid search's vector list
+    keeps (search/service.py)."""
+    tests: list[sql.Composable] = []
+    if q.required:
+        tests.append(sql.SQL("c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(required)s)"))
+    if q.excluded:
+        tests.append(
+            sql.SQL("NOT (c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(excluded)s))")
+        )
+    return tests
+
+
 def uses_topk(q: FullTextQuery, exact: bool) -> bool:
     """Whether :func:`ranked_list_sql` reads the pruned top k: unless ``exact`` or the
     query requires a phrase.
@@ -181,15 +196,7 @@ def ranked_list_sql(
             "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive(%(cid)s, %(cfg)s::regconfig,"
             " %(terms)s, {n}, %(k1)s::float8, %(b)s::float8)"
         ).format(n=n)
-    extra: list[sql.Composable] = []
-    if q.required:
-        extra.append(
-            sql.SQL(" AND c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(required)s)")
-        )
-    if q.excluded:
-        extra.append(
-            sql.SQL(" AND NOT (c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(excluded)s))")
-        )
+    extra = [sql.SQL(" AND {}").format(t) for t in syntax_tests(q)]
     join_docs = sql.SQL(" JOIN documents d ON d.id = c.document_id" if with_documents else "")
     return sql.SQL(
         "WITH s AS (SELECT chunks AS n, greatest(tokens::float8 / greatest(chunks, 1), 1.0)"

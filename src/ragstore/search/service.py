@@ -294,22 +294,12 @@ def _run(
 
     given: npt.NDArray[np.float32] | None = None
     ftq = bm25.parse_query(query, plain=p.plain) if p.mode != "vector" else None
-    # the query's phrases and exclusions: a condition on chunks, for both lists (see
-    # _syntax_condition)
-    constrained = ftq is not None and bool(ftq.required or ftq.excluded)
-    condition = _syntax_condition(ftq, compiled.condition) if ftq and constrained else None
-    embedded = query  # the text the vector list ranks by
-    if ftq is not None and constrained:
-        if ftq.empty:
-            return []  # nothing but exclusions: nothing to search for
-        values["cfg"] = str(coll.settings.get("ts_config", bm25.DEFAULT_TS_CONFIG))
-        values.update(required=ftq.required, excluded=ftq.excluded)
-        embedded = ftq.terms  # the model reads the words searched for, not the excluded
-    if p.mode in ("vector", "hybrid"):
-        given = _given_vector(coll, query, vector)
-        vec_sql = _vector_sql(
-            coll, condition or compiled.condition, filtered or constrained, p.exact, p.depth
-        )
+    # the query's phrases and exclusions bind both lists (see _syntax_condition)
+    tests = bm25.syntax_tests(ftq) if ftq is not None else []
+    constrained = bool(tests)
+    if constrained and ftq is not None and ftq.empty:
+        return []  # nothing but exclusions: nothing to search for
+    condition = _syntax_condition(tests, compiled.condition) if constrained else compiled.condition
     if ftq is not None and not ftq.empty:
         settings = coll.settings
         values.update(
@@ -333,7 +323,12 @@ def _run(
             tail=not constrained and p.fulltext_exact_depth < p.fulltext_list_depth,
         )
         if (filtered or constrained) and bm25.uses_topk(ftq, p.exact):
-            ftcond = condition or compiled.condition
+            ftcond = condition
+    if p.mode in ("vector", "hybrid"):
+        given = _given_vector(coll, query, vector)
+        vec_sql = _vector_sql(coll, condition, filtered or constrained, p.exact, p.depth)
+    # the model reads the words searched for, not the excluded ones
+    embedded = ftq.terms if ftq is not None and constrained else query
     if vec_sql is None and ft_sql is None:
         return []  # full-text search for nothing but stop words
 
@@ -501,10 +496,10 @@ class _Statement:
         return rows
 
 
-def _syntax_condition(ftq: bm25.FullTextQuery, condition: sql.Composable) -> sql.Composable:
-    """``condition`` and the query's required phrases and exclusions, over ``c`` (the
-    chunk): what a hybrid search's vector list keeps, and what the BM25 top k takes as
-    its ``cond`` text.
+def _syntax_condition(tests: list[sql.Composable], condition: sql.Composable) -> sql.Composable:
+    """``condition`` and the query's required-phrase and exclusion ``tests``
+    (:func:`bm25.syntax_tests`), over ``c`` (the chunk): what a hybrid search's vector
+    list keeps, and what the BM25 top k takes as its ``cond`` text.
 
     Quoted phrases and ``-word`` are constraints, not words to rank by. Applied to the
     full-text list alone, a hybrid search for ``replication -logical`` still returned the
@@ -516,14 +511,7 @@ def _syntax_condition(ftq: bm25.FullTextQuery, condition: sql.Composable) -> sql
     execution by how selective the condition is. The BM25 list prunes with it like with
     a filter, instead of scoring every match (seconds at a million chunks).
     """
-    parts: list[sql.Composable] = [condition]
-    if ftq.required:
-        parts.append(sql.SQL("c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(required)s)"))
-    if ftq.excluded:
-        parts.append(
-            sql.SQL("NOT (c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(excluded)s))")
-        )
-    return sql.SQL(" AND ").join(sql.SQL("({})").format(x) for x in parts)
+    return sql.SQL(" AND ").join(sql.SQL("({})").format(x) for x in [condition, *tests])
 
 
 def _vector_sql(
