@@ -693,6 +693,24 @@ def test_html_inline_markup_joins_its_words_and_blocks_stay_apart() -> None:
     assert "| one two | xy |" in texts[ChunkType.TABLE]
 
 
+def test_html_nested_thousands_deep_is_read_not_failed() -> None:
+    """Generated pages nest unclosed elements thousands deep; the walk is not recursive,
+    so such a page is read like any other (it failed as 'nested too deeply' before)."""
+    page = (
+        "<html><body><h1>Deep</h1>"
+        + "<div>" * 5000
+        + "<p>whales <b>"
+        + "<span>" * 3000
+        + "sing</span></b> loud</p><div>tail text</div>"
+    ).encode()
+    doc = parse_bytes(page, "deep.html")
+    assert [(b.type, b.text) for b in doc.blocks] == [
+        (ChunkType.HEADING, "Deep"),
+        (ChunkType.PARAGRAPH, "whales sing loud"),
+        (ChunkType.PARAGRAPH, "tail text"),
+    ]
+
+
 def test_pdf_fonts_are_code_by_name_or_by_the_fixed_pitch_flag() -> None:
     def font(name: str, flags: int = 32) -> DictionaryObject:
         descriptor = DictionaryObject({NameObject("/Flags"): NumberObject(flags)})

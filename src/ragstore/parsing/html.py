@@ -7,11 +7,12 @@ is taken as the document.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import PurePath
 from typing import Any
 
 from bs4 import BeautifulSoup
-from bs4.element import NavigableString, Tag
+from bs4.element import NavigableString, PageElement, Tag
 
 from ragstore.errors import EmptyDocumentError
 from ragstore.models import ChunkType, ParsedDocument
@@ -73,16 +74,29 @@ def _flat(el: Tag, skip: frozenset[str] | set[str] = frozenset()) -> str:
     """The element's text as a reader sees it: inline markup joins its neighbours
     (``<code>Vec</code>s`` is ``Vecs``), block-level children are set apart by spaces (two
     ``<p>`` in a table cell are two sentences, not one glued word). Comments and child
-    elements named in ``skip`` are left out."""
+    elements named in ``skip`` are left out.
+
+    Walked with a stack, not recursion: a page of thousands of nested (often unclosed)
+    elements is still a page to read, not a RecursionError."""
     parts: list[str] = []
-    for child in el.children:
-        if isinstance(child, Tag):
-            if child.name in skip:
-                continue
-            inner = _flat(child)
-            parts.append(inner if child.name in _INLINE else f" {inner} ")
-        elif type(child) is NavigableString:
-            parts.append(str(child))
+    # a plain str on the stack is a separator to emit; a node is expanded in place
+    stack: list[Any] = [
+        c for c in reversed(list(el.children)) if not (isinstance(c, Tag) and c.name in skip)
+    ]
+    while stack:
+        node = stack.pop()
+        if type(node) is str:
+            parts.append(node)
+        elif isinstance(node, Tag):
+            children = list(node.children)
+            if node.name in _INLINE:
+                stack.extend(reversed(children))
+            else:
+                stack.append(" ")
+                stack.extend(reversed(children))
+                stack.append(" ")
+        elif type(node) is NavigableString:
+            parts.append(str(node))
     return "".join(parts)
 
 
@@ -114,15 +128,19 @@ def _table(el: Tag) -> tuple[str, dict[str, Any]]:
     return pipe_table(rows)
 
 
-def _walk(el: Tag, out: BlockBuilder) -> None:
-    loose: list[str] = []
-
-    def flush() -> None:
-        if loose:
-            out.add(ChunkType.PARAGRAPH, " ".join("".join(loose).split()))
-            loose.clear()
-
-    for child in el.children:
+def _walk(root: Tag, out: BlockBuilder) -> None:
+    """Blocks of ``root`` in document order. Loose inline text between blocks becomes a
+    paragraph of its own level; a container that is not a block (``div``, ``section``) is
+    entered. Depth-first with an explicit stack of levels (see ``_flat``)."""
+    # one level: the children still to visit and the loose text gathered at that level
+    levels: list[tuple[Iterator[PageElement], list[str]]] = [(iter(root.children), [])]
+    while levels:
+        children, loose = levels[-1]
+        child = next(children, None)
+        if child is None:
+            _flush(loose, out)
+            levels.pop()
+            continue
         if isinstance(child, NavigableString):
             if type(child) is NavigableString:
                 loose.append(str(child))
@@ -133,7 +151,7 @@ def _walk(el: Tag, out: BlockBuilder) -> None:
         if name in _INLINE:
             loose.append(_flat(child))
             continue
-        flush()
+        _flush(loose, out)
         if name in _HEADINGS:
             out.add(ChunkType.HEADING, _text(child), level=_HEADINGS[name])
         elif name == "p":
@@ -153,8 +171,13 @@ def _walk(el: Tag, out: BlockBuilder) -> None:
         elif name == "blockquote":
             out.add(ChunkType.QUOTE, _text(child))
         else:
-            _walk(child, out)
-    flush()
+            levels.append((iter(child.children), []))
+
+
+def _flush(loose: list[str], out: BlockBuilder) -> None:
+    if loose:
+        out.add(ChunkType.PARAGRAPH, " ".join("".join(loose).split()))
+        loose.clear()
 
 
 def parse_html(text: str, name: str) -> ParsedDocument:
