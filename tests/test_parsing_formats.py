@@ -756,3 +756,13 @@ def test_pdf_text_with_nul_or_lone_surrogates_is_stored_with_replacement_charact
     assert "console.log('\ufffd\ufffd') sends two NUL bytes" in doc.blocks[0].text
     assert not any("\x00" in b.text for b in doc.blocks)
     assert storable("x\ud800y\x00") == "x\ufffdy\ufffd"
+
+
+def test_bad_front_matter_is_one_line_with_its_place_in_the_file() -> None:
+    page = b"---\ntitle: Notes\nsummary: a: b\n---\n# Notes\n\nbody\n"
+    with pytest.raises(CorruptDocumentError) as err:
+        parse_bytes(page, "notes.md")
+    message = str(err.value)
+    assert "\n" not in message and "<unicode string>" not in message
+    assert message.startswith("notes.md: invalid YAML front matter at line 3, column 11 (")
+    assert "mapping values are not allowed" in message and "remove the block" in message

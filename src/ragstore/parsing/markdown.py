@@ -60,6 +60,21 @@ def _simple_front_matter(content: str) -> dict[str, Any] | None:
     return out or None
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a front matter PyYAML cannot read: where in the file, what, how to fix
+    (PyYAML's own message spans several lines and points into "<unicode string>")."""
+    mark = getattr(exc, "problem_mark", None)
+    # the block starts on the file's second line, after the opening ---
+    where = f" at line {mark.line + 2}, column {mark.column + 1}" if mark is not None else ""
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    what = f"{context}: {what}" if context else what
+    return (
+        f"invalid YAML front matter{where} ({what}); fix the lines between the opening and "
+        "closing --- (quote values holding ': ', '#', '[' or '{'), or remove the block"
+    )
+
+
 def _front_matter(token: Token, name: str) -> dict[str, Any]:
     simple = _simple_front_matter(token.content)
     if simple is not None:
@@ -67,7 +82,7 @@ def _front_matter(token: Token, name: str) -> dict[str, Any]:
     try:
         data = yaml.load(token.content, Loader=_YAML_LOADER) or {}
     except yaml.YAMLError as exc:
-        raise CorruptDocumentError(f"{name}: invalid YAML front matter: {exc}") from None
+        raise CorruptDocumentError(f"{name}: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise CorruptDocumentError(f"{name}: front matter must be a YAML mapping")
     return {str(k): v for k, v in data.items()}
