@@ -83,6 +83,29 @@ def test_bare_group_shows_its_help_with_exit_64(capsys: pytest.CaptureFixture[st
     assert "Usage: ragstore db [OPTIONS] COMMAND [ARGS]..." in capsys.readouterr().out
 
 
+def test_command_lists_show_each_summary_unbroken(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A docstring's first paragraph wraps in the source; its row in the command table
+    is one sentence, not cut where the source line ended."""
+    monkeypatch.setenv("COLUMNS", "240")
+    for group, summary in (
+        (
+            (),
+            "Ingest Markdown, text, HTML, PDF, DOCX and source files; unchanged files are "
+            "skipped without embedding, changed ones replaced in one transaction.",
+        ),
+        (
+            ("models",),
+            "Drop the vectors of models the collection no longer uses (no rollback "
+            "past this); lists what goes and asks first.",
+        ),
+    ):
+        assert run_cli(*group, "--help") == 0
+        out = capsys.readouterr().out
+        assert summary in out, out
+
+
 def test_help_shows_readable_placeholders_not_python_types(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ a second and never import torch.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from typing import Any
@@ -157,13 +158,25 @@ def _checked_collections(command: Any) -> None:
         _checked_collections(sub)
 
 
+def _one_line_summaries(command: Any) -> None:
+    """Each command's line in its group's list is its docstring's first paragraph on one
+    line: typer's rich help keeps the docstring's line breaks there, and a summary
+    wrapped at 88 columns in the source came out broken mid-sentence in the table."""
+    for sub in getattr(command, "commands", {}).values():
+        first = inspect.cleandoc(sub.help or "").split("\n\n")[0]
+        if sub.short_help is None and "\n" in first:
+            sub.short_help = " ".join(first.split())
+        _one_line_summaries(sub)
+
+
 def build_command() -> Any:
-    """The click command tree of the whole CLI, with readable metavars and every
-    ``--collection`` checked for an empty name."""
+    """The click command tree of the whole CLI, with readable metavars, one-line command
+    summaries and every ``--collection`` checked for an empty name."""
     if not app.registered_groups:
         _register()
     command = typer.main.get_command(app)
     _readable_metavars(command)
+    _one_line_summaries(command)
     _checked_collections(command)
     return command
 
