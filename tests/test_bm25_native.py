@@ -532,6 +532,43 @@ def test_a_kernel_that_does_not_compile_leaves_search_working(
     assert not caplog.records
 
 
+def test_a_library_the_server_refuses_is_warned_about_once(
+    rt: Runtime,
+    pg_data_dir: Path,
+    native_cache: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A library at the kernel's path that the server will not load (a corrupt copy, a
+    prebuilt one for another platform): one warning, the SQL path, and later opens
+    neither offer it again nor warn; a new file at that path is tried at once."""
+    with rt.db.connection() as conn:
+        row = conn.execute("SELECT current_setting('server_version')").fetchone()
+    assert row is not None
+    folder = pg_data_dir / "pg" / "native_refused"
+    lib = native.library_path(folder, str(row[0]))
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    lib.write_bytes(b"\x7fELF not really a shared object")
+    lib.chmod(0o755)
+    native.uninstall(rt.db)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="ragstore.db.native"):
+            assert native.sync(rt.db, folder) is False
+            warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+            assert len(warnings) == 1 and "native BM25 kernel not in use" in warnings[0]
+            caplog.clear()
+            assert native.sync(rt.db, folder) is False
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert any("remembered in" in r.getMessage() for r in caplog.records)
+            lib.write_bytes(b"\x7fELF another copy, refused again")  # a new file: tried again
+            caplog.clear()
+            assert native.sync(rt.db, folder) is False
+            assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+        with rt.db.connection() as conn:
+            assert native.installed(conn) is None
+    finally:
+        _install(rt, native_cache)
+
+
 def test_a_machine_without_a_compiler_tries_once_and_says_so(
     rt: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,7 +12,8 @@ functions in the schema ``ragstore_native``, naming the library relative to the 
 data directory. With the function already there and its library on disk it is
 one query. Anything that fails (no compiler, a compile error, a server that will not load
 it, a role that is not superuser) logs one warning and leaves the SQL path (a failed
-compile is remembered for a day, so later opens neither retry it nor warn again); an external
+compile, or a library the server would not load, is remembered for a day, so later opens
+neither retry it nor warn again); an external
 server (``RAGSTORE_DATABASE_URL``) is never touched. ``RAGSTORE_NATIVE_BM25=false`` drops
 the schema, so every session of the database takes the SQL path.
 
@@ -175,28 +176,72 @@ def install(db: Database, cache_dir: Path, *, cc: str = "cc", prebuilt: Path | N
             raise NativeUnavailable("creating a C function needs a superuser role")
         if not lib.exists():
             _obtain(lib, cc, prebuilt)
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-            conn.execute(f"GRANT USAGE ON SCHEMA {SCHEMA} TO PUBLIC")
-            for name, args, result, symbol, options in FUNCTIONS:
-                # loading checks the library's magic block and finds the symbol
-                conn.execute(
-                    sql.SQL(
-                        f"CREATE OR REPLACE FUNCTION {SCHEMA}.{name}({args}) RETURNS {result} "
-                        f"LANGUAGE C STABLE {options} PARALLEL SAFE AS {{lib}}, {{symbol}}"
-                    ).format(lib=sql.Literal(probin), symbol=sql.Literal(symbol))
-                )
-            # one call on nothing: the library runs in this server
-            conn.execute(
-                f"SELECT * FROM {SCHEMA}.bm25_contenders('{{}}', '{{}}', '{{}}', '{{}}', "
-                "1, 0, 0, NULL)"
-            ).fetchone()
+        refused = _load_refusal(lib)
+        if refused is not None:
+            raise NativeUnavailable(refused, quiet=True)
+        try:
+            _create_functions(conn, probin)
+        except psycopg.Error as exc:
+            _remember_refusal(lib, exc)
+            raise
     for stale in cache_dir.glob("ragstore_bm25-*.so"):
         if stale != lib:  # a server session that loaded it keeps its mapping
             stale.unlink(missing_ok=True)
     log.debug("native BM25 kernel in use (%s)", lib)
     return True
+
+
+def _create_functions(conn: psycopg.Connection[tuple[object, ...]], probin: str) -> None:
+    """The native functions created from the library the server knows as ``probin``, and
+    called once, in one transaction: a library the server cannot load changes nothing."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        conn.execute(f"GRANT USAGE ON SCHEMA {SCHEMA} TO PUBLIC")
+        for name, args, result, symbol, options in FUNCTIONS:
+            # loading checks the library's magic block and finds the symbol
+            conn.execute(
+                sql.SQL(
+                    f"CREATE OR REPLACE FUNCTION {SCHEMA}.{name}({args}) RETURNS {result} "
+                    f"LANGUAGE C STABLE {options} PARALLEL SAFE AS {{lib}}, {{symbol}}"
+                ).format(lib=sql.Literal(probin), symbol=sql.Literal(symbol))
+            )
+        # one call on nothing: the library runs in this server
+        conn.execute(
+            f"SELECT * FROM {SCHEMA}.bm25_contenders('{{}}', '{{}}', '{{}}', '{{}}', 1, 0, 0, NULL)"
+        ).fetchone()
+
+
+def _refusal_marker(lib: Path) -> Path:
+    return lib.with_name(f".{lib.stem}.refused")
+
+
+def _signature(lib: Path) -> str:
+    st = lib.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _load_refusal(lib: Path) -> str | None:
+    """Why the server refused this very file (same size and mtime) within the last day, or
+    None: a library that does not load (a prebuilt one for another platform, a corrupt
+    copy) is not offered to the server, nor warned about, at every open; a new file at the
+    path is tried again at once."""
+    marker = _refusal_marker(lib)
+    try:
+        if time.time() - marker.stat().st_mtime >= RETRY_FAILED_BUILD_S:
+            return None
+        signature, _, why = marker.read_text(encoding="utf-8").partition("\n")
+        if signature != _signature(lib):
+            return None
+    except OSError:
+        return None
+    return f"the server refused {lib.name}: {why.strip()} (remembered in {marker})"
+
+
+def _remember_refusal(lib: Path, exc: psycopg.Error) -> None:
+    with contextlib.suppress(OSError):
+        reason = " ".join(str(exc).split())
+        _refusal_marker(lib).write_text(f"{_signature(lib)}\n{reason}\n", encoding="utf-8")
 
 
 def _server_name(conn: psycopg.Connection[tuple[object, ...]], lib: Path) -> str:
