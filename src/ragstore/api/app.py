@@ -100,10 +100,10 @@ def install_middleware(app: FastAPI, settings: Settings, *, secure: bool = True)
 
 def _warm_up(rt: Runtime) -> None:
     """Open the database and load the default model now rather than on the first request."""
-    from ragstore.embedding.registry import resolve_spec
+    from ragstore.modelops.specs import model_spec
 
     rt.db  # noqa: B018 (checks server and schema)
-    rt.embedder(resolve_spec(rt.settings.model))
+    rt.embedder(model_spec(rt, rt.settings.model))  # a built-in, or a model pinned by name
 
 
 def _read_only(rt: Runtime) -> bool:

@@ -58,16 +58,13 @@ def _local_show(name: str) -> dict[str, Any]:
 
 
 def _local_create(name: str, model: str | None, settings: dict[str, Any]) -> dict[str, Any]:
-    from ragstore.db import catalog, repository
-    from ragstore.db.errors import translated
-    from ragstore.embedding.registry import resolve_spec
+    """Created as the API and ``Store`` create it: ``model`` a built-in or any model pinned
+    with ``ragstore models add`` (``NAME`` or ``NAME@REVISION``)."""
     from ragstore.runtime import Runtime
+    from ragstore.store import Store
 
     with Runtime() as rt:
-        spec = resolve_spec(model or rt.settings.model)
-        with rt.db.connection() as conn, translated(f"creating collection {name!r}"):
-            coll = repository.create_collection(conn, name, spec, settings)
-            return catalog.collection_detail(conn, coll)
+        return Store.from_runtime(rt).create_collection(name, model=model, settings=settings)
 
 
 def _local_delete(name: str) -> None:

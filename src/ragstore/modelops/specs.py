@@ -73,6 +73,20 @@ def find_model(rt: Runtime, ref: str, *, pin_builtin: bool = True) -> PinnedMode
     )
 
 
+def model_spec(rt: Runtime, ref: str) -> ModelSpec:
+    """The spec ``ref`` names, writing nothing: a pinned model (``NAME`` or
+    ``NAME@REVISION``), else a built-in not pinned yet. For readers of ``RAGSTORE_MODEL``
+    that must not pin (a server warming up, perhaps on a read-only standby)."""
+    try:
+        return find_model(rt, ref, pin_builtin=False).spec
+    except ModelNotFoundError:
+        name, _, revision = ref.partition("@")
+        builtin = builtin_specs().get(name)
+        if builtin is None or revision not in ("", builtin.revision):
+            raise
+        return resolve_spec(name)
+
+
 def _insert(rt: Runtime, spec: ModelSpec) -> PinnedModel:
     with rt.db.connection() as conn, translated(f"pinning model {spec.key}"):
         found = models.pinned_models(conn, spec.name, spec.revision)

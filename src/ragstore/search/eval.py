@@ -30,8 +30,8 @@ import numpy as np
 from ragstore.chunking import chunk_document, document_hash, recipe
 from ragstore.db import documents, repository
 from ragstore.db.errors import translated
-from ragstore.embedding.registry import resolve_spec
 from ragstore.errors import CollectionNotFoundError, InputError, PathNotFoundError
+from ragstore.modelops.specs import find_model
 from ragstore.models import Block, Chunk, ChunkType, ParsedDocument
 from ragstore.runtime import Runtime
 from ragstore.search.service import MODES, Mode, SearchParams, run
@@ -183,7 +183,7 @@ def _eval_collection(rt: Runtime, name: str) -> repository.Collection:
         return rt.collection(name)
     except CollectionNotFoundError:
         pass
-    spec = resolve_spec(rt.settings.model)
+    spec = find_model(rt, rt.settings.model).spec  # a built-in, or a model pinned by name
     with rt.db.connection() as conn, translated(f"creating collection {name!r}"):
         return repository.create_collection(
             conn, name, spec, {"ts_config": "english", "purpose": "eval"}
