@@ -25,13 +25,54 @@ from psycopg import sql
 
 from ragstore.db import changes
 from ragstore.db.models import MODEL_COLS, spec_from_row
+from ragstore.errors import InputError
 from ragstore.models import ModelSpec
 
 Conn = psycopg.Connection[Any]
 
 # the one map from a model's distance to pgvector: index operator class and query operator
 DISTANCE_OPS = {"cosine": "vector_cosine_ops", "l2": "vector_l2_ops", "ip": "vector_ip_ops"}
+HALF_DISTANCE_OPS = {"cosine": "halfvec_cosine_ops", "l2": "halfvec_l2_ops", "ip": "halfvec_ip_ops"}
 OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
+
+# pgvector's HNSW indexes vectors of up to 2,000 dimensions and halfvecs of up to 4,000. A
+# wider space (OpenAI's text-embedding-3-large has 3,072) keeps its vectors in full
+# precision and is indexed over their half-precision cast, the pgvector recipe for such
+# models: the index orders candidates by the half-precision distance, each row returned
+# carries its full-precision one, and the search re-sorts by that.
+HNSW_MAX_DIMENSIONS = 2000
+HALFVEC_MAX_DIMENSIONS = 4000
+
+
+def check_dimension(dimension: int, what: str) -> None:
+    """Refuse a space no HNSW index can serve, before anything is written or embedded."""
+    if dimension > HALFVEC_MAX_DIMENSIONS:
+        raise InputError(
+            f"{what}: {dimension} dimensions is over the {HALFVEC_MAX_DIMENSIONS:,} that "
+            "pgvector's HNSW index takes (in half precision); pin the model with fewer "
+            "dimensions (`ragstore models add --truncate-dim N` for a local model, or a "
+            "model whose endpoint answers shorter vectors)"
+        )
+
+
+def indexed(value: sql.Composable, dimension: int) -> sql.Composable:
+    """``value`` (the embedding column, or a query vector) as the space's HNSW index orders
+    it: itself, or its half-precision cast in a space wider than HNSW_MAX_DIMENSIONS."""
+    if dimension <= HNSW_MAX_DIMENSIONS:
+        return value
+    return sql.SQL("({}::halfvec({}))").format(value, sql.Literal(dimension))
+
+
+def table_dimension(conn: Conn, table: str) -> int:
+    """The dimension of a space's ``embedding`` column (pgvector keeps it as the typmod)."""
+    row = conn.execute(
+        "SELECT atttypmod FROM pg_attribute"
+        " WHERE attrelid = to_regclass(quote_ident(%s)) AND attname = 'embedding'",
+        (table,),
+    ).fetchone()
+    if row is None:
+        raise InputError(f"embedding table {table!r} does not exist")
+    return int(row[0])
 
 
 @dataclass(frozen=True)
@@ -123,6 +164,7 @@ def create_space(
         (collection_id, model_id),
     ).fetchone()
     assert row is not None
+    check_dimension(spec.dimension, f"model {spec.key}")
     space_id = int(row[0])
     table = f"emb_{space_id}"
     conn.execute("UPDATE embedding_spaces SET table_name = %s WHERE id = %s", (table, space_id))
@@ -201,11 +243,14 @@ def ensure_index(
                 t=t, n=sql.Literal(workers)
             )
         )
+    dimension = table_dimension(conn, table)
+    ops = DISTANCE_OPS if dimension <= HNSW_MAX_DIMENSIONS else HALF_DISTANCE_OPS
     conn.execute(
-        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding {ops})").format(
+        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw ({e} {ops})").format(
             i=sql.Identifier(f"{table}_hnsw"),
             t=t,
-            ops=sql.SQL(DISTANCE_OPS[distance]),
+            e=indexed(sql.SQL("embedding"), dimension),
+            ops=sql.SQL(ops[distance]),
         )
     )
     if force:
@@ -337,12 +382,18 @@ def sample_texts(conn: Conn, table: str, n: int, count: int) -> list[str]:
 def nearest_texts(conn: Conn, table: str, distance: str, vector: np.ndarray, k: int) -> list[str]:
     """Texts of the ``k`` chunks nearest ``vector`` in a space, through its HNSW index."""
     conn.execute("SET LOCAL hnsw.ef_search = 100")
+    dimension = table_dimension(conn, table)
     rows = conn.execute(
         sql.SQL(
             "SELECT c.text FROM {t} e JOIN chunks c ON c.id = e.chunk_id"
-            " ORDER BY e.embedding {op} %s LIMIT %s"
-        ).format(t=sql.Identifier(table), op=sql.SQL(OPERATORS[distance])),
-        (vector, k),
+            " ORDER BY {e} {op} {q} LIMIT %(k)s"
+        ).format(
+            t=sql.Identifier(table),
+            e=indexed(sql.SQL("e.embedding"), dimension),
+            op=sql.SQL(OPERATORS[distance]),
+            q=indexed(sql.SQL("%(q)s"), dimension),
+        ),
+        {"q": vector, "k": k},
     ).fetchall()
     return [str(r[0]) for r in rows]
 
@@ -373,11 +424,17 @@ def index_knn(
     conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef_search)))
     conn.execute("SET LOCAL enable_seqscan = off")
     op = sql.SQL(OPERATORS[distance])
+    dimension = table_dimension(conn, table)
     rows = conn.execute(
         sql.SQL(
-            "SELECT chunk_id, embedding {op} %(q)s FROM {t}"
-            " ORDER BY embedding {op} %(q)s LIMIT %(k)s"
-        ).format(op=op, t=sql.Identifier(table)),
+            "SELECT chunk_id, embedding {op} %(q)s FROM {t} ORDER BY {e} {op} {q} LIMIT %(k)s"
+        ).format(
+            op=op,
+            t=sql.Identifier(table),
+            e=indexed(sql.SQL("embedding"), dimension),
+            q=indexed(sql.SQL("%(q)s"), dimension),
+        ),
         {"q": vector, "k": k},
     ).fetchall()
-    return [(int(r[0]), float(r[1])) for r in rows]
+    # a wide space's index orders by half-precision distance: the full one decides
+    return sorted(((int(r[0]), float(r[1])) for r in rows), key=lambda r: r[1])

@@ -532,8 +532,15 @@ def _vector_sql(
     """
     limit = sql.Literal(depth) if not filtered else sql.SQL("%(n)s")
     op = sql.SQL(spaces.OPERATORS[coll.model.distance])
-    order = sql.SQL("(e.embedding {op} %(q)b) + 0" if exact else "e.embedding {op} %(q)b").format(
-        op=op
+    dim = coll.model.dimension
+    order = (
+        sql.SQL("(e.embedding {op} %(q)b) + 0").format(op=op)
+        if exact
+        else sql.SQL("{e} {op} {q}").format(
+            e=spaces.indexed(sql.SQL("e.embedding"), dim),
+            op=op,
+            q=spaces.indexed(sql.SQL("%(q)b"), dim),
+        )
     )
     if not filtered:
         return sql.SQL(
