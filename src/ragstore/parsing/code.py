@@ -114,7 +114,9 @@ class _Unit:
 def _python_units(text: str) -> list[_Unit] | None:
     try:
         tree = ast.parse(text)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        # not Python the compiler takes (MemoryError and RecursionError: nesting past its
+        # parser's limits): cut by lines like any other source
         return None
     units: list[_Unit] = []
     for node in tree.body:
