@@ -113,3 +113,13 @@ def test_a_model_wider_than_4000_dimensions_is_refused_before_anything_is_writte
         store.create_collection("too-wide", model="outside-5000", dimension=5000)
     assert "--truncate-dim" in str(err.value)
     assert "too-wide" not in {c["name"] for c in store.list_collections()}
+
+
+def test_a_model_wider_than_4000_dimensions_is_not_pinned(rt: Runtime) -> None:
+    with InstantServer(dimension=5000) as server, pytest.raises(InputError, match="5000"):
+        add_http_model(rt, server.base_url, name="too-wide-http", remote_model="instant")
+    with rt.db.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM embedding_models WHERE name = 'too-wide-http'"
+        ).fetchone()
+    assert row == (0,)

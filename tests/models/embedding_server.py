@@ -5,6 +5,9 @@ starts it in a thread, points an ``openai`` spec at it and can make it answer th
 requests with 429 or 503, or demand an API key. ``base64`` says what it does with
 ``"encoding_format": "base64"``: ``serve`` it as OpenAI does (float32 bytes), ``ignore`` it
 (lists of numbers, as some servers do) or ``refuse`` it (HTTP 400, as a strict one would).
+``"dimensions": N`` is honoured as OpenAI's text-embedding-3 models honour it (the first N
+dimensions, normalised again) unless ``shortens`` is False (the field ignored, as servers of
+other models do).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import threading
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import numpy as np
 
 from ragstore.embedding.base import Embedder
 
@@ -28,6 +33,7 @@ class EmbeddingServer:
         self.batch_sizes: list[int] = []
         self.formats: list[str] = []  # the encoding_format of each request
         self.base64 = "serve"
+        self.shortens = True
         self.lock = threading.Lock()
         server = self
 
@@ -80,6 +86,9 @@ class EmbeddingServer:
                 with server.lock:
                     server.batch_sizes.append(len(texts))
                 vecs = server.embedder.embed(texts)
+                if body.get("dimensions") and server.shortens:
+                    vecs = vecs[:, : int(body["dimensions"])]
+                    vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
                 as_b64 = fmt == "base64" and server.base64 == "serve"
                 self._answer(
                     200,

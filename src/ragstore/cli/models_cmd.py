@@ -135,7 +135,11 @@ def add_cmd(
     normalize: bool = typer.Option(True, "--normalize/--no-normalize"),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Tokens the model reads."),
     truncate_dim: int | None = typer.Option(
-        None, "--truncate-dim", min=8, help="Keep the first N dimensions (local)."
+        None,
+        "--truncate-dim",
+        min=8,
+        help="Keep the first N dimensions (local); an HTTP endpoint is asked for N "
+        "(OpenAI's `dimensions`).",
     ),
     remote_model: str | None = typer.Option(
         None, "--remote-model", help="Model id the endpoint expects (HTTP)."
@@ -190,6 +194,7 @@ def add_cmd(
                 tokenizer=tokenizer,
                 query_prefix=query_prefix,
                 passage_prefix=passage_prefix,
+                dimensions=truncate_dim,
             )
         else:
             raise InputError(

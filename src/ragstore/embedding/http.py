@@ -5,7 +5,11 @@ provider covers them. A spec for it names the endpoint in its options::
 
     {"base_url": "http://127.0.0.1:8080/v1", "model": "bge-small-en-v1.5",
      "api_key_env": "RAGSTORE_EMBEDDING_API_KEY", "timeout_s": 30, "max_retries": 5,
-     "batch_size": 64, "tokenizer": "/models/bge-small", "encoding_format": "base64"}
+     "batch_size": 64, "tokenizer": "/models/bge-small", "encoding_format": "base64",
+     "dimensions": 1024}
+
+``dimensions`` (optional) is sent with every request: OpenAI's text-embedding-3 models then
+answer vectors of that length (the pin checks that the endpoint does).
 
 The API key is read from the environment variable ``api_key_env`` names, held as a
 ``SecretStr`` and only ever written into the ``Authorization`` header: it is never stored in
@@ -100,6 +104,8 @@ class HttpEmbedder(Embedder):
         self.batch_size = int(batch_size or opts.get("batch_size", 64))
         self.max_retries = int(opts.get("max_retries", 5))
         self.backoff_s = float(opts.get("backoff_s", 0.5))
+        # OpenAI's text-embedding-3 models answer shorter vectors when asked (``dimensions``)
+        self.dimensions = int(opts["dimensions"]) if opts.get("dimensions") else None
         self.encoding_format = str(opts.get("encoding_format", "base64"))
         if self.encoding_format not in ENCODING_FORMATS:
             raise ModelError(
@@ -138,11 +144,13 @@ class HttpEmbedder(Embedder):
         while True:
             self.requests += 1
             wait: float | None = None
-            body = {
+            body: dict[str, Any] = {
                 "model": self.remote_model,
                 "input": inputs,
                 "encoding_format": self.encoding_format,  # floats after a refusal
             }
+            if self.dimensions is not None:
+                body["dimensions"] = self.dimensions
             try:
                 response = self._client.post(self.url, json=body, headers=self._headers())
             except httpx.TimeoutException:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ragstore.db import models
+from ragstore.db import models, spaces
 from ragstore.db.errors import translated
 from ragstore.db.models import PinnedModel
 from ragstore.embedding.http import DEFAULT_API_KEY_ENV, HttpEmbedder
@@ -88,6 +88,7 @@ def model_spec(rt: Runtime, ref: str) -> ModelSpec:
 
 
 def _insert(rt: Runtime, spec: ModelSpec) -> PinnedModel:
+    spaces.check_dimension(spec.dimension, f"model {spec.key}")  # no collection could use it
     with rt.db.connection() as conn, translated(f"pinning model {spec.key}"):
         found = models.pinned_models(conn, spec.name, spec.revision)
         if found:
@@ -188,14 +189,20 @@ def add_http_model(
     batch_size: int = 64,
     query_prefix: str = "",
     passage_prefix: str = "",
+    dimensions: int | None = None,
 ) -> PinnedModel:
     """Pin a model served by an OpenAI-compatible ``/v1/embeddings`` endpoint.
 
     The endpoint is asked for the probe vector: its length is the dimension and its hash
     is the pin (there are no weights to hash), so a server that later swaps its model is
     refused at start. The API key stays in the environment variable ``api_key_env``.
+    ``dimensions`` asks the endpoint for vectors that long with every request (OpenAI's
+    text-embedding-3 models shorten theirs); an endpoint that answers another length is
+    refused here, before anything is pinned.
     """
     _check_common(name, distance, max_tokens)
+    if dimensions is not None and dimensions < 1:
+        raise InputError(f"dimensions must be a positive number, got {dimensions}")
     options: dict[str, Any] = {
         "base_url": base_url.rstrip("/"),
         "model": remote_model or name,
@@ -205,6 +212,8 @@ def add_http_model(
         "batch_size": batch_size,
         **_prefixes(query_prefix, passage_prefix),
     }
+    if dimensions is not None:
+        options["dimensions"] = dimensions
     if tokenizer:
         options["tokenizer"] = (
             tokenizer
@@ -216,7 +225,14 @@ def add_http_model(
     )
     client = HttpEmbedder(draft)
     try:
-        client.spec = replace(draft, dimension=_remote_dimension(client))
+        answered = _remote_dimension(client)
+        if dimensions is not None and answered != dimensions:
+            raise InputError(
+                f"{base_url} answered {answered} dimensions when asked for {dimensions}: it "
+                "does not shorten its vectors (OpenAI's text-embedding-3 models do); pin it "
+                "without --truncate-dim"
+            )
+        client.spec = replace(draft, dimension=answered)
         vec = probe_vector(client)
     finally:
         client.close()
