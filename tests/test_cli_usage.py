@@ -92,7 +92,7 @@ def test_command_lists_show_each_summary_unbroken(
     for group, summary in (
         (
             (),
-            "Ingest Markdown, text, HTML, PDF, DOCX and source files; unchanged files are "
+            "Ingest Markdown, text, HTML, PDF, DOCX, notebook and source files; unchanged files are "
             "skipped without embedding, changed ones replaced in one transaction.",
         ),
         (

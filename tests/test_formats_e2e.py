@@ -35,6 +35,7 @@ def test_every_format_of_the_corpus_is_ingested(rt: Runtime, ingested: IngestRep
     assert sorted(Path(o.source).name for o in ingested.outcomes if o.status == "added") == [
         "billing.py",
         "coffee.html",
+        "forecast.ipynb",
         "guide.md",
         "handbook.pdf",
         "inventory.docx",
@@ -51,6 +52,7 @@ def test_every_format_of_the_corpus_is_ingested(rt: Runtime, ingested: IngestRep
     assert {name: fmt for name, (fmt, _) in meta.items()} == {
         "billing.py": "code",
         "coffee.html": "html",
+        "forecast.ipynb": "notebook",
         "guide.md": "markdown",
         "handbook.pdf": "pdf",
         "inventory.docx": "docx",
@@ -72,6 +74,22 @@ def test_search_finds_a_sentence_inside_a_docx_table(rt: Runtime, ingested: Inge
     assert top.chunk_type == "table" and DOCX_TABLE_SENTENCE in top.text
     assert top.section_path == ["Inventory", "Reference"]
     assert top.metadata["columns"] == 2
+
+
+def test_search_finds_a_notebooks_prose_and_code_but_not_its_outputs(
+    rt: Runtime, ingested: IngestReport
+) -> None:
+    hits = search(rt, "when do ice cream orders peak?", collection=COLLECTION, k=3)
+    assert Path(hits[0].source).name == "forecast.ipynb"
+    # a short notebook's sections share a chunk, which names the subsection it holds
+    assert hits[0].section_path[0] == "Warehouse demand forecast"
+    assert "every July" in hits[0].text and "Seasonality" in hits[0].text
+    code = search(
+        rt, "resample orders by week", collection=COLLECTION, k=5, mode="fulltext", sections=False
+    )
+    assert any(h.source.endswith("forecast.ipynb") and "orders.resample" in h.text for h in code)
+    # a run's outputs (a printed line, a plot's base64) are not the notebook's text
+    assert search(rt, "checksum 7f3a", collection=COLLECTION, k=5, mode="fulltext") == []
 
 
 def test_search_finds_a_function_in_a_code_file(rt: Runtime, ingested: IngestReport) -> None:

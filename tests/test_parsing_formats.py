@@ -3,6 +3,7 @@ the bad inputs each format can bring (no database, no model)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -766,3 +767,70 @@ def test_bad_front_matter_is_one_line_with_its_place_in_the_file() -> None:
     assert "\n" not in message and "<unicode string>" not in message
     assert message.startswith("notes.md: invalid YAML front matter at line 3, column 11 (")
     assert "mapping values are not allowed" in message and "remove the block" in message
+
+
+def _notebook(cells: list[dict[str, object]], **extra: object) -> bytes:
+    return json.dumps(
+        {"cells": cells, "metadata": {"language_info": {"name": "python"}}, "nbformat": 4, **extra}
+    ).encode()
+
+
+def test_a_notebook_is_its_cells_as_markdown_sections_code_in_the_kernels_language() -> None:
+    doc = parse_bytes((MIXED / "forecast.ipynb").read_bytes(), "forecast.ipynb")
+    assert doc.format == "notebook" and doc.title == "Warehouse demand forecast"
+    assert [(b.type, b.section_path) for b in doc.blocks] == [
+        (ChunkType.HEADING, ()),
+        (ChunkType.PARAGRAPH, ("Warehouse demand forecast",)),
+        (ChunkType.CODE, ("Warehouse demand forecast",)),
+        (ChunkType.HEADING, ("Warehouse demand forecast",)),
+        (ChunkType.PARAGRAPH, ("Warehouse demand forecast", "Seasonality")),
+        (ChunkType.CODE, ("Warehouse demand forecast", "Seasonality")),
+        (ChunkType.PARAGRAPH, ("Warehouse demand forecast", "Seasonality")),
+    ]
+    code = [b for b in doc.blocks if b.type is ChunkType.CODE]
+    assert all(b.metadata == {"language": "python"} for b in code)
+    assert "orders.resample" in code[1].text
+    text = "\n".join(b.text for b in doc.blocks)
+    assert "checksum 7f3a" not in text and "iVBOR" not in text, "outputs are left out"
+    # a cell holding a fence keeps it: the cell's fence is longer
+    inner = parse_bytes(
+        _notebook([{"cell_type": "code", "source": "print('```')\nx = 1", "outputs": []}]),
+        "fence.ipynb",
+    )
+    assert [b.type for b in inner.blocks] == [ChunkType.CODE]
+    assert "print('```')\nx = 1" in inner.blocks[0].text
+
+
+def test_a_version_3_notebook_reads_its_worksheets_heading_cells_and_inputs() -> None:
+    old = json.dumps(
+        {
+            "nbformat": 3,
+            "metadata": {},
+            "worksheets": [
+                {
+                    "cells": [
+                        {"cell_type": "heading", "level": 2, "source": ["Setup"]},
+                        {"cell_type": "code", "language": "python", "input": ["x = 41 + 1"]},
+                        {"cell_type": "markdown", "source": ["The answer is computed."]},
+                    ]
+                }
+            ],
+        }
+    ).encode()
+    doc = parse_bytes(old, "old.ipynb")
+    assert [(b.type, b.text.strip("`\n")) for b in doc.blocks] == [
+        (ChunkType.HEADING, "Setup"),
+        (ChunkType.CODE, "x = 41 + 1"),
+        (ChunkType.PARAGRAPH, "The answer is computed."),
+    ]
+
+
+def test_a_broken_or_empty_notebook_fails_with_one_clear_error() -> None:
+    with pytest.raises(CorruptDocumentError, match=r"invalid JSON at line 1, column \d+"):
+        parse_bytes(b'{"cells": [', "cut.ipynb")
+    with pytest.raises(CorruptDocumentError, match="not a Jupyter notebook \\(it has no cells\\)"):
+        parse_bytes(b'{"data": []}', "other.ipynb")
+    with pytest.raises(CorruptDocumentError, match="its JSON is not an object"):
+        parse_bytes(b"[1, 2]", "list.ipynb")
+    with pytest.raises(EmptyDocumentError, match="no cells with text"):
+        parse_bytes(_notebook([{"cell_type": "code", "source": "  ", "outputs": []}]), "e.ipynb")

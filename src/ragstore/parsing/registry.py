@@ -21,6 +21,7 @@ from ragstore.parsing.decode import decode_text, looks_binary
 from ragstore.parsing.docx import parse_docx
 from ragstore.parsing.html import parse_html
 from ragstore.parsing.markdown import parse_markdown
+from ragstore.parsing.notebook import parse_notebook
 from ragstore.parsing.pdf import parse_pdf
 from ragstore.parsing.text import parse_plain, parse_text
 
@@ -40,6 +41,7 @@ SUFFIXES: dict[str, str] = {
     ".xhtml": "html",
     ".pdf": "pdf",
     ".docx": "docx",
+    ".ipynb": "notebook",
     **{suffix: "code" for suffix in CODE_SUFFIXES},
 }
 TEXT_PARSERS: dict[str, TextParser] = {
@@ -48,6 +50,7 @@ TEXT_PARSERS: dict[str, TextParser] = {
     "plain": parse_plain,  # texts sent as strings: paragraphs only (parsing/text.py)
     "html": parse_html,
     "code": parse_code,
+    "notebook": parse_notebook,
 }
 BYTES_PARSERS: dict[str, BytesParser] = {"pdf": parse_pdf, "docx": parse_docx}
 
