@@ -16,6 +16,7 @@ from tests.conftest import run_cli
 from tests.fixtures.builders import (
     DOCX_TABLE_SENTENCE,
     PDF_PAGE3_PARAGRAPH,
+    PPTX_NOTES_SENTENCE,
     REPORT_SAMPLING_SENTENCE,
     build_mixed_corpus,
     report_pdf,
@@ -40,6 +41,7 @@ def test_every_format_of_the_corpus_is_ingested(rt: Runtime, ingested: IngestRep
         "handbook.pdf",
         "inventory.docx",
         "notes.txt",
+        "roadmap.pptx",
         "server.go",
     ]
     with rt.db.connection() as conn:
@@ -57,6 +59,7 @@ def test_every_format_of_the_corpus_is_ingested(rt: Runtime, ingested: IngestRep
         "handbook.pdf": "pdf",
         "inventory.docx": "docx",
         "notes.txt": "text",
+        "roadmap.pptx": "pptx",
         "server.go": "code",
     }
     assert meta["billing.py"][1]["language"] == "python"
@@ -74,6 +77,15 @@ def test_search_finds_a_sentence_inside_a_docx_table(rt: Runtime, ingested: Inge
     assert top.chunk_type == "table" and DOCX_TABLE_SENTENCE in top.text
     assert top.section_path == ["Inventory", "Reference"]
     assert top.metadata["columns"] == 2
+
+
+def test_search_finds_a_slides_speaker_notes_with_its_slide(
+    rt: Runtime, ingested: IngestReport
+) -> None:
+    hits = search(rt, "kept below minus eighteen degrees", collection=COLLECTION, k=3)
+    assert Path(hits[0].source).name == "roadmap.pptx"
+    assert PPTX_NOTES_SENTENCE in hits[0].text
+    assert hits[0].section_path == ["Cold storage"] and hits[0].page == 2
 
 
 def test_search_finds_a_notebooks_prose_and_code_but_not_its_outputs(

@@ -24,6 +24,7 @@ from tests.fixtures.builders import (
     DOCX_TABLE_SENTENCE,
     MIXED,
     PDF_PAGE3_PARAGRAPH,
+    PPTX_NOTES_SENTENCE,
     REPORT_SAMPLING_SENTENCE,
     PdfLine,
     Run,
@@ -31,6 +32,7 @@ from tests.fixtures.builders import (
     pdf_bytes,
     report_pdf,
     write_inventory_docx,
+    write_roadmap_pptx,
 )
 
 
@@ -834,3 +836,44 @@ def test_a_broken_or_empty_notebook_fails_with_one_clear_error() -> None:
         parse_bytes(b"[1, 2]", "list.ipynb")
     with pytest.raises(EmptyDocumentError, match="no cells with text"):
         parse_bytes(_notebook([{"cell_type": "code", "source": "  ", "outputs": []}]), "e.ipynb")
+
+
+def test_a_pptx_is_a_section_a_slide_in_reading_order_with_its_notes(tmp_path: Path) -> None:
+    deck = write_roadmap_pptx(tmp_path / "roadmap.pptx")
+    doc = parse_bytes(deck.read_bytes(), "roadmap.pptx")
+    assert doc.format == "pptx" and doc.title == "Depot roadmap"
+    assert doc.metadata == {"slides": 4, "author": "Planning team"}
+    assert [(b.type, b.page, b.section_path, b.text) for b in doc.blocks] == [
+        (ChunkType.HEADING, 1, (), "Depot roadmap 2027"),
+        (ChunkType.PARAGRAPH, 1, ("Depot roadmap 2027",), "What the depots change next year"),
+        (ChunkType.HEADING, 2, (), "Cold storage"),
+        (
+            ChunkType.LIST,
+            2,
+            ("Cold storage",),
+            "- Install a second freezer room\n  - Order the compressor in January\n"
+            "- Train two night staff",
+        ),
+        (ChunkType.PARAGRAPH, 2, ("Cold storage",), PPTX_NOTES_SENTENCE),
+        (ChunkType.HEADING, 3, (), "Slide 3"),
+        (
+            ChunkType.TABLE,
+            3,
+            ("Slide 3",),
+            "| Quarter | Goal |\n|---|---|\n| Q1 | Freezer room built |\n"
+            "| Q2 | Night shift staffed |",
+        ),
+        (ChunkType.HEADING, 4, (), "Two columns"),
+        (ChunkType.PARAGRAPH, 4, ("Two columns",), "Left column: staffing"),
+        (ChunkType.PARAGRAPH, 4, ("Two columns",), "Right column: budget"),
+    ]
+    # named .zip or without a name's help, the bytes still say PPTX
+    assert detect_format("roadmap.bin", deck.read_bytes()) == "pptx"
+
+
+def test_a_broken_pptx_fails_with_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CorruptDocumentError, match=r"^cut.pptx: not a valid PPTX file"):
+        parse_bytes(b"PK\x03\x04 not really a zip", "cut.pptx")
+    deck = write_roadmap_pptx(tmp_path / "roadmap.pptx").read_bytes()
+    with pytest.raises(CorruptDocumentError, match=r"^half.pptx: (not a valid|damaged) PPTX"):
+        parse_bytes(deck[: len(deck) // 2], "half.pptx")

@@ -21,16 +21,10 @@ from lxml import etree
 
 from ragstore.errors import CorruptDocumentError, EmptyDocumentError
 from ragstore.models import ChunkType, ParsedDocument
+from ragstore.parsing.ooxml import check_unpacked_size
 from ragstore.parsing.structure import BlockBuilder, pipe_table
 
 _HEADING = re.compile(r"^heading\s*(\d)$", re.IGNORECASE)
-
-# What a DOCX may unpack to. python-docx reads every part into memory and lxml builds a
-# tree several times the size of the XML, so a small archive of a huge, well-compressed
-# part (a zip bomb) would take gigabytes; real documents unpack to a few megabytes of XML
-# and their images. The sizes checked are those the archive declares, which zipfile
-# never reads past.
-MAX_UNPACKED_BYTES = 256 * 1024 * 1024
 
 
 def _kind(p: Paragraph, style_names: dict[str, str]) -> tuple[ChunkType, int]:
@@ -68,24 +62,9 @@ def _rows(table: Table) -> list[list[str]]:
     return rows
 
 
-def _check_unpacked_size(data: bytes, name: str) -> None:
-    """Refuse an archive that declares more than :data:`MAX_UNPACKED_BYTES` of content."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            total = sum(info.file_size for info in archive.infolist())
-    except zipfile.BadZipFile:
-        return  # python-docx reports it below, in the words it uses for every non-zip
-    if total > MAX_UNPACKED_BYTES:
-        raise CorruptDocumentError(
-            f"{name}: unpacks to {total} bytes, over the {MAX_UNPACKED_BYTES} bytes a DOCX "
-            "may hold (a zip bomb, or not a real document); open it in Word or LibreOffice "
-            "and save a copy without the oversized content"
-        )
-
-
 def parse_docx(data: bytes, name: str) -> ParsedDocument:
     """Parse a DOCX; a damaged archive or XML part is ``corrupt_document`` for this file."""
-    _check_unpacked_size(data, name)
+    check_unpacked_size(data, name, "DOCX", "Word or LibreOffice")
     try:
         return _parse(data, name)
     except (zipfile.BadZipFile, PackageNotFoundError):

@@ -23,6 +23,7 @@ from ragstore.parsing.html import parse_html
 from ragstore.parsing.markdown import parse_markdown
 from ragstore.parsing.notebook import parse_notebook
 from ragstore.parsing.pdf import parse_pdf
+from ragstore.parsing.pptx import parse_pptx
 from ragstore.parsing.text import parse_plain, parse_text
 
 TextParser = Callable[[str, str], ParsedDocument]
@@ -41,6 +42,7 @@ SUFFIXES: dict[str, str] = {
     ".xhtml": "html",
     ".pdf": "pdf",
     ".docx": "docx",
+    ".pptx": "pptx",
     ".ipynb": "notebook",
     **{suffix: "code" for suffix in CODE_SUFFIXES},
 }
@@ -52,7 +54,11 @@ TEXT_PARSERS: dict[str, TextParser] = {
     "code": parse_code,
     "notebook": parse_notebook,
 }
-BYTES_PARSERS: dict[str, BytesParser] = {"pdf": parse_pdf, "docx": parse_docx}
+BYTES_PARSERS: dict[str, BytesParser] = {
+    "pdf": parse_pdf,
+    "docx": parse_docx,
+    "pptx": parse_pptx,
+}
 
 _HTML_START = re.compile(
     rb"^\s*(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*(<!doctype\s+html|<html[\s>])",
@@ -72,6 +78,8 @@ def sniff_format(data: bytes) -> str | None:
         return "pdf"
     if head.startswith(_ZIP_MAGIC) and b"word/" in data[:65536]:
         return "docx"
+    if head.startswith(_ZIP_MAGIC) and b"ppt/" in data[:65536]:
+        return "pptx"
     if _HTML_START.match(head.lstrip(b"\xef\xbb\xbf")):
         return "html"
     if head.startswith(b"#!") and language_from_shebang(head.split(b"\n", 1)[0]) is not None:
@@ -84,7 +92,7 @@ def detect_format(name: str, data: bytes) -> str:
     suffix = PurePath(name).suffix.lower()
     by_name = SUFFIXES.get(suffix)
     sniffed = sniff_format(data)
-    if sniffed in ("pdf", "docx", "html") and by_name != "code":
+    if sniffed in ("pdf", "docx", "pptx", "html") and by_name != "code":
         return sniffed
     if by_name is not None:
         if by_name == "text" and sniffed == "code":
