@@ -92,8 +92,9 @@ def test_command_lists_show_each_summary_unbroken(
     for group, summary in (
         (
             (),
-            "Ingest Markdown, text, HTML, PDF, DOCX, PPTX, notebook and source files; unchanged "
-            "files are skipped without embedding, changed ones replaced in one transaction.",
+            "Ingest Markdown, text, HTML, PDF, DOCX, PPTX, EPUB, notebook and source files; "
+            "unchanged files are skipped without embedding, changed ones replaced in one "
+            "transaction.",
         ),
         (
             ("models",),

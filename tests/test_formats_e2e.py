@@ -15,6 +15,7 @@ from ragstore.search.context import parse_context, with_context
 from tests.conftest import run_cli
 from tests.fixtures.builders import (
     DOCX_TABLE_SENTENCE,
+    EPUB_CHAPTER2_SENTENCE,
     PDF_PAGE3_PARAGRAPH,
     PPTX_NOTES_SENTENCE,
     REPORT_SAMPLING_SENTENCE,
@@ -40,6 +41,7 @@ def test_every_format_of_the_corpus_is_ingested(rt: Runtime, ingested: IngestRep
         "guide.md",
         "handbook.pdf",
         "inventory.docx",
+        "keeper.epub",
         "notes.txt",
         "roadmap.pptx",
         "server.go",
@@ -58,6 +60,7 @@ def test_every_format_of_the_corpus_is_ingested(rt: Runtime, ingested: IngestRep
         "guide.md": "markdown",
         "handbook.pdf": "pdf",
         "inventory.docx": "docx",
+        "keeper.epub": "epub",
         "notes.txt": "text",
         "roadmap.pptx": "pptx",
         "server.go": "code",
@@ -77,6 +80,13 @@ def test_search_finds_a_sentence_inside_a_docx_table(rt: Runtime, ingested: Inge
     assert top.chunk_type == "table" and DOCX_TABLE_SENTENCE in top.text
     assert top.section_path == ["Inventory", "Reference"]
     assert top.metadata["columns"] == 2
+
+
+def test_search_finds_a_books_chapter(rt: Runtime, ingested: IngestReport) -> None:
+    hits = search(rt, "when does the keeper trim the wick?", collection=COLLECTION, k=3)
+    assert Path(hits[0].source).name == "keeper.epub"
+    # a short book's tiny sections share a chunk, which names the chapters it holds
+    assert EPUB_CHAPTER2_SENTENCE in hits[0].text and "Summer" in hits[0].metadata["headings"]
 
 
 def test_search_finds_a_slides_speaker_notes_with_its_slide(

@@ -22,12 +22,14 @@ from ragstore.parsing.language import detect_language
 from ragstore.parsing.pdf_lines import _font_style, storable
 from tests.fixtures.builders import (
     DOCX_TABLE_SENTENCE,
+    EPUB_CHAPTER2_SENTENCE,
     MIXED,
     PDF_PAGE3_PARAGRAPH,
     PPTX_NOTES_SENTENCE,
     REPORT_SAMPLING_SENTENCE,
     PdfLine,
     Run,
+    epub_book,
     handbook_pdf,
     pdf_bytes,
     report_pdf,
@@ -877,3 +879,38 @@ def test_a_broken_pptx_fails_with_one_clear_error(tmp_path: Path) -> None:
     deck = write_roadmap_pptx(tmp_path / "roadmap.pptx").read_bytes()
     with pytest.raises(CorruptDocumentError, match=r"^half.pptx: (not a valid|damaged) PPTX"):
         parse_bytes(deck[: len(deck) // 2], "half.pptx")
+
+
+def test_an_epub_is_its_spine_chapters_in_order_as_one_section_tree() -> None:
+    book = epub_book()
+    assert detect_format("book.zip", book) == "epub"
+    doc = parse_bytes(book, "keeper.epub")
+    assert doc.format == "epub" and doc.title == "The Keeper's Year"
+    assert doc.metadata == {"author": "Ann Wick, Bo Lamp", "lang": "en", "chapters": 2}
+    assert [(b.type, b.section_path, b.text) for b in doc.blocks] == [
+        (ChunkType.HEADING, (), "Spring"),
+        (ChunkType.PARAGRAPH, ("Spring",), "The keeper paints the gallery rail."),
+        (ChunkType.HEADING, ("Spring",), "Storms"),
+        (
+            ChunkType.PARAGRAPH,
+            ("Spring", "Storms"),
+            "Spring storms break the panes of the lantern room.",
+        ),
+        (ChunkType.HEADING, (), "Summer"),
+        (ChunkType.PARAGRAPH, ("Summer",), EPUB_CHAPTER2_SENTENCE),
+    ]  # no table of contents, no cover page (linear="no")
+
+
+def test_a_broken_locked_or_empty_epub_fails_with_one_clear_error() -> None:
+    with pytest.raises(CorruptDocumentError, match="encrypted \\(DRM\\)"):
+        parse_bytes(epub_book(encrypted=["ch2.xhtml"]), "locked.epub")
+    book = epub_book()
+    with pytest.raises(CorruptDocumentError, match=r"^cut.epub: (not a valid|damaged) EPUB"):
+        parse_bytes(book[: len(book) // 2], "cut.epub")
+    missing = epub_book(chapters=[("ch1.xhtml", "<p>x</p>")]).replace(
+        b"OEBPS/ch1.xhtml", b"OEBPS/zz1.xhtml"
+    )
+    with pytest.raises(CorruptDocumentError, match=r"the spine names OEBPS/ch1\.xhtml"):
+        parse_bytes(missing, "missing.epub")
+    with pytest.raises(EmptyDocumentError, match="chapters hold no text"):
+        parse_bytes(epub_book(chapters=[("ch1.xhtml", "<p> </p>")]), "empty.epub")

@@ -189,8 +189,8 @@ def register(app: typer.Typer) -> None:
             help="With --sync: remove the documents that are gone from disk (listed first).",
         ),
     ) -> None:
-        """Ingest Markdown, text, HTML, PDF, DOCX, PPTX, notebook and source files; unchanged
-        files are skipped without embedding, changed ones replaced in one transaction."""
+        """Ingest Markdown, text, HTML, PDF, DOCX, PPTX, EPUB, notebook and source files;
+        unchanged files are skipped without embedding, changed ones replaced in one transaction."""
         from ragstore.cli.remote import remote_client
         from ragstore.profiles import get_settings
         from ragstore.runtime import Runtime

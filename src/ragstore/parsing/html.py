@@ -180,6 +180,21 @@ def _flush(loose: list[str], out: BlockBuilder) -> None:
         loose.clear()
 
 
+def walk_page(soup: BeautifulSoup, out: BlockBuilder) -> None:
+    """Add a parsed page's blocks to ``out``: boilerplate (scripts, navigation, site
+    headers and footers, forms) dropped, ``<main>`` or ``<article>`` taken as the page when
+    present. An EPUB's chapters are pages walked into one builder."""
+    for tag in soup.find_all(_DROP):
+        if tag.name in ("header", "footer") and tag.find_parent(("article", "main")):
+            continue  # an article's own header holds its title, not site chrome
+        tag.decompose()
+    for br in soup.find_all("br"):
+        br.replace_with("\n")
+    root = soup.find("main") or soup.find("article") or soup.find("body") or soup
+    if isinstance(root, Tag):
+        _walk(root, out)
+
+
 def parse_html(text: str, name: str) -> ParsedDocument:
     soup = BeautifulSoup(text, "lxml")
     title_tag = soup.find("title")
@@ -196,16 +211,8 @@ def parse_html(text: str, name: str) -> ParsedDocument:
             and key.lower() in ("description", "author", "keywords")
         ):
             metadata[key.lower()] = value
-    for tag in soup.find_all(_DROP):
-        if tag.name in ("header", "footer") and tag.find_parent(("article", "main")):
-            continue  # an article's own header holds its title, not site chrome
-        tag.decompose()
-    for br in soup.find_all("br"):
-        br.replace_with("\n")
-    root = soup.find("main") or soup.find("article") or soup.find("body") or soup
     out = BlockBuilder()
-    if isinstance(root, Tag):
-        _walk(root, out)
+    walk_page(soup, out)
     if not out.blocks:
         raise EmptyDocumentError(f"{name}: the HTML page holds no text outside boilerplate")
     return ParsedDocument(

@@ -19,6 +19,7 @@ from ragstore.models import ParsedDocument
 from ragstore.parsing.code import CODE_SUFFIXES, language_from_shebang, parse_code
 from ragstore.parsing.decode import decode_text, looks_binary
 from ragstore.parsing.docx import parse_docx
+from ragstore.parsing.epub import parse_epub
 from ragstore.parsing.html import parse_html
 from ragstore.parsing.markdown import parse_markdown
 from ragstore.parsing.notebook import parse_notebook
@@ -42,6 +43,7 @@ SUFFIXES: dict[str, str] = {
     ".xhtml": "html",
     ".pdf": "pdf",
     ".docx": "docx",
+    ".epub": "epub",
     ".pptx": "pptx",
     ".ipynb": "notebook",
     **{suffix: "code" for suffix in CODE_SUFFIXES},
@@ -57,6 +59,7 @@ TEXT_PARSERS: dict[str, TextParser] = {
 BYTES_PARSERS: dict[str, BytesParser] = {
     "pdf": parse_pdf,
     "docx": parse_docx,
+    "epub": parse_epub,
     "pptx": parse_pptx,
 }
 
@@ -78,6 +81,8 @@ def sniff_format(data: bytes) -> str | None:
         return "pdf"
     if head.startswith(_ZIP_MAGIC) and b"word/" in data[:65536]:
         return "docx"
+    if head.startswith(_ZIP_MAGIC) and head[30:58] == b"mimetypeapplication/epub+zip":
+        return "epub"  # the EPUB container: an uncompressed "mimetype" entry comes first
     if head.startswith(_ZIP_MAGIC) and b"ppt/" in data[:65536]:
         return "pptx"
     if _HTML_START.match(head.lstrip(b"\xef\xbb\xbf")):
@@ -92,7 +97,7 @@ def detect_format(name: str, data: bytes) -> str:
     suffix = PurePath(name).suffix.lower()
     by_name = SUFFIXES.get(suffix)
     sniffed = sniff_format(data)
-    if sniffed in ("pdf", "docx", "pptx", "html") and by_name != "code":
+    if sniffed in ("pdf", "docx", "pptx", "epub", "html") and by_name != "code":
         return sniffed
     if by_name is not None:
         if by_name == "text" and sniffed == "code":
