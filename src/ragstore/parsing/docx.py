@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import re
-import zipfile
 from pathlib import PurePath
 from typing import Any
 
@@ -17,11 +16,10 @@ from docx import Document
 from docx.opc.exceptions import PackageNotFoundError
 from docx.table import Table
 from docx.text.paragraph import Paragraph
-from lxml import etree
 
-from ragstore.errors import CorruptDocumentError, EmptyDocumentError
+from ragstore.errors import EmptyDocumentError
 from ragstore.models import ChunkType, ParsedDocument
-from ragstore.parsing.ooxml import check_unpacked_size
+from ragstore.parsing.ooxml import parse_archive
 from ragstore.parsing.structure import BlockBuilder, pipe_table
 
 _HEADING = re.compile(r"^heading\s*(\d)$", re.IGNORECASE)
@@ -64,23 +62,15 @@ def _rows(table: Table) -> list[list[str]]:
 
 def parse_docx(data: bytes, name: str) -> ParsedDocument:
     """Parse a DOCX; a damaged archive or XML part is ``corrupt_document`` for this file."""
-    check_unpacked_size(data, name, "DOCX", "Word or LibreOffice")
-    try:
-        return _parse(data, name)
-    except (zipfile.BadZipFile, PackageNotFoundError):
-        raise CorruptDocumentError(
-            f"{name}: not a valid DOCX file (not a zip archive); "
-            "re-save it from Word or LibreOffice as .docx"
-        ) from None
-    except etree.XMLSyntaxError as exc:
-        raise CorruptDocumentError(
-            f"{name}: damaged DOCX (word/document.xml or another part is not well-formed "
-            f"XML: {exc}); re-save it from Word or LibreOffice as .docx"
-        ) from None
-    except (KeyError, ValueError, AttributeError, zipfile.LargeZipFile) as exc:
-        raise CorruptDocumentError(
-            f"{name}: damaged DOCX ({type(exc).__name__}: {exc}); re-save it as .docx"
-        ) from None
+    return parse_archive(
+        _parse,
+        data,
+        name,
+        fmt="DOCX",
+        program="Word or LibreOffice",
+        not_a_package=PackageNotFoundError,
+        main_part="word/document.xml",
+    )
 
 
 def _parse(data: bytes, name: str) -> ParsedDocument:

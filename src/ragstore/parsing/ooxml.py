@@ -1,11 +1,17 @@
-"""Office Open XML archives (DOCX, PPTX): what one may unpack to before a parser opens it."""
+"""Zipped documents (DOCX, PPTX, and EPUB for its size): what one may unpack to before a parser
+opens it,
+and the one error a damaged one gets."""
 
 from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Callable
+
+from lxml import etree
 
 from ragstore.errors import CorruptDocumentError
+from ragstore.models import ParsedDocument
 
 # python-docx and python-pptx read every part into memory and lxml builds a tree several
 # times the size of the XML, so a small archive of a huge, well-compressed part (a zip
@@ -27,3 +33,37 @@ def check_unpacked_size(data: bytes, name: str, fmt: str, program: str) -> None:
             f"may hold (a zip bomb, or not a real document); open it in {program} and save a "
             "copy without the oversized content"
         )
+
+
+def parse_archive(
+    parse: Callable[[bytes, str], ParsedDocument],
+    data: bytes,
+    name: str,
+    *,
+    fmt: str,
+    program: str,
+    not_a_package: type[Exception],
+    main_part: str,
+) -> ParsedDocument:
+    """``parse(data, name)`` after the unpacked-size check, with what python-docx or
+    python-pptx raise on a damaged archive turned into one ``corrupt_document`` error that
+    names the file, the format and how to fix it (``not_a_package`` is the library's own
+    "not a package" error, ``main_part`` the part a reader would suspect first)."""
+    check_unpacked_size(data, name, fmt, program)
+    ext = fmt.lower()
+    try:
+        return parse(data, name)
+    except (zipfile.BadZipFile, not_a_package):
+        raise CorruptDocumentError(
+            f"{name}: not a valid {fmt} file (not a zip archive); "
+            f"re-save it from {program} as .{ext}"
+        ) from None
+    except etree.XMLSyntaxError as exc:
+        raise CorruptDocumentError(
+            f"{name}: damaged {fmt} ({main_part} or another part is not well-formed XML: "
+            f"{exc}); re-save it from {program} as .{ext}"
+        ) from None
+    except (KeyError, ValueError, AttributeError, zipfile.LargeZipFile) as exc:
+        raise CorruptDocumentError(
+            f"{name}: damaged {fmt} ({type(exc).__name__}: {exc}); re-save it as .{ext}"
+        ) from None

@@ -12,12 +12,10 @@ the slide's own text, as paragraphs: they are often where the explanation is.
 from __future__ import annotations
 
 import io
-import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import PurePath
 from typing import Any
 
-from lxml import etree
 from pptx import Presentation
 from pptx.enum.shapes import PP_PLACEHOLDER
 from pptx.exc import PackageNotFoundError
@@ -25,9 +23,9 @@ from pptx.shapes.base import BaseShape
 from pptx.shapes.group import GroupShape
 from pptx.slide import Slide
 
-from ragstore.errors import CorruptDocumentError, EmptyDocumentError
+from ragstore.errors import EmptyDocumentError
 from ragstore.models import ChunkType, ParsedDocument
-from ragstore.parsing.ooxml import check_unpacked_size
+from ragstore.parsing.ooxml import parse_archive
 from ragstore.parsing.structure import BlockBuilder, pipe_table
 
 _TITLES = (PP_PLACEHOLDER.TITLE, PP_PLACEHOLDER.CENTER_TITLE, PP_PLACEHOLDER.VERTICAL_TITLE)
@@ -129,20 +127,12 @@ def _parse(data: bytes, name: str) -> ParsedDocument:
 
 def parse_pptx(data: bytes, name: str) -> ParsedDocument:
     """Parse a PPTX; a damaged archive or XML part is ``corrupt_document`` for this file."""
-    check_unpacked_size(data, name, "PPTX", "PowerPoint or LibreOffice")
-    try:
-        return _parse(data, name)
-    except (zipfile.BadZipFile, PackageNotFoundError):
-        raise CorruptDocumentError(
-            f"{name}: not a valid PPTX file (not a zip archive); "
-            "re-save it from PowerPoint or LibreOffice as .pptx"
-        ) from None
-    except etree.XMLSyntaxError as exc:
-        raise CorruptDocumentError(
-            f"{name}: damaged PPTX (a slide or another part is not well-formed XML: {exc}); "
-            "re-save it from PowerPoint or LibreOffice as .pptx"
-        ) from None
-    except (KeyError, ValueError, AttributeError, zipfile.LargeZipFile) as exc:
-        raise CorruptDocumentError(
-            f"{name}: damaged PPTX ({type(exc).__name__}: {exc}); re-save it as .pptx"
-        ) from None
+    return parse_archive(
+        _parse,
+        data,
+        name,
+        fmt="PPTX",
+        program="PowerPoint or LibreOffice",
+        not_a_package=PackageNotFoundError,
+        main_part="a slide",
+    )
