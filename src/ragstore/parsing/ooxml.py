@@ -1,6 +1,5 @@
-"""Zipped documents (DOCX, PPTX, and EPUB for its size): what one may unpack to before a parser
-opens it,
-and the one error a damaged one gets."""
+"""Zipped documents: what one may unpack to before a parser opens it (DOCX, PPTX, EPUB), and
+the one error a damaged DOCX or PPTX gets."""
 
 from __future__ import annotations
 
