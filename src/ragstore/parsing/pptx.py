@@ -59,7 +59,8 @@ def _in_reading_order(shapes: Iterable[BaseShape]) -> Iterator[BaseShape]:
 
 def _text_block(shape: BaseShape) -> tuple[ChunkType, str] | None:
     frame = shape.text_frame  # type: ignore[attr-defined]
-    lines = [(p.level, " ".join("".join(r.text for r in p.runs).split())) for p in frame.paragraphs]
+    # a paragraph's text with its line breaks (``\v``) and fields, as the slide shows it
+    lines = [(p.level, " ".join(p.text.split())) for p in frame.paragraphs]
     lines = [(level, text) for level, text in lines if text]
     if not lines:
         return None
