@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from ragstore.chunking import chunk_document
+from ragstore.chunking import chunk_document, chunker
 from ragstore.config import Settings
 from ragstore.embedding.base import Embedder
 from ragstore.embedding.registry import load_embedder, resolve_spec
@@ -57,25 +57,27 @@ class Variant:
     prefix: str = "full"
     summaries: str = "none"
     neighbour: int = 0  # words of the previous chunk of the section read before the text
+    tiny: int | None = None  # the chunker's TINY_SECTION_SHARE (sections merged below 1/N)
 
 
 def parse_variant(spec: str) -> Variant:
     """``current`` or comma-separated ``key=value`` (max_tokens, prefix, summaries,
-    neighbour)."""
+    neighbour, tiny: the chunker's TINY_SECTION_SHARE for this variant)."""
     fields: dict[str, str] = {}
     if spec != "current":
         for item in spec.split(","):
             key, _, value = item.partition("=")
             fields[key.strip()] = value.strip()
-    unknown = set(fields) - {"max_tokens", "prefix", "summaries", "neighbour"}
+    unknown = set(fields) - {"max_tokens", "prefix", "summaries", "neighbour", "tiny"}
     prefix, summaries = fields.get("prefix", "full"), fields.get("summaries", "none")
     if unknown or prefix not in PREFIXES or summaries not in SUMMARIES:
         raise SystemExit(
             f"--variant {spec!r}: give 'current' or max_tokens=N,prefix={'|'.join(PREFIXES)},"
-            f"summaries={'|'.join(SUMMARIES)},neighbour=WORDS"
+            f"summaries={'|'.join(SUMMARIES)},neighbour=WORDS,tiny=N"
         )
     tokens = int(fields["max_tokens"]) if "max_tokens" in fields else None
-    return Variant(spec, tokens, prefix, summaries, int(fields.get("neighbour", 0)))
+    tiny = int(fields["tiny"]) if "tiny" in fields else None
+    return Variant(spec, tokens, prefix, summaries, int(fields.get("neighbour", 0)), tiny)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,13 @@ def variant_units(
 ) -> list[Unit]:
     out: list[Unit] = []
     for name, doc in docs.items():
-        chunks = chunk_document(doc, embedder, v.max_tokens or max_tokens)
+        share = chunker.TINY_SECTION_SHARE
+        if v.tiny is not None:
+            chunker.TINY_SECTION_SHARE = v.tiny
+        try:
+            chunks = chunk_document(doc, embedder, v.max_tokens or max_tokens)
+        finally:
+            chunker.TINY_SECTION_SHARE = share
         previous: Chunk | None = None
         for ch in chunks:
             if ch.embeddable:
