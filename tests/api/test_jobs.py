@@ -3,10 +3,12 @@ killed worker leaves half-done and another worker finishes with no duplicate chu
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,11 @@ import pytest
 
 from ragstore import Client
 from ragstore.config import Settings
-from ragstore.jobs.worker import run_worker
+from ragstore.jobs import worker as worker_module
+from ragstore.jobs.liveness import LiveJobManager
+from ragstore.jobs.queue import build_queue
+from ragstore.jobs.worker import run_worker, watching_stalled
+from ragstore.runtime import Runtime
 from tests.api.conftest import with_
 
 WORDS = (
@@ -109,6 +115,47 @@ def test_large_upload_goes_to_a_job_by_itself(
     assert job["status"] == "queued" and "id" in job
     run_worker(jobs_settings, burst=True, signals=False)
     assert api.get_job(job["id"])["status"] == "succeeded"
+
+
+def test_the_stalled_job_watcher_stops_when_a_cancellation_would_be_lost(
+    jobs_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11 psycopg_pool can swallow a cancellation (``asyncio.wait_for``'s race);
+    a watcher stopped by cancelling it then polled forever and a burst worker never
+    returned. Here every round swallows its cancellation: the watcher must still end,
+    within the round it is in, because it is asked to stop rather than cancelled."""
+    real = worker_module.retry_stalled
+    rounds: list[float] = []
+
+    async def deaf_round(app: object, stalled_after_s: float) -> list[int]:
+        rounds.append(time.monotonic())
+        in_round.set()
+        try:
+            await real(app, stalled_after_s)  # type: ignore[arg-type]
+            await asyncio.sleep(1.0)
+        except asyncio.CancelledError:
+            pass  # what the race does: the task goes on as if never cancelled
+        return []
+
+    monkeypatch.setattr(worker_module, "retry_stalled", deaf_round)
+    in_round = asyncio.Event()
+    left: list[float] = []
+
+    async def scenario() -> None:
+        with Runtime(jobs_settings) as rt:
+            conninfo = rt.db.conninfo
+            app = build_queue(conninfo)
+            app.job_manager = LiveJobManager(app.connector, conninfo, stalled_after_s=2.0)
+            async with app.open_async():
+                async with watching_stalled(app, jobs_settings):
+                    await in_round.wait()
+                left.append(time.monotonic())
+
+    thread = threading.Thread(target=asyncio.run, args=(scenario(),), daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), f"the watcher did not stop: {len(rounds)} rounds ran"
+    assert len(rounds) == 1 and left and left[0] - rounds[0] < 5.0, rounds
 
 
 def test_jobs_page_newest_first_by_cursor(api: Client) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import procrastinate
 
@@ -41,17 +42,46 @@ async def retry_stalled(app: procrastinate.App, stalled_after_s: float) -> list[
     return ids
 
 
-async def _watch_stalled(app: procrastinate.App, settings: Settings) -> None:
+async def _watch_stalled(app: procrastinate.App, settings: Settings, stop: asyncio.Event) -> None:
+    """Retry dead workers' jobs every period until ``stop`` is set.
+
+    The watcher ends by being asked, not by being cancelled: on Python 3.11 a cancellation
+    that lands just as a pool connection is handed over is swallowed inside psycopg_pool
+    (``asyncio.wait_for``'s race, fixed in 3.12), and a watcher that lost its
+    cancellation polled forever and held a burst worker open after its queue was empty.
+    A round in progress runs to its end (two short statements), then the loop sees ``stop``.
+    """
     # every heartbeat, or every stalled_after_s when that is shorter: a dead worker's job
     # waits at most about stalled_after_s plus one period, and a check never runs in step
     # with the beat (same period, same start), where it would see only fresh heartbeats
     every = min(settings.worker_heartbeat_s, settings.worker_stalled_after_s)
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await retry_stalled(app, settings.worker_stalled_after_s)
-        except procrastinate.exceptions.ProcrastinateException as exc:
-            log.warning("could not check for stalled jobs: %s", exc)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            await asyncio.wait({stopped}, timeout=every)
+            if stop.is_set():
+                return
+            try:
+                await retry_stalled(app, settings.worker_stalled_after_s)
+            except procrastinate.exceptions.ProcrastinateException as exc:
+                log.warning("could not check for stalled jobs: %s", exc)
+    finally:
+        stopped.cancel()
+
+
+@contextlib.asynccontextmanager
+async def watching_stalled(app: procrastinate.App, settings: Settings) -> AsyncIterator[None]:
+    """Retry dead workers' jobs in the background for as long as the block runs.
+
+    On leaving, the watcher is asked to stop and awaited: it ends within one round.
+    """
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(_watch_stalled(app, settings, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await watcher
 
 
 async def _run(
@@ -71,23 +101,20 @@ async def _run(
                 burst=burst,
             )
             await retry_stalled(app, settings.worker_stalled_after_s)
-            watcher = asyncio.create_task(_watch_stalled(app, settings))
             try:
-                await app.run_worker_async(
-                    queues=[QUEUE],
-                    concurrency=concurrency,
-                    wait=not burst,
-                    name=name or "ragstore-worker",
-                    delete_jobs="successful",
-                    update_heartbeat_interval=settings.worker_heartbeat_s,
-                    stalled_worker_timeout=settings.worker_stalled_after_s,
-                    fetch_job_polling_interval=min(5.0, settings.worker_heartbeat_s),
-                    install_signal_handlers=signals,
-                )
+                async with watching_stalled(app, settings):
+                    await app.run_worker_async(
+                        queues=[QUEUE],
+                        concurrency=concurrency,
+                        wait=not burst,
+                        name=name or "ragstore-worker",
+                        delete_jobs="successful",
+                        update_heartbeat_interval=settings.worker_heartbeat_s,
+                        stalled_worker_timeout=settings.worker_stalled_after_s,
+                        fetch_job_polling_interval=min(5.0, settings.worker_heartbeat_s),
+                        install_signal_handlers=signals,
+                    )
             finally:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
                 events.info("worker stopped", worker=name or "ragstore-worker")
 
 
