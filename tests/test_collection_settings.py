@@ -63,7 +63,7 @@ def test_an_invalid_name_is_an_input_error_not_a_conflict(rt: Runtime) -> None:
 
 
 def test_a_failed_creation_leaves_nothing_behind(rt: Runtime) -> None:
-    # no HNSW index takes over 4,000 dimensions: refused once the space's row is written
+    # no HNSW index takes over 4,000 dimensions: refused inside the creation transaction
     with pytest.raises(RagstoreError) as err:
         _create(rt, "wide", dimension=4001)
     assert err.value.http_status == 422, str(err.value)

@@ -158,13 +158,13 @@ def create_space(
 ) -> tuple[int, str]:
     """A new embedding space: its row and its ``emb_<id>`` table (with its HNSW index
     unless ``index`` is False: a backfill or bulk load builds it once at the end)."""
+    check_dimension(spec.dimension, f"model {spec.key}")
     row = conn.execute(
         "INSERT INTO embedding_spaces (collection_id, model_id, table_name)"
         " VALUES (%s, %s, 'emb_pending_' || gen_random_uuid()) RETURNING id",
         (collection_id, model_id),
     ).fetchone()
     assert row is not None
-    check_dimension(spec.dimension, f"model {spec.key}")
     space_id = int(row[0])
     table = f"emb_{space_id}"
     conn.execute("UPDATE embedding_spaces SET table_name = %s WHERE id = %s", (table, space_id))
@@ -382,7 +382,7 @@ def sample_texts(conn: Conn, table: str, n: int, count: int) -> list[str]:
 def nearest_texts(conn: Conn, table: str, distance: str, vector: np.ndarray, k: int) -> list[str]:
     """Texts of the ``k`` chunks nearest ``vector`` in a space, through its HNSW index."""
     conn.execute("SET LOCAL hnsw.ef_search = 100")
-    dimension = table_dimension(conn, table)
+    dimension = len(vector)  # the space's, as the query vector is: no catalog round trip
     rows = conn.execute(
         sql.SQL(
             "SELECT c.text FROM {t} e JOIN chunks c ON c.id = e.chunk_id"
@@ -424,7 +424,7 @@ def index_knn(
     conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef_search)))
     conn.execute("SET LOCAL enable_seqscan = off")
     op = sql.SQL(OPERATORS[distance])
-    dimension = table_dimension(conn, table)
+    dimension = len(vector)  # the space's, as the query vector is: no catalog round trip
     rows = conn.execute(
         sql.SQL(
             "SELECT chunk_id, embedding {op} %(q)s FROM {t} ORDER BY {e} {op} {q} LIMIT %(k)s"

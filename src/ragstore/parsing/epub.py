@@ -77,7 +77,7 @@ def _encrypted(archive: zipfile.ZipFile) -> set[str]:
     }
 
 
-def _chapters(archive: zipfile.ZipFile, package: Any, base: str) -> list[str]:
+def _chapters(package: Any, base: str) -> list[str]:
     manifest: dict[str, tuple[str, str, str]] = {}
     for item in package.iterfind("opf:manifest/opf:item", _NS):
         href, media = item.get("href"), item.get("media-type", "")
@@ -117,7 +117,7 @@ def _parse(data: bytes, name: str) -> ParsedDocument:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         package_path = _package_path(archive)
         package = _xml(archive, package_path)
-        chapters = _chapters(archive, package, posixpath.dirname(package_path))
+        chapters = _chapters(package, posixpath.dirname(package_path))
         locked = _encrypted(archive) & set(chapters)
         if locked:
             raise CorruptDocumentError(

@@ -106,11 +106,8 @@ def _parse(data: bytes, name: str) -> ParsedDocument:
     deck = Presentation(io.BytesIO(data))
     out = BlockBuilder()
     slides = list(deck.slides)
-    for number, slide in enumerate(slides, 1):
-        _slide(slide, number, out)
-    if not any(
-        b.type is not ChunkType.HEADING or not b.text.startswith("Slide ") for b in out.blocks
-    ):
+    has_text = [_slide(slide, number, out) for number, slide in enumerate(slides, 1)]
+    if not any(has_text):
         raise EmptyDocumentError(f"{name}: the presentation holds no text; nothing to ingest")
     props = deck.core_properties
     metadata: dict[str, Any] = {"slides": len(slides)}
