@@ -13,6 +13,7 @@ switch. Functions run in the caller's transaction and never commit.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from ragstore.errors import InputError
 from ragstore.models import ModelSpec
 
 Conn = psycopg.Connection[Any]
+log = logging.getLogger("ragstore.db")
 
 # the one map from a model's distance to pgvector: index operator class and query operator
 DISTANCE_OPS = {"cosine": "vector_cosine_ops", "l2": "vector_l2_ops", "ip": "vector_ip_ops"}
@@ -245,16 +247,38 @@ def ensure_index(
         )
     dimension = table_dimension(conn, table)
     ops = DISTANCE_OPS if dimension <= HNSW_MAX_DIMENSIONS else HALF_DISTANCE_OPS
-    conn.execute(
-        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw ({e} {ops})").format(
-            i=sql.Identifier(f"{table}_hnsw"),
-            t=t,
-            e=indexed(sql.SQL("embedding"), dimension),
-            ops=sql.SQL(ops[distance]),
-        )
+    create = sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw ({e} {ops})").format(
+        i=sql.Identifier(f"{table}_hnsw"),
+        t=t,
+        e=indexed(sql.SQL("embedding"), dimension),
+        ops=sql.SQL(ops[distance]),
     )
+    try:
+        with conn.transaction():  # a savepoint: a failed parallel build leaves the rest
+            conn.execute(create)
+    except psycopg.errors.DiskFull as exc:
+        if not _shared_memory_short(exc):
+            raise
+        log.warning(
+            "the server's shared memory cannot hold a parallel index build of %s (%s); "
+            "building it in one process instead, which is slower. Give the database's "
+            "container more shared memory (docker run --shm-size=1g, or shm_size: 1g in "
+            "compose) or lower RAGSTORE_INDEX_BUILD_MEMORY",
+            table,
+            exc.diag.message_primary or exc,
+        )
+        # a build without workers keeps its graph in the backend's own memory
+        conn.execute("SET LOCAL max_parallel_maintenance_workers = 0")
+        conn.execute(create)
     if force:
         conn.execute(sql.SQL("ALTER TABLE {t} RESET (parallel_workers)").format(t=t))
+
+
+def _shared_memory_short(exc: psycopg.errors.DiskFull) -> bool:
+    """Whether a build failed for want of dynamic shared memory: a parallel HNSW build maps
+    its whole graph (up to maintenance_work_mem) as one segment under /dev/shm, which is
+    64 MB in a Docker container unless it is given more."""
+    return "shared memory" in (exc.diag.message_primary or str(exc))
 
 
 def _heap_bytes(conn: Conn, table: str) -> int:
