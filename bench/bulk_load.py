@@ -2,6 +2,7 @@
 
     python -m bench.bulk_load --chunks 20000 --incremental
     python -m bench.bulk_load --chunks 100000 --inprocess
+    python -m bench.bulk_load --chunks 100000 --memory 256MB 1GB 256MB 1GB
 
 The corpus and the model are those of ``bench.scale`` (SciFact, CISI and Cranfield records
 recombined into Markdown files; the instant embedding server pinned as an HTTP model with
@@ -154,6 +155,12 @@ def main() -> None:
         action="store_true",
         help="also ingest with files parsed in the ingesting process (RAGSTORE_INGEST_WORKERS=1)",
     )
+    ap.add_argument(
+        "--memory",
+        nargs="+",
+        metavar="SIZE",
+        help="instead: bulk loads with each RAGSTORE_INDEX_BUILD_MEMORY in turn (e.g. 256MB 1GB)",
+    )
     ap.add_argument("--work", type=Path, help="where data and files go (default: a temp dir)")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ragstore-bulk-load-"))
@@ -164,7 +171,14 @@ def main() -> None:
         with Runtime(Settings(data_dir=work / "data-corpus")) as rt:
             coll = instant_collection(rt, server)
             result["documents"] = write_corpus(folder, args.chunks, rt, coll)
-        result["bulk"] = _load(folder, work / "data-bulk", server)
+        if args.memory:
+            for i, size in enumerate(args.memory):
+                result[f"bulk_{i}_memory_{size}"] = _load(
+                    folder, work / f"data-bulk-{i}", server, index_build_memory=size
+                )
+                shutil.rmtree(work / f"data-bulk-{i}", ignore_errors=True)
+        else:
+            result["bulk"] = _load(folder, work / "data-bulk", server)
         if args.inprocess:
             result["bulk_inprocess"] = _load(
                 folder, work / "data-bulk-inprocess", server, ingest_workers=1
