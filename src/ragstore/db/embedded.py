@@ -65,7 +65,9 @@ def start(data_dir: Path) -> str:
                 server = get_server(data_dir / "pg", cleanup_mode="stop")
                 with server._lock:  # the package's inter-process lock over its pid list
                     _forget_dead_users(server.global_process_id_list)
+                    _keep_socket_private(Path(server.pgdata))  # before any start
                     server.ensure_postgres_running()  # restarts a postmaster that died
+                    _close_open_socket(Path(server.pgdata))  # one an older version started
                     server.global_process_id_list.get_and_add(os.getpid())  # after a release
                     if fresh and server.global_process_id_list.get() == [os.getpid()]:
                         _size_new_server(server)
@@ -87,6 +89,51 @@ def start(data_dir: Path) -> str:
             f"{str(exc).strip()}"
         ) from None
     return server.get_uri(database=DATABASE_NAME)
+
+
+def socket_mode() -> int:
+    """Who may reach the server's socket: this OS user alone (with root, the server's own
+    user and root's group, since the server runs as ``embedded_postgres`` then)."""
+    return 0o770 if system_user() is not None else 0o700
+
+
+_SOCKET_LINE = "unix_socket_permissions = {mode:04o}  # ragstore: only this user connects\n"
+
+
+def _keep_socket_private(pgdata: Path) -> None:
+    """Make the server create its socket closed to other users.
+
+    The package's initdb trusts every local connection (``--auth=trust``), and PostgreSQL
+    creates its socket readable and writable by all (0777): any user of the machine could
+    connect as the superuser, read and change every collection, and run programs as the
+    server's user (``COPY ... TO PROGRAM``). In a data directory's own folder other users
+    are kept out by its 0700, but a data directory whose path is too long for a socket
+    (about 100 bytes) gets its socket in a shared runtime folder, which the package opens
+    to all (0777) when it runs the server as its own user. So the socket itself is closed:
+    ``unix_socket_permissions`` in ``postgresql.conf``, written before the server starts.
+    A user's own ``ALTER SYSTEM`` (``postgresql.auto.conf``) still wins.
+    """
+    conf = pgdata / "postgresql.conf"
+    try:
+        text = conf.read_text()
+    except OSError:
+        return  # not initialised (the start fails and says why)
+    line = _SOCKET_LINE.format(mode=socket_mode())
+    if line not in text:
+        with conf.open("a") as fh:
+            fh.write(("" if text.endswith("\n") else "\n") + line)
+
+
+def _close_open_socket(pgdata: Path) -> None:
+    """Close the socket of a server that was started open to all (by an older ragstore, or
+    before :func:`_keep_socket_private`): the setting applies at its next start only."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        socket = Path(lines[4]) / f".s.PGSQL.{int(lines[3])}"
+        if socket.stat().st_mode & 0o007:
+            os.chmod(socket, socket_mode())
+    except (OSError, ValueError, IndexError):
+        return  # no socket to close (a TCP-only or stopped server)
 
 
 def _no_command_dumps(record: logging.LogRecord) -> bool:
