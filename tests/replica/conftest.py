@@ -2,7 +2,7 @@
 
 The primary is the session's embedded server (a fresh database cloned from the migrated
 template); the standby is made from it with the embedded ``pg_basebackup -R``
-(:mod:`ragstore.db.standby`) and listens on a loopback port.
+(:mod:`ragstore.db.standby`) and listens on a Unix socket closed to other users.
 """
 
 from __future__ import annotations

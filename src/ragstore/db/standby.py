@@ -2,7 +2,9 @@
 
 For tests, benchmarks and trying read replicas on one machine: :func:`create` copies a running
 primary with ``pg_basebackup -R`` (which writes the ``primary_conninfo`` and
-``standby.signal`` that make the copy follow the primary), then starts it on a loopback port.
+``standby.signal`` that make the copy follow the primary), then starts it on a Unix socket
+closed to other users: the copy inherits the primary's ``trust`` authentication, so a TCP
+port, even on loopback, would make every local user its superuser.
 The copy replays the primary's WAL as it streams in and answers read-only queries; every
 write there fails with ``cannot execute ... in a read-only transaction``.
 
@@ -13,27 +15,39 @@ only needs their URLs in ``RAGSTORE_READ_DATABASE_URLS``.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
-import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from psycopg.conninfo import conninfo_to_dict
 
 from ragstore.db import embedded
 from ragstore.errors import DatabaseUnavailableError
 
-HOST = "127.0.0.1"
 # How long pg_ctl waits for a standby to accept connections: its first start may sync and
 # replay a large copy (pg_ctl's own default is 60 s).
 _START_WAIT_S = 300
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+# a socket's path is limited to about 100 bytes; a longer data directory gets a short folder
+_SOCKET_PATH_MAX = 100
+DEFAULT_PORT = 5432  # names the socket file only; each standby has its own folder
+
+
+def _socket_dir(pgdata: Path, port: int) -> Path:
+    """Where the standby's socket goes: its data directory (0700, the server's own), or a
+    private short folder when that path is too long for a socket."""
+    if len(str(pgdata / f".s.PGSQL.{port}").encode()) <= _SOCKET_PATH_MAX:
+        return pgdata
+    folder = Path(tempfile.mkdtemp(prefix="ragstore-standby-"))  # 0700
+    owner = embedded.system_user()
+    if owner is not None:
+        shutil.chown(folder, owner, owner)
+    return folder
 
 
 def _run(args: list[str], what: str, timeout_s: float = 120) -> None:
@@ -52,20 +66,22 @@ def _run(args: list[str], what: str, timeout_s: float = 120) -> None:
 
 @dataclass
 class Standby:
-    """A hot standby in ``pgdata`` listening on ``127.0.0.1:port``."""
+    """A hot standby in ``pgdata`` listening on a Unix socket in ``socket_dir`` only."""
 
     pgdata: Path
     port: int
     dbname: str
+    socket_dir: Path
 
     @property
     def conninfo(self) -> str:
         """URL of the standby's copy of the database (for RAGSTORE_READ_DATABASE_URLS)."""
-        return f"postgresql://postgres@{HOST}:{self.port}/{self.dbname}"
+        return self.url_for(self.dbname)
 
     def url_for(self, dbname: str) -> str:
         """URL of another database of the standby (it copies the whole server)."""
-        return f"postgresql://postgres@{HOST}:{self.port}/{dbname}"
+        host = quote(str(self.socket_dir), safe="")
+        return f"postgresql://postgres@/{quote(dbname, safe='')}?host={host}&port={self.port}"
 
     def start(self) -> None:
         """Start (again) on the same port; it resumes streaming where it stopped."""
@@ -78,7 +94,8 @@ class Standby:
                 "-t",
                 str(_START_WAIT_S),
                 "-o",
-                f"-h {HOST} -p {self.port} -k ''",
+                f"-h '' -p {self.port} -k {shlex.quote(str(self.socket_dir))}"
+                f" -c unix_socket_permissions={embedded.socket_mode():04o}",
                 "-l",
                 str(self.pgdata / "log"),
                 "start",
@@ -104,9 +121,11 @@ class Standby:
             )
 
     def remove(self) -> None:
-        """Stop it and delete its data directory."""
+        """Stop it and delete its data directory (and its socket's folder)."""
         self.stop("immediate")
         shutil.rmtree(self.pgdata, ignore_errors=True)
+        if self.socket_dir != self.pgdata:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 def create(primary_conninfo: str, pgdata: Path, *, port: int | None = None) -> Standby:
@@ -149,7 +168,11 @@ def create(primary_conninfo: str, pgdata: Path, *, port: int | None = None) -> S
     if parts.get("port"):
         args += ["-p", str(parts["port"])]
     _run(args, f"pg_basebackup of {host}")
-    standby = Standby(pgdata, port or _free_port(), str(parts.get("dbname") or "postgres"))
+    for copied in pgdata.glob(".s.PGSQL.*.lock"):
+        copied.unlink()  # the primary's socket lock, copied along with its data directory
+    port = port or DEFAULT_PORT
+    dbname = str(parts.get("dbname") or "postgres")
+    standby = Standby(pgdata, port, dbname, _socket_dir(pgdata, port))
     with (pgdata / "postgresql.auto.conf").open("a") as conf:
         # fewer query cancellations on the standby; report replay position promptly. The
         # copy was taken --no-sync, so its first start syncs the data directory: one syncfs()
