@@ -100,6 +100,12 @@ class BackupInfo:
     counts: dict[str, int]
 
 
+# A backup is every collection's text, every API key's hash: as private as PostgreSQL keeps
+# its own data directory (0700), whatever the umask.
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
 def backup_dir(settings: Settings) -> Path:
     return settings.data_dir / "backups"
 
@@ -166,12 +172,15 @@ def create_backup(
     failed backup never leaves a file that looks complete.
     """
     stamp = datetime.now(UTC)
+    ours = path is None
     if path is None:
         path = backup_dir(settings) / f"ragstore-{stamp:%Y%m%dT%H%M%S%fZ}-{reason}.dump"
     elif path.is_dir():
         path = path / f"ragstore-{stamp:%Y%m%dT%H%M%S%fZ}-{reason}.dump"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        if ours:  # the default folder holds nothing but whole copies of the database
+            path.parent.chmod(PRIVATE_DIR)
     except OSError as exc:
         raise BackupError(f"cannot create {path.parent}: {exc.strerror}") from None
     revision, counts = _counts(db)
@@ -193,6 +202,7 @@ def create_backup(
             ],
             env,
             f"backing up {db.where}",
+            umask=0o077,  # the archive is the database: readable by this user alone
         )
         tmp.replace(path)
     finally:
@@ -219,7 +229,9 @@ def _write_sidecar(path: Path, info: BackupInfo) -> None:
     goes too: an archive without its sidecar would be restored unchecked."""
     side = Path(f"{path}.json")
     try:
-        side.write_text(json.dumps(asdict(info), indent=2) + "\n")
+        fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(asdict(info), indent=2) + "\n")
     except OSError as exc:
         with contextlib.suppress(OSError):
             path.unlink()

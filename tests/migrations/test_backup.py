@@ -3,6 +3,7 @@ anything is touched; a schema upgrade backs up first and its backup rolls it bac
 
 from __future__ import annotations
 
+import stat
 import subprocess
 from pathlib import Path
 
@@ -168,6 +169,10 @@ def test_db_upgrade_backs_up_first_and_restore_rolls_it_back(
     backup_line = next(line for line in out.splitlines() if line.startswith("backup: "))
     archive = Path(backup_line.split()[1])
     assert archive.parent == tmp_path / "backups" and archive.name.endswith("-upgrade.dump")
+    # the whole database: readable by this user alone, whatever the umask (0022 here)
+    assert stat.S_IMODE(archive.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(f"{archive}.json").stat().st_mode) == 0o600
     assert f"upgraded {older} -> {revisions[-1]}" in out
     assert migrations.status(db).current == revisions[-1]
     assert run_cli("restore", str(archive), "--yes") == 0
