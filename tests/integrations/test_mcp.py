@@ -19,11 +19,12 @@ import uvicorn
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 from ragstore import Store
 from ragstore.auth.keys import KeyStore
 from ragstore.config import Settings
-from ragstore.integrations.mcp import build_server, key_for
+from ragstore.integrations.mcp import build_server, http_app, key_for
 from tests.search_helpers import waiting_searches
 
 GUIDE = (
@@ -139,18 +140,29 @@ def _serving(app: Any) -> Iterator[str]:
 
 
 @asynccontextmanager
-async def _session(url: str) -> AsyncIterator[ClientSession]:
-    async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
+async def _session(url: str, key: str | None = None) -> AsyncIterator[ClientSession]:
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    async with (
+        create_mcp_http_client(headers=headers) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
         await session.initialize()
         yield session
+
+
+def _served(store: Store, secret: str) -> Any:
+    """The app ``ragstore mcp --transport http --api-key SECRET`` serves."""
+    key = key_for(store, secret)
+    return http_app(build_server(store, key), store, key)
 
 
 async def test_http_session_adds_documents_only_with_a_write_key(handbook: Store) -> None:
     keys = KeyStore(handbook.runtime.db)
     writer = keys.create("write", name="agent").secret
     reader = keys.create("read", collection="handbook", name="reader").secret
-    with _serving(build_server(handbook, key_for(handbook, writer)).streamable_http_app()) as url:
-        async with _session(url) as session:
+    with _serving(_served(handbook, writer)) as url:
+        async with _session(url, writer) as session:
             assert {t.name for t in (await session.list_tools()).tools} == READ_TOOLS | {
                 "add_document"
             }
@@ -178,8 +190,8 @@ async def test_http_session_adds_documents_only_with_a_write_key(handbook: Store
                 )
             )
             assert [h["section"] for h in found["hits"]] == ["Tea"]
-    with _serving(build_server(handbook, key_for(handbook, reader)).streamable_http_app()) as url:
-        async with _session(url) as session:
+    with _serving(_served(handbook, reader)) as url:
+        async with _session(url, reader) as session:
             assert {t.name for t in (await session.list_tools()).tools} == READ_TOOLS
             listed = _data(await session.call_tool("list_collections", {}))
             assert [c["name"] for c in listed["collections"]] == ["handbook"]
@@ -196,6 +208,41 @@ async def test_a_key_for_a_missing_collection_learns_no_other_names(handbook: St
         text = _error(await session.call_tool("search", {"collection": "ghost", "query": "x"}))
     assert "collection 'ghost' does not exist" in text
     assert "handbook" not in text and "other" not in text
+
+
+def test_over_http_the_server_key_is_asked_of_every_request(handbook: Store) -> None:
+    """A server started with a key used to serve it to whoever reached the port: with
+    ``--host 0.0.0.0 --api-key`` anyone on the network read (or, with a write key, wrote)
+    as that key. Now a request must present the key itself: none, another valid key or a
+    revoked one is ``unauthorized``."""
+    import httpx
+
+    keys = KeyStore(handbook.runtime.db)
+    writer = keys.create("write", name="mcp-server")
+    other = keys.create("admin", name="someone-else").secret
+    hello = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "probe", "version": "1"},
+        },
+    }
+    accept = {"Accept": "application/json, text/event-stream"}
+    with _serving(_served(handbook, writer.secret)) as url:
+        for auth in (None, f"Bearer {other}", "Bearer rsk_x_y", f"Basic {writer.secret}"):
+            headers = {**accept, **({"Authorization": auth} if auth else {})}
+            answer = httpx.post(url, json=hello, headers=headers, timeout=30)
+            assert answer.status_code == 401, (auth, answer.text)
+            assert answer.headers["content-type"].startswith("application/problem+json")
+            assert answer.json()["code"] == "unauthorized"
+        good = {**accept, "Authorization": f"Bearer {writer.secret}"}
+        assert httpx.post(url, json=hello, headers=good, timeout=30).status_code == 200
+        keys.revoke(writer.key.key_id)
+        revoked = httpx.post(url, json=hello, headers=good, timeout=30)
+        assert revoked.status_code == 401 and "revoked" in revoked.json()["detail"]
 
 
 def test_http_off_loopback_needs_a_key(capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,7 +31,8 @@ def register(app: typer.Typer) -> None:
             show_envvar=True,
             help="A key from `ragstore keys create`: its scope "
             "and collection bound every tool; add_document "
-            "is offered only with a write key.",
+            "is offered only with a write key. Over http every "
+            "request must present it (Authorization: Bearer).",
         ),
     ) -> None:
         """Serve search, list_collections, get_document, get_section (and add_document
@@ -44,7 +45,7 @@ def register(app: typer.Typer) -> None:
                 "read every collection; pass --api-key (RAGSTORE_API_KEY) or bind 127.0.0.1"
             )
         try:
-            from ragstore.integrations.mcp import build_server, key_for
+            from ragstore.integrations.mcp import build_server, http_app, key_for
         except ModuleNotFoundError as exc:
             raise ConfigError(
                 f"ragstore mcp needs the MCP SDK ({exc.name} is missing): "
@@ -53,7 +54,8 @@ def register(app: typer.Typer) -> None:
         from ragstore.store import Store
 
         with Store() as store:
-            server = build_server(store, key_for(store, api_key))
+            key = key_for(store, api_key)
+            server = build_server(store, key)
             if transport == "stdio":
                 server.run("stdio")
                 return
@@ -62,7 +64,7 @@ def register(app: typer.Typer) -> None:
             from ragstore.api.server import server_config
             from ragstore.profiles import get_settings
 
-            app = server.streamable_http_app(streamable_http_path=path, host=host)
+            app = http_app(server, store, key, path=path, host=host)
             config = server_config(
                 app, get_settings(), host=host, port=port, log_level="warning", access_log=False
             )

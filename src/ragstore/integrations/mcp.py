@@ -11,10 +11,13 @@ agents spawn) or streamable HTTP. Tools:
   (``--api-key`` / ``RAGSTORE_API_KEY``); otherwise the tool is not offered at all.
 
 With a key, every tool call is checked against its scope and collection, as the HTTP API
-does. A failing call answers the agent with the error's one-line message. A search the
-agent abandons (``notifications/cancelled``, its own timeout, a closed session) is
-cancelled in PostgreSQL, as an HTTP search whose client goes away is
-(``api/disconnect.py``), instead of running on to ``RAGSTORE_SEARCH_TIMEOUT_S``.
+does. Over HTTP (:func:`http_app`) the key is also the server's password: every request must
+present it (``Authorization: Bearer rsk_...``), or anyone who reached the port would use it
+(read every collection it may read, add documents with a write key). A failing call
+answers the agent with the error's one-line message. A search the agent abandons
+(``notifications/cancelled``, its own timeout, a closed session) is cancelled in
+PostgreSQL, as an HTTP search whose client goes away is (``api/disconnect.py``), instead
+of running on to ``RAGSTORE_SEARCH_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -28,12 +31,19 @@ import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ragstore.api.errors import send_problem
 from ragstore.auth.keys import ApiKey, KeyStore
 from ragstore.db.cancel import Cancellation, cancelling
 from ragstore.db.errors import translated
 from ragstore.db.inspection import document_chunks
-from ragstore.errors import CollectionNotFoundError, InputError, RagstoreError
+from ragstore.errors import (
+    AuthenticationError,
+    CollectionNotFoundError,
+    InputError,
+    RagstoreError,
+)
 from ragstore.store import Store
 
 __all__ = ["MAX_TEXT_CHARS", "build_server", "key_for"]
@@ -99,6 +109,55 @@ async def until_abandoned(work: Callable[[], T]) -> T:
         with anyio.CancelScope(shield=True):  # a round trip per statement: off the loop
             await anyio.to_thread.run_sync(cancellation.cancel)
         raise
+
+
+class KeyRequired:
+    """ASGI middleware: only requests presenting ``key`` itself reach ``app``; any other
+    gets ``unauthorized`` (401), a wrong key as an unknown one (no scope is disclosed).
+    Checked through :class:`KeyStore`, so a revoked key stops working at once and wrong
+    guesses are throttled as at the HTTP API."""
+
+    def __init__(self, app: ASGIApp, keys: KeyStore, key: ApiKey) -> None:
+        self.app, self.keys, self.key = app, keys, key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
+        scheme, _, presented = header.partition(" ")
+        address = str((scope.get("client") or ("",))[0])
+        try:
+            got = await anyio.to_thread.run_sync(
+                self.keys.authenticate,
+                presented.strip() if scheme.lower() == "bearer" else None,
+                address,
+            )
+            if got.id != self.key.id:
+                raise AuthenticationError(
+                    "this MCP server answers only the API key it was started with"
+                )
+        except RagstoreError as exc:
+            await send_problem(scope, send, exc)
+            return
+        await self.app(scope, receive, send)
+
+
+def http_app(
+    server: MCPServer,
+    store: Store,
+    key: ApiKey | None,
+    *,
+    path: str = "/mcp",
+    host: str = "127.0.0.1",
+) -> ASGIApp:
+    """The streamable HTTP app of ``server``; with ``key``, one that asks every request
+    for it (:class:`KeyRequired`). ``host`` is the bind address: on loopback the SDK also
+    refuses other sites' pages (DNS rebinding)."""
+    app: ASGIApp = server.streamable_http_app(streamable_http_path=path, host=host)
+    if key is None:
+        return app
+    return KeyRequired(app, KeyStore(store.runtime.db, read_only=True), key)
 
 
 def key_for(store: Store, presented: str | None) -> ApiKey | None:
