@@ -85,9 +85,10 @@ class Settings(BaseSettings):
         "vector index and builds it once at the end; 0 = always incremental.",
     )
     index_build_memory: str = Field(
-        "256MB",
+        "1GB",
         pattern=r"^[0-9]+(kB|MB|GB)$",
-        description="maintenance_work_mem for building a vector index after a bulk load.",
+        description="maintenance_work_mem for building a vector index after a bulk load "
+        "(at most 4x the vectors' table is used), and work_mem of its BM25 build.",
     )
     native_bm25: bool = Field(
         True,

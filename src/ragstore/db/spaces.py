@@ -262,7 +262,7 @@ def ensure_index(
         log.warning(
             "the server's shared memory cannot hold a parallel index build of %s (%s); "
             "building it in one process instead, which is slower. Give the database's "
-            "container more shared memory (docker run --shm-size=1g, or shm_size: 1g in "
+            "container more shared memory (docker run --shm-size=2g, or shm_size: 2g in "
             "compose) or lower RAGSTORE_INDEX_BUILD_MEMORY",
             table,
             exc.diag.message_primary or exc,

@@ -145,7 +145,7 @@ class ImportOptions:
     min_recall: float = 0.95
     ef_search: int | None = None
     seed: int = 0
-    maintenance_work_mem: str = "256MB"
+    maintenance_work_mem: str | None = None  # None: RAGSTORE_INDEX_BUILD_MEMORY
 
 
 @dataclass
@@ -488,9 +488,10 @@ class _Writer:
                 documents.begin_bulk(conn, coll.id)
             self._write_rows(conn, coll)
             self.seconds["write"] = time.perf_counter() - t0
+            memory = self.opts.maintenance_work_mem or self.rt.settings.index_build_memory
             if not self.had_rows:
                 t0 = time.perf_counter()
-                documents.finish_bulk(conn, coll.id, self.opts.maintenance_work_mem)
+                documents.finish_bulk(conn, coll.id, memory)
                 self.seconds["bm25"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             self.progress("index", 0, len(self.ids))
@@ -498,7 +499,7 @@ class _Writer:
                 conn,
                 coll.table,
                 coll.model.distance,
-                memory=self.opts.maintenance_work_mem,
+                memory=memory,
                 workers=spaces.build_workers(),
             )
             self.seconds["index"] = time.perf_counter() - t0
