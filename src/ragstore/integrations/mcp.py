@@ -46,7 +46,7 @@ from ragstore.errors import (
 )
 from ragstore.store import Store
 
-__all__ = ["MAX_TEXT_CHARS", "build_server", "key_for"]
+__all__ = ["MAX_TEXT_CHARS", "KeyRequired", "build_server", "http_app", "key_for"]
 
 MAX_TEXT_CHARS = 50_000  # a document's text handed to an agent at once
 MAX_CHUNKS = 10_000
