@@ -245,6 +245,33 @@ def test_over_http_the_server_key_is_asked_of_every_request(handbook: Store) -> 
         assert revoked.status_code == 401 and "revoked" in revoked.json()["detail"]
 
 
+def test_over_http_a_body_over_the_request_limit_is_refused_unread(handbook: Store) -> None:
+    """The SDK reads a request body whole into memory: without a limit one client could
+    make the server hold gigabytes. Bodies are held to RAGSTORE_MAX_REQUEST_BYTES, declared
+    or streamed, as at the HTTP API."""
+    import httpx
+
+    limit = handbook.runtime.settings.max_request_bytes
+    secret = KeyStore(handbook.runtime.db).create("read", name="mcp-limit").secret
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {secret}",
+    }
+    big = b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "pad": "' + b"x" * limit + b'"}'
+
+    def streamed() -> Iterator[bytes]:  # no Content-Length: cut off while it arrives
+        for at in range(0, len(big), 65536):
+            yield big[at : at + 65536]
+
+    with _serving(_served(handbook, secret)) as url:
+        for body in (big, streamed()):
+            answer = httpx.post(url, content=body, headers=headers, timeout=30)
+            assert answer.status_code == 413, answer.text
+            assert answer.json()["code"] == "request_too_large"
+            assert "RAGSTORE_MAX_REQUEST_BYTES" in answer.json()["detail"]
+
+
 def test_http_off_loopback_needs_a_key(capsys: pytest.CaptureFixture[str]) -> None:
     from tests.conftest import run_cli
 

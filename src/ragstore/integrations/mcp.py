@@ -34,6 +34,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ragstore.api.errors import send_problem
+from ragstore.api.middleware import BodyLimitMiddleware
 from ragstore.auth.keys import ApiKey, KeyStore
 from ragstore.db.cancel import Cancellation, cancelling
 from ragstore.db.errors import translated
@@ -152,9 +153,16 @@ def http_app(
     host: str = "127.0.0.1",
 ) -> ASGIApp:
     """The streamable HTTP app of ``server``; with ``key``, one that asks every request
-    for it (:class:`KeyRequired`). ``host`` is the bind address: on loopback the SDK also
-    refuses other sites' pages (DNS rebinding)."""
-    app: ASGIApp = server.streamable_http_app(streamable_http_path=path, host=host)
+    for it (:class:`KeyRequired`), before any body is read. ``host`` is the bind address:
+    on loopback the SDK also refuses other sites' pages (DNS rebinding). A body is held to
+    ``RAGSTORE_MAX_REQUEST_BYTES`` as at the HTTP API (the SDK reads any body whole into
+    memory, however large)."""
+    settings = store.runtime.settings
+    app: ASGIApp = BodyLimitMiddleware(
+        server.streamable_http_app(streamable_http_path=path, host=host),
+        json_bytes=settings.max_request_bytes,
+        upload_bytes=settings.max_request_bytes,
+    )
     if key is None:
         return app
     return KeyRequired(app, KeyStore(store.runtime.db, read_only=True), key)
