@@ -206,3 +206,20 @@ def test_a_bulk_load_whose_connection_dies_leaves_nothing(
             {"c": coll.id},
         ).fetchone()
     assert row == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(("given", "used"), [("1GB", "256MB"), ("64MB", "64MB")])
+def test_the_bm25_build_takes_the_build_memory_up_to_256mb(
+    rt: Runtime, given: str, used: str
+) -> None:
+    """The vector index may take RAGSTORE_INDEX_BUILD_MEMORY (1 GB by default); the BM25
+    build's sorts and hashes, each of which may use work_mem, are held to 256 MB."""
+    from ragstore.db import documents
+
+    with rt.db.connection() as conn:
+        coll = repository.create_collection(conn, f"wm-{given}", resolve_spec(rt.settings.model))
+        documents.begin_bulk(conn, coll.id)
+        documents.finish_bulk(conn, coll.id, given)
+        row = conn.execute("SELECT current_setting('work_mem')").fetchone()
+        conn.rollback()
+    assert row == (used,)

@@ -88,7 +88,8 @@ class Settings(BaseSettings):
         "1GB",
         pattern=r"^[0-9]+(kB|MB|GB)$",
         description="maintenance_work_mem for building a vector index after a bulk load "
-        "(at most 4x the vectors' table is used), and work_mem of its BM25 build.",
+        "(at most 4x the vectors' table is used), and work_mem of its BM25 build (at most "
+        "256MB).",
     )
     native_bm25: bool = Field(
         True,

@@ -139,6 +139,12 @@ def lock_sources(conn: Conn, collection_id: int, sources: Sequence[str]) -> None
         )
 
 
+# The BM25 build's sorts gained nothing from 1 GB over 256 MB in a 100k load
+# (docs/benchmarks.md), and every sort or hash of its statements may take this much: the
+# vector index's larger build memory (RAGSTORE_INDEX_BUILD_MEMORY) is not passed on past it.
+MAX_BUILD_WORK_MEM = 256 << 20
+
+
 def begin_bulk(conn: Conn, collection_id: int) -> None:
     """Start a bulk write of one collection in this transaction (revision 0011).
 
@@ -161,9 +167,14 @@ def finish_bulk(conn: Conn, collection_id: int, memory: str | None = None) -> in
     """End a bulk write: the collection's BM25 statistics recounted and its postings
     rewritten in one set-based pass each, in the writer's transaction, so that readers see
     the chunks and their statistics together. ``memory`` is the ``work_mem`` of the rest of
-    the transaction (the grouping and ranking sorts). Returns the postings written."""
+    the transaction (the grouping and ranking sorts), at most ``MAX_BUILD_WORK_MEM``.
+    Returns the postings written."""
     if memory is not None:
-        conn.execute("SELECT set_config('work_mem', %s, true)", (memory,))
+        conn.execute(
+            "SELECT set_config('work_mem', (least(pg_size_bytes(%s), %s) / 1024)::bigint"
+            " || 'kB', true)",
+            (memory, MAX_BUILD_WORK_MEM),
+        )
     row = conn.execute("SELECT ragstore_bm25_bulk_finish(%s)", (collection_id,)).fetchone()
     conn.execute("SELECT set_config('ragstore.bulk', 'off', true)")
     return int(row[0]) if row else 0
