@@ -125,7 +125,7 @@ class BodyLimitMiddleware:
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-def _bearer_token(headers: dict[bytes, bytes]) -> str | None:
+def bearer_token(headers: dict[bytes, bytes]) -> str | None:
     """The token of ``Authorization: Bearer TOKEN`` (as FastAPI's ``HTTPBearer`` reads it)."""
     scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
     return (token.strip() or None) if scheme.lower() == "bearer" else None
@@ -157,7 +157,7 @@ class AuthBeforeBodyMiddleware:
         if api.keys is None:
             await self.app(scope, receive, send)
             return
-        token = _bearer_token(dict(scope.get("headers", ())))
+        token = bearer_token(dict(scope.get("headers", ())))
         client = scope["client"][0] if scope.get("client") else ""
         state: dict[str, Any] = scope.setdefault("state", {})
         try:

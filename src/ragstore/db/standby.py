@@ -33,15 +33,13 @@ from ragstore.errors import DatabaseUnavailableError
 _START_WAIT_S = 300
 
 
-# a socket's path is limited to about 100 bytes; a longer data directory gets a short folder
-_SOCKET_PATH_MAX = 100
 DEFAULT_PORT = 5432  # names the socket file only; each standby has its own folder
 
 
 def _socket_dir(pgdata: Path, port: int) -> Path:
     """Where the standby's socket goes: its data directory (0700, the server's own), or a
     private short folder when that path is too long for a socket."""
-    if len(str(pgdata / f".s.PGSQL.{port}").encode()) <= _SOCKET_PATH_MAX:
+    if embedded.socket_path_fits(pgdata / f".s.PGSQL.{port}"):
         return pgdata
     folder = Path(tempfile.mkdtemp(prefix="ragstore-standby-"))  # 0700
     owner = embedded.system_user()

@@ -34,7 +34,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ragstore.api.errors import send_problem
-from ragstore.api.middleware import BodyLimitMiddleware
+from ragstore.api.middleware import BodyLimitMiddleware, bearer_token
 from ragstore.auth.keys import ApiKey, KeyStore
 from ragstore.db.cancel import Cancellation, cancelling
 from ragstore.db.errors import translated
@@ -125,15 +125,10 @@ class KeyRequired:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        header = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
-        scheme, _, presented = header.partition(" ")
+        presented = bearer_token(dict(scope.get("headers", ())))
         address = str((scope.get("client") or ("",))[0])
         try:
-            got = await anyio.to_thread.run_sync(
-                self.keys.authenticate,
-                presented.strip() if scheme.lower() == "bearer" else None,
-                address,
-            )
+            got = await anyio.to_thread.run_sync(self.keys.authenticate, presented, address)
             if got.id != self.key.id:
                 raise AuthenticationError(
                     "this MCP server answers only the API key it was started with"
