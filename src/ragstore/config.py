@@ -106,7 +106,18 @@ class Settings(BaseSettings):
         "never compiled; empty = none.",
     )
     max_file_bytes: int = Field(
-        50 * 1024 * 1024, ge=1, description="Files above this size are skipped at ingest."
+        50 * 1024 * 1024,
+        ge=1,
+        description="Files above this size are skipped at ingest, and so are files whose "
+        "text unpacks to more characters than this.",
+    )
+    parse_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="Seconds a PDF, DOCX, PPTX or EPUB file may take to parse (in a helper "
+        "process) before it is stopped and fails with parse_timeout; 0 = parse in the "
+        "ingesting process, without a limit.",
     )
     read_database_urls: SecretStr | None = Field(
         None,

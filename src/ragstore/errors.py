@@ -40,6 +40,7 @@ are caught, never passed through to a user.
     │   ├── DecodeError                 invalid_encoding
     │   ├── FileTooLargeError           payload_too_large
     │   ├── CorruptDocumentError        corrupt_document
+    │   ├── ParseTimeoutError           parse_timeout
     │   ├── EncryptedDocumentError      encrypted_document
     │   ├── InvalidFilterError          invalid_filter
     │   ├── ImportSourceError           import_source_invalid
@@ -308,6 +309,12 @@ class FileTooLargeError(InputError):
 
 class CorruptDocumentError(InputError):
     code = "corrupt_document"
+
+
+class ParseTimeoutError(InputError):
+    """A file whose parser ran past ``RAGSTORE_PARSE_TIMEOUT_S`` (``parsing.sandbox``)."""
+
+    code = "parse_timeout"
 
 
 class EncryptedDocumentError(InputError):

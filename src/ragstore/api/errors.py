@@ -64,6 +64,7 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.DecodeError: Problem(422, "Invalid encoding"),
     e.FileTooLargeError: Problem(413, "Payload too large"),
     e.CorruptDocumentError: Problem(422, "Corrupt document"),
+    e.ParseTimeoutError: Problem(422, "Parse timed out"),
     e.InvalidFilterError: Problem(400, "Invalid filter"),
     e.ModelError: Problem(500, "Model error"),
     e.ModelNotFoundError: Problem(404, "Model not found"),

@@ -27,15 +27,17 @@ from ragstore.chunking.chunker import TokenCounter
 from ragstore.db import documents
 from ragstore.errors import (
     EmptyDocumentError,
+    FileTooLargeError,
     FileUnreadableError,
     InputError,
     PathNotFoundError,
     RagstoreError,
 )
 from ragstore.ingest.files import read_bounded
-from ragstore.models import Chunk
-from ragstore.parsing import detect_format, parse_bytes
+from ragstore.models import Chunk, ParsedDocument
+from ragstore.parsing import detect_format
 from ragstore.parsing.language import detect_language
+from ragstore.parsing.sandbox import parse_file
 
 if TYPE_CHECKING:
     from ragstore.ingest.service import Item
@@ -64,6 +66,7 @@ class Job:
     max_tokens: int
     max_file_bytes: int
     user_meta: dict[str, Any]
+    parse_timeout_s: float = 0.0  # 0: binary formats parsed here, without a limit
 
 
 def unreadable(path: Path, exc: OSError) -> InputError:
@@ -120,7 +123,8 @@ def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
     if item.early_skip and stored_hash == digest:
         return Prepared(item.source, unchanged=True)
     fmt = detect_format(item.label, data)
-    parsed = parse_bytes(data, item.label, fmt)
+    parsed = parse_file(data, item.label, fmt, job.parse_timeout_s)
+    _check_text_size(parsed, item.label, job.max_file_bytes)
     chunks = chunk_document(parsed, job.counter, job.max_tokens)
     if not chunks:
         raise EmptyDocumentError(f"{item.label}: no text found in the file; nothing to ingest")
@@ -141,6 +145,18 @@ def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
         parsed=recipe.encode(parsed),
     )
     return Prepared(item.source, record, chunks)
+
+
+def _check_text_size(parsed: ParsedDocument, name: str, limit: int) -> None:
+    """A file's text is held to the same bound as its bytes: a compressed format (a PDF's
+    inflated content streams, one stream drawn on every page) can unpack a few kilobytes
+    into megabytes of text, each chunk of which would be embedded and stored."""
+    chars = sum(len(b.text) for b in parsed.blocks)
+    if chars > limit:
+        raise FileTooLargeError(
+            f"{name}: its text unpacks to {chars} characters, over the limit of {limit} "
+            "(RAGSTORE_MAX_FILE_BYTES); check the file, or raise the limit to ingest it"
+        )
 
 
 _JOB: Job | None = None  # a worker's job, inherited from the parent by fork

@@ -289,6 +289,7 @@ class _Ingestor:
             self.coll.model.max_tokens,
             self.rt.settings.max_file_bytes,
             self.user_meta,
+            self.rt.settings.parse_timeout_s,
         )
         workers = prepare.pool_size(
             self.rt.settings.ingest_workers,

@@ -1,0 +1,191 @@
+"""Binary formats parsed in a child process that the ingest can stop.
+
+pypdf, python-docx, python-pptx and the EPUB reader are large codebases reading bytes
+anyone may send, and not every input ends in reasonable time: a PDF page's content stream
+is inflated and interpreted operator by operator, and one stream may be shared by every
+page. A 4.5 KB PDF of ten pages sharing one stream took pypdf 12.6 s and gave 2.2 MB of
+text; with pypdf's own limit of 75 MB a stream and a thousand pages, a file of a few
+hundred kilobytes would take days. A thread cannot be stopped, so parsed in the ingesting
+process such a file would hold the ingest (or an API job's worker, and the bulk load's
+locks) for as long, and a parser that crashes (a C extension, the OOM killer) would take
+the process with it.
+
+So these formats are parsed by a helper process: after ``RAGSTORE_PARSE_TIMEOUT_S`` it is
+killed and the file fails alone with ``parse_timeout``; if it dies, the file fails with
+``corrupt_document``; the rest of the batch goes on either way, and the next file gets a new
+helper. The helper is a fresh interpreter (``python -m ragstore.parsing.sandbox``) rather
+than a fork: the ingesting process runs reader, writer and database threads whose locks a
+fork could copy mid-use. One helper per process serves every file in turn (it starts in
+about half a second, once; a file then costs the pickling of its bytes and of the parsed
+document), and it exits when its parent does. Text formats stay in the ingesting process:
+their parsers are ours or linear (markdown-it, lxml's HTML parser, JSON), and bounded by
+``RAGSTORE_MAX_FILE_BYTES``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from ragstore.errors import CorruptDocumentError, ParseTimeoutError, RagstoreError
+from ragstore.models import ParsedDocument
+from ragstore.parsing.registry import BYTES_PARSERS, parse_bytes
+
+__all__ = ["ISOLATED_FORMATS", "parse_file"]
+
+ISOLATED_FORMATS = frozenset(BYTES_PARSERS)  # pdf, docx, pptx, epub
+
+
+def parse_file(data: bytes, name: str, fmt: str, timeout_s: float) -> ParsedDocument:
+    """:func:`parse_bytes`, in the helper process for a binary format when ``timeout_s``
+    is above 0 (0: in this process, without a limit, as before the helper existed)."""
+    if timeout_s <= 0 or fmt not in ISOLATED_FORMATS:
+        return parse_bytes(data, name, fmt)
+    with _lock:
+        return _parse_in_helper(data, name, fmt, timeout_s)
+
+
+class _Helper:
+    """One helper process and the two pipes to it, owned by the process that started it."""
+
+    def __init__(self) -> None:
+        to_helper_r, to_helper_w = os.pipe()
+        from_helper_r, from_helper_w = os.pipe()
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(to_helper_r), str(from_helper_w)],
+                pass_fds=(to_helper_r, from_helper_w),
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # a Ctrl-C reaches the ingest, which decides
+            )
+        finally:
+            os.close(to_helper_r)
+            os.close(from_helper_w)
+        self.owner = os.getpid()
+        self.outbox = Connection(to_helper_w, readable=False)
+        self.inbox = Connection(from_helper_r, writable=False)
+
+    def usable(self) -> bool:
+        return self.owner == os.getpid() and self.proc.poll() is None
+
+    def ask(self, request: tuple[bytes, str, str], timeout_s: float) -> tuple[bool, Any]:
+        """The helper's answer; TimeoutError after ``timeout_s``, EOFError or OSError when
+        it died."""
+        self.outbox.send(request)
+        if not self.inbox.poll(timeout_s):
+            raise TimeoutError
+        answer: tuple[bool, Any] = self.inbox.recv()
+        return answer
+
+    def stop(self) -> str:
+        """Kill the helper; how it ended, in words."""
+        self.proc.kill()
+        code = self.proc.wait()
+        self.outbox.close()
+        self.inbox.close()
+        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+
+_lock = threading.Lock()
+_helper: _Helper | None = None
+
+
+def _parse_in_helper(data: bytes, name: str, fmt: str, timeout_s: float) -> ParsedDocument:
+    global _helper
+    if _helper is None or not _helper.usable():
+        if _helper is not None and _helper.owner == os.getpid():
+            _helper.stop()  # it died while idle
+        _helper = _Helper()
+    helper = _helper
+    try:
+        ok, value = helper.ask((data, name, fmt), timeout_s)
+    except TimeoutError:
+        _helper = None
+        helper.stop()
+        raise ParseTimeoutError(
+            f"{name}: parsing this {fmt} file took longer than {timeout_s:g} s, so it was "
+            "stopped and the file was not stored (a damaged or hostile file?); if it is "
+            "genuine, raise RAGSTORE_PARSE_TIMEOUT_S"
+        ) from None
+    except (EOFError, OSError):
+        _helper = None
+        how = helper.stop()
+        raise CorruptDocumentError(
+            f"{name}: the {fmt} parser crashed reading it (its process ended: {how}); check "
+            "that the file is complete and well-formed"
+        ) from None
+    except BaseException:
+        _helper = None  # interrupted: its answer must not be read as the next file's
+        helper.stop()
+        raise
+    if ok:
+        assert isinstance(value, ParsedDocument)
+        return value
+    assert isinstance(value, RagstoreError)
+    raise value
+
+
+def _forget_after_fork() -> None:
+    """A forked child (an ingest's parse workers) starts its own helper when it needs one:
+    the parent's pipes are not its own, and the lock may have been copied held."""
+    global _lock, _helper
+    _lock = threading.Lock()
+    _helper = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+@atexit.register
+def _stop_helper() -> None:
+    if _helper is not None and _helper.usable():
+        _helper.stop()
+
+
+def _serve(inbox: Connection, outbox: Connection) -> None:
+    """The helper's loop: parse what comes in until the parent closes the pipe."""
+    parent = os.getppid()
+
+    def orphaned() -> None:
+        # a parse may run for long; the helper must not outlive an ingest killed meanwhile
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    while True:
+        try:
+            data, name, fmt = inbox.recv()
+        except EOFError:
+            return
+        try:
+            answer: tuple[bool, Any] = (True, parse_bytes(data, name, fmt))
+        except RagstoreError as exc:
+            answer = (False, exc)
+        except Exception as exc:  # what a parser raises that parse_bytes does not expect
+            answer = (
+                False,
+                CorruptDocumentError(
+                    f"{name}: the {fmt} parser failed ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}); check that the file is complete and well-formed"
+                ),
+            )
+        outbox.send(answer)
+
+
+if __name__ == "__main__":
+    _serve(
+        Connection(int(sys.argv[1]), writable=False),
+        Connection(int(sys.argv[2]), readable=False),
+    )

@@ -1,0 +1,128 @@
+"""A file whose parser would run for minutes, or die, fails alone and the ingest goes on
+(``parsing.sandbox``); a file whose text unpacks past ``RAGSTORE_MAX_FILE_BYTES`` is refused.
+
+The slow input is real: a PDF of a few kilobytes whose pages all draw one large deflated
+content stream (``pdf_shared_stream``), which pypdf reads again for every page.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ragstore.config import Settings
+from ragstore.errors import CorruptDocumentError
+from ragstore.ingest import ingest_paths, prepare
+from ragstore.ingest.service import FileOutcome
+from ragstore.parsing import parse_bytes, sandbox
+from ragstore.runtime import Runtime
+from ragstore.search import search
+from tests.fixtures.builders import pdf_bytes, pdf_shared_stream
+
+SLOW_PDF = (20_000, 5)  # about 1.1 MB of text and several seconds of pypdf, from 4 KB
+
+
+@pytest.fixture(scope="module")
+def limited(settings: Settings) -> Iterator[Runtime]:
+    rt = Runtime(settings.model_copy(update={"parse_timeout_s": 1.0}))
+    yield rt
+    rt.close()
+
+
+def _folder(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "a-slow.pdf").write_bytes(pdf_shared_stream(*SLOW_PDF))
+    (folder / "b-fine.pdf").write_bytes(pdf_bytes([["Octopuses taste with their arms."]]))
+    (folder / "c-notes.md").write_text("# Notes\n\nKittens sleep all day.\n")
+    return folder
+
+
+def _by_name(report_outcomes: list[FileOutcome]) -> dict[str, tuple[str, str | None]]:
+    return {Path(o.source).name: (o.status, o.code) for o in report_outcomes}
+
+
+def test_a_pdf_parsing_past_the_limit_fails_alone(limited: Runtime, tmp_path: Path) -> None:
+    started = time.perf_counter()
+    parse_bytes(pdf_shared_stream(*SLOW_PDF), "slow.pdf", "pdf")
+    assert time.perf_counter() - started > 2.0, "the slow PDF must outlast the 1 s limit"
+
+    report = ingest_paths(limited, [_folder(tmp_path / "docs")], collection="slowpdf")
+    outcomes = {Path(o.source).name: o for o in report.outcomes}
+    assert outcomes["a-slow.pdf"].status == "failed"
+    assert outcomes["a-slow.pdf"].code == "parse_timeout"
+    assert "RAGSTORE_PARSE_TIMEOUT_S" in (outcomes["a-slow.pdf"].error or "")
+    # the PDF after it was parsed by a new helper; both good files are stored and found
+    assert outcomes["b-fine.pdf"].status == "added"
+    assert outcomes["c-notes.md"].status == "added"
+    hits = search(limited, "octopus arms taste", collection="slowpdf", k=3)
+    assert hits and Path(hits[0].source).name == "b-fine.pdf"
+
+
+def test_parse_workers_stop_a_slow_pdf_too(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In forked parse workers (a large ingest) each worker has its own helper."""
+    monkeypatch.setattr(prepare, "MIN_POOL_BYTES", 0)
+    monkeypatch.setattr(prepare, "FILES_PER_TASK", 1)
+    rt = Runtime(settings.model_copy(update={"parse_timeout_s": 1.0, "ingest_workers": 2}))
+    try:
+        report = ingest_paths(rt, [_folder(tmp_path / "docs")], collection="slowpdf_workers")
+    finally:
+        rt.close()
+    assert _by_name(report.outcomes) == {
+        "a-slow.pdf": ("failed", "parse_timeout"),
+        "b-fine.pdf": ("added", None),
+        "c-notes.md": ("added", None),
+    }
+
+
+def test_a_parser_that_dies_fails_its_file_and_the_next_file_is_read() -> None:
+    """The helper killed mid-parse (as the OOM killer would): that file is
+    ``corrupt_document``, and the next one gets a new helper."""
+    slow = pdf_shared_stream(*SLOW_PDF)
+    failure: list[BaseException] = []
+
+    def parse() -> None:
+        try:
+            sandbox.parse_file(slow, "dies.pdf", "pdf", 120.0)
+        except BaseException as exc:
+            failure.append(exc)
+
+    sandbox.parse_file(pdf_bytes([["warm up"]]), "warm.pdf", "pdf", 30.0)  # a helper running
+    helper = sandbox._helper
+    assert helper is not None
+    worker = threading.Thread(target=parse)
+    worker.start()
+    time.sleep(1.0)  # it is parsing
+    os.kill(helper.proc.pid, signal.SIGKILL)
+    worker.join(30)
+    assert not worker.is_alive()
+    assert len(failure) == 1 and isinstance(failure[0], CorruptDocumentError)
+    assert "killed by signal 9" in str(failure[0])
+    parsed = sandbox.parse_file(pdf_bytes([["after the crash"]]), "next.pdf", "pdf", 30.0)
+    assert "after the crash" in parsed.blocks[0].text
+    assert sandbox._helper is not None and sandbox._helper.proc.pid != helper.proc.pid
+
+
+def test_text_unpacking_past_the_file_limit_is_refused(settings: Settings, tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    bomb = pdf_shared_stream(2_000, 5)  # 1.6 KB of file, 110,000 characters of text
+    (folder / "bomb.pdf").write_bytes(bomb)
+    (folder / "notes.md").write_text("# Notes\n\nKittens sleep all day.\n")
+    rt = Runtime(settings.model_copy(update={"max_file_bytes": 50_000}))
+    try:
+        report = ingest_paths(rt, [folder], collection="textbomb")
+    finally:
+        rt.close()
+    outcomes = {Path(o.source).name: o for o in report.outcomes}
+    assert len(bomb) < 50_000
+    assert outcomes["bomb.pdf"].code == "payload_too_large"
+    assert "110000 characters" in (outcomes["bomb.pdf"].error or "")
+    assert outcomes["notes.md"].status == "added"
