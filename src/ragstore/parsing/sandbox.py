@@ -46,8 +46,8 @@ ISOLATED_FORMATS = frozenset(BYTES_PARSERS)  # pdf, docx, pptx, epub
 def parse_file(data: bytes, name: str, fmt: str, timeout_s: float) -> ParsedDocument:
     """:func:`parse_bytes`, in the helper process for a binary format when ``timeout_s``
     is above 0 (0: in this process, without a limit, as before the helper existed)."""
-    if timeout_s <= 0 or fmt not in ISOLATED_FORMATS:
-        return parse_bytes(data, name, fmt)
+    if timeout_s <= 0 or fmt not in ISOLATED_FORMATS or not sys.executable:
+        return parse_bytes(data, name, fmt)  # (no interpreter to start: embedded Python)
     with _lock:
         return _parse_in_helper(data, name, fmt, timeout_s)
 
