@@ -84,7 +84,8 @@ def test_parse_workers_stop_a_slow_pdf_too(
 
 def test_a_parser_that_dies_fails_its_file_and_the_next_file_is_read() -> None:
     """The helper killed mid-parse (as the OOM killer would): that file is
-    ``corrupt_document``, and the next one gets a new helper."""
+    ``corrupt_document``, and the next one gets a new helper. A file's own error leaves
+    its helper in service."""
     slow = pdf_shared_stream(*SLOW_PDF)
     failure: list[BaseException] = []
 
@@ -94,9 +95,13 @@ def test_a_parser_that_dies_fails_its_file_and_the_next_file_is_read() -> None:
         except BaseException as exc:
             failure.append(exc)
 
-    sandbox.parse_file(pdf_bytes([["warm up"]]), "warm.pdf", "pdf", 30.0)  # a helper running
-    helper = sandbox._helper
-    assert helper is not None
+    sandbox._helpers.stop()
+    with pytest.raises(CorruptDocumentError, match="not a readable PDF"):
+        sandbox.parse_file(b"%PDF-1.4 truncated", "broken.pdf", "pdf", 30.0)
+    (kept,) = sandbox._helpers.idle
+    sandbox.parse_file(pdf_bytes([["warm up"]]), "warm.pdf", "pdf", 30.0)
+    (helper,) = sandbox._helpers.idle
+    assert helper is kept
     worker = threading.Thread(target=parse)
     worker.start()
     time.sleep(1.0)  # it is parsing
@@ -107,7 +112,30 @@ def test_a_parser_that_dies_fails_its_file_and_the_next_file_is_read() -> None:
     assert "killed by signal 9" in str(failure[0])
     parsed = sandbox.parse_file(pdf_bytes([["after the crash"]]), "next.pdf", "pdf", 30.0)
     assert "after the crash" in parsed.blocks[0].text
-    assert sandbox._helper is not None and sandbox._helper.proc.pid != helper.proc.pid
+    assert [h.proc.pid for h in sandbox._helpers.idle] != [helper.proc.pid]
+
+
+def test_a_slow_file_holds_one_helper_not_every_caller() -> None:
+    """While one thread's file runs toward the limit, another thread's PDF is parsed by a
+    second helper (an API server parses its uploads side by side)."""
+    slow_done = threading.Event()
+    failure: list[BaseException] = []
+
+    def parse_slow() -> None:
+        try:
+            sandbox.parse_file(pdf_shared_stream(*SLOW_PDF), "slow.pdf", "pdf", 5.0)
+        except BaseException as exc:
+            failure.append(exc)
+        slow_done.set()
+
+    worker = threading.Thread(target=parse_slow)
+    worker.start()
+    time.sleep(0.5)
+    parsed = sandbox.parse_file(pdf_bytes([["side by side"]]), "quick.pdf", "pdf", 30.0)
+    assert not slow_done.is_set(), "the quick file waited for the slow one"
+    assert "side by side" in parsed.blocks[0].text
+    worker.join(60)
+    assert len(failure) == 1 and getattr(failure[0], "code", "") == "parse_timeout"
 
 
 def test_text_unpacking_past_the_file_limit_is_refused(settings: Settings, tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -48,8 +50,14 @@ def parse_file(data: bytes, name: str, fmt: str, timeout_s: float) -> ParsedDocu
     is above 0 (0: in this process, without a limit, as before the helper existed)."""
     if timeout_s <= 0 or fmt not in ISOLATED_FORMATS or not sys.executable:
         return parse_bytes(data, name, fmt)  # (no interpreter to start: embedded Python)
-    with _lock:
-        return _parse_in_helper(data, name, fmt, timeout_s)
+    with _helpers.lent() as helper:
+        ok, value = _ask(helper, data, name, fmt, timeout_s)
+    if ok:
+        assert isinstance(value, ParsedDocument)
+        return value
+    if isinstance(value, RagstoreError):
+        raise value  # the file's own error; the helper went back to the idle ones
+    raise AssertionError(f"unexpected answer from the parse helper: {value!r}")
 
 
 class _Helper:
@@ -89,68 +97,85 @@ class _Helper:
         return answer
 
     def stop(self) -> str:
-        """Kill the helper; how it ended, in words."""
-        self.proc.kill()
-        code = self.proc.wait()
-        self.outbox.close()
-        self.inbox.close()
+        """Kill the helper (once; again is a no-op); how it ended, in words."""
+        if self.owner == os.getpid() and not self.outbox.closed:
+            self.proc.kill()
+            self.proc.wait()
+            self.outbox.close()
+            self.inbox.close()
+        code = self.proc.returncode
+        if code is None:
+            return "still running"
         return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
-_lock = threading.Lock()
-_helper: _Helper | None = None
+class _Helpers:
+    """The helpers of this process: one lent to each thread parsing at once, up to one
+    per core (a file that runs to the limit holds one helper, not every caller); idle ones
+    are kept for the next file, a killed one is replaced when next needed."""
+
+    def __init__(self) -> None:
+        self.owner = os.getpid()
+        self.lock = threading.Lock()
+        self.idle: list[_Helper] = []
+        self.slots = threading.BoundedSemaphore(max(2, os.cpu_count() or 1))
+
+    @contextmanager
+    def lent(self) -> Iterator[_Helper]:
+        with self.slots:
+            with self.lock:
+                helper = self.idle.pop() if self.idle else None
+            if helper is None or not helper.usable():
+                if helper is not None:
+                    helper.stop()  # it died while idle
+                helper = _Helper()
+            try:
+                yield helper
+            except BaseException:
+                helper.stop()  # killed, dead, or interrupted mid-answer: never reused
+                raise
+            with self.lock:
+                self.idle.append(helper)
+
+    def stop(self) -> None:
+        with self.lock:
+            idle, self.idle = self.idle, []
+        for helper in idle:
+            if helper.usable():
+                helper.stop()
 
 
-def _parse_in_helper(data: bytes, name: str, fmt: str, timeout_s: float) -> ParsedDocument:
-    global _helper
-    if _helper is None or not _helper.usable():
-        if _helper is not None and _helper.owner == os.getpid():
-            _helper.stop()  # it died while idle
-        _helper = _Helper()
-    helper = _helper
+_helpers = _Helpers()
+
+
+def _ask(helper: _Helper, data: bytes, name: str, fmt: str, timeout_s: float) -> tuple[bool, Any]:
+    """The helper's answer, or the file's error when it ran out of time or died (the
+    helper is then killed on the way out of :meth:`_Helpers.lent`)."""
     try:
-        ok, value = helper.ask((data, name, fmt), timeout_s)
+        return helper.ask((data, name, fmt), timeout_s)
     except TimeoutError:
-        _helper = None
-        helper.stop()
         raise ParseTimeoutError(
             f"{name}: parsing this {fmt} file took longer than {timeout_s:g} s, so it was "
             "stopped and the file was not stored (a damaged or hostile file?); if it is "
             "genuine, raise RAGSTORE_PARSE_TIMEOUT_S"
         ) from None
     except (EOFError, OSError):
-        _helper = None
         how = helper.stop()
         raise CorruptDocumentError(
             f"{name}: the {fmt} parser crashed reading it (its process ended: {how}); check "
             "that the file is complete and well-formed"
         ) from None
-    except BaseException:
-        _helper = None  # interrupted: its answer must not be read as the next file's
-        helper.stop()
-        raise
-    if ok:
-        assert isinstance(value, ParsedDocument)
-        return value
-    assert isinstance(value, RagstoreError)
-    raise value
 
 
 def _forget_after_fork() -> None:
-    """A forked child (an ingest's parse workers) starts its own helper when it needs one:
-    the parent's pipes are not its own, and the lock may have been copied held."""
-    global _lock, _helper
-    _lock = threading.Lock()
-    _helper = None
+    """A forked child (an ingest's parse workers) starts its own helpers when it needs
+    them: the parent's pipes are not its own, and its locks may have been copied held."""
+    global _helpers
+    _helpers = _Helpers()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
-
-
-@atexit.register
-def _stop_helper() -> None:
-    if _helper is not None and _helper.usable():
-        _helper.stop()
+atexit.register(lambda: _helpers.stop())
 
 
 def _serve(inbox: Connection, outbox: Connection) -> None:
