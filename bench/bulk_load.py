@@ -3,6 +3,7 @@
     python -m bench.bulk_load --chunks 20000 --incremental
     python -m bench.bulk_load --chunks 100000 --inprocess
     python -m bench.bulk_load --chunks 100000 --memory 256MB 1GB 256MB 1GB
+    python -m bench.bulk_load --chunks 100000 --workers 0 1 1 0
 
 The corpus and the model are those of ``bench.scale`` (SciFact, CISI and Cranfield records
 recombined into Markdown files; the instant embedding server pinned as an HTTP model with
@@ -161,6 +162,14 @@ def main() -> None:
         metavar="SIZE",
         help="instead: bulk loads with each RAGSTORE_INDEX_BUILD_MEMORY in turn (e.g. 256MB 1GB)",
     )
+    ap.add_argument(
+        "--workers",
+        nargs="+",
+        type=int,
+        metavar="N",
+        help="instead: bulk loads with each RAGSTORE_INGEST_WORKERS in turn (e.g. 0 1 1 0: "
+        "the default against parsing in the ingesting process, alternated)",
+    )
     ap.add_argument("--work", type=Path, help="where data and files go (default: a temp dir)")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ragstore-bulk-load-"))
@@ -175,6 +184,12 @@ def main() -> None:
             for i, size in enumerate(args.memory):
                 result[f"bulk_{i}_memory_{size}"] = _load(
                     folder, work / f"data-bulk-{i}", server, index_build_memory=size
+                )
+                shutil.rmtree(work / f"data-bulk-{i}", ignore_errors=True)
+        elif args.workers:
+            for i, n in enumerate(args.workers):
+                result[f"bulk_{i}_workers_{n}"] = _load(
+                    folder, work / f"data-bulk-{i}", server, ingest_workers=n
                 )
                 shutil.rmtree(work / f"data-bulk-{i}", ignore_errors=True)
         else:

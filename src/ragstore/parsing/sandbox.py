@@ -174,7 +174,8 @@ def _forget_after_fork() -> None:
     _helpers = _Helpers()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_after_fork)
 atexit.register(lambda: _helpers.stop())
 
 
