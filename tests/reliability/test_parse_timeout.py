@@ -19,7 +19,7 @@ import pytest
 from ragstore.config import Settings
 from ragstore.errors import CorruptDocumentError
 from ragstore.ingest import ingest_paths, prepare
-from ragstore.ingest.service import FileOutcome
+from ragstore.ingest.service import FileOutcome, IngestInterrupted
 from ragstore.parsing import parse_bytes, sandbox
 from ragstore.runtime import Runtime
 from ragstore.search import search
@@ -136,6 +136,36 @@ def test_a_slow_file_holds_one_helper_not_every_caller() -> None:
     assert "side by side" in parsed.blocks[0].text
     worker.join(60)
     assert len(failure) == 1 and getattr(failure[0], "code", "") == "parse_timeout"
+
+
+def test_ctrl_c_does_not_wait_for_a_slow_parse(rt: Runtime, tmp_path: Path) -> None:
+    """Ctrl-C during a parse ends the ingest at once: the helper is killed, the file is not
+    reported as failed (it was not stored; a re-run reads it again), none is left running.
+    The PDF here would take pypdf over a minute."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "endless.pdf").write_bytes(pdf_shared_stream(20_000, 40))
+    interrupted_at: list[float] = []
+
+    def ctrl_c() -> None:
+        deadline = time.monotonic() + 120
+        while not sandbox._helpers.busy and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the PDF is being parsed
+        time.sleep(1.0)
+        interrupted_at.append(time.perf_counter())
+        # to the main thread, as the kernel delivers a terminal's Ctrl-C
+        main = threading.main_thread().ident
+        assert main is not None
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    with pytest.raises(IngestInterrupted) as caught:
+        ingest_paths(rt, [folder], collection="interrupted")
+    waited = time.perf_counter() - interrupted_at[0]
+    assert waited < 20.0, f"the interrupt waited {waited:.1f} s for the parse"
+    assert caught.value.report.outcomes == []
+    assert not sandbox._helpers.busy
+    assert all(h.proc.returncode is not None or h.usable() for h in sandbox._helpers.idle)
 
 
 def test_text_unpacking_past_the_file_limit_is_refused(settings: Settings, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from ragstore.ingest.files import read_bounded
 from ragstore.models import Chunk, ParsedDocument
 from ragstore.parsing import detect_format
 from ragstore.parsing.language import detect_language
-from ragstore.parsing.sandbox import parse_file
+from ragstore.parsing.sandbox import parse_file, stop_helpers
 
 if TYPE_CHECKING:
     from ragstore.ingest.service import Item
@@ -181,6 +181,11 @@ class Preparer:
     def __init__(self, job: Job, pool: ProcessPoolExecutor | None) -> None:
         self.job = job
         self.pool = pool
+
+    def interrupt(self) -> None:
+        """The ingest was interrupted: a file still parsing in a helper process is given
+        up now rather than waited for (forked workers get the Ctrl-C themselves)."""
+        stop_helpers()
 
     def run(self, items: Sequence[Item], hashes: Sequence[str | None]) -> list[Prepared]:
         """Every item prepared, in input order."""

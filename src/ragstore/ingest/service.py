@@ -341,20 +341,25 @@ class _Ingestor:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-writer") as writer,
         ):
             reading = reader.submit(self._prepare_group, groups[0]) if groups else None
-            for i in range(len(groups)):
-                assert reading is not None
-                pending = reading.result()
-                if i + 1 < len(groups):
-                    reading = reader.submit(self._prepare_group, groups[i + 1])
-                if not pending:
-                    continue
-                with self._stage("embed"):
-                    self._embed(pending)
+            try:
+                for i in range(len(groups)):
+                    assert reading is not None
+                    pending = reading.result()
+                    if i + 1 < len(groups):
+                        reading = reader.submit(self._prepare_group, groups[i + 1])
+                    if not pending:
+                        continue
+                    with self._stage("embed"):
+                        self._embed(pending)
+                    if writing is not None:
+                        writing.result()
+                    writing = writer.submit(self._write, pending)
                 if writing is not None:
                     writing.result()
-                writing = writer.submit(self._write, pending)
-            if writing is not None:
-                writing.result()
+            except KeyboardInterrupt:
+                if self._preparer is not None:  # the reader must not finish a slow parse first
+                    self._preparer.interrupt()
+                raise
 
     @staticmethod
     def _groups(files: Sequence[Item], batch_chunks: int) -> list[list[Item]]:

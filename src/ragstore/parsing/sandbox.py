@@ -40,7 +40,7 @@ from ragstore.errors import CorruptDocumentError, ParseTimeoutError, RagstoreErr
 from ragstore.models import ParsedDocument
 from ragstore.parsing.registry import BYTES_PARSERS, parse_bytes
 
-__all__ = ["ISOLATED_FORMATS", "parse_file"]
+__all__ = ["ISOLATED_FORMATS", "parse_file", "stop_helpers"]
 
 ISOLATED_FORMATS = frozenset(BYTES_PARSERS)  # pdf, docx, pptx, epub
 
@@ -81,6 +81,7 @@ class _Helper:
             os.close(to_helper_r)
             os.close(from_helper_w)
         self.owner = os.getpid()
+        self.abandoned = False  # killed by stop_helpers(), not by its file
         self.outbox = Connection(to_helper_w, readable=False)
         self.inbox = Connection(from_helper_r, writable=False)
 
@@ -118,6 +119,7 @@ class _Helpers:
         self.owner = os.getpid()
         self.lock = threading.Lock()
         self.idle: list[_Helper] = []
+        self.busy: set[_Helper] = set()
         self.slots = threading.BoundedSemaphore(max(2, os.cpu_count() or 1))
 
     @contextmanager
@@ -129,23 +131,41 @@ class _Helpers:
                 if helper is not None:
                     helper.stop()  # it died while idle
                 helper = _Helper()
+            with self.lock:
+                self.busy.add(helper)
             try:
                 yield helper
             except BaseException:
                 helper.stop()  # killed, dead, or interrupted mid-answer: never reused
                 raise
+            finally:
+                with self.lock:
+                    self.busy.discard(helper)
             with self.lock:
                 self.idle.append(helper)
 
     def stop(self) -> None:
+        """Stop every helper: the idle ones here, the busy ones by killing their process
+        (the thread waiting on each then fails its file and cleans up)."""
         with self.lock:
             idle, self.idle = self.idle, []
+            busy = list(self.busy)
         for helper in idle:
             if helper.usable():
                 helper.stop()
+        for helper in busy:
+            if helper.usable():
+                helper.abandoned = True
+                helper.proc.kill()
 
 
 _helpers = _Helpers()
+
+
+def stop_helpers() -> None:
+    """Stop this process's helpers, busy ones too: an interrupted ingest must not wait for
+    a parse whose result it will throw away (a slow file held Ctrl-C for 100 s)."""
+    _helpers.stop()
 
 
 def _ask(helper: _Helper, data: bytes, name: str, fmt: str, timeout_s: float) -> tuple[bool, Any]:
@@ -161,6 +181,8 @@ def _ask(helper: _Helper, data: bytes, name: str, fmt: str, timeout_s: float) ->
         ) from None
     except (EOFError, OSError):
         how = helper.stop()
+        if helper.abandoned:  # the ingest was interrupted: no outcome for this file
+            raise KeyboardInterrupt from None
         raise CorruptDocumentError(
             f"{name}: the {fmt} parser crashed reading it (its process ended: {how}); check "
             "that the file is complete and well-formed"
