@@ -15,11 +15,13 @@ killed and the file fails alone with ``parse_timeout``; if it dies, the file fai
 ``corrupt_document``; the rest of the batch goes on either way, and the next file gets a new
 helper. The helper is a fresh interpreter (``python -m ragstore.parsing.sandbox``) rather
 than a fork: the ingesting process runs reader, writer and database threads whose locks a
-fork could copy mid-use. One helper per process serves every file in turn (it starts in
-about half a second, once; a file then costs the pickling of its bytes and of the parsed
-document), and it exits when its parent does. Text formats stay in the ingesting process:
-their parsers are ours or linear (markdown-it, lxml's HTML parser, JSON), and bounded by
-``RAGSTORE_MAX_FILE_BYTES``.
+fork could copy mid-use. Helpers are kept and lent one per thread parsing at once (one
+starts in about half a second; a file then costs the pickling of its bytes and of the
+parsed document), and each exits when its parent does. Text files are parsed in process
+(their parsers are ours or linear) unless they are large (``LARGE_TEXT_BYTES``): then in a
+helper too, whose address space is capped (``HELPER_MEMORY_BYTES``), and a text file that
+breaks into more blocks than ``BYTES_PER_BLOCK`` allows is refused before its blocks reach
+the ingesting process.
 """
 
 from __future__ import annotations
@@ -36,20 +38,34 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ragstore.errors import CorruptDocumentError, ParseTimeoutError, RagstoreError
+from ragstore.errors import (
+    CorruptDocumentError,
+    FileTooLargeError,
+    ParseTimeoutError,
+    RagstoreError,
+)
 from ragstore.models import ParsedDocument
 from ragstore.parsing.registry import BYTES_PARSERS, parse_bytes
 
 __all__ = ["ISOLATED_FORMATS", "parse_file", "stop_helpers"]
 
 ISOLATED_FORMATS = frozenset(BYTES_PARSERS)  # pdf, docx, pptx, epub
+# Text files from this size are parsed in a helper too. Parsing holds about 1.3 KB of
+# memory a block (1.5 MB of "a\n\n": 500,000 paragraphs, 630 MB; 2 MB of "- a\n" list
+# items, about 1 GB in markdown-it), so a degenerate file at the 50 MB limit would take
+# some 20 GB: in a helper it meets HELPER_MEMORY_BYTES instead of the OOM killer.
+LARGE_TEXT_BYTES = 1 << 20
+BYTES_PER_BLOCK = 32  # a text file may hold one block (paragraph, heading ...) per 32 bytes
+HELPER_MEMORY_BYTES = 4 << 30  # a helper's address space, at most half the machine's memory
 
 
 def parse_file(data: bytes, name: str, fmt: str, timeout_s: float) -> ParsedDocument:
     """:func:`parse_bytes`, in the helper process for a binary format when ``timeout_s``
     is above 0 (0: in this process, without a limit, as before the helper existed)."""
-    if timeout_s <= 0 or fmt not in ISOLATED_FORMATS or not sys.executable:
-        return parse_bytes(data, name, fmt)  # (no interpreter to start: embedded Python)
+    isolated = fmt in ISOLATED_FORMATS or len(data) >= LARGE_TEXT_BYTES
+    if timeout_s <= 0 or not isolated or not sys.executable:
+        # (no interpreter to start: embedded Python)
+        return _counted(parse_bytes(data, name, fmt), data, name, fmt)
     with _helpers.lent() as helper:
         ok, value = _ask(helper, data, name, fmt, timeout_s)
     if ok:
@@ -58,6 +74,20 @@ def parse_file(data: bytes, name: str, fmt: str, timeout_s: float) -> ParsedDocu
     if isinstance(value, RagstoreError):
         raise value  # the file's own error; the helper went back to the idle ones
     raise AssertionError(f"unexpected answer from the parse helper: {value!r}")
+
+
+def _counted(parsed: ParsedDocument, data: bytes, name: str, fmt: str) -> ParsedDocument:
+    """``parsed``, unless a text file broke into more blocks than ``BYTES_PER_BLOCK``
+    allows: each costs memory here and a row in the store (2.5 MB of "# a" lines were
+    500,000 heading chunks). Binary formats are bounded by the text they unpack to."""
+    limit = max(1000, len(data) // BYTES_PER_BLOCK)
+    if fmt not in ISOLATED_FORMATS and len(parsed.blocks) > limit:
+        raise FileTooLargeError(
+            f"{name}: {len(parsed.blocks)} paragraphs, headings and other blocks in "
+            f"{len(data)} bytes, more than one per {BYTES_PER_BLOCK} bytes ({limit}); "
+            "is it a real document? Join its tiny paragraphs, or split the file"
+        )
+    return parsed
 
 
 class _Helper:
@@ -201,6 +231,21 @@ if hasattr(os, "register_at_fork"):  # POSIX
 atexit.register(lambda: _helpers.stop())
 
 
+def _limit_memory() -> None:
+    """Cap the helper's address space: a parser that would take all the machine's memory
+    fails its file with MemoryError (``corrupt_document``) instead."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    limit = min(HELPER_MEMORY_BYTES, pages * page // 2)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
 def _serve(inbox: Connection, outbox: Connection) -> None:
     """The helper's loop: parse what comes in until the parent closes the pipe."""
     parent = os.getppid()
@@ -212,13 +257,17 @@ def _serve(inbox: Connection, outbox: Connection) -> None:
         os._exit(1)
 
     threading.Thread(target=orphaned, daemon=True).start()
+    _limit_memory()
     while True:
         try:
             data, name, fmt = inbox.recv()
         except EOFError:
             return
         try:
-            answer: tuple[bool, Any] = (True, parse_bytes(data, name, fmt))
+            answer: tuple[bool, Any] = (
+                True,
+                _counted(parse_bytes(data, name, fmt), data, name, fmt),
+            )
         except RagstoreError as exc:
             answer = (False, exc)
         except Exception as exc:  # what a parser raises that parse_bytes does not expect
