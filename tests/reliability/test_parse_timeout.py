@@ -158,9 +158,15 @@ def test_ctrl_c_does_not_wait_for_a_slow_parse(rt: Runtime, tmp_path: Path) -> N
         assert main is not None
         signal.pthread_kill(main, signal.SIGINT)
 
+    # Python's own Ctrl-C handler, as `ragstore ingest` has it (a test before this one in
+    # the same session may have left another)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=ctrl_c, daemon=True).start()
-    with pytest.raises(IngestInterrupted) as caught:
-        ingest_paths(rt, [folder], collection="interrupted")
+    try:
+        with pytest.raises(IngestInterrupted) as caught:
+            ingest_paths(rt, [folder], collection="interrupted")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     waited = time.perf_counter() - interrupted_at[0]
     assert waited < 20.0, f"the interrupt waited {waited:.1f} s for the parse"
     assert caught.value.report.outcomes == []

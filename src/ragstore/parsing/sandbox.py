@@ -56,6 +56,8 @@ ISOLATED_FORMATS = frozenset(BYTES_PARSERS)  # pdf, docx, pptx, epub
 # some 20 GB: in a helper it meets HELPER_MEMORY_BYTES instead of the OOM killer.
 LARGE_TEXT_BYTES = 1 << 20
 BYTES_PER_BLOCK = 32  # a text file may hold one block (paragraph, heading ...) per 32 bytes
+STARTUP_TIMEOUT_S = 120.0  # a helper not ready by then is given up
+READY = b"ready"
 HELPER_MEMORY_BYTES = 4 << 30  # a helper's address space, at most half the machine's memory
 
 
@@ -114,6 +116,19 @@ class _Helper:
         self.abandoned = False  # killed by stop_helpers(), not by its file
         self.outbox = Connection(to_helper_w, readable=False)
         self.inbox = Connection(from_helper_r, writable=False)
+        # a file's time limit counts its parse, not the helper's start (0.45 s idle, and
+        # seconds on a loaded machine): wait for the helper to say it is ready
+        try:
+            ready = self.inbox.poll(STARTUP_TIMEOUT_S) and self.inbox.recv_bytes() == READY
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            how = self.stop()
+            raise RagstoreError(
+                f"the parse helper ({sys.executable} -m {__name__}) did not start within "
+                f"{STARTUP_TIMEOUT_S:g} s ({how}); check that this Python can import "
+                "ragstore, or set RAGSTORE_PARSE_TIMEOUT_S=0 to parse in the ingesting process"
+            )
 
     def usable(self) -> bool:
         return self.owner == os.getpid() and self.proc.poll() is None
@@ -258,6 +273,7 @@ def _serve(inbox: Connection, outbox: Connection) -> None:
 
     threading.Thread(target=orphaned, daemon=True).start()
     _limit_memory()
+    outbox.send_bytes(READY)
     while True:
         try:
             data, name, fmt = inbox.recv()
