@@ -62,11 +62,12 @@ HELPER_MEMORY_BYTES = 4 << 30  # a helper's address space, at most half the mach
 
 
 def parse_file(data: bytes, name: str, fmt: str, timeout_s: float) -> ParsedDocument:
-    """:func:`parse_bytes`, in the helper process for a binary format when ``timeout_s``
-    is above 0 (0: in this process, without a limit, as before the helper existed)."""
+    """:func:`parse_bytes`, in a helper process for a binary format or a text of
+    ``LARGE_TEXT_BYTES`` or more when ``timeout_s`` is above 0 (0, or a Python without an
+    interpreter to start: in this process, without a time limit); a text file's blocks
+    are counted either way."""
     isolated = fmt in ISOLATED_FORMATS or len(data) >= LARGE_TEXT_BYTES
     if timeout_s <= 0 or not isolated or not sys.executable:
-        # (no interpreter to start: embedded Python)
         return _counted(parse_bytes(data, name, fmt), data, name, fmt)
     with _helpers.lent() as helper:
         ok, value = _ask(helper, data, name, fmt, timeout_s)
