@@ -37,6 +37,7 @@ limited.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import threading
@@ -50,6 +51,7 @@ from weakref import WeakKeyDictionary
 
 import numpy as np
 import numpy.typing as npt
+import psycopg
 from psycopg import ClientCursor, errors, sql
 
 from ragstore.db import spaces
@@ -489,8 +491,15 @@ class _Statement:
                 else:
                     cur = conn.execute(stmt, values)
                 rows: list[tuple[Any, ...]] = cur.fetchall()
-            finally:
-                conn.autocommit = False
+            except BaseException:
+                # a server that went away mid-pipeline leaves the connection ACTIVE, where
+                # switching autocommit back raises ProgrammingError; that must not hide the
+                # lost connection, which is what lets a replica's search fall back to the
+                # primary (the pool discards the connection)
+                with contextlib.suppress(psycopg.Error):
+                    conn.autocommit = False
+                raise
+            conn.autocommit = False
             if set_session:
                 _session_ef[conn] = self.ef
         return rows
