@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ragstore.config import Settings
-from ragstore.errors import CorruptDocumentError
+from ragstore.errors import CorruptDocumentError, RagstoreError
 from ragstore.ingest import ingest_paths, prepare
 from ragstore.ingest.service import FileOutcome, IngestInterrupted
 from ragstore.parsing import parse_bytes, sandbox
@@ -87,12 +87,12 @@ def test_a_parser_that_dies_fails_its_file_and_the_next_file_is_read() -> None:
     ``corrupt_document``, and the next one gets a new helper. A file's own error leaves
     its helper in service."""
     slow = pdf_shared_stream(*SLOW_PDF)
-    failure: list[BaseException] = []
+    failure: list[RagstoreError] = []
 
     def parse() -> None:
         try:
             sandbox.parse_file(slow, "dies.pdf", "pdf", 120.0)
-        except BaseException as exc:
+        except RagstoreError as exc:
             failure.append(exc)
 
     sandbox._helpers.stop()
@@ -119,12 +119,12 @@ def test_a_slow_file_holds_one_helper_not_every_caller() -> None:
     """While one thread's file runs toward the limit, another thread's PDF is parsed by a
     second helper (an API server parses its uploads side by side)."""
     slow_done = threading.Event()
-    failure: list[BaseException] = []
+    failure: list[RagstoreError] = []
 
     def parse_slow() -> None:
         try:
             sandbox.parse_file(pdf_shared_stream(*SLOW_PDF), "slow.pdf", "pdf", 5.0)
-        except BaseException as exc:
+        except RagstoreError as exc:
             failure.append(exc)
         slow_done.set()
 

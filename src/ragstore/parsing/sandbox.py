@@ -74,9 +74,8 @@ def parse_file(data: bytes, name: str, fmt: str, timeout_s: float) -> ParsedDocu
     if ok:
         assert isinstance(value, ParsedDocument)
         return value
-    if isinstance(value, RagstoreError):
-        raise value  # the file's own error; the helper went back to the idle ones
-    raise AssertionError(f"unexpected answer from the parse helper: {value!r}")
+    assert isinstance(value, RagstoreError)
+    raise value  # the file's own error; the helper went back to the idle ones
 
 
 def _counted(parsed: ParsedDocument, data: bytes, name: str, fmt: str) -> ParsedDocument:
@@ -179,16 +178,17 @@ class _Helpers:
                 helper = _Helper()
             with self.lock:
                 self.busy.add(helper)
+            answered = False
             try:
                 yield helper
-            except BaseException:
-                helper.stop()  # killed, dead, or interrupted mid-answer: never reused
-                raise
+                answered = True
             finally:
                 with self.lock:
                     self.busy.discard(helper)
-            with self.lock:
-                self.idle.append(helper)
+                    if answered:
+                        self.idle.append(helper)
+                if not answered:
+                    helper.stop()  # killed, dead, or interrupted mid-answer: never reused
 
     def stop(self) -> None:
         """Stop every helper: the idle ones here, the busy ones by killing their process
@@ -286,15 +286,9 @@ def _serve(inbox: Connection, outbox: Connection) -> None:
                 _counted(parse_bytes(data, name, fmt), data, name, fmt),
             )
         except RagstoreError as exc:
+            # parse_bytes maps the parsers' own failures (PARSER_FAILURES); anything else
+            # ends the helper with its traceback, and the file fails as corrupt_document
             answer = (False, exc)
-        except Exception as exc:  # what a parser raises that parse_bytes does not expect
-            answer = (
-                False,
-                CorruptDocumentError(
-                    f"{name}: the {fmt} parser failed ({type(exc).__name__}: "
-                    f"{str(exc)[:200]}); check that the file is complete and well-formed"
-                ),
-            )
         outbox.send(answer)
 
 

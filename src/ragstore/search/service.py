@@ -37,7 +37,6 @@ limited.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import threading
@@ -51,8 +50,8 @@ from weakref import WeakKeyDictionary
 
 import numpy as np
 import numpy.typing as npt
-import psycopg
 from psycopg import ClientCursor, errors, sql
+from psycopg.pq import TransactionStatus
 
 from ragstore.db import spaces
 from ragstore.db.cancel import cancellable
@@ -491,15 +490,14 @@ class _Statement:
                 else:
                     cur = conn.execute(stmt, values)
                 rows: list[tuple[Any, ...]] = cur.fetchall()
-            except BaseException:
-                # a server that went away mid-pipeline leaves the connection ACTIVE, where
-                # switching autocommit back raises ProgrammingError; that must not hide the
-                # lost connection, which is what lets a replica's search fall back to the
-                # primary (the pool discards the connection)
-                with contextlib.suppress(psycopg.Error):
+            finally:
+                if conn.info.transaction_status == TransactionStatus.IDLE:
                     conn.autocommit = False
-                raise
-            conn.autocommit = False
+                else:
+                    # a server gone mid-pipeline leaves it ACTIVE, where switching back
+                    # would raise and hide the lost connection (what lets a replica's
+                    # search fall back to the primary); closed, the pool replaces it
+                    conn.close()
             if set_session:
                 _session_ef[conn] = self.ef
         return rows
