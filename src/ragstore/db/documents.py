@@ -217,8 +217,18 @@ def text_search_vectors(conn: Conn, config: str, texts: Sequence[str]) -> Lexeme
     return Lexemes(config, [bytes(r[0]) for r in rows], [int(r[1]) for r in rows])
 
 
+# A bulk load's vectors of the active space, kept back for its staging table: (chunk ids,
+# their vectors) per COPY that would have written them (see ``write_documents``).
+StagedRows = list[tuple[list[int], np.ndarray]]
+
+
 def write_documents(
-    conn: Conn, coll: Collection, docs: Sequence[DocumentWrite], *, force: bool = False
+    conn: Conn,
+    coll: Collection,
+    docs: Sequence[DocumentWrite],
+    *,
+    force: bool = False,
+    staged: StagedRows | None = None,
 ) -> list[Written]:
     """Add or replace documents with their chunks and vectors; one outcome per document.
 
@@ -232,6 +242,10 @@ def write_documents(
     (409) rather than leave the searched space without these documents. Array parameters
     go in binary (``%b``): in text form psycopg escapes every quote of every JSON metadata
     string with a regular expression, about 40 ms per 1,000 documents of the writer's time.
+
+    With ``staged`` the active space's vectors are appended there instead of written: a
+    bulk load copies them into its staging table on another connection once this
+    transaction (its savepoint) has stored their chunks (``ingest.staging``).
     """
     if not docs:
         return []
@@ -312,7 +326,9 @@ def write_documents(
             out[i] = Written("added", document_row(row, len(docs[i].chunks)))
             doc_ids[i] = int(row[0])
     todo = sorted(doc_ids)
-    _store_chunks(conn, coll, [docs[i] for i in todo], [doc_ids[i] for i in todo], provided & live)
+    _store_chunks(
+        conn, coll, [docs[i] for i in todo], [doc_ids[i] for i in todo], provided & live, staged
+    )
     return [w for w in out if w is not None]
 
 
@@ -339,8 +355,10 @@ def _store_chunks(
     docs: Sequence[DocumentWrite],
     doc_ids: Sequence[int],
     tables: set[str],
+    staged: StagedRows | None = None,
 ) -> None:
-    """Chunks of freshly written documents, then their vectors into every live space."""
+    """Chunks of freshly written documents, then their vectors into every live space (the
+    active one's into ``staged`` when given)."""
     ids = allocate_chunk_ids(conn, sum(len(d.chunks) for d in docs))
     _copy_chunks(conn, coll, docs, doc_ids, ids)
     embedded_ids: list[int] = []
@@ -357,7 +375,10 @@ def _store_chunks(
     for table in sorted(tables):  # not a space retired or pruned meanwhile
         vecs = [d.vectors if table == coll.table else (d.extra_vectors or {})[table] for d in docs]
         stacked = np.concatenate(vecs) if len(vecs) > 1 else vecs[0]
-        spaces.copy_vectors(conn, table, embedded_ids, stacked)
+        if staged is not None and table == coll.table:
+            staged.append((embedded_ids, stacked))
+        else:
+            spaces.copy_vectors(conn, table, embedded_ids, stacked)
 
 
 def _copy_chunks(

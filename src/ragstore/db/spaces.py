@@ -302,8 +302,113 @@ def is_empty(conn: Conn, table: str) -> bool:
     return bool(row and row[0])
 
 
+def load_table(table: str) -> str:
+    """Where a bulk load stages the vectors of ``table`` (see :func:`attach_load_table`)."""
+    return f"ragstore_load_{table}"
+
+
+def create_load_table(conn: Conn, table: str) -> str:
+    """A bulk load's staging table for ``table``'s vectors: its columns and primary key,
+    no foreign key (the load's chunks are not committed when its vectors go in) and no
+    HNSW index yet. The leftover of a load killed between its two commits goes first."""
+    load = load_table(table)
+    drop_load_table(conn, table)
+    staged = sql.Identifier(load)
+    conn.execute(
+        sql.SQL("CREATE TABLE {l} (LIKE {t} INCLUDING ALL EXCLUDING INDEXES)").format(
+            l=staged, t=sql.Identifier(table)
+        )
+    )
+    conn.execute(sql.SQL("ALTER TABLE {l} ADD PRIMARY KEY (chunk_id)").format(l=staged))
+    return load
+
+
+def drop_load_table(conn: Conn, table: str) -> None:
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(load_table(table))))
+
+
+# How long the swap below waits for its locks (other loads hold ``chunks`` until they
+# commit) before the slower way round, which needs no lock that a writer holds.
+ATTACH_LOCK_TIMEOUT = "5s"
+
+
+def attach_load_table(conn: Conn, table: str) -> bool:
+    """Put a bulk load's staged vectors (committed, with their index, by another
+    connection) in place of the space's table, in the load's own transaction, so readers
+    see the load's chunks and vectors together.
+
+    The space's table is empty (a bulk load starts only on an empty space and holds every
+    write lock of its collection): it is dropped, and the staged table takes its name, its
+    indexes' names and its foreign key to ``chunks`` (checked, once the rows whose chunk
+    was not stored are gone). Returns True then. Adding that key locks ``chunks`` against
+    writers; where one holds it past ``ATTACH_LOCK_TIMEOUT`` (another load, which commits
+    only at its end) or the wait would deadlock, or the space's table is not empty after
+    all, the rows are copied into the space's own table instead, the staged table is
+    dropped and False is returned: the caller then builds that table's index.
+    """
+    load = load_table(table)
+    t, staged = sql.Identifier(table), sql.Identifier(load)
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(ATTACH_LOCK_TIMEOUT))
+            )
+            conn.execute(sql.SQL("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE").format(t=t))
+            if not is_empty(conn, table):
+                raise _NotSwapped(f"{table} is not empty")
+            conn.execute(
+                sql.SQL(
+                    "DELETE FROM {l} s WHERE NOT EXISTS"
+                    " (SELECT 1 FROM chunks c WHERE c.id = s.chunk_id)"
+                ).format(l=staged)
+            )
+            conn.execute(sql.SQL("DROP TABLE {t}").format(t=t))
+            conn.execute(sql.SQL("ALTER TABLE {l} RENAME TO {t}").format(l=staged, t=t))
+            for (name,) in conn.execute(
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE i.indrelid = to_regclass(quote_ident(%s))",
+                (table,),
+            ).fetchall():
+                if str(name).startswith(load):
+                    conn.execute(
+                        sql.SQL("ALTER INDEX {i} RENAME TO {n}").format(
+                            i=sql.Identifier(str(name)),
+                            n=sql.Identifier(table + str(name)[len(load) :]),
+                        )
+                    )
+            conn.execute(
+                sql.SQL(
+                    "ALTER TABLE {t} ADD CONSTRAINT {fk} FOREIGN KEY (chunk_id)"
+                    " REFERENCES chunks(id) ON DELETE CASCADE"
+                ).format(t=t, fk=sql.Identifier(f"{table}_chunk_id_fkey"))
+            )
+            conn.execute("SET LOCAL lock_timeout TO DEFAULT")
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected, _NotSwapped) as exc:
+        why = exc.diag.message_primary if isinstance(exc, psycopg.Error) else None
+        log.warning(
+            "bulk load: %s could not take the place of %s (%s); copying its rows instead",
+            load,
+            table,
+            why or exc,
+        )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {t} (chunk_id, embedding) SELECT s.chunk_id, s.embedding FROM {l} s"
+                " WHERE EXISTS (SELECT 1 FROM chunks c WHERE c.id = s.chunk_id)"
+            ).format(t=t, l=staged)
+        )
+        conn.execute(sql.SQL("DROP TABLE {l}").format(l=staged))
+        return False
+    return True
+
+
+class _NotSwapped(Exception):
+    """The space's table cannot simply be replaced by the staged one."""
+
+
 def drop_space(conn: Conn, space: Space) -> None:
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(space.table)))
+    drop_load_table(conn, space.table)
     conn.execute("DELETE FROM embedding_spaces WHERE id = %s", (space.id,))
 
 

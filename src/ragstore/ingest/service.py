@@ -39,6 +39,7 @@ from ragstore.errors import (
 from ragstore.ingest import prepare
 from ragstore.ingest.files import discover, sync_scopes
 from ragstore.ingest.prepare import unreadable as unreadable  # where callers found it
+from ragstore.ingest.staging import StagedVectors, discard_staged
 from ragstore.modelops.fanout import building_vectors
 from ragstore.models import Chunk
 from ragstore.observability import metrics
@@ -147,6 +148,7 @@ class _Ingestor:
         self.rt = rt
         self.bulk = bulk
         self._conn: Any = None  # the bulk load's one connection (its transaction)
+        self._staged: StagedVectors | None = None  # where a bulk load's vectors go
         self._bulk_outcomes: list[FileOutcome] = []
         self.coll = coll
         self.embedder = embedder
@@ -213,26 +215,43 @@ class _Ingestor:
             self._write_round(pending)
 
     def _write_round(self, pending: list[_Pending]) -> None:
+        staged = self._held()
         try:
             with translated("storing a round of documents"), self._transaction() as conn:
                 written = documents.write_documents(
-                    conn, self.coll, [self._as_write(p) for p in pending]
+                    conn, self.coll, [self._as_write(p) for p in pending], staged=staged
                 )
         except RagstoreError:
             for p in pending:
                 self._write_one(p)
             return
+        self._stage_vectors(staged)
         for w in written:
             self._stored(w)
 
     def _write_one(self, p: _Pending) -> None:
+        staged = self._held()
         try:
             with translated(f"storing {p.item.label}"), self._transaction() as conn:
-                written = documents.write_documents(conn, self.coll, [self._as_write(p)])
+                written = documents.write_documents(
+                    conn, self.coll, [self._as_write(p)], staged=staged
+                )
         except RagstoreError as exc:
             self._done(_fail(p.record.source, exc))
             return
+        self._stage_vectors(staged)
         self._stored(written[0])
+
+    def _held(self) -> documents.StagedRows | None:
+        """Where a bulk load's write keeps the active space's vectors back."""
+        return [] if self._staged is not None else None
+
+    def _stage_vectors(self, rows: documents.StagedRows | None) -> None:
+        """A bulk load's vectors of chunks its transaction has stored, to its staging
+        table; a failure there fails the whole load (it raises past the fallbacks)."""
+        if rows:
+            assert self._staged is not None
+            self._staged.copy(rows)
 
     @staticmethod
     def _as_write(p: _Pending) -> documents.DocumentWrite:
@@ -307,17 +326,15 @@ class _Ingestor:
             with (
                 translated(f"bulk loading {self.coll.name!r}"),
                 self.rt.db.connection() as conn,
+                StagedVectors(self.rt, self.coll) as staged,
             ):
                 documents.begin_bulk(conn, self.coll.id)
-                self._conn = conn
+                self._conn, self._staged = conn, staged
                 try:
                     self._pipeline(files)
                 finally:
-                    self._conn = None
-                with self._stage("bm25_build"):
-                    documents.finish_bulk(conn, self.coll.id, self.rt.settings.index_build_memory)
-                with self._stage("index_build"):
-                    _ensure_index(self.rt, self.coll, conn)
+                    self._conn = self._staged = None
+                self._build(conn, staged)
         except KeyboardInterrupt:
             # the transaction rolled back: the load's documents are not stored
             rolled_back = {id(o) for o in self._bulk_outcomes}
@@ -327,9 +344,33 @@ class _Ingestor:
             raise
         except RagstoreError as exc:
             # the transaction rolled back: nothing of this load was stored
+            discard_staged(self.rt, self.coll)
             for o in self._bulk_outcomes:
                 o.status, o.chunks, o.document = "failed", 0, None
                 o.error, o.code, o.exc = str(exc), exc.code, exc
+
+    def _build(self, conn: Any, staged: StagedVectors) -> None:
+        """A bulk load's end: BM25 in the load's transaction while the staged vectors'
+        HNSW index is built on their own connection, then the staged table swapped in."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-index") as pool:
+            index = pool.submit(self._build_staged, staged)
+            try:
+                with self._stage("bm25_build"):
+                    documents.finish_bulk(conn, self.coll.id, self.rt.settings.index_build_memory)
+            except BaseException:
+                staged.cancel()  # the load is lost: its index build need not finish
+                raise
+            index.result()
+        staged.commit()
+        with self._stage("attach"), translated(f"attaching the vectors of {self.coll.name!r}"):
+            swapped = spaces.attach_load_table(conn, self.coll.table)
+        if not swapped:
+            with self._stage("index_build"):
+                _ensure_index(self.rt, self.coll, conn)
+
+    def _build_staged(self, staged: StagedVectors) -> None:
+        with self._stage("index_build"):
+            staged.build()
 
     def _pipeline(self, files: Sequence[Item]) -> None:
         """Three stages overlap: round N+1 is parsed on a reader thread and round N-1 is

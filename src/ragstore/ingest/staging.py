@@ -1,0 +1,96 @@
+"""A bulk load's vectors on a second connection, so that its two index builds overlap.
+
+A bulk load (``ingest.service``) writes every round in one transaction and ends it with
+two builds: the BM25 statistics and postings, one statement on one core, and the space's
+HNSW index, on every core. In one transaction they can only run one after the other, and
+on two cores the BM25 build left one idle for a fifth of a 100k first load
+(docs/benchmarks.md). So the active space's vectors go elsewhere: to a staging table
+(``spaces.create_load_table``) on a second pooled connection, in a transaction of its
+own, a round's vectors once the load's transaction has stored that round's chunks. At
+the end the HNSW index is built there while the load's connection builds BM25; the
+staging transaction commits, and the load's transaction puts the staged table in the
+place of the space's empty one (``spaces.attach_load_table``) and commits. Readers still
+see the load at once, complete, or not at all.
+
+Nothing is left behind by a load that fails or is interrupted before the staging
+transaction commits: the table goes with its rollback; one that fails after it drops the
+table (:func:`discard_staged`). A process killed between the two commits (under a second)
+leaves the staged table, which the next bulk load of the collection, or its deletion,
+drops.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, suppress
+from typing import Any
+
+import numpy as np
+
+from ragstore.db import repository, spaces
+from ragstore.db.errors import translated
+from ragstore.errors import RagstoreError
+from ragstore.runtime import Runtime
+
+
+class StagedVectors:
+    """The staging table of one bulk load and the connection (transaction) that fills it.
+
+    Used from one thread at a time: the writer thread copies, then one thread builds.
+    """
+
+    def __init__(self, rt: Runtime, coll: repository.Collection) -> None:
+        self.rt = rt
+        self.coll = coll
+        self._stack = ExitStack()
+        self.conn: Any = None
+        self.table = spaces.load_table(coll.table)
+
+    def __enter__(self) -> StagedVectors:
+        with self._stack:
+            self.conn = self._stack.enter_context(self.rt.db.connection())
+            with translated(f"staging the vectors of {self.coll.name!r}"):
+                spaces.create_load_table(self.conn, self.coll.table)
+            self._stack = self._stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Commit what was built (nothing is visible until the load swaps it in), or roll
+        it back with the table when the load failed."""
+        self._stack.__exit__(*exc)  # type: ignore[arg-type]
+
+    def copy(self, rows: list[tuple[list[int], np.ndarray]]) -> None:
+        with translated(f"staging the vectors of {self.coll.name!r}"):
+            for ids, vectors in rows:
+                spaces.copy_vectors(self.conn, self.table, ids, vectors)
+
+    def build(self) -> None:
+        """The staged vectors' HNSW index, with the build memory and workers a bulk load's
+        index gets."""
+        with translated(f"indexing the vectors of {self.coll.name!r}"):
+            spaces.ensure_index(
+                self.conn,
+                self.table,
+                self.coll.model.distance,
+                memory=self.rt.settings.index_build_memory,
+                workers=spaces.build_workers(),
+            )
+
+    def cancel(self) -> None:
+        """Stop a build in flight (the load failed meanwhile); it then fails at once."""
+        self.conn.cancel_safe()
+
+    def commit(self) -> None:
+        with translated(f"staging the vectors of {self.coll.name!r}"):
+            self.conn.commit()
+
+
+def discard_staged(rt: Runtime, coll: repository.Collection) -> None:
+    """Drop the staged table of a load that failed after its staging transaction committed
+    (its own transaction has rolled back by now, so nothing holds the table). Best effort:
+    where the database cannot be reached, the next bulk load of the collection drops it."""
+    with (
+        suppress(RagstoreError),
+        translated("dropping a failed load's staged vectors"),
+        rt.db.connection() as conn,
+    ):
+        spaces.drop_load_table(conn, coll.table)

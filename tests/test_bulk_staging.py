@@ -1,0 +1,216 @@
+"""A bulk load's vectors go to a staging table on a second connection, indexed there while
+the load's own transaction builds BM25, and swapped in for the space's empty table before
+the load commits (``ingest.staging``, ``spaces.attach_load_table``).
+
+The swapped-in table must be indistinguishable from one the incremental path fills (same
+columns, keys, foreign key and index, deletes cascading to it); vectors of chunks the load
+replaced are not carried over; a swap that cannot take its locks copies the rows instead;
+and no failure leaves a staging table behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ragstore.config import Settings
+from ragstore.db import catalog, documents, spaces
+from ragstore.ingest import ingest_paths
+from ragstore.ingest.service import IngestReport, Item, ingest_items
+from ragstore.runtime import Runtime
+from ragstore.search import search
+from tests.models.corpus import write_corpus
+
+
+@pytest.fixture(scope="module")
+def bulk_rt(settings: Settings) -> Iterator[Runtime]:
+    """Bulk loads from 2 KB, written in rounds of a few chunks."""
+    rt = Runtime(settings.model_copy(update={"bulk_load_bytes": 2048, "ingest_batch_chunks": 8}))
+    yield rt
+    rt.close()
+
+
+def _shape(rt: Runtime, table: str) -> dict[str, object]:
+    """A space table's definition with its own name taken out: columns, constraints,
+    indexes and options."""
+    with rt.db.connection() as conn:
+        cols = conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute"
+            " WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
+            " ORDER BY attnum",
+            (table,),
+        ).fetchall()
+        cons = conn.execute(
+            "SELECT conname, contype, convalidated, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = to_regclass(%s) ORDER BY conname",
+            (table,),
+        ).fetchall()
+        idx = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s ORDER BY 1",
+            (table,),
+        ).fetchall()
+        opts = conn.execute(
+            "SELECT reloptions, relpersistence FROM pg_class WHERE oid = to_regclass(%s)",
+            (table,),
+        ).fetchone()
+    return {
+        "columns": cols,
+        "constraints": [tuple(str(v).replace(table, "T") for v in c) for c in cons],
+        "indexes": [tuple(str(v).replace(table, "T") for v in i) for i in idx],
+        "options": opts,
+    }
+
+
+def _staged_tables(rt: Runtime) -> list[str]:
+    with rt.db.connection() as conn:
+        return [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT relname FROM pg_class WHERE relname LIKE 'ragstore\\_load\\_%'"
+                " AND relkind = 'r'"
+            )
+        ]
+
+
+def _vectors(rt: Runtime, table: str) -> int:
+    with rt.db.connection() as conn:
+        return spaces.count_vectors(conn, table)
+
+
+def _embeddable_chunks(rt: Runtime, collection_id: int) -> int:
+    with rt.db.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM chunks WHERE collection_id = %s AND chunk_type <> 'heading'",
+            (collection_id,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_bulk_load_swaps_in_a_table_like_the_incremental_one(
+    bulk_rt: Runtime, tmp_path: Path
+) -> None:
+    report = ingest_paths(bulk_rt, [write_corpus(tmp_path / "b", docs=8, paragraphs=3)], "stg")
+    assert not report.failed and "attach" in report.stages
+    small = ingest_paths(bulk_rt, [write_corpus(tmp_path / "s", docs=1, paragraphs=1)], "inc")
+    assert not small.failed and "attach" not in small.stages
+    bulk, inc = bulk_rt.collection("stg"), bulk_rt.collection("inc")
+    assert _shape(bulk_rt, bulk.table) == _shape(bulk_rt, inc.table)
+    assert _staged_tables(bulk_rt) == []
+    assert _vectors(bulk_rt, bulk.table) == _embeddable_chunks(bulk_rt, bulk.id) >= 8
+    text = "Paragraph 1 of doc3: how to care for espresso, with detail number 301"
+    hits = search(bulk_rt, text, collection="stg", k=1, mode="vector")
+    assert hits and text in hits[0].text
+    # the foreign key is the space table's own: deleting a document takes its vectors
+    with bulk_rt.db.connection() as conn:
+        documents.delete_documents(conn, bulk.id, [hits[0].source])
+    assert _vectors(bulk_rt, bulk.table) == _embeddable_chunks(bulk_rt, bulk.id)
+
+
+def test_vectors_of_chunks_a_load_replaced_are_not_carried_over(
+    bulk_rt: Runtime, tmp_path: Path
+) -> None:
+    """The same source twice in one bulk load (two uploads of one name): the second
+    replaces the first, whose vectors were already staged."""
+    first = write_corpus(tmp_path / "one", docs=4, paragraphs=3, prefix="first")
+    second = write_corpus(tmp_path / "two", docs=4, paragraphs=3, prefix="second")
+    files = sorted(first.iterdir()) + sorted(second.iterdir())
+    items = [Item(f"upload-{i % 4}", f, f.name, early_skip=False) for i, f in enumerate(files)]
+    report = IngestReport("twice")
+    ingest_items(bulk_rt, "twice", items, report)
+    assert not report.failed and "attach" in report.stages
+    assert sorted(o.status for o in report.outcomes) == ["added"] * 4 + ["updated"] * 4
+    coll = bulk_rt.collection("twice")
+    assert _vectors(bulk_rt, coll.table) == _embeddable_chunks(bulk_rt, coll.id)
+    with bulk_rt.db.connection() as conn:
+        orphans = conn.execute(
+            f"SELECT count(*) FROM {coll.table} e"
+            " WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = e.chunk_id)"
+        ).fetchone()
+    assert orphans == (0,)
+
+
+def test_a_swap_that_cannot_lock_chunks_copies_the_rows_instead(
+    bulk_rt: Runtime,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another writer's open transaction on ``chunks`` (here a delete that matched
+    nothing) holds the lock the foreign key needs: after the lock timeout the staged rows
+    are copied into the space's own table, which then gets its index."""
+    monkeypatch.setattr(spaces, "ATTACH_LOCK_TIMEOUT", "200ms")
+    folder = write_corpus(tmp_path / "l", docs=8, paragraphs=3, prefix="locked")
+    bulk_rt.collection("locked", create=True)  # a new space's table waits for that lock too
+    with bulk_rt.db.connection() as other, caplog.at_level(logging.WARNING, "ragstore.db"):
+        other.execute("DELETE FROM chunks WHERE id < 0")
+        report = ingest_paths(bulk_rt, [folder], "locked")
+    assert not report.failed
+    assert "could not take the place" in caplog.text
+    assert report.stages.keys() >= {"attach", "index_build", "bm25_build"}
+    coll = bulk_rt.collection("locked")
+    with bulk_rt.db.connection() as conn:
+        assert spaces.has_index(conn, coll.table)
+    assert _vectors(bulk_rt, coll.table) == _embeddable_chunks(bulk_rt, coll.id) >= 8
+    assert _staged_tables(bulk_rt) == []
+    assert _shape(bulk_rt, coll.table) == _shape(bulk_rt, bulk_rt.collection("stg").table)
+
+
+def test_a_load_whose_staging_connection_dies_leaves_nothing(
+    bulk_rt: Runtime, tmp_path: Path
+) -> None:
+    folder = write_corpus(tmp_path / "d", docs=8, paragraphs=3, prefix="dies")
+    coll = bulk_rt.collection("dies", create=True)
+    killed: list[int] = []
+
+    def kill(*_: object) -> None:
+        if killed:
+            return
+        with bulk_rt.db.connection() as conn:
+            pids = [
+                int(r[0])
+                # the staging table is not committed yet: its connection is the one that
+                # holds the space's table, which it was created LIKE
+                for r in conn.execute(
+                    "SELECT DISTINCT pid FROM pg_locks WHERE relation = to_regclass(%s)"
+                    " AND pid <> pg_backend_pid()",
+                    (coll.table,),
+                )
+            ]
+            killed.extend(pids)
+            for pid in pids:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    report = ingest_paths(bulk_rt, [folder], "dies", progress=kill)
+    assert len(killed) == 1, "one connection stages the load's vectors"
+    assert report.outcomes and all(o.status == "failed" for o in report.outcomes)
+    assert bulk_rt.db.breaker.failures == 0
+    assert _embeddable_chunks(bulk_rt, coll.id) == 0 and _vectors(bulk_rt, coll.table) == 0
+    assert _staged_tables(bulk_rt) == []
+    # the collection still takes a load
+    again = ingest_paths(bulk_rt, [folder], "dies")
+    assert not again.failed and _vectors(bulk_rt, coll.table) >= 8
+
+
+def test_a_leftover_staging_table_goes_with_the_next_load_or_the_collection(
+    bulk_rt: Runtime, tmp_path: Path
+) -> None:
+    """As a process killed between the staging and the load commits would leave it."""
+    ingest_paths(bulk_rt, [write_corpus(tmp_path / "x", docs=1, paragraphs=1)], "left")
+    coll = bulk_rt.collection("left")
+    with bulk_rt.db.connection() as conn:
+        spaces.create_load_table(conn, coll.table)
+    assert _staged_tables(bulk_rt) == [spaces.load_table(coll.table)]
+    with bulk_rt.db.connection() as conn:
+        catalog.delete_collection(conn, coll)
+    assert _staged_tables(bulk_rt) == []
+    ingest_paths(bulk_rt, [write_corpus(tmp_path / "y", docs=1, paragraphs=1)], "left2")
+    coll2 = bulk_rt.collection("left2")
+    with bulk_rt.db.connection() as conn:  # emptied, as a killed first load leaves it
+        conn.execute(f"DELETE FROM documents WHERE collection_id = {coll2.id}")
+        spaces.create_load_table(conn, coll2.table)
+    report = ingest_paths(bulk_rt, [write_corpus(tmp_path / "z", docs=8, paragraphs=3)], "left2")
+    assert not report.failed and "attach" in report.stages
+    assert _staged_tables(bulk_rt) == []
