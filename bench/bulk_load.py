@@ -13,12 +13,14 @@ folder into a fresh data directory with ``ingest_paths`` as a first load: the bu
 (``bulk_load_bytes=0``: one transaction per round, the BM25 triggers on, the HNSW index
 grown row by row). Prints chunks/s and the seconds of each stage from the ingest report:
 ``parse_chunk`` (reader thread), ``embed`` and ``write`` (writer thread; the three overlap),
-then the bulk load's ``bm25_build`` and ``index_build`` before its commit; ``stage_cpu_s``
+then the bulk load's ``bm25_build`` and ``index_build`` (these two overlap, the index built
+on the staging connection) and ``attach`` before its commit; ``stage_cpu_s``
 is the CPU time of the ingesting thread in each stage. On a shared machine wall times
 swing with the load, so each run also counts the CPU seconds spent by every process of
 the load (``cpu_s``, ``cpu_ms_per_chunk``): the ingesting process (its threads), the
 forked parse workers, the embedded PostgreSQL (postmaster, backends, parallel build
-workers) and the instant embedding server; ``chunks_per_cpu_s`` is chunks per CPU second
+workers; ``postgres_builds`` is its CPU from the start of the builds on) and the instant
+embedding server; ``chunks_per_cpu_s`` is chunks per CPU second
 of all of them together.
 """
 
@@ -40,7 +42,7 @@ from bench.instant_embedder import InstantServer
 from bench.scale import COLLECTION, instant_collection, write_corpus
 from ragstore.config import Settings
 from ragstore.db import documents
-from ragstore.ingest import ingest_paths, service
+from ragstore.ingest import ingest_paths
 from ragstore.runtime import Runtime
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -90,27 +92,20 @@ def _cpu(data_dir: Path, server: InstantServer) -> dict[str, float]:
 
 @contextmanager
 def _marking(data_dir: Path, marks: dict[str, float]) -> Iterator[None]:
-    """Record the server's CPU seconds when the bulk load's final builds start and end."""
-    finish, ensure = documents.finish_bulk, service._ensure_index
+    """Record the server's CPU seconds when the bulk load's final builds start: the BM25
+    build in the load's transaction and the HNSW build on the staging connection run
+    together from there, so the server's CPU after that mark is both builds'."""
+    finish = documents.finish_bulk
 
     def timed_finish(*args: Any, **kwargs: Any) -> int:
-        marks["bm25_build"] = _postgres_cpu(data_dir)
-        try:
-            return finish(*args, **kwargs)
-        finally:
-            marks["index_build"] = _postgres_cpu(data_dir)
-
-    def timed_ensure(*args: Any, **kwargs: Any) -> None:
-        ensure(*args, **kwargs)
-        if "index_build" in marks and "index_built" not in marks:
-            marks["index_built"] = _postgres_cpu(data_dir)
+        marks["builds"] = _postgres_cpu(data_dir)
+        return finish(*args, **kwargs)
 
     documents.finish_bulk = timed_finish  # type: ignore[assignment]
-    service._ensure_index = timed_ensure  # type: ignore[assignment]
     try:
         yield
     finally:
-        documents.finish_bulk, service._ensure_index = finish, ensure  # type: ignore[assignment]
+        documents.finish_bulk = finish  # type: ignore[assignment]
 
 
 def _load(folder: Path, data_dir: Path, server: InstantServer, **update: Any) -> dict[str, Any]:
@@ -125,13 +120,9 @@ def _load(folder: Path, data_dir: Path, server: InstantServer, **update: Any) ->
         cpu1 = _cpu(data_dir, server)
         assert not report.failed, report.failed[:3]
     cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
-    if "bm25_build" in marks:  # the server's CPU of the final builds, apart from the rounds
-        pg_rounds = marks["bm25_build"] - cpu0["postgres"]
-        pg_bm25 = marks["index_build"] - marks["bm25_build"]
-        pg_hnsw = marks["index_built"] - marks["index_build"]
-        cpu["postgres"] -= pg_bm25 + pg_hnsw
-        cpu = {**cpu, "postgres_bm25_build": pg_bm25, "postgres_hnsw_build": pg_hnsw}
-        cpu["postgres"] = pg_rounds
+    if "builds" in marks:  # the server's CPU of the final builds, apart from the rounds
+        pg_rounds = marks["builds"] - cpu0["postgres"]
+        cpu = {**cpu, "postgres_builds": cpu["postgres"] - pg_rounds, "postgres": pg_rounds}
     total = sum(cpu.values())
     return {
         "chunks": report.chunks,

@@ -69,8 +69,8 @@ def _staged_tables(rt: Runtime) -> list[str]:
         return [
             str(r[0])
             for r in conn.execute(
-                "SELECT relname FROM pg_class WHERE relname LIKE 'ragstore\\_load\\_%'"
-                " AND relkind = 'r'"
+                "SELECT relname FROM pg_class WHERE relkind = 'r'"
+                " AND (relname LIKE 'ragstore\\_load\\_%' OR relname LIKE 'ragstore\\_old\\_%')"
             )
         ]
 
@@ -213,4 +213,26 @@ def test_a_leftover_staging_table_goes_with_the_next_load_or_the_collection(
         spaces.create_load_table(conn, coll2.table)
     report = ingest_paths(bulk_rt, [write_corpus(tmp_path / "z", docs=8, paragraphs=3)], "left2")
     assert not report.failed and "attach" in report.stages
+    assert _staged_tables(bulk_rt) == []
+
+
+def test_a_replaced_table_that_chunks_being_read_keeps_is_dropped_by_the_next_ingest(
+    bulk_rt: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dropping the empty table a load replaced locks ``chunks`` against readers; with a
+    reader's transaction open on it the drop gives up at once (the load is stored, its
+    key validated) and the next ingest of the collection drops it."""
+    folder = write_corpus(tmp_path / "r", docs=8, paragraphs=3, prefix="read")
+    bulk_rt.collection("reader", create=True)
+    with bulk_rt.db.connection() as reader, caplog.at_level(logging.WARNING, "ragstore.db"):
+        reader.execute("SELECT count(*) FROM chunks")
+        report = ingest_paths(bulk_rt, [folder], "reader")
+        assert not report.failed and "attach" in report.stages
+        assert "could not take the place" not in caplog.text, "readers do not stop the swap"
+        coll = bulk_rt.collection("reader")
+        assert _staged_tables(bulk_rt) == [spaces.replaced_table(coll.table)]
+    assert _shape(bulk_rt, coll.table) == _shape(bulk_rt, bulk_rt.collection("stg").table)
+    assert _vectors(bulk_rt, coll.table) == _embeddable_chunks(bulk_rt, coll.id)
+    again = ingest_paths(bulk_rt, [write_corpus(tmp_path / "r2", docs=1, paragraphs=1)], "reader")
+    assert not again.failed
     assert _staged_tables(bulk_rt) == []

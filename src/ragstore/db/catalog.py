@@ -13,7 +13,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ragstore.db import changes, documents, repository
-from ragstore.db.spaces import drop_load_table
+from ragstore.db.spaces import drop_leftovers
 from ragstore.errors import CollectionNotFoundError, DocumentNotFoundError
 
 Conn = psycopg.Connection[Any]
@@ -64,7 +64,7 @@ def delete_collection(conn: Conn, coll: repository.Collection) -> None:
     changes.collections_changed()
     for table in tables:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
-        drop_load_table(conn, table)  # a killed bulk load's staged vectors
+        drop_leftovers(conn, table)  # what bulk loads left of its spaces
 
 
 _DOC_COLS = (

@@ -307,6 +307,11 @@ def load_table(table: str) -> str:
     return f"ragstore_load_{table}"
 
 
+def replaced_table(table: str) -> str:
+    """Where the empty table a bulk load replaced waits to be dropped (:func:`settle_load`)."""
+    return f"ragstore_old_{table}"
+
+
 def create_load_table(conn: Conn, table: str) -> str:
     """A bulk load's staging table for ``table``'s vectors: its columns and primary key,
     no foreign key (the load's chunks are not committed when its vectors go in) and no
@@ -324,12 +329,16 @@ def create_load_table(conn: Conn, table: str) -> str:
 
 
 def drop_load_table(conn: Conn, table: str) -> None:
+    """A staged table left behind (it has no foreign key: dropping it locks nothing else)."""
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(load_table(table))))
 
 
 # How long the swap below waits for its locks (other loads hold ``chunks`` until they
 # commit) before the slower way round, which needs no lock that a writer holds.
 ATTACH_LOCK_TIMEOUT = "5s"
+# How long dropping a replaced table may queue for its lock on ``chunks``, the table every
+# search reads (searches that arrive meanwhile wait behind it); the next ingest tries again.
+DROP_LOCK_TIMEOUT = "200ms"
 
 
 def attach_load_table(conn: Conn, table: str) -> bool:
@@ -338,15 +347,21 @@ def attach_load_table(conn: Conn, table: str) -> bool:
     see the load's chunks and vectors together.
 
     The space's table is empty (a bulk load starts only on an empty space and holds every
-    write lock of its collection): it is dropped, and the staged table takes its name, its
-    indexes' names and its foreign key to ``chunks`` (checked, once the rows whose chunk
-    was not stored are gone). Returns True then. Adding that key locks ``chunks`` against
-    writers; where one holds it past ``ATTACH_LOCK_TIMEOUT`` (another load, which commits
-    only at its end) or the wait would deadlock, or the space's table is not empty after
-    all, the rows are copied into the space's own table instead, the staged table is
-    dropped and False is returned: the caller then builds that table's index.
+    write lock of its collection). It is renamed out of the way (:func:`replaced_table`),
+    not dropped: dropping it would drop its foreign key's triggers on ``chunks``, which
+    takes an ACCESS EXCLUSIVE lock on the table every search reads, held until the load
+    commits. The staged table takes its name and its indexes' names, loses the rows whose
+    chunk was not stored, and gets the foreign key to ``chunks`` NOT VALID: adding it
+    takes SHARE ROW EXCLUSIVE on ``chunks`` (writers wait, readers do not) without a scan
+    under that lock; :func:`settle_load` validates it after the commit. Returns True then.
+
+    Where a writer holds ``chunks`` past ``ATTACH_LOCK_TIMEOUT`` (another load, which
+    commits only at its end), or the wait would deadlock with one, or the space's table is
+    not empty after all, or an earlier load's replaced table is still there, the rows are
+    copied into the space's own table instead, the staged table is dropped and False is
+    returned: the caller then builds that table's index.
     """
-    load = load_table(table)
+    load, old = load_table(table), replaced_table(table)
     t, staged = sql.Identifier(table), sql.Identifier(load)
     try:
         with conn.transaction():
@@ -356,30 +371,20 @@ def attach_load_table(conn: Conn, table: str) -> bool:
             conn.execute(sql.SQL("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE").format(t=t))
             if not is_empty(conn, table):
                 raise _NotSwapped(f"{table} is not empty")
+            if _exists(conn, old):
+                raise _NotSwapped(f"{old}, which an earlier load replaced, is not dropped yet")
             conn.execute(
                 sql.SQL(
                     "DELETE FROM {l} s WHERE NOT EXISTS"
                     " (SELECT 1 FROM chunks c WHERE c.id = s.chunk_id)"
                 ).format(l=staged)
             )
-            conn.execute(sql.SQL("DROP TABLE {t}").format(t=t))
-            conn.execute(sql.SQL("ALTER TABLE {l} RENAME TO {t}").format(l=staged, t=t))
-            for (name,) in conn.execute(
-                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                " WHERE i.indrelid = to_regclass(quote_ident(%s))",
-                (table,),
-            ).fetchall():
-                if str(name).startswith(load):
-                    conn.execute(
-                        sql.SQL("ALTER INDEX {i} RENAME TO {n}").format(
-                            i=sql.Identifier(str(name)),
-                            n=sql.Identifier(table + str(name)[len(load) :]),
-                        )
-                    )
+            _rename(conn, table, old)
+            _rename(conn, load, table)
             conn.execute(
                 sql.SQL(
                     "ALTER TABLE {t} ADD CONSTRAINT {fk} FOREIGN KEY (chunk_id)"
-                    " REFERENCES chunks(id) ON DELETE CASCADE"
+                    " REFERENCES chunks(id) ON DELETE CASCADE NOT VALID"
                 ).format(t=t, fk=sql.Identifier(f"{table}_chunk_id_fkey"))
             )
             conn.execute("SET LOCAL lock_timeout TO DEFAULT")
@@ -402,14 +407,80 @@ def attach_load_table(conn: Conn, table: str) -> bool:
     return True
 
 
+def _rename(conn: Conn, table: str, to: str) -> None:
+    """A table and its indexes (whose names start with the table's) renamed to ``to``."""
+    conn.execute(
+        sql.SQL("ALTER TABLE {t} RENAME TO {n}").format(
+            t=sql.Identifier(table), n=sql.Identifier(to)
+        )
+    )
+    for (name,) in conn.execute(
+        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = to_regclass(quote_ident(%s))",
+        (to,),
+    ).fetchall():
+        if str(name).startswith(table):
+            conn.execute(
+                sql.SQL("ALTER INDEX {i} RENAME TO {n}").format(
+                    i=sql.Identifier(str(name)), n=sql.Identifier(to + str(name)[len(table) :])
+                )
+            )
+
+
 class _NotSwapped(Exception):
     """The space's table cannot simply be replaced by the staged one."""
 
 
+def settle_load(conn: Conn, table: str) -> None:
+    """After a bulk load committed: its foreign key validated and the empty table it
+    replaced dropped (in a savepoint). A no-op when neither is pending; a drop that a busy
+    ``chunks`` defers, the next ingest of the collection does.
+
+    Validating takes SHARE UPDATE EXCLUSIVE on the space's table and ROW SHARE on
+    ``chunks``: no reader or writer waits. Dropping the replaced table drops its foreign
+    key's triggers on ``chunks`` (ACCESS EXCLUSIVE, as deleting a collection does), so it
+    queues for at most ``DROP_LOCK_TIMEOUT``.
+    """
+    pending = conn.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(quote_ident(%s))"
+        " AND contype = 'f' AND NOT convalidated",
+        (table,),
+    ).fetchall()
+    for (name,) in pending:
+        conn.execute(
+            sql.SQL("ALTER TABLE {t} VALIDATE CONSTRAINT {c}").format(
+                t=sql.Identifier(table), c=sql.Identifier(str(name))
+            )
+        )
+    old = replaced_table(table)
+    if not _exists(conn, old):
+        return
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(DROP_LOCK_TIMEOUT))
+            )
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(old)))
+    except psycopg.errors.LockNotAvailable:
+        log.info("%s is not dropped yet: chunks is busy; the next ingest drops it", old)
+
+
+def _exists(conn: Conn, table: str) -> bool:
+    row = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (table,)).fetchone()
+    return bool(row and row[0])
+
+
 def drop_space(conn: Conn, space: Space) -> None:
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(space.table)))
-    drop_load_table(conn, space.table)
+    drop_leftovers(conn, space.table)
     conn.execute("DELETE FROM embedding_spaces WHERE id = %s", (space.id,))
+
+
+def drop_leftovers(conn: Conn, table: str) -> None:
+    """What bulk loads of a space being dropped left: a staged table, a replaced one."""
+    drop_load_table(conn, table)
+    old = sql.Identifier(replaced_table(table))
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(old))
 
 
 def count_vectors(conn: Conn, table: str) -> int:
