@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,42 @@ def test_a_replaced_table_that_chunks_being_read_keeps_is_dropped_by_the_next_in
     again = ingest_paths(bulk_rt, [write_corpus(tmp_path / "r2", docs=1, paragraphs=1)], "reader")
     assert not again.failed
     assert _staged_tables(bulk_rt) == []
+
+
+def test_two_first_loads_of_one_collection_at_once_are_both_stored(
+    bulk_rt: Runtime, tmp_path: Path
+) -> None:
+    """Both start on the empty space; the second waits for the first's write locks, then
+    finds the space filled and copies its staged rows into it."""
+    folders = [
+        write_corpus(tmp_path / f"t{i}", docs=8, paragraphs=3, prefix=f"twin{i}") for i in (0, 1)
+    ]
+    bulk_rt.collection("twins", create=True)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = list(pool.map(lambda f: ingest_paths(bulk_rt, [f], "twins"), folders))
+    assert all(not r.failed and r.count("added") == 8 for r in reports)
+    assert sum("attach" in r.stages for r in reports) >= 1
+    coll = bulk_rt.collection("twins")
+    assert _vectors(bulk_rt, coll.table) == _embeddable_chunks(bulk_rt, coll.id) >= 16
+    with bulk_rt.db.connection() as conn:
+        assert spaces.has_index(conn, coll.table)
+    ingest_paths(bulk_rt, [write_corpus(tmp_path / "t2", docs=1, paragraphs=1)], "twins")
+    assert _staged_tables(bulk_rt) == []
+
+
+def test_a_small_pool_builds_in_the_load_transaction(settings: Settings, tmp_path: Path) -> None:
+    """With fewer pooled connections than a staged load takes, the load stays whole in one
+    transaction, its two builds one after the other."""
+    with Runtime(
+        settings.model_copy(
+            update={"bulk_load_bytes": 2048, "ingest_batch_chunks": 8, "pool_max_size": 3}
+        )
+    ) as rt:
+        report = ingest_paths(rt, [write_corpus(tmp_path / "p", docs=8, paragraphs=3)], "pool3")
+        assert not report.failed
+        assert report.stages.keys() >= {"bm25_build", "index_build"}
+        assert "attach" not in report.stages
+        coll = rt.collection("pool3")
+        with rt.db.connection() as conn:
+            assert spaces.has_index(conn, coll.table)
+        assert _vectors(rt, coll.table) == _embeddable_chunks(rt, coll.id) >= 8

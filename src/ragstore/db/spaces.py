@@ -193,6 +193,14 @@ def copy_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarray
             copy.write_row((cid, vec))
 
 
+def lock_for_load(conn: Conn, table: str) -> None:
+    """Lock a space's table before deciding, from its emptiness, to drop its index for a
+    bulk write: two loads that both read it first and then asked for the lock DROP INDEX
+    takes deadlocked, and one of them failed. The second now waits for the first's
+    decision (a short transaction for an ingest, the whole import for an import)."""
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
+
+
 def drop_index(conn: Conn, table: str) -> None:
     """Drop a space's HNSW index: a bulk backfill then builds it once, at the end."""
     conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(f"{table}_hnsw")))

@@ -482,6 +482,7 @@ class _Writer:
         ):
             t0 = time.perf_counter()
             coll, created = self._collection(conn)
+            spaces.lock_for_load(conn, coll.table)
             self.had_rows = not spaces.is_empty(conn, coll.table)
             if not self.had_rows:  # an empty space: BM25 and the index built once, at the end
                 spaces.drop_index(conn, coll.table)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,10 @@ from ragstore.modelops.fanout import building_vectors
 from ragstore.models import Chunk
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
+
+# A bulk load holds one pooled connection for its transaction and, to stage its vectors,
+# a second; its reader and encoder threads borrow others meanwhile.
+MIN_POOL_TO_STAGE = 4
 
 
 @dataclass
@@ -326,15 +330,17 @@ class _Ingestor:
             with (
                 translated(f"bulk loading {self.coll.name!r}"),
                 self.rt.db.connection() as conn,
-                StagedVectors(self.rt, self.coll) as staged,
             ):
+                # the collection's write locks first: a second load of it waits here, not
+                # on the first one's staging table, whose name it would take
                 documents.begin_bulk(conn, self.coll.id)
-                self._conn, self._staged = conn, staged
-                try:
-                    self._pipeline(files)
-                finally:
-                    self._conn = self._staged = None
-                self._build(conn, staged)
+                with self._staging() as staged:
+                    self._conn, self._staged = conn, staged
+                    try:
+                        self._pipeline(files)
+                    finally:
+                        self._conn = self._staged = None
+                    self._build(conn, staged)
         except KeyboardInterrupt:
             # the transaction rolled back: the load's documents are not stored
             rolled_back = {id(o) for o in self._bulk_outcomes}
@@ -349,9 +355,23 @@ class _Ingestor:
                 o.status, o.chunks, o.document = "failed", 0, None
                 o.error, o.code, o.exc = str(exc), exc.code, exc
 
-    def _build(self, conn: Any, staged: StagedVectors) -> None:
+    def _staging(self) -> AbstractContextManager[StagedVectors | None]:
+        """A bulk load's staging connection, unless the pool is too small to lend one for
+        the whole load besides the load's own and those its threads borrow meanwhile."""
+        if self.rt.settings.pool_max_size < MIN_POOL_TO_STAGE:
+            return nullcontext()
+        return StagedVectors(self.rt, self.coll)
+
+    def _build(self, conn: Any, staged: StagedVectors | None) -> None:
         """A bulk load's end: BM25 in the load's transaction while the staged vectors'
-        HNSW index is built on their own connection, then the staged table swapped in."""
+        HNSW index is built on their own connection, then the staged table swapped in
+        (without staging, the two builds one after the other in the load's transaction)."""
+        if staged is None:
+            with self._stage("bm25_build"):
+                documents.finish_bulk(conn, self.coll.id, self.rt.settings.index_build_memory)
+            with self._stage("index_build"):
+                _ensure_index(self.rt, self.coll, conn)
+            return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-index") as pool:
             index = pool.submit(self._build_staged, staged)
             try:
@@ -594,6 +614,7 @@ def _defer_index(rt: Runtime, coll: repository.Collection, items: Sequence[Item]
     if _total_bytes(items) <= limit:
         return False
     with rt.db.connection() as conn, translated(f"preparing a bulk load of {coll.name!r}"):
+        spaces.lock_for_load(conn, coll.table)
         if not spaces.is_empty(conn, coll.table):
             return False
         spaces.drop_index(conn, coll.table)
