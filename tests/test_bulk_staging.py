@@ -14,16 +14,24 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from ragstore.config import Settings
 from ragstore.db import catalog, documents, spaces
-from ragstore.ingest import ingest_paths
+from ragstore.ingest import ingest_paths, service
 from ragstore.ingest.service import IngestReport, Item, ingest_items
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from tests.models.corpus import write_corpus
+
+
+@pytest.fixture(autouse=True)
+def stage_small_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage loads of any size (only loads of tens of megabytes are staged by default)."""
+    monkeypatch.setattr(service, "STAGE_MIN_BYTES", 0)
 
 
 @pytest.fixture(scope="module")
@@ -260,19 +268,51 @@ def test_two_first_loads_of_one_collection_at_once_are_both_stored(
     assert _staged_tables(bulk_rt) == []
 
 
-def test_a_small_pool_builds_in_the_load_transaction(settings: Settings, tmp_path: Path) -> None:
-    """With fewer pooled connections than a staged load takes, the load stays whole in one
-    transaction, its two builds one after the other."""
-    with Runtime(
-        settings.model_copy(
-            update={"bulk_load_bytes": 2048, "ingest_batch_chunks": 8, "pool_max_size": 3}
-        )
-    ) as rt:
-        report = ingest_paths(rt, [write_corpus(tmp_path / "p", docs=8, paragraphs=3)], "pool3")
+@pytest.mark.parametrize(
+    ("pool", "stage_from", "name"), [(3, 0, "pool3"), (10, 1 << 20, "small-load")]
+)
+def test_a_small_pool_or_a_small_load_builds_in_the_load_transaction(
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pool: int,
+    stage_from: int,
+    name: str,
+) -> None:
+    """With fewer pooled connections than a staged load takes, or a load below
+    ``STAGE_MIN_BYTES``, the load stays whole in one transaction, its two builds one
+    after the other."""
+    monkeypatch.setattr(service, "STAGE_MIN_BYTES", stage_from)
+    update = {"bulk_load_bytes": 2048, "ingest_batch_chunks": 8, "pool_max_size": pool}
+    with Runtime(settings.model_copy(update=update)) as rt:
+        report = ingest_paths(rt, [write_corpus(tmp_path / "p", docs=8, paragraphs=3)], name)
         assert not report.failed
         assert report.stages.keys() >= {"bm25_build", "index_build"}
         assert "attach" not in report.stages
-        coll = rt.collection("pool3")
+        coll = rt.collection(name)
         with rt.db.connection() as conn:
             assert spaces.has_index(conn, coll.table)
         assert _vectors(rt, coll.table) == _embeddable_chunks(rt, coll.id) >= 8
+
+
+def test_a_load_whose_bm25_build_fails_leaves_nothing(
+    bulk_rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load's connection dies while the staged vectors are being indexed: the build on
+    the staging connection is stopped, and neither transaction leaves anything."""
+
+    def dying(conn: psycopg.Connection[Any], *_: object) -> int:
+        conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return 0
+
+    real = documents.finish_bulk
+    monkeypatch.setattr(documents, "finish_bulk", dying)
+    folder = write_corpus(tmp_path / "f", docs=8, paragraphs=3, prefix="fails")
+    report = ingest_paths(bulk_rt, [folder], "fails")
+    assert report.outcomes and all(o.status == "failed" for o in report.outcomes)
+    coll = bulk_rt.collection("fails")
+    assert _embeddable_chunks(bulk_rt, coll.id) == 0 and _vectors(bulk_rt, coll.table) == 0
+    assert _staged_tables(bulk_rt) == []
+    monkeypatch.setattr(documents, "finish_bulk", real)
+    again = ingest_paths(bulk_rt, [folder], "fails")
+    assert not again.failed and "attach" in again.stages

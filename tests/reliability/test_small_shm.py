@@ -24,13 +24,14 @@ from pathlib import Path
 from bench.instant_embedder import InstantServer
 from ragstore.config import Settings
 from ragstore.db import repository, spaces
-from ragstore.ingest import ingest_paths
+from ragstore.ingest import ingest_paths, service
 from ragstore.modelops import add_http_model
 from ragstore.runtime import Runtime
 from ragstore.search import search
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 root = Path(sys.argv[1])
+service.STAGE_MIN_BYTES = int(sys.argv[2])  # 0: the index is built on the staging connection
 docs = root / "docs"
 docs.mkdir()
 words = "river reed marsh bank willow alder meadow stone current shallow".split()
@@ -77,8 +78,9 @@ def _can_shrink_shm() -> bool:
 
 
 @pytest.mark.skipif(not _can_shrink_shm(), reason="needs root to mount a small /dev/shm")
+@pytest.mark.parametrize("stage_from", [0, 1 << 40], ids=["staged", "in-transaction"])
 def test_a_bulk_load_is_stored_when_shared_memory_cannot_hold_a_parallel_index_build(
-    tmp_path: Path,
+    tmp_path: Path, stage_from: int
 ) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), *sys.path])}
     done = subprocess.run(
@@ -87,10 +89,11 @@ def test_a_bulk_load_is_stored_when_shared_memory_cannot_hold_a_parallel_index_b
             "-m",
             "sh",
             "-c",
-            'mount -t tmpfs -o size=16m tmpfs /dev/shm && exec "$0" -c "$1" "$2"',
+            'mount -t tmpfs -o size=16m tmpfs /dev/shm && exec "$0" -c "$1" "$2" "$3"',
             sys.executable,
             _SCRIPT,
             str(tmp_path),
+            str(stage_from),
         ],
         capture_output=True,
         text=True,

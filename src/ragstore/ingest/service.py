@@ -48,6 +48,10 @@ from ragstore.runtime import Runtime
 # A bulk load holds one pooled connection for its transaction and, to stage its vectors,
 # a second; its reader and encoder threads borrow others meanwhile.
 MIN_POOL_TO_STAGE = 4
+# Staging pays where the two builds are long: at 100k chunks (some 100 MB of Markdown)
+# overlapping them saved 10-14 s of 40-63; at 14k chunks (10 MB) they took 3.6-4.0 s
+# overlapped against 3.6-3.8 s one after the other (docs/benchmarks.md).
+STAGE_MIN_BYTES = 32 << 20
 
 
 @dataclass
@@ -334,7 +338,7 @@ class _Ingestor:
                 # the collection's write locks first: a second load of it waits here, not
                 # on the first one's staging table, whose name it would take
                 documents.begin_bulk(conn, self.coll.id)
-                with self._staging() as staged:
+                with self._staging(files) as staged:
                     self._conn, self._staged = conn, staged
                     try:
                         self._pipeline(files)
@@ -355,10 +359,14 @@ class _Ingestor:
                 o.status, o.chunks, o.document = "failed", 0, None
                 o.error, o.code, o.exc = str(exc), exc.code, exc
 
-    def _staging(self) -> AbstractContextManager[StagedVectors | None]:
-        """A bulk load's staging connection, unless the pool is too small to lend one for
-        the whole load besides the load's own and those its threads borrow meanwhile."""
-        if self.rt.settings.pool_max_size < MIN_POOL_TO_STAGE:
+    def _staging(self, files: Sequence[Item]) -> AbstractContextManager[StagedVectors | None]:
+        """A bulk load's staging connection, unless the load is too small to gain from it
+        or the pool too small to lend one for the whole load besides the load's own and
+        those its threads borrow meanwhile."""
+        if (
+            self.rt.settings.pool_max_size < MIN_POOL_TO_STAGE
+            or _total_bytes(files) < STAGE_MIN_BYTES
+        ):
             return nullcontext()
         return StagedVectors(self.rt, self.coll)
 

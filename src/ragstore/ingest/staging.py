@@ -21,10 +21,12 @@ drops.
 
 from __future__ import annotations
 
+import threading
 from contextlib import ExitStack, suppress
 from typing import Any
 
 import numpy as np
+import psycopg
 
 from ragstore.db import repository, spaces
 from ragstore.db.errors import translated
@@ -44,6 +46,7 @@ class StagedVectors:
         self._stack = ExitStack()
         self.conn: Any = None
         self.table = spaces.load_table(coll.table)
+        self._cancelled = threading.Event()
 
     def __enter__(self) -> StagedVectors:
         with self._stack:
@@ -65,7 +68,9 @@ class StagedVectors:
 
     def build(self) -> None:
         """The staged vectors' HNSW index, with the build memory and workers a bulk load's
-        index gets."""
+        index gets; nothing once :meth:`cancel` was called."""
+        if self._cancelled.is_set():
+            return
         with translated(f"indexing the vectors of {self.coll.name!r}"):
             spaces.ensure_index(
                 self.conn,
@@ -76,8 +81,13 @@ class StagedVectors:
             )
 
     def cancel(self) -> None:
-        """Stop a build in flight (the load failed meanwhile); it then fails at once."""
-        self.conn.cancel_safe()
+        """Stop the build (the load failed meanwhile): one in flight then fails at once, one
+        not started yet does nothing. The load's own error is what the caller raises, so a
+        connection that cannot take the cancel request is left as it is (it is rolled back
+        and returned to the pool, or discarded, on exit)."""
+        self._cancelled.set()
+        with suppress(psycopg.Error):
+            self.conn.cancel_safe()
 
     def commit(self) -> None:
         with translated(f"staging the vectors of {self.coll.name!r}"):
