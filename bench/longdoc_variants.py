@@ -15,7 +15,9 @@ model reads the first ``max_seq_length`` tokens). Every vector is ranked by exac
 and sections by :func:`ragstore.search.aggregate.rank_sections` (the search statement's
 rule, a pool of ``SECTION_POOL``). It reports the vector mode's top-1 / top-3 section hits
 per half of the questions (1-20 for tuning, the rest reported) beside ``windows-dense``,
-the naive baseline. Full-text and hybrid need the stored collection: use
+the naive baseline. ``--feedback M:W`` also ranks each variant with every question's
+vector moved towards the mean of its M nearest units by weight W (pseudo-relevance
+feedback). Full-text and hybrid need the stored collection: use
 ``ragstore eval-sections``. Encoding ~1M tokens takes minutes on a small CPU; the cache
 (``--cache DIR``, one file per model) keeps every text's vector between runs.
 """
@@ -284,6 +286,16 @@ def hybrid_ranks(
     return out
 
 
+def feedback(
+    qvecs: npt.NDArray[np.float32], matrix: npt.NDArray[np.float32], m: int, weight: float
+) -> npt.NDArray[np.float32]:
+    """Pseudo-relevance feedback (Rocchio): each query vector moved towards the mean of its
+    ``m`` nearest units by ``weight``, normalised again."""
+    top = np.argsort(-(qvecs @ matrix.T), axis=1)[:, :m]
+    moved = qvecs + weight * matrix[top].mean(axis=1)
+    return (moved / np.linalg.norm(moved, axis=1, keepdims=True)).astype(np.float32)
+
+
 def halves(ranks: dict[int, int | None], split: int) -> dict[str, list[int]]:
     """top-1 / top-3 hits on questions 1..split and split+1..end."""
 
@@ -309,6 +321,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="stored collection of the same documents (ragstore eval-sections makes "
         "sections-<set>): also score hybrid with its full-text lists",
     )
+    ap.add_argument(
+        "--feedback",
+        action="append",
+        default=[],
+        metavar="M:W",
+        help="also rank each variant with every query moved towards its M nearest units by "
+        "weight W (pseudo-relevance feedback), e.g. 5:0.5",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant or ["current"]]
@@ -328,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         units = variant_units(docs, embedder, spec.max_tokens, v)
         before = cache.encoded
         matrix = cache.get([u.text for u in units])
-        report[v.name] = {
+        row: dict[str, object] = {
             "vectors": len(units),
             "tokens": sum(
                 min(n, spec.max_tokens) for n in embedder.count_tokens([u.text for u in units])
@@ -338,10 +358,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             "sections": halves(vector_ranks(units, matrix, questions, qvecs), args.split),
             "chunks": halves(vector_ranks(units, matrix, questions, qvecs, False), args.split),
         }
+        for fb in args.feedback:
+            m, weight = fb.split(":")
+            moved = feedback(qvecs, matrix, int(m), float(weight))
+            row[f"feedback {fb}"] = halves(
+                vector_ranks(units, matrix, questions, moved), args.split
+            )
         if fulltext is not None and v.max_tokens is None:
             ranks = hybrid_ranks(units, matrix, questions, qvecs, fulltext)
-            report[v.name]["hybrid"] = halves(ranks, args.split)  # type: ignore[index]
-        print(v.name, json.dumps(report[v.name]), file=sys.stderr, flush=True)
+            row["hybrid"] = halves(ranks, args.split)
+        report[v.name] = row
+        print(v.name, json.dumps(row), file=sys.stderr, flush=True)
     dense = S.baseline_scores(raw, questions, embedder, cache_dir=args.cache, model_key=spec.key)[0]
     report["windows-dense"] = {"sections": halves(dense.ranks, args.split)}
     if args.json:
