@@ -3,8 +3,8 @@ collection holds ``chunks`` until it commits, minutes later).
 
 Dropping the collection's vector tables locks ``chunks``, and every search of every
 collection queues behind that lock while it waits. The deletion must give up after
-``DROP_LOCK_TIMEOUT`` with a clear conflict, delete nothing, and succeed once the writer
-has finished; searches of other collections must not stay frozen meanwhile.
+``spaces.DROP_TABLES_LOCK_TIMEOUT`` with a clear conflict, delete nothing, and succeed once
+the writer has finished; searches of other collections must not stay frozen meanwhile.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ragstore.db import catalog
+from ragstore.db import catalog, spaces
 from ragstore.db.errors import translated
 from ragstore.errors import CollectionNotFoundError, ConflictError
 from ragstore.ingest import ingest_paths
@@ -35,7 +35,7 @@ def two(rt: Runtime, tmp_path: Path) -> Iterator[None]:
 def test_a_deletion_that_cannot_lock_chunks_gives_up_and_deletes_nothing(
     rt: Runtime, two: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(catalog, "DROP_LOCK_TIMEOUT", "300ms")
+    monkeypatch.setattr(spaces, "DROP_TABLES_LOCK_TIMEOUT", "300ms")
     coll = rt.collection("gone")
     with rt.db.connection() as writer:
         writer.execute("DELETE FROM chunks WHERE id < 0")  # a writer's lock, held open
@@ -56,3 +56,24 @@ def test_a_deletion_that_cannot_lock_chunks_gives_up_and_deletes_nothing(
     with pytest.raises(CollectionNotFoundError):
         rt.collection("gone")
     assert search(rt, "history of tomatoes", collection="kept", k=1, mode="hybrid")
+
+
+def test_dropping_a_space_that_cannot_lock_chunks_gives_up(
+    rt: Runtime, two: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a space alone (pruning a retired model, cancelling a migration)."""
+    monkeypatch.setattr(spaces, "DROP_TABLES_LOCK_TIMEOUT", "300ms")
+    coll = rt.collection("kept")
+    with rt.db.connection() as conn:
+        (space,) = spaces.list_spaces(conn, coll.id)
+    with rt.db.connection() as writer:
+        writer.execute("DELETE FROM chunks WHERE id < 0")
+        with (
+            pytest.raises(ConflictError, match=f"space {space.table} was not dropped"),
+            rt.db.connection() as conn,
+            translated("pruning"),
+        ):
+            spaces.drop_space(conn, space)
+    with rt.db.connection() as conn:
+        assert [s.table for s in spaces.list_spaces(conn, coll.id)] == [space.table]
+        assert spaces.has_index(conn, space.table)

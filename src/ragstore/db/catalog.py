@@ -13,8 +13,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ragstore.db import changes, documents, repository
-from ragstore.db.spaces import drop_leftovers
-from ragstore.errors import CollectionNotFoundError, ConflictError, DocumentNotFoundError
+from ragstore.db.spaces import drop_tables
+from ragstore.errors import CollectionNotFoundError, DocumentNotFoundError
 
 Conn = psycopg.Connection[Any]
 
@@ -49,19 +49,12 @@ def collection_names(conn: Conn) -> list[str]:
     ]
 
 
-# How long deleting a collection queues for the lock that dropping its vector tables takes
-# on ``chunks`` (their foreign keys' triggers live there). Every search of every collection
-# waits behind that queued lock, and a large load of another collection holds ``chunks``
-# until it commits, minutes later: past this the deletion gives up instead.
-DROP_LOCK_TIMEOUT = "3s"
-
-
 def delete_collection(conn: Conn, coll: repository.Collection) -> None:
     """The collection, its documents, chunks, spaces and every ``emb_*`` table of it,
     and of its shadows (other chunk sets, kept for a rollback; their rows go by cascade).
 
     Raises ConflictError, and deletes nothing, when the tables cannot be dropped within
-    ``DROP_LOCK_TIMEOUT`` because another transaction writes chunks."""
+    ``spaces.DROP_TABLES_LOCK_TIMEOUT`` because another transaction writes chunks."""
     tables = [
         str(r[0])
         for r in conn.execute(
@@ -72,21 +65,7 @@ def delete_collection(conn: Conn, coll: repository.Collection) -> None:
     ]
     conn.execute("DELETE FROM collections WHERE id = %s", (coll.id,))
     changes.collections_changed()
-    try:
-        with conn.transaction():
-            conn.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(DROP_LOCK_TIMEOUT))
-            )
-            for table in tables:
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
-                drop_leftovers(conn, table)  # what bulk loads left of its spaces
-            conn.execute("SET LOCAL lock_timeout TO DEFAULT")
-    except psycopg.errors.LockNotAvailable:
-        raise ConflictError(
-            f"collection {coll.name!r} was not deleted: dropping its vector tables must lock "
-            f"the chunks table, which another write has held for over {DROP_LOCK_TIMEOUT} (a "
-            "large first load or import holds it until it ends); retry when that has finished"
-        ) from None
+    drop_tables(conn, tables, f"collection {coll.name!r} was not deleted")
 
 
 _DOC_COLS = (

@@ -26,7 +26,7 @@ from psycopg import sql
 
 from ragstore.db import changes
 from ragstore.db.models import MODEL_COLS, spec_from_row
-from ragstore.errors import InputError
+from ragstore.errors import ConflictError, InputError
 from ragstore.models import ModelSpec
 
 Conn = psycopg.Connection[Any]
@@ -479,9 +479,36 @@ def _exists(conn: Conn, table: str) -> bool:
 
 
 def drop_space(conn: Conn, space: Space) -> None:
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(space.table)))
-    drop_leftovers(conn, space.table)
+    drop_tables(conn, [space.table], f"space {space.table} was not dropped")
     conn.execute("DELETE FROM embedding_spaces WHERE id = %s", (space.id,))
+
+
+# How long dropping vector tables queues for the lock it takes on ``chunks`` (their foreign
+# keys' triggers live there). Every search of every collection waits behind that queued
+# lock, and a large load of any collection holds ``chunks`` until it commits, minutes
+# later: past this the drop gives up instead.
+DROP_TABLES_LOCK_TIMEOUT = "3s"
+
+
+def drop_tables(conn: Conn, tables: Sequence[str], what: str) -> None:
+    """Drop vector tables and what bulk loads left of them, in a savepoint that waits at
+    most ``DROP_TABLES_LOCK_TIMEOUT`` for ``chunks``; past that ConflictError (``what``
+    says what was not done, and the caller's transaction should roll back with it)."""
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(DROP_TABLES_LOCK_TIMEOUT))
+            )
+            for table in tables:
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+                drop_leftovers(conn, table)
+            conn.execute("SET LOCAL lock_timeout TO DEFAULT")
+    except psycopg.errors.LockNotAvailable:
+        raise ConflictError(
+            f"{what}: dropping vector tables must lock the chunks table, which another write "
+            f"has held for over {DROP_TABLES_LOCK_TIMEOUT} (a large first load or import "
+            "holds it until it ends); retry when that has finished"
+        ) from None
 
 
 def drop_leftovers(conn: Conn, table: str) -> None:
