@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -296,10 +297,7 @@ def _heap_bytes(conn: Conn, table: str) -> int:
 
 
 def has_index(conn: Conn, table: str) -> bool:
-    row = conn.execute(
-        "SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (f"{table}_hnsw",)
-    ).fetchone()
-    return bool(row and row[0])
+    return _exists(conn, f"{table}_hnsw")
 
 
 def is_empty(conn: Conn, table: str) -> bool:
@@ -349,6 +347,16 @@ ATTACH_LOCK_TIMEOUT = "5s"
 DROP_LOCK_TIMEOUT = "200ms"
 
 
+@contextmanager
+def _waiting_at_most(conn: Conn, timeout: str) -> Iterator[None]:
+    """A savepoint whose statements wait at most ``timeout`` for a lock (LockNotAvailable
+    past it); the session's own lock timeout applies again after it."""
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(timeout)))
+        yield
+        conn.execute("SET LOCAL lock_timeout TO DEFAULT")
+
+
 def attach_load_table(conn: Conn, table: str) -> bool:
     """Put a bulk load's staged vectors (committed, with their index, by another
     connection) in place of the space's table, in the load's own transaction, so readers
@@ -372,10 +380,7 @@ def attach_load_table(conn: Conn, table: str) -> bool:
     load, old = load_table(table), replaced_table(table)
     t, staged = sql.Identifier(table), sql.Identifier(load)
     try:
-        with conn.transaction():
-            conn.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(ATTACH_LOCK_TIMEOUT))
-            )
+        with _waiting_at_most(conn, ATTACH_LOCK_TIMEOUT):
             conn.execute(sql.SQL("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE").format(t=t))
             if not is_empty(conn, table):
                 raise _NotSwapped(f"{table} is not empty")
@@ -395,7 +400,6 @@ def attach_load_table(conn: Conn, table: str) -> bool:
                     " REFERENCES chunks(id) ON DELETE CASCADE NOT VALID"
                 ).format(t=t, fk=sql.Identifier(f"{table}_chunk_id_fkey"))
             )
-            conn.execute("SET LOCAL lock_timeout TO DEFAULT")
     except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected, _NotSwapped) as exc:
         why = exc.diag.message_primary if isinstance(exc, psycopg.Error) else None
         log.warning(
@@ -449,32 +453,32 @@ def settle_load(conn: Conn, table: str) -> None:
     key's triggers on ``chunks`` (ACCESS EXCLUSIVE, as deleting a collection does), so it
     queues for at most ``DROP_LOCK_TIMEOUT``.
     """
-    pending = conn.execute(
-        "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(quote_ident(%s))"
-        " AND contype = 'f' AND NOT convalidated",
-        (table,),
-    ).fetchall()
-    for (name,) in pending:
+    old = replaced_table(table)
+    row = conn.execute(  # one round trip: it runs at the end of every ingest
+        "SELECT ARRAY(SELECT conname FROM pg_constraint WHERE contype = 'f' AND NOT"
+        " convalidated AND conrelid = to_regclass(quote_ident(%s)))::text[],"
+        " to_regclass(quote_ident(%s)) IS NOT NULL",
+        (table, old),
+    ).fetchone()
+    assert row is not None
+    unvalidated, replaced = row
+    for name in unvalidated:
         conn.execute(
             sql.SQL("ALTER TABLE {t} VALIDATE CONSTRAINT {c}").format(
                 t=sql.Identifier(table), c=sql.Identifier(str(name))
             )
         )
-    old = replaced_table(table)
-    if not _exists(conn, old):
+    if not replaced:
         return
     try:
-        with conn.transaction():
-            conn.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(DROP_LOCK_TIMEOUT))
-            )
+        with _waiting_at_most(conn, DROP_LOCK_TIMEOUT):
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(old)))
     except psycopg.errors.LockNotAvailable:
         log.info("%s is not dropped yet: chunks is busy; the next ingest drops it", old)
 
 
-def _exists(conn: Conn, table: str) -> bool:
-    row = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (table,)).fetchone()
+def _exists(conn: Conn, relation: str) -> bool:
+    row = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (relation,)).fetchone()
     return bool(row and row[0])
 
 
@@ -495,14 +499,10 @@ def drop_tables(conn: Conn, tables: Sequence[str], what: str) -> None:
     most ``DROP_TABLES_LOCK_TIMEOUT`` for ``chunks``; past that ConflictError (``what``
     says what was not done, and the caller's transaction should roll back with it)."""
     try:
-        with conn.transaction():
-            conn.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(DROP_TABLES_LOCK_TIMEOUT))
-            )
+        with _waiting_at_most(conn, DROP_TABLES_LOCK_TIMEOUT):
             for table in tables:
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
                 drop_leftovers(conn, table)
-            conn.execute("SET LOCAL lock_timeout TO DEFAULT")
     except psycopg.errors.LockNotAvailable:
         raise ConflictError(
             f"{what}: dropping vector tables must lock the chunks table, which another write "

@@ -157,6 +157,7 @@ class _Ingestor:
         self.bulk = bulk
         self._conn: Any = None  # the bulk load's one connection (its transaction)
         self._staged: StagedVectors | None = None  # where a bulk load's vectors go
+        self._staging_committed = False  # its table outlives a failure of the load after this
         self._bulk_outcomes: list[FileOutcome] = []
         self.coll = coll
         self.embedder = embedder
@@ -307,10 +308,11 @@ class _Ingestor:
                 pending.append(_Pending(item, got.record, got.chunks))
         return pending
 
-    def run(self, files: Sequence[Item]) -> None:
+    def run(self, files: Sequence[Item], total_bytes: int) -> None:
         """Write ``files``: round by round, or, for a bulk load, every round in one
         transaction that ends with the BM25 statistics, postings and the HNSW index built
-        once over all of them (see :func:`_defer_index`)."""
+        once over all of them (see :func:`_defer_index`). ``total_bytes`` is the files'
+        size, which sizes the parse pool and decides whether a bulk load stages."""
         job = prepare.Job(
             self.embedder,
             self.coll.model.max_tokens,
@@ -319,14 +321,12 @@ class _Ingestor:
             self.rt.settings.parse_timeout_s,
         )
         workers = prepare.pool_size(
-            self.rt.settings.ingest_workers,
-            _total_bytes(files),
-            model_on_cpu=self.embedder.encodes_on_cpu,
+            self.rt.settings.ingest_workers, total_bytes, model_on_cpu=self.embedder.encodes_on_cpu
         )
         with prepare.preparer(job, workers) as self._preparer:
-            self._run(files)
+            self._run(files, total_bytes)
 
-    def _run(self, files: Sequence[Item]) -> None:
+    def _run(self, files: Sequence[Item], total_bytes: int) -> None:
         if not self.bulk:
             self._pipeline(files)
             return
@@ -338,7 +338,7 @@ class _Ingestor:
                 # the collection's write locks first: a second load of it waits here, not
                 # on the first one's staging table, whose name it would take
                 documents.begin_bulk(conn, self.coll.id)
-                with self._staging(files) as staged:
+                with self._staging(total_bytes) as staged:
                     self._conn, self._staged = conn, staged
                     try:
                         self._pipeline(files)
@@ -354,19 +354,17 @@ class _Ingestor:
             raise
         except RagstoreError as exc:
             # the transaction rolled back: nothing of this load was stored
-            discard_staged(self.rt, self.coll)
+            if self._staging_committed:
+                discard_staged(self.rt, self.coll)
             for o in self._bulk_outcomes:
                 o.status, o.chunks, o.document = "failed", 0, None
                 o.error, o.code, o.exc = str(exc), exc.code, exc
 
-    def _staging(self, files: Sequence[Item]) -> AbstractContextManager[StagedVectors | None]:
+    def _staging(self, total_bytes: int) -> AbstractContextManager[StagedVectors | None]:
         """A bulk load's staging connection, unless the load is too small to gain from it
         or the pool too small to lend one for the whole load besides the load's own and
         those its threads borrow meanwhile."""
-        if (
-            self.rt.settings.pool_max_size < MIN_POOL_TO_STAGE
-            or _total_bytes(files) < STAGE_MIN_BYTES
-        ):
+        if self.rt.settings.pool_max_size < MIN_POOL_TO_STAGE or total_bytes < STAGE_MIN_BYTES:
             return nullcontext()
         return StagedVectors(self.rt, self.coll)
 
@@ -375,26 +373,31 @@ class _Ingestor:
         HNSW index is built on their own connection, then the staged table swapped in
         (without staging, the two builds one after the other in the load's transaction)."""
         if staged is None:
-            with self._stage("bm25_build"):
-                documents.finish_bulk(conn, self.coll.id, self.rt.settings.index_build_memory)
+            self._build_bm25(conn)
             with self._stage("index_build"):
                 _ensure_index(self.rt, self.coll, conn)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-index") as pool:
             index = pool.submit(self._build_staged, staged)
+            built = False
             try:
-                with self._stage("bm25_build"):
-                    documents.finish_bulk(conn, self.coll.id, self.rt.settings.index_build_memory)
-            except BaseException:
-                staged.cancel()  # the load is lost: its index build need not finish
-                raise
+                self._build_bm25(conn)
+                built = True
+            finally:
+                if not built:  # the load is lost: its index build need not finish
+                    staged.cancel()
             index.result()
         staged.commit()
+        self._staging_committed = True
         with self._stage("attach"), translated(f"attaching the vectors of {self.coll.name!r}"):
             swapped = spaces.attach_load_table(conn, self.coll.table)
         if not swapped:
             with self._stage("index_build"):
                 _ensure_index(self.rt, self.coll, conn)
+
+    def _build_bm25(self, conn: Any) -> None:
+        with self._stage("bm25_build"):
+            documents.finish_bulk(conn, self.coll.id, self.rt.settings.index_build_memory)
 
     def _build_staged(self, staged: StagedVectors) -> None:
         with self._stage("index_build"):
@@ -554,9 +557,10 @@ def ingest_items(
         return
     coll = rt.collection(name, create=create)
     embedder = rt.embedder_for(coll)
-    bulk = _defer_index(rt, coll, items)
+    total = _total_bytes(items)  # every file's size, read once
+    bulk = _defer_index(rt, coll, total)
     try:
-        _Ingestor(rt, coll, embedder, report, metadata or {}, progress, bulk).run(items)
+        _Ingestor(rt, coll, embedder, report, metadata or {}, progress, bulk).run(items, total)
     finally:
         _build_index(rt, coll)
 
@@ -609,7 +613,7 @@ def _printable(name: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def _defer_index(rt: Runtime, coll: repository.Collection, items: Sequence[Item]) -> bool:
+def _defer_index(rt: Runtime, coll: repository.Collection, total_bytes: int) -> bool:
     """Whether this is a bulk load: a large first load (an empty space, more than
     ``RAGSTORE_BULK_LOAD_BYTES``). It drops the space's HNSW index, and is then written in
     one transaction with the BM25 triggers off (:func:`documents.begin_bulk`): rows go in
@@ -619,7 +623,7 @@ def _defer_index(rt: Runtime, coll: repository.Collection, items: Sequence[Item]
     limit = rt.settings.bulk_load_bytes
     if limit <= 0:
         return False
-    if _total_bytes(items) <= limit:
+    if total_bytes <= limit:
         return False
     with rt.db.connection() as conn, translated(f"preparing a bulk load of {coll.name!r}"):
         spaces.lock_for_load(conn, coll.table)
