@@ -112,7 +112,7 @@ def test_a_bulk_load_swaps_in_a_table_like_the_incremental_one(
     text = "Paragraph 1 of doc3: how to care for espresso, with detail number 301"
     hits = search(bulk_rt, text, collection="stg", k=1, mode="vector")
     assert hits and text in hits[0].text
-    # the foreign key is the space table's own: deleting a document takes its vectors
+    # deleting a document takes its vectors (revision 0026's trigger on chunks)
     with bulk_rt.db.connection() as conn:
         documents.delete_documents(conn, bulk.id, [hits[0].source])
     assert _vectors(bulk_rt, bulk.table) == _embeddable_chunks(bulk_rt, bulk.id)
@@ -141,25 +141,40 @@ def test_vectors_of_chunks_a_load_replaced_are_not_carried_over(
     assert orphans == (0,)
 
 
-def test_a_swap_that_cannot_lock_chunks_copies_the_rows_instead(
-    bulk_rt: Runtime,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+def test_a_writer_of_chunks_does_not_hold_the_swap_up(
+    bulk_rt: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Another writer's open transaction on ``chunks`` (here a delete that matched
-    nothing) holds the lock the foreign key needs: after the lock timeout the staged rows
-    are copied into the space's own table, which then gets its index."""
-    monkeypatch.setattr(spaces, "ATTACH_LOCK_TIMEOUT", "200ms")
+    """Another transaction writing ``chunks`` (here a delete that matched nothing; in life
+    another collection's load) used to hold the lock the space table's foreign key
+    needed, for creating the collection and for the swap. Space tables have no foreign key
+    now (revision 0026): neither waits."""
     folder = write_corpus(tmp_path / "l", docs=8, paragraphs=3, prefix="locked")
-    bulk_rt.collection("locked", create=True)  # a new space's table waits for that lock too
     with bulk_rt.db.connection() as other, caplog.at_level(logging.WARNING, "ragstore.db"):
         other.execute("DELETE FROM chunks WHERE id < 0")
+        bulk_rt.collection("locked", create=True)
         report = ingest_paths(bulk_rt, [folder], "locked")
+    assert not report.failed and "attach" in report.stages
+    assert "could not take the place" not in caplog.text
+    coll = bulk_rt.collection("locked")
+    assert _vectors(bulk_rt, coll.table) == _embeddable_chunks(bulk_rt, coll.id) >= 8
+    assert _staged_tables(bulk_rt) == []
+
+
+def test_a_swap_that_cannot_replace_the_table_copies_the_rows_instead(
+    bulk_rt: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An earlier load's replaced table still there (its drop deferred): the staged rows
+    are copied into the space's own table, which then gets its index; the settle at the
+    end of the load drops the leftover."""
+    folder = write_corpus(tmp_path / "c", docs=8, paragraphs=3, prefix="copied")
+    coll = bulk_rt.collection("copied", create=True)
+    with bulk_rt.db.connection() as conn:
+        conn.execute(f"CREATE TABLE {spaces.replaced_table(coll.table)} (LIKE {coll.table})")
+    with caplog.at_level(logging.WARNING, "ragstore.db"):
+        report = ingest_paths(bulk_rt, [folder], "copied")
     assert not report.failed
     assert "could not take the place" in caplog.text
     assert report.stages.keys() >= {"attach", "index_build", "bm25_build"}
-    coll = bulk_rt.collection("locked")
     with bulk_rt.db.connection() as conn:
         assert spaces.has_index(conn, coll.table)
     assert _vectors(bulk_rt, coll.table) == _embeddable_chunks(bulk_rt, coll.id) >= 8
@@ -225,12 +240,11 @@ def test_a_leftover_staging_table_goes_with_the_next_load_or_the_collection(
     assert _staged_tables(bulk_rt) == []
 
 
-def test_a_replaced_table_that_chunks_being_read_keeps_is_dropped_by_the_next_ingest(
+def test_readers_of_chunks_hold_up_neither_the_swap_nor_the_drop(
     bulk_rt: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Dropping the empty table a load replaced locks ``chunks`` against readers; with a
-    reader's transaction open on it the drop gives up at once (the load is stored, its
-    key validated) and the next ingest of the collection drops it."""
+    """Dropping the empty table a load replaced locks that table only (revision 0026): a
+    reader's transaction open on ``chunks`` lets the load swap and drop it at once."""
     folder = write_corpus(tmp_path / "r", docs=8, paragraphs=3, prefix="read")
     bulk_rt.collection("reader", create=True)
     with bulk_rt.db.connection() as reader, caplog.at_level(logging.WARNING, "ragstore.db"):
@@ -238,12 +252,27 @@ def test_a_replaced_table_that_chunks_being_read_keeps_is_dropped_by_the_next_in
         report = ingest_paths(bulk_rt, [folder], "reader")
         assert not report.failed and "attach" in report.stages
         assert "could not take the place" not in caplog.text, "readers do not stop the swap"
-        coll = bulk_rt.collection("reader")
-        assert _staged_tables(bulk_rt) == [spaces.replaced_table(coll.table)]
+        assert _staged_tables(bulk_rt) == []
+    coll = bulk_rt.collection("reader")
     assert _shape(bulk_rt, coll.table) == _shape(bulk_rt, bulk_rt.collection("stg").table)
     assert _vectors(bulk_rt, coll.table) == _embeddable_chunks(bulk_rt, coll.id)
-    again = ingest_paths(bulk_rt, [write_corpus(tmp_path / "r2", docs=1, paragraphs=1)], "reader")
-    assert not again.failed
+
+
+def test_a_replaced_table_still_locked_is_dropped_by_the_next_ingest(
+    bulk_rt: Runtime, tmp_path: Path
+) -> None:
+    ingest_paths(bulk_rt, [write_corpus(tmp_path / "a", docs=1, paragraphs=1)], "held")
+    coll = bulk_rt.collection("held")
+    old = spaces.replaced_table(coll.table)
+    with bulk_rt.db.connection() as conn:
+        conn.execute(f"CREATE TABLE {old} (LIKE {coll.table})")
+    with bulk_rt.db.connection() as holder:
+        holder.execute(f"SELECT count(*) FROM {old}")
+        again = ingest_paths(bulk_rt, [write_corpus(tmp_path / "b", docs=1, paragraphs=1)], "held")
+        assert not again.failed
+        assert _staged_tables(bulk_rt) == [old]
+    last = ingest_paths(bulk_rt, [write_corpus(tmp_path / "c", docs=1, paragraphs=1)], "held")
+    assert not last.failed
     assert _staged_tables(bulk_rt) == []
 
 

@@ -54,7 +54,7 @@ def delete_collection(conn: Conn, coll: repository.Collection) -> None:
     and of its shadows (other chunk sets, kept for a rollback; their rows go by cascade).
 
     Raises ConflictError, and deletes nothing, when the tables cannot be dropped within
-    ``spaces.DROP_TABLES_LOCK_TIMEOUT`` because another transaction writes chunks."""
+    ``spaces.DROP_TABLES_LOCK_TIMEOUT`` because a load of the collection holds them."""
     tables = [
         str(r[0])
         for r in conn.execute(
@@ -63,9 +63,10 @@ def delete_collection(conn: Conn, coll: repository.Collection) -> None:
             {"c": coll.id},
         )
     ]
+    # the tables first: their rows then need no deleting, one by one, with the chunks
+    drop_tables(conn, tables, f"collection {coll.name!r} was not deleted")
     conn.execute("DELETE FROM collections WHERE id = %s", (coll.id,))
     changes.collections_changed()
-    drop_tables(conn, tables, f"collection {coll.name!r} was not deleted")
 
 
 _DOC_COLS = (

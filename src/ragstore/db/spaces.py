@@ -160,7 +160,13 @@ def create_space(
     conn: Conn, collection_id: int, model_id: int, spec: ModelSpec, *, index: bool = True
 ) -> tuple[int, str]:
     """A new embedding space: its row and its ``emb_<id>`` table (with its HNSW index
-    unless ``index`` is False: a backfill or bulk load builds it once at the end)."""
+    unless ``index`` is False: a backfill or bulk load builds it once at the end).
+
+    The table has no foreign key to ``chunks``: a key would put triggers on ``chunks``,
+    and creating it would wait for every transaction writing chunks (another collection's
+    large load holds ``chunks`` for minutes). A chunk's vectors go with it by the statement
+    trigger of revision 0026, and every writer of vectors holds their chunks
+    (:func:`insert_vectors`)."""
     check_dimension(spec.dimension, f"model {spec.key}")
     row = conn.execute(
         "INSERT INTO embedding_spaces (collection_id, model_id, table_name)"
@@ -173,8 +179,7 @@ def create_space(
     conn.execute("UPDATE embedding_spaces SET table_name = %s WHERE id = %s", (table, space_id))
     conn.execute(
         sql.SQL(
-            "CREATE TABLE {t} (chunk_id bigint PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE,"
-            " embedding vector({dim}) NOT NULL)"
+            "CREATE TABLE {t} (chunk_id bigint PRIMARY KEY, embedding vector({dim}) NOT NULL)"
         ).format(t=sql.Identifier(table), dim=sql.Literal(spec.dimension))
     )
     if index:
@@ -320,8 +325,8 @@ def replaced_table(table: str) -> str:
 
 def create_load_table(conn: Conn, table: str) -> str:
     """A bulk load's staging table for ``table``'s vectors: its columns and primary key,
-    no foreign key (the load's chunks are not committed when its vectors go in) and no
-    HNSW index yet. The leftover of a load killed between its two commits goes first."""
+    and no HNSW index yet. The leftover of a load killed between its two commits goes
+    first."""
     load = load_table(table)
     drop_load_table(conn, table)
     staged = sql.Identifier(load)
@@ -335,16 +340,13 @@ def create_load_table(conn: Conn, table: str) -> str:
 
 
 def drop_load_table(conn: Conn, table: str) -> None:
-    """A staged table left behind (it has no foreign key: dropping it locks nothing else)."""
+    """A staged table left behind."""
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(load_table(table))))
 
 
-# How long the swap below waits for its locks (other loads hold ``chunks`` until they
-# commit) before the slower way round, which needs no lock that a writer holds.
+# How long the swap below waits for its locks (the load already holds the space's table;
+# this bounds a wait nothing should cause) before the slower way round.
 ATTACH_LOCK_TIMEOUT = "5s"
-# How long dropping a replaced table may queue for its lock on ``chunks``, the table every
-# search reads (searches that arrive meanwhile wait behind it); the next ingest tries again.
-DROP_LOCK_TIMEOUT = "200ms"
 
 
 @contextmanager
@@ -362,20 +364,17 @@ def attach_load_table(conn: Conn, table: str) -> bool:
     connection) in place of the space's table, in the load's own transaction, so readers
     see the load's chunks and vectors together.
 
-    The space's table is empty (a bulk load starts only on an empty space and holds every
-    write lock of its collection). It is renamed out of the way (:func:`replaced_table`),
-    not dropped: dropping it would drop its foreign key's triggers on ``chunks``, which
-    takes an ACCESS EXCLUSIVE lock on the table every search reads, held until the load
-    commits. The staged table takes its name and its indexes' names, loses the rows whose
-    chunk was not stored, and gets the foreign key to ``chunks`` NOT VALID: adding it
-    takes SHARE ROW EXCLUSIVE on ``chunks`` (writers wait, readers do not) without a scan
-    under that lock; :func:`settle_load` validates it after the commit. Returns True then.
+    The space's table is empty (a bulk load starts only on an empty space and holds its
+    table locked: :func:`lock_for_load`). It is renamed out of the way
+    (:func:`replaced_table`; :func:`settle_load` drops it after the commit) and the staged
+    table takes its name and its indexes' names, less the rows whose chunk was not stored.
+    Space tables have no foreign key (revision 0026), so the swap locks no table but these
+    two: searches of other collections and other writers never wait for it. Returns True.
 
-    Where a writer holds ``chunks`` past ``ATTACH_LOCK_TIMEOUT`` (another load, which
-    commits only at its end), or the wait would deadlock with one, or the space's table is
-    not empty after all, or an earlier load's replaced table is still there, the rows are
-    copied into the space's own table instead, the staged table is dropped and False is
-    returned: the caller then builds that table's index.
+    Where the lock is not had within ``ATTACH_LOCK_TIMEOUT`` or the wait would deadlock,
+    or the space's table is not empty after all, or an earlier load's replaced table is
+    still there, the rows are copied into the space's own table instead, the staged table
+    is dropped and False is returned: the caller then builds that table's index.
     """
     load, old = load_table(table), replaced_table(table)
     t, staged = sql.Identifier(table), sql.Identifier(load)
@@ -394,12 +393,6 @@ def attach_load_table(conn: Conn, table: str) -> bool:
             )
             _rename(conn, table, old)
             _rename(conn, load, table)
-            conn.execute(
-                sql.SQL(
-                    "ALTER TABLE {t} ADD CONSTRAINT {fk} FOREIGN KEY (chunk_id)"
-                    " REFERENCES chunks(id) ON DELETE CASCADE NOT VALID"
-                ).format(t=t, fk=sql.Identifier(f"{table}_chunk_id_fkey"))
-            )
     except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected, _NotSwapped) as exc:
         why = exc.diag.message_primary if isinstance(exc, psycopg.Error) else None
         log.warning(
@@ -443,38 +436,23 @@ class _NotSwapped(Exception):
     """The space's table cannot simply be replaced by the staged one."""
 
 
-def settle_load(conn: Conn, table: str) -> None:
-    """After a bulk load committed: its foreign key validated and the empty table it
-    replaced dropped (in a savepoint). A no-op when neither is pending; a drop that a busy
-    ``chunks`` defers, the next ingest of the collection does.
+# How long dropping a replaced table may wait for its lock (nothing reads it once the
+# swap committed); past it the next ingest of the collection drops it.
+DROP_LOCK_TIMEOUT = "200ms"
 
-    Validating takes SHARE UPDATE EXCLUSIVE on the space's table and ROW SHARE on
-    ``chunks``: no reader or writer waits. Dropping the replaced table drops its foreign
-    key's triggers on ``chunks`` (ACCESS EXCLUSIVE, as deleting a collection does), so it
-    queues for at most ``DROP_LOCK_TIMEOUT``.
-    """
+
+def settle_load(conn: Conn, table: str) -> None:
+    """After a bulk load committed: the empty table it replaced dropped (in a savepoint);
+    a no-op when there is none. The drop locks that table only; should anything hold it
+    past ``DROP_LOCK_TIMEOUT``, the next ingest of the collection drops it."""
     old = replaced_table(table)
-    row = conn.execute(  # one round trip: it runs at the end of every ingest
-        "SELECT ARRAY(SELECT conname FROM pg_constraint WHERE contype = 'f' AND NOT"
-        " convalidated AND conrelid = to_regclass(quote_ident(%s)))::text[],"
-        " to_regclass(quote_ident(%s)) IS NOT NULL",
-        (table, old),
-    ).fetchone()
-    assert row is not None
-    unvalidated, replaced = row
-    for name in unvalidated:
-        conn.execute(
-            sql.SQL("ALTER TABLE {t} VALIDATE CONSTRAINT {c}").format(
-                t=sql.Identifier(table), c=sql.Identifier(str(name))
-            )
-        )
-    if not replaced:
+    if not _exists(conn, old):
         return
     try:
         with _waiting_at_most(conn, DROP_LOCK_TIMEOUT):
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(old)))
     except psycopg.errors.LockNotAvailable:
-        log.info("%s is not dropped yet: chunks is busy; the next ingest drops it", old)
+        log.info("%s is not dropped yet: it is locked; the next ingest drops it", old)
 
 
 def _exists(conn: Conn, relation: str) -> bool:
@@ -487,17 +465,18 @@ def drop_space(conn: Conn, space: Space) -> None:
     conn.execute("DELETE FROM embedding_spaces WHERE id = %s", (space.id,))
 
 
-# How long dropping vector tables queues for the lock it takes on ``chunks`` (their foreign
-# keys' triggers live there). Every search of every collection waits behind that queued
-# lock, and a large load of any collection holds ``chunks`` until it commits, minutes
-# later: past this the drop gives up instead.
+# How long dropping vector tables waits for their locks: searches of the collection hold
+# them for milliseconds, but a large load or import of the same collection holds its table
+# until it ends, minutes later; past this the drop gives up (and searches of the
+# collection that queued behind it go on).
 DROP_TABLES_LOCK_TIMEOUT = "3s"
 
 
 def drop_tables(conn: Conn, tables: Sequence[str], what: str) -> None:
     """Drop vector tables and what bulk loads left of them, in a savepoint that waits at
-    most ``DROP_TABLES_LOCK_TIMEOUT`` for ``chunks``; past that ConflictError (``what``
-    says what was not done, and the caller's transaction should roll back with it)."""
+    most ``DROP_TABLES_LOCK_TIMEOUT`` for each; past that ConflictError (``what`` says
+    what was not done, and the caller's transaction should roll back with it). Only
+    these tables are locked: space tables have no foreign key (revision 0026)."""
     try:
         with _waiting_at_most(conn, DROP_TABLES_LOCK_TIMEOUT):
             for table in tables:
@@ -505,9 +484,9 @@ def drop_tables(conn: Conn, tables: Sequence[str], what: str) -> None:
                 drop_leftovers(conn, table)
     except psycopg.errors.LockNotAvailable:
         raise ConflictError(
-            f"{what}: dropping vector tables must lock the chunks table, which another write "
-            f"has held for over {DROP_TABLES_LOCK_TIMEOUT} (a large first load or import "
-            "holds it until it ends); retry when that has finished"
+            f"{what}: another transaction has held its vector tables for over "
+            f"{DROP_TABLES_LOCK_TIMEOUT} (a large first load or import of the collection "
+            "holds them until it ends); retry when that has finished"
         ) from None
 
 
@@ -568,7 +547,10 @@ def insert_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarr
 
     Binary COPY into a temporary table, then one INSERT that skips chunks deleted or
     embedded meanwhile (a document re-ingested during a backfill), so a batch never fails
-    on a race with ingest.
+    on a race with ingest. It reads those chunks ``FOR KEY SHARE`` (what a foreign key's
+    check would lock): a delete of one of them in flight is waited for and its chunk
+    skipped, and a delete that comes later waits for this transaction, then removes the
+    vector with the chunk (revision 0026's trigger), so no vector outlives its chunk.
     """
     if not ids:
         return 0
@@ -581,7 +563,7 @@ def insert_vectors(conn: Conn, table: str, ids: Sequence[int], vectors: np.ndarr
         sql.SQL(
             "INSERT INTO {t} (chunk_id, embedding) SELECT s.chunk_id, s.embedding"
             " FROM ragstore_backfill s JOIN chunks c ON c.id = s.chunk_id"
-            " ON CONFLICT (chunk_id) DO NOTHING"
+            " FOR KEY SHARE OF c ON CONFLICT (chunk_id) DO NOTHING"
         ).format(t=sql.Identifier(table))
     )
     conn.execute("TRUNCATE ragstore_backfill")
