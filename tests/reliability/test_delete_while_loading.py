@@ -127,3 +127,37 @@ def test_dropping_a_space_that_cannot_lock_its_table_gives_up(
     with rt.db.connection() as conn:
         assert [s.table for s in spaces.list_spaces(conn, coll.id)] == [space.table]
         assert spaces.has_index(conn, space.table)
+
+
+def test_a_deletion_waits_for_a_write_of_the_collection_in_flight_without_deadlock(
+    rt: Runtime, two: None
+) -> None:
+    """A write holds its collection's row FOR SHARE, then writes the vector table. The
+    deletion takes the rows' locks before the tables': taking the tables first, it would
+    hold what the write needs next while waiting for the write's row lock (a deadlock,
+    one of the two aborted)."""
+    coll = rt.collection("gone")
+    outcome: list[Exception | None] = []
+
+    def delete() -> None:
+        try:
+            with rt.db.connection() as conn, translated("deleting collection 'gone'"):
+                catalog.delete_collection(conn, coll)
+            outcome.append(None)
+        except Exception as exc:  # reported below
+            outcome.append(exc)
+
+    with rt.db.connection() as write:
+        write.execute("SELECT 1 FROM collections WHERE id = %s FOR SHARE", (coll.id,))
+        thread = threading.Thread(target=delete, daemon=True)
+        thread.start()
+        time.sleep(1.0)  # the deletion is waiting now
+        assert not outcome, "the deletion waits for the write in flight"
+        write.execute("SET LOCAL lock_timeout = '5s'")
+        write.execute(
+            sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(sql.Identifier(coll.table))
+        )
+    thread.join(30)
+    assert outcome == [None]
+    with pytest.raises(CollectionNotFoundError):
+        rt.collection("gone")

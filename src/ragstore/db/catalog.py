@@ -53,8 +53,17 @@ def delete_collection(conn: Conn, coll: repository.Collection) -> None:
     """The collection, its documents, chunks, spaces and every ``emb_*`` table of it,
     and of its shadows (other chunk sets, kept for a rollback; their rows go by cascade).
 
-    Raises ConflictError, and deletes nothing, when the tables cannot be dropped within
-    ``spaces.DROP_TABLES_LOCK_TIMEOUT`` because a load of the collection holds them."""
+    Waits for the collection's writes in flight, as deleting its row always did; raises
+    ConflictError, and deletes nothing, when its tables cannot then be dropped within
+    ``spaces.DROP_TABLES_LOCK_TIMEOUT`` (a model migration's batch or a long search of
+    the collection holds them)."""
+    # the rows' locks first, as the DELETE below would take them: waiting for the writes
+    # in flight (they hold them FOR SHARE) before the tables' locks, which those writes
+    # take later, cannot deadlock with them
+    conn.execute(
+        "SELECT 1 FROM collections WHERE id = %(c)s OR shadow_of = %(c)s FOR UPDATE",
+        {"c": coll.id},
+    )
     tables = [
         str(r[0])
         for r in conn.execute(
@@ -63,7 +72,7 @@ def delete_collection(conn: Conn, coll: repository.Collection) -> None:
             {"c": coll.id},
         )
     ]
-    # the tables first: their rows then need no deleting, one by one, with the chunks
+    # then the tables: their rows need no deleting, one by one, with the chunks
     drop_tables(conn, tables, f"collection {coll.name!r} was not deleted")
     conn.execute("DELETE FROM collections WHERE id = %s", (coll.id,))
     changes.collections_changed()

@@ -466,9 +466,9 @@ def drop_space(conn: Conn, space: Space) -> None:
 
 
 # How long dropping vector tables waits for their locks: searches of the collection hold
-# them for milliseconds, but a large load or import of the same collection holds its table
-# until it ends, minutes later; past this the drop gives up (and searches of the
-# collection that queued behind it go on).
+# them for milliseconds, a load or a model migration's batch of the same collection for
+# longer (a large first load until it ends, minutes later); past this the drop gives up
+# (and searches of the collection that queued behind it go on).
 DROP_TABLES_LOCK_TIMEOUT = "3s"
 
 
@@ -485,8 +485,8 @@ def drop_tables(conn: Conn, tables: Sequence[str], what: str) -> None:
     except psycopg.errors.LockNotAvailable:
         raise ConflictError(
             f"{what}: another transaction has held its vector tables for over "
-            f"{DROP_TABLES_LOCK_TIMEOUT} (a large first load or import of the collection "
-            "holds them until it ends); retry when that has finished"
+            f"{DROP_TABLES_LOCK_TIMEOUT} (a load or a model migration's batch of the "
+            "collection, or a long search of it); retry when that has finished"
         ) from None
 
 

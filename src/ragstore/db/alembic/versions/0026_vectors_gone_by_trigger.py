@@ -49,6 +49,7 @@ def upgrade() -> None:
             SELECT s.table_name FROM embedding_spaces s
              WHERE s.collection_id IN (SELECT DISTINCT collection_id FROM gone)
                AND to_regclass(quote_ident(s.table_name)) IS NOT NULL
+             ORDER BY s.id
         LOOP
             EXECUTE format('DELETE FROM %I e USING gone g WHERE e.chunk_id = g.id',
                            space_table);
