@@ -137,6 +137,55 @@ def downgrade(
         typer.echo(f"downgraded {before} -> {st.current or 'base'}")
 
 
+@app.command("check")
+def check(
+    collection: str | None = typer.Option(
+        None, "--collection", "-c", help="Check this collection only (default: all)."
+    ),
+    repair: bool = typer.Option(False, "--repair", help="Fix what is found."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Check that every collection holds what it acknowledged: a vector for each chunk, no
+    stray vectors, its HNSW index, full-text statistics equal to a recount, and no tables
+    left by a stopped bulk load. Exits 1 when something is found and not repaired."""
+    from ragstore.integrity import check as run_check
+    from ragstore.runtime import Runtime
+
+    with Runtime() as rt:
+        report = run_check(rt, collection, repair=repair)
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        for c in report.collections:
+            name = c.name + (" (shadow)" if c.shadow else "")
+            typer.echo(f"collection {name}: {c.chunks:,} chunks")
+            for s in c.spaces:
+                missing = "" if s.missing is None else f", {s.missing:,} chunks without one"
+                index = "HNSW index" if s.index else "no index"
+                typer.echo(
+                    f"  {s.table} ({s.status}, {s.model}): {s.vectors:,} vectors{missing}, "
+                    f"{s.stray:,} stray, {index}"
+                )
+            b = c.bm25
+            same = "equal to a recount" if b["stored"] == b["counted"] else "DIFFER"
+            typer.echo(
+                f"  full-text statistics: {b['counted'][0]:,} chunks, {b['terms']:,} terms, "
+                f"{same}; {b['terms_differing']:,} terms differ"
+            )
+        for f in report.findings:
+            state = "repaired" if f.repaired else "found"
+            typer.echo(f"{state}: {f.where}: {f.problem} ({f.fix})")
+        for name in report.busy:
+            typer.echo(
+                f"busy: collection {name}: a bulk load holds its tables; "
+                "check it again when the load has ended"
+            )
+        if not report.findings:
+            typer.echo("ok: nothing to repair")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @app.command("stop")
 def stop() -> None:
     """Stop the embedded PostgreSQL under RAGSTORE_DATA_DIR now.

@@ -1,0 +1,209 @@
+"""SQL of ``ragstore db check``: what a collection's rows should agree on, and the repairs.
+
+Every figure a check compares is written in one transaction with what it describes (a
+chunk with its vectors, its BM25 statistics by trigger or by a bulk load's recount), so
+read in one snapshot (:func:`snapshot`) they agree unless something went wrong: a bug, a
+hand-made change, a partial restore. Functions run in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ragstore.db.spaces import PendingChunk
+
+Conn = psycopg.Connection[Any]
+
+# the chunks that have vectors: every chunk but headings (``models.Chunk.embeddable``)
+_EMBEDDABLE = "c.chunk_type <> 'heading'"
+
+
+# How long a check waits for a collection's tables: a bulk load holds its space's table
+# until it ends (minutes); the check then reports the collection busy instead.
+CHECK_LOCK_TIMEOUT = "2s"
+
+
+def snapshot(conn: Conn) -> None:
+    """Make the caller's transaction read one snapshot (counts taken by several statements
+    then agree even while ingests commit) and wait at most ``CHECK_LOCK_TIMEOUT`` for a
+    table (LockNotAvailable past it)."""
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(CHECK_LOCK_TIMEOUT)))
+
+
+def collection_ids(conn: Conn) -> list[int]:
+    """Every collection row, shadows (other chunk sets kept for a rollback) included."""
+    return [int(r[0]) for r in conn.execute("SELECT id FROM collections ORDER BY id")]
+
+
+def chunk_count(conn: Conn, collection_id: int) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM chunks WHERE collection_id = %s", (collection_id,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def missing_vectors(conn: Conn, table: str, collection_id: int) -> int:
+    """Chunks of the collection that have no vector in ``table``."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*) FROM chunks c WHERE c.collection_id = %s AND "
+            + _EMBEDDABLE
+            + " AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.chunk_id = c.id)"
+        ).format(t=sql.Identifier(table)),
+        (collection_id,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _stray_where(table: str) -> sql.Composed:
+    return sql.SQL(
+        "NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = {t}.chunk_id"
+        " AND c.collection_id = %s AND " + _EMBEDDABLE + ")"
+    ).format(t=sql.Identifier(table))
+
+
+def stray_vectors(conn: Conn, table: str, collection_id: int) -> int:
+    """Vectors in ``table`` whose chunk is gone, is a heading or belongs to another
+    collection: none should exist, and an HNSW search would spend places on them."""
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {t} WHERE ").format(t=sql.Identifier(table))
+        + _stray_where(table),
+        (collection_id,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def delete_stray_vectors(conn: Conn, table: str, collection_id: int) -> int:
+    cur = conn.execute(
+        sql.SQL("DELETE FROM {t} WHERE ").format(t=sql.Identifier(table)) + _stray_where(table),
+        (collection_id,),
+    )
+    return cur.rowcount
+
+
+def chunks_without_vectors(
+    conn: Conn, table: str, collection_id: int, after_id: int, limit: int
+) -> list[PendingChunk]:
+    """The next ``limit`` chunks (by id, after ``after_id``) with no vector in ``table``,
+    with what the model reads of them."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT c.id, c.text, c.context FROM chunks c WHERE c.collection_id = %s AND "
+            + _EMBEDDABLE
+            + " AND c.id > %s AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.chunk_id = c.id)"
+            " ORDER BY c.id LIMIT %s"
+        ).format(t=sql.Identifier(table)),
+        (collection_id, after_id, limit),
+    ).fetchall()
+    return [PendingChunk(int(r[0]), r[1], r[2]) for r in rows]
+
+
+@dataclass(frozen=True)
+class Bm25Drift:
+    """A collection's stored BM25 statistics against a recount from its chunks."""
+
+    stored: tuple[int, int]  # (chunks, tokens) as stored
+    counted: tuple[int, int]  # the same, recounted
+    terms: int  # distinct lexemes in the recount
+    terms_differing: int  # lexemes whose stored df differs from the recount, or missing
+
+    @property
+    def drifted(self) -> bool:
+        return self.stored != self.counted or self.terms_differing > 0
+
+
+def bm25_drift(conn: Conn, collection_id: int) -> Bm25Drift:
+    """Recount what full-text ranking reads (chunk count, total length, each lexeme's
+    document frequency) and compare it with what is stored. Reads every tsvector of the
+    collection once: seconds per hundred thousand chunks."""
+    row = conn.execute(
+        "WITH s AS (SELECT chunks, tokens FROM bm25_collection_stats WHERE collection_id = %(c)s)"
+        " SELECT coalesce((SELECT chunks FROM s), 0), coalesce((SELECT tokens FROM s), 0),"
+        " count(*), coalesce(sum(c.tsv_length), 0) FROM chunks c"
+        " WHERE c.collection_id = %(c)s AND " + _EMBEDDABLE,
+        {"c": collection_id},
+    ).fetchone()
+    assert row is not None  # aggregates answer one row
+    terms = conn.execute(
+        "WITH counted AS (SELECT u.lexeme, count(*) AS df FROM chunks c"
+        " CROSS JOIN LATERAL unnest(tsvector_to_array(c.tsv)) AS u(lexeme)"
+        " WHERE c.collection_id = %(c)s AND " + _EMBEDDABLE + " GROUP BY u.lexeme),"
+        " stored AS (SELECT lexeme, df FROM bm25_terms WHERE collection_id = %(c)s AND df > 0)"
+        " SELECT (SELECT count(*) FROM counted),"
+        " (SELECT count(*) FROM counted FULL JOIN stored USING (lexeme)"
+        "  WHERE counted.df IS DISTINCT FROM stored.df)",
+        {"c": collection_id},
+    ).fetchone()
+    assert terms is not None
+    return Bm25Drift(
+        (int(row[0]), int(row[1])), (int(row[2]), int(row[3])), int(terms[0]), int(terms[1])
+    )
+
+
+@dataclass(frozen=True)
+class Leftover:
+    table: str  # ragstore_load_emb_<id> or ragstore_old_emb_<id>
+    space_table: str  # the emb_<id> it belongs to
+    in_use: bool  # a bulk load of that space holds it now: not a leftover yet
+
+
+_LEFTOVER_PREFIXES = ("ragstore_load_", "ragstore_old_")
+
+
+def leftover_tables(conn: Conn) -> list[Leftover]:
+    """What bulk loads left: staged tables (a load killed between its two commits) and
+    replaced ones (dropped by the next ingest). A load in flight holds its space's table
+    exclusively; its tables are reported ``in_use`` and never dropped."""
+    names = [
+        str(r[0])
+        for r in conn.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace ="
+            " current_schema()::regnamespace AND (relname LIKE 'ragstore\\_load\\_emb\\_%'"
+            " OR relname LIKE 'ragstore\\_old\\_emb\\_%') ORDER BY relname"
+        )
+    ]
+    out = []
+    for name in names:
+        space_table = next(name[len(p) :] for p in _LEFTOVER_PREFIXES if name.startswith(p))
+        out.append(Leftover(name, space_table, _held(conn, space_table)))
+    return out
+
+
+def _held(conn: Conn, table: str) -> bool:
+    """Whether another transaction holds ``table`` exclusively (a bulk load does)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = to_regclass(quote_ident(%s))"
+        " AND mode = 'AccessExclusiveLock' AND granted AND pid <> pg_backend_pid())",
+        (table,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def drop_leftovers(conn: Conn, leftovers: Sequence[Leftover]) -> list[str]:
+    """Drop the leftovers no load holds, each after locking its space's table (so a load
+    that starts meanwhile waits); returns those dropped."""
+    dropped = []
+    for left in leftovers:
+        if left.in_use:
+            continue
+        with conn.transaction():
+            if _exists(conn, left.space_table):
+                conn.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                        sql.Identifier(left.space_table)
+                    )
+                )
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(left.table)))
+        dropped.append(left.table)
+    return dropped
+
+
+def _exists(conn: Conn, relation: str) -> bool:
+    row = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (relation,)).fetchone()
+    return bool(row and row[0])

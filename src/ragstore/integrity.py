@@ -1,0 +1,242 @@
+"""``ragstore db check``: does every collection hold what it acknowledged, and nothing else?
+
+What each collection's rows must agree on, read in one snapshot per collection:
+- its active space has a vector for every chunk that gets one (every chunk but headings),
+  and an HNSW index;
+- no space table holds a vector whose chunk is gone, is a heading or is another
+  collection's (space tables have no foreign key since revision 0026: the writers and a
+  trigger keep this, and this check proves it);
+- its BM25 statistics (chunk count, total length, each lexeme's document frequency) equal a
+  recount from its chunks;
+and, for the database, no table left by a bulk load that was killed.
+
+Nothing of this should ever be found: each is written in one transaction with what it
+describes. A finding means a bug, a hand-made change or a partial restore, and ``repair``
+fixes each from the data itself: missing vectors are embedded with the space's model from
+the stored chunk text (what ingest embedded), stray vectors deleted, a missing index
+built, the statistics recounted, leftovers dropped. Each repair is one transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from ragstore.db import documents, integrity, repository, spaces
+from ragstore.db.errors import translated
+
+if TYPE_CHECKING:
+    from ragstore.runtime import Runtime
+
+REPAIR_BATCH = 256  # chunks embedded per transaction when missing vectors are restored
+
+
+@dataclass
+class Finding:
+    where: str  # the collection (and space table) or "database"
+    problem: str
+    fix: str  # what --repair does about it, or what to do
+    repaired: bool = False
+
+
+@dataclass
+class SpaceState:
+    table: str
+    status: str  # active | building | retired
+    model: str
+    vectors: int
+    missing: int | None  # chunks without a vector (the active space only)
+    stray: int
+    index: bool
+
+
+@dataclass
+class CollectionState:
+    name: str
+    shadow: bool
+    chunks: int
+    spaces: list[SpaceState] = field(default_factory=list)
+    bm25: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckReport:
+    collections: list[CollectionState] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # collections a bulk load holds: not checked
+
+    @property
+    def ok(self) -> bool:
+        """Nothing found, or everything found repaired."""
+        return all(f.repaired for f in self.findings)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "collections": [asdict(c) for c in self.collections],
+            "leftovers": self.leftovers,
+            "findings": [asdict(f) for f in self.findings],
+            "busy": self.busy,
+        }
+
+
+def check(rt: Runtime, collection: str | None = None, *, repair: bool = False) -> CheckReport:
+    """Check one collection (with its shadows: other chunk sets kept for a rollback) or
+    all of them, and the database's leftovers; with ``repair`` fix what is found."""
+    report = CheckReport()
+    for coll in _collections(rt, collection):
+        _check_collection(rt, coll, report, repair)
+    _check_leftovers(rt, report, repair)
+    return report
+
+
+def _collections(rt: Runtime, name: str | None) -> list[repository.Collection]:
+    with rt.db.connection() as conn, translated("listing collections"):
+        if name is not None:
+            live = repository.get_collection(conn, name)
+            return [live, *repository.shadows(conn, live.id)]
+        found = [repository.collection_by_id(conn, i) for i in integrity.collection_ids(conn)]
+    return [c for c in found if c is not None]
+
+
+def _label(coll: repository.Collection) -> str:
+    return f"collection {coll.name!r}" + (" (a shadow chunk set)" if coll.shadow else "")
+
+
+def _check_collection(
+    rt: Runtime, coll: repository.Collection, report: CheckReport, repair: bool
+) -> None:
+    label = _label(coll)
+    with rt.db.connection() as conn, translated(f"checking {label}"):
+        try:
+            state, space_list, drift = _read_collection(conn, coll)
+        except psycopg.errors.LockNotAvailable:
+            conn.rollback()
+            report.busy.append(coll.name)
+            return
+    report.collections.append(state)
+    by_table = {s.table: s for s in space_list}
+    for s in state.spaces:
+        where = f"{label}, {s.table}"
+        if s.stray:
+            found = Finding(
+                where,
+                f"{s.stray:,} vectors whose chunk is gone or is not one of the collection's",
+                "--repair deletes them",
+            )
+            if repair:
+                with rt.db.connection() as conn, translated(f"repairing {where}"):
+                    integrity.delete_stray_vectors(conn, s.table, coll.id)
+                found.repaired = True
+            report.findings.append(found)
+        if s.missing:
+            found = Finding(
+                where,
+                f"{s.missing:,} chunks have no vector: vector and hybrid search cannot find them",
+                f"--repair embeds them with {s.model}, from the stored chunk text",
+            )
+            if repair:
+                _embed_missing(rt, coll, by_table[s.table])
+                found.repaired = True
+            report.findings.append(found)
+        if s.missing is not None and not s.index and s.vectors:
+            found = Finding(
+                where,
+                "no HNSW index: vector searches read every vector",
+                "--repair builds it (the next ingest of the collection would too)",
+            )
+            if repair:
+                with rt.db.connection() as conn, translated(f"indexing {s.table}"):
+                    spaces.ensure_index(
+                        conn,
+                        s.table,
+                        coll.model.distance,
+                        memory=rt.settings.index_build_memory,
+                        workers=spaces.build_workers(),
+                    )
+                found.repaired = True
+            report.findings.append(found)
+    if drift.drifted:
+        found = Finding(
+            label,
+            f"full-text statistics differ from a recount: stored {drift.stored[0]:,} chunks "
+            f"and {drift.stored[1]:,} tokens against {drift.counted[0]:,} and "
+            f"{drift.counted[1]:,}; {drift.terms_differing:,} of {drift.terms:,} terms' "
+            "document frequencies differ, so BM25 scores are off",
+            "--repair recounts them and rewrites the postings",
+        )
+        if repair:
+            with rt.db.connection() as conn, translated(f"recounting {label}"):
+                documents.begin_bulk(conn, coll.id)
+                documents.finish_bulk(conn, coll.id, rt.settings.index_build_memory)
+            found.repaired = True
+        report.findings.append(found)
+
+
+def _read_collection(
+    conn: Any, coll: repository.Collection
+) -> tuple[CollectionState, list[spaces.Space], integrity.Bm25Drift]:
+    """What the collection's rows say, in one snapshot."""
+    integrity.snapshot(conn)
+    state = CollectionState(coll.name, coll.shadow, integrity.chunk_count(conn, coll.id))
+    space_list = spaces.list_spaces(conn, coll.id)
+    for space in space_list:
+        active = space.id == coll.space_id
+        state.spaces.append(
+            SpaceState(
+                space.table,
+                space.status,
+                space.model.key,
+                spaces.count_vectors(conn, space.table),
+                integrity.missing_vectors(conn, space.table, coll.id) if active else None,
+                integrity.stray_vectors(conn, space.table, coll.id),
+                spaces.has_index(conn, space.table),
+            )
+        )
+    drift = integrity.bm25_drift(conn, coll.id)
+    state.bm25 = {
+        "stored": list(drift.stored),
+        "counted": list(drift.counted),
+        "terms": drift.terms,
+        "terms_differing": drift.terms_differing,
+    }
+    return state, space_list, drift
+
+
+def _embed_missing(rt: Runtime, coll: repository.Collection, space: spaces.Space) -> None:
+    """Embed the collection's chunks that have no vector in ``space``, batch by batch, as
+    ingest embedded them (section path, then text), one commit per batch."""
+    embedder = rt.embedder(space.model)
+    after = 0
+    while True:
+        with rt.db.connection() as conn, translated(f"reading chunks of {coll.name!r}"):
+            batch = integrity.chunks_without_vectors(
+                conn, space.table, coll.id, after, REPAIR_BATCH
+            )
+        if not batch:
+            return
+        vectors = embedder.embed([c.embed_text for c in batch])
+        with rt.db.connection() as conn, translated(f"storing vectors in {space.table}"):
+            spaces.insert_vectors(conn, space.table, [c.id for c in batch], vectors)
+        after = batch[-1].id
+
+
+def _check_leftovers(rt: Runtime, report: CheckReport, repair: bool) -> None:
+    with rt.db.connection() as conn, translated("looking for tables bulk loads left"):
+        leftovers = integrity.leftover_tables(conn)
+    report.leftovers = [left.table for left in leftovers if not left.in_use]
+    if not report.leftovers:
+        return
+    found = Finding(
+        "database",
+        f"tables left by bulk loads that were stopped: {', '.join(report.leftovers)}",
+        "--repair drops them (the next bulk load of each collection would too)",
+    )
+    if repair:
+        with rt.db.connection() as conn, translated("dropping tables bulk loads left"):
+            integrity.drop_leftovers(conn, leftovers)
+        found.repaired = True
+    report.findings.append(found)

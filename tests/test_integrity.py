@@ -1,0 +1,130 @@
+"""``ragstore db check``: a healthy collection passes; each way its rows can disagree is
+found, named and repaired from the data itself, and searches answer as before."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ragstore.db import spaces
+from ragstore.ingest import ingest_paths
+from ragstore.integrity import check
+from ragstore.runtime import Runtime
+from ragstore.search import search
+from tests.conftest import run_cli
+from tests.models.corpus import write_corpus
+
+QUERY = "how to care for espresso"
+
+
+def _ingested(rt: Runtime, tmp_path: Path, name: str) -> None:
+    report = ingest_paths(rt, [write_corpus(tmp_path / name, 4, 3)], name)
+    assert not report.failed
+
+
+def _hits(rt: Runtime, name: str, mode: str) -> list[tuple[str, float]]:
+    return [(h.text, round(h.score, 5)) for h in search(rt, QUERY, collection=name, k=5, mode=mode)]
+
+
+def test_a_healthy_collection_passes(
+    rt: Runtime, tmp_path: Path, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _ingested(rt, tmp_path, "healthy")
+    report = check(rt, "healthy")
+    assert report.ok and report.findings == []
+    (state,) = report.collections
+    (space,) = state.spaces
+    assert space.status == "active" and space.index
+    assert space.missing == 0 and space.stray == 0 and space.vectors > 0
+    assert state.bm25["stored"] == state.bm25["counted"] and state.bm25["terms"] > 0
+    capsys.readouterr()
+    assert run_cli("db", "check", "--collection", "healthy") == 0
+    assert "ok: nothing to repair" in capsys.readouterr().out
+
+
+def test_every_disagreement_is_found_and_repaired(
+    rt: Runtime, tmp_path: Path, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _ingested(rt, tmp_path, "broken")
+    _ingested(rt, tmp_path, "bystander")
+    coll = rt.collection("broken")
+    before = {mode: _hits(rt, "broken", mode) for mode in ("vector", "fulltext", "hybrid")}
+    bystander = _hits(rt, "bystander", "hybrid")
+    with rt.db.connection() as conn:
+        # three vectors lost, one of another collection's chunk and one of a heading added
+        conn.execute(
+            f"DELETE FROM {coll.table} WHERE chunk_id IN"
+            f" (SELECT chunk_id FROM {coll.table} ORDER BY chunk_id LIMIT 3)"
+        )
+        other = rt.collection("bystander")
+        conn.execute(
+            f"INSERT INTO {coll.table} SELECT chunk_id, embedding FROM {other.table} LIMIT 1"
+        )
+        conn.execute(
+            f"INSERT INTO {coll.table} (chunk_id, embedding) SELECT c.id,"
+            f" (SELECT embedding FROM {coll.table} LIMIT 1) FROM chunks c"
+            " WHERE c.collection_id = %s AND c.chunk_type = 'heading' LIMIT 1",
+            (coll.id,),
+        )
+        conn.execute(f"DROP INDEX {coll.table}_hnsw")
+        conn.execute(
+            "UPDATE bm25_collection_stats SET tokens = tokens + 7 WHERE collection_id = %s",
+            (coll.id,),
+        )
+        conn.execute(
+            "UPDATE bm25_terms SET df = df + 1 WHERE collection_id = %s"
+            " AND lexeme IN ('espresso', 'care')",
+            (coll.id,),
+        )
+        spaces.create_load_table(conn, coll.table)  # as a load killed at its end leaves it
+
+    capsys.readouterr()
+    assert run_cli("db", "check", "--collection", "broken", "--json") == 1
+    found = json.loads(capsys.readouterr().out)
+    assert found["ok"] is False
+    problems = {f["problem"] for f in found["findings"]}
+    assert any(p.startswith("3 chunks have no vector") for p in problems), problems
+    assert any(p.startswith("2 vectors whose chunk") for p in problems), problems
+    assert any(p.startswith("no HNSW index") for p in problems), problems
+    assert any("2 of" in p and "full-text statistics differ" in p for p in problems), problems
+    assert found["leftovers"] == [spaces.load_table(coll.table)]
+    assert all(not f["repaired"] for f in found["findings"])
+
+    assert run_cli("db", "check", "--collection", "broken", "--repair") == 0
+    out = capsys.readouterr().out
+    assert out.count("repaired: ") == 5, out
+    again = check(rt, "broken")
+    assert again.ok and again.findings == [] and again.leftovers == []
+    # the restored vectors are the model's for the stored text: searches answer as before
+    assert {mode: _hits(rt, "broken", mode) for mode in before} == before
+    assert _hits(rt, "bystander", "hybrid") == bystander
+    assert check(rt, "bystander").findings == []
+
+
+def test_an_unknown_collection_is_named(
+    rt: Runtime, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli("db", "check", "--collection", "nope") == 66
+    assert "nope" in capsys.readouterr().err
+
+
+def test_a_staged_table_of_a_load_in_flight_is_not_a_leftover(rt: Runtime, tmp_path: Path) -> None:
+    """Between a bulk load's two commits its staged table is committed while the load
+    still holds the space's table: neither reported nor dropped then."""
+    _ingested(rt, tmp_path, "loading")
+    coll = rt.collection("loading")
+    with rt.db.connection() as conn:
+        spaces.create_load_table(conn, coll.table)
+    with rt.db.connection() as load:
+        spaces.lock_for_load(load, coll.table)
+        report = check(rt, "loading", repair=True)
+        assert report.leftovers == [] and report.findings == []
+        assert report.busy == ["loading"] and report.ok
+    with rt.db.connection() as conn:
+        assert conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (spaces.load_table(coll.table),)
+        ).fetchone() == (True,)
+    assert check(rt, "loading", repair=True).leftovers == [spaces.load_table(coll.table)]
+    assert check(rt, "loading").leftovers == []
