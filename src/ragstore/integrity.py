@@ -26,6 +26,7 @@ import psycopg
 
 from ragstore.db import documents, integrity, repository, spaces
 from ragstore.db.errors import translated
+from ragstore.ingest.service import ensure_space_index
 
 if TYPE_CHECKING:
     from ragstore.runtime import Runtime
@@ -150,13 +151,7 @@ def _check_collection(
             )
             if repair:
                 with rt.db.connection() as conn, translated(f"indexing {s.table}"):
-                    spaces.ensure_index(
-                        conn,
-                        s.table,
-                        coll.model.distance,
-                        memory=rt.settings.index_build_memory,
-                        workers=spaces.build_workers(),
-                    )
+                    ensure_space_index(rt, coll, conn)
                 found.repaired = True
             report.findings.append(found)
     if drift.drifted:

@@ -375,7 +375,7 @@ class _Ingestor:
         if staged is None:
             self._build_bm25(conn)
             with self._stage("index_build"):
-                _ensure_index(self.rt, self.coll, conn)
+                ensure_space_index(self.rt, self.coll, conn)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-index") as pool:
             index = pool.submit(self._build_staged, staged)
@@ -393,7 +393,7 @@ class _Ingestor:
             swapped = spaces.attach_load_table(conn, self.coll.table)
         if not swapped:
             with self._stage("index_build"):
-                _ensure_index(self.rt, self.coll, conn)
+                ensure_space_index(self.rt, self.coll, conn)
 
     def _build_bm25(self, conn: Any) -> None:
         with self._stage("bm25_build"):
@@ -648,12 +648,13 @@ def _build_index(rt: Runtime, coll: repository.Collection) -> None:
     killed) deferred it, and what a bulk load leaves to do after its commit
     (``spaces.settle_load``); a no-op when neither is pending."""
     with rt.db.connection() as conn, translated(f"indexing {coll.table}"):
-        _ensure_index(rt, coll, conn)
+        ensure_space_index(rt, coll, conn)
         spaces.settle_load(conn, coll.table)
 
 
-def _ensure_index(rt: Runtime, coll: repository.Collection, conn: Any) -> None:
-    """Build the space's HNSW index in ``conn``'s transaction unless it exists."""
+def ensure_space_index(rt: Runtime, coll: repository.Collection, conn: Any) -> None:
+    """Build the active space's HNSW index in ``conn``'s transaction unless it exists,
+    with the memory and workers a bulk build gets (``ragstore db check --repair`` too)."""
     if spaces.has_index(conn, coll.table):
         return
     spaces.ensure_index(
