@@ -3,8 +3,8 @@ the load's own transaction builds BM25, and swapped in for the space's empty tab
 the load commits (``ingest.staging``, ``spaces.attach_load_table``).
 
 The swapped-in table must be indistinguishable from one the incremental path fills (same
-columns, keys, foreign key and index, deletes cascading to it); vectors of chunks the load
-replaced are not carried over; a swap that cannot take its locks copies the rows instead;
+columns, key and index, deletes reaching it); vectors of chunks the load replaced are not
+carried over; a swap that fails copies the rows instead;
 and no failure leaves a staging table behind.
 """
 
@@ -161,20 +161,26 @@ def test_a_writer_of_chunks_does_not_hold_the_swap_up(
 
 
 def test_a_swap_that_cannot_replace_the_table_copies_the_rows_instead(
-    bulk_rt: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    bulk_rt: Runtime,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """An earlier load's replaced table still there (its drop deferred): the staged rows
-    are copied into the space's own table, which then gets its index; the settle at the
-    end of the load drops the leftover."""
+    """A swap that fails inside its savepoint (here the rename, as a lock timeout or a
+    space's table found not empty would): the staged rows are copied into the space's
+    own table, which then gets its index, and the load is stored whole."""
+
+    def refused(*_: object) -> None:
+        raise spaces._NotSwapped("refused by the test")
+
+    monkeypatch.setattr(spaces, "_rename", refused)
     folder = write_corpus(tmp_path / "c", docs=8, paragraphs=3, prefix="copied")
-    coll = bulk_rt.collection("copied", create=True)
-    with bulk_rt.db.connection() as conn:
-        conn.execute(f"CREATE TABLE {spaces.replaced_table(coll.table)} (LIKE {coll.table})")
     with caplog.at_level(logging.WARNING, "ragstore.db"):
         report = ingest_paths(bulk_rt, [folder], "copied")
     assert not report.failed
-    assert "could not take the place" in caplog.text
+    assert "could not take the place" in caplog.text and "refused by the test" in caplog.text
     assert report.stages.keys() >= {"attach", "index_build", "bm25_build"}
+    coll = bulk_rt.collection("copied")
     with bulk_rt.db.connection() as conn:
         assert spaces.has_index(conn, coll.table)
     assert _vectors(bulk_rt, coll.table) == _embeddable_chunks(bulk_rt, coll.id) >= 8
@@ -240,11 +246,11 @@ def test_a_leftover_staging_table_goes_with_the_next_load_or_the_collection(
     assert _staged_tables(bulk_rt) == []
 
 
-def test_readers_of_chunks_hold_up_neither_the_swap_nor_the_drop(
+def test_a_reader_of_chunks_does_not_hold_the_swap_up(
     bulk_rt: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Dropping the empty table a load replaced locks that table only (revision 0026): a
-    reader's transaction open on ``chunks`` lets the load swap and drop it at once."""
+    """Dropping the space's empty table locks that table only (revision 0026): a reader's
+    transaction open on ``chunks`` lets the load swap at once."""
     folder = write_corpus(tmp_path / "r", docs=8, paragraphs=3, prefix="read")
     bulk_rt.collection("reader", create=True)
     with bulk_rt.db.connection() as reader, caplog.at_level(logging.WARNING, "ragstore.db"):
@@ -256,24 +262,6 @@ def test_readers_of_chunks_hold_up_neither_the_swap_nor_the_drop(
     coll = bulk_rt.collection("reader")
     assert _shape(bulk_rt, coll.table) == _shape(bulk_rt, bulk_rt.collection("stg").table)
     assert _vectors(bulk_rt, coll.table) == _embeddable_chunks(bulk_rt, coll.id)
-
-
-def test_a_replaced_table_still_locked_is_dropped_by_the_next_ingest(
-    bulk_rt: Runtime, tmp_path: Path
-) -> None:
-    ingest_paths(bulk_rt, [write_corpus(tmp_path / "a", docs=1, paragraphs=1)], "held")
-    coll = bulk_rt.collection("held")
-    old = spaces.replaced_table(coll.table)
-    with bulk_rt.db.connection() as conn:
-        conn.execute(f"CREATE TABLE {old} (LIKE {coll.table})")
-    with bulk_rt.db.connection() as holder:
-        holder.execute(f"SELECT count(*) FROM {old}")
-        again = ingest_paths(bulk_rt, [write_corpus(tmp_path / "b", docs=1, paragraphs=1)], "held")
-        assert not again.failed
-        assert _staged_tables(bulk_rt) == [old]
-    last = ingest_paths(bulk_rt, [write_corpus(tmp_path / "c", docs=1, paragraphs=1)], "held")
-    assert not last.failed
-    assert _staged_tables(bulk_rt) == []
 
 
 def test_two_first_loads_of_one_collection_at_once_are_both_stored(

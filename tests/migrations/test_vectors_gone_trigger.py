@@ -1,7 +1,8 @@
 """Revision 0026: a chunk's vectors go with it by a statement trigger on ``chunks`` instead
 of each space table's foreign key. Down to 0025 the keys come back (vectors whose chunk is
 gone deleted first) and a deleted document's vectors still go, by the keys; back up, the
-keys are dropped, and the trigger removes vectors in every space of the collection."""
+keys are dropped (and the empty tables 0025's bulk swaps left), and the trigger removes
+vectors in every space of the collection."""
 
 from __future__ import annotations
 
@@ -70,8 +71,15 @@ def test_vectors_go_with_their_chunks_on_both_sides_of_the_revision(
     assert down["orphans"] == 0
     assert all(down[t] < before[t] for t in before if t != "orphans")
 
+    with db.connect() as conn:  # what 0025's bulk swap left when a reader held it
+        conn.execute(f"CREATE TABLE ragstore_old_{keys[0]} (LIKE {keys[0]} INCLUDING ALL)")
     assert migrations.upgrade(db).is_current
     assert _keys(db) == []
+    with db.connect() as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'ragstore%%old%%'"
+        ).fetchone()
+    assert left == (0,)
     with db.connect() as conn:
         conn.execute("DELETE FROM documents WHERE source LIKE '%/guide.md'")
     after = _vectors(db)

@@ -148,29 +148,29 @@ def bm25_drift(conn: Conn, collection_id: int) -> Bm25Drift:
 
 @dataclass(frozen=True)
 class Leftover:
-    table: str  # ragstore_load_emb_<id> or ragstore_old_emb_<id>
+    table: str  # ragstore_load_emb_<id>
     space_table: str  # the emb_<id> it belongs to
     in_use: bool  # a bulk load of that space holds it now: not a leftover yet
 
 
-_LEFTOVER_PREFIXES = ("ragstore_load_", "ragstore_old_")
+_LEFTOVER_PREFIX = "ragstore_load_"
 
 
 def leftover_tables(conn: Conn) -> list[Leftover]:
-    """What bulk loads left: staged tables (a load killed between its two commits) and
-    replaced ones (dropped by the next ingest). A load in flight holds its space's table
-    exclusively; its tables are reported ``in_use`` and never dropped."""
+    """What bulk loads left: staged tables of loads killed between their two commits. A
+    load in flight holds its space's table exclusively; its staged table is reported
+    ``in_use`` and never dropped."""
     names = [
         str(r[0])
         for r in conn.execute(
             "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace ="
-            " current_schema()::regnamespace AND (relname LIKE 'ragstore\\_load\\_emb\\_%'"
-            " OR relname LIKE 'ragstore\\_old\\_emb\\_%') ORDER BY relname"
+            " current_schema()::regnamespace AND relname LIKE 'ragstore\\_load\\_emb\\_%'"
+            " ORDER BY relname"
         )
     ]
     out = []
     for name in names:
-        space_table = next(name[len(p) :] for p in _LEFTOVER_PREFIXES if name.startswith(p))
+        space_table = name[len(_LEFTOVER_PREFIX) :]
         out.append(Leftover(name, space_table, _held(conn, space_table)))
     return out
 

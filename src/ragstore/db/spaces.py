@@ -318,11 +318,6 @@ def load_table(table: str) -> str:
     return f"ragstore_load_{table}"
 
 
-def replaced_table(table: str) -> str:
-    """Where the empty table a bulk load replaced waits to be dropped (:func:`settle_load`)."""
-    return f"ragstore_old_{table}"
-
-
 def create_load_table(conn: Conn, table: str) -> str:
     """A bulk load's staging table for ``table``'s vectors: its columns and primary key,
     and no HNSW index yet. The leftover of a load killed between its two commits goes
@@ -365,33 +360,32 @@ def attach_load_table(conn: Conn, table: str) -> bool:
     see the load's chunks and vectors together.
 
     The space's table is empty (a bulk load starts only on an empty space and holds its
-    table locked: :func:`lock_for_load`). It is renamed out of the way
-    (:func:`replaced_table`; :func:`settle_load` drops it after the commit) and the staged
-    table takes its name and its indexes' names, less the rows whose chunk was not stored.
-    Space tables have no foreign key (revision 0026), so the swap locks no table but these
-    two: searches of other collections and other writers never wait for it. Returns True.
+    table locked: :func:`lock_for_load`). It is dropped and the staged table takes its
+    name and its indexes' names, less the rows whose chunk was not stored. Space tables
+    have no foreign key (revision 0026), so the swap locks no table but these two, which
+    the load holds already: searches of other collections and other writers never wait
+    for it, and a search of this one that waited for the load reads the new table once
+    the load commits (PostgreSQL looks the name up again after a lock wait). Returns True.
 
     Where the lock is not had within ``ATTACH_LOCK_TIMEOUT`` or the wait would deadlock,
-    or the space's table is not empty after all, or an earlier load's replaced table is
-    still there, the rows are copied into the space's own table instead, the staged table
-    is dropped and False is returned: the caller then builds that table's index.
+    or the space's table is not empty after all, the rows are copied into the space's own
+    table instead, the staged table is dropped and False is returned: the caller then
+    builds that table's index.
     """
-    load, old = load_table(table), replaced_table(table)
+    load = load_table(table)
     t, staged = sql.Identifier(table), sql.Identifier(load)
     try:
         with _waiting_at_most(conn, ATTACH_LOCK_TIMEOUT):
             conn.execute(sql.SQL("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE").format(t=t))
             if not is_empty(conn, table):
                 raise _NotSwapped(f"{table} is not empty")
-            if _exists(conn, old):
-                raise _NotSwapped(f"{old}, which an earlier load replaced, is not dropped yet")
             conn.execute(
                 sql.SQL(
                     "DELETE FROM {l} s WHERE NOT EXISTS"
                     " (SELECT 1 FROM chunks c WHERE c.id = s.chunk_id)"
                 ).format(l=staged)
             )
-            _rename(conn, table, old)
+            conn.execute(sql.SQL("DROP TABLE {t}").format(t=t))
             _rename(conn, load, table)
     except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected, _NotSwapped) as exc:
         why = exc.diag.message_primary if isinstance(exc, psycopg.Error) else None
@@ -436,25 +430,6 @@ class _NotSwapped(Exception):
     """The space's table cannot simply be replaced by the staged one."""
 
 
-# How long dropping a replaced table may wait for its lock (nothing reads it once the
-# swap committed); past it the next ingest of the collection drops it.
-DROP_LOCK_TIMEOUT = "200ms"
-
-
-def settle_load(conn: Conn, table: str) -> None:
-    """After a bulk load committed: the empty table it replaced dropped (in a savepoint);
-    a no-op when there is none. The drop locks that table only; should anything hold it
-    past ``DROP_LOCK_TIMEOUT``, the next ingest of the collection drops it."""
-    old = replaced_table(table)
-    if not _exists(conn, old):
-        return
-    try:
-        with _waiting_at_most(conn, DROP_LOCK_TIMEOUT):
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(old)))
-    except psycopg.errors.LockNotAvailable:
-        log.info("%s is not dropped yet: it is locked; the next ingest drops it", old)
-
-
 def _exists(conn: Conn, relation: str) -> bool:
     row = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (relation,)).fetchone()
     return bool(row and row[0])
@@ -473,28 +448,22 @@ DROP_TABLES_LOCK_TIMEOUT = "3s"
 
 
 def drop_tables(conn: Conn, tables: Sequence[str], what: str) -> None:
-    """Drop vector tables and what bulk loads left of them, in a savepoint that waits at
-    most ``DROP_TABLES_LOCK_TIMEOUT`` for each; past that ConflictError (``what`` says
-    what was not done, and the caller's transaction should roll back with it). Only
+    """Drop vector tables and what bulk loads left of them (a staged table), in a
+    savepoint that waits at most ``DROP_TABLES_LOCK_TIMEOUT`` for each; past that
+    ConflictError (``what`` says what was not done, and the caller's transaction should
+    roll back with it). Only
     these tables are locked: space tables have no foreign key (revision 0026)."""
     try:
         with _waiting_at_most(conn, DROP_TABLES_LOCK_TIMEOUT):
             for table in tables:
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
-                drop_leftovers(conn, table)
+                drop_load_table(conn, table)
     except psycopg.errors.LockNotAvailable:
         raise ConflictError(
             f"{what}: another transaction has held its vector tables for over "
             f"{DROP_TABLES_LOCK_TIMEOUT} (a load or a model migration's batch of the "
             "collection, or a long search of it); retry when that has finished"
         ) from None
-
-
-def drop_leftovers(conn: Conn, table: str) -> None:
-    """What bulk loads of a space being dropped left: a staged table, a replaced one."""
-    drop_load_table(conn, table)
-    old = sql.Identifier(replaced_table(table))
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(old))
 
 
 def count_vectors(conn: Conn, table: str) -> int:

@@ -645,11 +645,9 @@ def _total_bytes(items: Sequence[Item]) -> int:
 
 def _build_index(rt: Runtime, coll: repository.Collection) -> None:
     """The active space's HNSW index, built now if a bulk load (this one, or one that was
-    killed) deferred it, and what a bulk load leaves to do after its commit
-    (``spaces.settle_load``); a no-op when neither is pending."""
+    killed) deferred it; a no-op when it exists."""
     with rt.db.connection() as conn, translated(f"indexing {coll.table}"):
         ensure_space_index(rt, coll, conn)
-        spaces.settle_load(conn, coll.table)
 
 
 def ensure_space_index(rt: Runtime, coll: repository.Collection, conn: Any) -> None:

@@ -24,9 +24,12 @@ ingest writes a chunk's vectors in the transaction that writes the chunk, and a 
 row lock the foreign key's check took, so a concurrent delete of one of them waits for
 the backfill and then removes its vector.
 
-The upgrade drops the keys of every space table and of what bulk loads left of them
-(``ragstore_load_emb_*``, ``ragstore_old_emb_*``); the downgrade deletes vectors whose
-chunk is gone and adds the keys back to the space tables.
+A bulk load's swap of its staged table (revision 0025's code) renamed the space's empty
+table to ``ragstore_old_emb_<id>`` rather than drop it, since dropping it dropped its key's
+triggers on ``chunks``; with no key the swap drops it, and the upgrade drops those left
+(empty by construction). It drops the keys of every space table and of staged tables
+(``ragstore_load_emb_*``). The downgrade deletes vectors whose chunk is gone and adds the
+keys back to the space tables.
 """
 
 from alembic import op
@@ -67,10 +70,16 @@ def upgrade() -> None:
             SELECT c.conrelid::regclass AS tbl, c.conname FROM pg_constraint c
               JOIN pg_class r ON r.oid = c.conrelid
              WHERE c.contype = 'f' AND c.confrelid = 'chunks'::regclass
-               AND (r.relname LIKE 'emb\\_%' OR r.relname LIKE 'ragstore\\_load\\_emb\\_%'
-                    OR r.relname LIKE 'ragstore\\_old\\_emb\\_%')
+               AND (r.relname LIKE 'emb\\_%' OR r.relname LIKE 'ragstore\\_load\\_emb\\_%')
         LOOP
             EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', key.tbl, key.conname);
+        END LOOP;
+        FOR key IN
+            SELECT c.oid::regclass AS tbl FROM pg_class c
+             WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace
+               AND c.relname LIKE 'ragstore\\_old\\_emb\\_%'
+        LOOP
+            EXECUTE format('DROP TABLE %s', key.tbl);
         END LOOP;
     END $$;
     """)
