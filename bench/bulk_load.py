@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from typing import Any
 
 from bench.instant_embedder import InstantServer
 from bench.scale import COLLECTION, instant_collection, write_corpus
+from bench.scratch import discard
 from ragstore.config import Settings
 from ragstore.db import documents
 from ragstore.ingest import ingest_paths
@@ -176,13 +176,13 @@ def main() -> None:
                 result[f"bulk_{i}_memory_{size}"] = _load(
                     folder, work / f"data-bulk-{i}", server, index_build_memory=size
                 )
-                shutil.rmtree(work / f"data-bulk-{i}", ignore_errors=True)
+                discard(work / f"data-bulk-{i}")
         elif args.workers:
             for i, n in enumerate(args.workers):
                 result[f"bulk_{i}_workers_{n}"] = _load(
                     folder, work / f"data-bulk-{i}", server, ingest_workers=n
                 )
-                shutil.rmtree(work / f"data-bulk-{i}", ignore_errors=True)
+                discard(work / f"data-bulk-{i}")
         else:
             result["bulk"] = _load(folder, work / "data-bulk", server)
         if args.inprocess:
@@ -195,7 +195,7 @@ def main() -> None:
             )
     result["load_average_after"] = os.getloadavg()
     print(json.dumps(result, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
+    discard(work)
 
 
 if __name__ == "__main__":

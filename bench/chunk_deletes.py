@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from bench.instant_embedder import InstantServer
 from bench.scale import COLLECTION, instant_collection, write_corpus
+from bench.scratch import discard
 from ragstore.config import Settings
 from ragstore.db import catalog, documents, migrations, repository
 from ragstore.ingest import ingest_paths
@@ -83,7 +83,7 @@ def main() -> None:
             catalog.delete_collection(conn, a)
         result["collection_delete_s"] = round(time.perf_counter() - t0, 3)
     print(json.dumps(result))
-    shutil.rmtree(work, ignore_errors=True)
+    discard(work)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from bench.instant_embedder import InstantServer
 from bench.scale import COLLECTION, instant_collection, write_corpus
+from bench.scratch import discard
 from ragstore.config import Settings
 from ragstore.ingest import ingest_paths
 from ragstore.integrity import CheckReport, check
@@ -68,7 +68,7 @@ def main() -> None:
         assert after.ok and not after.findings, after.findings
         result["check_after_s"] = seconds
     print(json.dumps(result))
-    shutil.rmtree(work, ignore_errors=True)
+    discard(work)
 
 
 if __name__ == "__main__":

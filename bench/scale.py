@@ -44,6 +44,7 @@ from typing import Any
 
 from bench import scale_build
 from bench.instant_embedder import InstantServer
+from bench.scratch import discard
 from ragstore.chunking import chunk_document
 from ragstore.config import Settings
 from ragstore.db import repository
@@ -463,7 +464,7 @@ def run_size(
             result.update(measure(rt, queries, clients, recall_queries))
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        discard(data_dir)
     return result
 
 

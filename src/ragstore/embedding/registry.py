@@ -15,6 +15,7 @@ to proceed, and nothing is embedded or searched with that model.
 
 from __future__ import annotations
 
+import atexit
 import json
 from dataclasses import replace
 from functools import cache
@@ -138,5 +139,12 @@ def _load_local(spec: ModelSpec, _options: str, device: str, batch_size: int) ->
 @cache
 def _load_http(spec: ModelSpec, _options: str, batch_size: int) -> Embedder:
     embedder = HttpEmbedder(spec, batch_size=int(spec.options.get("batch_size", batch_size)))
-    check_loaded(spec, embedder)
+    try:
+        check_loaded(spec, embedder)
+    except BaseException:
+        embedder.close()
+        raise
+    # kept for the process, like a local model: its pooled connections are closed as the
+    # process exits, not left to the interpreter's teardown (which warns of each socket)
+    atexit.register(embedder.close)
     return embedder
