@@ -57,3 +57,52 @@ def test_deleting_a_collection_deletes_its_terms_and_its_shadows(
     assert _terms(rt, gone) == 0
     assert _terms(rt, int(shadow[0])) == 0
     assert _terms(rt, kept) == before
+
+
+def _bm25_rows(rt: Runtime, cid: int) -> tuple[object, ...]:
+    """Everything BM25 keeps of a collection: its statistics, terms and postings."""
+    with rt.db.connection() as conn:
+        stats = conn.execute(
+            "SELECT chunks, tokens FROM bm25_collection_stats WHERE collection_id = %s", (cid,)
+        ).fetchall()
+        terms = conn.execute(
+            "SELECT lexeme, df, term_id, stored, floor FROM bm25_terms WHERE collection_id = %s"
+            " ORDER BY lexeme",
+            (cid,),
+        ).fetchall()
+        postings = conn.execute(
+            "SELECT p.term_id, p.chunk_id, p.impact, p.tf, p.len FROM bm25_postings p"
+            " JOIN bm25_terms t ON t.term_id = p.term_id WHERE t.collection_id = %s"
+            " ORDER BY 1, 2",
+            (cid,),
+        ).fetchall()
+    return stats, terms, postings
+
+
+def test_deleting_a_collection_takes_its_postings_set_wise_and_leaves_the_rest_exact(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """The delete removes the collection's postings and terms itself and turns the chunk
+    triggers off while its rows go (``documents.bm25_dropped``): nothing of it may be
+    left, nothing of another collection touched, and the triggers on again after."""
+    from ragstore.integrity import check
+
+    gone, kept = _import(rt, tmp_path, "setwise-gone"), _import(rt, tmp_path, "setwise-kept")
+    before = _bm25_rows(rt, kept)
+    assert before[0] and before[1] and before[2]
+    assert _bm25_rows(rt, gone)[2], "the collection to delete has postings"
+    with rt.db.connection() as conn:
+        catalog.delete_collection(conn, repository.get_collection(conn, "setwise-gone"))
+        # the same transaction goes on with the BM25 triggers on
+        row = conn.execute("SELECT current_setting('ragstore.bulk', true)").fetchone()
+        assert row is not None and row[0] == "off"
+    assert _bm25_rows(rt, gone) == ([], [], [])
+    assert _bm25_rows(rt, kept) == before
+    with rt.db.connection() as conn:
+        orphans = conn.execute(
+            "SELECT count(*) FROM bm25_postings p"
+            " WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = p.chunk_id)"
+            " OR NOT EXISTS (SELECT 1 FROM bm25_terms t WHERE t.term_id = p.term_id)"
+        ).fetchone()
+    assert orphans is not None and orphans[0] == 0
+    assert check(rt, "setwise-kept").ok

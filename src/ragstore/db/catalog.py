@@ -60,10 +60,13 @@ def delete_collection(conn: Conn, coll: repository.Collection) -> None:
     # the rows' locks first, as the DELETE below would take them: waiting for the writes
     # in flight (they hold them FOR SHARE) before the tables' locks, which those writes
     # take later, cannot deadlock with them
-    conn.execute(
-        "SELECT 1 FROM collections WHERE id = %(c)s OR shadow_of = %(c)s FOR UPDATE",
-        {"c": coll.id},
-    )
+    ids = [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT id FROM collections WHERE id = %(c)s OR shadow_of = %(c)s FOR UPDATE",
+            {"c": coll.id},
+        )
+    ]
     tables = [
         str(r[0])
         for r in conn.execute(
@@ -74,7 +77,9 @@ def delete_collection(conn: Conn, coll: repository.Collection) -> None:
     ]
     # then the tables: their rows need no deleting, one by one, with the chunks
     drop_tables(conn, tables, f"collection {coll.name!r} was not deleted")
-    conn.execute("DELETE FROM collections WHERE id = %s", (coll.id,))
+    # and the BM25 postings and terms in one statement each, not chunk by chunk
+    with documents.bm25_dropped(conn, ids):
+        conn.execute("DELETE FROM collections WHERE id = %s", (coll.id,))
     changes.collections_changed()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +162,30 @@ def begin_bulk(conn: Conn, collection_id: int) -> None:
         (keys,),
     )
     conn.execute("SELECT set_config('ragstore.bulk', 'on', true)")
+
+
+@contextmanager
+def bm25_dropped(conn: Conn, collection_ids: Sequence[int]) -> Iterator[None]:
+    """Delete the collections' chunks inside this block without the BM25 triggers' work.
+
+    Deleting chunks makes the triggers of revisions 0004 and 0006 subtract every lexeme
+    of every chunk from its document frequency and delete the chunk's postings by chunk
+    id: at 28k chunks 4.2 of the 5.7 s a collection's delete took. When whole collections
+    go, their postings (found through their terms) and terms are deleted here in one
+    statement each, and the triggers skip (``ragstore.bulk``, revision 0011) while the
+    block deletes the collections' rows; the statistics row goes with the collection's.
+    The block must delete only chunks of these collections: others would keep postings
+    and counts of chunks that are gone."""
+    ids = list(collection_ids)
+    conn.execute(
+        "DELETE FROM bm25_postings p USING bm25_terms t"
+        " WHERE t.collection_id = ANY(%(ids)s) AND p.term_id = t.term_id",
+        {"ids": ids},
+    )
+    conn.execute("DELETE FROM bm25_terms WHERE collection_id = ANY(%(ids)s)", {"ids": ids})
+    conn.execute("SELECT set_config('ragstore.bulk', 'on', true)")
+    yield  # an error aborts the transaction, and the setting with it
+    conn.execute("SELECT set_config('ragstore.bulk', 'off', true)")
 
 
 def finish_bulk(conn: Conn, collection_id: int, memory: str | None = None) -> int:
