@@ -150,3 +150,15 @@ def test_a_plain_texts_word_index_reads_as_its_token_spans(tokenizer: Any) -> No
 def test_every_encodings_index_reads_as_its_spans(tokenizer: Any, text: str) -> None:
     (enc,) = tokenizer_encodings(tokenizer, [text]) or []
     _same_index(enc.index, enc.spans, enc.words, text)
+
+
+def test_words_cut_by_the_wordpiece_model_alone_match_the_tokenizer(tokenizer: Any) -> None:
+    """New plain words are cut by the WordPiece model without the tokenizer's normalizer
+    and pre-tokenizer: upper and mixed case (the normalizer lower-cases), digits, single
+    punctuation and words past WordPiece's 100 characters (one [UNK]) must still match."""
+    texts = [
+        "Zygomorphic QUASICRYSTALS and mIxEdCaSe wordsxyzzy 20261204 !",
+        "Q" * 101 + " " + "abc" * 40 + " tail",
+        "x" * 100 + " " + "Ab" * 50 + "c",
+    ]
+    _assert_same(tokenizer, texts)
