@@ -4,6 +4,7 @@
     python -m bench.bulk_load --chunks 100000 --inprocess
     python -m bench.bulk_load --chunks 100000 --memory 256MB 1GB 256MB 1GB
     python -m bench.bulk_load --chunks 100000 --workers 0 1 1 0
+    python -m bench.bulk_load --folder /tmp/prep/scifact   (a folder of your own files)
 
 The corpus and the model are those of ``bench.scale`` (SciFact, CISI and Cranfield records
 recombined into Markdown files; the instant embedding server pinned as an HTTP model with
@@ -162,15 +163,22 @@ def main() -> None:
         "the default against parsing in the ingesting process, alternated)",
     )
     ap.add_argument("--work", type=Path, help="where data and files go (default: a temp dir)")
+    ap.add_argument(
+        "--folder",
+        type=Path,
+        help="load this folder of files instead of the scale corpus (e.g. the SciFact corpus "
+        "as bench/prepare_cpu.py writes it, one .txt a document)",
+    )
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ragstore-bulk-load-"))
-    folder = work / "docs"
+    folder = args.folder or work / "docs"
     folder.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"load_average_before": os.getloadavg()}
     with InstantServer() as server:
-        with Runtime(Settings(data_dir=work / "data-corpus")) as rt:
-            coll = instant_collection(rt, server)
-            result["documents"] = write_corpus(folder, args.chunks, rt, coll)
+        if args.folder is None:
+            with Runtime(Settings(data_dir=work / "data-corpus")) as rt:
+                coll = instant_collection(rt, server)
+                result["documents"] = write_corpus(folder, args.chunks, rt, coll)
         if args.memory:
             for i, size in enumerate(args.memory):
                 result[f"bulk_{i}_memory_{size}"] = _load(
