@@ -171,7 +171,16 @@ def test_compiled_filter_carries_values_only_as_parameters() -> None:
         ),
         (
             {"$not": []},
-            "invalid filter at '$not': $not takes a non-empty filter object, got an array",
+            "invalid filter at '$not': $not takes a non-empty filter object, got an empty array",
+        ),
+        (
+            {"$or": []},
+            "invalid filter at '$or': $or takes a non-empty array of filter objects, "
+            "got an empty array",
+        ),
+        (
+            {"$not": {}},
+            "invalid filter at '$not': $not takes a non-empty filter object, got an empty object",
         ),
         ({"a..b": 1}, "invalid filter path 'a..b'"),
         ({"year": {"$in": 2020}}, "invalid filter at 'year': $in takes an array, got a number"),

@@ -193,6 +193,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         detail, items = _validation_detail(list(exc.errors()))
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if any(i["loc"] == "body" for i in items) and not media.endswith("json"):
+            # FastAPI reads a body only as JSON: a form or text body fails as "not an object"
+            detail += (
+                f"; the body was sent as {media or 'no content type'}: send JSON with "
+                "Content-Type: application/json"
+            )
         return problem_response(
             e.InputError(detail),
             request_id=request_id_of(request),

@@ -160,8 +160,8 @@ def _json_type(value: Any) -> str:
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list):
-        return "an array"
-    return "an object"
+        return "an array" if value else "an empty array"
+    return "an object" if value else "an empty object"
 
 
 def _where(at: str) -> str:
