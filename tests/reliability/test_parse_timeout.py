@@ -26,6 +26,9 @@ from ragstore.search import search
 from tests.fixtures.builders import pdf_bytes, pdf_shared_stream
 
 SLOW_PDF = (20_000, 5)  # about 1.1 MB of text and several seconds of pypdf, from 4 KB
+# four times the work (21 s of pypdf on an idle machine, where SLOW_PDF took 5.6 s): sure to
+# outlast a limit of seconds that must leave time for another helper's start meanwhile
+SLOWER_PDF = (20_000, 20)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +126,7 @@ def test_a_slow_file_holds_one_helper_not_every_caller() -> None:
 
     def parse_slow() -> None:
         try:
-            sandbox.parse_file(pdf_shared_stream(*SLOW_PDF), "slow.pdf", "pdf", 5.0)
+            sandbox.parse_file(pdf_shared_stream(*SLOWER_PDF), "slow.pdf", "pdf", 5.0)
         except RagstoreError as exc:
             failure.append(exc)
         slow_done.set()
