@@ -288,9 +288,7 @@ def test_a_body_not_sent_as_json_says_to_send_json(open_url: str) -> None:
     url = f"{open_url}/v1/collections/docs/search"
     r = httpx.post(url, content=b"rollback", headers={"Content-Type": "text/plain"})
     assert r.status_code == 422 and r.json()["code"] == "invalid_input"
-    assert "sent as text/plain: send JSON with Content-Type: application/json" in r.json()[
-        "detail"
-    ]
+    assert "sent as text/plain: send JSON with Content-Type: application/json" in r.json()["detail"]
     # a JSON body that is not an object is the caller's JSON, not its content type
     r = httpx.post(url, json=[1])
     assert r.status_code == 422 and "Content-Type" not in r.json()["detail"]
