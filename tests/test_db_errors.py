@@ -107,7 +107,8 @@ def test_unreachable_database_fails_fast_without_its_address() -> None:
         with pytest.raises(DatabaseUnavailableError) as again, db.connection():
             pass
         assert again.value.retry_after > 0
-    assert time.monotonic() - t0 < 1.0
+    # a connect timeout each would be 20 s; the margin is for a loaded CI machine
+    assert time.monotonic() - t0 < 5.0
     db.close()
 
 

@@ -103,7 +103,9 @@ def test_an_administrators_cancel_fails_only_that_search(
     t0 = time.monotonic()
     again = _search(http)
     assert again.status_code == 200, again.text
-    assert time.monotonic() - t0 < 1.0
+    # served, and without a wait (a reconnect or a back-off); the bound leaves room for a
+    # loaded CI machine
+    assert time.monotonic() - t0 < 3.0
 
 
 def _terminate_idle(admin: psycopg.Connection[tuple[object, ...]]) -> int:
