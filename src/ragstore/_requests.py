@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
@@ -246,16 +246,34 @@ def upload(
 def ingest(
     collection: str, paths: Sequence[str | Path], *, metadata: Mapping[str, Any] | None = None
 ) -> Call[dict[str, Any]]:
-    """Files, and the files under folders, uploaded and ingested during the request."""
+    """Files, and the files under folders, uploaded and ingested during the request.
+
+    A folder is walked as ``ragstore ingest`` walks it (``ingest.files.discover``: supported
+    suffixes, no hidden files, no link leading out of it), each file named by its path
+    below the folder. The answer gains ``skipped``: the links not followed.
+    """
+    from ragstore.ingest.files import discover  # the ingest package is slow to import
+
     files: list[Upload] = []
+    skipped: list[dict[str, str]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += [
-                (str(f.relative_to(p)), f.read_bytes()) for f in sorted(p.rglob("*")) if f.is_file()
+            found = discover([p])
+            top = p.resolve()
+            files += [(str(f.relative_to(top)), f.read_bytes()) for f in found.files]
+            skipped += [
+                {
+                    "source": str(link),
+                    "code": "link_outside_folder",
+                    "detail": f"{link}: a link to {target}, outside the folder being ingested; "
+                    "not followed (name the file itself to upload it)",
+                }
+                for link, target in found.outside
             ]
         else:
             files.append(p)
-    return upload(collection, files, metadata=metadata)
+    call = upload(collection, files, metadata=metadata)
+    return replace(call, read=lambda r: {**call.read(r), "skipped": skipped})
 
 
 def list_documents(

@@ -58,6 +58,7 @@ are caught, never passed through to a user.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 class RagstoreError(Exception):
@@ -70,6 +71,9 @@ class RagstoreError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # members the HTTP API adds to this error's problem+json body (RFC 9457
+        # extensions), e.g. what an upload stored before one of its files failed
+        self.problem_members: dict[str, Any] = {}
 
     def __str__(self) -> str:
         return self.message

@@ -227,8 +227,11 @@ class Store:
         metadata: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Ingest files and folders (as ``ragstore ingest``; one may be given bare):
-        ``{"data": [documents]}`` with each one's ``status`` (added/updated/unchanged); a
-        failure is raised."""
+        ``{"data": [documents]}`` with each one's ``status`` (added/updated/unchanged), and
+        ``skipped``: links inside a folder that point outside it, not followed. A failure
+        is raised; the files that did not fail are stored all the same, and the error's
+        ``problem_members`` lists both (``stored``, ``failed``), as the HTTP API's problem
+        body does."""
         from ragstore.ingest import ingest_paths
 
         # one path given bare is that path, not its characters (Path("/") among them,
@@ -238,19 +241,39 @@ class Store:
         report = ingest_paths(
             self._rt, [Path(p) for p in given], collection=collection, metadata=dict(metadata or {})
         )
-        for failed in report.failed:
-            cls = next((c for c in all_error_classes() if c.code == failed.code), RagstoreError)
-            raise cls(failed.error or "ingest failed")
-        coll = self._rt.collection(collection)
         docs = []
-        with self._rt.db.connection() as conn, translated(f"reading documents of {collection!r}"):
-            for o in report.outcomes:
-                docs.append(
-                    self._document(
-                        collection, catalog.document_by_source(conn, coll.id, o.source), o.status
-                    )
+        kept = [o for o in report.outcomes if o.status in ("added", "updated", "unchanged")]
+        if kept:
+            coll = self._rt.collection(collection)
+            with (
+                self._rt.db.connection() as conn,
+                translated(f"reading documents of {collection!r}"),
+            ):
+                for o in kept:
+                    doc = catalog.document_by_source(conn, coll.id, o.source)
+                    docs.append(self._document(collection, doc, o.status))
+        if report.failed:  # the others are stored (each document whole): the error says so
+            first = report.failed[0]
+            cls = next((c for c in all_error_classes() if c.code == first.code), RagstoreError)
+            err = cls(first.error or "ingest failed")
+            err.problem_members = {
+                "stored": docs,
+                "failed": [
+                    {"name": o.source, "code": o.code, "detail": o.error} for o in report.failed
+                ],
+            }
+            if docs:
+                err.message += (
+                    f" ({len(docs)} other file(s) were stored: see the error's "
+                    "problem_members['stored'])"
                 )
-        return {"data": docs, "count": len(docs), "next_cursor": None}
+            raise err
+        skipped = [
+            {"source": o.source, "code": o.code, "detail": o.error}
+            for o in report.outcomes
+            if o.status == "skipped"
+        ]
+        return {"data": docs, "count": len(docs), "next_cursor": None, "skipped": skipped}
 
     def list_documents(
         self,

@@ -188,7 +188,12 @@ def install_error_handlers(app: FastAPI) -> None:
             exc = exc.seen_by(caller.sees)
         if problem_for(type(exc)).status >= 500:
             log.warning("request %s failed: %s: %s", request_id_of(request), exc.code, exc)
-        return problem_response(exc, request_id=request_id_of(request), instance=request.url.path)
+        return problem_response(
+            exc,
+            request_id=request_id_of(request),
+            instance=request.url.path,
+            **exc.problem_members,
+        )
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -18,6 +18,18 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "code": {"type": "string", "example": "collection_not_found"},
         "instance": {"type": "string", "example": "/v1/collections/x"},
         "request_id": {"type": "string", "example": "6f1c2d0e9b8a4f1e"},
+        "stored": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "An upload some of whose files failed: the documents it stored "
+            "(each whole), as a successful upload lists them",
+        },
+        "failed": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "An upload some of whose files failed: each failed file's name, "
+            "code and detail",
+        },
     },
 }
 

@@ -33,15 +33,19 @@ def _print_report(report: IngestReport) -> None:
     synced = ""
     if report.count("removed") or report.count("vanished"):
         synced = f", {report.count('removed')} removed, {report.count('vanished')} vanished"
+    skipped = f", {report.count('skipped')} skipped" if report.count("skipped") else ""
     err = err_console()
     err.print(
         f"collection {report.collection!r}: {report.count('added')} added, "
         f"{report.count('updated')} updated, {report.count('unchanged')} unchanged, "
-        f"{len(report.failed)} failed{synced}; {report.chunks} chunks stored, "
+        f"{len(report.failed)} failed{skipped}{synced}; {report.chunks} chunks stored, "
         f"{report.embedded} embedded, {report.reused} reused ({report.seconds:.1f}s)"
     )
     for o in report.failed:
         err.print(f"  [red]failed[/] {escape(f'[{o.code}] {o.error}')}")
+    for o in report.outcomes:
+        if o.status == "skipped":
+            err.print(f"  [yellow]skipped[/] {escape(f'[{o.code}] {o.error}')}")
     if not report.outcomes:
         from ragstore.parsing import supported_suffixes
 
@@ -160,11 +164,16 @@ def _ingest_through(
     err.print(
         f"collection {collection!r} via {escape(server)}: {c.get('added', 0)} added, "
         f"{c.get('updated', 0)} updated, {c.get('unchanged', 0)} unchanged, "
-        f"{len(result.failed)} failed ({result.seconds:.1f}s)"
+        f"{len(result.failed)} failed"
+        + (f", {len(result.skipped)} skipped" if result.skipped else "")
+        + f" ({result.seconds:.1f}s)"
     )
     for f in result.failed:
         line = f"[{f['code']}] {f['detail']}"
         err.print(f"  [red]failed[/] {escape(line)}")
+    for f in result.skipped:
+        line = f"[{f['code']}] {f['detail']}"
+        err.print(f"  [yellow]skipped[/] {escape(line)}")
     if result.failed:
         raise typer.Exit(1)
 

@@ -39,6 +39,7 @@ class RemoteIngest:
     server: str
     counts: dict[str, int] = field(default_factory=dict)
     failed: list[dict[str, str | None]] = field(default_factory=list)
+    skipped: list[dict[str, str | None]] = field(default_factory=list)  # links not followed
     seconds: float = 0.0
 
     def add(self, status: str, n: int = 1) -> None:
@@ -123,10 +124,20 @@ def ingest_remote(
     from ragstore.ingest.files import discover
 
     start = time.monotonic()
-    files, missing = discover(paths)
+    files, missing, outside = discover(paths)
     result = RemoteIngest(collection, server)
     for m in missing:
         result.fail(str(m), "path_not_found", f"{m}: no such file or directory")
+    for link, target in outside:  # never uploaded: a file from elsewhere on this machine
+        result.skipped.append(
+            {
+                "document": str(link),
+                "code": "link_outside_folder",
+                "detail": f"{link}: a link to {target}, outside the folder being ingested; "
+                "not followed (name the file itself to upload it)",
+            }
+        )
+        result.add("skipped")
     names = upload_names(paths, files)
     if files:
         _ensure_collection(client, collection)
@@ -150,13 +161,20 @@ def _send(
     metadata: dict[str, str],
     result: RemoteIngest,
 ) -> None:
-    """Upload one batch; one the server refuses is sent again file by file so that each
-    failure names its file."""
+    """Upload one batch. When some of its files fail, the server's problem lists what it
+    stored and what failed; a server that does not (before those lists) is sent the
+    batch again file by file so that each failure names its file."""
     from ragstore.errors import InputError
 
     try:
         _record(result, client, client.upload(collection, parts, metadata=metadata))
-    except InputError:
+    except InputError as exc:
+        problem = getattr(exc, "problem", {})
+        if isinstance(problem.get("stored"), list) and isinstance(problem.get("failed"), list):
+            _record(result, client, {"data": problem["stored"]})
+            for f in problem["failed"]:
+                result.fail(str(f.get("name")), f.get("code"), f.get("detail"))
+            return
         for part in parts:
             try:
                 _record(result, client, client.upload(collection, [part], metadata=metadata))

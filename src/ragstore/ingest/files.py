@@ -3,6 +3,13 @@
 Explicit files are taken as given, folders are walked for known suffixes; a file is
 never read past ``max_file_bytes`` (plus one byte to notice it is longer), so a file
 that is huge, or grows while it is read, cannot take the process's memory with it.
+
+A folder's walk stays inside the folder: it does not descend into linked folders
+(``os.walk``'s default) and it passes over a linked file whose target lies outside.
+Followed, such a link pulled files from elsewhere into the collection (a link to
+``/etc/passwd`` was ingested, or uploaded to a remote server, as that file), stored
+under a source outside the folder that ``--sync`` then never looked at, so the document
+outlived the link. A link named explicitly is still followed: that is the user's choice.
 """
 
 from __future__ import annotations
@@ -10,33 +17,49 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 from ragstore.errors import FileTooLargeError
 from ragstore.parsing import supported_suffixes
 
 
-def discover(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
-    """(files to ingest, paths that do not exist), files sorted and de-duplicated.
+class Discovered(NamedTuple):
+    """What :func:`discover` found: ``files`` to ingest (resolved, sorted, each once),
+    ``missing`` paths (neither file nor folder) and ``outside``: links inside a walked
+    folder whose target lies outside it, as (link, target), not followed."""
 
-    A file named explicitly is always taken (its format is checked when it is parsed);
-    inside folders only files with a supported suffix are taken, hidden ones skipped.
-    """
+    files: list[Path]
+    missing: list[Path]
+    outside: list[tuple[Path, Path]]
+
+
+def discover(paths: Iterable[Path]) -> Discovered:
+    """The files under ``paths``: a file named explicitly is always taken (its format is
+    checked when it is parsed); inside folders only files with a supported suffix are
+    taken, hidden ones and links leaving the folder skipped (see the module's text)."""
     suffixes = supported_suffixes()
     found: dict[Path, None] = {}
     missing: list[Path] = []
+    outside: list[tuple[Path, Path]] = []
     for path in paths:
         if path.is_file():
             found[path.resolve()] = None
         elif path.is_dir():
+            top = path.resolve()
             for root, dirs, names in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(names):
                     p = Path(root, name)
                     if not name.startswith(".") and p.suffix.lower() in suffixes and p.is_file():
-                        found[p.resolve()] = None
+                        target = p.resolve()
+                        if target.is_relative_to(top):
+                            found[target] = None
+                        else:
+                            outside.append((Path(os.path.abspath(p)), target))
         else:
             missing.append(path)
-    return sorted(found), missing
+    # a target another of ``paths`` holds is ingested from there: no need to mention it
+    return Discovered(sorted(found), missing, [o for o in outside if o[1] not in found])
 
 
 def sync_scopes(paths: Iterable[Path]) -> tuple[list[str], list[str]]:

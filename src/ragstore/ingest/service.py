@@ -61,7 +61,7 @@ class FileOutcome:
     ``exc`` is the error of a failed input."""
 
     source: str
-    status: str  # added | updated | unchanged | failed | vanished | removed
+    status: str  # added | updated | unchanged | failed | vanished | removed | skipped
     chunks: int = 0
     error: str | None = None
     code: str | None = None
@@ -505,8 +505,19 @@ def ingest_paths(
     name = rt.settings.collection if collection is None else collection
     if not name:
         raise InputError("the collection name is empty; name one, or pass None for the default")
-    files, missing = discover(paths)
+    files, missing, outside = discover(paths)
     report = IngestReport(collection=name)
+    for link, target in outside:
+        shown = _printable(str(link))
+        report.outcomes.append(
+            FileOutcome(
+                shown,
+                "skipped",
+                error=f"{shown}: a link to {_printable(str(target))}, outside the folder being "
+                "ingested; not followed (name the file itself to ingest it)",
+                code="link_outside_folder",
+            )
+        )
     gone = _vanished(rt, name, paths, files) if sync or prune else []
     if gone and on_vanished is not None:
         on_vanished(gone)

@@ -59,16 +59,35 @@ def _public(
 
 
 def _ingest_now(rt: Runtime, collection: str, docs: list[NewDocument]) -> list[DocumentPublic]:
-    """Ingest during the request (the upload's chunks share encode batches); the first
-    failure is raised after the rest are in. Answers are built from the rows this
-    request's own transactions wrote."""
+    """Ingest during the request (the upload's chunks share encode batches). Answers are
+    built from the rows this request's own transactions wrote.
+
+    Each document is stored whole or not at all, so when one fails the others are in:
+    the first failure is raised then (its status and code, as for a one-file upload),
+    with every file's fate in its problem body, ``stored`` (those documents, as a
+    success would list them) and ``failed`` (name, code, detail each), and a detail that
+    says others were stored. An error status alone reads as "nothing happened", and a
+    client retrying the upload on that reading would be told the stored ones were
+    unchanged (the CLI reported them so).
+    """
     outcomes = add_documents(rt, collection, docs)
-    for o in outcomes:
-        if o.error is not None:
-            raise o.error
-    return [
+    stored = [
         _public(rt, collection, o.document, o.status) for o in outcomes if o.document is not None
     ]
+    failed = [(o, o.error) for o in outcomes if o.error is not None]
+    if not failed:
+        return stored
+    first = failed[0][1]
+    first.problem_members = {
+        "stored": jsonable_encoder(stored),
+        "failed": [{"name": o.name, "code": err.code, "detail": err.message} for o, err in failed],
+    }
+    if stored:
+        first.message += (
+            f" ({len(stored)} other file(s) of this upload were stored: see 'stored'; "
+            f"{len(failed)} failed: see 'failed')"
+        )
+    raise first
 
 
 def _accept(state: State, collection: str, files: list[JobFile]) -> JSONResponse:

@@ -1,0 +1,148 @@
+"""A folder's walk stays inside the folder: a link in it that points elsewhere is reported,
+not followed, by ``ragstore ingest``, ``Store.ingest`` and ``Client.ingest`` alike (a
+followed one ingested, or uploaded to a server, a file from anywhere on the machine, and
+``--sync`` never removed it). Real server on loopback, real database and model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ragstore import Client, Store
+from ragstore.config import Settings
+from ragstore.ingest import ingest_paths
+from ragstore.ingest.files import discover
+from ragstore.runtime import Runtime
+
+SECRET = "The launch code of the reactor is swordfish."
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    """``docs/`` with a note, a link to that note, a link to a file outside and a link
+    to a folder outside; the outside file holds a secret."""
+    outside = tmp_path / "private"
+    outside.mkdir()
+    (outside / "secret.md").write_text(f"# Secret\n\n{SECRET}\n")
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "note.md").write_text("# Note\n\nCats sleep most of the day.\n")
+    (docs / "sub" / "again.md").symlink_to(docs / "note.md")
+    (docs / "secret.md").symlink_to(outside / "secret.md")
+    (docs / "private").symlink_to(outside, target_is_directory=True)
+    return docs
+
+
+def test_discover_keeps_inside_links_and_reports_outside_ones(folder: Path) -> None:
+    found = discover([folder])
+    assert found.files == [(folder / "note.md").resolve()]
+    assert found.missing == []
+    assert found.outside == [(folder / "secret.md", (folder.parent / "private/secret.md"))]
+    # named explicitly, a link is followed: the user chose it
+    assert discover([folder / "secret.md"]).files == [(folder.parent / "private/secret.md")]
+    # the folder it points to is walked when it is given too: then nothing is reported
+    both = discover([folder, folder.parent / "private"])
+    assert both.outside == [] and len(both.files) == 2
+
+
+def test_ingest_skips_a_link_out_of_the_folder(rt: Runtime, folder: Path) -> None:
+    report = ingest_paths(rt, [folder], "links-cli")
+    assert [(o.status, o.code) for o in report.outcomes] == [
+        ("skipped", "link_outside_folder"),
+        ("added", None),
+    ]
+    skipped = report.outcomes[0]
+    assert skipped.error is not None
+    assert str(folder / "secret.md") in skipped.error and "private/secret.md" in skipped.error
+    assert "name the file itself" in skipped.error
+    assert report.failed == []
+    with rt.db.connection() as conn:
+        sources = [
+            r[0]
+            for r in conn.execute(
+                "SELECT d.source FROM documents d JOIN collections c ON c.id = d.collection_id"
+                " WHERE c.name = 'links-cli'"
+            )
+        ]
+        texts = conn.execute("SELECT count(*) FROM chunks WHERE text LIKE '%swordfish%'").fetchone()
+    assert sources == [str((folder / "note.md").resolve())]
+    assert texts == (0,)
+
+
+def test_store_and_client_report_the_link_and_upload_nothing_of_it(
+    settings: Settings, open_url: str, folder: Path
+) -> None:
+    with Store(settings=settings) as store:
+        local = store.ingest("links-store", folder)
+    with Client(open_url) as client:
+        remote = client.ingest("links-client", [folder])
+        for answer, name in ((local, "links-store"), (remote, "links-client")):
+            assert answer["count"] == 1, answer
+            assert [s["code"] for s in answer["skipped"]] == ["link_outside_folder"]
+            assert answer["skipped"][0]["source"] == str(folder / "secret.md")
+            hits = client.search(name, "reactor launch code", mode="fulltext")
+            assert all("swordfish" not in h["text"] for h in hits["data"]), hits
+        docs = client.list_documents("links-client")["data"]
+    # the link inside the folder is its target, uploaded once; the secret not at all
+    assert [Path(d["source"]).name for d in docs] == ["note.md"]
+
+
+def test_an_upload_with_a_bad_file_says_what_it_stored(open_url: str, tmp_path: Path) -> None:
+    """Documents are stored one by one, so a bad file does not undo the good ones: the
+    error answer must say they are in (it read as "nothing stored", and the CLI, sending
+    the files again one by one, reported them as unchanged)."""
+    good = b"# Ferns\n\nFerns reproduce by spores, not seeds.\n"
+    with Client(open_url) as client:
+        with pytest.raises(Exception) as failed:
+            client.upload(
+                "partial", [("ferns.md", good), ("blob.md", b"\x00\x01\x02"), ("e.txt", b"")]
+            )
+        exc = failed.value
+        problem = exc.problem  # type: ignore[attr-defined]
+        assert exc.status == 415 and problem["code"] == "binary_file"  # type: ignore[attr-defined]
+        assert "1 other file(s) of this upload were stored" in problem["detail"]
+        assert [(d["name"], d["status"]) for d in problem["stored"]] == [("ferns.md", "added")]
+        assert [(f["name"], f["code"]) for f in problem["failed"]] == [
+            ("blob.md", "binary_file"),
+            ("e.txt", "empty_document"),
+        ]
+        assert [d["name"] for d in client.list_documents("partial")["data"]] == ["ferns.md"]
+        # nothing stored: the plain error, with the failure listed
+        with pytest.raises(Exception) as none:
+            client.upload("partial", [("blob2.md", b"\x00")])
+        assert "stored" not in str(none.value)
+        assert none.value.problem["stored"] == []  # type: ignore[attr-defined]
+
+
+def test_the_remote_cli_counts_a_partial_batch_as_the_server_stored_it(
+    open_url: str, tmp_path: Path
+) -> None:
+    from ragstore.cli.remote import ingest_remote
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.md").write_text("# A\n\nMosses have no roots.\n")
+    (folder / "b.md").write_bytes(b"\x00binary")
+    (folder / "c.md").write_text("# C\n\nLichens are fungi and algae together.\n")
+    with Client(open_url) as client:
+        result = ingest_remote(client, open_url, [folder], "mixed", {}, lambda *a: None)
+    assert result.counts == {"added": 2, "failed": 1}, result
+    assert [(f["document"], f["code"]) for f in result.failed] == [("mixed/b.md", "binary_file")]
+
+
+def test_store_ingest_error_says_what_it_stored(settings: Settings, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.md").write_text("# A\n\nHornworts are small plants.\n")
+    (folder / "b.md").write_bytes(b"\x00binary")
+    with Store(settings=settings) as store, pytest.raises(Exception) as failed:
+        store.ingest("store-mixed", folder)
+    exc = failed.value
+    assert getattr(exc, "code", None) == "binary_file"
+    assert "1 other file(s) were stored" in str(exc)
+    members = exc.problem_members  # type: ignore[attr-defined]
+    assert [(Path(d["source"]).name, d["status"]) for d in members["stored"]] == [("a.md", "added")]
+    assert [(Path(f["name"]).name, f["code"]) for f in members["failed"]] == [
+        ("b.md", "binary_file")
+    ]
