@@ -131,6 +131,9 @@ def test_bad_batches_are_refused_with_what_and_where(store: Store) -> None:
         store.add_texts("pets", ["a", "b"], ids=["x", "x"])
     with pytest.raises(EmptyDocumentError, match=r"texts\[1\] is empty"):
         store.add_texts("pets", ["a", "  "])
+    # a NUL is a character PostgreSQL cannot store, not a sign of a binary file
+    with pytest.raises(InputError, match=r"texts\[1\] holds a NUL character .* at character 3"):
+        store.add_texts("pets", ["a", "bad\x00"])
     with pytest.raises(ConflictError, match="already exists"):
         store.create_collection("pets")
     with pytest.raises(ModelNotFoundError, match="no pinned model 'nope'"):

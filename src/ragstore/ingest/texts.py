@@ -82,6 +82,11 @@ def _checked(
         if not text.strip():
             raise EmptyDocumentError(f"texts[{i}] is empty; give it some text")
         unicode_text(text, f"texts[{i}]")
+        if "\x00" in text:  # the parser would call it a binary file, which it is not
+            raise InputError(
+                f"texts[{i}] holds a NUL character (\\u0000) at character "
+                f"{text.index(chr(0))}, which PostgreSQL text cannot store; remove it"
+            )
     out_ids = [str(i) for i in ids] if ids is not None else [uuid.uuid4().hex for _ in texts]
     seen: set[str] = set()
     for i, doc_id in enumerate(out_ids):
@@ -195,7 +200,7 @@ def _add_batch(
     cut = [
         (_whole(texts[i], metas[i]), None)
         if matrix is not None
-        else _chunked(rt, coll, texts[i], ids[i], metas[i])
+        else _chunked(rt, coll, texts[i], ids[i], metas[i], f"texts[{i}] (id {ids[i]!r})")
         for i in todo
     ]
     chunks = [c for c, _ in cut]
@@ -229,7 +234,12 @@ def _add_batch(
 
 
 def _chunked(
-    rt: Runtime, coll: repository.Collection, text: str, doc_id: str, metadata: dict[str, Any]
+    rt: Runtime,
+    coll: repository.Collection,
+    text: str,
+    doc_id: str,
+    metadata: dict[str, Any],
+    label: str,
 ) -> tuple[list[Chunk], bytes]:
     """The text parsed as plain paragraphs (no section titles looked for: the caller's own
     passage) and chunked for the collection's model; every chunk
@@ -238,7 +248,7 @@ def _chunked(
     parsed = parse_bytes(text.encode("utf-8"), doc_id, "plain")
     chunks = chunk_document(parsed, rt.embedder_for(coll), coll.model.max_tokens)
     if not chunks:
-        raise EmptyDocumentError(f"text {doc_id!r} has no words to index")
+        raise EmptyDocumentError(f"{label} has no words to index; give it some text")
     for ch in chunks:
         ch.metadata = {**ch.metadata, **metadata}
     return chunks, recipe.encode(parsed, metadata)
