@@ -134,6 +134,8 @@ def test_bad_batches_are_refused_with_what_and_where(store: Store) -> None:
     # a NUL is a character PostgreSQL cannot store, not a sign of a binary file
     with pytest.raises(InputError, match=r"texts\[1\] holds a NUL character .* at character 3"):
         store.add_texts("pets", ["a", "bad\x00"])
+    with pytest.raises(InputError, match=r"n.md: the text holds a NUL character"):
+        store.add_document("pets", "n.md", "bad \x00 text")
     with pytest.raises(ConflictError, match="already exists"):
         store.create_collection("pets")
     with pytest.raises(ModelNotFoundError, match="no pinned model 'nope'"):

@@ -39,7 +39,7 @@ from ragstore.errors import (
 from ragstore.ingest import texts as text_service
 from ragstore.profiles import get_settings
 from ragstore.runtime import Runtime
-from ragstore.validation import check_value, unicode_text
+from ragstore.validation import check_value, storable_text
 
 __all__ = ["Store"]
 
@@ -208,7 +208,7 @@ class Store:
         from ragstore.jobs import staging
 
         staging.safe_name(name)
-        unicode_text(text, f"{name}: the text")
+        storable_text(text, f"{name}: the text")
         check_value(metadata or {}, "metadata")  # before the collection is made
         self._rt.collection(collection, create=True)
         with staging.staging_area(self._rt.settings) as area:

@@ -56,6 +56,17 @@ def unicode_text(text: str, what: str) -> None:
         )
 
 
+def storable_text(text: str, what: str) -> None:
+    """:func:`unicode_text`, and no NUL: valid Unicode that PostgreSQL's text cannot hold
+    (the parser would call the text a binary file, which it is not)."""
+    unicode_text(text, what)
+    if "\x00" in text:
+        raise InputError(
+            f"{what} holds a NUL character (\\u0000) at character {text.index(chr(0))}, "
+            "which PostgreSQL text cannot store; remove it"
+        )
+
+
 def problem_in(value: Any, at: str = "", depth: int = 0) -> str | None:
     """The first value in ``value`` PostgreSQL would refuse, described with its path
     (``None``: all fine). Walks dict keys, strings, numbers, lists and nested objects."""

@@ -108,11 +108,16 @@ def test_an_upload_with_a_bad_file_says_what_it_stored(open_url: str, tmp_path: 
             ("e.txt", "empty_document"),
         ]
         assert [d["name"] for d in client.list_documents("partial")["data"]] == ["ferns.md"]
-        # nothing stored: the plain error, with the failure listed
+        # every file failed: the first failure, and the lists say nothing was stored
         with pytest.raises(Exception) as none:
-            client.upload("partial", [("blob2.md", b"\x00")])
+            client.upload("partial", [("blob2.md", b"\x00"), ("e2.txt", b"")])
         assert "stored" not in str(none.value)
         assert none.value.problem["stored"] == []  # type: ignore[attr-defined]
+        assert len(none.value.problem["failed"]) == 2  # type: ignore[attr-defined]
+        # one file: its error alone, as before
+        with pytest.raises(Exception) as one:
+            client.upload("partial", [("blob3.md", b"\x00")])
+        assert "stored" not in one.value.problem  # type: ignore[attr-defined]
 
 
 def test_the_remote_cli_counts_a_partial_batch_as_the_server_stored_it(

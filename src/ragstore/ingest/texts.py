@@ -33,7 +33,7 @@ from ragstore.models import Chunk, ChunkType
 from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
 from ragstore.search.service import VECTOR_ONLY_PROVIDER
-from ragstore.validation import check_value, float32_array, unicode_text
+from ragstore.validation import check_value, float32_array, storable_text, unicode_text
 
 BATCH = 256  # texts per transaction
 MAX_ID_LENGTH = 1000
@@ -81,12 +81,7 @@ def _checked(
             raise InputError(f"texts[{i}] is a {type(text).__name__}, not a string")
         if not text.strip():
             raise EmptyDocumentError(f"texts[{i}] is empty; give it some text")
-        unicode_text(text, f"texts[{i}]")
-        if "\x00" in text:  # the parser would call it a binary file, which it is not
-            raise InputError(
-                f"texts[{i}] holds a NUL character (\\u0000) at character "
-                f"{text.index(chr(0))}, which PostgreSQL text cannot store; remove it"
-            )
+        storable_text(text, f"texts[{i}]")
     out_ids = [str(i) for i in ids] if ids is not None else [uuid.uuid4().hex for _ in texts]
     seen: set[str] = set()
     for i, doc_id in enumerate(out_ids):

@@ -63,12 +63,12 @@ def _ingest_now(rt: Runtime, collection: str, docs: list[NewDocument]) -> list[D
     built from the rows this request's own transactions wrote.
 
     Each document is stored whole or not at all, so when one fails the others are in:
-    the first failure is raised then (its status and code, as for a one-file upload),
-    with every file's fate in its problem body, ``stored`` (those documents, as a
-    success would list them) and ``failed`` (name, code, detail each), and a detail that
-    says others were stored. An error status alone reads as "nothing happened", and a
-    client retrying the upload on that reading would be told the stored ones were
-    unchanged (the CLI reported them so).
+    the first failure is raised then (its status and code, as for a one-file upload);
+    for several files, its problem body holds every file's fate, ``stored`` (those
+    documents, as a success would list them) and ``failed`` (name, code, detail each),
+    and its detail says when others were stored. An error status alone reads as "nothing
+    happened", and a client retrying the upload on that reading would be told the stored
+    ones were unchanged (the CLI reported them so).
     """
     outcomes = add_documents(rt, collection, docs)
     stored = [
@@ -78,6 +78,8 @@ def _ingest_now(rt: Runtime, collection: str, docs: list[NewDocument]) -> list[D
     if not failed:
         return stored
     first = failed[0][1]
+    if len(outcomes) == 1:
+        raise first
     first.problem_members = {
         "stored": jsonable_encoder(stored),
         "failed": [{"name": o.name, "code": err.code, "detail": err.message} for o, err in failed],
