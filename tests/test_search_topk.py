@@ -19,7 +19,7 @@ from psycopg import sql
 
 from ragstore.db import documents, repository
 from ragstore.runtime import Runtime
-from ragstore.search import search
+from ragstore.search import bm25, search
 from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1, parse_query, ranked_list_sql
 from tests.search_helpers import Doc, make_collection, write_docs
 
@@ -305,6 +305,54 @@ def test_phrases_and_exclusions_match_the_exhaustive_lists(
     # a required phrase picks the candidates: no probe of every word's matches
     stmt = ranked_list_sql(parse_query('"full text" search'), sql.SQL("true"), False)
     assert "ragstore_any_lexeme" not in stmt.as_string(None)
+
+
+@pytest.mark.parametrize("threshold", [0, 10**9], ids=["pruned", "every-match"])
+def test_required_single_words_match_the_exhaustive_lists(
+    rt: Runtime,
+    cisi: tuple[repository.Collection, list[Doc], list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    threshold: int,
+) -> None:
+    """Quoted single words are required terms: the pruned top k checks them where each is
+    common, every chunk holding them is scored where one is rare. Both branches (forced
+    by the document-frequency threshold) give the exhaustive list, scores included."""
+    monkeypatch.setattr(bm25, "REQUIRED_SCORE_ALL_DF", threshold)
+    coll, _, queries = cisi
+    checked = 0
+    for suffix in (' "information"', ' "library" "users"', ' "zzyzx"', ' "the"'):
+        words = suffix.replace('"', "").split()
+        test = " AND ".join(f"c.tsv @@ websearch_to_tsquery('english', '{w}')" for w in words)
+        for where, sql_filter in (
+            (None, "true"),
+            ({"bucket": {"$lt": 5}}, "(d.metadata->>'bucket')::int < 5"),
+        ):
+            for q in queries[:5]:
+                query = q + suffix
+                fast = search(rt, query, collection="topk", k=10, mode="fulltext", where=where)
+                with rt.db.connection() as conn:
+                    ref = conn.execute(
+                        "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive_where(%s, 'english',"
+                        " %s, 10, %s, %s, %s)",
+                        (
+                            coll.id,
+                            parse_query(query).terms,
+                            DEFAULT_K1,
+                            DEFAULT_B,
+                            f"({test}) AND ({sql_filter})",
+                        ),
+                    ).fetchall()
+                if suffix == ' "the"':  # a stop word alone requires nothing PostgreSQL keeps
+                    assert fast == [] and ref == [], q[:40]
+                    continue
+                assert [h.chunk_id for h in fast] == [r[0] for r in ref], (suffix, q[:40])
+                assert [h.score for h in fast] == pytest.approx([r[1] for r in ref], rel=1e-12)
+                checked += bool(fast)
+    assert checked >= 12
+    single = ranked_list_sql(parse_query('search "text"'), sql.SQL("true"), False)
+    assert "ragstore_bm25_topk(" in single.as_string(None)
+    phrase = ranked_list_sql(parse_query('search "full text"'), sql.SQL("true"), False)
+    assert "ragstore_bm25_topk(" not in phrase.as_string(None)
 
 
 def _check_postings(rt: Runtime, cid: int) -> int:
