@@ -83,3 +83,47 @@ def test_a_repeated_search_is_one_round_trip(
         assert conn.info.transaction_status == 2  # INTRANS: a transaction as usual
         row = conn.execute("SHOW statement_timeout").fetchone()
         assert row is not None and row[0] == "0"  # the search's limit did not stay behind
+
+
+def _prepared(rt: Runtime) -> list[str]:
+    """The statements prepared on every pooled connection."""
+    pool = rt.db.pool
+    conns = [pool.getconn() for _ in range(pool.get_stats()["pool_size"])]
+    try:
+        out: list[str] = []
+        for conn in conns:
+            out += [str(r[0]) for r in conn.execute("SELECT statement FROM pg_prepared_statements")]
+            conn.rollback()
+        return out
+    finally:
+        for conn in conns:
+            pool.putconn(conn)
+
+
+def test_a_filtered_vector_list_is_planned_at_every_search(rt: Runtime) -> None:
+    """Prepared, a filtered vector statement went to PostgreSQL's generic plan after a
+    connection's first executions, which changed its rows and doubled its time at 100k
+    chunks (docs/benchmarks.md): it is never prepared. An unfiltered one is, on purpose
+    (its one plan, no planning)."""
+    coll = make_collection(rt, "replan")
+    write_docs(
+        rt,
+        coll,
+        [Doc(f"{i}.txt", [f"note {i} about embeddings"], {"n": i}) for i in range(6)],
+    )
+
+    def filtered() -> None:
+        for mode in ("vector", "hybrid"):
+            search(rt, "embeddings", collection=coll.name, k=3, mode=mode, where={"n": {"$lt": 3}})
+            search(rt, 'embeddings -"note 5"', collection=coll.name, k=3, mode=mode)
+
+    for _ in range(8):  # past psycopg's prepare threshold (5) on every connection
+        _on_every_connection(rt, filtered)
+    # the filtered vector list joins chunks to the vectors (``c.id = e.chunk_id``)
+    vector_filtered = [s for s in _prepared(rt) if "<=>" in s and "c.id = e.chunk_id" in s]
+    assert vector_filtered == []
+    for _ in range(8):
+        _on_every_connection(
+            rt, lambda: search(rt, "embeddings", collection=coll.name, k=3, mode="vector")
+        )
+    assert any("<=>" in s and "c.id = e.chunk_id" not in s for s in _prepared(rt))

@@ -251,6 +251,33 @@ def test_filtered_searches_prune_and_match_the_exhaustive_lists(
     ), "the pruned path must not read every match (it reads each chunk it filters)"
 
 
+def _against_exhaustive(
+    rt: Runtime,
+    cid: int,
+    query: str,
+    where: dict[str, Any] | None,
+    test: str,
+    sql_filter: str,
+) -> tuple[list[Any], list[tuple[Any, ...]]]:
+    """A full-text search's top 10 and the exhaustive list of the same query, the syntax
+    ``test`` and the ``sql_filter`` checked after every match of any word is scored
+    (``ragstore_bm25_exhaustive_where``, an independent statement)."""
+    fast = search(rt, query, collection="topk", k=10, mode="fulltext", where=where)
+    with rt.db.connection() as conn:
+        ref = conn.execute(
+            "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive_where(%s, 'english',"
+            " %s, 10, %s, %s, %s)",
+            (
+                cid,
+                parse_query(query).terms,
+                DEFAULT_K1,
+                DEFAULT_B,
+                f"({test}) AND ({sql_filter})",
+            ),
+        ).fetchall()
+    return list(fast), ref
+
+
 def test_phrases_and_exclusions_match_the_exhaustive_lists(
     rt: Runtime, cisi: tuple[repository.Collection, list[Doc], list[str]]
 ) -> None:
@@ -278,19 +305,7 @@ def test_phrases_and_exclusions_match_the_exhaustive_lists(
         ):
             for q in queries[:6]:
                 query = q + suffix
-                fast = search(rt, query, collection="topk", k=10, mode="fulltext", where=where)
-                with rt.db.connection() as conn:
-                    ref = conn.execute(
-                        "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive_where(%s, 'english',"
-                        " %s, 10, %s, %s, %s)",
-                        (
-                            coll.id,
-                            parse_query(query).terms,
-                            DEFAULT_K1,
-                            DEFAULT_B,
-                            f"({test}) AND ({sql_filter})",
-                        ),
-                    ).fetchall()
+                fast, ref = _against_exhaustive(rt, coll.id, query, where, test, sql_filter)
                 assert [h.chunk_id for h in fast] == [r[0] for r in ref], (suffix, q[:40])
                 assert [h.score for h in fast] == pytest.approx([r[1] for r in ref], rel=1e-12)
                 checked += bool(fast)
@@ -329,19 +344,7 @@ def test_required_single_words_match_the_exhaustive_lists(
         ):
             for q in queries[:5]:
                 query = q + suffix
-                fast = search(rt, query, collection="topk", k=10, mode="fulltext", where=where)
-                with rt.db.connection() as conn:
-                    ref = conn.execute(
-                        "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive_where(%s, 'english',"
-                        " %s, 10, %s, %s, %s)",
-                        (
-                            coll.id,
-                            parse_query(query).terms,
-                            DEFAULT_K1,
-                            DEFAULT_B,
-                            f"({test}) AND ({sql_filter})",
-                        ),
-                    ).fetchall()
+                fast, ref = _against_exhaustive(rt, coll.id, query, where, test, sql_filter)
                 if suffix == ' "the"':  # a stop word alone requires nothing PostgreSQL keeps
                     assert fast == [] and ref == [], q[:40]
                     continue
