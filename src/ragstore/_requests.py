@@ -252,7 +252,8 @@ def ingest(
     suffixes, no hidden files, no link leading out of it), each file named by its path
     below the folder. The answer gains ``skipped``: the links not followed.
     """
-    from ragstore.ingest.files import discover  # the ingest package is slow to import
+    # the ingest package is slow to import
+    from ragstore.ingest.files import LINK_OUTSIDE_FOLDER, discover, link_outside_detail
 
     files: list[Upload] = []
     skipped: list[dict[str, str]] = []
@@ -264,9 +265,8 @@ def ingest(
             skipped += [
                 {
                     "source": str(link),
-                    "code": "link_outside_folder",
-                    "detail": f"{link}: a link to {target}, outside the folder being ingested; "
-                    "not followed (name the file itself to upload it)",
+                    "code": LINK_OUTSIDE_FOLDER,
+                    "detail": link_outside_detail(str(link), str(target), "upload"),
                 }
                 for link, target in found.outside
             ]

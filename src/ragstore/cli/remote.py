@@ -121,7 +121,7 @@ def ingest_remote(
 ) -> RemoteIngest:
     """Upload ``paths`` (files and folders) to the server, a batch per request; a batch
     the server refuses is retried file by file so that each failure names its file."""
-    from ragstore.ingest.files import discover
+    from ragstore.ingest.files import LINK_OUTSIDE_FOLDER, discover, link_outside_detail
 
     start = time.monotonic()
     files, missing, outside = discover(paths)
@@ -132,9 +132,8 @@ def ingest_remote(
         result.skipped.append(
             {
                 "document": str(link),
-                "code": "link_outside_folder",
-                "detail": f"{link}: a link to {target}, outside the folder being ingested; "
-                "not followed (name the file itself to upload it)",
+                "code": LINK_OUTSIDE_FOLDER,
+                "detail": link_outside_detail(str(link), str(target), "upload"),
             }
         )
         result.add("skipped")

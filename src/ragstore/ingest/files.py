@@ -62,6 +62,18 @@ def discover(paths: Iterable[Path]) -> Discovered:
     return Discovered(sorted(found), missing, [o for o in outside if o[1] not in found])
 
 
+LINK_OUTSIDE_FOLDER = "link_outside_folder"  # the code a skipped link is reported with
+
+
+def link_outside_detail(link: str, target: str, verb: str = "ingest") -> str:
+    """What a report says of a link :func:`discover` did not follow; ``verb`` is what
+    naming the file itself would do with it (ingest, upload)."""
+    return (
+        f"{link}: a link to {target}, outside the folder being ingested; not followed "
+        f"(name the file itself to {verb} it)"
+    )
+
+
 def sync_scopes(paths: Iterable[Path]) -> tuple[list[str], list[str]]:
     """(folder prefixes, exact file sources) a sync of ``paths`` is responsible for.
 

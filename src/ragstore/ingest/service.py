@@ -37,7 +37,12 @@ from ragstore.errors import (
     RagstoreError,
 )
 from ragstore.ingest import prepare
-from ragstore.ingest.files import discover, sync_scopes
+from ragstore.ingest.files import (
+    LINK_OUTSIDE_FOLDER,
+    discover,
+    link_outside_detail,
+    sync_scopes,
+)
 from ragstore.ingest.prepare import unreadable as unreadable  # where callers found it
 from ragstore.ingest.staging import StagedVectors, discard_staged
 from ragstore.modelops.fanout import building_vectors
@@ -513,9 +518,8 @@ def ingest_paths(
             FileOutcome(
                 shown,
                 "skipped",
-                error=f"{shown}: a link to {_printable(str(target))}, outside the folder being "
-                "ingested; not followed (name the file itself to ingest it)",
-                code="link_outside_folder",
+                error=link_outside_detail(shown, _printable(str(target))),
+                code=LINK_OUTSIDE_FOLDER,
             )
         )
     gone = _vanished(rt, name, paths, files) if sync or prune else []
