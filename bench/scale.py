@@ -66,6 +66,10 @@ SEARCHES: dict[str, dict[str, Any]] = {
     "hybrid": {"mode": "hybrid"},
     "hybrid_1pct": {"mode": "hybrid", "where": {"bucket": 0}},
     "hybrid_10pct": {"mode": "hybrid", "where": {"bucket": {"$lt": 10}}},
+    # the same 10% as values: the filter's candidates are counted, found over the bound
+    "hybrid_10pct_in": {"mode": "hybrid", "where": {"bucket": {"$in": list(range(10))}}},
+    "vector_1pct": {"mode": "vector", "where": {"bucket": 0}},
+    "fulltext_1pct": {"mode": "fulltext", "where": {"bucket": 0}},
     "fulltext_10pct": {"mode": "fulltext", "where": {"bucket": {"$lt": 10}}},
     # chunks ranked alone (no section aggregation, whose pool reads 50-deep lists)
     "fulltext_chunks": {"mode": "fulltext", "sections": False},

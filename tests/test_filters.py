@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from psycopg import sql
 
 from ragstore.errors import InvalidFilterError
 from ragstore.models import ChunkType
 from ragstore.runtime import Runtime
-from ragstore.search import compile_filter, parse_filter, search
+from ragstore.search import compile_filter, parse_filter, search, service
+from ragstore.search.plan import search_plan
 from tests.search_helpers import Doc, make_collection, write_docs
 
 COLL = "filters"
@@ -90,6 +92,7 @@ CASES: list[tuple[str, dict[str, Any], set[str]]] = [
     ("dotted", {"author.name": "Ann"}, {"a.md"}),
     ("dotted-none", {"author.name": "Cy"}, set()),
     ("chunk-first", {"year": 2018}, {"a.md"}),  # chunk metadata wins over the document's
+    ("chunk-overrides", {"year": 2019}, set()),  # a.md's chunk says 2018
     ("chunk-only", {"chunk.lang": "en"}, {"a.md"}),
     ("document-only", {"document.lang": "en"}, set()),
     ("string-compare", {"document.year": {"$gte": "a"}}, {"d.md"}),
@@ -105,7 +108,29 @@ CASES: list[tuple[str, dict[str, Any], set[str]]] = [
     ("created_at", {"created_at": {"$gte": "2000-01-01"}}, {"a.md", "b.md", "c.md", "d.md"}),
     ("created_at-none", {"created_at": {"$lt": "2000-01-01T00:00:00+00:00"}}, set()),
     ("json-null", {"team": None}, {"d.md"}),
+    ("array-position", {"tags.0": "x"}, {"a.md"}),  # #> reads an array's element
+    ("in-some", {"author.name": {"$in": ["Bob", "Cy"]}, "draft": {"$ne": True}}, {"b.md"}),
+    ("or-probed", {"$or": [{"team": "infra"}, {"chunk.lang": "en"}]}, {"a.md", "b.md"}),
 ]
+# the cases whose filter pins metadata values: compile_filter gives their candidates
+PROBED = {
+    "eq-metadata",
+    "eq-metadata-none",
+    "eq-explicit",
+    "in-none",
+    "dotted",
+    "dotted-none",
+    "chunk-first",
+    "chunk-overrides",
+    "chunk-only",
+    "document-only",
+    "array-eq",
+    "and",
+    "and-none",
+    "json-null",
+    "in-some",
+    "or-probed",
+}
 
 
 @pytest.mark.parametrize(
@@ -115,6 +140,51 @@ def test_filter_operator_on_vector_search(
     docs: Runtime, where: dict[str, Any], expected: set[str]
 ) -> None:
     assert sources(docs, where) == expected
+
+
+@pytest.mark.parametrize("bound", [0, 1])
+@pytest.mark.parametrize(
+    ("where", "expected"), [(w, e) for _, w, e in CASES], ids=[name for name, _, _ in CASES]
+)
+def test_filter_keeps_the_same_chunks_above_the_exact_bound(
+    docs: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+    bound: int,
+    where: dict[str, Any],
+    expected: set[str],
+) -> None:
+    """Above ``EXACT_FILTER_CHUNKS`` candidates the lists go through the HNSW index and
+    the pruned top k instead of ranking the candidates exactly: the same chunks pass (with
+    1, a filter that one chunk passes still takes the exact branch)."""
+    monkeypatch.setattr(service, "EXACT_FILTER_CHUNKS", bound)
+    assert sources(docs, where) == expected
+    assert sources(docs, where, mode="hybrid") == expected
+
+
+def test_candidates_hold_every_chunk_the_filter_keeps(docs: Runtime) -> None:
+    """The candidate statement finds, through the metadata indexes, at least the chunks
+    each filter keeps (the filter itself still applies), and only filters that pin
+    metadata values get one: ranges, $ne, $exists, $not, built-ins and array positions
+    do not."""
+    cid = docs.collection(COLL).id
+    probed = set()
+    for name, where, expected in CASES:
+        compiled = compile_filter(where)
+        if compiled.candidates is None:
+            continue
+        probed.add(name)
+        stmt = sql.SQL(
+            "SELECT DISTINCT d.source FROM ({}) f JOIN chunks c ON c.id = f.id"
+            " JOIN documents d ON d.id = c.document_id"
+        ).format(compiled.candidates)
+        with docs.db.connection() as conn:
+            found = {r[0] for r in conn.execute(stmt, {**compiled.params, "cid": cid})}
+        assert expected <= found, name
+    assert probed == PROBED
+    plan = search_plan(docs, "report", COLL, where={"team": "infra"})
+    assert [x["filter_exact_at_most"] for x in plan["lists"]] == [service.EXACT_FILTER_CHUNKS] * 2
+    plan = search_plan(docs, "report", COLL, where={"page": 1})
+    assert all("filter_exact_at_most" not in x for x in plan["lists"])
 
 
 @pytest.mark.parametrize("name", ["eq-builtin", "ne", "gte", "or", "not", "dotted"])
@@ -149,6 +219,9 @@ def test_compiled_filter_carries_values_only_as_parameters() -> None:
     compiled = compile_filter({evil: {"$in": [evil]}, "page": {"$gt": 3}})
     text = compiled.condition.as_string(None)  # type: ignore[arg-type]
     assert "DROP" not in text and "zz" not in text
+    assert compiled.candidates is not None
+    candidates = compiled.candidates.as_string(None)  # type: ignore[arg-type]
+    assert "DROP" not in candidates and "zz" not in candidates
     assert [evil] in compiled.params.values() and 3 in compiled.params.values()
 
 

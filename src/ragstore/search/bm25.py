@@ -226,7 +226,7 @@ def ranked_list_sql(
             " UNION ALL SELECT chunk_id, raw FROM ({every}) e WHERE NOT {gate}"
         ).format(
             pruned=pruned,
-            every=_scored_sql(q, condition, with_documents, n),
+            every=scored_list_sql(q, condition, with_documents, n),
             gate=_required_common(),
         )
     if not (with_documents or q.required or q.excluded):
@@ -234,13 +234,17 @@ def ranked_list_sql(
             "SELECT chunk_id, raw FROM ragstore_bm25_exhaustive(%(cid)s, %(cfg)s::regconfig,"
             " %(terms)s, {n}, %(k1)s::float8, %(b)s::float8)"
         ).format(n=n)
-    return _scored_sql(q, condition, with_documents, n)
+    return scored_list_sql(q, condition, with_documents, n)
 
 
-def _scored_sql(
-    q: FullTextQuery, condition: sql.Composable, with_documents: bool, n: sql.Composable
+def scored_list_sql(
+    q: FullTextQuery,
+    condition: sql.Composable,
+    with_documents: bool,
+    n: sql.Composable = sql.SQL("%(n)s"),
 ) -> sql.Composable:
-    """Every candidate scored (see :func:`ranked_list_sql`), the best ``n`` first."""
+    """Every candidate scored (see :func:`ranked_list_sql`), the best ``n`` first: also
+    what a selective filter's few chunks are ranked by (search/service.py)."""
     extra = [sql.SQL(" AND {}").format(t) for t in syntax_tests(q)]
     join_docs = sql.SQL(" JOIN documents d ON d.id = c.document_id" if with_documents else "")
     return sql.SQL(

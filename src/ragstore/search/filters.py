@@ -16,11 +16,22 @@ Compilation is pure: it returns SQL over the aliases ``c`` (chunks) and ``d`` (d
 in which every key and every value is a bound parameter, never text spliced into the
 statement, so no filter can change the query's shape. Anything malformed raises
 :class:`~ragstore.errors.InvalidFilterError` naming the operator or path at fault.
+
+The condition itself can use no index: a bare path reads the chunk's metadata and falls
+back to the document's (``coalesce``), which no index holds. So where a filter pins a
+metadata path to values (``$eq``, ``$in``, through ``$and`` and ``$or``), compilation
+also gives :attr:`CompiledFilter.candidates`: a statement of the chunk ids that can pass,
+found through the GIN indexes of ``chunks.metadata`` and ``documents.metadata``
+(containment, ``@>``). A value at a path implies containment of that path and value, so
+the set holds every chunk the condition keeps (and some it does not: the condition is
+still applied). Search uses it to rank a selective filter's chunks exactly instead of
+reading an index deep for them (search/service.py).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -96,10 +107,13 @@ def parse_filter(text: str) -> dict[str, Any]:
 
 @dataclass
 class CompiledFilter:
-    """A SQL condition and the values bound to its named placeholders."""
+    """A SQL condition and the values bound to its named placeholders; ``candidates``,
+    where the filter pins metadata values, a ``SELECT`` of chunk ids (``id``) holding every
+    chunk of collection ``%(cid)s`` that the condition keeps (see the module docstring)."""
 
     condition: sql.Composable
     params: dict[str, Any]
+    candidates: sql.Composable | None = None
 
 
 def compile_filter(spec: Mapping[str, Any] | None, prefix: str = "w") -> CompiledFilter:
@@ -116,7 +130,97 @@ def compile_filter(spec: Mapping[str, Any] | None, prefix: str = "w") -> Compile
     _check_size(spec)
     compiler = _Compiler(prefix)
     condition = compiler.compile_object(spec, "", 0)
-    return CompiledFilter(condition, compiler.params)
+    probes = _probes(spec)
+    candidates = None if probes is None else _candidates_sql(compiler, probes)
+    return CompiledFilter(condition, compiler.params, candidates)
+
+
+# A probe: where to look ("chunk", "document" or "either") and an object the metadata
+# must contain. A filter gives at most this many (an $in of more values is not probed).
+Probe = tuple[str, dict[str, Any]]
+MAX_PROBES = 100
+_ARRAY_INDEX = re.compile(r"-?[0-9]+")  # a path key that #> may read as an array position
+
+
+def _probes(spec: Mapping[str, Any]) -> list[Probe] | None:
+    """Probes whose matches hold every chunk ``spec`` keeps, or None where the filter
+    pins no metadata value (``$ne``, ``$nin``, ranges, ``$exists``, ``$not`` and the
+    built-in fields give none). Of several ANDed conditions, the one of fewest probes; an
+    ``$or`` only where each alternative has probes. ``spec`` is already validated."""
+    options: list[list[Probe] | None] = []
+    for key, value in spec.items():
+        if key == "$and":
+            options.append(_fewest([_probes(item) for item in value]))
+        elif key == "$or":
+            each = [_probes(item) for item in value]
+            if all(e is not None for e in each):
+                options.append([p for e in each for p in e or ()])
+        elif not key.startswith("$") and key not in BUILTINS:
+            options.append(_field_probes(key, value))
+    return _fewest(options)
+
+
+def _fewest(options: list[list[Probe] | None]) -> list[Probe] | None:
+    found = [o for o in options if o is not None and len(o) <= MAX_PROBES]
+    return min(found, key=len) if found else None
+
+
+def _field_probes(field: str, value: Any) -> list[Probe] | None:
+    scope, path = "either", field
+    for prefix in ("chunk.", "document."):
+        if field.startswith(prefix):
+            scope, path = prefix[:-1], field[len(prefix) :]
+    keys = _split_path(path)
+    if any(_ARRAY_INDEX.fullmatch(k) for k in keys):
+        return None  # #> may step into an array there, where containment would not match
+    options: list[list[Probe] | None] = []
+    for op, operand in _operators(field, value):
+        values = [operand] if op == "$eq" else operand if op == "$in" else None
+        if values is not None and all(_indexable(v) for v in values):
+            options.append([(scope, _nested(keys, v)) for v in values])
+    return _fewest(options)
+
+
+def _indexable(value: Any) -> bool:
+    """Whether jsonb_path_ops can find the value: an empty array or object has no key."""
+    return not (isinstance(value, (list, dict)) and not value)
+
+
+def _nested(keys: list[str], value: Any) -> dict[str, Any]:
+    for key in reversed(keys[1:]):
+        value = {key: value}
+    return {keys[0]: value}
+
+
+def _candidates_sql(compiler: _Compiler, probes: list[Probe]) -> sql.Composable:
+    """The chunk ids the probes find (a chunk may come twice): one index scan of the
+    chunks' metadata and one of the documents' at most, each for all its objects
+    (``@> ANY``: a bitmap scan per object, OR-ed)."""
+    chunk = [Jsonb(o) for scope, o in probes if scope != "document"]
+    document = [Jsonb(o) for scope, o in probes if scope != "chunk"]
+    branches: list[sql.Composable] = []
+    if chunk:
+        branches.append(
+            sql.SQL(
+                "SELECT c.id FROM chunks c WHERE c.collection_id = %(cid)s"
+                " AND c.metadata @> ANY({})"
+            ).format(compiler.bind(chunk, "jsonb[]"))
+        )
+    if document:
+        branches.append(
+            sql.SQL(
+                # a document's chunks through the index on document_id, document by
+                # document, so that a broad filter's count stops at its bound (joined,
+                # the planner hashed every matching document against a scan of chunks;
+                # OFFSET 0 keeps it from flattening the subquery back into that join)
+                "SELECT c.id FROM documents d CROSS JOIN LATERAL"
+                " (SELECT c.id FROM chunks c WHERE c.document_id = d.id OFFSET 0) c"
+                " WHERE d.collection_id = %(cid)s AND d.metadata @> ANY({})"
+            ).format(compiler.bind(document, "jsonb[]"))
+        )
+    if not branches:  # an empty $in: nothing passes
+        return sql.SQL("SELECT NULL::bigint AS id WHERE FALSE")
+    return sql.SQL(" UNION ALL ").join(branches)
 
 
 def _check_size(spec: Mapping[str, Any]) -> None:

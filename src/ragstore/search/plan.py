@@ -15,7 +15,8 @@ from typing import Any
 
 from ragstore.runtime import Runtime
 from ragstore.search import bm25
-from ragstore.search.service import Mode, SearchParams
+from ragstore.search.filters import compile_filter
+from ragstore.search.service import EXACT_FILTER_CHUNKS, Mode, SearchParams
 
 
 def search_plan(
@@ -75,6 +76,9 @@ def search_plan(
             "vector_weight": p.fusion.vector_weight,
             "fulltext_weight": p.fusion.fulltext_weight,
         }
+    if where and compile_filter(where).candidates is not None:
+        for each in lists:  # a selective filter's chunks are ranked exactly (service.py)
+            each["filter_exact_at_most"] = EXACT_FILTER_CHUNKS
     return {
         "mode": p.mode,
         "k": p.k,
