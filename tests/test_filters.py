@@ -114,6 +114,7 @@ CASES: list[tuple[str, dict[str, Any], set[str]]] = [
 ]
 # the cases whose filter pins metadata values: compile_filter gives their candidates
 PROBED = {
+    "in",
     "eq-metadata",
     "eq-metadata-none",
     "eq-explicit",

@@ -136,17 +136,19 @@ def compile_filter(spec: Mapping[str, Any] | None, prefix: str = "w") -> Compile
 
 
 # A probe: where to look ("chunk", "document" or "either") and an object the metadata
-# must contain. A filter gives at most this many (an $in of more values is not probed).
-Probe = tuple[str, dict[str, Any]]
+# must contain, or ("source", a document's source). A filter gives at most this many (an
+# $in of more values is not probed).
+Probe = tuple[str, Any]
 MAX_PROBES = 100
 _ARRAY_INDEX = re.compile(r"-?[0-9]+")  # a path key that #> may read as an array position
 
 
 def _probes(spec: Mapping[str, Any]) -> list[Probe] | None:
     """Probes whose matches hold every chunk ``spec`` keeps, or None where the filter
-    pins no metadata value (``$ne``, ``$nin``, ranges, ``$exists``, ``$not`` and the
-    built-in fields give none). Of several ANDed conditions, the one of fewest probes; an
-    ``$or`` only where each alternative has probes. ``spec`` is already validated."""
+    pins no metadata value or source (``$ne``, ``$nin``, ranges, ``$exists``, ``$not``
+    and the other built-in fields give none). Of several ANDed conditions, the one of
+    fewest probes; an ``$or`` only where each alternative has probes. ``spec`` is already
+    validated."""
     options: list[list[Probe] | None] = []
     for key, value in spec.items():
         if key == "$and":
@@ -155,6 +157,8 @@ def _probes(spec: Mapping[str, Any]) -> list[Probe] | None:
             each = [_probes(item) for item in value]
             if all(e is not None for e in each):
                 options.append([p for e in each for p in e or ()])
+        elif key == "source":
+            options.append(_source_probes(value))
         elif not key.startswith("$") and key not in BUILTINS:
             options.append(_field_probes(key, value))
     return _fewest(options)
@@ -181,6 +185,15 @@ def _field_probes(field: str, value: Any) -> list[Probe] | None:
     return _fewest(options)
 
 
+def _source_probes(value: Any) -> list[Probe] | None:
+    """The documents named by ``source`` (``$eq``, ``$in``): the unique index finds them."""
+    options: list[list[Probe] | None] = []
+    for op, operand in _operators("source", value):
+        if op in ("$eq", "$in"):
+            options.append([("source", v) for v in (operand if op == "$in" else [operand])])
+    return _fewest(options)
+
+
 def _indexable(value: Any) -> bool:
     """Whether jsonb_path_ops can find the value: an empty array or object has no key."""
     return not (isinstance(value, (list, dict)) and not value)
@@ -194,10 +207,11 @@ def _nested(keys: list[str], value: Any) -> dict[str, Any]:
 
 def _candidates_sql(compiler: _Compiler, probes: list[Probe]) -> sql.Composable:
     """The chunk ids the probes find (a chunk may come twice): one index scan of the
-    chunks' metadata and one of the documents' at most, each for all its objects
-    (``@> ANY``: a bitmap scan per object, OR-ed)."""
-    chunk = [Jsonb(o) for scope, o in probes if scope != "document"]
-    document = [Jsonb(o) for scope, o in probes if scope != "chunk"]
+    chunks' metadata, one of the documents' and one of their sources at most, each for
+    all its values (``@> ANY``: a bitmap scan per object, OR-ed)."""
+    chunk = [Jsonb(o) for scope, o in probes if scope in ("chunk", "either")]
+    document = [Jsonb(o) for scope, o in probes if scope in ("document", "either")]
+    sources = [o for scope, o in probes if scope == "source"]
     branches: list[sql.Composable] = []
     if chunk:
         branches.append(
@@ -208,19 +222,30 @@ def _candidates_sql(compiler: _Compiler, probes: list[Probe]) -> sql.Composable:
         )
     if document:
         branches.append(
-            sql.SQL(
-                # a document's chunks through the index on document_id, document by
-                # document, so that a broad filter's count stops at its bound (joined,
-                # the planner hashed every matching document against a scan of chunks;
-                # OFFSET 0 keeps it from flattening the subquery back into that join)
-                "SELECT c.id FROM documents d CROSS JOIN LATERAL"
-                " (SELECT c.id FROM chunks c WHERE c.document_id = d.id OFFSET 0) c"
-                " WHERE d.collection_id = %(cid)s AND d.metadata @> ANY({})"
-            ).format(compiler.bind(document, "jsonb[]"))
+            _chunks_of_documents(
+                sql.SQL("d.metadata @> ANY({})"), compiler.bind(document, "jsonb[]")
+            )
+        )
+    if sources:
+        branches.append(
+            _chunks_of_documents(sql.SQL("d.source = ANY({})"), compiler.bind(sources, "text[]"))
         )
     if not branches:  # an empty $in: nothing passes
         return sql.SQL("SELECT NULL::bigint AS id WHERE FALSE")
     return sql.SQL(" UNION ALL ").join(branches)
+
+
+def _chunks_of_documents(condition: sql.SQL, value: sql.Composable) -> sql.Composable:
+    """The chunk ids of the collection's documents that meet ``condition`` (over ``d``,
+    with one placeholder for ``value``), document by document through the index on
+    ``document_id``, so that a broad filter's count stops at its bound (as a join, the
+    planner hashed every matching document against a scan of chunks; ``OFFSET 0`` keeps
+    it from flattening the subquery back into that join)."""
+    return sql.SQL(
+        "SELECT c.id FROM documents d CROSS JOIN LATERAL"
+        " (SELECT c.id FROM chunks c WHERE c.document_id = d.id OFFSET 0) c"
+        " WHERE d.collection_id = %(cid)s AND {}"
+    ).format(condition.format(value))
 
 
 def _check_size(spec: Mapping[str, Any]) -> None:
