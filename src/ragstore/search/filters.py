@@ -19,13 +19,14 @@ statement, so no filter can change the query's shape. Anything malformed raises
 
 The condition itself can use no index: a bare path reads the chunk's metadata and falls
 back to the document's (``coalesce``), which no index holds. So where a filter pins a
-metadata path to values (``$eq``, ``$in``, through ``$and`` and ``$or``), compilation
-also gives :attr:`CompiledFilter.candidates`: a statement of the chunk ids that can pass,
-found through the GIN indexes of ``chunks.metadata`` and ``documents.metadata``
-(containment, ``@>``). A value at a path implies containment of that path and value, so
-the set holds every chunk the condition keeps (and some it does not: the condition is
-still applied). Search uses it to rank a selective filter's chunks exactly instead of
-reading an index deep for them (search/service.py).
+metadata path or ``source`` to values (``$eq``, ``$in``, through ``$and`` and ``$or``),
+compilation also gives :attr:`CompiledFilter.candidates`: a statement of the chunk ids
+that can pass, found through the GIN indexes of ``chunks.metadata`` and
+``documents.metadata`` (containment, ``@>``) or the documents' unique source index. A
+value at a path implies containment of that path and value, so the set holds every chunk
+the condition keeps (and some it does not: the condition is still applied). Search uses
+it to rank a selective filter's chunks exactly instead of reading an index deep for them
+(search/service.py).
 """
 
 from __future__ import annotations
@@ -108,8 +109,9 @@ def parse_filter(text: str) -> dict[str, Any]:
 @dataclass
 class CompiledFilter:
     """A SQL condition and the values bound to its named placeholders; ``candidates``,
-    where the filter pins metadata values, a ``SELECT`` of chunk ids (``id``) holding every
-    chunk of collection ``%(cid)s`` that the condition keeps (see the module docstring)."""
+    where the filter pins metadata values or sources, a ``SELECT`` of chunk ids (``id``)
+    holding every chunk of collection ``%(cid)s`` that the condition keeps (see the module
+    docstring)."""
 
     condition: sql.Composable
     params: dict[str, Any]

@@ -331,16 +331,15 @@ def _run(
             tail=not constrained and p.fulltext_exact_depth < p.fulltext_list_depth,
         )
         if candidates is not None:
-            exact = bm25.scored_list_sql(ftq, _among_candidates(compiled.condition), True)
-            ft_sql = _by_filter_size(candidates, exact, ft_sql)
+            scored = bm25.scored_list_sql(ftq, _among_candidates(compiled.condition), True)
+            ft_sql = _by_filter_size(candidates, scored, ft_sql)
         if (filtered or constrained) and bm25.uses_topk(ftq, p.exact):
             ftcond = condition
     if p.mode in ("vector", "hybrid"):
         given = _given_vector(coll, query, vector)
         vec_sql = _vector_sql(coll, condition, filtered or constrained, p.exact, p.depth)
         if candidates is not None:
-            exact = _exact_vector_sql(coll, condition)
-            vec_sql = _by_filter_size(candidates, exact, vec_sql)
+            vec_sql = _by_filter_size(candidates, _exact_vector_sql(coll, condition), vec_sql)
     # the model reads the words searched for, not the excluded ones
     embedded = ftq.terms if ftq is not None and constrained else query
     if vec_sql is None and ft_sql is None:
