@@ -116,7 +116,7 @@ def test_texts_and_documents_are_read_and_deleted_by_id(store: Store) -> None:
     assert store.list_documents("scratch")["count"] == 2
     assert store.delete_texts("scratch", ["n1", "nope"]) == 1
     store.delete_document("scratch", doc["id"])
-    with pytest.raises(DocumentNotFoundError):
+    with pytest.raises(DocumentNotFoundError, match=f"{doc['id']} is not in collection 'scratch'"):
         store.get_document("scratch", doc["id"])
     assert store.get_collection("scratch")["documents"] == 0
     store.delete_collection("scratch")

@@ -250,7 +250,7 @@ class Store:
                 translated(f"reading documents of {collection!r}"),
             ):
                 for o in kept:
-                    doc = catalog.document_by_source(conn, coll.id, o.source)
+                    doc = catalog.document_by_source(conn, coll, o.source)
                     docs.append(self._document(collection, doc, o.status))
         if report.failed:  # the others are stored (each document whole): the error says so
             first = report.failed[0]
@@ -320,12 +320,12 @@ class Store:
     def get_document(self, collection: str, document_id: int) -> dict[str, Any]:
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"reading document {document_id}"):
-            return self._document(collection, catalog.document(conn, coll.id, document_id))
+            return self._document(collection, catalog.document(conn, coll, document_id))
 
     def delete_document(self, collection: str, document_id: int) -> None:
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"deleting document {document_id}"):
-            catalog.delete_document(conn, coll.id, document_id)
+            catalog.delete_document(conn, coll, document_id)
 
     def _document(
         self, collection: str, doc: dict[str, Any], status: str | None = None

@@ -212,7 +212,7 @@ def test_deleted_document_is_gone_with_its_chunks(docs: Client, settings: Settin
     docs.delete_document("docs", doc["id"])
     with pytest.raises(DocumentNotFoundError):
         docs.get_document("docs", doc["id"])
-    with pytest.raises(DocumentNotFoundError):
+    with pytest.raises(DocumentNotFoundError, match="is not in collection 'docs'"):
         docs.delete_document("docs", doc["id"])
     assert settings.database_url is not None
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:

@@ -46,20 +46,16 @@ def _find(rt: Runtime, collection: str, document: str) -> dict[str, Any]:
     coll = rt.collection(collection)
     with rt.db.connection() as conn, translated(f"reading document {document!r}"):
         if document.isdigit():
-            return catalog.document(conn, coll.id, int(document))
+            return catalog.document(conn, coll, int(document))
         candidates = [str(Path(document).resolve())]
         with contextlib.suppress(InputError):  # not a name an upload could have
             candidates.append(staging.source_of(rt.settings, collection, document))
         for source in candidates:
             try:
-                return catalog.document_by_source(conn, coll.id, source)
+                return catalog.document_by_source(conn, coll, source)
             except DocumentNotFoundError:
                 continue
-    raise DocumentNotFoundError(
-        f"document {document!r} is not in collection "
-        f"{collection!r}; `ragstore documents list -c {collection}` "
-        "shows ids and sources"
-    )
+    raise catalog.document_not_found(document, coll)
 
 
 def _remote_id(document: str) -> int:
@@ -188,7 +184,7 @@ def delete_cmd(
             confirm(f"Delete {data['source']} from {name!r}?", yes=yes)
             coll = rt.collection(name)
             with rt.db.connection() as conn, translated(f"deleting document {document!r}"):
-                catalog.delete_document(conn, coll.id, data["id"])
+                catalog.delete_document(conn, coll, data["id"])
     if as_json:
         echo_json({"deleted": data["id"], "source": data["source"], "collection": name})
         return

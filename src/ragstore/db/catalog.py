@@ -124,35 +124,44 @@ def documents_page(
     return [_doc(r) for r in rows]
 
 
-def document(conn: Conn, collection_id: int, doc_id: int) -> dict[str, Any]:
+def document(conn: Conn, coll: repository.Collection, doc_id: int) -> dict[str, Any]:
     row = conn.execute(
         f"SELECT {_DOC_COLS} FROM documents d WHERE d.collection_id = %s AND d.id = %s",
-        (collection_id, doc_id),
+        (coll.id, doc_id),
     ).fetchone()
     if row is None:
-        raise DocumentNotFoundError(f"document {doc_id} is not in this collection")
+        raise document_not_found(doc_id, coll)
     return _doc(row)
 
 
-def document_by_source(conn: Conn, collection_id: int, source: str) -> dict[str, Any]:
+def document_by_source(conn: Conn, coll: repository.Collection, source: str) -> dict[str, Any]:
     row = conn.execute(
         f"SELECT {_DOC_COLS} FROM documents d WHERE d.collection_id = %s AND d.source = %s",
-        (collection_id, source),
+        (coll.id, source),
     ).fetchone()
     if row is None:
-        raise DocumentNotFoundError(f"document {source!r} is not in this collection")
+        raise document_not_found(source, coll)
     return _doc(row)
 
 
-def delete_document(conn: Conn, collection_id: int, doc_id: int) -> str:
+def delete_document(conn: Conn, coll: repository.Collection, doc_id: int) -> str:
     """Delete it (chunks and vectors follow by cascade); its source is returned."""
     row = conn.execute(
         "DELETE FROM documents WHERE collection_id = %s AND id = %s RETURNING source",
-        (collection_id, doc_id),
+        (coll.id, doc_id),
     ).fetchone()
     if row is None:
-        raise DocumentNotFoundError(f"document {doc_id} is not in this collection")
+        raise document_not_found(doc_id, coll)
     return str(row[0])
+
+
+def document_not_found(document: int | str, coll: repository.Collection) -> DocumentNotFoundError:
+    """The one error for a document id or source a collection does not hold: names both,
+    and how to see what it holds."""
+    return DocumentNotFoundError(
+        f"document {document!r} is not in collection {coll.name!r}; list its documents with "
+        f"`ragstore documents list -c {coll.name}` (API: GET /collections/{coll.name}/documents)"
+    )
 
 
 def models(conn: Conn) -> list[dict[str, Any]]:

@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ragstore.errors import DocumentNotFoundError
+from ragstore.db.catalog import document_not_found
+from ragstore.db.repository import Collection
 
 Conn = psycopg.Connection[Any]
 
@@ -93,7 +94,7 @@ def space_stats(conn: Conn, collection_id: int) -> list[dict[str, Any]]:
 
 
 def document_chunks(
-    conn: Conn, collection_id: int, document_id: int, *, after: int | None, limit: int
+    conn: Conn, coll: Collection, document_id: int, *, after: int | None, limit: int
 ) -> list[dict[str, Any]]:
     """A document's chunks in reading order (by ordinal) after ordinal ``after``.
 
@@ -101,10 +102,10 @@ def document_chunks(
     list always means "no more chunks".
     """
     found = conn.execute(
-        "SELECT 1 FROM documents WHERE collection_id = %s AND id = %s", (collection_id, document_id)
+        "SELECT 1 FROM documents WHERE collection_id = %s AND id = %s", (coll.id, document_id)
     ).fetchone()
     if found is None:
-        raise DocumentNotFoundError(f"document {document_id} is not in this collection")
+        raise document_not_found(document_id, coll)
     rows = conn.execute(
         "SELECT id, ordinal, chunk_type, section_path, page, token_count, char_start,"
         " char_end, text, metadata FROM chunks WHERE document_id = %(d)s"

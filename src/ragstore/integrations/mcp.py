@@ -314,4 +314,4 @@ def _chunks(store: Store, collection: str, document_id: int) -> list[dict[str, A
     rt = store.runtime
     coll = rt.collection(collection)
     with rt.db.connection() as conn, translated(f"reading document {document_id}"):
-        return document_chunks(conn, coll.id, document_id, after=None, limit=MAX_CHUNKS)
+        return document_chunks(conn, coll, document_id, after=None, limit=MAX_CHUNKS)

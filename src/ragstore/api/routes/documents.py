@@ -238,7 +238,7 @@ def get_document(
     caller.require("read", name)
     coll = rt.collection(name)
     with rt.db.connection() as conn, translated(f"reading document {document_id}"):
-        return _public(rt, name, catalog.document(conn, coll.id, document_id))
+        return _public(rt, name, catalog.document(conn, coll, document_id))
 
 
 @router.delete(
@@ -253,7 +253,7 @@ def delete_document(
     caller.require("write", name)
     coll = rt.collection(name)
     with rt.db.connection() as conn, translated(f"deleting document {document_id}"):
-        source = catalog.delete_document(conn, coll.id, document_id)
+        source = catalog.delete_document(conn, coll, document_id)
     root = staging.upload_root(rt.settings, name).resolve()
     staged = Path(source)
     if staged.is_relative_to(root):

@@ -89,7 +89,7 @@ def document_chunks(
     caller.require("read", name)
     coll = rt.collection(name)
     with rt.db.connection() as conn, translated(f"reading the chunks of document {document_id}"):
-        rows = inspection.document_chunks(conn, coll.id, document_id, after=after, limit=limit)
+        rows = inspection.document_chunks(conn, coll, document_id, after=after, limit=limit)
     data = [ChunkPublic(**r) for r in rows]
     return ChunksPublic(
         collection=name,
