@@ -160,7 +160,7 @@ def document_not_found(document: int | str, coll: repository.Collection) -> Docu
     and how to see what it holds."""
     return DocumentNotFoundError(
         f"document {document!r} is not in collection {coll.name!r}; list its documents with "
-        f"`ragstore documents list -c {coll.name}` (API: GET /collections/{coll.name}/documents)"
+        f"`ragstore documents list -c {coll.name}` (API: GET /v1/collections/{coll.name}/documents)"
     )
 
 
