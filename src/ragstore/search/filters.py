@@ -179,21 +179,27 @@ def _field_probes(field: str, value: Any) -> list[Probe] | None:
     keys = _split_path(path)
     if any(_ARRAY_INDEX.fullmatch(k) for k in keys):
         return None  # #> may step into an array there, where containment would not match
-    options: list[list[Probe] | None] = []
-    for op, operand in _operators(field, value):
-        values = [operand] if op == "$eq" else operand if op == "$in" else None
-        if values is not None and all(_indexable(v) for v in values):
-            options.append([(scope, _nested(keys, v)) for v in values])
-    return _fewest(options)
+    return _fewest(
+        [
+            [(scope, _nested(keys, v)) for v in values]
+            for values in _pinned(field, value)
+            if all(_indexable(v) for v in values)
+        ]
+    )
 
 
 def _source_probes(value: Any) -> list[Probe] | None:
     """The documents named by ``source`` (``$eq``, ``$in``): the unique index finds them."""
-    options: list[list[Probe] | None] = []
-    for op, operand in _operators("source", value):
-        if op in ("$eq", "$in"):
-            options.append([("source", v) for v in (operand if op == "$in" else [operand])])
-    return _fewest(options)
+    return _fewest([[("source", v) for v in values] for values in _pinned("source", value)])
+
+
+def _pinned(field: str, value: Any) -> list[list[Any]]:
+    """The values each ``$eq`` (one) or ``$in`` (its array) of a field's operators allows."""
+    return [
+        [operand] if op == "$eq" else operand
+        for op, operand in _operators(field, value)
+        if op in ("$eq", "$in")
+    ]
 
 
 def _indexable(value: Any) -> bool:

@@ -315,7 +315,6 @@ def _run(
         settings = coll.settings
         values.update(
             {
-                "cid": coll.id,
                 "cfg": str(settings.get("ts_config", bm25.DEFAULT_TS_CONFIG)),
                 "match": ftq.match,
                 "required": ftq.required,
