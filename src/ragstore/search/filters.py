@@ -26,14 +26,17 @@ that can pass, found through the GIN indexes of ``chunks.metadata`` and
 value at a path implies containment of that path and value, so the set holds every chunk
 the condition keeps (and some it does not: the condition is still applied). Search uses
 it to rank a selective filter's chunks exactly instead of reading an index deep for them
-(search/service.py).
+(search/service.py). A range (``$gt``, ``$gte``, ``$lt``, ``$lte``) on a metadata path gives
+candidates only where the path is an indexed field of the operand's kind
+(db/field_indexes.py): the chunks whose own value is in range, and the chunks of the
+documents whose value is.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +44,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from ragstore.db.field_indexes import FieldIndex, typed_value
 from ragstore.errors import InvalidFilterError
 from ragstore.models import ChunkType
 from ragstore.validation import (
@@ -52,6 +56,7 @@ from ragstore.validation import (
 )
 
 COMPARISONS = {"$eq": "=", "$ne": "<>", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+RANGES = ("$gt", "$gte", "$lt", "$lte")
 FIELD_OPERATORS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$exists")
 LOGICAL_OPERATORS = ("$and", "$or", "$not")
 MAX_DEPTH = 32
@@ -118,11 +123,16 @@ class CompiledFilter:
     candidates: sql.Composable | None = None
 
 
-def compile_filter(spec: Mapping[str, Any] | None, prefix: str = "w") -> CompiledFilter:
+def compile_filter(
+    spec: Mapping[str, Any] | None,
+    prefix: str = "w",
+    indexed: Collection[FieldIndex] = (),
+) -> CompiledFilter:
     """The SQL condition for ``spec`` over aliases ``c`` and ``d``; ``TRUE`` for no filter.
 
     Values are bound to placeholders named ``{prefix}0``, ``{prefix}1`` ...; pass
-    :attr:`CompiledFilter.params` with the statement.
+    :attr:`CompiledFilter.params` with the statement. ``indexed``: the indexed metadata
+    fields, whose ranges give candidates.
     """
     if spec is None:
         return CompiledFilter(_TRUE, {})
@@ -132,60 +142,107 @@ def compile_filter(spec: Mapping[str, Any] | None, prefix: str = "w") -> Compile
     _check_size(spec)
     compiler = _Compiler(prefix)
     condition = compiler.compile_object(spec, "", 0)
-    probes = _probes(spec)
+    probes = _probes(spec, frozenset(indexed))
     candidates = None if probes is None else _candidates_sql(compiler, probes)
     return CompiledFilter(condition, compiler.params, candidates)
 
 
 # A probe: where to look ("chunk", "document" or "either") and an object the metadata
-# must contain, or ("source", a document's source). A filter gives at most this many (an
+# must contain, or ("source", a document's source), or ("range-" and a scope, (an indexed
+# field, its bounds as (operator, operand) pairs)). A filter gives at most this many (an
 # $in of more values is not probed).
 Probe = tuple[str, Any]
 MAX_PROBES = 100
 _ARRAY_INDEX = re.compile(r"-?[0-9]+")  # a path key that #> may read as an array position
 
 
-def _probes(spec: Mapping[str, Any]) -> list[Probe] | None:
+def _probes(spec: Mapping[str, Any], indexed: frozenset[FieldIndex]) -> list[Probe] | None:
     """Probes whose matches hold every chunk ``spec`` keeps, or None where the filter
-    pins no metadata value or source (``$ne``, ``$nin``, ranges, ``$exists``, ``$not``
-    and the other built-in fields give none). Of several ANDed conditions, the one of
-    fewest probes; an ``$or`` only where each alternative has probes. ``spec`` is already
-    validated."""
+    pins no metadata value or source and ranges no indexed field (``$ne``, ``$nin``,
+    other ranges, ``$exists``, ``$not`` and the other built-in fields give none). Of
+    several ANDed conditions, the one of fewest probes, values before ranges; an ``$or``
+    only where each alternative has probes. ``spec`` is already validated."""
     options: list[list[Probe] | None] = []
     for key, value in spec.items():
         if key == "$and":
-            options.append(_fewest([_probes(item) for item in value]))
+            options.append(_fewest([_probes(item, indexed) for item in value]))
         elif key == "$or":
-            each = [_probes(item) for item in value]
+            each = [_probes(item, indexed) for item in value]
             if all(e is not None for e in each):
                 options.append([p for e in each for p in e or ()])
         elif key == "source":
             options.append(_source_probes(value))
         elif not key.startswith("$") and key not in BUILTINS:
-            options.append(_field_probes(key, value))
+            options.append(_field_probes(key, value, indexed))
     return _fewest(options)
 
 
 def _fewest(options: list[list[Probe] | None]) -> list[Probe] | None:
+    """The option of fewest probes; one without ranges first (a value found through the
+    GIN indexes is usually the narrower condition, and a range's width is unknown)."""
     found = [o for o in options if o is not None and len(o) <= MAX_PROBES]
-    return min(found, key=len) if found else None
+    return min(found, key=lambda o: (_ranges(o), len(o))) if found else None
 
 
-def _field_probes(field: str, value: Any) -> list[Probe] | None:
+def _ranges(probes: list[Probe]) -> bool:
+    return any(scope.startswith("range-") for scope, _ in probes)
+
+
+def _field_probes(field: str, value: Any, indexed: frozenset[FieldIndex]) -> list[Probe] | None:
     scope, path = "either", field
     for prefix in ("chunk.", "document."):
         if field.startswith(prefix):
             scope, path = prefix[:-1], field[len(prefix) :]
     keys = _split_path(path)
+    ranged = _range_probes(scope, keys, field, value, indexed)
     if any(_ARRAY_INDEX.fullmatch(k) for k in keys):
-        return None  # #> may step into an array there, where containment would not match
-    return _fewest(
-        [
-            [(scope, _nested(keys, v)) for v in values]
-            for values in _pinned(field, value)
-            if all(_indexable(v) for v in values)
-        ]
-    )
+        return ranged  # #> may step into an array there, where containment would not match
+    options: list[list[Probe] | None] = [
+        [(scope, _nested(keys, v)) for v in values]
+        for values in _pinned(field, value)
+        if all(_indexable(v) for v in values)
+    ]
+    return _fewest([*options, ranged])
+
+
+def _range_probes(
+    scope: str, keys: list[str], field: str, value: Any, indexed: frozenset[FieldIndex]
+) -> list[Probe] | None:
+    """One probe for a field's bounds of one kind (number or string) where that kind of
+    the path is indexed. The bounds are ANDed, so those of either kind hold every chunk
+    that passes; the index reads the same typed value as the condition
+    (``metadata_condition``), with the same path operator."""
+    bounds = [(op, v) for op, v in _operators(field, value) if op in RANGES]
+    for kind in ("number", "string"):
+        index = FieldIndex(tuple(keys), kind)
+        mine = [(op, v) for op, v in bounds if _kind(v) == kind]
+        if mine and index in indexed:
+            return [(f"range-{scope}", (index, mine))]
+    return None
+
+
+def ranges_metadata(spec: Mapping[str, Any] | None) -> bool:
+    """Whether ``spec`` bounds a metadata path with a range operator somewhere (only then
+    do the indexed fields matter to its compilation). ``spec`` is already validated."""
+    if not spec:
+        return False
+    for key, value in spec.items():
+        if key in ("$and", "$or"):
+            if any(isinstance(v, Mapping) and ranges_metadata(v) for v in value):
+                return True
+        elif key == "$not":
+            continue  # a negated range gives no candidates
+        elif (
+            key not in BUILTINS and isinstance(value, Mapping) and any(op in RANGES for op in value)
+        ):
+            return True
+    return False
+
+
+def _kind(value: Any) -> str | None:
+    if _is_number(value):
+        return "number"
+    return "string" if isinstance(value, str) else None
 
 
 def _source_probes(value: Any) -> list[Probe] | None:
@@ -217,10 +274,21 @@ def _candidates_sql(compiler: _Compiler, probes: list[Probe]) -> sql.Composable:
     """The chunk ids the probes find (a chunk may come twice): one index scan of the
     chunks' metadata, one of the documents' and one of their sources at most, each for
     all its values (``@> ANY``: a bitmap scan per object, OR-ed)."""
+    branches: list[sql.Composable] = []
+    for scope, (index, bounds) in [p for p in probes if p[0].startswith("range-")]:
+        if scope in ("range-chunk", "range-either"):
+            branches.append(
+                sql.SQL("SELECT c.id FROM chunks c WHERE c.collection_id = %(cid)s AND {}").format(
+                    _bounded(compiler, sql.SQL("c.metadata"), index, bounds)
+                )
+            )
+        if scope in ("range-document", "range-either"):
+            branches.append(
+                _chunks_of_documents(_bounded(compiler, sql.SQL("d.metadata"), index, bounds))
+            )
     chunk = [Jsonb(o) for scope, o in probes if scope in ("chunk", "either")]
     document = [Jsonb(o) for scope, o in probes if scope in ("document", "either")]
     sources = [o for scope, o in probes if scope == "source"]
-    branches: list[sql.Composable] = []
     if chunk:
         branches.append(
             sql.SQL(
@@ -231,21 +299,41 @@ def _candidates_sql(compiler: _Compiler, probes: list[Probe]) -> sql.Composable:
     if document:
         branches.append(
             _chunks_of_documents(
-                sql.SQL("d.metadata @> ANY({})"), compiler.bind(document, "jsonb[]")
+                sql.SQL("d.metadata @> ANY({})").format(compiler.bind(document, "jsonb[]"))
             )
         )
     if sources:
         branches.append(
-            _chunks_of_documents(sql.SQL("d.source = ANY({})"), compiler.bind(sources, "text[]"))
+            _chunks_of_documents(
+                sql.SQL("d.source = ANY({})").format(compiler.bind(sources, "text[]"))
+            )
         )
     if not branches:  # an empty $in: nothing passes
         return sql.SQL("SELECT NULL::bigint AS id WHERE FALSE")
     return sql.SQL(" UNION ALL ").join(branches)
 
 
-def _chunks_of_documents(condition: sql.SQL, value: sql.Composable) -> sql.Composable:
-    """The chunk ids of the collection's documents that meet ``condition`` (over ``d``,
-    with one placeholder for ``value``), document by document through the index on
+def _bounded(
+    compiler: _Compiler,
+    metadata: sql.Composable,
+    index: FieldIndex,
+    bounds: list[tuple[str, Any]],
+) -> sql.Composable:
+    """``metadata``'s typed value at the indexed field within ``bounds``: the indexes'
+    own expression (db/field_indexes.py), so that the planner uses them."""
+    value = typed_value(metadata, index.keys, index.kind)
+    cast = "numeric" if index.kind == "number" else "text"
+    return _and(
+        [
+            sql.SQL("({} {} {})").format(value, sql.SQL(COMPARISONS[op]), compiler.bind(v, cast))
+            for op, v in bounds
+        ]
+    )
+
+
+def _chunks_of_documents(condition: sql.Composable) -> sql.Composable:
+    """The chunk ids of the collection's documents that meet ``condition`` (over ``d``),
+    document by document through the index on
     ``document_id``, so that a broad filter's count stops at its bound (as a join, the
     planner hashed every matching document against a scan of chunks; ``OFFSET 0`` keeps
     it from flattening the subquery back into that join)."""
@@ -253,7 +341,7 @@ def _chunks_of_documents(condition: sql.SQL, value: sql.Composable) -> sql.Compo
         "SELECT c.id FROM documents d CROSS JOIN LATERAL"
         " (SELECT c.id FROM chunks c WHERE c.document_id = d.id OFFSET 0) c"
         " WHERE d.collection_id = %(cid)s AND {}"
-    ).format(condition.format(value))
+    ).format(condition)
 
 
 def _check_size(spec: Mapping[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from ragstore.runtime import Runtime
 from ragstore.search import bm25
 from ragstore.search.filters import compile_filter
-from ragstore.search.service import EXACT_FILTER_CHUNKS, Mode, SearchParams
+from ragstore.search.service import EXACT_FILTER_CHUNKS, Mode, SearchParams, indexed_fields
 
 
 def search_plan(
@@ -76,7 +76,7 @@ def search_plan(
             "vector_weight": p.fusion.vector_weight,
             "fulltext_weight": p.fusion.fulltext_weight,
         }
-    if where and compile_filter(where).candidates is not None:
+    if where and compile_filter(where, indexed=indexed_fields(rt, where)).candidates is not None:
         for each in lists:  # a selective filter's chunks are ranked exactly (service.py)
             each["filter_exact_at_most"] = EXACT_FILTER_CHUNKS
     return {

@@ -56,10 +56,11 @@ import numpy.typing as npt
 from psycopg import ClientCursor, errors, sql
 from psycopg.pq import TransactionStatus
 
-from ragstore.db import spaces
+from ragstore.db import field_indexes, spaces
 from ragstore.db.cancel import cancellable
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
+from ragstore.db.field_indexes import FieldIndex
 from ragstore.db.repository import Collection
 from ragstore.errors import InputError, SearchTimeoutError
 from ragstore.models import Hit
@@ -67,7 +68,7 @@ from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 from ragstore.search import bm25, single
 from ragstore.search.aggregate import SECTION_CAP, SECTION_DECAY, SECTION_POOL, pool_size
-from ragstore.search.filters import compile_filter
+from ragstore.search.filters import compile_filter, ranges_metadata
 from ragstore.search.fused import fused_rows
 from ragstore.search.hybrid import FusionParams
 from ragstore.validation import float32_array
@@ -292,7 +293,7 @@ def _run(
                 "give query text too for full-text or hybrid search"
             )
         raise InputError("the query is empty; give the words to search for")
-    compiled = compile_filter(p.where)
+    compiled = compile_filter(p.where, indexed=indexed_fields(rt, p.where))
     coll = rt.cached_collection(collection)
     values: dict[str, Any] = dict(compiled.params)
     values.update({"k": p.k, "n": p.depth, "cid": coll.id})
@@ -586,6 +587,30 @@ def _vector_sql(
         " FROM {t} e JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id"
         " WHERE {cond} ORDER BY {order} LIMIT {limit}) SELECT chunk_id, raw FROM relaxed"
     ).format(op=op, t=sql.Identifier(coll.table), cond=condition, order=order, limit=limit)
+
+
+FIELD_INDEXES_CACHE_S = 1.0
+_field_indexes: WeakKeyDictionary[Database, tuple[float, int, list[FieldIndex]]] = (
+    WeakKeyDictionary()
+)
+
+
+def indexed_fields(rt: Runtime, where: Mapping[str, Any] | None) -> list[FieldIndex]:
+    """The indexed metadata fields, needed when ``where`` has a range on metadata (whose
+    candidates they give, search/filters.py). Read from the catalog at most once a second
+    (a round trip of about a millisecond), at once after this process added or dropped
+    one; until another process's change is seen, a range runs as before or, on an index
+    just dropped, reads the table: slower, never wrong."""
+    if not ranges_metadata(where):
+        return []
+    db, now, gen = rt.db, time.monotonic(), field_indexes.generation()
+    hit = _field_indexes.get(db)
+    if hit is not None and hit[1] == gen and now - hit[0] < FIELD_INDEXES_CACHE_S:
+        return hit[2]
+    with db.connection() as conn, translated("reading the indexed metadata fields"):
+        found = field_indexes.indexed(conn)
+    _field_indexes[db] = (now, gen, found)
+    return found
 
 
 def _by_filter_size(

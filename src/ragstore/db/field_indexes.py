@@ -1,0 +1,183 @@
+"""Indexed metadata fields: a metadata path whose number or string values a range filter
+can find through an index.
+
+A filter's range on a metadata path (``{"year": {"$gte": 2020}}``) reads
+``coalesce(c.metadata #> p, d.metadata #> p)``, which no index holds, so a selective
+range made both search lists read deep for the few chunks that pass. Values pinned with
+``$eq``/``$in`` are found through the metadata GIN indexes; a range needs a btree on the
+path's typed value, and there are too many paths to index them all. So an operator
+declares the fields worth it (``ragstore db index-field year --type number``), as
+Qdrant's payload indexes or a hand-made expression index are declared, and each gets two
+btree indexes over every collection: on ``documents``, and on the ``chunks`` that carry
+such a value of their own (a chunk's own value overrides its document's, so both are
+needed). Search derives a range filter's candidate chunks from
+them (search/filters.py).
+
+The indexes are the registry: each is named ``ragstore_field_<kind>_<hash>_<table>`` and
+carries its path and kind as a JSON comment, and a field counts as indexed while both of
+its indexes are valid. They are built ``CONCURRENTLY`` (writers are not blocked; a
+build that fails leaves an invalid index, which the next declaration rebuilds), so the
+functions here need an autocommit connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+
+from ragstore.errors import InputError
+
+KINDS = ("number", "string")
+PREFIX = "ragstore_field_"
+_TABLES = {"d": "documents", "c": "chunks"}
+MAX_PATH_LENGTH = 256
+
+
+_generation = 0  # bumped by every add and drop of this process (search's cache reads it)
+
+
+def generation() -> int:
+    """How many times this process has added or dropped field indexes."""
+    return _generation
+
+
+def _changed() -> None:
+    global _generation
+    _generation += 1
+
+
+@dataclass(frozen=True)
+class FieldIndex:
+    """A metadata path (its keys) whose values of ``kind`` are indexed."""
+
+    keys: tuple[str, ...]
+    kind: str
+
+    @property
+    def field(self) -> str:
+        return ".".join(self.keys)
+
+    def name(self, table: str) -> str:
+        digest = hashlib.sha1(json.dumps(list(self.keys)).encode()).hexdigest()[:16]
+        return f"{PREFIX}{self.kind}_{digest}_{table[0]}"
+
+
+def typed_value(metadata: sql.Composable, keys: tuple[str, ...], kind: str) -> sql.Composable:
+    """The value at ``keys`` in ``metadata`` as ``numeric`` (``kind`` number) or ``text``
+    (string), NULL where it is absent or of another JSON type: the indexes' expression,
+    and the one a candidate probe must repeat word for word for the planner to use them
+    (the path is a literal here, not a parameter, for the same reason)."""
+    path = sql.SQL("{}::text[]").format(sql.Literal(list(keys)))
+    at = sql.SQL("({} #> {})").format(metadata, path)
+    if kind == "number":
+        return sql.SQL("(CASE WHEN jsonb_typeof({e}) = 'number' THEN {e}::numeric END)").format(
+            e=at
+        )
+    return sql.SQL("(CASE WHEN jsonb_typeof({e}) = 'string' THEN {e} #>> '{{}}' END)").format(e=at)
+
+
+def parse_field(field: str, kind: str) -> FieldIndex:
+    """The field to index, checked: a dot-separated metadata path (no built-in field, no
+    ``chunk.``/``document.`` prefix: both tables are indexed) and a known kind."""
+    from ragstore.search.filters import BUILTINS
+
+    if kind not in KINDS:
+        raise InputError(f"unknown field type {kind!r}: use one of {', '.join(KINDS)}")
+    keys = field.split(".")
+    if not field or len(field) > MAX_PATH_LENGTH or any(not k for k in keys):
+        raise InputError(
+            f"invalid metadata field {field!r}: use dot-separated, non-empty keys of at "
+            f"most {MAX_PATH_LENGTH} characters (e.g. 'year' or 'author.name')"
+        )
+    if field in BUILTINS or keys[0] in ("chunk", "document"):
+        raise InputError(
+            f"{field!r} is not a metadata path: give the path as a filter reads it bare "
+            "(e.g. 'year'); both the documents' and the chunks' values are indexed"
+        )
+    return FieldIndex(tuple(keys), kind)
+
+
+def _create_sql(index: FieldIndex, table: str) -> sql.Composable:
+    """The index of ``table``: partial on ``chunks`` (few chunks carry a value of their
+    own; a chunk that does not costs its write nothing), whole on ``documents``, because
+    the planner estimates a range from an expression index's statistics only when it is
+    not partial (without them a one-sided range is a third of the rows, and the documents
+    were scanned)."""
+    alias = sql.Identifier(table)
+    value = typed_value(sql.SQL("{}.metadata").format(alias), index.keys, index.kind)
+    where = sql.SQL(" WHERE {} IS NOT NULL").format(value) if table == "chunks" else sql.SQL("")
+    return sql.SQL("CREATE INDEX CONCURRENTLY {i} ON {t} ({v}){w}").format(
+        i=sql.Identifier(index.name(table)), t=alias, v=value, w=where
+    )
+
+
+def _state(conn: Any, name: str) -> bool | None:
+    """Whether index ``name`` is valid; None where it does not exist."""
+    row = conn.execute(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE c.relname = %s AND pg_table_is_visible(c.oid)",
+        (name,),
+    ).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def add(conn: Any, index: FieldIndex) -> bool:
+    """Build the field's two indexes (``conn`` in autocommit); False when both existed.
+
+    An index left invalid by a failed or cancelled build is dropped and built again. The
+    tables are analysed after a build: an expression index gets its statistics then."""
+    built = False
+    for table in _TABLES.values():
+        name = index.name(table)
+        state = _state(conn, name)
+        if state:
+            continue
+        if state is False:
+            conn.execute(sql.SQL("DROP INDEX CONCURRENTLY {}").format(sql.Identifier(name)))
+        conn.execute(_create_sql(index, table))
+        comment = json.dumps({"field": list(index.keys), "kind": index.kind})
+        conn.execute(
+            sql.SQL("COMMENT ON INDEX {} IS {}").format(sql.Identifier(name), sql.Literal(comment))
+        )
+        built = True
+    if built:  # the planner estimates a range over the new expressions from these statistics
+        conn.execute("ANALYZE documents, chunks")
+        _changed()
+    return built
+
+
+def drop(conn: Any, index: FieldIndex) -> bool:
+    """Drop the field's indexes (``conn`` in autocommit); False when there were none."""
+    dropped = False
+    for table in _TABLES.values():
+        name = index.name(table)
+        if _state(conn, name) is not None:
+            conn.execute(sql.SQL("DROP INDEX CONCURRENTLY {}").format(sql.Identifier(name)))
+            dropped = True
+    _changed()
+    return dropped
+
+
+def indexed(conn: Any) -> list[FieldIndex]:
+    """The fields whose two indexes are both valid, by field and kind."""
+    rows = conn.execute(
+        "SELECT obj_description(c.oid, 'pg_class'), t.relname FROM pg_index i"
+        " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid"
+        " WHERE c.relname LIKE %s AND pg_table_is_visible(c.oid)"
+        " AND i.indisvalid AND t.relname = ANY(%s)",
+        (PREFIX.replace("_", r"\_") + "%", list(_TABLES.values())),
+    ).fetchall()
+    tables: dict[FieldIndex, set[str]] = {}
+    for comment, table in rows:
+        try:
+            meta = json.loads(comment or "")
+            index = FieldIndex(tuple(meta["field"]), meta["kind"])
+        except (ValueError, KeyError, TypeError):
+            continue  # not one of ours (a hand-made index of the same prefix)
+        tables.setdefault(index, set()).add(table)
+    full = [i for i, t in tables.items() if len(t) == len(_TABLES)]
+    return sorted(full, key=lambda i: (i.keys, i.kind))

@@ -1,0 +1,208 @@
+"""Indexed metadata fields: a range on one gives candidates found through its two indexes,
+every filter keeps the same chunks with them as without, and the indexes come and go."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from psycopg import sql
+
+from ragstore.db import field_indexes
+from ragstore.db.field_indexes import FieldIndex
+from ragstore.errors import InputError
+from ragstore.runtime import Runtime
+from ragstore.search import compile_filter, service
+from tests.conftest import run_cli
+from tests.test_filters import CASES, COLL, PROBED, docs, sources
+
+__all__ = ["docs"]  # the filter tests' collection, built again in this module's database
+
+INDEXED = [
+    FieldIndex(("year",), "number"),
+    FieldIndex(("year",), "string"),
+    FieldIndex(("author", "age"), "number"),
+]
+# a.md: document year 2019, its chunk's own 2018; b.md 2021; c.md 2023; d.md "unknown"
+RANGE_CASES: list[tuple[str, dict[str, Any], set[str]]] = [
+    ("either-lt", {"year": {"$lt": 2019}}, {"a.md"}),
+    ("either-gte-overridden", {"year": {"$gte": 2019}}, {"b.md", "c.md"}),
+    ("chunk-range", {"chunk.year": {"$lte": 2018}}, {"a.md"}),
+    ("string-range", {"year": {"$gt": "t"}}, {"d.md"}),
+    ("nested-range", {"author.age": {"$gt": 30}}, {"a.md"}),
+    ("or-range-value", {"$or": [{"year": {"$gt": 2022}}, {"team": "infra"}]}, {"b.md", "c.md"}),
+    ("and-value-first", {"year": {"$gt": 2020}, "team": "search"}, {"c.md"}),
+    ("mixed-kinds", {"year": {"$gte": 2000, "$lt": "z"}}, set()),
+    ("kind-not-indexed", {"author.name": {"$gt": "A"}}, {"a.md", "b.md"}),
+    ("not-range", {"$not": {"year": {"$lt": 2019}}}, {"b.md", "c.md", "d.md"}),
+]
+ALL = CASES + RANGE_CASES
+# with the fields above indexed, these give candidates beyond the value-pinning ones
+RANGED = {
+    "gt",
+    "gt-none",
+    "gte",
+    "range",
+    "string-compare",
+    "either-lt",
+    "either-gte-overridden",
+    "chunk-range",
+    "string-range",
+    "nested-range",
+    "or-range-value",
+    "and-value-first",
+    "mixed-kinds",
+}
+
+
+@pytest.fixture(scope="module")
+def indexed(docs: Runtime) -> Iterator[Runtime]:
+    with docs.db.connect(autocommit=True) as conn:
+        for index in INDEXED:
+            assert field_indexes.add(conn, index)
+    yield docs
+    with docs.db.connect(autocommit=True) as conn:
+        for index in INDEXED:
+            field_indexes.drop(conn, index)
+
+
+@pytest.mark.parametrize("bound", [0, 1, 2000])
+@pytest.mark.parametrize(
+    ("where", "expected"), [(w, e) for _, w, e in ALL], ids=[name for name, _, _ in ALL]
+)
+def test_filters_keep_the_same_chunks_with_indexed_fields(
+    indexed: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+    bound: int,
+    where: dict[str, Any],
+    expected: set[str],
+) -> None:
+    """Through the candidates (exact branch) or past the bound (the index scans), a
+    filter keeps what it keeps without indexes, chunk values overriding documents'."""
+    monkeypatch.setattr(service, "EXACT_FILTER_CHUNKS", bound)
+    assert sources(indexed, where) == expected
+    assert sources(indexed, where, mode="hybrid") == expected
+
+
+def _found(rt: Runtime, where: dict[str, Any]) -> set[str] | None:
+    with rt.db.connection() as conn:
+        compiled = compile_filter(where, indexed=field_indexes.indexed(conn))
+    if compiled.candidates is None:
+        return None
+    stmt = sql.SQL(
+        "SELECT DISTINCT d.source FROM ({}) f JOIN chunks c ON c.id = f.id"
+        " JOIN documents d ON d.id = c.document_id"
+    ).format(compiled.candidates)
+    with rt.db.connection() as conn:
+        rows = conn.execute(stmt, {**compiled.params, "cid": rt.collection(COLL).id})
+        return {r[0] for r in rows}
+
+
+def test_candidates_hold_every_chunk_a_range_keeps(indexed: Runtime) -> None:
+    """The candidate statement finds at least what each filter keeps; exactly the
+    value-pinning filters and the ranges of an indexed field's kind get one."""
+    probed = set()
+    for name, where, expected in ALL:
+        found = _found(indexed, where)
+        if found is not None:
+            probed.add(name)
+            assert expected <= found, name
+    assert probed == PROBED | RANGED
+
+
+def test_values_are_probed_before_a_range() -> None:
+    """Of ANDed conditions a pinned value is the probe (its width is known small), not
+    the range; a range alone is probed through the typed value the indexes hold."""
+    both = compile_filter({"year": {"$gt": 2020}, "team": "search"}, indexed=INDEXED)
+    assert both.candidates is not None
+    text = both.candidates.as_string(None)
+    assert "@>" in text and "jsonb_typeof" not in text
+    alone = compile_filter({"year": {"$gt": 2020}}, indexed=INDEXED)
+    assert alone.candidates is not None and "jsonb_typeof" in alone.candidates.as_string(None)
+    assert compile_filter({"year": {"$gt": 2020}}).candidates is None
+
+
+@pytest.mark.parametrize(
+    ("where", "kind"), [({"year": {"$gte": 2019}}, "number"), ({"year": {"$lt": "v"}}, "string")]
+)
+def test_a_range_reads_both_indexes(indexed: Runtime, where: dict[str, Any], kind: str) -> None:
+    """The probe repeats the indexes' expression: the planner uses them (a scan is
+    priced out here, as it is on a large table)."""
+    compiled = compile_filter(where, indexed=INDEXED)
+    assert compiled.candidates is not None
+    index = FieldIndex(("year",), kind)
+    with indexed.db.connection() as conn:
+        conn.execute("SET LOCAL enable_seqscan = off")
+        plan = conn.execute(
+            sql.SQL("EXPLAIN {}").format(compiled.candidates),
+            {**compiled.params, "cid": indexed.collection(COLL).id},
+        ).fetchall()
+    text = "\n".join(r[0] for r in plan)
+    assert index.name("documents") in text and index.name("chunks") in text
+
+
+def test_an_index_left_invalid_is_not_used_and_is_built_again(docs: Runtime) -> None:
+    index = FieldIndex(("score",), "number")
+    with docs.db.connect(autocommit=True) as conn:
+        assert field_indexes.add(conn, index)
+        assert not field_indexes.add(conn, index)  # both there already
+        assert index in field_indexes.indexed(conn)
+        # what a failed CREATE INDEX CONCURRENTLY leaves
+        conn.execute(
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass",
+            (index.name("chunks"),),
+        )
+        assert index not in field_indexes.indexed(conn)
+        assert field_indexes.add(conn, index)
+        assert index in field_indexes.indexed(conn)
+        assert field_indexes.drop(conn, index)
+        assert not field_indexes.drop(conn, index)
+        assert index not in field_indexes.indexed(conn)
+
+
+def test_search_sees_this_process_s_changes_at_once(docs: Runtime) -> None:
+    index = FieldIndex(("rank",), "number")
+    where = {"rank": {"$lt": 3}}
+    assert index not in service.indexed_fields(docs, where)
+    with docs.db.connect(autocommit=True) as conn:
+        field_indexes.add(conn, index)
+    assert index in service.indexed_fields(docs, where)
+    assert service.indexed_fields(docs, {"rank": 2}) == []  # no range: not read
+    with docs.db.connect(autocommit=True) as conn:
+        field_indexes.drop(conn, index)
+    assert index not in service.indexed_fields(docs, where)
+
+
+@pytest.mark.parametrize(
+    ("field", "kind", "message"),
+    [
+        ("year", "date", "unknown field type 'date'"),
+        ("a..b", "number", "invalid metadata field"),
+        ("", "number", "invalid metadata field"),
+        ("x" * 300, "string", "invalid metadata field"),
+        ("page", "number", "'page' is not a metadata path"),
+        ("chunk.year", "number", "is not a metadata path"),
+        ("document.year", "number", "is not a metadata path"),
+    ],
+)
+def test_bad_fields_are_refused(field: str, kind: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        field_indexes.parse_field(field, kind)
+
+
+def test_cli_indexes_lists_and_drops_a_field(
+    docs: Runtime, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli("db", "index-field", "published", "--type", "string") == 0
+    assert "indexed: string field 'published'" in capsys.readouterr().out
+    assert run_cli("db", "index-fields", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {"field": "published", "type": "string"} in listed
+    assert run_cli("db", "index-field", "published", "--type", "date") == 65
+    assert "unknown field type" in capsys.readouterr().err
+    assert run_cli("db", "index-field", "published", "--type", "string", "--drop") == 0
+    assert "dropped" in capsys.readouterr().out
+    assert run_cli("db", "index-fields", "--json") == 0
+    assert {"field": "published", "type": "string"} not in json.loads(capsys.readouterr().out)
