@@ -2,13 +2,17 @@
 
     python -m bench.scale --sizes 10000 100000 --out /tmp/scale.json
     python -m bench.scale --top-up DATA_DIR --sizes 1000000   # grow a kept collection
+    python -m bench.scale --measure DATA_DIR --index-field bucket:number \
+        --only vector_1pct_range fulltext_1pct_range hybrid_1pct_range   # an indexed range
 
 Corpus: the shared SciFact, CISI and Cranfield records recombined into Markdown files. File
 ``j`` holds record ``j mod M``'s title and text followed by the sentences of one other
 record picked by a seeded generator (so term statistics stay those of real scientific
 prose, and no two files are equal), with YAML front matter ``bucket: j mod 100`` that the
-1% (``bucket = 0``) and 10% (``bucket < 10``) filters select on. The file count is sized
-from the chunk count of a sample so that the collection holds about the requested chunks.
+1% (``bucket = 0``, or as a range ``bucket < 1``) and 10% (``bucket < 10``) filters select
+on; a range's rows change with ``--index-field bucket:number`` (``ragstore db
+index-field``). The file count is sized from the chunk count of a sample so that the
+collection holds about the requested chunks.
 
 Model: :mod:`bench.instant_embedder`, an OpenAI-compatible server on 127.0.0.1 in its
 own process, pinned with ``add_http_model`` like any HTTP model (MiniLM's tokenizer for
@@ -47,7 +51,7 @@ from bench.instant_embedder import InstantServer
 from bench.scratch import discard
 from ragstore.chunking import chunk_document
 from ragstore.config import Settings
-from ragstore.db import repository
+from ragstore.db import field_indexes, repository
 from ragstore.ingest import IngestReport, ingest_paths
 from ragstore.ingest.service import ingest_items
 from ragstore.modelops import add_http_model
@@ -71,6 +75,10 @@ SEARCHES: dict[str, dict[str, Any]] = {
     "vector_1pct": {"mode": "vector", "where": {"bucket": 0}},
     "fulltext_1pct": {"mode": "fulltext", "where": {"bucket": 0}},
     "fulltext_10pct": {"mode": "fulltext", "where": {"bucket": {"$lt": 10}}},
+    # the 1% as a range: candidates only where `bucket` is an indexed field (--index-field)
+    "vector_1pct_range": {"mode": "vector", "where": {"bucket": {"$lt": 1}}},
+    "fulltext_1pct_range": {"mode": "fulltext", "where": {"bucket": {"$lt": 1}}},
+    "hybrid_1pct_range": {"mode": "hybrid", "where": {"bucket": {"$lt": 1}}},
     # chunks ranked alone (no section aggregation, whose pool reads 50-deep lists)
     "fulltext_chunks": {"mode": "fulltext", "sections": False},
     "hybrid_chunks": {"mode": "hybrid", "sections": False},
@@ -314,10 +322,17 @@ def measure_existing(
     clients: list[int],
     recall_queries: int | None = None,
     only: list[str] | None = None,
+    index_fields: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
-    """:func:`measure` on a collection a previous ``--keep`` run left in ``data_dir``."""
+    """:func:`measure` on a collection a previous ``--keep`` run left in ``data_dir``;
+    ``index_fields`` (``FIELD:TYPE`` to True or False) indexes or drops fields first."""
     with existing(data_dir) as (rt, coll):
         out: dict[str, Any] = {"vacuum_analyze_s": _vacuum_analyze(rt)}
+        with rt.db.connect(autocommit=True) as conn:
+            for spec, on in (index_fields or {}).items():
+                index = field_indexes.parse_field(*spec.rsplit(":", 1))
+                (field_indexes.add if on else field_indexes.drop_indexes)(conn, index)
+            out["indexed_fields"] = [f"{i.field}:{i.kind}" for i in field_indexes.indexed(conn)]
         with rt.db.connection() as conn:  # any kept collection (files or --construct direct)
             row = conn.execute(
                 "SELECT count(*) FROM chunks WHERE collection_id = %s", (coll.id,)
@@ -515,6 +530,20 @@ def main() -> None:
         help="only measure the collection a --keep run left in DATA_DIR",
     )
     ap.add_argument(
+        "--index-field",
+        nargs="+",
+        default=[],
+        metavar="FIELD:TYPE",
+        help="with --measure: index these metadata fields first (e.g. bucket:number)",
+    )
+    ap.add_argument(
+        "--no-index-field",
+        nargs="+",
+        default=[],
+        metavar="FIELD:TYPE",
+        help="with --measure: drop these fields' indexes first (the run without them)",
+    )
+    ap.add_argument(
         "--top-up",
         type=Path,
         metavar="DATA_DIR",
@@ -535,8 +564,14 @@ def main() -> None:
             args.out.write_text(json.dumps(res, indent=1))
         return
     if args.measure:
+        fields = {f: True for f in args.index_field} | {f: False for f in args.no_index_field}
         res = measure_existing(
-            args.measure, _queries(args.queries), args.clients, args.recall_queries, args.only
+            args.measure,
+            _queries(args.queries),
+            args.clients,
+            args.recall_queries,
+            args.only,
+            fields,
         )
         print(json.dumps(res, indent=1), flush=True)
         if args.out:

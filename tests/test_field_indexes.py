@@ -65,7 +65,7 @@ def indexed(docs: Runtime) -> Iterator[Runtime]:
     yield docs
     with docs.db.connect(autocommit=True) as conn:
         for index in INDEXED:
-            field_indexes.drop(conn, index)
+            field_indexes.drop_indexes(conn, index)
 
 
 @pytest.mark.parametrize("bound", [0, 1, 2000])
@@ -157,8 +157,8 @@ def test_an_index_left_invalid_is_not_used_and_is_built_again(docs: Runtime) -> 
         assert index not in field_indexes.indexed(conn)
         assert field_indexes.add(conn, index)
         assert index in field_indexes.indexed(conn)
-        assert field_indexes.drop(conn, index)
-        assert not field_indexes.drop(conn, index)
+        assert field_indexes.drop_indexes(conn, index)
+        assert not field_indexes.drop_indexes(conn, index)
         assert index not in field_indexes.indexed(conn)
 
 
@@ -171,7 +171,7 @@ def test_search_sees_this_process_s_changes_at_once(docs: Runtime) -> None:
     assert index in service.indexed_fields(docs, where)
     assert service.indexed_fields(docs, {"rank": 2}) == []  # no range: not read
     with docs.db.connect(autocommit=True) as conn:
-        field_indexes.drop(conn, index)
+        field_indexes.drop_indexes(conn, index)
     assert index not in service.indexed_fields(docs, where)
 
 
@@ -206,3 +206,16 @@ def test_cli_indexes_lists_and_drops_a_field(
     assert "dropped" in capsys.readouterr().out
     assert run_cli("db", "index-fields", "--json") == 0
     assert {"field": "published", "type": "string"} not in json.loads(capsys.readouterr().out)
+
+
+def test_store_indexes_lists_and_drops_a_field(docs: Runtime) -> None:
+    from ragstore.store import Store
+
+    store = Store.from_runtime(docs)
+    assert store.index_field("meta.level", "number")
+    assert not store.index_field("meta.level", "number")
+    assert {"field": "meta.level", "type": "number"} in store.indexed_fields()
+    with pytest.raises(InputError, match="unknown field type"):
+        store.index_field("meta.level", "numeric")
+    assert store.index_field("meta.level", "number", drop=True)
+    assert {"field": "meta.level", "type": "number"} not in store.indexed_fields()

@@ -202,13 +202,10 @@ def index_field(
     (documents, and chunks with a value of their own) without blocking writers; each
     costs every write of a document a little. Equality and $in need no index."""
     from ragstore.db import field_indexes
-    from ragstore.db.errors import translated
     from ragstore.runtime import Runtime
 
-    index = field_indexes.parse_field(field, kind)
-    doing = f"{'dropping' if drop else 'building'} the indexes of field {field!r}"
-    with Runtime() as rt, rt.db.connect(autocommit=True) as conn, translated(doing):
-        changed = field_indexes.drop(conn, index) if drop else field_indexes.add(conn, index)
+    with Runtime() as rt:
+        changed = field_indexes.declare(rt.db, field, kind, drop=drop)
     if drop:
         typer.echo(f"dropped: {kind} field {field!r}" if changed else f"not indexed: {field!r}")
     else:
@@ -221,8 +218,8 @@ def index_fields(as_json: bool = typer.Option(False, "--json", help="Print JSON.
     from ragstore.db import field_indexes
     from ragstore.runtime import Runtime
 
-    with Runtime() as rt, rt.db.connect(autocommit=True) as conn:
-        found = field_indexes.indexed(conn)
+    with Runtime() as rt:
+        found = field_indexes.listed(rt.db)
     if as_json:
         echo_json([{"field": i.field, "type": i.kind} for i in found])
         return

@@ -25,11 +25,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
+from ragstore.db.errors import translated
 from ragstore.errors import InputError
+
+if TYPE_CHECKING:
+    from ragstore.db.database import Database
 
 KINDS = ("number", "string")
 PREFIX = "ragstore_field_"
@@ -150,7 +154,7 @@ def add(conn: Any, index: FieldIndex) -> bool:
     return built
 
 
-def drop(conn: Any, index: FieldIndex) -> bool:
+def drop_indexes(conn: Any, index: FieldIndex) -> bool:
     """Drop the field's indexes (``conn`` in autocommit); False when there were none."""
     dropped = False
     for table in _TABLES.values():
@@ -160,6 +164,22 @@ def drop(conn: Any, index: FieldIndex) -> bool:
             dropped = True
     _changed()
     return dropped
+
+
+def declare(db: Database, field: str, kind: str, *, drop: bool = False) -> bool:
+    """Index ``field``'s ``kind`` of values (or drop its indexes) on ``db``, checked first
+    (:func:`parse_field`): what ``ragstore db index-field`` and ``Store.index_field`` do.
+    False when there was nothing to do."""
+    index = parse_field(field, kind)
+    doing = f"{'dropping' if drop else 'building'} the indexes of field {field!r}"
+    with db.connect(autocommit=True) as conn, translated(doing):
+        return drop_indexes(conn, index) if drop else add(conn, index)
+
+
+def listed(db: Database) -> list[FieldIndex]:
+    """The indexed fields of ``db`` (:func:`indexed` on a connection of its own)."""
+    with db.connect(autocommit=True) as conn, translated("listing the indexed fields"):
+        return indexed(conn)
 
 
 def indexed(conn: Any) -> list[FieldIndex]:

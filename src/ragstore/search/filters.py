@@ -273,7 +273,8 @@ def _nested(keys: list[str], value: Any) -> dict[str, Any]:
 def _candidates_sql(compiler: _Compiler, probes: list[Probe]) -> sql.Composable:
     """The chunk ids the probes find (a chunk may come twice): one index scan of the
     chunks' metadata, one of the documents' and one of their sources at most, each for
-    all its values (``@> ANY``: a bitmap scan per object, OR-ed)."""
+    all its values (``@> ANY``: a bitmap scan per object, OR-ed), and for each range the
+    chunks with their own value in it and the chunks of the documents with theirs."""
     branches: list[sql.Composable] = []
     for scope, (index, bounds) in [p for p in probes if p[0].startswith("range-")]:
         if scope in ("range-chunk", "range-either"):
