@@ -219,3 +219,27 @@ def test_store_indexes_lists_and_drops_a_field(docs: Runtime) -> None:
         store.index_field("meta.level", "numeric")
     assert store.index_field("meta.level", "number", drop=True)
     assert {"field": "meta.level", "type": "number"} not in store.indexed_fields()
+
+
+def test_db_check_finds_and_repairs_field_indexes_search_cannot_use(docs: Runtime) -> None:
+    from ragstore.integrity import check
+
+    index = FieldIndex(("grade",), "number")
+    stray = f"{field_indexes.PREFIX}number_0123456789abcdef_d"
+    with docs.db.connect(autocommit=True) as conn:
+        field_indexes.add(conn, index)
+        conn.execute(  # what a failed CREATE INDEX CONCURRENTLY leaves
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass",
+            (index.name("documents"),),
+        )
+        conn.execute(sql.SQL("CREATE INDEX {} ON documents ((1))").format(sql.Identifier(stray)))
+    problems = [f.problem for f in check(docs).findings]
+    assert any("'grade' (number)" in p for p in problems), problems
+    assert any(stray in p for p in problems), problems
+    repaired = check(docs, repair=True)
+    assert repaired.ok and len(repaired.findings) == 2
+    assert check(docs).findings == []
+    with docs.db.connect(autocommit=True) as conn:
+        assert index in field_indexes.indexed(conn)
+        assert field_indexes.broken(conn) == ([], [])
+        field_indexes.drop_indexes(conn, index)

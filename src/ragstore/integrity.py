@@ -8,13 +8,15 @@ What each collection's rows must agree on, read in one snapshot per collection:
   trigger keep this, and this check proves it);
 - its BM25 statistics (chunk count, total length, each lexeme's document frequency) equal a
   recount from its chunks;
-and, for the database, no table left by a bulk load that was killed.
+and, for the database, no table left by a bulk load that was killed, and no indexed
+metadata field with an index missing, invalid or unlabelled (db/field_indexes.py).
 
 Nothing of this should ever be found: each is written in one transaction with what it
 describes. A finding means a bug, a hand-made change or a partial restore, and ``repair``
 fixes each from the data itself: missing vectors are embedded with the space's model from
 the stored chunk text (what ingest embedded), stray vectors deleted, a missing index
-built, the statistics recounted, leftovers dropped. Each repair is one transaction.
+built, the statistics recounted, leftovers dropped, a field's indexes built again. Each
+repair is one transaction (an index build, one concurrent build).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ragstore.db import documents, integrity, repository, spaces
+from ragstore.db import documents, field_indexes, integrity, repository, spaces
 from ragstore.db.errors import translated
 from ragstore.ingest.service import ensure_space_index
 
@@ -91,6 +93,7 @@ def check(rt: Runtime, collection: str | None = None, *, repair: bool = False) -
     for coll in _collections(rt, collection):
         _check_collection(rt, coll, report, repair)
     _check_leftovers(rt, report, repair)
+    _check_field_indexes(rt, report, repair)
     return report
 
 
@@ -235,3 +238,36 @@ def _check_leftovers(rt: Runtime, report: CheckReport, repair: bool) -> None:
             integrity.drop_leftovers(conn, leftovers)
         found.repaired = True
     report.findings.append(found)
+
+
+def _check_field_indexes(rt: Runtime, report: CheckReport, repair: bool) -> None:
+    """Indexed fields that search does not use (an index missing or invalid: a build that
+    failed or was stopped), and indexes of ours that name no field; repaired by building
+    the field's indexes again, and by dropping the unnamed ones."""
+    with (
+        rt.db.connect(autocommit=True) as conn,
+        translated("checking the indexed metadata fields"),
+    ):
+        partial, unlabelled = field_indexes.broken(conn)
+        for index in partial:
+            found = Finding(
+                "database",
+                f"indexed field {index.field!r} ({index.kind}): an index is missing or "
+                "invalid (a build that failed or was stopped), so range filters on it do "
+                "not use them",
+                "--repair builds them again (as ragstore db index-field does)",
+            )
+            if repair:
+                field_indexes.add(conn, index)
+                found.repaired = True
+            report.findings.append(found)
+        if unlabelled:
+            found = Finding(
+                "database",
+                f"indexes of indexed fields that name no field: {', '.join(unlabelled)}",
+                "--repair drops them; declare the field again with ragstore db index-field",
+            )
+            if repair:
+                field_indexes.drop_named(conn, unlabelled)
+                found.repaired = True
+            report.findings.append(found)

@@ -12,9 +12,10 @@ import psycopg
 import pytest
 from pgvector.psycopg import register_vector
 
-from ragstore.db import migrations
+from ragstore.db import field_indexes, migrations
 from ragstore.db.database import Database
 from ragstore.db.embedded import pg_bin_dir
+from ragstore.db.field_indexes import FieldIndex
 from tests.conftest import run_cli
 from tests.imports.helpers import vectors, write_jsonl
 
@@ -53,6 +54,8 @@ def populated(cli_env_module: dict[str, str], tmp_path_factory: pytest.TempPathF
             )
             == 0
         )
+    # an indexed metadata field: its indexes and their comments are part of what is restored
+    assert run_cli("db", "index-field", "year", "--type", "number") == 0
     return cli_env_module["RAGSTORE_DATABASE_URL"]
 
 
@@ -97,6 +100,8 @@ def test_backup_damage_restore_gives_identical_data(
         assert table is not None
         conn.execute(psycopg.sql.SQL("DROP TABLE {}").format(psycopg.sql.Identifier(table[0])))
         conn.execute("UPDATE collections SET settings = '{\"damaged\": true}'")
+        index = FieldIndex(("year",), "number").name("documents")
+        conn.execute(psycopg.sql.SQL("DROP INDEX {}").format(psycopg.sql.Identifier(index)))
     src = write_jsonl(tmp_path / "gamma.jsonl", ["g1", "g2"], vectors(2, 12, seed=3))
     assert (
         run_cli(
@@ -118,6 +123,8 @@ def test_backup_damage_restore_gives_identical_data(
     out = capsys.readouterr().out
     assert f"restored {archive} into " in out and "2 collections, 100 documents" in out
     assert full_dump(populated) == before
+    with psycopg.connect(populated) as conn:
+        assert field_indexes.indexed(conn) == [FieldIndex(("year",), "number")]
 
 
 def test_damaged_archive_is_refused_and_nothing_changes(

@@ -138,16 +138,16 @@ def add(conn: Any, index: FieldIndex) -> bool:
     for table in _TABLES.values():
         name = index.name(table)
         state = _state(conn, name)
-        if state:
-            continue
         if state is False:
             conn.execute(sql.SQL("DROP INDEX CONCURRENTLY {}").format(sql.Identifier(name)))
-        conn.execute(_create_sql(index, table))
+        if not state:
+            conn.execute(_create_sql(index, table))
+            built = True
+        # labelled every time: a build stopped between its CREATE and this is valid, unnamed
         comment = json.dumps({"field": list(index.keys), "kind": index.kind})
         conn.execute(
             sql.SQL("COMMENT ON INDEX {} IS {}").format(sql.Identifier(name), sql.Literal(comment))
         )
-        built = True
     if built:  # the planner estimates a range over the new expressions from these statistics
         conn.execute("ANALYZE documents, chunks")
         _changed()
@@ -184,20 +184,61 @@ def listed(db: Database) -> list[FieldIndex]:
 
 def indexed(conn: Any) -> list[FieldIndex]:
     """The fields whose two indexes are both valid, by field and kind."""
+    found, _ = _ours(conn)
+    full = [i for i, tables in found.items() if len(tables) == len(_TABLES)]
+    return sorted(full, key=lambda i: (i.keys, i.kind))
+
+
+def broken(conn: Any) -> tuple[list[FieldIndex], list[str]]:
+    """What ``ragstore db check`` reports: the fields with one index missing or invalid (a
+    build that failed or was cancelled, a hand-made drop), and the names of indexes of
+    ours that name no field (a build stopped before its label): search uses neither."""
+    found, unlabelled = _ours(conn)
+    partial = [i for i, tables in found.items() if len(tables) < len(_TABLES)]
+    return sorted(partial, key=lambda i: (i.keys, i.kind)), unlabelled
+
+
+def _ours(conn: Any) -> tuple[dict[FieldIndex, set[str]], list[str]]:
+    """Each labelled field with the tables its valid indexes are on (none, where all its
+    indexes are invalid), and the names of our indexes with no label."""
     rows = conn.execute(
-        "SELECT obj_description(c.oid, 'pg_class'), t.relname FROM pg_index i"
-        " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid"
-        " WHERE c.relname LIKE %s AND pg_table_is_visible(c.oid)"
-        " AND i.indisvalid AND t.relname = ANY(%s)",
+        "SELECT c.relname, obj_description(c.oid, 'pg_class'), t.relname, i.indisvalid"
+        " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " JOIN pg_class t ON t.oid = i.indrelid"
+        " WHERE c.relname LIKE %s AND pg_table_is_visible(c.oid) AND t.relname = ANY(%s)"
+        # one being built now is invalid and unlabelled until its build ends: not broken
+        " AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p"
+        " WHERE p.index_relid = c.oid)",
         (PREFIX.replace("_", r"\_") + "%", list(_TABLES.values())),
     ).fetchall()
-    tables: dict[FieldIndex, set[str]] = {}
-    for comment, table in rows:
-        try:
-            meta = json.loads(comment or "")
-            index = FieldIndex(tuple(meta["field"]), meta["kind"])
-        except (ValueError, KeyError, TypeError):
-            continue  # not one of ours (a hand-made index of the same prefix)
-        tables.setdefault(index, set()).add(table)
-    full = [i for i, t in tables.items() if len(t) == len(_TABLES)]
-    return sorted(full, key=lambda i: (i.keys, i.kind))
+    found: dict[FieldIndex, set[str]] = {}
+    unlabelled: list[str] = []
+    for name, comment, table, valid in rows:
+        index = _labelled(comment)
+        if index is None or index.name(table) != name:
+            unlabelled.append(name)
+            continue
+        tables = found.setdefault(index, set())
+        if valid:
+            tables.add(table)
+    return found, sorted(unlabelled)
+
+
+def drop_named(conn: Any, names: list[str]) -> None:
+    """Drop our indexes by name (``conn`` in autocommit): those that name no field."""
+    for name in names:
+        if name.startswith(PREFIX):
+            conn.execute(
+                sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name))
+            )
+    _changed()
+
+
+def _labelled(comment: str | None) -> FieldIndex | None:
+    """The field an index's comment names, if it is one :func:`add` wrote."""
+    try:
+        meta = json.loads(comment or "")
+        index = FieldIndex(tuple(meta["field"]), meta["kind"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return index if index.kind in KINDS else None
