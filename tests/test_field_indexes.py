@@ -202,6 +202,13 @@ def test_cli_indexes_lists_and_drops_a_field(
     assert {"field": "published", "type": "string"} in listed
     assert run_cli("db", "index-field", "published", "--type", "date") == 65
     assert "unknown field type" in capsys.readouterr().err
+    assert run_cli("db", "index-field", "published", "--type", "string", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "field": "published",
+        "type": "string",
+        "indexed": True,
+        "changed": False,
+    }
     assert run_cli("db", "index-field", "published", "--type", "string", "--drop") == 0
     assert "dropped" in capsys.readouterr().out
     assert run_cli("db", "index-fields", "--json") == 0

@@ -194,6 +194,7 @@ def index_field(
         ..., "--type", help="The values to index: number or string (ISO dates are strings)."
     ),
     drop: bool = typer.Option(False, "--drop", help="Drop the field's indexes instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Index a metadata field for range filters ($gt, $gte, $lt, $lte), in every collection.
 
@@ -206,7 +207,9 @@ def index_field(
 
     with Runtime() as rt:
         changed = field_indexes.declare(rt.db, field, kind, drop=drop)
-    if drop:
+    if as_json:
+        echo_json({"field": field, "type": kind, "indexed": not drop, "changed": changed})
+    elif drop:
         typer.echo(f"dropped: {kind} field {field!r}" if changed else f"not indexed: {field!r}")
     else:
         typer.echo(f"indexed: {kind} field {field!r}" + ("" if changed else " (already)"))

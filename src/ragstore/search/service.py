@@ -19,9 +19,10 @@ Vector search turns on pgvector's iterative index scan (``hnsw.iterative_scan =
 relaxed_order``, pgvector >= 0.8) and re-sorts the rows it returns: without it a filter
 that keeps 1% of the chunks leaves an HNSW scan of ``ef_search`` candidates with almost
 nothing to return, the best-known pgvector pitfall. Such a scan still reads deep for a
-selective filter, so a filter whose passing chunks the metadata indexes can count
-(search/filters.py) has them ranked exactly in both lists when at most
-:data:`EXACT_FILTER_CHUNKS` pass (:func:`_by_filter_size`).
+selective filter, so a filter whose passing chunks the metadata indexes can count (pinned
+values, and ranges on indexed fields: search/filters.py, db/field_indexes.py) has them
+ranked exactly in both lists when at most :data:`EXACT_FILTER_CHUNKS` pass
+(:func:`_by_filter_size`).
 
 Round trips: the collection comes from the runtime's short-lived cache, the query vector
 from the embedder's query cache and goes as a binary parameter, and the HNSW session
