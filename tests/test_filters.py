@@ -111,6 +111,9 @@ CASES: list[tuple[str, dict[str, Any], set[str]]] = [
     ("array-position", {"tags.0": "x"}, {"a.md"}),  # #> reads an array's element
     ("in-some", {"author.name": {"$in": ["Bob", "Cy"]}, "draft": {"$ne": True}}, {"b.md"}),
     ("or-probed", {"$or": [{"team": "infra"}, {"chunk.lang": "en"}]}, {"a.md", "b.md"}),
+    ("source-range", {"source": {"$gte": "b", "$lt": "d"}}, {"b.md", "c.md"}),
+    ("source-folder", {"source": {"$gte": "a", "$lt": "b"}}, {"a.md"}),
+    ("source-range-none", {"source": {"$gt": "e"}}, set()),
 ]
 # the cases whose filter pins metadata values: compile_filter gives their candidates
 PROBED = {
@@ -131,6 +134,9 @@ PROBED = {
     "json-null",
     "in-some",
     "or-probed",
+    "source-range",
+    "source-folder",
+    "source-range-none",
 }
 
 
@@ -186,6 +192,24 @@ def test_candidates_hold_every_chunk_the_filter_keeps(docs: Runtime) -> None:
     assert [x["filter_exact_at_most"] for x in plan["lists"]] == [service.EXACT_FILTER_CHUNKS] * 2
     plan = search_plan(docs, "report", COLL, where={"page": 1})
     assert all("filter_exact_at_most" not in x for x in plan["lists"])
+    # by source alone the vector list is left to the planner, which ranks a few files'
+    # chunks exactly already; the full-text list's pruned top k cannot
+    plan = search_plan(docs, "report", COLL, where={"source": {"$gte": "a", "$lt": "b"}})
+    assert ["filter_exact_at_most" in x for x in plan["lists"]] == [False, True]
+
+
+def test_a_source_range_reads_the_source_index(docs: Runtime) -> None:
+    """A range of sources (a folder's files) is found through the unique
+    ``(collection_id, source)`` index (a scan priced out here, as on a large table)."""
+    compiled = compile_filter({"source": {"$gte": "docs/api/", "$lt": "docs/api0"}})
+    assert compiled.candidates is not None
+    with docs.db.connection() as conn:
+        conn.execute("SET LOCAL enable_seqscan = off")
+        plan = conn.execute(
+            sql.SQL("EXPLAIN {}").format(compiled.candidates),
+            {**compiled.params, "cid": docs.collection(COLL).id},
+        ).fetchall()
+    assert "documents_collection_id_source_key" in "\n".join(r[0] for r in plan)
 
 
 @pytest.mark.parametrize("name", ["eq-builtin", "ne", "gte", "or", "not", "dotted"])

@@ -121,6 +121,9 @@ class CompiledFilter:
     condition: sql.Composable
     params: dict[str, Any]
     candidates: sql.Composable | None = None
+    # the candidates are documents named or ranged by source alone: the planner already
+    # ranks a vector list over them well (the column has statistics; the unique index)
+    by_source: bool = False
 
 
 def compile_filter(
@@ -144,13 +147,15 @@ def compile_filter(
     condition = compiler.compile_object(spec, "", 0)
     probes = _probes(spec, frozenset(indexed))
     candidates = None if probes is None else _candidates_sql(compiler, probes)
-    return CompiledFilter(condition, compiler.params, candidates)
+    by_source = probes is not None and all(s in ("source", "range-source") for s, _ in probes)
+    return CompiledFilter(condition, compiler.params, candidates, by_source)
 
 
 # A probe: where to look ("chunk", "document" or "either") and an object the metadata
 # must contain, or ("source", a document's source), or ("range-" and a scope, (an indexed
-# field, its bounds as (operator, operand) pairs)). A filter gives at most this many (an
-# $in of more values is not probed).
+# field, its bounds as (operator, operand) pairs)), or ("range-source", the bounds of the
+# documents' sources). A filter gives at most this many (an $in of more values is not
+# probed).
 Probe = tuple[str, Any]
 MAX_PROBES = 100
 _ARRAY_INDEX = re.compile(r"-?[0-9]+")  # a path key that #> may read as an array position
@@ -246,8 +251,13 @@ def _kind(value: Any) -> str | None:
 
 
 def _source_probes(value: Any) -> list[Probe] | None:
-    """The documents named by ``source`` (``$eq``, ``$in``): the unique index finds them."""
-    return _fewest([[("source", v) for v in values] for values in _pinned("source", value)])
+    """The documents named by ``source`` (``$eq``, ``$in``), or whose source is in a range
+    (a folder: ``{"$gte": "docs/api/", "$lt": "docs/api0"}``): the unique
+    ``(collection_id, source)`` btree finds both."""
+    bounds = [(op, v) for op, v in _operators("source", value) if op in RANGES]
+    ranged: list[Probe] | None = [("range-source", bounds)] if bounds else None
+    pinned = [[("source", v) for v in values] for values in _pinned("source", value)]
+    return _fewest([*pinned, ranged])
 
 
 def _pinned(field: str, value: Any) -> list[list[Any]]:
@@ -276,7 +286,11 @@ def _candidates_sql(compiler: _Compiler, probes: list[Probe]) -> sql.Composable:
     all its values (``@> ANY``: a bitmap scan per object, OR-ed), and for each range the
     chunks with their own value in it and the chunks of the documents with theirs."""
     branches: list[sql.Composable] = []
-    for scope, (index, bounds) in [p for p in probes if p[0].startswith("range-")]:
+    for scope, probe in [p for p in probes if p[0].startswith("range-")]:
+        if scope == "range-source":
+            branches.append(_chunks_of_documents(_source_between(compiler, probe)))
+            continue
+        index, bounds = probe
         if scope in ("range-chunk", "range-either"):
             branches.append(
                 sql.SQL("SELECT c.id FROM chunks c WHERE c.collection_id = %(cid)s AND {}").format(
@@ -312,6 +326,15 @@ def _candidates_sql(compiler: _Compiler, probes: list[Probe]) -> sql.Composable:
     if not branches:  # an empty $in: nothing passes
         return sql.SQL("SELECT NULL::bigint AS id WHERE FALSE")
     return sql.SQL(" UNION ALL ").join(branches)
+
+
+def _source_between(compiler: _Compiler, bounds: list[tuple[str, Any]]) -> sql.Composable:
+    return _and(
+        [
+            sql.SQL("(d.source {} {})").format(sql.SQL(COMPARISONS[op]), compiler.bind(v, "text"))
+            for op, v in bounds
+        ]
+    )
 
 
 def _bounded(

@@ -76,9 +76,11 @@ def search_plan(
             "vector_weight": p.fusion.vector_weight,
             "fulltext_weight": p.fusion.fulltext_weight,
         }
-    if where and compile_filter(where, indexed=indexed_fields(rt, where)).candidates is not None:
+    compiled = compile_filter(where, indexed=indexed_fields(rt, where)) if where else None
+    if compiled is not None and compiled.candidates is not None:
         for each in lists:  # a selective filter's chunks are ranked exactly (service.py)
-            each["filter_exact_at_most"] = EXACT_FILTER_CHUNKS
+            if each["list"] != "vector" or not compiled.by_source:
+                each["filter_exact_at_most"] = EXACT_FILTER_CHUNKS
     return {
         "mode": p.mode,
         "k": p.k,
