@@ -200,19 +200,6 @@ def test_cli_indexes_lists_and_drops_a_field(
     assert {"field": "published", "type": "string"} not in json.loads(capsys.readouterr().out)
 
 
-def test_store_indexes_lists_and_drops_a_field(docs: Runtime) -> None:
-    from ragstore.store import Store
-
-    store = Store.from_runtime(docs)
-    assert store.index_field("meta.level", "number")
-    assert not store.index_field("meta.level", "number")
-    assert {"field": "meta.level", "type": "number"} in store.indexed_fields()
-    with pytest.raises(InputError, match="unknown field type"):
-        store.index_field("meta.level", "numeric")
-    assert store.index_field("meta.level", "number", drop=True)
-    assert {"field": "meta.level", "type": "number"} not in store.indexed_fields()
-
-
 def test_db_check_finds_and_repairs_field_indexes_search_cannot_use(docs: Runtime) -> None:
     from ragstore.integrity import check
 

@@ -28,7 +28,7 @@ from ragstore.api.schemas import (
     TextsAdded,
 )
 from ragstore.config import Settings
-from ragstore.db import catalog, documents, field_indexes, repository, texts
+from ragstore.db import catalog, documents, repository, texts
 from ragstore.db.errors import translated
 from ragstore.errors import (
     InputError,
@@ -152,19 +152,6 @@ class Store:
         coll = self._rt.collection(name)
         with self._rt.db.connection() as conn, translated(f"deleting collection {name!r}"):
             catalog.delete_collection(conn, coll)
-
-    # --- metadata fields indexed for range filters ------------------------------------------
-
-    def index_field(self, field: str, type: str, *, drop: bool = False) -> bool:
-        """Index metadata ``field`` (dotted path) for range filters in every collection:
-        ``type`` is ``"number"`` or ``"string"`` (ISO dates are strings); ``drop=True``
-        drops it. A selective range on it is then ranked exactly among the chunks that
-        pass (``ragstore db index-field``). False when there was nothing to do."""
-        return field_indexes.declare(self._rt.db, field, type, drop=drop)
-
-    def indexed_fields(self) -> list[dict[str, str]]:
-        """The metadata fields indexed for range filters: ``{"field", "type"}`` each."""
-        return [{"field": i.field, "type": i.kind} for i in field_indexes.listed(self._rt.db)]
 
     # --- texts (documents by caller-given id) --------------------------------------------
 

@@ -168,7 +168,7 @@ def drop_indexes(conn: Any, index: FieldIndex) -> bool:
 
 def declare(db: Database, field: str, kind: str, *, drop: bool = False) -> bool:
     """Index ``field``'s ``kind`` of values (or drop its indexes) on ``db``, checked first
-    (:func:`parse_field`): what ``ragstore db index-field`` and ``Store.index_field`` do.
+    (:func:`parse_field`): what ``ragstore db index-field`` does.
     False when there was nothing to do."""
     index = parse_field(field, kind)
     doing = f"{'dropping' if drop else 'building'} the indexes of field {field!r}"
