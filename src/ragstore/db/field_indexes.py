@@ -10,8 +10,8 @@ declares the fields worth it (``ragstore db index-field year --type number``), a
 Qdrant's payload indexes or a hand-made expression index are declared, and each gets two
 btree indexes over every collection: on ``documents``, and on the ``chunks`` that carry
 such a value of their own (a chunk's own value overrides its document's, so both are
-needed). Search derives a range filter's candidate chunks from
-them (search/filters.py).
+needed). Search derives a range filter's candidate chunks from them
+(search/filters.py).
 
 The indexes are the registry: each is named ``ragstore_field_<kind>_<hash>_<table>`` and
 carries its path and kind as a JSON comment, and a field counts as indexed while both of
@@ -168,8 +168,8 @@ def drop_indexes(conn: Any, index: FieldIndex) -> bool:
 
 def declare(db: Database, field: str, kind: str, *, drop: bool = False) -> bool:
     """Index ``field``'s ``kind`` of values (or drop its indexes) on ``db``, checked first
-    (:func:`parse_field`): what ``ragstore db index-field`` does.
-    False when there was nothing to do."""
+    (:func:`parse_field`): what ``ragstore db index-field`` does. False when there was
+    nothing to do."""
     index = parse_field(field, kind)
     doing = f"{'dropping' if drop else 'building'} the indexes of field {field!r}"
     with db.connect(autocommit=True) as conn, translated(doing):
