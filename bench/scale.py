@@ -565,6 +565,8 @@ def main() -> None:
         return
     if args.measure:
         fields = {f: True for f in args.index_field} | {f: False for f in args.no_index_field}
+        if any(":" not in f for f in fields):
+            ap.error("--index-field and --no-index-field take FIELD:TYPE, e.g. bucket:number")
         res = measure_existing(
             args.measure,
             _queries(args.queries),
