@@ -70,18 +70,28 @@ class FieldIndex:
         return f"{PREFIX}{self.kind}_{digest}_{table[0]}"
 
 
-def typed_value(metadata: sql.Composable, keys: tuple[str, ...], kind: str) -> sql.Composable:
-    """The value at ``keys`` in ``metadata`` as ``numeric`` (``kind`` number) or ``text``
-    (string), NULL where it is absent or of another JSON type: the indexes' expression,
-    and the one a candidate probe must repeat word for word for the planner to use them
-    (the path is a literal here, not a parameter, for the same reason)."""
-    path = sql.SQL("{}::text[]").format(sql.Literal(list(keys)))
-    at = sql.SQL("({} #> {})").format(metadata, path)
+CASTS = {"number": "numeric", "string": "text"}  # what each kind of value compares as
+
+
+def typed(value: sql.Composable, kind: str) -> sql.Composable:
+    """A jsonb ``value`` as ``numeric`` (``kind`` number) or ``text`` (string), NULL where
+    it is absent or of another JSON type: what a filter's range compares
+    (search/filters.py), and what a field's indexes hold."""
     if kind == "number":
-        return sql.SQL("(CASE WHEN jsonb_typeof({e}) = 'number' THEN {e}::numeric END)").format(
-            e=at
+        return sql.SQL("(CASE WHEN jsonb_typeof({e}) = 'number' THEN ({e})::numeric END)").format(
+            e=value
         )
-    return sql.SQL("(CASE WHEN jsonb_typeof({e}) = 'string' THEN {e} #>> '{{}}' END)").format(e=at)
+    return sql.SQL("(CASE WHEN jsonb_typeof({e}) = 'string' THEN {e} #>> '{{}}' END)").format(
+        e=value
+    )
+
+
+def typed_value(metadata: sql.Composable, keys: tuple[str, ...], kind: str) -> sql.Composable:
+    """:func:`typed` of the value at ``keys`` in ``metadata``: the indexes' expression, and
+    the one a candidate probe must repeat word for word for the planner to use them (the
+    path is a literal here, not a parameter, for the same reason)."""
+    path = sql.SQL("{}::text[]").format(sql.Literal(list(keys)))
+    return typed(sql.SQL("({} #> {})").format(metadata, path), kind)
 
 
 def parse_field(field: str, kind: str) -> FieldIndex:

@@ -44,7 +44,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ragstore.db.field_indexes import FieldIndex, typed_value
+from ragstore.db.field_indexes import CASTS, FieldIndex, typed, typed_value
 from ragstore.errors import InvalidFilterError
 from ragstore.models import ChunkType
 from ragstore.validation import (
@@ -288,19 +288,22 @@ def _candidates_sql(compiler: _Compiler, probes: list[Probe]) -> sql.Composable:
     branches: list[sql.Composable] = []
     for scope, probe in [p for p in probes if p[0].startswith("range-")]:
         if scope == "range-source":
-            branches.append(_chunks_of_documents(_source_between(compiler, probe)))
+            source = _between(compiler, sql.SQL("d.source"), "text", probe)
+            branches.append(_chunks_of_documents(source))
             continue
         index, bounds = probe
+        cast = CASTS[index.kind]
         if scope in ("range-chunk", "range-either"):
+            # the indexes' own expression (db/field_indexes.py), so that the planner uses them
+            own = typed_value(sql.SQL("c.metadata"), index.keys, index.kind)
             branches.append(
                 sql.SQL("SELECT c.id FROM chunks c WHERE c.collection_id = %(cid)s AND {}").format(
-                    _bounded(compiler, sql.SQL("c.metadata"), index, bounds)
+                    _between(compiler, own, cast, bounds)
                 )
             )
         if scope in ("range-document", "range-either"):
-            branches.append(
-                _chunks_of_documents(_bounded(compiler, sql.SQL("d.metadata"), index, bounds))
-            )
+            document_value = typed_value(sql.SQL("d.metadata"), index.keys, index.kind)
+            branches.append(_chunks_of_documents(_between(compiler, document_value, cast, bounds)))
     chunk = [Jsonb(o) for scope, o in probes if scope in ("chunk", "either")]
     document = [Jsonb(o) for scope, o in probes if scope in ("document", "either")]
     sources = [o for scope, o in probes if scope == "source"]
@@ -328,25 +331,11 @@ def _candidates_sql(compiler: _Compiler, probes: list[Probe]) -> sql.Composable:
     return sql.SQL(" UNION ALL ").join(branches)
 
 
-def _source_between(compiler: _Compiler, bounds: list[tuple[str, Any]]) -> sql.Composable:
-    return _and(
-        [
-            sql.SQL("(d.source {} {})").format(sql.SQL(COMPARISONS[op]), compiler.bind(v, "text"))
-            for op, v in bounds
-        ]
-    )
-
-
-def _bounded(
-    compiler: _Compiler,
-    metadata: sql.Composable,
-    index: FieldIndex,
-    bounds: list[tuple[str, Any]],
+def _between(
+    compiler: _Compiler, value: sql.Composable, cast: str, bounds: list[tuple[str, Any]]
 ) -> sql.Composable:
-    """``metadata``'s typed value at the indexed field within ``bounds``: the indexes'
-    own expression (db/field_indexes.py), so that the planner uses them."""
-    value = typed_value(metadata, index.keys, index.kind)
-    cast = "numeric" if index.kind == "number" else "text"
+    """``value`` within ``bounds`` ((operator, operand) pairs, ANDed), each operand bound
+    as ``cast``: a filter's comparison, and a range probe's."""
     return _and(
         [
             sql.SQL("({} {} {})").format(value, sql.SQL(COMPARISONS[op]), compiler.bind(v, cast))
@@ -357,10 +346,10 @@ def _bounded(
 
 def _chunks_of_documents(condition: sql.Composable) -> sql.Composable:
     """The chunk ids of the collection's documents that meet ``condition`` (over ``d``),
-    document by document through the index on
-    ``document_id``, so that a broad filter's count stops at its bound (as a join, the
-    planner hashed every matching document against a scan of chunks; ``OFFSET 0`` keeps
-    it from flattening the subquery back into that join)."""
+    document by document through the index on ``document_id``, so that a broad filter's
+    count stops at its bound (as a join, the planner hashed every matching document
+    against a scan of chunks; ``OFFSET 0`` keeps it from flattening the subquery back
+    into that join)."""
     return sql.SQL(
         "SELECT c.id FROM documents d CROSS JOIN LATERAL"
         " (SELECT c.id FROM chunks c WHERE c.document_id = d.id OFFSET 0) c"
@@ -532,20 +521,9 @@ class _Compiler:
                 expr, self.bind(Jsonb(operand), "jsonb")
             )
         if op in COMPARISONS:
-            if _is_number(operand):
-                typed = sql.SQL(
-                    "(CASE WHEN jsonb_typeof({e}) = 'number' THEN ({e})::numeric END)"
-                ).format(e=expr)
-                return sql.SQL("({} {} {})").format(
-                    typed, sql.SQL(COMPARISONS[op]), self.bind(operand, "numeric")
-                )
-            if isinstance(operand, str):
-                typed = sql.SQL(
-                    "(CASE WHEN jsonb_typeof({e}) = 'string' THEN {e} #>> '{{}}' END)"
-                ).format(e=expr)
-                return sql.SQL("({} {} {})").format(
-                    typed, sql.SQL(COMPARISONS[op]), self.bind(operand, "text")
-                )
+            kind = _kind(operand)
+            if kind is not None:
+                return _between(self, typed(expr, kind), CASTS[kind], [(op, operand)])
             raise InvalidFilterError(
                 f"invalid filter at {field!r}: {op} compares numbers or "
                 f"strings, got {_json_type(operand)}"
