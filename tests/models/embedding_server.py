@@ -8,8 +8,8 @@ requests with 429 or 503, or demand an API key. ``base64`` says what it does wit
 ``"dimensions": N`` is honoured as OpenAI's text-embedding-3 models honour it (the first N
 dimensions, normalised again) unless ``shortens`` is False (the field ignored, as servers of
 other models do). ``delay_s`` holds each answer that long (a remote API's round trip);
-``max_in_flight`` is the most requests it has held at once, and ``refuse_text`` an input it
-answers with HTTP 400 at once.
+``max_in_flight`` is the most requests it has held (waiting out ``delay_s``) at once, and
+``refuse_text`` an input it answers with HTTP 400 at once.
 """
 
 from __future__ import annotations
@@ -62,16 +62,6 @@ class EmbeddingServer:
                 self.wfile.write(data)
 
             def do_POST(self) -> None:
-                with server.lock:
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    self._post()
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-            def _post(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with server.lock:
@@ -106,7 +96,14 @@ class EmbeddingServer:
                     return
                 with server.lock:
                     server.batch_sizes.append(len(texts))
+                # held: a request counts as in flight while it waits here, so that one
+                # answered just now (its thread still closing) is not counted with the next
+                with server.lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 time.sleep(server.delay_s)
+                with server.lock:
+                    server.in_flight -= 1
                 with server.model_lock:
                     vecs = server.embedder.embed(texts)
                 if body.get("dimensions") and server.shortens:

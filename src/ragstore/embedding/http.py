@@ -65,6 +65,7 @@ from ragstore.embedding.base import (
 from ragstore.embedding.paths import resolve_path
 from ragstore.errors import EmbeddingProviderError, ModelError, ModelMismatchError
 from ragstore.models import ModelSpec
+from ragstore.observability import metrics
 
 DEFAULT_API_KEY_ENV = "RAGSTORE_EMBEDDING_API_KEY"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -277,7 +278,10 @@ class HttpEmbedder(Embedder):
     def _embed_batch(self, texts: Sequence[str], stop: threading.Event | None = None) -> Vectors:
         if stop is not None and stop.is_set():
             raise EmbeddingProviderError("not sent: another batch failed")
+        t0 = time.perf_counter()
         out = self.remote_vectors(texts, stop)
+        # one answered request, its retries included: the endpoint's latency as callers see it
+        metrics.observe_embedding_batch(len(texts), time.perf_counter() - t0)
         if out.shape[1] != self.spec.dimension:
             raise ModelMismatchError(
                 f"model {self.spec.key}: expected {self.spec.dimension} dimensions, got "
