@@ -16,8 +16,8 @@ between two dumps (say, one made on main's tree, one on a branch's).
     PYTHONPATH=/other/tree/src python -m bench.prepare_cpu --dump /tmp/old.json
     python -m bench.prepare_cpu --compare /tmp/old.json /tmp/new.json
 
-Corpora: ``scale`` (the first ``--scale-files`` Markdown files of the 100k scale corpus,
-``bench/scale_build.py``), ``nodejs`` (the 64 long Markdown files of the Node.js API
+Corpora: ``scale`` (the first ``--scale-files`` Markdown files of the scale corpus, written
+as ``bench/scale.py`` writes them), ``nodejs`` (the 64 long Markdown files of the Node.js API
 docs), ``scifact`` (the SciFact corpus as ``bench/peers`` writes it: one ``.txt`` a
 document), ``formats`` (long Markdown, text, HTML, PDF, DOCX and Python files built from
 SciFact abstracts as ``bench/parse_bench.py`` builds them, and the test fixtures).
@@ -41,16 +41,24 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parents[1] / "shared" / "data"
 if not SHARED.exists():
     SHARED = Path("/work/shared/data")
-SCALE = Path("/tmp/s11-scale/docs-100000")
 
 
-def _scale_files(n: int) -> list[Path]:
-    out: list[Path] = []
-    for folder in sorted(p for p in SCALE.iterdir() if p.is_dir()):
-        out.extend(sorted(folder.glob("*.md")))
-        if len(out) >= n:
-            break
-    return out[:n]
+def _scale_files(n: int, work: Path) -> list[Path]:
+    """The first ``n`` files of the scale corpus, as ``bench.scale`` writes them (the same
+    records and seeded shuffle, so the same texts), written under ``work`` once."""
+    import random
+
+    from bench.scale import _document, _records
+
+    folder = work / f"scale-{n}"
+    if not folder.exists():  # written once: the digests hold each file's path and mtime
+        part = work / f"scale-{n}.part"
+        part.mkdir(parents=True, exist_ok=True)
+        records, rng = _records(), random.Random(7)
+        for j in range(n):
+            (part / f"doc{j:07d}.md").write_text(_document(j, records, rng), encoding="utf-8")
+        part.rename(folder)
+    return sorted(folder.glob("*.md"))
 
 
 def _scifact_files(work: Path) -> list[Path]:
@@ -190,7 +198,7 @@ def main() -> int:
         return compare(old, new)
     args.work.mkdir(parents=True, exist_ok=True)
     all_corpora: dict[str, Callable[[], list[Path]]] = {
-        "scale": lambda: _scale_files(args.scale_files),
+        "scale": lambda: _scale_files(args.scale_files, args.work),
         "nodejs": lambda: sorted((SHARED / "nodejs-api" / "docs").glob("*.md")),
         "scifact": lambda: _scifact_files(args.work),
         "formats": lambda: _format_files(args.work, args.format_docs),
