@@ -9,7 +9,7 @@ requests with 429 or 503, or demand an API key. ``base64`` says what it does wit
 dimensions, normalised again) unless ``shortens`` is False (the field ignored, as servers of
 other models do). ``delay_s`` holds each answer that long (a remote API's round trip);
 ``max_in_flight`` is the most requests it has held (waiting out ``delay_s``) at once, and
-``refuse_text`` an input it answers with HTTP 400 at once.
+``refuse_text`` a text it answers any request holding it with HTTP 400 at once.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class EmbeddingServer:
                 if fmt == "base64" and server.base64 == "refuse":
                     self._answer(400, {"error": {"message": "encoding_format must be float"}})
                     return
-                if server.refuse_text is not None and server.refuse_text in texts:
+                if server.refuse_text is not None and any(server.refuse_text in t for t in texts):
                     self._answer(400, {"error": {"message": "input refused"}})
                     return
                 with server.lock:

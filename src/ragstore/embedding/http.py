@@ -71,7 +71,7 @@ DEFAULT_API_KEY_ENV = "RAGSTORE_EMBEDDING_API_KEY"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
 ENCODING_FORMATS = ("base64", "float")
-DEFAULT_CONCURRENCY = 4  # requests in flight at once; OpenAI's lowest tier allows far more
+DEFAULT_CONCURRENCY = 4  # requests in flight at once: 2x a load at a 100 ms round trip
 MAX_CONCURRENCY = 64
 _WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
