@@ -4,6 +4,8 @@ every filter keeps the same chunks with them as without, and the indexes come an
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -149,6 +151,43 @@ def test_search_sees_this_process_s_changes_at_once(docs: Runtime) -> None:
     with docs.db.connect(autocommit=True) as conn:
         field_indexes.drop_indexes(conn, index)
     assert index not in service.indexed_fields(docs, where)
+
+
+def test_a_build_waiting_for_an_older_transaction_says_which_then_finishes(
+    docs: Runtime,
+) -> None:
+    """A concurrent build waits for every older transaction (a bulk load's, for minutes):
+    the waiter is told which, once, and the build completes when it ends."""
+    told: list[list[field_indexes.Blocker]] = []
+    result: list[bool] = []
+    with docs.db.connect() as holder:  # a writer's transaction open since before the build
+        holder.execute("UPDATE documents SET title = title WHERE false")
+        holder_pid = holder.info.backend_pid
+        build = threading.Thread(
+            target=lambda: result.append(
+                field_indexes.declare(docs.db, "floor", "number", on_wait=told.append)
+            )
+        )
+        build.start()
+        deadline = time.monotonic() + 30
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert build.is_alive() and not result, "the build waits for the open transaction"
+        holder.commit()
+    build.join(timeout=60)
+    assert result == [True]
+    assert len(told) == 1 and [b.pid for b in told[0]] == [holder_pid]
+    assert told[0][0].state == "idle in transaction" and told[0][0].since is not None
+    with docs.db.connect(autocommit=True) as conn:
+        assert FieldIndex(("floor",), "number") in field_indexes.indexed(conn)
+        field_indexes.drop_indexes(conn, FieldIndex(("floor",), "number"))
+
+
+def test_a_build_nothing_blocks_is_not_reported(docs: Runtime) -> None:
+    told: list[list[field_indexes.Blocker]] = []
+    assert field_indexes.declare(docs.db, "storey", "number", on_wait=told.append)
+    assert field_indexes.declare(docs.db, "storey", "number", drop=True, on_wait=told.append)
+    assert told == []
 
 
 @pytest.mark.parametrize(

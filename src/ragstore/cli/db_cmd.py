@@ -205,8 +205,21 @@ def index_field(
     from ragstore.db import field_indexes
     from ragstore.runtime import Runtime
 
+    def waiting(blockers: list[field_indexes.Blocker]) -> None:
+        oldest = blockers[0]
+        since = f" since {oldest.since:%H:%M:%S %Z}" if oldest.since else ""
+        doing = f": {' '.join(oldest.query.split())}" if oldest.query else ""
+        more = f" and {len(blockers) - 1} more" if len(blockers) > 1 else ""
+        typer.echo(
+            f"waiting for transactions that began before the build: pid {oldest.pid} "
+            f"({oldest.state or 'open'}{since}{doing}){more}. The indexes are built once "
+            "they end (a bulk ingest or import holds one to its end); Ctrl-C stops here, "
+            "and the command can be run again later",
+            err=True,
+        )
+
     with Runtime() as rt:
-        changed = field_indexes.declare(rt.db, field, kind, drop=drop)
+        changed = field_indexes.declare(rt.db, field, kind, drop=drop, on_wait=waiting)
     if as_json:
         echo_json({"field": field, "type": kind, "indexed": not drop, "changed": changed})
     elif drop:

@@ -24,7 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
@@ -34,6 +39,8 @@ from ragstore.errors import InputError
 
 if TYPE_CHECKING:
     from ragstore.db.database import Database
+
+log = logging.getLogger(__name__)
 
 KINDS = ("number", "string")
 PREFIX = "ragstore_field_"
@@ -176,14 +183,80 @@ def drop_indexes(conn: Any, index: FieldIndex) -> bool:
     return dropped
 
 
-def declare(db: Database, field: str, kind: str, *, drop: bool = False) -> bool:
+@dataclass(frozen=True)
+class Blocker:
+    """A transaction a concurrent index build or drop is waiting for."""
+
+    pid: int
+    since: datetime | None  # when its transaction began
+    state: str | None  # active, idle in transaction ...
+    query: str | None  # its latest statement, cut short
+
+
+WAIT_NOTICE_S = 2.0  # a build blocked this long is reported (a short wait is normal)
+
+
+def declare(
+    db: Database,
+    field: str,
+    kind: str,
+    *,
+    drop: bool = False,
+    on_wait: Callable[[list[Blocker]], None] | None = None,
+) -> bool:
     """Index ``field``'s ``kind`` of values (or drop its indexes) on ``db``, checked first
     (:func:`parse_field`): what ``ragstore db index-field`` does. False when there was
-    nothing to do."""
+    nothing to do.
+
+    A concurrent build waits for every transaction older than it, in any table (a bulk
+    load of minutes holds one from start to end). ``on_wait`` is told, once, which ones
+    when the build has been blocked for :data:`WAIT_NOTICE_S`, so that a command does not
+    sit silent."""
     index = parse_field(field, kind)
     doing = f"{'dropping' if drop else 'building'} the indexes of field {field!r}"
-    with db.connect(autocommit=True) as conn, translated(doing):
+    with (
+        db.connect(autocommit=True) as conn,
+        translated(doing),
+        _reporting_waits(db, conn.info.backend_pid, on_wait),
+    ):
         return drop_indexes(conn, index) if drop else add(conn, index)
+
+
+@contextmanager
+def _reporting_waits(
+    db: Database, pid: int, on_wait: Callable[[list[Blocker]], None] | None
+) -> Iterator[None]:
+    """Watch backend ``pid`` from a connection of its own while the block runs, and call
+    ``on_wait`` with the transactions blocking it, the first time there are any after
+    :data:`WAIT_NOTICE_S`. Only a notice: a failure to watch is logged and the build goes
+    on."""
+    if on_wait is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        try:
+            with db.connect(autocommit=True) as conn:
+                while not done.wait(WAIT_NOTICE_S):
+                    rows = conn.execute(
+                        "SELECT pid, xact_start, state, left(query, 80) FROM pg_stat_activity"
+                        " WHERE pid = ANY(pg_blocking_pids(%s)) ORDER BY xact_start, pid",
+                        (pid,),
+                    ).fetchall()
+                    if rows:
+                        on_wait([Blocker(int(r[0]), r[1], r[2], r[3]) for r in rows])
+                        return
+        except Exception as exc:  # a notice: the build itself goes on
+            log.debug("cannot watch the index build's waits: %s", exc)
+
+    watcher = threading.Thread(target=watch, name="ragstore-index-wait", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join(timeout=5)
 
 
 def listed(db: Database) -> list[FieldIndex]:
