@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -193,6 +193,16 @@ class Blocker:
     query: str | None  # its latest statement, cut short
 
 
+def _blocker(row: Sequence[object]) -> Blocker:
+    pid, since, state, query = row
+    return Blocker(
+        int(str(pid)),
+        since if isinstance(since, datetime) else None,
+        None if state is None else str(state),
+        None if query is None else str(query),
+    )
+
+
 WAIT_NOTICE_S = 2.0  # a build blocked this long is reported (a short wait is normal)
 
 
@@ -245,7 +255,7 @@ def _reporting_waits(
                         (pid,),
                     ).fetchall()
                     if rows:
-                        on_wait([Blocker(int(r[0]), r[1], r[2], r[3]) for r in rows])
+                        on_wait([_blocker(r) for r in rows])
                         return
         except Exception as exc:  # a notice: the build itself goes on
             log.debug("cannot watch the index build's waits: %s", exc)
