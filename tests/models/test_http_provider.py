@@ -346,6 +346,28 @@ def test_an_ingest_whose_endpoint_refuses_one_batch_stores_no_document_without_v
     assert report.count("added") == 4 and not report.failed
 
 
+def test_cli_pins_an_endpoints_batch_size_and_concurrency(
+    rt: Runtime,
+    server: EmbeddingServer,
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.conftest import run_cli
+
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    args = ["models", "add", server.base_url, "--provider", "openai", "--remote-model", "minilm"]
+    args += ["--api-key-env", "RAGSTORE_TEST_EMBED_KEY", "--max-tokens", "256", "--json"]
+    assert run_cli(*args, "--name", "minilm-wide", "--batch-size", "16", "--concurrency", "8") == 0
+    options = json.loads(capsys.readouterr().out)["options"]
+    assert (options["batch_size"], options["concurrency"]) == (16, 8)
+    emb = load_embedder(find_model(rt, "minilm-wide").spec)
+    assert isinstance(emb, HttpEmbedder) and (emb.batch_size, emb.concurrency) == (16, 8)
+    for flag, value in (("--concurrency", "0"), ("--concurrency", "65"), ("--batch-size", "0")):
+        assert run_cli(*args, "--name", "minilm-bad", flag, value) == 64
+        assert f"Invalid value for '{flag}'" in capsys.readouterr().err
+
+
 def test_http_embedder_refuses_a_server_with_another_dimension(server: EmbeddingServer) -> None:
     spec = replace(_spec(server), dimension=768)
     emb = HttpEmbedder(spec, api_key=SecretStr("sk-test-123"))

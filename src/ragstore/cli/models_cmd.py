@@ -155,6 +155,14 @@ def add_cmd(
     tokenizer: str | None = typer.Option(
         None, "--tokenizer", metavar="DIR", help="Local tokenizer directory for chunking (HTTP)."
     ),
+    batch_size: int = typer.Option(
+        64,
+        "--batch-size",
+        min=1,
+        max=2048,
+        metavar="N",
+        help="Texts in one request to the endpoint (HTTP; OpenAI takes up to 2048).",
+    ),
     concurrency: int = typer.Option(
         DEFAULT_CONCURRENCY,
         "--concurrency",
@@ -205,6 +213,7 @@ def add_cmd(
                 query_prefix=query_prefix,
                 passage_prefix=passage_prefix,
                 dimensions=truncate_dim,
+                batch_size=batch_size,
                 concurrency=concurrency,
             )
         else:
