@@ -210,9 +210,10 @@ def index_field(
         since = f" since {oldest.since:%H:%M:%S %Z}" if oldest.since else ""
         doing = f": {' '.join(oldest.query.split())}" if oldest.query else ""
         more = f" and {len(blockers) - 1} more" if len(blockers) > 1 else ""
+        work, done = ("drop", "dropped") if drop else ("build", "built")
         typer.echo(
-            f"waiting for transactions that began before the build: pid {oldest.pid} "
-            f"({oldest.state or 'open'}{since}{doing}){more}. The indexes are built once "
+            f"waiting for transactions that began before the {work}: pid {oldest.pid} "
+            f"({oldest.state or 'open'}{since}{doing}){more}. The indexes are {done} once "
             "they end (a bulk ingest or import holds one to its end); Ctrl-C stops here, "
             "and the command can be run again later",
             err=True,
