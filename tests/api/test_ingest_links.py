@@ -46,6 +46,21 @@ def test_discover_keeps_inside_links_and_reports_outside_ones(folder: Path) -> N
     assert both.outside == [] and len(both.files) == 2
 
 
+def test_discover_gives_real_paths_for_a_folder_named_through_a_link_or_dots(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain files are not resolved one by one: their path is the walked folder's real one
+    joined with their name, the same as resolving them gives."""
+    note = (folder / "note.md").resolve()
+    alias = folder.parent / "alias"
+    alias.symlink_to(folder, target_is_directory=True)
+    monkeypatch.chdir(folder / "sub")
+    for named in (alias, Path(".."), Path("../sub/..")):
+        found = discover([named])
+        assert found.files == [note], named
+        assert [t for _, t in found.outside] == [folder.parent / "private/secret.md"]
+
+
 def test_ingest_skips_a_link_out_of_the_folder(rt: Runtime, folder: Path) -> None:
     report = ingest_paths(rt, [folder], "links-cli")
     assert [(o.status, o.code) for o in report.outcomes] == [

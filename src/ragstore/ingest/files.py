@@ -15,6 +15,7 @@ outlived the link. A link named explicitly is still followed: that is the user's
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -48,9 +49,20 @@ def discover(paths: Iterable[Path]) -> Discovered:
             top = path.resolve()
             for root, dirs, names in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                # the walk enters no linked folder, so this is where root really is: a
+                # plain file needs no resolving (a path's every part looked up again)
+                here = top / os.path.relpath(root, path)
                 for name in sorted(names):
+                    if name.startswith(".") or os.path.splitext(name)[1].lower() not in suffixes:
+                        continue
                     p = Path(root, name)
-                    if not name.startswith(".") and p.suffix.lower() in suffixes and p.is_file():
+                    try:
+                        mode = os.lstat(p).st_mode
+                    except OSError:
+                        continue  # gone since the folder was listed
+                    if stat.S_ISREG(mode):
+                        found[here / name] = None
+                    elif stat.S_ISLNK(mode) and p.is_file():
                         target = p.resolve()
                         if target.is_relative_to(top):
                             found[target] = None
