@@ -161,7 +161,8 @@ def add_cmd(
         min=1,
         max=2048,
         metavar="N",
-        help="Texts in one request to the endpoint (HTTP; OpenAI takes up to 2048).",
+        help="Texts in one request to the endpoint (HTTP; OpenAI takes up to 2048 texts "
+        "and 300,000 tokens a request).",
     ),
     concurrency: int = typer.Option(
         DEFAULT_CONCURRENCY,
