@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         "auto", description="Where local models run; auto picks the GPU when there is one."
     )
     embed_batch_size: int = Field(64, ge=1, le=4096, description="Texts per encode call.")
+    embed_concurrency: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Requests to an HTTP model's endpoint in flight at once while embedding "
+        "documents; 0 = what the model was pinned with (4 unless `models add --concurrency`).",
+    )
     embed_threads: int = Field(
         0,
         ge=0,

@@ -125,7 +125,10 @@ class Runtime:
             if self.settings.embed_threads and spec.provider == LOCAL_PROVIDER:
                 set_threads(self.settings.embed_threads)
             self._embedders[spec] = load_embedder(
-                spec, device=self.settings.device, batch_size=self.settings.embed_batch_size
+                spec,
+                device=self.settings.device,
+                batch_size=self.settings.embed_batch_size,
+                concurrency=self.settings.embed_concurrency,
             )
         return self._embedders[spec]
 

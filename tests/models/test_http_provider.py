@@ -13,6 +13,7 @@ import psycopg.sql
 import pytest
 from pydantic import SecretStr
 
+from ragstore.config import Settings
 from ragstore.db import repository
 from ragstore.embedding.base import Embedder
 from ragstore.embedding.http import HttpEmbedder
@@ -356,6 +357,29 @@ def test_cli_pins_an_endpoints_batch_size_and_concurrency(
     for flag, value in (("--concurrency", "0"), ("--concurrency", "65"), ("--batch-size", "0")):
         assert run_cli(*args, "--name", "minilm-bad", flag, value) == 64
         assert f"Invalid value for '{flag}'" in capsys.readouterr().err
+
+
+def test_embed_concurrency_setting_overrides_the_pins_without_a_new_pin(
+    rt: Runtime, settings: Settings, server: EmbeddingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    spec = _collection_on(rt, server, "override", 4).model
+    assert settings.database_url is not None
+
+    def with_concurrency(n: int) -> Settings:
+        return Settings(
+            database_url=settings.database_url.get_secret_value(),  # type: ignore[union-attr]
+            data_dir=settings.data_dir,
+            profile="test",
+            embed_concurrency=n,
+        )
+
+    for override, expected in ((0, 4), (1, 1), (16, 16)):
+        with Runtime(with_concurrency(override)) as other:
+            emb = other.embedder(spec)
+            assert isinstance(emb, HttpEmbedder) and emb.concurrency == expected
+    with pytest.raises(ValueError, match="embed_concurrency"):
+        with_concurrency(65)
 
 
 def test_http_embedder_refuses_a_server_with_another_dimension(server: EmbeddingServer) -> None:

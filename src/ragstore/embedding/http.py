@@ -102,6 +102,7 @@ class HttpEmbedder(Embedder):
         batch_size: int | None = None,
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        concurrency: int | None = None,
     ) -> None:
         opts = spec.options
         base_url = str(opts.get("base_url", "")).rstrip("/")
@@ -125,7 +126,11 @@ class HttpEmbedder(Embedder):
                 f"{', '.join(ENCODING_FORMATS)}, got {self.encoding_format!r}"
             )
         self._format_settled = self.encoding_format == "float"  # a server took it
-        self.concurrency = _concurrency(opts.get("concurrency", DEFAULT_CONCURRENCY), spec)
+        # RAGSTORE_EMBED_CONCURRENCY (``concurrency``) over the pin's option: a rate limit
+        # met later needs no new pin
+        self.concurrency = _concurrency(
+            concurrency or opts.get("concurrency", DEFAULT_CONCURRENCY), spec
+        )
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # the pool's creation and the counters
         timeout = float(opts.get("timeout_s", 30.0))

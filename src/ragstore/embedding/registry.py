@@ -110,18 +110,22 @@ def verify_weights(spec: ModelSpec) -> None:
         )
 
 
-def load_embedder(spec: ModelSpec, *, device: str = "auto", batch_size: int = 64) -> Embedder:
+def load_embedder(
+    spec: ModelSpec, *, device: str = "auto", batch_size: int = 64, concurrency: int = 0
+) -> Embedder:
     """Load the embedder for a pinned spec and check it against the pin.
 
     Loaded models are kept for the life of the process: every runtime (CLI command, API
     worker, test module) asking for the same pinned spec shares one copy, checked once.
+    ``concurrency`` (an HTTP model's requests in flight; 0 = the pin's) is how this
+    process talks to the endpoint, not what the model is, so it is not part of the pin.
     """
     options = json.dumps(spec.options, sort_keys=True, default=str)  # not part of spec ==
     if spec.provider == LOCAL_PROVIDER:
         verify_weights(spec)
         return _load_local(spec, options, device, batch_size)
     if spec.provider == HTTP_PROVIDER:
-        return _load_http(spec, options, batch_size)
+        return _load_http(spec, options, batch_size, concurrency)
     raise ModelNotFoundError(
         f"no provider {spec.provider!r} for model {spec.key}; known: {', '.join(PROVIDERS)}"
     )
@@ -137,8 +141,12 @@ def _load_local(spec: ModelSpec, _options: str, device: str, batch_size: int) ->
 
 
 @cache
-def _load_http(spec: ModelSpec, _options: str, batch_size: int) -> Embedder:
-    embedder = HttpEmbedder(spec, batch_size=int(spec.options.get("batch_size", batch_size)))
+def _load_http(spec: ModelSpec, _options: str, batch_size: int, concurrency: int) -> Embedder:
+    embedder = HttpEmbedder(
+        spec,
+        batch_size=int(spec.options.get("batch_size", batch_size)),
+        concurrency=concurrency or None,
+    )
     try:
         check_loaded(spec, embedder)
     except BaseException:
