@@ -359,27 +359,59 @@ def test_cli_pins_an_endpoints_batch_size_and_concurrency(
         assert f"Invalid value for '{flag}'" in capsys.readouterr().err
 
 
+def _like(settings: Settings, **changes: Any) -> Settings:
+    """The module's settings (its database and data directory) with ``changes``."""
+    assert settings.database_url is not None
+    return Settings(
+        database_url=settings.database_url.get_secret_value(),
+        data_dir=settings.data_dir,
+        profile="test",
+        **changes,
+    )
+
+
 def test_embed_concurrency_setting_overrides_the_pins_without_a_new_pin(
     rt: Runtime, settings: Settings, server: EmbeddingServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
     spec = _collection_on(rt, server, "override", 4).model
-    assert settings.database_url is not None
-
-    def with_concurrency(n: int) -> Settings:
-        return Settings(
-            database_url=settings.database_url.get_secret_value(),  # type: ignore[union-attr]
-            data_dir=settings.data_dir,
-            profile="test",
-            embed_concurrency=n,
-        )
-
     for override, expected in ((0, 4), (1, 1), (16, 16)):
-        with Runtime(with_concurrency(override)) as other:
+        with Runtime(_like(settings, embed_concurrency=override)) as other:
             emb = other.embedder(spec)
             assert isinstance(emb, HttpEmbedder) and emb.concurrency == expected
     with pytest.raises(ValueError, match="embed_concurrency"):
-        with_concurrency(65)
+        _like(settings, embed_concurrency=65)
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_an_ingest_encodes_the_next_round_while_a_remote_endpoint_answers_this_one(
+    settings: Settings,
+    slow: EmbeddingServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    concurrency: int,
+) -> None:
+    """Rounds of 2 batches: with 4 requests allowed, a second round's go out while the first
+    round's are held (4 in flight); one at a time stays one at a time. Every file is stored
+    with its vectors either way."""
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    folder = _fields(tmp_path / "docs", "Row")
+    with Runtime(_like(settings, ingest_batch_chunks=4)) as small_rounds:
+        coll = _collection_on(small_rounds, slow, f"rows-c{concurrency}", concurrency)
+        slow.max_in_flight = 0
+        report = ingest_paths(small_rounds, [folder], coll.name)
+        assert report.count("added") == 4 and not report.failed and report.embedded >= 8
+        assert slow.max_in_flight == concurrency
+        with small_rounds.db.connection() as conn:
+            missing = conn.execute(
+                psycopg.sql.SQL(
+                    "SELECT count(*) FROM chunks c LEFT JOIN {} e ON e.chunk_id = c.id"
+                    " WHERE c.collection_id = %s AND c.chunk_type <> 'heading'"
+                    " AND e.chunk_id IS NULL"
+                ).format(psycopg.sql.Identifier(coll.table)),
+                (coll.id,),
+            ).fetchone()
+        assert missing == (0,)
 
 
 def test_http_embedder_refuses_a_server_with_another_dimension(server: EmbeddingServer) -> None:

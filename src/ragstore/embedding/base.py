@@ -86,6 +86,13 @@ class Embedder(ABC):
         to parsing and writing (``ingest.prepare.pool_size``)."""
         return True
 
+    @property
+    def overlaps_rounds(self) -> bool:
+        """Whether an ingest gains from encoding two rounds at once: true of a remote
+        endpoint taking several requests (its round trip is waiting, not work); a model
+        computing here would only split its own cores or GPU between them."""
+        return False
+
     def token_encodings(self, texts: Sequence[str]) -> list[TokenEncoding] | None:
         """Count, spans and words of each text in one tokenizer pass (see
         :class:`TokenEncoding`), or None when the model cannot say (then the chunker

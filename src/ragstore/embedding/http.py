@@ -315,6 +315,10 @@ class HttpEmbedder(Embedder):
     def encodes_on_cpu(self) -> bool:
         return False  # the endpoint's machine encodes
 
+    @property
+    def overlaps_rounds(self) -> bool:
+        return self.concurrency > 1
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if self.tokenizer is None:
             return [len(_WORDS.findall(t)) for t in texts]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -90,6 +91,13 @@ class Item:
     label: str
     metadata: dict[str, Any] = field(default_factory=dict)
     early_skip: bool = True
+
+
+def _done_future() -> Future[None]:
+    """A future already resolved: a round encoded on the calling thread."""
+    done: Future[None] = Future()
+    done.set_result(None)
+    return done
 
 
 def _fail(source: str, exc: RagstoreError) -> FileOutcome:
@@ -193,10 +201,11 @@ class _Ingestor:
                     todo.setdefault(c.content_hash, c.embed_text)
         t0 = time.perf_counter()
         vecs = self.embedder.embed(list(todo.values()))
-        self.report.encode_seconds += time.perf_counter() - t0
         fresh = dict(zip(todo, vecs, strict=True))
-        self.report.embedded += len(todo)
-        self.report.reused += len(hashes) - len(todo)
+        with self._lock:  # two rounds may be encoded at once (see _pipeline)
+            self.report.encode_seconds += time.perf_counter() - t0
+            self.report.embedded += len(todo)
+            self.report.reused += len(hashes) - len(todo)
         dim = self.coll.model.dimension
         for p in pending:
             rows = [
@@ -410,13 +419,32 @@ class _Ingestor:
 
     def _pipeline(self, files: Sequence[Item]) -> None:
         """Three stages overlap: round N+1 is parsed on a reader thread and round N-1 is
-        written on a writer thread while round N is encoded (torch releases the GIL)."""
+        written on a writer thread while round N is encoded (torch releases the GIL).
+
+        With a remote endpoint (``Embedder.overlaps_rounds``) round N+1 is encoded while
+        round N's requests are still out, on two encoder threads: one round's batches
+        leave the endpoint's slots idle while its last requests come back, and the write
+        path then waited on the wire (docs/benchmarks.md). Rounds are still written one
+        by one, in order."""
         groups = self._groups(files, self.rt.settings.ingest_batch_chunks)
+        ahead = 2 if self.embedder.overlaps_rounds else 1
         writing: Future[None] | None = None
+        encoding: deque[tuple[list[_Pending], Future[None]]] = deque()
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-reader") as reader,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-writer") as writer,
+            ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="ragstore-encoder") as encoder,
         ):
+
+            def write_next() -> None:
+                """The oldest round, once encoded, to the writer after the round before it."""
+                nonlocal writing
+                done, encoded = encoding.popleft()
+                encoded.result()
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(self._write, done)
+
             reading = reader.submit(self._prepare_group, groups[0]) if groups else None
             try:
                 for i in range(len(groups)):
@@ -426,17 +454,28 @@ class _Ingestor:
                         reading = reader.submit(self._prepare_group, groups[i + 1])
                     if not pending:
                         continue
-                    with self._stage("embed"):
-                        self._embed(pending)
-                    if writing is not None:
-                        writing.result()
-                    writing = writer.submit(self._write, pending)
+                    if ahead == 1:  # the model computes here: on this thread, as it always did
+                        with self._stage("embed"):
+                            self._embed(pending)
+                        encoding.append((pending, _done_future()))
+                    else:
+                        encoding.append((pending, encoder.submit(self._embed_round, pending)))
+                    if len(encoding) >= ahead:
+                        write_next()
+                while encoding:
+                    write_next()
                 if writing is not None:
                     writing.result()
-            except KeyboardInterrupt:
-                if self._preparer is not None:  # the reader must not finish a slow parse first
-                    self._preparer.interrupt()
+            except BaseException as exc:
+                for _, encoded in encoding:  # not started: not sent
+                    encoded.cancel()
+                if isinstance(exc, KeyboardInterrupt) and self._preparer is not None:
+                    self._preparer.interrupt()  # the reader must not finish a slow parse first
                 raise
+
+    def _embed_round(self, pending: list[_Pending]) -> None:
+        with self._stage("embed"):
+            self._embed(pending)
 
     @staticmethod
     def _groups(files: Sequence[Item], batch_chunks: int) -> list[list[Item]]:
