@@ -52,7 +52,8 @@ from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 
 # A bulk load holds one pooled connection for its transaction and, to stage its vectors,
-# a second; its reader and encoder threads borrow others meanwhile.
+# a second; its reader and encoder threads (two with a remote model) borrow others for a
+# lookup each meanwhile, waiting their turn when the pool is short.
 MIN_POOL_TO_STAGE = 4
 # Staging pays where the two builds are long: at 100k chunks (some 100 MB of Markdown)
 # overlapping them saved 10-14 s of 40-63; at 14k chunks (10 MB) they took 3.6-4.0 s
