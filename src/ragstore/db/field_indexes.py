@@ -32,10 +32,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import sql
 
 from ragstore.db.errors import translated
-from ragstore.errors import InputError
+from ragstore.errors import InputError, RagstoreError
 
 if TYPE_CHECKING:
     from ragstore.db.database import Database
@@ -257,7 +258,7 @@ def _reporting_waits(
                     if rows:
                         on_wait([_blocker(r) for r in rows])
                         return
-        except Exception as exc:  # a notice: the build itself goes on
+        except (psycopg.Error, RagstoreError) as exc:  # a notice: the build itself goes on
             log.debug("cannot watch the index build's waits: %s", exc)
 
     watcher = threading.Thread(target=watch, name="ragstore-index-wait", daemon=True)

@@ -158,16 +158,13 @@ class HttpEmbedder(Embedder):
             headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
         return headers
 
-    def _count(self, counter: str) -> None:
-        with self._lock:  # requests from several threads: += is not atomic
-            setattr(self, counter, getattr(self, counter) + 1)
-
     def _post(self, texts: Sequence[str], stop: threading.Event | None = None) -> dict[str, Any]:
         """One request, retried; ``stop`` set (a sibling request failed) ends its retries."""
         inputs = list(texts)
         attempt = 0
         while True:
-            self._count("requests")
+            with self._lock:  # requests from several threads: += is not atomic
+                self.requests += 1
             pause: float | None = None
             body: dict[str, Any] = {
                 "model": self.remote_model,
@@ -219,7 +216,8 @@ class HttpEmbedder(Embedder):
                 raise EmbeddingProviderError(f"{failure}; not retried: another batch failed")
             self._sleep(min(pause, MAX_BACKOFF_S))
             attempt += 1
-            self._count("retries")
+            with self._lock:
+                self.retries += 1
 
     def remote_vectors(self, texts: Sequence[str], stop: threading.Event | None = None) -> Vectors:
         """The server's vectors for ``texts``, in input order, as it sent them: one request,
@@ -262,11 +260,10 @@ class HttpEmbedder(Embedder):
                 if failure is not None:
                     raise failure
             parts.extend(f.result() for f in futures)
-        except BaseException:
+        finally:  # after a failure or an interrupt; once all are in, nothing is left to stop
             stop.set()
             for f in futures:
                 f.cancel()
-            raise
         return np.concatenate(parts)
 
     def _executor(self) -> ThreadPoolExecutor:

@@ -94,13 +94,6 @@ class Item:
     early_skip: bool = True
 
 
-def _done_future() -> Future[None]:
-    """A future already resolved: a round encoded on the calling thread."""
-    done: Future[None] = Future()
-    done.set_result(None)
-    return done
-
-
 def _fail(source: str, exc: RagstoreError) -> FileOutcome:
     return FileOutcome(source, "failed", error=str(exc), code=exc.code, exc=exc)
 
@@ -430,7 +423,8 @@ class _Ingestor:
         groups = self._groups(files, self.rt.settings.ingest_batch_chunks)
         ahead = 2 if self.embedder.overlaps_rounds else 1
         writing: Future[None] | None = None
-        encoding: deque[tuple[list[_Pending], Future[None]]] = deque()
+        # rounds not yet written, with their encoding (None: encoded on this thread)
+        encoding: deque[tuple[list[_Pending], Future[None] | None]] = deque()
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-reader") as reader,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-writer") as writer,
@@ -441,7 +435,8 @@ class _Ingestor:
                 """The oldest round, once encoded, to the writer after the round before it."""
                 nonlocal writing
                 done, encoded = encoding.popleft()
-                encoded.result()
+                if encoded is not None:
+                    encoded.result()
                 if writing is not None:
                     writing.result()
                 writing = writer.submit(self._write, done)
@@ -458,7 +453,7 @@ class _Ingestor:
                     if ahead == 1:  # the model computes here: on this thread, as it always did
                         with self._stage("embed"):
                             self._embed(pending)
-                        encoding.append((pending, _done_future()))
+                        encoding.append((pending, None))
                     else:
                         encoding.append((pending, encoder.submit(self._embed_round, pending)))
                     if len(encoding) >= ahead:
@@ -467,12 +462,14 @@ class _Ingestor:
                     write_next()
                 if writing is not None:
                     writing.result()
-            except BaseException as exc:
-                for _, encoded in encoding:  # not started: not sent
-                    encoded.cancel()
-                if isinstance(exc, KeyboardInterrupt) and self._preparer is not None:
-                    self._preparer.interrupt()  # the reader must not finish a slow parse first
+            except KeyboardInterrupt:
+                if self._preparer is not None:  # the reader must not finish a slow parse first
+                    self._preparer.interrupt()
                 raise
+            finally:  # a failure left rounds behind: those not started are not sent
+                for _, encoded in encoding:
+                    if encoded is not None:
+                        encoded.cancel()
 
     def _embed_round(self, pending: list[_Pending]) -> None:
         with self._stage("embed"):
