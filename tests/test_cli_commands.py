@@ -308,6 +308,31 @@ def test_progress_line_ends_with_the_final_count() -> None:
     assert quiet == []  # a short command still prints nothing
 
 
+def test_an_interrupt_during_a_deferred_block_lands_when_the_block_ends() -> None:
+    """Reading a batch of files is held against SIGTERM and Ctrl-C (an interrupt between
+    ``open`` and ``with`` would leave the file to the garbage collector): the signal is
+    delivered, once, when the block ends, and the handlers in place before come back."""
+    import signal
+
+    from ragstore.cli.signals import Terminated, deferred, terminate_as_interrupt
+
+    ran_on = []
+    with pytest.raises(Terminated), terminate_as_interrupt():
+        with deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the signal has arrived: without the hold it raised here
+            ran_on.append("after the signal")
+        ran_on.append("after the block")
+    assert ran_on == ["after the signal"]
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        ran_on.append("Ctrl-C held")
+    assert ran_on[-1] == "Ctrl-C held"
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_sigterm_stops_an_ingest_through_the_server_saying_what_it_acknowledged(
     remote_env: dict[str, str],
     local: None,

@@ -121,6 +121,7 @@ def ingest_remote(
 ) -> RemoteIngest:
     """Upload ``paths`` (files and folders) to the server, a batch per request; a batch
     the server refuses is retried file by file so that each failure names its file."""
+    from ragstore.cli.signals import deferred
     from ragstore.ingest.files import LINK_OUTSIDE_FOLDER, discover, link_outside_detail
 
     start = time.monotonic()
@@ -143,7 +144,9 @@ def ingest_remote(
     done = 0
     try:
         for batch in _batches(files):
-            _send(client, collection, [(names[f], f.read_bytes()) for f in batch], metadata, result)
+            with deferred():  # an interrupt between open and close would leave a file open
+                parts = [(names[f], f.read_bytes()) for f in batch]
+            _send(client, collection, parts, metadata, result)
             done += len(batch)
             update(done, len(files), f"{result.counts.get('failed', 0)} failed")
     except KeyboardInterrupt as exc:
