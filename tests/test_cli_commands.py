@@ -324,13 +324,22 @@ def test_an_interrupt_during_a_deferred_block_lands_when_the_block_ends() -> Non
             ran_on.append("after the signal")
         ran_on.append("after the block")
     assert ran_on == ["after the signal"]
-    before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt), deferred():
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)
-        ran_on.append("Ctrl-C held")
-    assert ran_on[-1] == "Ctrl-C held"
-    assert signal.getsignal(signal.SIGINT) is before
+    # Python's own Ctrl-C handler (a shell starts a background job with SIGINT ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            ran_on.append("Ctrl-C held")
+        assert ran_on[-1] == "Ctrl-C held"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with deferred():  # an ignored signal stays ignored
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_sigterm_stops_an_ingest_through_the_server_saying_what_it_acknowledged(

@@ -57,13 +57,16 @@ def deferred() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    watched = (signal.SIGTERM, signal.SIGINT)
-    previous = {signum: signal.getsignal(signum) for signum in watched}
+    previous = {
+        signum: handler
+        for signum in (signal.SIGTERM, signal.SIGINT)
+        if (handler := signal.getsignal(signum)) is not signal.SIG_IGN  # stays ignored
+    }
 
     def hold(signum: int, _frame: FrameType | None) -> None:
         held.append(signum)
 
-    for signum in watched:
+    for signum in previous:
         signal.signal(signum, hold)
     try:
         yield
