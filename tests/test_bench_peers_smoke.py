@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,22 @@ def test_report_table_has_a_row_per_figure_and_ratios_for_peers() -> None:
     assert "| ingest, chunks/s | 1.0 | 3.0 (2.00×) |" in text
     assert "nDCG@10, ragstore hybrid | 0.700" in text
     assert "`python -m bench.peers --quick`" in text and "chromadb 1" in text
+
+
+def test_report_says_the_round_trip_the_instant_server_held() -> None:
+    report = {**_fake_report(), "encoder": "instant", "delay_ms": 100.0}
+    text = markdown(report, "python -m bench.peers --encoder instant --delay-ms 100")
+    assert "each answer held 100 ms" in text and "`--delay-ms 100`" in text
+    assert "each answer held" not in markdown(_fake_report(), "python -m bench.peers")
+
+
+def test_a_round_trip_needs_the_instant_server(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.peers.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--delay-ms", "100", "--peer-python", sys.executable])
+    assert exit_info.value.code == 2
+    assert "--delay-ms holds the instant server's answers" in capsys.readouterr().err
 
 
 def test_targets_are_judged_from_the_figures() -> None:

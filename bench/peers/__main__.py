@@ -75,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         help="model: every system runs MiniLM (default); instant: the instant embedding "
         "server for all; cached: MiniLM vectors of the chunks precomputed, queries by the model",
     )
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="with --encoder instant: hold each answer this long, as a remote embedding "
+        "API's round trip would (each system sends its requests as its embedding interface "
+        "does; ragstore's HTTP model keeps 4 in flight)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="encode batch (default 64)")
     parser.add_argument(
         "--systems", default=",".join(SYSTEMS), help="comma-separated; ragstore is always included"
@@ -87,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.delay_ms and args.encoder != "instant":
+        parser.error("--delay-ms holds the instant server's answers: give --encoder instant")
+    if args.delay_ms < 0:
+        parser.error(f"--delay-ms {args.delay_ms:g}: give 0 or more milliseconds")
     systems = tuple(dict.fromkeys(["ragstore", *args.systems.split(",")]))
     report = run(
         quick=args.quick,
@@ -99,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         max_queries=args.max_queries,
         encoder=args.encoder,
         batch_size=args.batch_size,
+        delay_ms=args.delay_ms,
     )
     kind = "quick" if args.quick else ("subset" if args.docs or args.max_queries else "full")
     if args.encoder != "model":
         kind += f"-{args.encoder}"
+    if args.delay_ms:
+        kind += f"-{args.delay_ms:g}ms"
     out = REPO / "bench" / "results" / f"peers-{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1), encoding="utf-8")

@@ -33,6 +33,17 @@ ENCODERS = {
 }
 
 
+def _delay(report: dict[str, Any]) -> str:
+    delay = report.get("delay_ms") or 0
+    if not delay:
+        return ""
+    return (
+        f", each answer held {delay:g} ms as a remote embedding API's round trip would "
+        f"(`--delay-ms {delay:g}`: every system sends its requests as its embedding interface "
+        "does; ragstore's HTTP model keeps 4 in flight and encodes two rounds at once)"
+    )
+
+
 def _cell(value: float | None, fmt: str, ratio: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -57,7 +68,7 @@ def markdown(report: dict[str, Any], command: str) -> str:
         f"{report['clients']} concurrent clients, {report['threads']} torch thread(s) per "
         f"process, latency over {report['latency_queries']} queries. Encoder "
         f"(`--encoder {report.get('encoder', 'model')}`): "
-        f"{ENCODERS[report.get('encoder', 'model')]}. Cells: median over "
+        f"{ENCODERS[report.get('encoder', 'model')]}{_delay(report)}. Cells: median over "
         "rounds (ratio to ragstore, median of per-round ratios).",
         "",
         "| figure | " + " | ".join(systems) + " |",

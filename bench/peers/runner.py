@@ -123,18 +123,23 @@ def run(
     latency_queries: int = 100,
     max_queries: int | None = None,
     encoder: str = "model",
+    delay_ms: float = 0.0,
 ) -> dict[str, Any]:
-    """Run everything; return the raw results and the summary."""
+    """Run everything; return the raw results and the summary. ``delay_ms`` holds each
+    answer of the instant server back that long, as a remote embedding API's round trip
+    would (``encoder`` instant only)."""
     if encoder == "instant":
         from bench.instant_embedder import InstantServer
 
-        with InstantServer() as server:
-            return _run(
+        with InstantServer(delay_ms=delay_ms) as server:
+            report = _run(
                 quick=quick, docs=docs, rounds=rounds, peer_python=peer_python,
                 systems=systems, batch_size=batch_size, clients=clients, threads=threads,
                 latency_queries=latency_queries, max_queries=max_queries, encoder=encoder,
                 instant_url=server.base_url,
             )  # fmt: skip
+        report["delay_ms"] = delay_ms
+        return report
     return _run(
         quick=quick, docs=docs, rounds=rounds, peer_python=peer_python, systems=systems,
         batch_size=batch_size, clients=clients, threads=threads,
