@@ -49,7 +49,7 @@ from ragstore.search.hybrid import FusionParams, rrf
 from ragstore.search.service import MIN_CANDIDATES, SearchParams, run
 
 PREFIXES = ("full", "last", "none")
-SUMMARIES = ("none", "prose", "all")
+SUMMARIES = ("none", "prose", "all", "lead")
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,8 @@ def _read_as(ch: Chunk, prefix: str) -> str:
 
 def _summaries(name: str, doc: ParsedDocument, chunks: list[Chunk], kind: str) -> list[Unit]:
     """One unit per section of two or more chunks: its path and its blocks (``prose``:
-    paragraphs only, when it has any)."""
+    paragraphs only, when it has any); ``lead``: per section whose first paragraph is not
+    all its text, the path and that paragraph alone."""
     members: dict[int, list[Chunk]] = {}
     for ch in chunks:
         if ch.chunk_type is not ChunkType.HEADING and ch.parent_ordinal is not None:
@@ -151,7 +152,7 @@ def _summaries(name: str, doc: ParsedDocument, chunks: list[Chunk], kind: str) -
     starts = sorted(c.char_start for c in chunks if c.chunk_type is ChunkType.HEADING)
     out = []
     for parent, group in members.items():
-        if len(group) < 2:
+        if len(group) < 2 and kind != "lead":
             continue
         head = chunks[parent]
         end = next((s for s in starts if s > head.char_start), 1 << 62)
@@ -160,6 +161,11 @@ def _summaries(name: str, doc: ParsedDocument, chunks: list[Chunk], kind: str) -
             for b in doc.blocks
             if b.type is not ChunkType.HEADING and head.char_end <= b.char_start < end
         ]
+        if kind == "lead":
+            lead = next((b for b in blocks if b.type is ChunkType.PARAGRAPH), None)
+            if lead is None or len(blocks) < 2:
+                continue
+            blocks = [lead]
         if kind == "prose":
             blocks = [b for b in blocks if b.type is ChunkType.PARAGRAPH] or blocks
         body = "\n\n".join(b.text for b in blocks)
