@@ -60,6 +60,14 @@ def docs(rt: Runtime) -> Runtime:
             ),
         ],
     )
+    with rt.db.connection() as conn:  # one load's documents share a time: spread them
+        conn.execute(
+            "UPDATE documents d SET created_at = v.at::timestamptz"
+            " FROM (VALUES ('a.md', '2024-03-01T00:00:00Z'), ('b.md', '2025-02-01T00:00:00Z'),"
+            " ('c.md', '2025-11-30T23:00:00Z'), ('d.md', '2026-01-01T00:00:00Z')) v(source, at)"
+            " WHERE d.collection_id = %s AND d.source = v.source",
+            (coll.id,),
+        )
     return rt
 
 
@@ -108,6 +116,13 @@ CASES: list[tuple[str, dict[str, Any], set[str]]] = [
     ("title", {"title": "Report"}, {"a.md"}),
     ("created_at", {"created_at": {"$gte": "2000-01-01"}}, {"a.md", "b.md", "c.md", "d.md"}),
     ("created_at-none", {"created_at": {"$lt": "2000-01-01T00:00:00+00:00"}}, set()),
+    (
+        "created_at-range",
+        {"created_at": {"$gte": "2025-01-01", "$lt": "2025-12-01"}},
+        {"b.md", "c.md"},
+    ),
+    ("created_at-since", {"created_at": {"$gt": "2025-12-01T00:00:00+01:00"}}, {"d.md"}),
+    ("created_at-eq", {"created_at": "2024-03-01T00:00:00+00:00"}, {"a.md"}),
     ("json-null", {"team": None}, {"d.md"}),
     ("array-position", {"tags.0": "x"}, {"a.md"}),  # #> reads an array's element
     ("in-some", {"author.name": {"$in": ["Bob", "Cy"]}, "draft": {"$ne": True}}, {"b.md"}),
@@ -138,6 +153,10 @@ PROBED = {
     "source-range",
     "source-folder",
     "source-range-none",
+    "created_at",
+    "created_at-none",
+    "created_at-range",
+    "created_at-since",
 }
 
 
@@ -172,8 +191,8 @@ def test_filter_keeps_the_same_chunks_above_the_exact_bound(
 def test_candidates_hold_every_chunk_the_filter_keeps(docs: Runtime) -> None:
     """The candidate statement finds, through the metadata indexes, at least the chunks
     each filter keeps (the filter itself still applies), and only filters that pin
-    metadata values get one: ranges, $ne, $exists, $not, built-ins and array positions
-    do not."""
+    metadata values or sources or range sources or creation times get one: other
+    ranges, $ne, $exists, $not, other built-ins and array positions do not."""
     cid = docs.collection(COLL).id
     probed = set()
     for name, where, expected in CASES:
@@ -217,6 +236,15 @@ def test_a_source_range_reads_the_source_index(docs: Runtime) -> None:
     ``(collection_id, source)`` index."""
     compiled = compile_filter({"source": {"$gte": "docs/api/", "$lt": "docs/api0"}})
     assert "documents_collection_id_source_key" in candidates_plan(docs, compiled)
+
+
+def test_a_creation_time_range_reads_the_documents_index(docs: Runtime) -> None:
+    """What came in since a date is found through ``(collection_id, created_at)``
+    (revision 0027), and a filter that keeps few chunks ranks them exactly."""
+    compiled = compile_filter({"created_at": {"$gte": "2025-12-01"}})
+    assert "documents_created_at_idx" in candidates_plan(docs, compiled)
+    plan = search_plan(docs, "report", COLL, where={"created_at": {"$gte": "2025-12-01"}})
+    assert [x["filter_exact_at_most"] for x in plan["lists"]] == [service.EXACT_FILTER_CHUNKS] * 2
 
 
 @pytest.mark.parametrize("name", ["eq-builtin", "ne", "gte", "or", "not", "dotted"])

@@ -29,7 +29,8 @@ it to rank a selective filter's chunks exactly instead of reading an index deep 
 (search/service.py). A range (``$gt``, ``$gte``, ``$lt``, ``$lte``) on a metadata path gives
 candidates only where the path is an indexed field of the operand's kind
 (db/field_indexes.py): the chunks whose own value is in range, and the chunks of the
-documents whose value is.
+documents whose value is. A range of ``source`` (a folder) or of ``created_at`` gives the
+chunks of the documents in it, through the documents' indexes.
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ def compile_filter(
 # A probe: where to look ("chunk", "document" or "either") and an object the metadata
 # must contain, or ("source", a document's source), or ("range-" and a scope, (an indexed
 # field, its bounds as (operator, operand) pairs)), or ("range-source", the bounds of the
-# documents' sources). A filter gives at most this many (an $in of more values is not
+# documents' sources; "range-created", those of their creation times). A filter gives at
+# most this many (an $in of more values is not
 # probed).
 Probe = tuple[str, Any]
 MAX_PROBES = 100
@@ -163,8 +165,9 @@ _ARRAY_INDEX = re.compile(r"-?[0-9]+")  # a path key that #> may read as an arra
 
 def _probes(spec: Mapping[str, Any], indexed: frozenset[FieldIndex]) -> list[Probe] | None:
     """Probes whose matches hold every chunk ``spec`` keeps, or None where the filter
-    pins no metadata value or source and ranges no indexed field (``$ne``, ``$nin``,
-    other ranges, ``$exists``, ``$not`` and the other built-in fields give none). Of
+    pins no metadata value or source and ranges no indexed field, source or creation
+    time (``$ne``, ``$nin``, other ranges, ``$exists``, ``$not`` and the other built-in
+    fields give none). Of
     several ANDed conditions, the one of fewest probes, values before ranges; an ``$or``
     only where each alternative has probes. ``spec`` is already validated."""
     options: list[list[Probe] | None] = []
@@ -177,6 +180,8 @@ def _probes(spec: Mapping[str, Any], indexed: frozenset[FieldIndex]) -> list[Pro
                 options.append([p for e in each for p in e or ()])
         elif key == "source":
             options.append(_source_probes(value))
+        elif key == "created_at":
+            options.append(_created_probes(value))
         elif not key.startswith("$") and key not in BUILTINS:
             options.append(_field_probes(key, value, indexed))
     return _fewest(options)
@@ -260,6 +265,18 @@ def _source_probes(value: Any) -> list[Probe] | None:
     return _fewest([*pinned, ranged])
 
 
+def _created_probes(value: Any) -> list[Probe] | None:
+    """The documents created within a range of times, found through the index on
+    ``(collection_id, created_at)`` (revision 0027)."""
+    builtin = BUILTINS["created_at"]
+    bounds = [
+        (op, _builtin_value("created_at", builtin, op, v))
+        for op, v in _operators("created_at", value)
+        if op in RANGES
+    ]
+    return [("range-created", bounds)] if bounds else None
+
+
 def _pinned(field: str, value: Any) -> list[list[Any]]:
     """The values each ``$eq`` (one) or ``$in`` (its array) of a field's operators allows."""
     return [
@@ -290,6 +307,10 @@ def _candidates_sql(compiler: _Compiler, probes: list[Probe]) -> sql.Composable:
         if scope == "range-source":
             source = _between(compiler, sql.SQL("d.source"), "text", probe)
             branches.append(_chunks_of_documents(source))
+            continue
+        if scope == "range-created":
+            created = _between(compiler, sql.SQL("d.created_at"), "timestamptz", probe)
+            branches.append(_chunks_of_documents(created))
             continue
         index, bounds = probe
         cast = CASTS[index.kind]
