@@ -240,11 +240,17 @@ def test_a_source_range_reads_the_source_index(docs: Runtime) -> None:
 
 def test_a_creation_time_range_reads_the_documents_index(docs: Runtime) -> None:
     """What came in since a date is found through ``(collection_id, created_at)``
-    (revision 0027), and a filter that keeps few chunks ranks them exactly."""
+    (revision 0027), and the full-text list of a filter that keeps few chunks ranks
+    them exactly."""
     compiled = compile_filter({"created_at": {"$gte": "2025-12-01"}})
     assert "documents_created_at_idx" in candidates_plan(docs, compiled)
+    # as by source, PostgreSQL plans the vector list over those documents' chunks itself
     plan = search_plan(docs, "report", COLL, where={"created_at": {"$gte": "2025-12-01"}})
-    assert [x["filter_exact_at_most"] for x in plan["lists"]] == [service.EXACT_FILTER_CHUNKS] * 2
+    assert ["filter_exact_at_most" in x for x in plan["lists"]] == [False, True]
+    plan = search_plan(
+        docs, "report", COLL, where={"created_at": {"$gte": "2025-12-01"}, "team": "x"}
+    )
+    assert ["filter_exact_at_most" in x for x in plan["lists"]] == [True, True]
 
 
 @pytest.mark.parametrize("name", ["eq-builtin", "ne", "gte", "or", "not", "dotted"])

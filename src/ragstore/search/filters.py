@@ -122,9 +122,10 @@ class CompiledFilter:
     condition: sql.Composable
     params: dict[str, Any]
     candidates: sql.Composable | None = None
-    # the candidates are documents named or ranged by source alone: the planner already
-    # ranks a vector list over them well (the column has statistics; the unique index)
-    by_source: bool = False
+    # the candidates are documents chosen by their source or creation time alone: the
+    # planner already ranks a vector list over them well (the columns have statistics
+    # and indexes), so only the full-text list needs them
+    by_document: bool = False
 
 
 def compile_filter(
@@ -148,8 +149,11 @@ def compile_filter(
     condition = compiler.compile_object(spec, "", 0)
     probes = _probes(spec, frozenset(indexed))
     candidates = None if probes is None else _candidates_sql(compiler, probes)
-    by_source = probes is not None and all(s in ("source", "range-source") for s, _ in probes)
-    return CompiledFilter(condition, compiler.params, candidates, by_source)
+    by_document = probes is not None and all(s in _DOCUMENT_COLUMNS for s, _ in probes)
+    return CompiledFilter(condition, compiler.params, candidates, by_document)
+
+
+_DOCUMENT_COLUMNS = ("source", "range-source", "range-created")
 
 
 # A probe: where to look ("chunk", "document" or "either") and an object the metadata

@@ -79,7 +79,7 @@ def search_plan(
     compiled = compile_filter(where, indexed=indexed_fields(rt, where)) if where else None
     if compiled is not None and compiled.candidates is not None:
         for each in lists:  # a selective filter's chunks are ranked exactly (service.py)
-            if each["list"] != "vector" or not compiled.by_source:
+            if each["list"] != "vector" or not compiled.by_document:
                 each["filter_exact_at_most"] = EXACT_FILTER_CHUNKS
     return {
         "mode": p.mode,
