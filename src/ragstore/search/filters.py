@@ -160,8 +160,7 @@ _DOCUMENT_COLUMNS = ("source", "range-source", "range-created")
 # must contain, or ("source", a document's source), or ("range-" and a scope, (an indexed
 # field, its bounds as (operator, operand) pairs)), or ("range-source", the bounds of the
 # documents' sources; "range-created", those of their creation times). A filter gives at
-# most this many (an $in of more values is not
-# probed).
+# most this many (an $in of more values is not probed).
 Probe = tuple[str, Any]
 MAX_PROBES = 100
 _ARRAY_INDEX = re.compile(r"-?[0-9]+")  # a path key that #> may read as an array position
@@ -171,9 +170,9 @@ def _probes(spec: Mapping[str, Any], indexed: frozenset[FieldIndex]) -> list[Pro
     """Probes whose matches hold every chunk ``spec`` keeps, or None where the filter
     pins no metadata value or source and ranges no indexed field, source or creation
     time (``$ne``, ``$nin``, other ranges, ``$exists``, ``$not`` and the other built-in
-    fields give none). Of
-    several ANDed conditions, the one of fewest probes, values before ranges; an ``$or``
-    only where each alternative has probes. ``spec`` is already validated."""
+    fields give none). Of several ANDed conditions, the one of fewest probes, values
+    before ranges; an ``$or`` only where each alternative has probes. ``spec`` is
+    already validated."""
     options: list[list[Probe] | None] = []
     for key, value in spec.items():
         if key == "$and":
