@@ -174,6 +174,29 @@ def test_collections_list_show_create_delete(
     assert run_cli("collections", "show", "scratch") == 66
 
 
+def test_collections_fields_locally_and_through_the_server(
+    ingested: dict[str, object],
+    remote_env: dict[str, str],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``ragstore collections fields``: a table here, the same JSON here and through the
+    server, and a missing collection exits 66."""
+    assert run_cli("collections", "fields", "remote") == 0
+    out, err = capsys.readouterr()
+    assert "created_at" in out and "timestamp" in out and "carried by" in out
+    assert "metadata read from 2 documents" in err
+    assert run_cli("collections", "fields", "remote", "--json") == 0
+    here = json.loads(capsys.readouterr().out)
+    assert here["sampled"]["documents"] == 2 and here["metadata"], here
+    for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
+        monkeypatch.setenv(key, remote_env[key])
+    assert run_cli("collections", "fields", "remote", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == here
+    assert run_cli("collections", "fields", "nope") == 66
+
+
 def test_search_with_context_through_the_server_prints_it(
     ingested: dict[str, object],
     remote_env: dict[str, str],

@@ -223,3 +223,40 @@ def test_cli_searches_by_vector(
     assert "holds 2-dimensional vectors (plane@v1), got 3" in capsys.readouterr().err
     assert run_cli("search", "-c", "cli-vec", "--vector", "nope") == 65
     assert "--vector is not a JSON array of numbers" in capsys.readouterr().err
+
+
+def test_fields_name_the_built_ins_and_the_metadata_paths_with_their_values(
+    store: Store,
+) -> None:
+    """What a filter can name, for whoever builds one (an agent, a self-query retriever):
+    the built-ins and each metadata path with its types and values, and a filter on a
+    path it lists finds what the values say."""
+    store.add_texts(
+        "fields",
+        ["Ann's notes on the 2019 relevance report.", "Bob's latency table.", "No labels."],
+        [
+            {"author": {"name": "Ann", "age": 40}, "year": 2019, "final": True, "a.b": 1},
+            {"author": {"name": "Bob"}, "year": "unknown", "tags": ["x"]},
+            {},
+        ],
+        ids=["a", "b", "c"],
+    )
+    got = store.fields("fields")
+    assert got["collection"] == "fields" and got["truncated"] is False
+    assert got["sampled"]["documents"] == 3
+    builtins = {b["field"]: b for b in got["builtins"]}
+    assert builtins["created_at"]["type"] == "timestamp"
+    assert "table" in builtins["chunk_type"]["values"]
+    paths = {m["field"]: m for m in got["metadata"]}
+    assert paths["author.name"]["examples"] == ["Ann", "Bob"]
+    assert paths["author"]["types"] == ["object"]
+    assert paths["year"]["types"] == ["number", "string"]
+    assert sorted(paths["year"]["examples"], key=str) == [2019, "unknown"]
+    assert paths["final"]["examples"] == [True] and paths["tags"]["types"] == ["array"]
+    assert "a.b" not in paths  # a dotted key cannot be named by a filter's path
+    assert paths["author.name"]["documents"] == 2 and paths["author.age"]["documents"] == 1
+    assert [m["field"] for m in got["metadata"]][:2] == ["author", "author.name"]
+    hits = store.search("fields", "report", k=5, where={"author.name": "Bob"})["data"]
+    assert [h["metadata"]["author"]["name"] for h in hits] == ["Bob"]
+    with pytest.raises(CollectionNotFoundError):
+        store.fields("no-such-collection")

@@ -161,6 +161,10 @@ def get_collection(name: str) -> Call[dict[str, Any]]:
     return Call("GET", f"/v1/collections/{_n(name)}", _body)
 
 
+def collection_fields(name: str) -> Call[dict[str, Any]]:
+    return Call("GET", f"/v1/collections/{_n(name)}/fields", _body)
+
+
 def delete_collection(name: str) -> Call[None]:
     return Call("DELETE", f"/v1/collections/{_n(name)}", _none)
 

@@ -133,6 +133,10 @@ class Client(_WritePosition):
     def get_collection(self, name: str) -> dict[str, Any]:
         return self._send(calls.get_collection(name))
 
+    def fields(self, collection: str) -> dict[str, Any]:
+        """The fields a search filter can name in ``collection`` (``Store.fields``)."""
+        return self._send(calls.collection_fields(collection))
+
     def delete_collection(self, name: str) -> None:
         self._send(calls.delete_collection(name))
 
@@ -392,6 +396,10 @@ class AsyncClient(_WritePosition):
 
     async def get_collection(self, name: str) -> dict[str, Any]:
         return await self._send(calls.get_collection(name))
+
+    async def fields(self, collection: str) -> dict[str, Any]:
+        """The fields a search filter can name in ``collection`` (``Store.fields``)."""
+        return await self._send(calls.collection_fields(collection))
 
     async def delete_collection(self, name: str) -> None:
         await self._send(calls.delete_collection(name))

@@ -22,6 +22,7 @@ from typing import Any
 from ragstore.api.schemas import (
     CollectionPublic,
     DocumentPublic,
+    FieldsPublic,
     HitPublic,
     SearchResponse,
     TextPublic,
@@ -147,6 +148,14 @@ class Store:
         coll = self._rt.collection(name)
         with self._rt.db.connection() as conn, translated(f"reading collection {name!r}"):
             return _dump(CollectionPublic(**catalog.collection_detail(conn, coll)))
+
+    def fields(self, collection: str) -> dict[str, Any]:
+        """The fields a search filter (``where``) can name in ``collection``: the
+        built-ins, and the metadata paths of a sample of its documents and chunks with
+        their JSON types and a few values (search/fields.py)."""
+        from ragstore.search.fields import describe_fields
+
+        return _dump(FieldsPublic(**describe_fields(self._rt, self._rt.collection(collection))))
 
     def delete_collection(self, name: str) -> None:
         coll = self._rt.collection(name)

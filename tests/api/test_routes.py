@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import httpx
@@ -120,6 +121,28 @@ def test_search_modes_and_filters_pass_through(docs: Client) -> None:
     assert [h["source"].rsplit("/", 1)[-1] for h in text["data"]] == ["kittens.md"]
     ops_only = docs.search("docs", "kittens", k=5, where={"team": "ops"})
     assert all(h["source"].endswith("rollback.md") for h in ops_only["data"])
+
+
+def test_fields_list_what_a_filter_can_name(docs: Client, open_url: str) -> None:
+    """GET /v1/collections/{name}/fields: the built-ins and the documents' metadata paths
+    (``team`` as written, and what the parser added, like ``language``), the same through
+    the async client; a missing collection is collection_not_found."""
+    from ragstore import AsyncClient
+
+    got = docs.fields("docs")
+    paths = {m["field"]: m for m in got["metadata"]}
+    assert sorted(paths["team"]["examples"]) == ["ops", "pets"]
+    assert paths["team"]["documents"] == 2 and paths["team"]["indexed"] == []
+    assert "source" in {b["field"] for b in got["builtins"]}
+    assert got["sampled"]["documents"] == 2
+
+    async def fields() -> dict[str, object]:
+        async with AsyncClient(open_url) as a:
+            return await a.fields("docs")
+
+    assert asyncio.run(fields()) == got
+    with pytest.raises(CollectionNotFoundError):
+        docs.fields("nope")
 
 
 def test_invalid_search_input_is_invalid_input(docs: Client) -> None:

@@ -32,7 +32,7 @@ GUIDE = (
     "run ragstore db downgrade with the target revision.\n\n## Backups\n\nBackups run "
     "nightly and are kept for thirty days.\n"
 )
-READ_TOOLS = {"search", "list_collections", "get_document", "get_section"}
+READ_TOOLS = {"search", "list_collections", "list_fields", "get_document", "get_section"}
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +114,9 @@ async def test_stdio_session_searches_and_reads_without_write_tools(
         )
         assert (doc["name"], doc["truncated"]) == ("ops/guide.md", False)
         assert "thirty days" in doc["text"]
+        fields = _data(await session.call_tool("list_fields", {"collection": "handbook"}))
+        team = next(m for m in fields["metadata"] if m["field"] == "team")
+        assert team["examples"] == ["ops"] and "created_at" in str(fields["builtins"])
         listed = _data(await session.call_tool("list_collections", {}))
         assert {c["name"] for c in listed["collections"]} == {"handbook", "other"}
         assert "'missing' does not exist" in _error(

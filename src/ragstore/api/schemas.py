@@ -69,6 +69,32 @@ class CollectionsPublic(BaseModel):
     count: int
 
 
+class BuiltinFieldPublic(BaseModel):
+    field: str = Field(examples=["created_at"])
+    type: str = Field(examples=["timestamp"])
+    about: str
+    values: list[str] | None = None
+
+
+class MetadataFieldPublic(BaseModel):
+    field: str = Field(examples=["author.name"], description="The dotted path a filter names.")
+    types: list[str] = Field(examples=[["string"]], description="JSON types seen at the path.")
+    documents: int = Field(description="Sampled documents carrying the path.")
+    chunks: int = Field(description="Sampled chunks carrying it in their own metadata.")
+    examples: list[Any] = Field(description="Up to 5 distinct scalar values seen.")
+    indexed: list[str] = Field(
+        description="Kinds of value (number, string) a range finds through an index."
+    )
+
+
+class FieldsPublic(BaseModel):
+    collection: str
+    sampled: dict[str, int] = Field(examples=[{"documents": 1000, "chunks": 12}])
+    builtins: list[BuiltinFieldPublic]
+    metadata: list[MetadataFieldPublic]
+    truncated: bool = Field(description="More paths were seen than are listed (200).")
+
+
 # --- documents ---------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from ragstore.chunking.chunker import TokenCounter, chunk_document
 from ragstore.models import Block, Chunk, ChunkType, ParsedDocument
 
 VERSION = 1
-_CHUNKER_KEYS = ("blocks", "headings", "part", "line_split")  # metadata the chunker adds
+CHUNKER_KEYS = ("blocks", "headings", "part", "line_split")  # metadata the chunker adds
 
 
 def encode(doc: ParsedDocument, chunk_metadata: Mapping[str, Any] | None = None) -> bytes:
@@ -78,7 +78,7 @@ def blocks_from_chunks(format: str, title: str | None, chunks: Sequence[Chunk]) 
             tuple(ch.section_path),
             len(ch.section_path) + 1 if ch.chunk_type is ChunkType.HEADING else 0,
             ch.page,
-            {k: v for k, v in ch.metadata.items() if k not in _CHUNKER_KEYS},
+            {k: v for k, v in ch.metadata.items() if k not in CHUNKER_KEYS},
         )
         for ch in chunks
     ]

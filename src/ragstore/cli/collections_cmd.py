@@ -1,4 +1,5 @@
-"""``ragstore collections``: list, create, show and delete collections.
+"""``ragstore collections``: list, create, show and delete collections, and the fields a
+search filter can name in one.
 
 The same verbs as ``/v1/collections``; with ``RAGSTORE_URL`` set they go to that server.
 """
@@ -12,7 +13,7 @@ import typer
 
 from ragstore.cli.output import confirm, console, echo_json, err_console, escape, print_table
 
-app = typer.Typer(help="Collections: list, create, show, delete.", no_args_is_help=True)
+app = typer.Typer(help="Collections: list, create, show, delete, fields.", no_args_is_help=True)
 
 
 def _row(c: dict[str, Any]) -> list[str]:
@@ -78,6 +79,18 @@ def _local_delete(name: str) -> None:
             catalog.delete_collection(conn, coll)
 
 
+def _count(n: int, noun: str) -> str:
+    return "" if not n else f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _local_fields(name: str) -> dict[str, Any]:
+    from ragstore.runtime import Runtime
+    from ragstore.store import Store
+
+    with Runtime() as rt:
+        return Store.from_runtime(rt).fields(name)
+
+
 def _client() -> Any:
     from ragstore.cli.remote import remote_client
     from ragstore.profiles import get_settings
@@ -122,6 +135,42 @@ def show_cmd(
         echo_json(data)
     else:
         _print_detail(data)
+
+
+@app.command("fields")
+def fields_cmd(
+    name: str = typer.Argument(..., metavar="NAME", help="The collection."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The fields a search filter (--where) can name: the built-ins, and the metadata
+    paths a sample of the collection's documents and chunks carry, with their types and
+    a few values."""
+    client = _client()
+    if client is not None:
+        with client:
+            data = client.fields(name)
+    else:
+        data = _local_fields(name)
+    if as_json:
+        echo_json(data)
+        return
+    rows = [
+        [b["field"], b["type"], "built-in", ", ".join(b.get("values") or []) or b["about"]]
+        for b in data["builtins"]
+    ]
+    for m in data["metadata"]:
+        carriers = [_count(m["documents"], "document"), _count(m["chunks"], "chunk")]
+        where = ", ".join(c for c in carriers if c)
+        if m["indexed"]:
+            where += f"; ranges indexed ({', '.join(m['indexed'])})"
+        examples = ", ".join(json.dumps(e) for e in m["examples"])
+        rows.append([m["field"], "|".join(m["types"]), where, examples])
+    print_table(["field", "type", "carried by", "values"], rows)
+    sampled = data["sampled"]
+    err_console().print(
+        f"metadata read from {sampled['documents']} documents and {sampled['chunks']} chunks"
+        + (" (more paths than listed)" if data["truncated"] else "")
+    )
 
 
 @app.command("create")

@@ -176,7 +176,8 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         name="ragstore",
         instructions=(
             "Search the user's documents stored in ragstore. Call list_collections "
-            "first, then search; open a hit's document or section for more."
+            "first, then search; list_fields says what a where filter can name; open a "
+            "hit's document or section for more."
         ),
     )
 
@@ -239,6 +240,19 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
                 {k: c[k] for k in ("name", "model", "documents", "chunks")} for c in rows
             ]
         }
+
+    @server.tool(
+        description=(
+            "The fields a search's where filter can name in a collection: the built-ins "
+            "(source, title, chunk_type, created_at, page) and the metadata paths its "
+            "documents carry, with their JSON types and a few example values. Call it "
+            "before filtering on metadata."
+        )
+    )
+    @answered
+    def list_fields(collection: str) -> dict[str, Any]:
+        allow("read", collection)
+        return store.fields(collection)
 
     @server.tool(
         description=(

@@ -6,7 +6,12 @@ from fastapi import APIRouter, Response, status
 
 from ragstore.api.deps import AdminAccess, CollectionName, ReadAccess, Rt, WriteAccess
 from ragstore.api.errors_doc import responses
-from ragstore.api.schemas import CollectionCreate, CollectionPublic, CollectionsPublic
+from ragstore.api.schemas import (
+    CollectionCreate,
+    CollectionPublic,
+    CollectionsPublic,
+    FieldsPublic,
+)
 from ragstore.db import catalog, repository
 from ragstore.db.errors import translated
 from ragstore.errors import CollectionNotFoundError
@@ -58,6 +63,17 @@ def get_collection(name: CollectionName, rt: Rt, caller: ReadAccess) -> Collecti
     coll = rt.collection(name)
     with rt.db.connection() as conn, translated(f"reading collection {name!r}"):
         return CollectionPublic(**catalog.collection_detail(conn, coll))
+
+
+@router.get(
+    "/{name}/fields",
+    response_model=FieldsPublic,
+    summary="The fields a search filter can name: built-ins and sampled metadata paths",
+    responses=responses(404),
+)
+def collection_fields(name: CollectionName, rt: Rt, caller: ReadAccess) -> FieldsPublic:
+    caller.require("read", name)
+    return FieldsPublic(**Store.from_runtime(rt).fields(name))
 
 
 @router.delete(

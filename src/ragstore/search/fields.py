@@ -1,0 +1,153 @@
+"""The fields a search filter can name in a collection: the built-ins, and the metadata
+paths its documents and chunks carry, each with the JSON types and a few values seen.
+
+A filter names metadata by path (``{"year": {"$gte": 2020}}``), so whoever builds one (a
+person at the console, an agent through MCP, LlamaIndex's auto-retriever or LangChain's
+self-query retriever, which are given a description of the metadata) first needs to know
+which paths exist and what they hold. Metadata is free-form JSON with no schema in the
+catalog, so the paths are read from a bounded sample, whatever the collection's size: the
+latest :data:`SAMPLE` documents (through the index on ``created_at``) and the first
+:data:`SAMPLE` chunks with metadata of their own. A path only a few older documents
+carry can be missed; the answer says how many of each were read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ragstore.chunking.recipe import CHUNKER_KEYS
+from ragstore.db import field_indexes
+from ragstore.db.errors import translated
+from ragstore.db.repository import Collection
+from ragstore.models import ChunkType
+
+if TYPE_CHECKING:
+    from ragstore.runtime import Runtime
+
+SAMPLE = 1000  # documents, and chunks, read at most
+MAX_FIELDS = 200  # paths reported at most, the most common first
+MAX_DEPTH = 4  # nested objects are walked this deep (``a.b.c.d``)
+MAX_EXAMPLES = 5  # distinct values shown a path
+EXAMPLE_CHARS = 80  # a longer string value is cut
+
+# The built-in fields (search/filters.py's BUILTINS), as a caller writes their values
+BUILTIN_FIELDS: tuple[dict[str, Any], ...] = (
+    {"field": "source", "type": "string", "about": "the document's name (a file's path)"},
+    {"field": "title", "type": "string", "about": "the document's title, if it has one"},
+    {
+        "field": "chunk_type",
+        "type": "string",
+        "about": "the kind of chunk",
+        "values": [t.value for t in ChunkType],
+    },
+    {
+        "field": "created_at",
+        "type": "timestamp",
+        "about": "when the document was first stored (ISO 8601, e.g. 2026-01-31)",
+    },
+    {"field": "page", "type": "integer", "about": "the chunk's page, in paged formats"},
+    {"field": "collection", "type": "string", "about": "the collection's name"},
+)
+
+
+@dataclass
+class _Path:
+    types: set[str] = field(default_factory=set)
+    documents: int = 0
+    chunks: int = 0
+    examples: list[Any] = field(default_factory=list)
+
+
+def describe_fields(rt: Runtime, coll: Collection) -> dict[str, Any]:
+    """The built-in fields and the metadata paths of ``coll``'s sampled documents and
+    chunks: each path's JSON types, how many sampled documents and chunks carry it, up
+    to :data:`MAX_EXAMPLES` of its values, and the kinds of value (number, string) that
+    a range on it finds through an index (``ragstore db index-field``)."""
+    with rt.db.connection() as conn, translated(f"reading the fields of {coll.name!r}"):
+        documents = [
+            r[0]
+            for r in conn.execute(
+                "SELECT metadata FROM documents WHERE collection_id = %s"
+                " ORDER BY created_at DESC LIMIT %s",
+                (coll.id, SAMPLE),
+            )
+        ]
+        # chunks through (collection_id, content_hash): in effect a random sample
+        chunks = [
+            r[0]
+            for r in conn.execute(
+                "SELECT metadata - %s::text[] FROM chunks WHERE collection_id = %s"
+                " AND metadata - %s::text[] <> '{}'::jsonb LIMIT %s",
+                (list(CHUNKER_KEYS), coll.id, list(CHUNKER_KEYS), SAMPLE),
+            )
+        ]
+        indexed = field_indexes.indexed(conn)
+    paths: dict[str, _Path] = {}
+    for metadata in documents:
+        for name in _walk(metadata, "", 0, paths):
+            paths[name].documents += 1
+    for metadata in chunks:
+        for name in _walk(metadata, "", 0, paths):
+            paths[name].chunks += 1
+    kinds: dict[str, list[str]] = {}
+    for index in indexed:
+        kinds.setdefault(index.field, []).append(index.kind)
+    ranked = sorted(paths.items(), key=lambda kv: (-(kv[1].documents + kv[1].chunks), kv[0]))
+    return {
+        "collection": coll.name,
+        "sampled": {"documents": len(documents), "chunks": len(chunks)},
+        "builtins": [dict(b) for b in BUILTIN_FIELDS],
+        "metadata": [
+            {
+                "field": name,
+                "types": sorted(p.types),
+                "documents": p.documents,
+                "chunks": p.chunks,
+                "examples": p.examples,
+                "indexed": sorted(kinds.get(name, [])),
+            }
+            for name, p in ranked[:MAX_FIELDS]
+        ],
+        "truncated": len(ranked) > MAX_FIELDS,
+    }
+
+
+def _walk(value: Any, prefix: str, depth: int, paths: dict[str, _Path]) -> set[str]:
+    """Record every path of the metadata object ``value`` under ``prefix``; the paths
+    seen (each counted once a row). A key with a dot cannot be named by a filter's
+    dotted path, so it is left out."""
+    seen: set[str] = set()
+    if not isinstance(value, Mapping):
+        return seen
+    for key, item in value.items():
+        if not isinstance(key, str) or not key or "." in key:
+            continue
+        name = f"{prefix}{key}"
+        path = paths.setdefault(name, _Path())
+        path.types.add(_json_type(item))
+        seen.add(name)
+        if isinstance(item, Mapping):
+            if depth + 1 < MAX_DEPTH:
+                seen |= _walk(item, f"{name}.", depth + 1, paths)
+        elif not isinstance(item, list) and item is not None:
+            example = item[:EXAMPLE_CHARS] if isinstance(item, str) else item
+            known = {(type(e), e) for e in path.examples}  # True is not 1 here
+            if len(path.examples) < MAX_EXAMPLES and (type(example), example) not in known:
+                path.examples.append(example)
+    return seen
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
