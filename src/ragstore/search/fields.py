@@ -6,9 +6,10 @@ person at the console, an agent through MCP, LlamaIndex's auto-retriever or Lang
 self-query retriever, which are given a description of the metadata) first needs to know
 which paths exist and what they hold. Metadata is free-form JSON with no schema in the
 catalog, so the paths are read from a bounded sample, whatever the collection's size: the
-latest :data:`SAMPLE` documents (through the index on ``created_at``) and the first
-:data:`SAMPLE` chunks with metadata of their own. A path only a few older documents
-carry can be missed; the answer says how many of each were read.
+latest :data:`SAMPLE` documents (through the index on ``created_at``) and
+:data:`CHUNK_SAMPLE` chunks, for the metadata some carry of their own. A path only a few
+older documents or rare chunks carry can be missed; the answer says how many of each were
+read.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from ragstore.models import ChunkType
 if TYPE_CHECKING:
     from ragstore.runtime import Runtime
 
-SAMPLE = 1000  # documents, and chunks, read at most
+SAMPLE = 1000  # documents read at most
+CHUNK_SAMPLE = 20_000  # chunks read at most (a small row each: most carry no metadata)
 MAX_FIELDS = 200  # paths reported at most, the most common first
 MAX_DEPTH = 4  # nested objects are walked this deep (``a.b.c.d``)
 MAX_EXAMPLES = 5  # distinct values shown a path
@@ -74,13 +76,14 @@ def describe_fields(rt: Runtime, coll: Collection) -> dict[str, Any]:
                 (coll.id, SAMPLE),
             )
         ]
-        # chunks through (collection_id, content_hash): in effect a random sample
+        # chunks through (collection_id, content_hash): in effect a random sample, read
+        # whole (most carry nothing of their own: a search for those would scan them all)
         chunks = [
             r[0]
             for r in conn.execute(
-                "SELECT metadata - %s::text[] FROM chunks WHERE collection_id = %s"
-                " AND metadata - %s::text[] <> '{}'::jsonb LIMIT %s",
-                (list(CHUNKER_KEYS), coll.id, list(CHUNKER_KEYS), SAMPLE),
+                "SELECT metadata - %s::text[] FROM"
+                " (SELECT metadata FROM chunks WHERE collection_id = %s LIMIT %s) c",
+                (list(CHUNKER_KEYS), coll.id, CHUNK_SAMPLE),
             )
         ]
         indexed = field_indexes.indexed(conn)
