@@ -87,6 +87,21 @@ def test_query_by_embedding_alone(index: VectorStoreIndex, store: Store) -> None
     assert result.ids == ["backups"]
 
 
+def test_vector_store_info_describes_the_nodes_metadata(
+    index: VectorStoreIndex, store: Store
+) -> None:
+    """What the auto-retriever is told of the metadata: the nodes' own keys with their
+    types and values, none of LlamaIndex's bookkeeping (``_node_content``, ``doc_id``)."""
+    vs = RagstoreVectorStore(store, "li-handbook")
+    info = vs.vector_store_info("Operations handbook notes")
+    got = {m.name: m for m in info.metadata_info}
+    assert set(got) == {"team", "year"}
+    assert (got["team"].type, got["year"].type) == ("str", "int")
+    assert "'ops'" in got["team"].description and "2024" in got["year"].description
+    assert info.content_info == "Operations handbook notes"
+    assert RagstoreVectorStore(store, "li-none").vector_store_info("x").metadata_info == []
+
+
 def test_filters_translate_to_ragstores_where_language() -> None:
     filters = MetadataFilters(
         condition=FilterCondition.OR,

@@ -36,6 +36,8 @@ from llama_index.core.vector_stores.types import (
     FilterOperator,
     MetadataFilter,
     MetadataFilters,
+    MetadataInfo,
+    VectorStoreInfo,
     VectorStoreQuery,
     VectorStoreQueryResult,
 )
@@ -169,6 +171,24 @@ class RagstoreVectorStore(BasePydanticVectorStore):
             with suppress(CollectionNotFoundError):
                 self._backend.delete_texts(self._collection, node_ids)
 
+    def vector_store_info(self, content_info: str) -> VectorStoreInfo:
+        """The collection's metadata described for LlamaIndex's auto-retriever
+        (``VectorIndexAutoRetriever(index, vector_store_info=...)``), from ragstore's
+        sample of it (``fields``): each path the nodes' metadata carries with its type and
+        a few values, less LlamaIndex's own keys. A collection not made yet has none."""
+        try:
+            fields = self._backend.fields(self._collection)["metadata"]
+        except CollectionNotFoundError:
+            fields = []
+        infos = [
+            MetadataInfo(name=f["field"], type=_info_type(f), description=_describe(f))
+            for f in fields
+            if f["field"].split(".")[0] not in _NODE_KEYS
+            and not f["field"].startswith("_")
+            and "object" not in f["types"]
+        ]
+        return VectorStoreInfo(content_info=content_info, metadata_info=infos)
+
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         where = to_where(query.filters)
         k = query.similarity_top_k
@@ -193,6 +213,25 @@ class RagstoreVectorStore(BasePydanticVectorStore):
             scores.append(float(hit["score"]))
             ids.append(str(hit["source"]))
         return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=ids)
+
+
+# what node_to_metadata_dict adds to a node's own metadata
+_NODE_KEYS = frozenset({"document_id", "doc_id", "ref_doc_id"})
+
+
+def _info_type(field: dict[str, Any]) -> str:
+    """A path's JSON types as the Python type names LlamaIndex's metadata info uses."""
+    types = [t for t in field["types"] if t != "null"]
+    if types == ["number"]:
+        ints = all(isinstance(v, int) for v in field["examples"])
+        return "int" if ints else "float"
+    named = {"string": "str", "boolean": "bool", "array": "list"}
+    return " or ".join(named.get(t, t) for t in types) or "None"
+
+
+def _describe(field: dict[str, Any]) -> str:
+    examples = ", ".join(repr(v) for v in field["examples"])
+    return f"e.g. {examples}" if examples else "no scalar values seen"
 
 
 class RagstoreEmbedding(BaseEmbedding):
