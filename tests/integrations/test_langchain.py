@@ -79,3 +79,53 @@ def test_relevance_scores_are_between_zero_and_one(store: Store) -> None:
     assert scored[0][0].id == "backups"
     assert all(0.0 <= s <= 1.0 for _, s in scored)
     assert scored[0][1] > scored[1][1]
+
+
+def test_a_self_query_runs_as_ragstores_where_filter(handbook: RagstoreVectorStore) -> None:
+    """What SelfQueryRetriever does with an LLM's structured query, without the LLM: the
+    metadata described from ``fields``, the query translated, then ``vectorstore.search``
+    with the translated arguments; operators ragstore lacks are refused."""
+    from langchain_core.structured_query import (
+        Comparator,
+        Comparison,
+        Operation,
+        Operator,
+        StructuredQuery,
+    )
+
+    from ragstore.integrations.langchain import RagstoreTranslator
+
+    info = {a["name"]: a for a in handbook.metadata_field_info()}
+    assert set(info) == {"team", "year"}
+    assert (info["team"]["type"], info["year"]["type"]) == ("string", "integer")
+    assert "'ops'" in info["team"]["description"]
+    asked = StructuredQuery(
+        query="when do backups or migrations run",
+        filter=Operation(
+            operator=Operator.AND,
+            arguments=[
+                Comparison(comparator=Comparator.IN, attribute="team", value=["db", "ops"]),
+                Operation(
+                    operator=Operator.NOT,
+                    arguments=[Comparison(comparator=Comparator.GTE, attribute="year", value=2024)],
+                ),
+            ],
+        ),
+        limit=None,
+    )
+    query, kwargs = RagstoreTranslator().visit_structured_query(asked)
+    assert kwargs == {
+        "filter": {"$and": [{"team": {"$in": ["db", "ops"]}}, {"$not": {"year": {"$gte": 2024}}}]}
+    }
+    assert [d.id for d in handbook.search(query, "similarity", **kwargs)] == ["backups"]
+    dated = Comparison(
+        comparator=Comparator.LT,
+        attribute="created_at",
+        value={"date": "2000-01-01", "type": "date"},
+    )
+    assert handbook.search("backups", "similarity", filter=dated.accept(RagstoreTranslator())) == []
+    with pytest.raises(ValueError, match="disallowed comparator"):
+        Comparison(comparator=Comparator.LIKE, attribute="team", value="o%").accept(
+            RagstoreTranslator()
+        )
+    assert RagstoreVectorStore(handbook.backend, "lc-none").metadata_field_info() == []

@@ -27,12 +27,20 @@ from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
+from langchain_core.structured_query import (
+    Comparator,
+    Comparison,
+    Operation,
+    Operator,
+    StructuredQuery,
+    Visitor,
+)
 from langchain_core.vectorstores import VectorStore
 
 from ragstore.errors import CollectionNotFoundError
 from ragstore.integrations.backend import Backend, ensure_vector_collection, exists
 
-__all__ = ["RagstoreVectorStore"]
+__all__ = ["RagstoreTranslator", "RagstoreVectorStore"]
 
 
 class RagstoreVectorStore(VectorStore):
@@ -153,6 +161,21 @@ class RagstoreVectorStore(VectorStore):
             for h in out["data"]
         ]
 
+    def metadata_field_info(self) -> list[dict[str, str]]:
+        """The collection's metadata described for a self-query retriever
+        (``SelfQueryRetriever.from_llm(..., metadata_field_info=vs.metadata_field_info(),
+        structured_query_translator=RagstoreTranslator())``): each path with its type and
+        a few values, from ragstore's sample of it (``fields``). None before the first add."""
+        try:
+            fields = self.backend.fields(self.collection)["metadata"]
+        except CollectionNotFoundError:
+            return []
+        return [
+            {"name": f["field"], "type": _attribute_type(f), "description": _described(f)}
+            for f in fields
+            if "object" not in f["types"]
+        ]
+
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         """Scores to [0, 1] for ``similarity_search_with_relevance_scores``: cosine
         similarity maps linearly; other scores pass through."""
@@ -190,3 +213,57 @@ def _query_args(
     k = args[1] if len(args) > 1 else kwargs.get("k", 4)
     where = kwargs.get("filter")
     return str(query), int(k), where
+
+
+def _attribute_type(field: dict[str, Any]) -> str:
+    types = [t for t in field["types"] if t != "null"]
+    if types == ["number"]:
+        return "integer" if all(isinstance(v, int) for v in field["examples"]) else "float"
+    return " or ".join("list" if t == "array" else t for t in types) or "null"
+
+
+def _described(field: dict[str, Any]) -> str:
+    examples = ", ".join(repr(v) for v in field["examples"])
+    return f"e.g. {examples}" if examples else "no scalar values seen"
+
+
+class RagstoreTranslator(Visitor):
+    """A self-query retriever's structured query as ragstore's ``where`` filter (the
+    ``structured_query_translator`` of LangChain's ``SelfQueryRetriever``). ``contain``
+    and ``like`` have no ragstore operator and are refused, as is ``not`` of more than
+    one condition."""
+
+    allowed_comparators = (
+        Comparator.EQ,
+        Comparator.NE,
+        Comparator.GT,
+        Comparator.GTE,
+        Comparator.LT,
+        Comparator.LTE,
+        Comparator.IN,
+        Comparator.NIN,
+    )
+    allowed_operators = (Operator.AND, Operator.OR, Operator.NOT)
+
+    def visit_operation(self, operation: Operation) -> dict[str, Any]:
+        self._validate_func(operation.operator)
+        args = [a.accept(self) for a in operation.arguments]
+        if operation.operator is Operator.NOT:
+            if len(args) != 1:
+                raise ValueError(f"not takes one condition, got {len(args)}")
+            return {"$not": args[0]}
+        return {f"${operation.operator.value}": args}
+
+    def visit_comparison(self, comparison: Comparison) -> dict[str, Any]:
+        self._validate_func(comparison.comparator)
+        value = comparison.value
+        if isinstance(value, dict) and value.get("type") in ("date", "datetime"):
+            value = value.get("date", value.get("datetime"))  # the query constructor's dates
+        return {comparison.attribute: {f"${comparison.comparator.value}": value}}
+
+    def visit_structured_query(
+        self, structured_query: StructuredQuery
+    ) -> tuple[str, dict[str, Any]]:
+        if structured_query.filter is None:
+            return structured_query.query, {}
+        return structured_query.query, {"filter": structured_query.filter.accept(self)}
