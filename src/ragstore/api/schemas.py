@@ -89,7 +89,7 @@ class MetadataFieldPublic(BaseModel):
 
 class FieldsPublic(BaseModel):
     collection: str
-    sampled: dict[str, int] = Field(examples=[{"documents": 1000, "chunks": 12}])
+    sampled: dict[str, int] = Field(examples=[{"documents": 1000, "chunks": 20000}])
     builtins: list[BuiltinFieldPublic]
     metadata: list[MetadataFieldPublic]
     truncated: bool = Field(description="More paths were seen than are listed (200).")

@@ -168,7 +168,8 @@ def fields_cmd(
     print_table(["field", "type", "carried by", "values"], rows)
     sampled = data["sampled"]
     err_console().print(
-        f"metadata read from {sampled['documents']} documents and {sampled['chunks']} chunks"
+        f"metadata read from {_count(sampled['documents'], 'document') or '0 documents'} and "
+        f"{_count(sampled['chunks'], 'chunk') or '0 chunks'}"
         + (" (more paths than listed)" if data["truncated"] else "")
     )
 

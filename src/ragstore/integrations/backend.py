@@ -7,7 +7,7 @@ integration repeats (make the collection for an outside embedding model on first
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import suppress
 from typing import Any, Protocol
 
@@ -88,3 +88,30 @@ def exists(backend: Backend, name: str) -> bool:
     except CollectionNotFoundError:
         return False
     return True
+
+
+def described_fields(
+    backend: Backend, collection: str, skip: Collection[str] = ()
+) -> list[tuple[str, str, str]]:
+    """``(path, type, description)`` of each metadata path of ``collection`` that holds
+    values (no objects), from the backend's ``fields`` sample, for the retrievers that
+    have a language model write filters: ``type`` is ``string``, ``integer``, ``float``,
+    ``boolean`` or ``list`` (several joined by `` or ``), ``description`` a few values.
+    Paths whose first key is in ``skip`` (a framework's own keys) are left out; a
+    collection not made yet has none."""
+    try:
+        fields = backend.fields(collection)["metadata"]
+    except CollectionNotFoundError:
+        return []
+    out = []
+    for f in fields:
+        if "object" in f["types"] or f["field"].split(".")[0] in skip:
+            continue
+        types = [t for t in f["types"] if t != "null"]
+        if types == ["number"]:
+            ints = all(isinstance(v, int) for v in f["examples"])
+            types = ["integer" if ints else "float"]
+        kind = " or ".join("list" if t == "array" else t for t in types) or "null"
+        examples = ", ".join(repr(v) for v in f["examples"])
+        out.append((f["field"], kind, f"e.g. {examples}" if examples else "no values seen"))
+    return out

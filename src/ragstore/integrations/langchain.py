@@ -38,7 +38,12 @@ from langchain_core.structured_query import (
 from langchain_core.vectorstores import VectorStore
 
 from ragstore.errors import CollectionNotFoundError
-from ragstore.integrations.backend import Backend, ensure_vector_collection, exists
+from ragstore.integrations.backend import (
+    Backend,
+    described_fields,
+    ensure_vector_collection,
+    exists,
+)
 
 __all__ = ["RagstoreTranslator", "RagstoreVectorStore"]
 
@@ -166,14 +171,9 @@ class RagstoreVectorStore(VectorStore):
         (``SelfQueryRetriever.from_llm(..., metadata_field_info=vs.metadata_field_info(),
         structured_query_translator=RagstoreTranslator())``): each path with its type and
         a few values, from ragstore's sample of it (``fields``). None before the first add."""
-        try:
-            fields = self.backend.fields(self.collection)["metadata"]
-        except CollectionNotFoundError:
-            return []
         return [
-            {"name": f["field"], "type": _attribute_type(f), "description": _described(f)}
-            for f in fields
-            if "object" not in f["types"]
+            {"name": name, "type": kind, "description": about}
+            for name, kind, about in described_fields(self.backend, self.collection)
         ]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
@@ -213,18 +213,6 @@ def _query_args(
     k = args[1] if len(args) > 1 else kwargs.get("k", 4)
     where = kwargs.get("filter")
     return str(query), int(k), where
-
-
-def _attribute_type(field: dict[str, Any]) -> str:
-    types = [t for t in field["types"] if t != "null"]
-    if types == ["number"]:
-        return "integer" if all(isinstance(v, int) for v in field["examples"]) else "float"
-    return " or ".join("list" if t == "array" else t for t in types) or "null"
-
-
-def _described(field: dict[str, Any]) -> str:
-    examples = ", ".join(repr(v) for v in field["examples"])
-    return f"e.g. {examples}" if examples else "no scalar values seen"
 
 
 class RagstoreTranslator(Visitor):

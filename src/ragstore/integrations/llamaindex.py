@@ -44,7 +44,7 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
 from ragstore.errors import CollectionNotFoundError, InputError
-from ragstore.integrations.backend import Backend, ensure_vector_collection
+from ragstore.integrations.backend import Backend, described_fields, ensure_vector_collection
 from ragstore.store import Store
 
 __all__ = ["RagstoreEmbedding", "RagstoreVectorStore", "to_where"]
@@ -176,16 +176,11 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         (``VectorIndexAutoRetriever(index, vector_store_info=...)``), from ragstore's
         sample of it (``fields``): each path the nodes' metadata carries with its type and
         a few values, less LlamaIndex's own keys. A collection not made yet has none."""
-        try:
-            fields = self._backend.fields(self._collection)["metadata"]
-        except CollectionNotFoundError:
-            fields = []
+        fields = described_fields(self._backend, self._collection, skip=_NODE_KEYS)
         infos = [
-            MetadataInfo(name=f["field"], type=_info_type(f), description=_describe(f))
-            for f in fields
-            if f["field"].split(".")[0] not in _NODE_KEYS
-            and not f["field"].startswith("_")
-            and "object" not in f["types"]
+            MetadataInfo(name=name, type=_PYTHON_TYPES.get(kind, kind), description=about)
+            for name, kind, about in fields
+            if not name.startswith("_")
         ]
         return VectorStoreInfo(content_info=content_info, metadata_info=infos)
 
@@ -219,19 +214,7 @@ class RagstoreVectorStore(BasePydanticVectorStore):
 _NODE_KEYS = frozenset({"document_id", "doc_id", "ref_doc_id"})
 
 
-def _info_type(field: dict[str, Any]) -> str:
-    """A path's JSON types as the Python type names LlamaIndex's metadata info uses."""
-    types = [t for t in field["types"] if t != "null"]
-    if types == ["number"]:
-        ints = all(isinstance(v, int) for v in field["examples"])
-        return "int" if ints else "float"
-    named = {"string": "str", "boolean": "bool", "array": "list"}
-    return " or ".join(named.get(t, t) for t in types) or "None"
-
-
-def _describe(field: dict[str, Any]) -> str:
-    examples = ", ".join(repr(v) for v in field["examples"])
-    return f"e.g. {examples}" if examples else "no scalar values seen"
+_PYTHON_TYPES = {"string": "str", "integer": "int", "float": "float", "boolean": "bool"}
 
 
 class RagstoreEmbedding(BaseEmbedding):
