@@ -80,6 +80,22 @@ def test_search_modes_where_and_explain_as_json(
     assert json.loads(capsys.readouterr().out) == []
 
 
+def test_a_filter_that_keeps_nothing_says_where_the_fields_are_listed(
+    corpus: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A filter on a path no document carries is valid and keeps nothing: the text output
+    says so and names ``collections fields``; a search with hits, or without a filter,
+    says nothing more."""
+    where = '{"teem": "pets"}'
+    assert run_cli("search", "cats", "-c", corpus, "--mode", "fulltext", "--where", where) == 0
+    out, err = capsys.readouterr()
+    assert "no results" in out
+    assert f"`ragstore collections fields {corpus}` lists the fields" in " ".join(err.split())
+    where = '{"team": "pets"}'
+    assert run_cli("search", "cats", "-c", corpus, "--mode", "fulltext", "--where", where) == 0
+    assert "collections fields" not in capsys.readouterr().err
+
+
 def test_explain_in_text_output_shows_each_list(
     corpus: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ragstore.cli.output import console, echo_json, escape
+from ragstore.cli.output import console, echo_json, err_console, escape
 from ragstore.errors import InputError
 
 if TYPE_CHECKING:
@@ -55,6 +55,16 @@ def print_hits(hits: Sequence[Hit], width: int = 240) -> None:
         if h.explain is not None:
             out.print(f"    [dim]{escape(_explain_line(h))}[/]")
         out.print(f"    {escape(text)}")
+
+
+def _hint_if_filtered_out(hits: Sequence[Any], where: Any, collection: str) -> None:
+    """A filtered search that found nothing may name a path or value no document has
+    (a filter on an absent path is valid and keeps nothing): say where to look."""
+    if not hits and where:
+        err_console().print(
+            "the filter kept nothing; `ragstore collections fields "
+            f"{escape(collection)}` lists the fields it can name and their values"
+        )
 
 
 def _print_with_context(shown: Sequence[HitWithContext]) -> None:
@@ -220,6 +230,7 @@ def register(app: typer.Typer) -> None:
                 _print_with_context(hits)
             else:
                 print_hits(hits)
+            _hint_if_filtered_out(hits, filter_spec, collection or settings.collection)
             return
 
         from ragstore.runtime import Runtime
@@ -249,3 +260,5 @@ def register(app: typer.Typer) -> None:
             _print_with_context(shown)
         else:
             print_hits(found)
+        if not as_json:
+            _hint_if_filtered_out(found, filter_spec, collection or settings.collection)
