@@ -451,8 +451,7 @@ class _Ingestor:
                     if not pending:
                         continue
                     if ahead == 1:  # the model computes here: on this thread, as it always did
-                        with self._stage("embed"):
-                            self._embed(pending)
+                        self._embed_round(pending)
                         encoding.append((pending, None))
                     else:
                         encoding.append((pending, encoder.submit(self._embed_round, pending)))

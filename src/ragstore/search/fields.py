@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ragstore.chunking.recipe import CHUNKER_KEYS
 from ragstore.db import field_indexes
@@ -76,16 +76,16 @@ def describe_fields(rt: Runtime, coll: Collection) -> dict[str, Any]:
                 (coll.id, SAMPLE),
             )
         ]
-        # chunks through (collection_id, content_hash): in effect a random sample, read
-        # whole (most carry nothing of their own: a search for those would scan them all)
-        chunks = [
-            r[0]
-            for r in conn.execute(
-                "SELECT metadata - %s::text[] FROM"
-                " (SELECT metadata FROM chunks WHERE collection_id = %s LIMIT %s) c",
-                (list(CHUNKER_KEYS), coll.id, CHUNK_SAMPLE),
-            )
-        ]
+        # chunks through (collection_id, content_hash): in effect a random sample of a
+        # bounded size (most carry nothing of their own: a search for those would scan
+        # them all); only those that carry something come back, in one row
+        row = conn.execute(
+            "SELECT count(*), coalesce(jsonb_agg(m) FILTER (WHERE m <> '{}'::jsonb), '[]')"
+            " FROM (SELECT metadata - %s::text[] AS m FROM chunks"
+            " WHERE collection_id = %s LIMIT %s) c",
+            (list(CHUNKER_KEYS), coll.id, CHUNK_SAMPLE),
+        ).fetchone()
+        scanned, chunks = (int(str(row[0])), cast(list[Any], row[1])) if row else (0, [])
         indexed = field_indexes.indexed(conn)
     paths: dict[str, _Path] = {}
     for metadata in documents:
@@ -100,7 +100,7 @@ def describe_fields(rt: Runtime, coll: Collection) -> dict[str, Any]:
     ranked = sorted(paths.items(), key=lambda kv: (-(kv[1].documents + kv[1].chunks), kv[0]))
     return {
         "collection": coll.name,
-        "sampled": {"documents": len(documents), "chunks": len(chunks)},
+        "sampled": {"documents": len(documents), "chunks": scanned},
         "builtins": [dict(b) for b in BUILTIN_FIELDS],
         "metadata": [
             {

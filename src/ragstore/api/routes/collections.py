@@ -72,8 +72,10 @@ def get_collection(name: CollectionName, rt: Rt, caller: ReadAccess) -> Collecti
     responses=responses(404),
 )
 def collection_fields(name: CollectionName, rt: Rt, caller: ReadAccess) -> FieldsPublic:
+    from ragstore.search.fields import describe_fields
+
     caller.require("read", name)
-    return FieldsPublic(**Store.from_runtime(rt).fields(name))
+    return FieldsPublic(**describe_fields(rt, rt.collection(name)))
 
 
 @router.delete(
