@@ -4,6 +4,7 @@ HNSW build, step by step, on a collection a ``bench.scale --keep`` run left behi
     python -m bench.build_steps /tmp/scale/data-100000 bm25
     python -m bench.build_steps /tmp/scale/data-100000 writes --rows 30000
     python -m bench.build_steps /tmp/scale/data-100000 hnsw --memory 256MB 2GB
+    python -m bench.build_steps /tmp/scale/data-100000 hnsw-precision --rounds 2
 
 Every step runs in a transaction that is rolled back: the collection is left as it was.
 
@@ -20,6 +21,11 @@ Every step runs in a transaction that is rolled back: the collection is left as 
   summed without a write.
 - ``hnsw``: the active space's HNSW index dropped and built again at each
   ``maintenance_work_mem`` given, with the build workers a bulk load uses.
+- ``hnsw-precision``: the index built over the full-precision column (as before revision
+  0028) and over its half-precision cast (as now), alternated ``--rounds`` times, with the
+  build workers a bulk load uses and 1 GB: build seconds, index size, and recall@10 and
+  time of 200 stored vectors as queries at ``ef_search`` 40 and 100 against the exact
+  nearest (a sequential scan).
 
 The figures go to stdout, one step a line; docs/benchmarks.md quotes them ("Parse workers
 on 2 cores").
@@ -156,10 +162,63 @@ def hnsw(conn: Any, table: str, distance: str, memories: list[str]) -> None:
         conn.rollback()
 
 
+def hnsw_precision(conn: Any, table: str, distance: str, rounds: int) -> None:
+    """Full- against half-precision HNSW builds and their recall, each rolled back."""
+    dim = spaces.table_dimension(conn, table)
+    op = spaces.OPERATORS[distance]
+    queries = conn.execute(
+        f"SELECT chunk_id, embedding FROM {table} ORDER BY md5(chunk_id::text) LIMIT 200"
+    ).fetchall()
+    conn.execute("SET LOCAL enable_indexscan = off")
+    exact = {
+        cid: {
+            r[0]
+            for r in conn.execute(
+                f"SELECT chunk_id FROM {table} ORDER BY embedding {op} %s LIMIT 10", (q,)
+            )
+        }
+        for cid, q in queries
+    }
+    conn.rollback()
+    kinds = {
+        "full": (
+            f"embedding {spaces.HALF_DISTANCE_OPS[distance].replace('halfvec', 'vector')}",
+            f"embedding {op} %s",
+        ),
+        "half": (
+            f"(embedding::halfvec({dim})) {spaces.HALF_DISTANCE_OPS[distance]}",
+            f"embedding::halfvec({dim}) {op} %s::halfvec({dim})",
+        ),
+    }
+    for _ in range(rounds):
+        for kind, (column, order) in kinds.items():
+            conn.execute(f"DROP INDEX {table}_hnsw")
+            conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
+            conn.execute(f"SET LOCAL max_parallel_maintenance_workers = {spaces.build_workers()}")
+            t0 = time.perf_counter()
+            conn.execute(f"CREATE INDEX {table}_hnsw ON {table} USING hnsw ({column})")
+            built = time.perf_counter() - t0
+            size = conn.execute(f"SELECT pg_relation_size('{table}_hnsw')").fetchone()[0]
+            line = [f"{kind}: build {built:6.2f} s, index {size / 2**20:4.0f} MB"]
+            for ef in (40, 100):
+                conn.execute(f"SET LOCAL hnsw.ef_search = {ef}")
+                hits, t0 = 0, time.perf_counter()
+                for cid, q in queries:
+                    got = conn.execute(
+                        f"SELECT chunk_id FROM {table} ORDER BY {order} LIMIT 10", (q,)
+                    ).fetchall()
+                    hits += len({r[0] for r in got} & exact[cid])
+                ms = 1000 * (time.perf_counter() - t0) / len(queries)
+                line.append(f"ef {ef}: recall@10 {hits / 10 / len(queries):.3f}, {ms:.2f} ms")
+            print("; ".join(line), flush=True)
+            conn.rollback()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_dir", type=Path, help="a data directory bench.scale --keep left")
-    parser.add_argument("what", choices=("bm25", "writes", "hnsw"))
+    parser.add_argument("what", choices=("bm25", "writes", "hnsw", "hnsw-precision"))
+    parser.add_argument("--rounds", type=int, default=2, help="hnsw-precision: alternations")
     parser.add_argument("--rows", type=int, default=30_000, help="writes: chunks written")
     parser.add_argument("--memory", nargs="+", default=["1GB"], help="work/maintenance memory")
     args = parser.parse_args(argv)
@@ -170,8 +229,10 @@ def main(argv: list[str] | None = None) -> None:
                 bm25(conn, coll.id, args.memory[0])
             elif args.what == "writes":
                 writes(conn, coll.id, args.rows)
-            else:
+            elif args.what == "hnsw":
                 hnsw(conn, coll.table, coll.model.distance, args.memory)
+            else:
+                hnsw_precision(conn, coll.table, coll.model.distance, args.rounds)
         finally:
             conn.rollback()
             conn.close()

@@ -1,7 +1,8 @@
 """Models wider than pgvector's 2,000-dimension HNSW limit (OpenAI's text-embedding-3-large
 has 3,072): the space keeps full-precision vectors, is indexed over their half-precision
-cast, and searches return exact distances in exact order. Over 4,000 dimensions a model
-is refused before anything is written or embedded."""
+cast (as every space is since revision 0028), and searches return exact distances in exact
+order. Over 4,000 dimensions a model is refused before anything is written or embedded,
+and so is a vector holding a value half precision cannot (beyond ±65,504)."""
 
 from __future__ import annotations
 
@@ -123,3 +124,19 @@ def test_a_model_wider_than_4000_dimensions_is_not_pinned(rt: Runtime) -> None:
             "SELECT count(*) FROM embedding_models WHERE name = 'too-wide-http'"
         ).fetchone()
     assert row == (0,)
+
+
+def test_a_value_beyond_half_precision_is_refused_before_anything_is_written(
+    store: Store,
+) -> None:
+    store.create_collection("half-range", model="outside-8", dimension=8)
+    good = [0.5] * 8
+    big = [1e5] + [0.5] * 7  # a float32, not a halfvec
+    with pytest.raises(InputError, match="65,504") as err:
+        store.add_texts("half-range", ["fine", "too big"], ids=["a", "b"], vectors=[good, big])
+    assert "the vectors" in str(err.value) and "--normalize" in str(err.value)
+    assert store.get_texts("half-range", ["a", "b"]) == []
+    store.add_texts("half-range", ["fine"], ids=["a"], vectors=[good])
+    with pytest.raises(InputError, match="the query vector: a value of 100000"):
+        store.search("half-range", vector=big, k=1)
+    assert [h["text"] for h in store.search("half-range", vector=good, k=1)["data"]] == ["fine"]

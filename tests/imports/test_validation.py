@@ -35,6 +35,8 @@ def _dirty_store(path: Path) -> Path:
         fh.write('{"id": "nan1", "text": "x", "vector": [NaN, 1, 1, 1, 1, 1, 1, 1]}\n')
         fh.write('{"id": "inf1", "text": "x", "vector": [Infinity, 1, 1, 1, 1, 1, 1, 1]}\n')
         fh.write('{"id": "big1", "text": "x", "vector": [1e300, 1, 1, 1, 1, 1, 1, 1]}\n')
+        # fits float32, not the half precision the HNSW index keeps
+        fh.write('{"id": "half1", "text": "x", "vector": [1e5, 1, 1, 1, 1, 1, 1, 1]}\n')
         fh.write(json.dumps({"id": "zero1", "text": "x", "vector": [0.0] * DIM}) + "\n")
         fh.write(json.dumps({"id": "ok3", "text": "again", "vector": good[0].tolist()}) + "\n")
         fh.write(json.dumps({"id": "ok4", "text": "again", "vector": good[0].tolist()}) + "\n")
@@ -127,7 +129,7 @@ def test_dry_run_reports_every_problem_and_writes_nothing(
     lines = {ln.split()[0]: ln.split() for ln in out.out.splitlines() if ln.startswith("  ")}
     assert lines["dimension_mismatch"][1:3] == ["3", "abort"]
     assert "short0 (5 dims), short1 (5 dims), short2 (5 dims)" in out.out
-    assert lines["non_finite"][1] == "3" and "nan1, inf1, big1" in out.out
+    assert lines["non_finite"][1] == "4" and "nan1, inf1, big1, half1" in out.out
     assert lines["zero_vector"][1] == "1"
     assert lines["duplicate_id"][1] == "2" and "first: ok3, ok4" in out.out
     assert lines["missing_text"][1] == "2" and "notext1, notext2" in out.out
@@ -225,11 +227,11 @@ def test_skip_policy_imports_only_the_good_records(
         == 0
     )
     report = json.loads(capsys.readouterr().out)
-    assert (report["read"], report["written"], report["skipped"]) == (34, 22, 12)
+    assert (report["read"], report["written"], report["skipped"]) == (35, 22, 13)
     state = collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-skip")
     sources = {d[0] for d in state["docs"]}
     assert {"ok0", "ok19", "ok3", "ok4", "notext1"} <= sources
-    assert not {"short0", "nan1", "big1", "zero1", "nul1", "sur1"} & sources
+    assert not {"short0", "nan1", "big1", "half1", "zero1", "nul1", "sur1"} & sources
 
 
 def test_ids_already_in_the_collection_are_reported(

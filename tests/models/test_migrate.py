@@ -111,7 +111,7 @@ def test_migrate_search_rollback_search_returns_the_old_results_exactly(
         index = conn.execute(
             "SELECT indexdef FROM pg_indexes WHERE indexname = %s", (f"{now.table}_hnsw",)
         ).fetchone()
-    assert index is not None and "hnsw (embedding vector_cosine_ops)" in index[0]
+    assert index is not None and "((embedding)::halfvec(256)) halfvec_cosine_ops" in index[0]
     after = _snapshot(rt)
     assert after != before, "the 256-dimension model scores differently"
     assert "roses" in search(rt, QUERIES[0], collection=COLL, k=1)[0].text

@@ -403,6 +403,8 @@ def _store_chunks(
         vecs = [d.vectors if table == coll.table else (d.extra_vectors or {})[table] for d in docs]
         stacked = np.concatenate(vecs) if len(vecs) > 1 else vecs[0]
         if staged is not None and table == coll.table:
+            # checked now: the staged table is written on another connection, later
+            spaces.check_indexable(stacked, f"the vectors of {coll.name!r}")
             staged.append((embedded_ids, stacked))
         else:
             spaces.copy_vectors(conn, table, embedded_ids, stacked)

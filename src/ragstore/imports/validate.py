@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ragstore.db.spaces import HALFVEC_MAX_VALUE
 from ragstore.errors import InputError
 from ragstore.imports.records import Record
 from ragstore.validation import problem_in
@@ -40,7 +41,8 @@ DESCRIPTIONS = {
     "duplicate_id": "ids seen more than once in the source (the first is kept)",
     "existing_id": "ids already in the target collection",
     "dimension_mismatch": "vectors whose length is not the model's dimension",
-    "non_finite": "vectors holding NaN or infinity",
+    "non_finite": "vectors holding NaN, infinity or a value beyond ±65,504 (the index keeps "
+    "vectors in half precision)",
     "zero_vector": "all-zero vectors (no direction: cosine is undefined)",
     "missing_text": "records without text",
     "unstorable": "ids, texts or metadata the database cannot store (a NUL character, a "
@@ -134,7 +136,7 @@ def validate(
         if vec.shape[0] != dimension:
             issues["dimension_mismatch"].add(f"{label} ({vec.shape[0]} dims)")
             found.append("dimension_mismatch")
-        if not np.isfinite(vec).all():
+        if not np.isfinite(vec).all() or np.abs(vec).max(initial=0.0) > HALFVEC_MAX_VALUE:
             issues["non_finite"].add(label)
             found.append("non_finite")
         elif not vec.any():

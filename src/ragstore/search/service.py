@@ -260,6 +260,7 @@ def _given_vector(
     (:func:`_query_vector`). Raises before any statement runs when text cannot be embedded."""
     if vector is not None:
         arr = float32_array(vector, "the query vector")
+        spaces.check_indexable(arr, "the query vector", "give a vector of the model's scale")
         if arr.ndim != 1 or arr.shape[0] != coll.model.dimension:
             got = arr.shape[0] if arr.ndim == 1 else f"an array of shape {arr.shape}"
             raise InputError(

@@ -1,0 +1,85 @@
+"""Revision 0028: every space's HNSW index is built over the half-precision cast of its
+vectors. Down to 0027 a space of up to 2,000 dimensions is indexed in full precision
+again; back up, over the cast again. The vectors themselves never change, and the
+nearest neighbours the index finds, re-sorted by full-precision distance, are the
+same on both sides (a handful of documents: the graph finds every one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import SecretStr
+
+from ragstore import Store
+from ragstore.config import Settings
+from ragstore.db import migrations
+from ragstore.db.database import Database
+
+DOCS = {
+    "cats.md": "# Cats\n\nCats chase mice through the barn at night.\n",
+    "dogs.md": "# Dogs\n\nDogs fetch sticks thrown across the park.\n",
+    "ships.md": "# Ships\n\nContainer ships cross the ocean in weeks.\n",
+    "bread.md": "# Bread\n\nBread rises when yeast ferments the dough.\n",
+}
+
+
+def _index(db: Database, table: str) -> str:
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = %s", (f"{table}_hnsw",)
+        ).fetchone()
+    assert row is not None, f"{table} has no HNSW index"
+    return str(row[0])
+
+
+def _nearest(db: Database, table: str, query: np.ndarray, half: bool) -> list[tuple[int, float]]:
+    """The space's nearest vectors through its index (sequential scans off), each with its
+    full-precision distance, sorted by it: what a search's vector list is built from."""
+    order = (
+        "embedding::halfvec(384) <=> %(q)s::vector::halfvec(384)"
+        if half
+        else "embedding <=> %(q)s::vector"
+    )
+    with db.connect() as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(
+            str(r[0])
+            for r in conn.execute(
+                f"EXPLAIN SELECT chunk_id FROM {table} ORDER BY {order} LIMIT 3",
+                {"q": query.tolist()},
+            )
+        )
+        assert f"Index Scan using {table}_hnsw" in plan, plan
+        rows = conn.execute(
+            f"SELECT chunk_id, embedding <=> %(q)s::vector FROM {table} ORDER BY {order} LIMIT 3",
+            {"q": query.tolist()},
+        ).fetchall()
+    return sorted(((int(r[0]), round(float(r[1]), 6)) for r in rows), key=lambda r: r[1])
+
+
+def test_the_index_is_rebuilt_in_half_precision_and_back(
+    empty_database_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    db = Database(empty_database_url)
+    migrations.upgrade(db)
+    own = settings.model_copy(
+        update={"data_dir": tmp_path, "database_url": SecretStr(empty_database_url)}
+    )
+    with Store(settings=own) as store:
+        for name, text in DOCS.items():
+            store.add_document("animals", name, text)
+        coll = store._rt.collection("animals")
+        table = coll.table
+        query = np.asarray(store._rt.embedder_for(coll).embed_query("a cat hunting mice"))
+    assert "((embedding)::halfvec(384)) halfvec_cosine_ops" in _index(db, table)
+    at_head = _nearest(db, table, query, half=True)
+    assert len(at_head) == 3
+
+    migrations.downgrade(db, "0027")
+    assert "USING hnsw (embedding vector_cosine_ops)" in _index(db, table)
+    assert _nearest(db, table, query, half=False) == at_head
+
+    assert migrations.upgrade(db).is_current
+    assert "((embedding)::halfvec(384)) halfvec_cosine_ops" in _index(db, table)
+    assert _nearest(db, table, query, half=True) == at_head
