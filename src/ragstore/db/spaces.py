@@ -41,8 +41,8 @@ OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
 # half-precision cast (revision 0028), pgvector's recipe for smaller indexes: the HNSW
 # index orders candidates by the half-precision distance, each row returned carries its
 # full-precision one, and the search re-sorts by that. At 100k chunks of 384 dimensions
-# the index is 43% smaller, builds about a sixth faster and answers faster, at the same
-# recall@10 against exact search (docs/benchmarks.md). It also lets a space reach the
+# the index is 43% smaller and builds 7-17% faster, at the same recall@10 against exact
+# search and the same query time (docs/benchmarks.md). It also lets a space reach the
 # 4,000 dimensions pgvector's HNSW takes in half precision (2,000 in full): OpenAI's
 # text-embedding-3-large has 3,072. A value must fit half precision (±65,504) to be
 # indexed: ``check_indexable`` refuses one that does not before anything is written.

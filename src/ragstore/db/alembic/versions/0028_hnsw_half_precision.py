@@ -9,10 +9,10 @@ Until now only a space wider than pgvector's 2,000-dimension HNSW limit was inde
 full precision either way, and a search re-sorts the candidates the index gives by their
 full-precision distance, so only which candidates the graph finds can change: at 100k
 chunks of 384 dimensions recall@10 against exact search was the same within a run's
-spread (0.88–0.92 at ``ef_search`` 40 and 100 either way), while the index is 43% smaller
-(77 against 135 MB), builds in about 17% less time and answers in less (1.1 against 1.3
-ms at ``ef_search`` 40): pgvector's half-precision distance reads half the memory a
-vector does. A first load's build is the largest single part of its CPU.
+spread (0.88–0.92 at ``ef_search`` 40 and 100 either way) and so was a query's time,
+while the index is 43% smaller (77 against 135 MB) and builds in 7–17% less time:
+pgvector's half-precision distance reads half the memory a vector does. A first load's
+build is the largest single part of its CPU.
 
 The upgrade rebuilds each full-precision HNSW index in one process with 1 GB of
 ``maintenance_work_mem`` (enough for a million 384-d vectors' graph; no parallel workers,
