@@ -306,6 +306,18 @@ def test_search_filters_show_errors_inline(page: Page, server: Server, handbook:
     page.click("#search-submit")
     expect(page.locator("#where-error")).to_be_hidden()
     expect(page.locator("#hits-body tr").first).to_contain_text("Backups guide")
+    # what a filter can name, from GET .../fields; a click adds the field's first value
+    page.click("#fields-details summary")
+    expect(page.locator('#fields-body button[data-field="source"]')).to_be_visible()
+    language = page.locator('#fields-body button[data-field="language"]')
+    expect(language).to_be_visible()
+    row = page.locator("#fields-body tr", has=page.locator('button[data-field="language"]'))
+    expect(row).to_contain_text("4 documents")
+    shot(page, "search-fields")
+    language.click()
+    expect(page.locator("#where")).to_have_value('{"title":"Backups guide","language":"English"}')
+    page.click("#search-submit")
+    expect(page.locator("#hits-body tr").first).to_contain_text("Backups guide")
 
 
 def test_migrate_to_the_256d_model_then_roll_back(

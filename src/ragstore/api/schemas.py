@@ -202,7 +202,10 @@ class SearchRequest(Strict):
         None, description="Search mode; the server's default when omitted."
     )
     where: dict[str, Any] | None = Field(
-        None, examples=[{"metadata.team": "ops"}], description="Filter on chunk/document fields."
+        None,
+        examples=[{"team": "ops", "year": {"$gte": 2020}}],
+        description="Filter on chunk/document fields: built-ins (source, title, chunk_type, "
+        "created_at, page) and metadata paths (`author.name`); GET .../fields lists them.",
     )
     context: Annotated[int, Field(ge=0, le=50)] | Literal["section"] | None = Field(
         None,

@@ -448,7 +448,69 @@
       rankCell(ex.fulltext, "full-text", ex.mode !== "vector"), cell);
   }
 
+  /* A field's clause added to the filters box: its first example value (a date range for
+     a timestamp), so a click shows the syntax with a value the collection holds. */
+  function addClause(field, value) {
+    clearError("where-error");
+    const raw = $("where").value.trim();
+    let where = {};
+    if (raw) {
+      try { where = JSON.parse(raw); } catch (e) {
+        showError("where-error", "Filters are not valid JSON: " + e.message);
+        return;
+      }
+      if (where === null || typeof where !== "object" || Array.isArray(where)) {
+        showError("where-error", 'Filters must be a JSON object, e.g. {"team": "ops"}');
+        return;
+      }
+    }
+    where[field] = value;
+    $("where").value = JSON.stringify(where);
+    $("where").focus();
+  }
+
+  function fieldRow(name, type, carried, examples, indexed, value, about) {
+    const button = el("button", { type: "button", class: "link", title: "Add to the filters",
+                                  dataset: { field: name }, onclick: () => addClause(name, value) },
+                      name);
+    return el("tr", { title: about || null },
+      el("td", {}, button), el("td", { text: type }), el("td", { text: carried }),
+      el("td", { class: "meta", text: examples.map((x) => JSON.stringify(x)).join(", ") }),
+      el("td", { text: indexed.length ? indexed.join(", ") : "—" }));
+  }
+
+  async function loadFields() {
+    clearError("fields-error");
+    let res;
+    try {
+      res = await api("GET", "/v1/collections/" + enc(COLLECTION) + "/fields");
+    } catch (err) {
+      showError("fields-error", err);
+      return false;
+    }
+    const rows = res.builtins.map((b) => {
+      const value = b.type === "timestamp" ? { $gte: new Date().toISOString().slice(0, 10) }
+                                           : (b.values && b.values.length ? b.values[0] : "");
+      return fieldRow(b.field, b.type, "every chunk", b.values || [], [], value, b.about);
+    });
+    for (const m of res.metadata) {
+      const carried = m.documents + " documents · " + m.chunks + " chunks";
+      rows.push(fieldRow(m.field, m.types.join(" | "), carried, m.examples, m.indexed,
+                         m.examples.length ? m.examples[0] : "", null));
+    }
+    $("fields-body").replaceChildren(...rows);
+    $("fields-table").hidden = false;
+    $("fields-summary").textContent = res.metadata.length + " metadata path(s) in the latest " +
+      res.sampled.documents + " documents and " + res.sampled.chunks + " sampled chunks" +
+      (res.truncated ? " (more than are listed)" : "") + ". Click a field to add it to the filters.";
+    return true;
+  }
+
   function pageSearch() {
+    let fieldsLoaded = false;
+    $("fields-details").addEventListener("toggle", async () => {
+      if ($("fields-details").open && !fieldsLoaded) fieldsLoaded = await loadFields();
+    });
     $("search-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       clearError("where-error");
@@ -463,7 +525,7 @@
           return;
         }
         if (where === null || typeof where !== "object" || Array.isArray(where)) {
-          showError("where-error", 'Filters must be a JSON object, e.g. {"metadata.team": "ops"}');
+          showError("where-error", 'Filters must be a JSON object, e.g. {"team": "ops"}');
           return;
         }
         payload.where = where;
