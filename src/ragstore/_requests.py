@@ -165,6 +165,18 @@ def collection_fields(name: str) -> Call[dict[str, Any]]:
     return Call("GET", f"/v1/collections/{_n(name)}/fields", _body)
 
 
+def field_indexes() -> Call[list[dict[str, Any]]]:
+    return Call("GET", "/v1/field-indexes", lambda r: list(_body(r)["data"]))
+
+
+def index_field(field: str, type: str) -> Call[dict[str, Any]]:
+    return Call("POST", "/v1/field-indexes", _body, json={"field": field, "type": type})
+
+
+def drop_field_index(field: str, type: str) -> Call[dict[str, Any]]:
+    return Call("DELETE", "/v1/field-indexes", _body, params={"field": field, "type": type})
+
+
 def delete_collection(name: str) -> Call[None]:
     return Call("DELETE", f"/v1/collections/{_n(name)}", _none)
 

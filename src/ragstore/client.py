@@ -137,6 +137,18 @@ class Client(_WritePosition):
         """The fields a search filter can name in ``collection`` (``Store.fields``)."""
         return self._send(calls.collection_fields(collection))
 
+    def field_indexes(self) -> list[dict[str, Any]]:
+        """The metadata fields indexed for range filters (``Store.field_indexes``)."""
+        return self._send(calls.field_indexes())
+
+    def index_field(self, field: str, type: str) -> dict[str, Any]:
+        """Index a metadata field for range filters (``Store.index_field``; an admin key)."""
+        return self._send(calls.index_field(field, type))
+
+    def drop_field_index(self, field: str, type: str) -> dict[str, Any]:
+        """Drop a field's range-filter indexes (``Store.drop_field_index``; an admin key)."""
+        return self._send(calls.drop_field_index(field, type))
+
     def delete_collection(self, name: str) -> None:
         self._send(calls.delete_collection(name))
 
@@ -400,6 +412,18 @@ class AsyncClient(_WritePosition):
     async def fields(self, collection: str) -> dict[str, Any]:
         """The fields a search filter can name in ``collection`` (``Store.fields``)."""
         return await self._send(calls.collection_fields(collection))
+
+    async def field_indexes(self) -> list[dict[str, Any]]:
+        """The metadata fields indexed for range filters (``Store.field_indexes``)."""
+        return await self._send(calls.field_indexes())
+
+    async def index_field(self, field: str, type: str) -> dict[str, Any]:
+        """Index a metadata field for range filters (``Store.index_field``; an admin key)."""
+        return await self._send(calls.index_field(field, type))
+
+    async def drop_field_index(self, field: str, type: str) -> dict[str, Any]:
+        """Drop a field's range-filter indexes (``Store.drop_field_index``; an admin key)."""
+        return await self._send(calls.drop_field_index(field, type))
 
     async def delete_collection(self, name: str) -> None:
         await self._send(calls.delete_collection(name))

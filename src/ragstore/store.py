@@ -22,14 +22,16 @@ from typing import Any
 from ragstore.api.schemas import (
     CollectionPublic,
     DocumentPublic,
+    FieldIndexPublic,
     FieldsPublic,
     HitPublic,
+    IndexedFieldPublic,
     SearchResponse,
     TextPublic,
     TextsAdded,
 )
 from ragstore.config import Settings
-from ragstore.db import catalog, documents, repository, texts
+from ragstore.db import catalog, documents, field_indexes, repository, texts
 from ragstore.db.errors import translated
 from ragstore.errors import (
     InputError,
@@ -156,6 +158,24 @@ class Store:
         from ragstore.search.fields import describe_fields
 
         return _dump(FieldsPublic(**describe_fields(self._rt, self._rt.collection(collection))))
+
+    def field_indexes(self) -> list[dict[str, Any]]:
+        """The metadata fields indexed for range filters, in every collection."""
+        found = field_indexes.listed(self._rt.db)
+        return [_dump(IndexedFieldPublic(field=i.field, type=i.kind)) for i in found]
+
+    def index_field(self, field: str, type: str) -> dict[str, Any]:
+        """Index a metadata field (a path as a filter names it) for range filters on
+        ``type`` ("number" or "string") values, in every collection: a selective range is
+        then ranked exactly among the chunks that pass (``ragstore db index-field``). The
+        build is concurrent (writers go on) and waits for older transactions."""
+        changed = field_indexes.declare(self._rt.db, field, type)
+        return _dump(FieldIndexPublic(field=field, type=type, indexed=True, changed=changed))
+
+    def drop_field_index(self, field: str, type: str) -> dict[str, Any]:
+        """Drop a field's range-filter indexes; ``changed`` is False when there were none."""
+        changed = field_indexes.declare(self._rt.db, field, type, drop=True)
+        return _dump(FieldIndexPublic(field=field, type=type, indexed=False, changed=changed))
 
     def delete_collection(self, name: str) -> None:
         coll = self._rt.collection(name)

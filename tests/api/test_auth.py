@@ -80,6 +80,19 @@ def test_read_key_can_search_but_not_write(secure_url: str, admin: Client, keys:
             reader.delete_collection("team")
 
 
+def test_only_an_admin_key_of_every_collection_indexes_a_field(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    with Client(secure_url, api_key=keys.create("read").secret) as reader:
+        assert reader.field_indexes() == []
+        with pytest.raises(PermissionDeniedError, match="needs 'admin'"):
+            reader.index_field("year", "number")
+    scoped = Client(secure_url, api_key=keys.create("admin", "team").secret)
+    with scoped, pytest.raises(PermissionDeniedError, match="touches every collection"):
+        scoped.index_field("year", "number")
+    assert admin.field_indexes() == []
+
+
 def test_write_key_cannot_delete_a_collection(
     secure_url: str, admin: Client, keys: KeyStore
 ) -> None:

@@ -145,6 +145,37 @@ def test_fields_list_what_a_filter_can_name(docs: Client, open_url: str) -> None
         docs.fields("nope")
 
 
+def test_a_field_is_indexed_listed_and_dropped_over_http(docs: Client, open_url: str) -> None:
+    """POST, GET and DELETE /v1/field-indexes: 201 when built, 200 when it already was,
+    the field then marked indexed in the collection's fields; a prefixed path or an unknown
+    type is a 422 problem; dropping twice changes nothing the second time."""
+    assert docs.index_field("team", "string") == {
+        "field": "team",
+        "type": "string",
+        "indexed": True,
+        "changed": True,
+    }
+    try:
+        assert {"field": "team", "type": "string"} in docs.field_indexes()
+        paths = {m["field"]: m for m in docs.fields("docs")["metadata"]}
+        assert paths["team"]["indexed"] == ["string"]
+        with httpx.Client(base_url=open_url, timeout=60) as h:
+            again = h.post("/v1/field-indexes", json={"field": "team", "type": "string"})
+            assert again.status_code == 200 and again.json()["changed"] is False
+            prefixed = h.post("/v1/field-indexes", json={"field": "chunk.team", "type": "string"})
+            assert prefixed.status_code == 422
+            assert prefixed.headers["content-type"].startswith("application/problem+json")
+            assert "not a metadata path" in prefixed.json()["detail"]
+            typed = h.post("/v1/field-indexes", json={"field": "team", "type": "date"})
+            assert typed.status_code == 422
+        assert docs.search("docs", "kittens", k=5, where={"team": {"$gte": "p"}})["count"] >= 1
+    finally:
+        dropped = docs.drop_field_index("team", "string")
+    assert dropped == {"field": "team", "type": "string", "indexed": False, "changed": True}
+    assert docs.drop_field_index("team", "string")["changed"] is False
+    assert docs.field_indexes() == []
+
+
 def test_invalid_search_input_is_invalid_input(docs: Client) -> None:
     with pytest.raises(InputError, match="k"):
         docs.search("docs", "x", k=0)

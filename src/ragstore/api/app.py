@@ -27,6 +27,7 @@ from ragstore.api.middleware import (
 from ragstore.api.routes import (
     collections,
     documents,
+    field_indexes,
     health,
     inspect,
     jobs,
@@ -173,7 +174,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_middleware(app, settings, secure=secure)
     install_error_handlers(app)
-    for module in (health, collections, documents, texts, search, models, jobs, inspect):
+    for module in (
+        health,
+        collections,
+        documents,
+        texts,
+        search,
+        models,
+        field_indexes,
+        jobs,
+        inspect,
+    ):
         app.include_router(module.router)
     install_console(app, auth=secure)
     return app

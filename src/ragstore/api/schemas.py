@@ -95,6 +95,35 @@ class FieldsPublic(BaseModel):
     truncated: bool = Field(description="More paths were seen than are listed (200).")
 
 
+class FieldIndexRequest(Strict):
+    field: str = Field(
+        min_length=1,
+        max_length=256,
+        examples=["year"],
+        description="A metadata path as a filter names it bare, dot-separated for nesting.",
+    )
+    type: Literal["number", "string"] = Field(
+        description="The values a range compares: numbers, or strings (ISO dates are strings)."
+    )
+
+
+class FieldIndexPublic(BaseModel):
+    field: str = Field(examples=["year"])
+    type: str = Field(examples=["number"])
+    indexed: bool = Field(description="Whether the field is indexed now.")
+    changed: bool = Field(description="False when there was nothing to do.")
+
+
+class IndexedFieldPublic(BaseModel):
+    field: str = Field(examples=["year"])
+    type: str = Field(examples=["number"])
+
+
+class IndexedFieldsPublic(BaseModel):
+    data: list[IndexedFieldPublic]
+    count: int
+
+
 # --- documents ---------------------------------------------------------------------------
 
 
