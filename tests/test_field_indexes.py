@@ -183,6 +183,33 @@ def test_a_build_waiting_for_an_older_transaction_says_which_then_finishes(
         field_indexes.drop_indexes(conn, FieldIndex(("floor",), "number"))
 
 
+def test_concurrent_declarations_run_one_at_a_time(docs: Runtime) -> None:
+    """Three identical requests and one for another field at once (two HTTP clients, or
+    a script run twice): each succeeds, one of the identical ones builds and the others
+    find it built. Unserialised, PostgreSQL ended two of three with a deadlock."""
+    results: dict[int, object] = {}
+
+    def declare(i: int, field: str) -> None:
+        try:
+            results[i] = field_indexes.declare(docs.db, field, "number")
+        except Exception as exc:  # recorded: the assertion below names it
+            results[i] = exc
+
+    calls = [(0, "lift"), (1, "lift"), (2, "lift"), (3, "stairs")]
+    threads = [threading.Thread(target=declare, args=c) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(str(results[i]) for i in (0, 1, 2)) == ["False", "False", "True"], results
+    assert results[3] is True
+    with docs.db.connect(autocommit=True) as conn:
+        assert field_indexes.broken(conn) == ([], [])
+        for field in ("lift", "stairs"):
+            assert FieldIndex((field,), "number") in field_indexes.indexed(conn)
+            assert field_indexes.drop_indexes(conn, FieldIndex((field,), "number"))
+
+
 def test_a_build_nothing_blocks_is_not_reported(docs: Runtime) -> None:
     told: list[list[field_indexes.Blocker]] = []
     assert field_indexes.declare(docs.db, "storey", "number", on_wait=told.append)

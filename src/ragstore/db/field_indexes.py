@@ -18,6 +18,12 @@ carries its path and kind as a JSON comment, and a field counts as indexed while
 its indexes are valid. They are built ``CONCURRENTLY`` (writers are not blocked; a
 build that fails leaves an invalid index, which the next declaration rebuilds), so the
 functions here need an autocommit connection.
+
+Declarations run one at a time (:func:`declare` holds a session advisory lock): two
+concurrent builds on one table wait for each other's transactions, and PostgreSQL ended
+all but one of two or three identical requests with "deadlock detected". The lock is
+polled with ``pg_try_advisory_lock``, not waited for, since a waiting statement is a
+transaction the build holding the lock would itself wait for.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -205,6 +212,8 @@ def _blocker(row: Sequence[object]) -> Blocker:
 
 
 WAIT_NOTICE_S = 2.0  # a build blocked this long is reported (a short wait is normal)
+DECLARE_LOCK = 0x5246_4958  # "RFIX": the advisory lock of field index declarations
+LOCK_POLL_S = 0.2
 
 
 def declare(
@@ -228,9 +237,22 @@ def declare(
     with (
         db.connect(autocommit=True) as conn,
         translated(doing),
+        _one_at_a_time(conn),
         _reporting_waits(db, conn.info.backend_pid, on_wait),
     ):
         return drop_indexes(conn, index) if drop else add(conn, index)
+
+
+@contextmanager
+def _one_at_a_time(conn: Any) -> Iterator[None]:
+    """Hold the declarations' session advisory lock for the block, polling for it (see the
+    module docstring); the server releases it if the connection dies."""
+    while not conn.execute("SELECT pg_try_advisory_lock(%s)", (DECLARE_LOCK,)).fetchone()[0]:
+        time.sleep(LOCK_POLL_S)
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (DECLARE_LOCK,))
 
 
 @contextmanager
