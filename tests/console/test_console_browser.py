@@ -193,6 +193,10 @@ def test_a_read_key_sees_no_write_or_admin_controls(
     expect(page.locator("#migrate-start")).to_be_hidden()
     expect(page.locator("#rollback")).to_be_hidden()
     expect(page.locator("#active-model")).to_contain_text("all-MiniLM-L6-v2")
+    open_page(page, server, f"/ui/collections/{handbook}/search")
+    page.click("#fields-details summary")
+    expect(page.locator('#fields-body button[data-field="size_bytes"]')).to_be_visible()
+    expect(page.locator("#fields-body button.index-field")).to_have_count(0)
 
 
 def test_create_a_collection_and_upload_two_files_by_drop(page: Page, server: Server) -> None:
@@ -318,6 +322,20 @@ def test_search_filters_show_errors_inline(page: Page, server: Server, handbook:
     expect(page.locator("#where")).to_have_value('{"title":"Backups guide","language":"English"}')
     page.click("#search-submit")
     expect(page.locator("#hits-body tr").first).to_contain_text("Backups guide")
+    # an admin of every collection indexes a number field from the panel
+    sizes = page.locator("#fields-body tr", has=page.locator('button[data-field="size_bytes"]'))
+    sizes.locator('button.index-field[data-kind="number"]').click()
+    expect(sizes.locator("td").nth(4)).to_have_text("number")  # no button left: indexed
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    listed = httpx.get(f"{server.url}/v1/field-indexes", headers=auth).json()["data"]
+    assert listed == [{"field": "size_bytes", "type": "number"}]
+    dropped = httpx.delete(
+        f"{server.url}/v1/field-indexes",
+        params={"field": "size_bytes", "type": "number"},
+        headers=auth,
+        timeout=60,
+    )
+    assert dropped.json()["changed"] is True
 
 
 def test_migrate_to_the_256d_model_then_roll_back(

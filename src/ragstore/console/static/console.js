@@ -15,6 +15,7 @@
   const DOCUMENT = body.dataset.document || "";
   const enc = encodeURIComponent;
   const $ = (id) => document.getElementById(id);
+  let ME = null;  // the caller's key (GET /v1/me), once the page has started
 
   class ApiError extends Error {
     constructor(status, problem) {
@@ -469,14 +470,38 @@
     $("where").focus();
   }
 
-  function fieldRow(name, type, carried, examples, indexed, value, about) {
+  function fieldRow(name, type, carried, examples, indexed, value, about, indexable) {
     const button = el("button", { type: "button", class: "link", title: "Add to the filters",
                                   dataset: { field: name }, onclick: () => addClause(name, value) },
                       name);
+    const index = el("td", { text: indexed.length ? indexed.join(", ")
+                                                   : (indexable.length ? "" : "—") });
+    for (const kind of indexable) {  // an admin of every collection may index the field
+      index.append(" ", el("button", {
+        type: "button", class: "index-field", dataset: { indexField: name, kind: kind },
+        title: "Index this field's " + kind + " values for range filters ($gt, $lt, ...), " +
+               "in every collection",
+        onclick: (ev) => indexField(ev.target, name, kind) }, "index " + kind + "s"));
+    }
     return el("tr", { title: about || null },
       el("td", {}, button), el("td", { text: type }), el("td", { text: carried }),
       el("td", { class: "meta", text: examples.map((x) => JSON.stringify(x)).join(", ") }),
-      el("td", { text: indexed.length ? indexed.join(", ") : "—" }));
+      index);
+  }
+
+  async function indexField(button, field, kind) {
+    clearError("fields-error");
+    button.disabled = true;
+    button.textContent = "indexing…";
+    try {
+      await api("POST", "/v1/field-indexes", { field: field, type: kind });
+    } catch (err) {
+      showError("fields-error", err);
+      button.disabled = false;
+      button.textContent = "index " + kind + "s";
+      return;
+    }
+    await loadFields();
   }
 
   async function loadFields() {
@@ -491,12 +516,15 @@
     const rows = res.builtins.map((b) => {
       const value = b.type === "timestamp" ? { $gte: new Date().toISOString().slice(0, 10) }
                                            : (b.values && b.values.length ? b.values[0] : "");
-      return fieldRow(b.field, b.type, "every chunk", b.values || [], [], value, b.about);
+      return fieldRow(b.field, b.type, "every chunk", b.values || [], [], value, b.about, []);
     });
     for (const m of res.metadata) {
       const carried = m.documents + " documents · " + m.chunks + " chunks";
+      const indexable = ME && ME.scope === "admin" && !ME.collection
+        ? ["number", "string"].filter((k) => m.types.includes(k) && !m.indexed.includes(k))
+        : [];
       rows.push(fieldRow(m.field, m.types.join(" | "), carried, m.examples, m.indexed,
-                         m.examples.length ? m.examples[0] : "", null));
+                         m.examples.length ? m.examples[0] : "", null, indexable));
     }
     $("fields-body").replaceChildren(...rows);
     $("fields-table").hidden = false;
@@ -638,6 +666,7 @@
     const out = $("sign-out");
     if (out) out.addEventListener("click", signOut);
     const me = await api("GET", "/v1/me");
+    ME = me;
     applyScope(me);
     if (PAGE === "collections") await pageCollections(me);
     else if (PAGE === "collection") await pageCollection();
