@@ -6,10 +6,7 @@ same on both sides (a handful of documents: the graph finds every one)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from pydantic import SecretStr
 
 from ragstore import Store
 from ragstore.config import Settings
@@ -59,13 +56,9 @@ def _nearest(db: Database, table: str, query: np.ndarray, half: bool) -> list[tu
 
 
 def test_the_index_is_rebuilt_in_half_precision_and_back(
-    empty_database_url: str, settings: Settings, tmp_path: Path
+    upgraded: tuple[Database, Settings],
 ) -> None:
-    db = Database(empty_database_url)
-    migrations.upgrade(db)
-    own = settings.model_copy(
-        update={"data_dir": tmp_path, "database_url": SecretStr(empty_database_url)}
-    )
+    db, own = upgraded
     with Store(settings=own) as store:
         for name, text in DOCS.items():
             store.add_document("animals", name, text)

@@ -4,10 +4,6 @@ written after the upgrade gets its collection's configuration."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from pydantic import SecretStr
-
 from ragstore import Store
 from ragstore.config import Settings
 from ragstore.db import migrations
@@ -29,13 +25,9 @@ def _chunks(db: Database) -> list[tuple[str, str, str, str]]:
 
 
 def test_configurations_survive_the_downgrade_and_the_upgrade(
-    empty_database_url: str, settings: Settings, tmp_path: Path
+    upgraded: tuple[Database, Settings],
 ) -> None:
-    db = Database(empty_database_url)
-    migrations.upgrade(db)
-    own = settings.model_copy(
-        update={"data_dir": tmp_path, "database_url": SecretStr(empty_database_url)}
-    )
+    db, own = upgraded
     with Store(settings=own) as store:
         store.create_collection("plain", settings={"ts_config": "simple"})
         store.add_document("plain", "guide.md", DOC)

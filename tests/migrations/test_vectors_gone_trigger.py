@@ -6,10 +6,6 @@ vectors in every space of the collection."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from pydantic import SecretStr
-
 from ragstore import Store
 from ragstore.config import Settings
 from ragstore.db import migrations
@@ -46,13 +42,9 @@ def _vectors(db: Database) -> dict[str, int]:
 
 
 def test_vectors_go_with_their_chunks_on_both_sides_of_the_revision(
-    empty_database_url: str, settings: Settings, tmp_path: Path
+    upgraded: tuple[Database, Settings],
 ) -> None:
-    db = Database(empty_database_url)
-    migrations.upgrade(db)
-    own = settings.model_copy(
-        update={"data_dir": tmp_path, "database_url": SecretStr(empty_database_url)}
-    )
+    db, own = upgraded
     with Store(settings=own) as store:
         for name in ("a", "b"):
             store.add_document(name, "guide.md", DOC)

@@ -449,22 +449,28 @@
       rankCell(ex.fulltext, "full-text", ex.mode !== "vector"), cell);
   }
 
+  /* The filters box as an object ({} when empty), or null once its error is shown. */
+  function readWhere() {
+    const raw = $("where").value.trim();
+    if (!raw) return {};
+    let where;
+    try { where = JSON.parse(raw); } catch (e) {
+      showError("where-error", "Filters are not valid JSON: " + e.message);
+      return null;
+    }
+    if (where === null || typeof where !== "object" || Array.isArray(where)) {
+      showError("where-error", 'Filters must be a JSON object, e.g. {"team": "ops"}');
+      return null;
+    }
+    return where;
+  }
+
   /* A field's clause added to the filters box: its first example value (a date range for
      a timestamp), so a click shows the syntax with a value the collection holds. */
   function addClause(field, value) {
     clearError("where-error");
-    const raw = $("where").value.trim();
-    let where = {};
-    if (raw) {
-      try { where = JSON.parse(raw); } catch (e) {
-        showError("where-error", "Filters are not valid JSON: " + e.message);
-        return;
-      }
-      if (where === null || typeof where !== "object" || Array.isArray(where)) {
-        showError("where-error", 'Filters must be a JSON object, e.g. {"team": "ops"}');
-        return;
-      }
-    }
+    const where = readWhere();
+    if (where === null) return;
     where[field] = value;
     $("where").value = JSON.stringify(where);
     $("where").focus();
@@ -545,19 +551,9 @@
       clearError("search-error");
       const payload = { query: $("q").value, mode: $("mode").value,
                         k: Number($("k").value || 10), explain: true };
-      const raw = $("where").value.trim();
-      if (raw) {
-        let where;
-        try { where = JSON.parse(raw); } catch (e) {
-          showError("where-error", "Filters are not valid JSON: " + e.message);
-          return;
-        }
-        if (where === null || typeof where !== "object" || Array.isArray(where)) {
-          showError("where-error", 'Filters must be a JSON object, e.g. {"team": "ops"}');
-          return;
-        }
-        payload.where = where;
-      }
+      const where = readWhere();
+      if (where === null) return;
+      if (Object.keys(where).length) payload.where = where;
       const ctx = $("context").value;
       if (ctx === "section") payload.context = "section";
       else if (ctx) payload.context = Number(ctx);
