@@ -7,11 +7,13 @@ same on both sides (a handful of documents: the graph finds every one)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ragstore import Store
 from ragstore.config import Settings
 from ragstore.db import migrations
 from ragstore.db.database import Database
+from ragstore.errors import InputError
 
 DOCS = {
     "cats.md": "# Cats\n\nCats chase mice through the barn at night.\n",
@@ -76,3 +78,34 @@ def test_the_index_is_rebuilt_in_half_precision_and_back(
     assert migrations.upgrade(db).is_current
     assert "((embedding)::halfvec(384)) halfvec_cosine_ops" in _index(db, table)
     assert _nearest(db, table, query, half=True) == at_head
+
+
+def test_a_value_half_precision_cannot_hold_stops_the_upgrade_naming_its_collection(
+    upgraded: tuple[Database, Settings],
+) -> None:
+    """A space written before 0028 by a model that does not normalise may hold a value
+    beyond ±65,504: the upgrade stops with the collection's name and what to do, in its
+    one transaction (the schema stays at 0027), and goes through once the value is gone."""
+    db, own = upgraded
+    with Store(settings=own) as store:
+        store.add_document("loud", "cats.md", DOCS["cats.md"])
+        table = store._rt.collection("loud").table
+    migrations.downgrade(db, "0027")
+    loud = "[70000" + ",0" * 383 + "]"  # a float32, beyond half precision
+    with db.connect() as conn:
+        kept = conn.execute(f"SELECT chunk_id, embedding::text FROM {table} LIMIT 1").fetchone()
+        assert kept is not None
+        conn.execute(
+            f"UPDATE {table} SET embedding = %s::vector WHERE chunk_id = %s", (loud, kept[0])
+        )
+    with pytest.raises(InputError, match="rolled back, the schema is as it was") as err:
+        migrations.upgrade(db)
+    assert "collection 'loud'" in str(err.value) and "models migrate" in str(err.value)
+    assert migrations.status(db).current == "0027"
+    assert "USING hnsw (embedding vector_cosine_ops)" in _index(db, table)
+    with db.connect() as conn:
+        conn.execute(
+            f"UPDATE {table} SET embedding = %s::vector WHERE chunk_id = %s", (kept[1], kept[0])
+        )
+    assert migrations.upgrade(db).is_current
+    assert "halfvec_cosine_ops" in _index(db, table)

@@ -50,8 +50,22 @@ BEGIN
          ORDER BY c.relname
     LOOP
         EXECUTE format('DROP INDEX %I', r.idx);
-        EXECUTE format('CREATE INDEX %1$I ON %2$I USING hnsw ({target} %4$s)', r.idx, r.tbl,
-                       r.dim, '{target_ops}' || substr(r.opcname, {cut}));
+        BEGIN
+            EXECUTE format('CREATE INDEX %1$I ON %2$I USING hnsw ({target} %4$s)', r.idx,
+                           r.tbl, r.dim, '{target_ops}' || substr(r.opcname, {cut}));
+        EXCEPTION WHEN numeric_value_out_of_range THEN
+            RAISE EXCEPTION USING ERRCODE = 'numeric_value_out_of_range', MESSAGE = format(
+                'collection %s (table %s) holds a vector value half precision cannot: %s. '
+                'Revision 0028 indexes every space over its half-precision cast (values '
+                'within ±65,504); re-embed that collection with a normalising model '
+                '(ragstore models migrate) on the previous release, then upgrade again. '
+                'Nothing was changed',
+                coalesce((SELECT string_agg(quote_literal(col.name), ', ')
+                            FROM embedding_spaces sp JOIN collections col
+                              ON col.id = sp.collection_id
+                           WHERE sp.table_name = r.tbl), '(none)'),
+                r.tbl, SQLERRM);
+        END;
     END LOOP;
 END $$;
 """
