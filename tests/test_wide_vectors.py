@@ -16,7 +16,7 @@ from bench.instant_embedder import InstantServer
 from ragstore import Store
 from ragstore.config import Settings
 from ragstore.db import repository, spaces
-from ragstore.errors import InputError
+from ragstore.errors import InputError, ModelError
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import add_http_model
 from ragstore.runtime import Runtime
@@ -140,3 +140,13 @@ def test_a_value_beyond_half_precision_is_refused_before_anything_is_written(
     with pytest.raises(InputError, match="the query vector: a value of 100000"):
         store.search("half-range", vector=big, k=1)
     assert [h["text"] for h in store.search("half-range", vector=good, k=1)["data"]] == ["fine"]
+
+
+def test_a_model_s_vector_beyond_half_precision_is_a_model_error() -> None:
+    """What search checks a query's vector from the model with (ingest checks the model's
+    vectors at the COPY): a model that answers NaN or huge values is at fault, not the
+    caller."""
+    for bad in (np.full(4, 7e4, dtype=np.float32), np.array([0.1, np.nan], dtype=np.float32)):
+        with pytest.raises(ModelError, match="the query's vector from model m"):
+            spaces.check_indexable(bad, "the query's vector from model m", error=ModelError)
+    spaces.check_indexable(np.full(4, 6.5e4, dtype=np.float32), "within range", error=ModelError)

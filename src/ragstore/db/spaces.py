@@ -27,7 +27,7 @@ from psycopg import sql
 
 from ragstore.db import changes
 from ragstore.db.models import MODEL_COLS, spec_from_row
-from ragstore.errors import ConflictError, InputError
+from ragstore.errors import ConflictError, InputError, RagstoreError
 from ragstore.models import ModelSpec
 
 Conn = psycopg.Connection[Any]
@@ -73,19 +73,21 @@ MODEL_FIX = (
 )
 
 
-def check_indexable(vectors: np.ndarray, what: str, fix: str = MODEL_FIX) -> None:
+def check_indexable(
+    vectors: np.ndarray, what: str, fix: str = MODEL_FIX, error: type[RagstoreError] = InputError
+) -> None:
     """Refuse vectors the half-precision index cannot take: ``what`` names them, ``fix``
-    says what to do.
+    says what to do, ``error`` is raised (a model's answer is a ModelError, not input).
 
     PostgreSQL would refuse them itself, but only when the index is written, which for a
     bulk load is its last step, after every file was parsed and embedded."""
     if vectors.size == 0:
         return
     if not np.isfinite(vectors).all():
-        raise InputError(f"{what}: NaN or infinite values, which no index can rank; {fix}")
+        raise error(f"{what}: NaN or infinite values, which no index can rank; {fix}")
     top = float(np.abs(vectors).max())
     if top > HALFVEC_MAX_VALUE:
-        raise InputError(
+        raise error(
             f"{what}: a value of {top:.6g} is beyond the ±{HALFVEC_MAX_VALUE:,.0f} the HNSW "
             f"index keeps in half precision; {fix}"
         )

@@ -63,7 +63,7 @@ from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.db.field_indexes import FieldIndex
 from ragstore.db.repository import Collection
-from ragstore.errors import InputError, SearchTimeoutError
+from ragstore.errors import InputError, ModelError, SearchTimeoutError
 from ragstore.models import Hit
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
@@ -281,8 +281,14 @@ def _query_vector(
     rt: Runtime, coll: Collection, query: str, given: npt.NDArray[np.float32] | None
 ) -> npt.NDArray[np.float32]:
     """The vector the vector list ranks by: the given one or the query's (the embedder's
-    query cache, else the model)."""
-    return given if given is not None else rt.embedder_for(coll).embed_query(query)
+    query cache, else the model), checked as ingest checks the model's vectors."""
+    if given is not None:
+        return given
+    vector = rt.embedder_for(coll).embed_query(query)
+    spaces.check_indexable(
+        vector, f"the query's vector from model {coll.model.key}", error=ModelError
+    )
+    return vector
 
 
 def _run(
