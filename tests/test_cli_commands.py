@@ -111,6 +111,12 @@ def ingested(
     return {"report": json.loads(report), "hits": json.loads(hits), "stderr": proc.stderr}
 
 
+def through_server(monkeypatch: pytest.MonkeyPatch, remote_env: dict[str, str]) -> None:
+    """The CLI from here on talks to the test server (RAGSTORE_URL and its key)."""
+    for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
+        monkeypatch.setenv(key, remote_env[key])
+
+
 @pytest.fixture()
 def local(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in env.items():
@@ -137,8 +143,7 @@ def test_remote_search_of_an_unknown_collection_is_one_line(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
-        monkeypatch.setenv(key, remote_env[key])
+    through_server(monkeypatch, remote_env)
     assert run_cli("search", "x", "-c", "nope", "--mode", "fulltext") == 66
     assert capsys.readouterr().err.strip() == (
         "error[collection_not_found]: collection 'nope' does not exist (collections: "
@@ -190,8 +195,7 @@ def test_collections_fields_locally_and_through_the_server(
     assert run_cli("collections", "fields", "remote", "--json") == 0
     here = json.loads(capsys.readouterr().out)
     assert here["sampled"]["documents"] == 2 and here["metadata"], here
-    for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
-        monkeypatch.setenv(key, remote_env[key])
+    through_server(monkeypatch, remote_env)
     assert run_cli("collections", "fields", "remote", "--json") == 0
     assert json.loads(capsys.readouterr().out) == here
     assert run_cli("collections", "fields", "nope") == 66
@@ -204,8 +208,7 @@ def test_search_with_context_through_the_server_prints_it(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
-        monkeypatch.setenv(key, remote_env[key])
+    through_server(monkeypatch, remote_env)
     assert run_cli("search", "green tea", "-c", "remote", "-k", "1", "--context", "1") == 0
     out = capsys.readouterr().out
     assert "tea.md" in out and "context of hit 1 (1):" in out
@@ -219,8 +222,7 @@ def test_collections_list_through_the_server(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
-        monkeypatch.setenv(key, remote_env[key])
+    through_server(monkeypatch, remote_env)
     assert run_cli("collections", "list", "--json") == 0
     assert "remote" in {c["name"] for c in json.loads(capsys.readouterr().out)}
 
@@ -375,8 +377,7 @@ def test_sigterm_stops_an_ingest_through_the_server_saying_what_it_acknowledged(
     """Through RAGSTORE_URL the CLI cannot know whether the request in flight was stored:
     it says what the server acknowledged and that the batch being sent may be stored too,
     and exits 143 (it died silently, killed by the signal)."""
-    for key in ("RAGSTORE_URL", "RAGSTORE_API_KEY"):
-        monkeypatch.setenv(key, remote_env[key])
+    through_server(monkeypatch, remote_env)
     folder = tmp_path / "big"
     folder.mkdir()
     for i in range(150):  # three requests of at most 64 files

@@ -58,14 +58,18 @@ def _local_show(name: str) -> dict[str, Any]:
             return catalog.collection_detail(conn, coll)
 
 
-def _local_create(name: str, model: str | None, settings: dict[str, Any]) -> dict[str, Any]:
-    """Created as the API and ``Store`` create it: ``model`` a built-in or any model pinned
-    with ``ragstore models add`` (``NAME`` or ``NAME@REVISION``)."""
+def _verb(verb: str, *args: Any, **kwargs: Any) -> Any:
+    """``Client.<verb>`` against ``RAGSTORE_URL`` when it is set, else ``Store.<verb>`` on
+    the local database: the two share their verbs (tests/api/test_clients.py)."""
+    client = _client()
+    if client is not None:
+        with client:
+            return getattr(client, verb)(*args, **kwargs)
     from ragstore.runtime import Runtime
     from ragstore.store import Store
 
     with Runtime() as rt:
-        return Store.from_runtime(rt).create_collection(name, model=model, settings=settings)
+        return getattr(Store.from_runtime(rt), verb)(*args, **kwargs)
 
 
 def _local_delete(name: str) -> None:
@@ -81,14 +85,6 @@ def _local_delete(name: str) -> None:
 
 def _count(n: int, noun: str) -> str:
     return "" if not n else f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _local_fields(name: str) -> dict[str, Any]:
-    from ragstore.runtime import Runtime
-    from ragstore.store import Store
-
-    with Runtime() as rt:
-        return Store.from_runtime(rt).fields(name)
 
 
 def _client() -> Any:
@@ -145,12 +141,7 @@ def fields_cmd(
     """The fields a search filter (--where) can name: the built-ins, and the metadata
     paths a sample of the collection's documents and chunks carry, with their types and
     a few values."""
-    client = _client()
-    if client is not None:
-        with client:
-            data = client.fields(name)
-    else:
-        data = _local_fields(name)
+    data = _verb("fields", name)
     if as_json:
         echo_json(data)
         return
@@ -203,12 +194,8 @@ def create_cmd(
             ) from None
         if not isinstance(values, dict):
             raise InputError('--settings must be a JSON object, e.g. \'{"ts_config": "english"}\'')
-    client = _client()
-    if client is not None:
-        with client:
-            data = client.create_collection(name, model=model, settings=values)
-    else:
-        data = _local_create(name, model, values)
+    # ``model``: a built-in or any model pinned with ``ragstore models add`` (NAME[@REVISION])
+    data = _verb("create_collection", name, model=model, settings=values)
     if as_json:
         echo_json(data)
         return

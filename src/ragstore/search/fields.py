@@ -23,6 +23,7 @@ from ragstore.db import field_indexes
 from ragstore.db.errors import translated
 from ragstore.db.repository import Collection
 from ragstore.models import ChunkType
+from ragstore.search.filters import json_type
 
 if TYPE_CHECKING:
     from ragstore.runtime import Runtime
@@ -129,7 +130,7 @@ def _walk(value: Any, prefix: str, depth: int, paths: dict[str, _Path]) -> set[s
             continue
         name = f"{prefix}{key}"
         path = paths.setdefault(name, _Path())
-        path.types.add(_json_type(item))
+        path.types.add(json_type(item))
         seen.add(name)
         if isinstance(item, Mapping):
             if depth + 1 < MAX_DEPTH:
@@ -140,17 +141,3 @@ def _walk(value: Any, prefix: str, depth: int, paths: dict[str, _Path]) -> set[s
             if len(path.examples) < MAX_EXAMPLES and (type(example), example) not in known:
                 path.examples.append(example)
     return seen
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"

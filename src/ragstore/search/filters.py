@@ -412,18 +412,29 @@ def _check_size(spec: Mapping[str, Any]) -> None:
         )
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """A parsed JSON value's type: null, boolean, number, string, array or object."""
     if value is None:
         return "null"
     if isinstance(value, bool):
-        return "a boolean"
+        return "boolean"
     if isinstance(value, (int, float)):
-        return "a number"
+        return "number"
     if isinstance(value, str):
-        return "a string"
+        return "string"
     if isinstance(value, list):
-        return "an array" if value else "an empty array"
-    return "an object" if value else "an empty object"
+        return "array"
+    return "object"
+
+
+def _json_type(value: Any) -> str:
+    """The type as an error message names it: "a number", "an empty array"."""
+    kind = json_type(value)
+    if kind == "null":
+        return kind
+    if kind in ("array", "object") and not value:
+        return f"an empty {kind}"
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
 def _where(at: str) -> str:

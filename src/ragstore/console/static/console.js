@@ -15,7 +15,6 @@
   const DOCUMENT = body.dataset.document || "";
   const enc = encodeURIComponent;
   const $ = (id) => document.getElementById(id);
-  let ME = null;  // the caller's key (GET /v1/me), once the page has started
 
   class ApiError extends Error {
     constructor(status, problem) {
@@ -476,7 +475,7 @@
     $("where").focus();
   }
 
-  function fieldRow(name, type, carried, examples, indexed, value, about, indexable) {
+  function fieldRow(me, name, type, carried, examples, indexed, value, about, indexable) {
     const button = el("button", { type: "button", class: "link", title: "Add to the filters",
                                   dataset: { field: name }, onclick: () => addClause(name, value) },
                       name);
@@ -487,7 +486,7 @@
         type: "button", class: "index-field", dataset: { indexField: name, kind: kind },
         title: "Index this field's " + kind + " values for range filters ($gt, $lt, ...), " +
                "in every collection",
-        onclick: (ev) => indexField(ev.target, name, kind) }, "index " + kind + "s"));
+        onclick: (ev) => indexField(ev.target, name, kind, me) }, "index " + kind + "s"));
     }
     return el("tr", { title: about || null },
       el("td", {}, button), el("td", { text: type }), el("td", { text: carried }),
@@ -495,7 +494,7 @@
       index);
   }
 
-  async function indexField(button, field, kind) {
+  async function indexField(button, field, kind, me) {
     clearError("fields-error");
     button.disabled = true;
     button.textContent = "indexing…";
@@ -507,10 +506,11 @@
       button.textContent = "index " + kind + "s";
       return;
     }
-    await loadFields();
+    await loadFields(me);
   }
 
-  async function loadFields() {
+  /* The fields panel; ``me`` (GET /v1/me) decides whether fields get index buttons. */
+  async function loadFields(me) {
     clearError("fields-error");
     let res;
     try {
@@ -522,14 +522,14 @@
     const rows = res.builtins.map((b) => {
       const value = b.type === "timestamp" ? { $gte: new Date().toISOString().slice(0, 10) }
                                            : (b.values && b.values.length ? b.values[0] : "");
-      return fieldRow(b.field, b.type, "every chunk", b.values || [], [], value, b.about, []);
+      return fieldRow(me, b.field, b.type, "every chunk", b.values || [], [], value, b.about, []);
     });
     for (const m of res.metadata) {
       const carried = m.documents + " documents · " + m.chunks + " chunks";
-      const indexable = ME && ME.scope === "admin" && !ME.collection
+      const indexable = me.scope === "admin" && !me.collection
         ? ["number", "string"].filter((k) => m.types.includes(k) && !m.indexed.includes(k))
         : [];
-      rows.push(fieldRow(m.field, m.types.join(" | "), carried, m.examples, m.indexed,
+      rows.push(fieldRow(me, m.field, m.types.join(" | "), carried, m.examples, m.indexed,
                          m.examples.length ? m.examples[0] : "", null, indexable));
     }
     $("fields-body").replaceChildren(...rows);
@@ -540,10 +540,10 @@
     return true;
   }
 
-  function pageSearch() {
+  function pageSearch(me) {
     let fieldsLoaded = false;
     $("fields-details").addEventListener("toggle", async () => {
-      if ($("fields-details").open && !fieldsLoaded) fieldsLoaded = await loadFields();
+      if ($("fields-details").open && !fieldsLoaded) fieldsLoaded = await loadFields(me);
     });
     $("search-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
@@ -662,12 +662,11 @@
     const out = $("sign-out");
     if (out) out.addEventListener("click", signOut);
     const me = await api("GET", "/v1/me");
-    ME = me;
     applyScope(me);
     if (PAGE === "collections") await pageCollections(me);
     else if (PAGE === "collection") await pageCollection();
     else if (PAGE === "document") await pageDocument();
-    else if (PAGE === "search") pageSearch();
+    else if (PAGE === "search") pageSearch(me);
     else if (PAGE === "models") await pageModels(me);
     body.dataset.ready = "true";  // tests and screenshots wait for this
   }

@@ -71,25 +71,17 @@ END $$;
 """
 
 
-def upgrade() -> None:
-    op.execute(
-        _REBUILD.format(
-            source="vector",
-            max_dim=4000,
-            target="(embedding::halfvec(%3$s))",
-            target_ops="halfvec",
-            cut=len("vector") + 1,
-        )
+def _rebuild(source: str, target: str, max_dim: int, over: str) -> str:
+    """The rebuild of SOURCE-typed indexes (of up to MAX_DIM dimensions) as TARGET-typed
+    ones over OVER (``%3$s`` is the dimension)."""
+    return _REBUILD.format(
+        source=source, max_dim=max_dim, target=over, target_ops=target, cut=len(source) + 1
     )
+
+
+def upgrade() -> None:
+    op.execute(_rebuild("vector", "halfvec", 4000, "(embedding::halfvec(%3$s))"))
 
 
 def downgrade() -> None:
-    op.execute(
-        _REBUILD.format(
-            source="halfvec",
-            max_dim=2000,
-            target="embedding",
-            target_ops="vector",
-            cut=len("halfvec") + 1,
-        )
-    )
+    op.execute(_rebuild("halfvec", "vector", 2000, "embedding"))
