@@ -20,6 +20,7 @@ from ragstore.errors import (
     DatabaseUnavailableError,
     InputError,
     RagstoreError,
+    StatementCancelledError,
 )
 from tests.conftest import run_cli
 
@@ -42,7 +43,7 @@ def test_every_row_of_the_table_maps_as_listed(key: str) -> None:
 def test_the_table_sends_input_to_4xx_and_only_connections_to_503() -> None:
     statuses = {key: cls.http_status for key, (cls, _) in SQLSTATE_MAP.items()}
     for key, status in statuses.items():
-        if key[:2] in ("08", "53", "57"):
+        if key[:2] in ("08", "53", "57") or key == "55P03":  # a lock timeout: retry
             assert status == 503, key
         else:
             assert 400 <= status < 500, key
@@ -87,6 +88,22 @@ def test_real_failures_map_to_4xx(database_url: str) -> None:
         conn.execute("INSERT INTO u VALUES (1)")
         with pytest.raises(ConflictError, match="already exists"), translated("dup"):
             conn.execute("INSERT INTO u VALUES (1)")
+
+
+def test_a_lock_timeout_fails_the_statement_not_the_database(database_url: str) -> None:
+    """A statement that waited past ``lock_timeout`` used to read as a database that cannot
+    be reached (503 ``database_unavailable``, counted by the breaker): it is a cancelled
+    statement, this request's alone."""
+    with psycopg.connect(database_url) as holder, psycopg.connect(database_url) as waiter:
+        holder.execute("CREATE TABLE locked_here (x int)")
+        holder.commit()
+        holder.execute("LOCK TABLE locked_here IN ACCESS EXCLUSIVE MODE")
+        waiter.execute("SET lock_timeout = '100ms'")
+        with (
+            pytest.raises(StatementCancelledError, match="waiting for a lock"),
+            translated("reading"),
+        ):
+            waiter.execute("SELECT * FROM locked_here")
 
 
 def test_unreachable_database_fails_fast_without_its_address() -> None:

@@ -141,7 +141,8 @@ class ReplicaBehindError(RetryLater, DatabaseError):
 
 class StatementCancelledError(RetryLater, DatabaseError):
     """PostgreSQL cancelled one statement of the request (an administrator's
-    ``pg_cancel_backend``, a role's own ``statement_timeout``): that request failed, the
+    ``pg_cancel_backend``, a role's own ``statement_timeout`` or ``lock_timeout``): that
+    request failed, the
     database is fine (503: retry it; ``retry_after`` seconds is the hint)."""
 
     code = "statement_cancelled"

@@ -5,10 +5,10 @@ is, by SQLSTATE (a full five-character code wins over its two-character class). 
 behind it: bad *input* (a NUL byte, a number out of range, a duplicate name, an unknown
 text search configuration) is the caller's to fix and answers 4xx; only a database that
 cannot be reached answers 503 ``database_unavailable``; a statement PostgreSQL cancelled
-(an administrator's ``pg_cancel_backend``, a role's ``statement_timeout``) fails its own
-request only, 503 ``statement_cancelled`` (not a database that is down: the breaker of
-``db/database.py`` stays closed); anything else is our bug and answers 500
-``database_error``. ``tests/test_db_errors.py`` enumerates the table.
+(an administrator's ``pg_cancel_backend``, a role's ``statement_timeout`` or
+``lock_timeout``) fails its own request only, 503 ``statement_cancelled`` (not a
+database that is down: the breaker of ``db/database.py`` stays closed); anything else is
+our bug and answers 500 ``database_error``. ``tests/test_db_errors.py`` enumerates the table.
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ SQLSTATE_MAP: dict[str, tuple[type[RagstoreError], str]] = {
         StatementCancelledError,
         "the database cancelled the statement (an administrator's cancel or a statement "
         "timeout set in the database); only this request failed, retry it",
+    ),
+    "55P03": (
+        StatementCancelledError,
+        "the database gave up waiting for a lock (a lock timeout set in the database); only "
+        "this request failed, retry it",
     ),
     "57P01": (DatabaseUnavailableError, "the database server is shutting down"),
     "57P02": (DatabaseUnavailableError, "the database server crashed"),
