@@ -13,6 +13,15 @@ times. With ``--functions`` it turns on ``track_functions`` (``ALTER SYSTEM``: i
 in that data directory) and prints what each trigger function took during the load
 (``pg_stat_user_functions`` before and after).
 
+A load of at least half the bytes the collection holds takes the bulk path instead
+(``ingest.service.BulkLoad.REBUILD``: the collection's vectors staged with the load's and
+indexed anew, BM25 rewritten); ``--incremental`` keeps such a load on the round-by-round
+path, for the comparison (``path`` in the output says which ran):
+
+    cp -a /tmp/scale/data-100000 /tmp/a && python -m bench.second_load /tmp/a --docs 17000
+    cp -a /tmp/scale/data-100000 /tmp/b && python -m bench.second_load /tmp/b --docs 17000 \
+        --incremental
+
 The collection keeps the documents: copy the data directory first to measure it again.
 """
 
@@ -56,10 +65,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", type=int, default=2000, help="documents to add")
     parser.add_argument("--first", type=int, default=40_000, help="the first one's number")
     parser.add_argument("--functions", action="store_true", help="time the trigger functions")
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="write round by round even where the load would rebuild (bulk_load_bytes=0)",
+    )
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="ragstore-second-load-"))
     with existing(args.data_dir) as (rt, _):
         items = scale_build.write_files(folder, args.first, args.first + args.docs, _records())
+        if args.incremental:
+            rt.settings = rt.settings.model_copy(update={"bulk_load_bytes": 0})
         before = _functions(rt) if args.functions else {}
         report = IngestReport(collection=COLLECTION)
         t0 = time.perf_counter()
@@ -67,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         took = time.perf_counter() - t0
         out: dict[str, Any] = {
             "documents": args.docs,
+            # a load of half the collection or more rebuilds it (ingest.service.BulkLoad)
+            "path": "rebuild" if "attach" in report.stages else "incremental",
             "chunks": report.chunks,
             "seconds": round(took, 2),
             "chunks_per_s": round(report.chunks / took, 1),

@@ -538,6 +538,25 @@ def document_hashes(
     return {r[0]: (int(r[1]), r[2]) for r in rows}
 
 
+def load_share(conn: Conn, collection_id: int, sizes: dict[str, int]) -> tuple[int, int]:
+    """(bytes the collection's documents hold, bytes of ``sizes`` (source -> file size)
+    that look new): a source not stored yet, or stored at another size, counts. A file
+    rewritten at the same size counts as unchanged, so the figure errs low; it sizes a
+    load before anything is read (``ingest.service``), not what the load will write."""
+    row = conn.execute(
+        "SELECT coalesce(sum(size_bytes), 0) FROM documents WHERE collection_id = %s",
+        (collection_id,),
+    ).fetchone()
+    stored = int(row[0]) if row else 0
+    same = conn.execute(
+        "SELECT coalesce(sum(d.size_bytes), 0) FROM documents d"
+        " JOIN unnest(%s::text[], %s::bigint[]) AS f(source, size) ON f.source = d.source"
+        " WHERE d.collection_id = %s AND d.size_bytes = f.size",
+        (list(sizes), list(sizes.values()), collection_id),
+    ).fetchone()
+    return stored, sum(sizes.values()) - (int(same[0]) if same else 0)
+
+
 def stored_embeddings(conn: Conn, coll: Collection, hashes: Sequence[str]) -> dict[str, np.ndarray]:
     """content hash -> vector for chunks of this collection already embedded in its space."""
     if not hashes:

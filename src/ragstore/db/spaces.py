@@ -382,13 +382,15 @@ def _waiting_at_most(conn: Conn, timeout: str) -> Iterator[None]:
         conn.execute("SET LOCAL lock_timeout TO DEFAULT")
 
 
-def attach_load_table(conn: Conn, table: str) -> bool:
+def attach_load_table(conn: Conn, table: str, *, replacing: bool = False) -> bool:
     """Put a bulk load's staged vectors (committed, with their index, by another
     connection) in place of the space's table, in the load's own transaction, so readers
     see the load's chunks and vectors together.
 
-    The space's table is empty (a bulk load starts only on an empty space and holds its
-    table locked: :func:`lock_for_load`). It is dropped and the staged table takes its
+    The space's table is empty (a first load starts only on an empty space and holds its
+    table locked: :func:`lock_for_load`), or, ``replacing``, the staged table holds its
+    rows as well (:func:`carry_over`; the load holds every source lock of the collection,
+    so no other writer added any since). It is dropped and the staged table takes its
     name and its indexes' names, less the rows whose chunk was not stored. Space tables
     have no foreign key (revision 0026), so the swap locks no table but these two, which
     the load holds already: searches of other collections and other writers never wait
@@ -405,7 +407,7 @@ def attach_load_table(conn: Conn, table: str) -> bool:
     try:
         with _waiting_at_most(conn, ATTACH_LOCK_TIMEOUT):
             conn.execute(sql.SQL("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE").format(t=t))
-            if not is_empty(conn, table):
+            if not replacing and not is_empty(conn, table):
                 raise _NotSwapped(f"{table} is not empty")
             conn.execute(
                 sql.SQL(
@@ -427,11 +429,34 @@ def attach_load_table(conn: Conn, table: str) -> bool:
             sql.SQL(
                 "INSERT INTO {t} (chunk_id, embedding) SELECT s.chunk_id, s.embedding FROM {l} s"
                 " WHERE EXISTS (SELECT 1 FROM chunks c WHERE c.id = s.chunk_id)"
+                " AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.chunk_id = s.chunk_id)"
             ).format(t=t, l=staged)
         )
         conn.execute(sql.SQL("DROP TABLE {l}").format(l=staged))
         return False
     return True
+
+
+def chunk_ids(conn: Conn, table: str) -> list[int]:
+    """The chunk ids of a space's vectors, as this transaction sees them."""
+    rows = conn.execute(sql.SQL("SELECT chunk_id FROM {}").format(sql.Identifier(table)))
+    return [int(r[0]) for r in rows]
+
+
+def carry_over(conn: Conn, table: str, ids: Sequence[int]) -> int:
+    """Copy the space's vectors of chunks ``ids`` into its staged table (a bulk load into
+    a collection that holds chunks already: the index built there then covers the old
+    vectors and the new). ``ids`` come from the load's own transaction, which has deleted
+    the chunks it replaced; this connection, another one, still sees those. Returns the
+    rows copied."""
+    cur = conn.execute(
+        sql.SQL(
+            "INSERT INTO {l} (chunk_id, embedding) SELECT e.chunk_id, e.embedding FROM {t} e"
+            " WHERE e.chunk_id = ANY(%s::bigint[])"
+        ).format(l=sql.Identifier(load_table(table)), t=sql.Identifier(table)),
+        (list(ids),),
+    )
+    return cur.rowcount
 
 
 def _rename(conn: Conn, table: str, to: str) -> None:

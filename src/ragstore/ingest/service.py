@@ -13,6 +13,7 @@ nothing behind and the rest of the batch goes on.
 
 from __future__ import annotations
 
+import enum
 import os
 import threading
 import time
@@ -59,6 +60,18 @@ MIN_POOL_TO_STAGE = 4
 # overlapping them saved 10-14 s of 40-63; at 14k chunks (10 MB) they took 3.6-4.0 s
 # overlapped against 3.6-3.8 s one after the other (docs/benchmarks.md).
 STAGE_MIN_BYTES = 32 << 20
+# A load into a collection that holds chunks already is a bulk load when the bytes it
+# brings are at least this share of the bytes stored: rebuilding BM25 and the HNSW index
+# over old and new then costs less than growing them round by round, which writes at about
+# a quarter of a first load's rate (docs/benchmarks.md, "A later load").
+REBUILD_SHARE = 0.5
+
+
+class BulkLoad(enum.Enum):
+    """How a bulk load (:func:`_bulk_load`) treats the collection's space."""
+
+    FIRST = "first"  # an empty space: its index dropped now, built once at the end
+    REBUILD = "rebuild"  # a space with vectors: they are staged with the load's, indexed anew
 
 
 @dataclass
@@ -158,7 +171,7 @@ class _Ingestor:
         report: IngestReport,
         user_meta: dict[str, Any],
         progress: Progress | None,
-        bulk: bool = False,
+        bulk: BulkLoad | None = None,
     ) -> None:
         self.rt = rt
         self.bulk = bulk
@@ -319,7 +332,7 @@ class _Ingestor:
     def run(self, files: Sequence[Item], total_bytes: int) -> None:
         """Write ``files``: round by round, or, for a bulk load, every round in one
         transaction that ends with the BM25 statistics, postings and the HNSW index built
-        once over all of them (see :func:`_defer_index`). ``total_bytes`` is the files'
+        once over all of them (see :func:`_bulk_load`). ``total_bytes`` is the files'
         size, which sizes the parse pool and decides whether a bulk load stages."""
         job = prepare.Job(
             self.embedder,
@@ -369,24 +382,27 @@ class _Ingestor:
                 o.error, o.code, o.exc = str(exc), exc.code, exc
 
     def _staging(self, total_bytes: int) -> AbstractContextManager[StagedVectors | None]:
-        """A bulk load's staging connection, unless the load is too small to gain from it
-        or the pool too small to lend one for the whole load besides the load's own and
-        those its threads borrow meanwhile."""
-        if self.rt.settings.pool_max_size < MIN_POOL_TO_STAGE or total_bytes < STAGE_MIN_BYTES:
+        """A bulk load's staging connection, where :func:`_can_stage`."""
+        if not _can_stage(self.rt, total_bytes):
+            assert self.bulk is not BulkLoad.REBUILD  # decided by the same rule
             return nullcontext()
         return StagedVectors(self.rt, self.coll)
 
     def _build(self, conn: Any, staged: StagedVectors | None) -> None:
         """A bulk load's end: BM25 in the load's transaction while the staged vectors'
         HNSW index is built on their own connection, then the staged table swapped in
-        (without staging, the two builds one after the other in the load's transaction)."""
+        (without staging, the two builds one after the other in the load's transaction).
+        A load into a collection that holds vectors already first copies them, less those
+        of the chunks it replaced, into the staged table, whose index then covers both."""
         if staged is None:
             self._build_bm25(conn)
             with self._stage("index_build"):
                 ensure_space_index(self.rt, self.coll, conn)
             return
+        replacing = self.bulk is BulkLoad.REBUILD
+        carried = spaces.chunk_ids(conn, self.coll.table) if replacing else []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-index") as pool:
-            index = pool.submit(self._build_staged, staged)
+            index = pool.submit(self._build_staged, staged, carried)
             built = False
             try:
                 self._build_bm25(conn)
@@ -398,7 +414,7 @@ class _Ingestor:
         staged.commit()
         self._staging_committed = True
         with self._stage("attach"), translated(f"attaching the vectors of {self.coll.name!r}"):
-            swapped = spaces.attach_load_table(conn, self.coll.table)
+            swapped = spaces.attach_load_table(conn, self.coll.table, replacing=replacing)
         if not swapped:
             with self._stage("index_build"):
                 ensure_space_index(self.rt, self.coll, conn)
@@ -407,9 +423,9 @@ class _Ingestor:
         with self._stage("bm25_build"):
             documents.finish_bulk(conn, self.coll.id, self.rt.settings.index_build_memory)
 
-    def _build_staged(self, staged: StagedVectors) -> None:
+    def _build_staged(self, staged: StagedVectors, carried: Sequence[int]) -> None:
         with self._stage("index_build"):
-            staged.build()
+            staged.build(carried)
 
     def _pipeline(self, files: Sequence[Item]) -> None:
         """Three stages overlap: round N+1 is parsed on a reader thread and round N-1 is
@@ -608,8 +624,9 @@ def ingest_items(
         return
     coll = rt.collection(name, create=create)
     embedder = rt.embedder_for(coll)
-    total = _total_bytes(items)  # every file's size, read once
-    bulk = _defer_index(rt, coll, total)
+    sizes = _sizes(items)  # every file's size, read once
+    total = sum(sizes.values())
+    bulk = _bulk_load(rt, coll, sizes, total)
     try:
         _Ingestor(rt, coll, embedder, report, metadata or {}, progress, bulk).run(items, total)
     finally:
@@ -664,34 +681,56 @@ def _printable(name: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def _defer_index(rt: Runtime, coll: repository.Collection, total_bytes: int) -> bool:
-    """Whether this is a bulk load: a large first load (an empty space, more than
-    ``RAGSTORE_BULK_LOAD_BYTES``). It drops the space's HNSW index, and is then written in
-    one transaction with the BM25 triggers off (:func:`documents.begin_bulk`): rows go in
-    by COPY alone, and the statistics, postings and HNSW index are built once at the end,
-    before the commit, several times faster than growing them round by round. Readers see
-    the load all at once, complete, or not at all. Small loads stay incremental."""
+def _bulk_load(
+    rt: Runtime, coll: repository.Collection, sizes: dict[str, int], total_bytes: int
+) -> BulkLoad | None:
+    """Whether this is a bulk load, and which kind; None for an incremental one.
+
+    A bulk load is larger than ``RAGSTORE_BULK_LOAD_BYTES`` and written in one transaction
+    with the BM25 triggers off (:func:`documents.begin_bulk`): rows go in by COPY alone,
+    and the statistics, postings and HNSW index are built once at the end, before the
+    commit, several times faster than growing them round by round. Readers see the load
+    all at once, complete, or not at all. A first load (an empty space) drops the space's
+    index now. A load into a collection that holds chunks is a bulk load only when it
+    brings at least ``REBUILD_SHARE`` of the bytes stored (sources new or of another
+    size: :func:`documents.load_share`) and can stage its vectors: the live index serves
+    searches until the staged one, built over the old vectors and the new, takes its
+    place. Small loads stay incremental."""
     limit = rt.settings.bulk_load_bytes
     if limit <= 0:
-        return False
+        return None
     if total_bytes <= limit:
-        return False
+        return None
     with rt.db.connection() as conn, translated(f"preparing a bulk load of {coll.name!r}"):
         spaces.lock_for_load(conn, coll.table)
-        if not spaces.is_empty(conn, coll.table):
-            return False
-        spaces.drop_index(conn, coll.table)
-    return True
+        if spaces.is_empty(conn, coll.table):
+            spaces.drop_index(conn, coll.table)
+            return BulkLoad.FIRST
+    if not _can_stage(rt, total_bytes):
+        return None
+    with rt.db.connection() as conn, translated(f"sizing a load of {coll.name!r}"):
+        stored, new = documents.load_share(conn, coll.id, sizes)
+    if new <= limit or new < REBUILD_SHARE * stored:
+        return None
+    return BulkLoad.REBUILD
 
 
-def _total_bytes(items: Sequence[Item]) -> int:
-    total = 0
+def _can_stage(rt: Runtime, total_bytes: int) -> bool:
+    """Whether a bulk load stages its vectors on a second connection: unless the load is too
+    small to gain from it or the pool too small to lend one for the whole load besides
+    the load's own and those its threads borrow meanwhile."""
+    return rt.settings.pool_max_size >= MIN_POOL_TO_STAGE and total_bytes >= STAGE_MIN_BYTES
+
+
+def _sizes(items: Sequence[Item]) -> dict[str, int]:
+    """Each item's file size by source (an unreadable one counts 0; it fails later)."""
+    sizes: dict[str, int] = {}
     for item in items:
         try:
-            total += item.path.stat().st_size
+            sizes[item.source] = sizes.get(item.source, 0) + item.path.stat().st_size
         except OSError:
-            continue
-    return total
+            sizes.setdefault(item.source, 0)
+    return sizes
 
 
 def _build_index(rt: Runtime, coll: repository.Collection) -> None:

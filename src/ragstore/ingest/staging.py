@@ -12,6 +12,10 @@ staging transaction commits, and the load's transaction puts the staged table in
 place of the space's empty one (``spaces.attach_load_table``) and commits. Readers still
 see the load at once, complete, or not at all.
 
+A bulk load into a collection that holds vectors already (a load at least half its size)
+copies them into the staged table before the build, less those of the chunks the load
+replaced: the space's own table and its index serve searches until the swap.
+
 Nothing is left behind by a load that fails or is interrupted before the staging
 transaction commits: the table goes with its rollback; one that fails after it drops the
 table (:func:`discard_staged`). A process killed between the two commits (under a second)
@@ -22,6 +26,7 @@ drops.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from contextlib import ExitStack, suppress
 from typing import Any
 
@@ -66,12 +71,16 @@ class StagedVectors:
             for ids, vectors in rows:
                 spaces.copy_vectors(self.conn, self.table, ids, vectors)
 
-    def build(self) -> None:
+    def build(self, carried: Sequence[int] = ()) -> None:
         """The staged vectors' HNSW index, with the build memory and workers a bulk load's
-        index gets; nothing once :meth:`cancel` was called."""
+        index gets; nothing once :meth:`cancel` was called. The space's vectors of the
+        chunks ``carried`` (a load into a collection that holds some) are copied in first:
+        :func:`spaces.carry_over`."""
         if self._cancelled.is_set():
             return
         with translated(f"indexing the vectors of {self.coll.name!r}"):
+            if carried:
+                spaces.carry_over(self.conn, self.coll.table, carried)
             spaces.ensure_index(
                 self.conn,
                 self.table,

@@ -1,0 +1,280 @@
+"""A large load into a collection that holds chunks already (``BulkLoad.REBUILD``).
+
+It is written in one transaction with the BM25 triggers off, like a first load; its
+vectors are staged with the collection's old ones (less those of the chunks it replaced),
+indexed there and swapped in; BM25 is rewritten for the whole collection. What it leaves
+must be what the incremental path and a rebuild leave, and searches of the collection
+must go on, on the old contents, while it runs: the postings' indexes stay (revision
+0029), the space's own table and index serve until the swap. Loads that bring less than
+half the stored bytes, and unchanged files, stay incremental.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ragstore.db import documents, repository, spaces
+from ragstore.embedding.registry import resolve_spec
+from ragstore.ingest import ingest_paths, service
+from ragstore.ingest.service import IngestReport
+from ragstore.runtime import Runtime
+from ragstore.search import search
+from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1
+
+CISI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cisi"
+# one made-up word per rewritten file, found by nothing else
+WORDS = ("aardvark", "bassoon", "cormorant", "dulcimer", "egret", "fennel", "gazebo", "harpsichord")
+KEEP = 6  # postings kept per term: lists are trimmed and floors rise, as at scale
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stage_small_loads() -> Iterator[None]:
+    """Stage loads of any size (only loads of tens of megabytes are staged by default)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(service, "STAGE_MIN_BYTES", 0)
+        yield
+
+
+@pytest.fixture(scope="module")
+def halves(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    """Twelve CISI records as files, in two folders of six, and fifteen queries."""
+    root = tmp_path_factory.mktemp("cisi")
+    first, second = root / "first", root / "second"
+    first.mkdir()
+    second.mkdir()
+    with (CISI / "corpus.jsonl").open(encoding="utf-8") as fh:
+        for n, line in zip(range(12), fh, strict=False):
+            row = json.loads(line)
+            folder = first if n < 6 else second
+            (folder / f"cisi-{row['_id']}.txt").write_text(
+                f"{row['title']}\n\n{row['text']}\n", encoding="utf-8"
+            )
+    with (CISI / "queries.jsonl").open(encoding="utf-8") as fh:
+        queries = [str(json.loads(line)["text"]) for line in fh][:15]
+    return first, second, queries
+
+
+def _settings(rt: Runtime, bulk: bool) -> None:
+    """Loads above 2 KB are bulk loads (or none are), written in rounds of 16 chunks."""
+    rt.settings = rt.settings.model_copy(
+        update={"bulk_load_bytes": 2048 if bulk else 0, "ingest_batch_chunks": 16}
+    )
+
+
+def _collection(rt: Runtime, name: str) -> repository.Collection:
+    with rt.db.connection() as conn:
+        coll = repository.create_collection(conn, name, resolve_spec(rt.settings.model))
+        conn.execute(
+            "INSERT INTO bm25_collection_stats (collection_id, list_keep) VALUES (%s, %s)",
+            (coll.id, KEEP),
+        )
+    return coll
+
+
+def _full_text(conn: Any, cid: int, query: str) -> list[tuple[str, int, float]]:
+    rows = conn.execute(
+        "SELECT d.source, c.ordinal, r.raw FROM ragstore_bm25_topk(%s, 'english', %s, 10, %s, %s) r"
+        " JOIN chunks c ON c.id = r.chunk_id JOIN documents d ON d.id = c.document_id"
+        " ORDER BY r.raw DESC, d.source, c.ordinal",
+        (cid, query, DEFAULT_K1, DEFAULT_B),
+    ).fetchall()
+    return [(str(r[0]), int(r[1]), float(r[2])) for r in rows]
+
+
+def _stats(rt: Runtime, cid: int) -> dict[str, Any]:
+    with rt.db.connection() as conn:
+        stats = conn.execute(
+            "SELECT chunks, tokens, impact_k1, impact_b, impact_avgdl, list_keep"
+            " FROM bm25_collection_stats WHERE collection_id = %s",
+            (cid,),
+        ).fetchone()
+        terms = conn.execute(
+            "SELECT lexeme, df, floor, stored FROM bm25_terms WHERE collection_id = %s",
+            (cid,),
+        ).fetchall()
+        postings = conn.execute(
+            "SELECT t.lexeme, d.source, c.ordinal, p.impact, p.tf, p.len FROM bm25_postings p"
+            " JOIN bm25_terms t ON t.term_id = p.term_id JOIN chunks c ON c.id = p.chunk_id"
+            " JOIN documents d ON d.id = c.document_id WHERE t.collection_id = %s",
+            (cid,),
+        ).fetchall()
+    return {
+        "stats": tuple(stats) if stats else None,
+        "terms": sorted(terms),
+        "postings": sorted(postings),
+    }
+
+
+def _vectors_match_chunks(rt: Runtime, coll: repository.Collection) -> int:
+    """The space holds one vector per embeddable chunk and none of a chunk that is gone."""
+    with rt.db.connection() as conn:
+        vectors = spaces.count_vectors(conn, coll.table)
+        row = conn.execute(
+            "SELECT count(*) FROM chunks WHERE collection_id = %s AND chunk_type <> 'heading'",
+            (coll.id,),
+        ).fetchone()
+        orphans = conn.execute(
+            f"SELECT count(*) FROM {coll.table} e"
+            " WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = e.chunk_id)"
+        ).fetchone()
+        assert spaces.has_index(conn, coll.table)
+    assert orphans == (0,)
+    assert row is not None and vectors == row[0]
+    return vectors
+
+
+@pytest.fixture(scope="module")
+def loaded(rt: Runtime, halves: tuple[Path, Path, list[str]]) -> Iterator[dict[str, Any]]:
+    """Collection ``rb`` (the only one in the store then): the first half as a first load,
+    the second half as a rebuilding load, with a look from another connection taken
+    right after the load's BM25 rewrite, before it commits. Then collection ``inc``: both
+    halves through the incremental path."""
+    first, second, queries = halves
+    _settings(rt, bulk=True)
+    rb = _collection(rt, "rb")
+    one = ingest_paths(rt, [first], "rb")
+    assert not one.failed and "attach" in one.stages
+    with rt.db.connection() as conn:
+        before = {q: _full_text(conn, rb.id, q) for q in queries}
+    assert any(before.values())
+    old_vectors = _vectors_match_chunks(rt, rb)
+
+    seen: dict[str, Any] = {}
+    finish = documents.finish_bulk
+
+    def finish_and_look(conn: Any, collection_id: int, memory: str | None = None) -> int:
+        written = finish(conn, collection_id, memory)
+        # another connection, as a search would, while the load's transaction is open
+        with rt.db.connect(autocommit=True) as other:
+            other.execute("SET lock_timeout = '3s'")
+            seen["full_text"] = {q: _full_text(other, rb.id, q) for q in queries}
+            seen["vectors"] = spaces.count_vectors(other, rb.table)
+        return written
+
+    documents.finish_bulk = finish_and_look  # type: ignore[assignment]
+    try:
+        two = ingest_paths(rt, [second], "rb")
+    finally:
+        documents.finish_bulk = finish  # type: ignore[assignment]
+    inc = _collection(rt, "inc")
+    _settings(rt, bulk=False)
+    for folder in (first, second):
+        report = ingest_paths(rt, [folder], "inc")
+        assert not report.failed and "attach" not in report.stages
+    _settings(rt, bulk=True)
+    yield {
+        "rb": rb,
+        "inc": inc,
+        "two": two,
+        "before": before,
+        "seen": seen,
+        "old_vectors": old_vectors,
+        "queries": queries,
+    }
+
+
+def test_a_load_as_large_as_the_collection_rebuilds_it(
+    rt: Runtime, loaded: dict[str, Any], halves: tuple[Path, Path, list[str]]
+) -> None:
+    two: IngestReport = loaded["two"]
+    assert not two.failed and two.count("added") == 6
+    assert two.stages.keys() >= {"bm25_build", "index_build", "attach"}
+    rb = loaded["rb"]
+    assert _vectors_match_chunks(rt, rb) > loaded["old_vectors"]
+    with rt.db.connection() as conn:
+        staged = conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'ragstore\\_load\\_%'"
+        ).fetchone()
+    assert staged == (0,)
+    # a vector search finds old documents and new ones through the swapped-in index
+    for folder in halves[:2]:
+        path = sorted(folder.iterdir())[0]
+        title = path.read_text(encoding="utf-8").split("\n", 1)[0]
+        hits = search(rt, title, collection="rb", k=3, mode="vector")
+        assert any(h.source.endswith(path.name) for h in hits), (title, hits)
+
+
+def test_searches_go_on_during_the_rewrite_and_see_the_old_contents(
+    loaded: dict[str, Any],
+) -> None:
+    """Right after the load's BM25 rewrite (its postings deleted and written again in its
+    open transaction) another connection's full-text top k neither waits for it (before
+    revision 0029 the rewrite of the store's only collection dropped the postings' indexes
+    until it committed) nor sees it; the space's table is still the old one."""
+    seen = loaded["seen"]
+    assert seen["full_text"] == loaded["before"]
+    assert seen["vectors"] == loaded["old_vectors"]
+
+
+def test_the_rebuilt_collection_equals_the_incremental_one_rebuilt(
+    rt: Runtime, loaded: dict[str, Any]
+) -> None:
+    rb, inc = loaded["rb"], loaded["inc"]
+    with rt.db.connection() as conn:
+        conn.execute("SELECT ragstore_bm25_rebuild(%s)", (inc.id,))
+    got, want = _stats(rt, rb.id), _stats(rt, inc.id)
+    assert got["stats"] == want["stats"] and got["stats"][5] == KEEP
+    assert got["terms"] == want["terms"] and len(got["terms"]) > 500
+    assert got["postings"] == want["postings"]
+    with rt.db.connection() as conn:
+        for query in loaded["queries"]:
+            assert _full_text(conn, rb.id, query) == _full_text(conn, inc.id, query)
+    assert _vectors_match_chunks(rt, rb) == _vectors_match_chunks(rt, inc)
+
+
+def test_unchanged_files_and_small_loads_stay_incremental(
+    rt: Runtime, loaded: dict[str, Any], halves: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
+    first, second, _ = halves
+    again = ingest_paths(rt, [first, second], "rb")
+    assert again.count("unchanged") == 12 and "attach" not in again.stages
+    # two files into a collection of six: a third of the stored bytes
+    ingest_paths(rt, [first], "small-later-load")
+    two = tmp_path / "two"
+    two.mkdir()
+    for path in sorted(second.iterdir())[:2]:
+        shutil.copy(path, two / path.name)
+    added = ingest_paths(rt, [two], "small-later-load")
+    assert added.count("added") == 2 and "attach" not in added.stages
+
+
+def test_a_load_replacing_most_documents_keeps_no_vector_of_the_old_ones(
+    rt: Runtime, loaded: dict[str, Any], halves: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
+    """Eight of the twelve files rewritten (a new last line, so another size): the load
+    rebuilds, carrying over the four unchanged documents' vectors and none of the eight
+    replaced ones; a search finds the new line, and BM25 equals a rebuild of the same
+    edits made incrementally."""
+    first, second, _ = halves
+    names = sorted(first.iterdir()) + sorted(second.iterdir())
+    edited = set(names[::3]) ^ set(names)  # eight of twelve
+    assert len(edited) == 8
+    words = dict(zip(sorted(edited), WORDS, strict=True))
+    for path, word in words.items():
+        path.write_text(
+            path.read_text(encoding="utf-8") + f"\nRevised edition note: {word}.\n", "utf-8"
+        )
+    report = ingest_paths(rt, [first, second], "rb")
+    assert report.count("updated") == 8 and report.count("unchanged") == 4
+    assert "attach" in report.stages
+    _settings(rt, bulk=False)
+    try:
+        inc = ingest_paths(rt, [first, second], "inc")
+    finally:
+        _settings(rt, bulk=True)
+    assert inc.count("updated") == 8 and "attach" not in inc.stages
+    rb_coll, inc_coll = loaded["rb"], loaded["inc"]
+    _vectors_match_chunks(rt, rb_coll)
+    with rt.db.connection() as conn:
+        conn.execute("SELECT ragstore_bm25_rebuild(%s)", (inc_coll.id,))
+    got, want = _stats(rt, rb_coll.id), _stats(rt, inc_coll.id)
+    assert got == want
+    for path, word in words.items():
+        hits = search(rt, word, collection="rb", k=1, mode="fulltext")
+        assert hits and hits[0].source.endswith(path.name) and word in hits[0].text
