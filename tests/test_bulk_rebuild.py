@@ -12,6 +12,7 @@ half the stored bytes, and unchanged files, stay incremental.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from ragstore.ingest.service import IngestReport
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1
+from tests.models.corpus import write_corpus
 
 CISI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cisi"
 # one made-up word per rewritten file, found by nothing else
@@ -278,3 +280,76 @@ def test_a_load_replacing_most_documents_keeps_no_vector_of_the_old_ones(
     for path, word in words.items():
         hits = search(rt, word, collection="rb", k=1, mode="fulltext")
         assert hits and hits[0].source.endswith(path.name) and word in hits[0].text
+
+
+def _snapshot(rt: Runtime, name: str) -> dict[str, Any]:
+    """What a collection holds: documents, vectors by chunk, BM25 rows."""
+    coll = rt.collection(name)
+    with rt.db.connection() as conn:
+        docs = conn.execute(
+            "SELECT source, content_hash FROM documents WHERE collection_id = %s ORDER BY 1",
+            (coll.id,),
+        ).fetchall()
+        vectors = conn.execute(
+            f"SELECT chunk_id, embedding::text FROM {coll.table} ORDER BY 1"
+        ).fetchall()
+        assert spaces.has_index(conn, coll.table)
+    return {"documents": docs, "vectors": vectors, "bm25": _stats(rt, coll.id)}
+
+
+def test_a_rebuilding_load_that_fails_leaves_the_collection_as_it_was(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load's connection dies in its BM25 rewrite: every file of the load is reported
+    failed, the collection keeps its documents, vectors, index and BM25 rows as they were,
+    and no staged table is left; the same load then goes through."""
+    _settings(rt, bulk=True)
+    first = write_corpus(tmp_path / "a", docs=8, paragraphs=3, prefix="kept")
+    assert not ingest_paths(rt, [first], "rb-fails").failed
+    before = _snapshot(rt, "rb-fails")
+
+    def dying(conn: Any, *_: object) -> int:
+        conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return 0
+
+    real = documents.finish_bulk
+    monkeypatch.setattr(documents, "finish_bulk", dying)
+    more = write_corpus(tmp_path / "b", docs=8, paragraphs=3, prefix="lost")
+    report = ingest_paths(rt, [more], "rb-fails")
+    assert report.outcomes and all(o.status == "failed" for o in report.outcomes)
+    assert _snapshot(rt, "rb-fails") == before
+    with rt.db.connection() as conn:
+        staged = conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'ragstore\\_load\\_%'"
+        ).fetchone()
+    assert staged == (0,)
+    monkeypatch.setattr(documents, "finish_bulk", real)
+    again = ingest_paths(rt, [more], "rb-fails")
+    assert not again.failed and "attach" in again.stages
+    assert _vectors_match_chunks(rt, rt.collection("rb-fails")) > len(before["vectors"])
+
+
+def test_a_rebuild_whose_swap_is_refused_adds_only_the_new_rows(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A swap that fails in its savepoint (a lock timeout would): the staged rows the
+    space's own table lacks are copied into it, through its live index, and nothing is
+    there twice."""
+    _settings(rt, bulk=True)
+    first = write_corpus(tmp_path / "a", docs=8, paragraphs=3, prefix="old")
+    assert not ingest_paths(rt, [first], "rb-copied").failed
+    before = _snapshot(rt, "rb-copied")
+
+    def refused(*_: object) -> None:
+        raise spaces._NotSwapped("refused by the test")
+
+    monkeypatch.setattr(spaces, "_rename", refused)
+    more = write_corpus(tmp_path / "b", docs=8, paragraphs=3, prefix="new")
+    with caplog.at_level(logging.WARNING, "ragstore.db"):
+        report = ingest_paths(rt, [more], "rb-copied")
+    assert not report.failed and "refused by the test" in caplog.text
+    after = _snapshot(rt, "rb-copied")
+    assert set(before["vectors"]) < set(after["vectors"])
+    assert _vectors_match_chunks(rt, rt.collection("rb-copied")) == len(after["vectors"])
+    hits = search(rt, "Paragraph 1 of new3", collection="rb-copied", k=1, mode="vector")
+    assert hits and "new3" in hits[0].text
