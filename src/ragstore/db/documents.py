@@ -196,15 +196,44 @@ def finish_bulk(conn: Conn, collection_id: int, memory: str | None = None) -> in
     the chunks and their statistics together. ``memory`` is the ``work_mem`` of the rest of
     the transaction (the grouping and ranking sorts), at most ``MAX_BUILD_WORK_MEM``.
     Returns the postings written."""
+    _build_memory(conn, memory)
+    row = conn.execute("SELECT ragstore_bm25_bulk_finish(%s)", (collection_id,)).fetchone()
+    conn.execute("SELECT set_config('ragstore.bulk', 'off', true)")
+    return int(row[0]) if row else 0
+
+
+def last_chunk_id(conn: Conn, collection_id: int) -> int:
+    """The collection's largest chunk id (0 when it has none): taken once a bulk load holds
+    the collection's locks, every chunk id above it is the load's (ids come from one
+    sequence)."""
+    row = conn.execute(
+        "SELECT coalesce(max(id), 0) FROM chunks WHERE collection_id = %s", (collection_id,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def finish_bulk_add(
+    conn: Conn, collection_id: int, since: int, replaced: bool, memory: str | None = None
+) -> None:
+    """End a bulk write into a collection that had chunks before it (revision 0030):
+    statistics and document frequencies recounted, and only the postings of the chunks
+    above ``since`` written, as the insert triggers would have (the old ones stay);
+    with ``replaced`` the postings of chunks the load deleted go first. ``memory`` as for
+    :func:`finish_bulk`."""
+    _build_memory(conn, memory)
+    conn.execute("SELECT ragstore_bm25_bulk_add(%s, %s, %s)", (collection_id, since, replaced))
+    conn.execute("SELECT set_config('ragstore.bulk', 'off', true)")
+
+
+def _build_memory(conn: Conn, memory: str | None) -> None:
+    """``work_mem`` for the rest of the transaction: ``memory``, at most
+    ``MAX_BUILD_WORK_MEM``."""
     if memory is not None:
         conn.execute(
             "SELECT set_config('work_mem', (least(pg_size_bytes(%s), %s) / 1024)::bigint"
             " || 'kB', true)",
             (memory, MAX_BUILD_WORK_MEM),
         )
-    row = conn.execute("SELECT ragstore_bm25_bulk_finish(%s)", (collection_id,)).fetchone()
-    conn.execute("SELECT set_config('ragstore.bulk', 'off', true)")
-    return int(row[0]) if row else 0
 
 
 def ts_config_name(conn: Conn, collection_id: int) -> str:

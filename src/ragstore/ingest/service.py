@@ -178,6 +178,7 @@ class _Ingestor:
         self._conn: Any = None  # the bulk load's one connection (its transaction)
         self._staged: StagedVectors | None = None  # where a bulk load's vectors go
         self._staging_committed = False  # its table outlives a failure of the load after this
+        self._since = 0  # a rebuilding load's chunk ids are above this one
         self._bulk_outcomes: list[FileOutcome] = []
         self.coll = coll
         self.embedder = embedder
@@ -359,6 +360,8 @@ class _Ingestor:
                 # the collection's write locks first: a second load of it waits here, not
                 # on the first one's staging table, whose name it would take
                 documents.begin_bulk(conn, self.coll.id)
+                if self.bulk is BulkLoad.REBUILD:
+                    self._since = documents.last_chunk_id(conn, self.coll.id)
                 with self._staging(total_bytes) as staged:
                     self._conn, self._staged = conn, staged
                     try:
@@ -420,8 +423,15 @@ class _Ingestor:
                 ensure_space_index(self.rt, self.coll, conn)
 
     def _build_bm25(self, conn: Any) -> None:
+        """A first load's BM25 built from scratch; a rebuilding load's added to what the
+        collection had (its old postings stay; those of the documents it replaced go)."""
+        memory = self.rt.settings.index_build_memory
         with self._stage("bm25_build"):
-            documents.finish_bulk(conn, self.coll.id, self.rt.settings.index_build_memory)
+            if self.bulk is BulkLoad.REBUILD:
+                replaced = any(o.status == "updated" for o in self._bulk_outcomes)
+                documents.finish_bulk_add(conn, self.coll.id, self._since, replaced, memory)
+            else:
+                documents.finish_bulk(conn, self.coll.id, memory)
 
     def _build_staged(self, staged: StagedVectors, carried: Sequence[int]) -> None:
         with self._stage("index_build"):
