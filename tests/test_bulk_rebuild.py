@@ -2,11 +2,12 @@
 
 It is written in one transaction with the BM25 triggers off, like a first load; its
 vectors are staged with the collection's old ones (less those of the chunks it replaced),
-indexed there and swapped in; BM25 is rewritten for the whole collection. What it leaves
-must be what the incremental path and a rebuild leave, and searches of the collection
-must go on, on the old contents, while it runs: the postings' indexes stay (revision
-0029), the space's own table and index serve until the swap. Loads that bring less than
-half the stored bytes, and unchanged files, stay incremental.
+indexed there and swapped in; its chunks' postings are added to the collection's at the
+end (revision 0030). What it leaves must search as the incremental path's does, and
+searches of the collection must go on, on the old contents, while it runs: the space's
+own table and index serve until the swap. Loads that bring less than half the stored
+bytes, and unchanged files, stay incremental. And a BM25 rewrite of a store's only
+collection keeps the postings' indexes (revision 0029).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from ragstore.config import Settings
 from ragstore.db import documents, repository, spaces
 from ragstore.embedding.registry import resolve_spec
 from ragstore.ingest import ingest_paths, service
@@ -27,6 +29,7 @@ from ragstore.ingest.service import IngestReport
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1
+from tests.conftest import TEMPLATE, create_database
 from tests.models.corpus import write_corpus
 
 CISI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cisi"
@@ -136,7 +139,7 @@ def _vectors_match_chunks(rt: Runtime, coll: repository.Collection) -> int:
 def loaded(rt: Runtime, halves: tuple[Path, Path, list[str]]) -> Iterator[dict[str, Any]]:
     """Collection ``rb`` (the only one in the store then): the first half as a first load,
     the second half as a rebuilding load, with a look from another connection taken
-    right after the load's BM25 rewrite, before it commits. Then collection ``inc``: both
+    right after the load's BM25 build, before it commits. Then collection ``inc``: both
     halves through the incremental path."""
     first, second, queries = halves
     _settings(rt, bulk=True)
@@ -204,13 +207,12 @@ def test_a_load_as_large_as_the_collection_rebuilds_it(
         assert any(h.source.endswith(path.name) for h in hits), (title, hits)
 
 
-def test_searches_go_on_during_the_rewrite_and_see_the_old_contents(
+def test_searches_go_on_during_the_load_and_see_the_old_contents(
     loaded: dict[str, Any],
 ) -> None:
-    """Right after the load's BM25 rewrite (its postings deleted and written again in its
-    open transaction) another connection's full-text top k neither waits for it (before
-    revision 0029 the rewrite of the store's only collection dropped the postings' indexes
-    until it committed) nor sees it; the space's table is still the old one."""
+    """Right after the load's BM25 build (its postings written in its open transaction)
+    another connection's full-text top k neither waits for it nor sees it; the space's
+    table is still the old one."""
     seen = loaded["seen"]
     assert seen["full_text"] == loaded["before"]
     assert seen["vectors"] == loaded["old_vectors"]
@@ -322,7 +324,7 @@ def _snapshot(rt: Runtime, name: str) -> dict[str, Any]:
 def test_a_rebuilding_load_that_fails_leaves_the_collection_as_it_was(
     rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The load's connection dies in its BM25 rewrite: every file of the load is reported
+    """The load's connection dies in its BM25 build: every file of the load is reported
     failed, the collection keeps its documents, vectors, index and BM25 rows as they were,
     and no staged table is left; the same load then goes through."""
     _settings(rt, bulk=True)
@@ -374,3 +376,29 @@ def test_a_rebuild_whose_swap_is_refused_adds_only_the_new_rows(
     assert _vectors_match_chunks(rt, rt.collection("rb-copied")) == len(after["vectors"])
     hits = search(rt, "Paragraph 1 of new3", collection="rb-copied", k=1, mode="vector")
     assert hits and "new3" in hits[0].text
+
+
+def test_rewriting_the_stores_only_collection_does_not_hold_searches(
+    pg_admin_uri: str,
+    template_url: str,
+    halves: tuple[Path, Path, list[str]],
+    tmp_path: Path,
+) -> None:
+    """Revision 0029: ``ragstore_bm25_rebuild`` of the one collection a store has (as an
+    operator runs it after changing k1 or b) used to find the postings table empty after
+    deleting the collection's rows, and dropped its indexes until it committed: another
+    connection's full-text search then waited. It now gets the old lists at once."""
+    url = create_database(pg_admin_uri, TEMPLATE)  # a store of its own: one collection
+    with Runtime(Settings(database_url=url, data_dir=tmp_path, profile="test")) as alone:
+        _settings(alone, bulk=False)
+        coll = _collection(alone, "alone")
+        assert not ingest_paths(alone, [halves[0]], "alone").failed
+        query = halves[2][0]
+        with alone.db.connection() as conn:
+            before = _full_text(conn, coll.id, query)
+        assert before
+        with alone.db.connection() as rewriting:
+            rewriting.execute("SELECT ragstore_bm25_rebuild(%s)", (coll.id,))
+            with alone.db.connect(autocommit=True) as other:
+                other.execute("SET lock_timeout = '2s'")
+                assert _full_text(other, coll.id, query) == before

@@ -7,9 +7,9 @@ Create Date: 2026-12-05
 ``ragstore_bm25_write_postings`` (revision 0013) dropped ``bm25_postings``' two indexes
 before its insert, and built them after it, when it found the table empty. It looked
 after its callers had deleted the collection's old postings, so a rewrite of the only
-collection that has any (``ragstore_bm25_rebuild``, or a bulk load into a collection
-that already holds chunks) found the table empty too: its ``DROP INDEX`` then held every
-search's BM25 list, in every collection, until the rewrite committed. A store whose
+collection that has any (``ragstore_bm25_rebuild``, as after a change of the collection's
+k1 or b) found the table empty too: its ``DROP INDEX`` then held every search's BM25
+list, in every collection, until the rewrite committed. A store whose
 postings table was empty before the rewrite (a first load into a new store) still builds
 the indexes once; any other rewrite writes through them, and searches go on meanwhile.
 
