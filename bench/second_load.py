@@ -13,7 +13,7 @@ times. With ``--functions`` it turns on ``track_functions`` (``ALTER SYSTEM``: i
 in that data directory) and prints what each trigger function took during the load
 (``pg_stat_user_functions`` before and after).
 
-A load of at least half the bytes the collection holds takes the bulk path instead
+A load of at least a quarter of the bytes the collection holds takes the bulk path instead
 (``ingest.service.BulkLoad.REBUILD``: the collection's vectors staged with the load's and
 indexed anew, BM25 rewritten); ``--incremental`` keeps such a load on the round-by-round
 path, for the comparison (``path`` in the output says which ran):
@@ -36,6 +36,7 @@ from typing import Any
 
 from bench import scale_build
 from bench.scale import COLLECTION, _records, existing
+from ragstore.ingest import service
 from ragstore.ingest.service import IngestReport, ingest_items
 
 
@@ -70,7 +71,15 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="write round by round even where the load would rebuild (bulk_load_bytes=0)",
     )
+    parser.add_argument(
+        "--rebuild-share",
+        type=float,
+        help="the share of the stored bytes from which a load rebuilds (default: "
+        "ingest.service.REBUILD_SHARE), to find where the two paths break even",
+    )
     args = parser.parse_args(argv)
+    if args.rebuild_share is not None:
+        service.REBUILD_SHARE = args.rebuild_share
     folder = Path(tempfile.mkdtemp(prefix="ragstore-second-load-"))
     with existing(args.data_dir) as (rt, _):
         items = scale_build.write_files(folder, args.first, args.first + args.docs, _records())
@@ -83,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         took = time.perf_counter() - t0
         out: dict[str, Any] = {
             "documents": args.docs,
-            # a load of half the collection or more rebuilds it (ingest.service.BulkLoad)
+            # a load of a quarter of the collection or more rebuilds it (ingest.service.BulkLoad)
             "path": "rebuild" if "attach" in report.stages else "incremental",
             "chunks": report.chunks,
             "seconds": round(took, 2),

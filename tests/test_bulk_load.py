@@ -1,6 +1,7 @@
 """The bulk write path: a large first load defers the space's HNSW index and builds it once
-at the end; small loads and loads into a non-empty space stay incremental; a load that was
-killed with the index deferred gets it back from the next ingest."""
+at the end; small loads stay incremental, and a load into a non-empty space never drops
+its index (tests/test_bulk_rebuild.py: one a quarter its size or more rebuilds it on the
+side); a load that was killed with the index deferred gets it back from the next ingest."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def test_a_large_first_load_builds_the_index_once_at_the_end(
     coll = bulk_rt.collection("bulk")
     with bulk_rt.db.connection() as conn:
         assert spaces.has_index(conn, coll.table)
-    # a second load into the now non-empty space is incremental: the index stays
+    # a second load into the now non-empty space (as large: it rebuilds the index on the
+    # side) keeps the space's index throughout
     more = write_corpus(tmp_path / "b", docs=8, paragraphs=3, prefix="more")
     assert all(_indexed_during(bulk_rt, more, "bulk"))
     text = (

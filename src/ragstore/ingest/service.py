@@ -61,10 +61,13 @@ MIN_POOL_TO_STAGE = 4
 # overlapped against 3.6-3.8 s one after the other (docs/benchmarks.md).
 STAGE_MIN_BYTES = 32 << 20
 # A load into a collection that holds chunks already is a bulk load when the bytes it
-# brings are at least this share of the bytes stored: rebuilding BM25 and the HNSW index
-# over old and new then costs less than growing them round by round, which writes at about
-# a quarter of a first load's rate (docs/benchmarks.md, "A later load").
-REBUILD_SHARE = 0.5
+# brings are at least this share of the bytes stored: building the HNSW index over old and
+# new and adding the load's postings at the end then costs less than growing them round
+# by round, which writes at about a quarter of a first load's rate. Measured at 135k
+# chunks: 1.8-1.9x faster at a quarter, 2x at half (docs/benchmarks.md, "A later load");
+# the two break even near a tenth, and a bulk load holds the collection's other writers
+# for its whole length, so smaller loads stay round by round.
+REBUILD_SHARE = 0.25
 
 
 class BulkLoad(enum.Enum):
@@ -385,8 +388,9 @@ class _Ingestor:
                 o.error, o.code, o.exc = str(exc), exc.code, exc
 
     def _staging(self, total_bytes: int) -> AbstractContextManager[StagedVectors | None]:
-        """A bulk load's staging connection, where :func:`_can_stage`."""
-        if not _can_stage(self.rt, total_bytes):
+        """A bulk load's staging connection, where :func:`_stages`."""
+        assert self.bulk is not None
+        if not _stages(self.rt, self.bulk, total_bytes):
             assert self.bulk is not BulkLoad.REBUILD  # decided by the same rule
             return nullcontext()
         return StagedVectors(self.rt, self.coll)
@@ -716,7 +720,7 @@ def _bulk_load(
         if spaces.is_empty(conn, coll.table):
             spaces.drop_index(conn, coll.table)
             return BulkLoad.FIRST
-    if not _can_stage(rt, total_bytes):
+    if not _stages(rt, BulkLoad.REBUILD, total_bytes):
         return None
     with rt.db.connection() as conn, translated(f"sizing a load of {coll.name!r}"):
         stored, new = documents.load_share(conn, coll.id, sizes)
@@ -725,11 +729,15 @@ def _bulk_load(
     return BulkLoad.REBUILD
 
 
-def _can_stage(rt: Runtime, total_bytes: int) -> bool:
-    """Whether a bulk load stages its vectors on a second connection: unless the load is too
-    small to gain from it or the pool too small to lend one for the whole load besides
-    the load's own and those its threads borrow meanwhile."""
-    return rt.settings.pool_max_size >= MIN_POOL_TO_STAGE and total_bytes >= STAGE_MIN_BYTES
+def _stages(rt: Runtime, bulk: BulkLoad, total_bytes: int) -> bool:
+    """Whether a bulk load stages its vectors on a second connection: never where the pool
+    is too small to lend one for the whole load besides the load's own and those its
+    threads borrow meanwhile; always for a rebuilding load (the space's own table serves
+    searches until the staged one takes its place); for a first load, where its two
+    builds are long enough to gain from overlapping."""
+    if rt.settings.pool_max_size < MIN_POOL_TO_STAGE:
+        return False
+    return bulk is BulkLoad.REBUILD or total_bytes >= STAGE_MIN_BYTES
 
 
 def _sizes(items: Sequence[Item]) -> dict[str, int]:

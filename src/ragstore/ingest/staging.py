@@ -12,7 +12,7 @@ staging transaction commits, and the load's transaction puts the staged table in
 place of the space's empty one (``spaces.attach_load_table``) and commits. Readers still
 see the load at once, complete, or not at all.
 
-A bulk load into a collection that holds vectors already (a load at least half its size)
+A bulk load into a collection that holds vectors already (a load at least a quarter its size)
 copies them into the staged table before the build, less those of the chunks the load
 replaced: the space's own table and its index serve searches until the swap.
 

@@ -4,7 +4,7 @@ Revision ID: 0030
 Revises: 0029
 Create Date: 2026-12-05
 
-A load that brings at least half a collection's bytes is a bulk load (``ingest.service.
+A load that brings at least a quarter of a collection's bytes is a bulk load (``ingest.service.
 BulkLoad.REBUILD``): the BM25 triggers skip while it writes, and until now its end
 rewrote every posting of the collection (``ragstore_bm25_bulk_finish``), old and new,
 through the postings' live indexes, leaving the old ones as dead rows: at 135k chunks plus
