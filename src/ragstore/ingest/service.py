@@ -64,9 +64,9 @@ STAGE_MIN_BYTES = 32 << 20
 # brings are at least this share of the bytes stored: building the HNSW index over old and
 # new and adding the load's postings at the end then costs less than growing them round
 # by round, which writes at about a quarter of a first load's rate. Measured at 135k
-# chunks: 1.8-1.9x faster at a quarter, 2x at half (docs/benchmarks.md, "A later load");
-# the two break even near a tenth, and a bulk load holds the collection's other writers
-# for its whole length, so smaller loads stay round by round.
+# chunks: 1.5x faster at a tenth, 1.8-1.9x at a quarter, 2x at half (docs/benchmarks.md,
+# "A later load"); but a bulk load holds the collection's other writers for its whole
+# length and a crash loses all of it, so loads of a day's size stay round by round.
 REBUILD_SHARE = 0.25
 
 
