@@ -23,7 +23,7 @@ from ragstore.embedding.registry import resolve_spec
 from ragstore.ingest import ingest_paths
 from ragstore.ingest.service import IngestReport, Item, ingest_items
 from ragstore.runtime import Runtime
-from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1
+from tests.bm25_rows import bm25_rows, full_text
 
 CISI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cisi"
 N_DOCS = 12
@@ -92,44 +92,6 @@ def loaded(rt: Runtime, corpus: tuple[Path, list[str]]) -> dict[str, Any]:
     return out
 
 
-def _stats(rt: Runtime, cid: int) -> dict[str, Any]:
-    with rt.db.connection() as conn:
-        stats = conn.execute(
-            "SELECT chunks, tokens, impact_k1, impact_b, impact_avgdl, list_keep"
-            " FROM bm25_collection_stats WHERE collection_id = %s",
-            (cid,),
-        ).fetchone()
-        terms = conn.execute(
-            "SELECT lexeme, df, floor, stored FROM bm25_terms WHERE collection_id = %s",
-            (cid,),
-        ).fetchall()
-        postings = conn.execute(
-            "SELECT t.lexeme, d.source, c.ordinal, p.impact, p.tf, p.len FROM bm25_postings p"
-            " JOIN bm25_terms t ON t.term_id = p.term_id JOIN chunks c ON c.id = p.chunk_id"
-            " JOIN documents d ON d.id = c.document_id WHERE t.collection_id = %s",
-            (cid,),
-        ).fetchall()
-    return {
-        "stats": tuple(stats) if stats else None,
-        "df": {r[0]: r[1] for r in terms},
-        "lists": {r[0]: (r[2], r[3]) for r in terms},
-        "postings": sorted(postings),
-    }
-
-
-def _full_text(rt: Runtime, cid: int, query: str, fn: str) -> list[tuple[str, int, float]]:
-    args = "%s, 'english', %s, 10, %s, %s"
-    with rt.db.connection() as conn:
-        rows = conn.execute(
-            f"SELECT d.source, c.ordinal, r.raw FROM ragstore_bm25_{fn}({args}) r"
-            " JOIN chunks c ON c.id = r.chunk_id JOIN documents d ON d.id = c.document_id"
-            # a join keeps no order of its own (revision 0022 changed the plan here)
-            " ORDER BY r.raw DESC, d.source, c.ordinal",
-            (cid, query, DEFAULT_K1, DEFAULT_B),
-        ).fetchall()
-    return [(str(r[0]), int(r[1]), float(r[2])) for r in rows]
-
-
 def test_a_bulk_load_is_invisible_until_it_commits(loaded: dict[str, Any]) -> None:
     assert loaded["bulk"]["seen"] and not any(loaded["bulk"]["seen"])
     # the incremental load commits round by round, so other connections see it grow
@@ -142,22 +104,23 @@ def test_bulk_statistics_and_lists_equal_the_incremental_ones(
     rt: Runtime, loaded: dict[str, Any], corpus: tuple[Path, list[str]]
 ) -> None:
     bulk_id, inc_id = loaded["bulk"]["coll"].id, loaded["inc"]["coll"].id
-    bulk, inc = _stats(rt, bulk_id), _stats(rt, inc_id)
+    bulk, inc = bm25_rows(rt, bulk_id), bm25_rows(rt, inc_id)
     assert bulk["stats"][:2] == inc["stats"][:2] and bulk["stats"][5] == KEEP
     assert bulk["df"] == inc["df"] and len(bulk["df"]) > 500
     assert bulk["postings"] and any(floor > 0 for floor, _ in bulk["lists"].values())
-    for query in corpus[1]:
-        exact = _full_text(rt, bulk_id, query, "exhaustive")
-        assert exact, query
-        assert _full_text(rt, bulk_id, query, "topk") == exact
-        assert _full_text(rt, inc_id, query, "exhaustive") == exact
+    with rt.db.connection() as conn:
+        for query in corpus[1]:
+            exact = full_text(conn, bulk_id, query, "exhaustive")
+            assert exact, query
+            assert full_text(conn, bulk_id, query) == exact
+            assert full_text(conn, inc_id, query, "exhaustive") == exact
 
 
 def test_bulk_postings_are_those_a_rebuild_writes(rt: Runtime, loaded: dict[str, Any]) -> None:
     inc_id = loaded["inc"]["coll"].id
     with rt.db.connection() as conn:
         conn.execute("SELECT ragstore_bm25_rebuild(%s)", (inc_id,))
-    bulk, inc = _stats(rt, loaded["bulk"]["coll"].id), _stats(rt, inc_id)
+    bulk, inc = bm25_rows(rt, loaded["bulk"]["coll"].id), bm25_rows(rt, inc_id)
     assert bulk["stats"] == inc["stats"]
     assert bulk["lists"] == inc["lists"]
     assert bulk["postings"] == inc["postings"]

@@ -27,7 +27,7 @@ from ragstore.ingest import ingest_paths, service
 from ragstore.ingest.service import IngestReport
 from ragstore.runtime import Runtime
 from ragstore.search import search
-from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1
+from tests.bm25_rows import bm25_rows, full_text
 from tests.conftest import TEMPLATE, create_database
 from tests.models.corpus import write_corpus
 
@@ -81,41 +81,6 @@ def _collection(rt: Runtime, name: str) -> repository.Collection:
     return coll
 
 
-def _full_text(conn: Any, cid: int, query: str, fn: str = "topk") -> list[tuple[str, int, float]]:
-    rows = conn.execute(
-        f"SELECT d.source, c.ordinal, r.raw FROM ragstore_bm25_{fn}"
-        "(%s, 'english', %s, 10, %s, %s) r"
-        " JOIN chunks c ON c.id = r.chunk_id JOIN documents d ON d.id = c.document_id"
-        " ORDER BY r.raw DESC, d.source, c.ordinal",
-        (cid, query, DEFAULT_K1, DEFAULT_B),
-    ).fetchall()
-    return [(str(r[0]), int(r[1]), float(r[2])) for r in rows]
-
-
-def _stats(rt: Runtime, cid: int) -> dict[str, Any]:
-    with rt.db.connection() as conn:
-        stats = conn.execute(
-            "SELECT chunks, tokens, impact_k1, impact_b, impact_avgdl, list_keep"
-            " FROM bm25_collection_stats WHERE collection_id = %s",
-            (cid,),
-        ).fetchone()
-        terms = conn.execute(
-            "SELECT lexeme, df, floor, stored FROM bm25_terms WHERE collection_id = %s",
-            (cid,),
-        ).fetchall()
-        postings = conn.execute(
-            "SELECT t.lexeme, d.source, c.ordinal, p.impact, p.tf, p.len FROM bm25_postings p"
-            " JOIN bm25_terms t ON t.term_id = p.term_id JOIN chunks c ON c.id = p.chunk_id"
-            " JOIN documents d ON d.id = c.document_id WHERE t.collection_id = %s",
-            (cid,),
-        ).fetchall()
-    return {
-        "stats": tuple(stats) if stats else None,
-        "terms": sorted(terms),
-        "postings": sorted(postings),
-    }
-
-
 def _vectors_match_chunks(rt: Runtime, coll: repository.Collection) -> int:
     """The space holds one vector per embeddable chunk and none of a chunk that is gone."""
     with rt.db.connection() as conn:
@@ -146,10 +111,10 @@ def loaded(rt: Runtime, halves: tuple[Path, Path, list[str]]) -> Iterator[dict[s
     one = ingest_paths(rt, [first], "rb")
     assert not one.failed and "attach" in one.stages
     with rt.db.connection() as conn:
-        before = {q: _full_text(conn, rb.id, q) for q in queries}
+        before = {q: full_text(conn, rb.id, q) for q in queries}
     assert any(before.values())
     old_vectors = _vectors_match_chunks(rt, rb)
-    old_postings = _stats(rt, rb.id)["postings"]
+    old_postings = bm25_rows(rt, rb.id)["postings"]
 
     seen: dict[str, Any] = {}
     finish = documents.finish_bulk_add
@@ -159,7 +124,7 @@ def loaded(rt: Runtime, halves: tuple[Path, Path, list[str]]) -> Iterator[dict[s
         # another connection, as a search would, while the load's transaction is open
         with rt.db.connect(autocommit=True) as other:
             other.execute("SET lock_timeout = '3s'")
-            seen["full_text"] = {q: _full_text(other, rb.id, q) for q in queries}
+            seen["full_text"] = {q: full_text(other, rb.id, q) for q in queries}
             seen["vectors"] = spaces.count_vectors(other, rb.table)
 
     documents.finish_bulk_add = finish_and_look  # type: ignore[assignment]
@@ -221,10 +186,10 @@ def _same_bm25(rt: Runtime, rb_id: int, inc_id: int, queries: list[str]) -> dict
     """The bulk-loaded collection's statistics and document frequencies are the incremental
     one's, no posting is of a chunk that is gone, and every full-text top k is the exact
     one, equal to the incremental collection's. Returns the bulk one's BM25 rows."""
-    got, want = _stats(rt, rb_id), _stats(rt, inc_id)
+    got, want = bm25_rows(rt, rb_id), bm25_rows(rt, inc_id)
     assert got["stats"][:2] == want["stats"][:2] and got["stats"][5] == KEEP
-    assert {r[0]: r[1] for r in got["terms"]} == {r[0]: r[1] for r in want["terms"]}
-    assert len(got["terms"]) > 500 and any(floor > 0 for _, _, floor, _ in got["terms"])
+    assert got["df"] == want["df"] and len(got["df"]) > 500
+    assert any(floor > 0 for floor, _ in got["lists"].values())
     with rt.db.connection() as conn:
         stray = conn.execute(
             "SELECT count(*) FROM bm25_postings p JOIN bm25_terms t ON t.term_id = p.term_id"
@@ -234,10 +199,10 @@ def _same_bm25(rt: Runtime, rb_id: int, inc_id: int, queries: list[str]) -> dict
         ).fetchone()
         assert stray == (0,)
         for query in queries:
-            exact = _full_text(conn, rb_id, query, "exhaustive")
+            exact = full_text(conn, rb_id, query, "exhaustive")
             assert exact, query
-            assert _full_text(conn, rb_id, query) == exact
-            assert _full_text(conn, inc_id, query, "exhaustive") == exact
+            assert full_text(conn, rb_id, query) == exact
+            assert full_text(conn, inc_id, query, "exhaustive") == exact
     return got
 
 
@@ -327,7 +292,7 @@ def _snapshot(rt: Runtime, name: str) -> dict[str, Any]:
             f"SELECT chunk_id, embedding::text FROM {coll.table} ORDER BY 1"
         ).fetchall()
         assert spaces.has_index(conn, coll.table)
-    return {"documents": docs, "vectors": vectors, "bm25": _stats(rt, coll.id)}
+    return {"documents": docs, "vectors": vectors, "bm25": bm25_rows(rt, coll.id)}
 
 
 def test_a_rebuilding_load_that_fails_leaves_the_collection_as_it_was(
@@ -404,10 +369,10 @@ def test_rewriting_the_stores_only_collection_does_not_hold_searches(
         assert not ingest_paths(alone, [halves[0]], "alone").failed
         query = halves[2][0]
         with alone.db.connection() as conn:
-            before = _full_text(conn, coll.id, query)
+            before = full_text(conn, coll.id, query)
         assert before
         with alone.db.connection() as rewriting:
             rewriting.execute("SELECT ragstore_bm25_rebuild(%s)", (coll.id,))
             with alone.db.connect(autocommit=True) as other:
                 other.execute("SET lock_timeout = '2s'")
-                assert _full_text(other, coll.id, query) == before
+                assert full_text(other, coll.id, query) == before
