@@ -5,8 +5,30 @@ from __future__ import annotations
 
 from typing import Any
 
+from ragstore.db import repository
+from ragstore.embedding.registry import resolve_spec
 from ragstore.runtime import Runtime
 from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1
+
+
+def bulk_loads(rt: Runtime, on: bool) -> None:
+    """Loads above 2 KB are bulk loads (or none are), written in rounds of 16 chunks. One
+    runtime for both kinds: the model is loaded once."""
+    rt.settings = rt.settings.model_copy(
+        update={"bulk_load_bytes": 2048 if on else 0, "ingest_batch_chunks": 16}
+    )
+
+
+def collection_keeping(rt: Runtime, name: str, keep: int) -> repository.Collection:
+    """A new collection keeping ``keep`` postings per term: its lists are trimmed and
+    floors rise with a few documents, as for common words at scale."""
+    with rt.db.connection() as conn:
+        coll = repository.create_collection(conn, name, resolve_spec(rt.settings.model))
+        conn.execute(
+            "INSERT INTO bm25_collection_stats (collection_id, list_keep) VALUES (%s, %s)",
+            (coll.id, keep),
+        )
+    return coll
 
 
 def bm25_rows(rt: Runtime, cid: int) -> dict[str, Any]:

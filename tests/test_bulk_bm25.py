@@ -23,7 +23,7 @@ from ragstore.embedding.registry import resolve_spec
 from ragstore.ingest import ingest_paths
 from ragstore.ingest.service import IngestReport, Item, ingest_items
 from ragstore.runtime import Runtime
-from tests.bm25_rows import bm25_rows, full_text
+from tests.bm25_rows import bm25_rows, bulk_loads, collection_keeping, full_text
 
 CISI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cisi"
 N_DOCS = 12
@@ -47,25 +47,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     return folder, queries
 
 
-def _bulk(rt: Runtime, on: bool) -> None:
-    """Loads above 2 KB into an empty collection are bulk loads (or none are), written in
-    rounds of 16 chunks. One runtime for both kinds: the model is loaded once."""
-    rt.settings = rt.settings.model_copy(
-        update={"bulk_load_bytes": 2048 if on else 0, "ingest_batch_chunks": 16}
-    )
-
-
-def _prepare(rt: Runtime, name: str) -> repository.Collection:
-    """A new collection keeping KEEP postings per term."""
-    with rt.db.connection() as conn:
-        coll = repository.create_collection(conn, name, resolve_spec(rt.settings.model))
-        conn.execute(
-            "INSERT INTO bm25_collection_stats (collection_id, list_keep) VALUES (%s, %s)",
-            (coll.id, KEEP),
-        )
-    return coll
-
-
 def _visible_chunks(rt: Runtime, cid: int) -> int:
     with rt.db.connection() as conn:
         row = conn.execute("SELECT count(*) FROM chunks WHERE collection_id = %s", (cid,))
@@ -77,8 +58,8 @@ def loaded(rt: Runtime, corpus: tuple[Path, list[str]]) -> dict[str, Any]:
     folder = corpus[0]
     out: dict[str, Any] = {}
     for label in ("bulk", "inc"):
-        _bulk(rt, label == "bulk")
-        coll = _prepare(rt, f"bm25-{label}")
+        bulk_loads(rt, label == "bulk")
+        coll = collection_keeping(rt, f"bm25-{label}", KEEP)
         seen: list[int] = []
         report = ingest_paths(
             rt,
@@ -88,7 +69,7 @@ def loaded(rt: Runtime, corpus: tuple[Path, list[str]]) -> dict[str, Any]:
         )
         assert not report.failed and report.chunks > 0
         out[label] = {"coll": coll, "seen": seen, "report": report}
-    _bulk(rt, True)
+    bulk_loads(rt, True)
     return out
 
 
@@ -132,7 +113,7 @@ def test_a_bulk_load_whose_connection_dies_leaves_nothing(
     """The load's connection is terminated after its first round: every document is
     reported failed and nothing of the load is left, statistics included."""
     files = sorted(corpus[0].iterdir())[:6]
-    coll = _prepare(rt, "bm25-killed")
+    coll = collection_keeping(rt, "bm25-killed", KEEP)
     killed: list[int] = []
 
     def kill(*_: object) -> None:

@@ -22,12 +22,11 @@ import pytest
 
 from ragstore.config import Settings
 from ragstore.db import documents, repository, spaces
-from ragstore.embedding.registry import resolve_spec
 from ragstore.ingest import ingest_paths, service
 from ragstore.ingest.service import IngestReport
 from ragstore.runtime import Runtime
 from ragstore.search import search
-from tests.bm25_rows import bm25_rows, full_text
+from tests.bm25_rows import bm25_rows, bulk_loads, collection_keeping, full_text
 from tests.conftest import TEMPLATE, create_database
 from tests.models.corpus import write_corpus
 
@@ -64,23 +63,6 @@ def halves(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[s
     return first, second, queries
 
 
-def _settings(rt: Runtime, bulk: bool) -> None:
-    """Loads above 2 KB are bulk loads (or none are), written in rounds of 16 chunks."""
-    rt.settings = rt.settings.model_copy(
-        update={"bulk_load_bytes": 2048 if bulk else 0, "ingest_batch_chunks": 16}
-    )
-
-
-def _collection(rt: Runtime, name: str) -> repository.Collection:
-    with rt.db.connection() as conn:
-        coll = repository.create_collection(conn, name, resolve_spec(rt.settings.model))
-        conn.execute(
-            "INSERT INTO bm25_collection_stats (collection_id, list_keep) VALUES (%s, %s)",
-            (coll.id, KEEP),
-        )
-    return coll
-
-
 def _vectors_match_chunks(rt: Runtime, coll: repository.Collection) -> int:
     """The space holds one vector per embeddable chunk and none of a chunk that is gone."""
     with rt.db.connection() as conn:
@@ -106,8 +88,8 @@ def loaded(rt: Runtime, halves: tuple[Path, Path, list[str]]) -> Iterator[dict[s
     right after the load's BM25 build, before it commits. Then collection ``inc``: both
     halves through the incremental path."""
     first, second, queries = halves
-    _settings(rt, bulk=True)
-    rb = _collection(rt, "rb")
+    bulk_loads(rt, True)
+    rb = collection_keeping(rt, "rb", KEEP)
     one = ingest_paths(rt, [first], "rb")
     assert not one.failed and "attach" in one.stages
     with rt.db.connection() as conn:
@@ -132,12 +114,12 @@ def loaded(rt: Runtime, halves: tuple[Path, Path, list[str]]) -> Iterator[dict[s
         two = ingest_paths(rt, [second], "rb")
     finally:
         documents.finish_bulk_add = finish  # type: ignore[assignment]
-    inc = _collection(rt, "inc")
-    _settings(rt, bulk=False)
+    inc = collection_keeping(rt, "inc", KEEP)
+    bulk_loads(rt, False)
     for folder in (first, second):
         report = ingest_paths(rt, [folder], "inc")
         assert not report.failed and "attach" not in report.stages
-    _settings(rt, bulk=True)
+    bulk_loads(rt, True)
     yield {
         "rb": rb,
         "inc": inc,
@@ -266,11 +248,11 @@ def test_a_load_replacing_most_documents_keeps_no_vector_of_the_old_ones(
     report = ingest_paths(rt, [first, second], "rb")
     assert report.count("updated") == 8 and report.count("unchanged") == 4
     assert "attach" in report.stages
-    _settings(rt, bulk=False)
+    bulk_loads(rt, False)
     try:
         inc = ingest_paths(rt, [first, second], "inc")
     finally:
-        _settings(rt, bulk=True)
+        bulk_loads(rt, True)
     assert inc.count("updated") == 8 and "attach" not in inc.stages
     rb_coll, inc_coll = loaded["rb"], loaded["inc"]
     _vectors_match_chunks(rt, rb_coll)
@@ -301,7 +283,7 @@ def test_a_rebuilding_load_that_fails_leaves_the_collection_as_it_was(
     """The load's connection dies in its BM25 build: every file of the load is reported
     failed, the collection keeps its documents, vectors, index and BM25 rows as they were,
     and no staged table is left; the same load then goes through."""
-    _settings(rt, bulk=True)
+    bulk_loads(rt, True)
     first = write_corpus(tmp_path / "a", docs=8, paragraphs=3, prefix="kept")
     assert not ingest_paths(rt, [first], "rb-fails").failed
     before = _snapshot(rt, "rb-fails")
@@ -332,7 +314,7 @@ def test_a_rebuild_whose_swap_is_refused_adds_only_the_new_rows(
     """A swap that fails in its savepoint (a lock timeout would): the staged rows the
     space's own table lacks are copied into it, through its live index, and nothing is
     there twice."""
-    _settings(rt, bulk=True)
+    bulk_loads(rt, True)
     first = write_corpus(tmp_path / "a", docs=8, paragraphs=3, prefix="old")
     assert not ingest_paths(rt, [first], "rb-copied").failed
     before = _snapshot(rt, "rb-copied")
@@ -364,8 +346,8 @@ def test_rewriting_the_stores_only_collection_does_not_hold_searches(
     connection's full-text search then waited. It now gets the old lists at once."""
     url = create_database(pg_admin_uri, TEMPLATE)  # a store of its own: one collection
     with Runtime(Settings(database_url=url, data_dir=tmp_path, profile="test")) as alone:
-        _settings(alone, bulk=False)
-        coll = _collection(alone, "alone")
+        bulk_loads(alone, False)
+        coll = collection_keeping(alone, "alone", KEEP)
         assert not ingest_paths(alone, [halves[0]], "alone").failed
         query = halves[2][0]
         with alone.db.connection() as conn:
