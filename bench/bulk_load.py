@@ -196,6 +196,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ragstore-bulk-load-"))
+    if args.folder is not None and not (args.folder.is_dir() and any(args.folder.iterdir())):
+        raise SystemExit(f"--folder {args.folder}: not a folder with files in it; give one")
     folder = args.folder or work / "docs"
     folder.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"load_average_before": os.getloadavg()}
