@@ -112,13 +112,14 @@ def test_an_unknown_collection_is_named(
 
 def test_a_staged_table_of_a_load_in_flight_is_not_a_leftover(rt: Runtime, tmp_path: Path) -> None:
     """Between a bulk load's two commits its staged table is committed while the load
-    still holds the space's table: neither reported nor dropped then."""
+    holds the space's table (the swap's ACCESS EXCLUSIVE lock, taken right after the
+    staging commit): neither reported nor dropped then."""
     _ingested(rt, tmp_path, "loading")
     coll = rt.collection("loading")
     with rt.db.connection() as conn:
         spaces.create_load_table(conn, coll.table)
     with rt.db.connection() as load:
-        spaces.lock_for_load(load, coll.table)
+        load.execute(f"LOCK TABLE {coll.table} IN ACCESS EXCLUSIVE MODE")  # as the swap
         report = check(rt, "loading", repair=True)
         assert report.leftovers == [] and report.findings == []
         assert report.busy == ["loading"] and report.ok

@@ -148,3 +148,31 @@ def test_the_index_build_leaves_no_parallel_setting_on_the_table(
         ).fetchone()
     assert size is not None and int(size[0]) >= spaces.FORCE_WORKERS_BYTES
     assert options == (None,)
+
+
+def test_searches_of_the_collection_go_on_during_an_import_into_it(
+    rt: Runtime, imported: dict[str, Any], corpus: tuple[list[str], list[str]]
+) -> None:
+    """An import into a collection that has rows writes through its live index, in one
+    transaction: another connection reads the collection's vectors meanwhile (the old
+    ones) instead of waiting for the import's end (it held the space's table ACCESS
+    EXCLUSIVE until it committed)."""
+    table = rt.collection("bulk-built").table
+    with rt.db.connection() as conn:
+        before = spaces.count_vectors(conn, table)
+    seen: list[int] = []
+
+    def look(stage: str, done: int, total: int) -> None:
+        if stage == "documents" and not seen:
+            with rt.db.connect(autocommit=True) as other:
+                other.execute("SET lock_timeout = '2s'")
+                seen.append(spaces.count_vectors(other, table))
+
+    opts = ImportOptions(
+        collection="bulk-built", model="legacy@v1", dimension=DIM, backup=False, verify_queries=5
+    )
+    source = _source(imported["tmp"], corpus[0][N : N + 20], 10_000, 3)
+    report = run_import(rt, plan_import(rt, JsonlSource(source), opts), opts, progress=look)
+    assert report.verification.ok and seen == [before]
+    with rt.db.connection() as conn:
+        assert spaces.count_vectors(conn, table) == before + 20

@@ -232,8 +232,14 @@ def lock_for_load(conn: Conn, table: str) -> None:
     """Lock a space's table before deciding, from its emptiness, to drop its index for a
     bulk write: two loads that both read it first and then asked for the lock DROP INDEX
     takes deadlocked, and one of them failed. The second now waits for the first's
-    decision (a short transaction for an ingest, the whole import for an import)."""
-    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
+    decision (a short transaction for an ingest, the whole import for an import).
+
+    SHARE ROW EXCLUSIVE is the weakest mode that conflicts with itself and with writers:
+    searches (ACCESS SHARE) go on. It used to be ACCESS EXCLUSIVE, which an import into
+    a collection that has rows held to its end, so the collection's searches waited for
+    the whole import; a load that drops the index takes ACCESS EXCLUSIVE then, on an
+    empty table."""
+    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(sql.Identifier(table)))
 
 
 def drop_index(conn: Conn, table: str) -> None:
