@@ -202,26 +202,29 @@ def finish_bulk(conn: Conn, collection_id: int, memory: str | None = None) -> in
     return int(row[0]) if row else 0
 
 
-def last_chunk_id(conn: Conn, collection_id: int) -> int:
-    """The collection's largest chunk id (0 when it has none): taken once a bulk load holds
-    the collection's locks, every chunk id above it is the load's (ids come from one
-    sequence)."""
+def chunk_mark(conn: Conn, collection_id: int) -> tuple[int, int]:
+    """The collection's largest chunk id (0 when it has none) and its chunk count: taken
+    once a bulk load holds the collection's locks, every chunk id above the mark is the
+    load's (ids come from one sequence), and fewer chunks up to it at the end means the
+    load deleted some."""
     row = conn.execute(
-        "SELECT coalesce(max(id), 0) FROM chunks WHERE collection_id = %s", (collection_id,)
+        "SELECT coalesce(max(id), 0), count(*) FROM chunks WHERE collection_id = %s",
+        (collection_id,),
     ).fetchone()
-    return int(row[0]) if row else 0
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def finish_bulk_add(
-    conn: Conn, collection_id: int, since: int, replaced: bool, memory: str | None = None
+    conn: Conn, collection_id: int, mark: tuple[int, int], memory: str | None = None
 ) -> None:
     """End a bulk write into a collection that had chunks before it (revision 0030):
     statistics and document frequencies recounted, and only the postings of the chunks
-    above ``since`` written, as the insert triggers would have (the old ones stay);
-    with ``replaced`` the postings of chunks the load deleted go first. ``memory`` as for
+    above the :func:`chunk_mark` written, as the insert triggers would have (the old ones
+    stay); where the load deleted chunks, their postings go first. ``memory`` as for
     :func:`finish_bulk`."""
     _build_memory(conn, memory)
-    conn.execute("SELECT ragstore_bm25_bulk_add(%s, %s, %s)", (collection_id, since, replaced))
+    since, before = mark
+    conn.execute("SELECT ragstore_bm25_bulk_add(%s, %s, %s)", (collection_id, since, before))
     conn.execute("SELECT set_config('ragstore.bulk', 'off', true)")
 
 

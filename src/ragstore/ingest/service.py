@@ -181,7 +181,7 @@ class _Ingestor:
         self._conn: Any = None  # the bulk load's one connection (its transaction)
         self._staged: StagedVectors | None = None  # where a bulk load's vectors go
         self._staging_committed = False  # its table outlives a failure of the load after this
-        self._since = 0  # a rebuilding load's chunk ids are above this one
+        self._mark = (0, 0)  # a rebuilding load's: the chunk ids below its own, and count
         self._bulk_outcomes: list[FileOutcome] = []
         self.coll = coll
         self.embedder = embedder
@@ -364,7 +364,7 @@ class _Ingestor:
                 # on the first one's staging table, whose name it would take
                 documents.begin_bulk(conn, self.coll.id)
                 if self.bulk is BulkLoad.REBUILD:
-                    self._since = documents.last_chunk_id(conn, self.coll.id)
+                    self._mark = documents.chunk_mark(conn, self.coll.id)
                 with self._staging(total_bytes) as staged:
                     self._conn, self._staged = conn, staged
                     try:
@@ -432,8 +432,7 @@ class _Ingestor:
         memory = self.rt.settings.index_build_memory
         with self._stage("bm25_build"):
             if self.bulk is BulkLoad.REBUILD:
-                replaced = any(o.status == "updated" for o in self._bulk_outcomes)
-                documents.finish_bulk_add(conn, self.coll.id, self._since, replaced, memory)
+                documents.finish_bulk_add(conn, self.coll.id, self._mark, memory)
             else:
                 documents.finish_bulk(conn, self.coll.id, memory)
 

@@ -11,11 +11,13 @@ through the postings' live indexes, leaving the old ones as dead rows: at 135k c
 71k the rewrite was the load's tail (75-82 s, docs/benchmarks.md) and the postings table
 grew by half until autovacuum.
 
-``ragstore_bm25_bulk_add(cid, since, replaced)`` leaves the collection's BM25 state as the
+``ragstore_bm25_bulk_add(cid, since, before)`` leaves the collection's BM25 state as the
 statement triggers would have, with the load's chunks written in one statement:
 
-1. with ``replaced`` (the load replaced documents, whose chunks it deleted), the postings
-   of chunks that are gone are deleted, and their terms' stored counts lowered;
+1. where fewer than ``before`` (the count when the load took its locks) of the
+   collection's chunks up to ``since`` are left (the load replaced documents, whose chunks
+   it deleted), the postings of chunks that are gone are deleted, and their terms'
+   stored counts lowered;
 2. the statistics (counted chunks, total length) and every term's df are recounted from
    the chunks, term ids kept (terms no chunk holds any more are deleted, new ones added);
 3. the chunks written by the load (the collection's ids above ``since``, its largest
@@ -51,14 +53,15 @@ def _insert_trigger_body() -> str:
 
 def upgrade() -> None:
     op.execute(f"""
-    CREATE FUNCTION ragstore_bm25_bulk_add(cid integer, since bigint, replaced boolean)
+    CREATE FUNCTION ragstore_bm25_bulk_add(cid integer, since bigint, before bigint)
         RETURNS void LANGUAGE plpgsql SET enable_nestloop = off AS $$
     DECLARE
         v_n bigint;
         v_len bigint;
         over integer[];
     BEGIN
-        IF replaced THEN
+        IF (SELECT count(*) FROM chunks WHERE collection_id = cid AND id <= since) < before
+        THEN
             WITH gone AS (
                 DELETE FROM bm25_postings p USING bm25_terms t
                 WHERE t.collection_id = cid AND p.term_id = t.term_id
@@ -95,4 +98,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP FUNCTION ragstore_bm25_bulk_add(integer, bigint, boolean)")
+    op.execute("DROP FUNCTION ragstore_bm25_bulk_add(integer, bigint, bigint)")
