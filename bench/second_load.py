@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -81,6 +82,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.rebuild_share is not None:
         service.REBUILD_SHARE = args.rebuild_share
     folder = Path(tempfile.mkdtemp(prefix="ragstore-second-load-"))
+    try:
+        out = _load(args, folder)
+    finally:  # the files written (up to hundreds of MB); the collection keeps their text
+        shutil.rmtree(folder, ignore_errors=True)
+    print(json.dumps(out, indent=1), flush=True)
+
+
+def _load(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """Write the documents into ``folder`` and ingest them; the figures."""
     with existing(args.data_dir) as (rt, _):
         items = scale_build.write_files(folder, args.first, args.first + args.docs, _records())
         if args.incremental:
@@ -102,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.functions:
             time.sleep(11)  # an idle session reports its statistics within 10 s (PG 15+)
             out["functions_s"] = _spent(before, _functions(rt))
-    print(json.dumps(out, indent=1), flush=True)
+    return out
 
 
 if __name__ == "__main__":
