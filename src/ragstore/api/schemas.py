@@ -107,16 +107,14 @@ class FieldIndexRequest(Strict):
     )
 
 
-class FieldIndexPublic(BaseModel):
-    field: str = Field(examples=["year"])
-    type: str = Field(examples=["number"])
-    indexed: bool = Field(description="Whether the field is indexed now.")
-    changed: bool = Field(description="False when there was nothing to do.")
-
-
 class IndexedFieldPublic(BaseModel):
     field: str = Field(examples=["year"])
     type: str = Field(examples=["number"])
+
+
+class FieldIndexPublic(IndexedFieldPublic):
+    indexed: bool = Field(description="Whether the field is indexed now.")
+    changed: bool = Field(description="False when there was nothing to do.")
 
 
 class IndexedFieldsPublic(BaseModel):

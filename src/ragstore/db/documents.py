@@ -576,17 +576,15 @@ def load_share(conn: Conn, collection_id: int, sizes: dict[str, int]) -> tuple[i
     rewritten at the same size counts as unchanged, so the figure errs low; it sizes a
     load before anything is read (``ingest.service``), not what the load will write."""
     row = conn.execute(
-        "SELECT coalesce(sum(size_bytes), 0) FROM documents WHERE collection_id = %s",
-        (collection_id,),
-    ).fetchone()
-    stored = int(row[0]) if row else 0
-    same = conn.execute(
-        "SELECT coalesce(sum(d.size_bytes), 0) FROM documents d"
-        " JOIN unnest(%s::text[], %s::bigint[]) AS f(source, size) ON f.source = d.source"
-        " WHERE d.collection_id = %s AND d.size_bytes = f.size",
+        "SELECT coalesce(sum(d.size_bytes), 0),"
+        " coalesce(sum(d.size_bytes) FILTER (WHERE d.size_bytes = f.size), 0)"
+        " FROM documents d"
+        " LEFT JOIN unnest(%s::text[], %s::bigint[]) AS f(source, size) ON f.source = d.source"
+        " WHERE d.collection_id = %s",
         (list(sizes), list(sizes.values()), collection_id),
     ).fetchone()
-    return stored, sum(sizes.values()) - (int(same[0]) if same else 0)
+    stored, same = (int(row[0]), int(row[1])) if row else (0, 0)
+    return stored, sum(sizes.values()) - same
 
 
 def stored_embeddings(conn: Conn, coll: Collection, hashes: Sequence[str]) -> dict[str, np.ndarray]:
