@@ -109,11 +109,9 @@ def loaded(rt: Runtime, halves: tuple[Path, Path, list[str]]) -> Iterator[dict[s
             seen["full_text"] = {q: full_text(other, rb.id, q) for q in queries}
             seen["vectors"] = spaces.count_vectors(other, rb.table)
 
-    documents.finish_bulk_add = finish_and_look  # type: ignore[assignment]
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(documents, "finish_bulk_add", finish_and_look)
         two = ingest_paths(rt, [second], "rb")
-    finally:
-        documents.finish_bulk_add = finish  # type: ignore[assignment]
     inc = collection_keeping(rt, "inc", KEEP)
     bulk_loads(rt, False)
     for folder in (first, second):
