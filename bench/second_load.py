@@ -37,7 +37,7 @@ from typing import Any
 
 from bench import scale_build
 from bench.scale import COLLECTION, _records, existing
-from ragstore.ingest import service
+from ragstore.ingest import staging
 from ragstore.ingest.service import IngestReport, ingest_items
 
 
@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None) -> None:
         "--rebuild-share",
         type=float,
         help="the share of the stored bytes from which a load rebuilds (default: "
-        "ingest.service.REBUILD_SHARE), to find where the two paths break even",
+        "ingest.staging.REBUILD_SHARE), to find where the two paths break even",
     )
     args = parser.parse_args(argv)
     if args.rebuild_share is not None:
-        service.REBUILD_SHARE = args.rebuild_share
+        staging.REBUILD_SHARE = args.rebuild_share
     folder = Path(tempfile.mkdtemp(prefix="ragstore-second-load-"))
     try:
         out = _load(args, folder)

@@ -85,4 +85,22 @@ def collection_state(url: str, name: str) -> dict[str, Any]:
         indexes = conn.execute(
             "SELECT indexdef FROM pg_indexes WHERE tablename = %s ORDER BY 1", (table,)
         ).fetchall()
-    return {"exists": True, "docs": docs, "chunks": chunks, "embs": embs, "indexes": indexes}
+        # a rebuilding import's staged table (ingest.staging) must not outlive it
+        staged = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (f"ragstore_load_{table}",)
+        ).fetchone()
+        bm25 = conn.execute(
+            "SELECT s.chunks, s.tokens, (SELECT count(*) FROM bm25_terms t"
+            " WHERE t.collection_id = s.collection_id)"
+            " FROM bm25_collection_stats s WHERE s.collection_id = %s",
+            (cid,),
+        ).fetchone()
+    return {
+        "exists": True,
+        "docs": docs,
+        "chunks": chunks,
+        "embs": embs,
+        "indexes": indexes,
+        "staged": staged,
+        "bm25": bm25,
+    }

@@ -1,6 +1,7 @@
 """An import's one-time builds: BM25 postings equal to a rebuild's (a bulk import into an
-empty collection and a second, incremental one into the same collection), full-text lists
-equal to the exhaustive ones, and an HNSW index built with the workers it is given."""
+empty collection, a second, incremental one into the same collection, and one as large as
+the collection, which rebuilds it), full-text lists equal to the exhaustive ones, and an
+HNSW index built with the workers it is given."""
 
 from __future__ import annotations
 
@@ -176,3 +177,68 @@ def test_searches_of_the_collection_go_on_during_an_import_into_it(
     assert report.verification.ok and seen == [before]
     with rt.db.connection() as conn:
         assert spaces.count_vectors(conn, table) == before + 20
+
+
+def _table_oid(rt: Runtime, table: str) -> int:
+    with rt.db.connection() as conn:
+        row = conn.execute("SELECT %s::regclass::oid", (table,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_an_import_as_large_as_the_collection_rebuilds_it(
+    rt: Runtime, corpus: tuple[list[str], list[str]], tmp_path: Path
+) -> None:
+    """Half the records into an empty collection, then the other half: the second import
+    stages the old vectors with its own and swaps the indexed table in (a new table), adds
+    its postings to the old ones, and leaves what a rebuild from scratch would; searches
+    of the collection read the old rows meanwhile, without waiting, until it commits."""
+    texts, queries = corpus
+    half = N // 2
+    _import(rt, "bulk-rebuilt", _source(tmp_path, texts[:half], 0, 5))
+    table = rt.collection("bulk-rebuilt").table
+    oid = _table_oid(rt, table)
+    seen: dict[str, int] = {}
+
+    def look(stage: str, done: int, total: int) -> None:
+        if stage in ("documents", "index", "parity") and stage not in seen:
+            with rt.db.connect(autocommit=True) as other:
+                other.execute("SET lock_timeout = '2s'")
+                seen[stage] = spaces.count_vectors(other, table)
+
+    opts = ImportOptions(
+        collection="bulk-rebuilt", model="legacy@v1", dimension=DIM, backup=False, verify_queries=20
+    )
+    plan = plan_import(rt, JsonlSource(_source(tmp_path, texts[half:N], half, 6)), opts)
+    report = run_import(rt, plan, opts, progress=look)
+    assert report.verification.ok and report.written == N - half
+    assert seen == {"documents": half, "index": half, "parity": half}
+    assert _table_oid(rt, table) != oid  # the staged table took the space's place
+    with rt.db.connection() as conn:
+        assert spaces.count_vectors(conn, table) == N
+        assert spaces.has_index(conn, table)
+        staged = conn.execute("SELECT to_regclass(%s)", (spaces.load_table(table),)).fetchone()
+    assert staged == (None,)
+    cid = _cid(rt, "bulk-rebuilt")
+    after = _state(rt, cid)
+    assert after["stats"][0] == N and after["stored"] > 50 * N
+    _lists_agree(rt, cid, queries)
+    with rt.db.connection() as conn:
+        conn.execute("SELECT ragstore_bm25_rebuild(%s)", (cid,))
+    rebuilt = _state(rt, cid)
+    assert rebuilt["stats"] == after["stats"]
+    assert {p[:2] for p in rebuilt["postings"]} == {p[:2] for p in after["postings"]}
+    assert rebuilt["stored"] == after["stored"]
+
+
+def test_an_import_under_a_quarter_of_the_collection_writes_through_its_index(
+    rt: Runtime, imported: dict[str, Any], corpus: tuple[list[str], list[str]]
+) -> None:
+    table = rt.collection("bulk-built").table
+    oid = _table_oid(rt, table)
+    with rt.db.connection() as conn:
+        before = spaces.count_vectors(conn, table)
+    extra = corpus[0][N : N + before // 5]
+    report = _import(rt, "bulk-built", _source(imported["tmp"], extra, 20_000, 7))
+    assert report.verification.ok and report.written == len(extra)
+    assert _table_oid(rt, table) == oid

@@ -5,7 +5,13 @@
 ONE transaction: create (or lock) the collection, COPY documents, chunks and vectors, build
 the BM25 statistics and postings (into an empty space: once, after the load, with the
 triggers off, :func:`ragstore.db.documents.begin_bulk`) and the HNSW index after the load
-(faster than growing it row by row), and verify. Any failure,
+(faster than growing it row by row), and verify. An import of at least
+``staging.REBUILD_SHARE`` as many records as the collection's space holds vectors is a bulk
+write too: its vectors are staged on a second connection with the space's, indexed there
+while the load's postings are added (:func:`ragstore.db.documents.finish_bulk_add`), and
+the staged table takes the space's place before the verification (``ingest.staging``);
+the space's own table and index serve searches until the import commits. Smaller imports
+into a collection that has rows write through its triggers and live index. Any failure,
 including a verification that falls short or the process being killed, rolls the whole
 transaction back: the collection is exactly what it was before, or does not exist.
 
@@ -56,6 +62,8 @@ from ragstore.imports.verify import (
     recall_at_k,
     record_digest,
 )
+from ragstore.ingest import staging
+from ragstore.ingest.staging import StagedVectors, discard_staged
 from ragstore.models import Chunk, ChunkType, ModelSpec
 from ragstore.runtime import Runtime
 
@@ -318,6 +326,7 @@ class _Writer:
         self.seconds: dict[str, float] = {}
         self.chunk_ids: list[int] = []
         self.had_rows = False
+        self.rebuild = False  # a bulk write into a space that holds vectors (module docstring)
 
     def _collection(self, conn: psycopg.Connection[Any]) -> tuple[repository.Collection, bool]:
         name = self.plan.collection
@@ -343,7 +352,12 @@ class _Writer:
             )
         return coll, False
 
-    def _write_rows(self, conn: psycopg.Connection[Any], coll: repository.Collection) -> None:
+    def _write_rows(
+        self,
+        conn: psycopg.Connection[Any],
+        coll: repository.Collection,
+        staged: StagedVectors | None,
+    ) -> None:
         """Every kept record as a one-chunk document with its own vector, through the shared
         write path (:func:`ragstore.db.documents.write_documents`) in slices inside this one
         transaction.
@@ -353,14 +367,15 @@ class _Writer:
         (:class:`_Lexer`); the first slices are small, so the writer starts soon.
         ``to_tsvector`` is most of the server's work per chunk, and this way it runs on
         another core instead of in the writing backend (revision 0015). Without a second
-        connection the chunk trigger computes them, as for any other write.
+        connection the chunk trigger computes them, as for any other write. With
+        ``staged`` the vectors go to its table once their chunks are written.
         """
         total = len(self.kept)
         bounds = _slices(total)
         written_ids: list[int] = []
         queued = -1  # the last slice handed to the lexer
         lexer = None
-        if not self.had_rows:  # a bulk write: the chunk trigger keeps what it is sent
+        if self.bulk:  # the chunk trigger keeps what it is sent
             lexer = _Lexer.start(self.rt, documents.ts_config_name(conn, coll.id))
         try:
             for n, (start, end) in enumerate(bounds):
@@ -376,7 +391,10 @@ class _Writer:
                 ]
                 if lexer is not None:
                     writes = lexer.attach(writes)
-                written = documents.write_documents(conn, coll, writes, force=True)
+                held: documents.StagedRows | None = [] if staged is not None else None
+                written = documents.write_documents(conn, coll, writes, force=True, staged=held)
+                if staged is not None and held:
+                    staged.copy(held)
                 written_ids += [w.id for w in written]
                 self.progress("documents", end, total)
         finally:
@@ -416,34 +434,36 @@ class _Writer:
         return documents.DocumentWrite(record, [chunk], vector[np.newaxis, :])
 
     def _stored_digests(
-        self, conn: psycopg.Connection[Any], coll: repository.Collection
+        self, conn: psycopg.Connection[Any], coll: repository.Collection, table: str
     ) -> tuple[int, dict[str, bytes]]:
         """The rows stored under this import's batch (each chunk with a vector in the
         space) and their digests by record id, in one read."""
         rows = 0
         digests: dict[str, bytes] = {}
         for rid, vec in documents.vectors_by_source(
-            conn, coll.id, coll.table, {"import": {"batch": self.batch}}
+            conn, coll.id, table, {"import": {"batch": self.batch}}
         ):
             rows += 1
             digests[rid] = record_digest(rid, vec)
         return rows, digests
 
-    def _existing(
-        self, conn: psycopg.Connection[Any], coll: repository.Collection
-    ) -> tuple[list[int], Matrix]:
+    def _existing(self, conn: psycopg.Connection[Any], table: str) -> tuple[list[int], Matrix]:
         """Vectors that were in the space before this import (they take part in search)."""
-        ids, vecs = spaces.vectors_except(conn, coll.table, self.chunk_ids)
+        ids, vecs = spaces.vectors_except(conn, table, self.chunk_ids)
         if not ids:
             return [], np.zeros((0, self.vectors.shape[1]), dtype=np.float32)
         return ids, vecs
 
-    def _verify(self, conn: psycopg.Connection[Any], coll: repository.Collection) -> Verification:
+    def _verify(
+        self, conn: psycopg.Connection[Any], coll: repository.Collection, table: str
+    ) -> Verification:
+        """Rows, checksums and the recall of ``table``'s HNSW index (the space's table, or
+        a rebuild's staged one before it takes the space's place)."""
         opts, spec = self.opts, self.plan.spec
         self.progress("checksum", 0, len(self.ids))
         source_d = digests_of(self.ids, self.vectors)
-        stored_rows, stored_d = self._stored_digests(conn, coll)
-        old_ids, old_vecs = self._existing(conn, coll) if self.had_rows else ([], self.vectors[:0])
+        stored_rows, stored_d = self._stored_digests(conn, coll, table)
+        old_ids, old_vecs = self._existing(conn, table) if self.had_rows else ([], self.vectors[:0])
         base = np.concatenate([old_vecs, self.vectors]) if old_ids else self.vectors
         base_ids = np.asarray(old_ids + self.chunk_ids, dtype=np.int64)
         n_q = min(opts.verify_queries, len(self.ids))
@@ -455,9 +475,7 @@ class _Writer:
         found = []
         for n, q in enumerate(queries, 1):
             # the HNSW index itself, even where the planner would scan a small table
-            found.append(
-                spaces.index_knn(conn, coll.table, spec.distance, q, int(ex_idx.shape[1]), ef)
-            )
+            found.append(spaces.index_knn(conn, table, spec.distance, q, int(ex_idx.shape[1]), ef))
             if n % 20 == 0:
                 self.progress("parity", n, n_q)
         truth = [[int(base_ids[j]) for j in row_] for row_ in ex_idx]
@@ -474,42 +492,107 @@ class _Writer:
             differing_ids=differing_ids(source_d, stored_d),
         )
 
+    @property
+    def bulk(self) -> bool:
+        """Whether BM25 is built at the end (an empty space, or a rebuild) instead of by
+        the triggers, row by row."""
+        return self.rebuild or not self.had_rows
+
     def run(self) -> tuple[repository.Collection, bool, Verification]:
-        with (
-            self.rt.db.connection() as conn,
-            translated(f"importing into collection {self.plan.collection!r}"),
-            conn.transaction(),
-        ):
-            t0 = time.perf_counter()
-            coll, created = self._collection(conn)
-            spaces.lock_for_load(conn, coll.table)
-            self.had_rows = not spaces.is_empty(conn, coll.table)
-            if not self.had_rows:  # an empty space: BM25 and the index built once, at the end
-                spaces.drop_index(conn, coll.table)
-                documents.begin_bulk(conn, coll.id)
-            self._write_rows(conn, coll)
-            self.seconds["write"] = time.perf_counter() - t0
-            memory = self.opts.maintenance_work_mem or self.rt.settings.index_build_memory
-            if not self.had_rows:
+        coll: repository.Collection | None = None
+        committed = False  # the staged table outlives a failure of the import after this
+        try:
+            with (
+                self.rt.db.connection() as conn,
+                translated(f"importing into collection {self.plan.collection!r}"),
+                conn.transaction(),
+            ):
+                coll, created = self._collection(conn)
+                spaces.lock_for_load(conn, coll.table)
+                held = spaces.count_vectors(conn, coll.table)
+                self.had_rows = held > 0
+                self.rebuild = (
+                    self.had_rows
+                    and len(self.ids) >= staging.REBUILD_SHARE * held
+                    and staging.can_stage(self.rt)
+                )
+                if not self.had_rows:  # the index is built once, at the end
+                    spaces.drop_index(conn, coll.table)
+                if self.bulk:
+                    documents.begin_bulk(conn, coll.id)
+                memory = self.opts.maintenance_work_mem or self.rt.settings.index_build_memory
                 t0 = time.perf_counter()
-                documents.finish_bulk(conn, coll.id, memory)
-                self.seconds["bm25"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            self.progress("index", 0, len(self.ids))
-            spaces.ensure_index(
-                conn,
-                coll.table,
-                coll.model.distance,
-                memory=memory,
-                workers=spaces.build_workers(),
-            )
-            self.seconds["index"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            verification = self._verify(conn, coll)
-            self.seconds["verify"] = time.perf_counter() - t0
-            if not verification.ok:
-                raise ImportVerificationError(_failure(verification, self.plan.collection))
+                if self.rebuild:
+                    mark = documents.chunk_mark(conn, coll.id)
+                    with StagedVectors(self.rt, coll) as staged:
+                        self._write_rows(conn, coll, staged)
+                        self.seconds["write"] = time.perf_counter() - t0
+                        self._build_staged(conn, coll, staged, mark, memory)
+                        staged.commit()
+                        committed = True
+                    # verified where it was built, before the swap locks out the searches
+                    verification = self._verified(conn, coll, staged.table)
+                    if not spaces.attach_load_table(conn, coll.table, replacing=True):
+                        self._index(conn, coll, memory)
+                        verification = self._verified(conn, coll, coll.table)
+                else:
+                    self._write_rows(conn, coll, None)
+                    self.seconds["write"] = time.perf_counter() - t0
+                    if self.bulk:
+                        t0 = time.perf_counter()
+                        documents.finish_bulk(conn, coll.id, memory)
+                        self.seconds["bm25"] = time.perf_counter() - t0
+                    self._index(conn, coll, memory)
+                    verification = self._verified(conn, coll, coll.table)
+        except BaseException:
+            if committed and coll is not None:  # rolled back by now: the table is free
+                discard_staged(self.rt, coll)
+            raise
         return coll, created, verification
+
+    def _verified(
+        self, conn: psycopg.Connection[Any], coll: repository.Collection, table: str
+    ) -> Verification:
+        """:meth:`_verify` of ``table``, timed; ImportVerificationError where it falls short
+        (the transaction then rolls back)."""
+        t0 = time.perf_counter()
+        verification = self._verify(conn, coll, table)
+        self.seconds["verify"] = self.seconds.get("verify", 0.0) + time.perf_counter() - t0
+        if not verification.ok:
+            raise ImportVerificationError(_failure(verification, self.plan.collection))
+        return verification
+
+    def _build_staged(
+        self,
+        conn: psycopg.Connection[Any],
+        coll: repository.Collection,
+        staged: StagedVectors,
+        mark: tuple[int, int],
+        memory: str,
+    ) -> None:
+        """A rebuild's two builds at once: the staged vectors (with the space's, copied in
+        first) indexed on the staging connection while this one adds the import's
+        postings to the collection's."""
+        carried = spaces.chunk_ids(conn, coll.table)  # an import replaces no chunk
+        self.progress("index", 0, len(self.ids) + len(carried))
+        t0 = time.perf_counter()
+        staged.build_alongside(
+            lambda: staged.build(carried, memory),
+            lambda: documents.finish_bulk_add(conn, coll.id, mark, memory),
+        )
+        self.seconds["index"] = time.perf_counter() - t0  # the BM25 build beside it
+
+    def _index(
+        self, conn: psycopg.Connection[Any], coll: repository.Collection, memory: str
+    ) -> None:
+        """The space's HNSW index, built now where the import dropped it (or it was not
+        swapped in); an index that exists is kept, and grew with the rows."""
+        t0 = time.perf_counter()
+        self.progress("index", 0, len(self.ids))
+        spaces.ensure_index(
+            conn, coll.table, coll.model.distance, memory=memory, workers=spaces.build_workers()
+        )
+        self.seconds["index"] = time.perf_counter() - t0
 
 
 def _failure(v: Verification, collection: str) -> str:

@@ -38,7 +38,7 @@ from ragstore.errors import (
     PathNotFoundError,
     RagstoreError,
 )
-from ragstore.ingest import prepare
+from ragstore.ingest import prepare, staging
 from ragstore.ingest.files import (
     LINK_OUTSIDE_FOLDER,
     discover,
@@ -52,23 +52,10 @@ from ragstore.models import Chunk
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 
-# A bulk load holds one pooled connection for its transaction and, to stage its vectors,
-# a second; its reader and encoder threads (two with a remote model) borrow others for a
-# lookup each meanwhile, waiting their turn when the pool is short.
-MIN_POOL_TO_STAGE = 4
 # Staging pays where the two builds are long: at 100k chunks (some 100 MB of Markdown)
 # overlapping them saved 10-14 s of 40-63; at 14k chunks (10 MB) they took 3.6-4.0 s
 # overlapped against 3.6-3.8 s one after the other (docs/benchmarks.md).
 STAGE_MIN_BYTES = 32 << 20
-# A load into a collection that holds chunks already is a bulk load when the bytes it
-# brings are at least this share of the bytes stored: building the HNSW index over old and
-# new and adding the load's postings at the end then costs less than growing them round
-# by round, which writes at about a quarter of a first load's rate. Measured at 135k
-# chunks: 1.5x faster at a tenth, 1.8-1.9x at a quarter, 2x at half (docs/benchmarks.md,
-# "A later load"); but a bulk load holds the collection's other writers for its whole
-# length and a crash loses all of it, so loads of a day's size stay round by round.
-REBUILD_SHARE = 0.25
-
 
 class BulkLoad(enum.Enum):
     """How a bulk load (:func:`_bulk_load`) treats the collection's space."""
@@ -408,16 +395,9 @@ class _Ingestor:
             return
         replacing = self.bulk is BulkLoad.REBUILD
         carried = spaces.chunk_ids(conn, self.coll.table) if replacing else []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-index") as pool:
-            index = pool.submit(self._build_staged, staged, carried)
-            built = False
-            try:
-                self._build_bm25(conn)
-                built = True
-            finally:
-                if not built:  # the load is lost: its index build need not finish
-                    staged.cancel()
-            index.result()
+        staged.build_alongside(
+            lambda: self._build_staged(staged, carried), lambda: self._build_bm25(conn)
+        )
         staged.commit()
         self._staging_committed = True
         with self._stage("attach"), translated(f"attaching the vectors of {self.coll.name!r}"):
@@ -705,7 +685,7 @@ def _bulk_load(
     commit, several times faster than growing them round by round. Readers see the load
     all at once, complete, or not at all. A first load (an empty space) drops the space's
     index now. A load into a collection that holds chunks is a bulk load only when it
-    brings at least ``REBUILD_SHARE`` of the bytes stored (sources new or of another
+    brings at least ``staging.REBUILD_SHARE`` of the bytes stored (sources new or of another
     size: :func:`documents.load_share`) and can stage its vectors: the live index serves
     searches until the staged one, built over the old vectors and the new, takes its
     place. Small loads stay incremental."""
@@ -723,7 +703,7 @@ def _bulk_load(
         return None
     with rt.db.connection() as conn, translated(f"sizing a load of {coll.name!r}"):
         stored, new = documents.load_share(conn, coll.id, sizes)
-    if new <= limit or new < REBUILD_SHARE * stored:
+    if new <= limit or new < staging.REBUILD_SHARE * stored:
         return None
     return BulkLoad.REBUILD
 
@@ -734,7 +714,7 @@ def _stages(rt: Runtime, bulk: BulkLoad, total_bytes: int) -> bool:
     threads borrow meanwhile; always for a rebuilding load (the space's own table serves
     searches until the staged one takes its place); for a first load, where its two
     builds are long enough to gain from overlapping."""
-    if rt.settings.pool_max_size < MIN_POOL_TO_STAGE:
+    if not staging.can_stage(rt):
         return False
     return bulk is BulkLoad.REBUILD or total_bytes >= STAGE_MIN_BYTES
 

@@ -14,7 +14,8 @@ see the load at once, complete, or not at all.
 
 A bulk load into a collection that holds vectors already (a load at least a quarter its size)
 copies them into the staged table before the build, less those of the chunks the load
-replaced: the space's own table and its index serve searches until the swap.
+replaced: the space's own table and its index serve searches until the swap. ``ragstore
+import`` into such a collection does the same (``imports.service``).
 
 Nothing is left behind by a load that fails or is interrupted before the staging
 transaction commits: the table goes with its rollback; one that fails after it drops the
@@ -26,7 +27,8 @@ drops.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from typing import Any
 
@@ -37,6 +39,26 @@ from ragstore.db import repository, spaces
 from ragstore.db.errors import translated
 from ragstore.errors import RagstoreError
 from ragstore.runtime import Runtime
+
+# A bulk load holds one pooled connection for its transaction and, to stage its vectors,
+# a second; its reader and encoder threads (two with a remote model) borrow others for a
+# lookup each meanwhile, waiting their turn when the pool is short.
+MIN_POOL_TO_STAGE = 4
+# A load into a collection that holds chunks already is a bulk load when what it brings
+# is at least this share of what is stored (an ingest: the bytes of its new or changed
+# sources; an import: its records against the space's vectors): building the HNSW index
+# over old and new and adding the load's postings at the end then costs less than growing
+# them round by round, which writes at about a quarter of a first load's rate. Measured at
+# 135k chunks: 1.5x faster at a tenth, 1.8-1.9x at a quarter, 2x at half
+# (docs/benchmarks.md, "A later load"); but a bulk load holds the collection's other
+# writers for its whole length and a crash loses all of it, so loads of a day's size stay
+# round by round.
+REBUILD_SHARE = 0.25
+
+
+def can_stage(rt: Runtime) -> bool:
+    """Whether the pool can lend a bulk load a second connection for its whole length."""
+    return rt.settings.pool_max_size >= MIN_POOL_TO_STAGE
 
 
 class StagedVectors:
@@ -71,11 +93,11 @@ class StagedVectors:
             for ids, vectors in rows:
                 spaces.copy_vectors(self.conn, self.table, ids, vectors)
 
-    def build(self, carried: Sequence[int] = ()) -> None:
-        """The staged vectors' HNSW index, with the build memory and workers a bulk load's
-        index gets; nothing once :meth:`cancel` was called. The space's vectors of the
-        chunks ``carried`` (a load into a collection that holds some) are copied in first:
-        :func:`spaces.carry_over`."""
+    def build(self, carried: Sequence[int] = (), memory: str | None = None) -> None:
+        """The staged vectors' HNSW index, with the build memory (``memory``, or
+        ``RAGSTORE_INDEX_BUILD_MEMORY``) and workers a bulk load's index gets; nothing once
+        :meth:`cancel` was called. The space's vectors of the chunks ``carried`` (a load
+        into a collection that holds some) are copied in first: :func:`spaces.carry_over`."""
         if self._cancelled.is_set():
             return
         with translated(f"indexing the vectors of {self.coll.name!r}"):
@@ -85,9 +107,24 @@ class StagedVectors:
                 self.conn,
                 self.table,
                 self.coll.model.distance,
-                memory=self.rt.settings.index_build_memory,
+                memory=memory or self.rt.settings.index_build_memory,
                 workers=spaces.build_workers(),
             )
+
+    def build_alongside(self, index: Callable[[], None], work: Callable[[], None]) -> None:
+        """``index`` (this table's build, :meth:`build`) on a thread of its own while
+        ``work`` (the load's BM25 build, on the load's connection) runs on this one; where
+        ``work`` fails, the index build is cancelled and ``work``'s error raised."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragstore-index") as pool:
+            built = pool.submit(index)
+            done = False
+            try:
+                work()
+                done = True
+            finally:
+                if not done:  # the load is lost: its index build need not finish
+                    self.cancel()
+            built.result()
 
     def cancel(self) -> None:
         """Stop the build (the load failed meanwhile): one in flight then fails at once, one
