@@ -60,6 +60,7 @@ class Variant:
     summaries: str = "none"
     neighbour: int = 0  # words of the previous chunk of the section read before the text
     tiny: int | None = None  # the chunker's TINY_SECTION_SHARE (sections merged below 1/N)
+    para: int = 0  # also a vector per paragraph of N+ words in a chunk of several paragraphs
 
 
 def parse_variant(spec: str) -> Variant:
@@ -70,7 +71,7 @@ def parse_variant(spec: str) -> Variant:
         for item in spec.split(","):
             key, _, value = item.partition("=")
             fields[key.strip()] = value.strip()
-    unknown = set(fields) - {"max_tokens", "prefix", "summaries", "neighbour", "tiny"}
+    unknown = set(fields) - {"max_tokens", "prefix", "summaries", "neighbour", "tiny", "para"}
     prefix, summaries = fields.get("prefix", "full"), fields.get("summaries", "none")
     if unknown or prefix not in PREFIXES or summaries not in SUMMARIES:
         raise SystemExit(
@@ -79,7 +80,15 @@ def parse_variant(spec: str) -> Variant:
         )
     tokens = int(fields["max_tokens"]) if "max_tokens" in fields else None
     tiny = int(fields["tiny"]) if "tiny" in fields else None
-    return Variant(spec, tokens, prefix, summaries, int(fields.get("neighbour", 0)), tiny)
+    return Variant(
+        spec,
+        tokens,
+        prefix,
+        summaries,
+        int(fields.get("neighbour", 0)),
+        tiny,
+        int(fields.get("para", 0)),
+    )
 
 
 @dataclass(frozen=True)
@@ -200,6 +209,12 @@ def variant_units(
                     head, _, body = text.partition("\n") if ch.context else ("", "", text)
                     text = f"{head}\n{tail}\n{body}" if head else f"{tail}\n{body}"
                 out.append(Unit(name, section, _headings(ch), text, ch.ordinal))
+                paras = [p for p in ch.text.split("\n\n") if p.strip()]
+                if v.para and len(paras) > 1:
+                    for p in paras:
+                        if len(p.split()) >= v.para:
+                            read = f"{ch.context}\n{p}" if ch.context else p
+                            out.append(Unit(name, section, _headings(ch), read))
             previous = ch
         if v.summaries != "none":
             out.extend(_summaries(name, doc, chunks, v.summaries))
