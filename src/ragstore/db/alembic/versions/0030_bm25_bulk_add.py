@@ -40,7 +40,7 @@ branch_labels = None
 depends_on = None
 
 
-def _insert_trigger_body() -> str:
+def _insert_trigger_body(rel: str) -> str:
     """Revision 0006's insert of postings for a relation of chunks, over the load's new
     chunks: the one text both paths run."""
     path = Path(__file__).with_name("0006_bm25_postings.py")
@@ -48,12 +48,18 @@ def _insert_trigger_body() -> str:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return str(module._insert("(SELECT * FROM chunks WHERE collection_id = cid AND id > since)"))
+    return str(module._insert(rel))
 
 
-def upgrade() -> None:
-    op.execute(f"""
-    CREATE FUNCTION ragstore_bm25_bulk_add(cid integer, since bigint, before bigint)
+def function(create: str = "CREATE", insert: str | None = None) -> str:
+    """``ragstore_bm25_bulk_add``'s definition; ``insert`` replaces the statements that
+    write the load's postings (revision 0032)."""
+    if insert is None:
+        insert = _insert_trigger_body(
+            "(SELECT * FROM chunks WHERE collection_id = cid AND id > since)"
+        )
+    return f"""
+    {create} FUNCTION ragstore_bm25_bulk_add(cid integer, since bigint, before bigint)
         RETURNS void LANGUAGE plpgsql SET enable_nestloop = off AS $$
     DECLARE
         v_n bigint;
@@ -92,9 +98,13 @@ def upgrade() -> None:
             RETURN;
         END IF;
         PERFORM ragstore_bm25_impact_stats(ARRAY[cid]);
-{_insert_trigger_body()}
+{insert}
     END $$;
-    """)
+    """
+
+
+def upgrade() -> None:
+    op.execute(function())
 
 
 def downgrade() -> None:
