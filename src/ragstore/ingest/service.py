@@ -57,6 +57,7 @@ from ragstore.runtime import Runtime
 # overlapped against 3.6-3.8 s one after the other (docs/benchmarks.md).
 STAGE_MIN_BYTES = 32 << 20
 
+
 class BulkLoad(enum.Enum):
     """How a bulk load (:func:`_bulk_load`) treats the collection's space."""
 
