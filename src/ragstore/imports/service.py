@@ -327,6 +327,7 @@ class _Writer:
         self.chunk_ids: list[int] = []
         self.had_rows = False
         self.rebuild = False  # a bulk write into a space that holds vectors (module docstring)
+        self._staging_committed = False  # the staged table outlives a failure after this
 
     def _collection(self, conn: psycopg.Connection[Any]) -> tuple[repository.Collection, bool]:
         name = self.plan.collection
@@ -500,7 +501,7 @@ class _Writer:
 
     def run(self) -> tuple[repository.Collection, bool, Verification]:
         coll: repository.Collection | None = None
-        committed = False  # the staged table outlives a failure of the import after this
+        done = False
         try:
             with (
                 self.rt.db.connection() as conn,
@@ -509,11 +510,11 @@ class _Writer:
             ):
                 coll, created = self._collection(conn)
                 spaces.lock_for_load(conn, coll.table)
-                held = spaces.count_vectors(conn, coll.table)
-                self.had_rows = held > 0
+                vectors = spaces.count_vectors(conn, coll.table)
+                self.had_rows = vectors > 0
                 self.rebuild = (
                     self.had_rows
-                    and len(self.ids) >= staging.REBUILD_SHARE * held
+                    and len(self.ids) >= staging.REBUILD_SHARE * vectors
                     and staging.can_stage(self.rt)
                 )
                 if not self.had_rows:  # the index is built once, at the end
@@ -521,21 +522,10 @@ class _Writer:
                 if self.bulk:
                     documents.begin_bulk(conn, coll.id)
                 memory = self.opts.maintenance_work_mem or self.rt.settings.index_build_memory
-                t0 = time.perf_counter()
                 if self.rebuild:
-                    mark = documents.chunk_mark(conn, coll.id)
-                    with StagedVectors(self.rt, coll) as staged:
-                        self._write_rows(conn, coll, staged)
-                        self.seconds["write"] = time.perf_counter() - t0
-                        self._build_staged(conn, coll, staged, mark, memory)
-                        staged.commit()
-                        committed = True
-                    # verified where it was built, before the swap locks out the searches
-                    verification = self._verified(conn, coll, staged.table)
-                    if not spaces.attach_load_table(conn, coll.table, replacing=True):
-                        self._index(conn, coll, memory)
-                        verification = self._verified(conn, coll, coll.table)
+                    verification = self._rebuild(conn, coll, memory)
                 else:
+                    t0 = time.perf_counter()
                     self._write_rows(conn, coll, None)
                     self.seconds["write"] = time.perf_counter() - t0
                     if self.bulk:
@@ -544,11 +534,33 @@ class _Writer:
                         self.seconds["bm25"] = time.perf_counter() - t0
                     self._index(conn, coll, memory)
                     verification = self._verified(conn, coll, coll.table)
-        except BaseException:
-            if committed and coll is not None:  # rolled back by now: the table is free
+            done = True
+        finally:
+            # the import's transaction has rolled back by now, so its staged table is free
+            if not done and self._staging_committed and coll is not None:
                 discard_staged(self.rt, coll)
-            raise
         return coll, created, verification
+
+    def _rebuild(
+        self, conn: psycopg.Connection[Any], coll: repository.Collection, memory: str
+    ) -> Verification:
+        """Write, build and verify on the side (module docstring): the records' vectors
+        staged, indexed there with the space's while this connection adds the postings,
+        verified where they were built, before the swap locks out the searches, then
+        swapped in."""
+        mark = documents.chunk_mark(conn, coll.id)
+        t0 = time.perf_counter()
+        with StagedVectors(self.rt, coll) as staged:
+            self._write_rows(conn, coll, staged)
+            self.seconds["write"] = time.perf_counter() - t0
+            self._build_staged(conn, coll, staged, mark, memory)
+            staged.commit()
+            self._staging_committed = True
+        verification = self._verified(conn, coll, staged.table)
+        if not spaces.attach_load_table(conn, coll.table, replacing=True):
+            self._index(conn, coll, memory)
+            verification = self._verified(conn, coll, coll.table)
+        return verification
 
     def _verified(
         self, conn: psycopg.Connection[Any], coll: repository.Collection, table: str
