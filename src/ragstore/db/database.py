@@ -38,6 +38,13 @@ log = logging.getLogger("ragstore.db")
 MIN_SERVER_VERSION = 140000
 MIN_PGVECTOR = (0, 7, 0)
 
+# How often a backend running a statement for ragstore looks whether its client is still
+# there (PostgreSQL 14's client_connection_check_interval; Linux). Without it a client
+# that dies mid-statement (kill -9 of an import, a crashed worker) leaves its backend
+# running that statement, holding the load's locks, until it next writes to the socket:
+# a killed import's BM25 build kept every writer of its collection waiting for minutes.
+CLIENT_CHECK_INTERVAL = "5s"
+
 
 def describe(conninfo: str) -> str:
     """A conninfo fit to print: user, host and database, never the password."""
@@ -173,7 +180,13 @@ class Database:
                     f"RAGSTORE_DATABASE_URL is not a valid PostgreSQL URL: {exc}; "
                     "expected postgresql://user:password@host:port/dbname"
                 ) from None
-            return psycopg.connect(params, autocommit=autocommit)
+            conn = psycopg.connect(params, autocommit=autocommit)
+            try:
+                self._configure_session(conn)
+            except psycopg.Error:
+                conn.close()
+                raise
+            return conn
 
     def server_info(self) -> ServerInfo:
         with self.connect(autocommit=True) as conn, translated(f"inspecting {self.where}"):
@@ -209,9 +222,25 @@ class Database:
         return info
 
     @staticmethod
-    def _configure(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-        register_vector(conn)
+    def _configure_session(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        """Session settings of every ragstore connection, committed at once (a ``SET``
+        inside a transaction the caller later rolls back would be undone with it). A
+        server on a platform without the check (Windows) refuses any value but 0: its
+        connections go on without it."""
+        try:
+            conn.execute(
+                "SELECT set_config('client_connection_check_interval', %s, false)",
+                (CLIENT_CHECK_INTERVAL,),
+            )
+        except psycopg.errors.InvalidParameterValue:
+            conn.rollback()
+            return
         conn.commit()
+
+    @classmethod
+    def _configure(cls, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        register_vector(conn)
+        cls._configure_session(conn)
 
     @property
     def pool(self) -> ConnectionPool[psycopg.Connection[tuple[object, ...]]]:
