@@ -449,18 +449,25 @@ def chunk_ids(conn: Conn, table: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def carry_over(conn: Conn, table: str, ids: Sequence[int]) -> int:
+def vector_count(conn: Conn, table: str) -> int:
+    """How many vectors a space holds, as this transaction sees them."""
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
+    return int(row[0]) if row else 0
+
+
+def carry_over(conn: Conn, table: str, ids: Sequence[int] | None) -> int:
     """Copy the space's vectors of chunks ``ids`` into its staged table (a bulk load into
     a collection that holds chunks already: the index built there then covers the old
     vectors and the new). ``ids`` come from the load's own transaction, which has deleted
-    the chunks it replaced; this connection, another one, still sees those. Returns the
-    rows copied."""
+    the chunks it replaced; this connection, another one, still sees those. ``None``: every
+    vector of the space, for a load that replaces none (an import), without sending the
+    ids back and forth. Returns the rows copied."""
+    which = sql.SQL("") if ids is None else sql.SQL(" WHERE e.chunk_id = ANY(%s::bigint[])")
     cur = conn.execute(
         sql.SQL(
-            "INSERT INTO {l} (chunk_id, embedding) SELECT e.chunk_id, e.embedding FROM {t} e"
-            " WHERE e.chunk_id = ANY(%s::bigint[])"
-        ).format(l=sql.Identifier(load_table(table)), t=sql.Identifier(table)),
-        (list(ids),),
+            "INSERT INTO {l} (chunk_id, embedding) SELECT e.chunk_id, e.embedding FROM {t} e{w}"
+        ).format(l=sql.Identifier(load_table(table)), t=sql.Identifier(table), w=which),
+        None if ids is None else (list(ids),),
     )
     return cur.rowcount
 

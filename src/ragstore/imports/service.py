@@ -585,11 +585,14 @@ class _Writer:
         """A rebuild's two builds at once: the staged vectors (with the space's, copied in
         first) indexed on the staging connection while this one adds the import's
         postings to the collection's."""
-        carried = spaces.chunk_ids(conn, coll.table)  # an import replaces no chunk
-        self.progress("index", 0, len(self.ids) + len(carried))
+        # an import replaces no chunk: every vector of the space is carried over, and the
+        # staging connection sees exactly this transaction's (the import holds every
+        # source lock of the collection; its own rows went to the staged table)
+        carried = spaces.vector_count(conn, coll.table)
+        self.progress("index", 0, len(self.ids) + carried)
         t0 = time.perf_counter()
         staged.build_alongside(
-            lambda: staged.build(carried, memory),
+            lambda: staged.build(None, memory),
             lambda: documents.finish_bulk_add(conn, coll.id, mark, memory),
         )
         self.seconds["index"] = time.perf_counter() - t0  # the BM25 build beside it
