@@ -20,11 +20,11 @@ test compares them with a rebuild and with the incremental triggers). A term's r
 (``term_id``) is no longer drawn in lexeme order; nothing reads that order.
 """
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 from alembic import op
+
+from ragstore.db.revisions import earlier_revision
 
 revision = "0013"
 down_revision = "0014"
@@ -163,12 +163,7 @@ def upgrade() -> None:
 
 def _revision_0011() -> ModuleType:
     """Revision 0011's module (its functions are what the downgrade restores)."""
-    path = Path(__file__).with_name("0011_bm25_bulk.py")
-    spec = importlib.util.spec_from_file_location("ragstore_revision_0011", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return earlier_revision("0011_bm25_bulk.py")
 
 
 def downgrade() -> None:

@@ -31,10 +31,9 @@ The default ``alpha`` rises from 0.4 to 0.5: scoring in bound order makes a larg
 unread share cheaper.
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from ragstore.db.revisions import earlier_revision
 
 revision = "0014"
 down_revision = "0012"
@@ -235,12 +234,7 @@ END $fn$;
 
 def _topk_0009() -> str:
     """Revision 0009's ``ragstore_bm25_topk`` (its last statement), which the downgrade restores."""
-    spec = importlib.util.spec_from_file_location(
-        "ragstore_rev_0009", Path(__file__).with_name("0009_bm25_maxscore.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = earlier_revision("0009_bm25_maxscore.py")
     body = str(module._UPGRADE).split("CREATE FUNCTION ragstore_bm25_topk(", 1)[1]
     return "CREATE OR REPLACE FUNCTION ragstore_bm25_topk(" + body
 

@@ -33,10 +33,9 @@ is the exhaustive one (``tests/test_search_topk.py``). A new parameter means a n
 signature, so revision 0014's function is dropped first.
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from ragstore.db.revisions import earlier_revision
 
 revision = "0017"
 down_revision = "0016"
@@ -245,12 +244,7 @@ END $fn$;
 
 def _topk_0014() -> str:
     """Revision 0014's ``ragstore_bm25_topk``, which the downgrade restores."""
-    spec = importlib.util.spec_from_file_location(
-        "ragstore_rev_0014", Path(__file__).with_name("0014_bm25_topk_budget.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = earlier_revision("0014_bm25_topk_budget.py")
     return str(module._UPGRADE)
 
 

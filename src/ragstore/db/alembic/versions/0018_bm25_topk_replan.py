@@ -24,10 +24,9 @@ mean a new signature, so revision 0017's function is dropped first; the downgrad
 restores it.
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from ragstore.db.revisions import earlier_revision
 
 revision = "0018"
 down_revision = "0017"
@@ -266,12 +265,7 @@ END $fn$;
 
 def _topk_0017() -> str:
     """Revision 0017's ``ragstore_bm25_topk``, which the downgrade restores."""
-    spec = importlib.util.spec_from_file_location(
-        "ragstore_rev_0017", Path(__file__).with_name("0017_bm25_topk_tail.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = earlier_revision("0017_bm25_topk_tail.py")
     return str(module._UPGRADE)
 
 

@@ -21,10 +21,9 @@ parameter means a new signature, so revision 0018's function is dropped first; t
 downgrade restores it.
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from ragstore.db.revisions import earlier_revision
 
 revision = "0019"
 down_revision = "0018"
@@ -273,12 +272,7 @@ END $fn$;
 
 def _topk_0018() -> str:
     """Revision 0018's ``ragstore_bm25_topk``, which the downgrade restores."""
-    spec = importlib.util.spec_from_file_location(
-        "ragstore_rev_0018", Path(__file__).with_name("0018_bm25_topk_replan.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = earlier_revision("0018_bm25_topk_replan.py")
     return str(module._UPGRADE)
 
 

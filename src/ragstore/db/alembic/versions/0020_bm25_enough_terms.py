@@ -33,10 +33,9 @@ top 10 (the experiment that led here; the revision's own figures are in
 docs/benchmarks.md).
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from ragstore.db.revisions import earlier_revision
 
 revision = "0020"
 down_revision = "0019"
@@ -421,12 +420,7 @@ END $fn$;
 
 def _topk_0019() -> str:
     """Revision 0019's ``ragstore_bm25_topk``, which the downgrade restores."""
-    spec = importlib.util.spec_from_file_location(
-        "ragstore_rev_0019", Path(__file__).with_name("0019_bm25_topk_floors.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = earlier_revision("0019_bm25_topk_floors.py")
     return str(module._UPGRADE).replace(
         "CREATE FUNCTION ragstore_bm25_topk(", "CREATE OR REPLACE FUNCTION ragstore_bm25_topk(", 1
     )

@@ -26,10 +26,9 @@ collection (102,959 of its 135,752 chunks under a heading) on 2 busy cores, so a
 an hour for a million. The downgrade puts the text-only tsvectors back the same way.
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from ragstore.db.revisions import earlier_revision
 
 revision = "0021"
 down_revision = "0020"
@@ -87,12 +86,7 @@ _RECREATE_0015 = """
 
 def _trigger_0015() -> str:
     """Revision 0015's ``ragstore_chunk_before_write``, which the downgrade restores."""
-    spec = importlib.util.spec_from_file_location(
-        "ragstore_rev_0015", Path(__file__).with_name("0015_chunk_tsv_from_writer.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = earlier_revision("0015_chunk_tsv_from_writer.py")
     return str(module._TRIGGER)
 
 

@@ -27,10 +27,9 @@ The downgrade restores revision 0022's ``ragstore_bm25_topk`` and drops the func
 the native schema.
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from ragstore.db.revisions import earlier_revision
 
 revision = "0023"
 down_revision = "0022"
@@ -176,12 +175,7 @@ _SET_ROWS = f"ALTER FUNCTION ragstore_bm25_topk ROWS {LIST_ROWS};"
 
 def _topk_0020() -> str:
     """Revision 0020's ``ragstore_bm25_topk`` (0021 and 0022 kept its body)."""
-    spec = importlib.util.spec_from_file_location(
-        "ragstore_rev_0020", Path(__file__).with_name("0020_bm25_enough_terms.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = earlier_revision("0020_bm25_enough_terms.py")
     return str(module._UPGRADE)
 
 

@@ -19,10 +19,9 @@ The downgrade restores revision 0023's ``ragstore_bm25_topk`` and drops the func
 native ``bm25_lists`` left behind is never called by that body).
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from ragstore.db.revisions import earlier_revision
 
 revision = "0024"
 down_revision = "0023"
@@ -106,12 +105,7 @@ _SET_ROWS = f"ALTER FUNCTION ragstore_bm25_topk ROWS {LIST_ROWS};"
 
 def _topk_0023() -> str:
     """Revision 0023's ``ragstore_bm25_topk``."""
-    spec = importlib.util.spec_from_file_location(
-        "ragstore_rev_0023", Path(__file__).with_name("0023_bm25_contenders.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = earlier_revision("0023_bm25_contenders.py")
     return str(module._topk())
 
 

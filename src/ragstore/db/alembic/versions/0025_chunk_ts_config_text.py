@@ -25,10 +25,9 @@ directory at this revision (its native functions dropped first) against a fresh 
 reports "Clusters are compatible"; at revision 0024 it failed on ``chunks.ts_config``.
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from ragstore.db.revisions import earlier_revision
 
 revision = "0025"
 down_revision = "0024"
@@ -71,12 +70,7 @@ _CREATE_TRIGGER = """
 def _trigger_0021() -> str:
     """Revision 0021's ``ragstore_chunk_before_write`` and trigger, which the downgrade
     restores."""
-    spec = importlib.util.spec_from_file_location(
-        "ragstore_rev_0021", Path(__file__).with_name("0021_bm25_reads_section_path.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = earlier_revision("0021_bm25_reads_section_path.py")
     return str(module._TRIGGER)
 
 

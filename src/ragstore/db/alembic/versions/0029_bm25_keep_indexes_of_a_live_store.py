@@ -18,11 +18,11 @@ alone)``. The postings, impacts, floors and counts written are those of revision
 The downgrade restores revision 0013's three functions.
 """
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 from alembic import op
+
+from ragstore.db.revisions import earlier_revision
 
 revision = "0029"
 down_revision = "0028"
@@ -32,12 +32,7 @@ depends_on = None
 
 def _revision_0013() -> ModuleType:
     """Revision 0013's module: its function bodies, which this one changes in three places."""
-    path = Path(__file__).with_name("0013_bm25_build_direct.py")
-    spec = importlib.util.spec_from_file_location("ragstore_revision_0013", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return earlier_revision("0013_bm25_build_direct.py")
 
 
 def _replaced(text: str, old: str, new: str) -> str:

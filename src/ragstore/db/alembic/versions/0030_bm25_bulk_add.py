@@ -29,10 +29,9 @@ statement triggers would have, with the load's chunks written in one statement:
 The downgrade drops the function.
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from ragstore.db.revisions import earlier_revision
 
 revision = "0030"
 down_revision = "0029"
@@ -43,11 +42,7 @@ depends_on = None
 def _insert_trigger_body(rel: str) -> str:
     """Revision 0006's insert of postings for a relation of chunks, over the load's new
     chunks: the one text both paths run."""
-    path = Path(__file__).with_name("0006_bm25_postings.py")
-    spec = importlib.util.spec_from_file_location("ragstore_revision_0006", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = earlier_revision("0006_bm25_postings.py")
     return str(module._insert(rel))
 
 

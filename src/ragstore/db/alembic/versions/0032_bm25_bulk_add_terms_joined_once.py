@@ -25,11 +25,11 @@ counts and the trim of lists past twice ``list_keep`` are those of revision 0006
 statement. The downgrade restores revision 0030's function.
 """
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 from alembic import op
+
+from ragstore.db.revisions import earlier_revision
 
 revision = "0032"
 down_revision = "0031"
@@ -66,12 +66,7 @@ INSERT = """
 
 
 def _revision_0030() -> ModuleType:
-    path = Path(__file__).with_name("0030_bm25_bulk_add.py")
-    spec = importlib.util.spec_from_file_location("ragstore_revision_0030", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return earlier_revision("0030_bm25_bulk_add.py")
 
 
 def upgrade() -> None:
