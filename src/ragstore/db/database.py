@@ -225,14 +225,15 @@ class Database:
     def _configure_session(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         """Session settings of every ragstore connection, committed at once (a ``SET``
         inside a transaction the caller later rolls back would be undone with it). A
-        server on a platform without the check (Windows) refuses any value but 0: its
-        connections go on without it."""
+        server on a platform without the check (Windows) refuses any value but 0, and one
+        older than PostgreSQL 14 has no such setting: their connections go on without it
+        (an old server is then refused by :meth:`check_server`, which this runs before)."""
         try:
             conn.execute(
                 "SELECT set_config('client_connection_check_interval', %s, false)",
                 (CLIENT_CHECK_INTERVAL,),
             )
-        except psycopg.errors.InvalidParameterValue:
+        except (psycopg.errors.InvalidParameterValue, psycopg.errors.UndefinedObject):
             conn.rollback()
             return
         conn.commit()
