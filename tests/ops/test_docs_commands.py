@@ -51,12 +51,14 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, subp
     procs: dict[str, subprocess.Popen[str]] = {}
     for page in RUNNABLE:
         folder = tmp_path_factory.mktemp(page.stem)
+        (folder / "tmp").mkdir()  # what a page's `mktemp -d` makes is the test's to remove
         script = "\n".join(["set -euo pipefail", *runnable_blocks(page)])
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
         env.update(
             {
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
                 "RAGSTORE_DATA_DIR": str(folder / "data"),
+                "TMPDIR": str(folder / "tmp"),
                 "RAGSTORE_PROFILE": "dev",
                 "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1",
