@@ -449,12 +449,6 @@ def chunk_ids(conn: Conn, table: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def vector_count(conn: Conn, table: str) -> int:
-    """How many vectors a space holds, as this transaction sees them."""
-    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
-    return int(row[0]) if row else 0
-
-
 def carry_over(conn: Conn, table: str, ids: Sequence[int] | None) -> int:
     """Copy the space's vectors of chunks ``ids`` into its staged table (a bulk load into
     a collection that holds chunks already: the index built there then covers the old

@@ -325,9 +325,14 @@ class _Writer:
         self.vectors = _matrix(plan.records, plan.validation.kept, plan.spec.dimension)
         self.seconds: dict[str, float] = {}
         self.chunk_ids: list[int] = []
-        self.had_rows = False
+        self.old_vectors = 0  # the space's vectors before the import (all carried over)
         self.rebuild = False  # a bulk write into a space that holds vectors (module docstring)
         self._staging_committed = False  # the staged table outlives a failure after this
+
+    @property
+    def had_rows(self) -> bool:
+        """Whether the space held vectors before the import."""
+        return self.old_vectors > 0
 
     def _collection(self, conn: psycopg.Connection[Any]) -> tuple[repository.Collection, bool]:
         name = self.plan.collection
@@ -510,11 +515,10 @@ class _Writer:
             ):
                 coll, created = self._collection(conn)
                 spaces.lock_for_load(conn, coll.table)
-                vectors = spaces.count_vectors(conn, coll.table)
-                self.had_rows = vectors > 0
+                self.old_vectors = spaces.count_vectors(conn, coll.table)
                 self.rebuild = (
                     self.had_rows
-                    and len(self.ids) >= staging.REBUILD_SHARE * vectors
+                    and len(self.ids) >= staging.REBUILD_SHARE * self.old_vectors
                     and staging.can_stage(self.rt)
                 )
                 if not self.had_rows:  # the index is built once, at the end
@@ -588,8 +592,7 @@ class _Writer:
         # an import replaces no chunk: every vector of the space is carried over, and the
         # staging connection sees exactly this transaction's (the import holds every
         # source lock of the collection; its own rows went to the staged table)
-        carried = spaces.vector_count(conn, coll.table)
-        self.progress("index", 0, len(self.ids) + carried)
+        self.progress("index", 0, len(self.ids) + self.old_vectors)
         t0 = time.perf_counter()
         staged.build_alongside(
             lambda: staged.build(None, memory),

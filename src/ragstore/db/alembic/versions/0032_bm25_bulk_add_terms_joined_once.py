@@ -25,8 +25,6 @@ counts and the trim of lists past twice ``list_keep`` are those of revision 0006
 statement. The downgrade restores revision 0030's function.
 """
 
-from types import ModuleType
-
 from alembic import op
 
 from ragstore.db.revisions import earlier_revision
@@ -65,13 +63,11 @@ INSERT = """
 """
 
 
-def _revision_0030() -> ModuleType:
-    return earlier_revision("0030_bm25_bulk_add.py")
-
-
 def upgrade() -> None:
-    op.execute(_revision_0030().function("CREATE OR REPLACE", insert=INSERT))
+    op.execute(
+        earlier_revision("0030_bm25_bulk_add.py").function("CREATE OR REPLACE", insert=INSERT)
+    )
 
 
 def downgrade() -> None:
-    op.execute(_revision_0030().function("CREATE OR REPLACE"))
+    op.execute(earlier_revision("0030_bm25_bulk_add.py").function("CREATE OR REPLACE"))
