@@ -13,13 +13,14 @@ switch. Functions run in the caller's transaction and never commit.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, Literal
 
 import numpy as np
 import psycopg
@@ -449,19 +450,32 @@ def chunk_ids(conn: Conn, table: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def carry_over(conn: Conn, table: str, ids: Sequence[int] | None) -> int:
+class _Every(enum.Enum):
+    VECTOR = "every vector"
+
+
+EVERY_VECTOR: Final = _Every.VECTOR
+"""What :func:`carry_over` copies for a load that replaces no chunk (an import): the whole
+space, without sending its ids back and forth."""
+
+Carried = Sequence[int] | Literal[_Every.VECTOR]
+
+
+def carry_over(conn: Conn, table: str, ids: Carried) -> int:
     """Copy the space's vectors of chunks ``ids`` into its staged table (a bulk load into
     a collection that holds chunks already: the index built there then covers the old
     vectors and the new). ``ids`` come from the load's own transaction, which has deleted
-    the chunks it replaced; this connection, another one, still sees those. ``None``: every
-    vector of the space, for a load that replaces none (an import), without sending the
-    ids back and forth. Returns the rows copied."""
-    which = sql.SQL("") if ids is None else sql.SQL(" WHERE e.chunk_id = ANY(%s::bigint[])")
+    the chunks it replaced; this connection, another one, still sees those.
+    :data:`EVERY_VECTOR`: the whole space, for a load that replaces none. Returns the rows
+    copied."""
+    which, params = sql.SQL(""), None
+    if ids is not EVERY_VECTOR:
+        which, params = sql.SQL(" WHERE e.chunk_id = ANY(%s::bigint[])"), (list(ids),)
     cur = conn.execute(
         sql.SQL(
             "INSERT INTO {l} (chunk_id, embedding) SELECT e.chunk_id, e.embedding FROM {t} e{w}"
         ).format(l=sql.Identifier(load_table(table)), t=sql.Identifier(table), w=which),
-        None if ids is None else (list(ids),),
+        params,
     )
     return cur.rowcount
 

@@ -595,7 +595,7 @@ class _Writer:
         self.progress("index", 0, len(self.ids) + self.old_vectors)
         t0 = time.perf_counter()
         staged.build_alongside(
-            lambda: staged.build(None, memory),
+            lambda: staged.build(spaces.EVERY_VECTOR, memory),
             lambda: documents.finish_bulk_add(conn, coll.id, mark, memory),
         )
         self.seconds["index"] = time.perf_counter() - t0  # the BM25 build beside it

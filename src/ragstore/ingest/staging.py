@@ -27,7 +27,7 @@ drops.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from typing import Any
@@ -93,16 +93,16 @@ class StagedVectors:
             for ids, vectors in rows:
                 spaces.copy_vectors(self.conn, self.table, ids, vectors)
 
-    def build(self, carried: Sequence[int] | None = (), memory: str | None = None) -> None:
+    def build(self, carried: spaces.Carried = (), memory: str | None = None) -> None:
         """The staged vectors' HNSW index, with the build memory (``memory``, or
         ``RAGSTORE_INDEX_BUILD_MEMORY``) and workers a bulk load's index gets; nothing once
         :meth:`cancel` was called. The space's vectors of the chunks ``carried`` (a load
-        into a collection that holds some; ``None``: all of them, for a load that replaces
-        none) are copied in first: :func:`spaces.carry_over`."""
+        into a collection that holds some; :data:`spaces.EVERY_VECTOR` for a load that
+        replaces none) are copied in first: :func:`spaces.carry_over`."""
         if self._cancelled.is_set():
             return
         with translated(f"indexing the vectors of {self.coll.name!r}"):
-            if carried is None or carried:
+            if carried is spaces.EVERY_VECTOR or carried:
                 spaces.carry_over(self.conn, self.coll.table, carried)
             spaces.ensure_index(
                 self.conn,
