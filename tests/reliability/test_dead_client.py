@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from ragstore.config import Settings
-from ragstore.db.database import CLIENT_CHECK_INTERVAL
+from ragstore.db.database import CLIENT_CHECK_INTERVAL, Database
 
 # the child: one ragstore connection (pooled or not) that takes a lock on a table of its
 # own and then sleeps for five minutes inside the same transaction
@@ -94,8 +94,6 @@ def test_a_killed_clients_statement_ends_and_frees_its_locks(settings: Settings,
 
 def test_every_ragstore_connection_checks_its_client(settings: Settings) -> None:
     """The setting holds on pooled connections and after a rolled-back transaction."""
-    from ragstore.db.database import Database
-
     assert settings.database_url is not None
     db = Database(settings.database_url.get_secret_value())
     try:
