@@ -143,6 +143,9 @@ def test_a_plain_texts_word_index_reads_as_its_token_spans(tokenizer: Any) -> No
         located = pieces.located(text)
         assert located is not None, text[:80]
         _same_index(WordIndex(*located), *pieces.spans(text), text)
+        parts = pieces.parts(text)  # the words and their starts from the split's parts
+        assert parts is not None and parts[1::2] == pieces.units(text)
+        assert pieces.located(text, parts) == located
 
 
 @settings(max_examples=300, deadline=None)

@@ -304,12 +304,15 @@ def _tokens_between(enc: TokenEncoding, a: int, b: int) -> int | None:
     return kb - ka
 
 
-def _encodings(counter: TokenCounter, texts: list[str]) -> list[TokenEncoding] | None:
-    """The counter's :meth:`token_encodings` of ``texts`` if it has them."""
-    encode: Callable[[list[str]], list[TokenEncoding] | None] | None = getattr(
+def _encodings(
+    counter: TokenCounter, texts: list[str], indexed: list[bool]
+) -> list[TokenEncoding] | None:
+    """The counter's :meth:`token_encodings` of ``texts`` if it has them; ``indexed``
+    says which of them the chunker may read the index of."""
+    encode: Callable[[list[str], list[bool]], list[TokenEncoding] | None] | None = getattr(
         counter, "token_encodings", None
     )
-    return encode(texts) if encode is not None and texts else None
+    return encode(texts, indexed) if encode is not None and texts else None
 
 
 def _context(
@@ -388,7 +391,16 @@ def _block_parts(
     texts = [_heading_line(b) if b.type is ChunkType.HEADING else b.text for b in blocks]
     countable = [i for i, t in enumerate(texts) if len(t) <= max_chars]
     counts = [limit + 1] * len(blocks)
-    encs = _encodings(counter, [texts[i] for i in countable])
+    # only a prose block split here has its index read: one of no more characters than
+    # its budget has no more tokens (a plain text's tokens cover a character or more)
+    # and fits; this only spares the tokenizer preparing what is not read
+    indexed = [
+        blocks[i].type not in _LINE_TYPES
+        and blocks[i].type is not ChunkType.HEADING
+        and len(texts[i]) + _reserve(ctx[i]) > limit
+        for i in countable
+    ]
+    encs = _encodings(counter, [texts[i] for i in countable], indexed)
     enc_of: dict[int, TokenEncoding] = {}
     if encs is not None:
         for i, enc in zip(countable, encs, strict=True):

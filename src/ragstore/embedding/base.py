@@ -93,10 +93,14 @@ class Embedder(ABC):
         computing here would only split its own cores or GPU between them."""
         return False
 
-    def token_encodings(self, texts: Sequence[str]) -> list[TokenEncoding] | None:
+    def token_encodings(
+        self, texts: Sequence[str], indexed: Sequence[bool] | None = None
+    ) -> list[TokenEncoding] | None:
         """Count, spans and words of each text in one tokenizer pass (see
         :class:`TokenEncoding`), or None when the model cannot say (then the chunker
-        calls :meth:`count_tokens` and :meth:`token_spans`)."""
+        calls :meth:`count_tokens` and :meth:`token_spans`). ``indexed`` says which
+        texts the caller may read the :attr:`TokenEncoding.index` of (None: any): it
+        only decides what is prepared for that, never what any encoding says."""
         return None
 
     @property
@@ -292,20 +296,24 @@ def tokenizer_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     return [len(ids) for ids in enc["input_ids"]]
 
 
-def tokenizer_encodings(tokenizer: Any, texts: Sequence[str]) -> list[TokenEncoding] | None:
+def tokenizer_encodings(
+    tokenizer: Any, texts: Sequence[str], indexed: Sequence[bool] | None = None
+) -> list[TokenEncoding] | None:
     """Each text's :class:`TokenEncoding` from one batch call to the Rust tokenizer, or
-    None for a tokenizer without one (the chunker then counts and spans apart)."""
+    None for a tokenizer without one (the chunker then counts and spans apart).
+    ``indexed``: see :meth:`Embedder.token_encodings`."""
     backend = _backend(tokenizer)
     if backend is None:
         return None
     out: list[TokenEncoding | None] = [None] * len(texts)
-    pieces, plain, units, other = _split_plain(backend, texts)
+    located: list[list[str] | None] = []
+    pieces, plain, units, other = _split_plain(backend, texts, located, indexed)
     if pieces is not None:
-        for i, n in zip(plain, pieces.counts_of(units), strict=True):
+        for i, n, parts in zip(plain, pieces.counts_of(units), located, strict=True):
             out[i] = TokenEncoding(
                 n,
                 detail=partial(pieces.spans, texts[i]),
-                index=partial(_plain_index, pieces, texts[i]),
+                index=partial(_plain_index, pieces, texts[i], parts),
             )
     if other:
         cut = backend.encode_batch([texts[i] for i in other], add_special_tokens=True)
@@ -320,20 +328,29 @@ def tokenizer_encodings(tokenizer: Any, texts: Sequence[str]) -> list[TokenEncod
     return [e for e in out if e is not None]
 
 
-def _plain_index(pieces: WordPieces, text: str) -> TokenIndex:
-    """A :class:`WordIndex` of ``text`` where all its units are words, else the lists."""
-    located = pieces.located(text)
+def _plain_index(pieces: WordPieces, text: str, parts: list[str] | None = None) -> TokenIndex:
+    """A :class:`WordIndex` of ``text`` where all its units are words, else the lists;
+    ``parts``: its :meth:`WordPieces.parts` if known."""
+    located = pieces.located(text, parts)
     if located is None:
         return TokenIndex(*pieces.spans(text))
     return WordIndex(*located)
 
 
 def _split_plain(
-    backend: Any, texts: Sequence[str]
+    backend: Any,
+    texts: Sequence[str],
+    located: list[list[str] | None] | None = None,
+    indexed: Sequence[bool] | None = None,
 ) -> tuple[WordPieces | None, list[int], list[list[str]], list[int]]:
     """The word cache of a BERT-style tokenizer (:mod:`ragstore.embedding.wordpieces`),
     the positions of the texts it counts and their units, and the positions of those left
-    to the tokenizer itself."""
+    to the tokenizer itself. A list given as ``located`` gets each counted text's
+    :meth:`WordPieces.parts` (None where its units are not all words), for the chunker's
+    index of a block it splits: the split costs a fifth more than the units alone, the
+    index made without it three times that. So only the texts ``indexed`` says (None:
+    all) are split: the chunker indexes only prose blocks too long to fit, and on the
+    Node.js API pages (code, lists, short paragraphs) splitting every text cost 4%."""
     pieces = word_pieces(backend)
     if pieces is None:
         return None, [], [], list(range(len(texts)))
@@ -341,7 +358,17 @@ def _split_plain(
     units: list[list[str]] = []
     other: list[int] = []
     for i, t in enumerate(texts):
-        us = pieces.units(t)
+        if located is not None and indexed is not None and not indexed[i]:
+            us = pieces.units(t)
+            if us is not None:
+                located.append(None)
+        elif located is None:
+            us = pieces.units(t)
+        else:
+            parts = pieces.parts(t)
+            us = parts[1::2] if parts is not None else pieces.units(t)
+            if us is not None:
+                located.append(parts)
         if us is None:
             other.append(i)
         else:

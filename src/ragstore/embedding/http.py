@@ -321,10 +321,12 @@ class HttpEmbedder(Embedder):
             return [len(_WORDS.findall(t)) for t in texts]
         return tokenizer_counts(self.tokenizer, texts)
 
-    def token_encodings(self, texts: Sequence[str]) -> list[TokenEncoding] | None:
+    def token_encodings(
+        self, texts: Sequence[str], indexed: Sequence[bool] | None = None
+    ) -> list[TokenEncoding] | None:
         if self.tokenizer is None:
             return None
-        return tokenizer_encodings(self.tokenizer, texts)
+        return tokenizer_encodings(self.tokenizer, texts, indexed)
 
     @property
     def joins_add_up(self) -> bool:

@@ -188,8 +188,10 @@ class SentenceTransformerEmbedder(Embedder):
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return tokenizer_counts(self.tokenizer, texts)
 
-    def token_encodings(self, texts: Sequence[str]) -> list[TokenEncoding] | None:
-        return tokenizer_encodings(self.tokenizer, texts)
+    def token_encodings(
+        self, texts: Sequence[str], indexed: Sequence[bool] | None = None
+    ) -> list[TokenEncoding] | None:
+        return tokenizer_encodings(self.tokenizer, texts, indexed)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         return tokenizer_spans(self.tokenizer, text)

@@ -32,6 +32,8 @@ ENGLISH_WORDS = frozenset(
 ENGLISH_SHARE = 0.08  # of the sample's words: English prose has 0.13+, the others 0.01
 MIN_WORDS = 20  # fewer say too little; the detector decides
 _WORD = re.compile(r"[a-z]+")
+# an ASCII text's words: every character that is not a lower-case letter made a space
+_NOT_LETTER = str.maketrans({chr(c): " " for c in range(128) if not chr(c).islower()})
 
 
 def detect_language(doc: ParsedDocument) -> str | None:
@@ -63,7 +65,10 @@ def detect_language(doc: ParsedDocument) -> str | None:
 
 def is_english(text: str) -> bool:
     """Whether ``text`` is English prose by its share of English function words."""
-    words = _WORD.findall(text.lower())
+    lower = text.lower()
+    # the runs of a-z: in ASCII text (most), a translation and a split find them at 0.6
+    # of the regular expression's cost, which was a tenth of preparing a SciFact abstract
+    words = lower.translate(_NOT_LETTER).split() if lower.isascii() else _WORD.findall(lower)
     if len(words) < MIN_WORDS:
         return False
-    return sum(w in ENGLISH_WORDS for w in words) >= ENGLISH_SHARE * len(words)
+    return sum(map(ENGLISH_WORDS.__contains__, words)) >= ENGLISH_SHARE * len(words)
