@@ -42,6 +42,19 @@ def bulk_rt(settings: Settings) -> Iterator[Runtime]:
     rt.close()
 
 
+@pytest.fixture(scope="module")
+def incremental_shape(
+    bulk_rt: Runtime, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, object]:
+    """The shape of a space table the incremental path filled (a load under
+    ``bulk_load_bytes``): what every swapped-in table is compared with, made here so that
+    each test also runs alone."""
+    folder = write_corpus(tmp_path_factory.mktemp("inc-ref"), docs=1, paragraphs=1)
+    report = ingest_paths(bulk_rt, [folder], "inc-ref")
+    assert not report.failed and "attach" not in report.stages
+    return _shape(bulk_rt, bulk_rt.collection("inc-ref").table)
+
+
 def _shape(rt: Runtime, table: str) -> dict[str, object]:
     """A space table's definition with its own name taken out: columns, constraints,
     indexes and options."""
@@ -162,6 +175,7 @@ def test_a_writer_of_chunks_does_not_hold_the_swap_up(
 
 def test_a_swap_that_cannot_replace_the_table_copies_the_rows_instead(
     bulk_rt: Runtime,
+    incremental_shape: dict[str, object],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -185,7 +199,7 @@ def test_a_swap_that_cannot_replace_the_table_copies_the_rows_instead(
         assert spaces.has_index(conn, coll.table)
     assert _vectors(bulk_rt, coll.table) == _embeddable_chunks(bulk_rt, coll.id) >= 8
     assert _staged_tables(bulk_rt) == []
-    assert _shape(bulk_rt, coll.table) == _shape(bulk_rt, bulk_rt.collection("stg").table)
+    assert _shape(bulk_rt, coll.table) == incremental_shape
 
 
 def test_a_load_whose_staging_connection_dies_leaves_nothing(
@@ -247,7 +261,10 @@ def test_a_leftover_staging_table_goes_with_the_next_load_or_the_collection(
 
 
 def test_a_reader_of_chunks_does_not_hold_the_swap_up(
-    bulk_rt: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    bulk_rt: Runtime,
+    incremental_shape: dict[str, object],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Dropping the space's empty table locks that table only (revision 0026): a reader's
     transaction open on ``chunks`` lets the load swap at once."""
@@ -260,7 +277,7 @@ def test_a_reader_of_chunks_does_not_hold_the_swap_up(
         assert "could not take the place" not in caplog.text, "readers do not stop the swap"
         assert _staged_tables(bulk_rt) == []
     coll = bulk_rt.collection("reader")
-    assert _shape(bulk_rt, coll.table) == _shape(bulk_rt, bulk_rt.collection("stg").table)
+    assert _shape(bulk_rt, coll.table) == incremental_shape
     assert _vectors(bulk_rt, coll.table) == _embeddable_chunks(bulk_rt, coll.id)
 
 

@@ -1,4 +1,7 @@
-"""Re-embedding a collection as a migration, on the real database with two real models."""
+"""Re-embedding a collection as a migration, on the real database with two real models.
+
+The tests are one scenario, in file order: each starts from the spaces the one before left
+(migrated, switched, rolled back, pruned), so run the module, not a test of it alone."""
 
 from __future__ import annotations
 
