@@ -358,22 +358,16 @@ def _split_plain(
     units: list[list[str]] = []
     other: list[int] = []
     for i, t in enumerate(texts):
-        if located is not None and indexed is not None and not indexed[i]:
-            us = pieces.units(t)
-            if us is not None:
-                located.append(None)
-        elif located is None:
-            us = pieces.units(t)
-        else:
-            parts = pieces.parts(t)
-            us = parts[1::2] if parts is not None else pieces.units(t)
-            if us is not None:
-                located.append(parts)
+        wanted = located is not None and (indexed is None or indexed[i])
+        parts = pieces.parts(t) if wanted else None
+        us = parts[1::2] if parts is not None else pieces.units(t)
         if us is None:
             other.append(i)
-        else:
-            plain.append(i)
-            units.append(us)
+            continue
+        plain.append(i)
+        units.append(us)
+        if located is not None:
+            located.append(parts)
     return pieces, plain, units, other
 
 
