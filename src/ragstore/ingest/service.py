@@ -45,6 +45,7 @@ from ragstore.ingest.files import (
     link_outside_detail,
     sync_scopes,
 )
+from ragstore.ingest.heap import long_lived_set_aside
 from ragstore.ingest.prepare import unreadable as unreadable  # where callers found it
 from ragstore.ingest.staging import StagedVectors, discard_staged
 from ragstore.modelops.fanout import building_vectors
@@ -556,6 +557,20 @@ def ingest_paths(
     name = rt.settings.collection if collection is None else collection
     if not name:
         raise InputError("the collection name is empty; name one, or pass None for the default")
+    with long_lived_set_aside():  # the listing's items set off a full collection otherwise
+        return _ingest_paths(rt, paths, name, metadata, progress, sync, prune, on_vanished)
+
+
+def _ingest_paths(
+    rt: Runtime,
+    paths: Sequence[Path],
+    name: str,
+    metadata: dict[str, Any] | None,
+    progress: Progress | None,
+    sync: bool,
+    prune: bool,
+    on_vanished: Callable[[list[str]], None] | None,
+) -> IngestReport:
     files, missing, outside = discover(paths)
     report = IngestReport(collection=name)
     for link, target in outside:
@@ -622,7 +637,8 @@ def ingest_items(
     total = sum(sizes.values())
     bulk = _bulk_load(rt, coll, sizes, total)
     try:
-        _Ingestor(rt, coll, embedder, report, metadata or {}, progress, bulk).run(items, total)
+        with long_lived_set_aside():
+            _Ingestor(rt, coll, embedder, report, metadata or {}, progress, bulk).run(items, total)
     finally:
         _build_index(rt, coll)
 
