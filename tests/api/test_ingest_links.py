@@ -170,6 +170,21 @@ def test_the_remote_cli_fails_an_unreadable_file_alone(open_url: str, tmp_path: 
     assert f"{failed['document']}: cannot read" in str(failed["detail"])
 
 
+def test_the_client_raises_ragstore_errors_for_files_it_cannot_read(
+    open_url: str, tmp_path: Path
+) -> None:
+    """``Client.ingest`` and ``upload`` read the files here: a missing or unreadable one
+    raised the bare ``OSError``, where ``Store.ingest`` raises ``path_not_found`` or
+    ``file_unreadable`` (a caller's ``except RagstoreError`` missed it)."""
+    from ragstore.errors import FileUnreadableError, PathNotFoundError
+
+    with Client(open_url) as client:
+        with pytest.raises(FileUnreadableError, match="cannot read"):
+            client.ingest("unreadable-client", ["/proc/self/mem"])
+        with pytest.raises(PathNotFoundError, match="no such file"):
+            client.upload("unreadable-client", [tmp_path / "gone.md"])
+
+
 def test_store_ingest_error_says_what_it_stored(settings: Settings, tmp_path: Path) -> None:
     folder = tmp_path / "mixed"
     folder.mkdir()
