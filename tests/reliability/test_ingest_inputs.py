@@ -146,6 +146,19 @@ def test_an_import_file_that_is_not_utf8_is_named(
         list(JsonlSource(path).records())
 
 
+def test_an_import_file_that_cannot_be_read_is_one_error(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``/proc/self/mem`` answers EIO even to root, as a file without read permission
+    answers EACCES to its user: the import ended with the ``OSError``'s traceback."""
+    args = ("import", "/proc/self/mem", "--format", "jsonl", "-c", "unreadable-import")
+    capsys.readouterr()
+    assert run_cli(*args, "--model", "m1", "--dimension", "2") == 66
+    err = capsys.readouterr().err
+    assert "error[file_unreadable]: /proc/self/mem: cannot read: Input/output error" in err
+    assert "Traceback" not in err
+
+
 def test_import_files_saved_with_a_utf8_bom_are_read(tmp_path: Path) -> None:
     (tmp_path / "rows.jsonl").write_bytes(_RECORD.encode("utf-8-sig"))
     assert [r.id for r in JsonlSource(tmp_path / "rows.jsonl").records()] == ["a"]
