@@ -231,6 +231,18 @@ def add_document(
     return Call("POST", f"/v1/collections/{_n(collection)}/documents", _body, json=body)
 
 
+def _read_file(path: Path) -> bytes:
+    """A file to upload, read whole; one that is missing or cannot be read raises the
+    error ``Store.ingest`` raises for it (``path_not_found``, ``file_unreadable``) rather
+    than the ``OSError`` itself, which no ``except RagstoreError`` of a caller caught."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        from ragstore.ingest.prepare import unreadable  # slow to import; only on failure
+
+        raise unreadable(path, exc) from None
+
+
 def upload(
     collection: str,
     files: Sequence[Upload],
@@ -244,7 +256,7 @@ def upload(
             name, content = f
         else:
             path = Path(f)
-            name, content = path.name, path.read_bytes()
+            name, content = path.name, _read_file(path)
         parts.append(("files", (name, content, "application/octet-stream")))
     data = {
         "metadata": json.dumps(dict(metadata or {})),
@@ -277,7 +289,7 @@ def ingest(
         if p.is_dir():
             found = discover([p])
             top = p.resolve()
-            files += [(str(f.relative_to(top)), f.read_bytes()) for f in found.files]
+            files += [(str(f.relative_to(top)), _read_file(f)) for f in found.files]
             skipped += [
                 {
                     "source": str(link),

@@ -67,6 +67,19 @@ def storable_text(text: str, what: str) -> None:
         )
 
 
+def _magnitude(value: int) -> str:
+    """A short form of an integer too large to show whole: ``1e+30``, or, past a float's
+    range (a JSON number of 309 digits or more), its sign and its count of digits:
+    ``{:.3g}`` converts to float and raised ``OverflowError`` there, a 500 instead of the
+    422. The digits are counted from the bit length, since ``str()`` refuses an integer of
+    more than 4,300 digits."""
+    try:
+        return f"{value:.3g}"
+    except OverflowError:
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return f"a {'negative ' if value < 0 else ''}number of about {digits} digits"
+
+
 def problem_in(value: Any, at: str = "", depth: int = 0) -> str | None:
     """The first value in ``value`` PostgreSQL would refuse, described with its path
     (``None``: all fine). Walks dict keys, strings, numbers, lists and nested objects."""
@@ -79,7 +92,7 @@ def problem_in(value: Any, at: str = "", depth: int = 0) -> str | None:
         return None
     if isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
-            return f"an integer out of the 64-bit range{where}: {value:.3g}"
+            return f"an integer out of the 64-bit range{where}: {_magnitude(value)}"
         return None
     if isinstance(value, float):
         if not math.isfinite(value):

@@ -151,6 +151,40 @@ def test_the_remote_cli_counts_a_partial_batch_as_the_server_stored_it(
     assert [(f["document"], f["code"]) for f in result.failed] == [("mixed/b.md", "binary_file")]
 
 
+def test_the_remote_cli_fails_an_unreadable_file_alone(open_url: str, tmp_path: Path) -> None:
+    """A file that cannot be read (``/proc/self/mem`` answers EIO even to root) ended the
+    whole ingest through the server with an ``OSError`` traceback; a local ingest fails
+    it alone as ``file_unreadable``."""
+    from ragstore.cli.remote import ingest_remote
+
+    good = tmp_path / "good.md"
+    good.write_text("# Good\n\nLiverworts grow in damp places.\n")
+    with Client(open_url) as client:
+        result = ingest_remote(
+            client, open_url, [Path("/proc/self/mem"), good], "unreadable", {}, lambda *a: None
+        )
+    assert result.counts == {"added": 1, "failed": 1}, result
+    [failed] = result.failed
+    assert failed["code"] == "file_unreadable"  # named as the walk resolved it: /proc/PID/mem
+    assert Path(str(failed["document"])).name == "mem"
+    assert f"{failed['document']}: cannot read" in str(failed["detail"])
+
+
+def test_the_client_raises_ragstore_errors_for_files_it_cannot_read(
+    open_url: str, tmp_path: Path
+) -> None:
+    """``Client.ingest`` and ``upload`` read the files here: a missing or unreadable one
+    raised the bare ``OSError``, where ``Store.ingest`` raises ``path_not_found`` or
+    ``file_unreadable`` (a caller's ``except RagstoreError`` missed it)."""
+    from ragstore.errors import FileUnreadableError, PathNotFoundError
+
+    with Client(open_url) as client:
+        with pytest.raises(FileUnreadableError, match="cannot read"):
+            client.ingest("unreadable-client", ["/proc/self/mem"])
+        with pytest.raises(PathNotFoundError, match="no such file"):
+            client.upload("unreadable-client", [tmp_path / "gone.md"])
+
+
 def test_store_ingest_error_says_what_it_stored(settings: Settings, tmp_path: Path) -> None:
     folder = tmp_path / "mixed"
     folder.mkdir()

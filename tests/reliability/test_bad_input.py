@@ -44,6 +44,10 @@ SEARCH_BODIES = {
     "page_int_overflow": {"query": "kittens", "where": {"page": 10**30}},
     "page_int32_overflow": {"query": "kittens", "where": {"page": {"$gt": 2**40}}},
     "metadata_int_overflow": {"query": "kittens", "where": {"year": {"$gt": 10**30}}},
+    # past a float's range: the message's short form of the number overflowed (a 500)
+    "metadata_int_past_float": {"query": "kittens", "where": {"year": 10**400}},
+    "metadata_int_past_float_in": {"query": "kittens", "where": {"year": {"$in": [-(10**400)]}}},
+    "page_int_past_float": {"query": "kittens", "where": {"page": {"$gte": 10**400}}},
     "k_true": {"query": "kittens", "k": True},
     "k_string": {"query": "kittens", "k": "3"},
     "explain_int": {"query": "kittens", "explain": 1},
@@ -77,7 +81,14 @@ def test_non_finite_number_is_refused(http: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     "metadata",
-    [{"te\u0000am": "x"}, {"team": "x\u0000"}, {"n": [1, {"deep": "\u0000"}]}, {"big": 10**30}],
+    [
+        {"te\u0000am": "x"},
+        {"team": "x\u0000"},
+        {"n": [1, {"deep": "\u0000"}]},
+        {"big": 10**30},
+        {"big": 10**400},
+        {"big": [-(10**400)]},
+    ],
 )
 def test_document_metadata_is_checked(http: httpx.Client, metadata: dict[str, Any]) -> None:
     r = http.post(
@@ -95,6 +106,25 @@ def test_upload_metadata_with_nul_is_refused(http: httpx.Client) -> None:
         data={"metadata": '{"team": "a\\u0000b"}'},
     )
     _refused(r, 422)
+
+
+def test_upload_metadata_past_a_floats_range_is_refused(http: httpx.Client) -> None:
+    r = http.post(
+        "/v1/collections/edge/documents/upload",
+        files={"files": ("u.md", b"# U\n\nupload")},
+        data={"metadata": '{"n": 1' + "0" * 400 + "}"},
+    )
+    body = _refused(r, 422)
+    assert "about 401 digits" in body["detail"]
+
+
+def test_texts_metadata_past_a_floats_range_is_refused(http: httpx.Client) -> None:
+    r = http.post(
+        "/v1/collections/edge/texts",
+        json={"texts": ["kittens"], "metadatas": [{"n": -(10**400)}]},
+    )
+    body = _refused(r, 422)
+    assert "a negative number of about 401 digits" in body["detail"]
 
 
 def test_collection_settings_with_nul_are_refused(http: httpx.Client) -> None:
@@ -127,6 +157,7 @@ def test_strict_booleans_in_migrate(http: httpx.Client) -> None:
         '{"te\\u0000am": 1}',
         '{"page": 1e30}',
         '{"page": 1000000000000000000000000000}',
+        '{"year": 1' + "0" * 400 + "}",
         '{"year": NaN}',
     ],
 )

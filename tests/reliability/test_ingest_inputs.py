@@ -27,6 +27,7 @@ from ragstore.ingest import ingest_paths
 from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
 from ragstore.store import Store
+from tests.conftest import run_cli
 from tests.fixtures.builders import write_docx
 
 _BODY = "Widgets are small.\n\nGadgets are larger than widgets.\n"
@@ -145,6 +146,19 @@ def test_an_import_file_that_is_not_utf8_is_named(
         list(JsonlSource(path).records())
 
 
+def test_an_import_file_that_cannot_be_read_is_one_error(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``/proc/self/mem`` answers EIO even to root, as a file without read permission
+    answers EACCES to its user: the import ended with the ``OSError``'s traceback."""
+    args = ("import", "/proc/self/mem", "--format", "jsonl", "-c", "unreadable-import")
+    capsys.readouterr()
+    assert run_cli(*args, "--model", "m1", "--dimension", "2") == 66
+    err = capsys.readouterr().err
+    assert "error[file_unreadable]: /proc/self/mem: cannot read: Input/output error" in err
+    assert "Traceback" not in err
+
+
 def test_import_files_saved_with_a_utf8_bom_are_read(tmp_path: Path) -> None:
     (tmp_path / "rows.jsonl").write_bytes(_RECORD.encode("utf-8-sig"))
     assert [r.id for r in JsonlSource(tmp_path / "rows.jsonl").records()] == ["a"]
@@ -203,3 +217,32 @@ def test_a_pipe_or_a_dangling_link_given_by_name_says_what_it_is(
     assert "link.md: a symbolic link to gone.md, which does not exist" in (
         by_name["link.md"].error or ""
     )
+
+
+def test_a_link_loop_given_by_name_fails_alone(rt: Runtime, tmp_path: Path) -> None:
+    """``a.md -> b.md -> a.md`` named on the command line: ``Path.resolve()`` raised
+    ``RuntimeError`` on it (a traceback, nothing stored), with ``--sync`` as well."""
+    (tmp_path / "a.md").symlink_to("b.md")
+    (tmp_path / "b.md").symlink_to("a.md")
+    (tmp_path / "good.md").write_text("# Good\n\nKittens sleep all day.\n")
+    for sync in (False, True):
+        report = ingest_paths(
+            rt, [tmp_path / "a.md", tmp_path / "good.md"], collection="loops", sync=sync
+        )
+        by_name = {Path(o.source).name: o for o in report.outcomes}
+        assert by_name["a.md"].status == "failed"
+        assert by_name["a.md"].code == "path_not_found"
+        assert "a.md: a symbolic link that loops" in (by_name["a.md"].error or "")
+        assert by_name["good.md"].status == ("unchanged" if sync else "added")
+
+
+def test_documents_show_of_a_link_loop_is_not_found(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "good.md").write_text("# Good\n\nKittens sleep all day.\n")
+    assert run_cli("ingest", str(tmp_path / "good.md"), "-c", "loops-cli") == 0
+    (tmp_path / "a.md").symlink_to("b.md")
+    (tmp_path / "b.md").symlink_to("a.md")
+    capsys.readouterr()
+    assert run_cli("documents", "show", str(tmp_path / "a.md"), "-c", "loops-cli") == 66
+    assert "error[document_not_found]" in capsys.readouterr().err

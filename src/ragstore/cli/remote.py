@@ -80,7 +80,10 @@ def _batches(files: list[Path]) -> Iterator[list[Path]]:
     batch: list[Path] = []
     size = 0
     for f in files:
-        n = f.stat().st_size
+        try:
+            n = f.stat().st_size
+        except OSError:
+            n = 0  # gone or unreadable since the walk: its read fails it (_read_batch)
         if batch and (len(batch) >= BATCH_FILES or size + n > BATCH_BYTES):
             yield batch
             batch, size = [], 0
@@ -88,6 +91,25 @@ def _batches(files: list[Path]) -> Iterator[list[Path]]:
         size += n
     if batch:
         yield batch
+
+
+def _read_batch(
+    batch: list[Path], names: dict[Path, str], result: RemoteIngest
+) -> list[tuple[str, bytes]]:
+    """The batch's files as (upload name, bytes). A file that cannot be read (permissions,
+    an I/O error, removed since the folder was walked) fails alone, as in a local ingest:
+    the error ended the whole run with a traceback, and with it the count of what the
+    server had already stored."""
+    from ragstore.ingest.prepare import unreadable
+
+    parts: list[tuple[str, bytes]] = []
+    for f in batch:
+        try:
+            parts.append((names[f], f.read_bytes()))
+        except OSError as exc:
+            err = unreadable(f, exc)
+            result.fail(str(f), err.code, err.message)
+    return parts
 
 
 def _ensure_collection(client: Client, name: str) -> None:
@@ -145,8 +167,9 @@ def ingest_remote(
     try:
         for batch in _batches(files):
             with deferred():  # an interrupt between open and close would leave a file open
-                parts = [(names[f], f.read_bytes()) for f in batch]
-            _send(client, collection, parts, metadata, result)
+                parts = _read_batch(batch, names, result)
+            if parts:
+                _send(client, collection, parts, metadata, result)
             done += len(batch)
             update(done, len(files), f"{result.counts.get('failed', 0)} failed")
     except KeyboardInterrupt as exc:

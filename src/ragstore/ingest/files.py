@@ -14,6 +14,7 @@ outlived the link. A link named explicitly is still followed: that is the user's
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable
@@ -86,6 +87,23 @@ def link_outside_detail(link: str, target: str, verb: str = "ingest") -> str:
     )
 
 
+def resolved(path: Path) -> Path:
+    """``path`` made absolute with its links followed, as ``Path.resolve()`` does, except
+    that a link loop (``a -> b -> a``) comes back as the path itself instead of raising:
+    ``resolve()`` raises ``RuntimeError`` on one (before Python 3.13), which crashed an
+    ingest that named such a link with a traceback instead of failing that path alone."""
+    return Path(os.path.realpath(path))
+
+
+def link_loops(path: Path) -> bool:
+    """Whether following ``path``'s links goes round in a circle (``ELOOP``)."""
+    try:
+        path.stat()
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
 def sync_scopes(paths: Iterable[Path]) -> tuple[list[str], list[str]]:
     """(folder prefixes, exact file sources) a sync of ``paths`` is responsible for.
 
@@ -95,11 +113,11 @@ def sync_scopes(paths: Iterable[Path]) -> tuple[list[str], list[str]]:
     prefixes: list[str] = []
     exact: list[str] = []
     for path in paths:
-        resolved = path.resolve()
+        full = resolved(path)
         if path.is_dir():
-            prefixes.append(str(resolved).rstrip(os.sep) + os.sep)
+            prefixes.append(str(full).rstrip(os.sep) + os.sep)
         else:
-            exact.append(str(resolved))
+            exact.append(str(full))
     return prefixes, exact
 
 

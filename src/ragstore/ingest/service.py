@@ -42,7 +42,9 @@ from ragstore.ingest import prepare, staging
 from ragstore.ingest.files import (
     LINK_OUTSIDE_FOLDER,
     discover,
+    link_loops,
     link_outside_detail,
+    resolved,
     sync_scopes,
 )
 from ragstore.ingest.heap import long_lived_set_aside
@@ -588,7 +590,7 @@ def _ingest_paths(
         on_vanished(gone)
     gone_set = set(gone)
     for path in missing:
-        if str(path.resolve()) in gone_set:
+        if str(resolved(path)) in gone_set:
             continue  # a synced file that was deleted: reported as vanished below
         shown = _printable(str(path))
         err = _not_ingestible(path, shown)
@@ -645,7 +647,13 @@ def ingest_items(
 
 def _not_ingestible(path: Path, shown: str) -> InputError:
     """Why a named path that is neither a file nor a folder was not read: it is missing,
-    a link to nothing, or a device, pipe or socket (reading a pipe could wait forever)."""
+    a link to nothing or round in a loop, or a device, pipe or socket (reading a pipe
+    could wait forever)."""
+    if link_loops(path):
+        return PathNotFoundError(
+            f"{shown}: a symbolic link that loops (its links lead back to themselves); "
+            "point it at a file or folder, or remove it"
+        )
     if path.is_symlink() and not path.exists():
         target = _printable(str(os.readlink(path)))
         return PathNotFoundError(f"{shown}: a symbolic link to {target}, which does not exist")
