@@ -148,6 +148,22 @@ def test_a_plain_texts_word_index_reads_as_its_token_spans(tokenizer: Any) -> No
         assert pieces.located(text, parts) == located
 
 
+def test_a_text_with_segments_is_located_from_its_words(tokenizer: Any) -> None:
+    """Curly quotes, accents and symbols: such a text's index is a word index too, and
+    reads as its token spans; a word whose pieces leave a gap falls back to the spans."""
+    from ragstore.embedding.base import WordIndex
+
+    pieces = wordpieces.word_pieces(_backend(tokenizer))
+    texts = [t for t in _paragraphs() if not t.isascii() and pieces.plain(t)][:400]
+    assert len(texts) == 400
+    located = [pieces.located(t) for t in texts]
+    assert sum(x is not None for x in located) > 0.95 * len(texts)
+    for text, at in zip(texts, located, strict=True):
+        if at is not None:
+            _same_index(WordIndex(*at), *pieces.spans(text), text)
+    assert pieces.located("x\u0301y and more") is None, "the dropped mark leaves a gap in xy"
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_ALPHABET, max_size=40).map("".join))
 def test_every_encodings_index_reads_as_its_spans(tokenizer: Any, text: str) -> None:

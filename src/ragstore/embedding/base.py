@@ -152,10 +152,11 @@ class TokenIndex:
 
 
 class WordIndex(TokenIndex):
-    """The :class:`TokenIndex` of a plain text, from its words' starts and pieces (see
+    """The :class:`TokenIndex` of a text, from its words' starts and pieces (see
     :meth:`WordPieces.located`): a token is found by bisection over the words' token
-    counts, so a block is split without a tuple made per token. Plain words follow one
-    another and their pieces cover them in order, so token starts strictly increase."""
+    counts, so a block is split without a tuple made per token. Words follow one another
+    and their pieces cover them in order (``located`` makes sure of it where a segment's
+    words come from the tokenizer), so token starts strictly increase."""
 
     __slots__ = ("_cum", "_pieces", "_word_starts")
 
@@ -329,8 +330,9 @@ def tokenizer_encodings(
 
 
 def _plain_index(pieces: WordPieces, text: str, parts: list[str] | None = None) -> TokenIndex:
-    """A :class:`WordIndex` of ``text`` where all its units are words, else the lists;
-    ``parts``: its :meth:`WordPieces.parts` if known."""
+    """A :class:`WordIndex` of ``text`` where its tokens follow one another word by word
+    (:meth:`WordPieces.located`), else the lists; ``parts``: its :meth:`WordPieces.parts`
+    if known."""
     located = pieces.located(text, parts)
     if located is None:
         return TokenIndex(*pieces.spans(text))
