@@ -163,3 +163,35 @@ def test_a_round_that_fails_in_the_database_falls_back_to_one_document_at_a_time
     with rt.db.connection() as conn:
         row = conn.execute("SELECT count(*) FROM chunks WHERE text LIKE '%poison%'").fetchone()
     assert row is not None and row[0] == 0
+
+
+def test_new_metadata_on_unchanged_bytes_updates_the_document(rt: Runtime, tmp_path: Path) -> None:
+    """The same file ingested again with other metadata is stored with it (it was
+    answered "unchanged" and the new metadata dropped), its chunks keeping their vectors;
+    ingested again with the same metadata, in any key order, it is unchanged."""
+    (tmp_path / "team.md").write_text(DOC_A)
+    first = ingest_paths(rt, [tmp_path], "meta-change", metadata={"team": "a", "tier": 1})
+    assert first.count("added") == 1 and first.embedded > 0
+    again = ingest_paths(rt, [tmp_path], "meta-change", metadata={"tier": 1, "team": "a"})
+    assert again.count("unchanged") == 1
+    moved = ingest_paths(rt, [tmp_path], "meta-change", metadata={"team": "b", "tier": 1})
+    assert moved.count("updated") == 1
+    assert moved.embedded == 0, "only the metadata changed: no chunk is embedded again"
+    (outcome,) = moved.outcomes
+    assert outcome.document and outcome.document["metadata"]["team"] == "b"
+    assert search(rt, "tomatoes", collection="meta-change", where={"document.team": "b"})
+    assert not search(rt, "tomatoes", collection="meta-change", where={"document.team": "a"})
+
+
+def test_a_file_without_metadata_keeps_its_content_hash(rt: Runtime, tmp_path: Path) -> None:
+    """Files ingested without metadata hash as before (their bytes and the chunking
+    version), so an upgrade re-chunks none of them."""
+    import hashlib
+
+    from ragstore.chunking import CHUNKING_VERSION
+
+    (tmp_path / "plain.md").write_text(DOC_B)
+    report = ingest_paths(rt, [tmp_path], "meta-plain")
+    (outcome,) = report.outcomes
+    want = hashlib.sha256(f"ragstore-chunking-{CHUNKING_VERSION}\n".encode() + DOC_B.encode())
+    assert outcome.document and outcome.document["content_hash"] == want.hexdigest()

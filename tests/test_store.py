@@ -203,7 +203,11 @@ def test_ingest_paths_reports_each_document(store: Store, tmp_path: Path) -> Non
     (tmp_path / "a.md").write_text("# Tea\n\nGreen tea steeps for two minutes.\n")
     out = store.ingest("files", [tmp_path], metadata={"src": "disk"})
     assert [(d["status"], d["metadata"]["src"]) for d in out["data"]] == [("added", "disk")]
-    assert store.ingest("files", [tmp_path])["data"][0]["status"] == "unchanged"
+    again = store.ingest("files", [tmp_path], metadata={"src": "disk"})["data"][0]
+    assert again["status"] == "unchanged"
+    # the metadata is the last write's: an ingest that gives none stores none
+    bare = store.ingest("files", [tmp_path])["data"][0]
+    assert bare["status"] == "updated" and "src" not in bare["metadata"]
     hit = store.search("files", "how long does green tea steep", k=1, context="section")
     assert "two minutes" in hit["data"][0]["text"]
     assert hit["data"][0]["context_mode"] == "section"

@@ -107,6 +107,20 @@ def test_re_adding_unchanged_text_is_skipped_and_changed_text_updates(docs: Clie
     )
 
 
+def test_re_adding_unchanged_text_with_new_metadata_updates_it(docs: Client) -> None:
+    """Same name, same text, other metadata: stored with the new metadata (it was
+    answered 201 and the old metadata kept, so a filter on the new value found nothing)."""
+    docs.add_document("docs", "ops/owners.md", "# Owners\n\nPager duty.", metadata={"team": "a"})
+    moved = docs.add_document(
+        "docs", "ops/owners.md", "# Owners\n\nPager duty.", metadata={"team": "b"}
+    )
+    assert moved["status"] == "updated"
+    assert docs.get_document("docs", moved["id"])["metadata"]["team"] == "b"
+    found = docs.search("docs", "pager duty", k=5, where={"team": "b"})
+    assert [h["source"].rsplit("/", 1)[-1] for h in found["data"]] == ["owners.md"]
+    docs.delete_document("docs", moved["id"])
+
+
 def test_search_finds_the_matching_document(docs: Client) -> None:
     result = docs.search("docs", "how do I undo a schema migration?", k=2)
     assert result["count"] == 2

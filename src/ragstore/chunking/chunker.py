@@ -18,8 +18,9 @@ model reads (:attr:`Chunk.embed_text`) and re-checked after every split.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,12 +50,22 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def document_hash(data: bytes) -> str:
+def document_hash(data: bytes, metadata: Mapping[str, Any] | None = None) -> str:
     """The stored content hash of a document: its bytes and the chunking version, so that
     after an upgrade that chunks differently an unchanged file is not skipped as
-    unchanged but re-chunked (and only its chunks whose text changed are re-embedded)."""
+    unchanged but re-chunked (and only its chunks whose text changed are re-embedded).
+
+    ``metadata``: what its writer said of it (``ingest --meta``, an upload's metadata).
+    A write decides "unchanged" by this hash alone, so new metadata on the same bytes
+    was answered as stored and dropped; now it makes the write an update, whose chunks
+    keep their vectors. Without any, the hash is that of the bytes, as before."""
     digest = hashlib.sha256(f"ragstore-chunking-{CHUNKING_VERSION}\n".encode())
     digest.update(data)
+    if metadata:
+        said = json.dumps(
+            metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+        )
+        digest.update(b"\0metadata\0" + said.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 
 

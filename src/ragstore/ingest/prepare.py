@@ -119,7 +119,8 @@ def prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
 def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
     data = read_bounded(item.path, job.max_file_bytes, item.label)
     size = len(data)
-    digest = document_hash(data)
+    user_meta = {**job.user_meta, **item.metadata}
+    digest = document_hash(data, user_meta)
     if item.early_skip and stored_hash == digest:
         return Prepared(item.source, unchanged=True)
     fmt = detect_format(item.label, data)
@@ -139,7 +140,7 @@ def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
             parsed.format,
             size,
             parsed.metadata,
-            {**job.user_meta, **item.metadata},
+            user_meta,
             detect_language(parsed),
         ),
         parsed=recipe.encode(parsed),
