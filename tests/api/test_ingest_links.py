@@ -170,6 +170,32 @@ def test_the_remote_cli_fails_an_unreadable_file_alone(open_url: str, tmp_path: 
     assert f"{failed['document']}: cannot read" in str(failed["detail"])
 
 
+def test_the_remote_cli_says_what_a_named_path_is_as_a_local_ingest_does(
+    open_url: str, tmp_path: Path
+) -> None:
+    """A link loop, a broken link or a pipe named to ``ingest`` through a server was
+    reported as "no such file or directory"; it gets the local ingest's words now."""
+    import os
+
+    from ragstore.cli.remote import ingest_remote
+
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    (tmp_path / "broken").symlink_to(tmp_path / "nowhere.md")
+    os.mkfifo(tmp_path / "pipe")
+    named = [tmp_path / "loop1", tmp_path / "broken", tmp_path / "pipe", tmp_path / "gone.md"]
+    with Client(open_url) as client:
+        result = ingest_remote(client, open_url, named, "named-paths", {}, lambda *a: None)
+    got = {Path(str(f["document"])).name: (f["code"], str(f["detail"])) for f in result.failed}
+    assert got["loop1"][0] == "path_not_found" and "loops" in got["loop1"][1]
+    assert got["broken"][0] == "path_not_found" and "nowhere.md" in got["broken"][1]
+    assert got["pipe"][0] == "file_unreadable" and "pipe" in got["pipe"][1]
+    assert got["gone.md"] == (
+        "path_not_found",
+        f"{tmp_path / 'gone.md'}: no such file or directory",
+    )
+
+
 def test_the_client_raises_ragstore_errors_for_files_it_cannot_read(
     open_url: str, tmp_path: Path
 ) -> None:

@@ -144,13 +144,19 @@ def ingest_remote(
     """Upload ``paths`` (files and folders) to the server, a batch per request; a batch
     the server refuses is retried file by file so that each failure names its file."""
     from ragstore.cli.signals import deferred
-    from ragstore.ingest.files import LINK_OUTSIDE_FOLDER, discover, link_outside_detail
+    from ragstore.ingest.files import (
+        LINK_OUTSIDE_FOLDER,
+        discover,
+        link_outside_detail,
+        not_ingestible,
+    )
 
     start = time.monotonic()
     files, missing, outside = discover(paths)
     result = RemoteIngest(collection, server)
-    for m in missing:
-        result.fail(str(m), "path_not_found", f"{m}: no such file or directory")
+    for m in missing:  # as a local ingest says it: missing, a broken link, a pipe...
+        err = not_ingestible(m, str(m))
+        result.fail(str(m), err.code, err.message)
     for link, target in outside:  # never uploaded: a file from elsewhere on this machine
         result.skipped.append(
             {

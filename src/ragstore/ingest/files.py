@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from ragstore.errors import FileTooLargeError
+from ragstore.errors import FileTooLargeError, FileUnreadableError, InputError, PathNotFoundError
 from ragstore.parsing import supported_suffixes
 
 
@@ -147,3 +147,33 @@ def read_bounded(path: Path, limit: int, label: str | None = None) -> bytes:
             "raise RAGSTORE_MAX_FILE_BYTES to ingest it"
         )
     return data
+
+
+def printable(name: str) -> str:
+    """``name`` with the bytes a file system gave that are not UTF-8 escaped as ``\\xNN``
+    (and any other lone surrogate, as a JSON body can carry, as ``\\udNNN``)."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def not_ingestible(path: Path, shown: str) -> InputError:
+    """Why a named path that is neither a file nor a folder was not read: it is missing,
+    a link to nothing or round in a loop, or a device, pipe or socket (reading a pipe
+    could wait forever)."""
+    if link_loops(path):
+        return PathNotFoundError(
+            f"{shown}: a symbolic link that loops (its links lead back to themselves); "
+            "point it at a file or folder, or remove it"
+        )
+    if path.is_symlink() and not path.exists():
+        target = printable(str(os.readlink(path)))
+        return PathNotFoundError(f"{shown}: a symbolic link to {target}, which does not exist")
+    if path.exists():
+        return FileUnreadableError(
+            f"{shown}: not a regular file or folder (a device, pipe or socket); "
+            "copy its content to a file and ingest that"
+        )
+    return PathNotFoundError(f"{shown}: no such file or directory")

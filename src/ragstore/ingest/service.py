@@ -14,7 +14,6 @@ nothing behind and the rest of the batch goes on.
 from __future__ import annotations
 
 import enum
-import os
 import threading
 import time
 from collections import deque
@@ -33,17 +32,16 @@ from ragstore.embedding.base import Embedder
 from ragstore.errors import (
     CollectionNotFoundError,
     DecodeError,
-    FileUnreadableError,
     InputError,
-    PathNotFoundError,
     RagstoreError,
 )
 from ragstore.ingest import prepare, staging
 from ragstore.ingest.files import (
     LINK_OUTSIDE_FOLDER,
     discover,
-    link_loops,
     link_outside_detail,
+    not_ingestible,
+    printable,
     resolved,
     sync_scopes,
 )
@@ -576,12 +574,12 @@ def _ingest_paths(
     files, missing, outside = discover(paths)
     report = IngestReport(collection=name)
     for link, target in outside:
-        shown = _printable(str(link))
+        shown = printable(str(link))
         report.outcomes.append(
             FileOutcome(
                 shown,
                 "skipped",
-                error=link_outside_detail(shown, _printable(str(target))),
+                error=link_outside_detail(shown, printable(str(target))),
                 code=LINK_OUTSIDE_FOLDER,
             )
         )
@@ -592,8 +590,8 @@ def _ingest_paths(
     for path in missing:
         if str(resolved(path)) in gone_set:
             continue  # a synced file that was deleted: reported as vanished below
-        shown = _printable(str(path))
-        err = _not_ingestible(path, shown)
+        shown = printable(str(path))
+        err = not_ingestible(path, shown)
         report.outcomes.append(FileOutcome(shown, "failed", error=str(err), code=err.code))
     if not files:
         _finish_sync(rt, name, report, gone, prune)
@@ -645,26 +643,6 @@ def ingest_items(
         _build_index(rt, coll)
 
 
-def _not_ingestible(path: Path, shown: str) -> InputError:
-    """Why a named path that is neither a file nor a folder was not read: it is missing,
-    a link to nothing or round in a loop, or a device, pipe or socket (reading a pipe
-    could wait forever)."""
-    if link_loops(path):
-        return PathNotFoundError(
-            f"{shown}: a symbolic link that loops (its links lead back to themselves); "
-            "point it at a file or folder, or remove it"
-        )
-    if path.is_symlink() and not path.exists():
-        target = _printable(str(os.readlink(path)))
-        return PathNotFoundError(f"{shown}: a symbolic link to {target}, which does not exist")
-    if path.exists():
-        return FileUnreadableError(
-            f"{shown}: not a regular file or folder (a device, pipe or socket); "
-            "copy its content to a file and ingest that"
-        )
-    return PathNotFoundError(f"{shown}: no such file or directory")
-
-
 def _storable_names(items: Sequence[Item], report: IngestReport) -> list[Item]:
     """The items whose source the database can store; the others fail alone.
 
@@ -678,25 +656,15 @@ def _storable_names(items: Sequence[Item], report: IngestReport) -> list[Item]:
         try:
             item.source.encode("utf-8")
         except UnicodeEncodeError:
-            shown = _printable(item.label)
+            shown = printable(item.label)
             err = DecodeError(
                 f"{shown}: the file name is not valid UTF-8, which ragstore cannot store; "
                 "rename the file (e.g. convmv -f latin1 -t utf-8 --notest FILE)"
             )
-            report.outcomes.append(_fail(_printable(item.source), err))
+            report.outcomes.append(_fail(printable(item.source), err))
             continue
         ok.append(item)
     return ok
-
-
-def _printable(name: str) -> str:
-    """``name`` with the bytes a file system gave that are not UTF-8 escaped as ``\\xNN``
-    (and any other lone surrogate, as a JSON body can carry, as ``\\udNNN``)."""
-    try:
-        raw = name.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return name.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
 
 
 def _bulk_load(
