@@ -166,6 +166,41 @@ def test_vector_only_collection_is_added_to_and_searched_by_vector(store: Store)
         store.search("outside", vector=[0.0, -1e300, 0.0, 0.0])
 
 
+def test_a_new_vector_for_the_same_text_is_stored_not_answered_unchanged(store: Store) -> None:
+    # an outside model replaced by another of the same dimension: the texts are sent again
+    # with their new vectors, and must not be answered "unchanged" with the old ones kept
+    store.create_collection("repointed", model="outside-embedder@v2", dimension=3)
+    store.add_texts("repointed", ["north"], [{"v": 1}], ids=["n"], vectors=[[1, 0, 0]])
+    again = store.add_texts("repointed", ["north"], [{"v": 1}], ids=["n"], vectors=[[0, 1, 0]])
+    assert (again["updated"], again["unchanged"]) == (1, 0)
+    hit = store.search("repointed", vector=[0, 1, 0], k=1)["data"][0]
+    assert (hit["source"], hit["score"]) == ("n", pytest.approx(1.0, abs=1e-6))
+    same = store.add_texts("repointed", ["north"], [{"v": 1}], ids=["n"], vectors=[[0, 1, 0]])
+    assert (same["unchanged"], same["updated"]) == (1, 0)
+
+
+def test_a_callers_vector_and_the_models_are_never_swapped(store: Store) -> None:
+    text = "Parrots can learn a few hundred words."
+    rt = store.runtime
+    model_vec = rt.embedder_for(rt.collection("pets")).embed([text])[0]
+    own = (-model_vec).tolist()  # a vector the caller brought, far from the model's
+    store.add_texts("mixed", [text], ids=["given"], vectors=[own])
+    # the same text without a vector is embedded by the model, not handed the caller's
+    other = store.add_texts("mixed", [text], ids=["embedded"])
+    assert (other["added"], other["embedded"], other["reused"]) == (1, 1, 0)
+    # the id that was given a vector, sent again without one: the model's vector now
+    again = store.add_texts("mixed", [text], ids=["given"])
+    assert (again["updated"], again["unchanged"]) == (1, 0)
+    hits = store.search("mixed", vector=model_vec.tolist(), k=2)["data"]
+    assert sorted(h["source"] for h in hits) == ["embedded", "given"]
+    assert [h["score"] for h in hits] == [pytest.approx(1.0, abs=1e-4)] * 2
+    # and the other way round: a model-embedded text sent with a vector of the caller's
+    back = store.add_texts("mixed", [text], ids=["embedded"], vectors=[own])
+    assert (back["updated"], back["unchanged"]) == (1, 0)
+    hit = store.search("mixed", vector=own, k=1)["data"][0]
+    assert (hit["source"], hit["score"]) == ("embedded", pytest.approx(1.0, abs=1e-4))
+
+
 def test_collections_take_any_pinned_model_key(
     store: Store, settings: Settings, tmp_path: Path
 ) -> None:

@@ -6,10 +6,11 @@ Each text becomes a document whose ``source`` is its id (a fresh UUID when none 
 and whose metadata is exactly the caller's. A text is chunked and embedded with the
 collection's model, or, when the caller brings one vector per text (an outside embedding
 model, or a collection of imported vectors that ragstore cannot embed for), stored whole
-as one chunk with that vector. Re-adding an id with the same text and metadata changes
-nothing; new metadata on the same text rewrites the rows but reuses the stored vectors,
-so unchanged text is never embedded twice. Rows go through the one write path,
-:func:`ragstore.db.documents.write_documents`, a transaction per batch.
+as one chunk with that vector. Re-adding an id with the same text and metadata (and the
+same vector, when one is given) changes nothing; new metadata on the same text rewrites
+the rows but reuses the stored vectors, so unchanged text is never embedded twice. Rows
+go through the one write path, :func:`ragstore.db.documents.write_documents`, a
+transaction per batch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from ragstore.chunking import chunk_document, recipe
-from ragstore.chunking.chunker import content_hash
 from ragstore.db import documents, repository
 from ragstore.db.errors import translated
 from ragstore.errors import EmptyDocumentError, InputError
@@ -111,13 +111,32 @@ def _checked(
     return out_ids, metas, matrix
 
 
-def _digest(text: str, metadata: dict[str, Any]) -> str:
+def _digest(text: str, metadata: dict[str, Any], vector: np.ndarray | None = None) -> str:
+    """The stored content hash of a text: what decides "unchanged". A caller's vector is
+    part of what was sent: left out, the same text sent with another vector (an outside
+    model replaced by one of the same dimension) was answered unchanged and the old vector
+    kept, and a text sent once with a vector and then without stayed the caller's vector.
+    Texts the model embeds hash as they always did."""
     blob = json.dumps([text, metadata], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(blob.encode("utf-8"))
+    if vector is not None:
+        digest.update(b"\0vector\0" + _vector_bytes(vector))
+    return digest.hexdigest()
 
 
-def _whole(text: str, metadata: dict[str, Any]) -> list[Chunk]:
-    """The text as one chunk, for a caller-given vector that stands for all of it."""
+def _vector_bytes(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def _whole(text: str, metadata: dict[str, Any], vector: np.ndarray) -> list[Chunk]:
+    """The text as one chunk, for a caller-given vector that stands for all of it.
+
+    Its content hash is not the text's: stored vectors are reused by chunk content hash
+    (:func:`ragstore.db.documents.stored_embeddings`), so under the text's hash a caller's
+    vector was handed to the same text wherever the model was to embed it (another id, this
+    id sent again without a vector, a file's chunk)."""
+    given = hashlib.sha256(b"ragstore-given-vector\0" + _vector_bytes(vector))
+    given.update(text.encode("utf-8"))
     return [
         Chunk(
             ordinal=0,
@@ -128,7 +147,7 @@ def _whole(text: str, metadata: dict[str, Any]) -> list[Chunk]:
             char_start=0,
             char_end=len(text),
             token_count=len(text.split()),
-            content_hash=content_hash(text),
+            content_hash=given.hexdigest(),
             metadata=dict(metadata),
         )
     ]
@@ -183,17 +202,20 @@ def _add_batch(
 ) -> None:
     with rt.db.connection() as conn, translated(f"reading documents of {coll.name!r}"):
         known = documents.document_hashes(conn, coll.id, ids)
+    digests = [
+        _digest(texts[i], metas[i], None if matrix is None else matrix[i]) for i in range(len(ids))
+    ]
     todo: list[int] = []
     for i, doc_id in enumerate(ids):
         old = known.get(doc_id)
-        if old is not None and old[1] == _digest(texts[i], metas[i]):
+        if old is not None and old[1] == digests[i]:
             report.unchanged += 1
         else:
             todo.append(i)
     if not todo:
         return
     cut = [
-        (_whole(texts[i], metas[i]), None)
+        (_whole(texts[i], metas[i], matrix[i]), None)
         if matrix is not None
         else _chunked(rt, coll, texts[i], ids[i], metas[i], f"texts[{i}] (id {ids[i]!r})")
         for i in todo
@@ -211,7 +233,7 @@ def _add_batch(
             source=ids[i],
             title=None,
             format="text",
-            content_hash=_digest(texts[i], metas[i]),
+            content_hash=digests[i],
             size_bytes=len(texts[i].encode("utf-8")),
             metadata=metas[i],
             parsed=cut[n][1],
