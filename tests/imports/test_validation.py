@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragstore.errors import InputError
+from ragstore import Store
+from ragstore.errors import ImportValidationError, InputError
+from ragstore.imports import ImportOptions, SourceOptions, open_source, plan_import, run_import
 from ragstore.imports.records import Record
 from ragstore.imports.validate import parse_policies, validate
+from ragstore.runtime import Runtime
 from tests.conftest import run_cli
 from tests.imports.helpers import collection_state, vectors, write_jsonl
 
@@ -254,6 +257,28 @@ def test_ids_already_in_the_collection_are_reported(
     capsys.readouterr()
     assert run_cli(*args) == 65
     assert "10 existing_id (first: e0, e1, e2, e3, e4)" in capsys.readouterr().err
+
+
+def test_an_id_stored_after_the_plan_is_not_overwritten(rt: Runtime, tmp_path: Path) -> None:
+    # the plan found no existing ids; another writer stores one of them before the write
+    # (the plan reads the whole source first, which takes a while for a large one): the
+    # import must not replace the document that writer was told was added
+    ids = [f"r{i}" for i in range(5)]
+    src = write_jsonl(tmp_path / "race.jsonl", ids, vectors(5, DIM))
+    Store.from_runtime(rt).create_collection("val-race2", model="legacy-race@v1", dimension=DIM)
+    opts = ImportOptions(
+        collection="val-race2", model="legacy-race@v1", dimension=DIM, backup=False
+    )
+    plan = plan_import(rt, open_source(str(src), SourceOptions()), opts)
+    assert plan.validation.ok and plan.to_write == 5
+    theirs = Store.from_runtime(rt).add_texts(
+        "val-race2", ["theirs"], [{"by": "them"}], ids=["r3"], vectors=[[1.0] * DIM]
+    )
+    assert theirs["added"] == 1
+    with pytest.raises(ImportValidationError, match=r"1 existing_id \(first: r3\)"):
+        run_import(rt, plan, opts)
+    kept = Store.from_runtime(rt).get_texts("val-race2", ids)
+    assert [(t["id"], t["text"], t["metadata"]) for t in kept] == [("r3", "theirs", {"by": "them"})]
 
 
 def test_unknown_model_needs_a_declared_dimension(

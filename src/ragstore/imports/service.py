@@ -525,6 +525,10 @@ class _Writer:
                     spaces.drop_index(conn, coll.table)
                 if self.bulk:
                     documents.begin_bulk(conn, coll.id)
+                else:
+                    documents.lock_sources(conn, coll.id, self.ids)
+                if not created:
+                    self._refuse_ids_stored_since_the_plan(conn, coll)
                 memory = self.opts.maintenance_work_mem or self.rt.settings.index_build_memory
                 if self.rebuild:
                     verification = self._rebuild(conn, coll, memory)
@@ -544,6 +548,24 @@ class _Writer:
             if not done and self._staging_committed and coll is not None:
                 discard_staged(self.rt, coll)
         return coll, created, verification
+
+    def _refuse_ids_stored_since_the_plan(
+        self, conn: psycopg.Connection[Any], coll: repository.Collection
+    ) -> None:
+        """The plan judged ``existing_id`` before anything was locked; a record whose id
+        another writer stored since then would be written over (every write of an import
+        replaces), and that writer's acknowledged document lost, whatever the policy said.
+        Looked at again under the import's source locks, so none can arrive after."""
+        found = _existing_ids(conn, coll.id, self.ids)
+        if not found:
+            return
+        first = [i for i in self.ids if i in found][:5]
+        raise ImportValidationError(
+            f"{self.plan.source}: {len(found)} existing_id (first: {', '.join(first)}): "
+            f"stored in {coll.name!r} by another writer after the import was read and "
+            "checked; nothing was written. Run the import again: such ids are then "
+            "refused or skipped as --policy existing_id says"
+        )
 
     def _rebuild(
         self, conn: psycopg.Connection[Any], coll: repository.Collection, memory: str
