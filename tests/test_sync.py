@@ -99,6 +99,26 @@ def test_prune_reports_vanished_files_first_then_removes_them(rt: Runtime, folde
     assert orphans == (0,)
 
 
+def test_prune_keeps_a_file_that_came_back_and_was_stored_again(rt: Runtime, folder: Path) -> None:
+    # the listing found b.txt gone; before the prune, it is written again (an editor that
+    # deletes and recreates, a build that regenerates it) and another ingest stores it,
+    # which is told "updated": the prune must not delete what is on disk and acknowledged
+    ingest_paths(rt, [folder], "sync5", sync=True)
+    (folder / "b.txt").unlink()
+    told: list[str] = []
+
+    def meanwhile(sources: list[str]) -> None:
+        (folder / "b.txt").write_text("Blueberries are picked in summer.\n")
+        other = ingest_paths(rt, [folder / "b.txt"], "sync5")
+        told.extend(o.status for o in other.outcomes)
+
+    report = ingest_paths(rt, [folder], "sync5", sync=True, prune=True, on_vanished=meanwhile)
+    assert told == ["updated"]
+    assert report.count("removed") == 0
+    assert "b.txt" in _stored(rt, "sync5")
+    assert _texts(rt, "sync5", "b.txt") == ["Blueberries are picked in summer."]
+
+
 def test_sync_of_one_folder_leaves_documents_of_other_folders_alone(
     rt: Runtime, folder: Path, tmp_path: Path
 ) -> None:

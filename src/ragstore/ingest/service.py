@@ -531,10 +531,19 @@ def _vanished(rt: Runtime, name: str, paths: Sequence[Path], files: Sequence[Pat
     return sorted(s for s in stored if s not in present and not Path(s).exists())
 
 
-def _prune(rt: Runtime, name: str, sources: Sequence[str]) -> int:
+def _prune(rt: Runtime, name: str, sources: Sequence[str]) -> list[str]:
+    """Remove the vanished documents still gone from disk; the ones removed are returned.
+
+    They were listed before the ingest ran, and a file can come back meanwhile (an editor
+    that deletes and recreates it, a build that regenerates it) and be stored again by
+    another ingest, told it was added or updated. Each is looked at again under its write
+    lock, so such a document stays, and a writer that comes later waits for the delete."""
     coll = rt.collection(name)
     with rt.db.connection() as conn, translated(f"removing vanished documents of {name!r}"):
-        return documents.delete_documents(conn, coll.id, sources)
+        documents.lock_sources(conn, coll.id, sources)
+        gone = [s for s in sources if not Path(s).exists()]
+        documents.delete_documents(conn, coll.id, gone)
+    return gone
 
 
 def ingest_paths(
@@ -747,10 +756,11 @@ def ensure_space_index(rt: Runtime, coll: repository.Collection, conn: Any) -> N
 def _finish_sync(
     rt: Runtime, name: str, report: IngestReport, gone: Sequence[str], prune: bool
 ) -> None:
-    """Record the vanished documents; with ``prune``, remove them in one transaction."""
+    """Record the vanished documents; with ``prune``, remove those still gone in one
+    transaction (one back on disk by now is left stored, and out of the report)."""
     if not gone:
         return
     if prune:
-        _prune(rt, name, gone)
-    status = "removed" if prune else "vanished"
-    report.outcomes.extend(FileOutcome(source, status) for source in gone)
+        report.outcomes.extend(FileOutcome(s, "removed") for s in _prune(rt, name, gone))
+    else:
+        report.outcomes.extend(FileOutcome(s, "vanished") for s in gone)
