@@ -270,17 +270,21 @@ class Store:
         report = ingest_paths(
             self._rt, [Path(p) for p in given], collection=collection, metadata=dict(metadata or {})
         )
-        docs = []
         kept = [o for o in report.outcomes if o.status in ("added", "updated", "unchanged")]
-        if kept:
+        # each document as the ingest's own transaction left it: read afresh, a concurrent
+        # writer's row could stand beside this call's status. A file skipped as unchanged
+        # before parsing has no such row; its stored one is read.
+        rows = {o.source: o.document for o in kept if o.document is not None}
+        unread = [o.source for o in kept if o.document is None]
+        if unread:
             coll = self._rt.collection(collection)
             with (
                 self._rt.db.connection() as conn,
                 translated(f"reading documents of {collection!r}"),
             ):
-                for o in kept:
-                    doc = catalog.document_by_source(conn, coll, o.source)
-                    docs.append(self._document(collection, doc, o.status))
+                for source in unread:
+                    rows[source] = catalog.document_by_source(conn, coll, source)
+        docs = [self._document(collection, rows[o.source], o.status) for o in kept]
         if report.failed:  # the others are stored (each document whole): the error says so
             first = report.failed[0]
             cls = next((c for c in all_error_classes() if c.code == first.code), RagstoreError)
