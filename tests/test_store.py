@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -299,3 +300,33 @@ def test_fields_name_the_built_ins_and_the_metadata_paths_with_their_values(
     assert [h["metadata"]["author"]["name"] for h in hits] == ["Bob"]
     with pytest.raises(CollectionNotFoundError):
         store.fields("no-such-collection")
+
+
+def test_a_failed_later_batch_says_which_texts_were_stored(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``add_texts`` commits a transaction per batch: when a later batch fails (here the
+    model endpoint goes down at the second), the error names the ids the earlier batches
+    stored and those it did not, instead of reading as if nothing had been stored."""
+    from ragstore.errors import EmbeddingProviderError
+    from ragstore.ingest import texts as text_service
+
+    real = text_service._add_batch
+    calls: list[int] = []
+
+    def down_at_the_second(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise EmbeddingProviderError("the embedding endpoint refused the request")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(text_service, "BATCH", 2)
+    monkeypatch.setattr(text_service, "_add_batch", down_at_the_second)
+    ids = ["b1", "b2", "b3", "b4", "b5"]
+    with pytest.raises(EmbeddingProviderError) as failed:
+        store.add_texts("batches", [f"text number {i}" for i in range(5)], ids=ids)
+    members = failed.value.problem_members
+    assert members == {"stored_ids": ["b1", "b2"], "not_stored_ids": ["b3", "b4", "b5"]}
+    assert "2 of the 5 texts" in str(failed.value)
+    listed = store.list_documents("batches")["data"]
+    assert sorted(d["name"] for d in listed) == ["b1", "b2"]

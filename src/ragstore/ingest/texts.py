@@ -27,7 +27,7 @@ import numpy as np
 from ragstore.chunking import chunk_document, recipe
 from ragstore.db import documents, repository
 from ragstore.db.errors import translated
-from ragstore.errors import EmptyDocumentError, InputError
+from ragstore.errors import EmptyDocumentError, InputError, RagstoreError
 from ragstore.modelops.fanout import building_vectors
 from ragstore.models import Chunk, ChunkType
 from ragstore.parsing import parse_bytes
@@ -179,16 +179,32 @@ def add_texts(
     report = AddReport(collection=coll.name, ids=out_ids)
     for start in range(0, len(texts), BATCH):
         end = min(start + BATCH, len(texts))
-        _add_batch(
-            rt,
-            coll,
-            report,
-            list(texts[start:end]),
-            out_ids[start:end],
-            metas[start:end],
-            None if matrix is None else matrix[start:end],
-        )
+        try:
+            _add_batch(
+                rt,
+                coll,
+                report,
+                list(texts[start:end]),
+                out_ids[start:end],
+                metas[start:end],
+                None if matrix is None else matrix[start:end],
+            )
+        except RagstoreError as exc:
+            if start:
+                _say_what_was_stored(exc, out_ids, start)
+            raise
     return report
+
+
+def _say_what_was_stored(exc: RagstoreError, ids: list[str], stored: int) -> None:
+    """A batch after the first failed: the batches before it are committed (a transaction
+    each), so the error says which ids are stored and which are not, as an upload's error
+    does, rather than reading as if the whole call had failed."""
+    exc.problem_members = {"stored_ids": ids[:stored], "not_stored_ids": ids[stored:]}
+    exc.message += (
+        f" ({stored} of the {len(ids)} texts, the first ones, were stored before it: "
+        "see 'stored_ids'; the rest were not: 'not_stored_ids')"
+    )
 
 
 def _add_batch(
