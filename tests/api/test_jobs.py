@@ -165,6 +165,33 @@ def test_jobs_page_newest_first_by_cursor(api: Client) -> None:
     assert ids == sorted(ids, reverse=True) and len(set(ids)) == 3
 
 
+def test_a_job_leaves_a_document_written_after_it_was_accepted(
+    api: Client, jobs_settings: Settings
+) -> None:
+    """A job accepted with version 1 of a document, then a direct write of version 2
+    (answered 201): when the worker runs, version 2 stays, and the job says it left that
+    document for the later write. It used to put version 1 back over the acknowledged one."""
+    job = api.add_document("bg", "race.md", "# Race\n\nversion one", background=True)
+    later = api.add_document("bg", "race.md", "# Race\n\nversion two")
+    assert later["status"] in ("added", "updated")
+    first = api.add_document("bg", "kept.md", "# Kept\n\nolder than the job")
+    queued = api.upload(
+        "bg",
+        [("kept.md", b"# Kept\n\nnewer, from the job"), ("other.md", b"# O\n\nok")],
+        background=True,
+    )
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.wait_for_job(job["id"], timeout=5)
+    assert done["status"] == "succeeded" and done["errors"] == []
+    assert done["summary"].get("superseded") == 1, done["summary"]
+    stored = api.get_document("bg", later["id"])
+    assert stored["content_hash"] == later["content_hash"], "the acknowledged write stays"
+    # a document written before the job was accepted is the job's to replace
+    other = api.wait_for_job(queued["id"], timeout=5)
+    assert other["summary"].get("updated") == 1 and other["summary"].get("added") == 1
+    assert api.get_document("bg", first["id"])["content_hash"] != first["content_hash"]
+
+
 def _worker(env: dict[str, str], out: int | IO[bytes], *args: str) -> subprocess.Popen[bytes]:
     """``ragstore worker`` in a session of its own (``os.killpg`` ends it and its children),
     its output and errors to ``out``."""

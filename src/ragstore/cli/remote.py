@@ -129,6 +129,8 @@ def _record(result: RemoteIngest, client: Client, answer: dict[str, Any]) -> Non
     job = client.wait_for_job(int(answer["id"]), timeout=JOB_TIMEOUT_S)
     for key in ("added", "updated", "unchanged"):
         result.add(key, int(job["summary"].get(key, 0)))
+    if job["summary"].get("superseded"):  # left for a later write (jobs/runner.py)
+        result.add("superseded", int(job["summary"]["superseded"]))
     for e in job["errors"]:
         result.fail(e.get("document") or "(job)", e.get("code"), e.get("detail"))
 

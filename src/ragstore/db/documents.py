@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,9 @@ class DocumentWrite:
     vectors: np.ndarray
     extra_vectors: Mapping[str, np.ndarray] | None = None
     lexemes: Lexemes | None = None  # the chunks' tsvectors, when computed beforehand
+    # when the request that sent it was answered (a queued job's acceptance): a stored row
+    # of other content updated since then was written by a later request, and is kept
+    accepted_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class Lexemes:
 class Written:
     """What one write did to one document, and the row as this transaction left it."""
 
-    status: str  # added | updated | unchanged
+    status: str  # added | updated | unchanged | superseded
     document: dict[str, Any]  # id, source, title, format, content_hash, size_bytes, ...
 
     @property
@@ -295,7 +299,9 @@ def write_documents(
     round is written in a fixed number of statements: one INSERT of the new documents, one
     UPDATE of the replaced ones, one COPY of all chunks and one per space, so statement
     triggers (BM25 statistics) run once per round. A document whose stored content hash
-    equals the new one is left as it is (``unchanged``) unless ``force``. The collection
+    equals the new one is left as it is (``unchanged``) unless ``force``; one whose stored
+    row, of other content, was written after the write's ``accepted_at`` is left as it is
+    too (``superseded``). The collection
     row is held ``FOR SHARE`` so a model switch waits for this write; if the active space
     changed since ``coll`` was read and no vectors for it were given, the write is refused
     (409) rather than leave the searched space without these documents. Array parameters
@@ -331,6 +337,10 @@ def write_documents(
             added.append(i)
         elif old[4] == d.record.content_hash and not force:
             out[i] = Written("unchanged", document_row(old, -1))
+        elif d.accepted_at is not None and old[8] > d.accepted_at:
+            # written by a request answered after this one was: a queued job must not put
+            # back what a later, acknowledged write replaced
+            out[i] = Written("superseded", document_row(old, -1))
         else:
             replaced.append(i)
     _fill_chunk_counts(conn, out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ class NewDocument:
     name: str  # the client's name: a relative path (``staging.safe_name``)
     staged: Path  # its bytes, in a file nobody else writes
     metadata: dict[str, Any] = field(default_factory=dict)
+    accepted_at: datetime | None = None  # a queued job's acceptance (DocumentWrite's)
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class DocumentOutcome:
     this request's transaction wrote or found it; ``error`` is set when it failed."""
 
     name: str
-    status: str  # added | updated | unchanged | failed
+    status: str  # added | updated | unchanged | superseded | failed
     document: dict[str, Any] | None = None
     error: RagstoreError | None = None
     chunks: int = 0
@@ -66,6 +68,7 @@ def add_documents(
             d.name,
             dict(d.metadata),
             early_skip=False,
+            accepted_at=d.accepted_at,
         )
         for d in docs
     ]

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ class FileOutcome:
     ``exc`` is the error of a failed input."""
 
     source: str
-    status: str  # added | updated | unchanged | failed | vanished | removed | skipped
+    status: str  # added | updated | unchanged | superseded | failed | vanished | removed | skipped
     chunks: int = 0
     error: str | None = None
     code: str | None = None
@@ -97,6 +98,7 @@ class Item:
     label: str
     metadata: dict[str, Any] = field(default_factory=dict)
     early_skip: bool = True
+    accepted_at: datetime | None = None  # see documents.DocumentWrite (a queued job's)
 
 
 def _fail(source: str, exc: RagstoreError) -> FileOutcome:
@@ -279,10 +281,12 @@ class _Ingestor:
     @staticmethod
     def _as_write(p: _Pending) -> documents.DocumentWrite:
         assert p.vectors is not None
-        return documents.DocumentWrite(p.record, p.chunks, p.vectors, p.extra_vectors)
+        return documents.DocumentWrite(
+            p.record, p.chunks, p.vectors, p.extra_vectors, accepted_at=p.item.accepted_at
+        )
 
     def _stored(self, w: documents.Written) -> None:
-        chunks = int(w.document["chunks"]) if w.status != "unchanged" else 0
+        chunks = int(w.document["chunks"]) if w.status in ("added", "updated") else 0
         outcome = FileOutcome(w.source, w.status, chunks=chunks, document=w.document)
         if self._conn is not None:
             self._bulk_outcomes.append(outcome)

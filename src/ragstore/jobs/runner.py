@@ -127,7 +127,12 @@ def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
     try:
         report = IngestReport(collection=job.collection)
         with staging.staging_area(rt.settings) as area:
-            docs = [NewDocument(f.name, area.write(f.content), f.metadata) for f in files]
+            # a document written by a request answered after this job was accepted is
+            # newer than the job's: the job leaves it (superseded), whatever runs first
+            docs = [
+                NewDocument(f.name, area.write(f.content), f.metadata, job.created_at)
+                for f in files
+            ]
             results = add_documents(rt, job.collection, docs, progress=tracker, report=report)
         tracker.docs = len(results)
         tracker.chunks = report.chunks

@@ -144,7 +144,7 @@ MODEL_VALIDATION_FAILURES = Counter(
 
 INGEST_DOCUMENTS = Counter(
     "ragstore_ingest_documents_total",
-    "Documents seen by ingest, by outcome (added, updated, unchanged, failed).",
+    "Documents seen by ingest, by outcome (added, updated, unchanged, superseded, failed).",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -302,7 +302,7 @@ def observe_ingest(report: Any) -> None:
     """Count one ingest run from its report (an ``ingest.service.IngestReport``)."""
     global _data_generation
     _data_generation += 1
-    for outcome in ("added", "updated", "unchanged", "failed"):
+    for outcome in ("added", "updated", "unchanged", "superseded", "failed"):
         n = int(report.count(outcome))
         if n:
             INGEST_DOCUMENTS.labels(outcome).inc(n)
