@@ -192,3 +192,17 @@ def test_bad_inputs_are_skipped_with_a_reason_and_the_rest_completes(
         assert metas["docx"]["language"] == "English"
         assert metas["docx"]["format"] == "docx" and metas["docx"]["filename"] == "real.docx"
         assert {"path", "size_bytes", "modified_at"} <= set(metas["markdown"])
+
+
+def test_a_source_that_cannot_be_looked_at_is_not_called_gone(tmp_path: Path) -> None:
+    """Only a source known to be absent is vanished (and pruned): one whose path cannot be
+    looked at (here a name too long for the file system; a folder without search
+    permission is the same for a non-root user) is not, and raises nothing."""
+    from ragstore.ingest.files import gone_from_disk
+
+    (tmp_path / "here.md").write_text("x")
+    (tmp_path / "file").write_text("x")
+    assert not gone_from_disk(str(tmp_path / "here.md"))
+    assert gone_from_disk(str(tmp_path / "gone.md"))
+    assert gone_from_disk(str(tmp_path / "file" / "under-a-file.md"))  # parent not a folder
+    assert not gone_from_disk(str(tmp_path / ("n" * 300) / "x.md"))  # ENAMETOOLONG

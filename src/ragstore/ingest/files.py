@@ -177,3 +177,18 @@ def not_ingestible(path: Path, shown: str) -> InputError:
             "copy its content to a file and ingest that"
         )
     return PathNotFoundError(f"{shown}: no such file or directory")
+
+
+def gone_from_disk(source: str) -> bool:
+    """Whether a stored source is known to be gone: nothing at its path (``ENOENT``, or a
+    parent that is no longer a folder). One that cannot be looked at (a folder whose
+    search permission was taken away, an I/O error, a link loop) is not known to be gone,
+    so ``--sync`` does not call it vanished and ``--prune`` does not delete it; with
+    ``Path.exists()`` such a source raised ``PermissionError`` out of the whole ingest."""
+    try:
+        os.stat(source)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False

@@ -40,6 +40,7 @@ from ragstore.ingest import prepare, staging
 from ragstore.ingest.files import (
     LINK_OUTSIDE_FOLDER,
     discover,
+    gone_from_disk,
     link_outside_detail,
     not_ingestible,
     printable,
@@ -532,7 +533,7 @@ def _vanished(rt: Runtime, name: str, paths: Sequence[Path], files: Sequence[Pat
     with rt.db.connection() as conn, translated(f"listing documents of {name!r}"):
         stored = documents.sources_under(conn, coll.id, prefixes, exact)
     present = {str(f) for f in files}
-    return sorted(s for s in stored if s not in present and not Path(s).exists())
+    return sorted(s for s in stored if s not in present and gone_from_disk(s))
 
 
 def _prune(rt: Runtime, name: str, sources: Sequence[str]) -> list[str]:
@@ -545,7 +546,7 @@ def _prune(rt: Runtime, name: str, sources: Sequence[str]) -> list[str]:
     coll = rt.collection(name)
     with rt.db.connection() as conn, translated(f"removing vanished documents of {name!r}"):
         documents.lock_sources(conn, coll.id, sources)
-        gone = [s for s in sources if not Path(s).exists()]
+        gone = [s for s in sources if gone_from_disk(s)]
         documents.delete_documents(conn, coll.id, gone)
     return gone
 
