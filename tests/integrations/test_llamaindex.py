@@ -117,3 +117,19 @@ def test_filters_translate_to_ragstores_where_language() -> None:
                 filters=[MetadataFilter(key="title", value="x", operator=FilterOperator.TEXT_MATCH)]
             )
         )
+
+
+def test_nodes_with_and_without_embeddings_are_refused_not_silently_reembedded(
+    store: Store,
+) -> None:
+    """Some nodes with an embedding, some without: ragstore embedded them all with its
+    model and dropped the given vectors unsaid. It refuses the call, naming a node of
+    each kind, and stores nothing."""
+    vs = RagstoreVectorStore(store, "li-mixed")
+    mixed = [
+        TextNode(id_="with", text="Has its own vector.", embedding=[0.1] * 384),
+        TextNode(id_="without", text="Has none."),
+    ]
+    with pytest.raises(InputError, match=r"nodes\[1\] has no embedding while nodes\[0\]"):
+        vs.add(mixed)
+    assert "li-mixed" not in [c["name"] for c in store.list_collections()]

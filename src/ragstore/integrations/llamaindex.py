@@ -138,7 +138,16 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         metas = [node_to_metadata_dict(n, remove_text=True, flat_metadata=False) for n in nodes]
         ids = [n.node_id for n in nodes]
         vectors = None
-        if all(n.embedding is not None for n in nodes):
+        given = [n.embedding is not None for n in nodes]
+        if any(given) and not all(given):
+            # ragstore would embed them all with its model and drop the given vectors
+            # unsaid; two models' vectors in one space do not compare either
+            raise InputError(
+                f"nodes[{given.index(False)}] has no embedding while nodes[{given.index(True)}] "
+                "has one: give every node an embedding (the outside model's vectors) or none "
+                "(ragstore embeds them with the collection's model)"
+            )
+        if all(given):
             vectors = [list(n.embedding or []) for n in nodes]
             if self._model_name is not None:
                 ensure_vector_collection(
