@@ -185,8 +185,6 @@ class WordPieces:
         whose tokens do not follow one another so (a word whose pieces leave a gap, as
         where the normalizer drops a character inside it, or overlap): the caller then
         reads its spans (:meth:`spans`)."""
-        if _NOT_PLAIN.search(text) is None:
-            return self.located(text)
         found = list(_UNIT.finditer(text))
         keys = list(map(_GROUP, found))
         try:
