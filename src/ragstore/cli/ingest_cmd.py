@@ -165,6 +165,11 @@ def _ingest_through(
         f"collection {collection!r} via {escape(server)}: {c.get('added', 0)} added, "
         f"{c.get('updated', 0)} updated, {c.get('unchanged', 0)} unchanged, "
         f"{len(result.failed)} failed"
+        + (
+            f", {c['superseded']} left for a later write (superseded)"
+            if c.get("superseded")
+            else ""
+        )
         + (f", {len(result.skipped)} skipped" if result.skipped else "")
         + f" ({result.seconds:.1f}s)"
     )
