@@ -304,8 +304,9 @@ def write_documents(
     too (``superseded``). The collection row is held ``FOR SHARE`` so a model switch
     waits for this write; if the active space changed since ``coll`` was read and no
     vectors for it were given, the write is refused (409) rather than leave the searched
-    space without these documents. Array parameters go in binary (``%b``): in text form psycopg escapes every quote of every JSON metadata
-    string with a regular expression, about 40 ms per 1,000 documents of the writer's time.
+    space without these documents. Array parameters go in binary (``%b``): in text form
+    psycopg escapes every quote of every JSON metadata string with a regular expression,
+    about 40 ms per 1,000 documents of the writer's time.
 
     With ``staged`` the active space's vectors are appended there instead of written: a
     bulk load copies them into its staging table on another connection once this
