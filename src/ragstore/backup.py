@@ -34,7 +34,12 @@ from ragstore.db import catalog, migrations, native
 from ragstore.db.database import Database
 from ragstore.db.embedded import pg_bin_dir
 from ragstore.db.errors import translated
-from ragstore.errors import BackupError, BackupInvalidError, PathNotFoundError
+from ragstore.errors import (
+    BackupError,
+    BackupInvalidError,
+    PathNotFoundError,
+    SchemaMismatchError,
+)
 
 # Dropped before the archive is replayed: everything in public that no extension owns
 # (tables with their triggers, views, sequences, functions, types), so that objects made
@@ -82,6 +87,10 @@ END $$;
 
 # the table of contents line (``pg_restore --list``) of the table every ragstore schema has
 _SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ TABLE public alembic_version ", re.M)
+# the revision an archive's restore script writes into alembic_version
+_SCHEMA_REVISION = re.compile(
+    r"^COPY public\.alembic_version \(version_num\) FROM stdin;\n([^\n\\]+)\n", re.M
+)
 # an extension's entry (its name captured) and the comment on it
 _EXTENSION_ENTRY = re.compile(r"^\d+; \d+ \d+ (?:EXTENSION - ([a-z0-9_]+) |COMMENT - EXTENSION )")
 
@@ -303,6 +312,23 @@ def _without_extensions(listing: str) -> tuple[str, list[str]]:
     return "\n".join(kept) + "\n", names
 
 
+def _refuse_unknown_revision(path: Path, script: str) -> None:
+    """Refuse an archive written by a newer ragstore before anything is dropped.
+
+    Restored, its schema is one this code refuses as ahead of it, and only the newer
+    version can take it back down: the database it replaced would be gone for a store
+    that no command of this version can read or write."""
+    found = _SCHEMA_REVISION.search(script)
+    known = migrations.known_revisions()
+    if found is None or found.group(1) in known:
+        return
+    raise SchemaMismatchError(
+        f"{path} holds a database at schema revision {found.group(1)}, which this version "
+        f"of ragstore does not know (it knows up to {known[-1]}); nothing was changed: "
+        "restore it with the ragstore version that wrote it, or a newer one"
+    )
+
+
 @dataclass
 class RestoreResult:
     path: str
@@ -339,6 +365,7 @@ def restore_backup(db: Database, path: Path) -> RestoreResult:
             f"{path} is truncated or damaged (nothing was changed; restore another backup)",
             BackupInvalidError,
         )
+        _refuse_unknown_revision(path, script)
         prelude = Path(tmpdir) / "prelude.sql"
         create = "".join(f'CREATE EXTENSION IF NOT EXISTS "{name}";\n' for name in extensions)
         prelude.write_text(create + _DROP_PUBLIC_OBJECTS)

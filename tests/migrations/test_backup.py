@@ -275,3 +275,31 @@ def test_a_session_open_across_a_restore_still_sends_vectors(
         assert run_cli("restore", str(archive), "--yes") == 0
         row = conn.execute(query, (a, b)).fetchone()
         assert row is not None and abs(float(row[0]) - 3**0.5) < 1e-6
+
+
+def test_an_archive_of_a_newer_schema_is_refused_and_nothing_changes(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An archive written by a newer ragstore (a revision this code does not know) was
+    restored, said so with exit 0, and left a database every command then refused as
+    ahead of the code, the one it replaced gone; it is refused before anything is
+    dropped, with the version that can restore it."""
+    with psycopg.connect(populated, autocommit=True) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+        archive = tmp_path / "newer.dump"
+        try:
+            assert run_cli("backup", str(archive)) == 0
+        finally:
+            conn.execute(
+                "UPDATE alembic_version SET version_num = %s", (migrations.head_revision(),)
+            )
+    before = full_dump(populated)
+    capsys.readouterr()
+    assert run_cli("restore", str(archive), "--yes") == 69
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error[schema_mismatch]: {archive} holds a database at schema revision 9999, which "
+        "this version of ragstore does not know"
+    ), err
+    assert err.count("\n") == 1 and "nothing was changed" in err
+    assert full_dump(populated) == before
