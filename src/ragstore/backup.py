@@ -329,6 +329,36 @@ def _refuse_unknown_revision(path: Path, script: str) -> None:
     )
 
 
+class RestoreInterrupted(KeyboardInterrupt):
+    """A restore stopped by Ctrl-C or SIGTERM (raised from that interrupt), with what it
+    left: ``what`` says whether the database is as it was or the backup."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
+    """Stop the backend of an interrupted restore and say what it left.
+
+    ``subprocess.run`` kills psql on the interrupt, but its backend runs the statement in
+    hand to its end (minutes for an index build, locks held) and, had psql been killed
+    without the interrupt reaching this process, psql would have committed on its own.
+    Terminated here, its transaction is either committed or rolled back, and the database
+    says which."""
+    as_was = f"nothing of {path} was restored; the database is as it was"
+    try:
+        pid, xid = session.read_text().split()
+    except (OSError, ValueError):
+        return RestoreInterrupted(as_was)  # psql stopped before its transaction did anything
+    with db.connect(autocommit=True) as conn, translated(f"stopping the restore on {db.where}"):
+        conn.execute("SELECT pg_terminate_backend(%s, 10000)", (int(pid),))
+        row = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+    if row is not None and row[0] == "committed":
+        return RestoreInterrupted(f"{path} was restored (its transaction had committed)")
+    return RestoreInterrupted(as_was)
+
+
 @dataclass
 class RestoreResult:
     path: str
@@ -367,30 +397,43 @@ def restore_backup(db: Database, path: Path) -> RestoreResult:
         )
         _refuse_unknown_revision(path, script)
         prelude = Path(tmpdir) / "prelude.sql"
+        session = Path(tmpdir) / "session"
+        # which backend runs the restore's transaction, and its id: an interrupted restore
+        # stops that backend and reads back whether the transaction committed
+        record = f"\\copy (SELECT pg_backend_pid(), pg_current_xact_id()) TO '{session}'\n"
         create = "".join(f'CREATE EXTENSION IF NOT EXISTS "{name}";\n' for name in extensions)
-        prelude.write_text(create + _DROP_PUBLIC_OBJECTS)
+        prelude.write_text(record + create + _DROP_PUBLIC_OBJECTS)
         body = Path(tmpdir) / "restore.sql"
         body.write_text(script)
-        _run(
-            [
-                _tool("psql"),
-                "--no-psqlrc",
-                "--quiet",
-                "--single-transaction",
-                "--set",
-                "ON_ERROR_STOP=1",
-                "--file",
-                str(prelude),
-                "--file",
-                str(body),
-                "--dbname",
-                conninfo,
-            ],
-            env,
-            f"restoring {path} into {db.where}",
-            stdin=subprocess.DEVNULL,
-        )
-    revision, counts = _counts(db)
+        try:
+            _run(
+                [
+                    _tool("psql"),
+                    "--no-psqlrc",
+                    "--quiet",
+                    "--single-transaction",
+                    "--set",
+                    "ON_ERROR_STOP=1",
+                    "--file",
+                    str(prelude),
+                    "--file",
+                    str(body),
+                    "--dbname",
+                    conninfo,
+                ],
+                env,
+                f"restoring {path} into {db.where}",
+                stdin=subprocess.DEVNULL,
+            )
+        except KeyboardInterrupt as exc:
+            raise _stopped(db, path, session) from exc
+    try:
+        revision, counts = _counts(db)
+    except KeyboardInterrupt as exc:
+        raise RestoreInterrupted(
+            f"{path} was restored (its transaction had committed); `ragstore db status` "
+            "shows its revision"
+        ) from exc
     return RestoreResult(
         path=str(path), database=db.where, revision=revision, counts=counts, backup=info
     )
