@@ -34,7 +34,12 @@ from ragstore.db import catalog, migrations, native
 from ragstore.db.database import Database
 from ragstore.db.embedded import pg_bin_dir
 from ragstore.db.errors import translated
-from ragstore.errors import BackupError, BackupInvalidError, PathNotFoundError
+from ragstore.errors import (
+    BackupError,
+    BackupInvalidError,
+    PathNotFoundError,
+    SchemaMismatchError,
+)
 
 # Dropped before the archive is replayed: everything in public that no extension owns
 # (tables with their triggers, views, sequences, functions, types), so that objects made
@@ -82,6 +87,10 @@ END $$;
 
 # the table of contents line (``pg_restore --list``) of the table every ragstore schema has
 _SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ TABLE public alembic_version ", re.M)
+# the revision an archive's restore script writes into alembic_version
+_SCHEMA_REVISION = re.compile(
+    r"^COPY public\.alembic_version \(version_num\) FROM stdin;\n([^\n\\]+)\n", re.M
+)
 # an extension's entry (its name captured) and the comment on it
 _EXTENSION_ENTRY = re.compile(r"^\d+; \d+ \d+ (?:EXTENSION - ([a-z0-9_]+) |COMMENT - EXTENSION )")
 
@@ -303,6 +312,53 @@ def _without_extensions(listing: str) -> tuple[str, list[str]]:
     return "\n".join(kept) + "\n", names
 
 
+def _refuse_unknown_revision(path: Path, script: str) -> None:
+    """Refuse an archive written by a newer ragstore before anything is dropped.
+
+    Restored, its schema is one this code refuses as ahead of it, and only the newer
+    version can take it back down: the database it replaced would be gone for a store
+    that no command of this version can read or write."""
+    found = _SCHEMA_REVISION.search(script)
+    known = migrations.known_revisions()
+    if found is None or found.group(1) in known:
+        return
+    raise SchemaMismatchError(
+        f"{path} holds a database at schema revision {found.group(1)}, which this version "
+        f"of ragstore does not know (it knows up to {known[-1]}); nothing was changed: "
+        "restore it with the ragstore version that wrote it, or a newer one"
+    )
+
+
+class RestoreInterrupted(KeyboardInterrupt):
+    """A restore stopped by Ctrl-C or SIGTERM (raised from that interrupt), with what it
+    left: ``what`` says whether the database is as it was or the backup."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
+    """Stop the backend of an interrupted restore and say what it left.
+
+    ``subprocess.run`` kills psql on the interrupt, but its backend runs the statement in
+    hand to its end (minutes for an index build, locks held) and, had psql been killed
+    without the interrupt reaching this process, psql would have committed on its own.
+    Terminated here, its transaction is either committed or rolled back, and the database
+    says which."""
+    as_was = f"nothing of {path} was restored; the database is as it was"
+    try:
+        pid, xid = session.read_text().split()
+    except (OSError, ValueError):
+        return RestoreInterrupted(as_was)  # psql stopped before its transaction did anything
+    with db.connect(autocommit=True) as conn, translated(f"stopping the restore on {db.where}"):
+        conn.execute("SELECT pg_terminate_backend(%s, 10000)", (int(pid),))
+        row = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+    if row is not None and row[0] == "committed":
+        return RestoreInterrupted(f"{path} was restored (its transaction had committed)")
+    return RestoreInterrupted(as_was)
+
+
 @dataclass
 class RestoreResult:
     path: str
@@ -339,31 +395,45 @@ def restore_backup(db: Database, path: Path) -> RestoreResult:
             f"{path} is truncated or damaged (nothing was changed; restore another backup)",
             BackupInvalidError,
         )
+        _refuse_unknown_revision(path, script)
         prelude = Path(tmpdir) / "prelude.sql"
+        session = Path(tmpdir) / "session"
+        # which backend runs the restore's transaction, and its id: an interrupted restore
+        # stops that backend and reads back whether the transaction committed
+        record = f"\\copy (SELECT pg_backend_pid(), pg_current_xact_id()) TO '{session}'\n"
         create = "".join(f'CREATE EXTENSION IF NOT EXISTS "{name}";\n' for name in extensions)
-        prelude.write_text(create + _DROP_PUBLIC_OBJECTS)
+        prelude.write_text(record + create + _DROP_PUBLIC_OBJECTS)
         body = Path(tmpdir) / "restore.sql"
         body.write_text(script)
-        _run(
-            [
-                _tool("psql"),
-                "--no-psqlrc",
-                "--quiet",
-                "--single-transaction",
-                "--set",
-                "ON_ERROR_STOP=1",
-                "--file",
-                str(prelude),
-                "--file",
-                str(body),
-                "--dbname",
-                conninfo,
-            ],
-            env,
-            f"restoring {path} into {db.where}",
-            stdin=subprocess.DEVNULL,
-        )
-    revision, counts = _counts(db)
+        try:
+            _run(
+                [
+                    _tool("psql"),
+                    "--no-psqlrc",
+                    "--quiet",
+                    "--single-transaction",
+                    "--set",
+                    "ON_ERROR_STOP=1",
+                    "--file",
+                    str(prelude),
+                    "--file",
+                    str(body),
+                    "--dbname",
+                    conninfo,
+                ],
+                env,
+                f"restoring {path} into {db.where}",
+                stdin=subprocess.DEVNULL,
+            )
+        except KeyboardInterrupt as exc:
+            raise _stopped(db, path, session) from exc
+    try:
+        revision, counts = _counts(db)
+    except KeyboardInterrupt as exc:
+        raise RestoreInterrupted(
+            f"{path} was restored (its transaction had committed); `ragstore db status` "
+            "shows its revision"
+        ) from exc
     return RestoreResult(
         path=str(path), database=db.where, revision=revision, counts=counts, backup=info
     )

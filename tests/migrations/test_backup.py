@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import stat
 import subprocess
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from ragstore.db.embedded import pg_bin_dir
 from ragstore.db.field_indexes import FieldIndex
 from tests.conftest import run_cli
 from tests.imports.helpers import vectors, write_jsonl
+from tests.sigterm import sigterm_when
 
 
 def full_dump(url: str) -> str:
@@ -275,3 +279,86 @@ def test_a_session_open_across_a_restore_still_sends_vectors(
         assert run_cli("restore", str(archive), "--yes") == 0
         row = conn.execute(query, (a, b)).fetchone()
         assert row is not None and abs(float(row[0]) - 3**0.5) < 1e-6
+
+
+def test_an_archive_of_a_newer_schema_is_refused_and_nothing_changes(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An archive written by a newer ragstore (a revision this code does not know) was
+    restored, said so with exit 0, and left a database every command then refused as
+    ahead of the code, the one it replaced gone; it is refused before anything is
+    dropped, with the version that can restore it."""
+    with psycopg.connect(populated, autocommit=True) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+        archive = tmp_path / "newer.dump"
+        try:
+            assert run_cli("backup", str(archive)) == 0
+        finally:
+            conn.execute(
+                "UPDATE alembic_version SET version_num = %s", (migrations.head_revision(),)
+            )
+    before = full_dump(populated)
+    capsys.readouterr()
+    assert run_cli("restore", str(archive), "--yes") == 69
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error[schema_mismatch]: {archive} holds a database at schema revision 9999, which "
+        "this version of ragstore does not know"
+    ), err
+    assert err.count("\n") == 1 and "nothing was changed" in err
+    assert full_dump(populated) == before
+
+
+def test_a_restore_stopped_by_sigterm_rolls_back_and_says_so(
+    populated: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SIGTERM (a service manager, ``timeout``) killed the command outright: no word of
+    what happened, the whole database as SQL left in a temporary folder, and psql left
+    running, to commit the restore after the command had died. It now stops the restore's
+    transaction, waits for it to roll back, removes its files and says so."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    with psycopg.connect(populated) as conn:
+        conn.execute("DELETE FROM documents WHERE source = 'alpha1'")
+    before = full_dump(populated)
+    holder = psycopg.connect(populated)
+    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
+
+    def restore_waits() -> bool:
+        with psycopg.connect(populated, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'psql'"
+                " AND wait_event_type = 'Lock'"
+            ).fetchone()
+        return row is not None and row[0] > 0
+
+    def release_later() -> None:
+        time.sleep(3)  # unfixed, psql goes on once the lock is gone
+        holder.commit()
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    capsys.readouterr()
+    with sigterm_when(restore_waits) as sent:
+        releaser = threading.Timer(0, release_later)
+        releaser.start()
+        status = run_cli("restore", str(archive), "--yes")
+        releaser.join()
+    holder.close()
+    assert sent[0]
+    err = capsys.readouterr().err
+    assert status == 143, err
+    assert err == "interrupted by SIGTERM: nothing of " + str(archive) + (
+        " was restored; the database is as it was\n"
+    )
+    time.sleep(1)
+    with psycopg.connect(populated, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'psql'"
+        ).fetchone()
+    assert left == (0,)
+    assert full_dump(populated) == before
+    assert list((tmp_path / "tmp").iterdir()) == []

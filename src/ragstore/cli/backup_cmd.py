@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -51,13 +52,27 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Replace the database's contents with a backup, in one transaction."""
-        from ragstore.backup import restore_backup
+        from ragstore.backup import RestoreInterrupted, restore_backup
+        from ragstore.cli.output import err_console
+        from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
         from ragstore.runtime import Runtime
 
-        with Runtime() as rt:
-            db = rt.raw_db()
-            confirm(f"Replace everything in {db.where} with {path}?", yes=yes)
-            result = restore_backup(db, path)
+        try:
+            # SIGTERM unwinds as Ctrl-C does: killed outright, this process left psql to
+            # commit the restore after the command had died without a word
+            with terminate_as_interrupt(), Runtime() as rt:
+                db = rt.raw_db()
+                confirm(f"Replace everything in {db.where} with {path}?", yes=yes)
+                result = restore_backup(db, path)
+        except KeyboardInterrupt as exc:
+            how, status = interrupt_status(exc)
+            what = (
+                exc.what
+                if isinstance(exc, RestoreInterrupted)
+                else "nothing was restored; the database is as it was"
+            )
+            err_console().print(f"interrupted by {how}: {what}", markup=False)
+            sys.exit(status)
         if as_json:
             echo_json(asdict(result))
             return
