@@ -87,10 +87,8 @@ END $$;
 
 # the table of contents line (``pg_restore --list``) of the table every ragstore schema has
 _SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ TABLE public alembic_version ", re.M)
-# the revision an archive's restore script writes into alembic_version
-_SCHEMA_REVISION = re.compile(
-    r"^COPY public\.alembic_version \(version_num\) FROM stdin;\n([^\n\\]+)\n", re.M
-)
+# the statement of an archive's restore script whose next line is its schema revision
+_SCHEMA_COPY = "COPY public.alembic_version (version_num) FROM stdin;"
 # an extension's entry (its name captured) and the comment on it
 _EXTENSION_ENTRY = re.compile(r"^\d+; \d+ \d+ (?:EXTENSION - ([a-z0-9_]+) |COMMENT - EXTENSION )")
 
@@ -312,18 +310,29 @@ def _without_extensions(listing: str) -> tuple[str, list[str]]:
     return "\n".join(kept) + "\n", names
 
 
-def _refuse_unknown_revision(path: Path, script: str) -> None:
+def _script_revision(script: Path) -> str | None:
+    """The revision the restore script writes into ``alembic_version``: the line after
+    that table's ``COPY``, read line by line (the script is the whole database)."""
+    with script.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            if line.startswith(_SCHEMA_COPY):
+                revision = next(lines, "").rstrip("\n")
+                return revision if revision and "\\" not in revision else None
+    return None
+
+
+def _refuse_unknown_revision(path: Path, script: Path) -> None:
     """Refuse an archive written by a newer ragstore before anything is dropped.
 
     Restored, its schema is one this code refuses as ahead of it, and only the newer
     version can take it back down: the database it replaced would be gone for a store
     that no command of this version can read or write."""
-    found = _SCHEMA_REVISION.search(script)
+    revision = _script_revision(script)
     known = migrations.known_revisions()
-    if found is None or found.group(1) in known:
+    if revision is None or revision in known:
         return
     raise SchemaMismatchError(
-        f"{path} holds a database at schema revision {found.group(1)}, which this version "
+        f"{path} holds a database at schema revision {revision}, which this version "
         f"of ragstore does not know (it knows up to {known[-1]}); nothing was changed: "
         "restore it with the ragstore version that wrote it, or a newer one"
     )
@@ -376,7 +385,10 @@ def restore_backup(db: Database, path: Path) -> RestoreResult:
     with tempfile.TemporaryDirectory(prefix="ragstore-restore-") as tmpdir:
         toc = Path(tmpdir) / "toc.list"
         toc.write_text(entries)
-        script = _run(
+        body = Path(tmpdir) / "restore.sql"
+        # the script goes straight to a file: held in memory (as pg_restore's captured
+        # output, then as text) it took two to three times the database's size in SQL
+        _run(
             [
                 _tool("pg_restore"),
                 "--clean",
@@ -386,7 +398,7 @@ def restore_backup(db: Database, path: Path) -> RestoreResult:
                 "--use-list",
                 str(toc),
                 "--file",
-                "-",
+                str(body),
                 str(path),
             ],
             env,
@@ -395,7 +407,7 @@ def restore_backup(db: Database, path: Path) -> RestoreResult:
             f"{path} is truncated or damaged (nothing was changed; restore another backup)",
             BackupInvalidError,
         )
-        _refuse_unknown_revision(path, script)
+        _refuse_unknown_revision(path, body)
         prelude = Path(tmpdir) / "prelude.sql"
         session = Path(tmpdir) / "session"
         # which backend runs the restore's transaction, and its id: an interrupted restore
@@ -403,8 +415,6 @@ def restore_backup(db: Database, path: Path) -> RestoreResult:
         record = f"\\copy (SELECT pg_backend_pid(), pg_current_xact_id()) TO '{session}'\n"
         create = "".join(f'CREATE EXTENSION IF NOT EXISTS "{name}";\n' for name in extensions)
         prelude.write_text(record + create + _DROP_PUBLIC_OBJECTS)
-        body = Path(tmpdir) / "restore.sql"
-        body.write_text(script)
         try:
             _run(
                 [
