@@ -336,7 +336,12 @@ def test_a_restore_stopped_by_sigterm_rolls_back_and_says_so(
         return row is not None and row[0] > 0
 
     def release_later() -> None:
-        time.sleep(3)  # unfixed, psql goes on once the lock is gone
+        # once the signal is out (unfixed, psql went on when the lock was gone); waiting
+        # for it, not a fixed time, so that a slow start cannot let the restore through
+        deadline = time.monotonic() + 60
+        while not sent[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
         holder.commit()
 
     (tmp_path / "tmp").mkdir()
