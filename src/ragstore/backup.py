@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -377,8 +378,14 @@ class RestoreResult:
     backup: BackupInfo | None
 
 
-def restore_backup(db: Database, path: Path) -> RestoreResult:
-    """Make the database exactly what the archive holds, in one transaction."""
+def restore_backup(
+    db: Database, path: Path, checked: Callable[[], object] | None = None
+) -> RestoreResult:
+    """Make the database exactly what the archive holds, in one transaction.
+
+    ``checked`` is called once the archive has passed every check, before anything is
+    changed: the CLI backs up what the restore replaces there, so that a refused archive
+    costs no backup."""
     info, listing = _checked(path)
     conninfo, env = _client_args(db.conninfo)
     entries, extensions = _without_extensions(listing)
@@ -408,6 +415,8 @@ def restore_backup(db: Database, path: Path) -> RestoreResult:
             BackupInvalidError,
         )
         _refuse_unknown_revision(path, body)
+        if checked is not None:
+            checked()
         prelude = Path(tmpdir) / "prelude.sql"
         session = Path(tmpdir) / "session"
         # which backend runs the restore's transaction, and its id: an interrupted restore

@@ -188,9 +188,19 @@ def test_db_upgrade_backs_up_first_and_restore_rolls_it_back(
     assert migrations.status(db).current == revisions[-1]
     assert run_cli("restore", str(archive), "--yes") == 0
     assert migrations.status(db).current == older
+    # the restore backed up what it replaced (the upgraded database) before replacing it
+    out = capsys.readouterr().out
+    replaced = Path(next(ln for ln in out.splitlines() if ln.startswith("backup: ")).split()[1])
+    assert replaced.name.endswith("-restore.dump") and replaced.parent == archive.parent
     assert run_cli("db", "upgrade", "--no-backup") == 0
     assert "backup:" not in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "backups").glob("*.dump")) == [archive.name]
+    assert sorted(p.name for p in (tmp_path / "backups").glob("*.dump")) == sorted(
+        [archive.name, replaced.name]
+    )
+    # and undoing the restore with it brings back what it replaced: the upgraded schema
+    assert run_cli("restore", str(replaced), "--yes", "--no-backup") == 0
+    assert migrations.status(db).current == revisions[-1]
+    assert "backup:" not in capsys.readouterr().out
 
 
 def test_a_backup_that_cannot_be_written_is_one_error_and_leaves_no_file(
@@ -282,7 +292,10 @@ def test_a_session_open_across_a_restore_still_sends_vectors(
 
 
 def test_an_archive_of_a_newer_schema_is_refused_and_nothing_changes(
-    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    populated: str,
+    cli_env_module: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """An archive written by a newer ragstore (a revision this code does not know) was
     restored, said so with exit 0, and left a database every command then refused as
@@ -298,6 +311,8 @@ def test_an_archive_of_a_newer_schema_is_refused_and_nothing_changes(
                 "UPDATE alembic_version SET version_num = %s", (migrations.head_revision(),)
             )
     before = full_dump(populated)
+    backups = Path(cli_env_module["RAGSTORE_DATA_DIR"]) / "backups"
+    archives = sorted(backups.glob("*.dump"))
     capsys.readouterr()
     assert run_cli("restore", str(archive), "--yes") == 69
     err = capsys.readouterr().err
@@ -307,6 +322,8 @@ def test_an_archive_of_a_newer_schema_is_refused_and_nothing_changes(
     ), err
     assert err.count("\n") == 1 and "nothing was changed" in err
     assert full_dump(populated) == before
+    # refused before the backup of what a restore replaces: no archive made for nothing
+    assert sorted(backups.glob("*.dump")) == archives
 
 
 def test_a_restore_stopped_by_sigterm_rolls_back_and_says_so(
