@@ -255,3 +255,24 @@ def test_restore_asks_and_no_changes_nothing(
 
 def test_revisions_read_from_the_files_agree_with_alembic() -> None:
     assert migrations._chain_from_files() == migrations._chain_from_alembic()
+
+
+def test_db_downgrade_refuses_a_target_it_cannot_reach_before_asking_or_backing_up(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown revision, or one above the database's, was found out by Alembic only
+    after the question and the backup (minutes at a million chunks); it is one clear
+    error before either. Downgrading to where the database is does nothing."""
+    db = Database(cli_env["RAGSTORE_DATABASE_URL"])
+    head = migrations.status(db).current
+    backups = Path(cli_env["RAGSTORE_DATA_DIR"]) / "backups"
+    made = sorted(backups.glob("*.dump")) if backups.exists() else []
+    capsys.readouterr()
+    assert run_cli("db", "downgrade", "--to", "nope", "--yes") == 65
+    err = capsys.readouterr().err
+    assert err.startswith("error[invalid_input]: --to 'nope' is not a schema revision")
+    assert run_cli("db", "downgrade", "--to", head or "", "--yes") == 0
+    assert capsys.readouterr().out == f"schema already at {head}; nothing to do\n"
+    after = sorted(backups.glob("*.dump")) if backups.exists() else []
+    assert after == made, "no backup taken for a downgrade that does nothing"
+    assert migrations.status(db).current == head

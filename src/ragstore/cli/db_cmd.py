@@ -102,6 +102,32 @@ def upgrade_with_backup(
         typer.echo(f"upgraded {before or '(empty)'} -> {st.current}")
 
 
+def _check_downgrade_target(current: str, to: str) -> None:
+    """Refuse a target a downgrade cannot reach before asking and backing up: Alembic
+    found out only after the backup (minutes at a million chunks) and said it its way."""
+    from ragstore.db import migrations
+    from ragstore.errors import InputError, SchemaMismatchError
+
+    known = migrations.known_revisions()
+    if current not in known:
+        raise SchemaMismatchError(
+            f"the database is at schema revision {current}, which this version of ragstore "
+            "does not know (a newer one wrote it); downgrade it with that version"
+        )
+    if to == "base":
+        return
+    if to not in known:
+        raise InputError(
+            f"--to {to!r} is not a schema revision of this ragstore; give one of "
+            f"{', '.join(known[: known.index(current)])} or 'base' (`ragstore db status`)"
+        )
+    if known.index(to) > known.index(current):
+        raise InputError(
+            f"--to {to} is not below the database's revision {current}: a downgrade only "
+            "goes down (`ragstore db upgrade --to REV` goes up)"
+        )
+
+
 @app.command("downgrade")
 def downgrade(
     to: str = typer.Option(..., "--to", metavar="REV", help="Target revision, or 'base'."),
@@ -124,6 +150,13 @@ def downgrade(
                 echo_json({"from": None, "to": None, "backup": None})
             else:
                 typer.echo("the database holds no ragstore schema; nothing to downgrade")
+            return
+        _check_downgrade_target(before, to)
+        if to == before:
+            if as_json:
+                echo_json({"from": before, "to": before, "backup": None})
+            else:
+                typer.echo(f"schema already at {before}; nothing to do")
             return
         confirm(
             f"Downgrade {db.where} from {before} to {to}? Tables and columns added "
