@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -88,6 +89,7 @@ END $$;
 
 # the table of contents line (``pg_restore --list``) of the table every ragstore schema has
 _SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ TABLE public alembic_version ", re.M)
+STOP_WAIT_S = 60.0  # how long an interrupted restore waits for its transaction to end
 # the statement of an archive's restore script whose next line is its schema revision
 _SCHEMA_COPY = "COPY public.alembic_version (version_num) FROM stdin;"
 # an extension's entry (its name captured) and the comment on it
@@ -363,9 +365,22 @@ def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
         return RestoreInterrupted(as_was)  # psql stopped before its transaction did anything
     with db.connect(autocommit=True) as conn, translated(f"stopping the restore on {db.where}"):
         conn.execute("SELECT pg_terminate_backend(%s, 10000)", (int(pid),))
-        row = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
-    if row is not None and row[0] == "committed":
+        # the backend may outlive the wait (a statement that checks for its end rarely):
+        # its transaction's outcome is only known once it is no longer in progress
+        deadline = time.monotonic() + STOP_WAIT_S
+        while True:
+            row = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+            state = None if row is None else row[0]
+            if state != "in progress" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    if state == "committed":
         return RestoreInterrupted(f"{path} was restored (its transaction had committed)")
+    if state == "in progress":
+        return RestoreInterrupted(
+            f"the restore of {path} is still ending on the server (backend {pid}); its "
+            "client is gone, so it cannot commit: the database stays as it was"
+        )
     return RestoreInterrupted(as_was)
 
 
