@@ -38,3 +38,15 @@ def sigterm_when(ready: Callable[[], bool], timeout_s: float = 120.0) -> Iterato
         stop.set()
         thread.join()
         signal.signal(signal.SIGTERM, previous)
+
+
+def backends_where(url: str, condition: str) -> int:
+    """How many backends of the database at ``url``, other than the asking one, match
+    ``condition`` (SQL over ``pg_stat_activity``): the moment a signal should land."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND " + condition
+        ).fetchone()
+    return int(row[0]) if row else 0

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.imports.helpers import collection_state, vectors, write_jsonl, write_npy_csv
-from tests.sigterm import sigterm_when
+from tests.sigterm import backends_where, sigterm_when
 
 DIM = 16
 
@@ -171,12 +171,12 @@ def test_sigterm_mid_copy_rolls_the_import_back_and_says_so(
     src = write_npy_csv(tmp_path / "t.npy", [f"t{i}" for i in range(n)], vectors(n, DIM, seed=5))
 
     def copying() -> bool:
-        with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid() AND state = 'active' AND query LIKE 'COPY %%'"
-            ).fetchone()
-        return bool(row and row[0])
+        return (
+            backends_where(
+                url, "datname = current_database() AND state = 'active' AND query LIKE 'COPY %%'"
+            )
+            > 0
+        )
 
     capsys.readouterr()
     with sigterm_when(copying) as sent:

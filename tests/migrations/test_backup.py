@@ -21,7 +21,7 @@ from ragstore.db.embedded import pg_bin_dir
 from ragstore.db.field_indexes import FieldIndex
 from tests.conftest import run_cli
 from tests.imports.helpers import vectors, write_jsonl
-from tests.sigterm import sigterm_when
+from tests.sigterm import backends_where, sigterm_when
 
 
 def full_dump(url: str) -> str:
@@ -345,12 +345,9 @@ def test_a_restore_stopped_by_sigterm_rolls_back_and_says_so(
     holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
 
     def restore_waits() -> bool:
-        with psycopg.connect(populated, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'psql'"
-                " AND wait_event_type = 'Lock'"
-            ).fetchone()
-        return row is not None and row[0] > 0
+        return (
+            backends_where(populated, "application_name = 'psql' AND wait_event_type = 'Lock'") > 0
+        )
 
     def release_later() -> None:
         # once the signal is out (unfixed, psql went on when the lock was gone); waiting
