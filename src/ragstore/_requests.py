@@ -238,7 +238,7 @@ def _read_file(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        from ragstore.ingest.prepare import unreadable  # slow to import; only on failure
+        from ragstore.ingest.files import unreadable  # imported only on failure
 
         raise unreadable(path, exc) from None
 

@@ -5,37 +5,14 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
 from ragstore.cli.output import confirm, echo_json
 
-if TYPE_CHECKING:
-    from ragstore.db.database import Database
-    from ragstore.runtime import Runtime
-
 
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{v} {k}" for k, v in counts.items()) or "no ragstore schema"
-
-
-def _backup_of_what_is_replaced(rt: Runtime, db: Database, quiet: bool) -> str | None:
-    """A backup of the database a restore is about to replace (its path), so that the
-    restore can be undone as an upgrade or a downgrade can; None for a database that
-    holds no ragstore schema (nothing of ragstore's to lose)."""
-    from ragstore.backup import create_backup
-    from ragstore.db import migrations
-
-    if migrations.status(db).current is None:
-        return None
-    info = create_backup(db, rt.settings, reason="restore")
-    if not quiet:
-        typer.echo(
-            f"backup: {info.path} (what the restore replaces; undo with `ragstore "
-            f"restore {info.path}`)"
-        )
-    return info.path
 
 
 def register(app: typer.Typer) -> None:
@@ -80,8 +57,10 @@ def register(app: typer.Typer) -> None:
         """Replace the database's contents with a backup, in one transaction, after
         backing up what it replaces (as `db upgrade` and `db downgrade` do)."""
         from ragstore.backup import RestoreInterrupted, restore_backup
+        from ragstore.cli.db_cmd import backup_before
         from ragstore.cli.output import err_console
         from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
+        from ragstore.db import migrations
         from ragstore.runtime import Runtime
 
         try:
@@ -93,7 +72,8 @@ def register(app: typer.Typer) -> None:
                 before: list[str | None] = [None]
 
                 def back_up() -> None:  # once the archive passed its checks
-                    before[0] = _backup_of_what_is_replaced(rt, db, as_json)
+                    if migrations.status(db).current is not None:  # ragstore's data to keep
+                        before[0] = backup_before(rt, db, "restore", quiet=as_json)
 
                 result = restore_backup(db, path, None if no_backup else back_up)
         except KeyboardInterrupt as exc:

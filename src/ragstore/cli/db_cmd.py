@@ -15,6 +15,7 @@ from ragstore.cli.output import confirm, echo_json
 
 if TYPE_CHECKING:
     from ragstore.db.database import Database
+    from ragstore.db.migrations import SchemaStatus
     from ragstore.runtime import Runtime
 
 app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
@@ -72,7 +73,8 @@ def upgrade(
         upgrade_with_backup(rt, to, backup=not no_backup, as_json=as_json)
 
 
-def _backup_before(rt: Runtime, db: Database, reason: str, *, quiet: bool = False) -> str:
+def backup_before(rt: Runtime, db: Database, reason: str, *, quiet: bool = False) -> str:
+    """Back the database up before a command changes it (upgrade, downgrade, restore)."""
     from ragstore.backup import create_backup
 
     info = create_backup(db, rt.settings, reason=reason)
@@ -92,7 +94,7 @@ def upgrade_with_backup(
     before = pre.current
     path = None
     if before is not None and pre.pending and backup:
-        path = _backup_before(rt, db, "upgrade", quiet=as_json)
+        path = backup_before(rt, db, "upgrade", quiet=as_json)
     st = migrations.upgrade(db, to)
     if as_json:
         echo_json({"from": before, "to": st.current, "backup": path})
@@ -102,20 +104,22 @@ def upgrade_with_backup(
         typer.echo(f"upgraded {before or '(empty)'} -> {st.current}")
 
 
-def _check_downgrade_target(current: str, to: str) -> None:
+def _check_downgrade_target(st: SchemaStatus, to: str) -> None:
     """Refuse a target a downgrade cannot reach before asking and backing up: Alembic
     found out only after the backup (minutes at a million chunks) and said it its way."""
     from ragstore.db import migrations
     from ragstore.errors import InputError, SchemaMismatchError
 
-    known = migrations.known_revisions()
-    if current not in known:
+    current = st.current
+    assert current is not None
+    if st.unknown:
         raise SchemaMismatchError(
             f"the database is at schema revision {current}, which this version of ragstore "
             "does not know (a newer one wrote it); downgrade it with that version"
         )
     if to == "base":
         return
+    known = migrations.known_revisions()
     if to not in known:
         raise InputError(
             f"--to {to!r} is not a schema revision of this ragstore; give one of "
@@ -144,14 +148,15 @@ def downgrade(
 
     with Runtime() as rt:
         db = rt.raw_db()
-        before = migrations.status(db).current
+        st = migrations.status(db)
+        before = st.current
         if before is None:
             if as_json:
                 echo_json({"from": None, "to": None, "backup": None})
             else:
                 typer.echo("the database holds no ragstore schema; nothing to downgrade")
             return
-        _check_downgrade_target(before, to)
+        _check_downgrade_target(st, to)
         if to == before:
             if as_json:
                 echo_json({"from": before, "to": before, "backup": None})
@@ -163,7 +168,7 @@ def downgrade(
             "since are dropped with their data",
             yes=yes,
         )
-        path = None if no_backup else _backup_before(rt, db, "downgrade", quiet=as_json)
+        path = None if no_backup else backup_before(rt, db, "downgrade", quiet=as_json)
         st = migrations.downgrade(db, to)
     if as_json:
         echo_json({"from": before, "to": st.current, "backup": path})

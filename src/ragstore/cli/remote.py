@@ -100,7 +100,7 @@ def _read_batch(
     an I/O error, removed since the folder was walked) fails alone, as in a local ingest:
     the error ended the whole run with a traceback, and with it the count of what the
     server had already stored."""
-    from ragstore.ingest.prepare import unreadable
+    from ragstore.ingest.files import unreadable
 
     parts: list[tuple[str, bytes]] = []
     for f in batch:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ragstore.errors import FileUnreadableError, ImportSourceError, PathNotFoundError
+from ragstore.errors import ImportSourceError, PathNotFoundError
 from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vector
 from ragstore.parsing.decode import declared_encoding
 
@@ -42,15 +42,14 @@ def _utf8_lines(path: Path) -> Iterator[str]:
     """The file's lines as text: UTF-8, a leading BOM dropped (as Excel and PowerShell
     write them); a file in another encoding is :class:`ImportSourceError` naming the line
     and byte, not a ``UnicodeDecodeError`` from deep inside the import. A file that cannot
-    be read (permissions, an I/O error) is :class:`FileUnreadableError`, not the
-    ``OSError`` traceback it was."""
+    be read (permissions, an I/O error) is the error an ingest gives it
+    (:func:`ragstore.ingest.files.unreadable`), not the ``OSError`` traceback it was."""
+    from ragstore.ingest.files import unreadable
+
     try:
         yield from _decoded_lines(path)
     except OSError as exc:
-        raise FileUnreadableError(
-            f"{path}: cannot read: {exc.strerror or exc}; check the file's permissions for "
-            "the user running ragstore"
-        ) from None
+        raise unreadable(path, exc) from None
 
 
 def _decoded_lines(path: Path) -> Iterator[str]:

@@ -192,3 +192,14 @@ def gone_from_disk(source: str) -> bool:
     except OSError:
         return False
     return False
+
+
+def unreadable(path: Path, exc: OSError) -> InputError:
+    """The error for a file that could not be read: ``path_not_found`` only when it is gone
+    (ENOENT), ``file_unreadable`` for permissions, I/O errors and the like."""
+    if exc.errno == errno.ENOENT:
+        return PathNotFoundError(f"{path}: no such file or directory (removed meanwhile?)")
+    return FileUnreadableError(
+        f"{path}: cannot read: {exc.strerror or exc}; check the "
+        "file's permissions for the user running ragstore"
+    )

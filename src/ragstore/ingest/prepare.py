@@ -10,7 +10,6 @@ and their results come back pickled in input order.
 
 from __future__ import annotations
 
-import errno
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
@@ -28,12 +27,9 @@ from ragstore.db import documents
 from ragstore.errors import (
     EmptyDocumentError,
     FileTooLargeError,
-    FileUnreadableError,
-    InputError,
-    PathNotFoundError,
     RagstoreError,
 )
-from ragstore.ingest.files import read_bounded
+from ragstore.ingest.files import read_bounded, unreadable
 from ragstore.models import Chunk, ParsedDocument
 from ragstore.parsing import detect_format
 from ragstore.parsing.language import detect_language
@@ -67,17 +63,6 @@ class Job:
     max_file_bytes: int
     user_meta: dict[str, Any]
     parse_timeout_s: float = 0.0  # 0: binary formats parsed here, without a limit
-
-
-def unreadable(path: Path, exc: OSError) -> InputError:
-    """The error for a file that could not be read: ``path_not_found`` only when it is gone
-    (ENOENT), ``file_unreadable`` for permissions, I/O errors and the like."""
-    if exc.errno == errno.ENOENT:
-        return PathNotFoundError(f"{path}: no such file or directory (removed meanwhile?)")
-    return FileUnreadableError(
-        f"{path}: cannot read: {exc.strerror or exc}; check the "
-        "file's permissions for the user running ragstore"
-    )
 
 
 def _file_metadata(

@@ -47,8 +47,8 @@ from ragstore.ingest.files import (
     resolved,
     sync_scopes,
 )
+from ragstore.ingest.files import unreadable as unreadable  # where callers found it
 from ragstore.ingest.heap import long_lived_set_aside
-from ragstore.ingest.prepare import unreadable as unreadable  # where callers found it
 from ragstore.ingest.staging import StagedVectors, discard_staged
 from ragstore.modelops.fanout import building_vectors
 from ragstore.models import Chunk
