@@ -249,6 +249,77 @@ def test_create_a_collection_and_upload_two_files_by_drop(page: Page, server: Se
     shot(page, "collection")
 
 
+def _tree(root: Path) -> Path:
+    """A folder as people have them: two README.md of different subfolders, a nested
+    file, a hidden file and a kind ragstore does not read."""
+    docs = root / "team-docs"
+    for rel, text in {
+        "guide/README.md": DOCS["rollback.md"],
+        "notes/README.md": DOCS["backups.md"],
+        "notes/deep/onboarding.md": DOCS["onboarding.md"],
+        "notes/.draft.md": "# Draft\n\nNot for the collection.\n",
+    }.items():
+        (docs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (docs / rel).write_text(text, encoding="utf-8")
+    (docs / "guide" / "diagram.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    return docs
+
+
+UPLOADED = ("team-docs/guide/README.md", "team-docs/notes/README.md")
+
+
+def _expect_tree_uploaded(page: Page, status: str) -> None:
+    for name in (*UPLOADED, "team-docs/notes/deep/onboarding.md"):
+        outcome = page.locator(f"#upload-list li[data-file='{name}'] .outcome").last
+        expect(outcome).to_have_text(re.compile(rf"^{status}: \d+ chunks$"), timeout=60_000)
+    expect(page.locator("#upload-list li.skipped").last).to_have_text(
+        "skipped 2 hidden file(s) or file(s) of a kind ragstore does not read"
+    )
+
+
+def test_a_dropped_folder_is_walked_and_its_files_named_by_path(
+    page: Page, server: Server, tmp_path: Path
+) -> None:
+    """A real drop of a folder (Chromium's own drag data, through the DevTools protocol):
+    each file is stored under its path in the folder, so the two README.md stay two
+    documents, and the folder chooser names the same files the same way."""
+    docs = _tree(tmp_path)
+    sign_in(page, server)
+    page.fill("#create-name", "folders")
+    page.click("#create-form button[type=submit]")
+    page.click("tr[data-collection=folders] a")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    box = page.locator("#drop-zone").bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    cdp = page.context.new_cdp_session(page)
+    data = {"items": [], "files": [str(docs)], "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver", "drop"):
+        cdp.send("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": data})
+    _expect_tree_uploaded(page, "added")
+    expect(page.locator("#documents-body tr")).to_have_count(3)
+    headers = {"Authorization": f"Bearer {server.admin_key}"}
+    listed = httpx.get(
+        f"{server.url}/v1/collections/folders/documents", headers=headers, timeout=30
+    ).json()["data"]
+    sources = sorted(d["source"] for d in listed)
+    assert [s.split("/uploads/folders/", 1)[1] for s in sources] == [
+        "team-docs/guide/README.md",
+        "team-docs/notes/README.md",
+        "team-docs/notes/deep/onboarding.md",
+    ]
+    found = httpx.post(
+        f"{server.url}/v1/collections/folders/search",
+        headers=headers,
+        json={"query": "copy the base backup off the host", "k": 1, "mode": "fulltext"},
+        timeout=30,
+    ).json()["data"]
+    assert found[0]["source"].endswith("team-docs/notes/README.md")  # not replaced by guide's
+    page.set_input_files("#folder-input", str(docs))  # the same folder, chosen
+    _expect_tree_uploaded(page, "unchanged")
+    expect(page.locator("#documents-body tr")).to_have_count(3)
+
+
 def test_a_document_with_script_and_img_is_shown_as_text(
     page: Page, server: Server, handbook: str
 ) -> None:

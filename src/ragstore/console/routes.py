@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from ragstore import __version__
 from ragstore.console.security import CONSOLE_PREFIX
 from ragstore.embedding.registry import DEFAULT_MODEL, TRUNCATED_MODEL
+from ragstore.parsing import supported_suffixes
 
 HERE = Path(__file__).resolve().parent
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -73,7 +74,10 @@ def build_router(auth: bool) -> APIRouter:
 
     @router.get("/collections/{name}", response_class=HTMLResponse)
     def collection(request: Request, name: Name) -> HTMLResponse:
-        return page(request, "collection.html", "collection", name, collection=name)
+        suffixes = " ".join(sorted(supported_suffixes()))  # what a dropped folder's walk takes
+        return page(
+            request, "collection.html", "collection", name, collection=name, suffixes=suffixes
+        )
 
     @router.get("/collections/{name}/documents/{document_id}", response_class=HTMLResponse)
     def document(request: Request, name: Name, document_id: DocId) -> HTMLResponse:

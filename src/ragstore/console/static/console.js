@@ -308,11 +308,83 @@
       node.textContent = text;
     }
 
-    function uploadOne(file) {
+    /* Uploads are named by their path inside what was dropped or chosen: a file taken as
+     * given keeps its own name, and a folder is walked as `ragstore ingest` walks one
+     * (hidden entries and files of a kind ragstore does not read are skipped, and said so)
+     * with each file named by its path from the folder on. Named by base name alone, two
+     * README.md files of different folders were stored as one document, the second
+     * replacing the first, and a dropped folder was sent as an empty file. */
+    const SUFFIXES = new Set(($("drop-zone").dataset.suffixes || "").split(" ").filter(Boolean));
+
+    function readable(name) {
+      const dot = name.lastIndexOf(".");
+      return !name.startsWith(".") && dot > 0 && SUFFIXES.has(name.slice(dot).toLowerCase());
+    }
+
+    function entryFile(entry) {
+      return new Promise((resolve, reject) => entry.file(resolve, reject));
+    }
+
+    function entryChildren(folder) {  // a folder's reader hands it over in batches, then []
+      const reader = folder.createReader();
+      const all = [];
+      return new Promise((resolve, reject) => {
+        const more = () => reader.readEntries((batch) => {
+          if (!batch.length) { resolve(all); return; }
+          all.push(...batch);
+          more();
+        }, reject);
+        more();
+      });
+    }
+
+    async function walk(folder, picked) {
+      const children = await entryChildren(folder);
+      children.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      for (const child of children) {
+        const name = child.fullPath.replace(/^\/+/, "");
+        if (child.isDirectory && !child.name.startsWith(".")) await walk(child, picked);
+        else if (child.isFile && readable(child.name)) {
+          picked.files.push({ file: await entryFile(child), name: name });
+        } else picked.skipped += 1;
+      }
+    }
+
+    /* The entries must be taken while the drop event runs; a DataTransfer made by a
+     * script has none, and its files are then taken as given. */
+    async function dropped(dt) {
+      const entries = Array.from(dt.items || [])
+        .filter((item) => item.kind === "file")
+        .map((item) => (item.webkitGetAsEntry ? item.webkitGetAsEntry() : null));
+      const picked = { files: [], skipped: 0 };
+      if (!entries.length || entries.some((e) => !e)) {
+        picked.files = Array.from(dt.files).map((f) => ({ file: f, name: f.name }));
+        return picked;
+      }
+      for (const entry of entries) {
+        if (entry.isDirectory) await walk(entry, picked);
+        else picked.files.push({ file: await entryFile(entry), name: entry.name });
+      }
+      return picked;
+    }
+
+    function chosenFolder(files) {  // <input webkitdirectory>: every file, with its path
+      const picked = { files: [], skipped: 0 };
+      for (const f of files) {
+        const parts = f.webkitRelativePath.split("/");
+        if (parts.some((p) => p.startsWith(".")) || !readable(parts[parts.length - 1])) {
+          picked.skipped += 1;
+        } else picked.files.push({ file: f, name: f.webkitRelativePath });
+      }
+      picked.files.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      return picked;
+    }
+
+    function uploadOne(file, name) {
       const bar = el("progress", { max: 1, value: 0 });
       const result = el("span", { class: "outcome", text: "uploading…" });
-      $("upload-list").append(el("li", { dataset: { file: file.name } },
-        el("span", { class: "file-name", text: file.name }), bar, result));
+      $("upload-list").append(el("li", { dataset: { file: name } },
+        el("span", { class: "file-name", text: name }), bar, result));
       return new Promise((resolve) => {
         const xhr = new XMLHttpRequest();
         xhr.open("POST", base + "/documents/upload");
@@ -343,14 +415,23 @@
           resolve();
         });
         const form = new FormData();
-        form.append("files", file, file.name);
+        form.append("files", file, name);
         xhr.send(form);
       });
     }
 
-    async function uploadAll(files) {
-      for (const f of Array.from(files)) await uploadOne(f);  // one at a time: gentle on the server
+    async function uploadAll(picked) {
+      if (picked.skipped) {
+        $("upload-list").append(el("li", { class: "skipped", text: "skipped " + picked.skipped +
+          " hidden file(s) or file(s) of a kind ragstore does not read" }));
+      }
+      for (const f of picked.files) await uploadOne(f.file, f.name);  // one at a time: gentle on the server
       await Promise.all([loadStats(), loadJobs(), loadDocuments(false)]);
+    }
+
+    function pickFailed(err) {
+      $("upload-list").append(el("li", { class: "outcome status-failed",
+        text: "failed: the dropped files could not be read (" + err.message + ")" }));
     }
 
     const zone = $("drop-zone");
@@ -359,13 +440,21 @@
     zone.addEventListener("drop", (ev) => {
       ev.preventDefault();
       zone.classList.remove("over");
-      if (ev.dataTransfer && ev.dataTransfer.files.length) uploadAll(ev.dataTransfer.files);
+      if (ev.dataTransfer && ev.dataTransfer.files.length) {
+        dropped(ev.dataTransfer).then(uploadAll, pickFailed);
+      }
     });
     const input = $("file-input");
     input.addEventListener("change", () => {
-      const files = Array.from(input.files);
+      const files = Array.from(input.files).map((f) => ({ file: f, name: f.name }));
       input.value = "";
-      if (files.length) uploadAll(files);
+      if (files.length) uploadAll({ files: files, skipped: 0 });
+    });
+    const folderInput = $("folder-input");
+    folderInput.addEventListener("change", () => {
+      const picked = chosenFolder(Array.from(folderInput.files));
+      folderInput.value = "";
+      if (picked.files.length || picked.skipped) uploadAll(picked);
     });
     $("filter-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
