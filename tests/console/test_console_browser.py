@@ -318,6 +318,23 @@ def test_a_dropped_folder_is_walked_and_its_files_named_by_path(
     page.set_input_files("#folder-input", str(docs))  # the same folder, chosen
     _expect_tree_uploaded(page, "unchanged")
     expect(page.locator("#documents-body tr")).to_have_count(3)
+    # two files of one name dropped as files: Chromium's own drop names the second
+    # "README (1).md"; where the browser does not (here a DataTransfer a script made),
+    # the first is stored and the second refused rather than stored over it
+    drop = page.evaluate_handle(
+        """([a, b]) => {
+             const dt = new DataTransfer();
+             dt.items.add(new File([a], "README.md", {type: "text/markdown"}));
+             dt.items.add(new File([b], "README.md", {type: "text/markdown"}));
+             return dt;
+           }""",
+        [DOCS["rollback.md"], DOCS["backups.md"]],
+    )
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": drop})
+    same = page.locator("#upload-list li[data-file='README.md'] .outcome")
+    expect(same.nth(0)).to_have_text(re.compile(r"^added: \d+ chunks$"), timeout=60_000)
+    expect(same.nth(1)).to_have_text(re.compile(r"^failed: another file of this upload"))
+    expect(page.locator("#documents-body tr")).to_have_count(4)
 
 
 def test_a_document_with_script_and_img_is_shown_as_text(

@@ -425,7 +425,18 @@
         $("upload-list").append(el("li", { class: "skipped", text: "skipped " + picked.skipped +
           " hidden file(s) or file(s) of a kind ragstore does not read" }));
       }
-      for (const f of picked.files) await uploadOne(f.file, f.name);  // one at a time: gentle on the server
+      const seen = new Set();
+      for (const f of picked.files) {  // one at a time: gentle on the server
+        if (seen.has(f.name)) {  // files of two folders dropped as files: the later would replace
+          $("upload-list").append(el("li", { dataset: { file: f.name } },
+            el("span", { class: "file-name", text: f.name }),
+            el("span", { class: "outcome status-failed", text: "failed: another file of this " +
+              "upload has the same name and would be replaced; drop their folders instead" })));
+          continue;
+        }
+        seen.add(f.name);
+        await uploadOne(f.file, f.name);
+      }
       await Promise.all([loadStats(), loadJobs(), loadDocuments(false)]);
     }
 
