@@ -8,15 +8,28 @@ variable to change; all of them are reported at once, so one restart fixes every
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import logging
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
+from dotenv import dotenv_values
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
-from ragstore.config import Settings, describe_error
+from ragstore.config import ENV_PREFIX, Settings, describe_error
 from ragstore.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Variables ragstore reads that are not settings: the default name of an embedding API's
+# key, the one `ragstore serve` hands its workers, the compose file's database password.
+OTHER_VARIABLES = frozenset(
+    {"RAGSTORE_EMBEDDING_API_KEY", "RAGSTORE_SERVE_PARENT", "RAGSTORE_DB_PASSWORD"}
+)
 
 # Passwords found in tutorials, images' examples and our own compose file's sample .env.
 DEFAULT_PASSWORDS = frozenset(
@@ -121,4 +134,39 @@ def get_settings(**overrides: Any) -> Settings:
         lines = [describe_error(dict(e)) for e in exc.errors()]
         raise ConfigError("; ".join(lines)) from None
     check_profile(settings)
+    _warn_misspelled()
     return settings
+
+
+_warned: set[str] = set()
+
+
+def _warn_misspelled() -> None:
+    """Each near-miss variable of the environment or ``.env`` named once a process."""
+    seen = {**dotenv_values(".env"), **os.environ} if os.path.isfile(".env") else os.environ
+    for line in misspelled_variables(seen):
+        if line not in _warned:
+            _warned.add(line)
+            log.warning("%s", line)
+
+
+def misspelled_variables(environ: Mapping[str, str | None]) -> list[str]:
+    """A line for each ``RAGSTORE_*`` variable that is no setting but close to one.
+
+    Settings ignore variables they do not know, so ``RAGSTORE_READONLY=true`` on a replica
+    or ``RAGSTORE_AUHT=on`` would leave the process running on the default without a word.
+    Only near misses are named: ``ragstore`` reads a few variables that are not settings
+    (an embedding API key's, named by the model pin), and those must not be warned about.
+    """
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    lines = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known or name in OTHER_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if close:
+            lines.append(
+                f"{name} is not a ragstore setting and is ignored; did you mean {close[0]}? "
+                "(`ragstore config show` lists them)"
+            )
+    return lines

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from ragstore.errors import ConfigError
-from ragstore.profiles import get_settings
+from ragstore.profiles import get_settings, misspelled_variables
 from tests.conftest import run_cli
 
+CLI = [sys.executable, "-c", "import sys; from ragstore.cli import main; main(sys.argv[1:])"]
 STRONG_URL = "postgresql://ragstore:Xq7-very-long-unique@db.internal:5432/ragstore"
 
 
@@ -80,3 +86,42 @@ def test_cli_in_prod_with_unsafe_settings_exits_78_with_one_line(
     assert len(err) == 1
     assert err[0].startswith("error[config_invalid]: profile prod refuses to start:")
     assert ":postgres@" not in err[0]
+
+
+def test_near_misses_of_settings_are_named_and_other_variables_left_alone() -> None:
+    lines = misspelled_variables(
+        {
+            "RAGSTORE_AUHT": "on",  # a typo: the setting would stay on its default unsaid
+            "RAGSTORE_API_HOTS": "127.0.0.1",
+            "RAGSTORE_AUTH": "on",  # a setting
+            "RAGSTORE_EMBEDDING_API_KEY": "k",  # read by the HTTP model, not a setting
+            "RAGSTORE_MY_OPENAI_KEY": "k",  # a key variable a model pin may name
+            "OTHER_AUHT": "on",
+        }
+    )
+    assert lines == [
+        "RAGSTORE_API_HOTS is not a ragstore setting and is ignored; did you mean "
+        "RAGSTORE_API_HOST? (`ragstore config show` lists them)",
+        "RAGSTORE_AUHT is not a ragstore setting and is ignored; did you mean "
+        "RAGSTORE_AUTH? (`ragstore config show` lists them)",
+    ]
+
+
+def test_the_cli_warns_of_a_misspelled_variable_in_the_environment_or_dotenv(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / ".env").write_text("RAGSTORE_COLECTION=notes\n", encoding="utf-8")
+    env = {**os.environ, "RAGSTORE_AUHT": "on", "RAGSTORE_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(
+        [*CLI, "config", "show", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "did you mean" in line]
+    assert len(warned) == 2, done.stderr
+    assert "RAGSTORE_AUHT" in warned[0] and "RAGSTORE_AUTH?" in warned[0]
+    assert "RAGSTORE_COLECTION" in warned[1] and "RAGSTORE_COLLECTION?" in warned[1]
