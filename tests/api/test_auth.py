@@ -127,6 +127,21 @@ def test_a_key_for_a_missing_collection_learns_no_other_names(
         admin.get_collection("ghost")
 
 
+def test_readyz_names_collections_only_to_key_holders(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    # /readyz needs no key (load balancers probe it): its per-collection details named
+    # every collection to anyone who could reach the port
+    for headers in ({}, {"Authorization": "Bearer rsk_0123456789ab_" + "x" * 43}):
+        r = httpx.get(f"{secure_url}/readyz", headers=headers)
+        assert r.status_code == 200 and r.json()["status"] == "ready"
+        assert r.json()["collections"] == {} and "team" not in r.text
+        assert "collection(s) validated" in r.json()["checks"]["models"]
+    with Client(secure_url, api_key=keys.create("read", "team").secret) as scoped:
+        assert scoped.ready()["collections"] == {"team": "ok"}
+    assert {"team", "other"} <= set(admin.ready()["collections"])
+
+
 def test_revoked_key_is_refused_on_its_next_request(
     secure_url: str, admin: Client, keys: KeyStore
 ) -> None:
