@@ -183,6 +183,10 @@ def test_upload_over_the_limit_is_request_too_large(admin: Client) -> None:
 def test_file_over_the_per_file_limit_is_payload_too_large(admin: Client) -> None:
     with pytest.raises(FileTooLargeError, match="per-file limit of 8192"):
         admin.upload("team", [("big.txt", b"word " * 2000)])
+    with pytest.raises(FileTooLargeError):  # refused before a missing collection is made
+        admin.upload("fresh", [("big.txt", b"word " * 2000)])
+    with pytest.raises(CollectionNotFoundError):
+        admin.get_collection("fresh")
 
 
 def test_keys_cli_creates_lists_and_revokes(
