@@ -16,6 +16,7 @@ from ragstore.errors import (
     AuthenticationError,
     CollectionNotFoundError,
     FileTooLargeError,
+    JobNotFoundError,
     PermissionDeniedError,
     RateLimitedError,
     RequestTooLargeError,
@@ -125,6 +126,18 @@ def test_a_key_for_a_missing_collection_learns_no_other_names(
             assert "team" not in str(info.value) and "other" not in str(info.value)
     with pytest.raises(CollectionNotFoundError, match=r"\(collections: .*other, team"):
         admin.get_collection("ghost")
+
+
+def test_a_collection_key_is_told_another_collections_job_does_not_exist(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    # its 403 named the job's collection: walking the job ids listed every collection
+    job = admin.add_document("other", "bg.md", "# Bg\n\nqueued", background=True)
+    with Client(secure_url, api_key=keys.create("read", "team").secret) as scoped:
+        with pytest.raises(JobNotFoundError, match=f"job {job['id']} does not exist") as info:
+            scoped.get_job(job["id"])
+        assert "other" not in str(info.value)
+    assert admin.get_job(job["id"])["collection"] == "other"
 
 
 def test_readyz_names_collections_only_to_key_holders(
