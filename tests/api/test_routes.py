@@ -282,6 +282,10 @@ def test_a_refused_upload_creates_no_collection(client: Client) -> None:
         client.upload("fresh", [("../escape.md", b"# E\n\ntext")])
     with pytest.raises(InputError, match="appears twice"):
         client.upload("fresh", [("a.md", b"# A\n\none"), ("a.md", b"# A\n\ntwo")])
+    # as a job it was accepted (202), and the job then failed on the repeated name
+    with pytest.raises(InputError, match="appears twice"):
+        twice = [("a.md", b"# A\n\none"), ("a.md", b"# A\n\ntwo")]
+        client.upload("fresh", twice, background=True)
     with pytest.raises(CollectionNotFoundError):
         client.get_collection("fresh")
 
