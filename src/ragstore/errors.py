@@ -43,6 +43,7 @@ are caught, never passed through to a user.
     │   ├── ParseTimeoutError           parse_timeout
     │   ├── EncryptedDocumentError      encrypted_document
     │   ├── InvalidFilterError          invalid_filter
+    │   ├── MalformedRequestError       malformed_request
     │   ├── ImportSourceError           import_source_invalid
     │   └── ImportValidationError       import_invalid
     ├── ImportVerificationError         import_verification_failed
@@ -275,6 +276,14 @@ class InputError(RagstoreError):
     code = "invalid_input"
     http_status = 422
     exit_code = 65  # EX_DATAERR
+
+
+class MalformedRequestError(InputError):
+    """A request the HTTP parser could not read (its request line, a header or its framing):
+    answered 400 by the HTTP protocol layer before the app sees the request."""
+
+    code = "malformed_request"
+    http_status = 400
 
 
 class PathNotFoundError(InputError):

@@ -16,6 +16,7 @@ from ragstore.errors import (
     AuthenticationError,
     CollectionNotFoundError,
     FileTooLargeError,
+    JobNotFoundError,
     PermissionDeniedError,
     RateLimitedError,
     RequestTooLargeError,
@@ -127,6 +128,33 @@ def test_a_key_for_a_missing_collection_learns_no_other_names(
         admin.get_collection("ghost")
 
 
+def test_a_collection_key_is_told_another_collections_job_does_not_exist(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    # its 403 named the job's collection: walking the job ids listed every collection
+    job = admin.add_document("other", "bg.md", "# Bg\n\nqueued", background=True)
+    with Client(secure_url, api_key=keys.create("read", "team").secret) as scoped:
+        with pytest.raises(JobNotFoundError, match=f"job {job['id']} does not exist") as info:
+            scoped.get_job(job["id"])
+        assert "other" not in str(info.value)
+    assert admin.get_job(job["id"])["collection"] == "other"
+
+
+def test_readyz_names_collections_only_to_key_holders(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    # /readyz needs no key (load balancers probe it): its per-collection details named
+    # every collection to anyone who could reach the port
+    for headers in ({}, {"Authorization": "Bearer rsk_0123456789ab_" + "x" * 43}):
+        r = httpx.get(f"{secure_url}/readyz", headers=headers)
+        assert r.status_code == 200 and r.json()["status"] == "ready"
+        assert r.json()["collections"] == {} and "team" not in r.text
+        assert "collection(s) validated" in r.json()["checks"]["models"]
+    with Client(secure_url, api_key=keys.create("read", "team").secret) as scoped:
+        assert scoped.ready()["collections"] == {"team": "ok"}
+    assert {"team", "other"} <= set(admin.ready()["collections"])
+
+
 def test_revoked_key_is_refused_on_its_next_request(
     secure_url: str, admin: Client, keys: KeyStore
 ) -> None:
@@ -168,6 +196,10 @@ def test_upload_over_the_limit_is_request_too_large(admin: Client) -> None:
 def test_file_over_the_per_file_limit_is_payload_too_large(admin: Client) -> None:
     with pytest.raises(FileTooLargeError, match="per-file limit of 8192"):
         admin.upload("team", [("big.txt", b"word " * 2000)])
+    with pytest.raises(FileTooLargeError):  # refused before a missing collection is made
+        admin.upload("fresh", [("big.txt", b"word " * 2000)])
+    with pytest.raises(CollectionNotFoundError):
+        admin.get_collection("fresh")
 
 
 def test_keys_cli_creates_lists_and_revokes(

@@ -275,6 +275,21 @@ def test_unsafe_document_names_are_refused(docs: Client) -> None:
             docs.add_document("docs", bad, "text")
 
 
+def test_a_refused_upload_creates_no_collection(client: Client) -> None:
+    # the upload route created a missing collection before it read the files' names: a
+    # 422 for a bad or repeated name left a new, empty collection behind
+    with pytest.raises(InputError, match="invalid document name"):
+        client.upload("fresh", [("../escape.md", b"# E\n\ntext")])
+    with pytest.raises(InputError, match="appears twice"):
+        client.upload("fresh", [("a.md", b"# A\n\none"), ("a.md", b"# A\n\ntwo")])
+    # as a job it was accepted (202), and the job then failed on the repeated name
+    with pytest.raises(InputError, match="appears twice"):
+        twice = [("a.md", b"# A\n\none"), ("a.md", b"# A\n\ntwo")]
+        client.upload("fresh", twice, background=True)
+    with pytest.raises(CollectionNotFoundError):
+        client.get_collection("fresh")
+
+
 def test_deleted_document_is_gone_with_its_chunks(docs: Client, settings: Settings) -> None:
     doc = docs.add_document("docs", "tmp/gone.md", "# Gone\n\nThis will be deleted.\n")
     docs.delete_document("docs", doc["id"])

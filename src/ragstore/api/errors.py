@@ -66,6 +66,7 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.CorruptDocumentError: Problem(422, "Corrupt document"),
     e.ParseTimeoutError: Problem(422, "Parse timed out"),
     e.InvalidFilterError: Problem(400, "Invalid filter"),
+    e.MalformedRequestError: Problem(400, "Malformed request"),
     e.ModelError: Problem(500, "Model error"),
     e.ModelNotFoundError: Problem(404, "Model not found"),
     e.ModelMismatchError: Problem(409, "Model mismatch"),

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,11 +32,21 @@ READ_FROM = "RAGStore-Read-From"
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
+# the POST routes that only read: a collection's search and texts/get, matched after the
+# collection's name (a name is one path segment)
+_POST_READS = re.compile(r"^/v1/collections/[^/]+/(?:search|texts/get)$")
+
+
 def classify(method: str, path: str) -> str:
-    """``read``, ``write`` or ``other`` (health, metrics, docs, jobs' reads: the primary)."""
+    """``read``, ``write`` or ``other`` (health, metrics, docs, jobs' reads: the primary).
+
+    A POST is a read only as a collection's ``search`` or ``texts/get``: matched anywhere
+    in the path, every write to a collection named ``search`` (its documents, uploads,
+    texts, model migration) was a read, run on a replica (and failing there) or let
+    through on a read-only server, and answered without its ``RAGStore-LSN``."""
     if not path.startswith("/v1/"):
         return "other"
-    if method == "POST" and (path.endswith(("/search", "/texts/get")) or "/search/" in path):
+    if method == "POST" and _POST_READS.match(path):
         return "read"
     if method in _WRITES:
         return "write"

@@ -432,10 +432,13 @@ class Readiness(BaseModel):
     collections: dict[str, str] = Field(
         default_factory=dict,
         description="Per collection: 'ok', or why it cannot embed "
-        "queries (it is not ready; the server still is).",
+        "queries (it is not ready; the server still is). With API keys on, only the "
+        "collections the presented key may read (none without a key).",
     )
     replicas: list[ReplicaPublic] | None = Field(
-        None, description="Read replicas and whether reads go to them (none configured: null)."
+        None,
+        description="Read replicas and whether reads go to them (none configured: null; "
+        "with API keys on, null unless the key is not limited to one collection).",
     )
 
 

@@ -17,6 +17,10 @@ httptools' speed and adds two bounds:
   delivered (time while the app is not reading does not count): a body trickled in a byte
   at a time no longer holds a connection and its task forever, a slow upload still passes.
 
+A request the parser cannot read at all (a NUL in a header, a path outside ASCII, two
+``Content-Length`` headers) is answered 400 ``malformed_request`` as problem+json, like
+every other error, where uvicorn wrote a ``text/plain`` line.
+
 ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are read only from the addresses in
 ``RAGSTORE_TRUSTED_PROXIES`` (none by default): with uvicorn's default any local process
 could name another client address and so dodge the per-address throttle of failed keys.
@@ -35,7 +39,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from ragstore.config import Settings
-from ragstore.errors import HeadersTooLargeError
+from ragstore.errors import HeadersTooLargeError, MalformedRequestError, RagstoreError
 
 log = logging.getLogger("ragstore.api")
 
@@ -184,8 +188,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse_head(self) -> None:
         """Answer 431 (unless a response is under way: then only disconnect) and close."""
-        from ragstore.api.errors import PROBLEM_JSON, problem_body
-
         self._stop_head_clock()
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
         log.warning(
@@ -193,15 +195,44 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.max_head,
             client,
         )
-        if self.cycle is None or self.cycle.response_complete:
-            exc = HeadersTooLargeError(
+        self._answer_and_close(
+            b"431 Request Header Fields Too Large",
+            HeadersTooLargeError(
                 f"the request head (request line and headers) is over {self.max_head} bytes "
                 "(RAGSTORE_MAX_HEADER_BYTES); send fewer or shorter headers"
-            )
+            ),
+        )
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser could not read, answered as problem+json like every other
+        error (uvicorn's own answer was a ``text/plain`` line no client reads as one)."""
+        self._stop_head_clock()
+        self._answer_and_close(
+            b"400 Bad Request",
+            MalformedRequestError(
+                "the request is not readable HTTP/1.1 (a request line or header with "
+                "bytes not allowed there, such as NUL or control bytes or a path outside "
+                "ASCII, or contradictory framing such as two Content-Lengths); "
+                "percent-encode the path and query and send printable header values"
+            ),
+        )
+
+    def _answer_and_close(self, status: bytes, exc: RagstoreError) -> None:
+        """Write ``exc``'s problem (unless a response is under way: then only disconnect)
+        and close the connection. A request whose app has not answered yet (its body was
+        the unreadable part) is cut off first, so no answer of its own follows ours."""
+        from ragstore.api.errors import PROBLEM_JSON, problem_body
+
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True  # the app's sends and reads end here
             rid = uuid.uuid4().hex
             body = json.dumps(problem_body(exc, request_id=rid, instance="")).encode()
             self.transport.write(
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                b"HTTP/1.1 "
+                + status
+                + b"\r\n"
                 + b"content-type: "
                 + PROBLEM_JSON.encode()
                 + b"\r\n"

@@ -140,9 +140,13 @@ def _save(src: BinaryIO, dest: Path, limit: int, name: str) -> int:
 def _upload(
     state: State, name: str, files: list[UploadFile], meta: dict[str, Any], background: bool
 ) -> DocumentsPublic | JSONResponse:
-    """Stream each file to a private staging file, then ingest now or queue a job."""
+    """Stream each file to a private staging file, then ingest now or queue a job.
+
+    Every file is named, sized and staged before a missing collection is created: created
+    first, an upload refused for a bad or repeated name or a file over the limit left a
+    new, empty collection behind its 4xx (the JSON route and ``Store.add_document`` check
+    first too)."""
     rt = state.runtime
-    rt.collection(name, create=True)  # as `ragstore ingest` does
     with staging.staging_area(rt.settings) as area:
         docs: list[NewDocument] = []
         total = 0
@@ -152,6 +156,11 @@ def _upload(
             path = area.new_file()
             total += _save(upload.file, path, rt.settings.max_file_bytes, fname)
             docs.append(NewDocument(fname, path, meta))
+        names = [d.name for d in docs]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise InputError(f"document name {dup!r} appears twice in one request; send it once")
+        rt.collection(name, create=True)  # as `ragstore ingest` does
         if background or total > rt.settings.background_ingest_bytes:
             return _accept(
                 state, name, [JobFile(d.name, d.staged.read_bytes(), meta) for d in docs]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from ragstore.api.deps import Rt
+from ragstore.api.deps import ApiState, Principal, Rt, State
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import Health, Readiness, ReplicaPublic
@@ -24,13 +24,38 @@ async def healthz() -> Health:
     return Health()
 
 
+def _viewer(state: ApiState, request: Request) -> Principal | None:
+    """Who may read /readyz's per-collection and replica details: anyone with auth off,
+    else the holder of a valid key (``None``: an anonymous caller, or a bad key).
+
+    /readyz answers without a key (a load balancer probes it), and its details name every
+    collection and each replica's host and user: with keys on they were open to anyone who
+    could reach the port (the Docker image serves 0.0.0.0 under profile prod), though the
+    same names are kept from anonymous callers everywhere else. A bad key is answered as
+    anonymous rather than 401, so the probe never fails for a stale header."""
+    if state.keys is None:
+        return Principal(None)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    client = request.client.host if request.client else ""
+    try:
+        return Principal(state.keys.authenticate(token.strip(), client))
+    except RagstoreError:
+        return None
+
+
 @router.get("/readyz", response_model=Readiness, summary="Ready to serve", responses=responses(503))
-def readyz(rt: Rt) -> Readiness:
+def readyz(rt: Rt, state: State, request: Request) -> Readiness:
     """Database reachable and schema at the code's revision, else 503 ``not_ready`` naming
     the failing check. Each collection's model is checked too, but a collection that cannot
     embed queries (an imported vector-only collection, a model without a provider) is
     reported in ``collections`` and does not make the whole server unready: a load
-    balancer must not drop every server for one collection."""
+    balancer must not drop every server for one collection.
+
+    With API keys on, ``collections`` and ``replicas`` are filled in only for a caller
+    presenting a valid key (the collections it may see; replicas for a key not limited to
+    one collection); anonymous probes get the checks and their counts."""
     checks: dict[str, str] = {}
     try:
         db = rt.raw_db()
@@ -64,8 +89,11 @@ def readyz(rt: Rt) -> Readiness:
     if replicas:
         up = sum(1 for r in replicas if r["up"])
         checks["replicas"] = f"{up} of {len(replicas)} serving reads"
+    viewer = _viewer(state, request)
+    shown = {n: v for n, v in collections.items() if viewer is not None and viewer.sees(n)}
+    whole = viewer is not None and (viewer.key is None or viewer.key.collection is None)
     return Readiness(
         checks=checks,
-        collections=collections,
-        replicas=[ReplicaPublic(**r) for r in replicas] if replicas else None,
+        collections=shown,
+        replicas=[ReplicaPublic(**r) for r in replicas] if replicas and whole else None,
     )

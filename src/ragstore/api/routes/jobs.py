@@ -11,6 +11,7 @@ from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import JobError, JobPublic, JobsPublic
 from ragstore.db import jobs as job_store
 from ragstore.db.errors import translated
+from ragstore.errors import JobNotFoundError
 from ragstore.jobs import JobRecord
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(404))
@@ -38,9 +39,13 @@ def job_public(job: JobRecord) -> JobPublic:
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Get a job")
 def get_job(job_id: RowId, rt: Rt, caller: ReadAccess) -> JobPublic:
+    """A job of a collection the key may not see is answered as missing: its 403 named
+    that collection, so a key limited to one collection could walk the job ids and learn
+    every other collection's name (its 404s for collections list only its own)."""
     with rt.db.connection() as conn, translated(f"reading job {job_id}"):
         job = job_store.get(conn, job_id)
-    caller.require("read", job.collection)
+    if not caller.sees(job.collection):
+        raise JobNotFoundError(f"job {job_id} does not exist; `GET /v1/jobs` lists the jobs")
     return job_public(job)
 
 
