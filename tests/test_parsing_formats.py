@@ -836,6 +836,23 @@ def test_bad_front_matter_is_one_line_with_its_place_in_the_file() -> None:
     assert "mapping values are not allowed" in message and "remove the block" in message
 
 
+def test_front_matter_aliases_cannot_blow_up_and_a_self_reference_ends() -> None:
+    """Eight lines of YAML aliases stand for 9**8 (43 million) strings: turned into the
+    document's metadata they took minutes and 4 GB; a list holding itself never ended."""
+    levels = ["a: &a [" + ", ".join(["lol"] * 9) + "]"]
+    for prev, name in zip("abcdefg", "bcdefgh"):
+        levels.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    page = ("---\n" + "\n".join(levels) + "\n---\n# Doc\n\nbody\n").encode()
+    with pytest.raises(CorruptDocumentError) as err:
+        parse_bytes(page, "bomb.md")
+    assert str(err.value).startswith("bomb.md: the YAML front matter expands to more than 10000")
+    with pytest.raises(CorruptDocumentError) as err:
+        parse_bytes(b"---\na: &a [*a]\n---\n# Doc\n\nbody\n", "loop.md")
+    assert "nested more than 32 levels deep (or an alias refers to itself)" in str(err.value)
+    fine = "---\ntags: &t [x, y]\nalso: *t\nlist: [" + ", ".join(["t"] * 5000) + "]\n---\nbody\n"
+    assert parse_bytes(fine.encode(), "ok.md").metadata["also"] == ["x", "y"]
+
+
 def _notebook(cells: list[dict[str, object]], **extra: object) -> bytes:
     return json.dumps(
         {"cells": cells, "metadata": {"language_info": {"name": "python"}}, "nbformat": 4, **extra}

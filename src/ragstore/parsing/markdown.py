@@ -88,11 +88,47 @@ def _front_matter(token: Token, name: str) -> dict[str, Any]:
     return {str(k): v for k, v in data.items()}
 
 
-def _jsonable(value: Any) -> Any:
+# what front matter may expand to: real ones hold tens of values (a few hundred tags at
+# most); YAML's aliases let a few hundred bytes stand for billions of them
+MAX_FRONT_MATTER_VALUES = 10_000
+MAX_FRONT_MATTER_DEPTH = 32
+
+
+class _Budget:
+    """Values left while front matter is turned into JSON; an alias counts each time it
+    is used, as the JSON will hold it each time."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.left = MAX_FRONT_MATTER_VALUES
+
+    def spend(self, depth: int) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise CorruptDocumentError(
+                f"{self.name}: the YAML front matter expands to more than "
+                f"{MAX_FRONT_MATTER_VALUES} values (aliases repeating aliases); ragstore "
+                "keeps front matter as the document's metadata: write the values out, or "
+                "remove the block"
+            )
+        if depth > MAX_FRONT_MATTER_DEPTH:
+            raise CorruptDocumentError(
+                f"{self.name}: the YAML front matter is nested more than "
+                f"{MAX_FRONT_MATTER_DEPTH} levels deep (or an alias refers to itself); "
+                "flatten it, or remove the block"
+            )
+
+
+def _jsonable(value: Any, budget: _Budget, depth: int = 0) -> Any:
+    """Front matter as JSON values, within ``budget``: PyYAML builds an alias once and
+    shares it, so ``a: &a [x, x, x]``, ``b: &b [*a, *a, *a]`` ... eight lines deep loaded
+    at once and then took minutes and 4 GB to copy out (a 500-byte upload), and a list
+    holding itself never ended."""
+    budget.spend(depth)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v, budget, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, budget, depth + 1) for v in value]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)  # dates and other YAML scalars
@@ -177,7 +213,7 @@ def parse_markdown(text: str, name: str) -> ParsedDocument:
     while i < len(tokens):
         tok = tokens[i]
         if tok.type == "front_matter":
-            metadata = _jsonable(_front_matter(tok, name))
+            metadata = _jsonable(_front_matter(tok, name), _Budget(name))
         elif tok.type == "heading_open" and tok.map:
             level = int(tok.tag[1:])
             heading = tokens[i + 1].content.strip()
