@@ -840,7 +840,7 @@ def test_front_matter_aliases_cannot_blow_up_and_a_self_reference_ends() -> None
     """Eight lines of YAML aliases stand for 9**8 (43 million) strings: turned into the
     document's metadata they took minutes and 4 GB; a list holding itself never ended."""
     levels = ["a: &a [" + ", ".join(["lol"] * 9) + "]"]
-    for prev, name in zip("abcdefg", "bcdefgh"):
+    for prev, name in zip("abcdefg", "bcdefgh", strict=True):
         levels.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
     page = ("---\n" + "\n".join(levels) + "\n---\n# Doc\n\nbody\n").encode()
     with pytest.raises(CorruptDocumentError) as err:
