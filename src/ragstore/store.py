@@ -35,6 +35,7 @@ from ragstore.db import catalog, documents, field_indexes, repository, texts
 from ragstore.db.errors import translated
 from ragstore.errors import (
     InputError,
+    InvalidFilterError,
     ModelNotFoundError,
     RagstoreError,
     all_error_classes,
@@ -42,7 +43,7 @@ from ragstore.errors import (
 from ragstore.ingest import texts as text_service
 from ragstore.profiles import get_settings
 from ragstore.runtime import Runtime
-from ragstore.validation import check_value, storable_text
+from ragstore.validation import check_value, id_list, row_id, storable_text
 
 __all__ = ["Store"]
 
@@ -203,9 +204,10 @@ class Store:
 
     def get_texts(self, collection: str, ids: Sequence[str]) -> list[dict[str, Any]]:
         """The texts stored under ``ids``, in that order; unknown ids are left out."""
+        wanted = id_list(ids, "ids")
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"reading texts of {collection!r}"):
-            found = texts.texts_by_ids(conn, coll.id, list(ids))
+            found = texts.texts_by_ids(conn, coll.id, wanted)
         return [
             _dump(TextPublic(id=t.id, document_id=t.document_id, text=t.text, metadata=t.metadata))
             for t in found
@@ -214,9 +216,10 @@ class Store:
     def delete_texts(self, collection: str, ids: Sequence[str]) -> int:
         """Delete the documents stored under ``ids``; unknown ids are ignored. The count
         deleted is returned."""
+        doomed = id_list(ids, "ids")
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"deleting texts of {collection!r}"):
-            return documents.delete_documents(conn, coll.id, list(ids))
+            return documents.delete_documents(conn, coll.id, doomed)
 
     # --- documents -----------------------------------------------------------------------
 
@@ -323,6 +326,17 @@ class Store:
 
         if not 1 <= limit <= 500:
             raise InputError(f"limit must be between 1 and 500, got {limit}")
+        # checked as the HTTP route checks them: a NaN or a NUL reached PostgreSQL and came
+        # back as "invalid input syntax for type json", naming neither the value nor where
+        check_value(
+            {"format": format, "source_prefix": source_prefix}, "the query", InvalidFilterError
+        )
+        if metadata is not None:
+            if not isinstance(metadata, Mapping):
+                raise InvalidFilterError(
+                    'metadata filter must be a JSON object, e.g. {"team": "ops"}'
+                )
+            check_value(metadata, "the metadata filter", InvalidFilterError)
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"listing documents of {collection!r}"):
             rows = catalog.documents_page(
@@ -351,11 +365,13 @@ class Store:
                 return
 
     def get_document(self, collection: str, document_id: int) -> dict[str, Any]:
+        row_id(document_id, "document")
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"reading document {document_id}"):
             return self._document(collection, catalog.document(conn, coll, document_id))
 
     def delete_document(self, collection: str, document_id: int) -> None:
+        row_id(document_id, "document")
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"deleting document {document_id}"):
             catalog.delete_document(conn, coll, document_id)
