@@ -75,16 +75,29 @@ class Store:
             settings = get_settings(**overrides)
         elif overrides:
             settings = settings.model_copy(update=overrides)
-        self._rt = Runtime(settings)
+        self._runtime = Runtime(settings)
         self._owns = True
+        self._closed = False
 
     @classmethod
     def from_runtime(cls, rt: Runtime) -> Store:
         """A Store over a runtime someone else owns (the API server's); close leaves it open."""
         store = cls.__new__(cls)
-        store._rt = rt
+        store._runtime = rt
         store._owns = False
+        store._closed = False
         return store
+
+    @property
+    def _rt(self) -> Runtime:
+        """The runtime, or RuntimeError once this Store is closed: the runtime reopens its
+        pool on the next call, so a closed Store went on working with a new pool (and its
+        connections) that nothing would close. The Client raises RuntimeError too."""
+        if self._closed:
+            raise RuntimeError(
+                "this Store is closed; open a new Store() (or keep using it inside its with block)"
+            )
+        return self._runtime
 
     @property
     def runtime(self) -> Runtime:
@@ -92,8 +105,11 @@ class Store:
         return self._rt
 
     def close(self) -> None:
-        if self._owns:
-            self._rt.close()
+        """Close the database pool (a Store from :meth:`from_runtime` leaves it open);
+        closing twice does nothing, any other use afterwards raises RuntimeError."""
+        if self._owns and not self._closed:
+            self._runtime.close()
+            self._closed = True
 
     def __enter__(self) -> Store:
         return self

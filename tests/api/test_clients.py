@@ -281,3 +281,16 @@ def test_store_and_client_name_a_bad_filter_value_alike(notes: Client, store: St
             backend.search("notes", vector=[NAN] * 384)
         with pytest.raises(InputError, match="holds NaN"):
             backend.add_texts("notes", ["x"], vectors=[[NAN] * 384])
+
+
+async def test_a_closed_client_says_so(open_url: str) -> None:
+    # httpx's "Cannot send a request, as the client has been closed." named neither
+    client = Client(open_url)
+    client.close()
+    client.close()
+    with pytest.raises(RuntimeError, match=r"this Client is closed; open a new Client\("):
+        client.health()
+    async_client = AsyncClient(open_url)
+    await async_client.aclose()
+    with pytest.raises(RuntimeError, match="this AsyncClient is closed"):
+        await async_client.health()
