@@ -324,7 +324,10 @@ def upload(
 
 
 def ingest(
-    collection: str, paths: Sequence[str | Path], *, metadata: Mapping[str, Any] | None = None
+    collection: str,
+    paths: str | Path | Sequence[str | Path],
+    *,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Call[dict[str, Any]]:
     """Files, and the files under folders, uploaded and ingested during the request.
 
@@ -335,9 +338,12 @@ def ingest(
     # the ingest package is slow to import
     from ragstore.ingest.files import LINK_OUTSIDE_FOLDER, discover, link_outside_detail
 
+    # one path given bare is that path, as Store.ingest takes it, not its characters
+    # ("notes.md" was "n", "o", ..., and "." the whole working directory)
+    given = [paths] if isinstance(paths, (str, Path)) else paths
     files: list[Upload] = []
     skipped: list[dict[str, str]] = []
-    for p in map(Path, paths):
+    for p in map(Path, given):
         if p.is_dir():
             found = discover([p])
             top = p.resolve()

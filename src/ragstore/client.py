@@ -204,7 +204,7 @@ class Client(_WritePosition):
     def ingest(
         self,
         collection: str,
-        paths: Sequence[str | Path],
+        paths: str | Path | Sequence[str | Path],
         *,
         metadata: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
@@ -480,7 +480,7 @@ class AsyncClient(_WritePosition):
     async def ingest(
         self,
         collection: str,
-        paths: Sequence[str | Path],
+        paths: str | Path | Sequence[str | Path],
         *,
         metadata: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -294,3 +295,20 @@ async def test_a_closed_client_says_so(open_url: str) -> None:
     await async_client.aclose()
     with pytest.raises(RuntimeError, match="this AsyncClient is closed"):
         await async_client.health()
+
+
+def test_client_ingest_takes_one_bare_path_as_that_path(
+    notes: Client, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the Client iterated a bare path's characters: "guide.md" was the paths "g", "u",
+    # ..., ".", "m", "d" (failing on "g": no such file; "." the whole working directory),
+    # where the Store takes one path given bare as that path
+    (tmp_path / "guide.md").write_text("# Guide\n\nBackups run nightly.\n")
+    (tmp_path / "secret.md").write_text("# Secret\n\nNot for the server.\n")
+    monkeypatch.chdir(tmp_path)
+    for backend, collection in ((store, "bare-store"), (notes, "bare-client")):
+        out = backend.ingest(collection, "guide.md")
+        stored = backend.list_documents(collection)["data"]
+        for docs in (out["data"], stored):
+            assert [Path(d["name"]).name for d in docs] == ["guide.md"], backend
+        backend.delete_collection(collection)
