@@ -297,13 +297,17 @@ def _read_file(path: Path) -> bytes:
 
 def upload(
     collection: str,
-    files: Sequence[Upload],
+    files: Upload | Sequence[Upload],
     *,
     metadata: Mapping[str, Any] | None = None,
     background: bool = False,
 ) -> Call[dict[str, Any]]:
+    # one file given bare is that file, not its characters (or its tuple's two halves)
+    bare = isinstance(files, (str, Path)) or (
+        isinstance(files, tuple) and len(files) == 2 and isinstance(files[1], bytes)
+    )
     parts = []
-    for f in files:
+    for f in cast(Sequence[Upload], [files] if bare else files):
         if isinstance(f, tuple):
             name, content = f
         else:

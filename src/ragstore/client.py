@@ -193,7 +193,7 @@ class Client(_WritePosition):
     def upload(
         self,
         collection: str,
-        files: Sequence[Upload],
+        files: Upload | Sequence[Upload],
         *,
         metadata: Mapping[str, Any] | None = None,
         background: bool = False,
@@ -468,7 +468,7 @@ class AsyncClient(_WritePosition):
     async def upload(
         self,
         collection: str,
-        files: Sequence[Upload],
+        files: Upload | Sequence[Upload],
         *,
         metadata: Mapping[str, Any] | None = None,
         background: bool = False,

@@ -312,3 +312,16 @@ def test_client_ingest_takes_one_bare_path_as_that_path(
         for docs in (out["data"], stored):
             assert [Path(d["name"]).name for d in docs] == ["guide.md"], backend
         backend.delete_collection(collection)
+
+
+def test_client_upload_takes_one_bare_file_as_that_file(notes: Client, tmp_path: Path) -> None:
+    # as ingest: a bare path was read as one file per character, a bare (name, bytes)
+    # tuple as the file named by its name and then the bytes as a path
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n\nSome words.\n")
+    for given in (page, str(page), ("memo.md", b"# Memo\n\nMore words.\n")):
+        out = notes.upload("bare-upload", given)
+        assert len(out["data"]) == 1, given
+    names = sorted(d["name"] for d in notes.list_documents("bare-upload")["data"])
+    assert names == ["memo.md", "page.md"]
+    notes.delete_collection("bare-upload")
