@@ -330,3 +330,31 @@ def test_a_failed_later_batch_says_which_texts_were_stored(
     assert "2 of the 5 texts" in str(failed.value)
     listed = store.list_documents("batches")["data"]
     assert sorted(d["name"] for d in listed) == ["b1", "b2"]
+
+
+def test_a_closed_store_refuses_use_and_opens_no_new_pool(settings: Settings) -> None:
+    # the runtime reopened its pool on the next call: a closed Store went on working
+    # with a new pool and connection that nothing would close
+    import psycopg
+
+    assert settings.database_url is not None
+    url = settings.database_url.get_secret_value()
+
+    def backends() -> int:
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    before = backends()
+    with Store(settings=settings) as closing:
+        closing.list_collections()
+        assert backends() > before
+    closing.close()  # twice: nothing more to do
+    for use in (lambda: closing.get_texts("pets", ["cat"]), lambda: closing.runtime):
+        with pytest.raises(RuntimeError, match="this Store is closed; open a new Store"):
+            use()
+    assert backends() == before

@@ -18,7 +18,13 @@ from typing import Any, Generic, TypeVar, cast
 
 import httpx
 
-from ragstore.errors import ConfigError, InputError, RagstoreError, all_error_classes
+from ragstore.errors import (
+    ConfigError,
+    InputError,
+    InvalidFilterError,
+    RagstoreError,
+    all_error_classes,
+)
 
 T = TypeVar("T")
 Upload = Path | str | tuple[str, bytes]
@@ -62,10 +68,53 @@ def _n(name: str) -> str:
 
 
 def _id(value: int, what: str) -> int:
-    """``value`` as a URL path segment, or InputError when it is no positive integer."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"invalid {what} id {value!r}: give a positive integer")
+    """``value`` as a URL path segment, or InputError when it is no row id (the Store's
+    check, :func:`ragstore.validation.row_id`)."""
+    from ragstore.validation import row_id
+
+    return row_id(value, what)
+
+
+def _ids(ids: Sequence[str], what: str = "ids") -> list[str]:
+    """``ids`` as the list of strings the Store takes (:func:`ragstore.validation.id_list`):
+    a bare string was sent as its characters (``delete_texts(c, "abc")`` deleted the texts
+    "a", "b" and "c")."""
+    from ragstore.validation import id_list  # numpy: loaded once a call names ids
+
+    return id_list(ids, what)
+
+
+def _json_value(value: Any, what: str, error: type[InputError] = InputError) -> Any:
+    """``value`` when it is JSON the server takes unchanged, else ``error`` naming the bad
+    part as the Store does (:func:`ragstore.validation.check_value`). Unchecked, NaN or a
+    set surfaced as httpx's bare ``ValueError``/``TypeError``, which no ``except
+    RagstoreError`` caught, and a key that is no string (``1``) was turned into one by the
+    encoder, dropping one of two values when the object also held ``"1"``."""
+    from ragstore.validation import check_value
+
+    check_value(value, what, error)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{what} is not JSON-serialisable: {exc}") from None
     return value
+
+
+def _metadata(meta: Any, what: str) -> dict[str, Any]:
+    if not isinstance(meta, Mapping):
+        raise InputError(f"{what} is a {type(meta).__name__}, not a JSON object")
+    return cast(dict[str, Any], _json_value(dict(meta), what))
+
+
+def _floats(values: Any, what: str) -> list[float]:
+    """One vector as a list of floats once checked as the Store checks it (numbers, finite,
+    within float32): NaN failed in the encoder with a bare ``ValueError``, a string in
+    ``float()`` with another."""
+    from ragstore.validation import float32_array
+
+    if float32_array(values, what).ndim != 1:
+        raise InputError(f"{what} must be one list of numbers")
+    return [float(x) for x in values]
 
 
 def _body(r: httpx.Response) -> dict[str, Any]:
@@ -192,19 +241,21 @@ def add_texts(
     *,
     vectors: Sequence[Sequence[float]] | None = None,
 ) -> Call[dict[str, Any]]:
+    if isinstance(texts, (str, bytes)):  # sent as its characters, a text each
+        raise InputError("texts is one string, not a list of texts; pass [text] to add one")
     body: dict[str, Any] = {"texts": list(texts)}
     if metadatas is not None:
-        body["metadatas"] = [dict(m) for m in metadatas]
+        body["metadatas"] = [_metadata(m, f"metadatas[{i}]") for i, m in enumerate(metadatas)]
     if ids is not None:
-        body["ids"] = list(ids)
+        body["ids"] = _ids(ids)
     if vectors is not None:
-        body["vectors"] = [[float(x) for x in v] for v in vectors]
+        body["vectors"] = [_floats(v, f"vectors[{i}]") for i, v in enumerate(vectors)]
     return Call("POST", f"/v1/collections/{_n(collection)}/texts", _body, json=body)
 
 
 def get_texts(collection: str, ids: Sequence[str]) -> Call[list[dict[str, Any]]]:
     path = f"/v1/collections/{_n(collection)}/texts/get"
-    return Call("POST", path, _data, json={"ids": list(ids)})
+    return Call("POST", path, _data, json={"ids": _ids(ids)})
 
 
 def delete_texts(collection: str, ids: Sequence[str]) -> Call[int]:
@@ -212,7 +263,7 @@ def delete_texts(collection: str, ids: Sequence[str]) -> Call[int]:
         "POST",
         f"/v1/collections/{_n(collection)}/texts/delete",
         lambda r: int(r.json()["deleted"]),
-        json={"ids": list(ids)},
+        json={"ids": _ids(ids)},
     )
 
 
@@ -227,7 +278,8 @@ def add_document(
     metadata: Mapping[str, Any] | None = None,
     background: bool = False,
 ) -> Call[dict[str, Any]]:
-    body = {"name": name, "text": text, "metadata": dict(metadata or {}), "background": background}
+    meta = _metadata(metadata or {}, "metadata")
+    body = {"name": name, "text": text, "metadata": meta, "background": background}
     return Call("POST", f"/v1/collections/{_n(collection)}/documents", _body, json=body)
 
 
@@ -245,13 +297,17 @@ def _read_file(path: Path) -> bytes:
 
 def upload(
     collection: str,
-    files: Sequence[Upload],
+    files: Upload | Sequence[Upload],
     *,
     metadata: Mapping[str, Any] | None = None,
     background: bool = False,
 ) -> Call[dict[str, Any]]:
+    # one file given bare is that file, not its characters (or its tuple's two halves)
+    bare = isinstance(files, (str, Path)) or (
+        isinstance(files, tuple) and len(files) == 2 and isinstance(files[1], bytes)
+    )
     parts = []
-    for f in files:
+    for f in cast(Sequence[Upload], [files] if bare else files):
         if isinstance(f, tuple):
             name, content = f
         else:
@@ -259,7 +315,7 @@ def upload(
             name, content = path.name, _read_file(path)
         parts.append(("files", (name, content, "application/octet-stream")))
     data = {
-        "metadata": json.dumps(dict(metadata or {})),
+        "metadata": json.dumps(_metadata(metadata or {}, "metadata")),
         "background": "true" if background else "false",
     }
     return Call(
@@ -272,7 +328,10 @@ def upload(
 
 
 def ingest(
-    collection: str, paths: Sequence[str | Path], *, metadata: Mapping[str, Any] | None = None
+    collection: str,
+    paths: str | Path | Sequence[str | Path],
+    *,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Call[dict[str, Any]]:
     """Files, and the files under folders, uploaded and ingested during the request.
 
@@ -283,9 +342,12 @@ def ingest(
     # the ingest package is slow to import
     from ragstore.ingest.files import LINK_OUTSIDE_FOLDER, discover, link_outside_detail
 
+    # one path given bare is that path, as Store.ingest takes it, not its characters
+    # ("notes.md" was "n", "o", ..., and "." the whole working directory)
+    given = [paths] if isinstance(paths, (str, Path)) else paths
     files: list[Upload] = []
     skipped: list[dict[str, str]] = []
-    for p in map(Path, paths):
+    for p in map(Path, given):
         if p.is_dir():
             found = discover([p])
             top = p.resolve()
@@ -321,7 +383,11 @@ def list_documents(
     if source_prefix:
         params["source_prefix"] = source_prefix
     if metadata is not None:
-        params["metadata"] = json.dumps(dict(metadata))
+        if not isinstance(metadata, Mapping):
+            raise InvalidFilterError('metadata filter must be a JSON object, e.g. {"team": "ops"}')
+        params["metadata"] = json.dumps(
+            _json_value(dict(metadata), "the metadata filter", InvalidFilterError)
+        )
     return Call("GET", f"/v1/collections/{_n(collection)}/documents", _body, params=params)
 
 
@@ -359,9 +425,15 @@ def search(
         body["sections"] = False
     options: dict[str, Any] = {
         "query": query,
-        "vector": None if vector is None else [float(x) for x in vector],
+        "vector": None if vector is None else _floats(vector, "the query vector"),
         "mode": mode,
-        "where": dict(where) if where is not None else None,
+        "where": None
+        if where is None
+        else _json_value(
+            dict(where) if isinstance(where, Mapping) else where,
+            "the filter",
+            InvalidFilterError,
+        ),
         "context": context,
         "ef_search": ef_search,
         "rrf_k": rrf_k,

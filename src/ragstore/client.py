@@ -25,6 +25,9 @@ __all__ = ["AsyncClient", "Client", "error_from_problem"]
 
 T = TypeVar("T")
 _FINISHED = ("succeeded", "failed")
+# used after close: httpx's own message said neither which object nor what to do (the
+# in-process Store raises the same class, ragstore.store.Store._rt)
+_CLOSED = "this {kind} is closed; open a new {kind}(...) (or keep using it inside its with block)"
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -91,6 +94,8 @@ class Client(_WritePosition):
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request; raise the matching RagstoreError for any error answer."""
+        if self._http.is_closed:
+            raise RuntimeError(_CLOSED.format(kind="Client"))
         try:
             response = self._http.request(method, path, **self._with_lsn(kwargs))
         except httpx.TransportError as exc:
@@ -188,7 +193,7 @@ class Client(_WritePosition):
     def upload(
         self,
         collection: str,
-        files: Sequence[Upload],
+        files: Upload | Sequence[Upload],
         *,
         metadata: Mapping[str, Any] | None = None,
         background: bool = False,
@@ -199,7 +204,7 @@ class Client(_WritePosition):
     def ingest(
         self,
         collection: str,
-        paths: Sequence[str | Path],
+        paths: str | Path | Sequence[str | Path],
         *,
         metadata: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
@@ -369,6 +374,8 @@ class AsyncClient(_WritePosition):
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request; raise the matching RagstoreError for any error answer."""
+        if self._http.is_closed:
+            raise RuntimeError(_CLOSED.format(kind="AsyncClient"))
         try:
             response = await self._http.request(method, path, **self._with_lsn(kwargs))
         except httpx.TransportError as exc:
@@ -461,7 +468,7 @@ class AsyncClient(_WritePosition):
     async def upload(
         self,
         collection: str,
-        files: Sequence[Upload],
+        files: Upload | Sequence[Upload],
         *,
         metadata: Mapping[str, Any] | None = None,
         background: bool = False,
@@ -473,7 +480,7 @@ class AsyncClient(_WritePosition):
     async def ingest(
         self,
         collection: str,
-        paths: Sequence[str | Path],
+        paths: str | Path | Sequence[str | Path],
         *,
         metadata: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from ragstore.db import catalog, documents, field_indexes, repository, texts
 from ragstore.db.errors import translated
 from ragstore.errors import (
     InputError,
+    InvalidFilterError,
     ModelNotFoundError,
     RagstoreError,
     all_error_classes,
@@ -42,7 +43,7 @@ from ragstore.errors import (
 from ragstore.ingest import texts as text_service
 from ragstore.profiles import get_settings
 from ragstore.runtime import Runtime
-from ragstore.validation import check_value, storable_text
+from ragstore.validation import check_value, id_list, row_id, storable_text
 
 __all__ = ["Store"]
 
@@ -74,16 +75,29 @@ class Store:
             settings = get_settings(**overrides)
         elif overrides:
             settings = settings.model_copy(update=overrides)
-        self._rt = Runtime(settings)
+        self._runtime = Runtime(settings)
         self._owns = True
+        self._closed = False
 
     @classmethod
     def from_runtime(cls, rt: Runtime) -> Store:
         """A Store over a runtime someone else owns (the API server's); close leaves it open."""
         store = cls.__new__(cls)
-        store._rt = rt
+        store._runtime = rt
         store._owns = False
+        store._closed = False
         return store
+
+    @property
+    def _rt(self) -> Runtime:
+        """The runtime, or RuntimeError once this Store is closed: the runtime reopens its
+        pool on the next call, so a closed Store went on working with a new pool (and its
+        connections) that nothing would close. The Client raises RuntimeError too."""
+        if self._closed:
+            raise RuntimeError(
+                "this Store is closed; open a new Store() (or keep using it inside its with block)"
+            )
+        return self._runtime
 
     @property
     def runtime(self) -> Runtime:
@@ -91,8 +105,11 @@ class Store:
         return self._rt
 
     def close(self) -> None:
-        if self._owns:
-            self._rt.close()
+        """Close the database pool (a Store from :meth:`from_runtime` leaves it open);
+        closing twice does nothing, any other use afterwards raises RuntimeError."""
+        if self._owns and not self._closed:
+            self._runtime.close()
+            self._closed = True
 
     def __enter__(self) -> Store:
         return self
@@ -203,9 +220,10 @@ class Store:
 
     def get_texts(self, collection: str, ids: Sequence[str]) -> list[dict[str, Any]]:
         """The texts stored under ``ids``, in that order; unknown ids are left out."""
+        wanted = id_list(ids, "ids")
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"reading texts of {collection!r}"):
-            found = texts.texts_by_ids(conn, coll.id, list(ids))
+            found = texts.texts_by_ids(conn, coll.id, wanted)
         return [
             _dump(TextPublic(id=t.id, document_id=t.document_id, text=t.text, metadata=t.metadata))
             for t in found
@@ -214,9 +232,10 @@ class Store:
     def delete_texts(self, collection: str, ids: Sequence[str]) -> int:
         """Delete the documents stored under ``ids``; unknown ids are ignored. The count
         deleted is returned."""
+        doomed = id_list(ids, "ids")
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"deleting texts of {collection!r}"):
-            return documents.delete_documents(conn, coll.id, list(ids))
+            return documents.delete_documents(conn, coll.id, doomed)
 
     # --- documents -----------------------------------------------------------------------
 
@@ -323,6 +342,17 @@ class Store:
 
         if not 1 <= limit <= 500:
             raise InputError(f"limit must be between 1 and 500, got {limit}")
+        # checked as the HTTP route checks them: a NaN or a NUL reached PostgreSQL and came
+        # back as "invalid input syntax for type json", naming neither the value nor where
+        check_value(
+            {"format": format, "source_prefix": source_prefix}, "the query", InvalidFilterError
+        )
+        if metadata is not None:
+            if not isinstance(metadata, Mapping):
+                raise InvalidFilterError(
+                    'metadata filter must be a JSON object, e.g. {"team": "ops"}'
+                )
+            check_value(metadata, "the metadata filter", InvalidFilterError)
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"listing documents of {collection!r}"):
             rows = catalog.documents_page(
@@ -351,11 +381,13 @@ class Store:
                 return
 
     def get_document(self, collection: str, document_id: int) -> dict[str, Any]:
+        row_id(document_id, "document")
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"reading document {document_id}"):
             return self._document(collection, catalog.document(conn, coll, document_id))
 
     def delete_document(self, collection: str, document_id: int) -> None:
+        row_id(document_id, "document")
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"deleting document {document_id}"):
             catalog.delete_document(conn, coll, document_id)

@@ -100,7 +100,14 @@ def problem_in(value: Any, at: str = "", depth: int = 0) -> str | None:
         return None
     if isinstance(value, Mapping):
         for key, item in value.items():
-            if isinstance(key, str) and (found := _text_problem(key, f" in a key{where}")):
+            if not isinstance(key, str):
+                # JSON turns it into a string on the way: 1 became "1" and, beside a "1"
+                # of its own, one of the two values was dropped unsaid
+                return (
+                    f"a key that is not a string ({key!r}, of type {type(key).__name__}){where}; "
+                    "JSON object keys are strings: write it as one"
+                )
+            if found := _text_problem(key, f" in a key{where}"):
                 return found
             found = problem_in(item, f"{at}.{key}" if at else str(key), depth + 1)
             if found:
@@ -112,6 +119,38 @@ def problem_in(value: Any, at: str = "", depth: int = 0) -> str | None:
             if found:
                 return found
     return None
+
+
+def id_list(ids: Any, what: str) -> list[str]:
+    """``ids`` as a list of strings, or InputError naming the one that is not.
+
+    One bare string is refused rather than taken as the list of its characters
+    (``delete_texts(c, "abc")`` deleted the texts "a", "b" and "c"), and an id that is no
+    string rather than turned into one (``None`` was stored under the id "None"); the HTTP
+    API refuses both, so the Store and the Client answer alike."""
+    if isinstance(ids, (str, bytes)):
+        raise InputError(f"{what} is one string, not a list of ids; pass [{ids!r}] for one id")
+    try:
+        out = list(ids)
+    except TypeError:
+        raise InputError(f"{what} is a {type(ids).__name__}, not a list of ids") from None
+    for i, value in enumerate(out):
+        if not isinstance(value, str):
+            raise InputError(
+                f"{what}[{i}] is {value!r} (of type {type(value).__name__}), not a string; "
+                "ids are strings"
+            )
+    return out
+
+
+def row_id(value: Any, what: str) -> int:
+    """``value`` when it is a row id (an integer from 1 to 2**63-1, as the HTTP API's
+    paths take), else InputError. Unchecked, the Store answered ``True`` with a database
+    error and ``0``, ``-1`` or ``"1"`` as a document not found, where the Client says the
+    id is invalid."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT64_MAX:
+        raise InputError(f"invalid {what} id {value!r}: give a positive integer")
+    return value
 
 
 def loads_json(text: str) -> Any:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ragstore import AsyncClient, Client, Store
 from ragstore.config import Settings
-from ragstore.errors import ConfigError, InputError
+from ragstore.errors import ConfigError, InputError, InvalidFilterError
 
 NOTES = [
     "Rollback: run ragstore db downgrade to go back one schema revision.",
@@ -224,3 +225,103 @@ def test_in_process_metadata_postgresql_would_refuse_is_named(store: Store) -> N
     with pytest.raises(InputError, match=r"lone surrogate \(U\+DC00\) in a key"):
         store.add_document("never-made", "n.md", "hi", metadata={"\udc00": 1})
     assert "never-made" not in {c["name"] for c in store.list_collections()}
+
+
+# (label, verb, args, error class, message): what the Store and the Client refused alike
+# only after these fixes. Unchecked, the Client took a bare string as its characters
+# (delete_texts("notes", "search") deleted the texts "s", "e", ...), the Store stored id
+# None as "None", a key 1 beside "1" lost a value, and NaN or a set reached httpx's
+# encoder as a bare ValueError/TypeError no `except RagstoreError` caught.
+NAN = float("nan")
+REFUSED_ALIKE: list[tuple[str, str, tuple[Any, ...], type[Exception], str]] = [
+    ("bare ids", "delete_texts", ("notes", "search"), InputError, "ids is one string"),
+    ("bare ids get", "get_texts", ("notes", "search"), InputError, "ids is one string"),
+    ("bare texts", "add_texts", ("notes", "one text"), InputError, "texts is one string"),
+    ("id None", "add_texts", ("notes", ["x"], None, [None]), InputError, r"ids\[0\] is None"),
+    ("id int", "add_texts", ("notes", ["x"], None, [7]), InputError, r"ids\[0\] is 7"),
+    ("key int", "add_texts", ("notes", ["x"], [{1: "a", "1": "b"}], ["k"]), InputError, "key"),
+    ("nan meta", "add_texts", ("notes", ["x"], [{"a": NAN}]), InputError, "non-finite"),
+    ("set meta", "add_texts", ("notes", ["x"], [{"a": {1}}]), InputError, "JSON-serialisable"),
+    ("str meta", "add_texts", ("notes", ["x"], ["a"]), InputError, "not a JSON object"),
+    ("doc key", "add_document", ("notes", "k.md", "hi", {1: "a"}), InputError, "key"),
+    ("doc id 0", "get_document", ("notes", 0), InputError, "invalid document id 0"),
+    ("doc id bool", "get_document", ("notes", True), InputError, "invalid document id True"),
+    ("doc id big", "delete_document", ("notes", 2**64), InputError, "invalid document id"),
+]
+
+
+@pytest.mark.parametrize(
+    ("verb", "args", "error", "message"),
+    [case[1:] for case in REFUSED_ALIKE],
+    ids=[case[0] for case in REFUSED_ALIKE],
+)
+def test_store_and_client_refuse_bad_input_alike_and_change_nothing(
+    notes: Client, store: Store, verb: str, args: tuple[Any, ...], error: type, message: str
+) -> None:
+    if verb == "add_document":  # its metadata is keyword-only
+        args, kwargs = args[:3], {"metadata": args[3]}
+    else:
+        kwargs = {}
+    before = sorted(t["id"] for t in notes.get_texts("notes", ["rollback", "backups", "search"]))
+    count = notes.get_collection("notes")["documents"]
+    for backend in (store, notes):
+        with pytest.raises(error, match=message) as caught:
+            getattr(backend, verb)(*args, **kwargs)
+        assert type(caught.value) is error, backend
+    after = sorted(t["id"] for t in notes.get_texts("notes", ["rollback", "backups", "search"]))
+    assert (after, notes.get_collection("notes")["documents"]) == (before, count)
+
+
+def test_store_and_client_name_a_bad_filter_value_alike(notes: Client, store: Store) -> None:
+    for backend in (store, notes):
+        with pytest.raises(InvalidFilterError, match=r"non-finite number \(nan\) at 'a'"):
+            backend.search("notes", "backups", where={"a": NAN})
+        with pytest.raises(InvalidFilterError, match=r"metadata filter holds a non-finite"):
+            backend.list_documents("notes", metadata={"a": NAN})
+        with pytest.raises(InputError, match="the query vector holds NaN"):
+            backend.search("notes", vector=[NAN] * 384)
+        with pytest.raises(InputError, match="holds NaN"):
+            backend.add_texts("notes", ["x"], vectors=[[NAN] * 384])
+
+
+async def test_a_closed_client_says_so(open_url: str) -> None:
+    # httpx's "Cannot send a request, as the client has been closed." named neither
+    client = Client(open_url)
+    client.close()
+    client.close()
+    with pytest.raises(RuntimeError, match=r"this Client is closed; open a new Client\("):
+        client.health()
+    async_client = AsyncClient(open_url)
+    await async_client.aclose()
+    with pytest.raises(RuntimeError, match="this AsyncClient is closed"):
+        await async_client.health()
+
+
+def test_client_ingest_takes_one_bare_path_as_that_path(
+    notes: Client, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the Client iterated a bare path's characters: "guide.md" was the paths "g", "u",
+    # ..., ".", "m", "d" (failing on "g": no such file; "." the whole working directory),
+    # where the Store takes one path given bare as that path
+    (tmp_path / "guide.md").write_text("# Guide\n\nBackups run nightly.\n")
+    (tmp_path / "secret.md").write_text("# Secret\n\nNot for the server.\n")
+    monkeypatch.chdir(tmp_path)
+    for backend, collection in ((store, "bare-store"), (notes, "bare-client")):
+        out = backend.ingest(collection, "guide.md")
+        stored = backend.list_documents(collection)["data"]
+        for docs in (out["data"], stored):
+            assert [Path(d["name"]).name for d in docs] == ["guide.md"], backend
+        backend.delete_collection(collection)
+
+
+def test_client_upload_takes_one_bare_file_as_that_file(notes: Client, tmp_path: Path) -> None:
+    # as ingest: a bare path was read as one file per character, a bare (name, bytes)
+    # tuple as the file named by its name and then the bytes as a path
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n\nSome words.\n")
+    for given in (page, str(page), ("memo.md", b"# Memo\n\nMore words.\n")):
+        out = notes.upload("bare-upload", given)
+        assert len(out["data"]) == 1, given
+    names = sorted(d["name"] for d in notes.list_documents("bare-upload")["data"])
+    assert names == ["memo.md", "page.md"]
+    notes.delete_collection("bare-upload")

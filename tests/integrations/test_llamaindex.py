@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from llama_index.core import Document, VectorStoreIndex
-from llama_index.core.schema import TextNode
+from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 from llama_index.core.vector_stores.types import (
     FilterCondition,
     FilterOperator,
@@ -85,6 +85,44 @@ def test_query_by_embedding_alone(index: VectorStoreIndex, store: Store) -> None
     embedding = RagstoreEmbedding(store, "li-handbook").get_query_embedding("nightly backups")
     result = vs.query(VectorStoreQuery(query_embedding=embedding, similarity_top_k=1))
     assert result.ids == ["backups"]
+
+
+def test_a_query_restricted_to_nodes_or_documents_answers_from_those_alone(
+    store: Store,
+) -> None:
+    # node_ids and doc_ids were ignored: a retriever built for some nodes
+    # (VectorIndexRetriever(node_ids=...)) was answered from the whole collection
+    vs = RagstoreVectorStore(store, "li-restricted")
+    nodes = [
+        TextNode(id_=f"{doc}-{i}", text=text)
+        for doc, texts in (
+            ("db", ["Roll back a migration with db downgrade."]),
+            ("ops", ["Backups run nightly.", "Restore a backup with ragstore restore."]),
+        )
+        for i, text in enumerate(texts)
+    ]
+    for node in nodes:
+        node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(
+            node_id=node.node_id.split("-")[0]
+        )
+    vs.add(nodes)
+
+    def ids(**restrict: list[str] | None) -> list[str]:
+        query = VectorStoreQuery(query_str="backups", similarity_top_k=5, **restrict)
+        return sorted(vs.query(query).ids or [])
+
+    assert ids() == ["db-0", "ops-0", "ops-1"]
+    assert ids(node_ids=["db-0"]) == ["db-0"]
+    assert ids(doc_ids=["ops"]) == ["ops-0", "ops-1"]
+    assert ids(doc_ids=["ops"], node_ids=["ops-1", "db-0"]) == ["ops-1"]
+    assert ids(node_ids=[]) == ["db-0", "ops-0", "ops-1"]  # what as_retriever() passes
+    filters = MetadataFilters(filters=[MetadataFilter(key="ref_doc_id", value="db")])
+    only = vs.query(
+        VectorStoreQuery(
+            query_str="backups", similarity_top_k=5, filters=filters, node_ids=["ops-0"]
+        )
+    )
+    assert only.ids == []
 
 
 def test_vector_store_info_describes_the_nodes_metadata(

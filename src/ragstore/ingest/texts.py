@@ -33,7 +33,13 @@ from ragstore.models import Chunk, ChunkType
 from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
 from ragstore.search.service import VECTOR_ONLY_PROVIDER
-from ragstore.validation import check_value, float32_array, storable_text, unicode_text
+from ragstore.validation import (
+    check_value,
+    float32_array,
+    id_list,
+    storable_text,
+    unicode_text,
+)
 
 BATCH = 256  # texts per transaction
 MAX_ID_LENGTH = 1000
@@ -72,6 +78,8 @@ def _checked(
 ) -> tuple[list[str], list[dict[str, Any]], np.ndarray | None]:
     if isinstance(texts, (str, bytes)):
         raise InputError("texts is one string, not a list of texts; pass [text] to add one")
+    if ids is not None:
+        ids = id_list(ids, "ids")
     n = len(texts)
     for name, seq in (("metadatas", metadatas), ("ids", ids), ("vectors", vectors)):
         if seq is not None and len(seq) != n:
@@ -82,7 +90,7 @@ def _checked(
         if not text.strip():
             raise EmptyDocumentError(f"texts[{i}] is empty; give it some text")
         storable_text(text, f"texts[{i}]")
-    out_ids = [str(i) for i in ids] if ids is not None else [uuid.uuid4().hex for _ in texts]
+    out_ids = list(ids) if ids is not None else [uuid.uuid4().hex for _ in texts]
     seen: set[str] = set()
     for i, doc_id in enumerate(out_ids):
         unicode_text(doc_id, f"ids[{i}]")

@@ -194,7 +194,7 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         return VectorStoreInfo(content_info=content_info, metadata_info=infos)
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
-        where = to_where(query.filters)
+        where = _restricted(to_where(query.filters), query)
         k = query.similarity_top_k
         try:
             if query.query_str:
@@ -217,6 +217,22 @@ class RagstoreVectorStore(BasePydanticVectorStore):
             scores.append(float(hit["score"]))
             ids.append(str(hit["source"]))
         return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=ids)
+
+
+def _restricted(where: dict[str, Any] | None, query: VectorStoreQuery) -> dict[str, Any] | None:
+    """``where`` narrowed to the query's ``node_ids`` (node ids are ragstore text ids, the
+    documents' ``source``) and ``doc_ids`` (the nodes' ``ref_doc_id``), as a retriever
+    built with them asks (``VectorIndexRetriever(node_ids=...)``). Left out, a search
+    restricted to some nodes answered from every node of the collection. An empty list
+    restricts nothing, as in LlamaIndex's other stores: ``index.as_retriever()`` passes
+    the index's own node list, always empty over a store that keeps the text."""
+    parts = [] if where is None else [where]
+    for ids, field in ((query.node_ids, "source"), (query.doc_ids, "ref_doc_id")):
+        if ids:
+            parts.append({field: {"$in": [str(i) for i in ids]}})
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else {"$and": parts}
 
 
 # what node_to_metadata_dict adds to a node's own metadata
