@@ -108,6 +108,27 @@ def test_hybrid_takes_the_fusion_knobs(store: Store) -> None:
         store.search("pets", "dog", rrf_k=-1)
 
 
+def test_a_text_is_read_back_exactly_as_it_was_sent(store: Store) -> None:
+    """Read back as its chunks joined, a text lost its edges' spaces and blank lines, and
+    one long enough for several chunks gained separators: LangChain's get_by_ids and
+    LlamaIndex's get_nodes handed back something other than what was added."""
+    paragraph = " ".join(f"word{i} of a long note about backups" for i in range(40))
+    sent = {
+        "edges": "  padded note with a trailing newline\n",
+        "blanks": "first line\n\n\n\nafter four newlines\n  indented",
+        "long": "\n\n".join([paragraph] * 4),
+    }
+    report = store.add_texts("exact", list(sent.values()), ids=list(sent))
+    assert report["added"] == 3
+    assert (
+        store.get_document("exact", store.get_texts("exact", ["long"])[0]["document_id"])["chunks"]
+        > 1
+    )
+    got = {t["id"]: t["text"] for t in store.get_texts("exact", list(sent))}
+    assert got == sent
+    store.delete_collection("exact")
+
+
 def test_texts_and_documents_are_read_and_deleted_by_id(store: Store) -> None:
     store.add_texts("scratch", ["first note", "second note"], ids=["n1", "n2"])
     got = store.get_texts("scratch", ["n2", "missing", "n1"])

@@ -25,8 +25,13 @@ VERSION = 1
 CHUNKER_KEYS = ("blocks", "headings", "part", "line_split")  # metadata the chunker adds
 
 
-def encode(doc: ParsedDocument, chunk_metadata: Mapping[str, Any] | None = None) -> bytes:
-    """The blocks of ``doc`` (section paths stored once each) and the per-chunk metadata."""
+def encode(
+    doc: ParsedDocument,
+    chunk_metadata: Mapping[str, Any] | None = None,
+    text: str | None = None,
+) -> bytes:
+    """The blocks of ``doc`` (section paths stored once each) and the per-chunk metadata;
+    with ``text``, the text exactly as a caller sent it (see :func:`original_text`)."""
     paths: dict[tuple[str, ...], int] = {}
     blocks = []
     for b in doc.blocks:
@@ -42,7 +47,18 @@ def encode(doc: ParsedDocument, chunk_metadata: Mapping[str, Any] | None = None)
         "blocks": blocks,
         "chunk_metadata": dict(chunk_metadata or {}),
     }
+    if text is not None:
+        body["text"] = text
     return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 1)
+
+
+def original_text(data: bytes) -> str | None:
+    """The text a caller sent (``add_texts``), when the recipe kept it: its chunks joined
+    are not that text (edges stripped, blank lines collapsed, a long text's cuts given
+    separators of their own), and a framework's ``get_by_ids`` must hand back what was
+    added. None for documents stored without it (files, and texts stored before it)."""
+    text = json.loads(zlib.decompress(data)).get("text")
+    return text if isinstance(text, str) else None
 
 
 def decode(data: bytes) -> tuple[ParsedDocument, dict[str, Any]]:

@@ -13,6 +13,8 @@ from typing import Any
 
 import psycopg
 
+from ragstore.chunking import recipe
+
 Conn = psycopg.Connection[Any]
 
 
@@ -29,18 +31,25 @@ class StoredText:
 
 def texts_by_ids(conn: Conn, collection_id: int, ids: Sequence[str]) -> list[StoredText]:
     """The documents whose source is one of ``ids``, in the order of ``ids``; missing ids
-    are left out. A document's text is its chunks' texts in order (headings included)."""
+    are left out. A document's text is the text its writer sent where the document kept it
+    (``add_texts``, :func:`ragstore.chunking.recipe.original_text`), else its chunks'
+    texts in order (headings included)."""
     if not ids:
         return []
     rows = conn.execute(
         "SELECT d.source, d.id, coalesce(string_agg(c.text, E'\\n\\n' ORDER BY c.ordinal), ''),"
-        " d.metadata, d.content_hash FROM documents d LEFT JOIN chunks c ON c.document_id = d.id"
+        " d.metadata, d.content_hash, d.parsed"
+        " FROM documents d LEFT JOIN chunks c ON c.document_id = d.id"
         " WHERE d.collection_id = %s AND d.source = ANY(%s) GROUP BY d.id",
         (collection_id, list(ids)),
     ).fetchall()
-    found = {
-        str(r[0]): StoredText(str(r[0]), int(r[1]), str(r[2]), dict(r[3]), str(r[4])) for r in rows
-    }
+    found = {}
+    for source, row_id, joined, metadata, content_hash, parsed in rows:
+        sent = recipe.original_text(bytes(parsed)) if parsed is not None else None
+        text = joined if sent is None else sent
+        found[str(source)] = StoredText(
+            str(source), int(row_id), str(text), dict(metadata), str(content_hash)
+        )
     return [found[i] for i in dict.fromkeys(ids) if i in found]
 
 

@@ -292,7 +292,7 @@ def _chunked(
         raise EmptyDocumentError(f"{label} has no words to index; give it some text")
     for ch in chunks:
         ch.metadata = {**ch.metadata, **metadata}
-    return chunks, recipe.encode(parsed, metadata)
+    return chunks, recipe.encode(parsed, metadata, text)
 
 
 def _embed(
