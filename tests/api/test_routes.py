@@ -275,7 +275,7 @@ def test_unsafe_document_names_are_refused(docs: Client) -> None:
             docs.add_document("docs", bad, "text")
 
 
-def test_a_refused_upload_creates_no_collection(client: Client) -> None:
+def test_a_refused_write_creates_no_collection(client: Client) -> None:
     # the upload route created a missing collection before it read the files' names: a
     # 422 for a bad or repeated name left a new, empty collection behind
     with pytest.raises(InputError, match="invalid document name"):
@@ -286,6 +286,15 @@ def test_a_refused_upload_creates_no_collection(client: Client) -> None:
     with pytest.raises(InputError, match="appears twice"):
         twice = [("a.md", b"# A\n\none"), ("a.md", b"# A\n\ntwo")]
         client.upload("fresh", twice, background=True)
+    # so did a blank document and add_texts refused for its ids, lengths or vectors
+    with pytest.raises(EmptyDocumentError):
+        client.add_document("fresh", "blank.md", "  \n\n ")
+    with pytest.raises(InputError, match="appears twice"):
+        client.add_texts("fresh", ["one", "two"], ids=["a", "a"])
+    with pytest.raises(InputError, match="metadatas has 1 entries for 2 texts"):
+        client.add_texts("fresh", ["one", "two"], metadatas=[{}])
+    with pytest.raises(InputError, match="collection's dimension"):
+        client.add_texts("fresh", ["one"], vectors=[[0.5, 0.5]])
     with pytest.raises(CollectionNotFoundError):
         client.get_collection("fresh")
 

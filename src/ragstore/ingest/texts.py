@@ -27,8 +27,9 @@ import numpy as np
 from ragstore.chunking import chunk_document, recipe
 from ragstore.db import documents, repository
 from ragstore.db.errors import translated
-from ragstore.errors import EmptyDocumentError, InputError, RagstoreError
+from ragstore.errors import CollectionNotFoundError, EmptyDocumentError, InputError, RagstoreError
 from ragstore.modelops.fanout import building_vectors
+from ragstore.modelops.specs import find_model
 from ragstore.models import Chunk, ChunkType
 from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
@@ -172,12 +173,20 @@ def add_texts(
     create: bool = True,
 ) -> AddReport:
     """Add or update ``texts`` under ``ids``; the collection is created when missing,
-    after the metadata is checked for values PostgreSQL would refuse (named, as the HTTP
-    schemas name them, and no collection is left behind)."""
+    after every text, id, metadata and vector is checked (bad ones named, as the HTTP
+    schemas name them, and no collection is left behind: a refused call created it)."""
     for i, meta in enumerate(metadatas or ()):
         if isinstance(meta, Mapping):
             check_value(meta, f"metadatas[{i}]")
-    coll = rt.collection(collection, create=create)
+    try:
+        coll = rt.collection(collection)
+    except CollectionNotFoundError:
+        if not create:
+            raise
+        # checked against the model the collection would be made with, then made
+        dimension = find_model(rt, rt.settings.model).spec.dimension
+        _checked(texts, metadatas, ids, vectors, dimension)
+        coll = rt.collection(collection, create=True)
     out_ids, metas, matrix = _checked(texts, metadatas, ids, vectors, coll.model.dimension)
     if matrix is None and coll.model.provider == VECTOR_ONLY_PROVIDER:
         raise InputError(

@@ -29,7 +29,7 @@ from ragstore.api.routes.jobs import job_public
 from ragstore.api.schemas import DocumentCreate, DocumentPublic, DocumentsPublic, JobPublic
 from ragstore.db import catalog
 from ragstore.db.errors import translated
-from ragstore.errors import FileTooLargeError, InputError, InvalidFilterError
+from ragstore.errors import EmptyDocumentError, FileTooLargeError, InputError, InvalidFilterError
 from ragstore.ingest.documents import NewDocument, add_documents
 from ragstore.jobs import JobFile, staging, submit_ingest
 from ragstore.runtime import Runtime
@@ -114,6 +114,8 @@ def add_document(
     caller.require("write", name)
     rt = state.runtime
     staging.safe_name(body.name)
+    if not body.text.strip():  # refused before the collection is made, as a bad name is
+        raise EmptyDocumentError(f"{body.name}: the text is empty; nothing to ingest")
     rt.collection(name, create=True)  # as `ragstore ingest` does
     content = body.text.encode("utf-8")
     if body.background or len(content) > rt.settings.background_ingest_bytes:
