@@ -601,6 +601,62 @@ def test_format_comes_from_the_content_as_well_as_the_extension(
     assert detect_format(name, data) == expected
 
 
+_W = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+_MC = 'xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006"'
+
+
+def _run(text: str) -> str:
+    return f'<w:r><w:t xml:space="preserve">{text}</w:t></w:r>'
+
+
+def test_docx_text_that_word_wraps_is_read_and_deleted_text_is_not(tmp_path: Path) -> None:
+    """python-docx's own walk saw a body's and a cell's direct paragraphs and a
+    paragraph's direct runs and links: the text of a nested table, a content control,
+    a tracked insertion, a field and a text box was dropped without a word."""
+    import docx
+    from docx.oxml import parse_xml
+
+    document = docx.Document()
+    document.add_paragraph("Intro paragraph.")
+    outer = document.add_table(rows=1, cols=2)
+    outer.cell(0, 0).text = "outer cell"
+    inner = outer.cell(0, 1).add_table(rows=1, cols=2)
+    inner.cell(0, 0).text = "inner left"
+    inner.cell(0, 1).text = "inner right"
+    body = document.element.body
+    control = (
+        f"<w:sdt {_W}><w:sdtPr/><w:sdtContent><w:p>{_run('Contract number 42')}</w:p>"
+        "</w:sdtContent></w:sdt>"
+    )
+    tracked = (
+        f'<w:p {_W}>{_run("Kept, ")}<w:ins w:id="1" w:author="a">{_run("inserted, ")}</w:ins>'
+        f'<w:del w:id="2" w:author="a"><w:r><w:delText>deleted, </w:delText></w:r></w:del>'
+        f'<w:moveFrom w:id="3" w:author="a">{_run("moved away, ")}</w:moveFrom>'
+        f'<w:fldSimple w:instr="PAGE">{_run("page 7")}</w:fldSimple></w:p>'
+    )
+    box = f"<w:txbxContent><w:p>{_run('Sidebar note')}</w:p></w:txbxContent>"
+    boxed = (
+        f"<w:p {_W} {_MC}>{_run('Anchor text.')}<w:r><mc:AlternateContent>"
+        f'<mc:Choice Requires="wps"><w:drawing>{box}</w:drawing></mc:Choice>'
+        f"<mc:Fallback><w:pict>{box}</w:pict></mc:Fallback></mc:AlternateContent></w:r></w:p>"
+    )
+    section = body[-1]  # w:sectPr stays last
+    for xml in (control, tracked, boxed):
+        section.addprevious(parse_xml(xml))
+    path = tmp_path / "wrapped.docx"
+    document.save(str(path))
+    doc = parse_bytes(path.read_bytes(), "wrapped.docx")
+    texts = [b.text for b in doc.blocks]
+    assert texts == [
+        "Intro paragraph.",
+        "| outer cell | inner left \\| inner right |\n|---|---|",  # escaped in the pipe table
+        "Contract number 42",
+        "Kept, inserted, page 7",
+        "Anchor text.",
+        "Sidebar note",
+    ]
+
+
 def test_docx_content_is_recognised_under_another_name(tmp_path: Path) -> None:
     data = write_inventory_docx(tmp_path / "x.docx").read_bytes()
     assert detect_format("inventory.bin", data) == "docx"
