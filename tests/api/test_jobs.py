@@ -22,6 +22,7 @@ from ragstore.config import Settings
 from ragstore.jobs import worker as worker_module
 from ragstore.jobs.liveness import LiveJobManager
 from ragstore.jobs.queue import build_queue
+from ragstore.jobs.runner import run_job
 from ragstore.jobs.worker import run_worker, watching_stalled
 from ragstore.runtime import Runtime
 from tests.api.conftest import with_
@@ -190,6 +191,27 @@ def test_a_job_leaves_a_document_written_after_it_was_accepted(
     other = api.wait_for_job(queued["id"], timeout=5)
     assert other["summary"].get("updated") == 1 and other["summary"].get("added") == 1
     assert api.get_document("bg", first["id"])["content_hash"] != first["content_hash"]
+
+
+def test_a_job_finished_before_its_worker_died_is_not_run_again(
+    api: Client, jobs_settings: Settings
+) -> None:
+    """A worker that recorded its job as succeeded and died before procrastinate marked
+    the queue's job done: the stalled-job check puts that job back on the queue. Its
+    re-run put back a document the client deleted after reading "succeeded" (and, on
+    the last allowed attempt, turned the finished job into ``failed: worker_lost``)."""
+    api.create_collection("rerun")
+    job = api.upload(
+        "rerun", [("a.md", b"# A\n\nalpha text"), ("b.md", b"# B\n\nbravo text")], background=True
+    )
+    with Runtime(jobs_settings) as rt:  # the job runs; its queue entry stays, as if killed
+        assert run_job(rt, job["id"]).status == "succeeded"
+    done = api.get_job(job["id"])
+    gone = next(d["id"] for d in api.list_documents("rerun")["data"] if d["name"] == "a.md")
+    api.delete_document("rerun", gone)
+    run_worker(jobs_settings, burst=True, signals=False)  # the queue's job comes back
+    assert [d["name"] for d in api.list_documents("rerun")["data"]] == ["b.md"]
+    assert api.get_job(job["id"]) == done
 
 
 def _worker(env: dict[str, str], out: int | IO[bytes], *args: str) -> subprocess.Popen[bytes]:

@@ -15,6 +15,7 @@ from ragstore.errors import JobNotFoundError
 Conn = psycopg.Connection[Any]
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed")
+FINISHED = ("succeeded", "failed")  # a job in one of these is never run again
 
 
 @dataclass(frozen=True)
