@@ -11,6 +11,7 @@ import pytest
 
 from ragstore import Client
 from ragstore.errors import ReadOnlyError, ReplicaBehindError
+from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server
 from tests.replica.conftest import Pair
 
@@ -116,6 +117,24 @@ def test_read_your_writes_waits_for_replay_or_uses_the_primary(pair: Pair, kb: s
             pair.pause_replay(False)
         hits = ro.search("kb", "icy comet nucleus tail", k=1)  # replayed now
         assert hits["data"][0]["title"] == "Comets"
+
+
+def test_a_finished_job_carries_its_writes_position(pair: Pair, kb: str) -> None:
+    """A background upload's 202 carries the position before the job wrote anything; a
+    client that waited for the job to succeed then read the collection from a replica that
+    had replayed the 202 but not the job, and did not find the documents the job stored."""
+    with running_server(pair.settings(replica_wait_s=0.3)) as url, Client(url) as c:
+        job = c.upload("kb", [("later.md", b"# Later\n\nstored by a worker")], background=True)
+        pair.wait_caught_up()
+        pair.pause_replay(True)
+        try:
+            run_worker(pair.settings(), burst=True, signals=False)
+            assert c.wait_for_job(job["id"], timeout=5)["status"] == "succeeded"
+            listing = c.request("GET", "/v1/collections/kb/documents")
+            assert "later.md" in [d["name"] for d in listing.json()["data"]]
+            assert _served_by(listing) == "primary"  # the standby has not replayed the job
+        finally:
+            pair.pause_replay(False)
 
 
 def test_lagging_replica_is_skipped_until_it_catches_up(pair: Pair, kb: str) -> None:
