@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from ragstore import Client
+from ragstore.db import standby
+from ragstore.db.database import Database
+from ragstore.db.routing import ReadRouter
 from ragstore.errors import ReadOnlyError, ReplicaBehindError
 from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server
@@ -193,3 +198,26 @@ def test_standby_stopped_mid_load_searches_fall_back(pair: Pair, kb: str) -> Non
     assert "replica" in served and "primary" in served
     assert served[-1] == "primary"
     assert replica["up"] in (True, False)  # restarted meanwhile: either is fine here
+
+
+def test_a_promoted_standby_is_not_read_from(pair: Pair, tmp_path: Path) -> None:
+    """A standby promoted while the primary runs on (a failover half done, a split brain)
+    no longer receives the primary's writes. It answered as "not in recovery", which the
+    router took for a replica exactly up to date, and every read without a write position
+    was served from a copy that fell further behind with each write, with no error."""
+    node = standby.create(pair.primary_url, tmp_path / "promoted")
+    try:
+        with psycopg.connect(node.conninfo, autocommit=True) as conn:
+            conn.execute("SELECT pg_promote(true, 30)")
+        primary = Database(pair.primary_url)
+        router = ReadRouter(primary, [node.conninfo], max_lag_s=5, wait_s=0.1)
+        try:
+            assert router.choose() is primary
+            [status] = router.statuses()
+            assert status.up is False and status.error is not None
+            assert "not a hot standby" in status.error, status.error
+        finally:
+            router.close()
+            primary.close()
+    finally:
+        node.remove()

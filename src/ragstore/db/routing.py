@@ -7,9 +7,10 @@ database :meth:`ReadRouter.choose` picked for that request, so the search and ca
 is the same whichever server it runs on. Writes, jobs, migrations and keys never enter a
 route and always reach the primary.
 
-A replica is skipped while it does not answer or lags more than ``max_lag_s`` (the primary is
-the last resort); it is probed at most every ``probe_interval_s``, inline, by the request
-that finds its status stale. A replica that fails under a request is marked down at once and
+A replica is skipped while it does not answer, lags more than ``max_lag_s`` or is not in
+recovery (promoted: it no longer follows the primary); the primary is the last resort. It
+is probed at most every ``probe_interval_s``, inline, by the request that finds its status
+stale. A replica that fails under a request is marked down at once and
 the request is told (:attr:`Route.lost`) so the API can run it again on the primary.
 
 Read-your-writes: a read that carries the caller's last write position (``min_lsn``) is
@@ -226,8 +227,18 @@ class ReadRouter:
             self._set(r, up=False, lag=None, replayed=None, error=str(exc).strip() or "down")
             return
         if not state.in_recovery:
-            # promoted, or not a standby at all: it answers writes' reads exactly
-            self._set(r, up=True, lag=0.0, replayed=primary_lsn, error=None)
+            # promoted (a failover, a split brain) or a primary of its own: it no longer
+            # replays the primary's writes, so whatever it serves falls further behind with
+            # each of them, and no lag says so. Skipped, with why; reads go elsewhere.
+            self._set(
+                r,
+                up=False,
+                lag=None,
+                replayed=None,
+                error="not a hot standby (promoted, or a primary): it does not replay the "
+                "primary's writes; remove it from RAGSTORE_READ_DATABASE_URLS or make it a "
+                "standby of the primary again",
+            )
             return
         lag = self._lag(state, primary_lsn)
         ok = lag <= self.max_lag_s
