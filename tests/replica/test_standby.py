@@ -221,3 +221,35 @@ def test_a_promoted_standby_is_not_read_from(pair: Pair, tmp_path: Path) -> None
             primary.close()
     finally:
         node.remove()
+
+
+def test_a_standby_cut_off_from_the_primary_counts_as_lagging(pair: Pair, tmp_path: Path) -> None:
+    """A standby whose WAL stream broke (the primary unreachable from it, a bad
+    primary_conninfo) has replayed all it received, which the router took for "in transit,
+    not behind": it stayed up with lag 0 while the primary's writes never reached it."""
+    node = standby.create(pair.primary_url, tmp_path / "cut")
+    primary = Database(pair.primary_url)
+    router = ReadRouter(primary, [node.conninfo], max_lag_s=0.5, wait_s=0.1)
+    try:
+        with psycopg.connect(node.conninfo, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET primary_conninfo = 'host=/nonexistent port=1'")
+            conn.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 30
+            while conn.execute("SELECT pid FROM pg_stat_wal_receiver").fetchone():
+                assert time.monotonic() < deadline, "the WAL receiver did not stop"
+                time.sleep(0.1)
+        assert router.choose() is not primary  # caught up when it was cut off
+        with psycopg.connect(pair.primary_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE cut_off_probe (x int)")
+            conn.execute("DROP TABLE cut_off_probe")
+        deadline = time.monotonic() + 10
+        while router.statuses()[0].up:
+            assert time.monotonic() < deadline, router.statuses()
+            time.sleep(0.2)
+        [status] = router.statuses()
+        assert status.error is not None and "RAGSTORE_MAX_REPLICA_LAG_S" in status.error
+        assert router.choose() is primary
+    finally:
+        router.close()
+        primary.close()
+        node.remove()

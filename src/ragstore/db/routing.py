@@ -255,13 +255,14 @@ class ReadRouter:
     def _lag(self, state: lsn.ReplayState, primary_lsn: int | None) -> float:
         """Seconds since the primary first showed WAL the replica has not replayed.
 
-        A standby that has replayed all it received is not behind: what it lacks is in
-        transit (a broken stream also looks like this; the standby's own monitoring must
-        catch that). Otherwise the primary's position, sampled at every probe, dates the lag:
-        when an earlier sample was already replayed, the first sample past the replica's
-        position dates the oldest unreplayed WAL (to within a probe interval). When every
-        sample is past it (the WAL is older than what we watched), the age of the last
-        replayed commit is the honest, if pessimistic, answer.
+        A standby streaming from the primary that has replayed all it received is not
+        behind: what it lacks is in transit. (One whose stream broke has replayed all it
+        received too, and is behind: it is dated like any other.) Otherwise the primary's
+        position, sampled at every probe, dates the lag: when an earlier sample was already
+        replayed, the first sample past the replica's position dates the oldest unreplayed
+        WAL (to within a probe interval). When every sample is past it (the WAL is older
+        than what we watched), the age of the last replayed commit is the honest, if
+        pessimistic, answer.
         """
         replayed = state.replay_lsn
         if replayed is None or (primary_lsn is not None and replayed >= primary_lsn):
