@@ -214,6 +214,27 @@ def test_a_job_finished_before_its_worker_died_is_not_run_again(
     assert api.get_job(job["id"]) == done
 
 
+def test_a_finished_job_keeps_no_copy_of_its_uploads(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A job's uploaded bytes wait in ``ingest_job_files`` for a worker. They were kept
+    after the job finished, forever: the table grew by every background upload, and the
+    text of documents and collections deleted since stayed in the database (and in every
+    backup). A finished job drops them; what it did stays in its record."""
+    api.create_collection("kept")
+    job = api.upload("kept", [("k.md", b"# K\n\nsecret text"), ("e.xyz", b"")], background=True)
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["total_documents"] == 2
+    assert done["summary"]["added"] == 1 and done["summary"]["failed"] == 1
+    api.delete_collection("kept")
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM ingest_job_files WHERE job_id = %s", (job["id"],)
+        ).fetchone()
+    assert row is not None and row[0] == 0
+
+
 def _worker(env: dict[str, str], out: int | IO[bytes], *args: str) -> subprocess.Popen[bytes]:
     """``ragstore worker`` in a session of its own (``os.killpg`` ends it and its children),
     its output and errors to ``out``."""
