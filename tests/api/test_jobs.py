@@ -20,7 +20,7 @@ import pytest
 from ragstore import Client
 from ragstore.config import Settings
 from ragstore.jobs import worker as worker_module
-from ragstore.jobs.liveness import LiveJobManager
+from ragstore.jobs.liveness import WORKER_LOCKS, LiveJobManager
 from ragstore.jobs.queue import build_queue
 from ragstore.jobs.runner import run_job
 from ragstore.jobs.worker import run_worker, watching_stalled
@@ -365,3 +365,48 @@ def test_a_worker_loading_its_model_longer_than_stalled_after_runs_its_job_once(
     assert done["attempts"] == final["attempts"] == 1, (final, text)
     assert "its worker stopped; retrying it" not in text, text
     assert "is silent but alive (it holds its lock); not retrying it" in text, text
+
+
+def test_a_worker_whose_lock_session_ended_takes_its_lock_again(
+    jobs_settings: Settings, database_url: str
+) -> None:
+    """A worker's liveness lock lives in a session of its own. When that session ended
+    under a live worker (an administrator or a server-wide ``idle_session_timeout`` ended
+    idle sessions) it was never opened again: from then on the worker counted as dead whenever its
+    heartbeat was late, the very case the lock is there for (its row pruned, its job run
+    a second time). Its next heartbeat takes the lock again."""
+
+    async def scenario() -> tuple[bool, list[int]]:
+        with Runtime(jobs_settings) as rt:
+            conninfo = rt.db.conninfo
+            app = build_queue(conninfo)
+            manager = LiveJobManager(app.connector, conninfo, stalled_after_s=2.0)
+            app.job_manager = manager
+            async with app.open_async():
+                wid = await manager.register_worker()
+                try:
+                    held = manager._held[wid]
+                    shown = await (await held.execute("SHOW idle_session_timeout")).fetchone()
+                    assert shown == ("0",), "a server-wide idle_session_timeout ends it"
+                    pid = held.info.backend_pid
+                    with psycopg.connect(database_url, autocommit=True) as conn:
+                        conn.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+                    await manager.update_heartbeat(wid)
+                    with psycopg.connect(database_url, autocommit=True) as conn:
+                        conn.execute(
+                            "UPDATE procrastinate_workers"
+                            " SET last_heartbeat = now() - interval '1 hour' WHERE id = %s",
+                            (wid,),
+                        )
+                        row = conn.execute(
+                            "SELECT pg_try_advisory_lock(%s, %s)", (WORKER_LOCKS, wid)
+                        ).fetchone()
+                    free = bool(row and row[0])
+                    pruned = await manager.prune_stalled_workers(2.0)
+                finally:
+                    await manager.unregister_worker(wid)
+                return free, pruned
+
+    free, pruned = asyncio.run(scenario())
+    assert not free, "the live worker's lock was free"
+    assert pruned == [], "a live worker was pruned"
