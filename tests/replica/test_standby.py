@@ -18,6 +18,7 @@ from ragstore.db.routing import ReadRouter
 from ragstore.errors import ReadOnlyError, ReplicaBehindError
 from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server
+from tests.conftest import run_cli
 from tests.replica.conftest import Pair
 
 TEXTS = {
@@ -253,3 +254,19 @@ def test_a_standby_cut_off_from_the_primary_counts_as_lagging(pair: Pair, tmp_pa
         router.close()
         primary.close()
         node.remove()
+
+
+def test_a_worker_on_a_standby_is_one_clear_error(
+    pair: Pair, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ragstore worker`` with RAGSTORE_DATABASE_URL naming a hot standby died with
+    procrastinate's ConnectorException (no message, a traceback): a worker writes (its
+    registration, every job), so it is refused at start as a read-only server's writes are."""
+    settings = pair.read_only_settings()
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", settings.database_url.get_secret_value())
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("RAGSTORE_PROFILE", "test")
+    assert run_cli("worker", "--burst") == 77
+    err = capsys.readouterr().err
+    assert err.startswith("error[read_only]: ") and "hot standby" in err, err
+    assert err.count("\n") == 1, err
