@@ -23,7 +23,7 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,6 +173,29 @@ def _counts(db: Database) -> tuple[str | None, dict[str, int]]:
     return revision, counts
 
 
+@contextlib.contextmanager
+def _snapshot(db: Database) -> Iterator[tuple[str, str | None, dict[str, int]]]:
+    """An exported snapshot for ``pg_dump --snapshot``, with the schema revision and row
+    counts read in it; held until the block ends (pg_dump imports it as it starts).
+
+    Read in a transaction of their own before pg_dump took its snapshot, the revision and
+    counts a backup records and prints missed the writes committed in between, which the
+    archive holds: the backup described rows other than the ones it kept."""
+    with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
+        # idle while pg_dump runs (hours, for a big database): a server-wide limit on idle
+        # or long transactions would end it under the dump, as pg_dump lifts it for its own
+        conn.execute("SET idle_in_transaction_session_timeout = 0")
+        if conn.info.server_version >= 170000:
+            conn.execute("SET transaction_timeout = 0")
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+            assert row is not None
+            revision = migrations.current_revision(conn)
+            counts = catalog.row_counts(conn) if revision is not None else {}
+            yield str(row[0]), revision, counts
+
+
 def create_backup(
     db: Database, settings: Settings, path: Path | None = None, reason: str = "manual"
 ) -> BackupInfo:
@@ -193,27 +216,30 @@ def create_backup(
             path.parent.chmod(PRIVATE_DIR)
     except OSError as exc:
         raise BackupError(f"cannot create {path.parent}: {exc.strerror}") from None
-    revision, counts = _counts(db)
     conninfo, env = _client_args(db.conninfo)
     tmp = path.with_name(f".{path.name}.partial")
     try:
-        _run(
-            [
-                _tool("pg_dump"),
-                "--format=custom",
-                "--compress=6",
-                # the native kernel's C functions name a library on this machine: left out,
-                # so the archive restores on any server (ragstore.db.native)
-                f"--exclude-schema={native.SCHEMA}",
-                "--file",
-                str(tmp),
-                "--dbname",
-                conninfo,
-            ],
-            env,
-            f"backing up {db.where}",
-            umask=0o077,  # the archive is the database: readable by this user alone
-        )
+        with _snapshot(db) as (snapshot, revision, counts):
+            _run(
+                [
+                    _tool("pg_dump"),
+                    "--format=custom",
+                    "--compress=6",
+                    # the rows the revision and counts above were read from, not a later
+                    # state with the writes committed meanwhile
+                    f"--snapshot={snapshot}",
+                    # the native kernel's C functions name a library on this machine: left
+                    # out, so the archive restores on any server (ragstore.db.native)
+                    f"--exclude-schema={native.SCHEMA}",
+                    "--file",
+                    str(tmp),
+                    "--dbname",
+                    conninfo,
+                ],
+                env,
+                f"backing up {db.where}",
+                umask=0o077,  # the archive is the database: readable by this user alone
+            )
         tmp.replace(path)
     finally:
         # a read-only volume refuses even the unlink of a file that is not there: the

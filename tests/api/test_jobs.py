@@ -20,8 +20,9 @@ import pytest
 from ragstore import Client
 from ragstore.config import Settings
 from ragstore.jobs import worker as worker_module
-from ragstore.jobs.liveness import LiveJobManager
+from ragstore.jobs.liveness import WORKER_LOCKS, LiveJobManager
 from ragstore.jobs.queue import build_queue
+from ragstore.jobs.runner import run_job
 from ragstore.jobs.worker import run_worker, watching_stalled
 from ragstore.runtime import Runtime
 from tests.api.conftest import with_
@@ -192,6 +193,48 @@ def test_a_job_leaves_a_document_written_after_it_was_accepted(
     assert api.get_document("bg", first["id"])["content_hash"] != first["content_hash"]
 
 
+def test_a_job_finished_before_its_worker_died_is_not_run_again(
+    api: Client, jobs_settings: Settings
+) -> None:
+    """A worker that recorded its job as succeeded and died before procrastinate marked
+    the queue's job done: the stalled-job check puts that job back on the queue. Its
+    re-run put back a document the client deleted after reading "succeeded" (and, on
+    the last allowed attempt, turned the finished job into ``failed: worker_lost``)."""
+    api.create_collection("rerun")
+    job = api.upload(
+        "rerun", [("a.md", b"# A\n\nalpha text"), ("b.md", b"# B\n\nbravo text")], background=True
+    )
+    with Runtime(jobs_settings) as rt:  # the job runs; its queue entry stays, as if killed
+        assert run_job(rt, job["id"]).status == "succeeded"
+    done = api.get_job(job["id"])
+    gone = next(d["id"] for d in api.list_documents("rerun")["data"] if d["name"] == "a.md")
+    api.delete_document("rerun", gone)
+    run_worker(jobs_settings, burst=True, signals=False)  # the queue's job comes back
+    assert [d["name"] for d in api.list_documents("rerun")["data"]] == ["b.md"]
+    assert api.get_job(job["id"]) == done
+
+
+def test_a_finished_job_keeps_no_copy_of_its_uploads(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A job's uploaded bytes wait in ``ingest_job_files`` for a worker. They were kept
+    after the job finished, forever: the table grew by every background upload, and the
+    text of documents and collections deleted since stayed in the database (and in every
+    backup). A finished job drops them; what it did stays in its record."""
+    api.create_collection("kept")
+    job = api.upload("kept", [("k.md", b"# K\n\nsecret text"), ("e.xyz", b"")], background=True)
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["total_documents"] == 2
+    assert done["summary"]["added"] == 1 and done["summary"]["failed"] == 1
+    api.delete_collection("kept")
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM ingest_job_files WHERE job_id = %s", (job["id"],)
+        ).fetchone()
+    assert row is not None and row[0] == 0
+
+
 def _worker(env: dict[str, str], out: int | IO[bytes], *args: str) -> subprocess.Popen[bytes]:
     """``ragstore worker`` in a session of its own (``os.killpg`` ends it and its children),
     its output and errors to ``out``."""
@@ -322,3 +365,48 @@ def test_a_worker_loading_its_model_longer_than_stalled_after_runs_its_job_once(
     assert done["attempts"] == final["attempts"] == 1, (final, text)
     assert "its worker stopped; retrying it" not in text, text
     assert "is silent but alive (it holds its lock); not retrying it" in text, text
+
+
+def test_a_worker_whose_lock_session_ended_takes_its_lock_again(
+    jobs_settings: Settings, database_url: str
+) -> None:
+    """A worker's liveness lock lives in a session of its own. When that session ended
+    under a live worker (an administrator or a server-wide ``idle_session_timeout`` ended
+    idle sessions) it was never opened again: from then on the worker counted as dead whenever its
+    heartbeat was late, the very case the lock is there for (its row pruned, its job run
+    a second time). Its next heartbeat takes the lock again."""
+
+    async def scenario() -> tuple[bool, list[int]]:
+        with Runtime(jobs_settings) as rt:
+            conninfo = rt.db.conninfo
+            app = build_queue(conninfo)
+            manager = LiveJobManager(app.connector, conninfo, stalled_after_s=2.0)
+            app.job_manager = manager
+            async with app.open_async():
+                wid = await manager.register_worker()
+                try:
+                    held = manager._held[wid]
+                    shown = await (await held.execute("SHOW idle_session_timeout")).fetchone()
+                    assert shown == ("0",), "a server-wide idle_session_timeout ends it"
+                    pid = held.info.backend_pid
+                    with psycopg.connect(database_url, autocommit=True) as conn:
+                        conn.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+                    await manager.update_heartbeat(wid)
+                    with psycopg.connect(database_url, autocommit=True) as conn:
+                        conn.execute(
+                            "UPDATE procrastinate_workers"
+                            " SET last_heartbeat = now() - interval '1 hour' WHERE id = %s",
+                            (wid,),
+                        )
+                        row = conn.execute(
+                            "SELECT pg_try_advisory_lock(%s, %s)", (WORKER_LOCKS, wid)
+                        ).fetchone()
+                    free = bool(row and row[0])
+                    pruned = await manager.prune_stalled_workers(2.0)
+                finally:
+                    await manager.unregister_worker(wid)
+                return free, pruned
+
+    free, pruned = asyncio.run(scenario())
+    assert not free, "the live worker's lock was free"
+    assert pruned == [], "a live worker was pruned"

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from pgvector.psycopg import register_vector
 
+from ragstore import backup
 from ragstore.db import field_indexes, migrations
 from ragstore.db.database import Database
 from ragstore.db.embedded import pg_bin_dir
@@ -154,6 +155,45 @@ def test_damaged_archive_is_refused_and_nothing_changes(
     err = capsys.readouterr().err
     assert err.startswith(f"error[backup_invalid]: {archive} is truncated or damaged"), err
     assert full_dump(populated) == before
+
+
+def _archived_rows(archive: Path, table: str) -> int:
+    """How many rows of ``table`` the archive holds (its COPY data, as pg_restore prints it)."""
+    out = subprocess.run(
+        [str(pg_bin_dir() / "pg_restore"), "--data-only", "--table", table, "-f", "-", archive],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    rows = out.split(f"COPY public.{table} ", 1)[1].split("\n", 1)[1].split("\n\\.\n", 1)[0]
+    return len(rows.splitlines())
+
+
+def test_a_backup_describes_the_rows_its_archive_holds(
+    populated: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sidecar's revision and counts were read in a transaction of their own before
+    pg_dump took its snapshot: a write committed in between was in the archive and not in
+    the counts the backup printed. Both now come from the one snapshot."""
+    real = backup._tool
+
+    def write_then(name: str) -> str:
+        if name == "pg_dump":  # after the counts, before pg_dump starts: a concurrent write
+            with psycopg.connect(populated) as conn:
+                conn.execute("INSERT INTO collections (name, settings) VALUES ('late', '{}')")
+        return real(name)
+
+    monkeypatch.setattr(backup, "_tool", write_then)
+    archive = tmp_path / "during.dump"
+    try:
+        assert run_cli("backup", str(archive)) == 0
+    finally:
+        with psycopg.connect(populated) as conn:
+            conn.execute("DELETE FROM collections WHERE name = 'late'")
+    info = backup.read_info(archive)
+    assert info is not None
+    for table in ("collections", "documents", "chunks"):
+        assert info.counts[table] == _archived_rows(archive, table), (table, info.counts)
 
 
 def test_restore_of_a_missing_file_names_it(

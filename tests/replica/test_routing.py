@@ -79,6 +79,10 @@ def test_lag_dates_the_oldest_unreplayed_wal(database_url: str) -> None:
     older = lsn.ReplayState(in_recovery=True, replay_lsn=50, replay_age_s=60.0)
     assert router._lag(older, 300) == pytest.approx(60)  # WAL older than what we watched
     in_transit = lsn.ReplayState(
-        in_recovery=True, replay_lsn=250, replay_age_s=60.0, receive_lsn=250
+        in_recovery=True, replay_lsn=250, replay_age_s=60.0, receive_lsn=250, streaming=True
     )
     assert router._lag(in_transit, 300) == 0.0  # replayed all it received: not behind
+    cut_off = lsn.ReplayState(
+        in_recovery=True, replay_lsn=150, replay_age_s=60.0, receive_lsn=150, streaming=False
+    )
+    assert router._lag(cut_off, 300) == pytest.approx(4, abs=0.5)  # its stream broke: behind

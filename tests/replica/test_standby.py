@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from ragstore import Client
+from ragstore.db import standby
+from ragstore.db.database import Database
+from ragstore.db.routing import ReadRouter
 from ragstore.errors import ReadOnlyError, ReplicaBehindError
+from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server
+from tests.conftest import run_cli
 from tests.replica.conftest import Pair
 
 TEXTS = {
@@ -118,6 +125,24 @@ def test_read_your_writes_waits_for_replay_or_uses_the_primary(pair: Pair, kb: s
         assert hits["data"][0]["title"] == "Comets"
 
 
+def test_a_finished_job_carries_its_writes_position(pair: Pair, kb: str) -> None:
+    """A background upload's 202 carries the position before the job wrote anything; a
+    client that waited for the job to succeed then read the collection from a replica that
+    had replayed the 202 but not the job, and did not find the documents the job stored."""
+    with running_server(pair.settings(replica_wait_s=0.3)) as url, Client(url) as c:
+        job = c.upload("kb", [("later.md", b"# Later\n\nstored by a worker")], background=True)
+        pair.wait_caught_up()
+        pair.pause_replay(True)
+        try:
+            run_worker(pair.settings(), burst=True, signals=False)
+            assert c.wait_for_job(job["id"], timeout=5)["status"] == "succeeded"
+            listing = c.request("GET", "/v1/collections/kb/documents")
+            assert "later.md" in [d["name"] for d in listing.json()["data"]]
+            assert _served_by(listing) == "primary"  # the standby has not replayed the job
+        finally:
+            pair.pause_replay(False)
+
+
 def test_lagging_replica_is_skipped_until_it_catches_up(pair: Pair, kb: str) -> None:
     settings = pair.settings(max_replica_lag_s=0.3)
     with running_server(settings) as url, Client(url, read_your_writes=False) as c:
@@ -174,3 +199,74 @@ def test_standby_stopped_mid_load_searches_fall_back(pair: Pair, kb: str) -> Non
     assert "replica" in served and "primary" in served
     assert served[-1] == "primary"
     assert replica["up"] in (True, False)  # restarted meanwhile: either is fine here
+
+
+def test_a_promoted_standby_is_not_read_from(pair: Pair, tmp_path: Path) -> None:
+    """A standby promoted while the primary runs on (a failover half done, a split brain)
+    no longer receives the primary's writes. It answered as "not in recovery", which the
+    router took for a replica exactly up to date, and every read without a write position
+    was served from a copy that fell further behind with each write, with no error."""
+    node = standby.create(pair.primary_url, tmp_path / "promoted")
+    try:
+        with psycopg.connect(node.conninfo, autocommit=True) as conn:
+            conn.execute("SELECT pg_promote(true, 30)")
+        primary = Database(pair.primary_url)
+        router = ReadRouter(primary, [node.conninfo], max_lag_s=5, wait_s=0.1)
+        try:
+            assert router.choose() is primary
+            [status] = router.statuses()
+            assert status.up is False and status.error is not None
+            assert "not a hot standby" in status.error, status.error
+        finally:
+            router.close()
+            primary.close()
+    finally:
+        node.remove()
+
+
+def test_a_standby_cut_off_from_the_primary_counts_as_lagging(pair: Pair, tmp_path: Path) -> None:
+    """A standby whose WAL stream broke (the primary unreachable from it, a bad
+    primary_conninfo) has replayed all it received, which the router took for "in transit,
+    not behind": it stayed up with lag 0 while the primary's writes never reached it."""
+    node = standby.create(pair.primary_url, tmp_path / "cut")
+    primary = Database(pair.primary_url)
+    router = ReadRouter(primary, [node.conninfo], max_lag_s=0.5, wait_s=0.1)
+    try:
+        with psycopg.connect(node.conninfo, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET primary_conninfo = 'host=/nonexistent port=1'")
+            conn.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 30
+            while conn.execute("SELECT pid FROM pg_stat_wal_receiver").fetchone():
+                assert time.monotonic() < deadline, "the WAL receiver did not stop"
+                time.sleep(0.1)
+        assert router.choose() is not primary  # caught up when it was cut off
+        with psycopg.connect(pair.primary_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE cut_off_probe (x int)")
+            conn.execute("DROP TABLE cut_off_probe")
+        deadline = time.monotonic() + 10
+        while router.statuses()[0].up:
+            assert time.monotonic() < deadline, router.statuses()
+            time.sleep(0.2)
+        [status] = router.statuses()
+        assert status.error is not None and "RAGSTORE_MAX_REPLICA_LAG_S" in status.error
+        assert router.choose() is primary
+    finally:
+        router.close()
+        primary.close()
+        node.remove()
+
+
+def test_a_worker_on_a_standby_is_one_clear_error(
+    pair: Pair, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ragstore worker`` with RAGSTORE_DATABASE_URL naming a hot standby died with
+    procrastinate's ConnectorException (no message, a traceback): a worker writes (its
+    registration, every job), so it is refused at start as a read-only server's writes are."""
+    settings = pair.read_only_settings()
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", settings.database_url.get_secret_value())
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("RAGSTORE_PROFILE", "test")
+    assert run_cli("worker", "--burst") == 77
+    err = capsys.readouterr().err
+    assert err.startswith("error[read_only]: ") and "hot standby" in err, err
+    assert err.count("\n") == 1, err

@@ -15,6 +15,7 @@ from ragstore.errors import JobNotFoundError
 Conn = psycopg.Connection[Any]
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed")
+FINISHED = ("succeeded", "failed")  # a job in one of these is never run again
 
 
 @dataclass(frozen=True)
@@ -151,8 +152,14 @@ def finish(
     errors: list[dict[str, Any]],
     summary: dict[str, Any],
 ) -> None:
+    """Record the job's outcome and drop its uploaded bytes, in the caller's transaction.
+
+    A finished job is never run again, so its files have no reader left. Kept, they grew
+    the database by every background upload for good, and held the text of documents
+    and collections deleted since (in every backup too)."""
     conn.execute(
         "UPDATE ingest_jobs SET status = %s, documents_done = %s, chunks_done = %s,"
         " errors = %s, summary = %s, finished_at = now(), updated_at = now() WHERE id = %s",
         (status, documents, chunks, Jsonb(errors), Jsonb(summary), job_id),
     )
+    conn.execute("DELETE FROM ingest_job_files WHERE job_id = %s", (job_id,))

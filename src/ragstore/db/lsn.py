@@ -53,12 +53,18 @@ class ReplayState:
     replay_lsn: int | None  # None on a primary
     replay_age_s: float | None  # seconds since the last replayed commit (None: none yet)
     receive_lsn: int | None = None  # streamed in so far (None: not streaming)
+    streaming: bool = False  # a WAL receiver runs: the stream from the primary is up
 
     @property
     def replayed_all_received(self) -> bool:
-        """Replay keeps up with what streams in: any gap is transit, not lag."""
+        """Replay keeps up with what streams in: any gap is transit, not lag.
+
+        Only while a WAL receiver runs: the receive position stays where a broken stream
+        left it, so a standby cut off from the primary has "replayed all it received"
+        forever while the primary's writes never reach it."""
         return (
-            self.receive_lsn is not None
+            self.streaming
+            and self.receive_lsn is not None
             and self.replay_lsn is not None
             and self.replay_lsn >= self.receive_lsn
         )
@@ -66,17 +72,19 @@ class ReplayState:
 
 def replay_state(conn: Conn) -> ReplayState:
     """One round trip: is this a standby, what has it received and replayed, how old is its
-    last replayed commit."""
+    last replayed commit, is its WAL stream up."""
     row = conn.execute(
         "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,"
         " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,"
-        " pg_last_wal_receive_lsn()::text"
+        " pg_last_wal_receive_lsn()::text,"
+        # its pid is shown to every role (the other columns need pg_read_all_stats)
+        " EXISTS (SELECT 1 FROM pg_stat_wal_receiver)"
     ).fetchone()
     assert row is not None
     replayed = parse(str(row[1])) if row[1] is not None else None
     age = float(row[2]) if row[2] is not None else None
     received = parse(str(row[3])) if row[3] is not None else None
-    return ReplayState(bool(row[0]), replayed, age, received)
+    return ReplayState(bool(row[0]), replayed, age, received, bool(row[4]))
 
 
 def in_recovery(conn: Conn) -> bool:

@@ -7,9 +7,10 @@ database :meth:`ReadRouter.choose` picked for that request, so the search and ca
 is the same whichever server it runs on. Writes, jobs, migrations and keys never enter a
 route and always reach the primary.
 
-A replica is skipped while it does not answer or lags more than ``max_lag_s`` (the primary is
-the last resort); it is probed at most every ``probe_interval_s``, inline, by the request
-that finds its status stale. A replica that fails under a request is marked down at once and
+A replica is skipped while it does not answer, lags more than ``max_lag_s`` or is not in
+recovery (promoted: it no longer follows the primary); the primary is the last resort. It
+is probed at most every ``probe_interval_s``, inline, by the request that finds its status
+stale. A replica that fails under a request is marked down at once and
 the request is told (:attr:`Route.lost`) so the API can run it again on the primary.
 
 Read-your-writes: a read that carries the caller's last write position (``min_lsn``) is
@@ -226,8 +227,18 @@ class ReadRouter:
             self._set(r, up=False, lag=None, replayed=None, error=str(exc).strip() or "down")
             return
         if not state.in_recovery:
-            # promoted, or not a standby at all: it answers writes' reads exactly
-            self._set(r, up=True, lag=0.0, replayed=primary_lsn, error=None)
+            # promoted (a failover, a split brain) or a primary of its own: it no longer
+            # replays the primary's writes, so whatever it serves falls further behind with
+            # each of them, and no lag says so. Skipped, with why; reads go elsewhere.
+            self._set(
+                r,
+                up=False,
+                lag=None,
+                replayed=None,
+                error="not a hot standby (promoted, or a primary): it does not replay the "
+                "primary's writes; remove it from RAGSTORE_READ_DATABASE_URLS or make it a "
+                "standby of the primary again",
+            )
             return
         lag = self._lag(state, primary_lsn)
         ok = lag <= self.max_lag_s
@@ -244,13 +255,14 @@ class ReadRouter:
     def _lag(self, state: lsn.ReplayState, primary_lsn: int | None) -> float:
         """Seconds since the primary first showed WAL the replica has not replayed.
 
-        A standby that has replayed all it received is not behind: what it lacks is in
-        transit (a broken stream also looks like this; the standby's own monitoring must
-        catch that). Otherwise the primary's position, sampled at every probe, dates the lag:
-        when an earlier sample was already replayed, the first sample past the replica's
-        position dates the oldest unreplayed WAL (to within a probe interval). When every
-        sample is past it (the WAL is older than what we watched), the age of the last
-        replayed commit is the honest, if pessimistic, answer.
+        A standby streaming from the primary that has replayed all it received is not
+        behind: what it lacks is in transit. (One whose stream broke has replayed all it
+        received too, and is behind: it is dated like any other.) Otherwise the primary's
+        position, sampled at every probe, dates the lag: when an earlier sample was already
+        replayed, the first sample past the replica's position dates the oldest unreplayed
+        WAL (to within a probe interval). When every sample is past it (the WAL is older
+        than what we watched), the age of the last replayed commit is the honest, if
+        pessimistic, answer.
         """
         replayed = state.replay_lsn
         if replayed is None or (primary_lsn is not None and replayed >= primary_lsn):

@@ -14,8 +14,9 @@ exactly when that session ends: the worker stopped, was killed, or its machine w
 away (the session's TCP keepalives, set below from ``stalled_after_s``, end the session
 of a machine that vanished). A worker whose heartbeat is stale is treated as dead only
 when its lock can be taken too; a slow worker that still holds its lock keeps its row
-and its jobs. A worker that lost its database session but lives on is covered by its
-heartbeat still: either proof of life keeps its jobs.
+and its jobs. A worker that lost its lock's session but lives on is covered by its
+heartbeat still (either proof of life keeps its jobs), and its next heartbeat takes the
+lock again.
 """
 
 from __future__ import annotations
@@ -79,10 +80,13 @@ class LiveJobManager(JobManager):
             # and not needed, on a Unix socket)
             idle = max(1, math.ceil(self.stalled_after_s))
             every = max(1, math.ceil(self.stalled_after_s / 3))
+            # always idle: a server-wide idle_session_timeout would end it under a live
+            # worker (and a statement or transaction limit has nothing to end)
             await conn.execute(
                 "SELECT set_config('tcp_keepalives_idle', %s, false),"
                 " set_config('tcp_keepalives_interval', %s, false),"
-                " set_config('tcp_keepalives_count', '3', false)",
+                " set_config('tcp_keepalives_count', '3', false),"
+                " set_config('idle_session_timeout', '0', false)",
                 (str(idle), str(every)),
             )
             await conn.execute(_HOLD, (WORKER_LOCKS, worker_id))
@@ -90,6 +94,38 @@ class LiveJobManager(JobManager):
             await conn.close()
             raise
         return conn
+
+    async def update_heartbeat(self, worker_id: int) -> None:
+        """The heartbeat, and the worker's lock taken again if its session ended."""
+        await super().update_heartbeat(worker_id)
+        await self._keep_held(worker_id)
+
+    async def _keep_held(self, worker_id: int) -> None:
+        """Take the lock again when its session ended under the live worker.
+
+        A database restart, or an administrator ending idle sessions, ends the lock's
+        session while the worker lives on; never taken again, the lock stayed free for
+        good, and the worker counted as dead whenever its heartbeat was late: its row
+        pruned, its job run a second time beside it. One round trip a heartbeat finds out.
+        """
+        conn = self._held.get(worker_id)
+        if conn is None:
+            return
+        try:
+            await conn.execute("SELECT 1")
+            return
+        except (psycopg.Error, OSError):
+            await conn.close()
+        try:
+            fresh = await self._hold(worker_id)
+        except (psycopg.Error, OSError) as exc:
+            log.warning("worker %s: could not take its liveness lock again: %s", worker_id, exc)
+            return
+        if self._held.get(worker_id) is conn:
+            self._held[worker_id] = fresh
+            log.warning("worker %s: its liveness lock's session ended; lock taken again", worker_id)
+        else:  # unregistered meanwhile: its lock goes with this session
+            await fresh.close()
 
     async def unregister_worker(self, worker_id: int) -> None:
         try:

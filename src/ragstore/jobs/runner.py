@@ -115,6 +115,13 @@ def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
     """Run (or re-run) job ``job_id`` to the end and return its final record."""
     with rt.db.connection() as conn, translated(f"starting job {job_id}"):
         job = store.get(conn, job_id)
+        if job.status in store.FINISHED:
+            # its worker recorded the outcome and stopped before the queue marked the job
+            # done, so the stalled-job check handed it out again: a re-run would put back
+            # documents the client deleted after reading the outcome (or, past the last
+            # attempt, call a finished job lost). The recorded outcome stands.
+            log.warning("job %s: already %s; not running it again", job_id, job.status)
+            return job
         if job.attempts >= rt.settings.worker_max_attempts:
             return _abandon(conn, job)
         store.start(conn, job_id)

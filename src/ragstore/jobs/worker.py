@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import procrastinate
 
 from ragstore.config import Settings
+from ragstore.errors import ReadOnlyError
 from ragstore.jobs.liveness import LiveJobManager
 from ragstore.jobs.queue import QUEUE, build_queue
 from ragstore.observability.logging import get_logger
@@ -89,6 +90,13 @@ async def _run(
 ) -> None:
     with Runtime(settings) as rt:
         db = rt.db  # checks the server and the schema before taking any job
+        if rt.read_only:
+            # a worker writes (its registration, every job): on a standby procrastinate's
+            # first statement failed with a ConnectorException and a traceback
+            raise ReadOnlyError(
+                f"{db.where} is a hot standby (read-only); a worker stores documents: point "
+                "RAGSTORE_DATABASE_URL at the primary"
+            )
         app = build_queue(db.conninfo, runtime=rt)
         app.job_manager = LiveJobManager(
             app.connector, db.conninfo, stalled_after_s=settings.worker_stalled_after_s

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from ragstore.api.deps import ReadAccess, RowId, Rt, decode_cursor, encode_cursor
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import JobError, JobPublic, JobsPublic
 from ragstore.db import jobs as job_store
+from ragstore.db import lsn
 from ragstore.db.errors import translated
 from ragstore.errors import JobNotFoundError
 from ragstore.jobs import JobRecord
+from ragstore.runtime import Runtime
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(404))
 
@@ -37,15 +39,29 @@ def job_public(job: JobRecord) -> JobPublic:
     )
 
 
+def _written_position(
+    rt: Runtime, conn: job_store.Conn, jobs: list[JobRecord], response: Response
+) -> None:
+    """A finished job's answer carries the primary's WAL position (``RAGStore-LSN``), past
+    the job's writes, as a write's answer does. The 202 that accepted the job carried one
+    from before the worker wrote anything, so a client that waited for the job and then
+    read was served by a replica that had not replayed the job's documents: read-your-
+    writes broke for background writes. (On a read-only server the jobs are the standby's
+    own rows, replayed already with everything the job wrote.)"""
+    if any(j.status in job_store.FINISHED for j in jobs) and not rt.read_only:
+        response.headers[lsn.HEADER] = lsn.format_lsn(lsn.current(conn))
+
+
 @router.get("/{job_id}", response_model=JobPublic, summary="Get a job")
-def get_job(job_id: RowId, rt: Rt, caller: ReadAccess) -> JobPublic:
+def get_job(job_id: RowId, rt: Rt, caller: ReadAccess, response: Response) -> JobPublic:
     """A job of a collection the key may not see is answered as missing: its 403 named
     that collection, so a key limited to one collection could walk the job ids and learn
     every other collection's name (its 404s for collections list only its own)."""
     with rt.db.connection() as conn, translated(f"reading job {job_id}"):
         job = job_store.get(conn, job_id)
-    if not caller.sees(job.collection):
-        raise JobNotFoundError(f"job {job_id} does not exist; `GET /v1/jobs` lists the jobs")
+        if not caller.sees(job.collection):
+            raise JobNotFoundError(f"job {job_id} does not exist; `GET /v1/jobs` lists the jobs")
+        _written_position(rt, conn, [job], response)
     return job_public(job)
 
 
@@ -53,6 +69,7 @@ def get_job(job_id: RowId, rt: Rt, caller: ReadAccess) -> JobPublic:
 def list_jobs(
     rt: Rt,
     caller: ReadAccess,
+    response: Response,
     cursor: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed)$")] = None,
@@ -63,6 +80,7 @@ def list_jobs(
     after = decode_cursor(cursor)
     with rt.db.connection() as conn, translated("listing jobs"):
         rows = job_store.page(conn, after=after, limit=limit, status=status, collection=collection)
+        _written_position(rt, conn, rows, response)
     data = [job_public(j) for j in rows]
     nxt = encode_cursor(rows[-1].id) if len(rows) == limit else None
     return JobsPublic(data=data, count=len(data), next_cursor=nxt)
