@@ -241,6 +241,7 @@ def create_backup(
                 umask=0o077,  # the archive is the database: readable by this user alone
             )
         tmp.replace(path)
+        _sync_dir(path.parent)  # pg_dump synced the archive; now its name
     finally:
         # a read-only volume refuses even the unlink of a file that is not there: the
         # error pg_dump gave is the one to report, not this one
@@ -260,14 +261,35 @@ def create_backup(
     return info
 
 
+def _sync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename, a new file) to disk. A backup is taken before
+    a schema change or a restore that the database then makes durable: without this a
+    power cut could keep the change and lose the backup's name or its sidecar's bytes.
+    Best effort: some file systems cannot sync a folder, and the files are synced."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _write_sidecar(path: Path, info: BackupInfo) -> None:
-    """Write ``<archive>.json``; if it cannot be written the backup failed, and the archive
-    goes too: an archive without its sidecar would be restored unchecked."""
+    """Write ``<archive>.json`` (synced to disk, as the archive is); if it cannot be
+    written the backup failed, and the archive goes too: an archive without its sidecar
+    would be restored unchecked."""
     side = Path(f"{path}.json")
     try:
         fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(asdict(info), indent=2) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        _sync_dir(side.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             path.unlink()
