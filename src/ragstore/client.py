@@ -51,9 +51,28 @@ class _WritePosition:
         return kwargs
 
     def _note_lsn(self, response: httpx.Response) -> None:
+        """Keep the later of the position held and the one answered. Writes sent at once
+        (``asyncio.gather``, threads) answer in any order: keeping the last answer could
+        step back to an earlier write's position, and a read sent after all of them could
+        be served by a replica without the later ones. (A client that outlives its
+        server's database being replaced by a new cluster, whose positions start low
+        again, should be made anew.)"""
         written = response.headers.get(LSN_HEADER)
-        if written:
+        if not written:
+            return
+        held = _lsn_value(self.last_lsn) if self.last_lsn else None
+        new = _lsn_value(written)
+        if held is None or new is None or new >= held:
             self.last_lsn = written
+
+
+def _lsn_value(text: str) -> int | None:
+    """A WAL position's text form (``16/B374D848``) as an integer; None for any other."""
+    hi, sep, lo = text.strip().partition("/")
+    try:
+        return (int(hi, 16) << 32) | int(lo, 16) if sep else None
+    except ValueError:
+        return None
 
 
 class Client(_WritePosition):

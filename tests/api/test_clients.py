@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from ragstore import AsyncClient, Client, Store
@@ -325,3 +326,14 @@ def test_client_upload_takes_one_bare_file_as_that_file(notes: Client, tmp_path:
     names = sorted(d["name"] for d in notes.list_documents("bare-upload")["data"])
     assert names == ["memo.md", "page.md"]
     notes.delete_collection("bare-upload")
+
+
+def test_the_write_position_kept_is_the_latest_whatever_order_answers_come_in() -> None:
+    # writes sent at once answer in any order: the last answer could be an earlier
+    # write's position, and a read after all of them then went to a replica without the rest
+    with Client("http://127.0.0.1:9") as c:  # bookkeeping only: nothing is sent
+        for answered in ("0/3000B60", "0/2000000", "0/FFFFFF", "1/10", "0/FFFFFFFF"):
+            c._note_lsn(httpx.Response(201, headers={"RAGStore-LSN": answered}))
+        assert c.last_lsn == "1/10"
+        c._note_lsn(httpx.Response(200))  # a read answers no position: kept
+        assert c.last_lsn == "1/10"
