@@ -8,10 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 from ragstore import Store
+from ragstore.errors import ModelMismatchError
 from ragstore.integrations.langchain import RagstoreVectorStore
 
 
@@ -35,6 +37,22 @@ def test_standard_suite_stored_the_outside_model_on_the_collection(store: Store)
     vs.add_texts(["one"], ids=["1"])
     coll = store.get_collection("lc-fake")
     assert (coll["model"], coll["dimension"]) == ("fake-embedding@imported", 6)
+
+
+def test_an_outside_model_is_refused_on_a_collection_of_another_model(store: Store) -> None:
+    """A collection of ragstore's own 384-dimension model took a LangChain model's
+    384-dimension vectors without a word; its searches then mixed the two models."""
+    RagstoreVectorStore(store, "lc-native").add_texts(["kept by ragstore's model"], ids=["n"])
+    outside = DeterministicFakeEmbedding(size=384)
+    with pytest.raises(ModelMismatchError, match="holds vectors of all-MiniLM-L6-v2@"):
+        RagstoreVectorStore(store, "lc-native", outside).add_texts(["theirs"], ids=["x"])
+    with pytest.raises(ModelMismatchError, match="holds vectors of fake-a@imported"):
+        RagstoreVectorStore(store, "lc-a", outside, model_name="fake-a").add_texts(["a"])
+        RagstoreVectorStore(store, "lc-a", outside, model_name="fake-b").add_texts(["b"])
+    assert [t["id"] for t in store.get_texts("lc-native", ["n", "x"])] == ["n"]
+    assert store.get_collection("lc-a")["documents"] == 1
+    again = RagstoreVectorStore(store, "lc-a", outside, model_name="fake-a")
+    assert len(again.add_texts(["the same model again"])) == 1  # the model it holds
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import suppress
 from typing import Any, Protocol
 
-from ragstore.errors import CollectionNotFoundError, ConflictError
+from ragstore.errors import CollectionNotFoundError, ConflictError, ModelMismatchError
 
 
 class Backend(Protocol):
@@ -73,13 +73,24 @@ class Backend(Protocol):
 def ensure_vector_collection(
     backend: Backend, name: str, model: str, dimension: int, distance: str = "cosine"
 ) -> None:
-    """Create ``name`` for vectors of an outside model unless it exists (then it is used as
-    is; a dimension that differs is refused by the add that follows)."""
+    """Create ``name`` for vectors of an outside model unless it exists; an existing one
+    must hold vectors of that model (a dimension that differs is refused by the add that
+    follows). Used as is whatever it held, a collection of ragstore's own 384-dimension
+    model took a framework model's 384-dimension vectors without a word, and its searches
+    then compared vectors of two models."""
     try:
-        backend.get_collection(name)
+        held = str(backend.get_collection(name)["model"])
     except CollectionNotFoundError:
         with suppress(ConflictError):  # made meanwhile by another writer
             backend.create_collection(name, model=model, dimension=dimension, distance=distance)
+        held = str(backend.get_collection(name)["model"])
+    if held.rsplit("@", 1)[0] != model:
+        raise ModelMismatchError(
+            f"collection {name!r} holds vectors of {held}, and these texts come with vectors "
+            f"of {model} (the store's embedding): the two cannot be searched together. Use "
+            "another collection, or pass model_name= naming the collection's model if the "
+            "embedding is that model"
+        )
 
 
 def exists(backend: Backend, name: str) -> bool:
