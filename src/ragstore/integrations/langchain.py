@@ -176,6 +176,21 @@ class RagstoreVectorStore(VectorStore):
             for name, kind, about in described_fields(self.backend, self.collection)
         ]
 
+    def _similarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """Relevance is a similarity, so these searches are by vector whatever ``mode``:
+        in hybrid mode a hit's score is its fused rank score (about 0.03 to 0.2), which
+        the cosine mapping turned into about 0.5 for every hit, and in full-text mode a
+        BM25 score, unbounded; a ``score_threshold`` kept or dropped hits at random."""
+        where = kwargs.get("filter")
+        if self._embedding is not None:
+            hits = self._search(vector=self._embedding.embed_query(query), k=k, where=where)
+        else:
+            hits = self._search(query=query, k=k, where=where, mode="vector")
+        relevance = self._select_relevance_score_fn()
+        return [(doc, relevance(score)) for doc, score in hits]
+
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         """Scores to [0, 1] for ``similarity_search_with_relevance_scores``: cosine
         similarity maps linearly; other scores pass through."""
