@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from ragstore.db import documents, repository
+from ragstore.errors import InputError
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1, FullTextQuery, parse_query
@@ -257,3 +258,16 @@ def test_text_search_configuration_is_a_collection_setting(rt: Runtime) -> None:
 )
 def test_parse_query(query: str, expected: FullTextQuery) -> None:
     assert parse_query(query) == expected
+
+
+@pytest.mark.parametrize("mode", ["vector", "fulltext", "hybrid"])
+def test_a_query_with_a_lone_surrogate_or_a_nul_is_refused_in_every_mode(
+    rt: Runtime, coll: repository.Collection, mode: str
+) -> None:
+    """A command-line argument of bytes that are not UTF-8 arrives as a lone surrogate
+    (``\\udcff``): the tokenizer raised TypeError and psycopg UnicodeEncodeError."""
+    with pytest.raises(InputError, match=r"the query holds a lone surrogate \(U\+DCFF\)"):
+        search(rt, "zebra \udcff", collection=COLL, mode=mode)  # type: ignore[arg-type]
+    # as the HTTP API's schema refuses it (the full-text list said "cannot be stored")
+    with pytest.raises(InputError, match=r"the query holds a NUL character \(\\u0000\) at"):
+        search(rt, "zebra\x00", collection=COLL, mode=mode)  # type: ignore[arg-type]
