@@ -216,6 +216,25 @@ def test_stop_word_query_in_hybrid_still_returns_vector_hits(
     assert all(h.explain and h.explain["fulltext"] is None for h in hits)
 
 
+@pytest.mark.parametrize("mode", ["fulltext", "hybrid"])
+def test_a_quoted_phrase_of_stop_words_alone_requires_nothing(
+    rt: Runtime, coll: repository.Collection, mode: str
+) -> None:
+    """websearch_to_tsquery drops a phrase of stop words (``zebra "to be"`` is
+    ``'zebra'``), and an excluded one excludes nothing; required, it made ``@@`` false on
+    every chunk: the search returned nothing at all, in both lists."""
+
+    def ids(query: str) -> list[int]:
+        hits = search(rt, query, collection=COLL, mode=mode, k=5)  # type: ignore[arg-type]
+        return [h.chunk_id for h in hits]
+
+    assert ids("zebra") and ids('zebra "to be"') == ids("zebra")
+    assert ids('"to be or not" zebra "the"') == ids("zebra")
+    assert ids('"zebra herd"') and ids('"zebra herd" "of the"') == ids('"zebra herd"')
+    if mode == "hybrid":  # the vector list of the words alone
+        assert ids('"to be or not to be"') == ids("to be or not to be") != []
+
+
 def test_text_search_configuration_is_a_collection_setting(rt: Runtime) -> None:
     simple = make_collection(rt, "bm25-simple", {"ts_config": "simple"})
     english = make_collection(rt, "bm25-english")
