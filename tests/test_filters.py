@@ -125,6 +125,9 @@ CASES: list[tuple[str, dict[str, Any], set[str]]] = [
     ("created_at-eq", {"created_at": "2024-03-01T00:00:00+00:00"}, {"a.md"}),
     ("json-null", {"team": None}, {"d.md"}),
     ("array-position", {"tags.0": "x"}, {"a.md"}),  # #> reads an array's element
+    # PostgreSQL reads "+1" and " 0" as array positions too (strtol): not found by containment
+    ("array-position-signed", {"tags.+1": "y"}, {"a.md"}),
+    ("array-position-spaced", {"tags. 0": {"$in": ["x"]}}, {"a.md"}),
     ("in-some", {"author.name": {"$in": ["Bob", "Cy"]}, "draft": {"$ne": True}}, {"b.md"}),
     ("or-probed", {"$or": [{"team": "infra"}, {"chunk.lang": "en"}]}, {"a.md", "b.md"}),
     ("source-range", {"source": {"$gte": "b", "$lt": "d"}}, {"b.md", "c.md"}),

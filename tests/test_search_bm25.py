@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from ragstore.db import documents, repository
+from ragstore.errors import InputError
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1, FullTextQuery, parse_query
@@ -215,6 +216,25 @@ def test_stop_word_query_in_hybrid_still_returns_vector_hits(
     assert all(h.explain and h.explain["fulltext"] is None for h in hits)
 
 
+@pytest.mark.parametrize("mode", ["fulltext", "hybrid"])
+def test_a_quoted_phrase_of_stop_words_alone_requires_nothing(
+    rt: Runtime, coll: repository.Collection, mode: str
+) -> None:
+    """websearch_to_tsquery drops a phrase of stop words (``zebra "to be"`` is
+    ``'zebra'``), and an excluded one excludes nothing; required, it made ``@@`` false on
+    every chunk: the search returned nothing at all, in both lists."""
+
+    def ids(query: str) -> list[int]:
+        hits = search(rt, query, collection=COLL, mode=mode, k=5)  # type: ignore[arg-type]
+        return [h.chunk_id for h in hits]
+
+    assert ids("zebra") and ids('zebra "to be"') == ids("zebra")
+    assert ids('"to be or not" zebra "the"') == ids("zebra")
+    assert ids('"zebra herd"') and ids('"zebra herd" "of the"') == ids('"zebra herd"')
+    if mode == "hybrid":  # the vector list of the words alone
+        assert ids('"to be or not to be"') == ids("to be or not to be") != []
+
+
 def test_text_search_configuration_is_a_collection_setting(rt: Runtime) -> None:
     simple = make_collection(rt, "bm25-simple", {"ts_config": "simple"})
     english = make_collection(rt, "bm25-english")
@@ -257,3 +277,16 @@ def test_text_search_configuration_is_a_collection_setting(rt: Runtime) -> None:
 )
 def test_parse_query(query: str, expected: FullTextQuery) -> None:
     assert parse_query(query) == expected
+
+
+@pytest.mark.parametrize("mode", ["vector", "fulltext", "hybrid"])
+def test_a_query_with_a_lone_surrogate_or_a_nul_is_refused_in_every_mode(
+    rt: Runtime, coll: repository.Collection, mode: str
+) -> None:
+    """A command-line argument of bytes that are not UTF-8 arrives as a lone surrogate
+    (``\\udcff``): the tokenizer raised TypeError and psycopg UnicodeEncodeError."""
+    with pytest.raises(InputError, match=r"the query holds a lone surrogate \(U\+DCFF\)"):
+        search(rt, "zebra \udcff", collection=COLL, mode=mode)  # type: ignore[arg-type]
+    # as the HTTP API's schema refuses it (the full-text list said "cannot be stored")
+    with pytest.raises(InputError, match=r"the query holds a NUL character \(\\u0000\) at"):
+        search(rt, "zebra\x00", collection=COLL, mode=mode)  # type: ignore[arg-type]

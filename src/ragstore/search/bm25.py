@@ -126,13 +126,20 @@ def syntax_tests(q: FullTextQuery) -> list[sql.Composable]:
     keeps (search/service.py)."""
     tests: list[sql.Composable] = []
     if q.required:
-        tests.append(sql.SQL("c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(required)s)"))
+        # a phrase of stop words alone ("to be or not to be") has no lexeme to require: it
+        # constrains nothing, as in websearch_to_tsquery itself and as such an exclusion
+        # excludes nothing (``@@`` an empty query is false, which made every such search
+        # return nothing). ``numnode`` folds to a constant in each execution's plan.
+        tests.append(sql.SQL("(c.tsv @@ {r} OR numnode({r}) = 0)").format(r=_REQUIRED))
     if q.excluded:
         tests.append(
             sql.SQL("NOT (c.tsv @@ websearch_to_tsquery(%(cfg)s::regconfig, %(excluded)s))")
         )
     return tests
 
+
+_REQUIRED = sql.SQL("websearch_to_tsquery(%(cfg)s::regconfig, %(required)s)")
+_ANY_LEXEME = sql.SQL("c.tsv @@ (SELECT ragstore_any_lexeme(array_agg(lexeme)) FROM qt)")
 
 # a quoted word of letters and digits: one lexeme, as PostgreSQL's parser cuts it
 _ONE_WORD = re.compile(r'"[^\W_]+"')
@@ -270,12 +277,13 @@ def scored_list_sql(
     ).format(
         join_docs=join_docs,
         # a chunk holding a required phrase holds one of the query's lexemes: the phrase
-        # alone picks the candidates (one GIN probe of its words, not of every word's)
-        any_lexeme=sql.SQL(
-            ""
-            if q.required
-            else " AND c.tsv @@ (SELECT ragstore_any_lexeme(array_agg(lexeme)) FROM qt)"
-        ),
+        # alone picks the candidates (one GIN probe of its words, not of every word's);
+        # only where it has no lexeme (stop words alone: it requires nothing, see
+        # syntax_tests) do the query's lexemes, as without a phrase (``numnode`` folds to
+        # a constant in each execution's plan, which keeps one of the two probes)
+        any_lexeme=sql.SQL(" AND (numnode({r}) > 0 OR {a})").format(r=_REQUIRED, a=_ANY_LEXEME)
+        if q.required
+        else sql.SQL(" AND {}").format(_ANY_LEXEME),
         extra=sql.Composed(extra),
         condition=condition,
         n=n,

@@ -163,7 +163,10 @@ _DOCUMENT_COLUMNS = ("source", "range-source", "range-created")
 # most this many (an $in of more values is not probed).
 Probe = tuple[str, Any]
 MAX_PROBES = 100
-_ARRAY_INDEX = re.compile(r"-?[0-9]+")  # a path key that #> may read as an array position
+# A path key that #> may read as an array position: PostgreSQL parses it with strtol, which
+# takes leading white space and a sign, so "+0" and " 0" step into an array as "0" does.
+# Probed by containment, such a key matched no array and a filter on it found no chunk.
+_ARRAY_INDEX = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
 
 
 def _probes(spec: Mapping[str, Any], indexed: frozenset[FieldIndex]) -> list[Probe] | None:

@@ -72,7 +72,7 @@ from ragstore.search.aggregate import SECTION_CAP, SECTION_DECAY, SECTION_POOL, 
 from ragstore.search.filters import compile_filter, ranges_metadata
 from ragstore.search.fused import fused_rows
 from ragstore.search.hybrid import FusionParams
-from ragstore.validation import float32_array
+from ragstore.validation import float32_array, storable_text
 
 Mode = Literal["vector", "fulltext", "hybrid"]
 MODES: tuple[Mode, ...] = ("vector", "fulltext", "hybrid")
@@ -291,6 +291,16 @@ def _query_vector(
     return vector
 
 
+def _check_query(query: str) -> None:
+    """Refuse query text the search could not send, as the HTTP API's schema does: a lone
+    surrogate (from a bad ``\\u`` escape, or a command-line argument of bytes that are
+    not UTF-8) reached the model's tokenizer or psycopg's encoder and came out of
+    ``Store.search`` and ``ragstore search`` as a ``TypeError`` or ``UnicodeEncodeError``;
+    a NUL, which PostgreSQL text cannot hold, came back from the full-text list as a value
+    that "cannot be stored"."""
+    storable_text(query, "the query")
+
+
 def _run(
     rt: Runtime, query: str, collection: str, p: SearchParams, vector: Sequence[float] | None = None
 ) -> list[Hit]:
@@ -301,6 +311,7 @@ def _run(
                 "give query text too for full-text or hybrid search"
             )
         raise InputError("the query is empty; give the words to search for")
+    _check_query(query)
     compiled = compile_filter(p.where, indexed=indexed_fields(rt, p.where))
     coll = rt.cached_collection(collection)
     values: dict[str, Any] = dict(compiled.params)
