@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ragstore.db.embedded import initdb_environment
+
 PROBE = """
 import sys
 from pathlib import Path
@@ -37,5 +39,15 @@ def test_a_locale_the_machine_lacks_does_not_stop_the_embedded_server(tmp_path: 
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    collate, ctype, folder_below = done.stdout.split()
     # byte order: a folder's files sort below the name one past its slash
-    assert done.stdout.split() == ["C", "C", "True"]
+    assert (collate, folder_below) == ("C", "True")
+    assert ctype in ("C.UTF-8", "C")  # the machine's locale named was not there
+
+
+def test_initdb_keeps_the_locales_the_machine_has_and_collates_in_byte_order() -> None:
+    chosen = initdb_environment({"LANG": "C.UTF-8", "LC_MESSAGES": "xx_YY.UTF-8"})
+    assert chosen["LC_COLLATE"] == "C"
+    assert chosen["LC_MESSAGES"] == "C"  # missing here: C
+    assert chosen["LC_NUMERIC"] == "C.UTF-8"  # from LANG, which the machine has
+    assert initdb_environment({"LC_ALL": "xx_YY.UTF-8"})["LC_CTYPE"] in ("C.UTF-8", "C")

@@ -7,12 +7,13 @@ connection string. Swap this module to embed a different server.
 from __future__ import annotations
 
 import contextlib
+import locale
 import logging
 import os
 import subprocess
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +37,55 @@ def pg_bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
+_INITDB_CATEGORIES = ("LC_CTYPE", "LC_MESSAGES", "LC_MONETARY", "LC_NUMERIC", "LC_TIME")
+_LOCALE_VARIABLES = ("LC_ALL", "LC_COLLATE", *_INITDB_CATEGORIES)
+
+
+def _locale_exists(category: str, name: str) -> bool:
+    """Whether this machine has locale ``name`` for ``category`` (tried, then put back)."""
+    cat = getattr(locale, category)
+    held = locale.setlocale(cat)
+    try:
+        locale.setlocale(cat, name)
+        return True
+    except locale.Error:
+        return False
+    finally:
+        locale.setlocale(cat, held)
+
+
+def initdb_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The locale variables for a new server's initdb, which reads its locale from them.
+
+    Collation is always C (byte order): under a language collation string ranges in
+    filters (a folder's sources, ``{"$gte": "docs/api/", "$lt": "docs/api0"}``) skip
+    punctuation and can leave files out, unlike what every test and benchmark ran with.
+    Each other category keeps the environment's locale where the machine has it, else C
+    (``C.UTF-8`` for character classes where it exists, so upper and lower case letters
+    outside ASCII still fold together): a ``LANG`` naming a locale the machine lacks
+    (``en_US.UTF-8`` in a slim container, a desktop's settings forwarded over ssh) failed
+    initdb, so the embedded server never started and the error blamed the folder."""
+    out = {"LC_COLLATE": "C"}
+    for category in _INITDB_CATEGORIES:
+        name = environ.get("LC_ALL") or environ.get(category) or environ.get("LANG") or "C"
+        if not _locale_exists(category, name):
+            utf8 = category == "LC_CTYPE" and _locale_exists(category, "C.UTF-8")
+            name = "C.UTF-8" if utf8 else "C"
+        out[category] = name
+    return out
+
+
 @contextlib.contextmanager
 def _initdb_locale(fresh: bool) -> Iterator[None]:
-    """The C locale for the package's initdb, which takes its locale from the environment.
-
-    A ``LANG`` or ``LC_ALL`` naming a locale the machine lacks (``en_US.UTF-8`` in a slim
-    container, a desktop's settings forwarded over ssh) failed initdb, so the embedded
-    server never started and the error blamed the folder. And where the locale exists,
-    the database took its collation: string ranges in filters (a folder's sources,
-    ``{"$gte": "docs/api/", "$lt": "docs/api0"}``) then compared by language rules that
-    skip punctuation, unlike the byte order every test and benchmark ran with. The C
-    locale exists everywhere; with UTF-8, PostgreSQL's text search still reads letters
-    outside ASCII as letters. Only a new data directory's initdb is affected."""
+    """:func:`initdb_environment` in force while a new data directory is made (under
+    ``_start_lock``; the package runs initdb with this process's environment)."""
     if not fresh:
         yield
         return
-    saved = {k: os.environ.get(k) for k in ("LC_ALL", "LANG", "LANGUAGE")}
-    os.environ["LC_ALL"] = "C"
+    saved = {k: os.environ.get(k) for k in _LOCALE_VARIABLES}
+    chosen = initdb_environment(os.environ)
+    os.environ.pop("LC_ALL", None)
+    os.environ.update(chosen)
     try:
         yield
     finally:
