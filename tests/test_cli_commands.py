@@ -246,6 +246,55 @@ def test_documents_list_show_delete(
     )
 
 
+def test_documents_named_oddly_are_one_line(
+    ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Non-ASCII digits are no id ('²' raised a traceback, '٣' named document 3), a path
+    that is not UTF-8 is no stored source (a traceback from the driver), and --limit and
+    --after stay within what the API takes, locally as through a server."""
+    for name in ("\u00b2", "\u0663", os.fsdecode(b"/tmp/\xffname.md")):
+        for args in (["show"], ["delete", "--yes"]):
+            capsys.readouterr()
+            assert run_cli("documents", *args, name, "-c", "remote") == 66, name
+            err = capsys.readouterr().err
+            assert (
+                err.startswith("error[document_not_found]: document ") and err.count("\n") == 1
+            ), err
+    assert run_cli("documents", "list", "-c", "remote", "--limit", "501") == 64
+    assert "error[usage]: Invalid value for '--limit'" in capsys.readouterr().err
+    assert run_cli("documents", "list", "-c", "remote", "--after", str(10**18)) == 64
+    assert "error[usage]: Invalid value for '--after'" in capsys.readouterr().err
+
+
+def test_documents_and_collections_print_the_same_json_here_and_through_the_server(
+    ingested: dict[str, object],
+    remote_env: dict[str, str],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Locally these printed the catalog's rows: no ``name``, ``collection`` or
+    ``status``, and dates as ``2026-12-05 13:20:31+00:00``; through a server the API's."""
+    assert run_cli("documents", "list", "-c", "remote", "--json") == 0
+    first = json.loads(capsys.readouterr().out)[0]["id"]
+    commands = [
+        ["documents", "list", "-c", "remote", "--json"],
+        ["documents", "show", str(first), "-c", "remote", "--json"],
+        ["collections", "show", "remote", "--json"],
+        ["documents", "list", "-c", "remote"],
+    ]
+    here = []
+    for args in commands:
+        assert run_cli(*args) == 0
+        here.append(capsys.readouterr().out)
+    through_server(monkeypatch, remote_env)
+    for args, printed in zip(commands, here, strict=True):
+        assert run_cli(*args) == 0
+        assert capsys.readouterr().out == printed, args
+    assert json.loads(here[1])["name"] == "notes/cats.md"
+    assert "notes/cats.md" in here[3]
+
+
 def test_models_list_prints_whole_keys_and_checksums(
     ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
