@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -44,8 +45,8 @@ def env(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     }
 
 
-@pytest.fixture(scope="module")
-def server(env: dict[str, str]) -> Iterator[str]:
+@contextmanager
+def _serving(env: dict[str, str]) -> Iterator[str]:
     """``ragstore serve`` in its own process on a free loopback port; its base URL."""
     port = _free_port()
     proc = subprocess.Popen(
@@ -75,6 +76,13 @@ def server(env: dict[str, str]) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(env: dict[str, str]) -> Iterator[str]:
+    """``ragstore serve`` in its own process on a free loopback port; its base URL."""
+    with _serving(env) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -448,3 +456,85 @@ def test_sigterm_stops_an_ingest_through_the_server_saying_what_it_acknowledged(
     assert "interrupted by SIGTERM: the server acknowledged " in err, err
     assert " of 150 files; the request in flight may have been stored too" in err, err
     assert "run the same command again to resume" in err, err
+
+
+def _documents_in(database_url: str, collection: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT d.source FROM documents d JOIN collections c ON c.id = d.collection_id"
+            " WHERE c.name = %s ORDER BY d.source",
+            (collection,),
+        ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def test_a_file_over_the_servers_upload_limit_fails_alone(
+    env: dict[str, str],
+    remote_env: dict[str, str],
+    local: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A 413 (RAGSTORE_MAX_UPLOAD_BYTES) for a batch ended the whole ingest through the
+    server with one error line, nothing stored; now the batch is sent file by file and
+    the file over the limit fails alone, named, as a local ingest fails a file."""
+    folder = tmp_path / "up"
+    folder.mkdir()
+    (folder / "a.md").write_text("# A\n\nAlpha notes.\n")
+    (folder / "b.md").write_text("# B\n\n" + "Beta words here. " * 400)
+    (folder / "c.md").write_text("# C\n\nGamma notes.\n")
+    with _serving({**env, "RAGSTORE_MAX_UPLOAD_BYTES": "4096"}) as url:
+        monkeypatch.setenv("RAGSTORE_URL", url)
+        monkeypatch.setenv("RAGSTORE_API_KEY", remote_env["RAGSTORE_API_KEY"])
+        capsys.readouterr()
+        status = run_cli("ingest", str(folder), "-c", "upload-limit", "--json")
+    out, err = capsys.readouterr()
+    assert status == 1, err
+    report = json.loads(out)
+    assert report["counts"] == {"added": 2, "failed": 1}, report
+    assert [(f["document"], f["code"]) for f in report["failed"]] == [
+        ("up/b.md", "request_too_large")
+    ]
+    assert "failed [request_too_large] up/b.md: the upload is " in " ".join(err.split())
+    stored = _documents_in(env["RAGSTORE_DATABASE_URL"], "upload-limit")
+    assert [Path(s).name for s in stored] == ["a.md", "c.md"]
+
+
+def test_an_error_that_stops_an_ingest_through_the_server_says_what_it_stored(
+    env: dict[str, str],
+    local: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An error after some uploads were acknowledged (here the key's rate limit) ended
+    the ingest with the error line alone: nothing said that files were stored. Now the
+    counts come first (and the JSON report), then the error with its exit status."""
+    import ragstore.cli.remote as remote
+
+    folder = tmp_path / "rate"
+    folder.mkdir()
+    for i in range(8):
+        (folder / f"n{i}.md").write_text(f"# N{i}\n\nNote {i} about topic t{i}.\n")
+    key = KeyStore(Database(env["RAGSTORE_DATABASE_URL"])).create("admin", name="rate")
+    monkeypatch.setattr(remote, "BATCH_FILES", 1)  # a request per file
+    limited = {**env, "RAGSTORE_AUTH": "on", "RAGSTORE_RATE_LIMIT_PER_MINUTE": "4"}
+    with _serving(limited) as url:
+        monkeypatch.setenv("RAGSTORE_URL", url)
+        monkeypatch.setenv("RAGSTORE_API_KEY", key.secret)
+        capsys.readouterr()
+        status = run_cli("ingest", str(folder), "-c", "rate-stop", "--json")
+    out, err = capsys.readouterr()
+    err = " ".join(err.split())
+    assert status == 75, err
+    stored = _documents_in(env["RAGSTORE_DATABASE_URL"], "rate-stop")
+    assert 1 <= len(stored) < 8
+    report = json.loads(out)
+    assert report["counts"] == {"added": len(stored)}, report
+    assert (
+        f"stopped by an error: the server acknowledged {len(stored)} added, 0 updated, "
+        "0 unchanged, 0 failed of 8 files" in err
+    ), err
+    assert "error[rate_limited]: " in err, err
+    assert err.index("stopped by an error") < err.index("error[rate_limited]")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ragstore.client import Client
     from ragstore.config import Settings
+    from ragstore.errors import RagstoreError
 
 
 def remote_client(settings: Settings) -> Client | None:
@@ -58,6 +59,19 @@ class RemoteInterrupted(KeyboardInterrupt):
     def __init__(self, result: RemoteIngest, total: int) -> None:
         super().__init__(f"ingest into {result.collection!r} through the server interrupted")
         self.result = result
+        self.total = total
+
+
+class RemoteFailed(Exception):
+    """A :class:`~ragstore.errors.RagstoreError` (the server gone, a key refused, rate
+    limited...) stopped an ingest through the server after it had acknowledged some of
+    it: ``result`` counts that, ``error`` is the error and ``total`` the number of inputs.
+    The error alone said nothing of what the server had already stored."""
+
+    def __init__(self, result: RemoteIngest, error: RagstoreError, total: int) -> None:
+        super().__init__(error.message)
+        self.result = result
+        self.error = error
         self.total = total
 
 
@@ -146,6 +160,7 @@ def ingest_remote(
     """Upload ``paths`` (files and folders) to the server, a batch per request; a batch
     the server refuses is retried file by file so that each failure names its file."""
     from ragstore.cli.signals import deferred
+    from ragstore.errors import RagstoreError
     from ragstore.ingest.files import (
         LINK_OUTSIDE_FOLDER,
         discover,
@@ -169,10 +184,10 @@ def ingest_remote(
         )
         result.add("skipped")
     names = upload_names(paths, files)
-    if files:
-        _ensure_collection(client, collection)
     done = 0
     try:
+        if files:
+            _ensure_collection(client, collection)
         for batch in _batches(files):
             with deferred():  # an interrupt between open and close would leave a file open
                 parts = _read_batch(batch, names, result)
@@ -183,8 +198,19 @@ def ingest_remote(
     except KeyboardInterrupt as exc:
         result.seconds = time.monotonic() - start
         raise RemoteInterrupted(result, len(files) + len(missing)) from exc
+    except RagstoreError as exc:
+        if not result.counts:  # nothing done or refused yet: the error says it all
+            raise
+        result.seconds = time.monotonic() - start
+        raise RemoteFailed(result, exc, len(files) + len(missing)) from exc
     result.seconds = time.monotonic() - start
     return result
+
+
+def _fail_file(result: RemoteIngest, name: str, exc: RagstoreError) -> None:
+    """A file the server refused, its detail naming it (a 413's message does not)."""
+    detail = exc.message if exc.message.startswith(name) else f"{name}: {exc.message}"
+    result.fail(name, exc.code, detail)
 
 
 def _send(
@@ -196,20 +222,29 @@ def _send(
 ) -> None:
     """Upload one batch. When some of its files fail, the server's problem lists what it
     stored and what failed; a server that does not (before those lists) is sent the
-    batch again file by file so that each failure names its file."""
-    from ragstore.errors import InputError
+    batch again file by file so that each failure names its file.
 
+    A batch over the server's RAGSTORE_MAX_UPLOAD_BYTES (413 request_too_large) is sent
+    again file by file too, and a file over it alone fails alone, as a file over
+    RAGSTORE_MAX_FILE_BYTES does in a local ingest: the 413 ended the whole ingest, the
+    files after it never sent and what the server had stored not counted."""
+    from ragstore.errors import InputError, RequestTooLargeError
+
+    refused = (InputError, RequestTooLargeError)
     try:
         _record(result, client, client.upload(collection, parts, metadata=metadata))
-    except InputError as exc:
+    except refused as exc:
         problem = getattr(exc, "problem", {})
         if isinstance(problem.get("stored"), list) and isinstance(problem.get("failed"), list):
             _record(result, client, {"data": problem["stored"]})
             for f in problem["failed"]:
                 result.fail(str(f.get("name")), f.get("code"), f.get("detail"))
             return
+        if len(parts) == 1:  # already its own request: sending it again tells nothing new
+            _fail_file(result, parts[0][0], exc)
+            return
         for part in parts:
             try:
                 _record(result, client, client.upload(collection, [part], metadata=metadata))
-            except InputError as exc:
-                result.fail(part[0], exc.code, exc.message)
+            except refused as exc:
+                _fail_file(result, part[0], exc)
