@@ -538,3 +538,33 @@ def test_an_error_that_stops_an_ingest_through_the_server_says_what_it_stored(
     ), err
     assert "error[rate_limited]: " in err, err
     assert err.index("stopped by an error") < err.index("error[rate_limited]")
+
+
+def test_an_ingest_through_the_server_fails_a_name_that_is_not_utf8_alone(
+    remote_env: dict[str, str],
+    local: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file name of bytes that are not UTF-8 ended the upload with httpx's traceback
+    (nothing stored); it now fails alone as in a local ingest, and a name the server
+    refuses that holds a newline is still reported on one line."""
+    folder = tmp_path / "names"
+    folder.mkdir()
+    (folder / "good.md").write_text("# Good\n\nA well named note.\n")
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.md"), "w") as f:
+        f.write("# Cafe\n\nLatin-1 name.\n")
+    (folder / "new\nline.md").write_text("# NL\n\nA newline in the name.\n")
+    through_server(monkeypatch, remote_env)
+    capsys.readouterr()
+    assert run_cli("ingest", str(folder), "-c", "remote-names", "--json") == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["counts"] == {"added": 1, "failed": 2}, report
+    codes = {f["code"]: f for f in report["failed"]}
+    assert codes["invalid_encoding"]["document"] == f"{folder}/caf\\xe9.md"
+    assert "the file name is not valid UTF-8" in codes["invalid_encoding"]["detail"]
+    assert codes["invalid_input"]["detail"].startswith("names/new\\x0aline.md: ")
+    failed = [line for line in err.splitlines() if line.startswith("  failed ")]
+    assert len(failed) == 2 and len(err.splitlines()) == 3, err

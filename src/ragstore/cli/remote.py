@@ -3,6 +3,7 @@ to it, so a command pays one HTTP round trip instead of loading the model itself
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -114,10 +115,21 @@ def _read_batch(
     an I/O error, removed since the folder was walked) fails alone, as in a local ingest:
     the error ended the whole run with a traceback, and with it the count of what the
     server had already stored."""
-    from ragstore.ingest.files import unreadable
+    from ragstore.errors import DecodeError
+    from ragstore.ingest.files import printable, unreadable
 
     parts: list[tuple[str, bytes]] = []
     for f in batch:
+        try:  # a name of bytes that are not UTF-8 fails alone, as in a local ingest:
+            names[f].encode("utf-8")  # httpx's multipart encoder raised a traceback
+        except UnicodeEncodeError:
+            shown = printable(str(f))
+            bad_name = DecodeError(
+                f"{shown}: the file name is not valid UTF-8, which ragstore cannot store; "
+                "rename the file (e.g. convmv -f latin1 -t utf-8 --notest FILE)"
+            )
+            result.fail(shown, bad_name.code, bad_name.message)
+            continue
         try:
             parts.append((names[f], f.read_bytes()))
         except OSError as exc:
@@ -208,8 +220,13 @@ def ingest_remote(
 
 
 def _fail_file(result: RemoteIngest, name: str, exc: RagstoreError) -> None:
-    """A file the server refused, its detail naming it (a 413's message does not)."""
-    detail = exc.message if exc.message.startswith(name) else f"{name}: {exc.message}"
+    """A file the server refused, its detail naming it (a 413's message does not), with
+    control characters of the name escaped so that the failure stays one line."""
+    if name in exc.message:
+        detail = exc.message
+    else:
+        shown = re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", name)
+        detail = f"{shown}: {exc.message}"
     result.fail(name, exc.code, detail)
 
 
