@@ -568,3 +568,31 @@ def test_an_ingest_through_the_server_fails_a_name_that_is_not_utf8_alone(
     assert codes["invalid_input"]["detail"].startswith("names/new\\x0aline.md: ")
     failed = [line for line in err.splitlines() if line.startswith("  failed ")]
     assert len(failed) == 2 and len(err.splitlines()) == 3, err
+
+
+def test_files_that_would_share_an_upload_name_fail_instead_of_replacing_each_other(
+    remote_env: dict[str, str],
+    local: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``ingest x/a.md y/a.md`` uploaded both as ``a.md``: the server stored the second
+    over the first and the CLI said "1 added, 1 updated" (a local ingest stores both).
+    Now both fail, named, and nothing is replaced; the other files are ingested."""
+    for folder, text in (("x", "From x."), ("y", "From y.")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.md").write_text(f"# {folder}\n\n{text}\n")
+    (tmp_path / "x" / "other.md").write_text("# Other\n\nA note of its own.\n")
+    through_server(monkeypatch, remote_env)
+    capsys.readouterr()
+    args = [str(tmp_path / "x" / "a.md"), str(tmp_path / "y" / "a.md")]
+    status = run_cli("ingest", *args, str(tmp_path / "x" / "other.md"), "-c", "clash", "--json")
+    out, err = capsys.readouterr()
+    assert status == 1, err
+    report = json.loads(out)
+    assert report["counts"] == {"failed": 2, "added": 1}, report
+    assert [f["document"] for f in report["failed"]] == args
+    assert f"{args[0]}: would be uploaded as 'a.md', as {args[1]} would" in " ".join(err.split())
+    stored = _documents_in(remote_env["RAGSTORE_DATABASE_URL"], "clash")
+    assert [Path(s).name for s in stored] == ["other.md"]

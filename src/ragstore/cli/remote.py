@@ -91,6 +91,31 @@ def upload_names(paths: list[Path], files: list[Path]) -> dict[Path, str]:
     return names
 
 
+def _without_name_clashes(
+    files: list[Path], names: dict[Path, str], result: RemoteIngest
+) -> list[Path]:
+    """``files`` less those that share their upload name with another file, each of which
+    fails: the server keeps one document per name, so ``ingest x/a.md y/a.md`` (or two
+    folders of one name) stored the second over the first and said "1 added, 1 updated"
+    where a local ingest stores both."""
+    from ragstore.errors import InputError
+
+    by_name: dict[str, list[Path]] = {}
+    for f in files:
+        by_name.setdefault(names[f], []).append(f)
+    clashing = {f for same in by_name.values() if len(same) > 1 for f in same}
+    for f in files:
+        if f in clashing:
+            others = [str(o) for o in by_name[names[f]] if o != f]
+            err = InputError(
+                f"{f}: would be uploaded as {names[f]!r}, as {', '.join(others)} would, and "
+                "the server keeps one document per name; ingest the folders that hold them "
+                "(ragstore ingest DIR1 DIR2) so that each keeps its folder in its name"
+            )
+            result.fail(str(f), err.code, err.message)
+    return [f for f in files if f not in clashing]
+
+
 def _batches(files: list[Path]) -> Iterator[list[Path]]:
     batch: list[Path] = []
     size = 0
@@ -196,6 +221,8 @@ def ingest_remote(
         )
         result.add("skipped")
     names = upload_names(paths, files)
+    total = len(files) + len(missing)
+    files = _without_name_clashes(files, names, result)
     done = 0
     try:
         if files:
@@ -209,12 +236,12 @@ def ingest_remote(
             update(done, len(files), f"{result.counts.get('failed', 0)} failed")
     except KeyboardInterrupt as exc:
         result.seconds = time.monotonic() - start
-        raise RemoteInterrupted(result, len(files) + len(missing)) from exc
+        raise RemoteInterrupted(result, total) from exc
     except RagstoreError as exc:
         if not result.counts:  # nothing done or refused yet: the error says it all
             raise
         result.seconds = time.monotonic() - start
-        raise RemoteFailed(result, exc, len(files) + len(missing)) from exc
+        raise RemoteFailed(result, exc, total) from exc
     result.seconds = time.monotonic() - start
     return result
 
