@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -44,8 +45,8 @@ def env(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     }
 
 
-@pytest.fixture(scope="module")
-def server(env: dict[str, str]) -> Iterator[str]:
+@contextmanager
+def _serving(env: dict[str, str]) -> Iterator[str]:
     """``ragstore serve`` in its own process on a free loopback port; its base URL."""
     port = _free_port()
     proc = subprocess.Popen(
@@ -75,6 +76,13 @@ def server(env: dict[str, str]) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(env: dict[str, str]) -> Iterator[str]:
+    """``ragstore serve`` in its own process on a free loopback port; its base URL."""
+    with _serving(env) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +254,55 @@ def test_documents_list_show_delete(
     )
 
 
+def test_documents_named_oddly_are_one_line(
+    ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Non-ASCII digits are no id ('²' raised a traceback, '٣' named document 3), a path
+    that is not UTF-8 is no stored source (a traceback from the driver), and --limit and
+    --after stay within what the API takes, locally as through a server."""
+    for name in ("\u00b2", "\u0663", os.fsdecode(b"/tmp/\xffname.md")):
+        for args in (["show"], ["delete", "--yes"]):
+            capsys.readouterr()
+            assert run_cli("documents", *args, name, "-c", "remote") == 66, name
+            err = capsys.readouterr().err
+            assert (
+                err.startswith("error[document_not_found]: document ") and err.count("\n") == 1
+            ), err
+    assert run_cli("documents", "list", "-c", "remote", "--limit", "501") == 64
+    assert "error[usage]: Invalid value for '--limit'" in capsys.readouterr().err
+    assert run_cli("documents", "list", "-c", "remote", "--after", str(10**18)) == 64
+    assert "error[usage]: Invalid value for '--after'" in capsys.readouterr().err
+
+
+def test_documents_and_collections_print_the_same_json_here_and_through_the_server(
+    ingested: dict[str, object],
+    remote_env: dict[str, str],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Locally these printed the catalog's rows: no ``name``, ``collection`` or
+    ``status``, and dates as ``2026-12-05 13:20:31+00:00``; through a server the API's."""
+    assert run_cli("documents", "list", "-c", "remote", "--json") == 0
+    first = json.loads(capsys.readouterr().out)[0]["id"]
+    commands = [
+        ["documents", "list", "-c", "remote", "--json"],
+        ["documents", "show", str(first), "-c", "remote", "--json"],
+        ["collections", "show", "remote", "--json"],
+        ["documents", "list", "-c", "remote"],
+    ]
+    here = []
+    for args in commands:
+        assert run_cli(*args) == 0
+        here.append(capsys.readouterr().out)
+    through_server(monkeypatch, remote_env)
+    for args, printed in zip(commands, here, strict=True):
+        assert run_cli(*args) == 0
+        assert capsys.readouterr().out == printed, args
+    assert json.loads(here[1])["name"] == "notes/cats.md"
+    assert "notes/cats.md" in here[3]
+
+
 def test_models_list_prints_whole_keys_and_checksums(
     ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -399,3 +456,143 @@ def test_sigterm_stops_an_ingest_through_the_server_saying_what_it_acknowledged(
     assert "interrupted by SIGTERM: the server acknowledged " in err, err
     assert " of 150 files; the request in flight may have been stored too" in err, err
     assert "run the same command again to resume" in err, err
+
+
+def _documents_in(database_url: str, collection: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT d.source FROM documents d JOIN collections c ON c.id = d.collection_id"
+            " WHERE c.name = %s ORDER BY d.source",
+            (collection,),
+        ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def test_a_file_over_the_servers_upload_limit_fails_alone(
+    env: dict[str, str],
+    remote_env: dict[str, str],
+    local: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A 413 (RAGSTORE_MAX_UPLOAD_BYTES) for a batch ended the whole ingest through the
+    server with one error line, nothing stored; now the batch is sent file by file and
+    the file over the limit fails alone, named, as a local ingest fails a file."""
+    folder = tmp_path / "up"
+    folder.mkdir()
+    (folder / "a.md").write_text("# A\n\nAlpha notes.\n")
+    (folder / "b.md").write_text("# B\n\n" + "Beta words here. " * 400)
+    (folder / "c.md").write_text("# C\n\nGamma notes.\n")
+    with _serving({**env, "RAGSTORE_MAX_UPLOAD_BYTES": "4096"}) as url:
+        monkeypatch.setenv("RAGSTORE_URL", url)
+        monkeypatch.setenv("RAGSTORE_API_KEY", remote_env["RAGSTORE_API_KEY"])
+        capsys.readouterr()
+        status = run_cli("ingest", str(folder), "-c", "upload-limit", "--json")
+    out, err = capsys.readouterr()
+    assert status == 1, err
+    report = json.loads(out)
+    assert report["counts"] == {"added": 2, "failed": 1}, report
+    assert [(f["document"], f["code"]) for f in report["failed"]] == [
+        ("up/b.md", "request_too_large")
+    ]
+    assert "failed [request_too_large] up/b.md: the upload is " in " ".join(err.split())
+    stored = _documents_in(env["RAGSTORE_DATABASE_URL"], "upload-limit")
+    assert [Path(s).name for s in stored] == ["a.md", "c.md"]
+
+
+def test_an_error_that_stops_an_ingest_through_the_server_says_what_it_stored(
+    env: dict[str, str],
+    local: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An error after some uploads were acknowledged (here the key's rate limit) ended
+    the ingest with the error line alone: nothing said that files were stored. Now the
+    counts come first (and the JSON report), then the error with its exit status."""
+    import ragstore.cli.remote as remote
+
+    folder = tmp_path / "rate"
+    folder.mkdir()
+    for i in range(8):
+        (folder / f"n{i}.md").write_text(f"# N{i}\n\nNote {i} about topic t{i}.\n")
+    key = KeyStore(Database(env["RAGSTORE_DATABASE_URL"])).create("admin", name="rate")
+    monkeypatch.setattr(remote, "BATCH_FILES", 1)  # a request per file
+    limited = {**env, "RAGSTORE_AUTH": "on", "RAGSTORE_RATE_LIMIT_PER_MINUTE": "4"}
+    with _serving(limited) as url:
+        monkeypatch.setenv("RAGSTORE_URL", url)
+        monkeypatch.setenv("RAGSTORE_API_KEY", key.secret)
+        capsys.readouterr()
+        status = run_cli("ingest", str(folder), "-c", "rate-stop", "--json")
+    out, err = capsys.readouterr()
+    err = " ".join(err.split())
+    assert status == 75, err
+    stored = _documents_in(env["RAGSTORE_DATABASE_URL"], "rate-stop")
+    assert 1 <= len(stored) < 8
+    report = json.loads(out)
+    assert report["counts"] == {"added": len(stored)}, report
+    assert (
+        f"stopped by an error: the server acknowledged {len(stored)} added, 0 updated, "
+        "0 unchanged, 0 failed of 8 files" in err
+    ), err
+    assert "error[rate_limited]: " in err, err
+    assert err.index("stopped by an error") < err.index("error[rate_limited]")
+
+
+def test_an_ingest_through_the_server_fails_a_name_that_is_not_utf8_alone(
+    remote_env: dict[str, str],
+    local: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file name of bytes that are not UTF-8 ended the upload with httpx's traceback
+    (nothing stored); it now fails alone as in a local ingest, and a name the server
+    refuses that holds a newline is still reported on one line."""
+    folder = tmp_path / "names"
+    folder.mkdir()
+    (folder / "good.md").write_text("# Good\n\nA well named note.\n")
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.md"), "w") as f:
+        f.write("# Cafe\n\nLatin-1 name.\n")
+    (folder / "new\nline.md").write_text("# NL\n\nA newline in the name.\n")
+    through_server(monkeypatch, remote_env)
+    capsys.readouterr()
+    assert run_cli("ingest", str(folder), "-c", "remote-names", "--json") == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["counts"] == {"added": 1, "failed": 2}, report
+    codes = {f["code"]: f for f in report["failed"]}
+    assert codes["invalid_encoding"]["document"] == f"{folder}/caf\\xe9.md"
+    assert "the file name is not valid UTF-8" in codes["invalid_encoding"]["detail"]
+    assert codes["invalid_input"]["detail"].startswith("names/new\\x0aline.md: ")
+    failed = [line for line in err.splitlines() if line.startswith("  failed ")]
+    assert len(failed) == 2 and len(err.splitlines()) == 3, err
+
+
+def test_files_that_would_share_an_upload_name_fail_instead_of_replacing_each_other(
+    remote_env: dict[str, str],
+    local: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``ingest x/a.md y/a.md`` uploaded both as ``a.md``: the server stored the second
+    over the first and the CLI said "1 added, 1 updated" (a local ingest stores both).
+    Now both fail, named, and nothing is replaced; the other files are ingested."""
+    for folder, text in (("x", "From x."), ("y", "From y.")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.md").write_text(f"# {folder}\n\n{text}\n")
+    (tmp_path / "x" / "other.md").write_text("# Other\n\nA note of its own.\n")
+    through_server(monkeypatch, remote_env)
+    capsys.readouterr()
+    args = [str(tmp_path / "x" / "a.md"), str(tmp_path / "y" / "a.md")]
+    status = run_cli("ingest", *args, str(tmp_path / "x" / "other.md"), "-c", "clash", "--json")
+    out, err = capsys.readouterr()
+    assert status == 1, err
+    report = json.loads(out)
+    assert report["counts"] == {"failed": 2, "added": 1}, report
+    assert [f["document"] for f in report["failed"]] == args
+    assert f"{args[0]}: would be uploaded as 'a.md', as {args[1]} would" in " ".join(err.split())
+    stored = _documents_in(remote_env["RAGSTORE_DATABASE_URL"], "clash")
+    assert [Path(s).name for s in stored] == ["other.md"]

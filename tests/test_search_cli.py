@@ -122,6 +122,14 @@ def test_explain_in_text_output_shows_each_list(
             " use one of vector, fulltext, hybrid",
         ),
         (["--rrf-k", "-3"], "error[invalid_input]: the RRF constant k must be between 0 and 10000"),
+        # read whole, /dev/zero filled memory until the kernel killed the command
+        (
+            ["--vector", "@/dev/zero"],
+            "error[invalid_input]: --vector @/dev/zero: the file is over 4 MiB",
+        ),
+        (["--vector", "@"], "error[invalid_input]: --vector @ names no file"),
+        # str.isdigit() is true of '²', and int('²') raised a ValueError: a traceback
+        (["--context", "\u00b2"], "error[invalid_input]: --context '\u00b2' is invalid"),
     ],
 )
 def test_bad_search_options_are_one_line(
@@ -132,3 +140,17 @@ def test_bad_search_options_are_one_line(
     assert code != 0
     assert err.startswith(start)
     assert len(err.splitlines()) == 1
+
+
+def test_a_vector_file_that_is_not_utf8_is_one_line(
+    corpus: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--vector @FILE`` holding bytes that are not UTF-8 ended with a traceback."""
+    bad = tmp_path / "q.json"
+    bad.write_bytes(b"\xff\xfe[0.1]")
+    assert run_cli("search", "-c", corpus, "--vector", f"@{bad}") == 65
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error[invalid_input]: --vector @{bad}: the file is not UTF-8 (byte 0); "
+        "give a file holding one JSON array of numbers"
+    )

@@ -82,6 +82,9 @@ def test_questions_file_errors_name_the_line(tmp_path: Path) -> None:
     assert [q.number for q in select(qs, "2-3")] == [2, 3]
     with pytest.raises(InputError, match=r"--questions '3-9' is invalid"):
         select(qs, "3-9")
+    # the example is a range the set has (it was "21-3" for three questions)
+    with pytest.raises(InputError, match=rf"within 1-{len(qs)}, for example 1-{len(qs)}$"):
+        select(qs, "abc")
 
 
 def test_heading_paths_skip_fenced_code_and_follow_the_scoring_rule(tmp_path: Path) -> None:

@@ -210,6 +210,7 @@ def create_backup(
         path = backup_dir(settings) / f"ragstore-{stamp:%Y%m%dT%H%M%S%fZ}-{reason}.dump"
     elif path.is_dir():
         path = path / f"ragstore-{stamp:%Y%m%dT%H%M%S%fZ}-{reason}.dump"
+    _refuse_special(path)
     try:
         path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         if ours:  # the default folder holds nothing but whole copies of the database
@@ -276,6 +277,24 @@ def _sync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _refuse_special(path: Path) -> None:
+    """Refuse an archive path that names a device, pipe or socket (or a link to one), before
+    anything is dumped. The archive is written beside it and renamed over it: ``ragstore
+    backup /dev/null`` run as root replaced the machine's /dev/null with the archive (and
+    wrote /dev/null.json), and a named pipe became a plain file, both reported as done."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # nothing there yet (or unreachable: creating it says why)
+    if not stat.S_ISREG(mode):
+        raise BackupError(
+            f"cannot write the backup to {path}: it is not a regular file or folder (a "
+            "device, pipe or socket); give a new file's path or a folder"
+        )
 
 
 def _write_sidecar(path: Path, info: BackupInfo) -> None:

@@ -266,6 +266,28 @@ def test_a_backup_that_cannot_be_written_is_one_error_and_leaves_no_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump.json"]
 
 
+def test_a_backup_onto_a_device_or_pipe_is_refused_and_leaves_it_alone(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The archive is renamed over its path: a named pipe (and, as root, /dev/null) was
+    replaced by a plain file with a sidecar beside it, and the backup reported as done."""
+    import os
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    (tmp_path / "link").symlink_to(pipe)
+    for target in (pipe, tmp_path / "link"):
+        capsys.readouterr()
+        assert run_cli("backup", str(target)) == 74
+        err = capsys.readouterr().err
+        assert err == (
+            f"error[backup_failed]: cannot write the backup to {target}: it is not a regular "
+            "file or folder (a device, pipe or socket); give a new file's path or a folder\n"
+        )
+    assert stat.S_ISFIFO(pipe.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "pipe"]
+
+
 def test_restore_of_an_archive_that_is_no_ragstore_backup_is_refused(
     populated: str,
     empty_database_url: str,

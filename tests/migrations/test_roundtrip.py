@@ -13,6 +13,7 @@ from ragstore.db.database import Database
 from ragstore.db.embedded import pg_bin_dir
 from ragstore.errors import SchemaMismatchError
 from ragstore.runtime import Runtime
+from tests.conftest import run_cli
 
 
 def schema_dump(url: str) -> str:
@@ -94,6 +95,22 @@ def test_upgrade_sql_prints_the_revision_sql() -> None:
     out = migrations.upgrade_sql(None)
     assert "CREATE TABLE chunks" in out
     assert "CREATE EXTENSION IF NOT EXISTS vector" in out
+
+
+@pytest.mark.parametrize("target", ["", " ", "bogus", ":", "@", "base:", "0031+5"])
+def test_an_upgrade_target_that_is_no_revision_is_one_line(
+    target: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Alembic fails some targets on an ``assert`` (and an empty one too), not with its
+    CommandError: ``ragstore db upgrade [--sql] --to X`` ended with a traceback."""
+    for sql in (["--sql"], []):
+        capsys.readouterr()
+        assert run_cli("db", "upgrade", *sql, "--to", target) == 65, (sql, target)
+        captured = capsys.readouterr()
+        assert (
+            captured.err.startswith("error[invalid_input]: ") and captured.err.count("\n") == 1
+        ), captured.err
+        assert captured.out == ""
 
 
 # the reg* types pg_upgrade refuses in user tables (check_for_data_types_usage in its

@@ -24,7 +24,7 @@ def _row(c: dict[str, Any]) -> list[str]:
         c["distance"],
         str(c["documents"]),
         str(c["chunks"]),
-        str(c["created_at"])[:19],
+        str(c["created_at"])[:19].replace("T", " "),
     ]
 
 
@@ -36,26 +36,22 @@ def _print_detail(c: dict[str, Any]) -> None:
 
 
 def _local_list() -> list[dict[str, Any]]:
-    from ragstore.db import catalog, repository
-    from ragstore.db.errors import translated
+    """Store's answer, the API's: the catalog's own rows printed other dates
+    (``2026-12-05 13:20:22+00:00``) than the same command through a server."""
     from ragstore.runtime import Runtime
+    from ragstore.store import Store
 
-    with Runtime() as rt, rt.db.connection() as conn, translated("listing collections"):
-        return [
-            catalog.collection_detail(conn, repository.get_collection(conn, n))
-            for n in catalog.collection_names(conn)
-        ]
+    with Runtime() as rt:
+        return Store.from_runtime(rt).list_collections()
 
 
 def _local_show(name: str) -> dict[str, Any]:
-    from ragstore.db import catalog
-    from ragstore.db.errors import translated
+    """Store's answer, the API's, as :func:`_local_list`."""
     from ragstore.runtime import Runtime
+    from ragstore.store import Store
 
     with Runtime() as rt:
-        coll = rt.collection(name)
-        with rt.db.connection() as conn, translated(f"reading collection {name!r}"):
-            return catalog.collection_detail(conn, coll)
+        return Store.from_runtime(rt).get_collection(name)
 
 
 def _verb(verb: str, *args: Any, **kwargs: Any) -> Any:

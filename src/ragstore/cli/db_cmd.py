@@ -64,8 +64,11 @@ def upgrade(
 ) -> None:
     """Upgrade the schema to the code's revision (or --to REV); backs up first."""
     from ragstore.db import migrations
+    from ragstore.errors import InputError
     from ragstore.runtime import Runtime
 
+    if not to.strip():  # Alembic fails an empty target on an assert: a traceback
+        raise InputError("--to is empty; give a schema revision (`ragstore db status`) or head")
     if sql:
         typer.echo(migrations.upgrade_sql(None, to))
         return

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Documents of a collection: list, show, delete.", no_args_is_help=True)
 
 
+# the largest id a page cursor carries (api/deps.py decode_cursor): a larger --after was
+# refused as "invalid cursor '...'", a cursor the user never gave
+MAX_AFTER = 10**18 - 1
+
+
 def _collection_option() -> Any:
     return typer.Option(
         None, "--collection", "-c", metavar="NAME", help="Collection [RAGSTORE_COLLECTION]."
@@ -36,6 +41,23 @@ def _settings_and_client() -> tuple[Any, Any]:
     return settings, remote_client(settings)
 
 
+def _is_id(document: str) -> bool:
+    """Whether ``document`` names a document by id: ASCII digits only. ``str.isdigit()``
+    is true of '²' (``int()`` then raised a traceback) and of '٣', which named document 3
+    where the user meant a file of that name."""
+    return document.isascii() and document.isdigit()
+
+
+def _storable(source: str) -> bool:
+    """Whether ``source`` could be a stored source: a path that is not UTF-8 (a file name's
+    undecodable bytes) never is, and sending it to the database raised a traceback."""
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _find(rt: Runtime, collection: str, document: str) -> dict[str, Any]:
     """The document named by id or source (an ingested path, or an uploaded name)."""
     from ragstore.db import catalog
@@ -45,14 +67,14 @@ def _find(rt: Runtime, collection: str, document: str) -> dict[str, Any]:
 
     coll = rt.collection(collection)
     with rt.db.connection() as conn, translated(f"reading document {document!r}"):
-        if document.isdigit():
+        if _is_id(document):
             return catalog.document(conn, coll, int(document))
         # realpath, not Path.resolve(): that raises on a link loop (a traceback), and the
         # ingest package's own helper for it would cost this command 0.8 s of imports
         candidates = [os.path.realpath(document)]
         with contextlib.suppress(InputError):  # not a name an upload could have
             candidates.append(staging.source_of(rt.settings, collection, document))
-        for source in candidates:
+        for source in filter(_storable, candidates):
             try:
                 return catalog.document_by_source(conn, coll, source)
             except DocumentNotFoundError:
@@ -63,7 +85,7 @@ def _find(rt: Runtime, collection: str, document: str) -> dict[str, Any]:
 def _remote_id(document: str) -> int:
     from ragstore.errors import InputError
 
-    if not document.isdigit():
+    if not _is_id(document):
         raise InputError(
             f"through RAGSTORE_URL a document is named by its id, not "
             f"{document!r}; `ragstore documents list` shows the ids"
@@ -74,9 +96,15 @@ def _remote_id(document: str) -> int:
 @app.command("list")
 def list_cmd(
     collection: str | None = _collection_option(),
-    limit: int = typer.Option(100, "--limit", min=1, max=1000, help="Documents per page."),
+    # at most 500, as the API and Store take: 501-1000 worked here but not through a server
+    limit: int = typer.Option(100, "--limit", min=1, max=500, help="Documents per page."),
     after: int | None = typer.Option(
-        None, "--after", min=0, metavar="ID", help="Start after this document id (next page)."
+        None,
+        "--after",
+        min=0,
+        max=MAX_AFTER,
+        metavar="ID",
+        help="Start after this document id (next page).",
     ),
     source_prefix: str | None = typer.Option(
         None, "--source-prefix", metavar="PATH", help="Only sources starting with this."
@@ -84,30 +112,28 @@ def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Documents in id order, a page at a time (`--after LAST_ID` for the next page)."""
+    from ragstore.api.deps import encode_cursor
+
     settings, client = _settings_and_client()
     name = collection or settings.collection
+    cursor = encode_cursor(after) if after is not None else None
+    # Client here, Store on the database: the same verb and the same answer either way
+    # (rows read from the catalog lacked the API's name, collection and status, and
+    # printed other dates; an uploaded document showed its staging path, not its name)
     if client is not None:
-        from ragstore.api.deps import encode_cursor
-
         with client:
             page = client.list_documents(
-                name,
-                limit=limit,
-                source_prefix=source_prefix,
-                cursor=encode_cursor(after) if after is not None else None,
+                name, limit=limit, source_prefix=source_prefix, cursor=cursor
             )
-        rows: list[dict[str, Any]] = page["data"]
     else:
-        from ragstore.db import catalog
-        from ragstore.db.errors import translated
         from ragstore.runtime import Runtime
+        from ragstore.store import Store
 
         with Runtime(settings) as rt:
-            coll = rt.collection(name)
-            with rt.db.connection() as conn, translated(f"listing documents of {name!r}"):
-                rows = catalog.documents_page(
-                    conn, coll.id, after=after, limit=limit, source_prefix=source_prefix
-                )
+            page = Store.from_runtime(rt).list_documents(
+                name, limit=limit, source_prefix=source_prefix, cursor=cursor
+            )
+    rows: list[dict[str, Any]] = page["data"]
     if as_json:
         echo_json(rows)
         return
@@ -125,7 +151,7 @@ def list_cmd(
                 str(r["format"]),
                 str(r["chunks"]),
                 str(r["size_bytes"]),
-                str(r["updated_at"])[:19],
+                str(r["updated_at"])[:19].replace("T", " "),
             ]
             for r in rows
         ],
@@ -148,9 +174,10 @@ def show_cmd(
             data = client.get_document(name, _remote_id(document))
     else:
         from ragstore.runtime import Runtime
+        from ragstore.store import Store
 
-        with Runtime(settings) as rt:
-            data = _find(rt, name, document)
+        with Runtime(settings) as rt:  # the API's answer, as through a server
+            data = Store.from_runtime(rt).get_document(name, _find(rt, name, document)["id"])
     if as_json:
         echo_json(data)
         return

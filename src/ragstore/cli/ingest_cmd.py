@@ -137,12 +137,28 @@ def _ingest_through(
     as_json: bool,
 ) -> None:
     """Ingest by uploading to the server at RAGSTORE_URL (its model does the embedding)."""
-    from ragstore.cli.remote import RemoteInterrupted, ingest_remote
+    from ragstore.cli.remote import RemoteFailed, RemoteInterrupted, ingest_remote
     from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
 
     try:
         with terminate_as_interrupt(), client, progress("uploading", "files") as update:
             result = ingest_remote(client, server, paths, collection, meta, update)
+    except RemoteFailed as exc:
+        # say what the server had acknowledged before the error, then the error itself
+        if as_json:
+            echo_json(asdict(exc.result))
+        c = exc.result.counts
+        err_console().print(
+            f"stopped by an error: the server acknowledged {c.get('added', 0)} added, "
+            f"{c.get('updated', 0)} updated, {c.get('unchanged', 0)} unchanged, "
+            f"{len(exc.result.failed)} failed of {exc.total} files; fix the error below "
+            "and run the same command again to resume (what is stored is skipped as "
+            "unchanged)"
+        )
+        for f in exc.result.failed:
+            line = f"[{f['code']}] {f['detail']}"
+            err_console().print(f"  [red]failed[/] {escape(line)}")
+        raise exc.error from None
     except KeyboardInterrupt as exc:
         how, status = interrupt_status(exc)
         if not isinstance(exc, RemoteInterrupted):  # not while uploading

@@ -3,6 +3,7 @@ to it, so a command pays one HTTP round trip instead of loading the model itself
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ragstore.client import Client
     from ragstore.config import Settings
+    from ragstore.errors import RagstoreError
 
 
 def remote_client(settings: Settings) -> Client | None:
@@ -61,6 +63,19 @@ class RemoteInterrupted(KeyboardInterrupt):
         self.total = total
 
 
+class RemoteFailed(Exception):
+    """A :class:`~ragstore.errors.RagstoreError` (the server gone, a key refused, rate
+    limited...) stopped an ingest through the server after it had acknowledged some of
+    it: ``result`` counts that, ``error`` is the error and ``total`` the number of inputs.
+    The error alone said nothing of what the server had already stored."""
+
+    def __init__(self, result: RemoteIngest, error: RagstoreError, total: int) -> None:
+        super().__init__(error.message)
+        self.result = result
+        self.error = error
+        self.total = total
+
+
 def upload_names(paths: list[Path], files: list[Path]) -> dict[Path, str]:
     """The name each file is uploaded under: a folder's files keep their path below the
     folder (prefixed with its name), a file named directly its base name."""
@@ -74,6 +89,31 @@ def upload_names(paths: list[Path], files: list[Path]) -> dict[Path, str]:
             else f.name
         )
     return names
+
+
+def _without_name_clashes(
+    files: list[Path], names: dict[Path, str], result: RemoteIngest
+) -> list[Path]:
+    """``files`` less those that share their upload name with another file, each of which
+    fails: the server keeps one document per name, so ``ingest x/a.md y/a.md`` (or two
+    folders of one name) stored the second over the first and said "1 added, 1 updated"
+    where a local ingest stores both."""
+    from ragstore.errors import InputError
+
+    by_name: dict[str, list[Path]] = {}
+    for f in files:
+        by_name.setdefault(names[f], []).append(f)
+    clashing = {f for same in by_name.values() if len(same) > 1 for f in same}
+    for f in files:
+        if f in clashing:
+            others = [str(o) for o in by_name[names[f]] if o != f]
+            err = InputError(
+                f"{f}: would be uploaded as {names[f]!r}, as {', '.join(others)} would, and "
+                "the server keeps one document per name; ingest the folders that hold them "
+                "(ragstore ingest DIR1 DIR2) so that each keeps its folder in its name"
+            )
+            result.fail(str(f), err.code, err.message)
+    return [f for f in files if f not in clashing]
 
 
 def _batches(files: list[Path]) -> Iterator[list[Path]]:
@@ -100,10 +140,21 @@ def _read_batch(
     an I/O error, removed since the folder was walked) fails alone, as in a local ingest:
     the error ended the whole run with a traceback, and with it the count of what the
     server had already stored."""
-    from ragstore.ingest.files import unreadable
+    from ragstore.errors import DecodeError
+    from ragstore.ingest.files import printable, unreadable
 
     parts: list[tuple[str, bytes]] = []
     for f in batch:
+        try:  # a name of bytes that are not UTF-8 fails alone, as in a local ingest:
+            names[f].encode("utf-8")  # httpx's multipart encoder raised a traceback
+        except UnicodeEncodeError:
+            shown = printable(str(f))
+            bad_name = DecodeError(
+                f"{shown}: the file name is not valid UTF-8, which ragstore cannot store; "
+                "rename the file (e.g. convmv -f latin1 -t utf-8 --notest FILE)"
+            )
+            result.fail(shown, bad_name.code, bad_name.message)
+            continue
         try:
             parts.append((names[f], f.read_bytes()))
         except OSError as exc:
@@ -146,6 +197,7 @@ def ingest_remote(
     """Upload ``paths`` (files and folders) to the server, a batch per request; a batch
     the server refuses is retried file by file so that each failure names its file."""
     from ragstore.cli.signals import deferred
+    from ragstore.errors import RagstoreError
     from ragstore.ingest.files import (
         LINK_OUTSIDE_FOLDER,
         discover,
@@ -169,10 +221,12 @@ def ingest_remote(
         )
         result.add("skipped")
     names = upload_names(paths, files)
-    if files:
-        _ensure_collection(client, collection)
+    total = len(files) + len(missing)
+    files = _without_name_clashes(files, names, result)
     done = 0
     try:
+        if files:
+            _ensure_collection(client, collection)
         for batch in _batches(files):
             with deferred():  # an interrupt between open and close would leave a file open
                 parts = _read_batch(batch, names, result)
@@ -182,9 +236,25 @@ def ingest_remote(
             update(done, len(files), f"{result.counts.get('failed', 0)} failed")
     except KeyboardInterrupt as exc:
         result.seconds = time.monotonic() - start
-        raise RemoteInterrupted(result, len(files) + len(missing)) from exc
+        raise RemoteInterrupted(result, total) from exc
+    except RagstoreError as exc:
+        if not result.counts:  # nothing done or refused yet: the error says it all
+            raise
+        result.seconds = time.monotonic() - start
+        raise RemoteFailed(result, exc, total) from exc
     result.seconds = time.monotonic() - start
     return result
+
+
+def _fail_file(result: RemoteIngest, name: str, exc: RagstoreError) -> None:
+    """A file the server refused, its detail naming it (a 413's message does not), with
+    control characters of the name escaped so that the failure stays one line."""
+    if name in exc.message:
+        detail = exc.message
+    else:
+        shown = re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", name)
+        detail = f"{shown}: {exc.message}"
+    result.fail(name, exc.code, detail)
 
 
 def _send(
@@ -196,20 +266,29 @@ def _send(
 ) -> None:
     """Upload one batch. When some of its files fail, the server's problem lists what it
     stored and what failed; a server that does not (before those lists) is sent the
-    batch again file by file so that each failure names its file."""
-    from ragstore.errors import InputError
+    batch again file by file so that each failure names its file.
 
+    A batch over the server's RAGSTORE_MAX_UPLOAD_BYTES (413 request_too_large) is sent
+    again file by file too, and a file over it alone fails alone, as a file over
+    RAGSTORE_MAX_FILE_BYTES does in a local ingest: the 413 ended the whole ingest, the
+    files after it never sent and what the server had stored not counted."""
+    from ragstore.errors import InputError, RequestTooLargeError
+
+    refused = (InputError, RequestTooLargeError)
     try:
         _record(result, client, client.upload(collection, parts, metadata=metadata))
-    except InputError as exc:
+    except refused as exc:
         problem = getattr(exc, "problem", {})
         if isinstance(problem.get("stored"), list) and isinstance(problem.get("failed"), list):
             _record(result, client, {"data": problem["stored"]})
             for f in problem["failed"]:
                 result.fail(str(f.get("name")), f.get("code"), f.get("detail"))
             return
+        if len(parts) == 1:  # already its own request: sending it again tells nothing new
+            _fail_file(result, parts[0][0], exc)
+            return
         for part in parts:
             try:
                 _record(result, client, client.upload(collection, [part], metadata=metadata))
-            except InputError as exc:
-                result.fail(part[0], exc.code, exc.message)
+            except refused as exc:
+                _fail_file(result, part[0], exc)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -105,16 +104,42 @@ def _hits_from_json(data: list[dict[str, Any]]) -> list[HitWithContext]:
     return out
 
 
+# the most a ``--vector @FILE`` is read of: 16,000 numbers (the API's longest vector) at
+# 25 characters each fit in 400 KB; a device or an endless pipe must not fill memory
+MAX_VECTOR_FILE_BYTES = 4 * 1024 * 1024
+
+
+def _read_vector_file(value: str) -> str:
+    """The text of ``--vector @FILE``, read as UTF-8 and at most
+    :data:`MAX_VECTOR_FILE_BYTES`: read whole, ``@/dev/zero`` grew until the kernel
+    killed the command, and a file that is not UTF-8 ended it with a traceback."""
+    where = value[1:]
+    if not where:
+        raise InputError("--vector @ names no file; give @PATH, e.g. --vector @query.json")
+    try:
+        with open(where, "rb") as f:
+            data = f.read(MAX_VECTOR_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"--vector {value}: cannot read the file: {exc.strerror}") from None
+    if len(data) > MAX_VECTOR_FILE_BYTES:
+        raise InputError(
+            f"--vector {value}: the file is over {MAX_VECTOR_FILE_BYTES // (1024 * 1024)} MiB; "
+            "give a file holding one JSON array of numbers"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"--vector {value}: the file is not UTF-8 (byte {exc.start}); "
+            "give a file holding one JSON array of numbers"
+        ) from None
+
+
 def parse_vector(value: str) -> list[float]:
     """``--vector``: a JSON array of numbers, or ``@path`` to a file holding one."""
     from ragstore.validation import loads_json
 
-    text = value
-    if value.startswith("@"):
-        try:
-            text = Path(value[1:]).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"--vector {value}: cannot read the file: {exc.strerror}") from None
+    text = _read_vector_file(value) if value.startswith("@") else value
     try:
         data = loads_json(text)
     except json.JSONDecodeError as exc:

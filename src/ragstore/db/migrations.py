@@ -174,8 +174,10 @@ def _run(db: Database, action: str, target: str) -> None:
         from alembic.util import CommandError
         from sqlalchemy.exc import DBAPIError
 
-        if isinstance(exc, CommandError):
-            raise InputError(f"cannot {action} to {target!r}: {exc}") from None
+        if isinstance(exc, CommandError) or _unresolvable(exc):
+            raise InputError(
+                f"cannot {action} to {target!r}: {str(exc) or _NOT_A_REVISION}"
+            ) from None
         if isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.Error):
             # SQLAlchemy wraps the driver's error (and quotes the whole revision's SQL)
             raise _failed(exc.orig, db, action) from None
@@ -209,13 +211,38 @@ def downgrade(db: Database, to: str) -> SchemaStatus:
 
 
 def upgrade_sql(db: Database | None, to: str = "head", start: str | None = None) -> str:
-    """The SQL an upgrade would run, without running it (Alembic offline mode)."""
+    """The SQL an upgrade would run, without running it (Alembic offline mode). A target
+    Alembic cannot resolve is an InputError, as in :func:`upgrade`: ``ragstore db upgrade
+    --sql --to bogus`` ended with Alembic's traceback."""
     from alembic import command
+    from alembic.util import CommandError
 
     url = _sqlalchemy_url(db.conninfo) if db else "postgresql+psycopg://"
     cfg = _config(url)
     out = io.StringIO()
     cfg.output_buffer = out
     rng = f"{start}:{to}" if start else to
-    command.upgrade(cfg, rng, sql=True)
+    try:
+        command.upgrade(cfg, rng, sql=True)
+    except Exception as exc:
+        if isinstance(exc, CommandError) or _unresolvable(exc):
+            raise InputError(
+                f"cannot print the SQL of an upgrade to {rng!r}: {str(exc) or _NOT_A_REVISION}"
+            ) from None
+        raise
     return out.getvalue()
+
+
+_NOT_A_REVISION = "not a revision; give one that `ragstore db status` names, or head"
+
+
+def _unresolvable(exc: BaseException) -> bool:
+    """Whether ``exc`` is Alembic failing to parse a revision target: some (``:``, ``@``,
+    ``base:``, ``0031+5``) fail an ``assert`` in its revision map instead of raising its
+    CommandError, which ended ``ragstore db upgrade --to`` with a traceback."""
+    if not isinstance(exc, AssertionError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__") == "alembic.script.revision"

@@ -53,7 +53,9 @@ def parse_context(value: str) -> ContextMode:
     cleaned = value.strip().lower()
     if cleaned == "section":
         return "section"
-    if cleaned.isdigit() and int(cleaned) <= MAX_NEIGHBOURS:
+    # ASCII digits only: str.isdigit() is true of '²' and '٣' too, and int('²') raised a
+    # ValueError (a traceback in the CLI, a 500 through Store) instead of this message
+    if cleaned.isascii() and cleaned.isdigit() and int(cleaned) <= MAX_NEIGHBOURS:
         return int(cleaned)
     raise InputError(
         f"--context {value!r} is invalid: give a number of neighbouring chunks "

@@ -158,9 +158,11 @@ def select(questions: Sequence[Question], spec: str | None) -> list[Question]:
         return list(questions)
     m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", spec)
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)) <= len(questions):
+        n = len(questions)
+        first = 21 if n >= 21 else 1  # "21-3" was the example for a set of 3 questions
         raise InputError(
             f"--questions {spec!r} is invalid: give a range FIRST-LAST within "
-            f"1-{len(questions)}, for example 21-{len(questions)}"
+            f"1-{n}, for example {first}-{n}"
         )
     return list(questions[int(m.group(1)) - 1 : int(m.group(2))])
 
