@@ -3,6 +3,7 @@ read-your-writes, lag and a standby that goes away under load."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -266,7 +267,15 @@ def test_a_worker_on_a_standby_is_one_clear_error(
     monkeypatch.setenv("RAGSTORE_DATABASE_URL", settings.database_url.get_secret_value())
     monkeypatch.setenv("RAGSTORE_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("RAGSTORE_PROFILE", "test")
-    assert run_cli("worker", "--burst") == 77
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert run_cli("worker", "--burst") == 77
+    finally:
+        # the worker configures logging onto this test's captured stderr, closed after it:
+        # left in place, a later test's INFO line (httpx's) failed on the closed stream
+        root.handlers[:] = handlers
+        root.setLevel(level)
     err = capsys.readouterr().err
     assert err.startswith("error[read_only]: ") and "hot standby" in err, err
     assert err.count("\n") == 1, err
