@@ -248,3 +248,24 @@ def test_chroma_directory_written_by_chromadb(
             " d.id = k.document_id WHERE d.source = 'c9'"
         ).fetchone()
     assert row == ("chroma c9", {"topic": "t", "i": 9})
+
+
+def test_ids_are_carried_exactly_even_where_they_differ_only_by_spaces_case_or_form(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # distinct ids of a source store, each its own record: none stripped, folded or
+    # normalised into another (" a" and "a" were both stored as "a", refused as a
+    # duplicate the store did not have)
+    ids = ["a", "a ", " a", "A", "\u00e9", "e\u0301", "\tb\n", "7"]
+    vecs = vectors(len(ids), DIM, seed=7)
+    src = write_jsonl(tmp_path / "ids.jsonl", ids, vecs)
+    report = _import(
+        capsys, str(src), "-c", "fmt-ids", "--model", "legacy@v1", "--dimension", str(DIM)
+    )
+    _assert_verified(report, ids, vecs)
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        stored = conn.execute(
+            "SELECT d.source, k.text FROM chunks k JOIN documents d ON d.id = k.document_id"
+            " JOIN collections c ON c.id = d.collection_id WHERE c.name = 'fmt-ids'"
+        ).fetchall()
+    assert sorted(stored) == sorted((rid, f"text of {rid}") for rid in ids)

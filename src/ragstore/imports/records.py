@@ -63,12 +63,19 @@ def to_vector(value: Any, where: str) -> Vector:
 
 
 def to_id(value: Any) -> str | None:
-    """Ids are kept as text (numbers become their decimal form); empty means missing."""
+    """Ids are kept as text (numbers become their decimal form), exactly as the store had
+    them; empty means missing.
+
+    Not stripped: the ids ``"a"`` and ``"a "`` of a Chroma collection were both stored as
+    ``"a"`` (refused as a duplicate_id the store did not have, or, skipped, one record
+    lost), and an id with an edge space arrived under another id than the one the
+    application looks it up by. ``add_texts`` keeps such ids as sent, and so does this.
+    """
     if value is None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    text = str(value).strip()
+    text = str(value)
     return text or None
 
 
