@@ -269,3 +269,28 @@ def test_ids_are_carried_exactly_even_where_they_differ_only_by_spaces_case_or_f
             " JOIN collections c ON c.id = d.collection_id WHERE c.name = 'fmt-ids'"
         ).fetchall()
     assert sorted(stored) == sorted((rid, f"text of {rid}") for rid in ids)
+
+
+@pytest.mark.parametrize("table", ['"MyDocs"', 'public."MyDocs"', "MyDocs", "app.MyDocs"])
+def test_postgres_table_with_a_mixed_case_name(
+    table: str, pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # an ORM's table ("MyDocs", quoted when made): found by the column lookup, then read
+    # as a relation named '"MyDocs"' that did not exist, so it could not be imported
+    url = create_database(pg_admin_uri, None)
+    vecs = vectors(20, DIM, seed=8)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE SCHEMA app")
+        for schema in ("public", "app"):
+            conn.execute(
+                f'CREATE TABLE {schema}."MyDocs" (id text PRIMARY KEY, body text, emb real[])'
+            )
+            with conn.cursor().copy(f'COPY {schema}."MyDocs" FROM STDIN') as copy:
+                for i, v in enumerate(vecs):
+                    copy.write_row((f"{schema}-{i}", f"text {i}", v.tolist()))
+    name = f"pg-case-{len(table)}"  # each parameter is of another length
+    report = _import(
+        capsys, url, "--table", table, "-c", name, "--model", "legacy@v1", "--dimension", str(DIM)
+    )
+    schema = "app" if table.startswith("app.") else "public"
+    _assert_verified(report, [f"{schema}-{i}" for i in range(20)], vecs)
