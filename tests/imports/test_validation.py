@@ -377,3 +377,40 @@ def test_malformed_line_names_file_and_line(
     assert f"error[import_source_invalid]: {src} line 2: not valid JSON" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_an_import_that_leaves_out_every_record_makes_no_collection(
+    dry_run: bool, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # every record skipped (here: none has the declared dimension): the import made an
+    # empty collection pinned to the model and said "imported 0 records" with exit 0
+    src = write_jsonl(tmp_path / "a.jsonl", [f"w{i}" for i in range(6)], vectors(6, DIM))
+    name = f"val-none-{dry_run}".lower()
+    args = ["import", str(src), "-c", name, "--model", "legacy-none@v1", "--dimension", "4"]
+    code = run_cli(*args, "--on-invalid", "skip", *(["--dry-run"] if dry_run else []))
+    out = capsys.readouterr()
+    assert code == 65, out.err
+    assert (
+        "all 6 records are left out by the policies (6 dimension_mismatch (first: w0 (8 dims)"
+        in out.err
+    )
+    assert f"nothing was written and collection {name!r} was not created" in out.err
+    assert "would import" not in out.out and "imported 0" not in out.out
+    assert collection_state(cli_env["RAGSTORE_DATABASE_URL"], name)["exists"] is False
+    backups = Path(cli_env["RAGSTORE_DATA_DIR"]) / "backups"
+    assert not backups.exists() or not list(backups.glob("*-import.dump"))
+
+
+def test_an_import_run_again_that_skips_every_existing_id_changes_nothing(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_jsonl(tmp_path / "a.jsonl", [f"g{i}" for i in range(6)], vectors(6, DIM))
+    args = ["import", str(src), "-c", "val-again", "--model", "legacy@v1", "--dimension", str(DIM)]
+    assert run_cli(*args, "--no-backup") == 0
+    before = collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-again")
+    capsys.readouterr()
+    assert run_cli(*args, "--no-backup", "--policy", "existing_id=skip", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["read"], report["written"], report["skipped"]) == (6, 0, 6)
+    assert collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-again") == before

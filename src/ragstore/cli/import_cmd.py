@@ -223,12 +223,12 @@ def register(app: typer.Typer) -> None:
                 if dry_run:
                     if as_json:
                         echo_json({"dry_run": True, **_plan_dict(plan)})
-                    elif plan.validation.ok:
+                    refuse_if_invalid(plan)
+                    if not as_json:
                         console().print(
                             f"dry run: would import {plan.to_write} records into "
                             f"{escape(plan.collection)!r}; nothing was written"
                         )
-                    refuse_if_invalid(plan)
                     return
                 report = run_import(rt, plan, opts, report_stage)
         if as_json:

@@ -291,8 +291,24 @@ def plan_import(
 
 
 def refuse_if_invalid(plan: ImportPlan) -> None:
+    """ImportValidationError where a policy says abort, or where the policies leave out
+    every record and the collection does not exist yet.
+
+    The second: the import made the collection anyway, pinned to the declared model and
+    holding nothing, and said ``imported 0 records ... (new collection)`` with exit 0.
+    Into an existing collection nothing to write is a no-op (running an import again
+    with ``--policy existing_id=skip``), and it is still reported as such."""
     if plan.validation.ok:
-        return
+        if plan.to_write or plan.exists:
+            return
+        parts = [
+            f"{i.count} {i.kind} (first: {', '.join(i.first)})" for i in plan.validation.issues
+        ]
+        raise ImportValidationError(
+            f"{plan.source}: all {plan.validation.read} records are left out by the policies "
+            f"({'; '.join(parts)}); nothing was written and collection {plan.collection!r} "
+            "was not created. Fix the source or the policies"
+        )
     parts = [f"{i.count} {i.kind} (first: {', '.join(i.first)})" for i in plan.validation.aborting]
     raise ImportValidationError(
         f"{plan.source}: {'; '.join(parts)}; nothing was written. Fix the source, or choose "
