@@ -70,7 +70,9 @@ from ragstore.runtime import Runtime
 IMPORTED_PROVIDER = "imported"
 DISTANCES = ("cosine", "l2", "ip")
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
+# (stage, done, total); the stages: read, backup, documents, index, checksum, parity and
+# committed (the import's transaction has committed: nothing of it rolls back any more)
+Progress = Callable[[str, int, int], None]
 WRITE_SLICE = 10_000  # records per write_documents call at most (progress is reported per slice)
 SLICES = 4  # a bulk import is written in about this many slices (see _slices)
 MIN_SLICE = 250  # ... of at least this many records
@@ -527,37 +529,40 @@ class _Writer:
             with (
                 self.rt.db.connection() as conn,
                 translated(f"importing into collection {self.plan.collection!r}"),
-                conn.transaction(),
             ):
-                coll, created = self._collection(conn)
-                spaces.lock_for_load(conn, coll.table)
-                self.old_vectors = spaces.count_vectors(conn, coll.table)
-                self.rebuild = (
-                    self.had_rows
-                    and len(self.ids) >= staging.REBUILD_SHARE * self.old_vectors
-                    and staging.can_stage(self.rt)
-                )
-                if not self.had_rows:  # the index is built once, at the end
-                    spaces.drop_index(conn, coll.table)
-                if self.bulk:
-                    documents.begin_bulk(conn, coll.id)
-                else:
-                    documents.lock_sources(conn, coll.id, self.ids)
-                if not created:
-                    self._refuse_ids_stored_since_the_plan(conn, coll)
-                memory = self.opts.maintenance_work_mem or self.rt.settings.index_build_memory
-                if self.rebuild:
-                    verification = self._rebuild(conn, coll, memory)
-                else:
-                    t0 = time.perf_counter()
-                    self._write_rows(conn, coll, None)
-                    self.seconds["write"] = time.perf_counter() - t0
+                with conn.transaction():
+                    coll, created = self._collection(conn)
+                    spaces.lock_for_load(conn, coll.table)
+                    self.old_vectors = spaces.count_vectors(conn, coll.table)
+                    self.rebuild = (
+                        self.had_rows
+                        and len(self.ids) >= staging.REBUILD_SHARE * self.old_vectors
+                        and staging.can_stage(self.rt)
+                    )
+                    if not self.had_rows:  # the index is built once, at the end
+                        spaces.drop_index(conn, coll.table)
                     if self.bulk:
+                        documents.begin_bulk(conn, coll.id)
+                    else:
+                        documents.lock_sources(conn, coll.id, self.ids)
+                    if not created:
+                        self._refuse_ids_stored_since_the_plan(conn, coll)
+                    memory = self.opts.maintenance_work_mem or self.rt.settings.index_build_memory
+                    if self.rebuild:
+                        verification = self._rebuild(conn, coll, memory)
+                    else:
                         t0 = time.perf_counter()
-                        documents.finish_bulk(conn, coll.id, memory)
-                        self.seconds["bm25"] = time.perf_counter() - t0
-                    self._index(conn, coll, memory)
-                    verification = self._verified(conn, coll, coll.table)
+                        self._write_rows(conn, coll, None)
+                        self.seconds["write"] = time.perf_counter() - t0
+                        if self.bulk:
+                            t0 = time.perf_counter()
+                            documents.finish_bulk(conn, coll.id, memory)
+                            self.seconds["bm25"] = time.perf_counter() - t0
+                        self._index(conn, coll, memory)
+                        verification = self._verified(conn, coll, coll.table)
+                # said before this connection goes back to the pool: an interrupt from here
+                # on finds the import committed, and its command must not say rolled back
+                self.progress("committed", len(self.ids), len(self.ids))
             done = True
         finally:
             # the import's transaction has rolled back by now, so its staged table is free
