@@ -294,3 +294,29 @@ def test_postgres_table_with_a_mixed_case_name(
     )
     schema = "app" if table.startswith("app.") else "public"
     _assert_verified(report, [f"{schema}-{i}" for i in range(20)], vecs)
+
+
+def test_jsonl_keeps_an_underscore_id_beside_the_id_as_metadata(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a MongoDB export: its "_id" beside the application's "id" was dropped from every
+    # record's metadata; "_id" is the id only where there is no "id"
+    vecs = vectors(2, DIM, seed=9)
+    src = tmp_path / "mongo.jsonl"
+    src.write_text(
+        json.dumps({"id": "doc-1", "_id": "65f0a1", "text": "one", "vector": vecs[0].tolist()})
+        + "\n"
+        + json.dumps({"_id": "65f0a2", "text": "two", "vector": vecs[1].tolist()})
+        + "\n"
+    )
+    report = _import(
+        capsys, str(src), "-c", "fmt-mongo", "--model", "legacy@v1", "--dimension", str(DIM)
+    )
+    _assert_verified(report, ["doc-1", "65f0a2"], vecs)
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        rows = conn.execute(
+            "SELECT d.source, k.metadata FROM chunks k JOIN documents d ON d.id = k.document_id"
+            " JOIN collections c ON c.id = d.collection_id WHERE c.name = 'fmt-mongo'"
+            " ORDER BY d.source"
+        ).fetchall()
+    assert rows == [("65f0a2", {}), ("doc-1", {"_id": "65f0a1"})]

@@ -98,7 +98,9 @@ def _split_fields(
     obj: dict[str, Any], *, with_vector: bool
 ) -> tuple[Any, Any, Any, dict[str, Any]]:
     rest = dict(obj)
-    rid = rest.pop("id", rest.pop("_id", None))
+    # "_id" only where there is no "id": popped as pop's default, it was dropped from the
+    # metadata of every record that had both (a MongoDB export's "_id" beside its own id)
+    rid = rest.pop("id") if "id" in rest else rest.pop("_id", None)
     tkey, text = _first(rest, TEXT_KEYS)
     if tkey:
         rest.pop(tkey)
