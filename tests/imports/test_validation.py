@@ -414,3 +414,33 @@ def test_an_import_run_again_that_skips_every_existing_id_changes_nothing(
     report = json.loads(capsys.readouterr().out)
     assert (report["read"], report["written"], report["skipped"]) == (6, 0, 6)
     assert collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-again") == before
+
+
+def test_a_text_too_large_for_the_full_text_index_is_unstorable(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a record is one chunk: a text of ~200k distinct words makes a tsvector over the
+    # 1 MB PostgreSQL allows, and the import failed at its write past every policy,
+    # naming no record ("string is too long for tsvector")
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = " ".join(
+        a + b + c + d for a in letters for b in letters for c in letters for d in letters[:12]
+    )
+    long_ok = " ".join(["same words again"] * 40_000)  # as long, few distinct words: fine
+    vecs = vectors(4, DIM)
+    src = tmp_path / "long.jsonl"
+    with src.open("w") as fh:
+        for rid, text, vec in zip(
+            ["short", "huge", "long-ok", "short2"], ["a", words, long_ok, "b"], vecs, strict=True
+        ):
+            fh.write(json.dumps({"id": rid, "text": text, "vector": vec.tolist()}) + "\n")
+    args = ["import", str(src), "-c", "val-long", "--model", "legacy@v1", "--dimension", str(DIM)]
+    assert run_cli(*args, "--no-backup") == 65
+    err = capsys.readouterr().err
+    assert "1 unstorable (first: huge (text: too many distinct words for the full-text" in err
+    assert collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-long")["exists"] is False
+    assert run_cli(*args, "--no-backup", "--policy", "unstorable=skip", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["read"], report["written"], report["skipped"]) == (4, 3, 1)
+    state = collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-long")
+    assert [d[0] for d in state["docs"]] == ["long-ok", "short", "short2"]

@@ -66,6 +66,7 @@ from ragstore.ingest import staging
 from ragstore.ingest.staging import StagedVectors, discard_staged
 from ragstore.models import Chunk, ChunkType, ModelSpec
 from ragstore.runtime import Runtime
+from ragstore.validation import problem_in
 
 IMPORTED_PROVIDER = "imported"
 DISTANCES = ("cosine", "l2", "ip")
@@ -251,6 +252,38 @@ def _existing_ids(conn: psycopg.Connection[Any], collection_id: int, ids: list[s
     return found
 
 
+# A text's tsvector takes at most about 5 bytes per byte of text (hyphenated words: the
+# compound and each part, with their positions), so one under 64 KB cannot reach the 1 MB
+# PostgreSQL allows; a longer one is asked of the server.
+TSVECTOR_CHECK_BYTES = 64 * 1024
+NEW_COLLECTION_TS_CONFIG = "english"  # the chunks' column default (documents.ts_config_name)
+
+
+def unindexable_texts(
+    conn: psycopg.Connection[Any], config: str, records: list[Record]
+) -> set[int]:
+    """The indices of the records whose text is too large for the full-text index under
+    ``config`` (``to_tsvector`` over PostgreSQL's 1 MB): each record is one chunk, and such
+    a text failed the whole import at its write, naming no record and past every policy.
+    Only texts of ``TSVECTOR_CHECK_BYTES`` or more are sent, one statement each, in a
+    savepoint; one the database could not take anyway (a NUL) is left to validation."""
+    found: set[int] = set()
+    for index, rec in enumerate(records):
+        text = rec.text
+        if text is None or len(text) * 4 < TSVECTOR_CHECK_BYTES:
+            continue
+        if len(text.encode("utf-8", "surrogatepass")) < TSVECTOR_CHECK_BYTES:
+            continue
+        if problem_in(text) is not None:
+            continue
+        try:
+            with conn.transaction():
+                conn.execute("SELECT to_tsvector(%s::regconfig, %s) IS NULL", (config, text))
+        except psycopg.errors.ProgramLimitExceeded:
+            found.add(index)
+    return found
+
+
 def _check_target(coll: repository.Collection, spec: ModelSpec) -> None:
     m = coll.model
     if (m.name, m.revision, m.dimension) != (spec.name, spec.revision, spec.dimension):
@@ -277,6 +310,7 @@ def plan_import(
         raise ImportSourceError(f"{source.description} holds no records; nothing to import")
     existing: set[str] = set()
     exists = False
+    config = NEW_COLLECTION_TS_CONFIG
     with rt.db.connection() as conn, translated(f"looking up collection {opts.collection!r}"):
         try:
             coll = repository.get_collection(conn, opts.collection)
@@ -286,7 +320,9 @@ def plan_import(
             exists = True
             _check_target(coll, spec)
             existing = _existing_ids(conn, coll.id, [r.id for r in records if r.id])
-    report = validate(records, spec.dimension, opts.policies, existing)
+            config = documents.ts_config_name(conn, coll.id)
+        unindexable = unindexable_texts(conn, config, records)
+    report = validate(records, spec.dimension, opts.policies, existing, unindexable)
     return ImportPlan(
         source.description, opts.collection, exists, spec, records, report, read_seconds
     )
