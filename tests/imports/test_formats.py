@@ -320,3 +320,31 @@ def test_jsonl_keeps_an_underscore_id_beside_the_id_as_metadata(
             " ORDER BY d.source"
         ).fetchall()
     assert rows == [("65f0a2", {}), ("doc-1", {"_id": "65f0a1"})]
+
+
+def test_chroma_collection_written_to_while_it_is_read_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chroma pages by offset: a record deleted by a writer between two pages shifted the
+    # next page past a record that was there all along, and the import verified the set
+    # it had read, one record short, as the whole store
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    from ragstore.errors import ImportSourceError
+    from ragstore.imports import chroma
+
+    monkeypatch.setattr(chroma, "PAGE", 2)
+    client = chromadb.PersistentClient(
+        path=str(tmp_path / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    coll = client.get_or_create_collection("live", embedding_function=None)
+    ids = [f"r{i}" for i in range(6)]
+    coll.add(ids=ids, embeddings=vectors(6, DIM).tolist(), documents=ids)
+    read = chroma.ChromaSource(tmp_path / "chroma").records()
+    first = [next(read).id, next(read).id]
+    coll.delete(ids=[first[0]])  # a writer, between the first page and the second
+    with pytest.raises(ImportSourceError, match=r"changed while it was read \(6 records before, 5"):
+        list(read)
+    # read again, still: every record
+    assert sorted(r.id or "" for r in chroma.ChromaSource(tmp_path / "chroma").records()) == ids[1:]

@@ -72,7 +72,15 @@ class ChromaSource:
         return coll
 
     def records(self) -> Iterator[Record]:
+        """Every record, page by page; ImportSourceError where the collection's count moved
+        while it was read.
+
+        Chroma pages by offset, and nothing holds the collection still: a record deleted
+        (or added) by a writer meanwhile shifted the pages after it, so a record that was
+        there all along was never read (or one read twice), and the import verified and
+        reported the set it had read as the store."""
         coll = self._collection()
+        before = int(coll.count())
         offset = 0
         while True:
             page = coll.get(
@@ -80,6 +88,13 @@ class ChromaSource:
             )
             ids = page["ids"]
             if not ids:
+                after = int(coll.count())
+                if before != after or offset != after:
+                    raise ImportSourceError(
+                        f"{self.description} changed while it was read ({before} records "
+                        f"before, {after} after, {offset} read); stop what writes to it and "
+                        "run the import again"
+                    )
                 return
             embeddings = page["embeddings"]
             documents = page["documents"] or [None] * len(ids)
