@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -348,3 +349,40 @@ def test_chroma_collection_written_to_while_it_is_read_is_refused(
         list(read)
     # read again, still: every record
     assert sorted(r.id or "" for r in chroma.ChromaSource(tmp_path / "chroma").records()) == ids[1:]
+
+
+def test_csv_sidecar_with_a_long_text_is_imported_and_a_broken_one_named(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the csv module refuses a field over 128 KiB and a line ending in a bare CR: its
+    # error escaped as a traceback, and a long text could not be imported at all
+    vecs = vectors(2, DIM, seed=10)
+    np.save(tmp_path / "long.npy", vecs)
+    long_text = "word " * 60_000  # 300 KB in one field
+    with (tmp_path / "long.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerows([["id", "text"], ["a", long_text], ["b", "short"]])
+    report = _import(
+        capsys,
+        str(tmp_path / "long.npy"),
+        "-c",
+        "fmt-csv-long",
+        "--model",
+        "legacy@v1",
+        "--dimension",
+        str(DIM),
+    )
+    _assert_verified(report, ["a", "b"], vecs)
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        row = conn.execute(
+            "SELECT k.text FROM chunks k JOIN documents d ON d.id = k.document_id"
+            " JOIN collections c ON c.id = d.collection_id"
+            " WHERE c.name = 'fmt-csv-long' AND d.source = 'a'"
+        ).fetchone()
+    assert row == (long_text,)
+    np.save(tmp_path / "cr.npy", vectors(3, DIM))
+    (tmp_path / "cr.csv").write_bytes(b"id,text\na,x\nb,y\rc,z\n")
+    args = ["import", str(tmp_path / "cr.npy"), "-c", "fmt-csv-cr", "--model", "legacy@v1"]
+    assert run_cli(*args, "--dimension", str(DIM), "--no-backup") == 65
+    err = capsys.readouterr().err
+    assert f"error[import_source_invalid]: {tmp_path / 'cr.csv'} line 3: not a readable CSV" in err
