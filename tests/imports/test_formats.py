@@ -386,3 +386,17 @@ def test_csv_sidecar_with_a_long_text_is_imported_and_a_broken_one_named(
     assert run_cli(*args, "--dimension", str(DIM), "--no-backup") == 65
     err = capsys.readouterr().err
     assert f"error[import_source_invalid]: {tmp_path / 'cr.csv'} line 3: not a readable CSV" in err
+
+
+def test_chroma_directory_chroma_cannot_read_is_named(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a chroma.sqlite3 that is no database (or a directory of another Chroma version):
+    # Chroma's own exception escaped as a traceback
+    (tmp_path / "chroma").mkdir()
+    (tmp_path / "chroma" / "chroma.sqlite3").write_bytes(b"not a database" * 100)
+    args = ["import", str(tmp_path / "chroma"), "-c", "fmt-chroma-bad", "--model", "legacy@v1"]
+    assert run_cli(*args, "--dimension", str(DIM), "--no-backup") == 65
+    err = capsys.readouterr().err
+    assert f"error[import_source_invalid]: Chroma could not read {tmp_path / 'chroma'} (" in err
+    assert "file is not a database" in err and "chromadb 1." in err

@@ -444,3 +444,49 @@ def test_a_text_too_large_for_the_full_text_index_is_unstorable(
     assert (report["read"], report["written"], report["skipped"]) == (4, 3, 1)
     state = collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-long")
     assert [d[0] for d in state["docs"]] == ["long-ok", "short", "short2"]
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        # arrays nested thousands deep: the parser's RecursionError
+        (
+            '{"id": "b", "vector": [1, 1], "m": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            "line 2: cannot be read as JSON (nested too deeply)",
+        ),
+        # an integer of 5,000 digits: Python's int conversion limit, a ValueError
+        (
+            '{"id": "b", "vector": [1, 1], "m": ' + "9" * 5000 + "}",
+            "line 2: cannot be read as "
+            "JSON (Exceeds the limit (4300 digits) for integer string conversion",
+        ),
+    ],
+)
+def test_a_line_the_json_parser_chokes_on_names_file_and_line(
+    line: str,
+    said: str,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    src = tmp_path / "choke.jsonl"
+    src.write_text('{"id": "a", "text": "t", "vector": [1, 2]}\n' + line + "\n")
+    args = ["import", str(src), "-c", "val-choke", "--model", "legacy-2d@v1", "--dimension", "2"]
+    assert run_cli(*args, "--dry-run") == 65
+    assert f"error[import_source_invalid]: {src} {said}" in capsys.readouterr().err
+
+
+def test_an_integer_beyond_float64_in_a_vector_is_non_finite(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 1e400 was read as infinity and counted non_finite; 1 followed by 400 zeros raised
+    # NumPy's OverflowError past every policy, as a traceback
+    src = tmp_path / "huge.jsonl"
+    src.write_text(
+        '{"id": "a", "text": "t", "vector": [1, 2]}\n'
+        '{"id": "b", "text": "t", "vector": [1' + "0" * 400 + ", 2]}\n"
+        '{"id": "c", "text": "t", "vector": [-1' + "0" * 400 + ", 2]}\n"
+    )
+    args = ["import", str(src), "-c", "val-huge", "--model", "legacy-2d@v1", "--dimension", "2"]
+    assert run_cli(*args, "--dry-run") == 65
+    assert "2 non_finite (first: b, c)" in capsys.readouterr().err

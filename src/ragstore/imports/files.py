@@ -90,6 +90,13 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 f"{path} line {lineno}: not valid JSON ({exc.msg}); "
                 "each line must be one JSON object"
             ) from None
+        except (ValueError, RecursionError) as exc:
+            # an integer of over 4,300 digits (ValueError) or arrays nested thousands
+            # deep: the parser's own exception escaped as a traceback
+            what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise ImportSourceError(
+                f"{path} line {lineno}: cannot be read as JSON ({what.split(';')[0]})"
+            ) from None
         if not isinstance(obj, dict):
             raise ImportSourceError(
                 f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}"

@@ -52,7 +52,10 @@ def to_vector(value: Any, where: str) -> Vector:
         raise ImportSourceError(f"{where}: the record has no vector")
     try:
         with np.errstate(over="ignore", invalid="ignore"):
-            arr = np.asarray(value, dtype=np.float64).astype(np.float32)
+            try:
+                arr = np.asarray(value, dtype=np.float64).astype(np.float32)
+            except OverflowError:  # an integer beyond float64: infinite, like 1e400
+                arr = np.asarray(_huge_to_inf(value), dtype=np.float64).astype(np.float32)
     except (TypeError, ValueError) as exc:
         raise ImportSourceError(f"{where}: the vector is not a list of numbers ({exc})") from None
     if arr.ndim != 1:
@@ -60,6 +63,22 @@ def to_vector(value: Any, where: str) -> Vector:
             f"{where}: the vector has shape {arr.shape}; expected a flat list of numbers"
         )
     return arr
+
+
+def _huge_to_inf(value: Any) -> Any:
+    """``value`` with each integer too large for a float64 as an infinity of its sign.
+
+    NumPy raised OverflowError for one (a JSON ``1`` followed by 400 zeros), which
+    escaped as a traceback, where ``1e400`` is read as infinity and refused as
+    ``non_finite`` by validation, as every policy allows."""
+    if isinstance(value, (list, tuple)):
+        return [_huge_to_inf(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    return value
 
 
 def to_id(value: Any) -> str | None:
