@@ -490,3 +490,19 @@ def test_an_integer_beyond_float64_in_a_vector_is_non_finite(
     args = ["import", str(src), "-c", "val-huge", "--model", "legacy-2d@v1", "--dimension", "2"]
     assert run_cli(*args, "--dry-run") == 65
     assert "2 non_finite (first: b, c)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_collection_name_that_cannot_be_made_is_refused_before_anything(
+    dry_run: bool, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the dry run said "would import 3 records into 'my notes'", and the import read the
+    # whole source and took a backup before the write refused the name
+    src = write_jsonl(tmp_path / "a.jsonl", ["n1", "n2", "n3"], vectors(3, DIM))
+    args = ["import", str(src), "-c", "my notes", "--model", "legacy@v1", "--dimension", "8"]
+    assert run_cli(*args, *(["--dry-run"] if dry_run else [])) == 65
+    out = capsys.readouterr()
+    assert "error[invalid_input]: invalid collection name 'my notes'" in out.err
+    assert "would import" not in out.out and "source:" not in out.out
+    backups = Path(cli_env["RAGSTORE_DATA_DIR"]) / "backups"
+    assert not backups.exists() or not list(backups.glob("*-import.dump"))

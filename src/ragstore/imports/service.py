@@ -300,6 +300,7 @@ def plan_import(
 ) -> ImportPlan:
     """Read and validate everything; write nothing."""
     spec = declared_spec(rt, opts.model, opts.dimension, opts.distance)
+    _refuse_a_name_it_cannot_create(rt, opts.collection)
     t0 = time.perf_counter()
     records: list[Record] = []
     for rec in source.records():
@@ -327,6 +328,20 @@ def plan_import(
     return ImportPlan(
         source.description, opts.collection, exists, spec, records, report, read_seconds
     )
+
+
+def _refuse_a_name_it_cannot_create(rt: Runtime, name: str) -> None:
+    """InputError for a new collection's name that ``create_collection`` refuses, before
+    the source is read: a dry run said ``would import N records into 'a b'`` and the
+    import itself read the whole source and took a backup before the write refused the
+    name. (A collection that exists under an older, looser name is imported into.)"""
+    if repository.NAME_RE.fullmatch(name):
+        return
+    with rt.db.connection() as conn, translated(f"looking up collection {name!r}"):
+        try:
+            repository.get_collection(conn, name)
+        except CollectionNotFoundError:
+            repository.check_name(name)
 
 
 def refuse_if_invalid(plan: ImportPlan) -> None:
