@@ -506,3 +506,18 @@ def test_a_collection_name_that_cannot_be_made_is_refused_before_anything(
     assert "would import" not in out.out and "source:" not in out.out
     backups = Path(cli_env["RAGSTORE_DATA_DIR"]) / "backups"
     assert not backups.exists() or not list(backups.glob("*-import.dump"))
+
+
+@pytest.mark.parametrize("option", [("--min-recall", "1.5"), ("--ef-search", "0")])
+def test_verification_options_out_of_range_are_refused_by_the_dry_run_too(
+    option: tuple[str, str],
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    src = write_jsonl(tmp_path / "a.jsonl", ["o1", "o2"], vectors(2, DIM))
+    args = ["import", str(src), "-c", "val-opts", "--model", "legacy@v1", "--dimension", "8"]
+    assert run_cli(*args, *option, "--dry-run") == 65
+    out = capsys.readouterr()
+    assert f"error[invalid_input]: {option[0]} must be between" in out.err
+    assert "would import" not in out.out

@@ -300,6 +300,7 @@ def plan_import(
 ) -> ImportPlan:
     """Read and validate everything; write nothing."""
     spec = declared_spec(rt, opts.model, opts.dimension, opts.distance)
+    _check_verification_options(opts)
     _refuse_a_name_it_cannot_create(rt, opts.collection)
     t0 = time.perf_counter()
     records: list[Record] = []
@@ -328,6 +329,16 @@ def plan_import(
     return ImportPlan(
         source.description, opts.collection, exists, spec, records, report, read_seconds
     )
+
+
+def _check_verification_options(opts: ImportOptions) -> None:
+    """InputError for a --min-recall or --ef-search out of range: checked by the plan too,
+    where only the write checked them, so a dry run passed what the import refused after
+    reading the whole source."""
+    if not 0.0 <= opts.min_recall <= 1.0:
+        raise InputError(f"--min-recall must be between 0 and 1, got {opts.min_recall}")
+    if opts.ef_search is not None and not 1 <= opts.ef_search <= 1000:
+        raise InputError(f"--ef-search must be between 1 and 1000, got {opts.ef_search}")
 
 
 def _refuse_a_name_it_cannot_create(rt: Runtime, name: str) -> None:
@@ -750,10 +761,7 @@ def run_import(
 ) -> ImportReport:
     """Back up, write, index and verify in one transaction (see the module docstring)."""
     refuse_if_invalid(plan)
-    if not 0.0 <= opts.min_recall <= 1.0:
-        raise InputError(f"--min-recall must be between 0 and 1, got {opts.min_recall}")
-    if opts.ef_search is not None and not 1 <= opts.ef_search <= 1000:
-        raise InputError(f"--ef-search must be between 1 and 1000, got {opts.ef_search}")
+    _check_verification_options(opts)
     seconds = {"read": plan.read_seconds}
     info = None
     if opts.backup:
