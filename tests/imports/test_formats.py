@@ -400,3 +400,35 @@ def test_chroma_directory_chroma_cannot_read_is_named(
     err = capsys.readouterr().err
     assert f"error[import_source_invalid]: Chroma could not read {tmp_path / 'chroma'} (" in err
     assert "file is not a database" in err and "chromadb 1." in err
+
+
+def test_postgres_char_columns_are_read_without_their_padding(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # char(n) pads what it stores; SQL compares it without the padding, and so is it read
+    url = create_database(pg_admin_uri, None)
+    vecs = vectors(3, DIM, seed=11)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE padded (id char(8) PRIMARY KEY, text char(12), emb real[])")
+        for i, v in enumerate(vecs):
+            conn.execute("INSERT INTO padded VALUES (%s, %s, %s)", (f"p{i}", f"t{i}", v.tolist()))
+    report = _import(
+        capsys,
+        url,
+        "--table",
+        "padded",
+        "-c",
+        "pg-padded",
+        "--model",
+        "legacy@v1",
+        "--dimension",
+        str(DIM),
+    )
+    _assert_verified(report, ["p0", "p1", "p2"], vecs)
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        rows = conn.execute(
+            "SELECT d.source, k.text FROM chunks k JOIN documents d ON d.id = k.document_id"
+            " JOIN collections c ON c.id = d.collection_id WHERE c.name = 'pg-padded'"
+            " ORDER BY 1"
+        ).fetchall()
+    assert rows == [("p0", "t0"), ("p1", "t1"), ("p2", "t2")]

@@ -46,6 +46,15 @@ def _kind(type_name: str) -> str | None:
     return None
 
 
+def _as_text(column: str, type_name: str) -> sql.Composable:
+    """The column as selected: a ``character(n)`` one cast to text, which drops its
+    padding as SQL compares it (``'abc'`` stored in ``char(8)`` reads back as ``'abc     '``;
+    ids are carried exactly, so the padding would have become part of every id)."""
+    if type_name == "character" or type_name.startswith("character("):
+        return sql.SQL("{}::text").format(sql.Identifier(column))
+    return sql.Identifier(column)
+
+
 class PostgresTableSource:
     """Rows of ``table`` on the server at ``url``."""
 
@@ -203,11 +212,11 @@ class PostgresTableSource:
             if kind == "pgvector":
                 vec_expr = sql.SQL("{}::real[]").format(sql.Identifier(vec_col))
             text_expr: sql.Composable = (
-                sql.Identifier(text_col) if text_col else sql.SQL("NULL::text")
+                _as_text(text_col, columns[text_col]) if text_col else sql.SQL("NULL::text")
             )
             fields = sql.SQL(", ").join(
                 [
-                    sql.Identifier(id_col),
+                    _as_text(id_col, columns[id_col]),
                     text_expr,
                     vec_expr,
                     *[sql.Identifier(c) for c in meta_cols],
