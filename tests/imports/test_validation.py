@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 
 from ragstore import Store
@@ -521,3 +522,22 @@ def test_verification_options_out_of_range_are_refused_by_the_dry_run_too(
     out = capsys.readouterr()
     assert f"error[invalid_input]: {option[0]} must be between" in out.err
     assert "would import" not in out.out
+
+
+def test_a_dry_run_with_a_builtin_model_pins_nothing(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "nothing was written", and the dry run had pinned the built-in model
+    url = cli_env["RAGSTORE_DATABASE_URL"]
+    src = write_jsonl(tmp_path / "a.jsonl", ["m1", "m2"], vectors(2, 384))
+
+    def pins() -> list[tuple[str, str]]:
+        with psycopg.connect(url) as conn:
+            return conn.execute("SELECT name, revision FROM embedding_models ORDER BY 1").fetchall()
+
+    before = pins()
+    assert not [p for p in before if p[0] == "all-MiniLM-L6-v2"]
+    args = ["import", str(src), "-c", "val-pin", "--model", "all-MiniLM-L6-v2"]
+    assert run_cli(*args, "--dry-run") == 0
+    assert "dry run: would import 2 records" in capsys.readouterr().out
+    assert pins() == before

@@ -204,12 +204,15 @@ def declared_spec(
     collection searchable by text; any other name is pinned with provider ``imported``:
     its collection answers vector queries and keeps the model's identity on record.
     """
-    from ragstore.modelops.specs import find_model
+    from ragstore.modelops.specs import model_spec
 
     if distance is not None and distance not in DISTANCES:
         raise InputError(f"--distance {distance!r} is not one of {', '.join(DISTANCES)}")
     try:
-        spec = find_model(rt, model).spec
+        # writing nothing: a built-in is pinned by the import's write, in its transaction
+        # (find_model pinned it here, so a dry run, or an import refused by validation,
+        # wrote a model row while saying nothing was written)
+        spec: ModelSpec | None = model_spec(rt, model)
     except ModelNotFoundError:
         spec = None
     if spec is not None:
