@@ -432,3 +432,50 @@ def test_postgres_char_columns_are_read_without_their_padding(
             " ORDER BY 1"
         ).fetchall()
     assert rows == [("p0", "t0"), ("p1", "t1"), ("p2", "t2")]
+
+
+def test_postgres_numeric_columns_stay_numbers_in_the_metadata(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # numeric came back from psycopg as Decimal and was stored as its string form: a
+    # price 9.99 became "9.99", which no numeric filter matches
+    url = create_database(pg_admin_uri, None)
+    vec = vectors(1, DIM, seed=12)
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "CREATE TABLE priced (id text, body text, emb real[], price numeric(10, 2),"
+            " qty numeric, precise numeric, ratio float8, flag boolean, made date)"
+        )
+        conn.execute(
+            "INSERT INTO priced VALUES ('p', 'a thing', %s, 9.99, 3, 0.12345678901234567890,"
+            " 0.5, true, '2024-01-02')",
+            (vec[0].tolist(),),
+        )
+    report = _import(
+        capsys,
+        url,
+        "--table",
+        "priced",
+        "-c",
+        "pg-priced",
+        "--model",
+        "legacy@v1",
+        "--dimension",
+        str(DIM),
+    )
+    _assert_verified(report, ["p"], vec)
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        row = conn.execute(
+            "SELECT k.metadata FROM chunks k JOIN documents d ON d.id = k.document_id"
+            " JOIN collections c ON c.id = d.collection_id WHERE c.name = 'pg-priced'"
+        ).fetchone()
+    assert row == (
+        {
+            "price": 9.99,
+            "qty": 3,
+            "precise": "0.12345678901234567890",  # more digits than a float: exact text
+            "ratio": 0.5,
+            "flag": True,
+            "made": "2024-01-02",
+        },
+    )

@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol
 
 import numpy as np
@@ -104,6 +105,20 @@ def to_text(value: Any) -> str | None:
     return str(value)
 
 
+def _decimal(value: Decimal) -> int | float | str | None:
+    """A PostgreSQL ``numeric`` (psycopg's Decimal) as the JSON number it is, where one
+    holds it exactly: an integer, or a float that reads back as the same decimal. It
+    became its string form, so a price 9.99 was stored as ``"9.99"``, which no numeric
+    filter matches; only a value with more digits than a float keeps stays a string, as
+    the exact text. NaN and infinities have no JSON form (None, like a float's)."""
+    if not value.is_finite():
+        return None
+    if value == value.to_integral_value():
+        return int(value)
+    as_float = float(value)
+    return as_float if Decimal(repr(as_float)) == value else str(value)
+
+
 def json_safe(value: Any) -> Any:
     """Metadata as JSON can hold it: dates and other objects become their string form."""
     try:
@@ -119,6 +134,8 @@ def json_safe(value: Any) -> Any:
         return None  # NaN / inf have no JSON form
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
+    if isinstance(value, Decimal):
+        return _decimal(value)
     if isinstance(value, (bytes, memoryview)):
         return bytes(value).hex()
     return str(value)
