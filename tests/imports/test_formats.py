@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,233 @@ def test_chroma_directory_written_by_chromadb(
             " d.id = k.document_id WHERE d.source = 'c9'"
         ).fetchone()
     assert row == ("chroma c9", {"topic": "t", "i": 9})
+
+
+def test_ids_are_carried_exactly_even_where_they_differ_only_by_spaces_case_or_form(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # distinct ids of a source store, each its own record: none stripped, folded or
+    # normalised into another (" a" and "a" were both stored as "a", refused as a
+    # duplicate the store did not have)
+    ids = ["a", "a ", " a", "A", "\u00e9", "e\u0301", "\tb\n", "7"]
+    vecs = vectors(len(ids), DIM, seed=7)
+    src = write_jsonl(tmp_path / "ids.jsonl", ids, vecs)
+    report = _import(
+        capsys, str(src), "-c", "fmt-ids", "--model", "legacy@v1", "--dimension", str(DIM)
+    )
+    _assert_verified(report, ids, vecs)
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        stored = conn.execute(
+            "SELECT d.source, k.text FROM chunks k JOIN documents d ON d.id = k.document_id"
+            " JOIN collections c ON c.id = d.collection_id WHERE c.name = 'fmt-ids'"
+        ).fetchall()
+    assert sorted(stored) == sorted((rid, f"text of {rid}") for rid in ids)
+
+
+@pytest.mark.parametrize("table", ['"MyDocs"', 'public."MyDocs"', "MyDocs", "app.MyDocs"])
+def test_postgres_table_with_a_mixed_case_name(
+    table: str, pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # an ORM's table ("MyDocs", quoted when made): found by the column lookup, then read
+    # as a relation named '"MyDocs"' that did not exist, so it could not be imported
+    url = create_database(pg_admin_uri, None)
+    vecs = vectors(20, DIM, seed=8)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE SCHEMA app")
+        for schema in ("public", "app"):
+            conn.execute(
+                f'CREATE TABLE {schema}."MyDocs" (id text PRIMARY KEY, body text, emb real[])'
+            )
+            with conn.cursor().copy(f'COPY {schema}."MyDocs" FROM STDIN') as copy:
+                for i, v in enumerate(vecs):
+                    copy.write_row((f"{schema}-{i}", f"text {i}", v.tolist()))
+    name = f"pg-case-{len(table)}"  # each parameter is of another length
+    report = _import(
+        capsys, url, "--table", table, "-c", name, "--model", "legacy@v1", "--dimension", str(DIM)
+    )
+    schema = "app" if table.startswith("app.") else "public"
+    _assert_verified(report, [f"{schema}-{i}" for i in range(20)], vecs)
+
+
+def test_jsonl_keeps_an_underscore_id_beside_the_id_as_metadata(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a MongoDB export: its "_id" beside the application's "id" was dropped from every
+    # record's metadata; "_id" is the id only where there is no "id"
+    vecs = vectors(2, DIM, seed=9)
+    src = tmp_path / "mongo.jsonl"
+    src.write_text(
+        json.dumps({"id": "doc-1", "_id": "65f0a1", "text": "one", "vector": vecs[0].tolist()})
+        + "\n"
+        + json.dumps({"_id": "65f0a2", "text": "two", "vector": vecs[1].tolist()})
+        + "\n"
+    )
+    report = _import(
+        capsys, str(src), "-c", "fmt-mongo", "--model", "legacy@v1", "--dimension", str(DIM)
+    )
+    _assert_verified(report, ["doc-1", "65f0a2"], vecs)
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        rows = conn.execute(
+            "SELECT d.source, k.metadata FROM chunks k JOIN documents d ON d.id = k.document_id"
+            " JOIN collections c ON c.id = d.collection_id WHERE c.name = 'fmt-mongo'"
+            " ORDER BY d.source"
+        ).fetchall()
+    assert rows == [("65f0a2", {}), ("doc-1", {"_id": "65f0a1"})]
+
+
+def test_chroma_collection_written_to_while_it_is_read_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chroma pages by offset: a record deleted by a writer between two pages shifted the
+    # next page past a record that was there all along, and the import verified the set
+    # it had read, one record short, as the whole store
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    from ragstore.errors import ImportSourceError
+    from ragstore.imports import chroma
+
+    monkeypatch.setattr(chroma, "PAGE", 2)
+    client = chromadb.PersistentClient(
+        path=str(tmp_path / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    coll = client.get_or_create_collection("live", embedding_function=None)
+    ids = [f"r{i}" for i in range(6)]
+    coll.add(ids=ids, embeddings=vectors(6, DIM).tolist(), documents=ids)
+    read = chroma.ChromaSource(tmp_path / "chroma").records()
+    first = [next(read).id, next(read).id]
+    coll.delete(ids=[first[0]])  # a writer, between the first page and the second
+    with pytest.raises(ImportSourceError, match=r"changed while it was read \(6 records before, 5"):
+        list(read)
+    # read again, still: every record
+    assert sorted(r.id or "" for r in chroma.ChromaSource(tmp_path / "chroma").records()) == ids[1:]
+
+
+def test_csv_sidecar_with_a_long_text_is_imported_and_a_broken_one_named(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the csv module refuses a field over 128 KiB and a line ending in a bare CR: its
+    # error escaped as a traceback, and a long text could not be imported at all
+    vecs = vectors(2, DIM, seed=10)
+    np.save(tmp_path / "long.npy", vecs)
+    long_text = "word " * 60_000  # 300 KB in one field
+    with (tmp_path / "long.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerows([["id", "text"], ["a", long_text], ["b", "short"]])
+    report = _import(
+        capsys,
+        str(tmp_path / "long.npy"),
+        "-c",
+        "fmt-csv-long",
+        "--model",
+        "legacy@v1",
+        "--dimension",
+        str(DIM),
+    )
+    _assert_verified(report, ["a", "b"], vecs)
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        row = conn.execute(
+            "SELECT k.text FROM chunks k JOIN documents d ON d.id = k.document_id"
+            " JOIN collections c ON c.id = d.collection_id"
+            " WHERE c.name = 'fmt-csv-long' AND d.source = 'a'"
+        ).fetchone()
+    assert row == (long_text,)
+    np.save(tmp_path / "cr.npy", vectors(3, DIM))
+    (tmp_path / "cr.csv").write_bytes(b"id,text\na,x\nb,y\rc,z\n")
+    args = ["import", str(tmp_path / "cr.npy"), "-c", "fmt-csv-cr", "--model", "legacy@v1"]
+    assert run_cli(*args, "--dimension", str(DIM), "--no-backup") == 65
+    err = capsys.readouterr().err
+    assert f"error[import_source_invalid]: {tmp_path / 'cr.csv'} line 3: not a readable CSV" in err
+
+
+def test_chroma_directory_chroma_cannot_read_is_named(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a chroma.sqlite3 that is no database (or a directory of another Chroma version):
+    # Chroma's own exception escaped as a traceback
+    (tmp_path / "chroma").mkdir()
+    (tmp_path / "chroma" / "chroma.sqlite3").write_bytes(b"not a database" * 100)
+    args = ["import", str(tmp_path / "chroma"), "-c", "fmt-chroma-bad", "--model", "legacy@v1"]
+    assert run_cli(*args, "--dimension", str(DIM), "--no-backup") == 65
+    err = capsys.readouterr().err
+    assert f"error[import_source_invalid]: Chroma could not read {tmp_path / 'chroma'} (" in err
+    assert "file is not a database" in err and "chromadb 1." in err
+
+
+def test_postgres_char_columns_are_read_without_their_padding(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # char(n) pads what it stores; SQL compares it without the padding, and so is it read
+    url = create_database(pg_admin_uri, None)
+    vecs = vectors(3, DIM, seed=11)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE padded (id char(8) PRIMARY KEY, text char(12), emb real[])")
+        for i, v in enumerate(vecs):
+            conn.execute("INSERT INTO padded VALUES (%s, %s, %s)", (f"p{i}", f"t{i}", v.tolist()))
+    report = _import(
+        capsys,
+        url,
+        "--table",
+        "padded",
+        "-c",
+        "pg-padded",
+        "--model",
+        "legacy@v1",
+        "--dimension",
+        str(DIM),
+    )
+    _assert_verified(report, ["p0", "p1", "p2"], vecs)
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        rows = conn.execute(
+            "SELECT d.source, k.text FROM chunks k JOIN documents d ON d.id = k.document_id"
+            " JOIN collections c ON c.id = d.collection_id WHERE c.name = 'pg-padded'"
+            " ORDER BY 1"
+        ).fetchall()
+    assert rows == [("p0", "t0"), ("p1", "t1"), ("p2", "t2")]
+
+
+def test_postgres_numeric_columns_stay_numbers_in_the_metadata(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # numeric came back from psycopg as Decimal and was stored as its string form: a
+    # price 9.99 became "9.99", which no numeric filter matches
+    url = create_database(pg_admin_uri, None)
+    vec = vectors(1, DIM, seed=12)
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "CREATE TABLE priced (id text, body text, emb real[], price numeric(10, 2),"
+            " qty numeric, precise numeric, ratio float8, flag boolean, made date)"
+        )
+        conn.execute(
+            "INSERT INTO priced VALUES ('p', 'a thing', %s, 9.99, 3, 0.12345678901234567890,"
+            " 0.5, true, '2024-01-02')",
+            (vec[0].tolist(),),
+        )
+    report = _import(
+        capsys,
+        url,
+        "--table",
+        "priced",
+        "-c",
+        "pg-priced",
+        "--model",
+        "legacy@v1",
+        "--dimension",
+        str(DIM),
+    )
+    _assert_verified(report, ["p"], vec)
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        row = conn.execute(
+            "SELECT k.metadata FROM chunks k JOIN documents d ON d.id = k.document_id"
+            " JOIN collections c ON c.id = d.collection_id WHERE c.name = 'pg-priced'"
+        ).fetchone()
+    assert row == (
+        {
+            "price": 9.99,
+            "qty": 3,
+            "precise": "0.12345678901234567890",  # more digits than a float: exact text
+            "ratio": 0.5,
+            "flag": True,
+            "made": "2024-01-02",
+        },
+    )

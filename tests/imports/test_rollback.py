@@ -185,3 +185,40 @@ def test_sigterm_mid_copy_rolls_the_import_back_and_says_so(
     assert sent == [True] and status == 143, err
     assert "interrupted by SIGTERM: the import was rolled back, nothing was written" in err
     assert collection_state(url, "term")["exists"] is False
+
+
+def test_sigterm_after_the_commit_says_the_import_is_stored(
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM once the import committed (here: as its connections close): the command
+    said "the import was rolled back, nothing was written; run the same command again"
+    of records that were stored, and the run again was refused for existing ids."""
+    from ragstore.runtime import Runtime
+
+    close = Runtime.close
+
+    def close_then_sigterm(self: Runtime) -> None:
+        close(self)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the import's handler raises here
+
+    monkeypatch.setattr(Runtime, "close", close_then_sigterm)
+    src = write_jsonl(tmp_path / "a.jsonl", ["s1", "s2", "s3"], vectors(3, DIM, seed=13))
+    capsys.readouterr()
+    harmless = signal.signal(signal.SIGTERM, lambda *_: None)  # should the import not catch it
+    try:
+        status = run_cli(*_import(str(src), "after-commit", "--no-backup"))
+    finally:
+        signal.signal(signal.SIGTERM, harmless)
+    err = capsys.readouterr().err
+    assert status == 143, err
+    assert (
+        "interrupted by SIGTERM: the import had committed: 3 records are in 'after-commit', "
+        "verified" in err
+    )
+    assert "rolled back" not in err
+    state = collection_state(cli_env["RAGSTORE_DATABASE_URL"], "after-commit")
+    assert [d[0] for d in state["docs"]] == ["s1", "s2", "s3"]

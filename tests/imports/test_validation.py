@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 
 from ragstore import Store
@@ -377,3 +378,166 @@ def test_malformed_line_names_file_and_line(
     assert f"error[import_source_invalid]: {src} line 2: not valid JSON" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_an_import_that_leaves_out_every_record_makes_no_collection(
+    dry_run: bool, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # every record skipped (here: none has the declared dimension): the import made an
+    # empty collection pinned to the model and said "imported 0 records" with exit 0
+    src = write_jsonl(tmp_path / "a.jsonl", [f"w{i}" for i in range(6)], vectors(6, DIM))
+    name = f"val-none-{dry_run}".lower()
+    args = ["import", str(src), "-c", name, "--model", "legacy-none@v1", "--dimension", "4"]
+    code = run_cli(*args, "--on-invalid", "skip", *(["--dry-run"] if dry_run else []))
+    out = capsys.readouterr()
+    assert code == 65, out.err
+    assert (
+        "all 6 records are left out by the policies (6 dimension_mismatch (first: w0 (8 dims)"
+        in out.err
+    )
+    assert f"nothing was written and collection {name!r} was not created" in out.err
+    assert "would import" not in out.out and "imported 0" not in out.out
+    assert collection_state(cli_env["RAGSTORE_DATABASE_URL"], name)["exists"] is False
+    backups = Path(cli_env["RAGSTORE_DATA_DIR"]) / "backups"
+    assert not backups.exists() or not list(backups.glob("*-import.dump"))
+
+
+def test_an_import_run_again_that_skips_every_existing_id_changes_nothing(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_jsonl(tmp_path / "a.jsonl", [f"g{i}" for i in range(6)], vectors(6, DIM))
+    args = ["import", str(src), "-c", "val-again", "--model", "legacy@v1", "--dimension", str(DIM)]
+    assert run_cli(*args, "--no-backup") == 0
+    before = collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-again")
+    capsys.readouterr()
+    assert run_cli(*args, "--no-backup", "--policy", "existing_id=skip", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["read"], report["written"], report["skipped"]) == (6, 0, 6)
+    assert collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-again") == before
+
+
+def test_a_text_too_large_for_the_full_text_index_is_unstorable(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a record is one chunk: a text of ~200k distinct words makes a tsvector over the
+    # 1 MB PostgreSQL allows, and the import failed at its write past every policy,
+    # naming no record ("string is too long for tsvector")
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = " ".join(
+        a + b + c + d for a in letters for b in letters for c in letters for d in letters[:12]
+    )
+    long_ok = " ".join(["same words again"] * 40_000)  # as long, few distinct words: fine
+    vecs = vectors(4, DIM)
+    src = tmp_path / "long.jsonl"
+    with src.open("w") as fh:
+        for rid, text, vec in zip(
+            ["short", "huge", "long-ok", "short2"], ["a", words, long_ok, "b"], vecs, strict=True
+        ):
+            fh.write(json.dumps({"id": rid, "text": text, "vector": vec.tolist()}) + "\n")
+    args = ["import", str(src), "-c", "val-long", "--model", "legacy@v1", "--dimension", str(DIM)]
+    assert run_cli(*args, "--no-backup") == 65
+    err = capsys.readouterr().err
+    assert "1 unstorable (first: huge (text: too many distinct words for the full-text" in err
+    assert collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-long")["exists"] is False
+    assert run_cli(*args, "--no-backup", "--policy", "unstorable=skip", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["read"], report["written"], report["skipped"]) == (4, 3, 1)
+    state = collection_state(cli_env["RAGSTORE_DATABASE_URL"], "val-long")
+    assert [d[0] for d in state["docs"]] == ["long-ok", "short", "short2"]
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        # arrays nested thousands deep: the parser's RecursionError
+        (
+            '{"id": "b", "vector": [1, 1], "m": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            "line 2: cannot be read as JSON (nested too deeply)",
+        ),
+        # an integer of 5,000 digits: Python's int conversion limit, a ValueError
+        (
+            '{"id": "b", "vector": [1, 1], "m": ' + "9" * 5000 + "}",
+            "line 2: cannot be read as "
+            "JSON (Exceeds the limit (4300 digits) for integer string conversion",
+        ),
+    ],
+)
+def test_a_line_the_json_parser_chokes_on_names_file_and_line(
+    line: str,
+    said: str,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    src = tmp_path / "choke.jsonl"
+    src.write_text('{"id": "a", "text": "t", "vector": [1, 2]}\n' + line + "\n")
+    args = ["import", str(src), "-c", "val-choke", "--model", "legacy-2d@v1", "--dimension", "2"]
+    assert run_cli(*args, "--dry-run") == 65
+    assert f"error[import_source_invalid]: {src} {said}" in capsys.readouterr().err
+
+
+def test_an_integer_beyond_float64_in_a_vector_is_non_finite(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 1e400 was read as infinity and counted non_finite; 1 followed by 400 zeros raised
+    # NumPy's OverflowError past every policy, as a traceback
+    src = tmp_path / "huge.jsonl"
+    src.write_text(
+        '{"id": "a", "text": "t", "vector": [1, 2]}\n'
+        '{"id": "b", "text": "t", "vector": [1' + "0" * 400 + ", 2]}\n"
+        '{"id": "c", "text": "t", "vector": [-1' + "0" * 400 + ", 2]}\n"
+    )
+    args = ["import", str(src), "-c", "val-huge", "--model", "legacy-2d@v1", "--dimension", "2"]
+    assert run_cli(*args, "--dry-run") == 65
+    assert "2 non_finite (first: b, c)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_collection_name_that_cannot_be_made_is_refused_before_anything(
+    dry_run: bool, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the dry run said "would import 3 records into 'my notes'", and the import read the
+    # whole source and took a backup before the write refused the name
+    src = write_jsonl(tmp_path / "a.jsonl", ["n1", "n2", "n3"], vectors(3, DIM))
+    args = ["import", str(src), "-c", "my notes", "--model", "legacy@v1", "--dimension", "8"]
+    assert run_cli(*args, *(["--dry-run"] if dry_run else [])) == 65
+    out = capsys.readouterr()
+    assert "error[invalid_input]: invalid collection name 'my notes'" in out.err
+    assert "would import" not in out.out and "source:" not in out.out
+    backups = Path(cli_env["RAGSTORE_DATA_DIR"]) / "backups"
+    assert not backups.exists() or not list(backups.glob("*-import.dump"))
+
+
+@pytest.mark.parametrize("option", [("--min-recall", "1.5"), ("--ef-search", "0")])
+def test_verification_options_out_of_range_are_refused_by_the_dry_run_too(
+    option: tuple[str, str],
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    src = write_jsonl(tmp_path / "a.jsonl", ["o1", "o2"], vectors(2, DIM))
+    args = ["import", str(src), "-c", "val-opts", "--model", "legacy@v1", "--dimension", "8"]
+    assert run_cli(*args, *option, "--dry-run") == 65
+    out = capsys.readouterr()
+    assert f"error[invalid_input]: {option[0]} must be between" in out.err
+    assert "would import" not in out.out
+
+
+def test_a_dry_run_with_a_builtin_model_pins_nothing(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "nothing was written", and the dry run had pinned the built-in model
+    url = cli_env["RAGSTORE_DATABASE_URL"]
+    src = write_jsonl(tmp_path / "a.jsonl", ["m1", "m2"], vectors(2, 384))
+
+    def pins() -> list[tuple[str, str]]:
+        with psycopg.connect(url) as conn:
+            return conn.execute("SELECT name, revision FROM embedding_models ORDER BY 1").fetchall()
+
+    before = pins()
+    assert not [p for p in before if p[0] == "all-MiniLM-L6-v2"]
+    args = ["import", str(src), "-c", "val-pin", "--model", "all-MiniLM-L6-v2"]
+    assert run_cli(*args, "--dry-run") == 0
+    assert "dry run: would import 2 records" in capsys.readouterr().out
+    assert pins() == before

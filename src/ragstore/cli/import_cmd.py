@@ -199,42 +199,59 @@ def register(app: typer.Typer) -> None:
             "the import was rolled back, nothing was written (it is one transaction); run "
             "the same command again"
         )
-        with interrupt_says(rolled_back), Runtime() as rt:
-            opts = ImportOptions(
-                collection=collection or rt.settings.collection,
-                model=model,
-                dimension=dimension,
-                distance=distance,
-                policies=policies,
-                backup=not no_backup,
-                backup_path=backup_path,
-                verify_queries=verify_queries,
-                min_recall=min_recall,
-                ef_search=ef_search,
+        committed: dict[str, Any] = {}  # records and collection, once the import committed
+
+        def interrupted() -> str:
+            """What an interrupt finds: before the commit, the import rolled back; after
+            it (while the connections close, the report is printed), it is stored, and
+            saying "rolled back" sent the user to run again an import that was done."""
+            if not committed:
+                return rolled_back
+            return (
+                f"the import had committed: {committed['records']} records are in "
+                f"{escape(committed['collection'])!r}, verified; it stopped before its report "
+                "was printed in full"
             )
-            with progress("importing", "records") as update:
 
-                def report_stage(stage: str, done: int, total: int) -> None:
-                    update(done, total or None, stage)
+        with interrupt_says(interrupted):
+            with Runtime() as rt:
+                opts = ImportOptions(
+                    collection=collection or rt.settings.collection,
+                    model=model,
+                    dimension=dimension,
+                    distance=distance,
+                    policies=policies,
+                    backup=not no_backup,
+                    backup_path=backup_path,
+                    verify_queries=verify_queries,
+                    min_recall=min_recall,
+                    ef_search=ef_search,
+                )
+                with progress("importing", "records") as update:
 
-                plan = plan_import(rt, src, opts, report_stage)
-                if not as_json:
-                    print_plan(plan)
-                if dry_run:
-                    if as_json:
-                        echo_json({"dry_run": True, **_plan_dict(plan)})
-                    elif plan.validation.ok:
-                        console().print(
-                            f"dry run: would import {plan.to_write} records into "
-                            f"{escape(plan.collection)!r}; nothing was written"
-                        )
-                    refuse_if_invalid(plan)
-                    return
-                report = run_import(rt, plan, opts, report_stage)
-        if as_json:
-            out = asdict(report)
-            out["verification"]["ok"] = report.verification.ok
-            out["validation"].pop("kept", None)  # one index per record: too long to print
-            echo_json(out)
-        else:
-            print_report(report)
+                    def report_stage(stage: str, done: int, total: int) -> None:
+                        if stage == "committed":
+                            committed.update(records=done, collection=opts.collection)
+                        update(done, total or None, stage)
+
+                    plan = plan_import(rt, src, opts, report_stage)
+                    if not as_json:
+                        print_plan(plan)
+                    if dry_run:
+                        if as_json:
+                            echo_json({"dry_run": True, **_plan_dict(plan)})
+                        refuse_if_invalid(plan)
+                        if not as_json:
+                            console().print(
+                                f"dry run: would import {plan.to_write} records into "
+                                f"{escape(plan.collection)!r}; nothing was written"
+                            )
+                        return
+                    report = run_import(rt, plan, opts, report_stage)
+            if as_json:
+                out = asdict(report)
+                out["verification"]["ok"] = report.verification.ok
+                out["validation"].pop("kept", None)  # one index per record: too long to print
+                echo_json(out)
+            else:
+                print_report(report)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -89,10 +89,14 @@ def interrupt_status(exc: BaseException) -> tuple[str, int]:
 
 
 @contextmanager
-def interrupt_says(what_happened: str) -> Iterator[None]:
+def interrupt_says(what_happened: str | Callable[[], str]) -> Iterator[None]:
     """:func:`terminate_as_interrupt` for the block; an interrupt (SIGTERM or Ctrl-C) ends
     the command with ``interrupted by HOW: WHAT_HAPPENED`` and its exit status, for a
-    command whose one transaction makes that sentence the same whenever it stops."""
+    command whose one transaction makes that sentence the same whenever it stops.
+
+    A callable is asked at the interrupt: for a block that goes on after its transaction
+    committed (closing its connections, printing), where "rolled back" is no longer true.
+    """
     try:
         with terminate_as_interrupt():
             yield
@@ -100,5 +104,6 @@ def interrupt_says(what_happened: str) -> Iterator[None]:
         from ragstore.cli.output import err_console
 
         how, status = interrupt_status(exc)
-        err_console().print(f"interrupted by {how}: {what_happened}")
+        said = what_happened if isinstance(what_happened, str) else what_happened()
+        err_console().print(f"interrupted by {how}: {said}")
         sys.exit(status)

@@ -172,6 +172,15 @@ def validate_settings(conn: Conn, settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def check_name(name: str) -> None:
+    """InputError unless ``name`` is one a new collection may have (``NAME_RE``)."""
+    if not NAME_RE.fullmatch(name):  # match() let a final newline through
+        raise InputError(
+            f"invalid collection name {name!r}: use 1-63 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+
+
 def create_collection(
     conn: Conn, name: str, spec: ModelSpec, settings: dict[str, Any] | None = None
 ) -> Collection:
@@ -181,11 +190,7 @@ def create_collection(
     is created in one transaction (a savepoint when the caller already holds one), so a
     failure at any step leaves no half-made collection behind.
     """
-    if not NAME_RE.fullmatch(name):  # match() let a final newline through
-        raise InputError(
-            f"invalid collection name {name!r}: use 1-63 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit"
-        )
+    check_name(name)
     try:
         with conn.transaction():
             checked = validate_settings(conn, dict(settings or {}))

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 import numpy as np
+import numpy.typing as npt
 import psycopg
 from psycopg import sql
 
@@ -674,6 +675,30 @@ def vectors_except(
         [int(r[0]) for r in rows],
         np.stack([np.asarray(r[1].to_numpy(), dtype=np.float32) for r in rows]),
     )
+
+
+VECTOR_BLOCK = 10_000  # rows per block of vector_blocks_except
+
+
+def vector_blocks_except(
+    conn: Conn, table: str, chunk_ids: Sequence[int], rows: int | None = None
+) -> Iterator[tuple[npt.NDArray[np.int64], np.ndarray]]:
+    """(chunk ids, vectors) of a space, leaving out ``chunk_ids``, in blocks of at most
+    ``rows`` (default ``VECTOR_BLOCK``) through a server-side cursor: what
+    :func:`vectors_except` reads, in bounded memory (an import's verification of a large
+    collection). Empty blocks are not yielded."""
+    rows = rows or VECTOR_BLOCK
+    stmt = sql.SQL(
+        "SELECT chunk_id, embedding FROM {t} WHERE NOT (chunk_id = ANY(%s::int8[]))"
+    ).format(t=sql.Identifier(table))
+    with conn.cursor(name="ragstore_vector_blocks", binary=True) as cur:
+        cur.itersize = rows
+        cur.execute(stmt, (list(chunk_ids),))
+        while batch := cur.fetchmany(rows):
+            yield (
+                np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch)),
+                np.stack([np.asarray(r[1].to_numpy(), dtype=np.float32) for r in batch]),
+            )
 
 
 def index_knn(

@@ -7,10 +7,11 @@ across Chroma's storage-format changes. Install it with ``pip install 'ragstore[
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ragstore.errors import ImportSourceError, PathNotFoundError
+from ragstore.errors import ImportSourceError, PathNotFoundError, RagstoreError
 from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vector
 
 PAGE = 1000
@@ -27,6 +28,29 @@ def _client(path: Path) -> Any:
     return chromadb.PersistentClient(
         path=str(path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False)
     )
+
+
+@contextmanager
+def _read_by_chroma(path: Path) -> Iterator[None]:
+    """Any exception of Chroma's own reading (a chroma.sqlite3 that is no database, a
+    directory written by another chromadb version) as :class:`ImportSourceError` naming
+    the directory and the installed chromadb; it escaped as Chroma's traceback."""
+    try:
+        yield
+    except RagstoreError:
+        raise
+    except Exception as exc:
+        try:
+            from importlib.metadata import version
+
+            installed = f"chromadb {version('chromadb')} is installed"
+        except Exception:  # metadata missing: say nothing of the version
+            installed = "see the installed chromadb's version"
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ImportSourceError(
+            f"Chroma could not read {path} ({type(exc).__name__}: {first}); is it a Chroma "
+            f"persistent directory written by a compatible Chroma version? ({installed})"
+        ) from None
 
 
 def is_chroma_dir(path: Path) -> bool:
@@ -52,6 +76,10 @@ class ChromaSource:
         return f"Chroma collection {self.collection or '?'} in {self.path}"
 
     def _collection(self) -> Any:
+        with _read_by_chroma(self.path):
+            return self._open_collection()
+
+    def _open_collection(self) -> Any:
         client = _client(self.path)
         names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
         if self.collection is None:
@@ -72,14 +100,32 @@ class ChromaSource:
         return coll
 
     def records(self) -> Iterator[Record]:
+        """Every record, page by page; ImportSourceError where the collection's count moved
+        while it was read.
+
+        Chroma pages by offset, and nothing holds the collection still: a record deleted
+        (or added) by a writer meanwhile shifted the pages after it, so a record that was
+        there all along was never read (or one read twice), and the import verified and
+        reported the set it had read as the store."""
         coll = self._collection()
+        with _read_by_chroma(self.path):
+            before = int(coll.count())
         offset = 0
         while True:
-            page = coll.get(
-                include=["embeddings", "documents", "metadatas"], limit=PAGE, offset=offset
-            )
+            with _read_by_chroma(self.path):
+                page = coll.get(
+                    include=["embeddings", "documents", "metadatas"], limit=PAGE, offset=offset
+                )
             ids = page["ids"]
             if not ids:
+                with _read_by_chroma(self.path):
+                    after = int(coll.count())
+                if before != after or offset != after:
+                    raise ImportSourceError(
+                        f"{self.description} changed while it was read ({before} records "
+                        f"before, {after} after, {offset} read); stop what writes to it and "
+                        "run the import again"
+                    )
                 return
             embeddings = page["embeddings"]
             documents = page["documents"] or [None] * len(ids)

@@ -23,6 +23,9 @@ from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vecto
 from ragstore.parsing.decode import declared_encoding
 
 VECTOR_KEYS = ("vector", "embedding", "values")
+# the csv module's field limit (128 KiB by default) raised to this for a CSV sidecar: a
+# record's text is one field
+CSV_FIELD_LIMIT = 1 << 30
 TEXT_KEYS = ("text", "document", "content")
 
 
@@ -87,6 +90,13 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 f"{path} line {lineno}: not valid JSON ({exc.msg}); "
                 "each line must be one JSON object"
             ) from None
+        except (ValueError, RecursionError) as exc:
+            # an integer of over 4,300 digits (ValueError) or arrays nested thousands
+            # deep: the parser's own exception escaped as a traceback
+            what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise ImportSourceError(
+                f"{path} line {lineno}: cannot be read as JSON ({what.split(';')[0]})"
+            ) from None
         if not isinstance(obj, dict):
             raise ImportSourceError(
                 f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}"
@@ -98,7 +108,9 @@ def _split_fields(
     obj: dict[str, Any], *, with_vector: bool
 ) -> tuple[Any, Any, Any, dict[str, Any]]:
     rest = dict(obj)
-    rid = rest.pop("id", rest.pop("_id", None))
+    # "_id" only where there is no "id": popped as pop's default, it was dropped from the
+    # metadata of every record that had both (a MongoDB export's "_id" beside its own id)
+    rid = rest.pop("id") if "id" in rest else rest.pop("_id", None)
     tkey, text = _first(rest, TEXT_KEYS)
     if tkey:
         rest.pop(tkey)
@@ -190,28 +202,53 @@ class NumpySource:
 
     def _sidecar_rows(self) -> Iterator[tuple[str, tuple[Any, Any, dict[str, Any]]]]:
         if self.sidecar.suffix.lower() == ".csv":
-            reader = csv.DictReader(_utf8_lines(self.sidecar))
-            if reader.fieldnames is None or "id" not in reader.fieldnames:
-                raise ImportSourceError(
-                    f"{self.sidecar}: the CSV needs a header row with "
-                    "an 'id' column (and usually 'text')"
-                )
-            for lineno, row in enumerate(reader, 2):
-                rest: dict[str, Any] = dict(row)
-                rid = rest.pop("id")
-                text = rest.pop("text", None)
-                meta_raw = rest.pop("metadata", None)
-                if meta_raw:
-                    try:
-                        meta = json.loads(meta_raw)
-                    except json.JSONDecodeError:
-                        meta = {"metadata": meta_raw}
-                    rest = {**(meta if isinstance(meta, dict) else {"metadata": meta}), **rest}
-                yield f"{self.sidecar} line {lineno}", (rid, text, rest)
+            yield from self._csv_rows()
         else:
             for lineno, obj in _json_lines(self.sidecar):
                 rid, text, _, metadata = _split_fields(obj, with_vector=False)
                 yield f"{self.sidecar} line {lineno}", (rid, text, metadata)
+
+    def _csv_rows(self) -> Iterator[tuple[str, tuple[Any, Any, dict[str, Any]]]]:
+        """The rows of a CSV sidecar; a file the csv module cannot read is
+        :class:`ImportSourceError` naming the line.
+
+        The module's error (a field over its 128 KiB limit, a line ending in a bare CR)
+        escaped as a traceback, and a text over 128 KiB could not be imported at all:
+        the limit is raised to ``CSV_FIELD_LIMIT`` (it is the process's, and only ever
+        raised)."""
+        if csv.field_size_limit() < CSV_FIELD_LIMIT:
+            csv.field_size_limit(CSV_FIELD_LIMIT)
+        reader = csv.DictReader(_utf8_lines(self.sidecar))
+        try:  # the error is on the line after the last one read (reader.line_num)
+            yield from self._csv_records(reader)
+        except csv.Error as exc:
+            raise ImportSourceError(
+                f"{self.sidecar} line {reader.line_num + 1}: not a readable CSV file ({exc}); "
+                "write it with a CSV writer (fields with commas, quotes or newlines quoted, "
+                "lines ending in LF or CRLF), or give a JSONL sidecar"
+            ) from None
+
+    def _csv_records(
+        self, reader: csv.DictReader[str]
+    ) -> Iterator[tuple[str, tuple[Any, Any, dict[str, Any]]]]:
+        """The rows under the header, each with where it is."""
+        if reader.fieldnames is None or "id" not in reader.fieldnames:
+            raise ImportSourceError(
+                f"{self.sidecar}: the CSV needs a header row with "
+                "an 'id' column (and usually 'text')"
+            )
+        for lineno, row in enumerate(reader, 2):
+            rest: dict[str, Any] = dict(row)
+            rid = rest.pop("id")
+            text = rest.pop("text", None)
+            meta_raw = rest.pop("metadata", None)
+            if meta_raw:
+                try:
+                    meta = json.loads(meta_raw)
+                except json.JSONDecodeError:
+                    meta = {"metadata": meta_raw}
+                rest = {**(meta if isinstance(meta, dict) else {"metadata": meta}), **rest}
+            yield f"{self.sidecar} line {lineno}", (rid, text, rest)
 
     def records(self) -> Iterator[Record]:
         matrix = _load_matrix(self.path, self.array)

@@ -46,6 +46,15 @@ def _kind(type_name: str) -> str | None:
     return None
 
 
+def _as_text(column: str, type_name: str) -> sql.Composable:
+    """The column as selected: a ``character(n)`` one cast to text, which drops its
+    padding as SQL compares it (``'abc'`` stored in ``char(8)`` reads back as ``'abc     '``;
+    ids are carried exactly, so the padding would have become part of every id)."""
+    if type_name == "character" or type_name.startswith("character("):
+        return sql.SQL("{}::text").format(sql.Identifier(column))
+    return sql.Identifier(column)
+
+
 class PostgresTableSource:
     """Rows of ``table`` on the server at ``url``."""
 
@@ -87,22 +96,52 @@ class PostgresTableSource:
                 f"connecting to the source {describe(self.url)}: {first}"
             ) from None
 
-    def _columns(self, conn: psycopg.Connection[tuple[Any, ...]]) -> dict[str, str]:
+    def _relation(
+        self, conn: psycopg.Connection[tuple[Any, ...]]
+    ) -> tuple[int, sql.Identifier] | None:
+        """The table's oid and its name as the server knows it (schema and name, quoted
+        as needed), or None where there is no such table.
+
+        ``--table`` is read as SQL reads a table name (``MyDocs`` is ``mydocs``, and
+        ``public."MyDocs"`` the mixed-case one) and, where no such table exists, as the
+        literal name (``MyDocs``, ``app.MyDocs``). The SELECT quotes what the server
+        resolved: built from the argument split at its dot, a quoted or mixed-case name
+        was found by the column lookup and then refused as a relation that does not exist,
+        so such a table could not be imported at all.
+        """
+        literal = sql.Identifier(*self.table.split(".", 1)).as_string(conn)
+        row = conn.execute(
+            "SELECT c.oid, n.nspname, c.relname FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.oid = coalesce(to_regclass(%s), to_regclass(%s))",
+            (self.table, literal),
+        ).fetchone()
+        return None if row is None else (int(row[0]), sql.Identifier(str(row[1]), str(row[2])))
+
+    def _columns(
+        self, conn: psycopg.Connection[tuple[Any, ...]]
+    ) -> tuple[sql.Identifier, dict[str, str]]:
+        """The table's quoted name and its columns with their types, in order."""
         try:
-            rows = conn.execute(
-                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
-                " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
-                " ORDER BY a.attnum",
-                (self.table,),
-            ).fetchall()
+            relation = self._relation(conn)
+            rows = (
+                []
+                if relation is None
+                else conn.execute(
+                    "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+                    " WHERE a.attrelid = %s::oid AND a.attnum > 0 AND NOT a.attisdropped"
+                    " ORDER BY a.attnum",
+                    (relation[0],),
+                ).fetchall()
+            )
         except psycopg.Error as exc:
             raise ImportSourceError(f"{self.description}: {exc}") from None
-        if not rows:
+        if relation is None or not rows:
             raise ImportSourceError(
                 f"table {self.table!r} does not exist on {describe(self.url)} (or has no columns);"
                 " give it as --table NAME or --table SCHEMA.NAME"
             )
-        return {str(r[0]): str(r[1]) for r in rows}
+        return relation[1], {str(r[0]): str(r[1]) for r in rows}
 
     def _pick(self, columns: dict[str, str]) -> tuple[str, str | None, str, str, list[str]]:
         def need(name: str, flag: str) -> str:
@@ -167,23 +206,22 @@ class PostgresTableSource:
 
     def records(self) -> Iterator[Record]:
         with self._connect() as conn:
-            columns = self._columns(conn)
+            qualified, columns = self._columns(conn)
             id_col, text_col, vec_col, kind, meta_cols = self._pick(columns)
             vec_expr: sql.Composable = sql.Identifier(vec_col)
             if kind == "pgvector":
                 vec_expr = sql.SQL("{}::real[]").format(sql.Identifier(vec_col))
             text_expr: sql.Composable = (
-                sql.Identifier(text_col) if text_col else sql.SQL("NULL::text")
+                _as_text(text_col, columns[text_col]) if text_col else sql.SQL("NULL::text")
             )
             fields = sql.SQL(", ").join(
                 [
-                    sql.Identifier(id_col),
+                    _as_text(id_col, columns[id_col]),
                     text_expr,
                     vec_expr,
                     *[sql.Identifier(c) for c in meta_cols],
                 ]
             )
-            qualified = sql.Identifier(*self.table.split(".", 1))
             stmt = sql.SQL("SELECT {} FROM {}").format(fields, qualified)
             single_meta = len(meta_cols) == 1 and meta_cols[0] in (self.metadata_column, "metadata")
             try:

@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol
 
 import numpy as np
@@ -52,7 +53,10 @@ def to_vector(value: Any, where: str) -> Vector:
         raise ImportSourceError(f"{where}: the record has no vector")
     try:
         with np.errstate(over="ignore", invalid="ignore"):
-            arr = np.asarray(value, dtype=np.float64).astype(np.float32)
+            try:
+                arr = np.asarray(value, dtype=np.float64).astype(np.float32)
+            except OverflowError:  # an integer beyond float64: infinite, like 1e400
+                arr = np.asarray(_huge_to_inf(value), dtype=np.float64).astype(np.float32)
     except (TypeError, ValueError) as exc:
         raise ImportSourceError(f"{where}: the vector is not a list of numbers ({exc})") from None
     if arr.ndim != 1:
@@ -62,13 +66,36 @@ def to_vector(value: Any, where: str) -> Vector:
     return arr
 
 
+def _huge_to_inf(value: Any) -> Any:
+    """``value`` with each integer too large for a float64 as an infinity of its sign.
+
+    NumPy raised OverflowError for one (a JSON ``1`` followed by 400 zeros), which
+    escaped as a traceback, where ``1e400`` is read as infinity and refused as
+    ``non_finite`` by validation, as every policy allows."""
+    if isinstance(value, (list, tuple)):
+        return [_huge_to_inf(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    return value
+
+
 def to_id(value: Any) -> str | None:
-    """Ids are kept as text (numbers become their decimal form); empty means missing."""
+    """Ids are kept as text (numbers become their decimal form), exactly as the store had
+    them; empty means missing.
+
+    Not stripped: the ids ``"a"`` and ``"a "`` of a Chroma collection were both stored as
+    ``"a"`` (refused as a duplicate_id the store did not have, or, skipped, one record
+    lost), and an id with an edge space arrived under another id than the one the
+    application looks it up by. ``add_texts`` keeps such ids as sent, and so does this.
+    """
     if value is None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    text = str(value).strip()
+    text = str(value)
     return text or None
 
 
@@ -76,6 +103,20 @@ def to_text(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return str(value)
+
+
+def _decimal(value: Decimal) -> int | float | str | None:
+    """A PostgreSQL ``numeric`` (psycopg's Decimal) as the JSON number it is, where one
+    holds it exactly: an integer, or a float that reads back as the same decimal. It
+    became its string form, so a price 9.99 was stored as ``"9.99"``, which no numeric
+    filter matches; only a value with more digits than a float keeps stays a string, as
+    the exact text. NaN and infinities have no JSON form (None, like a float's)."""
+    if not value.is_finite():
+        return None
+    if value == value.to_integral_value():
+        return int(value)
+    as_float = float(value)
+    return as_float if Decimal(repr(as_float)) == value else str(value)
 
 
 def json_safe(value: Any) -> Any:
@@ -93,6 +134,8 @@ def json_safe(value: Any) -> Any:
         return None  # NaN / inf have no JSON form
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
+    if isinstance(value, Decimal):
+        return _decimal(value)
     if isinstance(value, (bytes, memoryview)):
         return bytes(value).hex()
     return str(value)

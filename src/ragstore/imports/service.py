@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import psycopg
 
 from ragstore import backup as backups
@@ -66,11 +67,14 @@ from ragstore.ingest import staging
 from ragstore.ingest.staging import StagedVectors, discard_staged
 from ragstore.models import Chunk, ChunkType, ModelSpec
 from ragstore.runtime import Runtime
+from ragstore.validation import problem_in
 
 IMPORTED_PROVIDER = "imported"
 DISTANCES = ("cosine", "l2", "ip")
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
+# (stage, done, total); the stages: read, backup, documents, index, checksum, parity and
+# committed (the import's transaction has committed: nothing of it rolls back any more)
+Progress = Callable[[str, int, int], None]
 WRITE_SLICE = 10_000  # records per write_documents call at most (progress is reported per slice)
 SLICES = 4  # a bulk import is written in about this many slices (see _slices)
 MIN_SLICE = 250  # ... of at least this many records
@@ -200,12 +204,15 @@ def declared_spec(
     collection searchable by text; any other name is pinned with provider ``imported``:
     its collection answers vector queries and keeps the model's identity on record.
     """
-    from ragstore.modelops.specs import find_model
+    from ragstore.modelops.specs import model_spec
 
     if distance is not None and distance not in DISTANCES:
         raise InputError(f"--distance {distance!r} is not one of {', '.join(DISTANCES)}")
     try:
-        spec = find_model(rt, model).spec
+        # writing nothing: a built-in is pinned by the import's write, in its transaction
+        # (find_model pinned it here, so a dry run, or an import refused by validation,
+        # wrote a model row while saying nothing was written)
+        spec: ModelSpec | None = model_spec(rt, model)
     except ModelNotFoundError:
         spec = None
     if spec is not None:
@@ -249,6 +256,38 @@ def _existing_ids(conn: psycopg.Connection[Any], collection_id: int, ids: list[s
     return found
 
 
+# A text's tsvector takes at most about 5 bytes per byte of text (hyphenated words: the
+# compound and each part, with their positions), so one under 64 KB cannot reach the 1 MB
+# PostgreSQL allows; a longer one is asked of the server.
+TSVECTOR_CHECK_BYTES = 64 * 1024
+NEW_COLLECTION_TS_CONFIG = "english"  # the chunks' column default (documents.ts_config_name)
+
+
+def unindexable_texts(
+    conn: psycopg.Connection[Any], config: str, records: list[Record]
+) -> set[int]:
+    """The indices of the records whose text is too large for the full-text index under
+    ``config`` (``to_tsvector`` over PostgreSQL's 1 MB): each record is one chunk, and such
+    a text failed the whole import at its write, naming no record and past every policy.
+    Only texts of ``TSVECTOR_CHECK_BYTES`` or more are sent, one statement each, in a
+    savepoint; one the database could not take anyway (a NUL) is left to validation."""
+    found: set[int] = set()
+    for index, rec in enumerate(records):
+        text = rec.text
+        if text is None or len(text) * 4 < TSVECTOR_CHECK_BYTES:
+            continue
+        if len(text.encode("utf-8", "surrogatepass")) < TSVECTOR_CHECK_BYTES:
+            continue
+        if problem_in(text) is not None:
+            continue
+        try:
+            with conn.transaction():
+                conn.execute("SELECT to_tsvector(%s::regconfig, %s) IS NULL", (config, text))
+        except psycopg.errors.ProgramLimitExceeded:
+            found.add(index)
+    return found
+
+
 def _check_target(coll: repository.Collection, spec: ModelSpec) -> None:
     m = coll.model
     if (m.name, m.revision, m.dimension) != (spec.name, spec.revision, spec.dimension):
@@ -264,6 +303,8 @@ def plan_import(
 ) -> ImportPlan:
     """Read and validate everything; write nothing."""
     spec = declared_spec(rt, opts.model, opts.dimension, opts.distance)
+    _check_verification_options(opts)
+    _refuse_a_name_it_cannot_create(rt, opts.collection)
     t0 = time.perf_counter()
     records: list[Record] = []
     for rec in source.records():
@@ -275,6 +316,7 @@ def plan_import(
         raise ImportSourceError(f"{source.description} holds no records; nothing to import")
     existing: set[str] = set()
     exists = False
+    config = NEW_COLLECTION_TS_CONFIG
     with rt.db.connection() as conn, translated(f"looking up collection {opts.collection!r}"):
         try:
             coll = repository.get_collection(conn, opts.collection)
@@ -284,15 +326,57 @@ def plan_import(
             exists = True
             _check_target(coll, spec)
             existing = _existing_ids(conn, coll.id, [r.id for r in records if r.id])
-    report = validate(records, spec.dimension, opts.policies, existing)
+            config = documents.ts_config_name(conn, coll.id)
+        unindexable = unindexable_texts(conn, config, records)
+    report = validate(records, spec.dimension, opts.policies, existing, unindexable)
     return ImportPlan(
         source.description, opts.collection, exists, spec, records, report, read_seconds
     )
 
 
-def refuse_if_invalid(plan: ImportPlan) -> None:
-    if plan.validation.ok:
+def _check_verification_options(opts: ImportOptions) -> None:
+    """InputError for a --min-recall or --ef-search out of range: checked by the plan too,
+    where only the write checked them, so a dry run passed what the import refused after
+    reading the whole source."""
+    if not 0.0 <= opts.min_recall <= 1.0:
+        raise InputError(f"--min-recall must be between 0 and 1, got {opts.min_recall}")
+    if opts.ef_search is not None and not 1 <= opts.ef_search <= 1000:
+        raise InputError(f"--ef-search must be between 1 and 1000, got {opts.ef_search}")
+
+
+def _refuse_a_name_it_cannot_create(rt: Runtime, name: str) -> None:
+    """InputError for a new collection's name that ``create_collection`` refuses, before
+    the source is read: a dry run said ``would import N records into 'a b'`` and the
+    import itself read the whole source and took a backup before the write refused the
+    name. (A collection that exists under an older, looser name is imported into.)"""
+    if repository.NAME_RE.fullmatch(name):
         return
+    with rt.db.connection() as conn, translated(f"looking up collection {name!r}"):
+        try:
+            repository.get_collection(conn, name)
+        except CollectionNotFoundError:
+            repository.check_name(name)
+
+
+def refuse_if_invalid(plan: ImportPlan) -> None:
+    """ImportValidationError where a policy says abort, or where the policies leave out
+    every record and the collection does not exist yet.
+
+    The second: the import made the collection anyway, pinned to the declared model and
+    holding nothing, and said ``imported 0 records ... (new collection)`` with exit 0.
+    Into an existing collection nothing to write is a no-op (running an import again
+    with ``--policy existing_id=skip``), and it is still reported as such."""
+    if plan.validation.ok:
+        if plan.to_write or plan.exists:
+            return
+        parts = [
+            f"{i.count} {i.kind} (first: {', '.join(i.first)})" for i in plan.validation.issues
+        ]
+        raise ImportValidationError(
+            f"{plan.source}: all {plan.validation.read} records are left out by the policies "
+            f"({'; '.join(parts)}); nothing was written and collection {plan.collection!r} "
+            "was not created. Fix the source or the policies"
+        )
     parts = [f"{i.count} {i.kind} (first: {', '.join(i.first)})" for i in plan.validation.aborting]
     raise ImportValidationError(
         f"{plan.source}: {'; '.join(parts)}; nothing was written. Fix the source, or choose "
@@ -453,12 +537,31 @@ class _Writer:
             digests[rid] = record_digest(rid, vec)
         return rows, digests
 
-    def _existing(self, conn: psycopg.Connection[Any], table: str) -> tuple[list[int], Matrix]:
-        """Vectors that were in the space before this import (they take part in search)."""
-        ids, vecs = spaces.vectors_except(conn, table, self.chunk_ids)
-        if not ids:
-            return [], np.zeros((0, self.vectors.shape[1]), dtype=np.float32)
-        return ids, vecs
+    def _exact_top_k(
+        self, conn: psycopg.Connection[Any], table: str, queries: Matrix, k: int
+    ) -> tuple[npt.NDArray[np.int64], Matrix]:
+        """Chunk ids and distances of the exact ``k`` nearest of each query among the
+        import's vectors and those that were in ``table`` before it (they take part in
+        search), the latter streamed in blocks of ``spaces.VECTOR_BLOCK`` rows.
+
+        It read every vector of the space into memory at once, as Python objects: a
+        10-record import into a collection of 60,000 384-dimension vectors (92 MB) peaked
+        at 530 MB (120 MB into an empty one) and spent 7.9 s verifying, so one into a
+        collection of millions was killed for memory. The best ``k`` are now kept across
+        blocks: 220 MB and 1.4 s."""
+        metric = self.plan.spec.distance
+        idx, best = exact_top_k(queries, self.vectors, metric, k)
+        best_ids = np.asarray(self.chunk_ids, dtype=np.int64)[idx]
+        if not self.had_rows or not len(queries):
+            return best_ids, best
+        for block_ids, block in spaces.vector_blocks_except(conn, table, self.chunk_ids):
+            bidx, bdist = exact_top_k(queries, block, metric, k)
+            ids = np.concatenate([best_ids, block_ids[bidx]], axis=1)
+            dist = np.concatenate([best, bdist], axis=1)
+            order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+            best_ids = np.take_along_axis(ids, order, axis=1)
+            best = np.take_along_axis(dist, order, axis=1)
+        return best_ids, best
 
     def _verify(
         self, conn: psycopg.Connection[Any], coll: repository.Collection, table: str
@@ -469,14 +572,11 @@ class _Writer:
         self.progress("checksum", 0, len(self.ids))
         source_d = digests_of(self.ids, self.vectors)
         stored_rows, stored_d = self._stored_digests(conn, coll, table)
-        old_ids, old_vecs = self._existing(conn, table) if self.had_rows else ([], self.vectors[:0])
-        base = np.concatenate([old_vecs, self.vectors]) if old_ids else self.vectors
-        base_ids = np.asarray(old_ids + self.chunk_ids, dtype=np.int64)
         n_q = min(opts.verify_queries, len(self.ids))
         rng = np.random.default_rng(opts.seed)
         qidx = np.sort(rng.choice(len(self.ids), size=n_q, replace=False))
         queries = self.vectors[qidx]
-        ex_idx, ex_dist = exact_top_k(queries, base, spec.distance, 10)
+        ex_idx, ex_dist = self._exact_top_k(conn, table, queries, 10)
         ef = opts.ef_search or max(self.rt.settings.hnsw_ef_search, 10)
         found = []
         for n, q in enumerate(queries, 1):
@@ -484,7 +584,7 @@ class _Writer:
             found.append(spaces.index_knn(conn, table, spec.distance, q, int(ex_idx.shape[1]), ef))
             if n % 20 == 0:
                 self.progress("parity", n, n_q)
-        truth = [[int(base_ids[j]) for j in row_] for row_ in ex_idx]
+        truth = [[int(j) for j in row_] for row_ in ex_idx]
         recall = recall_at_k(truth, ex_dist, found)
         return Verification(
             source_rows=len(self.ids),
@@ -511,37 +611,40 @@ class _Writer:
             with (
                 self.rt.db.connection() as conn,
                 translated(f"importing into collection {self.plan.collection!r}"),
-                conn.transaction(),
             ):
-                coll, created = self._collection(conn)
-                spaces.lock_for_load(conn, coll.table)
-                self.old_vectors = spaces.count_vectors(conn, coll.table)
-                self.rebuild = (
-                    self.had_rows
-                    and len(self.ids) >= staging.REBUILD_SHARE * self.old_vectors
-                    and staging.can_stage(self.rt)
-                )
-                if not self.had_rows:  # the index is built once, at the end
-                    spaces.drop_index(conn, coll.table)
-                if self.bulk:
-                    documents.begin_bulk(conn, coll.id)
-                else:
-                    documents.lock_sources(conn, coll.id, self.ids)
-                if not created:
-                    self._refuse_ids_stored_since_the_plan(conn, coll)
-                memory = self.opts.maintenance_work_mem or self.rt.settings.index_build_memory
-                if self.rebuild:
-                    verification = self._rebuild(conn, coll, memory)
-                else:
-                    t0 = time.perf_counter()
-                    self._write_rows(conn, coll, None)
-                    self.seconds["write"] = time.perf_counter() - t0
+                with conn.transaction():
+                    coll, created = self._collection(conn)
+                    spaces.lock_for_load(conn, coll.table)
+                    self.old_vectors = spaces.count_vectors(conn, coll.table)
+                    self.rebuild = (
+                        self.had_rows
+                        and len(self.ids) >= staging.REBUILD_SHARE * self.old_vectors
+                        and staging.can_stage(self.rt)
+                    )
+                    if not self.had_rows:  # the index is built once, at the end
+                        spaces.drop_index(conn, coll.table)
                     if self.bulk:
+                        documents.begin_bulk(conn, coll.id)
+                    else:
+                        documents.lock_sources(conn, coll.id, self.ids)
+                    if not created:
+                        self._refuse_ids_stored_since_the_plan(conn, coll)
+                    memory = self.opts.maintenance_work_mem or self.rt.settings.index_build_memory
+                    if self.rebuild:
+                        verification = self._rebuild(conn, coll, memory)
+                    else:
                         t0 = time.perf_counter()
-                        documents.finish_bulk(conn, coll.id, memory)
-                        self.seconds["bm25"] = time.perf_counter() - t0
-                    self._index(conn, coll, memory)
-                    verification = self._verified(conn, coll, coll.table)
+                        self._write_rows(conn, coll, None)
+                        self.seconds["write"] = time.perf_counter() - t0
+                        if self.bulk:
+                            t0 = time.perf_counter()
+                            documents.finish_bulk(conn, coll.id, memory)
+                            self.seconds["bm25"] = time.perf_counter() - t0
+                        self._index(conn, coll, memory)
+                        verification = self._verified(conn, coll, coll.table)
+                # said before this connection goes back to the pool: an interrupt from here
+                # on finds the import committed, and its command must not say rolled back
+                self.progress("committed", len(self.ids), len(self.ids))
             done = True
         finally:
             # the import's transaction has rolled back by now, so its staged table is free
@@ -661,10 +764,7 @@ def run_import(
 ) -> ImportReport:
     """Back up, write, index and verify in one transaction (see the module docstring)."""
     refuse_if_invalid(plan)
-    if not 0.0 <= opts.min_recall <= 1.0:
-        raise InputError(f"--min-recall must be between 0 and 1, got {opts.min_recall}")
-    if opts.ef_search is not None and not 1 <= opts.ef_search <= 1000:
-        raise InputError(f"--ef-search must be between 1 and 1000, got {opts.ef_search}")
+    _check_verification_options(opts)
     seconds = {"read": plan.read_seconds}
     info = None
     if opts.backup:

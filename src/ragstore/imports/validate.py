@@ -31,6 +31,12 @@ KINDS = (
 )
 ACTIONS = ("abort", "skip", "keep")
 FIRST_IDS = 5
+# a record is one chunk, and PostgreSQL refuses a chunk's tsvector over 1 MB: the import
+# failed at its write, naming no record ("string is too long for tsvector")
+TOO_MANY_WORDS = (
+    "text: too many distinct words for the full-text index (over PostgreSQL's 1 MB "
+    "tsvector); split it into several records"
+)
 # an id is stored as its document's source, under a unique btree index whose entries
 # PostgreSQL limits to 2704 bytes: a longer id failed the whole write, naming no record
 MAX_ID_BYTES = 2000
@@ -46,7 +52,7 @@ DESCRIPTIONS = {
     "zero_vector": "all-zero vectors (no direction: cosine is undefined)",
     "missing_text": "records without text",
     "unstorable": "ids, texts or metadata the database cannot store (a NUL character, a "
-    "lone surrogate, a number out of range)",
+    "lone surrogate, a number out of range, a text too large for the full-text index)",
 }
 
 
@@ -112,8 +118,13 @@ def validate(
     dimension: int,
     policies: Mapping[str, str],
     existing_ids: set[str] | frozenset[str] = frozenset(),
+    unindexable: set[int] | frozenset[int] = frozenset(),
 ) -> ValidationReport:
-    """Judge every record against the declared dimension and the policies."""
+    """Judge every record against the declared dimension and the policies.
+
+    ``unindexable``: the indices of the records whose text the database found too large
+    for its full-text index (:func:`ragstore.imports.service.unindexable_texts`), counted
+    as ``unstorable``."""
     policies = {kind: policies.get(kind, "abort") for kind in KINDS}
     issues = {kind: Issue(kind, policies[kind]) for kind in KINDS}
     seen: set[str] = set()
@@ -146,6 +157,8 @@ def validate(
             issues["missing_text"].add(label)
             found.append("missing_text")
         unstorable = _unstorable(rec)
+        if unstorable is None and index in unindexable:
+            unstorable = TOO_MANY_WORDS
         if unstorable is not None:
             issues["unstorable"].add(f"{_shown(label)} ({unstorable})")
             found.append("unstorable")
