@@ -659,24 +659,6 @@ def nearest_texts(conn: Conn, table: str, distance: str, vector: np.ndarray, k: 
     return [str(r[0]) for r in rows]
 
 
-def vectors_except(
-    conn: Conn, table: str, chunk_ids: Sequence[int]
-) -> tuple[list[int], np.ndarray]:
-    """(chunk ids, vectors) of a space, leaving out ``chunk_ids``."""
-    rows = conn.execute(
-        sql.SQL("SELECT chunk_id, embedding FROM {t} WHERE NOT (chunk_id = ANY(%s))").format(
-            t=sql.Identifier(table)
-        ),
-        (list(chunk_ids),),
-    ).fetchall()
-    if not rows:
-        return [], np.zeros((0, 0), dtype=np.float32)
-    return (
-        [int(r[0]) for r in rows],
-        np.stack([np.asarray(r[1].to_numpy(), dtype=np.float32) for r in rows]),
-    )
-
-
 VECTOR_BLOCK = 10_000  # rows per block of vector_blocks_except
 
 
@@ -684,9 +666,9 @@ def vector_blocks_except(
     conn: Conn, table: str, chunk_ids: Sequence[int], rows: int | None = None
 ) -> Iterator[tuple[npt.NDArray[np.int64], np.ndarray]]:
     """(chunk ids, vectors) of a space, leaving out ``chunk_ids``, in blocks of at most
-    ``rows`` (default ``VECTOR_BLOCK``) through a server-side cursor: what
-    :func:`vectors_except` reads, in bounded memory (an import's verification of a large
-    collection). Empty blocks are not yielded."""
+    ``rows`` (default ``VECTOR_BLOCK``) through a server-side cursor, in bounded memory
+    (an import's verification of a large collection, which read them all at once before).
+    Empty blocks are not yielded."""
     rows = rows or VECTOR_BLOCK
     stmt = sql.SQL(
         "SELECT chunk_id, embedding FROM {t} WHERE NOT (chunk_id = ANY(%s::int8[]))"
