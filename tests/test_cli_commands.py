@@ -22,6 +22,7 @@ import pytest
 from ragstore.auth import KeyStore
 from ragstore.cli.output import ProgressLine
 from ragstore.db.database import Database
+from ragstore.db.inspection import orders_bytes
 from tests.conftest import run_cli
 from tests.sigterm import sigterm_when
 
@@ -335,6 +336,8 @@ def test_json_on_db_status_and_keys(
     assert run_cli("db", "status", "--json") == 0
     status = json.loads(capsys.readouterr().out)
     assert status["state"] == "current" and status["current"] == status["head"]
+    # the embedded server collates in C: string ranges order bytes (docs/operations/install.md)
+    assert (status["collation"], status["collation_byte_order"]) == ("C", True)
     assert run_cli("keys", "create", "--scope", "read", "--name", "ci", "--json") == 0
     key = json.loads(capsys.readouterr().out)
     assert key["scope"] == "read" and key["secret"].startswith("rsk_")
@@ -596,3 +599,21 @@ def test_files_that_would_share_an_upload_name_fail_instead_of_replacing_each_ot
     assert f"{args[0]}: would be uploaded as 'a.md', as {args[1]} would" in " ".join(err.split())
     stored = _documents_in(remote_env["RAGSTORE_DATABASE_URL"], "clash")
     assert [Path(s).name for s in stored] == ["other.md"]
+
+
+@pytest.mark.parametrize(
+    "provider, name, byte_order",
+    [
+        ("c", "C", True),
+        ("c", "POSIX", True),
+        ("c", "C.UTF-8", True),
+        ("b", "C.UTF-8", True),
+        ("c", "en_US.UTF-8", False),  # a language collation: punctuation skipped at first
+        ("i", "en-US", False),
+        ("i", "C", False),  # ICU's root collation is not byte order
+    ],
+)
+def test_which_collations_order_strings_byte_by_byte(
+    provider: str, name: str, byte_order: bool
+) -> None:
+    assert orders_bytes(provider, name) is byte_order

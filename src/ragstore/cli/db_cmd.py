@@ -25,11 +25,14 @@ app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the schema revision of the database and of the code."""
     from ragstore.db import migrations
+    from ragstore.db.inspection import database_collation
     from ragstore.runtime import Runtime
 
     with Runtime() as rt:
         db = rt.raw_db()
         st = migrations.status(db)
+        with db.connect() as conn:
+            collation, byte_order = database_collation(conn)
     state = "ahead" if st.unknown else "behind" if st.pending else "current"
     if as_json:
         echo_json(
@@ -39,6 +42,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
                 "head": st.head,
                 "pending": st.pending,
                 "state": state,
+                "collation": collation,
+                "collation_byte_order": byte_order,
             }
         )
         return
@@ -51,6 +56,15 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         typer.echo(f"state:    behind; pending {', '.join(st.pending)} (run `ragstore db upgrade`)")
     else:
         typer.echo("state:    current")
+    if byte_order:
+        typer.echo(f"collation: {collation}")
+    else:
+        typer.echo(
+            f"collation: {collation}: string ranges in filters follow its language rules "
+            "(punctuation skipped at first, so a folder's source range can leave files out); "
+            "a database made with LC_COLLATE 'C' orders them byte by byte "
+            "(docs/operations/install.md)"
+        )
 
 
 @app.command("upgrade")

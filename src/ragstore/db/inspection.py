@@ -128,3 +128,33 @@ def document_chunks(
         }
         for r in rows
     ]
+
+
+# collations that order strings as their bytes (UTF-8's byte order is code point order)
+_BYTE_ORDER = frozenset({"c", "posix", "c.utf8", "c.utf-8", "ucs_basic", "pg_c_utf8"})
+
+
+def orders_bytes(provider: str, name: str) -> bool:
+    """Whether a default collation (``provider``: ``c`` libc, ``i`` ICU, ``b`` builtin)
+    orders strings byte by byte, as string ranges in filters assume (a folder's sources,
+    ``{"$gte": "docs/api/", "$lt": "docs/api0"}``)."""
+    return provider in ("c", "b") and name.lower() in _BYTE_ORDER
+
+
+def database_collation(conn: Conn) -> tuple[str, bool]:
+    """The database's default collation and whether it orders strings byte by byte.
+
+    Under a language collation (``en_US.UTF-8``, many servers' default) punctuation is
+    skipped at first, so a range such as a folder's sources can leave files out: ragstore
+    makes its embedded server in C, and an external one is made so by
+    docs/operations/install.md; ``ragstore db status`` says which a database has."""
+    if conn.info.server_version >= 170000:
+        query = "SELECT datlocprovider, coalesce(datlocale, datcollate)"
+    elif conn.info.server_version >= 150000:
+        query = "SELECT datlocprovider, coalesce(daticulocale, datcollate)"
+    else:
+        query = "SELECT 'c', datcollate"
+    row = conn.execute(query + " FROM pg_database WHERE datname = current_database()").fetchone()
+    assert row is not None
+    provider, name = str(row[0]), str(row[1])
+    return name, orders_bytes(provider, name)
