@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator
@@ -221,6 +222,21 @@ class Settings(BaseSettings):
         description="A job whose worker stopped this many times (killed, out of memory) "
         "fails instead of being retried again.",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _server_url(cls, value: str | None) -> str | None:
+        """An http(s) URL with a host, or unset: anything else was tried as an address and
+        reported as the server being unavailable (exit 69), not as a setting to fix."""
+        if value is None or not value.strip():
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(
+                "not an http(s) URL of a ragstore server (e.g. http://127.0.0.1:8080); "
+                "unset it to work on the database directly"
+            )
+        return value.strip()
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -125,3 +125,17 @@ def test_the_cli_warns_of_a_misspelled_variable_in_the_environment_or_dotenv(
     assert len(warned) == 2, done.stderr
     assert "RAGSTORE_AUHT" in warned[0] and "RAGSTORE_AUTH?" in warned[0]
     assert "RAGSTORE_COLECTION" in warned[1] and "RAGSTORE_COLLECTION?" in warned[1]
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://x", "http://", "127.0.0.1:8080"])
+def test_a_server_url_that_is_no_http_url_is_a_setting_to_fix(url: str) -> None:
+    # it was tried as an address and reported as the server being unavailable (exit 69)
+    with pytest.raises(ConfigError) as exc:
+        get_settings(url=url)
+    assert str(exc.value).startswith("RAGSTORE_URL=(secret) is invalid: ")
+    assert "not an http(s) URL of a ragstore server" in str(exc.value)
+
+
+def test_a_server_url_is_kept_and_an_empty_one_is_unset() -> None:
+    assert get_settings(url=" https://rag.internal:8443/ ").url == "https://rag.internal:8443/"
+    assert get_settings(url="").url is None
