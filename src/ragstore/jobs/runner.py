@@ -16,6 +16,7 @@ from typing import Any
 
 from ragstore.db import jobs as store
 from ragstore.db.errors import translated
+from ragstore.errors import DatabaseUnavailableError
 from ragstore.ingest.documents import DocumentOutcome, NewDocument, add_documents
 from ragstore.ingest.service import IngestReport
 from ragstore.jobs import staging
@@ -149,33 +150,57 @@ def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
             if r.error is not None:
                 errors.append({"document": r.name, "code": r.error.code, "detail": str(r.error)})
     except Exception as exc:  # the job itself broke: record it, let the queue see it too
-        with rt.db.connection() as conn, translated(f"finishing job {job_id}"):
-            store.finish(
-                conn,
-                job_id,
-                "failed",
-                documents=tracker.docs,
-                chunks=tracker.chunks,
-                errors=[
-                    *errors,
-                    {
-                        "document": None,
-                        "code": getattr(exc, "code", "internal_error"),
-                        "detail": str(exc),
-                    },
-                ],
-                summary=dict(outcomes),
-            )
-        raise
-    summary: dict[str, Any] = {**outcomes, "embedded": embedded, "reused": reused}
-    with rt.db.connection() as conn, translated(f"finishing job {job_id}"):
-        store.finish(
-            conn,
+        _finish(
+            rt,
             job_id,
-            "succeeded",
+            "failed",
             documents=tracker.docs,
             chunks=tracker.chunks,
-            errors=errors,
-            summary=summary,
+            errors=[
+                *errors,
+                {
+                    "document": None,
+                    "code": getattr(exc, "code", "internal_error"),
+                    "detail": str(exc),
+                },
+            ],
+            summary=dict(outcomes),
         )
-        return store.get(conn, job_id)
+        raise
+    summary: dict[str, Any] = {**outcomes, "embedded": embedded, "reused": reused}
+    return _finish(
+        rt,
+        job_id,
+        "succeeded",
+        documents=tracker.docs,
+        chunks=tracker.chunks,
+        errors=errors,
+        summary=summary,
+    )
+
+
+FINISH_ATTEMPTS = 5  # a finished job's record is written up to this many times ...
+FINISH_RETRY_S = 2.0  # ... this long apart (doubled each time: about a minute in all)
+
+
+def _finish(rt: Runtime, job_id: int, status: str, **outcome: Any) -> store.JobRecord:
+    """Record the job's outcome, again on a fresh connection where the database was lost
+    meanwhile (a restart, a failover, an administrator ending the session).
+
+    Written once, a connection lost at that moment left the job ``running`` for good: its
+    documents were stored, the queue took the exception as the job's failure and never
+    ran it again, and a client polling it waited until its own timeout."""
+    for attempt in range(1, FINISH_ATTEMPTS + 1):
+        try:
+            with rt.db.connection() as conn, translated(f"finishing job {job_id}"):
+                store.finish(conn, job_id, status, **outcome)
+                return store.get(conn, job_id)
+        except DatabaseUnavailableError as exc:
+            if attempt == FINISH_ATTEMPTS:
+                raise
+            wait = FINISH_RETRY_S * 2 ** (attempt - 1)
+            log.warning(
+                "job %s: recording it %s failed (%s); again in %.0f s", job_id, status, exc, wait
+            )
+            time.sleep(wait)
+    raise AssertionError("unreachable")
