@@ -25,12 +25,13 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field, Strict
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ragstore.api.errors import send_problem
@@ -54,6 +55,13 @@ MAX_CHUNKS = 10_000
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# A tool's arguments are validated strictly: in pydantic's lax mode JSON ``true`` became
+# the integer 1 (``get_document(document_id=true)`` opened document 1), ``"3"`` became 3
+# and ``context=true`` one neighbouring chunk; an empty collection name fell back to the
+# default collection while the answer named "". Now such a call is a tool error.
+StrictInt = Annotated[int, Strict()]
+Name = Annotated[str, Strict(), Field(min_length=1)]
 T = TypeVar("T")
 
 
@@ -198,12 +206,12 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
     )
     @answered
     async def search(
-        collection: str,
-        query: str,
-        k: int = 5,
-        mode: str = "hybrid",
+        collection: Name,
+        query: Annotated[str, Strict()],
+        k: StrictInt = 5,
+        mode: Annotated[str, Strict()] = "hybrid",
         where: dict[str, Any] | None = None,
-        context: int | str | None = None,
+        context: StrictInt | Annotated[str, Strict()] | None = None,
     ) -> dict[str, Any]:
         allow("read", collection)
         out = await until_abandoned(
@@ -250,7 +258,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         )
     )
     @answered
-    def list_fields(collection: str) -> dict[str, Any]:
+    def list_fields(collection: Name) -> dict[str, Any]:
         allow("read", collection)
         return store.fields(collection)
 
@@ -261,7 +269,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         )
     )
     @answered
-    def get_document(collection: str, document_id: int) -> dict[str, Any]:
+    def get_document(collection: Name, document_id: StrictInt) -> dict[str, Any]:
         allow("read", collection)
         doc = store.get_document(collection, document_id)
         text = "\n\n".join(c["text"] for c in _chunks(store, collection, document_id))
@@ -282,7 +290,9 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         )
     )
     @answered
-    def get_section(collection: str, document_id: int, section: str) -> dict[str, Any]:
+    def get_section(
+        collection: Name, document_id: StrictInt, section: Annotated[str, Strict()]
+    ) -> dict[str, Any]:
         allow("read", collection)
         want = [p.strip() for p in section.split(">") if p.strip()]
         if not want:
@@ -292,10 +302,10 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             for c in _chunks(store, collection, document_id)
             if c["section_path"][: len(want)] == want
         ]
-        if not chunks:
+        if not chunks:  # the heading path as given is echoed cut: it may be megabytes
+            shown = section if len(section) <= 200 else section[:200] + "..."
             raise InputError(
-                f"document {document_id} has no section {section!r}; use the "
-                "section of a search hit"
+                f"document {document_id} has no section {shown!r}; use the section of a search hit"
             )
         text = "\n\n".join(c["text"] for c in chunks)
         return {
@@ -315,7 +325,10 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         )
         @answered
         def add_document(
-            collection: str, name: str, text: str, metadata: dict[str, Any] | None = None
+            collection: Name,
+            name: Annotated[str, Strict()],
+            text: Annotated[str, Strict()],
+            metadata: dict[str, Any] | None = None,
         ) -> dict[str, Any]:
             allow("write", collection)
             doc = store.add_document(collection, name, text, metadata=metadata)
