@@ -366,3 +366,25 @@ async def test_tool_arguments_are_not_coerced(handbook: Store) -> None:
             )
         )
         assert len(long) < 500 and "has no section 'xxx" in long
+
+
+async def test_a_key_revoked_while_serving_stops_every_tool(handbook: Store) -> None:
+    """Over stdio no request carries the key: it was checked once at start, so a write
+    key revoked with `ragstore keys revoke` went on adding documents (and reading) until
+    the agent restarted the server. Now every tool call checks it is still live."""
+    from mcp import Client as McpClient
+
+    keys = KeyStore(handbook.runtime.db)
+    writer = keys.create("write", name="revoked-agent")
+    async with McpClient(build_server(handbook, key_for(handbook, writer.secret))) as session:
+        _data(await session.call_tool("list_collections", {}))
+        keys.revoke(writer.key.key_id)
+        add = {"collection": "late", "name": "late.md", "text": "# Late\n\nToo late."}
+        for tool, args in [
+            ("add_document", add),
+            ("list_collections", {}),
+            ("search", {"collection": "handbook", "query": "backups", "mode": "fulltext"}),
+        ]:
+            text = _error(await session.call_tool(tool, args))
+            assert "error[unauthorized]" in text and "was revoked" in text, (tool, text)
+    assert "late" not in {c["name"] for c in handbook.list_collections()}

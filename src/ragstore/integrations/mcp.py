@@ -191,6 +191,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
 
     def allow(scope: str, collection: str | None) -> None:
         if key is not None:
+            _require_live(store, key)
             key.require(scope, collection)
 
     def answered(fn: F) -> F:
@@ -238,6 +239,8 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
     @server.tool(description="The collections: name, embedding model, documents, chunks.")
     @answered
     def list_collections() -> dict[str, Any]:
+        if key is not None:
+            _require_live(store, key)
         rows = [
             c
             for c in store.list_collections()
@@ -342,3 +345,17 @@ def _chunks(store: Store, collection: str, document_id: int) -> list[dict[str, A
     coll = rt.collection(collection)
     with rt.db.connection() as conn, translated(f"reading document {document_id}"):
         return document_chunks(conn, coll, document_id, after=None, limit=MAX_CHUNKS)
+
+
+def _require_live(store: Store, key: ApiKey) -> None:
+    """Refuse a call once ``key`` is revoked (or deleted). Over stdio no request carries
+    the key: it was checked once when the server started, so a revoked write key went
+    on adding documents until the agent restarted the server. Over HTTP
+    :class:`KeyRequired` checks it too; this is one indexed read per call."""
+    with store.runtime.db.connection() as conn, translated("checking the API key"):
+        row = conn.execute("SELECT revoked_at FROM api_keys WHERE id = %s", (key.id,)).fetchone()
+    if row is None or row[0] is not None:
+        raise AuthenticationError(
+            f"API key {key.key_id} was revoked; restart the MCP server with a live key "
+            "(`ragstore keys create`)"
+        )
