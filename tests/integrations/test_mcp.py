@@ -322,3 +322,69 @@ async def test_a_search_the_agent_abandons_is_cancelled_in_postgres(handbook: St
             await session.call_tool("search", {"collection": "handbook", "query": "backups"})
         )
         assert "thirty days" in found["hits"][0]["text"]
+
+
+async def test_tool_arguments_are_not_coerced(handbook: Store) -> None:
+    """Pydantic's lax mode turned JSON ``true`` into the id 1 (``get_document`` opened
+    document 1), ``"3"`` into k=3 and ``context: true`` into one neighbouring chunk; an
+    empty collection searched the default collection. Each is now a tool error that names
+    the argument, and nothing is read."""
+    from mcp import Client as McpClient
+
+    bad: list[tuple[str, dict[str, Any], str]] = [
+        ("get_document", {"collection": "handbook", "document_id": True}, "document_id"),
+        ("get_document", {"collection": "handbook", "document_id": "1"}, "document_id"),
+        (
+            "get_section",
+            {"collection": "handbook", "document_id": True, "section": "Guide"},
+            "document_id",
+        ),
+        ("search", {"collection": "handbook", "query": "backups", "k": True}, "k"),
+        ("search", {"collection": "handbook", "query": "backups", "k": "3"}, "k"),
+        ("search", {"collection": "handbook", "query": "backups", "context": True}, "context"),
+        ("search", {"collection": "", "query": "backups"}, "collection"),
+        ("list_fields", {"collection": ""}, "collection"),
+    ]
+    async with McpClient(build_server(handbook)) as session:
+        for tool, args, field in bad:
+            text = _error(await session.call_tool(tool, args))
+            assert "validation error" in text and field in text, (tool, args, text)
+        found = _data(
+            await session.call_tool(
+                "search", {"collection": "handbook", "query": "backups", "k": 2, "context": "1"}
+            )
+        )
+        assert found["hits"]
+        long = _error(
+            await session.call_tool(
+                "get_section",
+                {
+                    "collection": "handbook",
+                    "document_id": found["hits"][0]["document_id"],
+                    "section": "x" * 100_000,
+                },
+            )
+        )
+        assert len(long) < 500 and "has no section 'xxx" in long
+
+
+async def test_a_key_revoked_while_serving_stops_every_tool(handbook: Store) -> None:
+    """Over stdio no request carries the key: it was checked once at start, so a write
+    key revoked with `ragstore keys revoke` went on adding documents (and reading) until
+    the agent restarted the server. Now every tool call checks it is still live."""
+    from mcp import Client as McpClient
+
+    keys = KeyStore(handbook.runtime.db)
+    writer = keys.create("write", name="revoked-agent")
+    async with McpClient(build_server(handbook, key_for(handbook, writer.secret))) as session:
+        _data(await session.call_tool("list_collections", {}))
+        keys.revoke(writer.key.key_id)
+        add = {"collection": "late", "name": "late.md", "text": "# Late\n\nToo late."}
+        for tool, args in [
+            ("add_document", add),
+            ("list_collections", {}),
+            ("search", {"collection": "handbook", "query": "backups", "mode": "fulltext"}),
+        ]:
+            text = _error(await session.call_tool(tool, args))
+            assert "error[unauthorized]" in text and "was revoked" in text, (tool, text)
+    assert "late" not in {c["name"] for c in handbook.list_collections()}

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -536,3 +539,88 @@ def test_an_http_model_pinned_shorter_asks_the_endpoint_for_that_many_dimensions
     finally:
         server.shortens = True
     assert [m.spec.name for m in list_models(rt) if m.spec.name == "minilm-64"] == []
+
+
+class _Canned(BaseHTTPRequestHandler):
+    """Answers every request with ``body`` (raw JSON text, so NaN can be sent as some
+    servers do): a broken endpoint, served for real on 127.0.0.1."""
+
+    body = ""
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        data = self.body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ('{"data": [{"index": 0, "embedding": [NaN, 0.5, 0.5]}]}', "NaN, infinite"),
+        ('{"data": [{"index": 0, "embedding": [Infinity, 0.5, 0.5]}]}', "NaN, infinite"),
+        ('{"data": [{"index": 0, "embedding": [1e39, 0.5, 0.5]}]}', "out-of-range"),
+        ('{"data": [{"index": 0, "embedding": []}]}', "not lists of numbers"),
+        ('{"data": {"0": [0.1, 0.2]}}', "without a list of embeddings"),
+        ('{"data": [{"index": 3, "embedding": [0.1, 0.2]}]}', "'index' values (3)"),
+        ('{"data": []}', "returned 0 embeddings for 1 texts"),
+        ('{"data": [{"index": 0, "embedding": [0.0, 0.0, 0.0]}]}', "a vector of zeros"),
+    ],
+)
+def test_pinning_an_endpoint_that_answers_wrong_is_refused_and_pins_nothing(
+    rt: Runtime, body: str, said: str
+) -> None:
+    """A server answering NaN, infinity or 1e39 (infinite as float32) failed the pin with
+    a database error about JSON syntax (or a RuntimeWarning), one answering empty vectors
+    with a check constraint's name, ``data`` as an object with an AttributeError, and a
+    vector of zeros was pinned. Each is now one error saying what the endpoint did wrong,
+    and nothing is pinned."""
+    handler = type("Handler", (_Canned,), {"body": body})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    before = [m.spec.key for m in list_models(rt)]
+    try:
+        with pytest.raises((EmbeddingProviderError, InputError), match=re.escape(said)):
+            add_http_model(
+                rt, f"http://127.0.0.1:{httpd.server_address[1]}/v1", name="broken", max_retries=0
+            )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert [m.spec.key for m in list_models(rt)] == before
+
+
+def test_embeddings_answered_under_one_index_twice_are_refused() -> None:
+    """Two embeddings both marked ``index: 0`` for two texts were sorted and taken in
+    turn: the second text was given a vector the server did not say was its own. Now the
+    indexes must name each text once."""
+    body = json.dumps(
+        {"data": [{"index": 0, "embedding": [0.1, 0.2]}, {"index": 0, "embedding": [0.3, 0.4]}]}
+    )
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Canned,), {"body": body}))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    spec = ModelSpec(
+        "openai",
+        "dup",
+        "t1",
+        2,
+        "cosine",
+        True,
+        256,
+        "",
+        {"base_url": f"http://127.0.0.1:{httpd.server_address[1]}/v1", "max_retries": 0},
+    )
+    emb = HttpEmbedder(spec, api_key=SecretStr("k"))
+    try:
+        with pytest.raises(EmbeddingProviderError, match=r"'index' values \(0, 0\)"):
+            emb.embed(["first", "second"])
+    finally:
+        emb.close()
+        httpd.shutdown()
+        httpd.server_close()

@@ -221,21 +221,15 @@ class HttpEmbedder(Embedder):
 
     def remote_vectors(self, texts: Sequence[str], stop: threading.Event | None = None) -> Vectors:
         """The server's vectors for ``texts``, in input order, as it sent them: one request,
-        no dimension check and no normalising (what pinning a new endpoint reads)."""
-        data = self._post(texts, stop)
-        try:
-            items = sorted(data["data"], key=lambda d: int(d.get("index", 0)))
-            out = np.asarray([_vector(d["embedding"]) for d in items], dtype=np.float32)
-        except (KeyError, TypeError, ValueError, binascii.Error):
-            raise EmbeddingProviderError(
-                f"{self.url} answered without a list of embeddings in 'data'"
-            ) from None
-        if out.ndim != 2 or out.shape[0] != len(texts):
-            raise EmbeddingProviderError(
-                f"{self.url} returned {out.shape[0] if out.ndim else 0} embeddings "
-                f"for {len(texts)} texts"
-            )
-        return out
+        no dimension check and no normalising (what pinning a new endpoint reads).
+
+        The answer is checked before it is believed (:func:`_answered_vectors`): one
+        embedding per text, the ``index`` of each naming every text once, finite numbers
+        within float32. Unchecked, a ``data`` that was not a list crashed with an
+        AttributeError, two embeddings both marked ``index: 0`` stored the first text's
+        vector for the second one too, and NaN or infinity (or 1e39, infinite as float32)
+        reached the pin as a database error."""
+        return _answered_vectors(self._post(texts, stop), len(texts), self.url)
 
     def embed_texts(self, texts: Sequence[str]) -> Vectors:
         """Batches of ``batch_size``, up to ``concurrency`` of them in flight, the vectors
@@ -345,6 +339,42 @@ def _concurrency(value: object, spec: ModelSpec) -> int:
             f"{MAX_CONCURRENCY} (requests in flight at once), got {value!r}"
         )
     return value
+
+
+def _answered_vectors(body: object, count: int, url: str) -> Vectors:
+    """The ``count`` vectors of an embeddings answer, in input order (see
+    :meth:`HttpEmbedder.remote_vectors`); any other answer is an
+    :class:`EmbeddingProviderError` saying what was wrong with it."""
+    items = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not all(isinstance(d, dict) for d in items):
+        raise EmbeddingProviderError(f"{url} answered without a list of embeddings in 'data'")
+    if len(items) != count:
+        raise EmbeddingProviderError(f"{url} returned {len(items)} embeddings for {count} texts")
+    indexes = [d.get("index") for d in items]
+    if any(i is not None for i in indexes):
+        if any(type(i) is not int for i in indexes) or sorted(indexes) != list(range(count)):
+            shown = ", ".join(map(repr, indexes[:10])) + (", ..." if count > 10 else "")
+            raise EmbeddingProviderError(
+                f"{url} answered embeddings whose 'index' values ({shown}) do not name each "
+                f"of its {count} texts once; the server is broken: fix or replace it"
+            )
+        items = sorted(items, key=lambda d: int(d["index"]))
+    try:
+        out = np.asarray([_vector(d.get("embedding")) for d in items], dtype=np.float64)
+    except (TypeError, ValueError, binascii.Error):
+        raise EmbeddingProviderError(
+            f"{url} answered embeddings that are not lists of numbers of one length"
+        ) from None
+    if out.ndim != 2 or out.shape[1] == 0:
+        raise EmbeddingProviderError(
+            f"{url} answered embeddings that are not lists of numbers of one length"
+        )
+    if not np.isfinite(out).all() or (np.abs(out) > np.finfo(np.float32).max).any():
+        raise EmbeddingProviderError(
+            f"{url} answered embeddings holding NaN, infinite or out-of-range numbers, "
+            "which no index can rank; the server or its model is broken: fix or replace it"
+        )
+    return out.astype(np.float32)
 
 
 def _vector(embedding: object) -> Any:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field, Strict
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ragstore.api.errors import send_problem
@@ -54,6 +55,13 @@ MAX_CHUNKS = 10_000
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# A tool's arguments are validated strictly: in pydantic's lax mode JSON ``true`` became
+# the integer 1 (``get_document(document_id=true)`` opened document 1), ``"3"`` became 3
+# and ``context=true`` one neighbouring chunk; an empty collection name fell back to the
+# default collection while the answer named "". Now such a call is a tool error.
+StrictInt = Annotated[int, Strict()]
+Name = Annotated[str, Strict(), Field(min_length=1)]
 T = TypeVar("T")
 
 
@@ -183,6 +191,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
 
     def allow(scope: str, collection: str | None) -> None:
         if key is not None:
+            _require_live(store, key)
             key.require(scope, collection)
 
     def answered(fn: F) -> F:
@@ -198,12 +207,12 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
     )
     @answered
     async def search(
-        collection: str,
-        query: str,
-        k: int = 5,
-        mode: str = "hybrid",
+        collection: Name,
+        query: Annotated[str, Strict()],
+        k: StrictInt = 5,
+        mode: Annotated[str, Strict()] = "hybrid",
         where: dict[str, Any] | None = None,
-        context: int | str | None = None,
+        context: StrictInt | Annotated[str, Strict()] | None = None,
     ) -> dict[str, Any]:
         allow("read", collection)
         out = await until_abandoned(
@@ -230,6 +239,8 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
     @server.tool(description="The collections: name, embedding model, documents, chunks.")
     @answered
     def list_collections() -> dict[str, Any]:
+        if key is not None:
+            _require_live(store, key)
         rows = [
             c
             for c in store.list_collections()
@@ -250,7 +261,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         )
     )
     @answered
-    def list_fields(collection: str) -> dict[str, Any]:
+    def list_fields(collection: Name) -> dict[str, Any]:
         allow("read", collection)
         return store.fields(collection)
 
@@ -261,7 +272,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         )
     )
     @answered
-    def get_document(collection: str, document_id: int) -> dict[str, Any]:
+    def get_document(collection: Name, document_id: StrictInt) -> dict[str, Any]:
         allow("read", collection)
         doc = store.get_document(collection, document_id)
         text = "\n\n".join(c["text"] for c in _chunks(store, collection, document_id))
@@ -282,7 +293,9 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         )
     )
     @answered
-    def get_section(collection: str, document_id: int, section: str) -> dict[str, Any]:
+    def get_section(
+        collection: Name, document_id: StrictInt, section: Annotated[str, Strict()]
+    ) -> dict[str, Any]:
         allow("read", collection)
         want = [p.strip() for p in section.split(">") if p.strip()]
         if not want:
@@ -292,10 +305,10 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             for c in _chunks(store, collection, document_id)
             if c["section_path"][: len(want)] == want
         ]
-        if not chunks:
+        if not chunks:  # the heading path as given is echoed cut: it may be megabytes
+            shown = section if len(section) <= 200 else section[:200] + "..."
             raise InputError(
-                f"document {document_id} has no section {section!r}; use the "
-                "section of a search hit"
+                f"document {document_id} has no section {shown!r}; use the section of a search hit"
             )
         text = "\n\n".join(c["text"] for c in chunks)
         return {
@@ -315,7 +328,10 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         )
         @answered
         def add_document(
-            collection: str, name: str, text: str, metadata: dict[str, Any] | None = None
+            collection: Name,
+            name: Annotated[str, Strict()],
+            text: Annotated[str, Strict()],
+            metadata: dict[str, Any] | None = None,
         ) -> dict[str, Any]:
             allow("write", collection)
             doc = store.add_document(collection, name, text, metadata=metadata)
@@ -329,3 +345,17 @@ def _chunks(store: Store, collection: str, document_id: int) -> list[dict[str, A
     coll = rt.collection(collection)
     with rt.db.connection() as conn, translated(f"reading document {document_id}"):
         return document_chunks(conn, coll, document_id, after=None, limit=MAX_CHUNKS)
+
+
+def _require_live(store: Store, key: ApiKey) -> None:
+    """Refuse a call once ``key`` is revoked (or deleted). Over stdio no request carries
+    the key: it was checked once when the server started, so a revoked write key went
+    on adding documents until the agent restarted the server. Over HTTP
+    :class:`KeyRequired` checks it too; this is one indexed read per call."""
+    with store.runtime.db.connection() as conn, translated("checking the API key"):
+        row = conn.execute("SELECT revoked_at FROM api_keys WHERE id = %s", (key.id,)).fetchone()
+    if row is None or row[0] is not None:
+        raise AuthenticationError(
+            f"API key {key.key_id} was revoked; restart the MCP server with a live key "
+            "(`ragstore keys create`)"
+        )

@@ -237,6 +237,11 @@ def add_http_model(
             )
         client.spec = replace(draft, dimension=answered)
         vec = probe_vector(client)
+        if not vec.any():  # pinned, it made every search's distances NaN or all equal
+            raise InputError(
+                f"{base_url} answered a vector of zeros for the probe text, which no "
+                "distance can rank: the server or its model is broken; nothing was pinned"
+            )
     finally:
         client.close()
     checksum = probe_checksum(vec)
