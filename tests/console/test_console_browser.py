@@ -492,3 +492,41 @@ def test_the_server_log_never_holds_a_key(server: Server, handbook: str) -> None
     assert "/ui/" in text or "request" in text
     for key in (server.admin_key, server.read_key):
         assert key.split("_", 2)[2] not in text
+
+
+def test_a_field_named_like_an_object_internal_is_added_to_the_filters(
+    page: Page, server: Server
+) -> None:
+    """Metadata is free-form JSON, so a field may be named ``__proto__``: a click on it adds
+    its clause to the filters box like any other (it was set as the object's prototype,
+    and the box stayed as it was, silently)."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    with httpx.Client(base_url=server.url, headers=auth, timeout=120) as c:
+        assert c.post("/v1/collections", json={"name": "odd-fields"}).status_code == 201
+        r = c.post(
+            "/v1/collections/odd-fields/documents",
+            json={
+                "name": "odd.md",
+                "text": "# Odd\n\nA note whose metadata has odd field names.\n",
+                "metadata": {"__proto__": "kept", "constructor": "also"},
+            },
+        )
+        assert r.status_code == 201, r.text
+        r = c.post(
+            "/v1/collections/odd-fields/documents",
+            json={"name": "plain.md", "text": "# Plain\n\nA note with odd words too.\n"},
+        )
+        assert r.status_code == 201, r.text
+    sign_in(page, server)
+    open_page(page, server, "/ui/collections/odd-fields/search")
+    page.click("#fields-details summary")
+    page.locator('#fields-body button[data-field="__proto__"]').click()
+    expect(page.locator("#where")).to_have_value('{"__proto__":"kept"}')
+    page.locator('#fields-body button[data-field="constructor"]').click()
+    expect(page.locator("#where")).to_have_value('{"__proto__":"kept","constructor":"also"}')
+    page.fill("#q", "odd note")
+    page.select_option("#mode", "fulltext")
+    page.click("#search-submit")
+    expect(page.locator("#search-summary")).to_contain_text("1 hit(s)")
+    expect(page.locator("#hits-body tr")).to_have_count(1)
+    expect(page.locator("#hits-body")).to_contain_text("Odd")

@@ -565,12 +565,15 @@
   }
 
   /* A field's clause added to the filters box: its first example value (a date range for
-     a timestamp), so a click shows the syntax with a value the collection holds. */
+     a timestamp), so a click shows the syntax with a value the collection holds. The clause
+     is defined as an own property: assigned, a metadata field named "__proto__" set the
+     object's prototype instead, and the click left the filters box unchanged, silently. */
   function addClause(field, value) {
     clearError("where-error");
     const where = readWhere();
     if (where === null) return;
-    where[field] = value;
+    Object.defineProperty(where, field,
+      { value: value, enumerable: true, writable: true, configurable: true });
     $("where").value = JSON.stringify(where);
     $("where").focus();
   }
