@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
@@ -530,3 +530,36 @@ def test_a_field_named_like_an_object_internal_is_added_to_the_filters(
     expect(page.locator("#search-summary")).to_contain_text("1 hit(s)")
     expect(page.locator("#hits-body tr")).to_have_count(1)
     expect(page.locator("#hits-body")).to_contain_text("Odd")
+
+
+def test_write_and_admin_controls_are_hidden_until_the_keys_scope_allows_them(
+    browser: Browser, server: Server, handbook: str
+) -> None:
+    """The pages as served, before the script has learnt the key's scope (it has not run,
+    or GET /v1/me failed): no write or admin control shows (the upload zone and the
+    migrate and rollback buttons did)."""
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto(f"{server.url}/ui/collections")
+        expect(page.locator("#create-section")).to_be_hidden()
+        expect(page.locator("#collections-table th.admin-only")).to_be_hidden()
+        page.goto(f"{server.url}/ui/collections/{handbook}")
+        expect(page.locator("#upload-section")).to_be_hidden()
+        expect(page.locator("#drop-zone")).to_be_hidden()
+        page.goto(f"{server.url}/ui/models")
+        for control in ("#migrate-to", "label[for=migrate-to]", "#migrate-start", "#rollback"):
+            expect(page.locator(control)).to_be_hidden()
+    finally:
+        context.close()
+    page = browser.new_page()  # the admin's key shows them all
+    try:
+        sign_in(page, server)
+        expect(page.locator("#create-section")).to_be_visible()
+        open_page(page, server, f"/ui/collections/{handbook}")
+        expect(page.locator("#upload-section")).to_be_visible()
+        open_page(page, server, "/ui/models")
+        for control in ("#migrate-to", "#migrate-start", "#rollback"):
+            expect(page.locator(control)).to_be_visible()
+    finally:
+        page.close()

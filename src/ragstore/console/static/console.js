@@ -141,6 +141,9 @@
     return row;
   }
 
+  /* Write and admin controls are served hidden and shown here once the key's scope allows
+   * them: served visible, the upload zone and the migrate and rollback buttons stayed in
+   * front of a read key whenever GET /v1/me failed or had not answered yet. */
   function applyScope(me) {
     const admin = me.scope === "admin";
     const write = admin || me.scope === "write";
