@@ -315,6 +315,14 @@ def test_a_dropped_folder_is_walked_and_its_files_named_by_path(
         timeout=30,
     ).json()["data"]
     assert found[0]["source"].endswith("team-docs/notes/README.md")  # not replaced by guide's
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    data = {"items": [], "files": [str(empty)], "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver", "drop"):  # said so, rather than nothing at all
+        cdp.send("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": data})
+    expect(page.locator("#upload-list li.skipped").last).to_have_text(
+        "nothing to upload: the dropped folder holds no files"
+    )
     page.set_input_files("#folder-input", str(docs))  # the same folder, chosen
     _expect_tree_uploaded(page, "unchanged")
     expect(page.locator("#documents-body tr")).to_have_count(3)

@@ -424,6 +424,11 @@
     }
 
     async function uploadAll(picked) {
+      if (!picked.files.length && !picked.skipped) {  // an empty folder: said, not ignored
+        $("upload-list").append(el("li", { class: "skipped",
+          text: "nothing to upload: the dropped folder holds no files" }));
+        return;
+      }
       if (picked.skipped) {
         $("upload-list").append(el("li", { class: "skipped", text: "skipped " + picked.skipped +
           " hidden file(s) or file(s) of a kind ragstore does not read" }));
