@@ -201,8 +201,15 @@ def test_a_read_key_sees_no_write_or_admin_controls(
 
 def test_create_a_collection_and_upload_two_files_by_drop(page: Page, server: Server) -> None:
     sign_in(page, server)
+    creates: list[str] = []
+    page.on(
+        "request", lambda r: creates.append(r.method) if r.url.endswith("/v1/collections") else None
+    )
     page.fill("#create-name", "inbox")
-    page.click("#create-form button[type=submit]")
+    page.dblclick("#create-form button[type=submit]")  # creates once, says no "exists"
+    expect(page.locator("tr[data-collection=inbox]")).to_have_count(1)
+    expect(page.locator("#create-error")).to_be_hidden()
+    assert creates.count("POST") == 1
     page.click("tr[data-collection=inbox] a")
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     drop = page.evaluate_handle(
@@ -463,8 +470,11 @@ def test_migrate_to_the_256d_model_then_roll_back(
     expect(pinned.locator(".checksum")).to_have_text(re.compile(r"^sha256:[0-9a-f]{64}$"))
     expect(pinned).to_contain_text(handbook)
     shot(page, "models")
-    page.click("#rollback")
+    rollbacks: list[str] = []
+    page.on("request", lambda r: rollbacks.append(r.url) if r.url.endswith("/rollback") else None)
+    page.dblclick("#rollback")  # a double click rolls back once, not back and forth
     expect(page.locator("#migrate-status")).to_contain_text(f"{original} is active again")
+    assert len(rollbacks) == 1
     expect(page.locator("#active-model")).to_have_text(original)
     expect(page.locator("#model-spaces-body tr[data-status=active]")).to_contain_text(original)
 

@@ -229,26 +229,36 @@
         showError("delete-error", "Type the collection's name exactly to delete it.");
         return;
       }
+      $("delete-submit").disabled = true;  // one request per confirmation, as for create
       try {
         await api("DELETE", "/v1/collections/" + enc(deleting));
       } catch (err) {
         showError("delete-error", err);
         return;
+      } finally {
+        $("delete-submit").disabled = false;
       }
       dialog.close();
       await load();
     });
+    /* The button is disabled while the request runs: a double click sent two, and the
+     * second one's "already exists" was shown as if the create had failed. */
+    const createButton = $("create-form").querySelector("button[type=submit]");
     $("create-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
+      if (createButton.disabled) return;  // Enter pressed while one is on its way
       clearError("create-error");
       const payload = { name: $("create-name").value.trim() };
       const model = $("create-model").value.trim();
       if (model) payload.model = model;
+      createButton.disabled = true;
       try {
         await api("POST", "/v1/collections", payload);
       } catch (err) {
         showError("create-error", err);
         return;
+      } finally {
+        createButton.disabled = false;
       }
       $("create-name").value = "";
       await load();
@@ -743,15 +753,20 @@
       }
       await Promise.all([loadSpaces(), loadModels()]);
     });
+    /* Disabled while its request runs: each rollback switches to the model active before,
+     * so a double click sent two and switched back to the model being rolled back. */
     $("rollback").addEventListener("click", async () => {
       clearError("migrate-error");
       const name = select.value;
+      $("rollback").disabled = true;
       try {
         const r = await api("POST", "/v1/collections/" + enc(name) + "/model/rollback");
         $("migrate-status").textContent = "Rolled back " + name + ": " + r.active +
           " is active again (was " + r.previous + ").";
       } catch (err) {
         showError("migrate-error", err);
+      } finally {
+        $("rollback").disabled = false;
       }
       await Promise.all([loadSpaces(), loadModels()]);
     });
