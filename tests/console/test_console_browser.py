@@ -23,6 +23,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
+from tests.api.conftest import running_server, with_
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "console"
 expect.set_options(timeout=20_000)  # a page's requests on a busy 2-core CI machine
@@ -581,3 +582,22 @@ def test_write_and_admin_controls_are_hidden_until_the_keys_scope_allows_them(
             expect(page.locator(control)).to_be_visible()
     finally:
         page.close()
+
+
+def test_an_upload_that_gets_no_answer_is_not_called_failed(page: Page, settings: Settings) -> None:
+    """The server goes away before the upload: the console cannot know whether a file it
+    got no answer for was stored, and says so (it said "failed", which may be false)."""
+    with running_server(with_(settings, auth="off")) as url:
+        assert httpx.post(f"{url}/v1/collections", json={"name": "cut-off"}).status_code == 201
+        page.goto(f"{url}/ui/collections/cut-off")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page.set_input_files(
+        "#file-input",
+        files=[{"name": "notes.md", "mimeType": "text/markdown", "buffer": b"# Notes\n\nHi.\n"}],
+    )
+    outcome = page.locator("#upload-list li[data-file='notes.md'] .outcome")
+    expect(outcome).to_have_text(
+        "no answer: the connection to the server broke, so whether the file was stored is "
+        "unknown; reload the page to see"
+    )
+    expect(outcome).to_have_class(re.compile(r"\bstatus-unknown\b"))

@@ -423,8 +423,12 @@
           }
           resolve();
         });
+        /* No answer is not a failure: the server may have stored the file and lost the
+         * connection before answering, so "failed" could be false (and invite a retry that
+         * the user then reads as a second copy). */
         xhr.addEventListener("error", () => {
-          outcome(result, "failed", "failed: the connection to the server broke");
+          outcome(result, "unknown", "no answer: the connection to the server broke, so " +
+                  "whether the file was stored is unknown; reload the page to see");
           resolve();
         });
         const form = new FormData();
