@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
+from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server, with_
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "console"
@@ -601,3 +603,34 @@ def test_an_upload_that_gets_no_answer_is_not_called_failed(page: Page, settings
         "unknown; reload the page to see"
     )
     expect(outcome).to_have_class(re.compile(r"\bstatus-unknown\b"))
+
+
+def test_a_file_queued_as_a_job_says_how_the_job_ended(
+    page: Page, server: Server, settings: Settings
+) -> None:
+    """A file over RAGSTORE_BACKGROUND_INGEST_BYTES is queued (202): its line follows the
+    job to the end, so a file the job could not read says "failed" (it stayed "queued")."""
+    sign_in(page, server)
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    assert httpx.post(
+        f"{server.url}/v1/collections", json={"name": "queued"}, headers=auth
+    ).status_code in (201, 409)
+    open_page(page, server, "/ui/collections/queued")
+    big_bad = BAD_PDF + b"%" * (300 * 1024)  # over the 256 KiB of a request's own ingest
+    page.set_input_files(
+        "#file-input",
+        files=[{"name": "scan.pdf", "mimeType": "application/pdf", "buffer": big_bad}],
+    )
+    line = page.locator("#upload-list li[data-file='scan.pdf'] .outcome")
+    expect(line).to_have_text(re.compile(r"^queued as job \d+$"), timeout=60_000)
+    # a `ragstore worker` runs the queue (in a thread: Playwright holds this one's loop)
+    worker = threading.Thread(
+        target=run_worker, args=(settings,), kwargs={"burst": True, "signals": False}
+    )
+    worker.start()
+    worker.join(timeout=120)
+    expect(line).to_have_text(
+        re.compile(r"^failed in job \d+: scan\.pdf: not a readable PDF.*\(corrupt_document\)$"),
+        timeout=60_000,
+    )
+    expect(line).to_have_class(re.compile(r"\bstatus-failed\b"))

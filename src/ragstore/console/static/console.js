@@ -393,6 +393,40 @@
       return picked;
     }
 
+    /* A file queued as a background job (202) is followed to the job's end, so its line
+     * says what became of it: left at "queued", a file the job then failed to read was a
+     * failure nobody was told of. The look is less frequent as the job runs longer (one
+     * second, then up to 15), and a 429 or 503 is waited out, so that a folder of large
+     * files does not spend the key's rate limit. */
+    async function followJob(result, id) {
+      let job;
+      for (let wait = 1000; ; wait = Math.min(wait * 1.5, 15000)) {
+        await new Promise((r) => setTimeout(r, wait));
+        try {
+          job = await api("GET", "/v1/jobs/" + enc(id));
+        } catch (err) {
+          if (err instanceof ApiError && (err.status === 429 || err.status === 503)) continue;
+          outcome(result, "unknown", "queued as job " + id + "; its state could not be read: " +
+                  problemText(err));
+          return;
+        }
+        if (job.status === "succeeded" || job.status === "failed") break;
+        outcome(result, job.status, job.status + " as job " + id);
+      }
+      if (job.errors.length) {
+        const e = job.errors[0];
+        outcome(result, "failed", "failed in job " + id + ": " + (e.detail || "") +
+                (e.code ? " (" + e.code + ")" : ""));
+      } else {
+        const done = Object.keys(job.summary).filter((k) => k !== "embedded" && k !== "reused" &&
+                                                             job.summary[k]);
+        outcome(result, job.status === "succeeded" ? (done[0] || "succeeded") : "failed",
+                (done[0] || job.status) + " in job " + id + ": " + job.chunks_done + " chunks");
+      }
+      loadJobs().catch(() => undefined);
+      loadDocuments(false).catch(() => undefined);
+    }
+
     function uploadOne(file, name) {
       const bar = el("progress", { max: 1, value: 0 });
       const result = el("span", { class: "outcome", text: "uploading…" });
@@ -416,6 +450,7 @@
             outcome(result, d.status || "added", (d.status || "added") + ": " + d.chunks + " chunks");
           } else if (xhr.status === 202) {
             outcome(result, "queued", "queued as job " + data.id);
+            followJob(result, data.id);
           } else {
             if (xhr.status === 401 && AUTH) signOut();
             outcome(result, "failed", "failed: " + (data.detail || xhr.statusText) +
