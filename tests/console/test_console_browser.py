@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,10 +20,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
+from ragstore.jobs.worker import run_worker
+from tests.api.conftest import running_server, with_
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "console"
 expect.set_options(timeout=20_000)  # a page's requests on a busy 2-core CI machine
@@ -201,8 +204,15 @@ def test_a_read_key_sees_no_write_or_admin_controls(
 
 def test_create_a_collection_and_upload_two_files_by_drop(page: Page, server: Server) -> None:
     sign_in(page, server)
+    creates: list[str] = []
+    page.on(
+        "request", lambda r: creates.append(r.method) if r.url.endswith("/v1/collections") else None
+    )
     page.fill("#create-name", "inbox")
-    page.click("#create-form button[type=submit]")
+    page.dblclick("#create-form button[type=submit]")  # creates once, says no "exists"
+    expect(page.locator("tr[data-collection=inbox]")).to_have_count(1)
+    expect(page.locator("#create-error")).to_be_hidden()
+    assert creates.count("POST") == 1
     page.click("tr[data-collection=inbox] a")
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     drop = page.evaluate_handle(
@@ -315,6 +325,14 @@ def test_a_dropped_folder_is_walked_and_its_files_named_by_path(
         timeout=30,
     ).json()["data"]
     assert found[0]["source"].endswith("team-docs/notes/README.md")  # not replaced by guide's
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    data = {"items": [], "files": [str(empty)], "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver", "drop"):  # said so, rather than nothing at all
+        cdp.send("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": data})
+    expect(page.locator("#upload-list li.skipped").last).to_have_text(
+        "nothing to upload: the dropped folder holds no files"
+    )
     page.set_input_files("#folder-input", str(docs))  # the same folder, chosen
     _expect_tree_uploaded(page, "unchanged")
     expect(page.locator("#documents-body tr")).to_have_count(3)
@@ -455,8 +473,11 @@ def test_migrate_to_the_256d_model_then_roll_back(
     expect(pinned.locator(".checksum")).to_have_text(re.compile(r"^sha256:[0-9a-f]{64}$"))
     expect(pinned).to_contain_text(handbook)
     shot(page, "models")
-    page.click("#rollback")
+    rollbacks: list[str] = []
+    page.on("request", lambda r: rollbacks.append(r.url) if r.url.endswith("/rollback") else None)
+    page.dblclick("#rollback")  # a double click rolls back once, not back and forth
     expect(page.locator("#migrate-status")).to_contain_text(f"{original} is active again")
+    assert len(rollbacks) == 1
     expect(page.locator("#active-model")).to_have_text(original)
     expect(page.locator("#model-spaces-body tr[data-status=active]")).to_contain_text(original)
 
@@ -492,3 +513,124 @@ def test_the_server_log_never_holds_a_key(server: Server, handbook: str) -> None
     assert "/ui/" in text or "request" in text
     for key in (server.admin_key, server.read_key):
         assert key.split("_", 2)[2] not in text
+
+
+def test_a_field_named_like_an_object_internal_is_added_to_the_filters(
+    page: Page, server: Server
+) -> None:
+    """Metadata is free-form JSON, so a field may be named ``__proto__``: a click on it adds
+    its clause to the filters box like any other (it was set as the object's prototype,
+    and the box stayed as it was, silently)."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    with httpx.Client(base_url=server.url, headers=auth, timeout=120) as c:
+        assert c.post("/v1/collections", json={"name": "odd-fields"}).status_code == 201
+        r = c.post(
+            "/v1/collections/odd-fields/documents",
+            json={
+                "name": "odd.md",
+                "text": "# Odd\n\nA note whose metadata has odd field names.\n",
+                "metadata": {"__proto__": "kept", "constructor": "also"},
+            },
+        )
+        assert r.status_code == 201, r.text
+        r = c.post(
+            "/v1/collections/odd-fields/documents",
+            json={"name": "plain.md", "text": "# Plain\n\nA note with odd words too.\n"},
+        )
+        assert r.status_code == 201, r.text
+    sign_in(page, server)
+    open_page(page, server, "/ui/collections/odd-fields/search")
+    page.click("#fields-details summary")
+    page.locator('#fields-body button[data-field="__proto__"]').click()
+    expect(page.locator("#where")).to_have_value('{"__proto__":"kept"}')
+    page.locator('#fields-body button[data-field="constructor"]').click()
+    expect(page.locator("#where")).to_have_value('{"__proto__":"kept","constructor":"also"}')
+    page.fill("#q", "odd note")
+    page.select_option("#mode", "fulltext")
+    page.click("#search-submit")
+    expect(page.locator("#search-summary")).to_contain_text("1 hit(s)")
+    expect(page.locator("#hits-body tr")).to_have_count(1)
+    expect(page.locator("#hits-body")).to_contain_text("Odd")
+
+
+def test_write_and_admin_controls_are_hidden_until_the_keys_scope_allows_them(
+    browser: Browser, server: Server, handbook: str
+) -> None:
+    """The pages as served, before the script has learnt the key's scope (it has not run,
+    or GET /v1/me failed): no write or admin control shows (the upload zone and the
+    migrate and rollback buttons did)."""
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto(f"{server.url}/ui/collections")
+        expect(page.locator("#create-section")).to_be_hidden()
+        expect(page.locator("#collections-table th.admin-only")).to_be_hidden()
+        page.goto(f"{server.url}/ui/collections/{handbook}")
+        expect(page.locator("#upload-section")).to_be_hidden()
+        expect(page.locator("#drop-zone")).to_be_hidden()
+        page.goto(f"{server.url}/ui/models")
+        for control in ("#migrate-to", "label[for=migrate-to]", "#migrate-start", "#rollback"):
+            expect(page.locator(control)).to_be_hidden()
+    finally:
+        context.close()
+    page = browser.new_page()  # the admin's key shows them all
+    try:
+        sign_in(page, server)
+        expect(page.locator("#create-section")).to_be_visible()
+        open_page(page, server, f"/ui/collections/{handbook}")
+        expect(page.locator("#upload-section")).to_be_visible()
+        open_page(page, server, "/ui/models")
+        for control in ("#migrate-to", "#migrate-start", "#rollback"):
+            expect(page.locator(control)).to_be_visible()
+    finally:
+        page.close()
+
+
+def test_an_upload_that_gets_no_answer_is_not_called_failed(page: Page, settings: Settings) -> None:
+    """The server goes away before the upload: the console cannot know whether a file it
+    got no answer for was stored, and says so (it said "failed", which may be false)."""
+    with running_server(with_(settings, auth="off")) as url:
+        assert httpx.post(f"{url}/v1/collections", json={"name": "cut-off"}).status_code == 201
+        page.goto(f"{url}/ui/collections/cut-off")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page.set_input_files(
+        "#file-input",
+        files=[{"name": "notes.md", "mimeType": "text/markdown", "buffer": b"# Notes\n\nHi.\n"}],
+    )
+    outcome = page.locator("#upload-list li[data-file='notes.md'] .outcome")
+    expect(outcome).to_have_text(
+        "no answer: the connection to the server broke, so whether the file was stored is "
+        "unknown; reload the page to see"
+    )
+    expect(outcome).to_have_class(re.compile(r"\bstatus-unknown\b"))
+
+
+def test_a_file_queued_as_a_job_says_how_the_job_ended(
+    page: Page, server: Server, settings: Settings
+) -> None:
+    """A file over RAGSTORE_BACKGROUND_INGEST_BYTES is queued (202): its line follows the
+    job to the end, so a file the job could not read says "failed" (it stayed "queued")."""
+    sign_in(page, server)
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    assert httpx.post(
+        f"{server.url}/v1/collections", json={"name": "queued"}, headers=auth
+    ).status_code in (201, 409)
+    open_page(page, server, "/ui/collections/queued")
+    big_bad = BAD_PDF + b"%" * (300 * 1024)  # over the 256 KiB of a request's own ingest
+    page.set_input_files(
+        "#file-input",
+        files=[{"name": "scan.pdf", "mimeType": "application/pdf", "buffer": big_bad}],
+    )
+    line = page.locator("#upload-list li[data-file='scan.pdf'] .outcome")
+    expect(line).to_have_text(re.compile(r"^queued as job \d+$"), timeout=60_000)
+    # a `ragstore worker` runs the queue (in a thread: Playwright holds this one's loop)
+    worker = threading.Thread(
+        target=run_worker, args=(settings,), kwargs={"burst": True, "signals": False}
+    )
+    worker.start()
+    worker.join(timeout=120)
+    expect(line).to_have_text(
+        re.compile(r"^failed in job \d+: scan\.pdf: not a readable PDF.*\(corrupt_document\)$"),
+        timeout=60_000,
+    )
+    expect(line).to_have_class(re.compile(r"\bstatus-failed\b"))

@@ -141,6 +141,9 @@
     return row;
   }
 
+  /* Write and admin controls are served hidden and shown here once the key's scope allows
+   * them: served visible, the upload zone and the migrate and rollback buttons stayed in
+   * front of a read key whenever GET /v1/me failed or had not answered yet. */
   function applyScope(me) {
     const admin = me.scope === "admin";
     const write = admin || me.scope === "write";
@@ -226,26 +229,36 @@
         showError("delete-error", "Type the collection's name exactly to delete it.");
         return;
       }
+      $("delete-submit").disabled = true;  // one request per confirmation, as for create
       try {
         await api("DELETE", "/v1/collections/" + enc(deleting));
       } catch (err) {
         showError("delete-error", err);
         return;
+      } finally {
+        $("delete-submit").disabled = false;
       }
       dialog.close();
       await load();
     });
+    /* The button is disabled while the request runs: a double click sent two, and the
+     * second one's "already exists" was shown as if the create had failed. */
+    const createButton = $("create-form").querySelector("button[type=submit]");
     $("create-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
+      if (createButton.disabled) return;  // Enter pressed while one is on its way
       clearError("create-error");
       const payload = { name: $("create-name").value.trim() };
       const model = $("create-model").value.trim();
       if (model) payload.model = model;
+      createButton.disabled = true;
       try {
         await api("POST", "/v1/collections", payload);
       } catch (err) {
         showError("create-error", err);
         return;
+      } finally {
+        createButton.disabled = false;
       }
       $("create-name").value = "";
       await load();
@@ -380,6 +393,40 @@
       return picked;
     }
 
+    /* A file queued as a background job (202) is followed to the job's end, so its line
+     * says what became of it: left at "queued", a file the job then failed to read was a
+     * failure nobody was told of. The look is less frequent as the job runs longer (one
+     * second, then up to 15), and a 429 or 503 is waited out, so that a folder of large
+     * files does not spend the key's rate limit. */
+    async function followJob(result, id) {
+      let job;
+      for (let wait = 1000; ; wait = Math.min(wait * 1.5, 15000)) {
+        await new Promise((r) => setTimeout(r, wait));
+        try {
+          job = await api("GET", "/v1/jobs/" + enc(id));
+        } catch (err) {
+          if (err instanceof ApiError && (err.status === 429 || err.status === 503)) continue;
+          outcome(result, "unknown", "queued as job " + id + "; its state could not be read: " +
+                  problemText(err));
+          return;
+        }
+        if (job.status === "succeeded" || job.status === "failed") break;
+        outcome(result, job.status, job.status + " as job " + id);
+      }
+      if (job.errors.length) {
+        const e = job.errors[0];
+        outcome(result, "failed", "failed in job " + id + ": " + (e.detail || "") +
+                (e.code ? " (" + e.code + ")" : ""));
+      } else {
+        const done = Object.keys(job.summary).filter((k) => k !== "embedded" && k !== "reused" &&
+                                                             job.summary[k]);
+        outcome(result, job.status === "succeeded" ? (done[0] || "succeeded") : "failed",
+                (done[0] || job.status) + " in job " + id + ": " + job.chunks_done + " chunks");
+      }
+      loadJobs().catch(() => undefined);
+      loadDocuments(false).catch(() => undefined);
+    }
+
     function uploadOne(file, name) {
       const bar = el("progress", { max: 1, value: 0 });
       const result = el("span", { class: "outcome", text: "uploading…" });
@@ -403,6 +450,7 @@
             outcome(result, d.status || "added", (d.status || "added") + ": " + d.chunks + " chunks");
           } else if (xhr.status === 202) {
             outcome(result, "queued", "queued as job " + data.id);
+            followJob(result, data.id);
           } else {
             if (xhr.status === 401 && AUTH) signOut();
             outcome(result, "failed", "failed: " + (data.detail || xhr.statusText) +
@@ -410,8 +458,12 @@
           }
           resolve();
         });
+        /* No answer is not a failure: the server may have stored the file and lost the
+         * connection before answering, so "failed" could be false (and invite a retry that
+         * the user then reads as a second copy). */
         xhr.addEventListener("error", () => {
-          outcome(result, "failed", "failed: the connection to the server broke");
+          outcome(result, "unknown", "no answer: the connection to the server broke, so " +
+                  "whether the file was stored is unknown; reload the page to see");
           resolve();
         });
         const form = new FormData();
@@ -421,6 +473,11 @@
     }
 
     async function uploadAll(picked) {
+      if (!picked.files.length && !picked.skipped) {  // an empty folder: said, not ignored
+        $("upload-list").append(el("li", { class: "skipped",
+          text: "nothing to upload: the dropped folder holds no files" }));
+        return;
+      }
       if (picked.skipped) {
         $("upload-list").append(el("li", { class: "skipped", text: "skipped " + picked.skipped +
           " hidden file(s) or file(s) of a kind ragstore does not read" }));
@@ -565,12 +622,15 @@
   }
 
   /* A field's clause added to the filters box: its first example value (a date range for
-     a timestamp), so a click shows the syntax with a value the collection holds. */
+     a timestamp), so a click shows the syntax with a value the collection holds. The clause
+     is defined as an own property: assigned, a metadata field named "__proto__" set the
+     object's prototype instead, and the click left the filters box unchanged, silently. */
   function addClause(field, value) {
     clearError("where-error");
     const where = readWhere();
     if (where === null) return;
-    where[field] = value;
+    Object.defineProperty(where, field,
+      { value: value, enumerable: true, writable: true, configurable: true });
     $("where").value = JSON.stringify(where);
     $("where").focus();
   }
@@ -732,15 +792,20 @@
       }
       await Promise.all([loadSpaces(), loadModels()]);
     });
+    /* Disabled while its request runs: each rollback switches to the model active before,
+     * so a double click sent two and switched back to the model being rolled back. */
     $("rollback").addEventListener("click", async () => {
       clearError("migrate-error");
       const name = select.value;
+      $("rollback").disabled = true;
       try {
         const r = await api("POST", "/v1/collections/" + enc(name) + "/model/rollback");
         $("migrate-status").textContent = "Rolled back " + name + ": " + r.active +
           " is active again (was " + r.previous + ").";
       } catch (err) {
         showError("migrate-error", err);
+      } finally {
+        $("rollback").disabled = false;
       }
       await Promise.all([loadSpaces(), loadModels()]);
     });
