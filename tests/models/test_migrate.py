@@ -160,10 +160,24 @@ def test_rollback_refuses_while_the_previous_space_misses_new_chunks(
     assert rt.collection(COLL).model.key == target
 
 
+def test_prune_drops_nothing_when_what_it_would_drop_is_not_what_was_confirmed(
+    rt: Runtime, corpus: Path
+) -> None:
+    """``ragstore models prune`` lists, asks, then prunes: run again after the answer, it
+    dropped whatever was retired by then, tables nobody had been shown included."""
+    retired = [r["table"] for r in model_status(rt, COLL) if r["status"] == "retired"]
+    assert len(retired) == 1
+    with pytest.raises(ConflictError, match="changed since it was listed"):
+        prune(rt, COLL, expected=[])  # confirmed while nothing was retired
+    with rt.db.connection() as conn:
+        row = conn.execute("SELECT to_regclass(%s)", (retired[0],)).fetchone()
+    assert row is not None and row[0] is not None, "nothing was dropped"
+
+
 def test_prune_drops_retired_tables_and_ends_rollback(rt: Runtime, corpus: Path) -> None:
     retired = [r for r in model_status(rt, COLL) if r["status"] == "retired"]
     assert len(retired) == 1
-    dropped = prune(rt, COLL)
+    dropped = prune(rt, COLL, expected=[retired[0]["table"]])  # as confirmed
     assert [s.table for s in dropped] == [retired[0]["table"]]
     with rt.db.connection() as conn:
         row = conn.execute("SELECT to_regclass(%s)", (retired[0]["table"],)).fetchone()

@@ -391,7 +391,7 @@ def prune_cmd(
                 "models becomes impossible",
                 yes=yes,
             )
-            dropped = prune(rt, name)
+            dropped = prune(rt, name, expected=[sp.table for sp in dropped])
     if as_json:
         echo_json(
             {

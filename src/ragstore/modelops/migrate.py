@@ -21,7 +21,7 @@ Rollback, prune and cancel handle both kinds of space.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +31,7 @@ import psycopg
 
 from ragstore.db import catalog, documents, repository, spaces
 from ragstore.db.errors import translated
-from ragstore.errors import InputError, MigrationStateError
+from ragstore.errors import ConflictError, InputError, MigrationStateError
 from ragstore.modelops import rechunk
 from ragstore.modelops.specs import find_model
 from ragstore.models import ModelSpec
@@ -394,9 +394,20 @@ def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
     return coll.model.key, prev.model.key
 
 
-def prune(rt: Runtime, collection: str, *, dry_run: bool = False) -> list[spaces.Space]:
+def prune(
+    rt: Runtime,
+    collection: str,
+    *,
+    dry_run: bool = False,
+    expected: Collection[str] | None = None,
+) -> list[spaces.Space]:
     """Drop the tables of the collection's retired spaces (rollback is then impossible),
-    and the chunk sets kept for models switched away from (shadows not being built)."""
+    and the chunk sets kept for models switched away from (shadows not being built).
+
+    ``expected``: the tables a person confirmed (``ragstore models prune`` lists them and
+    asks); where what would go now differs, nothing is dropped and ConflictError says so.
+    Run again after the confirmation, prune dropped whatever was retired by then: a
+    rollback in between retired a space nobody had been shown, and it went."""
     coll = rt.collection(collection)
     with (
         _migration_lock(rt, coll),
@@ -407,6 +418,12 @@ def prune(rt: Runtime, collection: str, *, dry_run: bool = False) -> list[spaces
         retired = [s for s in spaces.list_spaces(conn, coll.id) if s.status == "retired"]
         kept = [sh for sh, sp in _shadow_spaces(conn, coll) if sp.status == "retired"]
         dropped = retired + [s for sh in kept for s in spaces.list_spaces(conn, sh.id)]
+        if expected is not None and sorted(s.table for s in dropped) != sorted(expected):
+            raise ConflictError(
+                f"what pruning {coll.name!r} would drop changed since it was listed (a "
+                "migration or rollback meanwhile); nothing was dropped: run it again to "
+                "see the new list"
+            )
         if not dry_run:
             for sp in retired:
                 spaces.drop_space(conn, sp)
