@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import psycopg
 import pytest
@@ -413,30 +413,40 @@ def test_a_worker_whose_lock_session_ended_takes_its_lock_again(
 
 
 def test_a_connection_lost_as_a_job_is_recorded_finished_is_not_left_running(
-    api: Client, jobs_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    api: Client, jobs_settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The job's documents are stored, then the connection that records it finished is
-    ended (a restart, a failover, an administrator): here its own backend is terminated
-    just before the record is written. Written once, that left the job ``running`` for
-    good: the queue took the error as the job's failure and never ran it again, and a
-    client polling it waited until its own timeout."""
-    from ragstore.db import jobs as job_store
-
-    real_finish = job_store.finish
-    ended: list[int] = []
-
-    def finish_on_a_lost_connection(conn: psycopg.Connection[Any], *args: Any, **kw: Any) -> None:
-        if not ended:
-            ended.append(conn.info.backend_pid)
-            with psycopg.connect(jobs_settings.database_url.get_secret_value()) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-        real_finish(conn, *args, **kw)
-
+    ended (a restart, a failover, an administrator): here a trigger makes the backend
+    writing the record terminate itself, once (a sequence counts, outside the transaction
+    it kills). Written once, that left the job ``running`` for good: the queue took the
+    error as the job's failure and never ran it again, and a client polling it waited
+    until its own timeout."""
     monkeypatch.setattr("ragstore.jobs.runner.FINISH_RETRY_S", 0.1, raising=False)
-    monkeypatch.setattr(job_store, "finish", finish_on_a_lost_connection)
     job = api.upload("lost", [("l.md", b"# L\n\nlost connection text")], background=True)
-    with Runtime(jobs_settings) as rt:
-        assert run_job(rt, job["id"]).status == "succeeded"
-    assert len(ended) == 1  # the first record was lost with its connection
+    fault = f"""
+        CREATE SEQUENCE lost_once;
+        CREATE FUNCTION lost_once() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('lost_once') = 1 THEN
+                PERFORM pg_terminate_backend(pg_backend_pid());
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER lost_once BEFORE UPDATE ON ingest_jobs FOR EACH ROW
+            WHEN (NEW.id = {int(job["id"])} AND NEW.status = 'succeeded')
+            EXECUTE FUNCTION lost_once();
+    """
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(fault)
+        try:
+            with Runtime(jobs_settings) as rt:
+                assert run_job(rt, job["id"]).status == "succeeded"
+            tries = admin.execute("SELECT last_value FROM lost_once").fetchone()
+        finally:
+            admin.execute(
+                "DROP TRIGGER lost_once ON ingest_jobs; DROP FUNCTION lost_once();"
+                " DROP SEQUENCE lost_once"
+            )
+    assert tries == (2,)  # the first record was lost with its connection, the second kept
     done = api.get_job(job["id"])
     assert done["status"] == "succeeded" and done["summary"]["added"] == 1

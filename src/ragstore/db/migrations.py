@@ -8,7 +8,9 @@ processes upgrading at once run one after the other, and the second finds nothin
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -166,18 +168,14 @@ def _run(db: Database, action: str, target: str) -> None:
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
             cfg = _config()
             cfg.attributes["connection"] = conn
-            if action == "upgrade":
-                command.upgrade(cfg, target)
-            else:
-                command.downgrade(cfg, target)
+            with _target_refused(f"{action} to {target!r}"):
+                if action == "upgrade":
+                    command.upgrade(cfg, target)
+                else:
+                    command.downgrade(cfg, target)
     except Exception as exc:
-        from alembic.util import CommandError
         from sqlalchemy.exc import DBAPIError
 
-        if isinstance(exc, CommandError) or _unresolvable(exc):
-            raise InputError(
-                f"cannot {action} to {target!r}: {str(exc) or _NOT_A_REVISION}"
-            ) from None
         if isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.Error):
             # SQLAlchemy wraps the driver's error (and quotes the whole revision's SQL)
             raise _failed(exc.orig, db, action) from None
@@ -215,22 +213,30 @@ def upgrade_sql(db: Database | None, to: str = "head", start: str | None = None)
     Alembic cannot resolve is an InputError, as in :func:`upgrade`: ``ragstore db upgrade
     --sql --to bogus`` ended with Alembic's traceback."""
     from alembic import command
-    from alembic.util import CommandError
 
     url = _sqlalchemy_url(db.conninfo) if db else "postgresql+psycopg://"
     cfg = _config(url)
     out = io.StringIO()
     cfg.output_buffer = out
     rng = f"{start}:{to}" if start else to
-    try:
+    with _target_refused(f"print the SQL of an upgrade to {rng!r}"):
         command.upgrade(cfg, rng, sql=True)
-    except Exception as exc:
-        if isinstance(exc, CommandError) or _unresolvable(exc):
-            raise InputError(
-                f"cannot print the SQL of an upgrade to {rng!r}: {str(exc) or _NOT_A_REVISION}"
-            ) from None
-        raise
     return out.getvalue()
+
+
+@contextlib.contextmanager
+def _target_refused(what: str) -> Iterator[None]:
+    """Alembic refusing a revision target, as one InputError (``cannot WHAT: why``): its
+    CommandError, and the ``assert`` some targets fail in its revision map
+    (:func:`_unresolvable`). Any other error passes through."""
+    from alembic.util import CommandError
+
+    try:
+        yield
+    except (CommandError, AssertionError) as exc:
+        if isinstance(exc, AssertionError) and not _unresolvable(exc):
+            raise
+        raise InputError(f"cannot {what}: {str(exc) or _NOT_A_REVISION}") from None
 
 
 _NOT_A_REVISION = "not a revision; give one that `ragstore db status` names, or head"

@@ -6,6 +6,7 @@ across Chroma's storage-format changes. Install it with ``pip install 'ragstore[
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,19 +33,28 @@ def _client(path: Path) -> Any:
 
 @contextmanager
 def _read_by_chroma(path: Path) -> Iterator[None]:
-    """Any exception of Chroma's own reading (a chroma.sqlite3 that is no database, a
+    """Chroma failing to read the directory (a chroma.sqlite3 that is no database, a
     directory written by another chromadb version) as :class:`ImportSourceError` naming
-    the directory and the installed chromadb; it escaped as Chroma's traceback."""
+    the directory and the installed chromadb; it escaped as Chroma's traceback. What it
+    raises then: its own ChromaError, SQLite's errors, and ValueError, KeyError or
+    TypeError from rows it does not expect; anything else passes through."""
+    expected: tuple[type[Exception], ...] = (sqlite3.Error, ValueError, KeyError, TypeError)
+    try:
+        from chromadb.errors import ChromaError
+
+        expected = (ChromaError, *expected)
+    except ImportError:  # not installed: _client says how to install it
+        pass
     try:
         yield
     except RagstoreError:
         raise
-    except Exception as exc:
-        try:
-            from importlib.metadata import version
+    except expected as exc:
+        from importlib.metadata import PackageNotFoundError, version
 
+        try:
             installed = f"chromadb {version('chromadb')} is installed"
-        except Exception:  # metadata missing: say nothing of the version
+        except PackageNotFoundError:  # metadata missing: say nothing of the version
             installed = "see the installed chromadb's version"
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ImportSourceError(
