@@ -161,6 +161,20 @@ def open_page(page: Page, server: Server, path: str) -> None:
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
 
 
+def drop_made_by_script(page: Page, files: list[tuple[str, str, str]]) -> None:
+    """Drop ``(name, type, text)`` files on the drop zone in a DataTransfer a script made
+    (it has no folder entries: the console takes its files as given)."""
+    drop = page.evaluate_handle(
+        """(files) => {
+             const dt = new DataTransfer();
+             for (const [name, type, text] of files) dt.items.add(new File([text], name, {type}));
+             return dt;
+           }""",
+        [list(f) for f in files],
+    )
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": drop})
+
+
 def test_sign_in_keeps_the_key_in_the_tab_only(page: Page, server: Server) -> None:
     urls: list[str] = []
     page.on("request", lambda r: urls.append(r.url))
@@ -215,16 +229,13 @@ def test_create_a_collection_and_upload_two_files_by_drop(page: Page, server: Se
     assert creates.count("POST") == 1
     page.click("tr[data-collection=inbox] a")
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
-    drop = page.evaluate_handle(
-        """([good, bad]) => {
-             const dt = new DataTransfer();
-             dt.items.add(new File([good], "rollback.md", {type: "text/markdown"}));
-             dt.items.add(new File([bad], "broken.pdf", {type: "application/pdf"}));
-             return dt;
-           }""",
-        [DOCS["rollback.md"], BAD_PDF.decode()],
+    drop_made_by_script(
+        page,
+        [
+            ("rollback.md", "text/markdown", DOCS["rollback.md"]),
+            ("broken.pdf", "application/pdf", BAD_PDF.decode()),
+        ],
     )
-    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": drop})
     good = page.locator("#upload-list li[data-file='rollback.md'] .outcome")
     bad = page.locator("#upload-list li[data-file='broken.pdf'] .outcome")
     expect(good).to_have_text(re.compile(r"^added: \d+ chunks$"), timeout=60_000)
@@ -339,16 +350,13 @@ def test_a_dropped_folder_is_walked_and_its_files_named_by_path(
     # two files of one name dropped as files: Chromium's own drop names the second
     # "README (1).md"; where the browser does not (here a DataTransfer a script made),
     # the first is stored and the second refused rather than stored over it
-    drop = page.evaluate_handle(
-        """([a, b]) => {
-             const dt = new DataTransfer();
-             dt.items.add(new File([a], "README.md", {type: "text/markdown"}));
-             dt.items.add(new File([b], "README.md", {type: "text/markdown"}));
-             return dt;
-           }""",
-        [DOCS["rollback.md"], DOCS["backups.md"]],
+    drop_made_by_script(
+        page,
+        [
+            ("README.md", "text/markdown", DOCS["rollback.md"]),
+            ("README.md", "text/markdown", DOCS["backups.md"]),
+        ],
     )
-    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": drop})
     same = page.locator("#upload-list li[data-file='README.md'] .outcome")
     expect(same.nth(0)).to_have_text(re.compile(r"^added: \d+ chunks$"), timeout=60_000)
     expect(same.nth(1)).to_have_text(re.compile(r"^failed: another file of this upload"))
