@@ -14,10 +14,26 @@ document race), search, delete documents they added, and hand some adds to the w
   deleted one is gone, and the collection's count is exactly that;
 * every background job succeeded and its documents are stored.
 
+With ``--faults SECONDS`` a thread hurts the database every that many seconds while the
+clients run, taking turns: every other session's connection ended
+(``pg_terminate_backend``, as a failover or an administrator does) and the embedded
+postmaster killed with SIGKILL (a crash; the servers start it again). The checks then
+allow what a fault may honestly cause and nothing more:
+
+* an answer is 201/202/204, a 4xx refusal, or a 503 problem (``database_unavailable``);
+  any other 5xx, or a connection the server dropped without an answer, is a problem;
+* a write answered 503 has an unknown outcome: its document may be stored (with the hash
+  of the text it sent) or not; a 4xx refusal stored nothing;
+* an acknowledged write is stored after every fault, and a hot document holds an
+  acknowledged write that nothing acknowledged later overwrote, or a write of unknown
+  outcome that ended after the last acknowledged one began;
+* every job answered 202 ends ``succeeded`` with its documents stored, faults or not.
+
 Throughput and p99 latency per operation go to stdout (and ``--json``). Usage::
 
     python -m bench.soak --duration 600            # the 10-minute run in docs/benchmarks.md
     python -m bench.soak --duration 60 --clients 6 # a quick look
+    python -m bench.soak --duration 180 --faults 10 # connections ended, postmaster killed
 """
 
 from __future__ import annotations
@@ -88,13 +104,21 @@ class Record:
     jobs: list[tuple[int, list[str], dict[str, str]]] = field(default_factory=list)
     bad_acks: list[str] = field(default_factory=list)
     errors_5xx: list[str] = field(default_factory=list)
+    # writes whose answer was 503 or none: stored or not, either is honest
+    unknown: list[Write] = field(default_factory=list)
+    refused: list[Write] = field(default_factory=list)
+    unknown_deletes: set[str] = field(default_factory=set)
+    faults: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    allow_503: bool = False
 
     def note(self, op: str, seconds: float, status: int, body: str) -> None:
         with self.lock:
             self.latencies[op].append(seconds)
             self.statuses[op][status] += 1
-            if status >= 500:
+            if status == 503 and self.allow_503 and '"database_unavailable"' in body:
+                return
+            if status >= 500 or status == 0:
                 self.errors_5xx.append(f"{op} {status}: {body[:300]}")
 
 
@@ -159,7 +183,10 @@ class Client(threading.Thread):
     ) -> tuple[httpx.Response, float, float]:
         url = self.rng.choice(self.urls)
         t0 = time.monotonic()
-        r = self.http.request(method, f"{url}{path}", **kw)
+        try:
+            r = self.http.request(method, f"{url}{path}", **kw)
+        except httpx.TransportError as exc:  # no answer at all: status 0
+            r = httpx.Response(0, text=f"{type(exc).__name__}: {exc}")
         t1 = time.monotonic()
         self.rec.note(op, t1 - t0, r.status_code, r.text)
         return r, t0, t1
@@ -189,6 +216,12 @@ class Client(threading.Thread):
         if background and r.status_code == 202:
             with self.rec.lock:
                 self.rec.jobs.append((int(body["id"]), [name], {name: w.digest}))
+        elif r.status_code == 0 or r.status_code >= 500:
+            with self.rec.lock:
+                self.rec.unknown.append(w)
+        elif 400 <= r.status_code < 500 and op == "add":
+            with self.rec.lock:
+                self.rec.refused.append(w)
         return w
 
     def run(self) -> None:
@@ -223,10 +256,25 @@ class Client(threading.Thread):
                     if r.status_code == 204:
                         with self.rec.lock:
                             self.rec.deleted.add(name)
+                    elif r.status_code == 0 or r.status_code >= 500:
+                        with self.rec.lock:
+                            self.rec.unknown_deletes.add(name)
                 else:
                     self.seq += 1
                     name = f"c{self.i}/bg-{self.seq}.md"
                     self.add(name, _text(self.rng, name), background=True)
+
+
+def _get(h: httpx.Client, url: str, **kw: Any) -> Any:
+    """GET ``url``'s JSON, waiting out 503s for a minute (the database coming back after
+    the last fault)."""
+    deadline = time.monotonic() + 60
+    while True:
+        r = h.get(url, **kw)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            r.raise_for_status()
+            return r.json()
+        time.sleep(1)
 
 
 def _stored(url: str) -> dict[str, dict[str, Any]]:
@@ -237,7 +285,7 @@ def _stored(url: str) -> dict[str, dict[str, Any]]:
             params: dict[str, Any] = {"limit": 500}
             if cursor:
                 params["cursor"] = cursor
-            page = h.get(f"{url}/v1/collections/{COLLECTION}/documents", params=params).json()
+            page = _get(h, f"{url}/v1/collections/{COLLECTION}/documents", params=params)
             for d in page["data"]:
                 out[d["name"]] = d
             cursor = page.get("next_cursor")
@@ -252,7 +300,7 @@ def verify(url: str, rec: Record) -> list[str]:
         for job_id, names, _ in rec.jobs:
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
-                job = h.get(f"{url}/v1/jobs/{job_id}").json()
+                job = _get(h, f"{url}/v1/jobs/{job_id}")
                 if job["status"] in ("succeeded", "failed"):
                     break
                 time.sleep(1)
@@ -261,26 +309,35 @@ def verify(url: str, rec: Record) -> list[str]:
                     f"job {job_id} ({names}) ended {job['status']}: {job.get('errors')}"
                 )
         stored = _stored(url)
-        count = h.get(f"{url}/v1/collections/{COLLECTION}").json()["documents"]
+        count = _get(h, f"{url}/v1/collections/{COLLECTION}")["documents"]
     expected: dict[str, str] = {}
     for name, w in rec.added.items():
         if name not in rec.deleted:
             expected[name] = w.digest
     for _, _, digests in rec.jobs:
         expected.update(digests)
+    hot_names = {w.name for w in rec.hot}
     by_name: dict[str, list[Write]] = defaultdict(list)
+    unknown_hot: dict[str, list[Write]] = defaultdict(list)
     for w in rec.hot:
         if w.status == 201:
             by_name[w.name].append(w)
-    for name, writes in by_name.items():
-        # candidates: acked writes that no other acked write started after they ended
-        latest_start = max(w.start for w in writes)
-        candidates = {w.digest for w in writes if w.end >= latest_start}
+        elif w.status == 0 or w.status >= 500:
+            unknown_hot[w.name].append(w)
+    for name in hot_names:
+        writes = by_name.get(name, [])
+        # candidates: acked writes that no other acked write started after they ended,
+        # and writes of unknown outcome that were still running when the last began
+        latest_start = max((w.start for w in writes), default=float("-inf"))
+        candidates: set[str | None] = {w.digest for w in writes if w.end >= latest_start}
+        candidates |= {w.digest for w in unknown_hot.get(name, []) if w.end >= latest_start}
+        if not writes:
+            candidates.add(None)  # nothing acknowledged: absent is honest too
         got = stored.get(name, {}).get("content_hash")
         if got not in candidates:
             problems.append(
                 f"hot {name}: stores {str(got)[:12]}, not one of the "
-                f"{len(candidates)} last acknowledged writes"
+                f"{len(candidates)} writes that could be last"
             )
     for name, digest in expected.items():
         got = stored.get(name, {}).get("content_hash")
@@ -289,13 +346,79 @@ def verify(url: str, rec: Record) -> list[str]:
     for name in rec.deleted:
         if name in stored:
             problems.append(f"{name}: deleted (204) but still stored")
-    want = len(expected) + len(by_name)
-    if len(stored) != want or count != want:
+    for w in rec.refused:
+        if w.name in stored:
+            problems.append(f"{w.name}: refused ({w.status}) but stored")
+    maybe: dict[str, str] = {}
+    for w in rec.unknown:
+        if w.name not in hot_names:
+            maybe[w.name] = w.digest
+    for name in rec.unknown_deletes:
+        if name in expected:
+            maybe[name] = expected.pop(name)
+    for name, digest in maybe.items():
+        got = stored.get(name, {}).get("content_hash")
+        if got is not None and got != digest:
+            problems.append(f"{name}: stores {got[:12]}, its unanswered write sent {digest[:12]}")
+    extra = set(stored) - set(expected) - hot_names - set(maybe)
+    missing = set(expected) - set(stored)
+    if extra or missing or count != len(stored):
         problems.append(
-            f"count: listed {len(stored)}, collection says {count}, "
-            f"acknowledged writes imply {want}"
+            f"count: listed {len(stored)}, collection says {count}; stored without an "
+            f"acknowledgement {sorted(extra)[:5]}, acknowledged but missing {sorted(missing)[:5]}"
         )
     return problems
+
+
+class Faults(threading.Thread):
+    """Hurts the database every ``every`` seconds until ``until``: every other session's
+    connection ended, then the postmaster killed (SIGKILL), in turn."""
+
+    def __init__(self, data_dir: Path, rec: Record, every: float, until: float) -> None:
+        super().__init__(name="faults", daemon=True)
+        self.data_dir = data_dir
+        self.rec = rec
+        self.every = every
+        self.until = until
+
+    def terminate_all(self) -> int:
+        import psycopg
+
+        from ragstore.db import embedded
+
+        uri = embedded.start(self.data_dir)
+        with psycopg.connect(uri, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        return len(rows)
+
+    def kill_postmaster(self) -> int:
+        pid_file = self.data_dir / "pg" / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            return 0
+        return pid
+
+    def run(self) -> None:
+        turn = 0
+        while time.monotonic() + self.every < self.until:
+            time.sleep(self.every)
+            kind = ("terminate", "kill")[turn % 2]
+            turn += 1
+            try:
+                done = self.terminate_all() if kind == "terminate" else self.kill_postmaster()
+            except Exception as exc:  # a bench: the database may be down; note it, go on
+                with self.rec.lock:
+                    self.rec.faults[f"{kind} failed: {type(exc).__name__}"] += 1
+                continue
+            with self.rec.lock:
+                self.rec.faults[kind] += 1
+                if kind == "terminate":
+                    self.rec.faults["connections ended"] += done
 
 
 def _p(values: list[float], q: float) -> float:
@@ -309,6 +432,13 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--hot", type=int, default=8, help="documents every client rewrites")
     ap.add_argument("--json", type=Path, help="write the figures here too")
+    ap.add_argument(
+        "--faults",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="end every connection, then kill the postmaster, in turn, this often",
+    )
     args = ap.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="ragstore-soak-"))
@@ -341,15 +471,21 @@ def main() -> None:
                 _start(["worker", "--name", f"soak-{i}"], env, data_dir / f"worker-{i}.log")
             )
         httpx.post(f"{urls[0]}/v1/collections", json={"name": COLLECTION}, timeout=60)
-        rec = Record()
+        rec = Record(allow_503=args.faults > 0)
         hot_names = [f"hot/doc-{i}.md" for i in range(args.hot)]
         t0 = time.monotonic()
         clients = [Client(i, urls, rec, t0 + args.duration, hot_names) for i in range(args.clients)]
         for c in clients:
             c.start()
+        if args.faults > 0:
+            faults = Faults(data_dir, rec, args.faults, t0 + args.duration)
+            faults.start()
         for c in clients:
             c.join()
         elapsed = time.monotonic() - t0
+        for number, proc in enumerate(procs):
+            if proc.poll() is not None:
+                rec.errors_5xx.append(f"process {number}: exited {proc.returncode} during the run")
         problems = verify(urls[0], rec)
     finally:
         for p in procs:
@@ -371,8 +507,14 @@ def main() -> None:
         "clients": args.clients,
         "operations": {},
         "problems": problems,
+        "faults": dict(rec.faults),
+        "unknown_outcomes": len(rec.unknown) + len(rec.unknown_deletes),
     }
     print(f"soak: {elapsed:.0f}s, {args.clients} clients, 2 servers, 2 workers")
+    if rec.faults:
+        print(
+            "faults:", dict(rec.faults), f"writes of unknown outcome: {figures['unknown_outcomes']}"
+        )
     print(f"{'operation':<10} {'count':>7} {'per s':>7} {'p50 ms':>8} {'p99 ms':>8}  statuses")
     for op, lat in sorted(rec.latencies.items()):
         row = {
@@ -388,8 +530,8 @@ def main() -> None:
             f"{row['p99_ms']:>8}  {row['statuses']}"
         )
     print("checks:", "all held" if not problems else f"{len(problems)} problem(s)")
-    for p in problems[:40]:
-        print("  -", p)
+    for problem in problems[:40]:
+        print("  -", problem)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     sys.exit(1 if problems else 0)
