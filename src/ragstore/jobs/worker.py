@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import nullcontext
+from typing import Any
 
 import procrastinate
+import procrastinate.signals
 
 from ragstore.config import Settings
+from ragstore.db.database import Database
 from ragstore.errors import ReadOnlyError
 from ragstore.jobs.liveness import LiveJobManager
 from ragstore.jobs.queue import QUEUE, build_queue
@@ -101,29 +107,83 @@ async def _run(
         app.job_manager = LiveJobManager(
             app.connector, db.conninfo, stalled_after_s=settings.worker_stalled_after_s
         )
+        worker = name or "ragstore-worker"
+        stopping = asyncio.Event()
+        on_stop = procrastinate.signals.on_stop(stopping.set) if signals else nullcontext()
         async with app.open_async():
-            events.info(
-                "worker started",
-                worker=name or "ragstore-worker",
-                concurrency=concurrency,
-                burst=burst,
-            )
-            await retry_stalled(app, settings.worker_stalled_after_s)
+            events.info("worker started", worker=worker, concurrency=concurrency, burst=burst)
             try:
-                async with watching_stalled(app, settings):
-                    await app.run_worker_async(
-                        queues=[QUEUE],
-                        concurrency=concurrency,
-                        wait=not burst,
-                        name=name or "ragstore-worker",
-                        delete_jobs="successful",
-                        update_heartbeat_interval=settings.worker_heartbeat_s,
-                        stalled_worker_timeout=settings.worker_stalled_after_s,
-                        fetch_job_polling_interval=min(5.0, settings.worker_heartbeat_s),
-                        install_signal_handlers=signals,
-                    )
+                with on_stop:
+                    while not stopping.is_set():
+                        loop = functools.partial(
+                            app.run_worker_async,
+                            queues=[QUEUE],
+                            concurrency=concurrency,
+                            wait=not burst,
+                            name=worker,
+                            delete_jobs="successful",
+                            update_heartbeat_interval=settings.worker_heartbeat_s,
+                            stalled_worker_timeout=settings.worker_stalled_after_s,
+                            fetch_job_polling_interval=min(5.0, settings.worker_heartbeat_s),
+                            install_signal_handlers=False,  # ours: they outlive one loop
+                        )
+                        if await _work_until_lost(app, settings, loop, stopping):
+                            return
+                        await _until_database_answers(db, stopping)
             finally:
-                events.info("worker stopped", worker=name or "ragstore-worker")
+                events.info("worker stopped", worker=worker)
+
+
+async def _work_until_lost(
+    app: procrastinate.App,
+    settings: Settings,
+    loop: Callable[[], Coroutine[Any, Any, None]],
+    stopping: asyncio.Event,
+) -> bool:
+    """Run procrastinate's worker ``loop`` until it ends (True: stopped, or a burst's queue
+    is empty) or the database goes away under it (False: start it again once it answers).
+
+    procrastinate's loop raises on the first statement that fails to reach the database,
+    and ``ragstore worker`` exited with it: a restart or failover of the database stopped
+    every worker for good, and queued jobs, accepted with 202, waited for an operator.
+    A stop (SIGINT/SIGTERM) cancels the loop, which procrastinate takes as a graceful stop:
+    the jobs in progress finish first."""
+    try:
+        await retry_stalled(app, settings.worker_stalled_after_s)
+        async with watching_stalled(app, settings):
+            running = asyncio.ensure_future(loop())
+            stopped = asyncio.ensure_future(stopping.wait())
+            try:
+                await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if not running.done():
+                    running.cancel()
+                await running
+            except asyncio.CancelledError:
+                return True
+            finally:
+                stopped.cancel()
+    except procrastinate.exceptions.ConnectorException as exc:
+        if stopping.is_set():
+            return True  # lost while stopping: nothing is left to finish
+        log.warning(
+            "worker: the database went away (%s); working again once it answers",
+            exc.__cause__ or exc,
+        )
+        return False
+    return True
+
+
+RECONNECT_EVERY_S = (1.0, 2.0, 5.0)  # waits between probes of a lost database, then the last
+
+
+async def _until_database_answers(db: Database, stopping: asyncio.Event) -> None:
+    """Wait until a fresh connection opens (an embedded server is started again), or a stop."""
+    for attempt in itertools.count():
+        if stopping.is_set() or await asyncio.to_thread(db.probe):
+            return
+        wait = RECONNECT_EVERY_S[min(attempt, len(RECONNECT_EVERY_S) - 1)]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=wait)
 
 
 def run_worker(
