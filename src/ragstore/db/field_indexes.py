@@ -139,8 +139,11 @@ def _create_sql(index: FieldIndex, table: str) -> sql.Composable:
     alias = sql.Identifier(table)
     value = typed_value(sql.SQL("{}.metadata").format(alias), index.keys, index.kind)
     where = sql.SQL(" WHERE {} IS NOT NULL").format(value) if table == "chunks" else sql.SQL("")
-    return sql.SQL("CREATE INDEX CONCURRENTLY {i} ON {t} ({v}){w}").format(
-        i=sql.Identifier(index.name(table)), t=alias, v=value, w=where
+    # strings in byte order, as a filter's range compares them (search.filters.byte_order):
+    # an index of the database's collation would not serve that comparison
+    collate = sql.SQL(' COLLATE "C"') if index.kind == "string" else sql.SQL("")
+    return sql.SQL("CREATE INDEX CONCURRENTLY {i} ON {t} ({v}{c}){w}").format(
+        i=sql.Identifier(index.name(table)), t=alias, v=value, c=collate, w=where
     )
 
 
