@@ -421,7 +421,7 @@ def test_a_connection_lost_as_a_job_is_recorded_finished_is_not_left_running(
     it kills). Written once, that left the job ``running`` for good: the queue took the
     error as the job's failure and never ran it again, and a client polling it waited
     until its own timeout."""
-    monkeypatch.setattr("ragstore.jobs.runner.FINISH_RETRY_S", 0.1, raising=False)
+    monkeypatch.setattr("ragstore.jobs.runner.RETRY_S", 0.1)
     job = api.upload("lost", [("l.md", b"# L\n\nlost connection text")], background=True)
     fault = f"""
         CREATE SEQUENCE lost_once;

@@ -13,8 +13,13 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from ragstore import Client
+from ragstore.config import Settings
+from ragstore.jobs.runner import run_job
+from ragstore.runtime import Runtime
+from tests.api.conftest import with_
 
 APP_NAME = "ragstore-outage-worker"  # libpq's PGAPPNAME: the worker's sessions, found by it
 
@@ -98,3 +103,52 @@ def test_a_worker_whose_connections_end_works_on(
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(timeout=30)
+
+
+def test_a_job_whose_connection_is_lost_mid_ingest_is_run_again_not_failed(
+    open_url: str, settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backend writing the job's second document ends (a trigger makes it terminate
+    itself, twice: a sequence counts, outside the transactions it kills), so both the
+    round's write and the document's own write are lost. Run once, the job reported that
+    document failed as ``database_unavailable`` for a moment's outage, for the client to
+    notice and send again; the job is run again and stores it, the document the lost run
+    stored counted as added by the job."""
+    monkeypatch.setattr("ragstore.jobs.runner.RETRY_S", 0.1)
+    with Client(open_url) as api:
+        api.create_collection("lost-mid-ingest")
+        job = api.upload(
+            "lost-mid-ingest",
+            [("a.md", b"# A\n\nfirst text"), ("b.md", b"# B\n\nsecond text")],
+            background=True,
+        )
+        fault = """
+            CREATE SEQUENCE ingest_lost_once;
+            CREATE FUNCTION ingest_lost_once() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF nextval('ingest_lost_once') <= 2 THEN
+                    PERFORM pg_terminate_backend(pg_backend_pid());
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER ingest_lost_once BEFORE INSERT ON documents FOR EACH ROW
+                WHEN (NEW.source LIKE '%/b.md') EXECUTE FUNCTION ingest_lost_once();
+        """
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(fault)
+            try:
+                with Runtime(with_(settings, ingest_batch_chunks=1)) as rt:
+                    done = run_job(rt, job["id"])
+                tries = admin.execute("SELECT last_value FROM ingest_lost_once").fetchone()
+            finally:
+                admin.execute(
+                    "DROP TRIGGER ingest_lost_once ON documents;"
+                    " DROP FUNCTION ingest_lost_once(); DROP SEQUENCE ingest_lost_once"
+                )
+        assert tries == (3,)  # b.md's round and its own write were lost, the third kept
+        assert done.status == "succeeded", done
+        state = api.get_job(job["id"])
+        assert state["status"] == "succeeded" and state["errors"] == [], state
+        assert state["summary"]["added"] == 2, state["summary"]
+        names = sorted(d["name"] for d in api.list_documents("lost-mid-ingest")["data"])
+        assert names == ["a.md", "b.md"]

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ragstore.db import jobs as store
 from ragstore.db.errors import translated
@@ -112,8 +113,9 @@ def _abandon(conn: store.Conn, job: store.JobRecord) -> store.JobRecord:
     return store.get(conn, job.id)
 
 
-def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
-    """Run (or re-run) job ``job_id`` to the end and return its final record."""
+def _start(rt: Runtime, job_id: int) -> tuple[store.JobRecord, list[store.JobFile] | None]:
+    """The job's record and files, the job marked started; no files where it is not to
+    run (finished already, or given up: the record says how)."""
     with rt.db.connection() as conn, translated(f"starting job {job_id}"):
         job = store.get(conn, job_id)
         if job.status in store.FINISHED:
@@ -122,31 +124,49 @@ def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
             # documents the client deleted after reading the outcome (or, past the last
             # attempt, call a finished job lost). The recorded outcome stands.
             log.warning("job %s: already %s; not running it again", job_id, job.status)
-            return job
+            return job, None
         if job.attempts >= rt.settings.worker_max_attempts:
-            return _abandon(conn, job)
+            return _abandon(conn, job), None
         store.start(conn, job_id)
-        files = store.files(conn, job_id)
+        return job, store.files(conn, job_id)
+
+
+def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
+    """Run (or re-run) job ``job_id`` to the end and return its final record.
+
+    Each step that reaches the database is run again where it could not (see
+    :func:`_while_unreachable`): a job the queue handed out is never left ``queued`` or
+    ``running``, nor failed, because the database was away for a moment."""
+    job, files = _while_unreachable(job_id, "starting it", lambda: _start(rt, job_id))
+    if files is None:
+        return job
     log.info("job %s: ingesting %d documents into %r", job_id, len(files), job.collection)
     tracker = _Progress(rt, job_id)
     errors: list[dict[str, Any]] = []
     outcomes: dict[str, int] = defaultdict(int)
-    embedded = reused = 0
+    runs = 0
+
+    def ingest() -> tuple[list[DocumentOutcome], IngestReport]:
+        nonlocal runs, tracker
+        runs += 1
+        if runs > 1:  # a run again after a lost one: its progress counted afresh
+            tracker = _Progress(rt, job_id)
+        results, report = _ingest(rt, job, files, tracker)
+        lost = [r.error for r in results if isinstance(r.error, DatabaseUnavailableError)]
+        if lost and runs < ATTEMPTS:
+            # documents the database was away for are not the client's to send again:
+            # the run again stores them (and leaves the ones stored unchanged)
+            raise DatabaseUnavailableError(f"{len(lost)} documents not stored: {lost[0]}")
+        return results, report
+
     try:
-        report = IngestReport(collection=job.collection)
-        with staging.staging_area(rt.settings) as area:
-            # a document written by a request answered after this job was accepted is
-            # newer than the job's: the job leaves it (superseded), whatever runs first
-            docs = [
-                NewDocument(f.name, area.write(f.content), f.metadata, job.created_at)
-                for f in files
-            ]
-            results = add_documents(rt, job.collection, docs, progress=tracker, report=report)
+        results, report = _while_unreachable(job_id, "ingesting its documents", ingest)
+        # a run after a lost one finds what that one stored: it counts as this job's work
+        retry = job.attempts > 0 or runs > 1
         tracker.docs = len(results)
         tracker.chunks = report.chunks
-        embedded, reused = report.embedded, report.reused
         for r in results:
-            outcomes[job_status(r, job, retry=job.attempts > 0)] += 1
+            outcomes[job_status(r, job, retry=retry)] += 1
             if r.error is not None:
                 errors.append({"document": r.name, "code": r.error.code, "detail": str(r.error)})
     except Exception as exc:  # the job itself broke: record it, let the queue see it too
@@ -167,7 +187,7 @@ def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
             summary=dict(outcomes),
         )
         raise
-    summary: dict[str, Any] = {**outcomes, "embedded": embedded, "reused": reused}
+    summary: dict[str, Any] = {**outcomes, "embedded": report.embedded, "reused": report.reused}
     return _finish(
         rt,
         job_id,
@@ -179,28 +199,60 @@ def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
     )
 
 
-FINISH_ATTEMPTS = 5  # a finished job's record is written up to this many times ...
-FINISH_RETRY_S = 2.0  # ... this long apart (doubled each time: about a minute in all)
+def _ingest(
+    rt: Runtime, job: store.JobRecord, files: list[store.JobFile], tracker: _Progress
+) -> tuple[list[DocumentOutcome], IngestReport]:
+    """Ingest the job's files once; each outcome, and the report of the whole.
+
+    Run again where the database went away meanwhile (a restart, a failover, a crash of
+    the embedded server): the job was accepted with 202, and failing it there left the
+    client to notice and send its files again. A run again is safe for the reason the
+    module's text gives (documents written whole, unchanged ones left)."""
+    report = IngestReport(collection=job.collection)
+    with staging.staging_area(rt.settings) as area:
+        # a document written by a request answered after this job was accepted is
+        # newer than the job's: the job leaves it (superseded), whatever runs first
+        docs = [
+            NewDocument(f.name, area.write(f.content), f.metadata, job.created_at) for f in files
+        ]
+        results = add_documents(rt, job.collection, docs, progress=tracker, report=report)
+    return results, report
+
+
+ATTEMPTS = 5  # a step of a job that could not reach the database is run up to this often ...
+RETRY_S = 2.0  # ... this long apart (doubled each time: about half a minute in all)
+
+T = TypeVar("T")
+
+
+def _while_unreachable(job_id: int, what: str, step: Callable[[], T]) -> T:
+    """``step()``, run again on a fresh connection where the database could not be reached
+    (a restart, a failover, a crash of the embedded server, an administrator ending the
+    session).
+
+    Run once, a lost connection failed the job for good where it was a moment's outage:
+    the client, told 202, had to notice and send its files again. Before the ingest it
+    left the job ``queued`` and, as its outcome was written, ``running`` for good: the
+    queue took the error as the job's failure and never ran it again, and a client polling
+    it waited until its own timeout."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return step()
+        except DatabaseUnavailableError as exc:
+            if attempt == ATTEMPTS:
+                raise
+            wait = RETRY_S * 2 ** (attempt - 1)
+            log.warning("job %s: %s failed (%s); again in %.0f s", job_id, what, exc, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def _finish(rt: Runtime, job_id: int, status: str, **outcome: Any) -> store.JobRecord:
-    """Record the job's outcome, again on a fresh connection where the database was lost
-    meanwhile (a restart, a failover, an administrator ending the session).
+    """Record the job's outcome (again on a fresh connection where it was lost)."""
 
-    Written once, a connection lost at that moment left the job ``running`` for good: its
-    documents were stored, the queue took the exception as the job's failure and never
-    ran it again, and a client polling it waited until its own timeout."""
-    for attempt in range(1, FINISH_ATTEMPTS + 1):
-        try:
-            with rt.db.connection() as conn, translated(f"finishing job {job_id}"):
-                store.finish(conn, job_id, status, **outcome)
-                return store.get(conn, job_id)
-        except DatabaseUnavailableError as exc:
-            if attempt == FINISH_ATTEMPTS:
-                raise
-            wait = FINISH_RETRY_S * 2 ** (attempt - 1)
-            log.warning(
-                "job %s: recording it %s failed (%s); again in %.0f s", job_id, status, exc, wait
-            )
-            time.sleep(wait)
-    raise AssertionError("unreachable")
+    def record() -> store.JobRecord:
+        with rt.db.connection() as conn, translated(f"finishing job {job_id}"):
+            store.finish(conn, job_id, status, **outcome)
+            return store.get(conn, job_id)
+
+    return _while_unreachable(job_id, f"recording it {status}", record)
