@@ -85,11 +85,31 @@ def _migration_lock(rt: Runtime, coll: repository.Collection) -> Any:
         conn.close()
 
 
+def _lock_as_read(conn: Any, coll: repository.Collection, command: str) -> None:
+    """Lock the collection row for a switch (``FOR UPDATE``) and refuse, changing nothing,
+    if it is no longer as ``coll`` was read: another migrate or rollback switched its model
+    between that read (before the migration lock was had) and this lock.
+
+    Acting on what was read did harm: a second rollback of a double click marked the space
+    it had read as active again (two ``active`` spaces, one never written to nor
+    prunable, answered "rolled back from X to X"), and a migrate to the model a rollback
+    had just made active built a second space of it and re-embedded every chunk."""
+    spaces.lock_collection(conn, coll.id)
+    fresh = repository.collection_by_id(conn, coll.id)
+    if fresh is None or fresh.shadow or fresh.space_id != coll.space_id:
+        raise MigrationStateError(
+            f"collection {coll.name!r} switched model while this {command} waited for it "
+            "(another migrate or rollback finished meanwhile); nothing was changed: see "
+            f"`ragstore models status -c {coll.name}` and run the {command} again if it "
+            "is still wanted"
+        )
+
+
 def _target_space(
     conn: psycopg.Connection[Any], coll: repository.Collection, model_id: int, spec: ModelSpec
 ) -> spaces.Space:
     """The space to fill: a building one resumed, a retired one reused, or a new one."""
-    spaces.lock_collection(conn, coll.id)
+    _lock_as_read(conn, coll, "migrate")
     rechunk.ensure_not_stale(conn, coll, model_id, spec.key)
     existing = spaces.list_spaces(conn, coll.id)
     for sp in existing:
@@ -182,6 +202,7 @@ def _migrate_recut(
     coll = rt.collection(collection)
     with _migration_lock(rt, coll):
         with rt.db.connection() as conn, translated(f"preparing the chunks of {target.spec.key}"):
+            _lock_as_read(conn, coll, "migrate")
             for sp in spaces.building_spaces(conn, coll.id):
                 raise MigrationStateError(
                     f"collection {coll.name!r} is already being migrated to {sp.model.key}; "
@@ -356,7 +377,7 @@ def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
         rt.db.connection() as conn,
         translated(f"rolling back {coll.name!r}"),
     ):
-        spaces.lock_collection(conn, coll.id)
+        _lock_as_read(conn, coll, "rollback")
         retired: list[tuple[spaces.Space, repository.Collection | None]] = [
             (s, None)
             for s in spaces.list_spaces(conn, coll.id)
@@ -414,7 +435,7 @@ def prune(
         rt.db.connection() as conn,
         translated(f"pruning {coll.name!r}"),
     ):
-        spaces.lock_collection(conn, coll.id)
+        _lock_as_read(conn, coll, "prune")
         retired = [s for s in spaces.list_spaces(conn, coll.id) if s.status == "retired"]
         kept = [sh for sh, sp in _shadow_spaces(conn, coll) if sp.status == "retired"]
         dropped = retired + [s for sh in kept for s in spaces.list_spaces(conn, sh.id)]
@@ -446,7 +467,7 @@ def cancel(rt: Runtime, collection: str) -> list[tuple[spaces.Space, str]]:
         rt.db.connection() as conn,
         translated(f"cancelling the migration of {coll.name!r}"),
     ):
-        spaces.lock_collection(conn, coll.id)
+        _lock_as_read(conn, coll, "cancel")
         for sh, sp in _shadow_spaces(conn, coll):
             if sp.status != "building":
                 continue
