@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -323,16 +326,16 @@ def test_jsonl_keeps_an_underscore_id_beside_the_id_as_metadata(
     assert rows == [("65f0a2", {}), ("doc-1", {"_id": "65f0a1"})]
 
 
-def test_chroma_collection_written_to_while_it_is_read_is_refused(
+def test_chroma_collection_written_to_while_it_is_read_is_read_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Chroma pages by offset: a record deleted by a writer between two pages shifted the
     # next page past a record that was there all along, and the import verified the set
-    # it had read, one record short, as the whole store
+    # it had read, one record short, as the whole store. Chroma's client now reads a
+    # private copy: every record of the directory as it was when the read began.
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
-    from ragstore.errors import ImportSourceError
     from ragstore.imports import chroma
 
     monkeypatch.setattr(chroma, "PAGE", 2)
@@ -345,10 +348,94 @@ def test_chroma_collection_written_to_while_it_is_read_is_refused(
     read = chroma.ChromaSource(tmp_path / "chroma").records()
     first = [next(read).id, next(read).id]
     coll.delete(ids=[first[0]])  # a writer, between the first page and the second
-    with pytest.raises(ImportSourceError, match=r"changed while it was read \(6 records before, 5"):
-        list(read)
-    # read again, still: every record
+    assert sorted([*first, *(r.id or "" for r in read)]) == ids
+    # read again: the store as it is now
     assert sorted(r.id or "" for r in chroma.ChromaSource(tmp_path / "chroma").records()) == ids[1:]
+
+
+def _chroma_dir_of_an_older_chroma(path: Path) -> None:
+    """A Chroma directory as a chromadb before metadb migration 6 left it: written by the
+    installed one, that migration then undone."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    client = chromadb.PersistentClient(
+        path=str(path), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    coll = client.get_or_create_collection("old", embedding_function=None)
+    ids = [f"o{i}" for i in range(30)]
+    coll.add(ids=ids, embeddings=vectors(30, DIM, seed=12).tolist(), documents=ids)
+    client.close()
+    with sqlite3.connect(path / "chroma.sqlite3") as db:
+        db.execute("DROP TABLE embedding_metadata_array")
+        db.execute("DELETE FROM migrations WHERE dir = 'metadb' AND version = 6")
+    db.close()
+
+
+def _files(path: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(f.relative_to(path)): (f.read_bytes(), f.stat().st_mtime_ns)
+        for f in sorted(path.rglob("*"))
+        if f.is_file()
+    }
+
+
+def test_chroma_directory_is_imported_without_a_byte_of_it_written(
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Chroma's client upgraded a directory of an older Chroma in place (its migrations
+    # applied), after which that Chroma might not open it again, and wrote to every
+    # directory it read (a lock row in chroma.sqlite3, the HNSW files rewritten)
+    source = tmp_path / "chroma"
+    _chroma_dir_of_an_older_chroma(source)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    before = _files(source)
+    report = _import(
+        capsys, str(source), "-c", "fmt-chroma-old", "--model", "legacy@v1", "--dimension", "24"
+    )
+    assert report["verification"]["ok"] is True
+    assert report["verification"]["source_rows"] == 30
+    assert _files(source) == before
+    with sqlite3.connect(f"{(source / 'chroma.sqlite3').as_uri()}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT count(*) FROM migrations WHERE dir = 'metadb'").fetchone() == (5,)
+    db.close()
+    assert list((tmp_path / "tmp").iterdir()) == []  # the private copy is gone
+
+
+def test_chroma_directory_changing_while_it_is_copied_is_copied_again_or_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a writer at work while the directory is copied would leave a copy mixing two of its
+    # states: it is copied again, and refused where it keeps changing
+    from ragstore.errors import ImportSourceError
+    from ragstore.imports import chroma
+
+    source = tmp_path / "chroma"
+    _chroma_dir_of_an_older_chroma(source)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    writes = {"left": 1}
+    copyfile = shutil.copyfile
+
+    def copy_beside_a_writer(src: Path, dst: Path) -> Any:
+        if writes["left"]:
+            writes["left"] -= 1
+            with sqlite3.connect(source / "chroma.sqlite3") as db:  # a real write, meanwhile
+                db.execute("UPDATE collections SET name = name")
+            db.close()
+        return copyfile(src, dst)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_beside_a_writer)
+    assert len(list(chroma.ChromaSource(source).records())) == 30
+    assert writes["left"] == 0
+    writes["left"] = 1_000  # a writer that never stops
+    with pytest.raises(ImportSourceError, match=r"kept changing while it was read \(3 tries\)"):
+        list(chroma.ChromaSource(source).records())
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_csv_sidecar_with_a_long_text_is_imported_and_a_broken_one_named(

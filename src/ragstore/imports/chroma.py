@@ -2,11 +2,21 @@
 
 Reading through Chroma's own client (not its SQLite files) is what keeps this working
 across Chroma's storage-format changes. Install it with ``pip install 'ragstore[chroma]'``.
+
+Chroma's client writes to every directory it opens, even to read it: it applies the
+migrations its version knows to ``chroma.sqlite3`` (a directory of an older Chroma is
+upgraded in place, after which that Chroma may no longer open it), records a write lock
+in it, and rewrites the HNSW segment files. So the client is given a private copy
+(:func:`_private_copy`), taken by reading only, and the source is never written.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +26,17 @@ from ragstore.errors import ImportSourceError, PathNotFoundError, RagstoreError
 from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vector
 
 PAGE = 1000
+DB_NAME = "chroma.sqlite3"
+# SQLite's own files beside the database: the backup API reads what they hold
+DB_SIDE_FILES = (f"{DB_NAME}-journal", f"{DB_NAME}-wal", f"{DB_NAME}-shm")
+# copies taken while something kept changing the directory, before the import gives up
+COPY_TRIES = 3
+
+_FileState = dict[str, tuple[int, int]]
 
 
 def _client(path: Path) -> Any:
+    """A Chroma client of ``path``, which it writes to: only ever a private copy."""
     try:
         import chromadb
         from chromadb.config import Settings as ChromaSettings
@@ -64,7 +82,83 @@ def _read_by_chroma(path: Path) -> Iterator[None]:
 
 
 def is_chroma_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "chroma.sqlite3").exists()
+    return path.is_dir() and (path / DB_NAME).exists()
+
+
+def _file_state(path: Path) -> _FileState:
+    """Every file under ``path`` (SQLite's side files left out) with its size and mtime."""
+    state: _FileState = {}
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            full = Path(root, name)
+            rel = str(full.relative_to(path))
+            if rel in DB_SIDE_FILES:
+                continue
+            st = full.stat()
+            state[rel] = (st.st_size, st.st_mtime_ns)
+    return state
+
+
+def _copy_once(path: Path, dest: Path) -> bool:
+    """Copy the directory into ``dest`` by reading it only; False where it changed meanwhile.
+
+    The database through SQLite's backup API from a read-only connection (one consistent
+    state, its journal's content included, nothing written beside it), every other file
+    by its bytes into a writable copy (the source's permissions are not carried: Chroma
+    must be able to write its copy)."""
+    before = _file_state(path)
+    for rel in before:
+        if rel == DB_NAME:
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path / rel, target)
+    source = sqlite3.connect(f"{(path / DB_NAME).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        copy = sqlite3.connect(dest / DB_NAME)
+        try:
+            source.backup(copy)
+        finally:
+            copy.close()
+    finally:
+        source.close()
+    return _file_state(path) == before
+
+
+def _private_copy(path: Path) -> Path:
+    """A copy of the Chroma directory ``path`` for Chroma's client to open, in a new
+    temporary directory (the caller removes it); ``path`` itself is only read.
+
+    Chroma's client writes to what it opens (see the module's docstring). A directory
+    that changed while it was copied (a writer at work) is copied again, and refused
+    after ``COPY_TRIES`` tries: the copy would mix its states. A copy that does not fit
+    (the temporary directory's disk full) says where it was made and how to move it."""
+    for _ in range(COPY_TRIES):
+        dest = Path(tempfile.mkdtemp(prefix="ragstore-chroma-"))
+        try:
+            if _copy_once(path, dest):
+                return dest
+        except OSError as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ImportSourceError(
+                    f"reading {path} without changing it takes a private copy of it, and "
+                    f"{dest.parent} has no room for one ({exc.strerror}); set TMPDIR to a "
+                    "directory with room for a copy of it"
+                ) from None
+            raise ImportSourceError(
+                f"copying {path} into {dest.parent} to read it without changing it: "
+                f"{exc.strerror or exc}; check the permissions of both for the user running "
+                "ragstore"
+            ) from None
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        shutil.rmtree(dest, ignore_errors=True)
+    raise ImportSourceError(
+        f"{path} kept changing while it was read ({COPY_TRIES} tries); stop what writes "
+        "to it and run the import again"
+    )
 
 
 class ChromaSource:
@@ -85,12 +179,7 @@ class ChromaSource:
     def description(self) -> str:
         return f"Chroma collection {self.collection or '?'} in {self.path}"
 
-    def _collection(self) -> Any:
-        with _read_by_chroma(self.path):
-            return self._open_collection()
-
-    def _open_collection(self) -> Any:
-        client = _client(self.path)
+    def _open_collection(self, client: Any) -> Any:
         names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
         if self.collection is None:
             if len(names) != 1:
@@ -110,14 +199,28 @@ class ChromaSource:
         return coll
 
     def records(self) -> Iterator[Record]:
-        """Every record, page by page; ImportSourceError where the collection's count moved
-        while it was read.
+        """Every record, page by page, of the directory as it was when it was copied.
 
-        Chroma pages by offset, and nothing holds the collection still: a record deleted
-        (or added) by a writer meanwhile shifted the pages after it, so a record that was
-        there all along was never read (or one read twice), and the import verified and
-        reported the set it had read as the store."""
-        coll = self._collection()
+        Chroma's client reads a private copy of the directory (:func:`_private_copy`),
+        removed when the reading ends: it would have written to the source. Chroma pages
+        by offset, and nothing else holds a collection still (a record deleted between
+        two pages shifted the next one past a record that was there all along): the copy
+        is one consistent state, taken again where a writer changed the source meanwhile,
+        and its count is still compared before and after."""
+        with _read_by_chroma(self.path):
+            copy = _private_copy(self.path)
+        client: Any = None
+        try:
+            with _read_by_chroma(self.path):
+                client = _client(copy)
+                coll = self._open_collection(client)
+            yield from self._pages(coll)
+        finally:
+            if client is not None:
+                client.close()
+            shutil.rmtree(copy, ignore_errors=True)
+
+    def _pages(self, coll: Any) -> Iterator[Record]:
         with _read_by_chroma(self.path):
             before = int(coll.count())
         offset = 0
