@@ -489,6 +489,31 @@ def test_chroma_directory_chroma_cannot_read_is_named(
     assert "file is not a database" in err and "chromadb 1." in err
 
 
+def test_postgres_source_is_read_in_a_read_only_transaction(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # an import must never write to its source: a view whose reading writes (a function
+    # logging each read) was read in a read-write transaction, which the import then
+    # committed, and the source database had rows it did not have before
+    url = create_database(pg_admin_uri, None)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE reads (at timestamptz)")
+        conn.execute(
+            "CREATE FUNCTION logged() RETURNS boolean LANGUAGE plpgsql AS"
+            " $$BEGIN INSERT INTO reads VALUES (now()); RETURN true; END$$"
+        )
+        conn.execute("CREATE TABLE base (id text PRIMARY KEY, text text, emb real[])")
+        conn.execute("INSERT INTO base VALUES ('a', 'x', %s)", (vectors(1, DIM)[0].tolist(),))
+        conn.execute("CREATE VIEW logged_base AS SELECT * FROM base WHERE logged()")
+    args = ["import", url, "--table", "logged_base", "-c", "pg-logged", "--model", "legacy@v1"]
+    assert run_cli(*args, "--dimension", str(DIM), "--no-backup") == 65
+    err = capsys.readouterr().err
+    assert "error[import_source_invalid]: reading PostgreSQL table logged_base on " in err
+    assert "read-only transaction" in err and "writes to the source" in err
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM reads").fetchone() == (0,)
+
+
 def test_postgres_char_columns_are_read_without_their_padding(
     pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
