@@ -6,6 +6,8 @@ import csv
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -404,6 +406,40 @@ def test_chroma_directory_is_imported_without_a_byte_of_it_written(
         assert db.execute("SELECT count(*) FROM migrations WHERE dir = 'metadb'").fetchone() == (5,)
     db.close()
     assert list((tmp_path / "tmp").iterdir()) == []  # the private copy is gone
+
+
+def test_chroma_directory_with_a_crashed_writers_journal_is_read_as_last_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a writer killed mid-transaction leaves chroma.sqlite3-journal, which a read-only
+    # connection may not roll back: the copy is rolled back instead, the source left as is
+    from ragstore.imports import chroma
+
+    source = tmp_path / "chroma"
+    _chroma_dir_of_an_older_chroma(source)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sqlite3, sys\n"
+            "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "db.execute('PRAGMA cache_size=1')\n"
+            "db.execute('BEGIN IMMEDIATE')\n"
+            "db.execute(\"UPDATE embeddings SET embedding_id = embedding_id || '-torn'\")\n"
+            "db.execute('CREATE TABLE junk AS SELECT * FROM embeddings')\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n",
+            str(source / "chroma.sqlite3"),
+        ],
+        check=False,
+    )
+    assert killed.returncode == -9 and (source / "chroma.sqlite3-journal").stat().st_size > 0
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    before = _files(source)
+    ids = sorted(r.id or "" for r in chroma.ChromaSource(source).records())
+    assert ids == sorted(f"o{i}" for i in range(30))
+    assert _files(source) == before
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_chroma_directory_changing_while_it_is_copied_is_copied_again_or_refused(

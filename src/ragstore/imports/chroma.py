@@ -86,14 +86,12 @@ def is_chroma_dir(path: Path) -> bool:
 
 
 def _file_state(path: Path) -> _FileState:
-    """Every file under ``path`` (SQLite's side files left out) with its size and mtime."""
+    """Every file under ``path`` with its size and mtime."""
     state: _FileState = {}
     for root, _dirs, files in os.walk(path):
         for name in files:
             full = Path(root, name)
             rel = str(full.relative_to(path))
-            if rel in DB_SIDE_FILES:
-                continue
             st = full.stat()
             state[rel] = (st.st_size, st.st_mtime_ns)
     return state
@@ -103,26 +101,41 @@ def _copy_once(path: Path, dest: Path) -> bool:
     """Copy the directory into ``dest`` by reading it only; False where it changed meanwhile.
 
     The database through SQLite's backup API from a read-only connection (one consistent
-    state, its journal's content included, nothing written beside it), every other file
+    state, nothing written beside it), every other file
     by its bytes into a writable copy (the source's permissions are not carried: Chroma
     must be able to write its copy)."""
     before = _file_state(path)
     for rel in before:
-        if rel == DB_NAME:
+        if rel == DB_NAME or rel in DB_SIDE_FILES:
             continue
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path / rel, target)
-    source = sqlite3.connect(f"{(path / DB_NAME).resolve().as_uri()}?mode=ro", uri=True)
     try:
-        copy = sqlite3.connect(dest / DB_NAME)
+        _backup(path / DB_NAME, dest / DB_NAME)
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode != sqlite3.SQLITE_READONLY_ROLLBACK:
+            raise
+        # a journal left by a writer that stopped mid-transaction, which a read-only
+        # connection may not roll back: the database and its journal copied as they are,
+        # for the copy's first connection to roll back (the source keeps its journal)
+        (dest / DB_NAME).unlink(missing_ok=True)
+        for name in (DB_NAME, f"{DB_NAME}-journal"):
+            shutil.copyfile(path / name, dest / name)
+    return _file_state(path) == before
+
+
+def _backup(database: Path, target: Path) -> None:
+    """SQLite's backup of ``database``, read through a read-only connection, into ``target``."""
+    source = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        copy = sqlite3.connect(target)
         try:
             source.backup(copy)
         finally:
             copy.close()
     finally:
         source.close()
-    return _file_state(path) == before
 
 
 def _private_copy(path: Path) -> Path:
