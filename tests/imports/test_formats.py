@@ -442,6 +442,32 @@ def test_chroma_directory_with_a_crashed_writers_journal_is_read_as_last_committ
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+def test_chroma_directory_with_a_segment_linked_from_elsewhere_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a segment folder moved to another disk and linked back: the copy left it out, and
+    # Chroma, its log purged, failed to find the vectors
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    from ragstore.imports import chroma
+
+    source = tmp_path / "chroma"
+    client = chromadb.PersistentClient(
+        path=str(source), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    coll = client.get_or_create_collection("big", embedding_function=None)
+    ids = [f"b{i}" for i in range(1500)]  # past Chroma's sync threshold: its log purged
+    coll.add(ids=ids, embeddings=vectors(1500, 4).tolist())
+    client.close()
+    (segment,) = [p for p in source.iterdir() if p.is_dir()]
+    segment.rename(tmp_path / "elsewhere")
+    segment.symlink_to(tmp_path / "elsewhere")
+    before = _files(source)
+    assert sorted(r.id or "" for r in chroma.ChromaSource(source).records()) == sorted(ids)
+    assert _files(source) == before
+
+
 def test_chroma_directory_changing_while_it_is_copied_is_copied_again_or_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -86,9 +86,10 @@ def is_chroma_dir(path: Path) -> bool:
 
 
 def _file_state(path: Path) -> _FileState:
-    """Every file under ``path`` with its size and mtime."""
+    """Every file under ``path`` with its size and mtime; a folder linked into it (a
+    segment moved to another disk) followed, as Chroma follows it."""
     state: _FileState = {}
-    for root, _dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(path, followlinks=True):
         for name in files:
             full = Path(root, name)
             rel = str(full.relative_to(path))
