@@ -468,6 +468,40 @@ def test_chroma_directory_with_a_segment_linked_from_elsewhere_is_read_whole(
     assert _files(source) == before
 
 
+def test_chroma_copy_that_does_not_fit_says_where_and_how_to_move_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite's "database or disk is full" from the copy of chroma.sqlite3 was named as
+    # Chroma failing to read the source ("written by a compatible Chroma version?")
+    from ragstore.errors import ImportSourceError
+    from ragstore.imports import chroma
+
+    source = tmp_path / "chroma"
+    _chroma_dir_of_an_older_chroma(source)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    def backup_onto_a_full_disk(database: Path, target: Path) -> None:
+        source = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)
+        copy = sqlite3.connect(target)
+        copy.execute("PRAGMA max_page_count = 1")  # SQLite's own SQLITE_FULL
+        try:
+            source.backup(copy)
+        finally:
+            copy.close()
+            source.close()
+
+    monkeypatch.setattr(chroma, "_backup", backup_onto_a_full_disk)
+    with pytest.raises(ImportSourceError) as refused:
+        list(chroma.ChromaSource(source).records())
+    assert str(refused.value) == (
+        f"reading {source} without changing it takes a private copy of it, and "
+        f"{tmp_path / 'tmp'} has no room for one (database or disk is full); set TMPDIR to "
+        "a directory with room for a copy of it"
+    )
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_chroma_directory_changing_while_it_is_copied_is_copied_again_or_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -139,6 +139,15 @@ def _backup(database: Path, target: Path) -> None:
         source.close()
 
 
+def _disk_full(exc: OSError | sqlite3.OperationalError) -> bool:
+    """Whether copying failed for want of room: the file copy's ENOSPC (or quota), or
+    SQLite's SQLITE_FULL from the database's backup (which was named as Chroma failing to
+    read the source, "is it ... written by a compatible Chroma version?")."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return exc.sqlite_errorcode == sqlite3.SQLITE_FULL
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _private_copy(path: Path) -> Path:
     """A copy of the Chroma directory ``path`` for Chroma's client to open, in a new
     temporary directory (the caller removes it); ``path`` itself is only read.
@@ -152,14 +161,16 @@ def _private_copy(path: Path) -> Path:
         try:
             if _copy_once(path, dest):
                 return dest
-        except OSError as exc:
+        except (OSError, sqlite3.OperationalError) as exc:
             shutil.rmtree(dest, ignore_errors=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if _disk_full(exc):
                 raise ImportSourceError(
                     f"reading {path} without changing it takes a private copy of it, and "
-                    f"{dest.parent} has no room for one ({exc.strerror}); set TMPDIR to a "
+                    f"{dest.parent} has no room for one ({exc}); set TMPDIR to a "
                     "directory with room for a copy of it"
                 ) from None
+            if isinstance(exc, sqlite3.OperationalError):
+                raise  # the source's database: named by _read_by_chroma
             raise ImportSourceError(
                 f"copying {path} into {dest.parent} to read it without changing it: "
                 f"{exc.strerror or exc}; check the permissions of both for the user running "
