@@ -442,6 +442,28 @@ def test_chroma_directory_with_a_crashed_writers_journal_is_read_as_last_committ
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+def test_chroma_directory_in_wal_mode_is_read_without_files_left_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a chroma.sqlite3 put in WAL mode: even a read-only SQLite connection creates its
+    # -wal and -shm files beside it, and left them in the source
+    from ragstore.imports import chroma
+
+    source = tmp_path / "chroma"
+    _chroma_dir_of_an_older_chroma(source)
+    with sqlite3.connect(source / "chroma.sqlite3") as db:
+        assert db.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
+    db.close()
+    assert sorted(p.name for p in source.iterdir() if p.is_file()) == ["chroma.sqlite3"]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    before = _files(source)
+    ids = sorted(r.id or "" for r in chroma.ChromaSource(source).records())
+    assert ids == sorted(f"o{i}" for i in range(30))
+    assert _files(source) == before
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_chroma_directory_with_a_segment_linked_from_elsewhere_is_read_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -112,6 +112,12 @@ def _copy_once(path: Path, dest: Path) -> bool:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path / rel, target)
+    if _in_wal_mode(path / DB_NAME):
+        # a connection to a database in WAL mode, even a read-only one, creates its -wal
+        # and -shm files beside it and leaves them: the database and its log copied as
+        # they are, for the copy's first connection to recover
+        _copy_database_files(path, dest, f"{DB_NAME}-wal")
+        return _file_state(path) == before
     try:
         _backup(path / DB_NAME, dest / DB_NAME)
     except sqlite3.OperationalError as exc:
@@ -121,9 +127,25 @@ def _copy_once(path: Path, dest: Path) -> bool:
         # connection may not roll back: the database and its journal copied as they are,
         # for the copy's first connection to roll back (the source keeps its journal)
         (dest / DB_NAME).unlink(missing_ok=True)
-        for name in (DB_NAME, f"{DB_NAME}-journal"):
-            shutil.copyfile(path / name, dest / name)
+        _copy_database_files(path, dest, f"{DB_NAME}-journal")
     return _file_state(path) == before
+
+
+def _in_wal_mode(database: Path) -> bool:
+    """Whether the database's header says WAL mode (its read and write versions, bytes 18
+    and 19, are 2), read from the file's first bytes without opening it in SQLite."""
+    with database.open("rb") as fh:
+        header = fh.read(20)
+    return (
+        len(header) == 20 and header.startswith(b"SQLite format 3\0") and header[18:20] == b"\2\2"
+    )
+
+
+def _copy_database_files(path: Path, dest: Path, side: str) -> None:
+    """The database and its ``side`` file (where there is one), byte for byte."""
+    for name in (DB_NAME, side):
+        if name == DB_NAME or (path / name).exists():
+            shutil.copyfile(path / name, dest / name)
 
 
 def _backup(database: Path, target: Path) -> None:
