@@ -490,6 +490,31 @@ def test_chroma_directory_with_a_segment_linked_from_elsewhere_is_read_whole(
     assert _files(source) == before
 
 
+def test_chroma_directory_losing_a_file_while_it_is_copied_is_copied_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a file removed between the listing and its copy (a writer deleting a collection)
+    # was refused as a permission problem: it is a change, and the copy is taken again
+    from ragstore.imports import chroma
+
+    source = tmp_path / "chroma"
+    _chroma_dir_of_an_older_chroma(source)
+    (source / "notes.txt").write_text("the team's own file")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    copyfile = shutil.copyfile
+
+    def copy_beside_a_remover(src: Path, dst: Path) -> Any:
+        if Path(src).name == "notes.txt":
+            Path(src).unlink()  # gone between the listing and its copy
+        return copyfile(src, dst)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_beside_a_remover)
+    assert len(list(chroma.ChromaSource(source).records())) == 30
+    assert not (source / "notes.txt").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_chroma_copy_that_does_not_fit_says_where_and_how_to_move_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -102,16 +102,21 @@ def _copy_once(path: Path, dest: Path) -> bool:
     """Copy the directory into ``dest`` by reading it only; False where it changed meanwhile.
 
     The database through SQLite's backup API from a read-only connection (one consistent
-    state, nothing written beside it), every other file
-    by its bytes into a writable copy (the source's permissions are not carried: Chroma
-    must be able to write its copy)."""
-    before = _file_state(path)
-    for rel in before:
-        if rel == DB_NAME or rel in DB_SIDE_FILES:
-            continue
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path / rel, target)
+    state, nothing written beside it), every other file by its bytes into a writable
+    copy (the source's permissions are not carried: Chroma must be able to write its
+    copy). A file removed meanwhile (a collection deleted) is a change too."""
+    try:
+        before = _file_state(path)
+        for rel in before:
+            if rel == DB_NAME or rel in DB_SIDE_FILES:
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path / rel, target)
+    except FileNotFoundError as exc:
+        if exc.filename is not None and Path(exc.filename).is_relative_to(dest):
+            raise
+        return False
     if _in_wal_mode(path / DB_NAME):
         # a connection to a database in WAL mode, even a read-only one, creates its -wal
         # and -shm files beside it and leaves them: the database and its log copied as
@@ -188,7 +193,8 @@ def _private_copy(path: Path) -> Path:
             if _disk_full(exc):
                 raise ImportSourceError(
                     f"reading {path} without changing it takes a private copy of it, and "
-                    f"{dest.parent} has no room for one ({exc}); set TMPDIR to a "
+                    f"{dest.parent} has no room for one "
+                    f"({exc.strerror if isinstance(exc, OSError) else exc}); set TMPDIR to a "
                     "directory with room for a copy of it"
                 ) from None
             if isinstance(exc, sqlite3.OperationalError):
