@@ -515,6 +515,24 @@ def test_chroma_directory_losing_a_file_while_it_is_copied_is_copied_again(
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+def test_chroma_directory_without_chromadb_installed_is_refused_before_it_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the private copy (of many gigabytes, maybe) was taken before the import found out
+    # that chromadb, which reads it, is not installed
+    from ragstore.errors import ImportSourceError
+    from ragstore.imports import chroma
+
+    source = tmp_path / "chroma"
+    _chroma_dir_of_an_older_chroma(source)
+    copies: list[Path] = []
+    monkeypatch.setattr(chroma, "_copy_once", lambda path, dest: copies.append(dest) or True)
+    monkeypatch.setitem(sys.modules, "chromadb", None)  # what an import of it then raises
+    with pytest.raises(ImportSourceError, match=r"needs the chromadb package: pip install"):
+        list(chroma.ChromaSource(source).records())
+    assert copies == []
+
+
 def test_chroma_copy_that_does_not_fit_says_where_and_how_to_move_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

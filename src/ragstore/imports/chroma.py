@@ -27,7 +27,8 @@ from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vecto
 
 PAGE = 1000
 DB_NAME = "chroma.sqlite3"
-# SQLite's own files beside the database: the backup API reads what they hold
+# SQLite's own files beside the database: copied with it where it needs them, or read
+# through it by the backup API
 DB_SIDE_FILES = (f"{DB_NAME}-journal", f"{DB_NAME}-wal", f"{DB_NAME}-shm")
 # copies taken while something kept changing the directory, before the import gives up
 COPY_TRIES = 3
@@ -35,8 +36,10 @@ COPY_TRIES = 3
 _FileState = dict[str, tuple[int, int]]
 
 
-def _client(path: Path) -> Any:
-    """A Chroma client of ``path``, which it writes to: only ever a private copy."""
+def _chromadb() -> tuple[Any, Any]:
+    """The chromadb package and its Settings class; ImportSourceError saying how to
+    install it where it is not (checked before the directory is copied: a copy of many
+    gigabytes was taken first, to be told then to install a package)."""
     try:
         import chromadb
         from chromadb.config import Settings as ChromaSettings
@@ -44,8 +47,14 @@ def _client(path: Path) -> Any:
         raise ImportSourceError(
             "reading a Chroma directory needs the chromadb package: pip install 'ragstore[chroma]'"
         ) from None
+    return chromadb, ChromaSettings
+
+
+def _client(path: Path) -> Any:
+    """A Chroma client of ``path``, which it writes to: only ever a private copy."""
+    chromadb, settings = _chromadb()
     return chromadb.PersistentClient(
-        path=str(path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+        path=str(path), settings=settings(anonymized_telemetry=False, allow_reset=False)
     )
 
 
@@ -260,6 +269,7 @@ class ChromaSource:
         two pages shifted the next one past a record that was there all along): the copy
         is one consistent state, taken again where a writer changed the source meanwhile,
         and its count is still compared before and after."""
+        _chromadb()
         with _read_by_chroma(self.path):
             copy = _private_copy(self.path)
         client: Any = None
