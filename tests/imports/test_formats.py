@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -323,16 +328,16 @@ def test_jsonl_keeps_an_underscore_id_beside_the_id_as_metadata(
     assert rows == [("65f0a2", {}), ("doc-1", {"_id": "65f0a1"})]
 
 
-def test_chroma_collection_written_to_while_it_is_read_is_refused(
+def test_chroma_collection_written_to_while_it_is_read_is_read_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Chroma pages by offset: a record deleted by a writer between two pages shifted the
     # next page past a record that was there all along, and the import verified the set
-    # it had read, one record short, as the whole store
+    # it had read, one record short, as the whole store. Chroma's client now reads a
+    # private copy: every record of the directory as it was when the read began.
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
-    from ragstore.errors import ImportSourceError
     from ragstore.imports import chroma
 
     monkeypatch.setattr(chroma, "PAGE", 2)
@@ -345,10 +350,253 @@ def test_chroma_collection_written_to_while_it_is_read_is_refused(
     read = chroma.ChromaSource(tmp_path / "chroma").records()
     first = [next(read).id, next(read).id]
     coll.delete(ids=[first[0]])  # a writer, between the first page and the second
-    with pytest.raises(ImportSourceError, match=r"changed while it was read \(6 records before, 5"):
-        list(read)
-    # read again, still: every record
+    assert sorted([*first, *(r.id or "" for r in read)]) == ids
+    # read again: the store as it is now
     assert sorted(r.id or "" for r in chroma.ChromaSource(tmp_path / "chroma").records()) == ids[1:]
+
+
+def _chroma_dir_of_an_older_chroma(path: Path) -> None:
+    """A Chroma directory as a chromadb before metadb migration 6 left it: written by the
+    installed one, that migration then undone."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    client = chromadb.PersistentClient(
+        path=str(path), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    coll = client.get_or_create_collection("old", embedding_function=None)
+    ids = [f"o{i}" for i in range(30)]
+    coll.add(ids=ids, embeddings=vectors(30, DIM, seed=12).tolist(), documents=ids)
+    client.close()
+    with sqlite3.connect(path / "chroma.sqlite3") as db:
+        db.execute("DROP TABLE embedding_metadata_array")
+        db.execute("DELETE FROM migrations WHERE dir = 'metadb' AND version = 6")
+    db.close()
+
+
+def _files(path: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(f.relative_to(path)): (f.read_bytes(), f.stat().st_mtime_ns)
+        for f in sorted(path.rglob("*"))
+        if f.is_file()
+    }
+
+
+def test_chroma_directory_is_imported_without_a_byte_of_it_written(
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Chroma's client upgraded a directory of an older Chroma in place (its migrations
+    # applied), after which that Chroma might not open it again, and wrote to every
+    # directory it read (a lock row in chroma.sqlite3, the HNSW files rewritten)
+    source = tmp_path / "chroma"
+    _chroma_dir_of_an_older_chroma(source)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    before = _files(source)
+    report = _import(
+        capsys, str(source), "-c", "fmt-chroma-old", "--model", "legacy@v1", "--dimension", "24"
+    )
+    assert report["verification"]["ok"] is True
+    assert report["verification"]["source_rows"] == 30
+    assert _files(source) == before
+    with sqlite3.connect(f"{(source / 'chroma.sqlite3').as_uri()}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT count(*) FROM migrations WHERE dir = 'metadb'").fetchone() == (5,)
+    db.close()
+    assert list((tmp_path / "tmp").iterdir()) == []  # the private copy is gone
+
+
+def test_chroma_directory_with_a_crashed_writers_journal_is_read_as_last_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a writer killed mid-transaction leaves chroma.sqlite3-journal, which a read-only
+    # connection may not roll back: the copy is rolled back instead, the source left as is
+    from ragstore.imports import chroma
+
+    source = tmp_path / "chroma"
+    _chroma_dir_of_an_older_chroma(source)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sqlite3, sys\n"
+            "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "db.execute('PRAGMA cache_size=1')\n"
+            "db.execute('BEGIN IMMEDIATE')\n"
+            "db.execute(\"UPDATE embeddings SET embedding_id = embedding_id || '-torn'\")\n"
+            "db.execute('CREATE TABLE junk AS SELECT * FROM embeddings')\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n",
+            str(source / "chroma.sqlite3"),
+        ],
+        check=False,
+    )
+    assert killed.returncode == -9 and (source / "chroma.sqlite3-journal").stat().st_size > 0
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    before = _files(source)
+    ids = sorted(r.id or "" for r in chroma.ChromaSource(source).records())
+    assert ids == sorted(f"o{i}" for i in range(30))
+    assert _files(source) == before
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_chroma_directory_in_wal_mode_is_read_without_files_left_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a chroma.sqlite3 put in WAL mode: even a read-only SQLite connection creates its
+    # -wal and -shm files beside it, and left them in the source
+    from ragstore.imports import chroma
+
+    source = tmp_path / "chroma"
+    _chroma_dir_of_an_older_chroma(source)
+    with sqlite3.connect(source / "chroma.sqlite3") as db:
+        assert db.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
+    db.close()
+    assert sorted(p.name for p in source.iterdir() if p.is_file()) == ["chroma.sqlite3"]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    before = _files(source)
+    ids = sorted(r.id or "" for r in chroma.ChromaSource(source).records())
+    assert ids == sorted(f"o{i}" for i in range(30))
+    assert _files(source) == before
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_chroma_directory_with_a_segment_linked_from_elsewhere_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a segment folder moved to another disk and linked back: the copy left it out, and
+    # Chroma, its log purged, failed to find the vectors
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    from ragstore.imports import chroma
+
+    source = tmp_path / "chroma"
+    client = chromadb.PersistentClient(
+        path=str(source), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    coll = client.get_or_create_collection("big", embedding_function=None)
+    ids = [f"b{i}" for i in range(1500)]  # past Chroma's sync threshold: its log purged
+    coll.add(ids=ids, embeddings=vectors(1500, 4).tolist())
+    client.close()
+    (segment,) = [p for p in source.iterdir() if p.is_dir()]
+    segment.rename(tmp_path / "elsewhere")
+    segment.symlink_to(tmp_path / "elsewhere")
+    before = _files(source)
+    assert sorted(r.id or "" for r in chroma.ChromaSource(source).records()) == sorted(ids)
+    assert _files(source) == before
+
+
+def test_chroma_directory_losing_a_file_while_it_is_copied_is_copied_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a file removed between the listing and its copy (a writer deleting a collection)
+    # was refused as a permission problem: it is a change, and the copy is taken again
+    from ragstore.imports import chroma
+
+    source = tmp_path / "chroma"
+    _chroma_dir_of_an_older_chroma(source)
+    (source / "notes.txt").write_text("the team's own file")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    copyfile = shutil.copyfile
+
+    def copy_beside_a_remover(src: Path, dst: Path) -> Any:
+        if Path(src).name == "notes.txt":
+            Path(src).unlink()  # gone between the listing and its copy
+        return copyfile(src, dst)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_beside_a_remover)
+    assert len(list(chroma.ChromaSource(source).records())) == 30
+    assert not (source / "notes.txt").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_chroma_directory_without_chromadb_installed_is_refused_before_it_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the private copy (of many gigabytes, maybe) was taken before the import found out
+    # that chromadb, which reads it, is not installed
+    from ragstore.errors import ImportSourceError
+    from ragstore.imports import chroma
+
+    source = tmp_path / "chroma"
+    _chroma_dir_of_an_older_chroma(source)
+    copies: list[Path] = []
+    monkeypatch.setattr(chroma, "_copy_once", lambda path, dest: copies.append(dest) or True)
+    monkeypatch.setitem(sys.modules, "chromadb", None)  # what an import of it then raises
+    with pytest.raises(ImportSourceError, match=r"needs the chromadb package: pip install"):
+        list(chroma.ChromaSource(source).records())
+    assert copies == []
+
+
+def test_chroma_copy_that_does_not_fit_says_where_and_how_to_move_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite's "database or disk is full" from the copy of chroma.sqlite3 was named as
+    # Chroma failing to read the source ("written by a compatible Chroma version?")
+    from ragstore.errors import ImportSourceError
+    from ragstore.imports import chroma
+
+    source = tmp_path / "chroma"
+    _chroma_dir_of_an_older_chroma(source)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    def backup_onto_a_full_disk(database: Path, target: Path) -> None:
+        source = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)
+        copy = sqlite3.connect(target)
+        copy.execute("PRAGMA max_page_count = 1")  # SQLite's own SQLITE_FULL
+        try:
+            source.backup(copy)
+        finally:
+            copy.close()
+            source.close()
+
+    monkeypatch.setattr(chroma, "_backup", backup_onto_a_full_disk)
+    with pytest.raises(ImportSourceError) as refused:
+        list(chroma.ChromaSource(source).records())
+    assert str(refused.value) == (
+        f"reading {source} without changing it takes a private copy of it, and "
+        f"{tmp_path / 'tmp'} has no room for one (database or disk is full); set TMPDIR to "
+        "a directory with room for a copy of it"
+    )
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_chroma_directory_changing_while_it_is_copied_is_copied_again_or_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a writer at work while the directory is copied would leave a copy mixing two of its
+    # states: it is copied again, and refused where it keeps changing
+    from ragstore.errors import ImportSourceError
+    from ragstore.imports import chroma
+
+    source = tmp_path / "chroma"
+    _chroma_dir_of_an_older_chroma(source)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    writes = {"left": 1}
+    copyfile = shutil.copyfile
+
+    def copy_beside_a_writer(src: Path, dst: Path) -> Any:
+        if writes["left"]:
+            writes["left"] -= 1
+            with sqlite3.connect(source / "chroma.sqlite3") as db:  # a real write, meanwhile
+                db.execute("UPDATE collections SET name = name")
+            db.close()
+        return copyfile(src, dst)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_beside_a_writer)
+    assert len(list(chroma.ChromaSource(source).records())) == 30
+    assert writes["left"] == 0
+    writes["left"] = 1_000  # a writer that never stops
+    with pytest.raises(ImportSourceError, match=r"kept changing while it was read \(3 tries\)"):
+        list(chroma.ChromaSource(source).records())
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_csv_sidecar_with_a_long_text_is_imported_and_a_broken_one_named(
@@ -400,6 +648,31 @@ def test_chroma_directory_chroma_cannot_read_is_named(
     err = capsys.readouterr().err
     assert f"error[import_source_invalid]: Chroma could not read {tmp_path / 'chroma'} (" in err
     assert "file is not a database" in err and "chromadb 1." in err
+
+
+def test_postgres_source_is_read_in_a_read_only_transaction(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # an import must never write to its source: a view whose reading writes (a function
+    # logging each read) was read in a read-write transaction, which the import then
+    # committed, and the source database had rows it did not have before
+    url = create_database(pg_admin_uri, None)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE reads (at timestamptz)")
+        conn.execute(
+            "CREATE FUNCTION logged() RETURNS boolean LANGUAGE plpgsql AS"
+            " $$BEGIN INSERT INTO reads VALUES (now()); RETURN true; END$$"
+        )
+        conn.execute("CREATE TABLE base (id text PRIMARY KEY, text text, emb real[])")
+        conn.execute("INSERT INTO base VALUES ('a', 'x', %s)", (vectors(1, DIM)[0].tolist(),))
+        conn.execute("CREATE VIEW logged_base AS SELECT * FROM base WHERE logged()")
+    args = ["import", url, "--table", "logged_base", "-c", "pg-logged", "--model", "legacy@v1"]
+    assert run_cli(*args, "--dimension", str(DIM), "--no-backup") == 65
+    err = capsys.readouterr().err
+    assert "error[import_source_invalid]: reading PostgreSQL table logged_base on " in err
+    assert "read-only transaction" in err and "writes to the source" in err
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM reads").fetchone() == (0,)
 
 
 def test_postgres_char_columns_are_read_without_their_padding(

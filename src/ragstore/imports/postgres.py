@@ -88,13 +88,18 @@ class PostgresTableSource:
         return f"PostgreSQL table {self.table} on {describe(self.url)}"
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """A connection whose transactions are READ ONLY: an import never writes to its
+        source, and reading a view or function that writes (a read logged in a table) was
+        done, and committed when the connection closed."""
         try:
-            return psycopg.connect(self.url, connect_timeout=10)
+            conn = psycopg.connect(self.url, connect_timeout=10)
         except psycopg.Error as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DatabaseUnavailableError(
                 f"connecting to the source {describe(self.url)}: {first}"
             ) from None
+        conn.read_only = True
+        return conn
 
     def _relation(
         self, conn: psycopg.Connection[tuple[Any, ...]]
@@ -247,4 +252,10 @@ class PostgresTableSource:
                         yield Record(to_id(row[0]), to_text(row[1]), vector, json_safe(meta))
             except psycopg.Error as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+                    first += (
+                        " (the source is read in a read-only transaction, and reading it"
+                        " writes to the source: a view or function that writes?); import"
+                        " from a table, or a view that only reads"
+                    )
                 raise ImportSourceError(f"reading {self.description}: {first}") from None
