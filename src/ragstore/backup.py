@@ -39,6 +39,7 @@ from ragstore.db.errors import translated
 from ragstore.errors import (
     BackupError,
     BackupInvalidError,
+    ConflictError,
     PathNotFoundError,
     SchemaMismatchError,
 )
@@ -197,12 +198,22 @@ def _snapshot(db: Database) -> Iterator[tuple[str, str | None, dict[str, int]]]:
 
 
 def create_backup(
-    db: Database, settings: Settings, path: Path | None = None, reason: str = "manual"
+    db: Database,
+    settings: Settings,
+    path: Path | None = None,
+    reason: str = "manual",
+    *,
+    overwrite: bool = False,
+    overwrite_flag: str | None = None,
 ) -> BackupInfo:
     """Dump the database to ``path`` (default: a timestamped file under DATA_DIR/backups).
 
     The archive is written under a temporary name and renamed when pg_dump succeeded, so a
-    failed backup never leaves a file that looks complete.
+    failed backup never leaves a file that looks complete. A file already at ``path`` (last
+    week's backup, named again by mistake) is refused unless ``overwrite``: it was silently
+    replaced. With ``overwrite`` it goes only once the new archive and its sidecar are
+    complete on disk (a rename over it). ``overwrite_flag`` is the option the caller offers
+    to replace it, named in the refusal.
     """
     stamp = datetime.now(UTC)
     ours = path is None
@@ -211,6 +222,7 @@ def create_backup(
     elif path.is_dir():
         path = path / f"ragstore-{stamp:%Y%m%dT%H%M%S%fZ}-{reason}.dump"
     _refuse_special(path)
+    _refuse_existing(path, overwrite, overwrite_flag)
     try:
         path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         if ours:  # the default folder holds nothing but whole copies of the database
@@ -241,25 +253,70 @@ def create_backup(
                 f"backing up {db.where}",
                 umask=0o077,  # the archive is the database: readable by this user alone
             )
-        tmp.replace(path)
+        info = BackupInfo(
+            path=str(path),
+            bytes=tmp.stat().st_size,
+            sha256=_sha256(tmp),
+            created_at=stamp.isoformat(),
+            database=db.where,
+            revision=revision,
+            reason=reason,
+            counts=counts,
+        )
+        side = _write_sidecar(path, info)
+        try:
+            if overwrite:
+                tmp.replace(path)  # the old archive goes only now, the new one whole on disk
+            else:
+                _place_new(tmp, path, overwrite_flag)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                side.unlink(missing_ok=True)
+            raise
         _sync_dir(path.parent)  # pg_dump synced the archive; now its name
     finally:
         # a read-only volume refuses even the unlink of a file that is not there: the
         # error pg_dump gave is the one to report, not this one
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-    info = BackupInfo(
-        path=str(path),
-        bytes=path.stat().st_size,
-        sha256=_sha256(path),
-        created_at=stamp.isoformat(),
-        database=db.where,
-        revision=revision,
-        reason=reason,
-        counts=counts,
-    )
-    _write_sidecar(path, info)
+    _name_sidecar(path, side)
     return info
+
+
+def _exists_refusal(path: Path, overwrite_flag: str | None) -> ConflictError:
+    how = f", or pass {overwrite_flag} to replace it" if overwrite_flag else ""
+    return ConflictError(
+        f"cannot write the backup to {path}: a file of that name exists (an earlier "
+        f"backup?) and was left as it is; choose a new file's name or a folder{how}"
+    )
+
+
+def _refuse_existing(path: Path, overwrite: bool, overwrite_flag: str | None) -> None:
+    """Refuse, before anything is dumped, a path that names an existing file (or a link),
+    unless told to overwrite it: ``ragstore backup last-week.dump`` replaced last week's
+    backup with today's, and the one copy of what the store held then was gone."""
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise _exists_refusal(path, overwrite_flag)
+    side = Path(f"{path}.json")
+    if side.is_dir():  # found out after the dump, an overwritten backup would be gone
+        raise BackupError(
+            f"cannot write {side}: it is a folder; the backup was not taken (move the "
+            "folder away or choose another name)"
+        )
+
+
+def _place_new(tmp: Path, path: Path, overwrite_flag: str | None) -> None:
+    """Give the finished archive its name only where nothing has it: a hard link fails on
+    an existing name (a file made there while pg_dump ran), where a rename would replace
+    it. A file system without hard links gets the rename, after a last look."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _exists_refusal(path, overwrite_flag) from None
+    except OSError:
+        if path.exists() or path.is_symlink():
+            raise _exists_refusal(path, overwrite_flag) from None
+        tmp.replace(path)
 
 
 def _sync_dir(folder: Path) -> None:
@@ -297,21 +354,41 @@ def _refuse_special(path: Path) -> None:
         )
 
 
-def _write_sidecar(path: Path, info: BackupInfo) -> None:
-    """Write ``<archive>.json`` (synced to disk, as the archive is); if it cannot be
-    written the backup failed, and the archive goes too: an archive without its sidecar
-    would be restored unchecked."""
+def _write_sidecar(path: Path, info: BackupInfo) -> Path:
+    """Write ``<archive>.json`` under a temporary name beside it (synced to disk, as the
+    archive is) and return that name, for :func:`_name_sidecar` once the archive has its
+    name: written in place, an overwritten backup's sidecar was cut short before the new
+    one was whole. If it cannot be written the backup failed (``BackupError``)."""
     side = Path(f"{path}.json")
+    tmp = side.with_name(f".{side.name}.partial")
     try:
-        fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(asdict(info), indent=2) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise BackupError(
+            f"cannot write {side}: {exc.strerror or exc}; the backup was not kept "
+            "(check the folder's free space and permissions)"
+        ) from None
+    return tmp
+
+
+def _name_sidecar(path: Path, tmp: Path) -> None:
+    """Rename the sidecar written by :func:`_write_sidecar` to ``<archive>.json``; if that
+    fails the archive goes too: an archive without its sidecar would be restored
+    unchecked."""
+    side = Path(f"{path}.json")
+    try:
+        tmp.replace(side)
         _sync_dir(side.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             path.unlink()
+            tmp.unlink(missing_ok=True)
         raise BackupError(
             f"cannot write {side}: {exc.strerror or exc}; the backup was not kept "
             "(check the folder's free space and permissions)"

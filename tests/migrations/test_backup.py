@@ -266,6 +266,41 @@ def test_a_backup_that_cannot_be_written_is_one_error_and_leaves_no_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump.json"]
 
 
+def test_a_backup_onto_an_existing_file_is_refused_unless_told_to_overwrite(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ragstore backup last-week.dump`` replaced last week's backup with today's; it is
+    refused and the file kept, and ``--overwrite`` replaces archive and sidecar whole."""
+    archive = tmp_path / "last-week.dump"
+    assert run_cli("backup", str(archive)) == 0
+    old = archive.read_bytes()
+    old_side = Path(f"{archive}.json").read_text()
+    (tmp_path / "link.dump").symlink_to(archive)
+    for target in (archive, tmp_path / "link.dump"):
+        capsys.readouterr()
+        assert run_cli("backup", str(target)) == 65
+        assert capsys.readouterr().err == (
+            f"error[conflict]: cannot write the backup to {target}: a file of that name "
+            "exists (an earlier backup?) and was left as it is; choose a new file's name or "
+            "a folder, or pass --overwrite to replace it\n"
+        )
+    assert archive.read_bytes() == old and Path(f"{archive}.json").read_text() == old_side
+    with psycopg.connect(populated) as conn:
+        conn.execute("INSERT INTO collections (name, settings) VALUES ('later', '{}')")
+    try:
+        assert run_cli("backup", str(archive), "--overwrite") == 0
+    finally:
+        with psycopg.connect(populated) as conn:
+            conn.execute("DELETE FROM collections WHERE name = 'later'")
+    info = backup.check_archive(archive)  # the new sidecar describes the new archive
+    assert info is not None and info.counts["collections"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last-week.dump",
+        "last-week.dump.json",
+        "link.dump",
+    ]
+
+
 def test_a_backup_onto_a_device_or_pipe_is_refused_and_leaves_it_alone(
     populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
