@@ -686,3 +686,25 @@ def test_writes_that_get_no_answer_say_their_outcome_is_unknown(
         expect(models.locator("#migrate-start")).to_be_enabled()
     finally:
         context.close()
+
+
+def test_a_write_key_may_create_a_collection_as_the_api_allows(
+    page: Page, server: Server, keys: KeyStore
+) -> None:
+    """``POST /v1/collections`` takes a write key (one limited to a collection: that name);
+    the console offered "Create" to admin keys alone."""
+    sign_in(page, server, keys.create("write", name="console-writer").secret)
+    expect(page.locator("#create-section")).to_be_visible()
+    expect(page.locator("tr[data-collection] button.delete").first).to_be_hidden()
+    page.fill("#create-name", "by-writer")
+    page.click("#create-form button[type=submit]")
+    expect(page.locator("tr[data-collection=by-writer]")).to_have_count(1)
+    expect(page.locator("#create-error")).to_be_hidden()
+    page.click("#sign-out")
+    sign_in(page, server, keys.create("write", "own-one", name="limited-writer").secret)
+    expect(page.locator("#create-name")).to_have_value("own-one")
+    expect(page.locator("#create-name")).to_have_attribute("readonly", "")
+    page.click("#create-form button[type=submit]")
+    expect(page.locator("tr[data-collection=own-one]")).to_have_count(1)
+    expect(page.locator("#create-error")).to_be_hidden()
+    expect(page.locator("#create-name")).to_have_value("own-one")

@@ -259,6 +259,14 @@
       dialog.close();
       await load();
     });
+    /* Offered to every key that may create a collection, as the API decides (a write or
+     * admin key; one limited to a collection, that collection alone): it was shown to
+     * admin keys only, and a write key had to use the API for what it was allowed. */
+    const ownName = me.collection || "";
+    if (ownName) {
+      $("create-name").value = ownName;
+      $("create-name").readOnly = true;
+    }
     /* The button is disabled while the request runs: a double click sent two, and the
      * second one's "already exists" was shown as if the create had failed. */
     const createButton = $("create-form").querySelector("button[type=submit]");
@@ -279,7 +287,7 @@
       } finally {
         createButton.disabled = false;
       }
-      $("create-name").value = "";
+      $("create-name").value = ownName;
       await load();
     });
     await load();
