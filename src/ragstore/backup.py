@@ -485,6 +485,37 @@ def _refuse_unknown_revision(path: Path, script: Path) -> None:
     )
 
 
+# tables and views of the public schema that no extension owns (what a restore drops)
+_PUBLIC_RELATIONS = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY c.relname LIMIT 6
+"""
+
+
+def _refuse_foreign_tables(db: Database) -> None:
+    """Refuse, before anything is dropped, a restore into a database whose public schema
+    holds tables but no ragstore schema: another application's database, named by a
+    mistaken ``RAGSTORE_DATABASE_URL``. The restore drops everything in that schema, and
+    with no ragstore schema there the CLI took no backup first: its tables were gone."""
+    with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
+        row = conn.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL").fetchone()
+        if row is not None and row[0]:
+            return  # ragstore's schema (the CLI backs it up first)
+        names = [str(row[0]) for row in conn.execute(_PUBLIC_RELATIONS).fetchall()]
+    if not names:
+        return
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    raise ConflictError(
+        f"{db.where} holds tables that are not ragstore's ({shown}) and no ragstore "
+        "schema; a restore replaces everything in its public schema and would drop them. "
+        "Nothing was changed: restore into a database of ragstore's own (an empty one, "
+        "set with RAGSTORE_DATABASE_URL), or drop those tables first"
+    )
+
+
 class RestoreInterrupted(KeyboardInterrupt):
     """A restore stopped by Ctrl-C or SIGTERM (raised from that interrupt), with what it
     left: ``what`` says whether the database is as it was or the backup."""
@@ -574,6 +605,7 @@ def restore_backup(
             BackupInvalidError,
         )
         _refuse_unknown_revision(path, body)
+        _refuse_foreign_tables(db)
         if checked is not None:
             checked()
         prelude = Path(tmpdir) / "prelude.sql"

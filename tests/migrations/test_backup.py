@@ -346,6 +346,38 @@ def test_restore_of_an_archive_that_is_no_ragstore_backup_is_refused(
     assert full_dump(populated) == before
 
 
+def test_a_restore_into_another_applications_database_is_refused(
+    populated: str,
+    empty_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """RAGSTORE_DATABASE_URL naming another application's database: the restore dropped
+    its tables (everything in public) and, with no ragstore schema there, took no backup
+    first. It is refused before anything is changed."""
+    archive = tmp_path / "ours.dump"
+    assert run_cli("backup", str(archive)) == 0
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE invoices (id int PRIMARY KEY, total numeric)")
+        conn.execute("INSERT INTO invoices VALUES (1, 9.5)")
+        conn.execute("CREATE VIEW big_invoices AS SELECT * FROM invoices WHERE total > 5")
+    before = full_dump(empty_database_url)
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
+    capsys.readouterr()
+    assert run_cli("restore", str(archive), "--yes") == 65
+    err = capsys.readouterr().err
+    assert err.startswith("error[conflict]: ") and err.count("\n") == 1, err
+    assert "holds tables that are not ragstore's (big_invoices, invoices)" in err
+    assert "Nothing was changed" in err
+    assert full_dump(empty_database_url) == before
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:  # an empty one: fine
+        conn.execute("DROP VIEW big_invoices")
+        conn.execute("DROP TABLE invoices")
+    assert run_cli("restore", str(archive), "--yes") == 0
+    assert migrations.status(Database(empty_database_url)).current is not None
+
+
 def test_schema_set_up_over_foreign_tables_is_one_error(
     empty_database_url: str,
     tmp_path: Path,
