@@ -303,6 +303,11 @@ def _refuse_existing(path: Path, overwrite: bool, overwrite_flag: str | None) ->
             f"cannot write {side}: it is a folder; the backup was not taken (move the "
             "folder away or choose another name)"
         )
+    if not overwrite and (side.exists() or side.is_symlink()):
+        # the sidecar's name, held by a file of the user's (``ragstore backup settings``
+        # beside settings.json) or a sidecar left by a deleted archive: renamed over, the
+        # file was gone
+        raise _exists_refusal(side, overwrite_flag)
 
 
 def _place_new(tmp: Path, path: Path, overwrite_flag: str | None) -> None:

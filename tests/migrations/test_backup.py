@@ -285,6 +285,13 @@ def test_a_backup_onto_an_existing_file_is_refused_unless_told_to_overwrite(
             "a folder, or pass --overwrite to replace it\n"
         )
     assert archive.read_bytes() == old and Path(f"{archive}.json").read_text() == old_side
+    (tmp_path / "settings.json").write_text('{"mine": true}')  # the sidecar's name: taken
+    assert run_cli("backup", str(tmp_path / "settings")) == 65
+    assert f"cannot write the backup to {tmp_path / 'settings.json'}: a file of" in (
+        capsys.readouterr().err
+    )
+    assert (tmp_path / "settings.json").read_text() == '{"mine": true}'
+    (tmp_path / "settings.json").unlink()
     with psycopg.connect(populated) as conn:
         conn.execute("INSERT INTO collections (name, settings) VALUES ('later', '{}')")
     try:
