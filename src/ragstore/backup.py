@@ -41,6 +41,7 @@ from ragstore.errors import (
     BackupInvalidError,
     ConflictError,
     PathNotFoundError,
+    RagstoreError,
     SchemaMismatchError,
 )
 
@@ -530,8 +531,10 @@ class RestoreInterrupted(KeyboardInterrupt):
         self.what = what
 
 
-def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
-    """Stop the backend of an interrupted restore and say what it left.
+def _outcome(db: Database, path: Path, session: Path) -> tuple[str | None, str]:
+    """End the backend of a restore whose psql is gone (interrupted, or failed) and read
+    back what its transaction did: ``(state, what)``, state ``"committed"``, ``"in
+    progress"`` (still ending on the server; it cannot commit) or None (nothing restored).
 
     ``subprocess.run`` kills psql on the interrupt, but its backend runs the statement in
     hand to its end (minutes for an index build, locks held) and, had psql been killed
@@ -542,7 +545,7 @@ def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
     try:
         pid, xid = session.read_text().split()
     except (OSError, ValueError):
-        return RestoreInterrupted(as_was)  # psql stopped before its transaction did anything
+        return None, as_was  # psql stopped before its transaction did anything
     with db.connect(autocommit=True) as conn, translated(f"stopping the restore on {db.where}"):
         conn.execute("SELECT pg_terminate_backend(%s, 10000)", (int(pid),))
         # the backend may outlive the wait (a statement that checks for its end rarely):
@@ -555,13 +558,38 @@ def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
                 break
             time.sleep(0.1)
     if state == "committed":
-        return RestoreInterrupted(f"{path} was restored (its transaction had committed)")
+        return state, f"{path} was restored (its transaction had committed)"
     if state == "in progress":
-        return RestoreInterrupted(
+        return state, (
             f"the restore of {path} is still ending on the server (backend {pid}); its "
             "client is gone, so it cannot commit: the database stays as it was"
         )
-    return RestoreInterrupted(as_was)
+    return None, as_was
+
+
+def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
+    """An interrupted restore's :class:`RestoreInterrupted`, saying what it left."""
+    return RestoreInterrupted(_outcome(db, path, session)[1])
+
+
+def _failed(db: Database, path: Path, session: Path, exc: BackupError) -> BackupError | None:
+    """The error of a restore whose psql failed, saying what the database holds now; None
+    where its transaction had committed (the connection lost as the commit's answer came
+    back): the database is the backup, and the restore succeeded.
+
+    psql's message alone ("server closed the connection unexpectedly") said nothing of
+    the database, and where the commit had gone through before the connection broke, a
+    restore that had replaced everything was reported as failed."""
+    try:
+        state, what = _outcome(db, path, session)
+    except RagstoreError:
+        return BackupError(
+            f"{exc}; whether the restore's transaction committed could not be read (run "
+            "`ragstore db status` and compare with the archive's sidecar)"
+        )
+    if state == "committed":
+        return None
+    return BackupError(f"{exc}; {what}")
 
 
 @dataclass
@@ -619,7 +647,10 @@ def restore_backup(
         # stops that backend and reads back whether the transaction committed
         record = f"\\copy (SELECT pg_backend_pid(), pg_current_xact_id()) TO '{session}'\n"
         create = "".join(f'CREATE EXTENSION IF NOT EXISTS "{name}";\n' for name in extensions)
-        prelude.write_text(record + create + _DROP_PUBLIC_OBJECTS)
+        # notices ("extension vector already exists", "drop cascades to ...") off: a
+        # failure's message is psql's first lines, and they were these, not its error
+        quiet = "SET client_min_messages = warning;\n"
+        prelude.write_text(quiet + record + create + _DROP_PUBLIC_OBJECTS)
         try:
             _run(
                 [
@@ -642,6 +673,10 @@ def restore_backup(
             )
         except KeyboardInterrupt as exc:
             raise _stopped(db, path, session) from exc
+        except BackupError as exc:
+            error = _failed(db, path, session, exc)
+            if error is not None:
+                raise error from None
     try:
         revision, counts = _counts(db)
     except KeyboardInterrupt as exc:

@@ -517,3 +517,42 @@ def test_a_restore_stopped_by_sigterm_rolls_back_and_says_so(
     assert left == (0,)
     assert full_dump(populated) == before
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_restore_whose_connection_is_ended_says_what_the_database_holds(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """psql failing (its backend ended: a failover, an administrator) was reported with
+    psql's words alone, which say nothing of the database; the restore now reads back
+    whether its transaction committed and says so."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    with psycopg.connect(populated) as conn:
+        conn.execute("DELETE FROM documents WHERE source = 'alpha2'")
+    before = full_dump(populated)
+    holder = psycopg.connect(populated)
+    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
+    waiting = "application_name = 'psql' AND wait_event_type = 'Lock'"
+
+    def end_the_restore() -> None:
+        deadline = time.monotonic() + 60
+        while not backends_where(populated, waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " + waiting)
+        holder.commit()
+
+    ender = threading.Thread(target=end_the_restore)
+    ender.start()
+    capsys.readouterr()
+    try:
+        status = run_cli("restore", str(archive), "--yes", "--no-backup")
+    finally:
+        ender.join()
+        holder.close()
+    err = capsys.readouterr().err
+    assert status == 74, err
+    assert err.startswith(f"error[backup_failed]: restoring {archive} into "), err
+    assert "terminating connection" in err and "NOTICE" not in err, err  # psql's error
+    assert err.endswith(f"; nothing of {archive} was restored; the database is as it was\n"), err
+    assert full_dump(populated) == before
