@@ -39,7 +39,9 @@ from ragstore.db.errors import translated
 from ragstore.errors import (
     BackupError,
     BackupInvalidError,
+    ConflictError,
     PathNotFoundError,
+    RagstoreError,
     SchemaMismatchError,
 )
 
@@ -197,12 +199,22 @@ def _snapshot(db: Database) -> Iterator[tuple[str, str | None, dict[str, int]]]:
 
 
 def create_backup(
-    db: Database, settings: Settings, path: Path | None = None, reason: str = "manual"
+    db: Database,
+    settings: Settings,
+    path: Path | None = None,
+    reason: str = "manual",
+    *,
+    overwrite: bool = False,
+    overwrite_flag: str | None = None,
 ) -> BackupInfo:
     """Dump the database to ``path`` (default: a timestamped file under DATA_DIR/backups).
 
     The archive is written under a temporary name and renamed when pg_dump succeeded, so a
-    failed backup never leaves a file that looks complete.
+    failed backup never leaves a file that looks complete. A file already at ``path`` (last
+    week's backup, named again by mistake) is refused unless ``overwrite``: it was silently
+    replaced. With ``overwrite`` it goes only once the new archive and its sidecar are
+    complete on disk (a rename over it). ``overwrite_flag`` is the option the caller offers
+    to replace it, named in the refusal.
     """
     stamp = datetime.now(UTC)
     ours = path is None
@@ -211,6 +223,7 @@ def create_backup(
     elif path.is_dir():
         path = path / f"ragstore-{stamp:%Y%m%dT%H%M%S%fZ}-{reason}.dump"
     _refuse_special(path)
+    _refuse_existing(path, overwrite, overwrite_flag)
     try:
         path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         if ours:  # the default folder holds nothing but whole copies of the database
@@ -241,25 +254,75 @@ def create_backup(
                 f"backing up {db.where}",
                 umask=0o077,  # the archive is the database: readable by this user alone
             )
-        tmp.replace(path)
+        info = BackupInfo(
+            path=str(path),
+            bytes=tmp.stat().st_size,
+            sha256=_sha256(tmp),
+            created_at=stamp.isoformat(),
+            database=db.where,
+            revision=revision,
+            reason=reason,
+            counts=counts,
+        )
+        side = _write_sidecar(path, info)
+        try:
+            if overwrite:
+                tmp.replace(path)  # the old archive goes only now, the new one whole on disk
+            else:
+                _place_new(tmp, path, overwrite_flag)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                side.unlink(missing_ok=True)
+            raise
         _sync_dir(path.parent)  # pg_dump synced the archive; now its name
     finally:
         # a read-only volume refuses even the unlink of a file that is not there: the
         # error pg_dump gave is the one to report, not this one
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-    info = BackupInfo(
-        path=str(path),
-        bytes=path.stat().st_size,
-        sha256=_sha256(path),
-        created_at=stamp.isoformat(),
-        database=db.where,
-        revision=revision,
-        reason=reason,
-        counts=counts,
-    )
-    _write_sidecar(path, info)
+    _name_sidecar(path, side)
     return info
+
+
+def _exists_refusal(path: Path, overwrite_flag: str | None) -> ConflictError:
+    how = f", or pass {overwrite_flag} to replace it" if overwrite_flag else ""
+    return ConflictError(
+        f"cannot write the backup to {path}: a file of that name exists (an earlier "
+        f"backup?) and was left as it is; choose a new file's name or a folder{how}"
+    )
+
+
+def _refuse_existing(path: Path, overwrite: bool, overwrite_flag: str | None) -> None:
+    """Refuse, before anything is dumped, a path that names an existing file (or a link),
+    unless told to overwrite it: ``ragstore backup last-week.dump`` replaced last week's
+    backup with today's, and the one copy of what the store held then was gone."""
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise _exists_refusal(path, overwrite_flag)
+    side = Path(f"{path}.json")
+    if side.is_dir():  # found out after the dump, an overwritten backup would be gone
+        raise BackupError(
+            f"cannot write {side}: it is a folder; the backup was not taken (move the "
+            "folder away or choose another name)"
+        )
+    if not overwrite and (side.exists() or side.is_symlink()):
+        # the sidecar's name, held by a file of the user's (``ragstore backup settings``
+        # beside settings.json) or a sidecar left by a deleted archive: renamed over, the
+        # file was gone
+        raise _exists_refusal(side, overwrite_flag)
+
+
+def _place_new(tmp: Path, path: Path, overwrite_flag: str | None) -> None:
+    """Give the finished archive its name only where nothing has it: a hard link fails on
+    an existing name (a file made there while pg_dump ran), where a rename would replace
+    it. A file system without hard links gets the rename, after a last look."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _exists_refusal(path, overwrite_flag) from None
+    except OSError:
+        if path.exists() or path.is_symlink():
+            raise _exists_refusal(path, overwrite_flag) from None
+        tmp.replace(path)
 
 
 def _sync_dir(folder: Path) -> None:
@@ -297,21 +360,41 @@ def _refuse_special(path: Path) -> None:
         )
 
 
-def _write_sidecar(path: Path, info: BackupInfo) -> None:
-    """Write ``<archive>.json`` (synced to disk, as the archive is); if it cannot be
-    written the backup failed, and the archive goes too: an archive without its sidecar
-    would be restored unchecked."""
+def _write_sidecar(path: Path, info: BackupInfo) -> Path:
+    """Write ``<archive>.json`` under a temporary name beside it (synced to disk, as the
+    archive is) and return that name, for :func:`_name_sidecar` once the archive has its
+    name: written in place, an overwritten backup's sidecar was cut short before the new
+    one was whole. If it cannot be written the backup failed (``BackupError``)."""
     side = Path(f"{path}.json")
+    tmp = side.with_name(f".{side.name}.partial")
     try:
-        fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(asdict(info), indent=2) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise BackupError(
+            f"cannot write {side}: {exc.strerror or exc}; the backup was not kept "
+            "(check the folder's free space and permissions)"
+        ) from None
+    return tmp
+
+
+def _name_sidecar(path: Path, tmp: Path) -> None:
+    """Rename the sidecar written by :func:`_write_sidecar` to ``<archive>.json``; if that
+    fails the archive goes too: an archive without its sidecar would be restored
+    unchecked."""
+    side = Path(f"{path}.json")
+    try:
+        tmp.replace(side)
         _sync_dir(side.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             path.unlink()
+            tmp.unlink(missing_ok=True)
         raise BackupError(
             f"cannot write {side}: {exc.strerror or exc}; the backup was not kept "
             "(check the folder's free space and permissions)"
@@ -408,6 +491,37 @@ def _refuse_unknown_revision(path: Path, script: Path) -> None:
     )
 
 
+# tables and views of the public schema that no extension owns (what a restore drops)
+_PUBLIC_RELATIONS = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY c.relname LIMIT 6
+"""
+
+
+def _refuse_foreign_tables(db: Database) -> None:
+    """Refuse, before anything is dropped, a restore into a database whose public schema
+    holds tables but no ragstore schema: another application's database, named by a
+    mistaken ``RAGSTORE_DATABASE_URL``. The restore drops everything in that schema, and
+    with no ragstore schema there the CLI took no backup first: its tables were gone."""
+    with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
+        row = conn.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL").fetchone()
+        if row is not None and row[0]:
+            return  # ragstore's schema (the CLI backs it up first)
+        names = [str(row[0]) for row in conn.execute(_PUBLIC_RELATIONS).fetchall()]
+    if not names:
+        return
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    raise ConflictError(
+        f"{db.where} holds tables that are not ragstore's ({shown}) and no ragstore "
+        "schema; a restore replaces everything in its public schema and would drop them. "
+        "Nothing was changed: restore into a database of ragstore's own (an empty one, "
+        "set with RAGSTORE_DATABASE_URL), or drop those tables first"
+    )
+
+
 class RestoreInterrupted(KeyboardInterrupt):
     """A restore stopped by Ctrl-C or SIGTERM (raised from that interrupt), with what it
     left: ``what`` says whether the database is as it was or the backup."""
@@ -417,8 +531,10 @@ class RestoreInterrupted(KeyboardInterrupt):
         self.what = what
 
 
-def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
-    """Stop the backend of an interrupted restore and say what it left.
+def _outcome(db: Database, path: Path, session: Path) -> tuple[str | None, str]:
+    """End the backend of a restore whose psql is gone (interrupted, or failed) and read
+    back what its transaction did: ``(state, what)``, state ``"committed"``, ``"in
+    progress"`` (still ending on the server; it cannot commit) or None (nothing restored).
 
     ``subprocess.run`` kills psql on the interrupt, but its backend runs the statement in
     hand to its end (minutes for an index build, locks held) and, had psql been killed
@@ -429,7 +545,7 @@ def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
     try:
         pid, xid = session.read_text().split()
     except (OSError, ValueError):
-        return RestoreInterrupted(as_was)  # psql stopped before its transaction did anything
+        return None, as_was  # psql stopped before its transaction did anything
     with db.connect(autocommit=True) as conn, translated(f"stopping the restore on {db.where}"):
         conn.execute("SELECT pg_terminate_backend(%s, 10000)", (int(pid),))
         # the backend may outlive the wait (a statement that checks for its end rarely):
@@ -442,13 +558,38 @@ def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
                 break
             time.sleep(0.1)
     if state == "committed":
-        return RestoreInterrupted(f"{path} was restored (its transaction had committed)")
+        return state, f"{path} was restored (its transaction had committed)"
     if state == "in progress":
-        return RestoreInterrupted(
+        return state, (
             f"the restore of {path} is still ending on the server (backend {pid}); its "
             "client is gone, so it cannot commit: the database stays as it was"
         )
-    return RestoreInterrupted(as_was)
+    return None, as_was
+
+
+def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
+    """An interrupted restore's :class:`RestoreInterrupted`, saying what it left."""
+    return RestoreInterrupted(_outcome(db, path, session)[1])
+
+
+def _failed(db: Database, path: Path, session: Path, exc: BackupError) -> BackupError | None:
+    """The error of a restore whose psql failed, saying what the database holds now; None
+    where its transaction had committed (the connection lost as the commit's answer came
+    back): the database is the backup, and the restore succeeded.
+
+    psql's message alone ("server closed the connection unexpectedly") said nothing of
+    the database, and where the commit had gone through before the connection broke, a
+    restore that had replaced everything was reported as failed."""
+    try:
+        state, what = _outcome(db, path, session)
+    except RagstoreError:
+        return BackupError(
+            f"{exc}; whether the restore's transaction committed could not be read (run "
+            "`ragstore db status` and compare with the archive's sidecar)"
+        )
+    if state == "committed":
+        return None
+    return BackupError(f"{exc}; {what}")
 
 
 @dataclass
@@ -497,6 +638,7 @@ def restore_backup(
             BackupInvalidError,
         )
         _refuse_unknown_revision(path, body)
+        _refuse_foreign_tables(db)
         if checked is not None:
             checked()
         prelude = Path(tmpdir) / "prelude.sql"
@@ -505,7 +647,10 @@ def restore_backup(
         # stops that backend and reads back whether the transaction committed
         record = f"\\copy (SELECT pg_backend_pid(), pg_current_xact_id()) TO '{session}'\n"
         create = "".join(f'CREATE EXTENSION IF NOT EXISTS "{name}";\n' for name in extensions)
-        prelude.write_text(record + create + _DROP_PUBLIC_OBJECTS)
+        # notices ("extension vector already exists", "drop cascades to ...") off: a
+        # failure's message is psql's first lines, and they were these, not its error
+        quiet = "SET client_min_messages = warning;\n"
+        prelude.write_text(quiet + record + create + _DROP_PUBLIC_OBJECTS)
         try:
             _run(
                 [
@@ -528,6 +673,10 @@ def restore_backup(
             )
         except KeyboardInterrupt as exc:
             raise _stopped(db, path, session) from exc
+        except BackupError as exc:
+            error = _failed(db, path, session, exc)
+            if error is not None:
+                raise error from None
     try:
         revision, counts = _counts(db)
     except KeyboardInterrupt as exc:

@@ -642,3 +642,69 @@ def test_a_file_queued_as_a_job_says_how_the_job_ended(
         timeout=60_000,
     )
     expect(line).to_have_class(re.compile(r"\bstatus-failed\b"))
+
+
+def test_writes_that_get_no_answer_say_their_outcome_is_unknown(
+    browser: Browser, settings: Settings
+) -> None:
+    """The server goes away under the pages: a create, delete, migration or rollback sent
+    then showed the browser's "Failed to fetch", as if it had failed, though the server
+    may have done it before the connection broke; each now says its outcome is unknown."""
+    context = browser.new_context()
+    try:
+        collections, models = context.new_page(), context.new_page()
+        with running_server(with_(settings, auth="off")) as url:
+            assert httpx.post(f"{url}/v1/collections", json={"name": "gone"}).status_code == 201
+            for page, path in ((collections, "/ui/collections"), (models, "/ui/models")):
+                page.goto(url + path)
+                expect(page.locator("body")).to_have_attribute("data-ready", "true")
+        unknown = (
+            "no answer: the connection to the server broke, so whether {} is unknown; the "
+            "page shows what the server says now (reload the page to see)"
+        )
+        collections.fill("#create-name", "never-answered")
+        collections.click("#create-form button[type=submit]")
+        expect(collections.locator("#create-error")).to_have_text(
+            unknown.format("collection never-answered was created")
+        )
+        collections.click("tr[data-collection=gone] button.delete")
+        collections.fill("#delete-confirm", "gone")
+        collections.click("#delete-submit")
+        expect(collections.locator("#delete-error")).to_have_text(
+            unknown.format("collection gone was deleted")
+        )
+        models.select_option("#migrate-collection", "gone")
+        models.click("#rollback")
+        expect(models.locator("#migrate-error")).to_have_text(
+            unknown.format("gone was rolled back")
+        )
+        models.fill("#migrate-to", TARGET)
+        models.click("#migrate-start")
+        expect(models.locator("#migrate-error")).to_have_text(
+            unknown.format(f"the migration of gone to {TARGET} started or finished")
+        )
+        expect(models.locator("#migrate-start")).to_be_enabled()
+    finally:
+        context.close()
+
+
+def test_a_write_key_may_create_a_collection_as_the_api_allows(
+    page: Page, server: Server, keys: KeyStore
+) -> None:
+    """``POST /v1/collections`` takes a write key (one limited to a collection: that name);
+    the console offered "Create" to admin keys alone."""
+    sign_in(page, server, keys.create("write", name="console-writer").secret)
+    expect(page.locator("#create-section")).to_be_visible()
+    expect(page.locator("tr[data-collection] button.delete").first).to_be_hidden()
+    page.fill("#create-name", "by-writer")
+    page.click("#create-form button[type=submit]")
+    expect(page.locator("tr[data-collection=by-writer]")).to_have_count(1)
+    expect(page.locator("#create-error")).to_be_hidden()
+    page.click("#sign-out")
+    sign_in(page, server, keys.create("write", "own-one", name="limited-writer").secret)
+    expect(page.locator("#create-name")).to_have_value("own-one")
+    expect(page.locator("#create-name")).to_have_attribute("readonly", "")
+    page.click("#create-form button[type=submit]")
+    expect(page.locator("tr[data-collection=own-one]")).to_have_count(1)
+    expect(page.locator("#create-error")).to_be_hidden()
+    expect(page.locator("#create-name")).to_have_value("own-one")

@@ -266,6 +266,48 @@ def test_a_backup_that_cannot_be_written_is_one_error_and_leaves_no_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump.json"]
 
 
+def test_a_backup_onto_an_existing_file_is_refused_unless_told_to_overwrite(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ragstore backup last-week.dump`` replaced last week's backup with today's; it is
+    refused and the file kept, and ``--overwrite`` replaces archive and sidecar whole."""
+    archive = tmp_path / "last-week.dump"
+    assert run_cli("backup", str(archive)) == 0
+    old = archive.read_bytes()
+    old_side = Path(f"{archive}.json").read_text()
+    (tmp_path / "link.dump").symlink_to(archive)
+    for target in (archive, tmp_path / "link.dump"):
+        capsys.readouterr()
+        assert run_cli("backup", str(target)) == 65
+        assert capsys.readouterr().err == (
+            f"error[conflict]: cannot write the backup to {target}: a file of that name "
+            "exists (an earlier backup?) and was left as it is; choose a new file's name or "
+            "a folder, or pass --overwrite to replace it\n"
+        )
+    assert archive.read_bytes() == old and Path(f"{archive}.json").read_text() == old_side
+    (tmp_path / "settings.json").write_text('{"mine": true}')  # the sidecar's name: taken
+    assert run_cli("backup", str(tmp_path / "settings")) == 65
+    assert f"cannot write the backup to {tmp_path / 'settings.json'}: a file of" in (
+        capsys.readouterr().err
+    )
+    assert (tmp_path / "settings.json").read_text() == '{"mine": true}'
+    (tmp_path / "settings.json").unlink()
+    with psycopg.connect(populated) as conn:
+        conn.execute("INSERT INTO collections (name, settings) VALUES ('later', '{}')")
+    try:
+        assert run_cli("backup", str(archive), "--overwrite") == 0
+    finally:
+        with psycopg.connect(populated) as conn:
+            conn.execute("DELETE FROM collections WHERE name = 'later'")
+    info = backup.check_archive(archive)  # the new sidecar describes the new archive
+    assert info is not None and info.counts["collections"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last-week.dump",
+        "last-week.dump.json",
+        "link.dump",
+    ]
+
+
 def test_a_backup_onto_a_device_or_pipe_is_refused_and_leaves_it_alone(
     populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -309,6 +351,38 @@ def test_restore_of_an_archive_that_is_no_ragstore_backup_is_refused(
     err = capsys.readouterr().err
     assert err.startswith(f"error[backup_invalid]: {foreign} holds no ragstore schema")
     assert full_dump(populated) == before
+
+
+def test_a_restore_into_another_applications_database_is_refused(
+    populated: str,
+    empty_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """RAGSTORE_DATABASE_URL naming another application's database: the restore dropped
+    its tables (everything in public) and, with no ragstore schema there, took no backup
+    first. It is refused before anything is changed."""
+    archive = tmp_path / "ours.dump"
+    assert run_cli("backup", str(archive)) == 0
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE invoices (id int PRIMARY KEY, total numeric)")
+        conn.execute("INSERT INTO invoices VALUES (1, 9.5)")
+        conn.execute("CREATE VIEW big_invoices AS SELECT * FROM invoices WHERE total > 5")
+    before = full_dump(empty_database_url)
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
+    capsys.readouterr()
+    assert run_cli("restore", str(archive), "--yes") == 65
+    err = capsys.readouterr().err
+    assert err.startswith("error[conflict]: ") and err.count("\n") == 1, err
+    assert "holds tables that are not ragstore's (big_invoices, invoices)" in err
+    assert "Nothing was changed" in err
+    assert full_dump(empty_database_url) == before
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:  # an empty one: fine
+        conn.execute("DROP VIEW big_invoices")
+        conn.execute("DROP TABLE invoices")
+    assert run_cli("restore", str(archive), "--yes") == 0
+    assert migrations.status(Database(empty_database_url)).current is not None
 
 
 def test_schema_set_up_over_foreign_tables_is_one_error(
@@ -443,3 +517,42 @@ def test_a_restore_stopped_by_sigterm_rolls_back_and_says_so(
     assert left == (0,)
     assert full_dump(populated) == before
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_restore_whose_connection_is_ended_says_what_the_database_holds(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """psql failing (its backend ended: a failover, an administrator) was reported with
+    psql's words alone, which say nothing of the database; the restore now reads back
+    whether its transaction committed and says so."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    with psycopg.connect(populated) as conn:
+        conn.execute("DELETE FROM documents WHERE source = 'alpha2'")
+    before = full_dump(populated)
+    holder = psycopg.connect(populated)
+    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
+    waiting = "application_name = 'psql' AND wait_event_type = 'Lock'"
+
+    def end_the_restore() -> None:
+        deadline = time.monotonic() + 60
+        while not backends_where(populated, waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " + waiting)
+        holder.commit()
+
+    ender = threading.Thread(target=end_the_restore)
+    ender.start()
+    capsys.readouterr()
+    try:
+        status = run_cli("restore", str(archive), "--yes", "--no-backup")
+    finally:
+        ender.join()
+        holder.close()
+    err = capsys.readouterr().err
+    assert status == 74, err
+    assert err.startswith(f"error[backup_failed]: restoring {archive} into "), err
+    assert "terminating connection" in err and "NOTICE" not in err, err  # psql's error
+    assert err.endswith(f"; nothing of {archive} was restored; the database is as it was\n"), err
+    assert full_dump(populated) == before

@@ -24,6 +24,12 @@ def register(app: typer.Typer) -> None:
             help="Archive file or folder to write (default: "
             "DATA_DIR/backups/ragstore-<time>.dump).",
         ),
+        overwrite: bool = typer.Option(
+            False,
+            "--overwrite",
+            help="Replace a file already at PATH (once the new backup is complete); "
+            "without it an existing file is refused and kept.",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Back up the whole database to a pg_dump custom-format archive."""
@@ -31,7 +37,14 @@ def register(app: typer.Typer) -> None:
         from ragstore.runtime import Runtime
 
         with Runtime() as rt:
-            info = create_backup(rt.raw_db(), rt.settings, path, reason="manual")
+            info = create_backup(
+                rt.raw_db(),
+                rt.settings,
+                path,
+                reason="manual",
+                overwrite=overwrite,
+                overwrite_flag="--overwrite",
+            )
         if as_json:
             echo_json(asdict(info))
             return

@@ -87,6 +87,23 @@
     return String(err && err.message ? err.message : err);
   }
 
+  /* Whether a write's outcome is unknown: no answer came (fetch rejects with a TypeError
+   * when the connection breaks or the server is gone), or a proxy in front answered in
+   * its place (a 502 or 504 with no ragstore problem code) while the request may run on.
+   * The server may have done the write and lost the connection before answering, so
+   * "Failed to fetch" read as a failure that was perhaps none, and invited a retry. */
+  function outcomeUnknown(err) {
+    if (!(err instanceof ApiError)) return true;
+    return (err.status === 502 || err.status === 504) && !err.problem.code;
+  }
+
+  /* A failed write's message: the problem, or, its outcome unknown, that it is unknown. */
+  function writeError(err, what) {
+    if (!outcomeUnknown(err)) return problemText(err);
+    return "no answer: the connection to the server broke, so whether " + what +
+           " is unknown; the page shows what the server says now (reload the page to see)";
+  }
+
   function showError(id, err) {
     const node = $(id);
     node.textContent = typeof err === "string" ? err : problemText(err);
@@ -233,7 +250,8 @@
       try {
         await api("DELETE", "/v1/collections/" + enc(deleting));
       } catch (err) {
-        showError("delete-error", err);
+        showError("delete-error", writeError(err, "collection " + deleting + " was deleted"));
+        if (outcomeUnknown(err)) load().catch(() => undefined);
         return;
       } finally {
         $("delete-submit").disabled = false;
@@ -241,6 +259,14 @@
       dialog.close();
       await load();
     });
+    /* Offered to every key that may create a collection, as the API decides (a write or
+     * admin key; one limited to a collection, that collection alone): it was shown to
+     * admin keys only, and a write key had to use the API for what it was allowed. */
+    const ownName = me.collection || "";
+    if (ownName) {
+      $("create-name").value = ownName;
+      $("create-name").readOnly = true;
+    }
     /* The button is disabled while the request runs: a double click sent two, and the
      * second one's "already exists" was shown as if the create had failed. */
     const createButton = $("create-form").querySelector("button[type=submit]");
@@ -255,12 +281,13 @@
       try {
         await api("POST", "/v1/collections", payload);
       } catch (err) {
-        showError("create-error", err);
+        showError("create-error", writeError(err, "collection " + payload.name + " was created"));
+        if (outcomeUnknown(err)) load().catch(() => undefined);
         return;
       } finally {
         createButton.disabled = false;
       }
-      $("create-name").value = "";
+      $("create-name").value = ownName;
       await load();
     });
     await load();
@@ -661,7 +688,7 @@
     try {
       await api("POST", "/v1/field-indexes", { field: field, type: kind });
     } catch (err) {
-      showError("fields-error", err);
+      showError("fields-error", writeError(err, "field " + field + " was indexed"));
       button.disabled = false;
       button.textContent = "index " + kind + "s";
       return;
@@ -759,6 +786,16 @@
       setRows($("model-spaces-body"), s.spaces.map((sp) => spaceRow(sp, false)), "No spaces.", 4);
     }
 
+    /* After a write: what the server says now. Its own failure is shown only where the
+     * write left no message (a lost connection already says to reload). */
+    async function refresh() {
+      try {
+        await Promise.all([loadSpaces(), loadModels()]);
+      } catch (err) {
+        if ($("migrate-error").hidden) showError("migrate-error", err);
+      }
+    }
+
     function stopPolling() {
       if (polling !== null) clearInterval(polling);
       polling = null;
@@ -785,12 +822,13 @@
           : "Backfilled " + r.target + " but did not switch: " + r.notes.join("; ");
       } catch (err) {
         $("migrate-status").textContent = "";
-        showError("migrate-error", err);
+        showError("migrate-error", writeError(err, "the migration of " + name + " to " + to +
+                                              " started or finished"));
       } finally {
         stopPolling();
         $("migrate-start").disabled = false;
       }
-      await Promise.all([loadSpaces(), loadModels()]);
+      await refresh();
     });
     /* Disabled while its request runs: each rollback switches to the model active before,
      * so a double click sent two and switched back to the model being rolled back. */
@@ -803,11 +841,11 @@
         $("migrate-status").textContent = "Rolled back " + name + ": " + r.active +
           " is active again (was " + r.previous + ").";
       } catch (err) {
-        showError("migrate-error", err);
+        showError("migrate-error", writeError(err, name + " was rolled back"));
       } finally {
         $("rollback").disabled = false;
       }
-      await Promise.all([loadSpaces(), loadModels()]);
+      await refresh();
     });
     await Promise.all([loadModels(), loadSpaces()]);
     applyScope(me);
