@@ -112,8 +112,12 @@ def _abandon(conn: store.Conn, job: store.JobRecord) -> store.JobRecord:
     return store.get(conn, job.id)
 
 
-def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
-    """Run (or re-run) job ``job_id`` to the end and return its final record."""
+def run_job(rt: Runtime, job_id: int, *, queue_job_id: int | None = None) -> store.JobRecord:
+    """Run (or re-run) job ``job_id`` to the end and return its final record.
+
+    ``queue_job_id`` (the queue's entry running it) is recorded at the start where the
+    submitting request could not record it, so a job whose outcome is lost is still
+    found and failed (``db.jobs.reconcile_lost``)."""
     with rt.db.connection() as conn, translated(f"starting job {job_id}"):
         job = store.get(conn, job_id)
         if job.status in store.FINISHED:
@@ -125,7 +129,7 @@ def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
             return job
         if job.attempts >= rt.settings.worker_max_attempts:
             return _abandon(conn, job)
-        store.start(conn, job_id)
+        store.start(conn, job_id, queue_job_id)
         files = store.files(conn, job_id)
     log.info("job %s: ingesting %d documents into %r", job_id, len(files), job.collection)
     tracker = _Progress(rt, job_id)
