@@ -19,6 +19,7 @@ import pytest
 
 from ragstore import Client
 from ragstore.config import Settings
+from ragstore.errors import RagstoreError
 from ragstore.jobs import worker as worker_module
 from ragstore.jobs.liveness import WORKER_LOCKS, LiveJobManager
 from ragstore.jobs.queue import build_queue
@@ -496,3 +497,45 @@ def test_a_job_whose_outcome_cannot_be_recorded_does_not_stay_running(
         ).fetchone()
     assert left == (0,)
 
+
+def test_a_background_upload_answered_an_error_was_not_queued(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """The job's row was committed and deferred, then recording its queue entry failed
+    (here a trigger raises, once): the upload was answered an error, yet the worker ran
+    the job, and a re-send was told ``unchanged``. The row, its files and its queue entry
+    are now one transaction: an error answer leaves nothing queued."""
+    api.create_collection("honest")
+    fault = """
+        CREATE SEQUENCE entry_once;
+        CREATE FUNCTION entry_once() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('entry_once') = 1 THEN
+                RAISE EXCEPTION 'queue entry refused by a test trigger';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER entry_once BEFORE UPDATE ON ingest_jobs FOR EACH ROW
+            WHEN (OLD.queue_job_id IS NULL AND NEW.queue_job_id IS NOT NULL
+                  AND NEW.collection = 'honest')
+            EXECUTE FUNCTION entry_once();
+    """
+    upload = [("h.md", b"# H\n\nhonest answer text")]
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(fault)
+        try:
+            with pytest.raises(RagstoreError):
+                api.upload("honest", upload, background=True)
+        finally:
+            admin.execute(
+                "DROP TRIGGER entry_once ON ingest_jobs; DROP FUNCTION entry_once();"
+                " DROP SEQUENCE entry_once"
+            )
+    run_worker(jobs_settings, burst=True, signals=False)
+    assert api.list_documents("honest")["data"] == []
+    assert api.list_jobs(collection="honest")["data"] == []
+    job = api.upload("honest", upload, background=True)  # the re-send is the one job
+    assert job["status"] == "queued"
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.wait_for_job(job["id"], timeout=5)
+    assert done["status"] == "succeeded" and done["summary"]["added"] == 1
