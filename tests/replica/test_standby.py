@@ -279,3 +279,29 @@ def test_a_worker_on_a_standby_is_one_clear_error(
     err = capsys.readouterr().err
     assert err.startswith("error[read_only]: ") and "hot standby" in err, err
     assert err.count("\n") == 1, err
+
+
+def test_a_read_after_a_write_of_unknown_position_is_the_primarys(pair: Pair, kb: str) -> None:
+    """``RAGStore-LSN: primary`` (a write whose position could not be read) has the next
+    read served by the primary, never a replica that may not have the write; a read-only
+    server, which cannot tell, refuses it (503) instead of answering without the write."""
+    with (
+        running_server(pair.settings(replica_wait_s=0.3)) as url,
+        running_server(pair.read_only_settings(replica_wait_s=0.3)) as ro_url,
+        Client(url) as c,
+        Client(ro_url) as ro,
+    ):
+        pair.wait_caught_up()
+        pair.pause_replay(True)
+        try:
+            c.add_document("kb", "kiln.md", "# Kilns\n\nA kiln fires clay into hard pottery.")
+            c.last_lsn = "primary"
+            r = c.request("GET", "/v1/collections/kb/documents")
+            assert "kiln.md" in [d["name"] for d in r.json()["data"]]
+            assert _served_by(r) == "primary"
+            ro.last_lsn = "primary"
+            with pytest.raises(ReplicaBehindError) as behind:
+                ro.search("kb", "kiln")
+            assert behind.value.status == 503  # type: ignore[attr-defined]
+        finally:
+            pair.pause_replay(False)
