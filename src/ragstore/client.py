@@ -123,8 +123,8 @@ class Client(_WritePosition):
             raise DatabaseUnavailableError(
                 f"cannot reach the ragstore server at {self._http.base_url}: {exc}"
             ) from None
+        self._note_lsn(response)  # an error can follow writes that committed
         raise_for_problem(response)
-        self._note_lsn(response)
         return response
 
     def _send(self, call: Call[T]) -> T:
@@ -403,8 +403,8 @@ class AsyncClient(_WritePosition):
             raise DatabaseUnavailableError(
                 f"cannot reach the ragstore server at {self._http.base_url}: {exc}"
             ) from None
+        self._note_lsn(response)  # an error can follow writes that committed
         raise_for_problem(response)
-        self._note_lsn(response)
         return response
 
     async def _send(self, call: Call[T]) -> T:

@@ -38,6 +38,8 @@ READ_FROM = "RAGStore-Read-From"
 LSN_READ_ATTEMPTS = 3  # a write's position is read up to this many times ...
 LSN_READ_RETRY_S = 0.1  # ... this long apart (doubled each time)
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# a write's error answers from before its route ran (no key, no right, throttled)
+_RAN_NOT = frozenset({401, 403, 429})
 
 
 # the POST routes that only read: a collection's search and texts/get, matched after the
@@ -157,8 +159,14 @@ class ReadRoutingMiddleware:
 
     async def _write(self, rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_lsn(message: Message) -> None:
+            position: str | None = None
             if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
                 position = await run_in_threadpool(_written_lsn, rt, scope["path"])
+            elif message["type"] == "http.response.start" and message["status"] not in _RAN_NOT:
+                # an error can follow writes that committed (an upload's other files,
+                # listed as ``stored``): their position, where it can be read at once
+                position = await run_in_threadpool(_error_lsn, rt)
+            if position is not None:
                 headers = list(message.get("headers", []))
                 headers.append((lsn.HEADER.lower().encode(), position.encode()))
                 message["headers"] = headers
@@ -277,6 +285,19 @@ def _written_lsn(rt: Runtime, path: str) -> str:
                 return lsn.ON_PRIMARY
             time.sleep(LSN_READ_RETRY_S * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
+
+
+def _error_lsn(rt: Runtime) -> str | None:
+    """The primary's position for a write's error answer, or None where it cannot be read.
+
+    A multi-file upload whose one file fails is answered that file's error, with the
+    others stored (its ``stored`` list); without a position the client's next read could
+    be served by a replica without them. One try, and no ``primary`` in its place: an
+    error answered while the primary is down must not send the client's reads to it."""
+    try:
+        return lsn.format_lsn(_primary_lsn(rt))
+    except RagstoreError:
+        return None
 
 
 def _unknown_position(rt: Runtime) -> ReplicaBehindError:
