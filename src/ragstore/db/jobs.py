@@ -188,10 +188,10 @@ RECONCILE_ARGS: dict[str, Any] = {
     "code": OUTCOME_LOST,
     # the queue's states in which no worker runs the job again
     "done": ["succeeded", "failed", "cancelled", "aborted"],
-    "detail": "a worker took the job but its outcome could not be recorded (the database "
-    "failed under it: see the worker's log), and the queue does not run it again; documents "
-    "it stored stay: send the files again to store the rest (those stored are answered "
-    "unchanged)",
+    "detail": "the job's outcome was never recorded and the queue does not run it again "
+    "(its worker could not record it: see the worker's log; or its queue entry was cancelled "
+    "or removed); documents it stored stay: send the files again to store the rest (those "
+    "stored are answered unchanged)",
 }
 
 
