@@ -40,7 +40,9 @@ LSN_HEADER = "RAGStore-LSN"  # ragstore.db.lsn.HEADER (not imported: the client 
 class _WritePosition:
     """Read-your-writes: the WAL position of this client's last write (``RAGStore-LSN``),
     sent back on later requests so a read a replica serves already shows that write. Copy
-    ``last_lsn`` to another client (one for a read-only server) to carry it over."""
+    ``last_lsn`` to another client (one for a read-only server) to carry it over. A write
+    whose position the server could not read answers ``primary``: sent back, it has reads
+    served by the primary until a later write answers a position."""
 
     last_lsn: str | None = None
     read_your_writes: bool = True
@@ -121,8 +123,8 @@ class Client(_WritePosition):
             raise DatabaseUnavailableError(
                 f"cannot reach the ragstore server at {self._http.base_url}: {exc}"
             ) from None
+        self._note_lsn(response)  # an error can follow writes that committed
         raise_for_problem(response)
-        self._note_lsn(response)
         return response
 
     def _send(self, call: Call[T]) -> T:
@@ -401,8 +403,8 @@ class AsyncClient(_WritePosition):
             raise DatabaseUnavailableError(
                 f"cannot reach the ragstore server at {self._http.base_url}: {exc}"
             ) from None
+        self._note_lsn(response)  # an error can follow writes that committed
         raise_for_problem(response)
-        self._note_lsn(response)
         return response
 
     async def _send(self, call: Call[T]) -> T:

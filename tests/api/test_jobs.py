@@ -19,6 +19,7 @@ import pytest
 
 from ragstore import Client
 from ragstore.config import Settings
+from ragstore.errors import RagstoreError
 from ragstore.jobs import worker as worker_module
 from ragstore.jobs.liveness import WORKER_LOCKS, LiveJobManager
 from ragstore.jobs.queue import build_queue
@@ -449,4 +450,92 @@ def test_a_connection_lost_as_a_job_is_recorded_finished_is_not_left_running(
             )
     assert tries == (2,)  # the first record was lost with its connection, the second kept
     done = api.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["summary"]["added"] == 1
+
+
+def test_a_job_whose_outcome_cannot_be_recorded_does_not_stay_running(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """The job's documents are stored, then the database refuses its outcome (here a
+    trigger raises, once; not a lost connection, so not written again). The queue took
+    the task's error as the job's failure and never ran it again, while the job stayed
+    ``running`` for good and a client polling it waited forever. The worker now records
+    such a job failed, with a code saying its outcome was lost."""
+    api.create_collection("refused")
+    job = api.upload("refused", [("r.md", b"# R\n\nrefused outcome text")], background=True)
+    fault = f"""
+        CREATE SEQUENCE refused_once;
+        CREATE FUNCTION refused_once() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('refused_once') = 1 THEN
+                RAISE EXCEPTION 'outcome refused by a test trigger';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refused_once BEFORE UPDATE ON ingest_jobs FOR EACH ROW
+            WHEN (NEW.id = {int(job["id"])} AND NEW.status = 'succeeded')
+            EXECUTE FUNCTION refused_once();
+    """
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(fault)
+        try:
+            run_worker(jobs_settings, burst=True, signals=False)
+            tries = admin.execute("SELECT last_value FROM refused_once").fetchone()
+        finally:
+            admin.execute(
+                "DROP TRIGGER refused_once ON ingest_jobs; DROP FUNCTION refused_once();"
+                " DROP SEQUENCE refused_once"
+            )
+    assert tries == (1,)
+    done = api.wait_for_job(job["id"], timeout=5)
+    assert done["status"] == "failed" and done["finished_at"] is not None
+    assert [e["code"] for e in done["errors"]] == ["outcome_not_recorded"]
+    assert [d["name"] for d in api.list_documents("refused")["data"]] == ["r.md"]
+    with psycopg.connect(database_url) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM ingest_job_files WHERE job_id = %s", (job["id"],)
+        ).fetchone()
+    assert left == (0,)
+
+
+def test_a_background_upload_answered_an_error_was_not_queued(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """The job's row was committed and deferred, then recording its queue entry failed
+    (here a trigger raises, once): the upload was answered an error, yet the worker ran
+    the job, and a re-send was told ``unchanged``. The row, its files and its queue entry
+    are now one transaction: an error answer leaves nothing queued."""
+    api.create_collection("honest")
+    fault = """
+        CREATE SEQUENCE entry_once;
+        CREATE FUNCTION entry_once() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('entry_once') = 1 THEN
+                RAISE EXCEPTION 'queue entry refused by a test trigger';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER entry_once BEFORE UPDATE ON ingest_jobs FOR EACH ROW
+            WHEN (OLD.queue_job_id IS NULL AND NEW.queue_job_id IS NOT NULL
+                  AND NEW.collection = 'honest')
+            EXECUTE FUNCTION entry_once();
+    """
+    upload = [("h.md", b"# H\n\nhonest answer text")]
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(fault)
+        try:
+            with pytest.raises(RagstoreError):
+                api.upload("honest", upload, background=True)
+        finally:
+            admin.execute(
+                "DROP TRIGGER entry_once ON ingest_jobs; DROP FUNCTION entry_once();"
+                " DROP SEQUENCE entry_once"
+            )
+    run_worker(jobs_settings, burst=True, signals=False)
+    assert api.list_documents("honest")["data"] == []
+    assert api.list_jobs(collection="honest")["data"] == []
+    job = api.upload("honest", upload, background=True)  # the re-send is the one job
+    assert job["status"] == "queued"
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.wait_for_job(job["id"], timeout=5)
     assert done["status"] == "succeeded" and done["summary"]["added"] == 1

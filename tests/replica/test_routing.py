@@ -4,14 +4,22 @@ replica that cannot be reached (reads fall back to the primary)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 
+from ragstore import Client
 from ragstore.api.routing import classify
+from ragstore.config import Settings
 from ragstore.db import lsn
 from ragstore.db.database import Database
 from ragstore.db.routing import ReadRouter
 from ragstore.errors import InputError
+from tests.api.conftest import running_server
+from tests.conftest import TEMPLATE, create_database
 
 
 @pytest.mark.parametrize(
@@ -86,3 +94,66 @@ def test_lag_dates_the_oldest_unreplayed_wal(database_url: str) -> None:
         in_recovery=True, replay_lsn=150, replay_age_s=60.0, receive_lsn=150, streaming=False
     )
     assert router._lag(cut_off, 300) == pytest.approx(4, abs=0.5)  # its stream broke: behind
+
+
+# pg_current_wal_lsn() shadowed for the database's new sessions: it fails while the count of
+# its calls is at most lsnfault.failing.until, then answers the real position
+_LSN_FAULT = """
+    CREATE SCHEMA lsnfault;
+    CREATE SEQUENCE lsnfault.calls;
+    CREATE TABLE lsnfault.failing (until bigint NOT NULL);
+    INSERT INTO lsnfault.failing VALUES (0);
+    CREATE FUNCTION lsnfault.pg_current_wal_lsn() RETURNS pg_lsn LANGUAGE plpgsql AS $$
+    BEGIN
+        IF nextval('lsnfault.calls') <= (SELECT until FROM lsnfault.failing) THEN
+            RAISE EXCEPTION 'the WAL position cannot be read (a test fault)';
+        END IF;
+        RETURN pg_catalog.pg_current_wal_lsn();
+    END $$;
+"""
+
+
+@pytest.fixture()
+def lsn_fault(pg_admin_uri: str, template_url: str) -> Iterator[str]:
+    """A migrated database whose sessions read the WAL position through _LSN_FAULT."""
+    url = create_database(pg_admin_uri, TEMPLATE)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(_LSN_FAULT)
+        name = conn.info.dbname
+        conn.execute(
+            sql.SQL(
+                'ALTER DATABASE {} SET search_path = lsnfault, pg_catalog, "$user", public'
+            ).format(sql.Identifier(name))
+        )
+    yield url
+
+
+def _fail_next(url: str, calls: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT setval('lsnfault.calls', 1000)")
+        conn.execute("UPDATE lsnfault.failing SET until = %s", (1000 + calls,))
+
+
+def test_a_write_whose_position_cannot_be_read_says_so(lsn_fault: str, tmp_path: Path) -> None:
+    """A write's ``RAGStore-LSN`` is read after its commit; where that read failed the
+    answer went without the header, the client kept its earlier position, and its next
+    read could be served by a replica without the write. The read is now tried again, and
+    where it keeps failing the header says ``primary``: the client sends that back and is
+    served by the primary until a later write answers a position."""
+    settings = Settings(database_url=lsn_fault, data_dir=tmp_path, profile="test", auth="off")
+    with running_server(settings) as url, Client(url) as c:
+        c.create_collection("kb")
+        first = c.last_lsn
+        assert first is not None and lsn.parse(first) > 0
+        _fail_next(lsn_fault, 1)  # one failed read: the next one gives the position
+        c.add_document("kb", "a.md", "# A\n\nalpha text")
+        assert c.last_lsn is not None and lsn.parse(c.last_lsn) > lsn.parse(first)
+        _fail_next(lsn_fault, 100)  # every read fails
+        r = c.request("POST", "/v1/collections/kb/documents", json={"name": "b.md", "text": "b"})
+        assert r.status_code == 201 and r.headers["RAGStore-LSN"] == "primary"
+        assert c.last_lsn == "primary"
+        listing = c.list_documents("kb")  # sent back, it is a valid request
+        assert sorted(d["name"] for d in listing["data"]) == ["a.md", "b.md"]
+        _fail_next(lsn_fault, 0)
+        c.add_document("kb", "c.md", "# C\n\ncharlie text")  # a position again
+        assert c.last_lsn is not None and lsn.parse(c.last_lsn) > 0

@@ -16,7 +16,7 @@ from ragstore import Client
 from ragstore.db import standby
 from ragstore.db.database import Database
 from ragstore.db.routing import ReadRouter
-from ragstore.errors import ReadOnlyError, ReplicaBehindError
+from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
 from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server
 from tests.conftest import run_cli
@@ -279,3 +279,52 @@ def test_a_worker_on_a_standby_is_one_clear_error(
     err = capsys.readouterr().err
     assert err.startswith("error[read_only]: ") and "hot standby" in err, err
     assert err.count("\n") == 1, err
+
+
+def test_a_read_after_a_write_of_unknown_position_is_the_primarys(pair: Pair, kb: str) -> None:
+    """``RAGStore-LSN: primary`` (a write whose position could not be read) has the next
+    read served by the primary, never a replica that may not have the write; a read-only
+    server, which cannot tell, refuses it (503) instead of answering without the write."""
+    with (
+        running_server(pair.settings(replica_wait_s=0.3)) as url,
+        running_server(pair.read_only_settings(replica_wait_s=0.3)) as ro_url,
+        Client(url) as c,
+        Client(ro_url) as ro,
+    ):
+        pair.wait_caught_up()
+        pair.pause_replay(True)
+        try:
+            c.add_document("kb", "kiln.md", "# Kilns\n\nA kiln fires clay into hard pottery.")
+            c.last_lsn = "primary"
+            r = c.request("GET", "/v1/collections/kb/documents")
+            assert "kiln.md" in [d["name"] for d in r.json()["data"]]
+            assert _served_by(r) == "primary"
+            ro.last_lsn = "primary"
+            with pytest.raises(ReplicaBehindError) as behind:
+                ro.search("kb", "kiln")
+            assert behind.value.status == 503  # type: ignore[attr-defined]
+        finally:
+            pair.pause_replay(False)
+
+
+def test_an_upload_answered_an_error_with_files_stored_carries_their_position(
+    pair: Pair, kb: str
+) -> None:
+    """A two-file upload whose one file fails is answered that file's error, the other
+    stored (listed in ``stored``). The answer carried no ``RAGStore-LSN`` (errors had
+    none, and the client read none from them), so the client's next read was served by a
+    replica that had not replayed the stored file."""
+    with running_server(pair.settings(replica_wait_s=0.3)) as url, Client(url) as c:
+        pair.wait_caught_up()
+        pair.pause_replay(True)
+        try:
+            with pytest.raises(RagstoreError):
+                c.upload(
+                    "kb", [("glaze.md", b"# Glaze\n\nA glassy coat on pottery."), ("x.xyz", b"")]
+                )
+            assert c.last_lsn is not None
+            r = c.request("GET", "/v1/collections/kb/documents")
+            assert "glaze.md" in [d["name"] for d in r.json()["data"]]
+            assert _served_by(r) == "primary"
+        finally:
+            pair.pause_replay(False)

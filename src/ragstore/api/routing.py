@@ -9,7 +9,9 @@
   an error. The answer says where it ran (``RAGStore-Read-From``).
 - **writes** (any other method under ``/v1``) reach the primary; a 2xx answer carries the
   primary's WAL position after the commit in ``RAGStore-LSN``. A read that sends it back is
-  served by a replica only once that replica has replayed it (read-your-writes).
+  served by a replica only once that replica has replayed it (read-your-writes). Where the
+  position cannot be read, the header says ``primary``, and a read sending that back is
+  served by the primary (refused on a read-only server, which cannot tell).
 - on a **read-only server** (``RAGSTORE_DATABASE_URL`` names a hot standby) writes are refused
   with ``read_only`` (403) before they run, and a read carrying an LSN this standby has not
   replayed within ``RAGSTORE_REPLICA_WAIT_S`` is refused with ``replica_behind`` (503).
@@ -17,7 +19,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,8 +32,14 @@ from ragstore.db.errors import translated
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
 from ragstore.runtime import Runtime
 
+log = logging.getLogger("ragstore.api")
+
 READ_FROM = "RAGStore-Read-From"
+LSN_READ_ATTEMPTS = 3  # a write's position is read up to this many times ...
+LSN_READ_RETRY_S = 0.1  # ... this long apart (doubled each time)
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# a write's error answers from before its route ran (no key, no right, throttled)
+_RAN_NOT = frozenset({401, 403, 429})
 
 
 # the POST routes that only read: a collection's search and texts/get, matched after the
@@ -80,19 +90,27 @@ class ReadRoutingMiddleware:
         rt: Runtime = state.runtime
         try:
             read_only = await run_in_threadpool(lambda: rt.read_only)
-            min_lsn = self._min_lsn(scope) if kind == "read" else None
+            on_primary = kind == "read" and self._on_primary(scope)
+            min_lsn = self._min_lsn(scope) if kind == "read" and not on_primary else None
         except RagstoreError as exc:  # database down, bad header: the route answers it
             if isinstance(exc, ReadOnlyError) or kind == "write" or exc.http_status < 500:
                 await send_problem(scope, send, exc)
                 return
             await self.app(scope, receive, send)
             return
-        if read_only:
+        if read_only and on_primary:
+            await send_problem(scope, send, _unknown_position(rt))
+        elif read_only:
             await self._read_only(rt, kind, min_lsn, scope, receive, send)
         elif kind == "write":
             await self._write(rt, scope, receive, send)
         else:
-            await self._read(rt, min_lsn, scope, receive, send)
+            await self._read(rt, min_lsn, scope, receive, send, on_primary=on_primary)
+
+    @staticmethod
+    def _on_primary(scope: Scope) -> bool:
+        text = _header(scope, lsn.HEADER.lower().encode())
+        return text is not None and lsn.on_primary(text)
 
     @staticmethod
     def _min_lsn(scope: Scope) -> int | None:
@@ -141,25 +159,38 @@ class ReadRoutingMiddleware:
 
     async def _write(self, rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_lsn(message: Message) -> None:
+            position: str | None = None
             if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
-                try:
-                    position = await run_in_threadpool(_primary_lsn, rt)
-                except RagstoreError:
-                    position = None
-                if position is not None:
-                    headers = list(message.get("headers", []))
-                    headers.append((lsn.HEADER.lower().encode(), lsn.format_lsn(position).encode()))
-                    message["headers"] = headers
+                position = await run_in_threadpool(_written_lsn, rt, scope["path"])
+            elif message["type"] == "http.response.start" and message["status"] not in _RAN_NOT:
+                # an error can follow writes that committed (an upload's other files,
+                # listed as ``stored``): their position, where it can be read at once
+                position = await run_in_threadpool(_error_lsn, rt)
+            if position is not None:
+                headers = list(message.get("headers", []))
+                headers.append((lsn.HEADER.lower().encode(), position.encode()))
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_lsn)
 
     async def _read(
-        self, rt: Runtime, min_lsn: int | None, scope: Scope, receive: Receive, send: Send
+        self,
+        rt: Runtime,
+        min_lsn: int | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        on_primary: bool = False,
     ) -> None:
         router = await run_in_threadpool(lambda: rt.router)
         if not router.has_replicas:
             await self.app(scope, receive, send)
+            return
+        if on_primary:  # the caller's last write has no known position: only the primary
+            route = routing.Route(router, None, primary_only=True)
+            await self._attempt(route, [], scope, receive, send, last=True)
             return
         body = await _read_body(receive)
         route = routing.Route(router, min_lsn)
@@ -228,3 +259,53 @@ def _replayed(rt: Runtime, min_lsn: int, wait_s: float) -> bool:
 def _primary_lsn(rt: Runtime) -> int:
     with rt.primary.connection() as conn, translated("reading the WAL position"):
         return lsn.current(conn)
+
+
+def _written_lsn(rt: Runtime, path: str) -> str:
+    """The ``RAGStore-LSN`` of a committed write: the primary's position, read again on a
+    fresh connection where that fails, else :data:`lsn.ON_PRIMARY`.
+
+    The answer went without the header where one read failed (its pooled connection
+    lost, say): the client kept its earlier position, and its next read could be served
+    by a replica without this write, read-your-writes broken with no sign of it.
+    ``primary``, sent back, has the next read served by the primary; the write still
+    answers its success (it committed)."""
+    for attempt in range(1, LSN_READ_ATTEMPTS + 1):
+        try:
+            return lsn.format_lsn(_primary_lsn(rt))
+        except RagstoreError as exc:
+            if attempt == LSN_READ_ATTEMPTS:
+                log.warning(
+                    "the WAL position after %s could not be read (%s); answered %s: %s",
+                    path,
+                    exc,
+                    lsn.HEADER,
+                    lsn.ON_PRIMARY,
+                )
+                return lsn.ON_PRIMARY
+            time.sleep(LSN_READ_RETRY_S * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def _error_lsn(rt: Runtime) -> str | None:
+    """The primary's position for a write's error answer, or None where it cannot be read.
+
+    A multi-file upload whose one file fails is answered that file's error, with the
+    others stored (its ``stored`` list); without a position the client's next read could
+    be served by a replica without them. One try, and no ``primary`` in its place: an
+    error answered while the primary is down must not send the client's reads to it."""
+    try:
+        return lsn.format_lsn(_primary_lsn(rt))
+    except RagstoreError:
+        return None
+
+
+def _unknown_position(rt: Runtime) -> ReplicaBehindError:
+    """A read-only server's answer to a read whose last write has no known position."""
+    return ReplicaBehindError(
+        f"this read-only server cannot tell whether its standby ({rt.primary.where}) has your "
+        f"last write: the server that took it could not read its WAL position ({lsn.HEADER}: "
+        f"{lsn.ON_PRIMARY}); read from a server on the primary (or write again there, for "
+        "a position this server can wait for)",
+        retry_after=1.0,
+    )

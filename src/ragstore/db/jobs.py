@@ -124,13 +124,15 @@ def files(conn: Conn, job_id: int) -> list[JobFile]:
     return [JobFile(r[0], bytes(r[1]), dict(r[2])) for r in rows]
 
 
-def start(conn: Conn, job_id: int) -> None:
-    """A worker took the job (again): progress restarts, the attempt is counted."""
+def start(conn: Conn, job_id: int, queue_job_id: int | None = None) -> None:
+    """A worker took the job (again): progress restarts, the attempt is counted; the
+    queue's entry is recorded where the submitting request could not record it."""
     conn.execute(
         "UPDATE ingest_jobs SET status = 'running', attempts = attempts + 1,"
         " documents_done = 0, chunks_done = 0, errors = '[]'::jsonb,"
+        " queue_job_id = coalesce(queue_job_id, %s),"
         " started_at = now(), updated_at = now() WHERE id = %s",
-        (job_id,),
+        (queue_job_id, job_id),
     )
 
 
@@ -163,3 +165,45 @@ def finish(
         (status, documents, chunks, Jsonb(errors), Jsonb(summary), job_id),
     )
     conn.execute("DELETE FROM ingest_job_files WHERE job_id = %s", (job_id,))
+
+
+OUTCOME_LOST = "outcome_not_recorded"  # the error code of a job failed by reconcile_lost
+
+# Fails the unfinished jobs whose queue entry is finished or gone (no worker runs them
+# again) and drops their files, in one statement; the worker runs it through the queue's
+# connector, with RECONCILE_ARGS
+RECONCILE_LOST = (
+    "WITH lost AS ("
+    " UPDATE ingest_jobs j SET status = 'failed', finished_at = now(), updated_at = now(),"
+    " errors = j.errors || jsonb_build_array(jsonb_build_object("
+    "  'document', NULL, 'code', %(code)s::text, 'detail', %(detail)s::text))"
+    " WHERE j.status IN ('queued', 'running') AND j.queue_job_id IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs p WHERE p.id = j.queue_job_id"
+    "  AND p.status::text <> ALL(%(done)s::text[]))"
+    " RETURNING j.id),"
+    " dropped AS (DELETE FROM ingest_job_files f USING lost WHERE f.job_id = lost.id)"
+    " SELECT id AS job_id FROM lost ORDER BY id"
+)
+RECONCILE_ARGS: dict[str, Any] = {
+    "code": OUTCOME_LOST,
+    # the queue's states in which no worker runs the job again
+    "done": ["succeeded", "failed", "cancelled", "aborted"],
+    "detail": "the job's outcome was never recorded and the queue does not run it again "
+    "(its worker could not record it: see the worker's log; or its queue entry was cancelled "
+    "or removed); documents it stored stay: send the files again to store the rest (those "
+    "stored are answered unchanged)",
+}
+
+
+def reconcile_lost(conn: Conn) -> list[int]:
+    """Fail the unfinished jobs that no worker will run again; their ids.
+
+    A worker records a job's outcome, then the queue marks its entry. Where the outcome
+    could not be written (the database refused it, or was away past every retry), the
+    task's error made the queue mark the entry ``failed`` and never hand it out again,
+    while the job stayed ``running`` (or ``queued``, when even its start failed): for
+    good, and a client polling it waited forever. A job counts as unfinished while its
+    entry waits or runs (a dead worker's entry is put back by the stalled-job check).
+    Its progress and earlier errors stay; what it stored stays."""
+    rows = conn.execute(RECONCILE_LOST, RECONCILE_ARGS).fetchall()
+    return [int(r[0]) for r in rows]

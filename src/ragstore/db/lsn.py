@@ -17,6 +17,9 @@ import psycopg
 from ragstore.errors import InputError
 
 HEADER = "RAGStore-LSN"
+# the header's value on a write whose position could not be read after its commit: a read
+# that sends it back is served by the primary (a replica cannot be shown to have the write)
+ON_PRIMARY = "primary"
 _LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 
 Conn = psycopg.Connection[Any]
@@ -31,6 +34,11 @@ def parse(text: str) -> int:
             "returned, e.g. 0/3020B60"
         )
     return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
+
+
+def on_primary(text: str) -> bool:
+    """The header asks for the primary (:data:`ON_PRIMARY`) instead of naming a position."""
+    return text.strip().lower() == ON_PRIMARY
 
 
 def format_lsn(value: int) -> str:

@@ -31,10 +31,10 @@ def build_queue(
         connector = procrastinate.PsycopgConnector(conninfo=conninfo, min_size=1, max_size=4)
     app = procrastinate.App(connector=connector)
 
-    @app.task(name=INGEST_TASK, queue=QUEUE)
-    def ingest(job_id: int) -> None:
+    @app.task(name=INGEST_TASK, queue=QUEUE, pass_context=True)
+    def ingest(context: procrastinate.JobContext, job_id: int) -> None:
         if runtime is None:
             raise RuntimeError("this queue app was built to defer jobs, not to run them")
-        run_job(runtime, job_id)
+        run_job(runtime, job_id, queue_job_id=context.job.id)
 
     return app

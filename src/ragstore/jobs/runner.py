@@ -113,9 +113,12 @@ def _abandon(conn: store.Conn, job: store.JobRecord) -> store.JobRecord:
     return store.get(conn, job.id)
 
 
-def _start(rt: Runtime, job_id: int) -> tuple[store.JobRecord, list[store.JobFile] | None]:
-    """The job's record and files, the job marked started; no files where it is not to
-    run (finished already, or given up: the record says how)."""
+def _start(
+    rt: Runtime, job_id: int, queue_job_id: int | None
+) -> tuple[store.JobRecord, list[store.JobFile] | None]:
+    """The job's record and files, the job marked started (``queue_job_id`` recorded where
+    the submitting request could not); no files where it is not to run (finished
+    already, or given up: the record says how)."""
     with rt.db.connection() as conn, translated(f"starting job {job_id}"):
         job = store.get(conn, job_id)
         if job.status in store.FINISHED:
@@ -127,17 +130,20 @@ def _start(rt: Runtime, job_id: int) -> tuple[store.JobRecord, list[store.JobFil
             return job, None
         if job.attempts >= rt.settings.worker_max_attempts:
             return _abandon(conn, job), None
-        store.start(conn, job_id)
+        store.start(conn, job_id, queue_job_id)
         return job, store.files(conn, job_id)
 
 
-def run_job(rt: Runtime, job_id: int) -> store.JobRecord:
+def run_job(rt: Runtime, job_id: int, *, queue_job_id: int | None = None) -> store.JobRecord:
     """Run (or re-run) job ``job_id`` to the end and return its final record.
 
     Each step that reaches the database is run again where it could not (see
     :func:`_while_unreachable`): a job the queue handed out is never left ``queued`` or
-    ``running``, nor failed, because the database was away for a moment."""
-    job, files = _while_unreachable(job_id, "starting it", lambda: _start(rt, job_id))
+    ``running``, nor failed, because the database was away for a moment. ``queue_job_id``
+    (the queue's entry running it) is recorded at the start where the submitting request
+    could not record it, so a job whose outcome is lost is still found and failed
+    (``db.jobs.reconcile_lost``)."""
+    job, files = _while_unreachable(job_id, "starting it", lambda: _start(rt, job_id, queue_job_id))
     if files is None:
         return job
     log.info("job %s: ingesting %d documents into %r", job_id, len(files), job.collection)

@@ -23,6 +23,7 @@ import procrastinate.signals
 
 from ragstore.config import Settings
 from ragstore.db.database import Database
+from ragstore.db.jobs import RECONCILE_ARGS, RECONCILE_LOST
 from ragstore.errors import ReadOnlyError
 from ragstore.jobs.liveness import LiveJobManager
 from ragstore.jobs.queue import QUEUE, build_queue
@@ -46,6 +47,23 @@ async def retry_stalled(app: procrastinate.App, stalled_after_s: float) -> list[
         await app.job_manager.retry_job(job)
         assert job.id is not None
         ids.append(job.id)
+    await fail_lost(app)
+    return ids
+
+
+async def fail_lost(app: procrastinate.App) -> list[int]:
+    """Fail the jobs whose outcome was never recorded and that no worker runs again
+    (``db.jobs.reconcile_lost``); their ids. Without it such a job stayed ``running``
+    for good and a client polling it waited forever."""
+    rows = await app.connector.execute_query_all_async(query=RECONCILE_LOST, **RECONCILE_ARGS)
+    ids = [int(row["job_id"]) for row in rows]
+    for job_id in ids:
+        log.error(
+            "job %s: its outcome was never recorded and the queue does not run it again; "
+            "recorded it failed (%s)",
+            job_id,
+            RECONCILE_ARGS["code"],
+        )
     return ids
 
 
@@ -128,8 +146,14 @@ async def _run(
                             install_signal_handlers=False,  # ours: they outlive one loop
                         )
                         if await _work_until_lost(app, settings, loop, stopping):
-                            return
+                            break
                         await _until_database_answers(db, stopping)
+                # a job whose outcome could not be recorded ended just now, perhaps
+                # the last one of a burst: failed here, not at the next worker's start
+                try:
+                    await fail_lost(app)
+                except procrastinate.exceptions.ProcrastinateException as exc:
+                    log.warning("could not check for jobs left unfinished: %s", exc)
             finally:
                 events.info("worker stopped", worker=worker)
 
