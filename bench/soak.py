@@ -14,10 +14,12 @@ document race), search, delete documents they added, and hand some adds to the w
   deleted one is gone, and the collection's count is exactly that;
 * every background job succeeded and its documents are stored.
 
-With ``--faults SECONDS`` a thread hurts the database every that many seconds while the
+With ``--faults SECONDS`` a thread hurts the service every that many seconds while the
 clients run, taking turns: every other session's connection ended
-(``pg_terminate_backend``, as a failover or an administrator does) and the embedded
-postmaster killed with SIGKILL (a crash; the servers start it again). The checks then
+(``pg_terminate_backend``, as a failover or an administrator does), the embedded
+postmaster killed with SIGKILL (a crash; the servers start it again), and a worker killed
+with SIGKILL in whatever job it runs and a new one started in its place (its job is
+retried once its heartbeat is stale). The checks then
 allow what a fault may honestly cause and nothing more:
 
 * an answer is 201/202/204, a 4xx refusal, or a 503 problem (``database_unavailable``);
@@ -50,6 +52,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +150,7 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         env=env,
         stdout=fh,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # a killed worker's parse workers go with it (killpg)
     )
 
 
@@ -371,15 +375,39 @@ def verify(url: str, rec: Record) -> list[str]:
 
 
 class Faults(threading.Thread):
-    """Hurts the database every ``every`` seconds until ``until``: every other session's
-    connection ended, then the postmaster killed (SIGKILL), in turn."""
+    """Hurts the service every ``every`` seconds until ``until``: every other session's
+    connection ended, the postmaster killed (SIGKILL), a worker killed and replaced, in
+    turn."""
 
-    def __init__(self, data_dir: Path, rec: Record, every: float, until: float) -> None:
+    KINDS = ("terminate", "kill", "worker")
+
+    def __init__(
+        self,
+        data_dir: Path,
+        rec: Record,
+        every: float,
+        until: float,
+        workers: list[subprocess.Popen[bytes]],
+        start_worker: Callable[[int], subprocess.Popen[bytes]],
+    ) -> None:
         super().__init__(name="faults", daemon=True)
         self.data_dir = data_dir
         self.rec = rec
         self.every = every
         self.until = until
+        self.workers = workers
+        self.start_worker = start_worker
+        self.replaced = 0
+
+    def replace_worker(self) -> int:
+        """SIGKILL one worker (in turn) and start a new one in its place; its pid."""
+        slot = self.replaced % len(self.workers)
+        old = self.workers[slot]
+        os.killpg(old.pid, signal.SIGKILL)  # its parse workers too
+        old.wait(timeout=30)
+        self.replaced += 1
+        self.workers[slot] = self.start_worker(self.replaced + 1)  # soak-0, -1 were first
+        return old.pid
 
     def terminate_all(self) -> int:
         import psycopg
@@ -407,10 +435,15 @@ class Faults(threading.Thread):
         turn = 0
         while time.monotonic() + self.every < self.until:
             time.sleep(self.every)
-            kind = ("terminate", "kill")[turn % 2]
+            kind = self.KINDS[turn % len(self.KINDS)]
             turn += 1
             try:
-                done = self.terminate_all() if kind == "terminate" else self.kill_postmaster()
+                if kind == "terminate":
+                    done = self.terminate_all()
+                elif kind == "kill":
+                    done = self.kill_postmaster()
+                else:
+                    done = self.replace_worker()
             except Exception as exc:  # a bench: the database may be down; note it, go on
                 with self.rec.lock:
                     self.rec.faults[f"{kind} failed: {type(exc).__name__}"] += 1
@@ -453,6 +486,7 @@ def main() -> None:
         }
     )
     procs: list[subprocess.Popen[bytes]] = []
+    workers: list[subprocess.Popen[bytes]] = []
     urls = []
     try:
         for i in range(2):
@@ -466,10 +500,11 @@ def main() -> None:
             )
             urls.append(f"http://127.0.0.1:{port}")
             _wait_ready(urls[-1], procs[-1])  # one at a time: the first creates the schema
-        for i in range(2):
-            procs.append(
-                _start(["worker", "--name", f"soak-{i}"], env, data_dir / f"worker-{i}.log")
-            )
+
+        def start_worker(i: int) -> subprocess.Popen[bytes]:
+            return _start(["worker", "--name", f"soak-{i}"], env, data_dir / f"worker-{i}.log")
+
+        workers = [start_worker(i) for i in range(2)]
         httpx.post(f"{urls[0]}/v1/collections", json={"name": COLLECTION}, timeout=60)
         rec = Record(allow_503=args.faults > 0)
         hot_names = [f"hot/doc-{i}.md" for i in range(args.hot)]
@@ -478,16 +513,17 @@ def main() -> None:
         for c in clients:
             c.start()
         if args.faults > 0:
-            faults = Faults(data_dir, rec, args.faults, t0 + args.duration)
+            faults = Faults(data_dir, rec, args.faults, t0 + args.duration, workers, start_worker)
             faults.start()
         for c in clients:
             c.join()
         elapsed = time.monotonic() - t0
-        for number, proc in enumerate(procs):
+        for number, proc in enumerate(procs + workers):
             if proc.poll() is not None:
                 rec.errors_5xx.append(f"process {number}: exited {proc.returncode} during the run")
         problems = verify(urls[0], rec)
     finally:
+        procs += workers
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
