@@ -28,6 +28,9 @@ INT64_MAX = 2**63 - 1
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 MAX_JSON_DEPTH = 64
+# The longest query text a search takes, in characters: the HTTP API's schema
+# (``SearchRequest.query``) and every search (search/service.py ``_check_query``) alike
+MAX_QUERY_CHARS = 10_000
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 

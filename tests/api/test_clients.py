@@ -337,3 +337,55 @@ def test_the_write_position_kept_is_the_latest_whatever_order_answers_come_in() 
         assert c.last_lsn == "1/10"
         c._note_lsn(httpx.Response(200))  # a read answers no position: kept
         assert c.last_lsn == "1/10"
+
+
+def test_empty_lists_are_no_ops_in_process_as_over_http(notes: Client, store: Store) -> None:
+    # the HTTP schemas refused an empty list (422) where the Store answered it: code that
+    # moved from Store to Client failed on a batch that happened to be empty
+    count = notes.get_collection("notes")["documents"]
+    for backend in (store, notes):
+        added = backend.add_texts("notes", [])
+        assert (added["ids"], added["added"], added["embedded"]) == ([], 0, 0), backend
+        assert backend.get_texts("notes", []) == [], backend
+        assert backend.delete_texts("notes", []) == 0, backend
+    assert notes.get_collection("notes")["documents"] == count
+
+
+@pytest.mark.parametrize(
+    ("verb", "args"),
+    [
+        ("get_collection", ()),
+        ("fields", ()),
+        ("delete_collection", ()),
+        ("get_texts", (["x"],)),
+        ("delete_texts", (["x"],)),
+        ("list_documents", ()),
+        ("get_document", (1,)),
+        ("delete_document", (1,)),
+        ("search", ("backups",)),
+    ],
+)
+def test_an_invalid_collection_name_is_an_input_error_in_process_as_over_http(
+    notes: Client, store: Store, verb: str, args: tuple[Any, ...]
+) -> None:
+    # the Store answered "collection 'no such/name' does not exist": it never could, and
+    # the Client says what is wrong with the name and how to fix it
+    for name in ("no such/name", "", "-dash", "x" * 64, "tab\tname"):
+        for backend in (store, notes):
+            with pytest.raises(InputError, match="invalid collection name") as caught:
+                getattr(backend, verb)(name, *args)
+            assert type(caught.value) is InputError, (backend, name)
+            assert "starting with a letter or digit" in str(caught.value)
+
+
+def test_a_query_longer_than_the_api_takes_is_refused_in_process_alike(
+    notes: Client, store: Store
+) -> None:
+    # over HTTP the schema stops a query over 10,000 characters; Store.search (and the MCP
+    # tools on it) embedded and ran a query of any length
+    long = "backups " * 1251  # 10,008 characters
+    for backend in (store, notes):
+        with pytest.raises(InputError, match="at most 10000 characters") as caught:
+            backend.search("notes", long, mode="fulltext")
+        assert "query" in str(caught.value), backend
+    assert store.search("notes", long[:10_000], mode="fulltext")["count"] >= 1

@@ -268,7 +268,7 @@ def register(app: typer.Typer) -> None:
             found = run_search(
                 rt,
                 query,
-                collection=collection,
+                collection=collection or settings.collection,  # as through a server
                 k=k,
                 mode=search_mode,
                 where=filter_spec,

@@ -72,7 +72,7 @@ from ragstore.search.aggregate import SECTION_CAP, SECTION_DECAY, SECTION_POOL, 
 from ragstore.search.filters import compile_filter, ranges_metadata
 from ragstore.search.fused import fused_rows
 from ragstore.search.hybrid import FusionParams
-from ragstore.validation import float32_array, storable_text
+from ragstore.validation import MAX_QUERY_CHARS, float32_array, storable_text
 
 Mode = Literal["vector", "fulltext", "hybrid"]
 MODES: tuple[Mode, ...] = ("vector", "fulltext", "hybrid")
@@ -236,7 +236,10 @@ def search(
         exact=exact,
         sections=sections,
     )
-    return run(rt, query or "", collection or rt.settings.collection, params, vector=vector)
+    # only None is "the default collection": "" was searched as it, where the Client and
+    # the API refuse it as an invalid collection name
+    name = rt.settings.collection if collection is None else collection
+    return run(rt, query or "", name, params, vector=vector)
 
 
 def run(
@@ -297,7 +300,15 @@ def _check_query(query: str) -> None:
     not UTF-8) reached the model's tokenizer or psycopg's encoder and came out of
     ``Store.search`` and ``ragstore search`` as a ``TypeError`` or ``UnicodeEncodeError``;
     a NUL, which PostgreSQL text cannot hold, came back from the full-text list as a value
-    that "cannot be stored"."""
+    that "cannot be stored". A query longer than the API's :data:`MAX_QUERY_CHARS` is
+    refused too: in process (``Store.search``, the MCP tools over stdio, the local CLI)
+    nothing else bounded it, and a 5-million-character query was parsed, tokenized and
+    sent to PostgreSQL."""
+    if len(query) > MAX_QUERY_CHARS:
+        raise InputError(
+            f"the query is {len(query)} characters long; a query takes at most "
+            f"{MAX_QUERY_CHARS} characters (as the HTTP API's does): shorten it"
+        )
     storable_text(query, "the query")
 
 
