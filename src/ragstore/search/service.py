@@ -339,9 +339,24 @@ def _run(
     # the query's phrases and exclusions bind both lists (see _syntax_condition)
     tests = bm25.syntax_tests(ftq) if ftq is not None else []
     constrained = bool(tests)
-    if constrained and ftq is not None and ftq.empty:
-        return []  # nothing but exclusions: nothing to search for
+    if constrained and ftq is not None and ftq.empty and (vector is None or p.mode == "fulltext"):
+        # nothing but exclusions, and no vector to rank by: answered as no hits, which read
+        # as "nothing matches" though nothing was searched for (a hybrid search's vector
+        # list would rank by the embedding of the very words excluded). With a vector a
+        # hybrid search ranks by it, the exclusions binding its list.
+        raise InputError(
+            f'the query {query[:80]!r} only excludes (-word, -"phrase"): nothing to search '
+            "for; add the words to look for, e.g. 'backups -tape'"
+        )
     condition = _syntax_condition(tests, compiled.condition) if constrained else compiled.condition
+    if ftq is not None and constrained:  # the condition's parameters, in either list
+        values.update(
+            {
+                "cfg": str(coll.settings.get("ts_config", bm25.DEFAULT_TS_CONFIG)),
+                "required": ftq.required,
+                "excluded": ftq.excluded,
+            }
+        )
     if ftq is not None and not ftq.empty:
         settings = coll.settings
         values.update(
