@@ -378,9 +378,10 @@ def list_documents(
     params: dict[str, Any] = {"limit": limit}
     if cursor:
         params["cursor"] = cursor
-    if format:
+    # "" is a filter too (the Store's and the API's answer to it): left out, it was none
+    if format is not None:
         params["format"] = format
-    if source_prefix:
+    if source_prefix is not None:
         params["source_prefix"] = source_prefix
     if metadata is not None:
         if not isinstance(metadata, Mapping):

@@ -339,6 +339,7 @@ class Store:
     ) -> dict[str, Any]:
         """One page: ``{"data": [...], "count": n, "next_cursor": str | None}``."""
         from ragstore.api.deps import decode_cursor, encode_cursor
+        from ragstore.jobs import staging
 
         if not 1 <= limit <= 500:
             raise InputError(f"limit must be between 1 and 500, got {limit}")
@@ -361,7 +362,7 @@ class Store:
                 after=decode_cursor(cursor),
                 limit=limit,
                 fmt=format,
-                source_prefix=source_prefix,
+                source_prefix=staging.source_prefix(self._rt.settings, collection, source_prefix),
                 metadata=dict(metadata) if metadata is not None else None,
             )
         data = [self._document(collection, r) for r in rows]

@@ -389,3 +389,42 @@ def test_a_query_longer_than_the_api_takes_is_refused_in_process_alike(
             backend.search("notes", long, mode="fulltext")
         assert "query" in str(caught.value), backend
     assert store.search("notes", long[:10_000], mode="fulltext")["count"] >= 1
+
+
+def test_list_documents_filters_alike_in_process_and_over_http(notes: Client, store: Store) -> None:
+    # a relative source_prefix is a document's name (an upload's path below the folder):
+    # the API resolved it, the Store matched it against the stored absolute path (nothing);
+    # an empty format or prefix the Client left out (every document) where the Store and
+    # the API filter by it
+    notes.add_document("named", "guides/setup.md", "# Setup\n\nInstall it first.")
+    notes.add_document("named", "faq.md", "# FAQ\n\nAsk away.")
+    for backend in (store, notes):
+        found = backend.list_documents("named", source_prefix="guides/")["data"]
+        assert [d["name"] for d in found] == ["guides/setup.md"], backend
+        assert backend.list_documents("named", format="")["count"] == 0, backend
+        assert backend.list_documents("named", source_prefix="")["count"] == 2, backend
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("k", "3"),
+        ("k", True),
+        ("k", 2.5),
+        ("ef_search", "40"),
+        ("rrf_k", "20"),
+        ("vector_weight", True),
+        ("query", 42),
+    ],
+)
+def test_search_options_of_the_wrong_type_are_input_errors_in_process_as_over_http(
+    notes: Client, store: Store, option: str, value: Any
+) -> None:
+    # the HTTP schema refuses them (no coercion); in process k="3" raised a TypeError,
+    # k=True searched for 1 hit, k=2.5 reached PostgreSQL's LIMIT and a query of 42 an
+    # AttributeError: none of them a RagstoreError naming the option
+    options: dict[str, Any] = {"query": "backups", option: value}
+    for backend in (store, notes):
+        with pytest.raises(InputError, match=option) as caught:
+            backend.search("notes", **options)
+        assert type(caught.value) is InputError, backend

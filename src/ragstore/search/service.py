@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import numbers
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -116,6 +117,21 @@ class SearchParams:
     fulltext_depth: int | None = None  # hybrid: the BM25 list's depth (default: see below)
 
     def __post_init__(self) -> None:
+        # the types first, as the HTTP schema checks them (no coercion): in process k="3"
+        # raised a TypeError below, k=True searched for 1 hit and k=2.5 reached LIMIT
+        for name, value in (
+            ("k", self.k),
+            ("ef_search", self.ef_search),
+            ("candidates", self.candidates),
+            ("fulltext_depth", self.fulltext_depth),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            ):
+                raise InputError(f"{name} must be an integer, got {value!r}")
+        for label, real in (("BM25 k1", self.k1), ("BM25 b", self.b)):
+            if real is not None and (isinstance(real, bool) or not isinstance(real, numbers.Real)):
+                raise InputError(f"{label} must be a number, got {real!r}")
         if self.mode not in MODES:
             raise InputError(f"unknown search mode {self.mode!r}; use one of {', '.join(MODES)}")
         if not 1 <= self.k <= 1000:
@@ -223,6 +239,8 @@ def search(
     approximate lists are measured against. ``sections=False`` ranks chunks alone, as
     before section-level aggregation (search/aggregate.py).
     """
+    if query is not None and not isinstance(query, str):  # .strip() raised AttributeError
+        raise InputError(f"the query must be text, got {type(query).__name__} {query!r}")
     params = SearchParams(
         k=rt.settings.search_k if k is None else k,
         mode=mode,
