@@ -257,10 +257,10 @@ class Store:
 
         staging.safe_name(name)
         storable_text(text, f"{name}: the text")
-        check_value(metadata or {}, "metadata")  # before the collection is made
+        meta = _metadata(metadata)  # before the collection is made
         self._rt.collection(collection, create=True)
         with staging.staging_area(self._rt.settings) as area:
-            doc = NewDocument(name, area.write(text.encode("utf-8")), dict(metadata or {}))
+            doc = NewDocument(name, area.write(text.encode("utf-8")), meta)
             outcome = add_documents(self._rt, collection, [doc])[0]
         if outcome.error is not None:
             raise outcome.error
@@ -285,9 +285,9 @@ class Store:
         # one path given bare is that path, not its characters (Path("/") among them,
         # which would walk the whole disk)
         given = [paths] if isinstance(paths, (str, Path)) else paths
-        check_value(metadata or {}, "metadata")
+        meta = _metadata(metadata)
         report = ingest_paths(
-            self._rt, [Path(p) for p in given], collection=collection, metadata=dict(metadata or {})
+            self._rt, [Path(p) for p in given], collection=collection, metadata=meta
         )
         kept = [o for o in report.outcomes if o.status in ("added", "updated", "unchanged")]
         # each document as the ingest's own transaction left it: read afresh, a concurrent
@@ -517,6 +517,17 @@ def hit_public(hit: Any) -> HitPublic:
     data = dataclasses.asdict(hit)
     known = set(HitPublic.model_fields)
     return HitPublic(**{k: v for k, v in data.items() if k in known})
+
+
+def _metadata(metadata: Any) -> dict[str, Any]:
+    """A document's ``metadata`` as a dict once checked, as the Client checks it: a list or
+    a string passed the value check and failed in ``dict()`` with a bare ValueError or
+    TypeError (``add_document`` having made the collection already)."""
+    meta = metadata or {}
+    if not isinstance(meta, Mapping):
+        raise InputError(f"metadata is a {type(meta).__name__}, not a JSON object")
+    check_value(meta, "metadata")
+    return dict(meta)
 
 
 def _dump(model: Any) -> dict[str, Any]:

@@ -428,3 +428,19 @@ def test_search_options_of_the_wrong_type_are_input_errors_in_process_as_over_ht
         with pytest.raises(InputError, match=option) as caught:
             backend.search("notes", **options)
         assert type(caught.value) is InputError, backend
+
+
+@pytest.mark.parametrize("metadata", [["a"], "team=ops", 7])
+def test_metadata_that_is_no_object_is_refused_alike_and_makes_nothing(
+    notes: Client, store: Store, tmp_path: Path, metadata: Any
+) -> None:
+    # in process a list or a string passed the value check and failed in dict() with a
+    # ValueError, add_document having made the collection first
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n\nSome text.")
+    for backend in (store, notes):
+        with pytest.raises(InputError, match=r"metadata is a .*, not a JSON object"):
+            backend.add_document("meta-made", "p.md", "hi", metadata=metadata)
+        with pytest.raises(InputError, match=r"metadata is a .*, not a JSON object"):
+            backend.ingest("meta-made", page, metadata=metadata)
+    assert "meta-made" not in {c["name"] for c in store.list_collections()}
