@@ -375,7 +375,9 @@ def list_documents(
     source_prefix: str | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> Call[dict[str, Any]]:
-    params: dict[str, Any] = {"limit": limit}
+    from ragstore.validation import page_limit
+
+    params: dict[str, Any] = {"limit": page_limit(limit)}  # the Store's check
     if cursor:
         params["cursor"] = cursor
     # "" is a filter too (the Store's and the API's answer to it): left out, it was none

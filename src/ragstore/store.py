@@ -43,7 +43,7 @@ from ragstore.errors import (
 from ragstore.ingest import texts as text_service
 from ragstore.profiles import get_settings
 from ragstore.runtime import Runtime
-from ragstore.validation import check_value, id_list, row_id, storable_text
+from ragstore.validation import check_value, id_list, page_limit, row_id, storable_text
 
 __all__ = ["Store"]
 
@@ -341,8 +341,7 @@ class Store:
         from ragstore.api.deps import decode_cursor, encode_cursor
         from ragstore.jobs import staging
 
-        if not 1 <= limit <= 500:
-            raise InputError(f"limit must be between 1 and 500, got {limit}")
+        page_limit(limit)
         # checked as the HTTP route checks them: a NaN or a NUL reached PostgreSQL and came
         # back as "invalid input syntax for type json", naming neither the value nor where
         check_value(

@@ -146,6 +146,17 @@ def id_list(ids: Any, what: str) -> list[str]:
     return out
 
 
+def page_limit(value: Any) -> int:
+    """``value`` when it is a page size the API takes (an integer from 1 to 500), else
+    InputError. The Store compared it unchecked (``limit="5"`` a TypeError, ``True`` and
+    ``2.5`` went on to PostgreSQL's LIMIT) and the Client sent ``"5"`` as a page of 5."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"limit must be an integer, got {value!r}")
+    if not 1 <= value <= 500:
+        raise InputError(f"limit must be between 1 and 500, got {value}")
+    return value
+
+
 def row_id(value: Any, what: str) -> int:
     """``value`` when it is a row id (an integer from 1 to 2**63-1, as the HTTP API's
     paths take), else InputError. Unchecked, the Store answered ``True`` with a database

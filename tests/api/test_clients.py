@@ -444,3 +444,15 @@ def test_metadata_that_is_no_object_is_refused_alike_and_makes_nothing(
         with pytest.raises(InputError, match=r"metadata is a .*, not a JSON object"):
             backend.ingest("meta-made", page, metadata=metadata)
     assert "meta-made" not in {c["name"] for c in store.list_collections()}
+
+
+@pytest.mark.parametrize("limit", ["5", True, 2.5, 0, 501])
+def test_a_page_size_the_api_does_not_take_is_refused_alike(
+    notes: Client, store: Store, limit: Any
+) -> None:
+    # in process "5" raised a TypeError and True or 2.5 reached PostgreSQL's LIMIT; the
+    # Client sent "5" as a page of 5
+    for backend in (store, notes):
+        with pytest.raises(InputError, match="limit must be") as caught:
+            backend.list_documents("notes", limit=limit)
+        assert type(caught.value) is InputError, backend
