@@ -224,6 +224,33 @@ def test_search_with_context_through_the_server_prints_it(
     assert ">> [" in out and "Green tea is steeped at 80 degrees." in out
 
 
+def test_search_json_has_the_same_keys_here_and_through_the_server(
+    ingested: dict[str, object],
+    remote_env: dict[str, str],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Locally ``--json`` printed the hits' dataclass fields: three keys fewer than the
+    API's (context, context_mode, merged_hits), null through a server."""
+    searches = [
+        ["search", "green tea", "-c", "remote", "-k", "2", "--mode", "fulltext", "--json"],
+        ["search", "green tea", "-c", "remote", "-k", "1", "--json", "--context", "1"],
+    ]
+    here = []
+    for args in searches:
+        assert run_cli(*args) == 0
+        here.append(json.loads(capsys.readouterr().out))
+    through_server(monkeypatch, remote_env)
+    for args, printed in zip(searches, here, strict=True):
+        assert run_cli(*args) == 0
+        there = json.loads(capsys.readouterr().out)
+        assert [list(h) for h in there] == [list(h) for h in printed], args
+        assert [h["chunk_id"] for h in there] == [h["chunk_id"] for h in printed]
+        assert [h["context"] for h in there] == [h["context"] for h in printed]
+    assert here[0][0]["context"] is None and here[1][0]["context"]
+
+
 def test_collections_list_through_the_server(
     ingested: dict[str, object],
     remote_env: dict[str, str],
@@ -345,6 +372,39 @@ def test_json_on_db_status_and_keys(
     assert key["id"] in [k["id"] for k in json.loads(capsys.readouterr().out)]
     assert run_cli("keys", "revoke", key["id"], "--json") == 0
     assert json.loads(capsys.readouterr().out)["revoked"] is True
+
+
+def test_keys_refuse_to_act_on_the_local_database_with_a_server_url(
+    remote_env: dict[str, str],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With RAGSTORE_URL set, ``keys create`` wrote whatever database the local settings
+    named and printed a key the server at that URL did not know; now it says so."""
+    through_server(monkeypatch, remote_env)
+    db = Database(remote_env["RAGSTORE_DATABASE_URL"])
+    try:
+        listed = KeyStore(db).list()
+        before = [k.key_id for k in listed]
+        for args in (
+            ["keys", "create", "--scope", "admin", "--name", "remote?"],
+            ["keys", "list"],
+            ["keys", "revoke", before[0]],
+        ):
+            assert run_cli(*args) == 78, args
+            out, err = capsys.readouterr()
+            assert out == "" and "RAGSTORE_URL is set" in err, args
+            assert f"RAGSTORE_URL= ragstore keys {args[1]} ..." in err
+        keys = KeyStore(db).list()
+        assert [(k.key_id, k.revoked_at) for k in keys] == [
+            (k.key_id, k.revoked_at) for k in listed
+        ]
+    finally:
+        db.close()
+    monkeypatch.setenv("RAGSTORE_URL", "")  # the way out the message gives
+    assert run_cli("keys", "list", "--json") == 0
+    assert [k["id"] for k in json.loads(capsys.readouterr().out)] == before
 
 
 def test_progress_line_every_n_items_or_seconds_after_a_quiet_start() -> None:

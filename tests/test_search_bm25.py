@@ -193,7 +193,16 @@ def test_hybrid_phrases_and_exclusions_bind_the_vector_list_too(
     ]
     night = hits('sleep -"at night"', where={"absent": {"$exists": False}})
     assert night and all("at night" not in h.text for h in night)
-    assert hits("-cats") == []  # only an exclusion: nothing to search for
+    # only exclusions: nothing to search for, said so (it answered no hits, which read as
+    # "nothing matches"); with a vector to rank by, the exclusions bind its list
+    for mode in ("hybrid", "fulltext"):
+        for q in ("-cats", '-cats -"full text"'):
+            with pytest.raises(InputError, match=r"only excludes .* nothing to search for"):
+                search(rt, q, collection=COLL, mode=mode, k=10)
+    vec = rt.embedder_for(coll).embed_query("cats sleep at night").tolist()
+    by_vector = hits("-cats -cat", vector=vec)
+    assert by_vector and all("cat" not in h.text.lower() for h in by_vector)
+    assert by_vector[0].text == "Dogs bark at strangers and sleep at night."
     # the model reads the words searched for: the distances are those of "tsvector"
     alone = {
         h.chunk_id: h.explain["vector"]["distance"]

@@ -375,12 +375,15 @@ def list_documents(
     source_prefix: str | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> Call[dict[str, Any]]:
-    params: dict[str, Any] = {"limit": limit}
+    from ragstore.validation import page_limit
+
+    params: dict[str, Any] = {"limit": page_limit(limit)}  # the Store's check
     if cursor:
         params["cursor"] = cursor
-    if format:
+    # "" is a filter too (the Store's and the API's answer to it): left out, it was none
+    if format is not None:
         params["format"] = format
-    if source_prefix:
+    if source_prefix is not None:
         params["source_prefix"] = source_prefix
     if metadata is not None:
         if not isinstance(metadata, Mapping):

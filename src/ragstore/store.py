@@ -43,7 +43,7 @@ from ragstore.errors import (
 from ragstore.ingest import texts as text_service
 from ragstore.profiles import get_settings
 from ragstore.runtime import Runtime
-from ragstore.validation import check_value, id_list, row_id, storable_text
+from ragstore.validation import check_value, id_list, page_limit, row_id, storable_text
 
 __all__ = ["Store"]
 
@@ -257,10 +257,10 @@ class Store:
 
         staging.safe_name(name)
         storable_text(text, f"{name}: the text")
-        check_value(metadata or {}, "metadata")  # before the collection is made
+        meta = _metadata(metadata)  # before the collection is made
         self._rt.collection(collection, create=True)
         with staging.staging_area(self._rt.settings) as area:
-            doc = NewDocument(name, area.write(text.encode("utf-8")), dict(metadata or {}))
+            doc = NewDocument(name, area.write(text.encode("utf-8")), meta)
             outcome = add_documents(self._rt, collection, [doc])[0]
         if outcome.error is not None:
             raise outcome.error
@@ -285,9 +285,9 @@ class Store:
         # one path given bare is that path, not its characters (Path("/") among them,
         # which would walk the whole disk)
         given = [paths] if isinstance(paths, (str, Path)) else paths
-        check_value(metadata or {}, "metadata")
+        meta = _metadata(metadata)
         report = ingest_paths(
-            self._rt, [Path(p) for p in given], collection=collection, metadata=dict(metadata or {})
+            self._rt, [Path(p) for p in given], collection=collection, metadata=meta
         )
         kept = [o for o in report.outcomes if o.status in ("added", "updated", "unchanged")]
         # each document as the ingest's own transaction left it: read afresh, a concurrent
@@ -339,9 +339,9 @@ class Store:
     ) -> dict[str, Any]:
         """One page: ``{"data": [...], "count": n, "next_cursor": str | None}``."""
         from ragstore.api.deps import decode_cursor, encode_cursor
+        from ragstore.jobs import staging
 
-        if not 1 <= limit <= 500:
-            raise InputError(f"limit must be between 1 and 500, got {limit}")
+        page_limit(limit)
         # checked as the HTTP route checks them: a NaN or a NUL reached PostgreSQL and came
         # back as "invalid input syntax for type json", naming neither the value nor where
         check_value(
@@ -361,7 +361,7 @@ class Store:
                 after=decode_cursor(cursor),
                 limit=limit,
                 fmt=format,
-                source_prefix=source_prefix,
+                source_prefix=staging.source_prefix(self._rt.settings, collection, source_prefix),
                 metadata=dict(metadata) if metadata is not None else None,
             )
         data = [self._document(collection, r) for r in rows]
@@ -516,6 +516,17 @@ def hit_public(hit: Any) -> HitPublic:
     data = dataclasses.asdict(hit)
     known = set(HitPublic.model_fields)
     return HitPublic(**{k: v for k, v in data.items() if k in known})
+
+
+def _metadata(metadata: Any) -> dict[str, Any]:
+    """A document's ``metadata`` as a dict once checked, as the Client checks it: a list or
+    a string passed the value check and failed in ``dict()`` with a bare ValueError or
+    TypeError (``add_document`` having made the collection already)."""
+    meta = metadata or {}
+    if not isinstance(meta, Mapping):
+        raise InputError(f"metadata is a {type(meta).__name__}, not a JSON object")
+    check_value(meta, "metadata")
+    return dict(meta)
 
 
 def _dump(model: Any) -> dict[str, Any]:

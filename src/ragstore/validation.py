@@ -28,6 +28,9 @@ INT64_MAX = 2**63 - 1
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 MAX_JSON_DEPTH = 64
+# The longest query text a search takes, in characters: the HTTP API's schema
+# (``SearchRequest.query``) and every search (search/service.py ``_check_query``) alike
+MAX_QUERY_CHARS = 10_000
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -141,6 +144,17 @@ def id_list(ids: Any, what: str) -> list[str]:
                 "ids are strings"
             )
     return out
+
+
+def page_limit(value: Any) -> int:
+    """``value`` when it is a page size the API takes (an integer from 1 to 500), else
+    InputError. The Store compared it unchecked (``limit="5"`` a TypeError, ``True`` and
+    ``2.5`` went on to PostgreSQL's LIMIT) and the Client sent ``"5"`` as a page of 5."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"limit must be an integer, got {value!r}")
+    if not 1 <= value <= 500:
+        raise InputError(f"limit must be between 1 and 500, got {value}")
+    return value
 
 
 def row_id(value: Any, what: str) -> int:

@@ -337,3 +337,122 @@ def test_the_write_position_kept_is_the_latest_whatever_order_answers_come_in() 
         assert c.last_lsn == "1/10"
         c._note_lsn(httpx.Response(200))  # a read answers no position: kept
         assert c.last_lsn == "1/10"
+
+
+def test_empty_lists_are_no_ops_in_process_as_over_http(notes: Client, store: Store) -> None:
+    # the HTTP schemas refused an empty list (422) where the Store answered it: code that
+    # moved from Store to Client failed on a batch that happened to be empty
+    count = notes.get_collection("notes")["documents"]
+    for backend in (store, notes):
+        added = backend.add_texts("notes", [])
+        assert (added["ids"], added["added"], added["embedded"]) == ([], 0, 0), backend
+        assert backend.get_texts("notes", []) == [], backend
+        assert backend.delete_texts("notes", []) == 0, backend
+    assert notes.get_collection("notes")["documents"] == count
+
+
+@pytest.mark.parametrize(
+    ("verb", "args"),
+    [
+        ("get_collection", ()),
+        ("fields", ()),
+        ("delete_collection", ()),
+        ("get_texts", (["x"],)),
+        ("delete_texts", (["x"],)),
+        ("list_documents", ()),
+        ("get_document", (1,)),
+        ("delete_document", (1,)),
+        ("search", ("backups",)),
+    ],
+)
+def test_an_invalid_collection_name_is_an_input_error_in_process_as_over_http(
+    notes: Client, store: Store, verb: str, args: tuple[Any, ...]
+) -> None:
+    # the Store answered "collection 'no such/name' does not exist": it never could, and
+    # the Client says what is wrong with the name and how to fix it
+    for name in ("no such/name", "", "-dash", "x" * 64, "tab\tname"):
+        for backend in (store, notes):
+            with pytest.raises(InputError, match="invalid collection name") as caught:
+                getattr(backend, verb)(name, *args)
+            assert type(caught.value) is InputError, (backend, name)
+            assert "starting with a letter or digit" in str(caught.value)
+
+
+def test_a_query_longer_than_the_api_takes_is_refused_in_process_alike(
+    notes: Client, store: Store
+) -> None:
+    # over HTTP the schema stops a query over 10,000 characters; Store.search (and the MCP
+    # tools on it) embedded and ran a query of any length
+    long = "backups " * 1251  # 10,008 characters
+    for backend in (store, notes):
+        with pytest.raises(InputError, match="at most 10000 characters") as caught:
+            backend.search("notes", long, mode="fulltext")
+        assert "query" in str(caught.value), backend
+    assert store.search("notes", long[:10_000], mode="fulltext")["count"] >= 1
+
+
+def test_list_documents_filters_alike_in_process_and_over_http(notes: Client, store: Store) -> None:
+    # a relative source_prefix is a document's name (an upload's path below the folder):
+    # the API resolved it, the Store matched it against the stored absolute path (nothing);
+    # an empty format or prefix the Client left out (every document) where the Store and
+    # the API filter by it
+    notes.add_document("named", "guides/setup.md", "# Setup\n\nInstall it first.")
+    notes.add_document("named", "faq.md", "# FAQ\n\nAsk away.")
+    for backend in (store, notes):
+        found = backend.list_documents("named", source_prefix="guides/")["data"]
+        assert [d["name"] for d in found] == ["guides/setup.md"], backend
+        assert backend.list_documents("named", format="")["count"] == 0, backend
+        assert backend.list_documents("named", source_prefix="")["count"] == 2, backend
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("k", "3"),
+        ("k", True),
+        ("k", 2.5),
+        ("ef_search", "40"),
+        ("rrf_k", "20"),
+        ("vector_weight", True),
+        ("query", 42),
+    ],
+)
+def test_search_options_of_the_wrong_type_are_input_errors_in_process_as_over_http(
+    notes: Client, store: Store, option: str, value: Any
+) -> None:
+    # the HTTP schema refuses them (no coercion); in process k="3" raised a TypeError,
+    # k=True searched for 1 hit, k=2.5 reached PostgreSQL's LIMIT and a query of 42 an
+    # AttributeError: none of them a RagstoreError naming the option
+    options: dict[str, Any] = {"query": "backups", option: value}
+    for backend in (store, notes):
+        with pytest.raises(InputError, match=option) as caught:
+            backend.search("notes", **options)
+        assert type(caught.value) is InputError, backend
+
+
+@pytest.mark.parametrize("metadata", [["a"], "team=ops", 7])
+def test_metadata_that_is_no_object_is_refused_alike_and_makes_nothing(
+    notes: Client, store: Store, tmp_path: Path, metadata: Any
+) -> None:
+    # in process a list or a string passed the value check and failed in dict() with a
+    # ValueError, add_document having made the collection first
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n\nSome text.")
+    for backend in (store, notes):
+        with pytest.raises(InputError, match=r"metadata is a .*, not a JSON object"):
+            backend.add_document("meta-made", "p.md", "hi", metadata=metadata)
+        with pytest.raises(InputError, match=r"metadata is a .*, not a JSON object"):
+            backend.ingest("meta-made", page, metadata=metadata)
+    assert "meta-made" not in {c["name"] for c in store.list_collections()}
+
+
+@pytest.mark.parametrize("limit", ["5", True, 2.5, 0, 501])
+def test_a_page_size_the_api_does_not_take_is_refused_alike(
+    notes: Client, store: Store, limit: Any
+) -> None:
+    # in process "5" raised a TypeError and True or 2.5 reached PostgreSQL's LIMIT; the
+    # Client sent "5" as a page of 5
+    for backend in (store, notes):
+        with pytest.raises(InputError, match="limit must be") as caught:
+            backend.list_documents("notes", limit=limit)
+        assert type(caught.value) is InputError, backend

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ragstore.validation import problem_in
+from ragstore.validation import MAX_QUERY_CHARS, problem_in
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
@@ -165,7 +165,9 @@ class DocumentsPublic(BaseModel):
 
 
 class TextsCreate(Strict):
-    texts: list[str] = Field(min_length=1, max_length=10_000, examples=[["Rollback is safe."]])
+    # an empty list is accepted (nothing added, as Store.add_texts and a vector store's
+    # add_texts([]) answer it): refused here, the Client failed where the Store did not
+    texts: list[str] = Field(max_length=10_000, examples=[["Rollback is safe."]])
     metadatas: list[dict[str, Any]] | None = Field(None, examples=[[{"team": "ops"}]])
     ids: list[str] | None = Field(
         None, examples=[["ops-1"]], description="One id per text; random ones when omitted."
@@ -186,7 +188,8 @@ class TextsAdded(BaseModel):
 
 
 class TextIds(Strict):
-    ids: list[str] = Field(min_length=1, max_length=10_000, examples=[["ops-1"]])
+    # empty: nothing read or deleted, as the Store answers it (see TextsCreate)
+    ids: list[str] = Field(max_length=10_000, examples=[["ops-1"]])
 
 
 class TextPublic(BaseModel):
@@ -212,7 +215,7 @@ class SearchRequest(Strict):
     query: str | None = Field(
         None,
         min_length=1,
-        max_length=10_000,
+        max_length=MAX_QUERY_CHARS,
         examples=["how do I roll back?"],
         description="The words to search for; or give `vector`.",
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -268,7 +267,7 @@ def register(app: typer.Typer) -> None:
             found = run_search(
                 rt,
                 query,
-                collection=collection,
+                collection=collection or settings.collection,  # as through a server
                 k=k,
                 mode=search_mode,
                 where=filter_spec,
@@ -280,7 +279,11 @@ def register(app: typer.Typer) -> None:
             )
             shown = with_context(rt, found, context_mode) if context_mode is not None else []
         if as_json:
-            echo_json([asdict(h) for h in (shown or found)])
+            # each hit as the API's schema prints it, the keys a search through a server
+            # prints too (dataclass fields left out context, context_mode, merged_hits)
+            from ragstore.store import hit_public
+
+            echo_json([hit_public(h).model_dump(mode="json") for h in (shown or found)])
         elif shown:
             _print_with_context(shown)
         else:

@@ -54,8 +54,16 @@ def _collection(row: Any) -> Collection:
 
 
 def get_collection(conn: Conn, name: str) -> Collection:
+    """The named collection, or CollectionNotFoundError; InputError when ``name`` is not
+    one a collection can have (:func:`check_name`), as the HTTP API and the Client answer
+    it: the Store said "collection 'a/b' does not exist ... ingest into it to create it",
+    which no ingest could. A name is checked only once no collection is found under it, so
+    one stored before the check was as strict still opens."""
+    if not isinstance(name, str) or "\x00" in name:  # PostgreSQL text cannot even hold it
+        check_name(name)
     row = conn.execute(_SELECT + " WHERE c.name = %s AND c.shadow_of IS NULL", (name,)).fetchone()
     if row is None:
+        check_name(name)
         names = [
             str(r[0])
             for r in conn.execute(
@@ -174,7 +182,10 @@ def validate_settings(conn: Conn, settings: dict[str, Any]) -> dict[str, Any]:
 
 def check_name(name: str) -> None:
     """InputError unless ``name`` is one a new collection may have (``NAME_RE``)."""
-    if not NAME_RE.fullmatch(name):  # match() let a final newline through
+    # not a string (None, 7): the InputError too, not fullmatch's TypeError
+    if not isinstance(name, str) or not NAME_RE.fullmatch(
+        name
+    ):  # match() let a final newline through
         raise InputError(
             f"invalid collection name {name!r}: use 1-63 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit"

@@ -27,6 +27,17 @@ def upload_root(settings: Settings, collection: str) -> Path:
     return settings.data_dir / "uploads" / collection
 
 
+def source_prefix(settings: Settings, collection: str, prefix: str | None) -> str | None:
+    """A ``source_prefix`` filter as stored sources start: a relative one is a document's
+    name (an upload's path below its folder), resolved under the collection's upload root.
+    The HTTP route and ``Store.list_documents`` both use it: the Store matched a relative
+    prefix against the stored absolute paths and found nothing where the Client found the
+    documents."""
+    if prefix is not None and not prefix.startswith("/"):
+        return str(upload_root(settings, collection).resolve() / prefix)
+    return prefix
+
+
 def safe_name(name: str) -> PurePosixPath:
     """The upload's file name as a relative path; anything that could escape is refused."""
     path = PurePosixPath(name.replace("\\", "/"))

@@ -8,6 +8,7 @@ combine them.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -32,6 +33,15 @@ class FusionParams:
     fulltext_weight: float = DEFAULT_FULLTEXT_WEIGHT
 
     def __post_init__(self) -> None:
+        # numbers only, as the HTTP schema takes them: "20" raised a TypeError below and
+        # True was taken as 1
+        for name, value in (
+            ("rrf_k", self.k),
+            ("vector_weight", self.vector_weight),
+            ("fulltext_weight", self.fulltext_weight),
+        ):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise InputError(f"{name} must be a number, got {value!r}")
         if not 0 <= self.k <= 10_000:
             raise InputError(f"the RRF constant k must be between 0 and 10000, got {self.k:g}")
         for name, w in (("vector", self.vector_weight), ("full-text", self.fulltext_weight)):

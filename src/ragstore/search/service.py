@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import numbers
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -72,7 +73,7 @@ from ragstore.search.aggregate import SECTION_CAP, SECTION_DECAY, SECTION_POOL, 
 from ragstore.search.filters import compile_filter, ranges_metadata
 from ragstore.search.fused import fused_rows
 from ragstore.search.hybrid import FusionParams
-from ragstore.validation import float32_array, storable_text
+from ragstore.validation import MAX_QUERY_CHARS, float32_array, storable_text
 
 Mode = Literal["vector", "fulltext", "hybrid"]
 MODES: tuple[Mode, ...] = ("vector", "fulltext", "hybrid")
@@ -116,6 +117,21 @@ class SearchParams:
     fulltext_depth: int | None = None  # hybrid: the BM25 list's depth (default: see below)
 
     def __post_init__(self) -> None:
+        # the types first, as the HTTP schema checks them (no coercion): in process k="3"
+        # raised a TypeError below, k=True searched for 1 hit and k=2.5 reached LIMIT
+        for name, value in (
+            ("k", self.k),
+            ("ef_search", self.ef_search),
+            ("candidates", self.candidates),
+            ("fulltext_depth", self.fulltext_depth),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            ):
+                raise InputError(f"{name} must be an integer, got {value!r}")
+        for label, real in (("BM25 k1", self.k1), ("BM25 b", self.b)):
+            if real is not None and (isinstance(real, bool) or not isinstance(real, numbers.Real)):
+                raise InputError(f"{label} must be a number, got {real!r}")
         if self.mode not in MODES:
             raise InputError(f"unknown search mode {self.mode!r}; use one of {', '.join(MODES)}")
         if not 1 <= self.k <= 1000:
@@ -223,6 +239,8 @@ def search(
     approximate lists are measured against. ``sections=False`` ranks chunks alone, as
     before section-level aggregation (search/aggregate.py).
     """
+    if query is not None and not isinstance(query, str):  # .strip() raised AttributeError
+        raise InputError(f"the query must be text, got {type(query).__name__} {query!r}")
     params = SearchParams(
         k=rt.settings.search_k if k is None else k,
         mode=mode,
@@ -236,7 +254,10 @@ def search(
         exact=exact,
         sections=sections,
     )
-    return run(rt, query or "", collection or rt.settings.collection, params, vector=vector)
+    # only None is "the default collection": "" was searched as it, where the Client and
+    # the API refuse it as an invalid collection name
+    name = rt.settings.collection if collection is None else collection
+    return run(rt, query or "", name, params, vector=vector)
 
 
 def run(
@@ -297,7 +318,15 @@ def _check_query(query: str) -> None:
     not UTF-8) reached the model's tokenizer or psycopg's encoder and came out of
     ``Store.search`` and ``ragstore search`` as a ``TypeError`` or ``UnicodeEncodeError``;
     a NUL, which PostgreSQL text cannot hold, came back from the full-text list as a value
-    that "cannot be stored"."""
+    that "cannot be stored". A query longer than the API's :data:`MAX_QUERY_CHARS` is
+    refused too: in process (``Store.search``, the MCP tools over stdio, the local CLI)
+    nothing else bounded it, and a 5-million-character query was parsed, tokenized and
+    sent to PostgreSQL."""
+    if len(query) > MAX_QUERY_CHARS:
+        raise InputError(
+            f"the query is {len(query)} characters long; a query takes at most "
+            f"{MAX_QUERY_CHARS} characters (as the HTTP API's does): shorten it"
+        )
     storable_text(query, "the query")
 
 
@@ -328,9 +357,24 @@ def _run(
     # the query's phrases and exclusions bind both lists (see _syntax_condition)
     tests = bm25.syntax_tests(ftq) if ftq is not None else []
     constrained = bool(tests)
-    if constrained and ftq is not None and ftq.empty:
-        return []  # nothing but exclusions: nothing to search for
+    if constrained and ftq is not None and ftq.empty and (vector is None or p.mode == "fulltext"):
+        # nothing but exclusions, and no vector to rank by: answered as no hits, which read
+        # as "nothing matches" though nothing was searched for (a hybrid search's vector
+        # list would rank by the embedding of the very words excluded). With a vector a
+        # hybrid search ranks by it, the exclusions binding its list.
+        raise InputError(
+            f'the query {query[:80]!r} only excludes (-word, -"phrase"): nothing to search '
+            "for; add the words to look for, e.g. 'backups -tape'"
+        )
     condition = _syntax_condition(tests, compiled.condition) if constrained else compiled.condition
+    if ftq is not None and constrained:  # the condition's parameters, in either list
+        values.update(
+            {
+                "cfg": str(coll.settings.get("ts_config", bm25.DEFAULT_TS_CONFIG)),
+                "required": ftq.required,
+                "excluded": ftq.excluded,
+            }
+        )
     if ftq is not None and not ftq.empty:
         settings = coll.settings
         values.update(

@@ -230,9 +230,7 @@ def list_documents(
             raise InvalidFilterError('metadata filter must be a JSON object, e.g. {"team": "ops"}')
         check_value(meta, "the metadata filter", InvalidFilterError)
     coll = rt.collection(name)
-    prefix = source_prefix
-    if prefix is not None and not prefix.startswith("/"):
-        prefix = str(staging.upload_root(rt.settings, name).resolve() / prefix)
+    prefix = staging.source_prefix(rt.settings, name, source_prefix)
     with rt.db.connection() as conn, translated(f"listing documents of {name!r}"):
         rows = catalog.documents_page(
             conn, coll.id, after=after, limit=limit, fmt=format, source_prefix=prefix, metadata=meta
