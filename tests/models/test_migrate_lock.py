@@ -1,0 +1,107 @@
+"""A migration's lock, its length rule for ingest and its ``--no-switch`` report, on the
+real database with real models; faults are injected in the server (``pg_terminate_backend``,
+``idle_session_timeout``, a trigger), never mocked. Each test has a collection of its own."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from ragstore.config import Settings
+from ragstore.db import repository, spaces
+from ragstore.embedding.registry import DEFAULT_MODEL, load_embedder, resolve_spec
+from ragstore.errors import MigrationStateError
+from ragstore.ingest import ingest_paths
+from ragstore.modelops import add_http_model, migrate, model_status
+from ragstore.modelops.migrate import cancel
+from ragstore.runtime import Runtime
+from tests.models.corpus import write_corpus
+from tests.models.embedding_server import EmbeddingServer
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("lock"), docs=4, paragraphs=3, long=True)
+
+
+def _collection(rt: Runtime, corpus: Path, name: str) -> repository.Collection:
+    """A collection of its own for a test (12 chunks on MiniLM)."""
+    report = ingest_paths(rt, [corpus], name)
+    assert report.count("added") == 4 and not report.failed
+    return rt.collection(name)
+
+
+@pytest.fixture()
+def admin(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+    assert settings.database_url is not None
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        yield conn
+
+
+def _lock_holder(admin: psycopg.Connection[Any], coll_id: int) -> int | None:
+    """The backend holding the collection's migration lock."""
+    row = admin.execute(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 2",
+        (spaces.MIGRATION_LOCKS, coll_id),
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
+def _kill_lock(admin: psycopg.Connection[Any], coll_id: int) -> None:
+    pid = _lock_holder(admin, coll_id)
+    assert pid is not None, "the migration holds its lock"
+    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    end = time.monotonic() + 30
+    while _lock_holder(admin, coll_id) is not None:
+        assert time.monotonic() < end, "the lock did not go"
+        time.sleep(0.05)
+
+
+def _statuses(rt: Runtime, coll: str) -> dict[str, tuple[str, int]]:
+    return {r["table"]: (r["status"], r["missing"]) for r in model_status(rt, coll)}
+
+
+def test_ingest_during_a_migration_leaves_a_chunk_too_long_for_the_target_to_the_backfill(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The active model (an endpoint counting words) cuts chunks of up to 256 words; the
+    target (MiniLM, 256 word pieces) reads fewer of them. The backfill refuses such a
+    chunk; ingest embedded it for the new space cut short, and the switch took it."""
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    server = EmbeddingServer(load_embedder(resolve_spec(DEFAULT_MODEL))).start()
+    try:
+        pinned = add_http_model(
+            rt,
+            server.base_url,
+            name="minilm-words",
+            remote_model="minilm",
+            api_key_env="RAGSTORE_TEST_EMBED_KEY",
+            max_tokens=256,
+        )
+        with rt.db.connection() as conn:
+            repository.create_collection(conn, "words", pinned.spec)
+        short = tmp_path / "short"
+        write_corpus(short, docs=2, paragraphs=2)
+        assert not ingest_paths(rt, [short], "words").failed
+        report = migrate(rt, "words", DEFAULT_MODEL, switch=False)
+        assert _statuses(rt, "words")[report.table] == ("building", 0)
+        # some 150 words of many word pieces each: one chunk for the endpoint's count
+        long = tmp_path / "long"
+        long.mkdir()
+        words = " ".join(f"Xyzzyqwv{n}plugh" for n in range(150))
+        (long / "long.md").write_text(f"# Long\n\n{words}\n")
+        ingested = ingest_paths(rt, [long], "words")
+        assert ingested.count("added") == 1 and not ingested.failed, "stored for the model"
+        assert _statuses(rt, "words")[report.table] == ("building", 1), "left to the backfill"
+        with pytest.raises(MigrationStateError, match=r"tokens for .* which reads at most 256"):
+            migrate(rt, "words", DEFAULT_MODEL)
+        assert rt.collection("words").model.key == pinned.spec.key, "not switched"
+        cancel(rt, "words")
+    finally:
+        server.stop()
