@@ -4,6 +4,7 @@ real database with real models; faults are injected in the server (``pg_terminat
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +12,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from ragstore.config import Settings
 from ragstore.db import repository, spaces
-from ragstore.embedding.registry import DEFAULT_MODEL, load_embedder, resolve_spec
+from ragstore.embedding.registry import DEFAULT_MODEL, TRUNCATED_MODEL, load_embedder, resolve_spec
 from ragstore.errors import MigrationStateError
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import add_http_model, migrate, model_status
@@ -65,6 +67,98 @@ def _kill_lock(admin: psycopg.Connection[Any], coll_id: int) -> None:
 
 def _statuses(rt: Runtime, coll: str) -> dict[str, tuple[str, int]]:
     return {r["table"]: (r["status"], r["missing"]) for r in model_status(rt, coll)}
+
+
+def test_a_migration_whose_lock_was_ended_mid_backfill_stops_and_changes_nothing(
+    rt: Runtime, admin: psycopg.Connection[Any], corpus: Path
+) -> None:
+    """The lock's connection ended (an administrator, a network drop) while the backfill
+    ran: another migrate or cancel could run alongside. It used to carry on and switch."""
+    old = _collection(rt, corpus, "killed")
+    killed: list[bool] = []
+
+    def progress(done: int, total: int) -> None:
+        if done >= 4 and not killed:
+            _kill_lock(admin, old.id)
+            killed.append(True)
+
+    with pytest.raises(MigrationStateError, match="lost its migration lock") as err:
+        migrate(rt, old.name, TRUNCATED_MODEL, batch_size=4, progress=progress)
+    assert killed and "run the migrate again" in str(err.value)
+    assert rt.collection(old.name).table == old.table, "not switched"
+    # the space is kept, as a killed run leaves it: the next run resumes it
+    assert [s for s, _ in _statuses(rt, old.name).values()].count("building") == 1
+    assert migrate(rt, old.name, TRUNCATED_MODEL).switched
+
+
+def test_a_switch_whose_lock_was_ended_while_it_waited_for_a_write_is_refused(
+    rt: Runtime, settings: Settings, admin: psycopg.Connection[Any], corpus: Path
+) -> None:
+    """The lock lost after the backfill, while the switch queued behind a write: the
+    switch transaction must see it and refuse rather than switch."""
+    old = _collection(rt, corpus, "queued")
+    assert settings.database_url is not None
+    held = psycopg.connect(settings.database_url.get_secret_value())
+    outcome: dict[str, Any] = {}
+
+    def progress(done: int, total: int) -> None:
+        if done == total and "held" not in outcome:  # the backfill is done: a write arrives
+            held.execute("SELECT id FROM collections WHERE id = %s FOR SHARE", (old.id,))
+            outcome["held"] = True
+
+    def run() -> None:
+        with Runtime(settings) as other:
+            try:
+                outcome["report"] = migrate(other, old.name, TRUNCATED_MODEL, progress=progress)
+            except BaseException as exc:  # handed to the test
+                outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        end = time.monotonic() + 120
+        while admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query ILIKE %s",
+            ("%FROM collections%FOR UPDATE%",),
+        ).fetchone() != (1,):
+            assert time.monotonic() < end and thread.is_alive(), outcome
+            time.sleep(0.05)
+        _kill_lock(admin, old.id)
+    finally:
+        held.commit()
+        held.close()
+        thread.join(120)
+    assert isinstance(outcome.get("error"), MigrationStateError), outcome
+    assert "lost its migration lock" in str(outcome["error"])
+    assert rt.collection(old.name).table == old.table, "not switched"
+
+
+def test_a_server_idle_session_timeout_does_not_end_the_migration_lock(
+    rt: Runtime, settings: Settings, admin: psycopg.Connection[Any], corpus: Path
+) -> None:
+    """The lock's connection is idle for the whole backfill: a server that ends idle
+    sessions ended it, and the migration went on without its lock."""
+    old = _collection(rt, corpus, "idle")
+    dbname = admin.info.dbname
+    admin.execute(
+        sql.SQL("ALTER DATABASE {} SET idle_session_timeout = '1s'").format(sql.Identifier(dbname))
+    )
+    seen: list[int | None] = []
+
+    def progress(done: int, total: int) -> None:
+        if not seen:
+            time.sleep(2.5)  # a slow batch: the lock's connection idles past the timeout
+            seen.append(_lock_holder(admin, old.id))
+
+    try:
+        report = migrate(rt, old.name, TRUNCATED_MODEL, batch_size=4, progress=progress)
+    finally:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} RESET idle_session_timeout").format(sql.Identifier(dbname))
+        )
+    assert seen and seen[0] is not None, "the lock survived the idle timeout"
+    assert report.switched and rt.collection(old.name).table == report.table
 
 
 def test_ingest_during_a_migration_leaves_a_chunk_too_long_for_the_target_to_the_backfill(
