@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 from psycopg import sql
@@ -19,6 +20,7 @@ from ragstore.db import repository, spaces
 from ragstore.embedding.registry import DEFAULT_MODEL, TRUNCATED_MODEL, load_embedder, resolve_spec
 from ragstore.errors import MigrationStateError
 from ragstore.ingest import ingest_paths
+from ragstore.ingest.texts import add_texts
 from ragstore.modelops import add_http_model, migrate, model_status
 from ragstore.modelops.migrate import cancel
 from ragstore.runtime import Runtime
@@ -159,6 +161,63 @@ def test_a_server_idle_session_timeout_does_not_end_the_migration_lock(
         )
     assert seen and seen[0] is not None, "the lock survived the idle timeout"
     assert report.switched and rt.collection(old.name).table == report.table
+
+
+def test_no_switch_does_not_say_complete_while_a_write_committed_behind_it(
+    rt: Runtime, settings: Settings, admin: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """A write that began before the backfill's end and committed after it (here: texts
+    with their own vectors, held 4 s by a trigger) left chunks without a vector for the
+    new model, and ``--no-switch`` said "backfill complete" all the same."""
+    coll_name = "behind"
+    folder = write_corpus(tmp_path / "docs", docs=3, paragraphs=3, long=True)
+    assert not ingest_paths(rt, [folder], coll_name).failed
+    coll = rt.collection(coll_name)
+    admin.execute(
+        "CREATE FUNCTION slow_doc() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN PERFORM pg_sleep(4); RETURN NEW; END $$"
+    )
+    admin.execute(
+        "CREATE TRIGGER slow_doc AFTER INSERT ON documents FOR EACH ROW"
+        " WHEN (NEW.source = 'slow-1') EXECUTE FUNCTION slow_doc()"
+    )
+    writer: dict[str, Any] = {}
+
+    def write() -> None:
+        with Runtime(settings) as other:
+            vec = np.zeros((1, coll.model.dimension), dtype=np.float32)
+            vec[0, 0] = 1.0
+            try:
+                writer["report"] = add_texts(
+                    other, coll_name, ["a late text about kites"], ids=["slow-1"], vectors=vec
+                )
+            except BaseException as exc:  # handed to the test
+                writer["error"] = exc
+
+    thread = threading.Thread(target=write, daemon=True)
+
+    def progress(done: int, total: int) -> None:
+        if not thread.is_alive() and "started" not in writer:  # the space exists by now
+            writer["started"] = True
+            thread.start()
+            end = time.monotonic() + 60
+            while admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+            ).fetchone() != (1,):
+                assert time.monotonic() < end, writer
+                time.sleep(0.05)
+
+    try:
+        report = migrate(rt, coll_name, TRUNCATED_MODEL, switch=False, progress=progress)
+    finally:
+        thread.join(60)
+        admin.execute("DROP TRIGGER slow_doc ON documents")
+        admin.execute("DROP FUNCTION slow_doc()")
+    assert "error" not in writer, writer
+    missing = _statuses(rt, coll_name)[report.table][1]
+    assert missing == 0, f"{missing} chunks without a vector, but: {report.notes}"
+    assert report.remaining == 0 and "backfill complete" in report.notes[-1]
+    cancel(rt, coll_name)
 
 
 def test_ingest_during_a_migration_leaves_a_chunk_too_long_for_the_target_to_the_backfill(

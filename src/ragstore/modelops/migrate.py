@@ -61,6 +61,7 @@ class MigrationReport:
     sample_queries: int = 0
     sample_self_recall: float = 0.0
     switched: bool = False
+    remaining: int = 0  # --no-switch: chunks (re-cut: documents) the new space still lacks
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -223,14 +224,17 @@ def migrate(
         with rt.db.connection() as conn, translated(f"preparing the space of {target.spec.key}"):
             space = _target_space(conn, coll, target.id, target.spec, lock)
         report = MigrationReport(coll.name, coll.model.key, target.spec.key, space.id, space.table)
-        for _ in range(MAX_PASSES):
+        for n in range(MAX_PASSES):
             coll = rt.collection(collection)
             _backfill(rt, coll, space, embedder, batch_size, report, progress, lock)
             # indexed even when not switching: the space is complete and ready to search
             with rt.db.connection() as conn, translated(f"indexing {space.table}"):
                 spaces.ensure_index(conn, space.table, space.model.distance)
             if not switch:
-                report.notes.append("backfill complete and indexed; not switched (--no-switch)")
+                report.remaining = _still_missing(rt, coll, space, lock)
+                if report.remaining and n + 1 < MAX_PASSES:
+                    continue  # committed behind the backfill's position: another pass
+                report.notes.append(_unswitched(coll, space, report.remaining))
                 break
             _validate(rt, coll, space, sample_queries, report)
             if _switch(rt, coll, space, lock):
@@ -240,6 +244,40 @@ def migrate(
             raise _outpaced(coll)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _still_missing(
+    rt: Runtime, coll: repository.Collection, space: spaces.Space, lock: MigrationLock
+) -> int:
+    """Chunks of the active space with no vector in ``space`` yet, counted after the writes
+    in progress (they hold the collection row shared) have committed.
+
+    A backfill pass alone cannot say the space is complete: an ingest that began before the
+    space existed stores its chunks without a vector for it, and chunks committed behind
+    the pass's position (ids taken before it got there) are not read by it."""
+    with rt.db.connection() as conn, translated(f"counting vectors of {space.table}"):
+        spaces.lock_collection(conn, coll.id)
+        lock.check()
+        return spaces.count_missing(conn, coll.table, space.table)
+
+
+def _unswitched(
+    coll: repository.Collection, space: spaces.Space, remaining: int, unit: str = "chunks"
+) -> str:
+    """What a ``--no-switch`` migrate left, as it is: complete, or how many chunks remain."""
+    again = f"`ragstore models migrate -c {coll.name} --to {space.model.key}`"
+    if not remaining:
+        return (
+            f"backfill complete and indexed: every {unit[:-1]} stored so far is embedded with "
+            f"{space.model.key}; not switched (--no-switch): {again} switches, embedding "
+            "first whatever is stored meanwhile"
+        )
+    return (
+        f"backfill not complete: {remaining} {unit} stored meanwhile still have no vector "
+        f"for {space.model.key} (documents kept arriving behind it); not switched "
+        f"(--no-switch): run {again} to embed them and switch (with --no-switch: to "
+        "embed them only)"
+    )
 
 
 def _migrate_recut(
@@ -268,14 +306,20 @@ def _migrate_recut(
             shadow, space = rechunk.prepare(conn, coll, target)
         report = MigrationReport(coll.name, coll.model.key, target.spec.key, space.id, space.table)
         report.recut = True
-        for _ in range(MAX_PASSES):
+        for n in range(MAX_PASSES):
             coll = rt.collection(collection)
             lock.check()  # a cancel that took the lost lock may be dropping this chunk set
             rechunk.backfill(rt, coll, shadow, embedder, report, progress)
             with rt.db.connection() as conn, translated(f"indexing {space.table}"):
                 spaces.ensure_index(conn, space.table, space.model.distance)
             if not switch:
-                report.notes.append("re-cut, embedded and indexed; not switched (--no-switch)")
+                with rt.db.connection() as conn, translated(f"counting documents of {coll.name!r}"):
+                    spaces.lock_collection(conn, coll.id)  # after the writes in progress
+                    lock.check()
+                    report.remaining = len(rechunk.out_of_step(conn, coll, shadow))
+                if report.remaining and n + 1 < MAX_PASSES:
+                    continue  # documents changed behind the backfill: another pass
+                report.notes.append(_unswitched(coll, space, report.remaining, "documents"))
                 break
             _validate(rt, coll, space, sample_queries, report)
             with rt.db.connection() as conn, translated(f"switching {coll.name!r}"):
