@@ -36,6 +36,8 @@ def building_vectors(
     out: list[dict[str, np.ndarray]] = [{} for _ in documents]
     with rt.db.connection() as conn, translated(f"listing spaces of {coll.name!r}"):
         building = spaces.building_spaces(conn, coll.id)
+    if not building:
+        return out
     texts = [[c.embed_text for c in chunks if c.embeddable] for chunks in documents]
     for space in building:
         embedder = rt.embedder(space.model)
