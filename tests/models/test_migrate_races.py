@@ -1,10 +1,12 @@
-"""Model switches that race each other, on the real database: a rollback or migrate that
-read the collection before another one switched it must not act on what it read.
+"""Model switches that race each other, on the real database: two commands must never both
+act, and neither may act on a collection read before the other one switched it.
 
 The race is made deterministic in the database: a transaction holds the collection row
 ``FOR SHARE`` (as a document write does) so the commands queue on it, and the migration
 lock's connection of the first one is ended (``pg_terminate_backend``: a connection lost),
-so the second one gets the lock while the first still works."""
+so the second one gets the lock while the first still works. The first then finds its
+lock gone and stops without changing anything; the second, which read the collection
+while the first waited, acts once, as if alone."""
 
 from __future__ import annotations
 
@@ -117,10 +119,10 @@ def _race(
 def test_a_rollback_that_read_the_collection_before_another_rollback_changes_nothing(
     rt: Runtime, settings: Settings, corpus: Path
 ) -> None:
-    """Two rollbacks at once (a double click): the second read the collection before the
-    first switched it back. It marked the space it read as active again, so the
+    """Two rollbacks at once (a double click), the first one's lock lost while it waited.
+    Both used to act: the second marked the space it had read as active again, so the
     collection had two ``active`` spaces (one never written to again, never prunable) and
-    answered "rolled back from X to X"."""
+    answered "rolled back from X to X". Now the first stops and the second rolls back."""
     old = rt.collection(COLL)
     migrate(rt, COLL, TRUNCATED_MODEL, batch_size=64)
     new = rt.collection(COLL)
@@ -131,9 +133,9 @@ def test_a_rollback_that_read_the_collection_before_another_rollback_changes_not
         one, two = _race(
             rt, settings, conn, lambda r: rollback(r, COLL), lambda r: rollback(r, COLL)
         )
-    assert one.error is None and one.result == (new.model.key, old.model.key)
-    assert isinstance(two.error, MigrationStateError), two.result
-    assert "switched model" in str(two.error)
+    assert isinstance(one.error, MigrationStateError), one.result
+    assert "lost its migration lock" in str(one.error)
+    assert two.error is None and two.result == (new.model.key, old.model.key)
     assert rt.collection(COLL).table == old.table
     assert _one_active(rt) == [old.table]
     statuses = {r["table"]: r["status"] for r in model_status(rt, COLL)}
@@ -143,10 +145,11 @@ def test_a_rollback_that_read_the_collection_before_another_rollback_changes_not
 def test_a_migrate_that_read_the_collection_before_a_rollback_changes_nothing(
     rt: Runtime, settings: Settings, corpus: Path
 ) -> None:
-    """``models migrate --to`` the old model while a rollback to it runs: the migrate read
-    the collection before the rollback switched it, then built a second space of the
-    model now active and switched to it, re-embedding every chunk, leaving that model
-    both active and retired."""
+    """``models migrate --to`` the old model while a rollback to it runs, the rollback's lock
+    lost while it waited: the migrate used to build a second space of the model the
+    rollback had made active and switch to it, re-embedding every chunk, leaving that model
+    both active and retired. Now the rollback stops and the migrate switches back to the
+    retired space of that model, as a rollback would have."""
     old = rt.collection(COLL)
     migrate(rt, COLL, TRUNCATED_MODEL, batch_size=64)  # the retired space, switched to again
     new = rt.collection(COLL)
@@ -161,9 +164,9 @@ def test_a_migrate_that_read_the_collection_before_a_rollback_changes_nothing(
             lambda r: rollback(r, COLL),
             lambda r: migrate(r, COLL, old.model.key, batch_size=64),
         )
-    assert one.error is None and one.result == (new.model.key, old.model.key)
-    assert isinstance(two.error, MigrationStateError), two.result
-    assert "switched model" in str(two.error)
+    assert isinstance(one.error, MigrationStateError), one.result
+    assert "lost its migration lock" in str(one.error)
+    assert two.error is None and two.result.switched and two.result.embedded == 0
     assert {r["table"] for r in model_status(rt, COLL)} == before, "no new space"
     assert rt.collection(COLL).table == old.table
     assert _one_active(rt) == [old.table]

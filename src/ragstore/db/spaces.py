@@ -626,6 +626,20 @@ def try_migration_lock(conn: Conn, collection_id: int) -> bool:
     return bool(row and row[0])
 
 
+def holds_migration_lock(conn: Conn, collection_id: int) -> bool:
+    """Whether this connection's session still holds the collection's migration lock.
+
+    Asked on the lock's own connection: one that was ended (``idle_session_timeout``, a
+    network drop, ``pg_terminate_backend``) fails here, and the lock went with it."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 2"
+        " AND pid = pg_backend_pid())",
+        (MIGRATION_LOCKS, collection_id),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def sample_texts(conn: Conn, table: str, n: int, count: int) -> list[str]:
     """``n`` chunk texts spread evenly over the ``count`` vectors of a space, by chunk id."""
     step = max(1, count // max(n, 1))

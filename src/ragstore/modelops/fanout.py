@@ -10,6 +10,7 @@ costs one small query.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,20 +20,46 @@ from ragstore.db.errors import translated
 from ragstore.models import Chunk
 from ragstore.runtime import Runtime
 
+log = logging.getLogger(__name__)
+
 
 def building_vectors(
     rt: Runtime, coll: repository.Collection, documents: Sequence[Sequence[Chunk]]
 ) -> list[dict[str, np.ndarray]]:
-    """For each document: building space table -> one vector per embeddable chunk."""
+    """For each document: building space table -> one vector per embeddable chunk.
+
+    A document with a chunk longer than a space's model reads gets no vectors for that
+    space (the model would cut the chunk short, and the switch would take it as it is):
+    its chunks stay missing there, so the migration's backfill reaches them and stops
+    with the chunk named, as it does for every stored chunk (``migrate._check_fits``).
+    The document itself is stored as usual for the active model."""
     out: list[dict[str, np.ndarray]] = [{} for _ in documents]
     with rt.db.connection() as conn, translated(f"listing spaces of {coll.name!r}"):
         building = spaces.building_spaces(conn, coll.id)
+    if not building:
+        return out
+    texts = [[c.embed_text for c in chunks if c.embeddable] for chunks in documents]
     for space in building:
         embedder = rt.embedder(space.model)
-        texts = [[c.embed_text for c in chunks if c.embeddable] for chunks in documents]
         unique = list(dict.fromkeys(t for doc in texts for t in doc))
-        vecs = dict(zip(unique, embedder.embed(unique), strict=True))
-        for i, doc in enumerate(texts):
+        limit = space.model.max_tokens
+        too_long = {
+            t for t, n in zip(unique, embedder.count_tokens(unique), strict=True) if n > limit
+        }
+        fits = [i for i, doc in enumerate(texts) if not too_long.intersection(doc)]
+        if len(fits) < len(texts):
+            log.warning(
+                "%d document(s) of %r have a chunk longer than %s reads (%d tokens): left "
+                "for the migration's backfill, which stops on it",
+                len(texts) - len(fits),
+                coll.name,
+                space.model.key,
+                limit,
+            )
+        wanted = list(dict.fromkeys(t for i in fits for t in texts[i]))
+        vecs = dict(zip(wanted, embedder.embed(wanted), strict=True))
+        for i in fits:
+            doc = texts[i]
             out[i][space.table] = (
                 np.stack([vecs[t] for t in doc])
                 if doc

@@ -61,6 +61,7 @@ class MigrationReport:
     sample_queries: int = 0
     sample_self_recall: float = 0.0
     switched: bool = False
+    remaining: int = 0  # --no-switch: chunks (re-cut: documents) the new space still lacks
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -68,24 +69,70 @@ class MigrationReport:
         return self.embedded / self.seconds if self.seconds else 0.0
 
 
+class MigrationLock:
+    """The collection's migration lock, held on a connection of its own for a whole
+    command (see :func:`_migration_lock`).
+
+    That connection sits idle through a backfill, so the server can end it under the
+    command (``idle_session_timeout``, a network drop, an administrator) and the lock goes
+    with it: another migrate, rollback, prune or cancel could then run alongside and the
+    two act on each other's spaces. The connection is spared the idle timeout, and
+    :meth:`check` refuses the command before each decisive step once the lock is gone."""
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], coll: repository.Collection, command: str
+    ) -> None:
+        self._conn = conn
+        self._coll = coll
+        self._command = command
+
+    def check(self) -> None:
+        """Refuse (MigrationStateError) unless this command still holds the lock.
+
+        Called while the caller's transaction holds the collection row (``FOR UPDATE``),
+        every other command's decisive step waits for that row, so a lock held now means
+        none of them ran since this command took it."""
+        try:
+            held = spaces.holds_migration_lock(self._conn, self._coll.id)
+        except psycopg.Error:  # the connection was ended, and its lock with it
+            held = False
+        if held:
+            return
+        name, command = self._coll.name, self._command
+        again = " (it resumes where it stopped)" if command == "migrate" else ""
+        raise MigrationStateError(
+            f"this {command} of collection {name!r} lost its migration lock: its connection "
+            "to PostgreSQL was ended meanwhile (a server idle_session_timeout, a network "
+            "drop or an administrator), so another migrate, rollback, prune or cancel could "
+            f"have run alongside; it stopped without switching or dropping anything. See "
+            f"`ragstore models status -c {name}`, then run the {command} again{again}"
+        )
+
+
 @contextmanager
-def _migration_lock(rt: Runtime, coll: repository.Collection) -> Any:
-    """One migrate/rollback/prune per collection at a time; released if the process dies."""
+def _migration_lock(rt: Runtime, coll: repository.Collection, command: str) -> Any:
+    """One migrate/rollback/prune/cancel per collection at a time; released if the process
+    dies. Yields the :class:`MigrationLock` to check before each decisive step."""
     conn = rt.db.connect(autocommit=True)
     try:
         with translated("taking the migration lock"):
             locked = spaces.try_migration_lock(conn, coll.id)
+            # it sits idle while the command works: a server's idle_session_timeout must
+            # not end it (and the lock with it) in the middle of a backfill
+            conn.execute("SET idle_session_timeout = 0")
         if not locked:
             raise MigrationStateError(
                 f"another model migration, rollback or prune of collection {coll.name!r} is "
                 "running; wait for it to finish (a killed one releases its lock at once)"
             )
-        yield
+        yield MigrationLock(conn, coll, command)
     finally:
         conn.close()
 
 
-def _lock_as_read(conn: Any, coll: repository.Collection, command: str) -> None:
+def _lock_as_read(
+    conn: Any, coll: repository.Collection, command: str, lock: MigrationLock
+) -> None:
     """Lock the collection row for a switch (``FOR UPDATE``) and refuse, changing nothing,
     if it is no longer as ``coll`` was read: another migrate or rollback switched its model
     between that read (before the migration lock was had) and this lock.
@@ -93,8 +140,12 @@ def _lock_as_read(conn: Any, coll: repository.Collection, command: str) -> None:
     Acting on what was read did harm: a second rollback of a double click marked the space
     it had read as active again (two ``active`` spaces, one never written to nor
     prunable, answered "rolled back from X to X"), and a migrate to the model a rollback
-    had just made active built a second space of it and re-embedded every chunk."""
+    had just made active built a second space of it and re-embedded every chunk.
+
+    The migration lock is checked too, with the row held: a command that lost it stops
+    here rather than act alongside another one."""
     spaces.lock_collection(conn, coll.id)
+    lock.check()
     fresh = repository.collection_by_id(conn, coll.id)
     if fresh is None or fresh.shadow or fresh.space_id != coll.space_id:
         raise MigrationStateError(
@@ -106,10 +157,14 @@ def _lock_as_read(conn: Any, coll: repository.Collection, command: str) -> None:
 
 
 def _target_space(
-    conn: psycopg.Connection[Any], coll: repository.Collection, model_id: int, spec: ModelSpec
+    conn: psycopg.Connection[Any],
+    coll: repository.Collection,
+    model_id: int,
+    spec: ModelSpec,
+    lock: MigrationLock,
 ) -> spaces.Space:
     """The space to fill: a building one resumed, a retired one reused, or a new one."""
-    _lock_as_read(conn, coll, "migrate")
+    _lock_as_read(conn, coll, "migrate", lock)
     rechunk.ensure_not_stale(conn, coll, model_id, spec.key)
     existing = spaces.list_spaces(conn, coll.id)
     for sp in existing:
@@ -165,27 +220,64 @@ def migrate(
         return _migrate_recut(
             rt, collection, target, embedder, switch, sample_queries, progress, t0
         )
-    with _migration_lock(rt, coll):
+    with _migration_lock(rt, coll, "migrate") as lock:
         with rt.db.connection() as conn, translated(f"preparing the space of {target.spec.key}"):
-            space = _target_space(conn, coll, target.id, target.spec)
+            space = _target_space(conn, coll, target.id, target.spec, lock)
         report = MigrationReport(coll.name, coll.model.key, target.spec.key, space.id, space.table)
-        for _ in range(MAX_PASSES):
+        for n in range(MAX_PASSES):
             coll = rt.collection(collection)
-            _backfill(rt, coll, space, embedder, batch_size, report, progress)
+            _backfill(rt, coll, space, embedder, batch_size, report, progress, lock)
             # indexed even when not switching: the space is complete and ready to search
             with rt.db.connection() as conn, translated(f"indexing {space.table}"):
                 spaces.ensure_index(conn, space.table, space.model.distance)
             if not switch:
-                report.notes.append("backfill complete and indexed; not switched (--no-switch)")
+                report.remaining = _still_missing(rt, coll, space, lock)
+                if report.remaining and n + 1 < MAX_PASSES:
+                    continue  # committed behind the backfill's position: another pass
+                report.notes.append(_unswitched(coll, space, report.remaining))
                 break
             _validate(rt, coll, space, sample_queries, report)
-            if _switch(rt, coll, space):
+            if _switch(rt, coll, space, lock):
                 report.switched = True
                 break
         else:
             raise _outpaced(coll)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _still_missing(
+    rt: Runtime, coll: repository.Collection, space: spaces.Space, lock: MigrationLock
+) -> int:
+    """Chunks of the active space with no vector in ``space`` yet, counted after the writes
+    in progress (they hold the collection row shared) have committed.
+
+    A backfill pass alone cannot say the space is complete: an ingest that began before the
+    space existed stores its chunks without a vector for it, and chunks committed behind
+    the pass's position (ids taken before it got there) are not read by it."""
+    with rt.db.connection() as conn, translated(f"counting vectors of {space.table}"):
+        spaces.lock_collection(conn, coll.id)
+        lock.check()
+        return spaces.count_missing(conn, coll.table, space.table)
+
+
+def _unswitched(
+    coll: repository.Collection, space: spaces.Space, remaining: int, unit: str = "chunks"
+) -> str:
+    """What a ``--no-switch`` migrate left, as it is: complete, or how many chunks remain."""
+    again = f"`ragstore models migrate -c {coll.name} --to {space.model.key}`"
+    if not remaining:
+        return (
+            f"backfill complete and indexed: every {unit[:-1]} stored so far is embedded with "
+            f"{space.model.key}; not switched (--no-switch): {again} switches, embedding "
+            "first whatever is stored meanwhile"
+        )
+    return (
+        f"backfill not complete: {remaining} {unit} stored meanwhile still have no vector "
+        f"for {space.model.key} (documents kept arriving behind it); not switched "
+        f"(--no-switch): run {again} to embed them and switch (with --no-switch: to "
+        "embed them only)"
+    )
 
 
 def _migrate_recut(
@@ -200,9 +292,9 @@ def _migrate_recut(
 ) -> MigrationReport:
     """Migrate to a model with its own chunk set (see :mod:`ragstore.modelops.rechunk`)."""
     coll = rt.collection(collection)
-    with _migration_lock(rt, coll):
+    with _migration_lock(rt, coll, "migrate") as lock:
         with rt.db.connection() as conn, translated(f"preparing the chunks of {target.spec.key}"):
-            _lock_as_read(conn, coll, "migrate")
+            _lock_as_read(conn, coll, "migrate", lock)
             for sp in spaces.building_spaces(conn, coll.id):
                 raise MigrationStateError(
                     f"collection {coll.name!r} is already being migrated to {sp.model.key}; "
@@ -214,17 +306,26 @@ def _migrate_recut(
             shadow, space = rechunk.prepare(conn, coll, target)
         report = MigrationReport(coll.name, coll.model.key, target.spec.key, space.id, space.table)
         report.recut = True
-        for _ in range(MAX_PASSES):
+        for n in range(MAX_PASSES):
             coll = rt.collection(collection)
+            lock.check()  # a cancel that took the lost lock may be dropping this chunk set
             rechunk.backfill(rt, coll, shadow, embedder, report, progress)
             with rt.db.connection() as conn, translated(f"indexing {space.table}"):
                 spaces.ensure_index(conn, space.table, space.model.distance)
             if not switch:
-                report.notes.append("re-cut, embedded and indexed; not switched (--no-switch)")
+                with rt.db.connection() as conn, translated(f"counting documents of {coll.name!r}"):
+                    spaces.lock_collection(conn, coll.id)  # after the writes in progress
+                    lock.check()
+                    report.remaining = len(rechunk.out_of_step(conn, coll, shadow))
+                if report.remaining and n + 1 < MAX_PASSES:
+                    continue  # documents changed behind the backfill: another pass
+                report.notes.append(_unswitched(coll, space, report.remaining, "documents"))
                 break
             _validate(rt, coll, space, sample_queries, report)
             with rt.db.connection() as conn, translated(f"switching {coll.name!r}"):
                 switched = rechunk.swap(conn, coll, shadow)
+                if switched:
+                    lock.check()  # before the commit: a refusal rolls the swap back
             if switched:
                 report.switched = True
                 report.notes.append(
@@ -255,6 +356,7 @@ def _backfill(
     batch_size: int,
     report: MigrationReport,
     progress: Progress | None,
+    lock: MigrationLock,
 ) -> None:
     """Embed every chunk of the active space missing from ``space``, one commit per batch.
 
@@ -271,6 +373,7 @@ def _backfill(
         progress(done, total)
     after = 0
     while True:
+        lock.check()  # a cancel that took the lost lock may be dropping this space
         with rt.db.connection() as conn, translated(f"reading chunks of {coll.name!r}"):
             batch = spaces.missing_batch(conn, coll.table, space.table, after, batch_size)
         if not batch:
@@ -340,10 +443,13 @@ def _validate(
         )
 
 
-def _switch(rt: Runtime, coll: repository.Collection, space: spaces.Space) -> bool:
+def _switch(
+    rt: Runtime, coll: repository.Collection, space: spaces.Space, lock: MigrationLock
+) -> bool:
     """Switch atomically if nothing is missing; False when ingest added chunks meanwhile."""
     with rt.db.connection() as conn, translated(f"switching {coll.name!r}"):
         active = spaces.lock_collection(conn, coll.id)
+        lock.check()
         if active != coll.space_id:
             raise MigrationStateError(
                 f"collection {coll.name!r} switched model while migrating; run the migrate again"
@@ -373,11 +479,11 @@ def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
     it: the kept chunk set is swapped in again, exactly as it was."""
     coll = rt.collection(collection)
     with (
-        _migration_lock(rt, coll),
+        _migration_lock(rt, coll, "rollback") as lock,
         rt.db.connection() as conn,
         translated(f"rolling back {coll.name!r}"),
     ):
-        _lock_as_read(conn, coll, "rollback")
+        _lock_as_read(conn, coll, "rollback", lock)
         retired: list[tuple[spaces.Space, repository.Collection | None]] = [
             (s, None)
             for s in spaces.list_spaces(conn, coll.id)
@@ -431,11 +537,11 @@ def prune(
     rollback in between retired a space nobody had been shown, and it went."""
     coll = rt.collection(collection)
     with (
-        _migration_lock(rt, coll),
+        _migration_lock(rt, coll, "prune") as lock,
         rt.db.connection() as conn,
         translated(f"pruning {coll.name!r}"),
     ):
-        _lock_as_read(conn, coll, "prune")
+        _lock_as_read(conn, coll, "prune", lock)
         retired = [s for s in spaces.list_spaces(conn, coll.id) if s.status == "retired"]
         kept = [sh for sh, sp in _shadow_spaces(conn, coll) if sp.status == "retired"]
         dropped = retired + [s for sh in kept for s in spaces.list_spaces(conn, sh.id)]
@@ -463,11 +569,11 @@ def cancel(rt: Runtime, collection: str) -> list[tuple[spaces.Space, str]]:
     coll = rt.collection(collection)
     done: list[tuple[spaces.Space, str]] = []
     with (
-        _migration_lock(rt, coll),
+        _migration_lock(rt, coll, "cancel") as lock,
         rt.db.connection() as conn,
         translated(f"cancelling the migration of {coll.name!r}"),
     ):
-        _lock_as_read(conn, coll, "cancel")
+        _lock_as_read(conn, coll, "cancel", lock)
         for sh, sp in _shadow_spaces(conn, coll):
             if sp.status != "building":
                 continue
