@@ -100,15 +100,18 @@ def test_a_later_request_failing_says_which_ids_were_stored(small_url: str) -> N
         assert [t["id"] for t in client.get_texts("partial", ids)] == ids[:3]
 
 
-class _NoAnswerForTheSecondAdd(httpx.HTTPTransport):
-    """Delivers every request; the second add's answer is lost (a timeout after the server
-    stored it)."""
+class _NoAnswerForTheSecond(httpx.HTTPTransport):
+    """Delivers every request; the second answer of a route ending in ``suffix`` is lost (a
+    timeout after the server did the work)."""
 
-    adds = 0
+    def __init__(self, suffix: str) -> None:
+        super().__init__()
+        self.suffix = suffix
+        self.adds = 0
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = super().handle_request(request)
-        if request.url.path.endswith("/texts"):
+        if request.url.path.endswith(self.suffix):
             self.adds += 1
             if self.adds == 2:
                 response.read()
@@ -121,7 +124,7 @@ def test_a_request_without_answer_is_neither_stored_nor_not_stored(
 ) -> None:
     monkeypatch.setattr(calls, "MAX_ITEMS_PER_REQUEST", 2)
     ids = [f"u{i}" for i in range(5)]
-    with Client(open_url, transport=_NoAnswerForTheSecondAdd()) as client:
+    with Client(open_url, transport=_NoAnswerForTheSecond("/texts")) as client:
         _collection(client, "unknown")
         with pytest.raises(DatabaseUnavailableError) as failed:
             client.add_texts("unknown", ids, ids=ids, vectors=_vectors(5))
@@ -131,6 +134,25 @@ def test_a_request_without_answer_is_neither_stored_nor_not_stored(
             "not_stored_ids": ids[4:],
         }
         assert [t["id"] for t in client.get_texts("unknown", ids)] == ids[:4]
+
+
+def test_a_delete_failing_after_earlier_requests_names_what_they_deleted(
+    open_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(calls, "MAX_ITEMS_PER_REQUEST", 2)
+    ids = [f"d{i}" for i in range(5)]
+    with Client(open_url, transport=_NoAnswerForTheSecond("/texts/delete")) as client:
+        _collection(client, "deleting")
+        client.add_texts("deleting", ids, ids=ids, vectors=_vectors(5))
+        with pytest.raises(DatabaseUnavailableError) as failed:
+            client.delete_texts("deleting", ids)
+        assert failed.value.problem_members == {
+            "deleted": 2,
+            "deleted_ids": ids[:2],
+            "unknown_ids": ids[2:4],
+            "not_deleted_ids": ids[4:],
+        }
+        assert [t["id"] for t in client.get_texts("deleting", ids)] == ids[4:]
 
 
 def test_a_bad_text_in_a_later_request_is_refused_before_any_is_sent(
