@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
@@ -20,6 +21,7 @@ import httpx
 
 from ragstore.errors import (
     ConfigError,
+    EmptyDocumentError,
     InputError,
     InvalidFilterError,
     RagstoreError,
@@ -28,6 +30,15 @@ from ragstore.errors import (
 
 T = TypeVar("T")
 Upload = Path | str | tuple[str, bytes]
+
+# What one request to the API may hold: 10,000 texts or ids (api/schemas.py ``TextsCreate``,
+# ``TextIds``) in a JSON body of at most the server's RAGSTORE_MAX_REQUEST_BYTES (1 MiB by
+# default, config.py ``max_request_bytes``). The clients send a longer list in several
+# requests within both (the Store batches too); a server set to a lower byte limit answers
+# 413, which stores nothing, and the request is sent again in halves.
+MAX_ITEMS_PER_REQUEST = 10_000
+MAX_REQUEST_BYTES = 1024 * 1024
+MAX_ID_LENGTH = 1000  # ingest/texts.py MAX_ID_LENGTH (not imported: the client stays light)
 
 
 @dataclass(frozen=True)
@@ -265,6 +276,240 @@ def delete_texts(collection: str, ids: Sequence[str]) -> Call[int]:
         lambda r: int(r.json()["deleted"]),
         json={"ids": _ids(ids)},
     )
+
+
+# --- texts in batches --------------------------------------------------------------------
+
+# A verb sent as several requests: a generator that yields each call, is sent each answer
+# (or thrown each error: a RagstoreError) and returns the verb's result. Both clients drive
+# it (``Client._run``, ``AsyncClient._run``), so they batch alike.
+Plan = Generator[Call[Any], Any, T]
+
+
+def _json_size(value: Any) -> int:
+    """Bytes ``value`` takes in a body as httpx encodes it (compact, UTF-8)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def _spans(body: dict[str, Any], lists: Sequence[str]) -> list[tuple[int, int]]:
+    """``body``'s parallel ``lists`` cut into consecutive spans, each within
+    :data:`MAX_ITEMS_PER_REQUEST` items and :data:`MAX_REQUEST_BYTES` bytes once encoded
+    (an item over the byte limit alone is a span of its own: the server says whether it
+    takes it)."""
+    present = [key for key in lists if key in body]
+    n = len(body[present[0]])
+    budget = MAX_REQUEST_BYTES - _json_size({key: [] for key in present})
+    spans: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for i in range(n):
+        cost = sum(_json_size(body[key][i]) + 1 for key in present)  # +1: its comma
+        if i > start and (i - start >= MAX_ITEMS_PER_REQUEST or size + cost > budget):
+            spans.append((start, i))
+            start, size = i, 0
+        size += cost
+    spans.append((start, n))
+    return spans
+
+
+def _part(call: Call[T], lists: Sequence[str], start: int, end: int) -> Call[T]:
+    body = {
+        k: v[start:end] if k in lists else v for k, v in cast(dict[str, Any], call.json).items()
+    }
+    return replace(call, json=body)
+
+
+def _refused_whole(exc: RagstoreError) -> bool:
+    """The answer was 413: the server (or a proxy before it) read none of the request."""
+    return getattr(exc, "status", None) == 413
+
+
+def _answered(exc: RagstoreError) -> bool:
+    """An error answer came back (the request's fate is known): not a connection lost,
+    a timeout, or an answer that was not ragstore's, after which it may have been done."""
+    status = getattr(exc, "status", None)
+    return isinstance(status, int) and status >= 400
+
+
+def _tell(exc: RagstoreError, members: dict[str, Any], note: str) -> None:
+    """Put ``members`` on the error as the Store does (``problem_members``) and in its
+    problem body (``problem``, where a client's error carries the server's), and ``note``
+    in its message."""
+    exc.problem_members = {**exc.problem_members, **members}
+    problem = getattr(exc, "problem", None)
+    if isinstance(problem, dict):
+        problem.update(members)
+    exc.message += note
+
+
+def _check_all_texts(body: dict[str, Any]) -> None:
+    """What the server would refuse in any text, id, metadata or vector, checked before the
+    first of several requests (the Store's checks, ``ingest/texts.py`` ``_checked``):
+    found by the server in a later request, it was refused after the earlier ones stored.
+    Only what the collection decides (the vectors' dimension, the model) is left to the
+    server, and the first request meets it as every later one would."""
+    from ragstore.validation import storable_text, unicode_text
+
+    texts = body["texts"]
+    n = len(texts)
+    for key in ("metadatas", "ids", "vectors"):
+        if key in body and len(body[key]) != n:
+            raise InputError(f"{key} has {len(body[key])} entries for {n} texts; give one per text")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"texts[{i}] is a {type(text).__name__}, not a string")
+        if not text.strip():
+            raise EmptyDocumentError(f"texts[{i}] is empty; give it some text")
+        storable_text(text, f"texts[{i}]")
+    seen: set[str] = set()
+    for i, doc_id in enumerate(body["ids"]):
+        unicode_text(doc_id, f"ids[{i}]")
+        if not doc_id or len(doc_id) > MAX_ID_LENGTH:
+            raise InputError(f"ids[{i}] must be 1-{MAX_ID_LENGTH} characters, got {doc_id!r}")
+        if doc_id in seen:
+            raise InputError(f"id {doc_id!r} appears twice in one call; ids must be unique")
+        seen.add(doc_id)
+    widths = {len(v) for v in body.get("vectors", ())}
+    if len(widths) > 1:
+        raise InputError(
+            f"vectors must be {n} rows of one length (the collection's dimension), got rows "
+            f"of {sorted(widths)} numbers"
+        )
+
+
+_TEXT_LISTS = ("texts", "metadatas", "ids", "vectors")
+_ADDED_COUNTS = ("added", "updated", "unchanged", "embedded", "reused")
+
+
+def add_texts_plan(
+    collection: str,
+    texts: Sequence[str],
+    metadatas: Sequence[Mapping[str, Any]] | None = None,
+    ids: Sequence[str] | None = None,
+    *,
+    vectors: Sequence[Sequence[float]] | None = None,
+) -> Plan[dict[str, Any]]:
+    """:func:`add_texts` in as many requests as the API's limits need, answered as one.
+
+    Sent whole, more than 10,000 texts (or 1 MiB of them) were refused 422/413, though the
+    Store takes any number. Ids are drawn here when none are given (as the Store draws
+    them), so that each text's id is known whatever request stores it. When a request
+    fails after earlier ones stored their texts, the error says so as the Store's does:
+    ``stored_ids`` and ``not_stored_ids`` (and ``unknown_ids``, the request's own, when
+    no answer came back for it), in ``problem_members`` and the ``problem`` body.
+    """
+    whole = add_texts(collection, texts, metadatas, ids, vectors=vectors)
+    body = cast(dict[str, Any], whole.json)
+    if "ids" not in body:
+        body["ids"] = [uuid.uuid4().hex for _ in body["texts"]]
+    all_ids: list[str] = body["ids"]
+    n = len(body["texts"])
+    if any(key in body and len(body[key]) != n for key in _TEXT_LISTS):
+        return cast(dict[str, Any], (yield whole))  # the server names the mismatch
+    pending = _spans(body, _TEXT_LISTS)
+    checked = False
+    answers: list[dict[str, Any]] = []
+    while pending:
+        start, end = pending.pop(0)
+        if not checked and (start, end) != (0, n):
+            _check_all_texts(body)  # before a second request could follow a first
+            checked = True
+        try:
+            answers.append((yield _part(whole, _TEXT_LISTS, start, end)))
+        except RagstoreError as exc:
+            if _refused_whole(exc) and end - start > 1:
+                middle = (start + end) // 2
+                pending[:0] = [(start, middle), (middle, end)]
+                continue
+            if (start, end) != (0, n):
+                _say_what_was_added(exc, all_ids, start, end)
+            raise
+    if len(answers) == 1:
+        return answers[0]
+    return {
+        "collection": answers[-1]["collection"],
+        "ids": all_ids,
+        **{key: sum(int(a.get(key, 0)) for a in answers) for key in _ADDED_COUNTS},
+    }
+
+
+def _say_what_was_added(exc: RagstoreError, ids: list[str], start: int, end: int) -> None:
+    """Request ``ids[start:end]`` failed; the requests before it stored theirs."""
+    if _answered(exc):
+        # the server's own account of this request (its batches commit one at a time)
+        own = exc.problem_members or getattr(exc, "problem", {}) or {}
+        within = list(own.get("stored_ids") or [])
+        stored = ids[:start] + within
+        members: dict[str, Any] = {"stored_ids": stored, "not_stored_ids": ids[len(stored) :]}
+        note = (
+            f" ({len(stored)} of the {len(ids)} texts, the first ones, were stored before it: "
+            "see 'stored_ids'; the rest were not: 'not_stored_ids')"
+        )
+    else:
+        members = {
+            "stored_ids": ids[:start],
+            "unknown_ids": ids[start:end],
+            "not_stored_ids": ids[end:],
+        }
+        note = (
+            f" ({start} of the {len(ids)} texts, the first ones, were stored before it: see "
+            f"'stored_ids'; the {end - start} sent in the request that got no answer may or may "
+            "not be: 'unknown_ids' (adding them again is safe); the rest were not: "
+            "'not_stored_ids')"
+        )
+    _tell(exc, members, note)
+
+
+def text_ids_plan(call: Call[T], combine: Callable[[list[T]], T], verb: str) -> Plan[T]:
+    """``call`` (a get or delete by ids) in as many requests as the API's limits need;
+    ``combine`` makes the answers one (read texts in the order asked, deleted counts
+    summed). Ids asked twice are asked once, as the server takes them in one request.
+    When a delete fails after earlier requests deleted, the error names the ids those
+    covered (``deleted_ids``; ``deleted`` counts the texts that existed) and the rest."""
+    body = cast(dict[str, Any], call.json)
+    body["ids"] = list(dict.fromkeys(body["ids"]))
+    pending = _spans(body, ("ids",))
+    answers: list[T] = []
+    while pending:
+        start, end = pending.pop(0)
+        try:
+            answers.append((yield _part(call, ("ids",), start, end)))
+        except RagstoreError as exc:
+            if _refused_whole(exc) and end - start > 1:
+                middle = (start + end) // 2
+                pending[:0] = [(start, middle), (middle, end)]
+                continue
+            if verb == "delete" and start:
+                ids = body["ids"]
+                done = cast(int, combine(answers))
+                members: dict[str, Any] = {"deleted": done, "deleted_ids": ids[:start]}
+                if _answered(exc):
+                    members["not_deleted_ids"] = ids[start:]
+                else:
+                    members["unknown_ids"] = ids[start:end]
+                    members["not_deleted_ids"] = ids[end:]
+                _tell(
+                    exc,
+                    members,
+                    f" (the first {start} of the {len(ids)} ids were deleted before it, {done} "
+                    "texts: see 'deleted_ids'; the rest were not: see "
+                    + (
+                        "'not_deleted_ids')"
+                        if _answered(exc)
+                        else "'unknown_ids' and 'not_deleted_ids')"
+                    ),
+                )
+            raise
+    return combine(answers)
+
+
+def get_texts_plan(collection: str, ids: Sequence[str]) -> Plan[list[dict[str, Any]]]:
+    return text_ids_plan(
+        get_texts(collection, ids), lambda parts: [t for p in parts for t in p], "get"
+    )
+
+
+def delete_texts_plan(collection: str, ids: Sequence[str]) -> Plan[int]:
+    return text_ids_plan(delete_texts(collection, ids), sum, "delete")
 
 
 # --- documents ---------------------------------------------------------------------------

@@ -13,13 +13,20 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 
 from ragstore import _requests as calls
-from ragstore._requests import Call, Upload, error_from_problem, raise_for_problem, read_answer
-from ragstore.errors import DatabaseUnavailableError
+from ragstore._requests import (
+    Call,
+    Plan,
+    Upload,
+    error_from_problem,
+    raise_for_problem,
+    read_answer,
+)
+from ragstore.errors import DatabaseUnavailableError, RagstoreError
 
 __all__ = ["AsyncClient", "Client", "error_from_problem"]
 
@@ -130,6 +137,21 @@ class Client(_WritePosition):
     def _send(self, call: Call[T]) -> T:
         return read_answer(call, self.request(call.method, call.path, **call.kwargs()))
 
+    def _run(self, plan: Plan[T]) -> T:
+        """Send a verb's calls one after another (see :data:`ragstore._requests.Plan`)."""
+        call = next(plan)
+        while True:
+            answer: Any = None
+            failure: RagstoreError | None = None
+            try:
+                answer = self._send(call)
+            except RagstoreError as exc:
+                failure = exc
+            try:
+                call = plan.send(answer) if failure is None else plan.throw(failure)
+            except StopIteration as done:
+                return cast(T, done.value)
+
     # --- verbs ---------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
@@ -187,14 +209,15 @@ class Client(_WritePosition):
         *,
         vectors: Sequence[Sequence[float]] | None = None,
     ) -> dict[str, Any]:
-        """Add or update texts under ``ids`` (see :meth:`ragstore.Store.add_texts`)."""
-        return self._send(calls.add_texts(collection, texts, metadatas, ids, vectors=vectors))
+        """Add or update texts under ``ids`` (see :meth:`ragstore.Store.add_texts`), in as
+        many requests as the API's limits need (:func:`ragstore._requests.add_texts_plan`)."""
+        return self._run(calls.add_texts_plan(collection, texts, metadatas, ids, vectors=vectors))
 
     def get_texts(self, collection: str, ids: Sequence[str]) -> list[dict[str, Any]]:
-        return self._send(calls.get_texts(collection, ids))
+        return self._run(calls.get_texts_plan(collection, ids))
 
     def delete_texts(self, collection: str, ids: Sequence[str]) -> int:
-        return self._send(calls.delete_texts(collection, ids))
+        return self._run(calls.delete_texts_plan(collection, ids))
 
     def add_document(
         self,
@@ -410,6 +433,21 @@ class AsyncClient(_WritePosition):
     async def _send(self, call: Call[T]) -> T:
         return read_answer(call, await self.request(call.method, call.path, **call.kwargs()))
 
+    async def _run(self, plan: Plan[T]) -> T:
+        """Send a verb's calls one after another (see :data:`ragstore._requests.Plan`)."""
+        call = next(plan)
+        while True:
+            answer: Any = None
+            failure: RagstoreError | None = None
+            try:
+                answer = await self._send(call)
+            except RagstoreError as exc:
+                failure = exc
+            try:
+                call = plan.send(answer) if failure is None else plan.throw(failure)
+            except StopIteration as done:
+                return cast(T, done.value)
+
     async def health(self) -> dict[str, Any]:
         return await self._send(calls.health())
 
@@ -465,13 +503,15 @@ class AsyncClient(_WritePosition):
         *,
         vectors: Sequence[Sequence[float]] | None = None,
     ) -> dict[str, Any]:
-        return await self._send(calls.add_texts(collection, texts, metadatas, ids, vectors=vectors))
+        return await self._run(
+            calls.add_texts_plan(collection, texts, metadatas, ids, vectors=vectors)
+        )
 
     async def get_texts(self, collection: str, ids: Sequence[str]) -> list[dict[str, Any]]:
-        return await self._send(calls.get_texts(collection, ids))
+        return await self._run(calls.get_texts_plan(collection, ids))
 
     async def delete_texts(self, collection: str, ids: Sequence[str]) -> int:
-        return await self._send(calls.delete_texts(collection, ids))
+        return await self._run(calls.delete_texts_plan(collection, ids))
 
     async def add_document(
         self,
