@@ -407,6 +407,105 @@ def test_keys_refuse_to_act_on_the_local_database_with_a_server_url(
     assert [k["id"] for k in json.loads(capsys.readouterr().out)] == before
 
 
+# Each command that works on the database itself, with RAGSTORE_URL set: (argv, the
+# command as the refusal names it). They acted on whatever database the local settings
+# named (a fresh embedded one, initialised for the occasion) and reported success there.
+_REFUSED: list[tuple[list[str], str]] = [
+    (["models", "list"], "models list"),
+    (["models", "show", "all-MiniLM-L6-v2"], "models show"),
+    (["models", "add", "/nowhere/model", "--name", "m"], "models add"),
+    (["models", "migrate", "-c", "remote", "--to", "m"], "models migrate"),
+    (["models", "prune", "-c", "remote", "--yes"], "models prune"),
+    (["models", "cancel", "-c", "remote"], "models cancel"),
+    (["models", "status", "-c", "remote"], "models status"),
+    (["import", "/nowhere/v.jsonl", "--model", "all-MiniLM-L6-v2"], "import"),
+    (["db", "status"], "db status"),
+    (["db", "upgrade", "--no-backup"], "db upgrade"),
+    (["db", "downgrade", "--to", "base", "--yes", "--no-backup"], "db downgrade"),
+    (["db", "check"], "db check"),
+    (["db", "stop"], "db stop"),
+    (["backup", "/nowhere/b.dump"], "backup"),
+    (["restore", "/nowhere/b.dump", "--yes"], "restore"),
+    (["eval", "/nowhere/beir"], "eval"),
+    (["eval-sections", "/nowhere/set"], "eval-sections"),
+    (["demo"], "demo"),
+    (["mcp"], "mcp"),
+    (["keys", "create", "--scope", "admin"], "keys create"),
+    (["keys", "list"], "keys list"),
+    (["keys", "revoke", "nokey"], "keys revoke"),
+]
+
+
+def test_with_a_server_url_each_command_goes_through_it_or_refuses_leaving_nothing_here(
+    remote_env: dict[str, str],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """With RAGSTORE_URL set only search, ingest, collections and documents went to the
+    server: `models`, `db`, `backup`, `import`, `eval`, `demo`, `mcp`... opened the
+    database of the local settings instead, here a fresh embedded one in an empty data
+    dir, and reported success on it. Now a command the API does too goes through the
+    server, every other one refuses (exit 78) before anything local is created, and the
+    commands that only read this machine's settings still answer."""
+    server_db = Database(remote_env["RAGSTORE_DATABASE_URL"])
+    through_server(monkeypatch, remote_env)
+    monkeypatch.delenv("RAGSTORE_DATABASE_URL")
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(data_dir))
+    url = remote_env["RAGSTORE_URL"]
+    try:
+        for args, command in _REFUSED:
+            assert run_cli(*args) == 78, args
+            out, err = capsys.readouterr()
+            assert out == "", args
+            assert f"`ragstore {command}` works on the database itself" in err, args
+            assert f"RAGSTORE_URL is set ({url})" in err, args
+            assert f"`RAGSTORE_URL= ragstore {command} ...`" in err, args
+            assert not data_dir.exists(), args
+
+        # through the server: its database changes, nothing is made here
+        assert run_cli("db", "index-field", "rating", "--type", "number", "--json") == 0
+        assert json.loads(capsys.readouterr().out) == {
+            "field": "rating",
+            "type": "number",
+            "indexed": True,
+            "changed": True,
+        }
+        from ragstore.db import field_indexes
+
+        assert ("rating", "number") in [(i.field, i.kind) for i in field_indexes.listed(server_db)]
+        assert run_cli("db", "index-fields", "--json") == 0
+        assert {"field": "rating", "type": "number"} in json.loads(capsys.readouterr().out)
+        assert run_cli("db", "index-fields") == 0
+        assert "rating\tnumber" in capsys.readouterr().out
+        assert run_cli("db", "index-field", "rating", "--type", "number", "--drop") == 0
+        assert capsys.readouterr().out == "dropped: number field 'rating'\n"
+        assert ("rating", "number") not in [
+            (i.field, i.kind) for i in field_indexes.listed(server_db)
+        ]
+        assert run_cli("collections", "create", "rollback-remote") == 0
+        capsys.readouterr()
+        # the server's own answer: it has the collection, with no model to roll back to
+        assert run_cli("models", "rollback", "-c", "rollback-remote") == 70
+        err = capsys.readouterr().err
+        assert "error[model_migration_state]" in err, err
+        assert "'rollback-remote' has no previous model to roll back to" in err, err
+        assert not data_dir.exists()
+
+        # this machine's settings, and what needs no database, still answer
+        assert run_cli("config", "show", "--json") == 0
+        assert json.loads(capsys.readouterr().out)["url"] == url
+        assert run_cli("db", "upgrade", "--sql") == 0
+        assert "CREATE TABLE" in capsys.readouterr().out
+        assert not data_dir.exists()
+    finally:
+        server_db.close()
+        run_cli("collections", "delete", "rollback-remote", "--yes")
+        capsys.readouterr()
+
+
 def test_progress_line_every_n_items_or_seconds_after_a_quiet_start() -> None:
     lines: list[str] = []
     now = [0.0]

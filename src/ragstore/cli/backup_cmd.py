@@ -34,8 +34,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Back up the whole database to a pg_dump custom-format archive."""
         from ragstore.backup import create_backup
+        from ragstore.cli.remote import refuse_remote
         from ragstore.runtime import Runtime
 
+        refuse_remote("backup")
         with Runtime() as rt:
             info = create_backup(
                 rt.raw_db(),
@@ -72,10 +74,12 @@ def register(app: typer.Typer) -> None:
         from ragstore.backup import RestoreInterrupted, restore_backup
         from ragstore.cli.db_cmd import backup_before
         from ragstore.cli.output import err_console
+        from ragstore.cli.remote import refuse_remote
         from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
         from ragstore.db import migrations
         from ragstore.runtime import Runtime
 
+        refuse_remote("restore")
         try:
             # SIGTERM unwinds as Ctrl-C does: killed outright, this process left psql to
             # commit the restore after the command had died without a word

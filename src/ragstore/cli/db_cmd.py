@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from ragstore.cli.output import confirm, echo_json
+from ragstore.cli.remote import refuse_remote
 
 if TYPE_CHECKING:
     from ragstore.db.database import Database
@@ -28,6 +29,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     from ragstore.db.inspection import database_collation
     from ragstore.runtime import Runtime
 
+    refuse_remote("db status")
     with Runtime() as rt:
         db = rt.raw_db()
         st = migrations.status(db)
@@ -83,9 +85,10 @@ def upgrade(
 
     if not to.strip():  # Alembic fails an empty target on an assert: a traceback
         raise InputError("--to is empty; give a schema revision (`ragstore db status`) or head")
-    if sql:
+    if sql:  # the code's migrations as SQL: no database is opened
         typer.echo(migrations.upgrade_sql(None, to))
         return
+    refuse_remote("db upgrade")
     with Runtime() as rt:
         upgrade_with_backup(rt, to, backup=not no_backup, as_json=as_json)
 
@@ -163,6 +166,7 @@ def downgrade(
     from ragstore.db import migrations
     from ragstore.runtime import Runtime
 
+    refuse_remote("db downgrade")
     with Runtime() as rt:
         db = rt.raw_db()
         st = migrations.status(db)
@@ -207,6 +211,7 @@ def check(
     from ragstore.integrity import check as run_check
     from ragstore.runtime import Runtime
 
+    refuse_remote("db check")
     with Runtime() as rt:
         report = run_check(rt, collection, repair=repair)
     if as_json:
@@ -257,7 +262,9 @@ def index_field(
     pass, instead of both search lists reading deep for them. Builds two indexes
     (documents, and chunks with a value of their own) without blocking writers; each
     costs every write of a document a little. Equality and $in need no index."""
+    from ragstore.cli.remote import remote_client
     from ragstore.db import field_indexes
+    from ragstore.profiles import get_settings
     from ragstore.runtime import Runtime
 
     def waiting(blockers: list[field_indexes.Blocker]) -> None:
@@ -274,8 +281,16 @@ def index_field(
             err=True,
         )
 
-    with Runtime() as rt:
-        changed = field_indexes.declare(rt.db, field, kind, drop=drop, on_wait=waiting)
+    client = remote_client(get_settings())
+    if client is not None:  # POST/DELETE /v1/field-indexes do the same (an admin key)
+        with client:
+            answer = (
+                client.drop_field_index(field, kind) if drop else client.index_field(field, kind)
+            )
+        changed = bool(answer["changed"])
+    else:
+        with Runtime() as rt:
+            changed = field_indexes.declare(rt.db, field, kind, drop=drop, on_wait=waiting)
     if as_json:
         echo_json({"field": field, "type": kind, "indexed": not drop, "changed": changed})
     elif drop:
@@ -287,16 +302,23 @@ def index_field(
 @app.command("index-fields")
 def index_fields(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the metadata fields indexed for range filters."""
+    from ragstore.cli.remote import remote_client
     from ragstore.db import field_indexes
+    from ragstore.profiles import get_settings
     from ragstore.runtime import Runtime
 
-    with Runtime() as rt:
-        found = field_indexes.listed(rt.db)
+    client = remote_client(get_settings())
+    if client is not None:  # GET /v1/field-indexes: the same list
+        with client:
+            found = [(str(i["field"]), str(i["type"])) for i in client.field_indexes()]
+    else:
+        with Runtime() as rt:
+            found = [(i.field, i.kind) for i in field_indexes.listed(rt.db)]
     if as_json:
-        echo_json([{"field": i.field, "type": i.kind} for i in found])
+        echo_json([{"field": f, "type": kind} for f, kind in found])
         return
-    for i in found:
-        typer.echo(f"{i.field}\t{i.kind}")
+    for f, kind in found:
+        typer.echo(f"{f}\t{kind}")
     if not found:
         typer.echo("no indexed fields (ragstore db index-field FIELD --type number|string)")
 
@@ -313,6 +335,9 @@ def stop() -> None:
     from ragstore.errors import ConfigError
     from ragstore.profiles import get_settings
 
+    # this machine's embedded PostgreSQL, maybe the one a server here runs on: with
+    # RAGSTORE_URL set the user may think it stops (or stops using) the server's database
+    refuse_remote("db stop")
     settings = get_settings()
     if not settings.uses_embedded_database:
         raise ConfigError(

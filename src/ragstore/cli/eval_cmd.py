@@ -42,11 +42,15 @@ def register(app: typer.Typer) -> None:
         """Ingest a BEIR dataset into a cached scratch collection and score each search mode."""
         from rich.table import Table
 
+        from ragstore.cli.remote import refuse_remote
         from ragstore.runtime import Runtime
         from ragstore.search.eval import collection_name, evaluate, ingest_records, load_beir
         from ragstore.search.hybrid import FusionParams
         from ragstore.search.service import MODES, Mode, parse_mode
 
+        # a scratch collection in the database, searched in this process: the server's
+        # search (what RAGSTORE_URL names) is not what would be measured
+        refuse_remote("eval")
         err = err_console()
         modes: list[Mode] = [parse_mode(m) for m in mode] or list(MODES)
         fusion = FusionParams(rrf_k, vector_weight, fulltext_weight)

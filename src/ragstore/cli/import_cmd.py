@@ -158,6 +158,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
         """Import vectors from a basic store; everything or nothing, verified."""
+        from ragstore.cli.remote import refuse_remote
         from ragstore.cli.signals import interrupt_says
         from ragstore.imports import (
             ImportOptions,
@@ -179,6 +180,7 @@ def register(app: typer.Typer) -> None:
             model = model_short
         if model is None:
             raise UsageError("Missing option '--model'.")
+        refuse_remote("import")  # one transaction on the database; the API has no route
         policies = parse_policies(on_invalid, policy)
         src = open_source(
             source,

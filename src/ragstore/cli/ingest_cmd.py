@@ -269,11 +269,15 @@ def register(app: typer.Typer) -> None:
         from importlib import resources
 
         from ragstore.cli.db_cmd import upgrade_with_backup
+        from ragstore.cli.remote import refuse_remote
         from ragstore.cli.search_cmd import print_hits
         from ragstore.db import migrations
         from ragstore.runtime import Runtime
         from ragstore.search.service import search as run_search
 
+        # ingests into the database and searches in this process; with RAGSTORE_URL set the
+        # user's next `ragstore search -c demo` goes to the server, which never saw it
+        refuse_remote("demo")
         sample = Path(str(resources.files("ragstore") / "sample"))
         with Runtime() as rt:
             if rt.settings.uses_embedded_database:

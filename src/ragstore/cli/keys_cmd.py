@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ragstore.cli.output import echo_json, print_table
+from ragstore.cli.remote import refuse_remote
 
 if TYPE_CHECKING:
     from ragstore.auth import ApiKey
@@ -26,24 +27,6 @@ def _key_dict(k: ApiKey) -> dict[str, Any]:
     }
 
 
-def _on_the_database(verb: str) -> None:
-    """ConfigError when ``RAGSTORE_URL`` is set: keys live in the database and the HTTP API
-    has no route for them, so ``keys create`` wrote the database this machine's settings
-    name (often a fresh embedded one) while every other command went to the server, and
-    printed a key that server had never heard of (``revoke`` and ``list`` likewise)."""
-    from ragstore.errors import ConfigError
-    from ragstore.profiles import get_settings
-
-    url = get_settings().url
-    if url:
-        raise ConfigError(
-            f"`ragstore keys {verb}` works on the database itself, not through a server, and "
-            f"RAGSTORE_URL is set ({url}); run it where the server's database is reachable, "
-            "with RAGSTORE_DATABASE_URL (or RAGSTORE_DATA_DIR) naming it and RAGSTORE_URL "
-            f"unset, e.g. `RAGSTORE_URL= ragstore keys {verb} ...`"
-        )
-
-
 @app.command("create")
 def create(
     scope: str = typer.Option(..., "--scope", metavar="SCOPE", help="read, write or admin."),
@@ -59,7 +42,7 @@ def create(
     from ragstore.auth import KeyStore
     from ragstore.runtime import Runtime
 
-    _on_the_database("create")
+    refuse_remote("keys create")  # keys live in the database; the API has no route
     with Runtime() as rt:
         new = KeyStore(rt.db).create(scope, collection, name)
     if as_json:
@@ -79,7 +62,7 @@ def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     from ragstore.auth import KeyStore
     from ragstore.runtime import Runtime
 
-    _on_the_database("list")
+    refuse_remote("keys list")  # keys live in the database; the API has no route
     with Runtime() as rt:
         keys = KeyStore(rt.db).list()
     if as_json:
@@ -111,7 +94,7 @@ def revoke(
     from ragstore.auth import KeyStore
     from ragstore.runtime import Runtime
 
-    _on_the_database("revoke")
+    refuse_remote("keys revoke")  # keys live in the database; the API has no route
     with Runtime() as rt:
         key = KeyStore(rt.db).revoke(key_id)
     if as_json:

@@ -37,6 +37,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve search, list_collections, get_document, get_section (and add_document
         with a write key) as Model Context Protocol tools."""
+        from ragstore.cli.remote import refuse_remote
+
+        # its tools use a Store on the database, not the Client: an agent whose environment
+        # names a server would search (and add documents to) another database
+        refuse_remote("mcp")
         if transport not in ("stdio", "http"):
             raise InputError(f"--transport {transport!r} is not stdio or http")
         if transport == "http" and host not in LOOPBACK and not api_key:

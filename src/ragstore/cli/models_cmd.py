@@ -24,6 +24,7 @@ from ragstore.cli.output import (
     print_table,
     progress,
 )
+from ragstore.cli.remote import refuse_remote
 
 app = typer.Typer(
     help="Pinned embedding models: list, pin, migrate a collection, roll back.",
@@ -74,6 +75,7 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
     from ragstore.modelops.specs import list_models
     from ragstore.runtime import Runtime
 
+    refuse_remote("models list", "; the server lists its models at GET /v1/models")
     with Runtime() as rt:
         models = list_models(rt)
     if as_json:
@@ -107,6 +109,7 @@ def show_cmd(
     from ragstore.modelops.specs import find_model
     from ragstore.runtime import Runtime
 
+    refuse_remote("models show")
     with Runtime() as rt:
         found = find_model(rt, model, pin_builtin=False)
     data = found.as_dict()
@@ -185,6 +188,7 @@ def add_cmd(
     from ragstore.modelops.specs import add_http_model, add_local_model
     from ragstore.runtime import Runtime
 
+    refuse_remote("models add")  # a local SOURCE is hashed here, the pin goes to the database
     with Runtime() as rt:
         if provider == LOCAL_PROVIDER:
             pinned = add_local_model(
@@ -263,6 +267,13 @@ def migrate_cmd(
     from ragstore.modelops.migrate import migrate
     from ragstore.runtime import Runtime
 
+    # POST /v1/collections/{name}/model/migrate runs the whole backfill in one request:
+    # past the client's timeout the CLI would report a failure while the server goes on
+    refuse_remote(
+        "models migrate",
+        "; a short migration can also be asked of the server (POST "
+        "/v1/collections/NAME/model/migrate), without progress or Ctrl-C",
+    )
     name = pick_collection(collection, positional, "migrate")
     try:
         with (
@@ -354,12 +365,20 @@ def rollback_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Switch a collection back to its previous model at once (its vectors were kept)."""
+    from ragstore.cli.remote import remote_client
     from ragstore.modelops.migrate import rollback
+    from ragstore.profiles import get_settings
     from ragstore.runtime import Runtime
 
     name = pick_collection(collection, positional, "rollback")
-    with Runtime() as rt:
-        old, new = rollback(rt, name)
+    client = remote_client(get_settings())
+    if client is not None:  # POST /v1/collections/{name}/model/rollback: the same switch
+        with client:
+            answer = client.rollback_model(name)
+        old, new = str(answer["previous"]), str(answer["active"])
+    else:
+        with Runtime() as rt:
+            old, new = rollback(rt, name)
     if as_json:
         echo_json({"collection": name, "from": old, "to": new})
         return
@@ -379,6 +398,7 @@ def prune_cmd(
     from ragstore.modelops.migrate import prune
     from ragstore.runtime import Runtime
 
+    refuse_remote("models prune")
     name = pick_collection(collection, positional, "prune")
     err = err_console()
     with Runtime() as rt:
@@ -418,6 +438,7 @@ def cancel_cmd(
     from ragstore.modelops.migrate import cancel
     from ragstore.runtime import Runtime
 
+    refuse_remote("models cancel")
     name = pick_collection(collection, positional, "cancel")
     with Runtime() as rt:
         dropped = cancel(rt, name)
@@ -449,6 +470,10 @@ def status_cmd(
     from ragstore.modelops.migrate import model_status
     from ragstore.runtime import Runtime
 
+    refuse_remote(
+        "models status",
+        "; the server shows a collection's spaces at GET /v1/collections/NAME/model",
+    )
     name = pick_collection(collection, positional, "status")
     with Runtime() as rt:
         rows = model_status(rt, name)

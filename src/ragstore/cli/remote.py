@@ -26,6 +26,28 @@ def remote_client(settings: Settings) -> Client | None:
     return Client(settings.url, api_key=key or None)
 
 
+def refuse_remote(command: str, hint: str = "") -> None:
+    """ConfigError when ``RAGSTORE_URL`` is set, for ``ragstore COMMAND`` that works on the
+    database itself (its schema, backups, keys, pinned models, an import, a scratch
+    collection...): the CLI then sends search, ingest, collections and documents to that
+    server, so the user means the server's data, while this command would open whatever
+    database this machine's settings name (often a fresh embedded one, initialised for
+    the occasion) and report success on it. Called before anything opens a database, so
+    that a refusal leaves nothing behind. ``hint`` is appended to the message (e.g. the
+    HTTP route that does the same thing)."""
+    from ragstore.errors import ConfigError
+    from ragstore.profiles import get_settings
+
+    url = get_settings().url
+    if url:
+        raise ConfigError(
+            f"`ragstore {command}` works on the database itself, not through a server, and "
+            f"RAGSTORE_URL is set ({url}); run it where the server's database is reachable, "
+            "with RAGSTORE_DATABASE_URL (or RAGSTORE_DATA_DIR) naming it and RAGSTORE_URL "
+            f"unset, e.g. `RAGSTORE_URL= ragstore {command} ...`{hint}"
+        )
+
+
 # Uploads are sent in requests of at most this many files / bytes, below the server's
 # default RAGSTORE_BACKGROUND_INGEST_BYTES, so that they are ingested during the request.
 BATCH_FILES = 64

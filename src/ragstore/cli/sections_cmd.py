@@ -47,11 +47,13 @@ def register(app: typer.Typer) -> None:
         set, with the naive 150-word window baselines (dense, BM25, RRF) from the same run."""
         from rich.table import Table
 
+        from ragstore.cli.remote import refuse_remote
         from ragstore.runtime import Runtime
         from ragstore.search import parse_mode
         from ragstore.search.sections import evaluate_sections
         from ragstore.search.service import MODES, Mode
 
+        refuse_remote("eval-sections")  # as `eval`: a scratch collection searched here
         modes: list[Mode] = [parse_mode(m) for m in mode] or list(MODES)
         with Runtime() as rt:
             result = evaluate_sections(

@@ -39,6 +39,9 @@ def register(app: typer.Typer) -> None:
             for k, v in (("api_host", host), ("api_port", port), ("api_workers", workers))
             if v is not None
         }
+        # RAGSTORE_URL is not looked at: it names the server for the CLI, and a server's
+        # environment (a .env beside it) may well hold its own URL; serve always serves
+        # the database that RAGSTORE_DATABASE_URL / RAGSTORE_DATA_DIR name
         settings = get_settings(**overrides)
         sockets = bind_sockets(settings.api_host, settings.api_port)
         bound = bound_addresses(sockets)

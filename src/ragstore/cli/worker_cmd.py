@@ -23,6 +23,10 @@ def register(app: typer.Typer) -> None:
         from ragstore.observability.logging import configure_logging
         from ragstore.profiles import get_settings
 
+        # RAGSTORE_URL is not looked at: a worker serves the queue in the database it is
+        # given, beside `ragstore serve`, and both are often started from the environment
+        # (a .env, an env file) that also holds the URL for the CLI; refusing would stop
+        # such a deployment, and the URL names no database a worker could use instead
         settings = get_settings()
         # the same structured lines as the API (JSON unless stderr is a terminal)
         configure_logging(
