@@ -102,4 +102,7 @@ def register(app: typer.Typer) -> None:
             echo_json({**asdict(result), "replaced_backup": before[0]})
             return
         typer.echo(f"restored {result.path} into {result.database}")
-        typer.echo(f"  schema revision {result.revision or '(none)'}: {_counts(result.counts)}")
+        if result.counts is None:
+            typer.echo(f"  {result.unread}")
+        else:
+            typer.echo(f"  schema revision {result.revision or '(none)'}: {_counts(result.counts)}")
