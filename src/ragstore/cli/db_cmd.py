@@ -7,6 +7,8 @@ asks before it drops anything (``--yes`` answers for scripts).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import typer
@@ -112,13 +114,48 @@ def upgrade_with_backup(
     path = None
     if before is not None and pre.pending and backup:
         path = backup_before(rt, db, "upgrade", quiet=as_json)
-    st = migrations.upgrade(db, to)
+    with _saying_where("upgrade", path):
+        st = migrations.upgrade(db, to)
     if as_json:
         echo_json({"from": before, "to": st.current, "backup": path})
     elif before == st.current:
         typer.echo(f"schema already at {st.current}; nothing to do")
     else:
         typer.echo(f"upgraded {before or '(empty)'} -> {st.current}")
+
+
+@contextmanager
+def _saying_where(action: str, backup: str | None) -> Iterator[None]:
+    """Run a migration so that its end says where the schema is and names the backup
+    taken before it: SIGTERM killed the command without a word, Ctrl-C ended it with
+    "interrupted" alone, and an error named neither (with ``--json``, no backup at all).
+    An interrupt ends it with ``interrupted by HOW: WHERE`` and 130 or 143; an error
+    keeps its class, the backup added to its message."""
+    import sys
+
+    from ragstore.cli.output import err_console
+    from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
+    from ragstore.db.migrations import MigrationInterrupted
+    from ragstore.errors import RagstoreError
+
+    kept = f"; the backup taken before it is kept: {backup}" if backup else ""
+    try:
+        with terminate_as_interrupt():
+            yield
+    except KeyboardInterrupt as exc:
+        how, status = interrupt_status(exc)
+        what = (
+            exc.what
+            if isinstance(exc, MigrationInterrupted)
+            else f"the {action} was rolled back; the schema is as it was"
+        )
+        err_console().print(f"interrupted by {how}: {what}{kept}", markup=False)
+        sys.exit(status)
+    except RagstoreError as exc:
+        if kept:
+            exc.message += kept
+            exc.args = (exc.message,)
+        raise
 
 
 def _check_downgrade_target(st: SchemaStatus, to: str) -> None:
@@ -186,7 +223,8 @@ def downgrade(
             yes=yes,
         )
         path = None if no_backup else backup_before(rt, db, "downgrade", quiet=as_json)
-        st = migrations.downgrade(db, to)
+        with _saying_where("downgrade", path):
+            st = migrations.downgrade(db, to)
     if as_json:
         echo_json({"from": before, "to": st.current, "backup": path})
     else:
