@@ -673,3 +673,38 @@ def test_a_restore_whose_outcome_cannot_be_read_says_it_is_unknown(
     assert f"whether the restore of {archive} committed could not be read" in err, err
     assert "ragstore db status" in err and "backup_failed" not in err, err
     assert full_dump(populated) == before
+
+
+def test_a_restore_that_fails_after_its_backup_names_that_backup(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --json, the backup a restore takes of what it replaces was named nowhere when
+    the restore then failed (here its connection ended); the error now names it."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    holder = psycopg.connect(populated)
+    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
+    waiting = "application_name = 'psql' AND wait_event_type = 'Lock'"
+
+    def end_the_restore() -> None:
+        deadline = time.monotonic() + 60
+        while not backends_where(populated, waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " + waiting)
+        holder.commit()
+
+    ender = threading.Thread(target=end_the_restore)
+    ender.start()
+    capsys.readouterr()
+    try:
+        status = run_cli("restore", str(archive), "--yes", "--json")
+    finally:
+        ender.join()
+        holder.close()
+    out, err = capsys.readouterr()
+    assert status == 74, err
+    assert out == ""
+    kept = Path(err.rstrip("\n").rsplit("; the backup of what it replaced is kept: ", 1)[1])
+    assert kept.name.endswith("-restore.dump") and kept.exists(), err
+    assert backup.read_info(kept) is not None
