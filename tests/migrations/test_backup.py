@@ -506,9 +506,11 @@ def test_a_restore_stopped_by_sigterm_rolls_back_and_says_so(
     assert sent[0]
     err = capsys.readouterr().err
     assert status == 143, err
-    assert err == "interrupted by SIGTERM: nothing of " + str(archive) + (
-        " was restored; the database is as it was\n"
-    )
+    said, _, kept = err.partition("; the backup of what it replaced is kept: ")
+    assert said == "interrupted by SIGTERM: nothing of " + str(archive) + (
+        " was restored; the database is as it was"
+    ), err
+    assert Path(kept.rstrip("\n")).name.endswith("-restore.dump"), err
     time.sleep(1)
     with psycopg.connect(populated, autocommit=True) as conn:
         left = conn.execute(
