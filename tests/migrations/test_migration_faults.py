@@ -209,3 +209,43 @@ def test_an_upgrade_whose_connection_ends_as_it_commits_says_where_the_schema_is
     assert migrations.status(db).current == older
     assert run_cli("db", "upgrade", "--no-backup") == 0
     assert migrations.status(db).current == head
+
+
+def test_an_upgrade_stopped_during_its_backup_leaves_no_dump_running_or_file_behind(
+    behind: tuple[Database, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM while the backup before an upgrade ran killed the command without a word
+    and left pg_dump running on its own, writing a whole copy of the database to a hidden
+    ``.partial`` file nothing removed. pg_dump is now stopped, its file removed, and the
+    command says nothing was changed."""
+    db, older, _head = behind
+    holder = psycopg.connect(db.conninfo)
+    holder.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")  # pg_dump waits for it
+    dumping = "application_name = 'pg_dump' AND wait_event_type = 'Lock'"
+    sent_box: list[list[bool]] = []
+
+    def release_later() -> None:  # once the signal is out (unfixed, the dump went on)
+        deadline = time.monotonic() + 60
+        while not (sent_box and sent_box[0][0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
+        holder.commit()
+
+    with sigterm_when(lambda: backends_where(db.conninfo, dumping) > 0) as sent:
+        sent_box.append(sent)
+        releaser = threading.Thread(target=release_later)
+        releaser.start()
+        status = run_cli("db", "upgrade")
+        releaser.join()
+    holder.close()
+    out, err = capsys.readouterr()
+    assert sent[0]
+    assert status == 143, (out, err)
+    assert err == (
+        "interrupted by SIGTERM: the backup before the upgrade was not finished and was "
+        "removed; the upgrade did not start, nothing was changed\n"
+    ), err
+    time.sleep(1)
+    assert backends_where(db.conninfo, "application_name = 'pg_dump'") == 0
+    assert list((Path(os.environ["RAGSTORE_DATA_DIR"]) / "backups").iterdir()) == []
+    assert migrations.status(db).current == older

@@ -113,7 +113,8 @@ def upgrade_with_backup(
     before = pre.current
     path = None
     if before is not None and pre.pending and backup:
-        path = backup_before(rt, db, "upgrade", quiet=as_json)
+        with _backing_up("upgrade"):
+            path = backup_before(rt, db, "upgrade", quiet=as_json)
     with _saying_where("upgrade", path):
         st = migrations.upgrade(db, to)
     if as_json:
@@ -122,6 +123,30 @@ def upgrade_with_backup(
         typer.echo(f"schema already at {st.current}; nothing to do")
     else:
         typer.echo(f"upgraded {before or '(empty)'} -> {st.current}")
+
+
+@contextmanager
+def _backing_up(action: str) -> Iterator[None]:
+    """Take the backup before a migration so that SIGTERM stops it as Ctrl-C does:
+    killed outright, the command left pg_dump running on its own, writing a whole copy
+    of the database to a hidden ``.partial`` file that nothing ever removed, and said
+    nothing. pg_dump is stopped, its file removed, and the command says so."""
+    import sys
+
+    from ragstore.cli.output import err_console
+    from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
+
+    try:
+        with terminate_as_interrupt():
+            yield
+    except KeyboardInterrupt as exc:
+        how, status = interrupt_status(exc)
+        err_console().print(
+            f"interrupted by {how}: the backup before the {action} was not finished and "
+            f"was removed; the {action} did not start, nothing was changed",
+            markup=False,
+        )
+        sys.exit(status)
 
 
 @contextmanager
@@ -222,7 +247,10 @@ def downgrade(
             "since are dropped with their data",
             yes=yes,
         )
-        path = None if no_backup else backup_before(rt, db, "downgrade", quiet=as_json)
+        path = None
+        if not no_backup:
+            with _backing_up("downgrade"):
+                path = backup_before(rt, db, "downgrade", quiet=as_json)
         with _saying_where("downgrade", path):
             st = migrations.downgrade(db, to)
     if as_json:
