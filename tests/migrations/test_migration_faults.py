@@ -249,3 +249,39 @@ def test_an_upgrade_stopped_during_its_backup_leaves_no_dump_running_or_file_beh
     assert backends_where(db.conninfo, "application_name = 'pg_dump'") == 0
     assert list((Path(os.environ["RAGSTORE_DATA_DIR"]) / "backups").iterdir()) == []
     assert migrations.status(db).current == older
+
+
+def test_an_upgrade_ended_while_it_waits_for_the_migration_lock_names_no_false_revision(
+    behind: tuple[Database, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ended before it had the migration lock (another upgrade ran), the upgrade has read
+    no revision yet: the error must not say the schema is "(empty)"."""
+    db, older, head = behind
+    holder = psycopg.connect(db.conninfo)
+    holder.execute("SELECT pg_advisory_xact_lock(%s)", (migrations.MIGRATION_LOCK_KEY,))
+    waiting = "wait_event_type = 'Lock' AND wait_event = 'advisory'"
+
+    def end_the_upgrade() -> None:
+        deadline = time.monotonic() + 60
+        while not backends_where(db.conninfo, waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(db.conninfo, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> "
+                "pg_backend_pid() AND " + waiting
+            )
+        holder.commit()
+
+    ender = threading.Thread(target=end_the_upgrade)
+    ender.start()
+    try:
+        status = run_cli("db", "upgrade", "--no-backup")
+    finally:
+        ender.join()
+        holder.close()
+    err = capsys.readouterr().err
+    assert status == 69, err
+    assert "(rolled back, the schema is as it was)" in err and "(empty)" not in err, err
+    assert migrations.status(db).current == older
+    assert run_cli("db", "upgrade", "--no-backup") == 0
+    assert migrations.status(db).current == head

@@ -186,6 +186,7 @@ class _Progress:
 
     pid: int | None = None
     before: str | None = None
+    known: bool = False  # ``before`` was read (under the lock, before any change)
     after: str | None = None
     committing: bool = False
 
@@ -265,6 +266,7 @@ def _run(db: Database, action: str, target: str) -> str | None:
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
             progress.pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
             progress.before = _revision_in(conn)
+            progress.known = True
             cfg = _config()
             cfg.attributes["connection"] = conn
             with _target_refused(f"{action} to {target!r}"):
@@ -286,7 +288,7 @@ def _run(db: Database, action: str, target: str) -> str | None:
                 if now == progress.after:
                     return now  # it committed: the migration is done
             # SQLAlchemy wraps the driver's error (and quotes the whole revision's SQL)
-            raise _failed(exc.orig, db, action, progress.before) from None
+            raise _failed(exc.orig, db, action, progress) from None
         raise
     finally:
         engine.dispose()
@@ -295,6 +297,8 @@ def _run(db: Database, action: str, target: str) -> str | None:
 def _interrupted(db: Database, action: str, progress: _Progress) -> str:
     """What an interrupted migration left: before its COMMIT went out, the transaction was
     rolled back; after, it is read back."""
+    if not progress.known:  # stopped before it changed anything (waiting for the lock)
+        return f"the {action} did not start; the schema is as it was"
     as_was = (
         f"the {action} was rolled back; the schema is at {progress.before or '(empty)'}, as it was"
     )
@@ -313,9 +317,12 @@ def _interrupted(db: Database, action: str, progress: _Progress) -> str:
     return as_was
 
 
-def _failed(exc: psycopg.Error, db: Database, action: str, before: str | None) -> RagstoreError:
-    """The one-line error for a revision that failed; the transaction rolled it back."""
-    where = f"{action} of {db.where} (rolled back, the schema is as it was: {before or '(empty)'})"
+def _failed(exc: psycopg.Error, db: Database, action: str, progress: _Progress) -> RagstoreError:
+    """The one-line error for a revision that failed; the transaction rolled it back. The
+    revision is named where it was read (not before the lock was had: then it is not
+    known, and "(empty)" would be false)."""
+    at = f": {progress.before or '(empty)'}" if progress.known else ""
+    where = f"{action} of {db.where} (rolled back, the schema is as it was{at})"
     if isinstance(exc, psycopg.errors.DuplicateTable | psycopg.errors.DuplicateObject):
         first = str(exc).strip().splitlines()[0]
         return ConflictError(
