@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -40,6 +40,8 @@ from ragstore.errors import (
     BackupError,
     BackupInvalidError,
     ConflictError,
+    DatabaseUnavailableError,
+    OutcomeUnknownError,
     PathNotFoundError,
     RagstoreError,
     SchemaMismatchError,
@@ -92,6 +94,10 @@ END $$;
 # the table of contents line (``pg_restore --list``) of the table every ragstore schema has
 _SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ TABLE public alembic_version ", re.M)
 STOP_WAIT_S = 60.0  # how long an interrupted restore waits for its transaction to end
+_T = TypeVar("_T")
+# pauses between the tries at reading the database back after a restore's transaction
+# ended (a restart or failover takes seconds): what it left, its revision and counts
+READ_BACK_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 # the statement of an archive's restore script whose next line is its schema revision
 _SCHEMA_COPY = "COPY public.alembic_version (version_num) FROM stdin;"
 # an extension's entry (its name captured) and the comment on it
@@ -567,12 +573,39 @@ def _outcome(db: Database, path: Path, session: Path) -> tuple[str | None, str]:
     return None, as_was
 
 
+def read_back(read: Callable[[], _T]) -> _T:
+    """``read()``, tried again while the database cannot be reached (a restart, a
+    failover: seconds), :data:`READ_BACK_DELAYS` apart; the last failure is raised."""
+    for delay in READ_BACK_DELAYS:
+        try:
+            return read()
+        except DatabaseUnavailableError:
+            time.sleep(delay)
+    return read()
+
+
+def _unknown(path: Path, why: RagstoreError) -> str:
+    """What a restore whose outcome could not be read says: both possibilities and how to
+    tell them apart."""
+    return (
+        f"whether the restore of {path} committed could not be read ({why}): the database "
+        f"holds either all of {path} or what it held before, never a part; once it answers, "
+        "`ragstore db status` and `ragstore collections list` say which (compare them with "
+        f"{path}.json)"
+    )
+
+
 def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
-    """An interrupted restore's :class:`RestoreInterrupted`, saying what it left."""
-    return RestoreInterrupted(_outcome(db, path, session)[1])
+    """An interrupted restore's :class:`RestoreInterrupted`, saying what it left; where
+    that cannot be read (the database went away with the restore), saying so. The
+    database error raised instead said nothing of the restore."""
+    try:
+        return RestoreInterrupted(read_back(lambda: _outcome(db, path, session))[1])
+    except RagstoreError as exc:
+        return RestoreInterrupted(_unknown(path, exc))
 
 
-def _failed(db: Database, path: Path, session: Path, exc: BackupError) -> BackupError | None:
+def _failed(db: Database, path: Path, session: Path, exc: BackupError) -> RagstoreError | None:
     """The error of a restore whose psql failed, saying what the database holds now; None
     where its transaction had committed (the connection lost as the commit's answer came
     back): the database is the backup, and the restore succeeded.
@@ -581,12 +614,10 @@ def _failed(db: Database, path: Path, session: Path, exc: BackupError) -> Backup
     the database, and where the commit had gone through before the connection broke, a
     restore that had replaced everything was reported as failed."""
     try:
-        state, what = _outcome(db, path, session)
-    except RagstoreError:
-        return BackupError(
-            f"{exc}; whether the restore's transaction committed could not be read (run "
-            "`ragstore db status` and compare with the archive's sidecar)"
-        )
+        state, what = read_back(lambda: _outcome(db, path, session))
+    except RagstoreError as why:
+        # "failed" (backup_failed) may be false: the restore may have committed
+        return OutcomeUnknownError(f"{exc}; {_unknown(path, why)}")
     if state == "committed":
         return None
     return BackupError(f"{exc}; {what}")
@@ -597,8 +628,9 @@ class RestoreResult:
     path: str
     database: str
     revision: str | None
-    counts: dict[str, int]
+    counts: dict[str, int] | None  # None: not read (``unread`` says why); it was restored
     backup: BackupInfo | None
+    unread: str | None = None
 
 
 def restore_backup(
@@ -677,13 +709,28 @@ def restore_backup(
             error = _failed(db, path, session, exc)
             if error is not None:
                 raise error from None
+    # committed: from here on the restore is done whatever happens, and says so
     try:
-        revision, counts = _counts(db)
+        revision, counts = read_back(lambda: _counts(db))
     except KeyboardInterrupt as exc:
         raise RestoreInterrupted(
             f"{path} was restored (its transaction had committed); `ragstore db status` "
             "shows its revision"
         ) from exc
+    except RagstoreError as exc:
+        # the database went away after the commit (a restart, a failover): the command
+        # ended with that database error, as if the restore had failed
+        return RestoreResult(
+            path=str(path),
+            database=db.where,
+            revision=None,
+            counts=None,
+            backup=info,
+            unread=(
+                f"its schema revision and row counts could not be read afterwards ({exc}); "
+                "`ragstore db status` and `ragstore collections list` show them"
+            ),
+        )
     return RestoreResult(
         path=str(path), database=db.where, revision=revision, counts=counts, backup=info
     )

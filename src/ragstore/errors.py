@@ -49,6 +49,7 @@ are caught, never passed through to a user.
     ├── ImportVerificationError         import_verification_failed
     ├── BackupError                     backup_failed
     │   └── BackupInvalidError          backup_invalid
+    ├── OutcomeUnknownError             outcome_unknown
     └── ModelError                      model_error
         ├── ModelNotFoundError          model_not_found
         ├── ModelMismatchError          model_mismatch
@@ -374,6 +375,16 @@ class BackupInvalidError(BackupError):
     code = "backup_invalid"
     http_status = 422
     exit_code = 65
+
+
+class OutcomeUnknownError(RagstoreError):
+    """A restore, upgrade or downgrade lost its database as it ended, and what it left
+    could not be read back: it may have taken effect or not. Neither "failed" nor "done"
+    is true; the message says how to tell (``ragstore db status``, the counts)."""
+
+    code = "outcome_unknown"
+    http_status = 500
+    exit_code = 76
 
 
 class ModelError(RagstoreError):

@@ -506,9 +506,11 @@ def test_a_restore_stopped_by_sigterm_rolls_back_and_says_so(
     assert sent[0]
     err = capsys.readouterr().err
     assert status == 143, err
-    assert err == "interrupted by SIGTERM: nothing of " + str(archive) + (
-        " was restored; the database is as it was\n"
-    )
+    said, _, kept = err.partition("; the backup of what it replaced is kept: ")
+    assert said == "interrupted by SIGTERM: nothing of " + str(archive) + (
+        " was restored; the database is as it was"
+    ), err
+    assert Path(kept.rstrip("\n")).name.endswith("-restore.dump"), err
     time.sleep(1)
     with psycopg.connect(populated, autocommit=True) as conn:
         left = conn.execute(
@@ -556,3 +558,155 @@ def test_a_restore_whose_connection_is_ended_says_what_the_database_holds(
     assert "terminating connection" in err and "NOTICE" not in err, err  # psql's error
     assert err.endswith(f"; nothing of {archive} was restored; the database is as it was\n"), err
     assert full_dump(populated) == before
+
+
+def _end_own_backend(url: str, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """End ``conn``'s backend from another session (a restart, a failover, an
+    administrator), so that its next statement meets a connection the server closed."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s, 10000)", (conn.info.backend_pid,))
+
+
+def test_a_restore_whose_counts_cannot_be_read_after_its_commit_says_it_was_restored(
+    populated: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The row counts read after a committed restore failed (the database restarted): the
+    command ended with that database error (exit 69) though the restore had taken effect.
+    The counts are read again; where they stay unreadable the restore is reported done,
+    saying how to read them."""
+    from ragstore.db import catalog
+
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    info = backup.read_info(archive)
+    assert info is not None
+    real = catalog.row_counts
+    ended = [0]
+
+    def ended_once(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, int]:
+        if not ended[0]:
+            ended[0] += 1
+            _end_own_backend(populated, conn)
+        return real(conn)
+
+    monkeypatch.setattr(backup, "READ_BACK_DELAYS", (0.05, 0.05), raising=False)
+    monkeypatch.setattr(catalog, "row_counts", ended_once)
+    with psycopg.connect(populated) as conn:
+        conn.execute("DELETE FROM documents WHERE source = 'alpha3'")
+    capsys.readouterr()
+    status = run_cli("restore", str(archive), "--yes", "--no-backup")
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert ended[0] == 1
+    assert f"documents: {info.counts['documents']}" not in out  # printed as "N documents"
+    assert f"{info.counts['documents']} documents" in out, out
+
+    def ended_always(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, int]:
+        ended[0] += 1
+        _end_own_backend(populated, conn)
+        return real(conn)
+
+    with psycopg.connect(populated) as conn:
+        conn.execute("DELETE FROM documents WHERE source = 'alpha3'")
+    monkeypatch.setattr(catalog, "row_counts", ended_always)
+    status = run_cli("restore", str(archive), "--yes", "--no-backup")
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert ended[0] == 4  # three tries
+    assert out.startswith(f"restored {archive} into "), out
+    assert "could not be read afterwards" in out and "ragstore db status" in out, out
+    monkeypatch.setattr(catalog, "row_counts", real)
+    with psycopg.connect(populated) as conn:  # it was restored
+        assert conn.execute(
+            "SELECT count(*) FROM documents WHERE source = 'alpha3'"
+        ).fetchone() == (1,)
+
+
+def test_a_restore_whose_outcome_cannot_be_read_says_it_is_unknown(
+    populated: str,
+    pg_admin_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """psql's connection ended and the database refused every connection after it (a
+    restart): the restore was reported as failed (backup_failed, 74) although it may have
+    committed. It now says the outcome is unknown and how to find out (outcome_unknown,
+    76)."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    with psycopg.connect(populated) as conn:
+        conn.execute("DELETE FROM documents WHERE source = 'alpha4'")
+    before = full_dump(populated)
+    name = psycopg.conninfo.conninfo_to_dict(populated)["dbname"]
+    holder = psycopg.connect(populated)
+    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
+    waiting = "application_name = 'psql' AND wait_event_type = 'Lock'"
+
+    def end_the_restore() -> None:
+        deadline = time.monotonic() + 60
+        while not backends_where(populated, waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                f"datname = '{name}' AND " + waiting
+            )
+        holder.commit()
+
+    monkeypatch.setattr(backup, "READ_BACK_DELAYS", (0.05,), raising=False)
+    ender = threading.Thread(target=end_the_restore)
+    ender.start()
+    capsys.readouterr()
+    try:
+        status = run_cli("restore", str(archive), "--yes", "--no-backup")
+    finally:
+        ender.join()
+        holder.close()
+        with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    err = capsys.readouterr().err
+    assert status == 76, err
+    assert err.startswith(f"error[outcome_unknown]: restoring {archive} into "), err
+    assert f"whether the restore of {archive} committed could not be read" in err, err
+    assert "ragstore db status" in err and "backup_failed" not in err, err
+    assert full_dump(populated) == before
+
+
+def test_a_restore_that_fails_after_its_backup_names_that_backup(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --json, the backup a restore takes of what it replaces was named nowhere when
+    the restore then failed (here its connection ended); the error now names it."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    holder = psycopg.connect(populated)
+    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
+    waiting = "application_name = 'psql' AND wait_event_type = 'Lock'"
+
+    def end_the_restore() -> None:
+        deadline = time.monotonic() + 60
+        while not backends_where(populated, waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " + waiting)
+        holder.commit()
+
+    ender = threading.Thread(target=end_the_restore)
+    ender.start()
+    capsys.readouterr()
+    try:
+        status = run_cli("restore", str(archive), "--yes", "--json")
+    finally:
+        ender.join()
+        holder.close()
+    out, err = capsys.readouterr()
+    assert status == 74, err
+    assert out == ""
+    kept = Path(err.rstrip("\n").rsplit("; the backup of what it replaced is kept: ", 1)[1])
+    assert kept.name.endswith("-restore.dump") and kept.exists(), err
+    assert backup.read_info(kept) is not None

@@ -78,6 +78,7 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.ImportVerificationError: Problem(500, "Import verification failed"),
     e.BackupError: Problem(500, "Backup failed"),
     e.BackupInvalidError: Problem(422, "Invalid backup"),
+    e.OutcomeUnknownError: Problem(500, "Outcome unknown"),
 }
 
 

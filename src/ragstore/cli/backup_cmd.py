@@ -15,6 +15,11 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{v} {k}" for k, v in counts.items()) or "no ragstore schema"
 
 
+def _kept(before: list[str | None]) -> str:
+    """The clause naming the backup a restore took of what it replaces, if it took one."""
+    return f"; the backup of what it replaced is kept: {before[0]}" if before[0] else ""
+
+
 def register(app: typer.Typer) -> None:
     @app.command("backup")
     def backup(
@@ -77,16 +82,17 @@ def register(app: typer.Typer) -> None:
         from ragstore.cli.remote import refuse_remote
         from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
         from ragstore.db import migrations
+        from ragstore.errors import RagstoreError
         from ragstore.runtime import Runtime
 
         refuse_remote("restore")
+        before: list[str | None] = [None]
         try:
             # SIGTERM unwinds as Ctrl-C does: killed outright, this process left psql to
             # commit the restore after the command had died without a word
             with terminate_as_interrupt(), Runtime() as rt:
                 db = rt.raw_db()
                 confirm(f"Replace everything in {db.where} with {path}?", yes=yes)
-                before: list[str | None] = [None]
 
                 def back_up() -> None:  # once the archive passed its checks
                     if migrations.status(db).current is not None:  # ragstore's data to keep
@@ -100,10 +106,20 @@ def register(app: typer.Typer) -> None:
                 if isinstance(exc, RestoreInterrupted)
                 else "nothing was restored; the database is as it was"
             )
-            err_console().print(f"interrupted by {how}: {what}", markup=False)
+            err_console().print(f"interrupted by {how}: {what}{_kept(before)}", markup=False)
             sys.exit(status)
+        except RagstoreError as exc:
+            # with --json the backup taken first was named nowhere: after a restore whose
+            # outcome is unknown, the one copy of what it may have replaced
+            if _kept(before):
+                exc.message += _kept(before)
+                exc.args = (exc.message,)
+            raise
         if as_json:
             echo_json({**asdict(result), "replaced_backup": before[0]})
             return
         typer.echo(f"restored {result.path} into {result.database}")
-        typer.echo(f"  schema revision {result.revision or '(none)'}: {_counts(result.counts)}")
+        if result.counts is None:
+            typer.echo(f"  {result.unread}")
+        else:
+            typer.echo(f"  schema revision {result.revision or '(none)'}: {_counts(result.counts)}")

@@ -7,6 +7,8 @@ asks before it drops anything (``--yes`` answers for scripts).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import typer
@@ -114,14 +116,74 @@ def upgrade_with_backup(
     before = pre.current
     path = None
     if before is not None and pre.pending and backup:
-        path = backup_before(rt, db, "upgrade", quiet=as_json)
-    st = migrations.upgrade(db, to)
+        with _backing_up("upgrade"):
+            path = backup_before(rt, db, "upgrade", quiet=as_json)
+    with _saying_where("upgrade", path):
+        st = migrations.upgrade(db, to)
     if as_json:
         echo_json({"from": before, "to": st.current, "backup": path})
     elif before == st.current:
         typer.echo(f"schema already at {st.current}; nothing to do")
     else:
         typer.echo(f"upgraded {before or '(empty)'} -> {st.current}")
+
+
+@contextmanager
+def _backing_up(action: str) -> Iterator[None]:
+    """Take the backup before a migration so that SIGTERM stops it as Ctrl-C does:
+    killed outright, the command left pg_dump running on its own, writing a whole copy
+    of the database to a hidden ``.partial`` file that nothing ever removed, and said
+    nothing. pg_dump is stopped, its file removed, and the command says so."""
+    import sys
+
+    from ragstore.cli.output import err_console
+    from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
+
+    try:
+        with terminate_as_interrupt():
+            yield
+    except KeyboardInterrupt as exc:
+        how, status = interrupt_status(exc)
+        err_console().print(
+            f"interrupted by {how}: the backup before the {action} was not finished and "
+            f"was removed; the {action} did not start, nothing was changed",
+            markup=False,
+        )
+        sys.exit(status)
+
+
+@contextmanager
+def _saying_where(action: str, backup: str | None) -> Iterator[None]:
+    """Run a migration so that its end says where the schema is and names the backup
+    taken before it: SIGTERM killed the command without a word, Ctrl-C ended it with
+    "interrupted" alone, and an error named neither (with ``--json``, no backup at all).
+    An interrupt ends it with ``interrupted by HOW: WHERE`` and 130 or 143; an error
+    keeps its class, the backup added to its message."""
+    import sys
+
+    from ragstore.cli.output import err_console
+    from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
+    from ragstore.db.migrations import MigrationInterrupted
+    from ragstore.errors import RagstoreError
+
+    kept = f"; the backup taken before it is kept: {backup}" if backup else ""
+    try:
+        with terminate_as_interrupt():
+            yield
+    except KeyboardInterrupt as exc:
+        how, status = interrupt_status(exc)
+        what = (
+            exc.what
+            if isinstance(exc, MigrationInterrupted)
+            else f"the {action} was rolled back; the schema is as it was"
+        )
+        err_console().print(f"interrupted by {how}: {what}{kept}", markup=False)
+        sys.exit(status)
+    except RagstoreError as exc:
+        if kept:
+            exc.message += kept
+            exc.args = (exc.message,)
+        raise
 
 
 def _check_downgrade_target(st: SchemaStatus, to: str) -> None:
@@ -189,8 +251,12 @@ def downgrade(
             "since are dropped with their data",
             yes=yes,
         )
-        path = None if no_backup else backup_before(rt, db, "downgrade", quiet=as_json)
-        st = migrations.downgrade(db, to)
+        path = None
+        if not no_backup:
+            with _backing_up("downgrade"):
+                path = backup_before(rt, db, "downgrade", quiet=as_json)
+        with _saying_where("downgrade", path):
+            st = migrations.downgrade(db, to)
     if as_json:
         echo_json({"from": before, "to": st.current, "backup": path})
     else:

@@ -20,7 +20,14 @@ import psycopg
 
 from ragstore.db.database import Database
 from ragstore.db.errors import translate, translated
-from ragstore.errors import ConflictError, InputError, RagstoreError, SchemaMismatchError
+from ragstore.errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    InputError,
+    OutcomeUnknownError,
+    RagstoreError,
+    SchemaMismatchError,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -131,6 +138,11 @@ class SchemaStatus:
 def status(db: Database) -> SchemaStatus:
     with db.connect(autocommit=True) as conn, translated(f"reading schema version on {db.where}"):
         current = current_revision(conn)
+    return status_of(current)
+
+
+def status_of(current: str | None) -> SchemaStatus:
+    """The :class:`SchemaStatus` of a database at revision ``current``."""
     revisions = known_revisions()
     head = revisions[-1]
     if current is None:
@@ -157,15 +169,104 @@ def ensure_current(db: Database) -> None:
     )
 
 
-def _run(db: Database, action: str, target: str) -> None:
+class MigrationInterrupted(KeyboardInterrupt):
+    """An upgrade or downgrade stopped by Ctrl-C or SIGTERM (raised from that interrupt);
+    ``what`` says where the schema is: the revision before, or after where the commit had
+    gone through, or that it could not be read."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+@dataclass
+class _Progress:
+    """How far a migration's transaction got: its backend, the revision it found under
+    the lock, the one it leaves, and whether its COMMIT was sent."""
+
+    pid: int | None = None
+    before: str | None = None
+    known: bool = False  # ``before`` was read (under the lock, before any change)
+    after: str | None = None
+    committing: bool = False
+
+
+def _revision_in(conn: object) -> str | None:
+    """The revision as the migration's own transaction sees it (SQLAlchemy connection)."""
+    exists = conn.exec_driver_sql(  # type: ignore[attr-defined]
+        "SELECT to_regclass('alembic_version') IS NOT NULL"
+    ).scalar()
+    if not exists:
+        return None
+    row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()  # type: ignore[attr-defined]
+    return None if row is None else str(row)
+
+
+def _read_back(db: Database, progress: _Progress) -> str | None:
+    """The revision once the migration's transaction has ended, read on a new connection:
+    its backend is ended (a COMMIT sent and never answered may still be running) and the
+    migration lock, which that transaction holds to its end, is waited for. Tried again
+    while the database cannot be reached (a restart); an error where it cannot be read."""
+    import time
+
+    def read() -> str | None:
+        with db.connect() as conn, translated(f"reading back the schema version on {db.where}"):
+            if progress.pid is not None:
+                # only while it still holds a lock of ours: never a later session's pid
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks "
+                    "WHERE pid = %s AND locktype = 'advisory' LIMIT 1",
+                    (progress.pid,),
+                )
+            conn.execute("SET LOCAL lock_timeout = '60s'")
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            return current_revision(conn)
+
+    for delay in (0.5, 1.0, 2.0, 4.0):
+        try:
+            return read()
+        except DatabaseUnavailableError:
+            time.sleep(delay)
+    return read()
+
+
+def _ended_at(db: Database, action: str, progress: _Progress, why: str) -> str | None:
+    """Where a migration whose COMMIT went out but whose answer never came back left the
+    schema (``progress.after`` if it committed, ``progress.before`` if not); an
+    :class:`OutcomeUnknownError` where that cannot be read."""
+    try:
+        return _read_back(db, progress)
+    except RagstoreError as exc:
+        raise OutcomeUnknownError(
+            f"{action} of {db.where} from {progress.before or '(empty)'} to "
+            f"{progress.after or 'base'}: the connection was lost as it committed ({why}) "
+            f"and whether it did could not be read ({exc}); once the database answers, "
+            f"`ragstore db status` shows {progress.after or '(empty database)'} if it did, "
+            f"{progress.before or '(empty database)'} if not"
+        ) from None
+
+
+def _run(db: Database, action: str, target: str) -> str | None:
+    """Run the migration in one transaction under the lock; the revision it committed.
+
+    That revision is read inside the transaction, before its COMMIT: read afterwards in a
+    transaction of its own, a database that went away once the migration had committed
+    (a restart) made a done upgrade end with an error. A COMMIT whose answer is lost is
+    read back (:func:`_read_back`), and an interrupt (Ctrl-C, SIGTERM) says where the
+    schema is (:class:`MigrationInterrupted`)."""
     from alembic import command
     from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
 
     engine = create_engine(_sqlalchemy_url(db.conninfo), poolclass=NullPool)
+    progress = _Progress()
     try:
         with translated(f"migrating {db.where}"), engine.begin() as conn:
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+            progress.pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            progress.before = _revision_in(conn)
+            progress.known = True
             cfg = _config()
             cfg.attributes["connection"] = conn
             with _target_refused(f"{action} to {target!r}"):
@@ -173,20 +274,55 @@ def _run(db: Database, action: str, target: str) -> None:
                     command.upgrade(cfg, target)
                 else:
                     command.downgrade(cfg, target)
+            progress.after = _revision_in(conn)
+            progress.committing = True
+        return progress.after
+    except KeyboardInterrupt as exc:
+        raise MigrationInterrupted(_interrupted(db, action, progress)) from exc
     except Exception as exc:
-        from sqlalchemy.exc import DBAPIError
-
         if isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.Error):
+            if progress.committing and isinstance(
+                exc.orig, psycopg.OperationalError | psycopg.InterfaceError
+            ):
+                now = _ended_at(db, action, progress, str(exc.orig).strip().splitlines()[0])
+                if now == progress.after:
+                    return now  # it committed: the migration is done
             # SQLAlchemy wraps the driver's error (and quotes the whole revision's SQL)
-            raise _failed(exc.orig, db, action) from None
+            raise _failed(exc.orig, db, action, progress) from None
         raise
     finally:
         engine.dispose()
 
 
-def _failed(exc: psycopg.Error, db: Database, action: str) -> RagstoreError:
-    """The one-line error for a revision that failed; the transaction rolled it back."""
-    where = f"{action} of {db.where} (rolled back, the schema is as it was)"
+def _interrupted(db: Database, action: str, progress: _Progress) -> str:
+    """What an interrupted migration left: before its COMMIT went out, the transaction was
+    rolled back; after, it is read back."""
+    if not progress.known:  # stopped before it changed anything (waiting for the lock)
+        return f"the {action} did not start; the schema is as it was"
+    as_was = (
+        f"the {action} was rolled back; the schema is at {progress.before or '(empty)'}, as it was"
+    )
+    if not progress.committing:
+        return as_was
+    try:
+        now = _read_back(db, progress)
+    except RagstoreError as exc:
+        return (
+            f"the {action} was interrupted as it committed and whether it did could not be "
+            f"read ({exc}); `ragstore db status` shows {progress.after or '(empty database)'} "
+            f"if it did, {progress.before or '(empty database)'} if not"
+        )
+    if now == progress.after and now != progress.before:
+        return f"the {action} had committed; the schema is at {now or '(empty)'}"
+    return as_was
+
+
+def _failed(exc: psycopg.Error, db: Database, action: str, progress: _Progress) -> RagstoreError:
+    """The one-line error for a revision that failed; the transaction rolled it back. The
+    revision is named where it was read (not before the lock was had: then it is not
+    known, and "(empty)" would be false)."""
+    at = f": {progress.before or '(empty)'}" if progress.known else ""
+    where = f"{action} of {db.where} (rolled back, the schema is as it was{at})"
     if isinstance(exc, psycopg.errors.DuplicateTable | psycopg.errors.DuplicateObject):
         first = str(exc).strip().splitlines()[0]
         return ConflictError(
@@ -198,14 +334,12 @@ def _failed(exc: psycopg.Error, db: Database, action: str) -> RagstoreError:
 
 def upgrade(db: Database, to: str = "head") -> SchemaStatus:
     """Bring the schema up to ``to`` (default: the code's head) under the advisory lock."""
-    _run(db, "upgrade", to)
-    return status(db)
+    return status_of(_run(db, "upgrade", to))
 
 
 def downgrade(db: Database, to: str) -> SchemaStatus:
     """Take the schema down to ``to`` ("base" removes every ragstore table)."""
-    _run(db, "downgrade", to)
-    return status(db)
+    return status_of(_run(db, "downgrade", to))
 
 
 def upgrade_sql(db: Database | None, to: str = "head", start: str | None = None) -> str:

@@ -1,0 +1,287 @@
+"""``db upgrade`` / ``db downgrade`` whose connection is ended, whose process is stopped,
+or whose database goes away once they committed: each says where the schema is, names
+the backup taken before it, and a run again finishes the job."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ragstore.db import migrations
+from ragstore.db.database import Database
+from tests.conftest import run_cli
+from tests.sigterm import backends_where, sigterm_when
+
+# the migration's DDL waiting for the table lock a test holds (it is the one backend of
+# the test's database waiting on a lock)
+WAITING = "wait_event_type = 'Lock' AND backend_type = 'client backend'"
+
+
+@pytest.fixture()
+def behind(
+    empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Database, str, str]:
+    """A database one revision behind the code, and the CLI pointed at it."""
+    revisions = migrations.known_revisions()
+    db = Database(empty_database_url)
+    migrations.upgrade(db, revisions[-2])
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path))
+    return db, revisions[-2], revisions[-1]
+
+
+def _backup_named(out: str) -> Path:
+    return Path(next(ln for ln in out.splitlines() if ln.startswith("backup: ")).split()[1])
+
+
+def test_an_upgrade_whose_connection_is_ended_says_where_the_schema_is_and_names_its_backup(
+    behind: tuple[Database, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The connection of a running upgrade ended (a failover, an administrator): the error
+    said "the schema is as it was" without the revision, and named no backup (with --json,
+    none at all). It names both; run again, the upgrade completes."""
+    db, older, head = behind
+    holder = psycopg.connect(db.conninfo)
+    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the upgrade's DDL waits
+
+    def end_the_upgrade() -> None:
+        deadline = time.monotonic() + 60
+        while not backends_where(db.conninfo, WAITING) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(db.conninfo, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> "
+                "pg_backend_pid() AND " + WAITING
+            )
+        holder.commit()
+
+    ender = threading.Thread(target=end_the_upgrade)
+    ender.start()
+    try:
+        status = run_cli("db", "upgrade", "--json")
+    finally:
+        ender.join()
+        holder.close()
+    err = capsys.readouterr().err
+    assert status == 69, err
+    assert f"rolled back, the schema is as it was: {older}" in err, err
+    backups = list((Path(os.environ["RAGSTORE_DATA_DIR"]) / "backups").glob("*-upgrade.dump"))
+    assert len(backups) == 1
+    assert err.rstrip().endswith(f"the backup taken before it is kept: {backups[0]}"), err
+    assert migrations.status(db).current == older
+    assert run_cli("db", "upgrade", "--no-backup") == 0
+    assert migrations.status(db).current == head
+
+
+def test_an_upgrade_stopped_by_sigterm_says_where_the_schema_is(
+    behind: tuple[Database, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM (a service manager, ``timeout``) killed ``db upgrade`` without a word; it
+    now stops the migration's transaction and says the schema is where it was, naming the
+    backup; run again, the upgrade completes."""
+    db, older, head = behind
+    holder = psycopg.connect(db.conninfo)
+    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")
+    sent_box: list[list[bool]] = []
+
+    def release_later() -> None:
+        deadline = time.monotonic() + 60
+        while not (sent_box and sent_box[0][0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
+        holder.commit()
+
+    with sigterm_when(lambda: backends_where(db.conninfo, WAITING) > 0) as sent:
+        sent_box.append(sent)
+        releaser = threading.Thread(target=release_later)
+        releaser.start()
+        status = run_cli("db", "upgrade")
+        releaser.join()
+    holder.close()
+    out, err = capsys.readouterr()
+    assert sent[0]
+    assert status == 143, (out, err)
+    backup = _backup_named(out)
+    assert err == (
+        f"interrupted by SIGTERM: the upgrade was rolled back; the schema is at {older}, "
+        f"as it was; the backup taken before it is kept: {backup}\n"
+    ), err
+    assert backup.exists()
+    assert migrations.status(db).current == older
+    assert run_cli("db", "upgrade", "--no-backup") == 0
+    assert migrations.status(db).current == head
+
+
+def test_a_downgrade_whose_database_goes_away_after_its_commit_reports_it_done(
+    behind: tuple[Database, str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The revision was read again in a transaction of its own after the migration had
+    committed: a database that went away in between (a restart, here its session ended)
+    made a done downgrade end with database_unavailable (69). The revision it committed is
+    now read inside its transaction."""
+    db, older, head = behind
+    migrations.upgrade(db)
+    real = migrations.current_revision
+    calls = [0]
+
+    def ended_after_the_first(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
+        calls[0] += 1
+        if calls[0] > 1:  # the CLI's own read before it starts goes through
+            with psycopg.connect(db.conninfo, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s, 10000)", (conn.info.backend_pid,))
+        return real(conn)
+
+    monkeypatch.setattr(migrations, "current_revision", ended_after_the_first)
+    status = run_cli("db", "downgrade", "--to", older, "--yes", "--no-backup")
+    out, err = capsys.readouterr()
+    monkeypatch.setattr(migrations, "current_revision", real)
+    assert status == 0, err
+    assert f"downgraded {head} -> {older}" in out
+    assert migrations.status(db).current == older
+
+
+_WAIT_AT_COMMIT = """
+CREATE FUNCTION public.wait_at_commit() RETURNS trigger LANGUAGE plpgsql AS
+$$ BEGIN PERFORM pg_advisory_lock(4242); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER wait_at_commit AFTER UPDATE ON alembic_version
+DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.wait_at_commit();
+"""
+
+
+@pytest.mark.parametrize("reachable", [True, False], ids=["read-back", "unreadable"])
+def test_an_upgrade_whose_connection_ends_as_it_commits_says_where_the_schema_is(
+    behind: tuple[Database, str, str],
+    pg_admin_uri: str,
+    reachable: bool,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The connection ended while the upgrade's COMMIT ran (a deferred trigger holds it
+    there; a failover, an administrator): where the database can be read, the revision is
+    read back and said; where it cannot (it refuses connections), the outcome is
+    ``outcome_unknown`` (76) saying how to tell, not "rolled back"."""
+    db, older, head = behind
+    name = psycopg.conninfo.conninfo_to_dict(db.conninfo)["dbname"]
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        conn.execute(_WAIT_AT_COMMIT)
+    holder = psycopg.connect(db.conninfo, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(4242)")
+    at_commit = "wait_event_type = 'Lock' AND wait_event = 'advisory'"
+
+    def end_the_commit() -> None:
+        deadline = time.monotonic() + 60
+        while not backends_where(db.conninfo, at_commit) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+            if not reachable:
+                conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                f"datname = '{name}' AND " + at_commit
+            )
+
+    ender = threading.Thread(target=end_the_commit)
+    ender.start()
+    try:
+        status = run_cli("db", "upgrade", "--no-backup")
+    finally:
+        ender.join()
+        with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        holder.close()
+    err = capsys.readouterr().err
+    if reachable:
+        assert status == 69, err
+        assert f"rolled back, the schema is as it was: {older}" in err, err
+    else:
+        assert status == 76, err
+        assert err.startswith("error[outcome_unknown]: upgrade of "), err
+        assert "the connection was lost as it committed" in err, err
+        assert f"`ragstore db status` shows {head} if it did, {older} if not" in err, err
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        conn.execute("DROP TRIGGER wait_at_commit ON alembic_version")
+    assert migrations.status(db).current == older
+    assert run_cli("db", "upgrade", "--no-backup") == 0
+    assert migrations.status(db).current == head
+
+
+def test_an_upgrade_stopped_during_its_backup_leaves_no_dump_running_or_file_behind(
+    behind: tuple[Database, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM while the backup before an upgrade ran killed the command without a word
+    and left pg_dump running on its own, writing a whole copy of the database to a hidden
+    ``.partial`` file nothing removed. pg_dump is now stopped, its file removed, and the
+    command says nothing was changed."""
+    db, older, _head = behind
+    holder = psycopg.connect(db.conninfo)
+    holder.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")  # pg_dump waits for it
+    dumping = "application_name = 'pg_dump' AND wait_event_type = 'Lock'"
+    sent_box: list[list[bool]] = []
+
+    def release_later() -> None:  # once the signal is out (unfixed, the dump went on)
+        deadline = time.monotonic() + 60
+        while not (sent_box and sent_box[0][0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
+        holder.commit()
+
+    with sigterm_when(lambda: backends_where(db.conninfo, dumping) > 0) as sent:
+        sent_box.append(sent)
+        releaser = threading.Thread(target=release_later)
+        releaser.start()
+        status = run_cli("db", "upgrade")
+        releaser.join()
+    holder.close()
+    out, err = capsys.readouterr()
+    assert sent[0]
+    assert status == 143, (out, err)
+    assert err == (
+        "interrupted by SIGTERM: the backup before the upgrade was not finished and was "
+        "removed; the upgrade did not start, nothing was changed\n"
+    ), err
+    time.sleep(1)
+    assert backends_where(db.conninfo, "application_name = 'pg_dump'") == 0
+    assert list((Path(os.environ["RAGSTORE_DATA_DIR"]) / "backups").iterdir()) == []
+    assert migrations.status(db).current == older
+
+
+def test_an_upgrade_ended_while_it_waits_for_the_migration_lock_names_no_false_revision(
+    behind: tuple[Database, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ended before it had the migration lock (another upgrade ran), the upgrade has read
+    no revision yet: the error must not say the schema is "(empty)"."""
+    db, older, head = behind
+    holder = psycopg.connect(db.conninfo)
+    holder.execute("SELECT pg_advisory_xact_lock(%s)", (migrations.MIGRATION_LOCK_KEY,))
+    waiting = "wait_event_type = 'Lock' AND wait_event = 'advisory'"
+
+    def end_the_upgrade() -> None:
+        deadline = time.monotonic() + 60
+        while not backends_where(db.conninfo, waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(db.conninfo, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> "
+                "pg_backend_pid() AND " + waiting
+            )
+        holder.commit()
+
+    ender = threading.Thread(target=end_the_upgrade)
+    ender.start()
+    try:
+        status = run_cli("db", "upgrade", "--no-backup")
+    finally:
+        ender.join()
+        holder.close()
+    err = capsys.readouterr().err
+    assert status == 69, err
+    assert "(rolled back, the schema is as it was)" in err and "(empty)" not in err, err
+    assert migrations.status(db).current == older
+    assert run_cli("db", "upgrade", "--no-backup") == 0
+    assert migrations.status(db).current == head
