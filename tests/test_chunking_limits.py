@@ -5,6 +5,7 @@ handled in bounded pieces, parents and section paths kept."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from ragstore.embedding.registry import load_embedder, resolve_spec
 from ragstore.models import ChunkType
 from ragstore.parsing import parse_bytes
 from tests.fixtures.builders import build_mixed_corpus
+
+PREFIXES = {"query_prefix": "query: ", "passage_prefix": "passage: "}
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +147,37 @@ def test_no_chunk_exceeds_the_model_limit_on_a_real_corpus(
     split_types = {c.chunk_type for c in chunks if "part" in c.metadata}
     assert {ChunkType.PARAGRAPH, ChunkType.TABLE, ChunkType.CODE} <= split_types
     assert max(counted) > limit * 0.8, "pieces are filled, not cut needlessly small"
+
+
+def test_chunks_of_a_model_with_a_passage_prefix_fit_with_the_prefix(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    """An e5-style pin (``passage: `` before every passage; the same weights here) reads
+    the prefix, the section path and the chunk: the chunk's budget is what is left. The
+    chunker counted the text without the prefix, so a chunk at the limit reached the
+    model two tokens too long and sentence-transformers cut its tail off, unseen.
+
+    Measured with the model's own tokenizer on exactly what :meth:`Embedder.embed`
+    sends, against the ``max_seq_length`` it truncates at ([CLS]/[SEP] counted)."""
+    base = embedder.spec
+    prefixed = load_embedder(
+        replace(base, name="minilm-e5-like", options={**base.options, **PREFIXES}), device="cpu"
+    )
+    files = _scifact_files(tmp_path, 200)
+    chunks = [
+        c
+        for path in files
+        for c in chunk_document(
+            parse_bytes(path.read_bytes(), path.name), prefixed, prefixed.spec.max_tokens
+        )
+        if c.embeddable
+    ]
+    model = prefixed.model  # type: ignore[attr-defined]
+    sent = [PREFIXES["passage_prefix"] + c.embed_text for c in chunks]
+    read = [
+        len(ids)
+        for ids in model.tokenizer(sent, add_special_tokens=True, truncation=False)["input_ids"]
+    ]
+    assert max(read) <= model.max_seq_length == 256, "the model would cut a chunk's tail"
+    assert max(read) > 256 * 0.9, "pieces are filled, not cut needlessly small"
+    assert [c.token_count for c in chunks] == read, "stored counts are what the model reads"

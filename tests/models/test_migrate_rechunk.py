@@ -242,3 +242,61 @@ def test_cancel_drops_a_recut_chunk_set_being_built(
         ).fetchone()
     assert left == (0, True)
     assert rt.collection("rc-cancel") == coll
+
+
+def test_migration_to_a_model_with_a_passage_prefix_cuts_the_chunks_for_it(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """A target of the same limit that puts ``passage: `` before every passage (e5-style;
+    the same weights here) reads two tokens fewer of each chunk. The migration compared
+    limits alone, so it kept chunks cut to the full 256 and its backfill check counted
+    them without the prefix: the switch went through with chunks the model had cut short.
+    Now the documents are cut again for the target, and every chunk fits with its prefix
+    (the model's own tokenizer on exactly what it is sent, [CLS]/[SEP] included)."""
+    base = resolve_spec(DEFAULT_MODEL)
+    prefixed = dataclasses.replace(
+        base,
+        name="minilm-e5-like",
+        options={**base.options, "query_prefix": "query: ", "passage_prefix": "passage: "},
+    )
+    with rt.db.connection() as conn:
+        upsert_model(conn, prefixed)
+    words = [
+        "river",
+        "stone",
+        "light",
+        "water",
+        "field",
+        "house",
+        "night",
+        "green",
+        "paper",
+        "music",
+    ]
+    folder = tmp_path / "long"
+    folder.mkdir()
+    (folder / "notes.md").write_text(
+        "# Notes\n\n" + " ".join(words[i % len(words)] for i in range(1500)) + "\n"
+    )
+    assert not ingest_paths(rt, [folder], "pf-src").failed
+    before = rt.collection("pf-src")
+    model = rt.embedder(before.model).model  # type: ignore[attr-defined]
+
+    def read(chunks: dict[Key, tuple[Any, ...]], prefix: str) -> list[int]:
+        sent = [prefix + (f"{c[3]}\n{c[2]}" if c[3] else c[2]) for c in chunks.values()]
+        got = model.tokenizer(sent, add_special_tokens=True, truncation=False)["input_ids"]
+        return [len(ids) for ids in got]
+
+    # the source's chunks fill its limit (less the token kept for the context's line
+    # break, which BERT does not count): two more tokens would not fit
+    assert max(read(_chunks(rt, before), "")) == 255
+
+    report = migrate(rt, "pf-src", "minilm-e5-like")
+    assert report.switched and report.recut and report.rechunked == 1
+    after = rt.collection("pf-src")
+    assert after.model.name == "minilm-e5-like"
+    assert max(read(_chunks(rt, after), "passage: ")) <= model.max_seq_length == 256
+    # the embedder counts a passage as the model reads it: prefix included
+    embedder = rt.embedder(after.model)
+    assert embedder.count_tokens(["river stone"]) == [6]
+    assert embedder.special_tokens == 4

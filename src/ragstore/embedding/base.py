@@ -38,8 +38,13 @@ class Embedder(ABC):
         Models such as e5 are trained with ``passage: `` / ``query: `` prefixes; the pin
         records them (``options``) so every process embeds the same way.
         """
-        prefix = str(self.spec.options.get("passage_prefix", ""))
+        prefix = self.passage_prefix
         return self.embed_texts([prefix + t for t in texts] if prefix else texts)
+
+    @property
+    def passage_prefix(self) -> str:
+        """What :meth:`embed` puts before every passage (the pin's ``passage_prefix``)."""
+        return str(self.spec.options.get("passage_prefix", ""))
 
     def embed_texts(self, texts: Sequence[str]) -> Vectors:
         """Embed texts exactly as given, in batches of ``batch_size``."""
@@ -66,9 +71,24 @@ class Embedder(ABC):
         prefix = str(self.spec.options.get("query_prefix", ""))
         return cache.put(self.spec.key, text, self.embed_texts([prefix + text])[0])
 
-    @abstractmethod
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens each text takes in the model, special tokens included."""
+        """Tokens each text takes in the model as :meth:`embed` sends it: special tokens
+        and the pinned passage prefix included.
+
+        The chunker's budget, ingest's check for a space being built and a migration's
+        backfill check all read this, against the model's ``max_tokens``. Counting the
+        text alone let a chunk at the limit of a prefixed model (``passage: `` for e5)
+        reach the model a few tokens too long, and the model cut its tail off silently.
+        """
+        prefix = self.passage_prefix
+        if not prefix:
+            return self.count_text_tokens(texts)
+        return self.count_text_tokens([prefix + t for t in texts])
+
+    @abstractmethod
+    def count_text_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text takes in the model exactly as given (special tokens included,
+        no prefix)."""
 
     @abstractmethod
     def token_spans(self, text: str) -> list[tuple[int, int]]:
@@ -76,8 +96,29 @@ class Embedder(ABC):
 
     @property
     def special_tokens(self) -> int:
+        """Tokens the model reads around a passage's own: those it adds around every text
+        (:attr:`text_special_tokens`) and the passage prefix's (:attr:`prefix_tokens`).
+        The chunker takes a text's content tokens as its :meth:`count_tokens` less these,
+        and its budget as ``max_tokens`` less these."""
+        return self.text_special_tokens + self.prefix_tokens
+
+    @property
+    def text_special_tokens(self) -> int:
         """Tokens the model adds around every text (e.g. [CLS] and [SEP])."""
         return 2
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens the passage prefix adds to a passage (0 without one); counted once."""
+        prefix = self.passage_prefix
+        if not prefix:
+            return 0
+        cached: tuple[str, int] | None = self.__dict__.get("_prefix_tokens")
+        if cached is None or cached[0] != prefix:
+            n = self.count_text_tokens([prefix])[0] - self.text_special_tokens
+            cached = (prefix, max(0, n))
+            self.__dict__["_prefix_tokens"] = cached
+        return cached[1]
 
     @property
     def encodes_on_cpu(self) -> bool:
@@ -100,7 +141,21 @@ class Embedder(ABC):
         :class:`TokenEncoding`), or None when the model cannot say (then the chunker
         calls :meth:`count_tokens` and :meth:`token_spans`). ``indexed`` says which
         texts the caller may read the :attr:`TokenEncoding.index` of (None: any): it
-        only decides what is prepared for that, never what any encoding says."""
+        only decides what is prepared for that, never what any encoding says.
+
+        Counts are :meth:`count_tokens`'s (the passage prefix's tokens added); spans and
+        words are the text's own."""
+        encs = self.text_token_encodings(texts, indexed)
+        extra = self.prefix_tokens
+        if encs is not None and extra:
+            for enc in encs:
+                enc.count += extra
+        return encs
+
+    def text_token_encodings(
+        self, texts: Sequence[str], indexed: Sequence[bool] | None = None
+    ) -> list[TokenEncoding] | None:
+        """:meth:`token_encodings` of the texts exactly as given (no prefix)."""
         return None
 
     @property

@@ -299,7 +299,7 @@ class HttpEmbedder(Embedder):
     # -- tokens ------------------------------------------------------------------------
 
     @property
-    def special_tokens(self) -> int:
+    def text_special_tokens(self) -> int:
         return 2 if self.tokenizer is not None else 0
 
     @property
@@ -310,12 +310,12 @@ class HttpEmbedder(Embedder):
     def overlaps_rounds(self) -> bool:
         return self.concurrency > 1
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+    def count_text_tokens(self, texts: Sequence[str]) -> list[int]:
         if self.tokenizer is None:
             return [len(_WORDS.findall(t)) for t in texts]
         return tokenizer_counts(self.tokenizer, texts)
 
-    def token_encodings(
+    def text_token_encodings(
         self, texts: Sequence[str], indexed: Sequence[bool] | None = None
     ) -> list[TokenEncoding] | None:
         if self.tokenizer is None:

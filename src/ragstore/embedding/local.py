@@ -185,10 +185,10 @@ class SentenceTransformerEmbedder(Embedder):
     def encodes_on_cpu(self) -> bool:
         return self.device == "cpu"
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+    def count_text_tokens(self, texts: Sequence[str]) -> list[int]:
         return tokenizer_counts(self.tokenizer, texts)
 
-    def token_encodings(
+    def text_token_encodings(
         self, texts: Sequence[str], indexed: Sequence[bool] | None = None
     ) -> list[TokenEncoding] | None:
         return tokenizer_encodings(self.tokenizer, texts, indexed)

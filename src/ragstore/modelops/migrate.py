@@ -190,6 +190,23 @@ def _target_space(
     return got
 
 
+def text_budget(embedder: Any, spec: ModelSpec) -> int:
+    """Tokens of a chunk's own text (its context included) a model of ``spec`` reads:
+    ``max_tokens`` less what its passage prefix takes, counted with ``embedder``'s
+    tokenizer (the target's: chunks are compared as it reads them; special tokens are
+    taken to be alike).
+
+    A migration cuts the documents again when the target's budget is the smaller. It
+    compared ``max_tokens`` alone, so a target of the same limit with a prefix
+    (``passage: ``) reused chunks cut to the full limit, and its backfill check stopped
+    the migration at the first chunk the prefix pushed over."""
+    prefix = str(spec.options.get("passage_prefix", ""))
+    if not prefix:
+        return spec.max_tokens
+    taken = int(embedder.count_text_tokens([prefix])[0]) - int(embedder.text_special_tokens)
+    return spec.max_tokens - max(0, taken)
+
+
 def migrate(
     rt: Runtime,
     collection: str,
@@ -212,10 +229,9 @@ def migrate(
         )
     embedder = rt.embedder(target.spec)  # refuses a model that differs from its pin
     with rt.db.connection() as conn, translated(f"reading spaces of {coll.name!r}"):
-        recut = (
-            rechunk.find_shadow(conn, coll, target.id) is not None
-            or target.spec.max_tokens < coll.model.max_tokens
-        )
+        recut = rechunk.find_shadow(conn, coll, target.id) is not None or text_budget(
+            embedder, target.spec
+        ) < text_budget(embedder, coll.model)
     if recut:
         return _migrate_recut(
             rt, collection, target, embedder, switch, sample_queries, progress, t0
@@ -329,9 +345,10 @@ def _migrate_recut(
             if switched:
                 report.switched = True
                 report.notes.append(
-                    f"{target.spec.key} reads at most {target.spec.max_tokens} tokens, fewer "
-                    f"than {coll.model.key}: the documents were cut again for it; the old "
-                    "chunks are kept for a rollback until `ragstore models prune`"
+                    f"{target.spec.key} reads at most {text_budget(embedder, target.spec)} "
+                    f"tokens of a chunk (passage prefix aside), fewer than {coll.model.key}: "
+                    "the documents were cut again for it; the old chunks are kept for a "
+                    "rollback until `ragstore models prune`"
                 )
                 break
         else:
@@ -396,7 +413,8 @@ def _backfill(
 def _check_fits(
     texts: list[str], batch: list[spaces.PendingChunk], embedder: Any, space: spaces.Space
 ) -> None:
-    """Refuse texts longer than the target model reads (it would silently truncate them)."""
+    """Refuse texts longer than the target model reads (it would silently truncate them),
+    counted as the model reads them: its passage prefix included (``count_tokens``)."""
     limit = space.model.max_tokens
     for text, chunk, n in zip(texts, batch, embedder.count_tokens(texts), strict=True):
         if n > limit:
