@@ -193,6 +193,10 @@ class Client(threading.Thread):
             r = httpx.Response(0, text=f"{type(exc).__name__}: {exc}")
         t1 = time.monotonic()
         self.rec.note(op, t1 - t0, r.status_code, r.text)
+        if r.status_code == 503:
+            # as a client should: wait what the answer asks (at most 2 s), rather than
+            # count thousands of fast refusals while the database comes back
+            time.sleep(min(2.0, float(r.headers.get("Retry-After", "1") or 1)))
         return r, t0, t1
 
     def add(self, name: str, text: str, background: bool = False, op: str = "add") -> Write:
