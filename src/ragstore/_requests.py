@@ -21,7 +21,6 @@ import httpx
 
 from ragstore.errors import (
     ConfigError,
-    EmptyDocumentError,
     InputError,
     InvalidFilterError,
     RagstoreError,
@@ -38,7 +37,6 @@ Upload = Path | str | tuple[str, bytes]
 # 413, which stores nothing, and the request is sent again in halves.
 MAX_ITEMS_PER_REQUEST = 10_000
 MAX_REQUEST_BYTES = 1024 * 1024
-MAX_ID_LENGTH = 1000  # ingest/texts.py MAX_ID_LENGTH (not imported: the client stays light)
 
 
 @dataclass(frozen=True)
@@ -347,27 +345,12 @@ def _check_all_texts(body: dict[str, Any]) -> None:
     found by the server in a later request, it was refused after the earlier ones stored.
     Only what the collection decides (the vectors' dimension, the model) is left to the
     server, and the first request meets it as every later one would."""
-    from ragstore.validation import storable_text, unicode_text
+    from ragstore.validation import check_texts
 
     texts = body["texts"]
     n = len(texts)
-    for key in ("metadatas", "ids", "vectors"):
-        if key in body and len(body[key]) != n:
-            raise InputError(f"{key} has {len(body[key])} entries for {n} texts; give one per text")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InputError(f"texts[{i}] is a {type(text).__name__}, not a string")
-        if not text.strip():
-            raise EmptyDocumentError(f"texts[{i}] is empty; give it some text")
-        storable_text(text, f"texts[{i}]")
-    seen: set[str] = set()
-    for i, doc_id in enumerate(body["ids"]):
-        unicode_text(doc_id, f"ids[{i}]")
-        if not doc_id or len(doc_id) > MAX_ID_LENGTH:
-            raise InputError(f"ids[{i}] must be 1-{MAX_ID_LENGTH} characters, got {doc_id!r}")
-        if doc_id in seen:
-            raise InputError(f"id {doc_id!r} appears twice in one call; ids must be unique")
-        seen.add(doc_id)
+    others = {key: body.get(key) for key in ("metadatas", "vectors")}
+    check_texts(texts, body["ids"], others)
     widths = {len(v) for v in body.get("vectors", ())}
     if len(widths) > 1:
         raise InputError(

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence, Sized
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ragstore.errors import InputError
+from ragstore.errors import EmptyDocumentError, InputError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -68,6 +68,36 @@ def storable_text(text: str, what: str) -> None:
             f"{what} holds a NUL character (\\u0000) at character {text.index(chr(0))}, "
             "which PostgreSQL text cannot store; remove it"
         )
+
+
+MAX_ID_LENGTH = 1000  # characters of a text's id (add_texts)
+
+
+def check_texts(
+    texts: Sequence[Any], ids: Sequence[str], others: Mapping[str, Sized | None]
+) -> None:
+    """What an ``add_texts`` refuses in its texts and ids, in one place for the Store and
+    the Client (which checks a whole call before the first of several requests: found by
+    the server in a later one, it was refused after the earlier ones stored). ``others``
+    are the lists that must hold one entry per text (metadatas, vectors), by name."""
+    n = len(texts)
+    for name, seq in others.items():
+        if seq is not None and len(seq) != n:
+            raise InputError(f"{name} has {len(seq)} entries for {n} texts; give one per text")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"texts[{i}] is a {type(text).__name__}, not a string")
+        if not text.strip():
+            raise EmptyDocumentError(f"texts[{i}] is empty; give it some text")
+        storable_text(text, f"texts[{i}]")
+    seen: set[str] = set()
+    for i, doc_id in enumerate(ids):
+        unicode_text(doc_id, f"ids[{i}]")
+        if not doc_id or len(doc_id) > MAX_ID_LENGTH:
+            raise InputError(f"ids[{i}] must be 1-{MAX_ID_LENGTH} characters, got {doc_id!r}")
+        if doc_id in seen:
+            raise InputError(f"id {doc_id!r} appears twice in one call; ids must be unique")
+        seen.add(doc_id)
 
 
 def _magnitude(value: int) -> str:

@@ -35,15 +35,13 @@ from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
 from ragstore.search.service import VECTOR_ONLY_PROVIDER
 from ragstore.validation import (
+    check_texts,
     check_value,
     float32_array,
     id_list,
-    storable_text,
-    unicode_text,
 )
 
 BATCH = 256  # texts per transaction
-MAX_ID_LENGTH = 1000
 
 
 @dataclass
@@ -82,24 +80,10 @@ def _checked(
     if ids is not None:
         ids = id_list(ids, "ids")
     n = len(texts)
-    for name, seq in (("metadatas", metadatas), ("ids", ids), ("vectors", vectors)):
-        if seq is not None and len(seq) != n:
-            raise InputError(f"{name} has {len(seq)} entries for {n} texts; give one per text")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InputError(f"texts[{i}] is a {type(text).__name__}, not a string")
-        if not text.strip():
-            raise EmptyDocumentError(f"texts[{i}] is empty; give it some text")
-        storable_text(text, f"texts[{i}]")
+    if ids is not None and len(ids) != n:
+        raise InputError(f"ids has {len(ids)} entries for {n} texts; give one per text")
     out_ids = list(ids) if ids is not None else [uuid.uuid4().hex for _ in texts]
-    seen: set[str] = set()
-    for i, doc_id in enumerate(out_ids):
-        unicode_text(doc_id, f"ids[{i}]")
-        if not doc_id or len(doc_id) > MAX_ID_LENGTH:
-            raise InputError(f"ids[{i}] must be 1-{MAX_ID_LENGTH} characters, got {doc_id!r}")
-        if doc_id in seen:
-            raise InputError(f"id {doc_id!r} appears twice in one call; ids must be unique")
-        seen.add(doc_id)
+    check_texts(texts, out_ids, {"metadatas": metadatas, "vectors": vectors})
     metas: list[dict[str, Any]] = []
     for i, meta in enumerate(metadatas or [{}] * n):
         if not isinstance(meta, Mapping):
