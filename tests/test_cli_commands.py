@@ -702,6 +702,77 @@ def test_an_error_that_stops_an_ingest_through_the_server_says_what_it_stored(
     assert err.index("stopped by an error") < err.index("error[rate_limited]")
 
 
+def test_a_batch_sent_in_parts_and_stopped_counts_what_its_parts_stored(
+    env: dict[str, str],
+    local: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A batch over the server's RAGSTORE_MAX_UPLOAD_BYTES is sent by the Client in several
+    requests; one refused (here by the key's rate limit) after others stored files ended
+    the ingest saying nothing was stored. Now those are counted before the error."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i in range(8):
+        (folder / f"p{i}.md").write_text(f"# P{i}\n\nPart {i} notes. " + "word " * 200)
+    key = KeyStore(Database(env["RAGSTORE_DATABASE_URL"])).create("admin", name="parts")
+    limited = {
+        **env,
+        "RAGSTORE_AUTH": "on",
+        "RAGSTORE_RATE_LIMIT_PER_MINUTE": "6",
+        "RAGSTORE_MAX_UPLOAD_BYTES": "4096",
+    }
+    with _serving(limited) as url:
+        monkeypatch.setenv("RAGSTORE_URL", url)
+        monkeypatch.setenv("RAGSTORE_API_KEY", key.secret)
+        capsys.readouterr()
+        status = run_cli("ingest", str(folder), "-c", "parts-stop", "--json")
+    out, err = capsys.readouterr()
+    err = " ".join(err.split())
+    assert status == 75, err
+    stored = _documents_in(env["RAGSTORE_DATABASE_URL"], "parts-stop")
+    assert 1 <= len(stored) < 8
+    report = json.loads(out)
+    assert report["counts"]["added"] == len(stored), report
+    assert f"the server acknowledged {len(stored)} added" in err, err
+    assert "error[rate_limited]: " in err, err
+
+
+def test_a_batch_sent_in_parts_as_jobs_counts_each_jobs_documents(
+    env: dict[str, str],
+    remote_env: dict[str, str],
+    local: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A batch the Client sends in several requests, each answered 202 (a server whose
+    RAGSTORE_BACKGROUND_INGEST_BYTES is below them), is answered with its ``jobs``: the
+    CLI counted none of their documents and waited for none of the jobs."""
+    folder = tmp_path / "queued"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"q{i}.md").write_text(f"# Q{i}\n\nQueued {i} notes. " + "word " * 200)
+    served = {**env, "RAGSTORE_MAX_UPLOAD_BYTES": "4096", "RAGSTORE_BACKGROUND_INGEST_BYTES": "0"}
+    worker = subprocess.Popen(
+        [*CLI, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        with _serving(served) as url:
+            monkeypatch.setenv("RAGSTORE_URL", url)
+            monkeypatch.setenv("RAGSTORE_API_KEY", remote_env["RAGSTORE_API_KEY"])
+            capsys.readouterr()
+            status = run_cli("ingest", str(folder), "-c", "parts-jobs", "--json")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert json.loads(out)["counts"]["added"] == 4, out
+    assert len(_documents_in(env["RAGSTORE_DATABASE_URL"], "parts-jobs")) == 4
+
+
 def test_an_ingest_through_the_server_fails_a_name_that_is_not_utf8_alone(
     remote_env: dict[str, str],
     local: None,

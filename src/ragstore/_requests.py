@@ -555,13 +555,208 @@ def upload(
     )
 
 
-def ingest(
+# What one upload may hold: the server's RAGSTORE_MAX_UPLOAD_BYTES (50 MiB by default,
+# config.py ``max_upload_bytes``) and 1000 files (the multipart parser's ``max_files``,
+# which FastAPI keeps). A larger upload is sent in several requests within both; a server
+# set to a lower byte limit answers 413, which stores nothing, and the request is sent
+# again in halves. A part's boundary and headers cost about 200 bytes besides its name.
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+MAX_UPLOAD_FILES = 1000
+_PART_OVERHEAD = 256
+
+# statuses that refuse a request for what it is, not for its file: a one-file request so
+# answered stops the upload rather than failing that file alone and going on
+_REQUEST_REFUSED = frozenset({401, 403, 404, 408, 429})
+
+
+def _upload_spans(call: Call[Any]) -> list[tuple[int, int]]:
+    """``call``'s files cut into consecutive spans within :data:`MAX_UPLOAD_FILES` files
+    and :data:`MAX_UPLOAD_BYTES` bytes (a file over it alone is a span of its own: the
+    server refuses it, alone)."""
+    parts = call.files or []
+    fields = sum(len(v.encode("utf-8")) + _PART_OVERHEAD for v in (call.data or {}).values())
+    budget = MAX_UPLOAD_BYTES - fields - _PART_OVERHEAD
+    spans: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for i, (_, (name, content, _type)) in enumerate(parts):
+        cost = len(content) + 3 * len(name.encode("utf-8")) + _PART_OVERHEAD
+        if i > start and (i - start >= MAX_UPLOAD_FILES or size + cost > budget):
+            spans.append((start, i))
+            start, size = i, 0
+        size += cost
+    spans.append((start, len(parts)))
+    return spans
+
+
+def _check_upload_names(names: list[str]) -> None:
+    """What the server refuses in any name (``_upload``: a bad or repeated name), checked
+    before the first of several requests: found in a later request, it was refused after
+    the earlier ones stored, and a name repeated across two requests was stored over the
+    first (answered "updated") where one request refuses it."""
+    from ragstore.jobs.staging import safe_name
+
+    seen: set[str] = set()
+    for name in names:
+        safe_name(name)
+        if name in seen:
+            raise InputError(f"document name {name!r} appears twice in one request; send it once")
+        seen.add(name)
+
+
+def _file_report(exc: RagstoreError) -> tuple[list[Any], list[Any]] | None:
+    """The server's account of a request some of whose files failed: the documents it
+    stored and the files that failed (``api/routes/documents.py`` ``_ingest_now``)."""
+    own = getattr(exc, "problem", None) or exc.problem_members or {}
+    stored, failed = own.get("stored"), own.get("failed")
+    if isinstance(stored, list) and isinstance(failed, list):
+        return stored, failed
+    return None
+
+
+def upload_plan(
+    collection: str,
+    files: Upload | Sequence[Upload],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    background: bool = False,
+) -> Plan[dict[str, Any]]:
+    """:func:`upload` in as many requests as the server's limits need, answered as one.
+
+    Sent whole, an upload over RAGSTORE_MAX_UPLOAD_BYTES (or of more than 1000 files) was
+    refused whole, though ``Store.ingest`` takes any number. Sent in several requests, in
+    order, the answer is one request's: ``data`` (the documents stored, each with its
+    ``status``), ``count`` and ``next_cursor``; and ``jobs``, when the server answered
+    some requests 202 (``background``, or a request over its
+    RAGSTORE_BACKGROUND_INGEST_BYTES): one job per such request, in order, whose files
+    are not in ``data``. A file that fails does not stop the others, as in one request;
+    the first failure is raised at the end, its ``problem_members`` (and ``problem``)
+    listing ``stored`` and ``failed`` (name, code, detail) over every request, with
+    ``jobs`` and ``queued`` (their files' names) when there are jobs. A request that
+    fails outright (the server gone, no answer, refused as a whole) stops the upload:
+    the error says, besides, which files were ``not_sent`` and which got no answer
+    (``unknown``: they may or may not be stored; uploading them again is safe).
+    """
+    whole = upload(collection, files, metadata=metadata, background=background)
+    parts = whole.files or []
+    names = [name for _, (name, _, _) in parts]
+    n = len(parts)
+    pending = _upload_spans(whole)
+    checked = False
+    stored: list[Any] = []
+    failed: list[Any] = []
+    jobs: list[dict[str, Any]] = []
+    queued: list[str] = []
+    first: RagstoreError | None = None
+    while pending:
+        start, end = pending.pop(0)
+        if not checked and (start, end) != (0, n):
+            _check_upload_names(names)  # before a second request could follow a first
+            checked = True
+        try:
+            answer = yield replace(whole, files=parts[start:end])
+        except RagstoreError as exc:
+            if (start, end) == (0, n) and not (_refused_whole(exc) and n > 1):
+                raise  # one request, as before: the server's own answer
+            if _refused_whole(exc) and end - start > 1:
+                middle = (start + end) // 2
+                pending[:0] = [(start, middle), (middle, end)]
+                continue
+            report = _file_report(exc)
+            status = getattr(exc, "status", None)
+            one_file = (
+                end - start == 1
+                and _answered(exc)
+                and status not in _REQUEST_REFUSED
+                and cast(int, status) < 500
+            )
+            if report is None and not one_file:
+                _stop(exc, names, start, end, pending, stored, failed, jobs, queued)
+                raise
+            if report is not None:
+                stored += report[0]
+                failed += report[1]
+            else:
+                failed.append(_failure(names[start], exc))
+            first = first or exc
+            continue
+        if (start, end) == (0, n):
+            return cast(dict[str, Any], answer)
+        if "data" in answer:
+            stored += answer["data"]
+        else:  # 202: a job for the worker
+            jobs.append(answer)
+            queued += names[start:end]
+    if first is not None:
+        members: dict[str, Any] = {"stored": stored, "failed": failed}
+        if jobs:
+            members |= {"jobs": jobs, "queued": queued}
+        _tell(
+            first,
+            members,
+            f" (of the {n} files of this upload, sent in several requests: {len(stored)} "
+            f"stored, see 'stored'; {len(failed)} failed, see 'failed'"
+            + (f"; {len(queued)} queued in jobs, see 'jobs' and 'queued')" if jobs else ")"),
+        )
+        raise first
+    out: dict[str, Any] = {"data": stored, "count": len(stored), "next_cursor": None}
+    if jobs:
+        out["jobs"] = jobs
+    return out
+
+
+def _failure(name: str, exc: RagstoreError) -> dict[str, Any]:
+    """A file a request refused, as the server lists one that failed (``failed``): its
+    detail naming it, which a refusal of the whole request (a 413's) does not."""
+    detail = exc.message if name in exc.message else f"{name}: {exc.message}"
+    return {"name": name, "code": exc.code, "detail": detail}
+
+
+def _stop(
+    exc: RagstoreError,
+    names: list[str],
+    start: int,
+    end: int,
+    pending: list[tuple[int, int]],
+    stored: list[Any],
+    failed: list[Any],
+    jobs: list[dict[str, Any]],
+    queued: list[str],
+) -> None:
+    """Request ``names[start:end]`` failed outright; say what every file's fate is."""
+    not_sent = [name for s, e in pending for name in names[s:e]]
+    members: dict[str, Any] = {"stored": stored, "failed": list(failed)}
+    if _answered(exc):  # refused as a whole: none of its files stored
+        members["failed"] += [_failure(name, exc) for name in names[start:end]]
+    else:
+        members["unknown"] = names[start:end]
+    members["not_sent"] = not_sent
+    if jobs:
+        members |= {"jobs": jobs, "queued": queued}
+    _tell(
+        exc,
+        members,
+        f" (of the {len(names)} files of this upload, sent in several requests: "
+        f"{len(stored)} stored before it, see 'stored'; {len(members['failed'])} failed, see "
+        "'failed'"
+        + (f"; {len(queued)} queued in jobs, see 'jobs' and 'queued'" if jobs else "")
+        + (
+            ""
+            if _answered(exc)
+            else f"; the {end - start} sent in the request that got no answer may or may not "
+            "be stored: 'unknown' (uploading them again is safe)"
+        )
+        + f"; {len(not_sent)} not sent: 'not_sent')",
+    )
+
+
+def ingest_plan(
     collection: str,
     paths: str | Path | Sequence[str | Path],
     *,
     metadata: Mapping[str, Any] | None = None,
-) -> Call[dict[str, Any]]:
-    """Files, and the files under folders, uploaded and ingested during the request.
+) -> Plan[dict[str, Any]]:
+    """Files, and the files under folders, uploaded and ingested (:func:`upload_plan`: in
+    as many requests as the server's limits need).
 
     A folder is walked as ``ragstore ingest`` walks it (``ingest.files.discover``: supported
     suffixes, no hidden files, no link leading out of it), each file named by its path
@@ -590,8 +785,8 @@ def ingest(
             ]
         else:
             files.append(p)
-    call = upload(collection, files, metadata=metadata)
-    return replace(call, read=lambda r: {**call.read(r), "skipped": skipped})
+    answer = yield from upload_plan(collection, files, metadata=metadata)
+    return {**answer, "skipped": skipped}
 
 
 def list_documents(

@@ -242,8 +242,15 @@ class Client(_WritePosition):
         metadata: Mapping[str, Any] | None = None,
         background: bool = False,
     ) -> dict[str, Any]:
-        """Upload files: ``{"data": [documents]}`` (201) or a job (202, has ``"id"``)."""
-        return self._send(calls.upload(collection, files, metadata=metadata, background=background))
+        """Upload files: ``{"data": [documents]}`` (201) or a job (202, has ``"id"``).
+
+        An upload over the server's limits (RAGSTORE_MAX_UPLOAD_BYTES, 1000 files) is sent
+        in several requests, answered as one: ``{"data": [documents], ...}`` with
+        ``"jobs"``, one per request answered 202 (``background``), when there are; an
+        error says what each file's fate was (:func:`ragstore._requests.upload_plan`)."""
+        return self._run(
+            calls.upload_plan(collection, files, metadata=metadata, background=background)
+        )
 
     def ingest(
         self,
@@ -252,8 +259,9 @@ class Client(_WritePosition):
         *,
         metadata: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Upload files and folders (as :meth:`ragstore.Store.ingest`)."""
-        return self._send(calls.ingest(collection, paths, metadata=metadata))
+        """Upload files and folders (as :meth:`ragstore.Store.ingest`), in as many
+        requests as the server's limits need (as :meth:`upload`)."""
+        return self._run(calls.ingest_plan(collection, paths, metadata=metadata))
 
     def list_documents(
         self,
@@ -534,8 +542,8 @@ class AsyncClient(_WritePosition):
         metadata: Mapping[str, Any] | None = None,
         background: bool = False,
     ) -> dict[str, Any]:
-        return await self._send(
-            calls.upload(collection, files, metadata=metadata, background=background)
+        return await self._run(
+            calls.upload_plan(collection, files, metadata=metadata, background=background)
         )
 
     async def ingest(
@@ -545,7 +553,7 @@ class AsyncClient(_WritePosition):
         *,
         metadata: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return await self._send(calls.ingest(collection, paths, metadata=metadata))
+        return await self._run(calls.ingest_plan(collection, paths, metadata=metadata))
 
     async def list_documents(
         self,

@@ -195,10 +195,19 @@ def _ensure_collection(client: Client, name: str) -> None:
 
 
 def _record(result: RemoteIngest, client: Client, answer: dict[str, Any]) -> None:
+    """Count an upload's answer: its documents, and its jobs once they are done (an
+    upload sent in several requests has one job per request answered 202, under
+    ``jobs``, beside the documents the others stored: they went uncounted)."""
     if "data" in answer:
         for doc in answer["data"]:
             result.add(str(doc.get("status") or "added"))
+        for job in answer.get("jobs") or []:
+            _record_job(result, client, job)
         return
+    _record_job(result, client, answer)
+
+
+def _record_job(result: RemoteIngest, client: Client, answer: dict[str, Any]) -> None:
     job = client.wait_for_job(int(answer["id"]), timeout=JOB_TIMEOUT_S)
     for key in ("added", "updated", "unchanged"):
         result.add(key, int(job["summary"].get(key, 0)))
@@ -294,18 +303,25 @@ def _send(
     again file by file too, and a file over it alone fails alone, as a file over
     RAGSTORE_MAX_FILE_BYTES does in a local ingest: the 413 ended the whole ingest, the
     files after it never sent and what the server had stored not counted."""
-    from ragstore.errors import InputError, RequestTooLargeError
+    from ragstore.errors import InputError, RagstoreError, RequestTooLargeError
 
     refused = (InputError, RequestTooLargeError)
     try:
         _record(result, client, client.upload(collection, parts, metadata=metadata))
-    except refused as exc:
-        problem = getattr(exc, "problem", {})
+    except RagstoreError as exc:
+        # the files' fates, whatever the error (``Client.upload`` sends a batch over the
+        # server's limit in several requests, and says so of every file when one of them
+        # fails outright): counted before the error stops the ingest, they were not
+        problem = getattr(exc, "problem", None) or exc.problem_members
         if isinstance(problem.get("stored"), list) and isinstance(problem.get("failed"), list):
-            _record(result, client, {"data": problem["stored"]})
+            _record(result, client, {"data": problem["stored"], "jobs": problem.get("jobs")})
             for f in problem["failed"]:
                 result.fail(str(f.get("name")), f.get("code"), f.get("detail"))
+            if "not_sent" in problem or "unknown" in problem:
+                raise  # stopped part way: the run stops, saying what it had done
             return
+        if not isinstance(exc, refused):
+            raise
         if len(parts) == 1:  # already its own request: sending it again tells nothing new
             _fail_file(result, parts[0][0], exc)
             return
