@@ -177,6 +177,7 @@ def _backing_up(action: str) -> Iterator[None]:
     nothing. pg_dump is stopped, its file removed, and the command says so."""
     import sys
 
+    from ragstore.backup import BackupInterrupted
     from ragstore.cli.output import err_console
     from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
 
@@ -185,11 +186,14 @@ def _backing_up(action: str) -> Iterator[None]:
             yield
     except KeyboardInterrupt as exc:
         how, status = interrupt_status(exc)
-        err_console().print(
-            f"interrupted by {how}: the backup before the {action} was not finished and "
-            f"was removed; the {action} did not start, nothing was changed",
-            markup=False,
-        )
+        if isinstance(exc, BackupInterrupted):  # it came as the backup got its names
+            what = f"{exc.what}; the {action} did not start, the schema was not changed"
+        else:
+            what = (
+                f"the backup before the {action} was not finished and was removed; the "
+                f"{action} did not start, nothing was changed"
+            )
+        err_console().print(f"interrupted by {how}: {what}", markup=False)
         sys.exit(status)
 
 
