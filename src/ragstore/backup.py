@@ -270,24 +270,53 @@ def create_backup(
             reason=reason,
             counts=counts,
         )
-        side = _write_sidecar(path, info)
-        try:
-            if overwrite:
-                tmp.replace(path)  # the old archive goes only now, the new one whole on disk
-            else:
-                _place_new(tmp, path, overwrite_flag)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                side.unlink(missing_ok=True)
-            raise
-        _sync_dir(path.parent)  # pg_dump synced the archive; now its name
+        with _finishing(path):
+            side = _write_sidecar(path, info)
+            _name_both(tmp, side, path, overwrite, overwrite_flag)
     finally:
         # a read-only volume refuses even the unlink of a file that is not there: the
         # error pg_dump gave is the one to report, not this one
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-    _name_sidecar(path, side)
     return info
+
+
+class BackupInterrupted(KeyboardInterrupt):
+    """A backup whose interrupt (Ctrl-C, SIGTERM) came while it gave its files their names,
+    delivered once that was done (raised from the interrupt): ``what`` says what it left.
+    An interrupt before then raises as it came; the partial archive is removed, and no
+    backup was taken."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+@contextlib.contextmanager
+def _finishing(path: Path) -> Iterator[None]:
+    """Write the sidecar and give both files their names with Ctrl-C and SIGTERM held: an
+    interrupt between the archive's name and its sidecar's left a named archive with no
+    sidecar (restored unchecked) and the sidecar's hidden ``.partial`` file behind. One
+    that came meanwhile is delivered at the end as :class:`BackupInterrupted`, saying
+    that the backup is complete (or what the error that ended it left)."""
+    from ragstore.cli.signals import deferred
+
+    done = False
+    try:
+        with deferred():
+            yield
+            done = True
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, BackupInterrupted):
+            raise
+        failed = exc.__context__
+        if done:
+            what = f"the backup was complete before it stopped and is kept: {path}"
+        elif isinstance(failed, RagstoreError):
+            what = failed.message
+        else:
+            raise
+        raise BackupInterrupted(what) from exc
 
 
 def _exists_refusal(path: Path, overwrite_flag: str | None) -> ConflictError:
@@ -368,7 +397,7 @@ def _refuse_special(path: Path) -> None:
 
 def _write_sidecar(path: Path, info: BackupInfo) -> Path:
     """Write ``<archive>.json`` under a temporary name beside it (synced to disk, as the
-    archive is) and return that name, for :func:`_name_sidecar` once the archive has its
+    archive is) and return that name, for :func:`_name_both` once the archive has its
     name: written in place, an overwritten backup's sidecar was cut short before the new
     one was whole. If it cannot be written the backup failed (``BackupError``)."""
     side = Path(f"{path}.json")
@@ -389,22 +418,92 @@ def _write_sidecar(path: Path, info: BackupInfo) -> Path:
     return tmp
 
 
-def _name_sidecar(path: Path, tmp: Path) -> None:
-    """Rename the sidecar written by :func:`_write_sidecar` to ``<archive>.json``; if that
-    fails the archive goes too: an archive without its sidecar would be restored
-    unchecked."""
-    side = Path(f"{path}.json")
+def _keep_aside(path: Path) -> Path | None:
+    """A second, hidden name for the file at ``path`` (a hard link, or a rename where the
+    file system has none), so that an overwrite can put it back; None where nothing is
+    there. A ``BackupError`` (nothing changed) where neither works."""
+    import secrets
+
+    if not (path.exists() or path.is_symlink()):
+        return None
+    keep = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
     try:
-        tmp.replace(side)
-        _sync_dir(side.parent)
-    except OSError as exc:
+        os.link(path, keep, follow_symlinks=False)
+    except OSError:
+        try:
+            path.rename(keep)
+        except OSError as exc:
+            raise BackupError(
+                f"cannot replace {path}: {exc.strerror or exc}; the backup was not kept, "
+                f"{path} is as it was (check the folder's permissions)"
+            ) from None
+    return keep
+
+
+def _put_back(keep: Path | None, path: Path) -> bool:
+    """Give the file set aside by :func:`_keep_aside` its name again (over whatever has it
+    now); whether ``path`` is that file again."""
+    if keep is None:
+        return False
+    try:
+        keep.replace(path)  # a no-op where ``keep`` is a hard link of ``path``
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):
+        keep.unlink(missing_ok=True)
+    return True
+
+
+def _name_both(
+    tmp: Path, side_tmp: Path, path: Path, overwrite: bool, overwrite_flag: str | None
+) -> None:
+    """Give the finished archive (``tmp``) and its sidecar (``side_tmp``) their names; if
+    the sidecar's fails the archive goes too (an archive without its sidecar would be
+    restored unchecked).
+
+    With ``overwrite``, the earlier archive is kept under a second name until both new
+    files have theirs, and put back if either fails: renamed over first, it was gone when
+    the sidecar's rename then failed, the new archive was deleted with it, and the error
+    said "not kept" of the new backup only, with neither left."""
+    side = Path(f"{path}.json")
+
+    def drop_side_tmp() -> None:
         with contextlib.suppress(OSError):
-            path.unlink()
-            tmp.unlink(missing_ok=True)
+            side_tmp.unlink(missing_ok=True)
+
+    keep = None
+    try:
+        if overwrite:
+            keep = _keep_aside(path)
+            tmp.replace(path)  # the old archive stays at ``keep`` until both are named
+        else:
+            _place_new(tmp, path, overwrite_flag)
+    except BaseException:
+        drop_side_tmp()
+        _put_back(keep, path)
+        raise
+    try:
+        side_tmp.replace(side)
+    except OSError as exc:
+        drop_side_tmp()
+        why = f"cannot write {side}: {exc.strerror or exc}; the backup was not kept"
+        fix = "(check the folder's free space and permissions)"
+        if keep is None:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise BackupError(f"{why} {fix}") from None
+        if _put_back(keep, path):
+            raise BackupError(
+                f"{why}, and the earlier backup at {path} is as it was {fix}"
+            ) from None
         raise BackupError(
-            f"cannot write {side}: {exc.strerror or exc}; the backup was not kept "
-            "(check the folder's free space and permissions)"
+            f"{why}: {path} holds the new archive without its sidecar (do not restore it), "
+            f"and the earlier backup's archive is kept at {keep} {fix}"
         ) from None
+    if keep is not None:
+        with contextlib.suppress(OSError):
+            keep.unlink()
+    _sync_dir(path.parent)  # pg_dump synced the archive; now both names
 
 
 def read_info(path: Path) -> BackupInfo | None:

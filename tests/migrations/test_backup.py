@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -710,3 +711,128 @@ def test_a_restore_that_fails_after_its_backup_names_that_backup(
     kept = Path(err.rstrip("\n").rsplit("; the backup of what it replaced is kept: ", 1)[1])
     assert kept.name.endswith("-restore.dump") and kept.exists(), err
     assert backup.read_info(kept) is not None
+
+
+def _dump_waits_then(url: str, then: Callable[[], None]) -> Callable[[], None]:
+    """Hold a table lock so that the next pg_dump waits for it; once it does, run
+    ``then`` and let the dump go on. Returns a join for the thread that does so."""
+    holder = psycopg.connect(url)
+    holder.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+    dumping = "application_name = 'pg_dump' AND wait_event_type = 'Lock'"
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while not backends_where(url, dumping) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            then()
+        finally:
+            holder.commit()
+            holder.close()
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread.join
+
+
+def test_a_backup_stopped_by_sigterm_stops_pg_dump_and_leaves_no_file(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM during ``ragstore backup`` killed the command without a word and left
+    pg_dump running on its own, writing a whole copy of the database to a hidden
+    ``.partial`` file nothing removed. pg_dump is stopped, its file removed, the command
+    says no backup was taken, and a file it was to overwrite is as it was."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    old = archive.read_bytes()
+    holder = psycopg.connect(populated)
+    holder.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")  # pg_dump waits for it
+    dumping = "application_name = 'pg_dump' AND wait_event_type = 'Lock'"
+    capsys.readouterr()
+    sent_box: list[list[bool]] = []
+
+    def release_later() -> None:  # once the signal is out (unfixed, the dump went on)
+        deadline = time.monotonic() + 60
+        while not (sent_box and sent_box[0][0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
+        holder.commit()
+
+    with sigterm_when(lambda: backends_where(populated, dumping) > 0) as sent:
+        sent_box.append(sent)
+        releaser = threading.Thread(target=release_later)
+        releaser.start()
+        status = run_cli("backup", str(archive), "--overwrite")
+        releaser.join()
+    holder.close()
+    out, err = capsys.readouterr()
+    assert sent[0]
+    assert status == 143, (out, err)
+    assert err == (
+        "interrupted by SIGTERM: no backup was taken (its unfinished file was removed); "
+        f"{archive} is as it was\n"
+    ), err
+    time.sleep(1)
+    assert backends_where(populated, "application_name = 'pg_dump'") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump", "b.dump.json"]
+    assert archive.read_bytes() == old
+
+
+def test_an_interrupt_as_a_backup_names_its_files_waits_for_both_names(
+    populated: str, tmp_path: Path
+) -> None:
+    """A SIGTERM between the archive's name and its sidecar's left a named archive with no
+    sidecar (restored unchecked) and the sidecar's hidden ``.partial`` file behind; it is
+    held until both have their names and then says the backup is complete."""
+    import os
+    import signal
+
+    from ragstore.cli.signals import terminate_as_interrupt
+
+    archive = tmp_path / "b.dump"
+    with (
+        pytest.raises(backup.BackupInterrupted) as stopped,
+        terminate_as_interrupt(),
+        backup._finishing(archive),
+    ):
+        os.kill(os.getpid(), signal.SIGTERM)  # as the archive gets its name
+        archive.write_bytes(b"archive")
+        Path(f"{archive}.json").write_text("{}")
+    assert stopped.value.what == (
+        f"the backup was complete before it stopped and is kept: {archive}"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump", "b.dump.json"]
+
+
+def test_an_overwrite_whose_sidecar_cannot_be_named_keeps_the_earlier_backup(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``backup --overwrite`` renamed the new archive over the old one, then failed to
+    name the new sidecar and deleted the new archive: both backups were gone, and the
+    error said only that the new one was not kept. The earlier archive is now kept until
+    both new files have their names, and put back."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    old = archive.read_bytes()
+    side = Path(f"{archive}.json")
+    saved = tmp_path / "saved.json"
+
+    def block_the_sidecar() -> None:  # its name taken by a folder while pg_dump runs
+        side.rename(saved)
+        side.mkdir()
+
+    join = _dump_waits_then(populated, block_the_sidecar)
+    capsys.readouterr()
+    try:
+        status = run_cli("backup", str(archive), "--overwrite")
+    finally:
+        join()
+    err = capsys.readouterr().err
+    assert status == 74, err
+    assert err.startswith(f"error[backup_failed]: cannot write {side}: "), err
+    assert f"the backup was not kept, and the earlier backup at {archive} is as it was" in err
+    assert archive.read_bytes() == old
+    side.rmdir()
+    saved.rename(side)
+    assert backup.check_archive(archive) is not None  # the earlier pair, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump", "b.dump.json"]

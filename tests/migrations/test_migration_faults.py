@@ -285,3 +285,46 @@ def test_an_upgrade_ended_while_it_waits_for_the_migration_lock_names_no_false_r
     assert migrations.status(db).current == older
     assert run_cli("db", "upgrade", "--no-backup") == 0
     assert migrations.status(db).current == head
+
+
+def test_an_upgrade_that_finds_it_done_under_the_lock_says_so_and_keeps_no_backup(
+    behind: tuple[Database, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two ``db upgrade`` at once: the second read the old revision, backed up, waited for
+    the migration lock, found the work done and said "upgraded X -> Y" for the first's
+    work, keeping a whole backup for nothing. It now says the schema was already at the
+    head when it got the lock, changed by another process, and removes that backup."""
+    db, older, head = behind
+    holder = psycopg.connect(db.conninfo, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", (migrations.MIGRATION_LOCK_KEY,))
+    waiting = "wait_event_type = 'Lock' AND wait_event = 'advisory'"
+    other = threading.Thread(target=migrations.upgrade, args=(db,))  # first in the queue
+    other.start()
+    deadline = time.monotonic() + 60
+    while backends_where(db.conninfo, waiting) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    def release_when_both_wait() -> None:
+        deadline = time.monotonic() + 120
+        while backends_where(db.conninfo, waiting) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        holder.execute("SELECT pg_advisory_unlock(%s)", (migrations.MIGRATION_LOCK_KEY,))
+
+    releaser = threading.Thread(target=release_when_both_wait)
+    releaser.start()
+    try:
+        status = run_cli("db", "upgrade")
+    finally:
+        releaser.join()
+        other.join()
+        holder.close()
+    out, err = capsys.readouterr()
+    assert status == 0, (out, err)
+    path = _backup_named(out)
+    assert out.splitlines()[-1] == (
+        f"schema already at {head} when the migration lock was had: another process "
+        f"changed it from {older} meanwhile; the backup taken first was not needed and "
+        f"was removed: {path}; nothing to do"
+    ), out
+    assert list((Path(os.environ["RAGSTORE_DATA_DIR"]) / "backups").iterdir()) == []
+    assert migrations.status(db).current == head

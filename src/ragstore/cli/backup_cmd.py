@@ -38,20 +38,36 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Back up the whole database to a pg_dump custom-format archive."""
-        from ragstore.backup import create_backup
+        from ragstore.backup import BackupInterrupted, create_backup
+        from ragstore.cli.output import err_console
         from ragstore.cli.remote import refuse_remote
+        from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
         from ragstore.runtime import Runtime
 
         refuse_remote("backup")
-        with Runtime() as rt:
-            info = create_backup(
-                rt.raw_db(),
-                rt.settings,
-                path,
-                reason="manual",
-                overwrite=overwrite,
-                overwrite_flag="--overwrite",
-            )
+        existed = path is not None and (path.is_file() or path.is_symlink())
+        try:
+            # SIGTERM unwinds as Ctrl-C does: killed outright, this process left pg_dump
+            # writing a whole copy of the database to a hidden .partial file nothing removed
+            with terminate_as_interrupt(), Runtime() as rt:
+                info = create_backup(
+                    rt.raw_db(),
+                    rt.settings,
+                    path,
+                    reason="manual",
+                    overwrite=overwrite,
+                    overwrite_flag="--overwrite",
+                )
+        except KeyboardInterrupt as exc:
+            how, status = interrupt_status(exc)
+            if isinstance(exc, BackupInterrupted):
+                what = exc.what
+            else:
+                what = "no backup was taken (its unfinished file was removed)"
+                if existed:
+                    what += f"; {path} is as it was"
+            err_console().print(f"interrupted by {how}: {what}", markup=False)
+            sys.exit(status)
         if as_json:
             echo_json(asdict(info))
             return
@@ -76,7 +92,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Replace the database's contents with a backup, in one transaction, after
         backing up what it replaces (as `db upgrade` and `db downgrade` do)."""
-        from ragstore.backup import RestoreInterrupted, restore_backup
+        from ragstore.backup import BackupInterrupted, RestoreInterrupted, restore_backup
         from ragstore.cli.db_cmd import backup_before
         from ragstore.cli.output import err_console
         from ragstore.cli.remote import refuse_remote
@@ -106,6 +122,8 @@ def register(app: typer.Typer) -> None:
                 if isinstance(exc, RestoreInterrupted)
                 else "nothing was restored; the database is as it was"
             )
+            if isinstance(exc, BackupInterrupted):  # as the backup first got its names
+                what += f"; {exc.what}"
             err_console().print(f"interrupted by {how}: {what}{_kept(before)}", markup=False)
             sys.exit(status)
         except RagstoreError as exc:

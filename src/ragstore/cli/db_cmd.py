@@ -17,6 +17,7 @@ from ragstore.cli.output import confirm, echo_json
 from ragstore.cli.remote import refuse_remote
 
 if TYPE_CHECKING:
+    from ragstore.db import migrations
     from ragstore.db.database import Database
     from ragstore.db.migrations import SchemaStatus
     from ragstore.runtime import Runtime
@@ -119,13 +120,53 @@ def upgrade_with_backup(
         with _backing_up("upgrade"):
             path = backup_before(rt, db, "upgrade", quiet=as_json)
     with _saying_where("upgrade", path):
-        st = migrations.upgrade(db, to)
+        done = migrations.migrate(db, "upgrade", to)
+    _report("upgrade", before, done, path, as_json=as_json)
+
+
+def _report(
+    action: str, before: str | None, done: migrations.Migrated, path: str | None, *, as_json: bool
+) -> None:
+    """Say what an upgrade or downgrade did, from the revision it found under the migration
+    lock: a second command run alongside another read the old revision first, waited for
+    the lock, found the work done, and still said "upgraded X -> Y" after taking a whole
+    backup for nothing. Where another process changed the schema meanwhile and this one
+    changed nothing, it says so, and the backup it took first (not needed) is removed."""
+    now = done.status.current
+    note = ""
+    if not done.changed and done.found != before:
+        note = (
+            f" when the migration lock was had: another process changed it from "
+            f"{before or '(empty)'} meanwhile"
+        )
+        if path is not None:
+            if _remove_backup(path):
+                note += f"; the backup taken first was not needed and was removed: {path}"
+                path = None
+            else:
+                note += f"; the backup taken first was not needed, and is kept: {path}"
     if as_json:
-        echo_json({"from": before, "to": st.current, "backup": path})
-    elif before == st.current:
-        typer.echo(f"schema already at {st.current}; nothing to do")
+        echo_json({"from": done.found, "to": now, "backup": path})
+    elif not done.changed:
+        typer.echo(f"schema already at {now or '(empty)'}{note}; nothing to do")
     else:
-        typer.echo(f"upgraded {before or '(empty)'} -> {st.current}")
+        past = "upgraded" if action == "upgrade" else "downgraded"
+        typer.echo(f"{past} {done.found or '(empty)'} -> {now or 'base'}")
+
+
+def _remove_backup(path: str) -> bool:
+    """Remove a backup (archive and sidecar) this command took and did not need; False
+    where it could not be (it is then kept whole, or at least its archive)."""
+    import contextlib
+    from pathlib import Path
+
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):  # without its archive it describes nothing
+        Path(f"{path}.json").unlink(missing_ok=True)
+    return True
 
 
 @contextmanager
@@ -136,6 +177,7 @@ def _backing_up(action: str) -> Iterator[None]:
     nothing. pg_dump is stopped, its file removed, and the command says so."""
     import sys
 
+    from ragstore.backup import BackupInterrupted
     from ragstore.cli.output import err_console
     from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
 
@@ -144,11 +186,14 @@ def _backing_up(action: str) -> Iterator[None]:
             yield
     except KeyboardInterrupt as exc:
         how, status = interrupt_status(exc)
-        err_console().print(
-            f"interrupted by {how}: the backup before the {action} was not finished and "
-            f"was removed; the {action} did not start, nothing was changed",
-            markup=False,
-        )
+        if isinstance(exc, BackupInterrupted):  # it came as the backup got its names
+            what = f"{exc.what}; the {action} did not start, the schema was not changed"
+        else:
+            what = (
+                f"the backup before the {action} was not finished and was removed; the "
+                f"{action} did not start, nothing was changed"
+            )
+        err_console().print(f"interrupted by {how}: {what}", markup=False)
         sys.exit(status)
 
 
@@ -256,11 +301,8 @@ def downgrade(
             with _backing_up("downgrade"):
                 path = backup_before(rt, db, "downgrade", quiet=as_json)
         with _saying_where("downgrade", path):
-            st = migrations.downgrade(db, to)
-    if as_json:
-        echo_json({"from": before, "to": st.current, "backup": path})
-    else:
-        typer.echo(f"downgraded {before} -> {st.current or 'base'}")
+            done = migrations.migrate(db, "downgrade", to)
+    _report("downgrade", before, done, path, as_json=as_json)
 
 
 @app.command("check")

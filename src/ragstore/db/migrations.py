@@ -246,8 +246,9 @@ def _ended_at(db: Database, action: str, progress: _Progress, why: str) -> str |
         ) from None
 
 
-def _run(db: Database, action: str, target: str) -> str | None:
-    """Run the migration in one transaction under the lock; the revision it committed.
+def _run(db: Database, action: str, target: str) -> tuple[str | None, str | None]:
+    """Run the migration in one transaction under the lock; the revision it found under
+    the lock and the one it committed.
 
     That revision is read inside the transaction, before its COMMIT: read afterwards in a
     transaction of its own, a database that went away once the migration had committed
@@ -276,7 +277,7 @@ def _run(db: Database, action: str, target: str) -> str | None:
                     command.downgrade(cfg, target)
             progress.after = _revision_in(conn)
             progress.committing = True
-        return progress.after
+        return progress.before, progress.after
     except KeyboardInterrupt as exc:
         raise MigrationInterrupted(_interrupted(db, action, progress)) from exc
     except Exception as exc:
@@ -286,7 +287,7 @@ def _run(db: Database, action: str, target: str) -> str | None:
             ):
                 now = _ended_at(db, action, progress, str(exc.orig).strip().splitlines()[0])
                 if now == progress.after:
-                    return now  # it committed: the migration is done
+                    return progress.before, now  # it committed: the migration is done
             # SQLAlchemy wraps the driver's error (and quotes the whole revision's SQL)
             raise _failed(exc.orig, db, action, progress) from None
         raise
@@ -334,12 +335,34 @@ def _failed(exc: psycopg.Error, db: Database, action: str, progress: _Progress) 
 
 def upgrade(db: Database, to: str = "head") -> SchemaStatus:
     """Bring the schema up to ``to`` (default: the code's head) under the advisory lock."""
-    return status_of(_run(db, "upgrade", to))
+    return migrate(db, "upgrade", to).status
 
 
 def downgrade(db: Database, to: str) -> SchemaStatus:
     """Take the schema down to ``to`` ("base" removes every ragstore table)."""
-    return status_of(_run(db, "downgrade", to))
+    return migrate(db, "downgrade", to).status
+
+
+@dataclass(frozen=True)
+class Migrated:
+    """What a migration found and left: ``found`` is the revision read under the lock,
+    before any change (another process may have moved it since the caller last looked)."""
+
+    found: str | None
+    status: SchemaStatus
+
+    @property
+    def changed(self) -> bool:
+        return self.found != self.status.current
+
+
+def migrate(db: Database, action: str, to: str) -> Migrated:
+    """:func:`upgrade` (``action`` "upgrade") or :func:`downgrade`, saying also the
+    revision found once the lock was had: a second ``db upgrade`` run alongside another
+    read the old revision, waited for the lock, found nothing to do and reported
+    "upgraded X -> Y" for the other's work."""
+    found, after = _run(db, action, to)
+    return Migrated(found, status_of(after))
 
 
 def upgrade_sql(db: Database | None, to: str = "head", start: str | None = None) -> str:
