@@ -119,6 +119,25 @@ def test_the_async_client_reads_the_413_of_an_upload_over_the_limit(
     asyncio.run(run())
 
 
+def test_the_client_sizes_its_requests_to_the_limit_a_413_says(
+    small_url: str, tmp_path: Path
+) -> None:
+    # a 413 says the server's limit (RAGStore-Max-Upload-Bytes): the client cuts the rest
+    # of the upload to fit it, where halving from its 50 MiB default re-sent a large upload
+    # up to twice (each half refused in turn) before it fitted
+    r = httpx.post(
+        f"{small_url}/v1/collections/said/documents/upload",
+        files={"files": ("a.md", b"x" * (2 * SMALL_UPLOAD))},
+    )
+    assert r.status_code == 413 and r.headers["RAGStore-Max-Upload-Bytes"] == str(SMALL_UPLOAD)
+    folder = _folder(tmp_path / "docs", 16)
+    with Client(small_url) as client:
+        sent = _sizes(client)
+        out = client.ingest("said", folder)
+    assert out["count"] == 16
+    assert len(sent) > 2 and all(size <= SMALL_UPLOAD for size in sent[1:]), sent
+
+
 def test_uploads_are_packed_within_the_byte_limit_the_client_is_given(
     small_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -57,7 +57,13 @@ DRAIN_MAX_S = 30.0
 
 
 async def refuse_and_drain(
-    scope: Scope, receive: Receive, send: Send, exc: RagstoreError, *, declared: int | None
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    exc: RagstoreError,
+    *,
+    declared: int | None,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """Answer ``exc``'s problem with ``Connection: close``, then read and drop the rest of
     the request body before the connection closes.
@@ -70,12 +76,14 @@ async def refuse_and_drain(
     response held open while the body is drained, then ended, which closes the
     connection. A body declared over :data:`DRAIN_MAX_BYTES`, one that grows past it, or
     one not done within :data:`DRAIN_MAX_S` (a trickle, or a client that stops sending)
-    is not waited for: the connection is closed as before.
+    is not waited for: the connection is closed as before. ``headers`` are added to the
+    answer.
     """
     state: dict[str, Any] = scope.get("state", {})
     response = problem_response(
         exc, request_id=str(state.get("request_id", "")), instance=scope.get("path", "")
     )
+    response.headers.update(headers or {})
     response.headers["Connection"] = "close"
     drain = declared is None or declared <= DRAIN_MAX_BYTES
 
@@ -108,6 +116,8 @@ async def _drop_body(receive: Receive) -> None:
             return
 
 
+UPLOAD_LIMIT_HEADER = "RAGStore-Max-Upload-Bytes"  # on a 413: the limit that refused it
+REQUEST_LIMIT_HEADER = "RAGStore-Max-Request-Bytes"
 UPLOAD_SUFFIX = "/documents/upload"  # the one route that takes files (api/routes/documents.py)
 
 
@@ -138,6 +148,8 @@ class BodyLimitMiddleware:
         limit = self.upload_bytes if multipart else self.json_bytes
         what = "upload" if multipart else "request body"
         setting = "RAGSTORE_MAX_UPLOAD_BYTES" if multipart else "RAGSTORE_MAX_REQUEST_BYTES"
+        # the limit, said so a client can size its next requests (Client.upload does)
+        advertised = {UPLOAD_LIMIT_HEADER if multipart else REQUEST_LIMIT_HEADER: str(limit)}
 
         def too_large(size: str) -> RequestTooLargeError:
             return RequestTooLargeError(
@@ -148,7 +160,9 @@ class BodyLimitMiddleware:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             exc = too_large(declared.decode())
-            await refuse_and_drain(scope, receive, send, exc, declared=int(declared))
+            await refuse_and_drain(
+                scope, receive, send, exc, declared=int(declared), headers=advertised
+            )
             return
         seen = 0
         started = False
@@ -171,7 +185,9 @@ class BodyLimitMiddleware:
                 # into a 4xx of its own): the client gets the 413 instead
                 if message["type"] == "http.response.start" and not started:
                     started = True
-                    await refuse_and_drain(scope, receive, send, overflow, declared=None)
+                    await refuse_and_drain(
+                        scope, receive, send, overflow, declared=None, headers=advertised
+                    )
                 return
             if message["type"] == "http.response.start":
                 started = True
@@ -182,7 +198,7 @@ class BodyLimitMiddleware:
         except RequestTooLargeError as exc:
             if started:
                 raise
-            await refuse_and_drain(scope, receive, send, exc, declared=None)
+            await refuse_and_drain(scope, receive, send, exc, declared=None, headers=advertised)
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
