@@ -179,7 +179,11 @@ def raise_for_problem(response: httpx.Response) -> None:
         body = {"detail": response.text[:500] or response.reason_phrase}
     if not isinstance(body, dict):
         body = {"detail": str(body)[:500]}
-    raise error_from_problem(response.status_code, body)
+    exc = error_from_problem(response.status_code, body)
+    said = response.headers.get(UPLOAD_LIMIT_HEADER, "")
+    if response.status_code == 413 and said.isdigit():  # the server's upload limit
+        exc.max_upload_bytes = int(said)  # type: ignore[attr-defined]
+    raise exc
 
 
 # --- health ------------------------------------------------------------------------------
@@ -561,6 +565,7 @@ def upload(
 # set to a lower byte limit answers 413, which stores nothing, and the request is sent
 # again in halves. A part's boundary and headers cost about 200 bytes besides its name.
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+UPLOAD_LIMIT_HEADER = "RAGStore-Max-Upload-Bytes"  # a 413's (api/middleware.py)
 MAX_UPLOAD_FILES = 1000
 _PART_OVERHEAD = 256
 
@@ -569,16 +574,20 @@ _PART_OVERHEAD = 256
 _REQUEST_REFUSED = frozenset({401, 403, 404, 408, 429})
 
 
-def _upload_spans(call: Call[Any]) -> list[tuple[int, int]]:
-    """``call``'s files cut into consecutive spans within :data:`MAX_UPLOAD_FILES` files
-    and :data:`MAX_UPLOAD_BYTES` bytes (a file over it alone is a span of its own: the
-    server refuses it, alone)."""
+def _upload_spans(
+    call: Call[Any], limit: int | None = None, first: int = 0
+) -> list[tuple[int, int]]:
+    """``call``'s files from ``first`` on cut into consecutive spans within
+    :data:`MAX_UPLOAD_FILES` files and ``limit`` (:data:`MAX_UPLOAD_BYTES`) bytes (a file
+    over it alone is a span of its own: the server refuses it, alone)."""
     parts = call.files or []
     fields = sum(len(v.encode("utf-8")) + _PART_OVERHEAD for v in (call.data or {}).values())
-    budget = MAX_UPLOAD_BYTES - fields - _PART_OVERHEAD
+    budget = (MAX_UPLOAD_BYTES if limit is None else limit) - fields - _PART_OVERHEAD
     spans: list[tuple[int, int]] = []
-    start, size = 0, 0
+    start, size = first, 0
     for i, (_, (name, content, _type)) in enumerate(parts):
+        if i < first:
+            continue
         cost = len(content) + 3 * len(name.encode("utf-8")) + _PART_OVERHEAD
         if i > start and (i - start >= MAX_UPLOAD_FILES or size + cost > budget):
             spans.append((start, i))
@@ -658,8 +667,15 @@ def upload_plan(
             if (start, end) == (0, n) and not (_refused_whole(exc) and n > 1):
                 raise  # one request, as before: the server's own answer
             if _refused_whole(exc) and end - start > 1:
-                middle = (start + end) // 2
-                pending[:0] = [(start, middle), (middle, end)]
+                # the server's limit, when it says it (RAGStore-Max-Upload-Bytes): the rest
+                # is cut to fit it at once, where halving re-sent up to twice the upload
+                said = getattr(exc, "max_upload_bytes", None)
+                fitted = _upload_spans(whole, said, start) if said else []
+                if fitted and fitted[0][1] < end:
+                    pending[:] = fitted
+                else:
+                    middle = (start + end) // 2
+                    pending[:0] = [(start, middle), (middle, end)]
                 continue
             report = _file_report(exc)
             status = getattr(exc, "status", None)

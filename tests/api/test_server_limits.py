@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from ragstore import Client
+from ragstore.api import middleware
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
 from ragstore.errors import SearchTimeoutError
@@ -250,6 +251,73 @@ def test_only_the_upload_route_takes_upload_sized_bodies(
     assert r.status_code == 413
     assert r.json()["code"] == "request_too_large"
     assert "RAGSTORE_MAX_REQUEST_BYTES" in r.json()["detail"]
+
+
+def _refused_post(url: str, key: str, declared: int | None) -> socket.socket:
+    """A socket that sent the head of a JSON search over the 1 MiB limit: ``declared``
+    bytes long, or chunked when None."""
+    sock = _connect(url)
+    length = b"Transfer-Encoding: chunked" if declared is None else b"Content-Length: %d" % declared
+    sock.sendall(
+        b"POST /v1/collections/notes/search HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer %s\r\nContent-Type: application/json\r\n%s\r\n\r\n"
+        % (key.encode(), length)
+    )
+    return sock
+
+
+def test_a_refused_body_is_read_so_the_client_gets_the_413(
+    secured: str, admin: Client, admin_key: str
+) -> None:
+    # answered 413 and closed with the body unread, the connection was reset while the
+    # client still sent, and the reset threw the answer away (async httpx: ReadError)
+    size = 24 * 1024 * 1024  # more than the socket buffers hold
+    with _refused_post(secured, admin_key, size) as sock:
+        sock.sendall(b" " * size)  # all of it taken: the server reads what it refuses
+        answer = _read_all(sock, 10.0)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
+    assert b"connection: close" in answer.lower()
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["code"] == "request_too_large"
+
+
+def test_a_refused_body_that_stalls_is_cut_off(secured: str, admin: Client, admin_key: str) -> None:
+    with _refused_post(secured, admin_key, 2 * 1024 * 1024) as sock:
+        t0 = time.monotonic()
+        answer = _read_all(sock, HEAD_TIMEOUT_S + 5.0)  # the answer at once, then the close
+        elapsed = time.monotonic() - t0
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
+    assert elapsed < HEAD_TIMEOUT_S + 2.0
+
+
+def test_a_refused_body_past_the_drain_bound_is_not_read(
+    secured: str, admin: Client, admin_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(middleware, "DRAIN_MAX_BYTES", 2 * 1024 * 1024)
+    with _refused_post(secured, admin_key, 1 << 40) as sock:  # declared past it: no drain
+        t0 = time.monotonic()
+        answer = _read_all(sock, 5.0)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
+        assert time.monotonic() - t0 < 1.0
+    sent = 0
+    with _refused_post(secured, admin_key, None) as sock:  # an endless chunked body
+        chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
+        with pytest.raises(OSError):
+            while sent < 64 * 1024 * 1024:
+                sock.sendall(chunk)
+                sent += len(chunk)
+    assert sent < 16 * 1024 * 1024
+
+
+def test_a_refused_body_trickled_at_a_fair_rate_is_cut_off_in_time(
+    secured: str, admin: Client, admin_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(middleware, "DRAIN_MAX_S", 1.0)
+    t0 = time.monotonic()
+    with _refused_post(secured, admin_key, 2 * 1024 * 1024) as sock, pytest.raises(OSError):
+        while time.monotonic() - t0 < 10.0:  # 2 KiB each 0.2 s: fast enough otherwise
+            sock.sendall(b" " * 2048)
+            time.sleep(0.2)
+    assert time.monotonic() - t0 < 5.0
 
 
 def _failed_auths(url: str, forged: bool) -> list[int]:

@@ -6,6 +6,8 @@ Both are plain ASGI (no BaseHTTPMiddleware) so they cost little on every request
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import uuid
 from typing import Any
@@ -14,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstore.api.deps import ApiState, authenticate
-from ragstore.api.errors import send_problem
+from ragstore.api.errors import problem_response, send_problem
 from ragstore.errors import RagstoreError, RequestTooLargeError
 
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -48,6 +50,74 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+# How much of a refused body is read and dropped after its 413, so the client finishes
+# sending and reads the answer (see refuse_and_drain): more, or longer, and it is cut off.
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
+DRAIN_MAX_S = 30.0
+
+
+async def refuse_and_drain(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    exc: RagstoreError,
+    *,
+    declared: int | None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Answer ``exc``'s problem with ``Connection: close``, then read and drop the rest of
+    the request body before the connection closes.
+
+    Closed with the body unread, the connection was reset while the client was still
+    sending, and the reset threw away the answer it had not read yet: async httpx raised
+    ``ReadError`` ("cannot reach the ragstore server"), never saw the 413, and so could
+    not send the upload again in smaller requests. The whole answer is written first
+    (a client that reads early, or sent ``Expect: 100-continue``, has it at once), the
+    response held open while the body is drained, then ended, which closes the
+    connection. A body declared over :data:`DRAIN_MAX_BYTES`, one that grows past it, or
+    one not done within :data:`DRAIN_MAX_S` (a trickle, or a client that stops sending)
+    is not waited for: the connection is closed as before. ``headers`` are added to the
+    answer.
+    """
+    state: dict[str, Any] = scope.get("state", {})
+    response = problem_response(
+        exc, request_id=str(state.get("request_id", "")), instance=scope.get("path", "")
+    )
+    response.headers.update(headers or {})
+    response.headers["Connection"] = "close"
+    drain = declared is None or declared <= DRAIN_MAX_BYTES
+
+    async def held_send(message: Message) -> None:
+        if drain and message["type"] == "http.response.body" and not message.get("more_body"):
+            message = {**message, "more_body": True}  # ended below, once the body is read
+        await send(message)
+
+    async def no_body() -> Message:
+        return {"type": "http.disconnect"}
+
+    await response(scope, no_body, held_send)
+    if not drain:
+        return
+    with contextlib.suppress(TimeoutError):  # past the time bound: closed all the same
+        await asyncio.wait_for(_drop_body(receive), DRAIN_MAX_S)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _drop_body(receive: Receive) -> None:
+    """Read the request body to its end (or the client's disconnect), at most
+    :data:`DRAIN_MAX_BYTES` of it."""
+    dropped = 0
+    while dropped <= DRAIN_MAX_BYTES:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+UPLOAD_LIMIT_HEADER = "RAGStore-Max-Upload-Bytes"  # on a 413: the limit that refused it
+REQUEST_LIMIT_HEADER = "RAGStore-Max-Request-Bytes"
 UPLOAD_SUFFIX = "/documents/upload"  # the one route that takes files (api/routes/documents.py)
 
 
@@ -58,7 +128,9 @@ class BodyLimitMiddleware:
     multipart keeps the JSON limit (it read up to ``upload_bytes`` into memory before).
 
     A declared Content-Length over the limit is refused before reading; a body that grows past
-    it while streaming is cut off with the same ``request_too_large`` problem.
+    it while streaming is cut off with the same ``request_too_large`` problem. Either way the
+    rest of the body is read and dropped after the answer (:func:`refuse_and_drain`), so the
+    client reads the 413 rather than a reset connection.
     """
 
     def __init__(self, app: ASGIApp, *, json_bytes: int, upload_bytes: int) -> None:
@@ -76,6 +148,8 @@ class BodyLimitMiddleware:
         limit = self.upload_bytes if multipart else self.json_bytes
         what = "upload" if multipart else "request body"
         setting = "RAGSTORE_MAX_UPLOAD_BYTES" if multipart else "RAGSTORE_MAX_REQUEST_BYTES"
+        # the limit, said so a client can size its next requests (Client.upload does)
+        advertised = {UPLOAD_LIMIT_HEADER if multipart else REQUEST_LIMIT_HEADER: str(limit)}
 
         def too_large(size: str) -> RequestTooLargeError:
             return RequestTooLargeError(
@@ -85,7 +159,10 @@ class BodyLimitMiddleware:
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await send_problem(scope, send, too_large(declared.decode()), close=True)
+            exc = too_large(declared.decode())
+            await refuse_and_drain(
+                scope, receive, send, exc, declared=int(declared), headers=advertised
+            )
             return
         seen = 0
         started = False
@@ -108,7 +185,9 @@ class BodyLimitMiddleware:
                 # into a 4xx of its own): the client gets the 413 instead
                 if message["type"] == "http.response.start" and not started:
                     started = True
-                    await send_problem(scope, send, overflow, close=True)
+                    await refuse_and_drain(
+                        scope, receive, send, overflow, declared=None, headers=advertised
+                    )
                 return
             if message["type"] == "http.response.start":
                 started = True
@@ -119,7 +198,7 @@ class BodyLimitMiddleware:
         except RequestTooLargeError as exc:
             if started:
                 raise
-            await send_problem(scope, send, exc, close=True)
+            await refuse_and_drain(scope, receive, send, exc, declared=None, headers=advertised)
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
