@@ -19,7 +19,9 @@ clients run, taking turns: every other session's connection ended
 (``pg_terminate_backend``, as a failover or an administrator does), the embedded
 postmaster killed with SIGKILL (a crash; the servers start it again), and a worker killed
 with SIGKILL in whatever job it runs and a new one started in its place (its job is
-retried once its heartbeat is stale). The checks then
+retried once its heartbeat is stale; the workers run with
+``RAGSTORE_WORKER_MAX_ATTEMPTS=20``, as a job whose fresh workers are killed three times
+while they load the model would otherwise be given up, honestly, as ``worker_lost``). The checks then
 allow what a fault may honestly cause and nothing more:
 
 * an answer is 201/202/204, a 4xx refusal, or a 503 problem (``database_unavailable``);
@@ -489,6 +491,12 @@ def main() -> None:
             "RAGSTORE_BACKGROUND_INGEST_BYTES": "1000000",
         }
     )
+    if args.faults > 0:
+        # a worker dies every third fault, far more often than the limit of attempts is
+        # sized for (a job that kills its workers: three by default); a job whose workers
+        # are killed three times while they load the model is given up as worker_lost,
+        # which is honest, but the soak wants every job it was answered 202 for to end
+        env["RAGSTORE_WORKER_MAX_ATTEMPTS"] = "20"
     procs: list[subprocess.Popen[bytes]] = []
     workers: list[subprocess.Popen[bytes]] = []
     urls = []
