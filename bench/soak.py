@@ -21,8 +21,8 @@ postmaster killed with SIGKILL (a crash; the servers start it again), and a work
 with SIGKILL in whatever job it runs and a new one started in its place (its job is
 retried once its heartbeat is stale; the workers run with
 ``RAGSTORE_WORKER_MAX_ATTEMPTS=20``, as a job whose fresh workers are killed three times
-while they load the model would otherwise be given up, honestly, as ``worker_lost``). The checks then
-allow what a fault may honestly cause and nothing more:
+while they load the model would otherwise be given up, honestly, as ``worker_lost``).
+The checks then allow what a fault may honestly cause and nothing more:
 
 * an answer is 201/202/204, a 4xx refusal, or a 503 problem (``database_unavailable``);
   any other 5xx, or a connection the server dropped without an answer, is a problem;
