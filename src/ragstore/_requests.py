@@ -325,6 +325,16 @@ def _refused_whole(exc: RagstoreError) -> bool:
     return getattr(exc, "status", None) == 413
 
 
+def _halved(exc: RagstoreError, start: int, end: int, pending: list[tuple[int, int]]) -> bool:
+    """Where request ``[start, end)`` of more than one item was refused 413 (nothing of it
+    read), put its two halves first in ``pending`` to be sent instead; whether it was."""
+    if not (_refused_whole(exc) and end - start > 1):
+        return False
+    middle = (start + end) // 2
+    pending[:0] = [(start, middle), (middle, end)]
+    return True
+
+
 def _answered(exc: RagstoreError) -> bool:
     """An error answer came back (the request's fate is known): not a connection lost,
     a timeout, or an answer that was not ragstore's, after which it may have been done."""
@@ -403,9 +413,7 @@ def add_texts_plan(
         try:
             answers.append((yield _part(whole, _TEXT_LISTS, start, end)))
         except RagstoreError as exc:
-            if _refused_whole(exc) and end - start > 1:
-                middle = (start + end) // 2
-                pending[:0] = [(start, middle), (middle, end)]
+            if _halved(exc, start, end, pending):
                 continue
             if (start, end) != (0, n):
                 _say_what_was_added(exc, all_ids, start, end)
@@ -461,9 +469,7 @@ def text_ids_plan(call: Call[T], combine: Callable[[list[T]], T], verb: str) -> 
         try:
             answers.append((yield _part(call, ("ids",), start, end)))
         except RagstoreError as exc:
-            if _refused_whole(exc) and end - start > 1:
-                middle = (start + end) // 2
-                pending[:0] = [(start, middle), (middle, end)]
+            if _halved(exc, start, end, pending):
                 continue
             if verb == "delete" and start:
                 ids = body["ids"]
@@ -598,18 +604,15 @@ def _upload_spans(
 
 
 def _check_upload_names(names: list[str]) -> None:
-    """What the server refuses in any name (``_upload``: a bad or repeated name), checked
-    before the first of several requests: found in a later request, it was refused after
-    the earlier ones stored, and a name repeated across two requests was stored over the
-    first (answered "updated") where one request refuses it."""
-    from ragstore.jobs.staging import safe_name
+    """What the server refuses in any name (a bad or repeated one), checked before the
+    first of several requests: found in a later request, it was refused after the earlier
+    ones stored, and a name repeated across two requests was stored over the first
+    (answered "updated") where one request refuses it."""
+    from ragstore.jobs.staging import safe_name, unique_names
 
-    seen: set[str] = set()
     for name in names:
         safe_name(name)
-        if name in seen:
-            raise InputError(f"document name {name!r} appears twice in one request; send it once")
-        seen.add(name)
+    unique_names(names)
 
 
 def _file_report(exc: RagstoreError) -> tuple[list[Any], list[Any]] | None:
@@ -674,8 +677,7 @@ def upload_plan(
                 if fitted and fitted[0][1] < end:
                     pending[:] = fitted
                 else:
-                    middle = (start + end) // 2
-                    pending[:0] = [(start, middle), (middle, end)]
+                    _halved(exc, start, end, pending)
                 continue
             report = _file_report(exc)
             status = getattr(exc, "status", None)

@@ -15,6 +15,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ragstore._requests import UPLOAD_LIMIT_HEADER
 from ragstore.api.deps import ApiState, authenticate
 from ragstore.api.errors import problem_response, send_problem
 from ragstore.errors import RagstoreError, RequestTooLargeError
@@ -116,7 +117,7 @@ async def _drop_body(receive: Receive) -> None:
             return
 
 
-UPLOAD_LIMIT_HEADER = "RAGStore-Max-Upload-Bytes"  # on a 413: the limit that refused it
+# on a 413: the limit that refused it (the Client reads the upload one: it is defined there)
 REQUEST_LIMIT_HEADER = "RAGStore-Max-Request-Bytes"
 UPLOAD_SUFFIX = "/documents/upload"  # the one route that takes files (api/routes/documents.py)
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ragstore.errors import InputError, RagstoreError
+from ragstore.errors import RagstoreError
 from ragstore.ingest.service import IngestReport, Item, Progress, ingest_items
 from ragstore.jobs import staging
 from ragstore.observability import metrics
@@ -57,10 +57,7 @@ def add_documents(
     lock, so concurrent writers of one name are serialized and every outcome describes
     what this call stored.
     """
-    names = [d.name for d in docs]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise InputError(f"document name {dup!r} appears twice in one request; send it once")
+    staging.unique_names([d.name for d in docs])
     items = [
         Item(
             staging.source_of(rt.settings, collection, d.name),

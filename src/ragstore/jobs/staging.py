@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
@@ -48,6 +48,16 @@ def safe_name(name: str) -> PurePosixPath:
             "letters, digits, spaces and _.,()+=@- (each part starting with a letter or digit)"
         )
     return path
+
+
+def unique_names(names: Sequence[str]) -> None:
+    """InputError naming the first document name given twice in one request (or call):
+    each name is one document, so the second would be stored over the first."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InputError(f"document name {name!r} appears twice in one request; send it once")
+        seen.add(name)
 
 
 def source_of(settings: Settings, collection: str, name: str) -> str:

@@ -158,10 +158,7 @@ def _upload(
             path = area.new_file()
             total += _save(upload.file, path, rt.settings.max_file_bytes, fname)
             docs.append(NewDocument(fname, path, meta))
-        names = [d.name for d in docs]
-        if len(set(names)) != len(names):
-            dup = next(n for n in names if names.count(n) > 1)
-            raise InputError(f"document name {dup!r} appears twice in one request; send it once")
+        staging.unique_names([d.name for d in docs])
         rt.collection(name, create=True)  # as `ragstore ingest` does
         if background or total > rt.settings.background_ingest_bytes:
             return _accept(
