@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,3 +84,42 @@ def test_every_alert_has_a_runbook_section_and_a_unit_test() -> None:
     for name in names:
         assert f"alertname: {name}" in tests, f"{name} has no promtool unit test"
         assert f"## {name}" in runbook, f"{name} is not described in docs/monitoring/alerts.md"
+
+
+def test_prometheus_scrapes_with_a_metrics_key_and_listens_on_loopback_only() -> None:
+    """Under profile prod /metrics answers 401 without a key: the compose Prometheus must
+    send one (read from the mounted secrets folder, which git ignores), and its own port,
+    which has no authentication, must not be published beyond the host's loopback."""
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    prom_service = compose["services"]["prometheus"]
+    assert all(str(p).startswith("127.0.0.1:") for p in prom_service["ports"])
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (api_job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "ragstore-api"]
+    secret = Path(api_job["authorization"]["credentials_file"])
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in prom_service["volumes"]}  # inside: host
+    host_dir = mounts[str(secret.parent)]
+    assert (DEPLOY / host_dir / ".gitignore").read_text().splitlines()[1:] == ["*", "!.gitignore"]
+    assert "--scope metrics" in (DEPLOY / "docker-compose.yml").read_text()
+
+
+def test_prometheus_configuration_passes_promtool(tmp_path: Path) -> None:
+    """``promtool check config`` on a copy whose key file exists (promtool checks that it
+    does; Prometheus itself reads it at each scrape)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (.ci/run installs Debian's prometheus)")
+    text = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    key = tmp_path / "ragstore.key"
+    key.write_text("rsk_000000000000_" + "x" * 43 + "\n")
+    (tmp_path / "prometheus.yml").write_text(
+        text.replace("/etc/prometheus/secrets/ragstore.key", str(key))
+    )
+    shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
+    result = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -21,7 +21,7 @@ import pytest
 from ragstore.api.app import auth_enabled
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
-from ragstore.errors import ConfigError
+from ragstore.errors import ConfigError, InputError
 from ragstore.profiles import is_loopback
 from tests.api.conftest import running_server, with_
 
@@ -117,6 +117,29 @@ def test_metrics_need_a_key_under_prod(secured: str, keys: KeyStore) -> None:
     key = keys.create("read").secret
     r = httpx.get(f"{secured}/metrics", headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 200 and "ragstore_build_info" in r.text
+
+
+def test_a_metrics_key_reads_the_metrics_and_nothing_else(secured: str, keys: KeyStore) -> None:
+    """The scraper's key (deploy/prometheus/prometheus.yml) must not read documents: a
+    ``metrics`` key is answered on /metrics and refused (403, naming the scope it lacks) on
+    every route that needs ``read`` or more."""
+    auth = {"Authorization": f"Bearer {keys.create('metrics', name='prometheus').secret}"}
+    with httpx.Client(base_url=secured, headers=auth, timeout=60) as h:
+        assert h.get("/metrics").status_code == 200
+        refused = [
+            h.get("/v1/collections"),
+            h.get("/v1/me"),
+            h.post("/v1/collections/default/search", json={"query": "anything"}),
+            h.post("/v1/collections", json={"name": "by-metrics-key"}),
+        ]
+    for r in refused:
+        assert r.status_code == 403, (r.request.url, r.status_code, r.text)
+        assert r.json()["code"] == "forbidden" and "'metrics'" in r.json()["detail"]
+
+
+def test_a_metrics_key_is_for_every_collection(keys: KeyStore) -> None:
+    with pytest.raises(InputError, match="without --collection"):
+        keys.create("metrics", collection="default")
 
 
 def _free_port() -> int:

@@ -452,7 +452,7 @@ class MePublic(BaseModel):
     auth: bool = Field(description="False when the server runs with authentication off.")
     key_id: str | None = Field(None, examples=["3f2a9c1b0d4e"])
     name: str | None = None
-    scope: Literal["read", "write", "admin"] = Field(
+    scope: Literal["metrics", "read", "write", "admin"] = Field(
         description="The caller's scope (admin for everyone when auth is off)."
     )
     collection: str | None = Field(

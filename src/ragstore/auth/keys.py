@@ -30,7 +30,9 @@ from ragstore.errors import (
     PermissionDeniedError,
 )
 
-SCOPES = ("read", "write", "admin")
+# lowest first: a key allows its scope and those below it. ``metrics`` reads /metrics (and
+# /readyz's details) and nothing else, so a scraper's key reads no document (revision 0034)
+SCOPES = ("metrics", "read", "write", "admin")
 _RANK = {scope: i for i, scope in enumerate(SCOPES)}
 _KEY_RE = re.compile(r"^rsk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32, "maxmem": 64 * 1024 * 1024}
@@ -110,6 +112,11 @@ class KeyStore:
     def create(self, scope: str, collection: str | None = None, name: str = "") -> NewKey:
         if scope not in SCOPES:
             raise InputError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
+        if scope == "metrics" and collection is not None:
+            raise InputError(
+                "a metrics key reads the server's metrics, which cover every collection; "
+                "create it without --collection"
+            )
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         salt = secrets.token_bytes(16)

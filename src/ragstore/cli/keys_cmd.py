@@ -29,7 +29,12 @@ def _key_dict(k: ApiKey) -> dict[str, Any]:
 
 @app.command("create")
 def create(
-    scope: str = typer.Option(..., "--scope", metavar="SCOPE", help="read, write or admin."),
+    scope: str = typer.Option(
+        ...,
+        "--scope",
+        metavar="SCOPE",
+        help="read, write or admin; metrics for a Prometheus scraper (reads /metrics only).",
+    ),
     collection: str | None = typer.Option(
         None, "--collection", "-c", metavar="NAME", help="Limit the key to this collection."
     ),
