@@ -191,7 +191,7 @@ def test_migration_to_a_smaller_budget_recuts_and_rolls_back(
     assert again.switched and again.rechunked == 0 and rt.collection(COLL).id == after.id
     (folder / "doc0.md").write_text(_doc(0, "glaciers") + "\n\nA new closing remark.\n")
     assert not ingest_paths(rt, [folder], COLL).failed
-    with pytest.raises(MigrationStateError, match="1 documents stored since the switch"):
+    with pytest.raises(MigrationStateError, match="1 documents stored, changed or deleted since"):
         rollback(rt, COLL)
     back_again = migrate(rt, COLL, before.model.key)
     assert back_again.switched and back_again.rechunked == 1
@@ -367,3 +367,22 @@ def test_chunks_cut_before_the_prefix_counted_are_cut_again_at_the_next_ingest(
     # and from then on, unchanged is unchanged
     assert ingest_paths(rt, [folder], "pf-old").count("unchanged") == 1
     assert add_texts(rt, "pf-old", [text], ids=["t1"]).unchanged == 1
+
+
+def test_rollback_after_a_deletion_says_how_many_documents_differ(
+    rt: Runtime, tmp_path: Path, narrow: str
+) -> None:
+    """A document deleted since a re-cutting migration's switch is still in the chunk set
+    kept for the old model: the rollback is refused (it would bring the document back),
+    and its error counted only documents stored since, so it said "0 documents"."""
+    folder = _write(tmp_path / "del", ["owls", "moths"])
+    assert not ingest_paths(rt, [folder], "rc-del").failed
+    assert migrate(rt, "rc-del", narrow).switched
+    coll = rt.collection("rc-del")
+    with rt.db.connection() as conn:
+        assert documents.delete_documents(conn, coll.id, [str(folder / "doc1.md")]) == 1
+    with pytest.raises(MigrationStateError, match=r"^1 documents stored, changed or deleted"):
+        rollback(rt, "rc-del")
+    back = migrate(rt, "rc-del", resolve_spec(DEFAULT_MODEL).key)
+    assert back.switched and back.rechunked == 0
+    assert {k[0] for k in _chunks(rt, rt.collection("rc-del"))} == {"doc0.md"}
