@@ -191,7 +191,7 @@ def test_migration_to_a_smaller_budget_recuts_and_rolls_back(
     assert again.switched and again.rechunked == 0 and rt.collection(COLL).id == after.id
     (folder / "doc0.md").write_text(_doc(0, "glaciers") + "\n\nA new closing remark.\n")
     assert not ingest_paths(rt, [folder], COLL).failed
-    with pytest.raises(MigrationStateError, match="1 documents stored since the switch"):
+    with pytest.raises(MigrationStateError, match="1 documents stored, changed or deleted since"):
         rollback(rt, COLL)
     back_again = migrate(rt, COLL, before.model.key)
     assert back_again.switched and back_again.rechunked == 1
@@ -300,3 +300,89 @@ def test_migration_to_a_model_with_a_passage_prefix_cuts_the_chunks_for_it(
     embedder = rt.embedder(after.model)
     assert embedder.count_tokens(["river stone"]) == [6]
     assert embedder.special_tokens == 4
+
+
+def test_chunks_cut_before_the_prefix_counted_are_cut_again_at_the_next_ingest(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collection of a model pinned with ``passage: `` whose documents were stored by a
+    ragstore that cut chunks to the full 256 tokens (the prefix not counted: simulated
+    here by counting as that code did) holds chunks the model reads two tokens too long.
+    Ingesting the unchanged files again, or sending the same texts again, answered
+    "unchanged" and kept them cut short for good; now they are cut again and fit."""
+    from ragstore.embedding.base import Embedder
+    from ragstore.ingest.texts import add_texts
+
+    base = resolve_spec(DEFAULT_MODEL)
+    prefixed = dataclasses.replace(
+        base,
+        name="minilm-e5-old",
+        options={**base.options, "query_prefix": "query: ", "passage_prefix": "passage: "},
+    )
+    with rt.db.connection() as conn:
+        upsert_model(conn, prefixed)
+        repository.create_collection(conn, "pf-old", prefixed)
+    words = ["river", "stone", "light", "water", "field", "house", "night", "green", "paper"]
+    body = " ".join(words[i % len(words)] for i in range(1500))
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "notes.md").write_text("# Notes\n\n" + body + "\n")
+    text = " ".join(words[i % len(words)] for i in range(600))
+
+    # as the code before the fix counted: the text alone, no prefix
+    monkeypatch.setattr(Embedder, "count_tokens", lambda self, t: self.count_text_tokens(t))
+    monkeypatch.setattr(Embedder, "prefix_tokens", property(lambda self: 0))
+    assert not ingest_paths(rt, [folder], "pf-old").failed
+    assert add_texts(rt, "pf-old", [text], ids=["t1"]).added == 1
+    monkeypatch.undo()
+    coll = rt.collection("pf-old")
+    # and the documents' hashes that code stored (no prefix in them)
+    from ragstore.chunking import document_hash
+    from ragstore.ingest.texts import _digest
+
+    with rt.db.connection() as conn:
+        for source, digest in (
+            (str(folder / "notes.md"), document_hash((folder / "notes.md").read_bytes())),
+            ("t1", _digest(text, {})),
+        ):
+            done = conn.execute(
+                "UPDATE documents SET content_hash = %s WHERE collection_id = %s AND source = %s",
+                (digest, coll.id, source),
+            )
+            assert done.rowcount == 1
+    model = rt.embedder(coll.model).model  # type: ignore[attr-defined]
+
+    def longest() -> int:
+        sent = [
+            "passage: " + (f"{c[3]}\n{c[2]}" if c[3] else c[2]) for c in _chunks(rt, coll).values()
+        ]
+        got = model.tokenizer(sent, add_special_tokens=True, truncation=False)["input_ids"]
+        return max(len(ids) for ids in got)
+
+    assert longest() > model.max_seq_length == 256  # the old chunks: cut short by the model
+    again = ingest_paths(rt, [folder], "pf-old")
+    assert again.count("unchanged") == 0 and not again.failed
+    assert add_texts(rt, "pf-old", [text], ids=["t1"]).updated == 1
+    assert longest() <= 256
+    # and from then on, unchanged is unchanged
+    assert ingest_paths(rt, [folder], "pf-old").count("unchanged") == 1
+    assert add_texts(rt, "pf-old", [text], ids=["t1"]).unchanged == 1
+
+
+def test_rollback_after_a_deletion_says_how_many_documents_differ(
+    rt: Runtime, tmp_path: Path, narrow: str
+) -> None:
+    """A document deleted since a re-cutting migration's switch is still in the chunk set
+    kept for the old model: the rollback is refused (it would bring the document back),
+    and its error counted only documents stored since, so it said "0 documents"."""
+    folder = _write(tmp_path / "del", ["owls", "moths"])
+    assert not ingest_paths(rt, [folder], "rc-del").failed
+    assert migrate(rt, "rc-del", narrow).switched
+    coll = rt.collection("rc-del")
+    with rt.db.connection() as conn:
+        assert documents.delete_documents(conn, coll.id, [str(folder / "doc1.md")]) == 1
+    with pytest.raises(MigrationStateError, match=r"^1 documents stored, changed or deleted"):
+        rollback(rt, "rc-del")
+    back = migrate(rt, "rc-del", resolve_spec(DEFAULT_MODEL).key)
+    assert back.switched and back.rechunked == 0
+    assert {k[0] for k in _chunks(rt, rt.collection("rc-del"))} == {"doc0.md"}

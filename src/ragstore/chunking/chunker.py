@@ -50,7 +50,9 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def document_hash(data: bytes, metadata: Mapping[str, Any] | None = None) -> str:
+def document_hash(
+    data: bytes, metadata: Mapping[str, Any] | None = None, passage_prefix: str = ""
+) -> str:
     """The stored content hash of a document: its bytes and the chunking version, so that
     after an upgrade that chunks differently an unchanged file is not skipped as
     unchanged but re-chunked (and only its chunks whose text changed are re-embedded).
@@ -58,8 +60,17 @@ def document_hash(data: bytes, metadata: Mapping[str, Any] | None = None) -> str
     ``metadata``: what its writer said of it (``ingest --meta``, an upload's metadata).
     A write decides "unchanged" by this hash alone, so new metadata on the same bytes
     was answered as stored and dropped; now it makes the write an update, whose chunks
-    keep their vectors. Without any, the hash is that of the bytes, as before."""
+    keep their vectors. Without any, the hash is that of the bytes, as before.
+
+    ``passage_prefix``: the collection's model's (``passage: `` for e5), which takes part
+    of every chunk's token budget. Chunks stored before the chunker counted it were cut
+    to the full limit and the model cuts their tails off; with the prefix in the hash, an
+    unchanged file of such a collection is cut again at its next ingest instead of
+    being skipped as unchanged (its chunks whose text is the same keep their vectors).
+    Without a prefix (most models) the hash is as before."""
     digest = hashlib.sha256(f"ragstore-chunking-{CHUNKING_VERSION}\n".encode())
+    if passage_prefix:
+        digest.update(b"passage-prefix\0" + passage_prefix.encode("utf-8", "surrogatepass"))
     digest.update(data)
     if metadata:
         said = json.dumps(

@@ -63,6 +63,7 @@ class Job:
     max_file_bytes: int
     user_meta: dict[str, Any]
     parse_timeout_s: float = 0.0  # 0: binary formats parsed here, without a limit
+    passage_prefix: str = ""  # the model's, in every document's hash (document_hash)
 
 
 def _file_metadata(
@@ -105,7 +106,7 @@ def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
     data = read_bounded(item.path, job.max_file_bytes, item.label)
     size = len(data)
     user_meta = {**job.user_meta, **item.metadata}
-    digest = document_hash(data, user_meta)
+    digest = document_hash(data, user_meta, job.passage_prefix)
     if item.early_skip and stored_hash == digest:
         return Prepared(item.source, unchanged=True)
     fmt = detect_format(item.label, data)

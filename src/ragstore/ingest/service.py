@@ -338,6 +338,7 @@ class _Ingestor:
             self.rt.settings.max_file_bytes,
             self.user_meta,
             self.rt.settings.parse_timeout_s,
+            str(self.coll.model.options.get("passage_prefix", "")),
         )
         workers = prepare.pool_size(
             self.rt.settings.ingest_workers, total_bytes, model_on_cpu=self.embedder.encodes_on_cpu

@@ -104,16 +104,24 @@ def _checked(
     return out_ids, metas, matrix
 
 
-def _digest(text: str, metadata: dict[str, Any], vector: np.ndarray | None = None) -> str:
+def _digest(
+    text: str, metadata: dict[str, Any], vector: np.ndarray | None = None, passage_prefix: str = ""
+) -> str:
     """The stored content hash of a text: what decides "unchanged". A caller's vector is
     part of what was sent: left out, the same text sent with another vector (an outside
     model replaced by one of the same dimension) was answered unchanged and the old vector
     kept, and a text sent once with a vector and then without stayed the caller's vector.
-    Texts the model embeds hash as they always did."""
+    Texts the model embeds hash as they always did, but for a model's passage prefix
+    (``passage: ``): chunks stored before the chunker counted it in their budget run two
+    tokens past the model's limit and lose their tails, and were answered unchanged when
+    sent again; with the prefix in the hash they are cut again (as files are:
+    :func:`ragstore.chunking.document_hash`)."""
     blob = json.dumps([text, metadata], sort_keys=True, ensure_ascii=False)
     digest = hashlib.sha256(blob.encode("utf-8"))
     if vector is not None:
         digest.update(b"\0vector\0" + _vector_bytes(vector))
+    elif passage_prefix:
+        digest.update(b"\0passage-prefix\0" + passage_prefix.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 
 
@@ -219,8 +227,10 @@ def _add_batch(
 ) -> None:
     with rt.db.connection() as conn, translated(f"reading documents of {coll.name!r}"):
         known = documents.document_hashes(conn, coll.id, ids)
+    prefix = str(coll.model.options.get("passage_prefix", ""))
     digests = [
-        _digest(texts[i], metas[i], None if matrix is None else matrix[i]) for i in range(len(ids))
+        _digest(texts[i], metas[i], None if matrix is None else matrix[i], prefix)
+        for i in range(len(ids))
     ]
     todo: list[int] = []
     for i, doc_id in enumerate(ids):

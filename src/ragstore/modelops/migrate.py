@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from ragstore.db import catalog, documents, repository, spaces
+from ragstore.db import catalog, repository, spaces
 from ragstore.db.errors import translated
 from ragstore.errors import ConflictError, InputError, MigrationStateError
 from ragstore.modelops import rechunk
@@ -520,12 +520,15 @@ def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
         prev, shadow = max(retired, key=lambda r: (r[0].activated_at, r[0].id))
         if shadow is not None:
             if not rechunk.swap(conn, coll, shadow):
-                changed = documents.count_without_twin(conn, coll.id, shadow.id)
+                # both ways: a document deleted since the switch is still in the kept set
+                # (it counted only the other way, and said "0 documents" for deletions)
+                changed = len(rechunk.out_of_step(conn, coll, shadow))
                 raise MigrationStateError(
-                    f"{changed} documents stored since the switch have no chunks for "
-                    f"{prev.model.key}; run `ragstore models migrate -c {coll.name} --to "
-                    f"{prev.model.key}` (it cuts and embeds only those {changed}, then "
-                    "switches back)"
+                    f"{changed} documents stored, changed or deleted since the switch are "
+                    f"not in the chunks kept for {prev.model.key}; run `ragstore models "
+                    f"migrate -c {coll.name} --to {prev.model.key}` (it cuts and embeds only "
+                    "the documents stored or changed, drops the deleted ones, then switches "
+                    "back)"
                 )
             return coll.model.key, prev.model.key
         missing = spaces.count_missing(conn, coll.table, prev.table)

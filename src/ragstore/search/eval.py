@@ -117,8 +117,11 @@ def collection_name(dataset: str) -> str:
 # ---- ingest -----------------------------------------------------------------------------
 
 
-def _record_hash(title: str, text: str) -> str:
-    return document_hash(f"{title}\n{text}".encode())
+def _record_hash(title: str, text: str, passage_prefix: str = "") -> str:
+    """A record's document hash; the model's passage prefix in it, as for files
+    (:func:`ragstore.chunking.document_hash`: chunks cut before it was counted are cut
+    again)."""
+    return document_hash(f"{title}\n{text}".encode(), None, passage_prefix)
 
 
 def ingest_records(
@@ -138,7 +141,8 @@ def ingest_records(
     embedder = rt.embedder_for(coll)
     with rt.db.connection() as conn, translated("reading stored documents"):
         known = documents.document_hashes(conn, coll.id, [r[0] for r in records])
-    todo = [r for r in records if known.get(r[0], (0, ""))[1] != _record_hash(r[1], r[2])]
+    prefix = str(coll.model.options.get("passage_prefix", ""))
+    todo = [r for r in records if known.get(r[0], (0, ""))[1] != _record_hash(r[1], r[2], prefix)]
     done = 0
     for i in range(0, len(todo), batch_docs):
         batch = todo[i : i + batch_docs]
@@ -155,7 +159,7 @@ def ingest_records(
                 doc_id,
                 title or None,
                 "text",
-                _record_hash(title, text),
+                _record_hash(title, text, prefix),
                 len(body.encode()),
                 {"beir_id": doc_id},
                 recipe.encode(parsed),
