@@ -542,8 +542,9 @@ class StreamedFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            with path.open("rb") as f:
+            with path.open("rb") as f:  # found unreadable here, before any request is sent
                 st = os.fstat(f.fileno())
+                f.read(1)
         except OSError as exc:
             from ragstore.ingest.files import unreadable  # imported only on failure
 
@@ -592,6 +593,13 @@ class StreamedFile:
                 self._check(os.fstat(self._file.fileno()))
                 self._file.close()
                 self._file, self._read_all = None, True
+        except OSError as exc:  # an I/O error: the error Store.ingest raises for it
+            from ragstore.ingest.files import unreadable
+
+            self.close()
+            error = unreadable(self.path, exc)
+            error.changed_source = self  # type: ignore[attr-defined]
+            raise error from None
         except BaseException:
             self.close()
             raise
@@ -673,11 +681,12 @@ _REQUEST_REFUSED = frozenset({401, 403, 404, 408, 429})
 
 
 def _upload_spans(
-    call: Call[Any], limit: int | None = None, first: int = 0
+    call: Call[Any], limit: int | None = None, first: int = 0, max_files: int | None = None
 ) -> list[tuple[int, int]]:
-    """``call``'s files from ``first`` on cut into consecutive spans within
-    :data:`MAX_UPLOAD_FILES` files and ``limit`` (:data:`MAX_UPLOAD_BYTES`) bytes (a file
-    over it alone is a span of its own: the server refuses it, alone)."""
+    """``call``'s files from ``first`` on cut into consecutive spans within ``max_files``
+    (:data:`MAX_UPLOAD_FILES`) files and ``limit`` (:data:`MAX_UPLOAD_BYTES`) bytes (a
+    file over it alone is a span of its own: the server refuses it, alone)."""
+    most = MAX_UPLOAD_FILES if max_files is None else max_files
     parts = call.files or []
     fields = sum(len(v.encode("utf-8")) + _PART_OVERHEAD for v in (call.data or {}).values())
     budget = (MAX_UPLOAD_BYTES if limit is None else limit) - fields - _PART_OVERHEAD
@@ -687,7 +696,7 @@ def _upload_spans(
         if i < first:
             continue
         cost = _size(content) + 3 * len(name.encode("utf-8")) + _PART_OVERHEAD
-        if i > start and (i - start >= MAX_UPLOAD_FILES or size + cost > budget):
+        if i > start and (i - start >= most or size + cost > budget):
             spans.append((start, i))
             start, size = i, 0
         size += cost
@@ -744,7 +753,10 @@ def upload_plan(
     parts = whole.files or []
     names = [name for _, (name, _, _) in parts]
     n = len(parts)
-    pending = _upload_spans(whole)
+    limit, max_files = None, MAX_UPLOAD_FILES
+    if n > 1:  # the server's limits, where it says them, size even the first request
+        limit, max_files = yield from _server_limits()
+    pending = _upload_spans(whole, limit, max_files=max_files)
     checked = False
     stored: list[Any] = []
     failed: list[Any] = []
@@ -766,7 +778,7 @@ def upload_plan(
                 # the server's limit, when it says it (RAGStore-Max-Upload-Bytes): the rest
                 # is cut to fit it at once, where halving re-sent up to twice the upload
                 said = getattr(exc, "max_upload_bytes", None)
-                fitted = _upload_spans(whole, said, start) if said else []
+                fitted = _upload_spans(whole, said, start, max_files) if said else []
                 if fitted and fitted[0][1] < end:
                     pending[:] = fitted
                 else:
@@ -827,6 +839,29 @@ def _close(parts: list[tuple[str, tuple[str, bytes | StreamedFile, str]]]) -> No
     for _, (_, content, _) in parts:
         if isinstance(content, StreamedFile):
             content.close()
+
+
+def _server_limits() -> Generator[Call[Any], Any, tuple[int | None, int]]:
+    """The server's upload limits, asked of ``/healthz`` (its ``limits``): the bytes (None
+    where it does not say them: an older server, another in front of it) and the files
+    (at most :data:`MAX_UPLOAD_FILES`) one upload request may hold. Unasked, a server with
+    a lower limit than :data:`MAX_UPLOAD_BYTES` was sent the upload whole, refused 413,
+    before the client fitted its requests to it."""
+    try:
+        answer = yield health()
+    except RagstoreError:
+        return None, MAX_UPLOAD_FILES  # found by the 413s, as before
+    told = answer.get("limits") if isinstance(answer, dict) else None
+    if not isinstance(told, dict):
+        return None, MAX_UPLOAD_FILES
+
+    def positive(key: str) -> int | None:
+        value = told.get(key)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        return value if ok else None
+
+    files = positive("max_upload_files")
+    return positive("max_upload_bytes"), min(files or MAX_UPLOAD_FILES, MAX_UPLOAD_FILES)
 
 
 def _failure(name: str, exc: RagstoreError) -> dict[str, Any]:

@@ -121,22 +121,50 @@ def test_the_async_client_reads_the_413_of_an_upload_over_the_limit(
     asyncio.run(run())
 
 
+class _SaysNoLimits(httpx.HTTPTransport):
+    """The real server, its ``/healthz`` answered as a server that does not say its limits
+    (an older one) answers it."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path == "/healthz":
+            response.read()
+            return httpx.Response(200, json={"status": "ok"}, request=request)
+        return response
+
+
+def test_the_client_sizes_its_requests_to_the_limits_the_server_says(
+    small_url: str, tmp_path: Path
+) -> None:
+    # the limits were said only in a 413: the first request of an upload, sized to the
+    # client's 50 MiB default, was sent whole to be refused
+    limits = httpx.get(f"{small_url}/healthz").json()["limits"]
+    assert limits["max_upload_bytes"] == SMALL_UPLOAD and limits["max_upload_files"] == 1000
+    folder = _folder(tmp_path / "docs", 16)
+    with Client(small_url) as client:
+        sent = _sizes(client)
+        out = client.ingest("told", folder)
+    assert out["count"] == 16
+    assert len(sent) > 2 and all(size <= SMALL_UPLOAD for size in sent), sent
+
+
 def test_the_client_sizes_its_requests_to_the_limit_a_413_says(
     small_url: str, tmp_path: Path
 ) -> None:
-    # a 413 says the server's limit (RAGStore-Max-Upload-Bytes): the client cuts the rest
-    # of the upload to fit it, where halving from its 50 MiB default re-sent a large upload
-    # up to twice (each half refused in turn) before it fitted
+    # a server that does not say its limits before: a 413 says it (RAGStore-Max-Upload-
+    # Bytes) and the client cuts the rest of the upload to fit it, where halving from its
+    # 50 MiB default re-sent a large upload up to twice (each half refused in turn)
     r = httpx.post(
         f"{small_url}/v1/collections/said/documents/upload",
         files={"files": ("a.md", b"x" * (2 * SMALL_UPLOAD))},
     )
     assert r.status_code == 413 and r.headers["RAGStore-Max-Upload-Bytes"] == str(SMALL_UPLOAD)
     folder = _folder(tmp_path / "docs", 16)
-    with Client(small_url) as client:
+    with Client(small_url, transport=_SaysNoLimits()) as client:
         sent = _sizes(client)
         out = client.ingest("said", folder)
     assert out["count"] == 16
+    assert sent[0] > SMALL_UPLOAD, sent  # refused: the limit was not known before
     assert len(sent) > 2 and all(size <= SMALL_UPLOAD for size in sent[1:]), sent
 
 
