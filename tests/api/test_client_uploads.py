@@ -379,3 +379,23 @@ def test_a_file_changed_in_a_single_request_upload_stores_nothing(
             client.upload("changed-one", path)
         assert _names(client, "changed-one") == []
         assert client.upload("changed-one", path)["data"][0]["status"] == "added"
+
+
+def test_the_async_client_says_a_file_changed_too(small_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "async.md"
+    path.write_text("# Async\n\nThe first version.")
+
+    async def grow(request: httpx.Request) -> None:
+        if request.url.path.endswith("/upload"):
+            path.write_text("# Async\n\nThe second version, longer.")
+
+    async def run() -> list[str]:
+        async with AsyncClient(small_url) as ac:
+            await ac.create_collection("changed-async")
+            ac._http.event_hooks["request"].append(grow)
+            with pytest.raises(InputError, match=r"async\.md: changed while the upload"):
+                await ac.upload("changed-async", path)
+            page = await ac.list_documents("changed-async")
+            return [d["name"] for d in page["data"]]
+
+    assert asyncio.run(run()) == []
