@@ -532,16 +532,18 @@ class StreamedFile:
 
     Its size and modification time are taken when the upload is planned (and sized to the
     server's limits by them); the request's ``Content-Length`` counts that size. A file
-    that is gone, shorter, longer or modified when it is sent raises
-    ``file_unreadable`` (:meth:`_changed`) before the last of its bytes leaves (the server, short of
-    its declared body, stores nothing of that request): sent anyway, it was a half-file,
-    or bytes of two versions under one content hash. It is opened for each request that
+    that is gone, shorter, longer or modified when it is sent raises ``file_unreadable``
+    (:meth:`_changed`) before the last of its bytes leaves (the server, short of its
+    declared body, stores nothing of that request): sent anyway, it was a half-file, or
+    bytes of two versions under one content hash. It is opened for each request that
     sends it (a request refused 413 is sent again) and closed once read or when a new
     send starts."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
+            if not stat.S_ISREG(path.stat().st_mode):  # a pipe's open would wait for a writer
+                raise FileUnreadableError(f"{path}: not a regular file")
             with path.open("rb") as f:  # found unreadable here, before any request is sent
                 st = os.fstat(f.fileno())
                 f.read(1)
@@ -549,8 +551,6 @@ class StreamedFile:
             from ragstore.ingest.files import unreadable  # imported only on failure
 
             raise unreadable(path, exc) from None
-        if not stat.S_ISREG(st.st_mode):
-            raise FileUnreadableError(f"{path}: not a regular file")
         self.size = st.st_size
         self._mtime = st.st_mtime_ns
         self._file: BinaryIO | None = None
@@ -565,11 +565,11 @@ class StreamedFile:
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         if whence == os.SEEK_END and offset == 0:
             return self.size  # the planned size; nothing is opened
+        if whence == os.SEEK_SET and offset == 0:
+            self.close()  # a new send: opened (and checked) again at the first read
+            return 0
         if whence == os.SEEK_SET and offset == self._pos:
             return self._pos
-        if whence == os.SEEK_SET and offset == 0:
-            self.close()  # a new send: opened again at the first read
-            return 0
         raise io.UnsupportedOperation("an upload's file is read from its start only")
 
     def read(self, n: int = -1) -> bytes:
