@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from ragstore import AsyncClient
@@ -58,3 +60,34 @@ def test_a_body_declared_over_the_limit_is_not_read_for_a_caller_without_a_key(
         while chunk := sock.recv(65536):  # ends: the server closed without the body
             received += chunk
     assert received.startswith(b"HTTP/1.1 401"), received[:100]
+
+
+def test_a_caller_throttled_for_failed_keys_is_not_read_from(keyed_url: str) -> None:
+    # last in this module: it trips the failure throttle of 127.0.0.1 on this server.
+    # Drained, a body refused 401 costs the server no more than a keyed caller's could;
+    # one guessing keys, once throttled (429), has its body not read at all
+    url = f"{keyed_url}/v1/collections/team/texts"
+    with httpx.Client() as http:
+        statuses = {
+            http.post(
+                url, json={"texts": ["x"]}, headers={"Authorization": "Bearer no"}
+            ).status_code
+            for _ in range(40)
+        }
+    assert 429 in statuses
+    host, port = keyed_url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/collections/team/documents/upload HTTP/1.1\r\nHost: {host}\r\n"
+        "Authorization: Bearer rsk_wrong\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 1000\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(head.encode())
+        started = time.monotonic()
+        received = b""
+        while chunk := sock.recv(65536):  # ends: closed without waiting for the body
+            received += chunk
+        waited = time.monotonic() - started
+    assert received.startswith(b"HTTP/1.1 429"), received[:100]
+    # drained, the server waited for the body until its slow-body guard (10 s) gave up
+    assert waited < 5, waited

@@ -88,7 +88,7 @@ async def refuse_and_drain(
     response.headers.update(headers or {})
     response.headers["Connection"] = "close"
     max_bytes = min(max_bytes, DRAIN_MAX_BYTES)
-    drain = declared is None or declared <= max_bytes
+    drain = max_bytes > 0 and (declared is None or declared <= max_bytes)
 
     async def held_send(message: Message) -> None:
         if drain and message["type"] == "http.response.body" and not message.get("more_body"):
@@ -229,7 +229,8 @@ class AuthBeforeBodyMiddleware:
     ``json_bytes``) and :data:`DRAIN_MAX_S`: closed with it unread, the connection was
     reset while the client was still sending and async httpx raised ``ReadError``
     ("cannot reach the ragstore server") instead of the 401/403/429. A caller without a
-    key so makes the server read no more than a keyed one could send, and keeps none.
+    key so makes the server read no more than a keyed one could send, and keeps none; one
+    throttled for its failed key checks (429) is not read from at all.
     """
 
     def __init__(
@@ -267,13 +268,16 @@ class AuthBeforeBodyMiddleware:
             ctype = headers.get(b"content-type", b"").decode("latin-1").lower()
             upload = ctype.startswith("multipart/") and scope["path"].endswith(UPLOAD_SUFFIX)
             declared = headers.get(b"content-length", b"")
+            # a caller throttled for its failed key checks (auth/throttle.py: one guessing
+            # keys) is not read from at all
+            guessing = getattr(exc, "failed_attempts", False)
             await refuse_and_drain(
                 scope,
                 receive,
                 send,
                 exc,
                 declared=int(declared) if declared.isdigit() else None,
-                max_bytes=self.upload_bytes if upload else self.json_bytes,
+                max_bytes=0 if guessing else self.upload_bytes if upload else self.json_bytes,
             )
             return
         await self.app(scope, receive, send)
