@@ -9,18 +9,22 @@ and how to read the answer. The two clients only send calls (one blocking, one w
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import stat
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, BinaryIO, Generic, TypeVar, cast
 
 import httpx
 
 from ragstore.errors import (
     ConfigError,
+    FileUnreadableError,
     InputError,
     InvalidFilterError,
     RagstoreError,
@@ -48,7 +52,7 @@ class Call(Generic[T]):
     read: Callable[[httpx.Response], T]
     params: dict[str, Any] | None = None
     json: Any = None
-    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    files: list[tuple[str, tuple[str, bytes | StreamedFile, str]]] | None = None
     data: dict[str, str] | None = None
 
     def kwargs(self) -> dict[str, Any]:
@@ -521,36 +525,132 @@ def add_document(
     return Call("POST", f"/v1/collections/{_n(collection)}/documents", _body, json=body)
 
 
-def _read_file(path: Path) -> bytes:
-    """A file to upload, read whole; one that is missing or cannot be read raises the
-    error ``Store.ingest`` raises for it (``path_not_found``, ``file_unreadable``) rather
-    than the ``OSError`` itself, which no ``except RagstoreError`` of a caller caught."""
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        from ragstore.ingest.files import unreadable  # imported only on failure
+class StreamedFile:
+    """A file on disk sent in an upload's multipart body as httpx reads it, 64 KiB at a
+    time, rather than read whole beforehand: a 2 GB folder took 2 GB of memory (more
+    while the body was built).
 
-        raise unreadable(path, exc) from None
+    Its size and modification time are taken when the upload is planned (and sized to the
+    server's limits by them); the request's ``Content-Length`` counts that size. A file
+    that is gone, shorter, longer or modified when it is sent raises ``file_unreadable``
+    (:meth:`_changed`) before the last of its bytes leaves (the server, short of its
+    declared body, stores nothing of that request): sent anyway, it was a half-file, or
+    bytes of two versions under one content hash. It is opened for each request that
+    sends it (a request refused 413 is sent again) and closed once read or when a new
+    send starts."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            if not stat.S_ISREG(path.stat().st_mode):  # a pipe's open would wait for a writer
+                raise FileUnreadableError(f"{path}: not a regular file")
+            with path.open("rb") as f:  # found unreadable here, before any request is sent
+                st = os.fstat(f.fileno())
+                f.read(1)
+        except OSError as exc:
+            from ragstore.ingest.files import unreadable  # imported only on failure
+
+            raise unreadable(path, exc) from None
+        self.size = st.st_size
+        self._mtime = st.st_mtime_ns
+        self._file: BinaryIO | None = None
+        self._pos = 0
+        self._read_all = False
+
+    # what httpx asks of a file object: its length (tell, seek to the end), a rewind
+    # before each send (seek(0)), and reads
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END and offset == 0:
+            return self.size  # the planned size; nothing is opened
+        if whence == os.SEEK_SET and offset == 0:
+            self.close()  # a new send: opened (and checked) again at the first read
+            return 0
+        if whence == os.SEEK_SET and offset == self._pos:
+            return self._pos
+        raise io.UnsupportedOperation("an upload's file is read from its start only")
+
+    def read(self, n: int = -1) -> bytes:
+        if self._pos == self.size and self._file is None and self._read_all:
+            return b""  # read to its end and closed (checked as it was)
+        if self._file is None:
+            try:
+                self._file = self.path.open("rb")
+            except OSError as exc:
+                raise self._changed(f"it cannot be opened now ({exc.strerror or exc})") from None
+            self._check(os.fstat(self._file.fileno()))
+        want = self.size - self._pos if n is None or n < 0 else min(n, self.size - self._pos)
+        try:
+            chunk = self._file.read(want)
+            self._pos += len(chunk)
+            if len(chunk) < want:
+                raise self._changed(f"it ended after {self._pos} bytes")
+            if self._pos == self.size:  # its last bytes: is it still the file planned?
+                if self._file.read(1):
+                    raise self._changed("it grew while it was being sent")
+                self._check(os.fstat(self._file.fileno()))
+                self._file.close()
+                self._file, self._read_all = None, True
+        except OSError as exc:  # an I/O error: the error Store.ingest raises for it
+            from ragstore.ingest.files import unreadable
+
+            self.close()
+            error = unreadable(self.path, exc)
+            error.changed_source = self  # type: ignore[attr-defined]
+            raise error from None
+        except BaseException:
+            self.close()
+            raise
+        return chunk
+
+    def close(self) -> None:
+        """Close the file if open; the next read starts a new send from its start."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._pos, self._read_all = 0, False
+
+    def _check(self, st: os.stat_result) -> None:
+        if (st.st_size, st.st_mtime_ns) != (self.size, self._mtime):
+            raise self._changed(f"it is now {st.st_size} bytes and was modified")
+
+    def _changed(self, what: str) -> FileUnreadableError:
+        """The error for this file found changed; ``changed_source`` on it names the file
+        to :func:`upload_plan` (its request's body was cut short: nothing of it stored)."""
+        self.close()
+        exc = FileUnreadableError(
+            f"{self.path}: changed while the upload was being sent ({self.size} bytes when "
+            f"planned; {what}); nothing of the request holding it was stored: upload it "
+            "again once nothing is writing it"
+        )
+        exc.changed_source = self  # type: ignore[attr-defined]
+        return exc
+
+
+def _size(content: bytes | StreamedFile) -> int:
+    return content.size if isinstance(content, StreamedFile) else len(content)
 
 
 def upload(
     collection: str,
-    files: Upload | Sequence[Upload],
+    files: Upload | Sequence[Upload | tuple[str, StreamedFile]],
     *,
     metadata: Mapping[str, Any] | None = None,
     background: bool = False,
 ) -> Call[dict[str, Any]]:
     # one file given bare is that file, not its characters (or its tuple's two halves)
     bare = isinstance(files, (str, Path)) or (
-        isinstance(files, tuple) and len(files) == 2 and isinstance(files[1], bytes)
+        isinstance(files, tuple) and len(files) == 2 and isinstance(files[1], (bytes, StreamedFile))
     )
-    parts = []
-    for f in cast(Sequence[Upload], [files] if bare else files):
+    parts: list[tuple[str, tuple[str, bytes | StreamedFile, str]]] = []
+    for f in cast(Sequence[Upload | tuple[str, StreamedFile]], [files] if bare else files):
         if isinstance(f, tuple):
             name, content = f
         else:
             path = Path(f)
-            name, content = path.name, _read_file(path)
+            name, content = path.name, StreamedFile(path)
         parts.append(("files", (name, content, "application/octet-stream")))
     data = {
         "metadata": json.dumps(_metadata(metadata or {}, "metadata")),
@@ -581,11 +681,12 @@ _REQUEST_REFUSED = frozenset({401, 403, 404, 408, 429})
 
 
 def _upload_spans(
-    call: Call[Any], limit: int | None = None, first: int = 0
+    call: Call[Any], limit: int | None = None, first: int = 0, max_files: int | None = None
 ) -> list[tuple[int, int]]:
-    """``call``'s files from ``first`` on cut into consecutive spans within
-    :data:`MAX_UPLOAD_FILES` files and ``limit`` (:data:`MAX_UPLOAD_BYTES`) bytes (a file
-    over it alone is a span of its own: the server refuses it, alone)."""
+    """``call``'s files from ``first`` on cut into consecutive spans within ``max_files``
+    (:data:`MAX_UPLOAD_FILES`) files and ``limit`` (:data:`MAX_UPLOAD_BYTES`) bytes (a
+    file over it alone is a span of its own: the server refuses it, alone)."""
+    most = MAX_UPLOAD_FILES if max_files is None else max_files
     parts = call.files or []
     fields = sum(len(v.encode("utf-8")) + _PART_OVERHEAD for v in (call.data or {}).values())
     budget = (MAX_UPLOAD_BYTES if limit is None else limit) - fields - _PART_OVERHEAD
@@ -594,8 +695,8 @@ def _upload_spans(
     for i, (_, (name, content, _type)) in enumerate(parts):
         if i < first:
             continue
-        cost = len(content) + 3 * len(name.encode("utf-8")) + _PART_OVERHEAD
-        if i > start and (i - start >= MAX_UPLOAD_FILES or size + cost > budget):
+        cost = _size(content) + 3 * len(name.encode("utf-8")) + _PART_OVERHEAD
+        if i > start and (i - start >= most or size + cost > budget):
             spans.append((start, i))
             start, size = i, 0
         size += cost
@@ -627,7 +728,7 @@ def _file_report(exc: RagstoreError) -> tuple[list[Any], list[Any]] | None:
 
 def upload_plan(
     collection: str,
-    files: Upload | Sequence[Upload],
+    files: Upload | Sequence[Upload | tuple[str, StreamedFile]],
     *,
     metadata: Mapping[str, Any] | None = None,
     background: bool = False,
@@ -652,7 +753,10 @@ def upload_plan(
     parts = whole.files or []
     names = [name for _, (name, _, _) in parts]
     n = len(parts)
-    pending = _upload_spans(whole)
+    limit, max_files = None, MAX_UPLOAD_FILES
+    if n > 1:  # the server's limits, where it says them, size even the first request
+        limit, max_files = yield from _server_limits()
+    pending = _upload_spans(whole, limit, max_files=max_files)
     checked = False
     stored: list[Any] = []
     failed: list[Any] = []
@@ -667,18 +771,24 @@ def upload_plan(
         try:
             answer = yield replace(whole, files=parts[start:end])
         except RagstoreError as exc:
+            _close(parts[start:end])
             if (start, end) == (0, n) and not (_refused_whole(exc) and n > 1):
                 raise  # one request, as before: the server's own answer
             if _refused_whole(exc) and end - start > 1:
                 # the server's limit, when it says it (RAGStore-Max-Upload-Bytes): the rest
                 # is cut to fit it at once, where halving re-sent up to twice the upload
                 said = getattr(exc, "max_upload_bytes", None)
-                fitted = _upload_spans(whole, said, start) if said else []
+                fitted = _upload_spans(whole, said, start, max_files) if said else []
                 if fitted and fitted[0][1] < end:
                     pending[:] = fitted
                 else:
                     _halved(exc, start, end, pending)
                 continue
+            source = getattr(exc, "changed_source", None)
+            if source is not None:  # this request's body was cut short: none of it stored
+                changed = next(i for i in range(start, end) if parts[i][1][1] is source)
+                _stop(exc, names, start, end, pending, stored, failed, jobs, queued, changed)
+                raise
             report = _file_report(exc)
             status = getattr(exc, "status", None)
             one_file = (
@@ -697,6 +807,7 @@ def upload_plan(
                 failed.append(_failure(names[start], exc))
             first = first or exc
             continue
+        _close(parts[start:end])
         if (start, end) == (0, n):
             return cast(dict[str, Any], answer)
         if "data" in answer:
@@ -722,6 +833,37 @@ def upload_plan(
     return out
 
 
+def _close(parts: list[tuple[str, tuple[str, bytes | StreamedFile, str]]]) -> None:
+    """Close the files a request sent (one it stopped reading, the answer come early,
+    was left open)."""
+    for _, (_, content, _) in parts:
+        if isinstance(content, StreamedFile):
+            content.close()
+
+
+def _server_limits() -> Generator[Call[Any], Any, tuple[int | None, int]]:
+    """The server's upload limits, asked of ``/healthz`` (its ``limits``): the bytes (None
+    where it does not say them: an older server, another in front of it) and the files
+    (at most :data:`MAX_UPLOAD_FILES`) one upload request may hold. Unasked, a server with
+    a lower limit than :data:`MAX_UPLOAD_BYTES` was sent the upload whole, refused 413,
+    before the client fitted its requests to it."""
+    try:
+        answer = yield health()
+    except RagstoreError:
+        return None, MAX_UPLOAD_FILES  # found by the 413s, as before
+    told = answer.get("limits") if isinstance(answer, dict) else None
+    if not isinstance(told, dict):
+        return None, MAX_UPLOAD_FILES
+
+    def positive(key: str) -> int | None:
+        value = told.get(key)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        return value if ok else None
+
+    files = positive("max_upload_files")
+    return positive("max_upload_bytes"), min(files or MAX_UPLOAD_FILES, MAX_UPLOAD_FILES)
+
+
 def _failure(name: str, exc: RagstoreError) -> dict[str, Any]:
     """A file a request refused, as the server lists one that failed (``failed``): its
     detail naming it, which a refusal of the whole request (a 413's) does not."""
@@ -739,11 +881,17 @@ def _stop(
     failed: list[Any],
     jobs: list[dict[str, Any]],
     queued: list[str],
+    changed: int | None = None,
 ) -> None:
-    """Request ``names[start:end]`` failed outright; say what every file's fate is."""
+    """Request ``names[start:end]`` failed outright; say what every file's fate is.
+    ``changed``: the file found changed while the request was sent, which stopped it
+    before its body was whole: that file failed, the request's others were not sent."""
     not_sent = [name for s, e in pending for name in names[s:e]]
     members: dict[str, Any] = {"stored": stored, "failed": list(failed)}
-    if _answered(exc):  # refused as a whole: none of its files stored
+    if changed is not None:
+        members["failed"].append(_failure(names[changed], exc))
+        not_sent[:0] = [name for i, name in enumerate(names[start:end], start) if i != changed]
+    elif _answered(exc):  # refused as a whole: none of its files stored
         members["failed"] += [_failure(name, exc) for name in names[start:end]]
     else:
         members["unknown"] = names[start:end]
@@ -759,7 +907,7 @@ def _stop(
         + (f"; {len(queued)} queued in jobs, see 'jobs' and 'queued'" if jobs else "")
         + (
             ""
-            if _answered(exc)
+            if _answered(exc) or changed is not None
             else f"; the {end - start} sent in the request that got no answer may or may not "
             "be stored: 'unknown' (uploading them again is safe)"
         )
@@ -786,13 +934,13 @@ def ingest_plan(
     # one path given bare is that path, as Store.ingest takes it, not its characters
     # ("notes.md" was "n", "o", ..., and "." the whole working directory)
     given = [paths] if isinstance(paths, (str, Path)) else paths
-    files: list[Upload] = []
+    files: list[Upload | tuple[str, StreamedFile]] = []
     skipped: list[dict[str, str]] = []
     for p in map(Path, given):
         if p.is_dir():
             found = discover([p])
             top = p.resolve()
-            files += [(str(f.relative_to(top)), _read_file(f)) for f in found.files]
+            files += [(str(f.relative_to(top)), StreamedFile(f)) for f in found.files]
             skipped += [
                 {
                     "source": str(link),

@@ -6,6 +6,8 @@ server on loopback whose uploads may be 4 KiB at most."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,22 +121,50 @@ def test_the_async_client_reads_the_413_of_an_upload_over_the_limit(
     asyncio.run(run())
 
 
+class _SaysNoLimits(httpx.HTTPTransport):
+    """The real server, its ``/healthz`` answered as a server that does not say its limits
+    (an older one) answers it."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path == "/healthz":
+            response.read()
+            return httpx.Response(200, json={"status": "ok"}, request=request)
+        return response
+
+
+def test_the_client_sizes_its_requests_to_the_limits_the_server_says(
+    small_url: str, tmp_path: Path
+) -> None:
+    # the limits were said only in a 413: the first request of an upload, sized to the
+    # client's 50 MiB default, was sent whole to be refused
+    limits = httpx.get(f"{small_url}/healthz").json()["limits"]
+    assert limits["max_upload_bytes"] == SMALL_UPLOAD and limits["max_upload_files"] == 1000
+    folder = _folder(tmp_path / "docs", 16)
+    with Client(small_url) as client:
+        sent = _sizes(client)
+        out = client.ingest("told", folder)
+    assert out["count"] == 16
+    assert len(sent) > 2 and all(size <= SMALL_UPLOAD for size in sent), sent
+
+
 def test_the_client_sizes_its_requests_to_the_limit_a_413_says(
     small_url: str, tmp_path: Path
 ) -> None:
-    # a 413 says the server's limit (RAGStore-Max-Upload-Bytes): the client cuts the rest
-    # of the upload to fit it, where halving from its 50 MiB default re-sent a large upload
-    # up to twice (each half refused in turn) before it fitted
+    # a server that does not say its limits before: a 413 says it (RAGStore-Max-Upload-
+    # Bytes) and the client cuts the rest of the upload to fit it, where halving from its
+    # 50 MiB default re-sent a large upload up to twice (each half refused in turn)
     r = httpx.post(
         f"{small_url}/v1/collections/said/documents/upload",
         files={"files": ("a.md", b"x" * (2 * SMALL_UPLOAD))},
     )
     assert r.status_code == 413 and r.headers["RAGStore-Max-Upload-Bytes"] == str(SMALL_UPLOAD)
     folder = _folder(tmp_path / "docs", 16)
-    with Client(small_url) as client:
+    with Client(small_url, transport=_SaysNoLimits()) as client:
         sent = _sizes(client)
         out = client.ingest("said", folder)
     assert out["count"] == 16
+    assert sent[0] > SMALL_UPLOAD, sent  # refused: the limit was not known before
     assert len(sent) > 2 and all(size <= SMALL_UPLOAD for size in sent[1:]), sent
 
 
@@ -254,3 +284,118 @@ def test_more_files_than_one_request_takes_are_uploaded(open_url: str) -> None:
         out = client.upload("many-files", files, background=True)
         assert [j["total_documents"] for j in out["jobs"]] == [1000, 1]
         assert len(sent) == 2
+
+
+_MEASURE = """
+import sys, tracemalloc
+from pathlib import Path
+from ragstore import Client
+import ragstore.jobs.staging, ragstore.ingest.files  # imported before measuring
+paths = sorted(Path(sys.argv[2]).iterdir())
+with Client(sys.argv[1]) as client:
+    client.health()
+    tracemalloc.start()
+    out = client.upload("memory", paths, background=True)
+    peak = tracemalloc.get_traced_memory()[1]
+print(peak, out.get("total_documents"))
+"""
+
+
+def test_an_upload_streams_its_files_from_disk(open_url: str, tmp_path: Path) -> None:
+    # the files were read whole before the request was built: an upload took as much
+    # memory as its files (a 2 GB folder, 2 GB or more). Measured in a process of its own
+    # (the server of this test allocates in this one).
+    folder = tmp_path / "large"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"big{i}.md").write_bytes(f"# Big {i}\n\n".encode() + b"words " * 1_000_000)
+    total = sum(p.stat().st_size for p in folder.iterdir())  # 24 MB
+    run = subprocess.run(
+        [sys.executable, "-c", _MEASURE, open_url, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    peak, documents = run.stdout.split()
+    assert documents == "4"  # one request, queued as one job
+    assert int(peak) < total // 10, (peak, total)
+
+
+def _changing(client: Client, on_upload: int, change: Any) -> None:
+    """Call ``change()`` as the ``on_upload``-th upload request is about to be sent."""
+    count = 0
+
+    def hook(request: httpx.Request) -> None:
+        nonlocal count
+        if request.url.path.endswith("/upload"):
+            count += 1
+            if count == on_upload:
+                change()
+
+    client._http.event_hooks["request"].append(hook)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda p: p.write_bytes(p.read_bytes() + b" and more"),  # grown
+        lambda p: p.write_bytes(p.read_bytes()[:5]),  # cut short
+        lambda p: p.unlink(),  # gone
+    ],
+    ids=["grown", "cut", "gone"],
+)
+def test_a_file_changed_after_planning_stops_its_request_and_says_so(
+    small_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Any
+) -> None:
+    # a file is read as its request is sent: one that changed since the upload was sized
+    # must not be stored half-written, nor its bytes sent under another Content-Length
+    monkeypatch.setattr(calls, "MAX_UPLOAD_FILES", 2)
+    folder = _folder(tmp_path / "docs", 5, size=300)
+    collection = f"changed-{tmp_path.name[-12:]}".replace("_", "-")
+    with Client(small_url) as client:
+        _changing(client, 2, lambda: change(folder / "note02.md"))
+        with pytest.raises(InputError) as failed:
+            client.ingest(collection, folder)
+        assert failed.value.code == "file_unreadable"
+        assert "note02.md: changed while the upload was being sent" in str(failed.value)
+        members = failed.value.problem_members
+        assert [d["name"] for d in members["stored"]] == ["note00.md", "note01.md"]
+        assert [f["name"] for f in members["failed"]] == ["note02.md"]
+        assert members["not_sent"] == ["note03.md", "note04.md"]
+        assert "unknown" not in members
+        assert _names(client, collection) == ["note00.md", "note01.md"]
+
+
+def test_a_file_changed_in_a_single_request_upload_stores_nothing(
+    small_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "one.md"
+    path.write_text("# One\n\nThe first version.")
+    with Client(small_url) as client:
+        client.create_collection("changed-one")
+        _changing(client, 1, lambda: path.write_text("# One\n\nThe second version, longer."))
+        with pytest.raises(InputError, match=r"one\.md: changed while the upload"):
+            client.upload("changed-one", path)
+        assert _names(client, "changed-one") == []
+        assert client.upload("changed-one", path)["data"][0]["status"] == "added"
+
+
+def test_the_async_client_says_a_file_changed_too(small_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "async.md"
+    path.write_text("# Async\n\nThe first version.")
+
+    async def grow(request: httpx.Request) -> None:
+        if request.url.path.endswith("/upload"):
+            path.write_text("# Async\n\nThe second version, longer.")
+
+    async def run() -> list[str]:
+        async with AsyncClient(small_url) as ac:
+            await ac.create_collection("changed-async")
+            ac._http.event_hooks["request"].append(grow)
+            with pytest.raises(InputError, match=r"async\.md: changed while the upload"):
+                await ac.upload("changed-async", path)
+            page = await ac.list_documents("changed-async")
+            return [d["name"] for d in page["data"]]
+
+    assert asyncio.run(run()) == []

@@ -42,7 +42,9 @@ def docs(open_url: str) -> Iterator[Client]:
 
 
 def test_healthz_answers_ok(client: Client) -> None:
-    assert client.health() == {"status": "ok"}
+    health = client.health()
+    assert health["status"] == "ok"
+    assert set(health["limits"]) == {"max_upload_bytes", "max_upload_files", "max_request_bytes"}
 
 
 def test_readyz_reports_each_check(client: Client, docs: Client) -> None:

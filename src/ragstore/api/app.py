@@ -91,7 +91,11 @@ def install_middleware(app: FastAPI, settings: Settings, *, secure: bool = True)
         upload_bytes=settings.max_upload_bytes,
     )
     if secure:
-        app.add_middleware(AuthBeforeBodyMiddleware)  # no body read for an unknown caller
+        app.add_middleware(  # no body parsed for an unknown caller
+            AuthBeforeBodyMiddleware,
+            json_bytes=settings.max_request_bytes,
+            upload_bytes=settings.max_upload_bytes,
+        )
     if guards_loopback(settings, secure):
         app.add_middleware(LoopbackGuardMiddleware)  # DNS rebinding, cross-site posts
     app.add_middleware(ConsoleSecurityMiddleware)  # CSP and friends under /ui

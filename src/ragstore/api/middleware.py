@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstore._requests import UPLOAD_LIMIT_HEADER
 from ragstore.api.deps import ApiState, authenticate
-from ragstore.api.errors import problem_response, send_problem
+from ragstore.api.errors import problem_response
 from ragstore.errors import RagstoreError, RequestTooLargeError
 
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -65,6 +65,7 @@ async def refuse_and_drain(
     *,
     declared: int | None,
     headers: dict[str, str] | None = None,
+    max_bytes: int = DRAIN_MAX_BYTES,
 ) -> None:
     """Answer ``exc``'s problem with ``Connection: close``, then read and drop the rest of
     the request body before the connection closes.
@@ -75,10 +76,10 @@ async def refuse_and_drain(
     not send the upload again in smaller requests. The whole answer is written first
     (a client that reads early, or sent ``Expect: 100-continue``, has it at once), the
     response held open while the body is drained, then ended, which closes the
-    connection. A body declared over :data:`DRAIN_MAX_BYTES`, one that grows past it, or
-    one not done within :data:`DRAIN_MAX_S` (a trickle, or a client that stops sending)
-    is not waited for: the connection is closed as before. ``headers`` are added to the
-    answer.
+    connection. A body declared over ``max_bytes`` (:data:`DRAIN_MAX_BYTES`), one that
+    grows past it, or one not done within :data:`DRAIN_MAX_S` (a trickle, or a client
+    that stops sending) is not waited for: the connection is closed as before.
+    ``headers`` are added to the answer.
     """
     state: dict[str, Any] = scope.get("state", {})
     response = problem_response(
@@ -86,7 +87,8 @@ async def refuse_and_drain(
     )
     response.headers.update(headers or {})
     response.headers["Connection"] = "close"
-    drain = declared is None or declared <= DRAIN_MAX_BYTES
+    max_bytes = min(max_bytes, DRAIN_MAX_BYTES)
+    drain = max_bytes > 0 and (declared is None or declared <= max_bytes)
 
     async def held_send(message: Message) -> None:
         if drain and message["type"] == "http.response.body" and not message.get("more_body"):
@@ -100,15 +102,15 @@ async def refuse_and_drain(
     if not drain:
         return
     with contextlib.suppress(TimeoutError):  # past the time bound: closed all the same
-        await asyncio.wait_for(_drop_body(receive), DRAIN_MAX_S)
+        await asyncio.wait_for(_drop_body(receive, max_bytes), DRAIN_MAX_S)
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _drop_body(receive: Receive) -> None:
+async def _drop_body(receive: Receive, max_bytes: int) -> None:
     """Read the request body to its end (or the client's disconnect), at most
-    :data:`DRAIN_MAX_BYTES` of it."""
+    ``max_bytes`` of it."""
     dropped = 0
-    while dropped <= DRAIN_MAX_BYTES:
+    while dropped <= max_bytes:
         message = await receive()
         if message["type"] != "http.request":
             return
@@ -218,12 +220,29 @@ class AuthBeforeBodyMiddleware:
     FastAPI reads and parses a body (a 50 MB multipart upload is parsed and spooled to
     disk) before a route's dependencies run, so a caller without a valid key made the
     server take in whole bodies just to be told 401. Here a missing, wrong or throttled key
-    is answered at once with ``Connection: close``, the body unread; a good one is left on
-    the request's state for the routes' dependency (:func:`ragstore.api.deps._caller`).
+    is answered at once with ``Connection: close``, the body neither parsed nor kept; a
+    good one is left on the request's state for the routes' dependency
+    (:func:`ragstore.api.deps._caller`).
+
+    The refused body is read and dropped after the answer (:func:`refuse_and_drain`), up
+    to the limit the request would have had (``upload_bytes`` for an upload, else
+    ``json_bytes``) and :data:`DRAIN_MAX_S`: closed with it unread, the connection was
+    reset while the client was still sending and async httpx raised ``ReadError``
+    ("cannot reach the ragstore server") instead of the 401/403/429. A caller without a
+    key so makes the server read no more than a keyed one could send, and keeps none; one
+    throttled for its failed key checks (429) is not read from at all.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        json_bytes: int = DRAIN_MAX_BYTES,
+        upload_bytes: int = DRAIN_MAX_BYTES,
+    ) -> None:
         self.app = app
+        self.json_bytes = json_bytes
+        self.upload_bytes = upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -237,7 +256,8 @@ class AuthBeforeBodyMiddleware:
         if api.keys is None:
             await self.app(scope, receive, send)
             return
-        token = bearer_token(dict(scope.get("headers", ())))
+        headers = dict(scope.get("headers", ()))
+        token = bearer_token(headers)
         client = scope["client"][0] if scope.get("client") else ""
         state: dict[str, Any] = scope.setdefault("state", {})
         try:
@@ -245,6 +265,19 @@ class AuthBeforeBodyMiddleware:
                 authenticate, api.keys, api.limiter, token, client
             )
         except RagstoreError as exc:
-            await send_problem(scope, send, exc, close=True)
+            ctype = headers.get(b"content-type", b"").decode("latin-1").lower()
+            upload = ctype.startswith("multipart/") and scope["path"].endswith(UPLOAD_SUFFIX)
+            declared = headers.get(b"content-length", b"")
+            # a caller throttled for its failed key checks (auth/throttle.py: one guessing
+            # keys) is not read from at all
+            guessing = getattr(exc, "failed_attempts", False)
+            await refuse_and_drain(
+                scope,
+                receive,
+                send,
+                exc,
+                declared=int(declared) if declared.isdigit() else None,
+                max_bytes=0 if guessing else self.upload_bytes if upload else self.json_bytes,
+            )
             return
         await self.app(scope, receive, send)

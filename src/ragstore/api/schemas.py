@@ -415,8 +415,19 @@ class JobsPublic(BaseModel):
 # --- health ------------------------------------------------------------------------------
 
 
+class Limits(BaseModel):
+    """What one request may hold, said before a request is refused 413 for it (the Client
+    sizes an upload's requests by it; a 413 says the limit too,
+    ``RAGStore-Max-Upload-Bytes``)."""
+
+    max_upload_bytes: int = Field(description="RAGSTORE_MAX_UPLOAD_BYTES: one upload's body.")
+    max_upload_files: int = Field(description="Files in one upload (the multipart parser's).")
+    max_request_bytes: int = Field(description="RAGSTORE_MAX_REQUEST_BYTES: a JSON body.")
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+    limits: Limits | None = None
 
 
 class ReplicaPublic(BaseModel):

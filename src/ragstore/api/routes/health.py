@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from ragstore.api.deps import ApiState, Principal, Rt, State
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
-from ragstore.api.schemas import Health, Readiness, ReplicaPublic
+from ragstore.api.schemas import Health, Limits, Readiness, ReplicaPublic
 from ragstore.db import catalog, migrations
 from ragstore.db.errors import translated
 from ragstore.errors import ModelError, NotFoundError, NotReadyError, RagstoreError
@@ -19,9 +19,22 @@ log = logging.getLogger("ragstore.api")
 router = APIRouter(tags=["health"])
 
 
+# the multipart parser's cap on files in one form (starlette's default, which FastAPI keeps)
+MAX_UPLOAD_FILES = 1000
+
+
 @router.get("/healthz", response_model=Health, summary="The process is alive")
-async def healthz() -> Health:
-    return Health()
+async def healthz(state: State) -> Health:
+    """``ok``, with the request size limits (``limits``): without them a client learned
+    the upload limit only by having an upload refused 413, sent whole for nothing."""
+    settings = state.runtime.settings
+    return Health(
+        limits=Limits(
+            max_upload_bytes=settings.max_upload_bytes,
+            max_upload_files=MAX_UPLOAD_FILES,
+            max_request_bytes=settings.max_request_bytes,
+        )
+    )
 
 
 def _viewer(state: ApiState, request: Request) -> Principal | None:
