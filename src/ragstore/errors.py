@@ -226,6 +226,12 @@ class RateLimitedError(RetryLater, RagstoreError):
     http_status = 429
     exit_code = 75  # EX_TEMPFAIL
 
+    def __init__(self, message: str, retry_after: float = 1.0, *, failed_keys: bool = False):
+        super().__init__(message, retry_after)
+        # refused for too many failed key checks (auth/throttle.py), not a key's budget: a
+        # caller guessing keys, whose request body is not even read (api/middleware.py)
+        self.failed_keys = failed_keys
+
 
 class RequestTooLargeError(RagstoreError):
     """A request body over RAGSTORE_MAX_REQUEST_BYTES / RAGSTORE_MAX_UPLOAD_BYTES (HTTP 413)."""

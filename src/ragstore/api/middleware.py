@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ragstore._requests import UPLOAD_LIMIT_HEADER
 from ragstore.api.deps import ApiState, authenticate
 from ragstore.api.errors import problem_response
-from ragstore.errors import RagstoreError, RequestTooLargeError
+from ragstore.errors import RagstoreError, RateLimitedError, RequestTooLargeError
 
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -270,7 +270,7 @@ class AuthBeforeBodyMiddleware:
             declared = headers.get(b"content-length", b"")
             # a caller throttled for its failed key checks (auth/throttle.py: one guessing
             # keys) is not read from at all
-            guessing = getattr(exc, "failed_attempts", False)
+            guessing = isinstance(exc, RateLimitedError) and exc.failed_keys
             await refuse_and_drain(
                 scope,
                 receive,

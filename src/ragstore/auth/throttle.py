@@ -62,12 +62,11 @@ class AuthThrottle:
             times = self._recent(bucket, now)
             if len(times) >= limit:
                 wait = max(1.0, self.window_s - (now - times[0]))
-                refused = RateLimitedError(
+                raise RateLimitedError(
                     f"too many failed authentications for {what}; retry in {wait:.0f}s",
                     retry_after=wait,
+                    failed_keys=True,
                 )
-                refused.failed_attempts = True  # type: ignore[attr-defined]
-                raise refused
 
     def failed(self, key_id: str | None, address: str) -> None:
         with self._lock:

@@ -6,6 +6,7 @@ import logging
 
 from fastapi import APIRouter, Request
 
+from ragstore._requests import MAX_UPLOAD_FILES
 from ragstore.api.deps import ApiState, Principal, Rt, State
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
@@ -17,10 +18,6 @@ from ragstore.errors import ModelError, NotFoundError, NotReadyError, RagstoreEr
 log = logging.getLogger("ragstore.api")
 
 router = APIRouter(tags=["health"])
-
-
-# the multipart parser's cap on files in one form (starlette's default, which FastAPI keeps)
-MAX_UPLOAD_FILES = 1000
 
 
 @router.get("/healthz", response_model=Health, summary="The process is alive")
