@@ -320,6 +320,26 @@ def _recover_leftovers(path: Path) -> str | None:
     )
 
 
+def _sweep_killed(folder: Path) -> None:
+    """Remove what backups killed outright left in the default backups folder: each had a
+    name of its own (its time), so no later backup to that name ever came to remove its
+    hidden ``.<name>.partial`` (a whole copy of the database, or a part of one, kept
+    forever). One whose lock is held is still running and left alone."""
+    partial = re.compile(r"\.(.+?)(?:(?:\.json)?\.partial|\.lock)")
+    try:
+        names = {m.group(1) for p in folder.iterdir() if (m := partial.fullmatch(p.name))}
+    except OSError:
+        return
+    for name in sorted(names):
+        target = folder / name
+        try:
+            with _path_lock(target, f"clean up after {target}") as locked:
+                if locked:
+                    _recover_leftovers(target)
+        except ConflictError:
+            continue
+
+
 def create_backup(
     db: Database,
     settings: Settings,
@@ -351,6 +371,8 @@ def create_backup(
             path.parent.chmod(PRIVATE_DIR)
     except OSError as exc:
         raise BackupError(f"cannot create {path.parent}: {exc.strerror}") from None
+    if ours:
+        _sweep_killed(path.parent)
     with _path_lock(path, f"write the backup to {path}") as locked:
         if locked:  # any leftovers are a killed backup's: its lock is free
             _recover_leftovers(path)

@@ -1048,3 +1048,29 @@ def test_two_backups_to_one_path_at_once_the_second_is_refused(
     assert "another `ragstore backup` or `ragstore restore` is using" in capsys.readouterr().err
     assert backup.check_archive(archive) is not None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump", "b.dump.json"]
+
+
+def test_a_backup_into_the_default_folder_removes_what_killed_backups_left_there(
+    populated: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ragstore backup`` (or the one ``db upgrade`` takes) killed outright left its
+    hidden ``.ragstore-<time>-<reason>.dump.partial`` in DATA_DIR/backups: no later
+    backup had that name, so it stayed there forever. The next backup into that folder
+    removes such leftovers; a running backup's (its lock held) are left alone."""
+    import fcntl
+
+    folder = Path(os.environ["RAGSTORE_DATA_DIR"]) / "backups"
+    folder.mkdir(parents=True, exist_ok=True)
+    dead = ".ragstore-20200101T000000000000Z-manual.dump"
+    live = ".ragstore-20200101T000001000000Z-upgrade.dump"
+    for name in (f"{dead}.partial", f"{dead}.json.partial", f"{dead}.lock"):
+        (folder / name).write_bytes(b"left by a killed backup")
+    (folder / f"{live}.partial").write_bytes(b"being written")
+    with (folder / f"{live}.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        capsys.readouterr()
+        assert run_cli("backup") == 0
+    hidden = sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+    assert hidden == [f"{live}.lock", f"{live}.partial"], hidden
+    for name in hidden:
+        (folder / name).unlink()
