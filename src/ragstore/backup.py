@@ -380,6 +380,25 @@ def create_backup(
         return _dump(db, path, stamp, reason, overwrite, overwrite_flag)
 
 
+def _refuse_schema_changed(db: Database, revision: str | None) -> None:
+    """Fail a backup during which the schema revision changed (another ``db upgrade``
+    committed while pg_dump ran, the case of two upgrades at once). A migration's table
+    rewrites are not MVCC-safe: read in the backup's earlier snapshot, a rewritten table
+    is empty, and pg_dump succeeds with an archive that lacks its rows and a sidecar
+    that records the counts from before."""
+    try:
+        now, _ = _counts(db)
+    except RagstoreError:
+        return  # the database went away after pg_dump succeeded: nothing says it changed
+    if now != revision:
+        raise BackupError(
+            f"the schema of {db.where} changed from {revision or '(none)'} to "
+            f"{now or '(none)'} while the backup ran (another `ragstore db upgrade`?): "
+            "tables that change rewrote may be empty in the archive, so the backup was "
+            "not kept; take it again"
+        )
+
+
 def _dump(
     db: Database,
     path: Path,
@@ -413,6 +432,7 @@ def _dump(
                 f"backing up {db.where}",
                 umask=0o077,  # the archive is the database: readable by this user alone
             )
+            _refuse_schema_changed(db, revision)
         info = BackupInfo(
             path=str(path),
             bytes=tmp.stat().st_size,

@@ -1074,3 +1074,31 @@ def test_a_backup_into_the_default_folder_removes_what_killed_backups_left_there
     assert hidden == [f"{live}.lock", f"{live}.partial"], hidden
     for name in hidden:
         (folder / name).unlink()
+
+
+def test_a_backup_during_which_the_schema_changed_is_not_kept(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A migration committed while pg_dump ran (a second ``db upgrade`` backing up as the
+    first migrates): the archive, read in the earlier snapshot, may hold a rewritten
+    table empty, and the backup was reported taken. It now fails and leaves no file."""
+    archive = tmp_path / "b.dump"
+    head = migrations.head_revision()
+    older = migrations.known_revisions()[-2]
+
+    def migrate() -> None:  # as a migration's commit would, seen by the revision
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = %s", (older,))
+
+    join = _dump_waits_then(populated, migrate)
+    capsys.readouterr()
+    try:
+        status = run_cli("backup", str(archive))
+    finally:
+        join()
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = %s", (head,))
+    err = capsys.readouterr().err
+    assert status == 74, err
+    assert f"changed from {head} to {older} while the backup ran" in err, err
+    assert list(tmp_path.iterdir()) == []
