@@ -204,6 +204,142 @@ def _snapshot(db: Database) -> Iterator[tuple[str, str | None, dict[str, int]]]:
             yield str(row[0]), revision, counts
 
 
+@contextlib.contextmanager
+def _path_lock(path: Path, doing: str) -> Iterator[bool]:
+    """Hold ``.<name>.lock`` beside ``path`` (``flock``, released by the kernel when this
+    process ends, however it ends) for a backup to ``path`` or a restore from it; yields
+    whether it is held. Two backups to one path wrote one ``.partial`` file at once (one
+    pg_dump truncating the other's archive, which was then named and reported taken), and
+    leftovers of a killed backup could not be told from a running one's. Another holder is
+    a ``ConflictError``; a folder where the lock cannot be made (read-only, no ``flock``)
+    yields False and nothing is recovered there. The file is removed at the end."""
+    import fcntl
+
+    lock = path.with_name(f".{path.name}.lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+        except OSError:
+            yield False
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConflictError(
+                f"cannot {doing}: another `ragstore backup` or `ragstore restore` is "
+                f"using {path} now; nothing was changed: wait for it to end, or choose "
+                "another file's name"
+            ) from None
+        except OSError:
+            os.close(fd)
+            yield False
+            return
+        try:  # the holder before may have removed the name as this one opened it
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+
+
+def _sidecar_sha(path: Path) -> str | None:
+    """The sha256 the sidecar beside ``path`` records, or None (none, or unreadable)."""
+    try:
+        info = read_info(path)
+    except (OSError, RagstoreError):
+        return None
+    return None if info is None else info.sha256
+
+
+def _file_sha(path: Path) -> str | None:
+    try:
+        return _sha256(path)
+    except OSError:
+        return None
+
+
+def _recover_leftovers(path: Path) -> str | None:
+    """Deal with what a backup to ``path`` killed outright (SIGKILL, a power cut) left
+    beside it, with the path's lock held (so its writer is gone); what was put back, or
+    None. Left there, a hidden ``.<name>.partial`` (pg_dump's archive, perhaps still being
+    written by a pg_dump the kill orphaned) and ``.<name>.json.partial`` stayed forever,
+    and an overwrite killed between its renames left the earlier archive hidden as
+    ``.<name>.<hex>.old`` with ``path`` holding the new archive beside the old sidecar.
+
+    The partial files are removed. Where ``path`` and its sidecar agree (the sha256), the
+    kept ``.old`` files are stale (the overwrite had named both new files) and removed;
+    where they do not and a kept ``.old`` is the archive the sidecar describes, the new
+    pair was incomplete: that earlier archive is put back at ``path``, and the new one's
+    leftovers removed. A ``.old`` that matches nothing is left alone."""
+    folder = path.parent
+    hidden = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.old")
+    try:
+        kept = sorted(p for p in folder.iterdir() if hidden.fullmatch(p.name))
+    except OSError:
+        return None
+    for partial in (
+        path.with_name(f".{path.name}.partial"),
+        path.with_name(f".{path.name}.json.partial"),
+    ):
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+    if not kept:
+        return None
+    recorded = _sidecar_sha(path)
+    put_back = None
+    if recorded is None or _file_sha(path) != recorded:
+        for old in kept:
+            if recorded is not None and _file_sha(old) == recorded:
+                try:
+                    old.replace(path)
+                except OSError:
+                    return None  # left as found: the restore's sha256 check refuses it
+                put_back = old
+                break
+        else:
+            return None
+    for old in kept:
+        if old != put_back:
+            with contextlib.suppress(OSError):
+                old.unlink()
+    _sync_dir(folder)
+    if put_back is None:
+        return None
+    return (
+        f"{path} was being replaced by a backup that was killed before it finished: the "
+        "earlier backup it was replacing is back at that name (the unfinished one was "
+        "removed)"
+    )
+
+
+def _sweep_killed(folder: Path) -> None:
+    """Remove what backups killed outright left in the default backups folder: each had a
+    name of its own (its time), so no later backup to that name ever came to remove its
+    hidden ``.<name>.partial`` (a whole copy of the database, or a part of one, kept
+    forever). One whose lock is held is still running and left alone."""
+    partial = re.compile(r"\.(.+?)(?:(?:\.json)?\.partial|\.lock)")
+    try:
+        names = {m.group(1) for p in folder.iterdir() if (m := partial.fullmatch(p.name))}
+    except OSError:
+        return
+    for name in sorted(names):
+        target = folder / name
+        try:
+            with _path_lock(target, f"clean up after {target}") as locked:
+                if locked:
+                    _recover_leftovers(target)
+        except ConflictError:
+            continue
+
+
 def create_backup(
     db: Database,
     settings: Settings,
@@ -229,13 +365,49 @@ def create_backup(
     elif path.is_dir():
         path = path / f"ragstore-{stamp:%Y%m%dT%H%M%S%fZ}-{reason}.dump"
     _refuse_special(path)
-    _refuse_existing(path, overwrite, overwrite_flag)
     try:
         path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         if ours:  # the default folder holds nothing but whole copies of the database
             path.parent.chmod(PRIVATE_DIR)
     except OSError as exc:
         raise BackupError(f"cannot create {path.parent}: {exc.strerror}") from None
+    if ours:
+        _sweep_killed(path.parent)
+    with _path_lock(path, f"write the backup to {path}") as locked:
+        if locked:  # any leftovers are a killed backup's: its lock is free
+            _recover_leftovers(path)
+        _refuse_existing(path, overwrite, overwrite_flag)
+        return _dump(db, path, stamp, reason, overwrite, overwrite_flag)
+
+
+def _refuse_schema_changed(db: Database, revision: str | None) -> None:
+    """Fail a backup during which the schema revision changed (another ``db upgrade``
+    committed while pg_dump ran, the case of two upgrades at once). A migration's table
+    rewrites are not MVCC-safe: read in the backup's earlier snapshot, a rewritten table
+    is empty, and pg_dump succeeds with an archive that lacks its rows and a sidecar
+    that records the counts from before."""
+    try:
+        now, _ = _counts(db)
+    except RagstoreError:
+        return  # the database went away after pg_dump succeeded: nothing says it changed
+    if now != revision:
+        raise BackupError(
+            f"the schema of {db.where} changed from {revision or '(none)'} to "
+            f"{now or '(none)'} while the backup ran (another `ragstore db upgrade`?): "
+            "tables that change rewrote may be empty in the archive, so the backup was "
+            "not kept; take it again"
+        )
+
+
+def _dump(
+    db: Database,
+    path: Path,
+    stamp: datetime,
+    reason: str,
+    overwrite: bool,
+    overwrite_flag: str | None,
+) -> BackupInfo:
+    """:func:`create_backup`'s dump and naming, with ``path`` checked and its lock held."""
     conninfo, env = _client_args(db.conninfo)
     tmp = path.with_name(f".{path.name}.partial")
     try:
@@ -260,6 +432,7 @@ def create_backup(
                 f"backing up {db.where}",
                 umask=0o077,  # the archive is the database: readable by this user alone
             )
+            _refuse_schema_changed(db, revision)
         info = BackupInfo(
             path=str(path),
             bytes=tmp.stat().st_size,
@@ -627,6 +800,88 @@ def _refuse_foreign_tables(db: Database) -> None:
     )
 
 
+# objects outside public (and ragstore's own native schema) that depend on what a restore
+# drops: a user's view or materialized view over a ragstore table, a foreign key to one, a
+# column of one's row type, a trigger calling one of its functions. ``DROP ... CASCADE``
+# took them with it. Rules, triggers, defaults and policies are placed by their table's
+# schema (they have none of their own); each row: (schema, description).
+_OUTSIDE_DEPENDENTS = """
+WITH dropped AS (
+    SELECT 'pg_class'::regclass AS cls, oid FROM pg_class
+    WHERE relnamespace = 'public'::regnamespace
+    UNION ALL SELECT 'pg_proc'::regclass, oid FROM pg_proc
+    WHERE pronamespace = 'public'::regnamespace
+    UNION ALL SELECT 'pg_type'::regclass, oid FROM pg_type
+    WHERE typnamespace = 'public'::regnamespace
+), ours AS (
+    SELECT x.cls, x.oid FROM dropped x
+    WHERE NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = x.cls
+                      AND e.objid = x.oid AND e.deptype = 'e')
+), dependents AS (
+    SELECT d.classid, d.objid, d.objsubid,
+           CASE d.classid
+               WHEN 'pg_rewrite'::regclass THEN
+                   (SELECT r.ev_class FROM pg_rewrite r WHERE r.oid = d.objid)
+               WHEN 'pg_trigger'::regclass THEN
+                   (SELECT t.tgrelid FROM pg_trigger t WHERE t.oid = d.objid)
+               WHEN 'pg_attrdef'::regclass THEN
+                   (SELECT a.adrelid FROM pg_attrdef a WHERE a.oid = d.objid)
+               WHEN 'pg_policy'::regclass THEN
+                   (SELECT p.polrelid FROM pg_policy p WHERE p.oid = d.objid)
+           END AS rel
+    FROM pg_depend d JOIN ours o ON o.cls = d.refclassid AND o.oid = d.refobjid
+    WHERE d.deptype IN ('n', 'a')
+      AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classid
+                      AND e.objid = d.objid AND e.deptype = 'e')
+)
+SELECT DISTINCT
+    coalesce((SELECT c.relnamespace::regnamespace::text FROM pg_class c WHERE c.oid = x.rel),
+             (pg_identify_object(x.classid, x.objid, x.objsubid)).schema) AS schema,
+    CASE WHEN x.classid = 'pg_rewrite'::regclass
+         THEN pg_describe_object('pg_class'::regclass, x.rel, 0)
+         ELSE pg_describe_object(x.classid, x.objid, x.objsubid) END AS what
+FROM dependents x
+"""
+_OUTSIDE = (
+    f"SELECT schema, what FROM ({_OUTSIDE_DEPENDENTS}) found WHERE schema IS NOT NULL "
+    f"AND schema NOT IN ('public', 'pg_toast', '{native.SCHEMA}')"
+)
+DROP_DEPENDENTS_FLAG = "--drop-dependents"
+
+
+def _refuse_outside_dependents(db: Database) -> None:
+    """Refuse, before anything is dropped (or backed up), a restore whose drops would take
+    objects of the user's outside ragstore's schema with them: the drops are ``CASCADE``,
+    and a view in another schema over a ragstore table, a foreign key to one, or a
+    column of one's type was silently dropped with it (kept only in the backup the
+    restore takes first, which the user was not told held them)."""
+    with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
+        rows = conn.execute(f"{_OUTSIDE} ORDER BY 2").fetchall()
+    if not rows:
+        return
+    names = [str(row[1]) for row in rows]
+    shown = "; ".join(names[:8]) + ("; ..." if len(names) > 8 else "")
+    raise ConflictError(
+        f"{db.where} holds objects outside ragstore's schema that depend on its tables, "
+        f"functions or types ({shown}); a restore drops and re-creates those, and would "
+        "drop these with them. Nothing was changed: drop them first (and re-create them "
+        f"after the restore), or pass {DROP_DEPENDENTS_FLAG} to have the restore drop them"
+    )
+
+
+# the same refusal inside the restore's transaction, for one made after the check above
+_GUARD_OUTSIDE_DEPENDENTS = f"""
+DO $$
+BEGIN
+    IF EXISTS ({_OUTSIDE}) THEN
+        RAISE EXCEPTION 'objects outside ragstore''s schema depend on its tables (made '
+            'since the restore began): nothing was restored; see `ragstore restore` '
+            'without {DROP_DEPENDENTS_FLAG} for their names';
+    END IF;
+END $$;
+"""
+
+
 class RestoreInterrupted(KeyboardInterrupt):
     """A restore stopped by Ctrl-C or SIGTERM (raised from that interrupt), with what it
     left: ``what`` says whether the database is as it was or the backup."""
@@ -733,13 +988,39 @@ class RestoreResult:
 
 
 def restore_backup(
-    db: Database, path: Path, checked: Callable[[], object] | None = None
+    db: Database,
+    path: Path,
+    checked: Callable[[], object] | None = None,
+    *,
+    drop_dependents: bool = False,
 ) -> RestoreResult:
     """Make the database exactly what the archive holds, in one transaction.
 
     ``checked`` is called once the archive has passed every check, before anything is
     changed: the CLI backs up what the restore replaces there, so that a refused archive
-    costs no backup."""
+    costs no backup. Objects outside ragstore's schema that depend on it (a user's view
+    over a ragstore table) are refused unless ``drop_dependents``: the drops cascade to
+    them.
+
+    The archive's lock is held throughout (a backup overwriting it meanwhile is refused),
+    and what a killed backup to it left is dealt with first: where that puts an earlier
+    backup back at ``path``, the restore is refused, saying so, rather than restore a
+    file other than the one the user last saw named."""
+    with _path_lock(path, f"restore {path}") as locked:
+        if locked:
+            note = _recover_leftovers(path)
+            if note is not None:
+                raise ConflictError(
+                    f"{note}; nothing was restored: run the restore again to restore that "
+                    "earlier backup, or name another"
+                )
+        return _restore(db, path, checked, drop_dependents)
+
+
+def _restore(
+    db: Database, path: Path, checked: Callable[[], object] | None, drop_dependents: bool
+) -> RestoreResult:
+    """:func:`restore_backup`, with the archive's lock held."""
     info, listing = _checked(path)
     conninfo, env = _client_args(db.conninfo)
     entries, extensions = _without_extensions(listing)
@@ -770,6 +1051,8 @@ def restore_backup(
         )
         _refuse_unknown_revision(path, body)
         _refuse_foreign_tables(db)
+        if not drop_dependents:
+            _refuse_outside_dependents(db)
         if checked is not None:
             checked()
         prelude = Path(tmpdir) / "prelude.sql"
@@ -781,7 +1064,8 @@ def restore_backup(
         # notices ("extension vector already exists", "drop cascades to ...") off: a
         # failure's message is psql's first lines, and they were these, not its error
         quiet = "SET client_min_messages = warning;\n"
-        prelude.write_text(quiet + record + create + _DROP_PUBLIC_OBJECTS)
+        guard = "" if drop_dependents else _GUARD_OUTSIDE_DEPENDENTS
+        prelude.write_text(quiet + record + create + guard + _DROP_PUBLIC_OBJECTS)
         try:
             _run(
                 [

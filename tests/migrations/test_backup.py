@@ -3,6 +3,8 @@ anything is touched; a schema upgrade backs up first and its backup rolls it bac
 
 from __future__ import annotations
 
+import contextlib
+import os
 import stat
 import subprocess
 import tempfile
@@ -836,3 +838,267 @@ def test_an_overwrite_whose_sidecar_cannot_be_named_keeps_the_earlier_backup(
     saved.rename(side)
     assert backup.check_archive(archive) is not None  # the earlier pair, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump", "b.dump.json"]
+
+
+def test_a_restore_refuses_to_drop_a_users_objects_in_other_schemas(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's view, materialized view and foreign key in a schema of their own, over
+    ragstore's tables: the restore's ``DROP ... CASCADE`` dropped them without a word. It
+    is refused before anything is changed (or backed up), naming them and the way on; with
+    ``--drop-dependents`` it drops them as it did."""
+    archive = tmp_path / "ours.dump"
+    assert run_cli("backup", str(archive)) == 0
+    with psycopg.connect(populated, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA mine")
+        conn.execute("CREATE VIEW mine.names AS SELECT name FROM public.collections")
+        conn.execute("CREATE MATERIALIZED VIEW mine.n AS SELECT count(*) FROM public.documents")
+        conn.execute("CREATE TABLE mine.notes (cid bigint REFERENCES public.collections(id))")
+    before = full_dump(populated)
+    backups = Path(os.environ["RAGSTORE_DATA_DIR"]) / "backups"
+    taken = set(backups.iterdir()) if backups.exists() else set()
+    capsys.readouterr()
+    assert run_cli("restore", str(archive), "--yes") == 65
+    err = capsys.readouterr().err
+    assert err.startswith("error[conflict]: ") and err.count("\n") == 1, err
+    for name in ("view mine.names", "materialized view mine.n", "on table mine.notes"):
+        assert name in err, err
+    assert "Nothing was changed" in err and "--drop-dependents" in err, err
+    assert full_dump(populated) == before
+    assert (set(backups.iterdir()) if backups.exists() else set()) == taken  # none taken
+    assert run_cli("restore", str(archive), "--yes", "--drop-dependents") == 0
+    with psycopg.connect(populated, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('mine.names')").fetchone() == (None,)
+        assert conn.execute("SELECT to_regclass('mine.notes')").fetchone() is not None
+        conn.execute("DROP SCHEMA mine CASCADE")
+
+
+def test_a_dependent_made_after_the_check_fails_the_restore_and_changes_nothing(
+    populated: str, tmp_path: Path
+) -> None:
+    """The refusal is checked again inside the restore's transaction, before its drops:
+    a view made between the check and the drops was dropped with them."""
+    archive = tmp_path / "ours.dump"
+    assert run_cli("backup", str(archive)) == 0
+
+    def make_view() -> None:
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA mine")
+            conn.execute("CREATE VIEW mine.names AS SELECT name FROM public.collections")
+
+    db = Database(populated)
+    with pytest.raises(backup.BackupError) as failed:
+        backup.restore_backup(db, archive, make_view)
+    assert "objects outside ragstore's schema depend on its tables" in str(failed.value)
+    assert "the database is as it was" in str(failed.value)
+    with psycopg.connect(populated, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('mine.names')").fetchone() != (None,)
+        conn.execute("DROP SCHEMA mine CASCADE")
+
+
+def test_a_backup_after_one_killed_outright_is_not_corrupted_by_its_orphaned_pg_dump(
+    populated: str, tmp_path: Path
+) -> None:
+    """``ragstore backup FILE --overwrite`` killed with SIGKILL left its pg_dump running
+    on its own, writing the hidden ``.FILE.partial``. The next backup to FILE wrote the
+    same file (pg_dump truncates it: one inode), named it FILE and recorded its sha256;
+    the orphan then wrote on into FILE, which no longer matched its sidecar: a backup
+    reported taken that no restore would accept. The killed backup's lock being free, its
+    leftovers are removed first and the orphan writes into a file nothing names."""
+    import signal
+    import sys
+
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    holder = psycopg.connect(populated)
+    holder.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")  # pg_dump waits for it
+    dumping = "application_name = 'pg_dump' AND wait_event_type = 'Lock'"
+    cli = "from ragstore.cli import main; main()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", cli, "backup", str(archive), "--overwrite"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    orphan = 0
+    try:
+        deadline = time.monotonic() + 120
+        while not backends_where(populated, dumping) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1, children
+        orphan = int(children[0])
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        os.kill(orphan, signal.SIGSTOP)  # it goes on once the next backup is done
+        holder.commit()
+        assert run_cli("backup", str(archive), "--overwrite") == 0
+        os.kill(orphan, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{orphan}").exists() and time.monotonic() < deadline:
+            with open(f"/proc/{orphan}/stat") as stat_file:
+                if stat_file.read().split(")")[-1].split()[0] == "Z":
+                    break
+            time.sleep(0.05)
+    finally:
+        holder.close()
+        if orphan:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(orphan, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 60
+    while backends_where(populated, "application_name = 'pg_dump'") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backup.check_archive(archive) is not None  # its sha256 is still the one recorded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump", "b.dump.json"]
+
+
+def _interrupted_overwrite(tmp_path: Path) -> tuple[Path, bytes, bytes]:
+    """The files of ``backup FILE --overwrite`` killed between its two renames: FILE holds
+    the new archive, FILE.json still the earlier one's sidecar, the earlier archive kept
+    as ``.FILE.<hex>.old`` and the new sidecar as ``.FILE.json.partial``. Returns FILE
+    and the earlier archive's and sidecar's bytes."""
+    archive = tmp_path / "b.dump"
+    newer = tmp_path / "n" / "b.dump"
+    newer.parent.mkdir(parents=True)
+    assert run_cli("backup", str(archive)) == 0
+    time.sleep(1.1)  # an archive records its time to the second: a different newer one
+    assert run_cli("backup", str(newer)) == 0
+    assert newer.read_bytes() != archive.read_bytes()
+    old, old_side = archive.read_bytes(), Path(f"{archive}.json").read_bytes()
+    os.link(archive, tmp_path / ".b.dump.0a1b2c3d.old")
+    newer.replace(archive)
+    Path(f"{newer}.json").replace(tmp_path / ".b.dump.json.partial")
+    newer.parent.rmdir()
+    return archive, old, old_side
+
+
+def test_a_restore_of_an_overwrite_killed_between_its_renames_puts_the_earlier_back(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An overwrite killed between its renames left FILE holding the new archive beside
+    the earlier one's sidecar, the earlier archive hidden as ``.FILE.<hex>.old`` for
+    good; a restore of FILE said only that it was damaged. It now puts the earlier pair
+    back, removes the leftovers, says so and restores nothing; run again, it restores."""
+    archive, old, old_side = _interrupted_overwrite(tmp_path)
+    capsys.readouterr()
+    assert run_cli("restore", str(archive), "--yes", "--no-backup") == 65
+    err = capsys.readouterr().err
+    assert err.startswith("error[conflict]: "), err
+    assert "killed before it finished" in err and "nothing was restored" in err, err
+    assert archive.read_bytes() == old and Path(f"{archive}.json").read_bytes() == old_side
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump", "b.dump.json"]
+    assert run_cli("restore", str(archive), "--yes", "--no-backup") == 0
+
+
+def test_a_backup_over_an_overwrite_killed_between_its_renames_leaves_one_good_pair(
+    populated: str, tmp_path: Path
+) -> None:
+    """The next ``backup FILE --overwrite`` after such a kill: the hidden earlier archive
+    stayed beside FILE forever. The earlier pair is put back, then replaced as asked;
+    nothing else is left; without ``--overwrite`` the put-back backup is refused."""
+    archive, old, old_side = _interrupted_overwrite(tmp_path)
+    assert run_cli("backup", str(archive)) == 65
+    assert archive.read_bytes() == old and Path(f"{archive}.json").read_bytes() == old_side
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump", "b.dump.json"]
+    archive, old, old_side = _interrupted_overwrite(tmp_path / "again")
+    assert run_cli("backup", str(archive), "--overwrite") == 0
+    assert backup.check_archive(archive) is not None
+    assert sorted(p.name for p in archive.parent.iterdir()) == ["b.dump", "b.dump.json"]
+
+
+def test_stale_leftovers_of_a_completed_overwrite_are_removed(
+    populated: str, tmp_path: Path
+) -> None:
+    """Killed after both new names but before the kept earlier archive was removed: FILE
+    and its sidecar agree, and the ``.old`` copy is stale; the next backup removes it."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    (tmp_path / ".b.dump.0a1b2c3d.old").write_bytes(b"an earlier archive")
+    (tmp_path / ".b.dump.partial").write_bytes(b"cut short")
+    (tmp_path / ".b.dump.lock").write_bytes(b"")
+    assert run_cli("backup", str(archive), "--overwrite") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump", "b.dump.json"]
+
+
+def test_two_backups_to_one_path_at_once_the_second_is_refused(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two ``backup FILE --overwrite`` at once wrote the same ``.FILE.partial``: one
+    pg_dump truncated the other's archive under it. The second is now refused at once."""
+    archive = tmp_path / "b.dump"
+    status: list[int] = []
+    thread = threading.Thread(
+        target=lambda: status.append(run_cli("backup", str(archive), "--overwrite"))
+    )
+
+    def second() -> None:  # unfixed, it waited with the first for the table lock
+        thread.start()
+        thread.join(20)
+
+    join = _dump_waits_then(populated, second)
+    capsys.readouterr()
+    try:
+        assert run_cli("backup", str(archive), "--overwrite") == 0
+    finally:
+        join()
+        thread.join()
+    assert status == [65]
+    assert "another `ragstore backup` or `ragstore restore` is using" in capsys.readouterr().err
+    assert backup.check_archive(archive) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump", "b.dump.json"]
+
+
+def test_a_backup_into_the_default_folder_removes_what_killed_backups_left_there(
+    populated: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ragstore backup`` (or the one ``db upgrade`` takes) killed outright left its
+    hidden ``.ragstore-<time>-<reason>.dump.partial`` in DATA_DIR/backups: no later
+    backup had that name, so it stayed there forever. The next backup into that folder
+    removes such leftovers; a running backup's (its lock held) are left alone."""
+    import fcntl
+
+    folder = Path(os.environ["RAGSTORE_DATA_DIR"]) / "backups"
+    folder.mkdir(parents=True, exist_ok=True)
+    dead = ".ragstore-20200101T000000000000Z-manual.dump"
+    live = ".ragstore-20200101T000001000000Z-upgrade.dump"
+    for name in (f"{dead}.partial", f"{dead}.json.partial", f"{dead}.lock"):
+        (folder / name).write_bytes(b"left by a killed backup")
+    (folder / f"{live}.partial").write_bytes(b"being written")
+    with (folder / f"{live}.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        capsys.readouterr()
+        assert run_cli("backup") == 0
+    hidden = sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+    assert hidden == [f"{live}.lock", f"{live}.partial"], hidden
+    for name in hidden:
+        (folder / name).unlink()
+
+
+def test_a_backup_during_which_the_schema_changed_is_not_kept(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A migration committed while pg_dump ran (a second ``db upgrade`` backing up as the
+    first migrates): the archive, read in the earlier snapshot, may hold a rewritten
+    table empty, and the backup was reported taken. It now fails and leaves no file."""
+    archive = tmp_path / "b.dump"
+    head = migrations.head_revision()
+    older = migrations.known_revisions()[-2]
+
+    def migrate() -> None:  # as a migration's commit would, seen by the revision
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = %s", (older,))
+
+    join = _dump_waits_then(populated, migrate)
+    capsys.readouterr()
+    try:
+        status = run_cli("backup", str(archive))
+    finally:
+        join()
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = %s", (head,))
+    err = capsys.readouterr().err
+    assert status == 74, err
+    assert f"changed from {head} to {older} while the backup ran" in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -287,13 +287,15 @@ def test_an_upgrade_ended_while_it_waits_for_the_migration_lock_names_no_false_r
     assert migrations.status(db).current == head
 
 
-def test_an_upgrade_that_finds_it_done_under_the_lock_says_so_and_keeps_no_backup(
+def test_an_upgrade_that_finds_it_done_under_the_lock_says_so_and_keeps_its_backup(
     behind: tuple[Database, str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Two ``db upgrade`` at once: the second read the old revision, backed up, waited for
     the migration lock, found the work done and said "upgraded X -> Y" for the first's
-    work, keeping a whole backup for nothing. It now says the schema was already at the
-    head when it got the lock, changed by another process, and removes that backup."""
+    work. It says the schema was already at the head when it got the lock, changed by
+    another process. Its backup holds the database from before that change, and the
+    other upgrade took none (``--no-backup``): it was removed as "not needed" after being
+    named, and the one copy of the database before the upgrade was gone. It is kept."""
     db, older, head = behind
     holder = psycopg.connect(db.conninfo, autocommit=True)
     holder.execute("SELECT pg_advisory_lock(%s)", (migrations.MIGRATION_LOCK_KEY,))
@@ -323,8 +325,34 @@ def test_an_upgrade_that_finds_it_done_under_the_lock_says_so_and_keeps_no_backu
     path = _backup_named(out)
     assert out.splitlines()[-1] == (
         f"schema already at {head} when the migration lock was had: another process "
+        f"changed it from {older} meanwhile; the backup taken first is kept (it may be the "
+        f"one copy of the database from before that change): {path}; nothing to do"
+    ), out
+    from ragstore.backup import check_archive
+
+    info = check_archive(path)
+    assert info is not None and info.revision == older
+    assert migrations.status(db).current == head
+
+
+def test_an_upgrade_whose_backup_holds_the_schema_as_it_is_now_removes_it(
+    behind: tuple[Database, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The backup a ``db upgrade`` took is removed as not needed only where it records the
+    schema the other process left (taken after its change: a copy of what is there)."""
+    from ragstore.backup import create_backup
+    from ragstore.cli.db_cmd import _report
+    from ragstore.config import Settings
+
+    db, older, head = behind
+    migrations.upgrade(db)
+    info = create_backup(db, Settings(), reason="upgrade")
+    assert info.revision == head
+    _report("upgrade", older, migrations.migrate(db, "upgrade", "head"), info.path, as_json=False)
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == (
+        f"schema already at {head} when the migration lock was had: another process "
         f"changed it from {older} meanwhile; the backup taken first was not needed and "
-        f"was removed: {path}; nothing to do"
+        f"was removed: {info.path}; nothing to do"
     ), out
     assert list((Path(os.environ["RAGSTORE_DATA_DIR"]) / "backups").iterdir()) == []
-    assert migrations.status(db).current == head

@@ -88,6 +88,13 @@ def register(app: typer.Typer) -> None:
         no_backup: bool = typer.Option(
             False, "--no-backup", help="Do not back up what the restore replaces first."
         ),
+        drop_dependents: bool = typer.Option(
+            False,
+            "--drop-dependents",
+            help="Also drop objects outside ragstore's schema that depend on its tables "
+            "(a view, a foreign key); without it such objects are named and the restore "
+            "is refused.",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Replace the database's contents with a backup, in one transaction, after
@@ -114,7 +121,9 @@ def register(app: typer.Typer) -> None:
                     if migrations.status(db).current is not None:  # ragstore's data to keep
                         before[0] = backup_before(rt, db, "restore", quiet=as_json)
 
-                result = restore_backup(db, path, None if no_backup else back_up)
+                result = restore_backup(
+                    db, path, None if no_backup else back_up, drop_dependents=drop_dependents
+                )
         except KeyboardInterrupt as exc:
             how, status = interrupt_status(exc)
             what = (

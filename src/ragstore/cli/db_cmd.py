@@ -131,7 +131,11 @@ def _report(
     lock: a second command run alongside another read the old revision first, waited for
     the lock, found the work done, and still said "upgraded X -> Y" after taking a whole
     backup for nothing. Where another process changed the schema meanwhile and this one
-    changed nothing, it says so, and the backup it took first (not needed) is removed."""
+    changed nothing, it says so. The backup it took first is removed only where it holds
+    the schema as it is now (taken after the other's change: a copy of nothing lost); one
+    of the schema as it was before is kept and said to be, since the other process may
+    have taken none (``--no-backup``): removed, the one copy of the database from before
+    the change, which this command had just named, was gone."""
     now = done.status.current
     note = ""
     if not done.changed and done.found != before:
@@ -139,7 +143,12 @@ def _report(
             f" when the migration lock was had: another process changed it from "
             f"{before or '(empty)'} meanwhile"
         )
-        if path is not None:
+        if path is not None and not _backup_holds(path, now):
+            note += (
+                "; the backup taken first is kept (it may be the one copy of the database "
+                f"from before that change): {path}"
+            )
+        elif path is not None:
             if _remove_backup(path):
                 note += f"; the backup taken first was not needed and was removed: {path}"
                 path = None
@@ -152,6 +161,22 @@ def _report(
     else:
         past = "upgraded" if action == "upgrade" else "downgraded"
         typer.echo(f"{past} {done.found or '(empty)'} -> {now or 'base'}")
+
+
+def _backup_holds(path: str, revision: str | None) -> bool:
+    """Whether a backup this command took records the schema at ``revision`` (its
+    sidecar); False where that cannot be read (the backup is then kept: nothing says it
+    is not needed)."""
+    from pathlib import Path
+
+    from ragstore.backup import read_info
+    from ragstore.errors import RagstoreError
+
+    try:
+        info = read_info(Path(path))
+    except (OSError, RagstoreError):
+        return False
+    return info is not None and info.revision == revision
 
 
 def _remove_backup(path: str) -> bool:
