@@ -35,6 +35,16 @@ def behind(
     return db, revisions[-2], revisions[-1]
 
 
+def _hold_every_table(holder: psycopg.Connection[tuple[object, ...]]) -> None:
+    """ACCESS SHARE on every table of the schema, in ``holder``'s open transaction: the head
+    revision's DDL, whichever table it alters, waits behind it (a lock on ``documents``
+    alone let a revision that alters another table, 0034's ``api_keys``, run through)."""
+    tables = holder.execute(
+        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'public'"
+    ).fetchall()
+    holder.execute(f"LOCK TABLE {', '.join(str(t[0]) for t in tables)} IN ACCESS SHARE MODE")
+
+
 def _backup_named(out: str) -> Path:
     return Path(next(ln for ln in out.splitlines() if ln.startswith("backup: ")).split()[1])
 
@@ -47,7 +57,7 @@ def test_an_upgrade_whose_connection_is_ended_says_where_the_schema_is_and_names
     none at all). It names both; run again, the upgrade completes."""
     db, older, head = behind
     holder = psycopg.connect(db.conninfo)
-    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the upgrade's DDL waits
+    _hold_every_table(holder)  # the upgrade's DDL waits
 
     def end_the_upgrade() -> None:
         deadline = time.monotonic() + 60
@@ -86,7 +96,7 @@ def test_an_upgrade_stopped_by_sigterm_says_where_the_schema_is(
     backup; run again, the upgrade completes."""
     db, older, head = behind
     holder = psycopg.connect(db.conninfo)
-    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")
+    _hold_every_table(holder)
     sent_box: list[list[bool]] = []
 
     def release_later() -> None:
