@@ -17,11 +17,20 @@ when its lock can be taken too; a slow worker that still holds its lock keeps it
 and its jobs. A worker that lost its lock's session but lives on is covered by its
 heartbeat still (either proof of life keeps its jobs), and its next heartbeat takes the
 lock again.
+
+The heartbeat is ours too (:meth:`LiveJobManager._beat`), from registration until the
+worker unregisters, and a beat that cannot reach the database is tried again at the next
+one. procrastinate's own beat is a side task of its loop that nothing watches (with no
+periodic task its monitor returns at once): one beat that failed in an outage ended it
+for the rest of the loop, and a loop that lost the database cancelled it while the jobs
+in hand ran on. Either way the live worker fell silent with its lock free, and its job
+was taken and run a second time beside it, an attempt counted toward ``worker_lost``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Iterable
@@ -37,15 +46,25 @@ log = logging.getLogger("ragstore.jobs")
 # a worker's lock key is the int4 pair (WORKER_LOCKS, its id): apart from int8 keys
 WORKER_LOCKS = 0x5257_4B52  # "RWKR"
 
+# a heartbeat counts from the database server's start at the earliest: after a restart
+# every worker lost its lock's session and could beat no more while the server was down,
+# and the first one back judged the others dead before they could beat again
+_SILENT = (
+    "greatest({beat}, pg_postmaster_start_time())"
+    " < now() - make_interval(secs => %(seconds_since_heartbeat)s)"
+)
 _PRUNE = (
     "DELETE FROM procrastinate_workers"
-    " WHERE last_heartbeat < now() - make_interval(secs => %(seconds_since_heartbeat)s)"
+    f" WHERE {_SILENT.format(beat='last_heartbeat')}"
     " AND pg_try_advisory_xact_lock(%(space)s, (id %% 2147483648)::int4)"
     " RETURNING id AS worker_id"
 )
+# of the workers named, those alive: holding their lock, or registered and not silent
 _ALIVE = (
     "SELECT w.id AS worker_id FROM unnest(%(ids)s::bigint[]) AS w(id)"
-    " WHERE NOT pg_try_advisory_xact_lock(%(space)s, (w.id %% 2147483648)::int4)"
+    " LEFT JOIN procrastinate_workers p ON p.id = w.id"
+    f" WHERE (p.id IS NOT NULL AND NOT {_SILENT.format(beat='p.last_heartbeat')})"
+    " OR NOT pg_try_advisory_xact_lock(%(space)s, (w.id %% 2147483648)::int4)"
 )
 _HOLD = "SELECT pg_advisory_lock(%s, (%s::bigint %% 2147483648)::int4)"
 # what taking the lock's session can fail with (the server refuses or goes away, the
@@ -57,12 +76,19 @@ class LiveJobManager(JobManager):
     """procrastinate's job manager, with a worker's liveness proven by its lock."""
 
     def __init__(
-        self, connector: procrastinate.BaseConnector, conninfo: str, *, stalled_after_s: float
+        self,
+        connector: procrastinate.BaseConnector,
+        conninfo: str,
+        *,
+        stalled_after_s: float,
+        heartbeat_s: float | None = None,
     ) -> None:
         super().__init__(connector)
         self.conninfo = conninfo
         self.stalled_after_s = stalled_after_s
+        self.heartbeat_s = heartbeat_s  # None: only procrastinate's loop beats
         self._held: dict[int, psycopg.AsyncConnection[Any]] = {}
+        self._beats: dict[int, asyncio.Task[None]] = {}
 
     async def register_worker(self) -> int:
         worker_id = await super().register_worker()
@@ -71,7 +97,18 @@ class LiveJobManager(JobManager):
         except _SESSION_FAILED:
             await super().unregister_worker(worker_id)
             raise
+        if self.heartbeat_s is not None:
+            self._beats[worker_id] = asyncio.create_task(
+                self._beat(worker_id, self.heartbeat_s), name=f"ragstore heartbeat {worker_id}"
+            )
         return worker_id
+
+    async def _beat(self, worker_id: int, every_s: float) -> None:
+        """Beat every ``every_s`` until the worker unregisters, through outages too: a
+        worker finishing its jobs after its loop lost the database is alive all the same."""
+        while True:
+            await asyncio.sleep(every_s)
+            await self.update_heartbeat(worker_id)
 
     async def _hold(self, worker_id: int) -> psycopg.AsyncConnection[Any]:
         conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
@@ -96,8 +133,18 @@ class LiveJobManager(JobManager):
         return conn
 
     async def update_heartbeat(self, worker_id: int) -> None:
-        """The heartbeat, and the worker's lock taken again if its session ended."""
-        await super().update_heartbeat(worker_id)
+        """The heartbeat, and the worker's lock taken again if its session ended.
+
+        A beat that cannot reach the database is logged, not raised: raised, it ended
+        procrastinate's beat for the rest of its loop (see the module's text)."""
+        try:
+            await super().update_heartbeat(worker_id)
+        except procrastinate.exceptions.ConnectorException as exc:
+            log.warning(
+                "worker %s: its heartbeat could not be written (%s); trying again",
+                worker_id,
+                exc.__cause__ or exc,
+            )
         await self._keep_held(worker_id)
 
     async def _keep_held(self, worker_id: int) -> None:
@@ -128,6 +175,11 @@ class LiveJobManager(JobManager):
             await fresh.close()
 
     async def unregister_worker(self, worker_id: int) -> None:
+        beat = self._beats.pop(worker_id, None)
+        if beat is not None:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
         try:
             await super().unregister_worker(worker_id)
         finally:
@@ -164,13 +216,17 @@ class LiveJobManager(JobManager):
         if not ids:
             return jobs
         rows = await self.connector.execute_query_all_async(
-            query=_ALIVE, ids=ids, space=WORKER_LOCKS
+            query=_ALIVE,
+            ids=ids,
+            space=WORKER_LOCKS,
+            seconds_since_heartbeat=seconds_since_heartbeat,
         )
         alive = {int(row["worker_id"]) for row in rows}
         for j in jobs:
             if j.worker_id in alive:
                 log.info(
-                    "job %s: its worker %s is silent but alive (it holds its lock); "
+                    "job %s: its worker %s is silent but alive (it holds its lock, "
+                    "or the database started again too recently to tell); "
                     "not retrying it",
                     j.id,
                     j.worker_id,
