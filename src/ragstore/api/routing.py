@@ -161,7 +161,7 @@ class ReadRoutingMiddleware:
         async def send_with_lsn(message: Message) -> None:
             position: str | None = None
             if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
-                position = await run_in_threadpool(_written_lsn, rt, scope["path"])
+                position = await run_in_threadpool(written_lsn, rt, scope["path"])
             elif message["type"] == "http.response.start" and message["status"] not in _RAN_NOT:
                 # an error can follow writes that committed (an upload's other files,
                 # listed as ``stored``): their position, where it can be read at once
@@ -261,7 +261,7 @@ def _primary_lsn(rt: Runtime) -> int:
         return lsn.current(conn)
 
 
-def _written_lsn(rt: Runtime, path: str) -> str:
+def written_lsn(rt: Runtime, path: str) -> str:
     """The ``RAGStore-LSN`` of a committed write: the primary's position, read again on a
     fresh connection where that fails, else :data:`lsn.ON_PRIMARY`.
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from ragstore.api.deps import ReadAccess, RowId, Rt, decode_cursor, encode_cursor
 from ragstore.api.errors_doc import responses
+from ragstore.api.routing import written_lsn
 from ragstore.api.schemas import JobError, JobPublic, JobsPublic
 from ragstore.db import jobs as job_store
 from ragstore.db import lsn
@@ -39,17 +40,19 @@ def job_public(job: JobRecord) -> JobPublic:
     )
 
 
-def _written_position(
-    rt: Runtime, conn: job_store.Conn, jobs: list[JobRecord], response: Response
-) -> None:
+def _written_position(rt: Runtime, jobs: list[JobRecord], response: Response, path: str) -> None:
     """A finished job's answer carries the primary's WAL position (``RAGStore-LSN``), past
     the job's writes, as a write's answer does. The 202 that accepted the job carried one
     from before the worker wrote anything, so a client that waited for the job and then
     read was served by a replica that had not replayed the job's documents: read-your-
     writes broke for background writes. (On a read-only server the jobs are the standby's
-    own rows, replayed already with everything the job wrote.)"""
+    own rows, replayed already with everything the job wrote.)
+
+    Read (after the job was) as a write's is: tried again on a fresh connection, else
+    ``primary``. Read once on the job's connection, a failure answered the whole read 503
+    for a job that was read, and the client polling for its end never saw it end."""
     if any(j.status in job_store.FINISHED for j in jobs) and not rt.read_only:
-        response.headers[lsn.HEADER] = lsn.format_lsn(lsn.current(conn))
+        response.headers[lsn.HEADER] = written_lsn(rt, path)
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Get a job")
@@ -59,9 +62,9 @@ def get_job(job_id: RowId, rt: Rt, caller: ReadAccess, response: Response) -> Jo
     every other collection's name (its 404s for collections list only its own)."""
     with rt.db.connection() as conn, translated(f"reading job {job_id}"):
         job = job_store.get(conn, job_id)
-        if not caller.sees(job.collection):
-            raise JobNotFoundError(f"job {job_id} does not exist; `GET /v1/jobs` lists the jobs")
-        _written_position(rt, conn, [job], response)
+    if not caller.sees(job.collection):
+        raise JobNotFoundError(f"job {job_id} does not exist; `GET /v1/jobs` lists the jobs")
+    _written_position(rt, [job], response, f"GET /v1/jobs/{job_id}")
     return job_public(job)
 
 
@@ -80,7 +83,7 @@ def list_jobs(
     after = decode_cursor(cursor)
     with rt.db.connection() as conn, translated("listing jobs"):
         rows = job_store.page(conn, after=after, limit=limit, status=status, collection=collection)
-        _written_position(rt, conn, rows, response)
+    _written_position(rt, rows, response, "GET /v1/jobs")
     data = [job_public(j) for j in rows]
     nxt = encode_cursor(rows[-1].id) if len(rows) == limit else None
     return JobsPublic(data=data, count=len(data), next_cursor=nxt)
