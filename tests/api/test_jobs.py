@@ -26,7 +26,7 @@ from ragstore.jobs.queue import build_queue
 from ragstore.jobs.runner import run_job
 from ragstore.jobs.worker import run_worker, watching_stalled
 from ragstore.runtime import Runtime
-from tests.api.conftest import with_
+from tests.api.conftest import running_server, with_
 
 WORDS = (
     "alpha",
@@ -539,3 +539,43 @@ def test_a_background_upload_answered_an_error_was_not_queued(
     run_worker(jobs_settings, burst=True, signals=False)
     done = api.wait_for_job(job["id"], timeout=5)
     assert done["status"] == "succeeded" and done["summary"]["added"] == 1
+
+
+def test_a_dead_workers_job_shows_queued_with_no_worker_running(
+    jobs_settings: Settings, database_url: str
+) -> None:
+    """Only workers put a dead worker's job back on the queue: with none running, the job
+    showed ``running`` for good to ``GET /v1/jobs/{id}`` and the listing, for a client to
+    wait on. Reading it now settles it: ``queued`` (waiting for a worker, which is true),
+    and the next worker runs it, the attempt counted."""
+    with running_server(with_(jobs_settings, auth="off")) as url, Client(url) as api:
+        _orphaned(api, jobs_settings, database_url)
+
+
+def _orphaned(api: Client, jobs_settings: Settings, database_url: str) -> None:
+    api.create_collection("orphan")
+    job = api.upload("orphan", [("o.md", b"# O\n\norphaned job text")], background=True)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # a worker took it and died: its row silent an hour, its lock free
+        row = conn.execute(
+            "INSERT INTO procrastinate_workers (last_heartbeat)"
+            " VALUES (now() - interval '1 hour') RETURNING id"
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s"
+            " WHERE id = (SELECT queue_job_id FROM ingest_jobs WHERE id = %s)",
+            (row[0], job["id"]),
+        )
+        conn.execute(
+            "UPDATE ingest_jobs SET status = 'running', attempts = 1, started_at = now()"
+            " WHERE id = %s",
+            (job["id"],),
+        )
+    listed = api.list_jobs(collection="orphan")["data"]
+    assert [j["status"] for j in listed] == ["queued"], listed
+    seen = api.get_job(job["id"])
+    assert seen["status"] == "queued" and seen["attempts"] == 1, seen
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done

@@ -232,3 +232,40 @@ class LiveJobManager(JobManager):
                     j.worker_id,
                 )
         return [j for j in jobs if j.worker_id not in alive]
+
+
+_ABANDONED = (
+    "SELECT id FROM procrastinate_jobs"
+    " WHERE status = 'doing' AND queue_name = %s AND worker_id IS NULL"
+    " FOR UPDATE SKIP LOCKED"
+)
+_RETRY = "SELECT procrastinate_retry_job_v2(%s, NULL, NULL, NULL, NULL)"
+
+
+def requeue_abandoned(
+    conn: psycopg.Connection[Any], queue: str, stalled_after_s: float
+) -> list[int]:
+    """Put back on the queue the jobs of dead workers, as a worker's stalled check does;
+    the queue ids put back, their jobs shown ``queued`` again.
+
+    Only workers ran that check, so with none running (all killed, or stopped for good) a
+    job whose worker died stayed ``running`` for good in ``GET /v1/jobs/{id}`` and
+    ``ragstore jobs list``, for a client polling it to wait on. The API runs this when it
+    reads an unfinished job: the job says ``queued``, waiting for a worker, which is true,
+    and the next worker runs it (its start counts the attempt, as after any dead worker).
+    The same judgement as the workers' (a silent worker whose lock is free): a live one
+    keeps its job."""
+    with conn.transaction():
+        conn.execute(_PRUNE, {"seconds_since_heartbeat": stalled_after_s, "space": WORKER_LOCKS})
+        ids = [int(row[0]) for row in conn.execute(_ABANDONED, (queue,)).fetchall()]
+        for queue_id in ids:
+            conn.execute(_RETRY, (queue_id,))
+        if ids:
+            conn.execute(
+                "UPDATE ingest_jobs SET status = 'queued', updated_at = now()"
+                " WHERE status = 'running' AND queue_job_id = ANY(%s)",
+                (ids,),
+            )
+    for queue_id in ids:
+        log.warning("queue job %s: its worker stopped; put back on the queue", queue_id)
+    return ids
