@@ -16,6 +16,7 @@ from typing import IO
 
 import psycopg
 import pytest
+from procrastinate.jobs import Status
 
 from ragstore import Client
 from ragstore.config import Settings
@@ -579,3 +580,58 @@ def _orphaned(api: Client, jobs_settings: Settings, database_url: str) -> None:
     run_worker(jobs_settings, burst=True, signals=False)
     done = api.get_job(job["id"])
     assert done["status"] == "succeeded" and done["attempts"] == 2, done
+
+
+def test_a_worker_judged_dead_leaves_the_entry_another_took_to_it(
+    jobs_settings: Settings, database_url: str
+) -> None:
+    """A worker cut off from the database long enough is judged dead and its queue entry
+    is taken by another, while it still runs the job. Finishing its run, it marked the
+    entry anyway: ``failed`` had the job failed as ``outcome_not_recorded`` while the
+    other worker still ran it. The entry is now the other worker's to finish."""
+
+    async def scenario() -> tuple[str, str]:
+        with Runtime(jobs_settings) as rt:
+            conninfo = rt.db.conninfo
+            app = build_queue(conninfo)
+            manager = LiveJobManager(app.connector, conninfo, stalled_after_s=2.0)
+            app.job_manager = manager
+            async with app.open_async():
+                first = await manager.register_worker()
+                other = await manager.register_worker()
+                try:
+                    with psycopg.connect(database_url, autocommit=True) as conn:
+                        conn.execute(
+                            "INSERT INTO procrastinate_jobs (queue_name, task_name, args)"
+                            " VALUES ('fenced', 'ragstore.ingest', '{}')"
+                        )
+                    job = await manager.fetch_job(queues=["fenced"], worker_id=first)
+                    assert job is not None and job.worker_id == first
+                    with psycopg.connect(database_url, autocommit=True) as conn:
+                        # judged dead, put back, taken by the other worker
+                        conn.execute(
+                            "UPDATE procrastinate_jobs SET worker_id = %s WHERE id = %s",
+                            (other, job.id),
+                        )
+                    await manager.finish_job(job, Status.FAILED, delete_job=False)
+                    with psycopg.connect(database_url, autocommit=True) as conn:
+                        row = conn.execute(
+                            "SELECT status::text FROM procrastinate_jobs WHERE id = %s",
+                            (job.id,),
+                        ).fetchone()
+                    assert row is not None
+                    after_stale = str(row[0])
+                    mine = job.evolve(worker_id=other)
+                    await manager.finish_job(mine, Status.SUCCEEDED, delete_job=False)
+                    with psycopg.connect(database_url, autocommit=True) as conn:
+                        row = conn.execute(
+                            "SELECT status::text FROM procrastinate_jobs WHERE id = %s",
+                            (job.id,),
+                        ).fetchone()
+                    assert row is not None
+                    return after_stale, str(row[0])
+                finally:
+                    await manager.unregister_worker(first)
+                    await manager.unregister_worker(other)
+
+    assert asyncio.run(scenario()) == ("doing", "succeeded")

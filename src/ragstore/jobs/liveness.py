@@ -39,6 +39,7 @@ from typing import Any
 import procrastinate
 import psycopg
 from procrastinate.jobs import Job
+from procrastinate.jobs import Status as JobStatus
 from procrastinate.manager import JobManager
 
 log = logging.getLogger("ragstore.jobs")
@@ -65,6 +66,14 @@ _ALIVE = (
     " LEFT JOIN procrastinate_workers p ON p.id = w.id"
     f" WHERE (p.id IS NOT NULL AND NOT {_SILENT.format(beat='p.last_heartbeat')})"
     " OR NOT pg_try_advisory_xact_lock(%(space)s, (w.id %% 2147483648)::int4)"
+)
+# finishes the entry only while this worker runs it (the function's checks are its own)
+_FINISH_OWN = (
+    "WITH own AS (SELECT id FROM procrastinate_jobs WHERE id = %(job_id)s"
+    " AND worker_id = %(worker_id)s AND status = 'doing' FOR UPDATE),"
+    " done AS (SELECT procrastinate_finish_job_v1("
+    "id, %(status)s::procrastinate_job_status, %(delete_job)s) FROM own)"
+    " SELECT (SELECT count(*) FROM done) > 0 AS finished"
 )
 _HOLD = "SELECT pg_advisory_lock(%s, (%s::bigint %% 2147483648)::int4)"
 # what taking the lock's session can fail with (the server refuses or goes away, the
@@ -186,6 +195,32 @@ class LiveJobManager(JobManager):
             conn = self._held.pop(worker_id, None)
             if conn is not None:
                 await conn.close()  # the session ends: its lock goes with it
+
+    async def finish_job(self, job: Job, status: JobStatus, delete_job: bool) -> None:
+        """Mark the queue entry finished only while this worker still runs it.
+
+        A worker judged dead while it was cut off from the database (its entry put back
+        and taken by another) finished its run all the same, and marking the entry then
+        ended the other worker's run of it in the queue: ``failed`` had the job failed as
+        ``outcome_not_recorded`` while it still ran, ``succeeded`` deleted the entry (the
+        other's finish then raised). The entry is the other worker's to finish."""
+        if job.worker_id is None:
+            await super().finish_job(job, status, delete_job)
+            return
+        row = await self.connector.execute_query_one_async(
+            query=_FINISH_OWN,
+            job_id=job.id,
+            worker_id=job.worker_id,
+            status=status.value,
+            delete_job=delete_job,
+        )
+        if not row["finished"]:
+            log.warning(
+                "queue job %s: taken by another worker while worker %s ran it (judged dead "
+                "while cut off from the database); its entry left to that worker",
+                job.id,
+                job.worker_id,
+            )
 
     async def prune_stalled_workers(self, seconds_since_heartbeat: float) -> list[int]:
         """Delete the workers whose heartbeat is stale and whose lock is free (dead ones)."""
