@@ -18,6 +18,7 @@ from ragstore.db import lsn
 from ragstore.db.database import Database
 from ragstore.db.routing import ReadRouter
 from ragstore.errors import InputError
+from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server
 from tests.conftest import TEMPLATE, create_database
 
@@ -157,3 +158,26 @@ def test_a_write_whose_position_cannot_be_read_says_so(lsn_fault: str, tmp_path:
         _fail_next(lsn_fault, 0)
         c.add_document("kb", "c.md", "# C\n\ncharlie text")  # a position again
         assert c.last_lsn is not None and lsn.parse(c.last_lsn) > 0
+
+
+def test_a_finished_job_whose_position_cannot_be_read_says_primary(
+    lsn_fault: str, tmp_path: Path
+) -> None:
+    """A finished job's answer carries the WAL position past its writes. It was read once,
+    on the job's own connection: where that failed, ``GET /v1/jobs/{id}`` (and the
+    listing) answered 503 for a job that was read, and a client waiting for it never saw
+    it end. It is read as a write's position is: again, else ``primary``."""
+    settings = Settings(database_url=lsn_fault, data_dir=tmp_path, profile="test", auth="off")
+    with running_server(settings) as url, Client(url) as c:
+        c.create_collection("kb")
+        job = c.upload("kb", [("j.md", b"# J\n\njob text")], background=True)
+        run_worker(settings, burst=True, signals=False)
+        _fail_next(lsn_fault, 100)  # every read fails
+        r = c.request("GET", f"/v1/jobs/{job['id']}")
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "succeeded" and r.headers["RAGStore-LSN"] == "primary"
+        listing = c.request("GET", "/v1/jobs")
+        assert listing.status_code == 200 and listing.headers["RAGStore-LSN"] == "primary"
+        _fail_next(lsn_fault, 0)
+        r = c.request("GET", f"/v1/jobs/{job['id']}")
+        assert lsn.parse(r.headers["RAGStore-LSN"]) > 0

@@ -144,6 +144,35 @@ def test_a_finished_job_carries_its_writes_position(pair: Pair, kb: str) -> None
             pair.pause_replay(False)
 
 
+def test_a_read_only_server_shows_a_job_once_it_has_replayed_it(pair: Pair, kb: str) -> None:
+    """A job accepted by the primary and polled on a read-only server with the 202's
+    position: job reads skipped the wait every other read does, so the standby answered
+    404 job_not_found, the job as good as lost, until it had replayed the row. The read
+    now waits for the position as any read does (503 replica_behind past the wait), and a
+    ``primary`` position is refused as for other reads."""
+    with (
+        running_server(pair.settings()) as url,
+        running_server(pair.read_only_settings(replica_wait_s=0.3)) as ro_url,
+        Client(url) as c,
+        Client(ro_url) as ro,
+    ):
+        pair.wait_caught_up()
+        pair.pause_replay(True)
+        try:
+            job = c.upload("kb", [("polled.md", b"# Polled\n\npolled text")], background=True)
+            ro.last_lsn = c.last_lsn
+            with pytest.raises(ReplicaBehindError):
+                ro.get_job(job["id"])
+            ro.last_lsn = "primary"
+            with pytest.raises(ReplicaBehindError):
+                ro.list_jobs()
+        finally:
+            pair.pause_replay(False)
+        ro.last_lsn = c.last_lsn
+        assert ro.get_job(job["id"])["status"] == "queued"  # replayed now
+        run_worker(pair.settings(), burst=True, signals=False)
+
+
 def test_lagging_replica_is_skipped_until_it_catches_up(pair: Pair, kb: str) -> None:
     settings = pair.settings(max_replica_lag_s=0.3)
     with running_server(settings) as url, Client(url, read_your_writes=False) as c:

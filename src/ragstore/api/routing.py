@@ -14,7 +14,8 @@
   served by the primary (refused on a read-only server, which cannot tell).
 - on a **read-only server** (``RAGSTORE_DATABASE_URL`` names a hot standby) writes are refused
   with ``read_only`` (403) before they run, and a read carrying an LSN this standby has not
-  replayed within ``RAGSTORE_REPLICA_WAIT_S`` is refused with ``replica_behind`` (503).
+  replayed within ``RAGSTORE_REPLICA_WAIT_S`` is refused with ``replica_behind`` (503);
+  job reads, the primary's elsewhere, are reads there too.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def classify(method: str, path: str) -> str:
     return "other"
 
 
+def _is_job_read(method: str, path: str) -> bool:
+    return method in ("GET", "HEAD") and (path == "/v1/jobs" or path.startswith("/v1/jobs/"))
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -84,12 +89,18 @@ class ReadRoutingMiddleware:
             return
         kind = classify(scope["method"], scope["path"])
         state = getattr(scope["app"].state, "ragstore", None) if "app" in scope else None
-        if kind == "other" or state is None:
+        job_read = kind == "other" and _is_job_read(scope["method"], scope["path"])
+        if (kind == "other" and not job_read) or state is None:
             await self.app(scope, receive, send)
             return
         rt: Runtime = state.runtime
         try:
             read_only = await run_in_threadpool(lambda: rt.read_only)
+            if job_read and read_only:
+                # a read-only server shows its standby's job rows: a job accepted by the
+                # primary (its 202's position sent back) is not there until replayed, and
+                # was answered 404 job_not_found, as if lost; it waits as any read does
+                kind = "read"
             on_primary = kind == "read" and self._on_primary(scope)
             min_lsn = self._min_lsn(scope) if kind == "read" and not on_primary else None
         except RagstoreError as exc:  # database down, bad header: the route answers it
@@ -98,7 +109,9 @@ class ReadRoutingMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        if read_only and on_primary:
+        if kind == "other":  # a job's read on a primary: the primary's, as classify says
+            await self.app(scope, receive, send)
+        elif read_only and on_primary:
             await send_problem(scope, send, _unknown_position(rt))
         elif read_only:
             await self._read_only(rt, kind, min_lsn, scope, receive, send)
@@ -161,7 +174,7 @@ class ReadRoutingMiddleware:
         async def send_with_lsn(message: Message) -> None:
             position: str | None = None
             if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
-                position = await run_in_threadpool(_written_lsn, rt, scope["path"])
+                position = await run_in_threadpool(written_lsn, rt, scope["path"])
             elif message["type"] == "http.response.start" and message["status"] not in _RAN_NOT:
                 # an error can follow writes that committed (an upload's other files,
                 # listed as ``stored``): their position, where it can be read at once
@@ -261,7 +274,7 @@ def _primary_lsn(rt: Runtime) -> int:
         return lsn.current(conn)
 
 
-def _written_lsn(rt: Runtime, path: str) -> str:
+def written_lsn(rt: Runtime, path: str) -> str:
     """The ``RAGStore-LSN`` of a committed write: the primary's position, read again on a
     fresh connection where that fails, else :data:`lsn.ON_PRIMARY`.
 

@@ -17,11 +17,20 @@ when its lock can be taken too; a slow worker that still holds its lock keeps it
 and its jobs. A worker that lost its lock's session but lives on is covered by its
 heartbeat still (either proof of life keeps its jobs), and its next heartbeat takes the
 lock again.
+
+The heartbeat is ours too (:meth:`LiveJobManager._beat`), from registration until the
+worker unregisters, and a beat that cannot reach the database is tried again at the next
+one. procrastinate's own beat is a side task of its loop that nothing watches (with no
+periodic task its monitor returns at once): one beat that failed in an outage ended it
+for the rest of the loop, and a loop that lost the database cancelled it while the jobs
+in hand ran on. Either way the live worker fell silent with its lock free, and its job
+was taken and run a second time beside it, an attempt counted toward ``worker_lost``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Iterable
@@ -30,6 +39,7 @@ from typing import Any
 import procrastinate
 import psycopg
 from procrastinate.jobs import Job
+from procrastinate.jobs import Status as JobStatus
 from procrastinate.manager import JobManager
 
 log = logging.getLogger("ragstore.jobs")
@@ -37,15 +47,33 @@ log = logging.getLogger("ragstore.jobs")
 # a worker's lock key is the int4 pair (WORKER_LOCKS, its id): apart from int8 keys
 WORKER_LOCKS = 0x5257_4B52  # "RWKR"
 
+# a heartbeat counts from the database server's start at the earliest: after a restart
+# every worker lost its lock's session and could beat no more while the server was down,
+# and the first one back judged the others dead before they could beat again
+_SILENT = (
+    "greatest({beat}, pg_postmaster_start_time())"
+    " < now() - make_interval(secs => %(seconds_since_heartbeat)s)"
+)
 _PRUNE = (
     "DELETE FROM procrastinate_workers"
-    " WHERE last_heartbeat < now() - make_interval(secs => %(seconds_since_heartbeat)s)"
+    f" WHERE {_SILENT.format(beat='last_heartbeat')}"
     " AND pg_try_advisory_xact_lock(%(space)s, (id %% 2147483648)::int4)"
     " RETURNING id AS worker_id"
 )
+# of the workers named, those alive: holding their lock, or registered and not silent
 _ALIVE = (
     "SELECT w.id AS worker_id FROM unnest(%(ids)s::bigint[]) AS w(id)"
-    " WHERE NOT pg_try_advisory_xact_lock(%(space)s, (w.id %% 2147483648)::int4)"
+    " LEFT JOIN procrastinate_workers p ON p.id = w.id"
+    f" WHERE (p.id IS NOT NULL AND NOT {_SILENT.format(beat='p.last_heartbeat')})"
+    " OR NOT pg_try_advisory_xact_lock(%(space)s, (w.id %% 2147483648)::int4)"
+)
+# finishes the entry only while this worker runs it (the function's checks are its own)
+_FINISH_OWN = (
+    "WITH own AS (SELECT id FROM procrastinate_jobs WHERE id = %(job_id)s"
+    " AND worker_id = %(worker_id)s AND status = 'doing' FOR UPDATE),"
+    " done AS (SELECT procrastinate_finish_job_v1("
+    "id, %(status)s::procrastinate_job_status, %(delete_job)s) FROM own)"
+    " SELECT (SELECT count(*) FROM done) > 0 AS finished"
 )
 _HOLD = "SELECT pg_advisory_lock(%s, (%s::bigint %% 2147483648)::int4)"
 # what taking the lock's session can fail with (the server refuses or goes away, the
@@ -57,12 +85,19 @@ class LiveJobManager(JobManager):
     """procrastinate's job manager, with a worker's liveness proven by its lock."""
 
     def __init__(
-        self, connector: procrastinate.BaseConnector, conninfo: str, *, stalled_after_s: float
+        self,
+        connector: procrastinate.BaseConnector,
+        conninfo: str,
+        *,
+        stalled_after_s: float,
+        heartbeat_s: float | None = None,
     ) -> None:
         super().__init__(connector)
         self.conninfo = conninfo
         self.stalled_after_s = stalled_after_s
+        self.heartbeat_s = heartbeat_s  # None: only procrastinate's loop beats
         self._held: dict[int, psycopg.AsyncConnection[Any]] = {}
+        self._beats: dict[int, asyncio.Task[None]] = {}
 
     async def register_worker(self) -> int:
         worker_id = await super().register_worker()
@@ -71,7 +106,18 @@ class LiveJobManager(JobManager):
         except _SESSION_FAILED:
             await super().unregister_worker(worker_id)
             raise
+        if self.heartbeat_s is not None:
+            self._beats[worker_id] = asyncio.create_task(
+                self._beat(worker_id, self.heartbeat_s), name=f"ragstore heartbeat {worker_id}"
+            )
         return worker_id
+
+    async def _beat(self, worker_id: int, every_s: float) -> None:
+        """Beat every ``every_s`` until the worker unregisters, through outages too: a
+        worker finishing its jobs after its loop lost the database is alive all the same."""
+        while True:
+            await asyncio.sleep(every_s)
+            await self.update_heartbeat(worker_id)
 
     async def _hold(self, worker_id: int) -> psycopg.AsyncConnection[Any]:
         conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
@@ -96,8 +142,18 @@ class LiveJobManager(JobManager):
         return conn
 
     async def update_heartbeat(self, worker_id: int) -> None:
-        """The heartbeat, and the worker's lock taken again if its session ended."""
-        await super().update_heartbeat(worker_id)
+        """The heartbeat, and the worker's lock taken again if its session ended.
+
+        A beat that cannot reach the database is logged, not raised: raised, it ended
+        procrastinate's beat for the rest of its loop (see the module's text)."""
+        try:
+            await super().update_heartbeat(worker_id)
+        except procrastinate.exceptions.ConnectorException as exc:
+            log.warning(
+                "worker %s: its heartbeat could not be written (%s); trying again",
+                worker_id,
+                exc.__cause__ or exc,
+            )
         await self._keep_held(worker_id)
 
     async def _keep_held(self, worker_id: int) -> None:
@@ -128,12 +184,43 @@ class LiveJobManager(JobManager):
             await fresh.close()
 
     async def unregister_worker(self, worker_id: int) -> None:
+        beat = self._beats.pop(worker_id, None)
+        if beat is not None:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
         try:
             await super().unregister_worker(worker_id)
         finally:
             conn = self._held.pop(worker_id, None)
             if conn is not None:
                 await conn.close()  # the session ends: its lock goes with it
+
+    async def finish_job(self, job: Job, status: JobStatus, delete_job: bool) -> None:
+        """Mark the queue entry finished only while this worker still runs it.
+
+        A worker judged dead while it was cut off from the database (its entry put back
+        and taken by another) finished its run all the same, and marking the entry then
+        ended the other worker's run of it in the queue: ``failed`` had the job failed as
+        ``outcome_not_recorded`` while it still ran, ``succeeded`` deleted the entry (the
+        other's finish then raised). The entry is the other worker's to finish."""
+        if job.worker_id is None:
+            await super().finish_job(job, status, delete_job)
+            return
+        row = await self.connector.execute_query_one_async(
+            query=_FINISH_OWN,
+            job_id=job.id,
+            worker_id=job.worker_id,
+            status=status.value,
+            delete_job=delete_job,
+        )
+        if not row["finished"]:
+            log.warning(
+                "queue job %s: taken by another worker while worker %s ran it (judged dead "
+                "while cut off from the database); its entry left to that worker",
+                job.id,
+                job.worker_id,
+            )
 
     async def prune_stalled_workers(self, seconds_since_heartbeat: float) -> list[int]:
         """Delete the workers whose heartbeat is stale and whose lock is free (dead ones)."""
@@ -164,15 +251,56 @@ class LiveJobManager(JobManager):
         if not ids:
             return jobs
         rows = await self.connector.execute_query_all_async(
-            query=_ALIVE, ids=ids, space=WORKER_LOCKS
+            query=_ALIVE,
+            ids=ids,
+            space=WORKER_LOCKS,
+            seconds_since_heartbeat=seconds_since_heartbeat,
         )
         alive = {int(row["worker_id"]) for row in rows}
         for j in jobs:
             if j.worker_id in alive:
                 log.info(
-                    "job %s: its worker %s is silent but alive (it holds its lock); "
+                    "job %s: its worker %s is silent but alive (it holds its lock, "
+                    "or the database started again too recently to tell); "
                     "not retrying it",
                     j.id,
                     j.worker_id,
                 )
         return [j for j in jobs if j.worker_id not in alive]
+
+
+_ABANDONED = (
+    "SELECT id FROM procrastinate_jobs"
+    " WHERE status = 'doing' AND queue_name = %s AND worker_id IS NULL"
+    " FOR UPDATE SKIP LOCKED"
+)
+_RETRY = "SELECT procrastinate_retry_job_v2(%s, NULL, NULL, NULL, NULL)"
+
+
+def requeue_abandoned(
+    conn: psycopg.Connection[Any], queue: str, stalled_after_s: float
+) -> list[int]:
+    """Put back on the queue the jobs of dead workers, as a worker's stalled check does;
+    the queue ids put back, their jobs shown ``queued`` again.
+
+    Only workers ran that check, so with none running (all killed, or stopped for good) a
+    job whose worker died stayed ``running`` for good in ``GET /v1/jobs/{id}`` and
+    ``ragstore jobs list``, for a client polling it to wait on. The API runs this when it
+    reads an unfinished job: the job says ``queued``, waiting for a worker, which is true,
+    and the next worker runs it (its start counts the attempt, as after any dead worker).
+    The same judgement as the workers' (a silent worker whose lock is free): a live one
+    keeps its job."""
+    with conn.transaction():
+        conn.execute(_PRUNE, {"seconds_since_heartbeat": stalled_after_s, "space": WORKER_LOCKS})
+        ids = [int(row[0]) for row in conn.execute(_ABANDONED, (queue,)).fetchall()]
+        for queue_id in ids:
+            conn.execute(_RETRY, (queue_id,))
+        if ids:
+            conn.execute(
+                "UPDATE ingest_jobs SET status = 'queued', updated_at = now()"
+                " WHERE status = 'running' AND queue_job_id = ANY(%s)",
+                (ids,),
+            )
+    for queue_id in ids:
+        log.warning("queue job %s: its worker stopped; put back on the queue", queue_id)
+    return ids

@@ -123,7 +123,10 @@ async def _run(
             )
         app = build_queue(db.conninfo, runtime=rt)
         app.job_manager = LiveJobManager(
-            app.connector, db.conninfo, stalled_after_s=settings.worker_stalled_after_s
+            app.connector,
+            db.conninfo,
+            stalled_after_s=settings.worker_stalled_after_s,
+            heartbeat_s=settings.worker_heartbeat_s,
         )
         worker = name or "ragstore-worker"
         stopping = asyncio.Event()

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
+import psycopg
 from fastapi import APIRouter, Query, Response
 
 from ragstore.api.deps import ReadAccess, RowId, Rt, decode_cursor, encode_cursor
 from ragstore.api.errors_doc import responses
+from ragstore.api.routing import written_lsn
 from ragstore.api.schemas import JobError, JobPublic, JobsPublic
 from ragstore.db import jobs as job_store
 from ragstore.db import lsn
 from ragstore.db.errors import translated
 from ragstore.errors import JobNotFoundError
-from ragstore.jobs import JobRecord
+from ragstore.jobs import QUEUE, JobRecord
+from ragstore.jobs.liveness import requeue_abandoned
 from ragstore.runtime import Runtime
+
+log = logging.getLogger("ragstore.api")
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(404))
 
@@ -39,17 +45,38 @@ def job_public(job: JobRecord) -> JobPublic:
     )
 
 
-def _written_position(
-    rt: Runtime, conn: job_store.Conn, jobs: list[JobRecord], response: Response
-) -> None:
+def _written_position(rt: Runtime, jobs: list[JobRecord], response: Response, path: str) -> None:
     """A finished job's answer carries the primary's WAL position (``RAGStore-LSN``), past
     the job's writes, as a write's answer does. The 202 that accepted the job carried one
     from before the worker wrote anything, so a client that waited for the job and then
     read was served by a replica that had not replayed the job's documents: read-your-
     writes broke for background writes. (On a read-only server the jobs are the standby's
-    own rows, replayed already with everything the job wrote.)"""
+    own rows, replayed already with everything the job wrote.)
+
+    Read (after the job was) as a write's is: tried again on a fresh connection, else
+    ``primary``. Read once on the job's connection, a failure answered the whole read 503
+    for a job that was read, and the client polling for its end never saw it end."""
     if any(j.status in job_store.FINISHED for j in jobs) and not rt.read_only:
-        response.headers[lsn.HEADER] = lsn.format_lsn(lsn.current(conn))
+        response.headers[lsn.HEADER] = written_lsn(rt, path)
+
+
+def _reconciled(rt: Runtime, conn: job_store.Conn) -> bool:
+    """Settle the jobs no worker will finish as it stands, without a worker running: a
+    dead worker's job put back on the queue (``queued``), one whose queue entry ended
+    unrecorded failed (``outcome_not_recorded``). Workers did it alone, so with none
+    running such a job showed ``running`` for good. Whether any changed."""
+    if rt.read_only:  # the standby's rows: the primary's workers and readers settle them
+        return False
+    try:
+        requeued = requeue_abandoned(conn, QUEUE, rt.settings.worker_stalled_after_s)
+        with conn.transaction():
+            failed = job_store.reconcile_lost(conn)
+    except psycopg.errors.Error as exc:  # a worker settling the same job: the read goes on
+        if conn.broken:
+            raise
+        log.warning("could not settle unfinished jobs: %s", exc)
+        return False
+    return bool(requeued or failed)
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Get a job")
@@ -59,9 +86,11 @@ def get_job(job_id: RowId, rt: Rt, caller: ReadAccess, response: Response) -> Jo
     every other collection's name (its 404s for collections list only its own)."""
     with rt.db.connection() as conn, translated(f"reading job {job_id}"):
         job = job_store.get(conn, job_id)
-        if not caller.sees(job.collection):
-            raise JobNotFoundError(f"job {job_id} does not exist; `GET /v1/jobs` lists the jobs")
-        _written_position(rt, conn, [job], response)
+        if job.status not in job_store.FINISHED and _reconciled(rt, conn):
+            job = job_store.get(conn, job_id)
+    if not caller.sees(job.collection):
+        raise JobNotFoundError(f"job {job_id} does not exist; `GET /v1/jobs` lists the jobs")
+    _written_position(rt, [job], response, f"GET /v1/jobs/{job_id}")
     return job_public(job)
 
 
@@ -79,8 +108,9 @@ def list_jobs(
         caller.require("read", collection)
     after = decode_cursor(cursor)
     with rt.db.connection() as conn, translated("listing jobs"):
+        _reconciled(rt, conn)  # before the page: a job put back has changed status
         rows = job_store.page(conn, after=after, limit=limit, status=status, collection=collection)
-        _written_position(rt, conn, rows, response)
+    _written_position(rt, rows, response, "GET /v1/jobs")
     data = [job_public(j) for j in rows]
     nxt = encode_cursor(rows[-1].id) if len(rows) == limit else None
     return JobsPublic(data=data, count=len(data), next_cursor=nxt)
