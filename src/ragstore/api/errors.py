@@ -79,6 +79,7 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.BackupError: Problem(500, "Backup failed"),
     e.BackupInvalidError: Problem(422, "Invalid backup"),
     e.OutcomeUnknownError: Problem(500, "Outcome unknown"),
+    e.DiskFullError: Problem(507, "Disk full"),
 }
 
 
