@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -215,3 +216,56 @@ def test_backup_into_a_full_disk_fails_and_leaves_no_backup(
     with _tmpfs(tmp_path / "target", "256k") as target, _full(target):
         assert run_cli("backup", str(target / "b.dump")) == 74
         assert sorted(p.name for p in target.iterdir()) == ["filler"]
+
+
+def test_wal_that_cannot_be_written_panics_the_server_which_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new WAL segment with no room for it: PostgreSQL PANICs and will not start again
+    while the disk is full. Calls fail at once (no hang) saying the disk is full; once
+    space is freed the next call starts the embedded server again, which recovers every
+    acknowledged write."""
+    import psycopg
+
+    monkeypatch.delenv("RAGSTORE_DATABASE_URL", raising=False)
+    with _tmpfs(tmp_path / "mnt", "64m") as mnt:
+        data = mnt / "data"
+        try:
+            uri = embedded.start(data)
+            migrations.upgrade(Database(uri))
+            with Store(settings=Settings(data_dir=data, profile="test")) as s:
+                s.add_texts("w", ["acknowledged before the disk filled"], ids=["a1"])
+                with _full(mnt, leave=512 * 1024):
+                    # switch WAL segments until one must be created: no room for it
+                    with (
+                        pytest.raises(psycopg.Error),
+                        psycopg.connect(uri, autocommit=True) as admin,
+                    ):
+                        admin.execute("CREATE TABLE t (x int)")
+                        for _ in range(8):
+                            admin.execute("INSERT INTO t VALUES (1)")
+                            admin.execute("SELECT pg_switch_wal()")
+                    for i in range(3):  # the first: the connection lost; then the probe's
+                        t0 = time.monotonic()
+                        with pytest.raises(DatabaseUnavailableError) as down:
+                            s.add_texts("w", [f"never stored {i}"], ids=[f"b{i}"])
+                        assert time.monotonic() - t0 < 10  # failed, did not hang
+                        time.sleep(1.5)
+                    # the embedded server would not start again: its reason, not "down"
+                    _says_disk_full(str(down.value))
+                    _says_disk_full(down.value.public)
+                deadline = 60.0
+                while True:  # the breaker's back-off: at most 5 s between probes
+                    try:
+                        got = s.get_texts("w", ["a1", "b0", "b1", "b2"])
+                        break
+                    except DatabaseUnavailableError:
+                        deadline -= 1
+                        assert deadline > 0, "the server did not come back"
+                        time.sleep(1)
+                assert [t["id"] for t in got] == ["a1"]
+                s.add_texts("w", ["stored after"], ids=["c1"])
+                assert check(s.runtime, "w").ok
+        finally:
+            embedded.release(data)
+            embedded.stop(data)

@@ -91,16 +91,20 @@ class Breaker:
     def failing(self, message: str, retry_after: float) -> DatabaseUnavailableError:
         """The error a caller the breaker turns away gets: ``message`` and the reason of
         the failure that opened it (its public part, never the database's address)."""
-        last = self.last
+        last, generic = self.last, "the database is unavailable"
         if last is None:
-            return DatabaseUnavailableError(
-                message, public="the database is unavailable", retry_after=retry_after
-            )
+            return DatabaseUnavailableError(message, public=generic, retry_after=retry_after)
         return DatabaseUnavailableError(
             f"{message}; the last failure: {last.message}",
-            public=f"the database is unavailable: {last.public}",
+            public=generic if last.public == generic else f"{generic}: {last.public}",
             retry_after=retry_after,
         )
+
+    def note(self, cause: DatabaseUnavailableError) -> None:
+        """Why the last probe failed (an embedded server that would not start: its disk
+        full, say), repeated by the calls turned away until the next probe."""
+        with self._lock:
+            self.last = cause
 
     def check(self) -> bool:
         """Raise while open; True when the caller should probe before using the pool."""
@@ -311,7 +315,8 @@ class Database:
         if self.embedded and self.data_dir is not None:
             try:
                 embedded.start(self.data_dir)
-            except DatabaseUnavailableError:
+            except DatabaseUnavailableError as exc:
+                self.breaker.note(exc)
                 return False
         return self.answers()
 

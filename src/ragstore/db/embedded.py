@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ragstore.db.errors import disk_full
+from ragstore.db.errors import DISK_FULL, disk_full
 from ragstore.errors import DatabaseUnavailableError
 
 DATABASE_NAME = "ragstore"
@@ -139,7 +139,8 @@ def start(data_dir: Path) -> str:
         if disk_full(Exception(why)):
             raise DatabaseUnavailableError(
                 f"could not start the embedded PostgreSQL under {pg}: {why} (its log: "
-                f"{pg / 'log'}); {_full_disk(pg)}"
+                f"{pg / 'log'}); {_full_disk(pg)}",
+                public=DISK_FULL,
             ) from None
         raise DatabaseUnavailableError(
             f"could not start the embedded PostgreSQL under {pg}: {why} (its log: "
@@ -157,7 +158,8 @@ def start(data_dir: Path) -> str:
             # stopped sent users looking for a crash instead of a full disk
             raise DatabaseUnavailableError(
                 f"the embedded PostgreSQL under {pg} could not open a connection: "
-                f"{str(exc).strip()}; {_full_disk(pg)}"
+                f"{str(exc).strip()}; {_full_disk(pg)}",
+                public=DISK_FULL,
             ) from None
         # stopped by another process meanwhile
         raise DatabaseUnavailableError(
