@@ -269,3 +269,25 @@ def test_wal_that_cannot_be_written_panics_the_server_which_comes_back(
         finally:
             embedded.release(data)
             embedded.stop(data)
+
+
+def test_a_full_temporary_folder_while_an_upload_is_read(
+    store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starlette spools an upload's file over 1 MB to the temporary folder: full, FastAPI
+    said "There was an error parsing the body", answered 422 invalid_input (the caller's
+    body blamed, so not retried) for the server's own disk."""
+    import tempfile
+
+    with _tmpfs(tmp_path / "tmp", "64k") as tmp, _full(tmp):
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+        with running_server(with_(settings, auth="off")) as url:
+            big = ("# Big\n\n" + "word " * 300_000).encode()  # 1.5 MB: spooled to disk
+            r = httpx.post(
+                f"{url}/v1/collections/spooled/documents/upload",
+                files=[("files", ("big.md", big))],
+                timeout=60,
+            )
+    assert (r.status_code, r.json()["code"]) == (507, "disk_full"), r.text
+    _says_disk_full(r.json()["detail"])
+    assert "TMPDIR" in r.json()["detail"]
