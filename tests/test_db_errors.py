@@ -12,8 +12,8 @@ from psycopg import errors as pg
 from psycopg_pool import PoolTimeout
 
 from ragstore.api.errors import problem_body
-from ragstore.db.database import Database
-from ragstore.db.errors import SQLSTATE_MAP, classify, translate, translated
+from ragstore.db.database import Breaker, Database
+from ragstore.db.errors import DISK_FULL, SQLSTATE_MAP, classify, translate, translated
 from ragstore.errors import (
     ConflictError,
     DatabaseError,
@@ -65,6 +65,43 @@ def test_the_table_sends_input_to_4xx_and_only_connections_to_503() -> None:
 def test_errors_outside_the_table(exc: Exception, expected: type[RagstoreError]) -> None:
     assert classify(exc)[0] is expected
     assert type(translate(exc, "x")) is expected
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        pg.DiskFull('could not extend file "base/1/2": No space left on device'),
+        psycopg.OperationalError(
+            'connection to server on socket "/d/pg/.s.PGSQL.5432" failed: FATAL:  could not '
+            "write init file: No space left on device"
+        ),
+    ],
+)
+def test_a_full_disk_says_so_and_how_to_fix_it(exc: Exception) -> None:
+    """Class 53's "out of resources (connections, memory or disk)" did not say which, nor
+    that space must be freed (a retry alone fails again)."""
+    assert classify(exc) == (DatabaseUnavailableError, DISK_FULL)
+    got = translate(exc, "storing a.md")
+    assert isinstance(got, DatabaseUnavailableError) and got.public == DISK_FULL
+    assert str(got).startswith("storing a.md: the database's disk is full; free space")
+
+
+def test_the_open_breaker_repeats_the_reason_it_opened_for() -> None:
+    """Calls turned away by the breaker said only "the database is down", hiding a full
+    disk (the server up and answering, its disk full) behind what reads like a crash."""
+    breaker = Breaker()
+    cause = translate(pg.DiskFull("No space left on device"), "storing a.md")
+    assert isinstance(cause, DatabaseUnavailableError)
+    breaker.trip(cause)
+    with pytest.raises(DatabaseUnavailableError) as turned_away:
+        breaker.check()
+    assert DISK_FULL in turned_away.value.public
+    assert "storing a.md" in str(turned_away.value)
+    breaker.reset()
+    breaker.trip()  # a failure with no reason known: the generic words
+    with pytest.raises(DatabaseUnavailableError) as generic:
+        breaker.check()
+    assert generic.value.public == "the database is unavailable"
 
 
 def test_database_error_is_500_and_unavailable_is_503() -> None:

@@ -49,6 +49,7 @@ are caught, never passed through to a user.
     ├── ImportVerificationError         import_verification_failed
     ├── BackupError                     backup_failed
     │   └── BackupInvalidError          backup_invalid
+    ├── DiskFullError                   disk_full
     ├── OutcomeUnknownError             outcome_unknown
     └── ModelError                      model_error
         ├── ModelNotFoundError          model_not_found
@@ -381,6 +382,16 @@ class BackupInvalidError(BackupError):
     code = "backup_invalid"
     http_status = 422
     exit_code = 65
+
+
+class DiskFullError(RagstoreError):
+    """A file ragstore writes itself (an upload's staging file) found its disk full; the
+    message names the folder and says to free space. A full disk under the database is
+    ``database_unavailable``, with the database's own words."""
+
+    code = "disk_full"
+    http_status = 507  # Insufficient Storage
+    exit_code = 74  # EX_IOERR
 
 
 class OutcomeUnknownError(RagstoreError):

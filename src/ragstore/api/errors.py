@@ -8,7 +8,9 @@ unexpected exception is logged here with its request id and answered as ``intern
 
 from __future__ import annotations
 
+import errno
 import logging
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +81,7 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.BackupError: Problem(500, "Backup failed"),
     e.BackupInvalidError: Problem(422, "Invalid backup"),
     e.OutcomeUnknownError: Problem(500, "Outcome unknown"),
+    e.DiskFullError: Problem(507, "Disk full"),
 }
 
 
@@ -180,6 +183,26 @@ def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
     return f"the request is invalid: {text}", items
 
 
+def _disk_full_cause(exc: BaseException) -> e.DiskFullError | None:
+    """The form parser's disk full, as its own error: FastAPI answers any failure to read a
+    multipart body 400 "There was an error parsing the body", a full temporary folder (where
+    Starlette spools an upload's files over 1 MB) among them, and that went out as 422
+    ``invalid_input``, blaming the caller's body for the server's disk."""
+    cause = exc.__cause__
+    for _ in range(8):  # a chain's first few links; never a cycle
+        if cause is None:
+            return None
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e.DiskFullError(
+                f"the disk that holds the temporary folder {tempfile.gettempdir()} is full "
+                f"({cause.strerror}) while the upload was read; free space on it (or set "
+                "TMPDIR to a folder on a bigger disk), then retry: nothing of this upload was "
+                "stored"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every failure with problem+json: ours, FastAPI's validation, routing, crashes."""
 
@@ -228,6 +251,8 @@ def install_error_handlers(app: FastAPI) -> None:
             err = e.RequestTooLargeError(str(exc.detail))
         elif exc.status_code in (401, 403):
             err = e.AuthenticationError(str(exc.detail))
+        elif (full := _disk_full_cause(exc)) is not None:
+            err = full
         elif exc.status_code < 500:
             err = e.InputError(str(exc.detail))
         else:

@@ -30,7 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ragstore.config import Settings
 from ragstore.db import embedded
-from ragstore.db.errors import translate, translated
+from ragstore.db.errors import disk_full, translate, translated
 from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError
 
 log = logging.getLogger("ragstore.db")
@@ -83,7 +83,28 @@ class Breaker:
         self.max_open_s = max_open_s
         self.failures = 0
         self.open_until = 0.0
+        # the failure that opened it: its reason is repeated while it fails fast, since
+        # "the database is down" alone hid a full disk (the server up, its disk full)
+        self.last: DatabaseUnavailableError | None = None
         self._lock = threading.Lock()
+
+    def failing(self, message: str, retry_after: float) -> DatabaseUnavailableError:
+        """The error a caller the breaker turns away gets: ``message`` and the reason of
+        the failure that opened it (its public part, never the database's address)."""
+        last, generic = self.last, "the database is unavailable"
+        if last is None:
+            return DatabaseUnavailableError(message, public=generic, retry_after=retry_after)
+        return DatabaseUnavailableError(
+            f"{message}; the last failure: {last.message}",
+            public=generic if last.public == generic else f"{generic}: {last.public}",
+            retry_after=retry_after,
+        )
+
+    def note(self, cause: DatabaseUnavailableError) -> None:
+        """Why the last probe failed (an embedded server that would not start: its disk
+        full, say), repeated by the calls turned away until the next probe."""
+        with self._lock:
+            self.last = cause
 
     def check(self) -> bool:
         """Raise while open; True when the caller should probe before using the pool."""
@@ -92,17 +113,18 @@ class Breaker:
                 return False
             now = time.monotonic()
             if now < self.open_until:
-                raise DatabaseUnavailableError(
+                raise self.failing(
                     "the database is down (failing fast until it answers again)",
-                    public="the database is unavailable",
-                    retry_after=self.open_until - now,
+                    self.open_until - now,
                 )
             self.open_until = now + 1.0  # this caller probes; the others wait for it
             return True
 
-    def trip(self) -> float:
-        """Record a failure; the seconds the breaker stays open."""
+    def trip(self, cause: DatabaseUnavailableError | None = None) -> float:
+        """Record a failure (``cause``, when known); the seconds the breaker stays open."""
         with self._lock:
+            if cause is not None:
+                self.last = cause
             self.failures += 1
             wait = min(self.max_open_s, 2.0 ** (self.failures - 1))
             self.open_until = time.monotonic() + wait
@@ -112,6 +134,7 @@ class Breaker:
         with self._lock:
             self.failures = 0
             self.open_until = 0.0
+            self.last = None
 
 
 @dataclass(frozen=True)
@@ -292,7 +315,8 @@ class Database:
         if self.embedded and self.data_dir is not None:
             try:
                 embedded.start(self.data_dir)
-            except DatabaseUnavailableError:
+            except DatabaseUnavailableError as exc:
+                self.breaker.note(exc)
                 return False
         return self.answers()
 
@@ -332,13 +356,16 @@ class Database:
     def _lost(self, exc: DatabaseUnavailableError) -> None:
         """A connection failed in use (``exc``): open the breaker unless the server still
         takes fresh connections, in which case only this connection was lost (ended by
-        an administrator, say) and only its request fails."""
+        an administrator, say) and only its request fails. A full disk (SQLSTATE 53100, an
+        ``OperationalError`` too) lost no connection: its own reason, which says to free
+        space, is kept rather than told as a closed connection to retry at once."""
         cause = exc.__cause__
         if isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError)) and self.answers():
-            exc.public = "the database closed this request's connection; retry the request"
-            exc.retry_after = 1.0
+            if not disk_full(cause):
+                exc.public = "the database closed this request's connection; retry the request"
+                exc.retry_after = 1.0
             return
-        exc.retry_after = self.breaker.trip()
+        exc.retry_after = self.breaker.trip(exc)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
@@ -350,11 +377,7 @@ class Database:
         if self.breaker.check():
             if not self.probe():
                 wait = self.breaker.trip()
-                raise DatabaseUnavailableError(
-                    f"{self.where} does not answer",
-                    public="the database is unavailable",
-                    retry_after=wait,
-                )
+                raise self.breaker.failing(f"{self.where} does not answer", wait)
             if self._pool is not None:
                 self._pool.check()  # drop the connections that died with the server
         try:

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ragstore.db.errors import DISK_FULL, disk_full
 from ragstore.errors import DatabaseUnavailableError
 
 DATABASE_NAME = "ragstore"
@@ -135,6 +136,12 @@ def start(data_dir: Path) -> str:
     except (OSError, subprocess.SubprocessError, AssertionError) as exc:
         pg = data_dir / "pg"
         why = _log_reason(pg / "log") or str(exc)
+        if disk_full(Exception(why)):
+            raise DatabaseUnavailableError(
+                f"could not start the embedded PostgreSQL under {pg}: {why} (its log: "
+                f"{pg / 'log'}); {_full_disk(pg)}",
+                public=DISK_FULL,
+            ) from None
         raise DatabaseUnavailableError(
             f"could not start the embedded PostgreSQL under {pg}: {why} (its log: "
             f"{pg / 'log'}); check that the directory is writable and its disk has room, "
@@ -144,12 +151,29 @@ def start(data_dir: Path) -> str:
 
     try:
         _ensure_database(server.get_uri())
-    except psycopg.OperationalError as exc:  # stopped by another process meanwhile
+    except psycopg.OperationalError as exc:
+        pg = data_dir / "pg"
+        if disk_full(exc):
+            # the server runs, but a new backend could not write its files: saying it
+            # stopped sent users looking for a crash instead of a full disk
+            raise DatabaseUnavailableError(
+                f"the embedded PostgreSQL under {pg} could not open a connection: "
+                f"{str(exc).strip()}; {_full_disk(pg)}",
+                public=DISK_FULL,
+            ) from None
+        # stopped by another process meanwhile
         raise DatabaseUnavailableError(
-            f"the embedded PostgreSQL under {data_dir / 'pg'} stopped as it was joined: "
-            f"{str(exc).strip()}"
+            f"the embedded PostgreSQL under {pg} stopped as it was joined: {str(exc).strip()}"
         ) from None
     return server.get_uri(database=DATABASE_NAME)
+
+
+def _full_disk(pg: Path) -> str:
+    """How to fix a full disk under the embedded server's data directory ``pg``."""
+    return (
+        f"the disk that holds {pg} is full: free space on it (or move RAGSTORE_DATA_DIR to a "
+        "bigger disk), then run the command again"
+    )
 
 
 def socket_mode() -> int:

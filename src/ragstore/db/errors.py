@@ -57,11 +57,27 @@ SQLSTATE_MAP: dict[str, tuple[type[RagstoreError], str]] = {
     "54": (InputError, "a value is over a database limit"),
 }
 
+DISK_FULL = (
+    "the database's disk is full; free space on the disk that holds its data directory (or "
+    "give it a bigger one), then retry: nothing of the failed write was stored"
+)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether PostgreSQL failed for want of room on its disk: SQLSTATE 53100 for a
+    statement, or the server's "No space left on device" for a connection it could not
+    start (a backend that cannot write its init file ends with a FATAL the client sees
+    without a SQLSTATE). Class 53 alone also covers memory and connections, whose fix
+    differs, and a full disk stays full until someone frees it."""
+    return getattr(exc, "sqlstate", None) == "53100" or "No space left on device" in str(exc)
+
 
 def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:
     """Our error class for a foreign database exception, and a short public reason."""
     if isinstance(exc, PoolTimeout):
         return DatabaseUnavailableError, "no database connection could be had in time"
+    if disk_full(exc):
+        return DatabaseUnavailableError, DISK_FULL
     state = getattr(exc, "sqlstate", None)
     if state == "42P01" and 'relation "emb_' in str(exc):
         # a collection's vector table, the only kind dropped while serving: a request

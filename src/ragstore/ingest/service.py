@@ -242,8 +242,9 @@ class _Ingestor:
 
     def _write_round(self, pending: list[_Pending]) -> None:
         staged = self._held()
+        where = "storing a round of documents"
         try:
-            with translated("storing a round of documents"), self._transaction() as conn:
+            with translated(where), self._transaction() as conn, translated(where):
                 written = documents.write_documents(
                     conn, self.coll, [self._as_write(p) for p in pending], staged=staged
                 )
@@ -257,8 +258,13 @@ class _Ingestor:
 
     def _write_one(self, p: _Pending) -> None:
         staged = self._held()
+        # translated inside the transaction too: a failed statement's OperationalError (a
+        # full disk, SQLSTATE 53100) was translated by the pool's connection() first, as
+        # "using <database>", and the failed line did not say which file it was; the outer
+        # one still names a failed commit
+        where = f"storing {p.item.label}"
         try:
-            with translated(f"storing {p.item.label}"), self._transaction() as conn:
+            with translated(where), self._transaction() as conn, translated(where):
                 written = documents.write_documents(
                     conn, self.coll, [self._as_write(p)], staged=staged
                 )

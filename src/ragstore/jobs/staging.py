@@ -10,6 +10,7 @@ concurrent uploads of one name never share a file and failed uploads leave nothi
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from ragstore.config import Settings
-from ragstore.errors import InputError
+from ragstore.errors import DiskFullError, InputError
 
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.,()+=@-]{0,127}$")
 
@@ -72,10 +73,27 @@ class StagingArea:
         self.root = settings.data_dir / "staging"
         self.paths: list[Path] = []
 
+    @contextmanager
+    def room(self) -> Iterator[None]:
+        """Writes to the staging folder; its disk full (or a quota reached) is one clear
+        error naming the folder, not the OSError that reached the API as a 500 with a
+        traceback in the log (the staging file itself is removed when the area closes)."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise DiskFullError(
+                f"the disk that holds the upload staging folder {self.root} is full "
+                f"({exc.strerror}); free space on it (or set RAGSTORE_DATA_DIR to a folder "
+                "on a bigger disk), then retry: nothing of this upload was stored"
+            ) from None
+
     def new_file(self) -> Path:
         """A new, empty file that no other request can be handed."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=self.root, prefix="upload-")
+        with self.room():
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=self.root, prefix="upload-")
         os.close(fd)
         path = Path(name)
         self.paths.append(path)
@@ -83,7 +101,8 @@ class StagingArea:
 
     def write(self, content: bytes) -> Path:
         path = self.new_file()
-        path.write_bytes(content)
+        with self.room():
+            path.write_bytes(content)
         return path
 
     def close(self) -> None:

@@ -156,7 +156,8 @@ def _upload(
             fname = upload.filename or ""
             staging.safe_name(fname)
             path = area.new_file()
-            total += _save(upload.file, path, rt.settings.max_file_bytes, fname)
+            with area.room():
+                total += _save(upload.file, path, rt.settings.max_file_bytes, fname)
             docs.append(NewDocument(fname, path, meta))
         staging.unique_names([d.name for d in docs])
         rt.collection(name, create=True)  # as `ragstore ingest` does
