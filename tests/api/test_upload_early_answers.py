@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from ragstore import AsyncClient
+from ragstore.api.middleware import DRAIN_MAX_AT_ONCE
 from ragstore.config import Settings
 from ragstore.errors import AuthenticationError, RagstoreError
 from tests.api.conftest import running_server, with_
@@ -60,6 +61,41 @@ def test_a_body_declared_over_the_limit_is_not_read_for_a_caller_without_a_key(
         while chunk := sock.recv(65536):  # ends: the server closed without the body
             received += chunk
     assert received.startswith(b"HTTP/1.1 401"), received[:100]
+
+
+def test_refused_bodies_are_drained_a_few_at_once_and_the_rest_closed_unread(
+    keyed_url: str,
+) -> None:
+    """No key is needed to be refused, so draining is bounded across connections too: with
+    DRAIN_MAX_AT_ONCE refused bodies held open (their senders stalled), the next refused
+    connection is answered and closed at once, its body unread."""
+    host, port = keyed_url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/collections/team/documents/upload HTTP/1.1\r\nHost: {host}\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 100000\r\n\r\n"
+    ).encode()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(DRAIN_MAX_AT_ONCE):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            held.append(sock)
+            sock.sendall(head + b"--x")  # a few bytes of the body, then nothing
+            assert sock.recv(65536).startswith(b"HTTP/1.1 401")
+        for sock in held:  # the server waits for their bodies: nothing more comes
+            sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                sock.recv(65536)
+        with socket.create_connection((host, int(port)), timeout=10) as extra:
+            extra.sendall(head + b"--x")
+            received = b""
+            started = time.monotonic()
+            while chunk := extra.recv(65536):  # ends: closed without waiting for the body
+                received += chunk
+            assert received.startswith(b"HTTP/1.1 401"), received[:100]
+            assert time.monotonic() - started < 5
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_a_caller_throttled_for_failed_keys_is_not_read_from(keyed_url: str) -> None:

@@ -55,6 +55,12 @@ class RequestIdMiddleware:
 # sending and reads the answer (see refuse_and_drain): more, or longer, and it is cut off.
 DRAIN_MAX_BYTES = 64 * 1024 * 1024
 DRAIN_MAX_S = 30.0
+# Refused bodies drained at once by one server process; past it a refused connection is
+# closed with its body unread, as before draining. A caller needs no key to be refused,
+# so without a bound any number of connections could each hold the server reading and
+# dropping up to DRAIN_MAX_BYTES for DRAIN_MAX_S.
+DRAIN_MAX_AT_ONCE = 8
+_draining = 0  # drains under way in this process (one event loop: no lock needed)
 
 
 async def refuse_and_drain(
@@ -78,9 +84,11 @@ async def refuse_and_drain(
     response held open while the body is drained, then ended, which closes the
     connection. A body declared over ``max_bytes`` (:data:`DRAIN_MAX_BYTES`), one that
     grows past it, or one not done within :data:`DRAIN_MAX_S` (a trickle, or a client
-    that stops sending) is not waited for: the connection is closed as before.
-    ``headers`` are added to the answer.
+    that stops sending) is not waited for: the connection is closed as before; so is
+    one refused while :data:`DRAIN_MAX_AT_ONCE` others are being drained. ``headers`` are
+    added to the answer.
     """
+    global _draining
     state: dict[str, Any] = scope.get("state", {})
     response = problem_response(
         exc, request_id=str(state.get("request_id", "")), instance=scope.get("path", "")
@@ -88,7 +96,11 @@ async def refuse_and_drain(
     response.headers.update(headers or {})
     response.headers["Connection"] = "close"
     max_bytes = min(max_bytes, DRAIN_MAX_BYTES)
-    drain = max_bytes > 0 and (declared is None or declared <= max_bytes)
+    drain = (
+        max_bytes > 0
+        and (declared is None or declared <= max_bytes)
+        and _draining < DRAIN_MAX_AT_ONCE
+    )
 
     async def held_send(message: Message) -> None:
         if drain and message["type"] == "http.response.body" and not message.get("more_body"):
@@ -98,12 +110,17 @@ async def refuse_and_drain(
     async def no_body() -> Message:
         return {"type": "http.disconnect"}
 
-    await response(scope, no_body, held_send)
     if not drain:
+        await response(scope, no_body, held_send)
         return
-    with contextlib.suppress(TimeoutError):  # past the time bound: closed all the same
-        await asyncio.wait_for(_drop_body(receive, max_bytes), DRAIN_MAX_S)
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    _draining += 1
+    try:
+        await response(scope, no_body, held_send)
+        with contextlib.suppress(TimeoutError):  # past the time bound: closed all the same
+            await asyncio.wait_for(_drop_body(receive, max_bytes), DRAIN_MAX_S)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        _draining -= 1
 
 
 async def _drop_body(receive: Receive, max_bytes: int) -> None:
