@@ -20,6 +20,7 @@ from procrastinate.jobs import Status
 
 from ragstore import Client
 from ragstore.config import Settings
+from ragstore.db import jobs as store
 from ragstore.errors import RagstoreError
 from ragstore.jobs import worker as worker_module
 from ragstore.jobs.liveness import WORKER_LOCKS, LiveJobManager
@@ -635,3 +636,102 @@ def test_a_worker_judged_dead_leaves_the_entry_another_took_to_it(
                     await manager.unregister_worker(other)
 
     assert asyncio.run(scenario()) == ("doing", "succeeded")
+
+
+CUT_OFF = "ragstore-cut-off-worker"  # libpq's PGAPPNAME: the cut-off worker's sessions
+
+
+def _job_row(url: str, job_id: int) -> tuple[object, ...]:
+    """Everything a run writes to the job's row, ``updated_at`` included."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT status, attempts, documents_done, chunks_done, errors, summary,"
+            " finished_at, updated_at FROM ingest_jobs WHERE id = %s",
+            (job_id,),
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_a_worker_judged_dead_while_cut_off_stops_and_leaves_the_outcome_standing(
+    api: Client, jobs_settings: Settings, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A worker is cut off from the database mid-job (stopped, every session of its
+    ended) past stalled_after_s: judged dead, its job is put back and another worker
+    runs it to the end. When the first comes back, its run went on and wrote its
+    progress and its outcome over those of the run that counts. It now stops at its
+    next step and writes nothing of the job."""
+    total = 30
+    url = cli_env["RAGSTORE_DATABASE_URL"]
+    api.create_collection("cut-off")
+    job = api.upload("cut-off", [(f"c{i:02d}.md", _doc(i)) for i in range(total)], background=True)
+    env = {
+        **os.environ,
+        **cli_env,
+        "PGAPPNAME": CUT_OFF,
+        "RAGSTORE_WORKER_HEARTBEAT_S": "0.5",
+        "RAGSTORE_WORKER_STALLED_AFTER_S": "2",
+        "RAGSTORE_INGEST_BATCH_CHUNKS": "1",
+        "RAGSTORE_LOG_LEVEL": "warning",
+    }
+    log = tmp_path / "first.log"
+    with log.open("wb") as out:
+        first = _worker(env, out)
+    try:
+        deadline = time.monotonic() + 240
+        while _job_row(url, job["id"])[2] < 3:  # type: ignore[operator]
+            assert first.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the first worker made no progress"
+            time.sleep(0.05)
+        # the partition: the worker can reach nothing, and its sessions (its liveness
+        # lock's among them) end; no job read meanwhile, to leave the judging to a worker
+        os.killpg(first.pid, signal.SIGSTOP)
+        with psycopg.connect(url, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                (CUT_OFF,),
+            ).fetchall()
+        assert len(ended) >= 2, ended
+        time.sleep(2.5)  # its heartbeat goes stale: judged dead
+        run_worker(jobs_settings, burst=True, signals=False)
+        counted = _job_row(url, job["id"])
+        assert counted[:3] == ("succeeded", 2, total), counted
+        os.killpg(first.pid, signal.SIGCONT)  # the partition heals
+        deadline = time.monotonic() + 90
+        while "attempt 1 stopped" not in log.read_text():
+            assert first.poll() is None, log.read_text()[-3000:]
+            assert _job_row(url, job["id"]) == counted, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        assert _job_row(url, job["id"]) == counted
+        docs, chunks, distinct = _counts(url, "cut-off")
+        assert docs == total and chunks == distinct == total * 3
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGCONT)
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+
+
+def test_a_run_writes_only_while_its_attempt_counts(api: Client, database_url: str) -> None:
+    """The fence, step by step: the earlier attempt's progress and outcome write nothing
+    once another attempt started, and a start landing after a run recorded its outcome
+    (it read the job unfinished just before) does not turn the job ``running`` again
+    with its files gone, for a run of zero documents to report as the job's outcome."""
+    api.create_collection("fenced-writes")
+    job = api.upload("fenced-writes", [("f.md", b"# F\n\nfenced text")], background=True)
+    outcome = {"documents": 1, "chunks": 1, "errors": [], "summary": {"added": 1}}
+    with psycopg.connect(database_url) as conn:
+        assert store.start(conn, job["id"]) == 1
+        assert store.start(conn, job["id"]) == 2  # judged dead: taken again
+        assert not store.progress(conn, job["id"], 1, 1, attempt=1)
+        assert not store.finish(conn, job["id"], "failed", attempt=1, **outcome)
+        assert store.progress(conn, job["id"], 1, 1, attempt=2)
+        assert store.finish(conn, job["id"], "succeeded", attempt=2, **outcome)
+        done = store.get(conn, job["id"])
+        assert store.start(conn, job["id"]) is None
+        assert not store.progress(conn, job["id"], 0, 0, attempt=2)
+        assert not store.finish(conn, job["id"], "failed", attempt=2, **outcome)
+        assert store.get(conn, job["id"]) == done
+    assert done.status == "succeeded" and done.attempts == 2 and done.documents_done == 1
