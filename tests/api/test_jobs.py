@@ -11,12 +11,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
 import psycopg
 import pytest
-from procrastinate.jobs import Status
+from procrastinate.jobs import Job, Status
 
 from ragstore import Client
 from ragstore.config import Settings
@@ -735,3 +736,77 @@ def test_a_run_writes_only_while_its_attempt_counts(api: Client, database_url: s
         assert not store.finish(conn, job["id"], "failed", attempt=2, **outcome)
         assert store.get(conn, job["id"]) == done
     assert done.status == "succeeded" and done.attempts == 2 and done.documents_done == 1
+
+
+@pytest.mark.parametrize("taken_again", [False, True])
+def test_a_dead_workers_entry_put_back_by_another_first_is_left_alone(
+    jobs_settings: Settings, database_url: str, taken_again: bool
+) -> None:
+    """Two parties put a dead worker's entry back at once (two workers' stalled checks,
+    or one and a job read): the second's retry raised "invalid status", which a worker
+    took for the database gone away. And where a worker had taken the entry again in
+    between, the second put back that live worker's entry, for a third run beside it.
+    The race is made certain here: the other party acts between the listing and the
+    retry."""
+    from ragstore.jobs.liveness import requeue_abandoned
+
+    class Raced(LiveJobManager):
+        async def get_stalled_jobs(self, *args: object, **kwargs: object) -> list[Job]:
+            listed = list(await super().get_stalled_jobs(*args, **kwargs))  # type: ignore[arg-type]
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                assert requeue_abandoned(conn, "ingest", 2.0) == [entry]  # a job read
+                if taken_again:
+                    conn.execute(
+                        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s"
+                        " WHERE id = %s",
+                        (taker, entry),
+                    )
+            return listed
+
+    async def scenario() -> tuple[list[int], tuple[object, ...] | None]:
+        nonlocal entry, taker
+        with Runtime(jobs_settings) as rt:
+            conninfo = rt.db.conninfo
+            app = build_queue(conninfo)
+            manager = Raced(app.connector, conninfo, stalled_after_s=2.0)
+            app.job_manager = manager
+            async with app.open_async():
+                dead = await manager.register_worker()
+                taker = await manager.register_worker()
+                await manager._held.pop(dead).close()  # its process gone
+                with psycopg.connect(database_url, autocommit=True) as conn:
+                    # silent for an hour; and the server up past stalled_after_s, from
+                    # which a heartbeat counts at the earliest
+                    conn.execute(
+                        "UPDATE procrastinate_workers SET last_heartbeat = %s WHERE id = %s",
+                        (datetime.now(UTC) - timedelta(hours=1), dead),
+                    )
+                    conn.execute(
+                        "SELECT pg_sleep(greatest(0, 2.5 - extract(epoch FROM"
+                        " now() - pg_postmaster_start_time())))"
+                    )
+                    row = conn.execute(
+                        "INSERT INTO procrastinate_jobs (queue_name, task_name, status, args,"
+                        " worker_id) VALUES ('ingest', 'ragstore.ingest', 'doing', '{}', %s)"
+                        " RETURNING id",
+                        (dead,),
+                    ).fetchone()
+                    assert row is not None
+                    entry = int(row[0])
+                try:
+                    retried = await worker_module.retry_stalled(app, 2.0)
+                finally:
+                    with psycopg.connect(database_url, autocommit=True) as conn:
+                        state = conn.execute(
+                            "SELECT status::text, worker_id, attempts FROM procrastinate_jobs"
+                            " WHERE id = %s",
+                            (entry,),
+                        ).fetchone()
+                        conn.execute("DELETE FROM procrastinate_jobs WHERE id = %s", (entry,))
+                    await manager.unregister_worker(taker)
+                return retried, None if state is None else tuple(state)
+
+    entry = taker = 0
+    retried, state = asyncio.run(scenario())
+    assert retried == []
+    assert state == (("doing", taker, 1) if taken_again else ("todo", None, 1))

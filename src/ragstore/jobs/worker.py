@@ -43,9 +43,14 @@ async def retry_stalled(app: procrastinate.App, stalled_after_s: float) -> list[
     )
     ids = []
     for job in stalled:
-        log.warning("job %s: its worker stopped; retrying it", job.id)
-        await app.job_manager.retry_job(job)
         assert job.id is not None
+        if isinstance(app.job_manager, LiveJobManager):
+            if not await app.job_manager.retry_stalled_job(job):
+                log.info("job %s: its worker stopped; already put back by another", job.id)
+                continue
+        else:
+            await app.job_manager.retry_job(job)
+        log.warning("job %s: its worker stopped; retrying it", job.id)
         ids.append(job.id)
     await fail_lost(app)
     return ids
