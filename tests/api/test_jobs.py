@@ -4,6 +4,7 @@ killed worker leaves half-done and another worker finishes with no duplicate chu
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -810,3 +811,37 @@ def test_a_dead_workers_entry_put_back_by_another_first_is_left_alone(
     retried, state = asyncio.run(scenario())
     assert retried == []
     assert state == (("doing", taker, 1) if taken_again else ("todo", None, 1))
+
+
+def test_a_worker_loop_that_stops_itself_unasked_is_started_again(
+    jobs_settings: Settings,
+) -> None:
+    """procrastinate's loop stops itself, and returns normally, when one of its side tasks
+    raises (here its job listener). ``ragstore worker`` took that for a requested stop and
+    exited 0 for good, its queue left to wait for an operator; the loop is started again."""
+
+    class DeafListener(LiveJobManager):
+        async def listen_for_jobs(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("the job listener failed (a test's)")
+
+    async def scenario() -> bool:
+        with Runtime(jobs_settings) as rt:
+            conninfo = rt.db.conninfo
+            app = build_queue(conninfo)
+            app.job_manager = DeafListener(app.connector, conninfo, stalled_after_s=2.0)
+            loop = functools.partial(
+                app.run_worker_async,
+                queues=["no-jobs-here"],
+                wait=True,
+                name="self-stopping",
+                install_signal_handlers=False,
+            )
+            async with app.open_async():
+                return await asyncio.wait_for(
+                    worker_module._work_until_lost(
+                        app, jobs_settings, loop, asyncio.Event(), burst=False
+                    ),
+                    timeout=30,
+                )
+
+    assert asyncio.run(scenario()) is False  # not stopped: to be started again
