@@ -316,12 +316,21 @@ def _while_unreachable(job_id: int, what: str, step: Callable[[], T]) -> T:
 
 def _finish(rt: Runtime, job_id: int, status: str, attempt: int, **outcome: Any) -> store.JobRecord:
     """Record attempt ``attempt``'s outcome (again on a fresh connection where it was
-    lost); :class:`Superseded` where that run no longer counts (nothing recorded)."""
+    lost); :class:`Superseded` where that run no longer counts (nothing recorded).
+
+    A try whose commit landed but whose answer was lost leaves the job finished by this
+    very attempt: the next try, fenced out, finds that and returns it, not Superseded."""
+    tries = 0
 
     def record() -> store.JobRecord:
+        nonlocal tries
+        tries += 1
         with rt.db.connection() as conn, translated(f"finishing job {job_id}"):
-            if not store.finish(conn, job_id, status, attempt=attempt, **outcome):
-                raise Superseded(f"job {job_id}: attempt {attempt} superseded")
-            return store.get(conn, job_id)
+            if store.finish(conn, job_id, status, attempt=attempt, **outcome):
+                return store.get(conn, job_id)
+            job = store.get(conn, job_id)
+        if tries > 1 and job.attempts == attempt and job.status == status:
+            return job
+        raise Superseded(f"job {job_id}: attempt {attempt} superseded")
 
     return _while_unreachable(job_id, f"recording it {status}", record)
