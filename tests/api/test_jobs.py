@@ -4,6 +4,7 @@ killed worker leaves half-done and another worker finishes with no duplicate chu
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -11,15 +12,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
 import psycopg
 import pytest
-from procrastinate.jobs import Status
+from procrastinate.jobs import Job, Status
 
 from ragstore import Client
 from ragstore.config import Settings
+from ragstore.db import jobs as store
 from ragstore.errors import RagstoreError
 from ragstore.jobs import worker as worker_module
 from ragstore.jobs.liveness import WORKER_LOCKS, LiveJobManager
@@ -635,3 +638,210 @@ def test_a_worker_judged_dead_leaves_the_entry_another_took_to_it(
                     await manager.unregister_worker(other)
 
     assert asyncio.run(scenario()) == ("doing", "succeeded")
+
+
+CUT_OFF = "ragstore-cut-off-worker"  # libpq's PGAPPNAME: the cut-off worker's sessions
+
+
+def _job_row(url: str, job_id: int) -> tuple[object, ...]:
+    """Everything a run writes to the job's row, ``updated_at`` included."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT status, attempts, documents_done, chunks_done, errors, summary,"
+            " finished_at, updated_at FROM ingest_jobs WHERE id = %s",
+            (job_id,),
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_a_worker_judged_dead_while_cut_off_stops_and_leaves_the_outcome_standing(
+    api: Client, jobs_settings: Settings, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A worker is cut off from the database mid-job (stopped, every session of its
+    ended) past stalled_after_s: judged dead, its job is put back and another worker
+    runs it to the end. When the first comes back, its run went on and wrote its
+    progress and its outcome over those of the run that counts. It now stops at its
+    next step and writes nothing of the job."""
+    total = 30
+    url = cli_env["RAGSTORE_DATABASE_URL"]
+    api.create_collection("cut-off")
+    job = api.upload("cut-off", [(f"c{i:02d}.md", _doc(i)) for i in range(total)], background=True)
+    env = {
+        **os.environ,
+        **cli_env,
+        "PGAPPNAME": CUT_OFF,
+        "RAGSTORE_WORKER_HEARTBEAT_S": "0.5",
+        "RAGSTORE_WORKER_STALLED_AFTER_S": "2",
+        "RAGSTORE_INGEST_BATCH_CHUNKS": "1",
+        "RAGSTORE_LOG_LEVEL": "warning",
+    }
+    log = tmp_path / "first.log"
+    with log.open("wb") as out:
+        first = _worker(env, out)
+    try:
+        deadline = time.monotonic() + 240
+        while _job_row(url, job["id"])[2] < 3:  # type: ignore[operator]
+            assert first.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the first worker made no progress"
+            time.sleep(0.05)
+        # the partition: the worker can reach nothing, and its sessions (its liveness
+        # lock's among them) end; no job read meanwhile, to leave the judging to a worker
+        os.killpg(first.pid, signal.SIGSTOP)
+        with psycopg.connect(url, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                (CUT_OFF,),
+            ).fetchall()
+        assert len(ended) >= 2, ended
+        time.sleep(2.5)  # its heartbeat goes stale: judged dead
+        run_worker(jobs_settings, burst=True, signals=False)
+        counted = _job_row(url, job["id"])
+        assert counted[:3] == ("succeeded", 2, total), counted
+        os.killpg(first.pid, signal.SIGCONT)  # the partition heals
+        deadline = time.monotonic() + 90
+        while "attempt 1 stopped" not in log.read_text():
+            assert first.poll() is None, log.read_text()[-3000:]
+            assert _job_row(url, job["id"]) == counted, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        assert _job_row(url, job["id"]) == counted
+        docs, chunks, distinct = _counts(url, "cut-off")
+        assert docs == total and chunks == distinct == total * 3
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGCONT)
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+
+
+def test_a_run_writes_only_while_its_attempt_counts(api: Client, database_url: str) -> None:
+    """The fence, step by step: the earlier attempt's progress and outcome write nothing
+    once another attempt started, and a start landing after a run recorded its outcome
+    (it read the job unfinished just before) does not turn the job ``running`` again
+    with its files gone, for a run of zero documents to report as the job's outcome."""
+    api.create_collection("fenced-writes")
+    job = api.upload("fenced-writes", [("f.md", b"# F\n\nfenced text")], background=True)
+    outcome = {"documents": 1, "chunks": 1, "errors": [], "summary": {"added": 1}}
+    with psycopg.connect(database_url) as conn:
+        assert store.start(conn, job["id"]) == 1
+        assert store.start(conn, job["id"]) == 2  # judged dead: taken again
+        assert not store.progress(conn, job["id"], 1, 1, attempt=1)
+        assert not store.finish(conn, job["id"], "failed", attempt=1, **outcome)
+        assert store.progress(conn, job["id"], 1, 1, attempt=2)
+        assert store.finish(conn, job["id"], "succeeded", attempt=2, **outcome)
+        done = store.get(conn, job["id"])
+        assert store.start(conn, job["id"]) is None
+        assert not store.progress(conn, job["id"], 0, 0, attempt=2)
+        assert not store.finish(conn, job["id"], "failed", attempt=2, **outcome)
+        assert store.get(conn, job["id"]) == done
+    assert done.status == "succeeded" and done.attempts == 2 and done.documents_done == 1
+
+
+@pytest.mark.parametrize("taken_again", [False, True])
+def test_a_dead_workers_entry_put_back_by_another_first_is_left_alone(
+    jobs_settings: Settings, database_url: str, taken_again: bool
+) -> None:
+    """Two parties put a dead worker's entry back at once (two workers' stalled checks,
+    or one and a job read): the second's retry raised "invalid status", which a worker
+    took for the database gone away. And where a worker had taken the entry again in
+    between, the second put back that live worker's entry, for a third run beside it.
+    The race is made certain here: the other party acts between the listing and the
+    retry."""
+    from ragstore.jobs.liveness import requeue_abandoned
+
+    class Raced(LiveJobManager):
+        async def get_stalled_jobs(self, *args: object, **kwargs: object) -> list[Job]:
+            listed = list(await super().get_stalled_jobs(*args, **kwargs))  # type: ignore[arg-type]
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                assert requeue_abandoned(conn, "ingest", 2.0) == [entry]  # a job read
+                if taken_again:
+                    conn.execute(
+                        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s"
+                        " WHERE id = %s",
+                        (taker, entry),
+                    )
+            return listed
+
+    async def scenario() -> tuple[list[int], tuple[object, ...] | None]:
+        nonlocal entry, taker
+        with Runtime(jobs_settings) as rt:
+            conninfo = rt.db.conninfo
+            app = build_queue(conninfo)
+            manager = Raced(app.connector, conninfo, stalled_after_s=2.0)
+            app.job_manager = manager
+            async with app.open_async():
+                dead = await manager.register_worker()
+                taker = await manager.register_worker()
+                await manager._held.pop(dead).close()  # its process gone
+                with psycopg.connect(database_url, autocommit=True) as conn:
+                    # silent for an hour; and the server up past stalled_after_s, from
+                    # which a heartbeat counts at the earliest
+                    conn.execute(
+                        "UPDATE procrastinate_workers SET last_heartbeat = %s WHERE id = %s",
+                        (datetime.now(UTC) - timedelta(hours=1), dead),
+                    )
+                    conn.execute(
+                        "SELECT pg_sleep(greatest(0, 2.5 - extract(epoch FROM"
+                        " now() - pg_postmaster_start_time())))"
+                    )
+                    row = conn.execute(
+                        "INSERT INTO procrastinate_jobs (queue_name, task_name, status, args,"
+                        " worker_id) VALUES ('ingest', 'ragstore.ingest', 'doing', '{}', %s)"
+                        " RETURNING id",
+                        (dead,),
+                    ).fetchone()
+                    assert row is not None
+                    entry = int(row[0])
+                try:
+                    retried = await worker_module.retry_stalled(app, 2.0)
+                finally:
+                    with psycopg.connect(database_url, autocommit=True) as conn:
+                        state = conn.execute(
+                            "SELECT status::text, worker_id, attempts FROM procrastinate_jobs"
+                            " WHERE id = %s",
+                            (entry,),
+                        ).fetchone()
+                        conn.execute("DELETE FROM procrastinate_jobs WHERE id = %s", (entry,))
+                    await manager.unregister_worker(taker)
+                return retried, None if state is None else tuple(state)
+
+    entry = taker = 0
+    retried, state = asyncio.run(scenario())
+    assert retried == []
+    assert state == (("doing", taker, 1) if taken_again else ("todo", None, 1))
+
+
+def test_a_worker_loop_that_stops_itself_unasked_is_started_again(
+    jobs_settings: Settings,
+) -> None:
+    """procrastinate's loop stops itself, and returns normally, when one of its side tasks
+    raises (here its job listener). ``ragstore worker`` took that for a requested stop and
+    exited 0 for good, its queue left to wait for an operator; the loop is started again."""
+
+    class DeafListener(LiveJobManager):
+        async def listen_for_jobs(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("the job listener failed (a test's)")
+
+    async def scenario() -> bool:
+        with Runtime(jobs_settings) as rt:
+            conninfo = rt.db.conninfo
+            app = build_queue(conninfo)
+            app.job_manager = DeafListener(app.connector, conninfo, stalled_after_s=2.0)
+            loop = functools.partial(
+                app.run_worker_async,
+                queues=["no-jobs-here"],
+                wait=True,
+                name="self-stopping",
+                install_signal_handlers=False,
+            )
+            async with app.open_async():
+                return await asyncio.wait_for(
+                    worker_module._work_until_lost(
+                        app, jobs_settings, loop, asyncio.Event(), burst=False
+                    ),
+                    timeout=30,
+                )
+
+    assert asyncio.run(scenario()) is False  # not stopped: to be started again

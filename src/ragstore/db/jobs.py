@@ -124,24 +124,55 @@ def files(conn: Conn, job_id: int) -> list[JobFile]:
     return [JobFile(r[0], bytes(r[1]), dict(r[2])) for r in rows]
 
 
-def start(conn: Conn, job_id: int, queue_job_id: int | None = None) -> None:
+def start(conn: Conn, job_id: int, queue_job_id: int | None = None) -> int | None:
     """A worker took the job (again): progress restarts, the attempt is counted; the
-    queue's entry is recorded where the submitting request could not record it."""
-    conn.execute(
+    queue's entry is recorded where the submitting request could not record it. The
+    attempt's number, which fences this run's later writes (:func:`progress`,
+    :func:`finish`); None where the job is finished already and so not started.
+
+    A job is taken again while its earlier run may still be going (that worker judged
+    dead while cut off from the database): unconditional, a start landing just after
+    that run recorded its outcome turned the finished job ``running`` again, its files
+    dropped, and the new run reported zero documents as the job's outcome."""
+    row = conn.execute(
         "UPDATE ingest_jobs SET status = 'running', attempts = attempts + 1,"
         " documents_done = 0, chunks_done = 0, errors = '[]'::jsonb,"
         " queue_job_id = coalesce(queue_job_id, %s),"
-        " started_at = now(), updated_at = now() WHERE id = %s",
-        (queue_job_id, job_id),
-    )
+        " started_at = now(), updated_at = now()"
+        " WHERE id = %s AND status <> ALL(%s::text[]) RETURNING attempts",
+        (queue_job_id, job_id, list(FINISHED)),
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
-def progress(conn: Conn, job_id: int, documents: int, chunks: int) -> None:
-    conn.execute(
-        "UPDATE ingest_jobs SET documents_done = %s, chunks_done = %s, updated_at = now()"
-        " WHERE id = %s",
-        (documents, chunks, job_id),
-    )
+# a run's writes apply only while its attempt is the job's latest and the job unfinished
+_CURRENT = "id = %(job_id)s AND attempts = %(attempt)s AND status <> ALL(%(finished)s::text[])"
+
+
+def progress(conn: Conn, job_id: int, documents: int, chunks: int, *, attempt: int) -> bool:
+    """Record how far attempt ``attempt`` got; False (nothing written) where the run is
+    superseded: another attempt started, or the job is finished."""
+    row = conn.execute(
+        "UPDATE ingest_jobs SET documents_done = %(docs)s, chunks_done = %(chunks)s,"
+        f" updated_at = now() WHERE {_CURRENT} RETURNING id",
+        {
+            "docs": documents,
+            "chunks": chunks,
+            "job_id": job_id,
+            "attempt": attempt,
+            "finished": list(FINISHED),
+        },
+    ).fetchone()
+    return row is not None
+
+
+def current(conn: Conn, job_id: int, *, attempt: int) -> bool:
+    """Whether attempt ``attempt`` is still the job's run that counts."""
+    row = conn.execute(
+        f"SELECT 1 FROM ingest_jobs WHERE {_CURRENT}",
+        {"job_id": job_id, "attempt": attempt, "finished": list(FINISHED)},
+    ).fetchone()
+    return row is not None
 
 
 def finish(
@@ -149,22 +180,41 @@ def finish(
     job_id: int,
     status: str,
     *,
+    attempt: int,
     documents: int,
     chunks: int,
     errors: list[dict[str, Any]],
     summary: dict[str, Any],
-) -> None:
-    """Record the job's outcome and drop its uploaded bytes, in the caller's transaction.
+) -> bool:
+    """Record attempt ``attempt``'s outcome and drop the job's uploaded bytes, in the
+    caller's transaction; False (nothing written) where that run is superseded.
 
     A finished job is never run again, so its files have no reader left. Kept, they grew
     the database by every background upload for good, and held the text of documents
-    and collections deleted since (in every backup too)."""
-    conn.execute(
-        "UPDATE ingest_jobs SET status = %s, documents_done = %s, chunks_done = %s,"
-        " errors = %s, summary = %s, finished_at = now(), updated_at = now() WHERE id = %s",
-        (status, documents, chunks, Jsonb(errors), Jsonb(summary), job_id),
-    )
+    and collections deleted since (in every backup too).
+
+    Fenced by the attempt: a worker judged dead while cut off from the database ran on
+    beside the attempt that took its job, and its outcome, written last, replaced the
+    outcome of the run that counts (or a finished job's)."""
+    row = conn.execute(
+        "UPDATE ingest_jobs SET status = %(status)s, documents_done = %(docs)s,"
+        " chunks_done = %(chunks)s, errors = %(errors)s, summary = %(summary)s,"
+        f" finished_at = now(), updated_at = now() WHERE {_CURRENT} RETURNING id",
+        {
+            "status": status,
+            "docs": documents,
+            "chunks": chunks,
+            "errors": Jsonb(errors),
+            "summary": Jsonb(summary),
+            "job_id": job_id,
+            "attempt": attempt,
+            "finished": list(FINISHED),
+        },
+    ).fetchone()
+    if row is None:
+        return False
     conn.execute("DELETE FROM ingest_job_files WHERE job_id = %s", (job_id,))
+    return True
 
 
 OUTCOME_LOST = "outcome_not_recorded"  # the error code of a job failed by reconcile_lost

@@ -75,6 +75,14 @@ _FINISH_OWN = (
     "id, %(status)s::procrastinate_job_status, %(delete_job)s) FROM own)"
     " SELECT (SELECT count(*) FROM done) > 0 AS finished"
 )
+# puts the entry back only while it is still the dead worker's (or no worker's) running
+# entry: another party (a worker, a job read) may have put it back, and a worker taken it
+_RETRY_STALLED = (
+    "WITH own AS (SELECT id FROM procrastinate_jobs WHERE id = %(job_id)s"
+    " AND status = 'doing' AND (worker_id IS NULL OR worker_id = %(worker_id)s) FOR UPDATE),"
+    " done AS (SELECT procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) FROM own)"
+    " SELECT (SELECT count(*) FROM done) > 0 AS retried"
+)
 _HOLD = "SELECT pg_advisory_lock(%s, (%s::bigint %% 2147483648)::int4)"
 # what taking the lock's session can fail with (the server refuses or goes away, the
 # worker is stopped meanwhile): the registration is undone, the error goes on
@@ -221,6 +229,21 @@ class LiveJobManager(JobManager):
                 job.id,
                 job.worker_id,
             )
+
+    async def retry_stalled_job(self, job: Job) -> bool:
+        """Put a dead worker's entry back on the queue; False where another party did
+        first (nothing done).
+
+        Between listing a dead worker's entries and putting them back, another worker or
+        a job read (``requeue_abandoned``) may put one back: procrastinate's retry then
+        raised "invalid status", which the worker took for the database gone away (its
+        loop restarted, the round's other entries left). Worse, where a worker had taken
+        the entry again meanwhile, the retry put back a live worker's entry, for a third
+        run of the job beside it."""
+        row = await self.connector.execute_query_one_async(
+            query=_RETRY_STALLED, job_id=job.id, worker_id=job.worker_id
+        )
+        return bool(row["retried"])
 
     async def prune_stalled_workers(self, seconds_since_heartbeat: float) -> list[int]:
         """Delete the workers whose heartbeat is stale and whose lock is free (dead ones)."""

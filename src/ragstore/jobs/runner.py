@@ -28,12 +28,20 @@ log = logging.getLogger("ragstore.jobs")
 PROGRESS_EVERY_S = 0.2
 
 
-class _Progress:
-    """Writes documents/chunks done to the job row, at most every PROGRESS_EVERY_S."""
+class Superseded(Exception):
+    """This run of a job no longer counts: another attempt took the job (this worker was
+    judged dead while cut off from the database), or the job is finished. Raised from
+    the run's next write of progress, which wrote nothing, to stop the run there."""
 
-    def __init__(self, rt: Runtime, job_id: int) -> None:
+
+class _Progress:
+    """Writes documents/chunks done to the job row, at most every PROGRESS_EVERY_S, while
+    this run's attempt is current (:class:`Superseded` where it is not)."""
+
+    def __init__(self, rt: Runtime, job_id: int, attempt: int) -> None:
         self.rt = rt
         self.job_id = job_id
+        self.attempt = attempt
         self.base_docs = 0
         self.base_chunks = 0
         self.docs = 0
@@ -47,7 +55,11 @@ class _Progress:
         if now - self._last >= PROGRESS_EVERY_S:
             self._last = now
             with self.rt.db.connection() as conn, translated("recording job progress"):
-                store.progress(conn, self.job_id, self.docs, self.chunks)
+                written = store.progress(
+                    conn, self.job_id, self.docs, self.chunks, attempt=self.attempt
+                )
+            if not written:
+                raise Superseded(f"job {self.job_id}: attempt {self.attempt} superseded")
 
     def next_group(self) -> None:
         self.base_docs, self.base_chunks = self.docs, self.chunks
@@ -95,6 +107,7 @@ def _abandon(conn: store.Conn, job: store.JobRecord) -> store.JobRecord:
         conn,
         job.id,
         "failed",
+        attempt=job.attempts,  # a run of that attempt recording first wins
         documents=job.documents_done,
         chunks=job.chunks_done,
         errors=[
@@ -115,10 +128,10 @@ def _abandon(conn: store.Conn, job: store.JobRecord) -> store.JobRecord:
 
 def _start(
     rt: Runtime, job_id: int, queue_job_id: int | None
-) -> tuple[store.JobRecord, list[store.JobFile] | None]:
+) -> tuple[store.JobRecord, list[store.JobFile] | None, int]:
     """The job's record and files, the job marked started (``queue_job_id`` recorded where
-    the submitting request could not); no files where it is not to run (finished
-    already, or given up: the record says how)."""
+    the submitting request could not), and this run's attempt; no files where it is not
+    to run (finished already, or given up: the record says how)."""
     with rt.db.connection() as conn, translated(f"starting job {job_id}"):
         job = store.get(conn, job_id)
         if job.status in store.FINISHED:
@@ -127,11 +140,15 @@ def _start(
             # documents the client deleted after reading the outcome (or, past the last
             # attempt, call a finished job lost). The recorded outcome stands.
             log.warning("job %s: already %s; not running it again", job_id, job.status)
-            return job, None
+            return job, None, job.attempts
         if job.attempts >= rt.settings.worker_max_attempts:
-            return _abandon(conn, job), None
-        store.start(conn, job_id, queue_job_id)
-        return job, store.files(conn, job_id)
+            return _abandon(conn, job), None, job.attempts
+        attempt = store.start(conn, job_id, queue_job_id)
+        if attempt is None:  # its earlier run recorded the outcome just now
+            job = store.get(conn, job_id)
+            log.warning("job %s: already %s; not running it again", job_id, job.status)
+            return job, None, job.attempts
+        return job, store.files(conn, job_id), attempt
 
 
 def run_job(rt: Runtime, job_id: int, *, queue_job_id: int | None = None) -> store.JobRecord:
@@ -143,11 +160,48 @@ def run_job(rt: Runtime, job_id: int, *, queue_job_id: int | None = None) -> sto
     (the queue's entry running it) is recorded at the start where the submitting request
     could not record it, so a job whose outcome is lost is still found and failed
     (``db.jobs.reconcile_lost``)."""
-    job, files = _while_unreachable(job_id, "starting it", lambda: _start(rt, job_id, queue_job_id))
+    job, files, attempt = _while_unreachable(
+        job_id, "starting it", lambda: _start(rt, job_id, queue_job_id)
+    )
     if files is None:
         return job
+    try:
+        return _run(rt, job, files, attempt)
+    except Superseded:
+        # the run that counts is the other attempt's (or the job is finished): this one
+        # writes nothing more of the job, and its queue entry is not its own any more
+        # (LiveJobManager.finish_job leaves it). Documents it stored are the job's own,
+        # written whole, and the other run finds them unchanged.
+        log.warning(
+            "job %s: attempt %d stopped: the job was taken by another worker while this "
+            "one was cut off from the database (judged dead), or is finished; that run's "
+            "outcome stands",
+            job_id,
+            attempt,
+        )
+        return _while_unreachable(job_id, "reading it", lambda: _read(rt, job_id))
+
+
+def _read(rt: Runtime, job_id: int) -> store.JobRecord:
+    with rt.db.connection() as conn, translated(f"reading job {job_id}"):
+        return store.get(conn, job_id)
+
+
+def _check_current(rt: Runtime, job_id: int, attempt: int) -> None:
+    """:class:`Superseded` where attempt ``attempt`` is no longer the job's run."""
+    with rt.db.connection() as conn, translated(f"checking job {job_id}"):
+        if not store.current(conn, job_id, attempt=attempt):
+            raise Superseded(f"job {job_id}: attempt {attempt} superseded")
+
+
+def _run(
+    rt: Runtime, job: store.JobRecord, files: list[store.JobFile], attempt: int
+) -> store.JobRecord:
+    """Attempt ``attempt`` of the job, from its ingest to its recorded outcome; every
+    write of it fenced by the attempt (:class:`Superseded` once it no longer counts)."""
+    job_id = job.id
     log.info("job %s: ingesting %d documents into %r", job_id, len(files), job.collection)
-    tracker = _Progress(rt, job_id)
+    tracker = _Progress(rt, job_id, attempt)
     errors: list[dict[str, Any]] = []
     outcomes: dict[str, int] = defaultdict(int)
     runs = 0
@@ -156,7 +210,10 @@ def run_job(rt: Runtime, job_id: int, *, queue_job_id: int | None = None) -> sto
         nonlocal runs, tracker
         runs += 1
         if runs > 1:  # a run again after a lost one: its progress counted afresh
-            tracker = _Progress(rt, job_id)
+            # the database was away: long enough, perhaps, for this worker to be judged
+            # dead and the job taken by another; a run again then only repeats its work
+            _check_current(rt, job_id, attempt)
+            tracker = _Progress(rt, job_id, attempt)
         results, report = _ingest(rt, job, files, tracker)
         lost = [r.error for r in results if isinstance(r.error, DatabaseUnavailableError)]
         if lost and runs < ATTEMPTS:
@@ -175,11 +232,14 @@ def run_job(rt: Runtime, job_id: int, *, queue_job_id: int | None = None) -> sto
             outcomes[job_status(r, job, retry=retry)] += 1
             if r.error is not None:
                 errors.append({"document": r.name, "code": r.error.code, "detail": str(r.error)})
+    except Superseded:
+        raise
     except Exception as exc:  # the job itself broke: record it, let the queue see it too
         _finish(
             rt,
             job_id,
             "failed",
+            attempt,
             documents=tracker.docs,
             chunks=tracker.chunks,
             errors=[
@@ -198,6 +258,7 @@ def run_job(rt: Runtime, job_id: int, *, queue_job_id: int | None = None) -> sto
         rt,
         job_id,
         "succeeded",
+        attempt,
         documents=tracker.docs,
         chunks=tracker.chunks,
         errors=errors,
@@ -253,12 +314,23 @@ def _while_unreachable(job_id: int, what: str, step: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def _finish(rt: Runtime, job_id: int, status: str, **outcome: Any) -> store.JobRecord:
-    """Record the job's outcome (again on a fresh connection where it was lost)."""
+def _finish(rt: Runtime, job_id: int, status: str, attempt: int, **outcome: Any) -> store.JobRecord:
+    """Record attempt ``attempt``'s outcome (again on a fresh connection where it was
+    lost); :class:`Superseded` where that run no longer counts (nothing recorded).
+
+    A try whose commit landed but whose answer was lost leaves the job finished by this
+    very attempt: the next try, fenced out, finds that and returns it, not Superseded."""
+    tries = 0
 
     def record() -> store.JobRecord:
+        nonlocal tries
+        tries += 1
         with rt.db.connection() as conn, translated(f"finishing job {job_id}"):
-            store.finish(conn, job_id, status, **outcome)
-            return store.get(conn, job_id)
+            if store.finish(conn, job_id, status, attempt=attempt, **outcome):
+                return store.get(conn, job_id)
+            job = store.get(conn, job_id)
+        if tries > 1 and job.attempts == attempt and job.status == status:
+            return job
+        raise Superseded(f"job {job_id}: attempt {attempt} superseded")
 
     return _while_unreachable(job_id, f"recording it {status}", record)

@@ -43,9 +43,14 @@ async def retry_stalled(app: procrastinate.App, stalled_after_s: float) -> list[
     )
     ids = []
     for job in stalled:
-        log.warning("job %s: its worker stopped; retrying it", job.id)
-        await app.job_manager.retry_job(job)
         assert job.id is not None
+        if isinstance(app.job_manager, LiveJobManager):
+            if not await app.job_manager.retry_stalled_job(job):
+                log.info("job %s: its worker stopped; already put back by another", job.id)
+                continue
+        else:
+            await app.job_manager.retry_job(job)
+        log.warning("job %s: its worker stopped; retrying it", job.id)
         ids.append(job.id)
     await fail_lost(app)
     return ids
@@ -148,7 +153,7 @@ async def _run(
                             fetch_job_polling_interval=min(5.0, settings.worker_heartbeat_s),
                             install_signal_handlers=False,  # ours: they outlive one loop
                         )
-                        if await _work_until_lost(app, settings, loop, stopping):
+                        if await _work_until_lost(app, settings, loop, stopping, burst=burst):
                             break
                         await _until_database_answers(db, stopping)
                 # a job whose outcome could not be recorded ended just now, perhaps
@@ -166,6 +171,8 @@ async def _work_until_lost(
     settings: Settings,
     loop: Callable[[], Coroutine[Any, Any, None]],
     stopping: asyncio.Event,
+    *,
+    burst: bool = False,
 ) -> bool:
     """Run procrastinate's worker ``loop`` until it ends (True: stopped, or a burst's queue
     is empty) or the database goes away under it (False: start it again once it answers).
@@ -174,7 +181,13 @@ async def _work_until_lost(
     and ``ragstore worker`` exited with it: a restart or failover of the database stopped
     every worker for good, and queued jobs, accepted with 202, waited for an operator.
     A stop (SIGINT/SIGTERM) cancels the loop, which procrastinate takes as a graceful stop:
-    the jobs in progress finish first."""
+    the jobs in progress finish first.
+
+    procrastinate's loop also ends, normally, when it stops itself: its side-task monitor
+    stops the worker when one of its side tasks (the job listener, a beat) raises. Taken
+    for a stop, that ended ``ragstore worker`` with exit status 0 for good, and queued
+    jobs waited for an operator; such an end, unasked and not a burst's, starts the loop
+    again after a pause (False)."""
     try:
         await retry_stalled(app, settings.worker_stalled_after_s)
         async with watching_stalled(app, settings):
@@ -197,7 +210,15 @@ async def _work_until_lost(
             exc.__cause__ or exc,
         )
         return False
-    return True
+    if stopping.is_set() or burst:
+        return True
+    log.error(
+        "worker: procrastinate's worker loop ended though no stop was asked (a side task "
+        "failed: see the lines above); starting it again"
+    )
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), timeout=RECONNECT_EVERY_S[0])
+    return stopping.is_set()
 
 
 RECONNECT_EVERY_S = (1.0, 2.0, 5.0)  # waits between probes of a lost database, then the last
