@@ -20,7 +20,9 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -148,6 +150,36 @@ def _client_args(conninfo: str) -> tuple[str, dict[str, str]]:
     return make_conninfo("", **{k: v for k, v in params.items() if v is not None}), env
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _dies_with_us() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGKILL the client tool when this process's
+    thread that started it ends (Linux; None elsewhere or without ``prctl``).
+
+    Killed outright (SIGKILL, the OOM killer), ``ragstore backup`` left pg_dump reading
+    the whole database into a file nothing would name, and ``ragstore restore`` left psql
+    to replay and commit the restore on its own after the command had died. The call is
+    resolved here, before the fork: the child runs nothing but it (no import, no lock)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    kill = int(signal.SIGKILL)
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, kill)
+        if os.getppid() != parent:  # this process died before the call above
+            os.kill(os.getpid(), kill)
+
+    return arm
+
+
 def _run(
     args: list[str],
     env: dict[str, str],
@@ -155,9 +187,18 @@ def _run(
     failed: type[BackupError] = BackupError,
     **kw: Any,
 ) -> str:
-    """Run a client tool; its failure is ``failed`` with the tool's first lines."""
+    """Run a client tool; its failure is ``failed`` with the tool's first lines. The tool
+    dies with this process (:func:`_dies_with_us`)."""
     try:
-        proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False, **kw)
+        proc = subprocess.run(
+            args,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            preexec_fn=_dies_with_us(),
+            **kw,
+        )
     except OSError as exc:
         raise BackupError(f"{what}: could not run {Path(args[0]).name}: {exc}") from None
     if proc.returncode != 0:
@@ -705,7 +746,11 @@ def _checked(path: Path) -> tuple[BackupInfo | None, str]:
             "...); the archive is damaged, restore another backup"
         )
     proc = subprocess.run(
-        [_tool("pg_restore"), "--list", str(path)], capture_output=True, text=True, check=False
+        [_tool("pg_restore"), "--list", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=_dies_with_us(),
     )
     if proc.returncode != 0:
         first = (proc.stderr.strip().splitlines() or ["unreadable"])[0]
