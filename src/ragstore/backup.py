@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -291,6 +292,69 @@ def _path_lock(path: Path, doing: str) -> Iterator[bool]:
         os.close(fd)
 
 
+_WORK_PREFIX = "ragstore-restore-"
+# a work folder modified this recently may be one whose restore has not locked it yet
+_WORK_YOUNG_S = 2.0
+
+
+@contextlib.contextmanager
+def _work_dir() -> Iterator[Path]:
+    """A private temporary folder for a restore's files (its script is the whole database
+    as plain SQL), locked (``flock`` on the folder, released by the kernel however this
+    process ends) while the restore runs, and removed at its end; see
+    :func:`_sweep_work_dirs` for what a restore killed outright leaves."""
+    import fcntl
+
+    folder = tempfile.mkdtemp(prefix=_WORK_PREFIX)
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield Path(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # before the lock goes
+        os.close(fd)
+
+
+def _sweep_work_dirs() -> None:
+    """Remove the work folders of restores killed outright (SIGKILL, the OOM killer, a
+    power cut): each held ``restore.sql``, the whole database as plain SQL, in the
+    temporary folder for good. Only this user's, and only those whose lock is free (its
+    restore is gone) and that are not being made this instant; best effort."""
+    import fcntl
+    import stat
+
+    uid = os.getuid()
+    try:
+        entries = list(os.scandir(tempfile.gettempdir()))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(_WORK_PREFIX):
+            continue
+        try:
+            seen = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(seen.st_mode) or seen.st_uid != uid:
+                continue
+            if time.time() - seen.st_mtime < _WORK_YOUNG_S:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino == seen.st_ino:
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            continue  # a running restore's (locked), or not ours to remove
+        finally:
+            os.close(fd)
+
+
 def _sidecar_sha(path: Path) -> str | None:
     """The sha256 the sidecar beside ``path`` records, or None (none, or unreadable)."""
     try:
@@ -414,6 +478,7 @@ def create_backup(
         raise BackupError(f"cannot create {path.parent}: {exc.strerror}") from None
     if ours:
         _sweep_killed(path.parent)
+    _sweep_work_dirs()
     with _path_lock(path, f"write the backup to {path}") as locked:
         if locked:  # any leftovers are a killed backup's: its lock is free
             _recover_leftovers(path)
@@ -1050,7 +1115,9 @@ def restore_backup(
     The archive's lock is held throughout (a backup overwriting it meanwhile is refused),
     and what a killed backup to it left is dealt with first: where that puts an earlier
     backup back at ``path``, the restore is refused, saying so, rather than restore a
-    file other than the one the user last saw named."""
+    file other than the one the user last saw named. Work folders that restores killed
+    outright left are removed first (:func:`_sweep_work_dirs`)."""
+    _sweep_work_dirs()
     with _path_lock(path, f"restore {path}") as locked:
         if locked:
             note = _recover_leftovers(path)
@@ -1069,7 +1136,7 @@ def _restore(
     info, listing = _checked(path)
     conninfo, env = _client_args(db.conninfo)
     entries, extensions = _without_extensions(listing)
-    with tempfile.TemporaryDirectory(prefix="ragstore-restore-") as tmpdir:
+    with _work_dir() as tmpdir:
         toc = Path(tmpdir) / "toc.list"
         toc.write_text(entries)
         body = Path(tmpdir) / "restore.sql"

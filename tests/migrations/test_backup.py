@@ -1184,7 +1184,9 @@ def test_psql_of_a_restore_killed_outright_dies_with_it_and_commits_nothing(
     before = full_dump(populated)
     holder = psycopg.connect(populated)
     holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
-    proc = _cli("restore", str(archive), "--yes", "--no-backup")
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    proc = _cli("restore", str(archive), "--yes", "--no-backup", env=env)
     try:
         _wait_for(populated, "application_name = 'psql' AND wait_event_type = 'Lock'")
         psql = _child_of(proc)
@@ -1202,3 +1204,49 @@ def test_psql_of_a_restore_killed_outright_dies_with_it_and_commits_nothing(
         time.sleep(0.05)
     assert backends_where(populated, "application_name = 'psql'") == 0
     assert full_dump(populated) == before
+
+
+def test_the_next_restore_removes_what_a_restore_killed_outright_left(
+    populated: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ragstore restore`` killed outright left ``$TMPDIR/ragstore-restore-*/restore.sql``
+    (the whole database as plain SQL) for good. The next restore removes such folders;
+    one whose restore still runs (its lock held) is left alone."""
+    import fcntl
+    import signal
+
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    work = tmp_path / "tmp"
+    work.mkdir()
+    holder = psycopg.connect(populated)
+    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
+    proc = _cli(
+        "restore", str(archive), "--yes", "--no-backup", env={**os.environ, "TMPDIR": str(work)}
+    )
+    try:
+        _wait_for(populated, "application_name = 'psql' AND wait_event_type = 'Lock'")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        holder.commit()
+        holder.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (left,) = work.iterdir()
+    assert left.name.startswith("ragstore-restore-") and (left / "restore.sql").is_file()
+    running = work / "ragstore-restore-running"
+    running.mkdir(mode=0o700)
+    (running / "restore.sql").write_text("a restore still running")
+    held = os.open(running, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        old = time.time() - 60  # neither is being made this instant
+        os.utime(left, (old, old))
+        os.utime(running, (old, old))
+        monkeypatch.setattr(tempfile, "tempdir", str(work))
+        assert run_cli("restore", str(archive), "--yes", "--no-backup") == 0
+        assert list(work.iterdir()) == [running]
+    finally:
+        os.close(held)
