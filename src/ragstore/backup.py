@@ -223,10 +223,28 @@ def _counts(db: Database) -> tuple[str | None, dict[str, int]]:
     return revision, counts
 
 
+# tables the snapshot holds (what pg_dump reads) whose storage is no longer the one the
+# snapshot saw: ``pg_class`` is read in the snapshot, ``pg_relation_filenode`` in the
+# latest catalog (NULL for a table dropped since). Each row: the table's name.
+_TABLES_CHANGED = f"""
+SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm') AND c.relpersistence = 'p'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', '{native.SCHEMA}')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+  AND pg_relation_filenode(c.oid) IS DISTINCT FROM c.relfilenode
+ORDER BY 1 LIMIT 6
+"""
+
+Snapshot = tuple[str, str | None, dict[str, int], Callable[[], list[str]]]
+
+
 @contextlib.contextmanager
-def _snapshot(db: Database) -> Iterator[tuple[str, str | None, dict[str, int]]]:
+def _snapshot(db: Database) -> Iterator[Snapshot]:
     """An exported snapshot for ``pg_dump --snapshot``, with the schema revision and row
-    counts read in it; held until the block ends (pg_dump imports it as it starts).
+    counts read in it, and a call that names the tables dropped, replaced or rewritten
+    since it was taken (:func:`_refuse_tables_changed`); held until the block ends
+    (pg_dump imports it as it starts).
 
     Read in a transaction of their own before pg_dump took its snapshot, the revision and
     counts a backup records and prints missed the writes committed in between, which the
@@ -243,7 +261,12 @@ def _snapshot(db: Database) -> Iterator[tuple[str, str | None, dict[str, int]]]:
             assert row is not None
             revision = migrations.current_revision(conn)
             counts = catalog.row_counts(conn) if revision is not None else {}
-            yield str(row[0]), revision, counts
+
+            def changed() -> list[str]:
+                with translated(f"reading {db.where}"):
+                    return [str(r[0]) for r in conn.execute(_TABLES_CHANGED).fetchall()]
+
+            yield str(row[0]), revision, counts, changed
 
 
 @contextlib.contextmanager
@@ -505,6 +528,51 @@ def _refuse_schema_changed(db: Database, revision: str | None) -> None:
         )
 
 
+def _refuse_tables_changed(db: Database, changed: Callable[[], list[str]]) -> None:
+    """Fail a backup during which a table it holds was dropped, replaced or rewritten
+    (committed after its snapshot, before pg_dump locked that table): a bulk import's
+    swap of a collection's vector table, ``models prune``, a table rewrite. Such changes
+    are not MVCC-safe: read in the backup's earlier snapshot, a rewritten or swapped-in
+    table reads as empty (an archive that lacks its rows, reported taken), and a dropped
+    one failed pg_dump with "cache lookup failed for index N" and a page of its query."""
+    try:
+        names = changed()
+    except RagstoreError:
+        return  # the database went away: nothing says a table changed
+    if names:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise BackupError(
+            f"tables of {db.where} were dropped, replaced or rewritten while the backup "
+            f"ran ({shown}: an import into a collection, `ragstore models prune`?): read "
+            "in the backup's earlier snapshot they may be missing or empty, so the backup "
+            "was not kept; take it again"
+        )
+
+
+def _dump_to(tmp: Path, snapshot: str, conninfo: str, env: dict[str, str], where: str) -> None:
+    """pg_dump of the database in ``snapshot`` into ``tmp``."""
+    _run(
+        [
+            _tool("pg_dump"),
+            "--format=custom",
+            "--compress=6",
+            # the rows the backup's revision and counts were read from, not a
+            # later state with the writes committed meanwhile
+            f"--snapshot={snapshot}",
+            # the native kernel's C functions name a library on this machine: left
+            # out, so the archive restores on any server (ragstore.db.native)
+            f"--exclude-schema={native.SCHEMA}",
+            "--file",
+            str(tmp),
+            "--dbname",
+            conninfo,
+        ],
+        env,
+        f"backing up {where}",
+        umask=0o077,  # the archive is the database: readable by this user alone
+    )
+
+
 def _dump(
     db: Database,
     path: Path,
@@ -517,28 +585,16 @@ def _dump(
     conninfo, env = _client_args(db.conninfo)
     tmp = path.with_name(f".{path.name}.partial")
     try:
-        with _snapshot(db) as (snapshot, revision, counts):
-            _run(
-                [
-                    _tool("pg_dump"),
-                    "--format=custom",
-                    "--compress=6",
-                    # the rows the revision and counts above were read from, not a later
-                    # state with the writes committed meanwhile
-                    f"--snapshot={snapshot}",
-                    # the native kernel's C functions name a library on this machine: left
-                    # out, so the archive restores on any server (ragstore.db.native)
-                    f"--exclude-schema={native.SCHEMA}",
-                    "--file",
-                    str(tmp),
-                    "--dbname",
-                    conninfo,
-                ],
-                env,
-                f"backing up {db.where}",
-                umask=0o077,  # the archive is the database: readable by this user alone
-            )
+        with _snapshot(db) as (snapshot, revision, counts, changed):
+            try:
+                _dump_to(tmp, snapshot, conninfo, env, db.where)
+            except BackupError:
+                # pg_dump fails on a table dropped under it; the reason, said plainly
+                _refuse_schema_changed(db, revision)
+                _refuse_tables_changed(db, changed)
+                raise
             _refuse_schema_changed(db, revision)
+            _refuse_tables_changed(db, changed)
         info = BackupInfo(
             path=str(path),
             bytes=tmp.stat().st_size,

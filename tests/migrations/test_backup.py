@@ -1250,3 +1250,86 @@ def test_the_next_restore_removes_what_a_restore_killed_outright_left(
         assert list(work.iterdir()) == [running]
     finally:
         os.close(held)
+
+
+def _alpha_table(url: str) -> str:
+    """The vector table of collection alpha (made after api_keys: pg_dump, which locks
+    tables in the order they were made, waits for api_keys before it locks this one)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT s.table_name FROM embedding_spaces s JOIN collections c"
+            " ON c.active_space_id = s.id WHERE c.name = 'alpha'"
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_a_backup_during_which_an_import_swapped_a_vector_table_is_not_kept(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An import large enough to rebuild a collection's vectors on the side swaps its
+    staged table in for the space's (DROP, RENAME). Committed after the backup's snapshot
+    and before pg_dump locked that table (pg_dump waiting for another table's lock), it
+    failed the backup with pg_dump's "cache lookup failed for index N" and a page of its
+    query. The backup now says which table changed while it ran and to take it again,
+    and leaves no file."""
+    import sys
+
+    table = _alpha_table(populated)
+    src = write_jsonl(
+        tmp_path / "more.jsonl", [f"more{i}" for i in range(40)], vectors(40, 12, seed=7)
+    )
+    archive = tmp_path / "out" / "b.dump"
+    archive.parent.mkdir()
+    imported: list[subprocess.CompletedProcess[str]] = []
+
+    def rebuild() -> None:  # a real import (40 records onto 50: a rebuild), a process of its own
+        cli = "from ragstore.cli import main; main()"
+        args = ["import", str(src), "-c", "alpha", "--model", "bk@v1", "--dimension", "12"]
+        imported.append(
+            subprocess.run(
+                [sys.executable, "-c", cli, *args, "--no-backup"], capture_output=True, text=True
+            )
+        )
+
+    join = _dump_waits_then(populated, rebuild)
+    capsys.readouterr()
+    try:
+        status = run_cli("backup", str(archive))
+    finally:
+        join()
+    err = capsys.readouterr().err
+    assert imported[0].returncode == 0, imported[0].stderr
+    assert _alpha_table(populated) == table
+    assert status == 74, err
+    assert f"public.{table}" in err and "while the backup ran" in err, err
+    assert "take it again" in err and "cache lookup" not in err, err
+    assert list(archive.parent.iterdir()) == []
+
+
+def test_a_backup_during_which_a_table_was_rewritten_is_not_kept(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A table rewritten in place (new storage, same table) after the backup's snapshot
+    and before pg_dump locked it reads as empty in that snapshot: the backup was reported
+    taken with none of its rows (here: collection alpha's vectors, its chunks kept). It
+    now fails, naming the table, and leaves no file."""
+    table = _alpha_table(populated)
+    archive = tmp_path / "b.dump"
+
+    def rewrite() -> None:  # a volatile default: every row written anew
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN x int DEFAULT (random() * 0)::int")
+
+    join = _dump_waits_then(populated, rewrite)
+    capsys.readouterr()
+    try:
+        status = run_cli("backup", str(archive))
+    finally:
+        join()
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN IF EXISTS x")
+    err = capsys.readouterr().err
+    assert status == 74, (err, status == 0 and _archived_rows(archive, table))
+    assert f"public.{table}" in err and "while the backup ran" in err, err
+    assert list(tmp_path.iterdir()) == []
