@@ -20,7 +20,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -148,6 +151,36 @@ def _client_args(conninfo: str) -> tuple[str, dict[str, str]]:
     return make_conninfo("", **{k: v for k, v in params.items() if v is not None}), env
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _dies_with_us() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGKILL the client tool when this process's
+    thread that started it ends (Linux; None elsewhere or without ``prctl``).
+
+    Killed outright (SIGKILL, the OOM killer), ``ragstore backup`` left pg_dump reading
+    the whole database into a file nothing would name, and ``ragstore restore`` left psql
+    to replay and commit the restore on its own after the command had died. The call is
+    resolved here, before the fork: the child runs nothing but it (no import, no lock)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    kill = int(signal.SIGKILL)
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, kill)
+        if os.getppid() != parent:  # this process died before the call above
+            os.kill(os.getpid(), kill)
+
+    return arm
+
+
 def _run(
     args: list[str],
     env: dict[str, str],
@@ -155,9 +188,18 @@ def _run(
     failed: type[BackupError] = BackupError,
     **kw: Any,
 ) -> str:
-    """Run a client tool; its failure is ``failed`` with the tool's first lines."""
+    """Run a client tool; its failure is ``failed`` with the tool's first lines. The tool
+    dies with this process (:func:`_dies_with_us`)."""
     try:
-        proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False, **kw)
+        proc = subprocess.run(
+            args,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            preexec_fn=_dies_with_us(),
+            **kw,
+        )
     except OSError as exc:
         raise BackupError(f"{what}: could not run {Path(args[0]).name}: {exc}") from None
     if proc.returncode != 0:
@@ -181,10 +223,28 @@ def _counts(db: Database) -> tuple[str | None, dict[str, int]]:
     return revision, counts
 
 
+# tables the snapshot holds (what pg_dump reads) whose storage is no longer the one the
+# snapshot saw: ``pg_class`` is read in the snapshot, ``pg_relation_filenode`` in the
+# latest catalog (NULL for a table dropped since). Each row: the table's name.
+_TABLES_CHANGED = f"""
+SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm') AND c.relpersistence = 'p'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', '{native.SCHEMA}')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+  AND pg_relation_filenode(c.oid) IS DISTINCT FROM c.relfilenode
+ORDER BY 1 LIMIT 6
+"""
+
+Snapshot = tuple[str, str | None, dict[str, int], Callable[[], list[str]]]
+
+
 @contextlib.contextmanager
-def _snapshot(db: Database) -> Iterator[tuple[str, str | None, dict[str, int]]]:
+def _snapshot(db: Database) -> Iterator[Snapshot]:
     """An exported snapshot for ``pg_dump --snapshot``, with the schema revision and row
-    counts read in it; held until the block ends (pg_dump imports it as it starts).
+    counts read in it, and a call that names the tables dropped, replaced or rewritten
+    since it was taken (:func:`_refuse_tables_changed`); held until the block ends
+    (pg_dump imports it as it starts).
 
     Read in a transaction of their own before pg_dump took its snapshot, the revision and
     counts a backup records and prints missed the writes committed in between, which the
@@ -201,7 +261,12 @@ def _snapshot(db: Database) -> Iterator[tuple[str, str | None, dict[str, int]]]:
             assert row is not None
             revision = migrations.current_revision(conn)
             counts = catalog.row_counts(conn) if revision is not None else {}
-            yield str(row[0]), revision, counts
+
+            def changed() -> list[str]:
+                with translated(f"reading {db.where}"):
+                    return [str(r[0]) for r in conn.execute(_TABLES_CHANGED).fetchall()]
+
+            yield str(row[0]), revision, counts, changed
 
 
 @contextlib.contextmanager
@@ -248,6 +313,69 @@ def _path_lock(path: Path, doing: str) -> Iterator[bool]:
         with contextlib.suppress(OSError):
             lock.unlink()
         os.close(fd)
+
+
+_WORK_PREFIX = "ragstore-restore-"
+# a work folder modified this recently may be one whose restore has not locked it yet
+_WORK_YOUNG_S = 2.0
+
+
+@contextlib.contextmanager
+def _work_dir() -> Iterator[Path]:
+    """A private temporary folder for a restore's files (its script is the whole database
+    as plain SQL), locked (``flock`` on the folder, released by the kernel however this
+    process ends) while the restore runs, and removed at its end; see
+    :func:`_sweep_work_dirs` for what a restore killed outright leaves."""
+    import fcntl
+
+    folder = tempfile.mkdtemp(prefix=_WORK_PREFIX)
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield Path(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # before the lock goes
+        os.close(fd)
+
+
+def _sweep_work_dirs() -> None:
+    """Remove the work folders of restores killed outright (SIGKILL, the OOM killer, a
+    power cut): each held ``restore.sql``, the whole database as plain SQL, in the
+    temporary folder for good. Only this user's, and only those whose lock is free (its
+    restore is gone) and that are not being made this instant; best effort."""
+    import fcntl
+    import stat
+
+    uid = os.getuid()
+    try:
+        entries = list(os.scandir(tempfile.gettempdir()))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(_WORK_PREFIX):
+            continue
+        try:
+            seen = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(seen.st_mode) or seen.st_uid != uid:
+                continue
+            if time.time() - seen.st_mtime < _WORK_YOUNG_S:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino == seen.st_ino:
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            continue  # a running restore's (locked), or not ours to remove
+        finally:
+            os.close(fd)
 
 
 def _sidecar_sha(path: Path) -> str | None:
@@ -373,6 +501,7 @@ def create_backup(
         raise BackupError(f"cannot create {path.parent}: {exc.strerror}") from None
     if ours:
         _sweep_killed(path.parent)
+    _sweep_work_dirs()
     with _path_lock(path, f"write the backup to {path}") as locked:
         if locked:  # any leftovers are a killed backup's: its lock is free
             _recover_leftovers(path)
@@ -399,6 +528,51 @@ def _refuse_schema_changed(db: Database, revision: str | None) -> None:
         )
 
 
+def _refuse_tables_changed(db: Database, changed: Callable[[], list[str]]) -> None:
+    """Fail a backup during which a table it holds was dropped, replaced or rewritten
+    (committed after its snapshot, before pg_dump locked that table): a bulk import's
+    swap of a collection's vector table, ``models prune``, a table rewrite. Such changes
+    are not MVCC-safe: read in the backup's earlier snapshot, a rewritten or swapped-in
+    table reads as empty (an archive that lacks its rows, reported taken), and a dropped
+    one failed pg_dump with "cache lookup failed for index N" and a page of its query."""
+    try:
+        names = changed()
+    except RagstoreError:
+        return  # the database went away: nothing says a table changed
+    if names:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise BackupError(
+            f"tables of {db.where} were dropped, replaced or rewritten while the backup "
+            f"ran ({shown}: an import into a collection, `ragstore models prune`?): read "
+            "in the backup's earlier snapshot they may be missing or empty, so the backup "
+            "was not kept; take it again"
+        )
+
+
+def _dump_to(tmp: Path, snapshot: str, conninfo: str, env: dict[str, str], where: str) -> None:
+    """pg_dump of the database in ``snapshot`` into ``tmp``."""
+    _run(
+        [
+            _tool("pg_dump"),
+            "--format=custom",
+            "--compress=6",
+            # the rows the backup's revision and counts were read from, not a
+            # later state with the writes committed meanwhile
+            f"--snapshot={snapshot}",
+            # the native kernel's C functions name a library on this machine: left
+            # out, so the archive restores on any server (ragstore.db.native)
+            f"--exclude-schema={native.SCHEMA}",
+            "--file",
+            str(tmp),
+            "--dbname",
+            conninfo,
+        ],
+        env,
+        f"backing up {where}",
+        umask=0o077,  # the archive is the database: readable by this user alone
+    )
+
+
 def _dump(
     db: Database,
     path: Path,
@@ -411,28 +585,16 @@ def _dump(
     conninfo, env = _client_args(db.conninfo)
     tmp = path.with_name(f".{path.name}.partial")
     try:
-        with _snapshot(db) as (snapshot, revision, counts):
-            _run(
-                [
-                    _tool("pg_dump"),
-                    "--format=custom",
-                    "--compress=6",
-                    # the rows the revision and counts above were read from, not a later
-                    # state with the writes committed meanwhile
-                    f"--snapshot={snapshot}",
-                    # the native kernel's C functions name a library on this machine: left
-                    # out, so the archive restores on any server (ragstore.db.native)
-                    f"--exclude-schema={native.SCHEMA}",
-                    "--file",
-                    str(tmp),
-                    "--dbname",
-                    conninfo,
-                ],
-                env,
-                f"backing up {db.where}",
-                umask=0o077,  # the archive is the database: readable by this user alone
-            )
+        with _snapshot(db) as (snapshot, revision, counts, changed):
+            try:
+                _dump_to(tmp, snapshot, conninfo, env, db.where)
+            except BackupError:
+                # pg_dump fails on a table dropped under it; the reason, said plainly
+                _refuse_schema_changed(db, revision)
+                _refuse_tables_changed(db, changed)
+                raise
             _refuse_schema_changed(db, revision)
+            _refuse_tables_changed(db, changed)
         info = BackupInfo(
             path=str(path),
             bytes=tmp.stat().st_size,
@@ -705,7 +867,11 @@ def _checked(path: Path) -> tuple[BackupInfo | None, str]:
             "...); the archive is damaged, restore another backup"
         )
     proc = subprocess.run(
-        [_tool("pg_restore"), "--list", str(path)], capture_output=True, text=True, check=False
+        [_tool("pg_restore"), "--list", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=_dies_with_us(),
     )
     if proc.returncode != 0:
         first = (proc.stderr.strip().splitlines() or ["unreadable"])[0]
@@ -1005,7 +1171,9 @@ def restore_backup(
     The archive's lock is held throughout (a backup overwriting it meanwhile is refused),
     and what a killed backup to it left is dealt with first: where that puts an earlier
     backup back at ``path``, the restore is refused, saying so, rather than restore a
-    file other than the one the user last saw named."""
+    file other than the one the user last saw named. Work folders that restores killed
+    outright left are removed first (:func:`_sweep_work_dirs`)."""
+    _sweep_work_dirs()
     with _path_lock(path, f"restore {path}") as locked:
         if locked:
             note = _recover_leftovers(path)
@@ -1024,7 +1192,7 @@ def _restore(
     info, listing = _checked(path)
     conninfo, env = _client_args(db.conninfo)
     entries, extensions = _without_extensions(listing)
-    with tempfile.TemporaryDirectory(prefix="ragstore-restore-") as tmpdir:
+    with _work_dir() as tmpdir:
         toc = Path(tmpdir) / "toc.list"
         toc.write_text(entries)
         body = Path(tmpdir) / "restore.sql"
