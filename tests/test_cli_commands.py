@@ -721,7 +721,7 @@ def test_a_batch_sent_in_parts_and_stopped_counts_what_its_parts_stored(
         **env,
         "RAGSTORE_AUTH": "on",
         "RAGSTORE_RATE_LIMIT_PER_MINUTE": "6",
-        "RAGSTORE_MAX_UPLOAD_BYTES": "4096",
+        "RAGSTORE_MAX_UPLOAD_BYTES": "2048",  # one file a request: more than the budget
     }
     with _serving(limited) as url:
         monkeypatch.setenv("RAGSTORE_URL", url)
