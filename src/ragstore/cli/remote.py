@@ -255,6 +255,7 @@ def ingest_remote(
     total = len(files) + len(missing)
     files = _without_name_clashes(files, names, result)
     done = 0
+    batch: list[Path] = []
     try:
         if files:
             _ensure_collection(client, collection)
@@ -271,6 +272,9 @@ def ingest_remote(
     except RagstoreError as exc:
         if not result.counts:  # nothing done or refused yet: the error says it all
             raise
+        unsent = len(files) - done - len(batch)  # the batches after the one that failed
+        if unsent > 0:
+            result.add("not_attempted", unsent)
         result.seconds = time.monotonic() - start
         raise RemoteFailed(result, exc, total) from exc
     result.seconds = time.monotonic() - start
@@ -315,9 +319,16 @@ def _send(
         problem = getattr(exc, "problem", None) or exc.problem_members
         if isinstance(problem.get("stored"), list) and isinstance(problem.get("failed"), list):
             _record(result, client, {"data": problem["stored"], "jobs": problem.get("jobs")})
+            # the server stopped at an error that fails every write (its disk full): the
+            # files it did not attempt are counted, not listed one failure line each
+            unattempted = problem.get("not_attempted")
+            skip = set(unattempted) if isinstance(unattempted, list) else set()
             for f in problem["failed"]:
-                result.fail(str(f.get("name")), f.get("code"), f.get("detail"))
-            if "not_sent" in problem or "unknown" in problem:
+                if f.get("name") in skip:
+                    result.add("not_attempted")
+                else:
+                    result.fail(str(f.get("name")), f.get("code"), f.get("detail"))
+            if "not_sent" in problem or "unknown" in problem or skip:
                 raise  # stopped part way: the run stops, saying what it had done
             return
         if not isinstance(exc, refused):
