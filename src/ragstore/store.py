@@ -306,7 +306,12 @@ class Store:
         docs = [self._document(collection, rows[o.source], o.status) for o in kept]
         unattempted = [o for o in report.outcomes if o.status == "not_attempted"]
         if report.failed or unattempted:  # the others are stored (each document whole)
-            first = report.failed[0] if report.failed else unattempted[0]
+            # a stopped ingest raises the error that stopped it (not another file's)
+            stop = report.stopped_by
+            first = next(
+                (o for o in report.failed if stop is not None and o.exc is stop),
+                ((unattempted or report.failed) if stop else (report.failed or unattempted))[0],
+            )
             cls = next((c for c in all_error_classes() if c.code == first.code), RagstoreError)
             err = cls(first.error or "ingest failed")
             # the files a stopped ingest did not attempt fail too (with the stopping error's

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -355,13 +356,15 @@ def test_store_ingest_into_a_full_disk_names_the_files_not_attempted(
     store: Store, disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = _corpus(tmp_path / "corpus")
+    (folder / "000.md").write_bytes(b"\x00\x01binary" * 64)  # fails alone, first
     store.create_collection("stops-store")
     with _full(disk, leave=128 * 1024), pytest.raises(DatabaseUnavailableError) as err:
-        store.ingest("stops-store", folder)
+        store.ingest("stops-store", folder)  # the error that stopped it, not the binary's
     members = err.value.problem_members
     stored = members["stored"]
     assert members["not_attempted"], members
-    assert len(stored) + len(members["failed"]) == len(MANY)
+    assert len(stored) + len(members["failed"]) == len(MANY) + 1
+    (folder / "000.md").unlink()
     assert "calling it again resumes" in str(err.value)
     assert len(store.list_documents("stops-store")["data"]) == len(stored)
     assert len(store.ingest("stops-store", folder)["data"]) == len(MANY)
@@ -375,6 +378,17 @@ def roomy_staging(settings: Settings) -> Iterator[None]:
     staging.mkdir(exist_ok=True)
     with _tmpfs(staging, "16m"):
         yield
+
+
+def _answered(h: httpx.Client, path: str) -> dict[str, Any]:
+    """GET ``path`` once the breaker the full disk may have opened lets it through."""
+    deadline = time.monotonic() + 30
+    while True:
+        r = h.get(path)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            assert r.status_code == 200, r.text
+            return cast(dict[str, Any], r.json())
+        time.sleep(0.5)
 
 
 def test_an_upload_into_a_full_database_stops_and_says_what_was_not_attempted(
@@ -394,7 +408,7 @@ def test_an_upload_into_a_full_database_stops_and_says_what_was_not_attempted(
         assert sorted(stored + failed) == [f"u{i:02}.md" for i in range(len(MANY))]
         for f in body["failed"]:  # the database's address is the server log's only
             assert str(disk) not in f["detail"], f
-        listed = h.get("/v1/collections/stops-http/documents").json()["data"]
+        listed = _answered(h, "/v1/collections/stops-http/documents")["data"]
         assert sorted(d["name"] for d in listed) == sorted(stored)
         again = h.post("/v1/collections/stops-http/documents/upload", files=files, timeout=120)
         assert again.status_code == 201, again.text
@@ -423,5 +437,7 @@ def test_ingest_through_a_server_whose_database_is_full_stops(
         assert "Traceback" not in err, err
         assert "not attempted" in err and "run the same command again" in err, err
         assert err.count("failed [") <= 1, err
+        with httpx.Client(base_url=url) as h:
+            _answered(h, "/v1/collections/stops-remote/documents")
         assert run_cli("ingest", "-c", "stops-remote", str(folder)) == 0
     assert len(store.list_documents("stops-remote")["data"]) == len(MANY)

@@ -39,6 +39,7 @@ from ragstore.errors import (
     RagstoreError,
 )
 from ragstore.ingest.documents import NewDocument, add_documents
+from ragstore.ingest.service import stops_ingest
 from ragstore.jobs import JobFile, staging, submit_ingest
 from ragstore.runtime import Runtime
 from ragstore.validation import check_value, loads_json
@@ -89,7 +90,10 @@ def _ingest_now(rt: Runtime, collection: str, docs: list[NewDocument]) -> list[D
     # database gone) leaves the files after it ``not_attempted``: the error raised is the
     # one that stopped it, those files are listed in 'failed' and in 'not_attempted'
     unattempted = [o.name for o in outcomes if o.status == "not_attempted"]
-    first = next((err for o, err in failed if o.status != "not_attempted"), failed[0][1])
+    met = [err for o, err in failed if o.status != "not_attempted"]
+    # stopped: the error that stopped it, not a parse error of another file
+    stopper = next((err for err in met if stops_ingest(err)), None) if unattempted else None
+    first = stopper or (met or [failed[0][1]])[0]
     if len(outcomes) == 1:
         raise first
     first.problem_members = {
