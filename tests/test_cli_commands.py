@@ -693,10 +693,13 @@ def test_an_error_that_stops_an_ingest_through_the_server_says_what_it_stored(
     stored = _documents_in(env["RAGSTORE_DATABASE_URL"], "rate-stop")
     assert 1 <= len(stored) < 8
     report = json.loads(out)
-    assert report["counts"] == {"added": len(stored)}, report
+    # the files after the refused request were never sent: counted, so that every file
+    # but the refused one is accounted for
+    unsent = 8 - len(stored) - 1
+    assert report["counts"] == {"added": len(stored), "not_attempted": unsent}, report
     assert (
         f"stopped by an error: the server acknowledged {len(stored)} added, 0 updated, "
-        "0 unchanged, 0 failed of 8 files" in err
+        f"0 unchanged, 0 failed, {unsent} not attempted of 8 files" in err
     ), err
     assert "error[rate_limited]: " in err, err
     assert err.index("stopped by an error") < err.index("error[rate_limited]")
@@ -847,3 +850,35 @@ def test_which_collations_order_strings_byte_by_byte(
     provider: str, name: str, byte_order: bool
 ) -> None:
     assert orders_bytes(provider, name) is byte_order
+
+
+def test_an_ingest_through_the_server_streams_each_file_rather_than_reading_it_whole(
+    remote_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``_read_batch`` read each batch whole into memory, and one huge file is a batch of
+    its own: a 300 MB file took 300 MB of the CLI's memory before the server refused it.
+    Now each file is streamed into its request (StreamedFile, as the Python client's
+    uploads are)."""
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    (folder / "small.md").write_text("# Small\n\nA note that fits.\n")
+    with (folder / "big.md").open("wb") as f:
+        f.truncate(300 * 1024 * 1024)  # sparse: no disk taken
+    code = (
+        "import resource, sys\nfrom ragstore.cli import main\ntry:\n    main(sys.argv[1:])\n"
+        "finally:\n    print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
+        " file=sys.stderr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "ingest", str(folder), "-c", "huge", "--json"],
+        env=remote_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["counts"] == {"added": 1, "failed": 1}, report
+    assert report["failed"][0]["document"].endswith("big.md"), report
+    rss_kb = int(proc.stderr.rsplit("MAXRSS", 1)[1].split()[0])
+    assert rss_kb < 200 * 1024, proc.stderr  # the file's 300 MB never in memory at once

@@ -304,20 +304,36 @@ class Store:
                 for source in unread:
                     rows[source] = catalog.document_by_source(conn, coll, source)
         docs = [self._document(collection, rows[o.source], o.status) for o in kept]
-        if report.failed:  # the others are stored (each document whole): the error says so
-            first = report.failed[0]
+        unattempted = [o for o in report.outcomes if o.status == "not_attempted"]
+        if report.failed or unattempted:  # the others are stored (each document whole)
+            # a stopped ingest raises the error that stopped it (not another file's)
+            stop = report.stopped_by
+            first = next(
+                (o for o in report.failed if stop is not None and o.exc is stop),
+                ((unattempted or report.failed) if stop else (report.failed or unattempted))[0],
+            )
             cls = next((c for c in all_error_classes() if c.code == first.code), RagstoreError)
             err = cls(first.error or "ingest failed")
+            # the files a stopped ingest did not attempt fail too (with the stopping error's
+            # code), and are named besides in 'not_attempted': running it again resumes
             err.problem_members = {
                 "stored": docs,
                 "failed": [
-                    {"name": o.source, "code": o.code, "detail": o.error} for o in report.failed
+                    {"name": o.source, "code": o.code, "detail": o.error}
+                    for o in [*report.failed, *unattempted]
                 ],
             }
             if docs:
                 err.message += (
                     f" ({len(docs)} other file(s) were stored: see the error's "
                     "problem_members['stored'])"
+                )
+            if report.stopped_by is not None:
+                err.problem_members["not_attempted"] = [o.source for o in unattempted]
+                err.message += (
+                    f" (the ingest stopped there: {len(unattempted)} file(s) not attempted, "
+                    "see problem_members['not_attempted']; calling it again resumes, what is "
+                    "stored is skipped as unchanged)"
                 )
             raise err
         skipped = [

@@ -34,11 +34,13 @@ def _print_report(report: IngestReport) -> None:
     if report.count("removed") or report.count("vanished"):
         synced = f", {report.count('removed')} removed, {report.count('vanished')} vanished"
     skipped = f", {report.count('skipped')} skipped" if report.count("skipped") else ""
+    unattempted = report.count("not_attempted")
+    stopped = f", {unattempted} not attempted" if report.stopped_by is not None else ""
     err = err_console()
     err.print(
         f"collection {report.collection!r}: {report.count('added')} added, "
         f"{report.count('updated')} updated, {report.count('unchanged')} unchanged, "
-        f"{len(report.failed)} failed{skipped}{synced}; {report.chunks} chunks stored, "
+        f"{len(report.failed)} failed{stopped}{skipped}{synced}; {report.chunks} chunks stored, "
         f"{report.embedded} embedded, {report.reused} reused ({report.seconds:.1f}s)"
     )
     for o in report.failed:
@@ -59,6 +61,12 @@ def _print_report(report: IngestReport) -> None:
         err.print(
             f"  {len(vanished)} stored document(s) no longer on disk were kept; "
             "run again with --sync --prune to remove them"
+        )
+    if report.stopped_by is not None:
+        err.print(
+            f"stopped by an error that fails every write: {unattempted} file(s) not "
+            "attempted (nothing of them stored); fix the error below and run the same "
+            "command again to resume (what is stored is skipped as unchanged)"
         )
 
 
@@ -151,7 +159,9 @@ def _ingest_through(
         err_console().print(
             f"stopped by an error: the server acknowledged {c.get('added', 0)} added, "
             f"{c.get('updated', 0)} updated, {c.get('unchanged', 0)} unchanged, "
-            f"{len(exc.result.failed)} failed of {exc.total} files; fix the error below "
+            f"{len(exc.result.failed)} failed"
+            + (f", {c['not_attempted']} not attempted" if c.get("not_attempted") else "")
+            + f" of {exc.total} files; fix the error below "
             "and run the same command again to resume (what is stored is skipped as "
             "unchanged)"
         )
@@ -254,6 +264,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             echo_json(asdict(report))
         _print_report(report)
+        if report.stopped_by is not None:  # its own exit status, as through a server
+            raise report.stopped_by
         if report.failed:
             raise typer.Exit(1)
 

@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
+    from ragstore._requests import StreamedFile
     from ragstore.client import Client
     from ragstore.config import Settings
     from ragstore.errors import RagstoreError
@@ -157,15 +158,20 @@ def _batches(files: list[Path]) -> Iterator[list[Path]]:
 
 def _read_batch(
     batch: list[Path], names: dict[Path, str], result: RemoteIngest
-) -> list[tuple[str, bytes]]:
-    """The batch's files as (upload name, bytes). A file that cannot be read (permissions,
-    an I/O error, removed since the folder was walked) fails alone, as in a local ingest:
-    the error ended the whole run with a traceback, and with it the count of what the
-    server had already stored."""
-    from ragstore.errors import DecodeError
-    from ragstore.ingest.files import printable, unreadable
+) -> list[tuple[str, StreamedFile]]:
+    """The batch's files as (upload name, file sent as it is read). A file that cannot be
+    read (permissions, an I/O error, removed since the folder was walked) fails alone, as
+    in a local ingest: the error ended the whole run with a traceback, and with it the
+    count of what the server had already stored.
 
-    parts: list[tuple[str, bytes]] = []
+    Each file is streamed into its request (:class:`~ragstore._requests.StreamedFile`), as
+    the Python client's uploads are: read whole first, a batch (and one huge file is a
+    batch of its own) took its size in memory, more while the body was built."""
+    from ragstore._requests import StreamedFile
+    from ragstore.errors import DecodeError, FileUnreadableError
+    from ragstore.ingest.files import printable
+
+    parts: list[tuple[str, StreamedFile]] = []
     for f in batch:
         try:  # a name of bytes that are not UTF-8 fails alone, as in a local ingest:
             names[f].encode("utf-8")  # httpx's multipart encoder raised a traceback
@@ -177,10 +183,9 @@ def _read_batch(
             )
             result.fail(shown, bad_name.code, bad_name.message)
             continue
-        try:
-            parts.append((names[f], f.read_bytes()))
-        except OSError as exc:
-            err = unreadable(f, exc)
+        try:  # opened and read from here, closed: unreadable now, it fails alone
+            parts.append((names[f], StreamedFile(f)))
+        except FileUnreadableError as err:
             result.fail(str(f), err.code, err.message)
     return parts
 
@@ -255,6 +260,7 @@ def ingest_remote(
     total = len(files) + len(missing)
     files = _without_name_clashes(files, names, result)
     done = 0
+    batch: list[Path] = []
     try:
         if files:
             _ensure_collection(client, collection)
@@ -271,6 +277,9 @@ def ingest_remote(
     except RagstoreError as exc:
         if not result.counts:  # nothing done or refused yet: the error says it all
             raise
+        unsent = len(files) - done - len(batch)  # the batches after the one that failed
+        if unsent > 0:
+            result.add("not_attempted", unsent)
         result.seconds = time.monotonic() - start
         raise RemoteFailed(result, exc, total) from exc
     result.seconds = time.monotonic() - start
@@ -291,7 +300,7 @@ def _fail_file(result: RemoteIngest, name: str, exc: RagstoreError) -> None:
 def _send(
     client: Client,
     collection: str,
-    parts: list[tuple[str, bytes]],
+    parts: list[tuple[str, StreamedFile]],
     metadata: dict[str, str],
     result: RemoteIngest,
 ) -> None:
@@ -307,7 +316,8 @@ def _send(
 
     refused = (InputError, RequestTooLargeError)
     try:
-        _record(result, client, client.upload(collection, parts, metadata=metadata))
+        # a StreamedFile where Client.upload's type says bytes: upload_plan takes both
+        _record(result, client, client.upload(collection, cast(Any, parts), metadata=metadata))
     except RagstoreError as exc:
         # the files' fates, whatever the error (``Client.upload`` sends a batch over the
         # server's limit in several requests, and says so of every file when one of them
@@ -315,9 +325,16 @@ def _send(
         problem = getattr(exc, "problem", None) or exc.problem_members
         if isinstance(problem.get("stored"), list) and isinstance(problem.get("failed"), list):
             _record(result, client, {"data": problem["stored"], "jobs": problem.get("jobs")})
+            # the server stopped at an error that fails every write (its disk full): the
+            # files it did not attempt are counted, not listed one failure line each
+            unattempted = problem.get("not_attempted")
+            skip = set(unattempted) if isinstance(unattempted, list) else set()
             for f in problem["failed"]:
-                result.fail(str(f.get("name")), f.get("code"), f.get("detail"))
-            if "not_sent" in problem or "unknown" in problem:
+                if f.get("name") in skip:
+                    result.add("not_attempted")
+                else:
+                    result.fail(str(f.get("name")), f.get("code"), f.get("detail"))
+            if "not_sent" in problem or "unknown" in problem or skip:
                 raise  # stopped part way: the run stops, saying what it had done
             return
         if not isinstance(exc, refused):
@@ -327,6 +344,7 @@ def _send(
             return
         for part in parts:
             try:
-                _record(result, client, client.upload(collection, [part], metadata=metadata))
+                answer = client.upload(collection, cast(Any, [part]), metadata=metadata)
+                _record(result, client, answer)
             except refused as exc:
                 _fail_file(result, part[0], exc)

@@ -13,6 +13,7 @@ nothing behind and the rest of the batch goes on.
 
 from __future__ import annotations
 
+import copy
 import enum
 import threading
 import time
@@ -32,9 +33,11 @@ from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
 from ragstore.errors import (
     CollectionNotFoundError,
+    DatabaseUnavailableError,
     DecodeError,
     InputError,
     RagstoreError,
+    ReadOnlyError,
 )
 from ragstore.ingest import prepare, staging
 from ragstore.ingest.files import (
@@ -75,7 +78,9 @@ class FileOutcome:
     ``exc`` is the error of a failed input."""
 
     source: str
-    status: str  # added | updated | unchanged | superseded | failed | vanished | removed | skipped
+    # added | updated | unchanged | superseded | failed | not_attempted | vanished | removed
+    # | skipped
+    status: str
     chunks: int = 0
     error: str | None = None
     code: str | None = None
@@ -106,6 +111,38 @@ def _fail(source: str, exc: RagstoreError) -> FileOutcome:
     return FileOutcome(source, "failed", error=str(exc), code=exc.code, exc=exc)
 
 
+# SQLSTATEs of class 53 that one document's write can cause alone (a huge document's
+# memory): they fail that document, not the ingest
+_ONE_DOCUMENT_53 = frozenset({"53200", "53400"})
+
+
+def stops_ingest(exc: RagstoreError) -> bool:
+    """Whether ``exc`` fails every later write of an ingest too: the database's disk full
+    (SQLSTATE 53100), the database gone or its breaker open, a read-only server (a hot
+    standby: SQLSTATE 25006). Such an error used to fail each remaining file in turn, each
+    one parsed and embedded first (the expensive part) and reported on a line of its own;
+    the ingest now stops at it (:meth:`_Ingestor.stop`). An error of one file (a parse
+    error, a file too large, a chunk too long, a statement cancelled) does not."""
+    state = getattr(exc.__cause__, "sqlstate", None)
+    if isinstance(exc, DatabaseUnavailableError):
+        return state not in _ONE_DOCUMENT_53
+    return isinstance(exc, ReadOnlyError) or state == "25006"
+
+
+def _not_attempted(item: Item, stop: RagstoreError) -> FileOutcome:
+    """The outcome of an input an ingest stopped by ``stop`` did not store (never written,
+    or written in a transaction that rolled back): its error is ``stop``'s kind (an HTTP
+    client is answered its status, a job retries a database that was away), worded for it."""
+    exc = copy.copy(stop)
+    exc.problem_members = {}
+    exc.message = (
+        f"{printable(item.label)}: not stored: the ingest stopped at an error that fails "
+        f"every write ({stop.message}); run the ingest again once it is fixed"
+    )
+    exc.args = (exc.message,)
+    return FileOutcome(item.source, "not_attempted", error=exc.message, code=exc.code, exc=exc)
+
+
 @dataclass
 class IngestReport:
     collection: str
@@ -118,6 +155,10 @@ class IngestReport:
     # CPU seconds of the ingesting process's thread in each stage (the database server's
     # and worker processes' are not in it): with ``stages``, what waited and what worked
     stage_cpu: dict[str, float] = field(default_factory=dict)
+    # the error that stopped the ingest part way (:func:`stops_ingest`): the inputs after
+    # it are ``not_attempted``; running the same ingest again resumes (stored files are
+    # skipped as unchanged)
+    stopped_by: RagstoreError | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -192,8 +233,34 @@ class _Ingestor:
             self.chunks_done += outcome.chunks
             self.progress("file", self.files_done, self.chunks_done)
 
+    def stop(self, exc: RagstoreError) -> None:
+        """Stop the ingest at ``exc``, an error that fails every later write too
+        (:func:`stops_ingest`): no round is read, encoded or written after it, and the
+        inputs without an outcome are reported ``not_attempted`` (:meth:`_unattempted`)."""
+        with self._lock:
+            if self.report.stopped_by is None:
+                self.report.stopped_by = exc
+
+    @property
+    def stopped(self) -> bool:
+        return self.report.stopped_by is not None
+
+    def _unattempted(self, files: Sequence[Item]) -> None:
+        """Once the pipeline is over: each input of a stopped ingest with no outcome yet."""
+        stop = self.report.stopped_by
+        if stop is None:
+            return
+        with self._lock:
+            seen = {o.source for o in self.report.outcomes}
+            self.report.outcomes.extend(
+                _not_attempted(i, stop) for i in files if i.source not in seen
+            )
+
     def _embed(self, pending: list[_Pending]) -> None:
-        """Vectors for every embeddable chunk: stored ones reused, the rest encoded once."""
+        """Vectors for every embeddable chunk: stored ones reused, the rest encoded once.
+        Not in a stopped ingest (the round is not written): its ``vectors`` stay None."""
+        if self.stopped:
+            return
         hashes = [c.content_hash for p in pending for c in p.chunks if c.embeddable]
         with self.rt.db.connection() as conn, translated("looking up stored embeddings"):
             stored = documents.stored_embeddings(conn, self.coll, hashes)
@@ -241,6 +308,8 @@ class _Ingestor:
             self._write_round(pending)
 
     def _write_round(self, pending: list[_Pending]) -> None:
+        if self.stopped:  # an earlier round, or this one's encoding, stopped the ingest
+            return
         staged = self._held()
         where = "storing a round of documents"
         try:
@@ -250,6 +319,8 @@ class _Ingestor:
                 )
         except RagstoreError:
             for p in pending:
+                if self.stopped:  # the rest of the round: not attempted
+                    break
                 self._write_one(p)
             return
         self._stage_vectors(staged)
@@ -269,6 +340,8 @@ class _Ingestor:
                     conn, self.coll, [self._as_write(p)], staged=staged
                 )
         except RagstoreError as exc:
+            if stops_ingest(exc):  # before it is reported: no later round is started
+                self.stop(exc)
             self._done(_fail(p.record.source, exc))
             return
         self._stage_vectors(staged)
@@ -318,8 +391,16 @@ class _Ingestor:
             return self._prepare_all(group)
 
     def _prepare_all(self, group: Sequence[Item]) -> list[_Pending]:
-        with self.rt.db.connection() as conn, translated("reading stored documents"):
-            known = documents.document_hashes(conn, self.coll.id, [i.source for i in group])
+        if self.stopped:
+            return []
+        try:
+            with self.rt.db.connection() as conn, translated("reading stored documents"):
+                known = documents.document_hashes(conn, self.coll.id, [i.source for i in group])
+        except RagstoreError as exc:
+            if not stops_ingest(exc):
+                raise
+            self.stop(exc)
+            return []
         assert self._preparer is not None
         hashes = [known[i.source][1] if i.source in known else None for i in group]
         pending: list[_Pending] = []
@@ -372,6 +453,8 @@ class _Ingestor:
                         self._pipeline(files)
                     finally:
                         self._conn = self._staged = None
+                    if self.report.stopped_by is not None:  # rolls the load back
+                        raise self.report.stopped_by
                     self._build(conn, staged)
         except KeyboardInterrupt:
             # the transaction rolled back: the load's documents are not stored
@@ -384,6 +467,14 @@ class _Ingestor:
             # the transaction rolled back: nothing of this load was stored
             if self._staging_committed:
                 discard_staged(self.rt, self.coll)
+            if stops_ingest(exc):  # one line for the error, not one per document
+                self.stop(exc)
+                rolled_back = {id(o) for o in self._bulk_outcomes}
+                with self._lock:
+                    outcomes = self.report.outcomes
+                    outcomes[:] = [o for o in outcomes if id(o) not in rolled_back]
+                self._unattempted(files)
+                return
             for o in self._bulk_outcomes:
                 o.status, o.chunks, o.document = "failed", 0, None
                 o.error, o.code, o.exc = str(exc), exc.code, exc
@@ -469,6 +560,8 @@ class _Ingestor:
                 for i in range(len(groups)):
                     assert reading is not None
                     pending = reading.result()
+                    if self.stopped:  # the rounds after it are neither read nor encoded
+                        break
                     if i + 1 < len(groups):
                         reading = reader.submit(self._prepare_group, groups[i + 1])
                     if not pending:
@@ -480,7 +573,7 @@ class _Ingestor:
                         encoding.append((pending, encoder.submit(self._embed_round, pending)))
                     if len(encoding) >= ahead:
                         write_next()
-                while encoding:
+                while encoding and not self.stopped:
                     write_next()
                 if writing is not None:
                     writing.result()
@@ -492,10 +585,18 @@ class _Ingestor:
                 for _, encoded in encoding:
                     if encoded is not None:
                         encoded.cancel()
+        self._unattempted(files)
 
     def _embed_round(self, pending: list[_Pending]) -> None:
+        """Encode a round; its lookups in the database (stored vectors, a migration's
+        spaces) meeting an error that fails every write stop the ingest, the round unwritten."""
         with self._stage("embed"):
-            self._embed(pending)
+            try:
+                self._embed(pending)
+            except RagstoreError as exc:
+                if not stops_ingest(exc):
+                    raise
+                self.stop(exc)
 
     @staticmethod
     def _groups(files: Sequence[Item], batch_chunks: int) -> list[list[Item]]:
@@ -661,7 +762,13 @@ def ingest_items(
         with long_lived_set_aside():
             _Ingestor(rt, coll, embedder, report, metadata or {}, progress, bulk).run(items, total)
     finally:
-        _build_index(rt, coll)
+        try:
+            _build_index(rt, coll)
+        except RagstoreError as exc:
+            # the error that stopped the ingest, met again: raised, it replaced the report
+            # of what was stored; an index left unbuilt is built by the next ingest
+            if report.stopped_by is None or not stops_ingest(exc):
+                raise
 
 
 def _storable_names(items: Sequence[Item], report: IngestReport) -> list[Item]:
@@ -772,7 +879,7 @@ def _finish_sync(
     transaction (one back on disk by now is left stored, and out of the report)."""
     if not gone:
         return
-    if prune:
+    if prune and report.stopped_by is None:  # a stopped ingest removes nothing
         report.outcomes.extend(FileOutcome(s, "removed") for s in _prune(rt, name, gone))
     else:
         report.outcomes.extend(FileOutcome(s, "vanished") for s in gone)

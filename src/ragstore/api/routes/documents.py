@@ -24,13 +24,22 @@ from ragstore.api.deps import (
     decode_cursor,
     encode_cursor,
 )
+from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
 from ragstore.api.routes.jobs import job_public
 from ragstore.api.schemas import DocumentCreate, DocumentPublic, DocumentsPublic, JobPublic
 from ragstore.db import catalog
 from ragstore.db.errors import translated
-from ragstore.errors import EmptyDocumentError, FileTooLargeError, InputError, InvalidFilterError
+from ragstore.errors import (
+    DatabaseUnavailableError,
+    EmptyDocumentError,
+    FileTooLargeError,
+    InputError,
+    InvalidFilterError,
+    RagstoreError,
+)
 from ragstore.ingest.documents import NewDocument, add_documents
+from ragstore.ingest.service import stops_ingest
 from ragstore.jobs import JobFile, staging, submit_ingest
 from ragstore.runtime import Runtime
 from ragstore.validation import check_value, loads_json
@@ -77,19 +86,44 @@ def _ingest_now(rt: Runtime, collection: str, docs: list[NewDocument]) -> list[D
     failed = [(o, o.error) for o in outcomes if o.error is not None]
     if not failed:
         return stored
-    first = failed[0][1]
+    # an ingest stopped by an error that fails every write (the database's disk full, the
+    # database gone) leaves the files after it ``not_attempted``: the error raised is the
+    # one that stopped it, those files are listed in 'failed' and in 'not_attempted'
+    unattempted = [o.name for o in outcomes if o.status == "not_attempted"]
+    met = [err for o, err in failed if o.status != "not_attempted"]
+    # stopped: the error that stopped it, not a parse error of another file
+    stopper = next((err for err in met if stops_ingest(err)), None) if unattempted else None
+    first = stopper or (met or [failed[0][1]])[0]
     if len(outcomes) == 1:
         raise first
     first.problem_members = {
         "stored": jsonable_encoder(stored),
-        "failed": [{"name": o.name, "code": err.code, "detail": err.message} for o, err in failed],
+        "failed": [
+            {"name": o.name, "code": err.code, "detail": _failure_detail(o.name, err)}
+            for o, err in failed
+        ],
     }
     if stored:
         first.message += (
             f" ({len(stored)} other file(s) of this upload were stored: see 'stored'; "
             f"{len(failed)} failed: see 'failed')"
         )
+    if unattempted:
+        first.problem_members["not_attempted"] = unattempted
+        first.message += (
+            f" (the ingest stopped at this error: {len(unattempted)} file(s) not attempted, "
+            "see 'not_attempted'; sending them again resumes)"
+        )
     raise first
+
+
+def _failure_detail(name: str, err: RagstoreError) -> str:
+    """A failed file's detail in an upload's problem: for an unreachable database its
+    public reason (as the problem's own ``detail`` is), not the message, which holds the
+    database's address."""
+    if isinstance(err, DatabaseUnavailableError):
+        return f"{name}: not stored: {public_detail(err)}"
+    return err.message
 
 
 def _accept(state: State, collection: str, files: list[JobFile]) -> JSONResponse:

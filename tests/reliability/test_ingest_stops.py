@@ -1,0 +1,140 @@
+"""An ingest stops at the first error that fails every later write too.
+
+The database gone part way (its connections ended and no new one let in) or a database
+that only reads (``default_transaction_read_only``, as a hot standby): each remaining file
+used to be parsed, embedded and failed in turn, one line each, or, where a read met the
+error first, the ingest ended with that error alone and no word of what it had stored.
+It now returns its report: the files stored, one failure, the rest ``not_attempted`` and
+the error in ``stopped_by``; running it again resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from ragstore.config import Settings
+from ragstore.errors import DatabaseUnavailableError
+from ragstore.ingest import ingest_paths
+from ragstore.runtime import Runtime
+
+PAGES = [f"# Page {i}\n\n" + " ".join(f"term{i}z{j}" for j in range(300)) for i in range(10)]
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    where = tmp_path / "corpus"
+    where.mkdir()
+    for i, text in enumerate(PAGES):
+        (where / f"p{i:02}.md").write_text(text)
+    return where
+
+
+@pytest.fixture()
+def one_file_rounds(settings: Settings) -> Settings:
+    return settings.model_copy(update={"ingest_batch_chunks": 1, "bulk_load_bytes": 0})
+
+
+def _dbname(settings: Settings) -> str:
+    assert settings.database_url is not None
+    return settings.database_url.get_secret_value().split("?")[0].rsplit("/", 1)[1]
+
+
+def _end_sessions(admin: psycopg.Connection[tuple[object, ...]], db: str) -> None:
+    admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = %s AND pid <> pg_backend_pid()",
+        (db,),
+    )
+
+
+@pytest.fixture()
+def admin(pg_admin_uri: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+        yield conn
+
+
+def _stored(settings: Settings, name: str) -> set[str]:
+    with Runtime(settings) as rt, rt.db.connection() as conn:
+        rows = conn.execute(
+            "SELECT d.source FROM documents d JOIN collections c ON c.id = d.collection_id"
+            " WHERE c.name = %s",
+            (name,),
+        ).fetchall()
+    return {Path(str(r[0])).name for r in rows}
+
+
+def _check_stopped(report: object, name: str, settings: Settings) -> set[str]:
+    from ragstore.ingest import IngestReport
+
+    assert isinstance(report, IngestReport)
+    assert report.stopped_by is not None
+    statuses = [o.status for o in report.outcomes]
+    assert statuses.count("failed") <= 1, report.failed
+    assert statuses.count("not_attempted") >= len(PAGES) // 2, statuses
+    assert len(statuses) == len(PAGES), statuses
+    added = {Path(o.source).name for o in report.outcomes if o.status == "added"}
+    assert _stored(settings, name) == added  # nothing acknowledged that was not stored
+    return added
+
+
+def test_a_database_gone_part_way_stops_the_ingest_with_its_report(
+    one_file_rounds: Settings, folder: Path, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    db = _dbname(one_file_rounds)
+    with Runtime(one_file_rounds) as rt:
+        rt.collection("gone", create=True)
+        done = []
+
+        def progress(_event: str, files: int, _chunks: int) -> None:
+            if files == 2 and not done:  # the database goes away after the second file
+                done.append(True)
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(db))
+                )
+                _end_sessions(admin, db)
+
+        try:
+            report = ingest_paths(rt, [folder], "gone", progress=progress)
+        finally:
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(db))
+            )
+    assert isinstance(report.stopped_by, DatabaseUnavailableError), report.stopped_by
+    added = _check_stopped(report, "gone", one_file_rounds)
+    assert len(added) >= 2
+    with Runtime(one_file_rounds) as rt:  # the same ingest again resumes
+        again = ingest_paths(rt, [folder], "gone")
+    assert again.stopped_by is None and not again.failed
+    assert again.count("unchanged") == len(added)
+    assert again.count("added") == len(PAGES) - len(added)
+
+
+def test_a_read_only_database_stops_the_ingest_at_its_first_write(
+    one_file_rounds: Settings, folder: Path, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    db = _dbname(one_file_rounds)
+    with Runtime(one_file_rounds) as rt:
+        rt.collection("ro", create=True)
+    admin.execute(
+        sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+            sql.Identifier(db)
+        )
+    )
+    try:
+        with Runtime(one_file_rounds) as rt:
+            report = ingest_paths(rt, [folder], "ro")
+    finally:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(
+                sql.Identifier(db)
+            )
+        )
+    assert report.count("failed") == 1, report.outcomes
+    assert "read-only" in (report.failed[0].error or ""), report.failed
+    assert _check_stopped(report, "ro", one_file_rounds) == set()
+    assert report.embedded <= 3 * 8, report.embedded  # not every file's chunks
