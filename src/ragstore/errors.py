@@ -434,6 +434,18 @@ class MigrationStateError(ModelError):
     http_status = 409
 
 
+def public_detail(exc: RagstoreError) -> str:
+    """What a caller may read: an unreachable database is described without its address
+    (the full message, with it, goes to the log). The API's problem details and the
+    errors a background job records (which any reader of the job sees) use it."""
+    if isinstance(exc, DatabaseUnavailableError):
+        return (
+            f"{exc.public}; retry in {max(1, round(exc.retry_after))}s (the server log "
+            "has the details)"
+        )
+    return exc.message
+
+
 def all_error_classes() -> list[type[RagstoreError]]:
     """Every class of the hierarchy, root first; the API and CLI tables are checked against it."""
     found: list[type[RagstoreError]] = []

@@ -845,3 +845,22 @@ def test_a_worker_loop_that_stops_itself_unasked_is_started_again(
                 )
 
     assert asyncio.run(scenario()) is False  # not stopped: to be started again
+
+
+def test_a_jobs_recorded_errors_name_no_database_and_no_internals() -> None:
+    """Every holder of a read key reads a job's errors: a document that failed because the
+    database was unreachable was recorded with ``str(exc)``, which named the database
+    (host, port, user, name); an error not ragstore's own was recorded with its text."""
+    from ragstore.db.database import Database
+    from ragstore.errors import DatabaseUnavailableError
+    from ragstore.jobs.runner import _error_entry
+
+    db = Database("postgresql://secretuser@127.0.0.1:1/secretdb?connect_timeout=2")
+    with pytest.raises(DatabaseUnavailableError) as lost, db.connect():
+        pass
+    assert "secretdb" in str(lost.value)  # the log's message names it
+    entry = _error_entry("a.md", lost.value)
+    assert entry["code"] == "database_unavailable" and entry["document"] == "a.md"
+    assert not any(s in entry["detail"] for s in ("secretuser", "secretdb", "127.0.0.1:1"))
+    broke = _error_entry(None, KeyError("/srv/internal/path"))
+    assert broke["code"] == "internal_error" and "/srv/internal" not in broke["detail"]

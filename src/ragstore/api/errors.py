@@ -105,15 +105,7 @@ def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", "") or "")
 
 
-def public_detail(exc: e.RagstoreError) -> str:
-    """What a caller may read: an unreachable database is described without its address
-    (the full message, with it, goes to the server log)."""
-    if isinstance(exc, e.DatabaseUnavailableError):
-        return (
-            f"{exc.public}; retry in {max(1, round(exc.retry_after))}s (the server log "
-            "has the details)"
-        )
-    return exc.message
+public_detail = e.public_detail  # the routes' name for it (defined with the errors)
 
 
 def retry_after(exc: e.RagstoreError) -> float | None:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from ragstore.db import jobs as store
 from ragstore.db.errors import translated
-from ragstore.errors import DatabaseUnavailableError
+from ragstore.errors import DatabaseUnavailableError, RagstoreError, public_detail
 from ragstore.ingest.documents import DocumentOutcome, NewDocument, add_documents
 from ragstore.ingest.service import IngestReport
 from ragstore.jobs import staging
@@ -231,7 +231,7 @@ def _run(
         for r in results:
             outcomes[job_status(r, job, retry=retry)] += 1
             if r.error is not None:
-                errors.append({"document": r.name, "code": r.error.code, "detail": str(r.error)})
+                errors.append(_error_entry(r.name, r.error))
     except Superseded:
         raise
     except Exception as exc:  # the job itself broke: record it, let the queue see it too
@@ -244,11 +244,7 @@ def _run(
             chunks=tracker.chunks,
             errors=[
                 *errors,
-                {
-                    "document": None,
-                    "code": getattr(exc, "code", "internal_error"),
-                    "detail": str(exc),
-                },
+                _error_entry(None, exc),
             ],
             summary=dict(outcomes),
         )
@@ -312,6 +308,22 @@ def _while_unreachable(job_id: int, what: str, step: Callable[[], T]) -> T:
             log.warning("job %s: %s failed (%s); again in %.0f s", job_id, what, exc, wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
+
+
+def _error_entry(document: str | None, exc: BaseException) -> dict[str, Any]:
+    """One of the errors a job records, as every reader of the job sees them: worded as
+    the API words an error (:func:`ragstore.errors.public_detail`). ``str(exc)`` of an
+    unreachable database named the database (its host, user and name) to any holder of
+    a read key; an error that is not ragstore's own is ``internal_error`` with no detail
+    beyond it (the worker's log has the traceback), as the API answers one."""
+    if isinstance(exc, RagstoreError):
+        return {"document": document, "code": exc.code, "detail": public_detail(exc)}
+    return {
+        "document": document,
+        "code": "internal_error",
+        "detail": f"the job failed unexpectedly ({type(exc).__name__}); the worker's log "
+        "has the details",
+    }
 
 
 def _finish(rt: Runtime, job_id: int, status: str, attempt: int, **outcome: Any) -> store.JobRecord:
