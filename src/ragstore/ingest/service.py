@@ -467,17 +467,13 @@ class _Ingestor:
             # the transaction rolled back: nothing of this load was stored
             if self._staging_committed:
                 discard_staged(self.rt, self.coll)
-            if stops_ingest(exc):  # one line for the error, not one per document
-                self.stop(exc)
-                rolled_back = {id(o) for o in self._bulk_outcomes}
-                with self._lock:
-                    outcomes = self.report.outcomes
-                    outcomes[:] = [o for o in outcomes if id(o) not in rolled_back]
-                self._unattempted(files)
-                return
+            # the load's documents were written and rolled back: failed, with the error
             for o in self._bulk_outcomes:
                 o.status, o.chunks, o.document = "failed", 0, None
                 o.error, o.code, o.exc = str(exc), exc.code, exc
+            if stops_ingest(exc):  # the inputs it had not reached yet: not attempted
+                self.stop(exc)
+                self._unattempted(files)
 
     def _staging(self, total_bytes: int) -> AbstractContextManager[StagedVectors | None]:
         """A bulk load's staging connection, where :func:`_stages`."""
