@@ -745,7 +745,9 @@ def upload_plan(
     the first failure is raised at the end, its ``problem_members`` (and ``problem``)
     listing ``stored`` and ``failed`` (name, code, detail) over every request, with
     ``jobs`` and ``queued`` (their files' names) when there are jobs. A request that
-    fails outright (the server gone, no answer, refused as a whole) stops the upload:
+    fails outright (the server gone, no answer, refused as a whole), or at an error that
+    fails every later write too (the database gone or full, a disk full, a read-only
+    server: :func:`_stops_upload`), stops the upload:
     the error says, besides, which files were ``not_sent`` and which got no answer
     (``unknown``: they may or may not be stored; uploading them again is safe).
     """
@@ -803,6 +805,9 @@ def upload_plan(
             if report is not None:
                 stored += report[0]
                 failed += report[1]
+                if _stops_upload(exc):
+                    _stop(exc, names, start, end, pending, stored, failed, jobs, queued, None, True)
+                    raise
             else:
                 failed.append(_failure(names[start], exc))
             first = first or exc
@@ -864,6 +869,21 @@ def _server_limits() -> Generator[Call[Any], Any, tuple[int | None, int]]:
     return positive("max_upload_bytes"), min(files or MAX_UPLOAD_FILES, MAX_UPLOAD_FILES)
 
 
+# errors that fail every later write too (``ingest.service.stops_ingest``): the database
+# gone, out of room or not ready (503), the staging disk full (507), a read-only server
+_STOPS_UPLOAD_CODES = frozenset({"database_unavailable", "not_ready", "disk_full", "read_only"})
+
+
+def _stops_upload(exc: RagstoreError) -> bool:
+    """Whether a request that stored some of its files and failed others failed at an
+    error every later request would meet too: the server says it stopped its ingest there
+    (``not_attempted``), or the error's kind fails every write. The upload stops there,
+    the rest ``not_sent``, where each remaining request was sent (its files staged, parsed
+    and embedded) only to fail in turn."""
+    own = getattr(exc, "problem", None) or exc.problem_members or {}
+    return bool(own.get("not_attempted")) or exc.code in _STOPS_UPLOAD_CODES
+
+
 def _failure(name: str, exc: RagstoreError) -> dict[str, Any]:
     """A file a request refused, as the server lists one that failed (``failed``): its
     detail naming it, which a refusal of the whole request (a 413's) does not."""
@@ -882,13 +902,18 @@ def _stop(
     jobs: list[dict[str, Any]],
     queued: list[str],
     changed: int | None = None,
+    reported: bool = False,
 ) -> None:
     """Request ``names[start:end]`` failed outright; say what every file's fate is.
     ``changed``: the file found changed while the request was sent, which stopped it
-    before its body was whole: that file failed, the request's others were not sent."""
+    before its body was whole: that file failed, the request's others were not sent.
+    ``reported``: the server's report of the request's files is in ``stored`` and
+    ``failed`` already (it stopped at an error that fails every later write)."""
     not_sent = [name for s, e in pending for name in names[s:e]]
     members: dict[str, Any] = {"stored": stored, "failed": list(failed)}
-    if changed is not None:
+    if reported:
+        pass
+    elif changed is not None:
         members["failed"].append(_failure(names[changed], exc))
         not_sent[:0] = [name for i, name in enumerate(names[start:end], start) if i != changed]
     elif _answered(exc):  # refused as a whole: none of its files stored
@@ -902,8 +927,8 @@ def _stop(
         exc,
         members,
         f" (of the {len(names)} files of this upload, sent in several requests: "
-        f"{len(stored)} stored before it, see 'stored'; {len(members['failed'])} failed, see "
-        "'failed'"
+        f"{len(stored)} stored{'' if reported else ' before it'}, see 'stored'; "
+        f"{len(members['failed'])} failed, see 'failed'"
         + (f"; {len(queued)} queued in jobs, see 'jobs' and 'queued'" if jobs else "")
         + (
             ""

@@ -138,3 +138,62 @@ def test_a_read_only_database_stops_the_ingest_at_its_first_write(
     assert "read-only" in (report.failed[0].error or ""), report.failed
     assert _check_stopped(report, "ro", one_file_rounds) == set()
     assert report.embedded <= 3 * 8, report.embedded  # not every file's chunks
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_client_upload_in_several_requests_stops_at_a_read_only_database(
+    settings: Settings,
+    folder: Path,
+    admin: psycopg.Connection[tuple[object, ...]],
+    kind: str,
+) -> None:
+    """An upload the Client splits in several requests (the server's upload limit fits
+    two files) into a database that only reads: the first request's ingest stops at its
+    first write; the Client used to send every remaining request, each failing in turn,
+    and now stops there, the rest ``not_sent``."""
+    import asyncio
+
+    from ragstore import AsyncClient, Client
+    from ragstore.errors import RagstoreError
+    from tests.api.conftest import running_server, with_
+
+    files = sorted(folder.iterdir())[:6]
+    names = [f.name for f in files]
+    limit = 2 * max(f.stat().st_size for f in files) + 1500  # two files a request
+    coll = f"ro-client-{kind}"
+    db = _dbname(settings)
+    with Runtime(settings) as rt:
+        rt.collection(coll, create=True)
+    server = with_(settings, auth="off", max_upload_bytes=limit)
+    with running_server(server) as url:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+                sql.Identifier(db)
+            )
+        )
+        _end_sessions(admin, db)  # the server's pooled sessions take the setting anew
+        try:
+            with pytest.raises(RagstoreError) as info:
+                if kind == "sync":
+                    with Client(url) as c:
+                        c.upload(coll, files)
+                else:
+
+                    async def go() -> None:
+                        async with AsyncClient(url) as c:
+                            await c.upload(coll, files)
+
+                    asyncio.run(go())
+        finally:
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(
+                    sql.Identifier(db)
+                )
+            )
+            _end_sessions(admin, db)
+    got = info.value.problem_members
+    assert got["not_sent"] == names[2:], got
+    assert sorted(f["name"] for f in got["failed"]) == names[:2], got
+    assert got["stored"] == [], got
+    assert "read-only" in info.value.message and "not sent" in info.value.message
+    assert _stored(settings, coll) == set()

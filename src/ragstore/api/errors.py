@@ -175,11 +175,13 @@ def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
     return f"the request is invalid: {text}", items
 
 
-def _disk_full_cause(exc: BaseException) -> e.DiskFullError | None:
+def _disk_full_cause(exc: BaseException) -> e.RagstoreError | None:
     """The form parser's disk full, as its own error: FastAPI answers any failure to read a
     multipart body 400 "There was an error parsing the body", a full temporary folder (where
     Starlette spools an upload's files over 1 MB) among them, and that went out as 422
-    ``invalid_input``, blaming the caller's body for the server's disk."""
+    ``invalid_input``, blaming the caller's body for the server's disk. Any other failure
+    to write there (permission denied, a read-only filesystem, an I/O error) is the
+    server's too: a 5xx naming the folder (``staging.folder_failed``)."""
     cause = exc.__cause__
     for _ in range(8):  # a chain's first few links; never a cycle
         if cause is None:
@@ -191,6 +193,11 @@ def _disk_full_cause(exc: BaseException) -> e.DiskFullError | None:
                 "TMPDIR to a folder on a bigger disk), then retry: nothing of this upload was "
                 "stored"
             )
+        if isinstance(cause, OSError) and not isinstance(cause, ConnectionError):
+            from ragstore.jobs.staging import folder_failed
+
+            where = f"the temporary folder {tempfile.gettempdir()} (where uploads are read)"
+            return folder_failed(cause, where)
         cause = cause.__cause__ or cause.__context__
     return None
 

@@ -11,6 +11,7 @@ concurrent uploads of one name never share a file and failed uploads leave nothi
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import tempfile
@@ -19,7 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from ragstore.config import Settings
-from ragstore.errors import DiskFullError, InputError
+from ragstore.errors import ConfigError, DiskFullError, InputError, RagstoreError
+
+log = logging.getLogger(__name__)
 
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.,()+=@-]{0,127}$")
 
@@ -82,7 +85,7 @@ class StagingArea:
             yield
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
+                raise folder_failed(exc, f"the upload staging folder {self.root}") from None
             raise DiskFullError(
                 f"the disk that holds the upload staging folder {self.root} is full "
                 f"({exc.strerror}); free space on it (or set RAGSTORE_DATA_DIR to a folder "
@@ -106,9 +109,34 @@ class StagingArea:
         return path
 
     def close(self) -> None:
+        """Remove the staging files; one that cannot be removed is logged, not raised: it
+        would replace the request's own answer (or error) with a traceback."""
         for path in self.paths:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("could not remove the staging file %s: %s", path, exc.strerror)
         self.paths.clear()
+
+
+def folder_failed(exc: OSError, where: str) -> RagstoreError:
+    """The server's own folder (``where``) refused a write for a reason other than a full
+    disk: one clear 5xx naming the folder, the reason and the fix. It was the bare OSError,
+    a 500 with a traceback in the log (or, in the form parser, a 422 that blamed the
+    caller's body). A folder the server may not write (permission denied, a read-only
+    filesystem) is its configuration (``config_invalid``); any other failure (an I/O
+    error) is ``internal_error``."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ConfigError(
+            f"{where} cannot be written ({reason}); make it writable by the server's user "
+            "(or set RAGSTORE_DATA_DIR, or TMPDIR for the temporary folder, to a writable "
+            "folder), then retry: nothing of this upload was stored"
+        )
+    return RagstoreError(
+        f"{where} could not be written ({reason}); check the disk that holds it (the "
+        "system log says more), then retry: nothing of this upload was stored"
+    )
 
 
 @contextmanager
