@@ -813,6 +813,56 @@ def test_a_dead_workers_entry_put_back_by_another_first_is_left_alone(
     assert state == (("doing", taker, 1) if taken_again else ("todo", None, 1))
 
 
+def test_a_dead_workers_job_put_back_by_a_worker_shows_queued(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A worker's stalled check put a dead worker's entry back on the queue and left the
+    job ``running`` until another worker started it (a job read, which puts it back
+    too, shows it ``queued``): a client saw it run while it waited for a worker."""
+    api.create_collection("stalled-shown")
+    job = api.upload("stalled-shown", [("s.md", b"# S\n\nstalled text")], background=True)
+
+    async def scenario() -> tuple[list[int], str]:
+        with Runtime(jobs_settings) as rt:
+            conninfo = rt.db.conninfo
+            app = build_queue(conninfo)
+            manager = LiveJobManager(app.connector, conninfo, stalled_after_s=2.0)
+            app.job_manager = manager
+            async with app.open_async():
+                dead = await manager.register_worker()
+                await manager._held.pop(dead).close()  # its process gone
+                with psycopg.connect(database_url, autocommit=True) as conn:
+                    row = conn.execute(
+                        "SELECT queue_job_id FROM ingest_jobs WHERE id = %s", (job["id"],)
+                    ).fetchone()
+                    assert row is not None and row[0] is not None
+                    entry = int(row[0])
+                    conn.execute(  # the dead worker took the job and started it
+                        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s"
+                        " WHERE id = %s",
+                        (dead, entry),
+                    )
+                    assert store.start(conn, job["id"]) == 1
+                    conn.execute(
+                        "UPDATE procrastinate_workers SET last_heartbeat = %s WHERE id = %s",
+                        (datetime.now(UTC) - timedelta(hours=1), dead),
+                    )
+                    conn.execute(
+                        "SELECT pg_sleep(greatest(0, 2.5 - extract(epoch FROM"
+                        " now() - pg_postmaster_start_time())))"
+                    )
+                retried = await worker_module.retry_stalled(app, 2.0)
+                assert retried == [entry]
+                with psycopg.connect(database_url) as conn:
+                    return retried, store.get(conn, job["id"]).status
+
+    _, status = asyncio.run(scenario())
+    assert status == "queued"
+    run_worker(jobs_settings, burst=True, signals=False)  # the next worker runs it
+    done = api.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+
+
 def test_a_worker_loop_that_stops_itself_unasked_is_started_again(
     jobs_settings: Settings,
 ) -> None:
