@@ -24,6 +24,7 @@ from ragstore import Client
 from ragstore.config import Settings
 from ragstore.db import jobs as store
 from ragstore.errors import RagstoreError
+from ragstore.jobs import runner as runner_module
 from ragstore.jobs import worker as worker_module
 from ragstore.jobs.liveness import WORKER_LOCKS, LiveJobManager
 from ragstore.jobs.queue import build_queue
@@ -739,6 +740,60 @@ def test_a_run_writes_only_while_its_attempt_counts(api: Client, database_url: s
     assert done.status == "succeeded" and done.attempts == 2 and done.documents_done == 1
 
 
+def test_a_superseded_run_stores_no_document_once_it_no_longer_counts(
+    api: Client, jobs_settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's attempt was checked at its progress writes only: a run superseded between
+    two of them (its worker judged dead while cut off from the database, the job taken by
+    another) went on storing documents, after the other run's outcome, where a document
+    the client deleted after reading that outcome came back. Each transaction writing
+    the job's documents now commits only while its attempt counts. Progress writes are
+    turned off here, so that only those transactions can notice."""
+    total = 80
+    api.create_collection("fenced-docs")
+    job = api.upload(
+        "fenced-docs", [(f"f{i:02d}.md", _doc(i)) for i in range(total)], background=True
+    )
+    monkeypatch.setattr(runner_module, "PROGRESS_EVERY_S", float("inf"))
+    ran: list[store.JobRecord] = []
+
+    def first_run() -> None:
+        with Runtime(jobs_settings) as rt:
+            ran.append(run_job(rt, job["id"]))
+
+    thread = threading.Thread(target=first_run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 240
+        while _counts(database_url, "fenced-docs")[0] < 2:
+            assert thread.is_alive() and time.monotonic() < deadline, "no document stored"
+            time.sleep(0.01)
+        with psycopg.connect(database_url) as conn:  # another worker takes the job
+            assert store.start(conn, job["id"]) == 2
+        stored = _counts(database_url, "fenced-docs")[0]
+        assert stored < total, "the run ended before it was superseded"
+    finally:
+        thread.join(timeout=240)
+    assert not thread.is_alive()
+    assert ran and ran[0].attempts == 2 and ran[0].status == "running", ran
+    assert _counts(database_url, "fenced-docs")[0] == stored
+
+
+def test_a_job_written_as_a_bulk_load_is_fenced_once_and_finishes(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A bulk load is one transaction: its attempt is checked once, after its rounds
+    (whose progress writes went before, on other connections, and would wait on the
+    job's row lock held by the load's transaction) and before its build and commit."""
+    total = 6
+    api.create_collection("fenced-bulk")
+    job = api.upload("fenced-bulk", [(f"b{i}.md", _doc(i)) for i in range(total)], background=True)
+    with Runtime(with_(jobs_settings, bulk_load_bytes=1)) as rt:
+        done = run_job(rt, job["id"])
+    assert done.status == "succeeded" and done.summary.get("added") == total, done
+    assert _counts(database_url, "fenced-bulk")[0] == total
+
+
 @pytest.mark.parametrize("taken_again", [False, True])
 def test_a_dead_workers_entry_put_back_by_another_first_is_left_alone(
     jobs_settings: Settings, database_url: str, taken_again: bool
@@ -811,6 +866,56 @@ def test_a_dead_workers_entry_put_back_by_another_first_is_left_alone(
     retried, state = asyncio.run(scenario())
     assert retried == []
     assert state == (("doing", taker, 1) if taken_again else ("todo", None, 1))
+
+
+def test_a_dead_workers_job_put_back_by_a_worker_shows_queued(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A worker's stalled check put a dead worker's entry back on the queue and left the
+    job ``running`` until another worker started it (a job read, which puts it back
+    too, shows it ``queued``): a client saw it run while it waited for a worker."""
+    api.create_collection("stalled-shown")
+    job = api.upload("stalled-shown", [("s.md", b"# S\n\nstalled text")], background=True)
+
+    async def scenario() -> tuple[list[int], str]:
+        with Runtime(jobs_settings) as rt:
+            conninfo = rt.db.conninfo
+            app = build_queue(conninfo)
+            manager = LiveJobManager(app.connector, conninfo, stalled_after_s=2.0)
+            app.job_manager = manager
+            async with app.open_async():
+                dead = await manager.register_worker()
+                await manager._held.pop(dead).close()  # its process gone
+                with psycopg.connect(database_url, autocommit=True) as conn:
+                    row = conn.execute(
+                        "SELECT queue_job_id FROM ingest_jobs WHERE id = %s", (job["id"],)
+                    ).fetchone()
+                    assert row is not None and row[0] is not None
+                    entry = int(row[0])
+                    conn.execute(  # the dead worker took the job and started it
+                        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s"
+                        " WHERE id = %s",
+                        (dead, entry),
+                    )
+                    assert store.start(conn, job["id"]) == 1
+                    conn.execute(
+                        "UPDATE procrastinate_workers SET last_heartbeat = %s WHERE id = %s",
+                        (datetime.now(UTC) - timedelta(hours=1), dead),
+                    )
+                    conn.execute(
+                        "SELECT pg_sleep(greatest(0, 2.5 - extract(epoch FROM"
+                        " now() - pg_postmaster_start_time())))"
+                    )
+                retried = await worker_module.retry_stalled(app, 2.0)
+                assert retried == [entry]
+                with psycopg.connect(database_url) as conn:
+                    return retried, store.get(conn, job["id"]).status
+
+    _, status = asyncio.run(scenario())
+    assert status == "queued"
+    run_worker(jobs_settings, burst=True, signals=False)  # the next worker runs it
+    done = api.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
 
 
 def test_a_worker_loop_that_stops_itself_unasked_is_started_again(

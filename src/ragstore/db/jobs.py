@@ -175,6 +175,22 @@ def current(conn: Conn, job_id: int, *, attempt: int) -> bool:
     return row is not None
 
 
+def hold_current(conn: Conn, job_id: int, *, attempt: int) -> bool:
+    """Whether attempt ``attempt`` is still the job's run that counts, and, where it is,
+    the job's row locked (FOR SHARE) until the caller's transaction ends: a start of
+    another attempt (or any outcome recorded) waits for that transaction, so the
+    documents it writes are either committed before the run is superseded or not at all.
+
+    Checked only at progress writes, a run superseded meanwhile (its worker judged dead
+    while cut off from the database) still stored the round it was writing, after the
+    other attempt's outcome: a document the client deleted after reading it came back."""
+    row = conn.execute(
+        f"SELECT 1 FROM ingest_jobs WHERE {_CURRENT} FOR SHARE",
+        {"job_id": job_id, "attempt": attempt, "finished": list(FINISHED)},
+    ).fetchone()
+    return row is not None
+
+
 def finish(
     conn: Conn,
     job_id: int,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ragstore.errors import RagstoreError
-from ragstore.ingest.service import IngestReport, Item, Progress, ingest_items
+from ragstore.ingest.service import IngestReport, Item, Progress, WriteGuard, ingest_items
 from ragstore.jobs import staging
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
@@ -50,12 +50,14 @@ def add_documents(
     *,
     progress: Progress | None = None,
     report: IngestReport | None = None,
+    guard: WriteGuard | None = None,
 ) -> list[DocumentOutcome]:
     """Ingest named documents into an existing collection; outcomes in the order given.
 
     Documents are encoded together (shared batches) and each is written under its source's
     lock, so concurrent writers of one name are serialized and every outcome describes
-    what this call stored.
+    what this call stored. ``guard`` checks each write transaction before its commit
+    (a job's run: only while its attempt counts).
     """
     staging.unique_names([d.name for d in docs])
     items = [
@@ -70,7 +72,7 @@ def add_documents(
         for d in docs
     ]
     report = report if report is not None else IngestReport(collection=collection)
-    ingest_items(rt, collection, items, report, progress=progress, create=False)
+    ingest_items(rt, collection, items, report, progress=progress, create=False, guard=guard)
     metrics.observe_ingest(report)
     by_source = {o.source: o for o in report.outcomes}
     out = []

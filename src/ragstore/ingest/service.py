@@ -188,6 +188,12 @@ class IngestInterrupted(KeyboardInterrupt):
 
 Progress = Callable[[str, int, int], None]  # (event "file"|"chunks", files done, chunks done)
 
+# Called with the connection of each transaction that writes documents, after its writes and
+# before its commit; what it raises rolls the transaction back and ends the ingest. A job's
+# run passes one that stores nothing once its attempt no longer counts (jobs.runner); an
+# ordinary ingest none, and runs no statement for it.
+WriteGuard = Callable[[Any], None]
+
 
 @dataclass
 class _Pending:
@@ -208,9 +214,11 @@ class _Ingestor:
         user_meta: dict[str, Any],
         progress: Progress | None,
         bulk: BulkLoad | None = None,
+        guard: WriteGuard | None = None,
     ) -> None:
         self.rt = rt
         self.bulk = bulk
+        self.guard = guard
         self._conn: Any = None  # the bulk load's one connection (its transaction)
         self._staged: StagedVectors | None = None  # where a bulk load's vectors go
         self._staging_committed = False  # its table outlives a failure of the load after this
@@ -292,10 +300,13 @@ class _Ingestor:
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
-        """One round's transaction: its own, or a savepoint of the bulk load's."""
+        """One round's transaction: its own, or a savepoint of the bulk load's. Its own is
+        checked by ``guard`` before it commits (a bulk load's once, before its build)."""
         if self._conn is None:
             with self.rt.db.connection() as conn:
                 yield conn
+                if self.guard is not None:
+                    self.guard(conn)
         else:
             with self._conn.transaction():
                 yield self._conn
@@ -455,6 +466,8 @@ class _Ingestor:
                         self._conn = self._staged = None
                     if self.report.stopped_by is not None:  # rolls the load back
                         raise self.report.stopped_by
+                    if self.guard is not None:  # before the staged vectors are committed
+                        self.guard(conn)
                     self._build(conn, staged)
         except KeyboardInterrupt:
             # the transaction rolled back: the load's documents are not stored
@@ -743,9 +756,11 @@ def ingest_items(
     metadata: dict[str, Any] | None = None,
     progress: Progress | None = None,
     create: bool = True,
+    guard: WriteGuard | None = None,
 ) -> None:
     """Ingest ``items`` into collection ``name``, appending one outcome per item to
-    ``report``: the pipeline shared by files (:func:`ingest_paths`) and uploads."""
+    ``report``: the pipeline shared by files (:func:`ingest_paths`) and uploads. ``guard``
+    checks every write transaction before its commit (:data:`WriteGuard`)."""
     items = _storable_names(items, report)
     if not items:
         return
@@ -756,7 +771,9 @@ def ingest_items(
     bulk = _bulk_load(rt, coll, sizes, total)
     try:
         with long_lived_set_aside():
-            _Ingestor(rt, coll, embedder, report, metadata or {}, progress, bulk).run(items, total)
+            _Ingestor(rt, coll, embedder, report, metadata or {}, progress, bulk, guard).run(
+                items, total
+            )
     finally:
         try:
             _build_index(rt, coll)

@@ -76,11 +76,14 @@ _FINISH_OWN = (
     " SELECT (SELECT count(*) FROM done) > 0 AS finished"
 )
 # puts the entry back only while it is still the dead worker's (or no worker's) running
-# entry: another party (a worker, a job read) may have put it back, and a worker taken it
+# entry: another party (a worker, a job read) may have put it back, and a worker taken it;
+# the job it runs is shown ``queued`` again, in the same statement, as a job read shows it
 _RETRY_STALLED = (
     "WITH own AS (SELECT id FROM procrastinate_jobs WHERE id = %(job_id)s"
     " AND status = 'doing' AND (worker_id IS NULL OR worker_id = %(worker_id)s) FOR UPDATE),"
-    " done AS (SELECT procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) FROM own)"
+    " done AS (SELECT procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) FROM own),"
+    " shown AS (UPDATE ingest_jobs SET status = 'queued', updated_at = now()"
+    "  WHERE status = 'running' AND queue_job_id IN (SELECT id FROM own))"
     " SELECT (SELECT count(*) FROM done) > 0 AS retried"
 )
 _HOLD = "SELECT pg_advisory_lock(%s, (%s::bigint %% 2147483648)::int4)"
@@ -239,7 +242,11 @@ class LiveJobManager(JobManager):
         raised "invalid status", which the worker took for the database gone away (its
         loop restarted, the round's other entries left). Worse, where a worker had taken
         the entry again meanwhile, the retry put back a live worker's entry, for a third
-        run of the job beside it."""
+        run of the job beside it.
+
+        The job is shown ``queued`` again, as :func:`requeue_abandoned` shows it: left
+        ``running``, it said a worker ran it while it waited for one (for good, with no
+        worker left to take it)."""
         row = await self.connector.execute_query_one_async(
             query=_RETRY_STALLED, job_id=job.id, worker_id=job.worker_id
         )

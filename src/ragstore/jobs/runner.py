@@ -31,7 +31,9 @@ PROGRESS_EVERY_S = 0.2
 class Superseded(Exception):
     """This run of a job no longer counts: another attempt took the job (this worker was
     judged dead while cut off from the database), or the job is finished. Raised from
-    the run's next write of progress, which wrote nothing, to stop the run there."""
+    the run's next write of progress, which wrote nothing, or from the transaction
+    writing its next round of documents, rolled back (:func:`_fence`), to stop the run
+    there."""
 
 
 class _Progress:
@@ -194,6 +196,18 @@ def _check_current(rt: Runtime, job_id: int, attempt: int) -> None:
             raise Superseded(f"job {job_id}: attempt {attempt} superseded")
 
 
+def _fence(job_id: int, attempt: int) -> Callable[[store.Conn], None]:
+    """The ingest's write guard for attempt ``attempt``: each transaction writing the
+    job's documents commits only while the attempt counts (:func:`store.hold_current`),
+    and is rolled back with :class:`Superseded` where it does not."""
+
+    def guard(conn: store.Conn) -> None:
+        if not store.hold_current(conn, job_id, attempt=attempt):
+            raise Superseded(f"job {job_id}: attempt {attempt} superseded")
+
+    return guard
+
+
 def _run(
     rt: Runtime, job: store.JobRecord, files: list[store.JobFile], attempt: int
 ) -> store.JobRecord:
@@ -214,7 +228,7 @@ def _run(
             # dead and the job taken by another; a run again then only repeats its work
             _check_current(rt, job_id, attempt)
             tracker = _Progress(rt, job_id, attempt)
-        results, report = _ingest(rt, job, files, tracker)
+        results, report = _ingest(rt, job, files, tracker, attempt)
         lost = [r.error for r in results if isinstance(r.error, DatabaseUnavailableError)]
         if lost and runs < ATTEMPTS:
             # documents the database was away for are not the client's to send again:
@@ -263,7 +277,11 @@ def _run(
 
 
 def _ingest(
-    rt: Runtime, job: store.JobRecord, files: list[store.JobFile], tracker: _Progress
+    rt: Runtime,
+    job: store.JobRecord,
+    files: list[store.JobFile],
+    tracker: _Progress,
+    attempt: int,
 ) -> tuple[list[DocumentOutcome], IngestReport]:
     """Ingest the job's files once; each outcome, and the report of the whole.
 
@@ -278,7 +296,10 @@ def _ingest(
         docs = [
             NewDocument(f.name, area.write(f.content), f.metadata, job.created_at) for f in files
         ]
-        results = add_documents(rt, job.collection, docs, progress=tracker, report=report)
+        # every write of a document fenced by the attempt, in its own transaction
+        results = add_documents(
+            rt, job.collection, docs, progress=tracker, report=report, guard=_fence(job.id, attempt)
+        )
     return results, report
 
 
