@@ -448,6 +448,10 @@ def _ensure_database(admin_uri: str) -> None:
             "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
         ).fetchone()
         if not exists:
-            # another process may create it between our check and our CREATE
-            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+            # another process may create it between our check and our CREATE: once it
+            # committed, DuplicateDatabase; while its CREATE is still running, ours waits
+            # on the catalog's unique index and fails with UniqueViolation when it commits
+            # (two commands started at once on a new data directory: a traceback)
+            created = (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation)
+            with contextlib.suppress(*created):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
