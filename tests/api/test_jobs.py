@@ -4,6 +4,7 @@ killed worker leaves half-done and another worker finishes with no duplicate chu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
@@ -969,3 +970,111 @@ def test_a_jobs_recorded_errors_name_no_database_and_no_internals() -> None:
     assert not any(s in entry["detail"] for s in ("secretuser", "secretdb", "127.0.0.1:1"))
     broke = _error_entry(None, KeyError("/srv/internal/path"))
     assert broke["code"] == "internal_error" and "/srv/internal" not in broke["detail"]
+
+
+@contextlib.contextmanager
+def _row_held(
+    url: str, job_id: int, hold_s: int
+) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A transaction holding the job's row as a run's write does before its commit
+    (``db.jobs.hold_current``), left open: the worker's machine vanished there. The
+    server ends it after ``hold_s`` (as it would once keepalives noticed), so that a
+    wait on it ends too, late."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, true)",
+            (f"{hold_s}s",),
+        )
+        conn.execute("SELECT 1 FROM ingest_jobs WHERE id = %s FOR SHARE", (job_id,))
+        yield conn
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+
+
+def test_a_job_row_held_by_a_vanished_workers_transaction_stalls_no_check(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A worker whose machine vanished between its write's row lock and its commit left
+    the job's row held until the server noticed (minutes; hours by the system's default
+    keepalives). The stalled-job check showing its job ``queued`` waited on it all that
+    while, every other dead worker's job with it, and so did a job read. Both now leave
+    it for later, at once, and put it back once the transaction is gone."""
+    from ragstore.jobs.liveness import requeue_abandoned
+
+    api.create_collection("held-row")
+    job = api.upload("held-row", [("h.md", b"# H\n\nheld row text")], background=True)
+
+    async def scenario() -> tuple[float, list[int], list[int], list[int], str]:
+        with Runtime(jobs_settings) as rt:
+            conninfo = rt.db.conninfo
+            app = build_queue(conninfo)
+            manager = LiveJobManager(app.connector, conninfo, stalled_after_s=2.0)
+            app.job_manager = manager
+            async with app.open_async():
+                dead = await manager.register_worker()
+                await manager._held.pop(dead).close()  # its process gone
+                with psycopg.connect(database_url, autocommit=True) as conn:
+                    row = conn.execute(
+                        "SELECT queue_job_id FROM ingest_jobs WHERE id = %s", (job["id"],)
+                    ).fetchone()
+                    assert row is not None and row[0] is not None
+                    entry = int(row[0])
+                    conn.execute(
+                        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s"
+                        " WHERE id = %s",
+                        (dead, entry),
+                    )
+                    assert store.start(conn, job["id"]) == 1
+                    conn.execute(
+                        "UPDATE procrastinate_workers SET last_heartbeat = %s WHERE id = %s",
+                        (datetime.now(UTC) - timedelta(hours=1), dead),
+                    )
+                    conn.execute(
+                        "SELECT pg_sleep(greatest(0, 2.5 - extract(epoch FROM"
+                        " now() - pg_postmaster_start_time())))"
+                    )
+                with _row_held(database_url, job["id"], 30):
+                    t0 = time.monotonic()
+                    held = await worker_module.retry_stalled(app, 2.0)
+                    with psycopg.connect(database_url, autocommit=True) as conn:
+                        read = requeue_abandoned(conn, "ingest", 2.0)
+                    took = time.monotonic() - t0
+                after = await worker_module.retry_stalled(app, 2.0)
+                with psycopg.connect(database_url) as conn:
+                    return took, held, read, after, store.get(conn, job["id"]).status
+
+    took, held, read, after, status = asyncio.run(scenario())
+    assert took < 10, f"the check and the read waited {took:.0f} s on the held row"
+    assert held == [] and read == []
+    assert len(after) == 1 and status == "queued"
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+
+
+def test_a_start_on_a_row_held_by_a_vanished_workers_transaction_tries_later(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A worker's start of a job (its attempt counted on the job's row) waited on the row
+    lock of an earlier attempt's transaction left open by a vanished machine, its slot
+    taken, until the server noticed. The start now gives up after a few seconds, the job
+    not started (nor failed), and the queue hands it out again a little later."""
+    api.create_collection("held-start")
+    job = api.upload("held-start", [("s.md", b"# S\n\nheld start text")], background=True)
+    with _row_held(database_url, job["id"], 40):
+        t0 = time.monotonic()
+        run_worker(jobs_settings, burst=True, signals=False)
+        took = time.monotonic() - t0
+        with psycopg.connect(database_url) as conn:
+            waiting = store.get(conn, job["id"])
+            state = conn.execute(
+                "SELECT status::text FROM procrastinate_jobs WHERE id = %s",
+                (waiting.queue_job_id,),
+            ).fetchone()
+    assert took < 25, f"the start waited {took:.0f} s on the held row"
+    assert waiting.status == "queued" and waiting.attempts == 0, waiting
+    assert state == ("todo",)
+    time.sleep(5.5)  # the queue's later hand-out
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 1, done

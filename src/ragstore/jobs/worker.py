@@ -45,7 +45,16 @@ async def retry_stalled(app: procrastinate.App, stalled_after_s: float) -> list[
     for job in stalled:
         assert job.id is not None
         if isinstance(app.job_manager, LiveJobManager):
-            if not await app.job_manager.retry_stalled_job(job):
+            retried = await app.job_manager.retry_stalled_job(job)
+            if retried is None:
+                log.warning(
+                    "job %s: its worker stopped; its job's row is still held by a "
+                    "transaction of that worker's (not yet seen gone by the database): "
+                    "put back at a later check",
+                    job.id,
+                )
+                continue
+            if not retried:
                 log.info("job %s: its worker stopped; already put back by another", job.id)
                 continue
         else:
