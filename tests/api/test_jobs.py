@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
@@ -1078,3 +1078,52 @@ def test_a_start_on_a_row_held_by_a_vanished_workers_transaction_tries_later(
     run_worker(jobs_settings, burst=True, signals=False)
     done = api.get_job(job["id"])
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
+
+
+def test_a_bulk_load_superseded_before_its_commit_stores_nothing(
+    api: Client,
+    jobs_settings: Settings,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bulk load's one transaction is checked once, before its build and commit: where
+    another worker took the job meanwhile (this one judged dead while cut off from the
+    database), none of the load's documents may commit, and the run reports itself
+    superseded, leaving the other attempt's run to count. The other worker's start lands
+    here just before that check, after every round was written in the transaction."""
+    total = 6
+    api.create_collection("fenced-bulk-gone")
+    job = api.upload(
+        "fenced-bulk-gone", [(f"g{i}.md", _doc(i)) for i in range(total)], background=True
+    )
+    monkeypatch.setattr(runner_module, "PROGRESS_EVERY_S", float("inf"))
+    real_fence = runner_module._fence
+    checks: list[int] = []
+
+    def fence_after_a_takeover(job_id: int, attempt: int) -> Callable[[store.Conn], None]:
+        guard = real_fence(job_id, attempt)
+
+        def taken_first(conn: store.Conn) -> None:
+            checks.append(attempt)
+            with psycopg.connect(database_url) as other:  # another worker takes the job
+                assert store.start(other, job_id) == attempt + 1
+            guard(conn)
+
+        return taken_first
+
+    monkeypatch.setattr(runner_module, "_fence", fence_after_a_takeover)
+    with (
+        caplog.at_level("WARNING", logger="ragstore.jobs"),
+        Runtime(with_(jobs_settings, bulk_load_bytes=1)) as rt,
+    ):
+        ran = run_job(rt, job["id"])
+    assert checks == [1], checks  # one check: the bulk load's
+    assert ran.attempts == 2 and ran.status == "running", ran
+    assert "attempt 1 stopped" in caplog.text
+    assert _counts(database_url, "fenced-bulk-gone") == (0, 0, 0)
+    monkeypatch.setattr(runner_module, "_fence", real_fence)
+    with Runtime(with_(jobs_settings, bulk_load_bytes=1)) as rt:  # a later attempt's run
+        done = run_job(rt, job["id"])
+    assert done.status == "succeeded" and done.summary.get("added") == total, done
+    assert _counts(database_url, "fenced-bulk-gone")[0] == total
