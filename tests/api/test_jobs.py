@@ -1127,3 +1127,48 @@ def test_a_bulk_load_superseded_before_its_commit_stores_nothing(
         done = run_job(rt, job["id"])
     assert done.status == "succeeded" and done.summary.get("added") == total, done
     assert _counts(database_url, "fenced-bulk-gone")[0] == total
+
+
+def test_a_worker_loop_that_keeps_stopping_itself_is_started_again_ever_later(
+    jobs_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A side task that fails every time (a job listener the database refuses) ended
+    procrastinate's loop at once each time, and the worker started it again after one
+    second, for good: a loop and an error line a second. The pause now grows with each
+    end in a row, up to a cap."""
+
+    class DeafListener(LiveJobManager):
+        async def listen_for_jobs(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("the job listener failed (a test's)")
+
+    monkeypatch.setattr(worker_module, "RESTART_EVERY_S", (0.2, 0.6, 1.5))
+    took: list[float] = []
+
+    async def scenario() -> None:
+        with Runtime(jobs_settings) as rt:
+            conninfo = rt.db.conninfo
+            app = build_queue(conninfo)
+            app.job_manager = DeafListener(app.connector, conninfo, stalled_after_s=2.0)
+            loop = functools.partial(
+                app.run_worker_async,
+                queues=["no-jobs-here"],
+                wait=True,
+                name="self-stopping",
+                install_signal_handlers=False,
+            )
+            restarts = worker_module.Restarts()
+            async with app.open_async():
+                for _ in range(4):
+                    t0 = time.monotonic()
+                    ended = await asyncio.wait_for(
+                        worker_module._work_until_lost(
+                            app, jobs_settings, loop, asyncio.Event(), restarts=restarts
+                        ),
+                        timeout=30,
+                    )
+                    assert ended is False
+                    took.append(time.monotonic() - t0)
+
+    asyncio.run(scenario())
+    assert took[1] > took[0] + 0.3 and took[2] > took[0] + 1.2, took
+    assert took[3] > took[0] + 1.2 and took[3] < took[2] + 1.0, took  # capped
