@@ -4,6 +4,7 @@ killed worker leaves half-done and another worker finishes with no duplicate chu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
@@ -969,3 +970,205 @@ def test_a_jobs_recorded_errors_name_no_database_and_no_internals() -> None:
     assert not any(s in entry["detail"] for s in ("secretuser", "secretdb", "127.0.0.1:1"))
     broke = _error_entry(None, KeyError("/srv/internal/path"))
     assert broke["code"] == "internal_error" and "/srv/internal" not in broke["detail"]
+
+
+@contextlib.contextmanager
+def _row_held(
+    url: str, job_id: int, hold_s: int
+) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A transaction holding the job's row as a run's write does before its commit
+    (``db.jobs.hold_current``), left open: the worker's machine vanished there. The
+    server ends it after ``hold_s`` (as it would once keepalives noticed), so that a
+    wait on it ends too, late."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, true)",
+            (f"{hold_s}s",),
+        )
+        conn.execute("SELECT 1 FROM ingest_jobs WHERE id = %s FOR SHARE", (job_id,))
+        yield conn
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+
+
+def test_a_job_row_held_by_a_vanished_workers_transaction_stalls_no_check(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A worker whose machine vanished between its write's row lock and its commit left
+    the job's row held until the server noticed (minutes; hours by the system's default
+    keepalives). The stalled-job check showing its job ``queued`` waited on it all that
+    while, every other dead worker's job with it, and so did a job read. Both now leave
+    it for later, at once, and put it back once the transaction is gone."""
+    from ragstore.jobs.liveness import requeue_abandoned
+
+    api.create_collection("held-row")
+    job = api.upload("held-row", [("h.md", b"# H\n\nheld row text")], background=True)
+
+    async def scenario() -> tuple[float, list[int], list[int], list[int], str]:
+        with Runtime(jobs_settings) as rt:
+            conninfo = rt.db.conninfo
+            app = build_queue(conninfo)
+            manager = LiveJobManager(app.connector, conninfo, stalled_after_s=2.0)
+            app.job_manager = manager
+            async with app.open_async():
+                dead = await manager.register_worker()
+                await manager._held.pop(dead).close()  # its process gone
+                with psycopg.connect(database_url, autocommit=True) as conn:
+                    row = conn.execute(
+                        "SELECT queue_job_id FROM ingest_jobs WHERE id = %s", (job["id"],)
+                    ).fetchone()
+                    assert row is not None and row[0] is not None
+                    entry = int(row[0])
+                    conn.execute(
+                        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s"
+                        " WHERE id = %s",
+                        (dead, entry),
+                    )
+                    assert store.start(conn, job["id"]) == 1
+                    conn.execute(
+                        "UPDATE procrastinate_workers SET last_heartbeat = %s WHERE id = %s",
+                        (datetime.now(UTC) - timedelta(hours=1), dead),
+                    )
+                    conn.execute(
+                        "SELECT pg_sleep(greatest(0, 2.5 - extract(epoch FROM"
+                        " now() - pg_postmaster_start_time())))"
+                    )
+                with _row_held(database_url, job["id"], 30):
+                    t0 = time.monotonic()
+                    held = await worker_module.retry_stalled(app, 2.0)
+                    with psycopg.connect(database_url, autocommit=True) as conn:
+                        read = requeue_abandoned(conn, "ingest", 2.0)
+                    took = time.monotonic() - t0
+                after = await worker_module.retry_stalled(app, 2.0)
+                with psycopg.connect(database_url) as conn:
+                    return took, held, read, after, store.get(conn, job["id"]).status
+
+    took, held, read, after, status = asyncio.run(scenario())
+    assert took < 10, f"the check and the read waited {took:.0f} s on the held row"
+    assert held == [] and read == []
+    assert len(after) == 1 and status == "queued"
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+
+
+def test_a_start_on_a_row_held_by_a_vanished_workers_transaction_tries_later(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A worker's start of a job (its attempt counted on the job's row) waited on the row
+    lock of an earlier attempt's transaction left open by a vanished machine, its slot
+    taken, until the server noticed. The start now gives up after a few seconds, the job
+    not started (nor failed), and the queue hands it out again a little later."""
+    api.create_collection("held-start")
+    job = api.upload("held-start", [("s.md", b"# S\n\nheld start text")], background=True)
+    with _row_held(database_url, job["id"], 40):
+        t0 = time.monotonic()
+        run_worker(jobs_settings, burst=True, signals=False)
+        took = time.monotonic() - t0
+        with psycopg.connect(database_url) as conn:
+            waiting = store.get(conn, job["id"])
+            state = conn.execute(
+                "SELECT status::text FROM procrastinate_jobs WHERE id = %s",
+                (waiting.queue_job_id,),
+            ).fetchone()
+    assert took < 25, f"the start waited {took:.0f} s on the held row"
+    assert waiting.status == "queued" and waiting.attempts == 0, waiting
+    assert state == ("todo",)
+    time.sleep(5.5)  # the queue's later hand-out
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 1, done
+
+
+def test_a_bulk_load_superseded_before_its_commit_stores_nothing(
+    api: Client,
+    jobs_settings: Settings,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bulk load's one transaction is checked once, before its build and commit: where
+    another worker took the job meanwhile (this one judged dead while cut off from the
+    database), none of the load's documents may commit, and the run reports itself
+    superseded, leaving the other attempt's run to count. The other worker's start lands
+    here just before that check, after every round was written in the transaction."""
+    total = 6
+    api.create_collection("fenced-bulk-gone")
+    job = api.upload(
+        "fenced-bulk-gone", [(f"g{i}.md", _doc(i)) for i in range(total)], background=True
+    )
+    monkeypatch.setattr(runner_module, "PROGRESS_EVERY_S", float("inf"))
+    real_fence = runner_module._fence
+    checks: list[int] = []
+
+    def fence_after_a_takeover(job_id: int, attempt: int) -> Callable[[store.Conn], None]:
+        guard = real_fence(job_id, attempt)
+
+        def taken_first(conn: store.Conn) -> None:
+            checks.append(attempt)
+            with psycopg.connect(database_url) as other:  # another worker takes the job
+                assert store.start(other, job_id) == attempt + 1
+            guard(conn)
+
+        return taken_first
+
+    monkeypatch.setattr(runner_module, "_fence", fence_after_a_takeover)
+    with (
+        caplog.at_level("WARNING", logger="ragstore.jobs"),
+        Runtime(with_(jobs_settings, bulk_load_bytes=1)) as rt,
+    ):
+        ran = run_job(rt, job["id"])
+    assert checks == [1], checks  # one check: the bulk load's
+    assert ran.attempts == 2 and ran.status == "running", ran
+    assert "attempt 1 stopped" in caplog.text
+    assert _counts(database_url, "fenced-bulk-gone") == (0, 0, 0)
+    monkeypatch.setattr(runner_module, "_fence", real_fence)
+    with Runtime(with_(jobs_settings, bulk_load_bytes=1)) as rt:  # a later attempt's run
+        done = run_job(rt, job["id"])
+    assert done.status == "succeeded" and done.summary.get("added") == total, done
+    assert _counts(database_url, "fenced-bulk-gone")[0] == total
+
+
+def test_a_worker_loop_that_keeps_stopping_itself_is_started_again_ever_later(
+    jobs_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A side task that fails every time (a job listener the database refuses) ended
+    procrastinate's loop at once each time, and the worker started it again after one
+    second, for good: a loop and an error line a second. The pause now grows with each
+    end in a row, up to a cap."""
+
+    class DeafListener(LiveJobManager):
+        async def listen_for_jobs(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("the job listener failed (a test's)")
+
+    monkeypatch.setattr(worker_module, "RESTART_EVERY_S", (0.2, 0.6, 1.5))
+    took: list[float] = []
+
+    async def scenario() -> None:
+        with Runtime(jobs_settings) as rt:
+            conninfo = rt.db.conninfo
+            app = build_queue(conninfo)
+            app.job_manager = DeafListener(app.connector, conninfo, stalled_after_s=2.0)
+            loop = functools.partial(
+                app.run_worker_async,
+                queues=["no-jobs-here"],
+                wait=True,
+                name="self-stopping",
+                install_signal_handlers=False,
+            )
+            restarts = worker_module.Restarts()
+            async with app.open_async():
+                for _ in range(4):
+                    t0 = time.monotonic()
+                    ended = await asyncio.wait_for(
+                        worker_module._work_until_lost(
+                            app, jobs_settings, loop, asyncio.Event(), restarts=restarts
+                        ),
+                        timeout=30,
+                    )
+                    assert ended is False
+                    took.append(time.monotonic() - t0)
+
+    asyncio.run(scenario())
+    assert took[1] > took[0] + 0.3 and took[2] > took[0] + 1.2, took
+    assert took[3] > took[0] + 1.2 and took[3] < took[2] + 1.0, took  # capped

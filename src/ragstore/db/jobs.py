@@ -124,6 +124,22 @@ def files(conn: Conn, job_id: int) -> list[JobFile]:
     return [JobFile(r[0], bytes(r[1]), dict(r[2])) for r in rows]
 
 
+# how long a worker's start of a job waits for the job's row, held by a transaction of an
+# earlier attempt of it (:func:`hold_current`), before it gives the job back to the queue
+START_LOCK_TIMEOUT = "5s"
+
+
+def bound_lock_waits(conn: Conn, timeout: str) -> None:
+    """Wait at most ``timeout`` for a row lock in the caller's transaction (55P03 past it).
+
+    The job's row is held (FOR SHARE) by each transaction writing its documents until
+    that commits (:func:`hold_current`). Where the worker's machine vanished in between,
+    the session lives on, its lock held, until the server notices the dead connection
+    (TCP keepalives: minutes, hours by the system's default), and a start of the job by
+    another worker waited on it all that while, its worker slot taken."""
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
+
+
 def start(conn: Conn, job_id: int, queue_job_id: int | None = None) -> int | None:
     """A worker took the job (again): progress restarts, the attempt is counted; the
     queue's entry is recorded where the submitting request could not record it. The

@@ -77,14 +77,19 @@ _FINISH_OWN = (
 )
 # puts the entry back only while it is still the dead worker's (or no worker's) running
 # entry: another party (a worker, a job read) may have put it back, and a worker taken it;
-# the job it runs is shown ``queued`` again, in the same statement, as a job read shows it
+# the job it runs is shown ``queued`` again, in the same statement, as a job read shows it.
+# The job's row is taken NOWAIT (read by the final SELECT, so always taken): held by a
+# transaction of the dead worker's still open (see :meth:`LiveJobManager.retry_stalled_job`),
+# the statement fails at once (55P03) and does nothing
 _RETRY_STALLED = (
     "WITH own AS (SELECT id FROM procrastinate_jobs WHERE id = %(job_id)s"
     " AND status = 'doing' AND (worker_id IS NULL OR worker_id = %(worker_id)s) FOR UPDATE),"
+    " job AS (SELECT id FROM ingest_jobs WHERE queue_job_id IN (SELECT id FROM own)"
+    "  FOR NO KEY UPDATE NOWAIT),"
     " done AS (SELECT procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) FROM own),"
     " shown AS (UPDATE ingest_jobs SET status = 'queued', updated_at = now()"
-    "  WHERE status = 'running' AND queue_job_id IN (SELECT id FROM own))"
-    " SELECT (SELECT count(*) FROM done) > 0 AS retried"
+    "  WHERE status = 'running' AND id IN (SELECT id FROM job))"
+    " SELECT (SELECT count(*) FROM done) > 0 AS retried, (SELECT count(*) FROM job) AS jobs"
 )
 _HOLD = "SELECT pg_advisory_lock(%s, (%s::bigint %% 2147483648)::int4)"
 # what taking the lock's session can fail with (the server refuses or goes away, the
@@ -233,9 +238,17 @@ class LiveJobManager(JobManager):
                 job.worker_id,
             )
 
-    async def retry_stalled_job(self, job: Job) -> bool:
+    async def retry_stalled_job(self, job: Job) -> bool | None:
         """Put a dead worker's entry back on the queue; False where another party did
-        first (nothing done).
+        first, None where the job's row is held by another transaction (nothing done
+        either way: the next round tries again).
+
+        The dead worker's transaction writing the job's documents holds the job's row
+        until it ends (``db.jobs.hold_current``), and a worker whose machine vanished
+        mid-commit left it open until the server noticed (TCP keepalives: minutes, or
+        hours). The statement showing the job ``queued`` waited on it all that while,
+        and the watcher with it: no other dead worker's job was put back meanwhile. It
+        is left for a later round now (that transaction may yet commit, or end).
 
         Between listing a dead worker's entries and putting them back, another worker or
         a job read (``requeue_abandoned``) may put one back: procrastinate's retry then
@@ -247,9 +260,14 @@ class LiveJobManager(JobManager):
         The job is shown ``queued`` again, as :func:`requeue_abandoned` shows it: left
         ``running``, it said a worker ran it while it waited for one (for good, with no
         worker left to take it)."""
-        row = await self.connector.execute_query_one_async(
-            query=_RETRY_STALLED, job_id=job.id, worker_id=job.worker_id
-        )
+        try:
+            row = await self.connector.execute_query_one_async(
+                query=_RETRY_STALLED, job_id=job.id, worker_id=job.worker_id
+            )
+        except procrastinate.exceptions.ConnectorException as exc:
+            if isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
+                return None
+            raise
         return bool(row["retried"])
 
     async def prune_stalled_workers(self, seconds_since_heartbeat: float) -> list[int]:
@@ -305,6 +323,13 @@ _ABANDONED = (
     " FOR UPDATE SKIP LOCKED"
 )
 _RETRY = "SELECT procrastinate_retry_job_v2(%s, NULL, NULL, NULL, NULL)"
+# of the entries named, those whose job's row another transaction holds (the rest locked)
+_BUSY = (
+    "WITH held AS (SELECT id FROM ingest_jobs WHERE queue_job_id = ANY(%(ids)s)"
+    " FOR NO KEY UPDATE SKIP LOCKED)"
+    " SELECT queue_job_id FROM ingest_jobs"
+    " WHERE queue_job_id = ANY(%(ids)s) AND id NOT IN (SELECT id FROM held)"
+)
 
 
 def requeue_abandoned(
@@ -323,6 +348,12 @@ def requeue_abandoned(
     with conn.transaction():
         conn.execute(_PRUNE, {"seconds_since_heartbeat": stalled_after_s, "space": WORKER_LOCKS})
         ids = [int(row[0]) for row in conn.execute(_ABANDONED, (queue,)).fetchall()]
+        if ids:
+            # a job whose row a dead worker's open transaction holds is left for a later
+            # read or check (see LiveJobManager.retry_stalled_job): waited on, the read
+            # answered nothing until the server noticed that worker's connection gone
+            busy = {int(row[0]) for row in conn.execute(_BUSY, {"ids": ids}).fetchall()}
+            ids = [i for i in ids if i not in busy]
         for queue_id in ids:
             conn.execute(_RETRY, (queue_id,))
         if ids:

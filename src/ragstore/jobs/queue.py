@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import procrastinate
 
-from ragstore.jobs.runner import run_job
+from ragstore.jobs.runner import JobBusy, run_job
 from ragstore.runtime import Runtime
 
 QUEUE = "ingest"
 INGEST_TASK = "ragstore.ingest"
+
+BUSY_RETRY_S = 5  # a job whose row an earlier attempt's transaction holds: again this late
+
+# only a busy start is retried by the queue: the job was not started (:class:`JobBusy`), and
+# its entry goes back to wait, for any worker, rather than fail (a failed entry fails the
+# job as outcome_not_recorded) or hold this worker until the other transaction ends
+BUSY_RETRY = procrastinate.RetryStrategy(wait=BUSY_RETRY_S, retry_exceptions=[JobBusy])
 
 
 def collection_lock(collection: str) -> str:
@@ -31,7 +38,7 @@ def build_queue(
         connector = procrastinate.PsycopgConnector(conninfo=conninfo, min_size=1, max_size=4)
     app = procrastinate.App(connector=connector)
 
-    @app.task(name=INGEST_TASK, queue=QUEUE, pass_context=True)
+    @app.task(name=INGEST_TASK, queue=QUEUE, pass_context=True, retry=BUSY_RETRY)
     def ingest(context: procrastinate.JobContext, job_id: int) -> None:
         if runtime is None:
             raise RuntimeError("this queue app was built to defer jobs, not to run them")

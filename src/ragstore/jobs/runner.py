@@ -15,6 +15,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import psycopg
+
 from ragstore.db import jobs as store
 from ragstore.db.errors import translated
 from ragstore.errors import DatabaseUnavailableError, RagstoreError, public_detail
@@ -34,6 +36,14 @@ class Superseded(Exception):
     the run's next write of progress, which wrote nothing, or from the transaction
     writing its next round of documents, rolled back (:func:`_fence`), to stop the run
     there."""
+
+
+class JobBusy(Exception):
+    """The job's row is held by a transaction of an earlier attempt of it (its worker's
+    machine gone, perhaps, with the transaction open until the server notices): not
+    started now; the queue hands the job out again a little later (``jobs.queue``), to
+    any worker. Waited on, the start took the worker's slot until the dead session was
+    noticed (minutes, or hours by the system's default TCP keepalives)."""
 
 
 class _Progress:
@@ -135,22 +145,39 @@ def _start(
     the submitting request could not), and this run's attempt; no files where it is not
     to run (finished already, or given up: the record says how)."""
     with rt.db.connection() as conn, translated(f"starting job {job_id}"):
+        store.bound_lock_waits(conn, store.START_LOCK_TIMEOUT)
+        try:
+            return _start_in(rt, conn, job_id, queue_job_id)
+        except psycopg.errors.LockNotAvailable:
+            conn.rollback()
+    log.warning(
+        "job %s: its row is held by a transaction of an earlier attempt (its worker stopped "
+        "or cut off mid-commit); not started now, the queue hands it out again later",
+        job_id,
+    )
+    raise JobBusy(f"job {job_id}: its row is locked by an earlier attempt's transaction")
+
+
+def _start_in(
+    rt: Runtime, conn: store.Conn, job_id: int, queue_job_id: int | None
+) -> tuple[store.JobRecord, list[store.JobFile] | None, int]:
+    """:func:`_start`'s work, on its connection (whose lock waits are bounded)."""
+    job = store.get(conn, job_id)
+    if job.status in store.FINISHED:
+        # its worker recorded the outcome and stopped before the queue marked the job
+        # done, so the stalled-job check handed it out again: a re-run would put back
+        # documents the client deleted after reading the outcome (or, past the last
+        # attempt, call a finished job lost). The recorded outcome stands.
+        log.warning("job %s: already %s; not running it again", job_id, job.status)
+        return job, None, job.attempts
+    if job.attempts >= rt.settings.worker_max_attempts:
+        return _abandon(conn, job), None, job.attempts
+    attempt = store.start(conn, job_id, queue_job_id)
+    if attempt is None:  # its earlier run recorded the outcome just now
         job = store.get(conn, job_id)
-        if job.status in store.FINISHED:
-            # its worker recorded the outcome and stopped before the queue marked the job
-            # done, so the stalled-job check handed it out again: a re-run would put back
-            # documents the client deleted after reading the outcome (or, past the last
-            # attempt, call a finished job lost). The recorded outcome stands.
-            log.warning("job %s: already %s; not running it again", job_id, job.status)
-            return job, None, job.attempts
-        if job.attempts >= rt.settings.worker_max_attempts:
-            return _abandon(conn, job), None, job.attempts
-        attempt = store.start(conn, job_id, queue_job_id)
-        if attempt is None:  # its earlier run recorded the outcome just now
-            job = store.get(conn, job_id)
-            log.warning("job %s: already %s; not running it again", job_id, job.status)
-            return job, None, job.attempts
-        return job, store.files(conn, job_id), attempt
+        log.warning("job %s: already %s; not running it again", job_id, job.status)
+        return job, None, job.attempts
+    return job, store.files(conn, job_id), attempt
 
 
 def run_job(rt: Runtime, job_id: int, *, queue_job_id: int | None = None) -> store.JobRecord:

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import nullcontext
 from typing import Any
@@ -45,7 +46,16 @@ async def retry_stalled(app: procrastinate.App, stalled_after_s: float) -> list[
     for job in stalled:
         assert job.id is not None
         if isinstance(app.job_manager, LiveJobManager):
-            if not await app.job_manager.retry_stalled_job(job):
+            retried = await app.job_manager.retry_stalled_job(job)
+            if retried is None:
+                log.warning(
+                    "job %s: its worker stopped; its job's row is still held by a "
+                    "transaction of that worker's (not yet seen gone by the database): "
+                    "put back at a later check",
+                    job.id,
+                )
+                continue
+            if not retried:
                 log.info("job %s: its worker stopped; already put back by another", job.id)
                 continue
         else:
@@ -140,6 +150,7 @@ async def _run(
             events.info("worker started", worker=worker, concurrency=concurrency, burst=burst)
             try:
                 with on_stop:
+                    restarts = Restarts()
                     while not stopping.is_set():
                         loop = functools.partial(
                             app.run_worker_async,
@@ -153,7 +164,9 @@ async def _run(
                             fetch_job_polling_interval=min(5.0, settings.worker_heartbeat_s),
                             install_signal_handlers=False,  # ours: they outlive one loop
                         )
-                        if await _work_until_lost(app, settings, loop, stopping, burst=burst):
+                        if await _work_until_lost(
+                            app, settings, loop, stopping, burst=burst, restarts=restarts
+                        ):
                             break
                         await _until_database_answers(db, stopping)
                 # a job whose outcome could not be recorded ended just now, perhaps
@@ -173,6 +186,7 @@ async def _work_until_lost(
     stopping: asyncio.Event,
     *,
     burst: bool = False,
+    restarts: Restarts | None = None,
 ) -> bool:
     """Run procrastinate's worker ``loop`` until it ends (True: stopped, or a burst's queue
     is empty) or the database goes away under it (False: start it again once it answers).
@@ -187,7 +201,9 @@ async def _work_until_lost(
     stops the worker when one of its side tasks (the job listener, a beat) raises. Taken
     for a stop, that ended ``ragstore worker`` with exit status 0 for good, and queued
     jobs waited for an operator; such an end, unasked and not a burst's, starts the loop
-    again after a pause (False)."""
+    again after a pause (False), longer each time it ends so in a row (``restarts``)."""
+    restarts = restarts or Restarts()
+    restarts.begin()
     try:
         await retry_stalled(app, settings.worker_stalled_after_s)
         async with watching_stalled(app, settings):
@@ -212,13 +228,44 @@ async def _work_until_lost(
         return False
     if stopping.is_set() or burst:
         return True
+    pause = restarts.pause()
     log.error(
         "worker: procrastinate's worker loop ended though no stop was asked (a side task "
-        "failed: see the lines above); starting it again"
+        "failed: see the lines above); starting it again in %.0f s",
+        pause,
     )
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), timeout=RECONNECT_EVERY_S[0])
+        await asyncio.wait_for(stopping.wait(), timeout=pause)
     return stopping.is_set()
+
+
+RESTART_EVERY_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # pauses before each start again, then the last
+RESTART_RESET_S = 300.0  # a loop that ran this long before it ended starts the pauses over
+
+
+class Restarts:
+    """The pauses before starting procrastinate's loop again after it ended unasked.
+
+    The pause was always one second: a side task that fails every time (a listener the
+    database refuses, say) started the loop again about once a second for good, with an
+    error line (and its traceback above) each time. It now grows with each end in a row,
+    up to a minute, and starts over after a loop that ran a while."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.started = time.monotonic()
+
+    def begin(self) -> None:
+        """The loop starts (again) now."""
+        self.started = time.monotonic()
+
+    def pause(self) -> float:
+        """How long to wait after the loop that began last ended unasked."""
+        if time.monotonic() - self.started >= RESTART_RESET_S:
+            self.count = 0
+        wait = RESTART_EVERY_S[min(self.count, len(RESTART_EVERY_S) - 1)]
+        self.count += 1
+        return wait
 
 
 RECONNECT_EVERY_S = (1.0, 2.0, 5.0)  # waits between probes of a lost database, then the last
