@@ -970,7 +970,10 @@ def _refuse_foreign_tables(db: Database) -> None:
 # drops: a user's view or materialized view over a ragstore table, a foreign key to one, a
 # column of one's row type, a trigger calling one of its functions. ``DROP ... CASCADE``
 # took them with it. Rules, triggers, defaults and policies are placed by their table's
-# schema (they have none of their own); each row: (schema, description).
+# schema (they have none of their own). Objects of no schema at all (a cast from or to one
+# of its types, a publication's membership of one of its tables: ragstore makes neither)
+# are the user's: their schema reads '' (the refusal's "schema IS NOT NULL" let them
+# through, and the drops took them). Each row: (schema, description).
 _OUTSIDE_DEPENDENTS = """
 WITH dropped AS (
     SELECT 'pg_class'::regclass AS cls, oid FROM pg_class
@@ -1002,7 +1005,8 @@ WITH dropped AS (
 )
 SELECT DISTINCT
     coalesce((SELECT c.relnamespace::regnamespace::text FROM pg_class c WHERE c.oid = x.rel),
-             (pg_identify_object(x.classid, x.objid, x.objsubid)).schema) AS schema,
+             (pg_identify_object(x.classid, x.objid, x.objsubid)).schema,
+             CASE WHEN x.rel IS NULL THEN '' END) AS schema,
     CASE WHEN x.classid = 'pg_rewrite'::regclass
          THEN pg_describe_object('pg_class'::regclass, x.rel, 0)
          ELSE pg_describe_object(x.classid, x.objid, x.objsubid) END AS what
