@@ -225,18 +225,22 @@ def _counts(db: Database) -> tuple[str | None, dict[str, int]]:
 
 # tables the snapshot holds (what pg_dump reads) whose storage is no longer the one the
 # snapshot saw: ``pg_class`` is read in the snapshot, ``pg_relation_filenode`` in the
-# latest catalog (NULL for a table dropped since). Each row: the table's name.
+# latest catalog (NULL for a table dropped since). Each row: the table's name. Bound to
+# the kinds of relation asked about: after a dump that succeeded, tables only (an archive
+# holds no materialized view's rows, only the REFRESH that rebuilds them: a view
+# refreshed meanwhile failed a backup that was whole); after one that failed, both (a
+# dropped view is a reason pg_dump fails).
 _TABLES_CHANGED = f"""
-SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'm') AND c.relpersistence = 'p'
+WHERE c.relkind = ANY(%s) AND c.relpersistence = 'p'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema', '{native.SCHEMA}')
-  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+  AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
   AND pg_relation_filenode(c.oid) IS DISTINCT FROM c.relfilenode
 ORDER BY 1 LIMIT 6
 """
 
-Snapshot = tuple[str, str | None, dict[str, int], Callable[[], list[str]]]
+Snapshot = tuple[str, str | None, dict[str, int], Callable[[bool], list[str]]]
 
 
 @contextlib.contextmanager
@@ -262,9 +266,11 @@ def _snapshot(db: Database) -> Iterator[Snapshot]:
             revision = migrations.current_revision(conn)
             counts = catalog.row_counts(conn) if revision is not None else {}
 
-            def changed() -> list[str]:
+            def changed(dumped: bool) -> list[str]:
+                kinds = ["r"] if dumped else ["r", "m"]
                 with translated(f"reading {db.where}"):
-                    return [str(r[0]) for r in conn.execute(_TABLES_CHANGED).fetchall()]
+                    rows = conn.execute(_TABLES_CHANGED, (kinds,)).fetchall()
+                    return [str(r[0]) for r in rows]
 
             yield str(row[0]), revision, counts, changed
 
@@ -528,7 +534,9 @@ def _refuse_schema_changed(db: Database, revision: str | None) -> None:
         )
 
 
-def _refuse_tables_changed(db: Database, changed: Callable[[], list[str]]) -> None:
+def _refuse_tables_changed(
+    db: Database, changed: Callable[[bool], list[str]], *, dumped: bool
+) -> None:
     """Fail a backup during which a table it holds was dropped, replaced or rewritten
     (committed after its snapshot, before pg_dump locked that table): a bulk import's
     swap of a collection's vector table, ``models prune``, a table rewrite. Such changes
@@ -536,7 +544,7 @@ def _refuse_tables_changed(db: Database, changed: Callable[[], list[str]]) -> No
     table reads as empty (an archive that lacks its rows, reported taken), and a dropped
     one failed pg_dump with "cache lookup failed for index N" and a page of its query."""
     try:
-        names = changed()
+        names = changed(dumped)
     except RagstoreError:
         return  # the database went away: nothing says a table changed
     if names:
@@ -591,10 +599,10 @@ def _dump(
             except BackupError:
                 # pg_dump fails on a table dropped under it; the reason, said plainly
                 _refuse_schema_changed(db, revision)
-                _refuse_tables_changed(db, changed)
+                _refuse_tables_changed(db, changed, dumped=False)
                 raise
             _refuse_schema_changed(db, revision)
-            _refuse_tables_changed(db, changed)
+            _refuse_tables_changed(db, changed, dumped=True)
         info = BackupInfo(
             path=str(path),
             bytes=tmp.stat().st_size,
@@ -970,7 +978,10 @@ def _refuse_foreign_tables(db: Database) -> None:
 # drops: a user's view or materialized view over a ragstore table, a foreign key to one, a
 # column of one's row type, a trigger calling one of its functions. ``DROP ... CASCADE``
 # took them with it. Rules, triggers, defaults and policies are placed by their table's
-# schema (they have none of their own); each row: (schema, description).
+# schema (they have none of their own). Objects of no schema at all (a cast from or to one
+# of its types, a publication's membership of one of its tables: ragstore makes neither)
+# are the user's: their schema reads '' (the refusal's "schema IS NOT NULL" let them
+# through, and the drops took them). Each row: (schema, description).
 _OUTSIDE_DEPENDENTS = """
 WITH dropped AS (
     SELECT 'pg_class'::regclass AS cls, oid FROM pg_class
@@ -1002,7 +1013,8 @@ WITH dropped AS (
 )
 SELECT DISTINCT
     coalesce((SELECT c.relnamespace::regnamespace::text FROM pg_class c WHERE c.oid = x.rel),
-             (pg_identify_object(x.classid, x.objid, x.objsubid)).schema) AS schema,
+             (pg_identify_object(x.classid, x.objid, x.objsubid)).schema,
+             CASE WHEN x.rel IS NULL THEN '' END) AS schema,
     CASE WHEN x.classid = 'pg_rewrite'::regclass
          THEN pg_describe_object('pg_class'::regclass, x.rel, 0)
          ELSE pg_describe_object(x.classid, x.objid, x.objsubid) END AS what

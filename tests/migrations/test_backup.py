@@ -1333,3 +1333,78 @@ def test_a_backup_during_which_a_table_was_rewritten_is_not_kept(
     assert status == 74, (err, status == 0 and _archived_rows(archive, table))
     assert f"public.{table}" in err and "while the backup ran" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_restore_refuses_to_drop_a_users_cast_or_publication_of_ragstore_objects(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Objects of no schema of their own that depend on ragstore's types and tables (a
+    cast from one of its row types, a publication's membership of one of its tables) were
+    not seen by the dependents check, and the restore's ``DROP ... CASCADE`` dropped them
+    without a word (a logical replica stopped receiving that table). They are named and
+    the restore refused, as a view in another schema is."""
+    archive = tmp_path / "ours.dump"
+    assert run_cli("backup", str(archive)) == 0
+    with psycopg.connect(populated, autocommit=True) as conn:
+        conn.execute("CREATE CAST (public.collections AS text) WITH INOUT")
+        conn.execute("CREATE PUBLICATION mine FOR TABLE public.documents")
+    try:
+        before = full_dump(populated)
+        capsys.readouterr()
+        assert run_cli("restore", str(archive), "--yes", "--no-backup") == 65
+        err = capsys.readouterr().err
+        assert err.startswith("error[conflict]: ") and err.count("\n") == 1, err
+        assert "cast from collections to text" in err, err
+        assert "publication mine" in err, err
+        assert full_dump(populated) == before
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("DROP PUBLICATION mine")
+        capsys.readouterr()
+        assert run_cli("restore", str(archive), "--yes", "--no-backup") == 65  # the cast
+        assert "cast from collections to text" in capsys.readouterr().err
+        assert run_cli("restore", str(archive), "--yes", "--no-backup", "--drop-dependents") == 0
+        with psycopg.connect(populated, autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT count(*) FROM pg_cast WHERE castsource = 'public.collections'::regtype"
+            ).fetchone()
+            assert found == (0,)
+    finally:
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("DROP PUBLICATION IF EXISTS mine")
+            conn.execute("DROP CAST IF EXISTS (public.collections AS text)")
+
+
+def test_a_backup_during_which_a_materialized_view_was_refreshed_is_kept(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's materialized view refreshed while pg_dump ran (a cron job): its storage
+    changed, and the check for tables changed under the dump failed a backup that was
+    whole, though an archive holds no materialized view's rows (only the refresh that
+    rebuilds them at restore). The backup is kept, and restores the view's rows."""
+    archive = tmp_path / "b.dump"
+    with psycopg.connect(populated, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA mine")
+        conn.execute("CREATE MATERIALIZED VIEW mine.n AS SELECT count(*) AS n FROM collections")
+
+    def refresh() -> None:
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("REFRESH MATERIALIZED VIEW mine.n")
+
+    join = _dump_waits_then(populated, refresh)
+    capsys.readouterr()
+    try:
+        status = run_cli("backup", str(archive))
+    finally:
+        join()
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA mine CASCADE")
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert backup.check_archive(archive) is not None
+    listing = subprocess.run(
+        [str(pg_bin_dir() / "pg_restore"), "--list", str(archive)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "MATERIALIZED VIEW DATA mine n " in listing, listing

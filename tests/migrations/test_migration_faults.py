@@ -366,3 +366,81 @@ def test_an_upgrade_whose_backup_holds_the_schema_as_it_is_now_removes_it(
         f"was removed: {info.path}; nothing to do"
     ), out
     assert list((Path(os.environ["RAGSTORE_DATA_DIR"]) / "backups").iterdir()) == []
+
+
+def test_an_upgrade_behind_a_session_holding_its_tables_gives_up_naming_it(
+    behind: tuple[Database, str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A session holding ragstore's tables (a backup's pg_dump holds every one until it
+    ends: hours): the upgrade's ALTER waited behind it without end, saying nothing, and
+    its queued lock held every other query on the table waiting behind it. Each try now
+    waits a bounded time and is rolled back; in the end one error names the session, the
+    schema as it was, and others' queries went on between the tries."""
+    db, older, head = behind
+    monkeypatch.setattr(migrations, "LOCK_WAIT_S", 0.5, raising=False)
+    monkeypatch.setattr(migrations, "LOCK_RETRY_PAUSE_S", 0.3, raising=False)
+    monkeypatch.setattr(migrations, "LOCK_GIVE_UP_S", 3.0, raising=False)
+    holder = psycopg.connect(db.conninfo)
+    holder.execute("SET application_name = 'pg_dump'")
+    _hold_every_table(holder)
+    pid = holder.info.backend_pid
+    # unfixed, the upgrade waits for good: the holder lets go in the end
+    unstick = threading.Timer(20, holder.rollback)
+    unstick.start()
+    reads: list[float] = []
+    done = threading.Event()
+
+    def read_api_keys() -> None:  # a query of the service's, on a table the upgrade alters
+        with psycopg.connect(db.conninfo, autocommit=True) as conn:
+            while not done.is_set():
+                conn.execute("SELECT count(*) FROM api_keys")
+                reads.append(time.monotonic())
+                time.sleep(0.05)
+
+    reader = threading.Thread(target=read_api_keys)
+    reader.start()
+    started = time.monotonic()
+    try:
+        status = run_cli("db", "upgrade", "--no-backup")
+    finally:
+        took = time.monotonic() - started
+        done.set()
+        unstick.cancel()
+        holder.rollback()
+        holder.close()
+        reader.join()
+    err = capsys.readouterr().err
+    assert status == 75, err
+    assert took < 20, took
+    assert err.startswith("error[statement_cancelled]: upgrade of "), err
+    assert err.count("\n") == 1, err
+    assert f"pid {pid} (pg_dump: a backup, idle in transaction" in err, err
+    assert f"Nothing was changed (rolled back, the schema is at {older})" in err, err
+    assert migrations.status(db).current == older
+    # the service's reads went on while the upgrade tried (not stuck behind it)
+    assert sum(1 for t in reads if started < t < started + took) > 10, len(reads)
+    assert run_cli("db", "upgrade", "--no-backup") == 0
+    assert migrations.status(db).current == head
+
+
+def test_an_upgrade_whose_tables_are_let_go_while_it_tries_completes(
+    behind: tuple[Database, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holder that ends while the upgrade tries again (a backup finishing): the next
+    try has the locks and the upgrade completes."""
+    db, _older, head = behind
+    monkeypatch.setattr(migrations, "LOCK_WAIT_S", 0.5, raising=False)
+    monkeypatch.setattr(migrations, "LOCK_RETRY_PAUSE_S", 0.3, raising=False)
+    monkeypatch.setattr(migrations, "LOCK_GIVE_UP_S", 30.0, raising=False)
+    holder = psycopg.connect(db.conninfo)
+    _hold_every_table(holder)
+    release = threading.Timer(2.0, holder.rollback)
+    release.start()
+    try:
+        assert run_cli("db", "upgrade", "--no-backup") == 0
+    finally:
+        release.join()
+        holder.close()
+    assert migrations.status(db).current == head

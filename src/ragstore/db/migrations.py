@@ -27,6 +27,7 @@ from ragstore.errors import (
     OutcomeUnknownError,
     RagstoreError,
     SchemaMismatchError,
+    StatementCancelledError,
 )
 
 if TYPE_CHECKING:
@@ -35,6 +36,13 @@ if TYPE_CHECKING:
 SCRIPT_LOCATION = Path(__file__).parent / "alembic"
 # Arbitrary but fixed: pg_advisory_xact_lock key shared by every ragstore process.
 MIGRATION_LOCK_KEY = 0x7261_6773_746F_7265 & 0x7FFF_FFFF_FFFF_FFFF
+# How long a migration's statements wait for a table lock (``lock_timeout``) in one try,
+# how long it pauses before the next (rolled back: no lock held, the service runs on), and
+# how long it tries in all before it gives up with one error naming the sessions that hold
+# the tables (a running backup's pg_dump holds every table until it ends).
+LOCK_WAIT_S = 2.0
+LOCK_RETRY_PAUSE_S = 1.0
+LOCK_GIVE_UP_S = 60.0
 
 
 def _config(url: str | None = None) -> Config:
@@ -246,9 +254,89 @@ def _ended_at(db: Database, action: str, progress: _Progress, why: str) -> str |
         ) from None
 
 
+class _LockWaitEnded(Exception):
+    """One try of a migration gave up waiting for a table lock (``lock_timeout``); its
+    transaction was rolled back. ``before``: the revision it found under the lock."""
+
+    def __init__(self, before: str | None) -> None:
+        super().__init__(before)
+        self.before = before
+
+
 def _run(db: Database, action: str, target: str) -> tuple[str | None, str | None]:
+    """:func:`_run_once`, tried again while its statements cannot have their table locks
+    in :data:`LOCK_WAIT_S`, for :data:`LOCK_GIVE_UP_S` in all; then one error naming the
+    sessions that hold them, the schema as it was.
+
+    A migration's ``ALTER TABLE`` waited without end behind a session holding that table
+    (a backup's pg_dump holds every table until it ends: hours), saying nothing, and its
+    queued ACCESS EXCLUSIVE request held every other query on that table (each search,
+    each write of the service) waiting behind it all that time."""
+    import time
+
+    deadline = time.monotonic() + LOCK_GIVE_UP_S
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return _run_once(db, action, target)
+        except _LockWaitEnded as ended:
+            if time.monotonic() + LOCK_RETRY_PAUSE_S >= deadline:
+                raise _locked_out(db, action, ended.before, tries) from None
+            try:
+                time.sleep(LOCK_RETRY_PAUSE_S)
+            except KeyboardInterrupt as exc:
+                raise MigrationInterrupted(
+                    f"the {action} was rolled back; the schema is at "
+                    f"{ended.before or '(empty)'}, as it was"
+                ) from exc
+
+
+# sessions other than this one, in transactions older than a lock wait, holding locks on
+# ragstore's tables: what a migration that could not have its table locks waited behind
+_LOCK_HOLDERS = """
+SELECT a.pid, coalesce(nullif(a.application_name, ''), a.backend_type),
+       coalesce(a.state, ''), to_char(a.xact_start AT TIME ZONE 'UTC', 'HH24:MI:SS')
+FROM pg_stat_activity a
+WHERE a.pid <> pg_backend_pid() AND a.datname = current_database()
+  AND a.xact_start < clock_timestamp() - make_interval(secs => %s)
+  AND EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+              WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation'
+                AND c.relnamespace = 'public'::regnamespace)
+ORDER BY a.xact_start LIMIT 6
+"""
+
+
+def _locked_out(db: Database, action: str, before: str | None, tries: int) -> RagstoreError:
+    """The error of a migration that never had its table locks: who holds them (read now;
+    "could not be read" where the database does not answer) and how to go on."""
+    try:
+        with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
+            rows = conn.execute(_LOCK_HOLDERS, (LOCK_WAIT_S,)).fetchall()
+        held = (
+            "; ".join(
+                f"pid {pid} ({app}{': a backup' if app == 'pg_dump' else ''}, "
+                f"{state or 'open'}, in a transaction since {since} UTC)"
+                for pid, app, state, since in rows[:5]
+            )
+            or "none now (they have ended since)"
+        )
+    except RagstoreError as exc:
+        held = f"could not be read ({exc})"
+    return StatementCancelledError(
+        f"{action} of {db.where}: other sessions held its tables for {LOCK_GIVE_UP_S:g}s "
+        f"({tries} tries, each waiting {LOCK_WAIT_S:g}s for the table locks); sessions "
+        f"holding ragstore's tables: {held}. Nothing was changed (rolled back, the schema "
+        f"is at {before or '(empty)'}): run it again once they have ended (a backup, "
+        "pg_dump, ends by itself; another session can be ended with "
+        "SELECT pg_terminate_backend(PID))"
+    )
+
+
+def _run_once(db: Database, action: str, target: str) -> tuple[str | None, str | None]:
     """Run the migration in one transaction under the lock; the revision it found under
-    the lock and the one it committed.
+    the lock and the one it committed; :class:`_LockWaitEnded` where a statement waited
+    :data:`LOCK_WAIT_S` for a table lock (rolled back).
 
     That revision is read inside the transaction, before its COMMIT: read afterwards in a
     transaction of its own, a database that went away once the migration had committed
@@ -268,6 +356,8 @@ def _run(db: Database, action: str, target: str) -> tuple[str | None, str | None
             progress.pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
             progress.before = _revision_in(conn)
             progress.known = True
+            # after the migration lock (another upgrade's turn is waited for in full)
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{round(LOCK_WAIT_S * 1000)}ms'")
             cfg = _config()
             cfg.attributes["connection"] = conn
             with _target_refused(f"{action} to {target!r}"):
@@ -282,6 +372,8 @@ def _run(db: Database, action: str, target: str) -> tuple[str | None, str | None
         raise MigrationInterrupted(_interrupted(db, action, progress)) from exc
     except Exception as exc:
         if isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.Error):
+            if isinstance(exc.orig, psycopg.errors.LockNotAvailable) and not progress.committing:
+                raise _LockWaitEnded(progress.before) from None
             if progress.committing and isinstance(
                 exc.orig, psycopg.OperationalError | psycopg.InterfaceError
             ):
