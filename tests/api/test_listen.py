@@ -35,3 +35,11 @@ def test_a_free_port_on_loopback_listens() -> None:
     finally:
         for s in sockets:
             s.close()
+
+
+def test_an_ipv4_mapped_address_says_to_give_the_ipv4_one() -> None:
+    # an IPv6 socket bound with IPv6 alone (so that `::` does not take IPv4 too) cannot
+    # take ::ffff:a.b.c.d: the kernel says EINVAL, which is no busy port
+    with pytest.raises(ConfigError, match=r"give --host 127\.0\.0\.1 itself") as caught:
+        bind_sockets("::ffff:127.0.0.1", 0)
+    assert "pick another --port" not in str(caught.value)

@@ -26,6 +26,7 @@ from ragstore.errors import (
     NotFoundError,
     UnsupportedFormatError,
 )
+from tests.api.conftest import running_server, with_
 
 ROLLBACK = "# Rollback\n\nTo roll back a migration run `ragstore db downgrade --to REV`.\n"
 KITTENS = "# Kittens\n\nKittens sleep most of the day and play at night.\n"
@@ -465,6 +466,28 @@ def test_auth_off_loopback_server_refuses_foreign_hosts_and_origins(
             headers={"Host": host, "Origin": f"http://{host}"},
         )
         assert ok.status_code == 200, (host, ok.text)
+
+
+def test_auth_off_server_refuses_a_client_of_another_machine(settings: Settings) -> None:
+    # Keys off is safe only while every client is on this machine; the Host check alone
+    # does not make it so (any client that is not a browser names the Host it likes). A
+    # server reached from elsewhere while it judges itself on loopback (the app served by
+    # uvicorn or gunicorn on 0.0.0.0, or a proxy on this machine forwarding the network)
+    # must refuse those clients: here a proxy on loopback forwards one from 203.0.113.9.
+    proxied = with_(settings, auth="off", trusted_proxies="127.0.0.1")
+    with running_server(proxied) as url:
+        port = url.rsplit(":", 1)[1]
+        local = {"Host": f"localhost:{port}"}
+        forwarded = httpx.get(
+            f"{url}/v1/collections", headers={**local, "X-Forwarded-For": "203.0.113.9"}
+        )
+        assert forwarded.status_code == 403, forwarded.text
+        assert forwarded.json()["code"] == "forbidden"
+        assert "203.0.113.9" in forwarded.json()["detail"]
+        for peer in ("127.0.0.1", "::1"):  # a client on this machine, through the proxy
+            mine = httpx.get(f"{url}/v1/collections", headers={**local, "X-Forwarded-For": peer})
+            assert mine.status_code == 200, (peer, mine.text)
+        assert httpx.get(f"{url}/v1/collections", headers=local).status_code == 200
 
 
 def test_json_nested_too_deep_for_the_parser_is_input_not_a_crash(

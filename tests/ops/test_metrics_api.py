@@ -13,7 +13,9 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ragstore.auth import KeyStore
 from ragstore.config import Settings
+from ragstore.db.database import Database
 from ragstore.observability.logging import configure_logging
 from tests.api.conftest import running_server
 
@@ -186,3 +188,29 @@ def _version() -> str:
     from ragstore import __version__
 
     return __version__
+
+
+def test_metrics_need_a_key_with_keys_on_beyond_loopback_in_every_profile(
+    settings: Settings,
+) -> None:
+    """They name every collection (and each replica's host and user), which /readyz and the
+    API keep from anonymous callers: on every interface (``ragstore serve --host 0.0.0.0``,
+    keys on) a dev server showed them to anyone on the network. On loopback a dev scraper
+    still needs no key. (The test server listens on loopback; ``api_host`` is what the app
+    judges from, as from the addresses ``ragstore serve`` bound.)"""
+    assert settings.database_url is not None
+    db = Database(settings.database_url.get_secret_value())
+    try:
+        key = KeyStore(db).create("metrics", name="scraper").secret
+    finally:
+        db.close()
+    exposed = settings.model_copy(update={"auth": "on", "profile": "dev", "api_host": "0.0.0.0"})
+    with running_server(exposed) as url:
+        anonymous = httpx.get(f"{url}/metrics")
+        assert anonymous.status_code == 401, anonymous.text[:200]
+        assert "ragstore_collection" not in anonymous.text
+        keyed = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"})
+        assert keyed.status_code == 200 and "ragstore_build_info" in keyed.text
+    local = settings.model_copy(update={"auth": "on", "profile": "dev"})
+    with running_server(local) as url:
+        assert httpx.get(f"{url}/metrics").status_code == 200

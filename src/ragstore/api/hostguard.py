@@ -13,6 +13,7 @@ on the same machine, could still use the server in two ways:
 :class:`LoopbackGuardMiddleware` refuses both with ``forbidden`` unless the ``Host`` and
 any ``Origin`` name a loopback host (``localhost``, ``*.localhost``, ``127.0.0.0/8``,
 ``[::1]``). Requests without those headers (curl, the Python client over HTTP/1.0) pass.
+It also refuses any client whose address is not loopback (:func:`foreign_client`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,29 @@ def foreign_party(headers: dict[bytes, bytes]) -> str | None:
     return None
 
 
+def foreign_client(client: tuple[str, int] | None) -> str | None:
+    """The client's address when it is not this machine's (``None``: it is, or unknown).
+
+    The ``Host`` check stops browsers only: any other client names the ``Host`` it likes.
+    A server that judged itself on loopback can still be reached from elsewhere (the app
+    served by uvicorn or gunicorn on ``0.0.0.0`` rather than by ``ragstore serve``, or a
+    reverse proxy on this machine forwarding the network, whose client address comes from
+    ``RAGSTORE_TRUSTED_PROXIES``' ``X-Forwarded-For``): with keys off, those clients would
+    have admin rights. No client address at all (a Unix socket) is left to the socket's
+    permissions.
+    """
+    if not client:
+        return None
+    peer = str(client[0])
+    try:
+        address = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return f"client {peer!r}"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return None if address.is_loopback else f"client {peer!r}"
+
+
 class LoopbackGuardMiddleware:
     """Refuses requests addressed to, or sent from, another site (see the module doc)."""
 
@@ -75,9 +99,18 @@ class LoopbackGuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        party = foreign_party(dict(scope.get("headers", ())))
+        client = foreign_client(scope.get("client"))
+        party = client or foreign_party(dict(scope.get("headers", ())))
         if party is None:
             await self.app(scope, receive, send)
+            return
+        if client is not None:
+            exc = PermissionDeniedError(
+                f"{client} is not this machine: with authentication off this server answers "
+                "only clients on this machine; turn authentication on (RAGSTORE_AUTH=on and "
+                "`ragstore keys create`) to serve others"
+            )
+            await send_problem(scope, send, exc)
             return
         exc = PermissionDeniedError(
             f"{party} is not this machine: with authentication off this server answers only "

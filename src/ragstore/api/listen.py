@@ -9,6 +9,7 @@ shares them. A worker asks the kernel for SIGTERM when the serve process dies, e
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 
@@ -51,12 +52,21 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
         for sock in sockets:
             sock.close()
         where = f"{host or '*'}:{port}"
-        raise ConfigError(f"cannot listen on {where}: {exc.strerror}; {_remedy(exc)}") from None
+        raise ConfigError(
+            f"cannot listen on {where}: {exc.strerror}; {_remedy(exc, host)}"
+        ) from None
     return sockets
 
 
-def _remedy(exc: OSError) -> str:
-    """What to do about a bind that failed, by its cause."""
+def _remedy(exc: OSError, host: str = "") -> str:
+    """What to do about a bind that failed, by its cause.
+
+    An IPv4-mapped address (``::ffff:127.0.0.1``) fails with EINVAL, since IPv6 sockets
+    are bound to IPv6 alone: that was answered "pick another --port", which never helps.
+    """
+    mapped = _ipv4_mapped(host)
+    if exc.errno == errno.EINVAL and mapped is not None:
+        return f"an IPv4-mapped IPv6 address cannot be bound: give --host {mapped} itself"
     if exc.errno == errno.EADDRNOTAVAIL:
         return (
             "no interface of this machine has that address: give --host one it has "
@@ -65,6 +75,16 @@ def _remedy(exc: OSError) -> str:
     if exc.errno == errno.EACCES:
         return "ports below 1024 need privileges: pick --port 1024 or above"
     return "pick another --port or stop what uses it"
+
+
+def _ipv4_mapped(host: str) -> str | None:
+    """The IPv4 address inside ``::ffff:a.b.c.d`` (``None``: not such an address)."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return None if mapped is None else str(mapped)
 
 
 def bound_addresses(sockets: list[socket.socket]) -> list[str]:

