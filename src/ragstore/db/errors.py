@@ -72,6 +72,18 @@ def disk_full(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) == "53100" or "No space left on device" in str(exc)
 
 
+# SQLSTATEs of a statement the server answered and refused, its session left as it was:
+# the server is up and reads still work, so they must not open the connection breaker
+# (``Database._lost``); a full disk's "53100" is one, a read-only database's "25006" another
+REFUSED_WRITE = frozenset({"53100", "25006"})
+
+
+def refused_write(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a write the server refused while it still answers (its disk full,
+    a read-only database): every later write fails too, but no connection was lost."""
+    return getattr(exc, "sqlstate", None) in REFUSED_WRITE
+
+
 def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:
     """Our error class for a foreign database exception, and a short public reason."""
     if isinstance(exc, PoolTimeout):
