@@ -43,7 +43,8 @@ def test_every_row_of_the_table_maps_as_listed(key: str) -> None:
 def test_the_table_sends_input_to_4xx_and_only_connections_to_503() -> None:
     statuses = {key: cls.http_status for key, (cls, _) in SQLSTATE_MAP.items()}
     for key, status in statuses.items():
-        if key[:2] in ("08", "53", "57") or key == "55P03":  # a lock timeout: retry
+        # a lock timeout: retry; a read-only database refuses every write until it is fixed
+        if key[:2] in ("08", "53", "57") or key in ("55P03", "25006"):
             assert status == 503, key
         else:
             assert 400 <= status < 500, key
@@ -141,6 +142,26 @@ def test_a_lock_timeout_fails_the_statement_not_the_database(database_url: str) 
             translated("reading"),
         ):
             waiter.execute("SELECT * FROM locked_here")
+
+
+def test_a_read_only_transaction_fails_its_write_not_the_database(database_url: str) -> None:
+    """A write a read-only database refuses (SQLSTATE 25006) is 503 database_unavailable,
+    saying what to do (it was a 500 database_error), and opens no breaker: reads go on."""
+    db = Database(database_url)
+    try:
+        with (
+            pytest.raises(DatabaseUnavailableError) as err,
+            db.connection() as conn,
+            translated("storing x"),
+        ):
+            conn.execute("SET TRANSACTION READ ONLY")
+            conn.execute("CREATE TEMP TABLE refused (x int)")
+        assert "read-only" in err.value.public and "RAGSTORE_DATABASE_URL" in err.value.public
+        assert db.breaker.failures == 0
+        with db.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        db.close()
 
 
 def test_unreachable_database_fails_fast_without_its_address() -> None:

@@ -370,6 +370,31 @@ def test_store_ingest_into_a_full_disk_names_the_files_not_attempted(
     assert len(store.ingest("stops-store", folder)["data"]) == len(MANY)
 
 
+def test_a_full_database_disk_does_not_fail_reads_fast(
+    store: Store, disk: Path, tmp_path: Path
+) -> None:
+    """A write refused for the full disk lost no connection, yet it opened the connection
+    breaker whenever a fresh connection could not be had just then (a new backend on a full
+    disk cannot always start): every read, which the pooled connections still served,
+    failed fast with "the database is down" for a second or more, and the ingest's own
+    error was replaced by that one."""
+    folder = _corpus(tmp_path / "corpus")
+    store.create_collection("reads-on")
+    # a backend starting without the relation cache's init files writes them first: on the
+    # full disk it cannot, so no fresh connection can be had (a catalog change removes them)
+    for init in (disk / "data" / "pg").glob("**/pg_internal.init"):
+        init.unlink()
+    with _full(disk, leave=1024 * 1024):
+        with pytest.raises(DatabaseUnavailableError) as err:
+            store.ingest("reads-on", folder)
+        assert "failing fast" not in str(err.value), err.value
+        _says_disk_full(str(err.value))
+        assert store.runtime.db.breaker.failures == 0
+        assert "reads-on" in [c["name"] for c in store.list_collections()]
+    assert len(store.ingest("reads-on", folder)["data"]) == len(MANY)
+    assert check(store.runtime, "reads-on").ok
+
+
 @pytest.fixture()
 def roomy_staging(settings: Settings) -> Iterator[None]:
     """The upload staging folder on a disk of its own with room: the database's disk fills

@@ -197,3 +197,55 @@ def test_a_client_upload_in_several_requests_stops_at_a_read_only_database(
     assert got["stored"] == [], got
     assert "read-only" in info.value.message and "not sent" in info.value.message
     assert _stored(settings, coll) == set()
+
+
+def test_a_read_only_database_met_by_a_requests_last_file_stops_the_upload(
+    settings: Settings, folder: Path, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """The first request's first file fails alone (a binary file, never written) and its
+    last file meets the read-only database: nothing is left ``not_attempted`` after it, and
+    the server answered the binary file's 415 (or, alone, a 500 ``database_error``), which
+    the Client did not take for an error that fails every later write, so it sent the next
+    request too. It is now the stopping error the earlier files get (503
+    ``database_unavailable``, saying the database only reads and what to do), and the
+    breaker stays closed: the database still answers reads."""
+    from ragstore import Client
+    from ragstore.errors import RagstoreError
+    from tests.api.conftest import running_server, with_
+
+    size = (folder / "p00.md").stat().st_size  # as large as a page: two files a request
+    (folder / "a-binary.md").write_bytes((b"\x00\x01binary" * size)[:size])  # fails alone
+    files = sorted(folder.iterdir())[:6]
+    names = [f.name for f in files]
+    limit = 2 * max(f.stat().st_size for f in files) + 1500  # two files a request
+    coll = "ro-client-last"
+    db = _dbname(settings)
+    with Runtime(settings) as rt:
+        rt.collection(coll, create=True)
+    server = with_(settings, auth="off", max_upload_bytes=limit)
+    with running_server(server) as url, Client(url) as c:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+                sql.Identifier(db)
+            )
+        )
+        _end_sessions(admin, db)  # the server's pooled sessions take the setting anew
+        try:
+            with pytest.raises(RagstoreError) as info:
+                c.upload(coll, files)
+            assert c.list_documents(coll)["data"] == []  # a read, not failing fast
+        finally:
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(
+                    sql.Identifier(db)
+                )
+            )
+            _end_sessions(admin, db)
+    err = info.value
+    got = err.problem_members
+    assert (err.code, getattr(err, "status", None)) == ("database_unavailable", 503), err
+    assert got["not_sent"] == names[2:], got
+    assert [f["name"] for f in got["failed"]] == names[:2], got
+    assert got["stored"] == [], got
+    assert "read-only" in err.message and "default_transaction_read_only" in err.message, err
+    assert _stored(settings, coll) == set()

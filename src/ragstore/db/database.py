@@ -30,7 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ragstore.config import Settings
 from ragstore.db import embedded
-from ragstore.db.errors import disk_full, translate, translated
+from ragstore.db.errors import disk_full, refused_write, translate, translated
 from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError
 
 log = logging.getLogger("ragstore.db")
@@ -358,8 +358,16 @@ class Database:
         takes fresh connections, in which case only this connection was lost (ended by
         an administrator, say) and only its request fails. A full disk (SQLSTATE 53100, an
         ``OperationalError`` too) lost no connection: its own reason, which says to free
-        space, is kept rather than told as a closed connection to retry at once."""
+        space, is kept rather than told as a closed connection to retry at once.
+
+        A write the server answered and refused (its disk full, a read-only database:
+        :func:`refused_write`) lost nothing either, and is not even looked into: it opened
+        the breaker whenever a fresh connection could not be had at that moment (a new
+        backend on a full disk cannot always start), and every read, which the pooled
+        connections still served, failed fast for seconds with "the database is down"."""
         cause = exc.__cause__
+        if refused_write(cause):
+            return
         if isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError)) and self.answers():
             if not disk_full(cause):
                 exc.public = "the database closed this request's connection; retry the request"

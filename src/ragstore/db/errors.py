@@ -4,7 +4,8 @@
 is, by SQLSTATE (a full five-character code wins over its two-character class). The rule
 behind it: bad *input* (a NUL byte, a number out of range, a duplicate name, an unknown
 text search configuration) is the caller's to fix and answers 4xx; only a database that
-cannot be reached answers 503 ``database_unavailable``; a statement PostgreSQL cancelled
+cannot be reached, or refuses every write (its disk full, a read-only database),
+answers 503 ``database_unavailable``; a statement PostgreSQL cancelled
 (an administrator's ``pg_cancel_backend``, a role's ``statement_timeout`` or
 ``lock_timeout``) fails its own request only, 503 ``statement_cancelled`` (not a
 database that is down: the breaker of ``db/database.py`` stays closed); anything else is
@@ -48,6 +49,13 @@ SQLSTATE_MAP: dict[str, tuple[type[RagstoreError], str]] = {
     "57P01": (DatabaseUnavailableError, "the database server is shutting down"),
     "57P02": (DatabaseUnavailableError, "the database server crashed"),
     "57P03": (DatabaseUnavailableError, "the database server is starting up"),
+    "25006": (
+        DatabaseUnavailableError,
+        "the database refuses writes: it is read-only (a hot standby, or "
+        "default_transaction_read_only is on, as some hosted databases set when their disk "
+        "is nearly full); point RAGSTORE_DATABASE_URL at the primary or make the database "
+        "writable, then retry: nothing of the failed write was stored",
+    ),
     "22": (InputError, "a value is invalid for the database"),
     "23": (InputError, "a value breaks a rule of the stored data"),
     "23505": (ConflictError, "it already exists"),
@@ -70,6 +78,18 @@ def disk_full(exc: BaseException) -> bool:
     without a SQLSTATE). Class 53 alone also covers memory and connections, whose fix
     differs, and a full disk stays full until someone frees it."""
     return getattr(exc, "sqlstate", None) == "53100" or "No space left on device" in str(exc)
+
+
+# SQLSTATEs of a statement the server answered and refused, its session left as it was:
+# the server is up and reads still work, so they must not open the connection breaker
+# (``Database._lost``); a full disk's "53100" is one, a read-only database's "25006" another
+REFUSED_WRITE = frozenset({"53100", "25006"})
+
+
+def refused_write(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a write the server refused while it still answers (its disk full,
+    a read-only database): every later write fails too, but no connection was lost."""
+    return getattr(exc, "sqlstate", None) in REFUSED_WRITE
 
 
 def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:

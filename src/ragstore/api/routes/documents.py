@@ -91,8 +91,10 @@ def _ingest_now(rt: Runtime, collection: str, docs: list[NewDocument]) -> list[D
     # one that stopped it, those files are listed in 'failed' and in 'not_attempted'
     unattempted = [o.name for o in outcomes if o.status == "not_attempted"]
     met = [err for o, err in failed if o.status != "not_attempted"]
-    # stopped: the error that stopped it, not a parse error of another file
-    stopper = next((err for err in met if stops_ingest(err)), None) if unattempted else None
+    # stopped: the error that stopped it, not a parse error of another file; also where the
+    # stop came at the last file (none left unattempted): another file's 4xx raised then,
+    # and a split upload's Client, not told the ingest stopped, sent its next request
+    stopper = next((err for err in met if stops_ingest(err)), None)
     first = stopper or (met or [failed[0][1]])[0]
     if len(outcomes) == 1:
         raise first
