@@ -241,16 +241,25 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxy_addresses(cls, value: str) -> str:
-        """Addresses or networks only: ``*`` would let any client pick its own address."""
+        """Addresses or networks only: ``*`` would let any client pick its own address, and
+        so would a network of every address (``0.0.0.0/0``, ``::/0``), which was taken: a
+        client then named its own address in ``X-Forwarded-For``, past the failed-key
+        throttle and, with keys off, past the loopback guard."""
         for item in (p.strip() for p in value.split(",")):
             if not item:
                 continue
             try:
-                ipaddress.ip_network(item, strict=False)
+                network = ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValueError(
                     f"{item!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/24)"
                 ) from None
+            if network.prefixlen == 0:
+                raise ValueError(
+                    f"{item!r} is every address: any client could then name its own address "
+                    "in X-Forwarded-For; give the proxies' own addresses or network "
+                    "(e.g. 10.0.0.5, 10.0.0.0/24)"
+                )
         return ",".join(p.strip() for p in value.split(",") if p.strip())
 
     def redacted(self) -> dict[str, Any]:

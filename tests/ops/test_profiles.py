@@ -139,3 +139,18 @@ def test_a_server_url_that_is_no_http_url_is_a_setting_to_fix(url: str) -> None:
 def test_a_server_url_is_kept_and_an_empty_one_is_unset() -> None:
     assert get_settings(url=" https://rag.internal:8443/ ").url == "https://rag.internal:8443/"
     assert get_settings(url="").url is None
+
+
+@pytest.mark.parametrize("proxies", ["0.0.0.0/0", "::/0", "10.0.0.5, 0.0.0.0/0", "*"])
+def test_trusted_proxies_of_every_address_are_refused(proxies: str) -> None:
+    # 0.0.0.0/0 was taken: any client could then name its own address in X-Forwarded-For
+    # (past the failed-key throttle, and with keys off past the loopback guard)
+    with pytest.raises(ConfigError) as exc:
+        get_settings(trusted_proxies=proxies)
+    assert "RAGSTORE_TRUSTED_PROXIES" in str(exc.value)
+    assert "10.0.0.0/24" in str(exc.value)  # how to fix it
+
+
+def test_trusted_proxies_of_real_networks_are_kept() -> None:
+    got = get_settings(trusted_proxies=" 10.0.0.5 , 10.0.0.0/24,::1 ").trusted_proxies
+    assert got == "10.0.0.5,10.0.0.0/24,::1"

@@ -69,7 +69,8 @@ def auth_enabled(settings: Settings) -> bool:
             f"RAGSTORE_AUTH=off with RAGSTORE_API_HOST={settings.api_host!r} would serve every "
             "collection to anyone who can reach this machine, with admin rights; turn keys on "
             "(RAGSTORE_AUTH=on and `ragstore keys create`) or bind to 127.0.0.1 (a reverse "
-            "proxy on this machine can still serve the network)"
+            "proxy in front of it must then authenticate its users itself: every request "
+            "it forwards has admin rights)"
         )
     return settings.auth == "on"
 
