@@ -249,3 +249,43 @@ def test_a_read_only_database_met_by_a_requests_last_file_stops_the_upload(
     assert got["stored"] == [], got
     assert "read-only" in err.message and "default_transaction_read_only" in err.message, err
     assert _stored(settings, coll) == set()
+
+
+def test_a_key_first_used_on_a_read_only_database_reads(
+    settings: Settings, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """A key's first verified use in a process records ``last_used_at``: on a primary that
+    only reads (the server checks for a standby at its start only), that update failed the
+    request, a search or a listing included (503), for each key's first use in each
+    process. The read is now answered, and the write still refused."""
+    from ragstore import Client
+    from ragstore.auth.keys import KeyStore
+    from ragstore.errors import RagstoreError
+    from tests.api.conftest import running_server, with_
+
+    db = _dbname(settings)
+    with Runtime(settings) as rt:
+        rt.collection("ro-keys", create=True)
+        secret = KeyStore(rt.db).create("write").secret
+    with running_server(with_(settings, auth="on")) as url:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+                sql.Identifier(db)
+            )
+        )
+        _end_sessions(admin, db)
+        try:
+            with Client(url, api_key=secret) as c:
+                names = [col["name"] for col in c.list_collections()]
+                with pytest.raises(RagstoreError) as refused:
+                    c.add_texts("ro-keys", ["a text the read-only database refuses"])
+        finally:
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(
+                    sql.Identifier(db)
+                )
+            )
+            _end_sessions(admin, db)
+    assert "ro-keys" in names
+    assert refused.value.code == "database_unavailable", refused.value
+    assert "read-only" in refused.value.message

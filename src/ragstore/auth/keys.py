@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -29,6 +30,8 @@ from ragstore.errors import (
     InputError,
     PermissionDeniedError,
 )
+
+log = logging.getLogger("ragstore.auth")
 
 # lowest first: a key allows its scope and those below it. ``metrics`` reads /metrics (and
 # /readyz's details) and nothing else, so a scraper's key reads no document (revision 0034)
@@ -202,7 +205,21 @@ class KeyStore:
                 with self._lock:
                     self._verified[key_id] = digest
                 if not self.read_only:
-                    conn.execute(
-                        "UPDATE api_keys SET last_used_at = now() WHERE id = %s", (key.id,)
-                    )
+                    _mark_used(conn, key.id)
         return key
+
+
+def _mark_used(conn: Any, key_id: int) -> None:
+    """Record a key's first verified use in this process (``last_used_at``), where the
+    database takes writes.
+
+    A primary that only reads (``default_transaction_read_only``, as some hosted databases
+    set when their disk is nearly full; the server checks for a standby only at its start)
+    refused the update, and with it every request of each key's first use in each process,
+    reads included (a 503 for a search that needs no write). The update now runs in a
+    savepoint and a read-only refusal skips it: the key's check stands."""
+    try:
+        with conn.transaction():
+            conn.execute("UPDATE api_keys SET last_used_at = now() WHERE id = %s", (key_id,))
+    except psycopg.errors.ReadOnlySqlTransaction:
+        log.info("api key %s: last use not recorded (the database is read-only)", key_id)
