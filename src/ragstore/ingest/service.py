@@ -470,7 +470,12 @@ class _Ingestor:
                         self.guard(conn)
                     self._build(conn, staged)
         except KeyboardInterrupt:
-            # the transaction rolled back: the load's documents are not stored
+            # the transaction rolled back: the load's documents are not stored; nor is
+            # the staged table they were to be searched through, where its transaction had
+            # committed (an interrupt in the attach, or in the index build after a refused
+            # swap): left, it was a leftover ``db check`` reported until the next load
+            if self._staging_committed:
+                discard_staged(self.rt, self.coll)
             rolled_back = {id(o) for o in self._bulk_outcomes}
             with self._lock:
                 outcomes = self.report.outcomes
