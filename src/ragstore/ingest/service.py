@@ -779,6 +779,9 @@ def ingest_items(
             _Ingestor(rt, coll, embedder, report, metadata or {}, progress, bulk, guard).run(
                 items, total
             )
+    except RagstoreError as exc:
+        _say_what_was_stored(exc, report, items)
+        raise
     finally:
         try:
             _build_index(rt, coll)
@@ -787,6 +790,31 @@ def ingest_items(
             # of what was stored; an index left unbuilt is built by the next ingest
             if report.stopped_by is None or not stops_ingest(exc):
                 raise
+
+
+def _say_what_was_stored(exc: RagstoreError, report: IngestReport, items: Sequence[Item]) -> None:
+    """An error raised out of the pipeline (one that is not an input's own: the embedding
+    endpoint refusing a round, say) after earlier rounds committed, a transaction each:
+    the error says which inputs were stored, each whole, and which were not, as
+    ``add_texts`` does. It used to be the error alone, which read as if nothing had
+    changed (an upload of several files was answered a bare 502) while the files of the
+    rounds before it had been added or replaced. Named as their error messages name them
+    (an upload by the client's name)."""
+    done = {o.source for o in report.outcomes if o.status in ("added", "updated")}
+    if not done:
+        return
+    stored = [i.label for i in items if i.source in done]
+    exc.problem_members = {
+        **exc.problem_members,
+        "stored_files": stored,
+        "not_stored_files": [i.label for i in items if i.source not in done],
+    }
+    exc.message += (
+        f" ({len(stored)} of the {len(items)} files were stored before it, each whole: "
+        "see 'stored_files'; the rest were not changed: 'not_stored_files'; run the same "
+        "ingest again to resume)"
+    )
+    exc.args = (exc.message,)
 
 
 def _storable_names(items: Sequence[Item], report: IngestReport) -> list[Item]:
