@@ -16,7 +16,7 @@ from ragstore import integrity
 from ragstore.config import Settings
 from ragstore.db import catalog, repository
 from ragstore.embedding.registry import DEFAULT_MODEL, load_embedder, resolve_spec
-from ragstore.errors import EmbeddingProviderError
+from ragstore.errors import EmbeddingProviderError, InputError
 from ragstore.ingest import ingest_paths
 from ragstore.ingest.service import IngestReport
 from ragstore.modelops import add_http_model
@@ -219,3 +219,23 @@ def test_a_changed_file_whose_new_version_cannot_be_stored_keeps_the_old_one(
     assert after == before
     assert _texts(rt, "upd-parse") == texts
     assert integrity.check(rt, "upd-parse").ok
+
+
+def test_two_names_of_one_document_in_one_request_are_refused(rt: Runtime, tmp_path: Path) -> None:
+    """``notes/a.md``, ``notes\\a.md``, ``notes//a.md`` and ``./notes/a.md`` are one
+    document (one stored source). Sent together they passed the check for a repeated name
+    and were written one after the other, the second over the first, and both were
+    answered as stored; they are now refused as one name given twice, nothing stored."""
+    import ragstore.jobs  # noqa: F401  (first: ingest.documents <-> jobs import cycle)
+    from ragstore.ingest.documents import NewDocument, add_documents
+
+    rt.collection("upd-names", create=True)
+    for other in ("notes\\a.md", "notes//a.md", "./notes/a.md"):
+        docs = []
+        for n, name in enumerate(("notes/a.md", other)):
+            staged = tmp_path / f"staged{n}"
+            staged.write_text(f"# A\n\nVersion {n} of the note about herons.\n")
+            docs.append(NewDocument(name, staged))
+        with pytest.raises(InputError, match="appears twice"):
+            add_documents(rt, "upd-names", docs)
+    assert _texts(rt, "upd-names") == []
