@@ -239,3 +239,39 @@ def test_two_names_of_one_document_in_one_request_are_refused(rt: Runtime, tmp_p
         with pytest.raises(InputError, match="appears twice"):
             add_documents(rt, "upd-names", docs)
     assert _texts(rt, "upd-names") == []
+
+
+def test_a_bulk_load_whose_embedding_fails_reports_every_file_failed(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk load (one transaction) whose endpoint refuses its first round: every file is
+    reported failed with the endpoint's error and nothing is stored. The error went with
+    the rolled-back load: the report was empty (the CLI said there were no files to ingest
+    and exited 0), and an upload's answer crashed with a KeyError."""
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    local = load_embedder(resolve_spec(DEFAULT_MODEL))
+    server = EmbeddingServer(local, api_key="sk-test-123").start()  # type: ignore[arg-type]
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(4):
+        body = " ".join(f"word{j} of file {i}." for j in range(120))
+        (folder / f"f{i}.md").write_text(f"# File {i}\n\n{body} Poisoned row.\n")
+    try:
+        with Runtime(_like(settings, ingest_batch_chunks=1, bulk_load_bytes=2048)) as small:
+            _http_collection(small, server, "upd-bulk-embed")
+            server.refuse_text = "Poisoned row."
+            report = ingest_paths(small, [folder], "upd-bulk-embed")
+            assert [o.status for o in report.outcomes] == ["failed"] * 4
+            assert all(o.code == "embedding_provider_error" for o in report.outcomes)
+            assert all("input refused" in str(o.error) for o in report.outcomes)
+            assert _texts(small, "upd-bulk-embed") == []
+            import ragstore.jobs  # noqa: F401  (first: ingest.documents <-> jobs import cycle)
+            from ragstore.ingest.documents import NewDocument, add_documents
+
+            sent = [NewDocument(f.name, f) for f in sorted(folder.iterdir())]
+            outcomes = add_documents(small, "upd-bulk-embed", sent)
+            assert [o.status for o in outcomes] == ["failed"] * 4
+            assert _texts(small, "upd-bulk-embed") == []
+            assert integrity.check(small, "upd-bulk-embed").ok
+    finally:
+        server.stop()

@@ -492,6 +492,20 @@ class _Ingestor:
             if stops_ingest(exc):  # the inputs it had not reached yet: not attempted
                 self.stop(exc)
                 self._unattempted(files)
+            else:
+                self._failed_with_load(files, exc)
+
+    def _failed_with_load(self, files: Sequence[Item], exc: RagstoreError) -> None:
+        """The inputs a failed bulk load had not written yet (an embedding endpoint that
+        refused a round stops the pipeline there): failed with the load's error, as those
+        it had written are. They had no outcome: the error was dropped with the rolled-back
+        transaction, and a load failing in its first round was reported as nothing to
+        ingest (exit status 0) while an upload's answer crashed looking its files up."""
+        with self._lock:
+            seen = {o.source for o in self.report.outcomes}
+        for item in files:
+            if item.source not in seen:
+                self._done(_fail(item.source, exc))
 
     def _staging(self, total_bytes: int) -> AbstractContextManager[StagedVectors | None]:
         """A bulk load's staging connection, where :func:`_stages`."""
