@@ -20,10 +20,12 @@ from typing import Any
 
 import pytest
 
+from ragstore import integrity
 from ragstore.config import Settings
 from ragstore.db import documents, repository, spaces
+from ragstore.errors import DatabaseError
 from ragstore.ingest import ingest_paths, service
-from ragstore.ingest.service import IngestReport
+from ragstore.ingest.service import IngestInterrupted, IngestReport
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from tests.bm25_rows import bm25_rows, bulk_loads, collection_keeping, full_text
@@ -356,3 +358,46 @@ def test_rewriting_the_stores_only_collection_does_not_hold_searches(
             with alone.db.connect(autocommit=True) as other:
                 other.execute("SET lock_timeout = '2s'")
                 assert full_text(other, coll.id, query) == before
+
+
+@pytest.mark.parametrize("where", ["bm25", "attach", "interrupted-bm25", "interrupted-attach"])
+def test_a_rebuilding_load_rewriting_the_stored_files_that_fails_keeps_the_old_versions(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A rebuilding load that rewrites every stored file and fails, or is interrupted
+    (Ctrl-C), in its BM25 build or where its staged table is attached: the old versions
+    stay whole (documents, vectors, BM25 rows), both searches find the old text, and
+    ``db check`` finds nothing, no staged table left behind either. An interrupt after
+    the staging transaction had committed used to leave its table to the next load."""
+    bulk_loads(rt, True)
+    name = f"rb-rewrite-{where}"
+    folder = write_corpus(tmp_path / "a", docs=8, paragraphs=3, prefix="kept")
+    assert not ingest_paths(rt, [folder], name).failed
+    before = _snapshot(rt, name)
+    for f in folder.iterdir():
+        f.write_text(f.read_text().replace("kept", "lost") + "\nA later paragraph on zebras.\n")
+
+    def failing(*_: object, **__: object) -> None:
+        if where.startswith("interrupted"):
+            raise KeyboardInterrupt
+        raise DatabaseError("failed by the test")
+
+    if where.endswith("attach"):
+        monkeypatch.setattr(spaces, "attach_load_table", failing)
+    else:
+        monkeypatch.setattr(documents, "finish_bulk_add", failing)
+    if where.startswith("interrupted"):
+        with pytest.raises(IngestInterrupted) as stopped:
+            ingest_paths(rt, [folder], name)
+        assert not stopped.value.report.outcomes, "nothing of the load was stored"
+    else:
+        report = ingest_paths(rt, [folder], name)
+        assert [o.status for o in report.outcomes] == ["failed"] * 8
+    monkeypatch.undo()
+    assert _snapshot(rt, name) == before
+    hits = search(rt, "Paragraph 1 of kept3", collection=name, k=1, mode="vector")
+    assert hits and "kept3" in hits[0].text
+    hits = search(rt, "kept3", collection=name, k=1, mode="fulltext")
+    assert hits and "kept3" in hits[0].text
+    found = integrity.check(rt, name)
+    assert found.ok, found.findings

@@ -145,12 +145,24 @@ def document_by_source(conn: Conn, coll: repository.Collection, source: str) -> 
 
 
 def delete_document(conn: Conn, coll: repository.Collection, doc_id: int) -> str:
-    """Delete it (chunks and vectors follow by cascade); its source is returned."""
+    """Delete it (chunks and vectors follow by cascade); its source is returned.
+
+    Under its source's write lock (``documents.lock_sources``), as every other writer of a
+    document: deleted by id without it, the row went from under a re-ingest of the same
+    file that had read it, whose replacing write then found nothing to update and crashed
+    (a KeyError out of the whole ingest). A write in flight now ends first, and the delete
+    removes what it stored; a write that comes later finds no row and adds the document."""
+    row = conn.execute(
+        "SELECT source FROM documents WHERE collection_id = %s AND id = %s", (coll.id, doc_id)
+    ).fetchone()
+    if row is None:
+        raise document_not_found(doc_id, coll)
+    documents.lock_sources(conn, coll.id, [str(row[0])])
     row = conn.execute(
         "DELETE FROM documents WHERE collection_id = %s AND id = %s RETURNING source",
         (coll.id, doc_id),
     ).fetchone()
-    if row is None:
+    if row is None:  # deleted by another request while this one waited for the lock
         raise document_not_found(doc_id, coll)
     return str(row[0])
 

@@ -470,7 +470,12 @@ class _Ingestor:
                         self.guard(conn)
                     self._build(conn, staged)
         except KeyboardInterrupt:
-            # the transaction rolled back: the load's documents are not stored
+            # the transaction rolled back: the load's documents are not stored; nor is
+            # the staged table they were to be searched through, where its transaction had
+            # committed (an interrupt in the attach, or in the index build after a refused
+            # swap): left, it was a leftover ``db check`` reported until the next load
+            if self._staging_committed:
+                discard_staged(self.rt, self.coll)
             rolled_back = {id(o) for o in self._bulk_outcomes}
             with self._lock:
                 outcomes = self.report.outcomes
@@ -487,6 +492,20 @@ class _Ingestor:
             if stops_ingest(exc):  # the inputs it had not reached yet: not attempted
                 self.stop(exc)
                 self._unattempted(files)
+            else:
+                self._failed_with_load(files, exc)
+
+    def _failed_with_load(self, files: Sequence[Item], exc: RagstoreError) -> None:
+        """The inputs a failed bulk load had not written yet (an embedding endpoint that
+        refused a round stops the pipeline there): failed with the load's error, as those
+        it had written are. They had no outcome: the error was dropped with the rolled-back
+        transaction, and a load failing in its first round was reported as nothing to
+        ingest (exit status 0) while an upload's answer crashed looking its files up."""
+        with self._lock:
+            seen = {o.source for o in self.report.outcomes}
+        for item in files:
+            if item.source not in seen:
+                self._done(_fail(item.source, exc))
 
     def _staging(self, total_bytes: int) -> AbstractContextManager[StagedVectors | None]:
         """A bulk load's staging connection, where :func:`_stages`."""
@@ -774,6 +793,9 @@ def ingest_items(
             _Ingestor(rt, coll, embedder, report, metadata or {}, progress, bulk, guard).run(
                 items, total
             )
+    except RagstoreError as exc:
+        _say_what_was_stored(exc, report, items)
+        raise
     finally:
         try:
             _build_index(rt, coll)
@@ -782,6 +804,31 @@ def ingest_items(
             # of what was stored; an index left unbuilt is built by the next ingest
             if report.stopped_by is None or not stops_ingest(exc):
                 raise
+
+
+def _say_what_was_stored(exc: RagstoreError, report: IngestReport, items: Sequence[Item]) -> None:
+    """An error raised out of the pipeline (one that is not an input's own: the embedding
+    endpoint refusing a round, say) after earlier rounds committed, a transaction each:
+    the error says which inputs were stored, each whole, and which were not, as
+    ``add_texts`` does. It used to be the error alone, which read as if nothing had
+    changed (an upload of several files was answered a bare 502) while the files of the
+    rounds before it had been added or replaced. Named as their error messages name them
+    (an upload by the client's name)."""
+    done = {o.source for o in report.outcomes if o.status in ("added", "updated")}
+    if not done:
+        return
+    stored = [i.label for i in items if i.source in done]
+    exc.problem_members = {
+        **exc.problem_members,
+        "stored_files": stored,
+        "not_stored_files": [i.label for i in items if i.source not in done],
+    }
+    exc.message += (
+        f" ({len(stored)} of the {len(items)} files were stored before it, each whole: "
+        "see 'stored_files'; the rest were not changed: 'not_stored_files'; run the same "
+        "ingest again to resume)"
+    )
+    exc.args = (exc.message,)
 
 
 def _storable_names(items: Sequence[Item], report: IngestReport) -> list[Item]:

@@ -56,12 +56,21 @@ def safe_name(name: str) -> PurePosixPath:
 
 def unique_names(names: Sequence[str]) -> None:
     """InputError naming the first document name given twice in one request (or call):
-    each name is one document, so the second would be stored over the first."""
-    seen: set[str] = set()
+    each name is one document, so the second would be stored over the first.
+
+    Names are compared as :func:`safe_name` reads them, which is what their stored source
+    is made of (:func:`source_of`): compared as sent, ``notes/a.md`` and ``notes\\a.md``
+    (or ``notes//a.md``, ``./notes/a.md``) passed as two documents, were written one over
+    the other, and both were answered as stored."""
+    seen: dict[PurePosixPath, str] = {}
     for name in names:
-        if name in seen:
-            raise InputError(f"document name {name!r} appears twice in one request; send it once")
-        seen.add(name)
+        key = safe_name(name)
+        if key in seen:
+            same = "" if seen[key] == name else f" (as {seen[key]!r}: both name {str(key)!r})"
+            raise InputError(
+                f"document name {name!r} appears twice in one request{same}; send it once"
+            )
+        seen[key] = name
 
 
 def source_of(settings: Settings, collection: str, name: str) -> str:
