@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ragstore.config import Settings
@@ -243,6 +244,22 @@ ORDER BY 1 LIMIT 6
 Snapshot = tuple[str, str | None, dict[str, int], Callable[[bool], list[str]]]
 
 
+def _counts_in(db: Database, snapshot: str) -> tuple[str | None, dict[str, int]]:
+    """The schema revision and row counts in the exported ``snapshot``, read on a
+    connection of their own whose transaction (and its table locks) ends here, before
+    pg_dump starts (see :func:`_snapshot`)."""
+    with (
+        db.connect(autocommit=True) as conn,
+        translated(f"reading {db.where}"),
+        conn.transaction(),
+    ):
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        revision = migrations.current_revision(conn)
+        counts = catalog.row_counts(conn) if revision is not None else {}
+    return revision, counts
+
+
 @contextlib.contextmanager
 def _snapshot(db: Database) -> Iterator[Snapshot]:
     """An exported snapshot for ``pg_dump --snapshot``, with the schema revision and row
@@ -252,7 +269,17 @@ def _snapshot(db: Database) -> Iterator[Snapshot]:
 
     Read in a transaction of their own before pg_dump took its snapshot, the revision and
     counts a backup records and prints missed the writes committed in between, which the
-    archive holds: the backup described rows other than the ones it kept."""
+    archive holds: the backup described rows other than the ones it kept.
+
+    They are read on a second connection that imports the snapshot
+    (:func:`_counts_in`), not in the exporting transaction: that one stays open until
+    pg_dump ends, and the reads' ACCESS SHARE locks on chunks, documents, collections and
+    alembic_version stayed with it. A session asking for ACCESS EXCLUSIVE on one of them
+    (DDL with no lock_timeout) queued behind it, pg_dump's own lock on that table queued
+    behind that session, and the backup waited for pg_dump: a cycle PostgreSQL's deadlock
+    detector cannot see (one edge is this process waiting for its child), which hung the
+    backup and every query on that table for good. The exporting transaction now holds
+    the snapshot and no lock on any table."""
     with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
         # idle while pg_dump runs (hours, for a big database): a server-wide limit on idle
         # or long transactions would end it under the dump, as pg_dump lifts it for its own
@@ -263,8 +290,7 @@ def _snapshot(db: Database) -> Iterator[Snapshot]:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             row = conn.execute("SELECT pg_export_snapshot()").fetchone()
             assert row is not None
-            revision = migrations.current_revision(conn)
-            counts = catalog.row_counts(conn) if revision is not None else {}
+            revision, counts = _counts_in(db, str(row[0]))
 
             def changed(dumped: bool) -> list[str]:
                 kinds = ["r"] if dumped else ["r", "m"]
