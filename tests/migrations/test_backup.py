@@ -1486,3 +1486,35 @@ def test_a_table_lock_asked_for_as_pg_dump_starts_does_not_hang_the_backup(
     assert info.counts == expected
     assert info.counts["chunks"] == _archived_rows(archive, "chunks")
     assert backends_where(populated, "application_name = 'pg_dump'") == 0
+
+
+def test_a_restore_that_waited_out_its_lock_timeout_names_the_sessions_holding_tables(
+    populated: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A restore whose drops waited out their lock_timeout behind another session's open
+    transaction failed with psql's bare "canceling statement due to lock timeout" and a
+    line of the restore script, naming no holder. It is now one error naming the session
+    that held the tables and how to go on, with the database as it was."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive), "--json") == 0
+    before = full_dump(populated)
+    monkeypatch.setattr(backup, "RESTORE_LOCK_TIMEOUT_S", 1.0)
+    holder = psycopg.connect(populated, application_name="a-reporting-job")
+    holder.execute("SELECT 1 FROM chunks LIMIT 1")  # open, holding chunks
+    capsys.readouterr()
+    try:
+        status = run_cli("restore", str(archive), "--yes", "--json", "--no-backup")
+    finally:
+        holder_pid = holder.info.backend_pid
+        holder.rollback()
+        holder.close()
+    err = capsys.readouterr().err
+    assert status == 75, err
+    assert "lock timeout" not in err and "prelude.sql" not in err, err
+    assert f"pid {holder_pid} (a-reporting-job, idle in transaction," in err, err
+    assert f"Nothing of {archive} was restored; the database is as it was" in err, err
+    assert "pg_terminate_backend" in err, err
+    assert full_dump(populated) == before
