@@ -1451,10 +1451,8 @@ def test_a_table_lock_asked_for_as_pg_dump_starts_does_not_hang_the_backup(
     def lock_then(name: str) -> str:
         if name == "pg_dump":  # the snapshot is exported: the lock is asked for, then pg_dump
             lock_thread.start()
-            _wait_for(
-                populated,
-                f"pid = {locker_pid} AND (wait_event_type = 'Lock' OR state LIKE 'idle%')",
-            )
+            asked = "wait_event_type = 'Lock' OR state = 'idle in transaction'"
+            _wait_for(populated, f"pid = {locker_pid} AND ({asked})")
         return real(name)
 
     done = threading.Event()
