@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ragstore.config import Settings
@@ -48,13 +49,14 @@ from ragstore.errors import (
     PathNotFoundError,
     RagstoreError,
     SchemaMismatchError,
+    StatementCancelledError,
 )
 
 # Dropped before the archive is replayed: everything in public that no extension owns
 # (tables with their triggers, views, sequences, functions, types), so that objects made
 # after the backup (a later schema revision, a new embedding space) do not survive it.
 _DROP_PUBLIC_OBJECTS = """
-SET lock_timeout = '60s';
+SET lock_timeout = '{lock_timeout_ms}ms';
 DO $$
 DECLARE r record;
 BEGIN
@@ -97,6 +99,9 @@ END $$;
 # the table of contents line (``pg_restore --list``) of the table every ragstore schema has
 _SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ TABLE public alembic_version ", re.M)
 STOP_WAIT_S = 60.0  # how long an interrupted restore waits for its transaction to end
+# how long a restore's statements wait for a table lock (its drops, held by another
+# session's open transaction) before it gives up, changing nothing
+RESTORE_LOCK_TIMEOUT_S = 60.0
 _T = TypeVar("_T")
 # pauses between the tries at reading the database back after a restore's transaction
 # ended (a restart or failover takes seconds): what it left, its revision and counts
@@ -243,6 +248,22 @@ ORDER BY 1 LIMIT 6
 Snapshot = tuple[str, str | None, dict[str, int], Callable[[bool], list[str]]]
 
 
+def _counts_in(db: Database, snapshot: str) -> tuple[str | None, dict[str, int]]:
+    """The schema revision and row counts in the exported ``snapshot``, read on a
+    connection of their own whose transaction (and its table locks) ends here, before
+    pg_dump starts (see :func:`_snapshot`)."""
+    with (
+        db.connect(autocommit=True) as conn,
+        translated(f"reading {db.where}"),
+        conn.transaction(),
+    ):
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        revision = migrations.current_revision(conn)
+        counts = catalog.row_counts(conn) if revision is not None else {}
+    return revision, counts
+
+
 @contextlib.contextmanager
 def _snapshot(db: Database) -> Iterator[Snapshot]:
     """An exported snapshot for ``pg_dump --snapshot``, with the schema revision and row
@@ -252,7 +273,17 @@ def _snapshot(db: Database) -> Iterator[Snapshot]:
 
     Read in a transaction of their own before pg_dump took its snapshot, the revision and
     counts a backup records and prints missed the writes committed in between, which the
-    archive holds: the backup described rows other than the ones it kept."""
+    archive holds: the backup described rows other than the ones it kept.
+
+    They are read on a second connection that imports the snapshot
+    (:func:`_counts_in`), not in the exporting transaction: that one stays open until
+    pg_dump ends, and the reads' ACCESS SHARE locks on chunks, documents, collections and
+    alembic_version stayed with it. A session asking for ACCESS EXCLUSIVE on one of them
+    (DDL with no lock_timeout) queued behind it, pg_dump's own lock on that table queued
+    behind that session, and the backup waited for pg_dump: a cycle PostgreSQL's deadlock
+    detector cannot see (one edge is this process waiting for its child), which hung the
+    backup and every query on that table for good. The exporting transaction now holds
+    the snapshot and no lock on any table."""
     with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
         # idle while pg_dump runs (hours, for a big database): a server-wide limit on idle
         # or long transactions would end it under the dump, as pg_dump lifts it for its own
@@ -263,8 +294,7 @@ def _snapshot(db: Database) -> Iterator[Snapshot]:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             row = conn.execute("SELECT pg_export_snapshot()").fetchone()
             assert row is not None
-            revision = migrations.current_revision(conn)
-            counts = catalog.row_counts(conn) if revision is not None else {}
+            revision, counts = _counts_in(db, str(row[0]))
 
             def changed(dumped: bool) -> list[str]:
                 kinds = ["r"] if dumped else ["r", "m"]
@@ -1152,7 +1182,42 @@ def _failed(db: Database, path: Path, session: Path, exc: BackupError) -> Ragsto
         return OutcomeUnknownError(f"{exc}; {_unknown(path, why)}")
     if state == "committed":
         return None
+    if _LOCK_TIMED_OUT in str(exc):
+        return _locked_out(db, path, what)
     return BackupError(f"{exc}; {what}")
+
+
+# psql's message for a statement that waited out ``lock_timeout`` (RESTORE_LOCK_TIMEOUT_S)
+_LOCK_TIMED_OUT = "canceling statement due to lock timeout"
+
+
+def _locked_out(db: Database, path: Path, what: str) -> RagstoreError:
+    """The error of a restore that gave up waiting for its table locks: who holds
+    ragstore's tables (read now, as ``db upgrade`` names them; "could not be read" where
+    the database does not answer), what the database holds and how to go on.
+
+    psql's own message ("canceling statement due to lock timeout" at a line of the
+    restore's script) named no session, so nothing said what to wait for or end."""
+    try:
+        with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
+            rows = conn.execute(migrations._LOCK_HOLDERS, (RESTORE_LOCK_TIMEOUT_S,)).fetchall()
+        held = (
+            "; ".join(
+                f"pid {pid} ({app}{': a backup' if app == 'pg_dump' else ''}, "
+                f"{state or 'open'}, in a transaction since {since} UTC)"
+                for pid, app, state, since in rows[:5]
+            )
+            or "none now (they have ended since)"
+        )
+    except RagstoreError as exc:
+        held = f"could not be read ({exc})"
+    return StatementCancelledError(
+        f"restoring {path} into {db.where}: other sessions held its tables for "
+        f"{RESTORE_LOCK_TIMEOUT_S:g}s (the longest a restore waits for a table lock); "
+        f"sessions holding ragstore's tables: {held}. {what[:1].upper()}{what[1:]}: run "
+        "it again once they have ended (a backup, pg_dump, ends by itself; another "
+        "session can be ended with SELECT pg_terminate_backend(PID))"
+    )
 
 
 @dataclass
@@ -1245,7 +1310,10 @@ def _restore(
         # failure's message is psql's first lines, and they were these, not its error
         quiet = "SET client_min_messages = warning;\n"
         guard = "" if drop_dependents else _GUARD_OUTSIDE_DEPENDENTS
-        prelude.write_text(quiet + record + create + guard + _DROP_PUBLIC_OBJECTS)
+        drop = _DROP_PUBLIC_OBJECTS.replace(
+            "{lock_timeout_ms}", str(max(1, round(RESTORE_LOCK_TIMEOUT_S * 1000)))
+        )
+        prelude.write_text(quiet + record + create + guard + drop)
         try:
             _run(
                 [

@@ -1408,3 +1408,111 @@ def test_a_backup_during_which_a_materialized_view_was_refreshed_is_kept(
         text=True,
     ).stdout
     assert "MATERIALIZED VIEW DATA mine n " in listing, listing
+
+
+def test_a_table_lock_asked_for_as_pg_dump_starts_does_not_hang_the_backup(
+    populated: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backup read its revision and counts inside the transaction that exported its
+    snapshot, which stays open until pg_dump ends: it held ACCESS SHARE on chunks (and
+    collections, documents, alembic_version) the whole time. A session asking for ACCESS
+    EXCLUSIVE on chunks then (DDL with no lock_timeout) queued behind it, and pg_dump's
+    own lock on chunks queued behind that session: the backup waited for pg_dump, pg_dump
+    for the session, the session for the backup, a cycle PostgreSQL cannot see, and all
+    three (and every query on chunks) hung for good. Now the session has its lock at once,
+    pg_dump waits for it to end, and the backup completes with the right counts."""
+    with psycopg.connect(populated) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM collections), (SELECT count(*) FROM documents),"
+            " (SELECT count(*) FROM chunks)"
+        ).fetchone()
+    assert row is not None
+    expected = {"collections": row[0], "documents": row[1], "chunks": row[2]}
+    locker = psycopg.connect(populated)  # a session of its own, no lock_timeout
+    locker_pid = locker.info.backend_pid
+    got: list[BaseException | None] = []
+    dumping = "application_name = 'pg_dump' AND wait_event_type = 'Lock'"
+
+    def lock_then_release() -> None:  # hold the lock until pg_dump waits for it
+        try:
+            locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+            deadline = time.monotonic() + 30
+            while not backends_where(populated, dumping) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            locker.commit()
+            got.append(None)
+        except psycopg.Error as exc:
+            locker.rollback()
+            got.append(exc)
+
+    lock_thread = threading.Thread(target=lock_then_release)
+    real = backup._tool
+
+    def lock_then(name: str) -> str:
+        if name == "pg_dump":  # the snapshot is exported: the lock is asked for, then pg_dump
+            lock_thread.start()
+            asked = "wait_event_type = 'Lock' OR state = 'idle in transaction'"
+            _wait_for(populated, f"pid = {locker_pid} AND ({asked})")
+        return real(name)
+
+    done = threading.Event()
+    stuck: list[bool] = []
+
+    def watchdog() -> None:  # unfixed, the cycle never ends: cancel the lock request
+        if not done.wait(20):
+            stuck.append(True)
+            with psycopg.connect(populated, autocommit=True) as conn:
+                conn.execute("SELECT pg_cancel_backend(%s)", (locker_pid,))
+
+    monkeypatch.setattr(backup, "_tool", lock_then)
+    guard = threading.Thread(target=watchdog)
+    guard.start()
+    archive = tmp_path / "b.dump"
+    try:
+        status = run_cli("backup", str(archive))
+    finally:
+        done.set()
+        guard.join()
+        if lock_thread.is_alive() or lock_thread.ident is not None:
+            lock_thread.join()
+        locker.close()
+    assert not stuck, "the backup hung (its lock request was cancelled after 20 s)"
+    assert got == [None], got
+    assert status == 0
+    info = backup.read_info(archive)
+    assert info is not None
+    assert info.counts == expected
+    assert info.counts["chunks"] == _archived_rows(archive, "chunks")
+    assert backends_where(populated, "application_name = 'pg_dump'") == 0
+
+
+def test_a_restore_that_waited_out_its_lock_timeout_names_the_sessions_holding_tables(
+    populated: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A restore whose drops waited out their lock_timeout behind another session's open
+    transaction failed with psql's bare "canceling statement due to lock timeout" and a
+    line of the restore script, naming no holder. It is now one error naming the session
+    that held the tables and how to go on, with the database as it was."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive), "--json") == 0
+    before = full_dump(populated)
+    monkeypatch.setattr(backup, "RESTORE_LOCK_TIMEOUT_S", 1.0)
+    holder = psycopg.connect(populated, application_name="a-reporting-job")
+    holder.execute("SELECT 1 FROM chunks LIMIT 1")  # open, holding chunks
+    capsys.readouterr()
+    try:
+        status = run_cli("restore", str(archive), "--yes", "--json", "--no-backup")
+    finally:
+        holder_pid = holder.info.backend_pid
+        holder.rollback()
+        holder.close()
+    err = capsys.readouterr().err
+    assert status == 75, err
+    assert "lock timeout" not in err and "prelude.sql" not in err, err
+    assert f"pid {holder_pid} (a-reporting-job, idle in transaction," in err, err
+    assert f"Nothing of {archive} was restored; the database is as it was" in err, err
+    assert "pg_terminate_backend" in err, err
+    assert full_dump(populated) == before
