@@ -1198,19 +1198,7 @@ def _locked_out(db: Database, path: Path, what: str) -> RagstoreError:
 
     psql's own message ("canceling statement due to lock timeout" at a line of the
     restore's script) named no session, so nothing said what to wait for or end."""
-    try:
-        with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
-            rows = conn.execute(migrations._LOCK_HOLDERS, (RESTORE_LOCK_TIMEOUT_S,)).fetchall()
-        held = (
-            "; ".join(
-                f"pid {pid} ({app}{': a backup' if app == 'pg_dump' else ''}, "
-                f"{state or 'open'}, in a transaction since {since} UTC)"
-                for pid, app, state, since in rows[:5]
-            )
-            or "none now (they have ended since)"
-        )
-    except RagstoreError as exc:
-        held = f"could not be read ({exc})"
+    held = migrations.lock_holders(db, RESTORE_LOCK_TIMEOUT_S)
     return StatementCancelledError(
         f"restoring {path} into {db.where}: other sessions held its tables for "
         f"{RESTORE_LOCK_TIMEOUT_S:g}s (the longest a restore waits for a table lock); "

@@ -307,22 +307,30 @@ ORDER BY a.xact_start LIMIT 6
 """
 
 
-def _locked_out(db: Database, action: str, before: str | None, tries: int) -> RagstoreError:
-    """The error of a migration that never had its table locks: who holds them (read now;
-    "could not be read" where the database does not answer) and how to go on."""
+def lock_holders(db: Database, waited_s: float) -> str:
+    """The sessions holding ragstore's tables in transactions older than ``waited_s``, in
+    words (pid, application, state, since when; read now): what a migration or a restore
+    that could not have its table locks waited behind. "could not be read" where the
+    database does not answer."""
     try:
         with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
-            rows = conn.execute(_LOCK_HOLDERS, (LOCK_WAIT_S,)).fetchall()
-        held = (
-            "; ".join(
-                f"pid {pid} ({app}{': a backup' if app == 'pg_dump' else ''}, "
-                f"{state or 'open'}, in a transaction since {since} UTC)"
-                for pid, app, state, since in rows[:5]
-            )
-            or "none now (they have ended since)"
-        )
+            rows = conn.execute(_LOCK_HOLDERS, (waited_s,)).fetchall()
     except RagstoreError as exc:
-        held = f"could not be read ({exc})"
+        return f"could not be read ({exc})"
+    return (
+        "; ".join(
+            f"pid {pid} ({app}{': a backup' if app == 'pg_dump' else ''}, "
+            f"{state or 'open'}, in a transaction since {since} UTC)"
+            for pid, app, state, since in rows[:5]
+        )
+        or "none now (they have ended since)"
+    )
+
+
+def _locked_out(db: Database, action: str, before: str | None, tries: int) -> RagstoreError:
+    """The error of a migration that never had its table locks: who holds them and how
+    to go on."""
+    held = lock_holders(db, LOCK_WAIT_S)
     return StatementCancelledError(
         f"{action} of {db.where}: other sessions held its tables for {LOCK_GIVE_UP_S:g}s "
         f"({tries} tries, each waiting {LOCK_WAIT_S:g}s for the table locks); sessions "
