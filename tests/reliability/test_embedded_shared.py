@@ -5,6 +5,7 @@ notebook's ``Store`` open while ``ragstore ingest`` runs in a terminal, ``serve`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -193,9 +194,13 @@ def _uris(procs: list[subprocess.Popen[str]]) -> list[str]:
     return uris
 
 
-def _postmasters(pgdata: Path) -> list[psutil.Process]:
-    procs = _postgres_in(pgdata)
-    return [p for p in procs if p.ppid() not in {q.pid for q in procs}]
+def _postmasters(pgdata: Path) -> list[int]:
+    """The pids of the postmasters working in ``pgdata`` (backends come and go meanwhile)."""
+    parents = {}
+    for proc in _postgres_in(pgdata):
+        with contextlib.suppress(psutil.Error):
+            parents[proc.pid] = proc.ppid()
+    return [pid for pid, parent in parents.items() if parent not in parents]
 
 
 def _kill_all(procs: list[subprocess.Popen[str]]) -> None:
