@@ -306,3 +306,39 @@ def test_a_dead_users_pid_given_to_another_process_does_not_keep_the_server_runn
         other.kill()
         other.wait()
         embedded.stop(data_dir)
+
+
+_TAKE_LOCK = """
+import sys, time
+from pathlib import Path
+from ragstore.db import embedded
+t0 = time.monotonic()
+with embedded._data_dir_lock(Path(sys.argv[1])):
+    print(round(time.monotonic() - t0, 2), flush=True)
+"""
+
+
+def test_a_child_forked_while_the_data_dir_lock_is_held_does_not_keep_it(tmp_path: Path) -> None:
+    """A child forked while this process held the data directory's lock (an ingest's parse
+    workers, forked while another thread restarted the server) must not keep it once the
+    parent lets go: with ``flock`` the child's copy of the descriptor held it, and every
+    other process's start waited for that child to end."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with embedded._data_dir_lock(data_dir):
+        child = os.fork()
+        if child == 0:  # the forked worker: lives on past the parent's hold
+            time.sleep(20)
+            os._exit(0)
+    try:
+        other = subprocess.run(
+            [sys.executable, "-c", _TAKE_LOCK, str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
+        assert other.returncode == 0, other.stderr
+        assert float(other.stdout.split()[0]) < 5, other.stdout  # not the child's 20 s
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)

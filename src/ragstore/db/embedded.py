@@ -346,7 +346,7 @@ def system_user() -> str | None:
 
 @contextlib.contextmanager
 def _data_dir_lock(data_dir: Path) -> Iterator[None]:
-    """Hold ``data_dir``'s own lock (``flock`` on :data:`SERVER_LOCK_NAME`, beside ``pg/``)
+    """Hold ``data_dir``'s own lock (``lockf`` on :data:`SERVER_LOCK_NAME`, beside ``pg/``)
     around every start, stop and release of its server.
 
     The package's inter-process lock, and so every start, stop and change to its list of
@@ -373,19 +373,25 @@ def _data_dir_lock(data_dir: Path) -> Iterator[None]:
             if depth > 1:
                 _dir_locks[path] = (fd, depth - 1)
             else:
-                os.close(fd)  # and with it the flock
+                os.close(fd)  # and with it the lock
 
 
 def _lock_file(path: Path) -> int | None:
-    """An open ``path``, locked (``flock``, waiting for another process's hold); None where
-    it cannot be opened or the filesystem has no locks (logged)."""
+    """An open ``path``, locked (``lockf``, waiting for another process's hold); None where
+    it cannot be opened or the filesystem has no locks (logged).
+
+    A POSIX record lock, not ``flock``: a child forked while it is held (an ingest's parse
+    workers, forked while another thread reconnects) does not share it, where an ``flock``
+    stayed held through the child's copy of the descriptor, and every other process's start
+    on this data directory waited for that child to end. This process opens the file once
+    (:data:`_dir_locks`), so closing another descriptor of it cannot drop the lock."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         _logger.warning("could not open the lock %s (%s); going on without it", path, exc)
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
     except OSError as exc:
         os.close(fd)
         if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
