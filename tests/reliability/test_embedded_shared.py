@@ -5,6 +5,8 @@ notebook's ``Store`` open while ``ragstore ingest`` runs in a terminal, ``serve`
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -83,7 +85,9 @@ def _kill_server(data_dir: Path) -> None:
     pid = int((pgdata / "postmaster.pid").read_text().split()[0])
     os.kill(pid, 9)
     deadline = time.monotonic() + 30
-    while _postgres_in(pgdata) and time.monotonic() < deadline:
+    # and reaped: a zombie's pid is alive to PostgreSQL, which then refuses its socket's
+    # lock file (this machine's init reaps late)
+    while (_postgres_in(pgdata) or psutil.pid_exists(pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _postgres_in(pgdata) == []
     assert (pgdata / "postmaster.pid").exists()
@@ -131,3 +135,210 @@ def test_a_stale_postmaster_pid_naming_another_live_program_is_taken_over(
         other.wait()
         embedded.release(data_dir)
         embedded.stop(data_dir)
+
+
+# like _STARTER, then stays a user of the server until a leave file appears, and exits
+# normally (its exit releases the server, and stops it if it was the last user)
+_STAYER = """
+import sys, time
+from pathlib import Path
+from ragstore.db import embedded
+go, leave = Path(sys.argv[2]), Path(sys.argv[3])
+while not go.exists():
+    time.sleep(0.005)
+print(embedded.start(Path(sys.argv[1])), flush=True)
+while not leave.exists():
+    time.sleep(0.02)
+"""
+
+
+def _stayers(tmp_path: Path, data_dir: Path, go: Path, n: int) -> list[subprocess.Popen[str]]:
+    """``n`` processes on ``data_dir``, each with its own ``XDG_RUNTIME_DIR`` (a terminal, a
+    cron job, ``docker exec``, a systemd service): the package's lock lives there."""
+    tmp_path.mkdir(exist_ok=True)
+    procs = []
+    for i in range(n):
+        runtime = tmp_path / f"runtime-{i}"
+        runtime.mkdir(mode=0o700)
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", "XDG_RUNTIME_DIR": str(runtime)}
+        leave = tmp_path / f"leave-{i}"
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _STAYER, str(data_dir), str(go), str(leave)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    return procs
+
+
+def _leave(tmp_path: Path, i: int, proc: subprocess.Popen[str]) -> str:
+    (tmp_path / f"leave-{i}").touch()
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def _uris(procs: list[subprocess.Popen[str]]) -> list[str]:
+    """The URI each started process printed (its whole output when it failed instead)."""
+    uris = []
+    for p in procs:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if not line.startswith("postgresql://"):
+            p.kill()
+            raise AssertionError(line + p.stdout.read()[-3000:])
+        uris.append(line.strip())
+    return uris
+
+
+def _postmasters(pgdata: Path) -> list[int]:
+    """The pids of the postmasters working in ``pgdata`` (backends come and go meanwhile)."""
+    parents = {}
+    for proc in _postgres_in(pgdata):
+        with contextlib.suppress(psutil.Error):
+            parents[proc.pid] = proc.ppid()
+    return [pid for pid, parent in parents.items() if parent not in parents]
+
+
+def _kill_all(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        if p.stdout is not None and not p.stdout.closed:
+            p.communicate()
+        p.wait()
+
+
+def test_processes_with_different_runtime_dirs_start_together_and_share_one_server(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    go = tmp_path / "go"
+    procs = _stayers(tmp_path, data_dir, go, 4)
+    try:
+        time.sleep(3)  # every interpreter has imported ragstore and waits for the go
+        go.touch()
+        uris = _uris(procs)
+        assert len(set(uris)) == 1  # one server for all
+        assert len(_postmasters(data_dir / "pg")) == 1
+        # all but one leave (each exit releases the server): it stays up for the last one
+        for i in range(3):
+            _leave(tmp_path, i, procs[i])
+            with psycopg.connect(uris[0]) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        _leave(tmp_path, 3, procs[3])  # the last user's exit stops it
+        assert _postgres_in(data_dir / "pg") == []
+    finally:
+        _kill_all(procs)
+        embedded.stop(data_dir)
+
+
+def test_a_user_leaving_does_not_stop_the_server_under_one_with_another_runtime_dir(
+    tmp_path: Path,
+) -> None:
+    """Processes joining a running server at once, each under its own runtime dir, all
+    count as its users: none of them leaving stops it under another."""
+    data_dir = tmp_path / "data"
+    first = _stayers(tmp_path / "a", data_dir, tmp_path / "go-a", 1)  # starts it alone
+    procs = first
+    try:
+        (tmp_path / "go-a").touch()
+        uri = _uris(first)[0]
+        joiners = _stayers(tmp_path / "b", data_dir, tmp_path / "go-b", 4)
+        procs = first + joiners
+        time.sleep(3)
+        (tmp_path / "go-b").touch()
+        assert set(_uris(joiners)) == {uri}
+        _leave(tmp_path / "a", 0, first[0])
+        for i in range(3):  # the last joiner still uses it after each of the others left
+            _leave(tmp_path / "b", i, joiners[i])
+            with psycopg.connect(uri) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        _leave(tmp_path / "b", 3, joiners[3])
+        assert _postgres_in(data_dir / "pg") == []
+    finally:
+        _kill_all(procs)
+        embedded.stop(data_dir)
+
+
+def test_a_killed_last_user_leaves_the_server_to_the_next_process_to_stop(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    procs = _stayers(tmp_path, data_dir, tmp_path / "go", 1)
+    try:
+        (tmp_path / "go").touch()
+        _uris(procs)
+        procs[0].kill()  # SIGKILL: no exit handler releases the server
+        procs[0].communicate()
+        assert len(_postmasters(data_dir / "pg")) == 1  # nobody left to stop it
+        embedded.start(data_dir)  # a later process forgets the killed user ...
+        embedded.release(data_dir)  # ... and, the last one, stops the server as it leaves
+        assert _postgres_in(data_dir / "pg") == []
+    finally:
+        _kill_all(procs)
+        embedded.stop(data_dir)
+
+
+def test_a_dead_users_pid_given_to_another_process_does_not_keep_the_server_running(
+    tmp_path: Path,
+) -> None:
+    """A user killed outright whose pid now belongs to another, live process (at once in a
+    container, whose pids start over at 1) is not taken for a user: the last real user's
+    exit still stops the server."""
+    data_dir = tmp_path / "data"
+    embedded.start(data_dir)
+    other = subprocess.Popen(["sleep", "300"])  # was given the killed user's pid
+    try:
+        users = data_dir / ".ragstore-server-users.json"  # pids with their create times
+        registry = json.loads(users.read_text()) if users.exists() else []
+        created = psutil.Process(other.pid).create_time() - 100  # the killed user's
+        users.write_text(json.dumps([*registry, [other.pid, created]]))
+        package_list = data_dir / "pg" / ".handle_pids.json"
+        package_list.write_text(json.dumps([*json.loads(package_list.read_text()), other.pid]))
+        embedded.release(data_dir)
+        assert _postgres_in(data_dir / "pg") == []
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+        embedded.stop(data_dir)
+
+
+_TAKE_LOCK = """
+import sys, time
+from pathlib import Path
+from ragstore.db import embedded
+t0 = time.monotonic()
+with embedded._data_dir_lock(Path(sys.argv[1])):
+    print(round(time.monotonic() - t0, 2), flush=True)
+"""
+
+
+def test_a_child_forked_while_the_data_dir_lock_is_held_does_not_keep_it(tmp_path: Path) -> None:
+    """A child forked while this process held the data directory's lock (an ingest's parse
+    workers, forked while another thread restarted the server) must not keep it once the
+    parent lets go: with ``flock`` the child's copy of the descriptor held it, and every
+    other process's start waited for that child to end."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with embedded._data_dir_lock(data_dir):
+        child = os.fork()
+        if child == 0:  # the forked worker: lives on past the parent's hold
+            time.sleep(20)
+            os._exit(0)
+    try:
+        other = subprocess.run(
+            [sys.executable, "-c", _TAKE_LOCK, str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
+        assert other.returncode == 0, other.stderr
+        assert float(other.stdout.split()[0]) < 5, other.stdout  # not the child's 20 s
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)

