@@ -3,7 +3,11 @@ as it ended (stored and 201, or not stored and an error), never the other way ro
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +26,7 @@ from ragstore.config import Settings
 from ragstore.db import documents
 from ragstore.db.database import Database
 from ragstore.jobs import staging
-from tests.api.conftest import with_
+from tests.api.conftest import running_server, with_
 
 POOL = 2
 WAIT_S = 1.0  # the server's wait for a pooled connection
@@ -123,3 +127,49 @@ def test_a_write_stored_when_the_pool_then_runs_dry_is_answered_201(
         stored = "y.md" in _names(h, "c")
     assert stored, answer
     assert answer["status"] == 201, answer
+
+
+# a client that opens connections and leaves them idle (they stay open for the server's
+# header timeout, 10 s by default)
+_IDLE = """
+import socket, sys, time
+socks = []
+for _ in range(int(sys.argv[2])):
+    try:
+        socks.append(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2))
+    except OSError:
+        break
+print(len(socks), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_write_when_idle_connections_use_up_the_open_files_is_503(settings: Settings) -> None:
+    """Idle connections took every file descriptor the server may open: a write could not
+    open its staging file and was answered 500 internal_error, "check the disk"."""
+    with (
+        running_server(with_(settings, auth="off")) as url,
+        httpx.Client(base_url=url, timeout=30) as h,
+    ):
+        r = h.post("/v1/collections/f/documents", json={"name": "a.md", "text": "alpha"})
+        assert r.status_code == 201, r.text  # the client's connection is open from here
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 40, hard))
+        idle = subprocess.Popen(
+            [sys.executable, "-c", _IDLE, url.rsplit(":", 1)[1], "200"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert idle.stdout is not None and int(idle.stdout.readline()) > 40
+            time.sleep(0.5)  # the server accepts them until it has no descriptor left
+            r = h.post("/v1/collections/f/documents", json={"name": "b.md", "text": "bravo"})
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            idle.communicate("")
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert int(r.headers["Retry-After"]) >= 1
+        assert "open files" in r.json()["detail"] and "nothing" in r.json()["detail"]
+        assert "b.md" not in _names(h, "f")
