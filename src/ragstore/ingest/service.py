@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import logging
 import threading
 import time
 from collections import deque
@@ -61,6 +62,8 @@ from ragstore.runtime import Runtime
 # Staging pays where the two builds are long: at 100k chunks (some 100 MB of Markdown)
 # overlapping them saved 10-14 s of 40-63; at 14k chunks (10 MB) they took 3.6-4.0 s
 # overlapped against 3.6-3.8 s one after the other (docs/benchmarks.md).
+log = logging.getLogger("ragstore.ingest")
+
 STAGE_MIN_BYTES = 32 << 20
 
 
@@ -802,7 +805,11 @@ def ingest_items(
         except RagstoreError as exc:
             # the error that stopped the ingest, met again: raised, it replaced the report
             # of what was stored; an index left unbuilt is built by the next ingest
-            if report.stopped_by is None or not stops_ingest(exc):
+            if report.stopped_by is not None and stops_ingest(exc):
+                pass
+            elif _stored_any(report):
+                _index_check_failed(coll, exc)
+            else:
                 raise
 
 
@@ -829,6 +836,30 @@ def _say_what_was_stored(exc: RagstoreError, report: IngestReport, items: Sequen
         "ingest again to resume)"
     )
     exc.args = (exc.message,)
+
+
+# outcomes whose document is stored as the ingest left it
+_STORED = frozenset({"added", "updated", "unchanged"})
+
+
+def _stored_any(report: IngestReport) -> bool:
+    """Whether any input of ``report`` is stored."""
+    return any(o.status in _STORED for o in report.outcomes)
+
+
+def _index_check_failed(coll: repository.Collection, exc: RagstoreError) -> None:
+    """The index check after an ingest that stored documents failed (no free pooled
+    connection under load, the database gone since the commit): logged, not raised.
+
+    Its documents are committed, so an error here told the client (a 503 on the HTTP
+    API) that they were not stored, and a retry then found them ``unchanged``; searches
+    find them without the index (only slower), and the next ingest builds it."""
+    log.warning(
+        "the documents are stored, but checking %s's vector index after the ingest failed "
+        "(the next ingest builds it if missing): %s",
+        coll.table,
+        exc,
+    )
 
 
 def _storable_names(items: Sequence[Item], report: IngestReport) -> list[Item]:

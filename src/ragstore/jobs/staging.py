@@ -20,7 +20,13 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from ragstore.config import Settings
-from ragstore.errors import ConfigError, DiskFullError, InputError, RagstoreError
+from ragstore.errors import (
+    ConfigError,
+    DiskFullError,
+    InputError,
+    NotReadyError,
+    RagstoreError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +139,19 @@ def folder_failed(exc: OSError, where: str) -> RagstoreError:
     disk: one clear 5xx naming the folder, the reason and the fix. It was the bare OSError,
     a 500 with a traceback in the log (or, in the form parser, a 422 that blamed the
     caller's body). A folder the server may not write (permission denied, a read-only
-    filesystem) is its configuration (``config_invalid``); any other failure (an I/O
-    error) is ``internal_error``."""
+    filesystem) is its configuration (``config_invalid``); no descriptor left to open it
+    with (EMFILE/ENFILE) is the server's load (``not_ready``, 503 with Retry-After); any
+    other failure (an I/O error) is ``internal_error``."""
     reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        # every descriptor the server may open is in use (idle client connections piling
+        # up under load, say): the server is saturated, not its disk broken; answered 503
+        # with Retry-After, like a pool with no free connection, not a 500 "check the disk"
+        return NotReadyError(
+            f"{where} could not be written: the server has too many open files ({reason}; "
+            "too many connections at once); retry shortly, or raise its limit (ulimit -n, "
+            "LimitNOFILE): nothing of this upload was stored"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return ConfigError(
             f"{where} cannot be written ({reason}); make it writable by the server's user "
