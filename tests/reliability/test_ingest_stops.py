@@ -11,6 +11,7 @@ the error in ``stopped_by``; running it again resumes.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -50,6 +51,25 @@ def _end_sessions(admin: psycopg.Connection[tuple[object, ...]], db: str) -> Non
         " WHERE datname = %s AND pid <> pg_backend_pid()",
         (db,),
     )
+
+
+@contextmanager
+def _read_only(
+    admin: psycopg.Connection[tuple[object, ...]], db: str, *, end_sessions: bool = True
+) -> Iterator[None]:
+    """The database ``db`` only reads inside the block (``default_transaction_read_only``,
+    as a hot standby); with ``end_sessions`` the pooled sessions are ended on the way in and
+    out, so that they take the setting anew."""
+    name = sql.Identifier(db)
+    admin.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(name))
+    if end_sessions:
+        _end_sessions(admin, db)
+    try:
+        yield
+    finally:
+        admin.execute(sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(name))
+        if end_sessions:
+            _end_sessions(admin, db)
 
 
 @pytest.fixture()
@@ -120,20 +140,8 @@ def test_a_read_only_database_stops_the_ingest_at_its_first_write(
     db = _dbname(one_file_rounds)
     with Runtime(one_file_rounds) as rt:
         rt.collection("ro", create=True)
-    admin.execute(
-        sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
-            sql.Identifier(db)
-        )
-    )
-    try:
-        with Runtime(one_file_rounds) as rt:
-            report = ingest_paths(rt, [folder], "ro")
-    finally:
-        admin.execute(
-            sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(
-                sql.Identifier(db)
-            )
-        )
+    with _read_only(admin, db, end_sessions=False), Runtime(one_file_rounds) as rt:
+        report = ingest_paths(rt, [folder], "ro")
     assert report.count("failed") == 1, report.outcomes
     assert "read-only" in (report.failed[0].error or ""), report.failed
     assert _check_stopped(report, "ro", one_file_rounds) == set()
@@ -165,32 +173,21 @@ def test_a_client_upload_in_several_requests_stops_at_a_read_only_database(
     with Runtime(settings) as rt:
         rt.collection(coll, create=True)
     server = with_(settings, auth="off", max_upload_bytes=limit)
-    with running_server(server) as url:
-        admin.execute(
-            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
-                sql.Identifier(db)
-            )
-        )
-        _end_sessions(admin, db)  # the server's pooled sessions take the setting anew
-        try:
-            with pytest.raises(RagstoreError) as info:
-                if kind == "sync":
-                    with Client(url) as c:
-                        c.upload(coll, files)
-                else:
+    with (
+        running_server(server) as url,
+        _read_only(admin, db),  # the pooled sessions take the setting anew
+        pytest.raises(RagstoreError) as info,
+    ):
+        if kind == "sync":
+            with Client(url) as c:
+                c.upload(coll, files)
+        else:
 
-                    async def go() -> None:
-                        async with AsyncClient(url) as c:
-                            await c.upload(coll, files)
+            async def go() -> None:
+                async with AsyncClient(url) as c:
+                    await c.upload(coll, files)
 
-                    asyncio.run(go())
-        finally:
-            admin.execute(
-                sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(
-                    sql.Identifier(db)
-                )
-            )
-            _end_sessions(admin, db)
+            asyncio.run(go())
     got = info.value.problem_members
     assert got["not_sent"] == names[2:], got
     assert sorted(f["name"] for f in got["failed"]) == names[:2], got
@@ -223,24 +220,14 @@ def test_a_read_only_database_met_by_a_requests_last_file_stops_the_upload(
     with Runtime(settings) as rt:
         rt.collection(coll, create=True)
     server = with_(settings, auth="off", max_upload_bytes=limit)
-    with running_server(server) as url, Client(url) as c:
-        admin.execute(
-            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
-                sql.Identifier(db)
-            )
-        )
-        _end_sessions(admin, db)  # the server's pooled sessions take the setting anew
-        try:
-            with pytest.raises(RagstoreError) as info:
-                c.upload(coll, files)
-            assert c.list_documents(coll)["data"] == []  # a read, not failing fast
-        finally:
-            admin.execute(
-                sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(
-                    sql.Identifier(db)
-                )
-            )
-            _end_sessions(admin, db)
+    with (
+        running_server(server) as url,
+        Client(url) as c,
+        _read_only(admin, db),  # the pooled sessions take the setting anew
+    ):
+        with pytest.raises(RagstoreError) as info:
+            c.upload(coll, files)
+        assert c.list_documents(coll)["data"] == []  # a read, not failing fast
     err = info.value
     got = err.problem_members
     assert (err.code, getattr(err, "status", None)) == ("database_unavailable", 503), err
@@ -267,25 +254,14 @@ def test_a_key_first_used_on_a_read_only_database_reads(
     with Runtime(settings) as rt:
         rt.collection("ro-keys", create=True)
         secret = KeyStore(rt.db).create("write").secret
-    with running_server(with_(settings, auth="on")) as url:
-        admin.execute(
-            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
-                sql.Identifier(db)
-            )
-        )
-        _end_sessions(admin, db)
-        try:
-            with Client(url, api_key=secret) as c:
-                names = [col["name"] for col in c.list_collections()]
-                with pytest.raises(RagstoreError) as refused:
-                    c.add_texts("ro-keys", ["a text the read-only database refuses"])
-        finally:
-            admin.execute(
-                sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(
-                    sql.Identifier(db)
-                )
-            )
-            _end_sessions(admin, db)
+    with (
+        running_server(with_(settings, auth="on")) as url,
+        _read_only(admin, db),  # the pooled sessions take the setting anew
+        Client(url, api_key=secret) as c,
+    ):
+        names = [col["name"] for col in c.list_collections()]
+        with pytest.raises(RagstoreError) as refused:
+            c.add_texts("ro-keys", ["a text the read-only database refuses"])
     assert "ro-keys" in names
     assert refused.value.code == "database_unavailable", refused.value
     assert "read-only" in refused.value.message
