@@ -357,3 +357,38 @@ def test_an_upload_answered_an_error_with_files_stored_carries_their_position(
             assert _served_by(r) == "primary"
         finally:
             pair.pause_replay(False)
+
+
+def test_a_collection_recreated_is_read_your_writes_after_a_replica_read(
+    pair: Pair, kb: str
+) -> None:
+    """The search path's collection cache was keyed by name alone, whichever server the
+    lookup ran on. A collection deleted and made anew (a new id) while the standby had
+    not replayed it: a search another client sent without a position ran on the standby
+    and cached the old collection; the writer's own search right after, served by the
+    primary, then searched the old id there and found nothing of what it had just stored."""
+    with (
+        running_server(pair.settings(replica_wait_s=0.3)) as url,
+        Client(url) as writer,
+        Client(url, read_your_writes=False) as other,
+    ):
+        writer.create_collection("remade")
+        writer.add_document("remade", "old.md", "# Old\n\nAn old note about sailing boats.")
+        pair.wait_caught_up()
+        pair.pause_replay(True)
+        try:
+            writer.delete_collection("remade")
+            writer.create_collection("remade")
+            writer.add_document("remade", "new.md", "# New\n\nA new note about sailing boats.")
+            seen = other.request(
+                "POST", "/v1/collections/remade/search", json={"query": "sailing boats"}
+            )
+            assert _served_by(seen) == "replica"
+            assert [h["title"] for h in seen.json()["data"]] == ["Old"]  # the standby's copy
+            r = writer.request(
+                "POST", "/v1/collections/remade/search", json={"query": "sailing boats"}
+            )
+            assert _served_by(r) == "primary"
+            assert [h["title"] for h in r.json()["data"]] == ["New"], r.json()
+        finally:
+            pair.pause_replay(False)
