@@ -11,15 +11,16 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from ragstore import Client
-from ragstore.db import standby
+from ragstore.db import embedded, standby
 from ragstore.db.database import Database
 from ragstore.db.routing import ReadRouter
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
 from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server
-from tests.conftest import run_cli
+from tests.conftest import TEMPLATE, create_database, run_cli
 from tests.replica.conftest import Pair
 
 TEXTS = {
@@ -392,3 +393,49 @@ def test_a_collection_recreated_is_read_your_writes_after_a_replica_read(
             assert [h["title"] for h in r.json()["data"]] == ["New"], r.json()
         finally:
             pair.pause_replay(False)
+
+
+def test_a_replica_url_naming_another_database_is_not_read_from(
+    pair: Pair, kb: str, pg_admin_uri: str
+) -> None:
+    """``RAGSTORE_READ_DATABASE_URLS`` naming the right standby but another database on it
+    (a typo, another deployment's database on the same cluster), or a standby of another
+    cluster altogether: the probe asked only "in recovery, how far replayed", so it was
+    taken for a replica and every read without a position was answered from that other
+    database (200, its collections and documents, none of ours). It is now skipped, with
+    why, as a promoted standby is."""
+    other = create_database(pg_admin_uri, TEMPLATE)  # on the primary: the standby has it too
+    with psycopg.connect(other, autocommit=True) as conn:
+        other_db = conn.info.dbname
+    pair.wait_caught_up()
+    wrong = make_conninfo(pair.standby.conninfo, dbname=other_db)
+    with running_server(pair.settings(read_database_urls=wrong)) as url, Client(url) as c:
+        r = c.request("GET", "/v1/collections/kb/documents")
+        assert r.status_code == 200, r.text
+        assert _served_by(r) == "primary"
+        assert len(r.json()["data"]) >= 3
+        [replica] = c.ready()["replicas"]
+        assert replica["up"] is False
+        assert "another database" in replica["error"], replica
+
+
+def test_a_standby_of_another_cluster_is_not_read_from(pair: Pair, tmp_path: Path) -> None:
+    """A hot standby of another cluster altogether (a URL pointing at the wrong fleet):
+    in recovery, streaming and caught up with its own primary, it was taken for a replica
+    of ours with lag 0 (its positions compared with our primary's mean nothing)."""
+    stranger = embedded.start(tmp_path / "stranger")
+    try:
+        node = standby.create(stranger, tmp_path / "stranger-standby")
+        primary = Database(pair.primary_url)
+        router = ReadRouter(primary, [node.conninfo], max_lag_s=5, wait_s=0.1)
+        try:
+            assert router.choose() is primary
+            [status] = router.statuses()
+            assert status.up is False and status.error is not None
+            assert "another cluster" in status.error, status.error
+        finally:
+            router.close()
+            primary.close()
+            node.remove()
+    finally:
+        embedded.stop(tmp_path / "stranger")

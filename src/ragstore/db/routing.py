@@ -135,6 +135,7 @@ class ReadRouter:
         self._probe_lock = threading.Lock()
         self._next = 0
         self._primary_conn: psycopg.Connection[Any] | None = None
+        self._primary_identity: tuple[int, int] | None = None  # see _identity
         self._history: deque[tuple[float, int]] = deque(maxlen=_HISTORY)
 
     @property
@@ -210,6 +211,7 @@ class ReadRouter:
         try:
             if self._primary_conn is None or self._primary_conn.closed:
                 self._primary_conn = _connect(self.primary.conninfo)
+                self._primary_identity = _identity(self._primary_conn)
             value = lsn.current(self._primary_conn)
         except psycopg.Error:
             self._primary_conn = None
@@ -222,9 +224,27 @@ class ReadRouter:
             if r.probe_conn is None or r.probe_conn.closed:
                 r.probe_conn = _connect(r.db.conninfo)
             state = lsn.replay_state(r.probe_conn)
+            identity = _identity(r.probe_conn)
         except psycopg.Error as exc:
             r.probe_conn = None
             self._set(r, up=False, lag=None, replayed=None, error=str(exc).strip() or "down")
+            return
+        if self._primary_identity is not None and identity != self._primary_identity:
+            # another cluster's standby, or another database on the primary's standby: its
+            # positions say nothing about the primary's, and what it serves is not ours
+            self._set(
+                r,
+                up=False,
+                lag=None,
+                replayed=None,
+                error="another database than the primary's ("
+                + (
+                    "a standby of another cluster"
+                    if identity[0] != self._primary_identity[0]
+                    else "the URL names another database on the standby"
+                )
+                + "): fix its URL in RAGSTORE_READ_DATABASE_URLS",
+            )
             return
         if not state.in_recovery:
             # promoted (a failover, a split brain) or a primary of its own: it no longer
@@ -313,6 +333,21 @@ class ReadRouter:
         if self._primary_conn is not None:
             with suppress(psycopg.Error):
                 self._primary_conn.close()
+
+
+def _identity(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """The cluster's system identifier and the database's OID: the same on a primary and
+    on each of its physical standbys, for the same database (both readable by any role).
+
+    The probe took any server in recovery for a replica of the primary: a standby of
+    another cluster, or a URL naming another database on the right standby, was read
+    from, every read without a position answered from someone else's data."""
+    row = conn.execute(
+        "SELECT (SELECT system_identifier FROM pg_control_system()),"
+        " (SELECT oid FROM pg_database WHERE datname = current_database())::int8"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 def _connect(conninfo: str) -> psycopg.Connection[Any]:
