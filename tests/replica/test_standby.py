@@ -14,7 +14,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from ragstore import Client
-from ragstore.db import embedded, standby
+from ragstore.db import embedded, migrations, standby
 from ragstore.db.database import Database
 from ragstore.db.routing import ReadRouter
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
@@ -439,3 +439,45 @@ def test_a_standby_of_another_cluster_is_not_read_from(pair: Pair, tmp_path: Pat
             node.remove()
     finally:
         embedded.stop(tmp_path / "stranger")
+
+
+def test_a_replica_behind_a_schema_upgrade_is_not_read_from(pair: Pair, pg_admin_uri: str) -> None:
+    """After ``ragstore db upgrade`` on the primary, a replica within its lag bound that
+    had not replayed the upgrade was read from at the old revision, by code written for
+    the new one: a query on a column or table the upgrade adds failed there (500
+    ``database_error``), or read the old layout. A replica is now read from only at the
+    revision the code expects; until it has replayed the upgrade, reads go to the primary."""
+    url = create_database(pg_admin_uri, TEMPLATE)
+    head = migrations.head_revision()
+    older = migrations.known_revisions()[-2]
+    db = Database(url)
+    try:
+        migrations.downgrade(db, older)
+        with psycopg.connect(url, autocommit=True) as conn:
+            name = conn.info.dbname
+        pair.wait_caught_up()
+        router = ReadRouter(
+            db,
+            [make_conninfo(pair.standby.conninfo, dbname=name)],
+            max_lag_s=60,
+            wait_s=0.1,
+            probe_interval_s=0.1,
+        )
+        try:
+            pair.pause_replay(True)
+            try:
+                migrations.upgrade(db)
+                [status] = router.statuses()
+                assert status.up is False and status.error is not None, status
+                assert older in status.error and head in status.error, status.error
+                assert router.choose() is db
+            finally:
+                pair.pause_replay(False)
+            pair.wait_caught_up()
+            time.sleep(0.2)
+            assert router.statuses()[0].up is True
+            assert router.choose() is not db
+        finally:
+            router.close()
+    finally:
+        db.close()

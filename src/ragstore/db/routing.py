@@ -8,7 +8,8 @@ is the same whichever server it runs on. Writes, jobs, migrations and keys never
 route and always reach the primary.
 
 A replica is skipped while it does not answer, lags more than ``max_lag_s`` or is not in
-recovery (promoted: it no longer follows the primary); the primary is the last resort. It
+recovery (promoted: it no longer follows the primary), is another database than the primary's
+or has not replayed the schema revision the code expects; the primary is the last resort. It
 is probed at most every ``probe_interval_s``, inline, by the request that finds its status
 stale. A replica that fails under a request is marked down at once and
 the request is told (:attr:`Route.lost`) so the API can run it again on the primary.
@@ -32,7 +33,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
-from ragstore.db import lsn
+from ragstore.db import lsn, migrations
 from ragstore.db.database import Database
 from ragstore.errors import DatabaseUnavailableError
 from ragstore.observability import metrics
@@ -225,6 +226,7 @@ class ReadRouter:
                 r.probe_conn = _connect(r.db.conninfo)
             state = lsn.replay_state(r.probe_conn)
             identity = _identity(r.probe_conn)
+            revision = migrations.current_revision(r.probe_conn)
         except psycopg.Error as exc:
             r.probe_conn = None
             self._set(r, up=False, lag=None, replayed=None, error=str(exc).strip() or "down")
@@ -258,6 +260,19 @@ class ReadRouter:
                 error="not a hot standby (promoted, or a primary): it does not replay the "
                 "primary's writes; remove it from RAGSTORE_READ_DATABASE_URLS or make it a "
                 "standby of the primary again",
+            )
+            return
+        head = migrations.head_revision()
+        if revision != head:
+            # not replayed the primary's `db upgrade` yet (or never upgraded): the code's
+            # queries would name columns and tables it does not have, or read the old layout
+            self._set(
+                r,
+                up=False,
+                lag=None,
+                replayed=state.replay_lsn,
+                error=f"its schema is at {revision or 'none'}, the code needs {head}: "
+                "reads go to the primary until it has replayed `ragstore db upgrade`",
             )
             return
         lag = self._lag(state, primary_lsn)
