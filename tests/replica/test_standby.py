@@ -4,6 +4,8 @@ read-your-writes, lag and a standby that goes away under load."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -481,3 +483,45 @@ def test_a_replica_behind_a_schema_upgrade_is_not_read_from(pair: Pair, pg_admin
             router.close()
     finally:
         db.close()
+
+
+def test_a_replica_that_stops_answering_mid_connection_is_skipped(pair: Pair) -> None:
+    """A replica whose server stops answering on a connection already open (a network
+    path that drops packets, a stopped or wedged backend): the probe's query waited for an
+    answer for good. ``/readyz`` hung in it, and every read carrying a write position
+    (read-your-writes) hung behind it on the probe's lock, none falling back to the
+    primary. The probe's queries now have a deadline: past it the replica is marked down
+    and the reads go to the primary."""
+    primary = Database(pair.primary_url)
+    router = ReadRouter(
+        primary, [pair.standby.conninfo], max_lag_s=5, wait_s=0.5, probe_interval_s=0.1
+    )
+    pid = None
+    try:
+        assert router.choose() is not primary
+        probe = router._replicas[0].probe_conn
+        assert probe is not None
+        pid = probe.info.backend_pid
+        os.kill(pid, signal.SIGSTOP)  # this backend no longer answers; the server runs on
+        time.sleep(0.2)
+        answers: list[object] = []
+        asked = threading.Thread(target=lambda: answers.append(router.statuses()), daemon=True)
+        t0 = time.monotonic()
+        asked.start()
+        time.sleep(0.3)  # the probe is waiting: a read-your-writes read meanwhile
+        chosen: list[Database] = []
+        read = threading.Thread(target=lambda: chosen.append(router.choose(min_lsn=1)), daemon=True)
+        read.start()
+        read.join(15)
+        assert chosen == [primary], "the read waited for the probe for good"
+        asked.join(15)
+        assert answers, "the probe waited for good"
+        [status] = answers[0]  # type: ignore[misc]
+        assert status.up is False and status.error, status
+        assert time.monotonic() - t0 < 10
+        assert router.choose(min_lsn=1) is primary
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+        router.close()
+        primary.close()

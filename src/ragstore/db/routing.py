@@ -20,6 +20,8 @@ served by a replica that has replayed that far, waiting up to ``wait_s``, else b
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections import deque
@@ -39,6 +41,7 @@ from ragstore.errors import DatabaseUnavailableError
 from ragstore.observability import metrics
 
 PROBE_TIMEOUT_S = 1  # a replica that does not accept a connection this fast counts as down
+PROBE_QUERY_TIMEOUT_S = 3  # ... nor one whose probe queries do not answer this fast
 _HISTORY = 600  # primary positions remembered for the lag estimate
 
 
@@ -161,7 +164,7 @@ class ReadRouter:
         deadline = time.monotonic() + self.wait_s
         while True:
             for r in usable:
-                replayed = self._replayed(r)
+                replayed = self._replayed(r, deadline - time.monotonic())
                 if replayed is not None and replayed >= min_lsn:
                     return self._to_replica(r)
             if time.monotonic() >= deadline:
@@ -212,9 +215,12 @@ class ReadRouter:
         try:
             if self._primary_conn is None or self._primary_conn.closed:
                 self._primary_conn = _connect(self.primary.conninfo)
-                self._primary_identity = _identity(self._primary_conn)
-            value = lsn.current(self._primary_conn)
+                with _deadline(self._primary_conn):
+                    self._primary_identity = _identity(self._primary_conn)
+            with _deadline(self._primary_conn):
+                value = lsn.current(self._primary_conn)
         except psycopg.Error:
+            _drop(self._primary_conn)
             self._primary_conn = None
             return None
         self._history.append((time.monotonic(), value))
@@ -224,10 +230,12 @@ class ReadRouter:
         try:
             if r.probe_conn is None or r.probe_conn.closed:
                 r.probe_conn = _connect(r.db.conninfo)
-            state = lsn.replay_state(r.probe_conn)
-            identity = _identity(r.probe_conn)
-            revision = migrations.current_revision(r.probe_conn)
+            with _deadline(r.probe_conn):
+                state = lsn.replay_state(r.probe_conn)
+                identity = _identity(r.probe_conn)
+                revision = migrations.current_revision(r.probe_conn)
         except psycopg.Error as exc:
+            _drop(r.probe_conn)
             r.probe_conn = None
             self._set(r, up=False, lag=None, replayed=None, error=str(exc).strip() or "down")
             return
@@ -313,16 +321,22 @@ class ReadRouter:
         oldest = samples[0][0] if samples else now
         return max(now - oldest, state.replay_age_s or 0.0)
 
-    def _replayed(self, r: _Replica) -> int | None:
-        """The replica's replay position now (one round trip on its probe connection)."""
-        with self._probe_lock:
-            try:
-                if r.probe_conn is None or r.probe_conn.closed:
-                    r.probe_conn = _connect(r.db.conninfo)
+    def _replayed(self, r: _Replica, wait_s: float) -> int | None:
+        """The replica's replay position now (one round trip on its probe connection);
+        None when it cannot be read, or the probe lock not had, within about ``wait_s``."""
+        if not self._probe_lock.acquire(timeout=max(0.0, wait_s)):
+            return None  # a probe holds it (until its deadline at most): not known in time
+        try:
+            if r.probe_conn is None or r.probe_conn.closed:
+                r.probe_conn = _connect(r.db.conninfo)
+            with _deadline(r.probe_conn):
                 state = lsn.replay_state(r.probe_conn)
-            except psycopg.Error:
-                r.probe_conn = None
-                return None
+        except psycopg.Error:
+            _drop(r.probe_conn)
+            r.probe_conn = None
+            return None
+        finally:
+            self._probe_lock.release()
         return state.replay_lsn if state.in_recovery else None
 
     def _set(
@@ -363,6 +377,44 @@ def _identity(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+@contextmanager
+def _deadline(
+    conn: psycopg.Connection[Any], seconds: float = PROBE_QUERY_TIMEOUT_S
+) -> Iterator[None]:
+    """Cut ``conn``'s socket if the block has not finished within ``seconds``.
+
+    A server that stops answering on an open connection (packets dropped on the way, a
+    stopped or wedged backend) left the probe's query waiting for good: ``/readyz`` hung
+    in it, and every read-your-writes read behind it on the probe lock. A server-side
+    ``statement_timeout`` cannot help (the server is what does not answer); shutting the
+    socket down wakes the waiting query, which fails as a lost connection does."""
+
+    def cut() -> None:
+        with suppress(OSError, ValueError, psycopg.Error):
+            # a duplicate of the connection's descriptor: shut down, it ends the connection
+            # for both; closed, it leaves the connection's own descriptor to psycopg
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            finally:
+                sock.close()
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _drop(conn: psycopg.Connection[Any] | None) -> None:
+    """Close a probe connection that failed (its socket may be shut down, not closed)."""
+    if conn is not None:
+        with suppress(Exception):
+            conn.close()
 
 
 def _connect(conninfo: str) -> psycopg.Connection[Any]:
