@@ -525,3 +525,32 @@ def test_a_replica_that_stops_answering_mid_connection_is_skipped(pair: Pair) ->
             os.kill(pid, signal.SIGCONT)
         router.close()
         primary.close()
+
+
+def test_a_read_only_server_whose_standby_was_promoted_does_not_skip_the_wait(
+    pair: Pair, kb: str, tmp_path: Path
+) -> None:
+    """A read-only server's standby promoted (a failover half done, a split brain) while
+    the primary takes writes on: the wait for a read's position took "not in recovery"
+    for "has every write", and the read was answered at once without the caller's write,
+    which the promoted server never receives. The position is now compared with the
+    promoted server's own WAL position, so the read waits and is refused (503) instead."""
+    node = standby.create(pair.primary_url, tmp_path / "promoted-ro")
+    try:
+        ro_settings = pair.read_only_settings(database_url=node.conninfo, replica_wait_s=0.3)
+        with (
+            running_server(pair.settings()) as url,
+            running_server(ro_settings) as ro_url,
+            Client(url) as c,
+            Client(ro_url) as ro,
+        ):
+            assert ro.ready()["checks"]["role"] == "replica (read-only)"
+            with psycopg.connect(node.conninfo, autocommit=True) as conn:
+                conn.execute("SELECT pg_promote(true, 30)")
+            c.add_document("kb", "fork.md", "# Fork\n\nA fork in the road of a split brain.")
+            ro.last_lsn = c.last_lsn
+            with pytest.raises(ReplicaBehindError):
+                hits = ro.search("kb", "fork in the road split brain", k=1)
+                assert hits["data"][0]["title"] == "Fork", hits  # never: not there
+    finally:
+        node.remove()

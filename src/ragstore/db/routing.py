@@ -426,13 +426,18 @@ def _connect(conninfo: str) -> psycopg.Connection[Any]:
 def wait_for_replay(db: Database, min_lsn: int, timeout_s: float) -> bool:
     """Wait up to ``timeout_s`` for the standby behind ``db`` to replay ``min_lsn``.
 
-    For a server that reads a replica alone: True once it has (or it is not a standby).
+    For a server that reads a replica alone: True once it has. A server no longer in
+    recovery (promoted) has the position once its own WAL has reached it: "not a standby"
+    was taken for "has every write", and a standby promoted while the primary took writes
+    on (a failover half done, a split brain) answered reads at once without the caller's
+    write, which it never receives.
     """
     deadline = time.monotonic() + timeout_s
     with db.connection() as conn:
         while True:  # the replay position is read live, not from the transaction's snapshot
             state = lsn.replay_state(conn)
-            if not state.in_recovery or (state.replay_lsn or 0) >= min_lsn:
+            reached = lsn.current(conn) if not state.in_recovery else (state.replay_lsn or 0)
+            if reached >= min_lsn:
                 return True
             if time.monotonic() >= deadline:
                 return False
