@@ -391,8 +391,13 @@ def _deadline(
     ``statement_timeout`` cannot help (the server is what does not answer); shutting the
     socket down wakes the waiting query, which fails as a lost connection does."""
 
+    lock = threading.Lock()
+    finished = False  # under lock: the block is over, its descriptor may be closed and reused
+
     def cut() -> None:
-        with suppress(OSError, ValueError, psycopg.Error):
+        with lock, suppress(OSError, ValueError, psycopg.Error):
+            if finished:
+                return
             # a duplicate of the connection's descriptor: shut down, it ends the connection
             # for both; closed, it leaves the connection's own descriptor to psycopg
             sock = socket.socket(fileno=os.dup(conn.fileno()))
@@ -408,6 +413,8 @@ def _deadline(
         yield
     finally:
         timer.cancel()
+        with lock:
+            finished = True
 
 
 def _drop(conn: psycopg.Connection[Any] | None) -> None:
