@@ -38,7 +38,8 @@ class Runtime:
         self._open_lock = threading.RLock()
         self._read_only = False
         self._embedders: dict[ModelSpec, Embedder] = {}
-        self._collections: dict[str, tuple[float, int, repository.Collection]] = {}
+        # keyed by the server the lookup ran on too (see cached_collection)
+        self._collections: dict[tuple[str, str], tuple[float, int, repository.Collection]] = {}
         self._collections_lock = threading.Lock()
 
     @property
@@ -158,16 +159,24 @@ class Runtime:
         collection created or deleted) is seen at once; one made by another process
         within :data:`COLLECTION_CACHE_S`: until then searches keep reading the space
         they read before, as a search started a moment earlier would.
+
+        Each server has its own entries: a replica that has not replayed a collection's
+        deletion and re-creation (a new id) or its switch to another space shows the old
+        one. Keyed by name alone, the old row a replica's read had cached was searched on
+        the primary by the writer's own read right after (its read-your-writes), which
+        found nothing of what it had just stored, and a row the primary's read cached sent
+        a replica's search to a space it did not have yet.
         """
         now = time.monotonic()
         gen = changes.changes()
+        key = (self.db.conninfo, name)
         with self._collections_lock:
-            hit = self._collections.get(name)
+            hit = self._collections.get(key)
         if hit is not None and hit[1] == gen and now - hit[0] < COLLECTION_CACHE_S:
             return hit[2]
         coll = self.collection(name)
         with self._collections_lock:
-            self._collections[name] = (now, gen, coll)
+            self._collections[key] = (now, gen, coll)
         return coll
 
     def embedder_for(self, coll: repository.Collection) -> Embedder:

@@ -4,6 +4,8 @@ read-your-writes, lag and a standby that goes away under load."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -11,15 +13,16 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from ragstore import Client
-from ragstore.db import standby
+from ragstore.db import embedded, migrations, standby
 from ragstore.db.database import Database
 from ragstore.db.routing import ReadRouter
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
 from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server
-from tests.conftest import run_cli
+from tests.conftest import TEMPLATE, create_database, run_cli
 from tests.replica.conftest import Pair
 
 TEXTS = {
@@ -357,3 +360,197 @@ def test_an_upload_answered_an_error_with_files_stored_carries_their_position(
             assert _served_by(r) == "primary"
         finally:
             pair.pause_replay(False)
+
+
+def test_a_collection_recreated_is_read_your_writes_after_a_replica_read(
+    pair: Pair, kb: str
+) -> None:
+    """The search path's collection cache was keyed by name alone, whichever server the
+    lookup ran on. A collection deleted and made anew (a new id) while the standby had
+    not replayed it: a search another client sent without a position ran on the standby
+    and cached the old collection; the writer's own search right after, served by the
+    primary, then searched the old id there and found nothing of what it had just stored."""
+    with (
+        running_server(pair.settings(replica_wait_s=0.3)) as url,
+        Client(url) as writer,
+        Client(url, read_your_writes=False) as other,
+    ):
+        writer.create_collection("remade")
+        writer.add_document("remade", "old.md", "# Old\n\nAn old note about sailing boats.")
+        pair.wait_caught_up()
+        pair.pause_replay(True)
+        try:
+            writer.delete_collection("remade")
+            writer.create_collection("remade")
+            writer.add_document("remade", "new.md", "# New\n\nA new note about sailing boats.")
+            seen = other.request(
+                "POST", "/v1/collections/remade/search", json={"query": "sailing boats"}
+            )
+            assert _served_by(seen) == "replica"
+            assert [h["title"] for h in seen.json()["data"]] == ["Old"]  # the standby's copy
+            r = writer.request(
+                "POST", "/v1/collections/remade/search", json={"query": "sailing boats"}
+            )
+            assert _served_by(r) == "primary"
+            assert [h["title"] for h in r.json()["data"]] == ["New"], r.json()
+        finally:
+            pair.pause_replay(False)
+
+
+def test_a_replica_url_naming_another_database_is_not_read_from(
+    pair: Pair, kb: str, pg_admin_uri: str
+) -> None:
+    """``RAGSTORE_READ_DATABASE_URLS`` naming the right standby but another database on it
+    (a typo, another deployment's database on the same cluster), or a standby of another
+    cluster altogether: the probe asked only "in recovery, how far replayed", so it was
+    taken for a replica and every read without a position was answered from that other
+    database (200, its collections and documents, none of ours). It is now skipped, with
+    why, as a promoted standby is."""
+    other = create_database(pg_admin_uri, TEMPLATE)  # on the primary: the standby has it too
+    with psycopg.connect(other, autocommit=True) as conn:
+        other_db = conn.info.dbname
+    pair.wait_caught_up()
+    wrong = make_conninfo(pair.standby.conninfo, dbname=other_db)
+    with running_server(pair.settings(read_database_urls=wrong)) as url, Client(url) as c:
+        r = c.request("GET", "/v1/collections/kb/documents")
+        assert r.status_code == 200, r.text
+        assert _served_by(r) == "primary"
+        assert len(r.json()["data"]) >= 3
+        [replica] = c.ready()["replicas"]
+        assert replica["up"] is False
+        assert "another database" in replica["error"], replica
+
+
+def test_a_standby_of_another_cluster_is_not_read_from(pair: Pair, tmp_path: Path) -> None:
+    """A hot standby of another cluster altogether (a URL pointing at the wrong fleet):
+    in recovery, streaming and caught up with its own primary, it was taken for a replica
+    of ours with lag 0 (its positions compared with our primary's mean nothing)."""
+    stranger = embedded.start(tmp_path / "stranger")
+    try:
+        node = standby.create(stranger, tmp_path / "stranger-standby")
+        primary = Database(pair.primary_url)
+        router = ReadRouter(primary, [node.conninfo], max_lag_s=5, wait_s=0.1)
+        try:
+            assert router.choose() is primary
+            [status] = router.statuses()
+            assert status.up is False and status.error is not None
+            assert "another cluster" in status.error, status.error
+        finally:
+            router.close()
+            primary.close()
+            node.remove()
+    finally:
+        embedded.stop(tmp_path / "stranger")
+
+
+def test_a_replica_behind_a_schema_upgrade_is_not_read_from(pair: Pair, pg_admin_uri: str) -> None:
+    """After ``ragstore db upgrade`` on the primary, a replica within its lag bound that
+    had not replayed the upgrade was read from at the old revision, by code written for
+    the new one: a query on a column or table the upgrade adds failed there (500
+    ``database_error``), or read the old layout. A replica is now read from only at the
+    revision the code expects; until it has replayed the upgrade, reads go to the primary."""
+    url = create_database(pg_admin_uri, TEMPLATE)
+    head = migrations.head_revision()
+    older = migrations.known_revisions()[-2]
+    db = Database(url)
+    try:
+        migrations.downgrade(db, older)
+        with psycopg.connect(url, autocommit=True) as conn:
+            name = conn.info.dbname
+        pair.wait_caught_up()
+        router = ReadRouter(
+            db,
+            [make_conninfo(pair.standby.conninfo, dbname=name)],
+            max_lag_s=60,
+            wait_s=0.1,
+            probe_interval_s=0.1,
+        )
+        try:
+            pair.pause_replay(True)
+            try:
+                migrations.upgrade(db)
+                [status] = router.statuses()
+                assert status.up is False and status.error is not None, status
+                assert older in status.error and head in status.error, status.error
+                assert router.choose() is db
+            finally:
+                pair.pause_replay(False)
+            pair.wait_caught_up()
+            time.sleep(0.2)
+            assert router.statuses()[0].up is True
+            assert router.choose() is not db
+        finally:
+            router.close()
+    finally:
+        db.close()
+
+
+def test_a_replica_that_stops_answering_mid_connection_is_skipped(pair: Pair) -> None:
+    """A replica whose server stops answering on a connection already open (a network
+    path that drops packets, a stopped or wedged backend): the probe's query waited for an
+    answer for good. ``/readyz`` hung in it, and every read carrying a write position
+    (read-your-writes) hung behind it on the probe's lock, none falling back to the
+    primary. The probe's queries now have a deadline: past it the replica is marked down
+    and the reads go to the primary."""
+    primary = Database(pair.primary_url)
+    router = ReadRouter(
+        primary, [pair.standby.conninfo], max_lag_s=5, wait_s=0.5, probe_interval_s=0.1
+    )
+    pid = None
+    try:
+        assert router.choose() is not primary
+        probe = router._replicas[0].probe_conn
+        assert probe is not None
+        pid = probe.info.backend_pid
+        os.kill(pid, signal.SIGSTOP)  # this backend no longer answers; the server runs on
+        time.sleep(0.2)
+        answers: list[object] = []
+        asked = threading.Thread(target=lambda: answers.append(router.statuses()), daemon=True)
+        t0 = time.monotonic()
+        asked.start()
+        time.sleep(0.3)  # the probe is waiting: a read-your-writes read meanwhile
+        chosen: list[Database] = []
+        read = threading.Thread(target=lambda: chosen.append(router.choose(min_lsn=1)), daemon=True)
+        read.start()
+        read.join(15)
+        assert chosen == [primary], "the read waited for the probe for good"
+        asked.join(15)
+        assert answers, "the probe waited for good"
+        [status] = answers[0]  # type: ignore[misc]
+        assert status.up is False and status.error, status
+        assert time.monotonic() - t0 < 10
+        assert router.choose(min_lsn=1) is primary
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+        router.close()
+        primary.close()
+
+
+def test_a_read_only_server_whose_standby_was_promoted_does_not_skip_the_wait(
+    pair: Pair, kb: str, tmp_path: Path
+) -> None:
+    """A read-only server's standby promoted (a failover half done, a split brain) while
+    the primary takes writes on: the wait for a read's position took "not in recovery"
+    for "has every write", and the read was answered at once without the caller's write,
+    which the promoted server never receives. The position is now compared with the
+    promoted server's own WAL position, so the read waits and is refused (503) instead."""
+    node = standby.create(pair.primary_url, tmp_path / "promoted-ro")
+    try:
+        ro_settings = pair.read_only_settings(database_url=node.conninfo, replica_wait_s=0.3)
+        with (
+            running_server(pair.settings()) as url,
+            running_server(ro_settings) as ro_url,
+            Client(url) as c,
+            Client(ro_url) as ro,
+        ):
+            assert ro.ready()["checks"]["role"] == "replica (read-only)"
+            with psycopg.connect(node.conninfo, autocommit=True) as conn:
+                conn.execute("SELECT pg_promote(true, 30)")
+            c.add_document("kb", "fork.md", "# Fork\n\nA fork in the road of a split brain.")
+            ro.last_lsn = c.last_lsn
+            with pytest.raises(ReplicaBehindError):
+                hits = ro.search("kb", "fork in the road split brain", k=1)
+                assert hits["data"][0]["title"] == "Fork", hits  # never: not there
+    finally:
+        node.remove()

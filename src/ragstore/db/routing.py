@@ -8,7 +8,8 @@ is the same whichever server it runs on. Writes, jobs, migrations and keys never
 route and always reach the primary.
 
 A replica is skipped while it does not answer, lags more than ``max_lag_s`` or is not in
-recovery (promoted: it no longer follows the primary); the primary is the last resort. It
+recovery (promoted: it no longer follows the primary), is another database than the primary's
+or has not replayed the schema revision the code expects; the primary is the last resort. It
 is probed at most every ``probe_interval_s``, inline, by the request that finds its status
 stale. A replica that fails under a request is marked down at once and
 the request is told (:attr:`Route.lost`) so the API can run it again on the primary.
@@ -19,6 +20,8 @@ served by a replica that has replayed that far, waiting up to ``wait_s``, else b
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections import deque
@@ -32,12 +35,13 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
-from ragstore.db import lsn
+from ragstore.db import lsn, migrations
 from ragstore.db.database import Database
 from ragstore.errors import DatabaseUnavailableError
 from ragstore.observability import metrics
 
 PROBE_TIMEOUT_S = 1  # a replica that does not accept a connection this fast counts as down
+PROBE_QUERY_TIMEOUT_S = 3  # ... nor one whose probe queries do not answer this fast
 _HISTORY = 600  # primary positions remembered for the lag estimate
 
 
@@ -135,6 +139,7 @@ class ReadRouter:
         self._probe_lock = threading.Lock()
         self._next = 0
         self._primary_conn: psycopg.Connection[Any] | None = None
+        self._primary_identity: tuple[int, int] | None = None  # see _identity
         self._history: deque[tuple[float, int]] = deque(maxlen=_HISTORY)
 
     @property
@@ -159,7 +164,7 @@ class ReadRouter:
         deadline = time.monotonic() + self.wait_s
         while True:
             for r in usable:
-                replayed = self._replayed(r)
+                replayed = self._replayed(r, deadline - time.monotonic())
                 if replayed is not None and replayed >= min_lsn:
                     return self._to_replica(r)
             if time.monotonic() >= deadline:
@@ -210,8 +215,12 @@ class ReadRouter:
         try:
             if self._primary_conn is None or self._primary_conn.closed:
                 self._primary_conn = _connect(self.primary.conninfo)
-            value = lsn.current(self._primary_conn)
+                with _deadline(self._primary_conn):
+                    self._primary_identity = _identity(self._primary_conn)
+            with _deadline(self._primary_conn):
+                value = lsn.current(self._primary_conn)
         except psycopg.Error:
+            _drop(self._primary_conn)
             self._primary_conn = None
             return None
         self._history.append((time.monotonic(), value))
@@ -221,10 +230,31 @@ class ReadRouter:
         try:
             if r.probe_conn is None or r.probe_conn.closed:
                 r.probe_conn = _connect(r.db.conninfo)
-            state = lsn.replay_state(r.probe_conn)
+            with _deadline(r.probe_conn):
+                state = lsn.replay_state(r.probe_conn)
+                identity = _identity(r.probe_conn)
+                revision = migrations.current_revision(r.probe_conn)
         except psycopg.Error as exc:
+            _drop(r.probe_conn)
             r.probe_conn = None
             self._set(r, up=False, lag=None, replayed=None, error=str(exc).strip() or "down")
+            return
+        if self._primary_identity is not None and identity != self._primary_identity:
+            # another cluster's standby, or another database on the primary's standby: its
+            # positions say nothing about the primary's, and what it serves is not ours
+            self._set(
+                r,
+                up=False,
+                lag=None,
+                replayed=None,
+                error="another database than the primary's ("
+                + (
+                    "a standby of another cluster"
+                    if identity[0] != self._primary_identity[0]
+                    else "the URL names another database on the standby"
+                )
+                + "): fix its URL in RAGSTORE_READ_DATABASE_URLS",
+            )
             return
         if not state.in_recovery:
             # promoted (a failover, a split brain) or a primary of its own: it no longer
@@ -238,6 +268,19 @@ class ReadRouter:
                 error="not a hot standby (promoted, or a primary): it does not replay the "
                 "primary's writes; remove it from RAGSTORE_READ_DATABASE_URLS or make it a "
                 "standby of the primary again",
+            )
+            return
+        head = migrations.head_revision()
+        if revision != head:
+            # not replayed the primary's `db upgrade` yet (or never upgraded): the code's
+            # queries would name columns and tables it does not have, or read the old layout
+            self._set(
+                r,
+                up=False,
+                lag=None,
+                replayed=state.replay_lsn,
+                error=f"its schema is at {revision or 'none'}, the code needs {head}: "
+                "reads go to the primary until it has replayed `ragstore db upgrade`",
             )
             return
         lag = self._lag(state, primary_lsn)
@@ -278,16 +321,22 @@ class ReadRouter:
         oldest = samples[0][0] if samples else now
         return max(now - oldest, state.replay_age_s or 0.0)
 
-    def _replayed(self, r: _Replica) -> int | None:
-        """The replica's replay position now (one round trip on its probe connection)."""
-        with self._probe_lock:
-            try:
-                if r.probe_conn is None or r.probe_conn.closed:
-                    r.probe_conn = _connect(r.db.conninfo)
+    def _replayed(self, r: _Replica, wait_s: float) -> int | None:
+        """The replica's replay position now (one round trip on its probe connection);
+        None when it cannot be read, or the probe lock not had, within about ``wait_s``."""
+        if not self._probe_lock.acquire(timeout=max(0.0, wait_s)):
+            return None  # a probe holds it (until its deadline at most): not known in time
+        try:
+            if r.probe_conn is None or r.probe_conn.closed:
+                r.probe_conn = _connect(r.db.conninfo)
+            with _deadline(r.probe_conn):
                 state = lsn.replay_state(r.probe_conn)
-            except psycopg.Error:
-                r.probe_conn = None
-                return None
+        except psycopg.Error:
+            _drop(r.probe_conn)
+            r.probe_conn = None
+            return None
+        finally:
+            self._probe_lock.release()
         return state.replay_lsn if state.in_recovery else None
 
     def _set(
@@ -315,6 +364,66 @@ class ReadRouter:
                 self._primary_conn.close()
 
 
+def _identity(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """The cluster's system identifier and the database's OID: the same on a primary and
+    on each of its physical standbys, for the same database (both readable by any role).
+
+    The probe took any server in recovery for a replica of the primary: a standby of
+    another cluster, or a URL naming another database on the right standby, was read
+    from, every read without a position answered from someone else's data."""
+    row = conn.execute(
+        "SELECT (SELECT system_identifier FROM pg_control_system()),"
+        " (SELECT oid FROM pg_database WHERE datname = current_database())::int8"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+@contextmanager
+def _deadline(
+    conn: psycopg.Connection[Any], seconds: float = PROBE_QUERY_TIMEOUT_S
+) -> Iterator[None]:
+    """Cut ``conn``'s socket if the block has not finished within ``seconds``.
+
+    A server that stops answering on an open connection (packets dropped on the way, a
+    stopped or wedged backend) left the probe's query waiting for good: ``/readyz`` hung
+    in it, and every read-your-writes read behind it on the probe lock. A server-side
+    ``statement_timeout`` cannot help (the server is what does not answer); shutting the
+    socket down wakes the waiting query, which fails as a lost connection does."""
+
+    lock = threading.Lock()
+    finished = False  # under lock: the block is over, its descriptor may be closed and reused
+
+    def cut() -> None:
+        with lock, suppress(OSError, ValueError, psycopg.Error):
+            if finished:
+                return
+            # a duplicate of the connection's descriptor: shut down, it ends the connection
+            # for both; closed, it leaves the connection's own descriptor to psycopg
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            finally:
+                sock.close()
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with lock:
+            finished = True
+
+
+def _drop(conn: psycopg.Connection[Any] | None) -> None:
+    """Close a probe connection that failed (its socket may be shut down, not closed)."""
+    if conn is not None:
+        with suppress(Exception):
+            conn.close()
+
+
 def _connect(conninfo: str) -> psycopg.Connection[Any]:
     return psycopg.connect(
         make_conninfo(conninfo, connect_timeout=PROBE_TIMEOUT_S), autocommit=True
@@ -324,13 +433,18 @@ def _connect(conninfo: str) -> psycopg.Connection[Any]:
 def wait_for_replay(db: Database, min_lsn: int, timeout_s: float) -> bool:
     """Wait up to ``timeout_s`` for the standby behind ``db`` to replay ``min_lsn``.
 
-    For a server that reads a replica alone: True once it has (or it is not a standby).
+    For a server that reads a replica alone: True once it has. A server no longer in
+    recovery (promoted) has the position once its own WAL has reached it: "not a standby"
+    was taken for "has every write", and a standby promoted while the primary took writes
+    on (a failover half done, a split brain) answered reads at once without the caller's
+    write, which it never receives.
     """
     deadline = time.monotonic() + timeout_s
     with db.connection() as conn:
         while True:  # the replay position is read live, not from the transaction's snapshot
             state = lsn.replay_state(conn)
-            if not state.in_recovery or (state.replay_lsn or 0) >= min_lsn:
+            reached = lsn.current(conn) if not state.in_recovery else (state.replay_lsn or 0)
+            if reached >= min_lsn:
                 return True
             if time.monotonic() >= deadline:
                 return False
