@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import psycopg
+import pytest
 
 from ragstore.db import embedded
 
@@ -85,9 +86,9 @@ def _kill_server(data_dir: Path) -> None:
     pid = int((pgdata / "postmaster.pid").read_text().split()[0])
     os.kill(pid, 9)
     deadline = time.monotonic() + 30
-    # and reaped: a zombie's pid is alive to PostgreSQL, which then refuses its socket's
-    # lock file (this machine's init reaps late)
-    while (_postgres_in(pgdata) or psutil.pid_exists(pid)) and time.monotonic() < deadline:
+    # not waiting for it to be reaped: a start copes with a zombie postmaster (this
+    # machine's init reaps late; see the test that holds one unreaped)
+    while _postgres_in(pgdata) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _postgres_in(pgdata) == []
     assert (pgdata / "postmaster.pid").exists()
@@ -342,3 +343,72 @@ def test_a_child_forked_while_the_data_dir_lock_is_held_does_not_keep_it(tmp_pat
     finally:
         os.kill(child, 9)
         os.waitpid(child, 0)
+
+
+# starts (or joins) the embedded server as a subreaper: the postmaster, orphaned when pg_ctl
+# exits, becomes its child, and it never waits for it (an init or a container's first
+# process that reaps late, or not at all); then stays until killed
+_NO_REAPER = """
+import ctypes, sys, time
+from pathlib import Path
+PR_SET_CHILD_SUBREAPER = 36
+assert ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+from ragstore.db import embedded
+print(embedded.start(Path(sys.argv[1])), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a subreaper is Linux's (prctl)")
+@pytest.mark.parametrize("pid_file_left", [True, False])
+def test_a_killed_postmaster_left_a_zombie_does_not_keep_the_next_start_from_working(
+    tmp_path: Path, pid_file_left: bool
+) -> None:
+    """A postmaster killed outright (``kill -9``, an OOM kill) stays a zombie until its
+    parent reaps it, and a zombie's pid is alive to PostgreSQL (``kill(pid, 0)``): its
+    socket's lock file, naming that pid, refused every later start ("Is another postmaster
+    using socket file") until the zombie was reaped. The next start works at once, also
+    after a start of an older ragstore removed ``postmaster.pid`` alone (not
+    ``pid_file_left``); a lock file of a socket that takes connections stays."""
+    data_dir = tmp_path / "data"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _NO_REAPER, str(data_dir)],
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _uris([holder])
+        pgdata = data_dir / "pg"
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        assert psutil.Process(pid).ppid() == holder.pid  # it holds the postmaster unreaped
+        os.kill(pid, 9)
+        deadline = time.monotonic() + 30
+        while _postgres_in(pgdata) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the postmaster and its backends are gone (zombies)
+        assert _postgres_in(pgdata) == []
+        assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        if not pid_file_left:
+            (pgdata / "postmaster.pid").unlink()
+        procs = _starters(data_dir, tmp_path / "go", 1)
+        (tmp_path / "go").touch()
+        out = procs[0].communicate(timeout=120)[0]
+        assert procs[0].returncode == 0, out[-3000:]
+        uri = embedded.start(data_dir)  # and again, in this process
+        with psycopg.connect(uri) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # all along
+        lock = pgdata / ".s.PGSQL.5432.lock"  # the running server's, made to name the zombie
+        text = lock.read_text()
+        lock.write_text("\n".join([str(pid), *text.splitlines()[1:]]) + "\n")
+        try:
+            embedded._clear_stale_socket_locks(pgdata.resolve(), {pgdata})
+            assert lock.exists()  # its socket takes connections
+        finally:
+            lock.write_text(text)
+    finally:
+        holder.kill()
+        holder.communicate()
+        embedded.release(data_dir)
+        embedded.stop(data_dir)

@@ -15,8 +15,10 @@ import locale
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -34,6 +36,7 @@ _logger = logging.getLogger(__name__)
 _start_lock = threading.Lock()  # one thread of this process at a time in start()
 SERVER_LOCK_NAME = ".ragstore-server.lock"  # in the data directory, next to pg/
 USERS_NAME = ".ragstore-server-users.json"  # the server's users: [[pid, create time], ...]
+POSTMASTER_EXIT_WAIT_S = 3.0  # a start's wait for a killed postmaster to be reaped
 _CREATE_TIME_SLACK_S = 1.0  # psutil's create time of one process can move by a boot-time tick
 _dir_lock_guard = threading.RLock()  # this process's hold on data directories' locks
 _dir_locks: dict[Path, tuple[int, int]] = {}  # lock file -> (open fd, depth of holds)
@@ -537,16 +540,24 @@ def _works_in(proc: Any, pgdata: Path) -> bool:
 def _clear_reused_pid_file(pgdata: Path) -> None:
     """Remove a ``postmaster.pid`` left by a postmaster killed outright (``kill -9`` of
     everything, an OOM kill, a container or machine restart) whose pid now belongs to
-    another, live program.
+    another, live program, or is still that postmaster's, a zombie its parent has not
+    reaped; and the lock file of its socket, which names the same pid.
 
     PostgreSQL refuses to start while the pid in that file is alive ("lock file
     postmaster.pid already exists"), and the package took the other program for the
     running server: every later start failed with "stopped as it was joined" until the
     file was removed by hand, and the process's exit, or ``ragstore db stop``, signalled
     the other program (a pid is soon given again; at once in a container, whose pids
-    start over at 1). The file is left alone while any ``postgres`` process still works in
-    this data directory (a backend of the killed postmaster that has not noticed yet): the
-    start then fails as PostgreSQL says, rather than run a second server over its files.
+    start over at 1). A zombie is alive to PostgreSQL too (``kill(pid, 0)`` succeeds):
+    with only ``postmaster.pid`` removed, the socket's lock file still refused every start
+    ("Is another postmaster using socket file") until the zombie's parent reaped it, late
+    or never where init or a container's first process reaps late. A postmaster on its way
+    out (a zombie, or exiting) is first given :data:`POSTMASTER_EXIT_WAIT_S` to be reaped,
+    after which PostgreSQL takes both files over itself.
+
+    The file is left alone while any ``postgres`` process still works in this data
+    directory (a backend of the killed postmaster that has not noticed yet): the start
+    then fails as PostgreSQL says, rather than run a second server over its files.
     Held under the package's lock, like every start and stop.
     """
     import psutil
@@ -557,25 +568,106 @@ def _clear_reused_pid_file(pgdata: Path) -> None:
 
     pid_file = pgdata / "postmaster.pid"
     with PostgresServer._lock:
-        try:
-            proc = psutil.Process(int(pid_file.read_text().splitlines()[0]))
-            name = proc.name()
-            if proc.status() != psutil.STATUS_ZOMBIE and _works_in(proc, pgdata):
-                return  # the running server
-        except (OSError, ValueError, IndexError, psutil.Error):
-            return  # no file, or a dead pid: PostgreSQL takes the file over itself
+        deadline = time.monotonic() + POSTMASTER_EXIT_WAIT_S
+        while True:
+            try:
+                lines = pid_file.read_text().splitlines()
+                proc = psutil.Process(int(lines[0]))
+                name = proc.name()
+                zombie = proc.status() == psutil.STATUS_ZOMBIE
+                if not zombie and _works_in(proc, pgdata):
+                    return  # the running server
+            except FileNotFoundError:
+                # no server: a socket lock file naming a zombie may still be left (by a
+                # start that removed this file, then failed on that lock)
+                _clear_stale_socket_locks(pgdata, {pgdata})
+                return
+            except (OSError, ValueError, IndexError, psutil.Error):
+                return  # a dead pid: PostgreSQL takes both files over itself
+            if not _going_away(proc, pgdata) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
         for other in psutil.process_iter(["name"]):
             if other.info["name"] == "postgres" and _works_in(other, pgdata):
                 return
-        _logger.warning(
-            "removing %s: its postmaster (PID %d) is gone and that PID is now another "
-            "program's (%s)",
-            pid_file,
-            proc.pid,
-            name,
-        )
+        if zombie:
+            why = "its postmaster (PID %d) was killed and its parent has not reaped it (%s)"
+        else:
+            why = "its postmaster (PID %d) is gone and that PID is now another program's (%s)"
+        _logger.warning("removing %s: " + why, pid_file, proc.pid, name)
+        folders = {pgdata}
+        if len(lines) > 4 and lines[4].strip():
+            folders.add(Path(lines[4].strip()))  # the socket's folder (PostgreSQL's line 5)
+        _clear_stale_socket_locks(pgdata, folders)  # first: the pid file names them
         with contextlib.suppress(FileNotFoundError):
             pid_file.unlink()
+
+
+def _going_away(proc: Any, pgdata: Path) -> bool:
+    """Whether ``proc`` (a ``psutil.Process`` named in ``postmaster.pid``, not the running
+    server) is that postmaster on its way out: a zombie, or a ``postgres`` of the data
+    directory's owner whose working directory the kernel has already dropped (exiting)."""
+    import psutil
+
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return bool(
+            proc.name() == "postgres"
+            and proc.uids().real == pgdata.stat().st_uid
+            and proc.cwd() == ""
+        )
+    except psutil.ZombieProcess:
+        return True
+    except (psutil.Error, OSError):
+        return False
+
+
+def _clear_stale_socket_locks(pgdata: Path, folders: set[Path]) -> None:
+    """Remove the socket lock files (``.s.PGSQL.<port>.lock``) in ``folders`` that a
+    postmaster of ``pgdata`` wrote and that name a pid PostgreSQL takes for alive but that
+    cannot be using the socket: a zombie, or a process that is no ``postgres`` working in
+    this data directory (the pid given again); never while the socket takes connections.
+
+    PostgreSQL refuses to start while such a file names a live pid (``kill(pid, 0)``, which
+    succeeds for a zombie) and removes it itself once that pid is gone.
+    """
+    import psutil
+
+    for folder in folders:
+        try:
+            locks = sorted(folder.glob(".s.PGSQL.*.lock"))
+        except OSError:
+            continue
+        for lock in locks:
+            try:
+                lines = lock.read_text().splitlines()
+                pid = abs(int(lines[0]))  # negative: a single-user postgres's
+                if Path(lines[1]).resolve() != pgdata.resolve():
+                    continue  # another data directory's server
+                proc = psutil.Process(pid)
+                if proc.status() != psutil.STATUS_ZOMBIE and _works_in(proc, pgdata):
+                    continue  # this data directory's server (starting, or running)
+            except (OSError, ValueError, IndexError, psutil.Error):
+                continue  # unreadable, or a dead pid: PostgreSQL's to judge
+            if _takes_connections(lock.with_suffix("")):
+                continue
+            _logger.warning("removing %s: the postmaster it names (PID %d) is gone", lock, proc.pid)
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+
+
+def _takes_connections(path: Path) -> bool:
+    """Whether something listens on the Unix socket ``path`` (or it cannot be told)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        except OSError:
+            return True  # no access, a full backlog, a path too long: leave it be
+    return True
 
 
 def _postmaster_alive(pid_file: Path) -> bool:
