@@ -1109,6 +1109,29 @@ def test_a_backup_during_which_the_schema_changed_is_not_kept(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_check_after_a_dump_reads_the_revision_and_not_every_row(populated: str) -> None:
+    """After every dump, the check that the schema revision did not change ran
+    ``count(*)`` over chunks, documents and collections (seconds to minutes on a big
+    database) and used none of it. Seen here by chunks held in a lock no read can share:
+    the check reads the revision at once, not once the lock is let go."""
+    head = migrations.head_revision()
+    holder = psycopg.connect(populated)
+    holder.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+    letgo = threading.Timer(6.0, holder.rollback)
+    letgo.start()
+    started = time.monotonic()
+    try:
+        backup._refuse_schema_changed(Database(populated), head)
+        took = time.monotonic() - started
+        with pytest.raises(backup.BackupError, match=f"changed from x to {head} while"):
+            backup._refuse_schema_changed(Database(populated), "x")
+    finally:
+        letgo.cancel()
+        holder.rollback()
+        holder.close()
+    assert took < 3.0, took
+
+
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``ragstore ARGS`` as a process of its own (to be killed outright)."""
     import sys
