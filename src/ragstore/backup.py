@@ -99,9 +99,14 @@ END $$;
 # the table of contents line (``pg_restore --list``) of the table every ragstore schema has
 _SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ TABLE public alembic_version ", re.M)
 STOP_WAIT_S = 60.0  # how long an interrupted restore waits for its transaction to end
-# how long a restore's statements wait for a table lock (its drops, held by another
-# session's open transaction) before it gives up, changing nothing
-RESTORE_LOCK_TIMEOUT_S = 60.0
+# How long a restore's drops wait for a table lock (held by another session's open
+# transaction) in one try, how long it pauses before the next (rolled back: no lock held,
+# the service runs on), and how long it tries in all before it gives up, changing
+# nothing, with one error naming the sessions that hold the tables: as ``db upgrade``
+# (``migrations.LOCK_WAIT_S``, ``LOCK_RETRY_PAUSE_S``, ``LOCK_GIVE_UP_S``).
+RESTORE_LOCK_WAIT_S = 2.0
+RESTORE_LOCK_RETRY_PAUSE_S = 1.0
+RESTORE_LOCK_GIVE_UP_S = 60.0
 _T = TypeVar("_T")
 # pauses between the tries at reading the database back after a restore's transaction
 # ended (a restart or failover takes seconds): what it left, its revision and counts
@@ -219,6 +224,14 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _revision(db: Database) -> str | None:
+    """The schema revision alone: what the check after a dump compares. Read with the row
+    counts (:func:`_counts`), it cost a ``count(*)`` over every chunk, document and
+    collection after every dump (minutes on a big database), for nothing."""
+    with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
+        return migrations.current_revision(conn)
 
 
 def _counts(db: Database) -> tuple[str | None, dict[str, int]]:
@@ -552,7 +565,7 @@ def _refuse_schema_changed(db: Database, revision: str | None) -> None:
     is empty, and pg_dump succeeds with an archive that lacks its rows and a sidecar
     that records the counts from before."""
     try:
-        now, _ = _counts(db)
+        now = _revision(db)
     except RagstoreError:
         return  # the database went away after pg_dump succeeded: nothing says it changed
     if now != revision:
@@ -1167,10 +1180,23 @@ def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
         return RestoreInterrupted(_unknown(path, exc))
 
 
-def _failed(db: Database, path: Path, session: Path, exc: BackupError) -> RagstoreError | None:
+class _LockWaitEnded(Exception):
+    """One try of a restore gave up waiting for a table lock (``lock_timeout``, its drops
+    behind another session's transaction); its transaction was rolled back. ``what``:
+    what the database holds (as it was)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def _failed(
+    db: Database, path: Path, session: Path, exc: BackupError
+) -> RagstoreError | _LockWaitEnded | None:
     """The error of a restore whose psql failed, saying what the database holds now; None
     where its transaction had committed (the connection lost as the commit's answer came
-    back): the database is the backup, and the restore succeeded.
+    back): the database is the backup, and the restore succeeded. A try that waited out
+    its lock timeout (rolled back) is :class:`_LockWaitEnded`: it is tried again.
 
     psql's message alone ("server closed the connection unexpectedly") said nothing of
     the database, and where the commit had gone through before the connection broke, a
@@ -1183,29 +1209,84 @@ def _failed(db: Database, path: Path, session: Path, exc: BackupError) -> Ragsto
     if state == "committed":
         return None
     if _LOCK_TIMED_OUT in str(exc):
-        return _locked_out(db, path, what)
+        return _LockWaitEnded(what)
     return BackupError(f"{exc}; {what}")
 
 
-# psql's message for a statement that waited out ``lock_timeout`` (RESTORE_LOCK_TIMEOUT_S)
+# psql's message for a statement that waited out ``lock_timeout`` (RESTORE_LOCK_WAIT_S)
 _LOCK_TIMED_OUT = "canceling statement due to lock timeout"
 
 
-def _locked_out(db: Database, path: Path, what: str) -> RagstoreError:
+def _locked_out(db: Database, path: Path, what: str, tries: int) -> RagstoreError:
     """The error of a restore that gave up waiting for its table locks: who holds
     ragstore's tables (read now, as ``db upgrade`` names them; "could not be read" where
     the database does not answer), what the database holds and how to go on.
 
     psql's own message ("canceling statement due to lock timeout" at a line of the
     restore's script) named no session, so nothing said what to wait for or end."""
-    held = migrations.lock_holders(db, RESTORE_LOCK_TIMEOUT_S)
+    held = migrations.lock_holders(db, RESTORE_LOCK_WAIT_S)
     return StatementCancelledError(
         f"restoring {path} into {db.where}: other sessions held its tables for "
-        f"{RESTORE_LOCK_TIMEOUT_S:g}s (the longest a restore waits for a table lock); "
+        f"{RESTORE_LOCK_GIVE_UP_S:g}s ({tries} tries, each waiting "
+        f"{RESTORE_LOCK_WAIT_S:g}s for the table locks); "
         f"sessions holding ragstore's tables: {held}. {what[:1].upper()}{what[1:]}: run "
         "it again once they have ended (a backup, pg_dump, ends by itself; another "
         "session can be ended with SELECT pg_terminate_backend(PID))"
     )
+
+
+def _replay(
+    db: Database,
+    path: Path,
+    conninfo: str,
+    env: dict[str, str],
+    scripts: list[Path],
+    session: Path,
+) -> None:
+    """Run the restore's ``scripts`` through ``psql --single-transaction``; tried again
+    (a new psql, a new transaction) while its drops cannot have their table locks in
+    :data:`RESTORE_LOCK_WAIT_S`, for :data:`RESTORE_LOCK_GIVE_UP_S` in all; then one
+    error naming the sessions that hold them (:func:`_locked_out`), the database as it
+    was. A try stops at its first error, in the prelude's drops, before the archive's
+    script is read, and is rolled back whole: nothing of it stays.
+
+    The drops waited 60 s in one try behind a session holding a table (an open
+    transaction, a backup's pg_dump), and their queued ACCESS EXCLUSIVE request held every
+    other query on that table (each search and write of a running service) waiting
+    behind it all that time."""
+    deadline = time.monotonic() + RESTORE_LOCK_GIVE_UP_S
+    tries = 0
+    while True:
+        tries += 1
+        # a try that fails before it records its session must not read the last one's
+        # (whose backend pid another session may have by now)
+        with contextlib.suppress(OSError):
+            session.unlink(missing_ok=True)
+        try:
+            _run(
+                [_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction"]
+                + ["--set", "ON_ERROR_STOP=1"]
+                + [arg for script in scripts for arg in ("--file", str(script))]
+                + ["--dbname", conninfo],
+                env,
+                f"restoring {path} into {db.where}",
+                stdin=subprocess.DEVNULL,
+            )
+            return
+        except KeyboardInterrupt as exc:
+            raise _stopped(db, path, session) from exc
+        except BackupError as exc:
+            error = _failed(db, path, session, exc)
+        if error is None:
+            return  # committed, its answer lost: restored
+        if not isinstance(error, _LockWaitEnded):
+            raise error from None
+        if time.monotonic() + RESTORE_LOCK_RETRY_PAUSE_S >= deadline:
+            raise _locked_out(db, path, error.what, tries) from None
+        try:
+            time.sleep(RESTORE_LOCK_RETRY_PAUSE_S)
+        except KeyboardInterrupt as exc:
+            raise RestoreInterrupted(error.what) from exc
 
 
 @dataclass
@@ -1299,35 +1380,10 @@ def _restore(
         quiet = "SET client_min_messages = warning;\n"
         guard = "" if drop_dependents else _GUARD_OUTSIDE_DEPENDENTS
         drop = _DROP_PUBLIC_OBJECTS.replace(
-            "{lock_timeout_ms}", str(max(1, round(RESTORE_LOCK_TIMEOUT_S * 1000)))
+            "{lock_timeout_ms}", str(max(1, round(RESTORE_LOCK_WAIT_S * 1000)))
         )
         prelude.write_text(quiet + record + create + guard + drop)
-        try:
-            _run(
-                [
-                    _tool("psql"),
-                    "--no-psqlrc",
-                    "--quiet",
-                    "--single-transaction",
-                    "--set",
-                    "ON_ERROR_STOP=1",
-                    "--file",
-                    str(prelude),
-                    "--file",
-                    str(body),
-                    "--dbname",
-                    conninfo,
-                ],
-                env,
-                f"restoring {path} into {db.where}",
-                stdin=subprocess.DEVNULL,
-            )
-        except KeyboardInterrupt as exc:
-            raise _stopped(db, path, session) from exc
-        except BackupError as exc:
-            error = _failed(db, path, session, exc)
-            if error is not None:
-                raise error from None
+        _replay(db, path, conninfo, env, [prelude, body], session)
     # committed: from here on the restore is done whatever happens, and says so
     try:
         revision, counts = read_back(lambda: _counts(db))
