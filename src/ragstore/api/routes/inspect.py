@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
+from ragstore.api.answers import json_answer
 from ragstore.api.deps import CollectionName, ReadAccess, RowId, Rt
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import (
@@ -85,16 +86,19 @@ def document_chunks(
         int | None, Query(ge=-1, le=2**31 - 1, description="next_after of the previous page")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=inspection.MAX_CHUNKS_PAGE)] = 1000,
-) -> ChunksPublic:
+) -> Response:
     caller.require("read", name)
     coll = rt.collection(name)
     with rt.db.connection() as conn, translated(f"reading the chunks of document {document_id}"):
         rows = inspection.document_chunks(conn, coll, document_id, after=after, limit=limit)
     data = [ChunkPublic(**r) for r in rows]
-    return ChunksPublic(
-        collection=name,
-        document_id=document_id,
-        data=data,
-        count=len(data),
-        next_after=data[-1].ordinal if len(data) == limit else None,
+    # up to 5000 chunks: their JSON is written here, on the worker thread (api/answers.py)
+    return json_answer(
+        ChunksPublic(
+            collection=name,
+            document_id=document_id,
+            data=data,
+            count=len(data),
+            next_after=data[-1].ordinal if len(data) == limit else None,
+        )
     )

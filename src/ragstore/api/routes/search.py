@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from ragstore.api.answers import json_answer
 from ragstore.api.deps import CollectionName, ReadAccess, Rt
 from ragstore.api.disconnect import unless_disconnected
 from ragstore.api.errors_doc import responses
@@ -24,25 +25,28 @@ router = APIRouter(
 @router.post("/search", response_model=SearchResponse, summary="Search a collection")
 async def search(
     name: CollectionName, body: SearchRequest, rt: Rt, caller: ReadAccess, request: Request
-) -> SearchResponse | Response:
+) -> Response:
     caller.require("read", name)
-    # a search whose client goes away is cancelled in PostgreSQL (api/disconnect.py)
+    # a search whose client goes away is cancelled in PostgreSQL (api/disconnect.py); its
+    # JSON is written on the worker thread too, not on the event loop (api/answers.py)
     return await unless_disconnected(
         request,
-        lambda: search_response(
-            rt,
-            name,
-            body.query,
-            vector=body.vector,
-            k=body.k,
-            mode=body.mode,
-            where=body.where,
-            context=body.context,
-            explain=body.explain,
-            ef_search=body.ef_search,
-            rrf_k=body.rrf_k,
-            vector_weight=body.vector_weight,
-            fulltext_weight=body.fulltext_weight,
-            sections=body.sections,
+        lambda: json_answer(
+            search_response(
+                rt,
+                name,
+                body.query,
+                vector=body.vector,
+                k=body.k,
+                mode=body.mode,
+                where=body.where,
+                context=body.context,
+                explain=body.explain,
+                ef_search=body.ef_search,
+                rrf_k=body.rrf_k,
+                vector_weight=body.vector_weight,
+                fulltext_weight=body.fulltext_weight,
+                sections=body.sections,
+            )
         ),
     )

@@ -7,9 +7,10 @@ with the server's default model when it is missing, as ``ragstore ingest`` does.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from ragstore.api.answers import json_answer
 from ragstore.api.deps import CollectionName, ReadAccess, Rt, WriteAccess
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import (
@@ -49,10 +50,11 @@ async def add_texts(
 
 
 @router.post("/get", response_model=TextsPublic, summary="Read texts by id")
-def get_texts(name: CollectionName, body: TextIds, rt: Rt, caller: ReadAccess) -> TextsPublic:
+def get_texts(name: CollectionName, body: TextIds, rt: Rt, caller: ReadAccess) -> Response:
     caller.require("read", name)
     data = [TextPublic(**t) for t in _store(rt).get_texts(name, body.ids)]
-    return TextsPublic(data=data, count=len(data))
+    # up to 10,000 texts: their JSON is written here, on the worker thread (api/answers.py)
+    return json_answer(TextsPublic(data=data, count=len(data)))
 
 
 @router.post("/delete", response_model=TextsDeleted, summary="Delete texts by id")
