@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from ragstore.api import create_app
 from ragstore.api.server import server_config
 from ragstore.config import Settings
-from ragstore.db import documents
+from ragstore.db import documents, lsn
 from ragstore.db.database import Database
 from ragstore.jobs import staging
 from tests.api.conftest import running_server, with_
@@ -79,11 +79,10 @@ def _waiting_on_advisory(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def test_a_write_stored_when_the_pool_then_runs_dry_is_answered_201(
-    small: tuple[str, FastAPI, Settings],
-) -> None:
-    """The write commits, then the ingest's index check finds every pooled connection
-    busy: that wait's 503 told the client its stored document was not stored."""
+def _write_as_the_pool_runs_dry(small: tuple[str, FastAPI, Settings], name: str) -> dict[str, Any]:
+    """POST ``name`` while its source lock is held, fill the pool, let the write commit:
+    the answer (status, body, headers, seconds from the commit's release to the answer),
+    and whether the document is stored."""
     url, app, settings = small
     assert settings.database_url is not None
     dsn = settings.database_url.get_secret_value()
@@ -94,13 +93,15 @@ def test_a_write_stored_when_the_pool_then_runs_dry_is_answered_201(
     # another writer of y.md holds its source lock: the request's write waits, holding
     # one pooled connection
     holder = psycopg.connect(dsn)
-    documents.lock_sources(holder, coll.id, [staging.source_of(settings, "c", "y.md")])
+    documents.lock_sources(holder, coll.id, [staging.source_of(settings, "c", name)])
     answer: dict[str, Any] = {}
+    released = float("inf")
 
     def write() -> None:
         with httpx.Client(base_url=url, timeout=30) as h:
-            r = h.post("/v1/collections/c/documents", json={"name": "y.md", "text": "why"})
-            answer.update(status=r.status_code, body=r.text)
+            r = h.post("/v1/collections/c/documents", json={"name": name, "text": "why"})
+            answer.update(status=r.status_code, body=r.text, headers=r.headers)
+            answer["took_s"] = time.monotonic() - released
 
     writer = threading.Thread(target=write)
     writer.start()
@@ -116,6 +117,7 @@ def test_a_write_stored_when_the_pool_then_runs_dry_is_answered_201(
         while db.pool.get_stats().get("requests_waiting", 0) < 1:
             assert time.monotonic() < deadline, "the pool request never queued"
             time.sleep(0.02)
+        released = time.monotonic()
         holder.rollback()  # the write goes on, commits, and its connection goes to the queue
         writer.join(timeout=20)
     finally:
@@ -124,9 +126,55 @@ def test_a_write_stored_when_the_pool_then_runs_dry_is_answered_201(
         for conn in taken:
             db.pool.putconn(conn)
     with httpx.Client(base_url=url, timeout=30) as h:
-        stored = "y.md" in _names(h, "c")
-    assert stored, answer
+        answer["stored"] = name in _names(h, "c")
+    return answer
+
+
+def test_a_write_stored_when_the_pool_then_runs_dry_is_answered_201(
+    small: tuple[str, FastAPI, Settings],
+) -> None:
+    """The write commits, then the ingest's index check finds every pooled connection
+    busy: that wait's 503 told the client its stored document was not stored."""
+    answer = _write_as_the_pool_runs_dry(small, "y.md")
+    assert answer["stored"], answer
     assert answer["status"] == 201, answer
+
+
+def test_a_write_stored_as_the_pool_runs_dry_is_answered_without_waiting_for_its_position(
+    small: tuple[str, FastAPI, Settings],
+) -> None:
+    """A committed write's ``RAGStore-LSN`` was read on a pooled connection waited for up
+    to the pool timeout, three times: with the pool full its 201 came about three pool
+    timeouts late. Its position is now read with a short wait, else ``primary``."""
+    answer = _write_as_the_pool_runs_dry(small, "z.md")
+    assert answer["stored"] and answer["status"] == 201, answer
+    position = answer["headers"]["RAGStore-LSN"]
+    assert lsn.on_primary(position) or lsn.parse(position) > 0
+    # the commit, the index check's one pool wait (answered as stored), the position
+    assert answer["took_s"] < WAIT_S + 1.2, answer
+
+
+def test_an_error_under_a_full_pool_is_not_delayed_by_its_position(
+    small: tuple[str, FastAPI, Settings],
+) -> None:
+    """A write's error answer looked for its WAL position on a pooled connection, waited
+    for up to the pool timeout: a 503 for a full pool came after two pool timeouts."""
+    url, app, _ = small
+    db: Database = app.state.ragstore.runtime.db
+    with httpx.Client(base_url=url, timeout=30) as h:
+        assert h.post("/v1/collections/c/documents", json={"name": "s.md", "text": "seed"})
+        taken = [db.pool.getconn(timeout=5) for _ in range(POOL)]
+        try:
+            started = time.monotonic()
+            r = h.post("/v1/collections/c/documents", json={"name": "e.md", "text": "err"})
+            took = time.monotonic() - started
+        finally:
+            for conn in taken:
+                db.pool.putconn(conn)
+        assert r.status_code == 503, r.text
+        assert "RAGStore-LSN" not in r.headers  # not readable at once: none
+        assert took < WAIT_S + 0.6, took
+        assert "e.md" not in _names(h, "c")
 
 
 # a client that opens connections and leaves them idle (they stay open for the server's

@@ -97,19 +97,20 @@ def test_lag_dates_the_oldest_unreplayed_wal(database_url: str) -> None:
     assert router._lag(cut_off, 300) == pytest.approx(4, abs=0.5)  # its stream broke: behind
 
 
-# pg_current_wal_lsn() shadowed for the database's new sessions: it fails while the count of
-# its calls is at most lsnfault.failing.until, then answers the real position
+# pg_current_wal_insert_lsn() (lsn.current's) shadowed for the database's new sessions: it
+# fails while the count of its calls is at most lsnfault.failing.until, then answers the real
+# position
 _LSN_FAULT = """
     CREATE SCHEMA lsnfault;
     CREATE SEQUENCE lsnfault.calls;
     CREATE TABLE lsnfault.failing (until bigint NOT NULL);
     INSERT INTO lsnfault.failing VALUES (0);
-    CREATE FUNCTION lsnfault.pg_current_wal_lsn() RETURNS pg_lsn LANGUAGE plpgsql AS $$
+    CREATE FUNCTION lsnfault.pg_current_wal_insert_lsn() RETURNS pg_lsn LANGUAGE plpgsql AS $$
     BEGIN
         IF nextval('lsnfault.calls') <= (SELECT until FROM lsnfault.failing) THEN
             RAISE EXCEPTION 'the WAL position cannot be read (a test fault)';
         END IF;
-        RETURN pg_catalog.pg_current_wal_lsn();
+        RETURN pg_catalog.pg_current_wal_insert_lsn();
     END $$;
 """
 
@@ -181,3 +182,38 @@ def test_a_finished_job_whose_position_cannot_be_read_says_primary(
         _fail_next(lsn_fault, 0)
         r = c.request("GET", f"/v1/jobs/{job['id']}")
         assert lsn.parse(r.headers["RAGStore-LSN"]) > 0
+
+
+def test_a_position_read_after_an_asynchronous_commit_is_past_it(database_url: str) -> None:
+    """A write's position was ``pg_current_wal_lsn()``, how far WAL is written out. With
+    ``synchronous_commit = off`` (a server's or role's setting) a commit returns before
+    its record is written, so the position answered was before the commit: a replica
+    that had replayed that far, without the write, served the writer's next read."""
+    url = database_url
+    with psycopg.connect(url, autocommit=True) as writer, psycopg.connect(url) as other:
+        writer.execute("SET synchronous_commit = off")
+        writer.execute("CREATE TEMP TABLE async_commits (x int)")
+        for _ in range(20):
+            writer.execute("INSERT INTO async_commits VALUES (1)")
+            row = writer.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+            assert row is not None
+            committed = lsn.parse(str(row[0]))  # at or past the insert's commit record
+            assert lsn.current(other) >= committed
+            other.rollback()
+
+
+@pytest.mark.parametrize(
+    ("insert", "end"),
+    [
+        ("0/3020B60", "0/3020B60"),  # inside a page: as it is
+        ("0/3022018", "0/3022000"),  # just past a page's header: the page's start
+        ("1/1000028", "1/1000000"),  # just past a segment's (long) header: its start
+        ("0/3022020", "0/3022020"),  # a record of its own on the page
+    ],
+)
+def test_an_insert_position_past_a_page_header_is_the_page_start(insert: str, end: str) -> None:
+    """The insert position after a record that filled its page points past the next
+    page's header, where a standby's replay position (the record's end) is the page's
+    start: the write's reads would wait for more WAL than the write made."""
+    value = lsn.record_end(lsn.parse(insert), block_size=8192, segment_size=16 * 1024 * 1024)
+    assert lsn.format_lsn(value) == end

@@ -24,6 +24,7 @@ import logging
 import re
 import time
 
+from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,6 +39,12 @@ log = logging.getLogger("ragstore.api")
 READ_FROM = "RAGStore-Read-From"
 LSN_READ_ATTEMPTS = 3  # a write's position is read up to this many times ...
 LSN_READ_RETRY_S = 0.1  # ... this long apart (doubled each time)
+# the wait for a pooled connection to read it on, not the pool timeout: under a full pool
+# a committed write's answer waited three pool timeouts (15 s by default) for its
+# position, and an error answer (a 503 for that full pool) one more; a committed write
+# whose position is not read within it answers ``primary``, an error answers none
+LSN_POOL_WAIT_S = 0.25
+LSN_ERROR_POOL_WAIT_S = 0.05
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # a write's error answers from before its route ran (no key, no right, throttled)
 _RAN_NOT = frozenset({401, 403, 429})
@@ -269,8 +276,10 @@ def _replayed(rt: Runtime, min_lsn: int, wait_s: float) -> bool:
         return routing.wait_for_replay(rt.primary, min_lsn, wait_s)
 
 
-def _primary_lsn(rt: Runtime) -> int:
-    with rt.primary.connection() as conn, translated("reading the WAL position"):
+def _primary_lsn(rt: Runtime, wait_s: float) -> int:
+    """The primary's position, on a pooled connection waited for at most ``wait_s``
+    (``PoolTimeout`` when none is free by then)."""
+    with rt.primary.connection(wait_s=wait_s) as conn, translated("reading the WAL position"):
         return lsn.current(conn)
 
 
@@ -282,12 +291,16 @@ def written_lsn(rt: Runtime, path: str) -> str:
     lost, say): the client kept its earlier position, and its next read could be served
     by a replica without this write, read-your-writes broken with no sign of it.
     ``primary``, sent back, has the next read served by the primary; the write still
-    answers its success (it committed)."""
+    answers its success (it committed).
+
+    Each read waits :data:`LSN_POOL_WAIT_S` for a pooled connection, and a full pool
+    ends the tries at once: the pool timeout, three times, delayed a committed write's
+    answer by about 15 s under the very load that filled the pool."""
     for attempt in range(1, LSN_READ_ATTEMPTS + 1):
         try:
-            return lsn.format_lsn(_primary_lsn(rt))
-        except RagstoreError as exc:
-            if attempt == LSN_READ_ATTEMPTS:
+            return lsn.format_lsn(_primary_lsn(rt, LSN_POOL_WAIT_S))
+        except (RagstoreError, PoolTimeout) as exc:
+            if isinstance(exc, PoolTimeout) or attempt == LSN_READ_ATTEMPTS:
                 log.warning(
                     "the WAL position after %s could not be read (%s); answered %s: %s",
                     path,
@@ -306,10 +319,12 @@ def _error_lsn(rt: Runtime) -> str | None:
     A multi-file upload whose one file fails is answered that file's error, with the
     others stored (its ``stored`` list); without a position the client's next read could
     be served by a replica without them. One try, and no ``primary`` in its place: an
-    error answered while the primary is down must not send the client's reads to it."""
+    error answered while the primary is down must not send the client's reads to it.
+    Nor a wait for a pooled connection past :data:`LSN_ERROR_POOL_WAIT_S`: a 503 for a
+    full pool waited a second pool timeout here before it was sent."""
     try:
-        return lsn.format_lsn(_primary_lsn(rt))
-    except RagstoreError:
+        return lsn.format_lsn(_primary_lsn(rt, LSN_ERROR_POOL_WAIT_S))
+    except (RagstoreError, PoolTimeout):
         return None
 
 

@@ -376,11 +376,19 @@ class Database:
         exc.retry_after = self.breaker.trip(exc)
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    def connection(
+        self, *, wait_s: float | None = None
+    ) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
         """A pooled connection; the block is one transaction, committed on success.
 
         While the database is down this fails at once (see :class:`Breaker`) rather than
         waiting out the connect timeout on every call.
+
+        ``wait_s`` waits that long for a free connection instead of the pool timeout, and
+        a pool that lends none within it raises ``PoolTimeout`` as it is: for work that
+        is better skipped than waited for under load (a write's WAL position, read after
+        its commit, held its answer for up to three pool timeouts). A short wait running
+        out says nothing of the server: no probe, no breaker.
         """
         if self.breaker.check():
             if not self.probe():
@@ -389,9 +397,11 @@ class Database:
             if self._pool is not None:
                 self._pool.check()  # drop the connections that died with the server
         try:
-            with self.pool.connection() as conn:
+            with self.pool.connection(timeout=wait_s) as conn:
                 yield conn
         except PoolTimeout:
+            if wait_s is not None:
+                raise
             if self.probe():  # the server answers: every pooled connection is busy
                 raise DatabaseUnavailableError(
                     f"no free connection to {self.where} within {self._timeout:g}s: all "

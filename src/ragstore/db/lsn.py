@@ -46,11 +46,42 @@ def format_lsn(value: int) -> str:
     return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
+# the sizes of a WAL page's header: every page's, and the longer one that opens a segment
+# (PostgreSQL's SizeOfXLogShortPHD and SizeOfXLogLongPHD)
+_PAGE_HEADER = 24
+_SEGMENT_HEADER = 40
+
+
+def record_end(insert: int, *, block_size: int, segment_size: int) -> int:
+    """An insert position as the end of the record before it, the form a standby's
+    ``pg_last_wal_replay_lsn()`` takes.
+
+    After a record that filled its page the insert position points past the next page's
+    header, which the standby's replay position (the record's end: the page's start)
+    never reaches until more WAL comes: a write's reads would wait for WAL it never made.
+    """
+    if insert % segment_size == _SEGMENT_HEADER:
+        return insert - _SEGMENT_HEADER
+    if insert % block_size == _PAGE_HEADER:
+        return insert - _PAGE_HEADER
+    return insert
+
+
 def current(conn: Conn) -> int:
-    """The primary's WAL write position: at or past every transaction committed so far."""
-    row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    """The primary's WAL position: at or past every transaction committed so far.
+
+    The insert position, not ``pg_current_wal_lsn()`` (how far WAL is written out): with
+    ``synchronous_commit = off`` (a server's or role's setting) a commit returns before
+    its record is written, and the written position, answered as a write's, was before
+    its commit: a replica that had replayed that far, without the write, served the
+    writer's next read. A standby receives WAL only once it is flushed, so it waits for
+    the insert position as it would for the write's own record."""
+    row = conn.execute(
+        "SELECT pg_current_wal_insert_lsn()::text, current_setting('wal_block_size')::int,"
+        " pg_size_bytes(current_setting('wal_segment_size'))"
+    ).fetchone()
     assert row is not None
-    return parse(str(row[0]))
+    return record_end(parse(str(row[0])), block_size=int(row[1]), segment_size=int(row[2]))
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ragstore.db import lsn, migrations
 from ragstore.db.database import Database
@@ -87,11 +87,15 @@ class ReplicaDatabase(Database):
             super().close()
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    def connection(
+        self, *, wait_s: float | None = None
+    ) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
         try:
-            with super().connection() as conn:
+            with super().connection(wait_s=wait_s) as conn:
                 yield conn
         except (DatabaseUnavailableError, psycopg.OperationalError) as exc:
+            if wait_s is not None and isinstance(exc, PoolTimeout):
+                raise  # a short wait ran out (see Database.connection): busy, not down
             self.router.mark_down(self, str(exc))
             route = _route.get()
             if route is not None:
