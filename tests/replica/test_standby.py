@@ -8,17 +8,20 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from ragstore import Client
 from ragstore.db import embedded, migrations, standby
 from ragstore.db.database import Database
-from ragstore.db.routing import ReadRouter
+from ragstore.db.routing import ReadRouter, Route, routed
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
 from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server
@@ -554,3 +557,131 @@ def test_a_read_only_server_whose_standby_was_promoted_does_not_skip_the_wait(
                 assert hits["data"][0]["title"] == "Fork", hits  # never: not there
     finally:
         node.remove()
+
+
+@contextmanager
+def _standby_setting(pair: Pair, name: str, value: str) -> Iterator[None]:
+    """``name`` set to ``value`` on the shared standby (ALTER SYSTEM + reload), reset after."""
+    with psycopg.connect(pair.standby.conninfo, autocommit=True) as s:
+        s.execute(
+            sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+        )
+        s.execute("SELECT pg_reload_conf()")
+    try:
+        yield
+    finally:
+        with psycopg.connect(pair.standby.conninfo, autocommit=True) as s:
+            s.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
+            s.execute("SELECT pg_reload_conf()")
+
+
+def _lock_on_primary(url: str, table: str, hold_s: float, after_s: float = 0.0) -> None:
+    """Take ``table``'s ACCESS EXCLUSIVE lock on the primary for ``hold_s``: the standby's
+    replay must take it too, and cancels the standby's queries that hold it meanwhile (a
+    recovery conflict; ``hot_standby_feedback`` spares snapshots, not locks)."""
+    time.sleep(after_s)
+    with psycopg.connect(url) as p:
+        p.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
+        time.sleep(hold_s)
+        p.commit()
+
+
+def test_a_read_cancelled_by_a_recovery_conflict_is_run_again_on_the_primary(
+    pair: Pair, pg_admin_uri: str
+) -> None:
+    """A replica's read cancelled by its standby's replay ("canceling statement due to
+    conflict with recovery", SQLSTATE 40001 or 40P01: replay needed a lock or rows the
+    query held) was answered 409 ``conflict``, "collided with a concurrent change", as if
+    the caller had raced a write of its own, and never run on the primary. The replica's
+    conflict now flags the route as lost (the API runs the read again on the primary) and
+    is a 503 with Retry-After where it is answered at all; the replica stays in use."""
+    url = create_database(pg_admin_uri, TEMPLATE)
+    with psycopg.connect(url, autocommit=True) as p:
+        p.execute("CREATE TABLE replayed (x int)")
+        p.execute("INSERT INTO replayed VALUES (1)")
+        name = p.info.dbname
+    pair.wait_caught_up()
+    primary = Database(url)
+    router = ReadRouter(
+        primary, [make_conninfo(pair.standby.conninfo, dbname=name)], max_lag_s=5, wait_s=0.1
+    )
+    try:
+        with _standby_setting(pair, "max_standby_streaming_delay", "100ms"):
+            route = Route(router)
+            with routed(route):
+                db = route.database()
+                assert db is not primary and route.on_replica
+                locker = threading.Thread(target=_lock_on_primary, args=(url, "replayed", 0.2, 1))
+                locker.start()
+                try:
+                    with pytest.raises(RagstoreError) as failed, db.connection() as conn:
+                        conn.execute("SELECT count(*) FROM replayed, pg_sleep(30)")
+                finally:
+                    locker.join(30)
+        err = failed.value
+        assert "conflict with recovery" in str(err), err
+        assert err.http_status == 503, (type(err), err)
+        assert getattr(err, "retry_after", None)
+        assert route.lost, "the API would not run the read again on the primary"
+        assert router.statuses()[0].up is True  # the replica is fine: not skipped
+    finally:
+        router.close()
+        primary.close()
+
+
+def test_a_search_cancelled_by_a_recovery_conflict_is_answered_by_the_primary(
+    pair: Pair, kb: str
+) -> None:
+    """The API's side of it: a search whose statement the standby's replay cancelled
+    (replay needed the vector table the search was reading) was answered 409 ``conflict``
+    ("collided with a concurrent change"); it is now run again on the primary and answered
+    there, as a search on a replica that fails is."""
+    with psycopg.connect(pair.primary_url, autocommit=True) as p:
+        tables = [
+            str(row[0])
+            for row in p.execute(
+                "SELECT relname FROM pg_class WHERE relname LIKE 'emb\\_%' AND relkind = 'r'"
+            )
+        ]
+    assert tables
+    replay_waits = threading.Event()
+
+    def hold_locks() -> None:
+        # the search on the standby reads the vector table, then chunks, then waits for
+        # documents (locked here, replayed there); replay of the vector table's lock then
+        # waits for the search, and the standby cancels the search
+        with psycopg.connect(pair.primary_url) as p:
+            p.execute("LOCK TABLE documents IN ACCESS EXCLUSIVE MODE")
+            p.execute("SELECT pg_current_xact_id()")
+            p.execute("SELECT pg_switch_wal()")  # flushed: the standby replays the lock
+            replay_waits.set()
+            time.sleep(1.5)  # the search starts and waits on the standby
+            for table in tables:
+                p.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table))
+                )
+            p.execute("SELECT pg_switch_wal()")
+            time.sleep(1.5)  # the primary's run of the search waits for this commit
+            p.commit()
+
+    with (
+        _standby_setting(pair, "max_standby_streaming_delay", "100ms"),
+        running_server(pair.settings(search_timeout_s=30)) as url,
+        Client(url, timeout=60) as c,
+    ):
+        pair.wait_caught_up()
+        locker = threading.Thread(target=hold_locks, daemon=True)
+        locker.start()
+        try:
+            assert replay_waits.wait(10)
+            pair.wait_caught_up()
+            r = c.request(
+                "POST",
+                "/v1/collections/kb/search",
+                json={"query": "why does bread rise", "k": 2, "mode": "vector"},
+            )
+        finally:
+            locker.join(30)
+        assert r.status_code == 200, r.text
+        assert _served_by(r) == "primary", r.headers
+        assert r.json()["data"][0]["title"] == "Bread"

@@ -12,7 +12,9 @@ recovery (promoted: it no longer follows the primary), is another database than 
 or has not replayed the schema revision the code expects; the primary is the last resort. It
 is probed at most every ``probe_interval_s``, inline, by the request that finds its status
 stale. A replica that fails under a request is marked down at once and
-the request is told (:attr:`Route.lost`) so the API can run it again on the primary.
+the request is told (:attr:`Route.lost`) so the API can run it again on the primary. A read
+the standby cancelled to replay the primary's changes (a recovery conflict) is told so too,
+the replica left in use: it is fine, and the caller raced nothing (not a 409 ``conflict``).
 
 Read-your-writes: a read that carries the caller's last write position (``min_lsn``) is
 served by a replica that has replayed that far, waiting up to ``wait_s``, else by the primary.
@@ -29,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -37,7 +39,7 @@ from psycopg_pool import ConnectionPool
 
 from ragstore.db import lsn, migrations
 from ragstore.db.database import Database
-from ragstore.errors import DatabaseUnavailableError
+from ragstore.errors import DatabaseUnavailableError, RagstoreError, StatementCancelledError
 from ragstore.observability import metrics
 
 PROBE_TIMEOUT_S = 1  # a replica that does not accept a connection this fast counts as down
@@ -91,12 +93,54 @@ class ReplicaDatabase(Database):
         try:
             with super().connection() as conn:
                 yield conn
-        except (DatabaseUnavailableError, psycopg.OperationalError) as exc:
-            self.router.mark_down(self, str(exc))
+        except (RagstoreError, psycopg.Error) as exc:
+            conflict = recovery_conflict(exc)
+            if conflict is None:
+                if isinstance(exc, (DatabaseUnavailableError, psycopg.OperationalError)):
+                    self._failed(exc)
+                raise
+            # the standby's replay needed what the read held (a lock, rows): the replica
+            # is fine and the caller raced nothing; the read is run again on the primary
             route = _route.get()
             if route is not None:
                 route.lost = True
-            raise DatabaseUnavailableError(f"read replica {self.where} failed: {exc}") from None
+            # (the message is the caller's to read: no replica address in it)
+            reason = (str(conflict).strip() or type(conflict).__name__).splitlines()[0]
+            raise StatementCancelledError(
+                "a read replica cancelled the read to replay the primary's changes "
+                f"({reason}); only this request failed, retry it",
+                retry_after=1.0,
+            ) from exc
+
+    def _failed(self, exc: BaseException) -> NoReturn:
+        self.router.mark_down(self, str(exc))
+        route = _route.get()
+        if route is not None:
+            route.lost = True
+        raise DatabaseUnavailableError(f"read replica {self.where} failed: {exc}") from None
+
+
+# SQLSTATEs of a hot standby's "canceling statement due to conflict with recovery" (and
+# its FATAL "terminating connection ..."): 40001 for a lock, snapshot, buffer pin or
+# tablespace replay needed, 40P01 for a deadlock with the startup process
+RECOVERY_CONFLICT = frozenset({"40001", "40P01"})
+
+
+def recovery_conflict(exc: BaseException) -> BaseException | None:
+    """The database error in ``exc`` (itself, or behind our error) when it is a read a
+    standby cancelled because replaying the primary's WAL needed what the read held.
+
+    ``db/errors.py`` maps class 40 to 409 ``conflict`` ("collided with a concurrent
+    change; retry"): right for a write on the primary, wrong for a replica's read, which
+    raced nothing of the caller's; the primary can answer it at once."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # our error, then psycopg's behind it
+        if seen is None:
+            return None
+        if getattr(seen, "sqlstate", None) in RECOVERY_CONFLICT:
+            return seen
+        seen = seen.__cause__
+    return None
 
 
 class _Replica:
