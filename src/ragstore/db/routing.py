@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import psycopg
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from ragstore.db import lsn, migrations
@@ -74,7 +74,7 @@ class ReplicaDatabase(Database):
     router: ReadRouter
 
     def __init__(self, conninfo: str, **kwargs: Any) -> None:
-        super().__init__(conninfo, **kwargs)
+        super().__init__(with_keepalives(conninfo), **kwargs)
         # requests, probes and mark_down open and close this pool from many threads: one
         # at a time, or a pool made by one is dropped unclosed by another
         self._pool_lock = threading.Lock()
@@ -141,6 +141,36 @@ def recovery_conflict(exc: BaseException) -> BaseException | None:
             return seen
         seen = seen.__cause__
     return None
+
+
+# libpq's TCP settings of a replica's connections, where its URL sets none of its own: a
+# path that goes silent (a host gone, packets dropped) ends the connection in about 10 s
+# (keepalives: 5 s idle, then 3 probes 2 s apart; tcp_user_timeout: data unacknowledged
+# for 10 s). Unix-socket connections ignore them. A healthy connection is never cut: the
+# peer's kernel answers the probes however long a query runs.
+REPLICA_TCP: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
+
+def with_keepalives(conninfo: str) -> str:
+    """``conninfo`` with :data:`REPLICA_TCP` where it does not set them itself.
+
+    A read sent to a replica whose network path then went silent waited for its answer
+    until the system's TCP gave up (no keepalives by default: 15 minutes or more of
+    retransmissions, forever for a connection only waiting): ``statement_timeout`` is
+    enforced by the server, which is what cannot be heard. With them the connection
+    fails within seconds, the replica is marked down and the read is run on the primary."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return conninfo  # the pool's first connection says what is wrong with it
+    missing = {k: v for k, v in REPLICA_TCP.items() if k not in params}
+    return make_conninfo(conninfo, **missing) if missing else conninfo
 
 
 class _Replica:
