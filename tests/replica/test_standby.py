@@ -787,3 +787,25 @@ def test_a_replica_read_whose_network_goes_silent_fails_in_seconds(pair: Pair, k
     assert line.startswith("failed after") and "DatabaseUnavailableError lost=True" in line, line
     assert float(line.split()[2]) < 20, line
 
+
+def test_a_read_only_servers_search_cancelled_by_a_recovery_conflict_is_a_503(
+    pair: Pair, kb: str
+) -> None:
+    """On a read-only server (its database a hot standby, no primary to run it on), a
+    search its standby cancelled to replay the primary's changes was answered 409
+    ``conflict``, "collided with a concurrent change", blaming the caller; it is a 503
+    ``statement_cancelled`` with Retry-After now."""
+    with (
+        _standby_setting(pair, "max_standby_streaming_delay", "100ms"),
+        running_server(pair.read_only_settings(search_timeout_s=30)) as url,
+    ):
+        with _standby_search_cancelled(pair):
+            r = httpx.post(
+                f"{url}/v1/collections/kb/search",
+                json={"query": "why does bread rise", "k": 2, "mode": "vector"},
+                timeout=60,
+            )
+        assert r.status_code == 503, r.text
+        assert r.json()["code"] == "statement_cancelled", r.text
+        assert "conflict with recovery" in r.json()["detail"], r.text
+        assert r.headers.get("Retry-After"), r.headers

@@ -107,6 +107,15 @@ def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:
             "the collection was deleted or its model rolled back while this request ran; "
             "retry the request"
         )
+    if state in ("40001", "40P01") and "conflict with recovery" in str(exc):
+        # a hot standby's replay needed what the statement held (a lock, rows): it races
+        # nothing of the caller's, as class 40's "collided with a concurrent change" (409)
+        # said; a read-only server on the standby answers it 503 with Retry-After
+        # (PostgreSQL's English text; a router's replica tells it by SQLSTATE alone)
+        return StatementCancelledError, (
+            "the hot standby cancelled the statement to replay the primary's changes "
+            "(a conflict with recovery); only this request failed, retry it"
+        )
     if isinstance(state, str) and state:
         for key in (state, state[:2]):
             if key in SQLSTATE_MAP:
