@@ -7,7 +7,8 @@ text search configuration) is the caller's to fix and answers 4xx; only a databa
 cannot be reached, or refuses every write (its disk full, a read-only database),
 answers 503 ``database_unavailable``; a statement PostgreSQL cancelled
 (an administrator's ``pg_cancel_backend``, a role's ``statement_timeout`` or
-``lock_timeout``) fails its own request only, 503 ``statement_cancelled`` (not a
+``lock_timeout``, a hot standby's replay in a conflict with recovery) fails its own
+request only, 503 ``statement_cancelled`` (not a
 database that is down: the breaker of ``db/database.py`` stays closed); anything else is
 our bug and answers 500 ``database_error``. ``tests/test_db_errors.py`` enumerates the table.
 """
