@@ -57,6 +57,16 @@ def test_the_table_sends_input_to_4xx_and_only_connections_to_503() -> None:
         (pg.UndefinedTable("bug"), DatabaseError),  # 42P01: our bug, 500
         # ... except a collection's vector table, dropped by a concurrent delete or rollback
         (pg.UndefinedTable('relation "emb_12" does not exist'), ConflictError),
+        # a hot standby's recovery conflict is not the caller's: 503, not 409
+        (
+            pg.SerializationFailure("canceling statement due to conflict with recovery"),
+            StatementCancelledError,
+        ),
+        (
+            pg.DeadlockDetected("canceling statement due to conflict with recovery"),
+            StatementCancelledError,
+        ),
+        (pg.DeadlockDetected("deadlock detected"), ConflictError),
         (psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"), InputError),
         (psycopg.OperationalError("connection failed"), DatabaseUnavailableError),
         (psycopg.InterfaceError("the connection is closed"), DatabaseUnavailableError),

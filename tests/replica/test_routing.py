@@ -10,13 +10,14 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from ragstore import Client
 from ragstore.api.routing import classify
 from ragstore.config import Settings
 from ragstore.db import lsn
 from ragstore.db.database import Database
-from ragstore.db.routing import ReadRouter
+from ragstore.db.routing import REPLICA_TCP, ReadRouter, with_keepalives
 from ragstore.errors import InputError
 from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server
@@ -217,3 +218,16 @@ def test_an_insert_position_past_a_page_header_is_the_page_start(insert: str, en
     start: the write's reads would wait for more WAL than the write made."""
     value = lsn.record_end(lsn.parse(insert), block_size=8192, segment_size=16 * 1024 * 1024)
     assert lsn.format_lsn(value) == end
+
+
+def test_replica_connections_get_keepalives_unless_their_url_sets_them() -> None:
+    """The TCP settings that end a silent replica's connection in seconds (see
+    test_standby's silent read) are defaults: what the URL says itself is kept."""
+    params = conninfo_to_dict(with_keepalives("postgresql://u@db.example:5433/rag"))
+    assert {k: int(params[k]) for k in REPLICA_TCP} == REPLICA_TCP
+    assert (params["host"], params["port"], params["dbname"]) == ("db.example", "5433", "rag")
+    mine = conninfo_to_dict(
+        with_keepalives("postgresql://u@db.example/rag?keepalives_idle=30&tcp_user_timeout=0")
+    )
+    assert mine["keepalives_idle"] == "30" and mine["tcp_user_timeout"] == "0"
+    assert mine["keepalives_count"] == str(REPLICA_TCP["keepalives_count"])

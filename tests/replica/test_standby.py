@@ -5,20 +5,26 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from ragstore import Client
 from ragstore.db import embedded, migrations, standby
 from ragstore.db.database import Database
-from ragstore.db.routing import ReadRouter
+from ragstore.db.routing import ReadRouter, Route, routed
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
 from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server
@@ -554,3 +560,252 @@ def test_a_read_only_server_whose_standby_was_promoted_does_not_skip_the_wait(
                 assert hits["data"][0]["title"] == "Fork", hits  # never: not there
     finally:
         node.remove()
+
+
+@contextmanager
+def _standby_setting(pair: Pair, name: str, value: str) -> Iterator[None]:
+    """``name`` set to ``value`` on the shared standby (ALTER SYSTEM + reload), reset after."""
+    with psycopg.connect(pair.standby.conninfo, autocommit=True) as s:
+        s.execute(
+            sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+        )
+        s.execute("SELECT pg_reload_conf()")
+    try:
+        yield
+    finally:
+        with psycopg.connect(pair.standby.conninfo, autocommit=True) as s:
+            s.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
+            s.execute("SELECT pg_reload_conf()")
+
+
+def _lock_on_primary(url: str, table: str, hold_s: float, after_s: float = 0.0) -> None:
+    """Take ``table``'s ACCESS EXCLUSIVE lock on the primary for ``hold_s``: the standby's
+    replay must take it too, and cancels the standby's queries that hold it meanwhile (a
+    recovery conflict; ``hot_standby_feedback`` spares snapshots, not locks)."""
+    time.sleep(after_s)
+    with psycopg.connect(url) as p:
+        p.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
+        time.sleep(hold_s)
+        p.commit()
+
+
+def test_a_read_cancelled_by_a_recovery_conflict_is_run_again_on_the_primary(
+    pair: Pair, pg_admin_uri: str
+) -> None:
+    """A replica's read cancelled by its standby's replay ("canceling statement due to
+    conflict with recovery", SQLSTATE 40001 or 40P01: replay needed a lock or rows the
+    query held) was answered 409 ``conflict``, "collided with a concurrent change", as if
+    the caller had raced a write of its own, and never run on the primary. The replica's
+    conflict now flags the route as lost (the API runs the read again on the primary) and
+    is a 503 with Retry-After where it is answered at all; the replica stays in use."""
+    url = create_database(pg_admin_uri, TEMPLATE)
+    with psycopg.connect(url, autocommit=True) as p:
+        p.execute("CREATE TABLE replayed (x int)")
+        p.execute("INSERT INTO replayed VALUES (1)")
+        name = p.info.dbname
+    pair.wait_caught_up()
+    primary = Database(url)
+    router = ReadRouter(
+        primary, [make_conninfo(pair.standby.conninfo, dbname=name)], max_lag_s=5, wait_s=0.1
+    )
+    try:
+        with _standby_setting(pair, "max_standby_streaming_delay", "100ms"):
+            route = Route(router)
+            with routed(route):
+                db = route.database()
+                assert db is not primary and route.on_replica
+                locker = threading.Thread(target=_lock_on_primary, args=(url, "replayed", 0.2, 1))
+                locker.start()
+                try:
+                    with pytest.raises(RagstoreError) as failed, db.connection() as conn:
+                        conn.execute("SELECT count(*) FROM replayed, pg_sleep(30)")
+                finally:
+                    locker.join(30)
+        err = failed.value
+        assert "conflict with recovery" in str(err), err
+        assert err.http_status == 503, (type(err), err)
+        assert getattr(err, "retry_after", None)
+        assert route.lost, "the API would not run the read again on the primary"
+        assert router.statuses()[0].up is True  # the replica is fine: not skipped
+    finally:
+        router.close()
+        primary.close()
+
+
+@contextmanager
+def _standby_search_cancelled(pair: Pair) -> Iterator[None]:
+    """A vector search on the standby sent in the block is cancelled by replay: it reads
+    the vector table, then chunks, then waits for documents (locked on the primary,
+    replayed there); the primary then locks the vector tables, whose replay waits for the
+    search, and the standby cancels it. The locks go 3 s after the block's start (a run
+    on the primary waits for them). Needs ``max_standby_streaming_delay`` short."""
+    with psycopg.connect(pair.primary_url, autocommit=True) as p:
+        tables = [
+            str(row[0])
+            for row in p.execute(
+                "SELECT relname FROM pg_class WHERE relname LIKE 'emb\\_%' AND relkind = 'r'"
+            )
+        ]
+    assert tables
+    replay_waits = threading.Event()
+
+    def hold_locks() -> None:
+        with psycopg.connect(pair.primary_url) as p:
+            p.execute("LOCK TABLE documents IN ACCESS EXCLUSIVE MODE")
+            p.execute("SELECT pg_switch_wal()")  # flushed: the standby replays the lock
+            replay_waits.set()
+            time.sleep(1.5)  # the search starts and waits on the standby
+            for table in tables:
+                p.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table))
+                )
+            p.execute("SELECT pg_switch_wal()")
+            time.sleep(1.5)
+            p.commit()
+
+    pair.wait_caught_up()
+    locker = threading.Thread(target=hold_locks, daemon=True)
+    locker.start()
+    try:
+        assert replay_waits.wait(10)
+        pair.wait_caught_up()
+        yield
+    finally:
+        locker.join(30)
+
+
+def test_a_search_cancelled_by_a_recovery_conflict_is_answered_by_the_primary(
+    pair: Pair, kb: str
+) -> None:
+    """The API's side of it: a search whose statement the standby's replay cancelled
+    (replay needed the vector table the search was reading) was answered 409 ``conflict``
+    ("collided with a concurrent change"); it is now run again on the primary and answered
+    there, as a search on a replica that fails is."""
+    with (
+        _standby_setting(pair, "max_standby_streaming_delay", "100ms"),
+        running_server(pair.settings(search_timeout_s=30)) as url,
+        Client(url, timeout=60) as c,
+    ):
+        with _standby_search_cancelled(pair):
+            r = c.request(
+                "POST",
+                "/v1/collections/kb/search",
+                json={"query": "why does bread rise", "k": 2, "mode": "vector"},
+            )
+        assert r.status_code == 200, r.text
+        assert _served_by(r) == "primary", r.headers
+        assert r.json()["data"][0]["title"] == "Bread"
+
+
+# Run as ``unshare -n python -c SILENT_READ <standby conninfo> <primary conninfo>``: in a
+# network namespace of its own, a replica read over TCP (a proxy on its loopback to the
+# standby's socket), then the loopback taken down under it: nothing more is heard.
+SILENT_READ = r"""
+import socket, subprocess, sys, threading, time
+from psycopg.conninfo import conninfo_to_dict
+from ragstore.db.database import Database
+from ragstore.db.routing import ReadRouter, Route, routed
+
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+standby = conninfo_to_dict(sys.argv[1])
+path = f"{standby['host']}/.s.PGSQL.{standby.get('port', 5432)}"
+listener = socket.create_server(("127.0.0.1", 0))
+
+def pump(a, b):
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+
+def serve():
+    while True:
+        c, _ = listener.accept()
+        u = socket.socket(socket.AF_UNIX)
+        u.connect(path)
+        threading.Thread(target=pump, args=(c, u), daemon=True).start()
+        threading.Thread(target=pump, args=(u, c), daemon=True).start()
+
+threading.Thread(target=serve, daemon=True).start()
+url = (f"postgresql://{standby.get('user', 'postgres')}@127.0.0.1:"
+       f"{listener.getsockname()[1]}/{standby.get('dbname', 'postgres')}")
+primary = Database(sys.argv[2])
+router = ReadRouter(primary, [url], max_lag_s=60, wait_s=0.1)
+route = Route(router)
+out = []
+
+def read():
+    t0 = time.monotonic()
+    try:
+        with routed(route), route.database().connection() as conn:
+            conn.execute("SELECT pg_sleep(20)")
+        out.append(f"answered after {time.monotonic() - t0:.1f} s")
+    except Exception as exc:
+        took = time.monotonic() - t0
+        out.append(f"failed after {took:.1f} s: {type(exc).__name__} lost={route.lost}")
+
+with routed(route):
+    assert route.database() is not primary, router.statuses()
+reader = threading.Thread(target=read, daemon=True)
+reader.start()
+time.sleep(1)
+subprocess.run(["ip", "link", "set", "lo", "down"], check=True)
+reader.join(30)
+print(out[0] if out else "still waiting after 30 s", flush=True)
+"""
+
+
+def test_a_replica_read_whose_network_goes_silent_fails_in_seconds(pair: Pair, kb: str) -> None:
+    """A read sent to a replica over TCP whose network path then went silent (a host
+    gone, packets dropped): the read waited until the system's TCP gave up (no
+    keepalives: for good, for a connection only waiting for its answer), since its
+    ``statement_timeout`` is the silent server's to enforce. The replica's connections
+    now carry TCP keepalives and ``tcp_user_timeout``: the read fails in seconds, the
+    replica is marked down and the route flagged for the primary."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare and ip to silence a connection")
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs a network namespace of its own (unshare -n: root or user namespaces)")
+    pair.wait_caught_up()
+    done = subprocess.run(
+        [
+            "unshare",
+            "-n",
+            sys.executable,
+            "-c",
+            SILENT_READ,
+            pair.standby.conninfo,
+            pair.primary_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = done.stdout.strip()
+    assert line.startswith("failed after") and "DatabaseUnavailableError lost=True" in line, line
+    assert float(line.split()[2]) < 20, line
+
+
+def test_a_read_only_servers_search_cancelled_by_a_recovery_conflict_is_a_503(
+    pair: Pair, kb: str
+) -> None:
+    """On a read-only server (its database a hot standby, no primary to run it on), a
+    search its standby cancelled to replay the primary's changes was answered 409
+    ``conflict``, "collided with a concurrent change", blaming the caller; it is a 503
+    ``statement_cancelled`` with Retry-After now."""
+    with (
+        _standby_setting(pair, "max_standby_streaming_delay", "100ms"),
+        running_server(pair.read_only_settings(search_timeout_s=30)) as url,
+    ):
+        with _standby_search_cancelled(pair):
+            r = httpx.post(
+                f"{url}/v1/collections/kb/search",
+                json={"query": "why does bread rise", "k": 2, "mode": "vector"},
+                timeout=60,
+            )
+        assert r.status_code == 503, r.text
+        assert r.json()["code"] == "statement_cancelled", r.text
+        assert "conflict with recovery" in r.json()["detail"], r.text
+        assert r.headers.get("Retry-After"), r.headers

@@ -7,7 +7,8 @@ text search configuration) is the caller's to fix and answers 4xx; only a databa
 cannot be reached, or refuses every write (its disk full, a read-only database),
 answers 503 ``database_unavailable``; a statement PostgreSQL cancelled
 (an administrator's ``pg_cancel_backend``, a role's ``statement_timeout`` or
-``lock_timeout``) fails its own request only, 503 ``statement_cancelled`` (not a
+``lock_timeout``, a hot standby's replay in a conflict with recovery) fails its own
+request only, 503 ``statement_cancelled`` (not a
 database that is down: the breaker of ``db/database.py`` stays closed); anything else is
 our bug and answers 500 ``database_error``. ``tests/test_db_errors.py`` enumerates the table.
 """
@@ -106,6 +107,15 @@ def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:
         return ConflictError, (
             "the collection was deleted or its model rolled back while this request ran; "
             "retry the request"
+        )
+    if state in ("40001", "40P01") and "conflict with recovery" in str(exc):
+        # a hot standby's replay needed what the statement held (a lock, rows): it races
+        # nothing of the caller's, as class 40's "collided with a concurrent change" (409)
+        # said; a read-only server on the standby answers it 503 with Retry-After
+        # (PostgreSQL's English text; a router's replica tells it by SQLSTATE alone)
+        return StatementCancelledError, (
+            "the hot standby cancelled the statement to replay the primary's changes "
+            "(a conflict with recovery); only this request failed, retry it"
         )
     if isinstance(state, str) and state:
         for key in (state, state[:2]):

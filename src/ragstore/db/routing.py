@@ -12,7 +12,9 @@ recovery (promoted: it no longer follows the primary), is another database than 
 or has not replayed the schema revision the code expects; the primary is the last resort. It
 is probed at most every ``probe_interval_s``, inline, by the request that finds its status
 stale. A replica that fails under a request is marked down at once and
-the request is told (:attr:`Route.lost`) so the API can run it again on the primary.
+the request is told (:attr:`Route.lost`) so the API can run it again on the primary. A read
+the standby cancelled to replay the primary's changes (a recovery conflict) is told so too,
+the replica left in use: it is fine, and the caller raced nothing (not a 409 ``conflict``).
 
 Read-your-writes: a read that carries the caller's last write position (``min_lsn``) is
 served by a replica that has replayed that far, waiting up to ``wait_s``, else by the primary.
@@ -29,15 +31,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ragstore.db import lsn, migrations
 from ragstore.db.database import Database
-from ragstore.errors import DatabaseUnavailableError
+from ragstore.errors import DatabaseUnavailableError, RagstoreError, StatementCancelledError
 from ragstore.observability import metrics
 
 PROBE_TIMEOUT_S = 1  # a replica that does not accept a connection this fast counts as down
@@ -72,7 +74,7 @@ class ReplicaDatabase(Database):
     router: ReadRouter
 
     def __init__(self, conninfo: str, **kwargs: Any) -> None:
-        super().__init__(conninfo, **kwargs)
+        super().__init__(with_keepalives(conninfo), **kwargs)
         # requests, probes and mark_down open and close this pool from many threads: one
         # at a time, or a pool made by one is dropped unclosed by another
         self._pool_lock = threading.Lock()
@@ -93,14 +95,88 @@ class ReplicaDatabase(Database):
         try:
             with super().connection(wait_s=wait_s) as conn:
                 yield conn
-        except (DatabaseUnavailableError, psycopg.OperationalError) as exc:
+        except (RagstoreError, psycopg.Error) as exc:
             if wait_s is not None and isinstance(exc, PoolTimeout):
                 raise  # a short wait ran out (see Database.connection): busy, not down
-            self.router.mark_down(self, str(exc))
+            conflict = recovery_conflict(exc)
+            if conflict is None:
+                if isinstance(exc, (DatabaseUnavailableError, psycopg.OperationalError)):
+                    self._failed(exc)
+                raise
+            # the standby's replay needed what the read held (a lock, rows): the replica
+            # is fine and the caller raced nothing; the read is run again on the primary
             route = _route.get()
             if route is not None:
                 route.lost = True
-            raise DatabaseUnavailableError(f"read replica {self.where} failed: {exc}") from None
+            # (the message is the caller's to read: no replica address in it)
+            reason = (str(conflict).strip() or type(conflict).__name__).splitlines()[0]
+            raise StatementCancelledError(
+                "a read replica cancelled the read to replay the primary's changes "
+                f"({reason}); only this request failed, retry it",
+                retry_after=1.0,
+            ) from exc
+
+    def _failed(self, exc: BaseException) -> NoReturn:
+        self.router.mark_down(self, str(exc))
+        route = _route.get()
+        if route is not None:
+            route.lost = True
+        raise DatabaseUnavailableError(f"read replica {self.where} failed: {exc}") from None
+
+
+# SQLSTATEs of a hot standby's "canceling statement due to conflict with recovery" (and
+# its FATAL "terminating connection ..."): 40001 for a lock, snapshot, buffer pin or
+# tablespace replay needed, 40P01 for a deadlock with the startup process
+RECOVERY_CONFLICT = frozenset({"40001", "40P01"})
+
+
+def recovery_conflict(exc: BaseException) -> BaseException | None:
+    """The database error in ``exc`` (itself, or behind our error) when it is a read a
+    standby cancelled because replaying the primary's WAL needed what the read held.
+
+    ``db/errors.py`` maps class 40 to 409 ``conflict`` ("collided with a concurrent
+    change; retry"): right for a write on the primary, wrong for a replica's read, which
+    raced nothing of the caller's; the primary can answer it at once. (It tells a recovery
+    conflict by PostgreSQL's English text; a replica's is told here by SQLSTATE alone,
+    whatever the server's ``lc_messages``: a standby runs no serializable transactions.)"""
+    seen: BaseException | None = exc
+    for _ in range(5):  # our error, then psycopg's behind it
+        if seen is None:
+            return None
+        if getattr(seen, "sqlstate", None) in RECOVERY_CONFLICT:
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+# libpq's TCP settings of a replica's connections, where its URL sets none of its own: a
+# path that goes silent (a host gone, packets dropped) ends the connection in about 10 s
+# (keepalives: 5 s idle, then 3 probes 2 s apart; tcp_user_timeout: data unacknowledged
+# for 10 s). Unix-socket connections ignore them. A healthy connection is never cut: the
+# peer's kernel answers the probes however long a query runs.
+REPLICA_TCP: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
+
+def with_keepalives(conninfo: str) -> str:
+    """``conninfo`` with :data:`REPLICA_TCP` where it does not set them itself.
+
+    A read sent to a replica whose network path then went silent waited for its answer
+    until the system's TCP gave up (no keepalives by default: 15 minutes or more of
+    retransmissions, forever for a connection only waiting): ``statement_timeout`` is
+    enforced by the server, which is what cannot be heard. With them the connection
+    fails within seconds, the replica is marked down and the read is run on the primary."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return conninfo  # the pool's first connection says what is wrong with it
+    missing = {k: v for k, v in REPLICA_TCP.items() if k not in params}
+    return make_conninfo(conninfo, **missing) if missing else conninfo
 
 
 class _Replica:
