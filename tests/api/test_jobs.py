@@ -1080,6 +1080,58 @@ def test_a_start_on_a_row_held_by_a_vanished_workers_transaction_tries_later(
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
 
 
+def test_a_lost_jobs_row_held_by_a_vanished_workers_transaction_stalls_no_read(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A job whose queue entry ended unrecorded (here ``failed``) is failed by every job
+    read and every worker's check (``outcome_not_recorded``), all such jobs in one
+    statement. Where a transaction of its run's vanished machine still held its row, that
+    statement waited on it until the server noticed: every read of any unfinished job,
+    the listing, and the worker's stalled check (and so its stop) with it. The row is
+    now left for a later round, at once, and the job failed once the transaction is gone."""
+    api.create_collection("held-lost")
+    job = api.upload("held-lost", [("l.md", b"# L\n\nheld lost text")], background=True)
+    other = api.upload("held-lost", [("m.md", b"# M\n\nanother job text")], background=True)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert store.start(conn, job["id"]) == 1
+        conn.execute(
+            "UPDATE procrastinate_jobs SET status = 'failed'"
+            " WHERE id = (SELECT queue_job_id FROM ingest_jobs WHERE id = %s)",
+            (job["id"],),
+        )
+
+    async def check() -> list[int]:
+        app = build_queue(database_url)
+        async with app.open_async():
+            return await worker_module.fail_lost(app)
+
+    with _row_held(database_url, job["id"], 30):
+        t0 = time.monotonic()
+        seen = api.get_job(job["id"])
+        read = time.monotonic() - t0
+        t0 = time.monotonic()
+        listed = api.list_jobs(collection="held-lost")["data"]
+        waiting = api.get_job(other["id"])
+        listing = time.monotonic() - t0
+        t0 = time.monotonic()
+        failed = asyncio.run(check())
+        checked = time.monotonic() - t0
+    assert read < 10, f"the job read waited {read:.0f} s on the held row"
+    assert listing < 10, f"the listing waited {listing:.0f} s on the held row"
+    assert checked < 10, f"the worker's check waited {checked:.0f} s on the held row"
+    assert seen["status"] == "running" and failed == [], (seen, failed)
+    assert [j["status"] for j in listed] == ["queued", "running"], listed
+    assert waiting["status"] == "queued", waiting
+    done = api.get_job(job["id"])
+    assert done["status"] == "failed", done
+    assert [e["code"] for e in done["errors"]] == ["outcome_not_recorded"]
+    with psycopg.connect(database_url) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM ingest_job_files WHERE job_id = %s", (job["id"],)
+        ).fetchone()
+    assert left == (0,)
+
+
 def test_a_bulk_load_superseded_before_its_commit_stores_nothing(
     api: Client,
     jobs_settings: Settings,

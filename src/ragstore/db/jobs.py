@@ -253,15 +253,23 @@ OUTCOME_LOST = "outcome_not_recorded"  # the error code of a job failed by recon
 
 # Fails the unfinished jobs whose queue entry is finished or gone (no worker runs them
 # again) and drops their files, in one statement; the worker runs it through the queue's
-# connector, with RECONCILE_ARGS
+# connector, with RECONCILE_ARGS.
+# Their rows are taken SKIP LOCKED: a row held by a transaction of a run whose machine
+# vanished mid-commit (``hold_current``, open until the server notices the dead session:
+# minutes, hours by the system's default keepalives) is left for a later round. Waited
+# on, every job read of an unfinished job and every listing (which run this for all
+# jobs) answered nothing all that while, and a worker's stalled check (and its stop) hung.
 RECONCILE_LOST = (
-    "WITH lost AS ("
-    " UPDATE ingest_jobs j SET status = 'failed', finished_at = now(), updated_at = now(),"
-    " errors = j.errors || jsonb_build_array(jsonb_build_object("
-    "  'document', NULL, 'code', %(code)s::text, 'detail', %(detail)s::text))"
+    "WITH candidates AS (SELECT j.id FROM ingest_jobs j"
     " WHERE j.status IN ('queued', 'running') AND j.queue_job_id IS NOT NULL"
     " AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs p WHERE p.id = j.queue_job_id"
     "  AND p.status::text <> ALL(%(done)s::text[]))"
+    " FOR NO KEY UPDATE OF j SKIP LOCKED),"
+    " lost AS ("
+    " UPDATE ingest_jobs j SET status = 'failed', finished_at = now(), updated_at = now(),"
+    " errors = j.errors || jsonb_build_array(jsonb_build_object("
+    "  'document', NULL, 'code', %(code)s::text, 'detail', %(detail)s::text))"
+    " FROM candidates c WHERE j.id = c.id AND j.status IN ('queued', 'running')"
     " RETURNING j.id),"
     " dropped AS (DELETE FROM ingest_job_files f USING lost WHERE f.job_id = lost.id)"
     " SELECT id AS job_id FROM lost ORDER BY id"
@@ -286,6 +294,7 @@ def reconcile_lost(conn: Conn) -> list[int]:
     while the job stayed ``running`` (or ``queued``, when even its start failed): for
     good, and a client polling it waited forever. A job counts as unfinished while its
     entry waits or runs (a dead worker's entry is put back by the stalled-job check).
-    Its progress and earlier errors stay; what it stored stays."""
+    Its progress and earlier errors stay; what it stored stays. A job whose row another
+    transaction holds is skipped, not waited on, and failed by a later call."""
     rows = conn.execute(RECONCILE_LOST, RECONCILE_ARGS).fetchall()
     return [int(r[0]) for r in rows]
