@@ -110,15 +110,25 @@ class RetryLater(Exception):
 
 class DatabaseUnavailableError(RetryLater, DatabaseError):
     """No connection to PostgreSQL. ``public`` is what an API caller is told (never the
-    database's address); ``retry_after`` seconds is the hint sent as ``Retry-After``."""
+    database's address); ``retry_after`` seconds is the hint sent as ``Retry-After``.
+    ``busy`` says the server answers but every pooled connection is in use: load, not
+    a failure (a read replica's router must not mark such a replica down)."""
 
     code = "database_unavailable"
     http_status = 503
     exit_code = 69  # EX_UNAVAILABLE
 
-    def __init__(self, message: str, public: str | None = None, retry_after: float = 5.0) -> None:
+    def __init__(
+        self,
+        message: str,
+        public: str | None = None,
+        retry_after: float = 5.0,
+        *,
+        busy: bool = False,
+    ) -> None:
         super().__init__(message, retry_after)
         self.public = public or "the database is unavailable"
+        self.busy = busy
 
 
 class ExtensionMissingError(DatabaseError):

@@ -408,6 +408,7 @@ class Database:
                     f"{self._max_size} are busy; raise RAGSTORE_POOL_MAX_SIZE or lower the load",
                     public="the server is overloaded (no free database connection)",
                     retry_after=1.0,
+                    busy=True,
                 ) from None
             wait = self.breaker.trip()
             raise DatabaseUnavailableError(
