@@ -424,6 +424,13 @@ class Database:
             if isinstance(err, DatabaseUnavailableError):
                 err.__cause__ = exc
                 self._lost(err)
+            else:
+                # its message is what an API caller and a job's reader are told
+                # (public_detail): only database_unavailable has a public text apart, so
+                # a cancel's "using postgresql://user@host:port/db" told them the
+                # database's address; the log keeps it, the message does not
+                log.warning("%s", err)
+                err = translate(exc, "using the database")
             raise err from exc
         if self.breaker.failures:
             self.breaker.reset()
