@@ -31,7 +31,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ragstore.config import Settings
 from ragstore.db import embedded
 from ragstore.db.errors import disk_full, refused_write, translate, translated
-from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError
+from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError, known_address
 
 log = logging.getLogger("ragstore.db")
 
@@ -54,7 +54,10 @@ def describe(conninfo: str) -> str:
         return "(unparseable database URL)"
     host = parts.get("host") or "localhost"
     port = f":{parts['port']}" if parts.get("port") else ""
-    return f"postgresql://{parts.get('user', '')}@{host}{port}/{parts.get('dbname', '')}"
+    # noted: an API caller's text hides it (errors.public_detail), the log and CLI keep it
+    return known_address(
+        f"postgresql://{parts.get('user', '')}@{host}{port}/{parts.get('dbname', '')}"
+    )
 
 
 def _readable(fd: int) -> bool:
