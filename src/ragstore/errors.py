@@ -60,6 +60,8 @@ are caught, never passed through to a user.
 
 from __future__ import annotations
 
+import re
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,15 +112,25 @@ class RetryLater(Exception):
 
 class DatabaseUnavailableError(RetryLater, DatabaseError):
     """No connection to PostgreSQL. ``public`` is what an API caller is told (never the
-    database's address); ``retry_after`` seconds is the hint sent as ``Retry-After``."""
+    database's address); ``retry_after`` seconds is the hint sent as ``Retry-After``.
+    ``busy`` says the server answers but every pooled connection is in use: load, not
+    a failure (a read replica's router must not mark such a replica down)."""
 
     code = "database_unavailable"
     http_status = 503
     exit_code = 69  # EX_UNAVAILABLE
 
-    def __init__(self, message: str, public: str | None = None, retry_after: float = 5.0) -> None:
+    def __init__(
+        self,
+        message: str,
+        public: str | None = None,
+        retry_after: float = 5.0,
+        *,
+        busy: bool = False,
+    ) -> None:
         super().__init__(message, retry_after)
         self.public = public or "the database is unavailable"
+        self.busy = busy
 
 
 class ExtensionMissingError(DatabaseError):
@@ -434,16 +446,47 @@ class MigrationStateError(ModelError):
     http_status = 409
 
 
+# every database address ``db.database.describe`` has written (user@host:port/db, no
+# password): public_detail hides them in any error's text
+_ADDRESSES: set[str] = set()
+_ADDRESSES_LOCK = threading.Lock()
+# the rest: an address in a URL not described here (an import source's, say)
+_URL = re.compile(r"postgres(?:ql)?://\S+")
+HIDDEN_ADDRESS = "the database"
+
+
+def known_address(text: str) -> str:
+    """Note ``text`` as a database address that :func:`public_detail` hides; returns it."""
+    with _ADDRESSES_LOCK:
+        _ADDRESSES.add(text)
+    return text
+
+
+def hide_addresses(text: str) -> str:
+    """``text`` with every database address in it replaced by "the database"."""
+    with _ADDRESSES_LOCK:
+        known = sorted(_ADDRESSES, key=len, reverse=True)
+    for address in known:
+        if address in text:
+            text = text.replace(address, HIDDEN_ADDRESS)
+    return _URL.sub(HIDDEN_ADDRESS, text)
+
+
 def public_detail(exc: RagstoreError) -> str:
     """What a caller may read: an unreachable database is described without its address
     (the full message, with it, goes to the log). The API's problem details and the
-    errors a background job records (which any reader of the job sees) use it."""
+    errors a background job records (which any reader of the job sees) use it.
+
+    Every other error's message is told with any database address in it hidden: a
+    schema mismatch ("the database schema on postgresql://user@host:port/db ..."), a
+    statement cancelled, a missing extension told API callers the database's address,
+    user and name. The message itself (the CLI's, the log's) keeps it."""
     if isinstance(exc, DatabaseUnavailableError):
         return (
             f"{exc.public}; retry in {max(1, round(exc.retry_after))}s (the server log "
             "has the details)"
         )
-    return exc.message
+    return hide_addresses(exc.message)
 
 
 def all_error_classes() -> list[type[RagstoreError]]:

@@ -11,11 +11,19 @@ import time
 
 import httpx
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
 from ragstore import Client
 from ragstore.config import Settings
-from ragstore.errors import DatabaseUnavailableError, NotReadyError, SchemaMismatchError
+from ragstore.db.database import describe
+from ragstore.errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    NotReadyError,
+    SchemaMismatchError,
+    public_detail,
+)
 from tests.api.conftest import running_server, with_
 
 
@@ -88,3 +96,38 @@ def test_serve_command_says_auth_is_off_and_serves(cli_env: dict[str, str]) -> N
         proc.wait(timeout=60)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_a_schema_mismatchs_answer_names_no_database_address(
+    settings: Settings, empty_database_url: str
+) -> None:
+    """A server whose database lacks its schema answered every request with "the database
+    schema on postgresql://user@host:port/db is at revision none ...": the database's
+    address, user and name told to any API caller. The CLI's message keeps it (an
+    operator's); the API's problem detail names no address now."""
+    parts = conninfo_to_dict(empty_database_url)
+    bare = with_(settings, database_url=SecretStr(empty_database_url), auth="off")
+    with running_server(bare) as url:
+        r = httpx.get(f"{url}/v1/collections")
+    assert r.status_code >= 500 and r.json()["code"] == "schema_mismatch", r.text
+    detail = r.json()["detail"]
+    assert "ragstore db upgrade" in detail, detail
+    assert "postgresql://" not in detail, detail
+    for part in ("dbname", "host"):
+        assert str(parts.get(part)) not in detail, (part, detail)
+
+
+def test_public_detail_hides_every_described_address() -> None:
+    """Any error's public text hides a database address ``describe`` wrote into it, even
+    one with a space in its socket directory (a regular expression alone would keep the
+    rest of it); the message itself (the CLI's, the log's) keeps it."""
+    where = describe("host='/srv/my data/pg' port=5433 user=alice dbname=kb")
+    err = SchemaMismatchError(f"the database schema on {where} is at revision none")
+    assert where in err.message
+    detail = public_detail(err)
+    assert "alice" not in detail and "my data" not in detail and "5433" not in detail, detail
+    assert detail == "the database schema on the database is at revision none", detail
+    other = ConflictError("using postgresql://bob@db.example:5432/x: it already exists")
+    assert "bob" not in public_detail(other) and "example" not in public_detail(other)
+    hint = ConflictError("give a .jsonl file or a postgresql:// URL")  # no address in it
+    assert public_detail(hint) == hint.message

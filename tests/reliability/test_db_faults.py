@@ -16,11 +16,12 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from ragstore.config import Settings
 from ragstore.db import embedded
 from ragstore.db.database import Database
-from ragstore.errors import StatementCancelledError
+from ragstore.errors import StatementCancelledError, public_detail
 from tests.api.conftest import running_server
 
 COLL = "faults"
@@ -254,3 +255,31 @@ def test_a_cancel_outside_a_search_leaves_the_breaker_closed(settings: Settings)
             assert c.execute("SELECT 1").fetchone() == (1,)
     finally:
         db.close()
+
+
+def test_a_cancelled_statements_public_detail_names_no_database_address(
+    settings: Settings,
+) -> None:
+    """A statement cancelled outside a ``translated`` block (a bulk load's, a commit's:
+    translated by ``Database.connection`` itself) was ``statement_cancelled`` with "using
+    postgresql://user@host/db: ..." in what an API caller and a job's reader are told
+    (``public_detail``): the database's address, user and name. Only
+    ``database_unavailable`` hid it; the server log keeps it, the caller's text does not."""
+    assert settings.database_url is not None
+    url = settings.database_url.get_secret_value()
+    parts = conninfo_to_dict(url)
+    db = Database(url)
+    try:
+        with (
+            pytest.raises(StatementCancelledError, match="statement timeout") as cancelled,
+            db.connection() as c,
+        ):
+            c.execute("SET LOCAL statement_timeout = 1")
+            c.execute("SELECT pg_sleep(1)")
+    finally:
+        db.close()
+    detail = public_detail(cancelled.value)
+    assert "cancelled" in detail and "retry" in detail, detail
+    assert "postgresql://" not in detail, detail
+    for part in ("dbname", "user", "host"):
+        assert str(parts.get(part)) not in detail, (part, detail)

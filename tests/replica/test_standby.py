@@ -809,3 +809,41 @@ def test_a_read_only_servers_search_cancelled_by_a_recovery_conflict_is_a_503(
         assert r.json()["code"] == "statement_cancelled", r.text
         assert "conflict with recovery" in r.json()["detail"], r.text
         assert r.headers.get("Retry-After"), r.headers
+
+
+def test_a_replica_whose_pool_is_busy_is_not_marked_down(pair: Pair) -> None:
+    """A replica whose pool lends no connection within the pool timeout (every one in use:
+    load, not a failure) was marked down like a failed replica: its pool closed, every
+    read sent to the primary until the next probe reopened it (under load, pools churned
+    and all reads moved to the primary). The read is still run again on the primary
+    (``Route.lost``), but the replica stays in use and its pool open."""
+    primary = Database(pair.primary_url)
+    router = ReadRouter(
+        primary,
+        [pair.standby.conninfo],
+        max_lag_s=5,
+        wait_s=0.1,
+        pool_min_size=1,
+        pool_max_size=1,
+        connect_timeout_s=1,
+        probe_interval_s=600,  # no probe in the test: the status is what the read left
+    )
+    try:
+        route = Route(router)
+        with routed(route):
+            replica = route.database()
+            assert route.on_replica
+            with replica.connection() as held:  # the pool's one connection, in use
+                assert held.execute("SELECT 1").fetchone() == (1,)
+                with pytest.raises(RagstoreError) as busy, replica.connection():
+                    pass
+        assert "busy" in str(busy.value), busy.value
+        assert route.lost, "the API would not run the read again on the primary"
+        [status] = router.statuses()
+        assert status.up is True, status  # busy, not down
+        assert router.choose() is replica
+        with replica.connection() as conn:  # the same pool, still open
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        router.close()
+        primary.close()

@@ -151,7 +151,7 @@ class ReadRoutingMiddleware:
                 scope,
                 send,
                 ReadOnlyError(
-                    f"this server reads a hot standby ({rt.primary.where}) and refuses "
+                    "this server reads a hot standby and refuses "
                     f"{scope['method']} {scope['path']}; send writes to a server on the primary"
                 ),
             )
@@ -272,7 +272,7 @@ async def _read_body(receive: Receive) -> list[Message]:
 
 
 def _replayed(rt: Runtime, min_lsn: int, wait_s: float) -> bool:
-    with translated(f"waiting for {rt.primary.where} to replay {lsn.format_lsn(min_lsn)}"):
+    with translated(f"waiting for the standby to replay {lsn.format_lsn(min_lsn)}"):
         return routing.wait_for_replay(rt.primary, min_lsn, wait_s)
 
 
@@ -331,7 +331,7 @@ def _error_lsn(rt: Runtime) -> str | None:
 def _unknown_position(rt: Runtime) -> ReplicaBehindError:
     """A read-only server's answer to a read whose last write has no known position."""
     return ReplicaBehindError(
-        f"this read-only server cannot tell whether its standby ({rt.primary.where}) has your "
+        "this read-only server cannot tell whether its standby has your "
         f"last write: the server that took it could not read its WAL position ({lsn.HEADER}: "
         f"{lsn.ON_PRIMARY}); read from a server on the primary (or write again there, for "
         "a position this server can wait for)",

@@ -31,7 +31,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ragstore.config import Settings
 from ragstore.db import embedded
 from ragstore.db.errors import disk_full, refused_write, translate, translated
-from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError
+from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError, known_address
 
 log = logging.getLogger("ragstore.db")
 
@@ -54,7 +54,10 @@ def describe(conninfo: str) -> str:
         return "(unparseable database URL)"
     host = parts.get("host") or "localhost"
     port = f":{parts['port']}" if parts.get("port") else ""
-    return f"postgresql://{parts.get('user', '')}@{host}{port}/{parts.get('dbname', '')}"
+    # noted: an API caller's text hides it (errors.public_detail), the log and CLI keep it
+    return known_address(
+        f"postgresql://{parts.get('user', '')}@{host}{port}/{parts.get('dbname', '')}"
+    )
 
 
 def _readable(fd: int) -> bool:
@@ -408,6 +411,7 @@ class Database:
                     f"{self._max_size} are busy; raise RAGSTORE_POOL_MAX_SIZE or lower the load",
                     public="the server is overloaded (no free database connection)",
                     retry_after=1.0,
+                    busy=True,
                 ) from None
             wait = self.breaker.trip()
             raise DatabaseUnavailableError(
@@ -423,6 +427,13 @@ class Database:
             if isinstance(err, DatabaseUnavailableError):
                 err.__cause__ = exc
                 self._lost(err)
+            else:
+                # its message is what an API caller and a job's reader are told
+                # (public_detail): only database_unavailable has a public text apart, so
+                # a cancel's "using postgresql://user@host:port/db" told them the
+                # database's address; the log keeps it, the message does not
+                log.warning("%s", err)
+                err = translate(exc, "using the database")
             raise err from exc
         if self.breaker.failures:
             self.breaker.reset()

@@ -15,6 +15,7 @@ stale. A replica that fails under a request is marked down at once and
 the request is told (:attr:`Route.lost`) so the API can run it again on the primary. A read
 the standby cancelled to replay the primary's changes (a recovery conflict) is told so too,
 the replica left in use: it is fine, and the caller raced nothing (not a 409 ``conflict``).
+So is a read that found every connection of the replica's pool in use (busy, not down).
 
 Read-your-writes: a read that carries the caller's last write position (``min_lsn``) is
 served by a replica that has replayed that far, waiting up to ``wait_s``, else by the primary.
@@ -98,6 +99,15 @@ class ReplicaDatabase(Database):
         except (RagstoreError, psycopg.Error) as exc:
             if wait_s is not None and isinstance(exc, PoolTimeout):
                 raise  # a short wait ran out (see Database.connection): busy, not down
+            if isinstance(exc, DatabaseUnavailableError) and exc.busy:
+                # every pooled connection in use, the replica answering: load, not a
+                # failure. Marked down, its pool was closed and every read sent to the
+                # primary until the next probe reopened it (pools churned under load);
+                # only this read is run again on the primary, the replica stays in use
+                route = _route.get()
+                if route is not None:
+                    route.lost = True
+                raise
             conflict = recovery_conflict(exc)
             if conflict is None:
                 if isinstance(exc, (DatabaseUnavailableError, psycopg.OperationalError)):
