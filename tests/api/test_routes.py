@@ -317,6 +317,29 @@ def test_deleted_document_is_gone_with_its_chunks(docs: Client, settings: Settin
     assert left == (0,)
 
 
+def test_deleting_a_document_leaves_the_file_it_was_read_from(
+    docs: Client, settings: Settings
+) -> None:
+    """The API's delete removed the file of a document whose source lay under
+    ``<data dir>/uploads/<collection>``, where uploads were once written; nothing writes
+    there now, and a file of the user's own there, ingested from disk, was deleted with
+    its document (the Store's and the CLI's delete leave files alone)."""
+    from ragstore.ingest import ingest_paths
+    from ragstore.runtime import Runtime
+
+    own = settings.data_dir / "uploads" / "docs" / "mine" / "own.md"
+    own.parent.mkdir(parents=True, exist_ok=True)
+    own.write_text("# Mine\n\nA note of my own, kept on my disk.\n")
+    with Runtime(settings) as rt:
+        report = ingest_paths(rt, [own], "docs")
+    assert [o.status for o in report.outcomes] == ["added"], report.outcomes
+    doc = next(d for d in docs.list_documents("docs")["data"] if d["source"] == str(own.resolve()))
+    docs.delete_document("docs", doc["id"])
+    with pytest.raises(DocumentNotFoundError):
+        docs.get_document("docs", doc["id"])
+    assert own.read_text().startswith("# Mine"), "the user's file was deleted"
+
+
 def test_deleted_collection_drops_its_embeddings_table(client: Client, settings: Settings) -> None:
     c = client
     c.create_collection("doomed")

@@ -295,10 +295,11 @@ def delete_document(
 ) -> Response:
     caller.require("write", name)
     coll = rt.collection(name)
+    # the document only: a file it was read from stays. Uploads were once kept under
+    # <data dir>/uploads/<collection>, and this route removed the file of any source
+    # there, a file of the user's own ingested from that folder included; nothing is
+    # written there now (uploads are staged per request), and the Store's and the CLI's
+    # delete never touched files
     with rt.db.connection() as conn, translated(f"deleting document {document_id}"):
-        source = catalog.delete_document(conn, coll, document_id)
-    root = staging.upload_root(rt.settings, name).resolve()
-    staged = Path(source)
-    if staged.is_relative_to(root):
-        staged.unlink(missing_ok=True)
+        catalog.delete_document(conn, coll, document_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
