@@ -3,9 +3,9 @@ the old version whole or leaves it whole, and the answer says which."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,21 +71,14 @@ def test_a_document_deleted_while_its_new_version_is_written_is_added_again(
             ).fetchone()[0]  # type: ignore[index]
         )
         catalog.delete_document(held, coll, doc_id)
-        got: list[IngestReport | BaseException] = []
-
-        def run() -> None:
-            try:
-                got.append(ingest_paths(rt, [doc], "upd-del"))
-            except BaseException as exc:
-                got.append(exc)
-
-        t = threading.Thread(target=run)
-        t.start()
-        _wait_for(lambda: _waiting(admin) >= 1 or not t.is_alive(), "the re-ingest to wait")
-        held.commit()
-        t.join(60)
-    assert len(got) == 1 and isinstance(got[0], IngestReport), got
-    assert [o.status for o in got[0].outcomes] == ["added"]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # the re-ingest's own error, if any, is raised here by result()
+            running = pool.submit(ingest_paths, rt, [doc], "upd-del")
+            _wait_for(lambda: _waiting(admin) >= 1 or running.done(), "the re-ingest to wait")
+            held.commit()
+            got = running.result(timeout=60)
+    assert isinstance(got, IngestReport), got
+    assert [o.status for o in got.outcomes] == ["added"]
     assert _texts(rt, "upd-del") == ["Walruses haul out on beaches when the ice is gone."]
     assert integrity.check(rt, "upd-del").ok
 

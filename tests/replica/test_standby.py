@@ -705,6 +705,7 @@ import socket, subprocess, sys, threading, time
 from psycopg.conninfo import conninfo_to_dict
 from ragstore.db.database import Database
 from ragstore.db.routing import ReadRouter, Route, routed
+from ragstore.errors import RagstoreError
 
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 standby = conninfo_to_dict(sys.argv[1])
@@ -740,7 +741,7 @@ def read():
         with routed(route), route.database().connection() as conn:
             conn.execute("SELECT pg_sleep(20)")
         out.append(f"answered after {time.monotonic() - t0:.1f} s")
-    except Exception as exc:
+    except RagstoreError as exc:  # the replica's failure as the router reports it
         took = time.monotonic() - t0
         out.append(f"failed after {took:.1f} s: {type(exc).__name__} lost={route.lost}")
 

@@ -510,7 +510,7 @@ def _deadline(
 def _drop(conn: psycopg.Connection[Any] | None) -> None:
     """Close a probe connection that failed (its socket may be shut down, not closed)."""
     if conn is not None:
-        with suppress(Exception):
+        with suppress(psycopg.Error, OSError):  # its socket may be shut down already
             conn.close()
 
 
