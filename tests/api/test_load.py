@@ -29,7 +29,7 @@ from ragstore.jobs import staging
 from tests.api.conftest import running_server, with_
 
 POOL = 2
-WAIT_S = 1.0  # the server's wait for a pooled connection
+WAIT_S = 2.0  # the server's wait for a pooled connection
 
 
 @contextmanager
@@ -145,13 +145,14 @@ def test_a_write_stored_as_the_pool_runs_dry_is_answered_without_waiting_for_its
 ) -> None:
     """A committed write's ``RAGStore-LSN`` was read on a pooled connection waited for up
     to the pool timeout, three times: with the pool full its 201 came about three pool
-    timeouts late. Its position is now read with a short wait, else ``primary``."""
+    timeouts late. Its position is now read with a short wait, else ``primary``; and the
+    index check before it waited one pool timeout, now a short wait too."""
     answer = _write_as_the_pool_runs_dry(small, "z.md")
     assert answer["stored"] and answer["status"] == 201, answer
     position = answer["headers"]["RAGStore-LSN"]
     assert lsn.on_primary(position) or lsn.parse(position) > 0
-    # the commit, the index check's one pool wait (answered as stored), the position
-    assert answer["took_s"] < WAIT_S + 1.2, answer
+    # the commit, then the index check's and the position's short waits: no pool timeout
+    assert answer["took_s"] < WAIT_S, answer
 
 
 def test_an_error_under_a_full_pool_is_not_delayed_by_its_position(

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from psycopg_pool import PoolTimeout
 
 from ragstore.db import documents, repository, spaces
 from ragstore.db.errors import translated
@@ -65,6 +66,11 @@ from ragstore.runtime import Runtime
 log = logging.getLogger("ragstore.ingest")
 
 STAGE_MIN_BYTES = 32 << 20
+
+# How long the index check after an incremental ingest waits for a pooled connection: the
+# index is there unless an earlier bulk load was killed, so under a full pool the check
+# is better skipped (the next ingest makes it) than waited for a pool timeout.
+INDEX_CHECK_POOL_WAIT_S = 0.25
 
 
 class BulkLoad(enum.Enum):
@@ -801,7 +807,7 @@ def ingest_items(
         raise
     finally:
         try:
-            _build_index(rt, coll)
+            _build_index(rt, coll, bulk)
         except RagstoreError as exc:
             # the error that stopped the ingest, met again: raised, it replaced the report
             # of what was stored; an index left unbuilt is built by the next ingest
@@ -942,11 +948,25 @@ def _sizes(items: Sequence[Item]) -> dict[str, int]:
     return sizes
 
 
-def _build_index(rt: Runtime, coll: repository.Collection) -> None:
+def _build_index(rt: Runtime, coll: repository.Collection, bulk: BulkLoad | None) -> None:
     """The active space's HNSW index, built now if a bulk load (this one, or one that was
-    killed) deferred it; a no-op when it exists."""
-    with rt.db.connection() as conn, translated(f"indexing {coll.table}"):
-        ensure_space_index(rt, coll, conn)
+    killed) deferred it; a no-op when it exists.
+
+    After an incremental ingest the index is missing only if an earlier bulk load was
+    killed, so the check waits :data:`INDEX_CHECK_POOL_WAIT_S` for a pooled connection and
+    is skipped when none frees: a stored upload's 201 waited a whole pool timeout for it
+    under the load that filled the pool. A bulk load's own check waits as any write does."""
+    wait_s = None if bulk is not None else INDEX_CHECK_POOL_WAIT_S
+    try:
+        with rt.db.connection(wait_s=wait_s) as conn, translated(f"indexing {coll.table}"):
+            ensure_space_index(rt, coll, conn)
+    except PoolTimeout:
+        log.info(
+            "checking %s's vector index after the ingest was skipped: no pooled connection "
+            "freed within %.2f s (the next ingest builds it if missing)",
+            coll.table,
+            INDEX_CHECK_POOL_WAIT_S,
+        )
 
 
 def ensure_space_index(rt: Runtime, coll: repository.Collection, conn: Any) -> None:
