@@ -812,6 +812,44 @@ def test_a_read_only_servers_search_cancelled_by_a_recovery_conflict_is_a_503(
         assert r.headers.get("Retry-After"), r.headers
 
 
+def test_a_routed_read_does_not_wait_the_pool_timeout_for_a_busy_replica(pair: Pair) -> None:
+    """A routed read on a replica whose every pooled connection was in use waited the
+    whole pool timeout before the API ran it on the primary (which could serve it at
+    once): each read under that load came a pool timeout late. It waits
+    ``BUSY_REPLICA_WAIT_S`` now; a read outside a route (no primary to go to) still
+    waits the pool timeout."""
+    primary = Database(pair.primary_url)
+    router = ReadRouter(
+        primary,
+        [pair.standby.conninfo],
+        max_lag_s=5,
+        wait_s=0.1,
+        pool_min_size=1,
+        pool_max_size=1,
+        connect_timeout_s=10,
+        probe_interval_s=600,
+    )
+    try:
+        route = Route(router)
+        with routed(route):
+            replica = route.database()
+            assert route.on_replica
+            with replica.connection() as held:  # the pool's one connection, in use
+                assert held.execute("SELECT 1").fetchone() == (1,)
+                started = time.monotonic()
+                with pytest.raises(RagstoreError) as busy, replica.connection():
+                    pass
+                took = time.monotonic() - started
+        assert "busy" in str(busy.value), busy.value
+        assert route.lost
+        assert took < 5, took  # the pool timeout is 10 s
+        [status] = router.statuses()
+        assert status.up is True, status
+    finally:
+        router.close()
+        primary.close()
+
+
 def test_a_replica_whose_pool_is_busy_is_not_marked_down(pair: Pair) -> None:
     """A replica whose pool lends no connection within the pool timeout (every one in use:
     load, not a failure) was marked down like a failed replica: its pool closed, every

@@ -46,6 +46,9 @@ from ragstore.observability import metrics
 PROBE_TIMEOUT_S = 1  # a replica that does not accept a connection this fast counts as down
 PROBE_QUERY_TIMEOUT_S = 3  # ... nor one whose probe queries do not answer this fast
 _HISTORY = 600  # primary positions remembered for the lag estimate
+# How long a routed read waits for a free connection of a replica's pool before the API
+# runs it on the primary instead (at most the pool timeout)
+BUSY_REPLICA_WAIT_S = 0.5
 
 
 @dataclass
@@ -93,10 +96,24 @@ class ReplicaDatabase(Database):
     def connection(
         self, *, wait_s: float | None = None
     ) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        route = _route.get()
+        # a routed read has the primary to go to: it waits for a busy replica's pool
+        # briefly, not the pool timeout (which it waited in full, then ran on the primary)
+        busy_wait = None if wait_s is not None or route is None else self._busy_wait_s()
         try:
-            with super().connection(wait_s=wait_s) as conn:
+            with super().connection(wait_s=busy_wait if busy_wait is not None else wait_s) as conn:
                 yield conn
         except (RagstoreError, psycopg.Error) as exc:
+            if busy_wait is not None and isinstance(exc, PoolTimeout):
+                assert route is not None
+                route.lost = True
+                raise DatabaseUnavailableError(
+                    f"no free connection to read replica {self.where} within {busy_wait:g}s: "
+                    f"all {self._max_size} are busy",
+                    public="the server is overloaded (no free database connection)",
+                    retry_after=1.0,
+                    busy=True,
+                ) from None
             if wait_s is not None and isinstance(exc, PoolTimeout):
                 raise  # a short wait ran out (see Database.connection): busy, not down
             if isinstance(exc, DatabaseUnavailableError) and exc.busy:
@@ -125,6 +142,11 @@ class ReplicaDatabase(Database):
                 f"({reason}); only this request failed, retry it",
                 retry_after=1.0,
             ) from exc
+
+    def _busy_wait_s(self) -> float:
+        """A routed read's wait for this pool: :data:`BUSY_REPLICA_WAIT_S`, or the pool
+        timeout where that is shorter."""
+        return min(BUSY_REPLICA_WAIT_S, self._timeout)
 
     def _failed(self, exc: BaseException) -> NoReturn:
         self.router.mark_down(self, str(exc))
