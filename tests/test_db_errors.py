@@ -217,3 +217,35 @@ def test_an_embedded_server_that_will_not_start_says_why(
     ), err
     assert "could not access the server configuration file" in err, err
     assert "Command '[" not in err and f"(its log: {pg_dir / 'log'})" in err, err
+
+
+def test_a_full_pool_at_the_servers_connection_limit_is_busy_not_down(database_url: str) -> None:
+    """A pool timeout is told apart by a fresh connection: one that the server refuses for
+    its connection limit (SQLSTATE 53300, ``too many clients``) was taken for a server that
+    does not answer: the breaker opened and every request for 1-5 s was answered "the
+    database is unavailable". The server answers: the pool is busy, the breaker stays shut."""
+    role = "limited_pool_user"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
+    try:
+        url = psycopg.conninfo.make_conninfo(database_url, user=role)
+        db = Database(url, min_size=1, max_size=1, connect_timeout_s=1)
+        try:
+            with db.connection() as held:  # the pool's one connection: the role's limit
+                held.execute("SELECT 1")
+                with pytest.raises(DatabaseUnavailableError) as busy, db.connection():
+                    pass
+            assert busy.value.busy, busy.value
+            assert "overloaded" in busy.value.public, busy.value.public
+            assert db.breaker.failures == 0
+            with db.connection() as conn:  # the held one came back: still served
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        finally:
+            db.close()
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role]
+            )
+            admin.execute(f"DROP ROLE IF EXISTS {role}")

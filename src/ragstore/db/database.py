@@ -44,6 +44,17 @@ MIN_PGVECTOR = (0, 7, 0)
 # running that statement, holding the load's locks, until it next writes to the socket:
 # a killed import's BM25 build kept every writer of its collection waiting for minutes.
 CLIENT_CHECK_INTERVAL = "5s"
+# A connection refused for a connection limit (the server's, a role's, a database's):
+# SQLSTATE 53300. libpq gives no SQLSTATE for a failed connection, only the server's
+# message, so its texts are matched too (PostgreSQL's own, as in lc_messages C or English;
+# under a translated lc_messages such a refusal still reads as a server down).
+TOO_MANY_CONNECTIONS = "53300"
+_TOO_MANY_CONNECTIONS_TEXTS = (
+    "too many clients already",
+    "too many connections for role",
+    "too many connections for database",
+    "remaining connection slots are reserved",
+)
 
 
 def describe(conninfo: str) -> str:
@@ -325,12 +336,19 @@ class Database:
 
     def answers(self) -> bool:
         """Whether the server takes a fresh connection now (at most 2 s); an embedded
-        server that died is not started here (that is the breaker's probe)."""
+        server that died is not started here (that is the breaker's probe).
+
+        A refusal for the connection limit (``too many clients``, or the role's or the
+        database's ``CONNECTION LIMIT``: SQLSTATE 53300) is an answer: the server is up
+        and full. Taken for a server down, a pool timeout at that limit opened the breaker
+        and every request for seconds was told the database was unavailable."""
         try:
             with psycopg.connect(self.conninfo, connect_timeout=min(2, max(1, int(self._timeout)))):
                 return True
-        except psycopg.Error:
-            return False
+        except psycopg.Error as exc:
+            return exc.sqlstate == TOO_MANY_CONNECTIONS or any(
+                text in str(exc) for text in _TOO_MANY_CONNECTIONS_TEXTS
+            )
 
     def _check_idle(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         """The pool's check of each connection it hands out; no round trip when healthy.
