@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
@@ -160,6 +161,30 @@ def test_a_write_whose_position_cannot_be_read_says_so(lsn_fault: str, tmp_path:
         _fail_next(lsn_fault, 0)
         c.add_document("kb", "c.md", "# C\n\ncharlie text")  # a position again
         assert c.last_lsn is not None and lsn.parse(c.last_lsn) > 0
+
+
+def test_an_upload_error_after_stored_files_says_primary_where_its_position_is_unread(
+    lsn_fault: str, tmp_path: Path
+) -> None:
+    """A two-file upload whose one file fails is answered that file's error, the other
+    stored (``stored``). Its position is read with one short try; where that failed (the
+    pool full, say) the answer went without ``RAGStore-LSN``, and the client's next read
+    could be served by a replica without the stored file. It says ``primary`` now; an
+    error that stored nothing still carries no position."""
+    settings = Settings(database_url=lsn_fault, data_dir=tmp_path, profile="test", auth="off")
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as h:
+        assert h.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        _fail_next(lsn_fault, 100)  # every read of the position fails
+        upload = "/v1/collections/kb/documents/upload"
+        good = ("files", ("glaze.md", b"# Glaze\n\nA glassy coat on pottery.", "text/markdown"))
+        bad = ("files", ("x.xyz", b"", "application/octet-stream"))
+        r = h.post(upload, files=[good, bad])
+        assert r.status_code >= 400 and r.json()["stored"], r.text
+        assert r.headers.get("RAGStore-LSN") == "primary", r.headers
+        alone = h.post(upload, files=[("files", ("y.xyz", b"", "application/octet-stream"))])
+        assert alone.status_code >= 400 and "stored" not in alone.json(), alone.text
+        assert "RAGStore-LSN" not in alone.headers, alone.headers
+        _fail_next(lsn_fault, 0)
 
 
 def test_a_finished_job_whose_position_cannot_be_read_says_primary(

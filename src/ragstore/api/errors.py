@@ -202,6 +202,11 @@ def _disk_full_cause(exc: BaseException) -> e.RagstoreError | None:
     return None
 
 
+# problem members listing what a failed request stored before its error: an upload's
+# other files (``stored``), an ingest's earlier rounds (``stored_files``)
+COMMITTED_MEMBERS = ("stored", "stored_files")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every failure with problem+json: ours, FastAPI's validation, routing, crashes."""
 
@@ -212,6 +217,10 @@ def install_error_handlers(app: FastAPI) -> None:
             exc = exc.seen_by(caller.sees)
         if problem_for(type(exc)).status >= 500:
             log.warning("request %s failed: %s: %s", request_id_of(request), exc.code, exc)
+        if any(exc.problem_members.get(k) for k in COMMITTED_MEMBERS):
+            # some of the request's writes committed before this error: its RAGStore-LSN
+            # must not be left out (api/routing.py reads this)
+            request.state.writes_committed = True
         return problem_response(
             exc,
             request_id=request_id_of(request),

@@ -184,8 +184,12 @@ class ReadRoutingMiddleware:
                 position = await run_in_threadpool(written_lsn, rt, scope["path"])
             elif message["type"] == "http.response.start" and message["status"] not in _RAN_NOT:
                 # an error can follow writes that committed (an upload's other files,
-                # listed as ``stored``): their position, where it can be read at once
+                # listed as ``stored``): their position, where it can be read at once;
+                # ``primary`` where they did and it cannot (the pool full, say): without
+                # a position the client's next read could go to a replica without them
                 position = await run_in_threadpool(_error_lsn, rt)
+                if position is None and scope.get("state", {}).get("writes_committed"):
+                    position = lsn.ON_PRIMARY
             if position is not None:
                 headers = list(message.get("headers", []))
                 headers.append((lsn.HEADER.lower().encode(), position.encode()))
