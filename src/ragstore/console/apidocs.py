@@ -21,8 +21,8 @@ from fastapi.responses import HTMLResponse
 
 from ragstore import __version__
 from ragstore.console.routes import _templates
+from ragstore.console.security import DOCS_PATH
 
-DOCS_PATH = "/docs"
 METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
 
 
