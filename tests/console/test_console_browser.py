@@ -708,3 +708,21 @@ def test_a_write_key_may_create_a_collection_as_the_api_allows(
     expect(page.locator("tr[data-collection=own-one]")).to_have_count(1)
     expect(page.locator("#create-error")).to_be_hidden()
     expect(page.locator("#create-name")).to_have_value("own-one")
+
+
+def test_the_api_reference_loads_only_from_this_server(page: Page, server: Server) -> None:
+    """/docs was FastAPI's Swagger UI, whose script and styles came from a CDN: a blank page
+    without the network, and script from another party on this origin."""
+    requests: list[str] = []
+    errors: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(f"{server.url}/docs")
+    expect(page.locator("h1")).to_contain_text("ragstore")
+    expect(page.locator("#schema-SearchRequest")).to_be_visible()
+    expect(page.get_by_text("POST /v1/collections/{name}/search", exact=True)).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    assert requests and all(u.startswith(server.url + "/") for u in requests), requests
+    assert errors == []  # a resource the policy refused would be reported here
+    assert "system-ui" in page.evaluate("getComputedStyle(document.body).fontFamily")
+    shot(page, "api-docs")

@@ -101,8 +101,81 @@ def test_static_files_carry_the_policy_too(open_url: str) -> None:
     assert r.headers["x-content-type-options"] == "nosniff"
 
 
-def test_swagger_docs_keep_their_own_headers(open_url: str) -> None:
-    assert "content-security-policy" not in httpx.get(f"{open_url}/docs").headers
+HTML_PAGES = (*PAGES, "/docs")
+# every URL an HTML page can make a browser load or follow
+URL_ATTRIBUTE = re.compile(r"""\s(?:src|href|action|srcset|poster|data)\s*=\s*["']?([^"'\s>]*)""")
+
+
+def _same_origin(url: str) -> bool:
+    """A path on the page's own origin (not ``//host``, ``http:``, ``data:``, ...)."""
+    return (url.startswith("/") and not url.startswith("//")) or url.startswith("#")
+
+
+@pytest.mark.parametrize("path", HTML_PAGES)
+def test_no_html_page_loads_anything_from_another_origin(
+    open_url: str, secure_url: str, path: str
+) -> None:
+    for base in (open_url, secure_url):
+        r = httpx.get(base + path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        urls = URL_ATTRIBUTE.findall(r.text)
+        assert urls and all(_same_origin(u) for u in urls), [u for u in urls if not _same_origin(u)]
+        # nothing that fetches by other means either: no inline script or style, and no
+        # absolute resource URL anywhere in the markup
+        assert re.search(r"<script\b(?![^>]*\ssrc=\"/)", r.text) is None
+        assert "<style" not in r.text and "@import" not in r.text
+        assert re.search(r"""(?:src|href|action)\s*=\s*["']?(?:https?:)?//""", r.text) is None
+
+
+@pytest.mark.parametrize("path", HTML_PAGES)
+def test_every_html_page_forbids_framing_and_sniffing(open_url: str, path: str) -> None:
+    r = httpx.get(open_url + path)
+    assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert "frame-ancestors 'none'" in CONTENT_SECURITY_POLICY
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["cache-control"] == "no-store"
+
+
+def test_the_stylesheet_and_script_load_nothing_from_another_origin() -> None:
+    for name in ("console.css", "console.js"):
+        text = (STATIC / name).read_text()
+        assert "http://" not in text and "https://" not in text and "@import" not in text, name
+        assert re.search(r"url\(\s*[\"']?(?!/|#)", text) is None, name
+
+
+def test_the_api_reference_documents_every_operation_and_schema(
+    open_url: str, secure_url: str
+) -> None:
+    spec = httpx.get(f"{open_url}/openapi.json").json()
+    html = httpx.get(f"{secure_url}/docs").text  # no key needed, as before
+    for path, item in spec["paths"].items():
+        for method in item:
+            shown = f"<code>{method.upper()} {path}</code>"
+            assert shown in html, shown
+    for name in spec["components"]["schemas"]:
+        assert f'id="schema-{name}"' in html, name
+    assert "Every error is RFC 9457" in html and 'href="/openapi.json"' in html
+    assert "/docs" not in spec["paths"]  # the page is not part of the API it documents
+
+
+@pytest.mark.parametrize("path", ("/redoc", "/docs/oauth2-redirect"))
+def test_the_cdn_backed_doc_pages_are_gone(open_url: str, path: str) -> None:
+    r = httpx.get(open_url + path)
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    assert "/docs" in r.json()["detail"]  # where the API is described
+
+
+@pytest.mark.parametrize(
+    "path", ("/healthz", "/openapi.json", "/v1/collections", "/nope<script>alert(1)</script>")
+)
+def test_json_answers_are_not_sniffed_nor_framed(open_url: str, path: str) -> None:
+    r = httpx.get(open_url + path)
+    assert r.headers["content-type"] in ("application/json", "application/problem+json")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert "cache-control" not in r.headers  # the API's caching is left as it was
 
 
 def test_console_script_never_parses_text_as_html() -> None:

@@ -39,7 +39,8 @@ from ragstore.api.routing import ReadRoutingMiddleware
 from ragstore.auth import KeyStore, RateLimiter
 from ragstore.config import Settings
 from ragstore.console import install_console
-from ragstore.console.security import ConsoleSecurityMiddleware
+from ragstore.console.apidocs import install_api_docs
+from ragstore.console.security import SecurityHeadersMiddleware
 from ragstore.db import embedded
 from ragstore.db.database import Database
 from ragstore.errors import ConfigError, RagstoreError
@@ -99,7 +100,7 @@ def install_middleware(app: FastAPI, settings: Settings, *, secure: bool = True)
         )
     if guards_loopback(settings, secure):
         app.add_middleware(LoopbackGuardMiddleware)  # DNS rebinding, cross-site posts
-    app.add_middleware(ConsoleSecurityMiddleware)  # CSP and friends under /ui
+    app.add_middleware(SecurityHeadersMiddleware)  # CSP, no framing, no sniffing
     install_observability(app, settings)  # metrics, access log, GET /metrics
     app.add_middleware(RequestIdMiddleware)
 
@@ -176,6 +177,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "Every error is RFC 9457 `application/problem+json` with a stable `code` "
             "and the `request_id`. Authenticate with `Authorization: Bearer rsk_...`."
         ),
+        # FastAPI's Swagger UI and ReDoc pages load script, styles and fonts from public
+        # CDNs: blank behind a firewall, and that script runs on this origin. /docs is
+        # our own page instead (install_api_docs); /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
     )
     install_middleware(app, settings, secure=secure)
     install_error_handlers(app)
@@ -192,4 +198,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(module.router)
     install_console(app, auth=secure)
+    install_api_docs(app)
     return app

@@ -103,7 +103,7 @@ def build_router(auth: bool) -> APIRouter:
 
 def install_console(app: FastAPI, *, auth: bool) -> None:
     """Mount the pages and the static files under ``/ui`` (the security headers are
-    middleware: :class:`~ragstore.console.security.ConsoleSecurityMiddleware`)."""
+    middleware: :class:`~ragstore.console.security.SecurityHeadersMiddleware`)."""
     app.include_router(build_router(auth))
     app.mount(
         f"{CONSOLE_PREFIX}/static", StaticFiles(directory=HERE / "static"), name="console-static"

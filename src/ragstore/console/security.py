@@ -1,11 +1,16 @@
-"""Security headers for the console's responses.
+"""Security headers for every response of the server, the console's pages foremost.
 
 A strict Content-Security-Policy: scripts, styles and everything else only from this
 origin, no inline script or style, no framing, forms post only here. With every stored
 text rendered through Jinja's autoescape or ``textContent``, a document holding
 ``<script>`` or ``<img onerror>`` is shown as text; the policy is the second wall should
-an escape ever be missed. The headers apply under ``/ui`` only: Swagger at ``/docs``
-loads its assets from a CDN and would break under this policy.
+an escape ever be missed.
+
+The headers go on every answer, not only under ``/ui``: the API reference at ``/docs``
+is an HTML page too (it was FastAPI's Swagger UI, which any site could frame and which
+loaded its script from a CDN), and a JSON or problem+json answer that echoes its input
+(a path in ``detail``) must not be sniffed as HTML nor framed. Only the pages
+(:func:`is_page_path`) are also kept out of caches.
 """
 
 from __future__ import annotations
@@ -28,35 +33,46 @@ CONTENT_SECURITY_POLICY = "; ".join(
     )
 )
 
-SECURITY_HEADERS: dict[str, str] = {
+DOCS_PATH = "/docs"  # the API reference (ragstore.console.apidocs)
+
+# on every answer of the server
+BASE_HEADERS: dict[str, str] = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Opener-Policy": "same-origin",
-    "Cache-Control": "no-store",
 }
+# on the console's and the reference's answers
+SECURITY_HEADERS: dict[str, str] = {**BASE_HEADERS, "Cache-Control": "no-store"}
 
 
 def is_console_path(path: str) -> bool:
     return path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
 
 
-class ConsoleSecurityMiddleware:
-    """Adds :data:`SECURITY_HEADERS` to every response under ``/ui`` (errors included)."""
+def is_page_path(path: str) -> bool:
+    """The console and the API reference: HTML pages, kept out of caches."""
+    return is_console_path(path) or path == DOCS_PATH
+
+
+class SecurityHeadersMiddleware:
+    """Adds :data:`BASE_HEADERS` to every HTTP response (errors included), and
+    :data:`SECURITY_HEADERS` to those of :func:`is_page_path`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_console_path(scope.get("path", "")):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        added = SECURITY_HEADERS if is_page_path(scope.get("path", "")) else BASE_HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
+                for name, value in added.items():
                     headers[name] = value
             await send(message)
 
