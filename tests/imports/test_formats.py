@@ -17,7 +17,13 @@ import psycopg
 import pytest
 
 from tests.conftest import create_database, run_cli
-from tests.imports.helpers import checksum, vectors, write_jsonl, write_npy_csv
+from tests.imports.helpers import (
+    checksum,
+    collection_state,
+    vectors,
+    write_jsonl,
+    write_npy_csv,
+)
 
 DIM = 24
 
@@ -752,3 +758,60 @@ def test_postgres_numeric_columns_stay_numbers_in_the_metadata(
             "made": "2024-01-02",
         },
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "shown"),
+    [
+        ("text", {"en": "hello"}, 'the text is an object ({"en": "hello"})'),
+        ("text", ["a", "b"], 'the text is a list (["a", "b"])'),
+        ("id", True, "the id is a boolean (true)"),
+        ("id", {"k": 1}, 'the id is an object ({"k": 1})'),
+    ],
+)
+def test_an_id_or_text_that_is_no_string_is_named_not_stored_as_its_repr(
+    field: str,
+    value: object,
+    shown: str,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An object, list or boolean as a record's id or text was stored as Python's repr of it
+    (the text ``{'en': 'hello'}``), and the import said it was verified."""
+    url = cli_env["RAGSTORE_DATABASE_URL"]
+    vecs = vectors(2, DIM)
+    src = tmp_path / "odd.jsonl"
+    with src.open("w") as fh:
+        fh.write(json.dumps({"id": "fine", "text": "t", "vector": vecs[0].tolist()}) + "\n")
+        odd = {"id": "odd", "text": "t", "vector": vecs[1].tolist(), field: value}
+        fh.write(json.dumps(odd) + "\n")
+    before = collection_state(url, "fmt-odd")
+    code = run_cli(
+        "import", str(src), "-c", "fmt-odd", "--model", "legacy@v1", "--dimension", str(DIM),
+        "--no-backup",
+    )  # fmt: skip
+    assert code == 65
+    err = capsys.readouterr().err
+    assert "error[import_source_invalid]" in err
+    assert f"{src} line 2: {shown}" in err
+    assert collection_state(url, "fmt-odd") == before
+
+
+def test_a_csv_sidecar_row_with_more_fields_than_the_header_is_named(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fields beyond the header became metadata under the key None, and the record
+    was refused as unstorable for "a key that is not a string (None, ...)"."""
+    np.save(tmp_path / "m.npy", vectors(2, DIM))
+    (tmp_path / "m.csv").write_text("id,text\na,x\nb,one, two\n")
+    code = run_cli(
+        "import", str(tmp_path / "m.npy"), "-c", "fmt-wide", "--model", "legacy@v1",
+        "--dimension", str(DIM), "--no-backup",
+    )  # fmt: skip
+    assert code == 65
+    err = capsys.readouterr().err
+    assert "error[import_source_invalid]" in err
+    assert f"{tmp_path / 'm.csv'} line 3: 3 fields, but the header names 2 columns" in err
+    assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "fmt-wide")["exists"]
+
