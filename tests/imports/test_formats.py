@@ -815,3 +815,29 @@ def test_a_csv_sidecar_row_with_more_fields_than_the_header_is_named(
     assert f"{tmp_path / 'm.csv'} line 3: 3 fields, but the header names 2 columns" in err
     assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "fmt-wide")["exists"]
 
+
+@pytest.mark.parametrize("space", ["ip", "l2"])
+def test_a_chroma_collection_is_searched_by_the_distance_chroma_searched_it_by(
+    space: str, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Chroma's ``hnsw:space`` was read and dropped: a collection that Chroma searched by
+    inner product or l2 (its default) was imported as cosine, ranking the same vectors
+    otherwise, unsaid. A new model without --distance now takes the collection's."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    client = chromadb.PersistentClient(
+        path=str(tmp_path / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    coll = client.get_or_create_collection(
+        "notes", embedding_function=None, metadata={"hnsw:space": space}
+    )
+    ids = [f"s{i}" for i in range(20)]
+    coll.add(ids=ids, embeddings=vectors(20, DIM).tolist(), documents=ids)
+    del coll, client
+    report = _import(
+        capsys, str(tmp_path / "chroma"), "-c", f"fmt-space-{space}", "--model",
+        f"spaced-{space}@v1", "--dimension", str(DIM),
+    )  # fmt: skip
+    assert report["distance"] == space
+    assert report["verification"]["ok"]

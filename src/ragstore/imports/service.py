@@ -314,6 +314,7 @@ def plan_import(
     read_seconds = time.perf_counter() - t0
     if not records:
         raise ImportSourceError(f"{source.description} holds no records; nothing to import")
+    spec = _with_the_sources_distance(rt, spec, source, opts)
     existing: set[str] = set()
     exists = False
     config = NEW_COLLECTION_TS_CONFIG
@@ -332,6 +333,28 @@ def plan_import(
     return ImportPlan(
         source.description, opts.collection, exists, spec, records, report, read_seconds
     )
+
+
+def _with_the_sources_distance(
+    rt: Runtime, spec: ModelSpec, source: Source, opts: ImportOptions
+) -> ModelSpec:
+    """``spec`` with the distance the source store searched by (a Chroma collection's
+    ``hnsw:space``), where the model is new to ragstore and ``--distance`` was not given.
+
+    Chroma's space was read and then dropped: a collection that Chroma searched by l2 (its
+    default) or inner product was imported as cosine, so the same vectors ranked otherwise
+    than in the store moved from, unsaid. A built-in or pinned model keeps its distance,
+    and ``--distance`` still says what the user wants."""
+    from ragstore.modelops.specs import model_spec
+
+    space = getattr(source, "space", None)
+    if opts.distance is not None or space not in DISTANCES or space == spec.distance:
+        return spec
+    try:
+        model_spec(rt, opts.model)
+    except ModelNotFoundError:
+        return replace(spec, distance=str(space))
+    return spec
 
 
 def _check_verification_options(opts: ImportOptions) -> None:
