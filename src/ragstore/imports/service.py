@@ -43,6 +43,7 @@ from ragstore.db.models import upsert_model
 from ragstore.errors import (
     CollectionNotFoundError,
     ConflictError,
+    DatabaseError,
     DatabaseUnavailableError,
     ImportSourceError,
     ImportValidationError,
@@ -628,8 +629,11 @@ class _Writer:
         return self.rebuild or not self.had_rows
 
     def run(self) -> tuple[repository.Collection, bool, Verification]:
+        """Write, index and verify in one transaction (the module docstring); a database
+        failure on the way says what became of the import (:func:`_what_became_of_it`)."""
         coll: repository.Collection | None = None
         done = False
+        committing = False
         try:
             with (
                 self.rt.db.connection() as conn,
@@ -665,10 +669,15 @@ class _Writer:
                             self.seconds["bm25"] = time.perf_counter() - t0
                         self._index(conn, coll, memory)
                         verification = self._verified(conn, coll, coll.table)
+                    committing = True  # leaving the block commits
                 # said before this connection goes back to the pool: an interrupt from here
                 # on finds the import committed, and its command must not say rolled back
                 self.progress("committed", len(self.ids), len(self.ids))
             done = True
+        except DatabaseError as exc:
+            if not done:
+                exc.message = f"{exc.message}; {_what_became_of_it(committing)}"
+            raise
         finally:
             # the import's transaction has rolled back by now, so its staged table is free
             if not done and self._staging_committed and coll is not None:
@@ -759,6 +768,25 @@ class _Writer:
             conn, coll.table, coll.model.distance, memory=memory, workers=spaces.build_workers()
         )
         self.seconds["index"] = time.perf_counter() - t0
+
+
+def _what_became_of_it(committing: bool) -> str:
+    """What a database failure during the import's transaction left, for its message.
+
+    The database going away mid-import (a restart, a terminated backend, a full disk) was
+    told as ``importing into collection 'x': the database cannot be reached (...)`` and
+    nothing more, so the user of a migration sold as all or nothing could not tell whether
+    half of it was stored; an interrupt said "rolled back". Before the commit nothing of
+    it is stored; a connection lost during the commit may have committed it or not."""
+    if not committing:
+        return (
+            "the import was rolled back, nothing was written (it is one transaction); run "
+            "the same command again once the database is back"
+        )
+    return (
+        "the connection was lost while the import committed, so it may or may not be "
+        "stored: look at the collection (ragstore documents list) before running it again"
+    )
 
 
 def _failure(v: Verification, collection: str) -> str:
