@@ -841,3 +841,25 @@ def test_a_chroma_collection_is_searched_by_the_distance_chroma_searched_it_by(
     )  # fmt: skip
     assert report["distance"] == space
     assert report["verification"]["ok"]
+
+
+def test_a_postgres_bytea_id_is_named_not_stored_as_its_repr(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bytea id column was stored as Python's repr of the bytes (``b'\\xde\\xad'``): an id
+    no application looks its documents up by, called verified."""
+    url = create_database(pg_admin_uri, None)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE hashed (id bytea, text text, emb real[])")
+        conn.execute(
+            "INSERT INTO hashed VALUES ('\\xdead'::bytea, 't', %s)", (vectors(1, DIM)[0].tolist(),)
+        )
+    code = run_cli(
+        "import", url, "--table", "hashed", "--vector-column", "emb", "-c", "pg-hashed",
+        "--model", "legacy@v1", "--dimension", str(DIM), "--no-backup",
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 65, err
+    assert "the id is a byte string, not a string or a number" in err
+    assert "encode(id, 'hex') AS id" in err
+    assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "pg-hashed")["exists"]

@@ -113,7 +113,14 @@ def _refuse_structured(value: Any, field: str, where: str) -> None:
     Such a value was stored as Python's repr of it (a JSONL ``"text": {"en": "hi"}``
     became the text ``{'en': 'hi'}``, an id ``true`` the id ``True``): neither the store's
     value nor any JSON form of it, and said to be imported and verified. A string or a
-    number is what an id or a text is; anything else is named with where it is."""
+    number is what an id or a text is; anything else is named with where it is. So is a
+    PostgreSQL ``bytea`` one, which became ``b'\\xde\\xad'``."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise ImportSourceError(
+            f"{where or 'a record'}: the {field} is a byte string, not a string or a number; "
+            f"read the table through a view that gives the {field} as text (for an id, "
+            "encode(id, 'hex') AS id)"
+        )
     if isinstance(value, (dict, list, tuple, bool)):
         kind = {dict: "an object", bool: "a boolean"}.get(type(value), "a list")
         raise ImportSourceError(
