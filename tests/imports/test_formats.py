@@ -17,7 +17,13 @@ import psycopg
 import pytest
 
 from tests.conftest import create_database, run_cli
-from tests.imports.helpers import checksum, vectors, write_jsonl, write_npy_csv
+from tests.imports.helpers import (
+    checksum,
+    collection_state,
+    vectors,
+    write_jsonl,
+    write_npy_csv,
+)
 
 DIM = 24
 
@@ -752,3 +758,108 @@ def test_postgres_numeric_columns_stay_numbers_in_the_metadata(
             "made": "2024-01-02",
         },
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "shown"),
+    [
+        ("text", {"en": "hello"}, 'the text is an object ({"en": "hello"})'),
+        ("text", ["a", "b"], 'the text is a list (["a", "b"])'),
+        ("id", True, "the id is a boolean (true)"),
+        ("id", {"k": 1}, 'the id is an object ({"k": 1})'),
+    ],
+)
+def test_an_id_or_text_that_is_no_string_is_named_not_stored_as_its_repr(
+    field: str,
+    value: object,
+    shown: str,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An object, list or boolean as a record's id or text was stored as Python's repr of it
+    (the text ``{'en': 'hello'}``), and the import said it was verified."""
+    url = cli_env["RAGSTORE_DATABASE_URL"]
+    vecs = vectors(2, DIM)
+    src = tmp_path / "odd.jsonl"
+    with src.open("w") as fh:
+        fh.write(json.dumps({"id": "fine", "text": "t", "vector": vecs[0].tolist()}) + "\n")
+        odd = {"id": "odd", "text": "t", "vector": vecs[1].tolist(), field: value}
+        fh.write(json.dumps(odd) + "\n")
+    before = collection_state(url, "fmt-odd")
+    code = run_cli(
+        "import", str(src), "-c", "fmt-odd", "--model", "legacy@v1", "--dimension", str(DIM),
+        "--no-backup",
+    )  # fmt: skip
+    assert code == 65
+    err = capsys.readouterr().err
+    assert "error[import_source_invalid]" in err
+    assert f"{src} line 2: {shown}" in err
+    assert collection_state(url, "fmt-odd") == before
+
+
+def test_a_csv_sidecar_row_with_more_fields_than_the_header_is_named(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fields beyond the header became metadata under the key None, and the record
+    was refused as unstorable for "a key that is not a string (None, ...)"."""
+    np.save(tmp_path / "m.npy", vectors(2, DIM))
+    (tmp_path / "m.csv").write_text("id,text\na,x\nb,one, two\n")
+    code = run_cli(
+        "import", str(tmp_path / "m.npy"), "-c", "fmt-wide", "--model", "legacy@v1",
+        "--dimension", str(DIM), "--no-backup",
+    )  # fmt: skip
+    assert code == 65
+    err = capsys.readouterr().err
+    assert "error[import_source_invalid]" in err
+    assert f"{tmp_path / 'm.csv'} line 3: 3 fields, but the header names 2 columns" in err
+    assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "fmt-wide")["exists"]
+
+
+@pytest.mark.parametrize("space", ["ip", "l2"])
+def test_a_chroma_collection_is_searched_by_the_distance_chroma_searched_it_by(
+    space: str, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Chroma's ``hnsw:space`` was read and dropped: a collection that Chroma searched by
+    inner product or l2 (its default) was imported as cosine, ranking the same vectors
+    otherwise, unsaid. A new model without --distance now takes the collection's."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    client = chromadb.PersistentClient(
+        path=str(tmp_path / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    coll = client.get_or_create_collection(
+        "notes", embedding_function=None, metadata={"hnsw:space": space}
+    )
+    ids = [f"s{i}" for i in range(20)]
+    coll.add(ids=ids, embeddings=vectors(20, DIM).tolist(), documents=ids)
+    del coll, client
+    report = _import(
+        capsys, str(tmp_path / "chroma"), "-c", f"fmt-space-{space}", "--model",
+        f"spaced-{space}@v1", "--dimension", str(DIM),
+    )  # fmt: skip
+    assert report["distance"] == space
+    assert report["verification"]["ok"]
+
+
+def test_a_postgres_bytea_id_is_named_not_stored_as_its_repr(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bytea id column was stored as Python's repr of the bytes (``b'\\xde\\xad'``): an id
+    no application looks its documents up by, called verified."""
+    url = create_database(pg_admin_uri, None)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE hashed (id bytea, text text, emb real[])")
+        conn.execute(
+            "INSERT INTO hashed VALUES ('\\xdead'::bytea, 't', %s)", (vectors(1, DIM)[0].tolist(),)
+        )
+    code = run_cli(
+        "import", url, "--table", "hashed", "--vector-column", "emb", "-c", "pg-hashed",
+        "--model", "legacy@v1", "--dimension", str(DIM), "--no-backup",
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 65, err
+    assert "the id is a byte string, not a string or a number" in err
+    assert "encode(id, 'hex') AS id" in err
+    assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "pg-hashed")["exists"]

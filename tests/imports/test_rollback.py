@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -222,3 +223,40 @@ def test_sigterm_after_the_commit_says_the_import_is_stored(
     assert "rolled back" not in err
     state = collection_state(cli_env["RAGSTORE_DATABASE_URL"], "after-commit")
     assert [d[0] for d in state["docs"]] == ["s1", "s2", "s3"]
+
+
+def test_the_database_lost_mid_copy_says_the_import_was_rolled_back(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The import's connection lost while its COPY runs (a restart, a terminated
+    backend): the command said only that the database could not be reached, not whether
+    half of the import was stored. Nothing was, and the command now says so."""
+    url = cli_env["RAGSTORE_DATABASE_URL"]
+    n = 20_000
+    src = write_npy_csv(tmp_path / "l.npy", [f"l{i}" for i in range(n)], vectors(n, DIM, seed=6))
+    terminated: list[bool] = []
+
+    def terminate_the_copy() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not terminated:
+                rows = conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE pid <> pg_backend_pid() AND datname = current_database()"
+                    " AND state = 'active' AND query LIKE 'COPY %%'"
+                ).fetchall()
+                terminated.extend(bool(r[0]) for r in rows)
+                time.sleep(0.01)
+
+    killer = threading.Thread(target=terminate_the_copy, daemon=True)
+    killer.start()
+    capsys.readouterr()
+    status = run_cli(*_import(str(src), "lost", "--no-backup"))
+    killer.join(timeout=130)
+    err = capsys.readouterr().err
+    assert terminated == [True] and status == 69, err
+    assert "error[database_unavailable]: importing into collection 'lost'" in err
+    assert "the import was rolled back, nothing was written" in err
+    assert collection_state(url, "lost")["exists"] is False
+    small = write_jsonl(tmp_path / "again.jsonl", ["g1", "g2"], vectors(2, DIM, seed=7))
+    assert run_cli(*_import(str(small), "lost", "--no-backup")) == 0

@@ -123,7 +123,10 @@ def register(app: typer.Typer) -> None:
             None, "--dimension", help="Dimension of a model ragstore does not know."
         ),
         distance: str | None = typer.Option(
-            None, "--distance", help="cosine, l2 or ip (new imported models; default cosine)."
+            None,
+            "--distance",
+            help="cosine, l2 or ip (new imported models; default: a Chroma "
+            "collection's own, else cosine).",
         ),
         fmt: str | None = typer.Option(
             None, "--format", help="jsonl, numpy, postgres or chroma (default: guess)."

@@ -309,8 +309,8 @@ class ChromaSource:
             for i, rid in enumerate(ids):
                 where = f"Chroma collection {self.collection} id {rid}"
                 yield Record(
-                    to_id(rid),
-                    to_text(documents[i]),
+                    to_id(rid, where),
+                    to_text(documents[i], where),
                     to_vector(embeddings[i], where),
                     json_safe(dict(metadatas[i] or {})),
                 )

@@ -146,7 +146,12 @@ class JsonlSource:
                 raise ImportSourceError(
                     f"{where}: no vector; expected one of the keys {', '.join(VECTOR_KEYS)}"
                 )
-            yield Record(to_id(rid), to_text(text), to_vector(vector, where), json_safe(metadata))
+            yield Record(
+                to_id(rid, where),
+                to_text(text, where),
+                to_vector(vector, where),
+                json_safe(metadata),
+            )
 
 
 def _load_matrix(path: Path, array: str | None) -> np.ndarray:
@@ -238,6 +243,15 @@ class NumpySource:
                 "an 'id' column (and usually 'text')"
             )
         for lineno, row in enumerate(reader, 2):
+            if None in row:
+                # the csv module keeps the fields beyond the header under the key None: they
+                # were metadata under a key that is no string, and the record was refused
+                # as "unstorable" for "a key that is not a string (None ...)"
+                raise ImportSourceError(
+                    f"{self.sidecar} line {lineno}: {len(reader.fieldnames) + len(row[None])} "
+                    f"fields, but the header names {len(reader.fieldnames)} columns; quote the "
+                    "fields that hold a comma, or add the missing column names to the header"
+                )
             rest: dict[str, Any] = dict(row)
             rid = rest.pop("id")
             text = rest.pop("text", None)
@@ -268,7 +282,10 @@ class NumpySource:
             where, (rid, text, metadata) = item
             n += 1
             yield Record(
-                to_id(rid), to_text(text), to_vector(matrix[i], where), json_safe(metadata)
+                to_id(rid, where),
+                to_text(text, where),
+                to_vector(matrix[i], where),
+                json_safe(metadata),
             )
         if next(rows, None) is not None:
             extra = 1 + sum(1 for _ in rows)

@@ -249,7 +249,9 @@ class PostgresTableSource:
                                 for c, v in zip(meta_cols, row[3:], strict=True)
                                 if v is not None
                             }
-                        yield Record(to_id(row[0]), to_text(row[1]), vector, json_safe(meta))
+                        yield Record(
+                            to_id(row[0], where), to_text(row[1], where), vector, json_safe(meta)
+                        )
             except psycopg.Error as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):

@@ -82,7 +82,7 @@ def _huge_to_inf(value: Any) -> Any:
     return value
 
 
-def to_id(value: Any) -> str | None:
+def to_id(value: Any, where: str = "") -> str | None:
     """Ids are kept as text (numbers become their decimal form), exactly as the store had
     them; empty means missing.
 
@@ -93,16 +93,45 @@ def to_id(value: Any) -> str | None:
     """
     if value is None:
         return None
+    _refuse_structured(value, "id", where)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value)
     return text or None
 
 
-def to_text(value: Any) -> str | None:
+def to_text(value: Any, where: str = "") -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    _refuse_structured(value, "text", where)
     return str(value)
+
+
+def _refuse_structured(value: Any, field: str, where: str) -> None:
+    """ImportSourceError for an id or text that is an object, a list or a boolean.
+
+    Such a value was stored as Python's repr of it (a JSONL ``"text": {"en": "hi"}``
+    became the text ``{'en': 'hi'}``, an id ``true`` the id ``True``): neither the store's
+    value nor any JSON form of it, and said to be imported and verified. A string or a
+    number is what an id or a text is; anything else is named with where it is. So is a
+    PostgreSQL ``bytea`` one, which became ``b'\\xde\\xad'``."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise ImportSourceError(
+            f"{where or 'a record'}: the {field} is a byte string, not a string or a number; "
+            f"read the table through a view that gives the {field} as text (for an id, "
+            "encode(id, 'hex') AS id)"
+        )
+    if isinstance(value, (dict, list, tuple, bool)):
+        kind = {dict: "an object", bool: "a boolean"}.get(type(value), "a list")
+        raise ImportSourceError(
+            f"{where or 'a record'}: the {field} is {kind} ({_clip(value)}), not a string or "
+            f"a number; give each record's {field} as a string"
+        )
+
+
+def _clip(value: Any) -> str:
+    shown = json.dumps(value, default=str)
+    return shown if len(shown) <= 60 else shown[:60] + "..."
 
 
 def _decimal(value: Decimal) -> int | float | str | None:

@@ -43,6 +43,7 @@ from ragstore.db.models import upsert_model
 from ragstore.errors import (
     CollectionNotFoundError,
     ConflictError,
+    DatabaseError,
     DatabaseUnavailableError,
     ImportSourceError,
     ImportValidationError,
@@ -314,6 +315,7 @@ def plan_import(
     read_seconds = time.perf_counter() - t0
     if not records:
         raise ImportSourceError(f"{source.description} holds no records; nothing to import")
+    spec = _with_the_sources_distance(rt, spec, source, opts)
     existing: set[str] = set()
     exists = False
     config = NEW_COLLECTION_TS_CONFIG
@@ -332,6 +334,28 @@ def plan_import(
     return ImportPlan(
         source.description, opts.collection, exists, spec, records, report, read_seconds
     )
+
+
+def _with_the_sources_distance(
+    rt: Runtime, spec: ModelSpec, source: Source, opts: ImportOptions
+) -> ModelSpec:
+    """``spec`` with the distance the source store searched by (a Chroma collection's
+    ``hnsw:space``), where the model is new to ragstore and ``--distance`` was not given.
+
+    Chroma's space was read and then dropped: a collection that Chroma searched by l2 (its
+    default) or inner product was imported as cosine, so the same vectors ranked otherwise
+    than in the store moved from, unsaid. A built-in or pinned model keeps its distance,
+    and ``--distance`` still says what the user wants."""
+    from ragstore.modelops.specs import model_spec
+
+    space = getattr(source, "space", None)
+    if opts.distance is not None or space not in DISTANCES or space == spec.distance:
+        return spec
+    try:
+        model_spec(rt, opts.model)
+    except ModelNotFoundError:
+        return replace(spec, distance=str(space))
+    return spec
 
 
 def _check_verification_options(opts: ImportOptions) -> None:
@@ -605,8 +629,11 @@ class _Writer:
         return self.rebuild or not self.had_rows
 
     def run(self) -> tuple[repository.Collection, bool, Verification]:
+        """Write, index and verify in one transaction (the module docstring); a database
+        failure on the way says what became of the import (:func:`_what_became_of_it`)."""
         coll: repository.Collection | None = None
         done = False
+        committing = False
         try:
             with (
                 self.rt.db.connection() as conn,
@@ -642,10 +669,15 @@ class _Writer:
                             self.seconds["bm25"] = time.perf_counter() - t0
                         self._index(conn, coll, memory)
                         verification = self._verified(conn, coll, coll.table)
+                    committing = True  # leaving the block commits
                 # said before this connection goes back to the pool: an interrupt from here
                 # on finds the import committed, and its command must not say rolled back
                 self.progress("committed", len(self.ids), len(self.ids))
             done = True
+        except DatabaseError as exc:
+            if not done:
+                exc.message = f"{exc.message}; {_what_became_of_it(committing)}"
+            raise
         finally:
             # the import's transaction has rolled back by now, so its staged table is free
             if not done and self._staging_committed and coll is not None:
@@ -736,6 +768,25 @@ class _Writer:
             conn, coll.table, coll.model.distance, memory=memory, workers=spaces.build_workers()
         )
         self.seconds["index"] = time.perf_counter() - t0
+
+
+def _what_became_of_it(committing: bool) -> str:
+    """What a database failure during the import's transaction left, for its message.
+
+    The database going away mid-import (a restart, a terminated backend, a full disk) was
+    told as ``importing into collection 'x': the database cannot be reached (...)`` and
+    nothing more, so the user of a migration sold as all or nothing could not tell whether
+    half of it was stored; an interrupt said "rolled back". Before the commit nothing of
+    it is stored; a connection lost during the commit may have committed it or not."""
+    if not committing:
+        return (
+            "the import was rolled back, nothing was written (it is one transaction); run "
+            "the same command again once the database is back"
+        )
+    return (
+        "the connection was lost while the import committed, so it may or may not be "
+        "stored: look at the collection (ragstore documents list) before running it again"
+    )
 
 
 def _failure(v: Verification, collection: str) -> str:
