@@ -119,6 +119,23 @@ def test_prune_keeps_a_file_that_came_back_and_was_stored_again(rt: Runtime, fol
     assert _texts(rt, "sync5", "b.txt") == ["Blueberries are picked in summer."]
 
 
+def test_two_prunes_at_once_report_each_removal_once(rt: Runtime, folder: Path) -> None:
+    # another sync with --prune runs between this one's listing and its prune: it removes
+    # b.txt and says so; this one found nothing left to remove, and said "removed" too
+    ingest_paths(rt, [folder], "sync7", sync=True)
+    (folder / "b.txt").unlink()
+    other: list[str] = []
+
+    def meanwhile(sources: list[str]) -> None:
+        report = ingest_paths(rt, [folder], "sync7", sync=True, prune=True)
+        other.extend(Path(o.source).name for o in report.outcomes if o.status == "removed")
+
+    report = ingest_paths(rt, [folder], "sync7", sync=True, prune=True, on_vanished=meanwhile)
+    assert other == ["b.txt"]
+    assert report.count("removed") == 0, [(o.source, o.status) for o in report.outcomes]
+    assert set(_stored(rt, "sync7")) == {"a.md", "c.py"}
+
+
 def test_sync_of_one_folder_leaves_documents_of_other_folders_alone(
     rt: Runtime, folder: Path, tmp_path: Path
 ) -> None:

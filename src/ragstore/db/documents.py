@@ -653,12 +653,18 @@ def sources_under(
 
 def delete_documents(conn: Conn, collection_id: int, sources: Sequence[str]) -> int:
     """Delete documents by source (chunks and vectors follow by cascade), under their locks."""
+    return len(delete_sources(conn, collection_id, sources))
+
+
+def delete_sources(conn: Conn, collection_id: int, sources: Sequence[str]) -> list[str]:
+    """:func:`delete_documents`, returning the sources it deleted: those still stored once
+    their locks are held (another transaction may have deleted some meanwhile)."""
     lock_sources(conn, collection_id, sources)
-    cur = conn.execute(
-        "DELETE FROM documents WHERE collection_id = %s AND source = ANY(%s)",
+    rows = conn.execute(
+        "DELETE FROM documents WHERE collection_id = %s AND source = ANY(%s) RETURNING source",
         (collection_id, list(sources)),
-    )
-    return cur.rowcount
+    ).fetchall()
+    return [str(r[0]) for r in rows]
 
 
 # The twin of a document in another chunk set (a shadow collection, see

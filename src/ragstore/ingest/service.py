@@ -687,13 +687,15 @@ def _prune(rt: Runtime, name: str, sources: Sequence[str]) -> list[str]:
     They were listed before the ingest ran, and a file can come back meanwhile (an editor
     that deletes and recreates it, a build that regenerates it) and be stored again by
     another ingest, told it was added or updated. Each is looked at again under its write
-    lock, so such a document stays, and a writer that comes later waits for the delete."""
+    lock, so such a document stays, and a writer that comes later waits for the delete.
+    Only the documents this transaction deleted are returned: two syncs pruning at once
+    both reported the same documents removed."""
     coll = rt.collection(name)
     with rt.db.connection() as conn, translated(f"removing vanished documents of {name!r}"):
         documents.lock_sources(conn, coll.id, sources)
         gone = [s for s in sources if gone_from_disk(s)]
-        documents.delete_documents(conn, coll.id, gone)
-    return gone
+        deleted = set(documents.delete_sources(conn, coll.id, gone))
+    return [s for s in gone if s in deleted]
 
 
 def ingest_paths(
