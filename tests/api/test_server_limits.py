@@ -561,3 +561,66 @@ def test_the_connection_cap_stays_under_half_the_open_file_limit(
     monkeypatch.setattr(server.resource, "getrlimit", lambda _: (256, 4096))
     assert server.connection_cap(1024) == 128
     assert server.connection_cap(100) == 100
+
+
+def test_a_client_that_never_reads_its_answer_does_not_hold_its_connection(
+    capped: str,
+) -> None:
+    # an answer the client never read stayed in the server's write buffer for good (a close
+    # waits for it to drain), its connection open and counted: CAP such clients, each
+    # asking for a few MB, held the server full (503 to everyone) and the MBs in memory
+    ids = [f"big-{i}" for i in range(7)]
+    with httpx.Client(base_url=capped, timeout=60) as h:
+        for i in ids:
+            r = h.post(
+                "/v1/collections/big/texts",
+                json={"texts": ["word " * 180_000], "ids": [i], "vectors": [[0.1] * 384]},
+            )
+            assert r.status_code == 201, r.text
+    body = json.dumps({"ids": ids}).encode()
+    parts = urlsplit(capped)
+    readers: list[socket.socket] = []
+    try:
+        for _ in range(CAP):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((parts.hostname or "127.0.0.1", parts.port or 80))
+            sock.sendall(
+                b"POST /v1/collections/big/texts/get HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            readers.append(sock)  # and never read from
+        time.sleep(1.0)
+        assert httpx.get(f"{capped}/healthz", timeout=10).status_code == 503  # all taken
+        deadline = time.monotonic() + 20
+        while (status := httpx.get(f"{capped}/healthz", timeout=10).status_code) != 200:
+            assert time.monotonic() < deadline, f"still {status}: the stalled readers held on"
+            time.sleep(0.2)
+    finally:
+        for sock in readers:
+            sock.close()
+
+
+def test_a_client_reading_a_large_answer_slowly_gets_all_of_it(capped: str) -> None:
+    ids = [f"big-{i}" for i in range(7)]  # stored by the test above
+    body = json.dumps({"ids": ids}).encode()
+    with _connect(capped) as sock:
+        sock.sendall(
+            b"POST /v1/collections/big/texts/get HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        time.sleep(2.0)  # nothing read for a while, under the header timeout (3 s)
+        got = b""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 7.0:  # then past two checks at about 200 KiB/s
+            got += sock.recv(4096)
+            time.sleep(0.02)
+        head, _, rest = got.partition(b"\r\n\r\n")
+        size = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        assert len(rest) < size  # still reading when the checks ran
+        sock.settimeout(10)
+        while len(rest) < size and (chunk := sock.recv(1 << 20)):
+            rest += chunk
+    assert head.startswith(b"HTTP/1.1 200 ") and len(rest) == size
+    assert json.loads(rest)["count"] == 7

@@ -28,6 +28,13 @@ httptools' speed and adds two bounds:
   answers only once a whole request head arrived (a slow head holds its descriptor till
   then), and in ``text/plain``.
 
+An answer the client does not read is bounded the same way: while bytes of it wait in the
+server's write buffer, the client must take ``RAGSTORE_HEADER_TIMEOUT_S`` times
+:data:`BODY_MIN_BYTES_PER_S` bytes (or all that is left) in every such span, else the
+connection is dropped. A close waits for that buffer to drain, so a client that asked for
+a large answer and never read it held its connection (and a place under the cap), and the
+answer's bytes in memory, for good.
+
 A request the parser cannot read at all (a NUL in a header, a path outside ASCII, two
 ``Content-Length`` headers) is answered 400 ``malformed_request`` as problem+json, like
 every other error, where uvicorn wrote a ``text/plain`` line.
@@ -40,9 +47,12 @@ could name another client address and so dodge the per-address throttle of faile
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import resource
+import struct
+import termios
 import time
 import uuid
 from typing import Any
@@ -64,6 +74,7 @@ log = logging.getLogger("ragstore.api")
 _DEFAULTS = Settings.model_fields
 
 BODY_MIN_BYTES_PER_S = 1024  # a request body slower than this is cut off (see the module doc)
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ: a socket's unsent bytes
 REFUSAL_LOG_EVERY_S = 10.0  # connections refused over the cap are logged at most this often
 
 
@@ -156,6 +167,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.body_timer: asyncio.TimerHandle | None = None
         self.body_deadline = 0.0
         self.in_body = False  # between a head's end and its message's end
+        self.write_timer: asyncio.TimerHandle | None = None
+        self.write_left = 0  # bytes not taken by the client at the last check
+        self.write_deadline = 0.0
 
     # the clock of a head: from the connection's start or its last response, to the head's end
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -194,10 +208,63 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_clock()
         self._stop_body_clock()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
         super().connection_lost(exc)
+
+    # the clock of an answer: bytes not yet taken by the client (in the write buffer or the
+    # kernel's send queue) get the head's time plus a second per BODY_MIN_BYTES_PER_S taken,
+    # or the connection is dropped (a close would wait for them for good)
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_writes()
+
+    def _unsent(self) -> int:
+        """Bytes of answers the client has not taken: the transport's buffer, plus the
+        kernel's send queue where it says (Linux). The buffer alone moves in lumps of a
+        third of the kernel's (megabytes), however steadily the client reads."""
+        left = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if _OUTQ is not None and sock is not None:
+            try:
+                out = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
+                left += int(struct.unpack("i", out)[0])
+            except (OSError, ValueError):
+                pass
+        return left
+
+    def _watch_writes(self) -> None:
+        if self.write_timer is not None or not self.transport.get_write_buffer_size():
+            return
+        self.write_left = self._unsent()
+        self.write_deadline = self.loop.time() + self.head_timeout
+        self.write_timer = self.loop.call_at(self.write_deadline, self._write_check)
+
+    def _write_check(self) -> None:
+        self.write_timer = None
+        if not self.transport.get_write_buffer_size():
+            return  # all handed to the kernel: the head clock or keep-alive takes over
+        now = self.loop.time()
+        left = self._unsent()
+        if left > self.write_left:  # more written since (a pipelined answer): time again
+            self.write_deadline = max(self.write_deadline, now + self.head_timeout)
+        else:
+            self.write_deadline += (self.write_left - left) / BODY_MIN_BYTES_PER_S
+        self.write_left = left
+        if now < self.write_deadline:
+            self.write_timer = self.loop.call_at(self.write_deadline, self._write_check)
+            return
+        log.warning(
+            "dropped a connection whose client took its answer slower than %d bytes/s "
+            "(RAGSTORE_HEADER_TIMEOUT_S)",
+            BODY_MIN_BYTES_PER_S,
+        )
+        self.transport.abort()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._watch_writes()  # an answer left in the buffer: the client must take it
         if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
             self._start_head_clock()  # waiting for the next request's head
 
