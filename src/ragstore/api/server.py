@@ -198,9 +198,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._answer_and_close(
             b"503 Service Unavailable",
             NotReadyError(
-                f"the server holds as many connections as it may "
-                f"(RAGSTORE_MAX_CONNECTIONS={self.max_connections}); retry shortly, reuse "
-                "connections (keep-alive) or raise the limit: this request was not read"
+                f"the server holds as many connections as it may ({self.max_connections}: "
+                "RAGSTORE_MAX_CONNECTIONS, at most half its open-file limit); retry "
+                "shortly, reuse connections (keep-alive), or raise the limit (and ulimit "
+                "-n): this request was not read"
             ),
             extra=b"retry-after: 1\r\n",
         )
