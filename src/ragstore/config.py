@@ -196,6 +196,16 @@ class Settings(BaseSettings):
         description="Seconds a connection may take to send a whole request head, counted "
         "from when it opened or its last response ended; then it is closed.",
     )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        le=1_000_000,
+        description="Open HTTP connections one server process (each of RAGSTORE_API_WORKERS) "
+        "holds at once, and at most half its open-file limit (ulimit -n): a connection past "
+        "it is answered 503 not_ready (Retry-After) and closed at once, so a flood of idle "
+        "or half-sent connections cannot use up the descriptors the database pool and "
+        "uploads need.",
+    )
     trusted_proxies: str = Field(
         "",
         description="Comma-separated addresses or networks of reverse proxies whose "

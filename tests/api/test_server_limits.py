@@ -480,3 +480,148 @@ def test_a_search_whose_client_disconnects_is_cancelled_in_postgres(
     with Client(open_url) as api:  # the pooled connections it used serve the next search
         hits = api.search("gone", "alpha", mode="hybrid")["data"]
     assert {h["source"].rsplit("/", 1)[-1] for h in hits} == {"a.md"}
+
+
+CAP = 4  # the connections the capped server below holds at once
+CAP_HEAD_TIMEOUT_S = 5.0  # and its header timeout: the idle connections outlive each test
+
+
+@pytest.fixture(scope="module")
+def capped(settings: Settings) -> Iterator[str]:
+    limited = with_(settings, auth="off", max_connections=CAP, header_timeout_s=CAP_HEAD_TIMEOUT_S)
+    with running_server(limited) as url:
+        yield url
+
+
+def _refused(answer: bytes) -> dict[str, object]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), answer[:200]
+    assert b"application/problem+json" in head and b"connection: close" in head
+    assert b"retry-after: 1" in head.lower()
+    problem: dict[str, object] = json.loads(body)
+    return problem
+
+
+def test_connections_past_the_cap_are_refused_with_503_at_once(capped: str) -> None:
+    # without a cap a flood of idle connections held descriptors till the header timeout
+    # and was opened again: descriptors ran out for the pool, uploads and good clients
+    idle = [_connect(capped) for _ in range(CAP)]
+    extra: list[socket.socket] = []
+    try:
+        extra = [_connect(capped) for _ in range(3)]
+        for sock in extra:  # answered before sending anything, and closed
+            t0 = time.monotonic()
+            problem = _refused(_read_all(sock, 5.0))
+            assert time.monotonic() - t0 < 1.0
+            assert problem["code"] == "not_ready" and problem["status"] == 503
+            assert "(4: RAGSTORE_MAX_CONNECTIONS" in str(problem["detail"])
+        # a client that sends its request at once still reads the refusal, not a reset
+        r = httpx.post(f"{capped}/v1/collections/cap/search", json={"query": "x"}, timeout=10)
+        assert r.status_code == 503 and r.json()["code"] == "not_ready"
+        assert r.headers["retry-after"] == "1"
+        for sock in idle[:2]:  # some connections end: a good client is served again
+            sock.close()
+        deadline = time.monotonic() + 5
+        while (status := httpx.get(f"{capped}/healthz", timeout=10).status_code) != 200:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+    finally:
+        for sock in idle + extra:
+            sock.close()
+
+
+def test_an_upload_whose_body_stalls_is_cut_off_and_nothing_stored(capped: str) -> None:
+    boundary = "b0undary"
+    part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+        'filename="stalled.md"\r\nContent-Type: text/markdown\r\n\r\n'
+        "# Stalled\n\nThis upload never finishes.\n"
+    ).encode()
+    with _connect(capped) as sock:
+        sock.sendall(
+            b"POST /v1/collections/stall/documents/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: multipart/form-data; boundary=%s\r\nContent-Length: %d\r\n\r\n"
+            % (boundary.encode(), len(part) + 1000)
+        )
+        sock.sendall(part)  # then nothing more
+        t0 = time.monotonic()
+        answer = _read_all(sock, 10.0)
+        elapsed = time.monotonic() - t0
+    assert not answer.startswith((b"HTTP/1.1 2", b"HTTP/1.1 1")), answer[:200]
+    assert elapsed < CAP_HEAD_TIMEOUT_S + 2.0
+    r = httpx.get(f"{capped}/v1/collections/stall/documents", timeout=10)
+    assert r.status_code == 404 or r.json()["data"] == [], r.text
+
+
+def test_the_connection_cap_stays_under_half_the_open_file_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a cap above what the process may open protected nothing: descriptors ran out first
+    from ragstore.api import server
+
+    monkeypatch.setattr(server.resource, "getrlimit", lambda _: (256, 4096))
+    assert server.connection_cap(1024) == 128
+    assert server.connection_cap(100) == 100
+
+
+def test_a_client_that_never_reads_its_answer_does_not_hold_its_connection(
+    capped: str,
+) -> None:
+    # an answer the client never read stayed in the server's write buffer for good (a close
+    # waits for it to drain), its connection open and counted: CAP such clients, each
+    # asking for a few MB, held the server full (503 to everyone) and the MBs in memory
+    ids = [f"big-{i}" for i in range(7)]
+    with httpx.Client(base_url=capped, timeout=60) as h:
+        for i in ids:
+            r = h.post(
+                "/v1/collections/big/texts",
+                json={"texts": ["word " * 180_000], "ids": [i], "vectors": [[0.1] * 384]},
+            )
+            assert r.status_code == 201, r.text
+    body = json.dumps({"ids": ids}).encode()
+    parts = urlsplit(capped)
+    readers: list[socket.socket] = []
+    try:
+        for _ in range(CAP):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((parts.hostname or "127.0.0.1", parts.port or 80))
+            sock.sendall(
+                b"POST /v1/collections/big/texts/get HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            readers.append(sock)  # and never read from
+        time.sleep(1.0)
+        assert httpx.get(f"{capped}/healthz", timeout=10).status_code == 503  # all taken
+        deadline = time.monotonic() + 20
+        while (status := httpx.get(f"{capped}/healthz", timeout=10).status_code) != 200:
+            assert time.monotonic() < deadline, f"still {status}: the stalled readers held on"
+            time.sleep(0.2)
+    finally:
+        for sock in readers:
+            sock.close()
+
+
+def test_a_client_reading_a_large_answer_slowly_gets_all_of_it(capped: str) -> None:
+    ids = [f"big-{i}" for i in range(7)]  # stored by the test above
+    body = json.dumps({"ids": ids}).encode()
+    with _connect(capped) as sock:
+        sock.sendall(
+            b"POST /v1/collections/big/texts/get HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        time.sleep(2.0)  # nothing read for a while, under the header timeout
+        got = b""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 7.0:  # then past two checks at about 200 KiB/s
+            got += sock.recv(4096)
+            time.sleep(0.02)
+        head, _, rest = got.partition(b"\r\n\r\n")
+        size = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        assert len(rest) < size  # still reading when the checks ran
+        sock.settimeout(10)
+        while len(rest) < size and (chunk := sock.recv(1 << 20)):
+            rest += chunk
+    assert head.startswith(b"HTTP/1.1 200 ") and len(rest) == size
+    assert json.loads(rest)["count"] == 7

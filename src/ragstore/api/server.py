@@ -17,6 +17,24 @@ httptools' speed and adds two bounds:
   delivered (time while the app is not reading does not count): a body trickled in a byte
   at a time no longer holds a connection and its task forever, a slow upload still passes.
 
+* ``RAGSTORE_MAX_CONNECTIONS``: a server process holds at most this many connections open
+  (and at most half its open-file limit, ``ulimit -n``). Without a cap a client opening
+  thousands of idle or half-sent connections (each held up to the header timeout, and
+  opened again) used up the process's descriptors: the database pool's new connections,
+  an upload's spooled file and the accept of every good client then failed. A connection
+  past the cap is answered at once with a 503 ``not_ready`` problem (``Retry-After``) and
+  closed, so a client or proxy learns the server is full instead of waiting on a silent
+  socket. uvicorn's ``limit_concurrency`` does not do this: it counts the connections but
+  answers only once a whole request head arrived (a slow head holds its descriptor till
+  then), and in ``text/plain``.
+
+An answer the client does not read is bounded the same way: while bytes of it wait in the
+server's write buffer, the client must take ``RAGSTORE_HEADER_TIMEOUT_S`` times
+:data:`BODY_MIN_BYTES_PER_S` bytes (or all that is left) in every such span, else the
+connection is dropped. A close waits for that buffer to drain, so a client that asked for
+a large answer and never read it held its connection (and a place under the cap), and the
+answer's bytes in memory, for good.
+
 A request the parser cannot read at all (a NUL in a header, a path outside ASCII, two
 ``Content-Length`` headers) is answered 400 ``malformed_request`` as problem+json, like
 every other error, where uvicorn wrote a ``text/plain`` line.
@@ -29,8 +47,13 @@ could name another client address and so dodge the per-address throttle of faile
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
+import resource
+import struct
+import termios
+import time
 import uuid
 from typing import Any
 
@@ -39,13 +62,20 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from ragstore.config import Settings
-from ragstore.errors import HeadersTooLargeError, MalformedRequestError, RagstoreError
+from ragstore.errors import (
+    HeadersTooLargeError,
+    MalformedRequestError,
+    NotReadyError,
+    RagstoreError,
+)
 
 log = logging.getLogger("ragstore.api")
 
 _DEFAULTS = Settings.model_fields
 
 BODY_MIN_BYTES_PER_S = 1024  # a request body slower than this is cut off (see the module doc)
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ: a socket's unsent bytes
+REFUSAL_LOG_EVERY_S = 10.0  # connections refused over the cap are logged at most this often
 
 
 class ServeConfig(uvicorn.Config):
@@ -53,11 +83,43 @@ class ServeConfig(uvicorn.Config):
     pickled, so the limits travel with it (a class attribute set at run time would not)."""
 
     def __init__(
-        self, app: Any, *, max_header_bytes: int, header_timeout_s: float, **kwargs: Any
+        self,
+        app: Any,
+        *,
+        max_header_bytes: int,
+        header_timeout_s: float,
+        max_connections: int,
+        **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self.max_header_bytes = max_header_bytes
         self.header_timeout_s = header_timeout_s
+        self.max_connections = max_connections
+
+
+def connection_cap(max_connections: int) -> int:
+    """``RAGSTORE_MAX_CONNECTIONS``, lowered to half the process's open-file limit: a cap
+    above what the process may open (1024 by default on Linux, 256 on macOS) protected
+    nothing, the descriptors ran out first. The other half is left to the database pool,
+    uploads' spooled files, parsers and logs."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return max_connections
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return max_connections
+    cap = max(1, soft // 2)
+    if cap < max_connections:
+        log.warning(
+            "RAGSTORE_MAX_CONNECTIONS=%d is over half this process's open-file limit "
+            "(ulimit -n %d): at most %d connections are held open; raise the limit "
+            "(ulimit -n, LimitNOFILE) to hold more",
+            max_connections,
+            soft,
+            cap,
+        )
+        return cap
+    return max_connections
 
 
 def server_config(app: Any, settings: Settings, **kwargs: Any) -> ServeConfig:
@@ -69,6 +131,7 @@ def server_config(app: Any, settings: Settings, **kwargs: Any) -> ServeConfig:
         http=GuardedHttpToolsProtocol,
         max_header_bytes=settings.max_header_bytes,
         header_timeout_s=settings.header_timeout_s,
+        max_connections=connection_cap(settings.max_connections),
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted.split(",") if trusted else None,
         **kwargs,
@@ -77,7 +140,10 @@ def server_config(app: Any, settings: Settings, **kwargs: Any) -> ServeConfig:
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a bound on the size and the time of a request head
-    (see the module doc)."""
+    and on the connections held open (see the module doc)."""
+
+    refused = 0  # connections refused over the cap since the last log line (one loop)
+    refusal_logged = 0.0  # when that line was last written (loop-independent clock)
 
     def __init__(
         self,
@@ -90,28 +156,116 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if isinstance(config, ServeConfig):
             self.max_head = config.max_header_bytes
             self.head_timeout = config.header_timeout_s
+            self.max_connections = config.max_connections
         else:  # a plain uvicorn.Config naming this class: the settings' defaults
             self.max_head = int(_DEFAULTS["max_header_bytes"].default)
             self.head_timeout = float(_DEFAULTS["header_timeout_s"].default)
+            self.max_connections = connection_cap(int(_DEFAULTS["max_connections"].default))
         self.unparsed = 0  # bytes received since the parser last finished something
         self.progressed = False
         self.head_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
         self.body_deadline = 0.0
         self.in_body = False  # between a head's end and its message's end
+        self.write_timer: asyncio.TimerHandle | None = None
+        self.write_left = 0  # bytes not taken by the client at the last check
+        self.write_deadline = 0.0
 
     # the clock of a head: from the connection's start or its last response, to the head's end
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self._refuse_connection()
+            return
         self._start_head_clock()
+
+    def _refuse_connection(self) -> None:
+        """Answer a connection past ``RAGSTORE_MAX_CONNECTIONS`` 503 ``not_ready`` with
+        Retry-After, before it sent anything, and close it (see the module doc)."""
+        cls = GuardedHttpToolsProtocol
+        cls.refused += 1
+        now = time.monotonic()
+        if now - cls.refusal_logged >= REFUSAL_LOG_EVERY_S:  # a flood logs a line, not one each
+            log.warning(
+                "refused %d connection(s): %d open, the most RAGSTORE_MAX_CONNECTIONS allows "
+                "(%d); retry later or raise it (and ulimit -n)",
+                cls.refused,
+                len(self.connections) - 1,
+                self.max_connections,
+            )
+            cls.refused = 0
+            cls.refusal_logged = now
+        self._answer_and_close(
+            b"503 Service Unavailable",
+            NotReadyError(
+                f"the server holds as many connections as it may ({self.max_connections}: "
+                "RAGSTORE_MAX_CONNECTIONS, at most half its open-file limit); retry "
+                "shortly, reuse connections (keep-alive), or raise the limit (and ulimit "
+                "-n): this request was not read"
+            ),
+            extra=b"retry-after: 1\r\n",
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_clock()
         self._stop_body_clock()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
         super().connection_lost(exc)
+
+    # the clock of an answer: bytes not yet taken by the client (in the write buffer or the
+    # kernel's send queue) get the head's time plus a second per BODY_MIN_BYTES_PER_S taken,
+    # or the connection is dropped (a close would wait for them for good)
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_writes()
+
+    def _unsent(self) -> int:
+        """Bytes of answers the client has not taken: the transport's buffer, plus the
+        kernel's send queue where it says (Linux). The buffer alone moves in lumps of a
+        third of the kernel's (megabytes), however steadily the client reads."""
+        left = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if _OUTQ is not None and sock is not None:
+            try:
+                out = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
+                left += int(struct.unpack("i", out)[0])
+            except (OSError, ValueError):
+                pass
+        return left
+
+    def _watch_writes(self) -> None:
+        if self.write_timer is not None or not self.transport.get_write_buffer_size():
+            return
+        self.write_left = self._unsent()
+        self.write_deadline = self.loop.time() + self.head_timeout
+        self.write_timer = self.loop.call_at(self.write_deadline, self._write_check)
+
+    def _write_check(self) -> None:
+        self.write_timer = None
+        if not self.transport.get_write_buffer_size():
+            return  # all handed to the kernel: the head clock or keep-alive takes over
+        now = self.loop.time()
+        left = self._unsent()
+        if left > self.write_left:  # more written since (a pipelined answer): time again
+            self.write_deadline = max(self.write_deadline, now + self.head_timeout)
+        else:
+            self.write_deadline += (self.write_left - left) / BODY_MIN_BYTES_PER_S
+        self.write_left = left
+        if now < self.write_deadline:
+            self.write_timer = self.loop.call_at(self.write_deadline, self._write_check)
+            return
+        log.warning(
+            "dropped a connection whose client took its answer slower than %d bytes/s "
+            "(RAGSTORE_HEADER_TIMEOUT_S)",
+            BODY_MIN_BYTES_PER_S,
+        )
+        self.transport.abort()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._watch_writes()  # an answer left in the buffer: the client must take it
         if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
             self._start_head_clock()  # waiting for the next request's head
 
@@ -217,7 +371,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             ),
         )
 
-    def _answer_and_close(self, status: bytes, exc: RagstoreError) -> None:
+    def _answer_and_close(self, status: bytes, exc: RagstoreError, extra: bytes = b"") -> None:
         """Write ``exc``'s problem (unless a response is under way: then only disconnect)
         and close the connection. A request whose app has not answered yet (its body was
         the unreadable part) is cut off first, so no answer of its own follows ours."""
@@ -242,6 +396,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 + b"x-request-id: "
                 + rid.encode()
                 + b"\r\n"
+                + extra
                 + b"connection: close\r\n\r\n"
                 + body
             )
