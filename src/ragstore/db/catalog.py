@@ -151,7 +151,10 @@ def delete_document(conn: Conn, coll: repository.Collection, doc_id: int) -> str
     document: deleted by id without it, the row went from under a re-ingest of the same
     file that had read it, whose replacing write then found nothing to update and crashed
     (a KeyError out of the whole ingest). A write in flight now ends first, and the delete
-    removes what it stored; a write that comes later finds no row and adds the document."""
+    removes what it stored; a write that comes later finds no row and adds the document.
+    The collection row is held as writes hold it (``documents.hold_live``): a re-cutting
+    model switch since ``coll`` was read is refused, not deleted from the kept chunk set."""
+    documents.hold_live(conn, coll)
     row = conn.execute(
         "SELECT source FROM documents WHERE collection_id = %s AND id = %s", (coll.id, doc_id)
     ).fetchone()

@@ -684,6 +684,7 @@ def _prune(rt: Runtime, name: str, sources: Sequence[str]) -> list[str]:
     lock, so such a document stays, and a writer that comes later waits for the delete."""
     coll = rt.collection(name)
     with rt.db.connection() as conn, translated(f"removing vanished documents of {name!r}"):
+        documents.hold_live(conn, coll)  # not the chunk set a model switch just retired
         documents.lock_sources(conn, coll.id, sources)
         gone = [s for s in sources if gone_from_disk(s)]
         documents.delete_documents(conn, coll.id, gone)
