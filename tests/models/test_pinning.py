@@ -126,3 +126,29 @@ def test_unknown_models_are_named_with_what_exists(rt: Runtime) -> None:
         ModelNotFoundError, match="built-in: all-MiniLM-L6-v2, all-MiniLM-L6-v2-256d"
     ):
         resolve_spec("bge-small")
+
+
+def test_models_add_of_damaged_weights_is_one_clear_error(
+    rt: Runtime, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model folder whose weights are cut short (a copy or download that stopped) or not
+    weights at all crashed `ragstore models add` with a traceback (safetensors'
+    SafetensorError, pickle's UnpicklingError: neither OSError nor ValueError); it is the
+    one model error naming the folder, and nothing is pinned."""
+    import shutil
+
+    source = minilm_dir()
+    cut = tmp_path / "cut"
+    shutil.copytree(source, cut)
+    (cut / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes()[:100_000])
+    junk = tmp_path / "junk"
+    shutil.copytree(source, junk)
+    (junk / "model.safetensors").unlink()
+    (junk / "pytorch_model.bin").write_bytes(b"not a pickle of weights" * 200)
+    for folder in (cut, junk):
+        assert run_cli("models", "add", str(folder), "--name", f"m-{folder.name}") == 70
+        err = capsys.readouterr().err
+        assert f"error[model_error]: could not load model m-{folder.name}" in err, err
+        assert str(folder) in err and "Traceback" not in err
+        assert run_cli("models", "show", f"m-{folder.name}") != 0
+    capsys.readouterr()
