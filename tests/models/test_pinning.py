@@ -152,3 +152,28 @@ def test_models_add_of_damaged_weights_is_one_clear_error(
         assert str(folder) in err and "Traceback" not in err
         assert run_cli("models", "show", f"m-{folder.name}") != 0
     capsys.readouterr()
+
+
+def test_pinning_a_pinned_key_again_with_other_settings_is_refused(rt: Runtime) -> None:
+    """A second `models add` of the same weights under the same name (the revision comes
+    from the checksum) with another token budget, distance or passage prefix answered
+    "pinned" and returned the first pin unchanged: a collection migrated to it was cut and
+    embedded without what the user had just asked for. It is refused now, naming what
+    differs; the same settings again are still answered with the pin as it is."""
+    from ragstore.errors import ConflictError
+    from ragstore.modelops import add_local_model
+
+    path = str(minilm_dir())
+    first = add_local_model(rt, path, name="minilm-again")
+    assert add_local_model(rt, path, name="minilm-again").spec == first.spec
+    for change, named in (
+        ({"max_tokens": 96}, "max_tokens"),
+        ({"distance": "l2"}, "distance"),
+        ({"passage_prefix": "passage: "}, "passage_prefix"),
+        ({"normalize": False}, "normalize"),
+    ):
+        with pytest.raises(ConflictError, match=f"already pinned.*{named}"):
+            add_local_model(rt, path, name="minilm-again", **change)  # type: ignore[arg-type]
+    shown = add_local_model(rt, path, name="minilm-again").spec
+    assert (shown.max_tokens, shown.distance, shown.normalize) == (256, "cosine", True)
+    assert "passage_prefix" not in shown.options
