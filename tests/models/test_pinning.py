@@ -177,3 +177,29 @@ def test_pinning_a_pinned_key_again_with_other_settings_is_refused(rt: Runtime) 
     shown = add_local_model(rt, path, name="minilm-again").spec
     assert (shown.max_tokens, shown.distance, shown.normalize) == (256, "cosine", True)
     assert "passage_prefix" not in shown.options
+
+
+def test_weights_moved_elsewhere_are_found_again_by_pinning_them_from_there(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """A local model whose folder moved is refused with "pin the model again from where it
+    now lives with `ragstore models add`"; doing so answered "pinned" with the pin
+    unchanged, still naming the old folder, so every load went on failing. The same
+    weights (same checksum, same settings) pinned from the new folder point the pin there."""
+    import shutil
+
+    from ragstore.modelops import add_local_model, find_model
+
+    first = tmp_path / "first"
+    shutil.copytree(minilm_dir(), first)
+    pinned = add_local_model(rt, str(first), name="minilm-moved")
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    with pytest.raises(ModelNotFoundError, match="pin the model again from where it now lives"):
+        load_embedder(find_model(rt, "minilm-moved").spec)
+    again = add_local_model(rt, str(moved), name="minilm-moved")
+    assert again.spec == pinned.spec and again.spec.options["path"] == str(moved.resolve())
+    spec = find_model(rt, "minilm-moved").spec
+    assert spec.options["path"] == str(moved.resolve())
+    assert spec.options["probe"] == pinned.spec.options["probe"]
+    assert load_embedder(spec).embed([PROBE_TEXT]).shape == (1, 384)

@@ -25,6 +25,7 @@ from ragstore.embedding.registry import (
     LOCAL_PROVIDER,
     builtin_specs,
     resolve_spec,
+    verify_weights,
 )
 from ragstore.embedding.validation import (
     PROBE_TEXT,
@@ -35,6 +36,7 @@ from ragstore.embedding.validation import (
 from ragstore.errors import (
     ConflictError,
     InputError,
+    ModelError,
     ModelNotFoundError,
 )
 from ragstore.models import ModelSpec
@@ -107,6 +109,9 @@ def _insert(rt: Runtime, spec: ModelSpec) -> PinnedModel:
                     "pin never changes: pin these settings under another --revision (or "
                     "--name), or use the pin as it is"
                 )
+            if _moved(old.spec, spec):
+                models.relocate(conn, old.id, str(spec.options["path"]))
+                return models.pinned_models(conn, spec.name, spec.revision)[0]
             return old
         models.upsert_model(conn, spec)
         return models.pinned_models(conn, spec.name, spec.revision)[0]
@@ -137,6 +142,24 @@ def _settings_differ(pinned: ModelSpec, asked: ModelSpec) -> str:
         if pinned.options.get(name) != asked.options.get(name)
     ]
     return ", ".join(out)
+
+
+def _moved(pinned: ModelSpec, asked: ModelSpec) -> bool:
+    """Whether ``asked`` (the same weights and settings, pinned from another folder) is
+    where a local pin's weights now are: its own folder no longer holds them.
+
+    A load that finds the pinned folder gone says to pin the model again from where it
+    now lives; that answered "pinned" and left the pin naming the old folder, so every
+    load went on failing. A pin whose folder still holds its weights is not moved (another
+    machine sharing the database may have them at another path)."""
+    path = asked.options.get("path")
+    if asked.provider != LOCAL_PROVIDER or not path or pinned.options.get("path") == path:
+        return False
+    try:
+        verify_weights(pinned)
+    except ModelError:  # gone, no weights left there, or other weights
+        return True
+    return False
 
 
 def _check_common(name: str, distance: str, max_tokens: int | None) -> None:
