@@ -418,3 +418,29 @@ def test_a_delete_that_read_the_collection_before_a_recut_switch_is_refused(
     # the delete done again, on the collection as it is now, deletes it from the live set
     assert Store.from_runtime(rt).delete_texts("rc-dsw", [doomed]) == 1
     assert {k[0] for k in _chunks(rt, rt.collection("rc-dsw"))} == {"doc0.md"}
+
+
+def test_deleting_a_collection_read_before_a_recut_switch_is_refused(
+    rt: Runtime, tmp_path: Path, narrow: str
+) -> None:
+    """A collection delete that looked the collection up just before a re-cutting
+    migration's switch deleted only the chunk set kept for a rollback and answered
+    "deleted", while the collection, with its documents, went on being listed and
+    searched. It is refused now, nothing deleted, and done again it deletes everything."""
+    from ragstore.store import Store
+
+    folder = _write(tmp_path / "csw", ["ferns", "geckos"])
+    assert not ingest_paths(rt, [folder], "rc-csw").failed
+    read_before = rt.collection("rc-csw")
+    assert migrate(rt, "rc-csw", narrow).switched
+    with rt.db.connection() as conn, pytest.raises(ConflictError, match="switched"):
+        catalog.delete_collection(conn, read_before)
+    assert {k[0] for k in _chunks(rt, read_before)} == {"doc0.md", "doc1.md"}, "kept set kept"
+    assert {k[0] for k in _chunks(rt, rt.collection("rc-csw"))} == {"doc0.md", "doc1.md"}
+    Store.from_runtime(rt).delete_collection("rc-csw")
+    with rt.db.connection() as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM collections WHERE id = %s OR shadow_of = %s",
+            (read_before.id, read_before.id),
+        ).fetchone()
+    assert left is not None and left[0] == 0
