@@ -235,6 +235,7 @@ class Store:
         doomed = id_list(ids, "ids")
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"deleting texts of {collection!r}"):
+            documents.hold_live(conn, coll)  # not the chunk set a model switch just retired
             return documents.delete_documents(conn, coll.id, doomed)
 
     # --- documents -----------------------------------------------------------------------

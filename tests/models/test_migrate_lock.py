@@ -258,3 +258,39 @@ def test_ingest_during_a_migration_leaves_a_chunk_too_long_for_the_target_to_the
         cancel(rt, "words")
     finally:
         server.stop()
+
+
+def test_ingest_stores_documents_while_the_migration_target_refuses_them(
+    rt: Runtime, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration to an endpoint that fails (down, refusing a text) made every ingest of
+    the collection fail, although its active model, which searches use, worked: the
+    documents were not stored. They are stored for the active model now and left to the
+    migration's backfill, which embeds them once the endpoint answers, then switches."""
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    server = EmbeddingServer(load_embedder(resolve_spec(DEFAULT_MODEL))).start()
+    try:
+        pinned = add_http_model(
+            rt,
+            server.base_url,
+            name="minilm-flaky",
+            remote_model="minilm",
+            api_key_env="RAGSTORE_TEST_EMBED_KEY",
+            max_tokens=256,
+            max_retries=0,
+        )
+        _collection(rt, corpus, "flaky")
+        report = migrate(rt, "flaky", pinned.spec.key, switch=False)
+        assert _statuses(rt, "flaky")[report.table] == ("building", 0)
+        new = tmp_path / "new"
+        new.mkdir()
+        (new / "quokka.md").write_text("# Quokkas\n\nThe quokka is a small wallaby.\n")
+        server.refuse_text = "quokka"
+        ingested = ingest_paths(rt, [new], "flaky")
+        assert ingested.count("added") == 1 and not ingested.failed, ingested.failed
+        assert _statuses(rt, "flaky")[report.table] == ("building", 1), "left to the backfill"
+        server.refuse_text = None
+        assert migrate(rt, "flaky", pinned.spec.key).switched
+        assert _statuses(rt, "flaky")[report.table] == ("active", 0)
+    finally:
+        server.stop()

@@ -386,3 +386,61 @@ def test_rollback_after_a_deletion_says_how_many_documents_differ(
     back = migrate(rt, "rc-del", resolve_spec(DEFAULT_MODEL).key)
     assert back.switched and back.rechunked == 0
     assert {k[0] for k in _chunks(rt, rt.collection("rc-del"))} == {"doc0.md"}
+
+
+def test_a_delete_that_read_the_collection_before_a_recut_switch_is_refused(
+    rt: Runtime, tmp_path: Path, narrow: str
+) -> None:
+    """A delete that looked the collection up just before a re-cutting migration swapped
+    its chunk sets deleted the document from the old set (now kept for a rollback) and was
+    acknowledged, while the live collection kept it: searches still found the "deleted"
+    document. Deletes hold the collection row as writes do, and refuse a row that became a
+    shadow meanwhile, changing nothing."""
+    from ragstore.store import Store
+
+    folder = _write(tmp_path / "dsw", ["herons", "lichens"])
+    assert not ingest_paths(rt, [folder], "rc-dsw").failed
+    read_before = rt.collection("rc-dsw")  # a request's lookup, just before the switch
+    assert migrate(rt, "rc-dsw", narrow).switched
+    doomed = str(folder / "doc1.md")
+    with rt.db.connection() as conn:
+        old_id = conn.execute(
+            "SELECT id FROM documents WHERE collection_id = %s AND source = %s",
+            (read_before.id, doomed),
+        ).fetchone()[0]
+    with rt.db.connection() as conn, pytest.raises(ConflictError, match="switched"):
+        catalog.delete_document(conn, read_before, int(old_id))
+    with rt.db.connection() as conn, pytest.raises(ConflictError, match="switched"):
+        documents.hold_live(conn, read_before)  # what Store.delete_texts and sync hold
+    # nothing changed: the kept set still rolls back whole, the live one holds both
+    assert {k[0] for k in _chunks(rt, rt.collection("rc-dsw"))} == {"doc0.md", "doc1.md"}
+    assert {k[0] for k in _chunks(rt, read_before)} == {"doc0.md", "doc1.md"}
+    # the delete done again, on the collection as it is now, deletes it from the live set
+    assert Store.from_runtime(rt).delete_texts("rc-dsw", [doomed]) == 1
+    assert {k[0] for k in _chunks(rt, rt.collection("rc-dsw"))} == {"doc0.md"}
+
+
+def test_deleting_a_collection_read_before_a_recut_switch_is_refused(
+    rt: Runtime, tmp_path: Path, narrow: str
+) -> None:
+    """A collection delete that looked the collection up just before a re-cutting
+    migration's switch deleted only the chunk set kept for a rollback and answered
+    "deleted", while the collection, with its documents, went on being listed and
+    searched. It is refused now, nothing deleted, and done again it deletes everything."""
+    from ragstore.store import Store
+
+    folder = _write(tmp_path / "csw", ["ferns", "geckos"])
+    assert not ingest_paths(rt, [folder], "rc-csw").failed
+    read_before = rt.collection("rc-csw")
+    assert migrate(rt, "rc-csw", narrow).switched
+    with rt.db.connection() as conn, pytest.raises(ConflictError, match="switched"):
+        catalog.delete_collection(conn, read_before)
+    assert {k[0] for k in _chunks(rt, read_before)} == {"doc0.md", "doc1.md"}, "kept set kept"
+    assert {k[0] for k in _chunks(rt, rt.collection("rc-csw"))} == {"doc0.md", "doc1.md"}
+    Store.from_runtime(rt).delete_collection("rc-csw")
+    with rt.db.connection() as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM collections WHERE id = %s OR shadow_of = %s",
+            (read_before.id, read_before.id),
+        ).fetchone()
+    assert left is not None and left[0] == 0

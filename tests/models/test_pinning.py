@@ -126,3 +126,80 @@ def test_unknown_models_are_named_with_what_exists(rt: Runtime) -> None:
         ModelNotFoundError, match="built-in: all-MiniLM-L6-v2, all-MiniLM-L6-v2-256d"
     ):
         resolve_spec("bge-small")
+
+
+def test_models_add_of_damaged_weights_is_one_clear_error(
+    rt: Runtime, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model folder whose weights are cut short (a copy or download that stopped) or not
+    weights at all crashed `ragstore models add` with a traceback (safetensors'
+    SafetensorError, pickle's UnpicklingError: neither OSError nor ValueError); it is the
+    one model error naming the folder, and nothing is pinned."""
+    import shutil
+
+    source = minilm_dir()
+    cut = tmp_path / "cut"
+    shutil.copytree(source, cut)
+    (cut / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes()[:100_000])
+    junk = tmp_path / "junk"
+    shutil.copytree(source, junk)
+    (junk / "model.safetensors").unlink()
+    (junk / "pytorch_model.bin").write_bytes(b"not a pickle of weights" * 200)
+    for folder in (cut, junk):
+        assert run_cli("models", "add", str(folder), "--name", f"m-{folder.name}") == 70
+        err = capsys.readouterr().err
+        assert f"error[model_error]: could not load model m-{folder.name}" in err, err
+        assert str(folder) in err and "Traceback" not in err
+        assert run_cli("models", "show", f"m-{folder.name}") != 0
+    capsys.readouterr()
+
+
+def test_pinning_a_pinned_key_again_with_other_settings_is_refused(rt: Runtime) -> None:
+    """A second `models add` of the same weights under the same name (the revision comes
+    from the checksum) with another token budget, distance or passage prefix answered
+    "pinned" and returned the first pin unchanged: a collection migrated to it was cut and
+    embedded without what the user had just asked for. It is refused now, naming what
+    differs; the same settings again are still answered with the pin as it is."""
+    from ragstore.errors import ConflictError
+    from ragstore.modelops import add_local_model
+
+    path = str(minilm_dir())
+    first = add_local_model(rt, path, name="minilm-again")
+    assert add_local_model(rt, path, name="minilm-again").spec == first.spec
+    for change, named in (
+        ({"max_tokens": 96}, "max_tokens"),
+        ({"distance": "l2"}, "distance"),
+        ({"passage_prefix": "passage: "}, "passage_prefix"),
+        ({"normalize": False}, "normalize"),
+    ):
+        with pytest.raises(ConflictError, match=f"already pinned.*{named}"):
+            add_local_model(rt, path, name="minilm-again", **change)  # type: ignore[arg-type]
+    shown = add_local_model(rt, path, name="minilm-again").spec
+    assert (shown.max_tokens, shown.distance, shown.normalize) == (256, "cosine", True)
+    assert "passage_prefix" not in shown.options
+
+
+def test_weights_moved_elsewhere_are_found_again_by_pinning_them_from_there(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """A local model whose folder moved is refused with "pin the model again from where it
+    now lives with `ragstore models add`"; doing so answered "pinned" with the pin
+    unchanged, still naming the old folder, so every load went on failing. The same
+    weights (same checksum, same settings) pinned from the new folder point the pin there."""
+    import shutil
+
+    from ragstore.modelops import add_local_model, find_model
+
+    first = tmp_path / "first"
+    shutil.copytree(minilm_dir(), first)
+    pinned = add_local_model(rt, str(first), name="minilm-moved")
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    with pytest.raises(ModelNotFoundError, match="pin the model again from where it now lives"):
+        load_embedder(find_model(rt, "minilm-moved").spec)
+    again = add_local_model(rt, str(moved), name="minilm-moved")
+    assert again.spec == pinned.spec and again.spec.options["path"] == str(moved.resolve())
+    spec = find_model(rt, "minilm-moved").spec
+    assert spec.options["path"] == str(moved.resolve())
+    assert spec.options["probe"] == pinned.spec.options["probe"]
+    assert load_embedder(spec).embed([PROBE_TEXT]).shape == (1, 384)

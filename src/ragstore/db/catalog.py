@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 from ragstore.db import changes, documents, repository
 from ragstore.db.spaces import drop_tables
-from ragstore.errors import CollectionNotFoundError, DocumentNotFoundError
+from ragstore.errors import CollectionNotFoundError, ConflictError, DocumentNotFoundError
 
 Conn = psycopg.Connection[Any]
 
@@ -60,13 +60,21 @@ def delete_collection(conn: Conn, coll: repository.Collection) -> None:
     # the rows' locks first, as the DELETE below would take them: waiting for the writes
     # in flight (they hold them FOR SHARE) before the tables' locks, which those writes
     # take later, cannot deadlock with them
-    ids = [
-        int(r[0])
-        for r in conn.execute(
-            "SELECT id FROM collections WHERE id = %(c)s OR shadow_of = %(c)s FOR UPDATE",
-            {"c": coll.id},
+    rows = conn.execute(
+        "SELECT id, shadow_of IS NOT NULL FROM collections WHERE id = %(c)s OR shadow_of = %(c)s"
+        " FOR UPDATE",
+        {"c": coll.id},
+    ).fetchall()
+    ids = [int(r[0]) for r in rows]
+    if any(int(r[0]) == coll.id and bool(r[1]) != coll.shadow for r in rows):
+        # a re-cutting model switch since ``coll`` was read: its row is now the chunk set
+        # kept for a rollback, and the collection of that name another row. Deleting the
+        # row read deleted that kept set alone and answered "deleted" while the collection
+        # stayed, listed and searched
+        raise ConflictError(
+            f"collection {coll.name!r} switched to another embedding model while this "
+            "delete was on its way; nothing was deleted: run it again"
         )
-    ]
     tables = [
         str(r[0])
         for r in conn.execute(
@@ -151,7 +159,10 @@ def delete_document(conn: Conn, coll: repository.Collection, doc_id: int) -> str
     document: deleted by id without it, the row went from under a re-ingest of the same
     file that had read it, whose replacing write then found nothing to update and crashed
     (a KeyError out of the whole ingest). A write in flight now ends first, and the delete
-    removes what it stored; a write that comes later finds no row and adds the document."""
+    removes what it stored; a write that comes later finds no row and adds the document.
+    The collection row is held as writes hold it (``documents.hold_live``): a re-cutting
+    model switch since ``coll`` was read is refused, not deleted from the kept chunk set."""
+    documents.hold_live(conn, coll)
     row = conn.execute(
         "SELECT source FROM documents WHERE collection_id = %s AND id = %s", (coll.id, doc_id)
     ).fetchone()

@@ -541,14 +541,11 @@ def _live_tables(conn: Conn, coll: Collection, provided: set[str]) -> set[str]:
 
     A row that became a shadow (a re-chunking migration switched away from it) while the
     caller held it as the live collection is refused like a switch of its space."""
-    row = conn.execute(
-        "SELECT shadow_of IS NOT NULL FROM collections WHERE id = %s FOR SHARE", (coll.id,)
-    ).fetchone()
-    if row is not None and bool(row[0]) != coll.shadow:
-        raise ConflictError(
-            f"collection {coll.name!r} switched to another embedding model while this "
-            "document was being embedded; run the ingest again to store it"
-        )
+    hold_live(
+        conn,
+        coll,
+        "while this document was being embedded; run the ingest again to store it",
+    )
     rows = conn.execute(
         "SELECT s.table_name, s.status, s.id = c.active_space_id FROM embedding_spaces s"
         " JOIN collections c ON c.id = s.collection_id"
@@ -651,8 +648,31 @@ def sources_under(
     return [str(r[0]) for r in rows]
 
 
+def hold_live(
+    conn: Conn,
+    coll: Collection,
+    doing: str = "while this delete was on its way; nothing was deleted: run it again",
+) -> None:
+    """Hold the collection row ``FOR SHARE`` (a model switch waits for the transaction)
+    and refuse (ConflictError) if it is no longer the chunk set ``coll`` was read as.
+
+    A re-cutting migration's switch makes the live row a shadow (the chunk set kept for a
+    rollback) and another row live. A delete that had looked the collection up just before
+    deleted from the kept set and was acknowledged, while the live collection kept the
+    document and searches went on finding it. Every writer of a collection's documents
+    holds the row this way, so a delete either ends before the switch (whose check then
+    sees the two sets out of step and runs another pass) or is refused after it."""
+    row = conn.execute(
+        "SELECT shadow_of IS NOT NULL FROM collections WHERE id = %s FOR SHARE", (coll.id,)
+    ).fetchone()
+    if row is not None and bool(row[0]) != coll.shadow:
+        raise ConflictError(f"collection {coll.name!r} switched to another embedding model {doing}")
+
+
 def delete_documents(conn: Conn, collection_id: int, sources: Sequence[str]) -> int:
-    """Delete documents by source (chunks and vectors follow by cascade), under their locks."""
+    """Delete documents by source (chunks and vectors follow by cascade), under their locks.
+
+    A caller deleting from a live collection holds its row first (:func:`hold_live`)."""
     return len(delete_sources(conn, collection_id, sources))
 
 

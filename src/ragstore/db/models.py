@@ -63,6 +63,16 @@ def upsert_model(conn: Conn, spec: ModelSpec) -> int:
     return int(row[0])
 
 
+def relocate(conn: Conn, model_id: int, path: str) -> None:
+    """Point a local model's pin at the folder its weights now lie in (the caller has
+    checked that they hash to the pinned checksum: the vectors are the same)."""
+    conn.execute(
+        "UPDATE embedding_models SET options = options || jsonb_build_object('path', %s::text)"
+        " WHERE id = %s",
+        (path, model_id),
+    )
+
+
 @dataclass(frozen=True)
 class PinnedModel:
     id: int

@@ -80,6 +80,9 @@ class SentenceTransformerEmbedder(Embedder):
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import pickle
+
+        from safetensors import SafetensorError
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
@@ -93,7 +96,10 @@ class SentenceTransformerEmbedder(Embedder):
             self.model = SentenceTransformer(
                 str(model_dir), device=self.device, local_files_only=True
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as exc:
+            # weights cut short (a copy or download that stopped) or not weights at all
+            # raise safetensors' or pickle's own errors: they crashed `models add` with a
+            # traceback instead of this one error naming the folder
             raise ModelError(f"could not load model {spec.key} from {model_dir}: {exc}") from None
         self.model.max_seq_length = spec.max_tokens
         self.model.eval()

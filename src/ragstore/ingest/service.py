@@ -692,6 +692,7 @@ def _prune(rt: Runtime, name: str, sources: Sequence[str]) -> list[str]:
     both reported the same documents removed."""
     coll = rt.collection(name)
     with rt.db.connection() as conn, translated(f"removing vanished documents of {name!r}"):
+        documents.hold_live(conn, coll)  # not the chunk set a model switch just retired
         documents.lock_sources(conn, coll.id, sources)
         gone = [s for s in sources if gone_from_disk(s)]
         deleted = set(documents.delete_sources(conn, coll.id, gone))

@@ -25,6 +25,7 @@ from ragstore.embedding.registry import (
     LOCAL_PROVIDER,
     builtin_specs,
     resolve_spec,
+    verify_weights,
 )
 from ragstore.embedding.validation import (
     PROBE_TEXT,
@@ -35,6 +36,7 @@ from ragstore.embedding.validation import (
 from ragstore.errors import (
     ConflictError,
     InputError,
+    ModelError,
     ModelNotFoundError,
 )
 from ragstore.models import ModelSpec
@@ -100,9 +102,64 @@ def _insert(rt: Runtime, spec: ModelSpec) -> PinnedModel:
                     f"and {spec.dimension}; a pin never changes: give the new model another "
                     "--revision"
                 )
+            differs = _settings_differ(old.spec, spec)
+            if differs:
+                raise ConflictError(
+                    f"model {spec.key} is already pinned with other settings ({differs}); a "
+                    "pin never changes: pin these settings under another --revision (or "
+                    "--name), or use the pin as it is"
+                )
+            if _moved(old.spec, spec):
+                models.relocate(conn, old.id, str(spec.options["path"]))
+                return models.pinned_models(conn, spec.name, spec.revision)[0]
             return old
         models.upsert_model(conn, spec)
         return models.pinned_models(conn, spec.name, spec.revision)[0]
+
+
+# what decides a model's vectors or how they are ranked, beyond its weights or probe:
+# locations (path, base_url), the key's variable and request tuning are not
+_SETTINGS = ("distance", "normalize", "max_tokens")
+_SETTING_OPTIONS = ("truncate_dim", "dimensions", "query_prefix", "passage_prefix", "model")
+
+
+def _settings_differ(pinned: ModelSpec, asked: ModelSpec) -> str:
+    """The settings in which ``asked`` differs from the pin of the same key, as
+    ``name pinned -> asked`` ('' when none).
+
+    Only checksum and dimension were compared: the same weights added again under the same
+    name (its revision taken from the checksum) with another token budget, distance,
+    normalisation or prefix were answered "pinned" and the first pin returned, so a
+    collection migrated to the key was cut and embedded without what had just been asked."""
+    out = [
+        f"{name} {getattr(pinned, name)!r} -> {getattr(asked, name)!r}"
+        for name in _SETTINGS
+        if getattr(pinned, name) != getattr(asked, name)
+    ]
+    out += [
+        f"{name} {pinned.options.get(name)!r} -> {asked.options.get(name)!r}"
+        for name in _SETTING_OPTIONS
+        if pinned.options.get(name) != asked.options.get(name)
+    ]
+    return ", ".join(out)
+
+
+def _moved(pinned: ModelSpec, asked: ModelSpec) -> bool:
+    """Whether ``asked`` (the same weights and settings, pinned from another folder) is
+    where a local pin's weights now are: its own folder no longer holds them.
+
+    A load that finds the pinned folder gone says to pin the model again from where it
+    now lives; that answered "pinned" and left the pin naming the old folder, so every
+    load went on failing. A pin whose folder still holds its weights is not moved (another
+    machine sharing the database may have them at another path)."""
+    path = asked.options.get("path")
+    if asked.provider != LOCAL_PROVIDER or not path or pinned.options.get("path") == path:
+        return False
+    try:
+        verify_weights(pinned)
+    except ModelError:  # gone, no weights left there, or other weights
+        return True
+    return False
 
 
 def _check_common(name: str, distance: str, max_tokens: int | None) -> None:
