@@ -171,3 +171,71 @@ def test_nodes_with_and_without_embeddings_are_refused_not_silently_reembedded(
     with pytest.raises(InputError, match=r"nodes\[1\] has no embedding while nodes\[0\]"):
         vs.add(mixed)
     assert "li-mixed" not in [c["name"] for c in store.list_collections()]
+
+
+def test_filters_mean_what_llamaindex_means(store: Store) -> None:
+    """Each filter answers as LlamaIndex's own in-memory store answers it: ``not`` of
+    several filters matches the nodes none of them match (ragstore answered ``not`` of
+    their ``and``, so a node matching one of two came back), ``is_empty`` also matches a
+    key that is null, "" or [] (ragstore matched only a missing key), and nested filters
+    left empty restrict nothing (ragstore refused an ``$and`` it was never given)."""
+    from llama_index.core.vector_stores import SimpleVectorStore
+
+    nodes = [
+        TextNode(
+            id_="db-24",
+            text="Roll back with db downgrade.",
+            metadata={"team": "db", "year": 2024, "tag": "x"},
+        ),
+        TextNode(
+            id_="ops-23",
+            text="Backups run nightly.",
+            metadata={"team": "ops", "year": 2023, "tag": ""},
+        ),
+        TextNode(
+            id_="ops-24",
+            text="Restore a backup.",
+            metadata={"team": "ops", "year": 2024, "tag": None},
+        ),
+        TextNode(
+            id_="pets-22",
+            text="Kittens sleep a lot.",
+            metadata={"team": "pets", "year": 2022, "tag": []},
+        ),
+        TextNode(
+            id_="pets-21", text="Dogs bark at night.", metadata={"team": "pets", "year": 2021}
+        ),
+    ]
+    ours = RagstoreVectorStore(store, "li-semantics")
+    ours.add(nodes)
+    theirs = SimpleVectorStore()
+    theirs.add([n.model_copy(update={"embedding": [1.0, 0.0]}) for n in nodes])
+
+    def both(filters: MetadataFilters) -> tuple[list[str], list[str]]:
+        got = ours.query(
+            VectorStoreQuery(query_str="backups", similarity_top_k=10, filters=filters)
+        )
+        want = theirs.query(
+            VectorStoreQuery(query_embedding=[1.0, 0.0], similarity_top_k=10, filters=filters)
+        )
+        return sorted(got.ids or []), sorted(want.ids or [])
+
+    cases = [
+        MetadataFilters(
+            condition=FilterCondition.NOT,
+            filters=[
+                MetadataFilter(key="team", value="ops"),
+                MetadataFilter(key="year", value=2024),
+            ],
+        ),
+        MetadataFilters(
+            filters=[MetadataFilter(key="tag", value=None, operator=FilterOperator.IS_EMPTY)]
+        ),
+    ]
+    for filters in cases:
+        got, want = both(filters)
+        assert got == want, filters
+    nested = MetadataFilters(filters=[MetadataFilters(filters=[])])
+    assert to_where(nested) is None
+    got = ours.query(VectorStoreQuery(query_str="backups", similarity_top_k=10, filters=nested))
+    assert len(got.ids or []) == 5

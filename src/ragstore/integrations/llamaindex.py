@@ -62,8 +62,13 @@ _OPS = {
 
 
 def to_where(filters: MetadataFilters | None) -> dict[str, Any] | None:
-    """LlamaIndex metadata filters as a ragstore ``where`` filter; an operator ragstore's
-    filter language lacks is refused by name."""
+    """LlamaIndex metadata filters as a ragstore ``where`` filter, meaning what LlamaIndex's
+    own store (``SimpleVectorStore``) means by them; an operator ragstore's filter language
+    lacks is refused by name. ``not`` matches the nodes that none of its filters match
+    (it was translated as ``not`` of their ``and``, so a node matching one of two came
+    back), and filters with nothing in them, nested ones too, restrict nothing (nested
+    empty ones left an empty ``$and``, refused by ragstore with an error about a filter
+    the caller never wrote)."""
     if filters is None or not filters.filters:
         return None
     parts: list[dict[str, Any]] = []
@@ -74,15 +79,19 @@ def to_where(filters: MetadataFilters | None) -> dict[str, Any] | None:
                 parts.append(sub)
             continue
         parts.append(_one(f))
+    if not parts:
+        return None
     condition = filters.condition or FilterCondition.AND
     if condition == FilterCondition.NOT:
-        return {"$not": {"$and": parts}}
+        return {"$not": {"$or": parts}}
     return {"$or": parts} if condition == FilterCondition.OR else {"$and": parts}
 
 
 def _one(f: MetadataFilter) -> dict[str, Any]:
     if f.operator == FilterOperator.IS_EMPTY:
-        return {f.key: {"$exists": False}}
+        # LlamaIndex's is_empty: the key missing, or null, "" or [] (it was the key
+        # missing alone, so nodes holding an empty value were left out)
+        return {"$or": [{f.key: {"$exists": False}}, {f.key: {"$in": [None, "", []]}}]}
     operator = FilterOperator(f.operator)
     op = _OPS.get(operator)
     if op is None:
