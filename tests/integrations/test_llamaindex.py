@@ -173,6 +173,26 @@ def test_nodes_with_and_without_embeddings_are_refused_not_silently_reembedded(
     assert "li-mixed" not in [c["name"] for c in store.list_collections()]
 
 
+def test_a_collection_ingested_outside_llamaindex_is_queried_not_crashed(store: Store) -> None:
+    """A collection filled by ``ragstore ingest`` (or LangChain, or ``Store.add_texts``)
+    has no LlamaIndex node in its metadata: every query over it raised ValueError ("Node
+    content not found in metadata dict"). Its hits now come back as text nodes, their
+    ids the documents' sources and their metadata the stored one."""
+    store.add_document("li-plain", "guide.md", "# Guide\n\nBackups run nightly.\n")
+    store.add_texts("li-plain", ["Kittens sleep most of the day."], [{"team": "pets"}], ["cat"])
+    vs = RagstoreVectorStore(store, "li-plain")
+    found = vs.query(VectorStoreQuery(query_str="which animal naps?", similarity_top_k=2))
+    assert found.ids is not None and found.nodes is not None
+    assert found.ids[0] == "cat"
+    assert found.nodes[0].node_id == "cat"
+    assert found.nodes[0].get_content() == "Kittens sleep most of the day."
+    assert found.nodes[0].metadata == {"team": "pets"}
+    retrieved = VectorStoreIndex.from_vector_store(
+        vs, embed_model=RagstoreEmbedding(store, "li-plain")
+    ).as_retriever(similarity_top_k=2)
+    assert "Backups run nightly." in retrieved.retrieve("nightly backups")[0].node.get_content()
+
+
 def test_filters_mean_what_llamaindex_means(store: Store) -> None:
     """Each filter answers as LlamaIndex's own in-memory store answers it: ``not`` of
     several filters matches the nodes none of them match (ragstore answered ``not`` of

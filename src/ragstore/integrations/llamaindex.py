@@ -29,7 +29,7 @@ from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
-from llama_index.core.schema import BaseNode, MetadataMode
+from llama_index.core.schema import BaseNode, MetadataMode, TextNode
 from llama_index.core.vector_stores.types import (
     BasePydanticVectorStore,
     FilterCondition,
@@ -220,12 +220,24 @@ class RagstoreVectorStore(BasePydanticVectorStore):
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         nodes, scores, ids = [], [], []
         for hit in out["data"]:
-            node = metadata_dict_to_node(hit["metadata"])
-            node.set_content(hit["text"])
-            nodes.append(node)
+            nodes.append(_node(hit))
             scores.append(float(hit["score"]))
             ids.append(str(hit["source"]))
         return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=ids)
+
+
+def _node(hit: dict[str, Any]) -> BaseNode:
+    """The node a hit was stored from, or, for a text stored other than through LlamaIndex
+    (``ragstore ingest``, LangChain, ``Store.add_texts``: no ``_node_content`` in its
+    metadata), a text node of the hit: its id the document's source, its metadata the
+    stored one. ``metadata_dict_to_node`` raised ValueError there, so every query over a
+    collection filled outside LlamaIndex failed."""
+    metadata = hit["metadata"]
+    if "_node_content" not in metadata:
+        return TextNode(id_=str(hit["source"]), text=hit["text"], metadata=dict(metadata))
+    node = metadata_dict_to_node(metadata)
+    node.set_content(hit["text"])
+    return node
 
 
 def _restricted(where: dict[str, Any] | None, query: VectorStoreQuery) -> dict[str, Any] | None:
