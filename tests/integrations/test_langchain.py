@@ -13,7 +13,7 @@ from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 from ragstore import Store
-from ragstore.errors import ModelMismatchError
+from ragstore.errors import EmptyDocumentError, InputError, ModelMismatchError
 from ragstore.integrations.langchain import RagstoreVectorStore
 
 
@@ -156,3 +156,26 @@ def test_a_self_query_runs_as_ragstores_where_filter(handbook: RagstoreVectorSto
             RagstoreTranslator()
         )
     assert RagstoreVectorStore(handbook.backend, "lc-none").metadata_field_info() == []
+
+
+def test_a_refused_add_with_an_outside_model_makes_no_collection(store: Store) -> None:
+    """With a LangChain embedding the collection was made for its model before the texts
+    were checked: an add refused for an empty text, bad metadata or ids of another length
+    left an empty collection pinned to that model, and the next add with the right model
+    was refused as a model mismatch. The call is checked first now (before the model is
+    called), and a refused one leaves nothing."""
+    wrong = RagstoreVectorStore(
+        store, "lc-refused", DeterministicFakeEmbedding(size=8), model_name="fake-8"
+    )
+    with pytest.raises(EmptyDocumentError):
+        wrong.add_texts(["fine", "  "])
+    with pytest.raises(InputError, match="non-finite"):
+        wrong.add_texts(["fine"], metadatas=[{"score": float("nan")}])
+    with pytest.raises(InputError, match="ids has 2 entries for 1 texts"):
+        wrong.add_texts(["fine"], ids=["a", "b"])
+    assert "lc-refused" not in {c["name"] for c in store.list_collections()}
+    right = RagstoreVectorStore(
+        store, "lc-refused", DeterministicFakeEmbedding(size=16), model_name="fake-16"
+    )
+    assert right.add_texts(["kept"], ids=["k"]) == ["k"]
+    assert store.get_collection("lc-refused")["dimension"] == 16

@@ -15,7 +15,7 @@ from llama_index.core.vector_stores.types import (
 )
 
 from ragstore import Store
-from ragstore.errors import InputError
+from ragstore.errors import EmptyDocumentError, InputError
 from ragstore.integrations.llamaindex import RagstoreEmbedding, RagstoreVectorStore, to_where
 
 NODES = [
@@ -259,3 +259,16 @@ def test_filters_mean_what_llamaindex_means(store: Store) -> None:
     assert to_where(nested) is None
     got = ours.query(VectorStoreQuery(query_str="backups", similarity_top_k=10, filters=nested))
     assert len(got.ids or []) == 5
+
+
+def test_a_refused_add_of_an_outside_models_nodes_makes_no_collection(store: Store) -> None:
+    """With ``model_name`` the collection was made for that model before the nodes were
+    checked: a refused add (an empty node, metadata JSON cannot hold) left an empty
+    collection pinned to the model. A refused add leaves nothing now."""
+    vs = RagstoreVectorStore(store, "li-refused", model_name="outside")
+    with pytest.raises(InputError, match="out of the 64-bit range"):
+        vs.add([TextNode(id_="a", text="fine", metadata={"x": 10**30}, embedding=[0.1] * 4)])
+    with pytest.raises(EmptyDocumentError):
+        vs.add([TextNode(id_="b", text=" ", embedding=[0.1] * 4)])
+    assert "li-refused" not in {c["name"] for c in store.list_collections()}
+    assert vs.add([TextNode(id_="c", text="kept", embedding=[0.1] * 4)]) == ["c"]

@@ -38,6 +38,7 @@ from langchain_core.structured_query import (
 from langchain_core.vectorstores import VectorStore
 
 from ragstore.errors import CollectionNotFoundError
+from ragstore.ingest.texts import check_call
 from ragstore.integrations.backend import (
     Backend,
     described_fields,
@@ -98,7 +99,11 @@ class RagstoreVectorStore(VectorStore):
         chosen = [i if i else uuid.uuid4().hex for i in given]
         vectors = None
         if self._embedding is not None:
+            # checked before the collection is made for the model (and before the model
+            # is called): a refused add left an empty collection pinned to it
+            check_call(batch, metadatas, chosen, None)
             vectors = self._embedding.embed_documents(batch)
+            check_call(batch, metadatas, chosen, vectors)
             assert self.model_name is not None
             ensure_vector_collection(
                 self.backend, self.collection, self.model_name, len(vectors[0]), self.distance

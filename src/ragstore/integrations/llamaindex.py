@@ -44,6 +44,7 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
 from ragstore.errors import CollectionNotFoundError, InputError
+from ragstore.ingest.texts import check_call
 from ragstore.integrations.backend import Backend, described_fields, ensure_vector_collection
 from ragstore.store import Store
 
@@ -159,6 +160,9 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         if all(given):
             vectors = [list(n.embedding or []) for n in nodes]
             if self._model_name is not None:
+                # checked before the collection is made for the model: a refused add
+                # left an empty collection pinned to it
+                check_call(texts, metas, ids, vectors)
                 ensure_vector_collection(
                     self._backend, self._collection, self._model_name, len(vectors[0])
                 )
