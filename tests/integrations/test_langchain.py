@@ -179,3 +179,16 @@ def test_a_refused_add_with_an_outside_model_makes_no_collection(store: Store) -
     )
     assert right.add_texts(["kept"], ids=["k"]) == ["k"]
     assert store.get_collection("lc-refused")["dimension"] == 16
+
+
+def test_k_is_not_coerced(handbook: RagstoreVectorStore) -> None:
+    """``similarity_search`` cast k with ``int()``: k=2.5 searched for 2 hits, k=True for
+    1 and k="3" for 3, where every other search of ragstore (``Store.search``, the
+    relevance-score search beside it, the API) refuses them. Now refused alike; an
+    integer of numpy's is an integer."""
+    import numpy as np
+
+    for k in (2.5, True, "3"):
+        with pytest.raises(InputError, match="k must be an integer"):
+            handbook.similarity_search("backups", k=k)  # type: ignore[arg-type]
+    assert len(handbook.similarity_search("backups", k=np.int64(2))) == 2  # type: ignore[arg-type]

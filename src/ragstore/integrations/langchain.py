@@ -20,6 +20,7 @@ LangChain ``id`` is its ragstore text id.
 
 from __future__ import annotations
 
+import numbers
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
@@ -229,10 +230,15 @@ class RagstoreVectorStore(VectorStore):
 def _query_args(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[str, int, dict[str, Any] | None]:
+    """``(query, k, filter)``: ``k`` is checked by the search, as every search of ragstore
+    checks it (cast with ``int()``, k=2.5 searched for 2 hits and k=True for 1); an
+    integer of another type (numpy's) is made a Python ``int``, which a Client can send."""
     query = args[0] if args else kwargs["query"]
     k = args[1] if len(args) > 1 else kwargs.get("k", 4)
+    if isinstance(k, numbers.Integral) and not isinstance(k, bool):
+        k = int(k)
     where = kwargs.get("filter")
-    return str(query), int(k), where
+    return str(query), k, where
 
 
 class RagstoreTranslator(Visitor):
