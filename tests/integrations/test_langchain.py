@@ -192,3 +192,24 @@ def test_k_is_not_coerced(handbook: RagstoreVectorStore) -> None:
         with pytest.raises(InputError, match="k must be an integer"):
             handbook.similarity_search("backups", k=k)  # type: ignore[arg-type]
     assert len(handbook.similarity_search("backups", k=np.int64(2))) == 2  # type: ignore[arg-type]
+
+
+def test_a_model_name_with_a_revision_is_taken(store: Store) -> None:
+    """``model_name="NAME@REVISION"`` (ragstore's way to name a model's revision) was
+    compared by its name alone with the collection's ``NAME@REVISION``: the first add made
+    the collection and was then refused as a mismatch of the model with itself ("holds
+    vectors of org/model@v2, and these texts come with vectors of org/model@v2"), every
+    later one too. The revision now counts: the same one is taken, another refused."""
+    fake = DeterministicFakeEmbedding(size=4)
+    vs = RagstoreVectorStore(store, "lc-revision", fake, model_name="org/model@v2")
+    assert vs.add_texts(["first"], ids=["1"]) == ["1"]
+    assert vs.add_texts(["second"], ids=["2"]) == ["2"]
+    assert store.get_collection("lc-revision")["model"] == "org/model@v2"
+    assert RagstoreVectorStore(store, "lc-revision", fake, model_name="org/model").add_texts(
+        ["any revision"], ids=["3"]
+    ) == ["3"]
+    with pytest.raises(ModelMismatchError, match="holds vectors of org/model@v2"):
+        RagstoreVectorStore(store, "lc-revision", fake, model_name="org/model@v3").add_texts(
+            ["another revision"]
+        )
+    assert store.get_collection("lc-revision")["documents"] == 3
