@@ -272,3 +272,25 @@ def test_a_refused_add_of_an_outside_models_nodes_makes_no_collection(store: Sto
         vs.add([TextNode(id_="b", text=" ", embedding=[0.1] * 4)])
     assert "li-refused" not in {c["name"] for c in store.list_collections()}
     assert vs.add([TextNode(id_="c", text="kept", embedding=[0.1] * 4)]) == ["c"]
+
+
+def test_a_query_mode_ragstore_cannot_run_is_refused_not_ignored(index: VectorStoreIndex) -> None:
+    """``VectorStoreQuery.mode`` was ignored: a retriever asking for MMR (diverse hits),
+    SVM or sparse vectors got the plain hybrid ranking with no word. The modes ragstore
+    has run as asked (``text_search`` is its full-text search, ``hybrid`` its hybrid);
+    the others are refused, naming those it takes."""
+    from llama_index.core.vector_stores.types import VectorStoreQueryMode
+
+    vs = index.vector_store
+    for mode in (VectorStoreQueryMode.MMR, VectorStoreQueryMode.SVM, VectorStoreQueryMode.SPARSE):
+        with pytest.raises(InputError, match=f"query mode {mode.value} .*default, hybrid"):
+            vs.query(VectorStoreQuery(query_str="backups", similarity_top_k=2, mode=mode))
+    text = vs.query(
+        VectorStoreQuery(
+            query_str="nightly", similarity_top_k=3, mode=VectorStoreQueryMode.TEXT_SEARCH
+        )
+    )
+    assert text.ids == ["backups"]  # full text: only the node holding the word
+    retriever = index.as_retriever(similarity_top_k=2, vector_store_query_mode="mmr")
+    with pytest.raises(InputError, match="query mode mmr"):
+        retriever.retrieve("backups")

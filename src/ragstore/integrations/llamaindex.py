@@ -39,6 +39,7 @@ from llama_index.core.vector_stores.types import (
     MetadataInfo,
     VectorStoreInfo,
     VectorStoreQuery,
+    VectorStoreQueryMode,
     VectorStoreQueryResult,
 )
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
@@ -209,14 +210,19 @@ class RagstoreVectorStore(BasePydanticVectorStore):
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         where = _restricted(to_where(query.filters), query)
         k = query.similarity_top_k
+        mode = _mode(query.mode, self._mode)
         try:
             if query.query_str:
                 out = self._backend.search(
-                    self._collection, query.query_str, k=k, where=where, mode=self._mode
+                    self._collection, query.query_str, k=k, where=where, mode=mode
                 )
             elif query.query_embedding is not None:
                 out = self._backend.search(
-                    self._collection, vector=query.query_embedding, k=k, where=where
+                    self._collection,
+                    vector=query.query_embedding,
+                    k=k,
+                    where=where,
+                    mode=None if query.mode == VectorStoreQueryMode.DEFAULT else mode,
                 )
             else:
                 raise InputError("the query has neither text nor an embedding")
@@ -228,6 +234,25 @@ class RagstoreVectorStore(BasePydanticVectorStore):
             scores.append(float(hit["score"]))
             ids.append(str(hit["source"]))
         return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=ids)
+
+
+# the query modes ragstore runs, as its search modes (DEFAULT: the store's own mode)
+_MODES = {VectorStoreQueryMode.HYBRID: "hybrid", VectorStoreQueryMode.TEXT_SEARCH: "fulltext"}
+
+
+def _mode(asked: VectorStoreQueryMode | str, default: str) -> str:
+    """The ragstore search mode for a query's ``mode``, or InputError for one ragstore
+    cannot run (MMR, SVM, sparse vectors...): ignored, such a retriever got the plain
+    ranking with no word that its mode was not applied."""
+    mode = VectorStoreQueryMode(asked)
+    if mode == VectorStoreQueryMode.DEFAULT:
+        return default
+    if mode not in _MODES:
+        raise InputError(
+            f"query mode {mode.value} is not one ragstore can run; use one of default, "
+            "hybrid or text_search (ragstore's full-text search)"
+        )
+    return _MODES[mode]
 
 
 def _node(hit: dict[str, Any]) -> BaseNode:
