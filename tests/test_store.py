@@ -379,3 +379,16 @@ def test_a_closed_store_refuses_use_and_opens_no_new_pool(settings: Settings) ->
         with pytest.raises(RuntimeError, match="this Store is closed; open a new Store"):
             use()
     assert backends() == before
+
+
+def test_a_text_of_a_byte_order_mark_alone_is_refused_before_any_batch(store: Store) -> None:
+    """A text that is only a byte-order mark (U+FEFF) passed the empty-text check (it is
+    not whitespace to ``str.strip``) and failed when parsed, the UTF-8 BOM dropped: in
+    a later batch of a long call the batches before it were stored by then, and the
+    error named the text as "the file". It is refused with the empty texts now, before
+    anything is stored."""
+    texts = [f"text number {i}" for i in range(300)] + ["\ufeff"]
+    with pytest.raises(EmptyDocumentError, match=r"texts\[300\] is empty"):
+        store.add_texts("bom-alone", texts)
+    assert "bom-alone" not in {c["name"] for c in store.list_collections()}
+    assert store.add_texts("bom-alone", ["\ufeffkept, its mark and all"])["added"] == 1

@@ -87,7 +87,9 @@ def check_texts(
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise InputError(f"texts[{i}] is a {type(text).__name__}, not a string")
-        if not text.strip():
+        # a leading byte-order mark is dropped when the text is parsed: a text of one
+        # alone passed here and failed there, after the batches before it were stored
+        if not text.removeprefix("\ufeff").strip():
             raise EmptyDocumentError(f"texts[{i}] is empty; give it some text")
         storable_text(text, f"texts[{i}]")
     seen: set[str] = set()

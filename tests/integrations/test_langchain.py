@@ -13,7 +13,7 @@ from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 from ragstore import Store
-from ragstore.errors import ModelMismatchError
+from ragstore.errors import EmptyDocumentError, InputError, ModelMismatchError
 from ragstore.integrations.langchain import RagstoreVectorStore
 
 
@@ -156,3 +156,60 @@ def test_a_self_query_runs_as_ragstores_where_filter(handbook: RagstoreVectorSto
             RagstoreTranslator()
         )
     assert RagstoreVectorStore(handbook.backend, "lc-none").metadata_field_info() == []
+
+
+def test_a_refused_add_with_an_outside_model_makes_no_collection(store: Store) -> None:
+    """With a LangChain embedding the collection was made for its model before the texts
+    were checked: an add refused for an empty text, bad metadata or ids of another length
+    left an empty collection pinned to that model, and the next add with the right model
+    was refused as a model mismatch. The call is checked first now (before the model is
+    called), and a refused one leaves nothing."""
+    wrong = RagstoreVectorStore(
+        store, "lc-refused", DeterministicFakeEmbedding(size=8), model_name="fake-8"
+    )
+    with pytest.raises(EmptyDocumentError):
+        wrong.add_texts(["fine", "  "])
+    with pytest.raises(InputError, match="non-finite"):
+        wrong.add_texts(["fine"], metadatas=[{"score": float("nan")}])
+    with pytest.raises(InputError, match="ids has 2 entries for 1 texts"):
+        wrong.add_texts(["fine"], ids=["a", "b"])
+    assert "lc-refused" not in {c["name"] for c in store.list_collections()}
+    right = RagstoreVectorStore(
+        store, "lc-refused", DeterministicFakeEmbedding(size=16), model_name="fake-16"
+    )
+    assert right.add_texts(["kept"], ids=["k"]) == ["k"]
+    assert store.get_collection("lc-refused")["dimension"] == 16
+
+
+def test_k_is_not_coerced(handbook: RagstoreVectorStore) -> None:
+    """``similarity_search`` cast k with ``int()``: k=2.5 searched for 2 hits, k=True for
+    1 and k="3" for 3, where every other search of ragstore (``Store.search``, the
+    relevance-score search beside it, the API) refuses them. Now refused alike; an
+    integer of numpy's is an integer."""
+    import numpy as np
+
+    for k in (2.5, True, "3"):
+        with pytest.raises(InputError, match="k must be an integer"):
+            handbook.similarity_search("backups", k=k)  # type: ignore[arg-type]
+    assert len(handbook.similarity_search("backups", k=np.int64(2))) == 2  # type: ignore[arg-type]
+
+
+def test_a_model_name_with_a_revision_is_taken(store: Store) -> None:
+    """``model_name="NAME@REVISION"`` (ragstore's way to name a model's revision) was
+    compared by its name alone with the collection's ``NAME@REVISION``: the first add made
+    the collection and was then refused as a mismatch of the model with itself ("holds
+    vectors of org/model@v2, and these texts come with vectors of org/model@v2"), every
+    later one too. The revision now counts: the same one is taken, another refused."""
+    fake = DeterministicFakeEmbedding(size=4)
+    vs = RagstoreVectorStore(store, "lc-revision", fake, model_name="org/model@v2")
+    assert vs.add_texts(["first"], ids=["1"]) == ["1"]
+    assert vs.add_texts(["second"], ids=["2"]) == ["2"]
+    assert store.get_collection("lc-revision")["model"] == "org/model@v2"
+    assert RagstoreVectorStore(store, "lc-revision", fake, model_name="org/model").add_texts(
+        ["any revision"], ids=["3"]
+    ) == ["3"]
+    with pytest.raises(ModelMismatchError, match="holds vectors of org/model@v2"):
+        RagstoreVectorStore(store, "lc-revision", fake, model_name="org/model@v3").add_texts(
+            ["another revision"]
+        )
+    assert store.get_collection("lc-revision")["documents"] == 3

@@ -15,7 +15,7 @@ from llama_index.core.vector_stores.types import (
 )
 
 from ragstore import Store
-from ragstore.errors import InputError
+from ragstore.errors import EmptyDocumentError, InputError
 from ragstore.integrations.llamaindex import RagstoreEmbedding, RagstoreVectorStore, to_where
 
 NODES = [
@@ -171,3 +171,126 @@ def test_nodes_with_and_without_embeddings_are_refused_not_silently_reembedded(
     with pytest.raises(InputError, match=r"nodes\[1\] has no embedding while nodes\[0\]"):
         vs.add(mixed)
     assert "li-mixed" not in [c["name"] for c in store.list_collections()]
+
+
+def test_a_collection_ingested_outside_llamaindex_is_queried_not_crashed(store: Store) -> None:
+    """A collection filled by ``ragstore ingest`` (or LangChain, or ``Store.add_texts``)
+    has no LlamaIndex node in its metadata: every query over it raised ValueError ("Node
+    content not found in metadata dict"). Its hits now come back as text nodes, their
+    ids the documents' sources and their metadata the stored one."""
+    store.add_document("li-plain", "guide.md", "# Guide\n\nBackups run nightly.\n")
+    store.add_texts("li-plain", ["Kittens sleep most of the day."], [{"team": "pets"}], ["cat"])
+    vs = RagstoreVectorStore(store, "li-plain")
+    found = vs.query(VectorStoreQuery(query_str="which animal naps?", similarity_top_k=2))
+    assert found.ids is not None and found.nodes is not None
+    assert found.ids[0] == "cat"
+    assert found.nodes[0].node_id == "cat"
+    assert found.nodes[0].get_content() == "Kittens sleep most of the day."
+    assert found.nodes[0].metadata == {"team": "pets"}
+    retrieved = VectorStoreIndex.from_vector_store(
+        vs, embed_model=RagstoreEmbedding(store, "li-plain")
+    ).as_retriever(similarity_top_k=2)
+    assert "Backups run nightly." in retrieved.retrieve("nightly backups")[0].node.get_content()
+
+
+def test_filters_mean_what_llamaindex_means(store: Store) -> None:
+    """Each filter answers as LlamaIndex's own in-memory store answers it: ``not`` of
+    several filters matches the nodes none of them match (ragstore answered ``not`` of
+    their ``and``, so a node matching one of two came back), ``is_empty`` also matches a
+    key that is null, "" or [] (ragstore matched only a missing key), and nested filters
+    left empty restrict nothing (ragstore refused an ``$and`` it was never given)."""
+    from llama_index.core.vector_stores import SimpleVectorStore
+
+    nodes = [
+        TextNode(
+            id_="db-24",
+            text="Roll back with db downgrade.",
+            metadata={"team": "db", "year": 2024, "tag": "x"},
+        ),
+        TextNode(
+            id_="ops-23",
+            text="Backups run nightly.",
+            metadata={"team": "ops", "year": 2023, "tag": ""},
+        ),
+        TextNode(
+            id_="ops-24",
+            text="Restore a backup.",
+            metadata={"team": "ops", "year": 2024, "tag": None},
+        ),
+        TextNode(
+            id_="pets-22",
+            text="Kittens sleep a lot.",
+            metadata={"team": "pets", "year": 2022, "tag": []},
+        ),
+        TextNode(
+            id_="pets-21", text="Dogs bark at night.", metadata={"team": "pets", "year": 2021}
+        ),
+    ]
+    ours = RagstoreVectorStore(store, "li-semantics")
+    ours.add(nodes)
+    theirs = SimpleVectorStore()
+    theirs.add([n.model_copy(update={"embedding": [1.0, 0.0]}) for n in nodes])
+
+    def both(filters: MetadataFilters) -> tuple[list[str], list[str]]:
+        got = ours.query(
+            VectorStoreQuery(query_str="backups", similarity_top_k=10, filters=filters)
+        )
+        want = theirs.query(
+            VectorStoreQuery(query_embedding=[1.0, 0.0], similarity_top_k=10, filters=filters)
+        )
+        return sorted(got.ids or []), sorted(want.ids or [])
+
+    cases = [
+        MetadataFilters(
+            condition=FilterCondition.NOT,
+            filters=[
+                MetadataFilter(key="team", value="ops"),
+                MetadataFilter(key="year", value=2024),
+            ],
+        ),
+        MetadataFilters(
+            filters=[MetadataFilter(key="tag", value=None, operator=FilterOperator.IS_EMPTY)]
+        ),
+    ]
+    for filters in cases:
+        got, want = both(filters)
+        assert got == want, filters
+    nested = MetadataFilters(filters=[MetadataFilters(filters=[])])
+    assert to_where(nested) is None
+    got = ours.query(VectorStoreQuery(query_str="backups", similarity_top_k=10, filters=nested))
+    assert len(got.ids or []) == 5
+
+
+def test_a_refused_add_of_an_outside_models_nodes_makes_no_collection(store: Store) -> None:
+    """With ``model_name`` the collection was made for that model before the nodes were
+    checked: a refused add (an empty node, metadata JSON cannot hold) left an empty
+    collection pinned to the model. A refused add leaves nothing now."""
+    vs = RagstoreVectorStore(store, "li-refused", model_name="outside")
+    with pytest.raises(InputError, match="out of the 64-bit range"):
+        vs.add([TextNode(id_="a", text="fine", metadata={"x": 10**30}, embedding=[0.1] * 4)])
+    with pytest.raises(EmptyDocumentError):
+        vs.add([TextNode(id_="b", text=" ", embedding=[0.1] * 4)])
+    assert "li-refused" not in {c["name"] for c in store.list_collections()}
+    assert vs.add([TextNode(id_="c", text="kept", embedding=[0.1] * 4)]) == ["c"]
+
+
+def test_a_query_mode_ragstore_cannot_run_is_refused_not_ignored(index: VectorStoreIndex) -> None:
+    """``VectorStoreQuery.mode`` was ignored: a retriever asking for MMR (diverse hits),
+    SVM or sparse vectors got the plain hybrid ranking with no word. The modes ragstore
+    has run as asked (``text_search`` is its full-text search, ``hybrid`` its hybrid);
+    the others are refused, naming those it takes."""
+    from llama_index.core.vector_stores.types import VectorStoreQueryMode
+
+    vs = index.vector_store
+    for mode in (VectorStoreQueryMode.MMR, VectorStoreQueryMode.SVM, VectorStoreQueryMode.SPARSE):
+        with pytest.raises(InputError, match=f"query mode {mode.value} .*default, hybrid"):
+            vs.query(VectorStoreQuery(query_str="backups", similarity_top_k=2, mode=mode))
+    text = vs.query(
+        VectorStoreQuery(
+            query_str="nightly", similarity_top_k=3, mode=VectorStoreQueryMode.TEXT_SEARCH
+        )
+    )
+    assert text.ids == ["backups"]  # full text: only the node holding the word
+    retriever = index.as_retriever(similarity_top_k=2, vector_store_query_mode="mmr")
+    with pytest.raises(InputError, match="query mode mmr"):
+        retriever.retrieve("backups")

@@ -104,6 +104,26 @@ def _checked(
     return out_ids, metas, matrix
 
 
+def check_call(
+    texts: Sequence[str],
+    metadatas: Sequence[Mapping[str, Any]] | None,
+    ids: Sequence[str] | None,
+    vectors: Sequence[Sequence[float]] | np.ndarray | None,
+) -> None:
+    """Refuse what :func:`add_texts` would refuse in a call's own texts, ids, metadata and
+    vectors (the vectors' dimension their own), before anything is made. For the
+    integrations that make a collection for an outside model's vectors ahead of the add:
+    made first, a refused add (an empty text, metadata JSON cannot hold) left an empty
+    collection pinned to that model, and the next add with the right model was refused."""
+    for i, meta in enumerate(metadatas or ()):
+        if isinstance(meta, Mapping):
+            check_value(meta, f"metadatas[{i}]")
+    dimension = 0
+    if vectors is not None:
+        dimension = int(float32_array(vectors, "vectors").shape[-1])
+    _checked(texts, metadatas, ids, vectors, dimension)
+
+
 def _digest(
     text: str, metadata: dict[str, Any], vector: np.ndarray | None = None, passage_prefix: str = ""
 ) -> str:

@@ -84,13 +84,25 @@ def ensure_vector_collection(
         with suppress(ConflictError):  # made meanwhile by another writer
             backend.create_collection(name, model=model, dimension=dimension, distance=distance)
         held = str(backend.get_collection(name)["model"])
-    if held.rsplit("@", 1)[0] != model:
+    if not same_model(held, model):
         raise ModelMismatchError(
             f"collection {name!r} holds vectors of {held}, and these texts come with vectors "
             f"of {model} (the store's embedding): the two cannot be searched together. Use "
             "another collection, or pass model_name= naming the collection's model if the "
             "embedding is that model"
         )
+
+
+def same_model(held: str, model: str) -> bool:
+    """Whether a collection's model key ``held`` (``NAME@REVISION``) is ``model``: its
+    name alone matches any revision, ``NAME@REVISION`` that revision only. Compared by
+    name alone, a ``model_name`` with a revision never matched the collection made for it,
+    so the first add made the collection and was refused as a mismatch with itself."""
+    held_name, _, held_revision = held.partition("@")
+    name, at, revision = model.partition("@")
+    if held_name != name.strip():
+        return False
+    return not at or held_revision == (revision.strip() or "imported")
 
 
 def exists(backend: Backend, name: str) -> bool:

@@ -20,6 +20,7 @@ LangChain ``id`` is its ragstore text id.
 
 from __future__ import annotations
 
+import numbers
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
@@ -38,6 +39,7 @@ from langchain_core.structured_query import (
 from langchain_core.vectorstores import VectorStore
 
 from ragstore.errors import CollectionNotFoundError
+from ragstore.ingest.texts import check_call
 from ragstore.integrations.backend import (
     Backend,
     described_fields,
@@ -98,7 +100,11 @@ class RagstoreVectorStore(VectorStore):
         chosen = [i if i else uuid.uuid4().hex for i in given]
         vectors = None
         if self._embedding is not None:
+            # checked before the collection is made for the model (and before the model
+            # is called): a refused add left an empty collection pinned to it
+            check_call(batch, metadatas, chosen, None)
             vectors = self._embedding.embed_documents(batch)
+            check_call(batch, metadatas, chosen, vectors)
             assert self.model_name is not None
             ensure_vector_collection(
                 self.backend, self.collection, self.model_name, len(vectors[0]), self.distance
@@ -224,10 +230,15 @@ class RagstoreVectorStore(VectorStore):
 def _query_args(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[str, int, dict[str, Any] | None]:
+    """``(query, k, filter)``: ``k`` is checked by the search, as every search of ragstore
+    checks it (cast with ``int()``, k=2.5 searched for 2 hits and k=True for 1); an
+    integer of another type (numpy's) is made a Python ``int``, which a Client can send."""
     query = args[0] if args else kwargs["query"]
     k = args[1] if len(args) > 1 else kwargs.get("k", 4)
+    if isinstance(k, numbers.Integral) and not isinstance(k, bool):
+        k = int(k)
     where = kwargs.get("filter")
-    return str(query), int(k), where
+    return str(query), k, where
 
 
 class RagstoreTranslator(Visitor):

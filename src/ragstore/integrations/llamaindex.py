@@ -29,7 +29,7 @@ from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
-from llama_index.core.schema import BaseNode, MetadataMode
+from llama_index.core.schema import BaseNode, MetadataMode, TextNode
 from llama_index.core.vector_stores.types import (
     BasePydanticVectorStore,
     FilterCondition,
@@ -39,11 +39,13 @@ from llama_index.core.vector_stores.types import (
     MetadataInfo,
     VectorStoreInfo,
     VectorStoreQuery,
+    VectorStoreQueryMode,
     VectorStoreQueryResult,
 )
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
 from ragstore.errors import CollectionNotFoundError, InputError
+from ragstore.ingest.texts import check_call
 from ragstore.integrations.backend import Backend, described_fields, ensure_vector_collection
 from ragstore.store import Store
 
@@ -62,8 +64,13 @@ _OPS = {
 
 
 def to_where(filters: MetadataFilters | None) -> dict[str, Any] | None:
-    """LlamaIndex metadata filters as a ragstore ``where`` filter; an operator ragstore's
-    filter language lacks is refused by name."""
+    """LlamaIndex metadata filters as a ragstore ``where`` filter, meaning what LlamaIndex's
+    own store (``SimpleVectorStore``) means by them; an operator ragstore's filter language
+    lacks is refused by name. ``not`` matches the nodes that none of its filters match
+    (it was translated as ``not`` of their ``and``, so a node matching one of two came
+    back), and filters with nothing in them, nested ones too, restrict nothing (nested
+    empty ones left an empty ``$and``, refused by ragstore with an error about a filter
+    the caller never wrote)."""
     if filters is None or not filters.filters:
         return None
     parts: list[dict[str, Any]] = []
@@ -74,15 +81,19 @@ def to_where(filters: MetadataFilters | None) -> dict[str, Any] | None:
                 parts.append(sub)
             continue
         parts.append(_one(f))
+    if not parts:
+        return None
     condition = filters.condition or FilterCondition.AND
     if condition == FilterCondition.NOT:
-        return {"$not": {"$and": parts}}
+        return {"$not": {"$or": parts}}
     return {"$or": parts} if condition == FilterCondition.OR else {"$and": parts}
 
 
 def _one(f: MetadataFilter) -> dict[str, Any]:
     if f.operator == FilterOperator.IS_EMPTY:
-        return {f.key: {"$exists": False}}
+        # LlamaIndex's is_empty: the key missing, or null, "" or [] (it was the key
+        # missing alone, so nodes holding an empty value were left out)
+        return {"$or": [{f.key: {"$exists": False}}, {f.key: {"$in": [None, "", []]}}]}
     operator = FilterOperator(f.operator)
     op = _OPS.get(operator)
     if op is None:
@@ -150,6 +161,9 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         if all(given):
             vectors = [list(n.embedding or []) for n in nodes]
             if self._model_name is not None:
+                # checked before the collection is made for the model: a refused add
+                # left an empty collection pinned to it
+                check_call(texts, metas, ids, vectors)
                 ensure_vector_collection(
                     self._backend, self._collection, self._model_name, len(vectors[0])
                 )
@@ -196,14 +210,19 @@ class RagstoreVectorStore(BasePydanticVectorStore):
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         where = _restricted(to_where(query.filters), query)
         k = query.similarity_top_k
+        mode = _mode(query.mode, self._mode)
         try:
             if query.query_str:
                 out = self._backend.search(
-                    self._collection, query.query_str, k=k, where=where, mode=self._mode
+                    self._collection, query.query_str, k=k, where=where, mode=mode
                 )
             elif query.query_embedding is not None:
                 out = self._backend.search(
-                    self._collection, vector=query.query_embedding, k=k, where=where
+                    self._collection,
+                    vector=query.query_embedding,
+                    k=k,
+                    where=where,
+                    mode=None if query.mode == VectorStoreQueryMode.DEFAULT else mode,
                 )
             else:
                 raise InputError("the query has neither text nor an embedding")
@@ -211,12 +230,43 @@ class RagstoreVectorStore(BasePydanticVectorStore):
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         nodes, scores, ids = [], [], []
         for hit in out["data"]:
-            node = metadata_dict_to_node(hit["metadata"])
-            node.set_content(hit["text"])
-            nodes.append(node)
+            nodes.append(_node(hit))
             scores.append(float(hit["score"]))
             ids.append(str(hit["source"]))
         return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=ids)
+
+
+# the query modes ragstore runs, as its search modes (DEFAULT: the store's own mode)
+_MODES = {VectorStoreQueryMode.HYBRID: "hybrid", VectorStoreQueryMode.TEXT_SEARCH: "fulltext"}
+
+
+def _mode(asked: VectorStoreQueryMode | str, default: str) -> str:
+    """The ragstore search mode for a query's ``mode``, or InputError for one ragstore
+    cannot run (MMR, SVM, sparse vectors...): ignored, such a retriever got the plain
+    ranking with no word that its mode was not applied."""
+    mode = VectorStoreQueryMode(asked)
+    if mode == VectorStoreQueryMode.DEFAULT:
+        return default
+    if mode not in _MODES:
+        raise InputError(
+            f"query mode {mode.value} is not one ragstore can run; use one of default, "
+            "hybrid or text_search (ragstore's full-text search)"
+        )
+    return _MODES[mode]
+
+
+def _node(hit: dict[str, Any]) -> BaseNode:
+    """The node a hit was stored from, or, for a text stored other than through LlamaIndex
+    (``ragstore ingest``, LangChain, ``Store.add_texts``: no ``_node_content`` in its
+    metadata), a text node of the hit: its id the document's source, its metadata the
+    stored one. ``metadata_dict_to_node`` raised ValueError there, so every query over a
+    collection filled outside LlamaIndex failed."""
+    metadata = hit["metadata"]
+    if "_node_content" not in metadata:
+        return TextNode(id_=str(hit["source"]), text=hit["text"], metadata=dict(metadata))
+    node = metadata_dict_to_node(metadata)
+    node.set_content(hit["text"])
+    return node
 
 
 def _restricted(where: dict[str, Any] | None, query: VectorStoreQuery) -> dict[str, Any] | None:
