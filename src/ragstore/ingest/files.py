@@ -181,17 +181,24 @@ def not_ingestible(path: Path, shown: str) -> InputError:
 
 def gone_from_disk(source: str) -> bool:
     """Whether a stored source is known to be gone: nothing at its path (``ENOENT``, or a
-    parent that is no longer a folder). One that cannot be looked at (a folder whose
-    search permission was taken away, an I/O error, a link loop) is not known to be gone,
-    so ``--sync`` does not call it vanished and ``--prune`` does not delete it; with
-    ``Path.exists()`` such a source raised ``PermissionError`` out of the whole ingest."""
+    parent that is no longer a folder), or no longer a file of its own there. One that
+    cannot be looked at (a folder whose search permission was taken away, an I/O error, a
+    link loop) is not known to be gone, so ``--sync`` does not call it vanished and
+    ``--prune`` does not delete it; with ``Path.exists()`` such a source raised
+    ``PermissionError`` out of the whole ingest.
+
+    A stored source is a real path (links resolved). Where the path now leads through a
+    symbolic link (the file, or a folder on its way, replaced by a link) or ends at
+    something that is not a regular file (a pipe, a folder), a folder's walk no longer
+    ingests anything under that name: the document was kept, old content and all, and
+    neither reported nor pruned, as if the file were still there."""
     try:
-        os.stat(source)
+        st = os.stat(source)
     except (FileNotFoundError, NotADirectoryError):
         return True
     except OSError:
         return False
-    return False
+    return not stat.S_ISREG(st.st_mode) or os.path.realpath(source) != source
 
 
 def unreadable(path: Path, exc: OSError) -> InputError:
