@@ -954,7 +954,12 @@ def ingest_plan(
     below the folder. The answer gains ``skipped``: the links not followed.
     """
     # the ingest package is slow to import
-    from ragstore.ingest.files import LINK_OUTSIDE_FOLDER, discover, link_outside_detail
+    from ragstore.ingest.files import (
+        LINK_OUTSIDE_FOLDER,
+        discover,
+        link_outside_detail,
+        stat_mode,
+    )
 
     # one path given bare is that path, as Store.ingest takes it, not its characters
     # ("notes.md" was "n", "o", ..., and "." the whole working directory)
@@ -962,7 +967,9 @@ def ingest_plan(
     files: list[Upload | tuple[str, StreamedFile]] = []
     skipped: list[dict[str, str]] = []
     for p in map(Path, given):
-        if p.is_dir():
+        # not Path.is_dir(): it raised OSError for a name too long, say (the upload below
+        # reports such a file as one RagstoreError)
+        if stat.S_ISDIR(stat_mode(p)):
             found = discover([p])
             top = p.resolve()
             files += [(str(f.relative_to(top)), StreamedFile(f)) for f in found.files]

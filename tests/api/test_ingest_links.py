@@ -183,13 +183,22 @@ def test_the_remote_cli_says_what_a_named_path_is_as_a_local_ingest_does(
     (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
     (tmp_path / "broken").symlink_to(tmp_path / "nowhere.md")
     os.mkfifo(tmp_path / "pipe")
-    named = [tmp_path / "loop1", tmp_path / "broken", tmp_path / "pipe", tmp_path / "gone.md"]
+    long = tmp_path / ("n" * 300)  # its stat fails: Path.is_file() raised out of discover
+    named = [
+        tmp_path / "loop1",
+        tmp_path / "broken",
+        tmp_path / "pipe",
+        tmp_path / "gone.md",
+        long,
+    ]
     with Client(open_url) as client:
         result = ingest_remote(client, open_url, named, "named-paths", {}, lambda *a: None)
     got = {Path(str(f["document"])).name: (f["code"], str(f["detail"])) for f in result.failed}
     assert got["loop1"][0] == "path_not_found" and "loops" in got["loop1"][1]
     assert got["broken"][0] == "path_not_found" and "nowhere.md" in got["broken"][1]
     assert got["pipe"][0] == "file_unreadable" and "pipe" in got["pipe"][1]
+    assert got[long.name][0] == "file_unreadable"
+    assert "cannot look at it: File name too long" in got[long.name][1]
     assert got["gone.md"] == (
         "path_not_found",
         f"{tmp_path / 'gone.md'}: no such file or directory",
@@ -209,6 +218,8 @@ def test_the_client_raises_ragstore_errors_for_files_it_cannot_read(
             client.ingest("unreadable-client", ["/proc/self/mem"])
         with pytest.raises(PathNotFoundError, match="no such file"):
             client.upload("unreadable-client", [tmp_path / "gone.md"])
+        with pytest.raises(FileUnreadableError, match="too long"):  # was OSError from is_dir
+            client.ingest("unreadable-client", [tmp_path / ("n" * 300 + ".md")])
 
 
 def test_store_ingest_error_says_what_it_stored(settings: Settings, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ to it, so a command pays one HTTP round trip instead of loading the model itself
 from __future__ import annotations
 
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -101,9 +102,12 @@ class RemoteFailed(Exception):
 
 def upload_names(paths: list[Path], files: list[Path]) -> dict[Path, str]:
     """The name each file is uploaded under: a folder's files keep their path below the
-    folder (prefixed with its name), a file named directly its base name."""
+    folder (prefixed with its name), a file named directly its base name. A path that
+    cannot be looked at is no folder here (``Path.is_dir()`` raised on it: discover)."""
+    from ragstore.ingest.files import stat_mode
+
     names: dict[Path, str] = {}
-    roots = [p.resolve() for p in paths if p.is_dir()]
+    roots = [p.resolve() for p in paths if stat.S_ISDIR(stat_mode(p))]
     for f in files:
         root = next((r for r in roots if f.is_relative_to(r)), None)
         names[f] = (

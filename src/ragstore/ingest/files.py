@@ -44,9 +44,10 @@ def discover(paths: Iterable[Path]) -> Discovered:
     missing: list[Path] = []
     outside: list[tuple[Path, Path]] = []
     for path in paths:
-        if path.is_file():
+        mode = stat_mode(path)
+        if stat.S_ISREG(mode):
             found[path.resolve()] = None
-        elif path.is_dir():
+        elif stat.S_ISDIR(mode):
             top = path.resolve()
             for root, dirs, names in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -63,7 +64,7 @@ def discover(paths: Iterable[Path]) -> Discovered:
                         continue  # gone since the folder was listed
                     if stat.S_ISREG(mode):
                         found[here / name] = None
-                    elif stat.S_ISLNK(mode) and p.is_file():
+                    elif stat.S_ISLNK(mode) and stat.S_ISREG(stat_mode(p)):
                         target = p.resolve()
                         if target.is_relative_to(top):
                             found[target] = None
@@ -73,6 +74,19 @@ def discover(paths: Iterable[Path]) -> Discovered:
             missing.append(path)
     # a target another of ``paths`` holds is ingested from there: no need to mention it
     return Discovered(sorted(found), missing, [o for o in outside if o[1] not in found])
+
+
+def stat_mode(path: Path) -> int:
+    """``path``'s mode, its links followed; 0 (neither file nor folder) where it cannot be
+    looked at for any reason. ``Path.is_file()`` and ``is_dir()`` raise on errors other
+    than a missing path or a loop: a name too long for the file system, a folder on the way
+    without search permission, an I/O error. Such a path, named or the target of a link in
+    a folder, crashed the whole ingest (local or remote) with a traceback; it is now one
+    input that fails, saying why (:func:`not_ingestible`)."""
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
 
 
 LINK_OUTSIDE_FOLDER = "link_outside_folder"  # the code a skipped link is reported with
@@ -114,7 +128,7 @@ def sync_scopes(paths: Iterable[Path]) -> tuple[list[str], list[str]]:
     exact: list[str] = []
     for path in paths:
         full = resolved(path)
-        if path.is_dir():
+        if stat.S_ISDIR(stat_mode(path)):
             prefixes.append(str(full).rstrip(os.sep) + os.sep)
         else:
             exact.append(str(full))
@@ -162,7 +176,16 @@ def printable(name: str) -> str:
 def not_ingestible(path: Path, shown: str) -> InputError:
     """Why a named path that is neither a file nor a folder was not read: it is missing,
     a link to nothing or round in a loop, or a device, pipe or socket (reading a pipe
-    could wait forever)."""
+    could wait forever), or it cannot be looked at (a name too long, a folder on the way
+    without search permission: ``Path.exists()`` raised those)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return FileUnreadableError(
+                f"{shown}: cannot look at it: {exc.strerror or exc}; check the path, and "
+                "the permissions of the folders on the way for the user running ragstore"
+            )
     if link_loops(path):
         return PathNotFoundError(
             f"{shown}: a symbolic link that loops (its links lead back to themselves); "
