@@ -959,6 +959,7 @@ def ingest_plan(
         discover,
         link_outside_detail,
         stat_mode,
+        unlisted_error,
     )
 
     # one path given bare is that path, as Store.ingest takes it, not its characters
@@ -971,6 +972,8 @@ def ingest_plan(
         # reports such a file as one RagstoreError)
         if stat.S_ISDIR(stat_mode(p)):
             found = discover([p])
+            for folder, exc in found.unlisted:  # before anything is sent, as for a file
+                raise unlisted_error(folder, exc)
             top = p.resolve()
             files += [(str(f.relative_to(top)), StreamedFile(f)) for f in found.files]
             skipped += [

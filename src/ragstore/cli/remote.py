@@ -243,11 +243,15 @@ def ingest_remote(
         discover,
         link_outside_detail,
         not_ingestible,
+        unlisted_error,
     )
 
     start = time.monotonic()
-    files, missing, outside = discover(paths)
+    files, missing, outside, unlisted = discover(paths)
     result = RemoteIngest(collection, server)
+    for folder, exc in unlisted:  # none of its files is uploaded: said, as locally
+        why = unlisted_error(folder, exc)
+        result.fail(str(folder), why.code, why.message)
     for m in missing:  # as a local ingest says it: missing, a broken link, a pipe...
         err = not_ingestible(m, str(m))
         result.fail(str(m), err.code, err.message)

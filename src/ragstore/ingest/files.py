@@ -27,12 +27,15 @@ from ragstore.parsing import supported_suffixes
 
 class Discovered(NamedTuple):
     """What :func:`discover` found: ``files`` to ingest (resolved, sorted, each once),
-    ``missing`` paths (neither file nor folder) and ``outside``: links inside a walked
-    folder whose target lies outside it, as (link, target), not followed."""
+    ``missing`` paths (neither file nor folder), ``outside``: links inside a walked
+    folder whose target lies outside it, as (link, target), not followed, and
+    ``unlisted``: folders that could not be listed, each with its error
+    (:func:`unlisted_error`)."""
 
     files: list[Path]
     missing: list[Path]
     outside: list[tuple[Path, Path]]
+    unlisted: list[tuple[Path, OSError]]
 
 
 def discover(paths: Iterable[Path]) -> Discovered:
@@ -43,13 +46,22 @@ def discover(paths: Iterable[Path]) -> Discovered:
     found: dict[Path, None] = {}
     missing: list[Path] = []
     outside: list[tuple[Path, Path]] = []
+    unlisted: list[tuple[Path, OSError]] = []
+
+    def cannot_list(exc: OSError) -> None:
+        """``os.walk`` passes over a folder it cannot list: the folder's files were left
+        out of the ingest without a word (a subfolder without read permission, the folder
+        named itself). A folder removed meanwhile is simply gone."""
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            unlisted.append((Path(os.path.abspath(exc.filename or path)), exc))
+
     for path in paths:
         mode = stat_mode(path)
         if stat.S_ISREG(mode):
             found[path.resolve()] = None
         elif stat.S_ISDIR(mode):
             top = path.resolve()
-            for root, dirs, names in os.walk(path):
+            for root, dirs, names in os.walk(path, onerror=cannot_list):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 # the walk enters no linked folder, so this is where root really is: a
                 # plain file needs no resolving (a path's every part looked up again)
@@ -73,7 +85,15 @@ def discover(paths: Iterable[Path]) -> Discovered:
         else:
             missing.append(path)
     # a target another of ``paths`` holds is ingested from there: no need to mention it
-    return Discovered(sorted(found), missing, [o for o in outside if o[1] not in found])
+    return Discovered(sorted(found), missing, [o for o in outside if o[1] not in found], unlisted)
+
+
+def unlisted_error(folder: Path, exc: OSError) -> FileUnreadableError:
+    """The error of a folder :func:`discover` could not list: none of its files was read."""
+    return FileUnreadableError(
+        f"{printable(str(folder))}: cannot list this folder ({exc.strerror or exc}), so "
+        "none of its files was ingested; check its permissions for the user running ragstore"
+    )
 
 
 def stat_mode(path: Path) -> int:

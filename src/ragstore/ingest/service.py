@@ -50,6 +50,7 @@ from ragstore.ingest.files import (
     printable,
     resolved,
     sync_scopes,
+    unlisted_error,
 )
 from ragstore.ingest.files import unreadable as unreadable  # where callers found it
 from ragstore.ingest.heap import long_lived_set_aside
@@ -724,8 +725,13 @@ def _ingest_paths(
     prune: bool,
     on_vanished: Callable[[list[str]], None] | None,
 ) -> IngestReport:
-    files, missing, outside = discover(paths)
+    files, missing, outside, unlisted = discover(paths)
     report = IngestReport(collection=name)
+    for folder, exc in unlisted:
+        why = unlisted_error(folder, exc)
+        report.outcomes.append(
+            FileOutcome(printable(str(folder)), "failed", error=str(why), code=why.code)
+        )
     for link, target in outside:
         shown = printable(str(link))
         report.outcomes.append(
