@@ -262,3 +262,27 @@ def test_a_stored_file_replaced_by_a_link_or_not_a_file_is_gone(tmp_path: Path) 
     assert gone_from_disk(str(tmp_path / "link.md"))
     assert gone_from_disk(str(tmp_path / "dir.md"))
     assert gone_from_disk(str(tmp_path / "linked" / "real.md"))  # a folder on its way
+
+
+def test_sync_of_a_folder_holding_the_data_dir_keeps_uploaded_documents(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """An upload (HTTP, ``Store.add_document``) is stored under ``<data dir>/uploads/<c>/``
+    where no file is ever written: a ``--sync --prune`` of a folder holding the data dir
+    (the home folder, with the default ``~/.local/share/ragstore``) found those sources
+    "gone from disk" and deleted every uploaded document of the collection."""
+    import ragstore.jobs  # noqa: F401  (imported first, ingest.documents' import loops)
+    from ragstore.ingest.documents import NewDocument, add_documents
+
+    rt.collection("sync7", create=True)
+    staged = tmp_path / "staged"
+    staged.write_text("# Upload\n\nUploaded through the API.\n")
+    [outcome] = add_documents(rt, "sync7", [NewDocument("notes/up.md", staged)])
+    assert outcome.status == "added"
+    home = rt.settings.data_dir
+    (home / "mine.md").write_text("A file of the user's own.\n")
+    report = ingest_paths(rt, [home], "sync7", sync=True, prune=True)
+    assert sorted((Path(o.source).name, o.status) for o in report.outcomes) == [
+        ("mine.md", "added")
+    ]
+    assert set(_stored(rt, "sync7")) == {"up.md", "mine.md"}
