@@ -155,6 +155,11 @@ def sync_scopes(paths: Iterable[Path]) -> tuple[list[str], list[str]]:
     return prefixes, exact
 
 
+def _open_nonblocking(path: str, flags: int) -> int:
+    """``open``'s opener that does not wait for a pipe's writer (see :func:`read_bounded`)."""
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
 def read_bounded(path: Path, limit: int, label: str | None = None) -> bytes:
     """The file's bytes; FileTooLargeError when it holds more than ``limit`` bytes.
 
@@ -167,7 +172,16 @@ def read_bounded(path: Path, limit: int, label: str | None = None) -> bytes:
             f"{name}: {size} bytes is over the limit of {limit} bytes; "
             "raise RAGSTORE_MAX_FILE_BYTES to ingest it"
         )
-    with path.open("rb") as fh:
+    # opened without waiting, and checked to be a regular file before it is read: a file
+    # replaced by a pipe after the folder was listed (or named through a link retargeted
+    # meanwhile) blocked the open, and the whole ingest, until something wrote to the pipe
+    with open(path, "rb", opener=_open_nonblocking) as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise FileUnreadableError(
+                f"{name}: not a regular file (a device, pipe or socket; replaced "
+                "since the folder was listed?); copy its content to a file and ingest that"
+            )
+        os.set_blocking(fh.fileno(), True)
         # what stat said plus a byte to notice growth, then the rest up to the limit:
         # a read of limit + 1 bytes allocates them up front (a third of reading a
         # small file went to that)
