@@ -286,3 +286,23 @@ def test_sync_of_a_folder_holding_the_data_dir_keeps_uploaded_documents(
         ("mine.md", "added")
     ]
     assert set(_stored(rt, "sync7")) == {"up.md", "mine.md"}
+
+
+def test_sync_of_a_named_file_replaced_by_a_link_removes_its_old_document(
+    rt: Runtime, folder: Path, tmp_path: Path
+) -> None:
+    """A file named to --sync, stored, then replaced by a link: the link is followed (it
+    was named) and its target stored under its own path; the file's old document was
+    outside the sync's scope, kept with its old content and never reported."""
+    target = tmp_path / "elsewhere.md"
+    target.write_text("Elderberries are picked elsewhere.\n")
+    named = folder / "a.md"
+    ingest_paths(rt, [named], "sync8", sync=True)
+    named.unlink()
+    named.symlink_to(target)
+    report = ingest_paths(rt, [named], "sync8", sync=True, prune=True)
+    assert sorted((Path(o.source).name, o.status) for o in report.outcomes) == [
+        ("a.md", "removed"),
+        ("elsewhere.md", "added"),
+    ]
+    assert set(_stored(rt, "sync8")) == {"elsewhere.md"}

@@ -142,7 +142,10 @@ def sync_scopes(paths: Iterable[Path]) -> tuple[list[str], list[str]]:
     """(folder prefixes, exact file sources) a sync of ``paths`` is responsible for.
 
     A stored document under one of the folders, or named exactly, that is no longer on
-    disk has vanished. Paths are resolved the way :func:`discover` resolves them.
+    disk has vanished. Paths are resolved the way :func:`discover` resolves them. A file
+    named is also covered under its own name (its folder resolved): one stored while it
+    was a file and since replaced by a link is ingested under the link's target, and its
+    old document, content and all, was out of the sync's reach, kept and never reported.
     """
     prefixes: list[str] = []
     exact: list[str] = []
@@ -152,6 +155,9 @@ def sync_scopes(paths: Iterable[Path]) -> tuple[list[str], list[str]]:
             prefixes.append(str(full).rstrip(os.sep) + os.sep)
         else:
             exact.append(str(full))
+            own = str(resolved(path.parent) / path.name) if path.name else str(full)
+            if own != str(full):
+                exact.append(own)
     return prefixes, exact
 
 
