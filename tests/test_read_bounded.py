@@ -43,3 +43,25 @@ def test_a_file_that_grows_while_read_is_read_to_the_limit_or_refused(tmp_path: 
     f.extra = b"c" * 2000  # past the limit
     with pytest.raises(FileTooLargeError, match="grew past the limit of 1000 bytes"):
         read_bounded(f, 1000)
+
+
+def test_a_file_replaced_by_a_pipe_is_refused_without_waiting(tmp_path: Path) -> None:
+    """A file the folder's walk found, replaced by a pipe before it was read (or named
+    through a link retargeted meanwhile): the open waited for a writer, and the whole
+    ingest with it, forever."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Timeout
+
+    from ragstore.errors import FileUnreadableError
+
+    pipe = tmp_path / "p.md"
+    os.mkfifo(pipe)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        read = pool.submit(read_bounded, pipe, 1000)
+        try:
+            with pytest.raises(FileUnreadableError, match=r"p\.md: not a regular file"):
+                read.result(timeout=10)
+        except Timeout:
+            with open(pipe, "wb"):  # lets the stuck open go on, so the test can end
+                pass
+            pytest.fail("reading a pipe waited for a writer")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,102 @@ def test_a_source_that_cannot_be_looked_at_is_not_called_gone(tmp_path: Path) ->
     assert gone_from_disk(str(tmp_path / "gone.md"))
     assert gone_from_disk(str(tmp_path / "file" / "under-a-file.md"))  # parent not a folder
     assert not gone_from_disk(str(tmp_path / ("n" * 300) / "x.md"))  # ENAMETOOLONG
+
+
+def test_sync_prunes_a_file_replaced_by_a_link_or_a_pipe(
+    rt: Runtime, folder: Path, tmp_path: Path
+) -> None:
+    """A synced file replaced by a link (to another file of the folder, or to one outside)
+    or by a pipe is no longer ingested under its name: the walk takes a link's target (or
+    skips it) and passes over a pipe. Its stored document, old content and all, was kept,
+    neither reported nor pruned; it is now vanished, and removed with --prune."""
+    outside = tmp_path / "elsewhere.md"
+    outside.write_text("Elderberries are picked elsewhere.\n")
+    (folder / "e.md").write_text("Endives are bitter leaves.\n")
+    ingest_paths(rt, [folder], "sync6", sync=True)
+    (folder / "a.md").unlink()
+    (folder / "a.md").symlink_to(folder / "b.txt")
+    (folder / "e.md").unlink()
+    (folder / "e.md").symlink_to(outside)
+    (folder / "sub" / "c.py").unlink()
+    os.mkfifo(folder / "sub" / "c.py")
+    report = ingest_paths(rt, [folder], "sync6", sync=True)
+    status = sorted((Path(o.source).name, o.status) for o in report.outcomes)
+    assert status == [
+        ("a.md", "vanished"),
+        ("b.txt", "unchanged"),
+        ("c.py", "vanished"),
+        ("e.md", "skipped"),
+        ("e.md", "vanished"),
+    ]
+    report = ingest_paths(rt, [folder], "sync6", sync=True, prune=True)
+    assert sorted(Path(o.source).name for o in report.outcomes if o.status == "removed") == [
+        "a.md",
+        "c.py",
+        "e.md",
+    ]
+    assert set(_stored(rt, "sync6")) == {"b.txt"}
+    # the file back in place of the link: stored again under its name
+    (folder / "a.md").unlink()
+    (folder / "a.md").write_text("# Alpha\n\nApricots.\n")
+    report = ingest_paths(rt, [folder], "sync6", sync=True, prune=True)
+    assert report.count("added") == 1 and report.count("removed") == 0
+    assert set(_stored(rt, "sync6")) == {"a.md", "b.txt"}
+
+
+def test_a_stored_file_replaced_by_a_link_or_not_a_file_is_gone(tmp_path: Path) -> None:
+    from ragstore.ingest.files import gone_from_disk
+
+    tmp_path = tmp_path.resolve()  # a stored source is a real path
+    (tmp_path / "real.md").write_text("x")
+    (tmp_path / "link.md").symlink_to(tmp_path / "real.md")
+    (tmp_path / "dir.md").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path, target_is_directory=True)
+    assert not gone_from_disk(str(tmp_path / "real.md"))
+    assert gone_from_disk(str(tmp_path / "link.md"))
+    assert gone_from_disk(str(tmp_path / "dir.md"))
+    assert gone_from_disk(str(tmp_path / "linked" / "real.md"))  # a folder on its way
+
+
+def test_sync_of_a_folder_holding_the_data_dir_keeps_uploaded_documents(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """An upload (HTTP, ``Store.add_document``) is stored under ``<data dir>/uploads/<c>/``
+    where no file is ever written: a ``--sync --prune`` of a folder holding the data dir
+    (the home folder, with the default ``~/.local/share/ragstore``) found those sources
+    "gone from disk" and deleted every uploaded document of the collection."""
+    import ragstore.jobs  # noqa: F401  (imported first, ingest.documents' import loops)
+    from ragstore.ingest.documents import NewDocument, add_documents
+
+    rt.collection("sync7", create=True)
+    staged = tmp_path / "staged"
+    staged.write_text("# Upload\n\nUploaded through the API.\n")
+    [outcome] = add_documents(rt, "sync7", [NewDocument("notes/up.md", staged)])
+    assert outcome.status == "added"
+    home = rt.settings.data_dir
+    (home / "mine.md").write_text("A file of the user's own.\n")
+    report = ingest_paths(rt, [home], "sync7", sync=True, prune=True)
+    assert sorted((Path(o.source).name, o.status) for o in report.outcomes) == [
+        ("mine.md", "added")
+    ]
+    assert set(_stored(rt, "sync7")) == {"up.md", "mine.md"}
+
+
+def test_sync_of_a_named_file_replaced_by_a_link_removes_its_old_document(
+    rt: Runtime, folder: Path, tmp_path: Path
+) -> None:
+    """A file named to --sync, stored, then replaced by a link: the link is followed (it
+    was named) and its target stored under its own path; the file's old document was
+    outside the sync's scope, kept with its old content and never reported."""
+    target = tmp_path / "elsewhere.md"
+    target.write_text("Elderberries are picked elsewhere.\n")
+    named = folder / "a.md"
+    ingest_paths(rt, [named], "sync8", sync=True)
+    named.unlink()
+    named.symlink_to(target)
+    report = ingest_paths(rt, [named], "sync8", sync=True, prune=True)
+    assert sorted((Path(o.source).name, o.status) for o in report.outcomes) == [
+        ("a.md", "removed"),
+        ("elsewhere.md", "added"),
+    ]
+    assert set(_stored(rt, "sync8")) == {"elsewhere.md"}

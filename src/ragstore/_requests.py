@@ -525,6 +525,12 @@ def add_document(
     return Call("POST", f"/v1/collections/{_n(collection)}/documents", _body, json=body)
 
 
+def _open_nonblocking(path: str, flags: int) -> int:
+    """``open``'s opener that does not wait for a pipe's writer: ``O_NONBLOCK`` changes
+    nothing for the regular file it is meant to be."""
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
 class StreamedFile:
     """A file on disk sent in an upload's multipart body as httpx reads it, 64 KiB at a
     time, rather than read whole beforehand: a 2 GB folder took 2 GB of memory (more
@@ -544,8 +550,12 @@ class StreamedFile:
         try:
             if not stat.S_ISREG(path.stat().st_mode):  # a pipe's open would wait for a writer
                 raise FileUnreadableError(f"{path}: not a regular file")
-            with path.open("rb") as f:  # found unreadable here, before any request is sent
+            # found unreadable here, before any request is sent (without waiting: a pipe
+            # put in the file's place since the check above)
+            with open(path, "rb", opener=_open_nonblocking) as f:
                 st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise FileUnreadableError(f"{path}: not a regular file")
                 f.read(1)
         except OSError as exc:
             from ragstore.ingest.files import unreadable  # imported only on failure
@@ -577,7 +587,10 @@ class StreamedFile:
             return b""  # read to its end and closed (checked as it was)
         if self._file is None:
             try:
-                self._file = self.path.open("rb")
+                # without waiting: a pipe put in the file's place since it was planned
+                # blocked the open, and the upload, until something wrote to it (_check
+                # then finds it is not the file planned)
+                self._file = open(self.path, "rb", opener=_open_nonblocking)  # noqa: SIM115
             except OSError as exc:
                 raise self._changed(f"it cannot be opened now ({exc.strerror or exc})") from None
             self._check(os.fstat(self._file.fileno()))
@@ -954,7 +967,13 @@ def ingest_plan(
     below the folder. The answer gains ``skipped``: the links not followed.
     """
     # the ingest package is slow to import
-    from ragstore.ingest.files import LINK_OUTSIDE_FOLDER, discover, link_outside_detail
+    from ragstore.ingest.files import (
+        LINK_OUTSIDE_FOLDER,
+        discover,
+        link_outside_detail,
+        stat_mode,
+        unlisted_error,
+    )
 
     # one path given bare is that path, as Store.ingest takes it, not its characters
     # ("notes.md" was "n", "o", ..., and "." the whole working directory)
@@ -962,8 +981,12 @@ def ingest_plan(
     files: list[Upload | tuple[str, StreamedFile]] = []
     skipped: list[dict[str, str]] = []
     for p in map(Path, given):
-        if p.is_dir():
+        # not Path.is_dir(): it raised OSError for a name too long, say (the upload below
+        # reports such a file as one RagstoreError)
+        if stat.S_ISDIR(stat_mode(p)):
             found = discover([p])
+            for folder, exc in found.unlisted:  # before anything is sent, as for a file
+                raise unlisted_error(folder, exc)
             top = p.resolve()
             files += [(str(f.relative_to(top)), StreamedFile(f)) for f in found.files]
             skipped += [

@@ -399,3 +399,31 @@ def test_the_async_client_says_a_file_changed_too(small_url: str, tmp_path: Path
             return [d["name"] for d in page["data"]]
 
     assert asyncio.run(run()) == []
+
+
+def test_a_file_replaced_by_a_pipe_after_it_was_planned_is_refused_without_waiting(
+    tmp_path: Path,
+) -> None:
+    """An upload's file is opened again when its request is sent: one replaced by a named
+    pipe since it was planned blocked that open, and the upload, until something wrote to
+    the pipe; it is now the file_unreadable error of a file changed since it was planned."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Timeout
+
+    from ragstore.errors import FileUnreadableError
+
+    f = tmp_path / "a.md"
+    f.write_text("# A\n\nApples.\n")
+    streamed = calls.StreamedFile(f)
+    f.unlink()
+    os.mkfifo(f)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        read = pool.submit(streamed.read, 65536)
+        try:
+            with pytest.raises(FileUnreadableError, match="changed while the upload"):
+                read.result(timeout=10)
+        except Timeout:
+            with open(f, "wb"):  # lets the stuck open go on, so the test can end
+                pass
+            pytest.fail("opening the pipe waited for a writer")

@@ -6,6 +6,7 @@ followed one ingested, or uploaded to a server, a file from anywhere on the mach
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,13 +184,22 @@ def test_the_remote_cli_says_what_a_named_path_is_as_a_local_ingest_does(
     (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
     (tmp_path / "broken").symlink_to(tmp_path / "nowhere.md")
     os.mkfifo(tmp_path / "pipe")
-    named = [tmp_path / "loop1", tmp_path / "broken", tmp_path / "pipe", tmp_path / "gone.md"]
+    long = tmp_path / ("n" * 300)  # its stat fails: Path.is_file() raised out of discover
+    named = [
+        tmp_path / "loop1",
+        tmp_path / "broken",
+        tmp_path / "pipe",
+        tmp_path / "gone.md",
+        long,
+    ]
     with Client(open_url) as client:
         result = ingest_remote(client, open_url, named, "named-paths", {}, lambda *a: None)
     got = {Path(str(f["document"])).name: (f["code"], str(f["detail"])) for f in result.failed}
     assert got["loop1"][0] == "path_not_found" and "loops" in got["loop1"][1]
     assert got["broken"][0] == "path_not_found" and "nowhere.md" in got["broken"][1]
     assert got["pipe"][0] == "file_unreadable" and "pipe" in got["pipe"][1]
+    assert got[long.name][0] == "file_unreadable"
+    assert "cannot look at it: File name too long" in got[long.name][1]
     assert got["gone.md"] == (
         "path_not_found",
         f"{tmp_path / 'gone.md'}: no such file or directory",
@@ -209,6 +219,8 @@ def test_the_client_raises_ragstore_errors_for_files_it_cannot_read(
             client.ingest("unreadable-client", ["/proc/self/mem"])
         with pytest.raises(PathNotFoundError, match="no such file"):
             client.upload("unreadable-client", [tmp_path / "gone.md"])
+        with pytest.raises(FileUnreadableError, match="too long"):  # was OSError from is_dir
+            client.ingest("unreadable-client", [tmp_path / ("n" * 300 + ".md")])
 
 
 def test_store_ingest_error_says_what_it_stored(settings: Settings, tmp_path: Path) -> None:
@@ -226,3 +238,48 @@ def test_store_ingest_error_says_what_it_stored(settings: Settings, tmp_path: Pa
     assert [(Path(f["name"]).name, f["code"]) for f in members["failed"]] == [
         ("b.md", "binary_file")
     ]
+
+
+@pytest.fixture()
+def locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``docs/`` with a readable note and a subfolder ``locked/`` that cannot be listed, as
+    one without read permission cannot for a user who is not root (the tests run as root,
+    whom ``chmod`` does not stop, so the listing's error is raised for it here)."""
+    import errno
+    import os
+
+    docs = tmp_path / "docs"
+    (docs / "locked").mkdir(parents=True)
+    (docs / "note.md").write_text("# Note\n\nCats sleep most of the day.\n")
+    (docs / "locked" / "inside.md").write_text("# Inside\n\nOwls hunt at night.\n")
+    real = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if Path(os.fspath(path)).name == "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return docs
+
+
+def test_a_folder_that_cannot_be_listed_is_one_failure_and_the_rest_is_stored(
+    rt: Runtime, open_url: str, locked: Path
+) -> None:
+    """``os.walk`` passed over a folder it could not list without a word: its files were
+    neither stored nor reported, and the ingest said all went well (exit status 0)."""
+    from ragstore.cli.remote import ingest_remote
+    from ragstore.errors import FileUnreadableError
+
+    report = ingest_paths(rt, [locked], "unlisted")
+    got = sorted((Path(o.source).name, o.status, o.code) for o in report.outcomes)
+    assert got == [("locked", "failed", "file_unreadable"), ("note.md", "added", None)]
+    assert "locked: cannot list this folder (Permission denied)" in (report.failed[0].error or "")
+    with Client(open_url) as client:
+        result = ingest_remote(client, open_url, [locked], "unlisted-remote", {}, lambda *a: None)
+        assert [(Path(f["document"]).name, f["code"]) for f in result.failed] == [
+            ("locked", "file_unreadable")
+        ]
+        assert result.counts.get("added") == 1
+        with pytest.raises(FileUnreadableError, match="cannot list this folder"):
+            client.ingest("unlisted-client", [locked])

@@ -219,6 +219,28 @@ def test_a_pipe_or_a_dangling_link_given_by_name_says_what_it_is(
     )
 
 
+def test_a_path_that_cannot_be_looked_at_fails_alone(rt: Runtime, tmp_path: Path) -> None:
+    """A named path whose stat fails other than "missing" (here a name too long for the
+    file system; a folder on the way without search permission is the same for a user
+    who is not root), and a link in a folder that leads to one: ``Path.is_file()`` raised
+    ``OSError`` out of the whole ingest, a traceback and nothing stored, --sync too."""
+    long = tmp_path / ("n" * 300 + ".md")
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "good.md").write_text("# Good\n\nKittens sleep all day.\n")
+    (folder / "far.md").symlink_to(long)
+    for sync in (False, True):
+        report = ingest_paths(rt, [long, folder], collection="too-long", sync=sync)
+        by_name = {Path(o.source).name: o for o in report.outcomes}
+        assert set(by_name) == {long.name, "good.md"}
+        assert by_name[long.name].status == "failed"
+        assert by_name[long.name].code == "file_unreadable"
+        assert f"{long.name}: cannot look at it: File name too long" in (
+            by_name[long.name].error or ""
+        )
+        assert by_name["good.md"].status == ("unchanged" if sync else "added")
+
+
 def test_a_link_loop_given_by_name_fails_alone(rt: Runtime, tmp_path: Path) -> None:
     """``a.md -> b.md -> a.md`` named on the command line: ``Path.resolve()`` raised
     ``RuntimeError`` on it (a traceback, nothing stored), with ``--sync`` as well."""

@@ -4,6 +4,7 @@ to it, so a command pays one HTTP round trip instead of loading the model itself
 from __future__ import annotations
 
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -101,9 +102,12 @@ class RemoteFailed(Exception):
 
 def upload_names(paths: list[Path], files: list[Path]) -> dict[Path, str]:
     """The name each file is uploaded under: a folder's files keep their path below the
-    folder (prefixed with its name), a file named directly its base name."""
+    folder (prefixed with its name), a file named directly its base name. A path that
+    cannot be looked at is no folder here (``Path.is_dir()`` raised on it: discover)."""
+    from ragstore.ingest.files import stat_mode
+
     names: dict[Path, str] = {}
-    roots = [p.resolve() for p in paths if p.is_dir()]
+    roots = [p.resolve() for p in paths if stat.S_ISDIR(stat_mode(p))]
     for f in files:
         root = next((r for r in roots if f.is_relative_to(r)), None)
         names[f] = (
@@ -239,11 +243,15 @@ def ingest_remote(
         discover,
         link_outside_detail,
         not_ingestible,
+        unlisted_error,
     )
 
     start = time.monotonic()
-    files, missing, outside = discover(paths)
+    files, missing, outside, unlisted = discover(paths)
     result = RemoteIngest(collection, server)
+    for folder, exc in unlisted:  # none of its files is uploaded: said, as locally
+        why = unlisted_error(folder, exc)
+        result.fail(str(folder), why.code, why.message)
     for m in missing:  # as a local ingest says it: missing, a broken link, a pipe...
         err = not_ingestible(m, str(m))
         result.fail(str(m), err.code, err.message)

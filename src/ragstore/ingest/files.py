@@ -27,12 +27,15 @@ from ragstore.parsing import supported_suffixes
 
 class Discovered(NamedTuple):
     """What :func:`discover` found: ``files`` to ingest (resolved, sorted, each once),
-    ``missing`` paths (neither file nor folder) and ``outside``: links inside a walked
-    folder whose target lies outside it, as (link, target), not followed."""
+    ``missing`` paths (neither file nor folder), ``outside``: links inside a walked
+    folder whose target lies outside it, as (link, target), not followed, and
+    ``unlisted``: folders that could not be listed, each with its error
+    (:func:`unlisted_error`)."""
 
     files: list[Path]
     missing: list[Path]
     outside: list[tuple[Path, Path]]
+    unlisted: list[tuple[Path, OSError]]
 
 
 def discover(paths: Iterable[Path]) -> Discovered:
@@ -43,12 +46,22 @@ def discover(paths: Iterable[Path]) -> Discovered:
     found: dict[Path, None] = {}
     missing: list[Path] = []
     outside: list[tuple[Path, Path]] = []
+    unlisted: list[tuple[Path, OSError]] = []
+
+    def cannot_list(exc: OSError) -> None:
+        """``os.walk`` passes over a folder it cannot list: the folder's files were left
+        out of the ingest without a word (a subfolder without read permission, the folder
+        named itself). A folder removed meanwhile is simply gone."""
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            unlisted.append((Path(os.path.abspath(exc.filename or path)), exc))
+
     for path in paths:
-        if path.is_file():
+        mode = stat_mode(path)
+        if stat.S_ISREG(mode):
             found[path.resolve()] = None
-        elif path.is_dir():
+        elif stat.S_ISDIR(mode):
             top = path.resolve()
-            for root, dirs, names in os.walk(path):
+            for root, dirs, names in os.walk(path, onerror=cannot_list):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 # the walk enters no linked folder, so this is where root really is: a
                 # plain file needs no resolving (a path's every part looked up again)
@@ -63,7 +76,7 @@ def discover(paths: Iterable[Path]) -> Discovered:
                         continue  # gone since the folder was listed
                     if stat.S_ISREG(mode):
                         found[here / name] = None
-                    elif stat.S_ISLNK(mode) and p.is_file():
+                    elif stat.S_ISLNK(mode) and stat.S_ISREG(stat_mode(p)):
                         target = p.resolve()
                         if target.is_relative_to(top):
                             found[target] = None
@@ -72,7 +85,28 @@ def discover(paths: Iterable[Path]) -> Discovered:
         else:
             missing.append(path)
     # a target another of ``paths`` holds is ingested from there: no need to mention it
-    return Discovered(sorted(found), missing, [o for o in outside if o[1] not in found])
+    return Discovered(sorted(found), missing, [o for o in outside if o[1] not in found], unlisted)
+
+
+def unlisted_error(folder: Path, exc: OSError) -> FileUnreadableError:
+    """The error of a folder :func:`discover` could not list: none of its files was read."""
+    return FileUnreadableError(
+        f"{printable(str(folder))}: cannot list this folder ({exc.strerror or exc}), so "
+        "none of its files was ingested; check its permissions for the user running ragstore"
+    )
+
+
+def stat_mode(path: Path) -> int:
+    """``path``'s mode, its links followed; 0 (neither file nor folder) where it cannot be
+    looked at for any reason. ``Path.is_file()`` and ``is_dir()`` raise on errors other
+    than a missing path or a loop: a name too long for the file system, a folder on the way
+    without search permission, an I/O error. Such a path, named or the target of a link in
+    a folder, crashed the whole ingest (local or remote) with a traceback; it is now one
+    input that fails, saying why (:func:`not_ingestible`)."""
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
 
 
 LINK_OUTSIDE_FOLDER = "link_outside_folder"  # the code a skipped link is reported with
@@ -108,17 +142,28 @@ def sync_scopes(paths: Iterable[Path]) -> tuple[list[str], list[str]]:
     """(folder prefixes, exact file sources) a sync of ``paths`` is responsible for.
 
     A stored document under one of the folders, or named exactly, that is no longer on
-    disk has vanished. Paths are resolved the way :func:`discover` resolves them.
+    disk has vanished. Paths are resolved the way :func:`discover` resolves them. A file
+    named is also covered under its own name (its folder resolved): one stored while it
+    was a file and since replaced by a link is ingested under the link's target, and its
+    old document, content and all, was out of the sync's reach, kept and never reported.
     """
     prefixes: list[str] = []
     exact: list[str] = []
     for path in paths:
         full = resolved(path)
-        if path.is_dir():
+        if stat.S_ISDIR(stat_mode(path)):
             prefixes.append(str(full).rstrip(os.sep) + os.sep)
         else:
             exact.append(str(full))
+            own = str(resolved(path.parent) / path.name) if path.name else str(full)
+            if own != str(full):
+                exact.append(own)
     return prefixes, exact
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    """``open``'s opener that does not wait for a pipe's writer (see :func:`read_bounded`)."""
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def read_bounded(path: Path, limit: int, label: str | None = None) -> bytes:
@@ -133,7 +178,16 @@ def read_bounded(path: Path, limit: int, label: str | None = None) -> bytes:
             f"{name}: {size} bytes is over the limit of {limit} bytes; "
             "raise RAGSTORE_MAX_FILE_BYTES to ingest it"
         )
-    with path.open("rb") as fh:
+    # opened without waiting, and checked to be a regular file before it is read: a file
+    # replaced by a pipe after the folder was listed (or named through a link retargeted
+    # meanwhile) blocked the open, and the whole ingest, until something wrote to the pipe
+    with open(path, "rb", opener=_open_nonblocking) as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise FileUnreadableError(
+                f"{name}: not a regular file (a device, pipe or socket; replaced "
+                "since the folder was listed?); copy its content to a file and ingest that"
+            )
+        os.set_blocking(fh.fileno(), True)
         # what stat said plus a byte to notice growth, then the rest up to the limit:
         # a read of limit + 1 bytes allocates them up front (a third of reading a
         # small file went to that)
@@ -162,7 +216,16 @@ def printable(name: str) -> str:
 def not_ingestible(path: Path, shown: str) -> InputError:
     """Why a named path that is neither a file nor a folder was not read: it is missing,
     a link to nothing or round in a loop, or a device, pipe or socket (reading a pipe
-    could wait forever)."""
+    could wait forever), or it cannot be looked at (a name too long, a folder on the way
+    without search permission: ``Path.exists()`` raised those)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return FileUnreadableError(
+                f"{shown}: cannot look at it: {exc.strerror or exc}; check the path, and "
+                "the permissions of the folders on the way for the user running ragstore"
+            )
     if link_loops(path):
         return PathNotFoundError(
             f"{shown}: a symbolic link that loops (its links lead back to themselves); "
@@ -181,17 +244,24 @@ def not_ingestible(path: Path, shown: str) -> InputError:
 
 def gone_from_disk(source: str) -> bool:
     """Whether a stored source is known to be gone: nothing at its path (``ENOENT``, or a
-    parent that is no longer a folder). One that cannot be looked at (a folder whose
-    search permission was taken away, an I/O error, a link loop) is not known to be gone,
-    so ``--sync`` does not call it vanished and ``--prune`` does not delete it; with
-    ``Path.exists()`` such a source raised ``PermissionError`` out of the whole ingest."""
+    parent that is no longer a folder), or no longer a file of its own there. One that
+    cannot be looked at (a folder whose search permission was taken away, an I/O error, a
+    link loop) is not known to be gone, so ``--sync`` does not call it vanished and
+    ``--prune`` does not delete it; with ``Path.exists()`` such a source raised
+    ``PermissionError`` out of the whole ingest.
+
+    A stored source is a real path (links resolved). Where the path now leads through a
+    symbolic link (the file, or a folder on its way, replaced by a link) or ends at
+    something that is not a regular file (a pipe, a folder), a folder's walk no longer
+    ingests anything under that name: the document was kept, old content and all, and
+    neither reported nor pruned, as if the file were still there."""
     try:
-        os.stat(source)
+        st = os.stat(source)
     except (FileNotFoundError, NotADirectoryError):
         return True
     except OSError:
         return False
-    return False
+    return not stat.S_ISREG(st.st_mode) or os.path.realpath(source) != source
 
 
 def unreadable(path: Path, exc: OSError) -> InputError:

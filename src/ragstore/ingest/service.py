@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import enum
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -51,6 +52,7 @@ from ragstore.ingest.files import (
     printable,
     resolved,
     sync_scopes,
+    unlisted_error,
 )
 from ragstore.ingest.files import unreadable as unreadable  # where callers found it
 from ragstore.ingest.heap import long_lived_set_aside
@@ -670,6 +672,8 @@ class _Ingestor:
 
 def _vanished(rt: Runtime, name: str, paths: Sequence[Path], files: Sequence[Path]) -> list[str]:
     """Stored sources the sync of ``paths`` covers that are no longer on disk."""
+    from ragstore.jobs.staging import upload_root  # ragstore.jobs imports this module
+
     prefixes, exact = sync_scopes(paths)
     try:
         coll = rt.collection(name)
@@ -678,7 +682,13 @@ def _vanished(rt: Runtime, name: str, paths: Sequence[Path], files: Sequence[Pat
     with rt.db.connection() as conn, translated(f"listing documents of {name!r}"):
         stored = documents.sources_under(conn, coll.id, prefixes, exact)
     present = {str(f) for f in files}
-    return sorted(s for s in stored if s not in present and gone_from_disk(s))
+    # an upload's source lies under <data dir>/uploads/<collection>/, where no file is
+    # ever written: "gone from disk" whenever a synced folder holds the data dir (the
+    # home folder holds the default one), so a --prune deleted every uploaded document
+    uploads = str(resolved(upload_root(rt.settings, name))).rstrip(os.sep) + os.sep
+    return sorted(
+        s for s in stored if s not in present and not s.startswith(uploads) and gone_from_disk(s)
+    )
 
 
 def _prune(rt: Runtime, name: str, sources: Sequence[str]) -> list[str]:
@@ -733,8 +743,13 @@ def _ingest_paths(
     prune: bool,
     on_vanished: Callable[[list[str]], None] | None,
 ) -> IngestReport:
-    files, missing, outside = discover(paths)
+    files, missing, outside, unlisted = discover(paths)
     report = IngestReport(collection=name)
+    for folder, exc in unlisted:
+        why = unlisted_error(folder, exc)
+        report.outcomes.append(
+            FileOutcome(printable(str(folder)), "failed", error=str(why), code=why.code)
+        )
     for link, target in outside:
         shown = printable(str(link))
         report.outcomes.append(
