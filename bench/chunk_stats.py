@@ -55,7 +55,7 @@ def old_chunker(rev: str) -> Callable[..., Any]:
 def stats(folder: Path, against: str | None = None) -> dict[str, object]:
     spec = resolve_spec(Settings().model)
     embedder = load_embedder(spec, device="cpu")
-    files, _ = discover([folder])
+    files = discover([folder]).files
     chunkers: dict[str, Callable[..., Any]] = {"new": chunk_document}
     if against:
         chunkers[against] = old_chunker(against)

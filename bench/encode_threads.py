@@ -32,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     spec = resolve_spec("all-MiniLM-L6-v2")
     embedder = load_embedder(spec, device="cpu")
-    files, _ = discover([args.folder])
+    files = discover([args.folder]).files
     texts = [
         c.embed_text
         for f in files

@@ -44,7 +44,7 @@ def pipeline_texts(rt: Runtime, folder: Path) -> list[str]:
     """The unique texts the pipeline sends to the model for this folder."""
     spec = resolve_spec(rt.settings.model)
     embedder = rt.embedder(spec)
-    files, _ = discover([folder])
+    files = discover([folder]).files
     texts: dict[str, str] = {}
     for f in files:
         parsed = parse_bytes(f.read_bytes(), str(f))

@@ -104,7 +104,7 @@ def stages(rt: Runtime, folder: Path) -> dict[str, float]:
     """Seconds of parse and of chunking (tokenising) alone, over every file."""
     spec = resolve_spec(rt.settings.model)
     embedder = rt.embedder(spec)
-    files, _ = discover([folder])
+    files = discover([folder]).files
     t0 = time.perf_counter()
     parsed = [parse_bytes(f.read_bytes(), str(f)) for f in files]
     t1 = time.perf_counter()
