@@ -123,18 +123,20 @@ def test_prune_keeps_a_file_that_came_back_and_was_stored_again(rt: Runtime, fol
 def test_two_prunes_at_once_report_each_removal_once(rt: Runtime, folder: Path) -> None:
     # another sync with --prune runs between this one's listing and its prune: it removes
     # b.txt and says so; this one found nothing left to remove, and said "removed" too
-    ingest_paths(rt, [folder], "sync7", sync=True)
+    ingest_paths(rt, [folder], "sync_two_prunes", sync=True)
     (folder / "b.txt").unlink()
     other: list[str] = []
 
     def meanwhile(sources: list[str]) -> None:
-        report = ingest_paths(rt, [folder], "sync7", sync=True, prune=True)
+        report = ingest_paths(rt, [folder], "sync_two_prunes", sync=True, prune=True)
         other.extend(Path(o.source).name for o in report.outcomes if o.status == "removed")
 
-    report = ingest_paths(rt, [folder], "sync7", sync=True, prune=True, on_vanished=meanwhile)
+    report = ingest_paths(
+        rt, [folder], "sync_two_prunes", sync=True, prune=True, on_vanished=meanwhile
+    )
     assert other == ["b.txt"]
     assert report.count("removed") == 0, [(o.source, o.status) for o in report.outcomes]
-    assert set(_stored(rt, "sync7")) == {"a.md", "c.py"}
+    assert set(_stored(rt, "sync_two_prunes")) == {"a.md", "c.py"}
 
 
 def test_sync_of_one_folder_leaves_documents_of_other_folders_alone(
