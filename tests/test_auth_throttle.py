@@ -68,3 +68,30 @@ def test_concurrent_guesses_never_hash_more_than_the_budget() -> None:
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(guess, range(16)))
     assert ran == 3
+
+
+def test_a_check_of_the_same_secret_waits_for_the_one_in_flight() -> None:
+    """Parallel first requests with one valid key: all but one were refused 429 "another
+    authentication ... in progress". One of the same secret now waits for the check in
+    flight (and then finds its outcome); another secret is still refused at once."""
+    throttle = AuthThrottle(per_key=10, per_address=100)
+    entered = threading.Event()
+    release = threading.Event()
+
+    def first() -> None:
+        with throttle.attempt("k1", "10.0.0.1", b"same"):
+            entered.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    assert entered.wait(5)
+    with (
+        pytest.raises(RateLimitedError, match="in progress"),
+        throttle.attempt("k1", "10.0.0.2", b"other"),
+    ):
+        pass
+    threading.Timer(0.2, release.set).start()
+    with throttle.attempt("k1", "10.0.0.1", b"same"):  # admitted once the first is done
+        assert release.is_set()
+    holder.join(5)

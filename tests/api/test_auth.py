@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -164,6 +165,21 @@ def test_revoked_key_is_refused_on_its_next_request(
         keys.revoke(new.key.key_id)
         with pytest.raises(AuthenticationError, match="was revoked"):
             c.list_collections()
+
+
+def test_parallel_first_requests_with_a_valid_key_all_succeed(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    # only one check of a key id runs at a time: the others were refused 429 ("another
+    # authentication ... in progress"), so a client's parallel first requests failed
+    secret = keys.create("read").secret
+
+    def get(_: int) -> int:
+        with httpx.Client(base_url=secure_url, headers={"Authorization": f"Bearer {secret}"}) as h:
+            return h.get("/v1/models").status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(get, range(8))) == [200] * 8
 
 
 def test_rate_limit_answers_429_with_retry_after(secure_url: str, keys: KeyStore) -> None:
