@@ -68,6 +68,25 @@ def test_malformed_unknown_and_wrong_keys_are_401(secure_url: str, keys: KeyStor
             c.list_collections()
 
 
+def test_two_authorization_headers_are_401_whatever_the_method(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    # a GET was judged by the first header and a POST (checked before its body) by the
+    # last: one valid key beside junk got in or not depending on the order and the method
+    real = keys.create("read").secret
+    for pair in ((real, "junk"), ("junk", real)):
+        headers = [("Authorization", f"Bearer {pair[0]}"), ("Authorization", f"Bearer {pair[1]}")]
+        for method, path, body in (
+            ("GET", "/v1/collections", None),
+            ("POST", "/v1/collections/team/search", {"query": "x"}),
+        ):
+            r = httpx.request(method, f"{secure_url}{path}", headers=headers, json=body)
+            assert r.status_code == 401, (method, pair, r.text[:200])
+            assert r.headers["content-type"] == "application/problem+json"
+            assert "more than one Authorization header" in r.json()["detail"]
+            assert real.split("_", 2)[2] not in r.text
+
+
 def test_health_needs_no_key(secure_url: str) -> None:
     assert httpx.get(f"{secure_url}/healthz").status_code == 200
 

@@ -34,8 +34,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field, Strict
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ragstore.api.deps import bearer_token
 from ragstore.api.errors import send_problem
-from ragstore.api.middleware import BodyLimitMiddleware, bearer_token
+from ragstore.api.middleware import BodyLimitMiddleware
 from ragstore.auth.keys import ApiKey, KeyStore
 from ragstore.db.cancel import Cancellation, cancelling
 from ragstore.db.errors import translated
@@ -133,9 +134,9 @@ class KeyRequired:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        presented = bearer_token(dict(scope.get("headers", ())))
         address = str((scope.get("client") or ("",))[0])
         try:
+            presented = bearer_token(scope.get("headers", ()))
             got = await anyio.to_thread.run_sync(self.keys.authenticate, presented, address)
             if got.id != self.key.id:
                 raise AuthenticationError(

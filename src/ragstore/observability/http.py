@@ -167,12 +167,11 @@ async def _require_key(request: Request) -> None:
         return
     if rt.settings.profile != "prod" and served_on_loopback(rt.settings):
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+    from ragstore.api.deps import bearer_token
+
+    token = bearer_token(request.scope.get("headers", ()))
     client = request.client.host if request.client else ""
-    key = await run_in_threadpool(
-        keys.authenticate, token if scheme.lower() == "bearer" else None, client
-    )
+    key = await run_in_threadpool(keys.authenticate, token, client)
     key.require("metrics")
 
 
