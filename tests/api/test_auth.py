@@ -17,6 +17,7 @@ from ragstore.errors import (
     AuthenticationError,
     CollectionNotFoundError,
     FileTooLargeError,
+    InputError,
     JobNotFoundError,
     PermissionDeniedError,
     RateLimitedError,
@@ -255,6 +256,18 @@ def test_keys_cli_creates_lists_and_revokes(
         c.list_collections()
     assert run_cli("keys", "revoke", "feedfeedfeed") == 66
     assert run_cli("keys", "create", "--scope", "root") == 65
+
+
+def test_a_key_for_a_name_no_collection_can_have_is_refused(
+    cli_env: dict[str, str], keys: KeyStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it was created, could reach nothing, and one for "" was listed as "*" (every one)
+    for bad in ("", "team ", "a/b", "../team"):
+        with pytest.raises(InputError, match="invalid collection name"):
+            keys.create("read", bad)
+    assert run_cli("keys", "create", "--scope", "read", "--collection", "team ") == 65
+    assert "invalid collection name" in capsys.readouterr().err
+    assert keys.create("read", "not.made-yet_1").key.collection == "not.made-yet_1"
 
 
 def test_only_a_salted_hash_is_stored(keys: KeyStore, settings: Settings) -> None:

@@ -24,6 +24,7 @@ import psycopg
 from ragstore.auth.throttle import AuthThrottle
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
+from ragstore.db.repository import check_name
 from ragstore.errors import (
     ApiKeyNotFoundError,
     AuthenticationError,
@@ -115,6 +116,10 @@ class KeyStore:
     def create(self, scope: str, collection: str | None = None, name: str = "") -> NewKey:
         if scope not in SCOPES:
             raise InputError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
+        if collection is not None:
+            # a name no collection can have ("", "team ", "a/b") made a key that reached
+            # nothing, and `keys list` showed one limited to "" as "*", every collection
+            check_name(collection)
         if scope == "metrics" and collection is not None:
             raise InputError(
                 "a metrics key reads the server's metrics, which cover every collection; "
