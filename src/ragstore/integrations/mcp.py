@@ -173,10 +173,16 @@ def http_app(
 
 
 def key_for(store: Store, presented: str | None) -> ApiKey | None:
-    """The live key behind ``presented`` (None: no key, read-only tools, no checks)."""
+    """The live key behind ``presented`` (None: no key, read-only tools, no checks).
+
+    A ``metrics`` key (it reads /metrics and nothing else) is refused: no tool checked
+    the scope of ``list_collections``, so an MCP server started with a scraper's key
+    listed every collection with its model and counts, which the API refuses it."""
     if not presented:
         return None
-    return KeyStore(store.runtime.db, read_only=True).authenticate(presented)
+    key = KeyStore(store.runtime.db, read_only=True).authenticate(presented)
+    key.require_scope("read")
+    return key
 
 
 def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
