@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from ragstore import Client
+from ragstore import AsyncClient, Client
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
 from ragstore.errors import (
@@ -86,6 +86,24 @@ def test_two_authorization_headers_are_401_whatever_the_method(
             assert r.headers["content-type"] == "application/problem+json"
             assert "more than one Authorization header" in r.json()["detail"]
             assert real.split("_", 2)[2] not in r.text
+
+
+async def test_a_key_read_from_a_file_with_its_newline_works(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    # the newline made every call fail "cannot reach the ragstore server ... Illegal
+    # header value b'Bearer rsk_...'", with the whole secret in the message
+    secret = keys.create("read").secret
+    with Client(secure_url, api_key=secret + "\n") as c:
+        assert c.list_collections()
+    async with AsyncClient(secure_url, api_key=f" {secret}\r\n") as ac:
+        assert await ac.list_collections()
+    for bad in (secret[:20] + "\n" + secret[20:], secret + "é", "rsk_\x00" + secret[4:]):
+        with pytest.raises(AuthenticationError, match="characters no key has") as info:
+            Client(secure_url, api_key=bad)
+        assert secret[20:] not in str(info.value)
+        with pytest.raises(AuthenticationError, match="characters no key has"):
+            AsyncClient(secure_url, api_key=bad)
 
 
 def test_health_needs_no_key(secure_url: str) -> None:
