@@ -89,10 +89,29 @@ class AuthThrottle:
     def _record(self, key_id: str | None, address: str, now: float) -> None:
         """:meth:`failed`, with the lock held."""
         if len(self._failures) > _MAX_TRACKED:
-            self._failures.clear()  # bounded memory under a spray of addresses
+            self._prune(now)
         for bucket in (f"key:{key_id}" if key_id else None, f"addr:{address}"):
             if bucket is not None:
                 self._failures.setdefault(bucket, deque()).append(now)
+
+    def _prune(self, now: float) -> None:
+        """Bound the memory of the counts (lock held): drop the buckets with no failure
+        in the window, and only if that is not enough, every bucket.
+
+        A bucket is trimmed only when its key id or address is seen again, so those of
+        every scanner that ever failed stayed; once they were :data:`_MAX_TRACKED` the
+        whole table was cleared, the live counts with them, and a key id or address
+        over its limit could be tried again at once. (Unless the stale ones are at least
+        half, all are still dropped.)"""
+        stale = [
+            b for b, times in self._failures.items() if not times or now - times[-1] > self.window_s
+        ]
+        for bucket in stale:
+            del self._failures[bucket]
+        if len(self._failures) > _MAX_TRACKED // 2:
+            # a spray within one window: memory stays bounded, and the scan above runs
+            # at most once per _MAX_TRACKED / 2 failures
+            self._failures.clear()
 
     @contextmanager
     def attempt(self, key_id: str, address: str, digest: bytes = b"") -> Iterator[None]:
