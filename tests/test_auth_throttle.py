@@ -68,3 +68,52 @@ def test_concurrent_guesses_never_hash_more_than_the_budget() -> None:
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(guess, range(16)))
     assert ran == 3
+
+
+def test_a_check_of_the_same_secret_waits_for_the_one_in_flight() -> None:
+    """Parallel first requests with one valid key: all but one were refused 429 "another
+    authentication ... in progress". One of the same secret now waits for the check in
+    flight (and then finds its outcome); another secret is still refused at once."""
+    throttle = AuthThrottle(per_key=10, per_address=100)
+    entered = threading.Event()
+    release = threading.Event()
+
+    def first() -> None:
+        with throttle.attempt("k1", "10.0.0.1", b"same"):
+            entered.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    assert entered.wait(5)
+    with (
+        pytest.raises(RateLimitedError, match="in progress"),
+        throttle.attempt("k1", "10.0.0.2", b"other"),
+    ):
+        pass
+    threading.Timer(0.2, release.set).start()
+    with throttle.attempt("k1", "10.0.0.1", b"same"):  # admitted once the first is done
+        assert release.is_set()
+    holder.join(5)
+
+
+def test_old_failures_filling_the_table_do_not_reset_a_live_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Buckets were trimmed only when seen again, so old scanners' ones stayed; once
+    there were too many the whole table was cleared, a key id over its limit with it."""
+    import time
+
+    from ragstore.auth import throttle as throttle_module
+
+    monkeypatch.setattr(throttle_module, "_MAX_TRACKED", 20)
+    throttle = AuthThrottle(per_key=2, per_address=100, window_s=0.5)
+    for i in range(15):
+        throttle.failed(None, f"10.1.0.{i}")  # old scanners, one bucket each
+    time.sleep(0.6)
+    _fail(throttle, "k1", "10.0.0.1")
+    _fail(throttle, "k1", "10.0.0.2")
+    for i in range(15):
+        throttle.failed(None, f"10.2.0.{i}")  # the table overflows
+    with pytest.raises(RateLimitedError, match="API key k1"), throttle.attempt("k1", "10.0.0.3"):
+        pass

@@ -26,7 +26,7 @@ from ragstore._requests import (
     raise_for_problem,
     read_answer,
 )
-from ragstore.errors import DatabaseUnavailableError, RagstoreError
+from ragstore.errors import AuthenticationError, DatabaseUnavailableError, RagstoreError
 
 __all__ = ["AsyncClient", "Client", "error_from_problem"]
 
@@ -38,7 +38,24 @@ _CLOSED = "this {kind} is closed; open a new {kind}(...) (or keep using it insid
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    """The ``Authorization`` header of ``api_key``, its surrounding whitespace dropped.
+
+    A key read from a file kept its final newline, which no header may carry: every
+    call failed "cannot reach the ragstore server ... Illegal header value b'Bearer
+    rsk_...'", blaming the network and printing the whole secret; a key with a
+    non-ASCII character raised UnicodeEncodeError. The server strips the token too, so
+    the newline is dropped here; a key with characters inside that no key has is
+    refused (AuthenticationError) without being repeated."""
+    key = (api_key or "").strip()
+    if not key:
+        return {}
+    if not all(33 <= ord(c) < 127 for c in key):
+        raise AuthenticationError(
+            "the API key has characters no key has (spaces, control or non-ASCII "
+            "characters); keys look like rsk_<id>_<secret>, as `ragstore keys create` "
+            "printed it"
+        )
+    return {"Authorization": f"Bearer {key}"}
 
 
 LSN_HEADER = "RAGStore-LSN"  # ragstore.db.lsn.HEADER (not imported: the client stays light)

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from ragstore import Client
+from ragstore import AsyncClient, Client
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
 from ragstore.errors import (
     AuthenticationError,
     CollectionNotFoundError,
     FileTooLargeError,
+    InputError,
     JobNotFoundError,
     PermissionDeniedError,
     RateLimitedError,
@@ -65,6 +67,43 @@ def test_malformed_unknown_and_wrong_keys_are_401(secure_url: str, keys: KeyStor
     ):
         with Client(secure_url, api_key=bad) as c, pytest.raises(AuthenticationError, match=why):
             c.list_collections()
+
+
+def test_two_authorization_headers_are_401_whatever_the_method(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    # a GET was judged by the first header and a POST (checked before its body) by the
+    # last: one valid key beside junk got in or not depending on the order and the method
+    real = keys.create("read").secret
+    for pair in ((real, "junk"), ("junk", real)):
+        headers = [("Authorization", f"Bearer {pair[0]}"), ("Authorization", f"Bearer {pair[1]}")]
+        for method, path, body in (
+            ("GET", "/v1/collections", None),
+            ("POST", "/v1/collections/team/search", {"query": "x"}),
+        ):
+            r = httpx.request(method, f"{secure_url}{path}", headers=headers, json=body)
+            assert r.status_code == 401, (method, pair, r.text[:200])
+            assert r.headers["content-type"] == "application/problem+json"
+            assert "more than one Authorization header" in r.json()["detail"]
+            assert real.split("_", 2)[2] not in r.text
+
+
+async def test_a_key_read_from_a_file_with_its_newline_works(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    # the newline made every call fail "cannot reach the ragstore server ... Illegal
+    # header value b'Bearer rsk_...'", with the whole secret in the message
+    secret = keys.create("read").secret
+    with Client(secure_url, api_key=secret + "\n") as c:
+        assert c.list_collections()
+    async with AsyncClient(secure_url, api_key=f" {secret}\r\n") as ac:
+        assert await ac.list_collections()
+    for bad in (secret[:20] + "\n" + secret[20:], secret + "é", "rsk_\x00" + secret[4:]):
+        with pytest.raises(AuthenticationError, match="characters no key has") as info:
+            Client(secure_url, api_key=bad)
+        assert secret[20:] not in str(info.value)
+        with pytest.raises(AuthenticationError, match="characters no key has"):
+            AsyncClient(secure_url, api_key=bad)
 
 
 def test_health_needs_no_key(secure_url: str) -> None:
@@ -166,6 +205,21 @@ def test_revoked_key_is_refused_on_its_next_request(
             c.list_collections()
 
 
+def test_parallel_first_requests_with_a_valid_key_all_succeed(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    # only one check of a key id runs at a time: the others were refused 429 ("another
+    # authentication ... in progress"), so a client's parallel first requests failed
+    secret = keys.create("read").secret
+
+    def get(_: int) -> int:
+        with httpx.Client(base_url=secure_url, headers={"Authorization": f"Bearer {secret}"}) as h:
+            return h.get("/v1/models").status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(get, range(8))) == [200] * 8
+
+
 def test_rate_limit_answers_429_with_retry_after(secure_url: str, keys: KeyStore) -> None:
     secret = keys.create("read").secret
     codes = []
@@ -220,6 +274,18 @@ def test_keys_cli_creates_lists_and_revokes(
         c.list_collections()
     assert run_cli("keys", "revoke", "feedfeedfeed") == 66
     assert run_cli("keys", "create", "--scope", "root") == 65
+
+
+def test_a_key_for_a_name_no_collection_can_have_is_refused(
+    cli_env: dict[str, str], keys: KeyStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it was created, could reach nothing, and one for "" was listed as "*" (every one)
+    for bad in ("", "team ", "a/b", "../team"):
+        with pytest.raises(InputError, match="invalid collection name"):
+            keys.create("read", bad)
+    assert run_cli("keys", "create", "--scope", "read", "--collection", "team ") == 65
+    assert "invalid collection name" in capsys.readouterr().err
+    assert keys.create("read", "not.made-yet_1").key.collection == "not.made-yet_1"
 
 
 def test_only_a_salted_hash_is_stored(keys: KeyStore, settings: Settings) -> None:

@@ -213,6 +213,16 @@ async def test_a_key_for_a_missing_collection_learns_no_other_names(handbook: St
     assert "handbook" not in text and "other" not in text
 
 
+def test_a_metrics_key_serves_no_tools(handbook: Store) -> None:
+    # a scraper's key reads /metrics only: over MCP its list_collections named every
+    # collection with its model and counts (the API refuses that key 403)
+    from ragstore.errors import PermissionDeniedError
+
+    scraper = KeyStore(handbook.runtime.db).create("metrics").secret
+    with pytest.raises(PermissionDeniedError, match="needs 'read'"):
+        key_for(handbook, scraper)
+
+
 def test_over_http_the_server_key_is_asked_of_every_request(handbook: Store) -> None:
     """A server started with a key used to serve it to whoever reached the port: with
     ``--host 0.0.0.0 --api-key`` anyone on the network read (or, with a write key, wrote)

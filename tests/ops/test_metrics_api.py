@@ -214,3 +214,30 @@ def test_metrics_need_a_key_with_keys_on_beyond_loopback_in_every_profile(
     local = settings.model_copy(update={"auth": "on", "profile": "dev"})
     with running_server(local) as url:
         assert httpx.get(f"{url}/metrics").status_code == 200
+
+
+def test_a_key_limited_to_a_collection_reads_no_metrics(settings: Settings) -> None:
+    """The metrics name every collection: a key of one collection learnt the others'
+    names from them, which the API keeps from it (its listings and 404s name none)."""
+    assert settings.database_url is not None
+    db = Database(settings.database_url.get_secret_value())
+    try:
+        store = KeyStore(db)
+        scoped = store.create("read", "opsmine").secret
+        admin = store.create("admin").secret
+    finally:
+        db.close()
+    exposed = settings.model_copy(update={"auth": "on", "profile": "dev", "api_host": "0.0.0.0"})
+    with running_server(exposed) as url:
+        for name in ("opsmine", "opssecret"):
+            made = httpx.post(
+                f"{url}/v1/collections",
+                json={"name": name},
+                headers={"Authorization": f"Bearer {admin}"},
+            )
+            assert made.status_code in (201, 409)
+        r = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {scoped}"})
+        assert r.status_code == 403, r.text[:200]
+        assert r.json()["code"] == "forbidden" and "opssecret" not in r.text
+        whole = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {admin}"})
+        assert whole.status_code == 200 and 'collection="opssecret"' in whole.text

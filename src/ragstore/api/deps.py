@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -18,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from ragstore.auth import ApiKey, KeyStore, RateLimiter
-from ragstore.errors import InputError
+from ragstore.errors import AuthenticationError, InputError
 from ragstore.runtime import Runtime
 
 
@@ -79,6 +80,23 @@ class Principal:
 _bearer = HTTPBearer(auto_error=False, description="An API key from `ragstore keys create`.")
 
 
+def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The token of ``Authorization: Bearer TOKEN`` among a request's raw ``headers``.
+
+    A request with two ``Authorization`` headers is refused (AuthenticationError): the
+    routes' dependency read the first and the check before a body the last, so the
+    same request was let in or refused by its method, and a proxy that added its own
+    header left which key a request used to chance."""
+    values = [v for k, v in headers if k.lower() == b"authorization"]
+    if len(values) > 1:
+        raise AuthenticationError(
+            "the request has more than one Authorization header; send one, "
+            "`Authorization: Bearer rsk_...`"
+        )
+    scheme, _, token = (values[0] if values else b"").decode("latin-1").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 def authenticate(
     keys: KeyStore, limiter: RateLimiter, presented: str | None, client: str
 ) -> Principal:
@@ -101,7 +119,8 @@ async def _caller(
     if isinstance(early, Principal):
         return early  # authenticated before the body was read
     client = request.client.host if request.client else ""
-    token = credentials.credentials if credentials else None
+    del credentials  # declared for the OpenAPI document; read as the middleware reads it
+    token = bearer_token(request.scope.get("headers", ()))
     # the key check may hash and reads the database: off the event loop
     caller = await run_in_threadpool(authenticate, state.keys, state.limiter, token, client)
     request.state.principal = caller  # errors.py words a 404 for what it may see

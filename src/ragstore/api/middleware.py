@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstore._requests import UPLOAD_LIMIT_HEADER
-from ragstore.api.deps import ApiState, authenticate
+from ragstore.api.deps import ApiState, authenticate, bearer_token
 from ragstore.api.errors import problem_response
 from ragstore.errors import RagstoreError, RateLimitedError, RequestTooLargeError
 
@@ -224,12 +224,6 @@ class BodyLimitMiddleware:
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-def bearer_token(headers: dict[bytes, bytes]) -> str | None:
-    """The token of ``Authorization: Bearer TOKEN`` (as FastAPI's ``HTTPBearer`` reads it)."""
-    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
-
-
 class AuthBeforeBodyMiddleware:
     """With API keys on, check the key of a ``/v1`` request that carries a body before the
     body is read.
@@ -274,10 +268,10 @@ class AuthBeforeBodyMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", ()))
-        token = bearer_token(headers)
         client = scope["client"][0] if scope.get("client") else ""
         state: dict[str, Any] = scope.setdefault("state", {})
         try:
+            token = bearer_token(scope.get("headers", ()))
             state["principal"] = await run_in_threadpool(
                 authenticate, api.keys, api.limiter, token, client
             )

@@ -24,6 +24,7 @@ import psycopg
 from ragstore.auth.throttle import AuthThrottle
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
+from ragstore.db.repository import check_name
 from ragstore.errors import (
     ApiKeyNotFoundError,
     AuthenticationError,
@@ -115,6 +116,10 @@ class KeyStore:
     def create(self, scope: str, collection: str | None = None, name: str = "") -> NewKey:
         if scope not in SCOPES:
             raise InputError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
+        if collection is not None:
+            # a name no collection can have ("", "team ", "a/b") made a key that reached
+            # nothing, and `keys list` showed one limited to "" as "*", every collection
+            check_name(collection)
         if scope == "metrics" and collection is not None:
             raise InputError(
                 "a metrics key reads the server's metrics, which cover every collection; "
@@ -174,18 +179,23 @@ class KeyStore:
             raise AuthenticationError("the API key is malformed; keys look like rsk_<id>_<secret>")
         key_id, secret = m.group(1), m.group(2)
         digest = hashlib.sha256(secret.encode()).digest()
-        with self._lock:
-            known = self._verified.get(key_id)
-        cached = known is not None and hmac.compare_digest(known, digest)
+        cached = self._known(key_id, digest)
         if not cached:
-            # admitted and, failing, counted atomically (auth/throttle.py)
-            with self.throttle.attempt(key_id, address):
-                return self._check(key_id, secret, digest, cached)
+            # admitted and, failing, counted atomically (auth/throttle.py); a check of the
+            # same secret in flight is waited for, and its success is found here
+            with self.throttle.attempt(key_id, address, digest):
+                return self._check(key_id, secret, digest, self._known(key_id, digest))
         try:
             return self._check(key_id, secret, digest, cached)
         except AuthenticationError:
             self.throttle.failed(key_id, address)
             raise
+
+    def _known(self, key_id: str, digest: bytes) -> bool:
+        """Whether the secret of ``digest`` verified for ``key_id`` in this process."""
+        with self._lock:
+            known = self._verified.get(key_id)
+        return known is not None and hmac.compare_digest(known, digest)
 
     def _check(self, key_id: str, secret: str, digest: bytes, cached: bool) -> ApiKey:
         with self.db.connection() as conn, translated("checking an API key"):

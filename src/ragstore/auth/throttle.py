@@ -12,10 +12,19 @@ lock (the counts, then the key id's one slot) and, when it fails, counted under 
 lock before its slot is freed. Checking first and counting after the slot was freed let a
 guess that had passed the check while a failure was being hashed take the freed slot: an
 eleventh hash of a key id in a window of ten (seen under load in CI).
+
+A check of the very secret already being checked for the key id waits for that check
+(at most :data:`SAME_SECRET_WAIT_S`) instead of being refused: a client whose first
+requests to a server process came in parallel (the console loading a page, a batch
+with several workers, a server just restarted) had all but one of them refused 429
+"another authentication ... in progress" with its valid key. Once the first check is
+done the secret is known good (or counted as failed), so the waiter is answered from
+that; a different secret for the same key id is still refused at once.
 """
 
 from __future__ import annotations
 
+import hmac
 import threading
 import time
 from collections import deque
@@ -25,6 +34,9 @@ from contextlib import contextmanager
 from ragstore.errors import AuthenticationError, RateLimitedError
 
 _MAX_TRACKED = 50_000
+# how long a check waits for one of the same secret in flight before it is refused (a
+# scrypt takes a fraction of a second; a key id's checks are bounded by ``per_key``)
+SAME_SECRET_WAIT_S = 10.0
 
 
 class AuthThrottle:
@@ -33,8 +45,10 @@ class AuthThrottle:
         self.per_address = per_address
         self.window_s = window_s
         self._failures: dict[str, deque[float]] = {}
-        self._checking: set[str] = set()  # key ids with a check in flight
+        # key id -> a digest of the secret whose check is in flight
+        self._checking: dict[str, bytes] = {}
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)  # notified when a check ends
 
     def _recent(self, bucket: str, now: float) -> deque[float]:
         times = self._failures.get(bucket)
@@ -75,32 +89,69 @@ class AuthThrottle:
     def _record(self, key_id: str | None, address: str, now: float) -> None:
         """:meth:`failed`, with the lock held."""
         if len(self._failures) > _MAX_TRACKED:
-            self._failures.clear()  # bounded memory under a spray of addresses
+            self._prune(now)
         for bucket in (f"key:{key_id}" if key_id else None, f"addr:{address}"):
             if bucket is not None:
                 self._failures.setdefault(bucket, deque()).append(now)
 
+    def _prune(self, now: float) -> None:
+        """Bound the memory of the counts (lock held): drop the buckets with no failure
+        in the window, and only if that is not enough, every bucket.
+
+        A bucket is trimmed only when its key id or address is seen again, so those of
+        every scanner that ever failed stayed; once they were :data:`_MAX_TRACKED` the
+        whole table was cleared, the live counts with them, and a key id or address
+        over its limit could be tried again at once. (Unless the stale ones are at least
+        half, all are still dropped.)"""
+        stale = [
+            b for b, times in self._failures.items() if not times or now - times[-1] > self.window_s
+        ]
+        for bucket in stale:
+            del self._failures[bucket]
+        if len(self._failures) > _MAX_TRACKED // 2:
+            # a spray within one window: memory stays bounded, and the scan above runs
+            # at most once per _MAX_TRACKED / 2 failures
+            self._failures.clear()
+
     @contextmanager
-    def attempt(self, key_id: str, address: str) -> Iterator[None]:
+    def attempt(self, key_id: str, address: str, digest: bytes = b"") -> Iterator[None]:
         """One check of an unverified secret of ``key_id`` from ``address``: refused (429)
-        when the key id or the address failed too often lately, or while another check of
-        the key id is in flight; an AuthenticationError raised inside counts as a failure
-        before the key id's next check can be admitted."""
+        when the key id or the address failed too often lately, or while a check of
+        another secret of the key id is in flight (one of the same ``digest`` is waited
+        for, up to :data:`SAME_SECRET_WAIT_S`; the caller then finds its outcome); an
+        AuthenticationError raised inside counts as a failure before the key id's next
+        check can be admitted."""
         with self._lock:
+            deadline = time.monotonic() + SAME_SECRET_WAIT_S
+            while self._same_in_flight(key_id, digest):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._freed.wait(left)
             self._refuse_if_over(key_id, address, time.monotonic())
             if key_id in self._checking:
                 raise RateLimitedError(
                     f"another authentication of API key {key_id} is in progress; retry in 1s",
                     retry_after=1.0,
                 )
-            self._checking.add(key_id)
+            self._checking[key_id] = digest
         try:
             yield
         except AuthenticationError:
             with self._lock:
                 self._record(key_id, address, time.monotonic())
-                self._checking.discard(key_id)
+                self._release(key_id)
             raise
         finally:
             with self._lock:
-                self._checking.discard(key_id)
+                self._release(key_id)
+
+    def _same_in_flight(self, key_id: str, digest: bytes) -> bool:
+        """Whether the secret of ``digest`` is being checked for ``key_id`` (lock held)."""
+        flying = self._checking.get(key_id)
+        return bool(digest) and flying is not None and hmac.compare_digest(flying, digest)
+
+    def _release(self, key_id: str) -> None:
+        """Free ``key_id``'s slot and wake the checks waiting for it (lock held)."""
+        if self._checking.pop(key_id, None) is not None:
+            self._freed.notify_all()

@@ -34,8 +34,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field, Strict
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ragstore.api.deps import bearer_token
 from ragstore.api.errors import send_problem
-from ragstore.api.middleware import BodyLimitMiddleware, bearer_token
+from ragstore.api.middleware import BodyLimitMiddleware
 from ragstore.auth.keys import ApiKey, KeyStore
 from ragstore.db.cancel import Cancellation, cancelling
 from ragstore.db.errors import translated
@@ -133,9 +134,9 @@ class KeyRequired:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        presented = bearer_token(dict(scope.get("headers", ())))
         address = str((scope.get("client") or ("",))[0])
         try:
+            presented = bearer_token(scope.get("headers", ()))
             got = await anyio.to_thread.run_sync(self.keys.authenticate, presented, address)
             if got.id != self.key.id:
                 raise AuthenticationError(
@@ -172,10 +173,16 @@ def http_app(
 
 
 def key_for(store: Store, presented: str | None) -> ApiKey | None:
-    """The live key behind ``presented`` (None: no key, read-only tools, no checks)."""
+    """The live key behind ``presented`` (None: no key, read-only tools, no checks).
+
+    A ``metrics`` key (it reads /metrics and nothing else) is refused: no tool checked
+    the scope of ``list_collections``, so an MCP server started with a scraper's key
+    listed every collection with its model and counts, which the API refuses it."""
     if not presented:
         return None
-    return KeyStore(store.runtime.db, read_only=True).authenticate(presented)
+    key = KeyStore(store.runtime.db, read_only=True).authenticate(presented)
+    key.require_scope("read")
+    return key
 
 
 def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:

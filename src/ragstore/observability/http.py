@@ -151,7 +151,11 @@ async def _require_key(request: Request) -> None:
     the server listens beyond loopback: they name collections (and each replica's host and
     user) and show load, which /readyz and the API keep from anonymous callers. A dev
     server on ``0.0.0.0`` with keys on showed them to anyone on the network; a dev scraper
-    of a server on loopback still needs no key."""
+    of a server on loopback still needs no key.
+
+    The key must not be limited to a collection: the metrics name every collection (and
+    count its chunks), so a key of one collection learnt the others' names here, which
+    the API's listings, 404s and job reads keep from it (403 ``forbidden`` now)."""
     from starlette.concurrency import run_in_threadpool
 
     from ragstore.profiles import served_on_loopback
@@ -163,12 +167,12 @@ async def _require_key(request: Request) -> None:
         return
     if rt.settings.profile != "prod" and served_on_loopback(rt.settings):
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+    from ragstore.api.deps import bearer_token
+
+    token = bearer_token(request.scope.get("headers", ()))
     client = request.client.host if request.client else ""
-    await run_in_threadpool(
-        keys.authenticate, token if scheme.lower() == "bearer" else None, client
-    )
+    key = await run_in_threadpool(keys.authenticate, token, client)
+    key.require("metrics")
 
 
 async def _in_thread(fn: Any, *args: Any) -> bytes:
