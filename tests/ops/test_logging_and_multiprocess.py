@@ -111,6 +111,68 @@ def test_metrics_of_several_processes_are_merged(tmp_path: Path) -> None:
     assert samples[("ragstore_db_pool_max_connections", ())] == 10
 
 
+_KILLED = """
+import os
+from ragstore.observability import metrics
+metrics.mark_process_dead_at_exit()
+metrics.POOL_MAX.set(10)
+metrics.HTTP_IN_FLIGHT.inc()
+metrics.observe_replica("r1", False, 99.0)
+os._exit(0)  # like SIGKILL or the OOM killer: no atexit hook runs
+"""
+
+_LIVE = """
+import sys
+from ragstore.observability import metrics
+metrics.mark_process_dead_at_exit()  # a worker starting: what install_observability runs
+metrics.POOL_MAX.set(10)
+metrics.observe_replica("r1", True, 0.5)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_killed_worker_leaves_no_gauges_behind(tmp_path: Path) -> None:
+    """A worker that died without its atexit hook (killed, OOM) and was replaced must not
+    keep its gauges in every scrape: its pool and in-flight figures summed forever, its
+    last view of a replica (down, far behind) shown in place of the live workers'."""
+    folder = tmp_path / "prom"
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    subprocess.run([sys.executable, "-c", _KILLED], env=env, check=True, timeout=120)
+    live = subprocess.Popen(
+        [sys.executable, "-c", _LIVE],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert live.stdout is not None and live.stdout.readline().strip() == "ready"
+        render = (
+            "import sys; from ragstore.observability import metrics; "
+            "sys.stdout.write(metrics.render().decode())"
+        )
+        text = subprocess.run(
+            [sys.executable, "-c", render],
+            env=env,
+            check=True,
+            timeout=120,
+            capture_output=True,
+            text=True,
+        ).stdout
+    finally:
+        live.communicate("", timeout=60)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    assert samples[("ragstore_db_pool_max_connections", ())] == 10
+    assert samples.get(("ragstore_http_requests_in_flight", ()), 0) == 0
+    assert samples[("ragstore_db_replica_up", (("replica", "r1"),))] == 1
+    assert samples[("ragstore_db_replica_lag_seconds", (("replica", "r1"),))] == 0.5
+
+
 def test_the_worker_command_logs_structured_json_lines(cli_env: dict[str, str]) -> None:
     """``ragstore worker`` configures the same JSON logging as the API."""
     env = {**os.environ, **cli_env, "RAGSTORE_LOG_FORMAT": "json", "RAGSTORE_LOG_LEVEL": "info"}
