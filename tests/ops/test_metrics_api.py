@@ -214,3 +214,31 @@ def test_metrics_need_a_key_with_keys_on_beyond_loopback_in_every_profile(
     local = settings.model_copy(update={"auth": "on", "profile": "dev"})
     with running_server(local) as url:
         assert httpx.get(f"{url}/metrics").status_code == 200
+
+
+def test_hostile_requests_keep_every_label_in_a_bounded_set(http: httpx.Client) -> None:
+    """Random methods, paths, collection names and headers must not mint new label values:
+    each would be a new time series kept for the life of the process (and in /metrics)."""
+    import secrets
+
+    junks = []
+    for _ in range(3):
+        junk = secrets.token_hex(6)
+        junks.append(junk)
+        http.request("PROPFIND", f"/v1/collections/c{junk}")
+        http.get(f"/nowhere/{junk}", headers={"User-Agent": junk})
+        http.get(f"/v1/collections/c{junk}")
+        http.post(f"/v1/collections/c{junk}/search", json={"query": "x"})
+        http.get(f"/v1/jobs/{junk}")
+        http.get(f"/v1/collections/c{junk}/documents/{junk}")
+        http.get(f"/v1/collections/c{junk}/documents/{junk}/", follow_redirects=False)
+        http.get(f"/static/{junk}")
+        http.get(f"/console/{junk}")
+        http.get(f"/ui/{junk}")
+    bad = []
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for s in family.samples:
+            for label_value in s.labels.values():
+                if any(j in label_value for j in junks):
+                    bad.append((s.name, s.labels))
+    assert not bad, bad
