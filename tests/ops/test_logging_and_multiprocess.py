@@ -198,3 +198,23 @@ def test_the_worker_command_logs_structured_json_lines(cli_env: dict[str, str]) 
     assert events["worker started"]["worker"] == "w-test"
     assert events["worker started"]["level"] == "info"
     assert "worker stopped" in events
+
+
+def test_a_console_line_with_newlines_or_escapes_in_its_message_stays_one_line() -> None:
+    """Standard-library messages carry request data in their text (a request path in the
+    WAL warning, an error's message): in console format a newline in it started what read
+    as a second record, and an ANSI escape reached the operator's terminal."""
+    import logging
+
+    out = io.StringIO()
+    configure_logging("info", log_format="console", stream=out)
+    try:
+        forged = "/v1/x\n2026-12-06T00:00:00Z [error    ] forged [ragstore]\x1b[2J\u0085end"
+        logging.getLogger("ragstore.api.routing").warning("after %s: failed", forged)
+        get_logger("ragstore.test").info("ev\r\nforged", note="a\nb")
+    finally:
+        configure_logging("warning", log_format="json")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert "\x1b" not in out.getvalue() and "\u0085" not in out.getvalue()
+    assert "/v1/x\\n2026" in lines[0] and "\\x1b[2J" in lines[0]
