@@ -242,3 +242,23 @@ def test_hostile_requests_keep_every_label_in_a_bounded_set(http: httpx.Client) 
                 if any(j in label_value for j in junks):
                     bad.append((s.name, s.labels))
     assert not bad, bad
+
+
+def test_texts_added_through_the_api_are_counted_as_ingested(http: httpx.Client) -> None:
+    """POST .../texts (what LangChain, LlamaIndex and the MCP tools use) stores documents
+    like an upload does; they were missing from the ingest counters, so a dashboard of
+    ingest showed nothing for a store filled that way."""
+    assert http.post("/v1/collections", json={"name": "opstexts"}).status_code in (201, 409)
+    before = scrape(http)
+    body = {"texts": ["Rollback is safe.", "Backups run nightly."], "ids": ["t1", "t2"]}
+    assert http.post("/v1/collections/opstexts/texts", json=body).status_code == 201
+    assert http.post("/v1/collections/opstexts/texts", json=body).status_code == 201
+    after = scrape(http)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("ragstore_ingest_documents_total", outcome="added") == 2
+    assert grew("ragstore_ingest_documents_total", outcome="unchanged") == 2
+    assert grew("ragstore_ingest_chunks_total", outcome="embedded") == 2
+    assert grew("ragstore_ingest_duration_seconds_count") == 2
