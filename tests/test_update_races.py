@@ -171,6 +171,40 @@ def test_an_embedding_failure_midway_leaves_each_changed_file_whole(
         server.stop()
 
 
+def test_an_ingest_stopped_midway_still_counts_the_documents_it_stored(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint refusing the third file after two rounds committed: the two stored
+    files are in ragstore_ingest_documents_total. The error raised out of the pipeline
+    skipped the metrics, so a dashboard showed nothing ingested while files were stored."""
+    from ragstore.observability.metrics import REGISTRY
+
+    def added() -> float:
+        labels = {"outcome": "added"}
+        return REGISTRY.get_sample_value("ragstore_ingest_documents_total", labels) or 0.0
+
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    local = load_embedder(resolve_spec(DEFAULT_MODEL))
+    server = EmbeddingServer(local, api_key="sk-test-123").start()  # type: ignore[arg-type]
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(4):
+        body = " ".join(f"word{j} of file {i}." for j in range(120))
+        extra = " Poisoned row." if i == 2 else ""
+        (folder / f"f{i}.md").write_text(f"# File {i}\n\n{body}{extra}\n")
+    try:
+        with Runtime(_like(settings, ingest_batch_chunks=1)) as small:
+            _http_collection(small, server, "upd-metrics")
+            server.refuse_text = "Poisoned row."
+            before = added()
+            with pytest.raises(EmbeddingProviderError) as err:
+                ingest_paths(small, [folder], "upd-metrics")
+            assert len(err.value.problem_members["stored_files"]) == 2
+            assert added() - before == 2
+    finally:
+        server.stop()
+
+
 def test_a_changed_file_whose_new_version_cannot_be_stored_keeps_the_old_one(
     rt: Runtime, tmp_path: Path
 ) -> None:

@@ -111,6 +111,68 @@ def test_metrics_of_several_processes_are_merged(tmp_path: Path) -> None:
     assert samples[("ragstore_db_pool_max_connections", ())] == 10
 
 
+_KILLED = """
+import os
+from ragstore.observability import metrics
+metrics.mark_process_dead_at_exit()
+metrics.POOL_MAX.set(10)
+metrics.HTTP_IN_FLIGHT.inc()
+metrics.observe_replica("r1", False, 99.0)
+os._exit(0)  # like SIGKILL or the OOM killer: no atexit hook runs
+"""
+
+_LIVE = """
+import sys
+from ragstore.observability import metrics
+metrics.mark_process_dead_at_exit()  # a worker starting: what install_observability runs
+metrics.POOL_MAX.set(10)
+metrics.observe_replica("r1", True, 0.5)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_killed_worker_leaves_no_gauges_behind(tmp_path: Path) -> None:
+    """A worker that died without its atexit hook (killed, OOM) and was replaced must not
+    keep its gauges in every scrape: its pool and in-flight figures summed forever, its
+    last view of a replica (down, far behind) shown in place of the live workers'."""
+    folder = tmp_path / "prom"
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    subprocess.run([sys.executable, "-c", _KILLED], env=env, check=True, timeout=120)
+    live = subprocess.Popen(
+        [sys.executable, "-c", _LIVE],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert live.stdout is not None and live.stdout.readline().strip() == "ready"
+        render = (
+            "import sys; from ragstore.observability import metrics; "
+            "sys.stdout.write(metrics.render().decode())"
+        )
+        text = subprocess.run(
+            [sys.executable, "-c", render],
+            env=env,
+            check=True,
+            timeout=120,
+            capture_output=True,
+            text=True,
+        ).stdout
+    finally:
+        live.communicate("", timeout=60)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    assert samples[("ragstore_db_pool_max_connections", ())] == 10
+    assert samples.get(("ragstore_http_requests_in_flight", ()), 0) == 0
+    assert samples[("ragstore_db_replica_up", (("replica", "r1"),))] == 1
+    assert samples[("ragstore_db_replica_lag_seconds", (("replica", "r1"),))] == 0.5
+
+
 def test_the_worker_command_logs_structured_json_lines(cli_env: dict[str, str]) -> None:
     """``ragstore worker`` configures the same JSON logging as the API."""
     env = {**os.environ, **cli_env, "RAGSTORE_LOG_FORMAT": "json", "RAGSTORE_LOG_LEVEL": "info"}
@@ -136,3 +198,23 @@ def test_the_worker_command_logs_structured_json_lines(cli_env: dict[str, str]) 
     assert events["worker started"]["worker"] == "w-test"
     assert events["worker started"]["level"] == "info"
     assert "worker stopped" in events
+
+
+def test_a_console_line_with_newlines_or_escapes_in_its_message_stays_one_line() -> None:
+    """Standard-library messages carry request data in their text (a request path in the
+    WAL warning, an error's message): in console format a newline in it started what read
+    as a second record, and an ANSI escape reached the operator's terminal."""
+    import logging
+
+    out = io.StringIO()
+    configure_logging("info", log_format="console", stream=out)
+    try:
+        forged = "/v1/x\n2026-12-06T00:00:00Z [error    ] forged [ragstore]\x1b[2J\u0085end"
+        logging.getLogger("ragstore.api.routing").warning("after %s: failed", forged)
+        get_logger("ragstore.test").info("ev\r\nforged", note="a\nb")
+    finally:
+        configure_logging("warning", log_format="json")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert "\x1b" not in out.getvalue() and "\u0085" not in out.getvalue()
+    assert "/v1/x\\n2026" in lines[0] and "\\x1b[2J" in lines[0]

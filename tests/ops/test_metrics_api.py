@@ -216,6 +216,7 @@ def test_metrics_need_a_key_with_keys_on_beyond_loopback_in_every_profile(
         assert httpx.get(f"{url}/metrics").status_code == 200
 
 
+<<<<<<< HEAD
 def test_a_key_limited_to_a_collection_reads_no_metrics(settings: Settings) -> None:
     """The metrics name every collection: a key of one collection learnt the others'
     names from them, which the API keeps from it (its listings and 404s name none)."""
@@ -241,3 +242,51 @@ def test_a_key_limited_to_a_collection_reads_no_metrics(settings: Settings) -> N
         assert r.json()["code"] == "forbidden" and "opssecret" not in r.text
         whole = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {admin}"})
         assert whole.status_code == 200 and 'collection="opssecret"' in whole.text
+=======
+def test_hostile_requests_keep_every_label_in_a_bounded_set(http: httpx.Client) -> None:
+    """Random methods, paths, collection names and headers must not mint new label values:
+    each would be a new time series kept for the life of the process (and in /metrics)."""
+    import secrets
+
+    junks = []
+    for _ in range(3):
+        junk = secrets.token_hex(6)
+        junks.append(junk)
+        http.request("PROPFIND", f"/v1/collections/c{junk}")
+        http.get(f"/nowhere/{junk}", headers={"User-Agent": junk})
+        http.get(f"/v1/collections/c{junk}")
+        http.post(f"/v1/collections/c{junk}/search", json={"query": "x"})
+        http.get(f"/v1/jobs/{junk}")
+        http.get(f"/v1/collections/c{junk}/documents/{junk}")
+        http.get(f"/v1/collections/c{junk}/documents/{junk}/", follow_redirects=False)
+        http.get(f"/static/{junk}")
+        http.get(f"/console/{junk}")
+        http.get(f"/ui/{junk}")
+    bad = []
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for s in family.samples:
+            for label_value in s.labels.values():
+                if any(j in label_value for j in junks):
+                    bad.append((s.name, s.labels))
+    assert not bad, bad
+
+
+def test_texts_added_through_the_api_are_counted_as_ingested(http: httpx.Client) -> None:
+    """POST .../texts (what LangChain, LlamaIndex and the MCP tools use) stores documents
+    like an upload does; they were missing from the ingest counters, so a dashboard of
+    ingest showed nothing for a store filled that way."""
+    assert http.post("/v1/collections", json={"name": "opstexts"}).status_code in (201, 409)
+    before = scrape(http)
+    body = {"texts": ["Rollback is safe.", "Backups run nightly."], "ids": ["t1", "t2"]}
+    assert http.post("/v1/collections/opstexts/texts", json=body).status_code == 201
+    assert http.post("/v1/collections/opstexts/texts", json=body).status_code == 201
+    after = scrape(http)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("ragstore_ingest_documents_total", outcome="added") == 2
+    assert grew("ragstore_ingest_documents_total", outcome="unchanged") == 2
+    assert grew("ragstore_ingest_chunks_total", outcome="embedded") == 2
+    assert grew("ragstore_ingest_duration_seconds_count") == 2
+>>>>>>> s38-metrics

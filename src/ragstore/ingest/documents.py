@@ -72,8 +72,11 @@ def add_documents(
         for d in docs
     ]
     report = report if report is not None else IngestReport(collection=collection)
-    ingest_items(rt, collection, items, report, progress=progress, create=False, guard=guard)
-    metrics.observe_ingest(report)
+    try:
+        ingest_items(rt, collection, items, report, progress=progress, create=False, guard=guard)
+    finally:
+        # also when an error stopped it after earlier rounds committed: they are counted
+        metrics.observe_ingest(report)
     by_source = {o.source: o for o in report.outcomes}
     out = []
     for d, item in zip(docs, items, strict=True):

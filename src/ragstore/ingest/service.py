@@ -776,20 +776,24 @@ def _ingest_paths(
         return report
     t0 = time.perf_counter()
     try:
-        ingest_items(
-            rt,
-            name,
-            [Item(str(f), f, str(f)) for f in files],
-            report,
-            metadata=metadata,
-            progress=progress,
-        )
-    except KeyboardInterrupt as exc:  # nothing vanished is removed after an interrupt
+        try:
+            ingest_items(
+                rt,
+                name,
+                [Item(str(f), f, str(f)) for f in files],
+                report,
+                metadata=metadata,
+                progress=progress,
+            )
+        except KeyboardInterrupt as exc:  # nothing vanished is removed after an interrupt
+            report.seconds = time.perf_counter() - t0
+            raise IngestInterrupted(report, len(files) + len(missing)) from exc
+        _finish_sync(rt, name, report, gone, prune)
         report.seconds = time.perf_counter() - t0
-        raise IngestInterrupted(report, len(files) + len(missing)) from exc
-    _finish_sync(rt, name, report, gone, prune)
-    report.seconds = time.perf_counter() - t0
-    metrics.observe_ingest(report)
+    finally:
+        # also when an error stopped it after earlier rounds committed: what they stored
+        # is counted (the error raised used to skip the metrics, showing nothing ingested)
+        metrics.observe_ingest(report)
     return report
 
 

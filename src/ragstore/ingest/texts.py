@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from ragstore.errors import CollectionNotFoundError, EmptyDocumentError, InputEr
 from ragstore.modelops.fanout import building_vectors
 from ragstore.modelops.specs import find_model
 from ragstore.models import Chunk, ChunkType
+from ragstore.observability import metrics
 from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
 from ragstore.search.service import VECTOR_ONLY_PROVIDER
@@ -55,6 +57,14 @@ class AddReport:
     unchanged: int = 0
     embedded: int = 0  # chunk texts sent to the model
     reused: int = 0  # chunks whose stored vector was reused
+    seconds: float = 0.0  # how long the call took (the ingest metrics)
+
+    def count(self, outcome: str) -> int:
+        """Texts with ``outcome`` (``added``, ``updated``, ``unchanged``; others: 0), as
+        ``IngestReport.count`` reads, so the ingest metrics record both alike."""
+        return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged}.get(
+            outcome, 0
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -206,22 +216,29 @@ def add_texts(
             "cannot run; pass one vector per text (vectors=...)"
         )
     report = AddReport(collection=coll.name, ids=out_ids)
-    for start in range(0, len(texts), BATCH):
-        end = min(start + BATCH, len(texts))
-        try:
-            _add_batch(
-                rt,
-                coll,
-                report,
-                list(texts[start:end]),
-                out_ids[start:end],
-                metas[start:end],
-                None if matrix is None else matrix[start:end],
-            )
-        except RagstoreError as exc:
-            if start:
-                _say_what_was_stored(exc, out_ids, start)
-            raise
+    t0 = time.perf_counter()
+    try:
+        for start in range(0, len(texts), BATCH):
+            end = min(start + BATCH, len(texts))
+            try:
+                _add_batch(
+                    rt,
+                    coll,
+                    report,
+                    list(texts[start:end]),
+                    out_ids[start:end],
+                    metas[start:end],
+                    None if matrix is None else matrix[start:end],
+                )
+            except RagstoreError as exc:
+                if start:
+                    _say_what_was_stored(exc, out_ids, start)
+                raise
+    finally:
+        # texts are documents stored like an upload's: they were left out of the ingest
+        # metrics, so a store filled through LangChain, LlamaIndex or MCP showed no ingest
+        report.seconds = time.perf_counter() - t0
+        metrics.observe_ingest(report)
     return report
 
 

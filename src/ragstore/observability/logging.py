@@ -73,6 +73,31 @@ def _ordered(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
     return out
 
 
+# C0 and C1 control characters (tab aside) and the Unicode line breaks: in a console line's
+# message they would end the line or drive the terminal
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line_event(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    """The console renderer prints the message as it is (other values are quoted): a
+    message carrying request data (a path, an error's text) with a newline in it read as
+    a second, forged record, and an ANSI escape reached the terminal. They are escaped."""
+    text = event.get("event")
+    if isinstance(text, str) and _CONTROL.search(text):
+        event["event"] = _CONTROL.sub(_escaped, text)
+    return event
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group(0)
+    if char == "\n":
+        return "\\n"
+    if char == "\r":
+        return "\\r"
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def _shared_processors(log_queries: bool) -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -114,7 +139,12 @@ def configure_logging(
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _ordered, renderer],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _ordered,
+            *([_one_line_event] if use_console else []),
+            renderer,
+        ],
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import threading
 import time
@@ -207,14 +208,16 @@ REPLICA_LAG = Gauge(
     "How far each read replica is behind the primary.",
     ["replica"],
     registry=REGISTRY,
-    multiprocess_mode="max",
+    # live: a dead worker's last view (perhaps "far behind") must not outlast it
+    multiprocess_mode="livemax",
 )
 REPLICA_UP = Gauge(
     "ragstore_db_replica_up",
     "1 while a read replica answers and is within the lag limit.",
     ["replica"],
     registry=REGISTRY,
-    multiprocess_mode="min",
+    # live: a dead worker's last view (perhaps "down") must not outlast it
+    multiprocess_mode="livemin",
 )
 DB_READS = Counter(
     "ragstore_db_reads_total",
@@ -489,7 +492,50 @@ def render(*extra: Collector) -> bytes:
 
 
 def mark_process_dead_at_exit() -> None:
-    """In multiprocess mode, drop this process's live gauges when it exits."""
-    if multiprocess_dir():
+    """In multiprocess mode, drop this process's live gauges when it exits, and those of
+    processes that died before us without running their own hook."""
+    folder = multiprocess_dir()
+    if folder:
         pid = os.getpid()
         atexit.register(multiprocess.mark_process_dead, pid)
+        drop_dead_processes_gauges(folder)
+
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def drop_dead_processes_gauges(folder: str) -> list[int]:
+    """Remove the live-gauge files of processes that are gone; return their pids.
+
+    The atexit hook never runs in a worker that was killed (SIGKILL, the OOM killer) and
+    that uvicorn replaced: its in-flight and pool gauges were summed into every scrape
+    for as long as the folder lived, and its last view of a replica shown as current.
+    Each worker sweeps them as it starts. Counter and histogram files stay: they hold
+    totals that must not go down.
+    """
+    dropped: list[int] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return dropped
+    for name in names:
+        match = _LIVE_GAUGE_FILE.fullmatch(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid in dropped or pid == os.getpid() or _alive(pid):
+            continue
+        multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
+        dropped.append(pid)
+    return dropped
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
