@@ -216,7 +216,6 @@ def test_metrics_need_a_key_with_keys_on_beyond_loopback_in_every_profile(
         assert httpx.get(f"{url}/metrics").status_code == 200
 
 
-<<<<<<< HEAD
 def test_a_key_limited_to_a_collection_reads_no_metrics(settings: Settings) -> None:
     """The metrics name every collection: a key of one collection learnt the others'
     names from them, which the API keeps from it (its listings and 404s name none)."""
@@ -242,7 +241,8 @@ def test_a_key_limited_to_a_collection_reads_no_metrics(settings: Settings) -> N
         assert r.json()["code"] == "forbidden" and "opssecret" not in r.text
         whole = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {admin}"})
         assert whole.status_code == 200 and 'collection="opssecret"' in whole.text
-=======
+
+
 def test_hostile_requests_keep_every_label_in_a_bounded_set(http: httpx.Client) -> None:
     """Random methods, paths, collection names and headers must not mint new label values:
     each would be a new time series kept for the life of the process (and in /metrics)."""
@@ -289,4 +289,3 @@ def test_texts_added_through_the_api_are_counted_as_ingested(http: httpx.Client)
     assert grew("ragstore_ingest_documents_total", outcome="unchanged") == 2
     assert grew("ragstore_ingest_chunks_total", outcome="embedded") == 2
     assert grew("ragstore_ingest_duration_seconds_count") == 2
->>>>>>> s38-metrics
