@@ -1159,7 +1159,7 @@ def read_back(read: Callable[[], _T]) -> _T:
     return read()
 
 
-def _unknown(path: Path, why: RagstoreError) -> str:
+def _unknown(path: Path, why: RagstoreError | str) -> str:
     """What a restore whose outcome could not be read says: both possibilities and how to
     tell them apart."""
     return (
@@ -1178,6 +1178,12 @@ def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
         return RestoreInterrupted(read_back(lambda: _outcome(db, path, session))[1])
     except RagstoreError as exc:
         return RestoreInterrupted(_unknown(path, exc))
+    except KeyboardInterrupt:  # a second interrupt as the outcome was read
+        return RestoreInterrupted(_unknown(path, _READ_INTERRUPTED))
+
+
+# why an outcome was not read: the interrupt came while it was being read
+_READ_INTERRUPTED = "interrupted while it was being read"
 
 
 class _LockWaitEnded(Exception):
@@ -1276,7 +1282,12 @@ def _replay(
         except KeyboardInterrupt as exc:
             raise _stopped(db, path, session) from exc
         except BackupError as exc:
-            error = _failed(db, path, session, exc)
+            try:
+                error = _failed(db, path, session, exc)
+            except KeyboardInterrupt as stop:
+                # an interrupt as a failed restore's outcome was read: it was reported
+                # "nothing was restored" unchecked, though the commit may have gone through
+                raise RestoreInterrupted(f"{exc}; {_unknown(path, _READ_INTERRUPTED)}") from stop
         if error is None:
             return  # committed, its answer lost: restored
         if not isinstance(error, _LockWaitEnded):

@@ -1641,3 +1641,52 @@ def test_a_restore_whose_tables_are_let_go_while_it_tries_completes(
     assert reader.errors == []
     # while the holder held chunks (the restore waiting), the reads were answered
     assert reader.longest_wait(started, released[0]) < 2.0, reader.answers
+
+
+def test_an_interrupt_as_a_failed_restores_outcome_is_read_says_it_is_unknown(
+    populated: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """psql failed (its backend ended) and Ctrl-C came while the restore read back whether
+    its transaction had committed: the command printed "nothing was restored; the
+    database is as it was" without having read it. It now says the outcome is unknown and
+    how to tell."""
+    import signal
+
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    holder = psycopg.connect(populated)
+    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
+    waiting = "application_name = 'psql' AND wait_event_type = 'Lock'"
+
+    def end_the_restore() -> None:
+        deadline = time.monotonic() + 60
+        while not backends_where(populated, waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " + waiting)
+        holder.commit()
+
+    real = backup._outcome
+
+    def ctrl_c_then_read(*args: object) -> tuple[str | None, str]:
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, as the outcome is read
+        time.sleep(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backup, "_outcome", ctrl_c_then_read)
+    ender = threading.Thread(target=end_the_restore)
+    ender.start()
+    capsys.readouterr()
+    try:
+        status = run_cli("restore", str(archive), "--yes", "--no-backup")
+    finally:
+        ender.join()
+        holder.close()
+    err = capsys.readouterr().err
+    assert status == 130, err
+    assert "nothing was restored" not in err and "as it was" not in err, err
+    assert f"whether the restore of {archive} committed could not be read" in err, err
+    assert "ragstore db status" in err, err
