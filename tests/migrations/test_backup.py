@@ -1690,3 +1690,57 @@ def test_an_interrupt_as_a_failed_restores_outcome_is_read_says_it_is_unknown(
     assert "nothing was restored" not in err and "as it was" not in err, err
     assert f"whether the restore of {archive} committed could not be read" in err, err
     assert "ragstore db status" in err, err
+
+
+def test_a_collection_deleted_or_swapped_just_after_pg_dump_ended_keeps_the_backup(
+    populated: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check for tables changed under a dump compared the snapshot's tables with the
+    live catalog once pg_dump had ended: a collection deleted (its vector table dropped),
+    or an import's rebuild swapped in, in the moment after pg_dump ended and before the
+    check failed a backup that was whole ("tables ... were dropped, replaced or rewritten
+    while the backup ran"). What pg_dump read is what is checked now: the backup is kept,
+    and holds the deleted collection."""
+    import sys
+
+    src = write_jsonl(tmp_path / "g.jsonl", [f"g{i}" for i in range(5)], vectors(5, 12, seed=9))
+    args = ["--model", "bk@v1", "--dimension", "12", "--no-backup"]
+    assert run_cli("import", str(src), "-c", "gamma", *args) == 0
+    more = write_jsonl(
+        tmp_path / "more.jsonl", [f"late{i}" for i in range(40)], vectors(40, 12, seed=8)
+    )
+    real = backup._dump_to
+    after: list[Callable[[], None]] = []
+
+    def dump_then(*a: object) -> None:
+        real(*a)  # type: ignore[arg-type]
+        after.pop(0)()
+
+    def delete_gamma() -> None:
+        assert run_cli("collections", "delete", "gamma", "--yes") == 0
+
+    def swap_alpha() -> None:  # a rebuild of alpha's vectors beside it, swapped in
+        cli = "from ragstore.cli import main; main()"
+        done = subprocess.run(
+            [sys.executable, "-c", cli, "import", str(more), "-c", "alpha", *args],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+
+    def alpha_oid() -> object:
+        with psycopg.connect(populated) as conn:
+            row = conn.execute("SELECT to_regclass(%s)::oid", (table,)).fetchone()
+        return None if row is None else row[0]
+
+    monkeypatch.setattr(backup, "_dump_to", dump_then)
+    for name, change in (("deleted", delete_gamma), ("swapped", swap_alpha)):
+        table = _alpha_table(populated)
+        oid = alpha_oid()
+        after.append(change)
+        archive = tmp_path / f"{name}.dump"
+        assert run_cli("backup", str(archive)) == 0, name
+        assert backup.check_archive(archive) is not None
+        if name == "swapped":
+            assert alpha_oid() != oid  # the swap happened (a new table of that name)
+            assert _archived_rows(archive, table) >= 50
