@@ -1744,3 +1744,43 @@ def test_a_collection_deleted_or_swapped_just_after_pg_dump_ended_keeps_the_back
         if name == "swapped":
             assert alpha_oid() != oid  # the swap happened (a new table of that name)
             assert _archived_rows(archive, table) >= 50
+
+
+def test_a_field_index_asked_for_by_a_request_during_a_backup_says_why_it_waits(
+    populated: str, tmp_path: Path
+) -> None:
+    """A concurrent index build waits for every older transaction, a running backup's
+    pg_dump among them: ``POST /v1/field-indexes`` (and ``Store.index_field``) hung for
+    the whole backup without a word. A request's declaration now gives up after its wait
+    with one error naming the backup's pg_dump and saying to retry, and the retry after
+    the backup builds the field's indexes."""
+    from ragstore.errors import StatementCancelledError
+
+    archive = tmp_path / "b.dump"
+    outcome: list[object] = []
+
+    def declare_while_dumping() -> None:
+        def declare() -> None:
+            try:
+                outcome.append(
+                    field_indexes.declare(Database(populated), "mid", "number", wait_s=1)
+                )
+            except StatementCancelledError as exc:
+                outcome.append(exc)
+
+        build = threading.Thread(target=declare)
+        build.start()
+        build.join(timeout=30)  # pg_dump waits on: the declaration must end by itself
+
+    join = _dump_waits_then(populated, declare_while_dumping)
+    try:
+        assert run_cli("backup", str(archive)) == 0
+    finally:
+        join()
+    assert len(outcome) == 1 and isinstance(outcome[0], StatementCancelledError), outcome
+    message = str(outcome[0])
+    assert "pg_dump: a backup" in message and "retry" in message, message
+    with psycopg.connect(populated, autocommit=True) as conn:
+        assert FieldIndex(("mid",), "number") not in field_indexes.indexed(conn)
+    assert field_indexes.declare(Database(populated), "mid", "number", wait_s=5) is True
+    assert field_indexes.declare(Database(populated), "mid", "number", drop=True, wait_s=5)
