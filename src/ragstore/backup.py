@@ -216,8 +216,27 @@ def _run(
         raise BackupError(f"{what}: could not run {Path(args[0]).name}: {exc}") from None
     if proc.returncode != 0:
         detail = " ".join(line for line in (proc.stderr or "").strip().splitlines()[:3])
-        raise failed(f"{what}: {Path(args[0]).name} failed: {detail or 'no message'}")
+        raise failed(f"{what}: {Path(args[0]).name} failed: {detail or _killed(proc.returncode)}")
     return str(proc.stdout)
+
+
+def _killed(status: int) -> str:
+    """What a client tool that printed nothing died of: a signal, named (with what it
+    means where it says how to fix it). It was "no message": pg_dump stopped by the
+    file-size limit (``ulimit -f``) at a few kilobytes, or psql by the OOM killer, left
+    nothing to go on."""
+    if status >= 0:
+        return f"no message (exit status {status})"
+    try:
+        name = signal.Signals(-status).name
+    except ValueError:
+        name = f"signal {-status}"
+    if -status == getattr(signal, "SIGXFSZ", None):
+        return (
+            f"killed by {name}: the file it wrote reached this process's file-size limit "
+            "(`ulimit -f`); raise the limit or write elsewhere"
+        )
+    return f"killed by {name} (no message)"
 
 
 def _sha256(path: Path) -> str:

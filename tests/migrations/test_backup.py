@@ -1784,3 +1784,35 @@ def test_a_field_index_asked_for_by_a_request_during_a_backup_says_why_it_waits(
         assert FieldIndex(("mid",), "number") not in field_indexes.indexed(conn)
     assert field_indexes.declare(Database(populated), "mid", "number", wait_s=5) is True
     assert field_indexes.declare(Database(populated), "mid", "number", drop=True, wait_s=5)
+
+
+def test_a_backup_onto_a_full_disk_fails_cleanly_and_leaves_no_file(
+    populated: str, cli_env_module: dict[str, str], tmp_path: Path
+) -> None:
+    """pg_dump stopped as it writes (here by the file-size limit, `ulimit -f`, as a
+    full volume stops it) fails the backup with one error and leaves nothing a restore
+    would take; the error said "pg_dump failed: no message", and now names the signal
+    and the limit."""
+    import resource
+    import sys
+
+    archive = tmp_path / "b.dump"
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    cli = "from ragstore.cli import main; main()"
+    done = subprocess.run(
+        [sys.executable, "-c", cli, "backup", str(archive)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **cli_env_module},
+        preexec_fn=limited,
+        timeout=120,
+    )
+    assert done.returncode == 74, (done.returncode, done.stderr)
+    assert done.stderr.startswith("error[backup_failed]: "), done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "pg_dump failed: killed by SIGXFSZ" in done.stderr, done.stderr  # not "no message"
+    assert "ulimit -f" in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []
