@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -214,8 +216,27 @@ def _run(
         raise BackupError(f"{what}: could not run {Path(args[0]).name}: {exc}") from None
     if proc.returncode != 0:
         detail = " ".join(line for line in (proc.stderr or "").strip().splitlines()[:3])
-        raise failed(f"{what}: {Path(args[0]).name} failed: {detail or 'no message'}")
+        raise failed(f"{what}: {Path(args[0]).name} failed: {detail or _killed(proc.returncode)}")
     return str(proc.stdout)
+
+
+def _killed(status: int) -> str:
+    """What a client tool that printed nothing died of: a signal, named (with what it
+    means where it says how to fix it). It was "no message": pg_dump stopped by the
+    file-size limit (``ulimit -f``) at a few kilobytes, or psql by the OOM killer, left
+    nothing to go on."""
+    if status >= 0:
+        return f"no message (exit status {status})"
+    try:
+        name = signal.Signals(-status).name
+    except ValueError:
+        name = f"signal {-status}"
+    if -status == getattr(signal, "SIGXFSZ", None):
+        return (
+            f"killed by {name}: the file it wrote reached this process's file-size limit "
+            "(`ulimit -f`); raise the limit or write elsewhere"
+        )
+    return f"killed by {name} (no message)"
 
 
 def _sha256(path: Path) -> str:
@@ -258,7 +279,94 @@ WHERE c.relkind = ANY(%s) AND c.relpersistence = 'p'
 ORDER BY 1 LIMIT 6
 """
 
-Snapshot = tuple[str, str | None, dict[str, int], Callable[[bool], list[str]]]
+Snapshot = tuple[str, str | None, dict[str, int], Callable[[bool], list[str]], "_Dumped"]
+
+# the tables of the snapshot that pg_dump locks (and reads): (name, oid, storage) each
+_SNAPSHOT_TABLES = f"""
+SELECT format('%I.%I', n.nspname, c.relname), c.oid, c.relfilenode FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND c.relpersistence = 'p'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', '{native.SCHEMA}')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+"""
+
+# Read while the backup's pg_dump runs, on a connection of its own: once pg_dump's session
+# (the one of that name whose xmin is the snapshot's) holds its lock on the table each of
+# the snapshot's names now names, nothing can change those tables before pg_dump ends,
+# and what each name now names is what pg_dump reads. Then: the snapshot's tables whose
+# name now names another table or other storage (the row's ``changed``; NULL for none).
+_DUMP_HOLDS = """
+WITH dump AS (
+    SELECT a.pid FROM pg_stat_activity a
+    WHERE a.application_name = 'pg_dump' AND a.pid <> %(me)s AND a.backend_xmin =
+          (SELECT b.backend_xmin FROM pg_stat_activity b WHERE b.pid = %(me)s)
+), t AS (
+    SELECT u.n, u.o, u.f, to_regclass(u.n) AS now
+    FROM unnest(%(names)s::text[], %(oids)s::oid[], %(nodes)s::oid[]) AS u(n, o, f)
+)
+SELECT dump.pid, array_agg(t.n ORDER BY t.n) FILTER (
+           WHERE t.now IS DISTINCT FROM t.o OR pg_relation_filenode(t.now) IS DISTINCT FROM t.f)
+FROM dump CROSS JOIN t GROUP BY dump.pid
+HAVING bool_and(EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = dump.pid AND l.granted
+                        AND l.locktype = 'relation' AND l.relation = t.now))
+LIMIT 1
+"""
+DUMP_WATCH_S = 0.02  # how often the dump's session is looked at, until it holds its locks
+
+
+class _Dumped:
+    """What pg_dump read, seen while it ran (:data:`_DUMP_HOLDS`): ``changed`` is the
+    snapshot's tables it read otherwise than the snapshot holds them (dropped, swapped or
+    rewritten before it locked them), or None where its locks were never seen held (it
+    failed, or ended between two looks).
+
+    The check after a dump compared the snapshot's tables with the catalog as it was
+    once pg_dump had ended: a collection deleted, or an import's rebuild swapped in, in
+    the moment after it ended failed a backup that was whole, as if they had happened
+    under it."""
+
+    def __init__(self, db: Database, me: int, tables: list[tuple[str, int, int]]) -> None:
+        self.changed: list[str] | None = None
+        self._db = db
+        self._me = me
+        self._tables = tables
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="ragstore-backup", daemon=True)
+
+    def _watch(self) -> None:
+        args = {
+            "me": self._me,
+            "names": [t[0] for t in self._tables],
+            "oids": [t[1] for t in self._tables],
+            "nodes": [t[2] for t in self._tables],
+        }
+        try:
+            with self._db.connect(autocommit=True) as conn:
+                while not self._done.is_set():
+                    row = conn.execute(_DUMP_HOLDS, args).fetchone()
+                    if row is not None:
+                        names = row[1]
+                        self.changed = [str(n) for n in names] if isinstance(names, list) else []
+                        return
+                    self._done.wait(DUMP_WATCH_S)
+        except (psycopg.Error, RagstoreError):
+            return  # not seen: the check after the dump reads the catalog then
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[_Dumped]:
+        """Watch pg_dump while the block (which runs it) runs."""
+        if not self._tables:
+            self.changed = []
+            yield self
+            return
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._done.set()
+            self._thread.join()
 
 
 def _counts_in(db: Database, snapshot: str) -> tuple[str | None, dict[str, int]]:
@@ -308,6 +416,11 @@ def _snapshot(db: Database) -> Iterator[Snapshot]:
             row = conn.execute("SELECT pg_export_snapshot()").fetchone()
             assert row is not None
             revision, counts = _counts_in(db, str(row[0]))
+            with translated(f"reading {db.where}"):
+                tables = [
+                    (str(n), int(str(o)), int(str(f))) for n, o, f in conn.execute(_SNAPSHOT_TABLES)
+                ]
+            dumped = _Dumped(db, conn.info.backend_pid, tables)
 
             def changed(dumped: bool) -> list[str]:
                 kinds = ["r"] if dumped else ["r", "m"]
@@ -315,7 +428,7 @@ def _snapshot(db: Database) -> Iterator[Snapshot]:
                     rows = conn.execute(_TABLES_CHANGED, (kinds,)).fetchall()
                     return [str(r[0]) for r in rows]
 
-            yield str(row[0]), revision, counts, changed
+            yield str(row[0]), revision, counts, changed, dumped
 
 
 @contextlib.contextmanager
@@ -636,16 +749,18 @@ def _dump(
     conninfo, env = _client_args(db.conninfo)
     tmp = path.with_name(f".{path.name}.partial")
     try:
-        with _snapshot(db) as (snapshot, revision, counts, changed):
+        with _snapshot(db) as (snapshot, revision, counts, changed, dumped):
             try:
-                _dump_to(tmp, snapshot, conninfo, env, db.where)
+                with dumped.watching():
+                    _dump_to(tmp, snapshot, conninfo, env, db.where)
             except BackupError:
                 # pg_dump fails on a table dropped under it; the reason, said plainly
                 _refuse_schema_changed(db, revision)
                 _refuse_tables_changed(db, changed, dumped=False)
                 raise
             _refuse_schema_changed(db, revision)
-            _refuse_tables_changed(db, changed, dumped=True)
+            seen = dumped.changed
+            _refuse_tables_changed(db, changed if seen is None else lambda _: seen, dumped=True)
         info = BackupInfo(
             path=str(path),
             bytes=tmp.stat().st_size,
@@ -1159,7 +1274,7 @@ def read_back(read: Callable[[], _T]) -> _T:
     return read()
 
 
-def _unknown(path: Path, why: RagstoreError) -> str:
+def _unknown(path: Path, why: RagstoreError | str) -> str:
     """What a restore whose outcome could not be read says: both possibilities and how to
     tell them apart."""
     return (
@@ -1178,6 +1293,12 @@ def _stopped(db: Database, path: Path, session: Path) -> RestoreInterrupted:
         return RestoreInterrupted(read_back(lambda: _outcome(db, path, session))[1])
     except RagstoreError as exc:
         return RestoreInterrupted(_unknown(path, exc))
+    except KeyboardInterrupt:  # a second interrupt as the outcome was read
+        return RestoreInterrupted(_unknown(path, _READ_INTERRUPTED))
+
+
+# why an outcome was not read: the interrupt came while it was being read
+_READ_INTERRUPTED = "interrupted while it was being read"
 
 
 class _LockWaitEnded(Exception):
@@ -1276,7 +1397,12 @@ def _replay(
         except KeyboardInterrupt as exc:
             raise _stopped(db, path, session) from exc
         except BackupError as exc:
-            error = _failed(db, path, session, exc)
+            try:
+                error = _failed(db, path, session, exc)
+            except KeyboardInterrupt as stop:
+                # an interrupt as a failed restore's outcome was read: it was reported
+                # "nothing was restored" unchecked, though the commit may have gone through
+                raise RestoreInterrupted(f"{exc}; {_unknown(path, _READ_INTERRUPTED)}") from stop
         if error is None:
             return  # committed, its answer lost: restored
         if not isinstance(error, _LockWaitEnded):

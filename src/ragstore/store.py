@@ -186,12 +186,16 @@ class Store:
         ``type`` ("number" or "string") values, in every collection: a selective range is
         then ranked exactly among the chunks that pass (``ragstore db index-field``). The
         build is concurrent (writers go on) and waits for older transactions."""
-        changed = field_indexes.declare(self._rt.db, field, type)
+        changed = field_indexes.declare(
+            self._rt.db, field, type, wait_s=field_indexes.REQUEST_WAIT_S
+        )
         return _dump(FieldIndexPublic(field=field, type=type, indexed=True, changed=changed))
 
     def drop_field_index(self, field: str, type: str) -> dict[str, Any]:
         """Drop a field's range-filter indexes; ``changed`` is False when there were none."""
-        changed = field_indexes.declare(self._rt.db, field, type, drop=True)
+        changed = field_indexes.declare(
+            self._rt.db, field, type, drop=True, wait_s=field_indexes.REQUEST_WAIT_S
+        )
         return _dump(FieldIndexPublic(field=field, type=type, indexed=False, changed=changed))
 
     def delete_collection(self, name: str) -> None:

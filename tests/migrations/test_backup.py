@@ -1641,3 +1641,178 @@ def test_a_restore_whose_tables_are_let_go_while_it_tries_completes(
     assert reader.errors == []
     # while the holder held chunks (the restore waiting), the reads were answered
     assert reader.longest_wait(started, released[0]) < 2.0, reader.answers
+
+
+def test_an_interrupt_as_a_failed_restores_outcome_is_read_says_it_is_unknown(
+    populated: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """psql failed (its backend ended) and Ctrl-C came while the restore read back whether
+    its transaction had committed: the command printed "nothing was restored; the
+    database is as it was" without having read it. It now says the outcome is unknown and
+    how to tell."""
+    import signal
+
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    holder = psycopg.connect(populated)
+    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
+    waiting = "application_name = 'psql' AND wait_event_type = 'Lock'"
+
+    def end_the_restore() -> None:
+        deadline = time.monotonic() + 60
+        while not backends_where(populated, waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " + waiting)
+        holder.commit()
+
+    real = backup._outcome
+
+    def ctrl_c_then_read(*args: object) -> tuple[str | None, str]:
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, as the outcome is read
+        time.sleep(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backup, "_outcome", ctrl_c_then_read)
+    ender = threading.Thread(target=end_the_restore)
+    ender.start()
+    capsys.readouterr()
+    try:
+        status = run_cli("restore", str(archive), "--yes", "--no-backup")
+    finally:
+        ender.join()
+        holder.close()
+    err = capsys.readouterr().err
+    assert status == 130, err
+    assert "nothing was restored" not in err and "as it was" not in err, err
+    assert f"whether the restore of {archive} committed could not be read" in err, err
+    assert "ragstore db status" in err, err
+
+
+def test_a_collection_deleted_or_swapped_just_after_pg_dump_ended_keeps_the_backup(
+    populated: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check for tables changed under a dump compared the snapshot's tables with the
+    live catalog once pg_dump had ended: a collection deleted (its vector table dropped),
+    or an import's rebuild swapped in, in the moment after pg_dump ended and before the
+    check failed a backup that was whole ("tables ... were dropped, replaced or rewritten
+    while the backup ran"). What pg_dump read is what is checked now: the backup is kept,
+    and holds the deleted collection."""
+    import sys
+
+    src = write_jsonl(tmp_path / "g.jsonl", [f"g{i}" for i in range(5)], vectors(5, 12, seed=9))
+    args = ["--model", "bk@v1", "--dimension", "12", "--no-backup"]
+    assert run_cli("import", str(src), "-c", "gamma", *args) == 0
+    more = write_jsonl(
+        tmp_path / "more.jsonl", [f"late{i}" for i in range(40)], vectors(40, 12, seed=8)
+    )
+    real = backup._dump_to
+    after: list[Callable[[], None]] = []
+
+    def dump_then(*a: object) -> None:
+        real(*a)  # type: ignore[arg-type]
+        after.pop(0)()
+
+    def delete_gamma() -> None:
+        assert run_cli("collections", "delete", "gamma", "--yes") == 0
+
+    def swap_alpha() -> None:  # a rebuild of alpha's vectors beside it, swapped in
+        cli = "from ragstore.cli import main; main()"
+        done = subprocess.run(
+            [sys.executable, "-c", cli, "import", str(more), "-c", "alpha", *args],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+
+    def alpha_oid() -> object:
+        with psycopg.connect(populated) as conn:
+            row = conn.execute("SELECT to_regclass(%s)::oid", (table,)).fetchone()
+        return None if row is None else row[0]
+
+    monkeypatch.setattr(backup, "_dump_to", dump_then)
+    for name, change in (("deleted", delete_gamma), ("swapped", swap_alpha)):
+        table = _alpha_table(populated)
+        oid = alpha_oid()
+        after.append(change)
+        archive = tmp_path / f"{name}.dump"
+        assert run_cli("backup", str(archive)) == 0, name
+        assert backup.check_archive(archive) is not None
+        if name == "swapped":
+            assert alpha_oid() != oid  # the swap happened (a new table of that name)
+            assert _archived_rows(archive, table) >= 50
+
+
+def test_a_field_index_asked_for_by_a_request_during_a_backup_says_why_it_waits(
+    populated: str, tmp_path: Path
+) -> None:
+    """A concurrent index build waits for every older transaction, a running backup's
+    pg_dump among them: ``POST /v1/field-indexes`` (and ``Store.index_field``) hung for
+    the whole backup without a word. A request's declaration now gives up after its wait
+    with one error naming the backup's pg_dump and saying to retry, and the retry after
+    the backup builds the field's indexes."""
+    from ragstore.errors import StatementCancelledError
+
+    archive = tmp_path / "b.dump"
+    outcome: list[object] = []
+
+    def declare_while_dumping() -> None:
+        def declare() -> None:
+            try:
+                outcome.append(
+                    field_indexes.declare(Database(populated), "mid", "number", wait_s=1)
+                )
+            except StatementCancelledError as exc:
+                outcome.append(exc)
+
+        build = threading.Thread(target=declare)
+        build.start()
+        build.join(timeout=30)  # pg_dump waits on: the declaration must end by itself
+
+    join = _dump_waits_then(populated, declare_while_dumping)
+    try:
+        assert run_cli("backup", str(archive)) == 0
+    finally:
+        join()
+    assert len(outcome) == 1 and isinstance(outcome[0], StatementCancelledError), outcome
+    message = str(outcome[0])
+    assert "pg_dump: a backup" in message and "retry" in message, message
+    with psycopg.connect(populated, autocommit=True) as conn:
+        assert FieldIndex(("mid",), "number") not in field_indexes.indexed(conn)
+    assert field_indexes.declare(Database(populated), "mid", "number", wait_s=5) is True
+    assert field_indexes.declare(Database(populated), "mid", "number", drop=True, wait_s=5)
+
+
+def test_a_backup_onto_a_full_disk_fails_cleanly_and_leaves_no_file(
+    populated: str, cli_env_module: dict[str, str], tmp_path: Path
+) -> None:
+    """pg_dump stopped as it writes (here by the file-size limit, `ulimit -f`, as a
+    full volume stops it) fails the backup with one error and leaves nothing a restore
+    would take; the error said "pg_dump failed: no message", and now names the signal
+    and the limit."""
+    import resource
+    import sys
+
+    archive = tmp_path / "b.dump"
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    cli = "from ragstore.cli import main; main()"
+    done = subprocess.run(
+        [sys.executable, "-c", cli, "backup", str(archive)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **cli_env_module},
+        preexec_fn=limited,
+        timeout=120,
+    )
+    assert done.returncode == 74, (done.returncode, done.stderr)
+    assert done.stderr.startswith("error[backup_failed]: "), done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "pg_dump failed: killed by SIGXFSZ" in done.stderr, done.stderr  # not "no message"
+    assert "ulimit -f" in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []

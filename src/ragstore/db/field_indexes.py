@@ -219,6 +219,13 @@ DECLARE_LOCK = 0x5246_4958  # "RFIX": the advisory lock of field index declarati
 LOCK_POLL_S = 0.2
 
 
+# How long a declaration made by a request (the API, ``Store``) waits, at one time, for
+# the transactions its concurrent build waits for, before it gives up with an error that
+# names them: a running backup's pg_dump holds one for the whole backup (hours, for a big
+# database), and the request hung that long without a word. The CLI waits, saying which.
+REQUEST_WAIT_S = 30.0
+
+
 def declare(
     db: Database,
     field: str,
@@ -226,31 +233,68 @@ def declare(
     *,
     drop: bool = False,
     on_wait: Callable[[list[Blocker]], None] | None = None,
+    wait_s: float | None = None,
 ) -> bool:
     """Index ``field``'s ``kind`` of values (or drop its indexes) on ``db``, checked first
     (:func:`parse_field`): what ``ragstore db index-field`` does. False when there was
     nothing to do.
 
     A concurrent build waits for every transaction older than it, in any table (a bulk
-    load of minutes holds one from start to end). ``on_wait`` is told, once, which ones
-    when the build has been blocked for :data:`WAIT_NOTICE_S`, so that a command does not
-    sit silent."""
+    load of minutes holds one from start to end, a backup's pg_dump one for the whole
+    backup). ``on_wait`` is told, once, which ones when the build has been blocked for
+    :data:`WAIT_NOTICE_S`, so that a command does not sit silent. With ``wait_s`` (a
+    request, which has no one to tell) it waits at most that long at a time (for them, or
+    for another declaration) and then raises ``StatementCancelledError`` naming the
+    sessions that held it up: retry once they have ended."""
     index = parse_field(field, kind)
     doing = f"{'dropping' if drop else 'building'} the indexes of field {field!r}"
     with (
         db.connect(autocommit=True) as conn,
         translated(doing),
-        _one_at_a_time(conn),
+        _one_at_a_time(conn, wait_s, lambda: _gave_up(db, doing, wait_s)),
         _reporting_waits(db, conn.info.backend_pid, on_wait),
     ):
-        return drop_indexes(conn, index) if drop else add(conn, index)
+        if wait_s is None:
+            return drop_indexes(conn, index) if drop else add(conn, index)
+        conn.execute(
+            sql.SQL("SET lock_timeout = {}").format(
+                sql.Literal(f"{max(1, round(wait_s * 1000))}ms")
+            )
+        )
+        try:
+            return drop_indexes(conn, index) if drop else add(conn, index)
+        except psycopg.errors.LockNotAvailable:
+            raise _gave_up(db, doing, wait_s) from None
+
+
+def _gave_up(db: Database, doing: str, wait_s: float | None) -> RagstoreError:
+    """The error of a declaration that waited ``wait_s`` for older transactions (or
+    another declaration) and gave up: who holds ragstore's tables, and what to do."""
+    from ragstore.db import migrations
+    from ragstore.errors import StatementCancelledError
+
+    held = migrations.lock_holders(db, wait_s or 0.0)
+    return StatementCancelledError(
+        f"{doing}: waited {wait_s:g}s for transactions that began before it, which a "
+        f"concurrent index build waits for (sessions holding ragstore's tables: {held}); "
+        "the field's indexes are not changed (an index left half-built is rebuilt by the "
+        "next try): retry once they have ended (a backup's pg_dump ends with the backup, "
+        "a bulk import with the import), or run `ragstore db index-field`, which waits"
+    )
 
 
 @contextmanager
-def _one_at_a_time(conn: Any) -> Iterator[None]:
+def _one_at_a_time(
+    conn: Any, wait_s: float | None = None, gave_up: Callable[[], RagstoreError] | None = None
+) -> Iterator[None]:
     """Hold the declarations' session advisory lock for the block, polling for it (see the
-    module docstring); the server releases it if the connection dies."""
+    module docstring); the server releases it if the connection dies. With ``wait_s``,
+    ``gave_up()`` is raised once it has polled that long (the declaration holding it may
+    itself be waiting for a backup)."""
+    deadline = None if wait_s is None else time.monotonic() + wait_s
     while not conn.execute("SELECT pg_try_advisory_lock(%s)", (DECLARE_LOCK,)).fetchone()[0]:
+        if deadline is not None and gave_up is not None and time.monotonic() > deadline:
+            raise gave_up()
         time.sleep(LOCK_POLL_S)
     try:
         yield

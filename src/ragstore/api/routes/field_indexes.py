@@ -52,7 +52,9 @@ def add_field_index(
     """A selective range on an indexed field is then ranked exactly among the chunks that
     pass. 201 when the indexes were built, 200 when they already were."""
     caller.require("admin")
-    changed = field_indexes.declare(rt.db, body.field, body.type)
+    changed = field_indexes.declare(
+        rt.db, body.field, body.type, wait_s=field_indexes.REQUEST_WAIT_S
+    )
     if not changed:
         response.status_code = 200
     return FieldIndexPublic(field=body.field, type=body.type, indexed=True, changed=changed)
@@ -71,5 +73,7 @@ def drop_field_index(
 ) -> FieldIndexPublic:
     """``changed: false`` when the field was not indexed for that type."""
     caller.require("admin")
-    changed = field_indexes.declare(rt.db, field, type, drop=True)
+    changed = field_indexes.declare(
+        rt.db, field, type, drop=True, wait_s=field_indexes.REQUEST_WAIT_S
+    )
     return FieldIndexPublic(field=field, type=type, indexed=False, changed=changed)
