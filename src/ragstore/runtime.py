@@ -179,6 +179,29 @@ class Runtime:
             self._collections[key] = (now, gen, coll)
         return coll
 
+    def recheck_collection(self, coll: repository.Collection) -> repository.Collection | None:
+        """The named collection looked up afresh, when it is no longer ``coll`` (deleted and
+        made again under its name, or switched to another space, by another process within
+        :data:`COLLECTION_CACHE_S`); None when ``coll`` is still current. Raises
+        CollectionNotFoundError when it was deleted. The cache then holds the fresh row.
+
+        A search that read a cached row which another process had since deleted found no
+        chunks under its id, and answered no hits (the new collection of that name held
+        matches), or read a dropped vector table and answered "retry", which failed the
+        same way for the rest of the second: such a search answers from the fresh row."""
+        key = (self.db.conninfo, coll.name)
+        try:
+            fresh = self.collection(coll.name)
+        except CollectionNotFoundError:
+            with self._collections_lock:
+                self._collections.pop(key, None)
+            raise
+        with self._collections_lock:
+            self._collections[key] = (time.monotonic(), changes.changes(), fresh)
+        if fresh.id == coll.id and fresh.space_id == coll.space_id:
+            return None
+        return fresh
+
     def embedder_for(self, coll: repository.Collection) -> Embedder:
         """The embedder of the collection's active model (its weights checked against the pin)."""
         return self.embedder(coll.model)

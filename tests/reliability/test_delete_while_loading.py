@@ -161,3 +161,40 @@ def test_a_deletion_waits_for_a_write_of_the_collection_in_flight_without_deadlo
     assert outcome == [None]
     with pytest.raises(CollectionNotFoundError):
         rt.collection("gone")
+
+
+def test_an_ingest_whose_collection_is_deleted_meanwhile_reports_its_files(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """The collection deleted (by another request) while a bulk load of it runs: the
+    ingest's last step, the vector index's check, raised "embedding table 'emb_N' does not
+    exist" (an input error, 422) out of the whole ingest, in place of its report or its
+    own error. The ingest's own answer now stands: the conflict with the deletion, or a
+    report whose later files failed on it."""
+    root = write_corpus(tmp_path / "racing", 40, 6, prefix="racing")  # a bulk load
+    (root / "000-empty.md").write_text("")  # its outcome comes first, before any write
+    assert not ingest_paths(rt, [write_corpus(tmp_path / "w", 1, 1, prefix="w")], "racing").failed
+    coll = rt.collection("racing")
+    deleter: list[threading.Thread] = []
+
+    def delete() -> None:
+        with rt.db.connection() as conn:
+            catalog.delete_collection(conn, coll)
+
+    def delete_once(stage: str, files: int, chunks: int) -> None:
+        if not deleter:  # another request's deletion, while the load goes on
+            deleter.append(threading.Thread(target=delete))
+            deleter[0].start()
+
+    try:
+        report = ingest_paths(rt, [root], "racing", progress=delete_once)
+    except ConflictError as exc:  # the ingest's own error, naming the deletion
+        assert "deleted" in str(exc)
+    else:
+        failed = [o for o in report.outcomes if o.status == "failed"]
+        assert all(o.code == "conflict" for o in failed), report.outcomes
+        assert len(report.outcomes) == 41
+    finally:
+        deleter[0].join()
+    with pytest.raises(CollectionNotFoundError):
+        rt.collection("racing")

@@ -64,7 +64,7 @@ from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.db.field_indexes import FieldIndex
 from ragstore.db.repository import Collection
-from ragstore.errors import InputError, ModelError, SearchTimeoutError
+from ragstore.errors import ConflictError, InputError, ModelError, SearchTimeoutError
 from ragstore.models import Hit
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
@@ -266,11 +266,31 @@ def run(
     """:func:`search` with its parameters gathered (used by eval to reuse one object)."""
     t0 = time.perf_counter()
     try:
-        hits = _run(rt, query, collection, p, vector)
+        hits = _run_current(rt, query, collection, p, vector)
     except Exception:
         metrics.observe_search(p.mode, time.perf_counter() - t0, None)
         raise
     metrics.observe_search(p.mode, time.perf_counter() - t0, len(hits))
+    return hits
+
+
+def _run_current(
+    rt: Runtime, query: str, collection: str, p: SearchParams, vector: Sequence[float] | None
+) -> list[Hit]:
+    """:func:`_run`, once more with the collection looked up afresh when its answer may
+    come from a cached row that another process deleted (or switched to another space)
+    since: no hits (the deleted row's chunks are gone) or a conflict (its vector table
+    is). Any hit proves the row read was current when the search ran. Costs a lookup only
+    on those answers."""
+    used: list[Collection] = []
+    try:
+        hits = _run(rt, query, collection, p, vector, used=used)
+    except ConflictError:
+        if not used or (fresh := rt.recheck_collection(used[0])) is None:
+            raise
+        return _run(rt, query, collection, p, vector, cached=fresh)
+    if not hits and used and (fresh := rt.recheck_collection(used[0])) is not None:
+        return _run(rt, query, collection, p, vector, cached=fresh)
     return hits
 
 
@@ -331,8 +351,17 @@ def _check_query(query: str) -> None:
 
 
 def _run(
-    rt: Runtime, query: str, collection: str, p: SearchParams, vector: Sequence[float] | None = None
+    rt: Runtime,
+    query: str,
+    collection: str,
+    p: SearchParams,
+    vector: Sequence[float] | None = None,
+    *,
+    cached: Collection | None = None,
+    used: list[Collection] | None = None,
 ) -> list[Hit]:
+    """The search; of ``cached`` when given, else of the (cached) collection named, which
+    is appended to ``used`` once looked up."""
     if not query.strip() and (vector is None or p.mode != "vector"):
         if vector is not None:
             raise InputError(
@@ -342,7 +371,9 @@ def _run(
         raise InputError("the query is empty; give the words to search for")
     _check_query(query)
     compiled = compile_filter(p.where, indexed=indexed_fields(rt, p.where))
-    coll = rt.cached_collection(collection)
+    coll = cached if cached is not None else rt.cached_collection(collection)
+    if used is not None:
+        used.append(coll)
     values: dict[str, Any] = dict(compiled.params)
     values.update({"k": p.k, "n": p.depth, "cid": coll.id})
     filtered = p.where is not None and bool(p.where)
