@@ -154,6 +154,34 @@ def test_zero_weight_reduces_hybrid_to_the_other_list(labelled: Runtime) -> None
     assert [h.chunk_id for h in only_ft][: len(ft)] == ft
 
 
+def test_the_plan_of_an_explained_search_is_the_one_it_ran(labelled: Runtime) -> None:
+    """``explain``'s plan names the RRF constant, the weights and the depths the search
+    used: it said the defaults (k 10, weights 1) beside hits fused with k 60 and weights
+    2 and 0.5, and a depth of 50 for a ``sections=False`` list that was k deep."""
+    from ragstore.store import search_response
+
+    answer = search_response(
+        labelled,
+        LABELLED,
+        "E4712 disk space",
+        k=3,
+        explain=True,
+        rrf_k=60,
+        vector_weight=2,
+        fulltext_weight=0.5,
+        sections=False,
+    )
+    assert answer.plan is not None and answer.data and answer.data[0].explain is not None
+    fusion = {"k": 60.0, "vector_weight": 2.0, "fulltext_weight": 0.5}
+    assert answer.data[0].explain["rrf"] == fusion
+    assert answer.plan["fusion"] == {"method": "rrf", **fusion}
+    chunks = search_response(
+        labelled, LABELLED, "E4712", k=3, mode="fulltext", explain=True, sections=False
+    )
+    assert chunks.plan is not None
+    assert [x["depth"] for x in chunks.plan["lists"]] == [3]
+
+
 def test_rrf_reference() -> None:
     assert rrf([["a", "b"], ["b", "c"]], k=0) == [("b", 1.5), ("a", 1.0), ("c", 0.5)]
     assert rrf([["a"], ["b"]], k=60) == [("a", 1 / 61), ("b", 1 / 61)]  # tie: by id
