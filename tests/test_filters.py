@@ -362,6 +362,38 @@ def test_parse_filter_rejects_bad_json_and_non_objects() -> None:
     assert parse_filter('{"year": {"$gte": 2020}}') == {"year": {"$gte": 2020}}
 
 
+def _nested_and(levels: int) -> dict[str, Any]:
+    where: dict[str, Any] = {"team": "search"}
+    for _ in range(levels):
+        where = {"$and": [{"$and": [where]}]}
+    return where
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ({"$and": 5}, "invalid filter at '$and': $and takes a non-empty array"),
+        ({"$or": 5}, "invalid filter at '$or': $or takes a non-empty array"),
+        ({"$and": [{"$or": 3}]}, "invalid filter at '$and[0].$or': $or takes a non-empty array"),
+        ([{"team": "search"}], "the filter must be a JSON object, got an array"),
+        ("team", "the filter must be a JSON object, got a string"),
+        (_nested_and(1000), "the filter holds nested deeper than 64 levels"),
+    ],
+    ids=["and-number", "or-number", "nested-or-number", "list", "string", "nested-2000-deep"],
+)
+def test_a_filter_of_the_wrong_shape_is_invalid_filter_in_every_mode(
+    docs: Runtime, where: Any, message: str
+) -> None:
+    """A search checks whether a filter ranges an indexed field before compiling it:
+    that look raised a TypeError for ``{"$and": 5}`` (a 500 through the API), an
+    AttributeError for a list or a string from ``Store.search`` and a RecursionError for
+    a deep filter, where the filter's own error was due."""
+    for mode in ("vector", "fulltext", "hybrid"):
+        with pytest.raises(InvalidFilterError) as info:
+            search(docs, "report", collection=COLL, where=where, mode=mode)  # type: ignore[arg-type]
+        assert str(info.value).startswith(message), mode
+
+
 def test_invalid_filter_is_raised_before_touching_the_database(docs: Runtime) -> None:
     with pytest.raises(InvalidFilterError, match=r"unknown operator '\$like'"):
         search(docs, "anything", collection=COLL, where={"team": {"$like": "s%"}})

@@ -128,6 +128,22 @@ def test_explain_in_text_output_shows_each_list(
             "error[invalid_input]: --vector @/dev/zero: the file is over 4 MiB",
         ),
         (["--vector", "@"], "error[invalid_input]: --vector @ names no file"),
+        # an integer json.loads will not convert (over 4,300 digits), or float() will not
+        # (over 308): a ValueError or OverflowError, a traceback
+        (
+            ["--where", '{"year": ' + "9" * 5000 + "}"],
+            "error[invalid_filter]: the filter is not valid JSON: an integer of more than "
+            "4300 digits",
+        ),
+        (
+            ["--vector", "[" + "9" * 5000 + "]"],
+            "error[invalid_input]: --vector is not a JSON array of numbers: an integer of "
+            "more than 4300 digits",
+        ),
+        (
+            ["--vector", "[" + "9" * 400 + "]"],
+            "error[invalid_input]: --vector holds an integer too large for a float",
+        ),
         # str.isdigit() is true of '²', and int('²') raised a ValueError: a traceback
         (["--context", "\u00b2"], "error[invalid_input]: --context '\u00b2' is invalid"),
     ],

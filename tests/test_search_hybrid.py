@@ -154,6 +154,66 @@ def test_zero_weight_reduces_hybrid_to_the_other_list(labelled: Runtime) -> None
     assert [h.chunk_id for h in only_ft][: len(ft)] == ft
 
 
+def test_a_zero_weight_list_adds_no_hits_of_its_own(labelled: Runtime) -> None:
+    """A list weighted 0 adds nothing to a chunk's RRF score, so the chunks only it found
+    scored 0 and filled the rest of ``k`` in chunk-id order: hybrid with
+    ``vector_weight=0`` answered the full-text hits and then arbitrary chunks."""
+    query = "E4712 disk space"
+    for sections in (False, True):
+        ft = search(labelled, query, collection=LABELLED, mode="fulltext", k=50, sections=sections)
+        assert 0 < len(ft) < 20
+        only_ft = search(
+            labelled,
+            query,
+            collection=LABELLED,
+            mode="hybrid",
+            k=50,
+            sections=sections,
+            fusion=FusionParams(vector_weight=0.0),
+        )
+        assert [h.chunk_id for h in only_ft] == [h.chunk_id for h in ft]
+        assert all(h.score > 0 for h in only_ft)
+        vec = search(labelled, query, collection=LABELLED, mode="vector", k=5, sections=sections)
+        only_vec = search(
+            labelled,
+            query,
+            collection=LABELLED,
+            mode="hybrid",
+            k=5,
+            sections=sections,
+            fusion=FusionParams(fulltext_weight=0.0),
+        )
+        assert [h.chunk_id for h in only_vec] == [h.chunk_id for h in vec]
+
+
+def test_the_plan_of_an_explained_search_is_the_one_it_ran(labelled: Runtime) -> None:
+    """``explain``'s plan names the RRF constant, the weights and the depths the search
+    used: it said the defaults (k 10, weights 1) beside hits fused with k 60 and weights
+    2 and 0.5, and a depth of 50 for a ``sections=False`` list that was k deep."""
+    from ragstore.store import search_response
+
+    answer = search_response(
+        labelled,
+        LABELLED,
+        "E4712 disk space",
+        k=3,
+        explain=True,
+        rrf_k=60,
+        vector_weight=2,
+        fulltext_weight=0.5,
+        sections=False,
+    )
+    assert answer.plan is not None and answer.data and answer.data[0].explain is not None
+    fusion = {"k": 60.0, "vector_weight": 2.0, "fulltext_weight": 0.5}
+    assert answer.data[0].explain["rrf"] == fusion
+    assert answer.plan["fusion"] == {"method": "rrf", **fusion}
+    chunks = search_response(
+        labelled, LABELLED, "E4712", k=3, mode="fulltext", explain=True, sections=False
+    )
+    assert chunks.plan is not None
+    assert [x["depth"] for x in chunks.plan["lists"]] == [3]
+
+
 def test_rrf_reference() -> None:
     assert rrf([["a", "b"], ["b", "c"]], k=0) == [("b", 1.5), ("a", 1.0), ("c", 0.5)]
     assert rrf([["a"], ["b"]], k=60) == [("a", 1 / 61), ("b", 1 / 61)]  # tie: by id

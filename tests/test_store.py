@@ -93,6 +93,10 @@ def test_search_by_vector_matches_search_by_the_query_embedding(store: Store) ->
         store.search("pets", vector=[0.1, 0.2, 0.3])
     with pytest.raises(InputError, match="a search by vector alone needs mode 'vector'"):
         store.search("pets", vector=vec.tolist(), mode="hybrid")
+    # a zero vector has no cosine similarity: the hits came back in any order, scored NaN
+    for mode in ("vector", "hybrid"):
+        with pytest.raises(InputError, match="the query vector is all zeros"):
+            store.search("pets", "a pet", vector=[0.0] * 384, mode=mode)
 
 
 def test_hybrid_takes_the_fusion_knobs(store: Store) -> None:

@@ -524,7 +524,15 @@ def search_response(
     plan = None
     if explain:
         plan = search_plan(
-            rt, query or "", collection, k=k, mode=resolved, where=where, ef_search=ef_search
+            rt,
+            query or "",
+            collection,
+            k=k,
+            mode=resolved,
+            where=where,
+            ef_search=ef_search,
+            fusion=fusion,
+            sections=sections,
         )
     data = [hit_public(h) for h in hits]
     return SearchResponse(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence, Sized
 from typing import Any
 
@@ -203,12 +204,21 @@ def loads_json(text: str) -> Any:
     """``json.loads`` whose every failure is a :class:`json.JSONDecodeError`.
 
     Past about a thousand levels of nesting the parser raises ``RecursionError``, which
-    would slip past ``except json.JSONDecodeError`` and crash the request or command.
+    would slip past ``except json.JSONDecodeError`` and crash the request or command. An
+    integer of more digits than Python converts (``sys.get_int_max_str_digits()``, 4,300)
+    raised a plain ``ValueError``: ``ragstore search --where '{"a": 999...}'`` ended in
+    a traceback.
     """
     try:
         return json.loads(text)
     except RecursionError:
         raise json.JSONDecodeError(f"nested deeper than {MAX_JSON_DEPTH} levels", text, 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # only the digits limit: everything else is a JSONDecodeError
+        raise json.JSONDecodeError(
+            f"an integer of more than {sys.get_int_max_str_digits()} digits", text, 0
+        ) from None
 
 
 def check_value(value: Any, what: str, error: type[InputError] = InputError) -> Any:

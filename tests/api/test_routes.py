@@ -412,6 +412,33 @@ def test_a_body_not_sent_as_json_says_to_send_json(open_url: str) -> None:
     assert r.status_code == 422 and "Content-Type" not in r.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (
+            '{"query": "x", "where": '
+            + '{"$and": [' * 1000
+            + '{"team": "ops"}'
+            + "]}" * 1000
+            + "}",
+            "the JSON body is nested too deeply to be read",
+        ),
+        ('{"query": "x", "where": {"year": ' + "9" * 5000 + "}}", "more than 4300 digits"),
+    ],
+    ids=["nested-1000-deep", "5000-digit-integer"],
+)
+def test_a_json_body_the_parser_cannot_take_says_why(open_url: str, body: str, says: str) -> None:
+    """Valid JSON the parser still refuses (Python's recursion or integer-digits limit)
+    was answered "There was an error parsing the body": nothing of what or how to fix."""
+    r = httpx.post(
+        f"{open_url}/v1/collections/docs/search",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 422 and r.json()["code"] == "invalid_input"
+    assert says in r.json()["detail"]
+
+
 def test_openapi_document_has_every_resource_and_examples(open_url: str) -> None:
     spec = httpx.get(f"{open_url}/openapi.json").json()
     paths = set(spec["paths"])

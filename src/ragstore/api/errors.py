@@ -9,7 +9,9 @@ unexpected exception is logged here with its request id and answered as ``intern
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -202,6 +204,31 @@ def _disk_full_cause(exc: BaseException) -> e.RagstoreError | None:
     return None
 
 
+def _unparsable_json(exc: BaseException) -> e.InputError | None:
+    """What FastAPI's JSON parser could not take in a body that is valid JSON: it
+    answers a parser's failure other than a syntax error with 400 "There was an error
+    parsing the body", and that went out as a 422 saying nothing of what or where. A
+    search filter of ``$and`` in ``$and`` a thousand deep reached Python's recursion
+    limit so; an integer of more than 4,300 digits, Python's conversion limit."""
+    cause = exc.__cause__
+    if isinstance(cause, RecursionError):
+        return e.InputError(
+            "the JSON body is nested too deeply to be read (about a thousand levels); "
+            "a search filter takes at most 32 levels of $and/$or/$not: flatten it, e.g. "
+            "the alternatives of one field in one $in array"
+        )
+    if (
+        isinstance(cause, ValueError)
+        and not isinstance(cause, json.JSONDecodeError)
+        and "digits" in str(cause)
+    ):
+        return e.InputError(
+            f"the JSON body holds an integer of more than {sys.get_int_max_str_digits()} "
+            "digits, which cannot be read; send numbers within the 64-bit range"
+        )
+    return None
+
+
 # problem members listing what a failed request stored before its error: an upload's
 # other files (``stored``), an ingest's earlier rounds (``stored_files``)
 COMMITTED_MEMBERS = ("stored", "stored_files")
@@ -261,6 +288,8 @@ def install_error_handlers(app: FastAPI) -> None:
             err = e.AuthenticationError(str(exc.detail))
         elif (full := _disk_full_cause(exc)) is not None:
             err = full
+        elif exc.status_code == 400 and (unread := _unparsable_json(exc)) is not None:
+            err = unread
         elif exc.status_code < 500:
             err = e.InputError(str(exc.detail))
         else:

@@ -149,7 +149,14 @@ def parse_vector(value: str) -> list[float]:
         or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in data)
     ):
         raise InputError("--vector must be a non-empty JSON array of numbers, e.g. [0.1, 0.2]")
-    return [float(x) for x in data]
+    try:
+        return [float(x) for x in data]
+    except OverflowError:
+        # an integer past a float's range (309 digits or more): float() raised, a traceback
+        raise InputError(
+            "--vector holds an integer too large for a float; give the model's numbers, "
+            "e.g. [0.1, 0.2]"
+        ) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -237,14 +237,20 @@ def _range_probes(
     return None
 
 
-def ranges_metadata(spec: Mapping[str, Any] | None) -> bool:
+def ranges_metadata(spec: Any, depth: int = 0) -> bool:
     """Whether ``spec`` bounds a metadata path with a range operator somewhere (only then
-    do the indexed fields matter to its compilation). ``spec`` is already validated."""
-    if not spec:
+    do the indexed fields matter to its compilation).
+
+    Search asks this before :func:`compile_filter` has checked the filter, so a filter of
+    any shape gives an answer here and is refused by the compilation: ``{"$and": 5}``
+    raised a TypeError (a 500 through the API), a list or a string as the whole filter
+    an AttributeError from ``Store.search``, and a filter nested a thousand deep in
+    process a RecursionError, each before the filter's own error could be raised."""
+    if not isinstance(spec, Mapping) or not spec or depth > MAX_DEPTH:
         return False
     for key, value in spec.items():
         if key in ("$and", "$or"):
-            if any(isinstance(v, Mapping) and ranges_metadata(v) for v in value):
+            if isinstance(value, list) and any(ranges_metadata(v, depth + 1) for v in value):
                 return True
         elif key == "$not":
             continue  # a negated range gives no candidates

@@ -59,13 +59,18 @@ def rrf(
 ) -> list[tuple[K, float]]:
     """Fuse ranked lists (best first) into (item, score), best first.
 
-    Ties are broken by the item itself, ascending (by chunk id for chunks).
+    Ties are broken by the item itself, ascending (by chunk id for chunks). A list
+    weighted 0 adds nothing, so the items only it holds are left out: they scored 0 and
+    filled the rest of a hybrid search's ``k`` in chunk-id order, where a zero weight
+    is to reduce the search to the other list.
     """
     weights = list(weights) if weights is not None else [1.0] * len(lists)
     if len(weights) != len(lists):
         raise ValueError(f"{len(lists)} lists but {len(weights)} weights")
     scores: dict[K, float] = {}
     for items, w in zip(lists, weights, strict=True):
+        if w == 0:
+            continue
         for rank, item in enumerate(items, start=1):
             scores[item] = scores.get(item, 0.0) + w / (k + rank)
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))

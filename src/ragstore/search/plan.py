@@ -16,6 +16,7 @@ from typing import Any
 from ragstore.runtime import Runtime
 from ragstore.search import bm25
 from ragstore.search.filters import compile_filter
+from ragstore.search.hybrid import FusionParams
 from ragstore.search.service import EXACT_FILTER_CHUNKS, Mode, SearchParams, indexed_fields
 
 
@@ -28,10 +29,22 @@ def search_plan(
     mode: Mode = "hybrid",
     where: Mapping[str, Any] | None = None,
     ef_search: int | None = None,
+    fusion: FusionParams | None = None,
+    sections: bool = True,
 ) -> dict[str, Any]:
-    """The lists, depths and fusion of one search, without running it."""
+    """The lists, depths and fusion of one search, without running it.
+
+    ``fusion`` and ``sections`` are the search's own: without them the plan of an
+    ``explain`` search said the default RRF constant and weights beside hits fused with
+    the ones asked for, and a depth of 50 for a ``sections=False`` list that was ``k``
+    deep."""
     p = SearchParams(
-        k=rt.settings.search_k if k is None else k, mode=mode, where=where, ef_search=ef_search
+        k=rt.settings.search_k if k is None else k,
+        mode=mode,
+        where=where,
+        ef_search=ef_search,
+        fusion=fusion or FusionParams(),
+        sections=sections,
     )
     coll = rt.collection(collection)
     lists: list[dict[str, Any]] = []
@@ -68,9 +81,9 @@ def search_plan(
                 "skipped": ftq.empty,
             }
         )
-    fusion: dict[str, Any] | None = None
+    fused: dict[str, Any] | None = None
     if p.mode == "hybrid":
-        fusion = {
+        fused = {
             "method": "rrf",
             "k": p.fusion.k,
             "vector_weight": p.fusion.vector_weight,
@@ -85,6 +98,6 @@ def search_plan(
         "mode": p.mode,
         "k": p.k,
         "lists": lists,
-        "fusion": fusion,
+        "fusion": fused,
         "filter": dict(where) if where else None,
     }

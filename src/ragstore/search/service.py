@@ -308,6 +308,14 @@ def _given_vector(
                 f"collection {coll.name!r} holds {coll.model.dimension}-dimensional vectors "
                 f"({coll.model.key}), got {got}; give a vector of that model"
             )
+        if coll.model.distance == "cosine" and not arr.any():
+            # no direction: every cosine distance is NaN, the hits came in an arbitrary
+            # order with a score of NaN (null in the API's JSON)
+            raise InputError(
+                f"the query vector is all zeros, and collection {coll.name!r} ranks by "
+                "cosine similarity, which a vector with no direction has none of; give a "
+                "non-zero vector"
+            )
         return arr
     if coll.model.provider == VECTOR_ONLY_PROVIDER:
         raise InputError(
