@@ -1,0 +1,110 @@
+"""A ``Store`` opened before ``os.fork()`` (gunicorn ``--preload``, multiprocessing's fork
+start method, celery prefork) and then used in the parent and its children at once: each
+process must talk to the database over its own connections. Real embedded database; the
+collections are vector-only, so no child loads the model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from ragstore import Store
+from ragstore.config import Settings
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+ROUNDS = 15
+
+
+@pytest.fixture(scope="module")
+def store(settings: Settings) -> Iterator[Store]:
+    with Store(settings=settings) as s:
+        s.create_collection("forked", model="outside-embedder@v1", dimension=3)
+        s.add_texts("forked", ["before the fork"], ids=["before"], vectors=[[1.0, 0.0, 0.0]])
+        yield s
+
+
+def _work(store: Store, who: str) -> None:
+    """Writes, each read back at once: a reply meant for another process fails it."""
+    for j in range(ROUNDS):
+        tid = f"{who}-{j}"
+        added = store.add_texts("forked", [f"text {tid}"], ids=[tid], vectors=[[0.0, 1.0, j]])
+        assert added["added"] == 1, added
+        got = store.get_texts("forked", [tid])
+        assert [t["text"] for t in got] == [f"text {tid}"], got
+        assert store.delete_texts("forked", [f"{who}-gone"]) == 0
+
+
+def _in_children(n: int, child: Callable[[int], object], timeout_s: float = 60.0) -> list[str]:
+    """Run ``child(i)`` in ``n`` forked children while the parent goes on; each one's
+    outcome ("ok" or its error) read back through a pipe; a child that hangs is killed."""
+    procs: list[tuple[int, int]] = []
+    for i in range(n):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (a child)
+            os.close(r)
+            try:
+                child(i)
+                out = "ok"
+            except BaseException as exc:
+                out = f"{type(exc).__name__}: {exc}"
+            os.write(w, json.dumps(out).encode())
+            os._exit(0)
+        os.close(w)
+        procs.append((pid, r))
+    return [_collect(pid, r, timeout_s) for pid, r in procs]
+
+
+def _collect(pid: int, r: int, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+        return "hung"
+    with os.fdopen(r, "rb") as f:
+        return str(json.loads(f.read() or b'"no answer"'))
+
+
+def test_a_store_opened_before_a_fork_works_in_the_parent_and_its_children(
+    store: Store,
+) -> None:
+    # the children used the parent's pooled sockets: the processes' statements and
+    # answers mixed on one stream ("unexpected result EMPTY_QUERY from command 'BEGIN'",
+    # "the last operation didn't produce records") and calls hung
+    assert store.get_texts("forked", ["before"])  # the pool is open, connections idle
+    outcomes = _in_children(3, lambda i: _work(store, f"child{i}"))
+    parent_error = None
+    try:
+        _work(store, "parent")
+    except Exception as exc:  # reported beside the children's outcomes
+        parent_error = exc
+    assert outcomes == ["ok"] * 3
+    assert parent_error is None
+    ids = [f"{who}-{j}" for who in ("child0", "child1", "child2", "parent") for j in range(ROUNDS)]
+    assert len(store.get_texts("forked", ids)) == len(ids)
+
+
+def test_a_hybrid_search_in_a_child_starts_its_own_list_threads() -> None:
+    # the child's copy of the full-text lists' executor counted the parent's idle threads
+    # and started none: a hybrid search in the child waited for its full-text list forever
+    from ragstore.search import service
+
+    assert service._lists_executor().submit(lambda: 1).result(timeout=10) == 1
+    time.sleep(0.1)  # the worker goes idle
+
+    def child(_: int) -> None:
+        assert service._lists_executor().submit(lambda: 2).result(timeout=10) == 2
+
+    assert _in_children(1, child, timeout_s=30) == ["ok"]
