@@ -108,3 +108,62 @@ def test_a_hybrid_search_in_a_child_starts_its_own_list_threads() -> None:
         assert service._lists_executor().submit(lambda: 2).result(timeout=10) == 2
 
     assert _in_children(1, child, timeout_s=30) == ["ok"]
+
+
+def _backends(settings: Settings) -> int:
+    import psycopg
+
+    assert settings.database_url is not None
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_close_waits_for_the_calls_other_threads_have_in_flight(settings: Settings) -> None:
+    # closed under a call another thread had started, the call's next statement found the
+    # pool gone: it failed with "the database cannot be reached (the pool 'ragstore' is
+    # already closed)", or reopened a pool that nothing closed
+    import threading
+
+    import psycopg
+
+    assert settings.database_url is not None
+    before = _backends(settings)
+    store = Store(settings=settings)
+    store.create_collection("in-flight", model="outside-embedder@v1", dimension=3)
+    outcome: list[object] = []
+
+    def add() -> None:
+        try:
+            outcome.append(
+                store.add_texts("in-flight", ["late"], ids=["late"], vectors=[[1, 0, 0]])
+            )
+        except Exception as exc:
+            outcome.append(exc)
+
+    with psycopg.connect(settings.database_url.get_secret_value()) as blocker:
+        blocker.execute("LOCK TABLE collections IN ACCESS EXCLUSIVE MODE")
+        adding = threading.Thread(target=add)
+        adding.start()
+        time.sleep(0.5)  # its lookup of the collection waits for the lock
+        closing = threading.Thread(target=store.close)
+        closing.start()
+        time.sleep(0.5)
+        with pytest.raises(RuntimeError, match="this Store is closed"):
+            store.list_collections()  # a new call once close has begun
+        waited = closing.is_alive()  # for the call in flight
+        blocker.rollback()  # the lock goes
+    adding.join(30)
+    closing.join(30)
+    assert not closing.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], dict), outcome
+    assert outcome[0]["added"] == 1
+    with Store(settings=settings) as again:
+        assert [t["text"] for t in again.get_texts("in-flight", ["late"])] == ["late"]
+        again.delete_collection("in-flight")
+    assert _backends(settings) == before
+    assert waited
