@@ -167,3 +167,33 @@ def test_close_waits_for_the_calls_other_threads_have_in_flight(settings: Settin
         again.delete_collection("in-flight")
     assert _backends(settings) == before
     assert waited
+
+
+def test_close_from_a_signal_handler_inside_a_call_does_not_wait_for_itself(
+    settings: Settings,
+) -> None:
+    # close waits for the calls in flight; one of its own thread's (a SIGALRM or SIGTERM
+    # handler that closes the Store, run inside a call) would never finish first
+    store = Store(settings=settings)
+    store.create_collection("self-close", model="outside-embedder@v1", dimension=3)
+    closed: list[bool] = []
+
+    def handler(signum: int, frame: object) -> None:
+        store.close()
+        closed.append(True)
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        deadline = time.monotonic() + 20
+        while not closed and time.monotonic() < deadline:
+            try:
+                store.list_collections()
+            except RuntimeError:
+                break
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert closed == [True]
+    with Store(settings=settings) as again:
+        again.delete_collection("self-close")

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -61,15 +62,18 @@ def _call(method: _F) -> _F:
 
     @functools.wraps(method)
     def tracked(self: Store, *args: Any, **kwargs: Any) -> Any:
+        me = threading.get_ident()
         with self._calls:
             if self._closing:
                 raise RuntimeError(_CLOSED)
-            self._in_flight += 1
+            self._in_flight[me] += 1
         try:
             return method(self, *args, **kwargs)
         finally:
             with self._calls:
-                self._in_flight -= 1
+                self._in_flight[me] -= 1
+                if not self._in_flight[me]:
+                    del self._in_flight[me]
                 self._calls.notify_all()
 
     return cast(_F, tracked)
@@ -107,7 +111,7 @@ class Store:
         self._closed = False
         self._closing = False
         self._calls = threading.Condition()
-        self._in_flight = 0
+        self._in_flight: Counter[int] = Counter()  # calls in flight, by thread
 
     @classmethod
     def from_runtime(cls, rt: Runtime) -> Store:
@@ -118,7 +122,7 @@ class Store:
         store._closed = False
         store._closing = False
         store._calls = threading.Condition()
-        store._in_flight = 0
+        store._in_flight = Counter()
         return store
 
     @property
@@ -140,12 +144,15 @@ class Store:
         closing twice does nothing, any other use afterwards raises RuntimeError.
 
         Calls other threads have in flight finish first (close waits for them); calls
-        made once close has begun raise RuntimeError."""
+        made once close has begun raise RuntimeError. A call of the closing thread's own
+        (close from a signal handler that interrupted it) is not waited for: it could
+        never finish first."""
         if not self._owns:
             return
+        me = threading.get_ident()
         with self._calls:
             self._closing = True
-            self._calls.wait_for(lambda: self._in_flight == 0)
+            self._calls.wait_for(lambda: not set(self._in_flight) - {me})
             if not self._closed:
                 self._runtime.close()
                 self._closed = True
