@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ragstore import forks
 from ragstore.config import Settings
 from ragstore.db import changes, lsn, migrations, native, repository, routing
 from ragstore.db.database import Database
@@ -40,6 +41,13 @@ class Runtime:
         self._embedders: dict[ModelSpec, Embedder] = {}
         # keyed by the server the lookup ran on too (see cached_collection)
         self._collections: dict[tuple[str, str], tuple[float, int, repository.Collection]] = {}
+        self._collections_lock = threading.Lock()
+        forks.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: new locks, as a parent thread may have held one at the fork
+        (the databases forget their connections themselves, :mod:`ragstore.forks`)."""
+        self._open_lock = threading.RLock()
         self._collections_lock = threading.Lock()
 
     @property

@@ -14,10 +14,13 @@ once per process.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ragstore.api.schemas import (
     CollectionPublic,
@@ -46,6 +49,34 @@ from ragstore.runtime import Runtime
 from ragstore.validation import check_value, id_list, page_limit, row_id, storable_text
 
 __all__ = ["Store"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_CLOSED = "this Store is closed; open a new Store() (or keep using it inside its with block)"
+
+
+def _call(method: _F) -> _F:
+    """A verb counted as in flight while it runs, so that :meth:`Store.close` waits for it:
+    closed under a call that another thread had started, the pool failed that call's next
+    statement with "the database cannot be reached (the pool 'ragstore' is already
+    closed)", after its earlier statements had run."""
+
+    @functools.wraps(method)
+    def tracked(self: Store, *args: Any, **kwargs: Any) -> Any:
+        me = threading.get_ident()
+        with self._calls:
+            if self._closing:
+                raise RuntimeError(_CLOSED)
+            self._in_flight[me] += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            with self._calls:
+                self._in_flight[me] -= 1
+                if not self._in_flight[me]:
+                    del self._in_flight[me]
+                self._calls.notify_all()
+
+    return cast(_F, tracked)
 
 
 class Store:
@@ -78,6 +109,9 @@ class Store:
         self._runtime = Runtime(settings)
         self._owns = True
         self._closed = False
+        self._closing = False
+        self._calls = threading.Condition()
+        self._in_flight: Counter[int] = Counter()  # calls in flight, by thread
 
     @classmethod
     def from_runtime(cls, rt: Runtime) -> Store:
@@ -86,6 +120,9 @@ class Store:
         store._runtime = rt
         store._owns = False
         store._closed = False
+        store._closing = False
+        store._calls = threading.Condition()
+        store._in_flight = Counter()
         return store
 
     @property
@@ -94,9 +131,7 @@ class Store:
         pool on the next call, so a closed Store went on working with a new pool (and its
         connections) that nothing would close. The Client raises RuntimeError too."""
         if self._closed:
-            raise RuntimeError(
-                "this Store is closed; open a new Store() (or keep using it inside its with block)"
-            )
+            raise RuntimeError(_CLOSED)
         return self._runtime
 
     @property
@@ -106,10 +141,21 @@ class Store:
 
     def close(self) -> None:
         """Close the database pool (a Store from :meth:`from_runtime` leaves it open);
-        closing twice does nothing, any other use afterwards raises RuntimeError."""
-        if self._owns and not self._closed:
-            self._runtime.close()
-            self._closed = True
+        closing twice does nothing, any other use afterwards raises RuntimeError.
+
+        Calls other threads have in flight finish first (close waits for them); calls
+        made once close has begun raise RuntimeError. A call of the closing thread's own
+        (close from a signal handler that interrupted it) is not waited for: it could
+        never finish first."""
+        if not self._owns:
+            return
+        me = threading.get_ident()
+        with self._calls:
+            self._closing = True
+            self._calls.wait_for(lambda: not set(self._in_flight) - {me})
+            if not self._closed:
+                self._runtime.close()
+                self._closed = True
 
     def __enter__(self) -> Store:
         return self
@@ -119,6 +165,7 @@ class Store:
 
     # --- collections ---------------------------------------------------------------------
 
+    @_call
     def create_collection(
         self,
         name: str,
@@ -152,6 +199,7 @@ class Store:
             coll = repository.create_collection(conn, name, spec, dict(settings or {}))
             return _dump(CollectionPublic(**catalog.collection_detail(conn, coll)))
 
+    @_call
     def list_collections(self) -> list[dict[str, Any]]:
         with self._rt.db.connection() as conn, translated("listing collections"):
             return [
@@ -163,11 +211,13 @@ class Store:
                 for n in catalog.collection_names(conn)
             ]
 
+    @_call
     def get_collection(self, name: str) -> dict[str, Any]:
         coll = self._rt.collection(name)
         with self._rt.db.connection() as conn, translated(f"reading collection {name!r}"):
             return _dump(CollectionPublic(**catalog.collection_detail(conn, coll)))
 
+    @_call
     def fields(self, collection: str) -> dict[str, Any]:
         """The fields a search filter (``where``) can name in ``collection``: the
         built-ins, and the metadata paths of a sample of its documents and chunks with
@@ -176,11 +226,13 @@ class Store:
 
         return _dump(FieldsPublic(**describe_fields(self._rt, self._rt.collection(collection))))
 
+    @_call
     def field_indexes(self) -> list[dict[str, Any]]:
         """The metadata fields indexed for range filters, in every collection."""
         found = field_indexes.listed(self._rt.db)
         return [_dump(IndexedFieldPublic(field=i.field, type=i.kind)) for i in found]
 
+    @_call
     def index_field(self, field: str, type: str) -> dict[str, Any]:
         """Index a metadata field (a path as a filter names it) for range filters on
         ``type`` ("number" or "string") values, in every collection: a selective range is
@@ -191,6 +243,7 @@ class Store:
         )
         return _dump(FieldIndexPublic(field=field, type=type, indexed=True, changed=changed))
 
+    @_call
     def drop_field_index(self, field: str, type: str) -> dict[str, Any]:
         """Drop a field's range-filter indexes; ``changed`` is False when there were none."""
         changed = field_indexes.declare(
@@ -198,6 +251,7 @@ class Store:
         )
         return _dump(FieldIndexPublic(field=field, type=type, indexed=False, changed=changed))
 
+    @_call
     def delete_collection(self, name: str) -> None:
         coll = self._rt.collection(name)
         with self._rt.db.connection() as conn, translated(f"deleting collection {name!r}"):
@@ -205,6 +259,7 @@ class Store:
 
     # --- texts (documents by caller-given id) --------------------------------------------
 
+    @_call
     def add_texts(
         self,
         collection: str,
@@ -222,6 +277,7 @@ class Store:
         )
         return _dump(TextsAdded(**report.as_dict()))
 
+    @_call
     def get_texts(self, collection: str, ids: Sequence[str]) -> list[dict[str, Any]]:
         """The texts stored under ``ids``, in that order; unknown ids are left out."""
         wanted = id_list(ids, "ids")
@@ -233,6 +289,7 @@ class Store:
             for t in found
         ]
 
+    @_call
     def delete_texts(self, collection: str, ids: Sequence[str]) -> int:
         """Delete the documents stored under ``ids``; unknown ids are ignored. The count
         deleted is returned."""
@@ -244,6 +301,7 @@ class Store:
 
     # --- documents -----------------------------------------------------------------------
 
+    @_call
     def add_document(
         self,
         collection: str,
@@ -272,6 +330,7 @@ class Store:
         assert outcome.document is not None
         return self._document(collection, outcome.document, outcome.status)
 
+    @_call
     def ingest(
         self,
         collection: str,
@@ -348,6 +407,7 @@ class Store:
         ]
         return {"data": docs, "count": len(docs), "next_cursor": None, "skipped": skipped}
 
+    @_call
     def list_documents(
         self,
         collection: str,
@@ -401,12 +461,14 @@ class Store:
             if not cursor:
                 return
 
+    @_call
     def get_document(self, collection: str, document_id: int) -> dict[str, Any]:
         row_id(document_id, "document")
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"reading document {document_id}"):
             return self._document(collection, catalog.document(conn, coll, document_id))
 
+    @_call
     def delete_document(self, collection: str, document_id: int) -> None:
         row_id(document_id, "document")
         coll = self._rt.collection(collection)
@@ -430,6 +492,7 @@ class Store:
 
     # --- search --------------------------------------------------------------------------
 
+    @_call
     def search(
         self,
         collection: str,

@@ -28,6 +28,7 @@ from pgvector.psycopg import register_vector
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from ragstore import forks
 from ragstore.config import Settings
 from ragstore.db import embedded
 from ragstore.db.errors import disk_full, refused_write, translate, translated
@@ -182,6 +183,20 @@ class Database:
         self._pool_open_lock = threading.Lock()
         self.breaker = Breaker()
         self.data_dir: Path | None = None  # the embedded server's, to restart it
+        forks.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: forget the parent's pool, so the next call opens this
+        process's own (see :mod:`ragstore.forks`). The pool is not closed, which would
+        end the parent's sessions (psycopg leaves a connection made in another process
+        open when it is collected), and it is marked closed so that collecting it does not
+        signal and wait for worker threads that only the parent has. Its locks may have
+        been held by a parent thread at the fork: new ones."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool._closed = True
+        self._pool_open_lock = threading.Lock()
+        self.breaker = Breaker()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:

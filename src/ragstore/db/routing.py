@@ -38,6 +38,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from ragstore import forks
 from ragstore.db import lsn, migrations
 from ragstore.db.database import Database
 from ragstore.errors import DatabaseUnavailableError, RagstoreError, StatementCancelledError
@@ -81,6 +82,10 @@ class ReplicaDatabase(Database):
         super().__init__(with_keepalives(conninfo), **kwargs)
         # requests, probes and mark_down open and close this pool from many threads: one
         # at a time, or a pool made by one is dropped unclosed by another
+        self._pool_lock = threading.Lock()
+
+    def _after_fork_in_child(self) -> None:
+        super()._after_fork_in_child()
         self._pool_lock = threading.Lock()
 
     @property
@@ -253,6 +258,17 @@ class ReadRouter:
         self._primary_conn: psycopg.Connection[Any] | None = None
         self._primary_identity: tuple[int, int] | None = None  # see _identity
         self._history: deque[tuple[float, int]] = deque(maxlen=_HISTORY)
+        forks.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: forget the parent's probe connections (its sockets; never
+        closed here, which would end the parent's sessions) and locks a parent thread may
+        have held at the fork; the replicas' pools forget theirs themselves."""
+        self._primary_conn = None
+        for r in self._replicas:
+            r.probe_conn = None
+        self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
 
     @property
     def has_replicas(self) -> bool:

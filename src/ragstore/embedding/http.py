@@ -53,6 +53,7 @@ import httpx
 import numpy as np
 from pydantic import SecretStr
 
+from ragstore import forks
 from ragstore.embedding.base import (
     Embedder,
     TokenEncoding,
@@ -140,15 +141,26 @@ class HttpEmbedder(Embedder):
             api_key = SecretStr(raw) if raw else None
         self._api_key = api_key
         self._sleep = sleep
-        self._client = client or httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0))
-        )
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self._owns_client = client is None
+        self._client = client or httpx.Client(timeout=self._timeout)
+        forks.register(self)
         self.requests = 0  # HTTP requests sent, retries included
         self.retries = 0
         self.tokenizer: Any = None
         tok = opts.get("tokenizer")
         if tok:
             self.tokenizer = _load_tokenizer(str(tok), spec)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: its own request threads (the parent's copy of the executor
+        counted the parent's idle threads and started none, so an embed waited forever)
+        and its own HTTP connections (kept-alive sockets shared with the parent would mix
+        the two processes' answers); the parent's are left open, for the parent."""
+        self._pool = None
+        self._lock = threading.Lock()
+        if self._owns_client:
+            self._client = httpx.Client(timeout=self._timeout)
 
     # -- embedding ---------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextvars
 import json
 import numbers
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -504,6 +505,19 @@ def _run(
 _executor_lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
 LIST_THREADS = 16  # full-text lists of concurrent hybrid searches run on these threads
+
+
+def _forget_executor_in_child() -> None:
+    """A forked child has none of the parent's threads, but its copy of the executor
+    counts the parent's idle ones and starts none: a hybrid search waited for its
+    full-text list forever. The child starts its own."""
+    global _executor, _executor_lock
+    _executor = None
+    _executor_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_executor_in_child)
 
 
 def _lists_executor() -> ThreadPoolExecutor:
