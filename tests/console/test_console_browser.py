@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect
+from playwright.sync_api import Browser, Dialog, Page, Route, expect
 
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
@@ -790,3 +790,40 @@ def test_pages_of_documents_and_uploads_show_the_servers_true_answer(
         expect(page.locator("body")).to_have_attribute("data-ready", "true")
         expect(page.locator("#document-facts")).to_contain_text("<b>bold</b>")
         assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+
+
+def test_leaving_the_page_during_an_upload_asks_first(page: Page, settings: Settings) -> None:
+    """Navigating away while a file is on its way cut it off and dropped the files queued
+    behind it, silently; the page now asks before it is left (and not once they are done)."""
+    with running_server(with_(settings, auth="off")) as url:
+        assert httpx.post(f"{url}/v1/collections", json={"name": "leaving"}).status_code == 201
+        page.goto(f"{url}/ui/collections/leaving")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+        held: list[Route] = []
+        page.route("**/documents/upload", lambda route: held.append(route))  # held on its way
+        dialogs: list[str] = []
+
+        def stay(dialog: Dialog) -> None:
+            dialogs.append(dialog.type)
+            dialog.dismiss()
+
+        page.on("dialog", stay)
+        page.set_input_files(
+            "#file-input",
+            files=[{"name": "a.md", "mimeType": "text/markdown", "buffer": b"# A\n\nText.\n"}],
+        )
+        expect(page.locator("#upload-list li[data-file='a.md'] .outcome")).to_have_text(
+            "uploading…"
+        )
+        page.click("#nav-search", no_wait_after=True)
+        page.wait_for_timeout(500)
+        assert dialogs == ["beforeunload"]
+        assert page.url == f"{url}/ui/collections/leaving"
+        held[0].continue_()
+        page.unroute("**/documents/upload")
+        expect(page.locator("#upload-list li[data-file='a.md'] .outcome")).to_have_text(
+            re.compile(r"^added")
+        )
+        page.click("#nav-search")
+        expect(page).to_have_url(f"{url}/ui/collections/leaving/search")
+        assert dialogs == ["beforeunload"]

@@ -26,7 +26,10 @@
 
   function storedKey() { return sessionStorage.getItem(KEY); }
 
+  let signingOut = false;  // a sign-out leaves the page without asking (see uploadAll)
+
   function signOut() {
+    signingOut = true;
     sessionStorage.removeItem(KEY);
     location.assign("/ui/login");
   }
@@ -523,12 +526,32 @@
       });
     }
 
+    /* Leaving the page while files are being sent asks first: the file on its way was cut
+     * off and the files queued behind it were never sent, and nothing said so (a folder of
+     * twenty files, the user on the search page after the third, had three stored). */
+    let uploading = 0;
+    window.addEventListener("beforeunload", (ev) => {
+      if (!uploading || signingOut) return;
+      ev.preventDefault();
+      ev.returnValue = "";  // Chromium asks only when this is set
+    });
+
     async function uploadAll(picked) {
       if (!picked.files.length && !picked.skipped) {  // an empty folder: said, not ignored
         $("upload-list").append(el("li", { class: "skipped",
           text: "nothing to upload: the dropped folder holds no files" }));
         return;
       }
+      uploading += 1;  // until every file is sent and answered, not during the refresh
+      try {
+        await uploadPicked(picked);
+      } finally {
+        uploading -= 1;
+      }
+      await Promise.all([loadStats(), loadJobs(), loadDocuments(false)]);
+    }
+
+    async function uploadPicked(picked) {
       if (picked.skipped) {
         $("upload-list").append(el("li", { class: "skipped", text: "skipped " + picked.skipped +
           " hidden file(s) or file(s) of a kind ragstore does not read" }));
@@ -545,7 +568,6 @@
         seen.add(f.name);
         await uploadOne(f.file, f.name);
       }
-      await Promise.all([loadStats(), loadJobs(), loadDocuments(false)]);
     }
 
     function pickFailed(err) {
