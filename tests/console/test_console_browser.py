@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Dialog, Page, Route, expect
 
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
@@ -726,3 +726,104 @@ def test_the_api_reference_loads_only_from_this_server(page: Page, server: Serve
     assert errors == []  # a resource the policy refused would be reported here
     assert "system-ui" in page.evaluate("getComputedStyle(document.body).fontFamily")
     shot(page, "api-docs")
+
+
+def test_pages_of_documents_and_uploads_show_the_servers_true_answer(
+    page: Page, settings: Settings
+) -> None:
+    """A double click on "More" listed its page twice (the same cursor sent twice); a
+    proxy's 502 in the server's place said an upload "failed" though the server stored
+    the file; a file over the upload limit says the 413's detail; long unbroken names and
+    titles do not widen the page."""
+    with running_server(with_(settings, auth="off", max_upload_bytes=64 * 1024)) as url:
+        assert httpx.post(f"{url}/v1/collections", json={"name": "paged"}).status_code == 201
+        files = [
+            ("files", (f"doc-{i:03}.md", f"# Doc {i}\n\nText {i}.\n".encode())) for i in range(55)
+        ]
+        long_title = "T" * 400 + "<b>bold</b>"
+        files.append(("files", ("x" * 120 + ".md", f"# {long_title}\n\nLong.\n".encode())))
+        r = httpx.post(f"{url}/v1/collections/paged/documents/upload", files=files, timeout=300)
+        assert r.status_code == 201, r.text
+        page.goto(f"{url}/ui/collections/paged")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+        expect(page.locator("#documents-body tr")).to_have_count(50)
+        page.dblclick("#documents-more")
+        expect(page.locator("#documents-more")).to_be_hidden()
+        page.wait_for_timeout(500)  # a second page's answer, were one sent, is in by now
+        ids = page.locator("#documents-body tr").evaluate_all(
+            "(rows) => rows.map((r) => r.dataset.document)"
+        )
+        assert len(ids) == 56 and len(set(ids)) == 56, ids
+        assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+
+        page.set_input_files(
+            "#file-input",
+            files=[{"name": "big.md", "mimeType": "text/markdown", "buffer": b"a" * 100_000}],
+        )
+        expect(page.locator("#upload-list li[data-file='big.md'] .outcome")).to_have_text(
+            re.compile(
+                r"^failed: the upload is \d+ bytes, over the limit of 65536 bytes.*"
+                r"\(request_too_large\)$"
+            )
+        )
+
+        def proxy_lost_the_answer(route: Route) -> None:
+            route.fetch()  # the server gets and stores the file; its answer is lost
+            route.fulfill(status=502, body="Bad gateway", content_type="text/html")
+
+        page.route("**/documents/upload", proxy_lost_the_answer)
+        page.set_input_files(
+            "#file-input",
+            files=[{"name": "gw.md", "mimeType": "text/markdown", "buffer": b"# gw\n\nStored.\n"}],
+        )
+        line = page.locator("#upload-list li[data-file='gw.md'] .outcome")
+        expect(line).to_have_text(re.compile(r"whether the file was stored is unknown"))
+        expect(line).to_have_class(re.compile(r"\bstatus-unknown\b"))
+        stored = httpx.get(
+            f"{url}/v1/collections/paged/documents", params={"source_prefix": "gw.md"}
+        )
+        assert stored.json()["count"] == 1, stored.text
+        long_doc = httpx.get(
+            f"{url}/v1/collections/paged/documents", params={"source_prefix": "xxx"}
+        ).json()["data"][0]
+        page.goto(f"{url}/ui/collections/paged/documents/{long_doc['id']}")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+        expect(page.locator("#document-facts")).to_contain_text("<b>bold</b>")
+        assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+
+
+def test_leaving_the_page_during_an_upload_asks_first(page: Page, settings: Settings) -> None:
+    """Navigating away while a file is on its way cut it off and dropped the files queued
+    behind it, silently; the page now asks before it is left (and not once they are done)."""
+    with running_server(with_(settings, auth="off")) as url:
+        assert httpx.post(f"{url}/v1/collections", json={"name": "leaving"}).status_code == 201
+        page.goto(f"{url}/ui/collections/leaving")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+        held: list[Route] = []
+        page.route("**/documents/upload", lambda route: held.append(route))  # held on its way
+        dialogs: list[str] = []
+
+        def stay(dialog: Dialog) -> None:
+            dialogs.append(dialog.type)
+            dialog.dismiss()
+
+        page.on("dialog", stay)
+        page.set_input_files(
+            "#file-input",
+            files=[{"name": "a.md", "mimeType": "text/markdown", "buffer": b"# A\n\nText.\n"}],
+        )
+        expect(page.locator("#upload-list li[data-file='a.md'] .outcome")).to_have_text(
+            "uploading…"
+        )
+        page.click("#nav-search", no_wait_after=True)
+        page.wait_for_timeout(500)
+        assert dialogs == ["beforeunload"]
+        assert page.url == f"{url}/ui/collections/leaving"
+        held[0].continue_()
+        page.unroute("**/documents/upload")
+        expect(page.locator("#upload-list li[data-file='a.md'] .outcome")).to_have_text(
+            re.compile(r"^added")
+        )
+        page.click("#nav-search")
+        expect(page).to_have_url(f"{url}/ui/collections/leaving/search")
+        assert dialogs == ["beforeunload"]

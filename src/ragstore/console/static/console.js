@@ -26,7 +26,10 @@
 
   function storedKey() { return sessionStorage.getItem(KEY); }
 
+  let signingOut = false;  // a sign-out leaves the page without asking (see uploadAll)
+
   function signOut() {
+    signingOut = true;
     sessionStorage.removeItem(KEY);
     location.assign("/ui/login");
   }
@@ -322,12 +325,29 @@
         el("td", { text: fmtDate(j.created_at) }))), "No jobs.", 6);
     }
 
+    /* A listing (more false) starts over with the filter as typed; "More" goes on with the
+     * listing's own filter, one page at a time (the button is disabled while its page is
+     * on its way), and an answer that a newer listing has overtaken is dropped. A double
+     * click on "More" sent the same cursor twice and appended its page twice, and a
+     * prefix typed but not yet submitted was mixed into the last listing's next page. */
+    let listing = 0;  // bumped by each listing; a page of an older one is stale
+    let listedPrefix = "";
     async function loadDocuments(more) {
+      const moreButton = $("documents-more");
+      if (more && (moreButton.disabled || !cursor)) return;
+      const generation = more ? listing : ++listing;
+      if (!more) listedPrefix = $("source-prefix").value.trim();
       const params = new URLSearchParams({ limit: "50" });
-      const prefix = $("source-prefix").value.trim();
-      if (prefix) params.set("source_prefix", prefix);
-      if (more && cursor) params.set("cursor", cursor);
-      const page = await api("GET", base + "/documents?" + params.toString());
+      if (listedPrefix) params.set("source_prefix", listedPrefix);
+      if (more) params.set("cursor", cursor);
+      let page;
+      moreButton.disabled = true;
+      try {
+        page = await api("GET", base + "/documents?" + params.toString());
+      } finally {
+        if (generation === listing) moreButton.disabled = false;
+      }
+      if (generation !== listing) return;
       const rows = page.data.map((d) => el("tr", { dataset: { document: d.id } },
         el("td", null, el("a", { href: "/ui/collections/" + enc(COLLECTION) + "/documents/" + d.id,
                                  text: d.name })),
@@ -478,6 +498,13 @@
           } else if (xhr.status === 202) {
             outcome(result, "queued", "queued as job " + data.id);
             followJob(result, data.id);
+          } else if ((xhr.status === 502 || xhr.status === 504) && !data.code) {
+            /* A proxy's answer in the server's place, as outcomeUnknown() reads it for
+             * the other writes: the server may have stored the file, and "failed" said it
+             * had not (and invited a retry). */
+            outcome(result, "unknown", "no answer from the server (HTTP " + xhr.status +
+                    " from a proxy in front of it), so whether the file was stored is " +
+                    "unknown; reload the page to see");
           } else {
             if (xhr.status === 401 && AUTH) signOut();
             outcome(result, "failed", "failed: " + (data.detail || xhr.statusText) +
@@ -499,12 +526,32 @@
       });
     }
 
+    /* Leaving the page while files are being sent asks first: the file on its way was cut
+     * off and the files queued behind it were never sent, and nothing said so (a folder of
+     * twenty files, the user on the search page after the third, had three stored). */
+    let uploading = 0;
+    window.addEventListener("beforeunload", (ev) => {
+      if (!uploading || signingOut) return;
+      ev.preventDefault();
+      ev.returnValue = "";  // Chromium asks only when this is set
+    });
+
     async function uploadAll(picked) {
       if (!picked.files.length && !picked.skipped) {  // an empty folder: said, not ignored
         $("upload-list").append(el("li", { class: "skipped",
           text: "nothing to upload: the dropped folder holds no files" }));
         return;
       }
+      uploading += 1;  // until every file is sent and answered, not during the refresh
+      try {
+        await uploadPicked(picked);
+      } finally {
+        uploading -= 1;
+      }
+      await Promise.all([loadStats(), loadJobs(), loadDocuments(false)]);
+    }
+
+    async function uploadPicked(picked) {
       if (picked.skipped) {
         $("upload-list").append(el("li", { class: "skipped", text: "skipped " + picked.skipped +
           " hidden file(s) or file(s) of a kind ragstore does not read" }));
@@ -521,7 +568,6 @@
         seen.add(f.name);
         await uploadOne(f.file, f.name);
       }
-      await Promise.all([loadStats(), loadJobs(), loadDocuments(false)]);
     }
 
     function pickFailed(err) {
@@ -572,9 +618,19 @@
     $("document-facts").replaceChildren(...facts.flatMap(([k, v]) =>
       [el("dt", { text: k }), el("dd", { text: v })]));
     let after = null;
+    /* One page at a time: "More" is disabled while its page is on its way (a double click
+     * sent the same "after" twice and listed its chunks twice). */
     async function loadChunks() {
+      const moreButton = $("chunks-more");
+      if (moreButton.disabled) return;
       const q = "?limit=500" + (after !== null ? "&after=" + after : "");
-      const page = await api("GET", base + "/chunks" + q);
+      let page;
+      moreButton.disabled = true;
+      try {
+        page = await api("GET", base + "/chunks" + q);
+      } finally {
+        moreButton.disabled = false;
+      }
       for (const c of page.data) {
         const meta = ["#" + c.ordinal, c.chunk_type];
         if (c.section_path.length) meta.push(c.section_path.join(" › "));
