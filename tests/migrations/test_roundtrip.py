@@ -141,3 +141,32 @@ def test_no_column_holds_a_reg_type_pg_upgrade_refuses(template_url: str) -> Non
             (_UNUPGRADABLE,),
         ).fetchall()
     assert [r[0] for r in found] == []
+
+
+def test_an_upgrade_of_a_schema_ahead_of_the_code_says_so(
+    empty_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: object,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``ragstore db upgrade`` by an older ragstore on a database a newer one upgraded said
+    "error[invalid_input]: cannot upgrade to 'head': Can't locate revision identified by
+    '9999'", blaming the target; it says which revision the database is at, that this
+    ragstore does not know it, and what to run, and changes nothing."""
+    db = Database(empty_database_url)
+    migrations.upgrade(db)
+    with db.connect() as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+        conn.commit()
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAGSTORE_PROFILE", "test")
+    for target in ("head", "0030"):
+        capsys.readouterr()
+        assert run_cli("db", "upgrade", "--to", target) == 69, target
+        err = capsys.readouterr().err
+        assert err.startswith("error[schema_mismatch]: ") and err.count("\n") == 1, err
+        assert "9999" in err and "does not know" in err and "upgrade ragstore" in err, err
+    with pytest.raises(SchemaMismatchError, match="9999, which this version"):
+        migrations.upgrade(db)
+    assert migrations.status(db).current == "9999"
