@@ -11,8 +11,9 @@ from psycopg import sql
 
 from ragstore import Store
 from ragstore.config import Settings
-from ragstore.db import migrations
+from ragstore.db import jobs, migrations
 from ragstore.db.database import Database
+from ragstore.db.jobs import JobFile
 from ragstore.integrity import check
 from ragstore.runtime import Runtime
 from tests.migrations.test_roundtrip import schema_dump
@@ -92,6 +93,7 @@ def test_an_old_revision_holding_data_upgrades_keeping_it(
         store.add_texts("other", ["orchids and ferns"], ids=["o1"])
         store.index_field("path", "string")
     with db.connect() as conn:
+        jobs.create(conn, "rt", [JobFile("queued.md", b"# Queued\n\nlilies", {"k": 1})])
         # postings written as the data came in carry the average length of their day;
         # revision 0021's upgrade rebuilds them at today's (on purpose): so does this
         conn.execute("SELECT ragstore_bm25_rebuild(collection_id) FROM bm25_collection_stats")
@@ -110,3 +112,4 @@ def test_an_old_revision_holding_data_upgrades_keeping_it(
         report = check(rt, None)
         assert report.ok, report
     assert _searches(settings) == found
+    assert before["ingest_jobs"] and before["ingest_job_files"]
