@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +142,58 @@ def test_no_column_holds_a_reg_type_pg_upgrade_refuses(template_url: str) -> Non
             (_UNUPGRADABLE,),
         ).fetchall()
     assert [r[0] for r in found] == []
+
+
+def test_an_upgrade_of_a_schema_ahead_of_the_code_says_so(
+    empty_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: object,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``ragstore db upgrade`` by an older ragstore on a database a newer one upgraded said
+    "error[invalid_input]: cannot upgrade to 'head': Can't locate revision identified by
+    '9999'", blaming the target; it says which revision the database is at, that this
+    ragstore does not know it, and what to run, and changes nothing."""
+    db = Database(empty_database_url)
+    migrations.upgrade(db)
+    with db.connect() as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+        conn.commit()
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAGSTORE_PROFILE", "test")
+    for target in ("head", "0030"):
+        capsys.readouterr()
+        assert run_cli("db", "upgrade", "--to", target) == 69, target
+        err = capsys.readouterr().err
+        assert err.startswith("error[schema_mismatch]: ") and err.count("\n") == 1, err
+        assert "9999" in err and "does not know" in err and "upgrade ragstore" in err, err
+    with pytest.raises(SchemaMismatchError, match="9999, which this version"):
+        migrations.upgrade(db)
+    assert migrations.status(db).current == "9999"
+
+
+def test_an_upgrade_to_the_revision_or_below_takes_no_backup_and_says_so(
+    empty_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``db upgrade --to REV`` with the database at REV took a whole backup first and kept
+    it; at a revision above REV (or ``--to base``) it did that too and then ended with
+    status 0, "nothing to do", as if the database were at REV. At REV: nothing to do, no
+    backup; below it: one error pointing at ``db downgrade``, no backup."""
+    migrations.upgrade(Database(empty_database_url), "0030")
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAGSTORE_PROFILE", "test")
+    capsys.readouterr()
+    assert run_cli("db", "upgrade", "--to", "0030") == 0
+    assert capsys.readouterr().out == "schema already at 0030; nothing to do\n"
+    for target in ("0020", "base"):
+        assert run_cli("db", "upgrade", "--to", target) == 65, target
+        err = capsys.readouterr().err
+        assert err.startswith("error[invalid_input]: ") and err.count("\n") == 1, err
+        assert f"ragstore db downgrade --to {target}" in err, err
+    assert not list(tmp_path.glob("backups/*"))
+    assert migrations.status(Database(empty_database_url)).current == "0030"

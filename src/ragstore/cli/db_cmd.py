@@ -115,6 +115,12 @@ def upgrade_with_backup(
     db = rt.raw_db()
     pre = migrations.status(db)
     before = pre.current
+    if _upgrade_target_reached(pre, to):
+        if as_json:
+            echo_json({"from": before, "to": before, "backup": None})
+        else:
+            typer.echo(f"schema already at {before or '(empty)'}; nothing to do")
+        return
     path = None
     if before is not None and pre.pending and backup:
         with _backing_up("upgrade"):
@@ -122,6 +128,31 @@ def upgrade_with_backup(
     with _saying_where("upgrade", path):
         done = migrations.migrate(db, "upgrade", to)
     _report("upgrade", before, done, path, as_json=as_json)
+
+
+def _upgrade_target_reached(st: SchemaStatus, to: str) -> bool:
+    """Whether the database is already at ``to`` (True), or refuse a ``to`` below it, before
+    the backup. ``db upgrade --to REV`` with the database at REV, or above it (or ``--to
+    base``), took a whole backup first (minutes at a million chunks, kept on disk), and
+    then, Alembic doing nothing, ended with status 0 saying "nothing to do", as though
+    the database were at the revision asked for."""
+    from ragstore.db import migrations
+    from ragstore.errors import InputError
+
+    known = migrations.known_revisions()
+    current = st.current
+    if st.unknown or (to != "base" and to not in known):  # refused, or resolved, later
+        return False
+    if to == current:
+        return True
+    if to == "base" or (current is not None and known.index(to) < known.index(current)):
+        if current is None:
+            return True
+        raise InputError(
+            f"--to {to} is below the database's revision {current}: an upgrade only goes "
+            f"up (`ragstore db downgrade --to {to}` goes down)"
+        )
+    return False
 
 
 def _report(

@@ -364,6 +364,7 @@ def _run_once(db: Database, action: str, target: str) -> tuple[str | None, str |
             progress.pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
             progress.before = _revision_in(conn)
             progress.known = True
+            _refuse_unknown(db, action, progress.before)
             # after the migration lock (another upgrade's turn is waited for in full)
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{round(LOCK_WAIT_S * 1000)}ms'")
             cfg = _config()
@@ -393,6 +394,21 @@ def _run_once(db: Database, action: str, target: str) -> tuple[str | None, str |
         raise
     finally:
         engine.dispose()
+
+
+def _refuse_unknown(db: Database, action: str, found: str | None) -> None:
+    """Refuse to migrate a database at a revision this code does not know (a newer
+    ragstore upgraded it), read under the migration lock: Alembic said "Can't locate
+    revision identified by 'X'", which ``ragstore db upgrade`` reported as a bad ``--to``
+    (invalid_input), naming neither the cause nor what to run."""
+    if found is None or found in _revisions():
+        return
+    raise SchemaMismatchError(
+        f"cannot {action} {db.where}: its schema is at revision {found}, which this version "
+        f"of ragstore does not know (it knows up to {head_revision()}; a newer ragstore "
+        f"wrote it); nothing was changed: upgrade ragstore, or run `ragstore db downgrade "
+        f"--to {head_revision()}` with the newer version first"
+    )
 
 
 def _interrupted(db: Database, action: str, progress: _Progress) -> str:
