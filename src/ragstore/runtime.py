@@ -81,6 +81,7 @@ class Runtime:
         if db.embedded and not read_only and migrations.status(db).current is None:
             migrations.upgrade(db)
         migrations.ensure_current(db)
+        db.guard_schema(migrations.still_current(db.where))
         if db.embedded and not read_only:
             native.sync(
                 db,

@@ -6,6 +6,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ragstore.config import Settings
@@ -197,3 +198,40 @@ def test_an_upgrade_to_the_revision_or_below_takes_no_backup_and_says_so(
         assert f"ragstore db downgrade --to {target}" in err, err
     assert not list(tmp_path.glob("backups/*"))
     assert migrations.status(Database(empty_database_url)).current == "0030"
+
+
+def test_a_store_stops_working_once_the_schema_changes_under_it(
+    pg_admin_uri: str, template_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schema was checked only when a Store or server first opened the database: one
+    left running across a ``db upgrade`` (or downgrade) went on writing and searching a
+    schema its code was not written for, where upgrade.md promises ``schema_mismatch``
+    until it is restarted on the matching version. A pooled connection handed out checks
+    the revision again at most every SCHEMA_RECHECK_S."""
+    from psycopg import sql
+
+    from ragstore import Store
+    from ragstore.db import database
+    from tests.conftest import TEMPLATE, create_database
+
+    del template_url  # the template is built first
+    url = create_database(pg_admin_uri, TEMPLATE)
+    monkeypatch.setattr(database, "SCHEMA_RECHECK_S", 0.0)
+    head = migrations.known_revisions()[-1]
+    with Store(settings=Settings(database_url=url, data_dir=tmp_path, profile="test")) as store:
+        store.add_texts("kb", ["before the upgrade"], ids=["a"])
+        with psycopg.connect(url, autocommit=True) as admin:
+            for revision, refused in (("9999", "does not know"), (head, None)):
+                admin.execute(
+                    sql.SQL("UPDATE alembic_version SET version_num = {}").format(
+                        sql.Literal(revision)
+                    )
+                )
+                if refused is None:
+                    assert store.get_texts("kb", ["a"])[0]["text"] == "before the upgrade"
+                    continue
+                with pytest.raises(SchemaMismatchError, match=refused):
+                    store.add_texts("kb", ["after the upgrade"], ids=["b"])
+                with pytest.raises(SchemaMismatchError, match=refused):
+                    store.search("kb", "upgrade")
+        assert [t["id"] for t in store.get_texts("kb", ["a", "b"])] == ["a"]

@@ -18,7 +18,7 @@ import logging
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,9 @@ MIN_PGVECTOR = (0, 7, 0)
 # running that statement, holding the load's locks, until it next writes to the socket:
 # a killed import's BM25 build kept every writer of its collection waiting for minutes.
 CLIENT_CHECK_INTERVAL = "5s"
+# How often a pooled connection handed out checks that the schema is still the code's
+# (Database.guard_schema): a server keeps working at most this long after an upgrade
+SCHEMA_RECHECK_S = 5.0
 # A connection refused for a connection limit (the server's, a role's, a database's):
 # SQLSTATE 53300. libpq gives no SQLSTATE for a failed connection, only the server's
 # message, so its texts are matched too (PostgreSQL's own, as in lc_messages C or English;
@@ -183,6 +186,9 @@ class Database:
         self._pool_open_lock = threading.Lock()
         self.breaker = Breaker()
         self.data_dir: Path | None = None  # the embedded server's, to restart it
+        # the schema check a Runtime gives its primary (:meth:`guard_schema`)
+        self._schema_check: Callable[[psycopg.Connection[tuple[object, ...]]], None] | None = None
+        self._schema_checked = 0.0
         forks.register(self)
 
     def _after_fork_in_child(self) -> None:
@@ -411,6 +417,28 @@ class Database:
             return
         exc.retry_after = self.breaker.trip(exc)
 
+    def guard_schema(self, check: Callable[[psycopg.Connection[tuple[object, ...]]], None]) -> None:
+        """Run ``check`` on a pooled connection as it is handed out, at most every
+        :data:`SCHEMA_RECHECK_S`: it raises (SchemaMismatchError) once the schema is no
+        longer the code's.
+
+        The schema was checked when the database was first opened only: a server or Store
+        went on reading and writing, for as long as it ran, a schema that ``ragstore db
+        upgrade`` (or a downgrade) had changed under it, where its requests were to fail
+        with ``schema_mismatch`` until it was restarted on the matching version."""
+        self._schema_check = check
+        self._schema_checked = time.monotonic()
+
+    def _recheck_schema(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        """:meth:`guard_schema`'s check, when it is due; the connection is left idle."""
+        check = self._schema_check
+        if check is None or time.monotonic() - self._schema_checked < SCHEMA_RECHECK_S:
+            return
+        check(conn)
+        if not conn.autocommit:
+            conn.rollback()  # idle again: a caller may switch it to autocommit
+        self._schema_checked = time.monotonic()
+
     @contextmanager
     def connection(
         self, *, wait_s: float | None = None
@@ -434,6 +462,7 @@ class Database:
                 self._pool.check()  # drop the connections that died with the server
         try:
             with self.pool.connection(timeout=wait_s) as conn:
+                self._recheck_schema(conn)
                 yield conn
         except PoolTimeout:
             if wait_s is not None:

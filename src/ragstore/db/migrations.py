@@ -10,11 +10,11 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -163,16 +163,35 @@ def status_of(current: str | None) -> SchemaStatus:
 def ensure_current(db: Database) -> None:
     """Refuse to touch data unless the schema is exactly what this code expects."""
     st = status(db)
-    if st.is_current:
-        return
+    if not st.is_current:
+        raise _mismatch(db.where, st)
+
+
+def still_current(where: str) -> Callable[[psycopg.Connection[Any]], None]:
+    """A check for :meth:`Database.guard_schema`: SchemaMismatchError, as
+    :func:`ensure_current` words it, once the revision read on a connection is not the
+    code's head (a ``db upgrade`` or ``downgrade`` ran since the database was opened)."""
+    head = known_revisions()[-1]
+
+    def check(conn: psycopg.Connection[Any]) -> None:
+        with translated(f"checking the schema revision on {where}"):
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        current = None if row is None else str(row[0])
+        if current != head:
+            raise _mismatch(where, status_of(current))
+
+    return check
+
+
+def _mismatch(where: str, st: SchemaStatus) -> SchemaMismatchError:
     if st.unknown:
-        raise SchemaMismatchError(
-            f"the database schema on {db.where} is at revision {st.current}, which this version "
+        return SchemaMismatchError(
+            f"the database schema on {where} is at revision {st.current}, which this version "
             f"of ragstore does not know (it expects {st.head}): upgrade ragstore, or run "
             f"`ragstore db downgrade --to {st.head}` with the newer version first"
         )
-    raise SchemaMismatchError(
-        f"the database schema on {db.where} is at revision {st.current or 'none'} but this "
+    return SchemaMismatchError(
+        f"the database schema on {where} is at revision {st.current or 'none'} but this "
         f"version of ragstore needs {st.head}: run `ragstore db upgrade`"
     )
 
