@@ -132,3 +132,43 @@ def test_bad_datasets_are_one_clear_error(tmp_path: Path) -> None:
         load_beir(tmp_path)
     with pytest.raises(PathNotFoundError, match=r"train.tsv: no such file"):
         load_beir(tmp_path, "train")
+
+
+def test_a_dataset_file_that_is_not_utf8_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Latin-1 byte in corpus.jsonl or the qrels ended ``ragstore eval`` with a
+    UnicodeDecodeError traceback; now the error names the file and the line."""
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_bytes(
+        b'{"_id": "1", "text": "cheese"}\n{"_id": "2", "text": "caf\xe9"}\n'
+    )
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "x"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_bytes(b"query-id\tcorpus-id\tscore\r\nq\t1\t1\r\n")
+    with pytest.raises(InputError, match=r"corpus.jsonl:2: not UTF-8"):
+        load_beir(tmp_path)
+    assert run_cli("eval", str(tmp_path), "--mode", "fulltext") == 65
+    err = capsys.readouterr().err
+    assert "corpus.jsonl:2: not UTF-8" in err and "Traceback" not in err
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "1", "text": "cheese"}\n')
+    assert load_beir(tmp_path).qrels == {"q": {"1": 1}}  # CRLF lines read as before
+    (tmp_path / "qrels" / "test.tsv").write_bytes(b"q\t1\t1\nq\t\xff\t1\n")
+    with pytest.raises(InputError, match=r"test.tsv:2: not UTF-8"):
+        load_beir(tmp_path)
+
+
+def test_eval_with_no_judged_query_stops_before_the_ingest(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Qrels that judge no query of queries.jsonl (an empty file, another split's ids)
+    ingested the whole corpus first and only then ended in "no judged queries"."""
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "1", "text": "cheese"}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "cheese"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nother\t1\t1\n")
+    assert run_cli("eval", str(tmp_path), "-c", "eval-nojudged", "--json") == 65
+    captured = capsys.readouterr()
+    assert "nothing to evaluate" in captured.err and captured.out == ""
+    assert "ingested" not in captured.err and "collection 'eval-nojudged'" not in captured.err
+    assert run_cli("collections", "list", "--json") == 0
+    assert "eval-nojudged" not in capsys.readouterr().out

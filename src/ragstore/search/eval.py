@@ -21,7 +21,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,43 +52,56 @@ class BeirDataset:
     qrels: Qrels
 
 
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The numbered lines of a dataset file, each decoded as UTF-8: read as text, a byte
+    that is not UTF-8 (a corpus saved as Latin-1) ended ``ragstore eval`` with a
+    UnicodeDecodeError traceback rather than an error naming the file and line."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{path}:{lineno}: not UTF-8 (byte {exc.start + 1} of the line); "
+                    "save the file as UTF-8"
+                ) from None
+
+
 def _read_jsonl(path: Path) -> Iterable[dict[str, object]]:
     if not path.is_file():
         raise PathNotFoundError(
             f"{path}: no such file; a BEIR dataset directory holds "
             "corpus.jsonl, queries.jsonl and qrels/<split>.tsv"
         )
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or "_id" not in row:
-                raise InputError(f'{path}:{lineno}: expected an object with an "_id"')
-            yield row
+    for lineno, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or "_id" not in row:
+            raise InputError(f'{path}:{lineno}: expected an object with an "_id"')
+        yield row
 
 
 def read_qrels(path: Path) -> Qrels:
     if not path.is_file():
         raise PathNotFoundError(f"{path}: no such file; judgments go in qrels/<split>.tsv")
     qrels: Qrels = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.rstrip("\n").split("\t")
-            if lineno == 1 and parts and parts[0] == "query-id":
-                continue
-            if len(parts) < 3:
-                if line.strip():
-                    raise InputError(f"{path}:{lineno}: expected query-id, corpus-id, score")
-                continue
-            try:
-                score = int(parts[2])
-            except ValueError:
-                raise InputError(f"{path}:{lineno}: score {parts[2]!r} is not an integer") from None
-            qrels.setdefault(parts[0], {})[parts[1]] = score
+    for lineno, line in _text_lines(path):
+        parts = line.rstrip("\r\n").split("\t")
+        if lineno == 1 and parts and parts[0] == "query-id":
+            continue
+        if len(parts) < 3:
+            if line.strip():
+                raise InputError(f"{path}:{lineno}: expected query-id, corpus-id, score")
+            continue
+        try:
+            score = int(parts[2])
+        except ValueError:
+            raise InputError(f"{path}:{lineno}: score {parts[2]!r} is not an integer") from None
+        qrels.setdefault(parts[0], {})[parts[1]] = score
     return qrels
 
 
