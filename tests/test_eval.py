@@ -172,3 +172,20 @@ def test_eval_with_no_judged_query_stops_before_the_ingest(
     assert "ingested" not in captured.err and "collection 'eval-nojudged'" not in captured.err
     assert run_cli("collections", "list", "--json") == 0
     assert "eval-nojudged" not in capsys.readouterr().out
+
+
+def test_eval_refuses_a_collection_it_did_not_create(
+    rt: Runtime, cli_env: dict[str, str], dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ragstore eval -c NOTES`` added the corpus to the user's collection and replaced
+    its documents whose source equals a record id; it is refused, the collection as was."""
+    from ragstore.store import Store
+
+    store = Store.from_runtime(rt)
+    store.add_texts("user-notes", ["my own note, not a benchmark record"], ids=["e4711"])
+    before = store.list_documents("user-notes")["data"]
+    assert run_cli("eval", str(dataset), "-c", "user-notes", "--mode", "fulltext") == 65
+    err = capsys.readouterr().err
+    assert "collection 'user-notes' was not created by `ragstore eval`" in err
+    after = store.list_documents("user-notes")["data"]
+    assert [(d["id"], d["chunks"]) for d in after] == [(d["id"], d["chunks"]) for d in before]

@@ -42,6 +42,7 @@ Run = dict[str, list[str]]  # query id -> document ids, best first
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 DOCS_PER_QUERY = 100
 CHUNKS_PER_QUERY = 200  # chunks fetched to fill DOCS_PER_QUERY documents
+EVAL_PURPOSE = "eval"  # the "purpose" setting of a collection eval created
 
 
 @dataclass
@@ -196,14 +197,28 @@ def ingest_records(
 
 
 def _eval_collection(rt: Runtime, name: str) -> repository.Collection:
+    """The scratch collection ``name``, created (marked ``purpose: eval``) if absent.
+
+    An existing collection that eval did not create is refused: ``ragstore eval -c NOTES``
+    added the whole corpus to the user's collection and replaced any of its documents
+    whose source equals a record id (an upload named ``1``, say) with that record."""
     try:
-        return rt.collection(name)
+        coll = rt.collection(name)
     except CollectionNotFoundError:
         pass
+    else:
+        if coll.settings.get("purpose") != EVAL_PURPOSE:
+            raise InputError(
+                f"collection {name!r} was not created by `ragstore eval`, and evaluating "
+                "into it would add the dataset's records to it and replace its documents "
+                "whose source is a record id; leave --collection out (eval-<dataset>) or "
+                "name a collection that does not exist yet"
+            )
+        return coll
     spec = find_model(rt, rt.settings.model).spec  # a built-in, or a model pinned by name
     with rt.db.connection() as conn, translated(f"creating collection {name!r}"):
         return repository.create_collection(
-            conn, name, spec, {"ts_config": "english", "purpose": "eval"}
+            conn, name, spec, {"ts_config": "english", "purpose": EVAL_PURPOSE}
         )
 
 
