@@ -189,3 +189,17 @@ def test_eval_refuses_a_collection_it_did_not_create(
     assert "collection 'user-notes' was not created by `ragstore eval`" in err
     after = store.list_documents("user-notes")["data"]
     assert [(d["id"], d["chunks"]) for d in after] == [(d["id"], d["chunks"]) for d in before]
+
+
+def test_a_judged_query_without_text_is_named_before_the_ingest(tmp_path: Path) -> None:
+    """A judged query with empty text ended ``ragstore eval`` after the whole ingest with
+    "the query is empty", naming neither the query nor the file."""
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "1", "text": "cheese"}\n')
+    (tmp_path / "queries.jsonl").write_text(
+        '{"_id": "q1", "text": "cheese"}\n{"_id": "q2", "text": "  "}\n{"_id": "q3"}\n'
+        '{"_id": "unjudged", "text": ""}\n'
+    )
+    (tmp_path / "qrels" / "test.tsv").write_text("q1\t1\t1\nq2\t1\t1\nq3\t1\t1\n")
+    with pytest.raises(InputError, match=r"queries.jsonl: judged query 'q2' \(and 1 more\)"):
+        load_beir(tmp_path)

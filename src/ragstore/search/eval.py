@@ -121,6 +121,15 @@ def load_beir(path: Path, split: str = "test") -> BeirDataset:
         if str(r["_id"]) in qrels
     }
     qrels = {q: d for q, d in qrels.items() if q in queries}
+    # said here, before the ingest, naming the query: searched, a blank one ended the run
+    # after the whole corpus was embedded with "the query is empty" and no word of which
+    blank = [q for q, text in queries.items() if not text.strip()]
+    if blank:
+        more = f" (and {len(blank) - 1} more)" if len(blank) > 1 else ""
+        raise InputError(
+            f"{path / 'queries.jsonl'}: judged query {blank[0]!r}{more} has no text; give "
+            f"it its text or remove its judgments from qrels/{split}.tsv"
+        )
     return BeirDataset(path.resolve().name, corpus, queries, qrels)
 
 
