@@ -96,6 +96,10 @@ def test_a_questions_file_that_is_not_utf8_is_one_error_naming_the_line(
     path.write_bytes(b"ok?\ta.md\tx\nqu'est-ce que c'est\xe9?\ta.md\tx\n")
     with pytest.raises(InputError, match=r"questions.tsv:2: not UTF-8"):
         load_questions(path)
+    # an empty question ended the run after the ingest with "the query is empty"
+    path.write_text("ok?\ta.md\tx\n \ta.md\tx\n")
+    with pytest.raises(InputError, match=r"questions.tsv:2: the question is empty"):
+        load_questions(path)
 
 
 def test_heading_paths_skip_fenced_code_and_follow_the_scoring_rule(tmp_path: Path) -> None:

@@ -154,6 +154,8 @@ def load_questions(path: Path) -> list[Question]:
             raise InputError(
                 f"{path}:{lineno}: section_regex is not a valid regular expression ({exc})"
             ) from None
+        if not parts[0].strip():  # searched, it ended the run after the ingest, unnamed
+            raise InputError(f"{path}:{lineno}: the question is empty")
         out.append(Question(parts[0].strip(), parts[1].strip(), pattern, len(out) + 1))
     if not out:
         raise InputError(f"{path}: no questions in the file")
