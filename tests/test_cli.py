@@ -83,3 +83,37 @@ def test_demo_upgrades_an_older_embedded_schema_first(
     assert "backup: " in out
     assert "4 added" not in out  # the summary goes to stderr; stdout holds the hits
     assert "migrations.md" in out
+
+
+def test_ragstore_url_naming_another_web_server_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RAGSTORE_URL naming a web server that is not ragstore (its 404/501 HTML pages) ended
+    each command with ``error[internal_error]`` and the whole HTML page as the message,
+    exit 1: now one line naming the request and status, pointing at RAGSTORE_URL (78)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            """Keep stderr to the command's own lines."""
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("RAGSTORE_URL", url)
+        for args in (("collections", "list", "--json"), ("search", "cheese", "--json")):
+            assert run_cli(*args) == 78, args
+            out, err = capsys.readouterr()
+            assert out == ""
+            assert err.startswith("error[config_invalid]: ") and len(err.splitlines()) == 1
+            assert f"{url}/v1/" in err and "which is not ragstore's API" in err
+            assert "check the server URL (RAGSTORE_URL)" in err and "<html" not in err
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

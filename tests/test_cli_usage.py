@@ -276,3 +276,35 @@ def test_db_downgrade_refuses_a_target_it_cannot_reach_before_asking_or_backing_
     after = sorted(backups.glob("*.dump")) if backups.exists() else []
     assert after == made, "no backup taken for a downgrade that does nothing"
     assert migrations.status(db).current == head
+
+
+def test_non_ascii_names_on_an_ascii_terminal_print_escaped_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """On a stream that is not UTF-8 (``PYTHONIOENCODING=ascii``, a Latin-1 locale) a
+    non-ASCII path or file name in a table or an error ended the command with a
+    UnicodeEncodeError traceback; the characters are now written as ``\\xNN``."""
+    code = "import sys\nfrom ragstore.cli import main\nmain(sys.argv[1:])\n"
+    env = {
+        **os.environ,
+        "PYTHONIOENCODING": "ascii",
+        "RAGSTORE_DATA_DIR": str(tmp_path / "café"),
+    }
+    env.pop("RAGSTORE_URL", None)
+    shown = subprocess.run(
+        [sys.executable, "-c", code, "config", "show"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr.decode()
+    assert b"caf\\xe9" in shown.stdout and b"Traceback" not in shown.stderr
+    failed = subprocess.run(
+        [sys.executable, "-c", code, "eval", str(tmp_path / "données")],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert failed.returncode == 66
+    assert failed.stderr.decode("ascii").startswith("error[path_not_found]: ")
+    assert "donn\\xe9es: no such dataset directory" in failed.stderr.decode("ascii")

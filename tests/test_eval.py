@@ -132,3 +132,74 @@ def test_bad_datasets_are_one_clear_error(tmp_path: Path) -> None:
         load_beir(tmp_path)
     with pytest.raises(PathNotFoundError, match=r"train.tsv: no such file"):
         load_beir(tmp_path, "train")
+
+
+def test_a_dataset_file_that_is_not_utf8_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Latin-1 byte in corpus.jsonl or the qrels ended ``ragstore eval`` with a
+    UnicodeDecodeError traceback; now the error names the file and the line."""
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_bytes(
+        b'{"_id": "1", "text": "cheese"}\n{"_id": "2", "text": "caf\xe9"}\n'
+    )
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "x"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_bytes(b"query-id\tcorpus-id\tscore\r\nq\t1\t1\r\n")
+    with pytest.raises(InputError, match=r"corpus.jsonl:2: not UTF-8"):
+        load_beir(tmp_path)
+    assert run_cli("eval", str(tmp_path), "--mode", "fulltext") == 65
+    err = capsys.readouterr().err
+    assert "corpus.jsonl:2: not UTF-8" in err and "Traceback" not in err
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "1", "text": "cheese"}\n')
+    assert load_beir(tmp_path).qrels == {"q": {"1": 1}}  # CRLF lines read as before
+    (tmp_path / "qrels" / "test.tsv").write_bytes(b"q\t1\t1\nq\t\xff\t1\n")
+    with pytest.raises(InputError, match=r"test.tsv:2: not UTF-8"):
+        load_beir(tmp_path)
+
+
+def test_eval_with_no_judged_query_stops_before_the_ingest(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Qrels that judge no query of queries.jsonl (an empty file, another split's ids)
+    ingested the whole corpus first and only then ended in "no judged queries"."""
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "1", "text": "cheese"}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "cheese"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nother\t1\t1\n")
+    assert run_cli("eval", str(tmp_path), "-c", "eval-nojudged", "--json") == 65
+    captured = capsys.readouterr()
+    assert "nothing to evaluate" in captured.err and captured.out == ""
+    assert "ingested" not in captured.err and "collection 'eval-nojudged'" not in captured.err
+    assert run_cli("collections", "list", "--json") == 0
+    assert "eval-nojudged" not in capsys.readouterr().out
+
+
+def test_eval_refuses_a_collection_it_did_not_create(
+    rt: Runtime, cli_env: dict[str, str], dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ragstore eval -c NOTES`` added the corpus to the user's collection and replaced
+    its documents whose source equals a record id; it is refused, the collection as was."""
+    from ragstore.store import Store
+
+    store = Store.from_runtime(rt)
+    store.add_texts("user-notes", ["my own note, not a benchmark record"], ids=["e4711"])
+    before = store.list_documents("user-notes")["data"]
+    assert run_cli("eval", str(dataset), "-c", "user-notes", "--mode", "fulltext") == 65
+    err = capsys.readouterr().err
+    assert "collection 'user-notes' was not created by `ragstore eval`" in err
+    after = store.list_documents("user-notes")["data"]
+    assert [(d["id"], d["chunks"]) for d in after] == [(d["id"], d["chunks"]) for d in before]
+
+
+def test_a_judged_query_without_text_is_named_before_the_ingest(tmp_path: Path) -> None:
+    """A judged query with empty text ended ``ragstore eval`` after the whole ingest with
+    "the query is empty", naming neither the query nor the file."""
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "1", "text": "cheese"}\n')
+    (tmp_path / "queries.jsonl").write_text(
+        '{"_id": "q1", "text": "cheese"}\n{"_id": "q2", "text": "  "}\n{"_id": "q3"}\n'
+        '{"_id": "unjudged", "text": ""}\n'
+    )
+    (tmp_path / "qrels" / "test.tsv").write_text("q1\t1\t1\nq2\t1\t1\nq3\t1\t1\n")
+    with pytest.raises(InputError, match=r"queries.jsonl: judged query 'q2' \(and 1 more\)"):
+        load_beir(tmp_path)

@@ -87,6 +87,21 @@ def test_questions_file_errors_name_the_line(tmp_path: Path) -> None:
         select(qs, "abc")
 
 
+def test_a_questions_file_that_is_not_utf8_is_one_error_naming_the_line(
+    tmp_path: Path,
+) -> None:
+    """A Latin-1 byte in questions.tsv ended ``ragstore eval-sections`` with a
+    UnicodeDecodeError traceback; the error now names the file and the line."""
+    path = tmp_path / "questions.tsv"
+    path.write_bytes(b"ok?\ta.md\tx\nqu'est-ce que c'est\xe9?\ta.md\tx\n")
+    with pytest.raises(InputError, match=r"questions.tsv:2: not UTF-8"):
+        load_questions(path)
+    # an empty question ended the run after the ingest with "the query is empty"
+    path.write_text("ok?\ta.md\tx\n \ta.md\tx\n")
+    with pytest.raises(InputError, match=r"questions.tsv:2: the question is empty"):
+        load_questions(path)
+
+
 def test_heading_paths_skip_fenced_code_and_follow_the_scoring_rule(tmp_path: Path) -> None:
     assert [h for _, h in heading_lines(MANUAL)] == ["Kettle manual", "Descaling", "Warranty"]
     wins = windows("kettle.md", MANUAL, words=12)

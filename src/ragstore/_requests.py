@@ -173,6 +173,31 @@ def read_answer(call: Call[T], response: httpx.Response) -> T:
         ) from None
 
 
+# what another web server answers for a route or method it does not have: ragstore
+# answers these with a problem+json body, always
+_NOT_OURS = (404, 405, 501)
+
+
+def _foreign_error(response: httpx.Response) -> RagstoreError:
+    """The error for an error answer that is no problem+json object (another web server
+    at the URL, a proxy's page). Its HTML page was the whole message, as an
+    ``internal_error`` with no word of the URL, so ``RAGSTORE_URL`` naming another
+    service looked like a ragstore crash; now the message names the request, the status
+    and the content type, and a 404/405/501 is a ConfigError pointing at the URL."""
+    request = response.request
+    kind = response.headers.get("content-type", "no content type")
+    # a page's markup says nothing the status does not; a plain-text body may say more
+    plain = "html" not in kind.lower() and " ".join(response.text[:200].split())
+    text = plain or response.reason_phrase or "no explanation"
+    said = (
+        f"{request.method} {request.url} answered HTTP {response.status_code} ({kind}), "
+        f"which is not ragstore's API: {text}"
+    )
+    if response.status_code in _NOT_OURS:
+        return ConfigError(f"{said}; check the server URL (RAGSTORE_URL)")
+    return error_from_problem(response.status_code, {"detail": said})
+
+
 def raise_for_problem(response: httpx.Response) -> None:
     """Raise the RagstoreError an error answer stands for; do nothing on success."""
     if response.status_code < 400:
@@ -180,10 +205,12 @@ def raise_for_problem(response: httpx.Response) -> None:
     try:
         body = response.json()
     except ValueError:
-        body = {"detail": response.text[:500] or response.reason_phrase}
-    if not isinstance(body, dict):
-        body = {"detail": str(body)[:500]}
-    exc = error_from_problem(response.status_code, body)
+        body = None
+    exc = (
+        error_from_problem(response.status_code, body)
+        if isinstance(body, dict)
+        else _foreign_error(response)
+    )
     said = response.headers.get(UPLOAD_LIMIT_HEADER, "")
     if response.status_code == 413 and said.isdigit():  # the server's upload limit
         exc.max_upload_bytes = int(said)  # type: ignore[attr-defined]

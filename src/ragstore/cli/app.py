@@ -188,8 +188,21 @@ def _usage_line(exc: click_exceptions.UsageError) -> str:
     return f"error[usage]: {message} (see '{where} --help')"
 
 
+def _printable_streams() -> None:
+    """stdout and stderr write what their encoding cannot hold as ``\\xNN`` escapes: on a
+    terminal or pipe that is not UTF-8 (``PYTHONIOENCODING=ascii``, a Latin-1 locale), a
+    document named ``café-日本.md`` in a listing or an error ended the command with a
+    UnicodeEncodeError traceback. ``--json`` output is ASCII (``\\uNNNN``) already."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        encoding = str(getattr(stream, "encoding", "") or "").lower().replace("-", "")
+        if reconfigure is not None and encoding not in ("utf8", "utf_8"):
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; every failure is one line on stderr and its exit status."""
+    _printable_streams()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     command = build_command()
     try:

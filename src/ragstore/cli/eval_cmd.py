@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from ragstore.cli.remote import refuse_remote
+        from ragstore.errors import InputError
         from ragstore.runtime import Runtime
         from ragstore.search.eval import collection_name, evaluate, ingest_records, load_beir
         from ragstore.search.hybrid import FusionParams
@@ -59,6 +60,13 @@ def register(app: typer.Typer) -> None:
             keep = list(ds.qrels)[:limit]
             ds.qrels = {q: ds.qrels[q] for q in keep}
             ds.queries = {q: ds.queries[q] for q in keep}
+        if not ds.qrels:
+            # said before the ingest: said after it, a large corpus was embedded (minutes)
+            # into a scratch collection only to end in "no judged queries to evaluate"
+            raise InputError(
+                f"{dataset_dir}: no query of qrels/{split}.tsv is in queries.jsonl, so "
+                "there is nothing to evaluate; check the split (--split) and the query ids"
+            )
         name = collection or collection_name(ds.name)
         with Runtime() as rt:
             records = [(i, t, x) for i, (t, x) in ds.corpus.items()]

@@ -21,7 +21,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +42,7 @@ Run = dict[str, list[str]]  # query id -> document ids, best first
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 DOCS_PER_QUERY = 100
 CHUNKS_PER_QUERY = 200  # chunks fetched to fill DOCS_PER_QUERY documents
+EVAL_PURPOSE = "eval"  # the "purpose" setting of a collection eval created
 
 
 @dataclass
@@ -52,43 +53,56 @@ class BeirDataset:
     qrels: Qrels
 
 
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The numbered lines of a dataset file, each decoded as UTF-8: read as text, a byte
+    that is not UTF-8 (a corpus saved as Latin-1) ended ``ragstore eval`` with a
+    UnicodeDecodeError traceback rather than an error naming the file and line."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{path}:{lineno}: not UTF-8 (byte {exc.start + 1} of the line); "
+                    "save the file as UTF-8"
+                ) from None
+
+
 def _read_jsonl(path: Path) -> Iterable[dict[str, object]]:
     if not path.is_file():
         raise PathNotFoundError(
             f"{path}: no such file; a BEIR dataset directory holds "
             "corpus.jsonl, queries.jsonl and qrels/<split>.tsv"
         )
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or "_id" not in row:
-                raise InputError(f'{path}:{lineno}: expected an object with an "_id"')
-            yield row
+    for lineno, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or "_id" not in row:
+            raise InputError(f'{path}:{lineno}: expected an object with an "_id"')
+        yield row
 
 
 def read_qrels(path: Path) -> Qrels:
     if not path.is_file():
         raise PathNotFoundError(f"{path}: no such file; judgments go in qrels/<split>.tsv")
     qrels: Qrels = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.rstrip("\n").split("\t")
-            if lineno == 1 and parts and parts[0] == "query-id":
-                continue
-            if len(parts) < 3:
-                if line.strip():
-                    raise InputError(f"{path}:{lineno}: expected query-id, corpus-id, score")
-                continue
-            try:
-                score = int(parts[2])
-            except ValueError:
-                raise InputError(f"{path}:{lineno}: score {parts[2]!r} is not an integer") from None
-            qrels.setdefault(parts[0], {})[parts[1]] = score
+    for lineno, line in _text_lines(path):
+        parts = line.rstrip("\r\n").split("\t")
+        if lineno == 1 and parts and parts[0] == "query-id":
+            continue
+        if len(parts) < 3:
+            if line.strip():
+                raise InputError(f"{path}:{lineno}: expected query-id, corpus-id, score")
+            continue
+        try:
+            score = int(parts[2])
+        except ValueError:
+            raise InputError(f"{path}:{lineno}: score {parts[2]!r} is not an integer") from None
+        qrels.setdefault(parts[0], {})[parts[1]] = score
     return qrels
 
 
@@ -107,6 +121,15 @@ def load_beir(path: Path, split: str = "test") -> BeirDataset:
         if str(r["_id"]) in qrels
     }
     qrels = {q: d for q, d in qrels.items() if q in queries}
+    # said here, before the ingest, naming the query: searched, a blank one ended the run
+    # after the whole corpus was embedded with "the query is empty" and no word of which
+    blank = [q for q, text in queries.items() if not text.strip()]
+    if blank:
+        more = f" (and {len(blank) - 1} more)" if len(blank) > 1 else ""
+        raise InputError(
+            f"{path / 'queries.jsonl'}: judged query {blank[0]!r}{more} has no text; give "
+            f"it its text or remove its judgments from qrels/{split}.tsv"
+        )
     return BeirDataset(path.resolve().name, corpus, queries, qrels)
 
 
@@ -183,14 +206,28 @@ def ingest_records(
 
 
 def _eval_collection(rt: Runtime, name: str) -> repository.Collection:
+    """The scratch collection ``name``, created (marked ``purpose: eval``) if absent.
+
+    An existing collection that eval did not create is refused: ``ragstore eval -c NOTES``
+    added the whole corpus to the user's collection and replaced any of its documents
+    whose source equals a record id (an upload named ``1``, say) with that record."""
     try:
-        return rt.collection(name)
+        coll = rt.collection(name)
     except CollectionNotFoundError:
         pass
+    else:
+        if coll.settings.get("purpose") != EVAL_PURPOSE:
+            raise InputError(
+                f"collection {name!r} was not created by `ragstore eval`, and evaluating "
+                "into it would add the dataset's records to it and replace its documents "
+                "whose source is a record id; leave --collection out (eval-<dataset>) or "
+                "name a collection that does not exist yet"
+            )
+        return coll
     spec = find_model(rt, rt.settings.model).spec  # a built-in, or a model pinned by name
     with rt.db.connection() as conn, translated(f"creating collection {name!r}"):
         return repository.create_collection(
-            conn, name, spec, {"ts_config": "english", "purpose": "eval"}
+            conn, name, spec, {"ts_config": "english", "purpose": EVAL_PURPOSE}
         )
 
 

@@ -130,8 +130,16 @@ def load_questions(path: Path) -> list[Question]:
             f"{path}: no such file; a question set holds questions.tsv "
             "(question, file, section_regex; tab-separated) and docs/"
         )
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # said as an error naming the line: read with read_text(), a Latin-1 byte ended
+        # ``ragstore eval-sections`` with a UnicodeDecodeError traceback
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{path}:{lineno}: not UTF-8; save the file as UTF-8") from None
     out: list[Question] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split("\t")
@@ -146,6 +154,8 @@ def load_questions(path: Path) -> list[Question]:
             raise InputError(
                 f"{path}:{lineno}: section_regex is not a valid regular expression ({exc})"
             ) from None
+        if not parts[0].strip():  # searched, it ended the run after the ingest, unnamed
+            raise InputError(f"{path}:{lineno}: the question is empty")
         out.append(Question(parts[0].strip(), parts[1].strip(), pattern, len(out) + 1))
     if not out:
         raise InputError(f"{path}: no questions in the file")
