@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import re
 import threading
@@ -141,6 +142,7 @@ class HttpEmbedder(Embedder):
             api_key = SecretStr(raw) if raw else None
         self._api_key = api_key
         self._sleep = sleep
+        self._timeout_s = timeout  # the whole answer's, not only each read's (_send)
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._owns_client = client is None
         self._client = client or httpx.Client(timeout=self._timeout)
@@ -186,15 +188,15 @@ class HttpEmbedder(Embedder):
             if self.dimensions is not None:
                 body["dimensions"] = self.dimensions
             try:
-                response = self._client.post(self.url, json=body, headers=self._headers())
+                response, raw = self._send(body, len(inputs))
             except httpx.TimeoutException:
                 failure = f"no answer within the timeout from {self.url}"
             except httpx.TransportError as exc:
-                failure = f"cannot reach {self.url}: {exc}"
+                failure = f"cannot reach {self.url}: {self._masked(str(exc))}"
             else:
                 if response.status_code == 200:
                     try:
-                        data: dict[str, Any] = response.json()
+                        data: dict[str, Any] = json.loads(raw)
                     except ValueError:
                         raise EmbeddingProviderError(
                             f"{self.url} answered 200 with a body that is not JSON"
@@ -213,7 +215,8 @@ class HttpEmbedder(Embedder):
                 if response.status_code not in RETRY_STATUSES:
                     raise EmbeddingProviderError(
                         f"{self.url} refused the request for model {self.remote_model!r}: "
-                        f"HTTP {response.status_code} {_server_message(response)}"
+                        f"HTTP {response.status_code} "
+                        f"{self._masked(_server_message(raw))}"
                     )
                 failure = f"{self.url} answered HTTP {response.status_code}"
                 pause = _retry_after(response)
@@ -230,6 +233,41 @@ class HttpEmbedder(Embedder):
             attempt += 1
             with self._lock:
                 self.retries += 1
+
+    def _send(self, body: dict[str, Any], count: int) -> tuple[httpx.Response, bytes]:
+        """POST ``body``; the answer and its bytes, read within ``timeout_s`` in all and
+        at most :func:`_answer_limit` of them.
+
+        httpx's timeout bounds each read, not the answer: a server sending a byte every few
+        seconds held an ingest or a search forever, and one sending hundreds of MB had them
+        all read into memory before a word of it was checked. A slow answer raises
+        :class:`httpx.ReadTimeout` (retried like any timeout); a huge one is refused."""
+        deadline = time.monotonic() + self._timeout_s
+        limit = _answer_limit(count, self.spec.dimension)
+        with self._client.stream("POST", self.url, json=body, headers=self._headers()) as resp:
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in resp.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise EmbeddingProviderError(
+                        f"{self.url} answered HTTP {resp.status_code} with a body larger than "
+                        f"{limit // (1024 * 1024)} MiB for {count} texts, far more than their "
+                        "embeddings take; the server is broken: fix or replace it"
+                    )
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("the answer took longer than the timeout")
+        return resp, b"".join(chunks)
+
+    def _masked(self, text: str) -> str:
+        """``text`` with the API key blanked out: a server or proxy quoting the request's
+        ``Authorization`` header in its error had the key copied into the exception, the
+        CLI's output and the HTTP API's 502 body."""
+        if self._api_key is None:
+            return text
+        key = self._api_key.get_secret_value()
+        return text.replace(key, "***") if key else text
 
     def remote_vectors(self, texts: Sequence[str], stop: threading.Event | None = None) -> Vectors:
         """The server's vectors for ``texts``, in input order, as it sent them: one request,
@@ -399,12 +437,19 @@ def _vector(embedding: object) -> Any:
     return embedding
 
 
-def _server_message(response: httpx.Response) -> str:
+def _answer_limit(count: int, dimension: int) -> int:
+    """The most bytes an answer for ``count`` texts may take: per text 256 KiB and 48 bytes
+    a number of the pinned ``dimension`` (a float printed as JSON takes at most about 25),
+    and 16 MiB over, for an error page or a header."""
+    return 16 * 1024 * 1024 + count * (256 * 1024 + 48 * max(dimension, 0))
+
+
+def _server_message(raw: bytes) -> str:
     """The error text an OpenAI-style server put in its body, cut to one short line."""
     try:
-        body = response.json()
+        body = json.loads(raw)
     except ValueError:
-        text = response.text
+        text = raw.decode("utf-8", "replace")
     else:
         err = body.get("error") if isinstance(body, dict) else None
         if isinstance(err, dict):
