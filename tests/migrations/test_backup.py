@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -525,6 +525,32 @@ def test_a_restore_stopped_by_sigterm_rolls_back_and_says_so(
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+@contextlib.contextmanager
+def _restore_backend_ended(url: str) -> Iterator[None]:
+    """Run the block (a restore) with ``documents`` locked, so that the restore's drop
+    waits; once psql waits for the lock its backend is ended (a failover, an
+    administrator), then the lock is let go."""
+    holder = psycopg.connect(url)
+    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
+    waiting = "application_name = 'psql' AND wait_event_type = 'Lock'"
+
+    def end_the_restore() -> None:
+        deadline = time.monotonic() + 60
+        while not backends_where(url, waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " + waiting)
+        holder.commit()
+
+    ender = threading.Thread(target=end_the_restore)
+    ender.start()
+    try:
+        yield
+    finally:
+        ender.join()
+        holder.close()
+
+
 def test_a_restore_whose_connection_is_ended_says_what_the_database_holds(
     populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -536,26 +562,9 @@ def test_a_restore_whose_connection_is_ended_says_what_the_database_holds(
     with psycopg.connect(populated) as conn:
         conn.execute("DELETE FROM documents WHERE source = 'alpha2'")
     before = full_dump(populated)
-    holder = psycopg.connect(populated)
-    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
-    waiting = "application_name = 'psql' AND wait_event_type = 'Lock'"
-
-    def end_the_restore() -> None:
-        deadline = time.monotonic() + 60
-        while not backends_where(populated, waiting) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with psycopg.connect(populated, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " + waiting)
-        holder.commit()
-
-    ender = threading.Thread(target=end_the_restore)
-    ender.start()
     capsys.readouterr()
-    try:
+    with _restore_backend_ended(populated):
         status = run_cli("restore", str(archive), "--yes", "--no-backup")
-    finally:
-        ender.join()
-        holder.close()
     err = capsys.readouterr().err
     assert status == 74, err
     assert err.startswith(f"error[backup_failed]: restoring {archive} into "), err
@@ -688,26 +697,9 @@ def test_a_restore_that_fails_after_its_backup_names_that_backup(
     the restore then failed (here its connection ended); the error now names it."""
     archive = tmp_path / "b.dump"
     assert run_cli("backup", str(archive)) == 0
-    holder = psycopg.connect(populated)
-    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
-    waiting = "application_name = 'psql' AND wait_event_type = 'Lock'"
-
-    def end_the_restore() -> None:
-        deadline = time.monotonic() + 60
-        while not backends_where(populated, waiting) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with psycopg.connect(populated, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " + waiting)
-        holder.commit()
-
-    ender = threading.Thread(target=end_the_restore)
-    ender.start()
     capsys.readouterr()
-    try:
+    with _restore_backend_ended(populated):
         status = run_cli("restore", str(archive), "--yes", "--json")
-    finally:
-        ender.join()
-        holder.close()
     out, err = capsys.readouterr()
     assert status == 74, err
     assert out == ""
@@ -1657,18 +1649,6 @@ def test_an_interrupt_as_a_failed_restores_outcome_is_read_says_it_is_unknown(
 
     archive = tmp_path / "b.dump"
     assert run_cli("backup", str(archive)) == 0
-    holder = psycopg.connect(populated)
-    holder.execute("LOCK TABLE documents IN ACCESS SHARE MODE")  # the restore's drop waits
-    waiting = "application_name = 'psql' AND wait_event_type = 'Lock'"
-
-    def end_the_restore() -> None:
-        deadline = time.monotonic() + 60
-        while not backends_where(populated, waiting) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with psycopg.connect(populated, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " + waiting)
-        holder.commit()
-
     real = backup._outcome
 
     def ctrl_c_then_read(*args: object) -> tuple[str | None, str]:
@@ -1677,14 +1657,9 @@ def test_an_interrupt_as_a_failed_restores_outcome_is_read_says_it_is_unknown(
         return real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(backup, "_outcome", ctrl_c_then_read)
-    ender = threading.Thread(target=end_the_restore)
-    ender.start()
     capsys.readouterr()
-    try:
+    with _restore_backend_ended(populated):
         status = run_cli("restore", str(archive), "--yes", "--no-backup")
-    finally:
-        ender.join()
-        holder.close()
     err = capsys.readouterr().err
     assert status == 130, err
     assert "nothing was restored" not in err and "as it was" not in err, err
