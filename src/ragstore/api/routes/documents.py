@@ -7,12 +7,14 @@ Small additions are ingested during the request (201); large ones, or any with
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
+from starlette.datastructures import FormData
 
 from ragstore.api.deps import (
     CollectionName,
@@ -205,6 +207,34 @@ def _upload(
     return DocumentsPublic(data=out, count=len(out), next_cursor=None)
 
 
+_UPLOAD_FIELDS = frozenset({"files", "metadata", "background"})
+
+
+async def _form(request: Request) -> FormData:
+    """The upload's form as FastAPI parsed it for the parameters (Starlette keeps it)."""
+    return await request.form()
+
+
+def _check_fields(form: FormData) -> None:
+    """One 422 naming a form field the upload does not take, or a setting given twice.
+
+    FastAPI reads only the fields it is told of and, of one given twice, keeps the last:
+    an upload whose metadata was misspelt (``meta``) or sent twice was stored without it,
+    or with the last only, and answered 201 (the JSON route refuses an unknown field)."""
+    for key, count in Counter(key for key, _ in form.multi_items()).items():
+        if key not in _UPLOAD_FIELDS:
+            raise InputError(
+                f"unknown form field {key[:100]!r} in the upload: its fields are 'files' "
+                "(one part per file), 'metadata' (a JSON object) and 'background' (true or "
+                "false); nothing was stored"
+            )
+        if key != "files" and count > 1:
+            raise InputError(
+                f"form field {key!r} is given {count} times in the upload; send it once: "
+                "nothing was stored"
+            )
+
+
 @router.post(
     "/upload",
     status_code=status.HTTP_201_CREATED,
@@ -216,11 +246,13 @@ def upload_documents(
     name: CollectionName,
     state: State,
     caller: WriteAccess,
+    form: Annotated[FormData, Depends(_form)],
     files: Annotated[list[UploadFile], File(description="One or more documents.")],
     metadata: Annotated[str, Form(description="JSON object added to every document.")] = "{}",
     background: Annotated[bool, Form()] = False,
 ) -> DocumentsPublic | JSONResponse:
     caller.require("write", name)
+    _check_fields(form)
     try:
         meta = loads_json(metadata)
     except json.JSONDecodeError as exc:
