@@ -294,6 +294,13 @@ def test_an_unknown_or_repeated_upload_field_is_refused_naming_it(open_url: str)
             r = http.post(url, files=part, data=data)
             assert r.status_code == 422, (data, r.text)
             assert said in r.json()["detail"], r.json()
+        # a file part without a file name: it was pydantic's "Expected UploadFile"
+        bare = b'--b\r\nContent-Disposition: form-data; name="files"\r\n\r\nhi\r\n--b--\r\n'
+        r = http.post(
+            url, content=bare, headers={"content-type": "multipart/form-data; boundary=b"}
+        )
+        assert r.status_code == 422, r.text
+        assert "part 0 of field 'files' (counting from 0) has no file name" in r.json()["detail"]
         r = http.get(f"{open_url}/v1/collections/formfields")
         assert r.status_code == 404, r.text  # nothing stored, no collection made
         r = http.post(url, files=part, data={"metadata": '{"team": "ops"}'})

@@ -210,17 +210,18 @@ def _upload(
 _UPLOAD_FIELDS = frozenset({"files", "metadata", "background"})
 
 
-async def _form(request: Request) -> FormData:
-    """The upload's form as FastAPI parsed it for the parameters (Starlette keeps it)."""
-    return await request.form()
+async def _checked_form(request: Request, name: CollectionName, caller: WriteAccess) -> FormData:
+    """The upload's form (as FastAPI parsed it for the parameters: Starlette keeps it),
+    checked before FastAPI validates its parameters, for a caller allowed to write there.
 
-
-def _check_fields(form: FormData) -> None:
-    """One 422 naming a form field the upload does not take, or a setting given twice.
-
-    FastAPI reads only the fields it is told of and, of one given twice, keeps the last:
-    an upload whose metadata was misspelt (``meta``) or sent twice was stored without it,
-    or with the last only, and answered 201 (the JSON route refuses an unknown field)."""
+    One 422 naming a form field the upload does not take, a setting given twice, or a
+    ``files`` part without a file name. FastAPI reads only the fields it is told of and, of
+    one given twice, keeps the last: an upload whose metadata was misspelt (``meta``) or
+    sent twice was stored without it, or with the last only, and answered 201 (the JSON
+    route refuses an unknown field). A ``files`` part with no ``filename`` was refused
+    with pydantic's "Expected UploadFile, received: <class 'str'>"."""
+    caller.require("write", name)
+    form = await request.form()
     for key, count in Counter(key for key, _ in form.multi_items()).items():
         if key not in _UPLOAD_FIELDS:
             raise InputError(
@@ -233,6 +234,14 @@ def _check_fields(form: FormData) -> None:
                 f"form field {key!r} is given {count} times in the upload; send it once: "
                 "nothing was stored"
             )
+    for i, part in enumerate(form.getlist("files")):
+        if isinstance(part, str):
+            raise InputError(
+                f"part {i} of field 'files' (counting from 0) has no file name: send each "
+                'file with one (Content-Disposition: form-data; name="files"; '
+                'filename="notes/a.md"); nothing was stored'
+            )
+    return form
 
 
 @router.post(
@@ -241,18 +250,17 @@ def _check_fields(form: FormData) -> None:
     response_model=DocumentsPublic,
     summary="Upload files (multipart)",
     responses=_ADD_RESPONSES,
+    dependencies=[Depends(_checked_form)],
 )
 def upload_documents(
     name: CollectionName,
     state: State,
     caller: WriteAccess,
-    form: Annotated[FormData, Depends(_form)],
     files: Annotated[list[UploadFile], File(description="One or more documents.")],
     metadata: Annotated[str, Form(description="JSON object added to every document.")] = "{}",
     background: Annotated[bool, Form()] = False,
 ) -> DocumentsPublic | JSONResponse:
     caller.require("write", name)
-    _check_fields(form)
     try:
         meta = loads_json(metadata)
     except json.JSONDecodeError as exc:
