@@ -278,6 +278,36 @@ def test_unsafe_document_names_are_refused(docs: Client) -> None:
             docs.add_document("docs", bad, "text")
 
 
+def test_an_unknown_or_repeated_upload_field_is_refused_naming_it(open_url: str) -> None:
+    # the form's unknown fields were ignored and a field given twice kept its last value:
+    # an upload whose metadata was misspelt, or sent twice, was stored without it (or with
+    # the last only) and answered 201, where the JSON route refuses an unknown field
+    url = f"{open_url}/v1/collections/formfields/documents/upload"
+    part = [("files", ("f.md", b"# F\n\nform fields"))]
+    cases = [
+        ({"meta": '{"team": "ops"}'}, "unknown form field 'meta'"),
+        ({"metadata": ['{"team": "ops"}', '{"team": "dev"}']}, "'metadata' is given 2 times"),
+        ({"background": ["true", "false"]}, "'background' is given 2 times"),
+    ]
+    with httpx.Client(timeout=60) as http:
+        for data, said in cases:
+            r = http.post(url, files=part, data=data)
+            assert r.status_code == 422, (data, r.text)
+            assert said in r.json()["detail"], r.json()
+        # a file part without a file name: it was pydantic's "Expected UploadFile"
+        bare = b'--b\r\nContent-Disposition: form-data; name="files"\r\n\r\nhi\r\n--b--\r\n'
+        r = http.post(
+            url, content=bare, headers={"content-type": "multipart/form-data; boundary=b"}
+        )
+        assert r.status_code == 422, r.text
+        assert "part 0 of field 'files' (counting from 0) has no file name" in r.json()["detail"]
+        r = http.get(f"{open_url}/v1/collections/formfields")
+        assert r.status_code == 404, r.text  # nothing stored, no collection made
+        r = http.post(url, files=part, data={"metadata": '{"team": "ops"}'})
+        assert r.status_code == 201, r.text
+        assert r.json()["data"][0]["metadata"]["team"] == "ops"
+
+
 def test_a_refused_write_creates_no_collection(client: Client) -> None:
     # the upload route created a missing collection before it read the files' names: a
     # 422 for a bad or repeated name left a new, empty collection behind

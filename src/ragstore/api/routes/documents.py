@@ -7,12 +7,14 @@ Small additions are ingested during the request (201); large ones, or any with
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
+from starlette.datastructures import FormData
 
 from ragstore.api.deps import (
     CollectionName,
@@ -205,12 +207,50 @@ def _upload(
     return DocumentsPublic(data=out, count=len(out), next_cursor=None)
 
 
+_UPLOAD_FIELDS = frozenset({"files", "metadata", "background"})
+
+
+async def _checked_form(request: Request, name: CollectionName, caller: WriteAccess) -> FormData:
+    """The upload's form (as FastAPI parsed it for the parameters: Starlette keeps it),
+    checked before FastAPI validates its parameters, for a caller allowed to write there.
+
+    One 422 naming a form field the upload does not take, a setting given twice, or a
+    ``files`` part without a file name. FastAPI reads only the fields it is told of and, of
+    one given twice, keeps the last: an upload whose metadata was misspelt (``meta``) or
+    sent twice was stored without it, or with the last only, and answered 201 (the JSON
+    route refuses an unknown field). A ``files`` part with no ``filename`` was refused
+    with pydantic's "Expected UploadFile, received: <class 'str'>"."""
+    caller.require("write", name)
+    form = await request.form()
+    for key, count in Counter(key for key, _ in form.multi_items()).items():
+        if key not in _UPLOAD_FIELDS:
+            raise InputError(
+                f"unknown form field {key[:100]!r} in the upload: its fields are 'files' "
+                "(one part per file), 'metadata' (a JSON object) and 'background' (true or "
+                "false); nothing was stored"
+            )
+        if key != "files" and count > 1:
+            raise InputError(
+                f"form field {key!r} is given {count} times in the upload; send it once: "
+                "nothing was stored"
+            )
+    for i, part in enumerate(form.getlist("files")):
+        if isinstance(part, str):
+            raise InputError(
+                f"part {i} of field 'files' (counting from 0) has no file name: send each "
+                'file with one (Content-Disposition: form-data; name="files"; '
+                'filename="notes/a.md"); nothing was stored'
+            )
+    return form
+
+
 @router.post(
     "/upload",
     status_code=status.HTTP_201_CREATED,
     response_model=DocumentsPublic,
     summary="Upload files (multipart)",
     responses=_ADD_RESPONSES,
+    dependencies=[Depends(_checked_form)],
 )
 def upload_documents(
     name: CollectionName,
