@@ -145,7 +145,7 @@ class HttpEmbedder(Embedder):
         self._timeout_s = timeout  # the whole answer's, not only each read's (_send)
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._owns_client = client is None
-        self._client = client or httpx.Client(timeout=self._timeout)
+        self._client: httpx.Client | None = client or httpx.Client(timeout=self._timeout)
         forks.register(self)
         self.requests = 0  # HTTP requests sent, retries included
         self.retries = 0
@@ -162,7 +162,9 @@ class HttpEmbedder(Embedder):
         self._pool = None
         self._lock = threading.Lock()
         if self._owns_client:
-            self._client = httpx.Client(timeout=self._timeout)
+            # made on first use: an ingest's parse workers are forked children that never
+            # embed, and a client (its TLS context) cost each about a tenth of a second
+            self._client = None
 
     # -- embedding ---------------------------------------------------------------------
 
@@ -244,7 +246,13 @@ class HttpEmbedder(Embedder):
         :class:`httpx.ReadTimeout` (retried like any timeout); a huge one is refused."""
         deadline = time.monotonic() + self._timeout_s
         limit = _answer_limit(count, self.spec.dimension)
-        with self._client.stream("POST", self.url, json=body, headers=self._headers()) as resp:
+        client = self._client
+        if client is None:  # the first request of a forked child
+            with self._lock:
+                if self._client is None:
+                    self._client = httpx.Client(timeout=self._timeout)
+                client = self._client
+        with client.stream("POST", self.url, json=body, headers=self._headers()) as resp:
             chunks: list[bytes] = []
             size = 0
             for chunk in resp.iter_bytes():
@@ -344,7 +352,8 @@ class HttpEmbedder(Embedder):
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
 
     # -- tokens ------------------------------------------------------------------------
 
