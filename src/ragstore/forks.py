@@ -16,12 +16,9 @@ next use, as SQLAlchemy's pool does with a pid check.
 
 from __future__ import annotations
 
-import logging
 import os
 import weakref
 from typing import Protocol
-
-log = logging.getLogger("ragstore")
 
 
 class ForkAware(Protocol):
@@ -37,11 +34,11 @@ def register(obj: ForkAware) -> None:
 
 
 def _in_child() -> None:
+    """Each registered object forgets its parent state. An error in one surfaces through
+    ``sys.unraisablehook``, which is how Python reports a failing at-fork callback; the
+    fork itself goes on either way."""
     for obj in list(_registered):
-        try:
-            obj._after_fork_in_child()
-        except Exception:  # a hook must never break the fork itself
-            log.exception("forgetting %r's parent state after a fork", obj)
+        obj._after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
