@@ -28,7 +28,9 @@ from ragstore.embedding.base import Embedder
 
 
 class EmbeddingServer:
-    def __init__(self, embedder: Embedder, *, api_key: str | None = None) -> None:
+    def __init__(
+        self, embedder: Embedder, *, api_key: str | None = None, keep_alive: bool = False
+    ) -> None:
         self.embedder = embedder
         self.api_key = api_key
         self.failures: deque[int] = deque()  # statuses to answer the next requests with
@@ -46,6 +48,10 @@ class EmbeddingServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.1 keeps a client's connection open between requests, as a real
+            # provider does; the default HTTP/1.0 closes it after each answer
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def log_message(self, *_: Any) -> None:
                 pass
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -641,3 +642,43 @@ def test_embeddings_answered_under_one_index_twice_are_refused() -> None:
         emb.close()
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_embeds_over_its_own_connection_while_the_parent_does(
+    local: Embedder,
+) -> None:
+    # a child of a process holding an HTTP embedder (gunicorn --preload, a prefork
+    # worker) shared the parent's kept-alive socket: both processes' requests went down one
+    # stream and each could read the other's answer. The child makes its own client on its
+    # first request, and the parent keeps its own.
+    server = EmbeddingServer(local, api_key="sk-test-123", keep_alive=True).start()
+    emb = HttpEmbedder(_spec(server), api_key=SecretStr("sk-test-123"), batch_size=1)
+    want = local.embed(TEXTS)
+    np.testing.assert_allclose(emb.embed(TEXTS[:1]), want[:1], atol=1e-5)  # a kept socket
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        os.close(r)
+        try:
+            rounds = [emb.embed(TEXTS[::-1]) for _ in range(10)]
+            out = np.stack(rounds).astype(np.float32).tobytes()
+        except BaseException as exc:  # reported to the parent; never back into pytest
+            out = f"{type(exc).__name__}: {exc}".encode()
+        with os.fdopen(w, "wb") as f:
+            f.write(out)
+        os._exit(0)
+    os.close(w)
+    try:
+        for _ in range(10):  # at the same time as the child
+            np.testing.assert_allclose(emb.embed(TEXTS), want, atol=1e-5)
+    finally:
+        with os.fdopen(r, "rb") as f:
+            raw = f.read()
+        os.waitpid(pid, 0)
+        emb.close()
+        server.stop()
+    assert len(raw) == 10 * len(TEXTS) * 384 * 4, raw[:300]
+    child = np.frombuffer(raw, dtype=np.float32).reshape(10, len(TEXTS), 384)
+    for got in child:
+        np.testing.assert_allclose(got, want[::-1], atol=1e-5)
