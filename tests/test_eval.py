@@ -203,3 +203,29 @@ def test_a_judged_query_without_text_is_named_before_the_ingest(tmp_path: Path) 
     (tmp_path / "qrels" / "test.tsv").write_text("q1\t1\t1\nq2\t1\t1\nq3\t1\t1\n")
     with pytest.raises(InputError, match=r"queries.jsonl: judged query 'q2' \(and 1 more\)"):
         load_beir(tmp_path)
+
+
+def test_repeated_ids_in_a_dataset_are_one_clear_error(tmp_path: Path) -> None:
+    """A repeated ``_id`` kept the last line silently (a corpus lost a document, a query
+    its text), and a pair judged twice kept the last grade; each is refused, naming the
+    line and the first one."""
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text(
+        '{"_id": "1", "text": "cheese"}\n{"_id": "2", "text": "bread"}\n{"_id": 1, "text": "x"}\n'
+    )
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "cheese"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_text("q\t1\t1\nq\t2\t0\n")
+    with pytest.raises(InputError, match=r"corpus.jsonl:3: _id '1' again \(first on line 1\)"):
+        load_beir(tmp_path)
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "1", "text": "cheese"}\n')
+    (tmp_path / "queries.jsonl").write_text(
+        '{"_id": "q", "text": "cheese"}\n\n{"_id": "q", "text": "bread"}\n'
+    )
+    with pytest.raises(InputError, match=r"queries.jsonl:3: _id 'q' again \(first on line 1\)"):
+        load_beir(tmp_path)
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "cheese"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_text("q\t1\t1\nq\t1\t1\nq\t1\t2\n")
+    with pytest.raises(InputError, match=r"test.tsv:3: query 'q' judges document '1' again"):
+        load_beir(tmp_path)
+    (tmp_path / "qrels" / "test.tsv").write_text("q\t1\t1\nq\t1\t1\n")  # the same grade
+    assert load_beir(tmp_path).qrels == {"q": {"1": 1}}

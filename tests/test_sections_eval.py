@@ -227,3 +227,26 @@ def test_longdoc_variants_scores_vectors_offline_and_encodes_each_text_once(
     ranks = longdoc_variants.hybrid_ranks(units, matrix, questions, qvecs, fulltext)
     assert ranks[3] == 1, "both lists put the rose section first"
     assert ranks[1] is not None and ranks[1] <= 3
+
+
+def test_eval_sections_refuses_a_collection_it_did_not_create(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ragstore eval-sections -c NOTES`` ingested the question set's files into the
+    user's collection (replacing its documents of the same paths); it is refused and the
+    collection stays as it was, while a collection the command made is used again."""
+    from ragstore.runtime import Runtime
+    from ragstore.store import Store
+
+    root = _question_set(tmp_path / "set")
+    with Runtime() as rt:
+        store = Store.from_runtime(rt)
+        store.add_texts("my-manuals", ["my own note on the kettle"], ids=["note"])
+        before = store.list_documents("my-manuals")["data"]
+    assert run_cli("eval-sections", str(root), "-c", "my-manuals", "--no-baselines") == 65
+    err = capsys.readouterr().err
+    assert "collection 'my-manuals' was not created by `ragstore eval-sections`" in err
+    assert "leave --collection out" in err
+    with Runtime() as rt:
+        after = Store.from_runtime(rt).list_documents("my-manuals")["data"]
+    assert [(d["id"], d["source"]) for d in after] == [(d["id"], d["source"]) for d in before]

@@ -69,6 +69,23 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def _read_jsonl(path: Path) -> Iterable[dict[str, object]]:
+    """The file's objects, each with an ``_id`` no earlier line had.
+
+    A repeated id was kept silently, the last line winning: a corpus lost a document (or
+    a query its text) without a word, and the figures measured another dataset."""
+    first_seen: dict[str, int] = {}
+    for lineno, row in _read_jsonl_rows(path):
+        rid = str(row["_id"])
+        if rid in first_seen:
+            raise InputError(
+                f"{path}:{lineno}: _id {rid!r} again (first on line {first_seen[rid]}); "
+                "each line needs its own id: remove or rename the repeated one"
+            )
+        first_seen[rid] = lineno
+        yield row
+
+
+def _read_jsonl_rows(path: Path) -> Iterable[tuple[int, dict[str, object]]]:
     if not path.is_file():
         raise PathNotFoundError(
             f"{path}: no such file; a BEIR dataset directory holds "
@@ -83,7 +100,7 @@ def _read_jsonl(path: Path) -> Iterable[dict[str, object]]:
             raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(row, dict) or "_id" not in row:
             raise InputError(f'{path}:{lineno}: expected an object with an "_id"')
-        yield row
+        yield lineno, row
 
 
 def read_qrels(path: Path) -> Qrels:
@@ -102,7 +119,14 @@ def read_qrels(path: Path) -> Qrels:
             score = int(parts[2])
         except ValueError:
             raise InputError(f"{path}:{lineno}: score {parts[2]!r} is not an integer") from None
-        qrels.setdefault(parts[0], {})[parts[1]] = score
+        judged = qrels.setdefault(parts[0], {})
+        if judged.get(parts[1], score) != score:
+            # the last line won silently: which grade the figures used depended on order
+            raise InputError(
+                f"{path}:{lineno}: query {parts[0]!r} judges document {parts[1]!r} again "
+                f"with score {score} (an earlier line gave {judged[parts[1]]}); keep one"
+            )
+        judged[parts[1]] = score
     return qrels
 
 
@@ -211,23 +235,50 @@ def _eval_collection(rt: Runtime, name: str) -> repository.Collection:
     An existing collection that eval did not create is refused: ``ragstore eval -c NOTES``
     added the whole corpus to the user's collection and replaced any of its documents
     whose source equals a record id (an upload named ``1``, say) with that record."""
+    return scratch_collection(
+        rt,
+        name,
+        purpose=EVAL_PURPOSE,
+        command="ragstore eval",
+        adds="the dataset's records to it and replace its documents whose source is a "
+        "record id; leave --collection out (eval-<dataset>)",
+        settings={"ts_config": "english"},
+    )
+
+
+def scratch_collection(
+    rt: Runtime,
+    name: str,
+    *,
+    purpose: str,
+    command: str,
+    adds: str,
+    settings: Mapping[str, object] | None = None,
+    unmarked_ok: bool = False,
+) -> repository.Collection:
+    """An evaluation's scratch collection ``name``: created with the setting ``purpose``
+    when absent; an existing one must carry that mark (``unmarked_ok`` also lets one
+    without any mark through: a scratch collection made before the mark existed).
+
+    An evaluation adds its documents and replaces stored ones that share a source, so
+    run into a user's own collection it changes the user's data; ``adds`` says what it
+    would add, and how to name another collection, in the refusal."""
     try:
         coll = rt.collection(name)
     except CollectionNotFoundError:
         pass
     else:
-        if coll.settings.get("purpose") != EVAL_PURPOSE:
+        mark = coll.settings.get("purpose")
+        if mark != purpose and not (unmarked_ok and mark is None):
             raise InputError(
-                f"collection {name!r} was not created by `ragstore eval`, and evaluating "
-                "into it would add the dataset's records to it and replace its documents "
-                "whose source is a record id; leave --collection out (eval-<dataset>) or "
-                "name a collection that does not exist yet"
+                f"collection {name!r} was not created by `{command}`, and evaluating into "
+                f"it would add {adds} or name a collection that does not exist yet"
             )
         return coll
     spec = find_model(rt, rt.settings.model).spec  # a built-in, or a model pinned by name
     with rt.db.connection() as conn, translated(f"creating collection {name!r}"):
         return repository.create_collection(
-            conn, name, spec, {"ts_config": "english", "purpose": EVAL_PURPOSE}
+            conn, name, spec, {**(settings or {}), "purpose": purpose}
         )
 
 

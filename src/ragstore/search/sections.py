@@ -32,6 +32,7 @@ from ragstore.errors import InputError, PathNotFoundError
 from ragstore.ingest import ingest_paths
 from ragstore.models import Hit
 from ragstore.runtime import Runtime
+from ragstore.search.eval import scratch_collection
 from ragstore.search.hybrid import FusionParams, rrf
 from ragstore.search.service import MODES, Mode, SearchParams, run
 
@@ -361,6 +362,7 @@ def read_docs(folder: Path) -> dict[str, str]:
 # ---- one run ----------------------------------------------------------------------------
 
 SEARCH_K = 10  # hits fetched per question and mode (only the top 3 are scored)
+SECTIONS_PURPOSE = "eval-sections"  # the "purpose" setting of a collection it created
 
 
 def collection_name(folder: Path) -> str:
@@ -398,7 +400,20 @@ def evaluate_sections(
             f"{folder / 'questions.tsv'}: questions name files that are not in "
             f"{folder / 'docs'}: {', '.join(missing)}"
         )
-    name = collection or collection_name(folder)
+    default = collection_name(folder)
+    name = collection or default
+    # into a user's collection its files would be added, and stored documents of the same
+    # paths replaced: only a collection this command made (or, unmarked, made under the
+    # default name before the mark existed) is used
+    scratch_collection(
+        rt,
+        name,
+        purpose=SECTIONS_PURPOSE,
+        command="ragstore eval-sections",
+        adds=f"the files of {folder / 'docs'} to it and replace its documents of the same "
+        "paths; leave --collection out (sections-<set>)",
+        unmarked_ok=name == default,
+    )
     report = ingest_paths(rt, [folder / "docs"], name)
     if report.failed:
         first = report.failed[0]
