@@ -4,6 +4,7 @@ collection, the per-key rate limit, and the body/upload size limits."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -299,3 +300,28 @@ def test_only_a_salted_hash_is_stored(keys: KeyStore, settings: Settings) -> Non
         ).fetchone()
     assert row is not None and len(row[0]) == 16 and len(row[1]) == 32
     assert new.secret.split("_", 2)[2].encode() not in bytes(row[1])
+
+
+@pytest.mark.parametrize(
+    ("scope", "collection", "why"),
+    [("read", None, b"needs 'write'"), ("write", "other", b"limited to collection 'other'")],
+)
+def test_a_key_that_may_not_write_there_is_refused_before_its_upload_is_read(
+    secure_url: str, admin: Client, keys: KeyStore, scope: str, collection: str | None, why: bytes
+) -> None:
+    # the key was checked before the body, its scope only after FastAPI had read and
+    # spooled the whole multipart form: a read-only key made the server take in uploads
+    secret = keys.create(scope, collection).secret
+    host, port = secure_url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/collections/team/documents/upload HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {secret}\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 60000\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head.encode() + b"--x")  # a few bytes of the body, then nothing
+        answer = sock.recv(65536)  # timed out: the server waited for the rest of the body
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert b"application/problem+json" in answer and why in answer
+    with Client(secure_url, api_key=secret) as c, pytest.raises(PermissionDeniedError):
+        c.upload("team", [("a.md", b"# A\n\nnotes")])  # the clients read it as before
