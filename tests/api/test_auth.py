@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -63,11 +64,44 @@ def test_malformed_unknown_and_wrong_keys_are_401(secure_url: str, keys: KeyStor
     key_id = real.split("_")[1]
     for bad, why in (
         ("not-a-key", "malformed"),
-        ("rsk_0123456789ab_" + "x" * 43, "unknown"),
-        (f"rsk_{key_id}_" + "y" * 43, "wrong secret"),
+        ("rsk_0123456789ab_" + "x" * 43, "is not valid"),
+        (f"rsk_{key_id}_" + "y" * 43, "is not valid"),
     ):
         with Client(secure_url, api_key=bad) as c, pytest.raises(AuthenticationError, match=why):
             c.list_collections()
+
+
+def test_an_unknown_key_id_and_a_wrong_secret_get_the_same_answer(
+    secure_url: str, keys: KeyStore
+) -> None:
+    # "is unknown" / "wrong secret" / "was revoked" (the first and last without hashing,
+    # so faster) told anyone which key ids exist and which were revoked
+    live = keys.create("read").key.key_id
+    revoked = keys.create("read").key.key_id
+    keys.revoke(revoked)
+    unknown = "0123456789ab" if "0123456789ab" not in (live, revoked) else "ba9876543210"
+    answers = {}
+    for key_id in (unknown, live, revoked):
+        r = httpx.get(
+            f"{secure_url}/v1/models",
+            headers={"Authorization": f"Bearer rsk_{key_id}_" + "z" * 43},
+            timeout=30,
+        )
+        body = r.json()
+        answers[key_id] = (r.status_code, body["code"], body["detail"].replace(key_id, "ID"))
+    assert len(set(answers.values())) == 1, answers
+
+    def took(key_id: str) -> float:  # the fastest of three checks
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            with pytest.raises(AuthenticationError, match="is not valid"):
+                keys.authenticate(f"rsk_{key_id}_" + "z" * 43, "10.9.9.9")
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    wrong = took(live)
+    assert took(unknown) > wrong / 2 and took(revoked) > wrong / 2, wrong  # one scrypt each
 
 
 def test_two_authorization_headers_are_401_whatever_the_method(
