@@ -359,3 +359,25 @@ def test_a_key_that_may_not_write_there_is_refused_before_its_upload_is_read(
     assert b"application/problem+json" in answer and why in answer
     with Client(secure_url, api_key=secret) as c, pytest.raises(PermissionDeniedError):
         c.upload("team", [("a.md", b"# A\n\nnotes")])  # the clients read it as before
+
+
+def test_every_route_with_a_body_has_its_scope_found_before_the_body(settings: Settings) -> None:
+    # the check before the body finds a route's scope from its dependencies: a route it
+    # could not read would have its 403 after the body again, silently
+    from fastapi.routing import APIRoute
+
+    from ragstore.api import create_app
+    from ragstore.api.deps import route_scope
+
+    app = create_app(with_(settings, auth="on"))
+    checked = 0
+    for route in app.state.api_routes:
+        assert isinstance(route, APIRoute)
+        for method in route.methods & {"POST", "PUT", "PATCH"}:
+            path = route.path.replace("{name}", "team").replace("{document_id}", "1")
+            request = {"type": "http", "method": method, "path": path, "root_path": ""}
+            needed, collection = route_scope(app.state.api_routes, request)
+            assert needed in ("write", "admin", "read"), (method, route.path)
+            assert collection == ("team" if "{name}" in route.path else None), route.path
+            checked += 1
+    assert checked >= 9
