@@ -4,6 +4,8 @@ collection, the per-key rate limit, and the body/upload size limits."""
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -62,11 +64,44 @@ def test_malformed_unknown_and_wrong_keys_are_401(secure_url: str, keys: KeyStor
     key_id = real.split("_")[1]
     for bad, why in (
         ("not-a-key", "malformed"),
-        ("rsk_0123456789ab_" + "x" * 43, "unknown"),
-        (f"rsk_{key_id}_" + "y" * 43, "wrong secret"),
+        ("rsk_0123456789ab_" + "x" * 43, "is not valid"),
+        (f"rsk_{key_id}_" + "y" * 43, "is not valid"),
     ):
         with Client(secure_url, api_key=bad) as c, pytest.raises(AuthenticationError, match=why):
             c.list_collections()
+
+
+def test_an_unknown_key_id_and_a_wrong_secret_get_the_same_answer(
+    secure_url: str, keys: KeyStore
+) -> None:
+    # "is unknown" / "wrong secret" / "was revoked" (the first and last without hashing,
+    # so faster) told anyone which key ids exist and which were revoked
+    live = keys.create("read").key.key_id
+    revoked = keys.create("read").key.key_id
+    keys.revoke(revoked)
+    unknown = "0123456789ab" if "0123456789ab" not in (live, revoked) else "ba9876543210"
+    answers = {}
+    for key_id in (unknown, live, revoked):
+        r = httpx.get(
+            f"{secure_url}/v1/models",
+            headers={"Authorization": f"Bearer rsk_{key_id}_" + "z" * 43},
+            timeout=30,
+        )
+        body = r.json()
+        answers[key_id] = (r.status_code, body["code"], body["detail"].replace(key_id, "ID"))
+    assert len(set(answers.values())) == 1, answers
+
+    def took(key_id: str) -> float:  # the fastest of three checks
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            with pytest.raises(AuthenticationError, match="is not valid"):
+                keys.authenticate(f"rsk_{key_id}_" + "z" * 43, "10.9.9.9")
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    wrong = took(live)
+    assert took(unknown) > wrong / 2 and took(revoked) > wrong / 2, wrong  # one scrypt each
 
 
 def test_two_authorization_headers_are_401_whatever_the_method(
@@ -299,3 +334,50 @@ def test_only_a_salted_hash_is_stored(keys: KeyStore, settings: Settings) -> Non
         ).fetchone()
     assert row is not None and len(row[0]) == 16 and len(row[1]) == 32
     assert new.secret.split("_", 2)[2].encode() not in bytes(row[1])
+
+
+@pytest.mark.parametrize(
+    ("scope", "collection", "why"),
+    [("read", None, b"needs 'write'"), ("write", "other", b"limited to collection 'other'")],
+)
+def test_a_key_that_may_not_write_there_is_refused_before_its_upload_is_read(
+    secure_url: str, admin: Client, keys: KeyStore, scope: str, collection: str | None, why: bytes
+) -> None:
+    # the key was checked before the body, its scope only after FastAPI had read and
+    # spooled the whole multipart form: a read-only key made the server take in uploads
+    secret = keys.create(scope, collection).secret
+    host, port = secure_url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/collections/team/documents/upload HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {secret}\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 60000\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head.encode() + b"--x")  # a few bytes of the body, then nothing
+        answer = sock.recv(65536)  # timed out: the server waited for the rest of the body
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert b"application/problem+json" in answer and why in answer
+    with Client(secure_url, api_key=secret) as c, pytest.raises(PermissionDeniedError):
+        c.upload("team", [("a.md", b"# A\n\nnotes")])  # the clients read it as before
+
+
+def test_every_route_with_a_body_has_its_scope_found_before_the_body(settings: Settings) -> None:
+    # the check before the body finds a route's scope from its dependencies: a route it
+    # could not read would have its 403 after the body again, silently
+    from fastapi.routing import APIRoute
+
+    from ragstore.api import create_app
+    from ragstore.api.deps import route_scope
+
+    app = create_app(with_(settings, auth="on"))
+    checked = 0
+    for route in app.state.api_routes:
+        assert isinstance(route, APIRoute)
+        for method in route.methods & {"POST", "PUT", "PATCH"}:
+            path = route.path.replace("{name}", "team").replace("{document_id}", "1")
+            request = {"type": "http", "method": method, "path": path, "root_path": ""}
+            needed, collection = route_scope(app.state.api_routes, request)
+            assert needed in ("write", "admin", "read"), (method, route.path)
+            assert collection == ("team" if "{name}" in route.path else None), route.path
+            checked += 1
+    assert checked >= 9

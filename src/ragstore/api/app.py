@@ -185,6 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_middleware(app, settings, secure=secure)
     install_error_handlers(app)
+    app.state.api_routes = []
     for module in (
         health,
         collections,
@@ -197,6 +198,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         inspect,
     ):
         app.include_router(module.router)
+        # the routes as declared (their paths carry the router's prefix), matched by the
+        # scope check before a body is read (api/deps.py route_scope): the app's own route
+        # table holds FastAPI's wrappers of included routers, not the routes
+        app.state.api_routes.extend(module.router.routes)
     install_console(app, auth=secure)
     install_api_docs(app)
     return app

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import procrastinate
 from fastapi import Depends, Path, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
-from ragstore.auth import ApiKey, KeyStore, RateLimiter
+from ragstore.auth import SCOPES, ApiKey, KeyStore, RateLimiter
 from ragstore.errors import AuthenticationError, InputError
 from ragstore.runtime import Runtime
 
@@ -127,13 +130,47 @@ async def _caller(
     return caller
 
 
+# each scope dependency of :func:`_scoped` -> the scope it requires (read by
+# :func:`route_scope`, so a request's scope can be checked before its body is read)
+_SCOPE_OF: dict[Callable[..., Any], str] = {}
+
+
 def _scoped(scope: str):  # type: ignore[no-untyped-def]
     async def dependency(caller: Annotated[Principal, Depends(_caller)]) -> Principal:
         caller.require_scope(scope)
         return caller
 
     dependency.__name__ = f"require_{scope}"
+    _SCOPE_OF[dependency] = scope
     return dependency
+
+
+def route_scope(routes: Iterable[BaseRoute], scope: Scope) -> tuple[str | None, str | None]:
+    """The scope the route of ``routes`` that ``scope`` (an ASGI request) reaches requires,
+    and the collection its path names (``{name}``): ``(None, None)`` when no API route
+    matches or it requires none.
+
+    FastAPI reads and parses a request's body (an upload is spooled to disk) before the
+    route's dependencies run, so a key without the scope was refused 403 only after the
+    server had taken in its whole body; :class:`~ragstore.api.middleware.
+    AuthBeforeBodyMiddleware` checks this first, from the headers."""
+    for route in routes:
+        if not isinstance(route, APIRoute):
+            continue
+        match, child = route.matches(scope)
+        if match != Match.FULL:
+            continue
+        needed: str | None = None
+        pending = [route.dependant]
+        while pending:
+            dependant = pending.pop()
+            pending.extend(dependant.dependencies)
+            found = _SCOPE_OF.get(dependant.call) if dependant.call else None
+            if found is not None and (needed is None or SCOPES.index(found) > SCOPES.index(needed)):
+                needed = found
+        name = child.get("path_params", {}).get("name")
+        return needed, name if isinstance(name, str) and needed is not None else None
+    return None, None
 
 
 ReadAccess = Annotated[Principal, Depends(_scoped("read"))]

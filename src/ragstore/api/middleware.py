@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstore._requests import UPLOAD_LIMIT_HEADER
-from ragstore.api.deps import ApiState, authenticate, bearer_token
+from ragstore.api.deps import ApiState, authenticate, bearer_token, route_scope
 from ragstore.api.errors import problem_response
 from ragstore.errors import RagstoreError, RateLimitedError, RequestTooLargeError
 
@@ -231,8 +231,9 @@ class AuthBeforeBodyMiddleware:
     FastAPI reads and parses a body (a 50 MB multipart upload is parsed and spooled to
     disk) before a route's dependencies run, so a caller without a valid key made the
     server take in whole bodies just to be told 401. Here a missing, wrong or throttled key
-    is answered at once with ``Connection: close``, the body neither parsed nor kept; a
-    good one is left on the request's state for the routes' dependency
+    is answered at once with ``Connection: close``, the body neither parsed nor kept, and so
+    is a key without the route's scope or collection (403, :func:`~ragstore.api.deps.
+    route_scope`); a good one is left on the request's state for the routes' dependency
     (:func:`ragstore.api.deps._caller`).
 
     The refused body is read and dropped after the answer (:func:`refuse_and_drain`), up
@@ -272,9 +273,16 @@ class AuthBeforeBodyMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         try:
             token = bearer_token(scope.get("headers", ()))
-            state["principal"] = await run_in_threadpool(
-                authenticate, api.keys, api.limiter, token, client
-            )
+            caller = await run_in_threadpool(authenticate, api.keys, api.limiter, token, client)
+            state["principal"] = caller
+            # the route's scope (and collection) too: a key without them was answered 403
+            # only once FastAPI had read and parsed the whole body
+            needed, collection = route_scope(getattr(scope["app"].state, "api_routes", ()), scope)
+            if needed is not None:
+                if collection is None:
+                    caller.require_scope(needed)
+                else:
+                    caller.require(needed, collection)
         except RagstoreError as exc:
             ctype = headers.get(b"content-type", b"").decode("latin-1").lower()
             upload = ctype.startswith("multipart/") and scope["path"].endswith(UPLOAD_SUFFIX)

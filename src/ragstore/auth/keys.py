@@ -198,25 +198,49 @@ class KeyStore:
         return known is not None and hmac.compare_digest(known, digest)
 
     def _check(self, key_id: str, secret: str, digest: bytes, cached: bool) -> ApiKey:
+        """The live key ``key_id`` whose secret is ``secret``; AuthenticationError when not.
+
+        An unknown key id, a wrong secret and a revoked key with a wrong secret are one
+        answer (:func:`_refused`), each after one scrypt: they were told apart ("is
+        unknown", "wrong secret", "was revoked", the unknown and revoked ones answered
+        without hashing, so faster), which told anyone which key ids exist and which were
+        revoked. Only a caller whose secret verified is told its key was revoked. The
+        server's log keeps the reason."""
         with self.db.connection() as conn, translated("checking an API key"):
             row = conn.execute(
                 f"SELECT {_COLS}, salt, secret_hash FROM api_keys WHERE key_id = %s", (key_id,)
             ).fetchone()
             if row is None:
-                raise AuthenticationError(f"API key {key_id} is unknown")
+                _hash(secret, _NO_KEY_SALT)  # as long as a check of a key that exists
+                raise _refused(key_id, "unknown key id")
             key = _row(row)
-            if key.revoked_at is not None:
-                raise AuthenticationError(f"API key {key_id} was revoked")
             if not cached:
                 salt, stored = cast(bytes, row[8]), cast(bytes, row[9])
-                ok = hmac.compare_digest(_hash(secret, bytes(salt)), bytes(stored))
-                if not ok:
-                    raise AuthenticationError(f"API key {key_id}: wrong secret")
+                if not hmac.compare_digest(_hash(secret, bytes(salt)), bytes(stored)):
+                    why = "revoked key, wrong secret" if key.revoked_at else "wrong secret"
+                    raise _refused(key_id, why)
+            if key.revoked_at is not None:
+                log.info("api key %s refused: revoked", key_id)
+                raise AuthenticationError(f"API key {key_id} was revoked")
+            if not cached:
                 with self._lock:
                     self._verified[key_id] = digest
                 if not self.read_only:
                     _mark_used(conn, key.id)
         return key
+
+
+# hashed for an unknown key id, so its refusal takes as long as a wrong secret's
+_NO_KEY_SALT = secrets.token_bytes(16)
+
+
+def _refused(key_id: str, why: str) -> AuthenticationError:
+    """The one answer to a key that is unknown or whose secret is wrong; ``why`` is logged."""
+    log.info("api key %s refused: %s", key_id, why)
+    return AuthenticationError(
+        f"API key {key_id} is not valid: no key has this id and secret (check it, or "
+        "create one with `ragstore keys create`)"
+    )
 
 
 def _mark_used(conn: Any, key_id: int) -> None:
