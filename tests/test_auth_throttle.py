@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ragstore.auth.throttle import AuthThrottle
+from ragstore.auth.throttle import KEY_SPREAD, AuthThrottle
 from ragstore.errors import AuthenticationError, RateLimitedError
 
 
@@ -20,11 +20,28 @@ def test_a_failed_check_is_counted_before_the_next_one_is_admitted() -> None:
     throttle = AuthThrottle(per_key=2, per_address=100)
     _fail(throttle, "k1")
     _fail(throttle, "k1")
-    over = "too many failed authentications for API key k1"
-    with pytest.raises(RateLimitedError, match=over), throttle.attempt("k1", "10.0.0.2"):
+    over = "too many failed authentications for API key k1 from 10.0.0.1"
+    with pytest.raises(RateLimitedError, match=over), throttle.attempt("k1", "10.0.0.1"):
         pass
     with throttle.attempt("k2", "10.0.0.1"):  # another key id: its own budget
         pass
+
+
+def test_one_address_guessing_a_key_id_does_not_lock_its_owner_out_elsewhere() -> None:
+    # counted per key id alone, ten wrong secrets a minute from anywhere (a key id is
+    # printed in logs and errors) refused the key's owner everywhere for the minute
+    throttle = AuthThrottle(per_key=2, per_address=100)
+    for _ in range(2):
+        _fail(throttle, "k1", "203.0.113.9")
+    with pytest.raises(RateLimitedError, match=r"k1 from 203\.0\.113\.9"):
+        _fail(throttle, "k1", "203.0.113.9")
+    with throttle.attempt("k1", "10.0.0.2"):  # the owner, from its own address
+        pass
+    # guesses from many addresses still meet the key id's overall limit (KEY_SPREAD x)
+    for i in range(2 * KEY_SPREAD - 2):
+        _fail(throttle, "k1", f"198.51.100.{i // 2}")
+    with pytest.raises(RateLimitedError, match="for API key k1; retry"):
+        _fail(throttle, "k1", "10.0.0.3")
 
 
 def test_a_check_in_flight_refuses_a_concurrent_one_of_the_same_key() -> None:
@@ -112,8 +129,8 @@ def test_old_failures_filling_the_table_do_not_reset_a_live_count(
         throttle.failed(None, f"10.1.0.{i}")  # old scanners, one bucket each
     time.sleep(0.6)
     _fail(throttle, "k1", "10.0.0.1")
-    _fail(throttle, "k1", "10.0.0.2")
+    _fail(throttle, "k1", "10.0.0.1")
     for i in range(15):
         throttle.failed(None, f"10.2.0.{i}")  # the table overflows
-    with pytest.raises(RateLimitedError, match="API key k1"), throttle.attempt("k1", "10.0.0.3"):
+    with pytest.raises(RateLimitedError, match="API key k1"), throttle.attempt("k1", "10.0.0.1"):
         pass

@@ -1,11 +1,19 @@
 """Throttle failed API-key checks per key id and per client address, before any hashing.
 
 scrypt is slow on purpose, so unthrottled guessing both tries secrets for free and takes
-the CPU from everyone else. After ``per_key`` failures of one key id, or ``per_address``
-failures from one client address, within ``window_s`` seconds, further attempts are
-refused with 429 ``rate_limited`` and ``Retry-After`` without touching the database or
-hashing; and at most one unverified secret per key id is checked at a time (concurrent
-guesses for the same key are refused rather than queued). Counts live in this process.
+the CPU from everyone else. After ``per_key`` failures of one key id from one client
+address, ``per_key`` × :data:`KEY_SPREAD` failures of one key id from all addresses, or
+``per_address`` failures from one client address, within ``window_s`` seconds, further
+attempts are refused with 429 ``rate_limited`` and ``Retry-After`` without touching the
+database or hashing; and at most one unverified secret per key id is checked at a time
+(concurrent guesses for the same key are refused rather than queued). Counts live in this
+process.
+
+A key id's own limit counts per address first: counted over all addresses alone, anyone
+who knew a key id (it is printed in logs and error messages) locked its owner out with
+ten wrong secrets a minute from anywhere. Now one address cannot reach the key id's
+overall limit at all (its own limit is lower), and the overall limit still bounds how
+many secrets of one key id are hashed a minute when guesses come from many addresses.
 
 A check of an unverified secret is one :meth:`AuthThrottle.attempt`: admitted under the
 lock (the counts, then the key id's one slot) and, when it fails, counted under the same
@@ -37,6 +45,8 @@ _MAX_TRACKED = 50_000
 # how long a check waits for one of the same secret in flight before it is refused (a
 # scrypt takes a fraction of a second; a key id's checks are bounded by ``per_key``)
 SAME_SECRET_WAIT_S = 10.0
+# a key id's failures from all addresses may reach this many times ``per_key``
+KEY_SPREAD = 5
 
 
 class AuthThrottle:
@@ -68,10 +78,11 @@ class AuthThrottle:
     def _refuse_if_over(self, key_id: str | None, address: str, now: float) -> None:
         """:meth:`check`, with the lock held."""
         for bucket, limit, what in (
-            (f"key:{key_id}", self.per_key, f"API key {key_id}"),
+            (f"key:{key_id}@{address}", self.per_key, f"API key {key_id} from {address}"),
+            (f"key:{key_id}", self.per_key * KEY_SPREAD, f"API key {key_id}"),
             (f"addr:{address}", self.per_address, f"client {address}"),
         ):
-            if bucket == "key:None":
+            if key_id is None and bucket.startswith("key:"):
                 continue
             times = self._recent(bucket, now)
             if len(times) >= limit:
@@ -90,9 +101,11 @@ class AuthThrottle:
         """:meth:`failed`, with the lock held."""
         if len(self._failures) > _MAX_TRACKED:
             self._prune(now)
-        for bucket in (f"key:{key_id}" if key_id else None, f"addr:{address}"):
-            if bucket is not None:
-                self._failures.setdefault(bucket, deque()).append(now)
+        buckets = [f"addr:{address}"]
+        if key_id:
+            buckets += [f"key:{key_id}@{address}", f"key:{key_id}"]
+        for bucket in buckets:
+            self._failures.setdefault(bucket, deque()).append(now)
 
     def _prune(self, now: float) -> None:
         """Bound the memory of the counts (lock held): drop the buckets with no failure
