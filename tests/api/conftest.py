@@ -22,14 +22,19 @@ from ragstore.db.database import Database
 
 
 @contextmanager
-def running_server(settings: Settings) -> Iterator[str]:
-    """Serve ``create_app(settings)`` on 127.0.0.1 at a free port; yield its base URL."""
+def running_server(settings: Settings, app: Any = None) -> Iterator[str]:
+    """Serve ``app`` (default ``create_app(settings)``) on 127.0.0.1 at a free port; yield
+    its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = server_config(
-        create_app(settings), settings, log_level="warning", access_log=False, lifespan="on"
+        app if app is not None else create_app(settings),
+        settings,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -21,6 +21,7 @@ from ragstore import Client
 from ragstore.api import middleware
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
+from ragstore.console.security import BASE_HEADERS
 from ragstore.errors import SearchTimeoutError
 from ragstore.runtime import Runtime
 from ragstore.search import search
@@ -71,6 +72,17 @@ def _read_all(sock: socket.socket, wait_s: float) -> bytes:
     return got
 
 
+def _has_security_headers(head: bytes) -> None:
+    """The headers every answer of the server carries, on one the protocol wrote itself
+    (these answers never reach the app's middleware)."""
+    lines = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    }
+    for name, value in BASE_HEADERS.items():
+        assert lines.get(name.lower().encode()) == value.encode(), (name, head)
+
+
 def test_an_oversized_request_head_is_refused_with_431(secured: str) -> None:
     with _connect(secured) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100_000)
@@ -78,6 +90,7 @@ def test_an_oversized_request_head_is_refused_with_431(secured: str) -> None:
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
     head, _, body = answer.partition(b"\r\n\r\n")
     assert b"application/problem+json" in head
+    _has_security_headers(head)
     problem = json.loads(body)
     assert problem["code"] == "headers_too_large"
     assert "RAGSTORE_MAX_HEADER_BYTES" in problem["detail"]
@@ -104,9 +117,27 @@ def test_an_unparseable_request_is_a_malformed_request_problem(
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     head, _, body = answer.partition(b"\r\n\r\n")
     assert b"application/problem+json" in head and b"connection: close" in head
+    _has_security_headers(head)
     problem = json.loads(body)
     assert problem["code"] == "malformed_request" and problem["status"] == 400
     assert "percent-encode" in problem["detail"]
+
+
+def test_a_websocket_upgrade_is_answered_as_plain_http(secured: str) -> None:
+    # no route takes a websocket, yet uvicorn handed the upgrade to the websockets
+    # library, outside the app's middleware and these guards: a text/plain 403 with
+    # none of the server's headers. Now it is a plain request (401 without a key here).
+    with _connect(secured) as sock:
+        sock.sendall(
+            b"GET /v1/collections HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        answer = _read_all(sock, 3.0)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    _has_security_headers(head)
+    assert json.loads(body)["code"] == "unauthorized"
 
 
 def test_a_header_flood_is_cut_off_while_others_are_served(secured: str) -> None:
@@ -498,6 +529,7 @@ def _refused(answer: bytes) -> dict[str, object]:
     assert head.startswith(b"HTTP/1.1 503 "), answer[:200]
     assert b"application/problem+json" in head and b"connection: close" in head
     assert b"retry-after: 1" in head.lower()
+    _has_security_headers(head)
     problem: dict[str, object] = json.loads(body)
     return problem
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ragstore.api import create_app
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
 from ragstore.console.security import CONTENT_SECURITY_POLICY
@@ -176,6 +177,63 @@ def test_json_answers_are_not_sniffed_nor_framed(open_url: str, path: str) -> No
     assert r.headers["x-frame-options"] == "DENY"
     assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
     assert "cache-control" not in r.headers  # the API's caching is left as it was
+
+
+def test_every_answer_keeps_other_sites_from_loading_it(open_url: str) -> None:
+    # Cross-Origin-Resource-Policy: another site's <script src> or <img src> aimed at this
+    # server (on loopback, no key needed) is not handed the answer; nothing of the console
+    # or the API reference is loaded from another origin (checked above)
+    for path in ("/healthz", "/v1/collections", "/ui/collections", "/docs", "/nope"):
+        r = httpx.get(open_url + path)
+        assert r.headers["cross-origin-resource-policy"] == "same-origin", path
+
+
+def test_a_refused_method_says_which_are_allowed(open_url: str) -> None:
+    # a 405 must name the methods the resource takes (RFC 9110 15.5.6): the problem
+    # handler dropped Starlette's Allow header
+    r = httpx.request("OPTIONS", f"{open_url}/v1/collections")
+    assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+    assert {m.strip() for m in r.headers["allow"].split(",")} == {"GET", "POST"}
+    r = httpx.delete(f"{open_url}/v1/collections/x/search")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+
+
+class _Crash(Exception):
+    """A failure no handler knows, raised by the test routes below."""
+
+
+@pytest.fixture(scope="module")
+def crashing_url(settings: Settings) -> Iterator[str]:
+    """A server whose app has two routes that crash: one of the API, one of the console."""
+    off = with_(settings, auth="off")
+    app = create_app(off)
+
+    async def boom() -> None:
+        raise _Crash("/srv/secret/path is gone")
+
+    app.add_api_route("/v1/boom", boom, methods=["GET"])
+    app.add_api_route("/ui/boom", boom, methods=["GET"])
+    with running_server(off, app=app) as url:
+        yield url
+
+
+@pytest.mark.parametrize("path", ("/v1/boom", "/ui/boom"))
+def test_a_crash_is_a_problem_with_the_security_headers(crashing_url: str, path: str) -> None:
+    # an exception no handler took was answered by Starlette's outermost middleware,
+    # outside the app's own: the 500 went out without the security headers
+    r = httpx.get(crashing_url + path, headers={"X-Request-ID": "crash-1"})
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/problem+json"
+    problem = r.json()
+    assert problem["code"] == "internal_error" and problem["request_id"] == "crash-1"
+    assert "/srv/secret" not in r.text
+    assert r.headers["x-request-id"] == "crash-1"
+    assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["cross-origin-resource-policy"] == "same-origin"
+    if path.startswith("/ui"):
+        assert r.headers["cache-control"] == "no-store"
 
 
 def test_console_script_never_parses_text_as_html() -> None:

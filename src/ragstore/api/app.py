@@ -22,6 +22,7 @@ from ragstore.api.listen import stop_with_parent
 from ragstore.api.middleware import (
     AuthBeforeBodyMiddleware,
     BodyLimitMiddleware,
+    CrashMiddleware,
     RequestIdMiddleware,
 )
 from ragstore.api.routes import (
@@ -100,6 +101,7 @@ def install_middleware(app: FastAPI, settings: Settings, *, secure: bool = True)
         )
     if guards_loopback(settings, secure):
         app.add_middleware(LoopbackGuardMiddleware)  # DNS rebinding, cross-site posts
+    app.add_middleware(CrashMiddleware)  # a crash's 500, under the headers and the log
     app.add_middleware(SecurityHeadersMiddleware)  # CSP, no framing, no sniffing
     install_observability(app, settings)  # metrics, access log, GET /metrics
     app.add_middleware(RequestIdMiddleware)

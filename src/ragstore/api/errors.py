@@ -229,6 +229,45 @@ def _unparsable_json(exc: BaseException) -> e.InputError | None:
     return None
 
 
+def crash_response(exc: Exception, *, request_id: str, path: str) -> JSONResponse:
+    """The answer to an exception no handler took: logged here with its request id,
+    answered ``internal_error`` with the security headers of ``path`` (an answer made
+    outside :class:`~ragstore.console.security.SecurityHeadersMiddleware` lacked them)."""
+    from ragstore.console.security import security_headers
+
+    log.error("request %s crashed", request_id, exc_info=exc)
+    response = problem_response(
+        e.RagstoreError(f"internal error; the server log has the details (request {request_id})"),
+        request_id=request_id,
+        instance=path,
+    )
+    response.headers.update(security_headers(path))
+    return response
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method some route takes on this request's path, for a 405's ``Allow``
+    (``None``: the routes take the request's own method, so the 405 came from inside one,
+    e.g. the static files; its own ``Allow``, if any, stands).
+
+    RFC 9110 requires the header on a 405. It was dropped, and Starlette's names only the
+    methods of the first route on the path (``POST`` for ``/v1/collections``, which takes
+    ``GET`` too), so a client was told which method is refused but not which are taken.
+    """
+    from starlette.routing import Match
+
+    routes = request.app.router.routes
+    taken = [
+        m
+        for m in (*_METHODS, request.method)
+        if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)
+    ]
+    return None if request.method in taken else ", ".join(dict.fromkeys(taken))
+
+
 # problem members listing what a failed request stored before its error: an upload's
 # other files (``stored``), an ingest's earlier rounds (``stored_files``)
 COMMITTED_MEMBERS = ("stored", "stored_files")
@@ -294,16 +333,21 @@ def install_error_handlers(app: FastAPI) -> None:
             err = e.InputError(str(exc.detail))
         else:
             err = e.RagstoreError("internal error; the server log has the details")
-        return problem_response(err, request_id=request_id_of(request), instance=request.url.path)
+        response = problem_response(
+            err, request_id=request_id_of(request), instance=request.url.path
+        )
+        # the exception's own headers go with it (they were dropped)
+        for name, value in (exc.headers or {}).items():
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        if exc.status_code == 405 and (allowed := _allowed_methods(request)) is not None:
+            response.headers["Allow"] = allowed
+        return response
 
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:
-        rid = request_id_of(request)
-        log.error("request %s crashed", rid, exc_info=exc)
-        return problem_response(
-            e.RagstoreError(f"internal error; the server log has the details (request {rid})"),
-            request_id=rid,
-            instance=request.url.path,
-        )
+        # only a crash of the outermost middleware gets here (CrashMiddleware answers the
+        # others, inside them): Starlette answers it outside every middleware of the app
+        return crash_response(exc, request_id=request_id_of(request), path=request.url.path)
 
     app.add_exception_handler(e.RagstoreError, on_ragstore)
     app.add_exception_handler(RequestValidationError, on_validation)

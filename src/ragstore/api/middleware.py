@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstore._requests import UPLOAD_LIMIT_HEADER
 from ragstore.api.deps import ApiState, authenticate, bearer_token, route_scope
-from ragstore.api.errors import problem_response
+from ragstore.api.errors import crash_response, problem_response
 from ragstore.errors import RagstoreError, RateLimitedError, RequestTooLargeError
 
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -49,6 +49,47 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class CrashMiddleware:
+    """Answers an exception that no handler took (a crash) with the ``internal_error``
+    problem, from inside the app's outer middleware.
+
+    Starlette answers such an exception from its ``ServerErrorMiddleware``, outside every
+    middleware added to the app: the 500 went out without the security headers
+    (Content-Security-Policy, no framing, no sniffing), the access log and the metrics
+    counted it without its ``code``, and uvicorn then closed the connection. Installed
+    inside :class:`~ragstore.console.security.SecurityHeadersMiddleware`, the
+    observability and the request-id middleware, the answer gets all of theirs. A crash
+    after the answer started is left to propagate: the connection is cut, so the client
+    never takes a partial answer for a whole one.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching_send)
+        except Exception as exc:
+            if started:
+                raise
+            state: dict[str, Any] = scope.get("state", {})
+            response = crash_response(
+                exc, request_id=str(state.get("request_id", "")), path=scope.get("path", "")
+            )
+            await response(scope, receive, send)
 
 
 # How much of a refused body is read and dropped after its 413, so the client finishes

@@ -37,7 +37,9 @@ answer's bytes in memory, for good.
 
 A request the parser cannot read at all (a NUL in a header, a path outside ASCII, two
 ``Content-Length`` headers) is answered 400 ``malformed_request`` as problem+json, like
-every other error, where uvicorn wrote a ``text/plain`` line.
+every other error, where uvicorn wrote a ``text/plain`` line. These answers written by the
+protocol (400, 431, 503) carry the security headers of every other answer
+(:data:`ragstore.console.security.BASE_HEADERS`).
 
 ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are read only from the addresses in
 ``RAGSTORE_TRUSTED_PROXIES`` (none by default): with uvicorn's default any local process
@@ -126,6 +128,10 @@ def server_config(app: Any, settings: Settings, **kwargs: Any) -> ServeConfig:
     """The uvicorn config that serves ``app`` (an app, or an import string with
     ``factory=True``) under ``settings``' limits; ``kwargs`` go to uvicorn as they are."""
     trusted = settings.trusted_proxies
+    # no route takes a websocket: with uvicorn's default ("auto") an upgrade request was
+    # handed to the websockets library, past GuardedHttpToolsProtocol's bounds, and
+    # refused there with a bare text/plain 403; with "none" it is a plain HTTP request
+    kwargs.setdefault("ws", "none")
     return ServeConfig(
         app,
         http=GuardedHttpToolsProtocol,
@@ -376,6 +382,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         and close the connection. A request whose app has not answered yet (its body was
         the unreadable part) is cut off first, so no answer of its own follows ours."""
         from ragstore.api.errors import PROBLEM_JSON, problem_body
+        from ragstore.console.security import BASE_HEADERS
 
         cycle = self.cycle
         if cycle is None or cycle.response_complete or not cycle.response_started:
@@ -396,6 +403,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 + b"x-request-id: "
                 + rid.encode()
                 + b"\r\n"
+                # the headers the app's middleware puts on every other answer: these
+                # are written here, where no middleware runs, and went out without them
+                + b"".join(f"{k.lower()}: {v}\r\n".encode() for k, v in BASE_HEADERS.items())
                 + extra
                 + b"connection: close\r\n\r\n"
                 + body

@@ -35,13 +35,17 @@ CONTENT_SECURITY_POLICY = "; ".join(
 
 DOCS_PATH = "/docs"  # the API reference (ragstore.console.apidocs)
 
-# on every answer of the server
+# on every answer of the server. Cross-Origin-Resource-Policy: another site's page cannot
+# load an answer as its own <script>, <img> or the like (with auth off on loopback such a
+# load needs no key); the console and the API reference load nothing across origins, and
+# clients outside a browser ignore it.
 BASE_HEADERS: dict[str, str] = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
 }
 # on the console's and the reference's answers
 SECURITY_HEADERS: dict[str, str] = {**BASE_HEADERS, "Cache-Control": "no-store"}
@@ -56,6 +60,12 @@ def is_page_path(path: str) -> bool:
     return is_console_path(path) or path == DOCS_PATH
 
 
+def security_headers(path: str) -> dict[str, str]:
+    """The headers an answer for ``path`` carries: :data:`SECURITY_HEADERS` on a page
+    (:func:`is_page_path`), else :data:`BASE_HEADERS`."""
+    return SECURITY_HEADERS if is_page_path(path) else BASE_HEADERS
+
+
 class SecurityHeadersMiddleware:
     """Adds :data:`BASE_HEADERS` to every HTTP response (errors included), and
     :data:`SECURITY_HEADERS` to those of :func:`is_page_path`."""
@@ -67,7 +77,7 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        added = SECURITY_HEADERS if is_page_path(scope.get("path", "")) else BASE_HEADERS
+        added = security_headers(scope.get("path", ""))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
