@@ -1120,6 +1120,8 @@ def _refuse_foreign_tables(db: Database) -> None:
         row = conn.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL").fetchone()
         if row is not None and row[0]:
             return  # ragstore's schema (the CLI backs it up first)
+        if migrations.lost_revision(conn, db.where) is not None:
+            return  # ragstore's tables, their revision table lost (backed up as well)
         names = [str(row[0]) for row in conn.execute(_PUBLIC_RELATIONS).fetchall()]
     if not names:
         return

@@ -1789,3 +1789,30 @@ def test_a_backup_onto_a_full_disk_fails_cleanly_and_leaves_no_file(
     assert "pg_dump failed: killed by SIGXFSZ" in done.stderr, done.stderr  # not "no message"
     assert "ulimit -f" in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_restore_into_a_database_whose_revision_was_lost_backs_it_up_first(
+    populated: str,
+    empty_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """ragstore's tables with the ``alembic_version`` row lost read as "no ragstore
+    schema": a restore replaced them without the backup it takes of what it replaces."""
+    archive = tmp_path / "ours.dump"
+    assert run_cli("backup", str(archive)) == 0
+    migrations.upgrade(Database(empty_database_url))
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO collections (name) VALUES ('only_here')")
+        conn.execute("DELETE FROM alembic_version")
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
+    capsys.readouterr()
+    assert run_cli("restore", str(archive), "--yes") == 0
+    out = capsys.readouterr().out
+    replaced = Path(next(ln for ln in out.splitlines() if ln.startswith("backup: ")).split()[1])
+    assert replaced.name.endswith("-restore.dump") and replaced.exists(), out
+    assert migrations.status(Database(empty_database_url)).is_current
+    assert run_cli("restore", str(replaced), "--yes", "--no-backup") == 0
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT name FROM collections").fetchall() == [("only_here",)]
