@@ -1816,3 +1816,29 @@ def test_a_restore_into_a_database_whose_revision_was_lost_backs_it_up_first(
     assert run_cli("restore", str(replaced), "--yes", "--no-backup") == 0
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         assert conn.execute("SELECT name FROM collections").fetchall() == [("only_here",)]
+
+
+def test_a_restore_into_a_newer_schema_does_not_offer_a_way_back_it_refuses(
+    populated: str,
+    empty_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The backup a restore takes of a database a newer ragstore upgraded was announced
+    "restore with `ragstore restore PATH`", which this version then refuses (a revision
+    it does not know): it says that the newer version restores it."""
+    archive = tmp_path / "ours.dump"
+    assert run_cli("backup", str(archive)) == 0
+    migrations.upgrade(Database(empty_database_url))
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
+    capsys.readouterr()
+    assert run_cli("restore", str(archive), "--yes") == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("backup: "))
+    replaced = Path(line.split()[1])
+    assert "at schema revision 9999, which this version of ragstore does not know" in line
+    assert "with the newer ragstore that wrote it" in line, line
+    assert run_cli("restore", str(replaced), "--yes", "--no-backup") == 69
+    assert "9999" in capsys.readouterr().err

@@ -102,8 +102,23 @@ def backup_before(rt: Runtime, db: Database, reason: str, *, quiet: bool = False
 
     info = create_backup(db, rt.settings, reason=reason)
     if not quiet:
-        typer.echo(f"backup: {info.path} (restore with `ragstore restore {info.path}`)")
+        typer.echo(f"backup: {info.path} ({_how_to_restore(info.path, info.revision)})")
     return info.path
+
+
+def _how_to_restore(path: str, revision: str | None) -> str:
+    """How the backup at ``path`` (of a database at schema ``revision``) is restored. A
+    database at a revision this version does not know (a newer ragstore upgraded it) was
+    backed up before a restore with the hint "restore with `ragstore restore PATH`",
+    which this version refuses for that very revision."""
+    from ragstore.db import migrations
+
+    if revision is not None and revision not in migrations.known_revisions():
+        return (
+            f"at schema revision {revision}, which this version of ragstore does not know: "
+            f"restore it with the newer ragstore that wrote it, `ragstore restore {path}`"
+        )
+    return f"restore with `ragstore restore {path}`"
 
 
 def upgrade_with_backup(
