@@ -329,6 +329,10 @@ class _Dumped:
 
     def __init__(self, db: Database, me: int, tables: list[tuple[str, int, int]]) -> None:
         self.changed: list[str] | None = None
+        # the schema revision read once pg_dump's locks were seen held (set with
+        # ``changed``): a migration that had committed by then is in it, and one that
+        # commits later cannot rewrite a table pg_dump holds before pg_dump ends
+        self.revision: str | None = None
         self._db = db
         self._me = me
         self._tables = tables
@@ -348,6 +352,7 @@ class _Dumped:
                     row = conn.execute(_DUMP_HOLDS, args).fetchone()
                     if row is not None:
                         names = row[1]
+                        self.revision = migrations.current_revision(conn)
                         self.changed = [str(n) for n in names] if isinstance(names, list) else []
                         return
                     self._done.wait(DUMP_WATCH_S)
@@ -671,16 +676,24 @@ def create_backup(
         return _dump(db, path, stamp, reason, overwrite, overwrite_flag)
 
 
-def _refuse_schema_changed(db: Database, revision: str | None) -> None:
+def _refuse_schema_changed(db: Database, revision: str | None, *seen: str | None) -> None:
     """Fail a backup during which the schema revision changed (another ``db upgrade``
     committed while pg_dump ran, the case of two upgrades at once). A migration's table
     rewrites are not MVCC-safe: read in the backup's earlier snapshot, a rewritten table
     is empty, and pg_dump succeeds with an archive that lacks its rows and a sidecar
-    that records the counts from before."""
-    try:
-        now = _revision(db)
-    except RagstoreError:
-        return  # the database went away after pg_dump succeeded: nothing says it changed
+    that records the counts from before.
+
+    ``seen``, where given, is the revision read once pg_dump held its table locks
+    (:class:`_Dumped`), what is compared: read from the database after pg_dump ended, a
+    ``db upgrade`` that committed in the moment between failed a backup that was whole
+    (pg_dump had read every table before the upgrade could lock one)."""
+    if seen:
+        now = seen[0]
+    else:
+        try:
+            now = _revision(db)
+        except RagstoreError:
+            return  # the database went away after pg_dump succeeded: nothing says it changed
     if now != revision:
         raise BackupError(
             f"the schema of {db.where} changed from {revision or '(none)'} to "
@@ -758,8 +771,11 @@ def _dump(
                 _refuse_schema_changed(db, revision)
                 _refuse_tables_changed(db, changed, dumped=False)
                 raise
-            _refuse_schema_changed(db, revision)
             seen = dumped.changed
+            if seen is None:  # pg_dump's locks not seen held: the revision now
+                _refuse_schema_changed(db, revision)
+            else:
+                _refuse_schema_changed(db, revision, dumped.revision)
             _refuse_tables_changed(db, changed if seen is None else lambda _: seen, dumped=True)
         info = BackupInfo(
             path=str(path),

@@ -1842,3 +1842,30 @@ def test_a_restore_into_a_newer_schema_does_not_offer_a_way_back_it_refuses(
     assert "with the newer ragstore that wrote it" in line, line
     assert run_cli("restore", str(replaced), "--yes", "--no-backup") == 69
     assert "9999" in capsys.readouterr().err
+
+
+def test_an_upgrade_committed_just_after_pg_dump_ended_keeps_the_backup(
+    populated: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check that the schema did not change under a dump read the revision once
+    pg_dump had ended: a ``db upgrade`` committing in the moment after (pg_dump had read
+    every table) failed a backup that was whole. The revision read once pg_dump held its
+    locks is what is compared now: the backup is kept, at the revision it holds."""
+    head = migrations.head_revision()
+    older = migrations.known_revisions()[-2]
+    real = backup._dump_to
+
+    def dump_then(*a: object) -> None:
+        real(*a)  # type: ignore[arg-type]
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = %s", (older,))
+
+    monkeypatch.setattr(backup, "_dump_to", dump_then)
+    archive = tmp_path / "b.dump"
+    try:
+        assert run_cli("backup", str(archive)) == 0
+    finally:
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = %s", (head,))
+    info = backup.check_archive(archive)
+    assert info is not None and info.revision == head
