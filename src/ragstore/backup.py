@@ -1060,7 +1060,7 @@ def _checked(path: Path) -> tuple[BackupInfo | None, str]:
         raise BackupInvalidError(
             f"{path} is not a readable pg_dump custom-format archive ({first})"
         )
-    if not _SCHEMA_ENTRY.search(proc.stdout):
+    if not _SCHEMA_ENTRY.search(proc.stdout) and not _holds_ragstore_tables(proc.stdout):
         raise BackupInvalidError(
             f"{path} holds no ragstore schema (no alembic_version table): it is a dump of "
             "another database, not a `ragstore backup`, and restoring it would replace "
@@ -1068,6 +1068,18 @@ def _checked(path: Path) -> tuple[BackupInfo | None, str]:
             "of its own with pg_restore"
         )
     return info, proc.stdout
+
+
+def _holds_ragstore_tables(listing: str) -> bool:
+    """Whether an archive's table of contents holds ragstore's tables though no
+    ``alembic_version``: the backup a restore takes of a database whose revision table
+    was lost (:func:`migrations.lost_revision`). It was announced "restore with `ragstore
+    restore PATH`", which then refused it as "a dump of another database"; restored, it
+    is that database again, refused as before with how to record its revision."""
+    return all(
+        re.search(rf"^\d+; \d+ \d+ TABLE public {name} ", listing, re.M)
+        for name in migrations.RAGSTORE_TABLES
+    )
 
 
 def _without_extensions(listing: str) -> tuple[str, list[str]]:

@@ -1791,21 +1791,27 @@ def test_a_backup_onto_a_full_disk_fails_cleanly_and_leaves_no_file(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("lost", ["row", "table"])
 def test_a_restore_into_a_database_whose_revision_was_lost_backs_it_up_first(
     populated: str,
     empty_database_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    lost: str,
 ) -> None:
     """ragstore's tables with the ``alembic_version`` row lost read as "no ragstore
-    schema": a restore replaced them without the backup it takes of what it replaces."""
+    schema": a restore replaced them without the backup it takes of what it replaces
+    (with the table lost, it refused them as another application's). That backup is
+    taken, and restoring it brings them back, revision lost as it was."""
     archive = tmp_path / "ours.dump"
     assert run_cli("backup", str(archive)) == 0
     migrations.upgrade(Database(empty_database_url))
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO collections (name) VALUES ('only_here')")
-        conn.execute("DELETE FROM alembic_version")
+        conn.execute(
+            "DELETE FROM alembic_version" if lost == "row" else "DROP TABLE alembic_version"
+        )
     monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
     capsys.readouterr()
     assert run_cli("restore", str(archive), "--yes") == 0
@@ -1816,6 +1822,7 @@ def test_a_restore_into_a_database_whose_revision_was_lost_backs_it_up_first(
     assert run_cli("restore", str(replaced), "--yes", "--no-backup") == 0
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         assert conn.execute("SELECT name FROM collections").fetchall() == [("only_here",)]
+    assert migrations.status(Database(empty_database_url)).current is None
 
 
 def test_a_restore_into_a_newer_schema_does_not_offer_a_way_back_it_refuses(

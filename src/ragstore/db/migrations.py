@@ -181,7 +181,7 @@ def ensure_current(db: Database) -> None:
 
 
 # ragstore's first revision's tables, present in every schema it has made since
-_RAGSTORE_TABLES = ("collections", "embedding_models", "embedding_spaces", "documents", "chunks")
+RAGSTORE_TABLES = ("collections", "embedding_models", "embedding_spaces", "documents", "chunks")
 _RAGSTORE_TABLES_FOUND = (
     "SELECT array_agg(t ORDER BY t) FILTER (WHERE to_regclass('public.' || quote_ident(t)) "
     "IS NOT NULL), to_regclass('public.alembic_version') IS NOT NULL "
@@ -198,9 +198,9 @@ def lost_revision(conn: object, where: str) -> SchemaMismatchError | None:
     server's start) ran the first revision over the data, which failed saying that its
     tables were "not ragstore's", and ``restore`` took no backup of what it replaced."""
     run = getattr(conn, "exec_driver_sql", None) or conn.execute  # type: ignore[attr-defined]
-    row = run(_RAGSTORE_TABLES_FOUND, (list(_RAGSTORE_TABLES),)).fetchone()
+    row = run(_RAGSTORE_TABLES_FOUND, (list(RAGSTORE_TABLES),)).fetchone()
     found = list(row[0] or []) if row is not None else []
-    if len(found) != len(_RAGSTORE_TABLES):
+    if len(found) != len(RAGSTORE_TABLES):
         return None
     table = (
         "its alembic_version table is empty"
