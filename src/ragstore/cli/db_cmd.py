@@ -130,6 +130,8 @@ def upgrade_with_backup(
     db = rt.raw_db()
     pre = migrations.status(db)
     before = pre.current
+    if before is None:  # "already at (empty)" to --to base, of ragstore's tables
+        migrations.refuse_lost(db)
     if _upgrade_target_reached(pre, to):
         if as_json:
             echo_json({"from": before, "to": before, "backup": None})
@@ -350,6 +352,8 @@ def downgrade(
         st = migrations.status(db)
         before = st.current
         if before is None:
+            # "holds no ragstore schema", of a database whose revision alone was lost
+            migrations.refuse_lost(db)
             if as_json:
                 echo_json({"from": None, "to": None, "backup": None})
             else:

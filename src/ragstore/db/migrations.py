@@ -172,12 +172,18 @@ def ensure_current(db: Database) -> None:
     """Refuse to touch data unless the schema is exactly what this code expects."""
     st = status(db)
     if st.current is None:
-        with db.connect(autocommit=True) as conn, translated(f"inspecting {db.where}"):
-            lost = lost_revision(conn, db.where)
-        if lost is not None:
-            raise lost
+        refuse_lost(db)
     if not st.is_current:
         raise _mismatch(db.where, st)
+
+
+def refuse_lost(db: Database) -> None:
+    """Raise :func:`lost_revision`'s error where the database holds ragstore's tables but
+    no revision: what a command that found no revision says before it acts on "empty"."""
+    with db.connect(autocommit=True) as conn, translated(f"inspecting {db.where}"):
+        lost = lost_revision(conn, db.where)
+    if lost is not None:
+        raise lost
 
 
 # ragstore's first revision's tables, present in every schema it has made since
