@@ -767,9 +767,17 @@ def _dump(
                 with dumped.watching():
                     _dump_to(tmp, snapshot, conninfo, env, db.where)
             except BackupError:
-                # pg_dump fails on a table dropped under it; the reason, said plainly
-                _refuse_schema_changed(db, revision)
-                _refuse_tables_changed(db, changed, dumped=False)
+                # pg_dump fails on a table dropped under it; the reason, said plainly.
+                # Once its locks were seen held nothing was (what it read is checked):
+                # read now, a change committed after it failed (a full disk) was given
+                # as the reason instead of pg_dump's own error
+                held = dumped.changed
+                if held is None:
+                    _refuse_schema_changed(db, revision)
+                    _refuse_tables_changed(db, changed, dumped=False)
+                else:
+                    _refuse_schema_changed(db, revision, dumped.revision)
+                    _refuse_tables_changed(db, lambda _: held, dumped=False)
                 raise
             seen = dumped.changed
             if seen is None:  # pg_dump's locks not seen held: the revision now

@@ -1876,3 +1876,34 @@ def test_an_upgrade_committed_just_after_pg_dump_ended_keeps_the_backup(
             conn.execute("UPDATE alembic_version SET version_num = %s", (head,))
     info = backup.check_archive(archive)
     assert info is not None and info.revision == head
+
+
+def test_a_dump_that_fails_after_its_locks_gives_its_own_error(
+    populated: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """pg_dump failing once it had read the tables (a full disk), with a ``db upgrade``
+    committed in the moment after: the backup's error said the schema had changed while
+    it ran ("take it again") instead of pg_dump's own error."""
+    head = migrations.head_revision()
+    older = migrations.known_revisions()[-2]
+    real = backup._dump_to
+
+    def dump_then_fail(*a: object) -> None:
+        real(*a)  # type: ignore[arg-type]
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = %s", (older,))
+        raise backup.BackupError("pg_dump failed: No space left on device")
+
+    monkeypatch.setattr(backup, "_dump_to", dump_then_fail)
+    capsys.readouterr()
+    try:
+        assert run_cli("backup", str(tmp_path / "b.dump")) == 74
+    finally:
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = %s", (head,))
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "changed from" not in err, err
+    assert list(tmp_path.iterdir()) == []
