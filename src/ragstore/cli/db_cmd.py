@@ -36,6 +36,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     with Runtime() as rt:
         db = rt.raw_db()
         st = migrations.status(db)
+        if st.current is None:  # it said "(empty database)" of ragstore's tables
+            migrations.refuse_lost(db)
         with db.connect() as conn:
             collation, byte_order = database_collation(conn)
     state = "ahead" if st.unknown else "behind" if st.pending else "current"
