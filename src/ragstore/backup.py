@@ -329,6 +329,10 @@ class _Dumped:
 
     def __init__(self, db: Database, me: int, tables: list[tuple[str, int, int]]) -> None:
         self.changed: list[str] | None = None
+        # the schema revision read once pg_dump's locks were seen held (set with
+        # ``changed``): a migration that had committed by then is in it, and one that
+        # commits later cannot rewrite a table pg_dump holds before pg_dump ends
+        self.revision: str | None = None
         self._db = db
         self._me = me
         self._tables = tables
@@ -348,6 +352,7 @@ class _Dumped:
                     row = conn.execute(_DUMP_HOLDS, args).fetchone()
                     if row is not None:
                         names = row[1]
+                        self.revision = migrations.current_revision(conn)
                         self.changed = [str(n) for n in names] if isinstance(names, list) else []
                         return
                     self._done.wait(DUMP_WATCH_S)
@@ -671,16 +676,24 @@ def create_backup(
         return _dump(db, path, stamp, reason, overwrite, overwrite_flag)
 
 
-def _refuse_schema_changed(db: Database, revision: str | None) -> None:
+def _refuse_schema_changed(db: Database, revision: str | None, *seen: str | None) -> None:
     """Fail a backup during which the schema revision changed (another ``db upgrade``
     committed while pg_dump ran, the case of two upgrades at once). A migration's table
     rewrites are not MVCC-safe: read in the backup's earlier snapshot, a rewritten table
     is empty, and pg_dump succeeds with an archive that lacks its rows and a sidecar
-    that records the counts from before."""
-    try:
-        now = _revision(db)
-    except RagstoreError:
-        return  # the database went away after pg_dump succeeded: nothing says it changed
+    that records the counts from before.
+
+    ``seen``, where given, is the revision read once pg_dump held its table locks
+    (:class:`_Dumped`), what is compared: read from the database after pg_dump ended, a
+    ``db upgrade`` that committed in the moment between failed a backup that was whole
+    (pg_dump had read every table before the upgrade could lock one)."""
+    if seen:
+        now = seen[0]
+    else:
+        try:
+            now = _revision(db)
+        except RagstoreError:
+            return  # the database went away after pg_dump succeeded: nothing says it changed
     if now != revision:
         raise BackupError(
             f"the schema of {db.where} changed from {revision or '(none)'} to "
@@ -754,12 +767,23 @@ def _dump(
                 with dumped.watching():
                     _dump_to(tmp, snapshot, conninfo, env, db.where)
             except BackupError:
-                # pg_dump fails on a table dropped under it; the reason, said plainly
-                _refuse_schema_changed(db, revision)
-                _refuse_tables_changed(db, changed, dumped=False)
+                # pg_dump fails on a table dropped under it; the reason, said plainly.
+                # Once its locks were seen held nothing was (what it read is checked):
+                # read now, a change committed after it failed (a full disk) was given
+                # as the reason instead of pg_dump's own error
+                held = dumped.changed
+                if held is None:
+                    _refuse_schema_changed(db, revision)
+                    _refuse_tables_changed(db, changed, dumped=False)
+                else:
+                    _refuse_schema_changed(db, revision, dumped.revision)
+                    _refuse_tables_changed(db, lambda _: held, dumped=False)
                 raise
-            _refuse_schema_changed(db, revision)
             seen = dumped.changed
+            if seen is None:  # pg_dump's locks not seen held: the revision now
+                _refuse_schema_changed(db, revision)
+            else:
+                _refuse_schema_changed(db, revision, dumped.revision)
             _refuse_tables_changed(db, changed if seen is None else lambda _: seen, dumped=True)
         info = BackupInfo(
             path=str(path),
@@ -1044,7 +1068,7 @@ def _checked(path: Path) -> tuple[BackupInfo | None, str]:
         raise BackupInvalidError(
             f"{path} is not a readable pg_dump custom-format archive ({first})"
         )
-    if not _SCHEMA_ENTRY.search(proc.stdout):
+    if not _SCHEMA_ENTRY.search(proc.stdout) and not _holds_ragstore_tables(proc.stdout):
         raise BackupInvalidError(
             f"{path} holds no ragstore schema (no alembic_version table): it is a dump of "
             "another database, not a `ragstore backup`, and restoring it would replace "
@@ -1052,6 +1076,18 @@ def _checked(path: Path) -> tuple[BackupInfo | None, str]:
             "of its own with pg_restore"
         )
     return info, proc.stdout
+
+
+def _holds_ragstore_tables(listing: str) -> bool:
+    """Whether an archive's table of contents holds ragstore's tables though no
+    ``alembic_version``: the backup a restore takes of a database whose revision table
+    was lost (:func:`migrations.lost_revision`). It was announced "restore with `ragstore
+    restore PATH`", which then refused it as "a dump of another database"; restored, it
+    is that database again, refused as before with how to record its revision."""
+    return all(
+        re.search(rf"^\d+; \d+ \d+ TABLE public {name} ", listing, re.M)
+        for name in migrations.RAGSTORE_TABLES
+    )
 
 
 def _without_extensions(listing: str) -> tuple[str, list[str]]:
@@ -1120,6 +1156,8 @@ def _refuse_foreign_tables(db: Database) -> None:
         row = conn.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL").fetchone()
         if row is not None and row[0]:
             return  # ragstore's schema (the CLI backs it up first)
+        if migrations.lost_revision(conn, db.where) is not None:
+            return  # ragstore's tables, their revision table lost (backed up as well)
         names = [str(row[0]) for row in conn.execute(_PUBLIC_RELATIONS).fetchall()]
     if not names:
         return

@@ -1789,3 +1789,121 @@ def test_a_backup_onto_a_full_disk_fails_cleanly_and_leaves_no_file(
     assert "pg_dump failed: killed by SIGXFSZ" in done.stderr, done.stderr  # not "no message"
     assert "ulimit -f" in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("lost", ["row", "table"])
+def test_a_restore_into_a_database_whose_revision_was_lost_backs_it_up_first(
+    populated: str,
+    empty_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    lost: str,
+) -> None:
+    """ragstore's tables with the ``alembic_version`` row lost read as "no ragstore
+    schema": a restore replaced them without the backup it takes of what it replaces
+    (with the table lost, it refused them as another application's). That backup is
+    taken, and restoring it brings them back, revision lost as it was."""
+    archive = tmp_path / "ours.dump"
+    assert run_cli("backup", str(archive)) == 0
+    migrations.upgrade(Database(empty_database_url))
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO collections (name) VALUES ('only_here')")
+        conn.execute(
+            "DELETE FROM alembic_version" if lost == "row" else "DROP TABLE alembic_version"
+        )
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
+    capsys.readouterr()
+    assert run_cli("restore", str(archive), "--yes") == 0
+    out = capsys.readouterr().out
+    replaced = Path(next(ln for ln in out.splitlines() if ln.startswith("backup: ")).split()[1])
+    assert replaced.name.endswith("-restore.dump") and replaced.exists(), out
+    assert migrations.status(Database(empty_database_url)).is_current
+    assert run_cli("restore", str(replaced), "--yes", "--no-backup") == 0
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT name FROM collections").fetchall() == [("only_here",)]
+    assert migrations.status(Database(empty_database_url)).current is None
+
+
+def test_a_restore_into_a_newer_schema_does_not_offer_a_way_back_it_refuses(
+    populated: str,
+    empty_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The backup a restore takes of a database a newer ragstore upgraded was announced
+    "restore with `ragstore restore PATH`", which this version then refuses (a revision
+    it does not know): it says that the newer version restores it."""
+    archive = tmp_path / "ours.dump"
+    assert run_cli("backup", str(archive)) == 0
+    migrations.upgrade(Database(empty_database_url))
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
+    capsys.readouterr()
+    assert run_cli("restore", str(archive), "--yes") == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("backup: "))
+    replaced = Path(line.split()[1])
+    assert "at schema revision 9999, which this version of ragstore does not know" in line
+    assert "with the newer ragstore that wrote it" in line, line
+    assert run_cli("restore", str(replaced), "--yes", "--no-backup") == 69
+    assert "9999" in capsys.readouterr().err
+
+
+def test_an_upgrade_committed_just_after_pg_dump_ended_keeps_the_backup(
+    populated: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check that the schema did not change under a dump read the revision once
+    pg_dump had ended: a ``db upgrade`` committing in the moment after (pg_dump had read
+    every table) failed a backup that was whole. The revision read once pg_dump held its
+    locks is what is compared now: the backup is kept, at the revision it holds."""
+    head = migrations.head_revision()
+    older = migrations.known_revisions()[-2]
+    real = backup._dump_to
+
+    def dump_then(*a: object) -> None:
+        real(*a)  # type: ignore[arg-type]
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = %s", (older,))
+
+    monkeypatch.setattr(backup, "_dump_to", dump_then)
+    archive = tmp_path / "b.dump"
+    try:
+        assert run_cli("backup", str(archive)) == 0
+    finally:
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = %s", (head,))
+    info = backup.check_archive(archive)
+    assert info is not None and info.revision == head
+
+
+def test_a_dump_that_fails_after_its_locks_gives_its_own_error(
+    populated: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """pg_dump failing once it had read the tables (a full disk), with a ``db upgrade``
+    committed in the moment after: the backup's error said the schema had changed while
+    it ran ("take it again") instead of pg_dump's own error."""
+    head = migrations.head_revision()
+    older = migrations.known_revisions()[-2]
+    real = backup._dump_to
+
+    def dump_then_fail(*a: object) -> None:
+        real(*a)  # type: ignore[arg-type]
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = %s", (older,))
+        raise backup.BackupError("pg_dump failed: No space left on device")
+
+    monkeypatch.setattr(backup, "_dump_to", dump_then_fail)
+    capsys.readouterr()
+    try:
+        assert run_cli("backup", str(tmp_path / "b.dump")) == 74
+    finally:
+        with psycopg.connect(populated, autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = %s", (head,))
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "changed from" not in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,7 @@ from ragstore.config import Settings
 from ragstore.db import migrations
 from ragstore.db.database import Database
 from ragstore.db.embedded import pg_bin_dir
-from ragstore.errors import SchemaMismatchError
+from ragstore.errors import InputError, SchemaMismatchError
 from ragstore.runtime import Runtime
 from tests.conftest import run_cli
 
@@ -235,3 +235,76 @@ def test_a_store_stops_working_once_the_schema_changes_under_it(
                 with pytest.raises(SchemaMismatchError, match=refused):
                     store.search("kb", "upgrade")
         assert [t["id"] for t in store.get_texts("kb", ["a", "b"])] == ["a"]
+
+
+@pytest.mark.parametrize("lost", ["row", "table"])
+def test_a_database_whose_revision_was_lost_is_refused_and_left_as_it_is(
+    empty_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    lost: str,
+) -> None:
+    """ragstore's tables with the ``alembic_version`` row (or table) lost were taken for a
+    brand-new database: ``db upgrade`` ran the first revision over them and failed saying
+    they were "not ragstore's" (a database of its own, it advised). Each way in now gives
+    one error naming the lost revision and how to record it, and changes nothing."""
+    db = Database(empty_database_url)
+    migrations.upgrade(db)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO collections (name) VALUES ('kept')")
+        conn.execute(
+            "DELETE FROM alembic_version" if lost == "row" else "DROP TABLE alembic_version"
+        )
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAGSTORE_PROFILE", "test")
+    head = migrations.head_revision()
+    capsys.readouterr()
+    assert run_cli("db", "upgrade") == 69
+    err = capsys.readouterr().err
+    assert err.startswith("error[schema_mismatch]: ") and err.count("\n") == 1, err
+    assert "holds ragstore's tables" in err and "not ragstore's" not in err, err
+    assert f"INSERT INTO alembic_version (version_num) VALUES ('{head}')" in err, err
+    for args in (("upgrade", "--to", "base"), ("downgrade", "--to", "base", "--yes"), ("status",)):
+        # they said "already at (empty)" / "holds no ragstore schema" / "(empty database)"
+        assert run_cli("db", *args) == 69, args
+        assert "but no schema revision" in capsys.readouterr().err, args
+    for call in (
+        lambda: migrations.upgrade(db),
+        lambda: migrations.upgrade(db, "0001"),
+        lambda: Runtime(Settings(database_url=empty_database_url, profile="test")).db,
+    ):
+        with pytest.raises(SchemaMismatchError, match="but no schema revision"):
+            call()
+    assert migrations.holds_ragstore_data(db)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT name FROM collections").fetchall() == [("kept",)]
+        if lost == "table":
+            conn.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+        conn.execute("INSERT INTO alembic_version VALUES (%s)", (head,))
+    assert migrations.status(db).is_current
+
+
+def test_a_brand_new_or_downgraded_database_is_still_set_up(empty_database_url: str) -> None:
+    """After ``downgrade --to base`` the empty ``alembic_version`` table stays: no ragstore
+    table is left, so it is a new database and an upgrade sets it up."""
+    db = Database(empty_database_url)
+    assert not migrations.holds_ragstore_data(db)
+    migrations.upgrade(db)
+    migrations.downgrade(db, "base")
+    assert not migrations.holds_ragstore_data(db)
+    assert migrations.upgrade(db).is_current
+
+
+def test_an_upgrade_below_the_database_in_python_is_refused(empty_database_url: str) -> None:
+    """``migrations.upgrade(db, REV)`` with the database above REV did nothing and returned
+    the status as if done (the CLI refused it; the library did not)."""
+    db = Database(empty_database_url)
+    migrations.upgrade(db, "0030")
+    for target in ("0020", "base"):
+        with pytest.raises(InputError, match=f"ragstore db downgrade --to {target}"):
+            migrations.upgrade(db, target)
+    assert migrations.upgrade(db, "0030").current == "0030"
+    assert migrations.upgrade(db, "0031").current == "0031"
+    assert migrations.status(db).current == "0031"

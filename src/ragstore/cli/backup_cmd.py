@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
                 confirm(f"Replace everything in {db.where} with {path}?", yes=yes)
 
                 def back_up() -> None:  # once the archive passed its checks
-                    if migrations.status(db).current is not None:  # ragstore's data to keep
+                    if migrations.holds_ragstore_data(db):  # ragstore's data to keep
                         before[0] = backup_before(rt, db, "restore", quiet=as_json)
 
                 result = restore_backup(

@@ -36,6 +36,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     with Runtime() as rt:
         db = rt.raw_db()
         st = migrations.status(db)
+        if st.current is None:  # it said "(empty database)" of ragstore's tables
+            migrations.refuse_lost(db)
         with db.connect() as conn:
             collation, byte_order = database_collation(conn)
     state = "ahead" if st.unknown else "behind" if st.pending else "current"
@@ -102,8 +104,23 @@ def backup_before(rt: Runtime, db: Database, reason: str, *, quiet: bool = False
 
     info = create_backup(db, rt.settings, reason=reason)
     if not quiet:
-        typer.echo(f"backup: {info.path} (restore with `ragstore restore {info.path}`)")
+        typer.echo(f"backup: {info.path} ({_how_to_restore(info.path, info.revision)})")
     return info.path
+
+
+def _how_to_restore(path: str, revision: str | None) -> str:
+    """How the backup at ``path`` (of a database at schema ``revision``) is restored. A
+    database at a revision this version does not know (a newer ragstore upgraded it) was
+    backed up before a restore with the hint "restore with `ragstore restore PATH`",
+    which this version refuses for that very revision."""
+    from ragstore.db import migrations
+
+    if revision is not None and revision not in migrations.known_revisions():
+        return (
+            f"at schema revision {revision}, which this version of ragstore does not know: "
+            f"restore it with the newer ragstore that wrote it, `ragstore restore {path}`"
+        )
+    return f"restore with `ragstore restore {path}`"
 
 
 def upgrade_with_backup(
@@ -115,6 +132,8 @@ def upgrade_with_backup(
     db = rt.raw_db()
     pre = migrations.status(db)
     before = pre.current
+    if before is None:  # "already at (empty)" to --to base, of ragstore's tables
+        migrations.refuse_lost(db)
     if _upgrade_target_reached(pre, to):
         if as_json:
             echo_json({"from": before, "to": before, "backup": None})
@@ -335,6 +354,8 @@ def downgrade(
         st = migrations.status(db)
         before = st.current
         if before is None:
+            # "holds no ragstore schema", of a database whose revision alone was lost
+            migrations.refuse_lost(db)
             if as_json:
                 echo_json({"from": None, "to": None, "backup": None})
             else:

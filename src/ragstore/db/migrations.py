@@ -160,11 +160,72 @@ def status_of(current: str | None) -> SchemaStatus:
     return SchemaStatus(current, head, revisions[revisions.index(current) + 1 :], unknown=False)
 
 
+def holds_ragstore_data(db: Database) -> bool:
+    """Whether the database holds a ragstore schema: a revision, or ragstore's tables with
+    their revision lost (:func:`lost_revision`). What a restore backs up first: judged by
+    the revision alone, a database whose revision row was lost was replaced unbacked."""
+    with db.connect(autocommit=True) as conn, translated(f"inspecting {db.where}"):
+        return current_revision(conn) is not None or lost_revision(conn, db.where) is not None
+
+
 def ensure_current(db: Database) -> None:
     """Refuse to touch data unless the schema is exactly what this code expects."""
     st = status(db)
+    if st.current is None:
+        refuse_lost(db)
     if not st.is_current:
         raise _mismatch(db.where, st)
+
+
+def refuse_lost(db: Database) -> None:
+    """Raise :func:`lost_revision`'s error where the database holds ragstore's tables but
+    no revision: what a command that found no revision says before it acts on "empty"."""
+    with db.connect(autocommit=True) as conn, translated(f"inspecting {db.where}"):
+        lost = lost_revision(conn, db.where)
+    if lost is not None:
+        raise lost
+
+
+# ragstore's first revision's tables, present in every schema it has made since
+RAGSTORE_TABLES = ("collections", "embedding_models", "embedding_spaces", "documents", "chunks")
+_RAGSTORE_TABLES_FOUND = (
+    "SELECT array_agg(t ORDER BY t) FILTER (WHERE to_regclass('public.' || quote_ident(t)) "
+    "IS NOT NULL), to_regclass('public.alembic_version') IS NOT NULL "
+    "FROM unnest(%s::text[]) AS t"
+)
+
+
+def lost_revision(conn: object, where: str) -> SchemaMismatchError | None:
+    """The error for a database that holds ragstore's tables but records no schema
+    revision (its ``alembic_version`` row, or the table, lost), or None. ``conn`` is a
+    psycopg connection or a SQLAlchemy one (inside a migration's transaction).
+
+    Such a database was taken for a brand-new one: ``db upgrade`` (and the embedded
+    server's start) ran the first revision over the data, which failed saying that its
+    tables were "not ragstore's", and ``restore`` took no backup of what it replaced."""
+    run = getattr(conn, "exec_driver_sql", None) or conn.execute  # type: ignore[attr-defined]
+    row = run(_RAGSTORE_TABLES_FOUND, (list(RAGSTORE_TABLES),)).fetchone()
+    found = list(row[0] or []) if row is not None else []
+    if len(found) != len(RAGSTORE_TABLES):
+        return None
+    table = (
+        "its alembic_version table is empty"
+        if row is not None and row[1]
+        else "it has no alembic_version table"
+    )
+    create = (
+        ""
+        if row is not None and row[1]
+        else "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY); "
+    )
+    head = head_revision()
+    return SchemaMismatchError(
+        f"the database on {where} holds ragstore's tables ({', '.join(found)}) but no "
+        f"schema revision ({table}: the row was lost); nothing was changed. Restore a "
+        f"backup (`ragstore restore PATH`), or record the revision of the ragstore that "
+        f"last used it (this version's is {head}) with psql: {create}INSERT INTO "
+        f"alembic_version (version_num) VALUES ('{head}'); then `ragstore db status`"
+    )
 
 
 def still_current(where: str) -> Callable[[psycopg.Connection[Any]], None]:
@@ -384,6 +445,9 @@ def _run_once(db: Database, action: str, target: str) -> tuple[str | None, str |
             progress.before = _revision_in(conn)
             progress.known = True
             _refuse_unknown(db, action, progress.before)
+            if progress.before is None and (lost := lost_revision(conn, db.where)) is not None:
+                raise lost
+            _refuse_below(db, action, target, progress.before)
             # after the migration lock (another upgrade's turn is waited for in full)
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{round(LOCK_WAIT_S * 1000)}ms'")
             cfg = _config()
@@ -427,6 +491,23 @@ def _refuse_unknown(db: Database, action: str, found: str | None) -> None:
         f"of ragstore does not know (it knows up to {head_revision()}; a newer ragstore "
         f"wrote it); nothing was changed: upgrade ragstore, or run `ragstore db downgrade "
         f"--to {head_revision()}` with the newer version first"
+    )
+
+
+def _refuse_below(db: Database, action: str, target: str, found: str | None) -> None:
+    """Refuse an upgrade to a revision below the database's (or to base), read under the
+    migration lock: Alembic does nothing then, and ``migrations.upgrade(db, REV)`` returned
+    as if the database were at REV (``ragstore db upgrade`` refused it; the library did
+    not)."""
+    if action != "upgrade" or found is None:
+        return
+    known = _revisions()
+    if target != "base" and (target not in known or known.index(target) >= known.index(found)):
+        return
+    raise InputError(
+        f"cannot upgrade {db.where} to {target}: it is below the database's revision "
+        f"{found}, and an upgrade only goes up (`ragstore db downgrade --to {target}` goes "
+        "down); nothing was changed"
     )
 
 
