@@ -121,6 +121,20 @@ def test_search_by_vector_over_http(notes: Client, store: Store) -> None:
         notes.search("notes", vector=[1.0, 2.0])
 
 
+def test_a_vector_with_mode_fulltext_is_refused_alike(notes: Client, store: Store) -> None:
+    # the full-text list has no use for a vector: it was dropped unsaid, and the hits were
+    # the BM25 ranking of the words, taken for a ranking by the vector
+    rt = store.runtime
+    vec = rt.embedder_for(rt.collection("notes")).embed_query("nightly backups").tolist()
+    for backend in (store, notes):
+        with pytest.raises(InputError, match=r"with mode 'fulltext'.*would ignore it") as caught:
+            backend.search("notes", "rollback", vector=vec, mode="fulltext")
+        assert type(caught.value) is InputError, backend
+        # with the words alone, or the vector in another mode, it searches
+        assert backend.search("notes", "rollback", mode="fulltext")["data"]
+        assert backend.search("notes", "rollback", vector=vec, mode="hybrid")["data"]
+
+
 def test_k_0_is_refused_in_process_as_over_http(notes: Client, store: Store) -> None:
     # Store.search (and the MCP tool on it) read k=0 as "the default" and answered 10 hits
     with pytest.raises(InputError, match="k must be between 1 and 1000, got 0"):
