@@ -105,7 +105,7 @@ def _json_value(value: Any, what: str, error: type[InputError] = InputError) -> 
     encoder, dropping one of two values when the object also held ``"1"``."""
     from ragstore.validation import check_value
 
-    check_value(value, what, error)
+    check_value(value, what, error, json_only=True)  # named with its path, as in process
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:

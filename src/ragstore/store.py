@@ -433,7 +433,7 @@ class Store:
                 raise InvalidFilterError(
                     'metadata filter must be a JSON object, e.g. {"team": "ops"}'
                 )
-            check_value(metadata, "the metadata filter", InvalidFilterError)
+            check_value(metadata, "the metadata filter", InvalidFilterError, json_only=True)
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"listing documents of {collection!r}"):
             rows = catalog.documents_page(

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from ragstore import AsyncClient, Client, Store
@@ -297,6 +300,29 @@ def test_store_and_client_name_a_bad_filter_value_alike(notes: Client, store: St
             backend.search("notes", vector=[NAN] * 384)
         with pytest.raises(InputError, match="holds NaN"):
             backend.add_texts("notes", ["x"], vectors=[[NAN] * 384])
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (Decimal("1.5"), r"a Decimal \(Decimal\('1.5'\)\) at 'a\.\$gte', .* give a float"),
+        (b"ops", r"a bytes \(b'ops'\) at 'a\.\$gte', .* \(value.decode\(\)\)"),
+        (np.int64(3), r"a int64 \(.*\) at 'a\.\$gte', .* \(value.item\(\)\)"),
+        (datetime(2024, 1, 1), r"a datetime .* \(value.isoformat\(\)\)"),
+    ],
+)
+def test_a_filter_value_json_has_no_form_of_is_named_alike(
+    notes: Client, store: Store, value: Any, shown: str
+) -> None:
+    # in process it passed the value check and failed in json.dumps with a bare TypeError
+    # (no path, no RagstoreError); a Decimal is refused, not taken as a number: the HTTP
+    # client has no way to send one either
+    for backend in (store, notes):
+        with pytest.raises(InvalidFilterError, match="the filter holds " + shown) as caught:
+            backend.search("notes", "backups", where={"a": {"$gte": value}})
+        assert type(caught.value) is InvalidFilterError, backend
+        with pytest.raises(InvalidFilterError, match="metadata filter holds a"):
+            backend.list_documents("notes", metadata={"a": value})
 
 
 async def test_a_closed_client_says_so(open_url: str) -> None:
