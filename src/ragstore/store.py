@@ -46,7 +46,14 @@ from ragstore.errors import (
 from ragstore.ingest import texts as text_service
 from ragstore.profiles import get_settings
 from ragstore.runtime import Runtime
-from ragstore.validation import check_value, id_list, page_limit, row_id, storable_text
+from ragstore.validation import (
+    check_value,
+    flag,
+    id_list,
+    page_limit,
+    row_id,
+    storable_text,
+)
 
 __all__ = ["Store"]
 
@@ -560,6 +567,8 @@ def search_response(
     from ragstore.search.plan import search_plan
 
     t0 = time.perf_counter()
+    flag(explain, "explain")  # as the HTTP schema checks them (see validation.flag)
+    flag(sections, "sections")
     resolved = service.resolve_mode(mode, query, vector)
 
     defaults = FusionParams()

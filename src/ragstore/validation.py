@@ -226,6 +226,16 @@ def page_limit(value: Any) -> int:
     return value
 
 
+def flag(value: Any, name: str) -> bool:
+    """``value`` when it is a bool, else InputError naming option ``name``. In process
+    ``explain="yes"`` or ``sections="no"`` were taken by their truth (``"no"`` as True),
+    and the HTTP client left out ``sections="no"`` as if True, where the HTTP API's schema
+    refuses anything but true or false."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def row_id(value: Any, what: str) -> int:
     """``value`` when it is a row id (an integer from 1 to 2**63-1, as the HTTP API's
     paths take), else InputError. Unchecked, the Store answered ``True`` with a database

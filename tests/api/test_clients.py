@@ -325,6 +325,20 @@ def test_a_filter_value_json_has_no_form_of_is_named_alike(
             backend.list_documents("notes", metadata={"a": value})
 
 
+def test_search_values_the_encoder_would_fail_on_are_input_errors_alike(
+    notes: Client, store: Store
+) -> None:
+    # over HTTP they reached httpx's JSON encoder: a bare UnicodeEncodeError or ValueError
+    # that no `except RagstoreError` caught, where the Store named them
+    for backend in (store, notes):
+        with pytest.raises(InputError, match=r"lone surrogate \(U\+D800\)"):
+            backend.search("notes", "backups\ud800")
+        for option in ("rrf_k", "vector_weight", "fulltext_weight"):
+            with pytest.raises(InputError, match="nan") as caught:
+                backend.search("notes", "backups", **{option: NAN})
+            assert type(caught.value) is InputError, (backend, option)
+
+
 async def test_a_closed_client_says_so(open_url: str) -> None:
     # httpx's "Cannot send a request, as the client has been closed." named neither
     client = Client(open_url)
@@ -455,6 +469,8 @@ def test_list_documents_filters_alike_in_process_and_over_http(notes: Client, st
         ("rrf_k", "20"),
         ("vector_weight", True),
         ("query", 42),
+        ("explain", "yes"),
+        ("sections", "no"),
     ],
 )
 def test_search_options_of_the_wrong_type_are_input_errors_in_process_as_over_http(
