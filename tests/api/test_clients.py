@@ -339,6 +339,22 @@ def test_search_values_the_encoder_would_fail_on_are_input_errors_alike(
             assert type(caught.value) is InputError, (backend, option)
 
 
+def test_an_empty_query_with_a_vector_searches_by_it_alike(notes: Client, store: Store) -> None:
+    # Store.search("", vector=...) searched by the vector; the HTTP API's schema refused the
+    # empty query (422 "String should have at least 1 character")
+    rt = store.runtime
+    vec = rt.embedder_for(rt.collection("notes")).embed_query("nightly backups").tolist()
+    texts = []
+    for backend in (store, notes):
+        out = backend.search("notes", "", vector=vec, k=1)
+        assert out["query"] == ""
+        texts.append([h["text"] for h in out["data"]])
+        # without a vector an empty query is one error, the same everywhere
+        with pytest.raises(InputError, match="the query is empty"):
+            backend.search("notes", "")
+    assert texts == [[NOTES[1]], [NOTES[1]]]
+
+
 async def test_a_closed_client_says_so(open_url: str) -> None:
     # httpx's "Cannot send a request, as the client has been closed." named neither
     client = Client(open_url)
