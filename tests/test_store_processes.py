@@ -158,6 +158,44 @@ def test_close_waits_for_the_calls_other_threads_have_in_flight(settings: Settin
     assert waited
 
 
+def test_close_with_a_timeout_gives_up_waiting_and_leaves_the_call_whole(
+    settings: Settings,
+) -> None:
+    # close had no timeout: a call stuck on a lock held forever kept it waiting forever
+    import psycopg
+
+    from ragstore.errors import InputError
+
+    assert settings.database_url is not None
+    store = Store(settings=settings)
+    store.create_collection("slow-close", model="outside-embedder@v1", dimension=3)
+    with pytest.raises(InputError, match="timeout must be a number of seconds"):
+        store.close(timeout=-1)
+    calls = ThreadPoolExecutor(max_workers=1)
+    with psycopg.connect(settings.database_url.get_secret_value()) as blocker:
+        blocker.execute("LOCK TABLE collections IN ACCESS EXCLUSIVE MODE")
+        adding = calls.submit(
+            store.add_texts, "slow-close", ["late"], ids=["late"], vectors=[[1, 0, 0]]
+        )
+        time.sleep(0.5)  # its lookup of the collection waits for the lock
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"1 call\(s\) .* still running after 0.3 s"):
+            store.close(timeout=0.3)
+        assert time.monotonic() - started < 5
+        with pytest.raises(RuntimeError, match="this Store is closed"):
+            store.list_collections()  # still closing: new calls refused
+        blocker.rollback()  # the lock goes
+    # the call in flight was not cut off: its pool stayed open under it
+    assert adding.result(30)["added"] == 1
+    calls.shutdown()
+    store.close(timeout=10)  # nothing in flight now: it closes
+    with pytest.raises(RuntimeError, match="this Store is closed"):
+        store.list_collections()
+    with Store(settings=settings) as again:
+        assert [t["text"] for t in again.get_texts("slow-close", ["late"])] == ["late"]
+        again.delete_collection("slow-close")
+
+
 def test_close_from_a_signal_handler_inside_a_call_does_not_wait_for_itself(
     settings: Settings,
 ) -> None:

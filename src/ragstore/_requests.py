@@ -105,7 +105,7 @@ def _json_value(value: Any, what: str, error: type[InputError] = InputError) -> 
     encoder, dropping one of two values when the object also held ``"1"``."""
     from ragstore.validation import check_value
 
-    check_value(value, what, error)
+    check_value(value, what, error, json_only=True)  # named with its path, as in process
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -1087,8 +1087,12 @@ def search(
     fulltext_weight: float | None = None,
     sections: bool = True,
 ) -> Call[dict[str, Any]]:
-    body: dict[str, Any] = {"k": k, "explain": explain}
-    if not sections:  # only when asked, so that an older server is not sent an unknown field
+    from ragstore.validation import flag
+
+    body: dict[str, Any] = {"k": k, "explain": flag(explain, "explain")}
+    if not flag(
+        sections, "sections"
+    ):  # only when asked, so that an older server is not sent an unknown field
         body["sections"] = False
     options: dict[str, Any] = {
         "query": query,
@@ -1108,6 +1112,10 @@ def search(
         "fulltext_weight": fulltext_weight,
     }
     body.update({key: value for key, value in options.items() if value is not None})
+    # what the encoder would fail on (a lone surrogate in the query, a NaN weight, a
+    # numpy k) named here: it raised httpx's bare UnicodeEncodeError, ValueError or
+    # TypeError, which no ``except RagstoreError`` caught, where the Store names it
+    _json_value(body, "the search request")
     return Call("POST", f"/v1/collections/{_n(collection)}/search", _body, json=body)
 
 

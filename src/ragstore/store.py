@@ -46,7 +46,14 @@ from ragstore.errors import (
 from ragstore.ingest import texts as text_service
 from ragstore.profiles import get_settings
 from ragstore.runtime import Runtime
-from ragstore.validation import check_value, id_list, page_limit, row_id, storable_text
+from ragstore.validation import (
+    check_value,
+    flag,
+    id_list,
+    page_limit,
+    row_id,
+    storable_text,
+)
 
 __all__ = ["Store"]
 
@@ -139,20 +146,37 @@ class Store:
         """The underlying runtime (settings, pool, loaded models) for the services."""
         return self._rt
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Close the database pool (a Store from :meth:`from_runtime` leaves it open);
         closing twice does nothing, any other use afterwards raises RuntimeError.
 
         Calls other threads have in flight finish first (close waits for them); calls
         made once close has begun raise RuntimeError. A call of the closing thread's own
         (close from a signal handler that interrupted it) is not waited for: it could
-        never finish first."""
+        never finish first.
+
+        ``timeout``: at most this many seconds to wait for those calls (``None``: as long
+        as they take; a call stuck on a lock held forever kept close waiting forever).
+        When it expires, TimeoutError says how many are still running; the pool is left
+        open under them, so that none of them fails half-way, and new calls are still
+        refused: call ``close()`` again to wait for them once more."""
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+        ):
+            raise InputError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         if not self._owns:
             return
         me = threading.get_ident()
         with self._calls:
             self._closing = True
-            self._calls.wait_for(lambda: not set(self._in_flight) - {me})
+            if not self._calls.wait_for(lambda: not set(self._in_flight) - {me}, timeout):
+                busy = sum(n for thread, n in self._in_flight.items() if thread != me)
+                raise TimeoutError(
+                    f"this Store is not closed: {busy} call(s) of other threads were still "
+                    f"running after {timeout:g} s; the database pool is left open so they "
+                    "can finish (new calls are refused): call close() again to wait for "
+                    "them"
+                )
             if not self._closed:
                 self._runtime.close()
                 self._closed = True
@@ -433,7 +457,7 @@ class Store:
                 raise InvalidFilterError(
                     'metadata filter must be a JSON object, e.g. {"team": "ops"}'
                 )
-            check_value(metadata, "the metadata filter", InvalidFilterError)
+            check_value(metadata, "the metadata filter", InvalidFilterError, json_only=True)
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"listing documents of {collection!r}"):
             rows = catalog.documents_page(
@@ -560,6 +584,8 @@ def search_response(
     from ragstore.search.plan import search_plan
 
     t0 = time.perf_counter()
+    flag(explain, "explain")  # as the HTTP schema checks them (see validation.flag)
+    flag(sections, "sections")
     resolved = service.resolve_mode(mode, query, vector)
 
     defaults = FusionParams()

@@ -116,9 +116,42 @@ def _magnitude(value: int) -> str:
         return f"a {'negative ' if value < 0 else ''}number of about {digits} digits"
 
 
-def problem_in(value: Any, at: str = "", depth: int = 0) -> str | None:
+# what to do with a Python value that has no JSON form, by its type's name
+_JSON_HINTS = {
+    "Decimal": "give a float or an int (float(value))",
+    "bytes": "give text (value.decode())",
+    "bytearray": "give text (value.decode())",
+    "datetime": "give ISO 8601 text (value.isoformat())",
+    "date": "give ISO 8601 text (value.isoformat())",
+    "set": "give a list (sorted(value))",
+    "frozenset": "give a list (sorted(value))",
+}
+
+
+def _not_json(value: Any, where: str) -> str:
+    """A value of a type JSON has no form of, described with a way to write it."""
+    kind = type(value).__name__
+    hint = _JSON_HINTS.get(kind)
+    if hint is None:
+        hint = (
+            "give a Python number or bool (value.item())"
+            if isinstance(value, np.generic)
+            else "give a string, number, boolean, None, list or dict"
+        )
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"a {kind} ({shown}){where}, which is not JSON-serialisable; {hint}"
+
+
+def problem_in(value: Any, at: str = "", depth: int = 0, *, json_only: bool = False) -> str | None:
     """The first value in ``value`` PostgreSQL would refuse, described with its path
-    (``None``: all fine). Walks dict keys, strings, numbers, lists and nested objects."""
+    (``None``: all fine). Walks dict keys, strings, numbers, lists and nested objects.
+
+    ``json_only``: a value of any other type (``Decimal``, ``bytes``, ``datetime``, a
+    set, a numpy scalar) is one too. In-process, such a value in a search filter got past
+    this walk and failed in ``json.dumps`` with a bare ``TypeError``, where the HTTP
+    client named it (as not JSON-serialisable); a ``Decimal`` is refused rather than
+    taken as a number, since the HTTP client cannot send one either."""
     where = f" at {at!r}" if at else ""
     if depth > MAX_JSON_DEPTH:
         return f"nested deeper than {MAX_JSON_DEPTH} levels{where}"
@@ -145,16 +178,19 @@ def problem_in(value: Any, at: str = "", depth: int = 0) -> str | None:
                 )
             if found := _text_problem(key, f" in a key{where}"):
                 return found
-            found = problem_in(item, f"{at}.{key}" if at else str(key), depth + 1)
+            found = problem_in(
+                item, f"{at}.{key}" if at else str(key), depth + 1, json_only=json_only
+            )
             if found:
                 return found
         return None
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            found = problem_in(item, f"{at}[{i}]", depth + 1)
+            found = problem_in(item, f"{at}[{i}]", depth + 1, json_only=json_only)
             if found:
                 return found
-    return None
+        return None
+    return _not_json(value, where) if json_only else None
 
 
 def id_list(ids: Any, what: str) -> list[str]:
@@ -190,6 +226,16 @@ def page_limit(value: Any) -> int:
     return value
 
 
+def flag(value: Any, name: str) -> bool:
+    """``value`` when it is a bool, else InputError naming option ``name``. In process
+    ``explain="yes"`` or ``sections="no"`` were taken by their truth (``"no"`` as True),
+    and the HTTP client left out ``sections="no"`` as if True, where the HTTP API's schema
+    refuses anything but true or false."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def row_id(value: Any, what: str) -> int:
     """``value`` when it is a row id (an integer from 1 to 2**63-1, as the HTTP API's
     paths take), else InputError. Unchecked, the Store answered ``True`` with a database
@@ -221,9 +267,12 @@ def loads_json(text: str) -> Any:
         ) from None
 
 
-def check_value(value: Any, what: str, error: type[InputError] = InputError) -> Any:
-    """``value`` unchanged, or ``error`` naming ``what`` and the offending part."""
-    found = problem_in(value)
+def check_value(
+    value: Any, what: str, error: type[InputError] = InputError, *, json_only: bool = False
+) -> Any:
+    """``value`` unchanged, or ``error`` naming ``what`` and the offending part
+    (``json_only``: see :func:`problem_in`)."""
+    found = problem_in(value, json_only=json_only)
     if found:
         raise error(f"{what} holds {found}")
     return value

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from ragstore import AsyncClient, Client, Store
@@ -119,6 +122,20 @@ def test_search_by_vector_over_http(notes: Client, store: Store) -> None:
     assert out["data"][0]["text"] == NOTES[1]
     with pytest.raises(InputError, match="holds 384-dimensional vectors"):
         notes.search("notes", vector=[1.0, 2.0])
+
+
+def test_a_vector_with_mode_fulltext_is_refused_alike(notes: Client, store: Store) -> None:
+    # the full-text list has no use for a vector: it was dropped unsaid, and the hits were
+    # the BM25 ranking of the words, taken for a ranking by the vector
+    rt = store.runtime
+    vec = rt.embedder_for(rt.collection("notes")).embed_query("nightly backups").tolist()
+    for backend in (store, notes):
+        with pytest.raises(InputError, match=r"with mode 'fulltext'.*would ignore it") as caught:
+            backend.search("notes", "rollback", vector=vec, mode="fulltext")
+        assert type(caught.value) is InputError, backend
+        # with the words alone, or the vector in another mode, it searches
+        assert backend.search("notes", "rollback", mode="fulltext")["data"]
+        assert backend.search("notes", "rollback", vector=vec, mode="hybrid")["data"]
 
 
 def test_k_0_is_refused_in_process_as_over_http(notes: Client, store: Store) -> None:
@@ -285,6 +302,59 @@ def test_store_and_client_name_a_bad_filter_value_alike(notes: Client, store: St
             backend.add_texts("notes", ["x"], vectors=[[NAN] * 384])
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (Decimal("1.5"), r"a Decimal \(Decimal\('1.5'\)\) at 'a\.\$gte', .* give a float"),
+        (b"ops", r"a bytes \(b'ops'\) at 'a\.\$gte', .* \(value.decode\(\)\)"),
+        (np.int64(3), r"a int64 \(.*\) at 'a\.\$gte', .* \(value.item\(\)\)"),
+        (datetime(2024, 1, 1), r"a datetime .* \(value.isoformat\(\)\)"),
+    ],
+)
+def test_a_filter_value_json_has_no_form_of_is_named_alike(
+    notes: Client, store: Store, value: Any, shown: str
+) -> None:
+    # in process it passed the value check and failed in json.dumps with a bare TypeError
+    # (no path, no RagstoreError); a Decimal is refused, not taken as a number: the HTTP
+    # client has no way to send one either
+    for backend in (store, notes):
+        with pytest.raises(InvalidFilterError, match="the filter holds " + shown) as caught:
+            backend.search("notes", "backups", where={"a": {"$gte": value}})
+        assert type(caught.value) is InvalidFilterError, backend
+        with pytest.raises(InvalidFilterError, match="metadata filter holds a"):
+            backend.list_documents("notes", metadata={"a": value})
+
+
+def test_search_values_the_encoder_would_fail_on_are_input_errors_alike(
+    notes: Client, store: Store
+) -> None:
+    # over HTTP they reached httpx's JSON encoder: a bare UnicodeEncodeError or ValueError
+    # that no `except RagstoreError` caught, where the Store named them
+    for backend in (store, notes):
+        with pytest.raises(InputError, match=r"lone surrogate \(U\+D800\)"):
+            backend.search("notes", "backups\ud800")
+        for option in ("rrf_k", "vector_weight", "fulltext_weight"):
+            with pytest.raises(InputError, match="nan") as caught:
+                backend.search("notes", "backups", **{option: NAN})
+            assert type(caught.value) is InputError, (backend, option)
+
+
+def test_an_empty_query_with_a_vector_searches_by_it_alike(notes: Client, store: Store) -> None:
+    # Store.search("", vector=...) searched by the vector; the HTTP API's schema refused the
+    # empty query (422 "String should have at least 1 character")
+    rt = store.runtime
+    vec = rt.embedder_for(rt.collection("notes")).embed_query("nightly backups").tolist()
+    texts = []
+    for backend in (store, notes):
+        out = backend.search("notes", "", vector=vec, k=1)
+        assert out["query"] == ""
+        texts.append([h["text"] for h in out["data"]])
+        # without a vector an empty query is one error, the same everywhere
+        with pytest.raises(InputError, match="the query is empty"):
+            backend.search("notes", "")
+    assert texts == [[NOTES[1]], [NOTES[1]]]
+
+
 async def test_a_closed_client_says_so(open_url: str) -> None:
     # httpx's "Cannot send a request, as the client has been closed." named neither
     client = Client(open_url)
@@ -415,6 +485,8 @@ def test_list_documents_filters_alike_in_process_and_over_http(notes: Client, st
         ("rrf_k", "20"),
         ("vector_weight", True),
         ("query", 42),
+        ("explain", "yes"),
+        ("sections", "no"),
     ],
 )
 def test_search_options_of_the_wrong_type_are_input_errors_in_process_as_over_http(

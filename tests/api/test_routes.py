@@ -426,7 +426,7 @@ def test_errors_are_problem_json_with_request_id(open_url: str) -> None:
 
 
 def test_validation_errors_list_each_field(open_url: str) -> None:
-    r = httpx.post(f"{open_url}/v1/collections/docs/search", json={"query": "", "k": "many"})
+    r = httpx.post(f"{open_url}/v1/collections/docs/search", json={"query": 5, "k": "many"})
     body = r.json()
     assert r.status_code == 422 and body["code"] == "invalid_input"
     assert {e["loc"] for e in body["errors"]} >= {"body.query", "body.k"}

@@ -212,12 +212,15 @@ class TextsDeleted(BaseModel):
 
 
 class SearchRequest(Strict):
+    # no min_length: "" with a vector searches by the vector, as Store.search does (the
+    # schema answered 422 where the in-process call searched); "" alone is refused by the
+    # search itself ("the query is empty"), as in process
     query: str | None = Field(
         None,
-        min_length=1,
         max_length=MAX_QUERY_CHARS,
         examples=["how do I roll back?"],
-        description="The words to search for; or give `vector`.",
+        description="The words to search for; or give `vector` (the query may then be "
+        "empty or left out).",
     )
     vector: list[float] | None = Field(
         None,

@@ -143,7 +143,7 @@ def compile_filter(
         return CompiledFilter(_TRUE, {})
     if not isinstance(spec, Mapping):
         raise InvalidFilterError(f"the filter must be a JSON object, got {_json_type(spec)}")
-    check_value(spec, "the filter", InvalidFilterError)
+    check_value(spec, "the filter", InvalidFilterError, json_only=True)
     _check_size(spec)
     compiler = _Compiler(prefix)
     condition = compiler.compile_object(spec, "", 0)

@@ -378,6 +378,14 @@ def _run(
                 "give query text too for full-text or hybrid search"
             )
         raise InputError("the query is empty; give the words to search for")
+    if vector is not None and p.mode == "fulltext":
+        # a full-text list has no use for a vector: it was dropped unsaid, and the caller
+        # took the BM25 ranking of the words for one by their vector
+        raise InputError(
+            "a vector was given with mode 'fulltext', which ranks by the query's words "
+            "alone and would ignore it; leave out the vector, or use mode 'vector' or "
+            "'hybrid' to rank by it"
+        )
     _check_query(query)
     compiled = compile_filter(p.where, indexed=indexed_fields(rt, p.where))
     coll = cached if cached is not None else rt.cached_collection(collection)
