@@ -225,3 +225,21 @@ def test_a_truncate_dim_longer_than_the_model_makes_is_refused(
         add_local_model(rt, path, name="minilm-negative", truncate_dim=-4)
     # the model's own length is still accepted
     assert add_local_model(rt, path, name="minilm-384", truncate_dim=384).spec.dimension == 384
+
+
+def test_an_http_pin_is_compared_on_every_option_but_tuning_it_never_recorded() -> None:
+    """Re-adding an HTTP model compares every option (a new base_url is refused), but a
+    pin made before an option existed (``concurrency``) is not refused for its default."""
+    from ragstore.modelops.specs import _settings_differ
+    from ragstore.models import ModelSpec
+
+    opts = {"base_url": "http://127.0.0.1:1/v1", "model": "m", "api_key_env": "K", "probe": [1]}
+    old = ModelSpec("openai", "m", "r", 384, "cosine", True, 512, "probe-sha256:x", opts)
+    again = replace(old, options={**opts, "concurrency": 4, "probe": [2]})
+    assert _settings_differ(old, again) == ""
+    moved = replace(again, options={**again.options, "base_url": "http://h:2/v1"})
+    assert _settings_differ(old, moved) == ("base_url 'http://127.0.0.1:1/v1' -> 'http://h:2/v1'")
+    tokenized = replace(again, options={**again.options, "tokenizer": "/t"})
+    assert _settings_differ(old, tokenized) == "tokenizer None -> '/t'"
+    tuned = replace(old, options={**opts, "concurrency": 4})
+    assert _settings_differ(tuned, replace(tuned, options={**opts, "concurrency": 8}))

@@ -132,10 +132,17 @@ def _option_names(pinned: ModelSpec, asked: ModelSpec) -> list[str]:
     second ``models add`` under the pinned name with a new ``base_url`` (the same model
     served elsewhere: same probe, same revision) answered "pinned" and returned the old
     pin, so every request still went to the old endpoint while the user believed the new
-    one in use. Every option but the probe must now be the same."""
+    one in use. Every option but the probe must now be the same, except request tuning a
+    pin made by an older version does not record (it was not asked for then, so the same
+    ``models add`` run again is not refused for it)."""
     if asked.provider != HTTP_PROVIDER:
         return list(_SETTING_OPTIONS)
-    return sorted((set(pinned.options) | set(asked.options)) - {"probe"})
+    names = (set(pinned.options) | set(asked.options)) - {"probe"}
+    return sorted(n for n in names if n in pinned.options or n not in _TUNING)
+
+
+# an HTTP model's request tuning: how this process talks to the endpoint, not its vectors
+_TUNING = ("timeout_s", "max_retries", "batch_size", "concurrency")
 
 
 def _settings_differ(pinned: ModelSpec, asked: ModelSpec) -> str:
