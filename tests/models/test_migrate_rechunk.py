@@ -444,3 +444,47 @@ def test_deleting_a_collection_read_before_a_recut_switch_is_refused(
             (read_before.id, read_before.id),
         ).fetchone()
     assert left is not None and left[0] == 0
+
+
+def test_a_document_id_from_before_a_recut_migration_names_the_id_it_has_now(
+    rt: Runtime, tmp_path: Path, narrow: str
+) -> None:
+    """A re-cutting migration stores the documents again in their new chunk set, under new
+    ids: a client holding the id an ingest answered was told "document N is not in
+    collection", although it was. The answer (get, delete, chunks) names the document and
+    its id now; nothing is deleted by the old id, and after a rollback the first ids
+    answer again."""
+    from ragstore.db import inspection
+    from ragstore.errors import DocumentNotFoundError
+
+    folder = _write(tmp_path / "ids", ["otters", "mosses"])
+    assert not ingest_paths(rt, [folder], "rc-ids").failed
+    source = str(folder / "doc1.md")
+    before = rt.collection("rc-ids")
+    with rt.db.connection() as conn:
+        old_id = int(catalog.document_by_source(conn, before, source)["id"])
+    assert migrate(rt, "rc-ids", narrow).switched
+    now = rt.collection("rc-ids")
+    with rt.db.connection() as conn:
+        new_id = int(catalog.document_by_source(conn, now, source)["id"])
+    assert new_id != old_id
+    said = (
+        f"document {old_id!r} is no longer in collection 'rc-ids' under that id: a model "
+        "migration cut its documents again (`ragstore models migrate`), which gives them new "
+        f"ids; {source!r} is now document {new_id}"
+    )
+    for ask in (
+        lambda conn: catalog.document(conn, now, old_id),
+        lambda conn: catalog.delete_document(conn, now, old_id),
+        lambda conn: inspection.document_chunks(conn, now, old_id, after=None, limit=5),
+    ):
+        with rt.db.connection() as conn, pytest.raises(DocumentNotFoundError) as err:
+            ask(conn)
+        assert str(err.value) == said
+    with rt.db.connection() as conn, pytest.raises(DocumentNotFoundError) as err:
+        catalog.document(conn, now, 10**12)
+    assert "is not in collection 'rc-ids'; list its documents" in str(err.value)
+    assert {k[0] for k in _chunks(rt, now)} == {"doc0.md", "doc1.md"}, "nothing deleted"
+    rollback(rt, "rc-ids")
+    with rt.db.connection() as conn:
+        assert catalog.document(conn, rt.collection("rc-ids"), old_id)["source"] == source

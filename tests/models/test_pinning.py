@@ -203,3 +203,43 @@ def test_weights_moved_elsewhere_are_found_again_by_pinning_them_from_there(
     assert spec.options["path"] == str(moved.resolve())
     assert spec.options["probe"] == pinned.spec.options["probe"]
     assert load_embedder(spec).embed([PROBE_TEXT]).shape == (1, 384)
+
+
+def test_a_truncate_dim_longer_than_the_model_makes_is_refused(
+    rt: Runtime, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--truncate-dim 1000`` of a 384-dimension model kept all 384 and pinned them under
+    a key of their own recording a truncation that never happened; it is one input error
+    naming the model's dimension now, and nothing is pinned."""
+    path = str(minilm_dir())
+    assert run_cli("models", "add", path, "--name", "minilm-wide", "--truncate-dim", "1000") == 65
+    err = capsys.readouterr().err
+    assert "--truncate-dim 1000 is more than the 384 dimensions model 'minilm-wide'" in err, err
+    assert "nothing was pinned" in err and "Traceback" not in err
+    assert run_cli("models", "show", "minilm-wide") != 0
+    capsys.readouterr()
+    from ragstore.errors import InputError
+    from ragstore.modelops import add_local_model
+
+    with pytest.raises(InputError, match="must be a positive number"):
+        add_local_model(rt, path, name="minilm-negative", truncate_dim=-4)
+    # the model's own length is still accepted
+    assert add_local_model(rt, path, name="minilm-384", truncate_dim=384).spec.dimension == 384
+
+
+def test_an_http_pin_is_compared_on_every_option_but_tuning_it_never_recorded() -> None:
+    """Re-adding an HTTP model compares every option (a new base_url is refused), but a
+    pin made before an option existed (``concurrency``) is not refused for its default."""
+    from ragstore.modelops.specs import _settings_differ
+    from ragstore.models import ModelSpec
+
+    opts = {"base_url": "http://127.0.0.1:1/v1", "model": "m", "api_key_env": "K", "probe": [1]}
+    old = ModelSpec("openai", "m", "r", 384, "cosine", True, 512, "probe-sha256:x", opts)
+    again = replace(old, options={**opts, "concurrency": 4, "probe": [2]})
+    assert _settings_differ(old, again) == ""
+    moved = replace(again, options={**again.options, "base_url": "http://h:2/v1"})
+    assert _settings_differ(old, moved) == ("base_url 'http://127.0.0.1:1/v1' -> 'http://h:2/v1'")
+    tokenized = replace(again, options={**again.options, "tokenizer": "/t"})
+    assert _settings_differ(old, tokenized) == "tokenizer None -> '/t'"
+    tuned = replace(old, options={**opts, "concurrency": 4})
+    assert _settings_differ(tuned, replace(tuned, options={**opts, "concurrency": 8}))

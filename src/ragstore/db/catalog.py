@@ -138,7 +138,7 @@ def document(conn: Conn, coll: repository.Collection, doc_id: int) -> dict[str, 
         (coll.id, doc_id),
     ).fetchone()
     if row is None:
-        raise document_not_found(doc_id, coll)
+        raise document_not_found(doc_id, coll, conn)
     return _doc(row)
 
 
@@ -167,7 +167,7 @@ def delete_document(conn: Conn, coll: repository.Collection, doc_id: int) -> str
         "SELECT source FROM documents WHERE collection_id = %s AND id = %s", (coll.id, doc_id)
     ).fetchone()
     if row is None:
-        raise document_not_found(doc_id, coll)
+        raise document_not_found(doc_id, coll, conn)
     documents.lock_sources(conn, coll.id, [str(row[0])])
     row = conn.execute(
         "DELETE FROM documents WHERE collection_id = %s AND id = %s RETURNING source",
@@ -178,13 +178,45 @@ def delete_document(conn: Conn, coll: repository.Collection, doc_id: int) -> str
     return str(row[0])
 
 
-def document_not_found(document: int | str, coll: repository.Collection) -> DocumentNotFoundError:
+def document_not_found(
+    document: int | str, coll: repository.Collection, conn: Conn | None = None
+) -> DocumentNotFoundError:
     """The one error for a document id or source a collection does not hold: names both,
-    and how to see what it holds."""
+    and how to see what it holds.
+
+    Given ``conn``, an id that a re-cutting model migration (or its rollback) renumbered
+    is named with the id its document has now (:func:`_renumbered`): a client holding the
+    id it was answered at ingest was told the document "is not in collection", although
+    it was, under another id."""
+    moved = _renumbered(conn, coll, document) if conn is not None else None
+    if moved is not None:
+        source, now = moved
+        return DocumentNotFoundError(
+            f"document {document!r} is no longer in collection {coll.name!r} under that id: "
+            "a model migration cut its documents again (`ragstore models migrate`), which "
+            f"gives them new ids; {source!r} is now document {now}"
+        )
     return DocumentNotFoundError(
         f"document {document!r} is not in collection {coll.name!r}; list its documents with "
         f"`ragstore documents list -c {coll.name}` (API: GET /v1/collections/{coll.name}/documents)"
     )
+
+
+def _renumbered(
+    conn: Conn, coll: repository.Collection, doc_id: int | str
+) -> tuple[str, int] | None:
+    """(source, id now) of the document that had id ``doc_id`` in a chunk set of ``coll``
+    kept for a rollback (a shadow), when ``coll`` holds that source now; else None."""
+    if not isinstance(doc_id, int) or isinstance(doc_id, bool):
+        return None
+    row = conn.execute(
+        "SELECT d.source, l.id FROM documents d"
+        " JOIN collections s ON s.id = d.collection_id AND s.shadow_of = %s"
+        " JOIN documents l ON l.collection_id = %s AND l.source = d.source"
+        " WHERE d.id = %s",
+        (coll.id, coll.id, doc_id),
+    ).fetchone()
+    return (str(row[0]), int(row[1])) if row else None
 
 
 def models(conn: Conn) -> list[dict[str, Any]]:

@@ -555,8 +555,8 @@ def _live_tables(conn: Conn, coll: Collection, provided: set[str]) -> set[str]:
     active = next((r[0] for r in rows if r[2]), coll.table)
     if active not in provided:
         raise ConflictError(
-            f"collection {coll.name!r} switched to another embedding model while this "
-            "document was being embedded; run the ingest again to store it"
+            f"collection {coll.name!r} {MODEL_SWITCHED} while this document was being "
+            "embedded; run the ingest again to store it"
         )
     return {r[0] for r in rows}
 
@@ -666,7 +666,19 @@ def hold_live(
         "SELECT shadow_of IS NOT NULL FROM collections WHERE id = %s FOR SHARE", (coll.id,)
     ).fetchone()
     if row is not None and bool(row[0]) != coll.shadow:
-        raise ConflictError(f"collection {coll.name!r} switched to another embedding model {doing}")
+        raise ConflictError(f"collection {coll.name!r} {MODEL_SWITCHED} {doing}")
+
+
+# what every refusal of a write to a collection whose model was switched under it says
+MODEL_SWITCHED = "switched to another embedding model"
+
+
+def model_switched(exc: Exception) -> bool:
+    """Whether ``exc`` refused a write because the collection's model was switched (a
+    migration finished) after the writer read the collection: every later write of that
+    writer is refused the same way, so an ingest stops at the first one
+    (``ingest.service.stops_ingest``)."""
+    return isinstance(exc, ConflictError) and MODEL_SWITCHED in exc.message
 
 
 def delete_documents(conn: Conn, collection_id: int, sources: Sequence[str]) -> int:

@@ -105,7 +105,7 @@ def document_chunks(
         "SELECT 1 FROM documents WHERE collection_id = %s AND id = %s", (coll.id, document_id)
     ).fetchone()
     if found is None:
-        raise document_not_found(document_id, coll)
+        raise document_not_found(document_id, coll, conn)
     rows = conn.execute(
         "SELECT id, ordinal, chunk_type, section_path, page, token_count, char_start,"
         " char_end, text, metadata FROM chunks WHERE document_id = %(d)s"

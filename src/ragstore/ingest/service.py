@@ -133,11 +133,17 @@ def stops_ingest(exc: RagstoreError) -> bool:
     standby: SQLSTATE 25006). Such an error used to fail each remaining file in turn, each
     one parsed and embedded first (the expensive part) and reported on a line of its own;
     the ingest now stops at it (:meth:`_Ingestor.stop`). An error of one file (a parse
-    error, a file too large, a chunk too long, a statement cancelled) does not."""
+    error, a file too large, a chunk too long, a statement cancelled) does not.
+
+    So does a migration's switch of the collection's model while the ingest runs
+    (:func:`documents.model_switched`): the ingest cut and embedded for the old model, so
+    each remaining file was read and embedded only to be refused with the same 409, one
+    line each; it stops at the first, the rest ``not_attempted``, and running it again
+    stores them with the new model."""
     state = getattr(exc.__cause__, "sqlstate", None)
     if isinstance(exc, DatabaseUnavailableError):
         return state not in _ONE_DOCUMENT_53
-    return isinstance(exc, ReadOnlyError) or state == "25006"
+    return isinstance(exc, ReadOnlyError) or state == "25006" or documents.model_switched(exc)
 
 
 def _not_attempted(item: Item, stop: RagstoreError) -> FileOutcome:

@@ -106,8 +106,8 @@ def _insert(rt: Runtime, spec: ModelSpec) -> PinnedModel:
             if differs:
                 raise ConflictError(
                     f"model {spec.key} is already pinned with other settings ({differs}); a "
-                    "pin never changes: pin these settings under another --revision (or "
-                    "--name), or use the pin as it is"
+                    "pin never changes and nothing was pinned: pin these settings under "
+                    "another --revision (or --name), or use the pin as it is"
                 )
             if _moved(old.spec, spec):
                 models.relocate(conn, old.id, str(spec.options["path"]))
@@ -118,9 +118,31 @@ def _insert(rt: Runtime, spec: ModelSpec) -> PinnedModel:
 
 
 # what decides a model's vectors or how they are ranked, beyond its weights or probe:
-# locations (path, base_url), the key's variable and request tuning are not
+# a local model's path is not (a moved folder is relocated, see _moved); an HTTP pin's
+# every option is compared (see _option_names)
 _SETTINGS = ("distance", "normalize", "max_tokens")
 _SETTING_OPTIONS = ("truncate_dim", "dimensions", "query_prefix", "passage_prefix", "model")
+
+
+def _option_names(pinned: ModelSpec, asked: ModelSpec) -> list[str]:
+    """The options compared between a pin and the same key asked again.
+
+    An HTTP pin's options are all of how it is reached and used (base_url, api_key_env,
+    tokenizer, timeouts, batch size, concurrency): there was no way to change them, yet a
+    second ``models add`` under the pinned name with a new ``base_url`` (the same model
+    served elsewhere: same probe, same revision) answered "pinned" and returned the old
+    pin, so every request still went to the old endpoint while the user believed the new
+    one in use. Every option but the probe must now be the same, except request tuning a
+    pin made by an older version does not record (it was not asked for then, so the same
+    ``models add`` run again is not refused for it)."""
+    if asked.provider != HTTP_PROVIDER:
+        return list(_SETTING_OPTIONS)
+    names = (set(pinned.options) | set(asked.options)) - {"probe"}
+    return sorted(n for n in names if n in pinned.options or n not in _TUNING)
+
+
+# an HTTP model's request tuning: how this process talks to the endpoint, not its vectors
+_TUNING = ("timeout_s", "max_retries", "batch_size", "concurrency")
 
 
 def _settings_differ(pinned: ModelSpec, asked: ModelSpec) -> str:
@@ -138,7 +160,7 @@ def _settings_differ(pinned: ModelSpec, asked: ModelSpec) -> str:
     ]
     out += [
         f"{name} {pinned.options.get(name)!r} -> {asked.options.get(name)!r}"
-        for name in _SETTING_OPTIONS
+        for name in _option_names(pinned, asked)
         if pinned.options.get(name) != asked.options.get(name)
     ]
     return ", ".join(out)
@@ -198,6 +220,8 @@ def add_local_model(
             "(with config.json and model.safetensors), e.g. one saved by "
             "SentenceTransformer.save() or cloned from its model page"
         )
+    if truncate_dim is not None and truncate_dim < 1:
+        raise InputError(f"truncate dim must be a positive number, got {truncate_dim}")
     checksum = weights_checksum(where)
     stored_path = path if path.startswith("package:") else str(where.resolve())
     options: dict[str, Any] = {"path": stored_path}
@@ -223,6 +247,7 @@ def add_local_model(
     embedder.spec = draft
     embedder.model.max_seq_length = draft.max_tokens
     vec = probe_vector(embedder)
+    _check_truncation(name, where, truncate_dim, int(vec.shape[0]))
     spec = replace(
         draft, dimension=int(vec.shape[0]), options={**options, "probe": probe_record(vec)}
     )
@@ -286,6 +311,14 @@ def add_http_model(
     client = HttpEmbedder(draft)
     try:
         answered = _remote_dimension(client)
+        if dimensions is not None and answered < dimensions:
+            # asked for more than the model makes: "does not shorten" sent the user to
+            # drop the option instead of naming the model's own length
+            raise InputError(
+                f"--truncate-dim {dimensions} is more than the {answered} dimensions "
+                f"{base_url} makes; give at most {answered}, or leave --truncate-dim out "
+                "for its full vectors; nothing was pinned"
+            )
         if dimensions is not None and answered != dimensions:
             raise InputError(
                 f"{base_url} answered {answered} dimensions when asked for {dimensions}: it "
@@ -310,6 +343,22 @@ def add_http_model(
         options={**options, "probe": probe_record(vec)},
     )
     return _insert(rt, spec)
+
+
+def _check_truncation(name: str, where: Path, truncate_dim: int | None, made: int) -> None:
+    """Refuse a ``truncate_dim`` longer than the model's own vectors.
+
+    Keeping "the first N" of fewer dimensions kept them all: the pin recorded the asked
+    N beside the model's own dimension, under a key of its own that claimed a truncation
+    it did not make (the same vectors as the model untruncated). ``made``: the length of
+    the probe vector, truncated to at most ``truncate_dim``, so shorter only when the
+    model's own vectors are."""
+    if truncate_dim and truncate_dim > made:
+        raise InputError(
+            f"--truncate-dim {truncate_dim} is more than the {made} dimensions model "
+            f"{name!r} ({where}) makes; give at most {made}, or leave --truncate-dim out "
+            "for its full vectors; nothing was pinned"
+        )
 
 
 def _remote_dimension(client: HttpEmbedder) -> int:
