@@ -213,3 +213,47 @@ def test_a_model_name_with_a_revision_is_taken(store: Store) -> None:
             ["another revision"]
         )
     assert store.get_collection("lc-revision")["documents"] == 3
+
+
+def test_an_argument_the_store_does_not_take_is_refused_not_ignored(store: Store) -> None:
+    """Keyword arguments other than ``k`` and ``filter`` were ignored: ``where=`` (ragstore's
+    own word for the filter) searched the whole collection, and ``delete(filter=...)`` had
+    no ids, so it deleted the whole collection. Each is refused now, naming what is taken,
+    and nothing is deleted."""
+    vs = RagstoreVectorStore(store, "lc-kwargs")
+    vs.add_texts(["alpha text", "beta text"], metadatas=[{"t": 1}, {"t": 2}], ids=["a", "b"])
+    with pytest.raises(InputError, match=r"does not take where=; it takes query=, k=, filter="):
+        vs.similarity_search("alpha", k=2, where={"t": 2})
+    with pytest.raises(InputError, match="does not take where="):
+        vs.as_retriever(search_kwargs={"where": {"t": 2}}).invoke("alpha")
+    with pytest.raises(InputError, match="does not take where="):
+        vs.similarity_search_with_relevance_scores("alpha", k=2, where={"t": 2})
+    with pytest.raises(InputError, match="does not take where="):
+        vs.similarity_search_by_vector([0.1] * 384, k=2, where={"t": 2})
+    with pytest.raises(InputError, match="by position"):
+        vs.similarity_search_with_score("alpha", 2, {"t": 2})
+    with pytest.raises(InputError, match=r"delete does not take filter=; it takes ids= alone"):
+        vs.delete(filter={"t": 1})
+    assert store.get_collection("lc-kwargs")["documents"] == 2
+    assert [d.id for d in vs.similarity_search("alpha", k=2, filter={"t": 2})] == ["b"]
+
+
+@pytest.mark.parametrize("distance", ["l2", "ip"])
+def test_relevance_follows_the_collections_own_distance(store: Store, distance: str) -> None:
+    """Relevance was mapped by the store's ``distance`` argument, not the collection's: an
+    ``l2`` or ``ip`` score passed through unmapped (an ``l2`` score is minus the distance,
+    so every relevance was 0 or below and LangChain warned), and a store opened on an
+    ``l2`` collection without ``distance=`` mapped its scores as cosine similarities."""
+    emb = DeterministicFakeEmbedding(size=8)
+    name = f"lc-dist-{distance}"
+    made = RagstoreVectorStore(store, name, emb, model_name=f"fake-{distance}", distance=distance)
+    made.add_texts(["alpha", "beta", "gamma"], ids=["a", "b", "c"])
+    assert store.get_collection(name)["distance"] == distance
+    opened = RagstoreVectorStore(store, name, emb, model_name=f"fake-{distance}")
+    for vs in (made, opened):
+        scored = vs.similarity_search_with_relevance_scores("alpha", k=3)
+        assert scored[0][0].id == "a"
+        assert all(0.0 <= s <= 1.0 for _, s in scored), scored
+        assert scored[0][1] >= scored[1][1] >= scored[2][1]
+        if distance == "l2":
+            assert scored[0][1] == pytest.approx(1.0)
