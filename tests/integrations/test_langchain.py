@@ -257,3 +257,27 @@ def test_relevance_follows_the_collections_own_distance(store: Store, distance: 
         assert scored[0][1] >= scored[1][1] >= scored[2][1]
         if distance == "l2":
             assert scored[0][1] == pytest.approx(1.0)
+
+
+def test_a_text_too_large_for_the_full_text_index_is_named_and_nothing_is_stored(
+    store: Store,
+) -> None:
+    """A text stored whole with its vector (one chunk) whose tsvector is over PostgreSQL's
+    1 MB failed at its write with "string is too long for tsvector", naming no text, after
+    the batches before it were stored. It is refused before anything is written now,
+    naming its index and id; the collection is not made either."""
+    import random
+    import string
+
+    rnd = random.Random(7)
+    huge = " ".join("".join(rnd.choices(string.ascii_lowercase, k=10)) for _ in range(100_000))
+    texts = [f"small text {i}" for i in range(300)] + [huge]
+    ids = [f"t{i}" for i in range(301)]
+    vs = RagstoreVectorStore(store, "lc-tsv", DeterministicFakeEmbedding(size=4))
+    with pytest.raises(InputError, match=r"texts\[300\] \(id 't300'\) has too many distinct"):
+        store.add_texts("lc-tsv-new", texts, ids=ids, vectors=[[0.1] * 384] * 301)
+    assert "lc-tsv-new" not in {c["name"] for c in store.list_collections()}
+    vs.add_texts(["first"], ids=["first"])
+    with pytest.raises(InputError, match=r"Nothing of this call was stored"):
+        vs.add_texts(texts, ids=ids)
+    assert store.get_collection("lc-tsv")["documents"] == 1
