@@ -294,3 +294,31 @@ def test_a_query_mode_ragstore_cannot_run_is_refused_not_ignored(index: VectorSt
     retriever = index.as_retriever(similarity_top_k=2, vector_store_query_mode="mmr")
     with pytest.raises(InputError, match="query mode mmr"):
         retriever.retrieve("backups")
+
+
+def test_query_alpha_weighs_the_hybrid_fusion(index: VectorStoreIndex) -> None:
+    """``VectorStoreQuery.alpha`` was ignored: a hybrid query asking for the keyword
+    ranking alone (alpha 0) or the vector one alone (alpha 1) got the even fusion. It now
+    sets the fusion's weights (vector ``alpha``, full text ``1 - alpha``); an alpha out of
+    [0, 1], or given to a search that fuses nothing, is refused."""
+    from llama_index.core.vector_stores.types import VectorStoreQueryMode
+
+    vs = index.vector_store
+
+    def ids(alpha: float | None, mode: str = "hybrid") -> list[str]:
+        query = VectorStoreQuery(
+            query_str="nightly", similarity_top_k=3, alpha=alpha, mode=VectorStoreQueryMode(mode)
+        )
+        return list(vs.query(query).ids or [])
+
+    text = ids(None, "text_search")
+    assert text == ["backups"]
+    keyword_only = ids(0.0)
+    assert keyword_only == text  # the full-text ranking alone: the node with the word
+    assert len(ids(1.0)) == 3 and len(ids(0.5)) == 3  # the vector ranking takes part
+    retriever = index.as_retriever(similarity_top_k=3, vector_store_query_mode="hybrid", alpha=0.0)
+    assert [n.node.node_id for n in retriever.retrieve("nightly")] == ["backups"]
+    with pytest.raises(InputError, match="alpha must be a number from 0 to 1"):
+        ids(1.5)
+    with pytest.raises(InputError, match=r"alpha weighs .* this one is fulltext"):
+        ids(0.5, "text_search")

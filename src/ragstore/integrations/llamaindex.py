@@ -213,16 +213,21 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         mode = _mode(query.mode, self._mode)
         try:
             if query.query_str:
+                weights = _weights(query.alpha, mode)
                 out = self._backend.search(
-                    self._collection, query.query_str, k=k, where=where, mode=mode
+                    self._collection, query.query_str, k=k, where=where, mode=mode, **weights
                 )
             elif query.query_embedding is not None:
+                # an embedding alone is searched by vector unless a mode is asked
+                asked = None if query.mode == VectorStoreQueryMode.DEFAULT else mode
+                weights = _weights(query.alpha, asked or "vector")
                 out = self._backend.search(
                     self._collection,
                     vector=query.query_embedding,
                     k=k,
                     where=where,
-                    mode=None if query.mode == VectorStoreQueryMode.DEFAULT else mode,
+                    mode=asked,
+                    **weights,
                 )
             else:
                 raise InputError("the query has neither text nor an embedding")
@@ -253,6 +258,25 @@ def _mode(asked: VectorStoreQueryMode | str, default: str) -> str:
             "hybrid or text_search (ragstore's full-text search)"
         )
     return _MODES[mode]
+
+
+def _weights(alpha: float | None, mode: str) -> dict[str, float]:
+    """The fusion weights of a hybrid search for LlamaIndex's ``alpha`` (1: the vector
+    ranking alone, 0: the full-text one alone, between: both, weighted): ``vector_weight``
+    ``alpha`` and ``fulltext_weight`` ``1 - alpha``. It was ignored, so a retriever asking
+    for keyword-heavy hybrid results (``vector_store_query_alpha``) got the even fusion
+    unsaid. An alpha outside [0, 1], or one given to a search that fuses nothing (full
+    text, vector), is refused."""
+    if alpha is None:
+        return {}
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise InputError(f"query alpha must be a number from 0 to 1, got {alpha!r}")
+    if mode != "hybrid":
+        raise InputError(
+            f"query alpha weighs the two rankings of a hybrid search, and this one is "
+            f"{mode}; leave alpha out or ask for the hybrid mode"
+        )
+    return {"vector_weight": float(alpha), "fulltext_weight": 1.0 - float(alpha)}
 
 
 def _node(hit: dict[str, Any]) -> BaseNode:
