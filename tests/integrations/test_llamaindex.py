@@ -322,3 +322,21 @@ def test_query_alpha_weighs_the_hybrid_fusion(index: VectorStoreIndex) -> None:
         ids(1.5)
     with pytest.raises(InputError, match=r"alpha weighs .* this one is fulltext"):
         ids(0.5, "text_search")
+
+
+def test_nodes_with_another_models_embeddings_are_refused_by_name(store: Store) -> None:
+    """Nodes embedded by another model (an index's own ``embed_model``: 1536 numbers) sent
+    to a collection of ragstore's 384-dimension model without ``model_name`` were refused
+    with the store's "vectors must be 1 rows of 384 numbers", naming neither the node nor
+    the cause. The error names the node, both lengths and the fix; nothing is stored."""
+    from ragstore.errors import ModelMismatchError
+
+    vs = RagstoreVectorStore(store, "li-dimension")
+    vs.add([TextNode(id_="native", text="Embedded by ragstore.")])
+    theirs = [
+        TextNode(id_="ok", text="Right length.", embedding=[0.1] * 384),
+        TextNode(id_="long", text="Another model.", embedding=[0.1] * 1536),
+    ]
+    with pytest.raises(ModelMismatchError, match=r"nodes\[1\] has an embedding of 1536 .*384"):
+        vs.add(theirs)
+    assert store.get_collection("li-dimension")["documents"] == 1
