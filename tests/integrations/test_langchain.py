@@ -281,3 +281,23 @@ def test_a_text_too_large_for_the_full_text_index_is_named_and_nothing_is_stored
     with pytest.raises(InputError, match=r"Nothing of this call was stored"):
         vs.add_texts(texts, ids=ids)
     assert store.get_collection("lc-tsv")["documents"] == 1
+
+
+def test_a_distance_the_model_is_not_pinned_with_is_refused(store: Store) -> None:
+    """A collection's distance is its model's: ``distance="ip"`` for a model already
+    pinned with ``l2`` (or ragstore's cosine model) made an ``l2`` (cosine) collection
+    without a word, and its searches measured another distance than asked. It is refused
+    now; left out, the model's own is taken."""
+    from ragstore.errors import ModelMismatchError
+
+    emb = DeterministicFakeEmbedding(size=8)
+    RagstoreVectorStore(store, "lc-d1", emb, model_name="fake-d", distance="l2").add_texts(["a"])
+    other = RagstoreVectorStore(store, "lc-d2", emb, model_name="fake-d", distance="ip")
+    with pytest.raises(ModelMismatchError, match="pinned with distance l2, not ip"):
+        other.add_texts(["b"])
+    assert "lc-d2" not in {c["name"] for c in store.list_collections()}
+    with pytest.raises(ModelMismatchError, match="pinned with distance cosine, not l2"):
+        store.create_collection("lc-d3", distance="l2")
+    same = RagstoreVectorStore(store, "lc-d2", emb, model_name="fake-d")
+    assert len(same.add_texts(["b"])) == 1
+    assert store.get_collection("lc-d2")["distance"] == "l2"

@@ -56,7 +56,9 @@ class RagstoreVectorStore(VectorStore):
     ``backend``: a :class:`ragstore.Store` or :class:`ragstore.Client`; ``collection``: its
     name; ``embedding``: a LangChain model whose vectors to store (``None``: ragstore's own
     model); ``model_name``: how the collection records that outside model; ``mode``: the
-    search mode when ragstore embeds (``hybrid``, ``vector`` or ``fulltext``).
+    search mode when ragstore embeds (``hybrid``, ``vector`` or ``fulltext``);
+    ``distance``: that of a collection made for the outside model (``None``: the model's
+    own, cosine for a new one).
     """
 
     def __init__(
@@ -67,7 +69,7 @@ class RagstoreVectorStore(VectorStore):
         *,
         model_name: str | None = None,
         mode: str = "hybrid",
-        distance: str = "cosine",
+        distance: str | None = None,
     ) -> None:
         self.backend = backend
         self.collection = collection
@@ -217,7 +219,7 @@ class RagstoreVectorStore(VectorStore):
         try:
             distance = str(self.backend.get_collection(self.collection)["distance"])
         except CollectionNotFoundError:
-            distance = self.distance
+            distance = self.distance or "cosine"
         if distance == "l2":
             return lambda score: 1.0 / (1.0 - score)  # score = -distance
         if distance == "ip":
