@@ -340,3 +340,21 @@ def test_nodes_with_another_models_embeddings_are_refused_by_name(store: Store) 
     with pytest.raises(ModelMismatchError, match=r"nodes\[1\] has an embedding of 1536 .*384"):
         vs.add(theirs)
     assert store.get_collection("li-dimension")["documents"] == 1
+
+
+def test_node_metadata_json_cannot_hold_is_refused_not_changed(store: Store) -> None:
+    """A node's metadata went through LlamaIndex's JSON dump before ragstore saw it:
+    ``{"d": inf}`` was stored (and acknowledged) as ``{"d": null}``. Such metadata is
+    refused now, naming the node, as ``add_texts`` refuses it; nothing is stored."""
+    vs = RagstoreVectorStore(store, "li-odd-metadata")
+    for metadata, problem in (
+        ({"d": float("inf")}, "non-finite number"),
+        ({"d": float("nan")}, "non-finite number"),
+    ):
+        nodes = [
+            TextNode(id_="fine", text="fine"),
+            TextNode(id_="odd", text="odd", metadata=metadata),
+        ]
+        with pytest.raises(InputError, match=rf"nodes\[1\]\.metadata holds a {problem}"):
+            vs.add(nodes)
+    assert "li-odd-metadata" not in {c["name"] for c in store.list_collections()}

@@ -48,6 +48,7 @@ from ragstore.errors import CollectionNotFoundError, InputError, ModelMismatchEr
 from ragstore.ingest.texts import check_call
 from ragstore.integrations.backend import Backend, described_fields, ensure_vector_collection
 from ragstore.store import Store
+from ragstore.validation import check_value
 
 __all__ = ["RagstoreEmbedding", "RagstoreVectorStore", "to_where"]
 
@@ -145,6 +146,11 @@ class RagstoreVectorStore(BasePydanticVectorStore):
     def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
         if not nodes:
             return []
+        for i, n in enumerate(nodes):
+            # checked as the caller wrote it: node_to_metadata_dict dumps the node as JSON
+            # first, which turned inf or NaN into null, so the store
+            # was handed (and acknowledged) other metadata than the node's
+            check_value(n.metadata, f"nodes[{i}].metadata")
         texts = [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
         metas = [node_to_metadata_dict(n, remove_text=True, flat_metadata=False) for n in nodes]
         ids = [n.node_id for n in nodes]
