@@ -273,7 +273,9 @@ def test_a_text_too_large_for_the_full_text_index_is_named_and_nothing_is_stored
     huge = " ".join("".join(rnd.choices(string.ascii_lowercase, k=10)) for _ in range(100_000))
     texts = [f"small text {i}" for i in range(300)] + [huge]
     ids = [f"t{i}" for i in range(301)]
-    vs = RagstoreVectorStore(store, "lc-tsv", DeterministicFakeEmbedding(size=4))
+    vs = RagstoreVectorStore(
+        store, "lc-tsv", DeterministicFakeEmbedding(size=4), model_name="fake-tsv"
+    )
     with pytest.raises(InputError, match=r"texts\[300\] \(id 't300'\) has too many distinct"):
         store.add_texts("lc-tsv-new", texts, ids=ids, vectors=[[0.1] * 384] * 301)
     assert "lc-tsv-new" not in {c["name"] for c in store.list_collections()}
