@@ -39,6 +39,7 @@ from ragstore.db.errors import translated
 from ragstore.errors import (
     InputError,
     InvalidFilterError,
+    ModelMismatchError,
     ModelNotFoundError,
     RagstoreError,
     all_error_classes,
@@ -219,6 +220,13 @@ class Store:
                     )
             except ModelNotFoundError:
                 spec = declared_spec(self._rt, ref, dimension, distance)
+        if distance is not None and distance != spec.distance:
+            # a collection's distance is its model's: ignored, distance="ip" on a model
+            # pinned with cosine made a cosine collection without a word
+            raise ModelMismatchError(
+                f"model {spec.key} is pinned with distance {spec.distance}, not {distance}; "
+                "leave out distance, or name another model"
+            )
         with self._rt.db.connection() as conn, translated(f"creating collection {name!r}"):
             coll = repository.create_collection(conn, name, spec, dict(settings or {}))
             return _dump(CollectionPublic(**catalog.collection_detail(conn, coll)))

@@ -213,3 +213,93 @@ def test_a_model_name_with_a_revision_is_taken(store: Store) -> None:
             ["another revision"]
         )
     assert store.get_collection("lc-revision")["documents"] == 3
+
+
+def test_an_argument_the_store_does_not_take_is_refused_not_ignored(store: Store) -> None:
+    """Keyword arguments other than ``k`` and ``filter`` were ignored: ``where=`` (ragstore's
+    own word for the filter) searched the whole collection, and ``delete(filter=...)`` had
+    no ids, so it deleted the whole collection. Each is refused now, naming what is taken,
+    and nothing is deleted."""
+    vs = RagstoreVectorStore(store, "lc-kwargs")
+    vs.add_texts(["alpha text", "beta text"], metadatas=[{"t": 1}, {"t": 2}], ids=["a", "b"])
+    with pytest.raises(InputError, match=r"does not take where=; it takes query=, k=, filter="):
+        vs.similarity_search("alpha", k=2, where={"t": 2})
+    with pytest.raises(InputError, match="does not take where="):
+        vs.as_retriever(search_kwargs={"where": {"t": 2}}).invoke("alpha")
+    with pytest.raises(InputError, match="does not take where="):
+        vs.similarity_search_with_relevance_scores("alpha", k=2, where={"t": 2})
+    with pytest.raises(InputError, match="does not take where="):
+        vs.similarity_search_by_vector([0.1] * 384, k=2, where={"t": 2})
+    with pytest.raises(InputError, match="by position"):
+        vs.similarity_search_with_score("alpha", 2, {"t": 2})
+    with pytest.raises(InputError, match=r"delete does not take filter=; it takes ids= alone"):
+        vs.delete(filter={"t": 1})
+    assert store.get_collection("lc-kwargs")["documents"] == 2
+    assert [d.id for d in vs.similarity_search("alpha", k=2, filter={"t": 2})] == ["b"]
+
+
+@pytest.mark.parametrize("distance", ["l2", "ip"])
+def test_relevance_follows_the_collections_own_distance(store: Store, distance: str) -> None:
+    """Relevance was mapped by the store's ``distance`` argument, not the collection's: an
+    ``l2`` or ``ip`` score passed through unmapped (an ``l2`` score is minus the distance,
+    so every relevance was 0 or below and LangChain warned), and a store opened on an
+    ``l2`` collection without ``distance=`` mapped its scores as cosine similarities."""
+    emb = DeterministicFakeEmbedding(size=8)
+    name = f"lc-dist-{distance}"
+    made = RagstoreVectorStore(store, name, emb, model_name=f"fake-{distance}", distance=distance)
+    made.add_texts(["alpha", "beta", "gamma"], ids=["a", "b", "c"])
+    assert store.get_collection(name)["distance"] == distance
+    opened = RagstoreVectorStore(store, name, emb, model_name=f"fake-{distance}")
+    for vs in (made, opened):
+        scored = vs.similarity_search_with_relevance_scores("alpha", k=3)
+        assert scored[0][0].id == "a"
+        assert all(0.0 <= s <= 1.0 for _, s in scored), scored
+        assert scored[0][1] >= scored[1][1] >= scored[2][1]
+        if distance == "l2":
+            assert scored[0][1] == pytest.approx(1.0)
+
+
+def test_a_text_too_large_for_the_full_text_index_is_named_and_nothing_is_stored(
+    store: Store,
+) -> None:
+    """A text stored whole with its vector (one chunk) whose tsvector is over PostgreSQL's
+    1 MB failed at its write with "string is too long for tsvector", naming no text, after
+    the batches before it were stored. It is refused before anything is written now,
+    naming its index and id; the collection is not made either."""
+    import random
+    import string
+
+    rnd = random.Random(7)
+    huge = " ".join("".join(rnd.choices(string.ascii_lowercase, k=10)) for _ in range(100_000))
+    texts = [f"small text {i}" for i in range(300)] + [huge]
+    ids = [f"t{i}" for i in range(301)]
+    vs = RagstoreVectorStore(
+        store, "lc-tsv", DeterministicFakeEmbedding(size=4), model_name="fake-tsv"
+    )
+    with pytest.raises(InputError, match=r"texts\[300\] \(id 't300'\) has too many distinct"):
+        store.add_texts("lc-tsv-new", texts, ids=ids, vectors=[[0.1] * 384] * 301)
+    assert "lc-tsv-new" not in {c["name"] for c in store.list_collections()}
+    vs.add_texts(["first"], ids=["first"])
+    with pytest.raises(InputError, match=r"Nothing of this call was stored"):
+        vs.add_texts(texts, ids=ids)
+    assert store.get_collection("lc-tsv")["documents"] == 1
+
+
+def test_a_distance_the_model_is_not_pinned_with_is_refused(store: Store) -> None:
+    """A collection's distance is its model's: ``distance="ip"`` for a model already
+    pinned with ``l2`` (or ragstore's cosine model) made an ``l2`` (cosine) collection
+    without a word, and its searches measured another distance than asked. It is refused
+    now; left out, the model's own is taken."""
+    from ragstore.errors import ModelMismatchError
+
+    emb = DeterministicFakeEmbedding(size=8)
+    RagstoreVectorStore(store, "lc-d1", emb, model_name="fake-d", distance="l2").add_texts(["a"])
+    other = RagstoreVectorStore(store, "lc-d2", emb, model_name="fake-d", distance="ip")
+    with pytest.raises(ModelMismatchError, match="pinned with distance l2, not ip"):
+        other.add_texts(["b"])
+    assert "lc-d2" not in {c["name"] for c in store.list_collections()}
+    with pytest.raises(ModelMismatchError, match="pinned with distance cosine, not l2"):
+        store.create_collection("lc-d3", distance="l2")
+    same = RagstoreVectorStore(store, "lc-d2", emb, model_name="fake-d")
+    assert len(same.add_texts(["b"])) == 1
+    assert store.get_collection("lc-d2")["distance"] == "l2"

@@ -294,3 +294,67 @@ def test_a_query_mode_ragstore_cannot_run_is_refused_not_ignored(index: VectorSt
     retriever = index.as_retriever(similarity_top_k=2, vector_store_query_mode="mmr")
     with pytest.raises(InputError, match="query mode mmr"):
         retriever.retrieve("backups")
+
+
+def test_query_alpha_weighs_the_hybrid_fusion(index: VectorStoreIndex) -> None:
+    """``VectorStoreQuery.alpha`` was ignored: a hybrid query asking for the keyword
+    ranking alone (alpha 0) or the vector one alone (alpha 1) got the even fusion. It now
+    sets the fusion's weights (vector ``alpha``, full text ``1 - alpha``); an alpha out of
+    [0, 1], or given to a search that fuses nothing, is refused."""
+    from llama_index.core.vector_stores.types import VectorStoreQueryMode
+
+    vs = index.vector_store
+
+    def ids(alpha: float | None, mode: str = "hybrid") -> list[str]:
+        query = VectorStoreQuery(
+            query_str="nightly", similarity_top_k=3, alpha=alpha, mode=VectorStoreQueryMode(mode)
+        )
+        return list(vs.query(query).ids or [])
+
+    text = ids(None, "text_search")
+    assert text == ["backups"]
+    keyword_only = ids(0.0)
+    assert keyword_only == text  # the full-text ranking alone: the node with the word
+    assert len(ids(1.0)) == 3 and len(ids(0.5)) == 3  # the vector ranking takes part
+    retriever = index.as_retriever(similarity_top_k=3, vector_store_query_mode="hybrid", alpha=0.0)
+    assert [n.node.node_id for n in retriever.retrieve("nightly")] == ["backups"]
+    with pytest.raises(InputError, match="alpha must be a number from 0 to 1"):
+        ids(1.5)
+    with pytest.raises(InputError, match=r"alpha weighs .* this one is fulltext"):
+        ids(0.5, "text_search")
+
+
+def test_nodes_with_another_models_embeddings_are_refused_by_name(store: Store) -> None:
+    """Nodes embedded by another model (an index's own ``embed_model``: 1536 numbers) sent
+    to a collection of ragstore's 384-dimension model without ``model_name`` were refused
+    with the store's "vectors must be 1 rows of 384 numbers", naming neither the node nor
+    the cause. The error names the node, both lengths and the fix; nothing is stored."""
+    from ragstore.errors import ModelMismatchError
+
+    vs = RagstoreVectorStore(store, "li-dimension")
+    vs.add([TextNode(id_="native", text="Embedded by ragstore.")])
+    theirs = [
+        TextNode(id_="ok", text="Right length.", embedding=[0.1] * 384),
+        TextNode(id_="long", text="Another model.", embedding=[0.1] * 1536),
+    ]
+    with pytest.raises(ModelMismatchError, match=r"nodes\[1\] has an embedding of 1536 .*384"):
+        vs.add(theirs)
+    assert store.get_collection("li-dimension")["documents"] == 1
+
+
+def test_node_metadata_json_cannot_hold_is_refused_not_changed(store: Store) -> None:
+    """A node's metadata went through LlamaIndex's JSON dump before ragstore saw it:
+    ``{"d": inf}`` was stored (and acknowledged) as ``{"d": null}``. Such metadata is
+    refused now, naming the node, as ``add_texts`` refuses it; nothing is stored."""
+    vs = RagstoreVectorStore(store, "li-odd-metadata")
+    for metadata, problem in (
+        ({"d": float("inf")}, "non-finite number"),
+        ({"d": float("nan")}, "non-finite number"),
+    ):
+        nodes = [
+            TextNode(id_="fine", text="fine"),
+            TextNode(id_="odd", text="odd", metadata=metadata),
+        ]
+        with pytest.raises(InputError, match=rf"nodes\[1\]\.metadata holds a {problem}"):
+            vs.add(nodes)
+    assert "li-odd-metadata" not in {c["name"] for c in store.list_collections()}

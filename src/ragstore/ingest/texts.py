@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import psycopg
 
 from ragstore.chunking import chunk_document, recipe
 from ragstore.db import documents, repository
@@ -207,9 +208,13 @@ def add_texts(
             raise
         # checked against the model the collection would be made with, then made
         dimension = find_model(rt, rt.settings.model).spec.dimension
-        _checked(texts, metadatas, ids, vectors, dimension)
+        new_ids, _, new_matrix = _checked(texts, metadatas, ids, vectors, dimension)
+        if new_matrix is not None:
+            _refuse_unindexable(rt, None, texts, new_ids)
         coll = rt.collection(collection, create=True)
     out_ids, metas, matrix = _checked(texts, metadatas, ids, vectors, coll.model.dimension)
+    if matrix is not None:
+        _refuse_unindexable(rt, coll, texts, out_ids)
     if matrix is None and coll.model.provider == VECTOR_ONLY_PROVIDER:
         raise InputError(
             f"collection {coll.name!r} holds vectors of {coll.model.key}, a model ragstore "
@@ -240,6 +245,45 @@ def add_texts(
         report.seconds = time.perf_counter() - t0
         metrics.observe_ingest(report)
     return report
+
+
+def _refuse_unindexable(
+    rt: Runtime, coll: repository.Collection | None, texts: Sequence[str], ids: list[str]
+) -> None:
+    """Refuse the call, before anything is written, when a text to be stored whole (with
+    a caller's vector: one chunk, however long) is too large for the full-text index
+    (``to_tsvector`` over PostgreSQL's 1 MB) under the collection's text search
+    configuration (``coll`` None: the one a new collection gets). Left to the write, the
+    error named no text ("string is too long for tsvector") and the batches before it
+    were already stored. Only texts of ``TSVECTOR_CHECK_BYTES`` or more are asked of the
+    server, one statement each, in a savepoint."""
+    from ragstore.imports.service import NEW_COLLECTION_TS_CONFIG, TSVECTOR_CHECK_BYTES
+
+    long = [
+        i
+        for i, text in enumerate(texts)
+        if len(text) * 4 >= TSVECTOR_CHECK_BYTES
+        and len(text.encode("utf-8", "surrogatepass")) >= TSVECTOR_CHECK_BYTES
+    ]
+    if not long:
+        return
+    with rt.db.connection() as conn, translated("checking texts for the full-text index"):
+        config = (
+            NEW_COLLECTION_TS_CONFIG if coll is None else documents.ts_config_name(conn, coll.id)
+        )
+        for i in long:
+            try:
+                with conn.transaction():
+                    conn.execute(
+                        "SELECT to_tsvector(%s::regconfig, %s) IS NULL", (config, texts[i])
+                    )
+            except psycopg.errors.ProgramLimitExceeded:
+                raise InputError(
+                    f"texts[{i}] (id {ids[i]!r}) has too many distinct words for the "
+                    "full-text index (over PostgreSQL's 1 MB tsvector); a text given with its "
+                    "vector is stored whole, as one chunk: split it into several texts. "
+                    "Nothing of this call was stored"
+                ) from None
 
 
 def _say_what_was_stored(exc: RagstoreError, ids: list[str], stored: int) -> None:

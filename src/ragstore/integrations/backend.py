@@ -71,13 +71,14 @@ class Backend(Protocol):
 
 
 def ensure_vector_collection(
-    backend: Backend, name: str, model: str, dimension: int, distance: str = "cosine"
+    backend: Backend, name: str, model: str, dimension: int, distance: str | None = None
 ) -> None:
     """Create ``name`` for vectors of an outside model unless it exists; an existing one
     must hold vectors of that model (a dimension that differs is refused by the add that
     follows). Used as is whatever it held, a collection of ragstore's own 384-dimension
     model took a framework model's 384-dimension vectors without a word, and its searches
-    then compared vectors of two models."""
+    then compared vectors of two models. ``distance`` None: the model's own (cosine for
+    a new one); one given that differs from the model's is refused by the backend."""
     try:
         held = str(backend.get_collection(name)["model"])
     except CollectionNotFoundError:

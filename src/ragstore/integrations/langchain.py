@@ -38,7 +38,7 @@ from langchain_core.structured_query import (
 )
 from langchain_core.vectorstores import VectorStore
 
-from ragstore.errors import CollectionNotFoundError
+from ragstore.errors import CollectionNotFoundError, InputError
 from ragstore.ingest.texts import check_call
 from ragstore.integrations.backend import (
     Backend,
@@ -56,7 +56,9 @@ class RagstoreVectorStore(VectorStore):
     ``backend``: a :class:`ragstore.Store` or :class:`ragstore.Client`; ``collection``: its
     name; ``embedding``: a LangChain model whose vectors to store (``None``: ragstore's own
     model); ``model_name``: how the collection records that outside model; ``mode``: the
-    search mode when ragstore embeds (``hybrid``, ``vector`` or ``fulltext``).
+    search mode when ragstore embeds (``hybrid``, ``vector`` or ``fulltext``);
+    ``distance``: that of a collection made for the outside model (``None``: the model's
+    own, cosine for a new one).
     """
 
     def __init__(
@@ -67,7 +69,7 @@ class RagstoreVectorStore(VectorStore):
         *,
         model_name: str | None = None,
         mode: str = "hybrid",
-        distance: str = "cosine",
+        distance: str | None = None,
     ) -> None:
         self.backend = backend
         self.collection = collection
@@ -113,7 +115,10 @@ class RagstoreVectorStore(VectorStore):
         return list(out["ids"])
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
-        """Delete these ids (unknown ones are ignored); ``None`` deletes the collection."""
+        """Delete these ids (unknown ones are ignored); ``None`` deletes the collection.
+        Any other argument is refused: ignored, ``delete(filter={...})`` (a delete by
+        metadata, as some stores take) had no ids and deleted the whole collection."""
+        _no_other_arguments("delete", kwargs, ())
         if ids is None:
             if exists(self.backend, self.collection):
                 self.backend.delete_collection(self.collection)
@@ -147,6 +152,7 @@ class RagstoreVectorStore(VectorStore):
     def similarity_search_by_vector(
         self, embedding: list[float], k: int = 4, **kwargs: Any
     ) -> list[Document]:
+        _no_other_arguments("similarity_search_by_vector", kwargs, ("filter",))
         return [doc for doc, _ in self._search(vector=embedding, k=k, where=kwargs.get("filter"))]
 
     def _search(
@@ -189,20 +195,36 @@ class RagstoreVectorStore(VectorStore):
         in hybrid mode a hit's score is its fused rank score (about 0.03 to 0.2), which
         the cosine mapping turned into about 0.5 for every hit, and in full-text mode a
         BM25 score, unbounded; a ``score_threshold`` kept or dropped hits at random."""
+        _no_other_arguments("similarity_search_with_relevance_scores", kwargs, ("filter",))
         where = kwargs.get("filter")
         if self._embedding is not None:
             hits = self._search(vector=self._embedding.embed_query(query), k=k, where=where)
         else:
             hits = self._search(query=query, k=k, where=where, mode="vector")
+        if not hits:
+            return []
         relevance = self._select_relevance_score_fn()
         return [(doc, relevance(score)) for doc, score in hits]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
-        """Scores to [0, 1] for ``similarity_search_with_relevance_scores``: cosine
-        similarity maps linearly; other scores pass through."""
-        if self.distance == "cosine":
-            return lambda score: (score + 1.0) / 2.0
-        return lambda score: score
+        """Scores to [0, 1] for ``similarity_search_with_relevance_scores``, by the
+        distance of the collection searched (``distance=`` only chooses it for a
+        collection this store makes; an existing one keeps its own). Taken from the
+        argument, a store opened on an ``l2`` collection mapped its scores as cosine
+        similarities, and ``l2`` or ``ip`` scores passed through unmapped (an ``l2`` score
+        is minus the distance: every relevance came out 0 or below).
+
+        cosine: ``(similarity + 1) / 2``; ip (the inner product, a cosine for the unit
+        vectors it is meant for): the same, clipped to [0, 1]; l2: ``1 / (1 + distance)``."""
+        try:
+            distance = str(self.backend.get_collection(self.collection)["distance"])
+        except CollectionNotFoundError:
+            distance = self.distance or "cosine"
+        if distance == "l2":
+            return lambda score: 1.0 / (1.0 - score)  # score = -distance
+        if distance == "ip":
+            return lambda score: min(1.0, max(0.0, (score + 1.0) / 2.0))
+        return lambda score: (score + 1.0) / 2.0
 
     @classmethod
     def from_texts(
@@ -233,12 +255,33 @@ def _query_args(
     """``(query, k, filter)``: ``k`` is checked by the search, as every search of ragstore
     checks it (cast with ``int()``, k=2.5 searched for 2 hits and k=True for 1); an
     integer of another type (numpy's) is made a Python ``int``, which a Client can send."""
+    if len(args) > 2:
+        raise InputError(
+            f"similarity_search_with_score takes (query, k) by position, got {len(args)} "
+            "arguments; pass filter= by name"
+        )
+    _no_other_arguments("similarity_search", kwargs, ("query", "k", "filter"))
     query = args[0] if args else kwargs["query"]
     k = args[1] if len(args) > 1 else kwargs.get("k", 4)
     if isinstance(k, numbers.Integral) and not isinstance(k, bool):
         k = int(k)
     where = kwargs.get("filter")
     return str(query), k, where
+
+
+def _no_other_arguments(method: str, kwargs: dict[str, Any], known: Sequence[str]) -> None:
+    """Refuse the keyword arguments of ``method`` other than ``known``. Ignored, one the
+    caller meant was dropped unsaid: ``similarity_search(q, where={...})`` (ragstore's own
+    word for ``filter``) searched the whole collection, ``delete(filter={...})`` deleted
+    all of it."""
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        takes = ", ".join(f"{k}=" for k in known) or "ids= alone"
+        hint = ' (filter= is ragstore\'s where language: {"year": {"$gte": 2020}})'
+        raise InputError(
+            f"{method} does not take {', '.join(f'{k}=' for k in unknown)}; it takes "
+            f"{takes}{hint if 'filter' in known else ''}"
+        )
 
 
 class RagstoreTranslator(Visitor):

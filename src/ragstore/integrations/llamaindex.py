@@ -44,10 +44,11 @@ from llama_index.core.vector_stores.types import (
 )
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
-from ragstore.errors import CollectionNotFoundError, InputError
+from ragstore.errors import CollectionNotFoundError, InputError, ModelMismatchError
 from ragstore.ingest.texts import check_call
 from ragstore.integrations.backend import Backend, described_fields, ensure_vector_collection
 from ragstore.store import Store
+from ragstore.validation import check_value
 
 __all__ = ["RagstoreEmbedding", "RagstoreVectorStore", "to_where"]
 
@@ -145,6 +146,11 @@ class RagstoreVectorStore(BasePydanticVectorStore):
     def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
         if not nodes:
             return []
+        for i, n in enumerate(nodes):
+            # checked as the caller wrote it: node_to_metadata_dict dumps the node as JSON
+            # first, which turned inf or NaN into null, so the store
+            # was handed (and acknowledged) other metadata than the node's
+            check_value(n.metadata, f"nodes[{i}].metadata")
         texts = [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
         metas = [node_to_metadata_dict(n, remove_text=True, flat_metadata=False) for n in nodes]
         ids = [n.node_id for n in nodes]
@@ -167,8 +173,33 @@ class RagstoreVectorStore(BasePydanticVectorStore):
                 ensure_vector_collection(
                     self._backend, self._collection, self._model_name, len(vectors[0])
                 )
+            else:
+                self._check_dimension(vectors)
         out = self._backend.add_texts(self._collection, texts, metas, ids, vectors=vectors)
         return list(out["ids"])
+
+    def _check_dimension(self, vectors: list[list[float]]) -> None:
+        """Refuse nodes whose embeddings cannot be the collection's model's (another
+        length), naming the node, both models' lengths and the fix. With no
+        ``model_name`` given vectors go to the collection as its own model's; the error
+        was the store's "vectors must be N rows of 384 numbers", which named neither the
+        node nor that the index's ``embed_model`` is another model (a collection not made
+        yet is checked by the store against the model it would be made with)."""
+        try:
+            coll = self._backend.get_collection(self._collection)
+        except CollectionNotFoundError:
+            return
+        dimension, model = int(coll["dimension"]), coll["model"]
+        for i, vector in enumerate(vectors):
+            if len(vector) != dimension:
+                raise ModelMismatchError(
+                    f"nodes[{i}] has an embedding of {len(vector)} numbers, and collection "
+                    f"{self._collection!r} holds vectors of {model} ({dimension} numbers): "
+                    "the embedding is another model's. Give the index ragstore's model "
+                    "(embed_model=RagstoreEmbedding(store, collection)), or store this "
+                    "model's vectors in another collection (model_name=...). Nothing was "
+                    "stored"
+                )
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete every node of the source document ``ref_doc_id``."""
@@ -213,16 +244,28 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         mode = _mode(query.mode, self._mode)
         try:
             if query.query_str:
+                vector_weight, fulltext_weight = _weights(query.alpha, mode)
                 out = self._backend.search(
-                    self._collection, query.query_str, k=k, where=where, mode=mode
+                    self._collection,
+                    query.query_str,
+                    k=k,
+                    where=where,
+                    mode=mode,
+                    vector_weight=vector_weight,
+                    fulltext_weight=fulltext_weight,
                 )
             elif query.query_embedding is not None:
+                # an embedding alone is searched by vector unless a mode is asked
+                asked = None if query.mode == VectorStoreQueryMode.DEFAULT else mode
+                vector_weight, fulltext_weight = _weights(query.alpha, asked or "vector")
                 out = self._backend.search(
                     self._collection,
                     vector=query.query_embedding,
                     k=k,
                     where=where,
-                    mode=None if query.mode == VectorStoreQueryMode.DEFAULT else mode,
+                    mode=asked,
+                    vector_weight=vector_weight,
+                    fulltext_weight=fulltext_weight,
                 )
             else:
                 raise InputError("the query has neither text nor an embedding")
@@ -253,6 +296,25 @@ def _mode(asked: VectorStoreQueryMode | str, default: str) -> str:
             "hybrid or text_search (ragstore's full-text search)"
         )
     return _MODES[mode]
+
+
+def _weights(alpha: float | None, mode: str) -> tuple[float | None, float | None]:
+    """The fusion weights of a hybrid search for LlamaIndex's ``alpha`` (1: the vector
+    ranking alone, 0: the full-text one alone, between: both, weighted): ``vector_weight``
+    ``alpha`` and ``fulltext_weight`` ``1 - alpha``. It was ignored, so a retriever asking
+    for keyword-heavy hybrid results (``vector_store_query_alpha``) got the even fusion
+    unsaid. An alpha outside [0, 1], or one given to a search that fuses nothing (full
+    text, vector), is refused."""
+    if alpha is None:
+        return None, None
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise InputError(f"query alpha must be a number from 0 to 1, got {alpha!r}")
+    if mode != "hybrid":
+        raise InputError(
+            f"query alpha weighs the two rankings of a hybrid search, and this one is "
+            f"{mode}; leave alpha out or ask for the hybrid mode"
+        )
+    return float(alpha), 1.0 - float(alpha)
 
 
 def _node(hit: dict[str, Any]) -> BaseNode:
