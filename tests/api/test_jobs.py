@@ -1284,3 +1284,50 @@ def test_a_job_whose_collection_is_made_again_after_its_start_writes_nothing_the
     assert done["errors"][-1]["code"] == "collection_not_found", done
     assert "was deleted after this job was queued" in done["errors"][-1]["detail"]
     assert api.list_documents("swapped")["data"] == []
+
+
+def test_a_job_whose_collection_is_deleted_while_it_runs_fails_saying_so(
+    api: Client, jobs_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleted between two of the job's rounds, the job failed as a ``conflict`` telling
+    the client to "retry the request ... see 'stored_files'", which a job has neither of;
+    deleted after its start check and before the ingest looked it up, it failed naming
+    every other collection. Both now record the deletion."""
+    api.create_collection("midrun")
+    job = api.upload("midrun", [(f"m{i}.md", _doc(i)) for i in range(6)], background=True)
+    real = runner_module._Progress.__call__
+    deleted: list[int] = []
+
+    def deleting(self: runner_module._Progress, event: str, files: int, chunks: int) -> None:
+        real(self, event, files, chunks)
+        if files >= 1 and not deleted:
+            deleted.append(files)
+            api.delete_collection("midrun")
+
+    monkeypatch.setattr(runner_module._Progress, "__call__", deleting)
+    with Runtime(jobs_settings) as rt, pytest.raises(RagstoreError):
+        run_job(rt, job["id"])
+    assert deleted
+    done = api.get_job(job["id"])
+    assert done["status"] == "failed", done
+    assert done["errors"][-1]["code"] == "collection_not_found", done
+    assert "'midrun' was deleted after this job was queued" in done["errors"][-1]["detail"]
+    monkeypatch.undo()
+    api.create_collection("midway")
+    job = api.upload("midway", [("a.md", b"# A\n\nalpha text")], background=True)
+    real_check = runner_module._check_collection_at_start
+    checks: list[int] = []
+
+    def check_then_delete(rt: Runtime, record: store.JobRecord) -> None:
+        real_check(rt, record)
+        if not checks:
+            checks.append(1)
+            api.delete_collection("midway")
+
+    monkeypatch.setattr(runner_module, "_check_collection_at_start", check_then_delete)
+    with Runtime(jobs_settings) as rt, pytest.raises(RagstoreError):
+        run_job(rt, job["id"])
+    done = api.get_job(job["id"])
+    assert done["status"] == "failed", done
+    assert "'midway' was deleted after this job was queued" in done["errors"][-1]["detail"]
+    assert "midrun" not in done["errors"][-1]["detail"]

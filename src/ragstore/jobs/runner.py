@@ -404,14 +404,22 @@ def _ingest(
             NewDocument(f.name, area.write(f.content), f.metadata, job.created_at) for f in files
         ]
         # every write of a document fenced by the attempt, in its own transaction
-        results = add_documents(
-            rt,
-            job.collection,
-            docs,
-            progress=tracker,
-            report=report,
-            guard=_into_its_collection(job, _fence(job.id, attempt)),
-        )
+        try:
+            results = add_documents(
+                rt,
+                job.collection,
+                docs,
+                progress=tracker,
+                report=report,
+                guard=_into_its_collection(job, _fence(job.id, attempt)),
+            )
+        except RagstoreError:
+            # the collection deleted after the check above (before the ingest looked it up:
+            # "does not exist (collections: <every other name>); ingest into it to create
+            # it"; or between two rounds: "conflict ... retry the request"): the job's
+            # account of it instead
+            _check_collection_at_start(rt, job)
+            raise
     return results, report
 
 
