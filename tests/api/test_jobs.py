@@ -1224,3 +1224,110 @@ def test_a_worker_loop_that_keeps_stopping_itself_is_started_again_ever_later(
     asyncio.run(scenario())
     assert took[1] > took[0] + 0.3 and took[2] > took[0] + 1.2, took
     assert took[3] > took[0] + 1.2 and took[3] < took[2] + 1.0, took  # capped
+
+
+def test_a_job_whose_collection_was_deleted_after_it_was_queued_stores_nothing(
+    api: Client, jobs_settings: Settings
+) -> None:
+    """A job (202) queued before its collection was deleted: it fails saying so, and makes
+    nothing again. It failed with "does not exist (collections: <every other name>);
+    ingest into it to create it", naming the other collections to any reader of the job.
+    Deleted and made again under its name, the job wrote its documents into the new
+    collection, which the user had made afresh. A job into a collection its request made
+    (none existed) still runs."""
+    api.create_collection("dropped")
+    job = api.add_document("dropped", "a.md", "# A\n\nalpha text", background=True)
+    api.delete_collection("dropped")
+    api.create_collection("remade")
+    again = api.add_document("remade", "b.md", "# B\n\nbravo text", background=True)
+    api.delete_collection("remade")
+    api.create_collection("remade")
+    fresh = api.add_document("made-by-job", "c.md", "# C\n\ncharlie text", background=True)
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.get_job(job["id"])
+    assert done["status"] == "failed", done
+    [error] = done["errors"]
+    assert error["code"] == "collection_not_found"
+    assert "'dropped' was deleted after this job was queued" in error["detail"]
+    assert "remade" not in error["detail"]  # no other collection named
+    assert "dropped" not in [c["name"] for c in api.list_collections()]
+    done = api.get_job(again["id"])
+    assert done["status"] == "failed", done
+    assert "a new collection was made under its name" in done["errors"][0]["detail"]
+    assert api.list_documents("remade")["data"] == []
+    assert api.get_job(fresh["id"])["status"] == "succeeded"
+    assert [d["name"] for d in api.list_documents("made-by-job")["data"]] == ["c.md"]
+
+
+def test_a_job_whose_collection_is_made_again_after_its_start_writes_nothing_there(
+    api: Client, jobs_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collection deleted and made again between the job's start check and its
+    writes: each transaction writing the job's documents checks it again (the row it
+    writes held), so nothing lands in the new collection and the job fails as above."""
+    api.create_collection("swapped")
+    job = api.upload(
+        "swapped", [("a.md", b"# A\n\nalpha text"), ("b.md", b"# B\n\nbravo")], background=True
+    )
+    real_check = runner_module._check_collection_at_start
+
+    def check_then_replace(rt: Runtime, record: store.JobRecord) -> None:
+        real_check(rt, record)
+        api.delete_collection("swapped")
+        api.create_collection("swapped")
+
+    monkeypatch.setattr(runner_module, "_check_collection_at_start", check_then_replace)
+    with Runtime(jobs_settings) as rt, pytest.raises(runner_module.CollectionReplaced):
+        run_job(rt, job["id"])
+    done = api.get_job(job["id"])
+    assert done["status"] == "failed", done
+    assert done["errors"][-1]["code"] == "collection_not_found", done
+    assert "was deleted after this job was queued" in done["errors"][-1]["detail"]
+    assert api.list_documents("swapped")["data"] == []
+
+
+def test_a_job_whose_collection_is_deleted_while_it_runs_fails_saying_so(
+    api: Client, jobs_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleted between two of the job's rounds, the job failed as a ``conflict`` telling
+    the client to "retry the request ... see 'stored_files'", which a job has neither of;
+    deleted after its start check and before the ingest looked it up, it failed naming
+    every other collection. Both now record the deletion."""
+    api.create_collection("midrun")
+    job = api.upload("midrun", [(f"m{i}.md", _doc(i)) for i in range(6)], background=True)
+    real = runner_module._Progress.__call__
+    deleted: list[int] = []
+
+    def deleting(self: runner_module._Progress, event: str, files: int, chunks: int) -> None:
+        real(self, event, files, chunks)
+        if files >= 1 and not deleted:
+            deleted.append(files)
+            api.delete_collection("midrun")
+
+    monkeypatch.setattr(runner_module._Progress, "__call__", deleting)
+    with Runtime(jobs_settings) as rt, pytest.raises(RagstoreError):
+        run_job(rt, job["id"])
+    assert deleted
+    done = api.get_job(job["id"])
+    assert done["status"] == "failed", done
+    assert done["errors"][-1]["code"] == "collection_not_found", done
+    assert "'midrun' was deleted after this job was queued" in done["errors"][-1]["detail"]
+    monkeypatch.undo()
+    api.create_collection("midway")
+    job = api.upload("midway", [("a.md", b"# A\n\nalpha text")], background=True)
+    real_check = runner_module._check_collection_at_start
+    checks: list[int] = []
+
+    def check_then_delete(rt: Runtime, record: store.JobRecord) -> None:
+        real_check(rt, record)
+        if not checks:
+            checks.append(1)
+            api.delete_collection("midway")
+
+    monkeypatch.setattr(runner_module, "_check_collection_at_start", check_then_delete)
+    with Runtime(jobs_settings) as rt, pytest.raises(RagstoreError):
+        run_job(rt, job["id"])
+    done = api.get_job(job["id"])
+    assert done["status"] == "failed", done
+    assert "'midway' was deleted after this job was queued" in done["errors"][-1]["detail"]
+    assert "midrun" not in done["errors"][-1]["detail"]

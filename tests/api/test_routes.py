@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -11,6 +12,7 @@ import pytest
 
 from ragstore import Client
 from ragstore.config import Settings
+from ragstore.db.repository import check_name
 from ragstore.errors import (
     BinaryFileError,
     CollectionNotFoundError,
@@ -639,3 +641,25 @@ def test_collection_deleted_meanwhile_is_not_a_server_error(
     errors = [a for a in answers if a[1] >= 500 or (a[0] == "list" and a[1] != 200)]
     assert not errors, errors[:5]
     assert httpx.get(f"{open_url}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("bad", ["a b", "ü", "ℌandbook", "-x", ".hidden", "x" * 64, "a\tb"])
+def test_a_name_no_collection_can_have_is_refused_as_the_store_refuses_it(
+    open_url: str, bad: str
+) -> None:
+    """Every way in names the one rule for collection names in one message: the API's
+    path, body and query refused them with FastAPI's "String should match pattern
+    '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'" where the Store, the Client and the CLI say
+    which characters a name takes."""
+    with pytest.raises(InputError) as caught:
+        check_name(bad)
+    rule = caught.value.message
+    answers = [
+        httpx.get(f"{open_url}/v1/collections/{quote(bad, safe='')}"),
+        httpx.post(f"{open_url}/v1/collections", json={"name": bad}),
+        httpx.get(f"{open_url}/v1/jobs", params={"collection": bad}),
+    ]
+    for r in answers:
+        assert r.status_code == 422 and r.json()["code"] == "invalid_input", r.text
+        assert rule in r.json()["detail"], r.text
+        assert "should match pattern" not in r.text

@@ -168,11 +168,30 @@ async def send_problem(
     await response(scope, no_body, send)
 
 
+def _name_rule(err: dict[str, Any]) -> str | None:
+    """The collection-name rule's own message (:func:`repository.check_name`, the Store's,
+    the Client's and the CLI's) for a name the API's pattern refused; None for any other
+    error. FastAPI answered ``String should match pattern '^[A-Za-z0-9]...$'``, a regular
+    expression where every other way in says which characters a name takes."""
+    from ragstore.db import repository
+
+    ctx = err.get("ctx") or {}
+    if err.get("type") != "string_pattern_mismatch" or ctx.get("pattern") != (
+        repository.NAME_RE.pattern
+    ):
+        return None
+    try:
+        repository.check_name(err.get("input"))  # type: ignore[arg-type]
+    except e.InputError as exc:
+        return exc.message
+    return None
+
+
 def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     items = []
     for err in errors:
         loc = ".".join(str(p) for p in err.get("loc", ()))
-        items.append({"loc": loc, "msg": str(err.get("msg", "invalid"))})
+        items.append({"loc": loc, "msg": _name_rule(err) or str(err.get("msg", "invalid"))})
     text = "; ".join(f"{i['loc']}: {i['msg']}" for i in items[:5]) or "invalid request"
     return f"the request is invalid: {text}", items
 

@@ -19,7 +19,12 @@ import psycopg
 
 from ragstore.db import jobs as store
 from ragstore.db.errors import translated
-from ragstore.errors import DatabaseUnavailableError, RagstoreError, public_detail
+from ragstore.errors import (
+    CollectionNotFoundError,
+    DatabaseUnavailableError,
+    RagstoreError,
+    public_detail,
+)
 from ragstore.ingest.documents import DocumentOutcome, NewDocument, add_documents
 from ragstore.ingest.service import IngestReport
 from ragstore.jobs import staging
@@ -44,6 +49,60 @@ class JobBusy(Exception):
     started now; the queue hands the job out again a little later (``jobs.queue``), to
     any worker. Waited on, the start took the worker's slot until the dead session was
     noticed (minutes, or hours by the system's default TCP keepalives)."""
+
+
+class CollectionReplaced(Exception):
+    """The job's collection was deleted (and perhaps made again) after the job was queued:
+    raised from the transaction about to write a round of its documents, rolled back
+    (:func:`_into_its_collection`). Not a :class:`RagstoreError`, so the ingest does not
+    take it for one document's failure and go on with the next: the job fails as a whole,
+    with :attr:`error` recorded."""
+
+    def __init__(self, error: CollectionNotFoundError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _gone(job: store.JobRecord, *, replaced: bool) -> CollectionNotFoundError:
+    """The error a job records whose collection was deleted after it was queued."""
+    name = job.collection
+    if replaced:
+        return CollectionNotFoundError(
+            f"collection {name!r} was deleted after this job was queued, and a new collection "
+            "was made under its name since; the job's documents were not stored in the new "
+            "one: send them again to store them there",
+            collection=name,
+        )
+    return CollectionNotFoundError(
+        f"collection {name!r} was deleted after this job was queued; the job's documents "
+        "were not stored (the collection was not made again): create it and send them "
+        "again to store them",
+        collection=name,
+    )
+
+
+def _check_collection(conn: store.Conn, job: store.JobRecord) -> None:
+    """:class:`CollectionNotFoundError` unless the collection the job was queued for is
+    still there: the one of its name, made no later than the job (a request creates a
+    missing collection before queueing its job, and a model switch that moves the name to
+    another row keeps the creation time).
+
+    Unchecked, a job queued before its collection was deleted and a new one made under
+    the name (another model, other documents) wrote its documents into the new one, and
+    one whose collection was simply deleted failed saying "ingest into it to create it",
+    naming every other collection to any reader of the job."""
+    row = conn.execute(
+        "SELECT created_at <= %s FROM collections WHERE name = %s AND shadow_of IS NULL",
+        (job.created_at, job.collection),
+    ).fetchone()
+    if row is None or not row[0]:
+        raise _gone(job, replaced=row is not None)
+
+
+def _check_collection_at_start(rt: Runtime, job: store.JobRecord) -> None:
+    """:func:`_check_collection` on a connection of its own, before the job ingests."""
+    with rt.db.connection() as conn, translated(f"checking job {job.id}'s collection"):
+        _check_collection(conn, job)
 
 
 class _Progress:
@@ -235,6 +294,25 @@ def _fence(job_id: int, attempt: int) -> Callable[[store.Conn], None]:
     return guard
 
 
+def _into_its_collection(
+    job: store.JobRecord, fence: Callable[[store.Conn], None]
+) -> Callable[[store.Conn], None]:
+    """``fence``, and then each transaction writing the job's documents commits only into
+    the collection the job was queued for (:func:`_check_collection`, run where the
+    transaction holds the written collection's row: a delete and re-creation of it after
+    the job's start check found it); rolled back with :class:`CollectionReplaced` where
+    it is not."""
+
+    def guard(conn: store.Conn) -> None:
+        fence(conn)
+        try:
+            _check_collection(conn, job)
+        except CollectionNotFoundError as exc:
+            raise CollectionReplaced(exc) from None
+
+    return guard
+
+
 def _run(
     rt: Runtime, job: store.JobRecord, files: list[store.JobFile], attempt: int
 ) -> store.JobRecord:
@@ -276,6 +354,7 @@ def _run(
     except Superseded:
         raise
     except Exception as exc:  # the job itself broke: record it, let the queue see it too
+        recorded = exc.error if isinstance(exc, CollectionReplaced) else exc
         _finish(
             rt,
             job_id,
@@ -285,7 +364,7 @@ def _run(
             chunks=tracker.chunks,
             errors=[
                 *errors,
-                _error_entry(None, exc),
+                _error_entry(None, recorded),
             ],
             summary=dict(outcomes),
         )
@@ -316,6 +395,7 @@ def _ingest(
     the embedded server): the job was accepted with 202, and failing it there left the
     client to notice and send its files again. A run again is safe for the reason the
     module's text gives (documents written whole, unchanged ones left)."""
+    _check_collection_at_start(rt, job)
     report = IngestReport(collection=job.collection)
     with staging.staging_area(rt.settings) as area:
         # a document written by a request answered after this job was accepted is
@@ -324,9 +404,22 @@ def _ingest(
             NewDocument(f.name, area.write(f.content), f.metadata, job.created_at) for f in files
         ]
         # every write of a document fenced by the attempt, in its own transaction
-        results = add_documents(
-            rt, job.collection, docs, progress=tracker, report=report, guard=_fence(job.id, attempt)
-        )
+        try:
+            results = add_documents(
+                rt,
+                job.collection,
+                docs,
+                progress=tracker,
+                report=report,
+                guard=_into_its_collection(job, _fence(job.id, attempt)),
+            )
+        except RagstoreError:
+            # the collection deleted after the check above (before the ingest looked it up:
+            # "does not exist (collections: <every other name>); ingest into it to create
+            # it"; or between two rounds: "conflict ... retry the request"): the job's
+            # account of it instead
+            _check_collection_at_start(rt, job)
+            raise
     return results, report
 
 
