@@ -30,12 +30,17 @@ class Discovered(NamedTuple):
     ``missing`` paths (neither file nor folder), ``outside``: links inside a walked
     folder whose target lies outside it, as (link, target), not followed, and
     ``unlisted``: folders that could not be listed, each with its error
-    (:func:`unlisted_error`)."""
+    (:func:`unlisted_error`), and ``passed``: entries of a walked folder with a supported
+    suffix that are not files to read (a pipe, socket or device; a link to nothing, to
+    one of those, or round in a loop), to be reported as skipped with
+    :func:`not_ingestible`'s reason: they were passed over without a word, so a document
+    expected from the folder was silently missing from it."""
 
     files: list[Path]
     missing: list[Path]
     outside: list[tuple[Path, Path]]
     unlisted: list[tuple[Path, OSError]]
+    passed: list[Path]
 
 
 def discover(paths: Iterable[Path]) -> Discovered:
@@ -47,6 +52,7 @@ def discover(paths: Iterable[Path]) -> Discovered:
     missing: list[Path] = []
     outside: list[tuple[Path, Path]] = []
     unlisted: list[tuple[Path, OSError]] = []
+    passed: list[Path] = []
 
     def cannot_list(exc: OSError) -> None:
         """``os.walk`` passes over a folder it cannot list: the folder's files were left
@@ -82,10 +88,14 @@ def discover(paths: Iterable[Path]) -> Discovered:
                             found[target] = None
                         else:
                             outside.append((Path(os.path.abspath(p)), target))
+                    else:
+                        passed.append(here / name)
         else:
             missing.append(path)
     # a target another of ``paths`` holds is ingested from there: no need to mention it
-    return Discovered(sorted(found), missing, [o for o in outside if o[1] not in found], unlisted)
+    return Discovered(
+        sorted(found), missing, [o for o in outside if o[1] not in found], unlisted, passed
+    )
 
 
 def unlisted_error(folder: Path, exc: OSError) -> FileUnreadableError:

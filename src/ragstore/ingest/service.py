@@ -743,7 +743,7 @@ def _ingest_paths(
     prune: bool,
     on_vanished: Callable[[list[str]], None] | None,
 ) -> IngestReport:
-    files, missing, outside, unlisted = discover(paths)
+    files, missing, outside, unlisted, passed = discover(paths)
     report = IngestReport(collection=name)
     for folder, exc in unlisted:
         why = unlisted_error(folder, exc)
@@ -770,6 +770,12 @@ def _ingest_paths(
         shown = printable(str(path))
         err = not_ingestible(path, shown)
         report.outcomes.append(FileOutcome(shown, "failed", error=str(err), code=err.code))
+    for entry in passed:  # a pipe, device or broken link in a folder: not read, said
+        if str(entry) in gone_set:
+            continue  # a synced file replaced by one: reported as vanished below
+        shown = printable(str(entry))
+        err = not_ingestible(entry, shown)
+        report.outcomes.append(FileOutcome(shown, "skipped", error=str(err), code=err.code))
     if not files:
         _finish_sync(rt, name, report, gone, prune)
         metrics.observe_ingest(report)
