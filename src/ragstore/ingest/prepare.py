@@ -134,6 +134,7 @@ def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
             detect_language(parsed),
         ),
         parsed=recipe.encode(parsed),
+        origin=item.origin,
     )
     return Prepared(item.source, record, chunks)
 
