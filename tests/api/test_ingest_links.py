@@ -42,6 +42,8 @@ def test_discover_keeps_inside_links_and_reports_outside_ones(folder: Path) -> N
     assert found.outside == [(folder / "secret.md", (folder.parent / "private/secret.md"))]
     # named explicitly, a link is followed: the user chose it
     assert discover([folder / "secret.md"]).files == [(folder.parent / "private/secret.md")]
+    # a folder given twice, or inside another given, is reported once
+    assert discover([folder, folder, folder / "."]).outside == found.outside
     # the folder it points to is walked when it is given too: then nothing is reported
     both = discover([folder, folder.parent / "private"])
     assert both.outside == [] and len(both.files) == 2
@@ -314,8 +316,9 @@ def test_a_pipe_or_a_broken_link_in_a_folder_is_reported_skipped_everywhere(
         for name, (code, says) in want.items():
             assert got[name][0] == code and says in str(got[name][1]), got[name]
 
-    report = ingest_paths(rt, [folder], "odd-local")
+    report = ingest_paths(rt, [folder, folder], "odd-local")  # given twice: said once
     assert report.count("added") == 1 and report.failed == []
+    assert report.count("skipped") == 3
     check([(o.source, o.code, o.error) for o in report.outcomes if o.status == "skipped"])
     with Store(settings=settings) as store:
         local = store.ingest("odd-store", folder)

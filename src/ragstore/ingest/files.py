@@ -92,9 +92,15 @@ def discover(paths: Iterable[Path]) -> Discovered:
                         passed.append(here / name)
         else:
             missing.append(path)
-    # a target another of ``paths`` holds is ingested from there: no need to mention it
+    # a target another of ``paths`` holds is ingested from there: no need to mention it;
+    # a folder given twice (or inside another given) is walked twice, and what it holds
+    # that is not ingested was reported once per walk
     return Discovered(
-        sorted(found), missing, [o for o in outside if o[1] not in found], unlisted, passed
+        sorted(found),
+        missing,
+        list(dict.fromkeys(o for o in outside if o[1] not in found)),
+        unlisted,
+        list(dict.fromkeys(passed)),
     )
 
 
