@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,34 @@ def test_a_file_without_metadata_keeps_its_content_hash(rt: Runtime, tmp_path: P
     (outcome,) = report.outcomes
     want = hashlib.sha256(f"ragstore-chunking-{CHUNKING_VERSION}\n".encode() + DOC_B.encode())
     assert outcome.document and outcome.document["content_hash"] == want.hexdigest()
+
+
+def test_modified_at_is_the_time_of_the_content_stored(rt: Runtime, tmp_path: Path) -> None:
+    """A file written after it was read (while it was parsed) kept its old content but
+    got the new ``modified_at``: the time was looked up by name after the parse."""
+    from datetime import UTC, datetime
+
+    from ragstore.ingest import prepare
+    from ragstore.ingest.service import Item
+
+    f = tmp_path / "late.md"
+    f.write_text("Figs ripen late in summer.\n")
+    os.utime(f, (1_000_000_000, 1_000_000_000))
+
+    coll = rt.collection("mtime1", create=True)
+    job = prepare.Job(rt.embedder_for(coll), coll.model.max_tokens, 1 << 20, {})
+    real_parse = prepare.parse_file
+
+    def parse_then_rewrite(*args: object, **kwargs: object) -> object:
+        out = real_parse(*args, **kwargs)  # type: ignore[arg-type]
+        f.write_text("Figs were eaten by birds.\n")
+        os.utime(f, (2_000_000_000, 2_000_000_000))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(prepare, "parse_file", parse_then_rewrite)
+        got = prepare.prepare(job, Item(str(f), f, str(f)), None)
+    assert got.record is not None and got.error is None
+    assert [c.text for c in got.chunks] == ["Figs ripen late in summer."]
+    stamp = datetime.fromtimestamp(1_000_000_000, tz=UTC).isoformat()
+    assert got.record.metadata["modified_at"] == stamp

@@ -65,3 +65,55 @@ def test_a_file_replaced_by_a_pipe_is_refused_without_waiting(tmp_path: Path) ->
             with open(pipe, "wb"):  # lets the stuck open go on, so the test can end
                 pass
             pytest.fail("reading a pipe waited for a writer")
+
+
+def test_a_file_written_during_the_read_is_read_again_with_its_own_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bytes come with the status of the version they are: a file written while it
+    was read (seen by its status on the open file, after the read) is read again. The
+    status used to be looked up by name after the parse, so a file changed in between
+    got the new ``modified_at`` with the old content (or half of each)."""
+    from ragstore.ingest import files
+
+    f = tmp_path / "w.md"
+    f.write_bytes(b"old " * 10)
+    os.utime(f, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    real = os.fstat
+    calls = 0
+
+    def fstat_then_write(fd: int) -> os.stat_result:
+        nonlocal calls
+        calls += 1
+        st = real(fd)
+        if calls == 1:  # the status before the read: the file is written right after it
+            with open(f, "r+b") as fh:
+                fh.write(b"NEW!")
+            os.utime(f, ns=(2_000_000_000_000_000_000, 2_000_000_000_000_000_000))
+        return st
+
+    monkeypatch.setattr(files.os, "fstat", fstat_then_write)
+    data, st = files.read_with_stat(f, 1000)
+    assert data == b"NEW!" + b"old " * 9
+    assert st.st_mtime_ns == 2_000_000_000_000_000_000
+
+
+def test_a_file_that_never_stops_changing_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ragstore.errors import FileUnreadableError
+    from ragstore.ingest import files
+
+    f = tmp_path / "busy.md"
+    f.write_bytes(b"x")
+    real = os.fstat
+
+    def fstat_then_append(fd: int) -> os.stat_result:
+        st = real(fd)
+        with open(f, "ab") as fh:
+            fh.write(b"y")
+        return st
+
+    monkeypatch.setattr(files.os, "fstat", fstat_then_append)
+    with pytest.raises(FileUnreadableError, match=r"busy\.md: it kept changing while it was read"):
+        files.read_with_stat(f, 1000)

@@ -325,3 +325,43 @@ def test_sync_of_a_named_file_replaced_by_a_link_removes_its_old_document(
         ("elsewhere.md", "added"),
     ]
     assert set(_stored(rt, "sync8")) == {"elsewhere.md"}
+
+
+def test_a_sync_with_another_data_dir_keeps_uploads_and_texts(
+    rt: Runtime, settings: Settings, tmp_path: Path
+) -> None:
+    """Uploads were told apart by the syncing process's own ``<data dir>/uploads/``: a
+    ``--sync --prune`` run with another data dir than the server's (the CLI on the host
+    of a containerised server, a Store of other settings) deleted every uploaded document
+    under the folder it synced, and a text whose id reads as a path under it. Documents
+    now carry their origin, and a sync looks at those of files only."""
+    import ragstore.jobs  # noqa: F401  (imported first, ingest.documents' import loops)
+    from ragstore.ingest.documents import NewDocument, add_documents
+    from ragstore.ingest.texts import add_texts
+
+    rt.collection("sync9", create=True)
+    staged = tmp_path / "staged"
+    staged.write_text("# Upload\n\nUploaded through the API.\n")
+    [outcome] = add_documents(rt, "sync9", [NewDocument("notes/up.md", staged)])
+    assert outcome.status == "added"
+    home = rt.settings.data_dir
+    as_path = str(home.resolve() / "texts" / "t.md")
+    add_texts(rt, "sync9", ["A text whose id reads as a path."], ids=[as_path])
+    (home / "mine.md").write_text("A file of the user's own.\n")
+    other = settings.model_copy(update={"data_dir": tmp_path / "elsewhere"})
+    with Runtime(other) as cli:
+        report = ingest_paths(cli, [home], "sync9", sync=True, prune=True)
+    assert sorted((Path(o.source).name, o.status) for o in report.outcomes) == [
+        ("mine.md", "added")
+    ]
+    assert set(_stored(rt, "sync9")) == {"up.md", "t.md", "mine.md"}
+    with rt.db.connection() as conn:
+        origins = conn.execute(
+            "SELECT source, origin FROM documents d JOIN collections c"
+            " ON c.id = d.collection_id WHERE c.name = 'sync9' ORDER BY origin"
+        ).fetchall()
+    assert [(Path(s).name, o) for s, o in origins] == [
+        ("mine.md", "file"),
+        ("t.md", "text"),
+        ("up.md", "upload"),
+    ]

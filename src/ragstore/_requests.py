@@ -998,6 +998,7 @@ def ingest_plan(
         LINK_OUTSIDE_FOLDER,
         discover,
         link_outside_detail,
+        not_ingestible,
         stat_mode,
         unlisted_error,
     )
@@ -1024,6 +1025,10 @@ def ingest_plan(
                 }
                 for link, target in found.outside
             ]
+            # a pipe, device or broken link with a supported suffix: not sent, said
+            for entry in found.passed:
+                why = not_ingestible(entry, str(entry))
+                skipped.append({"source": str(entry), "code": why.code, "detail": why.message})
         else:
             files.append(p)
     answer = yield from upload_plan(collection, files, metadata=metadata)

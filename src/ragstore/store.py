@@ -372,7 +372,8 @@ class Store:
     ) -> dict[str, Any]:
         """Ingest files and folders (as ``ragstore ingest``; one may be given bare):
         ``{"data": [documents]}`` with each one's ``status`` (added/updated/unchanged), and
-        ``skipped``: links inside a folder that point outside it, not followed. A failure
+        ``skipped``: links inside a folder that point outside it, not followed, and pipes,
+        devices and links to nothing in it, each with why. A failure
         is raised; the files that did not fail are stored all the same, and the error's
         ``problem_members`` lists both (``stored``, ``failed``), as the HTTP API's problem
         body does."""

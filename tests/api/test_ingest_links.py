@@ -42,6 +42,8 @@ def test_discover_keeps_inside_links_and_reports_outside_ones(folder: Path) -> N
     assert found.outside == [(folder / "secret.md", (folder.parent / "private/secret.md"))]
     # named explicitly, a link is followed: the user chose it
     assert discover([folder / "secret.md"]).files == [(folder.parent / "private/secret.md")]
+    # a folder given twice, or inside another given, is reported once
+    assert discover([folder, folder, folder / "."]).outside == found.outside
     # the folder it points to is walked when it is given too: then nothing is reported
     both = discover([folder, folder.parent / "private"])
     assert both.outside == [] and len(both.files) == 2
@@ -283,3 +285,48 @@ def test_a_folder_that_cannot_be_listed_is_one_failure_and_the_rest_is_stored(
         assert result.counts.get("added") == 1
         with pytest.raises(FileUnreadableError, match="cannot list this folder"):
             client.ingest("unlisted-client", [locked])
+
+
+def test_a_pipe_or_a_broken_link_in_a_folder_is_reported_skipped_everywhere(
+    rt: Runtime, settings: Settings, open_url: str, tmp_path: Path
+) -> None:
+    """A pipe (or device, socket) or a link to nothing with a supported suffix in a walked
+    folder was passed over without a word by every ingest: the document was just missing.
+    Each is now reported skipped, saying why, by ``ingest``, ``Store``, ``Client`` and the
+    remote CLI; the rest is stored."""
+    import os
+
+    from ragstore.cli.remote import ingest_remote
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "ok.md").write_text("# Ok\n\nOtters hold hands while sleeping.\n")
+    os.mkfifo(folder / "pipe.md")
+    (folder / "dead.md").symlink_to(tmp_path / "nowhere.md")
+    (folder / "loop.md").symlink_to(folder / "loop.md")
+    want = {
+        "dead.md": ("path_not_found", "which does not exist"),
+        "loop.md": ("path_not_found", "loops"),
+        "pipe.md": ("file_unreadable", "not a regular file"),
+    }
+
+    def check(skipped: list[tuple[str, str | None, str | None]]) -> None:
+        got = {Path(s).name: (c, d) for s, c, d in skipped}
+        assert set(got) == set(want), skipped
+        for name, (code, says) in want.items():
+            assert got[name][0] == code and says in str(got[name][1]), got[name]
+
+    report = ingest_paths(rt, [folder, folder], "odd-local")  # given twice: said once
+    assert report.count("added") == 1 and report.failed == []
+    assert report.count("skipped") == 3
+    check([(o.source, o.code, o.error) for o in report.outcomes if o.status == "skipped"])
+    with Store(settings=settings) as store:
+        local = store.ingest("odd-store", folder)
+    with Client(open_url) as client:
+        remote = client.ingest("odd-client", [folder])
+        result = ingest_remote(client, open_url, [folder], "odd-cli", {}, lambda *a: None)
+    for answer in (local, remote):
+        assert answer["count"] == 1, answer
+        check([(s["source"], s["code"], s["detail"]) for s in answer["skipped"]])
+    assert result.counts.get("added") == 1 and result.counts.get("skipped") == 3, result.counts
+    check([(str(s["document"]), s["code"], s["detail"]) for s in result.skipped])

@@ -488,3 +488,31 @@ def test_a_document_id_from_before_a_recut_migration_names_the_id_it_has_now(
     rollback(rt, "rc-ids")
     with rt.db.connection() as conn:
         assert catalog.document(conn, rt.collection("rc-ids"), old_id)["source"] == source
+
+
+def test_a_recut_keeps_each_documents_origin(rt: Runtime, tmp_path: Path, narrow: str) -> None:
+    """The re-cut chunk set's documents are written anew: each keeps its origin, or an
+    upload would become a file after the switch, pruned by the next folder sync."""
+    import ragstore.jobs  # noqa: F401  (imported first, ingest.documents' import loops)
+    from ragstore.ingest.documents import NewDocument, add_documents
+    from ragstore.ingest.texts import add_texts
+
+    folder = _write(tmp_path / "docs", ["glaciers"])
+    assert not ingest_paths(rt, [folder], "rc-origin").failed
+    staged = tmp_path / "staged.md"
+    staged.write_text("# Upload\n\nUploaded otters.\n")
+    assert add_documents(rt, "rc-origin", [NewDocument("up.md", staged)])[0].status == "added"
+    assert add_texts(rt, "rc-origin", ["Otters hold hands."], ids=["t1"]).added == 1
+
+    def origins() -> list[tuple[str, str]]:
+        coll = rt.collection("rc-origin")
+        with rt.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT source, origin FROM documents WHERE collection_id = %s", (coll.id,)
+            ).fetchall()
+        return sorted((Path(s).name, o) for s, o in rows)
+
+    before = origins()
+    assert before == [("doc0.md", "file"), ("t1", "text"), ("up.md", "upload")]
+    assert migrate(rt, "rc-origin", narrow).switched
+    assert origins() == before

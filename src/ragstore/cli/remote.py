@@ -247,7 +247,7 @@ def ingest_remote(
     )
 
     start = time.monotonic()
-    files, missing, outside, unlisted = discover(paths)
+    files, missing, outside, unlisted, passed = discover(paths)
     result = RemoteIngest(collection, server)
     for folder, exc in unlisted:  # none of its files is uploaded: said, as locally
         why = unlisted_error(folder, exc)
@@ -262,6 +262,12 @@ def ingest_remote(
                 "code": LINK_OUTSIDE_FOLDER,
                 "detail": link_outside_detail(str(link), str(target), "upload"),
             }
+        )
+        result.add("skipped")
+    for entry in passed:  # a pipe, device or broken link in a folder: not uploaded, said
+        reason = not_ingestible(entry, str(entry))
+        result.skipped.append(
+            {"document": str(entry), "code": reason.code, "detail": reason.message}
         )
         result.add("skipped")
     names = upload_names(paths, files)

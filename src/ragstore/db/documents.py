@@ -50,6 +50,9 @@ class DocumentRecord:
     size_bytes: int
     metadata: dict[str, Any]
     parsed: bytes | None = None  # what the chunks were cut from (chunking.recipe), if kept
+    # where it came from (revision 0035): file (a path on disk, which ``--sync`` checks
+    # and ``--prune`` removes once gone), upload, text or import (never looked for on disk)
+    origin: str = "file"
 
 
 @dataclass
@@ -351,9 +354,11 @@ def write_documents(
         recs = [docs[i].record for i in replaced]
         rows = conn.execute(
             "UPDATE documents d SET title = u.t, format = u.f, content_hash = u.h,"
-            " size_bytes = u.b, metadata = u.m::jsonb, parsed = u.p, updated_at = now()"
+            " size_bytes = u.b, metadata = u.m::jsonb, parsed = u.p, origin = u.o,"
+            " updated_at = now()"
             " FROM unnest(%b::int8[], %b::text[], %b::text[], %b::text[], %b::int8[],"
-            " %b::text[], %b::bytea[]) AS u(i, t, f, h, b, m, p) WHERE d.id = u.i"
+            " %b::text[], %b::bytea[], %b::text[]) AS u(i, t, f, h, b, m, p, o)"
+            " WHERE d.id = u.i"
             f" RETURNING {', '.join('d.' + c.strip() for c in _DOC_COLS.split(','))}",
             (
                 old_ids,
@@ -363,6 +368,7 @@ def write_documents(
                 [r.size_bytes for r in recs],
                 [json.dumps(r.metadata) for r in recs],
                 [r.parsed for r in recs],
+                [r.origin for r in recs],
             ),
         ).fetchall()
         by_source = {str(r[1]): r for r in rows}
@@ -374,10 +380,10 @@ def write_documents(
         recs = [docs[i].record for i in added]
         rows = conn.execute(
             "INSERT INTO documents (collection_id, source, title, format, content_hash,"
-            " size_bytes, metadata, parsed)"
-            " SELECT %s, s, t, f, h, b, m::jsonb, p FROM unnest(%b::text[], %b::text[],"
-            " %b::text[], %b::text[], %b::int8[], %b::text[], %b::bytea[])"
-            f" AS u(s, t, f, h, b, m, p) RETURNING {_DOC_COLS}",
+            " size_bytes, metadata, parsed, origin)"
+            " SELECT %s, s, t, f, h, b, m::jsonb, p, o FROM unnest(%b::text[], %b::text[],"
+            " %b::text[], %b::text[], %b::int8[], %b::text[], %b::bytea[], %b::text[])"
+            f" AS u(s, t, f, h, b, m, p, o) RETURNING {_DOC_COLS}",
             (
                 coll.id,
                 [r.source for r in recs],
@@ -387,6 +393,7 @@ def write_documents(
                 [r.size_bytes for r in recs],
                 [json.dumps(r.metadata) for r in recs],
                 [r.parsed for r in recs],
+                [r.origin for r in recs],
             ),
         ).fetchall()
         by_source = {str(r[1]): r for r in rows}
@@ -636,14 +643,19 @@ def vectors_by_source(
 
 
 def sources_under(
-    conn: Conn, collection_id: int, prefixes: Sequence[str], exact: Sequence[str] = ()
+    conn: Conn,
+    collection_id: int,
+    prefixes: Sequence[str],
+    exact: Sequence[str] = (),
+    origin: str | None = None,
 ) -> list[str]:
-    """Sources of the collection that start with one of ``prefixes`` or equal one of ``exact``."""
+    """Sources of the collection that start with one of ``prefixes`` or equal one of
+    ``exact``; with ``origin``, only those of documents of that origin (a sync: ``file``)."""
     rows = conn.execute(
         "SELECT source FROM documents WHERE collection_id = %s AND (source = ANY(%s)"
         " OR EXISTS (SELECT 1 FROM unnest(%s::text[]) p WHERE left(source, length(p)) = p))"
-        " ORDER BY source",
-        (collection_id, list(exact), list(prefixes)),
+        " AND (%s::text IS NULL OR origin = %s::text) ORDER BY source",
+        (collection_id, list(exact), list(prefixes), origin, origin),
     ).fetchall()
     return [str(r[0]) for r in rows]
 
@@ -716,12 +728,13 @@ def without_twin(
     to cut and embed. (document id, its record with the stored blocks) each."""
     rows = conn.execute(
         "SELECT d.id, d.source, d.title, d.format, d.content_hash, d.size_bytes, d.metadata,"
-        f" d.parsed FROM documents d WHERE d.collection_id = %(coll)s AND d.id > %(after)s"
+        " d.parsed, d.origin FROM documents d"
+        " WHERE d.collection_id = %(coll)s AND d.id > %(after)s"
         f" AND NOT EXISTS ({_TWIN}) ORDER BY d.id LIMIT %(n)s",
         {"coll": collection_id, "other": other_id, "after": after_id, "n": limit},
     ).fetchall()
     return [
-        (int(r[0]), DocumentRecord(r[1], r[2], r[3], r[4], int(r[5]), dict(r[6]), r[7]))
+        (int(r[0]), DocumentRecord(r[1], r[2], r[3], r[4], int(r[5]), dict(r[6]), r[7], r[8]))
         for r in rows
     ]
 

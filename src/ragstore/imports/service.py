@@ -532,6 +532,7 @@ class _Writer:
             digest,
             len(text.encode()),
             {"import": {"batch": self.batch, "id": rid, "from": self.plan.source}},
+            origin="import",
         )
         chunk = Chunk(
             0,

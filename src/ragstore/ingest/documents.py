@@ -68,6 +68,7 @@ def add_documents(
             dict(d.metadata),
             early_skip=False,
             accepted_at=d.accepted_at,
+            origin="upload",  # never pruned by a folder's sync, whatever its data dir
         )
         for d in docs
     ]

@@ -19,7 +19,7 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from ragstore.errors import FileTooLargeError, FileUnreadableError, InputError, PathNotFoundError
 from ragstore.parsing import supported_suffixes
@@ -30,12 +30,17 @@ class Discovered(NamedTuple):
     ``missing`` paths (neither file nor folder), ``outside``: links inside a walked
     folder whose target lies outside it, as (link, target), not followed, and
     ``unlisted``: folders that could not be listed, each with its error
-    (:func:`unlisted_error`)."""
+    (:func:`unlisted_error`), and ``passed``: entries of a walked folder with a supported
+    suffix that are not files to read (a pipe, socket or device; a link to nothing, to
+    one of those, or round in a loop), to be reported as skipped with
+    :func:`not_ingestible`'s reason: they were passed over without a word, so a document
+    expected from the folder was silently missing from it."""
 
     files: list[Path]
     missing: list[Path]
     outside: list[tuple[Path, Path]]
     unlisted: list[tuple[Path, OSError]]
+    passed: list[Path]
 
 
 def discover(paths: Iterable[Path]) -> Discovered:
@@ -47,6 +52,7 @@ def discover(paths: Iterable[Path]) -> Discovered:
     missing: list[Path] = []
     outside: list[tuple[Path, Path]] = []
     unlisted: list[tuple[Path, OSError]] = []
+    passed: list[Path] = []
 
     def cannot_list(exc: OSError) -> None:
         """``os.walk`` passes over a folder it cannot list: the folder's files were left
@@ -82,10 +88,20 @@ def discover(paths: Iterable[Path]) -> Discovered:
                             found[target] = None
                         else:
                             outside.append((Path(os.path.abspath(p)), target))
+                    else:
+                        passed.append(here / name)
         else:
             missing.append(path)
-    # a target another of ``paths`` holds is ingested from there: no need to mention it
-    return Discovered(sorted(found), missing, [o for o in outside if o[1] not in found], unlisted)
+    # a target another of ``paths`` holds is ingested from there: no need to mention it;
+    # a folder given twice (or inside another given) is walked twice, and what it holds
+    # that is not ingested was reported once per walk
+    return Discovered(
+        sorted(found),
+        missing,
+        list(dict.fromkeys(o for o in outside if o[1] not in found)),
+        unlisted,
+        list(dict.fromkeys(passed)),
+    )
 
 
 def unlisted_error(folder: Path, exc: OSError) -> FileUnreadableError:
@@ -171,6 +187,28 @@ def read_bounded(path: Path, limit: int, label: str | None = None) -> bytes:
 
     ``label`` is what messages call the file (an upload's name rather than its staging path).
     """
+    return read_with_stat(path, limit, label)[0]
+
+
+READ_TRIES = 3  # reads of a file that keeps changing under them before it is refused
+
+
+def _version(st: os.stat_result) -> tuple[int, int, int]:
+    """What changes when a file is written (or truncated, or replaced in place)."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def read_with_stat(
+    path: Path, limit: int, label: str | None = None
+) -> tuple[bytes, os.stat_result]:
+    """The file's bytes (as :func:`read_bounded`) and its status as of those bytes.
+
+    The status is taken on the open file before the read and compared after it: a file
+    written meanwhile is read again (up to :data:`READ_TRIES` times), then refused. Its
+    time used to be looked up by name after the content was parsed, so a file changed in
+    between was stored with the old content and the new ``modified_at``; a file changed
+    during the read was stored half old, half new, as if it were whole.
+    """
     name = label or str(path)
     size = path.stat().st_size
     if size > limit:
@@ -182,24 +220,39 @@ def read_bounded(path: Path, limit: int, label: str | None = None) -> bytes:
     # replaced by a pipe after the folder was listed (or named through a link retargeted
     # meanwhile) blocked the open, and the whole ingest, until something wrote to the pipe
     with open(path, "rb", opener=_open_nonblocking) as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        before = os.fstat(fh.fileno())
+        if not stat.S_ISREG(before.st_mode):
             raise FileUnreadableError(
                 f"{name}: not a regular file (a device, pipe or socket; replaced "
                 "since the folder was listed?); copy its content to a file and ingest that"
             )
         os.set_blocking(fh.fileno(), True)
-        # what stat said plus a byte to notice growth, then the rest up to the limit:
-        # a read of limit + 1 bytes allocates them up front (a third of reading a
-        # small file went to that)
-        want = size + 1
-        data = fh.read(want)
-        if len(data) == want and want <= limit:
-            data += fh.read(limit + 1 - want)
-    if len(data) > limit:
-        raise FileTooLargeError(
-            f"{name}: grew past the limit of {limit} bytes while being read; "
-            "raise RAGSTORE_MAX_FILE_BYTES to ingest it"
-        )
+        for _ in range(READ_TRIES):
+            data = _read_upto(fh, min(max(size, before.st_size), limit), limit)
+            if len(data) > limit:
+                raise FileTooLargeError(
+                    f"{name}: grew past the limit of {limit} bytes while being read; "
+                    "raise RAGSTORE_MAX_FILE_BYTES to ingest it"
+                )
+            after = os.fstat(fh.fileno())
+            if _version(after) == _version(before):
+                return data, before
+            before = after
+            fh.seek(0)
+    raise FileUnreadableError(
+        f"{name}: it kept changing while it was read ({READ_TRIES} tries), so no whole "
+        "version of it could be stored; ingest it again once it is written"
+    )
+
+
+def _read_upto(fh: BinaryIO, size: int, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes of ``fh``: what stat said plus a byte to notice growth,
+    then the rest up to the limit (a read of limit + 1 bytes allocates them up front: a
+    third of reading a small file went to that)."""
+    want = size + 1
+    data = fh.read(want)
+    if len(data) == want and want <= limit:
+        data += fh.read(limit + 1 - want)
     return data
 
 

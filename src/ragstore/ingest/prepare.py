@@ -29,7 +29,7 @@ from ragstore.errors import (
     FileTooLargeError,
     RagstoreError,
 )
-from ragstore.ingest.files import read_bounded, unreadable
+from ragstore.ingest.files import read_with_stat, unreadable
 from ragstore.models import Chunk, ParsedDocument
 from ragstore.parsing import detect_format
 from ragstore.parsing.language import detect_language
@@ -68,13 +68,16 @@ class Job:
 
 def _file_metadata(
     item: Item,
+    st: os.stat_result,
     fmt: str,
     size: int,
     parsed_meta: dict[str, Any],
     user_meta: dict[str, Any],
     language: str | None = None,
 ) -> dict[str, Any]:
-    st = item.path.stat()
+    """A file's metadata; ``st`` is its status as of the bytes read (``read_with_stat``),
+    not looked up again after the parse: a file written in between got the new time with
+    the old content."""
     meta: dict[str, Any] = dict(parsed_meta)
     meta.update(
         {
@@ -103,7 +106,7 @@ def prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
 
 
 def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
-    data = read_bounded(item.path, job.max_file_bytes, item.label)
+    data, st = read_with_stat(item.path, job.max_file_bytes, item.label)
     size = len(data)
     user_meta = {**job.user_meta, **item.metadata}
     digest = document_hash(data, user_meta, job.passage_prefix)
@@ -123,6 +126,7 @@ def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
         size_bytes=size,
         metadata=_file_metadata(
             item,
+            st,
             parsed.format,
             size,
             parsed.metadata,
@@ -130,6 +134,7 @@ def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
             detect_language(parsed),
         ),
         parsed=recipe.encode(parsed),
+        origin=item.origin,
     )
     return Prepared(item.source, record, chunks)
 

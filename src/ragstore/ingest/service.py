@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import enum
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -116,6 +115,7 @@ class Item:
     metadata: dict[str, Any] = field(default_factory=dict)
     early_skip: bool = True
     accepted_at: datetime | None = None  # see documents.DocumentWrite (a queued job's)
+    origin: str = "file"  # documents.DocumentRecord's: an upload's is "upload"
 
 
 def _fail(source: str, exc: RagstoreError) -> FileOutcome:
@@ -677,24 +677,22 @@ class _Ingestor:
 
 
 def _vanished(rt: Runtime, name: str, paths: Sequence[Path], files: Sequence[Path]) -> list[str]:
-    """Stored sources the sync of ``paths`` covers that are no longer on disk."""
-    from ragstore.jobs.staging import upload_root  # ragstore.jobs imports this module
-
+    """Stored sources the sync of ``paths`` covers that are no longer on disk: of documents
+    ingested from files only (origin ``file``). An upload's source lies under the server's
+    ``<data dir>/uploads/``, where no file is ever written, so it always looks gone; it
+    was left out by that folder's path, which held only where the syncing process had the
+    server's data dir: a sync with another one (the CLI beside a containerised server)
+    pruned every uploaded document under the folder. A text's id that reads as a path
+    was looked for on disk the same way."""
     prefixes, exact = sync_scopes(paths)
     try:
         coll = rt.collection(name)
     except CollectionNotFoundError:
         return []  # nothing stored yet
     with rt.db.connection() as conn, translated(f"listing documents of {name!r}"):
-        stored = documents.sources_under(conn, coll.id, prefixes, exact)
+        stored = documents.sources_under(conn, coll.id, prefixes, exact, origin="file")
     present = {str(f) for f in files}
-    # an upload's source lies under <data dir>/uploads/<collection>/, where no file is
-    # ever written: "gone from disk" whenever a synced folder holds the data dir (the
-    # home folder holds the default one), so a --prune deleted every uploaded document
-    uploads = str(resolved(upload_root(rt.settings, name))).rstrip(os.sep) + os.sep
-    return sorted(
-        s for s in stored if s not in present and not s.startswith(uploads) and gone_from_disk(s)
-    )
+    return sorted(s for s in stored if s not in present and gone_from_disk(s))
 
 
 def _prune(rt: Runtime, name: str, sources: Sequence[str]) -> list[str]:
@@ -710,7 +708,9 @@ def _prune(rt: Runtime, name: str, sources: Sequence[str]) -> list[str]:
     with rt.db.connection() as conn, translated(f"removing vanished documents of {name!r}"):
         documents.hold_live(conn, coll)  # not the chunk set a model switch just retired
         documents.lock_sources(conn, coll.id, sources)
-        gone = [s for s in sources if gone_from_disk(s)]
+        # still documents of files: one replaced meanwhile by a text of that id is not
+        still = set(documents.sources_under(conn, coll.id, [], sources, origin="file"))
+        gone = [s for s in sources if s in still and gone_from_disk(s)]
         deleted = set(documents.delete_sources(conn, coll.id, gone))
     return [s for s in gone if s in deleted]
 
@@ -749,7 +749,7 @@ def _ingest_paths(
     prune: bool,
     on_vanished: Callable[[list[str]], None] | None,
 ) -> IngestReport:
-    files, missing, outside, unlisted = discover(paths)
+    files, missing, outside, unlisted, passed = discover(paths)
     report = IngestReport(collection=name)
     for folder, exc in unlisted:
         why = unlisted_error(folder, exc)
@@ -776,6 +776,12 @@ def _ingest_paths(
         shown = printable(str(path))
         err = not_ingestible(path, shown)
         report.outcomes.append(FileOutcome(shown, "failed", error=str(err), code=err.code))
+    for entry in passed:  # a pipe, device or broken link in a folder: not read, said
+        if str(entry) in gone_set:
+            continue  # a synced file replaced by one: reported as vanished below
+        shown = printable(str(entry))
+        err = not_ingestible(entry, shown)
+        report.outcomes.append(FileOutcome(shown, "skipped", error=str(err), code=err.code))
     if not files:
         _finish_sync(rt, name, report, gone, prune)
         metrics.observe_ingest(report)

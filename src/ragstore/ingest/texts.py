@@ -345,6 +345,7 @@ def _add_batch(
             size_bytes=len(texts[i].encode("utf-8")),
             metadata=metas[i],
             parsed=cut[n][1],
+            origin="text",  # an id, not a path: never looked for on disk by a sync
         )
         writes.append(documents.DocumentWrite(record, chunks[n], vectors[n], extra[n]))
     with rt.db.connection() as conn, translated(f"storing texts in {coll.name!r}"):

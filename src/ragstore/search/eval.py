@@ -210,6 +210,7 @@ def ingest_records(
                 len(body.encode()),
                 {"beir_id": doc_id},
                 recipe.encode(parsed),
+                origin="text",
             )
             docs.append((record, chunks))
         texts = [c.embed_text for _, chunks in docs for c in chunks if c.embeddable]
