@@ -493,7 +493,6 @@ def test_a_document_id_from_before_a_recut_migration_names_the_id_it_has_now(
 def test_a_recut_keeps_each_documents_origin(rt: Runtime, tmp_path: Path, narrow: str) -> None:
     """The re-cut chunk set's documents are written anew: each keeps its origin, or an
     upload would become a file after the switch, pruned by the next folder sync."""
-    import ragstore.jobs  # noqa: F401  (imported first, ingest.documents' import loops)
     from ragstore.ingest.documents import NewDocument, add_documents
     from ragstore.ingest.texts import add_texts
 
