@@ -45,6 +45,34 @@ def test_secrets_are_masked_and_queries_dropped_by_default() -> None:
     assert list(line)[:3] == ["timestamp", "level", "event"]
 
 
+def test_a_keyword_conninfo_loses_its_password_as_a_url_does() -> None:
+    """libpq's other form (``host=db password=s3cret``, which RAGSTORE_DATABASE_URL and
+    the replicas' list take) kept its password in a log line, a URL's was masked; in a
+    message (a standard-library logger's too) and in any field."""
+    import logging
+
+    out = io.StringIO()
+    configure_logging("info", log_format="json", stream=out)
+    try:
+        get_logger("ragstore.test").info(
+            "could not connect to host=db user=app password=hunter2 dbname=x",
+            note="tried host=db password = 'two words\\' here' port=5432 and PGPASSWORD=pw3",
+            url="postgresql://db/x?user=app&password=pw4",
+        )
+        logging.getLogger("ragstore.test").warning("replica %s down", "host=r1 password=pw5")
+    finally:
+        configure_logging("warning", log_format="json")
+    raw = out.getvalue()
+    for secret in ("hunter2", "two words", "here'", "pw3", "pw4", "pw5"):
+        assert secret not in raw, raw
+    first, second = _lines(out)
+    assert first["event"] == "could not connect to host=db user=app password=********** dbname=x"
+    assert (
+        first["note"] == "tried host=db password = ********** port=5432 and PGPASSWORD=**********"
+    )
+    assert second["event"] == "replica host=r1 password=********** down"
+
+
 def test_queries_are_logged_when_turned_on() -> None:
     out = io.StringIO()
     configure_logging("info", log_format="json", log_queries=True, stream=out)

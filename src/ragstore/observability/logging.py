@@ -7,8 +7,9 @@ library code logs them without passing them around.
 
 Secrets never reach a line: values under secret-looking keys (password, api key, token,
 authorization, database URL ...) are replaced by ``**********``, and any
-``postgresql://user:password@`` inside a value loses its password. Query texts and document
-texts (keys ``query``, ``q``, ``text``) are dropped unless ``RAGSTORE_LOG_QUERIES=true``.
+``postgresql://user:password@`` or ``password=...`` inside a value loses its password.
+Query texts and document texts (keys ``query``, ``q``, ``text``) are dropped unless
+``RAGSTORE_LOG_QUERIES=true``.
 
 Configured only by entry points (CLI, API, worker) through :func:`configure_logging`;
 importing ragstore configures nothing. Standard-library loggers (uvicorn, procrastinate,
@@ -35,6 +36,11 @@ _SECRET_KEY = re.compile(
 _URL_PASSWORD = re.compile(
     r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?P<tail>@)", re.IGNORECASE
 )
+# a libpq keyword conninfo's password (``host=db password=s3cret``, ``password='a b'``),
+# and a URL's ``?password=`` parameter: up to the closing quote or the next blank
+_KEYWORD_PASSWORD = re.compile(
+    r"(?P<head>\b\w*password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|[^\s]+)", re.IGNORECASE
+)
 _QUERY_KEYS = frozenset({"query", "q", "text", "query_text"})
 
 LogFormat = Literal["auto", "json", "console"]
@@ -59,8 +65,11 @@ class Redactor:
 
 
 def redact_text(text: str) -> str:
-    """``text`` with the password of any URL in it masked."""
-    return _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED + m.group("tail"), text)
+    """``text`` with the password of any URL in it masked, and that of any keyword
+    conninfo (``host=db user=app password=s3cret``, the other form libpq and
+    RAGSTORE_DATABASE_URL take): it reached the log as it was."""
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED + m.group("tail"), text)
+    return _KEYWORD_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
 
 
 _FIRST = ("timestamp", "level", "event", "logger", "request_id", "collection", "duration_ms")
