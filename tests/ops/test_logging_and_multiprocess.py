@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ragstore.observability.logging import bind_request, configure_logging, get_logger
@@ -199,6 +200,71 @@ def test_a_killed_worker_leaves_no_gauges_behind(tmp_path: Path) -> None:
     assert samples.get(("ragstore_http_requests_in_flight", ()), 0) == 0
     assert samples[("ragstore_db_replica_up", (("replica", "r1"),))] == 1
     assert samples[("ragstore_db_replica_lag_seconds", (("replica", "r1"),))] == 0.5
+
+
+_STARTS = """
+from ragstore.observability import metrics
+metrics.mark_process_dead_at_exit()  # a worker starting: what install_observability runs
+"""
+
+
+def _render_in(env: dict[str, str]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    code = (
+        "import sys; from ragstore.observability import metrics; "
+        "sys.stdout.write(metrics.render().decode())"
+    )
+    text = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        check=True,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+def test_exited_workers_totals_are_archived_not_kept_file_by_file(tmp_path: Path) -> None:
+    """Every worker that exited (cleanly or killed) left its counter and histogram files
+    in the multiprocess folder, read by every scrape for the life of the folder: a server
+    whose workers were replaced over months piled up files without bound. A worker
+    starting now folds those of exited processes into one archive per type, every total
+    unchanged."""
+    folder = tmp_path / "prom"
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    search = (
+        "ragstore_http_requests_total",
+        (("method", "POST"), ("route", "/v1/collections/{name}/search"), ("status", "200")),
+    )
+    for round_ in (1, 2):
+        for argv in (["dead"], []):  # one exits through atexit, one without
+            subprocess.run([sys.executable, "-c", _CHILD, *argv], env=env, check=True, timeout=120)
+        subprocess.run([sys.executable, "-c", _STARTS], env=env, check=True, timeout=120)
+        names = sorted(p.name for p in folder.glob("*.db"))
+        per_pid = [n for n in names if n.startswith(("counter_", "histogram_"))]
+        assert {"counter_archive.db", "histogram_archive.db"} <= set(per_pid), names
+        # besides, only the starter's own files (it defined the metrics), until the next start
+        assert len({n.split("_")[1] for n in per_pid} - {"archive.db"}) == 1, names
+        samples = _render_in(env)
+        assert samples[search] == 2 * round_
+        assert samples[("ragstore_search_duration_seconds_count", (("mode", "vector"),))] == (
+            2 * round_
+        )
+        assert samples[
+            ("ragstore_search_duration_seconds_sum", (("mode", "vector"),))
+        ] == pytest.approx(0.01 * 2 * round_)
+        bucket = ("ragstore_search_duration_seconds_bucket", (("le", "0.01"), ("mode", "vector")))
+        assert samples[bucket] == 2 * round_
+        assert (
+            samples[
+                ("ragstore_search_duration_seconds_bucket", (("le", "0.005"), ("mode", "vector")))
+            ]
+            == 0
+        )
 
 
 def test_the_worker_command_logs_structured_json_lines(cli_env: dict[str, str]) -> None:
