@@ -305,10 +305,14 @@ def test_a_console_line_with_newlines_or_escapes_in_its_message_stays_one_line()
     try:
         forged = "/v1/x\n2026-12-06T00:00:00Z [error    ] forged [ragstore]\x1b[2J\u0085end"
         logging.getLogger("ragstore.api.routing").warning("after %s: failed", forged)
-        get_logger("ragstore.test").info("ev\r\nforged", note="a\nb")
+        get_logger("ragstore.test").info(
+            "ev\r\nforged", note="a\nb", collection="c\x1b[2J\x1b]0;t\x07\u2028x"
+        )
     finally:
         configure_logging("warning", log_format="json")
     lines = out.getvalue().splitlines()
     assert len(lines) == 2, lines
     assert "\x1b" not in out.getvalue() and "\u0085" not in out.getvalue()
     assert "/v1/x\\n2026" in lines[0] and "\\x1b[2J" in lines[0]
+    assert "\u2028" not in out.getvalue() and "\x07" not in out.getvalue()
+    assert "collection=c\\x1b[2J" in lines[1], lines[1]

@@ -90,10 +90,14 @@ _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 def _one_line_event(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
     """The console renderer prints the message as it is (other values are quoted): a
     message carrying request data (a path, an error's text) with a newline in it read as
-    a second, forged record, and an ANSI escape reached the terminal. They are escaped."""
-    text = event.get("event")
-    if isinstance(text, str) and _CONTROL.search(text):
-        event["event"] = _CONTROL.sub(_escaped, text)
+    a second, forged record, and an ANSI escape reached the terminal. They are escaped.
+
+    So are other values': the renderer quotes only a value with blanks in it, so a
+    collection name from a request's path (``/v1/collections/a%1B%5B2J``, in every
+    access line, even a 404's) sent its escape sequence to the operator's terminal."""
+    for key, text in event.items():
+        if isinstance(text, str) and _CONTROL.search(text):
+            event[key] = _CONTROL.sub(_escaped, text)
     return event
 
 
