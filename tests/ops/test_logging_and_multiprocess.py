@@ -267,6 +267,43 @@ def test_exited_workers_totals_are_archived_not_kept_file_by_file(tmp_path: Path
         )
 
 
+_BROKEN = """
+import os, shutil, sys
+from ragstore.errors import ConfigError
+from ragstore.observability import metrics
+metrics.observe_http("GET", "/healthz", 200, 0.01)
+folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+if sys.argv[1] == "removed":
+    shutil.rmtree(folder)
+else:
+    with open(os.path.join(folder, "counter_1.db"), "wb") as f:
+        f.write(b"\\x10\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\xff\\xff\\xff\\x7f")
+try:
+    metrics.render()
+except ConfigError as exc:
+    print("CONFIG", exc.message)
+"""
+
+
+def test_a_broken_multiprocess_folder_is_one_clear_error(tmp_path: Path) -> None:
+    """A multiprocess folder removed under the server (a temp cleaner) or holding a
+    damaged file failed each scrape with a bare ValueError or struct.error: an internal
+    error, a traceback in the log. It is a ConfigError naming the folder now."""
+    for how in ("removed", "damaged"):
+        folder = tmp_path / how
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(folder))
+        done = subprocess.run(
+            [sys.executable, "-c", _BROKEN, how],
+            env=env,
+            timeout=120,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("CONFIG "), (how, done.stdout, done.stderr)
+        assert f"PROMETHEUS_MULTIPROC_DIR={folder}" in done.stdout
+
+
 def test_the_worker_command_logs_structured_json_lines(cli_env: dict[str, str]) -> None:
     """``ragstore worker`` configures the same JSON logging as the API."""
     env = {**os.environ, **cli_env, "RAGSTORE_LOG_FORMAT": "json", "RAGSTORE_LOG_LEVEL": "info"}

@@ -21,6 +21,7 @@ import contextlib
 import os
 import re
 import shutil
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -485,16 +486,36 @@ def render(*extra: Collector) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     folder = multiprocess_dir()
     if folder:
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        try:
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        except ValueError as exc:  # the folder is gone
+            raise _unreadable_folder(folder, exc) from exc
     else:
         registry.register(_Forward(REGISTRY))
     for collector in extra:
         registry.register(collector)
     if not folder:
         return generate_latest(registry)
-    # shared: a worker archiving dead processes' files (exclusive) never runs beside it
-    with _folder_lock(folder, exclusive=False):
-        return generate_latest(registry)
+    try:
+        # shared: a worker archiving dead processes' files (exclusive) never runs beside it
+        with _folder_lock(folder, exclusive=False):
+            return generate_latest(registry)
+    except (OSError, ValueError, RuntimeError, struct.error) as exc:
+        raise _unreadable_folder(folder, exc) from exc
+
+
+def _unreadable_folder(folder: str, exc: BaseException) -> Exception:
+    """The error for a multiprocess folder a scrape cannot read (removed under the running
+    server, say by a temp cleaner, or a file in it damaged): it was a bare ``ValueError``
+    or ``RuntimeError`` ("file is corrupted"), answered as an internal error with a
+    traceback in the log."""
+    from ragstore.errors import ConfigError
+
+    return ConfigError(
+        f"the metrics of the server's processes cannot be read from {MULTIPROC_ENV}="
+        f"{folder} ({type(exc).__name__}: {exc}); the folder must exist and stay writable "
+        "while the server runs: restart the server with an empty folder there"
+    )
 
 
 _LOCK_FILE = ".ragstore-metrics.lock"  # not *.db: MultiProcessCollector reads only those
