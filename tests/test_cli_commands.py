@@ -663,6 +663,102 @@ def test_a_file_over_the_servers_upload_limit_fails_alone(
     assert [Path(s).name for s in stored] == ["a.md", "c.md"]
 
 
+@contextmanager
+def _limiting_proxy(upstream: str, max_body: int) -> Iterator[str]:
+    """A reverse proxy on loopback that forwards to ``upstream`` but answers a body over
+    ``max_body`` bytes with its own HTML 413, as nginx does (client_max_body_size)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    page = b"<html><head><title>413 Request Entity Too Large</title></head></html>"
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                body = b""
+                while (size := int(self.rfile.readline().split(b";")[0], 16)) > 0:
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+                self.rfile.readline()
+                return body
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _forward(self) -> None:
+            body = self._body()
+            if len(body) > max_body:
+                self.send_response(413)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+                return
+            skip = {"host", "content-length", "transfer-encoding", "connection"}
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+            answer = httpx.request(
+                self.command, upstream + self.path, headers=headers, content=body, timeout=120
+            )
+            self.send_response(answer.status_code)
+            for k, v in answer.headers.items():
+                if k.lower() not in skip | {"content-encoding"}:
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _forward
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_address[1]}"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(timeout=10)
+
+
+def test_a_proxys_html_413_fails_the_file_alone_like_the_servers_own(
+    server: str,
+    remote_env: dict[str, str],
+    env: dict[str, str],
+    local: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A proxy before the server (nginx's client_max_body_size) answers 413 with an HTML
+    page, not ragstore's problem+json: that stopped the whole remote ingest as an
+    ``internal_error``, the files after it never sent, where the server's own 413 has the
+    batch sent again file by file and only the file over the limit fail."""
+    folder = tmp_path / "px"
+    folder.mkdir()
+    (folder / "a.md").write_text("# A\n\nAlpha notes.\n")
+    (folder / "b.md").write_text("# B\n\n" + "Beta words here. " * 400)
+    (folder / "c.md").write_text("# C\n\nGamma notes.\n")
+    with _limiting_proxy(server, 4096) as url:
+        monkeypatch.setenv("RAGSTORE_URL", url)
+        monkeypatch.setenv("RAGSTORE_API_KEY", remote_env["RAGSTORE_API_KEY"])
+        capsys.readouterr()
+        status = run_cli("ingest", str(folder), "-c", "proxy-limit", "--json")
+    out, err = capsys.readouterr()
+    assert status == 1, err
+    report = json.loads(out)
+    assert report["counts"] == {"added": 2, "failed": 1}, report
+    assert [(f["document"], f["code"]) for f in report["failed"]] == [
+        ("px/b.md", "request_too_large")
+    ]
+    detail = report["failed"][0]["detail"]
+    assert "413" in detail and "client_max_body_size" in detail and "<html" not in err, err
+    stored = _documents_in(env["RAGSTORE_DATABASE_URL"], "proxy-limit")
+    assert [Path(s).name for s in stored] == ["a.md", "c.md"]
+
+
 def test_an_error_that_stops_an_ingest_through_the_server_says_what_it_stored(
     env: dict[str, str],
     local: None,

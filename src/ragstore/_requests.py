@@ -28,6 +28,7 @@ from ragstore.errors import (
     InputError,
     InvalidFilterError,
     RagstoreError,
+    RequestTooLargeError,
     all_error_classes,
 )
 
@@ -195,6 +196,18 @@ def _foreign_error(response: httpx.Response) -> RagstoreError:
     )
     if response.status_code in _NOT_OURS:
         return ConfigError(f"{said}; check the server URL (RAGSTORE_URL)")
+    if response.status_code == 413:
+        # a proxy before the server (nginx's client_max_body_size) refused the body, as
+        # the server's own 413 does: it was an ``internal_error``, told as a crash, which
+        # callers that handle ``request_too_large`` (the CLI's ingest) did not handle
+        return error_from_problem(
+            413,
+            {
+                "code": RequestTooLargeError.code,
+                "detail": f"{said}; a proxy before the server limits request bodies (nginx: "
+                "client_max_body_size): send smaller requests or raise its limit",
+            },
+        )
     return error_from_problem(response.status_code, {"detail": said})
 
 

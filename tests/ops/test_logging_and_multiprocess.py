@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ragstore.observability.logging import bind_request, configure_logging, get_logger
@@ -43,6 +44,34 @@ def test_secrets_are_masked_and_queries_dropped_by_default() -> None:
     assert line["api_key"] == "**********" and line["database_url"] == "**********"
     assert line["note"] == "connecting to postgresql://app:**********@db:5432/x failed"
     assert list(line)[:3] == ["timestamp", "level", "event"]
+
+
+def test_a_keyword_conninfo_loses_its_password_as_a_url_does() -> None:
+    """libpq's other form (``host=db password=s3cret``, which RAGSTORE_DATABASE_URL and
+    the replicas' list take) kept its password in a log line, a URL's was masked; in a
+    message (a standard-library logger's too) and in any field."""
+    import logging
+
+    out = io.StringIO()
+    configure_logging("info", log_format="json", stream=out)
+    try:
+        get_logger("ragstore.test").info(
+            "could not connect to host=db user=app password=hunter2 dbname=x",
+            note="tried host=db password = 'two words\\' here' port=5432 and PGPASSWORD=pw3",
+            url="postgresql://db/x?user=app&password=pw4",
+        )
+        logging.getLogger("ragstore.test").warning("replica %s down", "host=r1 password=pw5")
+    finally:
+        configure_logging("warning", log_format="json")
+    raw = out.getvalue()
+    for secret in ("hunter2", "two words", "here'", "pw3", "pw4", "pw5"):
+        assert secret not in raw, raw
+    first, second = _lines(out)
+    assert first["event"] == "could not connect to host=db user=app password=********** dbname=x"
+    assert (
+        first["note"] == "tried host=db password = ********** port=5432 and PGPASSWORD=**********"
+    )
+    assert second["event"] == "replica host=r1 password=********** down"
 
 
 def test_queries_are_logged_when_turned_on() -> None:
@@ -173,6 +202,108 @@ def test_a_killed_worker_leaves_no_gauges_behind(tmp_path: Path) -> None:
     assert samples[("ragstore_db_replica_lag_seconds", (("replica", "r1"),))] == 0.5
 
 
+_STARTS = """
+from ragstore.observability import metrics
+metrics.mark_process_dead_at_exit()  # a worker starting: what install_observability runs
+"""
+
+
+def _render_in(env: dict[str, str]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    code = (
+        "import sys; from ragstore.observability import metrics; "
+        "sys.stdout.write(metrics.render().decode())"
+    )
+    text = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        check=True,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+def test_exited_workers_totals_are_archived_not_kept_file_by_file(tmp_path: Path) -> None:
+    """Every worker that exited (cleanly or killed) left its counter and histogram files
+    in the multiprocess folder, read by every scrape for the life of the folder: a server
+    whose workers were replaced over months piled up files without bound. A worker
+    starting now folds those of exited processes into one archive per type, every total
+    unchanged."""
+    folder = tmp_path / "prom"
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    search = (
+        "ragstore_http_requests_total",
+        (("method", "POST"), ("route", "/v1/collections/{name}/search"), ("status", "200")),
+    )
+    for round_ in (1, 2):
+        for argv in (["dead"], []):  # one exits through atexit, one without
+            subprocess.run([sys.executable, "-c", _CHILD, *argv], env=env, check=True, timeout=120)
+        subprocess.run([sys.executable, "-c", _STARTS], env=env, check=True, timeout=120)
+        names = sorted(p.name for p in folder.glob("*.db"))
+        per_pid = [n for n in names if n.startswith(("counter_", "histogram_"))]
+        assert {"counter_archive.db", "histogram_archive.db"} <= set(per_pid), names
+        # besides, only the starter's own files (it defined the metrics), until the next start
+        assert len({n.split("_")[1] for n in per_pid} - {"archive.db"}) == 1, names
+        samples = _render_in(env)
+        assert samples[search] == 2 * round_
+        assert samples[("ragstore_search_duration_seconds_count", (("mode", "vector"),))] == (
+            2 * round_
+        )
+        assert samples[
+            ("ragstore_search_duration_seconds_sum", (("mode", "vector"),))
+        ] == pytest.approx(0.01 * 2 * round_)
+        bucket = ("ragstore_search_duration_seconds_bucket", (("le", "0.01"), ("mode", "vector")))
+        assert samples[bucket] == 2 * round_
+        assert (
+            samples[
+                ("ragstore_search_duration_seconds_bucket", (("le", "0.005"), ("mode", "vector")))
+            ]
+            == 0
+        )
+
+
+_BROKEN = """
+import os, shutil, sys
+from ragstore.errors import ConfigError
+from ragstore.observability import metrics
+metrics.observe_http("GET", "/healthz", 200, 0.01)
+folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+if sys.argv[1] == "removed":
+    shutil.rmtree(folder)
+else:
+    with open(os.path.join(folder, "counter_1.db"), "wb") as f:
+        f.write(b"\\x10\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\xff\\xff\\xff\\x7f")
+try:
+    metrics.render()
+except ConfigError as exc:
+    print("CONFIG", exc.message)
+"""
+
+
+def test_a_broken_multiprocess_folder_is_one_clear_error(tmp_path: Path) -> None:
+    """A multiprocess folder removed under the server (a temp cleaner) or holding a
+    damaged file failed each scrape with a bare ValueError or struct.error: an internal
+    error, a traceback in the log. It is a ConfigError naming the folder now."""
+    for how in ("removed", "damaged"):
+        folder = tmp_path / how
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(folder))
+        done = subprocess.run(
+            [sys.executable, "-c", _BROKEN, how],
+            env=env,
+            timeout=120,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("CONFIG "), (how, done.stdout, done.stderr)
+        assert f"PROMETHEUS_MULTIPROC_DIR={folder}" in done.stdout
+
+
 def test_the_worker_command_logs_structured_json_lines(cli_env: dict[str, str]) -> None:
     """``ragstore worker`` configures the same JSON logging as the API."""
     env = {**os.environ, **cli_env, "RAGSTORE_LOG_FORMAT": "json", "RAGSTORE_LOG_LEVEL": "info"}
@@ -211,10 +342,14 @@ def test_a_console_line_with_newlines_or_escapes_in_its_message_stays_one_line()
     try:
         forged = "/v1/x\n2026-12-06T00:00:00Z [error    ] forged [ragstore]\x1b[2J\u0085end"
         logging.getLogger("ragstore.api.routing").warning("after %s: failed", forged)
-        get_logger("ragstore.test").info("ev\r\nforged", note="a\nb")
+        get_logger("ragstore.test").info(
+            "ev\r\nforged", note="a\nb", collection="c\x1b[2J\x1b]0;t\x07\u2028x"
+        )
     finally:
         configure_logging("warning", log_format="json")
     lines = out.getvalue().splitlines()
     assert len(lines) == 2, lines
     assert "\x1b" not in out.getvalue() and "\u0085" not in out.getvalue()
     assert "/v1/x\\n2026" in lines[0] and "\\x1b[2J" in lines[0]
+    assert "\u2028" not in out.getvalue() and "\x07" not in out.getvalue()
+    assert "collection=c\\x1b[2J" in lines[1], lines[1]

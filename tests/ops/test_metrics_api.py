@@ -289,3 +289,76 @@ def test_texts_added_through_the_api_are_counted_as_ingested(http: httpx.Client)
     assert grew("ragstore_ingest_documents_total", outcome="unchanged") == 2
     assert grew("ragstore_ingest_chunks_total", outcome="embedded") == 2
     assert grew("ragstore_ingest_duration_seconds_count") == 2
+
+
+def _leave_mid_body(server: str, path: str, content_type: str, head: bytes) -> None:
+    """Send a request that declares a longer body than it sends, then hang up."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(server)
+    assert where.hostname is not None and where.port is not None
+    with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {where.netloc}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: 100000\r\nX-Request-ID: ops-gone-1\r\n\r\n".encode()
+            + head
+        )
+        time.sleep(0.3)
+
+
+def test_a_client_that_leaves_mid_body_is_counted_499_not_as_bad_input(
+    http: httpx.Client, server: str
+) -> None:
+    """A client that hung up while sending its body was counted (and logged) as a 422
+    ``invalid_input``: dashboards showed bad requests nobody sent. It is nginx's 499
+    "client closed request" now, with no error code counted."""
+    assert http.post("/v1/collections", json={"name": "opsgone"}).status_code in (201, 409)
+    buffer = io.StringIO()
+    configure_logging("info", log_format="json", stream=buffer)
+    try:
+        before = scrape(http)
+        _leave_mid_body(server, "/v1/collections/opsgone/search", "application/json", b'{"qu')
+        boundary = "b0undary"
+        upload = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+            f'filename="a.md"\r\nContent-Type: text/markdown\r\n\r\n# Part'
+        ).encode()
+        _leave_mid_body(
+            server,
+            "/v1/collections/opsgone/documents/upload",
+            f"multipart/form-data; boundary={boundary}",
+            upload,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            after = scrape(http)
+            gone = [
+                v - value(before, n, **dict(labels))
+                for (n, labels), v in after.items()
+                if n == "ragstore_http_requests_total" and ("status", "499") in labels
+            ]
+            if sum(gone) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        configure_logging("warning", log_format="json")
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    upload_route = "/v1/collections/{name}/documents/upload"
+    assert grew("ragstore_http_requests_total", method="POST", route=SEARCH_ROUTE, status="499")
+    assert grew("ragstore_http_requests_total", method="POST", route=upload_route, status="499")
+    for status in ("400", "422", "500"):
+        assert not grew(
+            "ragstore_http_requests_total", method="POST", route=SEARCH_ROUTE, status=status
+        )
+        assert not grew(
+            "ragstore_http_requests_total", method="POST", route=upload_route, status=status
+        )
+    assert not grew("ragstore_errors_total", code="invalid_input")
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+    access = [r for r in lines if r.get("request_id") == "ops-gone-1" and r["event"] == "request"]
+    assert len(access) == 2 and {r["status"] for r in access} == {499}, access
+    assert not any(r.get("code") for r in access), access

@@ -18,11 +18,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Scope, Send
 
 from ragstore import errors as e
+from ragstore.api.disconnect import CLIENT_CLOSED
 
 log = logging.getLogger("ragstore.api")
 
@@ -223,6 +224,23 @@ def _disk_full_cause(exc: BaseException) -> e.RagstoreError | None:
     return None
 
 
+def _client_left(exc: BaseException) -> bool:
+    """Whether reading the body failed because the client hung up (Starlette's
+    ``ClientDisconnect``): FastAPI answers that 400 "There was an error parsing the body",
+    which went out as a 422 ``invalid_input`` and was counted and logged as bad input that
+    nobody sent."""
+    from starlette.requests import ClientDisconnect
+
+    cause: BaseException | None = exc.__cause__
+    for _ in range(8):  # a chain's first few links; never a cycle
+        if cause is None:
+            return False
+        if isinstance(cause, ClientDisconnect):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def _unparsable_json(exc: BaseException) -> e.InputError | None:
     """What FastAPI's JSON parser could not take in a body that is valid JSON: it
     answers a parser's failure other than a syntax error with 400 "There was an error
@@ -330,9 +348,13 @@ def install_error_handlers(app: FastAPI) -> None:
             errors=items,
         )
 
-    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         err: e.RagstoreError
+        if _client_left(exc):
+            # nobody reads this answer: nginx's 499 "client closed request", as a search
+            # whose client left gets (api/disconnect.py), for the access log and metrics
+            return Response(status_code=CLIENT_CLOSED)
         if exc.status_code == 404:
             err = e.NotFoundError(
                 f"no route {request.method} {request.url.path}; "

@@ -7,8 +7,9 @@ library code logs them without passing them around.
 
 Secrets never reach a line: values under secret-looking keys (password, api key, token,
 authorization, database URL ...) are replaced by ``**********``, and any
-``postgresql://user:password@`` inside a value loses its password. Query texts and document
-texts (keys ``query``, ``q``, ``text``) are dropped unless ``RAGSTORE_LOG_QUERIES=true``.
+``postgresql://user:password@`` or ``password=...`` inside a value loses its password.
+Query texts and document texts (keys ``query``, ``q``, ``text``) are dropped unless
+``RAGSTORE_LOG_QUERIES=true``.
 
 Configured only by entry points (CLI, API, worker) through :func:`configure_logging`;
 importing ragstore configures nothing. Standard-library loggers (uvicorn, procrastinate,
@@ -35,6 +36,11 @@ _SECRET_KEY = re.compile(
 _URL_PASSWORD = re.compile(
     r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?P<tail>@)", re.IGNORECASE
 )
+# a libpq keyword conninfo's password (``host=db password=s3cret``, ``password='a b'``),
+# and a URL's ``?password=`` parameter: up to the closing quote or the next blank
+_KEYWORD_PASSWORD = re.compile(
+    r"(?P<head>\b\w*password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|[^\s]+)", re.IGNORECASE
+)
 _QUERY_KEYS = frozenset({"query", "q", "text", "query_text"})
 
 LogFormat = Literal["auto", "json", "console"]
@@ -59,8 +65,11 @@ class Redactor:
 
 
 def redact_text(text: str) -> str:
-    """``text`` with the password of any URL in it masked."""
-    return _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED + m.group("tail"), text)
+    """``text`` with the password of any URL in it masked, and that of any keyword
+    conninfo (``host=db user=app password=s3cret``, the other form libpq and
+    RAGSTORE_DATABASE_URL take): it reached the log as it was."""
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED + m.group("tail"), text)
+    return _KEYWORD_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
 
 
 _FIRST = ("timestamp", "level", "event", "logger", "request_id", "collection", "duration_ms")
@@ -81,10 +90,14 @@ _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 def _one_line_event(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
     """The console renderer prints the message as it is (other values are quoted): a
     message carrying request data (a path, an error's text) with a newline in it read as
-    a second, forged record, and an ANSI escape reached the terminal. They are escaped."""
-    text = event.get("event")
-    if isinstance(text, str) and _CONTROL.search(text):
-        event["event"] = _CONTROL.sub(_escaped, text)
+    a second, forged record, and an ANSI escape reached the terminal. They are escaped.
+
+    So are other values': the renderer quotes only a value with blanks in it, so a
+    collection name from a request's path (``/v1/collections/a%1B%5B2J``, in every
+    access line, even a 404's) sent its escape sequence to the operator's terminal."""
+    for key, text in event.items():
+        if isinstance(text, str) and _CONTROL.search(text):
+            event[key] = _CONTROL.sub(_escaped, text)
     return event
 
 

@@ -17,9 +17,11 @@ only for small tables) and cached for ``ttl_s`` seconds, so a scrape never scans
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import shutil
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -482,13 +484,63 @@ def multiprocess_dir() -> str | None:
 def render(*extra: Collector) -> bytes:
     """The text exposition of every metric (merged across processes when multiprocess)."""
     registry = CollectorRegistry(auto_describe=False)
-    if multiprocess_dir():
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    folder = multiprocess_dir()
+    if folder:
+        try:
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        except ValueError as exc:  # the folder is gone
+            raise _unreadable_folder(folder, exc) from exc
     else:
         registry.register(_Forward(REGISTRY))
     for collector in extra:
         registry.register(collector)
-    return generate_latest(registry)
+    if not folder:
+        return generate_latest(registry)
+    try:
+        # shared: a worker archiving dead processes' files (exclusive) never runs beside it
+        with _folder_lock(folder, exclusive=False):
+            return generate_latest(registry)
+    except (OSError, ValueError, RuntimeError, struct.error) as exc:
+        raise _unreadable_folder(folder, exc) from exc
+
+
+def _unreadable_folder(folder: str, exc: BaseException) -> Exception:
+    """The error for a multiprocess folder a scrape cannot read (removed under the running
+    server, say by a temp cleaner, or a file in it damaged): it was a bare ``ValueError``
+    or ``RuntimeError`` ("file is corrupted"), answered as an internal error with a
+    traceback in the log."""
+    from ragstore.errors import ConfigError
+
+    return ConfigError(
+        f"the metrics of the server's processes cannot be read from {MULTIPROC_ENV}="
+        f"{folder} ({type(exc).__name__}: {exc}); the folder must exist and stay writable "
+        "while the server runs: restart the server with an empty folder there"
+    )
+
+
+_LOCK_FILE = ".ragstore-metrics.lock"  # not *.db: MultiProcessCollector reads only those
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: str, *, exclusive: bool) -> Iterator[None]:
+    """An advisory lock on the multiprocess folder (none where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no archiving races to guard against there
+        yield
+        return
+    try:
+        fd = os.open(os.path.join(folder, _LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:  # a folder this process cannot write: a scrape reads it unlocked
+        if exclusive:
+            raise
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def mark_process_dead_at_exit() -> None:
@@ -499,6 +551,7 @@ def mark_process_dead_at_exit() -> None:
         pid = os.getpid()
         atexit.register(multiprocess.mark_process_dead, pid)
         drop_dead_processes_gauges(folder)
+        archive_dead_processes_totals(folder)
 
 
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
@@ -528,6 +581,67 @@ def drop_dead_processes_gauges(folder: str) -> list[int]:
         multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
         dropped.append(pid)
     return dropped
+
+
+_TOTALS_FILE = re.compile(r"(counter|histogram)_(\d+)\.db")
+
+
+def archive_dead_processes_totals(folder: str) -> list[int]:
+    """Fold the counter and histogram files of processes that are gone into one
+    ``counter_archive.db`` / ``histogram_archive.db``; return their pids.
+
+    Each worker's totals live in files named by its pid, which nothing removed: every
+    worker uvicorn replaced over a server's life left two files that every scrape read
+    and merged, without bound. Their values are added (per metric and labels, as the
+    scrape adds them) to the archive, so every total stays what it was. Run by each
+    worker as it starts, under the folder's lock, which :func:`render` takes shared: a
+    scrape sees the files before or after, never the archive and the dead files both
+    (counted twice) or neither. A failure leaves the files as they were, the worker
+    starting all the same."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    archived: list[int] = []
+    try:
+        with _folder_lock(folder, exclusive=True):
+            dead: dict[str, list[str]] = {}
+            pids: set[int] = set()
+            for name in os.listdir(folder):
+                match = _TOTALS_FILE.fullmatch(name)
+                if match is None:
+                    continue
+                pid = int(match.group(2))
+                if pid == os.getpid() or _alive(pid):
+                    continue
+                dead.setdefault(match.group(1), []).append(os.path.join(folder, name))
+                pids.add(pid)
+            for kind, files in dead.items():
+                archive = os.path.join(folder, f"{kind}_archive.db")
+                totals: dict[str, float] = {}
+                sources = [*files, archive] if os.path.exists(archive) else files
+                for path in sources:
+                    values = MmapedDict.read_all_values_from_file(path)  # type: ignore[no-untyped-call]
+                    for key, value, _timestamp, _pos in values:
+                        totals[key] = totals.get(key, 0.0) + value
+                fresh = archive + ".new"  # not *.db: no scrape reads it half written
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(fresh)
+                out = MmapedDict(fresh)  # type: ignore[no-untyped-call]
+                try:
+                    for key, total in totals.items():
+                        out.write_value(key, total, 0.0)  # type: ignore[no-untyped-call]
+                finally:
+                    out.close()  # type: ignore[no-untyped-call]
+                os.replace(fresh, archive)
+                for path in files:
+                    os.remove(path)
+            archived = sorted(pids)
+    except Exception as exc:  # never stop a worker from starting over its metrics
+        import logging
+
+        logging.getLogger("ragstore.metrics").warning(
+            "could not archive the metrics files of exited processes in %s: %s", folder, exc
+        )
+    return archived
 
 
 def _alive(pid: int) -> bool:
