@@ -407,6 +407,29 @@ def test_keys_refuse_to_act_on_the_local_database_with_a_server_url(
     assert [k["id"] for k in json.loads(capsys.readouterr().out)] == before
 
 
+def test_a_password_in_ragstore_url_is_never_printed(
+    remote_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """RAGSTORE_URL may carry basic-auth credentials for a proxy before the server
+    (``https://user:secret@proxy/``); the URL was printed whole in errors and summaries."""
+    from ragstore._requests import shown_url
+
+    assert shown_url("https://ops:s3cret@proxy.example/rag") == "https://ops:***@proxy.example/rag"
+    assert shown_url("http://127.0.0.1:8000") == "http://127.0.0.1:8000"
+    through_server(monkeypatch, remote_env)
+    url = remote_env["RAGSTORE_URL"].replace("://", "://ops:s3cret@", 1)
+    monkeypatch.setenv("RAGSTORE_URL", url)
+    assert run_cli("keys", "list") == 78  # refused: it works on the database itself
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "ops:***@" in err
+    monkeypatch.setenv("RAGSTORE_URL", url.rstrip("/") + "/not-ragstore/")
+    assert run_cli("search", "anything", "-c", "nowhere") != 0  # the server's 404 page
+    err = capsys.readouterr().err
+    assert "s3cret" not in err, err
+
+
 # Each command that works on the database itself, with RAGSTORE_URL set: (argv, the
 # command as the refusal names it). They acted on whatever database the local settings
 # named (a fresh embedded one, initialised for the occasion) and reported success there.

@@ -157,6 +157,19 @@ def error_from_problem(status: int, body: Mapping[str, Any]) -> RagstoreError:
     return exc
 
 
+def shown_url(url: object) -> str:
+    """``url`` as it may be printed: a password in it (``https://user:secret@proxy/``,
+    which httpx sends as basic auth) masked. RAGSTORE_URL's was printed whole in errors
+    and in a remote ingest's summary."""
+    try:
+        parsed = httpx.URL(str(url))
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return re.sub(r"(//[^/@:\s]*):[^/@\s]*@", r"\1:***@", str(url))
+    if not parsed.password:
+        return str(parsed)
+    return str(parsed.copy_with(username=parsed.username, password="***"))
+
+
 def read_answer(call: Call[T], response: httpx.Response) -> T:
     """The verb's result from a successful answer.
 
@@ -168,7 +181,8 @@ def read_answer(call: Call[T], response: httpx.Response) -> T:
     except (ValueError, KeyError, TypeError) as exc:
         kind = response.headers.get("content-type", "no content type")
         raise ConfigError(
-            f"{call.method} {response.url} answered HTTP {response.status_code} ({kind}), "
+            f"{call.method} {shown_url(response.url)} answered HTTP {response.status_code} "
+            f"({kind}), "
             f"which is not ragstore's API ({type(exc).__name__}: {exc}); check the server "
             "URL (RAGSTORE_URL)"
         ) from None
@@ -191,7 +205,8 @@ def _foreign_error(response: httpx.Response) -> RagstoreError:
     plain = "html" not in kind.lower() and " ".join(response.text[:200].split())
     text = plain or response.reason_phrase or "no explanation"
     said = (
-        f"{request.method} {request.url} answered HTTP {response.status_code} ({kind}), "
+        f"{request.method} {shown_url(request.url)} answered HTTP {response.status_code} "
+        f"({kind}), "
         f"which is not ragstore's API: {text}"
     )
     if response.status_code in _NOT_OURS:

@@ -245,9 +245,11 @@ def register(app: typer.Typer) -> None:
                 raise InputError(
                     "--sync needs the database itself: unset RAGSTORE_URL to sync a folder"
                 )
+            from ragstore._requests import shown_url
+
             _ingest_through(
                 client,
-                str(settings.url),
+                shown_url(settings.url),  # printed: its password masked
                 paths,
                 collection or settings.collection,
                 user_meta,

@@ -37,6 +37,7 @@ def refuse_remote(command: str, hint: str = "") -> None:
     the occasion) and report success on it. Called before anything opens a database, so
     that a refusal leaves nothing behind. ``hint`` is appended to the message (e.g. the
     HTTP route that does the same thing)."""
+    from ragstore._requests import shown_url
     from ragstore.errors import ConfigError
     from ragstore.profiles import get_settings
 
@@ -44,9 +45,9 @@ def refuse_remote(command: str, hint: str = "") -> None:
     if url:
         raise ConfigError(
             f"`ragstore {command}` works on the database itself, not through a server, and "
-            f"RAGSTORE_URL is set ({url}); run it where the server's database is reachable, "
-            "with RAGSTORE_DATABASE_URL (or RAGSTORE_DATA_DIR) naming it and RAGSTORE_URL "
-            f"unset, e.g. `RAGSTORE_URL= ragstore {command} ...`{hint}"
+            f"RAGSTORE_URL is set ({shown_url(url)}); run it where the server's database is "
+            "reachable, with RAGSTORE_DATABASE_URL (or RAGSTORE_DATA_DIR) naming it and "
+            f"RAGSTORE_URL unset, e.g. `RAGSTORE_URL= ragstore {command} ...`{hint}"
         )
 
 
