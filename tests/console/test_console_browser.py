@@ -827,3 +827,51 @@ def test_leaving_the_page_during_an_upload_asks_first(page: Page, settings: Sett
         page.click("#nav-search")
         expect(page).to_have_url(f"{url}/ui/collections/leaving/search")
         assert dialogs == ["beforeunload"]
+
+
+def test_a_key_refused_during_an_upload_keeps_its_outcomes_on_the_page(
+    page: Page, server: Server, keys: KeyStore
+) -> None:
+    """The key is revoked after the first file of three: the console went to the login
+    page at the 401, and the user never saw which files were stored and which were not.
+    The page now stays: the first stored, the second refused, the third not sent."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    assert httpx.post(
+        f"{server.url}/v1/collections", json={"name": "revoked"}, headers=auth
+    ).status_code in (201, 409)
+    writer = keys.create("write", name="revoked-mid-upload")
+    sign_in(page, server, writer.secret)
+    open_page(page, server, "/ui/collections/revoked")
+
+    sent: list[str] = []
+
+    def revoke_after_the_first(route: Route) -> None:
+        sent.append(route.request.url)
+        if len(sent) > 1:
+            route.continue_()
+            return
+        response = route.fetch()
+        keys.revoke(writer.key.key_id)
+        route.fulfill(response=response)
+
+    page.route("**/documents/upload", revoke_after_the_first)
+    names = ("a.md", "b.md", "c.md")
+    page.set_input_files(
+        "#file-input",
+        files=[
+            {"name": n, "mimeType": "text/markdown", "buffer": f"# {n}\n\nText.\n".encode()}
+            for n in names
+        ],
+    )
+    line = {n: page.locator(f"#upload-list li[data-file='{n}'] .outcome") for n in names}
+    expect(line["c.md"]).to_have_text(re.compile(r"^not sent: the server refused the key"))
+    expect(line["a.md"]).to_have_text(re.compile(r"^added: \d+ chunks$"))
+    expect(line["b.md"]).to_have_text(re.compile(r"^failed: .*revoked.*\(unauthorized\)$"))
+    expect(page.locator("#page-error")).to_contain_text("refused this tab's API key")
+    assert page.url == f"{server.url}/ui/collections/revoked"
+    assert page.evaluate("sessionStorage.getItem('ragstore.apiKey')") is None
+    stored = httpx.get(f"{server.url}/v1/collections/revoked/documents", headers=auth).json()
+    assert [d["name"] for d in stored["data"]] == ["a.md"]
+    assert len(sent) == 2  # c.md was not sent
+    page.click("#sign-in-again")
+    expect(page).to_have_url(f"{server.url}/ui/login")

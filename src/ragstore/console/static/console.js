@@ -40,8 +40,26 @@
     return h;
   }
 
+  /* A 401 to the stored key (revoked, expired, or the server restarted with other keys).
+   * The tab forgets the key; it goes to sign in at once unless the page shows uploads'
+   * outcomes: it then stays, saying so, with a link to sign in again. Sent to the login
+   * page in the middle of an upload, the user lost the list of which files were stored
+   * and which were not, and was not told the upload had been cut short. */
+  function keyRefused(detail) {
+    if (!document.querySelector("#upload-list li")) {
+      signOut();
+      return;
+    }
+    sessionStorage.removeItem(KEY);
+    const node = $("page-error");
+    node.replaceChildren("The server refused this tab's API key (" + detail + "), so " +
+      "nothing further was sent; the uploads' outcomes are listed below. ",
+      el("a", { href: "/ui/login", id: "sign-in-again", text: "Sign in again" }));
+    node.hidden = false;
+  }
+
   /* One API call; a problem response becomes an ApiError. A 401 with the stored key
-   * signs out (the key was revoked or the server restarted with other keys). */
+   * signs out (keyRefused). */
   async function api(method, path, payload, key) {
     const explicit = key !== undefined;
     const init = { method: method, headers: headers(explicit ? key : storedKey()),
@@ -57,8 +75,9 @@
       try { data = JSON.parse(text); } catch (e) { data = { detail: text }; }
     }
     if (!resp.ok) {
-      if (resp.status === 401 && AUTH && !explicit) signOut();
-      throw new ApiError(resp.status, data || {});
+      const err = new ApiError(resp.status, data || {});
+      if (resp.status === 401 && AUTH && !explicit) keyRefused(err.message);
+      throw err;
     }
     return data;
   }
@@ -506,11 +525,15 @@
                     " from a proxy in front of it), so whether the file was stored is " +
                     "unknown; reload the page to see");
           } else {
-            if (xhr.status === 401 && AUTH) signOut();
             outcome(result, "failed", "failed: " + (data.detail || xhr.statusText) +
                     (data.code ? " (" + data.code + ")" : ""));
+            if (xhr.status === 401 && AUTH) {  // after its line: the page stays (keyRefused)
+              keyRefused(data.detail || "HTTP 401");
+              resolve("refused");
+              return;
+            }
           }
-          resolve();
+          resolve("answered");
         });
         /* No answer is not a failure: the server may have stored the file and lost the
          * connection before answering, so "failed" could be false (and invite a retry that
@@ -518,7 +541,7 @@
         xhr.addEventListener("error", () => {
           outcome(result, "unknown", "no answer: the connection to the server broke, so " +
                   "whether the file was stored is unknown; reload the page to see");
-          resolve();
+          resolve("unknown");
         });
         const form = new FormData();
         form.append("files", file, name);
@@ -543,12 +566,20 @@
         return;
       }
       uploading += 1;  // until every file is sent and answered, not during the refresh
+      let sent;
       try {
-        await uploadPicked(picked);
+        sent = await uploadPicked(picked);
       } finally {
         uploading -= 1;
       }
+      if (!sent) return;  // the key was refused: a refresh would be refused too
       await Promise.all([loadStats(), loadJobs(), loadDocuments(false)]);
+    }
+
+    function notSent(name, why) {
+      $("upload-list").append(el("li", { dataset: { file: name } },
+        el("span", { class: "file-name", text: name }),
+        el("span", { class: "outcome status-failed", text: why })));
     }
 
     async function uploadPicked(picked) {
@@ -557,17 +588,22 @@
           " hidden file(s) or file(s) of a kind ragstore does not read" }));
       }
       const seen = new Set();
+      let refused = false;
       for (const f of picked.files) {  // one at a time: gentle on the server
+        if (refused) {  // the key was refused: each file left is said to be not sent
+          notSent(f.name, "not sent: the server refused the key before this file's turn; " +
+                  "sign in again and upload it again");
+          continue;
+        }
         if (seen.has(f.name)) {  // files of two folders dropped as files: the later would replace
-          $("upload-list").append(el("li", { dataset: { file: f.name } },
-            el("span", { class: "file-name", text: f.name }),
-            el("span", { class: "outcome status-failed", text: "failed: another file of this " +
-              "upload has the same name and would be replaced; drop their folders instead" })));
+          notSent(f.name, "failed: another file of this upload has the same name and would " +
+                  "be replaced; drop their folders instead");
           continue;
         }
         seen.add(f.name);
-        await uploadOne(f.file, f.name);
+        refused = (await uploadOne(f.file, f.name)) === "refused";
       }
+      return !refused;  // whether every file was sent (false: the key was refused)
     }
 
     function pickFailed(err) {
