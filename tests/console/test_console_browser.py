@@ -875,3 +875,41 @@ def test_a_key_refused_during_an_upload_keeps_its_outcomes_on_the_page(
     assert len(sent) == 2  # c.md was not sent
     page.click("#sign-in-again")
     expect(page).to_have_url(f"{server.url}/ui/login")
+
+
+def test_a_delete_s_error_is_shown_even_once_its_dialog_is_closed(
+    page: Page, server: Server
+) -> None:
+    """The dialog closed (Cancel, Escape) while the delete was on its way: its error was
+    written into the closed dialog and the user took the delete for done. Cancel is now
+    disabled and Escape refused while it runs, and an error that arrives after the dialog
+    was closed all the same is shown on the page."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    assert httpx.post(
+        f"{server.url}/v1/collections", json={"name": "kept"}, headers=auth
+    ).status_code in (201, 409)
+    sign_in(page, server)
+    held: list[Route] = []
+    page.route("**/v1/collections/kept", lambda route: held.append(route))
+    page.click("tr[data-collection=kept] button.delete")
+    page.fill("#delete-confirm", "kept")
+    page.click("#delete-submit")
+    expect(page.locator("#delete-cancel")).to_be_disabled()
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(300)
+    expect(page.locator("#delete-dialog")).to_have_attribute("open", "")
+    # a browser may close it all the same (a page may refuse one Escape per user
+    # activation; Chromium closes the dialog on a later one): the delete's answer must
+    # then show on the page
+    page.evaluate("document.getElementById('delete-dialog').close()")
+    assert len(held) == 1
+    held[0].fulfill(
+        status=409,
+        content_type="application/problem+json",
+        body='{"title": "Conflict", "detail": "collection kept is being migrated", '
+        '"code": "conflict"}',
+    )
+    expect(page.locator("#page-error")).to_have_text(
+        "Collection kept was not deleted: collection kept is being migrated (conflict)"
+    )
+    expect(page.locator("tr[data-collection=kept]")).to_have_count(1)

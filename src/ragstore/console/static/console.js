@@ -261,24 +261,45 @@
       dialog.showModal();
     }
 
-    $("delete-cancel").addEventListener("click", () => dialog.close());
+    /* While the delete is on its way the dialog stays open (Cancel disabled, Escape
+     * refused): it cannot be called back, and a Cancel that let it go on said the
+     * opposite. Should the dialog close all the same (Chromium closes it on a second
+     * Escape), the answer is shown on the page: an error that arrived after the dialog
+     * had closed was written into the closed dialog, seen by nobody, and the user took
+     * the delete for done. */
+    let deleteInFlight = false;
+    dialog.addEventListener("cancel", (ev) => { if (deleteInFlight) ev.preventDefault(); });
+    $("delete-cancel").addEventListener("click", () => { if (!deleteInFlight) dialog.close(); });
     $("delete-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
-      if ($("delete-confirm").value !== deleting) {
+      if (deleteInFlight) return;
+      const name = deleting;  // askDelete may change it while the request runs
+      if ($("delete-confirm").value !== name) {
         showError("delete-error", "Type the collection's name exactly to delete it.");
         return;
       }
-      $("delete-submit").disabled = true;  // one request per confirmation, as for create
+      deleteInFlight = true;  // one request per confirmation, as for create
+      $("delete-submit").disabled = true;
+      $("delete-cancel").disabled = true;
+      const stillAsking = () => dialog.open && deleting === name;
       try {
-        await api("DELETE", "/v1/collections/" + enc(deleting));
+        await api("DELETE", "/v1/collections/" + enc(name));
       } catch (err) {
-        showError("delete-error", writeError(err, "collection " + deleting + " was deleted"));
+        if (stillAsking()) {
+          showError("delete-error", writeError(err, "collection " + name + " was deleted"));
+        } else {
+          showError("page-error", outcomeUnknown(err)
+            ? writeError(err, "collection " + name + " was deleted")
+            : "Collection " + name + " was not deleted: " + problemText(err));
+        }
         if (outcomeUnknown(err)) load().catch(() => undefined);
         return;
       } finally {
+        deleteInFlight = false;
         $("delete-submit").disabled = false;
+        $("delete-cancel").disabled = false;
       }
-      dialog.close();
+      if (stillAsking()) dialog.close();
       await load();
     });
     /* Offered to every key that may create a collection, as the API decides (a write or
