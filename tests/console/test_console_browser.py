@@ -913,3 +913,41 @@ def test_a_delete_s_error_is_shown_even_once_its_dialog_is_closed(
         "Collection kept was not deleted: collection kept is being migrated (conflict)"
     )
     expect(page.locator("tr[data-collection=kept]")).to_have_count(1)
+
+
+NGINX_413 = (
+    "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n"
+    "<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+
+def test_an_error_answer_that_is_not_json_says_its_status(page: Page, server: Server) -> None:
+    """A proxy's HTML error page in the server's place was shown whole, markup and all,
+    as the error's text (and an upload's line said only "failed: " where the answer had
+    no status text, as over HTTP/2); each now says the status and where it came from."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    assert httpx.post(
+        f"{server.url}/v1/collections", json={"name": "proxied"}, headers=auth
+    ).status_code in (201, 409)
+    sign_in(page, server)
+    open_page(page, server, "/ui/collections/proxied")
+    not_json = re.compile(
+        r"^HTTP 413 \w.*\(an answer that is not the API's JSON: from a proxy in front of it\?\)$"
+    )
+    page.route(
+        "**/documents/upload",
+        lambda route: route.fulfill(status=413, body=NGINX_413, content_type="text/html"),
+    )
+    page.set_input_files(
+        "#file-input",
+        files=[{"name": "n.md", "mimeType": "text/markdown", "buffer": b"# N\n\nText.\n"}],
+    )
+    line = page.locator("#upload-list li[data-file='n.md'] .outcome")
+    expect(line).to_have_text(re.compile("^failed: " + not_json.pattern[1:]))
+    page.route(
+        "**/documents?*",
+        lambda route: route.fulfill(status=413, body=NGINX_413, content_type="text/html"),
+    )
+    page.click("#filter-form button")
+    expect(page.locator("#page-error")).to_have_text(not_json)

@@ -58,6 +58,20 @@
     node.hidden = false;
   }
 
+  /* An answer's body as an object: the API's JSON, or, for a body that is not a JSON
+   * object (a proxy's HTML error page, an empty body), a problem saying the status. The
+   * whole HTML page was shown as the error's text, and an upload said only "failed: "
+   * (HTTP/2 has no status text), so the user was not told what had gone wrong. */
+  function answerOf(status, statusText, text) {
+    let data = null;
+    try { data = JSON.parse(text); } catch (e) { data = null; }
+    if (data !== null && typeof data === "object" && !Array.isArray(data)) return data;
+    const plain = text && !/^\s*</.test(text) ? text.trim().split("\n")[0].slice(0, 200) : "";
+    return { detail: "HTTP " + status + (statusText ? " " + statusText : "") +
+                     (plain ? ": " + plain : "") +
+                     " (an answer that is not the API's JSON: from a proxy in front of it?)" };
+  }
+
   /* One API call; a problem response becomes an ApiError. A 401 with the stored key
    * signs out (keyRefused). */
   async function api(method, path, payload, key) {
@@ -70,16 +84,12 @@
     }
     const resp = await fetch(path, init);
     const text = await resp.text();
-    let data = null;
-    if (text) {
-      try { data = JSON.parse(text); } catch (e) { data = { detail: text }; }
-    }
     if (!resp.ok) {
-      const err = new ApiError(resp.status, data || {});
+      const err = new ApiError(resp.status, answerOf(resp.status, resp.statusText, text));
       if (resp.status === 401 && AUTH && !explicit) keyRefused(err.message);
       throw err;
     }
-    return data;
+    return text ? JSON.parse(text) : null;
   }
 
   /* Build an element; strings become text nodes, so nothing is ever parsed as HTML. */
@@ -530,8 +540,7 @@
         });
         xhr.addEventListener("load", () => {
           bar.value = 1;
-          let data = {};
-          try { data = JSON.parse(xhr.responseText); } catch (e) { data = {}; }
+          const data = answerOf(xhr.status, xhr.statusText, xhr.responseText);
           if (xhr.status === 201) {
             const d = data.data[0];
             outcome(result, d.status || "added", (d.status || "added") + ": " + d.chunks + " chunks");
@@ -546,7 +555,7 @@
                     " from a proxy in front of it), so whether the file was stored is " +
                     "unknown; reload the page to see");
           } else {
-            outcome(result, "failed", "failed: " + (data.detail || xhr.statusText) +
+            outcome(result, "failed", "failed: " + (data.detail || data.title || "HTTP " + xhr.status) +
                     (data.code ? " (" + data.code + ")" : ""));
             if (xhr.status === 401 && AUTH) {  // after its line: the page stays (keyRefused)
               keyRefused(data.detail || "HTTP 401");
