@@ -182,7 +182,7 @@ def test_sign_in_keeps_the_key_in_the_tab_only(page: Page, server: Server) -> No
     expect(page).to_have_url(f"{server.url}/ui/login")  # no key yet: sent to sign in
     page.fill("#api-key", "rsk_0123456789ab_" + "x" * 43)
     page.click("#sign-in")
-    expect(page.locator("#login-error")).to_contain_text("unknown")
+    expect(page.locator("#login-error")).to_contain_text("is not valid")
     shot(page, "login")
     sign_in(page, server)
     expect(page.locator("#whoami")).to_contain_text("admin")
