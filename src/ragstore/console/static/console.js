@@ -40,8 +40,40 @@
     return h;
   }
 
+  /* A 401 to the stored key (revoked, expired, or the server restarted with other keys).
+   * The tab forgets the key; it goes to sign in at once unless the page shows uploads'
+   * outcomes: it then stays, saying so, with a link to sign in again. Sent to the login
+   * page in the middle of an upload, the user lost the list of which files were stored
+   * and which were not, and was not told the upload had been cut short. */
+  function keyRefused(detail) {
+    if (!document.querySelector("#upload-list li")) {
+      signOut();
+      return;
+    }
+    sessionStorage.removeItem(KEY);
+    const node = $("page-error");
+    node.replaceChildren("The server refused this tab's API key (" + detail + "), so " +
+      "nothing further was sent; the uploads' outcomes are listed below. ",
+      el("a", { href: "/ui/login", id: "sign-in-again", text: "Sign in again" }));
+    node.hidden = false;
+  }
+
+  /* An answer's body as an object: the API's JSON, or, for a body that is not a JSON
+   * object (a proxy's HTML error page, an empty body), a problem saying the status. The
+   * whole HTML page was shown as the error's text, and an upload said only "failed: "
+   * (HTTP/2 has no status text), so the user was not told what had gone wrong. */
+  function answerOf(status, statusText, text) {
+    let data = null;
+    try { data = JSON.parse(text); } catch (e) { data = null; }
+    if (data !== null && typeof data === "object" && !Array.isArray(data)) return data;
+    const plain = text && !/^\s*</.test(text) ? text.trim().split("\n")[0].slice(0, 200) : "";
+    return { detail: "HTTP " + status + (statusText ? " " + statusText : "") +
+                     (plain ? ": " + plain : "") +
+                     " (an answer that is not the API's JSON: from a proxy in front of it?)" };
+  }
+
   /* One API call; a problem response becomes an ApiError. A 401 with the stored key
-   * signs out (the key was revoked or the server restarted with other keys). */
+   * signs out (keyRefused). */
   async function api(method, path, payload, key) {
     const explicit = key !== undefined;
     const init = { method: method, headers: headers(explicit ? key : storedKey()),
@@ -52,15 +84,12 @@
     }
     const resp = await fetch(path, init);
     const text = await resp.text();
-    let data = null;
-    if (text) {
-      try { data = JSON.parse(text); } catch (e) { data = { detail: text }; }
-    }
     if (!resp.ok) {
-      if (resp.status === 401 && AUTH && !explicit) signOut();
-      throw new ApiError(resp.status, data || {});
+      const err = new ApiError(resp.status, answerOf(resp.status, resp.statusText, text));
+      if (resp.status === 401 && AUTH && !explicit) keyRefused(err.message);
+      throw err;
     }
-    return data;
+    return text ? JSON.parse(text) : null;
   }
 
   /* Build an element; strings become text nodes, so nothing is ever parsed as HTML. */
@@ -242,24 +271,45 @@
       dialog.showModal();
     }
 
-    $("delete-cancel").addEventListener("click", () => dialog.close());
+    /* While the delete is on its way the dialog stays open (Cancel disabled, Escape
+     * refused): it cannot be called back, and a Cancel that let it go on said the
+     * opposite. Should the dialog close all the same (Chromium closes it on a second
+     * Escape), the answer is shown on the page: an error that arrived after the dialog
+     * had closed was written into the closed dialog, seen by nobody, and the user took
+     * the delete for done. */
+    let deleteInFlight = false;
+    dialog.addEventListener("cancel", (ev) => { if (deleteInFlight) ev.preventDefault(); });
+    $("delete-cancel").addEventListener("click", () => { if (!deleteInFlight) dialog.close(); });
     $("delete-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
-      if ($("delete-confirm").value !== deleting) {
+      if (deleteInFlight) return;
+      const name = deleting;  // askDelete may change it while the request runs
+      if ($("delete-confirm").value !== name) {
         showError("delete-error", "Type the collection's name exactly to delete it.");
         return;
       }
-      $("delete-submit").disabled = true;  // one request per confirmation, as for create
+      deleteInFlight = true;  // one request per confirmation, as for create
+      $("delete-submit").disabled = true;
+      $("delete-cancel").disabled = true;
+      const stillAsking = () => dialog.open && deleting === name;
       try {
-        await api("DELETE", "/v1/collections/" + enc(deleting));
+        await api("DELETE", "/v1/collections/" + enc(name));
       } catch (err) {
-        showError("delete-error", writeError(err, "collection " + deleting + " was deleted"));
+        if (stillAsking()) {
+          showError("delete-error", writeError(err, "collection " + name + " was deleted"));
+        } else {
+          showError("page-error", outcomeUnknown(err)
+            ? writeError(err, "collection " + name + " was deleted")
+            : "Collection " + name + " was not deleted: " + problemText(err));
+        }
         if (outcomeUnknown(err)) load().catch(() => undefined);
         return;
       } finally {
+        deleteInFlight = false;
         $("delete-submit").disabled = false;
+        $("delete-cancel").disabled = false;
       }
-      dialog.close();
+      if (stillAsking()) dialog.close();
       await load();
     });
     /* Offered to every key that may create a collection, as the API decides (a write or
@@ -490,8 +540,7 @@
         });
         xhr.addEventListener("load", () => {
           bar.value = 1;
-          let data = {};
-          try { data = JSON.parse(xhr.responseText); } catch (e) { data = {}; }
+          const data = answerOf(xhr.status, xhr.statusText, xhr.responseText);
           if (xhr.status === 201) {
             const d = data.data[0];
             outcome(result, d.status || "added", (d.status || "added") + ": " + d.chunks + " chunks");
@@ -506,11 +555,15 @@
                     " from a proxy in front of it), so whether the file was stored is " +
                     "unknown; reload the page to see");
           } else {
-            if (xhr.status === 401 && AUTH) signOut();
-            outcome(result, "failed", "failed: " + (data.detail || xhr.statusText) +
+            outcome(result, "failed", "failed: " + (data.detail || data.title || "HTTP " + xhr.status) +
                     (data.code ? " (" + data.code + ")" : ""));
+            if (xhr.status === 401 && AUTH) {  // after its line: the page stays (keyRefused)
+              keyRefused(data.detail || "HTTP 401");
+              resolve("refused");
+              return;
+            }
           }
-          resolve();
+          resolve("answered");
         });
         /* No answer is not a failure: the server may have stored the file and lost the
          * connection before answering, so "failed" could be false (and invite a retry that
@@ -518,7 +571,7 @@
         xhr.addEventListener("error", () => {
           outcome(result, "unknown", "no answer: the connection to the server broke, so " +
                   "whether the file was stored is unknown; reload the page to see");
-          resolve();
+          resolve("unknown");
         });
         const form = new FormData();
         form.append("files", file, name);
@@ -543,12 +596,20 @@
         return;
       }
       uploading += 1;  // until every file is sent and answered, not during the refresh
+      let sent;
       try {
-        await uploadPicked(picked);
+        sent = await uploadPicked(picked);
       } finally {
         uploading -= 1;
       }
+      if (!sent) return;  // the key was refused: a refresh would be refused too
       await Promise.all([loadStats(), loadJobs(), loadDocuments(false)]);
+    }
+
+    function notSent(name, why) {
+      $("upload-list").append(el("li", { dataset: { file: name } },
+        el("span", { class: "file-name", text: name }),
+        el("span", { class: "outcome status-failed", text: why })));
     }
 
     async function uploadPicked(picked) {
@@ -557,17 +618,22 @@
           " hidden file(s) or file(s) of a kind ragstore does not read" }));
       }
       const seen = new Set();
+      let refused = false;
       for (const f of picked.files) {  // one at a time: gentle on the server
+        if (refused) {  // the key was refused: each file left is said to be not sent
+          notSent(f.name, "not sent: the server refused the key before this file's turn; " +
+                  "sign in again and upload it again");
+          continue;
+        }
         if (seen.has(f.name)) {  // files of two folders dropped as files: the later would replace
-          $("upload-list").append(el("li", { dataset: { file: f.name } },
-            el("span", { class: "file-name", text: f.name }),
-            el("span", { class: "outcome status-failed", text: "failed: another file of this " +
-              "upload has the same name and would be replaced; drop their folders instead" })));
+          notSent(f.name, "failed: another file of this upload has the same name and would " +
+                  "be replaced; drop their folders instead");
           continue;
         }
         seen.add(f.name);
-        await uploadOne(f.file, f.name);
+        refused = (await uploadOne(f.file, f.name)) === "refused";
       }
+      return !refused;  // whether every file was sent (false: the key was refused)
     }
 
     function pickFailed(err) {
