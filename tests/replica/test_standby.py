@@ -22,7 +22,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from ragstore import Client
-from ragstore.db import embedded, migrations, standby
+from ragstore.db import embedded, migrations, routing, standby
 from ragstore.db.database import Database
 from ragstore.db.routing import ReadRouter, Route, routed
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
@@ -627,6 +627,49 @@ def test_a_read_cancelled_by_a_recovery_conflict_is_run_again_on_the_primary(
         assert getattr(err, "retry_after", None)
         assert route.lost, "the API would not run the read again on the primary"
         assert router.statuses()[0].up is True  # the replica is fine: not skipped
+    finally:
+        router.close()
+        primary.close()
+
+
+def test_a_replica_that_keeps_cancelling_reads_is_backed_off(
+    pair: Pair, pg_admin_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica whose standby kept cancelling reads (recovery conflicts) had every one
+    of them run twice, on the replica and again on the primary, for as long as the
+    primary's writes went on. After ``CONFLICT_BACKOFF_COUNT`` conflicts in a row the
+    router sends reads to the primary for ``CONFLICT_BACKOFF_S``, then tries it again."""
+    monkeypatch.setattr(routing, "CONFLICT_BACKOFF_S", 3.0)
+    url = create_database(pg_admin_uri, TEMPLATE)
+    with psycopg.connect(url, autocommit=True) as p:
+        p.execute("CREATE TABLE replayed (x int)")
+        name = p.info.dbname
+    pair.wait_caught_up()
+    primary = Database(url)
+    router = ReadRouter(
+        primary, [make_conninfo(pair.standby.conninfo, dbname=name)], max_lag_s=5, wait_s=0.1
+    )
+    try:
+        with _standby_setting(pair, "max_standby_streaming_delay", "100ms"):
+            for _ in range(routing.CONFLICT_BACKOFF_COUNT):
+                route = Route(router)
+                with routed(route):
+                    db = route.database()
+                    assert route.on_replica, router.statuses()
+                    locker = threading.Thread(
+                        target=_lock_on_primary, args=(url, "replayed", 0.2, 0.5)
+                    )
+                    locker.start()
+                    try:
+                        with pytest.raises(RagstoreError), db.connection() as conn:
+                            conn.execute("SELECT count(*) FROM replayed, pg_sleep(30)")
+                    finally:
+                        locker.join(30)
+                assert route.lost
+        assert router.choose() is primary, "still read from after repeated conflicts"
+        assert router.statuses()[0].up is True  # backed off, not down
+        time.sleep(3.2)
+        assert router.choose() is not primary, "not tried again after the back-off"
     finally:
         router.close()
         primary.close()

@@ -14,7 +14,8 @@ is probed at most every ``probe_interval_s``, inline, by the request that finds 
 stale. A replica that fails under a request is marked down at once and
 the request is told (:attr:`Route.lost`) so the API can run it again on the primary. A read
 the standby cancelled to replay the primary's changes (a recovery conflict) is told so too,
-the replica left in use: it is fine, and the caller raced nothing (not a 409 ``conflict``).
+the replica left in use: it is fine, and the caller raced nothing (not a 409 ``conflict``);
+only a replica that keeps cancelling reads is left out of them for a short back-off.
 So is a read that found every connection of the replica's pool in use (busy, not down).
 
 Read-your-writes: a read that carries the caller's last write position (``min_lsn``) is
@@ -23,6 +24,7 @@ served by a replica that has replayed that far, waiting up to ``wait_s``, else b
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -47,9 +49,18 @@ from ragstore.observability import metrics
 PROBE_TIMEOUT_S = 1  # a replica that does not accept a connection this fast counts as down
 PROBE_QUERY_TIMEOUT_S = 3  # ... nor one whose probe queries do not answer this fast
 _HISTORY = 600  # primary positions remembered for the lag estimate
+log = logging.getLogger("ragstore.db")
+
 # How long a routed read waits for a free connection of a replica's pool before the API
 # runs it on the primary instead (at most the pool timeout)
 BUSY_REPLICA_WAIT_S = 0.5
+# A replica whose standby cancelled this many routed reads (recovery conflicts) within
+# CONFLICT_WINDOW_S is left out of reads for CONFLICT_BACKOFF_S: each such read ran twice
+# (on the replica, then on the primary), so a standby that kept cancelling them doubled
+# the read load and latency for as long as the primary's writes went on
+CONFLICT_BACKOFF_COUNT = 3
+CONFLICT_WINDOW_S = 10.0
+CONFLICT_BACKOFF_S = 5.0
 
 
 @dataclass
@@ -140,6 +151,7 @@ class ReplicaDatabase(Database):
             route = _route.get()
             if route is not None:
                 route.lost = True
+            self.router.note_conflict(self)
             # (the message is the caller's to read: no replica address in it)
             reason = (str(conflict).strip() or type(conflict).__name__).splitlines()[0]
             raise StatementCancelledError(
@@ -221,6 +233,8 @@ class _Replica:
         self.db = db
         self.status = ReplicaStatus(db.where)
         self.probe_conn: psycopg.Connection[Any] | None = None
+        self.conflicts: deque[float] = deque(maxlen=CONFLICT_BACKOFF_COUNT)  # their times
+        self.avoid_until = float("-inf")  # backed off after repeated recovery conflicts
 
 
 class ReadRouter:
@@ -279,8 +293,9 @@ class ReadRouter:
     def choose(self, min_lsn: int | None = None) -> Database:
         """A usable replica (round robin) that has replayed ``min_lsn``, else the primary."""
         self._refresh()
+        now = time.monotonic()
         with self._lock:
-            usable = [r for r in self._replicas if r.status.up]
+            usable = [r for r in self._replicas if r.status.up and now >= r.avoid_until]
             if usable:
                 start = self._next % len(usable)
                 self._next += 1
@@ -307,6 +322,36 @@ class ReadRouter:
     def _to_replica(r: _Replica) -> Database:
         metrics.record_read("replica")
         return r.db
+
+    def note_conflict(self, db: Database) -> None:
+        """A routed read on ``db`` was cancelled by its standby's replay (a recovery
+        conflict). After :data:`CONFLICT_BACKOFF_COUNT` of them within
+        :data:`CONFLICT_WINDOW_S`, reads skip it for :data:`CONFLICT_BACKOFF_S`.
+
+        Each conflict is one read run twice, on the replica and again on the primary;
+        a standby that kept cancelling reads (the primary's writes taking locks its
+        queries held, a short ``max_standby_streaming_delay``) doubled the read load for
+        as long as that went on. It is not marked down: it answers, its status and pool
+        stay as they are, and it is tried again once the back-off is over."""
+        now = time.monotonic()
+        for r in self._replicas:
+            if r.db is db:
+                with self._lock:
+                    r.conflicts.append(now)
+                    if (
+                        len(r.conflicts) >= CONFLICT_BACKOFF_COUNT
+                        and now - r.conflicts[0] <= CONFLICT_WINDOW_S
+                    ):
+                        r.avoid_until = now + CONFLICT_BACKOFF_S
+                        r.conflicts.clear()
+                        log.warning(
+                            "read replica %s cancelled %d reads in %gs (recovery conflicts): "
+                            "reads go to the primary for %gs",
+                            r.status.name,
+                            CONFLICT_BACKOFF_COUNT,
+                            CONFLICT_WINDOW_S,
+                            CONFLICT_BACKOFF_S,
+                        )
 
     def mark_down(self, db: Database, error: str) -> None:
         """Skip ``db`` until a probe finds it answering again; its pool starts afresh then."""
