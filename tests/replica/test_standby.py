@@ -675,6 +675,67 @@ def test_a_replica_that_keeps_cancelling_reads_is_backed_off(
         primary.close()
 
 
+def test_a_read_on_a_wedged_replica_ends_and_goes_to_the_primary(
+    pair: Pair, pg_admin_uri: str
+) -> None:
+    """A replica whose server is up but whose query does not move (here: replay paused
+    while it holds a lock the primary took and has since released; a frozen server is
+    another) was not caught by keepalives, whose probes the kernel answers: a routed read
+    there waited for good, with the primary free. The router's ``read_timeout_s`` bounds
+    it now: the connection is cut, the replica marked down and the route flagged for the
+    primary, which answers."""
+    url = create_database(pg_admin_uri, TEMPLATE)
+    with psycopg.connect(url, autocommit=True) as p:
+        p.execute("CREATE TABLE replayed (x int)")
+        p.execute("INSERT INTO replayed VALUES (1)")
+        name = p.info.dbname
+    pair.wait_caught_up()
+    primary = Database(url)
+    router = ReadRouter(
+        primary,
+        [make_conninfo(pair.standby.conninfo, dbname=name)],
+        max_lag_s=60,
+        wait_s=0.1,
+        read_timeout_s=2,
+    )
+    out: list[str] = []
+    route = Route(router)
+    with routed(route):
+        replica = route.database()
+        assert route.on_replica, router.statuses()
+
+    def read() -> None:
+        started = time.monotonic()
+        try:
+            with routed(route), replica.connection() as conn:
+                conn.execute("SELECT count(*) FROM replayed")
+            out.append("answered")
+        except RagstoreError as exc:
+            out.append(f"{type(exc).__name__} after {time.monotonic() - started:.1f}s")
+
+    reader = threading.Thread(target=read, daemon=True)
+    try:
+        with psycopg.connect(url) as p:
+            p.execute("LOCK TABLE replayed IN ACCESS EXCLUSIVE MODE")
+            p.execute("SELECT pg_switch_wal()")
+            pair.wait_caught_up()  # the standby's replay holds the lock ...
+            pair.pause_replay(True)
+            p.commit()  # ... and keeps it: its release is not replayed
+        reader.start()
+        reader.join(15)
+        assert out, "the replica's read still waits"
+        assert out[0].startswith("DatabaseUnavailableError"), out
+        assert route.lost, "the API would not run the read again on the primary"
+        with primary.connection() as conn:  # the primary answers at once
+            assert conn.execute("SELECT count(*) FROM replayed").fetchone() == (1,)
+    finally:
+        pair.pause_replay(False)
+        if reader.is_alive():
+            reader.join(30)
+        router.close()
+        primary.close()
+
+
 @contextmanager
 def _standby_search_cancelled(pair: Pair) -> Iterator[None]:
     """A vector search on the standby sent in the block is cancelled by replay: it reads

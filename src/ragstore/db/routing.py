@@ -17,6 +17,8 @@ the standby cancelled to replay the primary's changes (a recovery conflict) is t
 the replica left in use: it is fine, and the caller raced nothing (not a 409 ``conflict``);
 only a replica that keeps cancelling reads is left out of them for a short back-off.
 So is a read that found every connection of the replica's pool in use (busy, not down).
+A read that holds a replica's connection past ``read_timeout_s`` (the search timeout and a
+grace) is cut off there, as a replica that failed: one that is up but does not move.
 
 Read-your-writes: a read that carries the caller's last write position (``min_lsn``) is
 served by a replica that has replayed that far, waiting up to ``wait_s``, else by the primary.
@@ -31,7 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -54,6 +56,18 @@ log = logging.getLogger("ragstore.db")
 # How long a routed read waits for a free connection of a replica's pool before the API
 # runs it on the primary instead (at most the pool timeout)
 BUSY_REPLICA_WAIT_S = 0.5
+# How much longer than RAGSTORE_SEARCH_TIMEOUT_S a routed read may hold a replica
+# connection before it is cut (replica_read_timeout_s): a healthy server has ended a
+# search by then with search_timeout, so only a replica that does not move is cut
+REPLICA_READ_GRACE_S = 10.0
+
+
+def replica_read_timeout_s(search_timeout_s: float) -> float:
+    """The router's ``read_timeout_s`` for ``RAGSTORE_SEARCH_TIMEOUT_S``: that plus
+    :data:`REPLICA_READ_GRACE_S`; none (0) where searches are not limited either."""
+    return search_timeout_s + REPLICA_READ_GRACE_S if search_timeout_s > 0 else 0.0
+
+
 # A replica whose standby cancelled this many routed reads (recovery conflicts) within
 # CONFLICT_WINDOW_S is left out of reads for CONFLICT_BACKOFF_S: each such read ran twice
 # (on the replica, then on the primary), so a standby that kept cancelling them doubled
@@ -116,8 +130,12 @@ class ReplicaDatabase(Database):
         # a routed read has the primary to go to: it waits for a busy replica's pool
         # briefly, not the pool timeout (which it waited in full, then ran on the primary)
         busy_wait = None if wait_s is not None or route is None else self._busy_wait_s()
+        bound = self.router.read_timeout_s if route is not None else 0.0
         try:
-            with super().connection(wait_s=busy_wait if busy_wait is not None else wait_s) as conn:
+            with (
+                super().connection(wait_s=busy_wait if busy_wait is not None else wait_s) as conn,
+                _deadline(conn, bound) if bound > 0 else nullcontext(),
+            ):
                 yield conn
         except (RagstoreError, psycopg.Error) as exc:
             if busy_wait is not None and isinstance(exc, PoolTimeout):
@@ -251,8 +269,16 @@ class ReadRouter:
         pool_max_size: int = 10,
         connect_timeout_s: float = 5.0,
         probe_interval_s: float = 1.0,
+        read_timeout_s: float = 0.0,
     ) -> None:
         self.primary = primary
+        # A routed read's bound on a replica connection, 0 = none: past it the connection
+        # is cut (client side, see _deadline), the replica marked down and the read run on
+        # the primary. A replica whose server is up but does not move (a frozen host, a
+        # query waiting on a lock its paused replay holds) is not caught by keepalives,
+        # which its kernel answers, nor by statement_timeout, which it may not enforce:
+        # the read waited for good with the primary free.
+        self.read_timeout_s = read_timeout_s
         self.max_lag_s = max_lag_s
         self.wait_s = wait_s
         self.probe_interval_s = probe_interval_s
