@@ -7,19 +7,21 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ragstore import Client
 from ragstore.db import embedded, migrations, routing, standby
@@ -293,6 +295,96 @@ def test_a_standby_cut_off_from_the_primary_counts_as_lagging(pair: Pair, tmp_pa
         router.close()
         primary.close()
         node.remove()
+
+
+def test_a_standby_whose_stream_stalls_counts_as_lagging(pair: Pair, tmp_path: Path) -> None:
+    """A standby whose WAL stream stalls while its receiver stays connected (a slow or
+    congested link) has replayed all it received, which the router took for "in
+    transit, not behind": it was read from at lag 0 while the primary's writes did not
+    arrive. Its lag is now dated by the primary's positions, as any other's."""
+    node = standby.create(pair.primary_url, tmp_path / "stalled")
+    proxy_dir = Path(tempfile.mkdtemp(prefix="rsp-", dir="/tmp"))
+    primary_parts = conninfo_to_dict(pair.primary_url)
+    port = primary_parts.get("port", "5432")
+    target = f"{primary_parts['host']}/.s.PGSQL.{port}"
+    flowing = threading.Event()
+    flowing.set()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(proxy_dir / f".s.PGSQL.{port}"))
+    # the servers may run as another user than the tests (never root): theirs
+    owner = os.stat(primary_parts["host"])
+    for path in (proxy_dir, proxy_dir / f".s.PGSQL.{port}"):
+        with suppress(PermissionError):  # not root: the servers run as the tests' user
+            os.chown(path, owner.st_uid, owner.st_gid)
+    listener.listen()
+
+    def pump(a: socket.socket, b: socket.socket, gated: bool) -> None:
+        with suppress(OSError):
+            while data := a.recv(65536):
+                while gated and not flowing.wait(0.1):
+                    pass
+                b.sendall(data)
+
+    def serve() -> None:
+        with suppress(OSError):
+            while True:
+                c, _ = listener.accept()
+                u = socket.socket(socket.AF_UNIX)
+                try:
+                    u.connect(target)
+                except OSError:
+                    c.close()
+                    continue
+                threading.Thread(target=pump, args=(c, u, False), daemon=True).start()
+                threading.Thread(target=pump, args=(u, c, True), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    primary = Database(pair.primary_url)
+    router = ReadRouter(primary, [node.conninfo], max_lag_s=1, wait_s=0.1, probe_interval_s=0.2)
+    try:
+        with psycopg.connect(node.conninfo, autocommit=True) as conn:
+            via = make_conninfo(
+                str(conn.execute("SHOW primary_conninfo").fetchone()[0]),  # type: ignore[index]
+                host=str(proxy_dir),
+            )
+            conn.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(via))
+            conn.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 30
+            while (
+                conn.execute(
+                    "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'"
+                    " AND sender_host = %s",
+                    (str(proxy_dir),),
+                ).fetchone()
+                is None
+            ):
+                assert time.monotonic() < deadline, (
+                    "the standby did not stream via the proxy",
+                    conn.execute("SELECT status, sender_host FROM pg_stat_wal_receiver").fetchall(),
+                )
+                time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while router.choose() is primary:  # caught up while the stream flows
+            assert time.monotonic() < deadline, router.statuses()
+            time.sleep(0.1)
+        flowing.clear()  # the link stalls; the receiver stays connected
+        with psycopg.connect(pair.primary_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE stalled_probe (x int)")
+            conn.execute("DROP TABLE stalled_probe")
+        deadline = time.monotonic() + 10
+        while router.statuses()[0].up:
+            assert time.monotonic() < deadline, router.statuses()
+            time.sleep(0.2)
+        [status] = router.statuses()
+        assert status.error is not None and "RAGSTORE_MAX_REPLICA_LAG_S" in status.error, status
+        assert router.choose() is primary
+    finally:
+        flowing.set()
+        router.close()
+        primary.close()
+        node.remove()
+        listener.close()
+        shutil.rmtree(proxy_dir, ignore_errors=True)
 
 
 def test_a_worker_on_a_standby_is_one_clear_error(

@@ -509,14 +509,18 @@ class ReadRouter:
         replayed = state.replay_lsn
         if replayed is None or (primary_lsn is not None and replayed >= primary_lsn):
             return 0.0
-        if state.replayed_all_received:
-            return 0.0  # streaming and replaying as it arrives: in transit, not behind
         now = time.monotonic()
         samples = list(self._history)
         seen_replayed = any(pos <= replayed for _, pos in samples)
         first = next((t for t, pos in samples if pos > replayed), None)
         if seen_replayed and first is not None:
+            # the primary had WAL past the replica's position at ``first``: it lacks WAL
+            # that old, however it arrives. Streaming and replaying all it received was
+            # taken for "in transit, not behind" even so: a standby on a slow or stalled
+            # link (its receiver still connected) served reads minutes old at lag 0.
             return max(0.0, now - first)
+        if state.replayed_all_received:
+            return 0.0  # streaming, replaying as it arrives, and no sample dates a gap
         oldest = samples[0][0] if samples else now
         return max(now - oldest, state.replay_age_s or 0.0)
 
