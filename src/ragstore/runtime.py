@@ -118,6 +118,7 @@ class Runtime:
                         pool_min_size=s.pool_min_size,
                         pool_max_size=s.pool_max_size,
                         connect_timeout_s=s.connect_timeout_s,
+                        read_timeout_s=routing.replica_read_timeout_s(s.search_timeout_s),
                     )
         return self._router
 

@@ -92,7 +92,16 @@ def test_lag_dates_the_oldest_unreplayed_wal(database_url: str) -> None:
     in_transit = lsn.ReplayState(
         in_recovery=True, replay_lsn=250, replay_age_s=60.0, receive_lsn=250, streaming=True
     )
-    assert router._lag(in_transit, 300) == 0.0  # replayed all it received: not behind
+    # replayed all it received: what it lacks appeared 1 s ago (the last sample)
+    assert router._lag(in_transit, 300) == pytest.approx(1, abs=0.5)
+    stalled = lsn.ReplayState(
+        in_recovery=True, replay_lsn=150, replay_age_s=60.0, receive_lsn=150, streaming=True
+    )
+    # streaming, all received replayed, yet 200 appeared 4 s ago: a slow or stalled link
+    assert router._lag(stalled, 300) == pytest.approx(4, abs=0.5)
+    fresh = ReadRouter(Database(database_url), [], max_lag_s=5, wait_s=0)
+    fresh._history.append((now - 9, 300))
+    assert fresh._lag(in_transit, 300) == 0.0  # no sample dates the gap: in transit
     cut_off = lsn.ReplayState(
         in_recovery=True, replay_lsn=150, replay_age_s=60.0, receive_lsn=150, streaming=False
     )

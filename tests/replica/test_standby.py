@@ -7,22 +7,24 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ragstore import Client
-from ragstore.db import embedded, migrations, standby
+from ragstore.db import embedded, migrations, routing, standby
 from ragstore.db.database import Database
 from ragstore.db.routing import ReadRouter, Route, routed
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
@@ -293,6 +295,96 @@ def test_a_standby_cut_off_from_the_primary_counts_as_lagging(pair: Pair, tmp_pa
         router.close()
         primary.close()
         node.remove()
+
+
+def test_a_standby_whose_stream_stalls_counts_as_lagging(pair: Pair, tmp_path: Path) -> None:
+    """A standby whose WAL stream stalls while its receiver stays connected (a slow or
+    congested link) has replayed all it received, which the router took for "in
+    transit, not behind": it was read from at lag 0 while the primary's writes did not
+    arrive. Its lag is now dated by the primary's positions, as any other's."""
+    node = standby.create(pair.primary_url, tmp_path / "stalled")
+    proxy_dir = Path(tempfile.mkdtemp(prefix="rsp-", dir="/tmp"))
+    primary_parts = conninfo_to_dict(pair.primary_url)
+    port = primary_parts.get("port", "5432")
+    target = f"{primary_parts['host']}/.s.PGSQL.{port}"
+    flowing = threading.Event()
+    flowing.set()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(proxy_dir / f".s.PGSQL.{port}"))
+    # the servers may run as another user than the tests (never root): theirs
+    owner = os.stat(primary_parts["host"])
+    for path in (proxy_dir, proxy_dir / f".s.PGSQL.{port}"):
+        with suppress(PermissionError):  # not root: the servers run as the tests' user
+            os.chown(path, owner.st_uid, owner.st_gid)
+    listener.listen()
+
+    def pump(a: socket.socket, b: socket.socket, gated: bool) -> None:
+        with suppress(OSError):
+            while data := a.recv(65536):
+                while gated and not flowing.wait(0.1):
+                    pass
+                b.sendall(data)
+
+    def serve() -> None:
+        with suppress(OSError):
+            while True:
+                c, _ = listener.accept()
+                u = socket.socket(socket.AF_UNIX)
+                try:
+                    u.connect(target)
+                except OSError:
+                    c.close()
+                    continue
+                threading.Thread(target=pump, args=(c, u, False), daemon=True).start()
+                threading.Thread(target=pump, args=(u, c, True), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    primary = Database(pair.primary_url)
+    router = ReadRouter(primary, [node.conninfo], max_lag_s=1, wait_s=0.1, probe_interval_s=0.2)
+    try:
+        with psycopg.connect(node.conninfo, autocommit=True) as conn:
+            via = make_conninfo(
+                str(conn.execute("SHOW primary_conninfo").fetchone()[0]),  # type: ignore[index]
+                host=str(proxy_dir),
+            )
+            conn.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(via))
+            conn.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 30
+            while (
+                conn.execute(
+                    "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'"
+                    " AND sender_host = %s",
+                    (str(proxy_dir),),
+                ).fetchone()
+                is None
+            ):
+                assert time.monotonic() < deadline, (
+                    "the standby did not stream via the proxy",
+                    conn.execute("SELECT status, sender_host FROM pg_stat_wal_receiver").fetchall(),
+                )
+                time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while router.choose() is primary:  # caught up while the stream flows
+            assert time.monotonic() < deadline, router.statuses()
+            time.sleep(0.1)
+        flowing.clear()  # the link stalls; the receiver stays connected
+        with psycopg.connect(pair.primary_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE stalled_probe (x int)")
+            conn.execute("DROP TABLE stalled_probe")
+        deadline = time.monotonic() + 10
+        while router.statuses()[0].up:
+            assert time.monotonic() < deadline, router.statuses()
+            time.sleep(0.2)
+        [status] = router.statuses()
+        assert status.error is not None and "RAGSTORE_MAX_REPLICA_LAG_S" in status.error, status
+        assert router.choose() is primary
+    finally:
+        flowing.set()
+        router.close()
+        primary.close()
+        node.remove()
+        listener.close()
+        shutil.rmtree(proxy_dir, ignore_errors=True)
 
 
 def test_a_worker_on_a_standby_is_one_clear_error(
@@ -628,6 +720,110 @@ def test_a_read_cancelled_by_a_recovery_conflict_is_run_again_on_the_primary(
         assert route.lost, "the API would not run the read again on the primary"
         assert router.statuses()[0].up is True  # the replica is fine: not skipped
     finally:
+        router.close()
+        primary.close()
+
+
+def test_a_replica_that_keeps_cancelling_reads_is_backed_off(
+    pair: Pair, pg_admin_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica whose standby kept cancelling reads (recovery conflicts) had every one
+    of them run twice, on the replica and again on the primary, for as long as the
+    primary's writes went on. After ``CONFLICT_BACKOFF_COUNT`` conflicts in a row the
+    router sends reads to the primary for ``CONFLICT_BACKOFF_S``, then tries it again."""
+    monkeypatch.setattr(routing, "CONFLICT_BACKOFF_S", 3.0)
+    url = create_database(pg_admin_uri, TEMPLATE)
+    with psycopg.connect(url, autocommit=True) as p:
+        p.execute("CREATE TABLE replayed (x int)")
+        name = p.info.dbname
+    pair.wait_caught_up()
+    primary = Database(url)
+    router = ReadRouter(
+        primary, [make_conninfo(pair.standby.conninfo, dbname=name)], max_lag_s=5, wait_s=0.1
+    )
+    try:
+        with _standby_setting(pair, "max_standby_streaming_delay", "100ms"):
+            for _ in range(routing.CONFLICT_BACKOFF_COUNT):
+                route = Route(router)
+                with routed(route):
+                    db = route.database()
+                    assert route.on_replica, router.statuses()
+                    locker = threading.Thread(
+                        target=_lock_on_primary, args=(url, "replayed", 0.2, 0.5)
+                    )
+                    locker.start()
+                    try:
+                        with pytest.raises(RagstoreError), db.connection() as conn:
+                            conn.execute("SELECT count(*) FROM replayed, pg_sleep(30)")
+                    finally:
+                        locker.join(30)
+                assert route.lost
+        assert router.choose() is primary, "still read from after repeated conflicts"
+        assert router.statuses()[0].up is True  # backed off, not down
+        time.sleep(3.2)
+        assert router.choose() is not primary, "not tried again after the back-off"
+    finally:
+        router.close()
+        primary.close()
+
+
+def test_a_read_on_a_wedged_replica_ends_and_goes_to_the_primary(
+    pair: Pair, pg_admin_uri: str
+) -> None:
+    """A replica whose server is up but whose query does not move (here: replay paused
+    while it holds a lock the primary took and has since released; a frozen server is
+    another) was not caught by keepalives, whose probes the kernel answers: a routed read
+    there waited for good, with the primary free. The router's ``read_timeout_s`` bounds
+    it now: the connection is cut, the replica marked down and the route flagged for the
+    primary, which answers."""
+    url = create_database(pg_admin_uri, TEMPLATE)
+    with psycopg.connect(url, autocommit=True) as p:
+        p.execute("CREATE TABLE replayed (x int)")
+        p.execute("INSERT INTO replayed VALUES (1)")
+        name = p.info.dbname
+    pair.wait_caught_up()
+    primary = Database(url)
+    router = ReadRouter(
+        primary,
+        [make_conninfo(pair.standby.conninfo, dbname=name)],
+        max_lag_s=60,
+        wait_s=0.1,
+        read_timeout_s=2,
+    )
+    out: list[str] = []
+    route = Route(router)
+    with routed(route):
+        replica = route.database()
+        assert route.on_replica, router.statuses()
+
+    def read() -> None:
+        started = time.monotonic()
+        try:
+            with routed(route), replica.connection() as conn:
+                conn.execute("SELECT count(*) FROM replayed")
+            out.append("answered")
+        except RagstoreError as exc:
+            out.append(f"{type(exc).__name__} after {time.monotonic() - started:.1f}s")
+
+    reader = threading.Thread(target=read, daemon=True)
+    try:
+        with psycopg.connect(url) as p:
+            p.execute("LOCK TABLE replayed IN ACCESS EXCLUSIVE MODE")
+            p.execute("SELECT pg_switch_wal()")
+            pair.wait_caught_up()  # the standby's replay holds the lock ...
+            pair.pause_replay(True)
+            p.commit()  # ... and keeps it: its release is not replayed
+        reader.start()
+        reader.join(15)
+        assert out, "the replica's read still waits"
+        assert out[0].startswith("DatabaseUnavailableError"), out
+        assert route.lost, "the API would not run the read again on the primary"
+        with primary.connection() as conn:  # the primary answers at once
+            assert conn.execute("SELECT count(*) FROM replayed").fetchone() == (1,)
+    finally:
+        pair.pause_replay(False)
+        if reader.is_alive():
+            reader.join(30)
         router.close()
         primary.close()
 

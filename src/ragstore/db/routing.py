@@ -14,8 +14,11 @@ is probed at most every ``probe_interval_s``, inline, by the request that finds 
 stale. A replica that fails under a request is marked down at once and
 the request is told (:attr:`Route.lost`) so the API can run it again on the primary. A read
 the standby cancelled to replay the primary's changes (a recovery conflict) is told so too,
-the replica left in use: it is fine, and the caller raced nothing (not a 409 ``conflict``).
+the replica left in use: it is fine, and the caller raced nothing (not a 409 ``conflict``);
+only a replica that keeps cancelling reads is left out of them for a short back-off.
 So is a read that found every connection of the replica's pool in use (busy, not down).
+A read that holds a replica's connection past ``read_timeout_s`` (the search timeout and a
+grace) is cut off there, as a replica that failed: one that is up but does not move.
 
 Read-your-writes: a read that carries the caller's last write position (``min_lsn``) is
 served by a replica that has replayed that far, waiting up to ``wait_s``, else by the primary.
@@ -23,13 +26,14 @@ served by a replica that has replayed that far, waiting up to ``wait_s``, else b
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -47,9 +51,30 @@ from ragstore.observability import metrics
 PROBE_TIMEOUT_S = 1  # a replica that does not accept a connection this fast counts as down
 PROBE_QUERY_TIMEOUT_S = 3  # ... nor one whose probe queries do not answer this fast
 _HISTORY = 600  # primary positions remembered for the lag estimate
+log = logging.getLogger("ragstore.db")
+
 # How long a routed read waits for a free connection of a replica's pool before the API
 # runs it on the primary instead (at most the pool timeout)
 BUSY_REPLICA_WAIT_S = 0.5
+# How much longer than RAGSTORE_SEARCH_TIMEOUT_S a routed read may hold a replica
+# connection before it is cut (replica_read_timeout_s): a healthy server has ended a
+# search by then with search_timeout, so only a replica that does not move is cut
+REPLICA_READ_GRACE_S = 10.0
+
+
+def replica_read_timeout_s(search_timeout_s: float) -> float:
+    """The router's ``read_timeout_s`` for ``RAGSTORE_SEARCH_TIMEOUT_S``: that plus
+    :data:`REPLICA_READ_GRACE_S`; none (0) where searches are not limited either."""
+    return search_timeout_s + REPLICA_READ_GRACE_S if search_timeout_s > 0 else 0.0
+
+
+# A replica whose standby cancelled this many routed reads (recovery conflicts) within
+# CONFLICT_WINDOW_S is left out of reads for CONFLICT_BACKOFF_S: each such read ran twice
+# (on the replica, then on the primary), so a standby that kept cancelling them doubled
+# the read load and latency for as long as the primary's writes went on
+CONFLICT_BACKOFF_COUNT = 3
+CONFLICT_WINDOW_S = 10.0
+CONFLICT_BACKOFF_S = 5.0
 
 
 @dataclass
@@ -105,8 +130,12 @@ class ReplicaDatabase(Database):
         # a routed read has the primary to go to: it waits for a busy replica's pool
         # briefly, not the pool timeout (which it waited in full, then ran on the primary)
         busy_wait = None if wait_s is not None or route is None else self._busy_wait_s()
+        bound = self.router.read_timeout_s if route is not None else 0.0
         try:
-            with super().connection(wait_s=busy_wait if busy_wait is not None else wait_s) as conn:
+            with (
+                super().connection(wait_s=busy_wait if busy_wait is not None else wait_s) as conn,
+                _deadline(conn, bound) if bound > 0 else nullcontext(),
+            ):
                 yield conn
         except (RagstoreError, psycopg.Error) as exc:
             if busy_wait is not None and isinstance(exc, PoolTimeout):
@@ -140,6 +169,7 @@ class ReplicaDatabase(Database):
             route = _route.get()
             if route is not None:
                 route.lost = True
+            self.router.note_conflict(self)
             # (the message is the caller's to read: no replica address in it)
             reason = (str(conflict).strip() or type(conflict).__name__).splitlines()[0]
             raise StatementCancelledError(
@@ -221,6 +251,8 @@ class _Replica:
         self.db = db
         self.status = ReplicaStatus(db.where)
         self.probe_conn: psycopg.Connection[Any] | None = None
+        self.conflicts: deque[float] = deque(maxlen=CONFLICT_BACKOFF_COUNT)  # their times
+        self.avoid_until = float("-inf")  # backed off after repeated recovery conflicts
 
 
 class ReadRouter:
@@ -237,8 +269,16 @@ class ReadRouter:
         pool_max_size: int = 10,
         connect_timeout_s: float = 5.0,
         probe_interval_s: float = 1.0,
+        read_timeout_s: float = 0.0,
     ) -> None:
         self.primary = primary
+        # A routed read's bound on a replica connection, 0 = none: past it the connection
+        # is cut (client side, see _deadline), the replica marked down and the read run on
+        # the primary. A replica whose server is up but does not move (a frozen host, a
+        # query waiting on a lock its paused replay holds) is not caught by keepalives,
+        # which its kernel answers, nor by statement_timeout, which it may not enforce:
+        # the read waited for good with the primary free.
+        self.read_timeout_s = read_timeout_s
         self.max_lag_s = max_lag_s
         self.wait_s = wait_s
         self.probe_interval_s = probe_interval_s
@@ -279,8 +319,9 @@ class ReadRouter:
     def choose(self, min_lsn: int | None = None) -> Database:
         """A usable replica (round robin) that has replayed ``min_lsn``, else the primary."""
         self._refresh()
+        now = time.monotonic()
         with self._lock:
-            usable = [r for r in self._replicas if r.status.up]
+            usable = [r for r in self._replicas if r.status.up and now >= r.avoid_until]
             if usable:
                 start = self._next % len(usable)
                 self._next += 1
@@ -307,6 +348,36 @@ class ReadRouter:
     def _to_replica(r: _Replica) -> Database:
         metrics.record_read("replica")
         return r.db
+
+    def note_conflict(self, db: Database) -> None:
+        """A routed read on ``db`` was cancelled by its standby's replay (a recovery
+        conflict). After :data:`CONFLICT_BACKOFF_COUNT` of them within
+        :data:`CONFLICT_WINDOW_S`, reads skip it for :data:`CONFLICT_BACKOFF_S`.
+
+        Each conflict is one read run twice, on the replica and again on the primary;
+        a standby that kept cancelling reads (the primary's writes taking locks its
+        queries held, a short ``max_standby_streaming_delay``) doubled the read load for
+        as long as that went on. It is not marked down: it answers, its status and pool
+        stay as they are, and it is tried again once the back-off is over."""
+        now = time.monotonic()
+        for r in self._replicas:
+            if r.db is db:
+                with self._lock:
+                    r.conflicts.append(now)
+                    if (
+                        len(r.conflicts) >= CONFLICT_BACKOFF_COUNT
+                        and now - r.conflicts[0] <= CONFLICT_WINDOW_S
+                    ):
+                        r.avoid_until = now + CONFLICT_BACKOFF_S
+                        r.conflicts.clear()
+                        log.warning(
+                            "read replica %s cancelled %d reads in %gs (recovery conflicts): "
+                            "reads go to the primary for %gs",
+                            r.status.name,
+                            CONFLICT_BACKOFF_COUNT,
+                            CONFLICT_WINDOW_S,
+                            CONFLICT_BACKOFF_S,
+                        )
 
     def mark_down(self, db: Database, error: str) -> None:
         """Skip ``db`` until a probe finds it answering again; its pool starts afresh then."""
@@ -438,14 +509,18 @@ class ReadRouter:
         replayed = state.replay_lsn
         if replayed is None or (primary_lsn is not None and replayed >= primary_lsn):
             return 0.0
-        if state.replayed_all_received:
-            return 0.0  # streaming and replaying as it arrives: in transit, not behind
         now = time.monotonic()
         samples = list(self._history)
         seen_replayed = any(pos <= replayed for _, pos in samples)
         first = next((t for t, pos in samples if pos > replayed), None)
         if seen_replayed and first is not None:
+            # the primary had WAL past the replica's position at ``first``: it lacks WAL
+            # that old, however it arrives. Streaming and replaying all it received was
+            # taken for "in transit, not behind" even so: a standby on a slow or stalled
+            # link (its receiver still connected) served reads minutes old at lag 0.
             return max(0.0, now - first)
+        if state.replayed_all_received:
+            return 0.0  # streaming, replaying as it arrives, and no sample dates a gap
         oldest = samples[0][0] if samples else now
         return max(now - oldest, state.replay_age_s or 0.0)
 
