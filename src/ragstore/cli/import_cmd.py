@@ -34,6 +34,7 @@ def print_plan(plan: ImportPlan) -> None:
     console().print(
         f"collection:  {escape(plan.collection)} ({'existing' if plan.exists else 'new'})"
     )
+    console().print(f"model check: {escape(plan.model_check)}")
     v = plan.validation
     if not v.issues:
         console().print(f"validation:  ok, {v.read} records pass every check")
@@ -94,6 +95,7 @@ def _plan_dict(plan: ImportPlan) -> dict[str, Any]:
         "to_import": plan.to_write,
         "skipped": plan.validation.skipped,
         "issues": [asdict(i) for i in plan.validation.issues],
+        "model_check": plan.model_check,
     }
 
 
@@ -151,6 +153,12 @@ def register(app: typer.Typer) -> None:
         ),
         policy: list[str] = typer.Option(
             [], "--policy", help="KIND=ACTION for one kind (missing_text also accepts keep)."
+        ),
+        trust_vectors: bool = typer.Option(
+            False,
+            "--trust-vectors",
+            help="Skip the check that a loadable --model made the vectors (a few records' "
+            "texts embedded again); for vectors made from other text than the records hold.",
         ),
         dry_run: bool = typer.Option(False, "--dry-run", help="Read and validate only."),
         no_backup: bool = typer.Option(False, "--no-backup", help="Skip the backup first."),
@@ -231,6 +239,7 @@ def register(app: typer.Typer) -> None:
                     verify_queries=verify_queries,
                     min_recall=min_recall,
                     ef_search=ef_search,
+                    trust_vectors=trust_vectors,
                 )
                 with progress("importing", "records") as update:
 
