@@ -131,7 +131,10 @@ def register(app: typer.Typer) -> None:
             "collection's own, else cosine).",
         ),
         fmt: str | None = typer.Option(
-            None, "--format", help="jsonl, numpy, postgres or chroma (default: guess)."
+            None,
+            "--format",
+            help="jsonl, numpy, postgres, chroma, langchain-pgvector or llamaindex-pgvector "
+            "(default: guess).",
         ),
         sidecar: Path | None = typer.Option(
             None,
@@ -139,7 +142,11 @@ def register(app: typer.Typer) -> None:
             help="JSONL/CSV with ids and texts for a .npy/.npz (default: same name).",
         ),
         array: str | None = typer.Option(None, "--array", help="Array of an .npz to read."),
-        table: str | None = typer.Option(None, "--table", help="Table of a PostgreSQL source."),
+        table: str | None = typer.Option(
+            None,
+            "--table",
+            help="Table of a PostgreSQL source (llamaindex-pgvector: its table_name).",
+        ),
         id_column: str = typer.Option("id", "--id-column"),
         text_column: str | None = typer.Option(None, "--text-column"),
         vector_column: str | None = typer.Option(None, "--vector-column"),
@@ -148,6 +155,11 @@ def register(app: typer.Typer) -> None:
             "float32", "--bytea-dtype", help="float32 or float64 for bytea vectors."
         ),
         chroma_collection: str | None = typer.Option(None, "--chroma-collection"),
+        source_collection: str | None = typer.Option(
+            None,
+            "--source-collection",
+            help="Collection of a LangChain PGVector store (default: its only one).",
+        ),
         on_invalid: str = typer.Option(
             "abort", "--on-invalid", help="abort or skip, for every kind of bad record."
         ),
@@ -206,6 +218,7 @@ def register(app: typer.Typer) -> None:
                 metadata_column=metadata_column,
                 bytea_dtype=bytea_dtype,
                 chroma_collection=chroma_collection,
+                source_collection=source_collection,
             ),
         )
         rolled_back = (
