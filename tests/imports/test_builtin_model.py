@@ -83,7 +83,7 @@ def test_vectors_of_another_model_of_the_same_dimension_are_refused_before_writi
 
 
 def test_records_without_text_cannot_be_checked_and_the_report_says_so(
-    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    rt: Runtime, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = tmp_path / "notext.jsonl"
     src.write_text(
@@ -97,3 +97,13 @@ def test_records_without_text_cannot_be_checked_and_the_report_says_so(
     report = json.loads(capsys.readouterr().out)
     assert report["written"] == 3
     assert report["model_check"] == "not checked: no record has a text to embed again"
+    # beside records with a text, those without one are counted as not checked
+    text = "Cats sleep for most of the day."
+    vec = rt.embedder(resolve_spec("all-MiniLM-L6-v2")).embed([text])[0]
+    with src.open("a") as fh:
+        fh.write(json.dumps({"id": "t1", "text": text, "vector": vec.tolist()}) + "\n")
+    args[3] = "notext2"
+    assert run_cli(*args, "--policy", "missing_text=keep", "--json") == 0
+    check = json.loads(capsys.readouterr().out)["model_check"]
+    assert check.startswith("ok, 1 records' texts embedded again by all-MiniLM-L6-v2")
+    assert check.endswith("; 3 records without a text cannot be checked")

@@ -104,6 +104,9 @@ def test_a_langchain_pgvector_collection_is_imported_and_searchable_by_text(
     assert run_cli("import", *args, "--source-collection", "nope", "-c", "lc-nope") == 65
     err = " ".join(capsys.readouterr().err.split())
     assert "has no collection 'nope' (collections: 'notes', 'other')" in err
+    # a flag the layout would ignore is named, not dropped
+    assert run_cli("import", *args, "--table", "notes", "-c", "lc-t", "--no-backup") == 65
+    assert "--table would be ignored" in " ".join(capsys.readouterr().err.split())
 
 
 def test_the_older_langchain_community_layout_reads_custom_id(

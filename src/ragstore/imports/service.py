@@ -250,9 +250,11 @@ def check_declared_model(
             "--dimension N for one ragstore cannot load), or, where the vectors were made "
             "from other text than the records hold, --trust-vectors to import them unchecked"
         )
+    untexted = len(kept) - len(with_text)
     return (
         f"ok, {len(sample)} records' texts embedded again by {spec.key} agree "
         f"(least cosine {float(cosines.min()):.3f})"
+        + (f"; {untexted} records without a text cannot be checked" if untexted else "")
     )
 
 

@@ -59,6 +59,28 @@ def detect_format(source: str) -> str:
     )
 
 
+def _refuse_column_flags(fmt: str, opts: SourceOptions) -> None:
+    """ImportSourceError for a flag a library's layout does not take: its columns are the
+    library's, and a flag that would be ignored (``--text-column``, ``--table`` for
+    LangChain's fixed tables) is named instead of importing other columns than asked."""
+    given = [
+        flag
+        for flag, value in (
+            ("--id-column", opts.id_column != "id"),
+            ("--text-column", opts.text_column is not None),
+            ("--vector-column", opts.vector_column is not None),
+            ("--metadata-column", opts.metadata_column is not None),
+            ("--table", fmt == "langchain-pgvector" and opts.table is not None),
+        )
+        if value
+    ]
+    if given:
+        raise ImportSourceError(
+            f"--format {fmt} reads the library's own columns, so {', '.join(given)} would be "
+            "ignored; leave it out, or read another layout with --format postgres --table NAME"
+        )
+
+
 def open_source(source: str, opts: SourceOptions) -> Source:
     fmt = opts.format or detect_format(source)
     if fmt not in FORMATS:
@@ -73,6 +95,8 @@ def open_source(source: str, opts: SourceOptions) -> Source:
             f"--format {fmt} reads a PostgreSQL database: give its postgresql:// URL, not "
             f"{source!r}"
         )
+    if fmt in ("langchain-pgvector", "llamaindex-pgvector"):
+        _refuse_column_flags(fmt, opts)
     if fmt == "langchain-pgvector":
         return LangChainPGVectorSource(source, opts.source_collection)
     if fmt == "llamaindex-pgvector":
