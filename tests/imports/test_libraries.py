@@ -127,19 +127,25 @@ def test_the_older_langchain_community_layout_reads_custom_id(
         )
         cid = uuid.uuid4()
         conn.execute("INSERT INTO langchain_pg_collection VALUES (%s, 'only', '{}')", (cid,))
+        twins = [uuid.uuid4(), uuid.uuid4()]  # no unique name in this layout
+        for twin in twins:
+            conn.execute("INSERT INTO langchain_pg_collection VALUES (%s, 'twin', '{}')", (twin,))
         for i, v in enumerate(vecs):
             conn.execute(
                 "INSERT INTO langchain_pg_embedding VALUES (%s, %s, %s::vector, %s, %s, %s)",
                 (uuid.uuid4(), cid, _vec(v), f"text {i}", json.dumps({"n": i}), f"c{i}"),
             )
-    report = _import(
-        capsys, url, "--format", "langchain-pgvector", "-c", "lc-old", "--model", "old@v1",
-        "--dimension", "8",
-    )  # fmt: skip
+    args = [url, "--format", "langchain-pgvector", "--model", "old@v1", "--dimension", "8"]
+    report = _import(capsys, *args, "--source-collection", "only", "-c", "lc-old")
     ids = [f"c{i}" for i in range(6)]
     assert report["verification"]["source_checksum"] == checksum(ids, vecs)
     stored = _stored(cli_env["RAGSTORE_DATABASE_URL"], "lc-old")
     assert stored == {f"c{i}": (f"text {i}", {"n": i}) for i in range(6)}
+    # two collections of one name: one of them read would leave the other's rows out
+    capsys.readouterr()
+    assert run_cli("import", *args, "--source-collection", "twin", "-c", "lc-twin") == 65
+    err = " ".join(capsys.readouterr().err.split())
+    assert "has 2 collections named 'twin'" in err and str(twins[0]) in err
 
 
 def _node_content(meta: dict[str, Any], excluded: list[str]) -> str:

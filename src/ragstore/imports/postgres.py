@@ -335,6 +335,14 @@ class LangChainPGVectorSource(PostgresTableSource):
                 f"LangChain PGVector on {describe(self.url)} has no collection "
                 f"{self.collection!r} (collections: {names}); give one with --source-collection"
             )
+        if len(uuids) > 1:
+            # langchain-community's table has no unique name: reading one of them would
+            # leave the others' records out, unsaid
+            raise ImportSourceError(
+                f"LangChain PGVector on {describe(self.url)} has {len(uuids)} collections "
+                f"named {self.collection!r} (uuids {', '.join(uuids)}); import each with "
+                "--format postgres --table from a view of its rows (WHERE collection_id = ...)"
+            )
         return uuids[0]
 
     def records(self) -> Iterator[Record]:

@@ -49,6 +49,7 @@ from ragstore.errors import (
     ImportValidationError,
     ImportVerificationError,
     InputError,
+    ModelError,
     ModelMismatchError,
     ModelNotFoundError,
 )
@@ -224,6 +225,8 @@ def check_declared_model(
         return "not checked: ragstore cannot load this model"
     if trust:
         return "not checked: --trust-vectors"
+    if not kept:
+        return "not checked: no record to import"
     with_text = [
         i for i in kept if (records[i].embedded_text or records[i].text or "").strip() != ""
     ]
@@ -232,7 +235,15 @@ def check_declared_model(
     step = len(with_text) / min(MODEL_CHECK_SAMPLE, len(with_text))
     sample = [with_text[int(n * step)] for n in range(min(MODEL_CHECK_SAMPLE, len(with_text)))]
     texts = [str(records[i].embedded_text or records[i].text) for i in sample]
-    fresh = np.asarray(rt.embedder(spec).embed(texts), dtype=np.float64)
+    try:
+        fresh = np.asarray(rt.embedder(spec).embed(texts), dtype=np.float64)
+    except ModelError as exc:  # an HTTP model unreachable, weights that fail their pin
+        exc.message = (
+            f"{exc.message} (while embedding {len(texts)} records' texts with {spec.key} to "
+            "check that the vectors are its; nothing was written; --trust-vectors imports "
+            "them without this check)"
+        )
+        raise
     given = np.vstack([np.asarray(records[i].vector, dtype=np.float64) for i in sample])
     norms = np.linalg.norm(fresh, axis=1) * np.linalg.norm(given, axis=1)
     cosines = np.divide(
