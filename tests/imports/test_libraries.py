@@ -104,6 +104,13 @@ def test_a_langchain_pgvector_collection_is_imported_and_searchable_by_text(
     assert run_cli("import", *args, "--source-collection", "nope", "-c", "lc-nope") == 65
     err = " ".join(capsys.readouterr().err.split())
     assert "has no collection 'nope' (collections: 'notes', 'other')" in err
+    # without --format, the URL is a plain table's: the error points at the format
+    assert run_cli("import", langchain_url, "--model", MODEL, "-c", "lc-f", "--no-backup") == 65
+    assert "--format langchain-pgvector" in " ".join(capsys.readouterr().err.split())
+    plain = ["import", langchain_url, "--table", "langchain_pg_embedding", "--model", MODEL]
+    assert run_cli(*plain, "--source-collection", "notes", "-c", "lc-f", "--no-backup") == 65
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--source-collection names a LangChain PGVector collection" in err
     # a flag the layout would ignore is named, not dropped
     assert run_cli("import", *args, "--table", "notes", "-c", "lc-t", "--no-backup") == 65
     assert "--table would be ignored" in " ".join(capsys.readouterr().err.split())

@@ -105,7 +105,8 @@ def register(app: typer.Typer) -> None:
         source: str = typer.Argument(
             ...,
             help="A .jsonl file, a .npy/.npz file, a Chroma "
-            "directory, or a postgresql:// URL (with --table).",
+            "directory, or a postgresql:// URL (with --table, or --format "
+            "langchain-pgvector / llamaindex-pgvector).",
         ),
         collection: str | None = typer.Option(
             None, "--collection", "-c", metavar="NAME", help="Target collection (created if new)."

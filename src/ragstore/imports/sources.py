@@ -108,7 +108,11 @@ def open_source(source: str, opts: SourceOptions) -> Source:
         return LlamaIndexPGVectorSource(source, opts.table)
     if fmt == "postgres":
         if not opts.table:
-            raise ImportSourceError("a PostgreSQL source needs the table: --table NAME")
+            raise ImportSourceError(
+                "a PostgreSQL source needs the table: --table NAME (LangChain's PGVector "
+                "tables are read with --format langchain-pgvector, LlamaIndex's "
+                "PGVectorStore with --format llamaindex-pgvector --table NAME)"
+            )
         return PostgresTableSource(
             source,
             opts.table,
