@@ -107,3 +107,34 @@ def test_records_without_text_cannot_be_checked_and_the_report_says_so(
     check = json.loads(capsys.readouterr().out)["model_check"]
     assert check.startswith("ok, 1 records' texts embedded again by all-MiniLM-L6-v2")
     assert check.endswith("; 3 records without a text cannot be checked")
+
+
+def test_an_http_model_that_cannot_embed_for_the_check_says_nothing_was_written(
+    rt: Runtime,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.models.embedding_server import EmbeddingServer
+
+    local = rt.embedder(resolve_spec("all-MiniLM-L6-v2"))
+    server = EmbeddingServer(local, api_key="sk-test-123").start()
+    try:
+        monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+        add = ["models", "add", server.base_url, "--provider", "openai", "--remote-model"]
+        add += ["minilm", "--api-key-env", "RAGSTORE_TEST_EMBED_KEY", "--max-tokens", "256"]
+        assert run_cli(*add, "--name", "minilm-served") == 0
+        src = write_jsonl(tmp_path / "served.jsonl", ["s0", "s1"], local.embed(TEXTS[:2]), TEXTS)
+        args = ["import", str(src), "--model", "minilm-served", "--no-backup", "--json"]
+        capsys.readouterr()
+        assert run_cli(*args, "-c", "served") == 0  # the served model's own vectors pass
+        assert json.loads(capsys.readouterr().out)["model_check"].startswith("ok, 2 records")
+        server.failures.extend([400] * 8)  # the endpoint refuses what it is sent
+        assert run_cli(*args, "-c", "served-down") != 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert "to check that the vectors are its; nothing was written" in err
+        assert "--trust-vectors" in err
+        assert "served-down" not in _collections(cli_env["RAGSTORE_DATABASE_URL"])
+    finally:
+        server.stop()
