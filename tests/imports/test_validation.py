@@ -537,7 +537,8 @@ def test_a_dry_run_with_a_builtin_model_pins_nothing(
 
     before = pins()
     assert not [p for p in before if p[0] == "all-MiniLM-L6-v2"]
-    args = ["import", str(src), "-c", "val-pin", "--model", "all-MiniLM-L6-v2"]
+    # random vectors: --trust-vectors, or the model check refuses them
+    args = ["import", str(src), "-c", "val-pin", "--model", "all-MiniLM-L6-v2", "--trust-vectors"]
     assert run_cli(*args, "--dry-run") == 0
     assert "dry run: would import 2 records" in capsys.readouterr().out
     assert pins() == before

@@ -34,6 +34,7 @@ def print_plan(plan: ImportPlan) -> None:
     console().print(
         f"collection:  {escape(plan.collection)} ({'existing' if plan.exists else 'new'})"
     )
+    console().print(f"model check: {escape(plan.model_check)}")
     v = plan.validation
     if not v.issues:
         console().print(f"validation:  ok, {v.read} records pass every check")
@@ -94,6 +95,7 @@ def _plan_dict(plan: ImportPlan) -> dict[str, Any]:
         "to_import": plan.to_write,
         "skipped": plan.validation.skipped,
         "issues": [asdict(i) for i in plan.validation.issues],
+        "model_check": plan.model_check,
     }
 
 
@@ -103,7 +105,8 @@ def register(app: typer.Typer) -> None:
         source: str = typer.Argument(
             ...,
             help="A .jsonl file, a .npy/.npz file, a Chroma "
-            "directory, or a postgresql:// URL (with --table).",
+            "directory, or a postgresql:// URL (with --table, or --format "
+            "langchain-pgvector / llamaindex-pgvector).",
         ),
         collection: str | None = typer.Option(
             None, "--collection", "-c", metavar="NAME", help="Target collection (created if new)."
@@ -129,7 +132,10 @@ def register(app: typer.Typer) -> None:
             "collection's own, else cosine).",
         ),
         fmt: str | None = typer.Option(
-            None, "--format", help="jsonl, numpy, postgres or chroma (default: guess)."
+            None,
+            "--format",
+            help="jsonl, numpy, postgres, chroma, langchain-pgvector or llamaindex-pgvector "
+            "(default: guess).",
         ),
         sidecar: Path | None = typer.Option(
             None,
@@ -137,7 +143,11 @@ def register(app: typer.Typer) -> None:
             help="JSONL/CSV with ids and texts for a .npy/.npz (default: same name).",
         ),
         array: str | None = typer.Option(None, "--array", help="Array of an .npz to read."),
-        table: str | None = typer.Option(None, "--table", help="Table of a PostgreSQL source."),
+        table: str | None = typer.Option(
+            None,
+            "--table",
+            help="Table of a PostgreSQL source (llamaindex-pgvector: its table_name).",
+        ),
         id_column: str = typer.Option("id", "--id-column"),
         text_column: str | None = typer.Option(None, "--text-column"),
         vector_column: str | None = typer.Option(None, "--vector-column"),
@@ -146,11 +156,22 @@ def register(app: typer.Typer) -> None:
             "float32", "--bytea-dtype", help="float32 or float64 for bytea vectors."
         ),
         chroma_collection: str | None = typer.Option(None, "--chroma-collection"),
+        source_collection: str | None = typer.Option(
+            None,
+            "--source-collection",
+            help="Collection of a LangChain PGVector store (default: its only one).",
+        ),
         on_invalid: str = typer.Option(
             "abort", "--on-invalid", help="abort or skip, for every kind of bad record."
         ),
         policy: list[str] = typer.Option(
             [], "--policy", help="KIND=ACTION for one kind (missing_text also accepts keep)."
+        ),
+        trust_vectors: bool = typer.Option(
+            False,
+            "--trust-vectors",
+            help="Skip the check that a loadable --model made the vectors (a few records' "
+            "texts embedded again); for vectors made from other text than the records hold.",
         ),
         dry_run: bool = typer.Option(False, "--dry-run", help="Read and validate only."),
         no_backup: bool = typer.Option(False, "--no-backup", help="Skip the backup first."),
@@ -198,6 +219,7 @@ def register(app: typer.Typer) -> None:
                 metadata_column=metadata_column,
                 bytea_dtype=bytea_dtype,
                 chroma_collection=chroma_collection,
+                source_collection=source_collection,
             ),
         )
         rolled_back = (
@@ -231,6 +253,7 @@ def register(app: typer.Typer) -> None:
                     verify_queries=verify_queries,
                     min_recall=min_recall,
                     ef_search=ef_search,
+                    trust_vectors=trust_vectors,
                 )
                 with progress("importing", "records") as update:
 

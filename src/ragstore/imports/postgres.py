@@ -229,35 +229,243 @@ class PostgresTableSource:
             )
             stmt = sql.SQL("SELECT {} FROM {}").format(fields, qualified)
             single_meta = len(meta_cols) == 1 and meta_cols[0] in (self.metadata_column, "metadata")
-            try:
-                with conn.transaction(), conn.cursor(name="ragstore_import") as cur:
-                    cur.itersize = self.batch_rows
-                    cur.execute(stmt)
-                    for row in cur:
-                        where = f"{self.table} row id={row[0]}"
-                        vector = to_vector(self._vector(row[2], kind, where), where)
-                        if single_meta:
-                            raw = row[3]
-                            meta = (
-                                raw
-                                if isinstance(raw, dict)
-                                else ({} if raw is None else {meta_cols[0]: raw})
-                            )
-                        else:
-                            meta = {
-                                c: v
-                                for c, v in zip(meta_cols, row[3:], strict=True)
-                                if v is not None
-                            }
-                        yield Record(
-                            to_id(row[0], where), to_text(row[1], where), vector, json_safe(meta)
-                        )
-            except psycopg.Error as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
-                    first += (
-                        " (the source is read in a read-only transaction, and reading it"
-                        " writes to the source: a view or function that writes?); import"
-                        " from a table, or a view that only reads"
+            for row in self._rows(conn, stmt):
+                where = f"{self.table} row id={row[0]}"
+                vector = to_vector(self._vector(row[2], kind, where), where)
+                if single_meta:
+                    raw = row[3]
+                    meta = (
+                        raw
+                        if isinstance(raw, dict)
+                        else ({} if raw is None else {meta_cols[0]: raw})
                     )
-                raise ImportSourceError(f"reading {self.description}: {first}") from None
+                else:
+                    meta = {c: v for c, v in zip(meta_cols, row[3:], strict=True) if v is not None}
+                yield Record(to_id(row[0], where), to_text(row[1], where), vector, json_safe(meta))
+
+    def _rows(
+        self,
+        conn: psycopg.Connection[tuple[Any, ...]],
+        stmt: sql.Composed,
+        params: tuple[Any, ...] = (),
+    ) -> Iterator[tuple[Any, ...]]:
+        """The rows of ``stmt``, through a server-side cursor in one read-only
+        transaction; a database error is one ImportSourceError naming the source."""
+        try:
+            with conn.transaction(), conn.cursor(name="ragstore_import") as cur:
+                cur.itersize = self.batch_rows
+                cur.execute(stmt, params)
+                yield from cur
+        except psycopg.Error as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+                first += (
+                    " (the source is read in a read-only transaction, and reading it"
+                    " writes to the source: a view or function that writes?); import"
+                    " from a table, or a view that only reads"
+                )
+            raise ImportSourceError(f"reading {self.description}: {first}") from None
+
+
+def _vector_expr(column: str, type_name: str, table: str) -> sql.Composable:
+    """A vector column of a library's table as selected: pgvector's cast to ``real[]``."""
+    kind = _kind(type_name)
+    if kind == "pgvector":
+        return sql.SQL("{}::real[]").format(sql.Identifier(column))
+    if kind == "array":
+        return sql.Identifier(column)
+    raise ImportSourceError(
+        f"column {column} of {table} is {type_name}, not the pgvector vector (or float array) "
+        "the library writes; import it with --format postgres --vector-column"
+    )
+
+
+def _need(columns: dict[str, str], names: tuple[str, ...], table: str, layout: str) -> None:
+    missing = [c for c in names if c not in columns]
+    if missing:
+        raise ImportSourceError(
+            f"table {table} has no column {', '.join(missing)} (columns: {', '.join(columns)}), "
+            f"so it is not {layout}'s layout; import it with --format postgres and the "
+            "--id-column, --text-column, --vector-column and --metadata-column it has"
+        )
+
+
+class LangChainPGVectorSource(PostgresTableSource):
+    """One collection of LangChain's PGVector store: ``langchain_pg_embedding`` rows (the
+    id in ``id``, or in ``custom_id`` with ``uuid`` where it is null, for the older
+    langchain-community layout; the text in ``document``; the metadata in ``cmetadata``)
+    whose ``collection_id`` is the ``uuid`` of the ``langchain_pg_collection`` named
+    ``collection`` (the only one where none is named)."""
+
+    EMBEDDINGS = "langchain_pg_embedding"
+    COLLECTIONS = "langchain_pg_collection"
+
+    def __init__(self, url: str, collection: str | None) -> None:
+        super().__init__(url, self.EMBEDDINGS)
+        self.collections = PostgresTableSource(url, self.COLLECTIONS)
+        self.collection = collection
+
+    @property
+    def description(self) -> str:
+        named = f" collection {self.collection}" if self.collection else ""
+        return f"LangChain PGVector{named} on {describe(self.url)}"
+
+    def _collection_uuid(self, conn: psycopg.Connection[tuple[Any, ...]]) -> str:
+        """The uuid (as text) of the collection to read: the one named, or the only one."""
+        table, columns = self.collections._columns(conn)
+        _need(columns, ("uuid", "name"), self.collections.table, "LangChain PGVector")
+        try:
+            found = conn.execute(
+                sql.SQL("SELECT uuid::text, name FROM {} ORDER BY name").format(table)
+            ).fetchall()
+        except psycopg.Error as exc:
+            raise ImportSourceError(f"reading {self.description}: {exc}") from None
+        names = ", ".join(repr(r[1]) for r in found) or "none"
+        if self.collection is None:
+            if len(found) == 1:
+                self.collection = str(found[0][1])
+                return str(found[0][0])
+            raise ImportSourceError(
+                f"LangChain PGVector on {describe(self.url)} holds {len(found)} collections "
+                f"({names}); name the one to import with --source-collection NAME"
+            )
+        uuids = [str(r[0]) for r in found if r[1] == self.collection]
+        if not uuids:
+            raise ImportSourceError(
+                f"LangChain PGVector on {describe(self.url)} has no collection "
+                f"{self.collection!r} (collections: {names}); give one with --source-collection"
+            )
+        if len(uuids) > 1:
+            # langchain-community's table has no unique name: reading one of them would
+            # leave the others' records out, unsaid
+            raise ImportSourceError(
+                f"LangChain PGVector on {describe(self.url)} has {len(uuids)} collections "
+                f"named {self.collection!r} (uuids {', '.join(uuids)}); import each with "
+                "--format postgres --table from a view of its rows (WHERE collection_id = ...)"
+            )
+        return uuids[0]
+
+    def records(self) -> Iterator[Record]:
+        with self._connect() as conn:
+            uuid = self._collection_uuid(conn)
+            table, columns = self._columns(conn)
+            _need(
+                columns,
+                ("document", "embedding", "cmetadata", "collection_id"),
+                self.table,
+                "LangChain PGVector",
+            )
+            if "custom_id" in columns and "uuid" in columns:  # langchain-community's PGVector
+                id_expr: sql.Composable = sql.SQL("coalesce(custom_id, uuid::text)")
+            else:
+                _need(columns, ("id",), self.table, "LangChain PGVector")
+                id_expr = sql.SQL("id::text")
+            stmt = sql.SQL(
+                "SELECT {}, document, {}, cmetadata FROM {} WHERE collection_id::text = %s"
+            ).format(id_expr, _vector_expr("embedding", columns["embedding"], self.table), table)
+            for rid, text, vec, meta in self._rows(conn, stmt, (uuid,)):
+                where = f"{self.description} row id={rid}"
+                yield Record(
+                    to_id(rid, where),
+                    to_text(text, where),
+                    to_vector(vec, where),
+                    json_safe(_as_metadata(meta, "cmetadata")),
+                )
+
+
+def _as_metadata(raw: Any, column: str) -> dict[str, Any]:
+    """A json column's value as a record's metadata: an object as it is, anything else
+    (a list, a number) kept under the column's name."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            return {column: raw}
+    if raw is None:
+        return {}
+    return raw if isinstance(raw, dict) else {column: raw}
+
+
+LLAMAINDEX_INTERNAL = ("_node_content", "_node_type")  # LlamaIndex's copy of the node
+
+
+def llamaindex_embedded_text(text: str | None, metadata: dict[str, Any]) -> str | None:
+    """What LlamaIndex gave its model for a node (``get_content(MetadataMode.EMBED)``):
+    the node's metadata not excluded from embedding, each as its ``metadata_template``,
+    joined by its separator, before the text in its ``text_template``; None where the
+    node is not recorded (``_node_content``) or is not a plain text node."""
+    raw = metadata.get("_node_content")
+    try:
+        node = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(node, dict) or text is None:
+        return None
+    meta = node.get("metadata") or {}
+    excluded = set(node.get("excluded_embed_metadata_keys") or ())
+    template = str(node.get("metadata_template") or "{key}: {value}")
+    sep = node.get("metadata_seperator", node.get("metadata_separator", "\n"))
+    text_template = str(node.get("text_template") or "{metadata_str}\n\n{content}")
+    if not isinstance(meta, dict):
+        return None
+    try:
+        shown = (
+            str(sep)
+            .join(
+                template.format(key=k, value=str(v)) for k, v in meta.items() if k not in excluded
+            )
+            .strip()
+        )
+        if not shown:
+            return text
+        return text_template.format(metadata_str=shown, content=text).strip()
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
+class LlamaIndexPGVectorSource(PostgresTableSource):
+    """LlamaIndex's PGVectorStore table ``data_<table_name>`` (``table`` is its
+    ``table_name``; a name already starting ``data_`` is taken as it is where no
+    ``data_data_...`` exists): the id in ``node_id``, the text in ``text``, the metadata in
+    ``metadata_`` without LlamaIndex's own copy of the node, the vector in ``embedding``."""
+
+    def __init__(self, url: str, table: str) -> None:
+        schema, dot, name = table.rpartition(".")
+        super().__init__(url, f"{schema}{dot}data_{name}")
+        self.given = table
+
+    @property
+    def description(self) -> str:
+        return f"LlamaIndex PGVectorStore table {self.table} on {describe(self.url)}"
+
+    def records(self) -> Iterator[Record]:
+        with self._connect() as conn:
+            try:
+                relation = self._relation(conn)
+            except psycopg.Error as exc:
+                raise ImportSourceError(f"{self.description}: {exc}") from None
+            if relation is None and self.given.rpartition(".")[2].lower().startswith("data_"):
+                self.table = self.given
+            table, columns = self._columns(conn)
+            _need(
+                columns,
+                ("node_id", "text", "metadata_", "embedding"),
+                self.table,
+                "LlamaIndex PGVectorStore",
+            )
+            stmt = sql.SQL("SELECT node_id, text, {}, metadata_ FROM {}").format(
+                _vector_expr("embedding", columns["embedding"], self.table), table
+            )
+            for rid, text, vec, raw in self._rows(conn, stmt):
+                where = f"{self.description} row node_id={rid}"
+                meta = _as_metadata(raw, "metadata_")
+                embedded = llamaindex_embedded_text(text, meta)
+                for key in LLAMAINDEX_INTERNAL:
+                    meta.pop(key, None)
+                yield Record(
+                    to_id(rid, where),
+                    to_text(text, where),
+                    to_vector(vec, where),
+                    json_safe(meta),
+                    embedded_text=embedded,
+                )

@@ -30,6 +30,9 @@ class Record:
     text: str | None
     vector: Vector
     metadata: dict[str, Any] = field(default_factory=dict)
+    # what the source's model was given to make the vector, where that is not ``text``
+    # (LlamaIndex embeds a node's metadata with its text); only the model check reads it
+    embedded_text: str | None = None
 
 
 class Source(Protocol):

@@ -49,6 +49,7 @@ from ragstore.errors import (
     ImportValidationError,
     ImportVerificationError,
     InputError,
+    ModelError,
     ModelMismatchError,
     ModelNotFoundError,
 )
@@ -159,6 +160,7 @@ class ImportOptions:
     ef_search: int | None = None
     seed: int = 0
     maintenance_work_mem: str | None = None  # None: RAGSTORE_INDEX_BUILD_MEMORY
+    trust_vectors: bool = False  # skip the model check (:func:`check_declared_model`)
 
 
 @dataclass
@@ -172,6 +174,7 @@ class ImportPlan:
     records: list[Record]
     validation: ValidationReport
     read_seconds: float
+    model_check: str = ""  # what :func:`check_declared_model` found, for the report
 
     @property
     def to_write(self) -> int:
@@ -194,6 +197,76 @@ class ImportReport:
     backup: backups.BackupInfo | None
     verification: Verification
     seconds: dict[str, float]
+    model_check: str = ""
+
+
+MODEL_CHECK_SAMPLE = 8  # records whose texts are embedded again at most (one small encode)
+# The least cosine between a record's vector and its text embedded again by the declared
+# model. The same model agrees far above it (all-MiniLM-L6-v2: 1.000 between batches,
+# after a float16 round trip and against its 256-dimension truncation); another model of
+# the same dimension, or these vectors shifted by one record, gives about -0.1 to 0.15.
+MODEL_CHECK_MIN_COSINE = 0.98
+
+
+def check_declared_model(
+    rt: Runtime, spec: ModelSpec, records: list[Record], kept: list[int], trust: bool
+) -> str:
+    """What the model check found, or ModelMismatchError where the vectors are not the
+    declared model's, before anything is written.
+
+    A model ragstore can load was trusted unchecked: vectors of another model of the
+    same dimension were stored as that model's, and every later text search (which
+    embeds the query with the real model) silently returned garbage. Up to
+    ``MODEL_CHECK_SAMPLE`` kept records with a text, spread over the source, are
+    embedded again in one call and each must agree with its own vector to
+    ``MODEL_CHECK_MIN_COSINE``. Records without a text cannot be checked, and an
+    ``imported`` model cannot be loaded: both are said in the result."""
+    if spec.provider == IMPORTED_PROVIDER:
+        return "not checked: ragstore cannot load this model"
+    if trust:
+        return "not checked: --trust-vectors"
+    if not kept:
+        return "not checked: no record to import"
+    with_text = [
+        i for i in kept if (records[i].embedded_text or records[i].text or "").strip() != ""
+    ]
+    if not with_text:
+        return "not checked: no record has a text to embed again"
+    step = len(with_text) / min(MODEL_CHECK_SAMPLE, len(with_text))
+    sample = [with_text[int(n * step)] for n in range(min(MODEL_CHECK_SAMPLE, len(with_text)))]
+    texts = [str(records[i].embedded_text or records[i].text) for i in sample]
+    try:
+        fresh = np.asarray(rt.embedder(spec).embed(texts), dtype=np.float64)
+    except ModelError as exc:  # an HTTP model unreachable, weights that fail their pin
+        exc.message = (
+            f"{exc.message} (while embedding {len(texts)} records' texts with {spec.key} to "
+            "check that the vectors are its; nothing was written; --trust-vectors imports "
+            "them without this check)"
+        )
+        raise
+    given = np.vstack([np.asarray(records[i].vector, dtype=np.float64) for i in sample])
+    norms = np.linalg.norm(fresh, axis=1) * np.linalg.norm(given, axis=1)
+    cosines = np.divide(
+        (fresh * given).sum(axis=1), norms, out=np.zeros(len(sample)), where=norms > 0
+    )
+    low = [(records[i].id, float(c)) for i, c in zip(sample, cosines, strict=True)]
+    low = [(rid, c) for rid, c in low if not c >= MODEL_CHECK_MIN_COSINE]
+    if low:
+        named = ", ".join(f"{rid} (cosine {c:.3f})" for rid, c in low[:MODEL_CHECK_SAMPLE])
+        raise ModelMismatchError(
+            f"the vectors do not look like {spec.key}'s: {len(low)} of {len(sample)} records "
+            f"checked disagree with their texts embedded again by it (need cosine >= "
+            f"{MODEL_CHECK_MIN_COSINE}): {named}; text searches would return wrong results. "
+            "Nothing was written. Declare the model that made them (--model NAME, with "
+            "--dimension N for one ragstore cannot load), or, where the vectors were made "
+            "from other text than the records hold, --trust-vectors to import them unchecked"
+        )
+    untexted = len(kept) - len(with_text)
+    return (
+        f"ok, {len(sample)} records' texts embedded again by {spec.key} agree "
+        f"(least cosine {float(cosines.min()):.3f})"
+        + (f"; {untexted} records without a text cannot be checked" if untexted else "")
+    )
 
 
 def declared_spec(
@@ -331,8 +404,13 @@ def plan_import(
             config = documents.ts_config_name(conn, coll.id)
         unindexable = unindexable_texts(conn, config, records)
     report = validate(records, spec.dimension, opts.policies, existing, unindexable)
+    checked = (
+        check_declared_model(rt, spec, records, report.kept, opts.trust_vectors)
+        if report.ok
+        else "not checked: the records are refused"
+    )
     return ImportPlan(
-        source.description, opts.collection, exists, spec, records, report, read_seconds
+        source.description, opts.collection, exists, spec, records, report, read_seconds, checked
     )
 
 
@@ -844,4 +922,5 @@ def run_import(
         backup=info,
         verification=verification,
         seconds=seconds,
+        model_check=plan.model_check,
     )
