@@ -24,12 +24,13 @@ from procrastinate.jobs import Job, Status
 from ragstore import Client
 from ragstore.config import Settings
 from ragstore.db import jobs as store
-from ragstore.errors import RagstoreError
+from ragstore.errors import CollectionNotFoundError, RagstoreError
 from ragstore.jobs import runner as runner_module
 from ragstore.jobs import worker as worker_module
 from ragstore.jobs.liveness import WORKER_LOCKS, LiveJobManager
 from ragstore.jobs.queue import build_queue
 from ragstore.jobs.runner import run_job
+from ragstore.jobs.service import submit_ingest
 from ragstore.jobs.worker import run_worker, watching_stalled
 from ragstore.runtime import Runtime
 from tests.api.conftest import running_server, with_
@@ -1394,3 +1395,27 @@ def test_deleting_a_collection_waits_on_no_job_row_another_transaction_holds(
             "SELECT count(*) FROM ingest_job_files WHERE job_id = %s", (job["id"],)
         ).fetchone()
     assert row is not None and row[0] == 0
+
+
+def test_a_job_queued_after_its_collections_delete_is_refused_not_kept(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A request makes a missing collection, then queues its job: a delete between the two
+    failed the collection's jobs without this one, answered 202 and kept with its uploaded
+    text until a worker ran it (with none, for good). The queueing now finds the
+    collection gone and refuses, recording nothing."""
+    api.create_collection("raced")
+    api.delete_collection("raced")
+    with psycopg.connect(database_url) as conn:
+        before = conn.execute("SELECT coalesce(max(id), 0) FROM ingest_jobs").fetchone()
+    assert before is not None
+    with Runtime(jobs_settings) as rt:
+        queue = build_queue(rt.db.conninfo, sync=True)
+        files = [store.JobFile("r.md", b"# R\n\nraced text")]
+        with queue.open(), pytest.raises(CollectionNotFoundError, match="'raced' was deleted"):
+            submit_ingest(rt, queue, "raced", files)
+    with psycopg.connect(database_url) as conn:
+        after = conn.execute(
+            "SELECT count(*) FROM ingest_jobs WHERE id > %s", (before[0],)
+        ).fetchone()
+    assert after is not None and after[0] == 0

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ragstore.errors import JobNotFoundError
+from ragstore.errors import CollectionNotFoundError, JobNotFoundError
 
 Conn = psycopg.Connection[Any]
 
@@ -66,6 +66,30 @@ def _record(r: Sequence[Any]) -> JobRecord:
         r[11],
         r[12],
     )
+
+
+def hold_collection(conn: Conn, collection: str) -> None:
+    """:class:`CollectionNotFoundError` unless ``collection`` is there, made before the
+    caller's transaction began (the job about to be recorded in it is queued for that
+    one); its row then held (FOR KEY SHARE) until the transaction ends.
+
+    A request makes a missing collection, then queues its job in a transaction of its
+    own. A delete of the collection landing between the two failed the collection's
+    unfinished jobs (:func:`fail_for_deleted_collection`) without this one, not yet
+    committed: answered 202, it kept its uploaded text in ``ingest_job_files`` until a
+    worker ran it, only to fail it (with no worker, for good). Held, the delete waits for
+    the job's commit and then fails it; a delete that came first is answered here."""
+    row = conn.execute(
+        "SELECT created_at <= now() FROM collections WHERE name = %s AND shadow_of IS NULL"
+        " FOR KEY SHARE",
+        (collection,),
+    ).fetchone()
+    if row is None or not row[0]:
+        raise CollectionNotFoundError(
+            f"collection {collection!r} was deleted while this upload was on its way; "
+            "nothing was queued: create it and send the files again",
+            collection=collection,
+        )
 
 
 def create(conn: Conn, collection: str, files: Sequence[JobFile]) -> int:
