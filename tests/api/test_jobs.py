@@ -1419,3 +1419,27 @@ def test_a_job_queued_after_its_collections_delete_is_refused_not_kept(
             "SELECT count(*) FROM ingest_jobs WHERE id > %s", (before[0],)
         ).fetchone()
     assert after is not None and after[0] == 0
+
+
+def test_a_worker_start_removes_the_staging_files_a_killed_process_left(
+    jobs_settings: Settings,
+) -> None:
+    """A request or job killed mid-way (SIGKILL, out of memory) left its staging files,
+    the uploaded text, in the data folder for good, after its documents or collection
+    were deleted too. A starting worker (or server) removes those no live process holds;
+    a held one (a live request's, however old) and a fresh one stay."""
+    root = jobs_settings.data_dir / "staging"
+    root.mkdir(parents=True, exist_ok=True)
+    orphan = root / "upload-killed"
+    orphan.write_bytes(b"# Secret\n\nleft by a killed worker")
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
+    fresh = root / "upload-fresh"
+    fresh.write_bytes(b"just made")
+    with runner_module.staging.staging_area(jobs_settings) as area:
+        held = area.write(b"a live request's upload")
+        os.utime(held, (old, old))
+        run_worker(jobs_settings, burst=True, signals=False)
+        assert held.exists()
+    assert not orphan.exists() and fresh.exists() and not held.exists()
+    fresh.unlink()
