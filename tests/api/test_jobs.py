@@ -24,12 +24,13 @@ from procrastinate.jobs import Job, Status
 from ragstore import Client
 from ragstore.config import Settings
 from ragstore.db import jobs as store
-from ragstore.errors import RagstoreError
+from ragstore.errors import CollectionNotFoundError, RagstoreError
 from ragstore.jobs import runner as runner_module
 from ragstore.jobs import worker as worker_module
 from ragstore.jobs.liveness import WORKER_LOCKS, LiveJobManager
 from ragstore.jobs.queue import build_queue
 from ragstore.jobs.runner import run_job
+from ragstore.jobs.service import submit_ingest
 from ragstore.jobs.worker import run_worker, watching_stalled
 from ragstore.runtime import Runtime
 from tests.api.conftest import running_server, with_
@@ -1253,7 +1254,7 @@ def test_a_job_whose_collection_was_deleted_after_it_was_queued_stores_nothing(
     assert "dropped" not in [c["name"] for c in api.list_collections()]
     done = api.get_job(again["id"])
     assert done["status"] == "failed", done
-    assert "a new collection was made under its name" in done["errors"][0]["detail"]
+    assert "'remade' was deleted after this job was queued" in done["errors"][0]["detail"]
     assert api.list_documents("remade")["data"] == []
     assert api.get_job(fresh["id"])["status"] == "succeeded"
     assert [d["name"] for d in api.list_documents("made-by-job")["data"]] == ["c.md"]
@@ -1277,9 +1278,10 @@ def test_a_job_whose_collection_is_made_again_after_its_start_writes_nothing_the
         api.create_collection("swapped")
 
     monkeypatch.setattr(runner_module, "_check_collection_at_start", check_then_replace)
-    with Runtime(jobs_settings) as rt, pytest.raises(runner_module.CollectionReplaced):
-        run_job(rt, job["id"])
+    with Runtime(jobs_settings) as rt:
+        ran = run_job(rt, job["id"])  # failed by the delete: the run stops, writing nothing
     done = api.get_job(job["id"])
+    assert ran.status == "failed" and ran.errors == done["errors"]
     assert done["status"] == "failed", done
     assert done["errors"][-1]["code"] == "collection_not_found", done
     assert "was deleted after this job was queued" in done["errors"][-1]["detail"]
@@ -1305,7 +1307,7 @@ def test_a_job_whose_collection_is_deleted_while_it_runs_fails_saying_so(
             api.delete_collection("midrun")
 
     monkeypatch.setattr(runner_module._Progress, "__call__", deleting)
-    with Runtime(jobs_settings) as rt, pytest.raises(RagstoreError):
+    with Runtime(jobs_settings) as rt:
         run_job(rt, job["id"])
     assert deleted
     done = api.get_job(job["id"])
@@ -1325,9 +1327,119 @@ def test_a_job_whose_collection_is_deleted_while_it_runs_fails_saying_so(
             api.delete_collection("midway")
 
     monkeypatch.setattr(runner_module, "_check_collection_at_start", check_then_delete)
-    with Runtime(jobs_settings) as rt, pytest.raises(RagstoreError):
+    with Runtime(jobs_settings) as rt:
         run_job(rt, job["id"])
     done = api.get_job(job["id"])
     assert done["status"] == "failed", done
     assert "'midway' was deleted after this job was queued" in done["errors"][-1]["detail"]
     assert "midrun" not in done["errors"][-1]["detail"]
+
+
+def test_deleting_a_collection_fails_its_queued_jobs_and_drops_their_files(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A collection's queued jobs held their uploaded text in ``ingest_job_files`` after
+    the collection was deleted, until a worker ran them (only to fail them): with no worker
+    running, for good, and in every backup. The delete fails them and drops their files;
+    a worker then leaves them as they are. Another collection's jobs stay."""
+    api.create_collection("leftover")
+    first = api.upload("leftover", [("s.md", b"# S\n\nsecret alpha text")], background=True)
+    second = api.add_document("leftover", "t.md", "# T\n\nsecret bravo", background=True)
+    api.create_collection("bystander")
+    other = api.add_document("bystander", "o.md", "# O\n\nother text", background=True)
+    api.delete_collection("leftover")
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM ingest_job_files WHERE job_id = ANY(%s)",
+            ([first["id"], second["id"]],),
+        ).fetchone()
+        kept = conn.execute(
+            "SELECT count(*) FROM ingest_job_files WHERE job_id = %s", (other["id"],)
+        ).fetchone()
+    assert row is not None and row[0] == 0
+    assert kept is not None and kept[0] == 1
+    failed = [api.get_job(job["id"]) for job in (first, second)]
+    for done in failed:
+        assert done["status"] == "failed" and done["finished_at"] is not None, done
+        [error] = done["errors"]
+        assert error["code"] == "collection_not_found"
+        assert "'leftover' was deleted after this job was queued" in error["detail"]
+    run_worker(jobs_settings, burst=True, signals=False)
+    assert [api.get_job(job["id"]) for job in (first, second)] == failed  # left as they are
+    assert api.get_job(other["id"])["status"] == "succeeded"
+    assert "leftover" not in [c["name"] for c in api.list_collections()]
+
+
+def test_deleting_a_collection_waits_on_no_job_row_another_transaction_holds(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A job row held by a worker's transaction (a vanished machine's, open until the
+    server notices) is skipped by the collection's delete, not waited on: the delete
+    answers at once, and the run that takes the job fails it and drops its files."""
+    api.create_collection("heldjob")
+    job = api.add_document("heldjob", "h.md", "# H\n\nheld text", background=True)
+    deleted = threading.Event()
+    with psycopg.connect(database_url) as holder:
+        holder.execute("SELECT 1 FROM ingest_jobs WHERE id = %s FOR SHARE", (job["id"],))
+        t = threading.Thread(target=lambda: (api.delete_collection("heldjob"), deleted.set()))
+        t.start()
+        finished = deleted.wait(30)
+    t.join()
+    assert finished, "the delete waited for the held job row"
+    assert api.get_job(job["id"])["status"] == "queued"
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.get_job(job["id"])
+    assert done["status"] == "failed" and done["errors"][-1]["code"] == "collection_not_found"
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM ingest_job_files WHERE job_id = %s", (job["id"],)
+        ).fetchone()
+    assert row is not None and row[0] == 0
+
+
+def test_a_job_queued_after_its_collections_delete_is_refused_not_kept(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A request makes a missing collection, then queues its job: a delete between the two
+    failed the collection's jobs without this one, answered 202 and kept with its uploaded
+    text until a worker ran it (with none, for good). The queueing now finds the
+    collection gone and refuses, recording nothing."""
+    api.create_collection("raced")
+    api.delete_collection("raced")
+    with psycopg.connect(database_url) as conn:
+        before = conn.execute("SELECT coalesce(max(id), 0) FROM ingest_jobs").fetchone()
+    assert before is not None
+    with Runtime(jobs_settings) as rt:
+        queue = build_queue(rt.db.conninfo, sync=True)
+        files = [store.JobFile("r.md", b"# R\n\nraced text")]
+        with queue.open(), pytest.raises(CollectionNotFoundError, match="'raced' was deleted"):
+            submit_ingest(rt, queue, "raced", files)
+    with psycopg.connect(database_url) as conn:
+        after = conn.execute(
+            "SELECT count(*) FROM ingest_jobs WHERE id > %s", (before[0],)
+        ).fetchone()
+    assert after is not None and after[0] == 0
+
+
+def test_a_worker_start_removes_the_staging_files_a_killed_process_left(
+    jobs_settings: Settings,
+) -> None:
+    """A request or job killed mid-way (SIGKILL, out of memory) left its staging files,
+    the uploaded text, in the data folder for good, after its documents or collection
+    were deleted too. A starting worker (or server) removes those no live process holds;
+    a held one (a live request's, however old) and a fresh one stay."""
+    root = jobs_settings.data_dir / "staging"
+    root.mkdir(parents=True, exist_ok=True)
+    orphan = root / "upload-killed"
+    orphan.write_bytes(b"# Secret\n\nleft by a killed worker")
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
+    fresh = root / "upload-fresh"
+    fresh.write_bytes(b"just made")
+    with runner_module.staging.staging_area(jobs_settings) as area:
+        held = area.write(b"a live request's upload")
+        os.utime(held, (old, old))
+        run_worker(jobs_settings, burst=True, signals=False)
+        assert held.exists()
+    assert not orphan.exists() and fresh.exists() and not held.exists()
+    fresh.unlink()

@@ -45,7 +45,7 @@ from ragstore.console.security import SecurityHeadersMiddleware
 from ragstore.db import embedded
 from ragstore.db.database import Database
 from ragstore.errors import ConfigError, RagstoreError
-from ragstore.jobs import build_queue
+from ragstore.jobs import build_queue, staging
 from ragstore.observability.http import install_observability
 from ragstore.profiles import get_settings, served_on_loopback
 from ragstore.runtime import Runtime
@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(_warm_up, rt)
         except RagstoreError as exc:
             log.warning("not ready at start (see /readyz): %s", exc)
+        staging.sweep(settings)  # upload files a killed server or worker left
         db = Database.from_settings(settings)  # connects lazily: start even if it is down
         queue = build_queue(db.conninfo, sync=True)
         queue.open()

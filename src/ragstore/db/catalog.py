@@ -13,6 +13,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ragstore.db import changes, documents, repository
+from ragstore.db import jobs as ingest_jobs
 from ragstore.db.spaces import drop_tables
 from ragstore.errors import CollectionNotFoundError, ConflictError, DocumentNotFoundError
 
@@ -51,7 +52,8 @@ def collection_names(conn: Conn) -> list[str]:
 
 def delete_collection(conn: Conn, coll: repository.Collection) -> None:
     """The collection, its documents, chunks, spaces and every ``emb_*`` table of it,
-    and of its shadows (other chunk sets, kept for a rollback; their rows go by cascade).
+    and of its shadows (other chunk sets, kept for a rollback; their rows go by cascade);
+    its unfinished ingest jobs failed, their uploaded files dropped.
 
     Waits for the collection's writes in flight, as deleting its row always did; raises
     ConflictError, and deletes nothing, when its tables cannot then be dropped within
@@ -85,6 +87,10 @@ def delete_collection(conn: Conn, coll: repository.Collection) -> None:
     ]
     # then the tables: their rows need no deleting, one by one, with the chunks
     drop_tables(conn, tables, f"collection {coll.name!r} was not deleted")
+    if not coll.shadow:  # a shadow goes alone (a migration's prune or cancel): jobs stay
+        # its unfinished jobs, with the uploaded text they hold, go with it: kept, that
+        # text stayed in the database (and every backup) until a worker ran them
+        ingest_jobs.fail_for_deleted_collection(conn, coll.name)
     # and the BM25 postings and terms in one statement each, not chunk by chunk
     with documents.bm25_dropped(conn, ids):
         conn.execute("DELETE FROM collections WHERE id = %s", (coll.id,))

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ragstore.errors import JobNotFoundError
+from ragstore.errors import CollectionNotFoundError, JobNotFoundError
 
 Conn = psycopg.Connection[Any]
 
@@ -66,6 +66,30 @@ def _record(r: Sequence[Any]) -> JobRecord:
         r[11],
         r[12],
     )
+
+
+def hold_collection(conn: Conn, collection: str) -> None:
+    """:class:`CollectionNotFoundError` unless ``collection`` is there, made before the
+    caller's transaction began (the job about to be recorded in it is queued for that
+    one); its row then held (FOR KEY SHARE) until the transaction ends.
+
+    A request makes a missing collection, then queues its job in a transaction of its
+    own. A delete of the collection landing between the two failed the collection's
+    unfinished jobs (:func:`fail_for_deleted_collection`) without this one, not yet
+    committed: answered 202, it kept its uploaded text in ``ingest_job_files`` until a
+    worker ran it, only to fail it (with no worker, for good). Held, the delete waits for
+    the job's commit and then fails it; a delete that came first is answered here."""
+    row = conn.execute(
+        "SELECT created_at <= now() FROM collections WHERE name = %s AND shadow_of IS NULL"
+        " FOR KEY SHARE",
+        (collection,),
+    ).fetchone()
+    if row is None or not row[0]:
+        raise CollectionNotFoundError(
+            f"collection {collection!r} was deleted while this upload was on its way; "
+            "nothing was queued: create it and send the files again",
+            collection=collection,
+        )
 
 
 def create(conn: Conn, collection: str, files: Sequence[JobFile]) -> int:
@@ -297,4 +321,46 @@ def reconcile_lost(conn: Conn) -> list[int]:
     Its progress and earlier errors stay; what it stored stays. A job whose row another
     transaction holds is skipped, not waited on, and failed by a later call."""
     rows = conn.execute(RECONCILE_LOST, RECONCILE_ARGS).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def fail_for_deleted_collection(conn: Conn, collection: str) -> list[int]:
+    """Fail the unfinished jobs queued for ``collection`` and drop their uploaded bytes,
+    in the caller's transaction (the collection's delete, which holds its row by then);
+    their ids.
+
+    Left, a queued job's files (the text of the deleted collection's documents-to-be)
+    stayed in ``ingest_job_files``, and in every backup, until a worker ran it, which then
+    only failed it: with no worker running, for good. A job running at that moment stops
+    at its next write (each is fenced by its attempt, which a finished job no longer
+    counts: ``hold_current``) and records nothing more; what it stored went with the
+    collection. Every unfinished job of the name is failed: one queued for an earlier
+    collection of that name (deleted before) could never run either.
+
+    A job whose row another transaction holds is skipped, not waited on: only a worker
+    running it holds it (its start, a progress write, a round's commit: ``hold_current``),
+    and that run fails the job itself at its next check of the collection (or, its
+    worker dead, the run that takes it over does). Waited on, a row held by a vanished
+    worker's transaction (open until the server notices the dead session: minutes, hours
+    by the system's default keepalives) hung the delete all that while."""
+    rows = conn.execute(
+        "WITH candidates AS (SELECT id FROM ingest_jobs"
+        " WHERE collection = %(coll)s AND status <> ALL(%(finished)s::text[])"
+        " FOR NO KEY UPDATE SKIP LOCKED),"
+        " gone AS ("
+        " UPDATE ingest_jobs j SET status = 'failed', finished_at = now(), updated_at = now(),"
+        " errors = j.errors || jsonb_build_array(jsonb_build_object("
+        "  'document', NULL, 'code', 'collection_not_found', 'detail', %(detail)s::text))"
+        " FROM candidates c WHERE j.id = c.id AND j.status <> ALL(%(finished)s::text[])"
+        " RETURNING j.id),"
+        " dropped AS (DELETE FROM ingest_job_files f USING gone WHERE f.job_id = gone.id)"
+        " SELECT id FROM gone ORDER BY id",
+        {
+            "coll": collection,
+            "finished": list(FINISHED),
+            "detail": f"collection {collection!r} was deleted after this job was queued; the "
+            "job was stopped and its files dropped, and what it had stored went with the "
+            "collection: create it and send them again to store them",
+        },
+    ).fetchall()
     return [int(r[0]) for r in rows]

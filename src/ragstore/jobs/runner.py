@@ -262,8 +262,8 @@ def run_job(rt: Runtime, job_id: int, *, queue_job_id: int | None = None) -> sto
         # written whole, and the other run finds them unchanged.
         log.warning(
             "job %s: attempt %d stopped: the job was taken by another worker while this "
-            "one was cut off from the database (judged dead), or is finished; that run's "
-            "outcome stands",
+            "one was cut off from the database (judged dead), or is finished (its collection "
+            "deleted, say); that run's outcome stands",
             job_id,
             attempt,
         )

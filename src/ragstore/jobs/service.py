@@ -28,6 +28,7 @@ def submit_ingest(
     and the worker sees it only once the row is there with it.
     """
     with rt.db.connection() as conn, translated(f"queueing an ingest job for {collection!r}"):
+        store.hold_collection(conn, collection)  # a delete meanwhile also fails this job
         job_id = store.create(conn, collection, files)
         deferrer = queue.configure_task(
             name=INGEST_TASK, lock=collection_lock(collection), connection=conn

@@ -11,10 +11,12 @@ concurrent uploads of one name never share a file and failed uploads leave nothi
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -90,6 +92,7 @@ class StagingArea:
     def __init__(self, settings: Settings) -> None:
         self.root = settings.data_dir / "staging"
         self.paths: list[Path] = []
+        self._held: list[int] = []  # each file's descriptor, locked while the area is open
 
     @contextmanager
     def room(self) -> Iterator[None]:
@@ -112,7 +115,10 @@ class StagingArea:
         with self.room():
             self.root.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=self.root, prefix="upload-")
-        os.close(fd)
+        # held (flock) until the area closes: :func:`sweep` removes only files no live
+        # process holds, however long this request or job takes
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._held.append(fd)
         path = Path(name)
         self.paths.append(path)
         return path
@@ -132,6 +138,46 @@ class StagingArea:
             except OSError as exc:
                 log.warning("could not remove the staging file %s: %s", path, exc.strerror)
         self.paths.clear()
+        for fd in self._held:
+            os.close(fd)
+        self._held.clear()
+
+
+SWEEP_AFTER_S = 60.0  # a staging file no process holds is left this long before a sweep
+
+
+def sweep(settings: Settings) -> int:
+    """Remove the staging files a process that was killed left (SIGKILL, out of memory,
+    the machine gone): those no live process holds (:meth:`StagingArea.new_file`) and
+    unchanged for :data:`SWEEP_AFTER_S` (a file just made, not yet held, is left); how
+    many. Run as the server and each worker start.
+
+    A request or job removes its files when it ends, whatever its outcome; killed, it
+    left them, with the uploaded text, in the data folder for good: also after the
+    documents, their job or their collection were deleted."""
+    removed = 0
+    try:
+        entries = list((settings.data_dir / "staging").glob("upload-*"))
+    except OSError:
+        return 0
+    for path in entries:
+        try:
+            if time.time() - path.stat().st_mtime < SWEEP_AFTER_S:
+                continue
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)
+            removed += 1
+        except OSError:
+            continue  # held: a live request's or job's
+        finally:
+            os.close(fd)
+    if removed:
+        log.warning("removed %d staging file(s) left by a process that was killed", removed)
+    return removed
 
 
 def folder_failed(exc: OSError, where: str) -> RagstoreError:

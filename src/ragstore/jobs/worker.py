@@ -26,6 +26,7 @@ from ragstore.config import Settings
 from ragstore.db.database import Database
 from ragstore.db.jobs import RECONCILE_ARGS, RECONCILE_LOST
 from ragstore.errors import ReadOnlyError
+from ragstore.jobs import staging
 from ragstore.jobs.liveness import LiveJobManager
 from ragstore.jobs.queue import QUEUE, build_queue
 from ragstore.observability.logging import get_logger
@@ -136,6 +137,7 @@ async def _run(
                 f"{db.where} is a hot standby (read-only); a worker stores documents: point "
                 "RAGSTORE_DATABASE_URL at the primary"
             )
+        staging.sweep(settings)  # files a killed worker or server left
         app = build_queue(db.conninfo, runtime=rt)
         app.job_manager = LiveJobManager(
             app.connector,
