@@ -1436,10 +1436,28 @@ def test_a_worker_start_removes_the_staging_files_a_killed_process_left(
     os.utime(orphan, (old, old))
     fresh = root / "upload-fresh"
     fresh.write_bytes(b"just made")
+    # an area whose process died: its lock file is there, held by no one
+    dead_lock = root / "area-deadbeef.lock"
+    dead_lock.write_bytes(b"")
+    dead_files = [root / f"upload-deadbeef-{i}" for i in range(3)]
+    for path in (dead_lock, *dead_files):
+        path.write_bytes(b"" if path is dead_lock else b"left by a killed request")
+        os.utime(path, (old, old))
     with runner_module.staging.staging_area(jobs_settings) as area:
-        held = area.write(b"a live request's upload")
-        os.utime(held, (old, old))
+        held = [area.write(b"a live request's upload %d" % i) for i in range(50)]
+        for path in held:
+            os.utime(path, (old, old))
+        for lock in root.glob("area-*.lock"):
+            os.utime(lock, (old, old))  # a long request's: its lock is old but held
         run_worker(jobs_settings, burst=True, signals=False)
-        assert held.exists()
-    assert not orphan.exists() and fresh.exists() and not held.exists()
+        assert all(path.exists() for path in held)
+        open_there = [
+            fd
+            for fd in os.listdir("/proc/self/fd")
+            if os.path.realpath(f"/proc/self/fd/{fd}").startswith(str(root.resolve()))
+        ]
+        assert len(open_there) == 1, "one descriptor (the area's lock) for its 50 files"
+    assert not orphan.exists() and fresh.exists()
+    assert not any(path.exists() for path in (dead_lock, *dead_files, *held))
+    assert list(root.glob("area-*")) == []
     fresh.unlink()

@@ -92,7 +92,12 @@ class StagingArea:
     def __init__(self, settings: Settings) -> None:
         self.root = settings.data_dir / "staging"
         self.paths: list[Path] = []
-        self._held: list[int] = []  # each file's descriptor, locked while the area is open
+        # the area's lock file (made with its first file), held (flock) while it is open:
+        # one descriptor per area, not per file (an upload of up to 1000 files held 1000
+        # more descriptors, past a default `ulimit -n` of 1024)
+        self._lock_fd: int | None = None
+        self._lock_path: Path | None = None
+        self._prefix = "upload-"
 
     @contextmanager
     def room(self) -> Iterator[None]:
@@ -114,14 +119,23 @@ class StagingArea:
         """A new, empty file that no other request can be handed."""
         with self.room():
             self.root.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=self.root, prefix="upload-")
-        # held (flock) until the area closes: :func:`sweep` removes only files no live
-        # process holds, however long this request or job takes
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._held.append(fd)
+            if self._lock_fd is None:
+                self._hold_lock()
+            fd, name = tempfile.mkstemp(dir=self.root, prefix=self._prefix)
+        os.close(fd)
         path = Path(name)
         self.paths.append(path)
         return path
+
+    def _hold_lock(self) -> None:
+        """Make and hold (flock) this area's lock file ``area-<id>.lock``; its files are
+        named ``upload-<id>-*``. :func:`sweep` removes an area's files only once no live
+        process holds its lock, however long its request or job takes."""
+        fd, name = tempfile.mkstemp(dir=self.root, prefix="area-", suffix=LOCK_SUFFIX)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._lock_fd, self._lock_path = fd, Path(name)
+        area = Path(name).name[len("area-") : -len(LOCK_SUFFIX)]
+        self._prefix = f"upload-{area}-"
 
     def write(self, content: bytes) -> Path:
         path = self.new_file()
@@ -138,46 +152,79 @@ class StagingArea:
             except OSError as exc:
                 log.warning("could not remove the staging file %s: %s", path, exc.strerror)
         self.paths.clear()
-        for fd in self._held:
-            os.close(fd)
-        self._held.clear()
+        if self._lock_path is not None:
+            self._lock_path.unlink(missing_ok=True)  # its files are gone: nothing to sweep
+            self._lock_path = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
 
 SWEEP_AFTER_S = 60.0  # a staging file no process holds is left this long before a sweep
+LOCK_SUFFIX = ".lock"
 
 
 def sweep(settings: Settings) -> int:
     """Remove the staging files a process that was killed left (SIGKILL, out of memory,
-    the machine gone): those no live process holds (:meth:`StagingArea.new_file`) and
-    unchanged for :data:`SWEEP_AFTER_S` (a file just made, not yet held, is left); how
-    many. Run as the server and each worker start.
+    the machine gone): those of an area whose lock no live process holds
+    (:meth:`StagingArea._hold_lock`), and those of no area at all, once unchanged for
+    :data:`SWEEP_AFTER_S` (a file or lock just made is left); how many files. Run as the
+    server and each worker start.
 
     A request or job removes its files when it ends, whatever its outcome; killed, it
     left them, with the uploaded text, in the data folder for good: also after the
     documents, their job or their collection were deleted."""
-    removed = 0
+    root = settings.data_dir / "staging"
     try:
-        entries = list((settings.data_dir / "staging").glob("upload-*"))
+        locks = list(root.glob(f"area-*{LOCK_SUFFIX}"))
+        files = list(root.glob("upload-*"))
     except OSError:
         return 0
-    for path in entries:
-        try:
-            if time.time() - path.stat().st_mtime < SWEEP_AFTER_S:
-                continue
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
+    live: set[str] = set()  # the areas whose lock a live process holds (or just made)
+    dead: dict[str, Path] = {}  # the areas whose lock no process holds
+    for lock in locks:
+        area = lock.name[len("area-") : -len(LOCK_SUFFIX)]
+        if _abandoned(lock):
+            dead[area] = lock
+        else:
+            live.add(area)
+    removed = 0
+    for path in files:
+        area = path.name[len("upload-") :].rsplit("-", 1)[0] if path.name.count("-") >= 2 else ""
+        if area in live:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if area not in dead and time.time() - path.stat().st_mtime < SWEEP_AFTER_S:
+                # of no area we know (an older version's, or an area made since the
+                # locks were listed): left alone while it may still be in use
+                continue
             path.unlink(missing_ok=True)
             removed += 1
         except OSError:
-            continue  # held: a live request's or job's
-        finally:
-            os.close(fd)
+            continue
+    for lock in dead.values():
+        lock.unlink(missing_ok=True)
     if removed:
         log.warning("removed %d staging file(s) left by a process that was killed", removed)
     return removed
+
+
+def _abandoned(lock: Path) -> bool:
+    """Whether no live process holds the area lock file ``lock`` and it is older than
+    :data:`SWEEP_AFTER_S` (one just made may not be held yet)."""
+    try:
+        if time.time() - lock.stat().st_mtime < SWEEP_AFTER_S:
+            return False
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # held: a live request's or job's
+    finally:
+        os.close(fd)
+    return True
 
 
 def folder_failed(exc: OSError, where: str) -> RagstoreError:
