@@ -381,3 +381,21 @@ def test_every_route_with_a_body_has_its_scope_found_before_the_body(settings: S
             assert collection == ("team" if "{name}" in route.path else None), route.path
             checked += 1
     assert checked >= 9
+
+
+def test_head_is_checked_for_a_key_as_its_get_is(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    # HEAD answered 405 on every API route, before any key check
+    r = httpx.head(f"{secure_url}/v1/collections/team")
+    assert r.status_code == 401 and r.content == b"" and "www-authenticate" in r.headers
+    other = {"Authorization": f"Bearer {keys.create('read', 'other').secret}"}
+    r = httpx.head(f"{secure_url}/v1/collections/team", headers=other)
+    assert (
+        r.status_code == httpx.get(f"{secure_url}/v1/collections/team", headers=other).status_code
+    )
+    assert r.status_code == 403
+    team = {"Authorization": f"Bearer {keys.create('read', 'team').secret}"}
+    r = httpx.head(f"{secure_url}/v1/collections/team", headers=team)
+    assert r.status_code == 200 and r.content == b""
+    assert httpx.head(f"{secure_url}/healthz").status_code == 200

@@ -663,3 +663,27 @@ def test_a_name_no_collection_can_have_is_refused_as_the_store_refuses_it(
         assert r.status_code == 422 and r.json()["code"] == "invalid_input", r.text
         assert rule in r.json()["detail"], r.text
         assert "should match pattern" not in r.text
+
+
+def test_head_answers_wherever_get_does_without_a_body(open_url: str, docs: Client) -> None:
+    # FastAPI's routes take only GET: HEAD /healthz (a load balancer's probe), a
+    # collection, a console page and /docs were all refused 405
+    for path in ("/healthz", "/readyz", "/v1/collections/docs", "/ui/collections", "/docs"):
+        get = httpx.get(open_url + path)
+        head = httpx.head(open_url + path)
+        assert (head.status_code, get.status_code) == (200, 200), (path, head.text[:200])
+        assert head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+        assert head.headers["content-length"] == get.headers["content-length"], path
+        assert head.headers["content-security-policy"] == get.headers["content-security-policy"]
+    # a GET's error is the HEAD's too, and a path without GET still says what it takes
+    head = httpx.head(f"{open_url}/v1/collections/nope")
+    assert head.status_code == 404 and head.content == b""
+    assert head.headers["content-type"] == "application/problem+json"
+    head = httpx.head(f"{open_url}/v1/collections/docs/search")
+    assert head.status_code == 405 and head.headers["allow"] == "POST"
+    r = httpx.post(f"{open_url}/healthz")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    # HEAD is not documented as an operation of its own
+    paths = httpx.get(f"{open_url}/openapi.json").json()["paths"]
+    assert not any("head" in ops for ops in paths.values())

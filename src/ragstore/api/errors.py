@@ -275,6 +275,7 @@ def _allowed_methods(request: Request) -> str | None:
     RFC 9110 requires the header on a 405. It was dropped, and Starlette's names only the
     methods of the first route on the path (``POST`` for ``/v1/collections``, which takes
     ``GET`` too), so a client was told which method is refused but not which are taken.
+    ``HEAD`` is named wherever ``GET`` is (it is answered there).
     """
     from starlette.routing import Match
 
@@ -284,6 +285,8 @@ def _allowed_methods(request: Request) -> str | None:
         for m in (*_METHODS, request.method)
         if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)
     ]
+    if "GET" in taken and "HEAD" not in taken:  # answered as the GET (HeadAsGetMiddleware)
+        taken.insert(taken.index("GET") + 1, "HEAD")
     return None if request.method in taken else ", ".join(dict.fromkeys(taken))
 
 

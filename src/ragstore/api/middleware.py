@@ -51,6 +51,55 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class HeadAsGetMiddleware:
+    """Answers ``HEAD`` wherever a ``GET`` route takes the path: the ``GET`` is run and its
+    status and headers sent, without the body.
+
+    RFC 9110 has a server answer ``HEAD`` wherever it answers ``GET``; FastAPI's routes
+    take only the methods they declare, so ``HEAD /healthz`` (a load balancer's or an
+    uptime check's probe), a collection, a console page and ``/docs`` all answered 405.
+    The request runs as a ``GET`` from the router inwards, so the route's key and scope
+    checks are those of the ``GET``; every middleware outside this one (the host guard,
+    the access log, the metrics) sees the ``HEAD``. A route that takes ``HEAD`` itself
+    (``/openapi.json``, the static files) and a path with no ``GET`` route are left alone:
+    the latter is refused 405 naming the methods taken. Installed innermost.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD" or not _takes_get_only(scope):
+            await self.app(scope, receive, send)
+            return
+        as_get = {**scope, "method": "GET"}  # a copy: the server's scope stays HEAD
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        try:
+            await self.app(as_get, receive, without_body)
+        finally:
+            # what the router put on the request (its route, path parameters) is read by
+            # the middleware outside (the access log, the metrics' route label)
+            scope.update({k: v for k, v in as_get.items() if k != "method"})
+
+
+def _takes_get_only(scope: Scope) -> bool:
+    """Whether a route of the app takes ``GET`` on this path and none takes ``HEAD``."""
+    from starlette.routing import Match
+
+    routes = getattr(getattr(scope.get("app"), "router", None), "routes", ())
+
+    def taken(method: str) -> bool:
+        probe = {**scope, "method": method}
+        return any(r.matches(probe)[0] is Match.FULL for r in routes)
+
+    return not taken("HEAD") and taken("GET")
+
+
 class CrashMiddleware:
     """Answers an exception that no handler took (a crash) with the ``internal_error``
     problem, from inside the app's outer middleware.
