@@ -471,6 +471,35 @@ def test_a_json_body_the_parser_cannot_take_says_why(open_url: str, body: str, s
     assert says in r.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"query": "caf\xe9"}', "not UTF-8 text: the byte 0xe9 at byte 14 cannot be decoded"),
+        (
+            b"\xff\xfe{",
+            "not UTF-16-LE text (the encoding its first bytes suggest): the byte 0x7b at byte 2",
+        ),
+        (b"\xff\xfe", "the body is not valid JSON: Expecting value (the body holds nothing"),
+        (b'{"query": "x",\n "k": }', "Expecting value at line 2, column 7 (character 21)"),
+    ],
+    ids=["latin-1", "utf-16-bom-then-junk", "bom-alone", "syntax"],
+)
+def test_a_json_body_that_is_not_utf8_json_says_what_and_where(
+    open_url: str, body: bytes, says: str
+) -> None:
+    """Bytes that are not UTF-8 were answered "There was an error parsing the body", a
+    syntax error "body.21: JSON decode error": neither said what was wrong or how to fix."""
+    r = httpx.post(
+        f"{open_url}/v1/collections/docs/search",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 422 and r.json()["code"] == "invalid_input"
+    assert r.headers["content-type"] == "application/problem+json"
+    assert says in r.json()["detail"], r.json()["detail"]
+    assert "Content-Type: application/json" in r.json()["detail"]
+
+
 def test_openapi_document_has_every_resource_and_examples(open_url: str) -> None:
     spec = httpx.get(f"{open_url}/openapi.json").json()
     paths = set(spec["paths"])
