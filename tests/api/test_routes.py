@@ -500,6 +500,32 @@ def test_a_json_body_that_is_not_utf8_json_says_what_and_where(
     assert "Content-Type: application/json" in r.json()["detail"]
 
 
+def test_a_json_body_naming_a_key_twice_is_refused(open_url: str, docs: Client) -> None:
+    # the parser kept the last of a repeated key: this searched team = nobody, silently
+    for body, key in (
+        (
+            b'{"query": "kittens", "where": {"team": "pets", "team": "nobody"}}',
+            "team",
+        ),
+        (b'{"query": "kittens", "k": 1, "k": 1000}', "k"),
+    ):
+        r = httpx.post(
+            f"{open_url}/v1/collections/docs/search",
+            content=body,
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+        assert r.status_code == 422 and r.json()["code"] == "invalid_input", r.text[:300]
+        assert f"names the key {key!r} twice" in r.json()["detail"]
+    # the same key in different objects is fine
+    ok = b'{"query": "kittens", "where": {"$and": [{"team": "pets"}, {"team": "pets"}]}}'
+    r = httpx.post(
+        f"{open_url}/v1/collections/docs/search",
+        content=ok,
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 200 and r.json()["count"] >= 1, r.text[:300]
+
+
 def test_openapi_document_has_every_resource_and_examples(open_url: str) -> None:
     spec = httpx.get(f"{open_url}/openapi.json").json()
     paths = set(spec["paths"])

@@ -23,6 +23,7 @@ from ragstore.api.middleware import (
     AuthBeforeBodyMiddleware,
     BodyLimitMiddleware,
     CrashMiddleware,
+    DuplicateKeyMiddleware,
     HeadAsGetMiddleware,
     RequestIdMiddleware,
 )
@@ -90,6 +91,7 @@ def install_middleware(app: FastAPI, settings: Settings, *, secure: bool = True)
     """Every middleware of the app, outermost last. Add metrics/logging middleware here."""
     app.add_middleware(HeadAsGetMiddleware)  # innermost: HEAD runs the GET route
     app.add_middleware(ReadRoutingMiddleware)  # it may run a read twice
+    app.add_middleware(DuplicateKeyMiddleware)  # a JSON key named twice: one value lost
     app.add_middleware(
         BodyLimitMiddleware,
         json_bytes=settings.max_request_bytes,
