@@ -229,6 +229,21 @@ def test_readyz_names_collections_only_to_key_holders(
     assert {"team", "other"} <= set(admin.ready()["collections"])
 
 
+def test_readyz_shows_no_collection_to_a_request_with_two_keys(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    # /readyz read only the first Authorization header: a valid key beside junk was shown
+    # every collection, where every other route refuses such a request 401
+    real = keys.create("read").secret
+    for pair in ((real, "junk"), ("junk", real)):
+        headers = [("Authorization", f"Bearer {pair[0]}"), ("Authorization", f"Bearer {pair[1]}")]
+        r = httpx.get(f"{secure_url}/readyz", headers=headers)
+        assert r.status_code == 200 and r.json()["status"] == "ready", r.text[:200]
+        assert r.json()["collections"] == {} and "team" not in r.text
+    r = httpx.get(f"{secure_url}/readyz", headers={"Authorization": f"Bearer {real}"})
+    assert "team" in r.json()["collections"]
+
+
 def test_revoked_key_is_refused_on_its_next_request(
     secure_url: str, admin: Client, keys: KeyStore
 ) -> None:
@@ -381,3 +396,21 @@ def test_every_route_with_a_body_has_its_scope_found_before_the_body(settings: S
             assert collection == ("team" if "{name}" in route.path else None), route.path
             checked += 1
     assert checked >= 9
+
+
+def test_head_is_checked_for_a_key_as_its_get_is(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    # HEAD answered 405 on every API route, before any key check
+    r = httpx.head(f"{secure_url}/v1/collections/team")
+    assert r.status_code == 401 and r.content == b"" and "www-authenticate" in r.headers
+    other = {"Authorization": f"Bearer {keys.create('read', 'other').secret}"}
+    r = httpx.head(f"{secure_url}/v1/collections/team", headers=other)
+    assert (
+        r.status_code == httpx.get(f"{secure_url}/v1/collections/team", headers=other).status_code
+    )
+    assert r.status_code == 403
+    team = {"Authorization": f"Bearer {keys.create('read', 'team').secret}"}
+    r = httpx.head(f"{secure_url}/v1/collections/team", headers=team)
+    assert r.status_code == 200 and r.content == b""
+    assert httpx.head(f"{secure_url}/healthz").status_code == 200

@@ -471,6 +471,61 @@ def test_a_json_body_the_parser_cannot_take_says_why(open_url: str, body: str, s
     assert says in r.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"query": "caf\xe9"}', "not UTF-8 text: the byte 0xe9 at byte 14 cannot be decoded"),
+        (
+            b"\xff\xfe{",
+            "not UTF-16-LE text (the encoding its first bytes suggest): the byte 0x7b at byte 2",
+        ),
+        (b"\xff\xfe", "the body is not valid JSON: Expecting value (the body holds nothing"),
+        (b'{"query": "x",\n "k": }', "Expecting value at line 2, column 7 (character 21)"),
+    ],
+    ids=["latin-1", "utf-16-bom-then-junk", "bom-alone", "syntax"],
+)
+def test_a_json_body_that_is_not_utf8_json_says_what_and_where(
+    open_url: str, body: bytes, says: str
+) -> None:
+    """Bytes that are not UTF-8 were answered "There was an error parsing the body", a
+    syntax error "body.21: JSON decode error": neither said what was wrong or how to fix."""
+    r = httpx.post(
+        f"{open_url}/v1/collections/docs/search",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 422 and r.json()["code"] == "invalid_input"
+    assert r.headers["content-type"] == "application/problem+json"
+    assert says in r.json()["detail"], r.json()["detail"]
+    assert "Content-Type: application/json" in r.json()["detail"]
+
+
+def test_a_json_body_naming_a_key_twice_is_refused(open_url: str, docs: Client) -> None:
+    # the parser kept the last of a repeated key: this searched team = nobody, silently
+    for body, key in (
+        (
+            b'{"query": "kittens", "where": {"team": "pets", "team": "nobody"}}',
+            "team",
+        ),
+        (b'{"query": "kittens", "k": 1, "k": 1000}', "k"),
+    ):
+        r = httpx.post(
+            f"{open_url}/v1/collections/docs/search",
+            content=body,
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+        assert r.status_code == 422 and r.json()["code"] == "invalid_input", r.text[:300]
+        assert f"names the key {key!r} twice" in r.json()["detail"]
+    # the same key in different objects is fine
+    ok = b'{"query": "kittens", "where": {"$and": [{"team": "pets"}, {"team": "pets"}]}}'
+    r = httpx.post(
+        f"{open_url}/v1/collections/docs/search",
+        content=ok,
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 200 and r.json()["count"] >= 1, r.text[:300]
+
+
 def test_openapi_document_has_every_resource_and_examples(open_url: str) -> None:
     spec = httpx.get(f"{open_url}/openapi.json").json()
     paths = set(spec["paths"])
@@ -663,3 +718,27 @@ def test_a_name_no_collection_can_have_is_refused_as_the_store_refuses_it(
         assert r.status_code == 422 and r.json()["code"] == "invalid_input", r.text
         assert rule in r.json()["detail"], r.text
         assert "should match pattern" not in r.text
+
+
+def test_head_answers_wherever_get_does_without_a_body(open_url: str, docs: Client) -> None:
+    # FastAPI's routes take only GET: HEAD /healthz (a load balancer's probe), a
+    # collection, a console page and /docs were all refused 405
+    for path in ("/healthz", "/readyz", "/v1/collections/docs", "/ui/collections", "/docs"):
+        get = httpx.get(open_url + path)
+        head = httpx.head(open_url + path)
+        assert (head.status_code, get.status_code) == (200, 200), (path, head.text[:200])
+        assert head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+        assert head.headers["content-length"] == get.headers["content-length"], path
+        assert head.headers["content-security-policy"] == get.headers["content-security-policy"]
+    # a GET's error is the HEAD's too, and a path without GET still says what it takes
+    head = httpx.head(f"{open_url}/v1/collections/nope")
+    assert head.status_code == 404 and head.content == b""
+    assert head.headers["content-type"] == "application/problem+json"
+    head = httpx.head(f"{open_url}/v1/collections/docs/search")
+    assert head.status_code == 405 and head.headers["allow"] == "POST"
+    r = httpx.post(f"{open_url}/healthz")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    # HEAD is not documented as an operation of its own
+    paths = httpx.get(f"{open_url}/openapi.json").json()["paths"]
+    assert not any("head" in ops for ops in paths.values())

@@ -193,7 +193,7 @@ def test_a_refused_method_says_which_are_allowed(open_url: str) -> None:
     # handler dropped Starlette's Allow header
     r = httpx.request("OPTIONS", f"{open_url}/v1/collections")
     assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
-    assert {m.strip() for m in r.headers["allow"].split(",")} == {"GET", "POST"}
+    assert {m.strip() for m in r.headers["allow"].split(",")} == {"GET", "HEAD", "POST"}
     r = httpx.delete(f"{open_url}/v1/collections/x/search")
     assert r.status_code == 405 and r.headers["allow"] == "POST"
 

@@ -23,6 +23,8 @@ from ragstore.api.middleware import (
     AuthBeforeBodyMiddleware,
     BodyLimitMiddleware,
     CrashMiddleware,
+    DuplicateKeyMiddleware,
+    HeadAsGetMiddleware,
     RequestIdMiddleware,
 )
 from ragstore.api.routes import (
@@ -87,7 +89,9 @@ def guards_loopback(settings: Settings, secure: bool) -> bool:
 
 def install_middleware(app: FastAPI, settings: Settings, *, secure: bool = True) -> None:
     """Every middleware of the app, outermost last. Add metrics/logging middleware here."""
-    app.add_middleware(ReadRoutingMiddleware)  # innermost: it may run a read twice
+    app.add_middleware(HeadAsGetMiddleware)  # innermost: HEAD runs the GET route
+    app.add_middleware(ReadRoutingMiddleware)  # it may run a read twice
+    app.add_middleware(DuplicateKeyMiddleware)  # a JSON key named twice: one value lost
     app.add_middleware(
         BodyLimitMiddleware,
         json_bytes=settings.max_request_bytes,

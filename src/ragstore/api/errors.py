@@ -248,6 +248,8 @@ def _unparsable_json(exc: BaseException) -> e.InputError | None:
     search filter of ``$and`` in ``$and`` a thousand deep reached Python's recursion
     limit so; an integer of more than 4,300 digits, Python's conversion limit."""
     cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return _undecodable_json(cause)
     if isinstance(cause, RecursionError):
         return e.InputError(
             "the JSON body is nested too deeply to be read (about a thousand levels); "
@@ -264,6 +266,43 @@ def _unparsable_json(exc: BaseException) -> e.InputError | None:
             "digits, which cannot be read; send numbers within the 64-bit range"
         )
     return None
+
+
+def _undecodable_json(cause: UnicodeDecodeError) -> e.InputError:
+    """A JSON body whose bytes are not text: FastAPI answered it 400 "There was an error
+    parsing the body" (a 422 ``invalid_input`` here), naming neither the byte nor the
+    encoding. The parser reads UTF-8, or UTF-16/32 when the body starts with their
+    byte-order mark or zero bytes."""
+    encoding = cause.encoding.upper().replace("_", "-")
+    bad = cause.object[cause.start : cause.start + 1]
+    what = f"the byte 0x{bad.hex()}" if bad else "the end of the body"
+    guessed = "" if encoding.startswith("UTF-8") else " (the encoding its first bytes suggest)"
+    return e.InputError(
+        f"the JSON body is not {encoding} text{guessed}: {what} at byte {cause.start} "
+        f"cannot be decoded ({cause.reason}); send the JSON encoded as UTF-8 (a text in "
+        "another encoding, such as Latin-1, must be converted first), with "
+        "Content-Type: application/json"
+    )
+
+
+def _json_syntax(err: dict[str, Any], doc: Any) -> str:
+    """FastAPI's ``json_invalid`` error as one sentence: it said "JSON decode error" at
+    ``body.N``, the parser's own reason (``Expecting ',' delimiter``) left out."""
+    reason = str((err.get("ctx") or {}).get("error", "invalid JSON"))
+    loc = err.get("loc", ())
+    pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    if isinstance(doc, str) and not doc.strip():
+        where = " (the body holds nothing but white space or a byte-order mark)"
+    elif isinstance(doc, str) and pos is not None:
+        line = doc.count("\n", 0, pos) + 1
+        column = pos - (doc.rfind("\n", 0, pos) + 1) + 1
+        where = f" at line {line}, column {column} (character {pos})"
+    else:
+        where = ""
+    return (
+        f"the body is not valid JSON: {reason}{where}; send one JSON object with "
+        "Content-Type: application/json"
+    )
 
 
 def crash_response(exc: Exception, *, request_id: str, path: str) -> JSONResponse:
@@ -293,6 +332,7 @@ def _allowed_methods(request: Request) -> str | None:
     RFC 9110 requires the header on a 405. It was dropped, and Starlette's names only the
     methods of the first route on the path (``POST`` for ``/v1/collections``, which takes
     ``GET`` too), so a client was told which method is refused but not which are taken.
+    ``HEAD`` is named wherever ``GET`` is (it is answered there).
     """
     from starlette.routing import Match
 
@@ -302,6 +342,8 @@ def _allowed_methods(request: Request) -> str | None:
         for m in (*_METHODS, request.method)
         if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)
     ]
+    if "GET" in taken and "HEAD" not in taken:  # answered as the GET (HeadAsGetMiddleware)
+        taken.insert(taken.index("GET") + 1, "HEAD")
     return None if request.method in taken else ", ".join(dict.fromkeys(taken))
 
 
@@ -333,7 +375,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        detail, items = _validation_detail(list(exc.errors()))
+        errors = list(exc.errors())
+        syntax = next((err for err in errors if err.get("type") == "json_invalid"), None)
+        if syntax is not None:
+            return problem_response(
+                e.InputError(_json_syntax(syntax, exc.body)),
+                request_id=request_id_of(request),
+                instance=request.url.path,
+            )
+        detail, items = _validation_detail(errors)
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if any(i["loc"] == "body" for i in items) and not media.endswith("json"):
             # FastAPI reads a body only as JSON: a form or text body fails as "not an object"

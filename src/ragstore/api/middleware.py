@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import uuid
 from typing import Any
@@ -18,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ragstore._requests import UPLOAD_LIMIT_HEADER
 from ragstore.api.deps import ApiState, authenticate, bearer_token, route_scope
 from ragstore.api.errors import crash_response, problem_response
-from ragstore.errors import RagstoreError, RateLimitedError, RequestTooLargeError
+from ragstore.errors import InputError, RagstoreError, RateLimitedError, RequestTooLargeError
 
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -49,6 +50,146 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class HeadAsGetMiddleware:
+    """Answers ``HEAD`` wherever a ``GET`` route takes the path: the ``GET`` is run and its
+    status and headers sent, without the body.
+
+    RFC 9110 has a server answer ``HEAD`` wherever it answers ``GET``; FastAPI's routes
+    take only the methods they declare, so ``HEAD /healthz`` (a load balancer's or an
+    uptime check's probe), a collection, a console page and ``/docs`` all answered 405.
+    The request runs as a ``GET`` from the router inwards, so the route's key and scope
+    checks are those of the ``GET``; every middleware outside this one (the host guard,
+    the access log, the metrics) sees the ``HEAD``. A route that takes ``HEAD`` itself
+    (``/openapi.json``, the static files) and a path with no ``GET`` route are left alone:
+    the latter is refused 405 naming the methods taken. Installed innermost.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD" or not _takes_get_only(scope):
+            await self.app(scope, receive, send)
+            return
+        as_get = {**scope, "method": "GET"}  # a copy: the server's scope stays HEAD
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        try:
+            await self.app(as_get, receive, without_body)
+        finally:
+            # what the router put on the request (its route, path parameters) is read by
+            # the middleware outside (the access log, the metrics' route label)
+            scope.update({k: v for k, v in as_get.items() if k != "method"})
+
+
+def _takes_get_only(scope: Scope) -> bool:
+    """Whether a route of the app takes ``GET`` on this path and none takes ``HEAD``."""
+    from starlette.routing import Match
+
+    routes = getattr(getattr(scope.get("app"), "router", None), "routes", ())
+
+    def taken(method: str) -> bool:
+        probe = {**scope, "method": method}
+        return any(r.matches(probe)[0] is Match.FULL for r in routes)
+
+    return not taken("HEAD") and taken("GET")
+
+
+class DuplicateKeyMiddleware:
+    """Refuses a JSON request body in which one object names a key twice.
+
+    Python's parser keeps the last of a repeated key without a word, so a search with
+    ``"where": {"team": "ops", "team": "nobody"}`` searched ``team = nobody`` only, and
+    ``{"k": 5, "k": 1000}`` asked for 1000 results; the sender meant one of them, and
+    nothing said which was used. Such a body is answered 422 ``invalid_input`` naming
+    the key, before any route runs. Only ``/v1`` bodies sent as JSON are read here (the
+    body was already bounded by :class:`BodyLimitMiddleware`); a body that is not JSON
+    at all is left for the route's own error. Installed inside the body limit.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in _BODY_METHODS
+            or not scope["path"].startswith("/v1/")
+            or not _is_json(dict(scope.get("headers", ())).get(b"content-type", b""))
+        ):
+            await self.app(scope, receive, send)
+            return
+        pending: list[Message] = []
+        while True:
+            message = await receive()
+            pending.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        body = b"".join(m.get("body", b"") for m in pending if m["type"] == "http.request")
+        repeated = _repeated_key(body)
+        if repeated is not None:
+            state: dict[str, Any] = scope.get("state", {})
+            response = problem_response(
+                InputError(
+                    f"the JSON body names the key {repeated!r} twice in one object; only one "
+                    "of its values would be used: send each key once (combine the "
+                    'conditions of one field in one object, e.g. {"year": {"$gte": 2020, '
+                    '"$lt": 2024}})'
+                ),
+                request_id=str(state.get("request_id", "")),
+                instance=scope.get("path", ""),
+            )
+            await response(scope, receive, send)
+            return
+
+        async def replay() -> Message:
+            if pending:
+                return pending.pop(0)
+            return await receive()  # the body is spent: this waits for the disconnect
+
+        await self.app(scope, replay, send)
+
+
+def _is_json(content_type: bytes) -> bool:
+    """Whether a Content-Type is one FastAPI reads as JSON (``application/json``,
+    ``application/*+json``, parameters allowed)."""
+    media = content_type.decode("latin-1").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+class _Repeated(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _repeated_key(body: bytes) -> str | None:
+    """The first key named twice in one object of the JSON ``body``; ``None`` when none
+    is, or when the body does not parse (the route answers that itself)."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise _Repeated(key)
+            out[key] = value
+        return out
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except _Repeated as exc:
+        return exc.key
+    except (ValueError, RecursionError):
+        return None
+    return None
 
 
 class CrashMiddleware:

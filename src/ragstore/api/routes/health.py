@@ -7,7 +7,7 @@ import logging
 from fastapi import APIRouter, Request
 
 from ragstore._requests import MAX_UPLOAD_FILES
-from ragstore.api.deps import ApiState, Principal, Rt, State
+from ragstore.api.deps import ApiState, Principal, Rt, State, bearer_token
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import Health, Limits, Readiness, ReplicaPublic
@@ -42,15 +42,20 @@ def _viewer(state: ApiState, request: Request) -> Principal | None:
     collection and each replica's host and user: with keys on they were open to anyone who
     could reach the port (the Docker image serves 0.0.0.0 under profile prod), though the
     same names are kept from anonymous callers everywhere else. A bad key is answered as
-    anonymous rather than 401, so the probe never fails for a stale header."""
+    anonymous rather than 401, so the probe never fails for a stale header.
+
+    The key is read as every other route reads it (:func:`~ragstore.api.deps.
+    bearer_token`): only the first of two ``Authorization`` headers was read here, so a
+    valid key beside junk was shown every collection where every other route refuses
+    the request; two headers now get the anonymous answer."""
     if state.keys is None:
         return Principal(None)
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
     client = request.client.host if request.client else ""
     try:
-        return Principal(state.keys.authenticate(token.strip(), client))
+        token = bearer_token(request.scope.get("headers", ()))
+        if token is None:
+            return None
+        return Principal(state.keys.authenticate(token, client))
     except RagstoreError:
         return None
 
