@@ -5,6 +5,10 @@ session (the embedder cache is process-wide)."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +24,38 @@ from ragstore.runtime import Runtime
 
 TEMPLATE = "ragstore_template"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+_DEFAULT_HOME: Path | None = None  # the session's XDG_DATA_HOME (pytest_configure)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every process of the session gets a default data dir of its own (XDG_DATA_HOME,
+    where ``Settings.data_dir`` defaults): a test that forgot to name its database or data
+    dir (a CLI call without ``cli_env``) used the developer's own
+    ``~/.local/share/ragstore``, writing into a real store and leaving its embedded
+    server running after the session."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    global _DEFAULT_HOME
+    _DEFAULT_HOME = Path(tempfile.mkdtemp(prefix="ragstore-tests-home-"))
+    os.environ["XDG_DATA_HOME"] = str(_DEFAULT_HOME)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop an embedded server some test started under the session's default data dir,
+    then remove the folder."""
+    if _DEFAULT_HOME is None:
+        return
+    for pid_file in _DEFAULT_HOME.glob("**/postmaster.pid"):
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGINT)  # a fast shutdown
+        except (OSError, ValueError, IndexError):
+            continue
+        deadline = time.monotonic() + 15
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    shutil.rmtree(_DEFAULT_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -113,11 +149,6 @@ def run_cli(*args: str) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

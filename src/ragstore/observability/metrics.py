@@ -635,7 +635,9 @@ def archive_dead_processes_totals(folder: str) -> list[int]:
                 for path in files:
                     os.remove(path)
             archived = sorted(pids)
-    except Exception as exc:  # never stop a worker from starting over its metrics
+    except (OSError, ValueError, RuntimeError, struct.error) as exc:
+        # what a file that cannot be read, written or parsed raises (as in render()): a
+        # worker is never stopped from starting over its metrics
         import logging
 
         logging.getLogger("ragstore.metrics").warning(
