@@ -362,6 +362,20 @@ def test_parse_filter_rejects_bad_json_and_non_objects() -> None:
     assert parse_filter('{"year": {"$gte": 2020}}') == {"year": {"$gte": 2020}}
 
 
+def test_a_filter_naming_a_key_twice_is_refused_not_the_last_kept() -> None:
+    # json.loads kept the second: --where '{"team": "a", "team": "b"}' searched team b
+    twice = '{"team": "search", "year": {"$gte": 2020, "$gte": 1990}}'
+    with pytest.raises(InvalidFilterError, match=r"the key '\$gte' appears twice") as info:
+        parse_filter(twice)
+    assert f"at character {twice.rfind('$gte') - 1}" in str(info.value)
+    with pytest.raises(InvalidFilterError, match="the key 'team' appears twice"):
+        parse_filter('{"team": "a", "team": "b"}')
+    # the same key in two objects is two keys
+    assert parse_filter('{"$or": [{"team": "a"}, {"team": "b"}]}') == {
+        "$or": [{"team": "a"}, {"team": "b"}]
+    }
+
+
 def _nested_and(levels: int) -> dict[str, Any]:
     where: dict[str, Any] = {"team": "search"}
     for _ in range(levels):

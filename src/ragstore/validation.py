@@ -246,6 +246,23 @@ def row_id(value: Any, what: str) -> int:
     return value
 
 
+class _RepeatedKey(Exception):
+    """A JSON object named :attr:`key` twice (:func:`loads_json`)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _RepeatedKey(key)
+        out[key] = value
+    return out
+
+
 def loads_json(text: str) -> Any:
     """``json.loads`` whose every failure is a :class:`json.JSONDecodeError`.
 
@@ -254,9 +271,19 @@ def loads_json(text: str) -> Any:
     integer of more digits than Python converts (``sys.get_int_max_str_digits()``, 4,300)
     raised a plain ``ValueError``: ``ragstore search --where '{"a": 999...}'`` ended in
     a traceback.
+
+    An object naming one key twice is refused too (``json.loads`` kept the last): in
+    ``--where '{"team": "a", "team": "b"}'`` or an upload's metadata, which of the two the
+    user meant is unknowable, and the search or the stored metadata silently used the
+    second. (The HTTP API refuses such JSON bodies the same way, before its routes.)
     """
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _RepeatedKey as exc:
+        pos = max(text.rfind(json.dumps(exc.key)), 0)
+        raise json.JSONDecodeError(
+            f"the key {exc.key!r} appears twice in one object (keep one)", text, pos
+        ) from None
     except RecursionError:
         raise json.JSONDecodeError(f"nested deeper than {MAX_JSON_DEPTH} levels", text, 0) from None
     except json.JSONDecodeError:
