@@ -232,7 +232,8 @@ def test_a_path_that_cannot_be_looked_at_fails_alone(rt: Runtime, tmp_path: Path
     for sync in (False, True):
         report = ingest_paths(rt, [long, folder], collection="too-long", sync=sync)
         by_name = {Path(o.source).name: o for o in report.outcomes}
-        assert set(by_name) == {long.name, "good.md"}
+        assert set(by_name) == {long.name, "good.md", "far.md"}
+        assert by_name["far.md"].status == "skipped"  # a link in a folder: said, not read
         assert by_name[long.name].status == "failed"
         assert by_name[long.name].code == "file_unreadable"
         assert f"{long.name}: cannot look at it: File name too long" in (
