@@ -73,7 +73,7 @@ def describe_fields(rt: Runtime, coll: Collection) -> dict[str, Any]:
             r[0]
             for r in conn.execute(
                 "SELECT metadata FROM documents WHERE collection_id = %s"
-                " ORDER BY created_at DESC LIMIT %s",
+                " ORDER BY created_at DESC, id LIMIT %s",  # ties (one write): in order
                 (coll.id, SAMPLE),
             )
         ]
