@@ -263,6 +263,18 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def repeated_key(body: str | bytes) -> str | None:
+    """The first key named twice in one object of the JSON ``body``; ``None`` when none
+    is, or when the body does not parse (its reader says that itself)."""
+    try:
+        json.loads(body, object_pairs_hook=_unique_keys)
+    except _RepeatedKey as exc:
+        return exc.key
+    except (ValueError, RecursionError):
+        return None
+    return None
+
+
 def loads_json(text: str) -> Any:
     """``json.loads`` whose every failure is a :class:`json.JSONDecodeError`.
 

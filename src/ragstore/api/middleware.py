@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import uuid
 from typing import Any
@@ -20,6 +19,7 @@ from ragstore._requests import UPLOAD_LIMIT_HEADER
 from ragstore.api.deps import ApiState, authenticate, bearer_token, route_scope
 from ragstore.api.errors import crash_response, problem_response
 from ragstore.errors import InputError, RagstoreError, RateLimitedError, RequestTooLargeError
+from ragstore.validation import repeated_key
 
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -132,7 +132,7 @@ class DuplicateKeyMiddleware:
             if message["type"] != "http.request" or not message.get("more_body", False):
                 break
         body = b"".join(m.get("body", b"") for m in pending if m["type"] == "http.request")
-        repeated = _repeated_key(body)
+        repeated = repeated_key(body)
         if repeated is not None:
             state: dict[str, Any] = scope.get("state", {})
             response = problem_response(
@@ -163,33 +163,6 @@ def _is_json(content_type: bytes) -> bool:
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     )
-
-
-class _Repeated(Exception):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _repeated_key(body: bytes) -> str | None:
-    """The first key named twice in one object of the JSON ``body``; ``None`` when none
-    is, or when the body does not parse (the route answers that itself)."""
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in items:
-            if key in out:
-                raise _Repeated(key)
-            out[key] = value
-        return out
-
-    try:
-        json.loads(body, object_pairs_hook=pairs)
-    except _Repeated as exc:
-        return exc.key
-    except (ValueError, RecursionError):
-        return None
-    return None
 
 
 class CrashMiddleware:
