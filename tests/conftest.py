@@ -4,6 +4,7 @@ session (the embedder cache is process-wide)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -39,9 +40,13 @@ def pytest_configure(config: pytest.Config) -> None:
     global _DEFAULT_HOME
     _DEFAULT_HOME = Path(tempfile.mkdtemp(prefix="ragstore-tests-home-"))
     os.environ["XDG_DATA_HOME"] = str(_DEFAULT_HOME)
+    # at exit, not at pytest_unconfigure: an embedded server started in this process
+    # releases its data dir from an atexit handler, which (registered later) runs first;
+    # removing the folder before it made that release log "could not open the lock"
+    atexit.register(_remove_default_home)
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
+def _remove_default_home() -> None:
     """Stop an embedded server some test started under the session's default data dir,
     then remove the folder."""
     if _DEFAULT_HOME is None:
