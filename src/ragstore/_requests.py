@@ -31,6 +31,7 @@ from ragstore.errors import (
     RequestTooLargeError,
     all_error_classes,
 )
+from ragstore.models import COLLECTION_NAME
 
 T = TypeVar("T")
 Upload = Path | str | tuple[str, bytes]
@@ -65,10 +66,10 @@ class Call(Generic[T]):
         return out
 
 
-# The server's collection name pattern (api/schemas.py NAME_PATTERN). A name or id goes
+# The server's collection name pattern. A name or id goes
 # into the URL path, and the server decodes %2F before routing: checked here, a name such
 # as "docs/documents/7" cannot turn delete_collection into deleting a document.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_NAME = re.compile(COLLECTION_NAME)
 
 
 def _n(name: str) -> str:

@@ -16,6 +16,8 @@ import platformdirs
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ragstore.models import COLLECTION_NAME
+
 ENV_PREFIX = "RAGSTORE_"
 
 
@@ -52,7 +54,7 @@ class Settings(BaseSettings):
         "default",
         min_length=1,
         max_length=63,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        pattern=f"^{COLLECTION_NAME}$",
         description="Collection used when a command names none.",
     )
     model: str = Field("all-MiniLM-L6-v2", description="Embedding model for new collections.")

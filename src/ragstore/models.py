@@ -10,6 +10,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+# What a collection may be called, unanchored: every check of a name (the database's own
+# CHECK constraint in migration 0001, the API's path and body fields, the client's URL
+# paths, the settings) accepts exactly these, 1-63 characters of which a letter or digit
+# first. One pattern, so no layer lets through a name another refuses.
+COLLECTION_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+
 
 class ChunkType(StrEnum):
     HEADING = "heading"

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
+from ragstore.api.schemas import NAME_PATTERN
 from ragstore.auth import SCOPES, ApiKey, KeyStore, RateLimiter
 from ragstore.errors import AuthenticationError, InputError
 from ragstore.runtime import Runtime
@@ -54,7 +55,7 @@ Rt = Annotated[Runtime, Depends(get_runtime)]
 CollectionName = Annotated[
     str,
     Path(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        pattern=NAME_PATTERN,
         examples=["handbook"],
         description="Collection name",
     ),

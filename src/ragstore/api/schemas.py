@@ -10,9 +10,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ragstore.models import COLLECTION_NAME
 from ragstore.validation import MAX_QUERY_CHARS, problem_in
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+NAME_PATTERN = f"^{COLLECTION_NAME}$"
 
 
 class Strict(BaseModel):

@@ -18,12 +18,12 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from ragstore import __version__
+from ragstore.api.schemas import NAME_PATTERN
 from ragstore.console.security import CONSOLE_PREFIX
 from ragstore.embedding.registry import DEFAULT_MODEL, TRUNCATED_MODEL
 from ragstore.parsing import supported_suffixes
 
 HERE = Path(__file__).resolve().parent
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 BUILTIN_MODELS = (DEFAULT_MODEL, TRUNCATED_MODEL)
 
 Name = Annotated[str, PathParam(pattern=NAME_PATTERN)]

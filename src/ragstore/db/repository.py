@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 from ragstore.db import changes, spaces
 from ragstore.db.models import MODEL_COLS, spec_from_row, upsert_model
 from ragstore.errors import CollectionNotFoundError, ConflictError, InputError
-from ragstore.models import ModelSpec
+from ragstore.models import COLLECTION_NAME, ModelSpec
 
 Conn = psycopg.Connection[Any]
 
@@ -136,7 +136,7 @@ def lock_rows(conn: Conn, collection_ids: list[int]) -> None:
     )
 
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_RE = re.compile(rf"^{COLLECTION_NAME}$")
 SETTINGS = {
     "ts_config": "text search configuration of the full-text index (a row of pg_ts_config)",
     "bm25_k1": "BM25 term-frequency saturation, a number from 0 to 10",

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Response
 from ragstore.api.deps import ReadAccess, RowId, Rt, decode_cursor, encode_cursor
 from ragstore.api.errors_doc import responses
 from ragstore.api.routing import written_lsn
-from ragstore.api.schemas import JobError, JobPublic, JobsPublic
+from ragstore.api.schemas import NAME_PATTERN, JobError, JobPublic, JobsPublic
 from ragstore.db import jobs as job_store
 from ragstore.db import lsn
 from ragstore.db.errors import translated
@@ -102,7 +102,7 @@ def list_jobs(
     cursor: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed)$")] = None,
-    collection: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")] = None,
+    collection: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
 ) -> JobsPublic:
     if caller.key is not None and caller.key.collection is not None:
         caller.require("read", collection)
