@@ -9,6 +9,8 @@ killing it instead.").
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -55,3 +57,29 @@ def test_a_server_this_process_stopped_is_not_stopped_again_at_release(
         embedded.stop(data_dir)
     failed = [r.getMessage() for r in caplog.records if "Failed to stop" in r.getMessage()]
     assert failed == []
+
+
+def test_a_data_dir_removed_before_exit_exits_quietly(tmp_path: Path) -> None:
+    """A process that started the server in a scratch folder, stopped it and deleted the
+    folder (what a bench or a test's cleanup does) printed "Logging error", "could not
+    open the lock" and a FileNotFoundError traceback at exit: the release registered
+    at exit went on to write the deleted folder's lock and registry files."""
+    data_dir = tmp_path / "scratch"
+    script = (
+        "import shutil, sys\n"
+        "from pathlib import Path\n"
+        "from ragstore.db import embedded\n"
+        "d = Path(sys.argv[1])\n"
+        "embedded.start(d)\n"
+        "embedded.stop(d)\n"
+        "shutil.rmtree(d)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "Logging error" not in done.stderr, done.stderr
+    assert not data_dir.exists()

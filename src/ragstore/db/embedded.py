@@ -736,6 +736,11 @@ def release(data_dir: Path) -> None:
     pgdata = (data_dir / "pg").resolve()
     if pgdata not in PostgresServer._instances:
         return
+    if not data_dir.is_dir():
+        # removed under this process (a scratch folder deleted before exit): no registry
+        # or lock file to update; the package's own exit handler stops a postmaster that
+        # still runs. Going on logged "could not open the lock" and a traceback at exit.
+        return
     with _data_dir_lock(data_dir):
         server = PostgresServer._instances.get(pgdata)
         if server is not None:
