@@ -9,11 +9,19 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import errors as pg
+from psycopg.pq import DiagnosticField
 from psycopg_pool import PoolTimeout
 
 from ragstore.api.errors import problem_body
 from ragstore.db.database import Breaker, Database
-from ragstore.db.errors import DISK_FULL, SQLSTATE_MAP, classify, translate, translated
+from ragstore.db.errors import (
+    DISK_FULL,
+    SQLSTATE_MAP,
+    classify,
+    recovery_conflict,
+    translate,
+    translated,
+)
 from ragstore.errors import (
     ConflictError,
     DatabaseError,
@@ -57,6 +65,9 @@ def test_the_table_sends_input_to_4xx_and_only_connections_to_503() -> None:
         (pg.UndefinedTable("bug"), DatabaseError),  # 42P01: our bug, 500
         # ... except a collection's vector table, dropped by a concurrent delete or rollback
         (pg.UndefinedTable('relation "emb_12" does not exist'), ConflictError),
+        # ... whatever the server's lc_messages (its quotes translated, the name not)
+        (pg.UndefinedTable("FEHLER:  Relation »emb_12« existiert nicht"), ConflictError),
+        (pg.UndefinedTable('relation "members_12" does not exist'), DatabaseError),
         # a hot standby's recovery conflict is not the caller's: 503, not 409
         (
             pg.SerializationFailure("canceling statement due to conflict with recovery"),
@@ -76,6 +87,54 @@ def test_the_table_sends_input_to_4xx_and_only_connections_to_503() -> None:
 def test_errors_outside_the_table(exc: Exception, expected: type[RagstoreError]) -> None:
     assert classify(exc)[0] is expected
     assert type(translate(exc, "x")) is expected
+
+
+# What a hot standby whose lc_messages is German sends for a read its replay cancelled:
+# the message translated, the SQLSTATE and the source file ("F") as in every language
+_GERMAN_CONFLICT = "FEHLER:  Abbruch der Anweisung wegen Konflikt mit der Wiederherstellung"
+
+
+def _server_error(cls: type[psycopg.Error], text: str, code: str, source: str) -> psycopg.Error:
+    """``cls`` as psycopg raises it for a server's ErrorResponse: its fields in ``diag``."""
+    fields = {DiagnosticField.SQLSTATE: code, DiagnosticField.SOURCE_FILE: source}
+    return cls(text, info={k: v.encode() for k, v in fields.items()})
+
+
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        # a recovery conflict (ProcessRecoveryConflictInterrupt, CheckRecoveryConflictDeadlock)
+        (_server_error(pg.SerializationFailure, _GERMAN_CONFLICT, "40001", "postgres.c"), True),
+        (_server_error(pg.DeadlockDetected, _GERMAN_CONFLICT, "40P01", "standby.c"), True),
+        # a serializable transaction's collision, a deadlock on the primary: the caller's
+        (
+            _server_error(
+                pg.SerializationFailure, "could not serialize access", "40001", "predicate.c"
+            ),
+            False,
+        ),
+        (_server_error(pg.DeadlockDetected, "deadlock detected", "40P01", "deadlock.c"), False),
+        # a function's RAISE of the same words is no replay's
+        (
+            _server_error(
+                pg.SerializationFailure,
+                "canceling statement due to conflict with recovery",
+                "40001",
+                "pl_exec.c",
+            ),
+            False,
+        ),
+    ],
+)
+def test_a_recovery_conflict_is_told_whatever_the_servers_language(
+    exc: psycopg.Error, expected: bool
+) -> None:
+    """A hot standby's "canceling statement due to conflict with recovery" was told by its
+    English text: a server with a translated ``lc_messages`` had its cancelled reads
+    answered 409 ``conflict`` ("collided with a concurrent change") instead of 503
+    ``statement_cancelled`` with Retry-After. The source file the server names tells it."""
+    assert recovery_conflict(exc) is expected
+    assert (classify(exc)[0] is StatementCancelledError) is expected
 
 
 @pytest.mark.parametrize(

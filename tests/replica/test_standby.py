@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ragstore import Client
-from ragstore.db import embedded, migrations, routing, standby
+from ragstore.db import embedded, errors, migrations, routing, standby
 from ragstore.db.database import Database
 from ragstore.db.routing import ReadRouter, Route, routed
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
@@ -715,6 +715,9 @@ def test_a_read_cancelled_by_a_recovery_conflict_is_run_again_on_the_primary(
                     locker.join(30)
         err = failed.value
         assert "conflict with recovery" in str(err), err
+        # told by the source file the standby names, not by its (translatable) words
+        cause = routing.recovery_conflict(err)  # psycopg's error behind ours
+        assert cause is not None and errors.recovery_conflict(cause), cause
         assert err.http_status == 503, (type(err), err)
         assert getattr(err, "retry_after", None)
         assert route.lost, "the API would not run the read again on the primary"

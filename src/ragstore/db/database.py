@@ -50,8 +50,10 @@ CLIENT_CHECK_INTERVAL = "5s"
 SCHEMA_RECHECK_S = 5.0
 # A connection refused for a connection limit (the server's, a role's, a database's):
 # SQLSTATE 53300. libpq gives no SQLSTATE for a failed connection, only the server's
-# message, so its texts are matched too (PostgreSQL's own, as in lc_messages C or English;
-# under a translated lc_messages such a refusal still reads as a server down).
+# message (psycopg's error has no sqlstate nor diag then, though the server sent the code:
+# libpq prints it only at the VERBOSE error verbosity, which psycopg cannot set before a
+# connection is made), so its texts are matched too (PostgreSQL's own, as in lc_messages C
+# or English; under a translated lc_messages such a refusal still reads as a server down).
 TOO_MANY_CONNECTIONS = "53300"
 _TOO_MANY_CONNECTIONS_TEXTS = (
     "too many clients already",

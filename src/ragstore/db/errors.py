@@ -15,6 +15,7 @@ our bug and answers 500 ``database_error``. ``tests/test_db_errors.py`` enumerat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -93,6 +94,36 @@ def refused_write(exc: BaseException | None) -> bool:
     return getattr(exc, "sqlstate", None) in REFUSED_WRITE
 
 
+# The server source files that raise a hot standby's "canceling statement due to conflict
+# with recovery" (SQLSTATE 40001, or 40P01 for a deadlock with the startup process):
+# postgres.c's interrupt handling for every reason, standby.c for a buffer pin's deadlock
+_RECOVERY_CONFLICT_SOURCES = frozenset({"postgres.c", "standby.c"})
+
+
+def recovery_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is a statement a hot standby cancelled to replay the primary's WAL.
+
+    Its SQLSTATE is a serialization failure's or a deadlock's, which on a primary is a
+    collision the caller raced (409), so the server source file it was raised in (the
+    diagnostic field ``F``, sent untranslated) tells them apart: the message text is in
+    the server's ``lc_messages``, and a German server's "Abbruch der Anweisung wegen
+    Konflikt mit der Wiederherstellung" was taken for a collision. Only an error without
+    that field (a proxy that drops it) is told by PostgreSQL's English text."""
+    if getattr(exc, "sqlstate", None) not in ("40001", "40P01"):
+        return False
+    diag = getattr(exc, "diag", None)
+    source = diag.source_file if isinstance(diag, psycopg.errors.Diagnostic) else None
+    if source:
+        return source.rsplit("/", 1)[-1] in _RECOVERY_CONFLICT_SOURCES
+    return "conflict with recovery" in str(exc)
+
+
+# A collection's vector table (``spaces.py``: emb_<space id>) as a missing relation's
+# message names it: the name is never translated, the quotes around it are (a German
+# server's "Relation »emb_12« existiert nicht")
+_VECTOR_TABLE = re.compile(r"\bemb_\d+\b")
+
+
 def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:
     """Our error class for a foreign database exception, and a short public reason."""
     if isinstance(exc, PoolTimeout):
@@ -100,7 +131,7 @@ def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:
     if disk_full(exc):
         return DatabaseUnavailableError, DISK_FULL
     state = getattr(exc, "sqlstate", None)
-    if state == "42P01" and 'relation "emb_' in str(exc):
+    if state == "42P01" and _VECTOR_TABLE.search(str(exc)):
         # a collection's vector table, the only kind dropped while serving: a request
         # that looked the collection up before another deleted it (or rolled its model
         # back) reads a table that is gone; retried, it gets collection_not_found
@@ -108,11 +139,10 @@ def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:
             "the collection was deleted or its model rolled back while this request ran; "
             "retry the request"
         )
-    if state in ("40001", "40P01") and "conflict with recovery" in str(exc):
+    if recovery_conflict(exc):
         # a hot standby's replay needed what the statement held (a lock, rows): it races
         # nothing of the caller's, as class 40's "collided with a concurrent change" (409)
         # said; a read-only server on the standby answers it 503 with Retry-After
-        # (PostgreSQL's English text; a router's replica tells it by SQLSTATE alone)
         return StatementCancelledError, (
             "the hot standby cancelled the statement to replay the primary's changes "
             "(a conflict with recovery); only this request failed, retry it"

@@ -204,8 +204,8 @@ def recovery_conflict(exc: BaseException) -> BaseException | None:
     ``db/errors.py`` maps class 40 to 409 ``conflict`` ("collided with a concurrent
     change; retry"): right for a write on the primary, wrong for a replica's read, which
     raced nothing of the caller's; the primary can answer it at once. (It tells a recovery
-    conflict by PostgreSQL's English text; a replica's is told here by SQLSTATE alone,
-    whatever the server's ``lc_messages``: a standby runs no serializable transactions.)"""
+    conflict by the server source file that raised it, ``errors.recovery_conflict``; a
+    replica's is told here by SQLSTATE alone: a standby runs no serializable transactions.)"""
     seen: BaseException | None = exc
     for _ in range(5):  # our error, then psycopg's behind it
         if seen is None:
