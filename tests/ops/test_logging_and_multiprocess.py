@@ -267,6 +267,145 @@ def test_exited_workers_totals_are_archived_not_kept_file_by_file(tmp_path: Path
         )
 
 
+_GAUGES = """
+import os, sys
+from prometheus_client import Gauge
+from ragstore.observability import metrics
+metrics.observe_http("GET", "/healthz", 200, 0.01)
+metrics.set_build_info("v" + sys.argv[1], "test")
+metrics.POOL_MAX.set(10)
+for mode in ("sum", "max", "min", "all", "mostrecent"):
+    Gauge("t_" + mode, "a gauge merged by " + mode, multiprocess_mode=mode, registry=None).set(
+        float(sys.argv[1])
+    )
+os._exit(0)  # like SIGKILL: no atexit hook runs
+"""
+
+
+def test_exited_processes_gauges_are_folded_or_dropped_by_mode(tmp_path: Path) -> None:
+    """The gauge files of exited processes stayed for good: the folder and every scrape
+    grew with each worker ever started, and a max-merged gauge (the build info) went on
+    reporting a dead worker's version. Now live gauges (all of ragstore's, build info
+    included) and per-process (``all``) series go with their process; sum, max, min and
+    mostrecent gauges are folded into one archive each, every figure unchanged."""
+    folder = tmp_path / "prom"
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    for value in ("3", "7", "5"):
+        subprocess.run([sys.executable, "-c", _GAUGES, value], env=env, check=True, timeout=120)
+    before = _render_in(env)
+    assert before[("t_sum", ())] == 15 and before[("t_max", ())] == 7
+    assert before[("t_min", ())] == 3 and before[("t_mostrecent", ())] == 5
+    subprocess.run([sys.executable, "-c", _STARTS], env=env, check=True, timeout=120)
+    names = sorted(p.name for p in folder.iterdir())
+    gauges = [n for n in names if n.startswith("gauge_")]
+    assert sorted(gauges) == [f"gauge_{m}_archive.db" for m in ("max", "min", "mostrecent", "sum")]
+    # one lock and one set of files: the starter's own (the renderer's were swept too)
+    assert len([n for n in names if n.startswith(".ragstore-alive-")]) == 1, names
+    after = _render_in(env)
+    for name in ("t_sum", "t_max", "t_min", "t_mostrecent"):
+        assert after[(name, ())] == before[(name, ())], name
+    assert not [k for k in after if k[0] == "t_all"]
+    assert not [k for k in after if k[0] == "ragstore_build_info"]
+    assert after.get(("ragstore_db_pool_max_connections", ()), 0) == 0
+    assert (
+        after[
+            (
+                "ragstore_http_requests_total",
+                (("method", "GET"), ("route", "/healthz"), ("status", "200")),
+            )
+        ]
+        == 3
+    )
+
+
+_NAMESPACED = """
+import os, sys
+from ragstore.observability import metrics
+metrics.mark_process_dead_at_exit()
+def count(n):
+    for _ in range(n):
+        metrics.observe_http("GET", "/healthz", 200, 0.01)
+    metrics.POOL_MAX.set(10)
+count(int(sys.argv[1]))
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+count(1)
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _in_own_pid_namespace() -> list[str]:
+    """The command prefix that runs a process as pid 1 of a pid namespace of its own."""
+    # --kill-child: killing unshare kills the process (else it would run on, orphaned)
+    prefix = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child"]
+    try:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        pytest.skip("unshare cannot be run here")
+    if probe.returncode != 0:
+        pytest.skip(f"no pid namespaces here: {probe.stderr.decode(errors='replace')}")
+    return prefix
+
+
+def test_processes_of_other_pid_namespaces_are_told_apart(tmp_path: Path) -> None:
+    """Two containers sharing one multiprocess folder each have a pid 1: both wrote
+    ``counter_1.db``, one process's counts overwriting the other's, and a process was
+    taken for dead or alive by a pid lookup in the sweeper's own namespace (a dead pid 1
+    there looks alive: its files and gauges stayed for good). Files are named by a token
+    of each process now, and a process counts as exited once its lock can be taken."""
+    prefix = _in_own_pid_namespace()
+    folder = tmp_path / "prom"
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    writers = [
+        subprocess.Popen(
+            [*prefix, sys.executable, "-c", _NAMESPACED, n],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in ("3", "5")
+    ]
+    key = (
+        "ragstore_http_requests_total",
+        (("method", "GET"), ("route", "/healthz"), ("status", "200")),
+    )
+    try:
+        for writer in writers:
+            assert writer.stdout is not None and writer.stdin is not None
+            assert writer.stdout.readline().split() == ["ready", "1"]
+        # a worker starting on the host while both run: neither is taken for exited
+        subprocess.run([sys.executable, "-c", _STARTS], env=env, check=True, timeout=120)
+        assert _render_in(env)[key] == 8
+        assert _render_in(env)[("ragstore_db_pool_max_connections", ())] == 20
+        for writer in writers:
+            assert writer.stdin is not None and writer.stdout is not None
+            writer.stdin.write("\n")
+            writer.stdin.flush()
+            assert writer.stdout.readline().strip() == "done"
+        writers[0].stdin.write("\n")  # type: ignore[union-attr]
+        writers[0].stdin.flush()  # type: ignore[union-attr]
+        writers[0].wait(timeout=60)  # exits cleanly
+        writers[1].kill()  # killed: no atexit hook
+        writers[1].wait(timeout=60)
+    finally:
+        for writer in writers:
+            if writer.poll() is None:
+                writer.kill()
+                writer.wait(timeout=60)
+            for pipe in (writer.stdin, writer.stdout):
+                if pipe is not None:
+                    pipe.close()
+    subprocess.run([sys.executable, "-c", _STARTS], env=env, check=True, timeout=120)
+    names = sorted(p.name for p in folder.iterdir())
+    assert not [n for n in names if n.startswith("gauge_")], names
+    assert len([n for n in names if n.startswith(".ragstore-alive-")]) == 1, names
+    samples = _render_in(env)
+    assert samples[key] == 10
+    assert samples.get(("ragstore_db_pool_max_connections", ()), 0) == 0
+
+
 _BROKEN = """
 import os, shutil, sys
 from ragstore.errors import ConfigError

@@ -6,8 +6,9 @@ importing ragstore registers nothing anywhere else). Code paths record through t
 
 Several uvicorn workers: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable folder
 *before* the processes start (prometheus-client picks its value store when it is first
-imported). Each process then writes its samples there and :func:`render` merges them with
-``MultiProcessCollector``. Gauges declare how they merge (``livesum``/``max``).
+imported). Each process then writes its samples there, in files named by a token of its
+own (:func:`process_identifier`), and :func:`render` merges them with
+``MultiProcessCollector``. Gauges declare how they merge (``livesum``/``livemax``...).
 
 Database-wide figures (per-collection sizes, job queue) are not samples: they are read
 at scrape time by :class:`DatabaseCollector`, cheaply (catalog estimates, exact counts
@@ -20,6 +21,7 @@ import atexit
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import struct
 import threading
@@ -50,6 +52,90 @@ if os.environ.get(MULTIPROC_ENV):
 MAX_COLLECTION_LABELS = 50
 # Tables smaller than this are counted exactly; larger ones use pg_class.reltuples.
 EXACT_COUNT_MAX_BYTES = 8 * 1024 * 1024
+
+# A process's files are named by a token, ``<pid>-<random hex>``, not by its bare pid:
+# two containers sharing one folder both have a pid 1, and a pid is reused by unrelated
+# processes. While it runs, the process holds an flock on ``.ragstore-alive-<token>.lock``
+# (not *.db: MultiProcessCollector reads only those); the kernel drops it when the process
+# ends however it ends, and flocks are seen across pid namespaces on one host, so "its lock
+# can be taken" is what "this process has exited" means here, never a pid lookup.
+_ALIVE_PREFIX = ".ragstore-alive-"
+_TOKEN = r"\d+-[0-9a-f]{16}"
+_token_lock = threading.Lock()
+_token: tuple[int, str, int | None] | None = None  # (pid, token, fd of its held lock)
+
+
+def _own_token() -> str | None:
+    current = _token
+    return current[1] if current is not None and current[0] == os.getpid() else None
+
+
+def process_identifier() -> str:
+    """This process's token (a new one after ``fork``), its liveness lock taken first.
+
+    prometheus_client calls it before it creates a file of the token and again at each
+    recording (that is how it sees a fork), so the lock is held before any file of the
+    token exists: a sweep never takes a starting process for an exited one.
+    """
+    global _token
+    pid = os.getpid()
+    current = _token
+    if current is not None and current[0] == pid:
+        return current[1]
+    with _token_lock:
+        current = _token
+        if current is not None and current[0] == pid:
+            return current[1]
+        if current is not None and current[2] is not None:
+            # a forked child's copy of its parent's lock: closing it leaves the lock to the
+            # parent, and the parent's death is seen even while this child runs on
+            os.close(current[2])
+        token = f"{pid}-{secrets.token_hex(8)}"
+        _token = (pid, token, _hold_alive_lock(token))
+        return token
+
+
+def _hold_alive_lock(token: str) -> int | None:
+    """Take this process's lock for good; None where that cannot be done (no ``fcntl``,
+    folder not writable): its files are then never taken for an exited process's."""
+    folder = os.environ.get(MULTIPROC_ENV)  # where prometheus-client writes
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    if not folder:
+        return None
+    final = os.path.join(folder, f"{_ALIVE_PREFIX}{token}.lock")
+    # made under another name and renamed once locked: a sweep never sees the final name
+    # unlocked while its process lives
+    temp = final + ".new"
+    try:
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.replace(temp, final)
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.remove(temp)
+        return None
+    return fd
+
+
+def _use_process_tokens() -> None:
+    """Make every metric defined from now on name its files by :func:`process_identifier`.
+
+    Only where prometheus-client chose its multiprocess value store (the variable was set
+    when it was imported); metrics read ``values.ValueClass`` as they are defined."""
+    from prometheus_client import values
+
+    if getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue(process_identifier)  # type: ignore[no-untyped-call]
+
+
+_use_process_tokens()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -233,7 +319,8 @@ BUILD_INFO = Gauge(
     "Always 1; labels say the version and settings profile running.",
     ["version", "profile"],
     registry=REGISTRY,
-    multiprocess_mode="max",
+    # live: an exited process's version (say, the one before an upgrade) is not running
+    multiprocess_mode="livemax",
 )
 
 
@@ -544,114 +631,140 @@ def _folder_lock(folder: str, *, exclusive: bool) -> Iterator[None]:
 
 
 def mark_process_dead_at_exit() -> None:
-    """In multiprocess mode, drop this process's live gauges when it exits, and those of
-    processes that died before us without running their own hook."""
+    """In multiprocess mode, drop this process's live gauges when it exits, and sweep the
+    files of processes that exited before us (see :func:`sweep_exited_processes`)."""
     folder = multiprocess_dir()
     if folder:
-        pid = os.getpid()
-        atexit.register(multiprocess.mark_process_dead, pid)
-        drop_dead_processes_gauges(folder)
-        archive_dead_processes_totals(folder)
+        atexit.register(_drop_own_live_gauges, folder)
+        sweep_exited_processes(folder)
 
 
-_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+def _drop_own_live_gauges(folder: str) -> None:
+    token = _own_token()
+    if token is not None:  # None: a forked child that never recorded anything
+        multiprocess.mark_process_dead(token, folder)  # type: ignore[no-untyped-call]
 
 
-def drop_dead_processes_gauges(folder: str) -> list[int]:
-    """Remove the live-gauge files of processes that are gone; return their pids.
+def _exited(folder: str, token: str) -> bool:
+    """Whether the process of ``token`` has exited: its lock file is there and not held.
 
-    The atexit hook never runs in a worker that was killed (SIGKILL, the OOM killer) and
-    that uvicorn replaced: its in-flight and pool gauges were summed into every scrape
-    for as long as the folder lived, and its last view of a replica shown as current.
-    Each worker sweeps them as it starts. Counter and histogram files stay: they hold
-    totals that must not go down.
-    """
-    dropped: list[int] = []
+    A missing lock file (a process that could not make one, or a cleaner removed it) says
+    nothing, so its files are left alone: archiving a live process's totals would count
+    them twice, keeping a dead one's costs only a file."""
+    if token == _own_token():
+        return False
     try:
-        names = os.listdir(folder)
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(os.path.join(folder, f"{_ALIVE_PREFIX}{token}.lock"), os.O_RDWR)
     except OSError:
-        return dropped
-    for name in names:
-        match = _LIVE_GAUGE_FILE.fullmatch(name)
-        if match is None:
-            continue
-        pid = int(match.group(1))
-        if pid in dropped or pid == os.getpid() or _alive(pid):
-            continue
-        multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
-        dropped.append(pid)
-    return dropped
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases it again if taken
+    return True
 
 
-_TOTALS_FILE = re.compile(r"(counter|histogram)_(\d+)\.db")
+_PROCESS_FILE = re.compile(rf"(counter|histogram|gauge_[a-z]+)_({_TOKEN})\.db")
+_ALIVE_FILE = re.compile(rf"{re.escape(_ALIVE_PREFIX)}({_TOKEN})\.lock")
 
 
-def archive_dead_processes_totals(folder: str) -> list[int]:
-    """Fold the counter and histogram files of processes that are gone into one
-    ``counter_archive.db`` / ``histogram_archive.db``; return their pids.
+def _add(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    return (a[0] + b[0], 0.0)
 
-    Each worker's totals live in files named by its pid, which nothing removed: every
-    worker uvicorn replaced over a server's life left two files that every scrape read
-    and merged, without bound. Their values are added (per metric and labels, as the
-    scrape adds them) to the archive, so every total stays what it was. Run by each
-    worker as it starts, under the folder's lock, which :func:`render` takes shared: a
-    scrape sees the files before or after, never the archive and the dead files both
-    (counted twice) or neither. A failure leaves the files as they were, the worker
-    starting all the same."""
+
+# How a gauge of an exited process is kept, by its multiprocess mode. live*: it is a
+# "now" figure of that process, gone with it. all: a series per process (pid label), which
+# would pile up one series per process ever started; gone with it too. sum, max, min,
+# mostrecent: the mode says the dead process's value still counts, so it is folded into
+# one archive file merged as a scrape merges it, every figure unchanged. (ragstore's own
+# gauges all use live modes: each means "now".)
+_GAUGE_FOLD: dict[str, Callable[[tuple[float, float], tuple[float, float]], tuple[float, float]]]
+_GAUGE_FOLD = {
+    "sum": _add,
+    "max": lambda a, b: a if a[0] >= b[0] else b,
+    "min": lambda a, b: a if a[0] <= b[0] else b,
+    "mostrecent": lambda a, b: a if a[1] >= b[1] else b,
+}
+
+
+def sweep_exited_processes(folder: str) -> list[str]:
+    """Fold or drop the files of processes that have exited; return their tokens.
+
+    Every worker uvicorn replaced over a server's life (exited, killed, OOM) left files
+    named by it that every scrape read: the folder and each scrape grew without bound, and
+    a killed worker's live gauges (its atexit hook never ran) were reported as current.
+    Counter and histogram values are added into ``counter_archive.db`` /
+    ``histogram_archive.db`` (per metric and labels, as a scrape adds them), so every
+    total stays what it was; gauges go as ``_GAUGE_FOLD`` says. Run by each worker as it
+    starts, under the folder's lock, which :func:`render` takes shared: a scrape sees the
+    files before or after, never the archive and the dead files both (counted twice) or
+    neither. A failure leaves the files as they were, the worker starting all the same."""
     from prometheus_client.mmap_dict import MmapedDict
 
-    archived: list[int] = []
+    swept: list[str] = []
     try:
         with _folder_lock(folder, exclusive=True):
-            dead: dict[str, list[str]] = {}
-            pids: set[int] = set()
-            for name in os.listdir(folder):
-                match = _TOTALS_FILE.fullmatch(name)
+            names = os.listdir(folder)
+            groups: dict[str, list[str]] = {}
+            tokens: set[str] = set()
+            for name in names:
+                match = _PROCESS_FILE.fullmatch(name)
                 if match is None:
                     continue
-                pid = int(match.group(2))
-                if pid == os.getpid() or _alive(pid):
+                token = match.group(2)
+                if token not in tokens and not _exited(folder, token):
                     continue
-                dead.setdefault(match.group(1), []).append(os.path.join(folder, name))
-                pids.add(pid)
-            for kind, files in dead.items():
+                tokens.add(token)
+                groups.setdefault(match.group(1), []).append(os.path.join(folder, name))
+            for kind, files in groups.items():
+                mode = kind.partition("_")[2]
+                if kind.startswith("gauge_") and mode not in _GAUGE_FOLD:
+                    for path in files:
+                        os.remove(path)
+                    continue
+                fold = _GAUGE_FOLD[mode] if kind.startswith("gauge_") else _add
                 archive = os.path.join(folder, f"{kind}_archive.db")
-                totals: dict[str, float] = {}
+                merged: dict[str, tuple[float, float]] = {}
                 sources = [*files, archive] if os.path.exists(archive) else files
                 for path in sources:
                     values = MmapedDict.read_all_values_from_file(path)  # type: ignore[no-untyped-call]
-                    for key, value, _timestamp, _pos in values:
-                        totals[key] = totals.get(key, 0.0) + value
+                    for key, value, timestamp, _pos in values:
+                        seen = (float(value), float(timestamp))
+                        merged[key] = fold(merged[key], seen) if key in merged else seen
                 fresh = archive + ".new"  # not *.db: no scrape reads it half written
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(fresh)
                 out = MmapedDict(fresh)  # type: ignore[no-untyped-call]
                 try:
-                    for key, total in totals.items():
-                        out.write_value(key, total, 0.0)  # type: ignore[no-untyped-call]
+                    for key, (value, timestamp) in merged.items():
+                        out.write_value(key, value, timestamp)  # type: ignore[no-untyped-call]
                 finally:
                     out.close()  # type: ignore[no-untyped-call]
                 os.replace(fresh, archive)
                 for path in files:
                     os.remove(path)
-            archived = sorted(pids)
+            # the lock files of exited processes, with or without files left
+            for name in names:
+                match = _ALIVE_FILE.fullmatch(name)
+                if match is not None and (
+                    match.group(1) in tokens or _exited(folder, match.group(1))
+                ):
+                    tokens.add(match.group(1))
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, name))
+            swept = sorted(tokens)
     except (OSError, ValueError, RuntimeError, struct.error) as exc:
         # what a file that cannot be read, written or parsed raises (as in render()): a
         # worker is never stopped from starting over its metrics
         import logging
 
         logging.getLogger("ragstore.metrics").warning(
-            "could not archive the metrics files of exited processes in %s: %s", folder, exc
+            "could not sweep the metrics files of exited processes in %s: %s", folder, exc
         )
-    return archived
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (one of another user's counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
+    return swept
