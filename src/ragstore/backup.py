@@ -58,7 +58,6 @@ from ragstore.errors import (
 # (tables with their triggers, views, sequences, functions, types), so that objects made
 # after the backup (a later schema revision, a new embedding space) do not survive it.
 _DROP_PUBLIC_OBJECTS = """
-SET lock_timeout = '{lock_timeout_ms}ms';
 DO $$
 DECLARE r record;
 BEGIN
@@ -97,6 +96,15 @@ BEGIN
 END $$;
 """
 
+# Taken first in the restore's transaction and held to its end (its COMMIT or rollback):
+# the lock ``db upgrade`` and ``db downgrade`` hold for theirs. Without it a restore and a
+# migration (or two restores) ran at once: the migration read the revision the restore was
+# replacing and altered tables under it, or the restore dropped tables under a migration,
+# and whichever came second met the other's half-done work (a deadlock, or a migration
+# of tables it did not read). A migration started during a restore now waits for it, then
+# finds the restored revision; a restore waits for a running migration as for a table
+# lock (tries of :data:`RESTORE_LOCK_WAIT_S`, then one error naming its session).
+_MIGRATION_LOCK = f"SELECT pg_advisory_xact_lock({migrations.MIGRATION_LOCK_KEY});\n"
 
 # the table of contents line (``pg_restore --list``) of the table every ragstore schema has
 _SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ TABLE public alembic_version ", re.M)
@@ -1377,20 +1385,22 @@ _LOCK_TIMED_OUT = "canceling statement due to lock timeout"
 
 
 def _locked_out(db: Database, path: Path, what: str, tries: int) -> RagstoreError:
-    """The error of a restore that gave up waiting for its table locks: who holds
-    ragstore's tables (read now, as ``db upgrade`` names them; "could not be read" where
-    the database does not answer), what the database holds and how to go on.
+    """The error of a restore that gave up waiting for its locks (its tables', or the
+    migration lock a ``db upgrade``, ``db downgrade`` or another restore holds): who holds
+    them (read now, as ``db upgrade`` names them; "could not be read" where the database
+    does not answer), what the database holds and how to go on.
 
     psql's own message ("canceling statement due to lock timeout" at a line of the
     restore's script) named no session, so nothing said what to wait for or end."""
     held = migrations.lock_holders(db, RESTORE_LOCK_WAIT_S)
     return StatementCancelledError(
-        f"restoring {path} into {db.where}: other sessions held its tables for "
+        f"restoring {path} into {db.where}: other sessions held its tables or the schema "
+        f"migration lock (a `db upgrade`, `db downgrade` or another restore) for "
         f"{RESTORE_LOCK_GIVE_UP_S:g}s ({tries} tries, each waiting "
         f"{RESTORE_LOCK_WAIT_S:g}s for the table locks); "
-        f"sessions holding ragstore's tables: {held}. {what[:1].upper()}{what[1:]}: run "
-        "it again once they have ended (a backup, pg_dump, ends by itself; another "
-        "session can be ended with SELECT pg_terminate_backend(PID))"
+        f"sessions holding them: {held}. {what[:1].upper()}{what[1:]}: run "
+        "it again once they have ended (a backup, pg_dump, or a migration ends by itself; "
+        "another session can be ended with SELECT pg_terminate_backend(PID))"
     )
 
 
@@ -1543,10 +1553,11 @@ def _restore(
         # failure's message is psql's first lines, and they were these, not its error
         quiet = "SET client_min_messages = warning;\n"
         guard = "" if drop_dependents else _GUARD_OUTSIDE_DEPENDENTS
-        drop = _DROP_PUBLIC_OBJECTS.replace(
-            "{lock_timeout_ms}", str(max(1, round(RESTORE_LOCK_WAIT_S * 1000)))
+        # each lock (the migration lock's included) waited for one try's time at most
+        wait = f"SET lock_timeout = '{max(1, round(RESTORE_LOCK_WAIT_S * 1000))}ms';\n"
+        prelude.write_text(
+            quiet + record + wait + _MIGRATION_LOCK + create + guard + _DROP_PUBLIC_OBJECTS
         )
-        prelude.write_text(quiet + record + create + guard + drop)
         _replay(db, path, conninfo, env, [prelude, body], session)
     # committed: from here on the restore is done whatever happens, and says so
     try:

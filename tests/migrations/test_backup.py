@@ -1635,6 +1635,106 @@ def test_a_restore_whose_tables_are_let_go_while_it_tries_completes(
     assert reader.longest_wait(started, released[0]) < 2.0, reader.answers
 
 
+def test_a_restore_waits_for_the_migration_lock_and_refuses_changing_nothing(
+    populated: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Another session holds the schema migration lock (a ``db upgrade`` in its
+    transaction, here a bare session): the restore took no part in that lock and replaced
+    the database under the migration. It now waits for the lock as for a table lock, then
+    gives up with one error naming that session, the database as it was; once the lock
+    is let go, the restore goes through."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive), "--json") == 0
+    restored = full_dump(populated)
+    with psycopg.connect(populated, autocommit=True) as conn:  # changed after the backup
+        conn.execute("UPDATE collections SET settings = '{\"changed\": true}'")
+    before = full_dump(populated)
+    assert before != restored
+    _short_lock_waits(monkeypatch, give_up_s=3.0)
+    holder = psycopg.connect(populated, application_name="a-migration")
+    holder.execute("SELECT pg_advisory_xact_lock(%s)", (migrations.MIGRATION_LOCK_KEY,))
+    holder_pid = holder.info.backend_pid
+    capsys.readouterr()
+    try:
+        status = run_cli("restore", str(archive), "--yes", "--json", "--no-backup")
+        err = capsys.readouterr().err
+        assert status == 75, err
+        assert err.count("\n") == 1, err
+        assert "schema migration lock (a `db upgrade`, `db downgrade` or another restore)" in err
+        assert f"pid {holder_pid} (a-migration, holding the schema migration lock, idle" in err
+        assert f"Nothing of {archive} was restored; the database is as it was" in err, err
+        assert full_dump(populated) == before
+        assert backends_where(populated, "application_name = 'psql'") == 0
+    finally:
+        holder.rollback()
+        holder.close()
+    assert run_cli("restore", str(archive), "--yes", "--json", "--no-backup") == 0
+    assert full_dump(populated) == restored
+
+
+def test_a_migration_started_during_a_restore_waits_for_it(
+    populated: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A ``db upgrade`` started while a restore's transaction runs (held here at its drops
+    by a session reading chunks) ran alongside it: it read the revision the restore was
+    replacing and altered the tables under it. It now waits for the migration lock the
+    restore holds to its end, then reads the restored revision."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive), "--json") == 0
+    restored = full_dump(populated)
+    with psycopg.connect(populated, autocommit=True) as conn:  # changed after the backup
+        conn.execute("UPDATE collections SET settings = '{\"changed\": true}'")
+    monkeypatch.setattr(backup, "RESTORE_LOCK_WAIT_S", 60.0, raising=False)  # one try
+    holder = psycopg.connect(populated)
+    holder.execute("SELECT 1 FROM chunks LIMIT 1")  # open, holding chunks: the drops wait
+    restore_waits = "application_name = 'psql' AND wait_event_type = 'Lock'"
+    migration_waits = "wait_event_type = 'Lock' AND wait_event = 'advisory'"
+    seen: list[str] = []
+    found: list[str | None] = []
+
+    def migrate() -> None:
+        found.append(migrations.migrate(Database(populated), "upgrade", "head").found)
+
+    migration = threading.Thread(target=migrate)
+
+    def start_the_migration_then_let_go() -> None:
+        try:
+            deadline = time.monotonic() + 60
+            while not backends_where(populated, restore_waits) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            migration.start()
+            deadline = time.monotonic() + 10  # unfixed, it never waits for the lock
+            while time.monotonic() < deadline:
+                if backends_where(populated, migration_waits):
+                    seen.append("waited")
+                    break
+                time.sleep(0.05)
+        finally:
+            holder.rollback()
+
+    helper = threading.Thread(target=start_the_migration_then_let_go)
+    capsys.readouterr()
+    helper.start()
+    try:
+        status = run_cli("restore", str(archive), "--yes", "--json", "--no-backup")
+    finally:
+        helper.join()
+        if migration.ident is not None:
+            migration.join(timeout=120)
+        holder.close()
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert seen == ["waited"]
+    assert found == [migrations.head_revision()]
+    assert full_dump(populated) == restored
+
+
 def test_an_interrupt_as_a_failed_restores_outcome_is_read_says_it_is_unknown(
     populated: str,
     tmp_path: Path,

@@ -373,35 +373,47 @@ def _run(db: Database, action: str, target: str) -> tuple[str | None, str | None
 
 
 # sessions other than this one, in transactions older than a lock wait, holding locks on
-# ragstore's tables: what a migration that could not have its table locks waited behind
+# ragstore's tables, and any holding the migration lock (a migration, a restore; or a
+# session-level lock, held outside a transaction): what a migration or a restore that
+# could not have its locks waited behind. A bigint advisory key is classid (high 32 bits)
+# and objid (low) with objsubid 1 in pg_locks.
 _LOCK_HOLDERS = """
 SELECT a.pid, coalesce(nullif(a.application_name, ''), a.backend_type),
-       coalesce(a.state, ''), to_char(a.xact_start AT TIME ZONE 'UTC', 'HH24:MI:SS')
+       coalesce(a.state, ''), to_char(a.xact_start AT TIME ZONE 'UTC', 'HH24:MI:SS'),
+       m.pid IS NOT NULL
 FROM pg_stat_activity a
+LEFT JOIN (SELECT DISTINCT l.pid FROM pg_locks l
+           WHERE l.granted AND l.locktype = 'advisory' AND l.objsubid = 1
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             AND (l.classid::bigint << 32) | l.objid::bigint = %(key)s) m ON m.pid = a.pid
 WHERE a.pid <> pg_backend_pid() AND a.datname = current_database()
-  AND a.xact_start < clock_timestamp() - make_interval(secs => %s)
-  AND EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-              WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation'
-                AND c.relnamespace = 'public'::regnamespace)
-ORDER BY a.xact_start LIMIT 6
+  AND (m.pid IS NOT NULL
+       OR a.xact_start < clock_timestamp() - make_interval(secs => %(waited)s)
+          AND EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                      WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation'
+                        AND c.relnamespace = 'public'::regnamespace))
+ORDER BY m.pid IS NULL, a.xact_start NULLS FIRST LIMIT 6
 """
 
 
 def lock_holders(db: Database, waited_s: float) -> str:
-    """The sessions holding ragstore's tables in transactions older than ``waited_s``, in
-    words (pid, application, state, since when; read now): what a migration or a restore
-    that could not have its table locks waited behind. "could not be read" where the
-    database does not answer."""
+    """The sessions holding ragstore's tables in transactions older than ``waited_s``, and
+    those holding the migration lock (:data:`MIGRATION_LOCK_KEY`), first, in words (pid,
+    application, state, since when; read now): what a migration or a restore that could
+    not have its locks waited behind. "could not be read" where the database does not
+    answer."""
     try:
         with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
-            rows = conn.execute(_LOCK_HOLDERS, (waited_s,)).fetchall()
+            args = {"key": MIGRATION_LOCK_KEY, "waited": waited_s}
+            rows = conn.execute(_LOCK_HOLDERS, args).fetchall()
     except RagstoreError as exc:
         return f"could not be read ({exc})"
     return (
         "; ".join(
             f"pid {pid} ({app}{': a backup' if app == 'pg_dump' else ''}, "
-            f"{state or 'open'}, in a transaction since {since} UTC)"
-            for pid, app, state, since in rows[:5]
+            f"{'holding the schema migration lock, ' if migrating else ''}{state or 'open'}"
+            f"{f', in a transaction since {since} UTC' if since else ''})"
+            for pid, app, state, since, migrating in rows[:5]
         )
         or "none now (they have ended since)"
     )
