@@ -251,6 +251,18 @@ def test_filters_mean_what_llamaindex_means(store: Store) -> None:
         MetadataFilters(
             filters=[MetadataFilter(key="tag", value=None, operator=FilterOperator.IS_EMPTY)]
         ),
+        # a missing or null value matches != and nin in LlamaIndex
+        MetadataFilters(filters=[MetadataFilter(key="tag", value="x", operator=FilterOperator.NE)]),
+        MetadataFilters(
+            filters=[MetadataFilter(key="tag", value=["x"], operator=FilterOperator.NIN)]
+        ),
+        MetadataFilters(
+            condition=FilterCondition.OR,
+            filters=[
+                MetadataFilter(key="year", value=2022, operator=FilterOperator.LTE),
+                MetadataFilter(key="team", value=["db"], operator=FilterOperator.IN),
+            ],
+        ),
     ]
     for filters in cases:
         got, want = both(filters)
@@ -358,3 +370,141 @@ def test_node_metadata_json_cannot_hold_is_refused_not_changed(store: Store) -> 
         with pytest.raises(InputError, match=rf"nodes\[1\]\.metadata holds a {problem}"):
             vs.add(nodes)
     assert "li-odd-metadata" not in {c["name"] for c in store.list_collections()}
+
+
+def test_keyword_arguments_the_store_does_not_take_are_refused(
+    index: VectorStoreIndex, store: Store
+) -> None:
+    """Every method took ``**kwargs`` and ignored what it did not know: a narrowing the
+    caller meant was dropped (a delete deleted more, a query answered from more nodes),
+    and the constructor passed LlamaIndex's own fields on (``is_embedding_query=True``
+    had retrievers embed queries the store searched by text). Each is refused by name,
+    and nothing is written or deleted."""
+    with pytest.raises(InputError, match=r"RagstoreVectorStore\(\) does not take foo="):
+        RagstoreVectorStore(store, "li-kwargs", foo=1)
+    with pytest.raises(InputError, match="does not take is_embedding_query="):
+        RagstoreVectorStore(store, "li-kwargs", is_embedding_query=True)
+    with pytest.raises(InputError, match="unknown search mode 'mmr'"):
+        RagstoreVectorStore(store, "li-kwargs", mode="mmr")
+    vs = RagstoreVectorStore(store, "li-kwargs")
+    with pytest.raises(InputError, match="add does not take batch_size="):
+        vs.add([TextNode(id_="a", text="Backups run nightly.")], batch_size=10)
+    assert "li-kwargs" not in {c["name"] for c in store.list_collections()}
+    node = TextNode(id_="a", text="Backups run nightly.")
+    node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id="doc")
+    vs.add([node])
+    with pytest.raises(InputError, match="delete does not take filters="):
+        vs.delete("doc", filters={"team": "ops"})
+    with pytest.raises(InputError, match="delete_nodes does not take where="):
+        vs.delete_nodes(["a"], where={"team": "ops"})
+    with pytest.raises(InputError, match="query does not take where="):
+        vs.query(VectorStoreQuery(query_str="backups"), where={"team": "ops"})
+    assert store.get_collection("li-kwargs")["documents"] == 1
+    retriever = index.as_retriever(vector_store_kwargs={"where": {"team": "db"}})
+    with pytest.raises(InputError, match="query does not take where="):
+        retriever.retrieve("backups")
+
+
+def test_query_fields_ragstore_has_no_equivalent_of_are_refused(index: VectorStoreIndex) -> None:
+    """``mmr_threshold``, ``sparse_top_k``, ``hybrid_top_k``, ``output_fields`` and
+    ``embedding_field`` were ignored: the query ran as if they were not there."""
+    vs = index.vector_store
+    for field, value in (
+        ("mmr_threshold", 0.5),
+        ("sparse_top_k", 5),
+        ("hybrid_top_k", 5),
+        ("output_fields", ["team"]),
+        ("embedding_field", "vec"),
+    ):
+        with pytest.raises(InputError, match=f"query {field}=.* is not something ragstore"):
+            query = VectorStoreQuery(query_str="backups")
+            setattr(query, field, value)
+            vs.query(query)
+    with pytest.raises(InputError, match="query node_ids is one string"):
+        vs.query(VectorStoreQuery(query_str="backups", node_ids="backups"))  # type: ignore[arg-type]
+
+
+def test_a_query_with_text_and_embedding_ranks_by_the_embedding(
+    index: VectorStoreIndex, store: Store
+) -> None:
+    """A query carrying both (a retriever given a ``QueryBundle`` with its embedding) was
+    searched by its text alone, the embedding dropped; it now stands for the text in the
+    vector ranking."""
+    vs = index.vector_store
+    embedding = RagstoreEmbedding(store, "li-handbook").get_query_embedding(
+        "how do I undo a schema migration?"
+    )
+    from llama_index.core.vector_stores.types import VectorStoreQueryMode
+
+    query = VectorStoreQuery(
+        query_str="how long are backups kept?",
+        query_embedding=embedding,
+        similarity_top_k=1,
+        mode=VectorStoreQueryMode.HYBRID,
+        alpha=1.0,  # the vector ranking alone
+    )
+    assert vs.query(query).ids == ["rollback"]
+
+
+def test_delete_without_a_source_document_is_refused_not_widened(store: Store) -> None:
+    """``delete(None)`` matched every node stored without a source document and deleted
+    them all; ``delete_nodes()`` with neither ids nor filters did nothing unsaid
+    (LlamaIndex's own store deletes every node there). Both are refused."""
+    vs = RagstoreVectorStore(store, "li-delete")
+    vs.add([TextNode(id_="a", text="No source."), TextNode(id_="b", text="None either.")])
+    with pytest.raises(InputError, match="delete takes the id of a source document"):
+        vs.delete(None)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="delete takes the id of a source document"):
+        vs.delete("")
+    with pytest.raises(InputError, match=r"delete_nodes needs node_ids=\[...\]; .* clear\(\)"):
+        vs.delete_nodes()
+    with pytest.raises(InputError, match="delete_nodes does not take filters="):
+        vs.delete_nodes(["a"], filters=MetadataFilters(filters=[]))
+    assert store.get_collection("li-delete")["documents"] == 2
+    vs.delete_nodes(["a", "unknown"])
+    assert sorted(n.node_id for n in vs.get_nodes(["a", "b"])) == ["b"]
+
+
+def test_get_nodes_and_clear(store: Store) -> None:
+    """``get_nodes`` and ``clear`` raised NotImplementedError. ``get_nodes`` returns the
+    stored nodes by id, in that order, as queries do; by filter it is refused. ``clear``
+    deletes every node and keeps the collection (its model and settings)."""
+    vs = RagstoreVectorStore(store, "li-clear")
+    assert vs.get_nodes(["a"]) == []  # no collection yet
+    vs.clear()
+    vs.add(
+        [
+            TextNode(id_="a", text="First.", metadata={"team": "db"}),
+            TextNode(id_="b", text="Second.", metadata={"team": "ops"}),
+        ]
+    )
+    got = vs.get_nodes(["b", "unknown", "a"])
+    assert [(n.node_id, n.get_content(), n.metadata) for n in got] == [
+        ("b", "Second.", {"team": "ops"}),
+        ("a", "First.", {"team": "db"}),
+    ]
+    assert vs.get_nodes([]) == []
+    with pytest.raises(InputError, match="get_nodes does not take filters="):
+        vs.get_nodes(filters=MetadataFilters(filters=[MetadataFilter(key="team", value="db")]))
+    with pytest.raises(InputError, match=r"get_nodes needs node_ids"):
+        vs.get_nodes()
+    vs.clear()
+    assert store.get_collection("li-clear")["documents"] == 0
+
+
+def test_filters_ragstore_cannot_mean_as_llamaindex_does_are_refused(store: Store) -> None:
+    """A filter whose value is None (LlamaIndex matches no node by ``== None``, ragstore's
+    null the nodes holding null), filters that are no ``MetadataFilters`` (a dict: an
+    AttributeError) and a ``not`` holding an empty ``MetadataFilters`` (it matches no node;
+    dropped, it matched more) are refused. An ``or`` holding one matches every node, as
+    LlamaIndex's empty filters do (the empty one was dropped: fewer nodes)."""
+    with pytest.raises(InputError, match=r"on 'team' has no value \(None\); use the is_empty"):
+        to_where(MetadataFilters(filters=[MetadataFilter(key="team", value=None)]))
+    with pytest.raises(InputError, match="filters must be a MetadataFilters, got a dict"):
+        to_where({"team": "ops"})  # type: ignore[arg-type]
+    team = MetadataFilter(key="team", value="ops")
+    empty = MetadataFilters(filters=[])
+    with pytest.raises(InputError, match="not-filter holds an empty MetadataFilters"):
+        to_where(MetadataFilters(condition=FilterCondition.NOT, filters=[team, empty]))
+    assert to_where(MetadataFilters(condition=FilterCondition.OR, filters=[team, empty])) is None
+    assert to_where(MetadataFilters(filters=[team, empty])) == {"$and": [{"team": {"$eq": "ops"}}]}

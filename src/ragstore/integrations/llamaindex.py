@@ -47,8 +47,9 @@ from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_
 from ragstore.errors import CollectionNotFoundError, InputError, ModelMismatchError
 from ragstore.ingest.texts import check_call
 from ragstore.integrations.backend import Backend, described_fields, ensure_vector_collection
+from ragstore.search.service import parse_mode
 from ragstore.store import Store
-from ragstore.validation import check_value
+from ragstore.validation import check_value, id_list
 
 __all__ = ["RagstoreEmbedding", "RagstoreVectorStore", "to_where"]
 
@@ -71,20 +72,40 @@ def to_where(filters: MetadataFilters | None) -> dict[str, Any] | None:
     (it was translated as ``not`` of their ``and``, so a node matching one of two came
     back), and filters with nothing in them, nested ones too, restrict nothing (nested
     empty ones left an empty ``$and``, refused by ragstore with an error about a filter
-    the caller never wrote)."""
-    if filters is None or not filters.filters:
+    the caller never wrote). ``None`` (no filter) is the only other value taken: a dict
+    or a single ``MetadataFilter`` failed with an AttributeError."""
+    if filters is None:
+        return None
+    if not isinstance(filters, MetadataFilters):
+        raise InputError(
+            f"filters must be a MetadataFilters, got a {type(filters).__name__}; wrap it: "
+            "MetadataFilters(filters=[MetadataFilter(key=..., value=...)])"
+        )
+    if not filters.filters:
         return None
     parts: list[dict[str, Any]] = []
+    everything = False  # a member restricting nothing (an empty nested MetadataFilters)
     for f in filters.filters:
         if isinstance(f, MetadataFilters):
             sub = to_where(f)
-            if sub is not None:
+            if sub is None:
+                everything = True
+            else:
                 parts.append(sub)
             continue
         parts.append(_one(f))
+    condition = filters.condition or FilterCondition.AND
+    if everything and condition == FilterCondition.OR:
+        return None  # one member matching every node: so does the "or"
+    if everything and condition == FilterCondition.NOT:
+        # none of the members may match, and one matches every node: no node is left.
+        # Dropped, the member made the "not" match more nodes than it can
+        raise InputError(
+            "a not-filter holds an empty MetadataFilters, which matches every node, so "
+            "the filter matches none; remove the empty MetadataFilters"
+        )
     if not parts:
         return None
-    condition = filters.condition or FilterCondition.AND
     if condition == FilterCondition.NOT:
         return {"$not": {"$or": parts}}
     return {"$or": parts} if condition == FilterCondition.OR else {"$and": parts}
@@ -101,7 +122,14 @@ def _one(f: MetadataFilter) -> dict[str, Any]:
         raise InputError(
             f"metadata filter operator {operator.value} on {f.key!r} has no "
             "ragstore equivalent; use one of "
-            f"{', '.join(o.value for o in _OPS)}"
+            f"{', '.join(o.value for o in _OPS)} or is_empty"
+        )
+    if f.value is None:
+        # LlamaIndex matches no node by == None (a missing or null value matches only
+        # != and nin), where ragstore's null would match the nodes holding null
+        raise InputError(
+            f"metadata filter {operator.value} on {f.key!r} has no value (None); "
+            "use the is_empty operator for a missing or null value"
         )
     return {f.key: {op: f.value}}
 
@@ -129,10 +157,15 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         model_name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        # LlamaIndex's own fields (stores_text, is_embedding_query, flat_metadata) describe
+        # how this store works and are not the caller's to change: passed on,
+        # is_embedding_query=True had every retriever embed the query for a store that
+        # searched by its text alone; anything else was taken and ignored
+        _no_other_arguments("RagstoreVectorStore()", kwargs, ())
+        super().__init__(stores_text=True)
         self._backend = backend
         self._collection = collection
-        self._mode = mode
+        self._mode = parse_mode(mode)  # refused here, not at the first query
         self._model_name = model_name
 
     @property
@@ -144,6 +177,7 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         return self._collection
 
     def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
+        _no_other_arguments("add", kwargs, ())
         if not nodes:
             return []
         for i, n in enumerate(nodes):
@@ -202,7 +236,17 @@ class RagstoreVectorStore(BasePydanticVectorStore):
                 )
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
-        """Delete every node of the source document ``ref_doc_id``."""
+        """Delete every node of the source document ``ref_doc_id``. Any other argument is
+        refused (ignored, a meant narrowing was dropped), and so is a ``ref_doc_id`` that
+        is no non-empty string: ``None`` matched every node stored without a source
+        document and deleted them all."""
+        _no_other_arguments("delete", delete_kwargs, ())
+        if not isinstance(ref_doc_id, str) or not ref_doc_id:
+            raise InputError(
+                f"delete takes the id of a source document (a non-empty string), got "
+                f"{ref_doc_id!r}; delete_nodes(node_ids=[...]) deletes nodes by id, "
+                "clear() every node"
+            )
         with suppress(CollectionNotFoundError):
             ids = [
                 d["source"]
@@ -219,11 +263,52 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         filters: MetadataFilters | None = None,
         **delete_kwargs: Any,
     ) -> None:
+        """Delete the nodes ``node_ids`` (unknown ids are ignored). Deleting by metadata
+        filter is refused, and so is a call with neither (LlamaIndex's own store deletes
+        every node there; ``clear()`` says so), and any other argument: each would delete
+        other nodes than the caller meant."""
+        _no_other_arguments("delete_nodes", delete_kwargs, ("node_ids", "filters"))
         if filters is not None:
-            raise InputError("deleting nodes by metadata filter is not supported; give node_ids")
-        if node_ids:
+            raise InputError(
+                "delete_nodes does not take filters=: ragstore cannot delete nodes by "
+                "metadata filter; give node_ids=[...] (query or get_nodes finds them)"
+            )
+        if node_ids is None:
+            raise InputError("delete_nodes needs node_ids=[...]; to delete every node call clear()")
+        doomed = id_list(node_ids, "delete_nodes node_ids")
+        if doomed:
             with suppress(CollectionNotFoundError):
-                self._backend.delete_texts(self._collection, node_ids)
+                self._backend.delete_texts(self._collection, doomed)
+
+    def get_nodes(
+        self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
+    ) -> list[BaseNode]:
+        """The stored nodes ``node_ids``, in that order (unknown ids are left out), as
+        queries return them. Getting nodes by metadata filter is refused (it raised
+        NotImplementedError, as did every call)."""
+        if filters is not None:
+            raise InputError(
+                "get_nodes does not take filters=: ragstore cannot list nodes by metadata "
+                "filter; give node_ids=[...] (a query with filters= finds them)"
+            )
+        if node_ids is None:
+            raise InputError("get_nodes needs node_ids=[...], the ids of the nodes to get")
+        wanted = id_list(node_ids, "get_nodes node_ids")
+        if not wanted:
+            return []
+        try:
+            found = self._backend.get_texts(self._collection, wanted)
+        except CollectionNotFoundError:
+            return []
+        return [_node({**t, "source": t["id"]}) for t in found]
+
+    def clear(self) -> None:
+        """Delete every node; the collection stays, with its model and settings (it
+        raised NotImplementedError, so a ``VectorMemory.reset()`` over ragstore failed)."""
+        with suppress(CollectionNotFoundError):
+            sources = [d["source"] for d in self._backend.iter_documents(self._collection)]
+            for start in range(0, len(sources), 500):
+                self._backend.delete_texts(self._collection, sources[start : start + 500])
 
     def vector_store_info(self, content_info: str) -> VectorStoreInfo:
         """The collection's metadata described for LlamaIndex's auto-retriever
@@ -239,36 +324,44 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         return VectorStoreInfo(content_info=content_info, metadata_info=infos)
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """The ``similarity_top_k`` best nodes for the query's text (searched in ``mode``),
+        its embedding (by vector), or both (the embedding then stands for the text in the
+        vector ranking), within its ``filters``, ``node_ids`` and ``doc_ids``. A field
+        ragstore has no equivalent of, and any keyword argument (a retriever's
+        ``vector_store_kwargs``), is refused: each was ignored, so the query ran other
+        than asked with no word."""
+        _no_other_arguments("query", kwargs, ())
+        for field, fix in _UNSUPPORTED_FIELDS.items():
+            if getattr(query, field) is not None:
+                raise InputError(
+                    f"query {field}={getattr(query, field)!r} is not something ragstore "
+                    f"can do: {fix}"
+                )
         where = _restricted(to_where(query.filters), query)
         k = query.similarity_top_k
         mode = _mode(query.mode, self._mode)
+        text, vector = query.query_str or None, query.query_embedding
+        if text is None and vector is None:
+            raise InputError(
+                "the query has neither text (query_str) nor an embedding (query_embedding)"
+            )
+        if text is None:
+            # an embedding alone is searched by vector unless a mode is asked
+            asked = None if query.mode == VectorStoreQueryMode.DEFAULT else mode
+            mode_run, weights = asked, _weights(query.alpha, asked or "vector")
+        else:
+            mode_run, weights = mode, _weights(query.alpha, mode)
         try:
-            if query.query_str:
-                vector_weight, fulltext_weight = _weights(query.alpha, mode)
-                out = self._backend.search(
-                    self._collection,
-                    query.query_str,
-                    k=k,
-                    where=where,
-                    mode=mode,
-                    vector_weight=vector_weight,
-                    fulltext_weight=fulltext_weight,
-                )
-            elif query.query_embedding is not None:
-                # an embedding alone is searched by vector unless a mode is asked
-                asked = None if query.mode == VectorStoreQueryMode.DEFAULT else mode
-                vector_weight, fulltext_weight = _weights(query.alpha, asked or "vector")
-                out = self._backend.search(
-                    self._collection,
-                    vector=query.query_embedding,
-                    k=k,
-                    where=where,
-                    mode=asked,
-                    vector_weight=vector_weight,
-                    fulltext_weight=fulltext_weight,
-                )
-            else:
-                raise InputError("the query has neither text nor an embedding")
+            out = self._backend.search(
+                self._collection,
+                text,
+                vector=vector,
+                k=k,
+                where=where,
+                mode=mode_run,
+                vector_weight=weights[0],
+                fulltext_weight=weights[1],
+            )
         except CollectionNotFoundError:
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         nodes, scores, ids = [], [], []
@@ -277,6 +370,28 @@ class RagstoreVectorStore(BasePydanticVectorStore):
             scores.append(float(hit["score"]))
             ids.append(str(hit["source"]))
         return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=ids)
+
+
+# the VectorStoreQuery fields ragstore has no equivalent of, with what to do instead
+_UNSUPPORTED_FIELDS = {
+    "mmr_threshold": "it applies to the mmr mode, which ragstore does not run; leave it out",
+    "sparse_top_k": "ragstore's hybrid search has one k (similarity_top_k); leave it out",
+    "hybrid_top_k": "ragstore's hybrid search has one k (similarity_top_k); leave it out",
+    "output_fields": "nodes come back whole; leave it out",
+    "embedding_field": "ragstore keeps one embedding per node; leave it out",
+}
+
+
+def _no_other_arguments(method: str, kwargs: dict[str, Any], known: Sequence[str]) -> None:
+    """Refuse the keyword arguments of ``method`` other than ``known``. Ignored, one the
+    caller meant was dropped unsaid: a narrowing of a delete deleted more, of a query
+    answered from more nodes."""
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        takes = ", ".join(f"{k}=" for k in known) or "no keyword arguments"
+        raise InputError(
+            f"{method} does not take {', '.join(f'{k}=' for k in unknown)}; it takes {takes}"
+        )
 
 
 # the query modes ragstore runs, as its search modes (DEFAULT: the store's own mode)
@@ -339,9 +454,14 @@ def _restricted(where: dict[str, Any] | None, query: VectorStoreQuery) -> dict[s
     restricts nothing, as in LlamaIndex's other stores: ``index.as_retriever()`` passes
     the index's own node list, always empty over a store that keeps the text."""
     parts = [] if where is None else [where]
-    for ids, field in ((query.node_ids, "source"), (query.doc_ids, "ref_doc_id")):
+    for name, field in (("node_ids", "source"), ("doc_ids", "ref_doc_id")):
+        ids = getattr(query, name)
+        if ids is not None:
+            # one string was the list of its characters, so a query for node "ab" was
+            # answered from nodes "a" and "b"
+            ids = id_list(ids, f"query {name}")
         if ids:
-            parts.append({field: {"$in": [str(i) for i in ids]}})
+            parts.append({field: {"$in": ids}})
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else {"$and": parts}
