@@ -146,21 +146,29 @@ class Runtime:
     def collection(self, name: str, *, create: bool = False) -> repository.Collection:
         """The named collection; with ``create`` a missing one is made with the default model
         (``RAGSTORE_MODEL``: a built-in or any model pinned with ``ragstore models add``)."""
+        if create:
+            return self.open_or_create(name)[0]
+        with self.db.connection() as conn, translated(f"opening collection {name!r}"):
+            return repository.get_collection(conn, name)
+
+    def open_or_create(self, name: str) -> tuple[repository.Collection, bool]:
+        """The named collection, made with the default model when missing, and whether
+        this call made it: a write that made it and then stored nothing removes it again
+        (``ingest.service.created_for_this_write``)."""
         with self.db.connection() as conn, translated(f"opening collection {name!r}"):
             try:
-                return repository.get_collection(conn, name)
+                return repository.get_collection(conn, name), False
             except CollectionNotFoundError:
-                if not create:
-                    raise
+                pass
         from ragstore.modelops.specs import find_model  # it builds on this module
 
         spec = find_model(self, self.settings.model).spec
         with self.db.connection() as conn, translated(f"creating collection {name!r}"):
             try:
-                return repository.create_collection(conn, name, spec)
+                return repository.create_collection(conn, name, spec), True
             except ConflictError:
                 conn.rollback()
-                return repository.get_collection(conn, name)  # created meanwhile
+                return repository.get_collection(conn, name), False  # created meanwhile
 
     def cached_collection(self, name: str) -> repository.Collection:
         """The named collection, looked up at most once a second (the search path's).

@@ -348,13 +348,18 @@ class Store:
         ``background`` exists for parity with the clients; in-process it runs now."""
         import ragstore.jobs  # noqa: F401  (first: ingest.documents <-> jobs import cycle)
         from ragstore.ingest.documents import NewDocument, add_documents
+        from ragstore.ingest.service import created_for_this_write
         from ragstore.jobs import staging
 
         staging.safe_name(name)
         storable_text(text, f"{name}: the text")
         meta = _metadata(metadata)  # before the collection is made
-        self._rt.collection(collection, create=True)
-        with staging.staging_area(self._rt.settings) as area:
+        coll, created = self._rt.open_or_create(collection)
+        # made here and the text not stored: the collection is not left behind
+        with (
+            staging.staging_area(self._rt.settings) as area,
+            created_for_this_write(self._rt, coll, created),
+        ):
             doc = NewDocument(name, area.write(text.encode("utf-8")), meta)
             outcome = add_documents(self._rt, collection, [doc])[0]
         if outcome.error is not None:

@@ -97,6 +97,36 @@ def delete_collection(conn: Conn, coll: repository.Collection) -> None:
     changes.collections_changed()
 
 
+def delete_if_left_empty(conn: Conn, coll: repository.Collection) -> bool:
+    """Delete ``coll``, made by a write that then stored nothing, if it is still as that
+    write made it; whether it was deleted.
+
+    Its row is locked first (``FOR UPDATE``): a concurrent writer's transaction holds it
+    shared (``documents.hold_live``), an upload queueing a job holds it too, and an import
+    into it locks it for its whole transaction, so each of those commits before this looks.
+    Kept when anything uses it by then: a document, an unfinished ingest job, a model
+    migration (another space or a shadow), or a re-creation under the name (another id)."""
+    row = conn.execute(
+        "SELECT active_space_id, shadow_of IS NOT NULL FROM collections WHERE id = %s FOR UPDATE",
+        (coll.id,),
+    ).fetchone()
+    if row is None or row[0] != coll.space_id or bool(row[1]) or coll.shadow:
+        return False
+    used = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM documents WHERE collection_id = %(c)s)"
+        " OR EXISTS (SELECT 1 FROM collections WHERE shadow_of = %(c)s)"
+        " OR EXISTS (SELECT 1 FROM embedding_spaces WHERE collection_id = %(c)s"
+        "            AND id <> %(s)s)"
+        " OR EXISTS (SELECT 1 FROM ingest_jobs WHERE collection = %(n)s"
+        "            AND status IN ('queued', 'running'))",
+        {"c": coll.id, "s": coll.space_id, "n": coll.name},
+    ).fetchone()
+    if used is None or used[0]:
+        return False
+    delete_collection(conn, coll)
+    return True
+
+
 _DOC_COLS = (
     "d.id, d.source, d.title, d.format, d.content_hash, d.size_bytes, d.metadata,"
     " d.created_at, d.updated_at,"

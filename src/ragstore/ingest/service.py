@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from psycopg_pool import PoolTimeout
 
-from ragstore.db import documents, repository, spaces
+from ragstore.db import catalog, documents, repository, spaces
 from ragstore.db.errors import translated
 from ragstore.embedding.base import Embedder
 from ragstore.errors import (
@@ -826,7 +826,60 @@ def ingest_items(
     items = _storable_names(items, report)
     if not items:
         return
-    coll = rt.collection(name, create=create)
+    if not create:
+        _ingest_into(rt, rt.collection(name), items, report, metadata, progress, guard)
+        return
+    coll, created = rt.open_or_create(name)
+    with created_for_this_write(rt, coll, created):
+        _ingest_into(rt, coll, items, report, metadata, progress, guard)
+
+
+@contextmanager
+def created_for_this_write(
+    rt: Runtime, coll: repository.Collection, created: bool
+) -> Iterator[repository.Collection]:
+    """Around the write that made ``coll`` (``created``): when it ends, raising or not,
+    with nothing stored, the collection is deleted again, unless a concurrent writer,
+    job or migration uses it by then (``catalog.delete_if_left_empty``).
+
+    An ingest that made its collection and then failed before writing anything (a text
+    too large for the full-text index, an empty or unreadable file, a model that cannot
+    load) left an empty collection behind, pinned to the model: the user's next try with
+    another model was refused as a collection of another model, and listings showed a
+    collection nothing was ever stored in. The error the write raised is raised as it
+    was; removing the collection, failing, is logged and leaves it."""
+    try:
+        yield coll
+    finally:
+        if created:
+            _remove_if_left_empty(rt, coll)
+
+
+def _remove_if_left_empty(rt: Runtime, coll: repository.Collection) -> None:
+    try:
+        with rt.db.connection() as conn, translated(f"removing collection {coll.name!r}"):
+            removed = catalog.delete_if_left_empty(conn, coll)
+    except RagstoreError as exc:
+        log.warning(
+            "collection %r was created by a write that stored nothing, and removing it "
+            "failed (delete it with `ragstore collections delete` if it is unwanted): %s",
+            coll.name,
+            exc,
+        )
+        return
+    if removed:
+        log.info("collection %r removed: the write that created it stored nothing", coll.name)
+
+
+def _ingest_into(
+    rt: Runtime,
+    coll: repository.Collection,
+    items: Sequence[Item],
+    report: IngestReport,
+    metadata: dict[str, Any] | None,
+    progress: Progress | None,
+    guard: WriteGuard | None,
+) -> None:
     embedder = rt.embedder_for(coll)
     sizes = _sizes(items)  # every file's size, read once
     total = sum(sizes.values())

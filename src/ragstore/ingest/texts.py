@@ -30,6 +30,7 @@ from ragstore.chunking import chunk_document, recipe
 from ragstore.db import documents, repository
 from ragstore.db.errors import translated
 from ragstore.errors import CollectionNotFoundError, EmptyDocumentError, InputError, RagstoreError
+from ragstore.ingest.service import created_for_this_write
 from ragstore.modelops.fanout import building_vectors
 from ragstore.modelops.specs import find_model
 from ragstore.models import Chunk, ChunkType
@@ -201,6 +202,7 @@ def add_texts(
     for i, meta in enumerate(metadatas or ()):
         if isinstance(meta, Mapping):
             check_value(meta, f"metadatas[{i}]")
+    created = False
     try:
         coll = rt.collection(collection)
     except CollectionNotFoundError:
@@ -211,40 +213,42 @@ def add_texts(
         new_ids, _, new_matrix = _checked(texts, metadatas, ids, vectors, dimension)
         if new_matrix is not None:
             _refuse_unindexable(rt, None, texts, new_ids)
-        coll = rt.collection(collection, create=True)
-    out_ids, metas, matrix = _checked(texts, metadatas, ids, vectors, coll.model.dimension)
-    if matrix is not None:
-        _refuse_unindexable(rt, coll, texts, out_ids)
-    if matrix is None and coll.model.provider == VECTOR_ONLY_PROVIDER:
-        raise InputError(
-            f"collection {coll.name!r} holds vectors of {coll.model.key}, a model ragstore "
-            "cannot run; pass one vector per text (vectors=...)"
-        )
-    report = AddReport(collection=coll.name, ids=out_ids)
-    t0 = time.perf_counter()
-    try:
-        for start in range(0, len(texts), BATCH):
-            end = min(start + BATCH, len(texts))
-            try:
-                _add_batch(
-                    rt,
-                    coll,
-                    report,
-                    list(texts[start:end]),
-                    out_ids[start:end],
-                    metas[start:end],
-                    None if matrix is None else matrix[start:end],
-                )
-            except RagstoreError as exc:
-                if start:
-                    _say_what_was_stored(exc, out_ids, start)
-                raise
-    finally:
-        # texts are documents stored like an upload's: they were left out of the ingest
-        # metrics, so a store filled through LangChain, LlamaIndex or MCP showed no ingest
-        report.seconds = time.perf_counter() - t0
-        metrics.observe_ingest(report)
-    return report
+        coll, created = rt.open_or_create(collection)
+    # made here and nothing of the call stored: the collection is not left behind
+    with created_for_this_write(rt, coll, created):
+        out_ids, metas, matrix = _checked(texts, metadatas, ids, vectors, coll.model.dimension)
+        if matrix is not None:
+            _refuse_unindexable(rt, coll, texts, out_ids)
+        if matrix is None and coll.model.provider == VECTOR_ONLY_PROVIDER:
+            raise InputError(
+                f"collection {coll.name!r} holds vectors of {coll.model.key}, a model ragstore "
+                "cannot run; pass one vector per text (vectors=...)"
+            )
+        report = AddReport(collection=coll.name, ids=out_ids)
+        t0 = time.perf_counter()
+        try:
+            for start in range(0, len(texts), BATCH):
+                end = min(start + BATCH, len(texts))
+                try:
+                    _add_batch(
+                        rt,
+                        coll,
+                        report,
+                        list(texts[start:end]),
+                        out_ids[start:end],
+                        metas[start:end],
+                        None if matrix is None else matrix[start:end],
+                    )
+                except RagstoreError as exc:
+                    if start:
+                        _say_what_was_stored(exc, out_ids, start)
+                    raise
+        finally:
+            # texts are documents stored like an upload's: they were left out of the ingest
+            # metrics, so a store filled through LangChain, LlamaIndex or MCP showed no ingest
+            report.seconds = time.perf_counter() - t0
+            metrics.observe_ingest(report)
+        return report
 
 
 def _refuse_unindexable(

@@ -41,7 +41,7 @@ from ragstore.errors import (
     RagstoreError,
 )
 from ragstore.ingest.documents import NewDocument, add_documents
-from ragstore.ingest.service import stops_ingest
+from ragstore.ingest.service import created_for_this_write, stops_ingest
 from ragstore.jobs import JobFile, staging, submit_ingest
 from ragstore.runtime import Runtime
 from ragstore.validation import check_value, loads_json
@@ -154,11 +154,12 @@ def add_document(
     staging.safe_name(body.name)
     if not body.text.strip():  # refused before the collection is made, as a bad name is
         raise EmptyDocumentError(f"{body.name}: the text is empty; nothing to ingest")
-    rt.collection(name, create=True)  # as `ragstore ingest` does
+    coll, created = rt.open_or_create(name)  # as `ragstore ingest` does
     content = body.text.encode("utf-8")
     if body.background or len(content) > rt.settings.background_ingest_bytes:
         return _accept(state, name, [JobFile(body.name, content, body.metadata)])
-    with staging.staging_area(rt.settings) as area:
+    # made here and nothing stored (the text failed): not left behind
+    with staging.staging_area(rt.settings) as area, created_for_this_write(rt, coll, created):
         doc = NewDocument(body.name, area.write(content), body.metadata)
         return _ingest_now(rt, name, [doc])[0]
 
@@ -198,12 +199,15 @@ def _upload(
                 total += _save(upload.file, path, rt.settings.max_file_bytes, fname)
             docs.append(NewDocument(fname, path, meta))
         staging.unique_names([d.name for d in docs])
-        rt.collection(name, create=True)  # as `ragstore ingest` does
+        coll, created = rt.open_or_create(name)  # as `ragstore ingest` does
         if background or total > rt.settings.background_ingest_bytes:
+            # a queued job's collection stays, whatever the job's fate: the 202 named it,
+            # and the job checks that it writes into the collection it was queued for
             return _accept(
                 state, name, [JobFile(d.name, d.staged.read_bytes(), meta) for d in docs]
             )
-        out = _ingest_now(rt, name, docs)
+        with created_for_this_write(rt, coll, created):  # none stored: not left behind
+            out = _ingest_now(rt, name, docs)
     return DocumentsPublic(data=out, count=len(out), next_cursor=None)
 
 
