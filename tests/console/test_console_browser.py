@@ -7,6 +7,7 @@ checked to ``.artifacts/console/`` (git-ignored; two of them are in docs/img/).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -21,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Browser, Dialog, Page, Route, expect
+from playwright.sync_api import Error as PlaywrightError
 
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
@@ -951,3 +953,174 @@ def test_an_error_answer_that_is_not_json_says_its_status(page: Page, server: Se
     )
     page.click("#filter-form button")
     expect(page.locator("#page-error")).to_have_text(not_json)
+
+
+STATS = re.compile(r".*/v1/collections/[^/?]+/stats$")
+PROBLEM = "application/problem+json"
+
+
+def test_the_collections_page_reads_stats_a_few_at_a_time_and_only_in_view(
+    page: Page, server: Server
+) -> None:
+    """Every collection's stats were asked for at once: a page of hundreds sent hundreds of
+    requests together, which spent the key's rate limit (each later request of the page
+    then failed with 429). At most four are now on their way, for rows in view only."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    names = [f"many-{i:03d}" for i in range(70)]
+    with httpx.Client(base_url=server.url, headers=auth, timeout=60) as c:
+        for name in names:
+            assert c.post("/v1/collections", json={"name": name}).status_code in (201, 409)
+        listed = len(c.get("/v1/collections").json()["data"])
+    try:
+        held: list[Route] = []
+        asked: list[str] = []
+
+        def hold(route: Route) -> None:
+            asked.append(route.request.url)
+            held.append(route)
+
+        page.route(STATS, hold)
+        sign_in(page, server)
+        most, quiet = 0, 0
+        while quiet < 3:  # answer those on their way, a few at a time, until none is asked
+            page.wait_for_timeout(400)
+            most = max(most, len(held))
+            quiet = 0 if held else quiet + 1
+            while held:
+                held.pop().continue_()
+        assert most == 4, f"{most} stats requests were on their way at once"
+        assert 4 < len(asked) < listed // 2, f"{len(asked)} of {listed} rows' stats were read"
+        page.unroute(STATS)
+        last = page.locator(f"tr[data-collection={names[-1]}]")
+        expect(last.locator(".sizes")).to_have_text("…")  # not read: never in view
+        last.scroll_into_view_if_needed()
+        expect(last.locator(".sizes")).to_contain_text("space(s)")
+    finally:
+        with httpx.Client(base_url=server.url, headers=auth, timeout=120) as c:
+            for name in names:
+                c.delete(f"/v1/collections/{name}")
+
+
+def test_a_rate_limited_stats_request_says_when_it_is_read_again(
+    page: Page, server: Server
+) -> None:
+    """A 429 said only the problem's detail, and the row was never read: it now says
+    "rate limited, retry in Ns" (the Retry-After) and reads the row again then."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    assert httpx.post(
+        f"{server.url}/v1/collections", json={"name": "limited"}, headers=auth
+    ).status_code in (201, 409)
+    refused: list[str] = []
+
+    def limit(route: Route) -> None:
+        if "/limited/" in route.request.url and not refused:
+            refused.append(route.request.url)
+            route.fulfill(
+                status=429,
+                headers={"Retry-After": "3"},
+                content_type=PROBLEM,
+                body='{"title": "Too many requests", "detail": "slow down", '
+                '"code": "rate_limited"}',
+            )
+        else:
+            route.continue_()
+
+    page.route(STATS, limit)
+    sign_in(page, server)
+    row = page.locator("tr[data-collection=limited]")
+    row.scroll_into_view_if_needed()
+    expect(row.locator(".spaces")).to_have_text("rate limited, retry in 3s")
+    expect(row.locator(".sizes")).to_contain_text("space(s)", timeout=30_000)
+    expect(row.locator(".spaces")).to_contain_text("active")
+
+
+def test_an_earlier_actions_error_is_cleared_by_a_later_one(
+    page: Page, server: Server, handbook: str
+) -> None:
+    """An error shown by one action stayed on screen after a later action had succeeded
+    (or another collection was chosen), and was read as that action's outcome."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    assert httpx.post(
+        f"{server.url}/v1/collections", json={"name": "short-lived"}, headers=auth
+    ).status_code in (201, 409)
+    assert httpx.post(
+        f"{server.url}/v1/collections", json={"name": "other-one"}, headers=auth
+    ).status_code in (201, 409)
+    sign_in(page, server)
+    # a failed create, then a delete that succeeds
+    page.fill("#create-name", handbook)
+    page.click("#create-form button[type=submit]")
+    expect(page.locator("#create-error")).to_be_visible()
+    page.click("tr[data-collection=short-lived] button.delete")
+    page.fill("#delete-confirm", "short-lived")
+    page.click("#delete-submit")
+    expect(page.locator("tr[data-collection=short-lived]")).to_have_count(0)
+    expect(page.locator("#create-error")).to_be_hidden()
+    # a failed listing of documents, then one that succeeds
+    open_page(page, server, f"/ui/collections/{handbook}")
+    failing = "**/documents?*"
+    page.route(
+        failing,
+        lambda route: route.fulfill(
+            status=503, content_type=PROBLEM, body='{"title": "Unavailable", "code": "not_ready"}'
+        ),
+    )
+    page.click("#filter-form button")
+    expect(page.locator("#page-error")).to_contain_text("(not_ready)")
+    page.unroute(failing)
+    page.click("#filter-form button")
+    expect(page.locator("#documents-body tr")).to_have_count(4)
+    expect(page.locator("#page-error")).to_be_hidden()
+    # the models page: an error said of the collection selected before
+    open_page(page, server, "/ui/models")
+    page.route(
+        f"**/v1/collections/{handbook}/stats",
+        lambda route: route.fulfill(
+            status=503, content_type=PROBLEM, body='{"title": "Unavailable", "code": "not_ready"}'
+        ),
+    )
+    page.select_option("#migrate-collection", handbook)
+    expect(page.locator("#migrate-error")).to_contain_text("(not_ready)")
+    page.select_option("#migrate-collection", "other-one")
+    expect(page.locator("#model-spaces-body tr")).to_have_count(1)
+    expect(page.locator("#migrate-error")).to_be_hidden()
+
+
+def test_only_the_latest_search_is_shown_and_a_failed_one_clears_the_results(
+    page: Page, server: Server, handbook: str
+) -> None:
+    """A slow answer to an earlier search that arrived after a newer one's replaced the
+    newer results; a failed search left the last results under its error."""
+    sign_in(page, server)
+    open_page(page, server, f"/ui/collections/{handbook}/search")
+    held: list[Route] = []
+
+    def hold_first(route: Route) -> None:
+        if not held:
+            held.append(route)  # the first search's answer comes late
+        else:
+            route.continue_()
+
+    page.route("**/search", hold_first)
+    page.fill("#q", "take a base backup and copy it off the host")
+    page.click("#search-submit")
+    page.fill("#q", "create an API key and shadow an on-call shift")
+    page.click("#search-submit")
+    first = page.locator("#hits-body tr").first
+    expect(first).to_contain_text("Onboarding guide")
+    assert len(held) == 1
+    with contextlib.suppress(PlaywrightError):  # the page aborted it: it cannot arrive
+        held[0].continue_()  # the first, superseded search's answer arrives now
+    page.wait_for_timeout(1500)
+    expect(first).to_contain_text("Onboarding guide")
+    page.unroute("**/search")
+    page.route(
+        "**/search",
+        lambda route: route.fulfill(
+            status=503, content_type=PROBLEM, body='{"title": "Unavailable", "code": "not_ready"}'
+        ),
+    )
+    page.click("#search-submit")
+    expect(page.locator("#search-error")).to_contain_text("(not_ready)")
+    expect(page.locator("#hits-table")).to_be_hidden()
+    expect(page.locator("#search-summary")).to_have_text("")

@@ -17,11 +17,21 @@
   const $ = (id) => document.getElementById(id);
 
   class ApiError extends Error {
-    constructor(status, problem) {
+    constructor(status, problem, retryAfter) {
       super(problem.detail || problem.title || "HTTP " + status);
       this.status = status;
       this.problem = problem;
+      this.retryAfter = retryAfter;  // seconds of the Retry-After header, or null
     }
+  }
+
+  /* Retry-After in seconds (a number of seconds or an HTTP date), or null. */
+  function retryAfterOf(value) {
+    if (!value) return null;
+    const n = Number(value);
+    if (Number.isFinite(n)) return Math.max(0, n);
+    const when = Date.parse(value);
+    return isNaN(when) ? null : Math.max(0, Math.ceil((when - Date.now()) / 1000));
   }
 
   function storedKey() { return sessionStorage.getItem(KEY); }
@@ -74,10 +84,10 @@
 
   /* One API call; a problem response becomes an ApiError. A 401 with the stored key
    * signs out (keyRefused). */
-  async function api(method, path, payload, key) {
+  async function api(method, path, payload, key, signal) {
     const explicit = key !== undefined;
     const init = { method: method, headers: headers(explicit ? key : storedKey()),
-                   credentials: "omit", cache: "no-store" };
+                   credentials: "omit", cache: "no-store", signal: signal };
     if (payload !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(payload);
@@ -85,7 +95,8 @@
     const resp = await fetch(path, init);
     const text = await resp.text();
     if (!resp.ok) {
-      const err = new ApiError(resp.status, answerOf(resp.status, resp.statusText, text));
+      const err = new ApiError(resp.status, answerOf(resp.status, resp.statusText, text),
+                               retryAfterOf(resp.headers.get("Retry-After")));
       if (resp.status === 401 && AUTH && !explicit) keyRefused(err.message);
       throw err;
     }
@@ -112,6 +123,10 @@
   }
 
   function problemText(err) {
+    if (err instanceof ApiError && err.status === 429) {  // the key's rate limit: say when
+      const wait = err.retryAfter !== null ? Math.max(1, Math.ceil(err.retryAfter)) : null;
+      return "rate limited, retry in " + (wait !== null ? wait + "s" : "a moment");
+    }
     if (err instanceof ApiError) {
       const code = err.problem.code ? " (" + err.problem.code + ")" : "";
       return err.message + code;
@@ -146,6 +161,17 @@
     const node = $(id);
     node.textContent = "";
     node.hidden = true;
+  }
+
+  /* Clear what earlier actions of the page said went wrong, as a new action starts: an
+   * error left on screen (a failed create, search, upload or "More") was read as the
+   * outcome of the later action that had succeeded. A key the server refused stays said
+   * (keyRefused): it is not the outcome of an action but why nothing more is sent. */
+  function clearStaleErrors(...ids) {
+    for (const id of ["page-error", ...ids]) {
+      if (id === "page-error" && $("sign-in-again")) continue;
+      if ($(id)) clearError(id);
+    }
   }
 
   function fmtBytes(n) {
@@ -235,8 +261,76 @@
     const dialog = $("delete-dialog");
     let deleting = "";
 
+    /* Each row's stats are read once the row comes near the screen, at most STATS_AT_ONCE
+     * requests at a time. Read for every collection at once, a page of hundreds sent
+     * hundreds of requests together: they spent the key's rate limit (every later request
+     * of the page was refused with 429) and loaded the server for rows nobody looked at.
+     * A 429 says when to retry and holds the queue until then; the row is read again. */
+    const STATS_AT_ONCE = 4;
+    let statsQueue = [];  // rows' readers, in the order their rows came into view
+    let statsRunning = 0;
+    let statsHeldUntil = 0;  // Date.now() before which nothing is sent (a 429's Retry-After)
+    let statsTimer = null;
+    let listing = 0;  // bumped by each load(): a reader of an older listing is dropped
+    const readers = new WeakMap();  // row -> its stats reader
+    const seen = new IntersectionObserver((entries) => {
+      for (const entry of entries) {
+        if (!entry.isIntersecting) continue;
+        seen.unobserve(entry.target);
+        statsQueue.push(readers.get(entry.target));
+      }
+      pumpStats();
+    }, { rootMargin: "200px 0px" });
+
+    function pumpStats() {
+      const wait = statsHeldUntil - Date.now();
+      if (wait > 0) {
+        if (statsTimer === null) {
+          statsTimer = setTimeout(() => { statsTimer = null; pumpStats(); }, wait);
+        }
+        return;
+      }
+      while (statsRunning < STATS_AT_ONCE && statsQueue.length) {
+        const read = statsQueue.shift();
+        statsRunning += 1;
+        read().finally(() => { statsRunning -= 1; pumpStats(); });
+      }
+    }
+
+    function statsReader(name, generation, spaces, sizes, last) {
+      const read = async () => {
+        if (generation !== listing) return;  // its row was replaced by a newer listing
+        let s;
+        try {
+          s = await api("GET", "/v1/collections/" + enc(name) + "/stats");
+        } catch (err) {
+          if (generation !== listing) return;
+          spaces.textContent = problemText(err);
+          if (err instanceof ApiError && err.status === 429) {
+            const wait = Math.max(1, err.retryAfter !== null ? err.retryAfter : 5) * 1000;
+            statsHeldUntil = Math.max(statsHeldUntil, Date.now() + wait);
+            statsQueue.unshift(read);  // read again once the wait is over
+          }
+          return;
+        }
+        spaces.replaceChildren();
+        for (const sp of s.spaces) {
+          spaces.append(el("div", null, sp.model + " ", statusSpan(sp.status),
+                           sp.status === "building" ? " " + Math.round(sp.progress * 100) + "%" : ""));
+        }
+        const total = s.spaces.reduce((a, sp) => a + sp.table_bytes + sp.index_bytes, 0);
+        sizes.textContent = fmtBytes(total) + " in " + s.spaces.length + " space(s)";
+        last.textContent = fmtDate(s.last_ingest);
+      };
+      return read;
+    }
+
     async function load() {
+      const generation = ++listing;
       const list = await api("GET", "/v1/collections");
+      if (generation !== listing) return;  // a newer listing was asked for meanwhile
+      seen.disconnect();
+      statsQueue = [];
       const rows = list.data.map((c) => {
         const spaces = el("td", { class: "spaces", text: "…" });
         const sizes = el("td", { class: "sizes", text: "…" });
@@ -245,22 +339,15 @@
         actions.hidden = me.scope !== "admin";
         actions.append(el("button", { type: "button", class: "delete", dataset: { name: c.name },
                                       text: "Delete…", onclick: () => askDelete(c.name) }));
-        api("GET", "/v1/collections/" + enc(c.name) + "/stats").then((s) => {
-          spaces.replaceChildren();
-          for (const sp of s.spaces) {
-            spaces.append(el("div", null, sp.model + " ", statusSpan(sp.status),
-                             sp.status === "building" ? " " + Math.round(sp.progress * 100) + "%" : ""));
-          }
-          const total = s.spaces.reduce((a, sp) => a + sp.table_bytes + sp.index_bytes, 0);
-          sizes.textContent = fmtBytes(total) + " in " + s.spaces.length + " space(s)";
-          last.textContent = fmtDate(s.last_ingest);
-        }).catch((err) => { spaces.textContent = problemText(err); });
-        return el("tr", { dataset: { collection: c.name } },
+        const row = el("tr", { dataset: { collection: c.name } },
           el("td", null, el("a", { href: "/ui/collections/" + enc(c.name), text: c.name })),
           el("td", { text: c.documents }), el("td", { text: c.chunks }),
           el("td", { text: c.model }), spaces, sizes, last, actions);
+        readers.set(row, statsReader(c.name, generation, spaces, sizes, last));
+        return row;
       });
       setRows(tbody, rows, "No collections yet.", 8);
+      for (const row of rows) seen.observe(row);
     }
 
     function askDelete(name) {
@@ -283,6 +370,7 @@
     $("delete-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       if (deleteInFlight) return;
+      clearStaleErrors("create-error", "delete-error");
       const name = deleting;  // askDelete may change it while the request runs
       if ($("delete-confirm").value !== name) {
         showError("delete-error", "Type the collection's name exactly to delete it.");
@@ -326,7 +414,7 @@
     $("create-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       if (createButton.disabled) return;  // Enter pressed while one is on its way
-      clearError("create-error");
+      clearStaleErrors("create-error");
       const payload = { name: $("create-name").value.trim() };
       const model = $("create-model").value.trim();
       if (model) payload.model = model;
@@ -595,6 +683,7 @@
           text: "nothing to upload: the dropped folder holds no files" }));
         return;
       }
+      clearStaleErrors();
       uploading += 1;  // until every file is sent and answered, not during the refresh
       let sent;
       try {
@@ -665,9 +754,11 @@
     });
     $("filter-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
+      clearStaleErrors();
       loadDocuments(false).catch((err) => showError("page-error", err));
     });
     $("documents-more").addEventListener("click", () => {
+      clearStaleErrors();
       loadDocuments(true).catch((err) => showError("page-error", err));
     });
     await Promise.all([loadStats(), loadJobs(), loadDocuments(false)]);
@@ -710,6 +801,7 @@
       $("chunks-more").hidden = after === null;
     }
     $("chunks-more").addEventListener("click", () => {
+      clearStaleErrors();
       loadChunks().catch((err) => showError("page-error", err));
     });
     await loadChunks();
@@ -849,36 +941,63 @@
     return true;
   }
 
+  /* Only the latest search's answer is shown: each submit supersedes the one before (its
+   * request is aborted and an answer that still arrives is dropped), and a failed search
+   * clears the results shown. The submit button was disabled while a search ran, yet a
+   * slow answer to an earlier search that arrived after a newer one's replaced the newer
+   * results, and a failed search left the last results under its error, read as its own. */
   function pageSearch(me) {
     let fieldsLoaded = false;
+    let searching = 0;  // bumped by each search; an answer to an older one is dropped
+    let inFlight = null;  // the AbortController of the search on its way
+
+    function clearResults() {
+      $("search-summary").textContent = "";
+      $("hits-body").replaceChildren();
+      $("hits-table").hidden = true;
+      $("plan").textContent = "";
+      $("plan-details").hidden = true;
+    }
+
     $("fields-details").addEventListener("toggle", async () => {
       if ($("fields-details").open && !fieldsLoaded) fieldsLoaded = await loadFields(me);
     });
     $("search-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
-      clearError("where-error");
-      clearError("search-error");
+      clearStaleErrors("where-error", "search-error", "fields-error");
+      const generation = ++searching;
+      if (inFlight) inFlight.abort();
+      inFlight = null;
       const payload = { query: $("q").value, mode: $("mode").value,
                         k: Number($("k").value || 10), explain: true };
       const where = readWhere();
-      if (where === null) return;
+      if (where === null) {
+        clearResults();  // results of other filters, under an error about these
+        return;
+      }
       if (Object.keys(where).length) payload.where = where;
       const ctx = $("context").value;
       if (ctx === "section") payload.context = "section";
       else if (ctx) payload.context = Number(ctx);
-      $("search-submit").disabled = true;
+      const controller = new AbortController();
+      inFlight = controller;
+      $("search-summary").textContent = "Searching…";
       let res;
       try {
-        res = await api("POST", "/v1/collections/" + enc(COLLECTION) + "/search", payload);
+        res = await api("POST", "/v1/collections/" + enc(COLLECTION) + "/search", payload,
+                        undefined, controller.signal);
       } catch (err) {
+        if (generation !== searching) return;  // superseded: the newer search says its own
+        inFlight = null;
+        clearResults();
         const p = (err && err.problem) || {};
         const onWhere = p.code === "invalid_filter" ||
           (Array.isArray(p.errors) && p.errors.some((e) => String(e.loc).includes("where")));
         showError(onWhere ? "where-error" : "search-error", err);
         return;
-      } finally {
-        $("search-submit").disabled = false;
       }
+      if (generation !== searching) return;
+      inFlight = null;
       $("search-summary").textContent = res.count + " hit(s) in " + res.took_ms.toFixed(1) +
         " ms, mode " + payload.mode;
       $("hits-body").replaceChildren(...res.data.map(hitRow));
@@ -901,9 +1020,19 @@
         el("td", { text: m.collections.join(", ") || "—" }))), "No models pinned yet.", 7);
     }
 
+    /* The spaces of the collection selected now: an answer for one selected before (a slow
+     * one, overtaken by the switch) is dropped, not shown under the newer name. */
     async function loadSpaces() {
-      if (!select.value) return;
-      const s = await api("GET", "/v1/collections/" + enc(select.value) + "/stats");
+      const name = select.value;
+      if (!name) return;
+      let s;
+      try {
+        s = await api("GET", "/v1/collections/" + enc(name) + "/stats");
+      } catch (err) {
+        if (name !== select.value) return;
+        throw err;
+      }
+      if (name !== select.value) return;
       $("active-model").textContent = s.model;
       setRows($("model-spaces-body"), s.spaces.map((sp) => spaceRow(sp, false)), "No spaces.", 4);
     }
@@ -925,10 +1054,13 @@
 
     const collections = await api("GET", "/v1/collections");
     select.replaceChildren(...collections.data.map((c) => el("option", { value: c.name, text: c.name })));
-    select.addEventListener("change", () => loadSpaces().catch((err) => showError("migrate-error", err)));
+    select.addEventListener("change", () => {
+      clearStaleErrors("migrate-error");  // said of the collection selected before
+      loadSpaces().catch((err) => showError("migrate-error", err));
+    });
     $("migrate-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
-      clearError("migrate-error");
+      clearStaleErrors("migrate-error");
       const name = select.value;
       const to = $("migrate-to").value.trim() || $("migrate-to").placeholder;
       $("migrate-status").textContent = "Migrating " + name + " to " + to + "…";
@@ -955,7 +1087,7 @@
     /* Disabled while its request runs: each rollback switches to the model active before,
      * so a double click sent two and switched back to the model being rolled back. */
     $("rollback").addEventListener("click", async () => {
-      clearError("migrate-error");
+      clearStaleErrors("migrate-error");
       const name = select.value;
       $("rollback").disabled = true;
       try {
