@@ -1404,6 +1404,27 @@ def _locked_out(db: Database, path: Path, what: str, tries: int) -> RagstoreErro
     )
 
 
+def _wait_for_migrations(db: Database, path: Path) -> None:
+    """Wait, as the restore's transaction would (:data:`RESTORE_LOCK_GIVE_UP_S` in all),
+    while another session holds the migration lock, before the backup of what the restore
+    replaces is taken: behind a long migration the restore took that backup (minutes, for
+    a big database), then gave up waiting for the lock all the same, the backup wasted.
+    Only a look: the transaction takes the lock itself, so one taken after this waits
+    there as before."""
+    deadline = time.monotonic() + RESTORE_LOCK_GIVE_UP_S
+    tries = 0
+    while True:
+        tries += 1
+        with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
+            if not migrations.migration_lock_held(conn):
+                return
+        if time.monotonic() >= deadline:
+            raise _locked_out(
+                db, path, f"nothing of {path} was restored and no backup of it taken", tries
+            )
+        time.sleep(RESTORE_LOCK_RETRY_PAUSE_S)
+
+
 def _replay(
     db: Database,
     path: Path,
@@ -1542,6 +1563,7 @@ def _restore(
         if not drop_dependents:
             _refuse_outside_dependents(db)
         if checked is not None:
+            _wait_for_migrations(db, path)
             checked()
         prelude = Path(tmpdir) / "prelude.sql"
         session = Path(tmpdir) / "session"

@@ -1675,6 +1675,36 @@ def test_a_restore_waits_for_the_migration_lock_and_refuses_changing_nothing(
     assert full_dump(populated) == restored
 
 
+def test_a_restore_behind_a_migration_takes_no_backup_it_cannot_use(
+    populated: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Behind a migration holding the lock, a restore took its backup of what it would
+    replace (minutes, for a big database), then gave up waiting for the lock all the same:
+    a backup nobody asked for, of a restore that never ran. It now waits for the lock
+    before the backup, and gives up without one."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive), "--json") == 0
+    before = full_dump(populated)
+    _short_lock_waits(monkeypatch, give_up_s=2.0)
+    holder = psycopg.connect(populated, application_name="a-migration")
+    holder.execute("SELECT pg_advisory_xact_lock(%s)", (migrations.MIGRATION_LOCK_KEY,))
+    capsys.readouterr()
+    try:
+        status = run_cli("restore", str(archive), "--yes", "--json")
+        err = capsys.readouterr().err
+        assert status == 75, err
+        assert f"Nothing of {archive} was restored and no backup of it taken" in err, err
+        assert "holding the schema migration lock" in err, err
+        assert sorted((tmp_path / "backups").glob("*-restore.dump")) == []
+        assert full_dump(populated) == before
+    finally:
+        holder.rollback()
+        holder.close()
+
+
 def test_a_migration_started_during_a_restore_waits_for_it(
     populated: str,
     tmp_path: Path,

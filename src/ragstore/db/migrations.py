@@ -396,6 +396,25 @@ ORDER BY m.pid IS NULL, a.xact_start NULLS FIRST LIMIT 6
 """
 
 
+# whether a session other than this one holds the migration lock (the key as _LOCK_HOLDERS
+# reads it from pg_locks)
+_LOCK_HELD = """
+SELECT EXISTS (SELECT 1 FROM pg_locks l
+               WHERE l.granted AND l.locktype = 'advisory' AND l.objsubid = 1
+                 AND l.database = (SELECT oid FROM pg_database
+                                   WHERE datname = current_database())
+                 AND (l.classid::bigint << 32) | l.objid::bigint = %(key)s
+                 AND l.pid <> pg_backend_pid())
+"""
+
+
+def migration_lock_held(conn: psycopg.Connection[Any]) -> bool:
+    """Whether another session holds :data:`MIGRATION_LOCK_KEY` now (a ``db upgrade``,
+    ``db downgrade`` or restore in its transaction); a look, taking nothing."""
+    row = conn.execute(_LOCK_HELD, {"key": MIGRATION_LOCK_KEY}).fetchone()
+    return bool(row and row[0])
+
+
 def lock_holders(db: Database, waited_s: float) -> str:
     """The sessions holding ragstore's tables in transactions older than ``waited_s``, and
     those holding the migration lock (:data:`MIGRATION_LOCK_KEY`), first, in words (pid,
