@@ -208,6 +208,17 @@ class Settings(BaseSettings):
         "or half-sent connections cannot use up the descriptors the database pool and "
         "uploads need.",
     )
+    max_connections_per_address: int | None = Field(
+        None,
+        ge=0,
+        le=1_000_000,
+        description="Open HTTP connections one server process holds at once from one client "
+        "address (an IPv6 client: its /64); unset = a quarter of the connection cap in "
+        "effect, 0 = no per-address cap. Past it the connection is answered 503 not_ready "
+        "(Retry-After) and closed, so one host cannot take every slot of "
+        "RAGSTORE_MAX_CONNECTIONS. RAGSTORE_TRUSTED_PROXIES and Unix-socket peers are not "
+        "capped per address (a proxy carries many clients).",
+    )
     trusted_proxies: str = Field(
         "",
         description="Comma-separated addresses or networks of reverse proxies whose "

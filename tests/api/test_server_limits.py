@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -519,7 +520,13 @@ CAP_HEAD_TIMEOUT_S = 5.0  # and its header timeout: the idle connections outlive
 
 @pytest.fixture(scope="module")
 def capped(settings: Settings) -> Iterator[str]:
-    limited = with_(settings, auth="off", max_connections=CAP, header_timeout_s=CAP_HEAD_TIMEOUT_S)
+    limited = with_(
+        settings,
+        auth="off",
+        max_connections=CAP,
+        max_connections_per_address=0,  # every connection comes from 127.0.0.1 here
+        header_timeout_s=CAP_HEAD_TIMEOUT_S,
+    )
     with running_server(limited) as url:
         yield url
 
@@ -657,3 +664,149 @@ def test_a_client_reading_a_large_answer_slowly_gets_all_of_it(capped: str) -> N
             rest += chunk
     assert head.startswith(b"HTTP/1.1 200 ") and len(rest) == size
     assert json.loads(rest)["count"] == 7
+
+
+SHARED_CAP = 8  # the connections the server below holds at once: a quarter from one address
+PER_ADDRESS = SHARED_CAP // 4  # RAGSTORE_MAX_CONNECTIONS_PER_ADDRESS left unset
+PROXY = "127.0.0.3"  # in its RAGSTORE_TRUSTED_PROXIES
+
+
+@pytest.fixture(scope="module")
+def shared(settings: Settings) -> Iterator[str]:
+    limited = with_(
+        settings,
+        auth="off",
+        max_connections=SHARED_CAP,
+        trusted_proxies=PROXY,
+        header_timeout_s=CAP_HEAD_TIMEOUT_S,
+    )
+    with running_server(limited) as url:
+        yield url
+
+
+def _connect_from(url: str, source: str, reset: bool = False) -> socket.socket:
+    """A connection to ``url`` from the loopback address ``source`` (all of 127/8 is
+    loopback on Linux); ``reset``: its close sends an RST, not a FIN."""
+    parts = urlsplit(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if reset:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.settimeout(10)
+    sock.bind((source, 0))
+    sock.connect((parts.hostname or "127.0.0.1", parts.port or 80))
+    return sock
+
+
+def _healthz_from(url: str, source: str) -> int:
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(base_url=url, transport=transport, timeout=10) as h:
+        return h.get("/healthz").status_code
+
+
+def _served(sock: socket.socket) -> bool:
+    """Whether ``sock`` gets a 200 for a health check (not the 503 of a refused one)."""
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    got = b""
+    while b"\r\n\r\n" not in got and (chunk := sock.recv(65536)):
+        got += chunk
+    return got.startswith(b"HTTP/1.1 200 ")
+
+
+def test_one_address_at_its_cap_is_refused_while_another_is_served(shared: str) -> None:
+    # without a per-address cap one host opening idle connections took every slot of the
+    # cap, and every other client got the 503 (a denial of service from one address)
+    idle = [_connect_from(shared, "127.0.0.1") for _ in range(PER_ADDRESS)]
+    extra: list[socket.socket] = []
+    try:
+        extra = [_connect_from(shared, "127.0.0.1") for _ in range(2)]
+        for sock in extra:  # answered before sending anything, and closed
+            problem = _refused(_read_all(sock, 5.0))
+            assert problem["code"] == "not_ready" and problem["status"] == 503
+            assert f"({PER_ADDRESS}: RAGSTORE_MAX_CONNECTIONS_PER_ADDRESS" in str(problem["detail"])
+        assert _healthz_from(shared, "127.0.0.1") == 503
+        assert _healthz_from(shared, "127.0.0.2") == 200  # another address is served
+        idle[0].close()  # one ends: the address is served again
+        deadline = time.monotonic() + 5
+        while (status := _healthz_from(shared, "127.0.0.1")) != 200:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+    finally:
+        for sock in idle + extra:
+            sock.close()
+
+
+def test_the_per_address_count_is_freed_by_every_kind_of_close(shared: str) -> None:
+    # a count that missed a close (a reset, a refused connection, an answered request)
+    # would lock its address out for good once it reached the cap
+    for i in range(40):
+        socks = [_connect_from(shared, "127.0.0.1", reset=i % 2 == 0) for _ in range(3)]
+        if i % 4 == 1:
+            assert _served(socks[0])  # one request answered on a kept-alive connection
+        for sock in socks:  # the third was refused: over the cap of two
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:  # the server sees the last closes a moment later
+        socks = [_connect_from(shared, "127.0.0.1") for _ in range(PER_ADDRESS)]
+        try:
+            if all(_served(sock) for sock in socks):
+                break
+        except OSError:
+            pass
+        finally:
+            for sock in socks:
+                sock.close()
+        assert time.monotonic() < deadline, "the address's count kept closed connections"
+        time.sleep(0.1)
+    held = [_connect_from(shared, "127.0.0.1") for _ in range(PER_ADDRESS + 1)]
+    try:  # and exactly the cap again, no more
+        assert all(_served(sock) for sock in held[:PER_ADDRESS])
+        _refused(_read_all(held[PER_ADDRESS], 5.0))
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_trusted_proxy_is_held_to_the_cap_only(shared: str) -> None:
+    # a proxy carries many clients from one address: capping it per address refused them
+    # all once a quarter of the cap was open through it
+    held = [_connect_from(shared, PROXY) for _ in range(SHARED_CAP - 1)]
+    extra: socket.socket | None = None
+    try:
+        held.append(_connect_from(shared, PROXY))  # the cap's last connection
+        assert all(_served(sock) for sock in held)
+        extra = _connect_from(shared, PROXY)  # past the cap itself: refused
+        problem = _refused(_read_all(extra, 5.0))
+        assert f"({SHARED_CAP}: RAGSTORE_MAX_CONNECTIONS" in str(problem["detail"])
+    finally:
+        for sock in held + ([extra] if extra else []):
+            sock.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),  # a dual-stack listener's IPv4 client
+        ("2001:db8::1", "2001:db8::/64"),
+        ("2001:db8::ffff:2", "2001:db8::/64"),  # the same host's other address
+        ("2001:db8:0:1::1", "2001:db8:0:1::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        (None, None),  # a Unix socket
+        ("", None),
+        ("10.0.0.5", None),  # a trusted proxy
+        ("::ffff:10.0.0.9", None),  # the same, through a dual-stack listener
+    ],
+)
+def test_what_a_connection_is_counted_under_per_address(host: str | None, key: str | None) -> None:
+    from ragstore.api.server import address_key, trusted_networks
+
+    assert address_key(host, trusted_networks("10.0.0.0/24, 2001:db8:ffff::1")) == key
+
+
+def test_the_per_address_cap_defaults_to_a_quarter_of_the_cap() -> None:
+    from ragstore.api.server import per_address_cap
+
+    assert per_address_cap(None, 1024) == 256
+    assert per_address_cap(None, 3) == 1  # never none at all
+    assert per_address_cap(0, 1024) == 0  # 0: no per-address cap
+    assert per_address_cap(10, 1024) == 10

@@ -27,6 +27,14 @@ httptools' speed and adds two bounds:
   socket. uvicorn's ``limit_concurrency`` does not do this: it counts the connections but
   answers only once a whole request head arrived (a slow head holds its descriptor till
   then), and in ``text/plain``.
+* ``RAGSTORE_MAX_CONNECTIONS_PER_ADDRESS`` (unset: a quarter of the cap in effect; 0: none):
+  a server process holds at most this many of them from one client address, answered past
+  it like the cap. Without it one host opening idle connections took every slot, and every
+  other client got the 503. An IPv6 client counts by its /64 (one host usually holds a
+  whole /64, and picks a new address from it at will); an IPv4-mapped IPv6 address is its
+  IPv4 address. A peer in ``RAGSTORE_TRUSTED_PROXIES`` carries many clients (whose own
+  addresses are known only once a head arrived), and a Unix-socket peer has no address:
+  neither is capped per address, only by the cap.
 
 An answer the client does not read is bounded the same way: while bytes of it wait in the
 server's write buffer, the client must take ``RAGSTORE_HEADER_TIMEOUT_S`` times
@@ -50,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import ipaddress
 import json
 import logging
 import resource
@@ -57,6 +66,7 @@ import struct
 import termios
 import time
 import uuid
+import weakref
 from typing import Any
 
 import uvicorn
@@ -78,6 +88,15 @@ _DEFAULTS = Settings.model_fields
 BODY_MIN_BYTES_PER_S = 1024  # a request body slower than this is cut off (see the module doc)
 _OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ: a socket's unsent bytes
 REFUSAL_LOG_EVERY_S = 10.0  # connections refused over the cap are logged at most this often
+IPV6_CLIENT_PREFIX = 64  # an IPv6 client is counted by this network (see the module doc)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# open connections per client address, per server (the protocols of one server share its
+# ServerState); an address's entry goes once its last connection closed
+_ADDRESS_COUNTS: weakref.WeakKeyDictionary[ServerState, dict[str, int]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class ServeConfig(uvicorn.Config):
@@ -91,12 +110,16 @@ class ServeConfig(uvicorn.Config):
         max_header_bytes: int,
         header_timeout_s: float,
         max_connections: int,
+        max_connections_per_address: int = 0,
+        trusted_networks: tuple[Network, ...] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self.max_header_bytes = max_header_bytes
         self.header_timeout_s = header_timeout_s
         self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
+        self.trusted_networks = trusted_networks
 
 
 def connection_cap(max_connections: int) -> int:
@@ -124,10 +147,51 @@ def connection_cap(max_connections: int) -> int:
     return max_connections
 
 
+def per_address_cap(per_address: int | None, cap: int) -> int:
+    """``RAGSTORE_MAX_CONNECTIONS_PER_ADDRESS`` in effect under the connection cap ``cap``:
+    unset, a quarter of it (at least one), so that one host never takes every slot however
+    the cap is set; 0 (no per-address cap) as it is."""
+    if per_address is None:
+        return max(1, cap // 4)
+    return per_address
+
+
+def trusted_networks(trusted: str) -> tuple[Network, ...]:
+    """``RAGSTORE_TRUSTED_PROXIES`` (already validated by the settings) as networks."""
+    return tuple(
+        ipaddress.ip_network(item.strip(), strict=False)
+        for item in trusted.split(",")
+        if item.strip()
+    )
+
+
+def address_key(host: str | None, trusted: tuple[Network, ...] = ()) -> str | None:
+    """What a connection from ``host`` counts under for the per-address cap, or None where
+    it is not capped per address: no address (a Unix socket), a trusted proxy (many
+    clients behind one address), or one that is not an IP address. An IPv4-mapped IPv6
+    address is its IPv4 address (a dual-stack listener sees IPv4 clients so); another
+    IPv6 address counts by its /64 (see the module doc)."""
+    if not host:
+        return None
+    try:
+        peer = ipaddress.ip_address(host.split("%", 1)[0])  # a link-local's zone dropped
+    except ValueError:
+        return None
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = peer
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        ip = peer.ipv4_mapped
+    if any(ip in net or peer in net for net in trusted):
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, IPV6_CLIENT_PREFIX), strict=False))
+    return str(ip)
+
+
 def server_config(app: Any, settings: Settings, **kwargs: Any) -> ServeConfig:
     """The uvicorn config that serves ``app`` (an app, or an import string with
     ``factory=True``) under ``settings``' limits; ``kwargs`` go to uvicorn as they are."""
     trusted = settings.trusted_proxies
+    cap = connection_cap(settings.max_connections)
     # no route takes a websocket: with uvicorn's default ("auto") an upgrade request was
     # handed to the websockets library, past GuardedHttpToolsProtocol's bounds, and
     # refused there with a bare text/plain 403; with "none" it is a plain HTTP request
@@ -137,7 +201,9 @@ def server_config(app: Any, settings: Settings, **kwargs: Any) -> ServeConfig:
         http=GuardedHttpToolsProtocol,
         max_header_bytes=settings.max_header_bytes,
         header_timeout_s=settings.header_timeout_s,
-        max_connections=connection_cap(settings.max_connections),
+        max_connections=cap,
+        max_connections_per_address=per_address_cap(settings.max_connections_per_address, cap),
+        trusted_networks=trusted_networks(trusted),
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted.split(",") if trusted else None,
         **kwargs,
@@ -150,6 +216,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     refused = 0  # connections refused over the cap since the last log line (one loop)
     refusal_logged = 0.0  # when that line was last written (loop-independent clock)
+    refused_per_address = 0  # the same for the per-address cap
+    per_address_logged = 0.0
 
     def __init__(
         self,
@@ -163,10 +231,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.max_head = config.max_header_bytes
             self.head_timeout = config.header_timeout_s
             self.max_connections = config.max_connections
+            self.per_address = config.max_connections_per_address
+            self.trusted: tuple[Network, ...] = config.trusted_networks
         else:  # a plain uvicorn.Config naming this class: the settings' defaults
             self.max_head = int(_DEFAULTS["max_header_bytes"].default)
             self.head_timeout = float(_DEFAULTS["header_timeout_s"].default)
             self.max_connections = connection_cap(int(_DEFAULTS["max_connections"].default))
+            self.per_address = per_address_cap(None, self.max_connections)
+            self.trusted = ()
+        self.address: str | None = None  # what this connection counts under, while it does
         self.unparsed = 0  # bytes received since the parser last finished something
         self.progressed = False
         self.head_timer: asyncio.TimerHandle | None = None
@@ -180,10 +253,46 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # the clock of a head: from the connection's start or its last response, to the head's end
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.per_address:
+            self.address = address_key(self.client[0] if self.client else None, self.trusted)
+        if self.address is not None:  # counted till connection_lost, refused or not
+            counts = _ADDRESS_COUNTS.setdefault(self.server_state, {})
+            counts[self.address] = counts.get(self.address, 0) + 1
+            if counts[self.address] > self.per_address:
+                self._refuse_address()
+                return
         if len(self.connections) > self.max_connections:
             self._refuse_connection()
             return
         self._start_head_clock()
+
+    def _refuse_address(self) -> None:
+        """Answer a connection past ``RAGSTORE_MAX_CONNECTIONS_PER_ADDRESS`` like one past
+        the cap (see the module doc), naming the limit it is over."""
+        cls = GuardedHttpToolsProtocol
+        cls.refused_per_address += 1
+        now = time.monotonic()
+        if now - cls.per_address_logged >= REFUSAL_LOG_EVERY_S:
+            log.warning(
+                "refused %d connection(s) from an address holding the most "
+                "RAGSTORE_MAX_CONNECTIONS_PER_ADDRESS allows (%d), the last from %s",
+                cls.refused_per_address,
+                self.per_address,
+                self.address,
+            )
+            cls.refused_per_address = 0
+            cls.per_address_logged = now
+        self._answer_and_close(
+            b"503 Service Unavailable",
+            NotReadyError(
+                f"your address holds as many connections as one address may "
+                f"({self.per_address}: RAGSTORE_MAX_CONNECTIONS_PER_ADDRESS; an IPv6 "
+                "client's /64 counts as one address); close idle connections, reuse them "
+                "(keep-alive) and retry shortly, or reach the server through a proxy listed "
+                "in RAGSTORE_TRUSTED_PROXIES: this request was not read"
+            ),
+            extra=b"retry-after: 1\r\n",
+        )
 
     def _refuse_connection(self) -> None:
         """Answer a connection past ``RAGSTORE_MAX_CONNECTIONS`` 503 ``not_ready`` with
@@ -213,6 +322,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.address is not None:  # its place under the per-address cap is free again
+            counts = _ADDRESS_COUNTS.get(self.server_state, {})
+            left = counts.get(self.address, 0) - 1
+            if left > 0:
+                counts[self.address] = left
+            else:
+                counts.pop(self.address, None)
+            self.address = None
         self._stop_head_clock()
         self._stop_body_clock()
         if self.write_timer is not None:
