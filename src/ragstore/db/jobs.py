@@ -364,3 +364,49 @@ def fail_for_deleted_collection(conn: Conn, collection: str) -> list[int]:
         },
     ).fetchall()
     return [int(r[0]) for r in rows]
+
+
+RETENTION_BATCH = 500  # finished jobs deleted by one statement (its own short transaction)
+
+# Deletes up to %(batch)s finished jobs that finished more than %(secs)s seconds ago, oldest
+# first, with their queue entries (finished ones only: a worker deletes a succeeded entry
+# itself, a failed, cancelled or aborted one stayed for good); the count deleted. A job
+# whose entry still waits or runs is kept: the queue hands it out again (the stalled-job
+# check, a busy start retried) and its run reads the row. Rows another transaction holds
+# are skipped, not waited on (a later sweep takes them). Its files went at its finish
+# (``finish`` and the statements that fail a job drop them), and the foreign key of
+# ``ingest_job_files`` cascades all the same.
+PRUNE_FINISHED = (
+    "WITH old AS (SELECT j.id, j.queue_job_id FROM ingest_jobs j"
+    " WHERE j.status = ANY(%(finished)s::text[])"
+    " AND coalesce(j.finished_at, j.updated_at) < now() - make_interval(secs => %(secs)s)"
+    " AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs p WHERE p.id = j.queue_job_id"
+    "  AND p.status::text <> ALL(%(done)s::text[]))"
+    " ORDER BY j.id LIMIT %(batch)s FOR UPDATE OF j SKIP LOCKED),"
+    " entries AS (DELETE FROM procrastinate_jobs p USING old"
+    "  WHERE p.id = old.queue_job_id AND p.status::text = ANY(%(done)s::text[])),"
+    " gone AS (DELETE FROM ingest_jobs j USING old WHERE j.id = old.id RETURNING j.id)"
+    " SELECT count(*) AS deleted FROM gone"
+)
+
+
+def prune_args(retention_days: float, batch: int = RETENTION_BATCH) -> dict[str, Any]:
+    """:data:`PRUNE_FINISHED`'s arguments for jobs finished over ``retention_days`` ago."""
+    return {
+        "finished": list(FINISHED),
+        "done": RECONCILE_ARGS["done"],
+        "secs": retention_days * 86400.0,
+        "batch": batch,
+    }
+
+
+def prune_finished(conn: Conn, retention_days: float, *, batch: int = RETENTION_BATCH) -> int:
+    """Delete one batch of the jobs finished over ``retention_days`` ago (never an
+    unfinished one, nor one whose queue entry still waits or runs); how many.
+
+    Finished jobs were never removed: ``ingest_jobs``, its listing (``GET /v1/jobs``,
+    ``ragstore jobs list``) and every backup grew by every background upload for good.
+    One batch a call, in the caller's transaction: a sweep calls it until it deletes
+    fewer than ``batch``, each call committed on its own, so no lock is held for long."""
+    row = conn.execute(PRUNE_FINISHED, prune_args(retention_days, batch)).fetchone()
+    return 0 if row is None else int(row[0])
