@@ -148,6 +148,44 @@ def files(conn: Conn, job_id: int) -> list[JobFile]:
     return [JobFile(r[0], bytes(r[1]), dict(r[2])) for r in rows]
 
 
+# The server's TCP settings of a worker's session while it holds a job's lock (the job's
+# row: :func:`keep_alive`; its liveness lock: ``jobs.liveness``): a machine that went
+# silent (its network cut, no FIN or RST) has its session ended, and the lock freed, in
+# about a minute. ``tcp_user_timeout`` (ms) ends one whose answer (a commit's, say) goes
+# unacknowledged that long; the keepalives end an idle one (under Linux the user timeout
+# also bounds them). A live peer's kernel acknowledges and answers the probes however
+# long its process is busy. Unix-socket sessions ignore them.
+SESSION_TCP: dict[str, int] = {
+    "tcp_keepalives_idle": 15,
+    "tcp_keepalives_interval": 5,
+    "tcp_keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+KEEP_ALIVE = "SELECT " + ", ".join(
+    f"set_config('{name}', %({name})s, false)" for name in SESSION_TCP
+)
+
+
+def keep_alive_args(tcp: dict[str, int] | None = None) -> dict[str, str]:
+    """:data:`KEEP_ALIVE`'s arguments: ``tcp`` (:data:`SESSION_TCP` by default)."""
+    values = SESSION_TCP if tcp is None else tcp
+    return {name: str(values[name]) for name in SESSION_TCP}
+
+
+def keep_alive(conn: Conn, tcp: dict[str, int] | None = None) -> None:
+    """Give the session the server-side TCP settings ``tcp`` (:data:`SESSION_TCP` by
+    default), for as long as it lives (undone only by a rollback of the caller's
+    transaction: a session that held the job's row in it holds it no more).
+
+    A worker holds the job's row in the transaction writing a round of its documents
+    (:func:`hold_current`) and at its start (:func:`start`). With the system's defaults
+    the server noticed a worker machine that vanished meanwhile only after hours (no
+    keepalives for two hours, retransmissions for about fifteen minutes): its session
+    lived on with the lock, and every statement wanting the row (the job's start by
+    another worker, its outcome) was refused or skipped it all that while."""
+    conn.execute(KEEP_ALIVE, keep_alive_args(tcp))
+
+
 # how long a worker's start of a job waits for the job's row, held by a transaction of an
 # earlier attempt of it (:func:`hold_current`), before it gives the job back to the queue
 START_LOCK_TIMEOUT = "5s"
