@@ -245,6 +245,13 @@ class Settings(BaseSettings):
         description="A job whose worker stopped this many times (killed, out of memory) "
         "fails instead of being retried again.",
     )
+    job_retention_days: float = Field(
+        30.0,
+        ge=0,
+        le=36500,
+        description="Finished background jobs (succeeded or failed) older than this many days "
+        "are deleted by the workers; 0 keeps them for ever.",
+    )
 
     @field_validator("url")
     @classmethod

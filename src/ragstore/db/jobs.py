@@ -148,6 +148,44 @@ def files(conn: Conn, job_id: int) -> list[JobFile]:
     return [JobFile(r[0], bytes(r[1]), dict(r[2])) for r in rows]
 
 
+# The server's TCP settings of a worker's session while it holds a job's lock (the job's
+# row: :func:`keep_alive`; its liveness lock: ``jobs.liveness``): a machine that went
+# silent (its network cut, no FIN or RST) has its session ended, and the lock freed, in
+# about a minute. ``tcp_user_timeout`` (ms) ends one whose answer (a commit's, say) goes
+# unacknowledged that long; the keepalives end an idle one (under Linux the user timeout
+# also bounds them). A live peer's kernel acknowledges and answers the probes however
+# long its process is busy. Unix-socket sessions ignore them.
+SESSION_TCP: dict[str, int] = {
+    "tcp_keepalives_idle": 15,
+    "tcp_keepalives_interval": 5,
+    "tcp_keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+KEEP_ALIVE = "SELECT " + ", ".join(
+    f"set_config('{name}', %({name})s, false)" for name in SESSION_TCP
+)
+
+
+def keep_alive_args(tcp: dict[str, int] | None = None) -> dict[str, str]:
+    """:data:`KEEP_ALIVE`'s arguments: ``tcp`` (:data:`SESSION_TCP` by default)."""
+    values = SESSION_TCP if tcp is None else tcp
+    return {name: str(values[name]) for name in SESSION_TCP}
+
+
+def keep_alive(conn: Conn, tcp: dict[str, int] | None = None) -> None:
+    """Give the session the server-side TCP settings ``tcp`` (:data:`SESSION_TCP` by
+    default), for as long as it lives (undone only by a rollback of the caller's
+    transaction: a session that held the job's row in it holds it no more).
+
+    A worker holds the job's row in the transaction writing a round of its documents
+    (:func:`hold_current`) and at its start (:func:`start`). With the system's defaults
+    the server noticed a worker machine that vanished meanwhile only after hours (no
+    keepalives for two hours, retransmissions for about fifteen minutes): its session
+    lived on with the lock, and every statement wanting the row (the job's start by
+    another worker, its outcome) was refused or skipped it all that while."""
+    conn.execute(KEEP_ALIVE, keep_alive_args(tcp))
+
+
 # how long a worker's start of a job waits for the job's row, held by a transaction of an
 # earlier attempt of it (:func:`hold_current`), before it gives the job back to the queue
 START_LOCK_TIMEOUT = "5s"
@@ -364,3 +402,49 @@ def fail_for_deleted_collection(conn: Conn, collection: str) -> list[int]:
         },
     ).fetchall()
     return [int(r[0]) for r in rows]
+
+
+RETENTION_BATCH = 500  # finished jobs deleted by one statement (its own short transaction)
+
+# Deletes up to %(batch)s finished jobs that finished more than %(secs)s seconds ago, oldest
+# first, with their queue entries (finished ones only: a worker deletes a succeeded entry
+# itself, a failed, cancelled or aborted one stayed for good); the count deleted. A job
+# whose entry still waits or runs is kept: the queue hands it out again (the stalled-job
+# check, a busy start retried) and its run reads the row. Rows another transaction holds
+# are skipped, not waited on (a later sweep takes them). Its files went at its finish
+# (``finish`` and the statements that fail a job drop them), and the foreign key of
+# ``ingest_job_files`` cascades all the same.
+PRUNE_FINISHED = (
+    "WITH old AS (SELECT j.id, j.queue_job_id FROM ingest_jobs j"
+    " WHERE j.status = ANY(%(finished)s::text[])"
+    " AND coalesce(j.finished_at, j.updated_at) < now() - make_interval(secs => %(secs)s)"
+    " AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs p WHERE p.id = j.queue_job_id"
+    "  AND p.status::text <> ALL(%(done)s::text[]))"
+    " ORDER BY j.id LIMIT %(batch)s FOR UPDATE OF j SKIP LOCKED),"
+    " entries AS (DELETE FROM procrastinate_jobs p USING old"
+    "  WHERE p.id = old.queue_job_id AND p.status::text = ANY(%(done)s::text[])),"
+    " gone AS (DELETE FROM ingest_jobs j USING old WHERE j.id = old.id RETURNING j.id)"
+    " SELECT count(*) AS deleted FROM gone"
+)
+
+
+def prune_args(retention_days: float, batch: int = RETENTION_BATCH) -> dict[str, Any]:
+    """:data:`PRUNE_FINISHED`'s arguments for jobs finished over ``retention_days`` ago."""
+    return {
+        "finished": list(FINISHED),
+        "done": RECONCILE_ARGS["done"],
+        "secs": retention_days * 86400.0,
+        "batch": batch,
+    }
+
+
+def prune_finished(conn: Conn, retention_days: float, *, batch: int = RETENTION_BATCH) -> int:
+    """Delete one batch of the jobs finished over ``retention_days`` ago (never an
+    unfinished one, nor one whose queue entry still waits or runs); how many.
+
+    Finished jobs were never removed: ``ingest_jobs``, its listing (``GET /v1/jobs``,
+    ``ragstore jobs list``) and every backup grew by every background upload for good.
+    One batch a call, in the caller's transaction: a sweep calls it until it deletes
+    fewer than ``batch``, each call committed on its own, so no lock is held for long."""
+    row = conn.execute(PRUNE_FINISHED, prune_args(retention_days, batch)).fetchone()
+    return 0 if row is None else int(row[0])

@@ -41,6 +41,9 @@ import psycopg
 from procrastinate.jobs import Job
 from procrastinate.jobs import Status as JobStatus
 from procrastinate.manager import JobManager
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from ragstore.db.jobs import KEEP_ALIVE, keep_alive_args
 
 log = logging.getLogger("ragstore.jobs")
 
@@ -92,9 +95,29 @@ _RETRY_STALLED = (
     " SELECT (SELECT count(*) FROM done) > 0 AS retried, (SELECT count(*) FROM job) AS jobs"
 )
 _HOLD = "SELECT pg_advisory_lock(%s, (%s::bigint %% 2147483648)::int4)"
+# libpq's TCP settings of the lock's connection, where the URL sets none of its own: this
+# end also notices a path gone silent, in about a minute (ignored on a Unix socket)
+LOCK_TCP: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 15,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
 # what taking the lock's session can fail with (the server refuses or goes away, the
 # worker is stopped meanwhile): the registration is undone, the error goes on
 _SESSION_FAILED = (psycopg.Error, OSError, asyncio.CancelledError)
+
+
+def with_lock_tcp(conninfo: str) -> str:
+    """``conninfo`` with :data:`LOCK_TCP` where it does not set them itself (an
+    operator's own values stand); libpq ignores them on a Unix socket."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return conninfo  # the connection attempt says what is wrong with it
+    missing = {k: v for k, v in LOCK_TCP.items() if k not in params}
+    return make_conninfo(conninfo, **missing) if missing else conninfo
 
 
 class LiveJobManager(JobManager):
@@ -135,22 +158,27 @@ class LiveJobManager(JobManager):
             await asyncio.sleep(every_s)
             await self.update_heartbeat(worker_id)
 
+    def session_tcp(self) -> dict[str, int]:
+        """The server's TCP settings of the lock's session (``db.jobs.SESSION_TCP``'s
+        names): a session of a vanished machine ends within ~2 x ``stalled_after_s``."""
+        idle = max(1, math.ceil(self.stalled_after_s))
+        return {
+            "tcp_keepalives_idle": idle,
+            "tcp_keepalives_interval": max(1, math.ceil(self.stalled_after_s / 3)),
+            "tcp_keepalives_count": 3,
+            # data unacknowledged this long (the lock's answer, a heartbeat's check): the
+            # keepalives' bound too, under Linux (ms)
+            "tcp_user_timeout": 2 * idle * 1000,
+        }
+
     async def _hold(self, worker_id: int) -> psycopg.AsyncConnection[Any]:
-        conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(with_lock_tcp(self.conninfo), autocommit=True)
         try:
-            # a session of a vanished machine ends within ~2 x stalled_after_s (ignored,
-            # and not needed, on a Unix socket)
-            idle = max(1, math.ceil(self.stalled_after_s))
-            every = max(1, math.ceil(self.stalled_after_s / 3))
+            # both ends' TCP settings (ignored, and not needed, on a Unix socket)
+            await conn.execute(KEEP_ALIVE, keep_alive_args(self.session_tcp()))
             # always idle: a server-wide idle_session_timeout would end it under a live
             # worker (and a statement or transaction limit has nothing to end)
-            await conn.execute(
-                "SELECT set_config('tcp_keepalives_idle', %s, false),"
-                " set_config('tcp_keepalives_interval', %s, false),"
-                " set_config('tcp_keepalives_count', '3', false),"
-                " set_config('idle_session_timeout', '0', false)",
-                (str(idle), str(every)),
-            )
+            await conn.execute("SELECT set_config('idle_session_timeout', '0', false)")
             await conn.execute(_HOLD, (WORKER_LOCKS, worker_id))
         except _SESSION_FAILED:
             await conn.close()

@@ -204,6 +204,7 @@ def _start(
     the submitting request could not), and this run's attempt; no files where it is not
     to run (finished already, or given up: the record says how)."""
     with rt.db.connection() as conn, translated(f"starting job {job_id}"):
+        store.keep_alive(conn)  # its start holds the job's row until it commits
         store.bound_lock_waits(conn, store.START_LOCK_TIMEOUT)
         try:
             return _start_in(rt, conn, job_id, queue_job_id)
@@ -288,6 +289,9 @@ def _fence(job_id: int, attempt: int) -> Callable[[store.Conn], None]:
     and is rolled back with :class:`Superseded` where it does not."""
 
     def guard(conn: store.Conn) -> None:
+        # the row is held until the commit: a session of a machine that vanished
+        # meanwhile is ended by the server in about a minute, not hours
+        store.keep_alive(conn)
         if not store.hold_current(conn, job_id, attempt=attempt):
             raise Superseded(f"job {job_id}: attempt {attempt} superseded")
 

@@ -24,7 +24,13 @@ import procrastinate.signals
 
 from ragstore.config import Settings
 from ragstore.db.database import Database
-from ragstore.db.jobs import RECONCILE_ARGS, RECONCILE_LOST
+from ragstore.db.jobs import (
+    PRUNE_FINISHED,
+    RECONCILE_ARGS,
+    RECONCILE_LOST,
+    RETENTION_BATCH,
+    prune_args,
+)
 from ragstore.errors import ReadOnlyError
 from ragstore.jobs import staging
 from ragstore.jobs.liveness import LiveJobManager
@@ -83,7 +89,86 @@ async def fail_lost(app: procrastinate.App) -> list[int]:
     return ids
 
 
-async def _watch_stalled(app: procrastinate.App, settings: Settings, stop: asyncio.Event) -> None:
+RETENTION_EVERY_S = 3600.0  # finished jobs are swept at a worker's start, then this often
+RETENTION_RETRY_S = 300.0  # ... or this soon after a sweep that could not reach the database
+RETENTION_BATCHES = 20  # batches a sweep deletes at most; more left: swept again next round
+
+
+class Retention:
+    """When a worker next deletes the finished jobs past ``RAGSTORE_JOB_RETENTION_DAYS``
+    (:func:`prune_finished`): at its start, then at most every :data:`RETENTION_EVERY_S`.
+    Every worker sweeps; two sweeping at once skip each other's rows.
+
+    A sweep deletes at most :data:`RETENTION_BATCHES` batches, and one that stopped there
+    is due again at the watcher's next round: the first sweep after an upgrade (every job
+    ever finished) held up neither the worker's start nor its stalled-job checks."""
+
+    def __init__(self, retention_days: float) -> None:
+        self.retention_days = retention_days
+        self.next_at = time.monotonic()  # due at once
+
+    def due(self) -> bool:
+        return self.retention_days > 0 and time.monotonic() >= self.next_at
+
+    async def sweep(self, app: procrastinate.App, stop: asyncio.Event | None = None) -> int:
+        """Sweep where due (see :meth:`due`); how many jobs were deleted. A database that
+        cannot be reached is logged and tried again sooner, never raised: the sweep is
+        housekeeping, and the worker's jobs go first."""
+        if not self.due():
+            return 0
+        self.next_at = time.monotonic() + RETENTION_EVERY_S
+        try:
+            deleted = await prune_finished(
+                app, self.retention_days, stop, max_batches=RETENTION_BATCHES
+            )
+        except procrastinate.exceptions.ProcrastinateException as exc:
+            self.next_at = time.monotonic() + RETENTION_RETRY_S
+            log.warning(
+                "could not delete the finished jobs older than %g days: %s; trying again in %.0f s",
+                self.retention_days,
+                exc.__cause__ or exc,
+                RETENTION_RETRY_S,
+            )
+            return 0
+        if deleted >= RETENTION_BATCH * RETENTION_BATCHES:
+            self.next_at = time.monotonic()  # perhaps more: the next round goes on
+        return deleted
+
+
+async def prune_finished(
+    app: procrastinate.App,
+    retention_days: float,
+    stop: asyncio.Event | None = None,
+    *,
+    batch: int = RETENTION_BATCH,
+    max_batches: int | None = None,
+) -> int:
+    """Delete the jobs finished over ``retention_days`` ago (``db.jobs.prune_finished``),
+    a ``batch`` (:data:`RETENTION_BATCH`) a statement until one deletes fewer (or ``stop``
+    is set, or ``max_batches`` ran); how many. Each statement is its own transaction: no
+    lock is held for long, and a sweep stopped midway leaves the rest for the next."""
+    total = 0
+    for done in itertools.count(1):
+        row = await app.connector.execute_query_one_async(
+            query=PRUNE_FINISHED, **prune_args(retention_days, batch)
+        )
+        deleted = int(row["deleted"])
+        total += deleted
+        if deleted < batch or (stop is not None and stop.is_set()):
+            break
+        if max_batches is not None and done >= max_batches:
+            break
+    if total:
+        events.info("finished jobs deleted", deleted=total, retention_days=retention_days)
+    return total
+
+
+async def _watch_stalled(
+    app: procrastinate.App,
+    settings: Settings,
+    stop: asyncio.Event,
+    retention: Retention | None = None,
+) -> None:
     """Retry dead workers' jobs every period until ``stop`` is set.
 
     The watcher ends by being asked, not by being cancelled: on Python 3.11 a cancellation
@@ -96,6 +181,7 @@ async def _watch_stalled(app: procrastinate.App, settings: Settings, stop: async
     # waits at most about stalled_after_s plus one period, and a check never runs in step
     # with the beat (same period, same start), where it would see only fresh heartbeats
     every = min(settings.worker_heartbeat_s, settings.worker_stalled_after_s)
+    # the finished jobs are swept on the same rounds, where due (:class:`Retention`)
     stopped = asyncio.ensure_future(stop.wait())
     try:
         while True:
@@ -106,18 +192,23 @@ async def _watch_stalled(app: procrastinate.App, settings: Settings, stop: async
                 await retry_stalled(app, settings.worker_stalled_after_s)
             except procrastinate.exceptions.ProcrastinateException as exc:
                 log.warning("could not check for stalled jobs: %s", exc)
+            if retention is not None:
+                await retention.sweep(app, stop)
     finally:
         stopped.cancel()
 
 
 @contextlib.asynccontextmanager
-async def watching_stalled(app: procrastinate.App, settings: Settings) -> AsyncIterator[None]:
-    """Retry dead workers' jobs in the background for as long as the block runs.
+async def watching_stalled(
+    app: procrastinate.App, settings: Settings, retention: Retention | None = None
+) -> AsyncIterator[None]:
+    """Retry dead workers' jobs in the background for as long as the block runs (and,
+    with ``retention``, delete the finished jobs past their age where due).
 
     On leaving, the watcher is asked to stop and awaited: it ends within one round.
     """
     stop = asyncio.Event()
-    watcher = asyncio.create_task(_watch_stalled(app, settings, stop))
+    watcher = asyncio.create_task(_watch_stalled(app, settings, stop, retention))
     try:
         yield
     finally:
@@ -153,6 +244,7 @@ async def _run(
             try:
                 with on_stop:
                     restarts = Restarts()
+                    retention = Retention(settings.job_retention_days)
                     while not stopping.is_set():
                         loop = functools.partial(
                             app.run_worker_async,
@@ -167,7 +259,13 @@ async def _run(
                             install_signal_handlers=False,  # ours: they outlive one loop
                         )
                         if await _work_until_lost(
-                            app, settings, loop, stopping, burst=burst, restarts=restarts
+                            app,
+                            settings,
+                            loop,
+                            stopping,
+                            burst=burst,
+                            restarts=restarts,
+                            retention=retention,
                         ):
                             break
                         await _until_database_answers(db, stopping)
@@ -189,6 +287,7 @@ async def _work_until_lost(
     *,
     burst: bool = False,
     restarts: Restarts | None = None,
+    retention: Retention | None = None,
 ) -> bool:
     """Run procrastinate's worker ``loop`` until it ends (True: stopped, or a burst's queue
     is empty) or the database goes away under it (False: start it again once it answers).
@@ -208,7 +307,11 @@ async def _work_until_lost(
     restarts.begin()
     try:
         await retry_stalled(app, settings.worker_stalled_after_s)
-        async with watching_stalled(app, settings):
+        if retention is not None:
+            # at the start (a burst worker may end before the watcher's first round), then
+            # on the watcher's rounds
+            await retention.sweep(app, stopping)
+        async with watching_stalled(app, settings, retention):
             running = asyncio.ensure_future(loop())
             stopped = asyncio.ensure_future(stopping.wait())
             try:
