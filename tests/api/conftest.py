@@ -22,9 +22,9 @@ from ragstore.db.database import Database
 
 
 @contextmanager
-def running_server(settings: Settings, app: Any = None) -> Iterator[str]:
+def running_server(settings: Settings, app: Any = None, **options: Any) -> Iterator[str]:
     """Serve ``app`` (default ``create_app(settings)``) on 127.0.0.1 at a free port; yield
-    its base URL."""
+    its base URL. ``options`` go to uvicorn (``root_path``)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -35,6 +35,7 @@ def running_server(settings: Settings, app: Any = None) -> Iterator[str]:
         log_level="warning",
         access_log=False,
         lifespan="on",
+        **options,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

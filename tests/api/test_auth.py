@@ -376,6 +376,42 @@ def test_a_key_that_may_not_write_there_is_refused_before_its_upload_is_read(
         c.upload("team", [("a.md", b"# A\n\nnotes")])  # the clients read it as before
 
 
+def test_behind_a_root_path_the_checks_made_before_the_route_still_run(
+    settings: Settings, admin: Client, keys: KeyStore
+) -> None:
+    # under a root path (uvicorn --root-path, a proxy serving the API under /rag) the
+    # server puts the prefix in the request's path too, and the checks made before the
+    # route looked at that path: none took a request for an API one. A read-only key had
+    # the server read a whole upload before its 403, a repeated JSON key went through,
+    # writes went without their RAGStore-LSN and pages were left to caches.
+    prefixed = with_(settings, auth="on", max_upload_bytes=64 * 1024)
+    secret = keys.create("read").secret
+    with running_server(prefixed, root_path="/rag") as url:
+        host, port = url.removeprefix("http://").split(":")
+        head = (  # as the proxy forwards it: the prefix stripped
+            f"POST /v1/collections/team/documents/upload HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {secret}\r\n"
+            "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 60000\r\n\r\n"
+        )
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(head.encode() + b"--x")  # a few bytes of the body, then nothing
+            answer = sock.recv(65536)  # timed out: the server waited for the rest of the body
+        assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+        assert b"needs 'write'" in answer
+        writer = {"Authorization": f"Bearer {keys.create('admin').secret}"}
+        r = httpx.post(
+            f"{url}/v1/collections/team/search",
+            content=b'{"query": "a", "k": 1, "k": 1000}',
+            headers={**writer, "Content-Type": "application/json"},
+        )
+        assert r.status_code == 422 and "names the key 'k' twice" in r.json()["detail"]
+        r = httpx.post(f"{url}/v1/collections", json={"name": "rooted"}, headers=writer)
+        assert r.status_code == 201, r.text
+        assert r.headers.get("RAGStore-LSN"), r.headers
+        assert httpx.delete(f"{url}/v1/collections/rooted", headers=writer).status_code < 300
+        assert httpx.get(f"{url}/docs").headers.get("cache-control") == "no-store"
+
+
 def test_every_route_with_a_body_has_its_scope_found_before_the_body(settings: Settings) -> None:
     # the check before the body finds a route's scope from its dependencies: a route it
     # could not read would have its 403 after the body again, silently

@@ -146,6 +146,25 @@ def _scoped(scope: str):  # type: ignore[no-untyped-def]
     return dependency
 
 
+def route_path(scope: Scope) -> str:
+    """The path of an ASGI request as the app's routes see it: without the root path.
+
+    Under a root path (uvicorn's ``--root-path``, serving behind a proxy under a prefix)
+    the server puts the prefix in ``scope["path"]`` too (``/rag/v1/...``), as the ASGI
+    spec says, and the router strips it before matching. A check on ``scope["path"]``
+    itself (``startswith("/v1/")``) so missed every API request there: the API-key check
+    made before a body is read was skipped, and a key without write scope had the server
+    take in a whole upload before it was refused. Starlette's own rule (its
+    ``get_route_path``), restated here rather than imported from a private module."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if not root or not path.startswith(root):
+        return path
+    if path == root:
+        return ""
+    return path[len(root) :] if path[len(root)] == "/" else path
+
+
 def route_scope(routes: Iterable[BaseRoute], scope: Scope) -> tuple[str | None, str | None]:
     """The scope the route of ``routes`` that ``scope`` (an ASGI request) reaches requires,
     and the collection its path names (``{name}``): ``(None, None)`` when no API route

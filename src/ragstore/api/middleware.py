@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstore._requests import UPLOAD_LIMIT_HEADER
-from ragstore.api.deps import ApiState, authenticate, bearer_token, route_scope
+from ragstore.api.deps import ApiState, authenticate, bearer_token, route_path, route_scope
 from ragstore.api.errors import crash_response, problem_response
 from ragstore.errors import InputError, RagstoreError, RateLimitedError, RequestTooLargeError
 from ragstore.validation import repeated_key
@@ -120,7 +120,7 @@ class DuplicateKeyMiddleware:
         if (
             scope["type"] != "http"
             or scope["method"] not in _BODY_METHODS
-            or not scope["path"].startswith("/v1/")
+            or not route_path(scope).startswith("/v1/")
             or not _is_json(dict(scope.get("headers", ())).get(b"content-type", b""))
         ):
             await self.app(scope, receive, send)
@@ -415,7 +415,7 @@ class AuthBeforeBodyMiddleware:
         if (
             scope["type"] != "http"
             or scope["method"] not in _BODY_METHODS
-            or not scope["path"].startswith("/v1/")
+            or not route_path(scope).startswith("/v1/")
         ):
             await self.app(scope, receive, send)
             return

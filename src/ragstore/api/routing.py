@@ -28,6 +28,7 @@ from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ragstore.api.deps import route_path
 from ragstore.api.errors import send_problem
 from ragstore.db import lsn, routing
 from ragstore.db.errors import translated
@@ -94,9 +95,13 @@ class ReadRoutingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        kind = classify(scope["method"], scope["path"])
+        # without the root path: under one (``--root-path``) every request was "other", so
+        # writes went without their RAGStore-LSN (read-your-writes lost) and a read-only
+        # server let them through to fail on its standby
+        path = route_path(scope)
+        kind = classify(scope["method"], path)
         state = getattr(scope["app"].state, "ragstore", None) if "app" in scope else None
-        job_read = kind == "other" and _is_job_read(scope["method"], scope["path"])
+        job_read = kind == "other" and _is_job_read(scope["method"], path)
         if (kind == "other" and not job_read) or state is None:
             await self.app(scope, receive, send)
             return

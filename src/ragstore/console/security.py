@@ -18,6 +18,8 @@ from __future__ import annotations
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ragstore.api.deps import route_path
+
 CONSOLE_PREFIX = "/ui"
 
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -77,7 +79,9 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        added = security_headers(scope.get("path", ""))
+        # the path without the root path (``--root-path``): with it, no console page was
+        # taken for one and each went without its ``Cache-Control: no-store``
+        added = security_headers(route_path(scope) if "path" in scope else "")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -129,21 +129,45 @@ class ObservabilityMiddleware:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """``GET /metrics``: the Prometheus text exposition."""
-    app = request.app
+    """``GET /metrics``: the Prometheus text exposition.
+
+    Scrapes that come together share one rendering (:func:`_rendering`)."""
     await _require_key(request)
+    body = await _rendering(request.app).get()
+    return Response(body, media_type=metrics.CONTENT_TYPE)
+
+
+def _rendering(app: Any) -> Any:
+    """The app's shared rendering of the metrics (made on first use).
+
+    A scrape reads the job queue on a pooled connection and, with several workers, every
+    process's sample files under a lock on their folder; /metrics needs no key on
+    loopback and no per-key rate limit bounds it, so a flood of scrapes held a thread and
+    a connection each. One rendering runs at a time now, and a scrape takes one started
+    after it came (never an older answer: a counter it reads counts every request it
+    follows)."""
+    from ragstore.api.coalesce import Coalesced
+
+    shared = getattr(app.state, "ragstore_metrics", None)
+    if shared is None:
+        shared = Coalesced(lambda: _render(app), fresh_s=0.0)
+        app.state.ragstore_metrics = shared
+    return shared
+
+
+def _render(app: Any) -> bytes:
+    """One rendering: this process's pool and cache figures, the samples, the database's."""
     sync_process_metrics(app)
     collector = getattr(app.state, "ragstore_db_collector", None)
     if collector is None:
         rt = _runtime_of(app)
         if rt is None:
-            return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
+            return metrics.render()
         collector = metrics.DatabaseCollector(
             lambda: rt.db.connection(), data_dir=rt.settings.data_dir
         )
         app.state.ragstore_db_collector = collector
-    body = await _in_thread(metrics.render, collector)
-    return Response(body, media_type=metrics.CONTENT_TYPE)
+    return metrics.render(collector)
 
 
 async def _require_key(request: Request) -> None:
@@ -173,13 +197,6 @@ async def _require_key(request: Request) -> None:
     client = request.client.host if request.client else ""
     key = await run_in_threadpool(keys.authenticate, token, client)
     key.require("metrics")
-
-
-async def _in_thread(fn: Any, *args: Any) -> bytes:
-    from starlette.concurrency import run_in_threadpool
-
-    result: bytes = await run_in_threadpool(fn, *args)
-    return result
 
 
 def install_observability(app: Any, settings: Any) -> None:

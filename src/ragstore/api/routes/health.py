@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from ragstore._requests import MAX_UPLOAD_FILES
+from ragstore.api.coalesce import Coalesced
 from ragstore.api.deps import ApiState, Principal, Rt, State, bearer_token
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
@@ -14,6 +18,7 @@ from ragstore.api.schemas import Health, Limits, Readiness, ReplicaPublic
 from ragstore.db import catalog, migrations
 from ragstore.db.errors import translated
 from ragstore.errors import ModelError, NotFoundError, NotReadyError, RagstoreError
+from ragstore.runtime import Runtime
 
 log = logging.getLogger("ragstore.api")
 
@@ -60,17 +65,24 @@ def _viewer(state: ApiState, request: Request) -> Principal | None:
         return None
 
 
-@router.get("/readyz", response_model=Readiness, summary="Ready to serve", responses=responses(503))
-def readyz(rt: Rt, state: State, request: Request) -> Readiness:
-    """Database reachable and schema at the code's revision, else 503 ``not_ready`` naming
-    the failing check. Each collection's model is checked too, but a collection that cannot
-    embed queries (an imported vector-only collection, a model without a provider) is
-    reported in ``collections`` and does not make the whole server unready: a load
-    balancer must not drop every server for one collection.
+READY_FRESH_S = 1.0
+"""How old a readiness answer may be: the checks run at most about once a second (and one
+run at a time) however many probes come, and a database that went down shows within it."""
 
-    With API keys on, ``collections`` and ``replicas`` are filled in only for a caller
-    presenting a valid key (the collections it may see; replicas for a key not limited to
-    one collection); anonymous probes get the checks and their counts."""
+
+@dataclass(frozen=True)
+class _Checked:
+    """One run of the readiness checks, shared by the probes it answers (who may see which
+    collection is decided per request)."""
+
+    checks: dict[str, str]
+    collections: dict[str, str]
+    replicas: list[dict[str, Any]]
+
+
+def _check(rt: Runtime) -> _Checked:
+    """The checks themselves: two fresh connections (the ping and the schema revision) and
+    a pooled one per collection, which is why they are shared (:func:`readiness`)."""
     checks: dict[str, str] = {}
     try:
         db = rt.raw_db()
@@ -104,11 +116,50 @@ def readyz(rt: Rt, state: State, request: Request) -> Readiness:
     if replicas:
         up = sum(1 for r in replicas if r["up"])
         checks["replicas"] = f"{up} of {len(replicas)} serving reads"
-    viewer = _viewer(state, request)
-    shown = {n: v for n, v in collections.items() if viewer is not None and viewer.sees(n)}
+    return _Checked(checks, collections, replicas)
+
+
+def readiness(request: Request, rt: Runtime) -> Coalesced[_Checked]:
+    """The app's shared readiness checks (made on first use).
+
+    /readyz answers without a key and no per-key rate limit bounds it: each probe ran the
+    checks itself, so a flood of them (many load balancers, a probe every 10 ms) held as
+    many fresh connections as the thread pool had threads and starved searches and
+    writes of connections. Probes now share one run of the checks at a time, and one
+    started at most :data:`READY_FRESH_S` before they came."""
+    state = request.app.state
+    shared: Coalesced[_Checked] | None = getattr(state, "ragstore_readiness", None)
+    if shared is None:
+        shared = Coalesced(lambda: _check(rt), fresh_s=READY_FRESH_S)
+        state.ragstore_readiness = shared
+    return shared
+
+
+@router.get("/readyz", response_model=Readiness, summary="Ready to serve", responses=responses(503))
+async def readyz(rt: Rt, state: State, request: Request) -> Readiness:
+    """Database reachable and schema at the code's revision, else 503 ``not_ready`` naming
+    the failing check. Each collection's model is checked too, but a collection that cannot
+    embed queries (an imported vector-only collection, a model without a provider) is
+    reported in ``collections`` and does not make the whole server unready: a load
+    balancer must not drop every server for one collection.
+
+    The checks are shared by the probes that come together, and the answer may be up to
+    about a second old (:func:`readiness`).
+
+    With API keys on, ``collections`` and ``replicas`` are filled in only for a caller
+    presenting a valid key (the collections it may see; replicas for a key not limited to
+    one collection); anonymous probes get the checks and their counts."""
+    checked = await readiness(request, rt).get()
+    viewer = (
+        await run_in_threadpool(_viewer, state, request)
+        if state.keys is not None
+        else Principal(None)
+    )
+    shown = {n: v for n, v in checked.collections.items() if viewer is not None and viewer.sees(n)}
     whole = viewer is not None and (viewer.key is None or viewer.key.collection is None)
+    replicas = checked.replicas
     return Readiness(
-        checks=checks,
+        checks=dict(checked.checks),
         collections=shown,
         replicas=[ReplicaPublic(**r) for r in replicas] if replicas and whole else None,
     )
