@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ragstore import Store
 from ragstore.config import Settings
-from ragstore.errors import EmptyDocumentError, InputError, RagstoreError
+from ragstore.errors import CollectionNotFoundError, EmptyDocumentError, InputError, RagstoreError
 from ragstore.ingest.service import created_for_this_write
 from tests.conftest import run_cli
 
@@ -112,3 +113,28 @@ def test_a_concurrent_writers_document_keeps_the_collection(
     with created_for_this_write(rt, coll, created):
         pass
     assert "fresh-unused" not in _names(store)
+
+
+def test_a_write_into_a_collection_deleted_while_it_embedded_is_told_so(
+    store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that looked the collection up, then embedded while another client deleted
+    it (or the write that made it removed it again, having stored nothing), went on to
+    write into a collection row that no longer existed: the answer was a foreign-key
+    conflict or a "retry" for a dropped table, neither saying what happened. It is now
+    collection_not_found naming the collection."""
+    store.add_texts("deleted-meanwhile", ["the first text"], ids=["first"])
+    rt = store.runtime
+    embedder = rt.embedder_for(rt.collection("deleted-meanwhile"))
+    embed = embedder.embed
+
+    def embed_while_deleted(texts: list[str]) -> Any:
+        with Store(settings=settings) as other:
+            other.delete_collection("deleted-meanwhile")
+        return embed(texts)
+
+    monkeypatch.setattr(embedder, "embed", embed_while_deleted)
+    with pytest.raises(CollectionNotFoundError) as err:
+        store.add_texts("deleted-meanwhile", ["a second text"], ids=["second"])
+    assert "'deleted-meanwhile' was deleted while" in err.value.message
+    assert "deleted-meanwhile" not in _names(store)

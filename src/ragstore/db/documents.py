@@ -32,7 +32,7 @@ from psycopg.types.json import Jsonb
 
 from ragstore.db import spaces
 from ragstore.db.repository import Collection
-from ragstore.errors import ConflictError, InputError
+from ragstore.errors import CollectionNotFoundError, ConflictError, InputError
 from ragstore.models import Chunk, ChunkType
 
 Conn = psycopg.Connection[Any]
@@ -677,7 +677,14 @@ def hold_live(
     row = conn.execute(
         "SELECT shadow_of IS NOT NULL FROM collections WHERE id = %s FOR SHARE", (coll.id,)
     ).fetchone()
-    if row is not None and bool(row[0]) != coll.shadow:
+    if row is None:
+        # deleted since the writer read it (another client's delete, or the write that
+        # made it and stored nothing removing it again): the write went on to fail on a
+        # foreign key or a dropped vector table, answered as a conflict or a retry
+        raise CollectionNotFoundError(
+            f"collection {coll.name!r} was deleted {doing}", collection=coll.name
+        )
+    if bool(row[0]) != coll.shadow:
         raise ConflictError(f"collection {coll.name!r} {MODEL_SWITCHED} {doing}")
 
 
