@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import time
 
-from ragstore.parsing import parse_bytes
+import pytest
+
+from ragstore.errors import ParseTimeoutError
+from ragstore.parsing import parse_bytes, sandbox
 
 
 def test_markdown_of_open_brackets_and_emphasis_is_read_in_linear_time() -> None:
@@ -52,3 +55,12 @@ def test_html_nested_lists_are_indented_lines_of_their_own() -> None:
     deep = b"<ul><li>x" * 12
     (block,) = parse_bytes(deep, "deep.html").blocks
     assert block.text.split("\n")[-1] == "  " * 8 + "- x"  # indents stop at 8 levels
+
+
+def test_a_slow_html_page_of_a_few_hundred_kilobytes_gets_the_parse_time_limit() -> None:
+    # BeautifulSoup is linear but slow on an element every few bytes (750 KB of nested
+    # <div>: 24 s); a page that size was parsed in the ingesting process, without a limit
+    data = b"<html><body>" + b"<div>" * 60_000 + b"x"
+    assert sandbox.LARGE_TEXT_BYTES <= len(data) < 1 << 20
+    with pytest.raises(ParseTimeoutError, match=r"deep\.html: parsing this html file took"):
+        sandbox.parse_file(data, "deep.html", "html", 0.2)
