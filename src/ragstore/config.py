@@ -125,8 +125,8 @@ class Settings(BaseSettings):
         300.0,
         ge=0,
         le=86400,
-        description="Seconds a PDF, DOCX, PPTX or EPUB file, or a text file of 1 MB or "
-        "more, may take to parse (in a helper process) before it is stopped and fails with "
+        description="Seconds a PDF, DOCX, PPTX or EPUB file, or a text file of 256 KB "
+        "or more, may take to parse (in a helper process) before it is stopped and fails with "
         "parse_timeout; 0 = parse in the ingesting process, without a limit.",
     )
     read_database_urls: SecretStr | None = Field(

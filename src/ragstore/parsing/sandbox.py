@@ -53,8 +53,12 @@ ISOLATED_FORMATS = frozenset(BYTES_PARSERS)  # pdf, docx, pptx, epub
 # Text files from this size are parsed in a helper too. Parsing holds about 1.3 KB of
 # memory a block (1.5 MB of "a\n\n": 500,000 paragraphs, 630 MB; 2 MB of "- a\n" list
 # items, about 1 GB in markdown-it), so a degenerate file at the 50 MB limit would take
-# some 20 GB: in a helper it meets HELPER_MEMORY_BYTES instead of the OOM killer.
-LARGE_TEXT_BYTES = 1 << 20
+# some 20 GB: in a helper it meets HELPER_MEMORY_BYTES instead of the OOM killer. And
+# BeautifulSoup, Pygments and markdown-it's tables are linear but slow on a file of one
+# element or token every few bytes: 750 KB of nested <div> took 24 s, 900 KB of "{" in a
+# .js file 32 s, 350 KB of one wide Markdown table 12 s (a loaded 2-core machine); with
+# 1 MB here such a file held the ingest (or an API worker) that long without a limit.
+LARGE_TEXT_BYTES = 256 << 10
 BYTES_PER_BLOCK = 32  # a text file may hold one block (paragraph, heading ...) per 32 bytes
 STARTUP_TIMEOUT_S = 120.0  # a helper not ready by then is given up
 READY = b"ready"
