@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Generic, TypeVar, cast
+from typing import Any, BinaryIO, Generic, Literal, TypeVar, cast
 
 import httpx
 
@@ -56,6 +56,19 @@ class Call(Generic[T]):
     json: Any = None
     files: list[tuple[str, tuple[str, bytes | StreamedFile, str]]] | None = None
     data: dict[str, str] | None = None
+    # what sending it twice does (the clients' retries, ``client._Retrying``): "read"
+    # changes nothing; "upsert" stores the same however often it arrives (texts under
+    # their ids, documents by name and content hash: a second send answers "unchanged");
+    # "write" may do it twice (create a collection, queue a job, count deletions), so it
+    # is sent again only where the server provably did not take it. None: "read" for
+    # GET/HEAD, else "write".
+    kind: Literal["read", "upsert", "write"] | None = None
+
+    @property
+    def effect(self) -> Literal["read", "upsert", "write"]:
+        if self.kind is not None:
+            return self.kind
+        return "read" if self.method in ("GET", "HEAD") else "write"
 
     def kwargs(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -227,6 +240,15 @@ def _foreign_error(response: httpx.Response) -> RagstoreError:
     return error_from_problem(response.status_code, {"detail": said})
 
 
+def _seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header's seconds (an HTTP date, rare, is not read: None)."""
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 1e6 else None
+
+
 def raise_for_problem(response: httpx.Response) -> None:
     """Raise the RagstoreError an error answer stands for; do nothing on success."""
     if response.status_code < 400:
@@ -240,6 +262,9 @@ def raise_for_problem(response: httpx.Response) -> None:
         if isinstance(body, dict)
         else _foreign_error(response)
     )
+    wait = _seconds(response.headers.get("Retry-After"))
+    if wait is not None:  # what the clients' retries wait (``client._Retrying``)
+        exc.retry_after = wait  # type: ignore[attr-defined]
     said = response.headers.get(UPLOAD_LIMIT_HEADER, "")
     if response.status_code == 413 and said.isdigit():  # the server's upload limit
         exc.max_upload_bytes = int(said)  # type: ignore[attr-defined]
@@ -323,12 +348,14 @@ def add_texts(
         body["ids"] = _ids(ids)
     if vectors is not None:
         body["vectors"] = [_floats(v, f"vectors[{i}]") for i, v in enumerate(vectors)]
-    return Call("POST", f"/v1/collections/{_n(collection)}/texts", _body, json=body)
+    # under ids, a text sent again is stored over itself (answered "unchanged")
+    kind: Literal["upsert", "write"] = "upsert" if ids is not None else "write"
+    return Call("POST", f"/v1/collections/{_n(collection)}/texts", _body, json=body, kind=kind)
 
 
 def get_texts(collection: str, ids: Sequence[str]) -> Call[list[dict[str, Any]]]:
     path = f"/v1/collections/{_n(collection)}/texts/get"
-    return Call("POST", path, _data, json={"ids": _ids(ids)})
+    return Call("POST", path, _data, json={"ids": _ids(ids)}, kind="read")
 
 
 def delete_texts(collection: str, ids: Sequence[str]) -> Call[int]:
@@ -398,6 +425,8 @@ def _halved(exc: RagstoreError, start: int, end: int, pending: list[tuple[int, i
 def _answered(exc: RagstoreError) -> bool:
     """An error answer came back (the request's fate is known): not a connection lost,
     a timeout, or an answer that was not ragstore's, after which it may have been done."""
+    if getattr(exc, "nothing_sent", False):  # no connection made: known, not stored
+        return True
     status = getattr(exc, "status", None)
     return isinstance(status, int) and status >= 400
 
@@ -458,6 +487,7 @@ def add_texts_plan(
     body = cast(dict[str, Any], whole.json)
     if "ids" not in body:
         body["ids"] = [uuid.uuid4().hex for _ in body["texts"]]
+        whole = replace(whole, kind="upsert")  # its ids drawn once: sent again, the same
     all_ids: list[str] = body["ids"]
     n = len(body["texts"])
     if any(key in body and len(body[key]) != n for key in _TEXT_LISTS):
@@ -578,7 +608,10 @@ def add_document(
 ) -> Call[dict[str, Any]]:
     meta = _metadata(metadata or {}, "metadata")
     body = {"name": name, "text": text, "metadata": meta, "background": background}
-    return Call("POST", f"/v1/collections/{_n(collection)}/documents", _body, json=body)
+    # stored by name and content hash: sent again, the same document (answered
+    # "unchanged"); in background, a second job
+    kind: Literal["upsert", "write"] = "write" if background else "upsert"
+    return Call("POST", f"/v1/collections/{_n(collection)}/documents", _body, json=body, kind=kind)
 
 
 def _open_nonblocking(path: str, flags: int) -> int:
@@ -731,6 +764,8 @@ def upload(
         _body,
         files=parts,
         data=data,
+        # documents by name and content hash, as add_document; in background, a job
+        kind="write" if background else "upsert",
     )
 
 
@@ -1150,7 +1185,7 @@ def search(
     # numpy k) named here: it raised httpx's bare UnicodeEncodeError, ValueError or
     # TypeError, which no ``except RagstoreError`` caught, where the Store names it
     _json_value(body, "the search request")
-    return Call("POST", f"/v1/collections/{_n(collection)}/search", _body, json=body)
+    return Call("POST", f"/v1/collections/{_n(collection)}/search", _body, json=body, kind="read")
 
 
 # --- models ------------------------------------------------------------------------------

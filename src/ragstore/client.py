@@ -10,6 +10,7 @@ whose ``code`` it carries, with ``status`` and ``request_id`` set on it.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +27,13 @@ from ragstore._requests import (
     raise_for_problem,
     read_answer,
 )
-from ragstore.errors import AuthenticationError, DatabaseUnavailableError, RagstoreError
+from ragstore.errors import (
+    AuthenticationError,
+    ConfigError,
+    DatabaseUnavailableError,
+    OutcomeUnknownError,
+    RagstoreError,
+)
 
 __all__ = ["AsyncClient", "Client", "error_from_problem"]
 
@@ -56,6 +63,113 @@ def _headers(api_key: str | None) -> dict[str, str]:
             "printed it"
         )
     return {"Authorization": f"Bearer {key}"}
+
+
+# errors after which httpx sent none of the request: no connection was made (refused, no
+# route, the name unresolved, a TLS handshake failed) or none came free in its pool
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# answered errors that pass with time, for a call that may be sent again whatever became
+# of the first send (a read, an upsert); a proxy's 502/503/504 besides
+_PASSING = frozenset(
+    {"database_unavailable", "replica_behind", "statement_cancelled", "not_ready", "rate_limited"}
+)
+_BACKOFF_FIRST_S = 0.5
+_BACKOFF_MOST_S = 8.0
+
+
+def _transport_error(
+    exc: httpx.TransportError, base_url: object, method: str, path: str, effect: str
+) -> RagstoreError:
+    """What a request that got no answer means for its caller.
+
+    Before: every such failure was "cannot reach the ragstore server", a
+    DatabaseUnavailableError, also when the request had reached it and the connection
+    dropped (a restart, a read timeout) while it was being done: a caller took the write
+    for not stored. Now the three cases are told apart: nothing sent (``nothing_sent``:
+    known not done), a read without answer (nothing changed either way), and a write
+    without answer, an :class:`OutcomeUnknownError` saying how to find out and whether
+    sending it again is safe."""
+    url = calls.shown_url(base_url)
+    why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, _NOT_SENT):
+        error: RagstoreError = DatabaseUnavailableError(
+            f"cannot reach the ragstore server at {url}: {why} (nothing was sent)"
+        )
+        error.nothing_sent = True  # type: ignore[attr-defined]
+        return error
+    if effect == "read":
+        return DatabaseUnavailableError(
+            f"{method} {path}: the ragstore server at {url} gave no answer ({why}); it "
+            "changes nothing: send it again once the server is back"
+        )
+    if effect == "upsert":
+        return OutcomeUnknownError(
+            f"{method} {path}: the ragstore server at {url} gave no answer ({why}) after "
+            "the request was sent: the server may or may not have stored it. Sending it "
+            "again is safe: texts are stored under their ids and documents by name and "
+            "content, so a second send stores the same (answered 'unchanged')"
+        )
+    return OutcomeUnknownError(
+        f"{method} {path}: the ragstore server at {url} gave no answer ({why}) after the "
+        "request was sent: the server may or may not have done it. Check before sending it "
+        "again, which could do it twice: read back what it changes (the collection, its "
+        "documents or texts, the field indexes; `list_jobs` for a background upload)"
+    )
+
+
+class _Retrying:
+    """When one request is sent again (``Client(retries=, max_retry_wait=)``).
+
+    A call that may be sent again whatever became of the first send (its ``effect`` is
+    "read" or "upsert": ``ragstore._requests.Call.kind``) is retried on no answer and on
+    the answered errors that pass with time (``_PASSING``; a proxy's 502/503/504). Any
+    call, a "write" too, is retried only where the server provably did not take it:
+    nothing sent (no connection), ``rate_limited`` (429: counted before the request is
+    read, ``auth/ratelimit.py``) or ``not_ready`` (503: a connection past the cap, not
+    read, or a server not ready). Waits grow from 0.5 s, doubling to 8 s, with jitter;
+    a ``Retry-After`` is waited instead; all waits of one request together stay within
+    ``max_retry_wait`` seconds: one that would not is not waited, the error raised."""
+
+    def __init__(self, retries: int, max_wait: float, effect: str) -> None:
+        self.left = retries
+        self.effect = effect
+        self.tries = 0
+        self.deadline = time.monotonic() + max_wait
+
+    def wait(self, error: RagstoreError) -> float | None:
+        """Seconds to wait before sending again after ``error``; None: raise it."""
+        self.tries += 1
+        if self.left <= 0 or not self._passes(error):
+            return None
+        hint = getattr(error, "retry_after", None)
+        if isinstance(hint, (int, float)) and hint > 0:
+            seconds = float(hint) * random.uniform(1.0, 1.2)
+        else:
+            step = min(_BACKOFF_MOST_S, _BACKOFF_FIRST_S * 2 ** (self.tries - 1))
+            seconds = step * random.uniform(0.5, 1.0)
+        if time.monotonic() + seconds > self.deadline:
+            return None
+        self.left -= 1
+        return seconds
+
+    def _passes(self, error: RagstoreError) -> bool:
+        if getattr(error, "nothing_sent", False) or error.code in ("rate_limited", "not_ready"):
+            return True
+        if self.effect == "write":
+            return False
+        status = getattr(error, "status", None)
+        if status is None:  # no answer: an upsert or a read is sent again
+            return isinstance(error, (OutcomeUnknownError, DatabaseUnavailableError))
+        return error.code in _PASSING or (
+            status in (502, 503, 504) and error.code == RagstoreError.code  # a proxy's
+        )
+
+    def said(self, error: RagstoreError) -> RagstoreError:
+        """``error``, its message saying how often the request was sent."""
+        if self.tries > 1:
+            error.message += f" (sent {self.tries} times)"
+            error.args = (error.message,)
+        return error
 
 
 LSN_HEADER = "RAGStore-LSN"  # ragstore.db.lsn.HEADER (not imported: the client stays light)
@@ -92,6 +206,16 @@ class _WritePosition:
             self.last_lsn = written
 
 
+def _retry_options(retries: int, max_retry_wait: float) -> tuple[int, float]:
+    """The retry options checked: a count of at least 0, seconds of at least 0."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"retries must be a whole number >= 0 (0: none), got {retries!r}")
+    wait = max_retry_wait
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < 1e6:
+        raise ConfigError(f"max_retry_wait must be seconds >= 0, got {max_retry_wait!r}")
+    return retries, float(wait)
+
+
 def _lsn_value(text: str) -> int | None:
     """A WAL position's text form (``16/B374D848``) as an integer; None for any other."""
     hi, sep, lo = text.strip().partition("/")
@@ -107,6 +231,15 @@ class Client(_WritePosition):
     ``Client("http://127.0.0.1:8080", api_key="rsk_...")``; use it as a context manager or
     call :meth:`close`. ``transport`` lets tests and embedders hand in their own httpx
     transport.
+
+    A request that fails for a while (the server restarting, 503 ``not_ready`` or
+    ``database_unavailable`` while the database fails over, 429 ``rate_limited``, a
+    connection refused) is sent again up to ``retries`` times (0: never), waiting its
+    ``Retry-After`` or a growing, jittered pause, all within ``max_retry_wait`` seconds
+    (:class:`_Retrying`). Reads and upserts (texts under ids, documents) are sent again
+    whatever happened; other writes only where the server provably did not take them. A
+    write that got no answer raises :class:`~ragstore.errors.OutcomeUnknownError`
+    (``outcome_unknown``): it may or may not have been done, never "not stored".
     """
 
     def __init__(
@@ -117,8 +250,11 @@ class Client(_WritePosition):
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
         read_your_writes: bool = True,
+        retries: int = 3,
+        max_retry_wait: float = 30.0,
     ) -> None:
         self.read_your_writes = read_your_writes
+        self.retries, self.max_retry_wait = _retry_options(retries, max_retry_wait)
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers=_headers(api_key),
@@ -137,22 +273,40 @@ class Client(_WritePosition):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send a request; raise the matching RagstoreError for any error answer."""
+    def request(
+        self, method: str, path: str, *, effect: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Send a request; raise the matching RagstoreError for any error answer.
+
+        Sent again as :class:`_Retrying` says: ``effect`` is what sending it twice does
+        ("read", "upsert" or "write"; by default "read" for GET/HEAD, else "write")."""
         if self._http.is_closed:
             raise RuntimeError(_CLOSED.format(kind="Client"))
+        effect = effect or ("read" if method.upper() in ("GET", "HEAD") else "write")
+        retrying = _Retrying(self.retries, self.max_retry_wait, effect)
+        while True:
+            try:
+                return self._request_once(method, path, effect, kwargs)
+            except RagstoreError as error:
+                wait = retrying.wait(error)
+                if wait is None:
+                    raise retrying.said(error) from None
+            time.sleep(wait)
+
+    def _request_once(
+        self, method: str, path: str, effect: str, kwargs: dict[str, Any]
+    ) -> httpx.Response:
         try:
-            response = self._http.request(method, path, **self._with_lsn(kwargs))
+            response = self._http.request(method, path, **self._with_lsn(dict(kwargs)))
         except httpx.TransportError as exc:
-            raise DatabaseUnavailableError(
-                f"cannot reach the ragstore server at {self._http.base_url}: {exc}"
-            ) from None
+            raise _transport_error(exc, self._http.base_url, method, path, effect) from None
         self._note_lsn(response)  # an error can follow writes that committed
         raise_for_problem(response)
         return response
 
     def _send(self, call: Call[T]) -> T:
-        return read_answer(call, self.request(call.method, call.path, **call.kwargs()))
+        response = self.request(call.method, call.path, effect=call.effect, **call.kwargs())
+        return read_answer(call, response)
 
     def _run(self, plan: Plan[T]) -> T:
         """Send a verb's calls one after another (see :data:`ragstore._requests.Plan`)."""
@@ -423,8 +577,11 @@ class AsyncClient(_WritePosition):
         timeout: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         read_your_writes: bool = True,
+        retries: int = 3,
+        max_retry_wait: float = 30.0,
     ) -> None:
         self.read_your_writes = read_your_writes
+        self.retries, self.max_retry_wait = _retry_options(retries, max_retry_wait)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers=_headers(api_key),
@@ -441,22 +598,38 @@ class AsyncClient(_WritePosition):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send a request; raise the matching RagstoreError for any error answer."""
+    async def request(
+        self, method: str, path: str, *, effect: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Send a request; raise the matching RagstoreError for any error answer (sent
+        again as :meth:`Client.request` says)."""
         if self._http.is_closed:
             raise RuntimeError(_CLOSED.format(kind="AsyncClient"))
+        effect = effect or ("read" if method.upper() in ("GET", "HEAD") else "write")
+        retrying = _Retrying(self.retries, self.max_retry_wait, effect)
+        while True:
+            try:
+                return await self._request_once(method, path, effect, kwargs)
+            except RagstoreError as error:
+                wait = retrying.wait(error)
+                if wait is None:
+                    raise retrying.said(error) from None
+            await asyncio.sleep(wait)
+
+    async def _request_once(
+        self, method: str, path: str, effect: str, kwargs: dict[str, Any]
+    ) -> httpx.Response:
         try:
-            response = await self._http.request(method, path, **self._with_lsn(kwargs))
+            response = await self._http.request(method, path, **self._with_lsn(dict(kwargs)))
         except httpx.TransportError as exc:
-            raise DatabaseUnavailableError(
-                f"cannot reach the ragstore server at {self._http.base_url}: {exc}"
-            ) from None
+            raise _transport_error(exc, self._http.base_url, method, path, effect) from None
         self._note_lsn(response)  # an error can follow writes that committed
         raise_for_problem(response)
         return response
 
     async def _send(self, call: Call[T]) -> T:
-        return read_answer(call, await self.request(call.method, call.path, **call.kwargs()))
+        response = await self.request(call.method, call.path, effect=call.effect, **call.kwargs())
+        return read_answer(call, response)
 
     async def _run(self, plan: Plan[T]) -> T:
         """Send a verb's calls one after another (see :data:`ragstore._requests.Plan`)."""

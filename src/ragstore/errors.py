@@ -409,7 +409,9 @@ class DiskFullError(RagstoreError):
 class OutcomeUnknownError(RagstoreError):
     """A restore, upgrade or downgrade lost its database as it ended, and what it left
     could not be read back: it may have taken effect or not. Neither "failed" nor "done"
-    is true; the message says how to tell (``ragstore db status``, the counts)."""
+    is true; the message says how to tell (``ragstore db status``, the counts). Raised by
+    the HTTP clients too for a write sent that got no answer (the connection dropped, a
+    read timeout): the message says whether sending it again is safe."""
 
     code = "outcome_unknown"
     http_status = 500

@@ -47,7 +47,7 @@ def test_unreachable_database_is_not_ready(settings: Settings) -> None:
         auth="off",
         connect_timeout_s=1.0,
     )
-    with running_server(down) as url, Client(url) as c:
+    with running_server(down) as url, Client(url, retries=0) as c:
         r = httpx.get(f"{url}/readyz")
         assert r.status_code == 503 and r.json()["code"] == "not_ready"
         assert "database unreachable" in r.json()["detail"]
