@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import psycopg
+from fastapi.testclient import TestClient
 from psycopg.conninfo import make_conninfo
 
+from ragstore.api.app import create_app
+from ragstore.config import Settings
 from ragstore.db.database import CLIENT_TCP, Database
 from ragstore.db.routing import REPLICA_TCP, ReadRouter, ReplicaDatabase
 from tests.conftest import tcp_options
@@ -108,3 +112,17 @@ def test_the_embedded_servers_unix_socket_connections_still_work(database_url: s
     finally:
         db.close()
     assert family == socket.AF_UNIX
+
+
+def test_the_api_job_queues_connections_carry_keepalives(
+    tcp_to_socket: str, tmp_path: Path
+) -> None:
+    """The API server's job queue (deferring an ingest from a request's thread) connects
+    with ragstore's TCP settings too."""
+    settings = Settings(database_url=tcp_to_socket, data_dir=tmp_path, profile="test")
+    app = create_app(settings)
+    with TestClient(app):
+        connector = app.state.ragstore.queue.connector
+        with connector.pool.connection() as conn:
+            queued = _options(conn)
+    assert queued == _expected(CLIENT_TCP)
