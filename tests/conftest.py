@@ -5,10 +5,13 @@ session (the embedder cache is process-wide)."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ragstore.config import Settings
 from ragstore.db import embedded, migrations
@@ -109,6 +113,76 @@ def create_database(pg_admin_uri: str, template: str | None) -> str:
 def database_url(pg_admin_uri: str, template_url: str) -> str:
     """A fresh, migrated database for one test module."""
     return create_database(pg_admin_uri, TEMPLATE)
+
+
+def tcp_options(fd: int) -> dict[str, int]:
+    """The TCP settings of a connection's socket (``conn.fileno()``): SO_KEEPALIVE,
+    TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT and TCP_USER_TIMEOUT (ms; Linux)."""
+    sock = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)  # a duplicate: ours
+    try:
+        return {
+            "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            "idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            "interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            "count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            "user_timeout": sock.getsockopt(
+                socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", 18)
+            ),
+        }
+    finally:
+        sock.close()
+
+
+@pytest.fixture()
+def tcp_to_socket(database_url: str) -> Iterator[str]:
+    """``database_url`` reached over TCP on loopback: a relay to the embedded server's
+    Unix socket (which listens on no port), so that libpq's TCP settings apply (read
+    them off a connection's socket with :func:`tcp_options`)."""
+    params = conninfo_to_dict(database_url)
+    path = f"{params['host']}/.s.PGSQL.{params.get('port', 5432)}"
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    opened: list[socket.socket] = []
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            opened.extend((client, upstream))
+            upstream.connect(path)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    params.update(host="127.0.0.1", port=str(listener.getsockname()[1]))
+    try:
+        yield make_conninfo("", **params)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+        for s in opened:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
 
 
 @pytest.fixture()

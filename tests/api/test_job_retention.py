@@ -5,10 +5,7 @@ machine goes silent."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import threading
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -183,57 +180,6 @@ def test_a_job_run_holds_its_row_on_a_session_with_keepalives(settings: Settings
             runner_module._fence(job_id, attempt)(conn)
         with rt.db.connection() as conn:  # the pool's one connection, after its commit
             assert _server_tcp_sources(conn) == dict.fromkeys(SERVER_TCP, "session")
-
-
-@pytest.fixture()
-def tcp_to_socket(database_url: str) -> Iterator[str]:
-    """``database_url`` reached over TCP on loopback: a relay to the embedded server's
-    Unix socket (which listens on no port), so that libpq's TCP settings apply."""
-    params = conninfo_to_dict(database_url)
-    path = f"{params['host']}/.s.PGSQL.{params.get('port', 5432)}"
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-    opened: list[socket.socket] = []
-
-    def pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def serve() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX)
-            opened.extend((client, upstream))
-            upstream.connect(path)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    params.update(host="127.0.0.1", port=str(listener.getsockname()[1]))
-    try:
-        yield make_conninfo("", **params)
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
-        for s in opened:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
 
 
 def test_a_workers_liveness_lock_session_carries_keepalives_at_both_ends(

@@ -142,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("not ready at start (see /readyz): %s", exc)
         staging.sweep(settings)  # upload files a killed server or worker left
         db = Database.from_settings(settings)  # connects lazily: start even if it is down
-        queue = build_queue(db.conninfo, sync=True)
+        queue = build_queue(db.tcp_conninfo, sync=True)
         queue.open()
         if secure:
             log.info("authentication is on: requests need an API key")

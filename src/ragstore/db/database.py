@@ -18,10 +18,11 @@ import logging
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -61,6 +62,40 @@ _TOO_MANY_CONNECTIONS_TEXTS = (
     "too many connections for database",
     "remaining connection slots are reserved",
 )
+
+
+# libpq's TCP settings of every connection ragstore opens, where the URL sets none of its
+# own (an operator's values stand). Without them a connection whose path to the server
+# went silent (no FIN, no RST: a failover that moved the server's address, a NAT or
+# firewall that forgot the flow, a pulled cable) waited on the system's defaults: no
+# keepalives for two hours on an idle or waiting connection, about fifteen minutes of
+# retransmissions for one with a query unacknowledged, holding a pool connection and a
+# request's thread all that while (``statement_timeout`` is the server's, which is what
+# cannot be heard). With them it fails in about a minute: keepalives after 30 s idle,
+# then 3 probes 10 s apart; ``tcp_user_timeout`` (ms) for data unacknowledged 60 s.
+# A healthy connection is never cut, however long its query runs: the server's kernel
+# answers the probes. A minute rather than the replicas' seconds (db.routing.REPLICA_TCP):
+# the primary has nowhere else to send the work, so a short blip is waited out. libpq
+# ignores them on a Unix socket (the embedded server's).
+CLIENT_TCP: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+
+
+def with_tcp(conninfo: str, tcp: Mapping[str, int] = CLIENT_TCP) -> str:
+    """``conninfo`` with the libpq settings ``tcp`` (:data:`CLIENT_TCP` by default) where
+    it does not set them itself: any the URL sets, even to 0, stand. A conninfo that does
+    not parse is returned as it is (the connection attempt says what is wrong with it)."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return conninfo
+    missing = {k: v for k, v in tcp.items() if k not in params}
+    return make_conninfo(conninfo, **missing) if missing else conninfo
 
 
 def describe(conninfo: str) -> str:
@@ -167,6 +202,9 @@ class ServerInfo:
 class Database:
     """A pool of connections to one PostgreSQL database, pgvector types registered."""
 
+    # libpq's TCP defaults of this database's connections (see :data:`CLIENT_TCP`)
+    tcp: ClassVar[Mapping[str, int]] = CLIENT_TCP
+
     def __init__(
         self,
         conninfo: str,
@@ -230,11 +268,20 @@ class Database:
     def where(self) -> str:
         return describe(self.conninfo)
 
+    @property
+    def tcp_conninfo(self) -> str:
+        """:attr:`conninfo` with :attr:`tcp`'s defaults: what this class's own connections
+        use. ``conninfo`` itself stays the operator's, for the callers that add TCP
+        settings of their own (a job's lock session: ``jobs.liveness.LOCK_TCP``)."""
+        return with_tcp(self.conninfo, self.tcp)
+
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
         """A new connection outside the pool (for migrations and admin work)."""
         with translated(f"connecting to {self.where}"):
             try:
-                params = make_conninfo(self.conninfo, connect_timeout=max(1, int(self._timeout)))
+                params = make_conninfo(
+                    self.tcp_conninfo, connect_timeout=max(1, int(self._timeout))
+                )
             except psycopg.ProgrammingError as exc:
                 raise DatabaseUnavailableError(
                     f"RAGSTORE_DATABASE_URL is not a valid PostgreSQL URL: {exc}; "
@@ -315,7 +362,7 @@ class Database:
         if self._pool is None:
             with translated(f"connecting to {self.where}"):
                 self._pool = ConnectionPool(
-                    self.conninfo,
+                    self.tcp_conninfo,
                     min_size=self._min_size,
                     max_size=self._max_size,
                     configure=self._configure,
@@ -366,7 +413,9 @@ class Database:
         and full. Taken for a server down, a pool timeout at that limit opened the breaker
         and every request for seconds was told the database was unavailable."""
         try:
-            with psycopg.connect(self.conninfo, connect_timeout=min(2, max(1, int(self._timeout)))):
+            with psycopg.connect(
+                self.tcp_conninfo, connect_timeout=min(2, max(1, int(self._timeout)))
+            ):
                 return True
         except psycopg.Error as exc:
             return exc.sqlstate == TOO_MANY_CONNECTIONS or any(

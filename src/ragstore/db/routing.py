@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ragstore import forks
 from ragstore.db import lsn, migrations
-from ragstore.db.database import Database
+from ragstore.db.database import Database, with_tcp
 from ragstore.errors import DatabaseUnavailableError, RagstoreError, StatementCancelledError
 from ragstore.observability import metrics
 
@@ -98,13 +98,28 @@ class ReplicaStatus:
         }
 
 
+# libpq's TCP settings of a replica's connections, where its URL sets none of its own: a
+# path that goes silent (a host gone, packets dropped) ends the connection in about 10 s
+# (keepalives: 5 s idle, then 3 probes 2 s apart; tcp_user_timeout: data unacknowledged
+# for 10 s). Unix-socket connections ignore them. A healthy connection is never cut: the
+# peer's kernel answers the probes however long a query runs.
+REPLICA_TCP: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
+
 class ReplicaDatabase(Database):
     """A replica's pool; a failure under a request marks it down and flags the route."""
 
     router: ReadRouter
+    tcp = REPLICA_TCP  # its connections' TCP defaults: see with_keepalives
 
     def __init__(self, conninfo: str, **kwargs: Any) -> None:
-        super().__init__(with_keepalives(conninfo), **kwargs)
+        super().__init__(conninfo, **kwargs)
         # requests, probes and mark_down open and close this pool from many threads: one
         # at a time, or a pool made by one is dropped unclosed by another
         self._pool_lock = threading.Lock()
@@ -216,20 +231,6 @@ def recovery_conflict(exc: BaseException) -> BaseException | None:
     return None
 
 
-# libpq's TCP settings of a replica's connections, where its URL sets none of its own: a
-# path that goes silent (a host gone, packets dropped) ends the connection in about 10 s
-# (keepalives: 5 s idle, then 3 probes 2 s apart; tcp_user_timeout: data unacknowledged
-# for 10 s). Unix-socket connections ignore them. A healthy connection is never cut: the
-# peer's kernel answers the probes however long a query runs.
-REPLICA_TCP: dict[str, int] = {
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 10_000,
-}
-
-
 def with_keepalives(conninfo: str) -> str:
     """``conninfo`` with :data:`REPLICA_TCP` where it does not set them itself.
 
@@ -238,12 +239,7 @@ def with_keepalives(conninfo: str) -> str:
     retransmissions, forever for a connection only waiting): ``statement_timeout`` is
     enforced by the server, which is what cannot be heard. With them the connection
     fails within seconds, the replica is marked down and the read is run on the primary."""
-    try:
-        params = conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError:
-        return conninfo  # the pool's first connection says what is wrong with it
-    missing = {k: v for k, v in REPLICA_TCP.items() if k not in params}
-    return make_conninfo(conninfo, **missing) if missing else conninfo
+    return with_tcp(conninfo, REPLICA_TCP)
 
 
 class _Replica:
@@ -413,7 +409,7 @@ class ReadRouter:
     def _primary_lsn(self) -> int | None:
         try:
             if self._primary_conn is None or self._primary_conn.closed:
-                self._primary_conn = _connect(self.primary.conninfo)
+                self._primary_conn = _connect(self.primary.tcp_conninfo)
                 with _deadline(self._primary_conn):
                     self._primary_identity = _identity(self._primary_conn)
             with _deadline(self._primary_conn):
@@ -428,7 +424,7 @@ class ReadRouter:
     def _probe(self, r: _Replica, primary_lsn: int | None) -> None:
         try:
             if r.probe_conn is None or r.probe_conn.closed:
-                r.probe_conn = _connect(r.db.conninfo)
+                r.probe_conn = _connect(r.db.tcp_conninfo)
             with _deadline(r.probe_conn):
                 state = lsn.replay_state(r.probe_conn)
                 identity = _identity(r.probe_conn)
@@ -531,7 +527,7 @@ class ReadRouter:
             return None  # a probe holds it (until its deadline at most): not known in time
         try:
             if r.probe_conn is None or r.probe_conn.closed:
-                r.probe_conn = _connect(r.db.conninfo)
+                r.probe_conn = _connect(r.db.tcp_conninfo)
             with _deadline(r.probe_conn):
                 state = lsn.replay_state(r.probe_conn)
         except psycopg.Error:

@@ -41,8 +41,8 @@ import psycopg
 from procrastinate.jobs import Job
 from procrastinate.jobs import Status as JobStatus
 from procrastinate.manager import JobManager
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from ragstore.db.database import with_tcp
 from ragstore.db.jobs import KEEP_ALIVE, keep_alive_args
 
 log = logging.getLogger("ragstore.jobs")
@@ -112,12 +112,7 @@ _SESSION_FAILED = (psycopg.Error, OSError, asyncio.CancelledError)
 def with_lock_tcp(conninfo: str) -> str:
     """``conninfo`` with :data:`LOCK_TCP` where it does not set them itself (an
     operator's own values stand); libpq ignores them on a Unix socket."""
-    try:
-        params = conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError:
-        return conninfo  # the connection attempt says what is wrong with it
-    missing = {k: v for k, v in LOCK_TCP.items() if k not in params}
-    return make_conninfo(conninfo, **missing) if missing else conninfo
+    return with_tcp(conninfo, LOCK_TCP)
 
 
 class LiveJobManager(JobManager):

@@ -229,7 +229,7 @@ async def _run(
                 "RAGSTORE_DATABASE_URL at the primary"
             )
         staging.sweep(settings)  # files a killed worker or server left
-        app = build_queue(db.conninfo, runtime=rt)
+        app = build_queue(db.tcp_conninfo, runtime=rt)
         app.job_manager = LiveJobManager(
             app.connector,
             db.conninfo,
