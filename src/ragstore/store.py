@@ -205,6 +205,13 @@ class Store:
         vectors made outside ragstore (searched and added by vector only)."""
         from ragstore.modelops.specs import find_model
 
+        if model is not None and not model.strip():
+            # "" fell through ``model or default`` to the default model: a caller whose
+            # variable came out empty got a collection bound to a model it did not name
+            raise InputError(
+                "model is empty; name an embedding model (see `ragstore models list`), or "
+                "leave it out for the default"
+            )
         ref = model or self._rt.settings.model
         if dimension is None:
             spec = find_model(self._rt, ref).spec

@@ -44,6 +44,7 @@ from psycopg import sql
 
 from ragstore.db.errors import translated
 from ragstore.errors import InputError, RagstoreError
+from ragstore.validation import problem_in
 
 if TYPE_CHECKING:
     from ragstore.db.database import Database
@@ -116,6 +117,11 @@ def parse_field(field: str, kind: str) -> FieldIndex:
 
     if kind not in KINDS:
         raise InputError(f"unknown field type {kind!r}: use one of {', '.join(KINDS)}")
+    found = problem_in(field)
+    if found:
+        # a DELETE's query parameter reaches here unchecked (a body is checked by its
+        # schema): a NUL in it was answered 200 "not indexed" for a path no filter can name
+        raise InputError(f"invalid metadata field {field!r}: it holds {found}")
     keys = field.split(".")
     if not field or len(field) > MAX_PATH_LENGTH or any(not k for k in keys):
         raise InputError(

@@ -86,7 +86,10 @@ def _checked(
     ids: Sequence[str] | None,
     vectors: Sequence[Sequence[float]] | np.ndarray | None,
     dimension: int,
+    distance: str | None = None,
 ) -> tuple[list[str], list[dict[str, Any]], np.ndarray | None]:
+    """The call's ids, metadata and vectors, checked; ``distance`` (the collection's, None
+    when not known yet) refuses an all-zero vector where it is ``cosine``."""
     if isinstance(texts, (str, bytes)):
         raise InputError("texts is one string, not a list of texts; pass [text] to add one")
     if ids is not None:
@@ -113,6 +116,17 @@ def _checked(
                 f"vectors must be {n} rows of {dimension} numbers (the "
                 f"collection's dimension), got shape {matrix.shape}"
             )
+        if distance == "cosine":
+            # no direction: its cosine distance to every query is NaN, so it was stored and
+            # then ranked in an arbitrary place with a score of NaN (null in the API's JSON);
+            # a search by such a vector and an import of one are refused the same way
+            zero = np.flatnonzero(~matrix.any(axis=1))
+            if zero.size:
+                raise InputError(
+                    f"vectors[{int(zero[0])}] is all zeros, and the collection ranks by cosine "
+                    "similarity, which a vector with no direction has none of; give a "
+                    "non-zero vector"
+                )
     return out_ids, metas, matrix
 
 
@@ -209,14 +223,18 @@ def add_texts(
         if not create:
             raise
         # checked against the model the collection would be made with, then made
-        dimension = find_model(rt, rt.settings.model).spec.dimension
-        new_ids, _, new_matrix = _checked(texts, metadatas, ids, vectors, dimension)
+        spec = find_model(rt, rt.settings.model).spec
+        new_ids, _, new_matrix = _checked(
+            texts, metadatas, ids, vectors, spec.dimension, spec.distance
+        )
         if new_matrix is not None:
             _refuse_unindexable(rt, None, texts, new_ids)
         coll, created = rt.open_or_create(collection)
     # made here and nothing of the call stored: the collection is not left behind
     with created_for_this_write(rt, coll, created):
-        out_ids, metas, matrix = _checked(texts, metadatas, ids, vectors, coll.model.dimension)
+        out_ids, metas, matrix = _checked(
+            texts, metadatas, ids, vectors, coll.model.dimension, coll.model.distance
+        )
         if matrix is not None:
             _refuse_unindexable(rt, coll, texts, out_ids)
         if matrix is None and coll.model.provider == VECTOR_ONLY_PROVIDER:
