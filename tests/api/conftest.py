@@ -22,12 +22,15 @@ from ragstore.db.database import Database
 
 
 @contextmanager
-def running_server(settings: Settings, app: Any = None, **options: Any) -> Iterator[str]:
-    """Serve ``app`` (default ``create_app(settings)``) on 127.0.0.1 at a free port; yield
-    its base URL. ``options`` go to uvicorn (``root_path``)."""
+def running_server(
+    settings: Settings, app: Any = None, *, port: int = 0, **options: Any
+) -> Iterator[str]:
+    """Serve ``app`` (default ``create_app(settings)``) on 127.0.0.1 at ``port`` (default a
+    free one; a given one serves again where a stopped server was); yield its base URL.
+    ``options`` go to uvicorn (``root_path``)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     config = server_config(
         app if app is not None else create_app(settings),

@@ -12,11 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-import uvicorn
 
 from ragstore import Client
-from ragstore.api import create_app
-from ragstore.api.server import server_config
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
 from ragstore.errors import DatabaseUnavailableError, OutcomeUnknownError, RateLimitedError
@@ -29,24 +26,9 @@ def _vectors(n: int) -> list[list[float]]:
 
 @contextmanager
 def _serve_on(settings: Settings, port: int) -> Iterator[None]:
-    """A real server on 127.0.0.1:``port`` (conftest's ``running_server`` picks its own)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    config = server_config(create_app(settings), settings, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    try:
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
+    """A real server on 127.0.0.1:``port``, so a client keeps its URL across a restart."""
+    with running_server(settings, port=port):
         yield
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 def _free_port() -> int:
