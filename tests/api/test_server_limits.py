@@ -541,9 +541,20 @@ def _refused(answer: bytes) -> dict[str, object]:
     return problem
 
 
+def _refusals(url: str, reason: str) -> float:
+    """``ragstore_http_connections_refused_total{reason=...}`` as the server's /metrics
+    shows it (0 before its first refusal)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(f'ragstore_http_connections_refused_total{{reason="{reason}"}} '):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_connections_past_the_cap_are_refused_with_503_at_once(capped: str) -> None:
     # without a cap a flood of idle connections held descriptors till the header timeout
     # and was opened again: descriptors ran out for the pool, uploads and good clients
+    before = _refusals(capped, "server_cap")
     idle = [_connect(capped) for _ in range(CAP)]
     extra: list[socket.socket] = []
     try:
@@ -564,6 +575,8 @@ def test_connections_past_the_cap_are_refused_with_503_at_once(capped: str) -> N
         while (status := httpx.get(f"{capped}/healthz", timeout=10).status_code) != 200:
             assert time.monotonic() < deadline, status
             time.sleep(0.05)
+        # the refusals reach no route: only their own counter shows them to an operator
+        assert _refusals(capped, "server_cap") - before >= 4
     finally:
         for sock in idle + extra:
             sock.close()
@@ -715,6 +728,7 @@ def _served(sock: socket.socket) -> bool:
 def test_one_address_at_its_cap_is_refused_while_another_is_served(shared: str) -> None:
     # without a per-address cap one host opening idle connections took every slot of the
     # cap, and every other client got the 503 (a denial of service from one address)
+    before = _refusals(shared, "address_cap")
     idle = [_connect_from(shared, "127.0.0.1") for _ in range(PER_ADDRESS)]
     extra: list[socket.socket] = []
     try:
@@ -730,6 +744,7 @@ def test_one_address_at_its_cap_is_refused_while_another_is_served(shared: str) 
         while (status := _healthz_from(shared, "127.0.0.1")) != 200:
             assert time.monotonic() < deadline, status
             time.sleep(0.05)
+        assert _refusals(shared, "address_cap") - before >= 3  # counted, as the cap's are
     finally:
         for sock in idle + extra:
             sock.close()

@@ -36,6 +36,10 @@ httptools' speed and adds two bounds:
   addresses are known only once a head arrived), and a Unix-socket peer has no address:
   neither is capped per address, only by the cap.
 
+A connection refused by either cap never reaches the app (no request metric, no access-log
+line): it counts in ``ragstore_http_connections_refused_total{reason="server_cap"}`` or
+``{reason="address_cap"}``, so an operator can see and alert on refusals.
+
 An answer the client does not read is bounded the same way: while bytes of it wait in the
 server's write buffer, the client must take ``RAGSTORE_HEADER_TIMEOUT_S`` times
 :data:`BODY_MIN_BYTES_PER_S` bytes (or all that is left) in every such span, else the
@@ -80,6 +84,7 @@ from ragstore.errors import (
     NotReadyError,
     RagstoreError,
 )
+from ragstore.observability.metrics import record_connection_refused
 
 log = logging.getLogger("ragstore.api")
 
@@ -271,6 +276,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         the cap (see the module doc), naming the limit it is over."""
         cls = GuardedHttpToolsProtocol
         cls.refused_per_address += 1
+        record_connection_refused("address_cap")
         now = time.monotonic()
         if now - cls.per_address_logged >= REFUSAL_LOG_EVERY_S:
             log.warning(
@@ -299,6 +305,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         Retry-After, before it sent anything, and close it (see the module doc)."""
         cls = GuardedHttpToolsProtocol
         cls.refused += 1
+        record_connection_refused("server_cap")
         now = time.monotonic()
         if now - cls.refusal_logged >= REFUSAL_LOG_EVERY_S:  # a flood logs a line, not one each
             log.warning(
