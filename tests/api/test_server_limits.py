@@ -6,12 +6,14 @@ need."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import struct
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -381,6 +383,52 @@ def test_a_trusted_proxy_passes_the_client_address(settings: Settings) -> None:
     with running_server(proxied) as url:
         statuses = _failed_auths(url, forged=True)
     assert statuses == [401] * 40  # each forwarded address failed once
+
+
+def test_a_trusted_proxy_given_ipv4_mapped_passes_the_client_address(settings: Settings) -> None:
+    # listed as ::ffff:127.0.0.1 (as a dual-stack listener shows an IPv4 peer), the proxy
+    # seen as plain 127.0.0.1 was not trusted: its forwarded clients were all taken for
+    # it, and throttled together
+    proxied = with_(settings, auth="on", trusted_proxies="::ffff:127.0.0.1")
+    with running_server(proxied) as url:
+        statuses = _failed_auths(url, forged=True)
+    assert statuses == [401] * 40  # each forwarded address failed once
+
+
+@pytest.mark.parametrize(
+    ("trusted", "peer"),
+    [
+        ("::ffff:10.0.0.5", "10.0.0.5"),
+        ("10.0.0.5", "::ffff:10.0.0.5"),  # a dual-stack listener's view of it
+        ("::ffff:10.0.0.0/120", "10.0.0.9"),
+        ("10.0.0.0/24", "::ffff:10.0.0.9"),
+        ("10.0.0.1/24", "10.0.0.9"),  # host bits set: uvicorn took it for a name
+        ("2001:db8::1", "2001:db8::1"),
+    ],
+)
+def test_a_trusted_proxy_is_believed_in_either_form_of_its_address(
+    settings: Settings, trusted: str, peer: str
+) -> None:
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    from ragstore.api.server import address_key, server_config
+
+    config = server_config(None, with_(settings, trusted_proxies=trusted))
+    assert config.proxy_headers and config.forwarded_allow_ips
+    seen: list[object] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["client"])
+
+    scope = {
+        "type": "http",
+        "client": (peer, 4321),
+        "headers": [(b"x-forwarded-for", b"198.51.100.7")],
+    }
+    asyncio.run(ProxyHeadersMiddleware(app, config.forwarded_allow_ips)(scope, None, None))
+    assert seen == [("198.51.100.7", 0)]  # the forwarded client, not the proxy
+    assert address_key(peer, config.trusted_networks) is None  # not capped per address
+    assert address_key("10.0.1.9", config.trusted_networks) == "10.0.1.9"  # others are
 
 
 def _hold_lock(settings: Settings) -> psycopg.Connection[tuple[object, ...]]:

@@ -77,7 +77,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from ragstore.config import Settings
+from ragstore.config import Settings, proxy_network_forms
 from ragstore.errors import (
     HeadersTooLargeError,
     MalformedRequestError,
@@ -162,12 +162,11 @@ def per_address_cap(per_address: int | None, cap: int) -> int:
 
 
 def trusted_networks(trusted: str) -> tuple[Network, ...]:
-    """``RAGSTORE_TRUSTED_PROXIES`` (already validated by the settings) as networks."""
-    return tuple(
-        ipaddress.ip_network(item.strip(), strict=False)
-        for item in trusted.split(",")
-        if item.strip()
-    )
+    """``RAGSTORE_TRUSTED_PROXIES`` (already validated by the settings) as networks, an
+    IPv4 one in its IPv4-mapped IPv6 form too and the reverse (``proxy_network_forms``),
+    so a proxy matches however the listener sees its address."""
+    forms = (proxy_network_forms(item.strip()) for item in trusted.split(",") if item.strip())
+    return tuple(dict.fromkeys(network for group in forms for network in group))
 
 
 def address_key(host: str | None, trusted: tuple[Network, ...] = ()) -> str | None:
@@ -195,7 +194,7 @@ def address_key(host: str | None, trusted: tuple[Network, ...] = ()) -> str | No
 def server_config(app: Any, settings: Settings, **kwargs: Any) -> ServeConfig:
     """The uvicorn config that serves ``app`` (an app, or an import string with
     ``factory=True``) under ``settings``' limits; ``kwargs`` go to uvicorn as they are."""
-    trusted = settings.trusted_proxies
+    networks = trusted_networks(settings.trusted_proxies)
     cap = connection_cap(settings.max_connections)
     # no route takes a websocket: with uvicorn's default ("auto") an upgrade request was
     # handed to the websockets library, past GuardedHttpToolsProtocol's bounds, and
@@ -208,9 +207,11 @@ def server_config(app: Any, settings: Settings, **kwargs: Any) -> ServeConfig:
         header_timeout_s=settings.header_timeout_s,
         max_connections=cap,
         max_connections_per_address=per_address_cap(settings.max_connections_per_address, cap),
-        trusted_networks=trusted_networks(trusted),
-        proxy_headers=bool(trusted),
-        forwarded_allow_ips=trusted.split(",") if trusted else None,
+        trusted_networks=networks,
+        proxy_headers=bool(networks),
+        # uvicorn compares the peer with each entry as written, in one form, and takes an
+        # entry with host bits set (10.0.0.1/24) for a name that no peer matches
+        forwarded_allow_ips=[str(network) for network in networks] if networks else None,
         **kwargs,
     )
 
