@@ -25,6 +25,31 @@ def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("ragstore", appauthor=False))
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped IPv6 addresses (RFC 4291)
+
+
+def proxy_network_forms(
+    item: str,
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """One ``RAGSTORE_TRUSTED_PROXIES`` entry (an address or a network; host bits are
+    dropped) as its network in each form a peer's address may take: an IPv4 network and
+    the same as IPv4-mapped IPv6 (``::ffff:10.0.0.5``, how a dual-stack listener sees an
+    IPv4 client), in either order; any other network alone. Raises ``ValueError`` for
+    anything else.
+
+    A proxy given in one form was compared with peers in that form only: listed as
+    ``::ffff:10.0.0.5`` it was not trusted when seen as ``10.0.0.5``, nor the reverse, and
+    its clients were all taken for the proxy's own address."""
+    network = ipaddress.ip_network(item, strict=False)
+    if isinstance(network, ipaddress.IPv4Network):
+        mapped = int(_MAPPED.network_address) | int(network.network_address)
+        return network, ipaddress.IPv6Network((mapped, 96 + network.prefixlen))
+    if network.prefixlen >= 96 and network.subnet_of(_MAPPED):
+        plain = ipaddress.IPv4Address(int(network.network_address) & 0xFFFFFFFF)
+        return network, ipaddress.IPv4Network((plain, network.prefixlen - 96))
+    return (network,)
+
+
 class Settings(BaseSettings):
     """The effective configuration of one ragstore process."""
 
@@ -279,12 +304,14 @@ class Settings(BaseSettings):
             if not item:
                 continue
             try:
-                network = ipaddress.ip_network(item, strict=False)
+                forms = proxy_network_forms(item)
             except ValueError:
                 raise ValueError(
                     f"{item!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/24)"
                 ) from None
-            if network.prefixlen == 0:
+            # ::ffff:0:0/96 is every IPv4 client of a dual-stack listener: its IPv4 form
+            # is 0.0.0.0/0
+            if any(network.prefixlen == 0 for network in forms):
                 raise ValueError(
                     f"{item!r} is every address: any client could then name its own address "
                     "in X-Forwarded-For; give the proxies' own addresses or network "

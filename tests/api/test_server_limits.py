@@ -6,12 +6,14 @@ need."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import struct
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -383,6 +385,52 @@ def test_a_trusted_proxy_passes_the_client_address(settings: Settings) -> None:
     assert statuses == [401] * 40  # each forwarded address failed once
 
 
+def test_a_trusted_proxy_given_ipv4_mapped_passes_the_client_address(settings: Settings) -> None:
+    # listed as ::ffff:127.0.0.1 (as a dual-stack listener shows an IPv4 peer), the proxy
+    # seen as plain 127.0.0.1 was not trusted: its forwarded clients were all taken for
+    # it, and throttled together
+    proxied = with_(settings, auth="on", trusted_proxies="::ffff:127.0.0.1")
+    with running_server(proxied) as url:
+        statuses = _failed_auths(url, forged=True)
+    assert statuses == [401] * 40  # each forwarded address failed once
+
+
+@pytest.mark.parametrize(
+    ("trusted", "peer"),
+    [
+        ("::ffff:10.0.0.5", "10.0.0.5"),
+        ("10.0.0.5", "::ffff:10.0.0.5"),  # a dual-stack listener's view of it
+        ("::ffff:10.0.0.0/120", "10.0.0.9"),
+        ("10.0.0.0/24", "::ffff:10.0.0.9"),
+        ("10.0.0.1/24", "10.0.0.9"),  # host bits set: uvicorn took it for a name
+        ("2001:db8::1", "2001:db8::1"),
+    ],
+)
+def test_a_trusted_proxy_is_believed_in_either_form_of_its_address(
+    settings: Settings, trusted: str, peer: str
+) -> None:
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    from ragstore.api.server import address_key, server_config
+
+    config = server_config(None, with_(settings, trusted_proxies=trusted))
+    assert config.proxy_headers and config.forwarded_allow_ips
+    seen: list[object] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["client"])
+
+    scope = {
+        "type": "http",
+        "client": (peer, 4321),
+        "headers": [(b"x-forwarded-for", b"198.51.100.7")],
+    }
+    asyncio.run(ProxyHeadersMiddleware(app, config.forwarded_allow_ips)(scope, None, None))
+    assert seen == [("198.51.100.7", 0)]  # the forwarded client, not the proxy
+    assert address_key(peer, config.trusted_networks) is None  # not capped per address
+    assert address_key("10.0.1.9", config.trusted_networks) == "10.0.1.9"  # others are
+
+
 def _hold_lock(settings: Settings) -> psycopg.Connection[tuple[object, ...]]:
     """A connection holding an exclusive lock on ``chunks``: every search waits on it."""
     assert settings.database_url is not None
@@ -541,9 +589,20 @@ def _refused(answer: bytes) -> dict[str, object]:
     return problem
 
 
+def _refusals(url: str, reason: str) -> float:
+    """``ragstore_http_connections_refused_total{reason=...}`` as the server's /metrics
+    shows it (0 before its first refusal)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(f'ragstore_http_connections_refused_total{{reason="{reason}"}} '):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_connections_past_the_cap_are_refused_with_503_at_once(capped: str) -> None:
     # without a cap a flood of idle connections held descriptors till the header timeout
     # and was opened again: descriptors ran out for the pool, uploads and good clients
+    before = _refusals(capped, "server_cap")
     idle = [_connect(capped) for _ in range(CAP)]
     extra: list[socket.socket] = []
     try:
@@ -564,6 +623,8 @@ def test_connections_past_the_cap_are_refused_with_503_at_once(capped: str) -> N
         while (status := httpx.get(f"{capped}/healthz", timeout=10).status_code) != 200:
             assert time.monotonic() < deadline, status
             time.sleep(0.05)
+        # the refusals reach no route: only their own counter shows them to an operator
+        assert _refusals(capped, "server_cap") - before >= 4
     finally:
         for sock in idle + extra:
             sock.close()
@@ -715,6 +776,7 @@ def _served(sock: socket.socket) -> bool:
 def test_one_address_at_its_cap_is_refused_while_another_is_served(shared: str) -> None:
     # without a per-address cap one host opening idle connections took every slot of the
     # cap, and every other client got the 503 (a denial of service from one address)
+    before = _refusals(shared, "address_cap")
     idle = [_connect_from(shared, "127.0.0.1") for _ in range(PER_ADDRESS)]
     extra: list[socket.socket] = []
     try:
@@ -730,6 +792,7 @@ def test_one_address_at_its_cap_is_refused_while_another_is_served(shared: str) 
         while (status := _healthz_from(shared, "127.0.0.1")) != 200:
             assert time.monotonic() < deadline, status
             time.sleep(0.05)
+        assert _refusals(shared, "address_cap") - before >= 3  # counted, as the cap's are
     finally:
         for sock in idle + extra:
             sock.close()

@@ -1086,6 +1086,35 @@ def test_an_earlier_actions_error_is_cleared_by_a_later_one(
     expect(page.locator("#migrate-error")).to_be_hidden()
 
 
+def test_a_refresh_that_fails_after_an_upload_says_so(page: Page, server: Server) -> None:
+    """The refresh after an upload (stats, jobs, documents) had no error handling: when it
+    failed the page kept its old counts and listing, and the user was never told."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    assert httpx.post(
+        f"{server.url}/v1/collections", json={"name": "unrefreshed"}, headers=auth
+    ).status_code in (201, 409)
+    sign_in(page, server)
+    open_page(page, server, "/ui/collections/unrefreshed")
+    expect(page.locator("#page-error")).to_be_hidden()
+    page.route(
+        STATS,
+        lambda route: route.fulfill(
+            status=503, content_type=PROBLEM, body='{"title": "Unavailable", "code": "not_ready"}'
+        ),
+    )
+    page.set_input_files(
+        "#file-input",
+        files=[{"name": "r.md", "mimeType": "text/markdown", "buffer": b"# R\n\nRefresh me.\n"}],
+    )
+    expect(page.locator("#upload-list li[data-file='r.md'] .outcome")).to_have_text(
+        re.compile("^added: ")
+    )
+    error = page.locator("#page-error")
+    expect(error).to_contain_text("could not be refreshed")
+    expect(error).to_contain_text("(not_ready)")
+    shot(page, "upload-refresh-failed")
+
+
 def test_only_the_latest_search_is_shown_and_a_failed_one_clears_the_results(
     page: Page, server: Server, handbook: str
 ) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ragstore.api import create_app
 from ragstore.auth import KeyStore
@@ -234,6 +235,41 @@ def test_a_crash_is_a_problem_with_the_security_headers(crashing_url: str, path:
     assert r.headers["cross-origin-resource-policy"] == "same-origin"
     if path.startswith("/ui"):
         assert r.headers["cache-control"] == "no-store"
+
+
+@pytest.fixture(scope="module")
+def rooted_crashing_url(settings: Settings) -> Iterator[str]:
+    """A server under the root path ``/rag`` whose outermost middleware crashes on any
+    path ending in ``/boom``: Starlette's own last handler answers it, outside every
+    middleware of the app (the security headers' included)."""
+    off = with_(settings, auth="off")
+    app = create_app(off)
+
+    def crash_outside(inner: ASGIApp) -> ASGIApp:
+        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["path"].endswith("/boom"):
+                raise _Crash("/srv/secret/path is gone")
+            await inner(scope, receive, send)
+
+        return asgi
+
+    app.add_middleware(crash_outside)  # added last: outermost
+    with running_server(off, app=app, root_path="/rag") as url:
+        yield url
+
+
+@pytest.mark.parametrize("path", ("/ui/boom", "/v1/boom"))
+def test_a_crash_behind_a_root_path_gets_the_headers_of_its_route(
+    rooted_crashing_url: str, path: str
+) -> None:
+    # the crash's headers were chosen by the path with the root path in it: no console
+    # page was taken for one, and its 500 went out without Cache-Control: no-store
+    # sent as the proxy forwards it, the prefix stripped (the server puts it back in)
+    r = httpx.get(rooted_crashing_url + path, headers={"X-Request-ID": "crash-2"})
+    assert r.status_code == 500 and r.json()["code"] == "internal_error"
+    assert "/srv/secret" not in r.text
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers.get("cache-control") == ("no-store" if path.startswith("/ui") else None)
 
 
 def test_console_script_never_parses_text_as_html() -> None:

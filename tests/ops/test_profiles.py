@@ -141,7 +141,11 @@ def test_a_server_url_is_kept_and_an_empty_one_is_unset() -> None:
     assert get_settings(url="").url is None
 
 
-@pytest.mark.parametrize("proxies", ["0.0.0.0/0", "::/0", "10.0.0.5, 0.0.0.0/0", "*"])
+@pytest.mark.parametrize(
+    "proxies",
+    # ::ffff:0:0/96: every IPv4 client of a dual-stack listener (0.0.0.0/0 mapped)
+    ["0.0.0.0/0", "::/0", "10.0.0.5, 0.0.0.0/0", "*", "::ffff:0:0/96"],
+)
 def test_trusted_proxies_of_every_address_are_refused(proxies: str) -> None:
     # 0.0.0.0/0 was taken: any client could then name its own address in X-Forwarded-For
     # (past the failed-key throttle, and with keys off past the loopback guard)

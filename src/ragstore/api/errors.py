@@ -305,19 +305,23 @@ def _json_syntax(err: dict[str, Any], doc: Any) -> str:
     )
 
 
-def crash_response(exc: Exception, *, request_id: str, path: str) -> JSONResponse:
-    """The answer to an exception no handler took: logged here with its request id,
-    answered ``internal_error`` with the security headers of ``path`` (an answer made
-    outside :class:`~ragstore.console.security.SecurityHeadersMiddleware` lacked them)."""
+def crash_response(exc: Exception, *, request_id: str, scope: Scope) -> JSONResponse:
+    """The answer to an exception no handler took in the request of ``scope``: logged here
+    with its request id, answered ``internal_error`` with the security headers of its path
+    (an answer made outside :class:`~ragstore.console.security.SecurityHeadersMiddleware`
+    lacked them). The headers follow the path without the root path (``--root-path``), as
+    the middleware's do: with the prefix, a console page's or /docs' crash went without its
+    ``Cache-Control: no-store`` (and under a root path such as ``/ui`` an API answer got it)."""
+    from ragstore.api.deps import route_path
     from ragstore.console.security import security_headers
 
     log.error("request %s crashed", request_id, exc_info=exc)
     response = problem_response(
         e.RagstoreError(f"internal error; the server log has the details (request {request_id})"),
         request_id=request_id,
-        instance=path,
+        instance=scope.get("path", ""),
     )
-    response.headers.update(security_headers(path))
+    response.headers.update(security_headers(route_path(scope) if "path" in scope else ""))
     return response
 
 
@@ -438,7 +442,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:
         # only a crash of the outermost middleware gets here (CrashMiddleware answers the
         # others, inside them): Starlette answers it outside every middleware of the app
-        return crash_response(exc, request_id=request_id_of(request), path=request.url.path)
+        return crash_response(exc, request_id=request_id_of(request), scope=request.scope)
 
     app.add_exception_handler(e.RagstoreError, on_ragstore)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -200,9 +200,7 @@ class CrashMiddleware:
             if started:
                 raise
             state: dict[str, Any] = scope.get("state", {})
-            response = crash_response(
-                exc, request_id=str(state.get("request_id", "")), path=scope.get("path", "")
-            )
+            response = crash_response(exc, request_id=str(state.get("request_id", "")), scope=scope)
             await response(scope, receive, send)
 
 

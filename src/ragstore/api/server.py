@@ -36,6 +36,10 @@ httptools' speed and adds two bounds:
   addresses are known only once a head arrived), and a Unix-socket peer has no address:
   neither is capped per address, only by the cap.
 
+A connection refused by either cap never reaches the app (no request metric, no access-log
+line): it counts in ``ragstore_http_connections_refused_total{reason="server_cap"}`` or
+``{reason="address_cap"}``, so an operator can see and alert on refusals.
+
 An answer the client does not read is bounded the same way: while bytes of it wait in the
 server's write buffer, the client must take ``RAGSTORE_HEADER_TIMEOUT_S`` times
 :data:`BODY_MIN_BYTES_PER_S` bytes (or all that is left) in every such span, else the
@@ -73,13 +77,14 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from ragstore.config import Settings
+from ragstore.config import Settings, proxy_network_forms
 from ragstore.errors import (
     HeadersTooLargeError,
     MalformedRequestError,
     NotReadyError,
     RagstoreError,
 )
+from ragstore.observability.metrics import record_connection_refused
 
 log = logging.getLogger("ragstore.api")
 
@@ -157,12 +162,11 @@ def per_address_cap(per_address: int | None, cap: int) -> int:
 
 
 def trusted_networks(trusted: str) -> tuple[Network, ...]:
-    """``RAGSTORE_TRUSTED_PROXIES`` (already validated by the settings) as networks."""
-    return tuple(
-        ipaddress.ip_network(item.strip(), strict=False)
-        for item in trusted.split(",")
-        if item.strip()
-    )
+    """``RAGSTORE_TRUSTED_PROXIES`` (already validated by the settings) as networks, an
+    IPv4 one in its IPv4-mapped IPv6 form too and the reverse (``proxy_network_forms``),
+    so a proxy matches however the listener sees its address."""
+    forms = (proxy_network_forms(item.strip()) for item in trusted.split(",") if item.strip())
+    return tuple(dict.fromkeys(network for group in forms for network in group))
 
 
 def address_key(host: str | None, trusted: tuple[Network, ...] = ()) -> str | None:
@@ -190,7 +194,7 @@ def address_key(host: str | None, trusted: tuple[Network, ...] = ()) -> str | No
 def server_config(app: Any, settings: Settings, **kwargs: Any) -> ServeConfig:
     """The uvicorn config that serves ``app`` (an app, or an import string with
     ``factory=True``) under ``settings``' limits; ``kwargs`` go to uvicorn as they are."""
-    trusted = settings.trusted_proxies
+    networks = trusted_networks(settings.trusted_proxies)
     cap = connection_cap(settings.max_connections)
     # no route takes a websocket: with uvicorn's default ("auto") an upgrade request was
     # handed to the websockets library, past GuardedHttpToolsProtocol's bounds, and
@@ -203,9 +207,11 @@ def server_config(app: Any, settings: Settings, **kwargs: Any) -> ServeConfig:
         header_timeout_s=settings.header_timeout_s,
         max_connections=cap,
         max_connections_per_address=per_address_cap(settings.max_connections_per_address, cap),
-        trusted_networks=trusted_networks(trusted),
-        proxy_headers=bool(trusted),
-        forwarded_allow_ips=trusted.split(",") if trusted else None,
+        trusted_networks=networks,
+        proxy_headers=bool(networks),
+        # uvicorn compares the peer with each entry as written, in one form, and takes an
+        # entry with host bits set (10.0.0.1/24) for a name that no peer matches
+        forwarded_allow_ips=[str(network) for network in networks] if networks else None,
         **kwargs,
     )
 
@@ -271,6 +277,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         the cap (see the module doc), naming the limit it is over."""
         cls = GuardedHttpToolsProtocol
         cls.refused_per_address += 1
+        record_connection_refused("address_cap")
         now = time.monotonic()
         if now - cls.per_address_logged >= REFUSAL_LOG_EVERY_S:
             log.warning(
@@ -299,6 +306,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         Retry-After, before it sent anything, and close it (see the module doc)."""
         cls = GuardedHttpToolsProtocol
         cls.refused += 1
+        record_connection_refused("server_cap")
         now = time.monotonic()
         if now - cls.refusal_logged >= REFUSAL_LOG_EVERY_S:  # a flood logs a line, not one each
             log.warning(

@@ -176,6 +176,13 @@ HTTP_IN_FLIGHT = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livesum",
 )
+CONNECTIONS_REFUSED = Counter(
+    "ragstore_http_connections_refused_total",
+    "Connections answered 503 and closed unread by a connection cap, by which "
+    "(server_cap: RAGSTORE_MAX_CONNECTIONS, address_cap: the per-address one).",
+    ["reason"],
+    registry=REGISTRY,
+)
 ERRORS = Counter(
     "ragstore_errors_total",
     "Failures answered to a client, by stable error code.",
@@ -330,6 +337,12 @@ BUILD_INFO = Gauge(
 def observe_http(method: str, route: str, status: int, seconds: float) -> None:
     HTTP_REQUESTS.labels(method, route, str(status)).inc()
     HTTP_DURATION.labels(method, route).observe(seconds)
+
+
+def record_connection_refused(reason: str) -> None:
+    """Count one connection refused by a connection cap (``server_cap`` or ``address_cap``):
+    it never reaches the app, so neither the request metrics nor the access log see it."""
+    CONNECTIONS_REFUSED.labels(reason).inc()
 
 
 def record_error(code: str) -> None:

@@ -692,7 +692,18 @@
         uploading -= 1;
       }
       if (!sent) return;  // the key was refused: a refresh would be refused too
-      await Promise.all([loadStats(), loadJobs(), loadDocuments(false)]);
+      /* A refresh that failed was a rejection nobody caught: the counts, jobs and documents
+       * stayed as before the upload and nothing said why. A key refused meanwhile has
+       * said so already (keyRefused), and that stays. */
+      try {
+        await Promise.all([loadStats(), loadJobs(), loadDocuments(false)]);
+      } catch (err) {
+        if (!$("sign-in-again")) {
+          showError("page-error", "the uploads' outcomes are listed below, but the page " +
+                    "could not be refreshed to show them: " + problemText(err) +
+                    "; reload the page to see them");
+        }
+      }
     }
 
     function notSent(name, why) {
