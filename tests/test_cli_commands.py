@@ -4,6 +4,7 @@ loopback (``RAGSTORE_URL``) without loading the model in the CLI, then ``collect
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -19,8 +20,10 @@ import httpx
 import psycopg
 import pytest
 
+from ragstore import client as client_module
 from ragstore.auth import KeyStore
 from ragstore.cli.output import ProgressLine
+from ragstore.client import Client
 from ragstore.db.database import Database
 from ragstore.db.inspection import orders_bytes
 from tests.conftest import run_cli
@@ -800,6 +803,8 @@ def test_an_error_that_stops_an_ingest_through_the_server_says_what_it_stored(
         (folder / f"n{i}.md").write_text(f"# N{i}\n\nNote {i} about topic t{i}.\n")
     key = KeyStore(Database(env["RAGSTORE_DATABASE_URL"])).create("admin", name="rate")
     monkeypatch.setattr(remote, "BATCH_FILES", 1)  # a request per file
+    # a client that waits out the limit (its default retries) never stops: none here
+    monkeypatch.setattr(client_module, "Client", functools.partial(Client, retries=0))
     limited = {**env, "RAGSTORE_AUTH": "on", "RAGSTORE_RATE_LIMIT_PER_MINUTE": "4"}
     with _serving(limited) as url:
         monkeypatch.setenv("RAGSTORE_URL", url)
@@ -834,6 +839,8 @@ def test_a_batch_sent_in_parts_and_stopped_counts_what_its_parts_stored(
     """A batch over the server's RAGSTORE_MAX_UPLOAD_BYTES is sent by the Client in several
     requests; one refused (here by the key's rate limit) after others stored files ended
     the ingest saying nothing was stored. Now those are counted before the error."""
+    # a client that waits out the limit (its default retries) never stops: none here
+    monkeypatch.setattr(client_module, "Client", functools.partial(Client, retries=0))
     folder = tmp_path / "parts"
     folder.mkdir()
     for i in range(8):
