@@ -1,0 +1,57 @@
+"""Bad values a user can type or set, each refused as one line naming what to fix, before
+anything is read or changed."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import run_cli
+
+CONFIG_INVALID = 78
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("RAGSTORE_DATABASE_URL", "", "it is empty; set it to postgresql://"),
+        ("RAGSTORE_DATABASE_URL", "  ", "it is empty; set it to postgresql://"),
+        ("RAGSTORE_DATABASE_URL", "http://u:hunter2@db/x", "it is a http:// URL"),
+        ("RAGSTORE_DATABASE_URL", "hunter2", "it is not a PostgreSQL URL"),
+        (
+            "RAGSTORE_READ_DATABASE_URLS",
+            "postgresql://db2/x, hunter2",
+            "item 2 of the comma-separated list is not a PostgreSQL URL",
+        ),
+    ],
+)
+def test_a_database_url_libpq_cannot_take_is_a_config_error(
+    variable: str,
+    value: str,
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A mistyped RAGSTORE_DATABASE_URL was reported as the database being unavailable
+    (exit 69) and an empty one went to whatever server listened on the default local
+    socket; a mistyped replica URL was taken for a replica that is down, and every read
+    went to the primary without a word. Each is now a config error (78) naming the
+    variable, never repeating the value (it may hold a password)."""
+    monkeypatch.setenv(variable, value)
+    assert run_cli("collections", "list", "--json") == CONFIG_INVALID
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"error[config_invalid]: {variable}=(secret) is invalid: ")
+    assert said in err and "hunter2" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "value", ["postgresql://u@db:5432/x", "postgres://db/x", "host=/tmp dbname=x user=u"]
+)
+def test_every_form_libpq_takes_is_accepted(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragstore.config import Settings
+
+    settings = Settings(database_url=value, read_database_urls=f"{value},{value}")
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == value
+    assert settings.replica_urls == [value, value]
