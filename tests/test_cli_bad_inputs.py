@@ -3,6 +3,8 @@ anything is read or changed."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.conftest import run_cli
@@ -55,3 +57,39 @@ def test_every_form_libpq_takes_is_accepted(value: str, monkeypatch: pytest.Monk
     assert settings.database_url is not None
     assert settings.database_url.get_secret_value() == value
     assert settings.replica_urls == [value, value]
+
+
+NOT_UTF8 = os.fsdecode(b"team\xff")  # as Python holds an argument of bytes not UTF-8
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["collections", "show", NOT_UTF8], "'NAME'"),
+        (["collections", "create", "ok", "--model", NOT_UTF8], "'--model'"),
+        (["documents", "list", "-c", NOT_UTF8], "'--collection' / '-c'"),
+        (["models", "show", NOT_UTF8], "'MODEL'"),
+        (["keys", "create", "--scope", "read", "--name", NOT_UTF8], "'--name'"),
+        (["keys", "revoke", NOT_UTF8], "'KEY_ID'"),
+        (["ingest", "notes.md", "-c", "ok", "--meta", f"{NOT_UTF8}=x"], "'--meta'"),
+    ],
+)
+def test_a_name_of_bytes_not_utf8_is_a_usage_error_not_a_traceback(
+    args: list[str],
+    where: str,
+    cli_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A collection, model or key named with bytes that are not UTF-8 (a Latin-1 terminal,
+    ``$'team\\xff'``) reached the database driver, which cannot encode it: the command ended
+    with a UnicodeEncodeError traceback (exit 1), or, for ``--meta``, failed every file
+    with "invalid input syntax for type json". Each is now one usage line naming the
+    option and the byte, before anything is read or stored."""
+    assert run_cli(*args) == 64
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"error[usage]: Invalid value for {where}: it holds the byte 0xFF ")
+    assert "at character 5, which is not UTF-8 text; type it in UTF-8" in err
+    assert len(err.strip().splitlines()) == 1
+    assert run_cli("collections", "list", "--json") == 0
+    assert "ok" not in capsys.readouterr().out
