@@ -4,12 +4,16 @@ anything is read or changed."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_cli
 
 CONFIG_INVALID = 78
+CLI = [sys.executable, "-c", "import sys; from ragstore.cli import main; main(sys.argv[1:])"]
 
 
 @pytest.mark.parametrize(
@@ -93,3 +97,26 @@ def test_a_name_of_bytes_not_utf8_is_a_usage_error_not_a_traceback(
     assert len(err.strip().splitlines()) == 1
     assert run_cli("collections", "list", "--json") == 0
     assert "ok" not in capsys.readouterr().out
+
+
+def test_restore_from_a_named_pipe_is_refused_not_waited_on(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``ragstore restore FIFO --yes`` waited for good in ``pg_restore --list`` on a pipe
+    that no one wrote to (and a pipe written to could not be read again for the restore
+    itself); ``backup`` and ``ingest`` already refused one. Now it is one line, exit 65,
+    at once. A child process, so that the test fails rather than hangs without the fix."""
+    fifo = tmp_path / "archive.dump"
+    os.mkfifo(fifo)
+    proc = subprocess.run(
+        [*CLI, "restore", str(fifo), "--yes"],
+        env={**os.environ, **cli_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 65, proc.stderr
+    assert proc.stderr == (
+        f"error[backup_invalid]: {fifo} is not a regular file (a device, pipe or socket); "
+        "nothing was restored: copy the archive to a file and restore that\n"
+    )
