@@ -120,3 +120,22 @@ def test_restore_from_a_named_pipe_is_refused_not_waited_on(
         f"error[backup_invalid]: {fifo} is not a regular file (a device, pipe or socket); "
         "nothing was restored: copy the archive to a file and restore that\n"
     )
+
+
+def test_a_question_on_a_closed_stdin_is_answered_no(
+    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With stdin closed (``ragstore db downgrade --to base <&-``, a service manager),
+    Python's ``sys.stdin`` is None: the question ended the command with an AttributeError
+    traceback. No answer is now a no: exit 1, nothing changed, as at end of input."""
+    from ragstore.db import migrations
+    from ragstore.db.database import Database
+
+    db = Database(cli_env["RAGSTORE_DATABASE_URL"])
+    head = migrations.status(db).current
+    monkeypatch.setattr(sys, "stdin", None)
+    assert run_cli("db", "downgrade", "--to", "base") == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.endswith("[y/N]: \naborted: nothing was changed\n")
+    assert migrations.status(db).current == head
