@@ -139,3 +139,20 @@ def test_a_question_on_a_closed_stdin_is_answered_no(
     assert captured.out == ""
     assert captured.err.endswith("[y/N]: \naborted: nothing was changed\n")
     assert migrations.status(db).current == head
+
+
+def test_an_empty_data_dir_is_a_config_error_not_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``RAGSTORE_DATA_DIR=`` (``=$UNSET_VAR``) was the path "", the current directory: the
+    command created a PostgreSQL cluster in ``./pg`` wherever it ran and worked on that
+    empty store ("no collections yet"). Now it is one config error naming the variable."""
+    monkeypatch.delenv("RAGSTORE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", "")
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("collections", "list") == CONFIG_INVALID
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("error[config_invalid]: RAGSTORE_DATA_DIR='' is invalid: ")
+    assert "it is empty; name a folder, or unset it to use the default (" in err
+    assert list(tmp_path.iterdir()) == []

@@ -269,6 +269,19 @@ class Settings(BaseSettings):
             )
         return value.strip()
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _named_data_dir(cls, value: object) -> object:
+        """An empty RAGSTORE_DATA_DIR (``=$UNSET_VAR``) is an error: taken as the path
+        ``""``, the current directory, it created a whole PostgreSQL cluster in ``./pg``
+        wherever the command ran, and the command worked on that empty store."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(
+                "it is empty; name a folder, or unset it to use the default "
+                f"({_default_data_dir()})"
+            )
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
