@@ -1058,6 +1058,13 @@ def _checked(path: Path) -> tuple[BackupInfo | None, str]:
     """:func:`check_archive`, and the archive's table of contents (``pg_restore --list``)."""
     if not path.exists():
         raise PathNotFoundError(f"{path}: no such file or directory")
+    if not path.is_file() and not path.is_dir():
+        # pg_restore waited for good on a named pipe no one wrote to, and a pipe that was
+        # written to could not be read a second time by the restore itself
+        raise BackupInvalidError(
+            f"{path} is not a regular file (a device, pipe or socket); nothing was "
+            "restored: copy the archive to a file and restore that"
+        )
     info = read_info(path)
     if info is not None and _sha256(path) != info.sha256:
         raise BackupInvalidError(

@@ -8,6 +8,7 @@ Secrets are ``SecretStr`` so that printing the settings never shows them.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -293,6 +294,50 @@ class Settings(BaseSettings):
             )
         return value.strip()
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _named_data_dir(cls, value: object) -> object:
+        """An empty RAGSTORE_DATA_DIR (``=$UNSET_VAR``) is an error: taken as the path
+        ``""``, the current directory, it created a whole PostgreSQL cluster in ``./pg``
+        wherever the command ran, and the command worked on that empty store."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(
+                "it is empty; name a folder, or unset it to use the default "
+                f"({_default_data_dir()})"
+            )
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        """A PostgreSQL URL (or libpq ``key=value`` string), or unset. A typo was reported
+        as the database being unavailable (exit 69) at the first connection; an empty value
+        (``RAGSTORE_DATABASE_URL=$UNSET``) reached libpq as "all defaults" and the command
+        went to whatever server listened on the local socket."""
+        if value is None:
+            return None
+        text = value.get_secret_value().strip()
+        if not text:
+            raise ValueError(
+                "it is empty; set it to postgresql://user:password@host:5432/dbname, or "
+                "unset it to use the embedded server under RAGSTORE_DATA_DIR"
+            )
+        _check_conninfo(text, "")
+        return SecretStr(text)
+
+    @field_validator("read_database_urls")
+    @classmethod
+    def _replica_urls(cls, value: SecretStr | None) -> SecretStr | None:
+        """Each comma-separated item a PostgreSQL URL: a typo was taken as a replica that is
+        down, every read went to the primary, and nothing said why."""
+        if value is None:
+            return None
+        items = [u.strip() for u in value.get_secret_value().split(",")]
+        for number, item in enumerate(items, 1):
+            if item:
+                _check_conninfo(item, f"item {number} of the comma-separated list ")
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxy_addresses(cls, value: str) -> str:
@@ -342,6 +387,24 @@ class Settings(BaseSettings):
             return []
         text = self.read_database_urls.get_secret_value()
         return [u.strip() for u in text.split(",") if u.strip()]
+
+
+def _check_conninfo(text: str, which: str) -> None:
+    """Refuse what libpq could never take as a connection string: a URL of another
+    scheme (``http://``), or a bare word. The value is never repeated (it may hold a
+    password); ``which`` says which item of a list was wrong. The finer syntax is left to
+    libpq, which reports it at the first connection."""
+    if "://" in text:
+        scheme = text.split("://", 1)[0].lower()
+        if scheme in ("postgresql", "postgres"):
+            return
+        shown = scheme if re.fullmatch(r"[a-z][a-z0-9+.-]{0,15}", scheme) else "another"
+        problem = f"{which or 'it '}is a {shown}:// URL, not postgresql://"
+    elif "=" in text:
+        return  # libpq's key=value form (host=/tmp dbname=x)
+    else:
+        problem = f"{which or 'it '}is not a PostgreSQL URL"
+    raise ValueError(f"{problem}; e.g. postgresql://user:password@host:5432/dbname")
 
 
 def describe_error(err: dict[str, Any]) -> str:

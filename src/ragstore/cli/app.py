@@ -158,6 +158,52 @@ def _checked_collections(command: Any) -> None:
         _checked_collections(sub)
 
 
+# The parameters that name what ragstore stores or looks up by name (collections, models,
+# keys, labels, metadata fields and values): never a path, so never bytes that are not
+# UTF-8. A path, a document (named by its path), a source prefix and the query keep
+# theirs: a document or a query says what is wrong with them itself.
+_NAMES = frozenset({"collection", "positional", "name", "model", "to", "key_id", "field", "meta"})
+
+
+def _undecodable(value: object) -> str | None:
+    """The first byte of ``value`` that was not UTF-8 on the command line (Python holds it
+    as a lone surrogate, U+DC80-U+DCFF), and where, or ``None``."""
+    for text in value if isinstance(value, (list, tuple)) else [value]:
+        if not isinstance(text, str):
+            continue
+        for at, char in enumerate(text):
+            if "\udc80" <= char <= "\udcff":
+                return f"the byte 0x{ord(char) - 0xDC00:02X} at character {at + 1}"
+            if "\ud800" <= char <= "\udfff":
+                return f"a lone surrogate (U+{ord(char):04X}) at character {at + 1}"
+    return None
+
+
+def _utf8_name(previous: Any) -> Any:
+    def check(ctx: Any, param: Any, value: Any) -> Any:
+        bad = _undecodable(value)
+        if bad is not None:
+            raise click_exceptions.BadParameter(
+                f"it holds {bad}, which is not UTF-8 text; type it in UTF-8",
+                ctx=ctx,
+                param=param,
+            )
+        return previous(ctx, param, value) if previous is not None else value
+
+    return check
+
+
+def _checked_names(command: Any) -> None:
+    """Every name parameter of the tree refuses bytes that are not UTF-8: such a name
+    (``-c $'x\\xff'``) reached the database driver, which cannot encode it, and the
+    command ended with a UnicodeEncodeError traceback."""
+    for param in getattr(command, "params", []):
+        if param.name in _NAMES:
+            param.callback = _utf8_name(param.callback)
+    for sub in getattr(command, "commands", {}).values():
+        _checked_names(sub)
+
+
 def _one_line_summaries(command: Any) -> None:
     """Each command's line in its group's list is its docstring's first paragraph on one
     line: typer's rich help keeps the docstring's line breaks there, and a summary
@@ -171,13 +217,15 @@ def _one_line_summaries(command: Any) -> None:
 
 def build_command() -> Any:
     """The click command tree of the whole CLI, with readable metavars, one-line command
-    summaries and every ``--collection`` checked for an empty name."""
+    summaries, every ``--collection`` checked for an empty name and every name for bytes
+    that are not UTF-8."""
     if not app.registered_groups:
         _register()
     command = typer.main.get_command(app)
     _readable_metavars(command)
     _one_line_summaries(command)
     _checked_collections(command)
+    _checked_names(command)
     return command
 
 

@@ -88,8 +88,11 @@ def confirm(question: str, *, yes: bool) -> None:
         return
     sys.stderr.write(f"{question} (pass --yes to skip this question) [y/N]: ")
     sys.stderr.flush()
-    answer = sys.stdin.readline()
-    if not sys.stdin.isatty():  # the answer read from a pipe was not echoed
+    # a closed stdin (``<&-``, some service managers) is None: no answer, so no; reading
+    # it ended the command with an AttributeError traceback
+    stdin = sys.stdin
+    answer = stdin.readline() if stdin is not None else ""
+    if stdin is None or not stdin.isatty():  # the answer read from a pipe was not echoed
         sys.stderr.write("\n")
     if answer.strip().lower() not in ("y", "yes"):
         raise typer.Abort()

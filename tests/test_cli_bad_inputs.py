@@ -1,0 +1,158 @@
+"""Bad values a user can type or set, each refused as one line naming what to fix, before
+anything is read or changed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+CONFIG_INVALID = 78
+CLI = [sys.executable, "-c", "import sys; from ragstore.cli import main; main(sys.argv[1:])"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("RAGSTORE_DATABASE_URL", "", "it is empty; set it to postgresql://"),
+        ("RAGSTORE_DATABASE_URL", "  ", "it is empty; set it to postgresql://"),
+        ("RAGSTORE_DATABASE_URL", "http://u:hunter2@db/x", "it is a http:// URL"),
+        ("RAGSTORE_DATABASE_URL", "hunter2", "it is not a PostgreSQL URL"),
+        (
+            "RAGSTORE_READ_DATABASE_URLS",
+            "postgresql://db2/x, hunter2",
+            "item 2 of the comma-separated list is not a PostgreSQL URL",
+        ),
+    ],
+)
+def test_a_database_url_libpq_cannot_take_is_a_config_error(
+    variable: str,
+    value: str,
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A mistyped RAGSTORE_DATABASE_URL was reported as the database being unavailable
+    (exit 69) and an empty one went to whatever server listened on the default local
+    socket; a mistyped replica URL was taken for a replica that is down, and every read
+    went to the primary without a word. Each is now a config error (78) naming the
+    variable, never repeating the value (it may hold a password)."""
+    monkeypatch.setenv(variable, value)
+    assert run_cli("collections", "list", "--json") == CONFIG_INVALID
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"error[config_invalid]: {variable}=(secret) is invalid: ")
+    assert said in err and "hunter2" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "value", ["postgresql://u@db:5432/x", "postgres://db/x", "host=/tmp dbname=x user=u"]
+)
+def test_every_form_libpq_takes_is_accepted(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragstore.config import Settings
+
+    settings = Settings(database_url=value, read_database_urls=f"{value},{value}")
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == value
+    assert settings.replica_urls == [value, value]
+
+
+NOT_UTF8 = os.fsdecode(b"team\xff")  # as Python holds an argument of bytes not UTF-8
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["collections", "show", NOT_UTF8], "'NAME'"),
+        (["collections", "create", "ok", "--model", NOT_UTF8], "'--model'"),
+        (["documents", "list", "-c", NOT_UTF8], "'--collection' / '-c'"),
+        (["models", "show", NOT_UTF8], "'MODEL'"),
+        (["keys", "create", "--scope", "read", "--name", NOT_UTF8], "'--name'"),
+        (["keys", "revoke", NOT_UTF8], "'KEY_ID'"),
+        (["ingest", "notes.md", "-c", "ok", "--meta", f"{NOT_UTF8}=x"], "'--meta'"),
+    ],
+)
+def test_a_name_of_bytes_not_utf8_is_a_usage_error_not_a_traceback(
+    args: list[str],
+    where: str,
+    cli_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A collection, model or key named with bytes that are not UTF-8 (a Latin-1 terminal,
+    ``$'team\\xff'``) reached the database driver, which cannot encode it: the command ended
+    with a UnicodeEncodeError traceback (exit 1), or, for ``--meta``, failed every file
+    with "invalid input syntax for type json". Each is now one usage line naming the
+    option and the byte, before anything is read or stored."""
+    assert run_cli(*args) == 64
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"error[usage]: Invalid value for {where}: it holds the byte 0xFF ")
+    assert "at character 5, which is not UTF-8 text; type it in UTF-8" in err
+    assert len(err.strip().splitlines()) == 1
+    assert run_cli("collections", "list", "--json") == 0
+    assert "ok" not in capsys.readouterr().out
+
+
+def test_restore_from_a_named_pipe_is_refused_not_waited_on(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``ragstore restore FIFO --yes`` waited for good in ``pg_restore --list`` on a pipe
+    that no one wrote to (and a pipe written to could not be read again for the restore
+    itself); ``backup`` and ``ingest`` already refused one. Now it is one line, exit 65,
+    at once. A child process, so that the test fails rather than hangs without the fix."""
+    fifo = tmp_path / "archive.dump"
+    os.mkfifo(fifo)
+    proc = subprocess.run(
+        [*CLI, "restore", str(fifo), "--yes"],
+        env={**os.environ, **cli_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 65, proc.stderr
+    assert proc.stderr == (
+        f"error[backup_invalid]: {fifo} is not a regular file (a device, pipe or socket); "
+        "nothing was restored: copy the archive to a file and restore that\n"
+    )
+
+
+def test_a_question_on_a_closed_stdin_is_answered_no(
+    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With stdin closed (``ragstore db downgrade --to base <&-``, a service manager),
+    Python's ``sys.stdin`` is None: the question ended the command with an AttributeError
+    traceback. No answer is now a no: exit 1, nothing changed, as at end of input."""
+    from ragstore.db import migrations
+    from ragstore.db.database import Database
+
+    db = Database(cli_env["RAGSTORE_DATABASE_URL"])
+    head = migrations.status(db).current
+    monkeypatch.setattr(sys, "stdin", None)
+    assert run_cli("db", "downgrade", "--to", "base") == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.endswith("[y/N]: \naborted: nothing was changed\n")
+    assert migrations.status(db).current == head
+
+
+def test_an_empty_data_dir_is_a_config_error_not_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``RAGSTORE_DATA_DIR=`` (``=$UNSET_VAR``) was the path "", the current directory: the
+    command created a PostgreSQL cluster in ``./pg`` wherever it ran and worked on that
+    empty store ("no collections yet"). Now it is one config error naming the variable."""
+    monkeypatch.delenv("RAGSTORE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", "")
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("collections", "list") == CONFIG_INVALID
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("error[config_invalid]: RAGSTORE_DATA_DIR='' is invalid: ")
+    assert "it is empty; name a folder, or unset it to use the default (" in err
+    assert list(tmp_path.iterdir()) == []
