@@ -555,6 +555,18 @@ def test_collection_create_empty_model_refused(http: httpx.Client) -> None:
     assert send(http, "GET", "/v1/collections/fz-empty-model").status_code == 404
 
 
+def test_collection_create_empty_revision_refused(http: httpx.Client) -> None:
+    """``"model": "all-MiniLM-L6-v2@"`` (an empty revision) was read as the name alone, so
+    the collection was bound to the default revision the caller did not name; now it is
+    refused and nothing is made."""
+    body = {"name": "fz-empty-revision", "model": "all-MiniLM-L6-v2@"}
+    r = send(http, "POST", "/v1/collections", body)
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "invalid_input"
+    assert "has an empty revision after '@'" in r.json()["detail"]
+    assert send(http, "GET", "/v1/collections/fz-empty-revision").status_code == 404
+
+
 def test_field_index_drop_with_nul_refused(http: httpx.Client) -> None:
     """The DELETE's field is a query parameter, which no schema checks for NUL: it was
     answered 200 "not indexed" for a path no filter can name; now 422 naming the NUL."""
