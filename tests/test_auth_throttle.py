@@ -134,3 +134,18 @@ def test_old_failures_filling_the_table_do_not_reset_a_live_count(
         throttle.failed(None, f"10.2.0.{i}")  # the table overflows
     with pytest.raises(RateLimitedError, match="API key k1"), throttle.attempt("k1", "10.0.0.1"):
         pass
+
+
+def test_an_ipv4_client_is_one_address_in_either_form() -> None:
+    """A forwarded client written ``::ffff:1.2.3.4`` and ``1.2.3.4`` (a dual-stack proxy
+    or listener) was counted as two addresses, with twice the budget of failures."""
+    throttle = AuthThrottle(per_key=2, per_address=3)
+    _fail(throttle, "k1", "::ffff:198.51.100.7")
+    _fail(throttle, "k1", "198.51.100.7")
+    with pytest.raises(RateLimitedError, match=r"k1 from 198\.51\.100\.7;"):
+        _fail(throttle, "k1", "::ffff:198.51.100.7")
+    _fail(throttle, "k2", "::FFFF:c633:6407")  # 198.51.100.7 again, the third failure
+    with pytest.raises(RateLimitedError, match=r"client 198\.51\.100\.7;"):
+        throttle.check(None, "198.51.100.7")
+    throttle.check(None, "2001:db8::1")  # other addresses are counted as they are
+    throttle.check(None, "not-an-address")

@@ -191,6 +191,15 @@ def test_collections_list_show_create_delete(
     assert run_cli("collections", "show", "scratch") == 66
 
 
+def test_collections_create_refuses_a_model_with_an_empty_revision(
+    local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--model NAME@`` was read as NAME, the default revision, which was not named."""
+    assert run_cli("collections", "create", "no-revision", "--model", "all-MiniLM-L6-v2@") == 65
+    assert "model 'all-MiniLM-L6-v2@' has an empty revision after '@'" in capsys.readouterr().err
+    assert run_cli("collections", "show", "no-revision") == 66
+
+
 def test_collections_fields_locally_and_through_the_server(
     ingested: dict[str, object],
     remote_env: dict[str, str],

@@ -38,6 +38,12 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def _text_problem(text: str, where: str) -> str | None:
     if "\x00" in text:
         return f"a NUL byte (\\u0000){where}; remove it"
+    return surrogate_problem(text, where)
+
+
+def surrogate_problem(text: str, where: str) -> str | None:
+    """A lone surrogate in ``text``, described as :func:`problem_in` does (``where``: as
+    `` at 'name'``); ``None`` when there is none."""
     lone = _SURROGATE.search(text)
     if lone is not None:
         return (

@@ -300,6 +300,28 @@ def test_collection_create_refused(http: httpx.Client, body: Any) -> None:
     assert send(http, "POST", "/v1/collections", body).status_code >= 400
 
 
+@pytest.mark.parametrize(
+    ("path", "raw", "field"),
+    [
+        (DOCS, b'{"name": "a\\ud800.md", "text": "x"}', "name"),
+        (DOCS, b'{"name": "a.md", "text": "x\\udfff"}', "text"),
+        ("/v1/collections", b'{"name": "a\\ud800"}', "name"),
+        ("/v1/collections", b'{"name": "a", "model": "m\\ud800"}', "model"),
+        (SEARCH, b'{"query": "\\ud800"}', "query"),
+    ],
+)
+def test_a_lone_surrogate_in_a_checked_field_is_named(
+    http: httpx.Client, path: str, raw: bytes, field: str
+) -> None:
+    """A field with a length or a pattern answered pydantic's vague "unable to parse raw
+    data as a unicode string"; it gets the message every other field gets, naming it."""
+    r = send(http, "POST", path, raw=raw)
+    assert r.status_code == 422, r.text
+    assert "lone surrogate (U+D" in r.json()["detail"], r.text
+    assert f"at '{field}'" in r.json()["detail"], r.text
+    assert "unable to parse" not in r.text
+
+
 def test_collection_create_raw_and_limits(http: httpx.Client) -> None:
     for raw in [
         b'{"name": "r1", "settings": {"bm25_k1": NaN}}',
@@ -531,6 +553,18 @@ def test_collection_create_empty_model_refused(http: httpx.Client) -> None:
     assert r.status_code == 422, r.text
     assert "model is empty" in r.json()["detail"]
     assert send(http, "GET", "/v1/collections/fz-empty-model").status_code == 404
+
+
+def test_collection_create_empty_revision_refused(http: httpx.Client) -> None:
+    """``"model": "all-MiniLM-L6-v2@"`` (an empty revision) was read as the name alone, so
+    the collection was bound to the default revision the caller did not name; now it is
+    refused and nothing is made."""
+    body = {"name": "fz-empty-revision", "model": "all-MiniLM-L6-v2@"}
+    r = send(http, "POST", "/v1/collections", body)
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "invalid_input"
+    assert "has an empty revision after '@'" in r.json()["detail"]
+    assert send(http, "GET", "/v1/collections/fz-empty-revision").status_code == 404
 
 
 def test_field_index_drop_with_nul_refused(http: httpx.Client) -> None:

@@ -1115,6 +1115,42 @@ def test_a_refresh_that_fails_after_an_upload_says_so(page: Page, server: Server
     shot(page, "upload-refresh-failed")
 
 
+def test_a_refresh_that_fails_after_a_queued_file_s_job_ends_says_so(
+    page: Page, server: Server, settings: Settings
+) -> None:
+    """The refresh after a queued file's job ended dropped its errors: when it failed the
+    page kept the jobs, documents and counts of before the job, and the user was never told."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    assert httpx.post(
+        f"{server.url}/v1/collections", json={"name": "job-unrefreshed"}, headers=auth
+    ).status_code in (201, 409)
+    sign_in(page, server)
+    open_page(page, server, "/ui/collections/job-unrefreshed")
+    big = b"# Big\n\n" + b"Words to embed later. " * (300 * 1024 // 22)  # over 256 KiB: a job
+    page.set_input_files(
+        "#file-input",
+        files=[{"name": "big.md", "mimeType": "text/markdown", "buffer": big}],
+    )
+    line = page.locator("#upload-list li[data-file='big.md'] .outcome")
+    expect(line).to_have_text(re.compile(r"^queued as job \d+$"), timeout=60_000)
+    # the jobs listing fails from now on; the job's own state (/v1/jobs/<id>) is still read
+    page.route(
+        re.compile(r".*/v1/jobs\?.*"),
+        lambda route: route.fulfill(
+            status=503, content_type=PROBLEM, body='{"title": "Unavailable", "code": "not_ready"}'
+        ),
+    )
+    worker = threading.Thread(
+        target=run_worker, args=(settings,), kwargs={"burst": True, "signals": False}
+    )
+    worker.start()
+    worker.join(timeout=120)
+    expect(line).to_have_text(re.compile(r" in job \d+: \d+ chunks$"), timeout=60_000)
+    error = page.locator("#page-error")
+    expect(error).to_contain_text(re.compile(r"^job \d+ has ended .* could not be refreshed"))
+    expect(error).to_contain_text("(not_ready)")
+
+
 def test_only_the_latest_search_is_shown_and_a_failed_one_clears_the_results(
     page: Page, server: Server, handbook: str
 ) -> None:

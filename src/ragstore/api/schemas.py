@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ragstore.models import COLLECTION_NAME
-from ragstore.validation import MAX_QUERY_CHARS, problem_in
+from ragstore.validation import MAX_QUERY_CHARS, problem_in, surrogate_problem
 
 NAME_PATTERN = f"^{COLLECTION_NAME}$"
 
@@ -21,6 +21,19 @@ class Strict(BaseModel):
     k=1), and nothing PostgreSQL would refuse (NUL bytes, integers beyond 64 bits)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: Any) -> Any:
+        """A lone surrogate in a field with a length or a pattern (a name, a text, a query)
+        failed that field's own check first, as pydantic's vague "unable to parse raw data
+        as a unicode string"; looked for before the fields are, it gets the message every
+        other value gets from ``_storable``, naming the field."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if isinstance(value, str) and (found := surrogate_problem(value, f" at {key!r}")):
+                    raise ValueError(f"the request holds {found}")
+        return data
 
     @model_validator(mode="after")
     def _storable(self) -> Strict:

@@ -33,6 +33,7 @@ that; a different secret for the same key id is still refused at once.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import threading
 import time
 from collections import deque
@@ -47,6 +48,20 @@ _MAX_TRACKED = 50_000
 SAME_SECRET_WAIT_S = 10.0
 # a key id's failures from all addresses may reach this many times ``per_key``
 KEY_SPREAD = 5
+
+
+def _address_key(address: str) -> str:
+    """The form ``address`` is counted under: an IPv4-mapped IPv6 address
+    (``::ffff:1.2.3.4``) is its IPv4 address. A forwarded client is written either way
+    (a dual-stack proxy or listener), and counted as both it had twice the budget of
+    failures per address; anything not an IP address is counted as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return address
 
 
 class AuthThrottle:
@@ -77,6 +92,7 @@ class AuthThrottle:
 
     def _refuse_if_over(self, key_id: str | None, address: str, now: float) -> None:
         """:meth:`check`, with the lock held."""
+        address = _address_key(address)
         for bucket, limit, what in (
             (f"key:{key_id}@{address}", self.per_key, f"API key {key_id} from {address}"),
             (f"key:{key_id}", self.per_key * KEY_SPREAD, f"API key {key_id}"),
@@ -99,6 +115,7 @@ class AuthThrottle:
 
     def _record(self, key_id: str | None, address: str, now: float) -> None:
         """:meth:`failed`, with the lock held."""
+        address = _address_key(address)
         if len(self._failures) > _MAX_TRACKED:
             self._prune(now)
         buckets = [f"addr:{address}"]

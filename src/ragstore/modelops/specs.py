@@ -53,7 +53,14 @@ def list_models(rt: Runtime) -> list[PinnedModel]:
 
 def find_model(rt: Runtime, ref: str, *, pin_builtin: bool = True) -> PinnedModel:
     """The pinned model ``NAME`` or ``NAME@REVISION``; a built-in is pinned on first use."""
-    name, _, revision = ref.partition("@")
+    name, at, revision = ref.partition("@")
+    if at and not revision.strip():
+        # "NAME@" read as NAME, the default revision: a caller whose revision variable
+        # came out empty got a model it did not name (a collection bound to it for good)
+        raise InputError(
+            f"model {ref!r} has an empty revision after '@'; name one as NAME@REVISION "
+            "(see `ragstore models list`), or write the name alone for its only revision"
+        )
     with rt.db.connection() as conn, translated(f"looking up model {ref!r}"):
         rows = models.pinned_models(conn, name, revision or None)
         if len(rows) > 1:

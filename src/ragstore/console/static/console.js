@@ -608,8 +608,18 @@
         outcome(result, job.status === "succeeded" ? (done[0] || "succeeded") : "failed",
                 (done[0] || job.status) + " in job " + id + ": " + job.chunks_done + " chunks");
       }
-      loadJobs().catch(() => undefined);
-      loadDocuments(false).catch(() => undefined);
+      /* As after an upload (uploadAll): a refresh that failed left the jobs, documents and
+       * counts as before the job ended, and nothing said why. A key refused meanwhile has
+       * said so already (keyRefused), and that stays. */
+      try {
+        await Promise.all([loadStats(), loadJobs(), loadDocuments(false)]);
+      } catch (err) {
+        if (!$("sign-in-again")) {
+          showError("page-error", "job " + id + " has ended (its outcome is listed below), " +
+                    "but the page could not be refreshed to show it: " + problemText(err) +
+                    "; reload the page to see it");
+        }
+      }
     }
 
     function uploadOne(file, name) {
