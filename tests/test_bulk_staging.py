@@ -347,6 +347,8 @@ def test_a_load_whose_bm25_build_fails_leaves_nothing(
     real = documents.finish_bulk
     monkeypatch.setattr(documents, "finish_bulk", dying)
     folder = write_corpus(tmp_path / "f", docs=8, paragraphs=3, prefix="fails")
+    # made first: a collection the failed load made itself would be removed with it
+    bulk_rt.collection("fails", create=True)
     report = ingest_paths(bulk_rt, [folder], "fails")
     assert report.outcomes and all(o.status == "failed" for o in report.outcomes)
     coll = bulk_rt.collection("fails")

@@ -139,11 +139,17 @@ def stops_ingest(exc: RagstoreError) -> bool:
     (:func:`documents.model_switched`): the ingest cut and embedded for the old model, so
     each remaining file was read and embedded only to be refused with the same 409, one
     line each; it stops at the first, the rest ``not_attempted``, and running it again
-    stores them with the new model."""
+    stores them with the new model. And so does the collection's deletion by another
+    client while the ingest runs (``collection_not_found``, from
+    :func:`documents.hold_live`): no later file can be stored in it."""
     state = getattr(exc.__cause__, "sqlstate", None)
     if isinstance(exc, DatabaseUnavailableError):
         return state not in _ONE_DOCUMENT_53
-    return isinstance(exc, ReadOnlyError) or state == "25006" or documents.model_switched(exc)
+    return (
+        isinstance(exc, (ReadOnlyError, CollectionNotFoundError))
+        or state == "25006"
+        or documents.model_switched(exc)
+    )
 
 
 def _not_attempted(item: Item, stop: RagstoreError) -> FileOutcome:
