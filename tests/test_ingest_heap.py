@@ -81,4 +81,7 @@ def test_a_host_freeze_is_left_alone() -> None:
     assert frozen > 0
     with long_lived_set_aside():
         pass
-    assert gc.get_freeze_count() >= frozen, "ragstore did not unfreeze the host's objects"
+    # a frozen object whose last reference goes (another thread's: a server or pool thread
+    # of an earlier test) is freed all the same, so the count may drop by a few (CI saw 3
+    # of 1,955,542); an unfreeze would have emptied it
+    assert gc.get_freeze_count() >= frozen * 0.99, "ragstore unfroze the host's objects"

@@ -212,6 +212,16 @@ def test_a_worker_whose_heartbeat_failed_beats_again_and_keeps_its_jobs(
                 assert time.monotonic() < deadline, "the worker never registered"
                 time.sleep(0.2)
             first, _ = _worker_row(admin)
+            # its lock taken (on a connection of its own, after the row: on a loaded CI
+            # machine the beat was refused before the lock was held, and none was ended)
+            held = (
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND classid = %s AND objid = %s"
+            )
+            while admin.execute(held, (WORKER_LOCKS, first)).fetchone() != (1,):
+                assert worker.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "the worker never took its lock"
+                time.sleep(0.05)
             admin.execute(fault)
             try:
                 while admin.execute("SELECT last_value FROM beat_refused_once").fetchone() != (1,):
