@@ -351,6 +351,21 @@ def test_only_a_salted_hash_is_stored(keys: KeyStore, settings: Settings) -> Non
     assert new.secret.split("_", 2)[2].encode() not in bytes(row[1])
 
 
+def _upload_head_only(url: str, secret: str) -> bytes:
+    """An upload's head and a few bytes of its 60,000-byte body, then nothing: what the
+    server answers (a refusal made before the body is read), or what a server waiting for
+    the rest of the body had sent when the read timed out."""
+    host, port = url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/collections/team/documents/upload HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {secret}\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 60000\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head.encode() + b"--x")
+        return sock.recv(65536)
+
+
 @pytest.mark.parametrize(
     ("scope", "collection", "why"),
     [("read", None, b"needs 'write'"), ("write", "other", b"limited to collection 'other'")],
@@ -361,15 +376,7 @@ def test_a_key_that_may_not_write_there_is_refused_before_its_upload_is_read(
     # the key was checked before the body, its scope only after FastAPI had read and
     # spooled the whole multipart form: a read-only key made the server take in uploads
     secret = keys.create(scope, collection).secret
-    host, port = secure_url.removeprefix("http://").split(":")
-    head = (
-        f"POST /v1/collections/team/documents/upload HTTP/1.1\r\nHost: {host}\r\n"
-        f"Authorization: Bearer {secret}\r\n"
-        "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 60000\r\n\r\n"
-    )
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(head.encode() + b"--x")  # a few bytes of the body, then nothing
-        answer = sock.recv(65536)  # timed out: the server waited for the rest of the body
+    answer = _upload_head_only(secure_url, secret)
     assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
     assert b"application/problem+json" in answer and why in answer
     with Client(secure_url, api_key=secret) as c, pytest.raises(PermissionDeniedError):
@@ -387,15 +394,7 @@ def test_behind_a_root_path_the_checks_made_before_the_route_still_run(
     prefixed = with_(settings, auth="on", max_upload_bytes=64 * 1024)
     secret = keys.create("read").secret
     with running_server(prefixed, root_path="/rag") as url:
-        host, port = url.removeprefix("http://").split(":")
-        head = (  # as the proxy forwards it: the prefix stripped
-            f"POST /v1/collections/team/documents/upload HTTP/1.1\r\nHost: {host}\r\n"
-            f"Authorization: Bearer {secret}\r\n"
-            "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 60000\r\n\r\n"
-        )
-        with socket.create_connection((host, int(port)), timeout=5) as sock:
-            sock.sendall(head.encode() + b"--x")  # a few bytes of the body, then nothing
-            answer = sock.recv(65536)  # timed out: the server waited for the rest of the body
+        answer = _upload_head_only(url, secret)  # as the proxy forwards it: prefix stripped
         assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
         assert b"needs 'write'" in answer
         writer = {"Authorization": f"Bearer {keys.create('admin').secret}"}
