@@ -338,6 +338,59 @@ class Store:
             documents.hold_live(conn, coll)  # not the chunk set a model switch just retired
             return documents.delete_documents(conn, coll.id, doomed)
 
+    @_call
+    def text_ids(
+        self,
+        collection: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[str]:
+        """The ids of the texts (documents' sources) that ``where`` (search's filter
+        language) keeps, among ``ids`` when given, in id order: a document is kept when
+        one of its chunks is, as search finds it. No filter: every text."""
+        from ragstore.search.filters import compile_filter
+
+        compiled = None if where is None else compile_filter(where)
+        among = None if ids is None else id_list(ids, "ids")
+        coll = self._rt.collection(collection)
+        with self._rt.db.connection() as conn, translated(f"listing texts of {collection!r}"):
+            return texts.sources_matching(
+                conn,
+                coll.id,
+                None if compiled is None else compiled.condition,
+                {} if compiled is None else compiled.params,
+                among,
+            )
+
+    @_call
+    def delete_texts_where(
+        self,
+        collection: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[str]:
+        """Delete, in one transaction, the texts :meth:`text_ids` lists for ``where`` and
+        ``ids`` (neither: every document of the collection, which stays with its model
+        and settings); the ids deleted are returned. A failure deletes none: deleted in
+        batches, one failing halfway left the collection part emptied."""
+        from ragstore.search.filters import compile_filter
+
+        compiled = None if where is None else compile_filter(where)
+        among = None if ids is None else id_list(ids, "ids")
+        coll = self._rt.collection(collection)
+        with self._rt.db.connection() as conn, translated(f"deleting texts of {collection!r}"):
+            documents.hold_live(conn, coll)  # not the chunk set a model switch just retired
+            doomed = texts.sources_matching(
+                conn,
+                coll.id,
+                None if compiled is None else compiled.condition,
+                {} if compiled is None else compiled.params,
+                among,
+            )
+            return documents.delete_sources(conn, coll.id, doomed) if doomed else []
+
     # --- documents -----------------------------------------------------------------------
 
     @_call

@@ -456,10 +456,12 @@ def test_delete_without_a_source_document_is_refused_not_widened(store: Store) -
         vs.delete(None)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="delete takes the id of a source document"):
         vs.delete("")
-    with pytest.raises(InputError, match=r"delete_nodes needs node_ids=\[...\]; .* clear\(\)"):
+    with pytest.raises(
+        InputError, match=r"delete_nodes needs node_ids=\[...\] or filters=; .* clear\(\)"
+    ):
         vs.delete_nodes()
-    with pytest.raises(InputError, match="delete_nodes does not take filters="):
-        vs.delete_nodes(["a"], filters=MetadataFilters(filters=[]))
+    with pytest.raises(InputError, match=r"filters= that restrict nothing .* call clear\(\)"):
+        vs.delete_nodes(filters=MetadataFilters(filters=[]))
     assert store.get_collection("li-delete")["documents"] == 2
     vs.delete_nodes(["a", "unknown"])
     assert sorted(n.node_id for n in vs.get_nodes(["a", "b"])) == ["b"]
@@ -467,7 +469,7 @@ def test_delete_without_a_source_document_is_refused_not_widened(store: Store) -
 
 def test_get_nodes_and_clear(store: Store) -> None:
     """``get_nodes`` and ``clear`` raised NotImplementedError. ``get_nodes`` returns the
-    stored nodes by id, in that order, as queries do; by filter it is refused. ``clear``
+    stored nodes by id, in that order, as queries do. ``clear``
     deletes every node and keeps the collection (its model and settings)."""
     vs = RagstoreVectorStore(store, "li-clear")
     assert vs.get_nodes(["a"]) == []  # no collection yet
@@ -484,8 +486,6 @@ def test_get_nodes_and_clear(store: Store) -> None:
         ("a", "First.", {"team": "db"}),
     ]
     assert vs.get_nodes([]) == []
-    with pytest.raises(InputError, match="get_nodes does not take filters="):
-        vs.get_nodes(filters=MetadataFilters(filters=[MetadataFilter(key="team", value="db")]))
     with pytest.raises(InputError, match=r"get_nodes needs node_ids"):
         vs.get_nodes()
     vs.clear()
@@ -508,3 +508,145 @@ def test_filters_ragstore_cannot_mean_as_llamaindex_does_are_refused(store: Stor
         to_where(MetadataFilters(condition=FilterCondition.NOT, filters=[team, empty]))
     assert to_where(MetadataFilters(condition=FilterCondition.OR, filters=[team, empty])) is None
     assert to_where(MetadataFilters(filters=[team, empty])) == {"$and": [{"team": {"$eq": "ops"}}]}
+
+
+def _vectored(nodes: list[TextNode]) -> list[TextNode]:
+    """The nodes with a vector of ragstore's model's length each (nothing to embed)."""
+    return [
+        n.model_copy(update={"embedding": [0.1 * (i + 1)] + [0.0] * 383})
+        for i, n in enumerate(nodes)
+    ]
+
+
+FILTERED = [
+    TextNode(
+        id_="db-24", text="Roll back with db downgrade.", metadata={"team": "db", "year": 2024}
+    ),
+    TextNode(id_="ops-23", text="Backups run nightly.", metadata={"team": "ops", "year": 2023}),
+    TextNode(id_="ops-24", text="Restore a backup.", metadata={"team": "ops", "year": 2024}),
+    TextNode(id_="pets-22", text="Kittens sleep a lot.", metadata={"team": "pets"}),
+]
+OPS = MetadataFilter(key="team", value="ops")
+RECENT = MetadataFilter(key="year", value=2024, operator=FilterOperator.GTE)
+
+
+def test_nodes_are_got_and_deleted_by_filter_as_llamaindex_does(store: Store) -> None:
+    """``get_nodes(filters=...)`` and ``delete_nodes(filters=...)`` were refused. They
+    select the nodes the filters match (translated as ``query`` translates them), and
+    the nodes in both where ``node_ids`` is given too, as LlamaIndex's own store does."""
+    from llama_index.core.vector_stores import SimpleVectorStore
+
+    cases: list[tuple[list[str] | None, MetadataFilters]] = [
+        (None, MetadataFilters(filters=[OPS])),
+        (None, MetadataFilters(filters=[RECENT], condition=FilterCondition.NOT)),
+        (None, MetadataFilters(filters=[OPS, RECENT], condition=FilterCondition.OR)),
+        (["ops-24", "db-24", "pets-22"], MetadataFilters(filters=[OPS])),
+        (["pets-22", "unknown"], MetadataFilters(filters=[])),
+        ([], MetadataFilters(filters=[OPS])),
+    ]
+    ours = RagstoreVectorStore(store, "li-by-filter")
+    assert ours.get_nodes(filters=MetadataFilters(filters=[OPS])) == []  # no collection yet
+    for node_ids, filters in cases:
+        ours.add(_vectored(FILTERED))
+        theirs = SimpleVectorStore()
+        theirs.add(_vectored(FILTERED))
+        got = [n.node_id for n in ours.get_nodes(node_ids, filters=filters)]
+        everything = VectorStoreQuery(
+            query_embedding=[1.0] + [0.0] * 383, similarity_top_k=10, filters=filters
+        )
+        matching = set(theirs.query(everything).ids or [])
+        order = node_ids if node_ids is not None else sorted(matching)
+        assert got == [i for i in order if i in matching], (node_ids, filters)
+        ours.delete_nodes(node_ids, filters=filters)
+        theirs.delete_nodes(node_ids, filters=filters)
+        left = {n.node_id for n in ours.get_nodes(filters=MetadataFilters(filters=[]))}
+        assert left == set(theirs.data.embedding_dict), (node_ids, filters)
+    # the nodes come back whole, in the order asked for
+    ours.add(_vectored(FILTERED))
+    got_nodes = ours.get_nodes(["ops-24", "ops-23"], filters=MetadataFilters(filters=[OPS]))
+    assert [(n.node_id, n.get_content(), n.metadata) for n in got_nodes] == [
+        ("ops-24", "Restore a backup.", {"team": "ops", "year": 2024}),
+        ("ops-23", "Backups run nightly.", {"team": "ops", "year": 2023}),
+    ]
+
+
+def _failing_delete_of(store: Store, source: str) -> None:
+    """A trigger that fails the delete of the document ``source`` (a failure halfway)."""
+    with store.runtime.db.connection() as conn:
+        conn.execute(
+            "CREATE FUNCTION li_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" IF OLD.source = '{source}' THEN RAISE EXCEPTION 'refused for the test'; END IF;"
+            " RETURN OLD; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER li_refuse BEFORE DELETE ON documents"
+            " FOR EACH ROW EXECUTE FUNCTION li_refuse()"
+        )
+
+
+def _drop_failing_delete(store: Store) -> None:
+    with store.runtime.db.connection() as conn:
+        conn.execute("DROP TRIGGER IF EXISTS li_refuse ON documents")
+        conn.execute("DROP FUNCTION IF EXISTS li_refuse()")
+
+
+def test_clear_and_a_delete_by_filter_that_fail_halfway_delete_nothing(store: Store) -> None:
+    """``clear`` deleted 500 nodes at a time: one batch failing left the nodes of the
+    batches before it deleted. It deletes in one transaction now, and so does a delete by
+    filter: a failure on the last node leaves every node."""
+    vs = RagstoreVectorStore(store, "li-clear-fails")
+    nodes = [
+        TextNode(id_=f"n{i:03d}", text=f"Note number {i}.", metadata={"team": "ops"})
+        for i in range(501)
+    ]
+    nodes.append(TextNode(id_="zz-last", text="The last note.", metadata={"team": "ops"}))
+    vs.add(_vectored(nodes))
+    _failing_delete_of(store, "zz-last")
+    try:
+        with pytest.raises(Exception, match="refused for the test"):
+            vs.clear()
+        assert store.get_collection("li-clear-fails")["documents"] == 502
+        with pytest.raises(Exception, match="refused for the test"):
+            vs.delete_nodes(filters=MetadataFilters(filters=[OPS]))
+        assert store.get_collection("li-clear-fails")["documents"] == 502
+    finally:
+        _drop_failing_delete(store)
+    vs.clear()
+    assert store.get_collection("li-clear-fails")["documents"] == 0
+
+
+def test_list_and_text_operators_ragstore_cannot_say_are_refused_with_why() -> None:
+    """``contains``, ``any``, ``all`` and ``text_match`` look inside a list or a string,
+    which no ragstore filter does: each is refused, saying so and what to use."""
+    for operator, value, why in (
+        (FilterOperator.CONTAINS, "x", "cannot test whether a list .* holds a value"),
+        (FilterOperator.ANY, ["x"], "cannot test whether a list holds any"),
+        (FilterOperator.ALL, ["x"], "cannot test whether a list holds all"),
+        (FilterOperator.TEXT_MATCH, "x", "no substring match"),
+        (FilterOperator.TEXT_MATCH_INSENSITIVE, "x", "no substring match"),
+    ):
+        filters = MetadataFilters(
+            filters=[MetadataFilter(key="tags", value=value, operator=operator)]
+        )
+        with pytest.raises(
+            InputError, match=f"operator {operator.value} on 'tags' .*{why}.* Use one of"
+        ):
+            to_where(filters)
+
+
+def test_nodes_by_filter_over_http_are_refused_before_anything_is_sent() -> None:
+    """The HTTP API lists and deletes texts by id alone: over a ``Client``, getting or
+    deleting nodes by filter is refused, saying what to do, before any request (no
+    server listens here)."""
+    from ragstore import Client
+
+    with Client("http://127.0.0.1:9") as client:
+        vs = RagstoreVectorStore(client, "li-http")
+        for call in (
+            lambda: vs.get_nodes(filters=MetadataFilters(filters=[OPS])),
+            lambda: vs.delete_nodes(["a"], filters=MetadataFilters(filters=[OPS])),
+        ):
+            with pytest.raises(
+                InputError, match=r"needs an in-process ragstore.Store: .* node_ids"
+            ):
+                call()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from ragstore.chunking import recipe
 
@@ -58,3 +59,30 @@ def count_documents(conn: Conn, collection_id: int) -> int:
         "SELECT count(*) FROM documents WHERE collection_id = %s", (collection_id,)
     ).fetchone()
     return int(row[0]) if row else 0
+
+
+def sources_matching(
+    conn: Conn,
+    collection_id: int,
+    condition: sql.Composable | None,
+    params: dict[str, Any],
+    ids: Sequence[str] | None = None,
+) -> list[str]:
+    """The sources (text ids) of the collection's documents one of whose chunks meets
+    ``condition`` (a compiled ``where`` filter over ``c`` and ``d``, its values in
+    ``params``; None: every document), among ``ids`` when given, in source order. A
+    document matches as search finds it: through any of its chunks."""
+    match = (
+        sql.SQL("TRUE")
+        if condition is None
+        else sql.SQL("EXISTS (SELECT 1 FROM chunks c WHERE c.document_id = d.id AND {})").format(
+            condition
+        )
+    )
+    stmt = sql.SQL(
+        "SELECT d.source FROM documents d WHERE d.collection_id = %(cid)s"
+        " AND (%(ids)s::text[] IS NULL OR d.source = ANY(%(ids)s::text[])) AND {} ORDER BY d.source"
+    ).format(match)
+    wanted = None if ids is None else list(ids)
+    rows = conn.execute(stmt, {**params, "cid": collection_id, "ids": wanted}).fetchall()
+    return [str(r[0]) for r in rows]

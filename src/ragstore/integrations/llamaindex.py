@@ -17,7 +17,9 @@ collection's pinned model. Nodes that arrive with embeddings (``index.insert`` c
 them with the ``embed_model``) are stored whole with those vectors; nodes without are
 embedded by ragstore. Node ids are ragstore text ids; the node (relationships, metadata)
 is kept in its metadata the LlamaIndex way, so results rebuild the same nodes. Metadata
-filters become ragstore's ``where`` filter. The backend is a :class:`ragstore.Store` or a
+filters become ragstore's ``where`` filter, for queries and for ``get_nodes`` and
+``delete_nodes`` alike (those two need a Store: the HTTP API lists and deletes texts by
+id alone). The backend is a :class:`ragstore.Store` or a
 :class:`ragstore.Client`.
 """
 
@@ -62,6 +64,24 @@ _OPS = {
     FilterOperator.LTE: "$lte",
     FilterOperator.IN: "$in",
     FilterOperator.NIN: "$nin",
+}
+
+
+# Why the LlamaIndex operators ragstore's filter language cannot say exactly are refused
+# (translated, each would match other nodes than LlamaIndex's own store does): its
+# operators compare a key's whole value ($eq, $in: the value is one of a list), none
+# looks inside a list or a string.
+_NO_EQUIVALENT = {
+    FilterOperator.CONTAINS: "ragstore's filters cannot test whether a list (or string) "
+    "holds a value, only compare the whole value",
+    FilterOperator.ANY: "ragstore's filters cannot test whether a list holds any of some "
+    "values, only whether the whole value is one of them (in)",
+    FilterOperator.ALL: "ragstore's filters cannot test whether a list holds all of some "
+    "values, only compare the whole value",
+    FilterOperator.TEXT_MATCH: "ragstore's filters have no substring match (search the "
+    "text itself: the query's text runs full-text search)",
+    FilterOperator.TEXT_MATCH_INSENSITIVE: "ragstore's filters have no substring match "
+    "(search the text itself: the query's text runs full-text search)",
 }
 
 
@@ -121,8 +141,8 @@ def _one(f: MetadataFilter) -> dict[str, Any]:
     if op is None:
         raise InputError(
             f"metadata filter operator {operator.value} on {f.key!r} has no "
-            "ragstore equivalent; use one of "
-            f"{', '.join(o.value for o in _OPS)} or is_empty"
+            f"ragstore equivalent: {_NO_EQUIVALENT.get(operator, 'ragstore has no such test')}. "
+            f"Use one of {', '.join(o.value for o in _OPS)} or is_empty"
         )
     if f.value is None:
         # LlamaIndex matches no node by == None (a missing or null value matches only
@@ -263,52 +283,76 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         filters: MetadataFilters | None = None,
         **delete_kwargs: Any,
     ) -> None:
-        """Delete the nodes ``node_ids`` (unknown ids are ignored). Deleting by metadata
-        filter is refused, and so is a call with neither (LlamaIndex's own store deletes
-        every node there; ``clear()`` says so), and any other argument: each would delete
-        other nodes than the caller meant."""
+        """Delete the nodes ``node_ids`` (unknown ids are ignored) that ``filters`` match
+        (both given: the nodes in both, as in LlamaIndex's own stores), in one transaction.
+        The filters mean what they mean to ``query`` (one translation, :func:`to_where`).
+        A call with neither, or with filters that restrict nothing and no ids, is refused
+        (LlamaIndex's own store deletes every node there; ``clear()`` says so), and so is
+        any other argument: each would delete other nodes than the caller meant."""
         _no_other_arguments("delete_nodes", delete_kwargs, ("node_ids", "filters"))
-        if filters is not None:
+        where = to_where(filters)
+        if node_ids is None and where is None:
+            what = "needs node_ids=[...] or filters=" if filters is None else "got filters="
             raise InputError(
-                "delete_nodes does not take filters=: ragstore cannot delete nodes by "
-                "metadata filter; give node_ids=[...] (query or get_nodes finds them)"
+                f"delete_nodes {what}"
+                + ("" if filters is None else " that restrict nothing (every node)")
+                + "; to delete every node call clear()"
             )
-        if node_ids is None:
-            raise InputError("delete_nodes needs node_ids=[...]; to delete every node call clear()")
-        doomed = id_list(node_ids, "delete_nodes node_ids")
-        if doomed:
-            with suppress(CollectionNotFoundError):
+        doomed = None if node_ids is None else id_list(node_ids, "delete_nodes node_ids")
+        if doomed == []:
+            return
+        with suppress(CollectionNotFoundError):
+            if where is None:
+                assert doomed is not None
                 self._backend.delete_texts(self._collection, doomed)
+            else:
+                _store(self._backend, "delete_nodes(filters=...)").delete_texts_where(
+                    self._collection, where=where, ids=doomed
+                )
 
     def get_nodes(
         self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
     ) -> list[BaseNode]:
-        """The stored nodes ``node_ids``, in that order (unknown ids are left out), as
-        queries return them. Getting nodes by metadata filter is refused (it raised
-        NotImplementedError, as did every call)."""
-        if filters is not None:
+        """The stored nodes ``node_ids`` that ``filters`` match (both given: the nodes in
+        both), as queries return them: in the order of ``node_ids`` (unknown ids are left
+        out), else of their ids. The filters mean what they mean to ``query``; a call
+        with neither is refused (it raised NotImplementedError, as did every call)."""
+        if node_ids is None and filters is None:
             raise InputError(
-                "get_nodes does not take filters=: ragstore cannot list nodes by metadata "
-                "filter; give node_ids=[...] (a query with filters= finds them)"
+                "get_nodes needs node_ids=[...], the ids of the nodes to get, or filters="
             )
-        if node_ids is None:
-            raise InputError("get_nodes needs node_ids=[...], the ids of the nodes to get")
-        wanted = id_list(node_ids, "get_nodes node_ids")
-        if not wanted:
+        wanted = None if node_ids is None else id_list(node_ids, "get_nodes node_ids")
+        where = to_where(filters)
+        if wanted == []:
             return []
         try:
-            found = self._backend.get_texts(self._collection, wanted)
+            if where is not None or wanted is None:
+                kept = _store(self._backend, "get_nodes(filters=...)").text_ids(
+                    self._collection, where=where, ids=wanted
+                )
+                if wanted is not None:
+                    found = set(kept)
+                    kept = [i for i in dict.fromkeys(wanted) if i in found]
+                wanted = kept
+            found_texts = self._backend.get_texts(self._collection, wanted) if wanted else []
         except CollectionNotFoundError:
             return []
-        return [_node({**t, "source": t["id"]}) for t in found]
+        return [_node({**t, "source": t["id"]}) for t in found_texts]
 
     def clear(self) -> None:
         """Delete every node; the collection stays, with its model and settings (it
-        raised NotImplementedError, so a ``VectorMemory.reset()`` over ragstore failed)."""
+        raised NotImplementedError, so a ``VectorMemory.reset()`` over ragstore failed).
+        On a :class:`ragstore.Store` in one transaction, so a failure deletes none
+        (deleted 500 at a time, one failing halfway left the collection part emptied);
+        over HTTP the API has no such call, and the ids listed are deleted in as few
+        requests as its limits allow, each one transaction."""
         with suppress(CollectionNotFoundError):
+            if isinstance(self._backend, Store):
+                self._backend.delete_texts_where(self._collection)
+                return
             sources = [d["source"] for d in self._backend.iter_documents(self._collection)]
-            for start in range(0, len(sources), 500):
-                self._backend.delete_texts(self._collection, sources[start : start + 500])
+            if sources:
+                self._backend.delete_texts(self._collection, sources)
 
     def vector_store_info(self, content_info: str) -> VectorStoreInfo:
         """The collection's metadata described for LlamaIndex's auto-retriever
@@ -430,6 +474,20 @@ def _weights(alpha: float | None, mode: str) -> tuple[float | None, float | None
             f"{mode}; leave alpha out or ask for the hybrid mode"
         )
     return float(alpha), 1.0 - float(alpha)
+
+
+def _store(backend: Backend, doing: str) -> Store:
+    """``backend`` as the in-process :class:`ragstore.Store`, the one backend that lists
+    and deletes texts by filter (in one transaction); over HTTP (a ``ragstore.Client``)
+    the API has no such route, so ``doing`` is refused rather than run as many requests
+    that a failure could stop halfway."""
+    if isinstance(backend, Store):
+        return backend
+    raise InputError(
+        f"{doing} needs an in-process ragstore.Store: the HTTP API (ragstore.Client) "
+        "has no call that lists or deletes texts by filter; pass node_ids=[...] (a query "
+        "with filters= finds them) or use a Store"
+    )
 
 
 def _node(hit: dict[str, Any]) -> BaseNode:
