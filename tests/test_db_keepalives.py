@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import psycopg
 from fastapi.testclient import TestClient
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from ragstore import backup
 from ragstore.api.app import create_app
 from ragstore.config import Settings
-from ragstore.db.database import CLIENT_TCP, Database
+from ragstore.db import migrations
+from ragstore.db.database import CLIENT_TCP, Database, missing_tcp
 from ragstore.db.routing import REPLICA_TCP, ReadRouter, ReplicaDatabase
 from tests.conftest import tcp_options
 
@@ -126,3 +129,54 @@ def test_the_api_job_queues_connections_carry_keepalives(
         with connector.pool.connection() as conn:
             queued = _options(conn)
     assert queued == _expected(CLIENT_TCP)
+
+
+def test_a_migrations_connection_carries_keepalives(tcp_to_socket: str) -> None:
+    """``ragstore db upgrade`` (Alembic's SQLAlchemy engine) connected with the plain URL:
+    a migration whose server went silent waited hours on the system's defaults, its
+    locks held all along. Read off the real socket of the migration's connection."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    seen: list[dict[str, int]] = []
+
+    def connected(dbapi_connection: psycopg.Connection[tuple[object, ...]], _: object) -> None:
+        seen.append(_options(dbapi_connection))
+
+    # as a URL: Alembic's engine takes no keyword conninfo, which the relay's is
+    params = conninfo_to_dict(tcp_to_socket)
+    url = f"postgresql://{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
+    event.listen(Engine, "connect", connected)
+    db = Database(url)
+    try:
+        assert migrations.upgrade(db).current == migrations.head_revision()
+    finally:
+        event.remove(Engine, "connect", connected)
+        db.close()
+    assert seen and all(options == _expected(CLIENT_TCP) for options in seen), seen
+    # an operator's setting in the URL stands there too
+    mine = make_conninfo(tcp_to_socket, keepalives_idle=120)
+    assert missing_tcp(mine) == {k: v for k, v in CLIENT_TCP.items() if k != "keepalives_idle"}
+
+
+def test_backup_and_restore_tools_get_the_keepalives(tcp_to_socket: str) -> None:
+    """pg_dump and psql (``ragstore backup`` / ``restore``) were given the plain URL. Their
+    sockets are another process's, so this reads the conninfo they are given, then has
+    the bundled psql connect with it over TCP (its libpq takes every setting)."""
+    db = Database(make_conninfo(tcp_to_socket, password="not-in-argv"))
+    try:
+        conninfo, env = backup._client_args(db)
+    finally:
+        db.close()
+    given = conninfo_to_dict(conninfo)
+    assert {k: int(str(given[k])) for k in CLIENT_TCP} == CLIENT_TCP
+    assert "password" not in given and env["PGPASSWORD"] == "not-in-argv"
+    env.pop("PGPASSWORD")  # the embedded server trusts local connections
+    out = subprocess.run(
+        [backup._tool("psql"), "--no-psqlrc", "-Atc", "SELECT 1", "--dbname", conninfo],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (out.returncode, out.stdout.strip()) == (0, "1"), out.stderr

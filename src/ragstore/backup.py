@@ -161,9 +161,15 @@ def _tool(name: str) -> str:
     return str(path)
 
 
-def _client_args(conninfo: str) -> tuple[str, dict[str, str]]:
-    """The conninfo without its password, and an environment carrying it (not argv)."""
-    params = conninfo_to_dict(conninfo)
+def _client_args(db: Database) -> tuple[str, dict[str, str]]:
+    """``db``'s conninfo for pg_dump and psql, without its password, and an environment
+    carrying it (not argv).
+
+    With the TCP keepalives of every other connection (:attr:`Database.tcp_conninfo`):
+    with the plain URL, a backup or restore whose server went silent (a failover, a
+    forgotten NAT flow) waited hours on the system's defaults, a restore's transaction
+    and its table locks held all along."""
+    params = conninfo_to_dict(db.tcp_conninfo)
     env = dict(os.environ)
     password = params.pop("password", None)
     if password:
@@ -767,7 +773,7 @@ def _dump(
     overwrite_flag: str | None,
 ) -> BackupInfo:
     """:func:`create_backup`'s dump and naming, with ``path`` checked and its lock held."""
-    conninfo, env = _client_args(db.conninfo)
+    conninfo, env = _client_args(db)
     tmp = path.with_name(f".{path.name}.partial")
     try:
         with _snapshot(db) as (snapshot, revision, counts, changed, dumped):
@@ -1538,7 +1544,7 @@ def _restore(
 ) -> RestoreResult:
     """:func:`restore_backup`, with the archive's lock held."""
     info, listing = _checked(path)
-    conninfo, env = _client_args(db.conninfo)
+    conninfo, env = _client_args(db)
     entries, extensions = _without_extensions(listing)
     with _work_dir() as tmpdir:
         toc = Path(tmpdir) / "toc.list"

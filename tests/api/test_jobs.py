@@ -1341,7 +1341,11 @@ def test_deleting_a_collection_fails_its_queued_jobs_and_drops_their_files(
     """A collection's queued jobs held their uploaded text in ``ingest_job_files`` after
     the collection was deleted, until a worker ran them (only to fail them): with no worker
     running, for good, and in every backup. The delete fails them and drops their files;
-    a worker then leaves them as they are. Another collection's jobs stay."""
+    a worker then leaves them as they are. Another collection's jobs stay.
+
+    Their queue entries go too: a waiting entry kept the failed job out of the
+    finished-job sweep (which keeps a job whose entry waits) until a worker ran it; with
+    none running, for good."""
     api.create_collection("leftover")
     first = api.upload("leftover", [("s.md", b"# S\n\nsecret alpha text")], background=True)
     second = api.add_document("leftover", "t.md", "# T\n\nsecret bravo", background=True)
@@ -1356,8 +1360,14 @@ def test_deleting_a_collection_fails_its_queued_jobs_and_drops_their_files(
         kept = conn.execute(
             "SELECT count(*) FROM ingest_job_files WHERE job_id = %s", (other["id"],)
         ).fetchone()
+        entries = conn.execute(
+            "SELECT j.id, p.status::text FROM ingest_jobs j"
+            " LEFT JOIN procrastinate_jobs p ON p.id = j.queue_job_id WHERE j.id = ANY(%s)",
+            ([first["id"], second["id"], other["id"]],),
+        ).fetchall()
     assert row is not None and row[0] == 0
     assert kept is not None and kept[0] == 1
+    assert dict(entries) == {first["id"]: None, second["id"]: None, other["id"]: "todo"}
     failed = [api.get_job(job["id"]) for job in (first, second)]
     for done in failed:
         assert done["status"] == "failed" and done["finished_at"] is not None, done

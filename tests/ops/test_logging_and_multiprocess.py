@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -316,6 +317,67 @@ def test_exited_processes_gauges_are_folded_or_dropped_by_mode(tmp_path: Path) -
         ]
         == 3
     )
+
+
+_OLD_WRITER = """
+import sys
+from prometheus_client import Counter  # no ragstore: files named by the bare pid
+Counter("t_old", "counted by an older ragstore", registry=None).inc(int(sys.argv[1]))
+if len(sys.argv) > 2:  # stays alive, its file mapped, until told
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_bare_pid_files_and_half_made_locks_of_exited_processes_are_swept(
+    tmp_path: Path,
+) -> None:
+    """Files named by a bare pid (an older ragstore's) were never swept, nor a lock file
+    a process killed as it made it left under its temporary ``.lock.new`` name: both
+    stayed for good. A bare pid's files go when no process has the pid, or when the one
+    that has it (the pid reused) does not map them; a live writer's stay. A half-made
+    lock goes when it is old and not locked; a young or locked one stays. Every total
+    stays what it was."""
+    import fcntl
+    import shutil
+
+    folder = tmp_path / "prom"
+    folder.mkdir()  # made by ragstore's import, which these writers skip
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    old = [sys.executable, "-c", _OLD_WRITER]
+    subprocess.run([*old, "3"], env=env, check=True, timeout=120)
+    [dead] = list(folder.glob("counter_*.db"))
+    subprocess.run([*old, "5"], env=env, check=True, timeout=120)
+    [reused] = [p for p in folder.glob("counter_*.db") if p != dead]
+    live = subprocess.Popen(
+        [*old, "4", "stay"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    other = subprocess.Popen(["sleep", "120"])  # has a pid, maps no metrics file
+    try:
+        assert live.stdout is not None and live.stdout.readline() == "ready\n"
+        shutil.move(reused, folder / f"counter_{other.pid}.db")
+        token = "1-" + "0" * 16
+        stale, young, held = (
+            folder / f".ragstore-alive-{token[:-1]}{i}.lock.new" for i in range(3)
+        )
+        for path in (stale, young, held):
+            path.touch()
+        for path in (stale, held):
+            os.utime(path, (time.time() - 600, time.time() - 600))
+        before = _render_in(env)
+        assert before[("t_old_total", ())] == 12
+        with open(held, "rb+") as holder:
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            subprocess.run([sys.executable, "-c", _STARTS], env=env, check=True, timeout=120)
+        names = {p.name for p in folder.iterdir()}
+        bare = {n for n in names if n.startswith("counter_") and n[8:-3].isdigit()}
+        assert bare == {f"counter_{live.pid}.db"}, names
+        assert young.name in names and held.name in names and stale.name not in names
+        assert _render_in(env)[("t_old_total", ())] == 12
+    finally:
+        for proc in (other, live):
+            proc.kill()
+            proc.communicate()  # waits, and closes its pipes
 
 
 _NAMESPACED = """

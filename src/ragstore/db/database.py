@@ -86,15 +86,23 @@ CLIENT_TCP: dict[str, int] = {
 }
 
 
+def missing_tcp(conninfo: str, tcp: Mapping[str, int] = CLIENT_TCP) -> dict[str, int]:
+    """The libpq settings of ``tcp`` (:data:`CLIENT_TCP` by default) that ``conninfo``
+    does not set itself (any it sets, even to 0, stand); none for a conninfo that does not
+    parse (the connection attempt says what is wrong with it). For a client that takes
+    them apart from its URL (SQLAlchemy's ``connect_args``)."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return {}
+    return {k: v for k, v in tcp.items() if k not in params}
+
+
 def with_tcp(conninfo: str, tcp: Mapping[str, int] = CLIENT_TCP) -> str:
     """``conninfo`` with the libpq settings ``tcp`` (:data:`CLIENT_TCP` by default) where
     it does not set them itself: any the URL sets, even to 0, stand. A conninfo that does
     not parse is returned as it is (the connection attempt says what is wrong with it)."""
-    try:
-        params = conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError:
-        return conninfo
-    missing = {k: v for k, v in tcp.items() if k not in params}
+    missing = missing_tcp(conninfo, tcp)
     return make_conninfo(conninfo, **missing) if missing else conninfo
 
 

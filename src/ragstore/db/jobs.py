@@ -380,7 +380,13 @@ def fail_for_deleted_collection(conn: Conn, collection: str) -> list[int]:
     and that run fails the job itself at its next check of the collection (or, its
     worker dead, the run that takes it over does). Waited on, a row held by a vanished
     worker's transaction (open until the server notices the dead session: minutes, hours
-    by the system's default keepalives) hung the delete all that while."""
+    by the system's default keepalives) hung the delete all that while.
+
+    A failed job's queue entry that still waits goes too: kept, it held the job out of
+    the finished-job sweep (``PRUNE_FINISHED`` keeps a job whose entry waits) until a
+    worker took the entry only to find the job finished; with no worker running, for
+    good. An entry a worker is taking at that moment (its row locked) is skipped: that
+    worker finds the job finished and marks the entry done, and the sweep takes both."""
     rows = conn.execute(
         "WITH candidates AS (SELECT id FROM ingest_jobs"
         " WHERE collection = %(coll)s AND status <> ALL(%(finished)s::text[])"
@@ -390,8 +396,11 @@ def fail_for_deleted_collection(conn: Conn, collection: str) -> list[int]:
         " errors = j.errors || jsonb_build_array(jsonb_build_object("
         "  'document', NULL, 'code', 'collection_not_found', 'detail', %(detail)s::text))"
         " FROM candidates c WHERE j.id = c.id AND j.status <> ALL(%(finished)s::text[])"
-        " RETURNING j.id),"
-        " dropped AS (DELETE FROM ingest_job_files f USING gone WHERE f.job_id = gone.id)"
+        " RETURNING j.id, j.queue_job_id),"
+        " dropped AS (DELETE FROM ingest_job_files f USING gone WHERE f.job_id = gone.id),"
+        " waiting AS (SELECT p.id FROM procrastinate_jobs p JOIN gone ON p.id = gone.queue_job_id"
+        "  WHERE p.status = 'todo' FOR UPDATE OF p SKIP LOCKED),"
+        " unqueued AS (DELETE FROM procrastinate_jobs p USING waiting w WHERE p.id = w.id)"
         " SELECT id FROM gone ORDER BY id",
         {
             "coll": collection,

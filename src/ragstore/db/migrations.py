@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ragstore.db.database import Database
+from ragstore.db.database import Database, missing_tcp
 from ragstore.db.errors import translate, translated
 from ragstore.errors import (
     ConflictError,
@@ -467,7 +467,14 @@ def _run_once(db: Database, action: str, target: str) -> tuple[str | None, str |
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
 
-    engine = create_engine(_sqlalchemy_url(db.conninfo), poolclass=NullPool)
+    # the TCP keepalives of every other connection (``database.CLIENT_TCP``): without
+    # them a migration whose server went silent (a failover, a forgotten NAT flow) waited
+    # hours on the system's defaults, its advisory lock and table locks held all along
+    engine = create_engine(
+        _sqlalchemy_url(db.conninfo),
+        poolclass=NullPool,
+        connect_args=missing_tcp(db.conninfo, db.tcp),
+    )
     progress = _Progress()
     try:
         with translated(f"migrating {db.where}"), engine.begin() as conn:

@@ -683,8 +683,69 @@ def _exited(folder: str, token: str) -> bool:
     return True
 
 
+def _bare_pid_exited(folder: str, pid: int) -> bool:
+    """Whether the process that wrote files named by the bare ``pid`` (prometheus-client's
+    own naming: an older ragstore's, or a metric defined before ours took over) is gone.
+
+    Such a process holds no lock, so its pid is all there is: gone where no process has
+    it; where one has it, gone only where that process maps no file of the pid in
+    ``folder`` (a pid reused by another program: the writer keeps its files mapped while
+    it lives). Anything unreadable says alive: a dead process's files cost only a file,
+    while archiving a live one's would lose what it writes next."""
+    if pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: alive, and its mappings cannot be read
+        return False
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
+            mapped = maps.read()
+    except OSError:
+        return False
+    here = os.path.realpath(folder) + os.sep
+    for line in mapped.splitlines():
+        fields = line.split(maxsplit=5)  # address, perms, offset, device, inode, path
+        path = fields[5] if len(fields) == 6 else ""
+        if path.startswith(here) and path.endswith(f"_{pid}.db"):
+            return False
+    return True
+
+
+# a half-made lock file (created, not yet renamed: ``_hold_alive_lock``) older than this,
+# and not locked, is a process's killed between the two: removed by a sweep
+STALE_NEW_LOCK_S = 60.0
+
+
+def _stale_new_lock(path: str) -> bool:
+    """Whether ``path``, a ``.lock.new`` of :func:`_hold_alive_lock`, was left by a process
+    killed before it renamed it: older than :data:`STALE_NEW_LOCK_S` and not locked. A
+    young one may be a starting process's that has not taken its lock yet."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        if time.time() - os.stat(path).st_mtime < STALE_NEW_LOCK_S:
+            return False
+        fd = os.open(path, os.O_RDWR)
+    except OSError:  # gone meanwhile (renamed by its process, or swept by another)
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 _PROCESS_FILE = re.compile(rf"(counter|histogram|gauge_[a-z]+)_({_TOKEN})\.db")
+_BARE_PID_FILE = re.compile(r"(counter|histogram|gauge_[a-z]+)_(\d+)\.db")
 _ALIVE_FILE = re.compile(rf"{re.escape(_ALIVE_PREFIX)}({_TOKEN})\.lock")
+_ALIVE_NEW_FILE = re.compile(rf"{re.escape(_ALIVE_PREFIX)}({_TOKEN})\.lock\.new")
 
 
 def _add(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
@@ -712,6 +773,9 @@ def sweep_exited_processes(folder: str) -> list[str]:
     Every worker uvicorn replaced over a server's life (exited, killed, OOM) left files
     named by it that every scrape read: the folder and each scrape grew without bound, and
     a killed worker's live gauges (its atexit hook never ran) were reported as current.
+    Files named by a bare pid (an older ragstore's: no lock says whether their process
+    lives) go by :func:`_bare_pid_exited`, and a lock file a killed process left half
+    made by :func:`_stale_new_lock`; both stayed for good before.
     Counter and histogram values are added into ``counter_archive.db`` /
     ``histogram_archive.db`` (per metric and labels, as a scrape adds them), so every
     total stays what it was; gauges go as ``_GAUGE_FOLD`` says. Run by each worker as it
@@ -728,11 +792,17 @@ def sweep_exited_processes(folder: str) -> list[str]:
             tokens: set[str] = set()
             for name in names:
                 match = _PROCESS_FILE.fullmatch(name)
-                if match is None:
-                    continue
-                token = match.group(2)
-                if token not in tokens and not _exited(folder, token):
-                    continue
+                if match is not None:
+                    token = match.group(2)
+                    if token not in tokens and not _exited(folder, token):
+                        continue
+                else:
+                    match = _BARE_PID_FILE.fullmatch(name)
+                    if match is None:
+                        continue
+                    token = match.group(2)
+                    if token not in tokens and not _bare_pid_exited(folder, int(token)):
+                        continue
                 tokens.add(token)
                 groups.setdefault(match.group(1), []).append(os.path.join(folder, name))
             for kind, files in groups.items():
@@ -768,6 +838,13 @@ def sweep_exited_processes(folder: str) -> list[str]:
                 if match is not None and (
                     match.group(1) in tokens or _exited(folder, match.group(1))
                 ):
+                    tokens.add(match.group(1))
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, name))
+            # and half-made ones of processes killed as they made them (left for good)
+            for name in names:
+                match = _ALIVE_NEW_FILE.fullmatch(name)
+                if match is not None and _stale_new_lock(os.path.join(folder, name)):
                     tokens.add(match.group(1))
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(folder, name))
