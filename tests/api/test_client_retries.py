@@ -219,6 +219,12 @@ def test_an_upload_queued_as_a_job_whose_answer_is_lost_queues_one_job(
                 assert proxy.drop == 0
                 jobs = direct.list_jobs(collection="queued")["data"]
                 assert sorted(j["id"] for j in jobs) == sorted([job["id"], text_job["id"]])
+                # not sent again (retries=0): a new call would queue a new job, and the
+                # error says to look first
+                with Client(url, api_key=secret, retries=0) as once:
+                    proxy.drop = 1
+                    with pytest.raises(OutcomeUnknownError, match="check `list_jobs` first"):
+                        once.upload("queued", [("other.md", big + b" other")])
         finally:
             proxy.close()
 
