@@ -9,6 +9,7 @@ and how to read the answer. The two clients only send calls (one blocking, one w
 
 from __future__ import annotations
 
+import email.utils
 import io
 import json
 import os
@@ -17,6 +18,7 @@ import stat
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, Literal, TypeVar, cast
 
@@ -41,6 +43,12 @@ Upload = Path | str | tuple[str, bytes]
 # default, config.py ``max_request_bytes``). The clients send a longer list in several
 # requests within both (the Store batches too); a server set to a lower byte limit answers
 # 413, which stores nothing, and the request is sent again in halves.
+# An upload (or a document's text) over the server's RAGSTORE_BACKGROUND_INGEST_BYTES is
+# queued as a job (202) even when not asked to be: sent again after its answer was lost
+# (an "upsert" is), it queued a second job storing the same documents. Sent with this
+# header, fresh per send and the same on its retries, the server answers a request sent
+# again with the job the first one queued (``jobs.service.submit_ingest``).
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_ITEMS_PER_REQUEST = 10_000
 MAX_REQUEST_BYTES = 1024 * 1024
 
@@ -63,6 +71,10 @@ class Call(Generic[T]):
     # is sent again only where the server provably did not take it. None: "read" for
     # GET/HEAD, else "write".
     kind: Literal["read", "upsert", "write"] | None = None
+    # sent with an ``Idempotency-Key`` (:data:`IDEMPOTENCY_HEADER`), drawn anew for each
+    # send of the call and kept by the clients' retries of that send: a request the
+    # server queues as a job is then queued once however often it arrives
+    idempotent: bool = False
 
     @property
     def effect(self) -> Literal["read", "upsert", "write"]:
@@ -76,6 +88,8 @@ class Call(Generic[T]):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
+        if self.idempotent:
+            out["headers"] = {IDEMPOTENCY_HEADER: str(uuid.uuid4())}
         return out
 
 
@@ -241,12 +255,23 @@ def _foreign_error(response: httpx.Response) -> RagstoreError:
 
 
 def _seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` header's seconds (an HTTP date, rare, is not read: None)."""
-    try:
-        seconds = float(value) if value else None
-    except ValueError:
+    """A ``Retry-After`` header's seconds: a number of them, or an HTTP date (RFC 9110,
+    ``Fri, 31 Dec 1999 23:59:59 GMT``) as the seconds from now until then (0 for one
+    past); None for anything else. A date was not read: the clients waited their own
+    short backoff where a proxy or load balancer in front had said how long to wait."""
+    if not value:
         return None
-    return seconds if seconds is not None and 0 <= seconds < 1e6 else None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000" or no zone: RFC 9110 dates are in GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return seconds if 0 <= seconds < 1e6 else None
 
 
 def raise_for_problem(response: httpx.Response) -> None:
@@ -609,9 +634,18 @@ def add_document(
     meta = _metadata(metadata or {}, "metadata")
     body = {"name": name, "text": text, "metadata": meta, "background": background}
     # stored by name and content hash: sent again, the same document (answered
-    # "unchanged"); in background, a second job
+    # "unchanged"); one queued as a job (large), that job (its Idempotency-Key); in
+    # background, not sent again where it may have arrived (an older server queued a
+    # second job)
     kind: Literal["upsert", "write"] = "write" if background else "upsert"
-    return Call("POST", f"/v1/collections/{_n(collection)}/documents", _body, json=body, kind=kind)
+    return Call(
+        "POST",
+        f"/v1/collections/{_n(collection)}/documents",
+        _body,
+        json=body,
+        kind=kind,
+        idempotent=True,
+    )
 
 
 def _open_nonblocking(path: str, flags: int) -> int:
@@ -764,8 +798,11 @@ def upload(
         _body,
         files=parts,
         data=data,
-        # documents by name and content hash, as add_document; in background, a job
+        # documents by name and content hash, as add_document; queued as a job (over the
+        # server's RAGSTORE_BACKGROUND_INGEST_BYTES), that job again (its Idempotency-Key);
+        # in background, a job not sent again where it may have arrived
         kind="write" if background else "upsert",
+        idempotent=True,
     )
 
 

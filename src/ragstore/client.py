@@ -107,7 +107,10 @@ def _transport_error(
             f"{method} {path}: the ragstore server at {url} gave no answer ({why}) after "
             "the request was sent: the server may or may not have stored it. Sending it "
             "again is safe: texts are stored under their ids and documents by name and "
-            "content, so a second send stores the same (answered 'unchanged')"
+            "content, so a second send stores the same (answered 'unchanged'); but an "
+            "upload or document large enough to be queued as a job (the server's "
+            "RAGSTORE_BACKGROUND_INGEST_BYTES) is queued again by a new call: check "
+            "`list_jobs` first"
         )
     return OutcomeUnknownError(
         f"{method} {path}: the ragstore server at {url} gave no answer ({why}) after the "

@@ -5,18 +5,27 @@ request reached the server (its outcome unknown). Each checks what the database 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from ragstore import Client
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
-from ragstore.errors import DatabaseUnavailableError, OutcomeUnknownError, RateLimitedError
+from ragstore.errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    OutcomeUnknownError,
+    RagstoreError,
+    RateLimitedError,
+)
 from tests.api.conftest import running_server, with_
 
 
@@ -177,3 +186,134 @@ def test_a_write_whose_answer_is_lost_says_its_outcome_is_unknown(settings: Sett
                 assert client.get_collection("lost")["name"] == "lost"
         finally:
             proxy.close()
+
+
+def test_an_upload_queued_as_a_job_whose_answer_is_lost_queues_one_job(
+    settings: Settings, keys: KeyStore
+) -> None:
+    # An upload over RAGSTORE_BACKGROUND_INGEST_BYTES is queued as a job though the client
+    # did not ask for one; its answer lost, the client sent it again (an upload "upsert"s)
+    # and a second job stored the same documents. Now the resend carries the first send's
+    # Idempotency-Key and is answered with the first job.
+    port = _free_port()
+    small = with_(settings, auth="on", background_ingest_bytes=64)
+    big = b"# Big\n\n" + b"word " * 40
+    with _serve_on(small, port):
+        secret = keys.create("admin").secret
+        proxy = _Proxy(port)
+        try:
+            url = f"http://127.0.0.1:{proxy.port}"
+            with (
+                Client(url, api_key=secret) as client,
+                Client(f"http://127.0.0.1:{port}", api_key=secret) as direct,
+            ):
+                client.create_collection("queued", model="their-model@1", dimension=2)
+                proxy.drop = 1
+                job = client.upload("queued", [("big.md", big)])
+                assert proxy.drop == 0  # the first answer was dropped
+                jobs = direct.list_jobs(collection="queued")["data"]
+                assert [j["id"] for j in jobs] == [job["id"]]
+                # a text queued as a job (add_document), its answer lost: one job too
+                proxy.drop = 1
+                text_job = client.add_document("queued", "big.txt", big.decode())
+                assert proxy.drop == 0
+                jobs = direct.list_jobs(collection="queued")["data"]
+                assert sorted(j["id"] for j in jobs) == sorted([job["id"], text_job["id"]])
+                # not sent again (retries=0): a new call would queue a new job, and the
+                # error says to look first
+                with Client(url, api_key=secret, retries=0) as once:
+                    proxy.drop = 1
+                    with pytest.raises(OutcomeUnknownError, match="check `list_jobs` first"):
+                        once.upload("queued", [("other.md", big + b" other")])
+        finally:
+            proxy.close()
+
+
+def test_an_idempotency_key_reused_for_other_files_is_refused(
+    settings: Settings, keys: KeyStore
+) -> None:
+    small = with_(settings, auth="on", background_ingest_bytes=64)
+    big = b"# Big\n\n" + b"word " * 40
+    with running_server(small) as url:
+        one, other = keys.create("admin").secret, keys.create("admin").secret
+        with Client(url, api_key=one) as client:
+            client.create_collection("keyed", model="their-model@1", dimension=2)
+
+        def send(secret: str, content: bytes) -> httpx.Response:
+            return httpx.post(
+                f"{url}/v1/collections/keyed/documents/upload",
+                headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": "k-1"},
+                files=[("files", ("big.md", content, "application/octet-stream"))],
+            )
+
+        first = send(one, big)
+        assert first.status_code == 202
+        again = send(one, big)  # the same request sent again: the same job
+        assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+        assert again.headers["Location"] == first.headers["Location"]
+        # another key's client choosing the same value has a job of its own
+        theirs = send(other, big)
+        assert theirs.status_code == 202 and theirs.json()["id"] != first.json()["id"]
+        # the key with other files: refused, nothing queued (not told "queued")
+        changed = send(one, big + b" more")
+        assert changed.status_code == 409, changed.text
+        assert changed.json()["code"] == ConflictError.code
+        assert "Idempotency-Key" in changed.json()["detail"]
+        with Client(url, api_key=one) as client:
+            assert len(client.list_jobs(collection="keyed")["data"]) == 2
+
+
+class _Busy(BaseHTTPRequestHandler):
+    """A proxy or load balancer in front of the server: answers ``busy`` requests 503 with
+    ``Retry-After`` as an HTTP date ``ahead`` seconds on, then a health answer."""
+
+    busy = 1
+    ahead = 2.0
+
+    def do_GET(self) -> None:  # http.server calls it by this name
+        cls = type(self)
+        if cls.busy > 0:
+            cls.busy -= 1
+            when = email.utils.formatdate(time.time() + cls.ahead, usegmt=True)
+            self.send_response(503)
+            self.send_header("Retry-After", when)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"busy")
+            return
+        body = b'{"status": "ok"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_retry_after_given_as_an_http_date_is_waited() -> None:
+    # RFC 9110 allows Retry-After as an HTTP date; the clients read only seconds and
+    # waited their own short backoff (0.25-0.5 s) before sending again
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        _Busy.busy, _Busy.ahead = 1, 3.0
+        with Client(url, retries=2, max_retry_wait=20) as client:
+            start = time.monotonic()
+            assert client.health()["status"] == "ok"
+            assert time.monotonic() - start >= 1.5  # the date's ~2-3 s (whole seconds)
+        # a date past max_retry_wait is not waited: raised at once, its retry_after set
+        _Busy.busy, _Busy.ahead = 1, 3600.0
+        with Client(url, retries=2, max_retry_wait=5) as client:
+            start = time.monotonic()
+            with pytest.raises(RagstoreError) as late:
+                client.health()
+            assert time.monotonic() - start < 2
+            assert 3000 < getattr(late.value, "retry_after", 0) <= 3600
+    finally:
+        server.shutdown()
+        server.server_close()

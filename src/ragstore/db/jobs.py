@@ -92,10 +92,43 @@ def hold_collection(conn: Conn, collection: str) -> None:
         )
 
 
-def create(conn: Conn, collection: str, files: Sequence[JobFile]) -> int:
+# the advisory-lock space (first int4) of the requests queueing a job under one
+# idempotency key (:func:`job_for_key`)
+IDEMPOTENCY_LOCKS = 0x5249_444B  # "RIDK"
+
+
+def job_for_key(conn: Conn, collection: str, key: str) -> tuple[int, str | None] | None:
+    """The id and request digest of the job of ``collection`` queued under ``key`` (an
+    ``Idempotency-Key`` digest, revision 0036), or None; either way, no other request
+    queues one under ``key`` until the caller's transaction ends.
+
+    A request sent again while the first is still being done (the client's read timed
+    out) waits here for the first's commit and then finds its job: without the lock both
+    looked, found none, and the second failed on the unique index, or, where the first
+    rolled back, found nothing to answer."""
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+        (IDEMPOTENCY_LOCKS, f"{collection} {key}"),
+    )
     row = conn.execute(
-        "INSERT INTO ingest_jobs (collection, total_documents) VALUES (%s, %s) RETURNING id",
-        (collection, len(files)),
+        "SELECT id, request_digest FROM ingest_jobs WHERE collection = %s AND idempotency_key = %s",
+        (collection, key),
+    ).fetchone()
+    return None if row is None else (int(row[0]), row[1])
+
+
+def create(
+    conn: Conn,
+    collection: str,
+    files: Sequence[JobFile],
+    *,
+    idempotency_key: str | None = None,
+    request_digest: str | None = None,
+) -> int:
+    row = conn.execute(
+        "INSERT INTO ingest_jobs (collection, total_documents, idempotency_key, request_digest)"
+        " VALUES (%s, %s, %s, %s) RETURNING id",
+        (collection, len(files), idempotency_key, request_digest),
     ).fetchone()
     assert row is not None
     job_id = int(row[0])

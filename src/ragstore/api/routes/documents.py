@@ -6,18 +6,31 @@ Small additions are ingested during the request (201); large ones, or any with
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    Header,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+    status,
+)
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from starlette.datastructures import FormData
 
 from ragstore.api.deps import (
     CollectionName,
+    Principal,
     ReadAccess,
     RowId,
     Rt,
@@ -52,7 +65,7 @@ router = APIRouter(
 
 _ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": JobPublic, "description": "Accepted: ingested by a background job"},
-    **responses(404, 413, 415),
+    **responses(404, 409, 413, 415),
 }
 
 
@@ -130,8 +143,38 @@ def _failure_detail(name: str, err: RagstoreError) -> str:
     return err.message
 
 
-def _accept(state: State, collection: str, files: list[JobFile]) -> JSONResponse:
-    job = submit_ingest(state.runtime, state.queue, collection, files)
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="A fresh value (a UUID) per upload, the same when the request is sent "
+        "again: a request queued as a job (202) is answered with the job the first one "
+        "queued, not queued twice. The Python client sends one.",
+    ),
+]
+
+
+def _scoped_key(caller: Principal, key: str | None) -> str | None:
+    """``key`` (the ``Idempotency-Key`` header) as stored with the job it queues: a digest
+    of it with the caller's API key id, so that two keys' clients choosing the same value
+    never share a job."""
+    if key is None:
+        return None
+    owner = caller.key.key_id if caller.key is not None else ""
+    return hashlib.sha256(f"{owner}\0{key}".encode()).hexdigest()
+
+
+def _accept(
+    state: State, collection: str, files: list[JobFile], idempotency_key: str | None
+) -> JSONResponse:
+    """Queue ``files`` as a job and answer 202 with it; a request sent again under the
+    same ``idempotency_key`` is answered with the job the first one queued
+    (:func:`ragstore.jobs.service.submit_ingest`)."""
+    job = submit_ingest(
+        state.runtime, state.queue, collection, files, idempotency_key=idempotency_key
+    )
     return JSONResponse(
         jsonable_encoder(job_public(job)),
         status_code=status.HTTP_202_ACCEPTED,
@@ -147,7 +190,11 @@ def _accept(state: State, collection: str, files: list[JobFile]) -> JSONResponse
     responses=_ADD_RESPONSES,
 )
 def add_document(
-    name: CollectionName, body: DocumentCreate, state: State, caller: WriteAccess
+    name: CollectionName,
+    body: DocumentCreate,
+    state: State,
+    caller: WriteAccess,
+    idempotency_key: IdempotencyKey = None,
 ) -> DocumentPublic | JSONResponse:
     caller.require("write", name)
     rt = state.runtime
@@ -157,7 +204,8 @@ def add_document(
     coll, created = rt.open_or_create(name)  # as `ragstore ingest` does
     content = body.text.encode("utf-8")
     if body.background or len(content) > rt.settings.background_ingest_bytes:
-        return _accept(state, name, [JobFile(body.name, content, body.metadata)])
+        files = [JobFile(body.name, content, body.metadata)]
+        return _accept(state, name, files, _scoped_key(caller, idempotency_key))
     # made here and nothing stored (the text failed): not left behind
     with staging.staging_area(rt.settings) as area, created_for_this_write(rt, coll, created):
         doc = NewDocument(body.name, area.write(content), body.metadata)
@@ -179,7 +227,12 @@ def _save(src: BinaryIO, dest: Path, limit: int, name: str) -> int:
 
 
 def _upload(
-    state: State, name: str, files: list[UploadFile], meta: dict[str, Any], background: bool
+    state: State,
+    name: str,
+    files: list[UploadFile],
+    meta: dict[str, Any],
+    background: bool,
+    idempotency_key: str | None,
 ) -> DocumentsPublic | JSONResponse:
     """Stream each file to a private staging file, then ingest now or queue a job.
 
@@ -204,7 +257,10 @@ def _upload(
             # a queued job's collection stays, whatever the job's fate: the 202 named it,
             # and the job checks that it writes into the collection it was queued for
             return _accept(
-                state, name, [JobFile(d.name, d.staged.read_bytes(), meta) for d in docs]
+                state,
+                name,
+                [JobFile(d.name, d.staged.read_bytes(), meta) for d in docs],
+                idempotency_key,
             )
         with created_for_this_write(rt, coll, created):  # none stored: not left behind
             out = _ingest_now(rt, name, docs)
@@ -263,6 +319,7 @@ def upload_documents(
     files: Annotated[list[UploadFile], File(description="One or more documents.")],
     metadata: Annotated[str, Form(description="JSON object added to every document.")] = "{}",
     background: Annotated[bool, Form()] = False,
+    idempotency_key: IdempotencyKey = None,
 ) -> DocumentsPublic | JSONResponse:
     caller.require("write", name)
     try:
@@ -274,7 +331,7 @@ def upload_documents(
     check_value(meta, "metadata")
     if not files:
         raise InputError("no files in the upload; send them as multipart field 'files'")
-    return _upload(state, name, files, meta, background)
+    return _upload(state, name, files, meta, background, _scoped_key(caller, idempotency_key))
 
 
 @router.get("", response_model=DocumentsPublic, summary="List documents, a page at a time")
