@@ -224,6 +224,7 @@ def test_a_build_nothing_blocks_is_not_reported(docs: Runtime) -> None:
         ("a..b", "number", "invalid metadata field"),
         ("", "number", "invalid metadata field"),
         ("x" * 300, "string", "invalid metadata field"),
+        ("$gt", "number", "invalid metadata field '\\$gt': no filter could name it"),
         ("page", "number", "'page' is not a metadata path"),
         ("chunk.year", "number", "is not a metadata path"),
         ("document.year", "number", "is not a metadata path"),

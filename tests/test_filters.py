@@ -320,7 +320,7 @@ def test_compiled_filter_carries_values_only_as_parameters() -> None:
         ),
         (
             {"$and": [{"a": 1}, 3]},
-            "invalid filter at '$and[1]': expected a filter object, got a number",
+            "invalid filter at '$and[1]': expected a non-empty filter object, got a number",
         ),
         (
             {"$not": []},

@@ -325,8 +325,29 @@ def create_collection(
     return Call("POST", "/v1/collections", _body, json=body)
 
 
-def list_collections() -> Call[list[dict[str, Any]]]:
-    return Call("GET", "/v1/collections", _data)
+# the most collections a page of ``GET /v1/collections`` holds (the server's maximum)
+COLLECTIONS_PAGE = 1000
+
+
+def list_collections(cursor: str | None = None) -> Call[dict[str, Any]]:
+    """One page of the collections: ``{"data", "count", "next_cursor"}``; the clients'
+    ``list_collections`` follows ``next_cursor`` to the last (a server from before pages
+    answers every collection and no cursor, and ignores the parameters)."""
+    params: dict[str, Any] = {"limit": COLLECTIONS_PAGE}
+    if cursor:
+        params["cursor"] = cursor
+    return Call("GET", "/v1/collections", _body, params=params)
+
+
+def next_collections_cursor(page: Mapping[str, Any], previous: str | None) -> str | None:
+    """The cursor of the page after ``page``, None after the last; a server that answers
+    the cursor it was given again would have the clients ask for the same page forever."""
+    cursor = page.get("next_cursor")
+    if not cursor or not page.get("data"):
+        return None
+    if cursor == previous:
+        raise RagstoreError(f"the server answered the same next_cursor {cursor!r} again")
+    return str(cursor)
 
 
 def get_collection(name: str) -> Call[dict[str, Any]]:

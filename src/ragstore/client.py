@@ -350,7 +350,16 @@ class Client(_WritePosition):
         )
 
     def list_collections(self) -> list[dict[str, Any]]:
-        return self._send(calls.list_collections())
+        """Every collection the key may see, in name order: the server answers a page at a
+        time, and this follows ``next_cursor`` to the last."""
+        out: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = self._send(calls.list_collections(cursor))
+            out.extend(page["data"])
+            cursor = calls.next_collections_cursor(page, cursor)
+            if cursor is None:
+                return out
 
     def get_collection(self, name: str) -> dict[str, Any]:
         return self._send(calls.get_collection(name))
@@ -671,7 +680,15 @@ class AsyncClient(_WritePosition):
         )
 
     async def list_collections(self) -> list[dict[str, Any]]:
-        return await self._send(calls.list_collections())
+        """Every collection the key may see, following ``next_cursor`` page to page."""
+        out: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = await self._send(calls.list_collections(cursor))
+            out.extend(page["data"])
+            cursor = calls.next_collections_cursor(page, cursor)
+            if cursor is None:
+                return out
 
     async def get_collection(self, name: str) -> dict[str, Any]:
         return await self._send(calls.get_collection(name))

@@ -164,6 +164,9 @@ WHERES: list[tuple[Any, bool]] = [
     ({"$or": [1]}, True),
     ({"$not": "x"}, True),
     ({"$not": {}}, True),
+    ({"$and": [{}]}, True),
+    ({"$or": [{"team": "ops"}, {}]}, True),
+    ({"$not": {"$and": [{}]}}, True),
     ({"$nor": [{"team": "ops"}]}, True),
     ({"": 1}, True),
     ({".": 1}, True),
@@ -573,3 +576,34 @@ def test_field_index_drop_with_nul_refused(http: httpx.Client) -> None:
     r = send(http, "DELETE", "/v1/field-indexes?field=a%00b&type=number")
     assert r.status_code == 422, r.text
     assert "NUL" in r.json()["detail"]
+
+
+def test_field_index_for_a_name_no_filter_can_address_refused(http: httpx.Client) -> None:
+    """``{"field": "$gt"}`` was indexed (201), though a filter reads a key starting with
+    ``$`` as an operator and so can never name that field; now 422 with the filter's own
+    rule, and nothing is built."""
+    for field in ("$gt", "$team"):
+        r = send(http, "POST", "/v1/field-indexes", {"field": field, "type": "number"})
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert f"invalid metadata field {field!r}" in detail
+        assert "read as an operator" in detail
+    listed = send(http, "GET", "/v1/field-indexes").json()["data"]
+    assert not [i for i in listed if i["field"].startswith("$")]
+
+
+@pytest.mark.parametrize(
+    ("where", "at"),
+    [
+        ({"$and": [{}]}, "$and[0]"),
+        ({"$or": [{"team": "ops"}, {}]}, "$or[1]"),
+        ({"$not": {"$and": [{"team": "ops"}, {}]}}, "$not.$and[1]"),
+    ],
+)
+def test_empty_sub_filter_refused_where_it_is(http: httpx.Client, where: Any, at: str) -> None:
+    """``$and: [{}]`` matched every chunk (an empty ``$or`` member made the whole ``$or``
+    true) where ``$not: {}`` was refused; now each is refused 400, naming where."""
+    r = send(http, "POST", SEARCH, {"query": "alpha", "where": where})
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "invalid_filter"
+    assert f"invalid filter at {at!r}: expected a non-empty filter object" in r.json()["detail"]

@@ -10,7 +10,7 @@ import httpx
 import psycopg
 import pytest
 
-from ragstore import Client
+from ragstore import AsyncClient, Client
 from ragstore.config import Settings
 from ragstore.db.repository import check_name
 from ragstore.errors import (
@@ -227,6 +227,68 @@ def test_documents_page_by_cursor_without_gaps_or_repeats(client: Client) -> Non
             break
     assert pages == 3 and len(seen) == 5 and len(set(seen)) == 5 and seen == sorted(seen)
     assert [d["id"] for d in c.iter_documents("paged", page_size=3)] == seen
+
+
+def test_collections_page_by_cursor_and_the_client_follows_it(
+    client: Client, open_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GET /v1/collections`` answered every collection at once: now ``limit`` (default
+    100, at most 1000) at a time in name order with an opaque ``next_cursor``, null on the
+    last page; the Client's ``list_collections`` still returns them all, page by page."""
+    from ragstore import _requests
+
+    for name in ("pg-c", "pg-a", "pg-e", "pg-b", "pg-d"):
+        client.create_collection(name)
+    everything = httpx.get(f"{open_url}/v1/collections").json()
+    assert everything["next_cursor"] is None  # a short list: one page, as before
+    names = [c["name"] for c in everything["data"]]
+    assert names == sorted(names) and everything["count"] == len(names) >= 5
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+        page = httpx.get(f"{open_url}/v1/collections", params=params).json()
+        assert page["count"] == len(page["data"]) <= 2
+        seen += [c["name"] for c in page["data"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == names and pages in (len(names) // 2 + 1, (len(names) + 1) // 2)
+    for bad in ("limit=0", "limit=1001", "limit=x", "cursor=abc", "cursor=aWQ6NQ"):
+        r = httpx.get(f"{open_url}/v1/collections?{bad}")  # aWQ6NQ: a documents cursor
+        assert r.status_code == 422 and r.json()["code"] == "invalid_input", (bad, r.text)
+    monkeypatch.setattr(_requests, "COLLECTIONS_PAGE", 2)  # the client, page by page
+    assert [c["name"] for c in client.list_collections()] == names
+
+    async def listed_async() -> list[str]:
+        async with AsyncClient(open_url) as ac:
+            return [c["name"] for c in await ac.list_collections()]
+
+    assert asyncio.run(listed_async()) == names
+
+
+@pytest.mark.parametrize(
+    ("path", "takes"),
+    [
+        ("/v1/collections?limt=5", "it takes cursor, limit"),
+        ("/v1/collections/docs?verbose=1", "it takes none"),
+        ("/v1/jobs?colection=docs", "it takes collection, cursor, limit, status"),
+    ],
+)
+def test_an_unknown_query_parameter_is_refused_naming_it(
+    docs: Client, open_url: str, path: str, takes: str
+) -> None:
+    """Every route ignored a query parameter it does not take, so a misspelt ``limit`` or
+    filter answered the whole list as if it had not been sent; now 422 names it and what
+    the route takes, as a body's unknown field always was. The probes take any."""
+    r = httpx.get(f"{open_url}{path}")
+    assert r.status_code == 422 and r.json()["code"] == "invalid_input", r.text
+    unknown = path.split("?")[1].split("=")[0]
+    assert f"unknown query parameter {unknown!r}" in r.json()["detail"]
+    assert takes in r.json()["detail"]
+    assert httpx.get(f"{open_url}/healthz?probe=1").status_code == 200
 
 
 def test_document_filters_by_metadata_format_and_prefix(docs: Client) -> None:
@@ -698,7 +760,9 @@ def test_collection_deleted_meanwhile_is_not_a_server_error(
     assert httpx.get(f"{open_url}/healthz").status_code == 200
 
 
-@pytest.mark.parametrize("bad", ["a b", "ü", "ℌandbook", "-x", ".hidden", "x" * 64, "a\tb"])
+@pytest.mark.parametrize(
+    "bad", ["a b", "ü", "ℌandbook", "-x", ".hidden", "x" * 64, "a\tb", "a\x00b", "\x00"]
+)
 def test_a_name_no_collection_can_have_is_refused_as_the_store_refuses_it(
     open_url: str, bad: str
 ) -> None:

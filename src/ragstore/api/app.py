@@ -11,11 +11,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from ragstore import __version__
-from ragstore.api.deps import ApiState
+from ragstore.api.deps import ApiState, refuse_unknown_query
 from ragstore.api.errors import install_error_handlers
 from ragstore.api.hostguard import LoopbackGuardMiddleware
 from ragstore.api.listen import stop_with_parent
@@ -204,7 +204,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs,
         inspect,
     ):
-        app.include_router(module.router)
+        # an unknown query parameter refused on every /v1 route; the probes take any
+        extra = [] if module is health else [Depends(refuse_unknown_query)]
+        app.include_router(module.router, dependencies=extra)
         # the routes as declared (their paths carry the router's prefix), matched by the
         # scope check before a body is read (api/deps.py route_scope): the app's own route
         # table holds FastAPI's wrappers of included routers, not the routes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -61,6 +62,7 @@ CollectionName = Annotated[
     ),
 ]
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,25 @@ def encode_cursor(last_id: int) -> str:
     return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
 
 
+def encode_name_cursor(last_name: str) -> str:
+    """An opaque cursor after the collection ``last_name`` (the list is keyset on name)."""
+    return base64.urlsafe_b64encode(f"name:{last_name}".encode()).decode().rstrip("=")
+
+
+def decode_name_cursor(cursor: str | None) -> str | None:
+    """The last name of the previous page from an opaque cursor; InputError when mangled."""
+    if not cursor:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = text.partition(":")
+        if kind == "name" and _NAME.fullmatch(value):
+            return value
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InputError(f"invalid cursor {cursor[:100]!r}; pass the next_cursor of a previous page")
+
+
 def decode_cursor(cursor: str | None) -> int | None:
     """The last id of the previous page from an opaque cursor; InputError when mangled."""
     if not cursor:
@@ -214,3 +235,29 @@ def decode_cursor(cursor: str | None) -> int | None:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
     raise InputError(f"invalid cursor {cursor!r}; pass the next_cursor of a previous page")
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """InputError (422) for a query parameter the matched route does not take.
+
+    Every route read the parameters it declares and ignored any other, so a misspelt one
+    (``GET /v1/collections?limt=5``, ``?colection=x`` on /v1/jobs) was answered as if not
+    sent, a whole list instead of the page or the filter asked for; a JSON body's unknown
+    field was refused all along (schemas.py ``Strict``). Installed on every /v1 router
+    (app.py), so every route refuses them alike."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known: set[str] = set()
+    pending = [route.dependant]  # the route's own and its dependencies', as route_scope walks
+    while pending:
+        dependant = pending.pop()
+        pending.extend(dependant.dependencies)
+        known.update(field.alias for field in dependant.query_params)
+    unknown = sorted({k for k in request.query_params if k not in known})
+    if unknown:
+        takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
+        raise InputError(
+            f"unknown query parameter {unknown[0][:100]!r} for {request.method} "
+            f"{route.path}; {takes}"
+        )

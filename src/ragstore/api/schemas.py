@@ -81,6 +81,7 @@ class CollectionPublic(BaseModel):
 class CollectionsPublic(BaseModel):
     data: list[CollectionPublic]
     count: int
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page.")
 
 
 class BuiltinFieldPublic(BaseModel):

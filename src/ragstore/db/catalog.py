@@ -43,10 +43,21 @@ def collection_detail(conn: Conn, coll: repository.Collection) -> dict[str, Any]
     }
 
 
-def collection_names(conn: Conn) -> list[str]:
+def collection_names(
+    conn: Conn, *, after: str | None = None, limit: int | None = None, only: str | None = None
+) -> list[str]:
+    """The collections' names in order; with ``after`` / ``limit``, one page of them (keyset
+    on the unique name: a page is not shifted by a collection created or deleted before
+    it); with ``only``, that name alone where it exists (a key limited to it)."""
     return [
         str(r[0])
-        for r in conn.execute("SELECT name FROM collections WHERE shadow_of IS NULL ORDER BY name")
+        for r in conn.execute(
+            "SELECT name FROM collections WHERE shadow_of IS NULL"
+            " AND (%(after)s::text IS NULL OR name > %(after)s::text)"
+            " AND (%(only)s::text IS NULL OR name = %(only)s::text)"
+            " ORDER BY name LIMIT %(limit)s",
+            {"after": after, "only": only, "limit": limit},
+        )
     ]
 
 

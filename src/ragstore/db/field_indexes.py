@@ -43,7 +43,7 @@ import psycopg
 from psycopg import sql
 
 from ragstore.db.errors import translated
-from ragstore.errors import InputError, RagstoreError
+from ragstore.errors import InputError, InvalidFilterError, RagstoreError
 from ragstore.validation import problem_in
 
 if TYPE_CHECKING:
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 KINDS = ("number", "string")
 PREFIX = "ragstore_field_"
 _TABLES = {"d": "documents", "c": "chunks"}
-MAX_PATH_LENGTH = 256
 
 
 _generation = 0  # bumped by every add and drop of this process (search's cache reads it)
@@ -113,7 +112,7 @@ def typed_value(metadata: sql.Composable, keys: tuple[str, ...], kind: str) -> s
 def parse_field(field: str, kind: str) -> FieldIndex:
     """The field to index, checked: a dot-separated metadata path (no built-in field, no
     ``chunk.``/``document.`` prefix: both tables are indexed) and a known kind."""
-    from ragstore.search.filters import BUILTINS
+    from ragstore.search.filters import BUILTINS, metadata_path
 
     if kind not in KINDS:
         raise InputError(f"unknown field type {kind!r}: use one of {', '.join(KINDS)}")
@@ -122,12 +121,14 @@ def parse_field(field: str, kind: str) -> FieldIndex:
         # a DELETE's query parameter reaches here unchecked (a body is checked by its
         # schema): a NUL in it was answered 200 "not indexed" for a path no filter can name
         raise InputError(f"invalid metadata field {field!r}: it holds {found}")
-    keys = field.split(".")
-    if not field or len(field) > MAX_PATH_LENGTH or any(not k for k in keys):
+    try:
+        # the filter's own rule for a field it can name: an index of a field no filter can
+        # address ("$gt", read as an operator) was built and never used
+        keys = metadata_path(field)
+    except InvalidFilterError as exc:
         raise InputError(
-            f"invalid metadata field {field!r}: use dot-separated, non-empty keys of at "
-            f"most {MAX_PATH_LENGTH} characters (e.g. 'year' or 'author.name')"
-        )
+            f"invalid metadata field {field!r}: no filter could name it; {exc.message}"
+        ) from None
     if field in BUILTINS or keys[0] in ("chunk", "document"):
         raise InputError(
             f"{field!r} is not a metadata path: give the path as a filter reads it bare "

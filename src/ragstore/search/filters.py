@@ -492,7 +492,7 @@ class _Compiler:
         for key, value in spec.items():
             if not isinstance(key, str):
                 raise InvalidFilterError(f"invalid filter {_where(at)}: keys must be strings")
-            if key.startswith("$"):
+            if names_operator(key):
                 parts.append(self.compile_logical(key, value, at, depth))
             else:
                 parts.append(self.compile_field(key, value))
@@ -517,10 +517,13 @@ class _Compiler:
                 )
             parts = []
             for i, item in enumerate(value):
-                if not isinstance(item, Mapping):
+                if not isinstance(item, Mapping) or not item:
+                    # an empty object matched every chunk (in $or, the whole $or) where
+                    # $not refused it: refused here too, as most likely a mistake
                     raise InvalidFilterError(
                         f"invalid filter {_where(f'{here}[{i}]')}: expected "
-                        f"a filter object, got {_json_type(item)}"
+                        f"a non-empty filter object, got {_json_type(item)}; an empty "
+                        "one names no condition: remove it or give it one"
                     )
                 parts.append(self.compile_object(item, f"{here}[{i}]", depth + 1))
             if op == "$and":
@@ -615,6 +618,26 @@ class _Compiler:
                 self.bind(_builtin_value(field, builtin, op, operand), builtin.cast),
             )
         raise _unknown_operator(field, op)
+
+
+def names_operator(key: str) -> bool:
+    """Whether a filter reads ``key`` (a key of a filter object) as an operator, never as a
+    field: a key that starts with ``$``. The one rule, so that nothing else (an index of a
+    field, db/field_indexes.py) takes a name that no filter could address."""
+    return key.startswith("$")
+
+
+def metadata_path(field: str) -> list[str]:
+    """The keys of the metadata path ``field`` as a filter names it (a key of a filter
+    object), or InvalidFilterError when no filter could name that field: one that starts
+    with ``$`` (read as an operator) or is no dot-separated path of non-empty keys."""
+    if names_operator(field):
+        raise InvalidFilterError(
+            f"invalid filter path {field!r}: a key starting with '$' is read as an operator "
+            f"({', '.join(LOGICAL_OPERATORS + FIELD_OPERATORS)}), never as a field; "
+            "name the metadata key without a leading '$' (e.g. 'price')"
+        )
+    return _split_path(field)
 
 
 def _split_path(field: str) -> list[str]:

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
 
-from ragstore.api.deps import AdminAccess, CollectionName, ReadAccess, Rt, WriteAccess
+from fastapi import APIRouter, Query, Response, status
+
+from ragstore.api.deps import (
+    AdminAccess,
+    CollectionName,
+    ReadAccess,
+    Rt,
+    WriteAccess,
+    decode_name_cursor,
+    encode_name_cursor,
+)
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import (
     CollectionCreate,
@@ -40,19 +50,32 @@ def create_collection(body: CollectionCreate, rt: Rt, caller: WriteAccess) -> Co
     )
 
 
-@router.get("", response_model=CollectionsPublic, summary="List collections")
-def list_collections(rt: Rt, caller: ReadAccess) -> CollectionsPublic:
+MAX_PAGE = 1000
+
+
+@router.get("", response_model=CollectionsPublic, summary="List collections, a page at a time")
+def list_collections(
+    rt: Rt,
+    caller: ReadAccess,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> CollectionsPublic:
+    """In name order, ``limit`` at a time (keyset on name, like the other lists' ids): the
+    whole list in one answer grew with every collection. ``next_cursor`` is null on the
+    last page, so a client that ignores it still gets every collection of a short list."""
+    after = decode_name_cursor(cursor)
+    only = caller.key.collection if caller.key is not None else None
     data: list[CollectionPublic] = []
     with rt.db.connection() as conn, translated("listing collections"):
-        for name in catalog.collection_names(conn):
-            if not caller.sees(name):
-                continue
+        names = catalog.collection_names(conn, after=after, limit=limit, only=only)
+        for name in names:
             try:
                 coll = repository.get_collection(conn, name)
                 data.append(CollectionPublic(**catalog.collection_detail(conn, coll)))
             except CollectionNotFoundError:
                 continue  # deleted since the names were read: no longer listed
-    return CollectionsPublic(data=data, count=len(data))
+    nxt = encode_name_cursor(names[-1]) if len(names) == limit else None
+    return CollectionsPublic(data=data, count=len(data), next_cursor=nxt)
 
 
 @router.get(

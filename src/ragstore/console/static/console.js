@@ -82,6 +82,22 @@
                      " (an answer that is not the API's JSON: from a proxy in front of it?)" };
   }
 
+  // Every collection: GET /v1/collections answers a page at a time; follow next_cursor
+  // to the last (a server from before pages answers all of them and no cursor).
+  async function allCollections() {
+    const data = [];
+    let cursor = null;
+    for (;;) {
+      const page = await api("GET", "/v1/collections?limit=1000" +
+                                    (cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
+      data.push(...page.data);
+      if (!page.next_cursor || page.next_cursor === cursor || page.data.length === 0) {
+        return { data: data, count: data.length };
+      }
+      cursor = page.next_cursor;
+    }
+  }
+
   /* One API call; a problem response becomes an ApiError. A 401 with the stored key
    * signs out (keyRefused). */
   async function api(method, path, payload, key, signal) {
@@ -327,7 +343,7 @@
 
     async function load() {
       const generation = ++listing;
-      const list = await api("GET", "/v1/collections");
+      const list = await allCollections();
       if (generation !== listing) return;  // a newer listing was asked for meanwhile
       seen.disconnect();
       statsQueue = [];
@@ -1073,7 +1089,7 @@
       polling = null;
     }
 
-    const collections = await api("GET", "/v1/collections");
+    const collections = await allCollections();
     select.replaceChildren(...collections.data.map((c) => el("option", { value: c.name, text: c.name })));
     select.addEventListener("change", () => {
       clearStaleErrors("migrate-error");  // said of the collection selected before
