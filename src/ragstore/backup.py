@@ -106,6 +106,30 @@ END $$;
 # lock (tries of :data:`RESTORE_LOCK_WAIT_S`, then one error naming its session).
 _MIGRATION_LOCK = f"SELECT pg_advisory_xact_lock({migrations.MIGRATION_LOCK_KEY});\n"
 
+# Taken by a restore that backs up what it replaces, after the migration lock and before
+# that backup's snapshot, and held to its end: every table of ragstore's schema in
+# EXCLUSIVE mode, which every write (INSERT, UPDATE, DELETE, a row lock) waits for and no
+# read (pg_dump's included) does. The backup was taken before the restore's transaction
+# began: a write a running server committed in between was in neither the backup nor the
+# restored database, lost though acknowledged. Such a write now waits for the restore and
+# lands after it, in the restored database (or fails, and its client is told).
+_HOLD_WRITES = """DO $$
+DECLARE
+    tables text;
+BEGIN
+    SELECT string_agg(c.oid::regclass::text, ', ' ORDER BY c.oid) INTO tables
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p');
+    IF tables IS NOT NULL THEN
+        EXECUTE 'LOCK TABLE ' || tables || ' IN EXCLUSIVE MODE';
+    END IF;
+END $$;
+"""
+# The advisory-lock key space (with this process's gate session's pid) of the gate a
+# restore's transaction waits at, its writes held, while the backup of what it replaces is
+# taken in its exported snapshot (:func:`_run_gated`)
+_RESTORE_GATE = 0x5252_4754  # "RRGT"
+
 # the table of contents line (``pg_restore --list``) of the table every ragstore schema has
 _SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ TABLE public alembic_version ", re.M)
 STOP_WAIT_S = 60.0  # how long an interrupted restore waits for its transaction to end
@@ -451,6 +475,18 @@ def _snapshot(db: Database) -> Iterator[Snapshot]:
 
 
 @contextlib.contextmanager
+def _given_snapshot(db: Database, snapshot: str) -> Iterator[Snapshot]:
+    """:func:`_snapshot` for a snapshot another transaction exported and holds: a
+    restore's, taken with every ragstore table held against writes and the migration lock
+    held (:data:`_HOLD_WRITES`), so no table can be dropped, swapped or rewritten under
+    pg_dump and there is nothing to check after it."""
+    revision, counts = _counts_in(db, snapshot)
+    dumped = _Dumped(db, 0, [])  # nothing to watch: what it reads is as it was
+    dumped.revision = revision
+    yield snapshot, revision, counts, lambda _: [], dumped
+
+
+@contextlib.contextmanager
 def _path_lock(path: Path, doing: str) -> Iterator[bool]:
     """Hold ``.<name>.lock`` beside ``path`` (``flock``, released by the kernel when this
     process ends, however it ends) for a backup to ``path`` or a restore from it; yields
@@ -657,8 +693,13 @@ def create_backup(
     *,
     overwrite: bool = False,
     overwrite_flag: str | None = None,
+    snapshot: str | None = None,
 ) -> BackupInfo:
     """Dump the database to ``path`` (default: a timestamped file under DATA_DIR/backups).
+
+    ``snapshot``, where given, is the one to dump, exported by a transaction that holds
+    it (and every table against writes) until the backup returns: a restore's, whose
+    backup of what it replaces must hold every write committed before it.
 
     The archive is written under a temporary name and renamed when pg_dump succeeded, so a
     failed backup never leaves a file that looks complete. A file already at ``path`` (last
@@ -687,7 +728,7 @@ def create_backup(
         if locked:  # any leftovers are a killed backup's: its lock is free
             _recover_leftovers(path)
         _refuse_existing(path, overwrite, overwrite_flag)
-        return _dump(db, path, stamp, reason, overwrite, overwrite_flag)
+        return _dump(db, path, stamp, reason, overwrite, overwrite_flag, snapshot)
 
 
 def _refuse_schema_changed(db: Database, revision: str | None, *seen: str | None) -> None:
@@ -740,11 +781,19 @@ def _refuse_tables_changed(
         )
 
 
-def _dump_to(tmp: Path, snapshot: str, conninfo: str, env: dict[str, str], where: str) -> None:
-    """pg_dump of the database in ``snapshot`` into ``tmp``."""
+def _dump_to(
+    tmp: Path, snapshot: str, conninfo: str, env: dict[str, str], where: str, held: bool = False
+) -> None:
+    """pg_dump of the database in ``snapshot`` into ``tmp``. ``held``: the snapshot is a
+    restore's, whose transaction waits for this dump with every table held against
+    writes; a DDL queued behind it (and pg_dump's lock behind that) would be a wait for
+    each other PostgreSQL cannot see, so pg_dump gives up waiting for a lock after the
+    time a restore waits for its own."""
+    wait = [f"--lock-wait-timeout={round(RESTORE_LOCK_GIVE_UP_S * 1000)}"] if held else []
     _run(
         [
             _tool("pg_dump"),
+            *wait,
             "--format=custom",
             "--compress=6",
             # the rows the backup's revision and counts were read from, not a
@@ -771,15 +820,17 @@ def _dump(
     reason: str,
     overwrite: bool,
     overwrite_flag: str | None,
+    given: str | None = None,
 ) -> BackupInfo:
     """:func:`create_backup`'s dump and naming, with ``path`` checked and its lock held."""
     conninfo, env = _client_args(db)
     tmp = path.with_name(f".{path.name}.partial")
+    taken = _snapshot(db) if given is None else _given_snapshot(db, given)
     try:
-        with _snapshot(db) as (snapshot, revision, counts, changed, dumped):
+        with taken as (snapshot, revision, counts, changed, dumped):
             try:
                 with dumped.watching():
-                    _dump_to(tmp, snapshot, conninfo, env, db.where)
+                    _dump_to(tmp, snapshot, conninfo, env, db.where, given is not None)
             except BackupError:
                 # pg_dump fails on a table dropped under it; the reason, said plainly.
                 # Once its locks were seen held nothing was (what it read is checked):
@@ -1388,13 +1439,17 @@ def _failed(
         return OutcomeUnknownError(f"{exc}; {_unknown(path, why)}")
     if state == "committed":
         return None
-    if _LOCK_TIMED_OUT in str(exc):
+    if _LOCK_TIMED_OUT in str(exc) or _DEADLOCK in str(exc):
         return _LockWaitEnded(what)
     return BackupError(f"{exc}; {what}")
 
 
 # psql's message for a statement that waited out ``lock_timeout`` (RESTORE_LOCK_WAIT_S)
 _LOCK_TIMED_OUT = "canceling statement due to lock timeout"
+# psql's message for a lock wait PostgreSQL ended as a deadlock: the restore holding the
+# writes (:data:`_HOLD_WRITES`) table by table, a write holding one table and asking for
+# another; rolled back and tried again as a lock timeout is
+_DEADLOCK = "deadlock detected"
 
 
 def _locked_out(db: Database, path: Path, what: str, tries: int) -> RagstoreError:
@@ -1438,6 +1493,113 @@ def _wait_for_migrations(db: Database, path: Path) -> None:
         time.sleep(RESTORE_LOCK_RETRY_PAUSE_S)
 
 
+class _Gate:
+    """Where a restore's transaction waits, every ragstore table held against writes
+    (:data:`_HOLD_WRITES`), while the backup of what it replaces is taken in the snapshot
+    it exported: a session advisory lock this process holds on ``conn`` until that backup
+    is written, then a file (``go``) the script includes, written only once it was. A
+    backup that failed, or this process gone, lets the transaction on to a missing file:
+    it fails and is rolled back, nothing restored."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        where: str,
+        folder: Path,
+        checked: Callable[[str], object],
+    ) -> None:
+        self.conn = conn
+        self.where = where
+        self.key = conn.info.backend_pid
+        self.snapshot = folder / "snapshot"
+        self.go = folder / "go"
+        self.checked = checked
+        self.held = False
+
+    def script(self, wait: str) -> str:
+        """The script's part that holds the writes, exports the snapshot and waits at the
+        gate (with no lock timeout: this process opens it), then goes on only where the
+        backup was taken. ``wait``: the ``SET lock_timeout`` of the rest."""
+        return (
+            _HOLD_WRITES
+            + f"\\copy (SELECT pg_export_snapshot()) TO '{self.snapshot}'\n"
+            + "SET lock_timeout = 0;\n"
+            + f"SELECT pg_advisory_xact_lock({_RESTORE_GATE}, {self.key});\n"
+            + wait
+            + f"\\i '{self.go}'\n"
+        )
+
+    def shut(self) -> None:
+        for name in (self.snapshot, self.go):
+            name.unlink(missing_ok=True)
+        if not self.held:
+            with translated(f"reading {self.where}"):
+                self.conn.execute("SELECT pg_advisory_lock(%s, %s)", (_RESTORE_GATE, self.key))
+            self.held = True
+
+    def open(self) -> None:
+        if self.held:
+            self.held = False
+            with translated(f"reading {self.where}"):
+                self.conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_RESTORE_GATE, self.key))
+
+    def exported(self, proc: subprocess.Popen[str]) -> str | None:
+        """The snapshot psql exported once it holds the writes; None where it ended
+        before (its locks' wait timed out: rolled back, tried again)."""
+        while True:
+            with contextlib.suppress(OSError):
+                text = self.snapshot.read_text()
+                if text.endswith("\n"):
+                    return text.strip()
+            if proc.poll() is not None:
+                return None
+            time.sleep(0.02)
+
+
+def _run_gated(args: list[str], env: dict[str, str], what: str, gate: _Gate | None) -> None:
+    """:func:`_run` of a restore's psql; with a ``gate``, the backup of what the restore
+    replaces is taken while the transaction holds the writes, in its snapshot, and the
+    transaction goes on once it was (:class:`_Gate`). A failed backup is raised once the
+    transaction was rolled back."""
+    if gate is None:
+        _run(args, env, what, stdin=subprocess.DEVNULL)
+        return
+    gate.shut()
+    try:
+        proc = subprocess.Popen(
+            args,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_dies_with_us(),
+        )
+    except OSError as exc:
+        raise BackupError(f"{what}: could not run {Path(args[0]).name}: {exc}") from None
+    with proc:  # its pipes closed, and it waited for, however this ends
+        try:
+            snapshot = gate.exported(proc)
+            if snapshot is not None:
+                try:
+                    gate.checked(snapshot)
+                except Exception:
+                    gate.open()  # on to the missing go file: rolled back
+                    proc.communicate()
+                    raise
+                gate.go.write_text("-- the backup of what this restore replaces was taken\n")
+            gate.open()
+            _, err = proc.communicate()
+        except BaseException:
+            proc.kill()
+            raise
+    if proc.returncode != 0:
+        detail = " ".join(line for line in (err or "").strip().splitlines()[:3])
+        raise BackupError(
+            f"{what}: {Path(args[0]).name} failed: {detail or _killed(proc.returncode)}"
+        )
+
+
 def _replay(
     db: Database,
     path: Path,
@@ -1445,6 +1607,7 @@ def _replay(
     env: dict[str, str],
     scripts: list[Path],
     session: Path,
+    gate: _Gate | None = None,
 ) -> None:
     """Run the restore's ``scripts`` through ``psql --single-transaction``; tried again
     (a new psql, a new transaction) while its drops cannot have their table locks in
@@ -1456,7 +1619,11 @@ def _replay(
     The drops waited 60 s in one try behind a session holding a table (an open
     transaction, a backup's pg_dump), and their queued ACCESS EXCLUSIVE request held every
     other query on that table (each search and write of a running service) waiting
-    behind it all that time."""
+    behind it all that time.
+
+    With a ``gate``, each try takes the backup of what it replaces once it holds the
+    writes (:func:`_run_gated`): a try rolled back after its backup let writes in, so the
+    next one takes its own."""
     deadline = time.monotonic() + RESTORE_LOCK_GIVE_UP_S
     tries = 0
     while True:
@@ -1466,18 +1633,21 @@ def _replay(
         with contextlib.suppress(OSError):
             session.unlink(missing_ok=True)
         try:
-            _run(
+            _run_gated(
                 [_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction"]
                 + ["--set", "ON_ERROR_STOP=1"]
                 + [arg for script in scripts for arg in ("--file", str(script))]
                 + ["--dbname", conninfo],
                 env,
                 f"restoring {path} into {db.where}",
-                stdin=subprocess.DEVNULL,
+                gate,
             )
             return
         except KeyboardInterrupt as exc:
-            raise _stopped(db, path, session) from exc
+            stopped = _stopped(db, path, session)
+            if isinstance(exc, BackupInterrupted):  # as its backup got its names
+                stopped = RestoreInterrupted(f"{stopped.what}; {exc.what}")
+            raise stopped from exc
         except BackupError as exc:
             try:
                 error = _failed(db, path, session, exc)
@@ -1510,17 +1680,22 @@ class RestoreResult:
 def restore_backup(
     db: Database,
     path: Path,
-    checked: Callable[[], object] | None = None,
+    checked: Callable[[str], object] | None = None,
     *,
     drop_dependents: bool = False,
 ) -> RestoreResult:
     """Make the database exactly what the archive holds, in one transaction.
 
     ``checked`` is called once the archive has passed every check, before anything is
-    changed: the CLI backs up what the restore replaces there, so that a refused archive
-    costs no backup. Objects outside ragstore's schema that depend on it (a user's view
-    over a ragstore table) are refused unless ``drop_dependents``: the drops cascade to
-    them.
+    changed, with a snapshot to dump: the CLI backs up what the restore replaces there, so
+    that a refused archive costs no backup. It is called from inside the restore's
+    transaction, which holds every ragstore table against writes (reads go on) from
+    before that snapshot to its commit: a write acknowledged to a client is in that backup
+    or, having waited for the restore, in the restored database. Taken before the
+    transaction, the backup missed the writes committed between the two, which the
+    restore then replaced: lost, though acknowledged. Objects outside ragstore's schema
+    that depend on it (a user's view over a ragstore table) are refused unless
+    ``drop_dependents``: the drops cascade to them.
 
     The archive's lock is held throughout (a backup overwriting it meanwhile is refused),
     and what a killed backup to it left is dealt with first: where that puts an earlier
@@ -1540,7 +1715,7 @@ def restore_backup(
 
 
 def _restore(
-    db: Database, path: Path, checked: Callable[[], object] | None, drop_dependents: bool
+    db: Database, path: Path, checked: Callable[[str], object] | None, drop_dependents: bool
 ) -> RestoreResult:
     """:func:`restore_backup`, with the archive's lock held."""
     info, listing = _checked(path)
@@ -1577,7 +1752,6 @@ def _restore(
             _refuse_outside_dependents(db)
         if checked is not None:
             _wait_for_migrations(db, path)
-            checked()
         prelude = Path(tmpdir) / "prelude.sql"
         session = Path(tmpdir) / "session"
         # which backend runs the restore's transaction, and its id: an interrupted restore
@@ -1590,10 +1764,25 @@ def _restore(
         guard = "" if drop_dependents else _GUARD_OUTSIDE_DEPENDENTS
         # each lock (the migration lock's included) waited for one try's time at most
         wait = f"SET lock_timeout = '{max(1, round(RESTORE_LOCK_WAIT_S * 1000))}ms';\n"
-        prelude.write_text(
-            quiet + record + wait + _MIGRATION_LOCK + create + guard + _DROP_PUBLIC_OBJECTS
-        )
-        _replay(db, path, conninfo, env, [prelude, body], session)
+        with contextlib.ExitStack() as stack:
+            gate = None
+            if checked is not None:  # its backup taken with the writes held, in its snapshot
+                conn = stack.enter_context(db.connect(autocommit=True))
+                gate = _Gate(conn, db.where, Path(tmpdir), checked)
+            # the writes held before the guard: a dependent made as the backup was taken
+            # (it only reads) is seen by the guard, not dropped with the tables
+            hold = "" if gate is None else gate.script(wait)
+            prelude.write_text(
+                quiet
+                + record
+                + wait
+                + _MIGRATION_LOCK
+                + hold
+                + create
+                + guard
+                + _DROP_PUBLIC_OBJECTS
+            )
+            _replay(db, path, conninfo, env, [prelude, body], session, gate)
     # committed: from here on the restore is done whatever happens, and says so
     try:
         revision, counts = read_back(lambda: _counts(db))

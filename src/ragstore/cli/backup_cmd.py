@@ -117,9 +117,13 @@ def register(app: typer.Typer) -> None:
                 db = rt.raw_db()
                 confirm(f"Replace everything in {db.where} with {path}?", yes=yes)
 
-                def back_up() -> None:  # once the archive passed its checks
+                def back_up(snapshot: str) -> None:
+                    # once the archive passed its checks, in the restore's transaction,
+                    # which holds the writes from before that snapshot to its commit
                     if migrations.holds_ragstore_data(db):  # ragstore's data to keep
-                        before[0] = backup_before(rt, db, "restore", quiet=as_json)
+                        before[0] = backup_before(
+                            rt, db, "restore", quiet=as_json, snapshot=snapshot
+                        )
 
                 result = restore_backup(
                     db, path, None if no_backup else back_up, drop_dependents=drop_dependents

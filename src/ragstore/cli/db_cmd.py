@@ -98,11 +98,14 @@ def upgrade(
         upgrade_with_backup(rt, to, backup=not no_backup, as_json=as_json)
 
 
-def backup_before(rt: Runtime, db: Database, reason: str, *, quiet: bool = False) -> str:
-    """Back the database up before a command changes it (upgrade, downgrade, restore)."""
+def backup_before(
+    rt: Runtime, db: Database, reason: str, *, quiet: bool = False, snapshot: str | None = None
+) -> str:
+    """Back the database up before a command changes it (upgrade, downgrade, restore);
+    ``snapshot``: the one to dump (a restore's, taken with the writes held)."""
     from ragstore.backup import create_backup
 
-    info = create_backup(db, rt.settings, reason=reason)
+    info = create_backup(db, rt.settings, reason=reason, snapshot=snapshot)
     if not quiet:
         typer.echo(f"backup: {info.path} ({_how_to_restore(info.path, info.revision)})")
     return info.path
