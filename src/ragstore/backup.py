@@ -770,6 +770,15 @@ def _dump(
     conninfo, env = _client_args(db.conninfo)
     tmp = path.with_name(f".{path.name}.partial")
     try:
+        try:
+            # made here, not by pg_dump: its refusal ("could not open output file
+            # /proc/.x.dump.partial") named the hidden file, never the path the user gave
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        except OSError as exc:
+            raise BackupError(
+                f"cannot write the backup to {path}: {exc.strerror or exc}; nothing was "
+                "written: name a file in a folder you can write to"
+            ) from None
         with _snapshot(db) as (snapshot, revision, counts, changed, dumped):
             try:
                 with dumped.watching():
@@ -1054,8 +1063,15 @@ def check_archive(path: Path) -> BackupInfo | None:
     return _checked(path)[0]
 
 
-def _checked(path: Path) -> tuple[BackupInfo | None, str]:
-    """:func:`check_archive`, and the archive's table of contents (``pg_restore --list``)."""
+# the first bytes of every pg_dump custom-format archive
+_ARCHIVE_MAGIC = b"PGDMP"
+
+
+def precheck_archive(path: Path) -> None:
+    """The cheap part of :func:`check_archive`: ``path`` exists, is a file (or a folder, a
+    directory-format dump), can be read, and a file starts as a pg_dump archive does. Run
+    before the restore's question, which was asked of a missing file or a text file and
+    answered "yes" for nothing; reads no more than a few bytes."""
     if not path.exists():
         raise PathNotFoundError(f"{path}: no such file or directory")
     if not path.is_file() and not path.is_dir():
@@ -1065,6 +1081,25 @@ def _checked(path: Path) -> tuple[BackupInfo | None, str]:
             f"{path} is not a regular file (a device, pipe or socket); nothing was "
             "restored: copy the archive to a file and restore that"
         )
+    if path.is_dir():
+        return  # pg_restore --list says whether the folder is an archive
+    try:
+        with path.open("rb") as archive:
+            head = archive.read(len(_ARCHIVE_MAGIC))
+    except OSError as exc:
+        raise BackupInvalidError(
+            f"{path} cannot be read ({exc.strerror or exc}); nothing was restored"
+        ) from None
+    if head != _ARCHIVE_MAGIC:
+        raise BackupInvalidError(
+            f"{path} is not a readable pg_dump custom-format archive (it does not start "
+            "as one); nothing was restored: name a file written by `ragstore backup`"
+        )
+
+
+def _checked(path: Path) -> tuple[BackupInfo | None, str]:
+    """:func:`check_archive`, and the archive's table of contents (``pg_restore --list``)."""
+    precheck_archive(path)
     info = read_info(path)
     if info is not None and _sha256(path) != info.sha256:
         raise BackupInvalidError(

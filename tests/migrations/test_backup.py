@@ -250,16 +250,19 @@ def test_db_upgrade_backs_up_first_and_restore_rolls_it_back(
 def test_a_backup_that_cannot_be_written_is_one_error_and_leaves_no_file(
     populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """pg_dump failing, and the cleanup after it failing too (a read-only volume refuses
-    even the unlink of a file that is not there; here the temporary name is taken by a
-    folder), is ``backup_failed``, not a traceback of the cleanup; a sidecar that cannot
-    be written fails the backup and takes the archive with it."""
+    """pg_dump (or its temporary file) failing, and the cleanup after it failing too (a
+    read-only volume refuses even the unlink of a file that is not there; here the
+    temporary name is taken by a folder), is ``backup_failed``, not a traceback of the
+    cleanup; a sidecar that cannot be written fails the backup and takes the archive with
+    it."""
     archive = tmp_path / "b.dump"
     (tmp_path / ".b.dump.partial").mkdir()
     capsys.readouterr()
     assert run_cli("backup", str(archive)) == 74
     err = capsys.readouterr().err
-    assert err.startswith("error[backup_failed]: backing up ") and "pg_dump failed" in err
+    # the temporary file is made before pg_dump runs; its error names the path given
+    assert err.startswith(f"error[backup_failed]: cannot write the backup to {archive}: ")
+    assert ".partial" not in err
     assert not archive.exists()
     (tmp_path / ".b.dump.partial").rmdir()
     Path(f"{archive}.json").mkdir()
