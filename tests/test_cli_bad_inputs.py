@@ -156,3 +156,109 @@ def test_an_empty_data_dir_is_a_config_error_not_the_current_directory(
     assert err.startswith("error[config_invalid]: RAGSTORE_DATA_DIR='' is invalid: ")
     assert "it is empty; name a folder, or unset it to use the default (" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_files_line_escapes_a_newline_in_its_path(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file named ``$'e.md\\n  failed [x] spoof.md'`` (empty: it fails) made its failure
+    line two, the second one spoofing another file's failure. Its newline is now shown as
+    ``\\n``: one line per failed file."""
+    name = "e.md\n  failed [binary_file] spoof.md"
+    (tmp_path / name).write_text("")
+    assert run_cli("ingest", str(tmp_path / name), "-c", "escaped-paths") == 1
+    failed = [line for line in capsys.readouterr().err.splitlines() if "failed [" in line]
+    assert len(failed) == 1, failed
+    assert "e.md\\n  failed [binary_file] spoof.md" in failed[0]
+    assert failed[0].startswith("  failed [empty_document] ")
+
+
+def test_output_to_a_closed_stdout_is_an_io_error(cli_env: dict[str, str]) -> None:
+    """``ragstore collections list >&-``: Python's stdout is None, every print wrote
+    nothing and the command ended 0, its output lost unsaid. Now exit 74 (EX_IOERR) and
+    one line saying so."""
+    proc = subprocess.run(
+        [*CLI, "collections", "list", "--json"],
+        env={**os.environ, **cli_env},
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert proc.returncode == 74, proc.stderr
+    assert proc.stderr == (
+        "error[output_failed]: could not write the output to stdout (stdout is closed); "
+        "what the command printed there is lost: run it with stdout to a file or pipe "
+        "that can be written\n"
+    )
+
+
+def test_output_into_a_closed_pipe_ends_quietly_with_141(cli_env: dict[str, str]) -> None:
+    """``ragstore collections list | head -c1`` whose reader has gone: the broken pipe
+    ended the command with exit status 1 (typer's) or 0, or a traceback at exit. Now, as
+    a tool killed by SIGPIPE: exit 141, nothing on stderr."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(
+            [*CLI, "collections", "list", "--json"],
+            env={**os.environ, **cli_env},
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_restore_checks_the_archive_before_asking(
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``ragstore restore`` asked "Replace everything ...?" of a file that did not exist or
+    was no archive at all, and a "yes" was answered with the refusal. The cheap checks
+    (exists, a file, readable, starts as a pg_dump archive) now come before the question."""
+    import io
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not an archive\n")
+    for path, status, said in (
+        (tmp_path / "missing.dump", 66, "error[path_not_found]: "),
+        (text, 65, "error[backup_invalid]: "),
+    ):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
+        assert run_cli("restore", str(path)) == status
+        err = capsys.readouterr().err
+        assert "[y/N]" not in err and "Replace everything" not in err, err
+        assert err.startswith(said + str(path)), err
+
+
+def test_an_unknown_model_name_is_a_config_error_naming_where_to_look(
+    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``collections create --model bogus`` (or ``RAGSTORE_MODEL=bogus``) exited 70,
+    EX_SOFTWARE, as ragstore's own failure; it is the user's configuration to fix: 78,
+    with the command that lists the names to use."""
+    assert run_cli("collections", "create", "bogus-opt", "--model", "bogus") == CONFIG_INVALID
+    err = capsys.readouterr().err
+    assert err.startswith("error[model_not_found]: no pinned model 'bogus'"), err
+    assert "`ragstore models list` lists the names to use" in err
+    monkeypatch.setenv("RAGSTORE_MODEL", "bogus")
+    assert run_cli("collections", "create", "bogus-env") == CONFIG_INVALID
+    assert "`ragstore models list`" in capsys.readouterr().err
+
+
+def test_a_backup_to_an_unwritable_path_names_that_path(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ragstore backup /proc/x.dump`` failed in pg_dump naming its hidden temporary file
+    (``could not open output file "/proc/.x.dump.partial"``), a name the user never gave.
+    The error names ``/proc/x.dump``."""
+    assert run_cli("backup", "/proc/x.dump") == 74
+    err = capsys.readouterr().err
+    assert err.startswith("error[backup_failed]: cannot write the backup to /proc/x.dump: "), err
+    assert ".partial" not in err

@@ -611,6 +611,16 @@ def _file_sha(path: Path) -> str | None:
         return None
 
 
+def _kept_archives(path: Path) -> list[Path] | None:
+    """The earlier archives an overwrite of ``path`` hid as ``.<name>.<hex>.old``, in name
+    order; None where the folder cannot be listed."""
+    hidden = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.old")
+    try:
+        return sorted(p for p in path.parent.iterdir() if hidden.fullmatch(p.name))
+    except OSError:
+        return None
+
+
 def _recover_leftovers(path: Path) -> str | None:
     """Deal with what a backup to ``path`` killed outright (SIGKILL, a power cut) left
     beside it, with the path's lock held (so its writer is gone); what was put back, or
@@ -624,11 +634,8 @@ def _recover_leftovers(path: Path) -> str | None:
     where they do not and a kept ``.old`` is the archive the sidecar describes, the new
     pair was incomplete: that earlier archive is put back at ``path``, and the new one's
     leftovers removed. A ``.old`` that matches nothing is left alone."""
-    folder = path.parent
-    hidden = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.old")
-    try:
-        kept = sorted(p for p in folder.iterdir() if hidden.fullmatch(p.name))
-    except OSError:
+    kept = _kept_archives(path)
+    if kept is None:
         return None
     for partial in (
         path.with_name(f".{path.name}.partial"),
@@ -655,7 +662,7 @@ def _recover_leftovers(path: Path) -> str | None:
         if old != put_back:
             with contextlib.suppress(OSError):
                 old.unlink()
-    _sync_dir(folder)
+    _sync_dir(path.parent)
     if put_back is None:
         return None
     return (
@@ -827,6 +834,15 @@ def _dump(
     tmp = path.with_name(f".{path.name}.partial")
     taken = _snapshot(db) if given is None else _given_snapshot(db, given)
     try:
+        try:
+            # made here, not by pg_dump: its refusal ("could not open output file
+            # /proc/.x.dump.partial") named the hidden file, never the path the user gave
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        except OSError as exc:
+            raise BackupError(
+                f"cannot write the backup to {path}: {exc.strerror or exc}; nothing was "
+                "written: name a file in a folder you can write to"
+            ) from None
         with taken as (snapshot, revision, counts, changed, dumped):
             try:
                 with dumped.watching():
@@ -1111,9 +1127,20 @@ def check_archive(path: Path) -> BackupInfo | None:
     return _checked(path)[0]
 
 
-def _checked(path: Path) -> tuple[BackupInfo | None, str]:
-    """:func:`check_archive`, and the archive's table of contents (``pg_restore --list``)."""
+# the first bytes of every pg_dump custom-format archive
+_ARCHIVE_MAGIC = b"PGDMP"
+
+
+def precheck_archive(path: Path) -> None:
+    """The cheap part of :func:`check_archive`: ``path`` exists, is a file (or a folder, a
+    directory-format dump), can be read, and a file starts as a pg_dump archive does. Run
+    before the restore's question, which was asked of a missing file or a text file and
+    answered "yes" for nothing; reads no more than a few bytes."""
     if not path.exists():
+        if _kept_archives(path):
+            # an overwrite killed between its renames hid the earlier archive: the
+            # restore puts it back and says so (:func:`restore_backup`), not "no such file"
+            return
         raise PathNotFoundError(f"{path}: no such file or directory")
     if not path.is_file() and not path.is_dir():
         # pg_restore waited for good on a named pipe no one wrote to, and a pipe that was
@@ -1122,6 +1149,25 @@ def _checked(path: Path) -> tuple[BackupInfo | None, str]:
             f"{path} is not a regular file (a device, pipe or socket); nothing was "
             "restored: copy the archive to a file and restore that"
         )
+    if path.is_dir():
+        return  # pg_restore --list says whether the folder is an archive
+    try:
+        with path.open("rb") as archive:
+            head = archive.read(len(_ARCHIVE_MAGIC))
+    except OSError as exc:
+        raise BackupInvalidError(
+            f"{path} cannot be read ({exc.strerror or exc}); nothing was restored"
+        ) from None
+    if head != _ARCHIVE_MAGIC:
+        raise BackupInvalidError(
+            f"{path} is not a readable pg_dump custom-format archive (it does not start "
+            "as one); nothing was restored: name a file written by `ragstore backup`"
+        )
+
+
+def _checked(path: Path) -> tuple[BackupInfo | None, str]:
+    """:func:`check_archive`, and the archive's table of contents (``pg_restore --list``)."""
+    precheck_archive(path)
     info = read_info(path)
     if info is not None and _sha256(path) != info.sha256:
         raise BackupInvalidError(

@@ -425,8 +425,13 @@ class ModelError(RagstoreError):
 
 
 class ModelNotFoundError(ModelError):
+    """The model a command, setting (``RAGSTORE_MODEL``) or collection names is neither
+    pinned nor built in, or names no weights to load: a configuration to fix, not
+    ragstore's failure (it exited 70, EX_SOFTWARE, as a bug does)."""
+
     code = "model_not_found"
     http_status = 404
+    exit_code = 78  # EX_CONFIG
 
 
 class ModelMismatchError(ModelError):

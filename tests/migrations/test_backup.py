@@ -250,16 +250,19 @@ def test_db_upgrade_backs_up_first_and_restore_rolls_it_back(
 def test_a_backup_that_cannot_be_written_is_one_error_and_leaves_no_file(
     populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """pg_dump failing, and the cleanup after it failing too (a read-only volume refuses
-    even the unlink of a file that is not there; here the temporary name is taken by a
-    folder), is ``backup_failed``, not a traceback of the cleanup; a sidecar that cannot
-    be written fails the backup and takes the archive with it."""
+    """pg_dump (or its temporary file) failing, and the cleanup after it failing too (a
+    read-only volume refuses even the unlink of a file that is not there; here the
+    temporary name is taken by a folder), is ``backup_failed``, not a traceback of the
+    cleanup; a sidecar that cannot be written fails the backup and takes the archive with
+    it."""
     archive = tmp_path / "b.dump"
     (tmp_path / ".b.dump.partial").mkdir()
     capsys.readouterr()
     assert run_cli("backup", str(archive)) == 74
     err = capsys.readouterr().err
-    assert err.startswith("error[backup_failed]: backing up ") and "pg_dump failed" in err
+    # the temporary file is made before pg_dump runs; its error names the path given
+    assert err.startswith(f"error[backup_failed]: cannot write the backup to {archive}: ")
+    assert ".partial" not in err
     assert not archive.exists()
     (tmp_path / ".b.dump.partial").rmdir()
     Path(f"{archive}.json").mkdir()
@@ -987,6 +990,21 @@ def test_a_restore_of_an_overwrite_killed_between_its_renames_puts_the_earlier_b
     assert archive.read_bytes() == old and Path(f"{archive}.json").read_bytes() == old_side
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.dump", "b.dump.json"]
     assert run_cli("restore", str(archive), "--yes", "--no-backup") == 0
+
+
+def test_a_restore_of_an_overwrite_killed_before_its_second_rename_puts_the_earlier_back(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Killed between its two renames, an overwrite left no FILE at all: only the earlier
+    archive hidden as ``.FILE.<hex>.old``. The restore's check of the archive before its
+    question said "no such file"; the earlier pair is put back instead, as above."""
+    archive, old, old_side = _interrupted_overwrite(tmp_path)
+    archive.unlink()  # the new archive never got the name
+    capsys.readouterr()
+    assert run_cli("restore", str(archive), "--yes", "--no-backup") == 65
+    err = capsys.readouterr().err
+    assert "killed before it finished" in err and "nothing was restored" in err, err
+    assert archive.read_bytes() == old and Path(f"{archive}.json").read_bytes() == old_side
 
 
 def test_a_backup_over_an_overwrite_killed_between_its_renames_leaves_one_good_pair(

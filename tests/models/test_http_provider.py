@@ -513,7 +513,7 @@ def test_a_pinned_model_is_named_like_a_built_in_everywhere(
     assert json.loads(capsys.readouterr().out)["model"] == pinned.spec.key
     assert run_cli("collections", "create", "by-key", "--model", pinned.spec.key, "--json") == 0
     assert json.loads(capsys.readouterr().out)["model"] == pinned.spec.key
-    assert run_cli("collections", "create", "nope", "--model", "not-pinned") == 70
+    assert run_cli("collections", "create", "nope", "--model", "not-pinned") == 78
     assert "no pinned model 'not-pinned'" in capsys.readouterr().err
     assert model_spec(rt, "minilm-named") == pinned.spec
     assert model_spec(rt, DEFAULT_MODEL) == resolve_spec(DEFAULT_MODEL)  # nothing pinned

@@ -204,7 +204,7 @@ def test_models_cli_migrates_reports_status_and_rolls_back(
     assert '"status": "retired"' in capsys.readouterr().out
     assert run_cli("models", "rollback", "-c", COLL) == 0
     assert "rolled 'mig' back" in capsys.readouterr().err
-    assert run_cli("models", "migrate", "-c", COLL, "--to", "no-such-model") == 70
+    assert run_cli("models", "migrate", "-c", COLL, "--to", "no-such-model") == 78
     assert "error[model_not_found]: no pinned model 'no-such-model'" in capsys.readouterr().err
     assert run_cli("models", "list", "--json") == 0
     listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}

@@ -117,7 +117,7 @@ def test_models_add_pins_a_local_directory_with_checksum_and_probe(
     assert "error[conflict]: model minilm-local@r1 is already pinned" in capsys.readouterr().err
     assert run_cli("models", "show", "minilm-local", "--json") == 0
     assert json.loads(capsys.readouterr().out)["options"]["truncate_dim"] == 128
-    assert run_cli("models", "add", "/nonexistent/model", "--name", "x") == 70
+    assert run_cli("models", "add", "/nonexistent/model", "--name", "x") == 78
     assert "is not a directory" in capsys.readouterr().err
 
 

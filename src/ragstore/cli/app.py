@@ -3,7 +3,9 @@
 Exit statuses (documented in TROUBLESHOOTING.md, "Exit codes"): 0 done; 1 some files
 failed or a confirmation was declined; 64 a usage error (unknown command or option, a bad
 or missing value); every :class:`~ragstore.errors.RagstoreError` its own ``exit_code``
-(65-78, sysexits style); 130 interrupted; 143 an ingest stopped by SIGTERM.
+(65-78, sysexits style); 74 (EX_IOERR) the output could not be written to stdout (closed,
+a full disk); 141 stdout was a pipe its reader closed (``| head``: quiet, as a tool killed
+by SIGPIPE); 130 interrupted; 143 an ingest stopped by SIGTERM.
 
 The pinned typer ships its own copy of click (``typer._click``): its exceptions are not
 click's, so they are caught here by typer's classes, never by ``click``'s.
@@ -16,10 +18,13 @@ a second and never import torch.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
+import os
+import signal
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import typer
 from typer import exceptions as typer_exceptions
@@ -31,6 +36,8 @@ from ragstore.errors import RagstoreError
 EXIT_FAILED = 1
 EXIT_USAGE = 64  # EX_USAGE
 EXIT_INTERRUPTED = 130
+EXIT_IOERR = 74  # EX_IOERR: the command's output could not be written
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, what a shell reports for `yes | head`
 
 app = typer.Typer(
     name="ragstore",
@@ -248,8 +255,96 @@ def _printable_streams() -> None:
             reconfigure(errors="backslashreplace")
 
 
+class OutputLost(Exception):
+    """A write to stdout failed (``cause``, an OSError). Not an OSError itself: typer turns
+    a broken pipe into exit status 1 and nothing said, and commands that catch OSError
+    around their files must not take it for theirs."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _GuardedStdout:
+    """``sys.stdout`` for the length of a command: a write or flush that fails raises
+    :class:`OutputLost`. ``stream`` None is a stdout closed when Python started
+    (``ragstore ... >&-``), where print and typer wrote nothing without a word."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+
+    def _closed(self) -> OutputLost:
+        return OutputLost(OSError(errno.EBADF, "stdout is closed"))
+
+    def write(self, text: str) -> int:
+        if self._stream is None:
+            raise self._closed()
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise OutputLost(exc) from None
+
+    def flush(self) -> None:
+        if self._stream is None:
+            return
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise OutputLost(exc) from None
+
+    def isatty(self) -> bool:
+        return self._stream is not None and self._stream.isatty()
+
+    def __getattr__(self, name: str) -> Any:
+        if self._stream is None:  # as None has no such attribute; a write raises
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
+
+def _output_lost(exc: OutputLost, stream: TextIO | None) -> int:
+    """Say why the output was lost, once, and return the exit status. A reader that went
+    away (``| head -c1``) is no error of ours: nothing is said, as standard tools say
+    nothing, and stdout goes to /dev/null so that Python's own flush at exit does not
+    print an "Exception ignored" traceback."""
+    if exc.cause.errno == errno.EPIPE:
+        if stream is not None:
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, stream.fileno())
+                os.close(null)
+            except (OSError, ValueError, AttributeError):  # no file descriptor (a test)
+                pass
+        return EXIT_BROKEN_PIPE
+    reason = exc.cause.strerror or str(exc.cause)
+    typer.echo(
+        f"error[output_failed]: could not write the output to stdout ({reason}); "
+        "what the command printed there is lost: run it with stdout to a file or pipe "
+        "that can be written",
+        err=True,
+    )
+    return EXIT_IOERR
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI; every failure is one line on stderr and its exit status."""
+    """Entry point: run the CLI; every failure is one line on stderr and its exit status.
+
+    A command whose output could not be written (stdout closed, a full disk, a reader that
+    went away) never ends with 0: its data is lost (:func:`_output_lost`)."""
+    stdout = sys.stdout
+    sys.stdout = _GuardedStdout(stdout)
+    try:
+        try:
+            _main(argv)
+        finally:
+            sys.stdout.flush()  # what is still buffered fails here, not at exit unsaid
+    except OutputLost as exc:
+        sys.stdout = stdout
+        sys.exit(_output_lost(exc, stdout))
+    finally:
+        sys.stdout = stdout
+
+
+def _main(argv: list[str] | None) -> None:
     _printable_streams()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     command = build_command()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ragstore.cli.output import confirm, echo_json
+from ragstore.cli.output import confirm, echo_json, printable
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -65,13 +65,13 @@ def register(app: typer.Typer) -> None:
             else:
                 what = "no backup was taken (its unfinished file was removed)"
                 if existed:
-                    what += f"; {path} is as it was"
+                    what += f"; {printable(str(path))} is as it was"
             err_console().print(f"interrupted by {how}: {what}", markup=False)
             sys.exit(status)
         if as_json:
             echo_json(asdict(info))
             return
-        typer.echo(f"backup: {info.path} ({info.bytes} bytes, sha256 {info.sha256})")
+        typer.echo(f"backup: {printable(info.path)} ({info.bytes} bytes, sha256 {info.sha256})")
         typer.echo(
             f"  of {info.database} at schema revision {info.revision or '(none)'}: "
             f"{_counts(info.counts)}"
@@ -99,7 +99,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Replace the database's contents with a backup, in one transaction, after
         backing up what it replaces (as `db upgrade` and `db downgrade` do)."""
-        from ragstore.backup import BackupInterrupted, RestoreInterrupted, restore_backup
+        from ragstore.backup import (
+            BackupInterrupted,
+            RestoreInterrupted,
+            precheck_archive,
+            restore_backup,
+        )
         from ragstore.cli.db_cmd import backup_before
         from ragstore.cli.output import err_console
         from ragstore.cli.remote import refuse_remote
@@ -109,13 +114,16 @@ def register(app: typer.Typer) -> None:
         from ragstore.runtime import Runtime
 
         refuse_remote("restore")
+        # a missing, unreadable or foreign file is refused before the question: asked
+        # first, a "yes" was answered with "no such file"
+        precheck_archive(path)
         before: list[str | None] = [None]
         try:
             # SIGTERM unwinds as Ctrl-C does: killed outright, this process left psql to
             # commit the restore after the command had died without a word
             with terminate_as_interrupt(), Runtime() as rt:
                 db = rt.raw_db()
-                confirm(f"Replace everything in {db.where} with {path}?", yes=yes)
+                confirm(f"Replace everything in {db.where} with {printable(str(path))}?", yes=yes)
 
                 def back_up(snapshot: str) -> None:
                     # once the archive passed its checks, in the restore's transaction,
@@ -149,7 +157,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             echo_json({**asdict(result), "replaced_backup": before[0]})
             return
-        typer.echo(f"restored {result.path} into {result.database}")
+        typer.echo(f"restored {printable(result.path)} into {result.database}")
         if result.counts is None:
             typer.echo(f"  {result.unread}")
         else:

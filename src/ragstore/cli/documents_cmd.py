@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ragstore.cli.output import confirm, console, echo_json, err_console, escape, print_table
+from ragstore.cli.output import (
+    confirm,
+    console,
+    echo_json,
+    err_console,
+    escape,
+    print_table,
+    printable,
+)
 
 if TYPE_CHECKING:
     from ragstore.runtime import Runtime
@@ -201,7 +209,9 @@ def delete_cmd(
         doc_id = _remote_id(document)
         with client:
             data = client.get_document(name, doc_id)
-            confirm(f"Delete {data.get('name') or data['source']} from {name!r}?", yes=yes)
+            confirm(
+                f"Delete {printable(data.get('name') or data['source'])} from {name!r}?", yes=yes
+            )
             client.delete_document(name, doc_id)
     else:
         from ragstore.db import catalog
@@ -210,7 +220,7 @@ def delete_cmd(
 
         with Runtime(settings) as rt:
             data = _find(rt, name, document)
-            confirm(f"Delete {data['source']} from {name!r}?", yes=yes)
+            confirm(f"Delete {printable(data['source'])} from {name!r}?", yes=yes)
             coll = rt.collection(name)
             with rt.db.connection() as conn, translated(f"deleting document {document!r}"):
                 catalog.delete_document(conn, coll, data["id"])
@@ -218,5 +228,6 @@ def delete_cmd(
         echo_json({"deleted": data["id"], "source": data["source"], "collection": name})
         return
     err_console().print(
-        f"deleted document {data['id']} ({escape(str(data['source']))}) from {escape(name)!r}"
+        f"deleted document {data['id']} ({escape(printable(str(data['source'])))}) "
+        f"from {escape(name)!r}"
     )

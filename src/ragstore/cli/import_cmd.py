@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from typer._click.exceptions import UsageError
 
-from ragstore.cli.output import console, deprecated, echo_json, escape, progress
+from ragstore.cli.output import console, deprecated, echo_json, escape, printable, progress
 
 if TYPE_CHECKING:
     from ragstore.imports import ImportPlan, ImportReport
@@ -26,7 +26,9 @@ def print_plan(plan: ImportPlan) -> None:
         if spec.provider != "imported"
         else "vector queries only (ragstore cannot load this model)"
     )
-    console().print(f"source:      {escape(plan.source)} ({plan.validation.read} records)")
+    console().print(
+        f"source:      {escape(printable(plan.source))} ({plan.validation.read} records)"
+    )
     console().print(
         f"model:       {escape(spec.key)} ({spec.provider}, {spec.dimension} dims, "
         f"{spec.distance}; {usable})"
@@ -54,7 +56,9 @@ def print_plan(plan: ImportPlan) -> None:
 
 def print_report(report: ImportReport) -> None:
     if report.backup is not None:
-        console().print(f"backup:      {escape(report.backup.path)} ({report.backup.bytes} bytes)")
+        console().print(
+            f"backup:      {escape(printable(report.backup.path))} ({report.backup.bytes} bytes)"
+        )
     else:
         console().print("backup:      none (--no-backup)")
     s = report.seconds

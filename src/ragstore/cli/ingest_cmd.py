@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ragstore.cli.output import console, echo_json, err_console, escape, progress
+from ragstore.cli.output import console, echo_json, err_console, escape, printable, progress
 from ragstore.errors import InputError
 
 if TYPE_CHECKING:
@@ -44,10 +44,10 @@ def _print_report(report: IngestReport) -> None:
         f"{report.embedded} embedded, {report.reused} reused ({report.seconds:.1f}s)"
     )
     for o in report.failed:
-        err.print(f"  [red]failed[/] {escape(f'[{o.code}] {o.error}')}")
+        err.print(f"  [red]failed[/] {escape(printable(f'[{o.code}] {o.error}'))}")
     for o in report.outcomes:
         if o.status == "skipped":
-            err.print(f"  [yellow]skipped[/] {escape(f'[{o.code}] {o.error}')}")
+            err.print(f"  [yellow]skipped[/] {escape(printable(f'[{o.code}] {o.error}'))}")
     if not report.outcomes:
         from ragstore.parsing import supported_suffixes
 
@@ -87,7 +87,7 @@ def _print_interrupted(exc: KeyboardInterrupt) -> int:
         f"of {exc.total} files; {report.chunks} chunks stored ({report.seconds:.1f}s)"
     )
     for o in report.failed:
-        err.print(f"  [red]failed[/] {escape(f'[{o.code}] {o.error}')}")
+        err.print(f"  [red]failed[/] {escape(printable(f'[{o.code}] {o.error}'))}")
     err.print(
         "  each document is stored whole or not at all; run the same command again to "
         "resume (what is stored is skipped as unchanged)"
@@ -101,7 +101,7 @@ def _announce_vanished(prune: bool) -> Callable[[list[str]], None]:
         verb = "removing" if prune else "vanished (kept without --prune)"
         err.print(f"{verb}: {len(sources)} document(s) no longer on disk")
         for source in sources:
-            err.print(f"  [yellow]-[/] {escape(source)}")
+            err.print(f"  [yellow]-[/] {escape(printable(source))}")
 
     return announce
 
@@ -167,7 +167,7 @@ def _ingest_through(
         )
         for f in exc.result.failed:
             line = f"[{f['code']}] {f['detail']}"
-            err_console().print(f"  [red]failed[/] {escape(line)}")
+            err_console().print(f"  [red]failed[/] {escape(printable(line))}")
         raise exc.error from None
     except KeyboardInterrupt as exc:
         how, status = interrupt_status(exc)
@@ -201,10 +201,10 @@ def _ingest_through(
     )
     for f in result.failed:
         line = f"[{f['code']}] {f['detail']}"
-        err.print(f"  [red]failed[/] {escape(line)}")
+        err.print(f"  [red]failed[/] {escape(printable(line))}")
     for f in result.skipped:
         line = f"[{f['code']}] {f['detail']}"
-        err.print(f"  [yellow]skipped[/] {escape(line)}")
+        err.print(f"  [yellow]skipped[/] {escape(printable(line))}")
     if result.failed:
         raise typer.Exit(1)
 

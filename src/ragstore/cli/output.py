@@ -52,6 +52,21 @@ def escape(text: str) -> str:
     return rich_escape(visible)
 
 
+# every control character, tab and newline too
+_LINE_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NAMED_CONTROLS = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` on one line: every control character, newline and tab included, shown as
+    Python's ``repr`` shows it (``\\n``, ``\\t``, ``\\x1b``), the rest as it is. For what
+    the CLI prints but did not choose (a path, a file's failure): a file named
+    ``$'a.md\\n  failed [x] b.md'`` made its failure line two, the second a spoof."""
+    return _LINE_CONTROLS.sub(
+        lambda m: _NAMED_CONTROLS.get(m.group()) or f"\\x{ord(m.group()):02x}", text
+    )
+
+
 def echo_json(value: Any) -> None:
     """Print ``value`` as indented JSON on stdout (dates and paths as strings)."""
     typer.echo(json.dumps(value, indent=2, default=str))
@@ -65,7 +80,7 @@ def print_table(columns: list[str], rows: list[list[str]]) -> None:
     for column in table.columns:
         column.overflow = "fold"
     for row in rows:
-        table.add_row(*(escape(cell) for cell in row))
+        table.add_row(*(escape(printable(cell)) for cell in row))
     console().print(table)
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ragstore.cli.output import console, echo_json, err_console, escape
+from ragstore.cli.output import console, echo_json, err_console, escape, printable
 from ragstore.errors import InputError
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def print_hits(hits: Sequence[Hit], width: int = 240) -> None:
         if len(text) > width:
             text = text[: width - 1] + "…"
         out.print(
-            f"[bold]{rank:>2}.[/] [cyan]{h.score:.3f}[/]  {escape(h.source)}  "
+            f"[bold]{rank:>2}.[/] [cyan]{h.score:.3f}[/]  {escape(printable(h.source))}  "
             f"[dim]§ {escape(section)} ({h.chunk_type})[/]"
         )
         if h.explain is not None:

@@ -85,7 +85,8 @@ def resolve_spec(name: str) -> ModelSpec:
     if name not in specs:
         raise ModelNotFoundError(
             f"unknown embedding model {name!r}; built-in: {', '.join(sorted(specs))} "
-            "(pin any other local or HTTP model with `ragstore models add`)"
+            "(`ragstore models list` lists the pinned ones; pin any other local or HTTP model "
+            "with `ragstore models add`)"
         )
     spec = specs[name]
     return replace(spec, checksum=_checksum(model_dir_of(spec)))

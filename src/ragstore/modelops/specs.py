@@ -78,7 +78,8 @@ def find_model(rt: Runtime, ref: str, *, pin_builtin: bool = True) -> PinnedMode
         known = [m.spec.key for m in models.pinned_models(conn)]
     raise ModelNotFoundError(
         f"no pinned model {ref!r}; pinned: {', '.join(known) or 'none'}; built-in: "
-        f"{', '.join(sorted(builtin_specs()))}; pin another with `ragstore models add`"
+        f"{', '.join(sorted(builtin_specs()))}; `ragstore models list` lists the names to "
+        "use, `ragstore models add` pins another"
     )
 
 
