@@ -4,6 +4,8 @@ that reach it through a real database."""
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -13,6 +15,7 @@ from psycopg.pq import DiagnosticField
 from psycopg_pool import PoolTimeout
 
 from ragstore.api.errors import problem_body
+from ragstore.config import Settings
 from ragstore.db.database import Breaker, Database
 from ragstore.db.errors import (
     DISK_FULL,
@@ -28,9 +31,14 @@ from ragstore.errors import (
     DatabaseUnavailableError,
     InputError,
     RagstoreError,
+    SearchTimeoutError,
     StatementCancelledError,
 )
+from ragstore.runtime import Runtime
+from ragstore.search import search
+from ragstore.search.service import _search_deadline
 from tests.conftest import run_cli
+from tests.search_helpers import Doc, make_collection, write_docs
 
 
 def _sample(key: str) -> psycopg.Error:
@@ -244,7 +252,6 @@ def test_unreachable_database_fails_fast_without_its_address() -> None:
     assert body["status"] == 503
     assert "127.0.0.1" not in body["detail"] and "secretdb" not in body["detail"]
     assert "POOL_MAX_SIZE" not in str(first.value)
-    import time
 
     t0 = time.monotonic()
     for _ in range(20):  # the breaker is open: no connect timeout per call
@@ -308,3 +315,68 @@ def test_a_full_pool_at_the_servers_connection_limit_is_busy_not_down(database_u
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role]
             )
             admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+# What a server whose lc_messages is German says for a statement its statement_timeout
+# ended (SQLSTATE 57014, as for an administrator's cancel)
+_GERMAN_TIMEOUT = "FEHLER:  storniere Anfrage wegen Zeitüberschreitung der Anfrage"
+
+
+def test_a_search_timeout_is_told_by_the_clock_whatever_the_servers_language() -> None:
+    """A search's timeout and an administrator's cancel are both 57014; they were told
+    apart by the English "statement timeout" in the message, so under a German
+    ``lc_messages`` every search timeout became 503 ``statement_cancelled`` ("retry it")
+    instead of 504 ``search_timeout`` saying to narrow the search."""
+    with (
+        pytest.raises(SearchTimeoutError, match=r"RAGSTORE_SEARCH_TIMEOUT_S=0\.05"),
+        _search_deadline("notes", 0.05),
+    ):
+        time.sleep(0.06)  # the limit has passed: only the timeout ends it now
+        raise pg.QueryCanceled(_GERMAN_TIMEOUT)
+    # a cancel before the limit is somebody else's, whatever it says
+    with pytest.raises(pg.QueryCanceled), _search_deadline("notes", 30.0):
+        raise pg.QueryCanceled("canceling statement due to statement timeout")
+    with pytest.raises(pg.QueryCanceled), _search_deadline("notes", 0.0):  # no timeout set
+        time.sleep(0.01)
+        raise pg.QueryCanceled(_GERMAN_TIMEOUT)
+
+
+def test_an_administrators_cancel_of_a_search_is_not_its_timeout(
+    rt: Runtime, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pg_cancel_backend`` of a running search (on the real server) fails that request
+    only, 503 ``statement_cancelled``; its search timeout, far off, is not blamed."""
+    monkeypatch.setattr(rt, "settings", settings.model_copy(update={"search_timeout_s": 60.0}))
+    coll = make_collection(rt, "cancelled_by_admin")
+    write_docs(rt, coll, [Doc("a.txt", ["pgvector keeps the embeddings"])])
+    search(rt, "embeddings", collection=coll.name, k=1, mode="fulltext")  # cached
+    url = settings.database_url
+    assert url is not None
+    with psycopg.connect(url.get_secret_value()) as holder:
+        holder.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")  # the search waits
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                search(rt, "embeddings", collection=coll.name, k=1, mode="fulltext")
+            except BaseException as exc:
+                failed.append(exc)
+
+        started = time.monotonic()
+        thread = threading.Thread(target=run)
+        thread.start()
+        with psycopg.connect(url.get_secret_value(), autocommit=True) as admin:
+            cancelled = False
+            while not cancelled and time.monotonic() - started < 30:
+                row = admin.execute(
+                    "SELECT bool_or(pg_cancel_backend(pid)) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                ).fetchone()
+                cancelled = bool(row and row[0])
+                time.sleep(0.05)
+        thread.join(30)
+        holder.rollback()
+    assert cancelled
+    assert len(failed) == 1 and type(failed[0]) is StatementCancelledError, failed
+    assert "cancelled the statement" in str(failed[0])
+    assert time.monotonic() - started < 30
