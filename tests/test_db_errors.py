@@ -14,6 +14,7 @@ from psycopg import errors as pg
 from psycopg.pq import DiagnosticField
 from psycopg_pool import PoolTimeout
 
+from ragstore import backup
 from ragstore.api.errors import problem_body
 from ragstore.config import Settings
 from ragstore.db.database import Breaker, Database
@@ -26,6 +27,7 @@ from ragstore.db.errors import (
     translated,
 )
 from ragstore.errors import (
+    BackupError,
     ConflictError,
     DatabaseError,
     DatabaseUnavailableError,
@@ -380,3 +382,41 @@ def test_an_administrators_cancel_of_a_search_is_not_its_timeout(
     assert len(failed) == 1 and type(failed[0]) is StatementCancelledError, failed
     assert "cancelled the statement" in str(failed[0])
     assert time.monotonic() - started < 30
+
+
+def test_a_restores_lock_timeout_is_told_by_its_sqlstate(database_url: str, tmp_path: Path) -> None:
+    """A restore tries again while another session holds its tables: its psql's lock
+    timeout was told by the English "canceling statement due to lock timeout", so under a
+    German ``lc_messages`` the restore failed at its first try. psql prints the SQLSTATE
+    (55P03) now, and only that is read; the server's source position it prints too is no
+    part of a failure's message."""
+    conninfo, env = backup._client_args(database_url)
+
+    def fails(text: str) -> BackupError:
+        script = tmp_path / "script.sql"
+        script.write_text(text)
+        with pytest.raises(BackupError) as failed:
+            backup._run(backup._psql(conninfo, [script]), env, "restoring x")
+        return failed.value
+
+    german = fails(
+        "DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '55P03', MESSAGE = 'storniere Anfrage "
+        "wegen Zeitüberschreitung einer Sperre'; END $$;\n"
+    )
+    assert backup.waited_out_lock(german), german
+    with psycopg.connect(database_url) as holder:
+        holder.execute("CREATE TABLE IF NOT EXISTS held_by_another (x int)")
+        holder.commit()
+        holder.execute("LOCK TABLE held_by_another IN ACCESS EXCLUSIVE MODE")
+        real = fails("SET lock_timeout = '100ms';\nDROP TABLE held_by_another;\n")
+        holder.rollback()
+    assert backup.waited_out_lock(real), real
+    # the words alone, under another SQLSTATE, are not a lock timeout
+    other = fails(
+        "DO $$ BEGIN RAISE EXCEPTION 'canceling statement due to lock timeout'; END $$;\n"
+        "SELECT 1;\n"
+    )
+    assert not backup.waited_out_lock(other), other
+    missing = fails("SELECT * FROM no_such_table_here;\n")
+    assert not backup.waited_out_lock(missing)
+    assert "no_such_table_here" in str(missing) and ".c:" not in str(missing), missing
