@@ -17,6 +17,7 @@ from psycopg_pool import PoolTimeout
 from ragstore import backup
 from ragstore.api.errors import problem_body
 from ragstore.config import Settings
+from ragstore.db import spaces
 from ragstore.db.database import Breaker, Database
 from ragstore.db.errors import (
     DISK_FULL,
@@ -420,3 +421,39 @@ def test_a_restores_lock_timeout_is_told_by_its_sqlstate(database_url: str, tmp_
     missing = fails("SELECT * FROM no_such_table_here;\n")
     assert not backup.waited_out_lock(missing)
     assert "no_such_table_here" in str(missing) and ".c:" not in str(missing), missing
+
+
+# What a German server says for a parallel index build's shared memory segment it cannot
+# grow (dsm_impl.c), and for a table file it cannot extend on a full disk (md.c)
+_GERMAN_DSM = (
+    "FEHLER:  konnte Größe des Shared-Memory-Segments »/PostgreSQL.1« nicht auf 268435456 "
+    "Bytes ändern: Auf dem Gerät ist kein Speicherplatz mehr verfügbar"
+)
+_GERMAN_FULL = (
+    "FEHLER:  konnte Datei »base/5/16384« nicht erweitern: Auf dem Gerät ist kein Speicher"
+)
+
+
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (_server_error(pg.DiskFull, _GERMAN_DSM, "53100", "dsm_impl.c"), True),
+        # EFBIG or ENOMEM growing the segment, or no segment left: out of memory
+        (_server_error(pg.OutOfMemory, "Segmente", "53200", "dsm_impl.c"), True),
+        (_server_error(pg.OutOfMemory, "zu viele dynamische Segmente", "53200", "dsm.c"), True),
+        # a full disk, a backend out of memory: a build in one process fails as well
+        (_server_error(pg.DiskFull, _GERMAN_FULL, "53100", "md.c"), False),
+        (_server_error(pg.OutOfMemory, "out of shared memory", "53200", "mcxt.c"), False),
+        # without the source file (a proxy that drops it): PostgreSQL's English words
+        (pg.DiskFull("could not resize shared memory segment: No space left"), True),
+        (pg.DiskFull("could not extend file: No space left on device"), False),
+    ],
+)
+def test_a_parallel_builds_shared_memory_is_told_whatever_the_servers_language(
+    exc: psycopg.Error, expected: bool
+) -> None:
+    """A parallel HNSW build that cannot map its graph under /dev/shm (a container's 64 MB)
+    is built again in one process; it was told from a full disk by the English "shared
+    memory", so under a German ``lc_messages`` the build failed outright. The server's
+    source file tells it (and a segment refused as out of memory, 53200, is one too)."""
+    assert spaces._shared_memory_short(exc) is expected
