@@ -18,7 +18,7 @@ from ragstore import backup
 from ragstore.api.errors import problem_body
 from ragstore.config import Settings
 from ragstore.db import spaces
-from ragstore.db.database import Breaker, Database
+from ragstore.db.database import Breaker, Database, refused_for_limit
 from ragstore.db.errors import (
     DISK_FULL,
     SQLSTATE_MAP,
@@ -155,6 +155,11 @@ def test_a_recovery_conflict_is_told_whatever_the_servers_language(
         psycopg.OperationalError(
             'connection to server on socket "/d/pg/.s.PGSQL.5432" failed: FATAL:  could not '
             "write init file: No space left on device"
+        ),
+        # the same from a server whose lc_messages is German: no SQLSTATE to go by
+        psycopg.OperationalError(
+            'connection to server on socket "/d/pg/.s.PGSQL.5432" failed: FATAL:  konnte '
+            "Init-Datei nicht schreiben: Auf dem Gerät ist kein Speicherplatz mehr verfügbar"
         ),
     ],
 )
@@ -457,3 +462,46 @@ def test_a_parallel_builds_shared_memory_is_told_whatever_the_servers_language(
     memory", so under a German ``lc_messages`` the build failed outright. The server's
     source file tells it (and a segment refused as out of memory, 53200, is one too)."""
     assert spaces._shared_memory_short(exc) is expected
+
+
+def test_a_connection_refused_for_a_limit_is_told_whatever_the_servers_language(
+    database_url: str,
+) -> None:
+    """A connection the server refuses for its connection limit carries no SQLSTATE (libpq
+    keeps it), only the server's words: in English they said "the server is up, and
+    full", in German ("zu viele Verbindungen von Rolle »r«") they read as a server that
+    does not answer, and a full pool opened the breaker. Every language PostgreSQL
+    speaks is read now; on the real server a role's limit is still told."""
+    role = "no_connections_allowed"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+    try:
+        url = psycopg.conninfo.make_conninfo(database_url, user=role)
+        with pytest.raises(psycopg.OperationalError) as real:
+            psycopg.connect(url)
+        assert real.value.sqlstate is None  # what psycopg gives: the words alone
+        assert refused_for_limit(real.value)
+        db = Database(url, connect_timeout_s=1)
+        try:
+            assert db.answers()  # up, and full for this role
+        finally:
+            db.close()
+        elsewhere = psycopg.conninfo.make_conninfo(database_url, dbname="no_such_db_here")
+        with pytest.raises(psycopg.OperationalError) as missing:
+            psycopg.connect(elsewhere)
+        assert not refused_for_limit(missing.value)
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+    for words in (
+        "FATAL:  zu viele Verbindungen von Rolle »ragstore«",
+        "FATAL:  tut mir leid, schon zu viele Verbindungen",
+        "FATAL:  trop de connexions pour la base de données « ragstore »",
+        "FATAL:  die verbleibenden Verbindungen sind für Rollen mit dem Attribut SUPERUSER "
+        "reserviert",
+    ):
+        refused = psycopg.OperationalError(
+            f'connection to server on socket "/d/.s.PGSQL.5432" failed: {words}'
+        )
+        assert refused_for_limit(refused), words
