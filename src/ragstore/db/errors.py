@@ -80,11 +80,9 @@ def disk_full(exc: BaseException) -> bool:
     ``server_words``) for a connection it could not start (a backend that cannot write
     its init file ends with a FATAL the client sees without a SQLSTATE). Class 53 alone
     also covers memory and connections, whose fix differs, and a full disk stays full
-    until someone frees it. An error with another SQLSTATE is not a full disk, whatever
-    its words."""
-    state = getattr(exc, "sqlstate", None)
-    if state is not None:
-        return bool(state == "53100")
+    until someone frees it."""
+    if getattr(exc, "sqlstate", None) == "53100":
+        return True
     return server_words.says(str(exc), server_words.NO_SPACE_LEFT)
 
 
