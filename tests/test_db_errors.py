@@ -4,6 +4,8 @@ that reach it through a real database."""
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -12,8 +14,11 @@ from psycopg import errors as pg
 from psycopg.pq import DiagnosticField
 from psycopg_pool import PoolTimeout
 
+from ragstore import backup
 from ragstore.api.errors import problem_body
-from ragstore.db.database import Breaker, Database
+from ragstore.config import Settings
+from ragstore.db import spaces
+from ragstore.db.database import Breaker, Database, refused_for_limit
 from ragstore.db.errors import (
     DISK_FULL,
     SQLSTATE_MAP,
@@ -23,14 +28,20 @@ from ragstore.db.errors import (
     translated,
 )
 from ragstore.errors import (
+    BackupError,
     ConflictError,
     DatabaseError,
     DatabaseUnavailableError,
     InputError,
     RagstoreError,
+    SearchTimeoutError,
     StatementCancelledError,
 )
+from ragstore.runtime import Runtime
+from ragstore.search import search
+from ragstore.search.service import _search_deadline
 from tests.conftest import run_cli
+from tests.search_helpers import Doc, make_collection, write_docs
 
 
 def _sample(key: str) -> psycopg.Error:
@@ -145,6 +156,11 @@ def test_a_recovery_conflict_is_told_whatever_the_servers_language(
             'connection to server on socket "/d/pg/.s.PGSQL.5432" failed: FATAL:  could not '
             "write init file: No space left on device"
         ),
+        # the same from a server whose lc_messages is German: no SQLSTATE to go by
+        psycopg.OperationalError(
+            'connection to server on socket "/d/pg/.s.PGSQL.5432" failed: FATAL:  konnte '
+            "Init-Datei nicht schreiben: Auf dem Gerät ist kein Speicherplatz mehr verfügbar"
+        ),
     ],
 )
 def test_a_full_disk_says_so_and_how_to_fix_it(exc: Exception) -> None:
@@ -244,7 +260,6 @@ def test_unreachable_database_fails_fast_without_its_address() -> None:
     assert body["status"] == 503
     assert "127.0.0.1" not in body["detail"] and "secretdb" not in body["detail"]
     assert "POOL_MAX_SIZE" not in str(first.value)
-    import time
 
     t0 = time.monotonic()
     for _ in range(20):  # the breaker is open: no connect timeout per call
@@ -308,3 +323,185 @@ def test_a_full_pool_at_the_servers_connection_limit_is_busy_not_down(database_u
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role]
             )
             admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+# What a server whose lc_messages is German says for a statement its statement_timeout
+# ended (SQLSTATE 57014, as for an administrator's cancel)
+_GERMAN_TIMEOUT = "FEHLER:  storniere Anfrage wegen Zeitüberschreitung der Anfrage"
+
+
+def test_a_search_timeout_is_told_by_the_clock_whatever_the_servers_language() -> None:
+    """A search's timeout and an administrator's cancel are both 57014; they were told
+    apart by the English "statement timeout" in the message, so under a German
+    ``lc_messages`` every search timeout became 503 ``statement_cancelled`` ("retry it")
+    instead of 504 ``search_timeout`` saying to narrow the search."""
+    with (
+        pytest.raises(SearchTimeoutError, match=r"RAGSTORE_SEARCH_TIMEOUT_S=0\.05"),
+        _search_deadline("notes", 0.05),
+    ):
+        time.sleep(0.06)  # the limit has passed: only the timeout ends it now
+        raise pg.QueryCanceled(_GERMAN_TIMEOUT)
+    # a cancel before the limit is somebody else's, whatever it says
+    with pytest.raises(pg.QueryCanceled), _search_deadline("notes", 30.0):
+        raise pg.QueryCanceled("canceling statement due to statement timeout")
+    with pytest.raises(pg.QueryCanceled), _search_deadline("notes", 0.0):  # no timeout set
+        time.sleep(0.01)
+        raise pg.QueryCanceled(_GERMAN_TIMEOUT)
+
+
+def test_an_administrators_cancel_of_a_search_is_not_its_timeout(
+    rt: Runtime, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pg_cancel_backend`` of a running search (on the real server) fails that request
+    only, 503 ``statement_cancelled``; its search timeout, far off, is not blamed."""
+    monkeypatch.setattr(rt, "settings", settings.model_copy(update={"search_timeout_s": 60.0}))
+    coll = make_collection(rt, "cancelled_by_admin")
+    write_docs(rt, coll, [Doc("a.txt", ["pgvector keeps the embeddings"])])
+    search(rt, "embeddings", collection=coll.name, k=1, mode="fulltext")  # cached
+    url = settings.database_url
+    assert url is not None
+    with psycopg.connect(url.get_secret_value()) as holder:
+        holder.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")  # the search waits
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                search(rt, "embeddings", collection=coll.name, k=1, mode="fulltext")
+            except BaseException as exc:
+                failed.append(exc)
+
+        started = time.monotonic()
+        thread = threading.Thread(target=run)
+        thread.start()
+        with psycopg.connect(url.get_secret_value(), autocommit=True) as admin:
+            cancelled = False
+            while not cancelled and time.monotonic() - started < 30:
+                row = admin.execute(
+                    "SELECT bool_or(pg_cancel_backend(pid)) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                ).fetchone()
+                cancelled = bool(row and row[0])
+                time.sleep(0.05)
+        thread.join(30)
+        holder.rollback()
+    assert cancelled
+    assert len(failed) == 1 and type(failed[0]) is StatementCancelledError, failed
+    assert "cancelled the statement" in str(failed[0])
+    assert time.monotonic() - started < 30
+
+
+def test_a_restores_lock_timeout_is_told_by_its_sqlstate(database_url: str, tmp_path: Path) -> None:
+    """A restore tries again while another session holds its tables: its psql's lock
+    timeout was told by the English "canceling statement due to lock timeout", so under a
+    German ``lc_messages`` the restore failed at its first try. psql prints the SQLSTATE
+    (55P03) now, and only that is read; the server's source position it prints too is no
+    part of a failure's message."""
+    conninfo, env = backup._client_args(database_url)
+
+    def fails(text: str) -> BackupError:
+        script = tmp_path / "script.sql"
+        script.write_text(text)
+        with pytest.raises(BackupError) as failed:
+            backup._run(backup._psql(conninfo, [script]), env, "restoring x")
+        return failed.value
+
+    german = fails(
+        "DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '55P03', MESSAGE = 'storniere Anfrage "
+        "wegen Zeitüberschreitung einer Sperre'; END $$;\n"
+    )
+    assert backup.waited_out_lock(german), german
+    with psycopg.connect(database_url) as holder:
+        holder.execute("CREATE TABLE IF NOT EXISTS held_by_another (x int)")
+        holder.commit()
+        holder.execute("LOCK TABLE held_by_another IN ACCESS EXCLUSIVE MODE")
+        real = fails("SET lock_timeout = '100ms';\nDROP TABLE held_by_another;\n")
+        holder.rollback()
+    assert backup.waited_out_lock(real), real
+    # the words alone, under another SQLSTATE, are not a lock timeout
+    other = fails(
+        "DO $$ BEGIN RAISE EXCEPTION 'canceling statement due to lock timeout'; END $$;\n"
+        "SELECT 1;\n"
+    )
+    assert not backup.waited_out_lock(other), other
+    missing = fails("SELECT * FROM no_such_table_here;\n")
+    assert not backup.waited_out_lock(missing)
+    assert "no_such_table_here" in str(missing) and ".c:" not in str(missing), missing
+
+
+# What a German server says for a parallel index build's shared memory segment it cannot
+# grow (dsm_impl.c), and for a table file it cannot extend on a full disk (md.c)
+_GERMAN_DSM = (
+    "FEHLER:  konnte Größe des Shared-Memory-Segments »/PostgreSQL.1« nicht auf 268435456 "
+    "Bytes ändern: Auf dem Gerät ist kein Speicherplatz mehr verfügbar"
+)
+_GERMAN_FULL = (
+    "FEHLER:  konnte Datei »base/5/16384« nicht erweitern: Auf dem Gerät ist kein Speicher"
+)
+
+
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (_server_error(pg.DiskFull, _GERMAN_DSM, "53100", "dsm_impl.c"), True),
+        # EFBIG or ENOMEM growing the segment, or no segment left: out of memory
+        (_server_error(pg.OutOfMemory, "Segmente", "53200", "dsm_impl.c"), True),
+        (_server_error(pg.OutOfMemory, "zu viele dynamische Segmente", "53200", "dsm.c"), True),
+        # a full disk, a backend out of memory: a build in one process fails as well
+        (_server_error(pg.DiskFull, _GERMAN_FULL, "53100", "md.c"), False),
+        (_server_error(pg.OutOfMemory, "out of shared memory", "53200", "mcxt.c"), False),
+        # without the source file (a proxy that drops it): PostgreSQL's English words
+        (pg.DiskFull("could not resize shared memory segment: No space left"), True),
+        (pg.DiskFull("could not extend file: No space left on device"), False),
+    ],
+)
+def test_a_parallel_builds_shared_memory_is_told_whatever_the_servers_language(
+    exc: psycopg.Error, expected: bool
+) -> None:
+    """A parallel HNSW build that cannot map its graph under /dev/shm (a container's 64 MB)
+    is built again in one process; it was told from a full disk by the English "shared
+    memory", so under a German ``lc_messages`` the build failed outright. The server's
+    source file tells it (and a segment refused as out of memory, 53200, is one too)."""
+    assert spaces._shared_memory_short(exc) is expected
+
+
+def test_a_connection_refused_for_a_limit_is_told_whatever_the_servers_language(
+    database_url: str,
+) -> None:
+    """A connection the server refuses for its connection limit carries no SQLSTATE (libpq
+    keeps it), only the server's words: in English they said "the server is up, and
+    full", in German ("zu viele Verbindungen von Rolle »r«") they read as a server that
+    does not answer, and a full pool opened the breaker. Every language PostgreSQL
+    speaks is read now; on the real server a role's limit is still told."""
+    role = "no_connections_allowed"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+    try:
+        url = psycopg.conninfo.make_conninfo(database_url, user=role)
+        with pytest.raises(psycopg.OperationalError) as real:
+            psycopg.connect(url)
+        assert real.value.sqlstate is None  # what psycopg gives: the words alone
+        assert refused_for_limit(real.value)
+        db = Database(url, connect_timeout_s=1)
+        try:
+            assert db.answers()  # up, and full for this role
+        finally:
+            db.close()
+        elsewhere = psycopg.conninfo.make_conninfo(database_url, dbname="no_such_db_here")
+        with pytest.raises(psycopg.OperationalError) as missing:
+            psycopg.connect(elsewhere)
+        assert not refused_for_limit(missing.value)
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+    for words in (
+        "FATAL:  zu viele Verbindungen von Rolle »ragstore«",
+        "FATAL:  tut mir leid, schon zu viele Verbindungen",
+        "FATAL:  trop de connexions pour la base de données « ragstore »",
+        "FATAL:  die verbleibenden Verbindungen sind für Rollen mit dem Attribut SUPERUSER "
+        "reserviert",
+    ):
+        refused = psycopg.OperationalError(
+            f'connection to server on socket "/d/.s.PGSQL.5432" failed: {words}'
+        )
+        assert refused_for_limit(refused), words

@@ -231,6 +231,10 @@ def _dies_with_us() -> Callable[[], None] | None:
     return arm
 
 
+# a line of psql's verbose error output that gives only the server's source position
+_SOURCE_POSITION = re.compile(r"^\S+:\s+\w+, [\w.]+\.c:\d+$")
+
+
 def _run(
     args: list[str],
     env: dict[str, str],
@@ -253,7 +257,12 @@ def _run(
     except OSError as exc:
         raise BackupError(f"{what}: could not run {Path(args[0]).name}: {exc}") from None
     if proc.returncode != 0:
-        detail = " ".join(line for line in (proc.stderr or "").strip().splitlines()[:3])
+        lines = (proc.stderr or "").strip().splitlines()
+        # a restore's psql runs at VERBOSITY verbose (for the SQLSTATE of its error): the
+        # server's source position ("LOCATION:  ProcessInterrupts, postgres.c:3385", its
+        # label in the client's language) says nothing to a user
+        lines = [line for line in lines if not _SOURCE_POSITION.match(line)]
+        detail = " ".join(lines[:3])
         raise failed(f"{what}: {Path(args[0]).name} failed: {detail or _killed(proc.returncode)}")
     return str(proc.stdout)
 
@@ -1485,17 +1494,37 @@ def _failed(
         return OutcomeUnknownError(f"{exc}; {_unknown(path, why)}")
     if state == "committed":
         return None
-    if _LOCK_TIMED_OUT in str(exc) or _DEADLOCK in str(exc):
+    if waited_out_lock(exc):
         return _LockWaitEnded(what)
     return BackupError(f"{exc}; {what}")
 
 
-# psql's message for a statement that waited out ``lock_timeout`` (RESTORE_LOCK_WAIT_S)
-_LOCK_TIMED_OUT = "canceling statement due to lock timeout"
-# psql's message for a lock wait PostgreSQL ended as a deadlock: the restore holding the
-# writes (:data:`_HOLD_WRITES`) table by table, a write holding one table and asking for
-# another; rolled back and tried again as a lock timeout is
-_DEADLOCK = "deadlock detected"
+# psql's error for a statement that waited out ``lock_timeout`` (RESTORE_LOCK_WAIT_S)
+# or whose lock wait PostgreSQL ended as a deadlock (the restore holding the writes,
+# :data:`_HOLD_WRITES`, table by table, a write holding one table and asking for
+# another), told by its SQLSTATE (lock_not_available, deadlock_detected), which psql
+# prints at VERBOSITY verbose ("ERROR:  55P03: canceling statement due to lock
+# timeout"): the words are in the server's lc_messages, and under a German one
+# ("storniere Anfrage wegen Zeitüberschreitung einer Sperre") a restore behind another
+# session's transaction failed at its first try instead of trying again
+_LOCK_TIMED_OUT = re.compile(r":\s+(?:55P03|40P01): ")
+
+
+def waited_out_lock(exc: BackupError) -> bool:
+    """Whether the restore's psql (:func:`_psql`) failed for a lock it waited for too long
+    or a deadlock: rolled back, it is tried again."""
+    return bool(_LOCK_TIMED_OUT.search(str(exc)))
+
+
+def _psql(conninfo: str, scripts: list[Path]) -> list[str]:
+    """The command that runs a restore's ``scripts`` in one transaction, stopping at the
+    first error, which it prints with its SQLSTATE (:func:`waited_out_lock`)."""
+    return (
+        [_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction"]
+        + ["--set", "ON_ERROR_STOP=1", "--set", "VERBOSITY=verbose"]
+        + [arg for script in scripts for arg in ("--file", str(script))]
+        + ["--dbname", conninfo]
+    )
 
 
 def _locked_out(db: Database, path: Path, what: str, tries: int) -> RagstoreError:
@@ -1680,10 +1709,7 @@ def _replay(
             session.unlink(missing_ok=True)
         try:
             _run_gated(
-                [_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction"]
-                + ["--set", "ON_ERROR_STOP=1"]
-                + [arg for script in scripts for arg in ("--file", str(script))]
-                + ["--dbname", conninfo],
+                _psql(conninfo, scripts),
                 env,
                 f"restoring {path} into {db.where}",
                 gate,

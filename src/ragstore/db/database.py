@@ -31,7 +31,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ragstore import forks
 from ragstore.config import Settings
-from ragstore.db import embedded
+from ragstore.db import embedded, server_words
 from ragstore.db.errors import disk_full, refused_write, translate, translated
 from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError, known_address
 
@@ -50,18 +50,16 @@ CLIENT_CHECK_INTERVAL = "5s"
 # (Database.guard_schema): a server keeps working at most this long after an upgrade
 SCHEMA_RECHECK_S = 5.0
 # A connection refused for a connection limit (the server's, a role's, a database's):
-# SQLSTATE 53300. libpq gives no SQLSTATE for a failed connection, only the server's
-# message (psycopg's error has no sqlstate nor diag then, though the server sent the code:
-# libpq prints it only at the VERBOSE error verbosity, which psycopg cannot set before a
-# connection is made), so its texts are matched too (PostgreSQL's own, as in lc_messages C
-# or English; under a translated lc_messages such a refusal still reads as a server down).
+# SQLSTATE 53300, which a failed connection does not carry (server_words.py says why): it
+# is told by the server's words, in any language PostgreSQL speaks (refused_for_limit)
 TOO_MANY_CONNECTIONS = "53300"
-_TOO_MANY_CONNECTIONS_TEXTS = (
-    "too many clients already",
-    "too many connections for role",
-    "too many connections for database",
-    "remaining connection slots are reserved",
-)
+
+
+def refused_for_limit(exc: psycopg.Error) -> bool:
+    """Whether a connection attempt failed on a connection limit: the server is up."""
+    if exc.sqlstate is not None:
+        return exc.sqlstate == TOO_MANY_CONNECTIONS
+    return server_words.says(str(exc), server_words.TOO_MANY_CONNECTIONS)
 
 
 # libpq's TCP settings of every connection ragstore opens, where the URL sets none of its
@@ -426,9 +424,7 @@ class Database:
             ):
                 return True
         except psycopg.Error as exc:
-            return exc.sqlstate == TOO_MANY_CONNECTIONS or any(
-                text in str(exc) for text in _TOO_MANY_CONNECTIONS_TEXTS
-            )
+            return refused_for_limit(exc)
 
     def _check_idle(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         """The pool's check of each connection it hands out; no round trip when healthy.

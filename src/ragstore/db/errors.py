@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from ragstore.db import server_words
 from ragstore.errors import (
     ConflictError,
     DatabaseError,
@@ -75,11 +76,14 @@ DISK_FULL = (
 
 def disk_full(exc: BaseException) -> bool:
     """Whether PostgreSQL failed for want of room on its disk: SQLSTATE 53100 for a
-    statement, or the server's "No space left on device" for a connection it could not
-    start (a backend that cannot write its init file ends with a FATAL the client sees
-    without a SQLSTATE). Class 53 alone also covers memory and connections, whose fix
-    differs, and a full disk stays full until someone frees it."""
-    return getattr(exc, "sqlstate", None) == "53100" or "No space left on device" in str(exc)
+    statement, or the server's "No space left on device" (in the server's language:
+    ``server_words``) for a connection it could not start (a backend that cannot write
+    its init file ends with a FATAL the client sees without a SQLSTATE). Class 53 alone
+    also covers memory and connections, whose fix differs, and a full disk stays full
+    until someone frees it."""
+    if getattr(exc, "sqlstate", None) == "53100":
+        return True
+    return server_words.says(str(exc), server_words.NO_SPACE_LEFT)
 
 
 # SQLSTATEs of a statement the server answered and refused, its session left as it was:

@@ -306,7 +306,7 @@ def ensure_index(
     try:
         with conn.transaction():  # a savepoint: a failed parallel build leaves the rest
             conn.execute(create)
-    except psycopg.errors.DiskFull as exc:
+    except (psycopg.errors.DiskFull, psycopg.errors.OutOfMemory) as exc:
         if not _shared_memory_short(exc):
             raise
         log.warning(
@@ -324,10 +324,26 @@ def ensure_index(
         conn.execute(sql.SQL("ALTER TABLE {t} RESET (parallel_workers)").format(t=t))
 
 
-def _shared_memory_short(exc: psycopg.errors.DiskFull) -> bool:
+# The server source files that raise a dynamic shared memory segment's failures ("could
+# not resize shared memory segment", "too many dynamic shared memory segments")
+_DSM_SOURCES = frozenset({"dsm_impl.c", "dsm.c"})
+
+
+def _shared_memory_short(exc: psycopg.Error) -> bool:
     """Whether a build failed for want of dynamic shared memory: a parallel HNSW build maps
     its whole graph (up to maintenance_work_mem) as one segment under /dev/shm, which is
-    64 MB in a Docker container unless it is given more."""
+    64 MB in a Docker container unless it is given more.
+
+    Its SQLSTATE is a full disk's (53100, for ENOSPC under /dev/shm) or a backend out of
+    memory's (53200), whose builds would fail again in one process, so the server source
+    file it was raised in (the diagnostic field ``F``, sent untranslated) tells them
+    apart: the message is in the server's ``lc_messages``, and a German server's
+    "konnte Größe des Shared-Memory-Segments ... nicht ändern" was taken for a full disk
+    and failed the build. Only an error without that field (a proxy that drops it) is
+    told by PostgreSQL's English text."""
+    source = exc.diag.source_file
+    if source:
+        return source.rsplit("/", 1)[-1] in _DSM_SOURCES
     return "shared memory" in (exc.diag.message_primary or str(exc))
 
 

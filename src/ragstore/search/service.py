@@ -556,14 +556,32 @@ def _with_rows(list_sql: sql.Composable, order: str) -> sql.Composed:
     ).format(o=sql.SQL(order), l=list_sql)
 
 
+def _timeout_ms(timeout_s: float) -> int:
+    """The ``statement_timeout`` (ms) a search of ``timeout_s`` runs under (at least 1)."""
+    return max(1, round(timeout_s * 1000))
+
+
 @contextmanager
 def _search_deadline(collection: str, timeout_s: float) -> Iterator[None]:
-    """Turn PostgreSQL's "canceling statement due to statement timeout" into one clear
-    :class:`SearchTimeoutError` (another cancel, e.g. an administrator's, stays as it is)."""
+    """Turn the end PostgreSQL put to a search for its ``statement_timeout`` into one clear
+    :class:`SearchTimeoutError`; any other cancel (an administrator's ``pg_cancel_backend``)
+    stays as it is: 503 ``statement_cancelled``, only this request failed, retry it.
+
+    Both are SQLSTATE 57014, raised at the same place in the server; only their message
+    tells them apart, and it is in the server's ``lc_messages``: under a German one
+    ("storniere Anfrage wegen Zeitüberschreitung der Anfrage") every search timeout was
+    taken for an administrator's cancel (503, "retry it") instead of 504
+    ``search_timeout`` saying to narrow the search. The clock tells them apart instead:
+    the server's timer starts after the statement was sent, which is after this block
+    began, so a timeout cannot end it before ``timeout_s`` has passed here, and a cancel
+    that comes sooner is not the timeout. (Without a timeout, ``timeout_s`` 0, no cancel
+    is one.)"""
+    limit_s = _timeout_ms(timeout_s) / 1000 if timeout_s else None
+    started = time.monotonic()
     try:
         yield
-    except errors.QueryCanceled as exc:
-        if "statement timeout" not in str(exc):
+    except errors.QueryCanceled:
+        if limit_s is None or time.monotonic() - started < limit_s:
             raise
         raise SearchTimeoutError(
             f"the search of collection {collection!r} ran longer than {timeout_s:g} s and "
@@ -624,7 +642,7 @@ class _Statement:
                             # transaction-local: the statement below and nothing after it
                             conn.execute(
                                 "SELECT set_config('statement_timeout', %s, true)",
-                                (str(max(1, round(timeout_s * 1000))),),
+                                (str(_timeout_ms(timeout_s)),),
                             )
                         if set_session:
                             # session-level: later searches on this connection skip them
