@@ -396,7 +396,7 @@ def test_a_restores_lock_timeout_is_told_by_its_sqlstate(database_url: str, tmp_
     German ``lc_messages`` the restore failed at its first try. psql prints the SQLSTATE
     (55P03) now, and only that is read; the server's source position it prints too is no
     part of a failure's message."""
-    conninfo, env = backup._client_args(database_url)
+    conninfo, env = backup._client_args(Database(database_url))
 
     def fails(text: str) -> BackupError:
         script = tmp_path / "script.sql"
