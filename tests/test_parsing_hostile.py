@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ragstore.errors import ParseTimeoutError
-from ragstore.parsing import parse_bytes, sandbox
+from ragstore.parsing import detect_format, parse_bytes, sandbox
 
 
 def test_markdown_of_open_brackets_and_emphasis_is_read_in_linear_time() -> None:
@@ -23,6 +23,20 @@ def test_markdown_of_open_brackets_and_emphasis_is_read_in_linear_time() -> None
         doc = parse_bytes(data, name)
         assert time.perf_counter() - start < 5.0, name
         assert "".join(b.text for b in doc.blocks) == data.decode()
+
+
+# without the fix each call below runs for days; "signal": the regex engine holds the GIL
+@pytest.mark.timeout(30, method="signal")
+def test_a_run_of_html_comments_is_read_in_linear_time_not_split_every_way() -> None:
+    # format sniffing and Markdown's comment-only blocks matched "<!--.*?-->" repeated: n
+    # comments with no match after them were tried split in 2**(n-1) ways; 22 took 4.4 s
+    # and 30 (210 bytes) hours, in every file's format detection, before any size limit
+    run = b"<!---->" * 40 + b"<!-- a --->"
+    assert detect_format("notes.txt", run + b"x") == "text"
+    assert detect_format("page", run + b"<!DOCTYPE html><p>a") == "html"
+    # a comment-only block is still dropped, a block with text after its comments kept
+    doc = parse_bytes(run + b"x\n\n" + run + b"\n\npara\n", "comments.md")
+    assert [b.text for b in doc.blocks] == [(run + b"x").decode(), "para"]
 
 
 def test_markdown_headings_keep_their_inline_markup_as_written() -> None:
@@ -64,3 +78,39 @@ def test_a_slow_html_page_of_a_few_hundred_kilobytes_gets_the_parse_time_limit()
     assert sandbox.LARGE_TEXT_BYTES <= len(data) < 1 << 20
     with pytest.raises(ParseTimeoutError, match=r"deep\.html: parsing this html file took"):
         sandbox.parse_file(data, "deep.html", "html", 0.2)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "unit"),
+    [
+        ("unclosed.html", "html", b"<p>a"),
+        ("braces.js", "code", b"{"),
+        ("paragraphs.md", "markdown", b"a\n\n"),
+    ],
+)
+def test_a_markup_or_code_file_under_the_text_size_gets_the_parse_time_limit(
+    name: str, fmt: str, unit: bytes
+) -> None:
+    # BeautifulSoup, Pygments and markdown-it take up to 100 us a byte on hostile input:
+    # 255 KB of "<p>a" held the ingesting process for 25 s with no limit, being under the
+    # size that sends a plain text to a helper. 96 KB takes seconds, here a helper and its
+    # limit (which ends it however fast the machine; in process it would just parse)
+    data = unit * (96_000 // len(unit))
+    assert sandbox.LARGE_MARKUP_BYTES <= len(data) < sandbox.LARGE_TEXT_BYTES
+    with pytest.raises(ParseTimeoutError, match=rf"{name}: parsing this {fmt} file took"):
+        sandbox.parse_file(data, name, fmt, 0.01)
+
+
+def test_a_small_markup_file_and_a_plain_text_under_the_text_size_parse_in_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_helper() -> None:
+        raise AssertionError("sent to a helper")
+
+    monkeypatch.setattr(sandbox._helpers, "lent", no_helper)
+    small = b"# Notes\n\n" + b"A line of notes.\n" * 100
+    assert len(small) < sandbox.LARGE_MARKUP_BYTES
+    assert sandbox.parse_file(small, "notes.md", "markdown", 300.0).title == "Notes"
+    text = b"A plain paragraph of text, a sentence long, as prose has.\n\n" * 1500
+    assert sandbox.LARGE_MARKUP_BYTES < len(text) < sandbox.LARGE_TEXT_BYTES
+    assert sandbox.parse_file(text, "notes.txt", "text", 300.0).blocks

@@ -151,9 +151,10 @@ class Settings(BaseSettings):
         300.0,
         ge=0,
         le=86400,
-        description="Seconds a PDF, DOCX, PPTX or EPUB file, or a text file of 256 KB "
-        "or more, may take to parse (in a helper process) before it is stopped and fails with "
-        "parse_timeout; 0 = parse in the ingesting process, without a limit.",
+        description="Seconds a PDF, DOCX, PPTX or EPUB file, a Markdown, HTML, code or "
+        "notebook file of 8 KB or more, or a plain text file of 256 KB or more, may take to "
+        "parse (in a helper process) before it is stopped and fails with parse_timeout; 0 = "
+        "parse in the ingesting process, without a limit.",
     )
     read_database_urls: SecretStr | None = Field(
         None,

@@ -15,7 +15,9 @@ from ragstore.errors import CorruptDocumentError
 from ragstore.models import Block, ChunkType, ParsedDocument
 
 _NEWLINE = re.compile("\n")
-_ONLY_COMMENTS = re.compile(r"\s*(?:<!--.*?-->\s*)+", re.DOTALL)
+# a comment's body is "anything but -->", not ``.*?``, which let a run of n comments split
+# 2**(n-1) ways when the block is not all comments: "<!---->" * 30 + "x" never finished
+_ONLY_COMMENTS = re.compile(r"\s*(?:<!--(?:(?!-->).)*-->\s*)+", re.DOTALL)
 # Block structure only: the core "inline" rule (emphasis, links, code spans inside each
 # paragraph and heading) is off. Blocks are cut from the source text and a heading's text
 # is its inline token's ``content``, so nothing here reads inline children; and inline

@@ -17,8 +17,10 @@ helper. The helper is a fresh interpreter (``python -m ragstore.parsing.sandbox`
 than a fork: the ingesting process runs reader, writer and database threads whose locks a
 fork could copy mid-use. Helpers are kept and lent one per thread parsing at once (one
 starts in about half a second; a file then costs the pickling of its bytes and of the
-parsed document), and each exits when its parent does. Text files are parsed in process
-(their parsers are ours or linear) unless they are large (``LARGE_TEXT_BYTES``): then in a
+parsed document), and each exits when its parent does. Plain text files are parsed in
+process (the parser is ours and linear) unless they are large (``LARGE_TEXT_BYTES``), and
+Markdown, HTML, code and notebooks unless they are more than a few kilobytes
+(``LARGE_MARKUP_BYTES``): their parsers are not ours, and slow on hostile input. Then in a
 helper too, whose address space is capped (``HELPER_MEMORY_BYTES``), and a text file that
 breaks into more blocks than ``BYTES_PER_BLOCK`` allows is refused before its blocks reach
 the ingesting process.
@@ -59,6 +61,15 @@ ISOLATED_FORMATS = frozenset(BYTES_PARSERS)  # pdf, docx, pptx, epub
 # .js file 32 s, 350 KB of one wide Markdown table 12 s (a loaded 2-core machine); with
 # 1 MB here such a file held the ingest (or an API worker) that long without a limit.
 LARGE_TEXT_BYTES = 256 << 10
+# ... and Markdown, HTML, source code and notebooks from this size: their parsers are not
+# ours (markdown-it, BeautifulSoup on lxml, Pygments), and at up to 100 us a byte on a
+# loaded machine a file under LARGE_TEXT_BYTES still held the ingest for seconds: 255 KB
+# of "<p>a" took 25 s, of "<b>" 18 s, of "(" in a .py 19 s, of "{" in a .js 13 s, of
+# "a\n\n" in a .md 10 s (bench/parse_worst.py). Below this size such a file parses in
+# under a second; above it the helper costs little (a 12 KB README: 23 ms through one,
+# 32 ms in process, on the same loaded machine).
+LARGE_MARKUP_BYTES = 8 << 10
+IN_PROCESS_LIMITS = {"text": LARGE_TEXT_BYTES, "plain": LARGE_TEXT_BYTES}  # others: MARKUP
 BYTES_PER_BLOCK = 32  # a text file may hold one block (paragraph, heading ...) per 32 bytes
 STARTUP_TIMEOUT_S = 120.0  # a helper not ready by then is given up
 READY = b"ready"
@@ -66,11 +77,11 @@ HELPER_MEMORY_BYTES = 4 << 30  # a helper's address space, at most half the mach
 
 
 def parse_file(data: bytes, name: str, fmt: str, timeout_s: float) -> ParsedDocument:
-    """:func:`parse_bytes`, in a helper process for a binary format or a text of
-    ``LARGE_TEXT_BYTES`` or more when ``timeout_s`` is above 0 (0, or a Python without an
-    interpreter to start: in this process, without a time limit); a text file's blocks
-    are counted either way."""
-    isolated = fmt in ISOLATED_FORMATS or len(data) >= LARGE_TEXT_BYTES
+    """:func:`parse_bytes`, in a helper process for a binary format, a plain text of
+    ``LARGE_TEXT_BYTES`` or more or another text format of ``LARGE_MARKUP_BYTES`` or more
+    when ``timeout_s`` is above 0 (0, or a Python without an interpreter to start: in this
+    process, without a time limit); a text file's blocks are counted either way."""
+    isolated = fmt in ISOLATED_FORMATS or len(data) >= in_process_limit(fmt)
     if timeout_s <= 0 or not isolated or not sys.executable:
         return _counted(parse_bytes(data, name, fmt), data, name, fmt)
     with _helpers.lent() as helper:
@@ -80,6 +91,11 @@ def parse_file(data: bytes, name: str, fmt: str, timeout_s: float) -> ParsedDocu
         return value
     assert isinstance(value, RagstoreError)
     raise value  # the file's own error; the helper went back to the idle ones
+
+
+def in_process_limit(fmt: str) -> int:
+    """The size from which a text file of format ``fmt`` is parsed in a helper."""
+    return IN_PROCESS_LIMITS.get(fmt, LARGE_MARKUP_BYTES)
 
 
 def _counted(parsed: ParsedDocument, data: bytes, name: str, fmt: str) -> ParsedDocument:
