@@ -641,6 +641,96 @@ def delete_texts_plan(collection: str, ids: Sequence[str]) -> Plan[int]:
     return text_ids_plan(delete_texts(collection, ids), sum, "delete")
 
 
+# --- texts by filter ---------------------------------------------------------------------
+
+TEXT_IDS_PAGE = 10_000
+
+
+def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A ``where`` filter as sent: JSON the server takes unchanged, else InvalidFilterError
+    naming the bad part (as the Store's filter compiler would)."""
+    if where is None:
+        return None
+    return cast(
+        dict[str, Any],
+        _json_value(
+            dict(where) if isinstance(where, Mapping) else where, "the filter", InvalidFilterError
+        ),
+    )
+
+
+def _texts_where_body(where: Mapping[str, Any] | None, ids: Sequence[str] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if where is not None:
+        body["where"] = _where(where)
+    if ids is not None:
+        body["ids"] = list(dict.fromkeys(_ids(ids)))  # asked twice, listed once
+    return body
+
+
+def text_ids_where_plan(
+    collection: str,
+    *,
+    where: Mapping[str, Any] | None = None,
+    ids: Sequence[str] | None = None,
+) -> Plan[list[str]]:
+    """``Store.text_ids`` over HTTP (``POST .../texts/query``): each page, following
+    ``next_cursor`` to the last; ids over one request's limits are asked in several
+    requests (a read: nothing is left half done) and answered together in id order."""
+    body = {**_texts_where_body(where, ids), "limit": TEXT_IDS_PAGE}
+    call = Call("POST", f"/v1/collections/{_n(collection)}/texts/query", _body, kind="read")
+    pending = _spans(body, ("ids",)) if "ids" in body else [(0, 0)]
+    several = len(pending) > 1
+    found: list[str] = []
+    while pending:
+        start, end = pending.pop(0)
+        part = _part(replace(call, json=body), ("ids",), start, end)
+        cursor: str | None = None
+        while True:
+            paged = cast(dict[str, Any], part.json)
+            page_call = replace(part, json={**paged, "cursor": cursor} if cursor else paged)
+            try:
+                page = cast(dict[str, Any], (yield page_call))
+            except RagstoreError as exc:
+                if cursor is None and _halved(exc, start, end, pending):
+                    several = True
+                    break
+                raise
+            found.extend(str(i) for i in page["data"])
+            cursor = next_collections_cursor(page, cursor)
+            if cursor is None:
+                break
+    # the server's order within one request; across several, merged (the collation is C:
+    # byte order, which is Python's order of str)
+    return sorted(set(found)) if several else found
+
+
+def delete_texts_where(
+    collection: str,
+    *,
+    where: Mapping[str, Any] | None = None,
+    ids: Sequence[str] | None = None,
+) -> Call[list[str]]:
+    """``Store.delete_texts_where`` over HTTP (``POST .../texts/delete-where``): one
+    request, so one transaction. Ids over one request's limits (10,000 of them, 1 MiB)
+    are refused before anything is sent: split, a failure could stop the delete halfway,
+    which the Store's one transaction never does."""
+    body = _texts_where_body(where, ids)
+    if "ids" in body and len(_spans(body, ("ids",))) > 1:
+        raise InputError(
+            f"delete_texts_where over HTTP deletes in one request (one transaction), and "
+            f"{len(body['ids'])} ids exceed what one request holds ({MAX_ITEMS_PER_REQUEST} "
+            "ids, 1 MiB); call it for fewer ids at a time, or use delete_texts(ids) for the "
+            "ids alone"
+        )
+    return Call(
+        "POST",
+        f"/v1/collections/{_n(collection)}/texts/delete-where",
+        lambda r: [str(i) for i in r.json()["ids"]],
+        json=body,
+    )
+
+
 # --- documents ---------------------------------------------------------------------------
 
 
@@ -1225,13 +1315,7 @@ def search(
         "query": query,
         "vector": None if vector is None else _floats(vector, "the query vector"),
         "mode": mode,
-        "where": None
-        if where is None
-        else _json_value(
-            dict(where) if isinstance(where, Mapping) else where,
-            "the filter",
-            InvalidFilterError,
-        ),
+        "where": _where(where),
         "context": context,
         "ef_search": ef_search,
         "rrf_k": rrf_k,

@@ -402,6 +402,28 @@ class Client(_WritePosition):
     def delete_texts(self, collection: str, ids: Sequence[str]) -> int:
         return self._run(calls.delete_texts_plan(collection, ids))
 
+    def text_ids(
+        self,
+        collection: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[str]:
+        """The ids of the texts ``where`` keeps, among ``ids`` when given, in id order
+        (see :meth:`ragstore.Store.text_ids`), following the server's pages to the last."""
+        return self._run(calls.text_ids_where_plan(collection, where=where, ids=ids))
+
+    def delete_texts_where(
+        self,
+        collection: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[str]:
+        """Delete the texts :meth:`text_ids` lists, in one request and so one transaction
+        (see :meth:`ragstore.Store.delete_texts_where`); the ids deleted are returned."""
+        return self._send(calls.delete_texts_where(collection, where=where, ids=ids))
+
     def add_document(
         self,
         collection: str,
@@ -730,6 +752,26 @@ class AsyncClient(_WritePosition):
 
     async def delete_texts(self, collection: str, ids: Sequence[str]) -> int:
         return await self._run(calls.delete_texts_plan(collection, ids))
+
+    async def text_ids(
+        self,
+        collection: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[str]:
+        """See :meth:`Client.text_ids`."""
+        return await self._run(calls.text_ids_where_plan(collection, where=where, ids=ids))
+
+    async def delete_texts_where(
+        self,
+        collection: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[str]:
+        """See :meth:`Client.delete_texts_where`."""
+        return await self._send(calls.delete_texts_where(collection, where=where, ids=ids))
 
     async def add_document(
         self,

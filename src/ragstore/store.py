@@ -349,19 +349,7 @@ class Store:
         """The ids of the texts (documents' sources) that ``where`` (search's filter
         language) keeps, among ``ids`` when given, in id order: a document is kept when
         one of its chunks is, as search finds it. No filter: every text."""
-        from ragstore.search.filters import compile_filter
-
-        compiled = None if where is None else compile_filter(where)
-        among = None if ids is None else id_list(ids, "ids")
-        coll = self._rt.collection(collection)
-        with self._rt.db.connection() as conn, translated(f"listing texts of {collection!r}"):
-            return texts.sources_matching(
-                conn,
-                coll.id,
-                None if compiled is None else compiled.condition,
-                {} if compiled is None else compiled.params,
-                among,
-            )
+        return text_ids_page(self._rt, collection, where=where, ids=ids)
 
     @_call
     def delete_texts_where(
@@ -630,6 +618,34 @@ class Store:
                 fulltext_weight=fulltext_weight,
                 sections=sections,
             )
+        )
+
+
+def text_ids_page(
+    rt: Runtime,
+    collection: str,
+    *,
+    where: Mapping[str, Any] | None = None,
+    ids: Sequence[str] | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+) -> list[str]:
+    """:meth:`Store.text_ids` as the Store and the HTTP route (``POST .../texts/query``)
+    run it, the route a page at a time: the ids after ``after``, at most ``limit``."""
+    from ragstore.search.filters import compile_filter
+
+    compiled = None if where is None else compile_filter(where)
+    among = None if ids is None else id_list(ids, "ids")
+    coll = rt.collection(collection)
+    with rt.db.connection() as conn, translated(f"listing texts of {collection!r}"):
+        return texts.sources_matching(
+            conn,
+            coll.id,
+            None if compiled is None else compiled.condition,
+            {} if compiled is None else compiled.params,
+            among,
+            after=after,
+            limit=limit,
         )
 
 

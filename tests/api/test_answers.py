@@ -86,6 +86,8 @@ def test_the_openapi_schema_still_documents_the_answers(filled: tuple[str, int])
     ok = {
         ("/v1/collections/{name}/search", "post"): "SearchResponse",
         ("/v1/collections/{name}/texts/get", "post"): "TextsPublic",
+        ("/v1/collections/{name}/texts/query", "post"): "TextIdsPage",
+        ("/v1/collections/{name}/texts/delete-where", "post"): "TextsWhereDeleted",
         ("/v1/collections/{name}/documents/{document_id}/chunks", "get"): "ChunksPublic",
     }
     for (path, method), model in ok.items():

@@ -3,6 +3,9 @@ collection on the real embedded database and model, with metadata filters."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import cast
+
 import pytest
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
@@ -14,9 +17,12 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQuery,
 )
 
-from ragstore import Store
+from ragstore import Client, Store
+from ragstore.config import Settings
 from ragstore.errors import EmptyDocumentError, InputError
+from ragstore.integrations.backend import Backend
 from ragstore.integrations.llamaindex import RagstoreEmbedding, RagstoreVectorStore, to_where
+from tests.api.conftest import running_server, with_
 
 NODES = [
     TextNode(
@@ -35,6 +41,22 @@ NODES = [
         metadata={"team": "ops", "year": 2024},
     ),
 ]
+
+
+@pytest.fixture(scope="module")
+def http(settings: Settings) -> Iterator[Client]:
+    """A Client of a real server on loopback (auth off) over the module's database."""
+    with running_server(with_(settings, auth="off")) as url, Client(url) as client:
+        yield client
+
+
+@pytest.fixture(params=["store", "client"])
+def backend(request: pytest.FixtureRequest, store: Store) -> Backend:
+    """The in-process Store, or a Client over HTTP: the vector store means the same on
+    either."""
+    if request.param == "store":
+        return store
+    return cast(Client, request.getfixturevalue("http"))
 
 
 @pytest.fixture(scope="module")
@@ -467,11 +489,12 @@ def test_delete_without_a_source_document_is_refused_not_widened(store: Store) -
     assert sorted(n.node_id for n in vs.get_nodes(["a", "b"])) == ["b"]
 
 
-def test_get_nodes_and_clear(store: Store) -> None:
+def test_get_nodes_and_clear(backend: Backend) -> None:
     """``get_nodes`` and ``clear`` raised NotImplementedError. ``get_nodes`` returns the
     stored nodes by id, in that order, as queries do. ``clear``
     deletes every node and keeps the collection (its model and settings)."""
-    vs = RagstoreVectorStore(store, "li-clear")
+    name = f"li-clear-{type(backend).__name__.lower()}"
+    vs = RagstoreVectorStore(backend, name)
     assert vs.get_nodes(["a"]) == []  # no collection yet
     vs.clear()
     vs.add(
@@ -489,7 +512,7 @@ def test_get_nodes_and_clear(store: Store) -> None:
     with pytest.raises(InputError, match=r"get_nodes needs node_ids"):
         vs.get_nodes()
     vs.clear()
-    assert store.get_collection("li-clear")["documents"] == 0
+    assert backend.get_collection(name)["documents"] == 0
 
 
 def test_filters_ragstore_cannot_mean_as_llamaindex_does_are_refused(store: Store) -> None:
@@ -530,10 +553,11 @@ OPS = MetadataFilter(key="team", value="ops")
 RECENT = MetadataFilter(key="year", value=2024, operator=FilterOperator.GTE)
 
 
-def test_nodes_are_got_and_deleted_by_filter_as_llamaindex_does(store: Store) -> None:
-    """``get_nodes(filters=...)`` and ``delete_nodes(filters=...)`` were refused. They
-    select the nodes the filters match (translated as ``query`` translates them), and
-    the nodes in both where ``node_ids`` is given too, as LlamaIndex's own store does."""
+def test_nodes_are_got_and_deleted_by_filter_as_llamaindex_does(backend: Backend) -> None:
+    """``get_nodes(filters=...)`` and ``delete_nodes(filters=...)`` were refused (over a
+    Client until the HTTP API listed and deleted texts by filter). They select the nodes
+    the filters match (translated as ``query`` translates them), and the nodes in both
+    where ``node_ids`` is given too, as LlamaIndex's own store does."""
     from llama_index.core.vector_stores import SimpleVectorStore
 
     cases: list[tuple[list[str] | None, MetadataFilters]] = [
@@ -544,7 +568,7 @@ def test_nodes_are_got_and_deleted_by_filter_as_llamaindex_does(store: Store) ->
         (["pets-22", "unknown"], MetadataFilters(filters=[])),
         ([], MetadataFilters(filters=[OPS])),
     ]
-    ours = RagstoreVectorStore(store, "li-by-filter")
+    ours = RagstoreVectorStore(backend, f"li-by-filter-{type(backend).__name__.lower()}")
     assert ours.get_nodes(filters=MetadataFilters(filters=[OPS])) == []  # no collection yet
     for node_ids, filters in cases:
         ours.add(_vectored(FILTERED))
@@ -590,11 +614,15 @@ def _drop_failing_delete(store: Store) -> None:
         conn.execute("DROP FUNCTION IF EXISTS li_refuse()")
 
 
-def test_clear_and_a_delete_by_filter_that_fail_halfway_delete_nothing(store: Store) -> None:
-    """``clear`` deleted 500 nodes at a time: one batch failing left the nodes of the
-    batches before it deleted. It deletes in one transaction now, and so does a delete by
-    filter: a failure on the last node leaves every node."""
-    vs = RagstoreVectorStore(store, "li-clear-fails")
+def test_clear_and_a_delete_by_filter_that_fail_halfway_delete_nothing(
+    backend: Backend, store: Store
+) -> None:
+    """``clear`` deleted 500 nodes at a time (over a Client, in requests of 10,000): one
+    batch failing left the nodes of the batches before it deleted. It deletes in one
+    transaction now, over a Client too, and so does a delete by filter: a failure on the
+    last node leaves every node."""
+    name = f"li-clear-fails-{type(backend).__name__.lower()}"
+    vs = RagstoreVectorStore(backend, name)
     nodes = [
         TextNode(id_=f"n{i:03d}", text=f"Note number {i}.", metadata={"team": "ops"})
         for i in range(501)
@@ -605,14 +633,39 @@ def test_clear_and_a_delete_by_filter_that_fail_halfway_delete_nothing(store: St
     try:
         with pytest.raises(Exception, match="refused for the test"):
             vs.clear()
-        assert store.get_collection("li-clear-fails")["documents"] == 502
+        assert store.get_collection(name)["documents"] == 502
         with pytest.raises(Exception, match="refused for the test"):
             vs.delete_nodes(filters=MetadataFilters(filters=[OPS]))
-        assert store.get_collection("li-clear-fails")["documents"] == 502
+        assert store.get_collection(name)["documents"] == 502
     finally:
         _drop_failing_delete(store)
     vs.clear()
-    assert store.get_collection("li-clear-fails")["documents"] == 0
+    assert store.get_collection(name)["documents"] == 0
+
+
+def test_clear_over_a_client_is_one_transaction_whatever_the_servers_request_limit(
+    settings: Settings, store: Store
+) -> None:
+    """Over a Client, ``clear`` listed every node and deleted them by id, in as many
+    requests as the server's limits needed: under a small request limit (here 2 KiB, the
+    ids halved after a 413) the requests before a failing one had deleted theirs. It is
+    one request now (a delete by filter, no ids sent), so one transaction."""
+    name = "li-clear-tight"
+    nodes = [TextNode(id_=f"n{i:03d}", text=f"Note {i}.") for i in range(300)]
+    nodes.append(TextNode(id_="zz-last", text="The last note."))
+    RagstoreVectorStore(store, name).add(_vectored(nodes))
+    tight = with_(settings, auth="off", max_request_bytes=2048)
+    with running_server(tight) as url, Client(url) as client:
+        vs = RagstoreVectorStore(client, name)
+        _failing_delete_of(store, "zz-last")
+        try:
+            with pytest.raises(Exception, match="refused for the test"):
+                vs.clear()
+            assert store.get_collection(name)["documents"] == 301
+        finally:
+            _drop_failing_delete(store)
+        vs.clear()
+    assert store.get_collection(name)["documents"] == 0
 
 
 def test_list_and_text_operators_ragstore_cannot_say_are_refused_with_why() -> None:
@@ -632,21 +685,3 @@ def test_list_and_text_operators_ragstore_cannot_say_are_refused_with_why() -> N
             InputError, match=f"operator {operator.value} on 'tags' .*{why}.* Use one of"
         ):
             to_where(filters)
-
-
-def test_nodes_by_filter_over_http_are_refused_before_anything_is_sent() -> None:
-    """The HTTP API lists and deletes texts by id alone: over a ``Client``, getting or
-    deleting nodes by filter is refused, saying what to do, before any request (no
-    server listens here)."""
-    from ragstore import Client
-
-    with Client("http://127.0.0.1:9") as client:
-        vs = RagstoreVectorStore(client, "li-http")
-        for call in (
-            lambda: vs.get_nodes(filters=MetadataFilters(filters=[OPS])),
-            lambda: vs.delete_nodes(["a"], filters=MetadataFilters(filters=[OPS])),
-        ):
-            with pytest.raises(
-                InputError, match=r"needs an in-process ragstore.Store: .* node_ids"
-            ):
-                call()

@@ -30,6 +30,9 @@ from tests.conftest import TEMPLATE, create_database
     [
         ("POST", "/v1/collections/kb/search", "read"),
         ("POST", "/v1/collections/kb/texts/get", "read"),
+        ("POST", "/v1/collections/kb/texts/query", "read"),
+        ("POST", "/v1/collections/kb/texts/delete-where", "write"),
+        ("POST", "/v1/collections/query/texts/delete-where", "write"),
         ("POST", "/v1/collections/kb/texts", "write"),
         # writes to a collection named "search" (or "get") are writes
         ("POST", "/v1/collections/search/documents", "write"),

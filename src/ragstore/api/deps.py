@@ -223,6 +223,27 @@ def decode_name_cursor(cursor: str | None) -> str | None:
     raise InputError(f"invalid cursor {cursor[:100]!r}; pass the next_cursor of a previous page")
 
 
+def encode_text_cursor(last_id: str) -> str:
+    """An opaque cursor after the text ``last_id`` (``POST .../texts/query`` is keyset on
+    the text id)."""
+    return base64.urlsafe_b64encode(f"text:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_text_cursor(cursor: str | None) -> str | None:
+    """The last text id of the previous page from an opaque cursor; InputError when
+    mangled."""
+    if not cursor:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = text.partition(":")
+        if kind == "text" and value and "\x00" not in value:
+            return value
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InputError(f"invalid cursor {cursor[:100]!r}; pass the next_cursor of a previous page")
+
+
 def decode_cursor(cursor: str | None) -> int | None:
     """The last id of the previous page from an opaque cursor; InputError when mangled."""
     if not cursor:

@@ -2,11 +2,12 @@
 
 :class:`ReadRoutingMiddleware` sorts each request:
 
-- **reads** (GET/HEAD under ``/v1`` except jobs, ``POST .../search`` and ``.../texts/get``) run in a
-  :class:`~ragstore.db.routing.Route`, so ``Runtime.db`` is the replica the router picked.
-  A replica that fails under the request is marked down and the request is run once more on
-  the primary before anything reached the client: a standby going away costs latency, never
-  an error. The answer says where it ran (``RAGStore-Read-From``).
+- **reads** (GET/HEAD under ``/v1`` except jobs, ``POST .../search``, ``.../texts/get`` and
+  ``.../texts/query``) run in a :class:`~ragstore.db.routing.Route`, so ``Runtime.db`` is
+  the replica the router picked. A replica that fails under the request is marked down and
+  the request is run once more on the primary before anything reached the client: a
+  standby going away costs latency, never an error. The answer says where it ran
+  (``RAGStore-Read-From``).
 - **writes** (any other method under ``/v1``) reach the primary; a 2xx answer carries the
   primary's WAL position after the commit in ``RAGStore-LSN``. A read that sends it back is
   served by a replica only once that replica has replayed it (read-your-writes). Where the
@@ -51,18 +52,19 @@ _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _RAN_NOT = frozenset({401, 403, 429})
 
 
-# the POST routes that only read: a collection's search and texts/get, matched after the
-# collection's name (a name is one path segment)
-_POST_READS = re.compile(r"^/v1/collections/[^/]+/(?:search|texts/get)$")
+# the POST routes that only read: a collection's search, texts/get and texts/query, matched
+# after the collection's name (a name is one path segment)
+_POST_READS = re.compile(r"^/v1/collections/[^/]+/(?:search|texts/get|texts/query)$")
 
 
 def classify(method: str, path: str) -> str:
     """``read``, ``write`` or ``other`` (health, metrics, docs, jobs' reads: the primary).
 
-    A POST is a read only as a collection's ``search`` or ``texts/get``: matched anywhere
-    in the path, every write to a collection named ``search`` (its documents, uploads,
-    texts, model migration) was a read, run on a replica (and failing there) or let
-    through on a read-only server, and answered without its ``RAGStore-LSN``."""
+    A POST is a read only as a collection's ``search``, ``texts/get`` or ``texts/query``
+    (``texts/delete-where`` writes): matched anywhere in the path, every write to a
+    collection named ``search`` (its documents, uploads, texts, model migration) was a
+    read, run on a replica (and failing there) or let through on a read-only server, and
+    answered without its ``RAGStore-LSN``."""
     if not path.startswith("/v1/"):
         return "other"
     if method == "POST" and _POST_READS.match(path):

@@ -223,6 +223,54 @@ class TextsDeleted(BaseModel):
     deleted: int
 
 
+def _texts_where() -> Any:
+    return Field(
+        None,
+        examples=[{"team": "ops", "year": {"$gte": 2020}}],
+        description="search's filter: a text is kept when one of its chunks matches, as "
+        "search finds it; omitted, every text.",
+    )
+
+
+def _texts_among() -> Any:
+    return Field(
+        None,
+        max_length=10_000,
+        examples=[["ops-1"]],
+        description="Only among these ids (unknown ones are left out); omitted, every text.",
+    )
+
+
+class TextsQuery(Strict):
+    """``Store.text_ids`` over HTTP, a page at a time (ids in id order, keyset on id)."""
+
+    where: dict[str, Any] | None = _texts_where()
+    ids: list[str] | None = _texts_among()
+    limit: int = Field(1000, ge=1, le=10_000, description="Ids per page.")
+    cursor: str | None = Field(None, description="next_cursor of the previous page.")
+
+
+class TextIdsPage(BaseModel):
+    data: list[str] = Field(examples=[["ops-1", "ops-2"]])
+    count: int
+    next_cursor: str | None = Field(
+        None, description="Pass as cursor (with the same where and ids) for the next page."
+    )
+
+
+class TextsWhereDelete(Strict):
+    """``Store.delete_texts_where`` over HTTP: one transaction; neither ``where`` nor
+    ``ids``: every text (the collection stays)."""
+
+    where: dict[str, Any] | None = _texts_where()
+    ids: list[str] | None = _texts_among()
+
+
+class TextsWhereDeleted(BaseModel):
+    deleted: int
+    ids: list[str] = Field(description="The ids deleted, in id order.")
+
+
 # --- search ------------------------------------------------------------------------------
 
 

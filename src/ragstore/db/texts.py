@@ -67,11 +67,15 @@ def sources_matching(
     condition: sql.Composable | None,
     params: dict[str, Any],
     ids: Sequence[str] | None = None,
+    *,
+    after: str | None = None,
+    limit: int | None = None,
 ) -> list[str]:
     """The sources (text ids) of the collection's documents one of whose chunks meets
     ``condition`` (a compiled ``where`` filter over ``c`` and ``d``, its values in
     ``params``; None: every document), among ``ids`` when given, in source order. A
-    document matches as search finds it: through any of its chunks."""
+    document matches as search finds it: through any of its chunks. ``after`` and
+    ``limit`` give one page of them (keyset on source, as the HTTP route pages)."""
     match = (
         sql.SQL("TRUE")
         if condition is None
@@ -81,8 +85,11 @@ def sources_matching(
     )
     stmt = sql.SQL(
         "SELECT d.source FROM documents d WHERE d.collection_id = %(cid)s"
-        " AND (%(ids)s::text[] IS NULL OR d.source = ANY(%(ids)s::text[])) AND {} ORDER BY d.source"
+        " AND (%(ids)s::text[] IS NULL OR d.source = ANY(%(ids)s::text[]))"
+        " AND (%(after)s::text IS NULL OR d.source > %(after)s::text)"
+        " AND {} ORDER BY d.source LIMIT %(limit)s"
     ).format(match)
     wanted = None if ids is None else list(ids)
-    rows = conn.execute(stmt, {**params, "cid": collection_id, "ids": wanted}).fetchall()
+    values = {"cid": collection_id, "ids": wanted, "after": after, "limit": limit}
+    rows = conn.execute(stmt, {**params, **values}).fetchall()
     return [str(r[0]) for r in rows]

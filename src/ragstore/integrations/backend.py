@@ -47,6 +47,22 @@ class Backend(Protocol):
 
     def delete_texts(self, collection: str, ids: Sequence[str]) -> int: ...
 
+    def text_ids(
+        self,
+        collection: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[str]: ...
+
+    def delete_texts_where(
+        self,
+        collection: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[str]: ...
+
     def iter_documents(
         self, collection: str, *, page_size: int = 100, **filters: Any
     ) -> Iterator[dict[str, Any]]: ...

@@ -18,8 +18,7 @@ them with the ``embed_model``) are stored whole with those vectors; nodes withou
 embedded by ragstore. Node ids are ragstore text ids; the node (relationships, metadata)
 is kept in its metadata the LlamaIndex way, so results rebuild the same nodes. Metadata
 filters become ragstore's ``where`` filter, for queries and for ``get_nodes`` and
-``delete_nodes`` alike (those two need a Store: the HTTP API lists and deletes texts by
-id alone). The backend is a :class:`ragstore.Store` or a
+``delete_nodes`` alike. The backend is a :class:`ragstore.Store` or a
 :class:`ragstore.Client`.
 """
 
@@ -306,9 +305,7 @@ class RagstoreVectorStore(BasePydanticVectorStore):
                 assert doomed is not None
                 self._backend.delete_texts(self._collection, doomed)
             else:
-                _store(self._backend, "delete_nodes(filters=...)").delete_texts_where(
-                    self._collection, where=where, ids=doomed
-                )
+                self._backend.delete_texts_where(self._collection, where=where, ids=doomed)
 
     def get_nodes(
         self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
@@ -327,9 +324,7 @@ class RagstoreVectorStore(BasePydanticVectorStore):
             return []
         try:
             if where is not None or wanted is None:
-                kept = _store(self._backend, "get_nodes(filters=...)").text_ids(
-                    self._collection, where=where, ids=wanted
-                )
+                kept = self._backend.text_ids(self._collection, where=where, ids=wanted)
                 if wanted is not None:
                     found = set(kept)
                     kept = [i for i in dict.fromkeys(wanted) if i in found]
@@ -342,17 +337,12 @@ class RagstoreVectorStore(BasePydanticVectorStore):
     def clear(self) -> None:
         """Delete every node; the collection stays, with its model and settings (it
         raised NotImplementedError, so a ``VectorMemory.reset()`` over ragstore failed).
-        On a :class:`ragstore.Store` in one transaction, so a failure deletes none
-        (deleted 500 at a time, one failing halfway left the collection part emptied);
-        over HTTP the API has no such call, and the ids listed are deleted in as few
-        requests as its limits allow, each one transaction."""
+        In one transaction on a :class:`ragstore.Store` as over HTTP (one request), so a
+        failure deletes none: deleted 500 at a time, one failing halfway left the
+        collection part emptied (over HTTP, the ids listed were deleted in several
+        requests)."""
         with suppress(CollectionNotFoundError):
-            if isinstance(self._backend, Store):
-                self._backend.delete_texts_where(self._collection)
-                return
-            sources = [d["source"] for d in self._backend.iter_documents(self._collection)]
-            if sources:
-                self._backend.delete_texts(self._collection, sources)
+            self._backend.delete_texts_where(self._collection)
 
     def vector_store_info(self, content_info: str) -> VectorStoreInfo:
         """The collection's metadata described for LlamaIndex's auto-retriever
@@ -474,20 +464,6 @@ def _weights(alpha: float | None, mode: str) -> tuple[float | None, float | None
             f"{mode}; leave alpha out or ask for the hybrid mode"
         )
     return float(alpha), 1.0 - float(alpha)
-
-
-def _store(backend: Backend, doing: str) -> Store:
-    """``backend`` as the in-process :class:`ragstore.Store`, the one backend that lists
-    and deletes texts by filter (in one transaction); over HTTP (a ``ragstore.Client``)
-    the API has no such route, so ``doing`` is refused rather than run as many requests
-    that a failure could stop halfway."""
-    if isinstance(backend, Store):
-        return backend
-    raise InputError(
-        f"{doing} needs an in-process ragstore.Store: the HTTP API (ragstore.Client) "
-        "has no call that lists or deletes texts by filter; pass node_ids=[...] (a query "
-        "with filters= finds them) or use a Store"
-    )
 
 
 def _node(hit: dict[str, Any]) -> BaseNode:

@@ -1,4 +1,5 @@
-"""/v1/collections/{name}/texts: add texts by id in batches, read and delete them by id.
+"""/v1/collections/{name}/texts: add texts by id in batches, read and delete them by id,
+list and delete those a ``where`` filter keeps.
 
 The vector-store verbs (Chroma's add/get/delete, LangChain's add_texts/get_by_ids/delete)
 over HTTP; ``Store`` offers the same under the same names. Adding creates the collection
@@ -11,17 +12,28 @@ from fastapi import APIRouter, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from ragstore.api.answers import json_answer
-from ragstore.api.deps import CollectionName, ReadAccess, Rt, WriteAccess
+from ragstore.api.deps import (
+    CollectionName,
+    ReadAccess,
+    Rt,
+    WriteAccess,
+    decode_text_cursor,
+    encode_text_cursor,
+)
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import (
     TextIds,
+    TextIdsPage,
     TextPublic,
     TextsAdded,
     TextsCreate,
     TextsDeleted,
     TextsPublic,
+    TextsQuery,
+    TextsWhereDelete,
+    TextsWhereDeleted,
 )
-from ragstore.store import Store
+from ragstore.store import Store, text_ids_page
 
 router = APIRouter(prefix="/v1/collections/{name}/texts", tags=["texts"], responses=responses(404))
 
@@ -61,3 +73,36 @@ def get_texts(name: CollectionName, body: TextIds, rt: Rt, caller: ReadAccess) -
 def delete_texts(name: CollectionName, body: TextIds, rt: Rt, caller: WriteAccess) -> TextsDeleted:
     caller.require("write", name)
     return TextsDeleted(deleted=_store(rt).delete_texts(name, body.ids))
+
+
+@router.post(
+    "/query",
+    response_model=TextIdsPage,
+    summary="List the ids of the texts a filter keeps, a page at a time",
+    responses=responses(400, 404),
+)
+def query_texts(name: CollectionName, body: TextsQuery, rt: Rt, caller: ReadAccess) -> Response:
+    """``Store.text_ids``: in id order, ``limit`` at a time (keyset on the id, as the other
+    lists page); ``next_cursor`` is null on the last page."""
+    caller.require("read", name)
+    after = decode_text_cursor(body.cursor)
+    ids = text_ids_page(rt, name, where=body.where, ids=body.ids, after=after, limit=body.limit)
+    nxt = encode_text_cursor(ids[-1]) if len(ids) == body.limit else None
+    return json_answer(TextIdsPage(data=ids, count=len(ids), next_cursor=nxt))
+
+
+@router.post(
+    "/delete-where",
+    response_model=TextsWhereDeleted,
+    summary="Delete the texts a filter keeps, in one transaction",
+    responses=responses(400, 404, 409),
+)
+def delete_texts_where(
+    name: CollectionName, body: TextsWhereDelete, rt: Rt, caller: WriteAccess
+) -> Response:
+    """``Store.delete_texts_where``: the texts ``where`` keeps, among ``ids`` when given
+    (neither: every text; the collection stays), all or none. Answered with the ids
+    deleted, so a caller knows exactly what went."""
+    caller.require("write", name)
+    gone = _store(rt).delete_texts_where(name, where=body.where, ids=body.ids)
+    return json_answer(TextsWhereDeleted(deleted=len(gone), ids=gone))

@@ -1,0 +1,182 @@
+"""``POST .../texts/query`` and ``.../texts/delete-where``: ``Store.text_ids`` and
+``Store.delete_texts_where`` over HTTP (search's filter language; the delete in one
+transaction), with the Client's and AsyncClient's verbs of the same names, on a real server
+on loopback against the module's database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from ragstore import AsyncClient, Client, Store
+from ragstore.auth import KeyStore
+from ragstore.config import Settings
+from ragstore.errors import (
+    CollectionNotFoundError,
+    InputError,
+    InvalidFilterError,
+    PermissionDeniedError,
+)
+from tests.api.conftest import running_server, with_
+
+IDS = ["a-db-24", "b-ops-23", "c-ops-24", "d-pets", "e-ops-22"]
+METAS = [
+    {"team": "db", "year": 2024},
+    {"team": "ops", "year": 2023},
+    {"team": "ops", "year": 2024},
+    {"team": "pets"},
+    {"team": "ops", "year": 2022},
+]
+OPS = {"team": "ops"}
+BAD = {"team": {"$bogus": 1}}
+
+
+def _fill(backend: Client | Store, name: str) -> None:
+    dim = 384
+    vectors = [[0.1 * (i + 1)] + [0.0] * (dim - 1) for i in range(len(IDS))]
+    backend.add_texts(name, [f"Note {i}." for i in IDS], METAS, IDS, vectors=vectors)
+
+
+@pytest.fixture(scope="module")
+def store(settings: Settings) -> Iterator[Store]:
+    with Store(settings=settings) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def filled(open_url: str, store: Store) -> Iterator[Client]:
+    with Client(open_url) as c:
+        _fill(c, "where-read")
+        yield c
+
+
+def test_text_ids_over_http_are_the_stores(filled: Client, store: Store) -> None:
+    for where, ids in (
+        (OPS, None),
+        (None, None),
+        ({"year": {"$gte": 2024}}, None),
+        (OPS, ["e-ops-22", "a-db-24", "c-ops-24", "unknown", "c-ops-24"]),
+        (None, []),
+        ({"$not": OPS}, ["d-pets", "b-ops-23"]),
+    ):
+        over_http = filled.text_ids("where-read", where=where, ids=ids)
+        assert over_http == store.text_ids("where-read", where=where, ids=ids), (where, ids)
+    assert filled.text_ids("where-read", where=OPS) == ["b-ops-23", "c-ops-24", "e-ops-22"]
+
+    async def over_async() -> list[str]:
+        async with AsyncClient(str(filled._http.base_url)) as ac:
+            return await ac.text_ids("where-read", where=OPS, ids=["c-ops-24", "d-pets"])
+
+    assert asyncio.run(over_async()) == ["c-ops-24"]
+
+
+def test_the_query_route_pages_by_cursor(filled: Client, open_url: str) -> None:
+    url = f"{open_url}/v1/collections/where-read/texts/query"
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        body = {"where": OPS, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        r = httpx.post(url, json=body)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        seen += page["data"]
+        assert page["count"] == len(page["data"])
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert (seen, pages) == (["b-ops-23", "c-ops-24", "e-ops-22"], 2)
+    r = httpx.post(url, json={"cursor": "not-a-cursor"})
+    assert r.status_code == 422 and "invalid cursor" in r.json()["detail"]
+    r = httpx.post(url, json={"limit": 0})
+    assert r.status_code == 422
+
+
+def test_ids_over_one_request_are_asked_in_several_and_merged(filled: Client) -> None:
+    # 10,000 ids is what one request holds: the Client asks the rest in a second one
+    many = [f"zz-{i:05d}" for i in range(10_050)] + ["e-ops-22", "b-ops-23", "a-db-24"]
+    assert filled.text_ids("where-read", where=OPS, ids=many) == ["b-ops-23", "e-ops-22"]
+
+
+def test_delete_where_deletes_what_text_ids_lists_and_answers_the_ids(
+    client: Client, open_url: str
+) -> None:
+    _fill(client, "where-delete")
+    assert client.delete_texts_where("where-delete", where=OPS, ids=["c-ops-24", "d-pets"]) == [
+        "c-ops-24"
+    ]
+    assert client.delete_texts_where("where-delete", where=OPS) == ["b-ops-23", "e-ops-22"]
+    r = httpx.post(
+        f"{open_url}/v1/collections/where-delete/texts/delete-where",
+        json={"where": {"team": "pets"}},
+    )
+    assert r.status_code == 200 and r.json() == {"deleted": 1, "ids": ["d-pets"]}
+
+    async def delete_the_rest() -> list[str]:
+        async with AsyncClient(open_url) as ac:
+            return await ac.delete_texts_where("where-delete")
+
+    assert asyncio.run(delete_the_rest()) == ["a-db-24"]  # neither: every text
+    assert client.get_collection("where-delete")["documents"] == 0  # the collection stays
+
+
+def test_a_bad_filter_is_400_invalid_filter_and_deletes_nothing(
+    filled: Client, open_url: str
+) -> None:
+    for route in ("query", "delete-where"):
+        r = httpx.post(f"{open_url}/v1/collections/where-read/texts/{route}", json={"where": BAD})
+        assert r.status_code == 400, (route, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["code"] == "invalid_filter" and "$bogus" in r.json()["detail"]
+    with pytest.raises(InvalidFilterError, match=r"\$bogus"):
+        filled.text_ids("where-read", where=BAD)
+    with pytest.raises(InvalidFilterError, match=r"\$bogus"):
+        filled.delete_texts_where("where-read", where=BAD)
+    assert filled.get_collection("where-read")["documents"] == len(IDS)
+
+
+def test_an_unknown_collection_is_404(client: Client, open_url: str) -> None:
+    for route in ("query", "delete-where"):
+        r = httpx.post(f"{open_url}/v1/collections/no-such/texts/{route}", json={"where": OPS})
+        assert r.status_code == 404 and r.json()["code"] == "collection_not_found", route
+    with pytest.raises(CollectionNotFoundError):
+        client.text_ids("no-such", where=OPS)
+    with pytest.raises(CollectionNotFoundError):
+        client.delete_texts_where("no-such")
+
+
+def test_a_delete_over_one_requests_ids_is_refused_before_anything_is_sent() -> None:
+    # split, a failure could stop it halfway: the one transaction the Store gives is kept
+    with Client("http://127.0.0.1:9") as c:  # no server listens here
+        with pytest.raises(InputError, match="in one request \\(one transaction\\)"):
+            c.delete_texts_where("notes", where=OPS, ids=[f"t{i}" for i in range(10_001)])
+        with pytest.raises(InputError, match="ids is one string"):
+            c.delete_texts_where("notes", ids="abc")
+
+
+@pytest.fixture(scope="module")
+def secure_url(settings: Settings) -> Iterator[str]:
+    with running_server(with_(settings, auth="on")) as url:
+        yield url
+
+
+def test_a_read_key_lists_but_does_not_delete(
+    secure_url: str, keys: KeyStore, filled: Client
+) -> None:
+    with Client(secure_url, api_key=keys.create("read").secret) as reader:
+        assert reader.text_ids("where-read", where=OPS) == ["b-ops-23", "c-ops-24", "e-ops-22"]
+        with pytest.raises(PermissionDeniedError, match="needs 'write'"):
+            reader.delete_texts_where("where-read", where=OPS)
+    with Client(secure_url, api_key=keys.create("write", "other").secret) as elsewhere:
+        with pytest.raises(PermissionDeniedError, match="limited to collection 'other'"):
+            elsewhere.text_ids("where-read")
+        with pytest.raises(PermissionDeniedError, match="limited to collection 'other'"):
+            elsewhere.delete_texts_where("where-read")
+    with Client(secure_url) as anonymous:
+        r = anonymous._http.post("/v1/collections/where-read/texts/delete-where", json={})
+        assert r.status_code == 401
+    assert filled.get_collection("where-read")["documents"] == len(IDS)
