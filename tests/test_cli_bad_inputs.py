@@ -173,6 +173,19 @@ def test_a_failed_files_line_escapes_a_newline_in_its_path(
     assert failed[0].startswith("  failed [empty_document] ")
 
 
+def test_an_error_escapes_a_newline_in_the_path_it_names(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ragstore restore $'a\\nb.dump'`` (no such file) said ``a b.dump`` was not found:
+    one line, but a path that is not the one given. Now the newline is shown as ``\\n``,
+    as in every other path the CLI prints, and the error is still one line."""
+    missing = tmp_path / "a\nb.dump"
+    assert run_cli("restore", str(missing), "--yes") == 66
+    err = capsys.readouterr().err
+    assert err.startswith(f"error[path_not_found]: {tmp_path}/a\\nb.dump"), err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+
+
 def test_output_to_a_closed_stdout_is_an_io_error(cli_env: dict[str, str]) -> None:
     """``ragstore collections list >&-``: Python's stdout is None, every print wrote
     nothing and the command ended 0, its output lost unsaid. Now exit 74 (EX_IOERR) and
