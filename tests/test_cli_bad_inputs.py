@@ -173,6 +173,19 @@ def test_a_failed_files_line_escapes_a_newline_in_its_path(
     assert failed[0].startswith("  failed [empty_document] ")
 
 
+def test_an_error_escapes_a_newline_in_the_path_it_names(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ragstore restore $'a\\nb.dump'`` (no such file) said ``a b.dump`` was not found:
+    one line, but a path that is not the one given. Now the newline is shown as ``\\n``,
+    as in every other path the CLI prints, and the error is still one line."""
+    missing = tmp_path / "a\nb.dump"
+    assert run_cli("restore", str(missing), "--yes") == 66
+    err = capsys.readouterr().err
+    assert err.startswith(f"error[path_not_found]: {tmp_path}/a\\nb.dump"), err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+
+
 def test_output_to_a_closed_stdout_is_an_io_error(cli_env: dict[str, str]) -> None:
     """``ragstore collections list >&-``: Python's stdout is None, every print wrote
     nothing and the command ended 0, its output lost unsaid. Now exit 74 (EX_IOERR) and
@@ -191,6 +204,57 @@ def test_output_to_a_closed_stdout_is_an_io_error(cli_env: dict[str, str]) -> No
         "what the command printed there is lost: run it with stdout to a file or pipe "
         "that can be written\n"
     )
+
+
+# the real CLI, with a write to file descriptor 1 in the middle of its backup, as a
+# library's C code makes one (a Rust or C++ warning, printf); then what the backup's lock
+# file (a file the command holds open) holds is said
+_WRITES_TO_FD_1_MID_BACKUP = """
+import os, sys
+from pathlib import Path
+import ragstore.backup
+dump = ragstore.backup._dump_to
+def dump_with_a_write(tmp, *args, **kwargs):
+    os.write(1, b"STRAY OUTPUT\\n")
+    lock = Path(tmp).with_name("." + Path(tmp).name[1:].removesuffix(".partial") + ".lock")
+    print("the lock file holds", repr(lock.read_text()), file=sys.stderr)
+    return dump(tmp, *args, **kwargs)
+ragstore.backup._dump_to = dump_with_a_write
+from ragstore.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_closed_stdout_is_taken_by_no_file_a_command_opens(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``ragstore backup x.dump >&-``: the next file opened took fd 1 (the backup's lock
+    file, or the connection to PostgreSQL), so what a library's C code wrote to stdout
+    went into that file. fd 1 is now /dev/null from the start; the output still counts as
+    lost: exit 74, one line saying so."""
+    import hashlib
+    import json
+
+    path = tmp_path / "x.dump"
+    proc = subprocess.run(
+        [sys.executable, "-c", _WRITES_TO_FD_1_MID_BACKUP, "backup", str(path)],
+        env={**os.environ, **cli_env},
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert proc.returncode == 74, proc.stderr
+    assert proc.stderr == (
+        "the lock file holds ''\n"
+        "error[output_failed]: could not write the output to stdout (stdout is closed); "
+        "what the command printed there is lost: run it with stdout to a file or pipe "
+        "that can be written\n"
+    )
+    archive = path.read_bytes()
+    assert archive.startswith(b"PGDMP") and b"STRAY" not in archive
+    sidecar = json.loads(path.with_name("x.dump.json").read_text())
+    assert sidecar["sha256"] == hashlib.sha256(archive).hexdigest()
 
 
 def test_output_into_a_closed_pipe_ends_quietly_with_141(cli_env: dict[str, str]) -> None:

@@ -59,6 +59,25 @@ def test_request_without_key_is_401(secure_url: str, admin: Client) -> None:
         anonymous.list_collections()
 
 
+def test_the_key_is_checked_before_the_query_parameters(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    """A query parameter the route does not take was refused 422 before the key was looked
+    at, so a caller with no key (or one without the scope or collection) learnt from the
+    refusal which parameters the route takes; the key is now answered first, as it is
+    before a body."""
+    for path in ("/v1/collections?limt=5", "/v1/collections/team?verbose=1"):
+        r = httpx.get(f"{secure_url}{path}")
+        assert r.status_code == 401 and r.json()["code"] == "unauthorized", r.text
+        assert "takes" not in r.json()["detail"]
+    scoped = {"Authorization": f"Bearer {keys.create('read', 'team').secret}"}
+    r = httpx.get(f"{secure_url}/v1/collections/other?verbose=1", headers=scoped)
+    assert r.status_code == 403 and r.json()["code"] == "forbidden", r.text
+    for url in (f"{secure_url}/v1/collections/team?verbose=1", f"{secure_url}/v1/jobs?x=1"):
+        r = httpx.get(url, headers=scoped)
+        assert r.status_code == 422 and "unknown query parameter" in r.json()["detail"], r.text
+
+
 def test_malformed_unknown_and_wrong_keys_are_401(secure_url: str, keys: KeyStore) -> None:
     real = keys.create("read").secret
     key_id = real.split("_")[1]

@@ -304,6 +304,27 @@ def test_store_and_client_name_a_bad_filter_value_alike(notes: Client, store: St
             backend.add_texts("notes", ["x"], vectors=[[NAN] * 384])
 
 
+@pytest.mark.parametrize("where", [[{"topic": "ops"}], "topic", 3, True])
+def test_a_where_that_is_no_object_is_an_invalid_filter_alike(
+    notes: Client, store: Store, where: Any
+) -> None:
+    # the HTTP schemas answered 422 (InputError over a Client) where the Store raised
+    # InvalidFilterError; the texts are all still there after the delete
+    calls = {
+        "search": lambda b: b.search("notes", "backups", where=where),
+        "text_ids": lambda b: b.text_ids("notes", where=where),
+        "delete_texts_where": lambda b: b.delete_texts_where("notes", where=where),
+    }
+    for verb, call in calls.items():
+        for backend in (store, notes):
+            with pytest.raises(
+                InvalidFilterError, match="the filter must be a JSON object"
+            ) as caught:
+                call(backend)
+            assert type(caught.value) is InvalidFilterError, (verb, backend)
+    assert notes.text_ids("notes") == ["backups", "rollback", "search"]
+
+
 @pytest.mark.parametrize(
     ("value", "shown"),
     [

@@ -592,6 +592,22 @@ def test_field_index_for_a_name_no_filter_can_address_refused(http: httpx.Client
     assert not [i for i in listed if i["field"].startswith("$")]
 
 
+@pytest.mark.parametrize("where", [["team"], "team", 1, True])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [(SEARCH, {"query": "alpha"}), (f"{TEXTS}/query", {}), (f"{TEXTS}/delete-where", {})],
+)
+def test_a_where_that_is_no_object_is_an_invalid_filter(
+    http: httpx.Client, path: str, body: dict[str, Any], where: Any
+) -> None:
+    """The schemas refused it 422 ``invalid_input``, where the Store raises
+    InvalidFilterError (400): a Client raised another class than the Store for it."""
+    r = send(http, "POST", path, {**body, "where": where})
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_filter"), r.text
+    assert r.json()["detail"].startswith("the filter must be a JSON object, got a")
+    assert "send 'where' as an object" in r.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("where", "at"),
     [

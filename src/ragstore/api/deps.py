@@ -182,17 +182,23 @@ def route_scope(routes: Iterable[BaseRoute], scope: Scope) -> tuple[str | None, 
         match, child = route.matches(scope)
         if match != Match.FULL:
             continue
-        needed: str | None = None
-        pending = [route.dependant]
-        while pending:
-            dependant = pending.pop()
-            pending.extend(dependant.dependencies)
-            found = _SCOPE_OF.get(dependant.call) if dependant.call else None
-            if found is not None and (needed is None or SCOPES.index(found) > SCOPES.index(needed)):
-                needed = found
+        needed = _needed_scope(route)
         name = child.get("path_params", {}).get("name")
         return needed, name if isinstance(name, str) and needed is not None else None
     return None, None
+
+
+def _needed_scope(route: APIRoute) -> str | None:
+    """The widest scope the dependencies of ``route`` require (None: it requires none)."""
+    needed: str | None = None
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        pending.extend(dependant.dependencies)
+        found = _SCOPE_OF.get(dependant.call) if dependant.call else None
+        if found is not None and (needed is None or SCOPES.index(found) > SCOPES.index(needed)):
+            needed = found
+    return needed
 
 
 ReadAccess = Annotated[Principal, Depends(_scoped("read"))]
@@ -258,14 +264,19 @@ def decode_cursor(cursor: str | None) -> int | None:
     raise InputError(f"invalid cursor {cursor!r}; pass the next_cursor of a previous page")
 
 
-def refuse_unknown_query(request: Request) -> None:
+async def refuse_unknown_query(state: State, request: Request) -> None:
     """InputError (422) for a query parameter the matched route does not take.
 
     Every route read the parameters it declares and ignored any other, so a misspelt one
     (``GET /v1/collections?limt=5``, ``?colection=x`` on /v1/jobs) was answered as if not
     sent, a whole list instead of the page or the filter asked for; a JSON body's unknown
     field was refused all along (schemas.py ``Strict``). Installed on every /v1 router
-    (app.py), so every route refuses them alike."""
+    (app.py), so every route refuses them alike.
+
+    The caller is checked first, as :class:`~ragstore.api.middleware.
+    AuthBeforeBodyMiddleware` checks it before a body: a router's dependencies run before
+    the route's own, so a request with no key, or a key without the route's scope or
+    collection, was answered 422 naming the parameters the route takes, not 401 or 403."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
@@ -277,6 +288,15 @@ def refuse_unknown_query(request: Request) -> None:
         known.update(field.alias for field in dependant.query_params)
     unknown = sorted({k for k in request.query_params if k not in known})
     if unknown:
+        needed = _needed_scope(route)
+        if needed is not None:
+            # kept on the request: the route's own dependency takes it, not a second check
+            caller = await _caller(state, request, None)
+            name = request.path_params.get("name")
+            if isinstance(name, str):
+                caller.require(needed, name)
+            else:
+                caller.require_scope(needed)
         takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
         raise InputError(
             f"unknown query parameter {unknown[0][:100]!r} for {request.method} "

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from ragstore.models import COLLECTION_NAME
 from ragstore.validation import MAX_QUERY_CHARS, problem_in, surrogate_problem
@@ -41,6 +41,22 @@ class Strict(BaseModel):
         if found:
             raise ValueError(f"the request holds {found}")
         return self
+
+
+def _filter_object(value: Any) -> Any:
+    """A ``where`` that is no JSON object is the Store's InvalidFilterError (400
+    ``invalid_filter``), not the schema's 422: the Client so raises for it the class the
+    Store raises. Raised as it is, not as a ValueError: pydantic turns only those into a
+    validation error and lets any other exception through."""
+    if value is None or isinstance(value, dict):
+        return value
+    from ragstore.search.filters import not_an_object
+
+    raise not_an_object(value, "where")
+
+
+# a where filter: an object, or the Store's error for anything else
+WhereFilter = Annotated[dict[str, Any] | None, BeforeValidator(_filter_object)]
 
 
 # --- collections -------------------------------------------------------------------------
@@ -244,7 +260,7 @@ def _texts_among() -> Any:
 class TextsQuery(Strict):
     """``Store.text_ids`` over HTTP, a page at a time (ids in id order, keyset on id)."""
 
-    where: dict[str, Any] | None = _texts_where()
+    where: WhereFilter = _texts_where()
     ids: list[str] | None = _texts_among()
     limit: int = Field(1000, ge=1, le=10_000, description="Ids per page.")
     cursor: str | None = Field(None, description="next_cursor of the previous page.")
@@ -262,7 +278,7 @@ class TextsWhereDelete(Strict):
     """``Store.delete_texts_where`` over HTTP: one transaction; neither ``where`` nor
     ``ids``: every text (the collection stays)."""
 
-    where: dict[str, Any] | None = _texts_where()
+    where: WhereFilter = _texts_where()
     ids: list[str] | None = _texts_among()
 
 
@@ -297,7 +313,7 @@ class SearchRequest(Strict):
     mode: Literal["vector", "fulltext", "hybrid"] | None = Field(
         None, description="Search mode; the server's default when omitted."
     )
-    where: dict[str, Any] | None = Field(
+    where: WhereFilter = Field(
         None,
         examples=[{"team": "ops", "year": {"$gte": 2020}}],
         description="Filter on chunk/document fields: built-ins (source, title, chunk_type, "

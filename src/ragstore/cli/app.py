@@ -330,8 +330,11 @@ def main(argv: list[str] | None = None) -> None:
 
     A command whose output could not be written (stdout closed, a full disk, a reader that
     went away) never ends with 0: its data is lost (:func:`_output_lost`)."""
+    closed = _fill_closed_std_fds()
     stdout = sys.stdout
-    sys.stdout = _GuardedStdout(stdout)
+    # a stdout closed at the start stays one: what the command prints is lost (exit 74),
+    # not written to the /dev/null that now holds its place
+    sys.stdout = _GuardedStdout(None if 1 in closed else stdout)
     try:
         try:
             _main(argv)
@@ -342,6 +345,37 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_output_lost(exc, stdout))
     finally:
         sys.stdout = stdout
+
+
+def _fill_closed_std_fds() -> set[int]:
+    """Open /dev/null on each of file descriptors 0, 1 and 2 that is closed
+    (``ragstore backup x.dump >&-``); return those that were.
+
+    The kernel gives the lowest free number to the next file opened: with fd 1 closed, the
+    backup's lock file or the connection to PostgreSQL became fd 1 (with fd 2 closed, the
+    connection became fd 2), and what a library's C code writes to stdout or stderr (a
+    Rust or C++ warning, a fatal error's report) went into that file or connection. Filled
+    here, before anything is opened, those files get numbers of their own."""
+    closed: set[int] = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                continue
+        closed.add(fd)
+        try:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        except OSError:  # no /dev/null (a bare chroot): left as it was
+            continue
+        if null != fd:  # not the lowest free number after all: put it in its place
+            os.dup2(null, fd)
+            os.close(null)
+        # inherited, as a standard stream is: a child process (the parse helper) started
+        # with it closed had the same hole for its own first file
+        os.set_inheritable(fd, True)
+    return closed
 
 
 def _main(argv: list[str] | None) -> None:

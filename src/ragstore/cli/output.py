@@ -85,8 +85,10 @@ def print_table(columns: list[str], rows: list[list[str]]) -> None:
 
 
 def print_error(exc: RagstoreError) -> None:
-    """The one line a failed command ends with: ``error[code]: message``."""
-    message = " ".join(exc.message.split())
+    """The one line a failed command ends with: ``error[code]: message``. A newline or
+    control character in it (a path the user gave, ``$'a\\nb.md'``) is shown escaped as
+    :func:`printable` shows it: made a space, the error named a path that does not exist."""
+    message = printable(exc.message)
     err_console().print(f"[bold red]error\\[{exc.code}][/]: {escape(message)}")
 
 

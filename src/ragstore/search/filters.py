@@ -108,8 +108,17 @@ def parse_filter(text: str) -> dict[str, Any]:
             f'{exc.pos}; e.g. \'{{"chunk_type": "table"}}\''
         ) from None
     if not isinstance(value, dict):
-        raise InvalidFilterError(f"the filter must be a JSON object, got {_json_type(value)}")
+        raise not_an_object(value)
     return value
+
+
+def not_an_object(value: Any, field: str | None = None) -> InvalidFilterError:
+    """The error for a filter ``value`` that is no JSON object; ``field``: the request's
+    field that held it (``where``), named with how to send it."""
+    said = f"the filter must be a JSON object, got {_json_type(value)}"
+    if field is not None:
+        said += f': send {field!r} as an object, e.g. {{"team": "ops"}}'
+    return InvalidFilterError(said)
 
 
 @dataclass
@@ -142,7 +151,7 @@ def compile_filter(
     if spec is None:
         return CompiledFilter(_TRUE, {})
     if not isinstance(spec, Mapping):
-        raise InvalidFilterError(f"the filter must be a JSON object, got {_json_type(spec)}")
+        raise not_an_object(spec)
     check_value(spec, "the filter", InvalidFilterError, json_only=True)
     _check_size(spec)
     compiler = _Compiler(prefix)
