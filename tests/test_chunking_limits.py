@@ -14,7 +14,7 @@ from bench.scifact import records as scifact_records
 from ragstore.chunking import chunk_document
 from ragstore.embedding.base import Embedder
 from ragstore.embedding.registry import load_embedder, resolve_spec
-from ragstore.models import ChunkType
+from ragstore.models import Block, ChunkType, ParsedDocument
 from ragstore.parsing import parse_bytes
 from tests.fixtures.builders import build_mixed_corpus
 
@@ -181,3 +181,40 @@ def test_chunks_of_a_model_with_a_passage_prefix_fit_with_the_prefix(
     assert max(read) <= model.max_seq_length == 256, "the model would cut a chunk's tail"
     assert max(read) > 256 * 0.9, "pieces are filled, not cut needlessly small"
     assert [c.token_count for c in chunks] == read, "stored counts are what the model reads"
+
+
+# without the fix each test below runs for minutes; "signal": a str method and the regex
+# engine hold the GIL
+@pytest.mark.timeout(15, method="signal")
+def test_a_table_of_many_rows_is_numbered_in_linear_time(embedder: Embedder) -> None:
+    # each piece's first row was numbered by counting the line breaks from the table's top:
+    # 8,000 rows of 480 characters (4 MB) took 10 s, 32,000 (16 MB) some 150 s
+    rows = 32_000
+    text = "| name |\n|---|\n" + "".join(f"| {'a' * 480} |\n" for _ in range(rows))
+    block = Block(ChunkType.TABLE, text, 0, len(text), metadata={"header_lines": 2})
+    chunks = chunk_document(ParsedDocument("markdown", None, [block]), embedder, 32)
+    assert len(chunks) == rows  # a row a chunk: two rows are over 32 * 16 characters
+    assert [c.metadata["row_range"][0] for c in chunks] == list(range(1, rows + 1))
+    assert all(c.text.startswith("| name |\n|---|\n| a") for c in chunks)
+
+
+@pytest.mark.timeout(15, method="signal")
+def test_a_table_whose_second_line_is_all_spaces_is_read_in_linear_time(
+    embedder: Embedder,
+) -> None:
+    # a table without declared header lines has its second line matched against a header
+    # rule, r"^\s*\|?\s*:?-{3,}": a line of n spaces was tried split every way between
+    # the two \s*, 8,000 spaces 0.9 s and 100,000 some 140 s
+    for rule in (" " * 100_000 + "x", "\t" * 100_000 + "|" + " " * 100_000 + "x"):
+        text = f"| a |\n{rule}\n| b |"
+        block = Block(ChunkType.TABLE, text, 0, len(text))
+        chunks = chunk_document(ParsedDocument("markdown", None, [block]), embedder, 256)
+        assert "| a |" in chunks[0].text and "| b |" in chunks[-1].text
+        assert not any(c.metadata.get("header_repeated") for c in chunks)
+    # a rule is still a rule, with or without bars and spaces: its header is repeated
+    for rule in ("---|---", "| --- | --- |", "  |  :--- | ---", "\t:---"):
+        text = "| a | b |\n" + rule + "\n" + "\n".join(f"| {i} | row {i} |" for i in range(80))
+        block = Block(ChunkType.TABLE, text, 0, len(text))
+        chunks = chunk_document(ParsedDocument("markdown", None, [block]), embedder, 64)
+        assert len(chunks) > 2 and all(c.metadata["header_repeated"] for c in chunks), rule
+        assert all(c.text.startswith(f"| a | b |\n{rule}\n") for c in chunks), rule
