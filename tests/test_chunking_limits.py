@@ -218,3 +218,39 @@ def test_a_table_whose_second_line_is_all_spaces_is_read_in_linear_time(
         chunks = chunk_document(ParsedDocument("markdown", None, [block]), embedder, 64)
         assert len(chunks) > 2 and all(c.metadata["header_repeated"] for c in chunks), rule
         assert all(c.text.startswith(f"| a | b |\n{rule}\n") for c in chunks), rule
+
+
+class _SpansAsked:
+    """The real model, counting the characters the chunker asks token spans of; with
+    ``encodings=False`` it has no :meth:`token_encodings` (as a model without them)."""
+
+    def __init__(self, embedder: Embedder, encodings: bool = True) -> None:
+        self.embedder = embedder
+        self.special_tokens = embedder.special_tokens
+        self.joins_add_up = embedder.joins_add_up
+        self.asked = 0
+        if encodings:
+            self.token_encodings = embedder.token_encodings
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return self.embedder.count_tokens(texts)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        self.asked += len(text)
+        return self.embedder.token_spans(text)
+
+
+def test_a_huge_block_is_split_from_the_word_cache_not_from_spans(embedder: Embedder) -> None:
+    # a block over 4,096 characters was split from token_spans, a tuple made per token by
+    # the tokenizer's wrapper: 255 KB of "[" (a token a character) took 3.7 s on a loaded
+    # machine; the word cache's index says the same eight times faster
+    text = "[" * 150_000 + " Plain words. " * 2_000 + ".)" * 30_000 + "a\n" * 20_000
+    doc = ParsedDocument("text", None, [Block(ChunkType.PARAGRAPH, text, 0, len(text))])
+    cached = _SpansAsked(embedder)
+    chunks = chunk_document(doc, cached, 256)
+    assert cached.asked == 0
+    spanned = _SpansAsked(embedder, encodings=False)
+    assert [(c.text, c.char_start, c.token_count) for c in chunks] == [
+        (c.text, c.char_start, c.token_count) for c in chunk_document(doc, spanned, 256)
+    ]
+    assert spanned.asked >= len(text)
