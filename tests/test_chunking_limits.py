@@ -14,7 +14,7 @@ from bench.scifact import records as scifact_records
 from ragstore.chunking import chunk_document
 from ragstore.embedding.base import Embedder
 from ragstore.embedding.registry import load_embedder, resolve_spec
-from ragstore.models import ChunkType
+from ragstore.models import Block, ChunkType, ParsedDocument
 from ragstore.parsing import parse_bytes
 from tests.fixtures.builders import build_mixed_corpus
 
@@ -181,3 +181,76 @@ def test_chunks_of_a_model_with_a_passage_prefix_fit_with_the_prefix(
     assert max(read) <= model.max_seq_length == 256, "the model would cut a chunk's tail"
     assert max(read) > 256 * 0.9, "pieces are filled, not cut needlessly small"
     assert [c.token_count for c in chunks] == read, "stored counts are what the model reads"
+
+
+# without the fix each test below runs for minutes; "signal": a str method and the regex
+# engine hold the GIL
+@pytest.mark.timeout(15, method="signal")
+def test_a_table_of_many_rows_is_numbered_in_linear_time(embedder: Embedder) -> None:
+    # each piece's first row was numbered by counting the line breaks from the table's top:
+    # 8,000 rows of 480 characters (4 MB) took 10 s, 32,000 (16 MB) some 150 s
+    rows = 32_000
+    text = "| name |\n|---|\n" + "".join(f"| {'a' * 480} |\n" for _ in range(rows))
+    block = Block(ChunkType.TABLE, text, 0, len(text), metadata={"header_lines": 2})
+    chunks = chunk_document(ParsedDocument("markdown", None, [block]), embedder, 32)
+    assert len(chunks) == rows  # a row a chunk: two rows are over 32 * 16 characters
+    assert [c.metadata["row_range"][0] for c in chunks] == list(range(1, rows + 1))
+    assert all(c.text.startswith("| name |\n|---|\n| a") for c in chunks)
+
+
+@pytest.mark.timeout(15, method="signal")
+def test_a_table_whose_second_line_is_all_spaces_is_read_in_linear_time(
+    embedder: Embedder,
+) -> None:
+    # a table without declared header lines has its second line matched against a header
+    # rule, r"^\s*\|?\s*:?-{3,}": a line of n spaces was tried split every way between
+    # the two \s*, 8,000 spaces 0.9 s and 100,000 some 140 s
+    for rule in (" " * 100_000 + "x", "\t" * 100_000 + "|" + " " * 100_000 + "x"):
+        text = f"| a |\n{rule}\n| b |"
+        block = Block(ChunkType.TABLE, text, 0, len(text))
+        chunks = chunk_document(ParsedDocument("markdown", None, [block]), embedder, 256)
+        assert "| a |" in chunks[0].text and "| b |" in chunks[-1].text
+        assert not any(c.metadata.get("header_repeated") for c in chunks)
+    # a rule is still a rule, with or without bars and spaces: its header is repeated
+    for rule in ("---|---", "| --- | --- |", "  |  :--- | ---", "\t:---"):
+        text = "| a | b |\n" + rule + "\n" + "\n".join(f"| {i} | row {i} |" for i in range(80))
+        block = Block(ChunkType.TABLE, text, 0, len(text))
+        chunks = chunk_document(ParsedDocument("markdown", None, [block]), embedder, 64)
+        assert len(chunks) > 2 and all(c.metadata["header_repeated"] for c in chunks), rule
+        assert all(c.text.startswith(f"| a | b |\n{rule}\n") for c in chunks), rule
+
+
+class _SpansAsked:
+    """The real model, counting the characters the chunker asks token spans of; with
+    ``encodings=False`` it has no :meth:`token_encodings` (as a model without them)."""
+
+    def __init__(self, embedder: Embedder, encodings: bool = True) -> None:
+        self.embedder = embedder
+        self.special_tokens = embedder.special_tokens
+        self.joins_add_up = embedder.joins_add_up
+        self.asked = 0
+        if encodings:
+            self.token_encodings = embedder.token_encodings
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return self.embedder.count_tokens(texts)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        self.asked += len(text)
+        return self.embedder.token_spans(text)
+
+
+def test_a_huge_block_is_split_from_the_word_cache_not_from_spans(embedder: Embedder) -> None:
+    # a block over 4,096 characters was split from token_spans, a tuple made per token by
+    # the tokenizer's wrapper: 255 KB of "[" (a token a character) took 3.7 s on a loaded
+    # machine; the word cache's index says the same eight times faster
+    text = "[" * 150_000 + " Plain words. " * 2_000 + ".)" * 30_000 + "a\n" * 20_000
+    doc = ParsedDocument("text", None, [Block(ChunkType.PARAGRAPH, text, 0, len(text))])
+    cached = _SpansAsked(embedder)
+    chunks = chunk_document(doc, cached, 256)
+    assert cached.asked == 0
+    spanned = _SpansAsked(embedder, encodings=False)
+    assert [(c.text, c.char_start, c.token_count) for c in chunks] == [
+        (c.text, c.char_start, c.token_count) for c in chunk_document(doc, spanned, 256)
+    ]
+    assert spanned.asked >= len(text)

@@ -28,7 +28,10 @@ from ragstore.embedding.base import TokenEncoding, TokenIndex
 from ragstore.models import Block, Chunk, ChunkType, ParsedDocument
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s")
-_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}")
+# a header rule: "---", "| --- |", ":--"; the bar's own whitespace is taken after it only
+# (r"^\s*\|?\s*..." tried every split of a run of spaces between its two \s*: minutes
+# for a line of 100,000 spaces)
+_TABLE_RULE = re.compile(r"^\s*(?:\|\s*)?:?-{3,}")
 _LINE_TYPES = {ChunkType.CODE, ChunkType.TABLE, ChunkType.LIST}
 CHARS_PER_TOKEN_CAP = 16  # no chunk is longer than this many characters per token of budget
 WINDOW_CHARS = 1 << 16  # prose is tokenized at most this many characters at a time
@@ -117,9 +120,14 @@ def split_to_fit(
     """Char spans of ``text`` pieces with at most ``limit`` content tokens each.
 
     ``tokens`` index ``counter.token_spans(text)`` when the caller has them already.
+    Else they are read from the counter's :meth:`token_encodings` where it has them (a
+    BERT tokenizer's word cache: an eighth of the cost of the spans made token by token,
+    the most of splitting a block of 64 KB of ``[`` or of other one-character tokens),
+    and asked of :meth:`token_spans` otherwise.
     """
     if tokens is None:
-        tokens = TokenIndex(counter.token_spans(text))
+        encs = _encodings(counter, [text], [True])
+        tokens = encs[0].index if encs is not None else TokenIndex(counter.token_spans(text))
     n = len(tokens)
     pieces: list[tuple[int, int]] = []
     t = 0
@@ -220,8 +228,9 @@ def _unit_tokens(
     small = [i for i, (a, b) in enumerate(units) if b - a <= big]
     counts = counter.count_tokens([text[units[i][0] : units[i][1]] for i in small])
     out = [1 << 30] * len(units)
+    special = counter.special_tokens  # a property: read once, not once a line
     for i, n in zip(small, counts, strict=True):
-        out[i] = n - counter.special_tokens
+        out[i] = n - special
     return out
 
 
@@ -283,11 +292,16 @@ def _split_table(block: Block, budget: int, counter: TokenCounter, max_chars: in
     pieces = _pack(
         text, lines[h:], budget - header_tokens - 1, counter, max_chars - len(header) - 1
     )
+    # line breaks before each piece, counted on from the last piece's start (pieces are in
+    # order): counting from the top for each piece took minutes on a table of many rows
+    seen = breaks = 0
     for piece in pieces:
         rows = text[piece.start : piece.end].count("\n") + 1
         piece.text = f"{header}\n{piece.text}"
+        breaks += text.count("\n", seen, piece.start)
+        seen = piece.start
         if not piece.metadata.get("line_split"):
-            row_no = text[: piece.start].count("\n") + 1 - h
+            row_no = breaks + 1 - h
             piece.metadata.update(
                 {"header_repeated": True, "row_range": [row_no, row_no + rows - 1]}
             )
@@ -424,15 +438,16 @@ def _block_parts(
     ]
     encs = _encodings(counter, [texts[i] for i in countable], indexed)
     enc_of: dict[int, TokenEncoding] = {}
+    special = counter.special_tokens  # a property: read once, not once a block
     if encs is not None:
         for i, enc in zip(countable, encs, strict=True):
-            counts[i] = enc.count - counter.special_tokens
+            counts[i] = enc.count - special
             enc_of[i] = enc
     else:
         for i, n in zip(
             countable, counter.count_tokens([texts[i] for i in countable]), strict=True
         ):
-            counts[i] = n - counter.special_tokens
+            counts[i] = n - special
     parts: list[_Part] = []
     split: dict[int, list[_Piece]] = {}
     for i, block in enumerate(blocks):
@@ -450,25 +465,26 @@ def _block_parts(
         return parts
     flat = [(i, p) for i, pieces in split.items() for p in pieces]
     sizes = _piece_sizes(blocks, flat, enc_of, ctx, counter)
+    first = 0  # where this block's pieces start in sizes (not sizes[n:]: a copy per block)
     for i, pieces in split.items():
         n = len(pieces)
         pieces, piece_counts = _enforce(
             pieces,
-            sizes[:n],
+            sizes[first : first + n],
             ctx[i][0],
             ctx[i][1],
             limit,
-            limit + counter.special_tokens,
+            limit + special,
             counter,
             max_chars,
         )
-        sizes = sizes[n:]
+        first += n
         alone = _stands_alone(blocks[i])
         parts.extend(
             _Part(
                 i,
                 p,
-                c - counter.special_tokens - ctx[i][1],
+                c - special - ctx[i][1],
                 j if len(pieces) > 1 else 0,
                 alone=alone,
             )
@@ -492,6 +508,7 @@ def _piece_sizes(
     piece is tokenized (one call for all of them).
     """
     known: dict[int, int] = {}
+    special = counter.special_tokens
     if getattr(counter, "joins_add_up", False):
         for k, (i, p) in enumerate(flat):
             enc = enc_of.get(i)
@@ -500,7 +517,7 @@ def _piece_sizes(
                 continue
             n = _tokens_between(enc, p.start, p.end)
             if n is not None:
-                known[k] = counter.special_tokens + ctx[i][1] + n
+                known[k] = special + ctx[i][1] + n
     rest = [k for k in range(len(flat)) if k not in known]
     counted = counter.count_tokens(
         [_with_context(ctx[flat[k][0]][0], flat[k][1].text) for k in rest]
@@ -639,11 +656,11 @@ def _pack_tokens(
     counts over the limit after all (joins can tokenize differently) falls back to its
     parts alone."""
     merged = [j for j, p in enumerate(packs) if len(p) > 1]
+    special = counter.special_tokens
     if getattr(counter, "joins_add_up", False):
         # whitespace ends every token (BERT's WordPiece): a join's count is the sum
         exact = {
-            j: counter.special_tokens + ctx[packs[j][0].block][1] + sum(p.tokens for p in packs[j])
-            for j in merged
+            j: special + ctx[packs[j][0].block][1] + sum(p.tokens for p in packs[j]) for j in merged
         }
     else:
         texts = [_with_context(ctx[packs[j][0].block][0], _pack_text(packs[j])) for j in merged]
@@ -659,7 +676,7 @@ def _pack_tokens(
         for part in pack:
             if not part.heading:
                 out.append([part])
-                counts.append(part.tokens + ctx[part.block][1] + counter.special_tokens)
+                counts.append(part.tokens + ctx[part.block][1] + special)
     return out, counts
 
 
