@@ -99,7 +99,7 @@ def test_upgrade_sql_prints_the_revision_sql() -> None:
     assert "CREATE EXTENSION IF NOT EXISTS vector" in out
 
 
-@pytest.mark.parametrize("target", ["", " ", "bogus", ":", "@", "base:", "0031+5"])
+@pytest.mark.parametrize("target", ["", " ", "bogus", ":", "@", "base:", "0031+500"])
 def test_an_upgrade_target_that_is_no_revision_is_one_line(
     target: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
