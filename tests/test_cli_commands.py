@@ -90,6 +90,22 @@ def server(env: dict[str, str]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def rate_limited(env: dict[str, str]) -> Iterator[str]:
+    """A server with auth on, 4 requests a minute for each key and uploads of at most
+    2048 bytes; its base URL. Shared: each test that uses it makes its own key, so that
+    the one's requests take nothing from the other's budget (a server costs a model
+    load)."""
+    limited = {
+        **env,
+        "RAGSTORE_AUTH": "on",
+        "RAGSTORE_RATE_LIMIT_PER_MINUTE": "4",
+        "RAGSTORE_MAX_UPLOAD_BYTES": "2048",
+    }
+    with _serving(limited) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def remote_env(server: str, env: dict[str, str]) -> dict[str, str]:
     """The CLI's environment to go through the server, with an admin key for it."""
     key = KeyStore(Database(env["RAGSTORE_DATABASE_URL"])).create("admin", name="cli-test")
@@ -796,6 +812,7 @@ def test_a_proxys_html_413_fails_the_file_alone_like_the_servers_own(
 
 def test_an_error_that_stops_an_ingest_through_the_server_says_what_it_stored(
     env: dict[str, str],
+    rate_limited: str,
     local: None,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -814,12 +831,10 @@ def test_an_error_that_stops_an_ingest_through_the_server_says_what_it_stored(
     monkeypatch.setattr(remote, "BATCH_FILES", 1)  # a request per file
     # a client that waits out the limit (its default retries) never stops: none here
     monkeypatch.setattr(client_module, "Client", functools.partial(Client, retries=0))
-    limited = {**env, "RAGSTORE_AUTH": "on", "RAGSTORE_RATE_LIMIT_PER_MINUTE": "4"}
-    with _serving(limited) as url:
-        monkeypatch.setenv("RAGSTORE_URL", url)
-        monkeypatch.setenv("RAGSTORE_API_KEY", key.secret)
-        capsys.readouterr()
-        status = run_cli("ingest", str(folder), "-c", "rate-stop", "--json")
+    monkeypatch.setenv("RAGSTORE_URL", rate_limited)  # 4 requests a minute, < 8 files
+    monkeypatch.setenv("RAGSTORE_API_KEY", key.secret)
+    capsys.readouterr()
+    status = run_cli("ingest", str(folder), "-c", "rate-stop", "--json")
     out, err = capsys.readouterr()
     err = " ".join(err.split())
     assert status == 75, err
@@ -840,6 +855,7 @@ def test_an_error_that_stops_an_ingest_through_the_server_says_what_it_stored(
 
 def test_a_batch_sent_in_parts_and_stopped_counts_what_its_parts_stored(
     env: dict[str, str],
+    rate_limited: str,
     local: None,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -855,17 +871,12 @@ def test_a_batch_sent_in_parts_and_stopped_counts_what_its_parts_stored(
     for i in range(8):
         (folder / f"p{i}.md").write_text(f"# P{i}\n\nPart {i} notes. " + "word " * 200)
     key = KeyStore(Database(env["RAGSTORE_DATABASE_URL"])).create("admin", name="parts")
-    limited = {
-        **env,
-        "RAGSTORE_AUTH": "on",
-        "RAGSTORE_RATE_LIMIT_PER_MINUTE": "6",
-        "RAGSTORE_MAX_UPLOAD_BYTES": "2048",  # one file a request: more than the budget
-    }
-    with _serving(limited) as url:
-        monkeypatch.setenv("RAGSTORE_URL", url)
-        monkeypatch.setenv("RAGSTORE_API_KEY", key.secret)
-        capsys.readouterr()
-        status = run_cli("ingest", str(folder), "-c", "parts-stop", "--json")
+    # 4 requests a minute; uploads of at most 2048 bytes: one file a request, more
+    # requests than the budget
+    monkeypatch.setenv("RAGSTORE_URL", rate_limited)
+    monkeypatch.setenv("RAGSTORE_API_KEY", key.secret)
+    capsys.readouterr()
+    status = run_cli("ingest", str(folder), "-c", "parts-stop", "--json")
     out, err = capsys.readouterr()
     err = " ".join(err.split())
     assert status == 75, err
@@ -893,8 +904,13 @@ def test_a_batch_sent_in_parts_as_jobs_counts_each_jobs_documents(
     for i in range(4):
         (folder / f"q{i}.md").write_text(f"# Q{i}\n\nQueued {i} notes. " + "word " * 200)
     served = {**env, "RAGSTORE_MAX_UPLOAD_BYTES": "4096", "RAGSTORE_BACKGROUND_INGEST_BYTES": "0"}
+    # the worker looks for jobs every min(5, heartbeat) seconds when no notification
+    # woke it: each of the batch's jobs could wait that long
     worker = subprocess.Popen(
-        [*CLI, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*CLI, "worker"],
+        env={**env, "RAGSTORE_WORKER_HEARTBEAT_S": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         with _serving(served) as url:

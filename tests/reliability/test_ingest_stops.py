@@ -23,6 +23,12 @@ from ragstore.errors import DatabaseUnavailableError
 from ragstore.ingest import ingest_paths
 from ragstore.runtime import Runtime
 
+# The Client sends a request the read-only database refused (503 database_unavailable)
+# again, waiting a growing pause up to its max_retry_wait (30 s): each test here waited
+# that out for an error that does not pass. What is checked is what one request answers
+# and whether the Client sends the next one, not its retries: none.
+NO_RETRY = 0
+
 PAGES = [f"# Page {i}\n\n" + " ".join(f"term{i}z{j}" for j in range(300)) for i in range(10)]
 
 
@@ -179,12 +185,12 @@ def test_a_client_upload_in_several_requests_stops_at_a_read_only_database(
         pytest.raises(RagstoreError) as info,
     ):
         if kind == "sync":
-            with Client(url) as c:
+            with Client(url, retries=NO_RETRY) as c:
                 c.upload(coll, files)
         else:
 
             async def go() -> None:
-                async with AsyncClient(url) as c:
+                async with AsyncClient(url, retries=NO_RETRY) as c:
                     await c.upload(coll, files)
 
             asyncio.run(go())
@@ -222,7 +228,7 @@ def test_a_read_only_database_met_by_a_requests_last_file_stops_the_upload(
     server = with_(settings, auth="off", max_upload_bytes=limit)
     with (
         running_server(server) as url,
-        Client(url) as c,
+        Client(url, retries=NO_RETRY) as c,
         _read_only(admin, db),  # the pooled sessions take the setting anew
     ):
         with pytest.raises(RagstoreError) as info:
@@ -257,7 +263,7 @@ def test_a_key_first_used_on_a_read_only_database_reads(
     with (
         running_server(with_(settings, auth="on")) as url,
         _read_only(admin, db),  # the pooled sessions take the setting anew
-        Client(url, api_key=secret) as c,
+        Client(url, api_key=secret, retries=NO_RETRY) as c,
     ):
         names = [col["name"] for col in c.list_collections()]
         with pytest.raises(RagstoreError) as refused:
