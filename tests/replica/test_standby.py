@@ -57,6 +57,62 @@ def kb(pair: Pair) -> str:
     return "kb"
 
 
+class Spare:
+    """An extra standby of the pair's primary, handed from test to test while each leaves it
+    a standby of the primary: making one (``pg_basebackup`` of the session's whole server,
+    every test's database with it) took tens of seconds each on a loaded machine."""
+
+    def __init__(self, pair: Pair, root: Path) -> None:
+        self.pair = pair
+        self.root = root
+        self.node: standby.Standby | None = None
+        self.made = 0
+
+    @contextmanager
+    def take(self, *, keep: bool = True) -> Iterator[standby.Standby]:
+        """The spare (made when there is none); its ``primary_conninfo`` is put back after
+        (``keep``), or it is removed (``keep=False``: a test that promotes it, or one that
+        failed and may have left it in any state)."""
+        if self.node is None:
+            self.made += 1
+            self.node = standby.create(self.pair.primary_url, self.root / f"spare-{self.made}")
+        node = self.node
+        with psycopg.connect(node.conninfo, autocommit=True) as conn:
+            original = str(conn.execute("SHOW primary_conninfo").fetchone()[0])  # type: ignore[index]
+        kept = False
+        try:
+            yield node
+            kept = keep
+        finally:
+            if kept:
+                try:
+                    with psycopg.connect(node.conninfo, autocommit=True) as conn:
+                        conn.execute(
+                            sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(
+                                sql.Literal(original)
+                            )
+                        )
+                        conn.execute("SELECT pg_reload_conf()")
+                except psycopg.Error:
+                    kept = False
+            if not kept:
+                self.node = None
+                node.remove()
+
+
+@pytest.fixture(scope="module")
+def spare(pair: Pair) -> Iterator[Spare]:
+    # not under pytest's basetemp, as the pair's (tests/replica/conftest.py)
+    root = Path(tempfile.mkdtemp(prefix="ragstore-spare-"))
+    spares = Spare(pair, root)
+    try:
+        yield spares
+    finally:
+        if spares.node is not None:
+            spares.node.remove()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_ingest_on_primary_search_on_standby(pair: Pair, kb: str) -> None:
     with running_server(pair.settings()) as url, Client(url) as c:
         r = c.request(
@@ -104,6 +160,7 @@ def test_read_your_writes_waits_for_replay_or_uses_the_primary(pair: Pair, kb: s
         running_server(pair.read_only_settings(replica_wait_s=0.3)) as ro_url,
         Client(url) as c,
         Client(ro_url) as ro,
+        Client(ro_url, retries=0) as ro_once,  # a refusal at once, not after retries
     ):
         # replay running: the write is visible at once, and the read may well be the replica's
         c.add_document("kb", "glass.md", "# Glass\n\nSand melted with soda ash becomes glass.")
@@ -127,9 +184,9 @@ def test_read_your_writes_waits_for_replay_or_uses_the_primary(pair: Pair, kb: s
             )
             assert _served_by(blind) == "replica"  # without the position: the standby
             assert blind.json()["data"][0]["title"] != "Comets"
-            ro.last_lsn = c.last_lsn  # the search-only fleet cannot fall back: 503
+            ro.last_lsn = ro_once.last_lsn = c.last_lsn  # the search-only fleet: 503
             with pytest.raises(ReplicaBehindError) as behind:
-                ro.search("kb", "comet")
+                ro_once.search("kb", "comet")
             assert behind.value.status == 503  # type: ignore[attr-defined]
         finally:
             pair.pause_replay(False)
@@ -166,17 +223,18 @@ def test_a_read_only_server_shows_a_job_once_it_has_replayed_it(pair: Pair, kb: 
         running_server(pair.read_only_settings(replica_wait_s=0.3)) as ro_url,
         Client(url) as c,
         Client(ro_url) as ro,
+        Client(ro_url, retries=0) as ro_once,  # a refusal at once, not after retries
     ):
         pair.wait_caught_up()
         pair.pause_replay(True)
         try:
             job = c.upload("kb", [("polled.md", b"# Polled\n\npolled text")], background=True)
-            ro.last_lsn = c.last_lsn
+            ro_once.last_lsn = c.last_lsn
             with pytest.raises(ReplicaBehindError):
-                ro.get_job(job["id"])
-            ro.last_lsn = "primary"
+                ro_once.get_job(job["id"])
+            ro_once.last_lsn = "primary"
             with pytest.raises(ReplicaBehindError):
-                ro.list_jobs()
+                ro_once.list_jobs()
         finally:
             pair.pause_replay(False)
         ro.last_lsn = c.last_lsn
@@ -242,13 +300,134 @@ def test_standby_stopped_mid_load_searches_fall_back(pair: Pair, kb: str) -> Non
     assert replica["up"] in (True, False)  # restarted meanwhile: either is fine here
 
 
-def test_a_promoted_standby_is_not_read_from(pair: Pair, tmp_path: Path) -> None:
+def test_a_standby_cut_off_from_the_primary_counts_as_lagging(pair: Pair, spare: Spare) -> None:
+    """A standby whose WAL stream broke (the primary unreachable from it, a bad
+    primary_conninfo) has replayed all it received, which the router took for "in transit,
+    not behind": it stayed up with lag 0 while the primary's writes never reached it."""
+    primary = Database(pair.primary_url)
+    with spare.take() as node:
+        router = ReadRouter(primary, [node.conninfo], max_lag_s=0.5, wait_s=0.1)
+        try:
+            with psycopg.connect(node.conninfo, autocommit=True) as conn:
+                conn.execute("ALTER SYSTEM SET primary_conninfo = 'host=/nonexistent port=1'")
+                conn.execute("SELECT pg_reload_conf()")
+                deadline = time.monotonic() + 30
+                while conn.execute("SELECT pid FROM pg_stat_wal_receiver").fetchone():
+                    assert time.monotonic() < deadline, "the WAL receiver did not stop"
+                    time.sleep(0.1)
+            assert router.choose() is not primary  # caught up when it was cut off
+            with psycopg.connect(pair.primary_url, autocommit=True) as conn:
+                conn.execute("CREATE TABLE cut_off_probe (x int)")
+                conn.execute("DROP TABLE cut_off_probe")
+            deadline = time.monotonic() + 10
+            while router.statuses()[0].up:
+                assert time.monotonic() < deadline, router.statuses()
+                time.sleep(0.2)
+            [status] = router.statuses()
+            assert status.error is not None and "RAGSTORE_MAX_REPLICA_LAG_S" in status.error
+            assert router.choose() is primary
+        finally:
+            router.close()
+            primary.close()
+
+
+def test_a_standby_whose_stream_stalls_counts_as_lagging(pair: Pair, spare: Spare) -> None:
+    """A standby whose WAL stream stalls while its receiver stays connected (a slow or
+    congested link) has replayed all it received, which the router took for "in
+    transit, not behind": it was read from at lag 0 while the primary's writes did not
+    arrive. Its lag is now dated by the primary's positions, as any other's."""
+    with spare.take() as node:
+        proxy_dir = Path(tempfile.mkdtemp(prefix="rsp-", dir="/tmp"))
+        primary_parts = conninfo_to_dict(pair.primary_url)
+        port = primary_parts.get("port", "5432")
+        target = f"{primary_parts['host']}/.s.PGSQL.{port}"
+        flowing = threading.Event()
+        flowing.set()
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(proxy_dir / f".s.PGSQL.{port}"))
+        # the servers may run as another user than the tests (never root): theirs
+        owner = os.stat(primary_parts["host"])
+        for path in (proxy_dir, proxy_dir / f".s.PGSQL.{port}"):
+            with suppress(PermissionError):  # not root: the servers run as the tests' user
+                os.chown(path, owner.st_uid, owner.st_gid)
+        listener.listen()
+
+        def pump(a: socket.socket, b: socket.socket, gated: bool) -> None:
+            with suppress(OSError):
+                while data := a.recv(65536):
+                    while gated and not flowing.wait(0.1):
+                        pass
+                    b.sendall(data)
+
+        def serve() -> None:
+            with suppress(OSError):
+                while True:
+                    c, _ = listener.accept()
+                    u = socket.socket(socket.AF_UNIX)
+                    try:
+                        u.connect(target)
+                    except OSError:
+                        c.close()
+                        continue
+                    threading.Thread(target=pump, args=(c, u, False), daemon=True).start()
+                    threading.Thread(target=pump, args=(u, c, True), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+        primary = Database(pair.primary_url)
+        router = ReadRouter(primary, [node.conninfo], max_lag_s=1, wait_s=0.1, probe_interval_s=0.2)
+        try:
+            with psycopg.connect(node.conninfo, autocommit=True) as conn:
+                via = make_conninfo(
+                    str(conn.execute("SHOW primary_conninfo").fetchone()[0]),  # type: ignore[index]
+                    host=str(proxy_dir),
+                )
+                conn.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(via))
+                conn.execute("SELECT pg_reload_conf()")
+                deadline = time.monotonic() + 30
+                while (
+                    conn.execute(
+                        "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'"
+                        " AND sender_host = %s",
+                        (str(proxy_dir),),
+                    ).fetchone()
+                    is None
+                ):
+                    assert time.monotonic() < deadline, (
+                        "the standby did not stream via the proxy",
+                        conn.execute(
+                            "SELECT status, sender_host FROM pg_stat_wal_receiver"
+                        ).fetchall(),
+                    )
+                    time.sleep(0.1)
+            deadline = time.monotonic() + 10
+            while router.choose() is primary:  # caught up while the stream flows
+                assert time.monotonic() < deadline, router.statuses()
+                time.sleep(0.1)
+            flowing.clear()  # the link stalls; the receiver stays connected
+            with psycopg.connect(pair.primary_url, autocommit=True) as conn:
+                conn.execute("CREATE TABLE stalled_probe (x int)")
+                conn.execute("DROP TABLE stalled_probe")
+            deadline = time.monotonic() + 10
+            while router.statuses()[0].up:
+                assert time.monotonic() < deadline, router.statuses()
+                time.sleep(0.2)
+            [status] = router.statuses()
+            assert status.error is not None and "RAGSTORE_MAX_REPLICA_LAG_S" in status.error, status
+            assert router.choose() is primary
+        finally:
+            flowing.set()
+            router.close()
+            primary.close()
+            listener.close()
+            shutil.rmtree(proxy_dir, ignore_errors=True)
+
+
+def test_a_promoted_standby_is_not_read_from(pair: Pair, spare: Spare) -> None:
     """A standby promoted while the primary runs on (a failover half done, a split brain)
     no longer receives the primary's writes. It answered as "not in recovery", which the
     router took for a replica exactly up to date, and every read without a write position
     was served from a copy that fell further behind with each write, with no error."""
-    node = standby.create(pair.primary_url, tmp_path / "promoted")
-    try:
+    with spare.take(keep=False) as node:  # promoted: no standby any more
         with psycopg.connect(node.conninfo, autocommit=True) as conn:
             conn.execute("SELECT pg_promote(true, 30)")
         primary = Database(pair.primary_url)
@@ -261,130 +440,6 @@ def test_a_promoted_standby_is_not_read_from(pair: Pair, tmp_path: Path) -> None
         finally:
             router.close()
             primary.close()
-    finally:
-        node.remove()
-
-
-def test_a_standby_cut_off_from_the_primary_counts_as_lagging(pair: Pair, tmp_path: Path) -> None:
-    """A standby whose WAL stream broke (the primary unreachable from it, a bad
-    primary_conninfo) has replayed all it received, which the router took for "in transit,
-    not behind": it stayed up with lag 0 while the primary's writes never reached it."""
-    node = standby.create(pair.primary_url, tmp_path / "cut")
-    primary = Database(pair.primary_url)
-    router = ReadRouter(primary, [node.conninfo], max_lag_s=0.5, wait_s=0.1)
-    try:
-        with psycopg.connect(node.conninfo, autocommit=True) as conn:
-            conn.execute("ALTER SYSTEM SET primary_conninfo = 'host=/nonexistent port=1'")
-            conn.execute("SELECT pg_reload_conf()")
-            deadline = time.monotonic() + 30
-            while conn.execute("SELECT pid FROM pg_stat_wal_receiver").fetchone():
-                assert time.monotonic() < deadline, "the WAL receiver did not stop"
-                time.sleep(0.1)
-        assert router.choose() is not primary  # caught up when it was cut off
-        with psycopg.connect(pair.primary_url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE cut_off_probe (x int)")
-            conn.execute("DROP TABLE cut_off_probe")
-        deadline = time.monotonic() + 10
-        while router.statuses()[0].up:
-            assert time.monotonic() < deadline, router.statuses()
-            time.sleep(0.2)
-        [status] = router.statuses()
-        assert status.error is not None and "RAGSTORE_MAX_REPLICA_LAG_S" in status.error
-        assert router.choose() is primary
-    finally:
-        router.close()
-        primary.close()
-        node.remove()
-
-
-def test_a_standby_whose_stream_stalls_counts_as_lagging(pair: Pair, tmp_path: Path) -> None:
-    """A standby whose WAL stream stalls while its receiver stays connected (a slow or
-    congested link) has replayed all it received, which the router took for "in
-    transit, not behind": it was read from at lag 0 while the primary's writes did not
-    arrive. Its lag is now dated by the primary's positions, as any other's."""
-    node = standby.create(pair.primary_url, tmp_path / "stalled")
-    proxy_dir = Path(tempfile.mkdtemp(prefix="rsp-", dir="/tmp"))
-    primary_parts = conninfo_to_dict(pair.primary_url)
-    port = primary_parts.get("port", "5432")
-    target = f"{primary_parts['host']}/.s.PGSQL.{port}"
-    flowing = threading.Event()
-    flowing.set()
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(proxy_dir / f".s.PGSQL.{port}"))
-    # the servers may run as another user than the tests (never root): theirs
-    owner = os.stat(primary_parts["host"])
-    for path in (proxy_dir, proxy_dir / f".s.PGSQL.{port}"):
-        with suppress(PermissionError):  # not root: the servers run as the tests' user
-            os.chown(path, owner.st_uid, owner.st_gid)
-    listener.listen()
-
-    def pump(a: socket.socket, b: socket.socket, gated: bool) -> None:
-        with suppress(OSError):
-            while data := a.recv(65536):
-                while gated and not flowing.wait(0.1):
-                    pass
-                b.sendall(data)
-
-    def serve() -> None:
-        with suppress(OSError):
-            while True:
-                c, _ = listener.accept()
-                u = socket.socket(socket.AF_UNIX)
-                try:
-                    u.connect(target)
-                except OSError:
-                    c.close()
-                    continue
-                threading.Thread(target=pump, args=(c, u, False), daemon=True).start()
-                threading.Thread(target=pump, args=(u, c, True), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    primary = Database(pair.primary_url)
-    router = ReadRouter(primary, [node.conninfo], max_lag_s=1, wait_s=0.1, probe_interval_s=0.2)
-    try:
-        with psycopg.connect(node.conninfo, autocommit=True) as conn:
-            via = make_conninfo(
-                str(conn.execute("SHOW primary_conninfo").fetchone()[0]),  # type: ignore[index]
-                host=str(proxy_dir),
-            )
-            conn.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(via))
-            conn.execute("SELECT pg_reload_conf()")
-            deadline = time.monotonic() + 30
-            while (
-                conn.execute(
-                    "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'"
-                    " AND sender_host = %s",
-                    (str(proxy_dir),),
-                ).fetchone()
-                is None
-            ):
-                assert time.monotonic() < deadline, (
-                    "the standby did not stream via the proxy",
-                    conn.execute("SELECT status, sender_host FROM pg_stat_wal_receiver").fetchall(),
-                )
-                time.sleep(0.1)
-        deadline = time.monotonic() + 10
-        while router.choose() is primary:  # caught up while the stream flows
-            assert time.monotonic() < deadline, router.statuses()
-            time.sleep(0.1)
-        flowing.clear()  # the link stalls; the receiver stays connected
-        with psycopg.connect(pair.primary_url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE stalled_probe (x int)")
-            conn.execute("DROP TABLE stalled_probe")
-        deadline = time.monotonic() + 10
-        while router.statuses()[0].up:
-            assert time.monotonic() < deadline, router.statuses()
-            time.sleep(0.2)
-        [status] = router.statuses()
-        assert status.error is not None and "RAGSTORE_MAX_REPLICA_LAG_S" in status.error, status
-        assert router.choose() is primary
-    finally:
-        flowing.set()
-        router.close()
-        primary.close()
-        node.remove()
-        listener.close()
-        shutil.rmtree(proxy_dir, ignore_errors=True)
 
 
 def test_a_worker_on_a_standby_is_one_clear_error(
@@ -419,7 +474,7 @@ def test_a_read_after_a_write_of_unknown_position_is_the_primarys(pair: Pair, kb
         running_server(pair.settings(replica_wait_s=0.3)) as url,
         running_server(pair.read_only_settings(replica_wait_s=0.3)) as ro_url,
         Client(url) as c,
-        Client(ro_url) as ro,
+        Client(ro_url, retries=0) as ro,  # a refusal at once, not after retries
     ):
         pair.wait_caught_up()
         pair.pause_replay(True)
@@ -640,7 +695,7 @@ def test_a_read_only_server_whose_standby_was_promoted_does_not_skip_the_wait(
             running_server(pair.settings()) as url,
             running_server(ro_settings) as ro_url,
             Client(url) as c,
-            Client(ro_url) as ro,
+            Client(ro_url, retries=0) as ro,  # a refusal at once, not after retries
         ):
             assert ro.ready()["checks"]["role"] == "replica (read-only)"
             with psycopg.connect(node.conninfo, autocommit=True) as conn:
