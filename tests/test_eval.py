@@ -4,8 +4,10 @@ and cached, and `ragstore eval` reports every mode."""
 from __future__ import annotations
 
 import json
+import os
 import random
-import warnings
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,20 +25,48 @@ from ragstore.search.eval import (
 from tests.conftest import run_cli
 from tests.test_search_hybrid import CORPUS, QUERIES
 
+METRICS = ("ndcg@10", "recall@100", "mrr@10")  # what eval reports, named here on purpose
 
-def ranx_scores(run: Run, qrels: Qrels) -> dict[str, float]:
-    from ranx import Qrels as RQrels
-    from ranx import Run as RRun
-    from ranx import evaluate as revaluate
+RANX = """
+import json, sys, warnings
+from ranx import Qrels, Run, evaluate
+warnings.simplefilter("ignore")
+out = [
+    {k: float(v) for k, v in evaluate(Qrels(q), Run(r), json.loads(sys.argv[1])).items()}
+    for r, q in json.load(sys.stdin)
+]
+print(json.dumps(out))
+"""
 
-    scored = {
-        q: {d: float(len(docs) - i) for i, d in enumerate(docs)} or {"__none__": 0.0}
-        for q, docs in run.items()
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # numba's cast warnings inside ranx
-        out = revaluate(RQrels(qrels), RRun(scored), ["ndcg@10", "recall@100", "mrr@10"])
-    return {k: float(v) for k, v in out.items()}
+
+def ranx_scores(*pairs: tuple[Run, Qrels]) -> list[dict[str, float]]:
+    """ranx's metrics of each (run, qrels), all in one child process run with numba's JIT
+    off: the same ranx code, interpreted. Compiling it took most of a minute on a cold
+    numba cache (20 s more where a later call needed other specialisations), for runs
+    that take it milliseconds to score."""
+    scored = [
+        (
+            {
+                q: {d: float(len(docs) - i) for i, d in enumerate(docs)} or {"__none__": 0.0}
+                for q, docs in run.items()
+            },
+            qrels,
+        )
+        for run, qrels in pairs
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", RANX, json.dumps(list(METRICS))],
+        input=json.dumps(scored),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out: list[dict[str, float]] = json.loads(proc.stdout)
+    assert len(out) == len(pairs)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +101,10 @@ def test_metrics_match_ranx_on_the_runs_of_every_mode(rt: Runtime, dataset: Path
     ingest_records(rt, "eval-tiny", [(i, t, x) for i, (t, x) in ds.corpus.items()])
     results = evaluate(rt, ds, "eval-tiny")
     assert [r.mode for r in results] == ["vector", "fulltext", "hybrid"]
-    for r in results:
+    expected = ranx_scores(*((r.run, ds.qrels) for r in results))
+    for r, ranx in zip(results, expected, strict=True):
         assert set(r.run) == set(ds.qrels)
-        assert r.metrics == pytest.approx(ranx_scores(r.run, ds.qrels), abs=1e-9)
+        assert r.metrics == pytest.approx(ranx, abs=1e-9), r.mode
     by_mode = {r.mode: r.metrics["ndcg@10"] for r in results}
     assert by_mode["hybrid"] >= max(by_mode["vector"], by_mode["fulltext"])
 
@@ -88,7 +119,7 @@ def test_metrics_match_ranx_on_random_graded_runs() -> None:
     for q in qrels:  # every query needs something relevant for ranx and trec_eval to agree
         qrels[q][rng.choice(docs)] = 1
     run: Run = {q: rng.sample(docs, rng.randint(1, 150)) for q in qrels}
-    assert score_run(run, qrels) == pytest.approx(ranx_scores(run, qrels), abs=1e-9)
+    assert score_run(run, qrels) == pytest.approx(ranx_scores((run, qrels))[0], abs=1e-9)
 
 
 def test_ingest_records_skips_unchanged_and_replaces_changed(rt: Runtime) -> None:

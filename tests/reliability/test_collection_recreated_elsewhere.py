@@ -13,6 +13,7 @@ dropped table and said "retry", whose retry inside the second failed the same wa
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -36,18 +37,23 @@ store.delete_collection("warmup")
 print("ready", flush=True)
 for line in sys.stdin:
     verb = line.strip()
-    if verb == "delete":
-        store.delete_collection("again")
-    elif verb == "recreate":
-        store.delete_collection("again")
-        store.add_texts("again", ["tomatoes are picked green"], ids=["new"])
-    print("done", flush=True)
+    try:  # a failed verb is that test's failure: the child stays for the module's others
+        if verb == "delete":
+            store.delete_collection("again")
+        elif verb == "recreate":
+            store.delete_collection("again")
+            store.add_texts("again", ["tomatoes are picked green"], ids=["new"])
+    except Exception as exc:
+        print(f"failed: {exc!r}", flush=True)
+    else:
+        print("done", flush=True)
 """
 
 
-@pytest.fixture()
-def other(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
-    monkeypatch.setattr(runtime_module, "COLLECTION_CACHE_S", 600.0)
+@pytest.fixture(scope="module")
+def child(rt: Runtime) -> Iterator[Callable[[str], None]]:
+    """The other process, started once for the module: it loads the model (seconds), and
+    keeps no state between verbs (its deletes and adds look the collection up afresh)."""
     url = rt.settings.database_url
     assert url is not None
     proc = subprocess.Popen(
@@ -63,7 +69,8 @@ def other(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[st
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(verb + "\n")
         proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "done"
+        reply = proc.stdout.readline().strip()
+        assert reply == "done", f"the other process, asked to {verb}: {reply or 'exited'}"
 
     try:
         yield ask
@@ -71,6 +78,24 @@ def other(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[st
         proc.stdin.close()
         proc.wait(timeout=30)
         proc.stdout.close()
+
+
+@pytest.fixture()
+def other(
+    rt: Runtime, child: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str], None]]:
+    """The other process, with this process's cache made long and no collection 'again'
+    left by an earlier test (one that failed half-way), before and after the test."""
+    monkeypatch.setattr(runtime_module, "COLLECTION_CACHE_S", 600.0)
+    store = Store.from_runtime(rt)
+
+    def drop_again() -> None:
+        with contextlib.suppress(CollectionNotFoundError):
+            store.delete_collection("again")  # in this process: its cache forgets it at once
+
+    drop_again()
+    yield child
+    drop_again()
 
 
 def _fresh(store: Store) -> None:
