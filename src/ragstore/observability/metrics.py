@@ -666,13 +666,19 @@ def _exited(folder: str, token: str) -> bool:
     them twice, keeping a dead one's costs only a file."""
     if token == _own_token():
         return False
+    return _unlocked(os.path.join(folder, f"{_ALIVE_PREFIX}{token}.lock"))
+
+
+def _unlocked(path: str) -> bool:
+    """Whether the lock file ``path`` is there and no process holds its lock (taken and
+    released again to know); False where it is missing or ``flock`` is not there."""
     try:
         import fcntl
     except ImportError:
         return False
     try:
-        fd = os.open(os.path.join(folder, f"{_ALIVE_PREFIX}{token}.lock"), os.O_RDWR)
-    except OSError:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:  # gone (renamed by its process, or swept by another)
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -724,22 +730,11 @@ def _stale_new_lock(path: str) -> bool:
     killed before it renamed it: older than :data:`STALE_NEW_LOCK_S` and not locked. A
     young one may be a starting process's that has not taken its lock yet."""
     try:
-        import fcntl
-    except ImportError:
-        return False
-    try:
         if time.time() - os.stat(path).st_mtime < STALE_NEW_LOCK_S:
             return False
-        fd = os.open(path, os.O_RDWR)
     except OSError:  # gone meanwhile (renamed by its process, or swept by another)
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+    return _unlocked(path)
 
 
 _PROCESS_FILE = re.compile(rf"(counter|histogram|gauge_[a-z]+)_({_TOKEN})\.db")
