@@ -3,6 +3,7 @@ anything is read or changed."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -139,6 +140,70 @@ def test_a_question_on_a_closed_stdin_is_answered_no(
     assert captured.out == ""
     assert captured.err.endswith("[y/N]: \naborted: nothing was changed\n")
     assert migrations.status(db).current == head
+
+
+def _cli_with_fd_closed(
+    fd: int, env: dict[str, str], *args: str, answer: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a child process started with file descriptor ``fd`` closed, as
+    ``ragstore ARGS <&-`` (0) or ``2>&-`` (2) starts it; stdin is ``answer`` unless closed,
+    what stdout and stderr (unless closed) held is returned."""
+    return subprocess.run(
+        [*CLI, *args],
+        env={**os.environ, **env},
+        input=answer,
+        stdin=None if answer is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE if fd != 2 else None,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(fd),
+    )
+
+
+def test_a_question_with_stderr_closed_is_asked_and_answered(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ragstore collections delete NAME 2>&-`` (cron, a service manager): Python's
+    ``sys.stderr`` is None, and writing the question to it ended the command with an
+    AttributeError (exit 1, the collection kept) whatever was answered. stderr is now the
+    /dev/null on fd 2: a yes deletes, a no aborts with 1, an error keeps its own status."""
+    assert run_cli("collections", "create", "closed-stderr") == 0
+    capsys.readouterr()
+    kept = _cli_with_fd_closed(2, cli_env, "collections", "delete", "closed-stderr", answer="n\n")
+    assert (kept.returncode, kept.stdout) == (1, "")
+    assert run_cli("collections", "show", "closed-stderr") == 0
+    gone = _cli_with_fd_closed(
+        2, cli_env, "collections", "delete", "closed-stderr", "--json", answer="y\n"
+    )
+    assert gone.returncode == 0, gone.stdout
+    assert json.loads(gone.stdout) == {"deleted": "closed-stderr", "documents": 0}
+    assert run_cli("collections", "show", "closed-stderr") == 66
+    missing = _cli_with_fd_closed(
+        2, cli_env, "collections", "delete", "closed-stderr", answer="y\n"
+    )
+    assert (missing.returncode, missing.stdout) == (66, "")
+
+
+def test_a_question_with_stdin_closed_in_the_real_cli_is_answered_no(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ragstore collections delete NAME <&-``, the real process (Python's ``sys.stdin``
+    None, fd 0 the /dev/null the CLI put there): no answer is a no, exit 1, nothing
+    deleted and no traceback; an error still exits with its own status, one line."""
+    assert run_cli("collections", "create", "closed-stdin") == 0
+    capsys.readouterr()
+    kept = _cli_with_fd_closed(0, cli_env, "collections", "delete", "closed-stdin")
+    assert (kept.returncode, kept.stdout) == (1, ""), kept.stderr
+    assert kept.stderr == (
+        "Delete collection 'closed-stdin' with its 0 documents? (pass --yes to skip this "
+        "question) [y/N]: \naborted: nothing was changed\n"
+    )
+    assert run_cli("collections", "show", "closed-stdin") == 0
+    missing = _cli_with_fd_closed(0, cli_env, "collections", "delete", "no-such-collection")
+    assert (missing.returncode, missing.stdout) == (66, ""), missing.stderr
+    assert missing.stderr.startswith("error[collection_not_found]: ")
+    assert missing.stderr.count("\n") == 1, missing.stderr
 
 
 def test_an_empty_data_dir_is_a_config_error_not_the_current_directory(

@@ -73,9 +73,31 @@ def test_the_key_is_checked_before_the_query_parameters(
     scoped = {"Authorization": f"Bearer {keys.create('read', 'team').secret}"}
     r = httpx.get(f"{secure_url}/v1/collections/other?verbose=1", headers=scoped)
     assert r.status_code == 403 and r.json()["code"] == "forbidden", r.text
-    for url in (f"{secure_url}/v1/collections/team?verbose=1", f"{secure_url}/v1/jobs?x=1"):
-        r = httpx.get(url, headers=scoped)
+    for path in ("/v1/collections/team?verbose=1", "/v1/jobs?collection=team&x=1"):
+        r = httpx.get(f"{secure_url}{path}", headers=scoped)
         assert r.status_code == 422 and "unknown query parameter" in r.json()["detail"], r.text
+
+
+def test_a_collection_in_the_query_string_is_checked_before_its_parameters(
+    secure_url: str, admin: Client, keys: KeyStore
+) -> None:
+    """``GET /v1/jobs?collection=other&x=1`` with a key limited to ``team``: the unknown
+    parameter was checked against the key's scope alone, so the answer was 422 naming the
+    parameters the route takes, where the same request without ``x`` is 403. The
+    collection the query string names is now checked first, as one in the path is; the
+    same for no collection named (the route refuses such a key the whole list)."""
+    scoped = {"Authorization": f"Bearer {keys.create('read', 'team').secret}"}
+    for path in (
+        "/v1/jobs?collection=other&x=1",
+        "/v1/jobs?collection=team&collection=other&x=1",  # the last one, as the route reads
+        "/v1/jobs?x=1",
+    ):
+        plain = httpx.get(f"{secure_url}{path.removesuffix('x=1')[:-1]}", headers=scoped)
+        assert plain.status_code == 403, plain.text  # the same request without ``x``
+        r = httpx.get(f"{secure_url}{path}", headers=scoped)
+        assert r.status_code == 403 and r.json()["code"] == "forbidden", r.text
+        assert r.json()["detail"] == plain.json()["detail"]
+        assert "takes" not in r.json()["detail"]
 
 
 def test_malformed_unknown_and_wrong_keys_are_401(secure_url: str, keys: KeyStore) -> None:

@@ -331,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     A command whose output could not be written (stdout closed, a full disk, a reader that
     went away) never ends with 0: its data is lost (:func:`_output_lost`)."""
     closed = _fill_closed_std_fds()
+    stdin, stderr = sys.stdin, sys.stderr
+    _streams_over_filled_fds(closed)
     stdout = sys.stdout
     # a stdout closed at the start stays one: what the command prints is lost (exit 74),
     # not written to the /dev/null that now holds its place
@@ -345,6 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_output_lost(exc, stdout))
     finally:
         sys.stdout = stdout
+        sys.stdin, sys.stderr = stdin, stderr  # ours are flushed as they are dropped
 
 
 def _fill_closed_std_fds() -> set[int]:
@@ -376,6 +379,32 @@ def _fill_closed_std_fds() -> set[int]:
         # with it closed had the same hole for its own first file
         os.set_inheritable(fd, True)
     return closed
+
+
+def _streams_over_filled_fds(closed: set[int]) -> None:
+    """``sys.stdin`` and ``sys.stderr`` over the /dev/null that :func:`_fill_closed_std_fds`
+    put on a closed fd 0 or 2 (``ragstore ... <&- 2>&-``, cron, a service manager).
+
+    Python started with one of them closed leaves it None: the confirmation question
+    (``sys.stderr.write``) ended the command with an AttributeError, exit 1 whatever was
+    answered, and a progress line (``print(file=sys.stderr)``, which is stdout when that
+    is None) went into the command's data on stdout. stdout is not made one here: its
+    output is lost, which :class:`_GuardedStdout` reports (exit 74)."""
+    for fd, name, mode in ((0, "stdin", "r"), (2, "stderr", "w")):
+        if fd not in closed or getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(fd)  # not filled (no /dev/null, a bare chroot): left None
+            stream = open(  # noqa: SIM115 - the process's stream, closed at exit
+                fd,
+                mode,
+                buffering=1 if mode == "w" else -1,
+                closefd=False,
+                errors="backslashreplace",
+            )
+        except OSError:
+            continue
+        setattr(sys, name, stream)
 
 
 def _main(argv: list[str] | None) -> None:
