@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import ValidationError
 
+from ragstore.config import Settings, describe_error
 from ragstore.db import migrations
 from ragstore.db.database import Database
+from ragstore.errors import DatabaseUnavailableError
 from tests.conftest import run_cli
 
 # every character a URL or a keyword conninfo must quote: space, both quotes, a backslash,
@@ -74,3 +77,35 @@ def test_db_commands_through_a_keyword_conninfo(
     for secret in (PASSWORD, "s3cr"):
         assert secret not in captured.out + captured.err, captured
     assert migrations.status(Database(empty_database_url)).is_current
+
+
+def test_a_conninfo_libpq_cannot_parse_is_refused_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """libpq quotes the piece of a conninfo it stopped at: ``missing "=" after "hunter2"``
+    (an unquoted space in a password) was the message of ``Database.connect``, and the
+    migration's own parse raised it as it was. A conninfo that parses but names no server
+    (``db upgrade``'s connection refused) never names its password either."""
+    db = Database("host=127.0.0.1 port=1 password=se hunter2")
+    for call in (db.connect, lambda: migrations.upgrade(db)):
+        with pytest.raises(DatabaseUnavailableError) as caught:
+            call()
+        assert 'missing "=" after "…"' in str(caught.value), caught.value
+        assert "hunter2" not in str(caught.value), caught.value
+    for broken in ("'", '"', "\\"):  # an unescaped quote or backslash in the password
+        text = f"host=db password='{PASSWORD.replace(broken, '').replace('x', broken)}'"
+        with pytest.raises(ValidationError) as refused:
+            Settings(database_url=text)
+        said = describe_error(refused.value.errors()[0])  # what the CLI prints
+        assert "is not a valid libpq key=value string: " in said, said
+        assert "s3cr" not in said and "&=," not in said, said
+    refused_port = make_conninfo("", host="127.0.0.1", port="1", password=PASSWORD)
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", refused_port)
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAGSTORE_PROFILE", "test")
+    capsys.readouterr()
+    for args in (("db", "upgrade", "--no-backup"), ("db", "status")):
+        assert run_cli(*args) == 69, args
+        captured = capsys.readouterr()
+        assert "error[database_unavailable]: " in captured.err, captured
+        assert "s3cr" not in captured.out + captured.err, captured

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from ragstore.db.database import Database
+from ragstore.db.database import Database, unparseable
 from ragstore.db.errors import translate, translated
 from ragstore.errors import (
     ConflictError,
@@ -72,7 +72,11 @@ def _connect_args(db: Database) -> dict[str, Any]:
     SQLAlchemy URL". Parsed by libpq here, the URL and the keyword forms, every option
     (``sslmode``, ``options``, several hosts) and any character of a password reach the
     server as they do for the rest of ragstore."""
-    return {k: v for k, v in conninfo_to_dict(db.tcp_conninfo).items() if v is not None}
+    try:
+        params = conninfo_to_dict(db.tcp_conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise unparseable(exc) from None
+    return {k: v for k, v in params.items() if v is not None}
 
 
 def head_revision() -> str:
@@ -482,9 +486,7 @@ def _run_once(db: Database, action: str, target: str) -> tuple[str | None, str |
     # the TCP keepalives of every other connection (``database.CLIENT_TCP``): without
     # them a migration whose server went silent (a failover, a forgotten NAT flow) waited
     # hours on the system's defaults, its advisory lock and table locks held all along
-    with translated(f"migrating {db.where}"):  # a conninfo libpq cannot parse
-        connect_args = _connect_args(db)
-    engine = create_engine(_DIALECT_URL, poolclass=NullPool, connect_args=connect_args)
+    engine = create_engine(_DIALECT_URL, poolclass=NullPool, connect_args=_connect_args(db))
     progress = _Progress()
     try:
         with translated(f"migrating {db.where}"), engine.begin() as conn:
