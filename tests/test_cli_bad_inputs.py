@@ -29,6 +29,34 @@ CLI = [sys.executable, "-c", "import sys; from ragstore.cli import main; main(sy
             "postgresql://db2/x, hunter2",
             "item 2 of the comma-separated list is not a PostgreSQL URL",
         ),
+        # libpq quotes the piece it stopped at: these were exit 69 at the first connection,
+        # saying 'missing "=" after "hunter2"' and 'invalid percent-encoded token:
+        # "hunter2%ZZ"'
+        (
+            "RAGSTORE_DATABASE_URL",
+            "host=db password=se hunter2",
+            'it is not a valid libpq key=value string: missing "=" after "…" in connection '
+            "info string; quote a value that holds a space or a quote: password='a b\\'c'",
+        ),
+        (
+            "RAGSTORE_DATABASE_URL",
+            "host=db password='hunter2",
+            "it is not a valid libpq key=value string: unterminated quoted string",
+        ),
+        (
+            "RAGSTORE_DATABASE_URL",
+            "postgresql://u:hunter2%ZZ@db/x",
+            'it is not a valid PostgreSQL URL: invalid percent-encoded token: "…"; percent-encode',
+        ),
+        (
+            "RAGSTORE_READ_DATABASE_URLS",
+            "postgresql://db2/x, host=db3 password='a,hunter2'",
+            "item 2 of the comma-separated list is not a valid libpq key=value string: "
+            "unterminated quoted string in connection info string; quote a value that "
+            "holds a space or a quote: password='a b\\'c' (the list is split at every "
+            "comma, even one inside a key=value item's quotes: give such a replica as a "
+            "postgresql:// URL, a comma in it as %2C)",
+        ),
     ],
 )
 def test_a_database_url_libpq_cannot_take_is_a_config_error(

@@ -143,17 +143,21 @@ def test_a_migrations_connection_carries_keepalives(tcp_to_socket: str) -> None:
     def connected(dbapi_connection: psycopg.Connection[tuple[object, ...]], _: object) -> None:
         seen.append(_options(dbapi_connection))
 
-    # as a URL: Alembic's engine takes no keyword conninfo, which the relay's is
+    # as a URL, and as the relay's keyword conninfo (which the engine once could not take)
     params = conninfo_to_dict(tcp_to_socket)
     url = f"postgresql://{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
     event.listen(Engine, "connect", connected)
-    db = Database(url)
     try:
-        assert migrations.upgrade(db).current == migrations.head_revision()
+        for conninfo, action, to in ((url, "downgrade", "0030"), (tcp_to_socket, "upgrade", "")):
+            db = Database(conninfo)
+            try:
+                done = migrations.migrate(db, action, to or migrations.head_revision())
+                assert done.status.current == (to or migrations.head_revision())
+            finally:
+                db.close()
     finally:
         event.remove(Engine, "connect", connected)
-        db.close()
-    assert seen and all(options == _expected(CLIENT_TCP) for options in seen), seen
+    assert len(seen) >= 2 and all(options == _expected(CLIENT_TCP) for options in seen), seen
     # an operator's setting in the URL stands there too
     mine = make_conninfo(tcp_to_socket, keepalives_idle=120)
     assert missing_tcp(mine) == {k: v for k, v in CLIENT_TCP.items() if k != "keepalives_idle"}

@@ -159,7 +159,9 @@ class Settings(BaseSettings):
     read_database_urls: SecretStr | None = Field(
         None,
         description="Comma-separated postgresql:// URLs of read replicas (hot standbys);"
-        " searches, listings and document reads go there, everything else to the primary.",
+        " searches, listings and document reads go there, everything else to the primary."
+        " A libpq key=value string is taken too, unless it holds a comma (the list is split"
+        " at every one).",
     )
     max_replica_lag_s: float = Field(
         10.0, gt=0, le=86400, description="A replica further behind than this is skipped."
@@ -335,8 +337,19 @@ class Settings(BaseSettings):
             return None
         items = [u.strip() for u in value.get_secret_value().split(",")]
         for number, item in enumerate(items, 1):
-            if item:
+            if not item:
+                continue
+            try:
                 _check_conninfo(item, f"item {number} of the comma-separated list ")
+            except ValueError as exc:
+                if not any("=" in i and "://" not in i for i in items):
+                    raise
+                # a key=value item's quoted comma (password='a,b') made two broken items
+                raise ValueError(
+                    f"{exc} (the list is split at every comma, even one inside a "
+                    "key=value item's quotes: give such a replica as a postgresql:// "
+                    "URL, a comma in it as %2C)"
+                ) from None
         return value
 
     @field_validator("trusted_proxies")
@@ -392,20 +405,59 @@ class Settings(BaseSettings):
 
 def _check_conninfo(text: str, which: str) -> None:
     """Refuse what libpq could never take as a connection string: a URL of another
-    scheme (``http://``), or a bare word. The value is never repeated (it may hold a
-    password); ``which`` says which item of a list was wrong. The finer syntax is left to
-    libpq, which reports it at the first connection."""
+    scheme (``http://``), a bare word, or a URL or ``key=value`` string libpq cannot parse
+    (an unquoted space or an unclosed quote in a password, a bad ``%`` escape). The value
+    is never repeated (it may hold a password), nor what libpq quotes of it
+    (:func:`conninfo_problem`); ``which`` says which item of a list was wrong.
+
+    A string libpq could not parse was reported at the first connection as the database
+    being unavailable (exit 69), quoting the piece it stopped at: ``missing "=" after
+    "cret"`` of ``password=se cret``."""
     if "://" in text:
         scheme = text.split("://", 1)[0].lower()
-        if scheme in ("postgresql", "postgres"):
-            return
-        shown = scheme if re.fullmatch(r"[a-z][a-z0-9+.-]{0,15}", scheme) else "another"
-        problem = f"{which or 'it '}is a {shown}:// URL, not postgresql://"
-    elif "=" in text:
-        return  # libpq's key=value form (host=/tmp dbname=x)
+        if scheme not in ("postgresql", "postgres"):
+            shown = scheme if re.fullmatch(r"[a-z][a-z0-9+.-]{0,15}", scheme) else "another"
+            problem = f"{which or 'it '}is a {shown}:// URL, not postgresql://"
+            raise ValueError(f"{problem}; e.g. postgresql://user:password@host:5432/dbname")
+        form, example = "PostgreSQL URL", "percent-encode a reserved character (@ as %40)"
+    elif "=" in text:  # libpq's key=value form (host=/tmp dbname=x)
+        form, example = (
+            "libpq key=value string",
+            "quote a value that holds a space or a quote: password='a b\\'c'",
+        )
     else:
-        problem = f"{which or 'it '}is not a PostgreSQL URL"
-    raise ValueError(f"{problem}; e.g. postgresql://user:password@host:5432/dbname")
+        raise ValueError(
+            f"{which or 'it '}is not a PostgreSQL URL; "
+            "e.g. postgresql://user:password@host:5432/dbname"
+        )
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(text)
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(
+            f"{which or 'it '}is not a valid {form}: {conninfo_problem(exc)}; {example}"
+        ) from None
+
+
+# the one message of libpq's on a conninfo it cannot parse whose quotes hold its own words
+_MISSING_EQUALS = 'missing "=" after '
+
+
+def conninfo_problem(exc: BaseException) -> str:
+    """libpq's message on a conninfo it cannot parse, on one line, with what it quotes of
+    the conninfo hidden: ``missing "=" after "cret"`` (``password=se cret``), ``invalid
+    percent-encoded token: "s3cr%ZZ"`` and ``invalid connection option "et'"\\@/"`` (a
+    broken quote) quote a password's. Everything from the first quote to the last is
+    hidden: a piece may hold quotes of its own."""
+    text = " ".join(str(exc).split())
+    head = _MISSING_EQUALS if text.startswith(_MISSING_EQUALS) else ""
+    rest = text[len(head) :]
+    first, last = rest.find('"'), rest.rfind('"')
+    if first == -1:
+        return text
+    return head + rest[:first] + '"…"' + (rest[last + 1 :] if last > first else "")
 
 
 def describe_error(err: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ragstore import forks
-from ragstore.config import Settings
+from ragstore.config import Settings, conninfo_problem
 from ragstore.db import embedded, server_words
 from ragstore.db.errors import disk_full, refused_write, translate, translated
 from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError, known_address
@@ -115,6 +115,15 @@ def describe(conninfo: str) -> str:
     # noted: an API caller's text hides it (errors.public_detail), the log and CLI keep it
     return known_address(
         f"postgresql://{parts.get('user', '')}@{host}{port}/{parts.get('dbname', '')}"
+    )
+
+
+def unparseable(exc: psycopg.ProgrammingError) -> DatabaseUnavailableError:
+    """The error for a conninfo libpq cannot parse (``exc``, its words), without what
+    libpq quotes of it: the piece it stopped at may be a password's."""
+    return DatabaseUnavailableError(
+        f"RAGSTORE_DATABASE_URL is not a valid PostgreSQL URL: {conninfo_problem(exc)}; "
+        "expected postgresql://user:password@host:port/dbname"
     )
 
 
@@ -289,10 +298,7 @@ class Database:
                     self.tcp_conninfo, connect_timeout=max(1, int(self._timeout))
                 )
             except psycopg.ProgrammingError as exc:
-                raise DatabaseUnavailableError(
-                    f"RAGSTORE_DATABASE_URL is not a valid PostgreSQL URL: {exc}; "
-                    "expected postgresql://user:password@host:port/dbname"
-                ) from None
+                raise unparseable(exc) from None
             conn = psycopg.connect(params, autocommit=autocommit)
             try:
                 self._configure_session(conn)

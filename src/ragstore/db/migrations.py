@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-from ragstore.db.database import Database, missing_tcp
+from ragstore.db.database import Database, unparseable
 from ragstore.db.errors import translate, translated
 from ragstore.errors import (
     ConflictError,
@@ -55,12 +56,27 @@ def _config(url: str | None = None) -> Config:
     return cfg
 
 
-def _sqlalchemy_url(conninfo: str) -> str:
-    if conninfo.startswith("postgresql://"):
-        return "postgresql+psycopg://" + conninfo[len("postgresql://") :]
-    if conninfo.startswith("postgres://"):
-        return "postgresql+psycopg://" + conninfo[len("postgres://") :]
-    return conninfo
+# SQLAlchemy's dialect, and no more: the connection itself is libpq's (:func:`_connect_args`)
+_DIALECT_URL = "postgresql+psycopg://"
+
+
+def _connect_args(db: Database) -> dict[str, Any]:
+    """``db``'s conninfo, with the TCP keepalives of every other connection
+    (:attr:`Database.tcp_conninfo`), as the keyword settings SQLAlchemy's engine hands to
+    ``psycopg.connect`` (which quotes each value again for libpq).
+
+    The engine was given the conninfo as a SQLAlchemy URL: only ``postgresql://`` URLs
+    were rewritten, so a libpq ``key=value`` string (``host=db dbname=x password='a b'``),
+    which RAGSTORE_DATABASE_URL accepts and every other connection takes, made ``ragstore
+    db upgrade`` and every start that upgrades fail with SQLAlchemy's "Could not parse
+    SQLAlchemy URL". Parsed by libpq here, the URL and the keyword forms, every option
+    (``sslmode``, ``options``, several hosts) and any character of a password reach the
+    server as they do for the rest of ragstore."""
+    try:
+        params = conninfo_to_dict(db.tcp_conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise unparseable(exc) from None
+    return {k: v for k, v in params.items() if v is not None}
 
 
 def head_revision() -> str:
@@ -470,11 +486,7 @@ def _run_once(db: Database, action: str, target: str) -> tuple[str | None, str |
     # the TCP keepalives of every other connection (``database.CLIENT_TCP``): without
     # them a migration whose server went silent (a failover, a forgotten NAT flow) waited
     # hours on the system's defaults, its advisory lock and table locks held all along
-    engine = create_engine(
-        _sqlalchemy_url(db.conninfo),
-        poolclass=NullPool,
-        connect_args=missing_tcp(db.conninfo, db.tcp),
-    )
+    engine = create_engine(_DIALECT_URL, poolclass=NullPool, connect_args=_connect_args(db))
     progress = _Progress()
     try:
         with translated(f"migrating {db.where}"), engine.begin() as conn:
@@ -625,8 +637,9 @@ def upgrade_sql(db: Database | None, to: str = "head", start: str | None = None)
     --sql --to bogus`` ended with Alembic's traceback."""
     from alembic import command
 
-    url = _sqlalchemy_url(db.conninfo) if db else "postgresql+psycopg://"
-    cfg = _config(url)
+    # the dialect is all offline mode needs of a database: given ``db``'s conninfo, a
+    # libpq ``key=value`` one failed as a URL SQLAlchemy could not parse
+    cfg = _config(_DIALECT_URL)
     out = io.StringIO()
     cfg.output_buffer = out
     rng = f"{start}:{to}" if start else to
