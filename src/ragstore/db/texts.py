@@ -8,7 +8,7 @@ by that id. Writes go through :func:`ragstore.db.documents.write_documents`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -61,35 +61,51 @@ def count_documents(conn: Conn, collection_id: int) -> int:
     return int(row[0]) if row else 0
 
 
+@dataclass(frozen=True)
+class TextSelection:
+    """Which texts of a collection a call means: those one of whose chunks meets
+    ``condition`` (a compiled ``where`` filter over ``c`` and ``d``, its values in
+    ``params``; None: every document), among the sources ``ids`` when given."""
+
+    condition: sql.Composable | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    ids: list[str] | None = None
+
+    def clause(self) -> sql.Composable:
+        """The condition on a document ``d`` of collection ``%(cid)s``: ``ids`` and the
+        filter, bound by :meth:`values`. A document matches as search finds it: through
+        any of its chunks."""
+        match = (
+            sql.SQL("TRUE")
+            if self.condition is None
+            else sql.SQL(
+                "EXISTS (SELECT 1 FROM chunks c WHERE c.document_id = d.id AND {})"
+            ).format(self.condition)
+        )
+        return sql.SQL(
+            "d.collection_id = %(cid)s"
+            " AND (%(ids)s::text[] IS NULL OR d.source = ANY(%(ids)s::text[])) AND {}"
+        ).format(match)
+
+    def values(self, collection_id: int) -> dict[str, Any]:
+        return {**self.params, "cid": collection_id, "ids": self.ids}
+
+
 def sources_matching(
     conn: Conn,
     collection_id: int,
-    condition: sql.Composable | None,
-    params: dict[str, Any],
-    ids: Sequence[str] | None = None,
+    selection: TextSelection,
     *,
     after: str | None = None,
     limit: int | None = None,
 ) -> list[str]:
-    """The sources (text ids) of the collection's documents one of whose chunks meets
-    ``condition`` (a compiled ``where`` filter over ``c`` and ``d``, its values in
-    ``params``; None: every document), among ``ids`` when given, in source order. A
-    document matches as search finds it: through any of its chunks. ``after`` and
-    ``limit`` give one page of them (keyset on source, as the HTTP route pages)."""
-    match = (
-        sql.SQL("TRUE")
-        if condition is None
-        else sql.SQL("EXISTS (SELECT 1 FROM chunks c WHERE c.document_id = d.id AND {})").format(
-            condition
-        )
-    )
+    """The sources (text ids) of the collection's documents ``selection`` means, in
+    source order. ``after`` and ``limit`` give one page of them (keyset on source, as
+    the HTTP route pages)."""
     stmt = sql.SQL(
-        "SELECT d.source FROM documents d WHERE d.collection_id = %(cid)s"
-        " AND (%(ids)s::text[] IS NULL OR d.source = ANY(%(ids)s::text[]))"
+        "SELECT d.source FROM documents d WHERE {}"
         " AND (%(after)s::text IS NULL OR d.source > %(after)s::text)"
-        " AND {} ORDER BY d.source LIMIT %(limit)s"
-    ).format(match)
-    wanted = None if ids is None else list(ids)
-    values = {"cid": collection_id, "ids": wanted, "after": after, "limit": limit}
-    rows = conn.execute(stmt, {**params, **values}).fetchall()
-    return [str(r[0]) for r in rows]
+        " ORDER BY d.source LIMIT %(limit)s"
+    ).format(selection.clause())
+    values = {**selection.values(collection_id), "after": after, "limit": limit}
+    return [str(r[0]) for r in conn.execute(stmt, values).fetchall()]
