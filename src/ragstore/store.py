@@ -362,12 +362,13 @@ class Store:
         """Delete, in one transaction, the texts :meth:`text_ids` lists for ``where`` and
         ``ids`` (neither: every document of the collection, which stays with its model
         and settings); the ids deleted are returned. A failure deletes none: deleted in
-        batches, one failing halfway left the collection part emptied."""
+        batches, one failing halfway left the collection part emptied. A text changed
+        by another writer while this call waited for it is deleted only if it still
+        matches (:func:`ragstore.db.texts.delete_matching`)."""
         coll, selection = _text_selection(self._rt, collection, where, ids)
         with self._rt.db.connection() as conn, translated(f"deleting texts of {collection!r}"):
             documents.hold_live(conn, coll)  # not the chunk set a model switch just retired
-            doomed = texts.sources_matching(conn, coll.id, selection)
-            return documents.delete_sources(conn, coll.id, doomed) if doomed else []
+            return texts.delete_matching(conn, coll.id, selection)
 
     # --- documents -----------------------------------------------------------------------
 

@@ -1,12 +1,14 @@
-"""Read-side SQL for documents added as texts under caller-chosen ids (their ``source``).
+"""SQL for documents added as texts under caller-chosen ids (their ``source``).
 
 ``Store.add_texts`` and the integrations (LangChain, LlamaIndex) address documents by
 the id the caller gave, which is the document's ``source``; these queries read them back
-by that id. Writes go through :func:`ragstore.db.documents.write_documents`.
+by that id, and delete those a filter selects (:func:`delete_matching`). Writes go
+through :func:`ragstore.db.documents.write_documents`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from ragstore.chunking import recipe
+from ragstore.db import documents
 
 Conn = psycopg.Connection[Any]
 
@@ -109,3 +112,23 @@ def sources_matching(
     ).format(selection.clause())
     values = {**selection.values(collection_id), "after": after, "limit": limit}
     return [str(r[0]) for r in conn.execute(stmt, values).fetchall()]
+
+
+def delete_matching(conn: Conn, collection_id: int, selection: TextSelection) -> list[str]:
+    """Delete the documents ``selection`` means, under their sources' write locks; the
+    sources deleted are returned, in source order.
+
+    The matching sources are read, their locks taken, and the condition checked again
+    by the DELETE itself, whose snapshot is taken once the locks are held: a text that a
+    writer changed meanwhile (holding its lock while the first read saw the old version)
+    is deleted only if it still matches. Deleted by source alone, as read before the
+    locks, a text whose metadata had just been changed to fall outside the filter was
+    deleted all the same. The caller holds the collection row first
+    (:func:`ragstore.db.documents.hold_live`)."""
+    found = sources_matching(conn, collection_id, selection)
+    if not found:
+        return []
+    documents.lock_sources(conn, collection_id, found)
+    again = dataclasses.replace(selection, ids=found)  # not one added meanwhile
+    stmt = sql.SQL("DELETE FROM documents d WHERE {} RETURNING d.source").format(again.clause())
+    return sorted(str(r[0]) for r in conn.execute(stmt, again.values(collection_id)).fetchall())
