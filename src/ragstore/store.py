@@ -362,22 +362,13 @@ class Store:
         """Delete, in one transaction, the texts :meth:`text_ids` lists for ``where`` and
         ``ids`` (neither: every document of the collection, which stays with its model
         and settings); the ids deleted are returned. A failure deletes none: deleted in
-        batches, one failing halfway left the collection part emptied."""
-        from ragstore.search.filters import compile_filter
-
-        compiled = None if where is None else compile_filter(where)
-        among = None if ids is None else id_list(ids, "ids")
-        coll = self._rt.collection(collection)
+        batches, one failing halfway left the collection part emptied. A text changed
+        by another writer while this call waited for it is deleted only if it still
+        matches (:func:`ragstore.db.texts.delete_matching`)."""
+        coll, selection = _text_selection(self._rt, collection, where, ids)
         with self._rt.db.connection() as conn, translated(f"deleting texts of {collection!r}"):
             documents.hold_live(conn, coll)  # not the chunk set a model switch just retired
-            doomed = texts.sources_matching(
-                conn,
-                coll.id,
-                None if compiled is None else compiled.condition,
-                {} if compiled is None else compiled.params,
-                among,
-            )
-            return documents.delete_sources(conn, coll.id, doomed) if doomed else []
+            return texts.delete_matching(conn, coll.id, selection)
 
     # --- documents -----------------------------------------------------------------------
 
@@ -632,21 +623,28 @@ def text_ids_page(
 ) -> list[str]:
     """:meth:`Store.text_ids` as the Store and the HTTP route (``POST .../texts/query``)
     run it, the route a page at a time: the ids after ``after``, at most ``limit``."""
+    coll, selection = _text_selection(rt, collection, where, ids)
+    with rt.db.connection() as conn, translated(f"listing texts of {collection!r}"):
+        return texts.sources_matching(conn, coll.id, selection, after=after, limit=limit)
+
+
+def _text_selection(
+    rt: Runtime,
+    collection: str,
+    where: Mapping[str, Any] | None,
+    ids: Sequence[str] | None,
+) -> tuple[repository.Collection, texts.TextSelection]:
+    """The collection and the texts of it that ``where`` and ``ids`` select, as listing
+    and deleting texts check them: the filter, then the ids, then the collection (which
+    must exist), each refused with its own error before any statement runs."""
     from ragstore.search.filters import compile_filter
 
     compiled = None if where is None else compile_filter(where)
     among = None if ids is None else id_list(ids, "ids")
     coll = rt.collection(collection)
-    with rt.db.connection() as conn, translated(f"listing texts of {collection!r}"):
-        return texts.sources_matching(
-            conn,
-            coll.id,
-            None if compiled is None else compiled.condition,
-            {} if compiled is None else compiled.params,
-            among,
-            after=after,
-            limit=limit,
-        )
+    if compiled is None:
+        return coll, texts.TextSelection(ids=among)
+    return coll, texts.TextSelection(compiled.condition, compiled.params, among)
 
 
 def search_response(

@@ -6,14 +6,20 @@ on loopback against the module's database."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from ragstore import AsyncClient, Client, Store
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
+from ragstore.db import documents
 from ragstore.errors import (
     CollectionNotFoundError,
     InputError,
@@ -180,3 +186,49 @@ def test_a_read_key_lists_but_does_not_delete(
         r = anonymous._http.post("/v1/collections/where-read/texts/delete-where", json={})
         assert r.status_code == 401
     assert filled.get_collection("where-read")["documents"] == len(IDS)
+
+
+def _waiting_on_a_source_lock(admin: psycopg.Connection[Any]) -> bool:
+    """Whether a backend of this database waits for an advisory lock (a source's)."""
+    row = admin.execute(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = current_database()"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_text_changed_while_the_delete_waits_for_it_is_deleted_only_if_it_still_matches(
+    store: Store, settings: Settings
+) -> None:
+    """``delete_texts_where`` read the matching ids, then took their locks and deleted by
+    id: a text whose writer (holding its lock) changed its metadata to fall outside the
+    filter was deleted once the writer committed. The delete now checks the filter again
+    under the locks. The interleaving is made by hand: a writer's transaction holds the
+    text's lock and has changed its metadata when the delete starts, and commits once
+    the delete waits for that lock."""
+    store.add_texts("where-race", ["Kept by its writer.", "Deleted."], [OPS, OPS], ["keep", "go"])
+    coll = store.runtime.collection("where-race")
+    assert settings.database_url is not None
+    url = settings.database_url.get_secret_value()
+    with psycopg.connect(url) as writer, psycopg.connect(url, autocommit=True) as admin:
+        documents.lock_sources(writer, coll.id, ["keep"])  # as write_documents does
+        writer.execute(
+            "UPDATE documents SET metadata = %s WHERE collection_id = %s AND source = 'keep'",
+            (Jsonb({"team": "db"}), coll.id),
+        )
+        writer.execute(
+            "UPDATE chunks SET metadata = %s WHERE document_id ="
+            " (SELECT id FROM documents WHERE collection_id = %s AND source = 'keep')",
+            (Jsonb({"team": "db"}), coll.id),
+        )
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            deleting = pool.submit(store.delete_texts_where, "where-race", where=OPS)
+            end = time.monotonic() + 60
+            while not _waiting_on_a_source_lock(admin):
+                assert not deleting.done(), deleting.result()  # it read the old version
+                assert time.monotonic() < end, "the delete never waited for the lock"
+                time.sleep(0.05)
+            writer.commit()
+            assert deleting.result(timeout=60) == ["go"]
+    assert store.text_ids("where-race") == ["keep"]
+    assert store.get_texts("where-race", ["keep"])[0]["metadata"] == {"team": "db"}

@@ -303,3 +303,45 @@ def test_a_distance_the_model_is_not_pinned_with_is_refused(store: Store) -> Non
     same = RagstoreVectorStore(store, "lc-d2", emb, model_name="fake-d")
     assert len(same.add_texts(["b"])) == 1
     assert store.get_collection("lc-d2")["distance"] == "l2"
+
+
+def test_a_self_query_on_a_metadata_key_named_like_a_built_in_reads_the_metadata(
+    store: Store,
+) -> None:
+    """A loader's ``source`` and ``page`` keys were described to the self-query retriever
+    as ``source`` and ``page``, which ragstore's filter reads as its built-in columns: a
+    filter on the file the text came from compared the text id, one on its page the
+    chunk's (none). They are described by their metadata path, which the translator
+    passes on as is."""
+    from langchain_core.structured_query import Comparator, Comparison
+
+    from ragstore.integrations.langchain import RagstoreTranslator
+
+    vs = RagstoreVectorStore(store, "lc-built-in-keys")
+    vs.add_texts(
+        ["Backups run nightly.", "Restore a backup.", "Kittens sleep."],
+        metadatas=[
+            {"source": "ops.pdf", "page": 3},
+            {"source": "ops.pdf", "page": 4},
+            {"source": "pets.pdf", "page": 3},
+        ],
+        ids=["ops.pdf", "restore", "kittens"],
+    )
+    names = {a["name"] for a in vs.metadata_field_info()}
+    assert names == {"document.source", "document.page"}
+    by_source = Comparison(
+        comparator=Comparator.EQ, attribute="document.source", value="ops.pdf"
+    ).accept(RagstoreTranslator())
+    assert sorted(
+        d.id or "" for d in vs.search("backups", "similarity", k=5, filter=by_source)
+    ) == [
+        "ops.pdf",
+        "restore",
+    ]
+    by_page = Comparison(comparator=Comparator.EQ, attribute="document.page", value=3).accept(
+        RagstoreTranslator()
+    )
+    assert sorted(d.id or "" for d in vs.search("backups", "similarity", k=5, filter=by_page)) == [
+        "kittens",
+        "ops.pdf",
+    ]

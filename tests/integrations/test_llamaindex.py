@@ -685,3 +685,53 @@ def test_list_and_text_operators_ragstore_cannot_say_are_refused_with_why() -> N
             InputError, match=f"operator {operator.value} on 'tags' .*{why}.* Use one of"
         ):
             to_where(filters)
+
+
+def test_a_metadata_key_named_like_a_ragstore_built_in_is_the_nodes_metadata(
+    store: Store,
+) -> None:
+    """A filter on a node's own ``source`` or ``page`` (the keys LlamaIndex's readers
+    set) compared ragstore's built-in columns instead: ``source`` the text id (so the
+    node *named* "x" matched ``source == "x"``), ``page`` the chunk's page (none here, so
+    nothing matched). Queries, ``get_nodes`` and ``delete_nodes`` now match the nodes
+    LlamaIndex's own store matches."""
+    from llama_index.core.vector_stores import SimpleVectorStore
+
+    nodes = [
+        TextNode(id_="a", text="Alpha notes.", metadata={"source": "x", "page": 3}),
+        TextNode(id_="b", text="Beta notes.", metadata={"source": "y", "page": 3}),
+        TextNode(id_="c", text="Gamma notes.", metadata={"source": "x", "page": 7}),
+        TextNode(id_="x", text="Delta notes.", metadata={"page": 1}),
+        TextNode(id_="d", text="Epsilon notes.", metadata={}),
+    ]
+    cases = [
+        MetadataFilters(filters=[MetadataFilter(key="source", value="x")]),
+        MetadataFilters(filters=[MetadataFilter(key="page", value=3)]),
+        MetadataFilters(filters=[MetadataFilter(key="page", value=3, operator=FilterOperator.GT)]),
+        MetadataFilters(
+            filters=[MetadataFilter(key="source", value="x", operator=FilterOperator.NE)]
+        ),
+        MetadataFilters(
+            filters=[MetadataFilter(key="page", value=None, operator=FilterOperator.IS_EMPTY)]
+        ),
+    ]
+    ours = RagstoreVectorStore(store, "li-built-in-keys")
+    theirs = SimpleVectorStore()
+    for filters in cases:
+        ours.add(_vectored(nodes))
+        theirs.add(_vectored(nodes))
+        everything = VectorStoreQuery(
+            query_embedding=[1.0] + [0.0] * 383, similarity_top_k=10, filters=filters
+        )
+        want = sorted(theirs.query(everything).ids or [])
+        assert want  # each case matches some node
+        assert sorted(ours.query(everything).ids or []) == want, filters
+        assert [n.node_id for n in ours.get_nodes(filters=filters)] == want, filters
+        ours.delete_nodes(filters=filters)
+        theirs.delete_nodes(filters=filters)
+        left = {n.node_id for n in ours.get_nodes(filters=MetadataFilters(filters=[]))}
+        assert left == set(theirs.data.embedding_dict), filters
+    # the node ids a query is restricted to are still the text ids (the built-in)
+    ours.add(_vectored(nodes))
+    got = ours.query(VectorStoreQuery(query_embedding=[1.0] + [0.0] * 383, node_ids=["x"]))
+    assert got.ids == ["x"]

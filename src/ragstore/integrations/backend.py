@@ -12,6 +12,7 @@ from contextlib import suppress
 from typing import Any, Protocol
 
 from ragstore.errors import CollectionNotFoundError, ConflictError, ModelMismatchError
+from ragstore.search.filters import BUILTINS
 
 
 class Backend(Protocol):
@@ -128,6 +129,17 @@ def exists(backend: Backend, name: str) -> bool:
     except CollectionNotFoundError:
         return False
     return True
+
+
+def metadata_field(key: str) -> str:
+    """The ``where`` field of the framework metadata key ``key``: the key itself, or for
+    a key named like one of ragstore's built-in fields (``source``, ``page``, ...) its
+    path in the document's metadata (``document.KEY``), where the frameworks' ``add``
+    stores a node's metadata exactly as given. Passed as is, a filter on a LlamaIndex
+    node's or LangChain document's own ``source`` or ``page`` (the loaders' usual keys)
+    compared ragstore's column (the text id, the chunk's page) instead, so other nodes
+    were returned and deleted."""
+    return f"document.{key}" if key in BUILTINS else key
 
 
 def described_fields(

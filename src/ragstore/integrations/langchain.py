@@ -45,6 +45,7 @@ from ragstore.integrations.backend import (
     described_fields,
     ensure_vector_collection,
     exists,
+    metadata_field,
 )
 
 __all__ = ["RagstoreTranslator", "RagstoreVectorStore"]
@@ -182,9 +183,13 @@ class RagstoreVectorStore(VectorStore):
         """The collection's metadata described for a self-query retriever
         (``SelfQueryRetriever.from_llm(..., metadata_field_info=vs.metadata_field_info(),
         structured_query_translator=RagstoreTranslator())``): each path with its type and
-        a few values, from ragstore's sample of it (``fields``). None before the first add."""
+        a few values, from ragstore's sample of it (``fields``). None before the first add.
+        Each name is the field the translator passes on: a key named like a ragstore
+        built-in (a loader's ``source`` or ``page``) is named by its path in the
+        documents' metadata, ``document.source``; named ``source``, the filter the
+        language model wrote on it compared the built-in column (the text id) instead."""
         return [
-            {"name": name, "type": kind, "description": about}
+            {"name": metadata_field(name), "type": kind, "description": about}
             for name, kind, about in described_fields(self.backend, self.collection)
         ]
 

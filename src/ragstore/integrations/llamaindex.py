@@ -47,7 +47,12 @@ from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_
 
 from ragstore.errors import CollectionNotFoundError, InputError, ModelMismatchError
 from ragstore.ingest.texts import check_call
-from ragstore.integrations.backend import Backend, described_fields, ensure_vector_collection
+from ragstore.integrations.backend import (
+    Backend,
+    described_fields,
+    ensure_vector_collection,
+    metadata_field,
+)
 from ragstore.search.service import parse_mode
 from ragstore.store import Store
 from ragstore.validation import check_value, id_list
@@ -131,10 +136,11 @@ def to_where(filters: MetadataFilters | None) -> dict[str, Any] | None:
 
 
 def _one(f: MetadataFilter) -> dict[str, Any]:
+    key = metadata_field(f.key)
     if f.operator == FilterOperator.IS_EMPTY:
         # LlamaIndex's is_empty: the key missing, or null, "" or [] (it was the key
         # missing alone, so nodes holding an empty value were left out)
-        return {"$or": [{f.key: {"$exists": False}}, {f.key: {"$in": [None, "", []]}}]}
+        return {"$or": [{key: {"$exists": False}}, {key: {"$in": [None, "", []]}}]}
     operator = FilterOperator(f.operator)
     op = _OPS.get(operator)
     if op is None:
@@ -150,7 +156,7 @@ def _one(f: MetadataFilter) -> dict[str, Any]:
             f"metadata filter {operator.value} on {f.key!r} has no value (None); "
             "use the is_empty operator for a missing or null value"
         )
-    return {f.key: {op: f.value}}
+    return {key: {op: f.value}}
 
 
 class RagstoreVectorStore(BasePydanticVectorStore):
