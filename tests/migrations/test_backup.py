@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import stat
 import subprocess
@@ -1651,6 +1652,53 @@ def test_a_restore_whose_tables_are_let_go_while_it_tries_completes(
     assert reader.errors == []
     # while the holder held chunks (the restore waiting), the reads were answered
     assert reader.longest_wait(started, released[0]) < 2.0, reader.answers
+
+
+def test_a_restore_tried_again_names_every_backup_it_took(
+    populated: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each try of a restore behind another session's transaction takes its own backup
+    of what it replaces (a try rolled back lets writes in before the next); ``--json``
+    named only the last, the earlier tries' files left on disk unnamed. It names every
+    one: the last as ``replaced_backup``, the earlier ones as ``earlier_backups``."""
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path))
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive), "--json") == 0
+    restored = full_dump(populated)
+    _short_lock_waits(monkeypatch, give_up_s=60.0)
+    folder = tmp_path / "backups"
+
+    def taken() -> list[Path]:
+        return sorted(folder.glob("ragstore-*-restore.dump"))
+
+    holder = psycopg.connect(populated)
+    holder.execute("SELECT 1 FROM chunks LIMIT 1")  # open, holding chunks: the drops wait
+
+    def release_after_two_backups() -> None:
+        deadline = time.monotonic() + 60
+        while len(taken()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        holder.rollback()
+
+    letgo = threading.Thread(target=release_after_two_backups)
+    capsys.readouterr()
+    letgo.start()
+    try:
+        status = run_cli("restore", str(archive), "--yes", "--json")
+    finally:
+        letgo.join()
+        holder.close()
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert full_dump(populated) == restored
+    result = json.loads(out)
+    named = [*result.get("earlier_backups", []), result["replaced_backup"]]
+    on_disk = taken()
+    assert len(on_disk) >= 2, on_disk
+    assert [Path(p).resolve() for p in named] == [p.resolve() for p in on_disk], out
 
 
 def test_a_restore_waits_for_the_migration_lock_and_refuses_changing_nothing(

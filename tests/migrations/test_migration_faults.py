@@ -36,13 +36,15 @@ def behind(
 
 
 def _hold_every_table(holder: psycopg.Connection[tuple[object, ...]]) -> None:
-    """ACCESS SHARE on every table of the schema, in ``holder``'s open transaction: the head
-    revision's DDL, whichever table it alters, waits behind it (a lock on ``documents``
-    alone let a revision that alters another table, 0034's ``api_keys``, run through)."""
+    """SHARE on every table of the schema, in ``holder``'s open transaction: the head
+    revision, whichever table it alters or writes, waits behind it (a lock on
+    ``documents`` alone let a revision that alters another table, 0034's ``api_keys``, run
+    through; ACCESS SHARE, one that only deletes rows, 0037's queue entries). Reads, the
+    backup's pg_dump among them, go on."""
     tables = holder.execute(
         "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'public'"
     ).fetchall()
-    holder.execute(f"LOCK TABLE {', '.join(str(t[0]) for t in tables)} IN ACCESS SHARE MODE")
+    holder.execute(f"LOCK TABLE {', '.join(str(t[0]) for t in tables)} IN SHARE MODE")
 
 
 def _backup_named(out: str) -> Path:

@@ -15,9 +15,31 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{v} {k}" for k, v in counts.items()) or "no ragstore schema"
 
 
-def _kept(before: list[str | None]) -> str:
-    """The clause naming the backup a restore took of what it replaces, if it took one."""
-    return f"; the backup of what it replaced is kept: {before[0]}" if before[0] else ""
+def _kept(taken: list[str]) -> str:
+    """The clause naming the backups a restore took of what it replaces, if it took any:
+    the last one's (what the restore replaced), then the earlier tries' (:func:`_named`)."""
+    if not taken:
+        return ""
+    earlier = f" (and those of its earlier tries: {', '.join(taken[:-1])})" if taken[1:] else ""
+    return f"; the backup of what it replaced is kept: {taken[-1]}{earlier}"
+
+
+def _named(taken: list[str]) -> dict[str, object]:
+    """The ``--json`` keys naming every backup a restore took of what it replaces:
+    ``replaced_backup``, the last (what the restore replaced: restoring it undoes the
+    restore), and ``earlier_backups``, those of earlier tries, oldest first.
+
+    A restore behind another session's transaction is tried again (``backup._replay``),
+    and each try takes its own backup once it holds the writes; a try rolled back lets
+    writes in before the next. Only the last was named, the earlier tries' files left on
+    disk unnamed. They are named, not removed: each is a whole copy of the database
+    seconds older than the last one (lacking only the writes between the tries), a
+    fallback for a user who must roll back should the last one be lost or damaged, and a
+    removed copy cannot be had again. There are several only where a backup is quick (one
+    that outlasts the restore's tries in all, ``RESTORE_LOCK_GIVE_UP_S``, leaves no time
+    for another try), so their disk is small, and the user, told their names, removes
+    them."""
+    return {"replaced_backup": taken[-1] if taken else None, "earlier_backups": taken[:-1]}
 
 
 def register(app: typer.Typer) -> None:
@@ -117,7 +139,7 @@ def register(app: typer.Typer) -> None:
         # a missing, unreadable or foreign file is refused before the question: asked
         # first, a "yes" was answered with "no such file"
         precheck_archive(path)
-        before: list[str | None] = [None]
+        taken: list[str] = []  # each try's backup of what it replaces, oldest first
         try:
             # SIGTERM unwinds as Ctrl-C does: killed outright, this process left psql to
             # commit the restore after the command had died without a word
@@ -129,8 +151,8 @@ def register(app: typer.Typer) -> None:
                     # once the archive passed its checks, in the restore's transaction,
                     # which holds the writes from before that snapshot to its commit
                     if migrations.holds_ragstore_data(db):  # ragstore's data to keep
-                        before[0] = backup_before(
-                            rt, db, "restore", quiet=as_json, snapshot=snapshot
+                        taken.append(
+                            backup_before(rt, db, "restore", quiet=as_json, snapshot=snapshot)
                         )
 
                 result = restore_backup(
@@ -145,17 +167,17 @@ def register(app: typer.Typer) -> None:
             )
             if isinstance(exc, BackupInterrupted):  # as the backup first got its names
                 what += f"; {exc.what}"
-            err_console().print(f"interrupted by {how}: {what}{_kept(before)}", markup=False)
+            err_console().print(f"interrupted by {how}: {what}{_kept(taken)}", markup=False)
             sys.exit(status)
         except RagstoreError as exc:
             # with --json the backup taken first was named nowhere: after a restore whose
             # outcome is unknown, the one copy of what it may have replaced
-            if _kept(before):
-                exc.message += _kept(before)
+            if taken:
+                exc.message += _kept(taken)
                 exc.args = (exc.message,)
             raise
         if as_json:
-            echo_json({**asdict(result), "replaced_backup": before[0]})
+            echo_json({**asdict(result), **_named(taken)})
             return
         typer.echo(f"restored {printable(result.path)} into {result.database}")
         if result.counts is None:
