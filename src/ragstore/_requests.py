@@ -49,6 +49,11 @@ Upload = Path | str | tuple[str, bytes]
 # header, fresh per send and the same on its retries, the server answers a request sent
 # again with the job the first one queued (``jobs.service.submit_ingest``).
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Sent ("1") on every answer of a server that honours IDEMPOTENCY_HEADER (revision 0036 on;
+# api/middleware.py ``RequestIdMiddleware``). An older server ignored the key, and a
+# background upload sent to it again after its answer was lost queued a second job: the
+# clients send one again only once an earlier answer of the server carried this header.
+IDEMPOTENCY_SUPPORT_HEADER = "RAGStore-Idempotency"
 MAX_ITEMS_PER_REQUEST = 10_000
 MAX_REQUEST_BYTES = 1024 * 1024
 
@@ -81,6 +86,18 @@ class Call(Generic[T]):
         if self.kind is not None:
             return self.kind
         return "read" if self.method in ("GET", "HEAD") else "write"
+
+    def effect_on(self, keys_honoured: bool) -> Literal["read", "upsert", "write"]:
+        """What sending it twice does on a server that does (``keys_honoured``: it said
+        :data:`IDEMPOTENCY_SUPPORT_HEADER`) or may not honour its ``Idempotency-Key``.
+
+        A "write" sent with a key (a background upload: it queues a job) is answered with
+        the first send's job when sent again with the same key, so it is retried as an
+        upsert is, on no answer too; on a server not known to honour keys (an older one
+        ignored them and queued a second job) it stays a "write"."""
+        if keys_honoured and self.idempotent and self.effect == "write":
+            return "upsert"
+        return self.effect
 
     def kwargs(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -746,8 +763,8 @@ def add_document(
     body = {"name": name, "text": text, "metadata": meta, "background": background}
     # stored by name and content hash: sent again, the same document (answered
     # "unchanged"); one queued as a job (large), that job (its Idempotency-Key); in
-    # background, not sent again where it may have arrived (an older server queued a
-    # second job)
+    # background, sent again where it may have arrived only to a server known to honour
+    # the key (Call.effect_on: an older server queued a second job)
     kind: Literal["upsert", "write"] = "write" if background else "upsert"
     return Call(
         "POST",
@@ -911,7 +928,8 @@ def upload(
         data=data,
         # documents by name and content hash, as add_document; queued as a job (over the
         # server's RAGSTORE_BACKGROUND_INGEST_BYTES), that job again (its Idempotency-Key);
-        # in background, a job not sent again where it may have arrived
+        # in background, a job sent again where it may have arrived only to a server known
+        # to honour the key (Call.effect_on)
         kind="write" if background else "upsert",
         idempotent=True,
     )

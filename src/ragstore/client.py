@@ -209,6 +209,20 @@ class _WritePosition:
             self.last_lsn = written
 
 
+class _KeyedWrites:
+    """Whether the server honours ``Idempotency-Key``: learned from any answer that says
+    ``RAGStore-Idempotency: 1`` (:data:`ragstore._requests.IDEMPOTENCY_SUPPORT_HEADER`),
+    and kept. Until then a background upload that got no answer is not sent again: an
+    older server ignored the key and queued a second job. A client's first request
+    cannot know it; any earlier call (``health()``, ``create_collection``) tells it."""
+
+    keys_honoured: bool = False
+
+    def _note_keys(self, response: httpx.Response) -> None:
+        if response.headers.get(calls.IDEMPOTENCY_SUPPORT_HEADER, "").strip() == "1":
+            self.keys_honoured = True
+
+
 def _retry_options(retries: int, max_retry_wait: float) -> tuple[int, float]:
     """The retry options checked: a count of at least 0, seconds of at least 0."""
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -228,7 +242,7 @@ def _lsn_value(text: str) -> int | None:
         return None
 
 
-class Client(_WritePosition):
+class Client(_WritePosition, _KeyedWrites):
     """A connection to one ragstore server.
 
     ``Client("http://127.0.0.1:8080", api_key="rsk_...")``; use it as a context manager or
@@ -240,7 +254,9 @@ class Client(_WritePosition):
     connection refused) is sent again up to ``retries`` times (0: never), waiting its
     ``Retry-After`` or a growing, jittered pause, all within ``max_retry_wait`` seconds
     (:class:`_Retrying`). Reads and upserts (texts under ids, documents) are sent again
-    whatever happened; other writes only where the server provably did not take them. A
+    whatever happened, and so are background uploads once the server has said it honours
+    their ``Idempotency-Key`` (:class:`_KeyedWrites`); other writes only where the server
+    provably did not take them. A
     write that got no answer raises :class:`~ragstore.errors.OutcomeUnknownError`
     (``outcome_unknown``): it may or may not have been done, never "not stored".
     """
@@ -304,11 +320,13 @@ class Client(_WritePosition):
         except httpx.TransportError as exc:
             raise _transport_error(exc, self._http.base_url, method, path, effect) from None
         self._note_lsn(response)  # an error can follow writes that committed
+        self._note_keys(response)
         raise_for_problem(response)
         return response
 
     def _send(self, call: Call[T]) -> T:
-        response = self.request(call.method, call.path, effect=call.effect, **call.kwargs())
+        effect = call.effect_on(self.keys_honoured)
+        response = self.request(call.method, call.path, effect=effect, **call.kwargs())
         return read_answer(call, response)
 
     def _run(self, plan: Plan[T]) -> T:
@@ -597,7 +615,7 @@ class Client(_WritePosition):
             time.sleep(poll)
 
 
-class AsyncClient(_WritePosition):
+class AsyncClient(_WritePosition, _KeyedWrites):
     """:class:`Client` for asyncio: the same verbs, names and options, awaited.
 
     ``async with AsyncClient(url, api_key=...) as client: await client.search(...)``.
@@ -658,11 +676,13 @@ class AsyncClient(_WritePosition):
         except httpx.TransportError as exc:
             raise _transport_error(exc, self._http.base_url, method, path, effect) from None
         self._note_lsn(response)  # an error can follow writes that committed
+        self._note_keys(response)
         raise_for_problem(response)
         return response
 
     async def _send(self, call: Call[T]) -> T:
-        response = await self.request(call.method, call.path, effect=call.effect, **call.kwargs())
+        effect = call.effect_on(self.keys_honoured)
+        response = await self.request(call.method, call.path, effect=effect, **call.kwargs())
         return read_answer(call, response)
 
     async def _run(self, plan: Plan[T]) -> T:

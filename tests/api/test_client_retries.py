@@ -12,11 +12,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
 
-from ragstore import Client
+from ragstore import AsyncClient, Client
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
 from ragstore.errors import (
@@ -225,6 +226,55 @@ def test_an_upload_queued_as_a_job_whose_answer_is_lost_queues_one_job(
                     proxy.drop = 1
                     with pytest.raises(OutcomeUnknownError, match="check `list_jobs` first"):
                         once.upload("queued", [("other.md", big + b" other")])
+        finally:
+            proxy.close()
+
+
+def test_a_background_upload_whose_answer_is_lost_is_sent_again_once_keys_are_known(
+    settings: Settings,
+) -> None:
+    # A background upload (a job asked for) was a "write": its answer lost, it was never
+    # sent again, though the server answers a resend carrying its Idempotency-Key with the
+    # first job. Now a client that has seen the server say RAGStore-Idempotency: 1 sends
+    # it again (the same key) and gets that job; one that has not (its first request: the
+    # server may be older, ignoring the key) still does not.
+    port = _free_port()
+    with _serve_on(with_(settings, auth="off"), port):
+        proxy = _Proxy(port)
+        try:
+            url = f"http://127.0.0.1:{proxy.port}"
+            with Client(url) as client, Client(f"http://127.0.0.1:{port}") as direct:
+                client.create_collection("bg", model="their-model@1", dimension=2)
+                assert client.keys_honoured  # said by create_collection's answer
+                proxy.drop = 1
+                job = client.upload("bg", [("a.md", b"# A\n\nalpha")], background=True)
+                assert proxy.drop == 0  # the first answer was dropped
+                assert [j["id"] for j in direct.list_jobs(collection="bg")["data"]] == [job["id"]]
+                proxy.drop = 1
+                text_job = client.add_document("bg", "b.txt", "beta", background=True)
+                assert proxy.drop == 0
+                jobs = direct.list_jobs(collection="bg")["data"]
+                assert sorted(j["id"] for j in jobs) == sorted([job["id"], text_job["id"]])
+
+                async def sent_async() -> dict[str, Any]:
+                    async with AsyncClient(url) as ac:
+                        await ac.health()
+                        assert ac.keys_honoured
+                        proxy.drop = 1
+                        return await ac.upload("bg", [("c.md", b"gamma")], background=True)
+
+                async_job = asyncio.run(sent_async())
+                assert proxy.drop == 0
+                assert len(direct.list_jobs(collection="bg")["data"]) == 3
+                assert async_job["id"] in [
+                    j["id"] for j in direct.list_jobs(collection="bg")["data"]
+                ]
+                # a client's first request cannot know the server honours keys: not sent again
+                with Client(url) as fresh:
+                    proxy.drop = 1
+                    with pytest.raises(OutcomeUnknownError, match="Check before sending it"):
+                        fresh.upload("bg", [("d.md", b"delta")], background=True)
+                assert len(direct.list_jobs(collection="bg")["data"]) == 4
         finally:
             proxy.close()
 

@@ -231,6 +231,17 @@ def test_create_a_collection_and_upload_two_files_by_drop(page: Page, server: Se
     assert creates.count("POST") == 1
     page.click("tr[data-collection=inbox] a")
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    # each file of each upload carries an Idempotency-Key of its own (a request the
+    # server queues as a job, arriving twice, is then queued once)
+    keys: list[str | None] = []
+    page.on(
+        "request",
+        lambda r: (
+            keys.append(r.headers.get("idempotency-key"))
+            if r.url.endswith("/documents/upload")
+            else None
+        ),
+    )
     drop_made_by_script(
         page,
         [
@@ -263,6 +274,8 @@ def test_create_a_collection_and_upload_two_files_by_drop(page: Page, server: Se
     )
     again = page.locator("#upload-list li[data-file='rollback.md'] .outcome").nth(1)
     expect(again).to_have_text(re.compile(r"^unchanged: \d+ chunks$"), timeout=60_000)
+    assert len(keys) == 3 and len(set(keys)) == 3, keys
+    assert all(k and re.fullmatch(r"console-[0-9a-f]{32}", k) for k in keys), keys
     page.fill("#source-prefix", "nothing-here/")
     page.click("#filter-form button")
     expect(page.locator("#documents-body")).to_contain_text("No documents.")

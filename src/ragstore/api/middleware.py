@@ -15,17 +15,24 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ragstore._requests import UPLOAD_LIMIT_HEADER
+from ragstore._requests import IDEMPOTENCY_SUPPORT_HEADER, UPLOAD_LIMIT_HEADER
 from ragstore.api.deps import ApiState, authenticate, bearer_token, route_path, route_scope
 from ragstore.api.errors import crash_response, problem_response
 from ragstore.errors import InputError, RagstoreError, RateLimitedError, RequestTooLargeError
 from ragstore.validation import repeated_key
 
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_KEYS_HONOURED = IDEMPOTENCY_SUPPORT_HEADER.lower().encode()
 
 
 class RequestIdMiddleware:
-    """Takes a sane ``X-Request-ID`` from the client or makes one; echoes it on the response."""
+    """Takes a sane ``X-Request-ID`` from the client or makes one; echoes it on the response.
+
+    Every answer also says ``RAGStore-Idempotency: 1`` (:data:`IDEMPOTENCY_SUPPORT_HEADER`):
+    this server answers an upload sent again with the same ``Idempotency-Key`` with the
+    job the first send queued. The clients send a background upload again after a lost
+    answer only to a server that said so; an older one ignored the key and queued a
+    second job."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -46,6 +53,7 @@ class RequestIdMiddleware:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
                 headers.append((b"x-request-id", rid.encode()))
+                headers.append((_KEYS_HONOURED, b"1"))
                 message["headers"] = headers
             await send(message)
 

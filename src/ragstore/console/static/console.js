@@ -638,7 +638,18 @@
       }
     }
 
-    function uploadOne(file, name) {
+    /* An Idempotency-Key for one file of one upload (a drop, a pick): a server that queues
+     * the request as a job (background, or over its RAGSTORE_BACKGROUND_INGEST_BYTES)
+     * answers the same request sent again with the job the first one queued, where
+     * without it a request that arrived twice queued two jobs storing the same file.
+     * Drawn anew per file and user action and kept by a resend of that request;
+     * getRandomValues, not randomUUID, which a page served over plain HTTP lacks. */
+    function idempotencyKey() {
+      const bytes = crypto.getRandomValues(new Uint8Array(16));
+      return "console-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    }
+
+    function uploadOne(file, name, idemKey) {
       const bar = el("progress", { max: 1, value: 0 });
       const result = el("span", { class: "outcome", text: "uploading…" });
       $("upload-list").append(el("li", { dataset: { file: name } },
@@ -649,6 +660,7 @@
         xhr.setRequestHeader("Accept", "application/json");
         const key = storedKey();
         if (key) xhr.setRequestHeader("Authorization", "Bearer " + key);
+        xhr.setRequestHeader("Idempotency-Key", idemKey);
         xhr.upload.addEventListener("progress", (ev) => {
           if (ev.lengthComputable) bar.value = ev.loaded / ev.total;
         });
@@ -757,7 +769,7 @@
           continue;
         }
         seen.add(f.name);
-        refused = (await uploadOne(f.file, f.name)) === "refused";
+        refused = (await uploadOne(f.file, f.name, idempotencyKey())) === "refused";
       }
       return !refused;  // whether every file was sent (false: the key was refused)
     }
