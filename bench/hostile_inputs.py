@@ -3,12 +3,13 @@
 Each file is a few hundred bytes to a few megabytes written to break something: nesting
 that recurses (Markdown quotes and lists, HTML divs, YAML aliases, notebook JSON),
 expansion (YAML "billion laughs" front matter, XML entities, a zip whose member unpacks
-to 120 MB), sizes at the edges (an 8 MB word, 200,000 code lines, 50,000 headings),
-text that is not text (NUL bytes, bad UTF-8, random bytes named .pdf/.docx/.epub/.pptx)
-and Word's wrappers around text (nested tables, content controls). Every file goes
-through ``ragstore ingest FILE`` in a process of its own, so the peak memory (``ru_maxrss``
-of the child) and the wall time are that file's, model load included (about 10 s and
-650 MB on this machine, the floor of every row). The outcome is the ingest's own line.
+to 120 MB, a DOCX of 200,000 empty members), sizes at the edges (an 8 MB word, 200,000
+code lines, 50,000 headings), text that is not text (NUL bytes, bad UTF-8, random bytes
+named .pdf/.docx/.epub/.pptx) and Word's wrappers around text (nested tables, content
+controls). Every file goes through ``ragstore ingest FILE`` in a process of its own, so
+the peak memory (``ru_maxrss`` of the child) and the wall time are that file's, model load
+included (about 10 s and 650 MB on this machine, the floor of every row). The outcome is
+the ingest's own line.
 
     python -m bench.hostile_inputs --work /tmp/hostile            # every file
     python -m bench.hostile_inputs --work /tmp/hostile --only front_bomb.md nested_tables.docx
@@ -88,6 +89,14 @@ def _zip_bomb() -> bytes:
     return out.getvalue()
 
 
+def _many_members() -> bytes:
+    out = io.BytesIO(_docx(lambda document: None))
+    with zipfile.ZipFile(out, "a") as z:
+        for i in range(200_000):
+            z.writestr(f"word/media/{i}", b"")
+    return out.getvalue()
+
+
 def corpus() -> dict[str, Callable[[], bytes | str]]:
     """File name -> its content (built when asked: a few are large)."""
     return {
@@ -113,6 +122,7 @@ def corpus() -> dict[str, Callable[[], bytes | str]]:
         "random.epub": lambda: b"PK\x03\x04" + os.urandom(3000),
         "random.pptx": lambda: os.urandom(3000),
         "zip_bomb.docx": _zip_bomb,
+        "many_members.docx": _many_members,
         "nested_tables.docx": lambda: _docx(_nested_tables),
         "content_control.docx": lambda: _docx(_content_control),
     }

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from ragstore.chunking import chunk_document
+from ragstore.chunking.chunker import _lines
 from ragstore.embedding.base import Embedder
 from ragstore.embedding.registry import load_embedder, resolve_spec
-from ragstore.models import Chunk
+from ragstore.models import Block, Chunk, ChunkType, ParsedDocument
 from ragstore.parsing import markdown, parse_bytes
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -104,6 +105,48 @@ def test_encodings_agree_with_counts_and_spans(embedder: Embedder) -> None:
     assert [e.count for e in encs] == embedder.count_tokens(texts)
     assert [e.spans for e in encs] == [embedder.token_spans(t) for t in texts]
     assert all(len(e.words) == len(e.spans) for e in encs)
+
+
+class _PerLine(_Plain):
+    """The real tokenizer through its Hugging Face wrapper, one text a call: no batch, no
+    word cache; what the chunker's counts of a split block's lines must equal."""
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        tokenizer = self.embedder.tokenizer  # type: ignore[attr-defined]
+        return [
+            len(tokenizer(t, add_special_tokens=True, truncation=False)["input_ids"]) for t in texts
+        ]
+
+
+def _line_blocks(rows: int) -> list[Block]:
+    code = "".join(f"def f{i}(x):\n    return {{'k': x[{i}] + 1}}  # {i}\n" for i in range(rows))
+    listed = "".join(f"- item {i}: see `f{i}()` and [docs](#f{i})\n" for i in range(rows))
+    table = "| name | value |\n|---|---|\n" + "".join(f"| f{i} | {i * 7} |\n" for i in range(rows))
+    # a line that is not plain ASCII, or one holding an added token's text: that block's
+    # lines are then counted text by text, as before the batch path
+    accented, added = code.replace("# 5\n", "# café 5\n"), code.replace("# 9\n", "# [SEP] 9\n")
+    texts = [(ChunkType.CODE, code), (ChunkType.LIST, listed), (ChunkType.TABLE, table)]
+    texts += [(ChunkType.CODE, accented), (ChunkType.CODE, added)]
+    texts += [(ChunkType.CODE, "{\n" * (rows * 4))]
+    return [Block(type=k, text=t, char_start=0, char_end=len(t)) for k, t in texts]
+
+
+def test_split_line_blocks_cut_the_same_chunks_as_lines_counted_one_by_one(
+    embedder: Embedder,
+) -> None:
+    doc = ParsedDocument(format="code", title="t", blocks=_line_blocks(1500))
+    per_line = _PerLine(embedder)
+    for budget in (256, 64):
+        fast = chunk_document(doc, embedder, budget)
+        assert _shape(fast) == _shape(chunk_document(doc, per_line, budget)), budget
+        assert len(fast) > 5 * len(doc.blocks)  # every block was split into many pieces
+
+
+@pytest.mark.parametrize("text", ["", "a", "\n", "a\n", "\na\n\nbc", "x\ny\n\n\n"])
+def test_lines_are_where_the_line_breaks_say(text: str) -> None:
+    starts = [0] + [k + 1 for k, c in enumerate(text) if c == "\n"]
+    ends = [k for k, c in enumerate(text) if c == "\n"] + [len(text)]
+    assert _lines(text) == list(zip(starts, ends, strict=True))
 
 
 EDGE = [

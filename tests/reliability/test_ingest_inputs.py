@@ -25,10 +25,11 @@ from ragstore.errors import (
 from ragstore.imports.files import JsonlSource, NumpySource
 from ragstore.ingest import ingest_paths
 from ragstore.parsing import parse_bytes
+from ragstore.parsing.ooxml import MAX_ARCHIVE_MEMBERS
 from ragstore.runtime import Runtime
 from ragstore.store import Store
 from tests.conftest import run_cli
-from tests.fixtures.builders import write_docx
+from tests.fixtures.builders import epub_book, write_docx
 
 _BODY = "Widgets are small.\n\nGadgets are larger than widgets.\n"
 
@@ -64,6 +65,36 @@ def test_a_docx_zip_bomb_is_refused_before_it_is_unpacked(tmp_path: Path) -> Non
     assert len(data) < 1 << 20  # a 300 MiB part in well under 1 MiB on disk
     with pytest.raises(CorruptDocumentError, match=r"bomb.docx: unpacks to \d+ bytes"):
         parse_bytes(data, "bomb.docx")
+
+
+def _padded(archive: bytes, members: int) -> bytes:
+    """``archive`` with empty members added until it holds ``members`` in all."""
+    out = io.BytesIO(archive)
+    with zipfile.ZipFile(out, "a") as z:
+        for i in range(members - len(z.infolist())):
+            z.writestr(f"pad/{i}", b"")
+    return out.getvalue()
+
+
+def test_an_archive_of_too_many_members_is_refused_from_its_directory(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    real = write_docx(tmp_path / "real.docx", title="t", sections=[("S", ["Kittens nap."])])
+    too_many = MAX_ARCHIVE_MEMBERS + 1
+    (tmp_path / "many.docx").write_bytes(_padded(real.read_bytes(), too_many))
+    (tmp_path / "many.epub").write_bytes(_padded(epub_book(), too_many))
+    (tmp_path / "fine.epub").write_bytes(_padded(epub_book(), 2000))  # a big illustrated book
+    report = ingest_paths(rt, [tmp_path], collection="zip-members")
+    by_name = {Path(o.source).name: o for o in report.outcomes}
+    assert by_name["real.docx"].status == "added" and by_name["fine.epub"].status == "added"
+    for name, fmt in (("many.docx", "DOCX"), ("many.epub", "EPUB")):
+        assert by_name[name].code == "corrupt_document"
+        assert by_name[name].error == str(tmp_path / name) + (
+            f": holds {too_many} files in its archive, over the {MAX_ARCHIVE_MEMBERS} "
+            f"a {fmt} may hold (not a real document, or one padded with empty entries); "
+            f"open it in {'Word or LibreOffice' if fmt == 'DOCX' else 'Calibre or Sigil'} "
+            "and save a copy, or split it"
+        )
 
 
 @pytest.mark.parametrize(

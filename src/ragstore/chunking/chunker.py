@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Protocol
 
 from ragstore.embedding.base import TokenEncoding, TokenIndex
@@ -207,17 +208,15 @@ def split_prose(
 
 
 def _lines(text: str, start: int = 0) -> list[tuple[int, int]]:
-    """(start, end) of each line of ``text[start:]``, newline excluded."""
-    out = []
-    pos = start
-    while pos <= len(text):
-        nl = text.find("\n", pos)
-        end = len(text) if nl < 0 else nl
-        out.append((pos, end))
-        if nl < 0:
-            break
-        pos = nl + 1
-    return out
+    """(start, end) of each line of ``text[start:]``, newline excluded.
+
+    From one ``split`` and the lines' lengths: a loop of ``find`` calls was a fifth of
+    the time of chunking a file of two-character lines (4 MB of ``{``)."""
+    if start > len(text):
+        return []
+    lines = text[start:].split("\n")
+    starts = accumulate((len(line) + 1 for line in lines), initial=start)
+    return [(a, a + len(line)) for a, line in zip(starts, lines, strict=False)]  # one more start
 
 
 def _unit_tokens(

@@ -411,6 +411,10 @@ def _split_plain(
     pieces = word_pieces(backend)
     if pieces is None:
         return None, [], [], list(range(len(texts)))
+    if located is None:  # counts alone: every text's words at once, if all are plain
+        every = pieces.units_of(texts)
+        if every is not None:
+            return pieces, list(range(len(texts))), every, []
     plain: list[int] = []
     units: list[list[str]] = []
     other: list[int] = []

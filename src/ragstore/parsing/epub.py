@@ -8,8 +8,9 @@ and spine items marked ``linear="no"`` (covers, notes pages read out of order) a
 out. The title, authors, language and publisher come from the package's Dublin Core.
 
 Nothing is read from outside the archive (chapter paths are names inside the zip), an
-archive that would unpack past the OOXML limit is refused as DOCX and PPTX are, and a book
-whose chapters are encrypted (DRM) is refused with that reason rather than read as noise.
+archive past the OOXML limits (what it unpacks to, how many members it holds) is refused
+as DOCX and PPTX are, and a book whose chapters are encrypted (DRM) is refused with that
+reason rather than read as noise.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from lxml import etree
 from ragstore.errors import CorruptDocumentError, EmptyDocumentError
 from ragstore.models import ParsedDocument
 from ragstore.parsing.html import walk_page
-from ragstore.parsing.ooxml import check_unpacked_size
+from ragstore.parsing.ooxml import check_archive
 from ragstore.parsing.structure import BlockBuilder
 
 _NS = {
@@ -145,7 +146,7 @@ def _parse(data: bytes, name: str) -> ParsedDocument:
 
 def parse_epub(data: bytes, name: str) -> ParsedDocument:
     """Parse an EPUB; a damaged archive or package is ``corrupt_document`` for this file."""
-    check_unpacked_size(data, name, "EPUB", "Calibre or Sigil")
+    check_archive(data, name, "EPUB", "Calibre or Sigil")
     try:
         return _parse(data, name)
     except zipfile.BadZipFile:
