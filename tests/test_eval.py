@@ -119,7 +119,32 @@ def test_metrics_match_ranx_on_random_graded_runs() -> None:
     for q in qrels:  # every query needs something relevant for ranx and trec_eval to agree
         qrels[q][rng.choice(docs)] = 1
     run: Run = {q: rng.sample(docs, rng.randint(1, 150)) for q in qrels}
-    assert score_run(run, qrels) == pytest.approx(ranx_scores((run, qrels))[0], abs=1e-9)
+    edge_run, edge_qrels = cutoff_edges(docs)
+    expected = ranx_scores((run, qrels), (edge_run, edge_qrels))
+    assert score_run(run, qrels) == pytest.approx(expected[0], abs=1e-9)
+    # random runs seldom put a relevant document at exactly rank 10 or 100: a cutoff off
+    # by one (recall@99, MRR@9 or @11 for the reported @100 and @10) passed them
+    assert score_run(edge_run, edge_qrels) == pytest.approx(expected[1], abs=1e-9)
+
+
+def cutoff_edges(docs: list[str]) -> tuple[Run, Qrels]:
+    """Queries on each reported metric's cutoff k: the only relevant document at rank k
+    (counted at k, missed at k-1), or at rank k+1 (missed at k, counted at k+1), and k+1
+    graded relevant documents at ranks 2..k+2 (nDCG's ideal ordering is cut at k too).
+    Every metric is off at k-1 or k+1 on one of them."""
+    run: Run = {}
+    qrels: Qrels = {}
+    for metric in METRICS:
+        k = int(metric.partition("@")[2])
+        ranked = docs[: k + 3]
+        for rank in (k, k + 1):
+            qid = f"{metric}-only-at-{rank}"
+            run[qid] = ranked
+            qrels[qid] = {ranked[rank - 1]: 2, ranked[0]: 0}  # a judged 0 on top
+        qid = f"{metric}-{k + 1}-relevant"
+        run[qid] = ranked
+        qrels[qid] = {d: 1 + i % 3 for i, d in enumerate(ranked[1 : k + 2])}
+    return run, qrels
 
 
 def test_ingest_records_skips_unchanged_and_replaces_changed(rt: Runtime) -> None:

@@ -61,11 +61,13 @@ def test_search_refuses_bad_input_as_4xx(http: httpx.Client, case: str) -> None:
 
 
 def test_search_with_a_sane_body_still_finds(http: httpx.Client) -> None:
-    r = http.post(
-        "/v1/collections/edge/search",
-        json={"query": "kittens", "k": 3, "where": {"page": {"$lt": 2**31 - 1}}},
-    )
+    """A page bound at the top of the range is taken, and the search finds the seed. The
+    seed (Markdown) has no page, which ``$lt`` never matches: with that alone this test
+    found nothing, and passed on the status; ``$ne`` matches a chunk without a page."""
+    where = {"$or": [{"page": {"$lt": 2**31 - 1}}, {"page": {"$ne": 2**31 - 1}}]}
+    r = http.post("/v1/collections/edge/search", json={"query": "kittens", "k": 3, "where": where})
     assert r.status_code == 200, r.text
+    assert [hit["title"] for hit in r.json()["data"]] == ["Seed"], r.text
 
 
 def test_non_finite_number_is_refused(http: httpx.Client) -> None:

@@ -109,6 +109,9 @@ def test_lag_dates_the_oldest_unreplayed_wal(database_url: str) -> None:
         in_recovery=True, replay_lsn=150, replay_age_s=60.0, receive_lsn=150, streaming=False
     )
     assert router._lag(cut_off, 300) == pytest.approx(4, abs=0.5)  # its stream broke: behind
+    # cut off before the first sample: none dates the gap, and only its broken stream tells
+    # it from the in-transit one above (0.0 on the same history)
+    assert fresh._lag(cut_off, 300) == pytest.approx(60)
 
 
 # pg_current_wal_insert_lsn() (lsn.current's) shadowed for the database's new sessions: it

@@ -303,11 +303,27 @@ def test_standby_stopped_mid_load_searches_fall_back(pair: Pair, kb: str) -> Non
 def test_a_standby_cut_off_from_the_primary_counts_as_lagging(pair: Pair, spare: Spare) -> None:
     """A standby whose WAL stream broke (the primary unreachable from it, a bad
     primary_conninfo) has replayed all it received, which the router took for "in transit,
-    not behind": it stayed up with lag 0 while the primary's writes never reached it."""
+    not behind": it stayed up with lag 0 while the primary's writes never reached it.
+
+    Two routers, for the router's two checks: one that saw it caught up dates its lag by
+    the primary's positions (from the first write it lacks, not from when it was cut off);
+    one started after it fell behind has no such sample, and only the stopped WAL receiver
+    tells it from a standby whose WAL is in transit. Either passed with the other gone."""
     primary = Database(pair.primary_url)
     with spare.take() as node:
         router = ReadRouter(primary, [node.conninfo], max_lag_s=0.5, wait_s=0.1)
+        late: ReadRouter | None = None
         try:
+            # caught up with the router's last sample of the primary before it is cut off
+            # (no probe runs until the write: WAL the primary logs meanwhile is not sampled)
+            deadline = time.monotonic() + 10
+            while True:
+                [status] = router.statuses()
+                replayed, sampled = status.replay_lsn, router._history[-1][1]
+                if status.up and replayed is not None and replayed >= sampled:
+                    break
+                assert time.monotonic() < deadline, (status, sampled)
+                time.sleep(0.2)
             with psycopg.connect(node.conninfo, autocommit=True) as conn:
                 conn.execute("ALTER SYSTEM SET primary_conninfo = 'host=/nonexistent port=1'")
                 conn.execute("SELECT pg_reload_conf()")
@@ -315,7 +331,8 @@ def test_a_standby_cut_off_from_the_primary_counts_as_lagging(pair: Pair, spare:
                 while conn.execute("SELECT pid FROM pg_stat_wal_receiver").fetchone():
                     assert time.monotonic() < deadline, "the WAL receiver did not stop"
                     time.sleep(0.1)
-            assert router.choose() is not primary  # caught up when it was cut off
+            time.sleep(1.5)  # cut off well before the write it lacks: not part of its lag
+            written = time.monotonic()
             with psycopg.connect(pair.primary_url, autocommit=True) as conn:
                 conn.execute("CREATE TABLE cut_off_probe (x int)")
                 conn.execute("DROP TABLE cut_off_probe")
@@ -325,8 +342,25 @@ def test_a_standby_cut_off_from_the_primary_counts_as_lagging(pair: Pair, spare:
                 time.sleep(0.2)
             [status] = router.statuses()
             assert status.error is not None and "RAGSTORE_MAX_REPLICA_LAG_S" in status.error
+            # dated by the primary's samples: at most the time since the write (the age of
+            # its last replayed commit, or of the router's first sample, is 1.5 s more)
+            assert status.lag_s is not None and status.lag_s <= time.monotonic() - written, (
+                status,
+                time.monotonic() - written,
+            )
             assert router.choose() is primary
+
+            late = ReadRouter(primary, [node.conninfo], max_lag_s=0.5, wait_s=0.1)
+            deadline = time.monotonic() + 10
+            while late.statuses()[0].up:
+                assert time.monotonic() < deadline, late.statuses()
+                time.sleep(0.2)
+            [status] = late.statuses()
+            assert status.error is not None and "RAGSTORE_MAX_REPLICA_LAG_S" in status.error
+            assert late.choose() is primary
         finally:
+            if late is not None:
+                late.close()
             router.close()
             primary.close()
 
