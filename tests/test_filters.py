@@ -448,3 +448,33 @@ def test_filter_size_is_bounded(where: dict[str, Any], message: str) -> None:
     assert str(info.value).startswith(message)
     compile_filter({f"k{i}": i for i in range(1000)})
     compile_filter({"a": {"$in": list(range(10_000))}})
+
+
+@pytest.mark.parametrize("mode", ["fulltext", "hybrid"])
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ({"page": {"$ne": -(2**31)}}, {"a.md", "b.md", "c.md", "d.md"}),
+        ({"page": {"$gt": -(2**31)}}, {"a.md", "b.md", "d.md"}),
+        ({"year": {"$gt": -(2**63)}}, {"a.md", "b.md", "c.md"}),
+    ],
+)
+def test_the_lowest_integer_of_a_cast_is_taken_by_the_fulltext_list(
+    docs: Runtime, mode: str, where: dict[str, Any], expected: set[str]
+) -> None:
+    """The full-text list takes the filter as SQL text with its values quoted client-side,
+    where a negative integer is `` -2147483648`` and its cast followed: PostgreSQL read
+    ``-2147483648::integer`` as ``-(2147483648::integer)``, which overflows, and the search
+    was answered "integer out of range" (422) at the bottom of the range."""
+    found = {
+        h.source
+        for h in search(
+            docs,
+            "report OR latency OR rank OR notes",
+            collection=COLL,
+            k=50,
+            where=where,
+            mode=mode,
+        )
+    }
+    assert found == expected

@@ -491,7 +491,11 @@ class _Compiler:
         self.params[name] = value
         placeholder: sql.Composable = sql.Placeholder(name)
         if cast:
-            placeholder = placeholder + sql.SQL("::" + cast)
+            # CAST(), not ``::``: the full-text list takes the condition as SQL text with
+            # the values quoted client-side (search/service.py), where a negative integer
+            # is `` -2147483648``, and ``-2147483648::integer`` is ``-(2147483648::integer)``
+            # to PostgreSQL, out of range; bound server-side the two are the same
+            placeholder = sql.SQL("CAST({} AS {})").format(placeholder, sql.SQL(cast))
         return placeholder
 
     def compile_object(self, spec: Mapping[str, Any], at: str, depth: int) -> sql.Composable:
