@@ -48,6 +48,18 @@ CLI = [sys.executable, "-c", "import sys; from ragstore.cli import main; main(sy
             "postgresql://u:hunter2%ZZ@db/x",
             'it is not a valid PostgreSQL URL: invalid percent-encoded token: "…"; percent-encode',
         ),
+        # libpq reads the port only when it connects: these were exit 69 there
+        (
+            "RAGSTORE_DATABASE_URL",
+            "postgresql://u:hunter2@db:notaport/x",
+            "it names a port that is not a number from 1 to 65535; e.g. postgresql://",
+        ),
+        (
+            "RAGSTORE_READ_DATABASE_URLS",
+            "host=db2 port=99999 password=hunter2",
+            "item 1 of the comma-separated list names a port that is not a number from 1 "
+            "to 65535; e.g. port=5432",
+        ),
         (
             "RAGSTORE_READ_DATABASE_URLS",
             "postgresql://db2/x, host=db3 password='a,hunter2'",
@@ -81,7 +93,12 @@ def test_a_database_url_libpq_cannot_take_is_a_config_error(
 
 
 @pytest.mark.parametrize(
-    "value", ["postgresql://u@db:5432/x", "postgres://db/x", "host=/tmp dbname=x user=u"]
+    "value",
+    [
+        "postgresql://u@db:5432/x",
+        "postgres://db/x",
+        "host=/tmp dbname=x user=u",
+    ],
 )
 def test_every_form_libpq_takes_is_accepted(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from ragstore.config import Settings
@@ -90,6 +107,22 @@ def test_every_form_libpq_takes_is_accepted(value: str, monkeypatch: pytest.Monk
     assert settings.database_url is not None
     assert settings.database_url.get_secret_value() == value
     assert settings.replica_urls == [value, value]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "postgresql://u@db1:5432,db2:5433/x",  # a port for each host
+        "postgresql://u@db1,db2:5433/x",  # db1 on the default port
+        "host=db1,db2 port=5432,5433",
+    ],
+)
+def test_a_port_for_each_of_several_hosts_is_accepted(value: str) -> None:
+    from ragstore.config import Settings
+
+    settings = Settings(database_url=value)
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == value
 
 
 NOT_UTF8 = os.fsdecode(b"team\xff")  # as Python holds an argument of bytes not UTF-8

@@ -434,11 +434,29 @@ def _check_conninfo(text: str, which: str) -> None:
     from psycopg.conninfo import conninfo_to_dict
 
     try:
-        conninfo_to_dict(text)
+        parts = conninfo_to_dict(text)
     except psycopg.ProgrammingError as exc:
         raise ValueError(
             f"{which or 'it '}is not a valid {form}: {conninfo_problem(exc)}; {example}"
         ) from None
+    # libpq reads the port only when it connects: ``host:notaport`` passed here and was
+    # reported as the database being unavailable (exit 69). The port is not repeated: a
+    # password with an unencoded ``@`` or ``:`` in it is what ends up there.
+    ports = str(parts.get("port") or "").split(",")  # one per host of a multi-host URL
+    if not all(p.strip() == "" or _is_port(p.strip()) for p in ports):
+        raise ValueError(
+            f"{which or 'it '}names a port that is not a number from 1 to 65535; e.g. "
+            + (
+                "postgresql://user:password@host:5432/dbname (percent-encode a reserved "
+                "character of the password: @ as %40, : as %3A)"
+                if "://" in text
+                else "port=5432"
+            )
+        )
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= 65535
 
 
 # the one message of libpq's on a conninfo it cannot parse whose quotes hold its own words

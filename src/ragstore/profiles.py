@@ -128,14 +128,30 @@ def check_profile(settings: Settings) -> None:
 
 def get_settings(**overrides: Any) -> Settings:
     """Build and validate the settings; raise one ConfigError naming each bad variable."""
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        lines = [describe_error(dict(e)) for e in exc.errors()]
-        raise ConfigError("; ".join(lines)) from None
+    settings = _validated(overrides)
     check_profile(settings)
     _warn_misspelled()
     return settings
+
+
+def settings_with(settings: Settings, **overrides: Any) -> Settings:
+    """``settings`` with ``overrides`` applied and validated as the environment's are.
+
+    ``model_copy(update=...)`` validates nothing: ``Store(url, settings=...)`` kept a bad
+    URL as a plain ``str`` (shown by the settings' repr, password and all) and failed at
+    the first connection with an AttributeError."""
+    return _validated({**dict(settings), **overrides})
+
+
+def _validated(values: dict[str, Any]) -> Settings:
+    """Settings from ``values`` (the environment for the rest), or one ConfigError naming
+    each bad variable. pydantic's own text repeats each bad input, a password too, so
+    neither it nor the ValidationError (``from None``) reaches a traceback or a log."""
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        lines = [describe_error(dict(e)) for e in exc.errors()]
+        raise ConfigError("; ".join(lines)) from None
 
 
 _warned: set[str] = set()

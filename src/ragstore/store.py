@@ -45,7 +45,7 @@ from ragstore.errors import (
     all_error_classes,
 )
 from ragstore.ingest import texts as text_service
-from ragstore.profiles import get_settings
+from ragstore.profiles import get_settings, settings_with
 from ragstore.runtime import Runtime
 from ragstore.validation import (
     check_value,
@@ -113,7 +113,7 @@ class Store:
         if settings is None:
             settings = get_settings(**overrides)
         elif overrides:
-            settings = settings.model_copy(update=overrides)
+            settings = settings_with(settings, **overrides)
         self._runtime = Runtime(settings)
         self._owns = True
         self._closed = False

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import threading
+import traceback
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +24,7 @@ from ragstore.embedding.base import Embedder
 from ragstore.embedding.http import HttpEmbedder
 from ragstore.embedding.registry import DEFAULT_MODEL, load_embedder, resolve_spec
 from ragstore.errors import (
+    ConfigError,
     ConflictError,
     EmbeddingProviderError,
     InputError,
@@ -172,6 +174,30 @@ def test_http_embedder_does_not_retry_a_refused_api_key(server: EmbeddingServer)
     assert server.requests - before == 1
     assert "HTTP 401 Incorrect API key provided" in str(err.value)
     assert "wrong" not in repr(emb._api_key)
+
+
+@pytest.mark.parametrize("key", ["sk-test-123\nX-Leak: sk-SECRET", "sk-test-123-SECRÉT"])
+def test_an_api_key_a_header_cannot_carry_is_a_config_error_that_hides_it(
+    server: EmbeddingServer, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line break inside the key made httpx's error quote the whole Authorization header
+    and a non-ASCII character raised a UnicodeEncodeError holding it: the key reached the
+    exception's text. Now a config error names the variable, not the value."""
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", key)
+    with pytest.raises(ConfigError) as err:
+        HttpEmbedder(_spec(server)).embed(["x"])
+    said = "".join(traceback.format_exception(err.value)) + repr(err.value)
+    assert "SECRET" not in said
+    assert str(err.value).startswith(
+        "RAGSTORE_TEST_EMBED_KEY holds a character an HTTP header cannot carry"
+    )
+
+
+def test_an_api_key_read_with_its_line_break_is_sent_without_it(
+    server: EmbeddingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123\n")  # a key file's last line
+    assert len(HttpEmbedder(_spec(server)).embed(["x"])) == 1
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ from ragstore.embedding.base import (
     tokenizer_spans,
 )
 from ragstore.embedding.paths import resolve_path
-from ragstore.errors import EmbeddingProviderError, ModelError, ModelMismatchError
+from ragstore.errors import ConfigError, EmbeddingProviderError, ModelError, ModelMismatchError
 from ragstore.models import ModelSpec
 from ragstore.observability import metrics
 
@@ -76,6 +76,21 @@ ENCODING_FORMATS = ("base64", "float")
 DEFAULT_CONCURRENCY = 4  # requests in flight at once: 2x a load at a 100 ms round trip
 MAX_CONCURRENCY = 64
 _WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def _sendable_key(key: SecretStr, where: str) -> SecretStr:
+    """``key`` without the spaces around it (a key file's line break), or a ConfigError
+    naming ``where`` (the variable) when an HTTP header cannot carry it. Sent as it was,
+    a line break inside made httpx's error quote the whole ``Authorization`` header and a
+    non-ASCII character raised a UnicodeEncodeError holding it: the key reached the
+    exception, the CLI's output and the HTTP API's answer."""
+    text = key.get_secret_value().strip()
+    if not all(" " <= c <= "~" for c in text):
+        raise ConfigError(
+            f"{where} holds a character an HTTP header cannot carry (a line break, a "
+            "control character or a non-ASCII one); set it to the API key alone"
+        )
+    return SecretStr(text)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -139,7 +154,9 @@ class HttpEmbedder(Embedder):
         if api_key is None:
             env = str(opts.get("api_key_env", DEFAULT_API_KEY_ENV))
             raw = os.environ.get(env)
-            api_key = SecretStr(raw) if raw else None
+            api_key = _sendable_key(SecretStr(raw), env) if raw else None
+        else:
+            api_key = _sendable_key(api_key, "the API key given")
         self._api_key = api_key
         self._sleep = sleep
         self._timeout_s = timeout  # the whole answer's, not only each read's (_send)
