@@ -792,3 +792,22 @@ def test_an_http_model_asked_for_more_dimensions_than_it_makes_is_refused(
             dimensions=1000,
         )
     assert [m for m in list_models(rt) if m.spec.name == "minilm-1000"] == []
+
+
+@pytest.mark.parametrize(
+    ("base_url", "shown"),
+    [
+        ("ftp://me:hunter2-SECRET@example.org/v1", "'ftp://example.org/v1'"),
+        ("me:hunter2-SECRET@example.org:8080/v1", "'example.org:8080/v1'"),
+        ("example.org:8080/v1", "'example.org:8080/v1'"),
+    ],
+)
+def test_a_base_url_that_is_no_http_url_is_named_without_its_password(
+    server: EmbeddingServer, base_url: str, shown: str
+) -> None:
+    """The refusal names the URL given (it printed ``{base_url!r}`` itself) and never the
+    password written into it."""
+    with pytest.raises(ModelError) as caught:
+        HttpEmbedder(_spec(server, base_url=base_url))
+    text = str(caught.value)
+    assert f"got {shown}" in text and "hunter2" not in text and "{base_url" not in text

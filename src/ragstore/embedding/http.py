@@ -93,6 +93,17 @@ def _sendable_key(key: SecretStr, where: str) -> SecretStr:
     return SecretStr(text)
 
 
+# a URL's ``user:password@`` (with or without a scheme before it)
+_USERINFO = re.compile(r"^((?:[^/?#]*:)?//)?[^/?#@]*@")
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without its ``user:password@``: a refused base URL is named in the error,
+    and the password written into it must not be (the error said ``{base_url!r}``, its
+    f-string prefix missing, and so named no URL at all)."""
+    return _USERINFO.sub(r"\1", url, count=1)
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     """Seconds the server asked us to wait (delta-seconds or an HTTP date), if it said."""
     value = response.headers.get("retry-after")
@@ -126,7 +137,7 @@ class HttpEmbedder(Embedder):
         if not base_url.startswith(("http://", "https://")):
             raise ModelError(
                 f"model {spec.key}: options.base_url must be an http(s) URL such as "
-                "http://127.0.0.1:8080/v1, got {base_url!r}"
+                f"http://127.0.0.1:8080/v1, got {_without_userinfo(base_url)!r}"
             )
         self.spec = spec
         self.url = base_url + "/embeddings"
