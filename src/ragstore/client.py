@@ -213,14 +213,34 @@ class _KeyedWrites:
     """Whether the server honours ``Idempotency-Key``: learned from any answer that says
     ``RAGStore-Idempotency: 1`` (:data:`ragstore._requests.IDEMPOTENCY_SUPPORT_HEADER`),
     and kept. Until then a background upload that got no answer is not sent again: an
-    older server ignored the key and queued a second job. A client's first request
-    cannot know it; any earlier call (``health()``, ``create_collection``) tells it."""
+    older server ignored the key and queued a second job. A client whose first request
+    was such an upload did not know it yet, and that upload was not sent again: a call
+    whose retries depend on it asks ``/healthz`` first, once (:meth:`_asks_keys_first`)."""
 
     keys_honoured: bool = False
+    retries: int
+    _keys_asked: bool = False
 
     def _note_keys(self, response: httpx.Response) -> None:
         if response.headers.get(calls.IDEMPOTENCY_SUPPORT_HEADER, "").strip() == "1":
             self.keys_honoured = True
+
+    def _asks_keys_first(self, call: Call[Any]) -> bool:
+        """Whether to ask the server (``/healthz``) before sending ``call``: how often
+        it may be sent depends on whether the server honours its key
+        (:meth:`ragstore._requests.Call.effect_on`), no answer has said so yet, the
+        server has not answered the question before (one whose answer did not say it is
+        an older server: asked once, not before every upload) and the call may be sent
+        again at all (``retries``)."""
+        if self.keys_honoured or self._keys_asked or self.retries <= 0:
+            return False
+        return call.effect_on(True) != call.effect_on(False)
+
+    def _keys_answered(self, error: RagstoreError | None) -> None:
+        """The question was sent once, without retries (the call itself waits for a
+        server that is away); ``error`` None or an error answer: it was answered, and
+        not asked again. No answer: asked again before the next such call."""
+        self._keys_asked = error is None or getattr(error, "status", None) is not None
 
 
 def _retry_options(retries: int, max_retry_wait: float) -> tuple[int, float]:
@@ -325,6 +345,13 @@ class Client(_WritePosition, _KeyedWrites):
         return response
 
     def _send(self, call: Call[T]) -> T:
+        if self._asks_keys_first(call):
+            asked: RagstoreError | None = None
+            try:  # its answer says it (_note_keys); unsaid, sent as to an older server
+                self._request_once("GET", calls.health().path, "read", {})
+            except RagstoreError as exc:
+                asked = exc
+            self._keys_answered(asked)
         effect = call.effect_on(self.keys_honoured)
         response = self.request(call.method, call.path, effect=effect, **call.kwargs())
         return read_answer(call, response)
@@ -681,6 +708,13 @@ class AsyncClient(_WritePosition, _KeyedWrites):
         return response
 
     async def _send(self, call: Call[T]) -> T:
+        if self._asks_keys_first(call):  # as Client._send
+            asked: RagstoreError | None = None
+            try:
+                await self._request_once("GET", calls.health().path, "read", {})
+            except RagstoreError as exc:
+                asked = exc
+            self._keys_answered(asked)
         effect = call.effect_on(self.keys_honoured)
         response = await self.request(call.method, call.path, effect=effect, **call.kwargs())
         return read_answer(call, response)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import re
 import socket
 import threading
 import time
@@ -106,11 +107,14 @@ def test_rate_limited_writes_wait_their_retry_after(settings: Settings, keys: Ke
 class _Proxy:
     """A real TCP proxy in front of the server, on its own event loop: ``drop`` answers
     are read from the server (the request was done) and the client's connection is
-    reset instead of being given them."""
+    reset instead of being given them, after ``drop_after`` answers passed. ``hide_keys``:
+    the answers do not say the server honours Idempotency-Key (an older server)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.drop = 0
+        self.drop_after = 0
+        self.hide_keys = False
         self.loop = asyncio.new_event_loop()
         self.port = 0
         ready = threading.Event()
@@ -134,9 +138,20 @@ class _Proxy:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, back: bool) -> None:
+            passing = False  # the answer being read is one of drop_after's
             try:
                 while data := await src.read(65536):
-                    if back and self.drop > 0:
+                    if back and data.startswith(b"HTTP/"):  # an answer's first bytes
+                        passing = self.drop > 0 and self.drop_after > 0
+                        if passing:
+                            self.drop_after -= 1
+                        if self.hide_keys:  # the same length: Content-Length holds
+                            data = re.sub(
+                                rb"(?i)\r\nragstore-idempotency:",
+                                b"\r\nx-unsaid-idempotency:",
+                                data,
+                            )
+                    if back and self.drop > 0 and not passing:
                         self.drop -= 1
                         writer.transport.abort()  # the answer never reaches the client
                         up_writer.close()
@@ -269,12 +284,58 @@ def test_a_background_upload_whose_answer_is_lost_is_sent_again_once_keys_are_kn
                 assert async_job["id"] in [
                     j["id"] for j in direct.list_jobs(collection="bg")["data"]
                 ]
-                # a client's first request cannot know the server honours keys: not sent again
+        finally:
+            proxy.close()
+
+
+def test_a_first_background_upload_whose_answer_is_lost_asks_whether_keys_are_honoured(
+    settings: Settings,
+) -> None:
+    # A client whose first request was a background upload did not know yet that the
+    # server honours Idempotency-Key: its answer lost, it was not sent again (outcome
+    # unknown), though the server would have answered the resend with the first job. Now
+    # the client asks /healthz first, once; a server that does not say it (an older one,
+    # here: the proxy hides the header) still has the upload not sent again.
+    port = _free_port()
+    with _serve_on(with_(settings, auth="off"), port):
+        proxy = _Proxy(port)
+        try:
+            url = f"http://127.0.0.1:{proxy.port}"
+            with Client(f"http://127.0.0.1:{port}") as direct:
+                direct.create_collection("first", model="their-model@1", dimension=2)
+
+                def jobs() -> int:
+                    return len(direct.list_jobs(collection="first")["data"])
+
                 with Client(url) as fresh:
-                    proxy.drop = 1
+                    proxy.drop, proxy.drop_after = (
+                        1,
+                        1,
+                    )  # /healthz's answer passes, the upload's lost
+                    job = fresh.upload("first", [("a.md", b"# A\n\nalpha")], background=True)
+                    assert proxy.drop == 0 and fresh.keys_honoured
+                assert [j["id"] for j in direct.list_jobs(collection="first")["data"]] == [
+                    job["id"]
+                ]
+
+                async def sent_async() -> dict[str, Any]:
+                    async with AsyncClient(url) as ac:
+                        proxy.drop, proxy.drop_after = 1, 1
+                        return await ac.upload("first", [("b.md", b"beta")], background=True)
+
+                asyncio.run(sent_async())
+                assert proxy.drop == 0 and jobs() == 2
+                # the server does not say it honours keys: not sent again, asked once
+                proxy.hide_keys = True
+                with Client(url) as older:
+                    proxy.drop, proxy.drop_after = 1, 1
                     with pytest.raises(OutcomeUnknownError, match="Check before sending it"):
-                        fresh.upload("bg", [("d.md", b"delta")], background=True)
-                assert len(direct.list_jobs(collection="bg")["data"]) == 4
+                        older.upload("first", [("c.md", b"gamma")], background=True)
+                    assert not older.keys_honoured and jobs() == 3
+                    proxy.drop, proxy.drop_after = 1, 0  # no second question: the upload's
+                    with pytest.raises(OutcomeUnknownError):
+                        older.upload("first", [("d.md", b"delta")], background=True)
+                assert jobs() == 4
         finally:
             proxy.close()
 

@@ -1654,16 +1654,20 @@ def test_a_restore_whose_tables_are_let_go_while_it_tries_completes(
     assert reader.longest_wait(started, released[0]) < 2.0, reader.answers
 
 
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "human"])
 def test_a_restore_tried_again_names_every_backup_it_took(
     populated: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    as_json: bool,
 ) -> None:
     """Each try of a restore behind another session's transaction takes its own backup
     of what it replaces (a try rolled back lets writes in before the next); ``--json``
     named only the last, the earlier tries' files left on disk unnamed. It names every
-    one: the last as ``replaced_backup``, the earlier ones as ``earlier_backups``."""
+    one: the last as ``replaced_backup``, the earlier ones as ``earlier_backups``.
+    Without ``--json`` each try printed its ``backup:`` line and nothing said which one
+    undoes the restore: it says so now, and that the others are earlier copies."""
     monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path))
     archive = tmp_path / "b.dump"
     assert run_cli("backup", str(archive), "--json") == 0
@@ -1687,17 +1691,27 @@ def test_a_restore_tried_again_names_every_backup_it_took(
     capsys.readouterr()
     letgo.start()
     try:
-        status = run_cli("restore", str(archive), "--yes", "--json")
+        status = run_cli("restore", str(archive), "--yes", *(["--json"] if as_json else []))
     finally:
         letgo.join()
         holder.close()
     out, err = capsys.readouterr()
     assert status == 0, err
     assert full_dump(populated) == restored
-    result = json.loads(out)
-    named = [*result.get("earlier_backups", []), result["replaced_backup"]]
     on_disk = taken()
     assert len(on_disk) >= 2, on_disk
+    if not as_json:
+        assert [ln for ln in out.splitlines() if ln.startswith("backup: ")][1:], out
+        *earlier, last = on_disk
+        assert f"to undo it, restore {last}, the backup of what it replaced" in out, out
+        assert (
+            f"other backup{'s' if earlier[1:] else ''} above ({', '.join(map(str, earlier))})"
+            in out
+        )
+        assert "from the restore's earlier tries, older than that one" in out, out
+        return
+    result = json.loads(out)
+    named = [*result.get("earlier_backups", []), result["replaced_backup"]]
     assert [Path(p).resolve() for p in named] == [p.resolve() for p in on_disk], out
 
 

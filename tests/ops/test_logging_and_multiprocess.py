@@ -554,3 +554,47 @@ def test_a_console_line_with_newlines_or_escapes_in_its_message_stays_one_line()
     assert "/v1/x\\n2026" in lines[0] and "\\x1b[2J" in lines[0]
     assert "\u2028" not in out.getvalue() and "\x07" not in out.getvalue()
     assert "collection=c\\x1b[2J" in lines[1], lines[1]
+
+
+_NO_STDERR = r"""
+import logging, os, sys
+from ragstore.observability.logging import configure_logging, get_logger
+assert sys.stderr is None  # Python started with fd 2 closed
+mode, path = sys.argv[1], sys.argv[2]
+if mode == "reopened":  # a service wrapper puts its log file on fd 2 after the start
+    assert os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) == 2
+configure_logging("info", log_format="json")
+if mode == "closed":  # a file opened later (the connection to PostgreSQL)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    print("fd", fd)
+get_logger("ragstore.test").info("ours", mode=mode)
+logging.getLogger("uvicorn.error").warning("a library's")
+print("done")
+"""
+
+
+@pytest.mark.parametrize("mode", ["reopened", "closed"])
+def test_logging_without_stderr_uses_fd_2_or_drops_lines_quietly(tmp_path: Path, mode: str) -> None:
+    """A process not started through the CLI's ``main`` (``python -m ragstore.api``,
+    uvicorn importing the app) with fd 2 closed has no ``sys.stderr``: every log line was
+    dropped unsaid, though a service wrapper had put its log file on fd 2 since. Lines go
+    to fd 2 now where it is open; where it is closed they are dropped without an error,
+    and /dev/null holds fd 2, so a file opened later does not take its number (and what a
+    library writes to stderr)."""
+    path = tmp_path / "fd2.log"
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_STDERR, mode, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(2),
+    )
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.endswith("done\n"), done.stdout
+    written = path.read_text()
+    if mode == "reopened":
+        events = [json.loads(line)["event"] for line in written.splitlines()]
+        assert events == ["ours", "a library's"], written
+    else:
+        assert "fd 2\n" not in done.stdout, done.stdout
+        assert written == ""

@@ -42,6 +42,28 @@ def _named(taken: list[str]) -> dict[str, object]:
     return {"replaced_backup": taken[-1] if taken else None, "earlier_backups": taken[:-1]}
 
 
+def _undo_lines(taken: list[str]) -> list[str]:
+    """The human output's lines saying which backup undoes a restore that took ``taken``
+    (:func:`_named`'s ``replaced_backup``) and that the others are earlier copies. A
+    restore tried again printed one ``backup:`` line per try, each saying "restore with",
+    and nothing said which of them held what the restore replaced."""
+    if not taken:
+        return []
+    last = printable(taken[-1])
+    # named, not spelled as a command: a backup at a schema revision this version does
+    # not know is restored by the newer ragstore that wrote it (its ``backup:`` line)
+    lines = [f"  to undo it, restore {last}, the backup of what it replaced (see its backup: line)"]
+    if taken[1:]:
+        earlier = ", ".join(printable(p) for p in taken[:-1])
+        lines.append(
+            f"  the other {'backups' if taken[2:] else 'backup'} above ({earlier}) "
+            f"{'are earlier copies' if taken[2:] else 'is an earlier copy'} from the "
+            "restore's earlier tries, older than that one: a fallback, or remove "
+            f"{'them' if taken[2:] else 'it'}"
+        )
+    return lines
+
+
 def register(app: typer.Typer) -> None:
     @app.command("backup")
     def backup(
@@ -184,3 +206,5 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  {result.unread}")
         else:
             typer.echo(f"  schema revision {result.revision or '(none)'}: {_counts(result.counts)}")
+        for line in _undo_lines(taken):
+            typer.echo(line)

@@ -18,12 +18,15 @@ alembic) are routed through the same renderer.
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -132,9 +135,10 @@ def configure_logging(
     """Send every log line (ours and the standard library's) to ``stream`` (stderr).
 
     ``auto`` renders JSON unless the stream is a terminal. Calling it again replaces the
-    previous configuration (tests and the CLI re-configure freely).
+    previous configuration (tests and the CLI re-configure freely). Where there is no
+    ``sys.stderr`` (a process started with fd 2 closed), see :func:`_stderr_fallback`.
     """
-    out = stream or sys.stderr
+    out = stream or sys.stderr or _stderr_fallback()
     use_console = log_format == "console" or (
         log_format == "auto" and hasattr(out, "isatty") and out.isatty()
     )
@@ -176,6 +180,73 @@ def configure_logging(
         lib.propagate = True
     # our own access line replaces uvicorn's (it has the route, status and request id)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+_fallback: IO[str] | None = None
+
+
+def _stderr_fallback() -> IO[str]:
+    """Where log lines go in a process Python started without stderr (fd 2 closed at its
+    start: ``python -m ragstore.api 2>&-``, a service manager, uvicorn importing the app;
+    the CLI's ``main`` fills fd 2 itself): ``sys.stderr`` is None, and every line was
+    dropped without a word, though fd 2 may have been opened since (a service wrapper
+    putting its log file there).
+
+    fd 2 when it is open for writing. Closed, /dev/null is opened on it first (lines are
+    dropped, quietly): otherwise the next file or connection the process opens (the
+    connection to PostgreSQL) becomes fd 2, and what a library writes to stderr goes
+    into it. Open for reading only (a file that took the number): lines are dropped, and
+    that file is left alone; one the process opened for writing before this call took
+    the number gets them, as it gets whatever a library writes to stderr. The same
+    stream on every call, so reconfiguring opens nothing new."""
+    global _fallback
+    if _fallback is not None and not _fallback.closed:
+        return _fallback
+    try:
+        os.fstat(2)
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            _fill_fd2()
+    if _writable(2):
+        # kept for the process's life, as stderr is; fd 2 itself is never closed by it
+        _fallback = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115
+    else:
+        _fallback = cast(IO[str], _Discard())  # a TextIOBase, as a file object is
+    return _fallback
+
+
+class _Discard(io.TextIOBase):
+    """A text stream that keeps nothing: log lines with nowhere to go."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def _fill_fd2() -> None:
+    """/dev/null on the closed fd 2 (``cli.app._fill_closed_std_fds`` for the CLI)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no /dev/null (a bare chroot): left as it was
+        return
+    if null != 2:
+        os.dup2(null, 2)
+        os.close(null)
+
+
+def _writable(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: as its stderr is, if open
+        try:
+            os.fstat(fd)
+        except OSError:
+            return False
+        return True
+    try:
+        mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    except OSError:
+        return False
+    return mode in (os.O_WRONLY, os.O_RDWR)
 
 
 def get_logger(name: str = "ragstore") -> Any:
