@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -289,6 +290,31 @@ def test_collections_list_through_the_server(
     through_server(monkeypatch, remote_env)
     assert run_cli("collections", "list", "--json") == 0
     assert "remote" in {c["name"] for c in json.loads(capsys.readouterr().out)}
+
+
+def test_documents_list_next_page_hint_keeps_the_filter_and_page_size(
+    ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ``more:`` line of a full page is the command for the next page of the same
+    listing: it said only ``--after ID``, so run as printed it went on with every
+    document, not those under ``--source-prefix``, in pages of 100."""
+    assert run_cli("documents", "list", "-c", "remote", "--json") == 0
+    cats = next(d for d in json.loads(capsys.readouterr().out) if d["source"].endswith("cats.md"))
+    assert (
+        run_cli(
+            "documents", "list", "-c", "remote", "--limit", "1", "--source-prefix", cats["source"]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "cats.md" in captured.out
+    hint = captured.err.strip()
+    assert hint.startswith("more: ragstore documents list "), hint
+    args = shlex.split(hint.removeprefix("more: ragstore "))
+    assert args[args.index("--limit") + 1] == "1"
+    assert run_cli(*args) == 0
+    out = capsys.readouterr().out
+    assert "tea.md" not in out and "no documents in 'remote' after that id" in out
 
 
 def test_documents_list_show_delete(

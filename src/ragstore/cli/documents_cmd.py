@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -33,6 +34,7 @@ app = typer.Typer(help="Documents of a collection: list, show, delete.", no_args
 # the largest id a page cursor carries (api/deps.py decode_cursor): a larger --after was
 # refused as "invalid cursor '...'", a cursor the user never gave
 MAX_AFTER = 10**18 - 1
+DEFAULT_LIMIT = 100  # documents per page when --limit is not given
 
 
 def _collection_option() -> Any:
@@ -105,7 +107,7 @@ def _remote_id(document: str) -> int:
 def list_cmd(
     collection: str | None = _collection_option(),
     # at most 500, as the API and Store take: 501-1000 worked here but not through a server
-    limit: int = typer.Option(100, "--limit", min=1, max=500, help="Documents per page."),
+    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", min=1, max=500, help="Documents per page."),
     after: int | None = typer.Option(
         None,
         "--after",
@@ -165,7 +167,15 @@ def list_cmd(
         ],
     )
     if len(rows) == limit:
-        err_console().print(f"more: ragstore documents list -c {name} --after {rows[-1]['id']}")
+        # the next page of this listing: without its --source-prefix the hint listed every
+        # document after the id, and without its --limit pages of another size
+        hint = ["ragstore", "documents", "list", "-c", name]
+        if source_prefix is not None:
+            hint += ["--source-prefix", source_prefix]
+        if limit != DEFAULT_LIMIT:
+            hint += ["--limit", str(limit)]
+        hint += ["--after", str(rows[-1]["id"])]
+        err_console().print(f"more: {escape(shlex.join(hint))}")
 
 
 @app.command("show")

@@ -152,14 +152,32 @@ def register(app: typer.Typer) -> None:
             "--table",
             help="Table of a PostgreSQL source (llamaindex-pgvector: its table_name).",
         ),
-        id_column: str = typer.Option("id", "--id-column"),
-        text_column: str | None = typer.Option(None, "--text-column"),
-        vector_column: str | None = typer.Option(None, "--vector-column"),
-        metadata_column: str | None = typer.Option(None, "--metadata-column"),
+        id_column: str = typer.Option(
+            "id", "--id-column", help="Column of a PostgreSQL source holding the ids."
+        ),
+        text_column: str | None = typer.Option(
+            None,
+            "--text-column",
+            help="Column holding the texts (default: one named text, content, document...).",
+        ),
+        vector_column: str | None = typer.Option(
+            None,
+            "--vector-column",
+            help="Column holding the vectors (default: one named embedding, vector..., or the "
+            "only vector-typed one).",
+        ),
+        metadata_column: str | None = typer.Option(
+            None,
+            "--metadata-column",
+            help="json/jsonb column holding the metadata (default: a json(b) column named "
+            "metadata, else every other column).",
+        ),
         bytea_dtype: str = typer.Option(
             "float32", "--bytea-dtype", help="float32 or float64 for bytea vectors."
         ),
-        chroma_collection: str | None = typer.Option(None, "--chroma-collection"),
+        chroma_collection: str | None = typer.Option(
+            None, "--chroma-collection", help="Collection of a Chroma directory to read."
+        ),
         source_collection: str | None = typer.Option(
             None,
             "--source-collection",
@@ -179,10 +197,27 @@ def register(app: typer.Typer) -> None:
         ),
         dry_run: bool = typer.Option(False, "--dry-run", help="Read and validate only."),
         no_backup: bool = typer.Option(False, "--no-backup", help="Skip the backup first."),
-        backup_path: Path | None = typer.Option(None, "--backup-path"),
-        verify_queries: int = typer.Option(100, "--verify-queries", min=1, max=10_000),
-        min_recall: float = typer.Option(0.95, "--min-recall"),
-        ef_search: int | None = typer.Option(None, "--ef-search"),
+        backup_path: Path | None = typer.Option(
+            None,
+            "--backup-path",
+            help="Where the backup taken first goes: a file, or a folder for a timestamped one "
+            "(default: RAGSTORE_DATA_DIR/backups/).",
+        ),
+        verify_queries: int = typer.Option(
+            100,
+            "--verify-queries",
+            min=1,
+            max=10_000,
+            help="Source vectors searched to measure the index's recall@10.",
+        ),
+        min_recall: float = typer.Option(
+            0.95, "--min-recall", help="Below this recall@10 the import is rolled back."
+        ),
+        ef_search: int | None = typer.Option(
+            None,
+            "--ef-search",
+            help="HNSW ef_search of the recall check (default: RAGSTORE_HNSW_EF_SEARCH).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
         """Import vectors from a basic store; everything or nothing, verified."""

@@ -35,8 +35,8 @@ def register(app: typer.Typer) -> None:
             "request must present it (Authorization: Bearer).",
         ),
     ) -> None:
-        """Serve search, list_collections, get_document, get_section (and add_document
-        with a write key) as Model Context Protocol tools."""
+        """Serve search, list_collections, list_fields, get_document, get_section (and
+        add_document with a write key) as Model Context Protocol tools."""
         from ragstore.cli.remote import refuse_remote
 
         # its tools use a Store on the database, not the Client: an agent whose environment

@@ -137,7 +137,11 @@ def add_cmd(
         LOCAL_PROVIDER, "--provider", help=f"{LOCAL_PROVIDER} or {HTTP_PROVIDER}."
     ),
     distance: str = typer.Option("cosine", "--distance", help="cosine, l2 or ip."),
-    normalize: bool = typer.Option(True, "--normalize/--no-normalize"),
+    normalize: bool = typer.Option(
+        True,
+        "--normalize/--no-normalize",
+        help="Scale every vector to length 1 (default), or keep the lengths the model gives.",
+    ),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Tokens the model reads."),
     truncate_dim: int | None = typer.Option(
         None,
