@@ -542,6 +542,9 @@ class Client(_WritePosition, _KeyedWrites):
         vector_weight: float | None = None,
         fulltext_weight: float | None = None,
         sections: bool = True,
+        mmr: bool = False,
+        fetch_k: int | None = None,
+        lambda_mult: float | None = None,
     ) -> dict[str, Any]:
         """Search by ``query`` text or by ``vector`` (see :meth:`ragstore.Store.search`)."""
         return self._send(
@@ -559,6 +562,9 @@ class Client(_WritePosition, _KeyedWrites):
                 vector_weight=vector_weight,
                 fulltext_weight=fulltext_weight,
                 sections=sections,
+                mmr=mmr,
+                fetch_k=fetch_k,
+                lambda_mult=lambda_mult,
             )
         )
 
@@ -882,6 +888,9 @@ class AsyncClient(_WritePosition, _KeyedWrites):
         vector_weight: float | None = None,
         fulltext_weight: float | None = None,
         sections: bool = True,
+        mmr: bool = False,
+        fetch_k: int | None = None,
+        lambda_mult: float | None = None,
     ) -> dict[str, Any]:
         return await self._send(
             calls.search(
@@ -898,6 +907,9 @@ class AsyncClient(_WritePosition, _KeyedWrites):
                 vector_weight=vector_weight,
                 fulltext_weight=fulltext_weight,
                 sections=sections,
+                mmr=mmr,
+                fetch_k=fetch_k,
+                lambda_mult=lambda_mult,
             )
         )
 
