@@ -165,3 +165,19 @@ def test_bad_mmr_options_are_refused(store: Store, options: dict[str, Any], mess
     kw: dict[str, Any] = {"k": 3, "mmr": True, **options}
     with pytest.raises(InputError, match=message):
         store.search(COLL, QUERY, **kw)
+
+
+def test_a_collection_of_imported_vectors_needs_the_querys_vector(store: Store) -> None:
+    """Its model cannot embed the query, which MMR compares the hits with: refused with
+    what to give instead, before anything runs; given a vector, MMR runs."""
+    store.create_collection("mmr-imported", model="outside", dimension=3)
+    store.add_texts(
+        "mmr-imported",
+        ["one", "two", "three"],
+        ids=["a", "b", "c"],
+        vectors=[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.6, 0.8, 0.0]],
+    )
+    with pytest.raises(InputError, match="cannot run, and mmr compares the hits with the"):
+        store.search("mmr-imported", "one", mode="fulltext", mmr=True)
+    hits = store.search("mmr-imported", vector=[1.0, 0.1, 0.0], k=2, mmr=True, lambda_mult=0.5)
+    assert [h["source"] for h in hits["data"]] == ["a", "c"]  # b is a's copy
