@@ -88,3 +88,29 @@ def waiting_searches(conninfo: str) -> int:
             " AND query ILIKE '%%chunks%%'"
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+def reference_mmr(
+    query: np.ndarray, embeddings: np.ndarray, k: int, lambda_mult: float
+) -> list[int]:
+    """LangChain's ``maximal_marginal_relevance``, written out (cosine similarity; the
+    first pick the most similar; strict ``>`` so ties go to the earlier candidate)."""
+
+    def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a = a / np.linalg.norm(a, axis=1, keepdims=True)
+        b = b / np.linalg.norm(b, axis=1, keepdims=True)
+        return np.asarray(a @ b.T)
+
+    to_query = cosine(query[None, :], embeddings)[0]
+    picked = [int(np.argmax(to_query))]
+    while len(picked) < min(k, len(embeddings)):
+        to_picked = cosine(embeddings, embeddings[picked])
+        best, best_i = -np.inf, -1
+        for i, sim in enumerate(to_query):
+            if i in picked:
+                continue
+            score = lambda_mult * sim - (1 - lambda_mult) * max(to_picked[i])
+            if score > best:
+                best, best_i = score, i
+        picked.append(best_i)
+    return picked

@@ -170,3 +170,24 @@ def test_a_vector_file_that_is_not_utf8_is_one_line(
         f"error[invalid_input]: --vector @{bad}: the file is not UTF-8 (byte 0); "
         "give a file holding one JSON array of numbers"
     )
+
+
+def test_mmr_search_and_its_bad_options(corpus: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--mmr`` picks among the best ``--fetch-k`` (search/mmr.py); with ``--lambda-mult 1``
+    in vector mode it is the plain top k; bad values are one line."""
+    args = ["search", "how long do cats sleep", "-c", corpus, "--json", "--mode", "vector"]
+    assert run_cli(*args, "-k", "2") == 0
+    plain = [h["chunk_id"] for h in json.loads(capsys.readouterr().out)]
+    assert run_cli(*args, "-k", "2", "--mmr", "--fetch-k", "4", "--lambda-mult", "1") == 0
+    assert [h["chunk_id"] for h in json.loads(capsys.readouterr().out)] == plain
+    assert run_cli(*args, "-k", "2", "--mmr", "--explain") == 0
+    assert json.loads(capsys.readouterr().out)[1]["explain"]["mmr"]["rank"] == 2
+    for bad, message in (
+        (["-k", "3", "--mmr", "--fetch-k", "2"], r"fetch_k (2) is smaller than k (3)"),
+        (["--mmr", "--lambda-mult", "2"], "lambda_mult must be between 0"),
+        (["--fetch-k", "5"], "fetch_k only apply to a maximal-marginal-relevance search"),
+    ):
+        assert run_cli(*args, *bad) != 0
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error[invalid_input]: ") and message in err
+        assert len(err.splitlines()) == 1

@@ -1321,6 +1321,9 @@ def search(
     vector_weight: float | None = None,
     fulltext_weight: float | None = None,
     sections: bool = True,
+    mmr: bool = False,
+    fetch_k: int | None = None,
+    lambda_mult: float | None = None,
 ) -> Call[dict[str, Any]]:
     from ragstore.validation import flag
 
@@ -1329,6 +1332,8 @@ def search(
         sections, "sections"
     ):  # only when asked, so that an older server is not sent an unknown field
         body["sections"] = False
+    if flag(mmr, "mmr"):  # likewise
+        body["mmr"] = True
     options: dict[str, Any] = {
         "query": query,
         "vector": None if vector is None else _floats(vector, "the query vector"),
@@ -1339,6 +1344,8 @@ def search(
         "rrf_k": rrf_k,
         "vector_weight": vector_weight,
         "fulltext_weight": fulltext_weight,
+        "fetch_k": fetch_k,
+        "lambda_mult": lambda_mult,
     }
     body.update({key: value for key, value in options.items() if value is not None})
     # what the encoder would fail on (a lone surrogate in the query, a NaN weight, a

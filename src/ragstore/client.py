@@ -569,6 +569,9 @@ class Client(_WritePosition, _KeyedWrites):
         vector_weight: float | None = None,
         fulltext_weight: float | None = None,
         sections: bool = True,
+        mmr: bool = False,
+        fetch_k: int | None = None,
+        lambda_mult: float | None = None,
     ) -> dict[str, Any]:
         """Search by ``query`` text or by ``vector`` (see :meth:`ragstore.Store.search`)."""
         return self._send(
@@ -586,6 +589,9 @@ class Client(_WritePosition, _KeyedWrites):
                 vector_weight=vector_weight,
                 fulltext_weight=fulltext_weight,
                 sections=sections,
+                mmr=mmr,
+                fetch_k=fetch_k,
+                lambda_mult=lambda_mult,
             )
         )
 
@@ -916,6 +922,9 @@ class AsyncClient(_WritePosition, _KeyedWrites):
         vector_weight: float | None = None,
         fulltext_weight: float | None = None,
         sections: bool = True,
+        mmr: bool = False,
+        fetch_k: int | None = None,
+        lambda_mult: float | None = None,
     ) -> dict[str, Any]:
         return await self._send(
             calls.search(
@@ -932,6 +941,9 @@ class AsyncClient(_WritePosition, _KeyedWrites):
                 vector_weight=vector_weight,
                 fulltext_weight=fulltext_weight,
                 sections=sections,
+                mmr=mmr,
+                fetch_k=fetch_k,
+                lambda_mult=lambda_mult,
             )
         )
 

@@ -586,12 +586,18 @@ class Store:
         vector_weight: float | None = None,
         fulltext_weight: float | None = None,
         sections: bool = True,
+        mmr: bool = False,
+        fetch_k: int | None = None,
+        lambda_mult: float | None = None,
     ) -> dict[str, Any]:
         """The best ``k`` chunks for ``query`` (text) or ``vector`` (an embedding of the
         collection's model), or both; ``mode`` defaults to hybrid (vector with a vector
         alone). ``context``: neighbouring chunks (0-50) or ``"section"``. Each section is
         returned once (``section_score``, ``section_hits``); ``sections=False`` ranks
-        chunks alone."""
+        chunks alone. ``mmr``: maximal marginal relevance, ``k`` hits picked among the
+        ranking's best ``fetch_k`` (default 20, at least ``k``) for relevance and diversity
+        (``lambda_mult``, default 0.5: 1 most relevant, 0 most diverse), in the order
+        picked, each with the ranking's score."""
         return _dump(
             search_response(
                 self._rt,
@@ -608,6 +614,9 @@ class Store:
                 vector_weight=vector_weight,
                 fulltext_weight=fulltext_weight,
                 sections=sections,
+                mmr=mmr,
+                fetch_k=fetch_k,
+                lambda_mult=lambda_mult,
             )
         )
 
@@ -663,6 +672,9 @@ def search_response(
     vector_weight: float | None = None,
     fulltext_weight: float | None = None,
     sections: bool = True,
+    mmr: bool = False,
+    fetch_k: int | None = None,
+    lambda_mult: float | None = None,
 ) -> SearchResponse:
     """One search as the Store and the HTTP route run it: hits (with context if asked),
     timing, and with ``explain`` the plan of the lists and their fusion."""
@@ -674,6 +686,7 @@ def search_response(
     t0 = time.perf_counter()
     flag(explain, "explain")  # as the HTTP schema checks them (see validation.flag)
     flag(sections, "sections")
+    flag(mmr, "mmr")
     resolved = service.resolve_mode(mode, query, vector)
 
     defaults = FusionParams()
@@ -694,6 +707,9 @@ def search_response(
         fusion=fusion,
         vector=vector,
         sections=sections,
+        mmr=mmr,
+        fetch_k=fetch_k,
+        lambda_mult=lambda_mult,
     )
     if context is not None:
         hits = list(with_context(rt, hits, parse_context(str(context))))
@@ -710,6 +726,7 @@ def search_response(
             ef_search=ef_search,
             fusion=fusion,
             sections=sections,
+            mmr=(fetch_k, lambda_mult) if mmr else None,
         )
     data = [hit_public(h) for h in hits]
     return SearchResponse(

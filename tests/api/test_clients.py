@@ -89,6 +89,44 @@ def test_http_add_texts_creates_the_collection_and_skips_unchanged(notes: Client
     ]
 
 
+def test_the_three_give_the_same_mmr_hits(notes: Client, open_url: str, store: Store) -> None:
+    """``mmr``, ``fetch_k`` and ``lambda_mult`` reach the server's search (search/mmr.py)
+    from both clients; refused values are 422 problem+json, as in process InputError."""
+    options: dict[str, Any] = {"k": 2, "mmr": True, "fetch_k": 3, "lambda_mult": 0.2}
+    query = "how do I go back a revision"
+    over_http = notes.search("notes", query, explain=True, **options)
+
+    async def run_async() -> dict[str, Any]:
+        async with AsyncClient(open_url) as ac:
+            return await ac.search("notes", query, explain=True, **options)
+
+    in_process = store.search("notes", query, explain=True, **options)
+    picks = [h["explain"]["mmr"] for h in over_http["data"]]
+    assert [p["fetch_k"] for p in picks] == [3, 3] and picks[1]["lambda_mult"] == 0.2
+    for out in (asyncio.run(run_async()), in_process):
+        assert out["data"] == over_http["data"]
+        assert (
+            out["plan"]["mmr"]
+            == over_http["plan"]["mmr"]
+            == {
+                "fetch_k": 3,
+                "lambda_mult": 0.2,
+                "similarity": "cosine",
+            }
+        )
+    for body, message in (
+        ({"k": 3, "mmr": True, "fetch_k": 2}, "fetch_k (2) is smaller than k (3)"),
+        ({"mmr": True, "lambda_mult": 1.5}, "lambda_mult"),
+        ({"fetch_k": 5}, "fetch_k only apply to a maximal-marginal-relevance search"),
+    ):
+        answer = httpx.post(f"{open_url}/v1/collections/notes/search", json={"query": "x", **body})
+        assert answer.status_code == 422
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert message in answer.text
+    with pytest.raises(InputError, match=r"fetch_k \(2\) is smaller than k \(3\)"):
+        notes.search("notes", query, k=3, mmr=True, fetch_k=2)
+
+
 def test_the_three_give_the_same_hits(notes: Client, open_url: str, store: Store) -> None:
     options: dict[str, Any] = {
         "k": 2,

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from langchain_core.documents import Document
-from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
@@ -345,3 +345,80 @@ def test_a_self_query_on_a_metadata_key_named_like_a_built_in_reads_the_metadata
         "kittens",
         "ops.pdf",
     ]
+
+
+class _TableEmbeddings(Embeddings):
+    """Known vectors: each text's from a table (the query's too), so that a test can
+    compute LangChain's own MMR choice from the very vectors ragstore holds."""
+
+    def __init__(self, table: dict[str, list[float]]) -> None:
+        self.table = table
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [self.table[t] for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.table[text]
+
+
+def _mmr_table() -> dict[str, list[float]]:
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    topic = rng.normal(size=8)
+    table = {f"copy {i}": topic for i in range(3)}  # three copies of one vector
+    table.update({f"near {i}": topic + rng.normal(scale=0.8, size=8) for i in range(4)})
+    table.update({f"far {i}": rng.normal(size=8) for i in range(3)})
+    table["query"] = topic + rng.normal(scale=0.3, size=8)
+    return {t: [float(x) for x in v] for t, v in table.items()}
+
+
+@pytest.mark.parametrize(("k", "fetch_k", "lambda_mult"), [(4, 10, 0.5), (3, 6, 0.25)])
+def test_mmr_retriever_picks_what_langchains_mmr_picks(
+    store: Store, k: int, fetch_k: int, lambda_mult: float
+) -> None:
+    """``max_marginal_relevance_search`` raised NotImplementedError (langchain_core's), so
+    ``as_retriever(search_type="mmr")`` failed; it now picks what langchain_core's own
+    ``maximal_marginal_relevance`` picks from the best ``fetch_k`` by vector."""
+    import numpy as np
+    from langchain_core.vectorstores.utils import maximal_marginal_relevance
+
+    table = _mmr_table()
+    texts = [t for t in table if t != "query"]
+    vs = RagstoreVectorStore(store, "lc-mmr", _TableEmbeddings(table), model_name="table")
+    vs.add_texts(texts, ids=texts)
+    candidates = vs.similarity_search_by_vector(table["query"], k=fetch_k)
+    chosen = maximal_marginal_relevance(
+        np.array(table["query"]),
+        [table[d.page_content] for d in candidates],
+        lambda_mult=lambda_mult,
+        k=k,
+    )
+    expected = [candidates[i].id for i in chosen]
+    assert len({i for i in expected if i and i.startswith("copy")}) <= 1  # diverse
+    retriever = vs.as_retriever(
+        search_type="mmr", search_kwargs={"k": k, "fetch_k": fetch_k, "lambda_mult": lambda_mult}
+    )
+    assert [d.id for d in retriever.invoke("query")] == expected
+    by_vector = vs.max_marginal_relevance_search_by_vector(
+        table["query"], k=k, fetch_k=fetch_k, lambda_mult=lambda_mult
+    )
+    assert [d.id for d in by_vector] == expected
+    plain = [d.id for d in vs.similarity_search("query", k=3)]
+    assert {"copy 0", "copy 1", "copy 2"} == set(plain)  # the copies fill a plain top 3
+
+
+def test_mmr_search_with_ragstores_model_and_a_filter(handbook: RagstoreVectorStore) -> None:
+    """Embedded by ragstore (hybrid search), within a filter; the options are checked by
+    the search (fetch_k at least k) and unknown arguments refused."""
+    docs = handbook.max_marginal_relevance_search(
+        "how do I undo a migration?", k=2, fetch_k=3, filter={"year": 2024}
+    )
+    assert {d.id for d in docs} == {"rollback", "kittens"}
+    assert docs[0].id == "rollback"
+    with pytest.raises(InputError, match=r"fetch_k \(2\) is smaller than k \(3\)"):
+        handbook.max_marginal_relevance_search("migration", k=3, fetch_k=2)
+    with pytest.raises(InputError, match="lambda_mult must be between 0"):
+        handbook.max_marginal_relevance_search("migration", lambda_mult=2)
+    with pytest.raises(InputError, match="does not take where="):
+        handbook.max_marginal_relevance_search("migration", where={"year": 2024})

@@ -23,6 +23,7 @@ from ragstore.errors import EmptyDocumentError, InputError
 from ragstore.integrations.backend import Backend
 from ragstore.integrations.llamaindex import RagstoreEmbedding, RagstoreVectorStore, to_where
 from tests.api.conftest import running_server, with_
+from tests.search_helpers import reference_mmr
 
 NODES = [
     TextNode(
@@ -309,14 +310,14 @@ def test_a_refused_add_of_an_outside_models_nodes_makes_no_collection(store: Sto
 
 
 def test_a_query_mode_ragstore_cannot_run_is_refused_not_ignored(index: VectorStoreIndex) -> None:
-    """``VectorStoreQuery.mode`` was ignored: a retriever asking for MMR (diverse hits),
-    SVM or sparse vectors got the plain hybrid ranking with no word. The modes ragstore
-    has run as asked (``text_search`` is its full-text search, ``hybrid`` its hybrid);
-    the others are refused, naming those it takes."""
+    """``VectorStoreQuery.mode`` was ignored: a retriever asking for SVM or sparse vectors
+    got the plain hybrid ranking with no word. The modes ragstore has run as asked
+    (``text_search`` is its full-text search, ``hybrid`` its hybrid, ``mmr`` its maximal
+    marginal relevance); the others are refused, naming those it takes."""
     from llama_index.core.vector_stores.types import VectorStoreQueryMode
 
     vs = index.vector_store
-    for mode in (VectorStoreQueryMode.MMR, VectorStoreQueryMode.SVM, VectorStoreQueryMode.SPARSE):
+    for mode in (VectorStoreQueryMode.SVM, VectorStoreQueryMode.SPARSE):
         with pytest.raises(InputError, match=f"query mode {mode.value} .*default, hybrid"):
             vs.query(VectorStoreQuery(query_str="backups", similarity_top_k=2, mode=mode))
     text = vs.query(
@@ -325,9 +326,6 @@ def test_a_query_mode_ragstore_cannot_run_is_refused_not_ignored(index: VectorSt
         )
     )
     assert text.ids == ["backups"]  # full text: only the node holding the word
-    retriever = index.as_retriever(similarity_top_k=2, vector_store_query_mode="mmr")
-    with pytest.raises(InputError, match="query mode mmr"):
-        retriever.retrieve("backups")
 
 
 def test_query_alpha_weighs_the_hybrid_fusion(index: VectorStoreIndex) -> None:
@@ -428,11 +426,11 @@ def test_keyword_arguments_the_store_does_not_take_are_refused(
 
 
 def test_query_fields_ragstore_has_no_equivalent_of_are_refused(index: VectorStoreIndex) -> None:
-    """``mmr_threshold``, ``sparse_top_k``, ``hybrid_top_k``, ``output_fields`` and
-    ``embedding_field`` were ignored: the query ran as if they were not there."""
+    """``sparse_top_k``, ``hybrid_top_k``, ``output_fields`` and ``embedding_field`` were
+    ignored: the query ran as if they were not there. (``mmr_threshold`` outside mode
+    mmr: test_mmr_options_outside_mode_mmr_are_refused.)"""
     vs = index.vector_store
     for field, value in (
-        ("mmr_threshold", 0.5),
         ("sparse_top_k", 5),
         ("hybrid_top_k", 5),
         ("output_fields", ["team"]),
@@ -735,3 +733,89 @@ def test_a_metadata_key_named_like_a_ragstore_built_in_is_the_nodes_metadata(
     ours.add(_vectored(nodes))
     got = ours.query(VectorStoreQuery(query_embedding=[1.0] + [0.0] * 383, node_ids=["x"]))
     assert got.ids == ["x"]
+
+
+def _mmr_nodes() -> tuple[list[TextNode], list[float]]:
+    """Nodes with known vectors (three copies of one) and a query vector near the copies."""
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    topic = rng.normal(size=8)
+    vectors = {f"copy-{i}": topic for i in range(3)}
+    vectors.update({f"near-{i}": topic + rng.normal(scale=0.8, size=8) for i in range(4)})
+    vectors.update({f"far-{i}": rng.normal(size=8) for i in range(3)})
+    nodes = [
+        TextNode(id_=name, text=f"node {name}", embedding=[float(x) for x in v])
+        for name, v in vectors.items()
+    ]
+    return nodes, [float(x) for x in topic + rng.normal(scale=0.3, size=8)]
+
+
+@pytest.mark.parametrize(("threshold", "prefetch"), [(None, None), (0.3, 8), (0.8, 6)])
+def test_mmr_mode_picks_by_maximal_marginal_relevance(
+    backend: Backend, threshold: float | None, prefetch: int | None
+) -> None:
+    """Mode ``mmr`` was refused (ragstore ran no MMR); it now picks, among the ranking's
+    best ``mmr_prefetch_k`` (default 20), MMR's choice with ``mmr_threshold`` (default
+    0.5) as lambda, through the Store and the HTTP Client. The choice is LangChain's
+    definition (the greatest similarity to every node picked), as ragstore's search runs
+    it for every surface; LlamaIndex's own helper (``get_top_k_mmr_embeddings``) weighs
+    only the similarity to the last node picked."""
+    import numpy as np
+    from llama_index.core.vector_stores.types import VectorStoreQueryMode
+
+    nodes, query = _mmr_nodes()
+    name = f"li-mmr-{type(backend).__name__.lower()}"
+    vs = RagstoreVectorStore(backend, name, model_name="li-table")
+    vs.add(nodes)
+    depth = prefetch or 20
+    plain = vs.query(VectorStoreQuery(query_embedding=query, similarity_top_k=depth))
+    assert set(plain.ids[:3]) == {"copy-0", "copy-1", "copy-2"}
+    by_id = {n.node_id: n.embedding for n in nodes}
+    picked = reference_mmr(
+        np.array(query),
+        np.array([by_id[i] for i in plain.ids]),
+        4,
+        0.5 if threshold is None else threshold,
+    )
+    expected = [plain.ids[i] for i in picked]
+    kwargs = {} if prefetch is None else {"mmr_prefetch_k": prefetch}
+    found = vs.query(
+        VectorStoreQuery(
+            query_embedding=query,
+            similarity_top_k=4,
+            mode=VectorStoreQueryMode.MMR,
+            mmr_threshold=threshold,
+        ),
+        **kwargs,
+    )
+    assert found.ids == expected
+    copies = {i for i in found.ids if i.startswith("copy")}
+    assert len(copies) == (1 if (threshold or 0.5) <= 0.5 else 3)  # 0.8: relevance first
+
+
+def test_mmr_retriever_takes_its_threshold_from_vector_store_kwargs(
+    index: VectorStoreIndex,
+) -> None:
+    """A retriever passes ``mmr_threshold`` in ``vector_store_kwargs`` (LlamaIndex's
+    way); lambda 1 is the relevance ranking alone."""
+    plain = index.as_retriever(similarity_top_k=3).retrieve("how do I undo a migration?")
+    mmr = index.as_retriever(
+        similarity_top_k=3,
+        vector_store_query_mode="mmr",
+        vector_store_kwargs={"mmr_threshold": 0.5},
+    ).retrieve("how do I undo a migration?")
+    assert {n.node.node_id for n in mmr} == {n.node.node_id for n in plain}
+    assert mmr[0].node.node_id == "rollback"
+    with pytest.raises(InputError, match="lambda_mult must be between 0"):
+        index.as_retriever(
+            vector_store_query_mode="mmr", vector_store_kwargs={"mmr_threshold": 1.5}
+        ).retrieve("backups")
+
+
+def test_mmr_options_outside_mode_mmr_are_refused(index: VectorStoreIndex) -> None:
+    vs = index.vector_store
+    with pytest.raises(InputError, match=r"mmr_threshold=0\.5 applies to the mmr mode"):
+        vs.query(VectorStoreQuery(query_str="backups", mmr_threshold=0.5))
+    with pytest.raises(InputError, match="query does not take mmr_prefetch_k="):
+        vs.query(VectorStoreQuery(query_str="backups"), mmr_prefetch_k=10)

@@ -339,6 +339,25 @@ class SearchRequest(Strict):
         description="Rank sections: a section's matching chunks add up and each section "
         "is returned once, as its best chunk. false ranks chunks alone.",
     )
+    mmr: bool = Field(
+        False,
+        description="Maximal marginal relevance: pick the `k` hits among the ranking's best "
+        "`fetch_k` for relevance to the query and difference from each other (cosine "
+        "similarity of their embeddings), in the order picked; `score` stays the ranking's.",
+    )
+    fetch_k: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="With `mmr`: how many of the ranking's best are candidates (default 20, "
+        "at least `k`).",
+    )
+    lambda_mult: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="With `mmr`: 1 ranks by relevance alone, 0 by diversity alone (default 0.5).",
+    )
 
     @model_validator(mode="after")
     def _query_or_vector(self) -> SearchRequest:

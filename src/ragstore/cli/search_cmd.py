@@ -209,6 +209,21 @@ def register(app: typer.Typer) -> None:
             "--sections/--chunks",
             help="Rank sections, each once (default), or chunks alone.",
         ),
+        mmr: bool = typer.Option(
+            False,
+            "--mmr",
+            help="Maximal marginal relevance: pick the k hits among the best --fetch-k "
+            "for relevance and diversity.",
+        ),
+        fetch_k: int | None = typer.Option(
+            None, "--fetch-k", metavar="N", help="With --mmr: candidates (default 20, >= k)."
+        ),
+        lambda_mult: float | None = typer.Option(
+            None,
+            "--lambda-mult",
+            metavar="X",
+            help="With --mmr: 1 relevance alone, 0 diversity alone (default 0.5).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
         context: str | None = typer.Option(
             None,
@@ -252,6 +267,9 @@ def register(app: typer.Typer) -> None:
                     vector_weight=vector_weight,
                     fulltext_weight=fulltext_weight,
                     sections=sections,
+                    mmr=mmr,
+                    fetch_k=fetch_k,
+                    lambda_mult=lambda_mult,
                 )
             if as_json:
                 echo_json(answer["data"])
@@ -283,6 +301,9 @@ def register(app: typer.Typer) -> None:
                 fusion=fusion,
                 vector=query_vector,
                 sections=sections,
+                mmr=mmr,
+                fetch_k=fetch_k,
+                lambda_mult=lambda_mult,
             )
             shown = with_context(rt, found, context_mode) if context_mode is not None else []
         if as_json:

@@ -84,6 +84,9 @@ class Backend(Protocol):
         vector_weight: float | None = None,
         fulltext_weight: float | None = None,
         sections: bool = True,
+        mmr: bool = False,
+        fetch_k: int | None = None,
+        lambda_mult: float | None = None,
     ) -> dict[str, Any]: ...
 
 

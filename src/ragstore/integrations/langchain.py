@@ -156,6 +156,56 @@ class RagstoreVectorStore(VectorStore):
         _no_other_arguments("similarity_search_by_vector", kwargs, ("filter",))
         return [doc for doc, _ in self._search(vector=embedding, k=k, where=kwargs.get("filter"))]
 
+    def max_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """``k`` documents picked by maximal marginal relevance among the best ``fetch_k``
+        of the search (``mode``; by vector with a LangChain ``embedding``): ragstore's
+        search with ``mmr`` (search/mmr.py), LangChain's definition, cosine similarity of
+        the stored vectors. What ``as_retriever(search_type="mmr")`` runs."""
+        _no_other_arguments("max_marginal_relevance_search", kwargs, ("filter",))
+        if self._embedding is not None:
+            vector = self._embedding.embed_query(query)
+            return self.max_marginal_relevance_search_by_vector(
+                vector, k, fetch_k, lambda_mult, **kwargs
+            )
+        hits = self._search(
+            query=query,
+            k=k,
+            where=kwargs.get("filter"),
+            mode=self.mode,
+            mmr=True,
+            fetch_k=fetch_k,
+            lambda_mult=lambda_mult,
+        )
+        return [doc for doc, _ in hits]
+
+    def max_marginal_relevance_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """:meth:`max_marginal_relevance_search` by ``embedding`` (a vector search, the
+        embedding also the query's vector MMR compares with)."""
+        _no_other_arguments("max_marginal_relevance_search_by_vector", kwargs, ("filter",))
+        hits = self._search(
+            vector=embedding,
+            k=k,
+            where=kwargs.get("filter"),
+            mmr=True,
+            fetch_k=fetch_k,
+            lambda_mult=lambda_mult,
+        )
+        return [doc for doc, _ in hits]
+
     def _search(
         self,
         *,
@@ -164,10 +214,18 @@ class RagstoreVectorStore(VectorStore):
         k: int,
         where: dict[str, Any] | None,
         mode: str | None = None,
+        mmr: bool = False,
+        fetch_k: int | None = None,
+        lambda_mult: float | None = None,
     ) -> list[tuple[Document, float]]:
+        if isinstance(fetch_k, numbers.Integral) and not isinstance(fetch_k, bool):
+            fetch_k = int(fetch_k)  # numpy's, as for k (_query_args)
+        extra: dict[str, Any] = (
+            {"mmr": True, "fetch_k": fetch_k, "lambda_mult": lambda_mult} if mmr else {}
+        )
         try:
             out = self.backend.search(
-                self.collection, query, vector=vector, k=k, where=where, mode=mode
+                self.collection, query, vector=vector, k=k, where=where, mode=mode, **extra
             )
         except CollectionNotFoundError:
             return []  # an empty store: nothing added yet

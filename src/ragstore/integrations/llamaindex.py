@@ -369,7 +369,12 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         vector ranking), within its ``filters``, ``node_ids`` and ``doc_ids``. A field
         ragstore has no equivalent of, and any keyword argument (a retriever's
         ``vector_store_kwargs``), is refused: each was ignored, so the query ran other
-        than asked with no word."""
+        than asked with no word. Mode ``mmr`` runs ragstore's maximal-marginal-relevance
+        search (search/mmr.py) with ``mmr_threshold`` (the query's or a
+        ``vector_store_kwargs`` one, default 0.5) as its lambda and ``mmr_prefetch_k``
+        candidates (default 20, at least ``similarity_top_k``); the similarities are the
+        ranking's scores, in the order MMR picked the nodes."""
+        mmr = _mmr(query, kwargs)
         _no_other_arguments("query", kwargs, ())
         for field, fix in _UNSUPPORTED_FIELDS.items():
             if getattr(query, field) is not None:
@@ -387,7 +392,8 @@ class RagstoreVectorStore(BasePydanticVectorStore):
             )
         if text is None:
             # an embedding alone is searched by vector unless a mode is asked
-            asked = None if query.mode == VectorStoreQueryMode.DEFAULT else mode
+            plain = (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.MMR)
+            asked = None if VectorStoreQueryMode(query.mode) in plain else mode
             mode_run, weights = asked, _weights(query.alpha, asked or "vector")
         else:
             mode_run, weights = mode, _weights(query.alpha, mode)
@@ -401,6 +407,7 @@ class RagstoreVectorStore(BasePydanticVectorStore):
                 mode=mode_run,
                 vector_weight=weights[0],
                 fulltext_weight=weights[1],
+                **mmr,
             )
         except CollectionNotFoundError:
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
@@ -414,7 +421,6 @@ class RagstoreVectorStore(BasePydanticVectorStore):
 
 # the VectorStoreQuery fields ragstore has no equivalent of, with what to do instead
 _UNSUPPORTED_FIELDS = {
-    "mmr_threshold": "it applies to the mmr mode, which ragstore does not run; leave it out",
     "sparse_top_k": "ragstore's hybrid search has one k (similarity_top_k); leave it out",
     "hybrid_top_k": "ragstore's hybrid search has one k (similarity_top_k); leave it out",
     "output_fields": "nodes come back whole; leave it out",
@@ -434,8 +440,40 @@ def _no_other_arguments(method: str, kwargs: dict[str, Any], known: Sequence[str
         )
 
 
-# the query modes ragstore runs, as its search modes (DEFAULT: the store's own mode)
+# the query modes ragstore runs, as its search modes (DEFAULT and MMR: the store's own
+# mode, MMR picking among its best; see _mmr)
 _MODES = {VectorStoreQueryMode.HYBRID: "hybrid", VectorStoreQueryMode.TEXT_SEARCH: "fulltext"}
+_MMR_KWARGS = ("mmr_threshold", "mmr_prefetch_k")
+
+
+def _mmr(query: VectorStoreQuery, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The search's MMR options for a query in mode ``mmr`` (``{}`` in any other), taking
+    its ``mmr_threshold`` and ``mmr_prefetch_k`` out of ``kwargs`` (a retriever's
+    ``vector_store_kwargs``, where LlamaIndex passes them). Given to another mode, they
+    stay in ``kwargs`` and are refused with the other unknown ones; a field
+    ``mmr_threshold`` outside mode mmr is refused here."""
+    if VectorStoreQueryMode(query.mode) != VectorStoreQueryMode.MMR:
+        if query.mmr_threshold is not None:
+            raise InputError(
+                f"query mmr_threshold={query.mmr_threshold!r} applies to the mmr mode and "
+                f"this query's is {VectorStoreQueryMode(query.mode).value}; ask for "
+                'vector_store_query_mode="mmr", or leave it out'
+            )
+        return {}
+    given = {name: kwargs.pop(name) for name in _MMR_KWARGS if name in kwargs}
+    threshold = query.mmr_threshold
+    if threshold is None:
+        threshold = given.get("mmr_threshold")
+    elif given.get("mmr_threshold", threshold) != threshold:
+        raise InputError(
+            f"the query's mmr_threshold ({threshold!r}) and the one passed as an argument "
+            f"({given['mmr_threshold']!r}) differ; give one"
+        )
+    return {
+        "mmr": True,
+        "lambda_mult": threshold,
+        "fetch_k": given.get("mmr_prefetch_k"),
+    }
 
 
 def _mode(asked: VectorStoreQueryMode | str, default: str) -> str:
@@ -443,12 +481,12 @@ def _mode(asked: VectorStoreQueryMode | str, default: str) -> str:
     cannot run (MMR, SVM, sparse vectors...): ignored, such a retriever got the plain
     ranking with no word that its mode was not applied."""
     mode = VectorStoreQueryMode(asked)
-    if mode == VectorStoreQueryMode.DEFAULT:
+    if mode in (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.MMR):
         return default
     if mode not in _MODES:
         raise InputError(
             f"query mode {mode.value} is not one ragstore can run; use one of default, "
-            "hybrid or text_search (ragstore's full-text search)"
+            "hybrid, text_search (ragstore's full-text search) or mmr"
         )
     return _MODES[mode]
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ragstore.runtime import Runtime
 from ragstore.search import bm25
+from ragstore.search import mmr as mmr_params
 from ragstore.search.filters import compile_filter
 from ragstore.search.hybrid import FusionParams
 from ragstore.search.service import EXACT_FILTER_CHUNKS, Mode, SearchParams, indexed_fields
@@ -31,15 +32,19 @@ def search_plan(
     ef_search: int | None = None,
     fusion: FusionParams | None = None,
     sections: bool = True,
+    mmr: tuple[int | None, float | None] | None = None,
 ) -> dict[str, Any]:
     """The lists, depths and fusion of one search, without running it.
 
     ``fusion`` and ``sections`` are the search's own: without them the plan of an
     ``explain`` search said the default RRF constant and weights beside hits fused with
     the ones asked for, and a depth of 50 for a ``sections=False`` list that was ``k``
-    deep."""
+    deep. ``mmr`` (``fetch_k``, ``lambda_mult``) when the hits are picked by maximal
+    marginal relevance among the ranking's best ``fetch_k``: the lists are that deep."""
+    asked = rt.settings.search_k if k is None else k
+    picked = mmr_params.resolved(asked, *mmr) if mmr is not None else None
     p = SearchParams(
-        k=rt.settings.search_k if k is None else k,
+        k=asked if picked is None else picked[0],
         mode=mode,
         where=where,
         ef_search=ef_search,
@@ -96,8 +101,11 @@ def search_plan(
                 each["filter_exact_at_most"] = EXACT_FILTER_CHUNKS
     return {
         "mode": p.mode,
-        "k": p.k,
+        "k": asked,
         "lists": lists,
         "fusion": fused,
         "filter": dict(where) if where else None,
+        "mmr": None
+        if picked is None
+        else {"fetch_k": picked[0], "lambda_mult": picked[1], "similarity": "cosine"},
     }

@@ -42,6 +42,7 @@ limited.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import json
 import numbers
 import os
@@ -69,7 +70,7 @@ from ragstore.errors import ConflictError, InputError, ModelError, SearchTimeout
 from ragstore.models import Hit
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
-from ragstore.search import bm25, single
+from ragstore.search import bm25, mmr, single
 from ragstore.search.aggregate import SECTION_CAP, SECTION_DECAY, SECTION_POOL, pool_size
 from ragstore.search.filters import compile_filter, ranges_metadata
 from ragstore.search.fused import fused_rows
@@ -116,6 +117,11 @@ class SearchParams:
     plain: bool = False  # every query word an alternative: no phrases, ``or`` or ``-word``
     sections: bool = True  # rank sections by all their chunks, one hit each (search/aggregate)
     fulltext_depth: int | None = None  # hybrid: the BM25 list's depth (default: see below)
+    # maximal marginal relevance (search/mmr.py): the ranking's best ``fetch_k`` are the
+    # candidates, ``k`` of them chosen for relevance and diversity, weighed by lambda_mult
+    mmr: bool = False
+    fetch_k: int | None = None
+    lambda_mult: float | None = None
 
     def __post_init__(self) -> None:
         # the types first, as the HTTP schema checks them (no coercion): in process k="3"
@@ -125,12 +131,17 @@ class SearchParams:
             ("ef_search", self.ef_search),
             ("candidates", self.candidates),
             ("fulltext_depth", self.fulltext_depth),
+            ("fetch_k", self.fetch_k),
         ):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, numbers.Integral)
             ):
                 raise InputError(f"{name} must be an integer, got {value!r}")
-        for label, real in (("BM25 k1", self.k1), ("BM25 b", self.b)):
+        for label, real in (
+            ("BM25 k1", self.k1),
+            ("BM25 b", self.b),
+            ("lambda_mult", self.lambda_mult),
+        ):
             if real is not None and (isinstance(real, bool) or not isinstance(real, numbers.Real)):
                 raise InputError(f"{label} must be a number, got {real!r}")
         if self.mode not in MODES:
@@ -149,6 +160,7 @@ class SearchParams:
             raise InputError(f"BM25 k1 must be between 0 and 10, got {self.k1:g}")
         if self.b is not None and not 0 <= self.b <= 1:
             raise InputError(f"BM25 b must be between 0 and 1, got {self.b:g}")
+        mmr.check(self.mmr, self.k, self.fetch_k, self.lambda_mult)
 
     @property
     def depth(self) -> int:
@@ -230,6 +242,9 @@ def search(
     vector: Sequence[float] | None = None,
     exact: bool = False,
     sections: bool = True,
+    mmr: bool = False,
+    fetch_k: int | None = None,
+    lambda_mult: float | None = None,
 ) -> list[Hit]:
     """The best ``k`` chunks for ``query`` in a collection, by ``mode``.
 
@@ -238,7 +253,8 @@ def search(
     cannot run) is searched. With a vector and no text only ``mode="vector"`` makes sense.
     ``exact`` trades speed for the exact lists (no HNSW, no BM25 pruning): what the
     approximate lists are measured against. ``sections=False`` ranks chunks alone, as
-    before section-level aggregation (search/aggregate.py).
+    before section-level aggregation (search/aggregate.py). ``mmr`` picks the ``k`` among
+    the ranking's best ``fetch_k`` by maximal marginal relevance (search/mmr.py).
     """
     if query is not None and not isinstance(query, str):  # .strip() raised AttributeError
         raise InputError(f"the query must be text, got {type(query).__name__} {query!r}")
@@ -254,6 +270,9 @@ def search(
         explain=explain,
         exact=exact,
         sections=sections,
+        mmr=mmr,
+        fetch_k=fetch_k,
+        lambda_mult=lambda_mult,
     )
     # only None is "the default collection": "" was searched as it, where the Client and
     # the API refuse it as an invalid collection name
@@ -267,7 +286,11 @@ def run(
     """:func:`search` with its parameters gathered (used by eval to reuse one object)."""
     t0 = time.perf_counter()
     try:
-        hits = _run_current(rt, query, collection, p, vector)
+        hits = (
+            _run_mmr(rt, query, collection, p, vector)
+            if p.mmr
+            else (_run_current(rt, query, collection, p, vector))
+        )
     except Exception:
         metrics.observe_search(p.mode, time.perf_counter() - t0, None)
         raise
@@ -276,23 +299,96 @@ def run(
 
 
 def _run_current(
-    rt: Runtime, query: str, collection: str, p: SearchParams, vector: Sequence[float] | None
+    rt: Runtime,
+    query: str,
+    collection: str,
+    p: SearchParams,
+    vector: Sequence[float] | None,
+    used: list[Collection] | None = None,
 ) -> list[Hit]:
     """:func:`_run`, once more with the collection looked up afresh when its answer may
     come from a cached row that another process deleted (or switched to another space)
     since: no hits (the deleted row's chunks are gone) or a conflict (its vector table
     is). Any hit proves the row read was current when the search ran. Costs a lookup only
-    on those answers."""
-    used: list[Collection] = []
+    on those answers. The collection that answered is the last one appended to ``used``."""
+    used = [] if used is None else used
     try:
         hits = _run(rt, query, collection, p, vector, used=used)
     except ConflictError:
-        if not used or (fresh := rt.recheck_collection(used[0])) is None:
+        if not used or (fresh := rt.recheck_collection(used[-1])) is None:
             raise
+        used.append(fresh)
         return _run(rt, query, collection, p, vector, cached=fresh)
-    if not hits and used and (fresh := rt.recheck_collection(used[0])) is not None:
+    if not hits and used and (fresh := rt.recheck_collection(used[-1])) is not None:
+        used.append(fresh)
         return _run(rt, query, collection, p, vector, cached=fresh)
     return hits
+
+
+def _run_mmr(
+    rt: Runtime, query: str, collection: str, p: SearchParams, vector: Sequence[float] | None
+) -> list[Hit]:
+    """A maximal-marginal-relevance search (search/mmr.py): the search's own ranking, in
+    its mode and under its filter, gives its best ``fetch_k`` hits; their stored
+    embeddings come in one more statement, and MMR picks ``k`` of them by cosine
+    similarity to the query's vector (the given one, or the query's text embedded with
+    the collection's model, in full-text mode too) and to the hits already picked.
+
+    The hits come in the order MMR picked them; each keeps the ranking's ``score``."""
+    if vector is None and query.strip():
+        # checked before anything runs: without a vector the query's text must be embedded
+        coll = rt.cached_collection(collection)
+        if coll.model.provider == VECTOR_ONLY_PROVIDER:
+            raise InputError(
+                f"collection {coll.name!r} holds vectors of {coll.model.key}, a model "
+                "ragstore cannot run, and mmr compares the hits with the query's vector; "
+                "give the query's vector (`vector=` / --vector), or search without mmr"
+            )
+    fetch_k, lambda_mult = mmr.resolved(p.k, p.fetch_k, p.lambda_mult)
+    base = dataclasses.replace(p, k=fetch_k, mmr=False, fetch_k=None, lambda_mult=None)
+    used: list[Collection] = []
+    candidates = _run_current(rt, query, collection, base, vector, used=used)
+    if not candidates:
+        return []
+    coll = used[-1]
+    given = _given_vector(coll, query, vector)
+    embedded = query
+    if p.mode != "vector":
+        ftq = bm25.parse_query(query, plain=p.plain)
+        if bm25.syntax_tests(ftq):
+            embedded = ftq.terms  # the words searched for, as the vector list embeds them
+    q = _query_vector(rt, coll, embedded, given)
+    ids = [h.chunk_id for h in candidates]
+    rows = _Statement(
+        rt=rt, coll=coll, ef=0, iterative=False, timeout_s=rt.settings.search_timeout_s
+    ).execute(
+        sql.SQL("SELECT chunk_id, embedding FROM {t} WHERE chunk_id = ANY(%(ids)s)").format(
+            t=sql.Identifier(coll.table)
+        ),
+        {"ids": ids},
+        binary=True,
+    )
+    stored = {int(r[0]): np.asarray(r[1].to_numpy(), dtype=np.float32) for r in rows}
+    # a hit whose chunk was deleted since the ranking read it has no vector left: dropped
+    kept = [h for h in candidates if h.chunk_id in stored]
+    if not kept:
+        return []
+    picks = mmr.select(q, np.stack([stored[h.chunk_id] for h in kept]), p.k, lambda_mult)
+    out: list[Hit] = []
+    for rank, pick in enumerate(picks, 1):
+        hit = kept[pick.index]
+        if p.explain:
+            hit.explain = dict(hit.explain or {})
+            hit.explain["mmr"] = {
+                "rank": rank,
+                "candidate_rank": pick.index + 1,
+                "similarity": pick.similarity,
+                "max_similarity_to_picked": pick.redundancy,
+                "fetch_k": fetch_k,
+                "lambda_mult": lambda_mult,
+            }
+        out.append(hit)
+    return out
 
 
 def _given_vector(
@@ -614,10 +710,12 @@ class _Statement:
         *,
         hnsw: bool = False,
         ftcond: sql.Composable | None = None,
+        binary: bool = False,
     ) -> list[tuple[Any, ...]]:
         """The statement's rows; ``hnsw`` when it scans the HNSW index (its session
         settings go first, once per connection); ``ftcond``, the condition (over ``values``)
-        that the BM25 top k takes as SQL text (``%(ftcond)s``)."""
+        that the BM25 top k takes as SQL text (``%(ftcond)s``); ``binary`` rows in binary
+        format (vectors as 4 bytes a dimension)."""
         timeout_s = self.timeout_s
         with (
             self.rt.db.connection() as conn,
@@ -654,9 +752,9 @@ class _Statement:
                             conn.execute(
                                 "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)"
                             )
-                        cur = conn.execute(stmt, values, prepare=prepare)
+                        cur = conn.execute(stmt, values, prepare=prepare, binary=binary)
                 else:
-                    cur = conn.execute(stmt, values, prepare=prepare)
+                    cur = conn.execute(stmt, values, prepare=prepare, binary=binary)
                 rows: list[tuple[Any, ...]] = cur.fetchall()
             finally:
                 if conn.info.transaction_status == TransactionStatus.IDLE:

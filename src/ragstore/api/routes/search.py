@@ -1,5 +1,6 @@
 """/v1/collections/{name}/search: query or vector, k, mode, where-filter, context, explain
-(with the search plan), and the fusion knobs (rrf_k, vector_weight, fulltext_weight).
+(with the search plan), the fusion knobs (rrf_k, vector_weight, fulltext_weight) and
+maximal marginal relevance (mmr, fetch_k, lambda_mult).
 
 The route runs the same function as ``Store.search``
 (:func:`ragstore.store.search_response`), so the HTTP API and the in-process API cannot
@@ -47,6 +48,9 @@ async def search(
                 vector_weight=body.vector_weight,
                 fulltext_weight=body.fulltext_weight,
                 sections=body.sections,
+                mmr=body.mmr,
+                fetch_k=body.fetch_k,
+                lambda_mult=body.lambda_mult,
             )
         ),
     )
