@@ -327,6 +327,38 @@ def test_fields_name_the_built_ins_and_the_metadata_paths_with_their_values(
         store.fields("no-such-collection")
 
 
+def test_fields_name_a_key_named_like_a_built_in_as_a_filter_must(store: Store) -> None:
+    """A metadata key named like a built-in (a loader's ``source`` or ``page``) was listed
+    bare, and a filter written from the listing read the built-in column: ``source``
+    matched every chunk. It is listed as ``document.KEY``, and a filter on that name finds
+    exactly the documents that carry the key; a key starting with ``$`` (bare, an
+    operator) is listed the same way; a dotted key, which no filter can name, is left
+    out and counted with the reason."""
+    store.add_texts(
+        "fields-built-in",
+        ["From the CRM.", "From the web.", "Neither."],
+        [{"source": "crm", "page": 3, "$cost": 5, "v1.2": "x"}, {"source": "web"}, {}],
+        ids=["a", "b", "c"],
+    )
+    got = store.fields("fields-built-in")
+    paths = {m["field"]: m for m in got["metadata"]}
+    assert set(paths) == {"document.source", "document.page", "document.$cost"}
+    assert paths["document.source"]["keys"] == ["source"]
+    assert paths["document.source"]["documents"] == 2  # and the chunks, as add_texts copies it
+    assert paths["document.source"]["examples"] == ["crm", "web"]
+    assert got["unfilterable"]["count"] == 1 and got["unfilterable"]["examples"] == [["v1.2"]]
+    assert "rename the metadata key" in got["unfilterable"]["reason"]
+
+    def ids(where: dict[str, object]) -> list[str]:
+        return sorted(store.text_ids("fields-built-in", where=where))
+
+    assert ids({"document.source": {"$exists": True}}) == ["a", "b"]
+    assert ids({"document.source": "crm"}) == ["a"]
+    assert ids({"document.page": 3}) == ["a"]
+    assert ids({"document.$cost": {"$gte": 5}}) == ["a"]
+    assert ids({"source": {"$exists": True}}) == ["a", "b", "c"]  # the bare name: the column
+
+
 def test_a_failed_later_batch_says_which_texts_were_stored(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -425,6 +425,41 @@ def test_search_in_each_mode_shows_ranks_context_and_plan(
         shot(page, "search")
 
 
+def test_a_key_named_like_a_built_in_is_listed_as_the_filter_names_it(
+    page: Page, server: Server
+) -> None:
+    """A document's own ``source`` key was listed bare, so a click built a filter on the
+    built-in column (the document's name) and found nothing; it is listed as
+    ``document.source``, a click filters on the key itself, and it gets no index button
+    (POST /v1/field-indexes refuses a prefixed field), while a plain key does."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    with httpx.Client(base_url=server.url, headers=auth, timeout=120) as c:
+        assert c.post("/v1/collections", json={"name": "crm"}).status_code == 201
+        for name, source in (("a.md", "crm"), ("b.md", "web")):
+            body = {
+                "name": name,
+                "text": f"# Lead {name}\n\nFrom the {source}.",
+                "metadata": {"source": source, "rank": 1},
+            }
+            assert c.post("/v1/collections/crm/documents", json=body).status_code == 201
+    sign_in(page, server)
+    open_page(page, server, "/ui/collections/crm/search")
+    page.click("#fields-details summary")
+    listed = page.locator('#fields-body button[data-field="document.source"]')
+    expect(listed).to_be_visible()
+    row = page.locator("#fields-body tr", has=page.locator('button[data-field="document.source"]'))
+    expect(row).to_contain_text("string")
+    expect(row.locator("button.index-field")).to_have_count(0)
+    rank = page.locator("#fields-body tr", has=page.locator('button[data-field="rank"]'))
+    expect(rank.locator("button.index-field")).to_have_count(1)  # numbers
+    listed.click()  # adds the first value listed: the latest document's
+    expect(page.locator("#where")).to_have_value('{"document.source":"web"}')
+    page.fill("#q", "lead")
+    page.click("#search-submit")
+    expect(page.locator("#hits-body tr")).to_have_count(1)
+    expect(page.locator("#hits-body tr").first).to_contain_text("b.md")
+
+
 def test_search_filters_show_errors_inline(page: Page, server: Server, handbook: str) -> None:
     sign_in(page, server)
     open_page(page, server, f"/ui/collections/{handbook}/search")

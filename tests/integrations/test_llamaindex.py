@@ -819,3 +819,33 @@ def test_mmr_options_outside_mode_mmr_are_refused(index: VectorStoreIndex) -> No
         vs.query(VectorStoreQuery(query_str="backups", mmr_threshold=0.5))
     with pytest.raises(InputError, match="query does not take mmr_prefetch_k="):
         vs.query(VectorStoreQuery(query_str="backups"), mmr_prefetch_k=10)
+
+
+def test_a_dotted_key_is_refused_and_a_dollar_key_is_the_nodes_metadata(store: Store) -> None:
+    """LlamaIndex reads a filter's key as one top-level key. ragstore read ``v1.2`` as a
+    nested path (key ``v1``, then ``2``: nothing matched) and ``$cost`` as an unknown
+    operator, with a message about an operator the caller never wrote. A dotted or empty
+    key is refused with what to do; ``$cost`` is the node's metadata (``document.$cost``).
+    The auto-retriever is told of the top-level keys by name (``source``, not the field
+    ``document.source``), and not of keys it could not filter on."""
+    for key in ("v1.2", ""):
+        with pytest.raises(InputError, match=f"key {key!r} cannot be filtered.*rename the"):
+            to_where(MetadataFilters(filters=[MetadataFilter(key=key, value="x")]))
+    ours = RagstoreVectorStore(store, "li-odd-keys")
+    ours.add(
+        _vectored(
+            [
+                TextNode(id_="a", text="Alpha.", metadata={"$cost": 5, "source": "crm"}),
+                TextNode(id_="b", text="Beta.", metadata={"$cost": 9, "v1.2": "x"}),
+            ]
+        )
+    )
+    cheap = MetadataFilters(
+        filters=[MetadataFilter(key="$cost", value=5, operator=FilterOperator.LTE)]
+    )
+    assert to_where(cheap) == {"$and": [{"document.$cost": {"$lte": 5}}]}
+    query = VectorStoreQuery(query_embedding=[1.0] + [0.0] * 383, similarity_top_k=5)
+    query.filters = cheap
+    assert ours.query(query).ids == ["a"]
+    names = {m.name for m in ours.vector_store_info("notes").metadata_info}
+    assert names == {"$cost", "source"}

@@ -73,7 +73,11 @@ async def test_stdio_session_searches_and_reads_without_write_tools(
     )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
-        assert {t.name for t in (await session.list_tools()).tools} == READ_TOOLS
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        assert set(tools) == READ_TOOLS
+        # an agent is told how to filter on a metadata key named like a built-in
+        for name in ("search", "list_fields"):
+            assert "document.KEY" in str(tools[name].description), name
         found = _data(
             await session.call_tool(
                 "search",

@@ -116,6 +116,20 @@ class MetadataFieldPublic(BaseModel):
     indexed: list[str] = Field(
         description="Kinds of value (number, string) a range finds through an index."
     )
+    keys: list[str] = Field(
+        examples=[["author", "name"]],
+        description="The metadata keys of the path. A key named like a built-in "
+        "(source, page, ...) is listed as field document.KEY or chunk.KEY, where it was "
+        "seen: a filter on the bare name reads the built-in.",
+    )
+
+
+class UnfilterablePublic(BaseModel):
+    count: int = Field(description="Sampled metadata paths no filter can name (left out).")
+    examples: list[list[str]] = Field(
+        examples=[[["v1.2"]]], description="Up to 5 of them, as their keys."
+    )
+    reason: str | None = Field(description="Why they cannot be named, and what to do.")
 
 
 class FieldsPublic(BaseModel):
@@ -124,6 +138,7 @@ class FieldsPublic(BaseModel):
     builtins: list[BuiltinFieldPublic]
     metadata: list[MetadataFieldPublic]
     truncated: bool = Field(description="More paths were seen than are listed (200).")
+    unfilterable: UnfilterablePublic
 
 
 class FieldIndexRequest(Strict):

@@ -12,7 +12,7 @@ from contextlib import suppress
 from typing import Any, Protocol
 
 from ragstore.errors import CollectionNotFoundError, ConflictError, ModelMismatchError
-from ragstore.search.filters import BUILTINS
+from ragstore.search.filters import field_name
 
 
 class Backend(Protocol):
@@ -141,32 +141,41 @@ def metadata_field(key: str) -> str:
     stores a node's metadata exactly as given. Passed as is, a filter on a LlamaIndex
     node's or LangChain document's own ``source`` or ``page`` (the loaders' usual keys)
     compared ragstore's column (the text id, the chunk's page) instead, so other nodes
-    were returned and deleted."""
-    return f"document.{key}" if key in BUILTINS else key
+    were returned and deleted. A key starting with ``$`` (read bare as an operator) is
+    named the same way (filters.py's ``field_name``, for a key seen in documents)."""
+    return field_name((key,), "document") or key
 
 
 def described_fields(
-    backend: Backend, collection: str, skip: Collection[str] = ()
+    backend: Backend, collection: str, skip: Collection[str] = (), top_level: bool = False
 ) -> list[tuple[str, str, str]]:
     """``(path, type, description)`` of each metadata path of ``collection`` that holds
     values (no objects), from the backend's ``fields`` sample, for the retrievers that
     have a language model write filters: ``type`` is ``string``, ``integer``, ``float``,
     ``boolean`` or ``list`` (several joined by `` or ``), ``description`` a few values.
     Paths whose first key is in ``skip`` (a framework's own keys) are left out; a
-    collection not made yet has none."""
+    collection not made yet has none. ``path`` is the field a ragstore filter names, or
+    with ``top_level`` the documents' top-level keys alone, by the key itself (a
+    LlamaIndex filter's key, which :func:`metadata_field` makes a field)."""
     try:
         fields = backend.fields(collection)["metadata"]
     except CollectionNotFoundError:
         return []
     out = []
     for f in fields:
-        if "object" in f["types"] or f["field"].split(".")[0] in skip:
+        keys = f.get("keys") or f["field"].split(".")  # a server before "keys": bare paths
+        if "object" in f["types"] or keys[0] in skip:
             continue
+        name = f["field"]
+        if top_level:
+            if len(keys) > 1 or name not in (keys[0], f"document.{keys[0]}"):
+                continue  # nested, or only in chunks' own metadata under a built-in's name
+            name = keys[0]
         types = [t for t in f["types"] if t != "null"]
         if types == ["number"]:
             ints = all(isinstance(v, int) for v in f["examples"])
             types = ["integer" if ints else "float"]
         kind = " or ".join("list" if t == "array" else t for t in types) or "null"
         examples = ", ".join(repr(v) for v in f["examples"])
-        out.append((f["field"], kind, f"e.g. {examples}" if examples else "no values seen"))
+        out.append((name, kind, f"e.g. {examples}" if examples else "no values seen"))
     return out

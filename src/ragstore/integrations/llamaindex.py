@@ -136,6 +136,16 @@ def to_where(filters: MetadataFilters | None) -> dict[str, Any] | None:
 
 
 def _one(f: MetadataFilter) -> dict[str, Any]:
+    if not f.key or "." in f.key:
+        # LlamaIndex reads the key as one top-level key; ragstore's filter reads a dot as
+        # a nested path ("a.b": key "a", then "b") and has no escape for it, so such a
+        # filter compared another value, or an empty key was refused as a bad path
+        raise InputError(
+            f"metadata filter key {f.key!r} cannot be filtered in ragstore: a filter reads "
+            "a dot as a nested path (key 'a', then 'b') and a key must not be empty, so no "
+            "filter names a top-level key like this one; rename the metadata key (e.g. "
+            "'v1_2' for 'v1.2') in the nodes you add, then filter on the new name"
+        )
     key = metadata_field(f.key)
     if f.operator == FilterOperator.IS_EMPTY:
         # LlamaIndex's is_empty: the key missing, or null, "" or [] (it was the key
@@ -354,8 +364,11 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         """The collection's metadata described for LlamaIndex's auto-retriever
         (``VectorIndexAutoRetriever(index, vector_store_info=...)``), from ragstore's
         sample of it (``fields``): each path the nodes' metadata carries with its type and
-        a few values, less LlamaIndex's own keys. A collection not made yet has none."""
-        fields = described_fields(self._backend, self._collection, skip=_NODE_KEYS)
+        a few values, less LlamaIndex's own keys. A collection not made yet has none.
+        Each is named by its top-level key, as a ``MetadataFilter`` names it (nested paths
+        are left out: LlamaIndex reads a key ``a.b`` as one key, which :func:`to_where`
+        refuses)."""
+        fields = described_fields(self._backend, self._collection, skip=_NODE_KEYS, top_level=True)
         infos = [
             MetadataInfo(name=name, type=_PYTHON_TYPES.get(kind, kind), description=about)
             for name, kind, about in fields

@@ -208,7 +208,10 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         description=(
             "Search a collection. mode: hybrid (default; words and meaning), vector (meaning) "
             'or fulltext (words; supports "phrases", or, -word). where: a JSON filter on '
-            'metadata, e.g. {"team": "ops", "year": {"$gte": 2020}}. context: a number '
+            'metadata, e.g. {"team": "ops", "year": {"$gte": 2020}}; a metadata key named '
+            "like a built-in field (source, title, page, chunk_type, created_at, collection) "
+            'is filtered as document.KEY, e.g. {"document.source": "crm"} (bare, it reads '
+            "the built-in); list_fields gives each field's name. context: a number "
             'of neighbouring chunks (0-50) or "section" to return each hit\'s whole section.'
         )
     )
@@ -264,7 +267,9 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             "The fields a search's where filter can name in a collection: the built-ins "
             "(source, title, chunk_type, created_at, page) and the metadata paths its "
             "documents carry, with their JSON types and a few example values. Call it "
-            "before filtering on metadata."
+            "before filtering on metadata, and filter by each path's field as listed: a "
+            "metadata key named like a built-in is listed as document.KEY (or chunk.KEY), "
+            "which reads the key, not the built-in."
         )
     )
     @answered

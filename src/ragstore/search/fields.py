@@ -10,6 +10,14 @@ latest :data:`SAMPLE` documents (through the index on ``created_at``) and
 :data:`CHUNK_SAMPLE` chunks, for the metadata some carry of their own. A path only a few
 older documents or rare chunks carry can be missed; the answer says how many of each were
 read.
+
+Each path is listed by the field a filter must name to read it (filters.py's
+:func:`~ragstore.search.filters.field_name`): a metadata key named like a built-in
+(``source``, a loader's usual key) as ``document.source`` where documents carry it and
+``chunk.source`` where only chunks do, since a filter on ``source`` reads the built-in
+column.
+Listed bare, a filter written from the listing read the column and found other chunks.
+Paths no filter can name (a key holding a dot) are left out and counted.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from ragstore.db import field_indexes
 from ragstore.db.errors import translated
 from ragstore.db.repository import Collection
 from ragstore.models import ChunkType
-from ragstore.search.filters import json_type
+from ragstore.search.filters import field_name, json_type
 
 if TYPE_CHECKING:
     from ragstore.runtime import Runtime
@@ -34,6 +42,10 @@ MAX_FIELDS = 200  # paths reported at most, the most common first
 MAX_DEPTH = 4  # nested objects are walked this deep (``a.b.c.d``)
 MAX_EXAMPLES = 5  # distinct values shown a path
 EXAMPLE_CHARS = 80  # a longer string value is cut
+UNFILTERABLE = (
+    "a key that is empty or holds a dot cannot be named by a filter (dots separate a "
+    "path's keys); rename the metadata key (e.g. 'v1_2' for 'v1.2') to filter on it"
+)
 
 # The built-in fields (search/filters.py's BUILTINS), as a caller writes their values
 BUILTIN_FIELDS: tuple[dict[str, Any], ...] = (
@@ -57,6 +69,7 @@ BUILTIN_FIELDS: tuple[dict[str, Any], ...] = (
 
 @dataclass
 class _Path:
+    keys: tuple[str, ...]
     types: set[str] = field(default_factory=set)
     documents: int = 0
     chunks: int = 0
@@ -89,11 +102,12 @@ def describe_fields(rt: Runtime, coll: Collection) -> dict[str, Any]:
         scanned, chunks = (int(str(row[0])), cast(list[Any], row[1])) if row else (0, [])
         indexed = field_indexes.indexed(conn)
     paths: dict[str, _Path] = {}
+    unnamed: dict[tuple[str, ...], None] = {}  # the paths no filter can name, in order
     for metadata in documents:
-        for name in _walk(metadata, "", 0, paths):
+        for name in _walk(metadata, (), "document", paths, unnamed):
             paths[name].documents += 1
     for metadata in chunks:
-        for name in _walk(metadata, "", 0, paths):
+        for name in _walk(metadata, (), "chunk", paths, unnamed):
             paths[name].chunks += 1
     kinds: dict[str, list[str]] = {}
     for index in indexed:
@@ -111,30 +125,51 @@ def describe_fields(rt: Runtime, coll: Collection) -> dict[str, Any]:
                 "chunks": p.chunks,
                 "examples": p.examples,
                 "indexed": sorted(kinds.get(name, [])),
+                "keys": list(p.keys),
             }
             for name, p in ranked[:MAX_FIELDS]
         ],
         "truncated": len(ranked) > MAX_FIELDS,
+        "unfilterable": {
+            "count": len(unnamed),
+            "examples": [list(k) for k in list(unnamed)[:MAX_EXAMPLES]],
+            "reason": UNFILTERABLE if unnamed else None,
+        },
     }
 
 
-def _walk(value: Any, prefix: str, depth: int, paths: dict[str, _Path]) -> set[str]:
-    """Record every path of the metadata object ``value`` under ``prefix``; the paths
-    seen (each counted once a row). A key with a dot cannot be named by a filter's
-    dotted path, so it is left out."""
+def _walk(
+    value: Any,
+    keys: tuple[str, ...],
+    scope: str,
+    paths: dict[str, _Path],
+    unnamed: dict[tuple[str, ...], None],
+) -> set[str]:
+    """Record every path of the metadata object ``value`` under ``keys``, seen in the
+    metadata of ``scope`` (document or chunk), by the field a filter names it; the fields
+    seen (each counted once a row). A path that needs a prefix is ``document.PATH`` where
+    sampled documents carry it (the chunks of ``add_texts`` carry their text's metadata
+    too: one entry, not two), ``chunk.PATH`` where only chunks do. A path no filter can
+    name is put in ``unnamed``, and what it holds is not walked."""
     seen: set[str] = set()
     if not isinstance(value, Mapping):
         return seen
     for key, item in value.items():
-        if not isinstance(key, str) or not key or "." in key:
+        if not isinstance(key, str):
             continue
-        name = f"{prefix}{key}"
-        path = paths.setdefault(name, _Path())
+        here = (*keys, key)
+        name = field_name(here, "document")
+        if scope == "chunk" and name not in paths:  # documents are walked first
+            name = field_name(here, scope)
+        if name is None:
+            unnamed.setdefault(here, None)
+            continue
+        path = paths.setdefault(name, _Path(here))
         path.types.add(json_type(item))
         seen.add(name)
         if isinstance(item, Mapping):
-            if depth + 1 < MAX_DEPTH:
-                seen |= _walk(item, f"{name}.", depth + 1, paths)
+            if len(here) < MAX_DEPTH:
+                seen |= _walk(item, here, scope, paths, unnamed)
         elif not isinstance(item, list) and item is not None:
             example = item[:EXAMPLE_CHARS] if isinstance(item, str) else item
             known = {(type(e), e) for e in path.examples}  # True is not 1 here

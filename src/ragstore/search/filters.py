@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -651,6 +651,28 @@ def metadata_path(field: str) -> list[str]:
             "name the metadata key without a leading '$' (e.g. 'price')"
         )
     return _split_path(field)
+
+
+def field_name(keys: Sequence[str], scope: str) -> str | None:
+    """The field by which a filter names the metadata path ``keys`` seen in the metadata
+    of ``scope`` (``document`` or ``chunk``): the dotted path where a bare path reads it,
+    else the path under ``scope.``; None where no filter can name it at all.
+
+    A bare path equal to a built-in's name (``source``, ``page``) reads the built-in
+    column, one whose first key starts with ``$`` is read as an operator, and one whose
+    first key is ``chunk`` or ``document`` (``document.x``) as a prefixed path, so those
+    are named ``document.PATH`` or ``chunk.PATH``, which read the metadata key itself. A
+    key that is empty or holds a dot cannot be named: dots separate a path's keys, and
+    the filter language has no escape for them."""
+    path = ".".join(keys)
+    if not keys or any(not k or "." in k for k in keys) or len(path) > MAX_PATH_LENGTH:
+        return None
+    if path in BUILTINS or names_operator(path) or (len(keys) > 1 and keys[0] in _SCOPES):
+        return f"{scope}.{path}"
+    return path
+
+
+_SCOPES = ("chunk", "document")
 
 
 def _split_path(field: str) -> list[str]:

@@ -976,7 +976,10 @@
     });
     for (const m of res.metadata) {
       const carried = m.documents + " documents · " + m.chunks + " chunks";
-      const indexable = me.scope === "admin" && !me.collection
+      // only a bare path is indexed (both tables): not one listed as document.KEY or
+      // chunk.KEY (a key named like a built-in), which POST /v1/field-indexes refuses
+      const bare = !m.keys || m.keys.join(".") === m.field;
+      const indexable = me.scope === "admin" && !me.collection && bare
         ? ["number", "string"].filter((k) => m.types.includes(k) && !m.indexed.includes(k))
         : [];
       rows.push(fieldRow(me, m.field, m.types.join(" | "), carried, m.examples, m.indexed,
@@ -986,7 +989,10 @@
     $("fields-table").hidden = false;
     $("fields-summary").textContent = res.metadata.length + " metadata path(s) in the latest " +
       res.sampled.documents + " documents and " + res.sampled.chunks + " sampled chunks" +
-      (res.truncated ? " (more than are listed)" : "") + ". Click a field to add it to the filters.";
+      (res.truncated ? " (more than are listed)" : "") +
+      (res.unfilterable && res.unfilterable.count
+        ? "; " + res.unfilterable.count + " left out: " + res.unfilterable.reason : "") +
+      ". Click a field to add it to the filters.";
     return true;
   }
 
