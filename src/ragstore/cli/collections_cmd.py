@@ -159,6 +159,15 @@ def fields_cmd(
         f"{_count(sampled['chunks'], 'chunk') or '0 chunks'}"
         + (" (more paths than listed)" if data["truncated"] else "")
     )
+    # in --json alone, a key with a dot ("v1.2") was left out of the table unsaid, and a
+    # reader looked for it in vain
+    unnamed = data.get("unfilterable") or {}
+    if unnamed.get("count"):
+        shown = ", ".join(json.dumps(".".join(keys)) for keys in unnamed["examples"])
+        err_console().print(
+            f"{_count(unnamed['count'], 'metadata path')} left out, which no filter can "
+            f"name (e.g. {escape(shown)}): {escape(str(unnamed['reason']))}"
+        )
 
 
 @app.command("create")
