@@ -29,6 +29,7 @@ TEXTS = ["tomatoes ripen in the sun", "roses need pruning in spring", "espresso 
 
 CHILD = """
 import sys
+from ragstore.errors import RagstoreError
 from ragstore.store import Store
 store = Store(sys.argv[1], data_dir=sys.argv[2])
 # a collection made and deleted: the model loaded and checked against its pin now
@@ -43,7 +44,7 @@ for line in sys.stdin:
         elif verb == "recreate":
             store.delete_collection("again")
             store.add_texts("again", ["tomatoes are picked green"], ids=["new"])
-    except Exception as exc:
+    except RagstoreError as exc:  # any other error ends the child: the test sees it
         print(f"failed: {exc!r}", flush=True)
     else:
         print("done", flush=True)

@@ -32,6 +32,7 @@ from typer._click import exceptions as click_exceptions
 from typer._click.core import Context
 
 from ragstore.errors import RagstoreError
+from ragstore.stdfds import fill_closed_std_fds
 
 EXIT_FAILED = 1
 EXIT_USAGE = 64  # EX_USAGE
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
 
     A command whose output could not be written (stdout closed, a full disk, a reader that
     went away) never ends with 0: its data is lost (:func:`_output_lost`)."""
-    closed = _fill_closed_std_fds()
+    closed = fill_closed_std_fds()
     stdin, stderr = sys.stdin, sys.stderr
     _streams_over_filled_fds(closed)
     stdout = sys.stdout
@@ -350,40 +351,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdin, sys.stderr = stdin, stderr  # ours are flushed as they are dropped
 
 
-def _fill_closed_std_fds() -> set[int]:
-    """Open /dev/null on each of file descriptors 0, 1 and 2 that is closed
-    (``ragstore backup x.dump >&-``); return those that were.
-
-    The kernel gives the lowest free number to the next file opened: with fd 1 closed, the
-    backup's lock file or the connection to PostgreSQL became fd 1 (with fd 2 closed, the
-    connection became fd 2), and what a library's C code writes to stdout or stderr (a
-    Rust or C++ warning, a fatal error's report) went into that file or connection. Filled
-    here, before anything is opened, those files get numbers of their own."""
-    closed: set[int] = set()
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-            continue
-        except OSError as exc:
-            if exc.errno != errno.EBADF:
-                continue
-        closed.add(fd)
-        try:
-            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
-        except OSError:  # no /dev/null (a bare chroot): left as it was
-            continue
-        if null != fd:  # not the lowest free number after all: put it in its place
-            os.dup2(null, fd)
-            os.close(null)
-        # inherited, as a standard stream is: a child process (the parse helper) started
-        # with it closed had the same hole for its own first file
-        os.set_inheritable(fd, True)
-    return closed
-
-
 def _streams_over_filled_fds(closed: set[int]) -> None:
-    """``sys.stdin`` and ``sys.stderr`` over the /dev/null that :func:`_fill_closed_std_fds`
-    put on a closed fd 0 or 2 (``ragstore ... <&- 2>&-``, cron, a service manager).
+    """``sys.stdin`` and ``sys.stderr`` over the /dev/null that
+    :func:`ragstore.stdfds.fill_closed_std_fds` put on a closed fd 0 or 2
+    (``ragstore ... <&- 2>&-``, cron, a service manager).
 
     Python started with one of them closed leaves it None: the confirmation question
     (``sys.stderr.write``) ended the command with an AttributeError, exit 1 whatever was

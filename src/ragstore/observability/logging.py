@@ -18,7 +18,6 @@ alembic) are routed through the same renderer.
 
 from __future__ import annotations
 
-import errno
 import io
 import logging
 import os
@@ -30,6 +29,8 @@ from typing import IO, Any, Literal, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from ragstore.stdfds import fill_closed_std_fds
 
 REDACTED = "**********"
 _SECRET_KEY = re.compile(
@@ -202,11 +203,7 @@ def _stderr_fallback() -> IO[str]:
     global _fallback
     if _fallback is not None and not _fallback.closed:
         return _fallback
-    try:
-        os.fstat(2)
-    except OSError as exc:
-        if exc.errno == errno.EBADF:
-            _fill_fd2()
+    fill_closed_std_fds((2,))
     if _writable(2):
         # kept for the process's life, as stderr is; fd 2 itself is never closed by it
         _fallback = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115
@@ -220,17 +217,6 @@ class _Discard(io.TextIOBase):
 
     def write(self, text: str) -> int:
         return len(text)
-
-
-def _fill_fd2() -> None:
-    """/dev/null on the closed fd 2 (``cli.app._fill_closed_std_fds`` for the CLI)."""
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-    except OSError:  # no /dev/null (a bare chroot): left as it was
-        return
-    if null != 2:
-        os.dup2(null, 2)
-        os.close(null)
 
 
 def _writable(fd: int) -> bool:
