@@ -62,12 +62,13 @@ CLI = [sys.executable, "-c", "import sys; from ragstore.cli import main; main(sy
         ),
         (
             "RAGSTORE_READ_DATABASE_URLS",
-            "postgresql://db2/x, host=db3 password='a,hunter2'",
-            "item 2 of the comma-separated list is not a valid libpq key=value string: "
-            "unterminated quoted string in connection info string; quote a value that "
-            "holds a space or a quote: password='a b\\'c' (the list is split at every "
-            "comma, even one inside a key=value item's quotes: give such a replica as a "
-            "postgresql:// URL, a comma in it as %2C)",
+            "postgresql://u:hunter2@db1,db2/x?target_session_attrs=read-only,"
+            " postgresql://u:hunter2@db3,db4:notaport/x",
+            "item 2 of the comma-separated list names a port that is not a number from 1 "
+            "to 65535; e.g. postgresql://user:password@host:5432/dbname (percent-encode a "
+            "reserved character of the password: @ as %40, : as %3A) (the list is split at "
+            "each comma followed by a URL, a key= or nothing, and at a comma in a URL's "
+            "path; write a password's comma as %2C)",
         ),
     ],
 )
@@ -123,6 +124,33 @@ def test_a_port_for_each_of_several_hosts_is_accepted(value: str) -> None:
     settings = Settings(database_url=value)
     assert settings.database_url is not None
     assert settings.database_url.get_secret_value() == value
+
+
+@pytest.mark.parametrize(
+    ("value", "replicas"),
+    [
+        (  # a libpq multi-host URL was cut at its commas and refused
+            "postgresql://u:p@db1:5432,db2:5433/x?target_session_attrs=read-only",
+            ["postgresql://u:p@db1:5432,db2:5433/x?target_session_attrs=read-only"],
+        ),
+        (
+            "postgresql://u@db1,db2/x?target_session_attrs=read-only,"
+            " postgres://u@db3:5432,db4:5433/x",
+            [
+                "postgresql://u@db1,db2/x?target_session_attrs=read-only",
+                "postgres://u@db3:5432,db4:5433/x",
+            ],
+        ),
+        (
+            "host=db1,db2 port=5432,5433 password='a,b=c',host=db3",
+            ["host=db1,db2 port=5432,5433 password='a,b=c'", "host=db3"],
+        ),
+    ],
+)
+def test_a_replica_of_several_hosts_is_one_replica(value: str, replicas: list[str]) -> None:
+    from ragstore.config import Settings
+
+    assert Settings(read_database_urls=value).replica_urls == replicas
 
 
 NOT_UTF8 = os.fsdecode(b"team\xff")  # as Python holds an argument of bytes not UTF-8

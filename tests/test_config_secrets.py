@@ -45,25 +45,29 @@ def test_store_with_a_bad_url_is_a_config_error_without_the_password(
     assert err.value.__cause__ is None and err.value.__suppress_context__
 
 
-@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["worker"]])
+UVICORN = [sys.executable, "-m", "uvicorn", "ragstore.api.app:create_app", "--factory"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[*CLI, "serve", "--port", "0"], [*CLI, "worker"], [*UVICORN, "--port", "0"]],
+    ids=["serve", "worker", "uvicorn"],
+)
 def test_a_server_or_worker_with_a_bad_url_exits_78_without_the_password(
     command: list[str], tmp_path: Path
 ) -> None:
-    """The API server (the Docker image's command) and the worker started on a bad
-    database URL: it is refused before anything starts, and their output never shows it."""
+    """The API server (the Docker image's command), the worker and uvicorn running the
+    app factory itself started on a bad database URL: it is refused before anything
+    starts, and their output never shows it. uvicorn ended with the factory's traceback
+    and exit 1."""
     env = {
         **os.environ,
         "RAGSTORE_DATABASE_URL": BAD_URL,
         "RAGSTORE_DATA_DIR": str(tmp_path),
         "RAGSTORE_PROFILE": "test",
     }
-    done = subprocess.run(
-        [*CLI, *command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == ConfigError.exit_code, done.stderr
     assert SECRET not in done.stdout + done.stderr
-    assert "error[config_invalid]: RAGSTORE_DATABASE_URL=(secret) is invalid" in done.stderr
+    (line,) = done.stderr.splitlines()  # no traceback
+    assert line.startswith("error[config_invalid]: RAGSTORE_DATABASE_URL=(secret) is invalid")

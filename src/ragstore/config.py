@@ -158,10 +158,11 @@ class Settings(BaseSettings):
     )
     read_database_urls: SecretStr | None = Field(
         None,
-        description="Comma-separated postgresql:// URLs of read replicas (hot standbys);"
-        " searches, listings and document reads go there, everything else to the primary."
-        " A libpq key=value string is taken too, unless it holds a comma (the list is split"
-        " at every one).",
+        description="Comma-separated postgresql:// URLs (or libpq key=value strings) of"
+        " read replicas (hot standbys); searches, listings and document reads go there,"
+        " everything else to the primary. The list is split at a comma followed by a URL"
+        " or a key= (and at one in a URL's path): a multi-host URL (postgresql://h1,h2/db)"
+        " or host=h1,h2 is one replica.",
     )
     max_replica_lag_s: float = Field(
         10.0, gt=0, le=86400, description="A replica further behind than this is skipped."
@@ -331,24 +332,21 @@ class Settings(BaseSettings):
     @field_validator("read_database_urls")
     @classmethod
     def _replica_urls(cls, value: SecretStr | None) -> SecretStr | None:
-        """Each comma-separated item a PostgreSQL URL: a typo was taken as a replica that is
+        """Each item of the list a PostgreSQL URL: a typo was taken as a replica that is
         down, every read went to the primary, and nothing said why."""
         if value is None:
             return None
-        items = [u.strip() for u in value.get_secret_value().split(",")]
+        items = split_conninfo_list(value.get_secret_value())
         for number, item in enumerate(items, 1):
-            if not item:
-                continue
             try:
                 _check_conninfo(item, f"item {number} of the comma-separated list ")
             except ValueError as exc:
-                if not any("=" in i and "://" not in i for i in items):
+                if len(items) == 1:
                     raise
-                # a key=value item's quoted comma (password='a,b') made two broken items
+                # a comma the list was split at that belonged to the item (a password's)
                 raise ValueError(
-                    f"{exc} (the list is split at every comma, even one inside a "
-                    "key=value item's quotes: give such a replica as a postgresql:// "
-                    "URL, a comma in it as %2C)"
+                    f"{exc} (the list is split at each comma followed by a URL, a key= or "
+                    "nothing, and at a comma in a URL's path; write a password's comma as %2C)"
                 ) from None
         return value
 
@@ -399,8 +397,57 @@ class Settings(BaseSettings):
         """The read replicas' conninfos, in the order given (empty: reads go to the primary)."""
         if self.read_database_urls is None:
             return []
-        text = self.read_database_urls.get_secret_value()
-        return [u.strip() for u in text.split(",") if u.strip()]
+        return split_conninfo_list(self.read_database_urls.get_secret_value())
+
+
+# where a new item of a list of conninfos starts: a URL (of any scheme, so that a wrong one
+# is reported as such), a libpq key=value string, or nothing (an empty item)
+_ITEM_START = re.compile(r"\s*(?:,|$|[A-Za-z][A-Za-z0-9+.-]*://|[A-Za-z_][A-Za-z0-9_]*\s*=)")
+_URL_START = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def split_conninfo_list(text: str) -> list[str]:
+    """``RAGSTORE_READ_DATABASE_URLS`` as its conninfos, stripped, empty items dropped.
+
+    Split at every comma, a libpq multi-host replica
+    (``postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-only``, ``host=h1,h2``)
+    became broken pieces and the setting was refused. A comma now ends an item where a new
+    one starts after it (``scheme://``, ``key=``, another comma or the end), and anywhere in
+    a URL's path (a database name holds no comma: ``postgresql://h/db,typo`` is two items,
+    the second refused); never inside a ``key=value`` item's quoted value
+    (``password='a,b'``) nor after its backslash."""
+    items: list[str] = []
+    start = i = 0
+    while start <= len(text):
+        url = _URL_START.match(text, start)
+        path = query = len(text)  # in a URL: where its path and its query start
+        if url:
+            path = _first_of(text, "/?#", url.end())
+            query = _first_of(text, "?#", path)
+        quoted = value_next = False  # in a key=value item: in quotes; a value comes next
+        i = start
+        while i < len(text):
+            char = text[i]
+            if not url and char == "\\":
+                i, value_next = i + 2, False
+                continue
+            if quoted:
+                quoted = char != "'"
+            elif not url and char == "'" and value_next:
+                quoted = True
+            elif char == "," and (path <= i < query or _ITEM_START.match(text, i + 1)):
+                break
+            value_next = not url and (char == "=" or (value_next and char.isspace()))
+            i += 1
+        items.append(text[start:i].strip())
+        start = i + 1
+    return [item for item in items if item]
+
+
+def _first_of(text: str, chars: str, start: int) -> int:
+    """Where the first of ``chars`` is in ``text`` from ``start`` (its length: none)."""
+    found = [at for at in (text.find(c, start) for c in chars) if at != -1]
+    return min(found, default=len(text))
 
 
 def _check_conninfo(text: str, which: str) -> None:

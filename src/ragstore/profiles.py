@@ -135,12 +135,17 @@ def get_settings(**overrides: Any) -> Settings:
 
 
 def settings_with(settings: Settings, **overrides: Any) -> Settings:
-    """``settings`` with ``overrides`` applied and validated as the environment's are.
+    """``settings`` with ``overrides`` applied and checked as the environment's are: each
+    value validated, then the profile's refusals (:func:`check_profile`).
 
     ``model_copy(update=...)`` validates nothing: ``Store(url, settings=...)`` kept a bad
     URL as a plain ``str`` (shown by the settings' repr, password and all) and failed at
-    the first connection with an AttributeError."""
-    return _validated({**dict(settings), **overrides})
+    the first connection with an AttributeError. The profile was not checked either:
+    ``Store(url, settings=<profile prod>)`` opened with a well-known default password in
+    ``url`` that ``RAGSTORE_PROFILE=prod`` refuses from the environment."""
+    checked = _validated({**dict(settings), **overrides})
+    check_profile(checked)
+    return checked
 
 
 def _validated(values: dict[str, Any]) -> Settings:

@@ -45,7 +45,7 @@ from ragstore.errors import (
     all_error_classes,
 )
 from ragstore.ingest import texts as text_service
-from ragstore.profiles import get_settings, settings_with
+from ragstore.profiles import check_profile, get_settings, settings_with
 from ragstore.runtime import Runtime
 from ragstore.validation import (
     check_value,
@@ -92,7 +92,8 @@ class Store:
 
     ``url``: a PostgreSQL URL; ``None`` uses ``RAGSTORE_DATABASE_URL`` or, when that is
     unset, the embedded server under ``data_dir`` (default ``RAGSTORE_DATA_DIR``).
-    ``settings`` replaces the environment entirely (tests, embedding apps).
+    ``settings`` replaces the environment entirely (tests, embedding apps); its profile
+    refuses what it refuses from the environment (profile prod: ConfigError).
     """
 
     def __init__(
@@ -114,6 +115,8 @@ class Store:
             settings = get_settings(**overrides)
         elif overrides:
             settings = settings_with(settings, **overrides)
+        else:  # built by the caller, maybe without get_settings: refused as it would be
+            check_profile(settings)
         self._runtime = Runtime(settings)
         self._owns = True
         self._closed = False

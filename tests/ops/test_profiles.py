@@ -68,6 +68,24 @@ def test_prod_starts_with_auth_on_and_a_strong_password() -> None:
     assert settings.profile == "prod"
 
 
+def test_a_store_given_prod_settings_refuses_what_the_environment_would() -> None:
+    """``Store(url, settings=)`` validated the URL but skipped profile prod's check: a
+    default password in ``url`` (or settings built without get_settings) was opened."""
+    from ragstore.config import Settings
+    from ragstore.store import Store
+
+    url = "postgresql://ragstore:postgres@db.internal:5432/ragstore"
+    prod = get_settings(profile="prod", auth="on", database_url=STRONG_URL)
+    with pytest.raises(ConfigError) as exc:
+        Store(url, settings=prod)
+    with pytest.raises(ConfigError) as from_env:
+        get_settings(profile="prod", auth="on", database_url=url)
+    assert str(exc.value) == str(from_env.value)
+    assert ":postgres@" not in str(exc.value)
+    with pytest.raises(ConfigError, match="RAGSTORE_AUTH=off leaves the API without keys"):
+        Store(settings=Settings(profile="prod", auth="off", database_url=STRONG_URL))
+
+
 @pytest.mark.parametrize("profile", ["dev", "test"])
 def test_dev_and_test_accept_the_defaults(profile: str) -> None:
     settings = get_settings(profile=profile, auth="off")

@@ -129,8 +129,20 @@ def _read_only(rt: Runtime) -> bool:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
-    secure = auth_enabled(settings)
+    """The API over ``settings``; without them, over the environment's, as the factory of
+    ``uvicorn ragstore.api.app:create_app --factory`` (and of ``ragstore serve``'s
+    workers). There a bad setting ends the process as ``ragstore serve`` does: one
+    ``error[config_invalid]`` line and exit 78 (EX_CONFIG). uvicorn stops on an exception
+    of its factory with a traceback and exit 1 (it lets ``SystemExit`` through)."""
+    if settings is None:
+        try:
+            settings = get_settings()
+            secure = auth_enabled(settings)
+        except ConfigError as exc:
+            log.error("error[%s]: %s", exc.code, " ".join(exc.message.split()))
+            raise SystemExit(exc.exit_code) from None
+    else:
+        secure = auth_enabled(settings)
     stop_with_parent()
 
     @asynccontextmanager
