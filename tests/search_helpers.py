@@ -91,10 +91,12 @@ def waiting_searches(conninfo: str) -> int:
 
 
 def reference_mmr(
-    query: np.ndarray, embeddings: np.ndarray, k: int, lambda_mult: float
+    query: np.ndarray, embeddings: np.ndarray, k: int, lambda_mult: float, ranked: bool = False
 ) -> list[int]:
     """LangChain's ``maximal_marginal_relevance``, written out (cosine similarity; the
-    first pick the most similar; strict ``>`` so ties go to the earlier candidate)."""
+    first pick the most similar; strict ``>`` so ties go to the earlier candidate).
+    ``ranked``: relevance is the embeddings' order (best first) on the cosine scale, the
+    i-th row given the i-th highest similarity to the query (search/mmr.py)."""
 
     def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a = a / np.linalg.norm(a, axis=1, keepdims=True)
@@ -102,6 +104,8 @@ def reference_mmr(
         return np.asarray(a @ b.T)
 
     to_query = cosine(query[None, :], embeddings)[0]
+    if ranked:
+        to_query = np.sort(to_query)[::-1]
     picked = [int(np.argmax(to_query))]
     while len(picked) < min(k, len(embeddings)):
         to_picked = cosine(embeddings, embeddings[picked])

@@ -65,10 +65,13 @@ def _expected(
     rt: Runtime, mode: str, k: int, fetch_k: int, lambda_mult: float, **kw: Any
 ) -> list[str]:
     """The sources MMR must pick: the plain ranking's best ``fetch_k`` (same mode and
-    filter) through :func:`reference_mmr` with the query's embedding."""
+    filter) through :func:`reference_mmr` with the query's embedding; in vector mode
+    LangChain's definition itself (each candidate's cosine is its relevance), in the
+    others with the mode's ranking as relevance."""
     candidates = search(rt, QUERY, collection=COLL, k=fetch_k, mode=mode, **kw)  # type: ignore[arg-type]
     q = rt.embedder_for(rt.collection(COLL)).embed_query(QUERY).astype(np.float64)
-    picked = reference_mmr(q, _vectors(rt, [h.chunk_id for h in candidates]), k, lambda_mult)
+    vectors = _vectors(rt, [h.chunk_id for h in candidates])
+    picked = reference_mmr(q, vectors, k, lambda_mult, ranked=mode != "vector")
     return [candidates[i].source for i in picked]
 
 
@@ -108,11 +111,19 @@ def test_mmr_picks_what_langchains_definition_picks(
     assert [h.source for h in hits] == _expected(rt, mode, k, fetch_k, lambda_mult)
 
 
-@pytest.mark.parametrize("sections", [True, False])
-def test_lambda_one_is_the_vector_rankings_top_k(store: Store, sections: bool) -> None:
-    plain = store.search(COLL, QUERY, k=4, mode="vector", sections=sections)
+@pytest.mark.parametrize(
+    ("mode", "sections"),
+    [("vector", True), ("vector", False), ("hybrid", True), ("fulltext", True)],
+)
+def test_lambda_one_is_the_rankings_top_k_in_every_mode(
+    store: Store, mode: str, sections: bool
+) -> None:
+    """Relevance is the mode's own ranking: lambda 1 returns the plain top k. It was each
+    hit's cosine to the query, so a full-text or hybrid search at lambda 1 came back in
+    the vector list's order ("revert" first, where BM25 ranks the copies first)."""
+    plain = store.search(COLL, QUERY, k=4, mode=mode, sections=sections)
     mmr = store.search(
-        COLL, QUERY, k=4, mode="vector", sections=sections, mmr=True, fetch_k=7, lambda_mult=1
+        COLL, QUERY, k=4, mode=mode, sections=sections, mmr=True, fetch_k=7, lambda_mult=1
     )
     assert [h["chunk_id"] for h in mmr["data"]] == [h["chunk_id"] for h in plain["data"]]
 
@@ -121,8 +132,9 @@ def test_the_candidates_are_the_filtered_ones(rt: Runtime, store: Store) -> None
     where = {"team": "db"}
     hits = search(rt, QUERY, collection=COLL, k=2, mode="hybrid", where=where, mmr=True, fetch_k=5)
     assert [h.source for h in hits] == _expected(rt, "hybrid", 2, 5, 0.5, where=where)
-    # "restore" (ops) would come second unfiltered; dup-2 is too like dup-1
-    assert [h.source for h in hits] == ["revert", "dup-1"]
+    # the hybrid ranking's best (dup-1) first; dup-2 is too like it, "restore" (ops)
+    # filtered out: "revert"
+    assert [h.source for h in hits] == ["dup-1", "revert"]
 
 
 def test_a_vector_given_is_the_query_vector(rt: Runtime, store: Store) -> None:

@@ -402,3 +402,49 @@ async def test_a_key_revoked_while_serving_stops_every_tool(handbook: Store) -> 
             text = _error(await session.call_tool(tool, args))
             assert "error[unauthorized]" in text and "was revoked" in text, (tool, text)
     assert "late" not in {c["name"] for c in handbook.list_collections()}
+
+
+async def test_search_picks_diverse_hits_by_mmr_and_refuses_bad_options(handbook: Store) -> None:
+    """The search tool had no maximal marginal relevance (search/mmr.py): an agent got
+    near-copies of one passage filling its hits. ``mmr`` now picks among the ranking's best
+    ``fetch_k``; bad options are the tool's error, with the search's own message."""
+    from mcp import Client as McpClient
+
+    copy = "To roll back a schema migration, run ragstore db downgrade to the previous revision."
+    handbook.add_texts(
+        "mcp-mmr",
+        [
+            copy,
+            copy,
+            copy,
+            "A failed database migration can be undone by restoring last night's backup.",
+            "Schema changes are reverted with the migration tool's downgrade command.",
+            "Kittens sleep most of the day in a sunny spot.",
+        ],
+        ids=["dup-1", "dup-2", "dup-3", "restore", "revert", "cats"],
+    )
+    ask: dict[str, Any] = {
+        "collection": "mcp-mmr",
+        "query": "how do I roll back a database schema migration?",
+        "k": 3,
+        "mode": "vector",
+    }
+    async with McpClient(build_server(handbook)) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        assert {"mmr", "fetch_k", "lambda_mult"} <= set(tools["search"].input_schema["properties"])
+        assert "lambda_mult" in str(tools["search"].description)
+        plain = _data(await session.call_tool("search", ask))
+        assert [h["source"] for h in plain["hits"]] == ["revert", "dup-1", "dup-2"]
+        diverse = _data(await session.call_tool("search", {**ask, "mmr": True, "fetch_k": 6}))
+        assert [h["source"] for h in diverse["hits"]] == ["revert", "restore", "dup-1"]
+        relevant = {**ask, "mmr": True, "lambda_mult": 1}  # an integer is a number
+        assert _data(await session.call_tool("search", relevant)) == plain
+        bad: list[tuple[dict[str, Any], str]] = [
+            ({"mmr": True, "lambda_mult": 1.5}, "error[invalid_input]: lambda_mult must be"),
+            ({"mmr": True, "fetch_k": 2}, "fetch_k (2) is smaller than k (3)"),
+            ({"fetch_k": 10}, "fetch_k only apply to a maximal-marginal-relevance search"),
+            ({"mmr": True, "lambda_mult": "0.5"}, "validation error"),
+            ({"mmr": "yes"}, "validation error"),
+        ]
+        for args, message in bad:
+            assert message in _error(await session.call_tool("search", {**ask, **args})), args

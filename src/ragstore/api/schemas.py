@@ -357,7 +357,7 @@ class SearchRequest(Strict):
     mmr: bool = Field(
         False,
         description="Maximal marginal relevance: pick the `k` hits among the ranking's best "
-        "`fetch_k` for relevance to the query and difference from each other (cosine "
+        "`fetch_k` for relevance (the mode's ranking) and difference from each other (cosine "
         "similarity of their embeddings), in the order picked; `score` stays the ranking's.",
     )
     fetch_k: int | None = Field(
@@ -371,7 +371,8 @@ class SearchRequest(Strict):
         None,
         ge=0,
         le=1,
-        description="With `mmr`: 1 ranks by relevance alone, 0 by diversity alone (default 0.5).",
+        description="With `mmr`: 1 ranks by relevance alone (the plain ranking), 0 by "
+        "diversity alone (default 0.5).",
     )
 
     @model_validator(mode="after")

@@ -166,8 +166,9 @@ class RagstoreVectorStore(VectorStore):
     ) -> list[Document]:
         """``k`` documents picked by maximal marginal relevance among the best ``fetch_k``
         of the search (``mode``; by vector with a LangChain ``embedding``): ragstore's
-        search with ``mmr`` (search/mmr.py), LangChain's definition, cosine similarity of
-        the stored vectors. What ``as_retriever(search_type="mmr")`` runs."""
+        search with ``mmr`` (search/mmr.py): by vector LangChain's definition, cosine
+        similarity of the stored vectors; in hybrid or full-text mode relevance is that
+        mode's ranking. What ``as_retriever(search_type="mmr")`` runs."""
         _no_other_arguments("max_marginal_relevance_search", kwargs, ("filter",))
         if self._embedding is not None:
             vector = self._embedding.embed_query(query)

@@ -3,8 +3,9 @@
 Built with the official ``mcp`` SDK (extra ``[mcp]``), served over stdio (what desktop
 agents spawn) or streamable HTTP. Tools:
 
-- ``search``: ranked chunks for a query, with ``mode``, a ``where`` filter and ``context``
-  (neighbouring chunks, or the whole section);
+- ``search``: ranked chunks for a query, with ``mode``, a ``where`` filter, ``context``
+  (neighbouring chunks, or the whole section) and maximal marginal relevance (``mmr``,
+  ``fetch_k``, ``lambda_mult``: search/mmr.py);
 - ``list_collections``;
 - ``get_document``: a document's record and text; ``get_section``: one section of it;
 - ``add_document``: only when the server was started with a write-scoped API key
@@ -212,7 +213,11 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             "like a built-in field (source, title, page, chunk_type, created_at, collection) "
             'is filtered as document.KEY, e.g. {"document.source": "crm"} (bare, it reads '
             "the built-in); list_fields gives each field's name. context: a number "
-            'of neighbouring chunks (0-50) or "section" to return each hit\'s whole section.'
+            'of neighbouring chunks (0-50) or "section" to return each hit\'s whole section. '
+            "mmr: true picks the k hits among the ranking's best fetch_k (default 20, at "
+            "least k) for relevance and for difference from each other, so near-copies of "
+            "one passage do not fill the hits; lambda_mult (0-1, default 0.5) weighs them: "
+            "1 relevance alone (the plain ranking), 0 difference alone."
         )
     )
     @answered
@@ -223,10 +228,24 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         mode: Annotated[str, Strict()] = "hybrid",
         where: dict[str, Any] | None = None,
         context: StrictInt | Annotated[str, Strict()] | None = None,
+        mmr: Annotated[bool, Strict()] = False,
+        fetch_k: StrictInt | None = None,
+        lambda_mult: Annotated[float, Strict()] | None = None,
     ) -> dict[str, Any]:
         allow("read", collection)
+        # the values are checked by the search (search/mmr.py), as for every surface
         out = await until_abandoned(
-            lambda: store.search(collection, query, k=k, mode=mode, where=where, context=context)
+            lambda: store.search(
+                collection,
+                query,
+                k=k,
+                mode=mode,
+                where=where,
+                context=context,
+                mmr=mmr,
+                fetch_k=fetch_k,
+                lambda_mult=lambda_mult,
+            )
         )
         hits = []
         for h in out["data"]:

@@ -4,11 +4,22 @@ A search with ``mmr`` ranks as it would without (any mode, any filter) but takes
 best ``fetch_k`` hits as candidates; their stored embeddings are read in one statement
 (search/service.py ``_run_mmr``) and :func:`select` picks ``k`` of them, LangChain's
 definition (``langchain_core.vectorstores.utils.maximal_marginal_relevance``): first the
-candidate most similar to the query, then each time the one that maximises
-``lambda_mult * sim(query, d) - (1 - lambda_mult) * max(sim(d, s) for s picked)``, all
-similarities cosine, whatever the collection's metric; ties go to the better-ranked
-candidate. ``lambda_mult`` 1 is pure relevance (the candidates by similarity to the
-query: a vector search's own order), 0 pure diversity.
+most relevant candidate, then each time the one that maximises
+``lambda_mult * relevance(d) - (1 - lambda_mult) * max(sim(d, s) for s picked)``, ``sim``
+the cosine similarity of the stored vectors, whatever the collection's metric; ties go to
+the better-ranked candidate. ``lambda_mult`` 1 is pure relevance, 0 pure diversity.
+
+Relevance is the search's own ranking, on the cosine scale: the candidates' cosine
+similarities to the query's vector, handed out by rank (the best-ranked candidate gets
+the highest of them, the second the second highest...). So ``lambda_mult`` 1 returns the
+plain top ``k`` in every mode: a hybrid or full-text search's order, a section ranking's
+order, a vector search's under any metric. LangChain's own relevance, each candidate's
+cosine to the query, would reorder a full-text or hybrid ranking by the vector list's
+measure alone at lambda 1 (what a user who chose that mode did not ask for), and in
+vector mode of a cosine collection ranking chunks it is the same thing: the ranking is
+by that cosine, so each candidate gets its own. The scale stays the cosine's so that
+``lambda_mult`` weighs relevance against the cosine redundancy term in the same units
+in every mode (a BM25 or RRF score has no common scale with a cosine).
 
 Three near-copies of one passage fill a plain top 3; with MMR the second copy scores
 ``lambda * 0.9 - (1 - lambda) * 1.0`` and a relevant passage that says something else
@@ -34,10 +45,12 @@ MAX_FETCH_K = 1000  # the same bound as k
 @dataclass(frozen=True)
 class Pick:
     """One chosen candidate: its index in the candidates, its cosine similarity to the
-    query and its greatest to the candidates picked before it (``None`` for the first)."""
+    query, the relevance MMR weighed (the cosine its rank was given: see the module) and
+    its greatest similarity to the candidates picked before it (``None`` for the first)."""
 
     index: int
     similarity: float
+    relevance: float
     redundancy: float | None
 
 
@@ -93,15 +106,18 @@ def select(
     k: int,
     lambda_mult: float,
 ) -> list[Pick]:
-    """The MMR choice of ``k`` among ``candidates`` (rows, best-ranked first), in the
-    order picked. One matrix product a pick: ``O(k * len(candidates) * dimension)``."""
+    """The MMR choice of ``k`` among ``candidates`` (rows, in the search's ranking, best
+    first), in the order picked. One matrix product a pick:
+    ``O(k * len(candidates) * dimension)``."""
     n = len(candidates)
     if n == 0 or k <= 0:
         return []
     e = _unit_rows(candidates)
-    relevance = e @ _unit_rows(query.reshape(1, -1))[0]
-    first = int(np.argmax(relevance))
-    picks = [Pick(first, float(relevance[first]), None)]
+    similarity = e @ _unit_rows(query.reshape(1, -1))[0]
+    # the ranking's order on the cosine scale: the j-th ranked gets the j-th highest
+    relevance = np.sort(similarity)[::-1]
+    first = 0  # the most relevant: the best-ranked
+    picks = [Pick(first, float(similarity[first]), float(relevance[first]), None)]
     taken = np.zeros(n, dtype=bool)
     taken[first] = True
     redundancy = e @ e[first]  # each candidate's greatest similarity to those picked
@@ -109,7 +125,7 @@ def select(
         score = lambda_mult * relevance - (1 - lambda_mult) * redundancy
         score[taken] = -np.inf
         i = int(np.argmax(score))  # the first of equals: the better-ranked candidate
-        picks.append(Pick(i, float(relevance[i]), float(redundancy[i])))
+        picks.append(Pick(i, float(similarity[i]), float(relevance[i]), float(redundancy[i])))
         taken[i] = True
         np.maximum(redundancy, e @ e[i], out=redundancy)
     return picks

@@ -330,9 +330,10 @@ def _run_mmr(
 ) -> list[Hit]:
     """A maximal-marginal-relevance search (search/mmr.py): the search's own ranking, in
     its mode and under its filter, gives its best ``fetch_k`` hits; their stored
-    embeddings come in one more statement, and MMR picks ``k`` of them by cosine
-    similarity to the query's vector (the given one, or the query's text embedded with
-    the collection's model, in full-text mode too) and to the hits already picked.
+    embeddings come in one more statement, and MMR picks ``k`` of them by relevance (the
+    ranking's order, on the scale of their cosine similarities to the query's vector: the
+    given one, or the query's text embedded with the collection's model, in full-text mode
+    too) and cosine similarity to the hits already picked.
 
     The hits come in the order MMR picked them; each keeps the ranking's ``score``."""
     if vector is None and query.strip():
@@ -383,6 +384,7 @@ def _run_mmr(
                 "rank": rank,
                 "candidate_rank": pick.index + 1,
                 "similarity": pick.similarity,
+                "relevance": pick.relevance,
                 "max_similarity_to_picked": pick.redundancy,
                 "fetch_k": fetch_k,
                 "lambda_mult": lambda_mult,
