@@ -255,6 +255,38 @@ def test_collections_fields_says_which_paths_no_filter_can_name(
     assert "rename the metadata key" in err
 
 
+def test_collections_fields_lists_a_path_only_chunks_carry(
+    local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Markdown table's chunk carries metadata of its own (rows, columns) that its
+    document does not: the table lists those paths as carried by the chunk alone, with
+    their kind and value, and ``--json`` counts them on chunks, none on documents."""
+    doc = tmp_path / "hours.md"
+    doc.write_text(
+        "# Hours\n\nHow long each cat sleeps.\n\n| cat | hours |\n|---|---|\n| tabby | 16 |\n"
+    )
+    assert run_cli("ingest", str(doc), "-c", "chunk-fields") == 0
+    capsys.readouterr()
+    assert run_cli("collections", "fields", "chunk-fields", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    by_name = {m["field"]: m for m in data["metadata"]}
+    assert {k: by_name["rows"][k] for k in ("field", "types", "documents", "chunks")} == {
+        "field": "rows",
+        "types": ["number"],
+        "documents": 0,
+        "chunks": 1,
+    }
+    assert by_name["columns"]["examples"] == [2] and by_name["columns"]["documents"] == 0
+    assert by_name["filename"]["documents"] == 1 and by_name["filename"]["chunks"] == 0
+    assert data["unfilterable"]["count"] == 0
+    assert run_cli("collections", "fields", "chunk-fields") == 0
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()}
+    assert rows["columns"] == ["number", "1", "chunk", "2"], out
+    assert rows["filename"][:3] == ["string", "1", "document"], out
+    assert err == "metadata read from 1 document and 3 chunks\n", err
+
+
 def _sources(capsys: pytest.CaptureFixture[str]) -> list[str]:
     return sorted(Path(h["source"]).name for h in json.loads(capsys.readouterr().out))
 
