@@ -255,6 +255,105 @@ def test_collections_fields_says_which_paths_no_filter_can_name(
     assert "rename the metadata key" in err
 
 
+def test_collections_fields_lists_a_path_only_chunks_carry(
+    local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Markdown table's chunk carries metadata of its own (rows, columns) that its
+    document does not: the table lists those paths as carried by the chunk alone, with
+    their kind and value, and ``--json`` counts them on chunks, none on documents."""
+    doc = tmp_path / "hours.md"
+    doc.write_text(
+        "# Hours\n\nHow long each cat sleeps.\n\n| cat | hours |\n|---|---|\n| tabby | 16 |\n"
+    )
+    assert run_cli("ingest", str(doc), "-c", "chunk-fields") == 0
+    capsys.readouterr()
+    assert run_cli("collections", "fields", "chunk-fields", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    by_name = {m["field"]: m for m in data["metadata"]}
+    assert {k: by_name["rows"][k] for k in ("field", "types", "documents", "chunks")} == {
+        "field": "rows",
+        "types": ["number"],
+        "documents": 0,
+        "chunks": 1,
+    }
+    assert by_name["columns"]["examples"] == [2] and by_name["columns"]["documents"] == 0
+    assert by_name["filename"]["documents"] == 1 and by_name["filename"]["chunks"] == 0
+    assert data["unfilterable"]["count"] == 0
+    assert run_cli("collections", "fields", "chunk-fields") == 0
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()}
+    assert rows["columns"] == ["number", "1", "chunk", "2"], out
+    assert rows["filename"][:3] == ["string", "1", "document"], out
+    assert err == "metadata read from 1 document and 3 chunks\n", err
+
+
+def _sources(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return sorted(Path(h["source"]).name for h in json.loads(capsys.readouterr().out))
+
+
+def test_meta_json_stores_typed_values_a_range_finds_here_and_through_the_server(
+    remote_env: dict[str, str],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--meta year=2024`` stores the string "2024", which a numeric range never finds;
+    ``--meta-json year=2024`` stores the number (and ``draft=true`` the boolean), here
+    and through the server."""
+    for name in ("typed", "text", "remote"):
+        (tmp_path / f"{name}.md").write_text(f"# Report {name}\n\nThe yearly report.\n")
+    typed = ["--meta-json", "year=2024", "--meta-json", "draft=true", "--meta", "team=a"]
+    assert run_cli("ingest", str(tmp_path / "typed.md"), "-c", "typed-meta", *typed) == 0
+    assert (
+        run_cli("ingest", str(tmp_path / "text.md"), "-c", "typed-meta", "--meta", "year=2023") == 0
+    )
+    capsys.readouterr()
+    assert (
+        run_cli("documents", "show", str(tmp_path / "typed.md"), "-c", "typed-meta", "--json") == 0
+    )
+    meta = json.loads(capsys.readouterr().out)["metadata"]
+    assert (meta["year"], meta["draft"], meta["team"]) == (2024, True, "a")
+    search = ["search", "yearly report", "-c", "typed-meta", "--json", "--mode", "fulltext"]
+    assert run_cli(*search, "--where", '{"year": {"$gte": 2020}}') == 0
+    assert _sources(capsys) == ["typed.md"]
+    assert run_cli(*search, "--where", '{"draft": true}') == 0
+    assert _sources(capsys) == ["typed.md"]
+    assert run_cli(*search, "--where", '{"year": "2023"}') == 0
+    assert _sources(capsys) == ["text.md"]
+
+    through_server(monkeypatch, remote_env)
+    remote = ["--meta-json", "year=2025"]
+    assert run_cli("ingest", str(tmp_path / "remote.md"), "-c", "typed-meta", *remote) == 0
+    capsys.readouterr()
+    assert run_cli(*search, "--where", '{"year": {"$gt": 2024}}') == 0
+    assert _sources(capsys) == ["remote.md"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "why"),
+    [
+        (["--meta-json", "year=20x4"], "the value of 'year' is not JSON (Extra data at"),
+        (["--meta-json", "n=NaN"], "the value of 'n' holds a non-finite number (nan)"),
+        (["--meta", "year=1", "--meta-json", "year=2"], "the key 'year' is given by --meta too"),
+    ],
+)
+def test_meta_json_that_is_not_json_is_one_usage_line_and_stores_nothing(
+    flags: list[str],
+    why: str,
+    local: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    doc = tmp_path / "a.md"
+    doc.write_text("# A\n\nSome text.\n")
+    assert run_cli("ingest", str(doc), "-c", "bad-meta-json", *flags) == 64
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error[usage]: Invalid value for '--meta-json': {why}"), err
+    assert run_cli("collections", "show", "bad-meta-json") == 66
+
+
 def test_search_with_context_through_the_server_prints_it(
     ingested: dict[str, object],
     remote_env: dict[str, str],

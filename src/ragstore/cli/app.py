@@ -170,7 +170,9 @@ def _checked_collections(command: Any) -> None:
 # keys, labels, metadata fields and values): never a path, so never bytes that are not
 # UTF-8. A path, a document (named by its path), a source prefix and the query keep
 # theirs: a document or a query says what is wrong with them itself.
-_NAMES = frozenset({"collection", "positional", "name", "model", "to", "key_id", "field", "meta"})
+_NAMES = frozenset(
+    {"collection", "positional", "name", "model", "to", "key_id", "field", "meta", "meta_json"}
+)
 
 
 def _undecodable(value: object) -> str | None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -26,6 +27,42 @@ def _parse_meta(items: list[str]) -> dict[str, str]:
         if not sep or not key.strip():
             raise InputError(f"--meta {item!r} is not KEY=VALUE (e.g. --meta team=search)")
         out[key.strip()] = value
+    return out
+
+
+def _parse_meta_json(items: list[str], strings: Mapping[str, str]) -> dict[str, Any]:
+    """``--meta-json KEY=JSON``: each value parsed as JSON (a number, true/false, null, a
+    list, an object or a quoted string), so that ``year=2024`` is the number a range
+    filter (``{"year": {"$gte": 2020}}``) compares, where ``--meta year=2024`` stores the
+    string "2024", which no numeric range finds. ``--meta`` keeps its meaning (strings).
+
+    Raises ``ValueError`` with what is wrong with which key (the caller makes it a usage
+    error, before anything is read or stored). A key given twice, or by ``--meta`` too,
+    is refused: which value was meant is unknowable (JSON objects refuse a repeated key
+    the same way, :func:`ragstore.validation.loads_json`)."""
+    from ragstore.validation import loads_json, problem_in
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"{item!r} is not KEY=JSON (e.g. --meta-json year=2024)")
+        if key in out or key in strings:
+            again = "twice" if key in out else "by --meta too"
+            raise ValueError(f"the key {key!r} is given {again}; give each key once")
+        try:
+            value = loads_json(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"the value of {key!r} is not JSON ({exc.msg} at character {exc.pos + 1}); "
+                f"write a number (year=2024), true, false, null, a list, an object or a "
+                f"quoted string (note='\"a b\"'), or use --meta {key}=TEXT for a string"
+            ) from None
+        # what PostgreSQL or the API would refuse (NaN, an integer past 64 bits, a NUL)
+        if found := problem_in(value, json_only=True):
+            raise ValueError(f"the value of {key!r} holds {found}")
+        out[key] = value
     return out
 
 
@@ -110,7 +147,7 @@ def do_ingest(
     rt: Runtime,
     paths: list[Path],
     collection: str | None,
-    meta: dict[str, str],
+    meta: dict[str, Any],
     *,
     sync: bool = False,
     prune: bool = False,
@@ -141,7 +178,7 @@ def _ingest_through(
     server: str,
     paths: list[Path],
     collection: str,
-    meta: dict[str, str],
+    meta: dict[str, Any],
     as_json: bool,
 ) -> None:
     """Ingest by uploading to the server at RAGSTORE_URL (its model does the embedding)."""
@@ -212,11 +249,20 @@ def _ingest_through(
 def register(app: typer.Typer) -> None:
     @app.command("ingest")
     def ingest(
+        ctx: typer.Context,
         paths: list[Path] = typer.Argument(..., help="Files or folders to ingest."),
         collection: str | None = typer.Option(
             None, "--collection", "-c", help="Target collection (created if new)."
         ),
-        meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE document metadata."),
+        meta: list[str] = typer.Option(
+            [], "--meta", help="KEY=VALUE document metadata (the value is a string)."
+        ),
+        meta_json: list[str] = typer.Option(
+            [],
+            "--meta-json",
+            help="KEY=JSON document metadata, the value typed: year=2024, draft=true, "
+            'tags=\'["a","b"]\', note=\'"text"\'.',
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
         sync: bool = typer.Option(
             False,
@@ -231,11 +277,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ingest Markdown, text, HTML, PDF, DOCX, PPTX, EPUB, notebook and source files;
         unchanged files are skipped without embedding, changed ones replaced in one transaction."""
+        from typer._click.exceptions import BadParameter
+
         from ragstore.cli.remote import remote_client
         from ragstore.profiles import get_settings
         from ragstore.runtime import Runtime
 
-        user_meta = _parse_meta(meta)
+        user_meta: dict[str, Any] = dict(_parse_meta(meta))
+        try:
+            user_meta.update(_parse_meta_json(meta_json, user_meta))
+        except ValueError as exc:  # a usage error (64), as a bad option value is
+            raise BadParameter(str(exc), ctx=ctx, param_hint="'--meta-json'") from None
         if prune and not sync:
             raise InputError("--prune only works with --sync (e.g. ingest docs/ --sync --prune)")
         settings = get_settings()

@@ -232,7 +232,7 @@ def ingest_remote(
     server: str,
     paths: list[Path],
     collection: str,
-    metadata: dict[str, str],
+    metadata: dict[str, Any],
     update: Callable[[int, int | None, str], None],
 ) -> RemoteIngest:
     """Upload ``paths`` (files and folders) to the server, a batch per request; a batch
@@ -316,7 +316,7 @@ def _send(
     client: Client,
     collection: str,
     parts: list[tuple[str, StreamedFile]],
-    metadata: dict[str, str],
+    metadata: dict[str, Any],
     result: RemoteIngest,
 ) -> None:
     """Upload one batch. When some of its files fail, the server's problem lists what it
