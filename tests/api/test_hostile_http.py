@@ -5,6 +5,8 @@ test_fuzz_inputs.py; the HTTP parser's limits in test_server_limits.py.)"""
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -36,6 +38,43 @@ def stored_ids(http: httpx.Client) -> list[str]:
     r = http.post(f"/v1/collections/{COLL}/texts/get", json={"ids": ["a", "b", "z1", "z2"]})
     assert r.status_code == 200, r.text[:300]
     return sorted(t["id"] for t in r.json()["data"])
+
+
+def test_a_compressed_body_is_refused_naming_its_content_encoding(http: httpx.Client) -> None:
+    """Nothing decodes a Content-Encoding: a gzipped JSON body was answered "not UTF-8
+    text: the byte 0x8b", a gzipped upload "body.files: Field required", and a body
+    labelled br but sent plain was read as if unlabelled."""
+    texts = json.dumps({"texts": ["zeta"], "ids": ["z1"]}).encode()
+    upload = (
+        b'--B\r\nContent-Disposition: form-data; name="files"; filename="z.md"\r\n\r\n'
+        b"# z\r\n--B--\r\n"
+    )
+    for path, body, ctype, coding in (
+        (f"/v1/collections/{COLL}/search", gzip.compress(b'{"query": "alpha"}'), JSON, "gzip"),
+        (f"/v1/collections/{COLL}/texts", gzip.compress(texts), JSON, "gzip"),
+        (f"/v1/collections/{COLL}/texts", texts, JSON, "br"),
+        (f"/v1/collections/{COLL}/texts", texts, JSON, "identity, x-zip"),
+        (
+            f"/v1/collections/{COLL}/documents/upload",
+            gzip.compress(upload),
+            {"Content-Type": "multipart/form-data; boundary=B"},
+            "gzip",
+        ),
+    ):
+        r = http.post(path, content=body, headers={**ctype, "Content-Encoding": coding})
+        refused(r, f"sent with Content-Encoding: {coding.removeprefix('identity, ')}, which")
+        assert "send it uncompressed" in r.json()["detail"]
+    assert stored_ids(http) == ["a", "b"]
+    docs = http.get(f"/v1/collections/{COLL}/documents").json()["data"]
+    assert "z.md" not in [d["name"] for d in docs]
+    # identity is no encoding at all
+    r = http.post(
+        f"/v1/collections/{COLL}/texts",
+        content=json.dumps({"texts": ["eta"], "ids": ["z2"]}).encode(),
+        headers={**JSON, "Content-Encoding": "identity"},
+    )
+    assert r.status_code == 201, r.text[:300]
+    assert stored_ids(http) == ["a", "b", "z2"]
 
 
 @pytest.mark.parametrize(
