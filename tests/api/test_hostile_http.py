@@ -1,7 +1,8 @@
-"""Hostile HTTP framing sent to a real server on loopback: a compressed body and a query
-parameter given twice. Each is refused with one 422 problem naming what to change, and a
-refused write stores nothing. (The JSON bodies themselves are fuzzed in
-test_fuzz_inputs.py; the HTTP parser's limits in test_server_limits.py.)"""
+"""Hostile HTTP framing sent to a real server on loopback: a compressed body, a query
+parameter given twice, a multipart body the form parser cannot read. Each is refused with
+one 422 problem naming what to change, and a refused write stores nothing. (The JSON
+bodies themselves are fuzzed in test_fuzz_inputs.py; the HTTP parser's limits in
+test_server_limits.py.)"""
 
 from __future__ import annotations
 
@@ -93,3 +94,32 @@ def test_a_query_parameter_given_twice_is_refused_naming_it(
     key given twice was before it was refused: ``?limit=1&limit=500`` answered 500."""
     refused(http.get(path), f"query parameter {param!r} is given 2 times for GET")
     assert http.get(path.split("&")[0]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (
+            b'--B\r\nContent-Disposition: form-data; name="files"; filename="'
+            + b"n" * 10_000
+            + b'.md"\r\n\r\n# n\r\n--B--\r\n',
+            "(Maximum header size exceeded)",
+        ),
+        (b"no boundary here", "(Expected boundary character"),
+    ],
+    ids=["10k-file-name", "no-boundary"],
+)
+def test_a_multipart_body_the_parser_cannot_read_says_why(
+    http: httpx.Client, body: bytes, says: str
+) -> None:
+    """Starlette answered both "Invalid multipart data.": neither what was wrong nor how
+    to send the upload."""
+    before = http.get(f"/v1/collections/{COLL}").json()["documents"]
+    r = http.post(
+        f"/v1/collections/{COLL}/documents/upload",
+        content=body,
+        headers={"Content-Type": "multipart/form-data; boundary=B"},
+    )
+    refused(r, f"the multipart body could not be read {says}")
+    assert "at most 4 KB" in r.json()["detail"]
+    assert http.get(f"/v1/collections/{COLL}").json()["documents"] == before
