@@ -12,7 +12,7 @@ import binascii
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args, get_origin
 
 import procrastinate
 from fastapi import Depends, Path, Request
@@ -264,8 +264,22 @@ def decode_cursor(cursor: str | None) -> int | None:
     raise InputError(f"invalid cursor {cursor!r}; pass the next_cursor of a previous page")
 
 
+def _takes_many(field: Any) -> bool:
+    """Whether a query parameter is declared as a list (``list[str] | None``), so that
+    FastAPI reads each of its repeats."""
+    pending = [field.field_info.annotation]
+    while pending:
+        annotation = pending.pop()
+        origin = get_origin(annotation)
+        if origin in (list, set, frozenset, tuple) or annotation in (list, set, tuple):
+            return True
+        pending.extend(get_args(annotation) if origin is not None else ())
+    return False
+
+
 async def refuse_unknown_query(state: State, request: Request) -> None:
-    """InputError (422) for a query parameter the matched route does not take.
+    """InputError (422) for a query parameter the matched route does not take, or one it
+    takes once given more than once.
 
     Every route read the parameters it declares and ignored any other, so a misspelt one
     (``GET /v1/collections?limt=5``, ``?colection=x`` on /v1/jobs) was answered as if not
@@ -276,18 +290,26 @@ async def refuse_unknown_query(state: State, request: Request) -> None:
     The caller is checked first, as :class:`~ragstore.api.middleware.
     AuthBeforeBodyMiddleware` checks it before a body: a router's dependencies run before
     the route's own, so a request with no key, or a key without the route's scope or
-    collection, was answered 422 naming the parameters the route takes, not 401 or 403."""
+    collection, was answered 422 naming the parameters the route takes, not 401 or 403.
+
+    A parameter given twice (``?limit=1&limit=500``) was read as its last value and the
+    first silently dropped, as a JSON key given twice was before it was refused
+    (:class:`~ragstore.api.middleware.DuplicateKeyMiddleware`); one declared as a list
+    (:func:`_takes_many`) may be repeated."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
     known: set[str] = set()
+    once: set[str] = set()
     pending = [route.dependant]  # the route's own and its dependencies', as route_scope walks
     while pending:
         dependant = pending.pop()
         pending.extend(dependant.dependencies)
         known.update(field.alias for field in dependant.query_params)
+        once.update(f.alias for f in dependant.query_params if not _takes_many(f))
     unknown = sorted({k for k in request.query_params if k not in known})
-    if unknown:
+    repeated = sorted(k for k in once if len(request.query_params.getlist(k)) > 1)
+    if unknown or repeated:
         needed = _needed_scope(route)
         if needed is not None:
             # kept on the request: the route's own dependency takes it, not a second check
@@ -304,6 +326,13 @@ async def refuse_unknown_query(state: State, request: Request) -> None:
                 caller.require(needed, request.query_params.get("collection"))
             else:
                 caller.require_scope(needed)
+        if not unknown:
+            key = repeated[0]
+            count = len(request.query_params.getlist(key))
+            raise InputError(
+                f"query parameter {key!r} is given {count} times for {request.method} "
+                f"{route.path}; send it once (only one of its values would be used)"
+            )
         takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
         raise InputError(
             f"unknown query parameter {unknown[0][:100]!r} for {request.method} "

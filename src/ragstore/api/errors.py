@@ -241,6 +241,30 @@ def _client_left(exc: BaseException) -> bool:
     return False
 
 
+def _unreadable_form(exc: BaseException) -> e.InputError | None:
+    """A multipart body the form parser could not read, said with the parser's own reason:
+    Starlette answers every such failure (a part whose headers pass the parser's 4 KB,
+    as a file name of 10,000 characters does; a body that does not match its boundary)
+    400 "Invalid multipart data.", which went out as a 422 that said neither what was
+    wrong nor how to send it."""
+    from python_multipart.exceptions import FormParserError
+
+    link: BaseException | None = exc.__cause__ or exc.__context__
+    for _ in range(8):  # a chain's first few links; never a cycle
+        if link is None:
+            return None
+        if isinstance(link, FormParserError):
+            return e.InputError(
+                f"the multipart body could not be read ({str(link)[:200]}): send each file "
+                'as a part headed Content-Disposition: form-data; name="files"; '
+                'filename="notes/a.md" (each header of a part, the one naming its file '
+                "among them, at most 4 KB), the parts separated by the boundary the "
+                "Content-Type names; nothing was stored"
+            )
+        link = link.__cause__ or link.__context__
+    return None
+
+
 def _unparsable_json(exc: BaseException) -> e.InputError | None:
     """What FastAPI's JSON parser could not take in a body that is valid JSON: it
     answers a parser's failure other than a syntax error with 400 "There was an error
@@ -422,7 +446,7 @@ def install_error_handlers(app: FastAPI) -> None:
             err = e.AuthenticationError(str(exc.detail))
         elif (full := _disk_full_cause(exc)) is not None:
             err = full
-        elif exc.status_code == 400 and (unread := _unparsable_json(exc)) is not None:
+        elif exc.status_code == 400 and (unread := _unparsable_json(exc) or _unreadable_form(exc)):
             err = unread
         elif exc.status_code < 500:
             err = e.InputError(str(exc.detail))

@@ -1,0 +1,125 @@
+"""Hostile HTTP framing sent to a real server on loopback: a compressed body, a query
+parameter given twice, a multipart body the form parser cannot read. Each is refused with
+one 422 problem naming what to change, and a refused write stores nothing. (The JSON
+bodies themselves are fuzzed in test_fuzz_inputs.py; the HTTP parser's limits in
+test_server_limits.py.)"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from ragstore import Client
+
+COLL = "hh"
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def http(open_url: str) -> Iterator[httpx.Client]:
+    with Client(open_url) as c:
+        c.create_collection(COLL)
+        c.add_texts(COLL, ["alpha beta", "gamma delta"], ids=["a", "b"])
+    with httpx.Client(base_url=open_url, timeout=30) as h:
+        yield h
+
+
+def refused(r: httpx.Response, says: str) -> None:
+    assert r.status_code == 422, r.text[:300]
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "invalid_input"
+    assert says in r.json()["detail"], r.json()["detail"]
+
+
+def stored_ids(http: httpx.Client) -> list[str]:
+    r = http.post(f"/v1/collections/{COLL}/texts/get", json={"ids": ["a", "b", "z1", "z2"]})
+    assert r.status_code == 200, r.text[:300]
+    return sorted(t["id"] for t in r.json()["data"])
+
+
+def test_a_compressed_body_is_refused_naming_its_content_encoding(http: httpx.Client) -> None:
+    """Nothing decodes a Content-Encoding: a gzipped JSON body was answered "not UTF-8
+    text: the byte 0x8b", a gzipped upload "body.files: Field required", and a body
+    labelled br but sent plain was read as if unlabelled."""
+    texts = json.dumps({"texts": ["zeta"], "ids": ["z1"]}).encode()
+    upload = (
+        b'--B\r\nContent-Disposition: form-data; name="files"; filename="z.md"\r\n\r\n'
+        b"# z\r\n--B--\r\n"
+    )
+    for path, body, ctype, coding in (
+        (f"/v1/collections/{COLL}/search", gzip.compress(b'{"query": "alpha"}'), JSON, "gzip"),
+        (f"/v1/collections/{COLL}/texts", gzip.compress(texts), JSON, "gzip"),
+        (f"/v1/collections/{COLL}/texts", texts, JSON, "br"),
+        (f"/v1/collections/{COLL}/texts", texts, JSON, "identity, x-zip"),
+        (
+            f"/v1/collections/{COLL}/documents/upload",
+            gzip.compress(upload),
+            {"Content-Type": "multipart/form-data; boundary=B"},
+            "gzip",
+        ),
+    ):
+        r = http.post(path, content=body, headers={**ctype, "Content-Encoding": coding})
+        refused(r, f"sent with Content-Encoding: {coding.removeprefix('identity, ')}, which")
+        assert "send it uncompressed" in r.json()["detail"]
+    assert stored_ids(http) == ["a", "b"]
+    docs = http.get(f"/v1/collections/{COLL}/documents").json()["data"]
+    assert "z.md" not in [d["name"] for d in docs]
+    # identity is no encoding at all
+    r = http.post(
+        f"/v1/collections/{COLL}/texts",
+        content=json.dumps({"texts": ["eta"], "ids": ["z2"]}).encode(),
+        headers={**JSON, "Content-Encoding": "identity"},
+    )
+    assert r.status_code == 201, r.text[:300]
+    assert stored_ids(http) == ["a", "b", "z2"]
+
+
+@pytest.mark.parametrize(
+    ("path", "param"),
+    [
+        ("/v1/collections?limit=1&limit=500", "limit"),
+        (f"/v1/collections/{COLL}/documents?format=text&format=markdown", "format"),
+        (f"/v1/collections/{COLL}/documents?limit=1&cursor=x&limit=2", "limit"),
+        ("/v1/jobs?collection=hh&collection=other", "collection"),
+    ],
+)
+def test_a_query_parameter_given_twice_is_refused_naming_it(
+    http: httpx.Client, path: str, param: str
+) -> None:
+    """The route read the last value and dropped the first without a word, as a JSON
+    key given twice was before it was refused: ``?limit=1&limit=500`` answered 500."""
+    refused(http.get(path), f"query parameter {param!r} is given 2 times for GET")
+    assert http.get(path.split("&")[0]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (
+            b'--B\r\nContent-Disposition: form-data; name="files"; filename="'
+            + b"n" * 10_000
+            + b'.md"\r\n\r\n# n\r\n--B--\r\n',
+            "(Maximum header size exceeded)",
+        ),
+        (b"no boundary here", "(Expected boundary character"),
+    ],
+    ids=["10k-file-name", "no-boundary"],
+)
+def test_a_multipart_body_the_parser_cannot_read_says_why(
+    http: httpx.Client, body: bytes, says: str
+) -> None:
+    """Starlette answered both "Invalid multipart data.": neither what was wrong nor how
+    to send the upload."""
+    before = http.get(f"/v1/collections/{COLL}").json()["documents"]
+    r = http.post(
+        f"/v1/collections/{COLL}/documents/upload",
+        content=body,
+        headers={"Content-Type": "multipart/form-data; boundary=B"},
+    )
+    refused(r, f"the multipart body could not be read {says}")
+    assert "at most 4 KB" in r.json()["detail"]
+    assert http.get(f"/v1/collections/{COLL}").json()["documents"] == before
