@@ -412,24 +412,27 @@ def test_documents_list_next_page_hint_keeps_the_filter_and_page_size(
 ) -> None:
     """The ``more:`` line of a full page is the command for the next page of the same
     listing: it said only ``--after ID``, so run as printed it went on with every
-    document, not those under ``--source-prefix``, in pages of 100."""
+    document, not those under ``--source-prefix``, in pages of 100. It is printed only
+    when a document follows: a page exactly full printed one that listed nothing."""
     assert run_cli("documents", "list", "-c", "remote", "--json") == 0
     cats = next(d for d in json.loads(capsys.readouterr().out) if d["source"].endswith("cats.md"))
-    assert (
-        run_cli(
-            "documents", "list", "-c", "remote", "--limit", "1", "--source-prefix", cats["source"]
-        )
-        == 0
-    )
+    folder = cats["source"].removesuffix("cats.md")  # both documents, cats.md first
+    listing = ("documents", "list", "-c", "remote", "--source-prefix", folder)
+    assert run_cli(*listing, "--limit", "1") == 0
     captured = capsys.readouterr()
     assert "cats.md" in captured.out
     hint = captured.err.strip()
     assert hint.startswith("more: ragstore documents list "), hint
     args = shlex.split(hint.removeprefix("more: ragstore "))
     assert args[args.index("--limit") + 1] == "1"
+    assert args[args.index("--source-prefix") + 1] == folder
     assert run_cli(*args) == 0
-    out = capsys.readouterr().out
-    assert "tea.md" not in out and "no documents in 'remote' after that id" in out
+    captured = capsys.readouterr()  # the one document left, and no line to an empty page
+    assert "tea.md" in captured.out and "cats.md" not in captured.out
+    assert "more:" not in captured.err
+    assert run_cli(*listing, "--limit", "2") == 0
+    captured = capsys.readouterr()
+    assert "tea.md" in captured.out and "more:" not in captured.err
 
 
 def test_documents_list_show_delete(

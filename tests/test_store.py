@@ -140,6 +140,11 @@ def test_texts_and_documents_are_read_and_deleted_by_id(store: Store) -> None:
     doc = store.get_document("scratch", got[0]["document_id"])
     assert (doc["name"], doc["format"], doc["chunks"]) == ("n2", "text", 1)
     assert store.list_documents("scratch")["count"] == 2
+    # exactly full, the page is the last; one row short of all, its cursor finds the last
+    assert store.list_documents("scratch", limit=2)["next_cursor"] is None
+    cursor = store.list_documents("scratch", limit=1)["next_cursor"]
+    last = store.list_documents("scratch", limit=1, cursor=cursor)
+    assert (last["count"], last["next_cursor"]) == (1, None)
     assert store.delete_texts("scratch", ["n1", "nope"]) == 1
     store.delete_document("scratch", doc["id"])
     with pytest.raises(DocumentNotFoundError, match=f"{doc['id']} is not in collection 'scratch'"):

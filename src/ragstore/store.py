@@ -499,7 +499,7 @@ class Store:
         metadata: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One page: ``{"data": [...], "count": n, "next_cursor": str | None}``."""
-        from ragstore.api.deps import decode_cursor, encode_cursor
+        from ragstore.api.deps import decode_cursor, encode_cursor, split_page
         from ragstore.jobs import staging
 
         page_limit(limit)
@@ -516,17 +516,22 @@ class Store:
             check_value(metadata, "the metadata filter", InvalidFilterError, json_only=True)
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"listing documents of {collection!r}"):
-            rows = catalog.documents_page(
-                conn,
-                coll.id,
-                after=decode_cursor(cursor),
-                limit=limit,
-                fmt=format,
-                source_prefix=staging.source_prefix(self._rt.settings, collection, source_prefix),
-                metadata=dict(metadata) if metadata is not None else None,
+            rows, more = split_page(
+                catalog.documents_page(
+                    conn,
+                    coll.id,
+                    after=decode_cursor(cursor),
+                    limit=limit + 1,
+                    fmt=format,
+                    source_prefix=staging.source_prefix(
+                        self._rt.settings, collection, source_prefix
+                    ),
+                    metadata=dict(metadata) if metadata is not None else None,
+                ),
+                limit,
             )
         data = [self._document(collection, r) for r in rows]
-        nxt = encode_cursor(rows[-1]["id"]) if len(rows) == limit else None
+        nxt = encode_cursor(rows[-1]["id"]) if more else None
         return {"data": data, "count": len(data), "next_cursor": nxt}
 
     def iter_documents(

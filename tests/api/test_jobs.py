@@ -172,6 +172,8 @@ def test_jobs_page_newest_first_by_cursor(api: Client) -> None:
     rest = api.list_jobs(limit=2, cursor=first["next_cursor"])
     ids = [j["id"] for j in first["data"] + rest["data"]]
     assert ids == sorted(ids, reverse=True) and len(set(ids)) == 3
+    # the last page exactly full: no cursor to an empty page after it
+    assert api.list_jobs(limit=3)["next_cursor"] is None and rest["next_cursor"] is None
 
 
 def test_a_job_leaves_a_document_written_after_it_was_accepted(

@@ -227,6 +227,12 @@ def test_documents_page_by_cursor_without_gaps_or_repeats(client: Client) -> Non
             break
     assert pages == 3 and len(seen) == 5 and len(set(seen)) == 5 and seen == sorted(seen)
     assert [d["id"] for d in c.iter_documents("paged", page_size=3)] == seen
+    # a page exactly full is the last when no row follows: it answered a cursor to an
+    # empty page; one row more, and the cursor's page holds that row alone
+    assert c.list_documents("paged", limit=5)["next_cursor"] is None
+    first = c.list_documents("paged", limit=4)
+    last = c.list_documents("paged", limit=4, cursor=first["next_cursor"])
+    assert [d["id"] for d in last["data"]] == seen[4:] and last["next_cursor"] is None
 
 
 def test_collections_page_by_cursor_and_the_client_follows_it(
@@ -255,7 +261,13 @@ def test_collections_page_by_cursor_and_the_client_follows_it(
         cursor = page["next_cursor"]
         if cursor is None:
             break
-    assert seen == names and pages in (len(names) // 2 + 1, (len(names) + 1) // 2)
+    assert seen == names and pages == (len(names) + 1) // 2
+    full = httpx.get(f"{open_url}/v1/collections", params={"limit": str(len(names))}).json()
+    assert full["count"] == len(names) and full["next_cursor"] is None  # no empty page after
+    first = httpx.get(f"{open_url}/v1/collections", params={"limit": str(len(names) - 1)})
+    params = {"limit": str(len(names) - 1), "cursor": first.json()["next_cursor"]}
+    last = httpx.get(f"{open_url}/v1/collections", params=params).json()
+    assert [c["name"] for c in last["data"]] == names[-1:] and last["next_cursor"] is None
     for bad in ("limit=0", "limit=1001", "limit=x", "cursor=abc", "cursor=aWQ6NQ"):
         r = httpx.get(f"{open_url}/v1/collections?{bad}")  # aWQ6NQ: a documents cursor
         assert r.status_code == 422 and r.json()["code"] == "invalid_input", (bad, r.text)

@@ -96,6 +96,8 @@ def test_the_query_route_pages_by_cursor(filled: Client, open_url: str) -> None:
         if cursor is None:
             break
     assert (seen, pages) == (["b-ops-23", "c-ops-24", "e-ops-22"], 2)
+    full = httpx.post(url, json={"where": OPS, "limit": 3}).json()  # no cursor to an empty page
+    assert (full["count"], full["next_cursor"]) == (3, None)
     r = httpx.post(url, json={"cursor": "not-a-cursor"})
     assert r.status_code == 422 and "invalid cursor" in r.json()["detail"]
     r = httpx.post(url, json={"limit": 0})

@@ -363,6 +363,14 @@ def test_chunks_come_in_order_with_type_section_and_page(
         f"{open_url}/v1/collections/notes/documents/{doc}/chunks", params={"after": 0}
     ).json()
     assert [c["ordinal"] for c in rest["data"]] == ordinals[1:]
+    # a page exactly full is the last when no chunk follows (it said next_after all the same)
+    url = f"{open_url}/v1/collections/notes/documents/{doc}/chunks"
+    full = httpx.get(url, params={"limit": stored}).json()
+    assert (full["count"], full["next_after"]) == (stored, None)
+    short = httpx.get(url, params={"limit": stored - 1}).json()
+    assert short["next_after"] == ordinals[-2]
+    last = httpx.get(url, params={"limit": stored - 1, "after": short["next_after"]}).json()
+    assert [c["ordinal"] for c in last["data"]] == ordinals[-1:] and last["next_after"] is None
     missing = httpx.get(f"{open_url}/v1/collections/notes/documents/999999/chunks")
     assert missing.status_code == 404 and missing.json()["code"] == "document_not_found"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, get_args, get_origin
+from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import procrastinate
 from fastapi import Depends, Path, Request
@@ -204,6 +204,18 @@ def _needed_scope(route: APIRoute) -> str | None:
 ReadAccess = Annotated[Principal, Depends(_scoped("read"))]
 WriteAccess = Annotated[Principal, Depends(_scoped("write"))]
 AdminAccess = Annotated[Principal, Depends(_scoped("admin"))]
+
+
+_Row = TypeVar("_Row")
+
+
+def split_page(rows: Sequence[_Row], limit: int) -> tuple[list[_Row], bool]:
+    """The page of a listing whose query asked for ``limit + 1`` rows: its first ``limit``
+    rows, and whether a row follows them (only then has the page a ``next_cursor``).
+    Judged by ``len(rows) == limit``, a page that came back exactly full promised a next
+    page that was empty: every client asked once more, and the CLI's ``more:`` line
+    pointed at nothing."""
+    return list(rows[:limit]), len(rows) > limit
 
 
 def encode_cursor(last_id: int) -> str:

@@ -166,8 +166,9 @@ def list_cmd(
             for r in rows
         ],
     )
-    if len(rows) == limit:
-        # the next page of this listing: without its --source-prefix the hint listed every
+    if page.get("next_cursor"):
+        # only when a row follows: a page exactly full printed a line to an empty page.
+        # The next page of this listing: without its --source-prefix the hint listed every
         # document after the id, and without its --limit pages of another size
         hint = ["ragstore", "documents", "list", "-c", name]
         if source_prefix is not None:

@@ -14,6 +14,7 @@ from ragstore.api.deps import (
     WriteAccess,
     decode_name_cursor,
     encode_name_cursor,
+    split_page,
 )
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import (
@@ -67,14 +68,16 @@ def list_collections(
     only = caller.key.collection if caller.key is not None else None
     data: list[CollectionPublic] = []
     with rt.db.connection() as conn, translated("listing collections"):
-        names = catalog.collection_names(conn, after=after, limit=limit, only=only)
+        names, more = split_page(
+            catalog.collection_names(conn, after=after, limit=limit + 1, only=only), limit
+        )
         for name in names:
             try:
                 coll = repository.get_collection(conn, name)
                 data.append(CollectionPublic(**catalog.collection_detail(conn, coll)))
             except CollectionNotFoundError:
                 continue  # deleted since the names were read: no longer listed
-    nxt = encode_name_cursor(names[-1]) if len(names) == limit else None
+    nxt = encode_name_cursor(names[-1]) if more else None
     return CollectionsPublic(data=data, count=len(data), next_cursor=nxt)
 
 

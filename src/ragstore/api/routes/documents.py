@@ -38,6 +38,7 @@ from ragstore.api.deps import (
     WriteAccess,
     decode_cursor,
     encode_cursor,
+    split_page,
 )
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
@@ -367,11 +368,20 @@ def list_documents(
     coll = rt.collection(name)
     prefix = staging.source_prefix(rt.settings, name, source_prefix)
     with rt.db.connection() as conn, translated(f"listing documents of {name!r}"):
-        rows = catalog.documents_page(
-            conn, coll.id, after=after, limit=limit, fmt=format, source_prefix=prefix, metadata=meta
+        rows, more = split_page(
+            catalog.documents_page(
+                conn,
+                coll.id,
+                after=after,
+                limit=limit + 1,
+                fmt=format,
+                source_prefix=prefix,
+                metadata=meta,
+            ),
+            limit,
         )
     data = [_public(rt, name, r) for r in rows]
-    nxt = encode_cursor(rows[-1]["id"]) if len(rows) == limit else None
+    nxt = encode_cursor(rows[-1]["id"]) if more else None
     return DocumentsPublic(data=data, count=len(data), next_cursor=nxt)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from ragstore.api.answers import json_answer
-from ragstore.api.deps import CollectionName, ReadAccess, RowId, Rt
+from ragstore.api.deps import CollectionName, ReadAccess, RowId, Rt, split_page
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import (
     ChunkPublic,
@@ -90,7 +90,10 @@ def document_chunks(
     caller.require("read", name)
     coll = rt.collection(name)
     with rt.db.connection() as conn, translated(f"reading the chunks of document {document_id}"):
-        rows = inspection.document_chunks(conn, coll, document_id, after=after, limit=limit)
+        rows, more = split_page(
+            inspection.document_chunks(conn, coll, document_id, after=after, limit=limit + 1),
+            limit,
+        )
     data = [ChunkPublic(**r) for r in rows]
     # up to 5000 chunks: their JSON is written here, on the worker thread (api/answers.py)
     return json_answer(
@@ -99,6 +102,6 @@ def document_chunks(
             document_id=document_id,
             data=data,
             count=len(data),
-            next_after=data[-1].ordinal if len(data) == limit else None,
+            next_after=data[-1].ordinal if more else None,
         )
     )

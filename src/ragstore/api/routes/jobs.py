@@ -8,7 +8,7 @@ from typing import Annotated
 import psycopg
 from fastapi import APIRouter, Query, Response
 
-from ragstore.api.deps import ReadAccess, RowId, Rt, decode_cursor, encode_cursor
+from ragstore.api.deps import ReadAccess, RowId, Rt, decode_cursor, encode_cursor, split_page
 from ragstore.api.errors_doc import responses
 from ragstore.api.routing import written_lsn
 from ragstore.api.schemas import NAME_PATTERN, JobError, JobPublic, JobsPublic
@@ -109,8 +109,13 @@ def list_jobs(
     after = decode_cursor(cursor)
     with rt.db.connection() as conn, translated("listing jobs"):
         _reconciled(rt, conn)  # before the page: a job put back has changed status
-        rows = job_store.page(conn, after=after, limit=limit, status=status, collection=collection)
+        rows, more = split_page(
+            job_store.page(
+                conn, after=after, limit=limit + 1, status=status, collection=collection
+            ),
+            limit,
+        )
     _written_position(rt, rows, response, "GET /v1/jobs")
     data = [job_public(j) for j in rows]
-    nxt = encode_cursor(rows[-1].id) if len(rows) == limit else None
+    nxt = encode_cursor(rows[-1].id) if more else None
     return JobsPublic(data=data, count=len(data), next_cursor=nxt)

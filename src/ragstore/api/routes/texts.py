@@ -19,6 +19,7 @@ from ragstore.api.deps import (
     WriteAccess,
     decode_text_cursor,
     encode_text_cursor,
+    split_page,
 )
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import (
@@ -86,8 +87,11 @@ def query_texts(name: CollectionName, body: TextsQuery, rt: Rt, caller: ReadAcce
     lists page); ``next_cursor`` is null on the last page."""
     caller.require("read", name)
     after = decode_text_cursor(body.cursor)
-    ids = text_ids_page(rt, name, where=body.where, ids=body.ids, after=after, limit=body.limit)
-    nxt = encode_text_cursor(ids[-1]) if len(ids) == body.limit else None
+    ids, more = split_page(
+        text_ids_page(rt, name, where=body.where, ids=body.ids, after=after, limit=body.limit + 1),
+        body.limit,
+    )
+    nxt = encode_text_cursor(ids[-1]) if more else None
     return json_answer(TextIdsPage(data=ids, count=len(ids), next_cursor=nxt))
 
 
