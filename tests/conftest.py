@@ -109,10 +109,24 @@ def create_database(pg_admin_uri: str, template: str | None) -> str:
     return _with_db(pg_admin_uri, name)
 
 
+def drop_database(pg_admin_uri: str, url: str) -> None:
+    """Drop the database ``url`` names, ending the sessions still connected to it."""
+    name = conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
 @pytest.fixture(scope="module")
-def database_url(pg_admin_uri: str, template_url: str) -> str:
-    """A fresh, migrated database for one test module."""
-    return create_database(pg_admin_uri, TEMPLATE)
+def database_url(pg_admin_uri: str, template_url: str) -> Iterator[str]:
+    """A fresh, migrated database for one test module, dropped when the module ends: kept,
+    the session's server held a database per module run so far (a GB and more by the
+    replica tests), which every ``pg_basebackup`` of it (each standby they make) copied
+    whole, tens of seconds a standby on a loaded machine."""
+    url = create_database(pg_admin_uri, TEMPLATE)
+    yield url
+    drop_database(pg_admin_uri, url)
 
 
 def tcp_options(fd: int) -> dict[str, int]:
@@ -186,9 +200,12 @@ def tcp_to_socket(database_url: str) -> Iterator[str]:
 
 
 @pytest.fixture()
-def empty_database_url(pg_admin_uri: str) -> str:
-    """A brand-new database with no schema at all."""
-    return create_database(pg_admin_uri, None)
+def empty_database_url(pg_admin_uri: str) -> Iterator[str]:
+    """A brand-new database with no schema at all, dropped after the test (see
+    ``database_url``)."""
+    url = create_database(pg_admin_uri, None)
+    yield url
+    drop_database(pg_admin_uri, url)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,42 +32,74 @@ RANX = """
 import json, sys, warnings
 from ranx import Qrels, Run, evaluate
 warnings.simplefilter("ignore")
-out = [
-    {k: float(v) for k, v in evaluate(Qrels(q), Run(r), json.loads(sys.argv[1])).items()}
-    for r, q in json.load(sys.stdin)
-]
-print(json.dumps(out))
+for line in sys.stdin:
+    out = [
+        {k: float(v) for k, v in evaluate(Qrels(q), Run(r), json.loads(sys.argv[1])).items()}
+        for r, q in json.loads(line)
+    ]
+    print(json.dumps(out), flush=True)
 """
 
 
-def ranx_scores(*pairs: tuple[Run, Qrels]) -> list[dict[str, float]]:
-    """ranx's metrics of each (run, qrels), all in one child process run with numba's JIT
-    off: the same ranx code, interpreted. Compiling it took most of a minute on a cold
-    numba cache (20 s more where a later call needed other specialisations), for runs
-    that take it milliseconds to score."""
-    scored = [
-        (
-            {
-                q: {d: float(len(docs) - i) for i, d in enumerate(docs)} or {"__none__": 0.0}
-                for q, docs in run.items()
-            },
-            qrels,
+class Ranx:
+    """ranx in one child process for the module, run with numba's JIT off: the same ranx
+    code, interpreted. Compiling it took most of a minute on a cold numba cache (20 s more
+    where a later call needed other specialisations), for runs that take it milliseconds
+    to score; importing ranx (scipy, pandas, matplotlib) still takes seconds, so it is
+    imported once, while the first test ingests its corpus, not once per comparison."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", RANX, json.dumps(list(METRICS))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
         )
-        for run, qrels in pairs
-    ]
-    proc = subprocess.run(
-        [sys.executable, "-c", RANX, json.dumps(list(METRICS))],
-        input=json.dumps(scored),
-        capture_output=True,
-        text=True,
-        env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out: list[dict[str, float]] = json.loads(proc.stdout)
-    assert len(out) == len(pairs)
-    return out
+
+    def scores(self, *pairs: tuple[Run, Qrels]) -> list[dict[str, float]]:
+        """ranx's metrics of each (run, qrels)."""
+        scored = [
+            (
+                {
+                    q: {d: float(len(docs) - i) for i, d in enumerate(docs)} or {"__none__": 0.0}
+                    for q, docs in run.items()
+                },
+                qrels,
+            )
+            for run, qrels in pairs
+        ]
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(scored) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:  # the child ended: its error says why
+            self.proc.wait(timeout=120)
+            assert self.proc.stderr is not None
+            raise AssertionError(f"ranx exited {self.proc.returncode}: {self.proc.stderr.read()}")
+        out: list[dict[str, float]] = json.loads(line)
+        assert len(out) == len(pairs)
+        return out
+
+    def close(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def ranx() -> Iterator[Ranx]:
+    child = Ranx()
+    try:
+        yield child
+    finally:
+        child.close()
 
 
 @pytest.fixture(scope="module")
@@ -96,20 +129,22 @@ def test_load_beir_keeps_judged_queries_only(dataset: Path) -> None:
     assert ds.qrels["q1"] == {"e4711": 2, "e4712": 1}
 
 
-def test_metrics_match_ranx_on_the_runs_of_every_mode(rt: Runtime, dataset: Path) -> None:
+def test_metrics_match_ranx_on_the_runs_of_every_mode(
+    rt: Runtime, dataset: Path, ranx: Ranx
+) -> None:
     ds = load_beir(dataset)
     ingest_records(rt, "eval-tiny", [(i, t, x) for i, (t, x) in ds.corpus.items()])
     results = evaluate(rt, ds, "eval-tiny")
     assert [r.mode for r in results] == ["vector", "fulltext", "hybrid"]
-    expected = ranx_scores(*((r.run, ds.qrels) for r in results))
-    for r, ranx in zip(results, expected, strict=True):
+    expected = ranx.scores(*((r.run, ds.qrels) for r in results))
+    for r, theirs in zip(results, expected, strict=True):
         assert set(r.run) == set(ds.qrels)
-        assert r.metrics == pytest.approx(ranx, abs=1e-9), r.mode
+        assert r.metrics == pytest.approx(theirs, abs=1e-9), r.mode
     by_mode = {r.mode: r.metrics["ndcg@10"] for r in results}
     assert by_mode["hybrid"] >= max(by_mode["vector"], by_mode["fulltext"])
 
 
-def test_metrics_match_ranx_on_random_graded_runs() -> None:
+def test_metrics_match_ranx_on_random_graded_runs(ranx: Ranx) -> None:
     rng = random.Random(7)
     docs = [f"d{i}" for i in range(300)]
     qrels: Qrels = {
@@ -120,7 +155,7 @@ def test_metrics_match_ranx_on_random_graded_runs() -> None:
         qrels[q][rng.choice(docs)] = 1
     run: Run = {q: rng.sample(docs, rng.randint(1, 150)) for q in qrels}
     edge_run, edge_qrels = cutoff_edges(docs)
-    expected = ranx_scores((run, qrels), (edge_run, edge_qrels))
+    expected = ranx.scores((run, qrels), (edge_run, edge_qrels))
     assert score_run(run, qrels) == pytest.approx(expected[0], abs=1e-9)
     # random runs seldom put a relevant document at exactly rank 10 or 100: a cutoff off
     # by one (recall@99, MRR@9 or @11 for the reported @100 and @10) passed them
