@@ -428,3 +428,36 @@ def test_a_text_of_a_byte_order_mark_alone_is_refused_before_any_batch(store: St
         store.add_texts("bom-alone", texts)
     assert "bom-alone" not in {c["name"] for c in store.list_collections()}
     assert store.add_texts("bom-alone", ["\ufeffkept, its mark and all"])["added"] == 1
+
+
+def test_texts_that_are_no_list_are_refused_as_input(store: Store) -> None:
+    """None and a dict failed with a bare TypeError deep in the add (no RagstoreError to
+    catch), and a generator too, though it is a list of texts all the same."""
+    with pytest.raises(InputError, match="texts is a NoneType, not a list of texts"):
+        store.add_texts("no-list", None)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="texts is a dict, not a list of texts"):
+        store.add_texts("no-list", {"a": "b"})  # type: ignore[arg-type]
+    with pytest.raises(CollectionNotFoundError):
+        store.get_collection("no-list")  # nothing made by a refused call
+    added = store.add_texts("pets", (t for t in ["Hamsters hoard seeds."]), ids=["hamster"])
+    assert added["ids"] == ["hamster"]
+
+
+def test_an_id_no_text_can_have_is_refused_naming_it(store: Store) -> None:
+    """A lone surrogate in an id raised a bare UnicodeEncodeError from the driver, and a
+    NUL a database error naming neither the id nor where it was; an id of 10 KB was
+    quoted whole in its error."""
+    for call in (
+        lambda ids: store.get_texts("pets", ids),
+        lambda ids: store.delete_texts("pets", ids),
+        lambda ids: store.text_ids("pets", ids=ids),
+        lambda ids: store.add_texts("pets", ["one", "two"], ids=ids),
+    ):
+        with pytest.raises(InputError, match=r"ids\[1\] holds a lone surrogate \(U\+D800\)"):
+            call(["cat", "a\ud800"])
+        with pytest.raises(InputError, match=r"ids\[1\] holds a NUL character .* at character 1"):
+            call(["cat", "a\x00"])
+    with pytest.raises(InputError, match=r"1-1000 characters, got 10240 characters") as err:
+        store.add_texts("pets", ["one"], ids=["i" * 10240])
+    assert len(str(err.value)) < 200
+    assert [t["id"] for t in store.get_texts("pets", ["cat"])] == ["cat"]

@@ -43,6 +43,7 @@ from ragstore.validation import (
     check_value,
     float32_array,
     id_list,
+    text_list,
 )
 
 BATCH = 256  # texts per transaction
@@ -90,8 +91,7 @@ def _checked(
 ) -> tuple[list[str], list[dict[str, Any]], np.ndarray | None]:
     """The call's ids, metadata and vectors, checked; ``distance`` (the collection's, None
     when not known yet) refuses an all-zero vector where it is ``cosine``."""
-    if isinstance(texts, (str, bytes)):
-        raise InputError("texts is one string, not a list of texts; pass [text] to add one")
+    texts = text_list(texts)
     if ids is not None:
         ids = id_list(ids, "ids")
     n = len(texts)
@@ -213,6 +213,7 @@ def add_texts(
     """Add or update ``texts`` under ``ids``; the collection is created when missing,
     after every text, id, metadata and vector is checked (bad ones named, as the HTTP
     schemas name them, and no collection is left behind: a refused call created it)."""
+    texts = text_list(texts)  # a generator is read once, here
     for i, meta in enumerate(metadatas or ()):
         if isinstance(meta, Mapping):
             check_value(meta, f"metadatas[{i}]")
