@@ -91,11 +91,19 @@ def text_list(texts: Any) -> list[Any]:
     iterable (a tuple, a generator, a pandas Series) is taken as the list of its items."""
     if isinstance(texts, (str, bytes)):
         raise InputError("texts is one string, not a list of texts; pass [text] to add one")
-    if isinstance(texts, (Mapping, Set)) or not isinstance(texts, Iterable):
-        raise InputError(
-            f"texts is a {type(texts).__name__}, not a list of texts; pass a list of strings"
-        )
-    return list(texts)
+    return per_text_list(texts, "texts", "pass a list of strings")
+
+
+def per_text_list(value: Any, what: str, hint: str) -> list[Any]:
+    """``value``, an add's list of one entry per text (``texts``, ``metadatas``,
+    ``vectors``), as a list, or InputError naming it with ``hint``: a string, a dict, a
+    set or no iterable at all is refused (``metadatas=5`` failed with a bare TypeError, a
+    dict was read as the list of its keys), any other iterable is listed, once (a
+    generator of ids was used up by the first of the add's two checks, and the add was
+    refused as giving no ids)."""
+    if isinstance(value, (str, bytes, Mapping, Set)) or not isinstance(value, Iterable):
+        raise InputError(f"{what} is a {type(value).__name__}, not a list; {hint}")
+    return list(value)
 
 
 def check_texts(
