@@ -433,3 +433,62 @@ def test_a_text_of_a_byte_order_mark_alone_is_refused_before_any_batch(store: St
         store.add_texts("bom-alone", texts)
     assert "bom-alone" not in {c["name"] for c in store.list_collections()}
     assert store.add_texts("bom-alone", ["\ufeffkept, its mark and all"])["added"] == 1
+
+
+def test_texts_that_are_no_list_are_refused_as_input(store: Store) -> None:
+    """None and a dict failed with a bare TypeError deep in the add (no RagstoreError to
+    catch), and a generator too, though it is a list of texts all the same."""
+    with pytest.raises(InputError, match="texts is a NoneType, not a list; pass a list of strings"):
+        store.add_texts("no-list", None)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="texts is a dict, not a list"):
+        store.add_texts("no-list", {"a": "b"})  # type: ignore[arg-type]
+    with pytest.raises(CollectionNotFoundError):
+        store.get_collection("no-list")  # nothing made by a refused call
+    added = store.add_texts("pets", (t for t in ["Hamsters hoard seeds."]), ids=["hamster"])
+    assert added["ids"] == ["hamster"]
+
+
+def test_an_id_no_text_can_have_is_refused_naming_it(store: Store) -> None:
+    """A lone surrogate in an id raised a bare UnicodeEncodeError from the driver, and a
+    NUL a database error naming neither the id nor where it was; an id of 10 KB was
+    quoted whole in its error."""
+    for call in (
+        lambda ids: store.get_texts("pets", ids),
+        lambda ids: store.delete_texts("pets", ids),
+        lambda ids: store.text_ids("pets", ids=ids),
+        lambda ids: store.add_texts("pets", ["one", "two"], ids=ids),
+    ):
+        with pytest.raises(InputError, match=r"ids\[1\] holds a lone surrogate \(U\+D800\)"):
+            call(["cat", "a\ud800"])
+        with pytest.raises(InputError, match=r"ids\[1\] holds a NUL character .* at character 1"):
+            call(["cat", "a\x00"])
+    with pytest.raises(InputError, match=r"1-1000 characters, got 10240 characters") as err:
+        store.add_texts("pets", ["one"], ids=["i" * 10240])
+    assert len(str(err.value)) < 200
+    assert [t["id"] for t in store.get_texts("pets", ["cat"])] == ["cat"]
+
+
+def test_per_text_arguments_that_are_no_list_are_refused_naming_them(store: Store) -> None:
+    """``metadatas=5`` or a generator of metadatas or vectors failed with a bare
+    TypeError, a dict of metadata was read as the list of its keys, and a generator of ids
+    was used up by the first check of an add into a new collection (refused as no ids)."""
+    with pytest.raises(InputError, match="metadatas is a int, not a list; pass one dict"):
+        store.add_texts("no-list", ["a"], metadatas=5)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="metadatas is a dict, not a list"):
+        store.add_texts("no-list", ["a"], metadatas={"kind": "cat"})  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="vectors is a int, not a list; pass one list"):
+        store.add_texts("no-list", ["a"], vectors=5)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="dimension must be an integer, got True"):
+        store.create_collection("no-list", model="outside", dimension=True)
+    with pytest.raises(InputError, match="settings is a list, not a mapping"):
+        store.create_collection("no-list", settings=[1])  # type: ignore[arg-type]
+    with pytest.raises(CollectionNotFoundError):
+        store.get_collection("no-list")
+    added = store.add_texts(
+        "from-generators",
+        ["Hamsters hoard seeds."],
+        ({"kind": k} for k in ["hamster"]),
+        (i for i in ["hamster"]),
+    )
+    assert added["ids"] == ["hamster"]
+    assert store.get_texts("from-generators", ["hamster"])[0]["metadata"] == {"kind": "hamster"}

@@ -215,6 +215,19 @@ class Store:
                 "model is empty; name an embedding model (see `ragstore models list`), or "
                 "leave it out for the default"
             )
+        if dimension is not None and (
+            isinstance(dimension, bool) or not isinstance(dimension, int)
+        ):
+            # True passed the range check as 1 and failed in the database ("column
+            # dimension is of type integer but expression is of type boolean"), "4" with
+            # a bare TypeError
+            raise InputError(f"dimension must be an integer, got {dimension!r}")
+        if settings is not None and not isinstance(settings, Mapping):
+            # a list failed in dict() with a bare TypeError
+            raise InputError(
+                f"settings is a {type(settings).__name__}, not a mapping of collection "
+                'settings; pass e.g. {"bm25_k1": 1.2}'
+            )
         ref = model or self._rt.settings.model
         if dimension is None:
             spec = find_model(self._rt, ref).spec

@@ -14,7 +14,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence, Sized
+from collections.abc import Iterable, Mapping, Sequence, Set, Sized
 from typing import Any
 
 import numpy as np
@@ -80,6 +80,32 @@ def storable_text(text: str, what: str) -> None:
 MAX_ID_LENGTH = 1000  # characters of a text's id (add_texts)
 
 
+def text_list(texts: Any) -> list[Any]:
+    """An add's ``texts`` as a list, or InputError saying what was given instead.
+
+    ``None``, a dict and a generator failed deep in the add with a bare TypeError
+    (``object of type 'NoneType' has no len()``), which no ``except RagstoreError``
+    caught; one string is refused rather than added as one text per character (the
+    LangChain store's ``add_texts("abc")`` stored "a", "b" and "c"), and a set rather
+    than paired with ``ids`` and ``metadatas`` in an order it does not have. Any other
+    iterable (a tuple, a generator, a pandas Series) is taken as the list of its items."""
+    if isinstance(texts, (str, bytes)):
+        raise InputError("texts is one string, not a list of texts; pass [text] to add one")
+    return per_text_list(texts, "texts", "pass a list of strings")
+
+
+def per_text_list(value: Any, what: str, hint: str) -> list[Any]:
+    """``value``, an add's list of one entry per text (``texts``, ``metadatas``,
+    ``vectors``), as a list, or InputError naming it with ``hint``: a string, a dict, a
+    set or no iterable at all is refused (``metadatas=5`` failed with a bare TypeError, a
+    dict was read as the list of its keys), any other iterable is listed, once (a
+    generator of ids was used up by the first of the add's two checks, and the add was
+    refused as giving no ids)."""
+    if isinstance(value, (str, bytes, Mapping, Set)) or not isinstance(value, Iterable):
+        raise InputError(f"{what} is a {type(value).__name__}, not a list; {hint}")
+    return list(value)
+
+
 def check_texts(
     texts: Sequence[Any], ids: Sequence[str], others: Mapping[str, Sized | None]
 ) -> None:
@@ -101,9 +127,11 @@ def check_texts(
         storable_text(text, f"texts[{i}]")
     seen: set[str] = set()
     for i, doc_id in enumerate(ids):
-        unicode_text(doc_id, f"ids[{i}]")
+        storable_text(doc_id, f"ids[{i}]")
         if not doc_id or len(doc_id) > MAX_ID_LENGTH:
-            raise InputError(f"ids[{i}] must be 1-{MAX_ID_LENGTH} characters, got {doc_id!r}")
+            # the length, not the id: an id of 10 KB was quoted whole in the message
+            got = f"{len(doc_id)} characters ({doc_id[:20]!r}...)" if doc_id else "''"
+            raise InputError(f"ids[{i}] must be 1-{MAX_ID_LENGTH} characters, got {got}")
         if doc_id in seen:
             raise InputError(f"id {doc_id!r} appears twice in one call; ids must be unique")
         seen.add(doc_id)
@@ -205,7 +233,10 @@ def id_list(ids: Any, what: str) -> list[str]:
     One bare string is refused rather than taken as the list of its characters
     (``delete_texts(c, "abc")`` deleted the texts "a", "b" and "c"), and an id that is no
     string rather than turned into one (``None`` was stored under the id "None"); the HTTP
-    API refuses both, so the Store and the Client answer alike."""
+    API refuses both, so the Store and the Client answer alike. An id no text can be
+    stored under is refused too, naming it: a lone surrogate (``"a\\ud800"``) failed
+    in the database driver with a bare UnicodeEncodeError, and a NUL with a database
+    error that named neither the id nor where it was."""
     if isinstance(ids, (str, bytes)):
         raise InputError(f"{what} is one string, not a list of ids; pass [{ids!r}] for one id")
     try:
@@ -218,6 +249,7 @@ def id_list(ids: Any, what: str) -> list[str]:
                 f"{what}[{i}] is {value!r} (of type {type(value).__name__}), not a string; "
                 "ids are strings"
             )
+        storable_text(value, f"{what}[{i}]")
     return out
 
 

@@ -13,7 +13,12 @@ from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 from ragstore import Store
-from ragstore.errors import EmptyDocumentError, InputError, ModelMismatchError
+from ragstore.errors import (
+    CollectionNotFoundError,
+    EmptyDocumentError,
+    InputError,
+    ModelMismatchError,
+)
 from ragstore.integrations.langchain import RagstoreVectorStore
 
 
@@ -422,3 +427,25 @@ def test_mmr_search_with_ragstores_model_and_a_filter(handbook: RagstoreVectorSt
         handbook.max_marginal_relevance_search("migration", lambda_mult=2)
     with pytest.raises(InputError, match="does not take where="):
         handbook.max_marginal_relevance_search("migration", where={"year": 2024})
+
+
+def test_a_query_or_texts_of_the_wrong_type_are_refused(store: Store) -> None:
+    """A query that was no string was made one (``None`` searched for the word "None",
+    answered with hits); texts or ids given as one string were read as one per character
+    (``add_texts("abc")`` stored "a", "b" and "c"); ``None`` texts raised TypeError."""
+    vs = RagstoreVectorStore(store, "lc-types")
+    for query in (None, 5, b"alpha"):
+        with pytest.raises(InputError, match="similarity_search's query must be text"):
+            vs.similarity_search(query)  # type: ignore[arg-type]
+        with pytest.raises(InputError, match="relevance_scores's query must be text"):
+            vs.similarity_search_with_relevance_scores(query)  # type: ignore[arg-type]
+        with pytest.raises(InputError, match="marginal_relevance_search's query must be text"):
+            vs.max_marginal_relevance_search(query)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="texts is one string, not a list of texts"):
+        vs.add_texts("xyz")
+    with pytest.raises(InputError, match="texts is a NoneType, not a list; pass a list of strings"):
+        vs.add_texts(None)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="ids is one string, not a list of ids"):
+        vs.get_by_ids("a")
+    with pytest.raises(CollectionNotFoundError):
+        store.get_collection("lc-types")  # nothing was searched, stored or made

@@ -43,6 +43,8 @@ from ragstore.validation import (
     check_value,
     float32_array,
     id_list,
+    per_text_list,
+    text_list,
 )
 
 BATCH = 256  # texts per transaction
@@ -80,6 +82,31 @@ class AddReport:
         }
 
 
+def _lists(
+    texts: Sequence[str],
+    metadatas: Sequence[Mapping[str, Any]] | None,
+    ids: Sequence[str] | None,
+    vectors: Sequence[Sequence[float]] | np.ndarray | None,
+) -> tuple[
+    list[str],
+    list[Mapping[str, Any]] | None,
+    list[str] | None,
+    Sequence[Sequence[float]] | np.ndarray | None,
+]:
+    """An add's four per-text arguments as lists (a numpy matrix of vectors as it is),
+    each read once, or InputError for one that is no list (:func:`per_text_list`)."""
+    return (
+        text_list(texts),
+        None
+        if metadatas is None
+        else per_text_list(metadatas, "metadatas", "pass one dict of metadata per text"),
+        None if ids is None else id_list(ids, "ids"),
+        vectors
+        if vectors is None or isinstance(vectors, np.ndarray)
+        else per_text_list(vectors, "vectors", "pass one list of numbers per text"),
+    )
+
+
 def _checked(
     texts: Sequence[str],
     metadatas: Sequence[Mapping[str, Any]] | None,
@@ -90,8 +117,7 @@ def _checked(
 ) -> tuple[list[str], list[dict[str, Any]], np.ndarray | None]:
     """The call's ids, metadata and vectors, checked; ``distance`` (the collection's, None
     when not known yet) refuses an all-zero vector where it is ``cosine``."""
-    if isinstance(texts, (str, bytes)):
-        raise InputError("texts is one string, not a list of texts; pass [text] to add one")
+    texts = text_list(texts)
     if ids is not None:
         ids = id_list(ids, "ids")
     n = len(texts)
@@ -141,6 +167,7 @@ def check_call(
     integrations that make a collection for an outside model's vectors ahead of the add:
     made first, a refused add (an empty text, metadata JSON cannot hold) left an empty
     collection pinned to that model, and the next add with the right model was refused."""
+    texts, metadatas, ids, vectors = _lists(texts, metadatas, ids, vectors)
     for i, meta in enumerate(metadatas or ()):
         if isinstance(meta, Mapping):
             check_value(meta, f"metadatas[{i}]")
@@ -213,6 +240,7 @@ def add_texts(
     """Add or update ``texts`` under ``ids``; the collection is created when missing,
     after every text, id, metadata and vector is checked (bad ones named, as the HTTP
     schemas name them, and no collection is left behind: a refused call created it)."""
+    texts, metadatas, ids, vectors = _lists(texts, metadatas, ids, vectors)  # read once
     for i, meta in enumerate(metadatas or ()):
         if isinstance(meta, Mapping):
             check_value(meta, f"metadatas[{i}]")

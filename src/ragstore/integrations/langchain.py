@@ -47,6 +47,7 @@ from ragstore.integrations.backend import (
     exists,
     metadata_field,
 )
+from ragstore.validation import id_list, text_list
 
 __all__ = ["RagstoreTranslator", "RagstoreVectorStore"]
 
@@ -95,8 +96,9 @@ class RagstoreVectorStore(VectorStore):
         ids: list[str] | None = None,
         **kwargs: Any,
     ) -> list[str]:
-        """Add or update texts; ids missing (``None``) are generated. Returns the ids."""
-        batch = list(texts)
+        """Add or update texts; ids missing (``None``) are generated. Returns the ids.
+        One string is refused (it was added as one text per character), as is ``None``."""
+        batch = text_list(texts)
         if not batch:
             return []
         given: list[str | None] = list(ids) if ids else [None] * len(batch)
@@ -132,7 +134,8 @@ class RagstoreVectorStore(VectorStore):
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         try:
-            found = self.backend.get_texts(self.collection, list(ids))
+            # one string is refused, not read as the ids of its characters
+            found = self.backend.get_texts(self.collection, id_list(ids, "ids"))
         except CollectionNotFoundError:
             return []
         return [Document(id=t["id"], page_content=t["text"], metadata=t["metadata"]) for t in found]
@@ -170,6 +173,7 @@ class RagstoreVectorStore(VectorStore):
         similarity of the stored vectors; in hybrid or full-text mode relevance is that
         mode's ranking. What ``as_retriever(search_type="mmr")`` runs."""
         _no_other_arguments("max_marginal_relevance_search", kwargs, ("filter",))
+        _query_text(query, "max_marginal_relevance_search")
         if self._embedding is not None:
             vector = self._embedding.embed_query(query)
             return self.max_marginal_relevance_search_by_vector(
@@ -260,6 +264,7 @@ class RagstoreVectorStore(VectorStore):
         the cosine mapping turned into about 0.5 for every hit, and in full-text mode a
         BM25 score, unbounded; a ``score_threshold`` kept or dropped hits at random."""
         _no_other_arguments("similarity_search_with_relevance_scores", kwargs, ("filter",))
+        _query_text(query, "similarity_search_with_relevance_scores")
         where = kwargs.get("filter")
         if self._embedding is not None:
             hits = self._search(vector=self._embedding.embed_query(query), k=k, where=where)
@@ -330,7 +335,15 @@ def _query_args(
     if isinstance(k, numbers.Integral) and not isinstance(k, bool):
         k = int(k)
     where = kwargs.get("filter")
-    return str(query), k, where
+    return _query_text(query, "similarity_search"), k, where
+
+
+def _query_text(query: Any, method: str) -> str:
+    """``query`` when it is text, else InputError. Made a string, ``None`` was searched
+    for as the word "None" (and ``b"..."`` as its repr), answered with hits as if asked."""
+    if not isinstance(query, str):
+        raise InputError(f"{method}'s query must be text, got {type(query).__name__} {query!r:.80}")
+    return query
 
 
 def _no_other_arguments(method: str, kwargs: dict[str, Any], known: Sequence[str]) -> None:
