@@ -863,3 +863,72 @@ def test_a_postgres_bytea_id_is_named_not_stored_as_its_repr(
     assert "the id is a byte string, not a string or a number" in err
     assert "encode(id, 'hex') AS id" in err
     assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "pg-hashed")["exists"]
+
+
+def _numpy_damaged(path: Path) -> None:
+    np.savez(path.with_suffix(".npz"), vectors=vectors(2, DIM))
+    data = path.with_suffix(".npz").read_bytes()
+    path.with_suffix(".npz").write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "said"),
+    [
+        ("empty.npy", lambda p: p.write_bytes(b""), "not a readable NumPy file"),
+        ("cut.npz", _numpy_damaged, "not a readable NumPy file (File is not a zip file)"),
+        (
+            "complex.npy",
+            lambda p: np.save(p, vectors(2, DIM) + 1j),
+            "the matrix holds complex64 values, not real numbers",
+        ),
+        (
+            "words.npy",
+            lambda p: np.save(p, np.array([["0.5"] * DIM] * 2)),
+            "the matrix holds <U3 values, not real numbers",
+        ),
+    ],
+)
+def test_a_numpy_file_damaged_or_of_no_real_numbers_is_named(
+    name: str, write: Any, said: str, tmp_path: Path
+) -> None:
+    """An empty .npy (EOFError) and a cut .npz (BadZipFile) escaped as tracebacks; a
+    complex matrix lost its imaginary parts and strings were parsed, imported as verified."""
+    from ragstore.errors import ImportSourceError
+    from ragstore.imports import SourceOptions, open_source
+
+    path = tmp_path / name
+    write(path)
+    path.with_suffix(".jsonl").write_text('{"id": "a", "text": "t"}\n{"id": "b", "text": "t"}\n')
+    with pytest.raises(ImportSourceError) as info:
+        list(open_source(str(path), SourceOptions()).records())
+    assert str(info.value).startswith(f"{path}: ") and said in str(info.value)
+
+
+def test_a_pipe_or_a_looping_link_as_the_source_is_named_without_waiting(tmp_path: Path) -> None:
+    """A FIFO named x.jsonl was opened, and the import waited for a writer forever; a link
+    that loops was "no such file or directory"."""
+    import contextlib
+    import os
+    import threading
+
+    from ragstore.errors import FileUnreadableError, PathNotFoundError
+    from ragstore.imports import SourceOptions, open_source
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+
+    def unblock() -> None:  # without the fix: ends the wait, so that the test fails, not hangs
+        with contextlib.suppress(OSError):  # ENXIO: no reader, nothing waits
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    timer = threading.Timer(3, unblock)
+    timer.start()
+    try:
+        with pytest.raises(FileUnreadableError, match="not a regular file or folder"):
+            list(open_source(str(fifo), SourceOptions()).records())
+    finally:
+        timer.cancel()
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    with pytest.raises(PathNotFoundError, match="a symbolic link that loops"):
+        open_source(str(loop), SourceOptions())
