@@ -932,3 +932,41 @@ def test_a_pipe_or_a_looping_link_as_the_source_is_named_without_waiting(tmp_pat
     loop.symlink_to(loop)
     with pytest.raises(PathNotFoundError, match="a symbolic link that loops"):
         open_source(str(loop), SourceOptions())
+
+
+def test_postgres_json_python_cannot_read_is_named_and_a_bad_url_hides_its_password(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A vector kept as text nested thousands deep or with a 5,000-digit integer, and a
+    jsonb metadata nested thousands deep, escaped as RecursionError / ValueError tracebacks;
+    a source URL libpq cannot parse was printed with the password it quoted; a database
+    without LangChain's tables was told to give --table, which that format refuses."""
+    url = create_database(pg_admin_uri, None)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE deep (id text, text text, embedding text)")
+        conn.execute("INSERT INTO deep VALUES ('d1', 't', %s)", ("[" * 5000 + "]" * 5000,))
+        conn.execute("CREATE TABLE huge (id text, text text, embedding text)")
+        conn.execute("INSERT INTO huge VALUES ('h1', 't', %s)", ("[1" + "0" * 5000 + "]",))
+        conn.execute("CREATE TABLE meta (id text, text text, embedding real[], metadata jsonb)")
+        deep_meta = '{"x": ' + "[" * 3000 + "]" * 3000 + "}"
+        conn.execute("INSERT INTO meta VALUES ('m1', 't', '{1,2}', %s)", (deep_meta,))
+    common = ["-c", "pg-hostile", "--model", "legacy@v1", "--dimension", "2", "--dry-run"]
+    said = {
+        "deep": "deep row id=d1: the text cannot be read as a JSON array (nested too deeply)",
+        "huge": "huge row id=h1: the text cannot be read as a JSON array (Exceeds the limit",
+        "meta": "the first row holds a JSON value Python cannot read (nested too deeply)",
+    }
+    for table, expected in said.items():
+        assert run_cli("import", url, "--table", table, *common) == 65
+        err = capsys.readouterr().err
+        assert err.startswith("error[import_source_invalid]: ") and expected in err, err
+    lc = run_cli("import", url, "--format", "langchain-pgvector", *common)
+    err = capsys.readouterr().err
+    assert lc == 65 and "--table NAME or --table SCHEMA" not in err, err
+    assert "is this the database LangChain's PGVector writes to" in err
+    bad = "postgresql://u:p%zzs3cret@localhost/db"
+    assert run_cli("import", bad, "--table", "x", *common) == 69
+    err = capsys.readouterr().err
+    assert "not a valid PostgreSQL URL: invalid percent-encoded token" in err
+    assert "s3cret" not in err
+    assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "pg-hostile")["exists"]
