@@ -950,7 +950,7 @@ def test_postgres_json_python_cannot_read_is_named_and_a_bad_url_hides_its_passw
         conn.execute("CREATE TABLE meta (id text, text text, embedding real[], metadata jsonb)")
         deep_meta = '{"x": ' + "[" * 3000 + "]" * 3000 + "}"
         conn.execute("INSERT INTO meta VALUES ('m1', 't', '{1,2}', %s)", (deep_meta,))
-    common = ["-c", "pg-hostile", "--model", "legacy@v1", "--dimension", "2", "--dry-run"]
+    common = ["-c", "pg-hostile", "--model", "hostile@v1", "--dimension", "2", "--dry-run"]
     said = {
         "deep": "deep row id=d1: the text cannot be read as a JSON array (nested too deeply)",
         "huge": "huge row id=h1: the text cannot be read as a JSON array (Exceeds the limit",
