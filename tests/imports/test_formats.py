@@ -863,3 +863,110 @@ def test_a_postgres_bytea_id_is_named_not_stored_as_its_repr(
     assert "the id is a byte string, not a string or a number" in err
     assert "encode(id, 'hex') AS id" in err
     assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "pg-hashed")["exists"]
+
+
+def _numpy_damaged(path: Path) -> None:
+    np.savez(path.with_suffix(".npz"), vectors=vectors(2, DIM))
+    data = path.with_suffix(".npz").read_bytes()
+    path.with_suffix(".npz").write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "said"),
+    [
+        ("empty.npy", lambda p: p.write_bytes(b""), "not a readable NumPy file"),
+        ("cut.npz", _numpy_damaged, "not a readable NumPy file (File is not a zip file)"),
+        (
+            "complex.npy",
+            lambda p: np.save(p, vectors(2, DIM) + 1j),
+            "the matrix holds complex64 values, not real numbers",
+        ),
+        (
+            "words.npy",
+            lambda p: np.save(p, np.array([["0.5"] * DIM] * 2)),
+            "the matrix holds <U3 values, not real numbers",
+        ),
+    ],
+)
+def test_a_numpy_file_damaged_or_of_no_real_numbers_is_named(
+    name: str, write: Any, said: str, tmp_path: Path
+) -> None:
+    """An empty .npy (EOFError) and a cut .npz (BadZipFile) escaped as tracebacks; a
+    complex matrix lost its imaginary parts and strings were parsed, imported as verified."""
+    from ragstore.errors import ImportSourceError
+    from ragstore.imports import SourceOptions, open_source
+
+    path = tmp_path / name
+    write(path)
+    path.with_suffix(".jsonl").write_text('{"id": "a", "text": "t"}\n{"id": "b", "text": "t"}\n')
+    with pytest.raises(ImportSourceError) as info:
+        list(open_source(str(path), SourceOptions()).records())
+    assert str(info.value).startswith(f"{path}: ") and said in str(info.value)
+
+
+def test_a_pipe_or_a_looping_link_as_the_source_is_named_without_waiting(tmp_path: Path) -> None:
+    """A FIFO named x.jsonl was opened, and the import waited for a writer forever; a link
+    that loops was "no such file or directory"."""
+    import contextlib
+    import os
+    import threading
+
+    from ragstore.errors import FileUnreadableError, PathNotFoundError
+    from ragstore.imports import SourceOptions, open_source
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+
+    def unblock() -> None:  # without the fix: ends the wait, so that the test fails, not hangs
+        with contextlib.suppress(OSError):  # ENXIO: no reader, nothing waits
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    timer = threading.Timer(3, unblock)
+    timer.start()
+    try:
+        with pytest.raises(FileUnreadableError, match="not a regular file or folder"):
+            list(open_source(str(fifo), SourceOptions()).records())
+    finally:
+        timer.cancel()
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    with pytest.raises(PathNotFoundError, match="a symbolic link that loops"):
+        open_source(str(loop), SourceOptions())
+
+
+def test_postgres_json_python_cannot_read_is_named_and_a_bad_url_hides_its_password(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A vector kept as text nested thousands deep or with a 5,000-digit integer, and a
+    jsonb metadata nested thousands deep, escaped as RecursionError / ValueError tracebacks;
+    a source URL libpq cannot parse was printed with the password it quoted; a database
+    without LangChain's tables was told to give --table, which that format refuses."""
+    url = create_database(pg_admin_uri, None)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE deep (id text, text text, embedding text)")
+        conn.execute("INSERT INTO deep VALUES ('d1', 't', %s)", ("[" * 5000 + "]" * 5000,))
+        conn.execute("CREATE TABLE huge (id text, text text, embedding text)")
+        conn.execute("INSERT INTO huge VALUES ('h1', 't', %s)", ("[1" + "0" * 5000 + "]",))
+        conn.execute("CREATE TABLE meta (id text, text text, embedding real[], metadata jsonb)")
+        deep_meta = '{"x": ' + "[" * 3000 + "]" * 3000 + "}"
+        conn.execute("INSERT INTO meta VALUES ('m1', 't', '{1,2}', %s)", (deep_meta,))
+    common = ["-c", "pg-hostile", "--model", "hostile@v1", "--dimension", "2", "--dry-run"]
+    said = {
+        "deep": "deep row id=d1: the text cannot be read as a JSON array (nested too deeply)",
+        "huge": "huge row id=h1: the text cannot be read as a JSON array (Exceeds the limit",
+        "meta": "the first row holds a JSON value Python cannot read (nested too deeply)",
+    }
+    for table, expected in said.items():
+        assert run_cli("import", url, "--table", table, *common) == 65
+        err = capsys.readouterr().err
+        assert err.startswith("error[import_source_invalid]: ") and expected in err, err
+    lc = run_cli("import", url, "--format", "langchain-pgvector", *common)
+    err = capsys.readouterr().err
+    assert lc == 65 and "--table NAME or --table SCHEMA" not in err, err
+    assert "is this the database LangChain's PGVector writes to" in err
+    bad = "postgresql://u:p%zzs3cret@localhost/db"
+    assert run_cli("import", bad, "--table", "x", *common) == 69
+    err = capsys.readouterr().err
+    assert "not a valid PostgreSQL URL: invalid percent-encoded token" in err
+    assert "s3cret" not in err
+    assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "pg-hostile")["exists"]

@@ -493,6 +493,37 @@ def test_an_integer_beyond_float64_in_a_vector_is_non_finite(
     assert "2 non_finite (first: b, c)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("vector", "said"),
+    [
+        ('"[1, 2]"', 'line 2: the vector is a string ("[1, 2]"), not a list of numbers'),
+        ('["0.5", "2"]', 'line 2: the vector\'s value 1 is a string ("0.5"), not a number'),
+        ("[1, true]", "line 2: the vector's value 2 is a boolean (true), not a number"),
+    ],
+)
+def test_a_vector_of_strings_or_booleans_is_named_not_parsed(
+    vector: str,
+    said: str,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # NumPy parsed ["0.5", "2"] and made true 1.0: imported and verified as numbers the
+    # store never held; a vector kept as a string holding an array was named without a fix
+    src = tmp_path / "words.jsonl"
+    src.write_text(
+        '{"id": "a", "text": "t", "vector": [1, 2]}\n'
+        + '{"id": "b", "text": "t", "vector": '
+        + vector
+        + "}\n"
+    )
+    args = ["import", str(src), "-c", "val-words", "--model", "legacy-2d@v1", "--dimension", "2"]
+    assert run_cli(*args, "--dry-run") == 65
+    err = capsys.readouterr().err
+    assert f"error[import_source_invalid]: {src} {said}" in err, err
+    assert "JSON array of numbers" in err
+
+
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_a_collection_name_that_cannot_be_made_is_refused_before_anything(
     dry_run: bool, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ragstore.errors import ImportSourceError, PathNotFoundError
+from ragstore.errors import ImportSourceError
 from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vector
 from ragstore.parsing.decode import declared_encoding
 
@@ -37,8 +38,15 @@ def _first(obj: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, Any]
 
 
 def _must_exist(path: Path) -> None:
-    if not path.exists():
-        raise PathNotFoundError(f"{path}: no such file or directory")
+    """PathNotFoundError for nothing at ``path``, and the error an ingest gives a link to
+    nothing, a link that loops or a pipe (:func:`ragstore.ingest.files.not_ingestible`):
+    a FIFO named ``x.jsonl`` was opened and the import waited for a writer forever, and a
+    looping link was said to be "no such file". A folder is left to the reader's open,
+    which names it."""
+    from ragstore.ingest.files import not_ingestible, printable
+
+    if not (path.is_file() or path.is_dir()):
+        raise not_ingestible(path, printable(str(path)))
 
 
 def _utf8_lines(path: Path) -> Iterator[str]:
@@ -157,7 +165,8 @@ class JsonlSource:
 def _load_matrix(path: Path, array: str | None) -> np.ndarray:
     try:
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
+            # opened here: NumPy left its own handle open where the file is no zip
+            with path.open("rb") as fh, np.load(fh, allow_pickle=False) as npz:
                 names = list(npz.files)
                 if array is None:
                     wanted = [n for n in ("vectors", "embeddings") if n in names]
@@ -174,10 +183,21 @@ def _load_matrix(path: Path, array: str | None) -> np.ndarray:
                     raise ImportSourceError(
                         f"{path} has no array {array!r} (arrays: {', '.join(names)})"
                     )
-                return np.asarray(npz[array])
-        return np.asarray(np.load(path, allow_pickle=False, mmap_mode="r"))
-    except (OSError, ValueError) as exc:
-        raise ImportSourceError(f"{path}: not a readable NumPy file ({exc})") from None
+                matrix = np.asarray(npz[array])
+        else:
+            matrix = np.asarray(np.load(path, allow_pickle=False, mmap_mode="r"))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # EOFError: an empty .npy; BadZipFile: a truncated or damaged .npz (a bad CRC):
+        # both escaped as tracebacks
+        raise ImportSourceError(f"{path}: not a readable NumPy file ({exc or 'empty'})") from None
+    if matrix.dtype.kind not in "fiu":
+        # a complex matrix lost its imaginary parts, strings were parsed and booleans
+        # became 0 and 1, each imported and verified as if the store had held those numbers
+        raise ImportSourceError(
+            f"{path}: the matrix holds {matrix.dtype} values, not real numbers; save the "
+            "vectors as a float32 or float64 matrix"
+        )
+    return matrix
 
 
 def default_sidecar(path: Path) -> Path:

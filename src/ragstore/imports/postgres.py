@@ -20,6 +20,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from ragstore.config import conninfo_problem
 from ragstore.db.database import describe
 from ragstore.errors import DatabaseUnavailableError, ImportSourceError
 from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vector
@@ -82,6 +83,8 @@ class PostgresTableSource:
         self.metadata_column = metadata_column
         self.bytea_dtype = BYTEA_DTYPES[bytea_dtype]
         self.batch_rows = batch_rows
+        # how to name the right table, where this one does not exist
+        self.missing_hint = "give it as --table NAME or --table SCHEMA.NAME"
 
     @property
     def description(self) -> str:
@@ -93,6 +96,14 @@ class PostgresTableSource:
         done, and committed when the connection closed."""
         try:
             conn = psycopg.connect(self.url, connect_timeout=10)
+        except psycopg.ProgrammingError as exc:
+            # libpq quotes the piece of the URL it stopped at, which may be the password's
+            # (``invalid percent-encoded token: "p%zzsecret"`` was printed as it was)
+            raise DatabaseUnavailableError(
+                f"connecting to the source: not a valid PostgreSQL URL: {conninfo_problem(exc)}"
+                "; expected postgresql://user:password@host:port/dbname (a password's "
+                "special characters percent-encoded)"
+            ) from None
         except psycopg.Error as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DatabaseUnavailableError(
@@ -144,7 +155,7 @@ class PostgresTableSource:
         if relation is None or not rows:
             raise ImportSourceError(
                 f"table {self.table!r} does not exist on {describe(self.url)} (or has no columns);"
-                " give it as --table NAME or --table SCHEMA.NAME"
+                f" {self.missing_hint}"
             )
         return relation[1], {str(r[0]): str(r[1]) for r in rows}
 
@@ -207,6 +218,13 @@ class PostgresTableSource:
                 return json.loads(raw)
             except json.JSONDecodeError:
                 raise ImportSourceError(f"{where}: the text is not a JSON array") from None
+            except (ValueError, RecursionError) as exc:
+                # arrays nested thousands deep, an integer of over 4,300 digits: the
+                # parser's own exception escaped as a traceback
+                what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                raise ImportSourceError(
+                    f"{where}: the text cannot be read as a JSON array ({what.split(';')[0]})"
+                ) from None
         return raw
 
     def records(self) -> Iterator[Record]:
@@ -251,11 +269,23 @@ class PostgresTableSource:
     ) -> Iterator[tuple[Any, ...]]:
         """The rows of ``stmt``, through a server-side cursor in one read-only
         transaction; a database error is one ImportSourceError naming the source."""
+        after: Any = None  # the id of the last row read, to say where one failed to load
         try:
             with conn.transaction(), conn.cursor(name="ragstore_import") as cur:
                 cur.itersize = self.batch_rows
                 cur.execute(stmt, params)
-                yield from cur
+                for row in cur:
+                    yield row
+                    after = row[0]
+        except (ValueError, RecursionError) as exc:
+            # psycopg's json loader on a json/jsonb value nested thousands deep or with an
+            # integer of over 4,300 digits: the parser's exception escaped as a traceback
+            what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            place = "the first row" if after is None else f"the row after id={after}"
+            raise ImportSourceError(
+                f"reading {self.description}: {place} holds a JSON value Python cannot read "
+                f"({what.split(';')[0]}); flatten or drop it in a view and import the view"
+            ) from None
         except psycopg.Error as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
@@ -304,6 +334,14 @@ class LangChainPGVectorSource(PostgresTableSource):
         super().__init__(url, self.EMBEDDINGS)
         self.collections = PostgresTableSource(url, self.COLLECTIONS)
         self.collection = collection
+        # --table is refused for this layout: "give it as --table NAME" sent the user to a
+        # flag that could not help
+        for source in (self, self.collections):
+            source.missing_hint = (
+                f"is this the database LangChain's PGVector writes to (its tables are "
+                f"{self.COLLECTIONS} and {self.EMBEDDINGS})? Another layout is read with "
+                "--format postgres --table NAME"
+            )
 
     @property
     def description(self) -> str:

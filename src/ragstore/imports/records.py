@@ -54,6 +54,13 @@ def to_vector(value: Any, where: str) -> Vector:
     """
     if value is None:
         raise ImportSourceError(f"{where}: the record has no vector")
+    if isinstance(value, str):
+        raise ImportSourceError(
+            f"{where}: the vector is a string ({_clip(value)}), not a list of numbers; give "
+            "it as a JSON array of numbers ([0.1, 0.2, ...]), not a string holding one"
+        )
+    if isinstance(value, (list, tuple)):
+        _refuse_words(value, where)
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             try:
@@ -67,6 +74,19 @@ def to_vector(value: Any, where: str) -> Vector:
             f"{where}: the vector has shape {arr.shape}; expected a flat list of numbers"
         )
     return arr
+
+
+def _refuse_words(value: list[Any] | tuple[Any, ...], where: str) -> None:
+    """ImportSourceError for a vector holding a string or a boolean: NumPy parsed
+    ``["0.5", "1e3"]`` and made ``true`` 1.0, and such a vector was imported and called
+    verified as if the store had held those numbers (a string ``"nan"`` became NaN)."""
+    for position, item in enumerate(value):
+        if isinstance(item, (str, bool)):
+            kind = "a boolean" if isinstance(item, bool) else "a string"
+            raise ImportSourceError(
+                f"{where}: the vector's value {position + 1} is {kind} ({_clip(item)}), not a "
+                "number; give the vector as a JSON array of numbers"
+            )
 
 
 def _huge_to_inf(value: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragstore.errors import ImportSourceError, PathNotFoundError, UnsupportedFormatError
+from ragstore.errors import ImportSourceError, UnsupportedFormatError
 from ragstore.imports.chroma import ChromaSource, is_chroma_dir
 from ragstore.imports.files import JsonlSource, NumpySource
 from ragstore.imports.postgres import (
@@ -39,7 +39,10 @@ def detect_format(source: str) -> str:
         return "postgres"
     path = Path(source)
     if not path.exists():
-        raise PathNotFoundError(f"{source}: no such file or directory")
+        from ragstore.ingest.files import not_ingestible, printable
+
+        # a link that loops or leads nowhere named as such, not as "no such file"
+        raise not_ingestible(path, printable(source))
     if path.is_dir():
         if is_chroma_dir(path):
             return "chroma"
