@@ -195,6 +195,13 @@ def test_vector_only_collection_is_added_to_and_searched_by_vector(store: Store)
         store.add_texts("outside", ["west"], vectors=[[1e39, 0, 0, 0]])
     with pytest.raises(InputError, match="the query vector holds NaN, infinite or out-of-range"):
         store.search("outside", vector=[0.0, -1e300, 0.0, 0.0])
+    # true/false and numeric strings: numpy's cast read them as 1.0 and 0.5, stored silently
+    for bad, says in (([True, False, False, False], "true/false"), (["0.5", 0, 0, 0], "strings")):
+        with pytest.raises(InputError, match=f"vectors must hold only numbers: {says}"):
+            store.add_texts("outside", ["west"], ids=["w"], vectors=[bad])
+        with pytest.raises(InputError, match=f"the query vector must hold only numbers: {says}"):
+            store.search("outside", vector=bad)
+    assert store.get_texts("outside", ["w"]) == []
 
 
 def test_a_new_vector_for_the_same_text_is_stored_not_answered_unchanged(store: Store) -> None:

@@ -368,14 +368,28 @@ def check_int_range(
     return value
 
 
+_NOT_NUMBERS = {
+    "b": "true/false values are not numbers",
+    "U": 'strings are not numbers (pass 0.5, not "0.5")',
+    "S": "bytes are not numbers",
+    "O": "values that are not numbers, or integers too large for a vector",
+}
+
+
 def float32_array(values: Any, what: str) -> npt.NDArray[np.float32]:
     """``values`` as float32, refusing what float32 cannot hold.
 
     A number beyond float32's range (about 3.4e38) would silently become infinity in the
     cast; it, NaN and infinity are refused as input instead of reaching the database.
+    So are true/false and strings: numpy's float cast reads ``True`` as 1.0 and ``"0.5"``
+    as 0.5, so ``Store.add_texts(vectors=[[True] * 384])`` stored a vector nobody meant,
+    where the HTTP API (strict JSON numbers) and ``import`` refuse them.
     """
     try:
-        wide = np.asarray(values, dtype=np.float64)
+        raw = np.asarray(values)
+        if raw.dtype.kind not in "iuf":  # bool, str, bytes, object (not numbers, or huge)
+            raise TypeError(_NOT_NUMBERS.get(raw.dtype.kind, f"values of type {raw.dtype}"))
+        wide = raw.astype(np.float64)
     except (TypeError, ValueError) as exc:
         raise InputError(f"{what} must hold only numbers: {exc}") from None
     if not np.isfinite(wide).all() or (np.abs(wide) > FLOAT32_MAX).any():
