@@ -1,6 +1,7 @@
 """Hostile HTTP framing sent to a real server on loopback: a compressed body, a query
 parameter given twice, a multipart body the form parser cannot read. Each is refused with
-one 422 problem naming what to change, and a refused write stores nothing. (The JSON
+one problem naming what to change (422; 415 for a compressed body), and a refused write
+stores nothing. (The JSON
 bodies themselves are fuzzed in test_fuzz_inputs.py; the HTTP parser's limits in
 test_server_limits.py.)"""
 
@@ -28,10 +29,12 @@ def http(open_url: str) -> Iterator[httpx.Client]:
         yield h
 
 
-def refused(r: httpx.Response, says: str) -> None:
-    assert r.status_code == 422, r.text[:300]
+def refused(
+    r: httpx.Response, says: str, *, status: int = 422, code: str = "invalid_input"
+) -> None:
+    assert r.status_code == status, r.text[:300]
     assert r.headers["content-type"] == "application/problem+json"
-    assert r.json()["code"] == "invalid_input"
+    assert r.json()["code"] == code
     assert says in r.json()["detail"], r.json()["detail"]
 
 
@@ -42,7 +45,8 @@ def stored_ids(http: httpx.Client) -> list[str]:
 
 
 def test_a_compressed_body_is_refused_naming_its_content_encoding(http: httpx.Client) -> None:
-    """Nothing decodes a Content-Encoding: a gzipped JSON body was answered "not UTF-8
+    """415 with Accept-Encoding: identity (it was a 422 invalid_input). Nothing decodes a
+    Content-Encoding: a gzipped JSON body was answered "not UTF-8
     text: the byte 0x8b", a gzipped upload "body.files: Field required", and a body
     labelled br but sent plain was read as if unlabelled."""
     texts = json.dumps({"texts": ["zeta"], "ids": ["z1"]}).encode()
@@ -63,7 +67,14 @@ def test_a_compressed_body_is_refused_naming_its_content_encoding(http: httpx.Cl
         ),
     ):
         r = http.post(path, content=body, headers={**ctype, "Content-Encoding": coding})
-        refused(r, f"sent with Content-Encoding: {coding.removeprefix('identity, ')}, which")
+        # RFC 9110 15.5.16: 415 for a content coding not taken; RFC 7694: say what is
+        refused(
+            r,
+            f"sent with Content-Encoding: {coding.removeprefix('identity, ')}, which",
+            status=415,
+            code="unsupported_content_encoding",
+        )
+        assert r.headers["accept-encoding"] == "identity"
         assert "send it uncompressed" in r.json()["detail"]
     assert stored_ids(http) == ["a", "b"]
     docs = http.get(f"/v1/collections/{COLL}/documents").json()["data"]
