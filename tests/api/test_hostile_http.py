@@ -1,7 +1,7 @@
 """Hostile HTTP framing sent to a real server on loopback: a compressed body, a query
 parameter given twice, a multipart body the form parser cannot read. Each is refused with
 one problem naming what to change (422; 415 for a compressed body), and a refused write
-stores nothing. (The JSON
+stores nothing; so are upload names and metadata the parser changed on the way. (The JSON
 bodies themselves are fuzzed in test_fuzz_inputs.py; the HTTP parser's limits in
 test_server_limits.py.)"""
 
@@ -134,3 +134,51 @@ def test_a_multipart_body_the_parser_cannot_read_says_why(
     refused(r, f"the multipart body could not be read {says}")
     assert "at most 4 KB" in r.json()["detail"]
     assert http.get(f"/v1/collections/{COLL}").json()["documents"] == before
+
+
+def multipart(*parts: tuple[bytes, bytes | None, bytes]) -> bytes:
+    """A multipart body of (field name, file name or None, content) parts, as sent."""
+    body = b""
+    for name, filename, content in parts:
+        named = b"" if filename is None else b'; filename="' + filename + b'"'
+        body += b'--B\r\nContent-Disposition: form-data; name="' + name + b'"' + named
+        body += b"\r\n\r\n" + content + b"\r\n"
+    return body + b"--B--\r\n"
+
+
+def upload(http: httpx.Client, body: bytes) -> httpx.Response:
+    return http.post(
+        f"/v1/collections/{COLL}/documents/upload",
+        content=body,
+        headers={"Content-Type": "multipart/form-data; boundary=B"},
+    )
+
+
+def doc_names(http: httpx.Client) -> list[str]:
+    r = http.get(f"/v1/collections/{COLL}/documents", params={"limit": 500})
+    return sorted(d["name"] for d in r.json()["data"])
+
+
+def test_a_metadata_key_no_filter_can_name_is_refused_on_every_route(http: httpx.Client) -> None:
+    """A key of 1 MB was stored, though a filter names keys of 256 characters at most."""
+    long = "k" * 257
+    says = f"holds a key of 257 characters ({long[:40]!r}...)"
+    before = doc_names(http)
+    refused(
+        http.post(
+            f"/v1/collections/{COLL}/texts",
+            json={"texts": ["zeta"], "ids": ["z1"], "metadatas": [{long: 1}]},
+        ),
+        says,
+    )
+    refused(
+        http.post(
+            f"/v1/collections/{COLL}/documents",
+            json={"name": "k.md", "text": "# k", "metadata": {"a": {long: 1}}},
+        ),
+        f"{says} at 'metadata.a'; a key may have at most 256 characters, the longest a",
+    )
+    meta = json.dumps({long: 1}).encode()
+    refused(upload(http, multipart((b"files", b"k.md", b"# k"), (b"metadata", None, meta))), says)
+    assert doc_names(http) == before
+    assert "z1" not in stored_ids(http)
