@@ -159,6 +159,54 @@ def doc_names(http: httpx.Client) -> list[str]:
     return sorted(d["name"] for d in r.json()["data"])
 
 
+@pytest.mark.parametrize(
+    ("filename", "says"),
+    [
+        (rb"C:\x.md", r"invalid document name 'C:\\x.md': it is an absolute path"),
+        # quoted: \\srv\x.md, a Windows share, which the parser also cut to x.md
+        (rb"\\\\srv\\x.md", r"invalid document name '\\\\srv\\x.md': it is an absolute"),
+        (b"x.md/", "invalid document name 'x.md/': it ends with a slash"),
+        (b"a.md ", "its part 'a.md ' starts or ends with white space; remove it"),
+        (b"\xe9t\xe9.md", "its file name is not UTF-8 text (read as '\xe9t\xe9.md')"),
+    ],
+    ids=["windows-drive", "windows-share", "trailing-slash", "trailing-space", "latin-1"],
+)
+def test_an_upload_name_changed_on_the_way_is_refused_naming_its_part(
+    http: httpx.Client, filename: bytes, says: str
+) -> None:
+    """Each was stored under another name, answered 201: ``C:\\x.md`` as ``x.md`` (the
+    parser keeps a Windows path's last part), ``x.md/`` as ``x.md``, ``a.md `` as a text
+    document, latin-1 bytes garbled. One bad name refuses the whole upload, as before."""
+    before = doc_names(http)
+    body = multipart((b"files", b"ok.md", b"# ok"), (b"files", filename, b"# bad"))
+    r = upload(http, body)
+    refused(r, "part 1 of field 'files' (counting from 0): ")
+    assert says in r.json()["detail"], r.json()["detail"]
+    assert "nothing was stored" in r.json()["detail"]
+    assert doc_names(http) == before
+
+
+def test_the_json_route_refuses_the_same_names(http: httpx.Client) -> None:
+    for name, says in (("x.md/", "it ends with a slash"), ("a.md ", "its part 'a.md ' starts")):
+        r = http.post(f"/v1/collections/{COLL}/documents", json={"name": name, "text": "# x"})
+        refused(r, f"invalid document name {name!r}: {says}")
+    assert "x.md" not in doc_names(http)
+
+
+def test_upload_metadata_that_is_not_utf8_is_refused(http: httpx.Client) -> None:
+    """Starlette read the bytes as latin-1 and the metadata was stored garbled."""
+    before = doc_names(http)
+    body = multipart((b"files", b"m.md", b"# m"), (b"metadata", None, b'{"team": "\xe9quipe"}'))
+    r = upload(http, body)
+    refused(r, "form field 'metadata' of the upload is not UTF-8 text (read as")
+    assert doc_names(http) == before
+    # the same text in UTF-8 is stored as sent
+    good = multipart((b"files", b"m.md", b"# m"), (b"metadata", None, '{"t": "équipe"}'.encode()))
+    r = upload(http, good)
+    assert r.status_code == 201, r.text[:300]
+    assert r.json()["data"][0]["metadata"]["t"] == "équipe"
+
+
 def test_a_metadata_key_no_filter_can_name_is_refused_on_every_route(http: httpx.Client) -> None:
     """A key of 1 MB was stored, though a filter names keys of 256 characters at most."""
     long = "k" * 257
