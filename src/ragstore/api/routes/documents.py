@@ -283,7 +283,12 @@ async def _checked_form(request: Request, name: CollectionName, caller: WriteAcc
     one given twice, keeps the last: an upload whose metadata was misspelt (``meta``) or
     sent twice was stored without it, or with the last only, and answered 201 (the JSON
     route refuses an unknown field). A ``files`` part with no ``filename`` was refused
-    with pydantic's "Expected UploadFile, received: <class 'str'>"."""
+    with pydantic's "Expected UploadFile, received: <class 'str'>".
+
+    A file name is checked as its part sent it (:func:`ragstore.api.forms.sent_filename`)
+    and as a new document's name (:func:`staging.new_name`), and a field or file name in
+    bytes that are not the upload's charset is refused (:class:`ragstore.api.forms.
+    Undecoded`): ``C:\\x.md`` was stored as ``x.md``, and latin-1 bytes garbled."""
     caller.require("write", name)
     form = await request.form()
     for key, count in Counter(key for key, _ in form.multi_items()).items():
