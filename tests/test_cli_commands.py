@@ -354,6 +354,20 @@ def test_meta_json_that_is_not_json_is_one_usage_line_and_stores_nothing(
     assert run_cli("collections", "show", "bad-meta-json") == 66
 
 
+def test_a_metadata_key_no_filter_can_name_is_one_usage_line_and_stores_nothing(
+    local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key longer than a filter path may be was stored (one of 1 MB too)."""
+    doc = tmp_path / "a.md"
+    doc.write_text("# A\n\nSome text.\n")
+    assert run_cli("ingest", str(doc), "-c", "long-key", "--meta", "k" * 300 + "=x") == 64
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    assert "the metadata holds a key of 300 characters ('kkk" in err, err
+    assert "at most 256 characters, the longest a search filter can name" in err
+    assert run_cli("collections", "show", "long-key") == 66
+
+
 def test_search_with_context_through_the_server_prints_it(
     ingested: dict[str, object],
     remote_env: dict[str, str],

@@ -499,3 +499,33 @@ def test_per_text_arguments_that_are_no_list_are_refused_naming_them(store: Stor
     )
     assert added["ids"] == ["hamster"]
     assert store.get_texts("from-generators", ["hamster"])[0]["metadata"] == {"kind": "hamster"}
+
+
+def test_a_metadata_key_no_filter_can_name_is_refused_by_every_write(
+    store: Store, tmp_path: Path
+) -> None:
+    """A key past the longest filter path (256 characters) was stored, one of 1 MB too;
+    each write refuses it with one message, and nothing is stored. Rows already stored are
+    read as before."""
+    long = {"k" * 257: 1}
+    nested = {"a": {"k" * 300: 1}}
+    says = "at most 256 characters, the longest a search filter can name"
+    doc = tmp_path / "long.md"
+    doc.write_text("# Long\n\nSome text.\n")
+    writes = [
+        lambda: store.add_texts("pets", ["Parrots talk."], [long], ids=["parrot"]),
+        lambda: store.add_texts("pets", ["Parrots talk."], [nested], ids=["parrot"]),
+        lambda: store.add_document("pets", "long.md", "# Long\n\nText.", metadata=long),
+        lambda: store.ingest("pets", doc, metadata=long),
+    ]
+    for write in writes:
+        with pytest.raises(InputError, match=says):
+            write()
+    assert store.get_texts("pets", ["parrot"]) == []
+    before = store.list_documents("pets")["count"]
+    ok = {"k" * 256: 1}  # the longest a filter can name is stored, and found
+    store.add_texts("pets", ["Parrots talk."], [ok], ids=["parrot"])
+    hits = store.search("pets", "parrot", k=3, where={"k" * 256: 1})
+    assert [h["metadata"] for h in hits["data"]] == [ok]
+    assert store.list_documents("pets")["count"] == before + 1
+    store.delete_texts("pets", ["parrot"])

@@ -979,10 +979,10 @@ def _check_upload_names(names: list[str]) -> None:
     first of several requests: found in a later request, it was refused after the earlier
     ones stored, and a name repeated across two requests was stored over the first
     (answered "updated") where one request refuses it."""
-    from ragstore.jobs.staging import safe_name, unique_names
+    from ragstore.jobs.staging import new_name, unique_names
 
     for name in names:
-        safe_name(name)
+        new_name(name)
     unique_names(names)
 
 

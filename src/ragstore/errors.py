@@ -323,6 +323,16 @@ class UnsupportedFormatError(InputError):
     http_status = 415
 
 
+class UnsupportedContentEncodingError(InputError):
+    """A request body sent with a ``Content-Encoding`` (gzip, br, ...): the server decodes
+    none, and RFC 9110 (15.5.16) answers a coding the server does not take with 415, the
+    answer saying ``Accept-Encoding: identity`` (RFC 7694) so a client knows to send the
+    body as is. It was a 422 ``invalid_input``, which reads as a fault in the body itself."""
+
+    code = "unsupported_content_encoding"
+    http_status = 415
+
+
 class EmptyDocumentError(InputError):
     code = "empty_document"
 

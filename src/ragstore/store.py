@@ -406,7 +406,7 @@ class Store:
         from ragstore.ingest.service import created_for_this_write
         from ragstore.jobs import staging
 
-        staging.safe_name(name)
+        staging.new_name(name)
         storable_text(text, f"{name}: the text")
         meta = _metadata(metadata)  # before the collection is made
         coll, created = self._rt.open_or_create(collection)

@@ -32,6 +32,10 @@ MAX_JSON_DEPTH = 64
 # The longest query text a search takes, in characters: the HTTP API's schema
 # (``SearchRequest.query``) and every search (search/service.py ``_check_query``) alike
 MAX_QUERY_CHARS = 10_000
+# The longest key a JSON object (metadata, a filter) may hold, in characters: the longest
+# metadata path a search filter names (search/filters.py ``MAX_PATH_LENGTH``). A longer
+# metadata key was stored (one of 1 MB in every chunk's row) though no filter could name it
+MAX_KEY_CHARS = 256
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -179,7 +183,8 @@ def _not_json(value: Any, where: str) -> str:
 
 def problem_in(value: Any, at: str = "", depth: int = 0, *, json_only: bool = False) -> str | None:
     """The first value in ``value`` PostgreSQL would refuse, described with its path
-    (``None``: all fine). Walks dict keys, strings, numbers, lists and nested objects.
+    (``None``: all fine). Walks dict keys, strings, numbers, lists and nested objects. A
+    key longer than :data:`MAX_KEY_CHARS` is one too: stored, no filter could name it.
 
     ``json_only``: a value of any other type (``Decimal``, ``bytes``, ``datetime``, a
     set, a numpy scalar) is one too. In-process, such a value in a search filter got past
@@ -212,6 +217,12 @@ def problem_in(value: Any, at: str = "", depth: int = 0, *, json_only: bool = Fa
                 )
             if found := _text_problem(key, f" in a key{where}"):
                 return found
+            if len(key) > MAX_KEY_CHARS:
+                return (
+                    f"a key of {len(key)} characters ({key[:40]!r}...){where}; a key may have "
+                    f"at most {MAX_KEY_CHARS} characters, the longest a search filter can "
+                    "name: shorten it"
+                )
             found = problem_in(
                 item, f"{at}.{key}" if at else str(key), depth + 1, json_only=json_only
             )

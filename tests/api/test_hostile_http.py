@@ -1,6 +1,7 @@
 """Hostile HTTP framing sent to a real server on loopback: a compressed body, a query
 parameter given twice, a multipart body the form parser cannot read. Each is refused with
-one 422 problem naming what to change, and a refused write stores nothing. (The JSON
+one problem naming what to change (422; 415 for a compressed body), and a refused write
+stores nothing; so are upload names and metadata the parser changed on the way. (The JSON
 bodies themselves are fuzzed in test_fuzz_inputs.py; the HTTP parser's limits in
 test_server_limits.py.)"""
 
@@ -28,10 +29,12 @@ def http(open_url: str) -> Iterator[httpx.Client]:
         yield h
 
 
-def refused(r: httpx.Response, says: str) -> None:
-    assert r.status_code == 422, r.text[:300]
+def refused(
+    r: httpx.Response, says: str, *, status: int = 422, code: str = "invalid_input"
+) -> None:
+    assert r.status_code == status, r.text[:300]
     assert r.headers["content-type"] == "application/problem+json"
-    assert r.json()["code"] == "invalid_input"
+    assert r.json()["code"] == code
     assert says in r.json()["detail"], r.json()["detail"]
 
 
@@ -42,7 +45,8 @@ def stored_ids(http: httpx.Client) -> list[str]:
 
 
 def test_a_compressed_body_is_refused_naming_its_content_encoding(http: httpx.Client) -> None:
-    """Nothing decodes a Content-Encoding: a gzipped JSON body was answered "not UTF-8
+    """415 with Accept-Encoding: identity (it was a 422 invalid_input). Nothing decodes a
+    Content-Encoding: a gzipped JSON body was answered "not UTF-8
     text: the byte 0x8b", a gzipped upload "body.files: Field required", and a body
     labelled br but sent plain was read as if unlabelled."""
     texts = json.dumps({"texts": ["zeta"], "ids": ["z1"]}).encode()
@@ -63,7 +67,14 @@ def test_a_compressed_body_is_refused_naming_its_content_encoding(http: httpx.Cl
         ),
     ):
         r = http.post(path, content=body, headers={**ctype, "Content-Encoding": coding})
-        refused(r, f"sent with Content-Encoding: {coding.removeprefix('identity, ')}, which")
+        # RFC 9110 15.5.16: 415 for a content coding not taken; RFC 7694: say what is
+        refused(
+            r,
+            f"sent with Content-Encoding: {coding.removeprefix('identity, ')}, which",
+            status=415,
+            code="unsupported_content_encoding",
+        )
+        assert r.headers["accept-encoding"] == "identity"
         assert "send it uncompressed" in r.json()["detail"]
     assert stored_ids(http) == ["a", "b"]
     docs = http.get(f"/v1/collections/{COLL}/documents").json()["data"]
@@ -123,3 +134,99 @@ def test_a_multipart_body_the_parser_cannot_read_says_why(
     refused(r, f"the multipart body could not be read {says}")
     assert "at most 4 KB" in r.json()["detail"]
     assert http.get(f"/v1/collections/{COLL}").json()["documents"] == before
+
+
+def multipart(*parts: tuple[bytes, bytes | None, bytes]) -> bytes:
+    """A multipart body of (field name, file name or None, content) parts, as sent."""
+    body = b""
+    for name, filename, content in parts:
+        named = b"" if filename is None else b'; filename="' + filename + b'"'
+        body += b'--B\r\nContent-Disposition: form-data; name="' + name + b'"' + named
+        body += b"\r\n\r\n" + content + b"\r\n"
+    return body + b"--B--\r\n"
+
+
+def upload(http: httpx.Client, body: bytes) -> httpx.Response:
+    return http.post(
+        f"/v1/collections/{COLL}/documents/upload",
+        content=body,
+        headers={"Content-Type": "multipart/form-data; boundary=B"},
+    )
+
+
+def doc_names(http: httpx.Client) -> list[str]:
+    r = http.get(f"/v1/collections/{COLL}/documents", params={"limit": 500})
+    return sorted(d["name"] for d in r.json()["data"])
+
+
+@pytest.mark.parametrize(
+    ("filename", "says"),
+    [
+        (rb"C:\x.md", r"invalid document name 'C:\\x.md': it is an absolute path"),
+        # quoted: \\srv\x.md, a Windows share, which the parser also cut to x.md
+        (rb"\\\\srv\\x.md", r"invalid document name '\\\\srv\\x.md': it is an absolute"),
+        (b"x.md/", "invalid document name 'x.md/': it ends with a slash"),
+        (b"a.md ", "its part 'a.md ' starts or ends with white space; remove it"),
+        (b"\xe9t\xe9.md", "its file name is not UTF-8 text (read as '\xe9t\xe9.md')"),
+    ],
+    ids=["windows-drive", "windows-share", "trailing-slash", "trailing-space", "latin-1"],
+)
+def test_an_upload_name_changed_on_the_way_is_refused_naming_its_part(
+    http: httpx.Client, filename: bytes, says: str
+) -> None:
+    """Each was stored under another name, answered 201: ``C:\\x.md`` as ``x.md`` (the
+    parser keeps a Windows path's last part), ``x.md/`` as ``x.md``, ``a.md `` as a text
+    document, latin-1 bytes garbled. One bad name refuses the whole upload, as before."""
+    before = doc_names(http)
+    body = multipart((b"files", b"ok.md", b"# ok"), (b"files", filename, b"# bad"))
+    r = upload(http, body)
+    refused(r, "part 1 of field 'files' (counting from 0): ")
+    assert says in r.json()["detail"], r.json()["detail"]
+    assert "nothing was stored" in r.json()["detail"]
+    assert doc_names(http) == before
+
+
+def test_the_json_route_refuses_the_same_names(http: httpx.Client) -> None:
+    for name, says in (("x.md/", "it ends with a slash"), ("a.md ", "its part 'a.md ' starts")):
+        r = http.post(f"/v1/collections/{COLL}/documents", json={"name": name, "text": "# x"})
+        refused(r, f"invalid document name {name!r}: {says}")
+    assert "x.md" not in doc_names(http)
+
+
+def test_upload_metadata_that_is_not_utf8_is_refused(http: httpx.Client) -> None:
+    """Starlette read the bytes as latin-1 and the metadata was stored garbled."""
+    before = doc_names(http)
+    body = multipart((b"files", b"m.md", b"# m"), (b"metadata", None, b'{"team": "\xe9quipe"}'))
+    r = upload(http, body)
+    refused(r, "form field 'metadata' of the upload is not UTF-8 text (read as")
+    assert doc_names(http) == before
+    # the same text in UTF-8 is stored as sent
+    good = multipart((b"files", b"m.md", b"# m"), (b"metadata", None, '{"t": "équipe"}'.encode()))
+    r = upload(http, good)
+    assert r.status_code == 201, r.text[:300]
+    assert r.json()["data"][0]["metadata"]["t"] == "équipe"
+
+
+def test_a_metadata_key_no_filter_can_name_is_refused_on_every_route(http: httpx.Client) -> None:
+    """A key of 1 MB was stored, though a filter names keys of 256 characters at most."""
+    long = "k" * 257
+    says = f"holds a key of 257 characters ({long[:40]!r}...)"
+    before = doc_names(http)
+    refused(
+        http.post(
+            f"/v1/collections/{COLL}/texts",
+            json={"texts": ["zeta"], "ids": ["z1"], "metadatas": [{long: 1}]},
+        ),
+        says,
+    )
+    refused(
+        http.post(
+            f"/v1/collections/{COLL}/documents",
+            json={"name": "k.md", "text": "# k", "metadata": {"a": {long: 1}}},
+        ),
+        f"{says} at 'metadata.a'; a key may have at most 256 characters, the longest a",
+    )
+    meta = json.dumps({long: 1}).encode()
+    refused(upload(http, multipart((b"files", b"k.md", b"# k"), (b"metadata", None, meta))), says)
+    assert doc_names(http) == before
+    assert "z1" not in stored_ids(http)

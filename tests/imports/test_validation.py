@@ -91,6 +91,17 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
     assert report.skipped == 10 and report.ok
 
 
+def test_a_metadata_key_no_filter_can_name_is_unstorable() -> None:
+    """A key past the longest filter path (256 characters) was imported and stored."""
+    recs = [Record("k", "t", np.ones(DIM, dtype=np.float32), {"k" * 300: 1})]
+    report = validate(recs, DIM, parse_policies("skip", []), existing_ids=set())
+    found = {i.kind: (i.count, i.first) for i in report.issues}
+    assert found == {
+        "unstorable": (1, [f"k (metadata: a key of 300 characters ({'k' * 40!r}...))"])
+    }
+    assert report.kept == []
+
+
 def test_first_ids_stop_at_five_but_the_count_goes_on() -> None:
     recs = [_rec(f"z{i}", [0.0] * DIM) for i in range(12)]
     (issue,) = validate(recs, DIM, parse_policies("abort", [])).issues

@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from ragstore import __version__
+from ragstore.api import forms
 from ragstore.api.deps import ApiState, refuse_unknown_query
 from ragstore.api.errors import install_error_handlers
 from ragstore.api.hostguard import LoopbackGuardMiddleware
@@ -144,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     else:
         secure = auth_enabled(settings)
     stop_with_parent()
+    forms.install()  # an upload's text that is not in its charset is refused, not garbled
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -64,6 +64,7 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.PathNotFoundError: Problem(422, "Path not found"),
     e.FileUnreadableError: Problem(422, "File unreadable"),
     e.UnsupportedFormatError: Problem(415, "Unsupported format"),
+    e.UnsupportedContentEncodingError: Problem(415, "Unsupported content encoding"),
     e.EmptyDocumentError: Problem(422, "Empty document"),
     e.BinaryFileError: Problem(415, "Binary file"),
     e.DecodeError: Problem(422, "Invalid encoding"),

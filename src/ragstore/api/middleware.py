@@ -18,7 +18,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ragstore._requests import IDEMPOTENCY_SUPPORT_HEADER, UPLOAD_LIMIT_HEADER
 from ragstore.api.deps import ApiState, authenticate, bearer_token, route_path, route_scope
 from ragstore.api.errors import crash_response, problem_response
-from ragstore.errors import InputError, RagstoreError, RateLimitedError, RequestTooLargeError
+from ragstore.errors import (
+    InputError,
+    RagstoreError,
+    RateLimitedError,
+    RequestTooLargeError,
+    UnsupportedContentEncodingError,
+)
 from ragstore.validation import repeated_key
 
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -314,9 +320,10 @@ class BodyLimitMiddleware:
     client reads the 413 rather than a reset connection.
 
     A body sent with a ``Content-Encoding`` (gzip, br, ...) is refused here too, before it
-    is read (:func:`_content_coding`): nothing decodes one, so a gzipped JSON body was
-    answered "not UTF-8 text: the byte 0x8b", a gzipped upload "body.files: Field
-    required", and a body labelled ``br`` but sent plain was read as if unlabelled.
+    is read (:func:`_content_coding`), with 415 and ``Accept-Encoding: identity`` (RFC 9110
+    15.5.16, RFC 7694; it was a 422 ``invalid_input``): nothing decodes one, so a gzipped
+    JSON body was answered "not UTF-8 text: the byte 0x8b", a gzipped upload "body.files:
+    Field required", and a body labelled ``br`` but sent plain was read as if unlabelled.
     """
 
     def __init__(self, app: ASGIApp, *, json_bytes: int, upload_bytes: int) -> None:
@@ -346,13 +353,21 @@ class BodyLimitMiddleware:
         declared = headers.get(b"content-length")
         coding = _content_coding(scope.get("headers", ()))
         if coding is not None:
-            encoded = InputError(
+            encoded = UnsupportedContentEncodingError(
                 f"the {what} is sent with Content-Encoding: {coding}, which this server "
                 "does not decode; send it uncompressed, without a Content-Encoding header; "
                 "nothing was stored"
             )
             size = int(declared) if declared is not None and declared.isdigit() else None
-            await refuse_and_drain(scope, receive, send, encoded, declared=size, max_bytes=limit)
+            await refuse_and_drain(
+                scope,
+                receive,
+                send,
+                encoded,
+                declared=size,
+                max_bytes=limit,
+                headers={"Accept-Encoding": "identity"},  # RFC 7694: what it does take
+            )
             return
         if declared is not None and declared.isdigit() and int(declared) > limit:
             exc = too_large(declared.decode())

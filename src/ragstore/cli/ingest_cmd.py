@@ -288,6 +288,13 @@ def register(app: typer.Typer) -> None:
             user_meta.update(_parse_meta_json(meta_json, user_meta))
         except ValueError as exc:  # a usage error (64), as a bad option value is
             raise BadParameter(str(exc), ctx=ctx, param_hint="'--meta-json'") from None
+        from ragstore.validation import problem_in
+
+        # its keys too (one past MAX_KEY_CHARS no filter could name), as every write checks
+        if found := problem_in(user_meta, json_only=True):
+            raise BadParameter(
+                f"the metadata holds {found}", ctx=ctx, param_hint="'--meta' / '--meta-json'"
+            )
         if prune and not sync:
             raise InputError("--prune only works with --sync (e.g. ingest docs/ --sync --prune)")
         settings = get_settings()

@@ -62,6 +62,34 @@ def safe_name(name: str) -> PurePosixPath:
     return path
 
 
+_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:)?[\\/]")
+
+
+def new_name(name: str) -> PurePosixPath:
+    """:func:`safe_name` for the name of a document being written, which may not end with
+    a slash or have a part that ends with white space either: ``x.md/`` was stored as
+    ``x.md`` and ``a.md `` as a plain text document (its suffix read as ``.md ``), each
+    answered 201 under a name other than the one sent. Names stored before are still
+    read by :func:`safe_name` (:func:`source_of`), which takes them."""
+    if _ABSOLUTE.match(name):
+        raise InputError(
+            f"invalid document name {name!r}: it is an absolute path; send the "
+            "name relative to a folder of yours, e.g. 'notes/a.md'"
+        )
+    if name.endswith(("/", "\\")):
+        raise InputError(
+            f"invalid document name {name!r}: it ends with a slash; name the file itself, "
+            f"e.g. {name.rstrip('/' + chr(92)) or 'a.md'!r}"
+        )
+    for part in re.split(r"[\\/]", name):
+        if part != part.strip():
+            raise InputError(
+                f"invalid document name {name!r}: its part {part!r} starts or ends with "
+                f"white space; remove it (e.g. {part.strip()!r})"
+            )
+    return safe_name(name)
+
+
 def unique_names(names: Sequence[str]) -> None:
     """InputError naming the first document name given twice in one request (or call):
     each name is one document, so the second would be stored over the first.

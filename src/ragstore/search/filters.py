@@ -51,6 +51,7 @@ from ragstore.models import ChunkType
 from ragstore.validation import (
     INT32_MAX,
     INT32_MIN,
+    MAX_KEY_CHARS,
     check_int_range,
     check_value,
     loads_json,
@@ -61,7 +62,7 @@ RANGES = ("$gt", "$gte", "$lt", "$lte")
 FIELD_OPERATORS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$exists")
 LOGICAL_OPERATORS = ("$and", "$or", "$not")
 MAX_DEPTH = 32
-MAX_PATH_LENGTH = 256
+MAX_PATH_LENGTH = MAX_KEY_CHARS
 # The planner's cost grows faster than linearly with a statement's conditions: 2,000 ANDed
 # keys plan in about a second, 20,000 (300 kB of JSON, under the request limit) kept two
 # backends busy for minutes. These bounds keep a filter's statement within a second.

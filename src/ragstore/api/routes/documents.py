@@ -6,6 +6,7 @@ Small additions are ingested during the request (201); large ones, or any with
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from collections import Counter
@@ -26,8 +27,10 @@ from fastapi import (
 )
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData
 
+from ragstore.api import forms
 from ragstore.api.deps import (
     CollectionName,
     Principal,
@@ -199,7 +202,7 @@ def add_document(
 ) -> DocumentPublic | JSONResponse:
     caller.require("write", name)
     rt = state.runtime
-    staging.safe_name(body.name)
+    staging.new_name(body.name)
     if not body.text.strip():  # refused before the collection is made, as a bad name is
         raise EmptyDocumentError(f"{body.name}: the text is empty; nothing to ingest")
     coll, created = rt.open_or_create(name)  # as `ragstore ingest` does
@@ -247,7 +250,7 @@ def _upload(
         total = 0
         for upload in files:
             fname = upload.filename or ""
-            staging.safe_name(fname)
+            staging.new_name(fname)  # checked in _checked_form, naming its part
             path = area.new_file()
             with area.room():
                 total += _save(upload.file, path, rt.settings.max_file_bytes, fname)
@@ -280,7 +283,12 @@ async def _checked_form(request: Request, name: CollectionName, caller: WriteAcc
     one given twice, keeps the last: an upload whose metadata was misspelt (``meta``) or
     sent twice was stored without it, or with the last only, and answered 201 (the JSON
     route refuses an unknown field). A ``files`` part with no ``filename`` was refused
-    with pydantic's "Expected UploadFile, received: <class 'str'>"."""
+    with pydantic's "Expected UploadFile, received: <class 'str'>".
+
+    A file name is checked as its part sent it (:func:`ragstore.api.forms.sent_filename`)
+    and as a new document's name (:func:`staging.new_name`), and a field or file name in
+    bytes that are not the upload's charset is refused (:class:`ragstore.api.forms.
+    Undecoded`): ``C:\\x.md`` was stored as ``x.md``, and latin-1 bytes garbled."""
     caller.require("write", name)
     form = await request.form()
     for key, count in Counter(key for key, _ in form.multi_items()).items():
@@ -295,14 +303,45 @@ async def _checked_form(request: Request, name: CollectionName, caller: WriteAcc
                 f"form field {key!r} is given {count} times in the upload; send it once: "
                 "nothing was stored"
             )
+    charset = _form_charset(request)
+    for key, value in form.multi_items():
+        if isinstance(value, forms.Undecoded):
+            raise InputError(
+                f"form field {key!r} of the upload is not {charset} text (read as "
+                f"{value[:60]!r}); send it as {charset}: nothing was stored"
+            )
     for i, part in enumerate(form.getlist("files")):
+        where = f"part {i} of field 'files' (counting from 0)"
         if isinstance(part, str):
             raise InputError(
-                f"part {i} of field 'files' (counting from 0) has no file name: send each "
+                f"{where} has no file name: send each "
                 'file with one (Content-Disposition: form-data; name="files"; '
                 'filename="notes/a.md"); nothing was stored'
             )
+        # as sent: the parser cut a Windows path (C:\x.md) to its last part unsaid
+        sent = forms.sent_filename(part, charset) or part.filename or ""
+        if isinstance(sent, forms.Undecoded) or isinstance(part.filename, forms.Undecoded):
+            raise InputError(
+                f"{where}: its file name is not {charset} text (read as {sent[:60]!r}); "
+                f"send the name as {charset}: nothing was stored"
+            )
+        try:
+            staging.new_name(sent)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc.message}; nothing was stored") from None
+        part.filename = sent
     return form
+
+
+def _form_charset(request: Request) -> str:
+    """The charset the form parser decodes the upload's text in, as it reads it from the
+    ``Content-Type`` (UTF-8 unless it names another), named for a message."""
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    named = params.get(b"charset", b"utf-8").decode("latin-1")
+    try:
+        return codecs.lookup(named).name.upper()
+    except LookupError:
+        return "LATIN-1"
 
 
 @router.post(
