@@ -254,6 +254,53 @@ def test_a_url_that_is_not_ragstore_is_a_config_error() -> None:
         server.server_close()
 
 
+def test_list_collections_follows_the_cursor_past_a_page_left_empty() -> None:
+    """A page whose every collection was deleted between the server reading the names and
+    reading their details comes back with no data but a ``next_cursor``: both clients
+    stopped there and returned [], dropping the collections after it. That race cannot
+    be timed from outside the route, so a server on loopback answers its two pages."""
+    import http.server
+    import json
+    import threading
+
+    pages = {
+        "/v1/collections?limit=1000": {"data": [], "count": 0, "next_cursor": "bmFtZTpi"},
+        "/v1/collections?limit=1000&cursor=bmFtZTpi": {
+            "data": [{"name": "c"}],
+            "count": 1,
+            "next_cursor": None,
+        },
+    }
+
+    class Pages(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(pages[self.path]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pages)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with Client(url) as c:
+            assert c.list_collections() == [{"name": "c"}]
+
+        async def listed() -> list[dict[str, Any]]:
+            async with AsyncClient(url) as ac:
+                return await ac.list_collections()
+
+        assert asyncio.run(listed()) == [{"name": "c"}]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_names_and_ids_cannot_steer_a_call_to_another_route(notes: Client, store: Store) -> None:
     # delete_collection("notes/documents/1") sent DELETE /v1/collections/notes/documents/1
     # and deleted that document; an id of "1/../x" reached another route the same way
