@@ -111,6 +111,8 @@ def test_the_three_give_the_same_mmr_hits(notes: Client, open_url: str, store: S
             == {
                 "fetch_k": 3,
                 "lambda_mult": 0.2,
+                "relevance": "ranking",
+                "relevance_scale": "cosine",
                 "similarity": "cosine",
             }
         )
