@@ -336,6 +336,10 @@ def test_meta_json_stores_typed_values_a_range_finds_here_and_through_the_server
         (["--meta-json", "year=20x4"], "the value of 'year' is not JSON (Extra data at"),
         (["--meta-json", "n=NaN"], "the value of 'n' holds a non-finite number (nan)"),
         (["--meta", "year=1", "--meta-json", "year=2"], "the key 'year' is given by --meta too"),
+        # ``--meta`` alike: a repeated key kept the last value silently, an item without
+        # ``=`` was exit 65 (invalid_input) where ``--meta-json``'s was a usage error
+        (["--meta", "team=a", "--meta", "team =b"], "the key 'team' is given twice"),
+        (["--meta", "team"], "'team' is not KEY=VALUE (e.g. --meta team=search)"),
     ],
 )
 def test_meta_json_that_is_not_json_is_one_usage_line_and_stores_nothing(
@@ -350,7 +354,8 @@ def test_meta_json_that_is_not_json_is_one_usage_line_and_stores_nothing(
     assert run_cli("ingest", str(doc), "-c", "bad-meta-json", *flags) == 64
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1, err
-    assert err.startswith(f"error[usage]: Invalid value for '--meta-json': {why}"), err
+    option = "--meta-json" if "--meta-json" in flags else "--meta"
+    assert err.startswith(f"error[usage]: Invalid value for '{option}': {why}"), err
     assert run_cli("collections", "show", "bad-meta-json") == 66
 
 

@@ -151,7 +151,15 @@ def test_explain_tells_the_mmr_pick_and_the_plan_its_depth(store: Store) -> None
     first, second = (h["explain"]["mmr"] for h in out["data"])
     assert first["rank"] == 1 and first["max_similarity_to_picked"] is None
     assert second["rank"] == 2 and second["fetch_k"] == 6 and second["lambda_mult"] == 0.5
-    assert out["plan"]["mmr"] == {"fetch_k": 6, "lambda_mult": 0.5, "similarity": "cosine"}
+    # relevance is the ranking's order on the cosine scale: "similarity" alone read as
+    # each hit's cosine to the query, in a fulltext or hybrid search too
+    assert out["plan"]["mmr"] == {
+        "fetch_k": 6,
+        "lambda_mult": 0.5,
+        "relevance": "ranking",
+        "relevance_scale": "cosine",
+        "similarity": "cosine",
+    }
     assert out["plan"]["k"] == 2 and out["plan"]["lists"][0]["depth"] == 50  # the pool
     assert store.search(COLL, QUERY, k=2, explain=True)["plan"]["mmr"] is None
 

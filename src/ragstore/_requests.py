@@ -358,9 +358,13 @@ def list_collections(cursor: str | None = None) -> Call[dict[str, Any]]:
 
 def next_collections_cursor(page: Mapping[str, Any], previous: str | None) -> str | None:
     """The cursor of the page after ``page``, None after the last; a server that answers
-    the cursor it was given again would have the clients ask for the same page forever."""
+    the cursor it was given again would have the clients ask for the same page forever.
+
+    A page with no data but a cursor is not the last: every collection the server read
+    the names of was deleted before it read their details, and collections may follow
+    (stopping there dropped them from the list without a word). Only a null cursor ends."""
     cursor = page.get("next_cursor")
-    if not cursor or not page.get("data"):
+    if not cursor:
         return None
     if cursor == previous:
         raise RagstoreError(f"the server answered the same next_cursor {cursor!r} again")

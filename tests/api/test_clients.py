@@ -111,6 +111,8 @@ def test_the_three_give_the_same_mmr_hits(notes: Client, open_url: str, store: S
             == {
                 "fetch_k": 3,
                 "lambda_mult": 0.2,
+                "relevance": "ranking",
+                "relevance_scale": "cosine",
                 "similarity": "cosine",
             }
         )
@@ -249,6 +251,53 @@ def test_a_url_that_is_not_ragstore_is_a_config_error() -> None:
 
         with pytest.raises(ConfigError, match="not ragstore's API"):
             asyncio.run(search())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_list_collections_follows_the_cursor_past_a_page_left_empty() -> None:
+    """A page whose every collection was deleted between the server reading the names and
+    reading their details comes back with no data but a ``next_cursor``: both clients
+    stopped there and returned [], dropping the collections after it. That race cannot
+    be timed from outside the route, so a server on loopback answers its two pages."""
+    import http.server
+    import json
+    import threading
+
+    pages = {
+        "/v1/collections?limit=1000": {"data": [], "count": 0, "next_cursor": "bmFtZTpi"},
+        "/v1/collections?limit=1000&cursor=bmFtZTpi": {
+            "data": [{"name": "c"}],
+            "count": 1,
+            "next_cursor": None,
+        },
+    }
+
+    class Pages(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(pages[self.path]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pages)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with Client(url) as c:
+            assert c.list_collections() == [{"name": "c"}]
+
+        async def listed() -> list[dict[str, Any]]:
+            async with AsyncClient(url) as ac:
+                return await ac.list_collections()
+
+        assert asyncio.run(listed()) == [{"name": "c"}]
     finally:
         server.shutdown()
         server.server_close()

@@ -235,6 +235,46 @@ def test_documents_page_by_cursor_without_gaps_or_repeats(client: Client) -> Non
     assert [d["id"] for d in last["data"]] == seen[4:] and last["next_cursor"] is None
 
 
+def test_a_collection_deleted_mid_listing_leaves_no_page_empty(
+    client: Client, open_url: str, settings: Settings
+) -> None:
+    """A collection deleted after the listing read its name but before its details was
+    skipped, and a page whose every collection went so came back empty with a cursor:
+    clients that stop at an empty page missed the collections after it. The server now
+    reads the next names in its place. The race, made exact with a second connection:
+    it holds embedding_models (which the details read joins, the names read does not)
+    until the listing waits on it, deletes the first collection, and commits."""
+    import threading
+    import time
+
+    from ragstore.api.deps import encode_name_cursor
+    from ragstore.db import catalog, repository
+
+    for name in ("race-1", "race-2", "race-3"):
+        client.create_collection(name)
+    params = {"limit": "1", "cursor": encode_name_cursor("race-0")}
+    answers: list[httpx.Response] = []
+    assert settings.database_url is not None
+    with psycopg.connect(settings.database_url.get_secret_value()) as other:
+        other.execute("LOCK TABLE embedding_models IN ACCESS EXCLUSIVE MODE")
+        listing = threading.Thread(
+            target=lambda: answers.append(httpx.get(f"{open_url}/v1/collections", params=params))
+        )
+        listing.start()
+        deadline = time.monotonic() + 30
+        while not other.execute(  # the listing waits (its query is not yet in pg_stat_activity)
+            "SELECT 1 FROM pg_locks WHERE relation = 'embedding_models'::regclass AND NOT granted"
+        ).fetchone():
+            assert time.monotonic() < deadline, "the listing never waited on the lock"
+            time.sleep(0.02)
+        catalog.delete_collection(other, repository.get_collection(other, "race-1"))
+    listing.join(timeout=30)
+    page = answers[0].json()
+    assert [c["name"] for c in page["data"]] == ["race-2"] and page["count"] == 1
+    nxt = httpx.get(f"{open_url}/v1/collections", params={**params, "cursor": page["next_cursor"]})
+    assert [c["name"] for c in nxt.json()["data"]][:1] == ["race-3"]
+
+
 def test_collections_page_by_cursor_and_the_client_follows_it(
     client: Client, open_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

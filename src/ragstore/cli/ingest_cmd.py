@@ -21,12 +21,21 @@ if TYPE_CHECKING:
 
 
 def _parse_meta(items: list[str]) -> dict[str, str]:
+    """``--meta KEY=VALUE``: each value stored as the string given.
+
+    Raises ``ValueError`` with what is wrong with which item (the caller makes it a usage
+    error, exit 64, as :func:`_parse_meta_json` does, before anything is read or stored).
+    A key given twice is refused rather than the last value kept silently: which value
+    was meant is unknowable, and ``--meta-json`` refuses it the same way."""
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--meta {item!r} is not KEY=VALUE (e.g. --meta team=search)")
-        out[key.strip()] = value
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"{item!r} is not KEY=VALUE (e.g. --meta team=search)")
+        if key in out:
+            raise ValueError(f"the key {key!r} is given twice; give each key once")
+        out[key] = value
     return out
 
 
@@ -283,10 +292,15 @@ def register(app: typer.Typer) -> None:
         from ragstore.profiles import get_settings
         from ragstore.runtime import Runtime
 
-        user_meta: dict[str, Any] = dict(_parse_meta(meta))
+        # a usage error (64) each, as a bad option value is, naming the option
         try:
-            user_meta.update(_parse_meta_json(meta_json, user_meta))
-        except ValueError as exc:  # a usage error (64), as a bad option value is
+            strings = _parse_meta(meta)
+        except ValueError as exc:
+            raise BadParameter(str(exc), ctx=ctx, param_hint="'--meta'") from None
+        user_meta: dict[str, Any] = dict(strings)
+        try:
+            user_meta.update(_parse_meta_json(meta_json, strings))
+        except ValueError as exc:
             raise BadParameter(str(exc), ctx=ctx, param_hint="'--meta-json'") from None
         from ragstore.validation import problem_in
 

@@ -105,7 +105,20 @@ def search_plan(
         "lists": lists,
         "fusion": fused,
         "filter": dict(where) if where else None,
-        "mmr": None
-        if picked is None
-        else {"fetch_k": picked[0], "lambda_mult": picked[1], "similarity": "cosine"},
+        "mmr": None if picked is None else _mmr_entry(*picked),
+    }
+
+
+def _mmr_entry(fetch_k: int, lambda_mult: float) -> dict[str, Any]:
+    """The plan's ``mmr``: what the pick weighed (search/mmr.py). Relevance is the
+    search's own ranking (this plan's mode, lists and fusion), its order given out on
+    the cosine scale; said as ``"similarity": "cosine"`` alone, it read as each hit's
+    cosine to the query, which it is only in vector mode. ``similarity`` is the measure
+    of redundancy: the cosine of the stored vectors to the hits already picked."""
+    return {
+        "fetch_k": fetch_k,
+        "lambda_mult": lambda_mult,
+        "relevance": "ranking",
+        "relevance_scale": "cosine",
+        "similarity": "cosine",
     }

@@ -67,17 +67,26 @@ def list_collections(
     after = decode_name_cursor(cursor)
     only = caller.key.collection if caller.key is not None else None
     data: list[CollectionPublic] = []
+    more = True
     with rt.db.connection() as conn, translated("listing collections"):
-        names, more = split_page(
-            catalog.collection_names(conn, after=after, limit=limit + 1, only=only), limit
-        )
-        for name in names:
-            try:
-                coll = repository.get_collection(conn, name)
-                data.append(CollectionPublic(**catalog.collection_detail(conn, coll)))
-            except CollectionNotFoundError:
-                continue  # deleted since the names were read: no longer listed
-    nxt = encode_name_cursor(names[-1]) if more else None
+        # a collection deleted between its name being read and its details is no longer
+        # listed, and the names after it are read in its place: a page whose every
+        # collection went so came back empty with a cursor, and a client that stops at
+        # an empty page missed the collections after it
+        while more and len(data) < limit:
+            want = limit - len(data)
+            names, more = split_page(
+                catalog.collection_names(conn, after=after, limit=want + 1, only=only), want
+            )
+            for name in names:
+                try:
+                    coll = repository.get_collection(conn, name)
+                    data.append(CollectionPublic(**catalog.collection_detail(conn, coll)))
+                except CollectionNotFoundError:
+                    continue  # deleted since the names were read: no longer listed
+            if names:
+                after = names[-1]
+    nxt = encode_name_cursor(after) if more and after is not None else None
     return CollectionsPublic(data=data, count=len(data), next_cursor=nxt)
 
 
