@@ -139,6 +139,12 @@ def register(app: typer.Typer) -> None:
             "(a view, a foreign key); without it such objects are named and the restore "
             "is refused.",
         ),
+        unchecked: bool = typer.Option(
+            False,
+            "--unchecked",
+            help="Restore an archive that has no sidecar (PATH.json, its sha256), whose "
+            "damage cannot be detected; without it such an archive is refused.",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Replace the database's contents with a backup, in one transaction, after
@@ -178,7 +184,11 @@ def register(app: typer.Typer) -> None:
                         )
 
                 result = restore_backup(
-                    db, path, None if no_backup else back_up, drop_dependents=drop_dependents
+                    db,
+                    path,
+                    None if no_backup else back_up,
+                    drop_dependents=drop_dependents,
+                    unchecked=unchecked,
                 )
         except KeyboardInterrupt as exc:
             how, status = interrupt_status(exc)
