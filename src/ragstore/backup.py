@@ -16,6 +16,7 @@ that schema.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -728,8 +729,9 @@ def create_backup(
     ours = path is None
     if path is None:
         path = backup_dir(settings) / f"ragstore-{stamp:%Y%m%dT%H%M%S%fZ}-{reason}.dump"
-    elif path.is_dir():
+    elif _is_dir(path):
         path = path / f"ragstore-{stamp:%Y%m%dT%H%M%S%fZ}-{reason}.dump"
+    _refuse_long_name(path, _LONGEST_BESIDE)
     _refuse_special(path)
     try:
         path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
@@ -745,6 +747,46 @@ def create_backup(
             _recover_leftovers(path)
         _refuse_existing(path, overwrite, overwrite_flag)
         return _dump(db, path, stamp, reason, overwrite, overwrite_flag, snapshot)
+
+
+# how much longer than NAME the longest name is that a backup to NAME writes beside it:
+# its sidecar's while it is written, ``.NAME.json.partial``
+_LONGEST_BESIDE = len(".") + len(".json.partial")
+
+
+def _is_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder; False where it cannot be looked at (a name too long:
+    Python 3.11's ``is_dir()`` raises "File name too long" instead of saying False)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _name_max(path: Path) -> int:
+    """The longest file name (in bytes) the folder of ``path`` takes; 255 (most file
+    systems' limit) where that cannot be asked (the folder is not made yet)."""
+    with contextlib.suppress(OSError, ValueError):
+        return os.pathconf(path.parent, "PC_NAME_MAX")
+    return 255
+
+
+def _refuse_long_name(path: Path, extra: int) -> None:
+    """Refuse, before anything is dumped, an archive name that is, or whose sidecar's
+    temporary name (``extra`` bytes longer) is, longer than the folder's file system
+    allows. A name over the limit failed ``ragstore backup`` with a Python traceback (its
+    first look at the path raised "File name too long"), and a name a few bytes under it
+    was dumped whole, then failed naming the sidecar, the dump wasted and the advice
+    "check the folder's free space and permissions"."""
+    fits = _name_max(path) - extra
+    if len(os.fsencode(path.name)) <= fits:
+        return
+    raise BackupError(
+        f"cannot write the backup to {path}: its file name is {len(os.fsencode(path.name))} "
+        f"bytes long, and the file system allows {fits} for a backup's name (it writes "
+        f"{path.name}.json beside it, under a longer name while it is written); nothing "
+        "was written: choose a shorter name"
+    )
 
 
 def _refuse_schema_changed(db: Database, revision: str | None, *seen: str | None) -> None:
@@ -1130,8 +1172,15 @@ def read_info(path: Path) -> BackupInfo | None:
     whose sha256 was not a string (edited, or damaged into other valid JSON), failed the
     restore with a Python traceback instead."""
     side = Path(f"{path}.json")
-    if not side.exists():
-        return None
+    try:
+        if not side.exists():
+            return None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return None  # a name over the limit: no sidecar can have it
+        raise BackupInvalidError(
+            f"{side} cannot be read ({exc.strerror or exc}); nothing was restored"
+        ) from None
     try:
         info = BackupInfo(**json.loads(side.read_text()))
     except OSError as exc:
@@ -1163,7 +1212,13 @@ def precheck_archive(path: Path) -> None:
     directory-format dump), can be read, and a file starts as a pg_dump archive does. Run
     before the restore's question, which was asked of a missing file or a text file and
     answered "yes" for nothing; reads no more than a few bytes."""
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as exc:  # "File name too long" (Python 3.11 raises it from exists())
+        raise PathNotFoundError(
+            f"{path}: {exc.strerror or exc}; nothing was restored: name the archive's file"
+        ) from None
+    if not found:
         if _kept_archives(path):
             # an overwrite killed between its renames hid the earlier archive: the
             # restore puts it back and says so (:func:`restore_backup`), not "no such file"

@@ -214,6 +214,32 @@ def test_a_sidecar_that_is_a_folder_or_records_no_sha256_is_one_error(
     )
 
 
+def test_a_file_name_too_long_for_the_backup_or_its_sidecar_is_refused_before_the_dump(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A name over the file system's limit failed ``backup`` and ``restore`` with a
+    Python traceback ("File name too long"); one a few bytes under it was dumped whole,
+    then failed as its sidecar's temporary name was made, with "check the folder's free
+    space and permissions". Both are refused before the dump, nothing written."""
+    for length in (256, 246):  # over the limit; over it for ``.NAME.json.partial``
+        path = tmp_path / ("a" * (length - 5) + ".dump")
+        capsys.readouterr()
+        assert run_cli("backup", str(path)) == 74
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"error[backup_failed]: cannot write the backup to {path}: its file name is "
+            f"{length} bytes long, and the file system allows 241 for a backup's name"
+        ), err
+        assert err.endswith("nothing was written: choose a shorter name\n"), err
+    assert list(tmp_path.iterdir()) == []
+    missing = tmp_path / ("a" * 256)
+    assert run_cli("restore", str(missing), "--yes") == 66
+    assert capsys.readouterr().err == (
+        f"error[path_not_found]: {missing}: File name too long; nothing was restored: name "
+        "the archive's file\n"
+    )
+
+
 def _archived_rows(archive: Path, table: str) -> int:
     """How many rows of ``table`` the archive holds (its COPY data, as pg_restore prints it)."""
     out = subprocess.run(

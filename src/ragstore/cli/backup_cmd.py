@@ -89,7 +89,10 @@ def register(app: typer.Typer) -> None:
         from ragstore.runtime import Runtime
 
         refuse_remote("backup")
-        existed = path is not None and (path.is_file() or path.is_symlink())
+        try:
+            existed = path is not None and (path.is_file() or path.is_symlink())
+        except OSError:  # a name too long: create_backup says so
+            existed = False
         try:
             # SIGTERM unwinds as Ctrl-C does: killed outright, this process left pg_dump
             # writing a whole copy of the database to a hidden .partial file nothing removed
