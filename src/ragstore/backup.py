@@ -16,6 +16,7 @@ that schema.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -728,8 +729,9 @@ def create_backup(
     ours = path is None
     if path is None:
         path = backup_dir(settings) / f"ragstore-{stamp:%Y%m%dT%H%M%S%fZ}-{reason}.dump"
-    elif path.is_dir():
+    elif _is_dir(path):
         path = path / f"ragstore-{stamp:%Y%m%dT%H%M%S%fZ}-{reason}.dump"
+    _refuse_long_name(path, _LONGEST_BESIDE)
     _refuse_special(path)
     try:
         path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
@@ -745,6 +747,46 @@ def create_backup(
             _recover_leftovers(path)
         _refuse_existing(path, overwrite, overwrite_flag)
         return _dump(db, path, stamp, reason, overwrite, overwrite_flag, snapshot)
+
+
+# how much longer than NAME the longest name is that a backup to NAME writes beside it:
+# its sidecar's while it is written, ``.NAME.json.partial``
+_LONGEST_BESIDE = len(".") + len(".json.partial")
+
+
+def _is_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder; False where it cannot be looked at (a name too long:
+    Python 3.11's ``is_dir()`` raises "File name too long" instead of saying False)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _name_max(path: Path) -> int:
+    """The longest file name (in bytes) the folder of ``path`` takes; 255 (most file
+    systems' limit) where that cannot be asked (the folder is not made yet)."""
+    with contextlib.suppress(OSError, ValueError):
+        return os.pathconf(path.parent, "PC_NAME_MAX")
+    return 255
+
+
+def _refuse_long_name(path: Path, extra: int) -> None:
+    """Refuse, before anything is dumped, an archive name that is, or whose sidecar's
+    temporary name (``extra`` bytes longer) is, longer than the folder's file system
+    allows. A name over the limit failed ``ragstore backup`` with a Python traceback (its
+    first look at the path raised "File name too long"), and a name a few bytes under it
+    was dumped whole, then failed naming the sidecar, the dump wasted and the advice
+    "check the folder's free space and permissions"."""
+    fits = _name_max(path) - extra
+    if len(os.fsencode(path.name)) <= fits:
+        return
+    raise BackupError(
+        f"cannot write the backup to {path}: its file name is {len(os.fsencode(path.name))} "
+        f"bytes long, and the file system allows {fits} for a backup's name (it writes "
+        f"{path.name}.json beside it, under a longer name while it is written); nothing "
+        "was written: choose a shorter name"
+    )
 
 
 def _refuse_schema_changed(db: Database, revision: str | None, *seen: str | None) -> None:
@@ -1121,14 +1163,39 @@ def _name_both(
     _sync_dir(path.parent)  # pg_dump synced the archive; now both names
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def read_info(path: Path) -> BackupInfo | None:
+    """The sidecar beside ``path``, or None where there is none; one that cannot be read
+    or records no sha256 is a ``BackupInvalidError``. A sidecar that was a folder, or
+    whose sha256 was not a string (edited, or damaged into other valid JSON), failed the
+    restore with a Python traceback instead."""
     side = Path(f"{path}.json")
-    if not side.exists():
-        return None
     try:
-        return BackupInfo(**json.loads(side.read_text()))
+        if not side.exists():
+            return None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return None  # a name over the limit: no sidecar can have it
+        raise BackupInvalidError(
+            f"{side} cannot be read ({exc.strerror or exc}); nothing was restored"
+        ) from None
+    try:
+        info = BackupInfo(**json.loads(side.read_text()))
+    except OSError as exc:
+        raise BackupInvalidError(
+            f"{side} cannot be read ({exc.strerror or exc}); nothing was restored: make the "
+            "backup's description readable, or restore another backup"
+        ) from None
     except (ValueError, TypeError) as exc:
         raise BackupInvalidError(f"{side}: unreadable backup description ({exc})") from None
+    if not isinstance(info.sha256, str) or not _SHA256.fullmatch(info.sha256):
+        raise BackupInvalidError(
+            f"{side}: unreadable backup description (its sha256 is not 64 hex digits: "
+            f"{info.sha256!r:.80}); nothing was restored: restore another backup"
+        )
+    return info
 
 
 def check_archive(path: Path) -> BackupInfo | None:
@@ -1145,7 +1212,13 @@ def precheck_archive(path: Path) -> None:
     directory-format dump), can be read, and a file starts as a pg_dump archive does. Run
     before the restore's question, which was asked of a missing file or a text file and
     answered "yes" for nothing; reads no more than a few bytes."""
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as exc:  # "File name too long" (Python 3.11 raises it from exists())
+        raise PathNotFoundError(
+            f"{path}: {exc.strerror or exc}; nothing was restored: name the archive's file"
+        ) from None
+    if not found:
         if _kept_archives(path):
             # an overwrite killed between its renames hid the earlier archive: the
             # restore puts it back and says so (:func:`restore_backup`), not "no such file"
@@ -1174,8 +1247,12 @@ def precheck_archive(path: Path) -> None:
         )
 
 
-def _checked(path: Path) -> tuple[BackupInfo | None, str]:
-    """:func:`check_archive`, and the archive's table of contents (``pg_restore --list``)."""
+UNCHECKED_FLAG = "--unchecked"
+
+
+def _checked(path: Path, unchecked: bool = True) -> tuple[BackupInfo | None, str]:
+    """:func:`check_archive`, and the archive's table of contents (``pg_restore --list``).
+    An archive without its sidecar is refused unless ``unchecked`` (:func:`_refuse_unsumed`)."""
     precheck_archive(path)
     info = read_info(path)
     if info is not None and _sha256(path) != info.sha256:
@@ -1202,7 +1279,26 @@ def _checked(path: Path) -> tuple[BackupInfo | None, str]:
             "every collection with tables ragstore cannot use; restore it into a database "
             "of its own with pg_restore"
         )
+    if info is None and not unchecked:
+        _refuse_unsumed(path)
     return info, proc.stdout
+
+
+def _refuse_unsumed(path: Path) -> None:
+    """Refuse an archive whose sidecar (its sha256) is missing: nothing then detects its
+    damage. pg_restore checks little of an archive (its table of contents, the SQL of
+    every table, index and function, is stored uncompressed), and an archive with one
+    byte flipped restored without an error into a database that differed from the
+    backup (an index's field renamed, a function's body changed): the one copy of what
+    the store held, silently half-different. Every backup ragstore writes has a
+    sidecar; one restored without it is the user's explicit choice."""
+    raise BackupInvalidError(
+        f"{path} has no sidecar ({path}.json, written with it by `ragstore backup`, "
+        "holding its sha256): damage to the archive cannot be detected, and a damaged "
+        "archive can restore into a database that differs from the backup without an "
+        "error. Nothing was restored: copy the sidecar beside the archive, or pass "
+        f"{UNCHECKED_FLAG} to restore the archive as it is"
+    )
 
 
 def _holds_ragstore_tables(listing: str) -> bool:
@@ -1755,6 +1851,7 @@ def restore_backup(
     checked: Callable[[str], object] | None = None,
     *,
     drop_dependents: bool = False,
+    unchecked: bool = False,
 ) -> RestoreResult:
     """Make the database exactly what the archive holds, in one transaction.
 
@@ -1767,7 +1864,8 @@ def restore_backup(
     transaction, the backup missed the writes committed between the two, which the
     restore then replaced: lost, though acknowledged. Objects outside ragstore's schema
     that depend on it (a user's view over a ragstore table) are refused unless
-    ``drop_dependents``: the drops cascade to them.
+    ``drop_dependents``: the drops cascade to them. An archive without its sidecar is
+    refused unless ``unchecked`` (:func:`_refuse_unsumed`).
 
     The archive's lock is held throughout (a backup overwriting it meanwhile is refused),
     and what a killed backup to it left is dealt with first: where that puts an earlier
@@ -1783,14 +1881,18 @@ def restore_backup(
                     f"{note}; nothing was restored: run the restore again to restore that "
                     "earlier backup, or name another"
                 )
-        return _restore(db, path, checked, drop_dependents)
+        return _restore(db, path, checked, drop_dependents, unchecked)
 
 
 def _restore(
-    db: Database, path: Path, checked: Callable[[str], object] | None, drop_dependents: bool
+    db: Database,
+    path: Path,
+    checked: Callable[[str], object] | None,
+    drop_dependents: bool,
+    unchecked: bool,
 ) -> RestoreResult:
     """:func:`restore_backup`, with the archive's lock held."""
-    info, listing = _checked(path)
+    info, listing = _checked(path, unchecked)
     conninfo, env = _client_args(db)
     entries, extensions = _without_extensions(listing)
     with _work_dir() as tmpdir:

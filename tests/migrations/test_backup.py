@@ -156,10 +156,88 @@ def test_damaged_archive_is_refused_and_nothing_changes(
     assert "is not a readable pg_dump custom-format archive" in capsys.readouterr().err
     # cut near its end, its table of contents still reads: the data does not
     archive.write_bytes(data[:-200])
-    assert run_cli("restore", str(archive), "--yes") == 65
+    assert run_cli("restore", str(archive), "--yes", "--unchecked") == 65
     err = capsys.readouterr().err
     assert err.startswith(f"error[backup_invalid]: {archive} is truncated or damaged"), err
     assert full_dump(populated) == before
+
+
+def test_an_archive_without_its_sidecar_is_refused_unless_told(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without its sidecar nothing checked an archive's bytes: pg_restore reads its table
+    of contents (the SQL of every table, index and function, uncompressed) as it finds
+    it, and an archive with one letter of an index's comment flipped restored with exit 0
+    into a database whose field index was another field's. It is refused unless
+    ``--unchecked``, nothing changed."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    Path(f"{archive}.json").unlink()
+    data = archive.read_bytes()
+    at = data.index(b'IS \'{"field": ["year"]') + len(b'IS \'{"field": ["y')
+    archive.write_bytes(data[:at] + b"E" + data[at + 1 :])  # "year" -> "yEar"
+    before = full_dump(populated)
+    capsys.readouterr()
+    assert run_cli("restore", str(archive), "--yes") == 65
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error[backup_invalid]: {archive} has no sidecar ({archive}.json, written with it"
+    ), err
+    assert err.rstrip().endswith("or pass --unchecked to restore the archive as it is"), err
+    assert full_dump(populated) == before
+    archive.write_bytes(data)  # told, an archive without its sidecar is restored
+    assert run_cli("restore", str(archive), "--yes", "--no-backup", "--unchecked") == 0
+    assert full_dump(populated) == before
+
+
+def test_a_sidecar_that_is_a_folder_or_records_no_sha256_is_one_error(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sidecar that was a folder, or whose sha256 was no string (other valid JSON),
+    failed the restore with a Python traceback (IsADirectoryError, TypeError)."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    side = Path(f"{archive}.json")
+    recorded = json.loads(side.read_text())
+    side.write_text(json.dumps({**recorded, "sha256": 5}))
+    capsys.readouterr()
+    assert run_cli("restore", str(archive), "--yes") == 65
+    assert capsys.readouterr().err == (
+        f"error[backup_invalid]: {side}: unreadable backup description (its sha256 is not "
+        "64 hex digits: 5); nothing was restored: restore another backup\n"
+    )
+    side.unlink()
+    side.mkdir()
+    assert run_cli("restore", str(archive), "--yes") == 65
+    assert capsys.readouterr().err.startswith(
+        f"error[backup_invalid]: {side} cannot be read (Is a directory); nothing was restored"
+    )
+
+
+def test_a_file_name_too_long_for_the_backup_or_its_sidecar_is_refused_before_the_dump(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A name over the file system's limit failed ``backup`` and ``restore`` with a
+    Python traceback ("File name too long"); one a few bytes under it was dumped whole,
+    then failed as its sidecar's temporary name was made, with "check the folder's free
+    space and permissions". Both are refused before the dump, nothing written."""
+    for length in (256, 246):  # over the limit; over it for ``.NAME.json.partial``
+        path = tmp_path / ("a" * (length - 5) + ".dump")
+        capsys.readouterr()
+        assert run_cli("backup", str(path)) == 74
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"error[backup_failed]: cannot write the backup to {path}: its file name is "
+            f"{length} bytes long, and the file system allows 241 for a backup's name"
+        ), err
+        assert err.endswith("nothing was written: choose a shorter name\n"), err
+    assert list(tmp_path.iterdir()) == []
+    missing = tmp_path / ("a" * 256)
+    assert run_cli("restore", str(missing), "--yes") == 66
+    assert capsys.readouterr().err == (
+        f"error[path_not_found]: {missing}: File name too long; nothing was restored: name "
+        "the archive's file\n"
+    )
 
 
 def _archived_rows(archive: Path, table: str) -> int:

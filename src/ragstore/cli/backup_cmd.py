@@ -89,7 +89,10 @@ def register(app: typer.Typer) -> None:
         from ragstore.runtime import Runtime
 
         refuse_remote("backup")
-        existed = path is not None and (path.is_file() or path.is_symlink())
+        try:
+            existed = path is not None and (path.is_file() or path.is_symlink())
+        except OSError:  # a name too long: create_backup says so
+            existed = False
         try:
             # SIGTERM unwinds as Ctrl-C does: killed outright, this process left pg_dump
             # writing a whole copy of the database to a hidden .partial file nothing removed
@@ -139,6 +142,12 @@ def register(app: typer.Typer) -> None:
             "(a view, a foreign key); without it such objects are named and the restore "
             "is refused.",
         ),
+        unchecked: bool = typer.Option(
+            False,
+            "--unchecked",
+            help="Restore an archive that has no sidecar (PATH.json, its sha256), whose "
+            "damage cannot be detected; without it such an archive is refused.",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Replace the database's contents with a backup, in one transaction, after
@@ -178,7 +187,11 @@ def register(app: typer.Typer) -> None:
                         )
 
                 result = restore_backup(
-                    db, path, None if no_backup else back_up, drop_dependents=drop_dependents
+                    db,
+                    path,
+                    None if no_backup else back_up,
+                    drop_dependents=drop_dependents,
+                    unchecked=unchecked,
                 )
         except KeyboardInterrupt as exc:
             how, status = interrupt_status(exc)
