@@ -17,13 +17,14 @@ from ragstore.embedding.registry import TRUNCATED_MODEL, resolve_spec
 from ragstore.errors import MigrationStateError
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import migrate
+from ragstore.modelops.specs import model_spec
 from ragstore.runtime import Runtime
 from tests.conftest import run_cli
 from tests.models.corpus import write_corpus
 from tests.sigterm import sigterm_when
 
 COLL = "resume"
-TOTAL = 120  # 12 documents x 10 paragraphs, one chunk each (headings carry no vector)
+TOTAL = 60  # 6 documents x 10 paragraphs, one chunk each (headings carry no vector)
 
 
 def _building_table(rt: Runtime, coll: str = COLL) -> str | None:
@@ -50,8 +51,12 @@ def _rows(rt: Runtime, table: str) -> dict[int, str]:
 def test_killed_migrate_resumes_without_re_embedding_finished_chunks(
     rt: Runtime, settings: Settings, tmp_path: Path
 ) -> None:
-    report = ingest_paths(rt, [write_corpus(tmp_path, docs=12, paragraphs=10, long=True)], COLL)
-    assert report.chunks - 12 == TOTAL
+    report = ingest_paths(rt, [write_corpus(tmp_path, docs=6, paragraphs=10, long=True)], COLL)
+    assert report.chunks - 6 == TOTAL
+    # the target model loaded here now, not by the refused migrate below while the child
+    # embeds on: that load (seconds) had the child need many more chunks to be sure of
+    # being killed midway
+    rt.embedder(model_spec(rt, TRUNCATED_MODEL))
     assert settings.database_url is not None
     env = {
         **os.environ,
