@@ -475,6 +475,20 @@ def test_an_id_no_text_can_have_is_refused_naming_it(store: Store) -> None:
     assert [t["id"] for t in store.get_texts("pets", ["cat"])] == ["cat"]
 
 
+def test_create_collection_errors_name_its_arguments_not_the_import_flags(store: Store) -> None:
+    """The checks shared with ``ragstore import`` named its options (``--dimension must be
+    between 1 and 16000``) to a caller of ``create_collection`` (or the HTTP API), who
+    has no such option; the import command still names them (tests/imports)."""
+    for kwargs, message in [
+        ({"model": "outside@v1", "dimension": 0}, "dimension must be between 1 and 16000"),
+        ({"model": "outside@v1", "dimension": 4, "distance": "far"}, "distance 'far' is not"),
+        ({"model": "@v1", "dimension": 4}, "model '@v1' needs a name before its '@'"),
+    ]:
+        with pytest.raises(InputError, match=message) as err:
+            store.create_collection("named-args", **kwargs)  # type: ignore[arg-type]
+        assert "--" not in str(err.value)
+
+
 def test_per_text_arguments_that_are_no_list_are_refused_naming_them(store: Store) -> None:
     """``metadatas=5`` or a generator of metadatas or vectors failed with a bare
     TypeError, a dict of metadata was read as the list of its keys, and a generator of ids

@@ -242,7 +242,7 @@ class Store:
                         f"not {dimension}; leave out dimension or name another"
                     )
             except ModelNotFoundError:
-                spec = declared_spec(self._rt, ref, dimension, distance)
+                spec = declared_spec(self._rt, ref, dimension, distance, flags=False)
         if distance is not None and distance != spec.distance:
             # a collection's distance is its model's: ignored, distance="ip" on a model
             # pinned with cosine made a cosine collection without a word
