@@ -489,6 +489,20 @@ def test_create_collection_errors_name_its_arguments_not_the_import_flags(store:
         assert "--" not in str(err.value)
 
 
+def test_a_collection_that_is_no_string_is_refused_by_search_and_ingest(
+    store: Store, tmp_path: Path
+) -> None:
+    """``search(None, ...)`` searched and ``ingest(None, ...)`` ingested into the default
+    collection, where every other method refuses None as no collection name (and the
+    signatures and docs name no default)."""
+    (tmp_path / "a.md").write_text("Otters hold hands.")
+    for call in (lambda: store.search(None, "otters"), lambda: store.ingest(None, tmp_path)):  # type: ignore[arg-type]
+        with pytest.raises(InputError, match="invalid collection name None"):
+            call()
+    with pytest.raises(InputError, match="invalid collection name 7"):
+        store.search(7, "otters")  # type: ignore[arg-type]
+
+
 def test_per_text_arguments_that_are_no_list_are_refused_naming_them(store: Store) -> None:
     """``metadatas=5`` or a generator of metadatas or vectors failed with a bare
     TypeError, a dict of metadata was read as the list of its keys, and a generator of ids
