@@ -557,3 +557,23 @@ def test_a_metadata_key_no_filter_can_name_is_refused_by_every_write(
     assert [h["metadata"] for h in hits["data"]] == [ok]
     assert store.list_documents("pets")["count"] == before + 1
     store.delete_texts("pets", ["parrot"])
+
+
+def test_a_metadata_key_path_no_filter_can_name_is_refused(store: Store) -> None:
+    """Keys of 200 and 100 characters each passed the rule above, and their path (301
+    characters joined by dots) was stored, though a filter names one of 256 at most; a
+    path of 256 is stored and found, and inside a list (no filter names a path there)
+    the keys are held to the key rule alone."""
+    a, b = "a" * 200, "b" * 100
+    with pytest.raises(InputError, match=r"metadatas\[0\] holds a key path of 301 characters"):
+        store.add_texts("paths", ["Parrots talk."], [{a: {b: 1}}], ids=["p"])
+    with pytest.raises(InputError, match="a path of keys, joined by dots, may have at most 256"):
+        store.add_document("paths", "p.md", "# Parrots", metadata={a: {"x": {b: 1}}})
+    assert "paths" not in {c["name"] for c in store.list_collections()}
+    client = ragstore.Client("http://127.0.0.1:9")  # refused before any request
+    with client, pytest.raises(InputError, match="holds a key path of 301 characters"):
+        client.add_texts("paths", ["Parrots talk."], [{a: {b: 1}}], ids=["p"])
+    ok = {a: {"b" * 55: 1}, "list": [{a: {b: 1}}]}
+    store.add_texts("paths", ["Parrots talk."], [ok], ids=["p"])
+    hits = store.search("paths", "parrot", k=3, where={f"{a}.{'b' * 55}": 1})
+    assert [h["metadata"] for h in hits["data"]] == [ok]

@@ -781,7 +781,7 @@ def _metadata(metadata: Any) -> dict[str, Any]:
     meta = metadata or {}
     if not isinstance(meta, Mapping):
         raise InputError(f"metadata is a {type(meta).__name__}, not a JSON object")
-    check_value(meta, "metadata")
+    check_value(meta, "metadata", paths=True)
     return dict(meta)
 
 

@@ -101,6 +101,9 @@ def test_a_metadata_key_no_filter_can_name_is_unstorable() -> None:
         "unstorable": (1, [f"k (metadata: a key of 300 characters ({'k' * 40!r}...))"])
     }
     assert report.kept == []
+    recs = [Record("p", "t", np.ones(DIM, dtype=np.float32), {"a" * 200: {"b" * 100: 1}})]
+    (issue,) = validate(recs, DIM, parse_policies("skip", [])).issues
+    assert issue.first[0].startswith("p (metadata: a key path of 301 characters ('aaa")
 
 
 def test_metadata_holding_nan_or_infinity_is_unstorable_not_null(tmp_path: Path) -> None:

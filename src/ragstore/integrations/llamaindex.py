@@ -224,7 +224,7 @@ class RagstoreVectorStore(BasePydanticVectorStore):
             # checked as the caller wrote it: node_to_metadata_dict dumps the node as JSON
             # first, which turned inf or NaN into null, so the store
             # was handed (and acknowledged) other metadata than the node's
-            check_value(n.metadata, f"nodes[{i}].metadata")
+            check_value(n.metadata, f"nodes[{i}].metadata", paths=True)
         texts = [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
         metas = [node_to_metadata_dict(n, remove_text=True, flat_metadata=False) for n in nodes]
         ids = [n.node_id for n in nodes]
