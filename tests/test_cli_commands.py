@@ -371,6 +371,13 @@ def test_a_metadata_key_no_filter_can_name_is_one_usage_line_and_stores_nothing(
     assert "the metadata holds a key of 300 characters ('kkk" in err, err
     assert "at most 256 characters, the longest a search filter can name" in err
     assert run_cli("collections", "show", "long-key") == 66
+    capsys.readouterr()
+    # keys of 200 and 100 characters: their path (301 joined by dots) no filter can name
+    meta = "a" * 200 + "=" + json.dumps({"b" * 100: 1})
+    assert run_cli("ingest", str(doc), "-c", "long-key", "--meta-json", meta) == 64
+    err = capsys.readouterr().err
+    assert "the metadata holds a key path of 301 characters ('aaa" in err, err
+    assert run_cli("collections", "show", "long-key") == 66
 
 
 def test_search_with_context_through_the_server_prints_it(

@@ -475,6 +475,34 @@ def test_an_id_no_text_can_have_is_refused_naming_it(store: Store) -> None:
     assert [t["id"] for t in store.get_texts("pets", ["cat"])] == ["cat"]
 
 
+def test_create_collection_errors_name_its_arguments_not_the_import_flags(store: Store) -> None:
+    """The checks shared with ``ragstore import`` named its options (``--dimension must be
+    between 1 and 16000``) to a caller of ``create_collection`` (or the HTTP API), who
+    has no such option; the import command still names them (tests/imports)."""
+    for kwargs, message in [
+        ({"model": "outside@v1", "dimension": 0}, "dimension must be between 1 and 16000"),
+        ({"model": "outside@v1", "dimension": 4, "distance": "far"}, "distance 'far' is not"),
+        ({"model": "@v1", "dimension": 4}, "model '@v1' needs a name before its '@'"),
+    ]:
+        with pytest.raises(InputError, match=message) as err:
+            store.create_collection("named-args", **kwargs)  # type: ignore[arg-type]
+        assert "--" not in str(err.value)
+
+
+def test_a_collection_that_is_no_string_is_refused_by_search_and_ingest(
+    store: Store, tmp_path: Path
+) -> None:
+    """``search(None, ...)`` searched and ``ingest(None, ...)`` ingested into the default
+    collection, where every other method refuses None as no collection name (and the
+    signatures and docs name no default)."""
+    (tmp_path / "a.md").write_text("Otters hold hands.")
+    for call in (lambda: store.search(None, "otters"), lambda: store.ingest(None, tmp_path)):  # type: ignore[arg-type]
+        with pytest.raises(InputError, match="invalid collection name None"):
+            call()
+    with pytest.raises(InputError, match="invalid collection name 7"):
+        store.search(7, "otters")  # type: ignore[arg-type]
+
+
 def test_per_text_arguments_that_are_no_list_are_refused_naming_them(store: Store) -> None:
     """``metadatas=5`` or a generator of metadatas or vectors failed with a bare
     TypeError, a dict of metadata was read as the list of its keys, and a generator of ids
@@ -529,3 +557,23 @@ def test_a_metadata_key_no_filter_can_name_is_refused_by_every_write(
     assert [h["metadata"] for h in hits["data"]] == [ok]
     assert store.list_documents("pets")["count"] == before + 1
     store.delete_texts("pets", ["parrot"])
+
+
+def test_a_metadata_key_path_no_filter_can_name_is_refused(store: Store) -> None:
+    """Keys of 200 and 100 characters each passed the rule above, and their path (301
+    characters joined by dots) was stored, though a filter names one of 256 at most; a
+    path of 256 is stored and found, and inside a list (no filter names a path there)
+    the keys are held to the key rule alone."""
+    a, b = "a" * 200, "b" * 100
+    with pytest.raises(InputError, match=r"metadatas\[0\] holds a key path of 301 characters"):
+        store.add_texts("paths", ["Parrots talk."], [{a: {b: 1}}], ids=["p"])
+    with pytest.raises(InputError, match="a path of keys, joined by dots, may have at most 256"):
+        store.add_document("paths", "p.md", "# Parrots", metadata={a: {"x": {b: 1}}})
+    assert "paths" not in {c["name"] for c in store.list_collections()}
+    client = ragstore.Client("http://127.0.0.1:9")  # refused before any request
+    with client, pytest.raises(InputError, match="holds a key path of 301 characters"):
+        client.add_texts("paths", ["Parrots talk."], [{a: {b: 1}}], ids=["p"])
+    ok = {a: {"b" * 55: 1}, "list": [{a: {b: 1}}]}
+    store.add_texts("paths", ["Parrots talk."], [ok], ids=["p"])
+    hits = store.search("paths", "parrot", k=3, where={f"{a}.{'b' * 55}": 1})
+    assert [h["metadata"] for h in hits["data"]] == [ok]

@@ -143,7 +143,9 @@ def _ids(ids: Sequence[str], what: str = "ids") -> list[str]:
     return id_list(ids, what)
 
 
-def _json_value(value: Any, what: str, error: type[InputError] = InputError) -> Any:
+def _json_value(
+    value: Any, what: str, error: type[InputError] = InputError, *, paths: bool = False
+) -> Any:
     """``value`` when it is JSON the server takes unchanged, else ``error`` naming the bad
     part as the Store does (:func:`ragstore.validation.check_value`). Unchecked, NaN or a
     set surfaced as httpx's bare ``ValueError``/``TypeError``, which no ``except
@@ -151,7 +153,8 @@ def _json_value(value: Any, what: str, error: type[InputError] = InputError) -> 
     encoder, dropping one of two values when the object also held ``"1"``."""
     from ragstore.validation import check_value
 
-    check_value(value, what, error, json_only=True)  # named with its path, as in process
+    # named with its path, as in process (``paths``: metadata, see validation.problem_in)
+    check_value(value, what, error, json_only=True, paths=paths)
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -162,7 +165,7 @@ def _json_value(value: Any, what: str, error: type[InputError] = InputError) -> 
 def _metadata(meta: Any, what: str) -> dict[str, Any]:
     if not isinstance(meta, Mapping):
         raise InputError(f"{what} is a {type(meta).__name__}, not a JSON object")
-    return cast(dict[str, Any], _json_value(dict(meta), what))
+    return cast(dict[str, Any], _json_value(dict(meta), what, paths=True))
 
 
 def _floats(values: Any, what: str) -> list[float]:

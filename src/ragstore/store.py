@@ -242,7 +242,7 @@ class Store:
                         f"not {dimension}; leave out dimension or name another"
                     )
             except ModelNotFoundError:
-                spec = declared_spec(self._rt, ref, dimension, distance)
+                spec = declared_spec(self._rt, ref, dimension, distance, flags=False)
         if distance is not None and distance != spec.distance:
             # a collection's distance is its model's: ignored, distance="ip" on a model
             # pinned with cosine made a cosine collection without a word
@@ -439,6 +439,7 @@ class Store:
         body does."""
         from ragstore.ingest import ingest_paths
 
+        _named(collection)
         # one path given bare is that path, not its characters (Path("/") among them,
         # which would walk the whole disk)
         given = [paths] if isinstance(paths, (str, Path)) else paths
@@ -619,6 +620,7 @@ class Store:
         ranking's best ``fetch_k`` (default 20, at least ``k``) for relevance and diversity
         (``lambda_mult``, default 0.5: 1 most relevant, 0 most diverse), in the order
         picked, each with the ranking's score."""
+        _named(collection)
         return _dump(
             search_response(
                 self._rt,
@@ -640,6 +642,16 @@ class Store:
                 lambda_mult=lambda_mult,
             )
         )
+
+
+def _named(collection: Any) -> None:
+    """InputError unless ``collection`` is a string (a collection's name). ``None`` was
+    taken by :meth:`Store.search` and :meth:`Store.ingest` as the default collection
+    (``RAGSTORE_COLLECTION``), which neither their signatures nor docs/python.md offer
+    and every other method refuses as an invalid collection name: a variable left
+    ``None`` searched another collection than the caller's, or ingested into it."""
+    if not isinstance(collection, str):
+        repository.check_name(collection)
 
 
 def text_ids_page(
@@ -769,7 +781,7 @@ def _metadata(metadata: Any) -> dict[str, Any]:
     meta = metadata or {}
     if not isinstance(meta, Mapping):
         raise InputError(f"metadata is a {type(meta).__name__}, not a JSON object")
-    check_value(meta, "metadata")
+    check_value(meta, "metadata", paths=True)
     return dict(meta)
 
 

@@ -181,10 +181,19 @@ def _not_json(value: Any, where: str) -> str:
     return f"a {kind} ({shown}){where}, which is not JSON-serialisable; {hint}"
 
 
-def problem_in(value: Any, at: str = "", depth: int = 0, *, json_only: bool = False) -> str | None:
+def problem_in(
+    value: Any, at: str = "", depth: int = 0, *, json_only: bool = False, paths: bool = False
+) -> str | None:
     """The first value in ``value`` PostgreSQL would refuse, described with its path
     (``None``: all fine). Walks dict keys, strings, numbers, lists and nested objects. A
     key longer than :data:`MAX_KEY_CHARS` is one too: stored, no filter could name it.
+
+    ``paths`` (``value`` is metadata): so is a path of keys through nested objects longer
+    than :data:`MAX_KEY_CHARS` in all, joined by dots as a filter names it. Keys of 200
+    and 100 characters each passed the key rule, and the path no filter could name was
+    stored: a filter names a path in one key of its JSON object, which the key rule caps.
+    (Not for a filter or a request body, whose keys are operators or fields around the
+    metadata; nor inside a list, where a filter names no path.)
 
     ``json_only``: a value of any other type (``Decimal``, ``bytes``, ``datetime``, a
     set, a numpy scalar) is one too. In-process, such a value in a search filter got past
@@ -223,15 +232,21 @@ def problem_in(value: Any, at: str = "", depth: int = 0, *, json_only: bool = Fa
                     f"at most {MAX_KEY_CHARS} characters, the longest a search filter can "
                     "name: shorten it"
                 )
-            found = problem_in(
-                item, f"{at}.{key}" if at else str(key), depth + 1, json_only=json_only
-            )
+            path = f"{at}.{key}" if at else str(key)
+            if paths and len(path) > MAX_KEY_CHARS:
+                return (
+                    f"a key path of {len(path)} characters ({path[:40]!r}...{path[-20:]!r}); "
+                    f"a path of keys, joined by dots, may have at most {MAX_KEY_CHARS} "
+                    "characters, the longest a search filter can name: shorten its keys or "
+                    "nest them less deeply"
+                )
+            found = problem_in(item, path, depth + 1, json_only=json_only, paths=paths)
             if found:
                 return found
         return None
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            found = problem_in(item, f"{at}[{i}]", depth + 1, json_only=json_only)
+            found = problem_in(item, f"{at}[{i}]", depth + 1, json_only=json_only)  # no paths
             if found:
                 return found
         return None
@@ -356,11 +371,16 @@ def loads_json(text: str) -> Any:
 
 
 def check_value(
-    value: Any, what: str, error: type[InputError] = InputError, *, json_only: bool = False
+    value: Any,
+    what: str,
+    error: type[InputError] = InputError,
+    *,
+    json_only: bool = False,
+    paths: bool = False,
 ) -> Any:
     """``value`` unchanged, or ``error`` naming ``what`` and the offending part
-    (``json_only``: see :func:`problem_in`)."""
-    found = problem_in(value, json_only=json_only)
+    (``json_only``, ``paths``: see :func:`problem_in`)."""
+    found = problem_in(value, json_only=json_only, paths=paths)
     if found:
         raise error(f"{what} holds {found}")
     return value

@@ -230,3 +230,25 @@ def test_a_metadata_key_no_filter_can_name_is_refused_on_every_route(http: httpx
     refused(upload(http, multipart((b"files", b"k.md", b"# k"), (b"metadata", None, meta))), says)
     assert doc_names(http) == before
     assert "z1" not in stored_ids(http)
+
+
+def test_a_metadata_key_path_no_filter_can_name_is_refused_on_every_route(
+    http: httpx.Client,
+) -> None:
+    """Keys of 200 and 100 characters passed the key rule, and their path (301 characters
+    joined by dots, past what a filter names) was stored; the request body's own keys
+    (``metadata``) are not counted in it."""
+    a, b = "a" * 200, "b" * 100
+    says = "holds a key path of 301 characters"
+    before = doc_names(http)
+    texts = {"texts": ["zeta"], "ids": ["z1"], "metadatas": [{a: {b: 1}}]}
+    refused(http.post(f"/v1/collections/{COLL}/texts", json=texts), says)
+    doc = {"name": "p.md", "text": "# p", "metadata": {a: {b: 1}}}
+    refused(http.post(f"/v1/collections/{COLL}/documents", json=doc), says)
+    meta = json.dumps({a: {b: 1}}).encode()
+    refused(upload(http, multipart((b"files", b"p.md", b"# p"), (b"metadata", None, meta))), says)
+    assert doc_names(http) == before
+    assert "z1" not in stored_ids(http)
+    edge = {"a" * 250: {"b" * 5: 1}}  # 256 characters: stored
+    doc = {"name": "edge.md", "text": "# edge", "metadata": edge}
+    assert http.post(f"/v1/collections/{COLL}/documents", json=doc).status_code == 201

@@ -4,6 +4,7 @@ policies (abort, skip, keep), --dry-run, and the declared model's checks."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from ragstore import Store
 from ragstore.errors import ImportValidationError, InputError
 from ragstore.imports import ImportOptions, SourceOptions, open_source, plan_import, run_import
-from ragstore.imports.records import Record
+from ragstore.imports.records import Record, json_safe
 from ragstore.imports.validate import parse_policies, validate
 from ragstore.runtime import Runtime
 from tests.conftest import run_cli
@@ -100,6 +101,35 @@ def test_a_metadata_key_no_filter_can_name_is_unstorable() -> None:
         "unstorable": (1, [f"k (metadata: a key of 300 characters ({'k' * 40!r}...))"])
     }
     assert report.kept == []
+    recs = [Record("p", "t", np.ones(DIM, dtype=np.float32), {"a" * 200: {"b" * 100: 1}})]
+    (issue,) = validate(recs, DIM, parse_policies("skip", [])).issues
+    assert issue.first[0].startswith("p (metadata: a key path of 301 characters ('aaa")
+
+
+def test_metadata_holding_nan_or_infinity_is_unstorable_not_null(tmp_path: Path) -> None:
+    """Python's JSON reader takes ``NaN`` and ``Infinity``: in a JSONL record's (or a CSV
+    sidecar's) metadata they were stored as null, another value than the source's, where
+    add_texts, the HTTP API and the CLI refuse them. A PostgreSQL numeric NaN too."""
+    vec = [1.0] * DIM
+    jsonl = tmp_path / "nan.jsonl"
+    jsonl.write_text(
+        f'{{"id": "n1", "text": "t", "vector": {vec}, "metadata": {{"m": {{"score": NaN}}}}}}\n'
+        f'{{"id": "i1", "text": "t", "vector": {vec}, "rank": -Infinity}}\n'
+    )
+    matrix = tmp_path / "side.npy"
+    np.save(matrix, np.ones((1, DIM), dtype=np.float32))
+    (tmp_path / "side.csv").write_text('id,text,metadata\nc1,t,"{""s"": NaN}"\n')
+    recs = list(open_source(str(jsonl), SourceOptions()).records())
+    recs += list(open_source(str(matrix), SourceOptions()).records())
+    recs.append(Record("d1", "t", np.ones(DIM, dtype=np.float32), json_safe({"p": Decimal("NaN")})))
+    (issue,) = validate(recs, DIM, parse_policies("abort", [])).issues
+    assert (issue.kind, issue.count) == ("unstorable", 4)
+    assert issue.first == [
+        "n1 (metadata: a non-finite number (nan) at 'm.score')",
+        "i1 (metadata: a non-finite number (-inf) at 'rank')",
+        "c1 (metadata: a non-finite number (nan) at 's')",
+        "d1 (metadata: a non-finite number (nan) at 'p')",
+    ]
 
 
 def test_first_ids_stop_at_five_but_the_count_goes_on() -> None:

@@ -425,6 +425,29 @@ def test_keyword_arguments_the_store_does_not_take_are_refused(
         retriever.retrieve("backups")
 
 
+def test_arguments_of_another_type_are_refused_not_read_as_nothing(store: Store) -> None:
+    """``add(None)`` answered ``[]`` as if asked for nothing, one node (not a list) and a
+    list of strings failed with a bare AttributeError, and so did ``query("text")``;
+    the LangChain store's ``add_texts(None)`` is refused the same way. Nothing is made."""
+    vs = RagstoreVectorStore(store, "li-types")
+    node = TextNode(id_="a", text="Backups run nightly.")
+    for nodes, message in [
+        (None, "nodes is a NoneType, not a list; pass a list of nodes"),
+        (node, r"nodes is one TextNode, not a list of nodes; pass \[node\]"),
+        (["Backups run nightly."], r"nodes\[0\] is a str \('Backups run nightly.'\), not a node"),
+        ("abc", "nodes is a str, not a list"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            vs.add(nodes)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="query takes a VectorStoreQuery, got a str"):
+        vs.query("backups")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="delete_nodes node_ids is one string"):
+        vs.delete_nodes("a")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="get_nodes node_ids is a int, not a list of ids"):
+        vs.get_nodes(5)  # type: ignore[arg-type]
+    assert "li-types" not in {c["name"] for c in store.list_collections()}
+
+
 def test_query_fields_ragstore_has_no_equivalent_of_are_refused(index: VectorStoreIndex) -> None:
     """``sparse_top_k``, ``hybrid_top_k``, ``output_fields`` and ``embedding_field`` were
     ignored: the query ran as if they were not there. (``mmr_threshold`` outside mode

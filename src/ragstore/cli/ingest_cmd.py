@@ -305,7 +305,7 @@ def register(app: typer.Typer) -> None:
         from ragstore.validation import problem_in
 
         # its keys too (one past MAX_KEY_CHARS no filter could name), as every write checks
-        if found := problem_in(user_meta, json_only=True):
+        if found := problem_in(user_meta, json_only=True, paths=True):
             raise BadParameter(
                 f"the metadata holds {found}", ctx=ctx, param_hint="'--meta' / '--meta-json'"
             )

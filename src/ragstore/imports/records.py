@@ -157,14 +157,15 @@ def _clip(value: Any) -> str:
     return shown if len(shown) <= 60 else shown[:60] + "..."
 
 
-def _decimal(value: Decimal) -> int | float | str | None:
+def _decimal(value: Decimal) -> int | float | str:
     """A PostgreSQL ``numeric`` (psycopg's Decimal) as the JSON number it is, where one
     holds it exactly: an integer, or a float that reads back as the same decimal. It
     became its string form, so a price 9.99 was stored as ``"9.99"``, which no numeric
     filter matches; only a value with more digits than a float keeps stays a string, as
-    the exact text. NaN and infinities have no JSON form (None, like a float's)."""
+    the exact text. NaN and infinities stay so, as floats, for validation to refuse
+    (``unstorable``, like a float's): JSON has no form of them."""
     if not value.is_finite():
-        return None
+        return float(value)
     if value == value.to_integral_value():
         return int(value)
     as_float = float(value)
@@ -172,7 +173,13 @@ def _decimal(value: Decimal) -> int | float | str | None:
 
 
 def json_safe(value: Any) -> Any:
-    """Metadata as JSON can hold it: dates and other objects become their string form."""
+    """Metadata as JSON can hold it: dates and other objects become their string form.
+
+    A NaN or infinite number is kept as it is, for validation to find (``unstorable``,
+    naming the record and the key): it became ``null``, so a JSONL ``"score": NaN``
+    (Python's JSON reader takes it) was stored as another value than the source's and
+    called imported and verified, where ``add_texts``, the HTTP API and the CLI refuse
+    such metadata."""
     try:
         json.dumps(value, allow_nan=False)
         return value
@@ -183,7 +190,7 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     if isinstance(value, float):
-        return None  # NaN / inf have no JSON form
+        return value  # NaN / inf: JSON has no form of them; validation refuses them
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     if isinstance(value, Decimal):

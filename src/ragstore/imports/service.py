@@ -270,18 +270,29 @@ def check_declared_model(
 
 
 def declared_spec(
-    rt: Runtime, model: str, dimension: int | None, distance: str | None
+    rt: Runtime,
+    model: str,
+    dimension: int | None,
+    distance: str | None,
+    *,
+    flags: bool = True,
 ) -> ModelSpec:
     """The model the vectors came from: a pinned/built-in one, or a new imported pin.
 
     A model ragstore can load (built-in or pinned with ``ragstore models add``) makes the
     collection searchable by text; any other name is pinned with provider ``imported``:
     its collection answers vector queries and keeps the model's identity on record.
+
+    ``flags``: the errors name ``--model``, ``--dimension`` and ``--distance``, the import
+    command's options; ``False`` (``Store.create_collection``, the HTTP API through it)
+    names the arguments ``model``, ``dimension`` and ``distance`` the caller gave, where
+    "--dimension must be between 1 and 16000" named an option no such caller has.
     """
     from ragstore.modelops.specs import model_spec
 
+    named = "--{}".format if flags else "{}".format
     if distance is not None and distance not in DISTANCES:
-        raise InputError(f"--distance {distance!r} is not one of {', '.join(DISTANCES)}")
+        raise InputError(f"{named('distance')} {distance!r} is not one of {', '.join(DISTANCES)}")
     try:
         # writing nothing: a built-in is pinned by the import's write, in its transaction
         # (find_model pinned it here, so a dry run, or an import refused by validation,
@@ -292,7 +303,7 @@ def declared_spec(
     if spec is not None:
         if dimension is not None and dimension != spec.dimension:
             raise ModelMismatchError(
-                f"model {spec.key} has {spec.dimension} dimensions but --dimension says "
+                f"model {spec.key} has {spec.dimension} dimensions but {named('dimension')} says "
                 f"{dimension}; the vectors cannot come from this model"
             )
         if distance is not None and distance != spec.distance:
@@ -302,14 +313,20 @@ def declared_spec(
         return spec
     name, _, revision = model.partition("@")
     if not name.strip():
-        raise InputError("--model needs a name, e.g. --model text-embedding-3-small@2024-01")
+        example = "text-embedding-3-small@2024-01"
+        raise InputError(
+            f"--model needs a name, e.g. --model {example}"
+            if flags
+            else f"model {model!r} needs a name before its '@', e.g. {example!r}"
+        )
     if dimension is None:
         raise InputError(
             f"model {model!r} is neither built in nor pinned, so ragstore cannot know its "
-            "dimension: declare it with --dimension N (it is checked against every vector)"
+            f"dimension: declare it with {named('dimension')} N (it is checked against "
+            "every vector)"
         )
     if not 1 <= dimension <= 16000:
-        raise InputError(f"--dimension must be between 1 and 16000, got {dimension}")
+        raise InputError(f"{named('dimension')} must be between 1 and 16000, got {dimension}")
     return ModelSpec(
         IMPORTED_PROVIDER,
         name.strip(),

@@ -176,7 +176,7 @@ def _unstorable(rec: Record) -> str | None:
     if size > MAX_ID_BYTES:
         return f"id: {size} bytes, over the {MAX_ID_BYTES} an id may have"
     for name, value in (("id", rec.id), ("text", rec.text), ("metadata", rec.metadata)):
-        problem = problem_in(value)
+        problem = problem_in(value, paths=name == "metadata")
         if problem is not None:
             return f"{name}: {problem.split(';')[0]}"
     return None

@@ -170,7 +170,7 @@ def check_call(
     texts, metadatas, ids, vectors = _lists(texts, metadatas, ids, vectors)
     for i, meta in enumerate(metadatas or ()):
         if isinstance(meta, Mapping):
-            check_value(meta, f"metadatas[{i}]")
+            check_value(meta, f"metadatas[{i}]", paths=True)
     dimension = 0
     if vectors is not None:
         dimension = int(float32_array(vectors, "vectors").shape[-1])
@@ -243,7 +243,7 @@ def add_texts(
     texts, metadatas, ids, vectors = _lists(texts, metadatas, ids, vectors)  # read once
     for i, meta in enumerate(metadatas or ()):
         if isinstance(meta, Mapping):
-            check_value(meta, f"metadatas[{i}]")
+            check_value(meta, f"metadatas[{i}]", paths=True)
     created = False
     try:
         coll = rt.collection(collection)

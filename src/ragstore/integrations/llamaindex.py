@@ -55,7 +55,7 @@ from ragstore.integrations.backend import (
 )
 from ragstore.search.service import parse_mode
 from ragstore.store import Store
-from ragstore.validation import check_value, id_list
+from ragstore.validation import check_value, id_list, per_text_list
 
 __all__ = ["RagstoreEmbedding", "RagstoreVectorStore", "to_where"]
 
@@ -212,14 +212,19 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         return self._collection
 
     def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
+        """Add or update ``nodes``; returns their ids. ``None`` or one node is refused,
+        as is a list holding something else than nodes: ``add(None)`` answered ``[]`` as
+        if nothing had been asked, and one node failed with a bare AttributeError (its
+        fields iterated as the list's items), as did a list of strings."""
         _no_other_arguments("add", kwargs, ())
+        nodes = _node_list(nodes)
         if not nodes:
             return []
         for i, n in enumerate(nodes):
             # checked as the caller wrote it: node_to_metadata_dict dumps the node as JSON
             # first, which turned inf or NaN into null, so the store
             # was handed (and acknowledged) other metadata than the node's
-            check_value(n.metadata, f"nodes[{i}].metadata")
+            check_value(n.metadata, f"nodes[{i}].metadata", paths=True)
         texts = [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
         metas = [node_to_metadata_dict(n, remove_text=True, flat_metadata=False) for n in nodes]
         ids = [n.node_id for n in nodes]
@@ -387,6 +392,12 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         ``vector_store_kwargs`` one, default 0.5) as its lambda and ``mmr_prefetch_k``
         candidates (default 20, at least ``similarity_top_k``); the similarities are the
         ranking's scores, in the order MMR picked the nodes."""
+        if not isinstance(query, VectorStoreQuery):
+            # a string (the text meant) or a dict failed with a bare AttributeError
+            raise InputError(
+                f"query takes a VectorStoreQuery, got a {type(query).__name__} "
+                f"({query!r:.60}); pass VectorStoreQuery(query_str=..., similarity_top_k=...)"
+            )
         mmr = _mmr(query, kwargs)
         _no_other_arguments("query", kwargs, ())
         for field, fix in _UNSUPPORTED_FIELDS.items():
@@ -439,6 +450,24 @@ _UNSUPPORTED_FIELDS = {
     "output_fields": "nodes come back whole; leave it out",
     "embedding_field": "ragstore keeps one embedding per node; leave it out",
 }
+
+
+def _node_list(nodes: Any) -> list[BaseNode]:
+    """``nodes`` as a list of nodes, or InputError saying what was given instead (see
+    :meth:`RagstoreVectorStore.add`; :func:`ragstore.validation.per_text_list` refuses
+    ``None``, a string, a dict or a set, as the LangChain store's ``add_texts`` does)."""
+    if isinstance(nodes, BaseNode):  # iterable, over its fields
+        raise InputError(
+            f"nodes is one {type(nodes).__name__}, not a list of nodes; pass [node] to add one"
+        )
+    listed = per_text_list(nodes, "nodes", "pass a list of nodes ([TextNode(...), ...])")
+    for i, node in enumerate(listed):
+        if not isinstance(node, BaseNode):
+            raise InputError(
+                f"nodes[{i}] is a {type(node).__name__} ({node!r:.60}), not a node; "
+                "pass LlamaIndex nodes (TextNode(text=...))"
+            )
+    return listed
 
 
 def _no_other_arguments(method: str, kwargs: dict[str, Any], known: Sequence[str]) -> None:

@@ -203,6 +203,7 @@ def add_document(
     caller.require("write", name)
     rt = state.runtime
     staging.new_name(body.name)
+    check_value(body.metadata, "metadata", paths=True)  # the schema's check walks no paths
     if not body.text.strip():  # refused before the collection is made, as a bad name is
         raise EmptyDocumentError(f"{body.name}: the text is empty; nothing to ingest")
     coll, created = rt.open_or_create(name)  # as `ragstore ingest` does
@@ -368,7 +369,7 @@ def upload_documents(
         raise InputError(f"metadata is not valid JSON: {exc.msg}") from None
     if not isinstance(meta, dict):
         raise InputError("metadata must be a JSON object")
-    check_value(meta, "metadata")
+    check_value(meta, "metadata", paths=True)
     if not files:
         raise InputError("no files in the upload; send them as multipart field 'files'")
     return _upload(state, name, files, meta, background, _scoped_key(caller, idempotency_key))
