@@ -448,3 +448,27 @@ async def test_search_picks_diverse_hits_by_mmr_and_refuses_bad_options(handbook
         ]
         for args, message in bad:
             assert message in _error(await session.call_tool("search", {**ask, **args})), args
+
+
+async def test_an_argument_a_tool_does_not_take_is_refused(handbook: Store) -> None:
+    """The SDK dropped arguments a tool does not take: an agent that guessed ``filter``
+    for ``where`` got the collection's best hits unfiltered, as if filtered (here the
+    note of another team). Now the call is a tool error naming the argument and the ones
+    the tool takes, and the schema says so (``additionalProperties: false``)."""
+    from mcp import Client as McpClient
+
+    handbook.add_document("mcp-extra", "sales.md", "# Sales\n\nThe backups of sales.")
+    handbook.add_document(
+        "mcp-extra", "ops.md", "# Ops\n\nThe backups of ops.", metadata={"team": "ops"}
+    )
+    ask = {"collection": "mcp-extra", "query": "backups", "mode": "fulltext"}
+    async with McpClient(build_server(handbook)) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        assert all(t.input_schema.get("additionalProperties") is False for t in tools.values())
+        text = _error(await session.call_tool("search", {**ask, "filter": {"team": "ops"}}))
+        assert "unknown argument 'filter' for search: it takes collection, query" in text
+        assert "where" in text
+        text = _error(await session.call_tool("list_collections", {"verbose": True}))
+        assert "unknown argument 'verbose' for list_collections: it takes no arguments" in text
+        found = _data(await session.call_tool("search", {**ask, "where": {"team": "ops"}}))
+        assert [h["title"] for h in found["hits"]] == ["Ops"]

@@ -15,7 +15,8 @@ With a key, every tool call is checked against its scope and collection, as the 
 does. Over HTTP (:func:`http_app`) the key is also the server's password: every request must
 present it (``Authorization: Bearer rsk_...``), or anyone who reached the port would use it
 (read every collection it may read, add documents with a write key). A failing call
-answers the agent with the error's one-line message. A search the agent abandons
+answers the agent with the error's one-line message; an argument a tool does not take is
+refused (:func:`closed`), not dropped. A search the agent abandons
 (``notifications/cancelled``, its own timeout, a closed session) is cancelled in
 PostgreSQL, as an HTTP search whose client goes away is (``api/disconnect.py``), instead
 of running on to ``RAGSTORE_SEARCH_TIMEOUT_S``.
@@ -25,14 +26,17 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import Field, Strict
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ragstore.api.deps import bearer_token
@@ -122,6 +126,40 @@ async def until_abandoned(work: Callable[[], T]) -> T:
         raise
 
 
+def closed(tool: Tool) -> Tool:
+    """``tool`` refusing an argument it does not take, naming those it does. The SDK
+    drops unknown arguments: an agent that guessed ``filter`` (or ``top_k``) for ``where``
+    (``k``) got the whole collection's best hits, unfiltered, as though filtered, and
+    could not tell. The HTTP API refuses an unknown query parameter the same way. The
+    published schema says so too (``additionalProperties: false``)."""
+    model = tool.fn_metadata.arg_model
+    names = [f.alias or n for n, f in model.model_fields.items()]
+    takes = f"it takes {', '.join(names)}" if names else "it takes no arguments"
+
+    def known(cls: type[BaseModel], data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in names]
+            if unknown:  # a key may be anything an agent made up: shown cut
+                shown = ", ".join(repr(str(k)[:100]) for k in unknown[:5])
+                word = "argument" if len(unknown) == 1 else "arguments"
+                raise ValueError(f"unknown {word} {shown} for {tool.name}: {takes}")
+        return data
+
+    namespace = {
+        "__module__": model.__module__,
+        "model_config": ConfigDict(extra="forbid"),
+        "known_arguments": model_validator(mode="before")(classmethod(known)),  # type: ignore[arg-type]
+    }
+    # a subclass under the same name, which the validation errors give ("for searchArguments")
+    strict = cast(
+        "type[ArgModelBase]",
+        types.new_class(model.__name__, (model,), exec_body=lambda ns: ns.update(namespace)),
+    )
+    tool.fn_metadata.arg_model = strict
+    tool.parameters = strict.model_json_schema(by_alias=True)
+    return tool
+
+
 class KeyRequired:
     """ASGI middleware: only requests presenting ``key`` itself reach ``app``; any other
     gets ``unauthorized`` (401), a wrong key as an unknown one (no scope is disclosed).
@@ -188,14 +226,14 @@ def key_for(store: Store, presented: str | None) -> ApiKey | None:
 
 def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
     """The MCP server over ``store``; ``add_document`` exists only for a write-scoped key."""
-    server: MCPServer = MCPServer(
-        name="ragstore",
-        instructions=(
-            "Search the user's documents stored in ragstore. Call list_collections "
-            "first, then search; list_fields says what a where filter can name; open a "
-            "hit's document or section for more."
-        ),
-    )
+    tools: list[Tool] = []
+
+    def tool(description: str) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            tools.append(closed(Tool.from_function(fn, description=description)))
+            return fn
+
+        return register
 
     def allow(scope: str, collection: str | None) -> None:
         if key is not None:
@@ -205,7 +243,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
     def answered(fn: F) -> F:
         return answers(fn, key)
 
-    @server.tool(
+    @tool(
         description=(
             "Search a collection. mode: hybrid (default; words and meaning), vector (meaning) "
             'or fulltext (words; supports "phrases", or, -word). where: a JSON filter on '
@@ -265,7 +303,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             hits.append(hit)
         return {"collection": collection, "query": query, "hits": hits}
 
-    @server.tool(description="The collections: name, embedding model, documents, chunks.")
+    @tool(description="The collections: name, embedding model, documents, chunks.")
     @answered
     def list_collections() -> dict[str, Any]:
         if key is not None:
@@ -281,7 +319,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             ]
         }
 
-    @server.tool(
+    @tool(
         description=(
             "The fields a search's where filter can name in a collection: the built-ins "
             "(source, title, chunk_type, created_at, page) and the metadata paths its "
@@ -296,7 +334,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         allow("read", collection)
         return store.fields(collection)
 
-    @server.tool(
+    @tool(
         description=(
             "A document by its id (document_id in search hits): its name, title, metadata and "
             "text (long texts are cut at 50000 characters)."
@@ -317,7 +355,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             "text": text[:MAX_TEXT_CHARS],
         }
 
-    @server.tool(
+    @tool(
         description=(
             "One section of a document: section is its heading path as search hits show it "
             '("Guide > Rollback"); the section\'s text with its subsections.'
@@ -351,7 +389,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
 
     if key is not None and key.allows("write"):
 
-        @server.tool(
+        @tool(
             description=(
                 "Add (or update) a document in a collection, created if missing. name: a file "
                 "name whose suffix picks the parser (notes.md, page.html, memo.txt)."
@@ -368,7 +406,15 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             doc = store.add_document(collection, name, text, metadata=metadata)
             return {k: doc[k] for k in ("id", "name", "status", "chunks")}
 
-    return server
+    return MCPServer(
+        name="ragstore",
+        instructions=(
+            "Search the user's documents stored in ragstore. Call list_collections "
+            "first, then search; list_fields says what a where filter can name; open a "
+            "hit's document or section for more."
+        ),
+        tools=tools,
+    )
 
 
 def _chunks(store: Store, collection: str, document_id: int) -> list[dict[str, Any]]:
