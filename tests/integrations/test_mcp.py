@@ -4,6 +4,7 @@ loaded model is shared)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -472,3 +473,83 @@ async def test_an_argument_a_tool_does_not_take_is_refused(handbook: Store) -> N
         assert "unknown argument 'verbose' for list_collections: it takes no arguments" in text
         found = _data(await session.call_tool("search", {**ask, "where": {"team": "ops"}}))
         assert [h["title"] for h in found["hits"]] == ["Ops"]
+
+
+@contextmanager
+def _relayed(listener: socket.socket, path: str) -> Iterator[None]:
+    """``listener`` (bound, so far refusing connections) now relays each to ``path``,
+    the embedded server's Unix socket: the database "comes back" on that TCP port."""
+    listener.listen()
+    opened: list[socket.socket] = []
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                upstream = socket.socket(socket.AF_UNIX)
+                upstream.connect(path)
+                opened.extend((client, upstream))
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield
+    finally:
+        listener.close()
+        for s in opened:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+async def test_a_database_down_is_told_without_its_address_and_the_session_recovers(
+    handbook: Store, settings: Settings, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tool call while the database is down answered the agent with the database's
+    address ("connecting to postgresql://user@host:port/db") and no word of when to try
+    again, where the HTTP API tells its callers neither address nor more than "retry in
+    Ns". Now the call is that error result (the address in the server's log only), and
+    the same session is served once the database is back."""
+    import anyio
+    from mcp import Client as McpClient
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    assert settings.database_url is not None
+    params = conninfo_to_dict(settings.database_url.get_secret_value())
+    path = f"{params['host']}/.s.PGSQL.{params.get('port', 5432)}"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+    port = listener.getsockname()[1]
+    params.update(host="127.0.0.1", port=str(port), password="s3cret-pw")
+    down = Settings(
+        database_url=make_conninfo("", **params),
+        data_dir=tmp_path,
+        profile="test",
+        connect_timeout_s=2,
+    )
+    with Store(settings=down) as store:
+        async with McpClient(build_server(store)) as session:
+            for tool, args in [
+                ("list_collections", {}),
+                ("search", {"collection": "handbook", "query": "backups", "mode": "fulltext"}),
+            ]:
+                text = _error(await session.call_tool(tool, args))
+                assert "error[database_unavailable]" in text and "retry in" in text, text
+                for secret in ("127.0.0.1", str(port), "postgresql://", "s3cret-pw"):
+                    assert secret not in text, (secret, text)
+            assert f"127.0.0.1:{port}" in caplog.text  # the operator's log has it
+            with _relayed(listener, path):
+                deadline = time.monotonic() + 15  # the breaker's back-off: 1 s, then 2 s
+                while (result := await session.call_tool("list_collections", {})).is_error:
+                    assert time.monotonic() < deadline, result.content
+                    await anyio.sleep(0.2)
+                assert "handbook" in {c["name"] for c in _data(result)["collections"]}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import types
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, cast
@@ -51,10 +52,13 @@ from ragstore.errors import (
     CollectionNotFoundError,
     InputError,
     RagstoreError,
+    public_detail,
 )
 from ragstore.store import Store
 
 __all__ = ["MAX_TEXT_CHARS", "KeyRequired", "build_server", "http_app", "key_for"]
+
+log = logging.getLogger("ragstore.mcp")
 
 MAX_TEXT_CHARS = 50_000  # a document's text handed to an agent at once
 MAX_CHUNKS = 10_000
@@ -83,7 +87,14 @@ def answers(fn: F, key: ApiKey | None = None) -> F:
     def tool_error(exc: RagstoreError) -> ToolError:
         if isinstance(exc, CollectionNotFoundError):
             return ToolError(f"error[{exc.code}]: {exc.seen_by(sees)}")
-        return ToolError(f"error[{exc.code}]: {exc}")
+        # told as the HTTP API tells it (public_detail): a database that could not be
+        # reached was answered with its address ("connecting to postgresql://user@host/db")
+        # and no word of when to try again; now without it, with "retry in Ns", the full
+        # message in the server's log (stderr over stdio)
+        told = public_detail(exc)
+        if told != exc.message:
+            log.warning("MCP tool %s failed: %s: %s", fn.__name__, exc.code, exc.message)
+        return ToolError(f"error[{exc.code}]: {told}")
 
     if inspect.iscoroutinefunction(fn):
 
