@@ -553,3 +553,27 @@ async def test_a_database_down_is_told_without_its_address_and_the_session_recov
                     assert time.monotonic() < deadline, result.content
                     await anyio.sleep(0.2)
                 assert "handbook" in {c["name"] for c in _data(result)["collections"]}
+
+
+async def test_a_made_up_name_of_10_kb_is_not_echoed_whole(handbook: Store) -> None:
+    """An invalid collection or document name was quoted whole in the error: an agent's
+    10 KB name came back as a 10 KB answer, filling its context. It is quoted cut."""
+    from mcp import Client as McpClient
+
+    writer = KeyStore(handbook.runtime.db).create("write", name="long-names").secret
+    long = "n" * 10_000
+    calls: list[tuple[str, dict[str, Any], str]] = [
+        ("search", {"collection": long, "query": "x"}, "invalid collection name 'nnn"),
+        ("list_fields", {"collection": long}, "invalid collection name 'nnn"),
+        ("get_document", {"collection": long, "document_id": 1}, "invalid collection name"),
+        ("add_document", {"collection": "notes", "name": long, "text": "x"}, "document name 'nn"),
+        (
+            "add_document",
+            {"collection": "notes", "name": f"{long}/", "text": "x"},
+            "it ends with a slash",
+        ),
+    ]
+    async with McpClient(build_server(handbook, key_for(handbook, writer))) as session:
+        for tool, args, message in calls:
+            text = _error(await session.call_tool(tool, args))
+            assert message in text and len(text) < 700, (tool, len(text), text[:300])
