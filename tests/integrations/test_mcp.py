@@ -577,3 +577,66 @@ async def test_a_made_up_name_of_10_kb_is_not_echoed_whole(handbook: Store) -> N
         for tool, args, message in calls:
             text = _error(await session.call_tool(tool, args))
             assert message in text and len(text) < 700, (tool, len(text), text[:300])
+
+
+async def test_over_stdio_a_line_the_server_cannot_read_is_answered(handbook: Store) -> None:
+    """The SDK dropped a line it could not read without a word: a request nested past
+    its JSON parser's depth (a made-up ``where`` ~200 levels deep) was never answered, and
+    the agent waited to its own timeout. Each such line is now answered as JSON-RPC 2.0
+    says (-32700 / -32600, under the request's id where it can be read; a notification
+    not at all), and the session goes on."""
+    import anyio
+
+    from ragstore.integrations.mcp import serve_stdio
+
+    lines_in, stdin = anyio.create_memory_object_stream[str](20)
+    stdout_send, lines_out = anyio.create_memory_object_stream[str](20)
+
+    class Stdin:  # what stdio_server reads: an async iterator of lines
+        def __aiter__(self) -> Any:
+            return stdin
+
+    class Stdout:
+        async def write(self, text: str) -> None:
+            await stdout_send.send(text)
+
+        async def flush(self) -> None:
+            pass
+
+    hello = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "probe", "version": "1"},
+        },
+    }
+    deep = '{"a":' * 300 + "1" + "}" * 300
+    sent = [
+        json.dumps(hello),
+        '{"jsonrpc": "2.0", "method": "notifications/initialized"}',
+        "{not json",
+        "[]",
+        '{"jsonrpc": "2.0", "method": 5}',  # a notification, however wrong: no answer
+        '{"jsonrpc": "2.0", "id": "q", "method": 5}',
+        '{"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "search", '
+        f'"arguments": {{"collection": "handbook", "query": "x", "where": {deep}}}}}}}',
+        '{"jsonrpc": "2.0", "id": 9, "method": "ping"}',
+    ]
+    async with lines_in, stdin, stdout_send, lines_out, anyio.create_task_group() as tg:
+        tg.start_soon(serve_stdio, build_server(handbook), Stdin(), Stdout())
+        for line in sent:
+            await lines_in.send(line + "\n")
+        with anyio.fail_after(20):
+            got = [json.loads(await lines_out.receive()) for _ in range(6)]
+        tg.cancel_scope.cancel()
+    assert [(m["id"], m.get("error", {}).get("code")) for m in got[1:]] == [
+        (None, -32700),
+        (None, -32600),
+        ("q", -32600),
+        (8, -32600),
+        (9, None),
+    ]
+    assert "nests deeper" in got[4]["error"]["message"] and got[5]["result"] == {}

@@ -16,7 +16,8 @@ does. Over HTTP (:func:`http_app`) the key is also the server's password: every 
 present it (``Authorization: Bearer rsk_...``), or anyone who reached the port would use it
 (read every collection it may read, add documents with a write key). A failing call
 answers the agent with the error's one-line message; an argument a tool does not take is
-refused (:func:`closed`), not dropped. A search the agent abandons
+refused (:func:`closed`), not dropped; over stdio a line that is no message is answered
+(:func:`serve_stdio`). A search the agent abandons
 (``notifications/cancelled``, its own timeout, a closed session) is cancelled in
 PostgreSQL, as an HTTP search whose client goes away is (``api/disconnect.py``), instead
 of running on to ``RAGSTORE_SEARCH_TIMEOUT_S``.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import types
 from collections.abc import Callable
@@ -37,7 +39,10 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
+from mcp.types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ragstore.api.deps import bearer_token
@@ -56,7 +61,7 @@ from ragstore.errors import (
 )
 from ragstore.store import Store
 
-__all__ = ["MAX_TEXT_CHARS", "KeyRequired", "build_server", "http_app", "key_for"]
+__all__ = ["MAX_TEXT_CHARS", "KeyRequired", "build_server", "http_app", "key_for", "serve_stdio"]
 
 log = logging.getLogger("ragstore.mcp")
 
@@ -169,6 +174,94 @@ def closed(tool: Tool) -> Tool:
     tool.fn_metadata.arg_model = strict
     tool.parameters = strict.model_json_schema(by_alias=True)
     return tool
+
+
+def unreadable_reply(exc: Exception) -> JSONRPCError | None:
+    """The JSON-RPC error answering a line the SDK could not read as a message (``exc``,
+    its parse error), or None where none is due (a notification). JSON-RPC 2.0 answers
+    invalid JSON -32700 and a non-message -32600, with the request's id where it can be
+    read, else null. A request the SDK's parser refuses although it is JSON (nested past
+    its depth, ~200 levels: a made-up ``where`` filter) is answered under its own id."""
+    sent: list[Any] = []
+    if isinstance(exc, ValidationError):
+        for error in exc.errors():
+            raw = error.get("input")
+            if isinstance(raw, str | bytes):
+                try:
+                    raw = json.loads(raw)
+                except (ValueError, RecursionError):
+                    continue
+            sent.append(raw)
+    message = next((m for m in sent if isinstance(m, dict)), None)
+    if message is None:
+        code, text = PARSE_ERROR, "the line is not JSON; send one JSON-RPC message per line"
+        if sent:  # JSON, but an array or a scalar
+            code, text = INVALID_REQUEST, "the line is not a JSON-RPC message object"
+        return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=text))
+    rid = message.get("id")
+    if "method" in message and "id" not in message:
+        return None  # a notification is never answered
+    if isinstance(rid, bool) or not isinstance(rid, int | str):
+        rid = None
+    nested = isinstance(exc, ValidationError) and any(
+        e["type"] == "json_invalid" for e in exc.errors()
+    )
+    text = (
+        "the message nests deeper than the server reads (about 200 levels); flatten it"
+        if nested
+        else "the line is not a valid JSON-RPC message (jsonrpc, id, method, params)"
+    )
+    return JSONRPCError(jsonrpc="2.0", id=rid, error=ErrorData(code=INVALID_REQUEST, message=text))
+
+
+class _Answering:
+    """The SDK's stdio read stream, answering each line it could not read: the SDK
+    handed those on as exceptions and its dispatcher dropped them without a word, so a
+    request it could not parse (nested too deep, say) was never answered and the agent
+    waited for it to its own timeout."""
+
+    def __init__(self, read: Any, write: Any) -> None:
+        self.read, self.write = read, write
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self.read, "last_context", None)
+
+    async def receive(self) -> Any:
+        while True:
+            item = await self.read.receive()
+            if not isinstance(item, Exception):
+                return item
+            reply = unreadable_reply(item)
+            log.warning("MCP: an unreadable line from the client: %.300s", item)
+            if reply is not None:
+                await self.write.send(SessionMessage(reply))
+
+    def __aiter__(self) -> _Answering:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self.read.aclose()
+
+    async def __aenter__(self) -> _Answering:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def serve_stdio(server: MCPServer, stdin: Any = None, stdout: Any = None) -> None:
+    """``server`` over stdio (``stdin``/``stdout``: other streams, for tests), as
+    ``server.run("stdio")`` serves it, each unreadable line answered (:class:`_Answering`)."""
+    lowlevel = server._lowlevel_server  # what MCPServer.run_stdio_async runs
+    async with stdio_server(stdin, stdout) as (read, write):
+        await lowlevel.run(_Answering(read, write), write, lowlevel.create_initialization_options())
 
 
 class KeyRequired:
