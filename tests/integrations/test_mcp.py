@@ -640,3 +640,23 @@ async def test_over_stdio_a_line_the_server_cannot_read_is_answered(handbook: St
         (9, None),
     ]
     assert "nests deeper" in got[4]["error"]["message"] and got[5]["result"] == {}
+
+
+async def test_over_stdio_add_document_is_held_to_the_request_limit(handbook: Store) -> None:
+    """Over HTTP an MCP call is held to RAGSTORE_MAX_REQUEST_BYTES; over stdio nothing
+    held add_document's text: an agent's 10 MB was chunked and embedded for minutes into
+    thousands of chunks. A text over the limit is now refused as over HTTP, nothing stored."""
+    from mcp import Client as McpClient
+
+    writer = KeyStore(handbook.runtime.db).create("write", name="big-text").secret
+    limit = handbook.runtime.settings.max_request_bytes
+    big = "# Big\n\n" + "é" * (limit // 2)  # under the limit in characters, over in bytes
+    async with McpClient(build_server(handbook, key_for(handbook, writer))) as session:
+        text = _error(
+            await session.call_tool(
+                "add_document", {"collection": "mcp-big", "name": "big.md", "text": big}
+            )
+        )
+    assert "error[request_too_large]" in text and "RAGSTORE_MAX_REQUEST_BYTES" in text, text
+    assert "ragstore ingest PATH -c mcp-big" in text
+    assert "mcp-big" not in {c["name"] for c in handbook.list_collections()}

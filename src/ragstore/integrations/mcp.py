@@ -57,6 +57,7 @@ from ragstore.errors import (
     CollectionNotFoundError,
     InputError,
     RagstoreError,
+    RequestTooLargeError,
     public_detail,
 )
 from ragstore.store import Store
@@ -507,6 +508,17 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             metadata: dict[str, Any] | None = None,
         ) -> dict[str, Any]:
             allow("write", collection)
+            # over HTTP the whole call is held to RAGSTORE_MAX_REQUEST_BYTES; over stdio
+            # nothing held it: an agent's 10 MB text was chunked and embedded (minutes,
+            # thousands of chunks) where the same call over HTTP is refused
+            limit = store.runtime.settings.max_request_bytes
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > limit:
+                raise RequestTooLargeError(
+                    f"text is {size} bytes; add_document takes at most {limit} "
+                    "(RAGSTORE_MAX_REQUEST_BYTES, as over HTTP): add a larger file with "
+                    f"`ragstore ingest PATH -c {collection}`"
+                )
             doc = store.add_document(collection, name, text, metadata=metadata)
             return {k: doc[k] for k in ("id", "name", "status", "chunks")}
 
