@@ -623,6 +623,7 @@ async def test_over_stdio_a_line_the_server_cannot_read_is_answered(handbook: St
         '{"jsonrpc": "2.0", "id": "q", "method": 5}',
         '{"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "search", '
         f'"arguments": {{"collection": "handbook", "query": "x", "where": {deep}}}}}}}',
+        "[" * 3000 + "]" * 3000,  # too deep to read even its id
         '{"jsonrpc": "2.0", "id": 9, "method": "ping"}',
     ]
     async with lines_in, stdin, stdout_send, lines_out, anyio.create_task_group() as tg:
@@ -630,16 +631,18 @@ async def test_over_stdio_a_line_the_server_cannot_read_is_answered(handbook: St
         for line in sent:
             await lines_in.send(line + "\n")
         with anyio.fail_after(20):
-            got = [json.loads(await lines_out.receive()) for _ in range(6)]
+            got = [json.loads(await lines_out.receive()) for _ in range(7)]
         tg.cancel_scope.cancel()
     assert [(m["id"], m.get("error", {}).get("code")) for m in got[1:]] == [
         (None, -32700),
         (None, -32600),
         ("q", -32600),
         (8, -32600),
+        (None, -32700),
         (9, None),
     ]
-    assert "nests deeper" in got[4]["error"]["message"] and got[5]["result"] == {}
+    assert "nests deeper" in got[4]["error"]["message"] and got[6]["result"] == {}
+    assert "nests deeper" in got[5]["error"]["message"]
 
 
 async def test_over_stdio_add_document_is_held_to_the_request_limit(handbook: Store) -> None:

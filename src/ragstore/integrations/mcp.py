@@ -193,10 +193,16 @@ def unreadable_reply(exc: Exception) -> JSONRPCError | None:
                 except (ValueError, RecursionError):
                     continue
             sent.append(raw)
+    too_deep = "the message nests deeper than the server reads (about 200 levels); flatten it"
+    nested = isinstance(exc, ValidationError) and any(
+        "recursion limit" in e["msg"] for e in exc.errors()
+    )
     message = next((m for m in sent if isinstance(m, dict)), None)
     if message is None:
         code, text = PARSE_ERROR, "the line is not JSON; send one JSON-RPC message per line"
-        if sent:  # JSON, but an array or a scalar
+        if nested:  # too deep even to read its id
+            text = too_deep
+        elif sent:  # JSON, but an array or a scalar
             code, text = INVALID_REQUEST, "the line is not a JSON-RPC message object"
         return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=text))
     rid = message.get("id")
@@ -204,15 +210,11 @@ def unreadable_reply(exc: Exception) -> JSONRPCError | None:
         return None  # a notification is never answered
     if isinstance(rid, bool) or not isinstance(rid, int | str):
         rid = None
-    nested = isinstance(exc, ValidationError) and any(
-        e["type"] == "json_invalid" for e in exc.errors()
+    if not nested:
+        too_deep = "the line is not a valid JSON-RPC message (jsonrpc, id, method, params)"
+    return JSONRPCError(
+        jsonrpc="2.0", id=rid, error=ErrorData(code=INVALID_REQUEST, message=too_deep)
     )
-    text = (
-        "the message nests deeper than the server reads (about 200 levels); flatten it"
-        if nested
-        else "the line is not a valid JSON-RPC message (jsonrpc, id, method, params)"
-    )
-    return JSONRPCError(jsonrpc="2.0", id=rid, error=ErrorData(code=INVALID_REQUEST, message=text))
 
 
 class _Answering:
