@@ -4,6 +4,7 @@ loaded model is shared)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -448,3 +449,217 @@ async def test_search_picks_diverse_hits_by_mmr_and_refuses_bad_options(handbook
         ]
         for args, message in bad:
             assert message in _error(await session.call_tool("search", {**ask, **args})), args
+
+
+async def test_an_argument_a_tool_does_not_take_is_refused(handbook: Store) -> None:
+    """The SDK dropped arguments a tool does not take: an agent that guessed ``filter``
+    for ``where`` got the collection's best hits unfiltered, as if filtered (here the
+    note of another team). Now the call is a tool error naming the argument and the ones
+    the tool takes, and the schema says so (``additionalProperties: false``)."""
+    from mcp import Client as McpClient
+
+    handbook.add_document("mcp-extra", "sales.md", "# Sales\n\nThe backups of sales.")
+    handbook.add_document(
+        "mcp-extra", "ops.md", "# Ops\n\nThe backups of ops.", metadata={"team": "ops"}
+    )
+    ask = {"collection": "mcp-extra", "query": "backups", "mode": "fulltext"}
+    async with McpClient(build_server(handbook)) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        assert all(t.input_schema.get("additionalProperties") is False for t in tools.values())
+        text = _error(await session.call_tool("search", {**ask, "filter": {"team": "ops"}}))
+        assert "unknown argument 'filter' for search: it takes collection, query" in text
+        assert "where" in text
+        text = _error(await session.call_tool("list_collections", {"verbose": True}))
+        assert "unknown argument 'verbose' for list_collections: it takes no arguments" in text
+        found = _data(await session.call_tool("search", {**ask, "where": {"team": "ops"}}))
+        assert [h["title"] for h in found["hits"]] == ["Ops"]
+
+
+@contextmanager
+def _relayed(listener: socket.socket, path: str) -> Iterator[None]:
+    """``listener`` (bound, so far refusing connections) now relays each to ``path``,
+    the embedded server's Unix socket: the database "comes back" on that TCP port."""
+    listener.listen()
+    opened: list[socket.socket] = []
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                upstream = socket.socket(socket.AF_UNIX)
+                upstream.connect(path)
+                opened.extend((client, upstream))
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield
+    finally:
+        listener.close()
+        for s in opened:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+async def test_a_database_down_is_told_without_its_address_and_the_session_recovers(
+    handbook: Store, settings: Settings, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tool call while the database is down answered the agent with the database's
+    address ("connecting to postgresql://user@host:port/db") and no word of when to try
+    again, where the HTTP API tells its callers neither address nor more than "retry in
+    Ns". Now the call is that error result (the address in the server's log only), and
+    the same session is served once the database is back."""
+    import anyio
+    from mcp import Client as McpClient
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    assert settings.database_url is not None
+    params = conninfo_to_dict(settings.database_url.get_secret_value())
+    path = f"{params['host']}/.s.PGSQL.{params.get('port', 5432)}"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+    port = listener.getsockname()[1]
+    params.update(host="127.0.0.1", port=str(port), password="s3cret-pw")
+    down = Settings(
+        database_url=make_conninfo("", **params),
+        data_dir=tmp_path,
+        profile="test",
+        connect_timeout_s=2,
+    )
+    with Store(settings=down) as store:
+        async with McpClient(build_server(store)) as session:
+            for tool, args in [
+                ("list_collections", {}),
+                ("search", {"collection": "handbook", "query": "backups", "mode": "fulltext"}),
+            ]:
+                text = _error(await session.call_tool(tool, args))
+                assert "error[database_unavailable]" in text and "retry in" in text, text
+                for secret in ("127.0.0.1", str(port), "postgresql://", "s3cret-pw"):
+                    assert secret not in text, (secret, text)
+            assert f"127.0.0.1:{port}" in caplog.text  # the operator's log has it
+            with _relayed(listener, path):
+                deadline = time.monotonic() + 15  # the breaker's back-off: 1 s, then 2 s
+                while (result := await session.call_tool("list_collections", {})).is_error:
+                    assert time.monotonic() < deadline, result.content
+                    await anyio.sleep(0.2)
+                assert "handbook" in {c["name"] for c in _data(result)["collections"]}
+
+
+async def test_a_made_up_name_of_10_kb_is_not_echoed_whole(handbook: Store) -> None:
+    """An invalid collection or document name was quoted whole in the error: an agent's
+    10 KB name came back as a 10 KB answer, filling its context. It is quoted cut."""
+    from mcp import Client as McpClient
+
+    writer = KeyStore(handbook.runtime.db).create("write", name="long-names").secret
+    long = "n" * 10_000
+    calls: list[tuple[str, dict[str, Any], str]] = [
+        ("search", {"collection": long, "query": "x"}, "invalid collection name 'nnn"),
+        ("list_fields", {"collection": long}, "invalid collection name 'nnn"),
+        ("get_document", {"collection": long, "document_id": 1}, "invalid collection name"),
+        ("add_document", {"collection": "notes", "name": long, "text": "x"}, "document name 'nn"),
+        (
+            "add_document",
+            {"collection": "notes", "name": f"{long}/", "text": "x"},
+            "it ends with a slash",
+        ),
+    ]
+    async with McpClient(build_server(handbook, key_for(handbook, writer))) as session:
+        for tool, args, message in calls:
+            text = _error(await session.call_tool(tool, args))
+            assert message in text and len(text) < 700, (tool, len(text), text[:300])
+
+
+async def test_over_stdio_a_line_the_server_cannot_read_is_answered(handbook: Store) -> None:
+    """The SDK dropped a line it could not read without a word: a request nested past
+    its JSON parser's depth (a made-up ``where`` ~200 levels deep) was never answered, and
+    the agent waited to its own timeout. Each such line is now answered as JSON-RPC 2.0
+    says (-32700 / -32600, under the request's id where it can be read; a notification
+    not at all), and the session goes on."""
+    import anyio
+
+    from ragstore.integrations.mcp import serve_stdio
+
+    lines_in, stdin = anyio.create_memory_object_stream[str](20)
+    stdout_send, lines_out = anyio.create_memory_object_stream[str](20)
+
+    class Stdin:  # what stdio_server reads: an async iterator of lines
+        def __aiter__(self) -> Any:
+            return stdin
+
+    class Stdout:
+        async def write(self, text: str) -> None:
+            await stdout_send.send(text)
+
+        async def flush(self) -> None:
+            pass
+
+    hello = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "probe", "version": "1"},
+        },
+    }
+    deep = '{"a":' * 300 + "1" + "}" * 300
+    sent = [
+        json.dumps(hello),
+        '{"jsonrpc": "2.0", "method": "notifications/initialized"}',
+        "{not json",
+        "[]",
+        '{"jsonrpc": "2.0", "method": 5}',  # a notification, however wrong: no answer
+        '{"jsonrpc": "2.0", "id": "q", "method": 5}',
+        '{"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "search", '
+        f'"arguments": {{"collection": "handbook", "query": "x", "where": {deep}}}}}}}',
+        "[" * 3000 + "]" * 3000,  # too deep to read even its id
+        '{"jsonrpc": "2.0", "id": 9, "method": "ping"}',
+    ]
+    async with lines_in, stdin, stdout_send, lines_out, anyio.create_task_group() as tg:
+        tg.start_soon(serve_stdio, build_server(handbook), Stdin(), Stdout())
+        for line in sent:
+            await lines_in.send(line + "\n")
+        with anyio.fail_after(20):
+            got = [json.loads(await lines_out.receive()) for _ in range(7)]
+        tg.cancel_scope.cancel()
+    assert [(m["id"], m.get("error", {}).get("code")) for m in got[1:]] == [
+        (None, -32700),
+        (None, -32600),
+        ("q", -32600),
+        (8, -32600),
+        (None, -32700),
+        (9, None),
+    ]
+    assert "nests deeper" in got[4]["error"]["message"] and got[6]["result"] == {}
+    assert "nests deeper" in got[5]["error"]["message"]
+
+
+async def test_over_stdio_add_document_is_held_to_the_request_limit(handbook: Store) -> None:
+    """Over HTTP an MCP call is held to RAGSTORE_MAX_REQUEST_BYTES; over stdio nothing
+    held add_document's text: an agent's 10 MB was chunked and embedded for minutes into
+    thousands of chunks. A text over the limit is now refused as over HTTP, nothing stored."""
+    from mcp import Client as McpClient
+
+    writer = KeyStore(handbook.runtime.db).create("write", name="big-text").secret
+    limit = handbook.runtime.settings.max_request_bytes
+    big = "# Big\n\n" + "é" * (limit // 2)  # under the limit in characters, over in bytes
+    async with McpClient(build_server(handbook, key_for(handbook, writer))) as session:
+        text = _error(
+            await session.call_tool(
+                "add_document", {"collection": "mcp-big", "name": "big.md", "text": big}
+            )
+        )
+    assert "error[request_too_large]" in text and "RAGSTORE_MAX_REQUEST_BYTES" in text, text
+    assert "ragstore ingest PATH -c mcp-big" in text
+    assert "mcp-big" not in {c["name"] for c in handbook.list_collections()}

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
                 "read every collection; pass --api-key (RAGSTORE_API_KEY) or bind 127.0.0.1"
             )
         try:
-            from ragstore.integrations.mcp import build_server, http_app, key_for
+            from ragstore.integrations.mcp import build_server, http_app, key_for, serve_stdio
         except ModuleNotFoundError as exc:
             raise ConfigError(
                 f"ragstore mcp needs the MCP SDK ({exc.name} is missing): "
@@ -62,7 +62,9 @@ def register(app: typer.Typer) -> None:
             key = key_for(store, api_key)
             server = build_server(store, key)
             if transport == "stdio":
-                server.run("stdio")
+                import anyio
+
+                anyio.run(serve_stdio, server)
                 return
             import uvicorn
 

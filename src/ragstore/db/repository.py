@@ -186,8 +186,10 @@ def check_name(name: str) -> None:
     if not isinstance(name, str) or not NAME_RE.fullmatch(
         name
     ):  # match() let a final newline through
+        # a name made up by a caller may be megabytes: echoed cut (a valid one is <= 63)
+        shown = name[:100] + "..." if isinstance(name, str) and len(name) > 100 else name
         raise InputError(
-            f"invalid collection name {name!r}: use 1-63 letters, digits, '_', '-' or '.', "
+            f"invalid collection name {shown!r}: use 1-63 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit"
         )
 

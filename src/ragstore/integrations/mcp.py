@@ -15,7 +15,9 @@ With a key, every tool call is checked against its scope and collection, as the 
 does. Over HTTP (:func:`http_app`) the key is also the server's password: every request must
 present it (``Authorization: Bearer rsk_...``), or anyone who reached the port would use it
 (read every collection it may read, add documents with a write key). A failing call
-answers the agent with the error's one-line message. A search the agent abandons
+answers the agent with the error's one-line message; an argument a tool does not take is
+refused (:func:`closed`), not dropped; over stdio a line that is no message is answered
+(:func:`serve_stdio`). A search the agent abandons
 (``notifications/cancelled``, its own timeout, a closed session) is cancelled in
 PostgreSQL, as an HTTP search whose client goes away is (``api/disconnect.py``), instead
 of running on to ``RAGSTORE_SEARCH_TIMEOUT_S``.
@@ -25,14 +27,22 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
+import logging
+import types
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import Field, Strict
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
+from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
+from mcp.types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ragstore.api.deps import bearer_token
@@ -47,10 +57,14 @@ from ragstore.errors import (
     CollectionNotFoundError,
     InputError,
     RagstoreError,
+    RequestTooLargeError,
+    public_detail,
 )
 from ragstore.store import Store
 
-__all__ = ["MAX_TEXT_CHARS", "KeyRequired", "build_server", "http_app", "key_for"]
+__all__ = ["MAX_TEXT_CHARS", "KeyRequired", "build_server", "http_app", "key_for", "serve_stdio"]
+
+log = logging.getLogger("ragstore.mcp")
 
 MAX_TEXT_CHARS = 50_000  # a document's text handed to an agent at once
 MAX_CHUNKS = 10_000
@@ -79,7 +93,14 @@ def answers(fn: F, key: ApiKey | None = None) -> F:
     def tool_error(exc: RagstoreError) -> ToolError:
         if isinstance(exc, CollectionNotFoundError):
             return ToolError(f"error[{exc.code}]: {exc.seen_by(sees)}")
-        return ToolError(f"error[{exc.code}]: {exc}")
+        # told as the HTTP API tells it (public_detail): a database that could not be
+        # reached was answered with its address ("connecting to postgresql://user@host/db")
+        # and no word of when to try again; now without it, with "retry in Ns", the full
+        # message in the server's log (stderr over stdio)
+        told = public_detail(exc)
+        if told != exc.message:
+            log.warning("MCP tool %s failed: %s: %s", fn.__name__, exc.code, exc.message)
+        return ToolError(f"error[{exc.code}]: {told}")
 
     if inspect.iscoroutinefunction(fn):
 
@@ -120,6 +141,130 @@ async def until_abandoned(work: Callable[[], T]) -> T:
         with anyio.CancelScope(shield=True):  # a round trip per statement: off the loop
             await anyio.to_thread.run_sync(cancellation.cancel)
         raise
+
+
+def closed(tool: Tool) -> Tool:
+    """``tool`` refusing an argument it does not take, naming those it does. The SDK
+    drops unknown arguments: an agent that guessed ``filter`` (or ``top_k``) for ``where``
+    (``k``) got the whole collection's best hits, unfiltered, as though filtered, and
+    could not tell. The HTTP API refuses an unknown query parameter the same way. The
+    published schema says so too (``additionalProperties: false``)."""
+    model = tool.fn_metadata.arg_model
+    names = [f.alias or n for n, f in model.model_fields.items()]
+    takes = f"it takes {', '.join(names)}" if names else "it takes no arguments"
+
+    def known(cls: type[BaseModel], data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in names]
+            if unknown:  # a key may be anything an agent made up: shown cut
+                shown = ", ".join(repr(str(k)[:100]) for k in unknown[:5])
+                word = "argument" if len(unknown) == 1 else "arguments"
+                raise ValueError(f"unknown {word} {shown} for {tool.name}: {takes}")
+        return data
+
+    namespace = {
+        "__module__": model.__module__,
+        "model_config": ConfigDict(extra="forbid"),
+        "known_arguments": model_validator(mode="before")(classmethod(known)),  # type: ignore[arg-type]
+    }
+    # a subclass under the same name, which the validation errors give ("for searchArguments")
+    strict = cast(
+        "type[ArgModelBase]",
+        types.new_class(model.__name__, (model,), exec_body=lambda ns: ns.update(namespace)),
+    )
+    tool.fn_metadata.arg_model = strict
+    tool.parameters = strict.model_json_schema(by_alias=True)
+    return tool
+
+
+def unreadable_reply(exc: Exception) -> JSONRPCError | None:
+    """The JSON-RPC error answering a line the SDK could not read as a message (``exc``,
+    its parse error), or None where none is due (a notification). JSON-RPC 2.0 answers
+    invalid JSON -32700 and a non-message -32600, with the request's id where it can be
+    read, else null. A request the SDK's parser refuses although it is JSON (nested past
+    its depth, ~200 levels: a made-up ``where`` filter) is answered under its own id."""
+    sent: list[Any] = []
+    if isinstance(exc, ValidationError):
+        for error in exc.errors():
+            raw = error.get("input")
+            if isinstance(raw, str | bytes):
+                try:
+                    raw = json.loads(raw)
+                except (ValueError, RecursionError):
+                    continue
+            sent.append(raw)
+    too_deep = "the message nests deeper than the server reads (about 200 levels); flatten it"
+    nested = isinstance(exc, ValidationError) and any(
+        "recursion limit" in e["msg"] for e in exc.errors()
+    )
+    message = next((m for m in sent if isinstance(m, dict)), None)
+    if message is None:
+        code, text = PARSE_ERROR, "the line is not JSON; send one JSON-RPC message per line"
+        if nested:  # too deep even to read its id
+            text = too_deep
+        elif sent:  # JSON, but an array or a scalar
+            code, text = INVALID_REQUEST, "the line is not a JSON-RPC message object"
+        return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=text))
+    rid = message.get("id")
+    if "method" in message and "id" not in message:
+        return None  # a notification is never answered
+    if isinstance(rid, bool) or not isinstance(rid, int | str):
+        rid = None
+    if not nested:
+        too_deep = "the line is not a valid JSON-RPC message (jsonrpc, id, method, params)"
+    return JSONRPCError(
+        jsonrpc="2.0", id=rid, error=ErrorData(code=INVALID_REQUEST, message=too_deep)
+    )
+
+
+class _Answering:
+    """The SDK's stdio read stream, answering each line it could not read: the SDK
+    handed those on as exceptions and its dispatcher dropped them without a word, so a
+    request it could not parse (nested too deep, say) was never answered and the agent
+    waited for it to its own timeout."""
+
+    def __init__(self, read: Any, write: Any) -> None:
+        self.read, self.write = read, write
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self.read, "last_context", None)
+
+    async def receive(self) -> Any:
+        while True:
+            item = await self.read.receive()
+            if not isinstance(item, Exception):
+                return item
+            reply = unreadable_reply(item)
+            log.warning("MCP: an unreadable line from the client: %.300s", item)
+            if reply is not None:
+                await self.write.send(SessionMessage(reply))
+
+    def __aiter__(self) -> _Answering:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self.read.aclose()
+
+    async def __aenter__(self) -> _Answering:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def serve_stdio(server: MCPServer, stdin: Any = None, stdout: Any = None) -> None:
+    """``server`` over stdio (``stdin``/``stdout``: other streams, for tests), as
+    ``server.run("stdio")`` serves it, each unreadable line answered (:class:`_Answering`)."""
+    lowlevel = server._lowlevel_server  # what MCPServer.run_stdio_async runs
+    async with stdio_server(stdin, stdout) as (read, write):
+        await lowlevel.run(_Answering(read, write), write, lowlevel.create_initialization_options())
 
 
 class KeyRequired:
@@ -188,14 +333,14 @@ def key_for(store: Store, presented: str | None) -> ApiKey | None:
 
 def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
     """The MCP server over ``store``; ``add_document`` exists only for a write-scoped key."""
-    server: MCPServer = MCPServer(
-        name="ragstore",
-        instructions=(
-            "Search the user's documents stored in ragstore. Call list_collections "
-            "first, then search; list_fields says what a where filter can name; open a "
-            "hit's document or section for more."
-        ),
-    )
+    tools: list[Tool] = []
+
+    def tool(description: str) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            tools.append(closed(Tool.from_function(fn, description=description)))
+            return fn
+
+        return register
 
     def allow(scope: str, collection: str | None) -> None:
         if key is not None:
@@ -205,7 +350,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
     def answered(fn: F) -> F:
         return answers(fn, key)
 
-    @server.tool(
+    @tool(
         description=(
             "Search a collection. mode: hybrid (default; words and meaning), vector (meaning) "
             'or fulltext (words; supports "phrases", or, -word). where: a JSON filter on '
@@ -265,7 +410,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             hits.append(hit)
         return {"collection": collection, "query": query, "hits": hits}
 
-    @server.tool(description="The collections: name, embedding model, documents, chunks.")
+    @tool(description="The collections: name, embedding model, documents, chunks.")
     @answered
     def list_collections() -> dict[str, Any]:
         if key is not None:
@@ -281,7 +426,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             ]
         }
 
-    @server.tool(
+    @tool(
         description=(
             "The fields a search's where filter can name in a collection: the built-ins "
             "(source, title, chunk_type, created_at, page) and the metadata paths its "
@@ -296,7 +441,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         allow("read", collection)
         return store.fields(collection)
 
-    @server.tool(
+    @tool(
         description=(
             "A document by its id (document_id in search hits): its name, title, metadata and "
             "text (long texts are cut at 50000 characters)."
@@ -317,7 +462,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             "text": text[:MAX_TEXT_CHARS],
         }
 
-    @server.tool(
+    @tool(
         description=(
             "One section of a document: section is its heading path as search hits show it "
             '("Guide > Rollback"); the section\'s text with its subsections.'
@@ -351,7 +496,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
 
     if key is not None and key.allows("write"):
 
-        @server.tool(
+        @tool(
             description=(
                 "Add (or update) a document in a collection, created if missing. name: a file "
                 "name whose suffix picks the parser (notes.md, page.html, memo.txt)."
@@ -365,10 +510,29 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             metadata: dict[str, Any] | None = None,
         ) -> dict[str, Any]:
             allow("write", collection)
+            # over HTTP the whole call is held to RAGSTORE_MAX_REQUEST_BYTES; over stdio
+            # nothing held it: an agent's 10 MB text was chunked and embedded (minutes,
+            # thousands of chunks) where the same call over HTTP is refused
+            limit = store.runtime.settings.max_request_bytes
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > limit:
+                raise RequestTooLargeError(
+                    f"text is {size} bytes; add_document takes at most {limit} "
+                    "(RAGSTORE_MAX_REQUEST_BYTES, as over HTTP): add a larger file with "
+                    f"`ragstore ingest PATH -c {collection}`"
+                )
             doc = store.add_document(collection, name, text, metadata=metadata)
             return {k: doc[k] for k in ("id", "name", "status", "chunks")}
 
-    return server
+    return MCPServer(
+        name="ragstore",
+        instructions=(
+            "Search the user's documents stored in ragstore. Call list_collections "
+            "first, then search; list_fields says what a where filter can name; open a "
+            "hit's document or section for more."
+        ),
+        tools=tools,
+    )
 
 
 def _chunks(store: Store, collection: str, document_id: int) -> list[dict[str, Any]]:

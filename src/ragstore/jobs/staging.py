@@ -50,13 +50,19 @@ def source_prefix(settings: Settings, collection: str, prefix: str | None) -> st
     return prefix
 
 
+def _shown(name: str) -> str:
+    """``name`` quoted for an error, cut: a name made up by a caller (an agent's tool
+    call, a script) may be megabytes, and was echoed whole."""
+    return repr(name[:200] + "...") if len(name) > 200 else repr(name)
+
+
 def safe_name(name: str) -> PurePosixPath:
     """The upload's file name as a relative path; anything that could escape is refused."""
     path = PurePosixPath(name.replace("\\", "/"))
     parts = path.parts
     if not parts or len(parts) > 8 or path.is_absolute() or not all(_PART.match(p) for p in parts):
         raise InputError(
-            f"invalid document name {name!r}: use a relative path of up to 8 parts made of "
+            f"invalid document name {_shown(name)}: use a relative path of up to 8 parts made of "
             "letters, digits, spaces and _.,()+=@- (each part starting with a letter or digit)"
         )
     return path
@@ -73,19 +79,19 @@ def new_name(name: str) -> PurePosixPath:
     read by :func:`safe_name` (:func:`source_of`), which takes them."""
     if _ABSOLUTE.match(name):
         raise InputError(
-            f"invalid document name {name!r}: it is an absolute path; send the "
+            f"invalid document name {_shown(name)}: it is an absolute path; send the "
             "name relative to a folder of yours, e.g. 'notes/a.md'"
         )
     if name.endswith(("/", "\\")):
         raise InputError(
-            f"invalid document name {name!r}: it ends with a slash; name the file itself, "
-            f"e.g. {name.rstrip('/' + chr(92)) or 'a.md'!r}"
+            f"invalid document name {_shown(name)}: it ends with a slash; name the file "
+            f"itself, e.g. {_shown(name.rstrip('/' + chr(92)) or 'a.md')}"
         )
     for part in re.split(r"[\\/]", name):
         if part != part.strip():
             raise InputError(
-                f"invalid document name {name!r}: its part {part!r} starts or ends with "
-                f"white space; remove it (e.g. {part.strip()!r})"
+                f"invalid document name {_shown(name)}: its part {_shown(part)} starts or "
+                f"ends with white space; remove it (e.g. {_shown(part.strip())})"
             )
     return safe_name(name)
 
