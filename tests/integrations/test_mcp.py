@@ -28,6 +28,18 @@ from ragstore.config import Settings
 from ragstore.integrations.mcp import build_server, http_app, key_for
 from tests.search_helpers import waiting_searches
 
+# the JSON-RPC request that opens a session, sent by hand where a test speaks the wire
+_HELLO = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "probe", "version": "1"},
+    },
+}
+
 GUIDE = (
     "# Guide\n\nThe operations guide.\n\n## Rollback\n\nTo roll back a schema migration "
     "run ragstore db downgrade with the target revision.\n\n## Backups\n\nBackups run "
@@ -238,28 +250,18 @@ def test_over_http_the_server_key_is_asked_of_every_request(handbook: Store) -> 
     keys = KeyStore(handbook.runtime.db)
     writer = keys.create("write", name="mcp-server")
     other = keys.create("admin", name="someone-else").secret
-    hello = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "probe", "version": "1"},
-        },
-    }
     accept = {"Accept": "application/json, text/event-stream"}
     with _serving(_served(handbook, writer.secret)) as url:
         for auth in (None, f"Bearer {other}", "Bearer rsk_x_y", f"Basic {writer.secret}"):
             headers = {**accept, **({"Authorization": auth} if auth else {})}
-            answer = httpx.post(url, json=hello, headers=headers, timeout=30)
+            answer = httpx.post(url, json=_HELLO, headers=headers, timeout=30)
             assert answer.status_code == 401, (auth, answer.text)
             assert answer.headers["content-type"].startswith("application/problem+json")
             assert answer.json()["code"] == "unauthorized"
         good = {**accept, "Authorization": f"Bearer {writer.secret}"}
-        assert httpx.post(url, json=hello, headers=good, timeout=30).status_code == 200
+        assert httpx.post(url, json=_HELLO, headers=good, timeout=30).status_code == 200
         keys.revoke(writer.key.key_id)
-        revoked = httpx.post(url, json=hello, headers=good, timeout=30)
+        revoked = httpx.post(url, json=_HELLO, headers=good, timeout=30)
         assert revoked.status_code == 401 and "revoked" in revoked.json()["detail"]
 
 
@@ -603,19 +605,9 @@ async def test_over_stdio_a_line_the_server_cannot_read_is_answered(handbook: St
         async def flush(self) -> None:
             pass
 
-    hello = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "probe", "version": "1"},
-        },
-    }
     deep = '{"a":' * 300 + "1" + "}" * 300
     sent = [
-        json.dumps(hello),
+        json.dumps(_HELLO),
         '{"jsonrpc": "2.0", "method": "notifications/initialized"}',
         "{not json",
         "[]",

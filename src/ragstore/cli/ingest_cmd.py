@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,16 +27,25 @@ def _parse_meta(items: list[str]) -> dict[str, str]:
     error, exit 64, as :func:`_parse_meta_json` does, before anything is read or stored).
     A key given twice is refused rather than the last value kept silently: which value
     was meant is unknowable, and ``--meta-json`` refuses it the same way."""
-    out: dict[str, str] = {}
+    return dict(_key_values(items, "KEY=VALUE (e.g. --meta team=search)", {}))
+
+
+def _key_values(
+    items: list[str], form: str, others: Mapping[str, object]
+) -> Iterator[tuple[str, str]]:
+    """``(key, text)`` of each ``KEY=...`` item, or ValueError for an item without ``=``
+    or a key, and for a key given twice or already in ``others`` (the other option's)."""
+    seen: set[str] = set()
     for item in items:
-        key, sep, value = item.partition("=")
+        key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"{item!r} is not KEY=VALUE (e.g. --meta team=search)")
-        if key in out:
-            raise ValueError(f"the key {key!r} is given twice; give each key once")
-        out[key] = value
-    return out
+            raise ValueError(f"{item!r} is not {form}")
+        if key in seen or key in others:
+            again = "twice" if key in seen else "by --meta too"
+            raise ValueError(f"the key {key!r} is given {again}; give each key once")
+        seen.add(key)
+        yield key, text
 
 
 def _parse_meta_json(items: list[str], strings: Mapping[str, str]) -> dict[str, Any]:
@@ -52,14 +61,7 @@ def _parse_meta_json(items: list[str], strings: Mapping[str, str]) -> dict[str, 
     from ragstore.validation import loads_json, problem_in
 
     out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"{item!r} is not KEY=JSON (e.g. --meta-json year=2024)")
-        if key in out or key in strings:
-            again = "twice" if key in out else "by --meta too"
-            raise ValueError(f"the key {key!r} is given {again}; give each key once")
+    for key, text in _key_values(items, "KEY=JSON (e.g. --meta-json year=2024)", strings):
         try:
             value = loads_json(text)
         except json.JSONDecodeError as exc:
