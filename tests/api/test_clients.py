@@ -4,8 +4,11 @@ real server on loopback and in-process against the same database."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import inspect
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -217,11 +220,22 @@ def test_async_client_reads_and_deletes(open_url: str, notes: Client) -> None:
     assert [d["name"] for d in left] == ["2"]
 
 
+@contextmanager
+def _answering(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stand-in server on loopback answering with ``handler`` (for answers the real
+    server never gives); yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_url_that_is_not_ragstore_is_a_config_error() -> None:
     # RAGSTORE_URL at another web server (a wrong port, a proxy's page) answered 200 HTML:
     # the clients raised json.JSONDecodeError, the CLI printed its traceback
-    import http.server
-    import threading
 
     class Page(http.server.BaseHTTPRequestHandler):
         def _page(self) -> None:
@@ -237,10 +251,7 @@ def test_a_url_that_is_not_ragstore_is_a_config_error() -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with _answering(Page) as url:
         with Client(url) as c, pytest.raises(ConfigError, match="not ragstore's API") as info:
             c.list_collections()
         assert url in str(info.value) and "text/html" in str(info.value)
@@ -251,9 +262,6 @@ def test_a_url_that_is_not_ragstore_is_a_config_error() -> None:
 
         with pytest.raises(ConfigError, match="not ragstore's API"):
             asyncio.run(search())
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_list_collections_follows_the_cursor_past_a_page_left_empty() -> None:
@@ -261,9 +269,7 @@ def test_list_collections_follows_the_cursor_past_a_page_left_empty() -> None:
     reading their details comes back with no data but a ``next_cursor``: both clients
     stopped there and returned [], dropping the collections after it. That race cannot
     be timed from outside the route, so a server on loopback answers its two pages."""
-    import http.server
     import json
-    import threading
 
     pages = {
         "/v1/collections?limit=1000": {"data": [], "count": 0, "next_cursor": "bmFtZTpi"},
@@ -286,10 +292,7 @@ def test_list_collections_follows_the_cursor_past_a_page_left_empty() -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pages)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with _answering(Pages) as url:
         with Client(url) as c:
             assert c.list_collections() == [{"name": "c"}]
 
@@ -298,9 +301,6 @@ def test_list_collections_follows_the_cursor_past_a_page_left_empty() -> None:
                 return await ac.list_collections()
 
         assert asyncio.run(listed()) == [{"name": "c"}]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_names_and_ids_cannot_steer_a_call_to_another_route(notes: Client, store: Store) -> None:
