@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
@@ -23,6 +24,7 @@ from procrastinate.jobs import Job, Status
 
 from ragstore import Client
 from ragstore.config import Settings
+from ragstore.db import documents
 from ragstore.db import jobs as store
 from ragstore.errors import CollectionNotFoundError, RagstoreError
 from ragstore.jobs import runner as runner_module
@@ -742,6 +744,56 @@ def test_a_run_writes_only_while_its_attempt_counts(api: Client, database_url: s
         assert not store.finish(conn, job["id"], "failed", attempt=2, **outcome)
         assert store.get(conn, job["id"]) == done
     assert done.status == "succeeded" and done.attempts == 2 and done.documents_done == 1
+
+
+def test_a_write_answered_after_a_job_was_accepted_stays_though_it_began_before(
+    api: Client, open_url: str, jobs_settings: Settings
+) -> None:
+    """A direct write that began before a job of the same document was accepted, waited
+    for the document's write lock (another writer held it) and was answered after the
+    job's acceptance: its row's ``updated_at`` was its transaction's start, before the
+    acceptance, so the worker put the job's older version over the acknowledged one. The
+    row's time is now taken once the lock is held."""
+    api.create_collection("bg-lock")
+    api.add_document("bg-lock", "held.md", "# Held\n\nversion one")
+    assert jobs_settings.database_url is not None
+    url = jobs_settings.database_url.get_secret_value()
+    with psycopg.connect(url) as held, psycopg.connect(url, autocommit=True) as admin:
+        coll_id, source = held.execute(
+            "SELECT c.id, d.source FROM documents d JOIN collections c"
+            " ON c.id = d.collection_id WHERE c.name = 'bg-lock'"
+        ).fetchone()  # type: ignore[misc]
+        documents.lock_sources(held, coll_id, [source])  # another writer's, held
+        with Client(open_url) as other, ThreadPoolExecutor(max_workers=1) as pool:
+            direct = pool.submit(other.add_document, "bg-lock", "held.md", "# Held\n\nversion two")
+            _wait_until(
+                lambda: (
+                    direct.done()
+                    or admin.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
+                    ).fetchone()
+                    == (1,)
+                ),
+                "the direct write to wait for the lock",
+            )
+            job = api.add_document("bg-lock", "held.md", "# Held\n\nthree", background=True)
+            held.commit()
+            later = direct.result(timeout=60)
+    assert later["status"] == "updated"
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.wait_for_job(job["id"], timeout=5)
+    assert done["status"] == "succeeded" and done["errors"] == []
+    assert done["summary"].get("superseded") == 1, done["summary"]
+    stored = api.get_document("bg-lock", later["id"])
+    assert stored["content_hash"] == later["content_hash"], "the acknowledged write stays"
+
+
+def _wait_until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def test_a_superseded_run_stores_no_document_once_it_no_longer_counts(

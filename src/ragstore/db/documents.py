@@ -348,6 +348,12 @@ def write_documents(
             replaced.append(i)
     _fill_chunk_counts(conn, out)
     doc_ids: dict[int, int] = {}
+    # The rows' time, read now that the locks are held: ``now()`` is the transaction's
+    # start, which for a write that waited for a lock is before a job accepted meanwhile,
+    # and that job's worker then took this later, acknowledged write for an older one and
+    # replaced it (the ``superseded`` rule above). One value for the whole write, as
+    # ``now()`` was (readers order a write's rows by id among equal times).
+    stamp = _clock(conn) if replaced or added else None
     if replaced:
         old_ids = [int(stored[docs[i].record.source][0]) for i in replaced]
         conn.execute("DELETE FROM chunks WHERE document_id = ANY(%s)", (old_ids,))
@@ -355,12 +361,13 @@ def write_documents(
         rows = conn.execute(
             "UPDATE documents d SET title = u.t, format = u.f, content_hash = u.h,"
             " size_bytes = u.b, metadata = u.m::jsonb, parsed = u.p, origin = u.o,"
-            " updated_at = now()"
+            " updated_at = %b"
             " FROM unnest(%b::int8[], %b::text[], %b::text[], %b::text[], %b::int8[],"
             " %b::text[], %b::bytea[], %b::text[]) AS u(i, t, f, h, b, m, p, o)"
             " WHERE d.id = u.i"
             f" RETURNING {', '.join('d.' + c.strip() for c in _DOC_COLS.split(','))}",
             (
+                stamp,
                 old_ids,
                 [r.title for r in recs],
                 [r.format for r in recs],
@@ -380,12 +387,14 @@ def write_documents(
         recs = [docs[i].record for i in added]
         rows = conn.execute(
             "INSERT INTO documents (collection_id, source, title, format, content_hash,"
-            " size_bytes, metadata, parsed, origin)"
-            " SELECT %s, s, t, f, h, b, m::jsonb, p, o FROM unnest(%b::text[], %b::text[],"
+            " size_bytes, metadata, parsed, origin, created_at, updated_at)"
+            " SELECT %s, s, t, f, h, b, m::jsonb, p, o, %b, %b FROM unnest(%b::text[], %b::text[],"
             " %b::text[], %b::text[], %b::int8[], %b::text[], %b::bytea[], %b::text[])"
             f" AS u(s, t, f, h, b, m, p, o) RETURNING {_DOC_COLS}",
             (
                 coll.id,
+                stamp,
+                stamp,
                 [r.source for r in recs],
                 [r.title for r in recs],
                 [r.format for r in recs],
@@ -406,6 +415,13 @@ def write_documents(
         conn, coll, [docs[i] for i in todo], [doc_ids[i] for i in todo], provided & live, staged
     )
     return [w for w in out if w is not None]
+
+
+def _clock(conn: Conn) -> datetime:
+    """The database's clock now (``clock_timestamp()``), not the transaction's start."""
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
 
 
 def _fill_chunk_counts(conn: Conn, out: list[Written | None]) -> None:
