@@ -356,7 +356,7 @@
         }
         spaces.replaceChildren();
         for (const sp of s.spaces) {
-          spaces.append(el("div", null, sp.model + " ", statusSpan(sp.status),
+          spaces.append(el("div", null, iso(sp.model), " ", statusSpan(sp.status),
                            sp.status === "building" ? " " + Math.round(sp.progress * 100) + "%" : ""));
         }
         const total = s.spaces.reduce((a, sp) => a + sp.table_bytes + sp.index_bytes, 0);
@@ -1143,17 +1143,18 @@
       clearStaleErrors("migrate-error");
       const name = select.value;
       const to = $("migrate-to").value.trim() || $("migrate-to").placeholder;
-      $("migrate-status").textContent = "Migrating " + name + " to " + to + "…";
+      $("migrate-status").replaceChildren("Migrating " + name + " to ", iso(to), "…");
       $("migrate-start").disabled = true;
       polling = setInterval(() => { loadSpaces().catch(() => undefined); }, 500);
       try {
         const pending = api("POST", "/v1/collections/" + enc(name) + "/model/migrate", { to: to });
         loadSpaces().catch(() => undefined);  // first look at once, then every 500 ms
         const r = await pending;
-        $("migrate-status").textContent = r.switched
-          ? "Switched " + name + " to " + r.target + ": " + r.embedded + " chunks embedded in " +
-            r.seconds.toFixed(1) + " s, sample self-recall " + r.sample_self_recall.toFixed(2) + "."
-          : "Backfilled " + r.target + " but did not switch: " + r.notes.join("; ");
+        $("migrate-status").replaceChildren(...(r.switched
+          ? ["Switched " + name + " to ", iso(r.target), ": " + r.embedded +
+             " chunks embedded in " + r.seconds.toFixed(1) + " s, sample self-recall " +
+             r.sample_self_recall.toFixed(2) + "."]
+          : ["Backfilled ", iso(r.target), " but did not switch: " + r.notes.join("; ")]));
       } catch (err) {
         $("migrate-status").textContent = "";
         showError("migrate-error", writeError(err, "the migration of " + name + " to " + to +
@@ -1172,8 +1173,8 @@
       $("rollback").disabled = true;
       try {
         const r = await api("POST", "/v1/collections/" + enc(name) + "/model/rollback");
-        $("migrate-status").textContent = "Rolled back " + name + ": " + r.active +
-          " is active again (was " + r.previous + ").";
+        $("migrate-status").replaceChildren("Rolled back " + name + ": ", iso(r.active),
+          " is active again (was ", iso(r.previous), ").");
       } catch (err) {
         showError("migrate-error", writeError(err, name + " was rolled back"));
       } finally {
