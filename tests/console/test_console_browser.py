@@ -393,6 +393,53 @@ def test_a_document_with_script_and_img_is_shown_as_text(
     shot(page, "document")
 
 
+# where a glyph of ``word`` (in some text node of ``selector``'s first match) is drawn
+_GLYPHS_OF = """([selector, word]) => {
+  const root = document.querySelector(selector);
+  const walk = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+    const at = node.data.indexOf(word);
+    if (at < 0) continue;
+    const range = document.createRange();
+    range.setStart(node, at);
+    range.setEnd(node, at + word.length);
+    const box = range.getBoundingClientRect();
+    return [box.left, box.right];
+  }
+  return null;
+}"""
+
+
+def test_a_right_to_left_override_in_stored_text_stays_inside_it(
+    page: Page, server: Server
+) -> None:
+    """A heading or metadata value holding U+202E turned the rest of the console's own
+    line around ("12 tokens" drawn left of the heading, as "snekot 21"); now it ends
+    with the stored text (the heading isolated, the override escaped in JSON)."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    with httpx.Client(base_url=server.url, headers=auth, timeout=120) as c:
+        assert c.post("/v1/collections", json={"name": "bidi"}).status_code == 201
+        r = c.post(
+            "/v1/collections/bidi/documents",
+            json={
+                "name": "bidi.md",
+                "text": "# Intro\u202eevil\n\nPlain words after the heading.\n",
+                "metadata": {"a": "x\u202ey", "team": "ops"},
+            },
+        )
+        assert r.status_code == 201, r.text
+        doc = r.json()["id"]
+    sign_in(page, server)
+    open_page(page, server, f"/ui/collections/bidi/documents/{doc}")
+    selector = "#chunks-list li:last-child .meta"
+    expect(page.locator(selector)).to_contain_text("tokens")
+    evil = page.evaluate(_GLYPHS_OF, [selector, "evil"])
+    tokens = page.evaluate(_GLYPHS_OF, [selector, "tokens"])
+    assert evil is not None and tokens is not None
+    assert tokens[0] >= evil[1], (evil, tokens)  # read left to right, as the console wrote it
+    expect(page.locator("#document-facts")).to_contain_text('"a":"x\\u202ey"')
+
+
 @pytest.mark.parametrize("mode", ["hybrid", "vector", "fulltext"])
 def test_search_in_each_mode_shows_ranks_context_and_plan(
     page: Page, server: Server, handbook: str, mode: str

@@ -138,6 +138,29 @@
     return node;
   }
 
+  /* A stored text (a heading, a key's name) set inside a line the console composes: in a
+   * <bdi>, whose bidi controls end where it ends. As plain text, a heading holding a
+   * right-to-left override (U+202E) turned the rest of its line around, so a chunk's
+   * " · paragraph · 12 tokens" read "snekot 21 · hpargarap · " and a key's scope after
+   * its name was reversed: stored text rewrote what the console itself said. */
+  function iso(text) { return el("bdi", { text: text }); }
+
+  /* ``parts`` (strings, nodes) with ``sep`` between them, for el()'s children. */
+  function joined(parts, sep) {
+    return parts.flatMap((p, i) => (i ? [sep, p] : [p]));
+  }
+
+  /* A section path (headings), each heading isolated (iso). */
+  function sectionPath(path) { return joined(path.map(iso), " › "); }
+
+  /* JSON of stored values for display, bidi controls written as \u escapes (still JSON):
+   * one metadata value's override turned every key and value after it around. */
+  const BIDI = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+  function shownJson(value, indent) {
+    return String(JSON.stringify(value, null, indent) ?? "").replace(
+      BIDI, (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
+  }
+
   function problemText(err) {
     if (err instanceof ApiError && err.status === 429) {  // the key's rate limit: say when
       const wait = err.retryAfter !== null ? Math.max(1, Math.ceil(err.retryAfter)) : null;
@@ -244,9 +267,11 @@
     if (!me.auth) {
       who.textContent = "auth off · admin";
     } else {
-      let text = "key " + me.key_id + (me.name ? " (" + me.name + ")" : "") + " · " + me.scope;
-      if (me.collection) text += " · only " + me.collection;
-      who.textContent = text;
+      const parts = ["key " + me.key_id];
+      if (me.name) parts.push(" (", iso(me.name), ")");
+      parts.push(" · " + me.scope);
+      if (me.collection) parts.push(" · only " + me.collection);
+      who.replaceChildren(...parts);
     }
   }
 
@@ -331,7 +356,7 @@
         }
         spaces.replaceChildren();
         for (const sp of s.spaces) {
-          spaces.append(el("div", null, sp.model + " ", statusSpan(sp.status),
+          spaces.append(el("div", null, iso(sp.model), " ", statusSpan(sp.status),
                            sp.status === "building" ? " " + Math.round(sp.progress * 100) + "%" : ""));
         }
         const total = s.spaces.reduce((a, sp) => a + sp.table_bytes + sp.index_bytes, 0);
@@ -819,7 +844,7 @@
     $("page-title").textContent = d.name;
     const facts = [["Source", d.source], ["Title", d.title || "—"], ["Format", d.format],
                    ["Size", d.size_bytes + " bytes"], ["Chunks", d.chunks],
-                   ["Content hash", d.content_hash], ["Metadata", JSON.stringify(d.metadata)],
+                   ["Content hash", d.content_hash], ["Metadata", shownJson(d.metadata)],
                    ["Updated", fmtDate(d.updated_at)]];
     $("document-facts").replaceChildren(...facts.flatMap(([k, v]) =>
       [el("dt", { text: k }), el("dd", { text: v })]));
@@ -839,11 +864,11 @@
       }
       for (const c of page.data) {
         const meta = ["#" + c.ordinal, c.chunk_type];
-        if (c.section_path.length) meta.push(c.section_path.join(" › "));
+        if (c.section_path.length) meta.push(el("span", null, ...sectionPath(c.section_path)));
         if (c.page !== null) meta.push("page " + c.page);
         meta.push(c.token_count + " tokens");
         $("chunks-list").append(el("li", { dataset: { ordinal: c.ordinal, type: c.chunk_type } },
-          el("div", { class: "meta", text: meta.join(" · ") }),
+          el("div", { class: "meta" }, ...joined(meta, " · ")),
           el("div", { class: "text chunk-text", text: c.text })));
       }
       after = page.next_after;
@@ -870,12 +895,12 @@
   function hitRow(h, i) {
     const ex = h.explain || {};
     const meta = [h.chunk_type, "chunk #" + h.ordinal];
-    if (h.section_path.length) meta.unshift(h.section_path.join(" › "));
+    if (h.section_path.length) meta.unshift(el("span", null, ...sectionPath(h.section_path)));
     if (h.page !== null) meta.push("page " + h.page);
     const cell = el("td", { class: "hit" },
       el("a", { href: "/ui/collections/" + enc(COLLECTION) + "/documents/" + h.document_id,
                 text: h.title || h.source }),
-      el("div", { class: "meta", text: meta.join(" · ") }),
+      el("div", { class: "meta" }, ...joined(meta, " · ")),
       el("div", { class: "text hit-text", text: h.text }));
     if (h.context && h.context.length) {
       const label = h.context_mode === "section" ? "Section context" : "Context";
@@ -883,8 +908,8 @@
         el("summary", { text: label + " (" + h.context.length + " chunks)" }));
       for (const c of h.context) {
         details.append(el("div", { class: "context-chunk" + (c.is_hit ? " hit" : "") },
-          el("div", { class: "meta", text: "#" + c.ordinal + " · " + c.chunk_type +
-                      (c.section_path.length ? " · " + c.section_path.join(" › ") : "") }),
+          el("div", { class: "meta" }, "#" + c.ordinal + " · " + c.chunk_type,
+             ...(c.section_path.length ? [" · ", ...sectionPath(c.section_path)] : [])),
           el("div", { class: "text", text: c.text })));
       }
       cell.append(details);
@@ -940,7 +965,7 @@
     }
     return el("tr", { title: about || null },
       el("td", {}, button), el("td", { text: type }), el("td", { text: carried }),
-      el("td", { class: "meta", text: examples.map((x) => JSON.stringify(x)).join(", ") }),
+      el("td", { class: "meta", text: examples.map((x) => shownJson(x)).join(", ") }),
       index);
   }
 
@@ -1057,7 +1082,7 @@
         " ms, mode " + payload.mode;
       $("hits-body").replaceChildren(...res.data.map(hitRow));
       $("hits-table").hidden = false;
-      $("plan").textContent = JSON.stringify(res.plan, null, 2);
+      $("plan").textContent = shownJson(res.plan, 2);
       $("plan-details").hidden = !res.plan;
     });
   }
@@ -1118,17 +1143,18 @@
       clearStaleErrors("migrate-error");
       const name = select.value;
       const to = $("migrate-to").value.trim() || $("migrate-to").placeholder;
-      $("migrate-status").textContent = "Migrating " + name + " to " + to + "…";
+      $("migrate-status").replaceChildren("Migrating " + name + " to ", iso(to), "…");
       $("migrate-start").disabled = true;
       polling = setInterval(() => { loadSpaces().catch(() => undefined); }, 500);
       try {
         const pending = api("POST", "/v1/collections/" + enc(name) + "/model/migrate", { to: to });
         loadSpaces().catch(() => undefined);  // first look at once, then every 500 ms
         const r = await pending;
-        $("migrate-status").textContent = r.switched
-          ? "Switched " + name + " to " + r.target + ": " + r.embedded + " chunks embedded in " +
-            r.seconds.toFixed(1) + " s, sample self-recall " + r.sample_self_recall.toFixed(2) + "."
-          : "Backfilled " + r.target + " but did not switch: " + r.notes.join("; ");
+        $("migrate-status").replaceChildren(...(r.switched
+          ? ["Switched " + name + " to ", iso(r.target), ": " + r.embedded +
+             " chunks embedded in " + r.seconds.toFixed(1) + " s, sample self-recall " +
+             r.sample_self_recall.toFixed(2) + "."]
+          : ["Backfilled ", iso(r.target), " but did not switch: " + r.notes.join("; ")]));
       } catch (err) {
         $("migrate-status").textContent = "";
         showError("migrate-error", writeError(err, "the migration of " + name + " to " + to +
@@ -1147,8 +1173,8 @@
       $("rollback").disabled = true;
       try {
         const r = await api("POST", "/v1/collections/" + enc(name) + "/model/rollback");
-        $("migrate-status").textContent = "Rolled back " + name + ": " + r.active +
-          " is active again (was " + r.previous + ").";
+        $("migrate-status").replaceChildren("Rolled back " + name + ": ", iso(r.active),
+          " is active again (was ", iso(r.previous), ").");
       } catch (err) {
         showError("migrate-error", writeError(err, name + " was rolled back"));
       } finally {
