@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from ragstore.config import Settings
 from ragstore.db import migrations
 from ragstore.db.database import Database
 from ragstore.db.embedded import pg_bin_dir
-from ragstore.errors import InputError, SchemaMismatchError
+from ragstore.errors import DatabaseError, InputError, SchemaMismatchError
 from ragstore.runtime import Runtime
 from tests.conftest import run_cli
 
@@ -198,6 +200,29 @@ def test_an_upgrade_to_the_revision_or_below_takes_no_backup_and_says_so(
         assert f"ragstore db downgrade --to {target}" in err, err
     assert not list(tmp_path.glob("backups/*"))
     assert migrations.status(Database(empty_database_url)).current == "0030"
+
+
+def test_a_role_that_may_not_create_tables_is_told_what_to_grant(
+    pg_admin_uri: str, empty_database_url: str
+) -> None:
+    """An external database whose role lacks CREATE (PostgreSQL 15 takes it on public
+    from all but the owner) failed the upgrade with "permission denied for schema public"
+    alone, ``database_error`` as though ragstore's bug; the error says what to grant."""
+    from psycopg import sql
+
+    role = f"r_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        db = Database(make_conninfo(empty_database_url, user=role))
+        with pytest.raises(DatabaseError, match="permission denied") as caught:
+            migrations.upgrade(db)
+        assert "GRANT CREATE ON SCHEMA public TO <role>" in caught.value.message
+        assert "CREATE EXTENSION vector" in caught.value.message
+        assert migrations.status(Database(empty_database_url)).current is None
+    finally:
+        with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_a_store_stops_working_once_the_schema_changes_under_it(

@@ -23,6 +23,7 @@ from ragstore.db.database import Database, unparseable
 from ragstore.db.errors import translate, translated
 from ragstore.errors import (
     ConflictError,
+    DatabaseError,
     DatabaseUnavailableError,
     InputError,
     OutcomeUnknownError,
@@ -595,6 +596,18 @@ def _failed(exc: psycopg.Error, db: Database, action: str, progress: _Progress) 
         return ConflictError(
             f"{where}: {first}; the database holds tables that are not ragstore's: give "
             "ragstore a database of its own (RAGSTORE_DATABASE_URL)"
+        )
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        # "permission denied for schema public" alone, exit 70 as though ragstore's bug:
+        # an external database whose role may not create tables (PostgreSQL 15 takes
+        # CREATE on public from everyone but the owner) or the pgvector extension
+        first = str(exc).strip().splitlines()[0]
+        return DatabaseError(
+            f"{where}: {first}; the role of RAGSTORE_DATABASE_URL may not create "
+            "ragstore's tables or extension there: run the upgrade as the database's owner, "
+            "or have its owner run GRANT CREATE ON DATABASE <db> TO <role>; GRANT CREATE ON "
+            "SCHEMA public TO <role> (or ALTER DATABASE <db> OWNER TO <role>), and a superuser "
+            "CREATE EXTENSION vector in that database; then run `ragstore db upgrade` again"
         )
     return translate(exc, where)
 
