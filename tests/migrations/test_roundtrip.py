@@ -202,6 +202,38 @@ def test_an_upgrade_to_the_revision_or_below_takes_no_backup_and_says_so(
     assert migrations.status(Database(empty_database_url)).current == "0030"
 
 
+def test_a_bad_target_or_a_backup_that_cannot_be_written_changes_nothing_and_says_how(
+    empty_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``db upgrade --to nope`` on a database behind the code took a whole backup (kept on
+    disk) before Alembic refused the target; a backup that could not be written ended the
+    migration with "cannot create .../backups: File exists" alone. The target is refused
+    before any backup; a failed backup says the migration did not run and how to go on."""
+    db = Database(empty_database_url)
+    migrations.upgrade(db, "0030")
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAGSTORE_PROFILE", "test")
+    capsys.readouterr()
+    for target in ("nope", "003", "0031:0032"):
+        assert run_cli("db", "upgrade", "--to", target) == 65, target
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"error[invalid_input]: cannot upgrade to {target!r}: ")
+        assert captured.err.count("\n") == 1 and captured.out == "", captured
+    assert not (tmp_path / "backups").exists()
+    (tmp_path / "backups").write_text("")  # the folder cannot be made
+    for args in (["upgrade"], ["downgrade", "--to", "0020", "--yes"]):
+        assert run_cli("db", *args) == 74, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"error[backup_failed]: cannot create {tmp_path / 'backups'}: ")
+        assert f"the {args[0]} did not start, the schema was not changed" in err, err
+        assert "--no-backup" in err and err.count("\n") == 1, err
+    assert migrations.status(db).current == "0030"
+
+
 def test_a_role_that_may_not_create_tables_is_told_what_to_grant(
     pg_admin_uri: str, empty_database_url: str
 ) -> None:

@@ -661,6 +661,24 @@ def upgrade_sql(db: Database | None, to: str = "head", start: str | None = None)
     return out.getvalue()
 
 
+def refuse_unresolvable(start: str, to: str) -> None:
+    """Raise the InputError an upgrade from ``start`` to ``to`` ends with where Alembic
+    cannot resolve ``to`` (a typo, a prefix of no revision, a range), found from the
+    revision files alone (offline mode, no database): ``ragstore db upgrade --to nope``
+    took a whole backup first (minutes at a million chunks, kept on disk) and only then
+    was refused."""
+    from alembic import command
+
+    cfg = _config(_DIALECT_URL)
+    cfg.output_buffer = io.StringIO()
+    with _target_refused(f"upgrade to {to!r}"):
+        if ":" in to:  # offline mode takes a range, an upgrade refuses it: as it says
+            from alembic.util import CommandError
+
+            raise CommandError("Range revision not allowed")
+        command.upgrade(cfg, f"{start}:{to}", sql=True)
+
+
 @contextlib.contextmanager
 def _target_refused(what: str) -> Iterator[None]:
     """Alembic refusing a revision target, as one InputError (``cannot WHAT: why``): its
