@@ -600,14 +600,15 @@ def _failed(exc: psycopg.Error, db: Database, action: str, progress: _Progress) 
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         # "permission denied for schema public" alone, exit 70 as though ragstore's bug:
         # an external database whose role may not create tables (PostgreSQL 15 takes
-        # CREATE on public from everyone but the owner) or the pgvector extension
+        # CREATE on public from everyone but the owner) or the pgvector extension; a
+        # downgrade by a role that does not own the tables it drops
         first = str(exc).strip().splitlines()[0]
         return DatabaseError(
-            f"{where}: {first}; the role of RAGSTORE_DATABASE_URL may not create "
-            "ragstore's tables or extension there: run the upgrade as the database's owner, "
-            "or have its owner run GRANT CREATE ON DATABASE <db> TO <role>; GRANT CREATE ON "
-            "SCHEMA public TO <role> (or ALTER DATABASE <db> OWNER TO <role>), and a superuser "
-            "CREATE EXTENSION vector in that database; then run `ragstore db upgrade` again"
+            f"{where}: {first}; the role of RAGSTORE_DATABASE_URL lacks a privilege the "
+            f"{action} needs there: run it as the role that owns the database and ragstore's "
+            "tables, or have the owner run GRANT CREATE ON DATABASE <db> TO <role>; GRANT "
+            "CREATE ON SCHEMA public TO <role> (or ALTER DATABASE <db> OWNER TO <role>), and a "
+            f"superuser CREATE EXTENSION vector in that database; then `ragstore db {action}`"
         )
     return translate(exc, where)
 
