@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from ragstore.config import Settings
 from ragstore.db import migrations
 from ragstore.db.database import Database
 from ragstore.db.embedded import pg_bin_dir
-from ragstore.errors import InputError, SchemaMismatchError
+from ragstore.errors import DatabaseError, InputError, SchemaMismatchError
 from ragstore.runtime import Runtime
 from tests.conftest import run_cli
 
@@ -198,6 +200,61 @@ def test_an_upgrade_to_the_revision_or_below_takes_no_backup_and_says_so(
         assert f"ragstore db downgrade --to {target}" in err, err
     assert not list(tmp_path.glob("backups/*"))
     assert migrations.status(Database(empty_database_url)).current == "0030"
+
+
+def test_a_bad_target_or_a_backup_that_cannot_be_written_changes_nothing_and_says_how(
+    empty_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``db upgrade --to nope`` on a database behind the code took a whole backup (kept on
+    disk) before Alembic refused the target; a backup that could not be written ended the
+    migration with "cannot create .../backups: File exists" alone. The target is refused
+    before any backup; a failed backup says the migration did not run and how to go on."""
+    db = Database(empty_database_url)
+    migrations.upgrade(db, "0030")
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", empty_database_url)
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAGSTORE_PROFILE", "test")
+    capsys.readouterr()
+    for target in ("nope", "003", "0031:0032"):
+        assert run_cli("db", "upgrade", "--to", target) == 65, target
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"error[invalid_input]: cannot upgrade to {target!r}: ")
+        assert captured.err.count("\n") == 1 and captured.out == "", captured
+    assert not (tmp_path / "backups").exists()
+    (tmp_path / "backups").write_text("")  # the folder cannot be made
+    for args in (["upgrade"], ["downgrade", "--to", "0020", "--yes"]):
+        assert run_cli("db", *args) == 74, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"error[backup_failed]: cannot create {tmp_path / 'backups'}: ")
+        assert f"the {args[0]} did not start, the schema was not changed" in err, err
+        assert "--no-backup" in err and err.count("\n") == 1, err
+    assert migrations.status(db).current == "0030"
+
+
+def test_a_role_that_may_not_create_tables_is_told_what_to_grant(
+    pg_admin_uri: str, empty_database_url: str
+) -> None:
+    """An external database whose role lacks CREATE (PostgreSQL 15 takes it on public
+    from all but the owner) failed the upgrade with "permission denied for schema public"
+    alone, ``database_error`` as though ragstore's bug; the error says what to grant."""
+    from psycopg import sql
+
+    role = f"r_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        db = Database(make_conninfo(empty_database_url, user=role))
+        with pytest.raises(DatabaseError, match="permission denied") as caught:
+            migrations.upgrade(db)
+        assert "GRANT CREATE ON SCHEMA public TO <role>" in caught.value.message
+        assert "CREATE EXTENSION vector" in caught.value.message
+        assert migrations.status(Database(empty_database_url)).current is None
+    finally:
+        with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_a_store_stops_working_once_the_schema_changes_under_it(

@@ -145,6 +145,8 @@ def upgrade_with_backup(
         return
     path = None
     if before is not None and pre.pending and backup:
+        if to != "head" and to not in migrations.known_revisions():
+            migrations.refuse_unresolvable(before, to)  # before the backup, not after it
         with _backing_up("upgrade"):
             path = backup_before(rt, db, "upgrade", quiet=as_json)
     with _saying_where("upgrade", path):
@@ -252,16 +254,26 @@ def _backing_up(action: str) -> Iterator[None]:
     """Take the backup before a migration so that SIGTERM stops it as Ctrl-C does:
     killed outright, the command left pg_dump running on its own, writing a whole copy
     of the database to a hidden ``.partial`` file that nothing ever removed, and said
-    nothing. pg_dump is stopped, its file removed, and the command says so."""
+    nothing. pg_dump is stopped, its file removed, and the command says so. A backup that
+    fails says that the migration did not run and how to go on: "cannot create
+    .../backups: Permission denied" alone left the user to guess both."""
     import sys
 
     from ragstore.backup import BackupInterrupted
     from ragstore.cli.output import err_console
     from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
+    from ragstore.errors import BackupError
 
     try:
         with terminate_as_interrupt():
             yield
+    except BackupError as exc:
+        exc.message += (
+            f"; the {action} did not start, the schema was not changed: fix that and run it "
+            f"again, or add --no-backup to {action} without a backup"
+        )
+        exc.args = (exc.message,)
+        raise
     except KeyboardInterrupt as exc:
         how, status = interrupt_status(exc)
         if isinstance(exc, BackupInterrupted):  # it came as the backup got its names

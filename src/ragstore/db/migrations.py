@@ -23,6 +23,7 @@ from ragstore.db.database import Database, unparseable
 from ragstore.db.errors import translate, translated
 from ragstore.errors import (
     ConflictError,
+    DatabaseError,
     DatabaseUnavailableError,
     InputError,
     OutcomeUnknownError,
@@ -596,6 +597,19 @@ def _failed(exc: psycopg.Error, db: Database, action: str, progress: _Progress) 
             f"{where}: {first}; the database holds tables that are not ragstore's: give "
             "ragstore a database of its own (RAGSTORE_DATABASE_URL)"
         )
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        # "permission denied for schema public" alone, exit 70 as though ragstore's bug:
+        # an external database whose role may not create tables (PostgreSQL 15 takes
+        # CREATE on public from everyone but the owner) or the pgvector extension; a
+        # downgrade by a role that does not own the tables it drops
+        first = str(exc).strip().splitlines()[0]
+        return DatabaseError(
+            f"{where}: {first}; the role of RAGSTORE_DATABASE_URL lacks a privilege the "
+            f"{action} needs there: run it as the role that owns the database and ragstore's "
+            "tables, or have the owner run GRANT CREATE ON DATABASE <db> TO <role>; GRANT "
+            "CREATE ON SCHEMA public TO <role> (or ALTER DATABASE <db> OWNER TO <role>), and a "
+            f"superuser CREATE EXTENSION vector in that database; then `ragstore db {action}`"
+        )
     return translate(exc, where)
 
 
@@ -646,6 +660,24 @@ def upgrade_sql(db: Database | None, to: str = "head", start: str | None = None)
     with _target_refused(f"print the SQL of an upgrade to {rng!r}"):
         command.upgrade(cfg, rng, sql=True)
     return out.getvalue()
+
+
+def refuse_unresolvable(start: str, to: str) -> None:
+    """Raise the InputError an upgrade from ``start`` to ``to`` ends with where Alembic
+    cannot resolve ``to`` (a typo, a prefix of no revision, a range), found from the
+    revision files alone (offline mode, no database): ``ragstore db upgrade --to nope``
+    took a whole backup first (minutes at a million chunks, kept on disk) and only then
+    was refused."""
+    from alembic import command
+
+    cfg = _config(_DIALECT_URL)
+    cfg.output_buffer = io.StringIO()
+    with _target_refused(f"upgrade to {to!r}"):
+        if ":" in to:  # offline mode takes a range, an upgrade refuses it: as it says
+            from alembic.util import CommandError
+
+            raise CommandError("Range revision not allowed")
+        command.upgrade(cfg, f"{start}:{to}", sql=True)
 
 
 @contextlib.contextmanager
