@@ -24,7 +24,7 @@ from procrastinate.jobs import Job, Status
 from ragstore import Client
 from ragstore.config import Settings
 from ragstore.db import jobs as store
-from ragstore.errors import CollectionNotFoundError, RagstoreError
+from ragstore.errors import CollectionNotFoundError, ConfigError, RagstoreError
 from ragstore.jobs import runner as runner_module
 from ragstore.jobs import worker as worker_module
 from ragstore.jobs.liveness import WORKER_LOCKS, LiveJobManager
@@ -1473,3 +1473,27 @@ def test_a_worker_start_removes_the_staging_files_a_killed_process_left(
     assert not any(path.exists() for path in (dead_lock, *dead_files, *held))
     assert list(root.glob("area-*")) == []
     fresh.unlink()
+
+
+def test_a_worker_that_cannot_write_its_staging_folder_refuses_to_start(
+    api: Client, jobs_settings: Settings, tmp_path: Path
+) -> None:
+    """A worker writes each job's files to its staging folder before ingesting them.
+    Started where it could not (here a file in the folder's place; a read-only or full
+    filesystem is the same), it took every queued job in turn and failed each for good
+    (``internal_error``, its uploaded bytes dropped) after the clients were told 202. It
+    now refuses to start, naming the folder, and the jobs wait for a worker that can."""
+    api.create_collection("unstaged")
+    job = api.add_document("unstaged", "a.md", "# A\n\nalpha text", background=True)
+    broken = tmp_path / "data"
+    broken.mkdir()
+    (broken / "staging").write_text("a file where the staging folder goes")
+    with pytest.raises(ConfigError) as refused:
+        run_worker(with_(jobs_settings, data_dir=broken), burst=True, signals=False)
+    assert str(broken / "staging") in str(refused.value)
+    assert "no job was taken" in str(refused.value)
+    waiting = api.get_job(job["id"])
+    assert (waiting["status"], waiting["attempts"]) == ("queued", 0), waiting
+    run_worker(jobs_settings, burst=True, signals=False)  # a worker that can runs it
+    assert api.get_job(job["id"])["status"] == "succeeded"
+    assert [d["name"] for d in api.list_documents("unstaged")["data"]] == ["a.md"]

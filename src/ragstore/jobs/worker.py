@@ -219,6 +219,8 @@ async def watching_stalled(
 async def _run(
     settings: Settings, *, concurrency: int, burst: bool, name: str | None, signals: bool
 ) -> None:
+    # before any job is taken: a worker that cannot stage a job's files failed each job
+    staging.check_writable(settings)
     with Runtime(settings) as rt:
         db = rt.db  # checks the server and the schema before taking any job
         if rt.read_only:
