@@ -1497,3 +1497,24 @@ def test_a_worker_that_cannot_write_its_staging_folder_refuses_to_start(
     run_worker(jobs_settings, burst=True, signals=False)  # a worker that can runs it
     assert api.get_job(job["id"])["status"] == "succeeded"
     assert [d["name"] for d in api.list_documents("unstaged")["data"]] == ["a.md"]
+
+
+def test_a_burst_worker_runs_the_jobs_queued_behind_one_of_their_collection(
+    api: Client, jobs_settings: Settings
+) -> None:
+    """Jobs of one collection share a queue lock: the second waits while the first runs.
+    procrastinate's burst loop stops at the first fetch that finds nothing, so a burst
+    worker with two slots took the first job, found the second held back by it, and
+    exited when the first ended: ``--burst`` ("exit once the queue is empty") left the
+    second queued, for a next worker that a cron job or CI run never starts."""
+    api.create_collection("burst")
+    jobs = [
+        api.add_document("burst", f"{n}.md", f"# {n}\n\n{n} text", background=True)
+        for n in ("first", "second")
+    ]
+    run_worker(jobs_settings, burst=True, signals=False, concurrency=2)
+    assert [api.get_job(j["id"])["status"] for j in jobs] == ["succeeded", "succeeded"]
+    assert sorted(d["name"] for d in api.list_documents("burst")["data"]) == [
+        "first.md",
+        "second.md",
+    ]
