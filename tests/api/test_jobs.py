@@ -26,7 +26,7 @@ from ragstore import Client
 from ragstore.config import Settings
 from ragstore.db import documents
 from ragstore.db import jobs as store
-from ragstore.errors import CollectionNotFoundError, RagstoreError
+from ragstore.errors import CollectionNotFoundError, ConfigError, RagstoreError
 from ragstore.jobs import runner as runner_module
 from ragstore.jobs import worker as worker_module
 from ragstore.jobs.liveness import WORKER_LOCKS, LiveJobManager
@@ -1525,3 +1525,48 @@ def test_a_worker_start_removes_the_staging_files_a_killed_process_left(
     assert not any(path.exists() for path in (dead_lock, *dead_files, *held))
     assert list(root.glob("area-*")) == []
     fresh.unlink()
+
+
+def test_a_worker_that_cannot_write_its_staging_folder_refuses_to_start(
+    api: Client, jobs_settings: Settings, tmp_path: Path
+) -> None:
+    """A worker writes each job's files to its staging folder before ingesting them.
+    Started where it could not (here a file in the folder's place; a read-only or full
+    filesystem is the same), it took every queued job in turn and failed each for good
+    (``internal_error``, its uploaded bytes dropped) after the clients were told 202. It
+    now refuses to start, naming the folder, and the jobs wait for a worker that can."""
+    api.create_collection("unstaged")
+    job = api.add_document("unstaged", "a.md", "# A\n\nalpha text", background=True)
+    broken = tmp_path / "data"
+    broken.mkdir()
+    (broken / "staging").write_text("a file where the staging folder goes")
+    with pytest.raises(ConfigError) as refused:
+        run_worker(with_(jobs_settings, data_dir=broken), burst=True, signals=False)
+    assert str(broken / "staging") in str(refused.value)
+    assert "no job was taken" in str(refused.value)
+    waiting = api.get_job(job["id"])
+    assert (waiting["status"], waiting["attempts"]) == ("queued", 0), waiting
+    run_worker(jobs_settings, burst=True, signals=False)  # a worker that can runs it
+    assert api.get_job(job["id"])["status"] == "succeeded"
+    assert [d["name"] for d in api.list_documents("unstaged")["data"]] == ["a.md"]
+
+
+def test_a_burst_worker_runs_the_jobs_queued_behind_one_of_their_collection(
+    api: Client, jobs_settings: Settings
+) -> None:
+    """Jobs of one collection share a queue lock: the second waits while the first runs.
+    procrastinate's burst loop stops at the first fetch that finds nothing, so a burst
+    worker with two slots took the first job, found the second held back by it, and
+    exited when the first ended: ``--burst`` ("exit once the queue is empty") left the
+    second queued, for a next worker that a cron job or CI run never starts."""
+    api.create_collection("burst")
+    jobs = [
+        api.add_document("burst", f"{n}.md", f"# {n}\n\n{n} text", background=True)
+        for n in ("first", "second")
+    ]
+    run_worker(jobs_settings, burst=True, signals=False, concurrency=2)
+    assert [api.get_job(j["id"])["status"] for j in jobs] == ["succeeded", "succeeded"]
+    assert sorted(d["name"] for d in api.list_documents("burst")["data"]) == [
+        "first.md",
+        "second.md",
+    ]

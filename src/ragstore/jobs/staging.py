@@ -194,6 +194,30 @@ class StagingArea:
             self._lock_fd = None
 
 
+def check_writable(settings: Settings) -> None:
+    """:class:`ConfigError` unless a file can be made in the staging folder: a worker's
+    check at its start, before it takes any job.
+
+    A worker writes each job's files there before ingesting them. Started where it could
+    not (a read-only or full filesystem, a file in the folder's place), it took every
+    queued job in turn and failed each for good, dropping the uploaded bytes, while the
+    clients had been told 202; it now refuses to start and the jobs wait for a worker
+    that can run them."""
+    root = settings.data_dir / "staging"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root, prefix="upload-check-") as probe:
+            probe.write(b"x")
+            probe.flush()
+    except OSError as exc:
+        raise ConfigError(
+            f"the upload staging folder {root} cannot be written "
+            f"({exc.strerror or type(exc).__name__}); a worker writes each job's files "
+            "there: make it writable by the worker's user (or set RAGSTORE_DATA_DIR to a "
+            "writable folder with free space), then start the worker again; no job was taken"
+        ) from None
+
+
 SWEEP_AFTER_S = 60.0  # a staging file no process holds is left this long before a sweep
 LOCK_SUFFIX = ".lock"
 

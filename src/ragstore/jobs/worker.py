@@ -219,6 +219,8 @@ async def watching_stalled(
 async def _run(
     settings: Settings, *, concurrency: int, burst: bool, name: str | None, signals: bool
 ) -> None:
+    # before any job is taken: a worker that cannot stage a job's files failed each job
+    staging.check_writable(settings)
     with Runtime(settings) as rt:
         db = rt.db  # checks the server and the schema before taking any job
         if rt.read_only:
@@ -267,7 +269,9 @@ async def _run(
                             restarts=restarts,
                             retention=retention,
                         ):
-                            break
+                            if not burst or not await _runnable_left(app, stopping):
+                                break
+                            continue
                         await _until_database_answers(db, stopping)
                 # a job whose outcome could not be recorded ended just now, perhaps
                 # the last one of a burst: failed here, not at the next worker's start
@@ -277,6 +281,44 @@ async def _run(
                     log.warning("could not check for jobs left unfinished: %s", exc)
             finally:
                 events.info("worker stopped", worker=worker)
+
+
+# the queue's entries a fetch would take now: waiting, due, the first of their lock (jobs
+# of one collection share one) and held back by no running entry of it
+RUNNABLE_LEFT = (
+    "SELECT count(*) AS runnable FROM procrastinate_jobs j"
+    " WHERE j.queue_name = %(queue)s AND j.status = 'todo'"
+    " AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())"
+    " AND (j.lock IS NULL OR NOT EXISTS (SELECT 1 FROM procrastinate_jobs d"
+    "  WHERE d.lock = j.lock AND (d.status = 'doing' OR (d.status = 'todo' AND d.id < j.id))))"
+)
+BURST_AGAIN_S = 0.1  # a burst worker's pause before its loop runs again for jobs left
+
+
+async def _runnable_left(app: procrastinate.App, stopping: asyncio.Event) -> bool:
+    """Whether a burst worker's loop, just ended, left entries it can run now (then after
+    a short pause, unless a stop was asked meanwhile): the loop is to run again.
+
+    procrastinate's burst loop stops at the first fetch that finds nothing, while the
+    worker's other slots still run their jobs: a job queued behind one of its collection
+    (their shared lock) was not fetchable then, and ``ragstore worker --burst
+    --concurrency 2`` exited with it still queued, waiting for a next worker that a cron
+    job's burst or a CI run never starts. An empty queue costs one statement, no pause.
+    An entry handed back for later (a busy start, ``jobs.queue``) is not waited for: its
+    row may be held for minutes, and the burst ends as it did; a database that cannot be
+    read ends it too."""
+    try:
+        row = await app.connector.execute_query_one_async(query=RUNNABLE_LEFT, queue=QUEUE)
+    except procrastinate.exceptions.ProcrastinateException as exc:
+        log.warning("could not check the queue for jobs left: %s", exc.__cause__ or exc)
+        return False
+    left = int(row["runnable"])
+    if not left:
+        return False
+    log.info("worker: %d queued jobs became runnable during the burst; running them", left)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), timeout=BURST_AGAIN_S)
+    return not stopping.is_set()
 
 
 async def _work_until_lost(
