@@ -15,6 +15,7 @@ from ragstore.errors import (
     DecodeError,
     EmptyDocumentError,
     EncryptedDocumentError,
+    InputError,
 )
 from ragstore.models import ChunkType
 from ragstore.parsing import detect_format, parse_bytes
@@ -890,6 +891,23 @@ def test_bad_front_matter_is_one_line_with_its_place_in_the_file() -> None:
     assert "\n" not in message and "<unicode string>" not in message
     assert message.startswith("notes.md: invalid YAML front matter at line 3, column 11 (")
     assert "mapping values are not allowed" in message and "remove the block" in message
+
+
+def test_front_matter_keys_are_held_to_the_limits_of_every_other_metadata_write() -> None:
+    """A front matter key of 300 characters, or nested keys whose dotted path is past 256,
+    was stored where no search filter could name it; every other write refuses them."""
+    long_key = "---\n" + "k" * 300 + ": v\n---\n# Doc\n\nbody\n"
+    with pytest.raises(InputError) as err:
+        parse_bytes(long_key.encode(), "notes.md")
+    assert err.value.code == "invalid_input"
+    assert str(err.value).startswith("notes.md: the YAML front matter holds a key of 300 ")
+    assert "at most 256 characters" in str(err.value) and "shorten it" in str(err.value)
+    deep = "---\n" + "a" * 200 + ":\n  " + "b" * 100 + ": v\n---\n# Doc\n\nbody\n"
+    with pytest.raises(InputError) as err:
+        parse_bytes(deep.encode(), "deep.md")
+    assert str(err.value).startswith("deep.md: the YAML front matter holds a key path of 301 ")
+    fine = "---\n" + "a" * 200 + ":\n  " + "b" * 55 + ": v\n---\n# Doc\n\nbody\n"
+    assert parse_bytes(fine.encode(), "ok.md").metadata == {"a" * 200: {"b" * 55: "v"}}
 
 
 def test_front_matter_aliases_cannot_blow_up_and_a_self_reference_ends() -> None:
