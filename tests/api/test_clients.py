@@ -343,6 +343,8 @@ NAN = float("nan")
 REFUSED_ALIKE: list[tuple[str, str, tuple[Any, ...], type[Exception], str]] = [
     ("bare ids", "delete_texts", ("notes", "search"), InputError, "ids is one string"),
     ("bare ids get", "get_texts", ("notes", "search"), InputError, "ids is one string"),
+    ("dict ids", "delete_texts", ("notes", {"search": 1}), InputError, "ids is a dict, not a"),
+    ("dict ids get", "get_texts", ("notes", {"search": 1}), InputError, "ids is a dict, not a"),
     ("bare texts", "add_texts", ("notes", "one text"), InputError, "texts is one string"),
     ("id None", "add_texts", ("notes", ["x"], None, [None]), InputError, r"ids\[0\] is None"),
     ("id int", "add_texts", ("notes", ["x"], None, [7]), InputError, r"ids\[0\] is 7"),
