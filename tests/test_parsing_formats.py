@@ -711,6 +711,22 @@ def test_unknown_binary_file_is_refused() -> None:
         parse_bytes(b"\x00\x01\x02garbage", "blob.bin")
 
 
+def test_binary_bytes_without_a_nul_under_an_unknown_suffix_are_refused_not_stored() -> None:
+    """Binary data with no NUL byte that still decodes as UTF-8 (control bytes) was read
+    as plain text under a suffix that names no format and stored, control bytes and
+    all; it is refused as binary. Text under such a suffix is still read, a terminal log
+    coloured with escapes and a man page overstruck with backspaces among it."""
+    junk = b"MZ" + bytes([*range(1, 9), *range(14, 32)]) * 200
+    with pytest.raises(BinaryFileError, match=r"^a\.exe: unsupported binary file type '\.exe'"):
+        parse_bytes(junk, "a.exe")
+    with pytest.raises(BinaryFileError, match=r"unsupported binary file type '\.exe'"):
+        parse_bytes(b"MZ\x90\x00\x03" + bytes(range(256)) * 40, "a.exe")
+    log = b"\x1b[32mok\x1b[0m step one\n\x1b[31mfail\x1b[0m step two\n" * 50
+    assert "step two" in parse_bytes(log, "build.out").blocks[0].text
+    man = b"N\bNA\bAM\bME\bE\n     ls - list directory contents\f\n" * 50
+    assert "list directory contents" in parse_bytes(man, "ls.1").blocks[0].text
+
+
 def test_detected_language_is_the_programming_or_the_natural_language() -> None:
     code = parse_bytes((MIXED / "src" / "billing.py").read_bytes(), "billing.py")
     assert detect_language(code) == "python"
