@@ -480,3 +480,22 @@ def test_a_backup_to_an_unwritable_path_names_that_path(
     err = capsys.readouterr().err
     assert err.startswith("error[backup_failed]: cannot write the backup to /proc/x.dump: "), err
     assert ".partial" not in err
+
+
+def test_a_backup_to_an_empty_path_is_a_usage_error_not_the_current_folder(
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``ragstore backup ""`` (a path from an unset variable) is ``Path("")``, the current
+    folder: a whole copy of the database was written there. It is a usage error, and
+    nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("backup", "") == 64
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "error[usage]: Invalid value for '[PATH]': the path is empty; name a file or a "
+        "folder, or leave it out to write under DATA_DIR/backups"
+    ), err
+    assert list(tmp_path.iterdir()) == []

@@ -15,6 +15,7 @@ from ragstore.errors import (
     DecodeError,
     EmptyDocumentError,
     EncryptedDocumentError,
+    InputError,
 )
 from ragstore.models import ChunkType
 from ragstore.parsing import detect_format, parse_bytes
@@ -710,6 +711,22 @@ def test_unknown_binary_file_is_refused() -> None:
         parse_bytes(b"\x00\x01\x02garbage", "blob.bin")
 
 
+def test_binary_bytes_without_a_nul_under_an_unknown_suffix_are_refused_not_stored() -> None:
+    """Binary data with no NUL byte that still decodes as UTF-8 (control bytes) was read
+    as plain text under a suffix that names no format and stored, control bytes and
+    all; it is refused as binary. Text under such a suffix is still read, a terminal log
+    coloured with escapes and a man page overstruck with backspaces among it."""
+    junk = b"MZ" + bytes([*range(1, 9), *range(14, 32)]) * 200
+    with pytest.raises(BinaryFileError, match=r"^a\.exe: unsupported binary file type '\.exe'"):
+        parse_bytes(junk, "a.exe")
+    with pytest.raises(BinaryFileError, match=r"unsupported binary file type '\.exe'"):
+        parse_bytes(b"MZ\x90\x00\x03" + bytes(range(256)) * 40, "a.exe")
+    log = b"\x1b[32mok\x1b[0m step one\n\x1b[31mfail\x1b[0m step two\n" * 50
+    assert "step two" in parse_bytes(log, "build.out").blocks[0].text
+    man = b"N\bNA\bAM\bME\bE\n     ls - list directory contents\f\n" * 50
+    assert "list directory contents" in parse_bytes(man, "ls.1").blocks[0].text
+
+
 def test_detected_language_is_the_programming_or_the_natural_language() -> None:
     code = parse_bytes((MIXED / "src" / "billing.py").read_bytes(), "billing.py")
     assert detect_language(code) == "python"
@@ -890,6 +907,23 @@ def test_bad_front_matter_is_one_line_with_its_place_in_the_file() -> None:
     assert "\n" not in message and "<unicode string>" not in message
     assert message.startswith("notes.md: invalid YAML front matter at line 3, column 11 (")
     assert "mapping values are not allowed" in message and "remove the block" in message
+
+
+def test_front_matter_keys_are_held_to_the_limits_of_every_other_metadata_write() -> None:
+    """A front matter key of 300 characters, or nested keys whose dotted path is past 256,
+    was stored where no search filter could name it; every other write refuses them."""
+    long_key = "---\n" + "k" * 300 + ": v\n---\n# Doc\n\nbody\n"
+    with pytest.raises(InputError) as err:
+        parse_bytes(long_key.encode(), "notes.md")
+    assert err.value.code == "invalid_input"
+    assert str(err.value).startswith("notes.md: the YAML front matter holds a key of 300 ")
+    assert "at most 256 characters" in str(err.value) and "shorten it" in str(err.value)
+    deep = "---\n" + "a" * 200 + ":\n  " + "b" * 100 + ": v\n---\n# Doc\n\nbody\n"
+    with pytest.raises(InputError) as err:
+        parse_bytes(deep.encode(), "deep.md")
+    assert str(err.value).startswith("deep.md: the YAML front matter holds a key path of 301 ")
+    fine = "---\n" + "a" * 200 + ":\n  " + "b" * 55 + ": v\n---\n# Doc\n\nbody\n"
+    assert parse_bytes(fine.encode(), "ok.md").metadata == {"a" * 200: {"b" * 55: "v"}}
 
 
 def test_front_matter_aliases_cannot_blow_up_and_a_self_reference_ends() -> None:

@@ -32,6 +32,7 @@ from ragstore.errors import (
     RagstoreError,
     RequestTooLargeError,
     all_error_classes,
+    invalid_collection_name,
 )
 from ragstore.models import COLLECTION_NAME
 
@@ -117,12 +118,10 @@ _NAME = re.compile(COLLECTION_NAME)
 
 
 def _n(name: str) -> str:
-    """``name`` as a URL path segment, or InputError when it is no collection name."""
+    """``name`` as a URL path segment, or InputError when it is no collection name (the
+    Store's refusal, the name quoted cut: :func:`ragstore.errors.invalid_collection_name`)."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise InputError(
-            f"invalid collection name {name!r}: use 1-63 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit"
-        )
+        raise invalid_collection_name(name)
     return name
 
 

@@ -991,6 +991,9 @@ def _refuse_existing(path: Path, overwrite: bool, overwrite_flag: str | None) ->
     if not overwrite and (path.exists() or path.is_symlink()):
         raise _exists_refusal(path, overwrite_flag)
     side = Path(f"{path}.json")
+    for name in (path, side):
+        if overwrite and name.is_symlink():
+            _refuse_link(name)
     if side.is_dir():  # found out after the dump, an overwritten backup would be gone
         raise BackupError(
             f"cannot write {side}: it is a folder; the backup was not taken (move the "
@@ -1001,6 +1004,22 @@ def _refuse_existing(path: Path, overwrite: bool, overwrite_flag: str | None) ->
         # beside settings.json) or a sidecar left by a deleted archive: renamed over, the
         # file was gone
         raise _exists_refusal(side, overwrite_flag)
+
+
+def _refuse_link(path: Path) -> None:
+    """Refuse to overwrite a symbolic link: the new archive was renamed over the link
+    itself, so a link the user kept (``latest.dump`` pointing at a dated backup) was gone
+    and its target, the file the user may have meant, was left as it was; written through
+    the link, the backup would land where the user did not name. Neither is safe to guess."""
+    try:
+        points = f" (to {os.readlink(path)})"
+    except OSError:
+        points = ""
+    raise ConflictError(
+        f"cannot write the backup to {path}: it is a symbolic link{points}, which an "
+        "overwrite does not replace or write through, and it was left as it is; name the "
+        "file it points to, or a new file's name or a folder"
+    )
 
 
 def _place_new(tmp: Path, path: Path, overwrite_flag: str | None) -> None:

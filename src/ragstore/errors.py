@@ -506,6 +506,18 @@ def public_detail(exc: RagstoreError) -> str:
     return hide_addresses(exc.message)
 
 
+def invalid_collection_name(name: object) -> InputError:
+    """The refusal of ``name`` as a collection name, one wording for the Store
+    (``repository.check_name``) and the Client (``_requests._n``). A name made up by a
+    caller may be megabytes: it is echoed cut at 100 characters (a valid one is <= 63);
+    the Client quoted it whole, so a 10 KB name made a 10 KB error."""
+    shown = name[:100] + "..." if isinstance(name, str) and len(name) > 100 else name
+    return InputError(
+        f"invalid collection name {shown!r}: use 1-63 letters, digits, '_', '-' or '.', "
+        "starting with a letter or digit"
+    )
+
+
 def all_error_classes() -> list[type[RagstoreError]]:
     """Every class of the hierarchy, root first; the API and CLI tables are checked against it."""
     found: list[type[RagstoreError]] = []

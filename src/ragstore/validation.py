@@ -262,9 +262,13 @@ def id_list(ids: Any, what: str) -> list[str]:
     API refuses both, so the Store and the Client answer alike. An id no text can be
     stored under is refused too, naming it: a lone surrogate (``"a\\ud800"``) failed
     in the database driver with a bare UnicodeEncodeError, and a NUL with a database
-    error that named neither the id nor where it was."""
+    error that named neither the id nor where it was. A dict (any mapping) is refused as
+    no iterable is, not taken as the list of its keys: ``delete_texts(c, {"a": 1})``
+    deleted the text "a", where the HTTP API refuses an object for its ids."""
     if isinstance(ids, (str, bytes)):
         raise InputError(f"{what} is one string, not a list of ids; pass [{ids!r}] for one id")
+    if isinstance(ids, Mapping):
+        raise InputError(f"{what} is a {type(ids).__name__}, not a list of ids")
     try:
         out = list(ids)
     except TypeError:

@@ -343,6 +343,10 @@ NAN = float("nan")
 REFUSED_ALIKE: list[tuple[str, str, tuple[Any, ...], type[Exception], str]] = [
     ("bare ids", "delete_texts", ("notes", "search"), InputError, "ids is one string"),
     ("bare ids get", "get_texts", ("notes", "search"), InputError, "ids is one string"),
+    # a caller's 10 KB name was quoted whole by the Client, cut by the Store
+    ("long name", "get_collection", ("n" * 10240,), InputError, r"name 'n{100}\.\.\.': use"),
+    ("dict ids", "delete_texts", ("notes", {"search": 1}), InputError, "ids is a dict, not a"),
+    ("dict ids get", "get_texts", ("notes", {"search": 1}), InputError, "ids is a dict, not a"),
     ("bare texts", "add_texts", ("notes", "one text"), InputError, "texts is one string"),
     ("id None", "add_texts", ("notes", ["x"], None, [None]), InputError, r"ids\[0\] is None"),
     ("id int", "add_texts", ("notes", ["x"], None, [7]), InputError, r"ids\[0\] is 7"),

@@ -655,3 +655,28 @@ async def test_over_stdio_add_document_is_held_to_the_request_limit(handbook: St
     assert "error[request_too_large]" in text and "RAGSTORE_MAX_REQUEST_BYTES" in text, text
     assert "ragstore ingest PATH -c mcp-big" in text
     assert "mcp-big" not in {c["name"] for c in handbook.list_collections()}
+
+
+async def test_get_section_refuses_an_id_no_document_can_have_as_get_document_does(
+    handbook: Store,
+) -> None:
+    """``get_section`` read an id of -1 or 0 as a document not found, and one past 64 bits
+    failed in the database; ``get_document`` says the id is invalid and how to give one.
+    Both now answer alike, naming the id."""
+    from mcp import Client as McpClient
+
+    async with McpClient(build_server(handbook)) as session:
+        for bad in (-1, 0, 2**63):
+            answers = [
+                _error(
+                    await session.call_tool(
+                        tool, {"collection": "handbook", "document_id": bad, **extra}
+                    )
+                )
+                for tool, extra in (("get_document", {}), ("get_section", {"section": "Guide"}))
+            ]
+            for tool, answer in zip(("get_document", "get_section"), answers, strict=True):
+                assert answer == (
+                    f"Error executing tool {tool}: error[invalid_input]: invalid document id "
+                    f"{bad}: give a positive integer"
+                )

@@ -394,6 +394,39 @@ def test_a_backup_onto_an_existing_file_is_refused_unless_told_to_overwrite(
     ]
 
 
+def test_an_overwrite_of_a_symbolic_link_is_refused_and_leaves_link_and_target(
+    populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``backup LINK --overwrite`` renamed the new archive over the link: the link the
+    user kept was gone and the file it pointed to left as it was (written through the
+    link, the backup would land where the user did not name). Either link, the archive's
+    or its sidecar's, is now refused before anything is dumped."""
+    target = tmp_path / "kept.dump"
+    target.write_bytes(b"kept")
+    link = tmp_path / "latest.dump"
+    link.symlink_to(target)
+    capsys.readouterr()
+    assert run_cli("backup", str(link), "--overwrite") == 65
+    assert capsys.readouterr().err == (
+        f"error[conflict]: cannot write the backup to {link}: it is a symbolic link (to "
+        f"{target}), which an overwrite does not replace or write through, and it was left "
+        "as it is; name the file it points to, or a new file's name or a folder\n"
+    )
+    assert link.is_symlink() and target.read_bytes() == b"kept"
+    side_link = tmp_path / "other.dump.json"
+    side_link.symlink_to(target)
+    assert run_cli("backup", str(tmp_path / "other.dump"), "--overwrite") == 65
+    assert f"cannot write the backup to {side_link}: it is a symbolic link" in (
+        capsys.readouterr().err
+    )
+    assert side_link.is_symlink() and target.read_bytes() == b"kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "kept.dump",
+        "latest.dump",
+        "other.dump.json",
+    ]
+
+
 def test_a_backup_onto_a_device_or_pipe_is_refused_and_leaves_it_alone(
     populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -67,7 +67,8 @@ def _undo_lines(taken: list[str]) -> list[str]:
 def register(app: typer.Typer) -> None:
     @app.command("backup")
     def backup(
-        path: Path | None = typer.Argument(
+        ctx: typer.Context,
+        path: str | None = typer.Argument(
             None,
             metavar="[PATH]",
             help="Archive file or folder to write (default: "
@@ -82,15 +83,27 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Back up the whole database to a pg_dump custom-format archive."""
+        from typer._click.exceptions import BadParameter
+
         from ragstore.backup import BackupInterrupted, create_backup
         from ragstore.cli.output import err_console
         from ragstore.cli.remote import refuse_remote
         from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
         from ragstore.runtime import Runtime
 
+        if path == "":
+            # Path("") is ".": ``backup "$UNSET_VAR"`` wrote a whole copy of the database
+            # into the current folder, where the user named no place at all
+            raise BadParameter(
+                "the path is empty; name a file or a folder, or leave it out to write "
+                "under DATA_DIR/backups",
+                ctx=ctx,
+                param_hint="'[PATH]'",
+            )
+        target = None if path is None else Path(path)
         refuse_remote("backup")
         try:
-            existed = path is not None and (path.is_file() or path.is_symlink())
+            existed = target is not None and (target.is_file() or target.is_symlink())
         except OSError:  # a name too long: create_backup says so
             existed = False
         try:
@@ -100,7 +113,7 @@ def register(app: typer.Typer) -> None:
                 info = create_backup(
                     rt.raw_db(),
                     rt.settings,
-                    path,
+                    target,
                     reason="manual",
                     overwrite=overwrite,
                     overwrite_flag="--overwrite",
@@ -112,7 +125,7 @@ def register(app: typer.Typer) -> None:
             else:
                 what = "no backup was taken (its unfinished file was removed)"
                 if existed:
-                    what += f"; {printable(str(path))} is as it was"
+                    what += f"; {printable(str(target))} is as it was"
             err_console().print(f"interrupted by {how}: {what}", markup=False)
             sys.exit(status)
         if as_json:

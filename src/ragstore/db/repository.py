@@ -15,7 +15,12 @@ from psycopg.types.json import Jsonb
 
 from ragstore.db import changes, spaces
 from ragstore.db.models import MODEL_COLS, spec_from_row, upsert_model
-from ragstore.errors import CollectionNotFoundError, ConflictError, InputError
+from ragstore.errors import (
+    CollectionNotFoundError,
+    ConflictError,
+    InputError,
+    invalid_collection_name,
+)
 from ragstore.models import COLLECTION_NAME, ModelSpec
 
 Conn = psycopg.Connection[Any]
@@ -186,12 +191,7 @@ def check_name(name: str) -> None:
     if not isinstance(name, str) or not NAME_RE.fullmatch(
         name
     ):  # match() let a final newline through
-        # a name made up by a caller may be megabytes: echoed cut (a valid one is <= 63)
-        shown = name[:100] + "..." if isinstance(name, str) and len(name) > 100 else name
-        raise InputError(
-            f"invalid collection name {shown!r}: use 1-63 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit"
-        )
+        raise invalid_collection_name(name)  # cut, as a caller's name may be megabytes
 
 
 def create_collection(

@@ -61,6 +61,7 @@ from ragstore.errors import (
     public_detail,
 )
 from ragstore.store import Store
+from ragstore.validation import row_id
 
 __all__ = ["MAX_TEXT_CHARS", "KeyRequired", "build_server", "http_app", "key_for", "serve_stdio"]
 
@@ -473,6 +474,9 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         collection: Name, document_id: StrictInt, section: Annotated[str, Strict()]
     ) -> dict[str, Any]:
         allow("read", collection)
+        # refused as get_document (the Store) refuses it: read, -1 was "not in the
+        # collection" (an id no document can have) and 2**63 a database error
+        row_id(document_id, "document")
         want = [p.strip() for p in section.split(">") if p.strip()]
         if not want:
             raise InputError("section is empty; give a heading path such as 'Guide > Setup'")

@@ -50,6 +50,23 @@ def looks_binary(data: bytes) -> bool:
     return declared_encoding(data) is None and b"\x00" in data[:SNIFF_BYTES]
 
 
+# C0 control bytes no text uses (all but tab, the line breaks, form feed, backspace and
+# escape: man pages overstrike with backspace, logs colour with escape), and DEL
+_CONTROLS = bytes([*range(0x01, 0x08), 0x0B, *range(0x0E, 0x1B), *range(0x1C, 0x20), 0x7F])
+MAX_CONTROL_SHARE = 0.1
+
+
+def mostly_controls(data: bytes) -> bool:
+    """Whether more than a tenth of the first 8 KiB are control bytes no text uses: binary
+    data without a NUL that still decodes as UTF-8 (a file named ``a.exe`` of such bytes
+    was read as plain text and stored, control bytes and all). For a file whose name says
+    nothing of its format; a .txt file is read as its name says."""
+    head = data[:SNIFF_BYTES]
+    if not head or declared_encoding(data) is not None:
+        return False
+    return len(head) - len(head.translate(None, _CONTROLS)) > MAX_CONTROL_SHARE * len(head)
+
+
 def decode_text(data: bytes, name: str) -> str:
     """Strict UTF-8, or the encoding a BOM declares; the error names the first bad byte."""
     if not data.strip():

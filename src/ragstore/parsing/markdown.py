@@ -13,6 +13,7 @@ from mdit_py_plugins.front_matter import front_matter_plugin
 
 from ragstore.errors import CorruptDocumentError
 from ragstore.models import Block, ChunkType, ParsedDocument
+from ragstore.validation import check_value
 
 _NEWLINE = re.compile("\n")
 # a comment's body is "anything but -->", not ``.*?``, which let a run of n comments split
@@ -222,6 +223,10 @@ def parse_markdown(text: str, name: str) -> ParsedDocument:
         tok = tokens[i]
         if tok.type == "front_matter":
             metadata = _jsonable(_front_matter(tok, name), _Budget(name))
+            # checked as every other write's metadata is: a key of 300 characters, or
+            # nested keys whose dotted path is past MAX_KEY_CHARS, was stored where no
+            # search filter could name it
+            check_value(metadata, f"{name}: the YAML front matter", paths=True)
         elif tok.type == "heading_open" and tok.map:
             level = int(tok.tag[1:])
             heading = tokens[i + 1].content.strip()

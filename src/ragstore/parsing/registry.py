@@ -17,7 +17,7 @@ from pathlib import PurePath
 from ragstore.errors import BinaryFileError, CorruptDocumentError, UnsupportedFormatError
 from ragstore.models import ParsedDocument
 from ragstore.parsing.code import CODE_SUFFIXES, language_from_shebang, parse_code
-from ragstore.parsing.decode import decode_text, looks_binary
+from ragstore.parsing.decode import decode_text, looks_binary, mostly_controls
 from ragstore.parsing.docx import parse_docx
 from ragstore.parsing.epub import parse_epub
 from ragstore.parsing.html import parse_html
@@ -109,9 +109,10 @@ def detect_format(name: str, data: bytes) -> str:
         return by_name
     if sniffed is not None:
         return sniffed
-    if data and not looks_binary(data):
+    binary = looks_binary(data) or mostly_controls(data)
+    if data and not binary:
         return "text"  # an unknown suffix on a text file: read it as plain text
-    if looks_binary(data):
+    if binary:
         raise BinaryFileError(
             f"{name}: unsupported binary file type {suffix!r}; supported: "
             f"{', '.join(sorted(supported_suffixes()))}"
