@@ -10,6 +10,7 @@ and once the filler is removed the same call succeeds and ``ragstore db check`` 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -22,6 +23,8 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from ragstore import client as client_module
+from ragstore.client import Client
 from ragstore.config import Settings
 from ragstore.db import embedded, migrations
 from ragstore.db.database import Database
@@ -451,6 +454,10 @@ def test_ingest_through_a_server_whose_database_is_full_stops(
 ) -> None:
     folder = _corpus(tmp_path / "corpus")
     store.create_collection("stops-remote")
+    # the CLI's client sends the refused upload once: by default it sends it three more
+    # times, each after the 503's Retry-After (5 s), and then stops the same way; those
+    # retries are tests/api/test_client_retries.py's to check
+    monkeypatch.setattr(client_module, "Client", functools.partial(Client, retries=0))
     with running_server(with_(settings, auth="off")) as url:
         monkeypatch.setenv("RAGSTORE_URL", url)
         monkeypatch.setenv("RAGSTORE_PROFILE", "test")

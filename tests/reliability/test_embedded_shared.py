@@ -19,12 +19,14 @@ import pytest
 
 from ragstore.db import embedded
 
-# waits for a go file, then starts (or joins) the embedded server and prints its URI
+# says "waiting" once it has imported ragstore, waits for a go file, then starts (or
+# joins) the embedded server and prints its URI
 _STARTER = """
 import sys, time
 from pathlib import Path
 from ragstore.db import embedded
 go = Path(sys.argv[2])
+print("waiting", flush=True)
 while not go.exists():
     time.sleep(0.005)
 print(embedded.start(Path(sys.argv[1])), flush=True)
@@ -52,7 +54,7 @@ def test_processes_starting_together_on_a_new_data_dir_all_get_the_server(
     go = tmp_path / "go"
     procs = _starters(data_dir, go, 4)
     try:
-        time.sleep(3)  # every interpreter has imported ragstore and waits for the go
+        _all_waiting(procs)  # every interpreter has imported ragstore and waits for the go
         go.touch()
         outs = [p.communicate(timeout=180)[0] for p in procs]
         failed = [o for p, o in zip(procs, outs, strict=True) if p.returncode != 0]
@@ -64,6 +66,19 @@ def test_processes_starting_together_on_a_new_data_dir_all_get_the_server(
                 p.kill()
                 p.wait()
         embedded.stop(data_dir)
+
+
+def _all_waiting(procs: list[subprocess.Popen[str]]) -> None:
+    """Until every process has imported ragstore and waits for the go (its "waiting"
+    line): they then start together. A fixed pause (3 s) was spent whole by every such
+    test, and could still be short for a loaded machine's imports."""
+    for p in procs:
+        assert p.stdout is not None
+        seen = []
+        while (line := p.stdout.readline()) and line.strip() != "waiting":
+            seen.append(line)
+        if not line:  # it ended before it waited: its output says why
+            raise AssertionError("".join(seen)[-3000:])
 
 
 def _postgres_in(pgdata: Path) -> list[psutil.Process]:
@@ -138,13 +153,15 @@ def test_a_stale_postmaster_pid_naming_another_live_program_is_taken_over(
         embedded.stop(data_dir)
 
 
-# like _STARTER, then stays a user of the server until a leave file appears, and exits
-# normally (its exit releases the server, and stops it if it was the last user)
+# like _STARTER (its "waiting" line too), then stays a user of the server until a leave
+# file appears, and exits normally (its exit releases the server, and stops it if it was
+# the last user)
 _STAYER = """
 import sys, time
 from pathlib import Path
 from ragstore.db import embedded
 go, leave = Path(sys.argv[2]), Path(sys.argv[3])
+print("waiting", flush=True)
 while not go.exists():
     time.sleep(0.005)
 print(embedded.start(Path(sys.argv[1])), flush=True)
@@ -188,6 +205,8 @@ def _uris(procs: list[subprocess.Popen[str]]) -> list[str]:
     for p in procs:
         assert p.stdout is not None
         line = p.stdout.readline()
+        if line.strip() == "waiting":  # not read by _all_waiting: the next line is the URI
+            line = p.stdout.readline()
         if not line.startswith("postgresql://"):
             p.kill()
             raise AssertionError(line + p.stdout.read()[-3000:])
@@ -220,7 +239,7 @@ def test_processes_with_different_runtime_dirs_start_together_and_share_one_serv
     go = tmp_path / "go"
     procs = _stayers(tmp_path, data_dir, go, 4)
     try:
-        time.sleep(3)  # every interpreter has imported ragstore and waits for the go
+        _all_waiting(procs)  # every interpreter has imported ragstore and waits for the go
         go.touch()
         uris = _uris(procs)
         assert len(set(uris)) == 1  # one server for all
@@ -250,7 +269,7 @@ def test_a_user_leaving_does_not_stop_the_server_under_one_with_another_runtime_
         uri = _uris(first)[0]
         joiners = _stayers(tmp_path / "b", data_dir, tmp_path / "go-b", 4)
         procs = first + joiners
-        time.sleep(3)
+        _all_waiting(joiners)
         (tmp_path / "go-b").touch()
         assert set(_uris(joiners)) == {uri}
         _leave(tmp_path / "a", 0, first[0])
