@@ -15,12 +15,13 @@ from psycopg import sql
 
 from ragstore.config import Settings
 from ragstore.db import documents, repository, spaces
-from ragstore.embedding.registry import TRUNCATED_MODEL, resolve_spec
-from ragstore.errors import ConflictError, MigrationStateError
+from ragstore.db.models import upsert_model
+from ragstore.embedding.registry import DEFAULT_MODEL, TRUNCATED_MODEL, resolve_spec
+from ragstore.errors import ConflictError, InputError, MigrationStateError
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import add_local_model, migrate, model_status, prune, rollback
 from ragstore.modelops.migrate import cancel
-from ragstore.models import Hit
+from ragstore.models import Hit, ModelSpec
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from tests.conftest import run_cli
@@ -277,3 +278,20 @@ def test_an_ingest_running_through_a_switch_stops_at_its_first_refused_file(
         ).fetchone()
     assert stored == (7,)
     assert search(rt, "glaciers", collection=name, k=1)[0].source.endswith("d005.md")
+
+
+def test_a_migration_to_a_model_of_imported_vectors_is_refused_saying_why(rt: Runtime) -> None:
+    """A model pinned by ``ragstore import`` (provider ``imported``) cannot embed: the
+    migration failed loading it with "no provider 'imported'", the provider `models list`
+    shows, and nothing of what to do. It is refused up front, with no space made."""
+    with rt.db.connection() as conn:
+        upsert_model(
+            conn,
+            ModelSpec("imported", "legacy-vecs", "v1", 4, "cosine", False, 512, "", {}),
+        )
+        coll = repository.create_collection(conn, "mig-imp", resolve_spec(DEFAULT_MODEL))
+    with pytest.raises(InputError, match=r"legacy-vecs@v1 holds vectors imported") as info:
+        migrate(rt, "mig-imp", "legacy-vecs@v1")
+    assert "nothing was changed" in str(info.value)
+    assert [r["status"] for r in model_status(rt, "mig-imp")] == ["active"]
+    assert rt.collection("mig-imp") == coll

@@ -41,6 +41,7 @@ Progress = Callable[[int, int], None]  # (chunks with a vector in the new space,
 
 MAX_PASSES = 20
 MIN_SELF_RECALL = 0.5
+VECTOR_ONLY_PROVIDER = "imported"  # ragstore.search.service.VECTOR_ONLY_PROVIDER
 
 
 @dataclass
@@ -226,6 +227,15 @@ def migrate(
     if target.id == coll.model_id:
         raise MigrationStateError(
             f"collection {coll.name!r} already uses {target.spec.key}; nothing to migrate"
+        )
+    if target.spec.provider == VECTOR_ONLY_PROVIDER:
+        # loading it said "no provider 'imported'", although `models list` shows that
+        # very provider, and nothing of what to do instead
+        raise InputError(
+            f"model {target.spec.key} holds vectors imported with `ragstore import`; "
+            f"ragstore cannot run it, so it cannot embed the chunks of {coll.name!r} and "
+            "nothing was changed: migrate to a model ragstore can load (provider "
+            "sentence-transformers or openai in `ragstore models list`)"
         )
     embedder = rt.embedder(target.spec)  # refuses a model that differs from its pin
     with rt.db.connection() as conn, translated(f"reading spaces of {coll.name!r}"):
