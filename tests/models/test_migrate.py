@@ -5,6 +5,7 @@ The tests are one scenario, in file order: each starts from the spaces the one b
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -18,6 +19,8 @@ from ragstore.db import documents, repository, spaces
 from ragstore.db.models import upsert_model
 from ragstore.embedding.registry import DEFAULT_MODEL, TRUNCATED_MODEL, resolve_spec
 from ragstore.errors import ConflictError, InputError, MigrationStateError
+from ragstore.imports.files import JsonlSource
+from ragstore.imports.service import ImportOptions, plan_import, run_import
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import add_local_model, migrate, model_status, prune, rollback
 from ragstore.modelops.migrate import cancel
@@ -295,3 +298,45 @@ def test_a_migration_to_a_model_of_imported_vectors_is_refused_saying_why(rt: Ru
     assert "nothing was changed" in str(info.value)
     assert [r["status"] for r in model_status(rt, "mig-imp")] == ["active"]
     assert rt.collection("mig-imp") == coll
+
+
+def test_imported_records_are_cut_for_a_target_that_reads_more_than_they_were_pinned_with(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """An imported collection holds each record whole as one chunk, cut for no model's
+    budget; its pin says 512 tokens. A target of 512 (an endpoint's default) took the
+    path that embeds the stored chunks as they are, and the backfill stopped at the first
+    long record ("a migration does not re-chunk"), a space left building. The records are
+    now cut for the target, as they are for one that reads fewer tokens."""
+    with rt.db.connection() as conn:
+        upsert_model(
+            conn,
+            dataclasses.replace(resolve_spec(DEFAULT_MODEL), name="minilm-512", max_tokens=512),
+        )
+    source = tmp_path / "records.jsonl"
+    texts = ["Short note about roses.", "Glaciers move under their own weight. " * 120]
+    source.write_text(
+        "".join(
+            json.dumps({"id": f"r{i}", "text": t, "vector": [0.1 * (i + 1), 0.2, 0.3, 0.4]}) + "\n"
+            for i, t in enumerate(texts)
+        )
+    )
+    opts = ImportOptions(
+        collection="mig-from-imp", model="legacy@v1", dimension=4, backup=False, verify_queries=2
+    )
+    run_import(rt, plan_import(rt, JsonlSource(source), opts), opts)
+    report = migrate(rt, "mig-from-imp", "minilm-512", sample_queries=2)
+    assert report.switched and report.recut and report.rechunked == 2
+    embedder = rt.embedder(rt.collection("mig-from-imp").model)
+    with rt.db.connection() as conn:
+        stored = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT c.text FROM chunks c JOIN collections k ON k.id = c.collection_id"
+                " WHERE k.name = %s",
+                ("mig-from-imp",),
+            )
+        ]
+    assert len(stored) > 2 and max(embedder.count_tokens(stored)) <= 512
+    [hit] = search(rt, "glaciers", collection="mig-from-imp", k=1)
+    assert hit.source == "r1"

@@ -239,9 +239,14 @@ def migrate(
         )
     embedder = rt.embedder(target.spec)  # refuses a model that differs from its pin
     with rt.db.connection() as conn, translated(f"reading spaces of {coll.name!r}"):
-        recut = rechunk.find_shadow(conn, coll, target.id) is not None or text_budget(
-            embedder, target.spec
-        ) < text_budget(embedder, coll.model)
+        # imported vectors came with their records' texts, each stored whole as one chunk
+        # cut for no model's budget: a target of 512 tokens (an endpoint's default) was
+        # given them as they were, and the backfill stopped at the first long record
+        recut = (
+            coll.model.provider == VECTOR_ONLY_PROVIDER
+            or rechunk.find_shadow(conn, coll, target.id) is not None
+            or text_budget(embedder, target.spec) < text_budget(embedder, coll.model)
+        )
     if recut:
         return _migrate_recut(
             rt, collection, target, embedder, switch, sample_queries, progress, t0
