@@ -228,6 +228,10 @@ def test_cancel_keeps_a_formerly_active_space_and_drops_a_new_one(
     ingest_paths(rt, [one], COLL)
     report = migrate(rt, COLL, "all-MiniLM-L6-v2", switch=False)
     assert not report.switched and report.embedded == 1
+    # the previous model is being built again: a rollback says so and where to go on (it
+    # said the collection had "only ever used" its model)
+    with pytest.raises(MigrationStateError, match=r"all-MiniLM-L6-v2@.* is being migrated to"):
+        rollback(rt, COLL)
     [(space, action)] = cancel(rt, COLL)
     assert (space.table, action) == (report.table, "retired")
     statuses = {r["table"]: r["status"] for r in model_status(rt, COLL)}

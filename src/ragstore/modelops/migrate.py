@@ -528,6 +528,22 @@ def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
             if sp.status == "retired" and sp.activated_at is not None
         ]
         if not retired:
+            rebuilding = [
+                s
+                for s in spaces.list_spaces(conn, coll.id)
+                + [sp for _, sp in _shadow_spaces(conn, coll)]
+                if s.status == "building" and s.activated_at is not None
+            ]
+            for sp in rebuilding:
+                # it said the collection had "only ever used" its model, and sent nobody
+                # to the migration that holds the previous one
+                raise MigrationStateError(
+                    f"the previous model of {coll.name!r}, {sp.model.key}, is being migrated "
+                    f"to again (`--no-switch`, or a migration that stopped); finish that with "
+                    f"`ragstore models migrate -c {coll.name} --to {sp.model.key}`, or run "
+                    f"`ragstore models cancel -c {coll.name}` (it keeps its vectors) and then "
+                    "the rollback"
+                )
             raise MigrationStateError(
                 f"collection {coll.name!r} has no previous model to roll back to (it has only "
                 f"ever used {coll.model.key}, or older spaces were pruned)"
