@@ -5,6 +5,7 @@ The tests are one scenario, in file order: each starts from the spaces the one b
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -15,12 +16,15 @@ from psycopg import sql
 
 from ragstore.config import Settings
 from ragstore.db import documents, repository, spaces
-from ragstore.embedding.registry import TRUNCATED_MODEL, resolve_spec
-from ragstore.errors import ConflictError, MigrationStateError
+from ragstore.db.models import upsert_model
+from ragstore.embedding.registry import DEFAULT_MODEL, TRUNCATED_MODEL, resolve_spec
+from ragstore.errors import ConflictError, InputError, MigrationStateError
+from ragstore.imports.files import JsonlSource
+from ragstore.imports.service import ImportOptions, plan_import, run_import
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import add_local_model, migrate, model_status, prune, rollback
 from ragstore.modelops.migrate import cancel
-from ragstore.models import Hit
+from ragstore.models import Hit, ModelSpec
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from tests.conftest import run_cli
@@ -224,6 +228,10 @@ def test_cancel_keeps_a_formerly_active_space_and_drops_a_new_one(
     ingest_paths(rt, [one], COLL)
     report = migrate(rt, COLL, "all-MiniLM-L6-v2", switch=False)
     assert not report.switched and report.embedded == 1
+    # the previous model is being built again: a rollback says so and where to go on (it
+    # said the collection had "only ever used" its model)
+    with pytest.raises(MigrationStateError, match=r"all-MiniLM-L6-v2@.* is being migrated to"):
+        rollback(rt, COLL)
     [(space, action)] = cancel(rt, COLL)
     assert (space.table, action) == (report.table, "retired")
     statuses = {r["table"]: r["status"] for r in model_status(rt, COLL)}
@@ -277,3 +285,62 @@ def test_an_ingest_running_through_a_switch_stops_at_its_first_refused_file(
         ).fetchone()
     assert stored == (7,)
     assert search(rt, "glaciers", collection=name, k=1)[0].source.endswith("d005.md")
+
+
+def test_a_migration_to_a_model_of_imported_vectors_is_refused_saying_why(rt: Runtime) -> None:
+    """A model pinned by ``ragstore import`` (provider ``imported``) cannot embed: the
+    migration failed loading it with "no provider 'imported'", the provider `models list`
+    shows, and nothing of what to do. It is refused up front, with no space made."""
+    with rt.db.connection() as conn:
+        upsert_model(
+            conn,
+            ModelSpec("imported", "legacy-vecs", "v1", 4, "cosine", False, 512, "", {}),
+        )
+        coll = repository.create_collection(conn, "mig-imp", resolve_spec(DEFAULT_MODEL))
+    with pytest.raises(InputError, match=r"legacy-vecs@v1 holds vectors imported") as info:
+        migrate(rt, "mig-imp", "legacy-vecs@v1")
+    assert "nothing was changed" in str(info.value)
+    assert [r["status"] for r in model_status(rt, "mig-imp")] == ["active"]
+    assert rt.collection("mig-imp") == coll
+
+
+def test_imported_records_are_cut_for_a_target_that_reads_more_than_they_were_pinned_with(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """An imported collection holds each record whole as one chunk, cut for no model's
+    budget; its pin says 512 tokens. A target of 512 (an endpoint's default) took the
+    path that embeds the stored chunks as they are, and the backfill stopped at the first
+    long record ("a migration does not re-chunk"), a space left building. The records are
+    now cut for the target, as they are for one that reads fewer tokens."""
+    with rt.db.connection() as conn:
+        upsert_model(
+            conn,
+            dataclasses.replace(resolve_spec(DEFAULT_MODEL), name="minilm-512", max_tokens=512),
+        )
+    source = tmp_path / "records.jsonl"
+    texts = ["Short note about roses.", "Glaciers move under their own weight. " * 120]
+    source.write_text(
+        "".join(
+            json.dumps({"id": f"r{i}", "text": t, "vector": [0.1 * (i + 1), 0.2, 0.3, 0.4]}) + "\n"
+            for i, t in enumerate(texts)
+        )
+    )
+    opts = ImportOptions(
+        collection="mig-from-imp", model="legacy@v1", dimension=4, backup=False, verify_queries=2
+    )
+    run_import(rt, plan_import(rt, JsonlSource(source), opts), opts)
+    report = migrate(rt, "mig-from-imp", "minilm-512", sample_queries=2)
+    assert report.switched and report.recut and report.rechunked == 2
+    embedder = rt.embedder(rt.collection("mig-from-imp").model)
+    with rt.db.connection() as conn:
+        stored = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT c.text FROM chunks c JOIN collections k ON k.id = c.collection_id"
+                " WHERE k.name = %s",
+                ("mig-from-imp",),
+            )
+        ]
+    assert len(stored) > 2 and max(embedder.count_tokens(stored)) <= 512
+    [hit] = search(rt, "glaciers", collection="mig-from-imp", k=1)
+    assert hit.source == "r1"

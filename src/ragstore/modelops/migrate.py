@@ -41,6 +41,7 @@ Progress = Callable[[int, int], None]  # (chunks with a vector in the new space,
 
 MAX_PASSES = 20
 MIN_SELF_RECALL = 0.5
+VECTOR_ONLY_PROVIDER = "imported"  # ragstore.search.service.VECTOR_ONLY_PROVIDER
 
 
 @dataclass
@@ -227,11 +228,25 @@ def migrate(
         raise MigrationStateError(
             f"collection {coll.name!r} already uses {target.spec.key}; nothing to migrate"
         )
+    if target.spec.provider == VECTOR_ONLY_PROVIDER:
+        # loading it said "no provider 'imported'", although `models list` shows that
+        # very provider, and nothing of what to do instead
+        raise InputError(
+            f"model {target.spec.key} holds vectors imported with `ragstore import`; "
+            f"ragstore cannot run it, so it cannot embed the chunks of {coll.name!r} and "
+            "nothing was changed: migrate to a model ragstore can load (provider "
+            "sentence-transformers or openai in `ragstore models list`)"
+        )
     embedder = rt.embedder(target.spec)  # refuses a model that differs from its pin
     with rt.db.connection() as conn, translated(f"reading spaces of {coll.name!r}"):
-        recut = rechunk.find_shadow(conn, coll, target.id) is not None or text_budget(
-            embedder, target.spec
-        ) < text_budget(embedder, coll.model)
+        # imported vectors came with their records' texts, each stored whole as one chunk
+        # cut for no model's budget: a target of 512 tokens (an endpoint's default) was
+        # given them as they were, and the backfill stopped at the first long record
+        recut = (
+            coll.model.provider == VECTOR_ONLY_PROVIDER
+            or rechunk.find_shadow(conn, coll, target.id) is not None
+            or text_budget(embedder, target.spec) < text_budget(embedder, coll.model)
+        )
     if recut:
         return _migrate_recut(
             rt, collection, target, embedder, switch, sample_queries, progress, t0
@@ -513,6 +528,22 @@ def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
             if sp.status == "retired" and sp.activated_at is not None
         ]
         if not retired:
+            rebuilding = [
+                s
+                for s in spaces.list_spaces(conn, coll.id)
+                + [sp for _, sp in _shadow_spaces(conn, coll)]
+                if s.status == "building" and s.activated_at is not None
+            ]
+            for sp in rebuilding:
+                # it said the collection had "only ever used" its model, and sent nobody
+                # to the migration that holds the previous one
+                raise MigrationStateError(
+                    f"the previous model of {coll.name!r}, {sp.model.key}, is being migrated "
+                    f"to again (`--no-switch`, or a migration that stopped); finish that with "
+                    f"`ragstore models migrate -c {coll.name} --to {sp.model.key}`, or run "
+                    f"`ragstore models cancel -c {coll.name}` (it keeps its vectors) and then "
+                    "the rollback"
+                )
             raise MigrationStateError(
                 f"collection {coll.name!r} has no previous model to roll back to (it has only "
                 f"ever used {coll.model.key}, or older spaces were pruned)"
