@@ -671,6 +671,45 @@ def test_embeddings_answered_under_one_index_twice_are_refused() -> None:
         httpd.server_close()
 
 
+def test_a_vector_of_zeros_answered_for_a_passage_is_refused_where_cosine_ranks() -> None:
+    """Only the pin's probe was checked for zeros: a server answering one zero vector in a
+    later batch had it stored, its cosine distance to every query NaN and its chunk never
+    found. Cosine now refuses it, naming the text's place; a distance that can rank a
+    zero vector (inner product, L2) takes it as given."""
+    body = json.dumps(
+        {"data": [{"index": 0, "embedding": [0.6, 0.8]}, {"index": 1, "embedding": [0.0, 0.0]}]}
+    )
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Canned,), {"body": body}))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    embedders = [
+        HttpEmbedder(
+            ModelSpec(
+                "openai",
+                f"z-{distance}",
+                "t1",
+                2,
+                distance,
+                normalize,
+                256,
+                "",
+                {"base_url": url, "max_retries": 0},
+            ),
+            api_key=SecretStr("k"),
+        )
+        for distance, normalize in (("cosine", True), ("l2", False))
+    ]
+    try:
+        with pytest.raises(EmbeddingProviderError, match=r"vector of zeros for text 2 of the 2"):
+            embedders[0].embed(["first", "second"])
+        assert np.allclose(embedders[1].embed(["first", "second"]), [[0.6, 0.8], [0.0, 0.0]])
+    finally:
+        for emb in embedders:
+            emb.close()
+        httpd.shutdown()
+        httpd.server_close()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_embeds_over_its_own_connection_while_the_parent_does(
     local: Embedder,

@@ -371,8 +371,19 @@ class HttpEmbedder(Embedder):
                 "the pin: point options.base_url at the pinned model, or pin the new one "
                 "with `ragstore models add` and re-embed with `ragstore models migrate`"
             )
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        if self.spec.distance == "cosine" and not norms.all():
+            # only the pin's probe was checked for zeros: one zero vector in a batch was
+            # stored, its cosine distance to every query NaN and its chunk never found
+            first = int(np.flatnonzero(norms[:, 0] == 0)[0])
+            raise EmbeddingProviderError(
+                f"{self.url} answered a vector of zeros for text {first + 1} of the "
+                f"{len(texts)} in its batch, which cosine "
+                "cannot rank; the server or its model is broken: fix or replace it. "
+                "Nothing of this batch was stored"
+            )
         if self.spec.normalize:
-            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            out /= np.maximum(norms, 1e-12)
         return out
 
     def close(self) -> None:
