@@ -27,7 +27,7 @@ from lxml import etree
 
 from ragstore.errors import CorruptDocumentError, EmptyDocumentError
 from ragstore.models import ParsedDocument
-from ragstore.parsing.html import walk_page
+from ragstore.parsing.html import walk_page, without_internal_subset
 from ragstore.parsing.ooxml import check_archive
 from ragstore.parsing.structure import BlockBuilder
 
@@ -131,7 +131,7 @@ def _parse(data: bytes, name: str) -> ParsedDocument:
                 page = archive.read(member)
             except KeyError:
                 raise _Broken(f"the spine names {member}, which is not in the archive") from None
-            walk_page(BeautifulSoup(page, "lxml"), out)
+            walk_page(BeautifulSoup(without_internal_subset(page), "lxml"), out)
         title, metadata = _metadata(package)
     if not out.blocks:
         raise EmptyDocumentError(f"{name}: the book's chapters hold no text; nothing to ingest")
