@@ -209,3 +209,19 @@ def test_an_xml_page_read_as_html_prints_no_warning() -> None:
         [sys.executable, "-W", "default", "-c", code], input=page, capture_output=True
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, b"x\n", b"")
+
+
+def test_an_epub_chapter_is_read_as_utf8_whatever_its_meta_charset_claims() -> None:
+    # the HTML parser believed the claim: Latin-1 made "café" "cafÃ©", Shift-JIS dropped
+    # the chapter's text without a word (EPUB content documents are UTF-8 or UTF-16)
+    for claim in ("iso-8859-1", "shift_jis"):
+        page = (
+            '<?xml version="1.0"?><html xmlns="http://www.w3.org/1999/xhtml"><head>'
+            f'<meta http-equiv="Content-Type" content="text/html; charset={claim}"/></head>'
+            "<body><p>Un café — “bien”</p></body></html>"
+        ).encode()
+        book = _with_member(epub_book(), "OEBPS/ch1.xhtml", page)
+        assert parse_bytes(book, "claim.epub").blocks[0].text == "Un café — “bien”", claim
+    utf16 = "<html><body><p>Un café</p></body></html>".encode("utf-16")
+    book = _with_member(epub_book(), "OEBPS/ch1.xhtml", utf16)
+    assert parse_bytes(book, "utf16.epub").blocks[0].text == "Un café"
