@@ -13,6 +13,7 @@ import zipfile
 import pytest
 
 from ragstore.errors import (
+    CorruptDocumentError,
     DecodeError,
     EmptyDocumentError,
     EncryptedDocumentError,
@@ -225,3 +226,14 @@ def test_an_epub_chapter_is_read_as_utf8_whatever_its_meta_charset_claims() -> N
     utf16 = "<html><body><p>Un café</p></body></html>".encode("utf-16")
     book = _with_member(epub_book(), "OEBPS/ch1.xhtml", utf16)
     assert parse_bytes(book, "utf16.epub").blocks[0].text == "Un café"
+
+
+def test_a_notebook_with_a_number_of_thousands_of_digits_is_refused_in_its_own_words() -> None:
+    # the error was Python's: "... use sys.set_int_max_str_digits() to increase the limit"
+    data = b'{"cells": [{"cell_type": "heading", "level": ' + b"9" * 5000 + b', "source": "x"}]}'
+    with pytest.raises(CorruptDocumentError) as err:
+        parse_bytes(data, "big.ipynb")
+    assert str(err.value) == (
+        "big.ipynb: not a readable notebook (its JSON holds a number of thousands of digits, "
+        "which no notebook writes); save it again from Jupyter"
+    )
