@@ -3,12 +3,24 @@ each costs time and text in proportion to its size, not to its square."""
 
 from __future__ import annotations
 
+import codecs
+import io
+import subprocess
+import sys
 import time
+import zipfile
 
 import pytest
 
-from ragstore.errors import ParseTimeoutError
+from ragstore.errors import (
+    CorruptDocumentError,
+    DecodeError,
+    EmptyDocumentError,
+    EncryptedDocumentError,
+    ParseTimeoutError,
+)
 from ragstore.parsing import detect_format, parse_bytes, sandbox
+from tests.fixtures.builders import epub_book, pdf_bytes
 
 
 def test_markdown_of_open_brackets_and_emphasis_is_read_in_linear_time() -> None:
@@ -114,3 +126,114 @@ def test_a_small_markup_file_and_a_plain_text_under_the_text_size_parse_in_proce
     text = b"A plain paragraph of text, a sentence long, as prose has.\n\n" * 1500
     assert sandbox.LARGE_MARKUP_BYTES < len(text) < sandbox.LARGE_TEXT_BYTES
     assert sandbox.parse_file(text, "notes.txt", "text", 300.0).blocks
+
+
+def _with_member(archive: bytes, member: str, content: bytes) -> bytes:
+    """``archive`` (a zip) with ``member`` holding ``content`` instead."""
+    src = zipfile.ZipFile(io.BytesIO(archive))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, content if info.filename == member else src.read(info))
+    return out.getvalue()
+
+
+def test_xml_entities_in_a_page_or_a_chapter_are_not_expanded_read_or_shown_as_text() -> None:
+    # the HTML parser expands no entity and reads no file, but its doctype ended at the
+    # first ">": the rest of the internal subset ("]>") was the page's first paragraph
+    laughs = "".join(f'<!ENTITY l{i} "' + f"&l{i - 1};" * 10 + '">' for i in range(1, 10)).replace(
+        "&l0;" * 10, "lol"
+    )
+    subset = f'<!DOCTYPE html [{laughs}<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+    body = "<html><body><p>Hi &l9; and &xxe;.</p><p>Bye</p></body></html>"
+    page = f'<?xml version="1.0"?>\n{subset}\n{body}'.encode()
+    doc = parse_bytes(page, "lol.xhtml")
+    assert [b.text for b in doc.blocks] == ["Hi &l9; and &xxe;.", "Bye"]
+    book = _with_member(epub_book(), "OEBPS/ch1.xhtml", page)
+    assert [b.text for b in parse_bytes(book, "lol.epub").blocks][:2] == [
+        "Hi &l9; and &xxe;.",
+        "Bye",
+    ]
+    # a doctype without a subset, or "]>" later in the page, is left as it was
+    plain = b"<!DOCTYPE html><p>a ]> b</p>"
+    assert [b.text for b in parse_bytes(plain, "plain.html").blocks] == ["a ]> b"]
+
+
+def test_utf32_without_a_byte_order_mark_is_named_not_called_binary() -> None:
+    text = "# Notes\n\nA line of notes, not binary.\n"
+    for encoding, order in (("utf-32-le", "little"), ("utf-32-be", "big")):
+        with pytest.raises(DecodeError, match=rf"UTF-32 without a byte-order mark \({order}"):
+            parse_bytes(text.encode(encoding), "notes.md")
+    # UTF-16 of ASCII has a NUL every other byte too, but is still called UTF-16
+    with pytest.raises(DecodeError, match=r"UTF-16 without a byte-order mark \(little"):
+        parse_bytes(text.encode("utf-16-le"), "notes.md")
+    assert parse_bytes(codecs.BOM_UTF32_BE + text.encode("utf-32-be"), "n.md").title == "Notes"
+
+
+def test_a_byte_order_mark_past_the_first_is_dropped_and_only_marks_are_empty() -> None:
+    # a second BOM (files joined with cat) hid the front matter, which became a paragraph,
+    # and one inside it ended up in the title; a file of marks stored an invisible chunk
+    bom = codecs.BOM_UTF8
+    doc = parse_bytes(bom + bom + b"---\ntitle: Hi" + bom + b"\n---\n# T\n\nbody\n", "fm.md")
+    assert (doc.title, [b.text for b in doc.blocks]) == ("Hi", ["T", "body"])
+    for data in (bom * 2, bom + "\u200b\n\u2060 ".encode(), codecs.BOM_UTF16_LE):
+        with pytest.raises(EmptyDocumentError, match="holds only whitespace"):
+            parse_bytes(data, "marks.txt")
+
+
+@pytest.mark.parametrize("name", ["a.md", "a.txt", "a.html", "a.pdf", "a.docx", "a.pptx", "a.epub"])
+def test_an_empty_or_blank_file_is_empty_whatever_its_format(name: str) -> None:
+    # a DOCX, PPTX or EPUB of no bytes was "not a valid ... file (not a zip archive)"
+    for data in (b"", b" \n\t\n"):
+        with pytest.raises(EmptyDocumentError, match=rf"^{name}: the file is empty"):
+            parse_bytes(data, name)
+
+
+def test_a_pdf_of_no_pages_or_of_an_unknown_encryption_is_refused_for_that_reason() -> None:
+    with pytest.raises(EmptyDocumentError, match=r"^none\.pdf: the PDF has no pages"):
+        parse_bytes(pdf_bytes([]), "none.pdf")
+    # a security handler other than the password one was "could not read it ... check
+    # that the file is complete and well-formed"
+    locked = pdf_bytes([["secret"]], password="pw").replace(b"/Standard", b"/Adobe.PP")
+    with pytest.raises(EncryptedDocumentError, match=r"^pp\.pdf: the PDF is encrypted in a"):
+        parse_bytes(locked, "pp.pdf")
+
+
+def test_an_xml_page_read_as_html_prints_no_warning() -> None:
+    # an XML declaration with no <html> in the next 500 bytes (a licence in a comment, an
+    # XHTML fragment) printed BeautifulSoup's multi-line advice to parse it as XML on the
+    # ingest's stderr; here in a fresh interpreter, as pytest turns warnings into errors
+    page = b'<?xml version="1.0"?><!-- ' + b"licence " * 80 + b"--><html><p>x</p></html>"
+    code = "import sys; from ragstore.parsing import parse_bytes; "
+    code += "print(parse_bytes(sys.stdin.buffer.read(), 'page.xhtml').blocks[0].text)"
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", code], input=page, capture_output=True
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"x\n", b"")
+
+
+def test_an_epub_chapter_is_read_as_utf8_whatever_its_meta_charset_claims() -> None:
+    # the HTML parser believed the claim: Latin-1 made "café" "cafÃ©", Shift-JIS dropped
+    # the chapter's text without a word (EPUB content documents are UTF-8 or UTF-16)
+    for claim in ("iso-8859-1", "shift_jis"):
+        page = (
+            '<?xml version="1.0"?><html xmlns="http://www.w3.org/1999/xhtml"><head>'
+            f'<meta http-equiv="Content-Type" content="text/html; charset={claim}"/></head>'
+            "<body><p>Un café — “bien”</p></body></html>"
+        ).encode()
+        book = _with_member(epub_book(), "OEBPS/ch1.xhtml", page)
+        assert parse_bytes(book, "claim.epub").blocks[0].text == "Un café — “bien”", claim
+    utf16 = "<html><body><p>Un café</p></body></html>".encode("utf-16")
+    book = _with_member(epub_book(), "OEBPS/ch1.xhtml", utf16)
+    assert parse_bytes(book, "utf16.epub").blocks[0].text == "Un café"
+
+
+def test_a_notebook_with_a_number_of_thousands_of_digits_is_refused_in_its_own_words() -> None:
+    # the error was Python's: "... use sys.set_int_max_str_digits() to increase the limit"
+    data = b'{"cells": [{"cell_type": "heading", "level": ' + b"9" * 5000 + b', "source": "x"}]}'
+    with pytest.raises(CorruptDocumentError) as err:
+        parse_bytes(data, "big.ipynb")
+    assert str(err.value) == (
+        "big.ipynb: not a readable notebook (its JSON holds a number of thousands of digits, "
+        "which no notebook writes); save it again from Jupyter"
+    )

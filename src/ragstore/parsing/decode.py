@@ -2,17 +2,24 @@
 
 UTF-8 is the encoding; a byte-order mark says otherwise without guessing, so UTF-16 and
 UTF-32 files that start with one (what Windows Notepad's "Unicode" and PowerShell's ``>``
-write) are read in their encoding. Line endings are made ``\\n`` whatever they were
-(Windows ``\\r\\n``, old Mac ``\\r``), so every parser counts lines the same way.
+write) are read in their encoding. A byte-order mark after the first (files joined with
+``cat``, an editor that added one to a file that had one) is dropped wherever it is: as
+text it is an invisible character that hid front matter and landed in titles. Line
+endings are made ``\\n`` whatever they were (Windows ``\\r\\n``, old Mac ``\\r``), so every
+parser counts lines the same way.
 """
 
 from __future__ import annotations
 
 import codecs
+import re
 
 from ragstore.errors import BinaryFileError, DecodeError, EmptyDocumentError
 
 SNIFF_BYTES = 8192
+# a text of only whitespace and characters that show nothing (zero-width spaces and
+# joiners, word joiners) holds no text either
+_BLANK = re.compile(r"[\s\u200b\u200c\u200d\u2060]*")
 
 # longest first: the UTF-32-LE mark starts with the UTF-16-LE one
 _BOMS = (
@@ -29,6 +36,22 @@ def declared_encoding(data: bytes) -> tuple[str, int] | None:
     for bom, encoding in _BOMS:
         if data.startswith(bom):
             return encoding, len(bom)
+    return None
+
+
+def _utf32_without_bom(data: bytes) -> str | None:
+    """ "little"/"big" when the head is text in UTF-32: of every four bytes the most
+    significant is NUL, the next one too for any character but emoji and other planes,
+    and the least significant is not (it was called a binary file, with no way out)."""
+    head = data[: SNIFF_BYTES - SNIFF_BYTES % 4]
+    if len(head) < 8:
+        return None
+    quarter = len(head) // 4
+    # the NUL third byte also tells it from ASCII in UTF-16, where it is a character
+    if head[3::4].count(0) == quarter and head[2::4].count(0) > 0.9 * quarter:
+        return "little" if head[0::4].count(0) < 0.1 * quarter else None
+    if head[0::4].count(0) == quarter and head[1::4].count(0) > 0.9 * quarter:
+        return "big" if head[3::4].count(0) < 0.1 * quarter else None
     return None
 
 
@@ -74,6 +97,12 @@ def decode_text(data: bytes, name: str) -> str:
     declared = declared_encoding(data)
     encoding, skip = declared if declared else ("utf-8", 0)
     if looks_binary(data):
+        order = _utf32_without_bom(data)
+        if order is not None:
+            raise DecodeError(
+                f"{name}: looks like UTF-32 without a byte-order mark ({order}-endian); "
+                f"re-save it as UTF-8 (e.g. iconv -f utf-32{order[0]}e -t utf-8)"
+            )
         order = _utf16_without_bom(data)
         if order is not None:
             raise DecodeError(
@@ -95,7 +124,9 @@ def decode_text(data: bytes, name: str) -> str:
             "check the file is what its extension says, or remove the NUL bytes "
             "(e.g. tr -d '\\000')"
         )
-    if not text.strip():
+    if "\ufeff" in text:
+        text = text.replace("\ufeff", "")
+    if _BLANK.fullmatch(text):
         raise EmptyDocumentError(f"{name}: the file holds only whitespace; nothing to ingest")
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")

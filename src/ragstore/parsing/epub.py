@@ -27,7 +27,8 @@ from lxml import etree
 
 from ragstore.errors import CorruptDocumentError, EmptyDocumentError
 from ragstore.models import ParsedDocument
-from ragstore.parsing.html import walk_page
+from ragstore.parsing.decode import declared_encoding
+from ragstore.parsing.html import walk_page, without_internal_subset
 from ragstore.parsing.ooxml import check_archive
 from ragstore.parsing.structure import BlockBuilder
 
@@ -96,6 +97,22 @@ def _chapters(package: Any, base: str) -> list[str]:
     return out
 
 
+def _markup(page: bytes) -> str | bytes:
+    """A chapter's text: EPUB content documents are UTF-8 or UTF-16 (a byte-order mark says
+    which), whatever a ``<meta charset>`` claims. Given bytes, the HTML parser believed the
+    claim: a UTF-8 chapter claiming Latin-1 was mojibake ("cafÃ©"), one claiming Shift-JIS
+    lost its text without a word. A chapter that is not valid UTF-8 is left to the
+    parser's detection (a book from a tool that wrote Latin-1 is still read). Either way
+    without a DOCTYPE's internal subset (see :func:`without_internal_subset`)."""
+    declared = declared_encoding(page)
+    encoding, skip = declared if declared else ("utf-8", 0)
+    try:
+        text = page[skip:].decode(encoding)
+    except UnicodeDecodeError:
+        return without_internal_subset(page)
+    return without_internal_subset(text)
+
+
 def _metadata(package: Any) -> tuple[str | None, dict[str, Any]]:
     def texts(tag: str) -> list[str]:
         return [
@@ -131,7 +148,7 @@ def _parse(data: bytes, name: str) -> ParsedDocument:
                 page = archive.read(member)
             except KeyError:
                 raise _Broken(f"the spine names {member}, which is not in the archive") from None
-            walk_page(BeautifulSoup(page, "lxml"), out)
+            walk_page(BeautifulSoup(_markup(page), "lxml"), out)
         title, metadata = _metadata(package)
     if not out.blocks:
         raise EmptyDocumentError(f"{name}: the book's chapters hold no text; nothing to ingest")

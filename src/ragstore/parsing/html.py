@@ -7,11 +7,13 @@ is taken as the document.
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Iterator
 from pathlib import PurePath
-from typing import Any
+from typing import Any, AnyStr
 
-from bs4 import BeautifulSoup
+from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
 from bs4.element import NavigableString, PageElement, Tag
 
 from ragstore.errors import EmptyDocumentError
@@ -34,6 +36,20 @@ _DROP = (
     "select",
     "head",
 )
+# XHTML (every EPUB chapter, pages saved as .xhtml) is read by the HTML parser on purpose:
+# it forgives what real pages get wrong, and expands no entity and fetches nothing. Saying
+# so on stderr for each page, as BeautifulSoup does, is noise in an ingest's output.
+warnings.filterwarnings("ignore", category=XMLParsedAsHTMLWarning)
+
+# A DOCTYPE with an internal subset, <!DOCTYPE html [<!ENTITY ...>]>: the HTML parser ends
+# the doctype at its first ">" and kept the rest, "]>" at least, as the page's first
+# paragraph. Its entities are never expanded (no billion laughs, no file or URL read),
+# so such a doctype is dropped before parsing and a use of one stays the text "&name;".
+_SUBSET_START = re.compile(r"<!DOCTYPE\s[^\[>]*\[", re.IGNORECASE)
+_SUBSET_START_B = re.compile(rb"<!DOCTYPE\s[^\[>]*\[", re.IGNORECASE)
+_SUBSET_END, _SUBSET_END_B = re.compile(r"\]\s*>"), re.compile(rb"\]\s*>")
+_SUBSET_WITHIN = 4096  # a doctype comes first, after an XML declaration and comments
+
 _HEADINGS = {f"h{i}": i for i in range(1, 7)}
 _LISTS = {"ul", "ol", "dl", "menu"}
 _ITEMS = {"li", "dt", "dd"}
@@ -195,6 +211,24 @@ def _flush(loose: list[str], out: BlockBuilder) -> None:
         loose.clear()
 
 
+def _subset_span(page: str | bytes) -> tuple[int, int] | None:
+    """Where the DOCTYPE's internal subset is, from "<!DOCTYPE" to its "]>"."""
+    if isinstance(page, bytes):
+        start_b = _SUBSET_START_B.search(page, 0, _SUBSET_WITHIN)
+        end_b = _SUBSET_END_B.search(page, start_b.end()) if start_b else None
+        return (start_b.start(), end_b.end()) if start_b and end_b else None
+    start = _SUBSET_START.search(page, 0, _SUBSET_WITHIN)
+    end = _SUBSET_END.search(page, start.end()) if start else None
+    return (start.start(), end.end()) if start and end else None
+
+
+def without_internal_subset(page: AnyStr) -> AnyStr:
+    """``page`` without its DOCTYPE when that declares an internal subset (see
+    ``_SUBSET_START``); found in linear time, the page unchanged otherwise."""
+    span = _subset_span(page)
+    return page if span is None else page[: span[0]] + page[span[1] :]
+
+
 def walk_page(soup: BeautifulSoup, out: BlockBuilder) -> None:
     """Add a parsed page's blocks to ``out``: boilerplate (scripts, navigation, site
     headers and footers, forms) dropped, ``<main>`` or ``<article>`` taken as the page when
@@ -211,7 +245,7 @@ def walk_page(soup: BeautifulSoup, out: BlockBuilder) -> None:
 
 
 def parse_html(text: str, name: str) -> ParsedDocument:
-    soup = BeautifulSoup(text, "lxml")
+    soup = BeautifulSoup(without_internal_subset(text), "lxml")
     title_tag = soup.find("title")
     title = _text(title_tag) if isinstance(title_tag, Tag) else None
     metadata: dict[str, Any] = {}

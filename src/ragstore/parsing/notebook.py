@@ -77,6 +77,15 @@ def notebook_markdown(text: str, name: str) -> str:
             f"{name}: not a readable notebook (invalid JSON at line {exc.lineno}, column "
             f"{exc.colno}: {exc.msg}); save it again from Jupyter"
         ) from None
+    except ValueError as exc:
+        # Python's limit on the digits of an integer (4300): the parser's own message told
+        # the user to call sys.set_int_max_str_digits(); no notebook writes such a number
+        if "digits" not in str(exc):
+            raise
+        raise CorruptDocumentError(
+            f"{name}: not a readable notebook (its JSON holds a number of thousands of "
+            "digits, which no notebook writes); save it again from Jupyter"
+        ) from None
     try:
         if not isinstance(notebook, dict):
             raise ValueError("its JSON is not an object")

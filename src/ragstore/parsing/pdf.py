@@ -173,6 +173,19 @@ def _open(data: bytes, name: str) -> PdfReader:
         _ = len(reader.pages)
     except EncryptedDocumentError:
         raise
+    except NotImplementedError as exc:
+        # pypdf reads the /Encrypt dictionary as it opens the file: a handler other than
+        # the standard password one (Adobe LiveCycle, a certificate) or a version it does
+        # not know was "the pdf parser could not read it ... check the file is complete"
+        if b"/Encrypt" not in data:
+            raise CorruptDocumentError(
+                f"{name}: not a readable PDF (NotImplementedError: {exc}); "
+                "re-export it from the program that made it"
+            ) from None
+        raise EncryptedDocumentError(
+            f"{name}: the PDF is encrypted in a way that cannot be opened here ({exc}); "
+            "save an unencrypted copy (e.g. qpdf --decrypt) and ingest that"
+        ) from None
     except FileNotDecryptedError:
         raise EncryptedDocumentError(
             f"{name}: the PDF is encrypted with a password; "
@@ -196,6 +209,9 @@ def _open(data: bytes, name: str) -> PdfReader:
 
 def parse_pdf(data: bytes, name: str) -> ParsedDocument:
     reader = _open(data, name)
+    if len(reader.pages) == 0:
+        # not "no extractable text (a scan?); run OCR": there is nothing to run it on
+        raise EmptyDocumentError(f"{name}: the PDF has no pages; nothing to ingest")
     outline = _outline(reader)
     texts: list[str] = []
     lines: list[list[PdfLine]] = []

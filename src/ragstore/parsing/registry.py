@@ -14,7 +14,12 @@ import zlib
 from collections.abc import Callable
 from pathlib import PurePath
 
-from ragstore.errors import BinaryFileError, CorruptDocumentError, UnsupportedFormatError
+from ragstore.errors import (
+    BinaryFileError,
+    CorruptDocumentError,
+    EmptyDocumentError,
+    UnsupportedFormatError,
+)
 from ragstore.models import ParsedDocument
 from ragstore.parsing.code import CODE_SUFFIXES, language_from_shebang, parse_code
 from ragstore.parsing.decode import decode_text, looks_binary, mostly_controls
@@ -149,6 +154,10 @@ def parse_bytes(data: bytes, name: str, fmt: str | None = None) -> ParsedDocumen
     ``corrupt_document``; an ingest of many files goes on with the rest.
     """
     fmt = fmt or detect_format(name, data)
+    if not data.strip():
+        # said the same way for every format: a DOCX, PPTX or EPUB of no bytes was
+        # "not a valid ... file (not a zip archive)", a PDF or text "empty"
+        raise EmptyDocumentError(f"{name}: the file is empty; nothing to ingest")
     try:
         if fmt in BYTES_PARSERS:
             return BYTES_PARSERS[fmt](data, name)
