@@ -620,7 +620,8 @@ class CollectionStatsPublic(BaseModel):
     last_ingest: datetime | None = Field(description="When a document last changed.")
     spaces: list[SpaceStats]
     shared_tables: list[TableSize] = Field(
-        description="documents and chunks are shared by every collection: whole-table sizes."
+        description="documents and chunks are shared by every collection: whole-table "
+        "sizes, shown to a key not limited to one collection (empty for one that is)."
     )
 
 

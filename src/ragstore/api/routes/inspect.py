@@ -54,6 +54,10 @@ def collection_stats(name: CollectionName, rt: Rt, caller: ReadAccess) -> Collec
     # not every chunk is embedded (headings are not): progress is measured against the
     # active space, which is what a migration copies
     total = next((s["embedded"] for s in spaces if s["active"]), 0)
+    # the documents and chunks tables hold every collection: their sizes told a key
+    # limited to this one how much the others hold, and each of their ingests
+    whole = caller.key is None or caller.key.collection is None
+    shared = stats["shared_tables"] if whole else []
     return CollectionStatsPublic(
         collection=name,
         model=coll.model.key,
@@ -67,7 +71,7 @@ def collection_stats(name: CollectionName, rt: Rt, caller: ReadAccess) -> Collec
             SpaceStats(progress=min(1.0, s["embedded"] / total) if total else 1.0, **s)
             for s in spaces
         ],
-        shared_tables=[TableSize(**t) for t in stats["shared_tables"]],
+        shared_tables=[TableSize(**t) for t in shared],
     )
 
 
