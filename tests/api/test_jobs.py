@@ -205,6 +205,45 @@ def test_a_job_leaves_a_document_written_after_it_was_accepted(
     assert api.get_document("bg", first["id"])["content_hash"] != first["content_hash"]
 
 
+def test_a_job_leaves_a_document_deleted_after_it_was_accepted(
+    api: Client, jobs_settings: Settings
+) -> None:
+    """Upload in the background (202), then delete the document (acknowledged): the worker
+    stored the job's upload again, although the client's last request was the delete. A
+    delete now leaves a tombstone the job's write compares with its acceptance; a direct
+    write after the delete counts as the later request, and a job accepted after the
+    delete stores its document."""
+    api.create_collection("bg-tomb")
+    gone = api.add_document("bg-tomb", "gone.md", "# Gone\n\nversion one")
+    job = api.add_document("bg-tomb", "gone.md", "# Gone\n\nversion two", background=True)
+    api.delete_document("bg-tomb", gone["id"])
+    # deleted, then written again directly: the re-added version is the latest request
+    back = api.add_document("bg-tomb", "back.md", "# Back\n\nversion one")
+    older = api.add_document("bg-tomb", "back.md", "# Back\n\nfrom the job", background=True)
+    api.delete_document("bg-tomb", back["id"])
+    again = api.add_document("bg-tomb", "back.md", "# Back\n\nadded again")
+    # deleted before the job was accepted: the job is the latest request
+    late = api.add_document("bg-tomb", "late.md", "# Late\n\nversion one")
+    api.delete_document("bg-tomb", late["id"])
+    newer = api.add_document("bg-tomb", "late.md", "# Late\n\nfrom the job", background=True)
+    run_worker(jobs_settings, burst=True, signals=False)
+    for queued in (job, older):
+        done = api.wait_for_job(queued["id"], timeout=5)
+        assert done["status"] == "succeeded" and done["errors"] == []
+        assert done["summary"].get("superseded") == 1, done["summary"]
+    done = api.wait_for_job(newer["id"], timeout=5)
+    assert done["summary"].get("added") == 1, done["summary"]
+    stored = {d["name"]: d for d in api.list_documents("bg-tomb")["data"]}
+    assert sorted(stored) == ["back.md", "late.md"], "the deleted document stays deleted"
+    assert stored["back.md"]["content_hash"] == again["content_hash"]
+    # no job waits now: the next delete leaves only its own tombstone
+    api.delete_document("bg-tomb", stored["late.md"]["id"])
+    assert jobs_settings.database_url is not None
+    with psycopg.connect(jobs_settings.database_url.get_secret_value()) as conn:
+        left = conn.execute("SELECT source FROM document_tombstones").fetchall()
+    assert [r[0].rsplit("/", 1)[-1] for r in left] == ["late.md"], left
+
+
 def test_a_job_finished_before_its_worker_died_is_not_run_again(
     api: Client, jobs_settings: Settings
 ) -> None:

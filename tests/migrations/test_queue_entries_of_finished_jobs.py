@@ -62,4 +62,4 @@ def test_entries_of_finished_or_gone_jobs_are_deleted_on_the_way_up(
     assert _entries(db) == {queued: "todo"}
     migrations.upgrade(db)
     with db.connect() as conn:
-        assert migrations.current_revision(conn) == migrations.head_revision() == "0037"
+        assert migrations.current_revision(conn) == migrations.head_revision()

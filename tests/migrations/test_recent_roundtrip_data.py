@@ -1,4 +1,4 @@
-"""Revisions 0028-0035 down and up again on a store holding data: every document, chunk,
+"""Revisions 0028-0038 down and up again on a store holding data: every document, chunk,
 vector and posting is there afterwards, `db check` finds nothing, and searches and
 filters read the indexes the head builds."""
 
@@ -63,7 +63,10 @@ def test_newest_revisions_round_trip_with_data(
     without_origin = _contents(db, ("origin",))
     for target in ("0032", "0027"):
         migrations.downgrade(db, target)
-        assert _contents(db, ("origin",)) == without_origin, f"down to {target}"
+        down = _contents(db, ("origin",))
+        # a table newer than the target goes (document_tombstones, 0038: empty here)
+        assert set(without_origin) - set(down) == {"document_tombstones"}, f"down to {target}"
+        assert down == {t: without_origin[t] for t in down}, f"down to {target}"
         migrations.upgrade(db)
         assert _contents(db) == before, f"down to {target} and up again"
         assert schema_dump(url) == schema, f"down to {target} and up again"

@@ -222,6 +222,7 @@ def delete_document(conn: Conn, coll: repository.Collection, doc_id: int) -> str
     ).fetchone()
     if row is None:  # deleted by another request while this one waited for the lock
         raise document_not_found(doc_id, coll)
+    documents.bury(conn, coll.id, [str(row[0])])  # a queued job does not store it again
     return str(row[0])
 
 

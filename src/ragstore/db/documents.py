@@ -101,15 +101,15 @@ class Written:
     """What one write did to one document, and the row as this transaction left it."""
 
     status: str  # added | updated | unchanged | superseded
-    document: dict[str, Any]  # id, source, title, format, content_hash, size_bytes, ...
+    # id, source, title, format, content_hash, size_bytes, ...; None for a document a
+    # job's write left deleted (``superseded`` by a delete after the job's acceptance)
+    document: dict[str, Any] | None
+    source: str
 
     @property
     def id(self) -> int:
+        assert self.document is not None, f"{self.source!r} was not stored"
         return int(self.document["id"])
-
-    @property
-    def source(self) -> str:
-        return str(self.document["source"])
 
 
 _DOC_COLS = "id, source, title, format, content_hash, size_bytes, metadata, created_at, updated_at"
@@ -331,19 +331,26 @@ def write_documents(
             (coll.id, sources),
         ).fetchall()
     }
+    # when the sources not stored were last deleted (revision 0038), under the same locks
+    buried = _tombstones(conn, coll.id, [s for s in sources if s not in stored])
     out: list[Written | None] = [None] * len(docs)
     replaced: list[int] = []
     added: list[int] = []
     for i, d in enumerate(docs):
         old = stored.get(d.record.source)
-        if old is None:
+        gone = buried.get(d.record.source)
+        if old is None and d.accepted_at is not None and gone is not None and gone > d.accepted_at:
+            # deleted by a request answered after this one was: a queued job must not
+            # bring back what a later, acknowledged delete removed
+            out[i] = Written("superseded", None, d.record.source)
+        elif old is None:
             added.append(i)
         elif old[4] == d.record.content_hash and not force:
-            out[i] = Written("unchanged", document_row(old, -1))
+            out[i] = Written("unchanged", document_row(old, -1), d.record.source)
         elif d.accepted_at is not None and old[8] > d.accepted_at:
             # written by a request answered after this one was: a queued job must not put
             # back what a later, acknowledged write replaced
-            out[i] = Written("superseded", document_row(old, -1))
+            out[i] = Written("superseded", document_row(old, -1), d.record.source)
         else:
             replaced.append(i)
     _fill_chunk_counts(conn, out)
@@ -381,10 +388,16 @@ def write_documents(
         by_source = {str(r[1]): r for r in rows}
         for i in replaced:
             row = by_source[docs[i].record.source]
-            out[i] = Written("updated", document_row(row, len(docs[i].chunks)))
+            out[i] = Written("updated", document_row(row, len(docs[i].chunks)), row[1])
             doc_ids[i] = int(row[0])
     if added:
         recs = [docs[i].record for i in added]
+        back = [r.source for r in recs if r.source in buried]
+        if back:  # stored again: a job accepted before this write is superseded by its row
+            conn.execute(
+                "DELETE FROM document_tombstones WHERE collection_id = %s AND source = ANY(%s)",
+                (coll.id, back),
+            )
         rows = conn.execute(
             "INSERT INTO documents (collection_id, source, title, format, content_hash,"
             " size_bytes, metadata, parsed, origin, created_at, updated_at)"
@@ -408,7 +421,7 @@ def write_documents(
         by_source = {str(r[1]): r for r in rows}
         for i in added:
             row = by_source[docs[i].record.source]
-            out[i] = Written("added", document_row(row, len(docs[i].chunks)))
+            out[i] = Written("added", document_row(row, len(docs[i].chunks)), row[1])
             doc_ids[i] = int(row[0])
     todo = sorted(doc_ids)
     _store_chunks(
@@ -426,7 +439,7 @@ def _clock(conn: Conn) -> datetime:
 
 def _fill_chunk_counts(conn: Conn, out: list[Written | None]) -> None:
     """Chunk counts of the documents left unchanged (read, since nothing was written)."""
-    ids = [w.id for w in out if w is not None]
+    ids = [w.id for w in out if w is not None and w.document is not None]
     if not ids:
         return
     counts = dict(
@@ -437,8 +450,45 @@ def _fill_chunk_counts(conn: Conn, out: list[Written | None]) -> None:
         ).fetchall()
     )
     for w in out:
-        if w is not None:
+        if w is not None and w.document is not None:
             w.document["chunks"] = int(counts.get(w.id, 0))
+
+
+def _tombstones(conn: Conn, collection_id: int, sources: Sequence[str]) -> dict[str, datetime]:
+    """source -> when it was last deleted, for those of ``sources`` with a tombstone."""
+    if not sources:
+        return {}
+    rows = conn.execute(
+        "SELECT source, deleted_at FROM document_tombstones"
+        " WHERE collection_id = %s AND source = ANY(%s)",
+        (collection_id, list(sources)),
+    ).fetchall()
+    return {str(r[0]): r[1] for r in rows}
+
+
+def bury(conn: Conn, collection_id: int, sources: Sequence[str]) -> None:
+    """Record that these sources were just deleted (their write locks held), for the queued
+    jobs that would store them again, and drop the tombstones no unfinished job can need.
+
+    Every delete of documents calls it (a collection's delete does not: its jobs go with
+    it). A job's write compares a tombstone with the job's acceptance like a stored row's
+    time (:func:`write_documents`): without it, an upload queued (202) and then deleted
+    was stored again by the worker, although the client's last acknowledged request was
+    the delete. The time is the clock's once the locks are held, as a write's is.
+    Pruned here, at a delete, the table stays as small as the deletes of a job's span: a
+    tombstone older than the oldest unfinished job's acceptance (any tombstone before
+    this transaction, when no job waits) decides nothing any more."""
+    if sources:
+        conn.execute(
+            "INSERT INTO document_tombstones (collection_id, source, deleted_at)"
+            " SELECT %s, s, clock_timestamp() FROM unnest(%s::text[]) AS s"
+            " ON CONFLICT (collection_id, source) DO UPDATE SET deleted_at = excluded.deleted_at",
+            (collection_id, list(sources)),
+        )
+    conn.execute(
+        "DELETE FROM document_tombstones WHERE deleted_at < coalesce((SELECT min(created_at)"
+        " FROM ingest_jobs WHERE status IN ('queued', 'running')), now())"
+    )
 
 
 def _store_chunks(
@@ -731,7 +781,9 @@ def delete_sources(conn: Conn, collection_id: int, sources: Sequence[str]) -> li
         "DELETE FROM documents WHERE collection_id = %s AND source = ANY(%s) RETURNING source",
         (collection_id, list(sources)),
     ).fetchall()
-    return [str(r[0]) for r in rows]
+    deleted = [str(r[0]) for r in rows]
+    bury(conn, collection_id, deleted)
+    return deleted
 
 
 # The twin of a document in another chunk set (a shadow collection, see

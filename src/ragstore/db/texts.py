@@ -131,4 +131,6 @@ def delete_matching(conn: Conn, collection_id: int, selection: TextSelection) ->
     documents.lock_sources(conn, collection_id, found)
     again = dataclasses.replace(selection, ids=found)  # not one added meanwhile
     stmt = sql.SQL("DELETE FROM documents d WHERE {} RETURNING d.source").format(again.clause())
-    return sorted(str(r[0]) for r in conn.execute(stmt, again.values(collection_id)).fetchall())
+    deleted = sorted(str(r[0]) for r in conn.execute(stmt, again.values(collection_id)).fetchall())
+    documents.bury(conn, collection_id, deleted)  # a queued job does not store them again
+    return deleted

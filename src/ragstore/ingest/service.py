@@ -400,7 +400,8 @@ class _Ingestor:
         )
 
     def _stored(self, w: documents.Written) -> None:
-        chunks = int(w.document["chunks"]) if w.status in ("added", "updated") else 0
+        stored = w.status in ("added", "updated") and w.document is not None
+        chunks = int(w.document["chunks"]) if stored and w.document else 0
         outcome = FileOutcome(w.source, w.status, chunks=chunks, document=w.document)
         if self._conn is not None:
             self._bulk_outcomes.append(outcome)

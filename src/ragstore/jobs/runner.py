@@ -402,8 +402,9 @@ def _ingest(
     _check_collection_at_start(rt, job)
     report = IngestReport(collection=job.collection)
     with staging.staging_area(rt.settings) as area:
-        # a document written by a request answered after this job was accepted is
-        # newer than the job's: the job leaves it (superseded), whatever runs first
+        # a document written (or deleted: its tombstone) by a request answered after
+        # this job was accepted is newer than the job's: the job leaves it (superseded),
+        # whatever runs first
         docs = [
             NewDocument(f.name, area.write(f.content), f.metadata, job.created_at) for f in files
         ]
