@@ -331,8 +331,14 @@ def write_documents(
             (coll.id, sources),
         ).fetchall()
     }
-    # when the sources not stored were last deleted (revision 0038), under the same locks
-    buried = _tombstones(conn, coll.id, [s for s in sources if s not in stored])
+    # when the sources not stored were last deleted (revision 0038), under the same locks:
+    # read for a job's write only, the one a tombstone can supersede (a direct write, a
+    # bulk load's rounds, skip the round trip; a tombstone they leave behind decides
+    # nothing, since a stored row's own time is compared first)
+    jobs_write = any(d.accepted_at is not None for d in docs)
+    buried = (
+        _tombstones(conn, coll.id, [s for s in sources if s not in stored]) if jobs_write else {}
+    )
     out: list[Written | None] = [None] * len(docs)
     replaced: list[int] = []
     added: list[int] = []
