@@ -135,7 +135,7 @@ def test_the_one_snapshot_path_answers_as_the_lists_at_once(
     normal = hits()
     assert normal
     tries: list[int] = []
-    monkeypatch.setattr(service, "_mixed_writes", lambda *lists: tries.append(1) or True)
+    monkeypatch.setattr(service, "_mixed_writes", lambda *lists: bool(tries.append(1)) or True)
     assert hits() == normal
     assert len(tries) == 1 + service.SNAPSHOT_RETRIES
     # the pooled connections went back as they came: not in autocommit, no transaction
@@ -150,7 +150,8 @@ def _row(doc: int, source: str, version: str) -> tuple[Any, ...]:
 
 def test_mixed_writes() -> None:
     same = [_row(1, "a", "700"), _row(2, "b", "701")]
-    assert not service._mixed_writes(same, [_row(1, "a", "700")], [])
+    assert not service._mixed_writes(same, [_row(1, "a", "700")])
+    assert not service._mixed_writes(same, [])
     # one document at two versions of its row
     assert service._mixed_writes(same, [_row(1, "a", "702")])
     # one source as two documents: deleted and added again between the lists
