@@ -29,6 +29,7 @@ from ragstore.db.database import Database
 from ragstore.db.routing import ReadRouter, Route, routed
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
 from ragstore.jobs.worker import run_worker
+from ragstore.search import service
 from tests.api.conftest import running_server
 from tests.conftest import TEMPLATE, create_database, run_cli
 from tests.replica.conftest import Pair
@@ -129,6 +130,22 @@ def test_ingest_on_primary_search_on_standby(pair: Pair, kb: str) -> None:
         metrics = c.request("GET", "/metrics").text
         assert "ragstore_db_replica_up{" in metrics
         assert 'ragstore_db_reads_total{target="replica"}' in metrics
+
+
+def test_a_hybrid_search_read_in_one_snapshot_runs_on_the_standby(
+    pair: Pair, kb: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the last resort of a hybrid search whose lists saw a document at two writes reads
+    # both in one REPEATABLE READ READ ONLY transaction: allowed on a hot standby, and on
+    # the one server the request was routed to (search/service.py _hybrid_lists)
+    body = {"query": "why does bread rise", "k": 3, "mode": "hybrid", "explain": True}
+    with running_server(pair.settings()) as url, Client(url) as c:
+        normal = c.request("POST", "/v1/collections/kb/search", json=body)
+        assert _served_by(normal) == "replica"
+        monkeypatch.setattr(service, "_mixed_writes", lambda *lists: True)
+        snapshot = c.request("POST", "/v1/collections/kb/search", json=body)
+        assert _served_by(snapshot) == "replica"
+        assert snapshot.json()["data"] == normal.json()["data"]
 
 
 def test_read_only_server_answers_searches_and_refuses_writes(pair: Pair, kb: str) -> None:

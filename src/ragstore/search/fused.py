@@ -36,6 +36,7 @@ LIST_ROW = (
     "page",
     "metadata",  # JSON text, parsed for the hits only
     "parent_id",
+    "document_version",  # the document row's xmin: which write of it the list read
 )
 
 

@@ -48,7 +48,7 @@ import numbers
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -575,22 +575,16 @@ def _run(
         # The BM25 list goes first: it is the slower one, and a query that is not in the
         # query cache is embedded while it runs (the encode no longer delays it)
         exact_depth = p.fulltext_list_depth if constrained else p.fulltext_exact_depth
-        ft_values = dict(values, n=exact_depth, tail=p.fulltext_list_depth)
-        pending = _lists_executor().submit(
-            contextvars.copy_context().run,
-            run_.execute,
-            _with_rows(ft_sql, "l.raw DESC, l.chunk_id"),
-            ft_values,
-            ftcond=ftcond,
+        vec_rows, ft_rows = _hybrid_lists(
+            run_,
+            _ListRun(_with_rows(vec_sql, "l.raw, l.chunk_id"), values, hnsw=True),
+            _ListRun(
+                _with_rows(ft_sql, "l.raw DESC, l.chunk_id"),
+                dict(values, n=exact_depth, tail=p.fulltext_list_depth),
+                ftcond=ftcond,
+            ),
+            lambda: _query_vector(rt, coll, embedded, given),
         )
-        try:
-            values["q"] = _query_vector(rt, coll, embedded, given)
-            vec_rows = run_.execute(_with_rows(vec_sql, "l.raw, l.chunk_id"), values, hnsw=True)
-        finally:
-            # whatever happened here, the BM25 list has given its connection back before
-            # the search returns; an error of the embed or the vector list is the one raised
-            wait([pending])
-        ft_rows = pending.result()
         rows = fused_rows(vec_rows, ft_rows, p.k, p.pool, p.fusion, p.sections)
         return [_hit(r, coll, p) for r in rows]
     # one list: its pool in one statement, grouped into sections in Python (search/single.py)
@@ -606,6 +600,86 @@ def _run(
         rows = run_.execute(single.pool_sql(ft_sql, "x.raw DESC"), values, ftcond=ftcond)
         rows = single.final_rows(rows, p.k, p.sections, float, vector=False)
     return [_hit(r, coll, p) for r in rows]
+
+
+# How many more times a hybrid search runs its two lists at once when they saw a document
+# at two writes (:func:`_mixed_writes`), before it reads both in one snapshot instead
+SNAPSHOT_RETRIES = 1
+
+
+@dataclass
+class _ListRun:
+    """One of a hybrid search's two list statements, with what :meth:`_Statement.execute`
+    takes besides it."""
+
+    stmt: sql.Composed
+    values: dict[str, Any]
+    hnsw: bool = False
+    ftcond: sql.Composable | None = None
+
+
+def _hybrid_lists(
+    run_: _Statement,
+    vec: _ListRun,
+    ft: _ListRun,
+    embed: Callable[[], npt.NDArray[np.float32]],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The vector list's rows and the BM25 list's, of one version of each document.
+
+    The two lists run at once on two pooled connections (their latency is the slower
+    one's), each statement its own autocommit transaction, so each reads the database at
+    its own moment (on its own server, with read replicas). A document replaced in
+    between came back with hits of its old chunks from one list and of its new chunks
+    from the other: two versions of one document in one answer. Each row carries the
+    version of its document row (``d.xmin``, :func:`_with_rows`); when the lists saw one
+    document at two versions, or one source as two documents (deleted and added again),
+    they run again, and after :data:`SNAPSHOT_RETRIES` more tries both run on one
+    connection in one ``REPEATABLE READ READ ONLY`` transaction: one snapshot of one
+    server, slower (the sum of both lists) but only under a document written again and
+    again while it is searched. ``embed`` gives the query's vector (computed while the
+    first BM25 list runs, once)."""
+    for _ in range(1 + SNAPSHOT_RETRIES):
+        vec_rows, ft_rows = _lists_at_once(run_, vec, ft, embed)
+        if not _mixed_writes(vec_rows, ft_rows):
+            return vec_rows, ft_rows
+    vec_rows, ft_rows = run_.execute_in_one_snapshot([vec, ft])
+    return vec_rows, ft_rows
+
+
+def _lists_at_once(
+    run_: _Statement, vec: _ListRun, ft: _ListRun, embed: Callable[[], npt.NDArray[np.float32]]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Both lists at once, on two pooled connections: the BM25 list goes first (it is the
+    slower one, and a query that is not in the query cache is embedded while it runs)."""
+    pending = _lists_executor().submit(
+        contextvars.copy_context().run,
+        run_.execute,
+        ft.stmt,
+        ft.values,
+        ftcond=ft.ftcond,
+    )
+    try:
+        if "q" not in vec.values:
+            vec.values["q"] = embed()
+        vec_rows = run_.execute(vec.stmt, vec.values, hnsw=vec.hnsw)
+    finally:
+        # whatever happened here, the BM25 list has given its connection back before
+        # the search returns; an error of the embed or the vector list is the one raised
+        wait([pending])
+    return vec_rows, pending.result()
+
+
+def _mixed_writes(first: Sequence[tuple[Any, ...]], second: Sequence[tuple[Any, ...]]) -> bool:
+    """Whether two lists' rows (:data:`ragstore.search.fused.LIST_ROW`) hold one document
+    at two versions of its row, or one source as two documents: lists read at different
+    moments around a write of it. The rows of one list are one statement's (one snapshot),
+    so only the second list's rows are checked against the first's: two dicts of about a
+    hundred rows and a loop over thirty, a few microseconds."""
+    version = {r[2]: r[12] for r in first}
+    document = {r[3]: r[2] for r in first}
+    return any(
+        version.get(r[2], r[12]) != r[12] or document.get(r[3], r[2]) != r[2] for r in second
+    )
 
 
 _executor_lock = threading.Lock()
@@ -645,10 +719,14 @@ def _with_rows(list_sql: sql.Composable, order: str) -> sql.Composed:
 
     The metadata comes as JSON text, parsed only for the hits (:func:`_hit`, as for the
     single-list pools): a hybrid search pools about 130 rows and returns ``k``, and
-    parsing every row's JSON cost about as much as fusing them."""
+    parsing every row's JSON cost about as much as fusing them.
+
+    The document row's ``xmin`` (the transaction that wrote that version of it; the row is
+    joined anyway) tells which write of a document each list read (see
+    :func:`_hybrid_lists`)."""
     return sql.SQL(
         "SELECT l.chunk_id, l.raw, d.id, d.source, d.title, c.text, c.chunk_type,"
-        " c.section_path, c.ordinal, c.page, c.metadata::text, c.parent_id"
+        " c.section_path, c.ordinal, c.page, c.metadata::text, c.parent_id, d.xmin::text"
         " FROM ({l}) l JOIN chunks c ON c.id = l.chunk_id"
         " JOIN documents d ON d.id = c.document_id ORDER BY {o}"
     ).format(o=sql.SQL(order), l=list_sql)
@@ -769,6 +847,43 @@ class _Statement:
             if set_session:
                 _session_ef[conn] = self.ef
         return rows
+
+    def execute_in_one_snapshot(self, lists: Sequence[_ListRun]) -> list[list[tuple[Any, ...]]]:
+        """Each list's rows, all read on one pooled connection (one server) in one
+        ``REPEATABLE READ READ ONLY`` transaction: one snapshot of the database for all of
+        them (:func:`_hybrid_lists`'s last resort). Several round trips, each statement
+        under the search's ``statement_timeout`` (transaction-local, as in :meth:`execute`)."""
+        timeout_s = self.timeout_s
+        out: list[list[tuple[Any, ...]]] = []
+        with (
+            self.rt.db.connection() as conn,  # idle, not in autocommit: committed at the end
+            translated(f"searching {self.coll.name!r}"),
+            _search_deadline(self.coll.name, timeout_s),
+            cancellable(conn),
+        ):
+            set_session = any(x.hnsw for x in lists) and _session_ef.get(conn) != self.ef
+            # before any query of the transaction, which takes its snapshot
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if timeout_s:
+                conn.execute(
+                    "SELECT set_config('statement_timeout', %s, true)",
+                    (str(_timeout_ms(timeout_s)),),
+                )
+            if set_session:
+                conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(self.ef),))
+                if self.iterative:
+                    conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)")
+            for x in lists:
+                if x.ftcond is not None:
+                    x.values["ftcond"] = ClientCursor(conn).mogrify(
+                        sql.Composed([x.ftcond]), x.values
+                    )
+                prepare = False if x.hnsw and self.replan_vector else None
+                out.append(conn.execute(x.stmt, x.values, prepare=prepare).fetchall())
+        if set_session:
+            # committed: the session settings stay on this connection
+            _session_ef[conn] = self.ef
+        return out
 
 
 def _syntax_condition(tests: list[sql.Composable], condition: sql.Composable) -> sql.Composable:
