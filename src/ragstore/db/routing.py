@@ -9,6 +9,7 @@ route and always reach the primary.
 
 A replica is skipped while it does not answer, lags more than ``max_lag_s`` or is not in
 recovery (promoted: it no longer follows the primary), is another database than the primary's
+(or cannot be shown to be the primary's: the primary has not answered since the start)
 or has not replayed the schema revision the code expects; the primary is the last resort. It
 is probed at most every ``probe_interval_s``, inline, by the request that finds its status
 stale. A replica that fails under a request is marked down at once and
@@ -434,7 +435,22 @@ class ReadRouter:
             r.probe_conn = None
             self._set(r, up=False, lag=None, replayed=None, error=str(exc).strip() or "down")
             return
-        if self._primary_identity is not None and identity != self._primary_identity:
+        if self._primary_identity is None:
+            # the primary has not answered since the router started: nothing to compare
+            # with. Taken as a match, a standby of another cluster (or a URL naming another
+            # database) was read from until the primary came back, every read without a
+            # position answered 200 from someone else's data
+            self._set(
+                r,
+                up=False,
+                lag=None,
+                replayed=None,
+                error="not checked: the primary does not answer, so this server cannot be "
+                "told a standby of the primary's database; it is read from once the primary "
+                "answers and it is",
+            )
+            return
+        if identity != self._primary_identity:
             # another cluster's standby, or another database on the primary's standby: its
             # positions say nothing about the primary's, and what it serves is not ours
             self._set(
