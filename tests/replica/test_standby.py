@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ragstore import Client
-from ragstore.db import embedded, errors, migrations, routing, standby
+from ragstore.db import embedded, errors, lsn, migrations, routing, standby
 from ragstore.db.database import Database
 from ragstore.db.routing import ReadRouter, Route, routed
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
@@ -678,6 +678,59 @@ def test_a_standby_restarted_between_reads_is_skipped_then_read_from_again(
             time.sleep(0.2)
         assert served[-1] == "replica", served
         assert c.ready()["replicas"][0]["up"] is True
+
+
+def test_a_read_your_writes_read_is_checked_on_the_server_it_runs_on(
+    pair: Pair, spare: Spare
+) -> None:
+    """A multi-host replica URL (``host=h1,h2``, ``load_balance_hosts=random``) is one
+    replica whose connections may each reach another host: the probe's connection, asked
+    how far the replica had replayed, need not reach the server a pooled connection then
+    ran the read on. A read carrying the caller's position was served by a host without
+    that write. The position is now checked on the read's own connection, and a read
+    there behind it is run again on the primary (the probe's connection is put on the
+    caught-up standby here, the pool's URL naming a paused one: the hosts such a URL
+    reaches, side by side)."""
+    with spare.take() as node:
+        pair.wait_caught_up()
+        with psycopg.connect(node.conninfo, autocommit=True) as conn:
+            conn.execute("SELECT pg_wal_replay_pause()")
+        primary = Database(pair.primary_url)
+        router = ReadRouter(primary, [node.conninfo], max_lag_s=60, wait_s=1.0)
+        try:
+            assert router.choose() is not primary  # probed: up
+            probe = router._replicas[0].probe_conn
+            router._replicas[0].probe_conn = psycopg.connect(pair.standby.conninfo, autocommit=True)
+            _drop_conn(probe)
+            with psycopg.connect(pair.primary_url, autocommit=True) as conn:
+                conn.execute("SELECT pg_logical_emit_message(true, 'ragstore-test', 'w')")
+                position = lsn.current(conn)
+            pair.wait_caught_up()
+            route = Route(router, position)
+            with routed(route):
+                db = route.database()
+                assert db is not primary  # the probe's host has the write
+                with (
+                    pytest.raises(ReplicaBehindError, match="not replayed your last write"),
+                    db.connection() as conn,
+                ):
+                    reached = lsn.replayed(conn)
+                    assert reached is not None and reached >= position, (
+                        "a read carrying the caller's position ran on a server without it"
+                    )
+            assert route.lost  # the API runs it again on the primary
+            assert router.statuses()[0].up is True  # the replica stays in use
+        finally:
+            with psycopg.connect(node.conninfo, autocommit=True) as conn:
+                conn.execute("SELECT pg_wal_replay_resume()")
+            router.close()
+            primary.close()
+
+
+def _drop_conn(conn: psycopg.Connection[object] | None) -> None:
+    if conn is not None:
+        with suppress(psycopg.Error):
+            conn.close()
 
 
 def test_a_replica_behind_a_schema_upgrade_is_not_read_from(pair: Pair, pg_admin_uri: str) -> None:
