@@ -82,6 +82,24 @@ def test_unreachable_replica_is_skipped(database_url: str) -> None:
         primary.close()
 
 
+def test_the_primary_listed_as_its_own_replica_twice_is_not_read_from(database_url: str) -> None:
+    """``RAGSTORE_READ_DATABASE_URLS`` naming the primary itself (twice): not a standby, so
+    never read from as one (its reads are the primary's anyway), and each entry says why."""
+    primary = Database(database_url)
+    router = ReadRouter(primary, [database_url, database_url], max_lag_s=5, wait_s=0.1)
+    try:
+        assert router.choose() is primary
+        assert router.choose(min_lsn=lsn.parse("0/10")) is primary
+        statuses = router.statuses()
+        assert len(statuses) == 2
+        for status in statuses:
+            assert status.up is False and status.error is not None, status
+            assert "not a hot standby" in status.error, status.error
+    finally:
+        router.close()
+        primary.close()
+
+
 def test_lag_dates_the_oldest_unreplayed_wal(database_url: str) -> None:
     router = ReadRouter(Database(database_url), [], max_lag_s=5, wait_s=0)
     now = time.monotonic()

@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ragstore import Client
-from ragstore.db import embedded, errors, migrations, routing, standby
+from ragstore.db import embedded, errors, lsn, migrations, routing, standby
 from ragstore.db.database import Database
 from ragstore.db.routing import ReadRouter, Route, routed
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
@@ -645,6 +645,109 @@ def test_a_standby_of_another_cluster_is_not_read_from(pair: Pair, tmp_path: Pat
             node.remove()
     finally:
         embedded.stop(tmp_path / "stranger")
+
+
+def test_a_replica_is_not_read_from_before_the_primary_has_answered(pair: Pair) -> None:
+    """The probe compares a replica's cluster and database with the primary's, learned on
+    the router's connection to the primary. While the primary had not answered since the
+    start (down, a wrong address) there was nothing to compare with, the check was
+    skipped, and any hot standby (another cluster's, another database) was read from. It
+    is now left out, with why, until the primary answers and it matches."""
+    primary = Database("postgresql://postgres@127.0.0.1:1/ragstore", connect_timeout_s=1)
+    router = ReadRouter(primary, [pair.standby.conninfo], max_lag_s=5, wait_s=0.1)
+    try:
+        assert router.choose() is primary
+        [status] = router.statuses()
+        assert status.up is False and status.error is not None, status
+        assert "the primary does not answer" in status.error, status.error
+    finally:
+        router.close()
+        primary.close()
+
+
+def test_a_standby_restarted_between_reads_is_skipped_then_read_from_again(
+    pair: Pair, kb: str
+) -> None:
+    """The replica's postmaster stopped between two requests: the next read is answered
+    by the primary with no error to the caller, and once it runs again reads go back to
+    it (its pool is opened afresh, not its connections to the stopped server reused)."""
+    pair.wait_caught_up()
+    with running_server(pair.settings()) as url, Client(url) as c:
+        search = {"query": "tides of the ocean", "k": 2}
+        r = c.request("POST", "/v1/collections/kb/search", json=search)
+        assert r.status_code == 200 and _served_by(r) == "replica", r.text
+        pair.standby.stop("fast")
+        try:
+            r = c.request("POST", "/v1/collections/kb/search", json=search)
+            assert r.status_code == 200 and _served_by(r) == "primary", r.text
+            r = c.request("GET", "/v1/collections/kb/documents")
+            assert r.status_code == 200 and _served_by(r) == "primary", r.text
+        finally:
+            pair.standby.start()
+        served = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            r = c.request("POST", "/v1/collections/kb/search", json=search)
+            assert r.status_code == 200, r.text
+            served.append(_served_by(r))
+            if served[-1] == "replica":
+                break
+            time.sleep(0.2)
+        assert served[-1] == "replica", served
+        assert c.ready()["replicas"][0]["up"] is True
+
+
+def test_a_read_your_writes_read_is_checked_on_the_server_it_runs_on(
+    pair: Pair, spare: Spare
+) -> None:
+    """A multi-host replica URL (``host=h1,h2``, ``load_balance_hosts=random``) is one
+    replica whose connections may each reach another host: the probe's connection, asked
+    how far the replica had replayed, need not reach the server a pooled connection then
+    ran the read on. A read carrying the caller's position was served by a host without
+    that write. The position is now checked on the read's own connection, and a read
+    there behind it is run again on the primary (the probe's connection is put on the
+    caught-up standby here, the pool's URL naming a paused one: the hosts such a URL
+    reaches, side by side)."""
+    with spare.take() as node:
+        pair.wait_caught_up()
+        with psycopg.connect(node.conninfo, autocommit=True) as conn:
+            conn.execute("SELECT pg_wal_replay_pause()")
+        primary = Database(pair.primary_url)
+        router = ReadRouter(primary, [node.conninfo], max_lag_s=60, wait_s=1.0)
+        try:
+            assert router.choose() is not primary  # probed: up
+            probe = router._replicas[0].probe_conn
+            router._replicas[0].probe_conn = psycopg.connect(pair.standby.conninfo, autocommit=True)
+            _drop_conn(probe)
+            with psycopg.connect(pair.primary_url, autocommit=True) as conn:
+                conn.execute("SELECT pg_logical_emit_message(true, 'ragstore-test', 'w')")
+                position = lsn.current(conn)
+            pair.wait_caught_up()
+            route = Route(router, position)
+            with routed(route):
+                db = route.database()
+                assert db is not primary  # the probe's host has the write
+                with (
+                    pytest.raises(ReplicaBehindError, match="not replayed your last write"),
+                    db.connection() as conn,
+                ):
+                    reached = lsn.replayed(conn)
+                    assert reached is not None and reached >= position, (
+                        "a read carrying the caller's position ran on a server without it"
+                    )
+            assert route.lost  # the API runs it again on the primary
+            assert router.statuses()[0].up is True  # the replica stays in use
+        finally:
+            with psycopg.connect(node.conninfo, autocommit=True) as conn:
+                conn.execute("SELECT pg_wal_replay_resume()")
+            router.close()
+            primary.close()
+
+
+def _drop_conn(conn: psycopg.Connection[object] | None) -> None:
+    if conn is not None:
+        with suppress(psycopg.Error):
+            conn.close()
 
 
 def test_a_replica_behind_a_schema_upgrade_is_not_read_from(pair: Pair, pg_admin_uri: str) -> None:

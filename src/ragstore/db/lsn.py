@@ -126,6 +126,15 @@ def replay_state(conn: Conn) -> ReplayState:
     return ReplayState(bool(row[0]), replayed, age, received, bool(row[4]))
 
 
+def replayed(conn: Conn) -> int | None:
+    """How far this standby has replayed; None on a server not in recovery (a primary, a
+    promoted standby), which replays nobody's WAL."""
+    row = conn.execute(
+        "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text END"
+    ).fetchone()
+    return parse(str(row[0])) if row and row[0] is not None else None
+
+
 def in_recovery(conn: Conn) -> bool:
     """True on a hot standby (every write there fails)."""
     row = conn.execute("SELECT pg_is_in_recovery()").fetchone()

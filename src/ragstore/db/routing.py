@@ -9,6 +9,7 @@ route and always reach the primary.
 
 A replica is skipped while it does not answer, lags more than ``max_lag_s`` or is not in
 recovery (promoted: it no longer follows the primary), is another database than the primary's
+(or cannot be shown to be the primary's: the primary has not answered since the start)
 or has not replayed the schema revision the code expects; the primary is the last resort. It
 is probed at most every ``probe_interval_s``, inline, by the request that finds its status
 stale. A replica that fails under a request is marked down at once and
@@ -22,6 +23,8 @@ grace) is cut off there, as a replica that failed: one that is up but does not m
 
 Read-your-writes: a read that carries the caller's last write position (``min_lsn``) is
 served by a replica that has replayed that far, waiting up to ``wait_s``, else by the primary.
+The position is checked again on the connection the read runs on (a multi-host replica URL
+can reach another host than the probe's); one behind there runs the read on the primary.
 """
 
 from __future__ import annotations
@@ -40,12 +43,18 @@ from typing import Any, NoReturn
 
 import psycopg
 from psycopg.conninfo import make_conninfo
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ragstore import forks
 from ragstore.db import lsn, migrations
 from ragstore.db.database import Database, with_tcp
-from ragstore.errors import DatabaseUnavailableError, RagstoreError, StatementCancelledError
+from ragstore.errors import (
+    DatabaseUnavailableError,
+    RagstoreError,
+    ReplicaBehindError,
+    StatementCancelledError,
+)
 from ragstore.observability import metrics
 
 PROBE_TIMEOUT_S = 1  # a replica that does not accept a connection this fast counts as down
@@ -151,6 +160,8 @@ class ReplicaDatabase(Database):
                 super().connection(wait_s=busy_wait if busy_wait is not None else wait_s) as conn,
                 _deadline(conn, bound) if bound > 0 else nullcontext(),
             ):
+                if route is not None and route.min_lsn is not None:
+                    self._check_replayed(conn, route, route.min_lsn)
                 yield conn
         except (RagstoreError, psycopg.Error) as exc:
             if busy_wait is not None and isinstance(exc, PoolTimeout):
@@ -192,6 +203,34 @@ class ReplicaDatabase(Database):
                 f"({reason}); only this request failed, retry it",
                 retry_after=1.0,
             ) from exc
+
+    def _check_replayed(
+        self, conn: psycopg.Connection[tuple[object, ...]], route: Route, min_lsn: int
+    ) -> None:
+        """Refuse a read-your-writes read on a connection whose server has not replayed
+        the caller's write (:class:`ReplicaBehindError`; the route is flagged, so the API
+        runs the read again on the primary). The replica stays in use.
+
+        The router asks its probe connection how far the replica has replayed, and the read
+        runs on a pooled connection: with a multi-host URL (``host=h1,h2``,
+        ``load_balance_hosts=random``, a host that failed over) the two can reach different
+        servers, and a read carrying the caller's position was served by a host without
+        that write. Asked on the read's own connection, it is the server that answers."""
+        idle = conn.info.transaction_status == TransactionStatus.IDLE
+        reached = lsn.replayed(conn)
+        if idle and not conn.autocommit:
+            # the read finds its connection as the pool gave it (no transaction open, so
+            # free to set autocommit), and its snapshot is taken after this check
+            conn.rollback()
+        if reached is not None and reached >= min_lsn:
+            return
+        route.lost = True
+        raise ReplicaBehindError(
+            # (the caller's to read: no replica address in it)
+            "the read replica reached has not replayed your last write "
+            f"({lsn.HEADER} {lsn.format_lsn(min_lsn)}); retry, or read from the primary",
+            retry_after=1.0,
+        )
 
     def _busy_wait_s(self) -> float:
         """A routed read's wait for this pool: :data:`BUSY_REPLICA_WAIT_S`, or the pool
@@ -434,7 +473,22 @@ class ReadRouter:
             r.probe_conn = None
             self._set(r, up=False, lag=None, replayed=None, error=str(exc).strip() or "down")
             return
-        if self._primary_identity is not None and identity != self._primary_identity:
+        if self._primary_identity is None:
+            # the primary has not answered since the router started: nothing to compare
+            # with. Taken as a match, a standby of another cluster (or a URL naming another
+            # database) was read from until the primary came back, every read without a
+            # position answered 200 from someone else's data
+            self._set(
+                r,
+                up=False,
+                lag=None,
+                replayed=None,
+                error="not checked: the primary does not answer, so this server cannot be "
+                "told a standby of the primary's database; it is read from once the primary "
+                "answers and it is",
+            )
+            return
+        if identity != self._primary_identity:
             # another cluster's standby, or another database on the primary's standby: its
             # positions say nothing about the primary's, and what it serves is not ours
             self._set(
