@@ -264,11 +264,19 @@ def id_list(ids: Any, what: str) -> list[str]:
     in the database driver with a bare UnicodeEncodeError, and a NUL with a database
     error that named neither the id nor where it was. A dict (any mapping) is refused as
     no iterable is, not taken as the list of its keys: ``delete_texts(c, {"a": 1})``
-    deleted the text "a", where the HTTP API refuses an object for its ids."""
+    deleted the text "a", where the HTTP API refuses an object for its ids. A set
+    (frozenset, dict view: any ``Set``) is refused as ``per_text_list`` refuses one, for
+    it has no order: ``add_texts(texts, ids={"a", "b"})`` paired the ids with the texts in
+    whatever order the set iterated in, a different one from run to run."""
     if isinstance(ids, (str, bytes)):
         raise InputError(f"{what} is one string, not a list of ids; pass [{ids!r}] for one id")
     if isinstance(ids, Mapping):
         raise InputError(f"{what} is a {type(ids).__name__}, not a list of ids")
+    if isinstance(ids, Set):
+        raise InputError(
+            f"{what} is a {type(ids).__name__}, not a list of ids; a set has no order: "
+            "pass a list (sorted(ids)) in the order of the texts"
+        )
     try:
         out = list(ids)
     except TypeError:

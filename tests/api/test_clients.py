@@ -347,6 +347,8 @@ REFUSED_ALIKE: list[tuple[str, str, tuple[Any, ...], type[Exception], str]] = [
     ("long name", "get_collection", ("n" * 10240,), InputError, r"name 'n{100}\.\.\.': use"),
     ("dict ids", "delete_texts", ("notes", {"search": 1}), InputError, "ids is a dict, not a"),
     ("dict ids get", "get_texts", ("notes", {"search": 1}), InputError, "ids is a dict, not a"),
+    # a set has no order: its ids were paired with the texts in whatever order it iterated
+    ("set ids", "add_texts", ("notes", ["x", "y"], None, {"p", "q"}), InputError, "ids is a set"),
     ("bare texts", "add_texts", ("notes", "one text"), InputError, "texts is one string"),
     ("id None", "add_texts", ("notes", ["x"], None, [None]), InputError, r"ids\[0\] is None"),
     ("id int", "add_texts", ("notes", ["x"], None, [7]), InputError, r"ids\[0\] is 7"),
