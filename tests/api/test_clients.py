@@ -423,7 +423,7 @@ def test_a_where_that_is_no_object_is_an_invalid_filter_alike(
     [
         (Decimal("1.5"), r"a Decimal \(Decimal\('1.5'\)\) at 'a\.\$gte', .* give a float"),
         (b"ops", r"a bytes \(b'ops'\) at 'a\.\$gte', .* \(value.decode\(\)\)"),
-        (np.int64(3), r"a int64 \(.*\) at 'a\.\$gte', .* \(value.item\(\)\)"),
+        (np.int64(3), r"an int64 \(.*\) at 'a\.\$gte', .* \(value.item\(\)\)"),
         (datetime(2024, 1, 1), r"a datetime .* \(value.isoformat\(\)\)"),
     ],
 )
