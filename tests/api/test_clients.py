@@ -629,9 +629,9 @@ def test_metadata_that_is_no_object_is_refused_alike_and_makes_nothing(
     page = tmp_path / "page.md"
     page.write_text("# Page\n\nSome text.")
     for backend in (store, notes):
-        with pytest.raises(InputError, match=r"metadata is a .*, not a JSON object"):
+        with pytest.raises(InputError, match=r"metadata is an? .*, not a JSON object"):
             backend.add_document("meta-made", "p.md", "hi", metadata=metadata)
-        with pytest.raises(InputError, match=r"metadata is a .*, not a JSON object"):
+        with pytest.raises(InputError, match=r"metadata is an? .*, not a JSON object"):
             backend.ingest("meta-made", page, metadata=metadata)
     assert "meta-made" not in {c["name"] for c in store.list_collections()}
 
