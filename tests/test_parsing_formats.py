@@ -727,6 +727,25 @@ def test_binary_bytes_without_a_nul_under_an_unknown_suffix_are_refused_not_stor
     assert "list directory contents" in parse_bytes(man, "ls.1").blocks[0].text
 
 
+def test_undecodable_binary_under_an_unknown_suffix_is_binary_legacy_text_is_not() -> None:
+    """Binary bytes without a NUL that are not UTF-8 either (a twentieth control bytes,
+    under the tenth that passes for text in UTF-8) were refused ``invalid_encoding`` with
+    "re-save the file as UTF-8", which no binary file can do; they are binary now. Prose
+    in a legacy encoding (CP1252, CP1251, a DOS file ending in ^Z) is still told to be
+    re-saved as UTF-8."""
+    junk = (bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + bytes(range(1, 15))) * 30
+    with pytest.raises(BinaryFileError, match=r"^blob\.dat: unsupported binary file type"):
+        parse_bytes(junk, "blob.dat")
+    prose = "Café crème, naïve façade — résumé à la carte.\n" * 40
+    for data in (
+        prose.encode("cp1252"),
+        prose.encode("cp1252") + b"\x1a",
+        ("Съешь же ещё этих мягких французских булок.\n" * 40).encode("cp1251"),
+    ):
+        with pytest.raises(DecodeError, match="re-save the file as UTF-8"):
+            parse_bytes(data, "notes.dat")
+
+
 def test_detected_language_is_the_programming_or_the_natural_language() -> None:
     code = parse_bytes((MIXED / "src" / "billing.py").read_bytes(), "billing.py")
     assert detect_language(code) == "python"

@@ -445,7 +445,7 @@ def test_a_text_of_a_byte_order_mark_alone_is_refused_before_any_batch(store: St
 def test_texts_that_are_no_list_are_refused_as_input(store: Store) -> None:
     """None and a dict failed with a bare TypeError deep in the add (no RagstoreError to
     catch), and a generator too, though it is a list of texts all the same."""
-    with pytest.raises(InputError, match="texts is a NoneType, not a list; pass a list of strings"):
+    with pytest.raises(InputError, match="texts is None, not a list; pass a list of strings"):
         store.add_texts("no-list", None)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="texts is a dict, not a list"):
         store.add_texts("no-list", {"a": "b"})  # type: ignore[arg-type]
@@ -507,11 +507,11 @@ def test_per_text_arguments_that_are_no_list_are_refused_naming_them(store: Stor
     """``metadatas=5`` or a generator of metadatas or vectors failed with a bare
     TypeError, a dict of metadata was read as the list of its keys, and a generator of ids
     was used up by the first check of an add into a new collection (refused as no ids)."""
-    with pytest.raises(InputError, match="metadatas is a int, not a list; pass one dict"):
+    with pytest.raises(InputError, match="metadatas is an int, not a list; pass one dict"):
         store.add_texts("no-list", ["a"], metadatas=5)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="metadatas is a dict, not a list"):
         store.add_texts("no-list", ["a"], metadatas={"kind": "cat"})  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="vectors is a int, not a list; pass one list"):
+    with pytest.raises(InputError, match="vectors is an int, not a list; pass one list"):
         store.add_texts("no-list", ["a"], vectors=5)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="dimension must be an integer, got True"):
         store.create_collection("no-list", model="outside", dimension=True)

@@ -163,7 +163,9 @@ def _json_value(
 
 def _metadata(meta: Any, what: str) -> dict[str, Any]:
     if not isinstance(meta, Mapping):
-        raise InputError(f"{what} is a {type(meta).__name__}, not a JSON object")
+        from ragstore.validation import a_type
+
+        raise InputError(f"{what} is {a_type(meta)}, not a JSON object")
     return cast(dict[str, Any], _json_value(dict(meta), what, paths=True))
 
 

@@ -31,6 +31,7 @@ from ragstore.errors import (
     AuthenticationError,
     ConfigError,
     DatabaseUnavailableError,
+    InputError,
     OutcomeUnknownError,
     RagstoreError,
 )
@@ -39,6 +40,9 @@ __all__ = ["AsyncClient", "Client", "error_from_problem"]
 
 T = TypeVar("T")
 _FINISHED = ("succeeded", "failed")
+# the shortest pause wait_for_job takes between polls: poll=0 asked the server in a tight
+# loop (thousands of requests a second, for up to the whole timeout)
+MIN_POLL = 0.01
 # used after close: httpx's own message said neither which object nor what to do (the
 # in-process Store raises the same class, ragstore.store.Store._rt)
 _CLOSED = "this {kind} is closed; open a new {kind}(...) (or keep using it inside its with block)"
@@ -251,6 +255,20 @@ def _retry_options(retries: int, max_retry_wait: float) -> tuple[int, float]:
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < 1e6:
         raise ConfigError(f"max_retry_wait must be seconds >= 0, got {max_retry_wait!r}")
     return retries, float(wait)
+
+
+def _wait_options(timeout: Any, poll: Any) -> tuple[float, float]:
+    """wait_for_job's seconds checked before its first request: ``poll=-1`` failed in
+    ``time.sleep`` with a bare ValueError (after one request), ``poll=0`` polled the
+    server in a tight loop, and a NaN timeout waited for ever (no time is past NaN)."""
+    for name, value, least in (("timeout", timeout, 0.0), ("poll", poll, MIN_POLL)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not least <= value < 1e9  # NaN is in no range
+        ):
+            raise InputError(f"{name} must be seconds >= {least:g}, got {value!r}")
+    return float(timeout), float(poll)
 
 
 def _lsn_value(text: str) -> int | None:
@@ -637,7 +655,9 @@ class Client(_WritePosition, _KeyedWrites):
     def wait_for_job(
         self, job_id: int, *, timeout: float = 300.0, poll: float = 0.2
     ) -> dict[str, Any]:
-        """Poll until the job succeeded or failed; TimeoutError after ``timeout`` seconds."""
+        """Poll until the job succeeded or failed; TimeoutError after ``timeout`` seconds.
+        ``poll`` (seconds between polls) is at least 0.01; a bad one is an InputError."""
+        timeout, poll = _wait_options(timeout, poll)
         deadline = time.monotonic() + timeout
         while True:
             job = self.get_job(job_id)
@@ -989,6 +1009,7 @@ class AsyncClient(_WritePosition, _KeyedWrites):
     async def wait_for_job(
         self, job_id: int, *, timeout: float = 300.0, poll: float = 0.2
     ) -> dict[str, Any]:
+        timeout, poll = _wait_options(timeout, poll)
         deadline = time.monotonic() + timeout
         while True:
             job = await self.get_job(job_id)

@@ -48,6 +48,7 @@ from ragstore.ingest import texts as text_service
 from ragstore.profiles import check_profile, get_settings, settings_with
 from ragstore.runtime import Runtime
 from ragstore.validation import (
+    a_type,
     check_value,
     flag,
     id_list,
@@ -225,7 +226,7 @@ class Store:
         if settings is not None and not isinstance(settings, Mapping):
             # a list failed in dict() with a bare TypeError
             raise InputError(
-                f"settings is a {type(settings).__name__}, not a mapping of collection "
+                f"settings is {a_type(settings)}, not a mapping of collection "
                 'settings; pass e.g. {"bm25_k1": 1.2}'
             )
         ref = model or self._rt.settings.model
@@ -780,7 +781,7 @@ def _metadata(metadata: Any) -> dict[str, Any]:
     TypeError (``add_document`` having made the collection already)."""
     meta = metadata or {}
     if not isinstance(meta, Mapping):
-        raise InputError(f"metadata is a {type(meta).__name__}, not a JSON object")
+        raise InputError(f"metadata is {a_type(meta)}, not a JSON object")
     check_value(meta, "metadata", paths=True)
     return dict(meta)
 

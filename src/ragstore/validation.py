@@ -39,6 +39,16 @@ MAX_KEY_CHARS = 256
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def a_type(value: Any) -> str:
+    """``value``'s type as a message names it, its article before it: "an int", "a list",
+    "an ndarray", and "None" for None. Messages wrote "a {type}" (``metadatas is a int``,
+    ``texts is a NoneType``), which reads badly wherever the name starts with a vowel."""
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' or name.startswith('nd') else 'a'} {name}"
+
+
 def _text_problem(text: str, where: str) -> str | None:
     if "\x00" in text:
         return f"a NUL byte (\\u0000){where}; remove it"
@@ -106,7 +116,7 @@ def per_text_list(value: Any, what: str, hint: str) -> list[Any]:
     generator of ids was used up by the first of the add's two checks, and the add was
     refused as giving no ids)."""
     if isinstance(value, (str, bytes, Mapping, Set)) or not isinstance(value, Iterable):
-        raise InputError(f"{what} is a {type(value).__name__}, not a list; {hint}")
+        raise InputError(f"{what} is {a_type(value)}, not a list; {hint}")
     return list(value)
 
 
@@ -123,7 +133,7 @@ def check_texts(
             raise InputError(f"{name} has {len(seq)} entries for {n} texts; give one per text")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise InputError(f"texts[{i}] is a {type(text).__name__}, not a string")
+            raise InputError(f"texts[{i}] is {a_type(text)}, not a string")
         # a leading byte-order mark is dropped when the text is parsed: a text of one
         # alone passed here and failed there, after the batches before it were stored
         if not text.removeprefix("\ufeff").strip():
@@ -178,7 +188,7 @@ def _not_json(value: Any, where: str) -> str:
         )
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return f"a {kind} ({shown}){where}, which is not JSON-serialisable; {hint}"
+    return f"{a_type(value)} ({shown}){where}, which is not JSON-serialisable; {hint}"
 
 
 def problem_in(
@@ -264,15 +274,23 @@ def id_list(ids: Any, what: str) -> list[str]:
     in the database driver with a bare UnicodeEncodeError, and a NUL with a database
     error that named neither the id nor where it was. A dict (any mapping) is refused as
     no iterable is, not taken as the list of its keys: ``delete_texts(c, {"a": 1})``
-    deleted the text "a", where the HTTP API refuses an object for its ids."""
+    deleted the text "a", where the HTTP API refuses an object for its ids. A set
+    (frozenset, dict view: any ``Set``) is refused as ``per_text_list`` refuses one, for
+    it has no order: ``add_texts(texts, ids={"a", "b"})`` paired the ids with the texts in
+    whatever order the set iterated in, a different one from run to run."""
     if isinstance(ids, (str, bytes)):
         raise InputError(f"{what} is one string, not a list of ids; pass [{ids!r}] for one id")
     if isinstance(ids, Mapping):
-        raise InputError(f"{what} is a {type(ids).__name__}, not a list of ids")
+        raise InputError(f"{what} is {a_type(ids)}, not a list of ids")
+    if isinstance(ids, Set):
+        raise InputError(
+            f"{what} is {a_type(ids)}, not a list of ids; a set has no order: "
+            "pass a list (sorted(ids)) in the order of the texts"
+        )
     try:
         out = list(ids)
     except TypeError:
-        raise InputError(f"{what} is a {type(ids).__name__}, not a list of ids") from None
+        raise InputError(f"{what} is {a_type(ids)}, not a list of ids") from None
     for i, value in enumerate(out):
         if not isinstance(value, str):
             raise InputError(

@@ -24,6 +24,7 @@ from ragstore.config import Settings
 from ragstore.errors import (
     ConflictError,
     DatabaseUnavailableError,
+    InputError,
     OutcomeUnknownError,
     RagstoreError,
     RateLimitedError,
@@ -428,3 +429,31 @@ def test_a_retry_after_given_as_an_http_date_is_waited() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"poll": -1}, r"poll must be seconds >= 0\.01, got -1"),
+        ({"poll": 0}, r"poll must be seconds >= 0\.01, got 0"),
+        ({"timeout": -5}, r"timeout must be seconds >= 0, got -5"),
+        ({"timeout": float("nan")}, r"timeout must be seconds >= 0, got nan"),
+        ({"poll": "1"}, r"poll must be seconds >= 0\.01, got '1'"),
+    ],
+)
+def test_wait_for_job_refuses_a_bad_poll_or_timeout_before_asking(
+    options: dict[str, Any], message: str
+) -> None:
+    """``poll=-1`` failed in time.sleep with a bare ValueError, ``poll=0`` polled in a tight
+    loop and a NaN timeout never ran out; each is an InputError before any request (the
+    port is closed: a request would be a DatabaseUnavailableError)."""
+    url = f"http://127.0.0.1:{_free_port()}"
+    with Client(url, retries=0) as client, pytest.raises(InputError, match=message):
+        client.wait_for_job(1, **options)
+
+    async def wait() -> None:
+        async with AsyncClient(url, retries=0) as client:
+            await client.wait_for_job(1, **options)
+
+    with pytest.raises(InputError, match=message):
+        asyncio.run(wait())

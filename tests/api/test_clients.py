@@ -347,6 +347,8 @@ REFUSED_ALIKE: list[tuple[str, str, tuple[Any, ...], type[Exception], str]] = [
     ("long name", "get_collection", ("n" * 10240,), InputError, r"name 'n{100}\.\.\.': use"),
     ("dict ids", "delete_texts", ("notes", {"search": 1}), InputError, "ids is a dict, not a"),
     ("dict ids get", "get_texts", ("notes", {"search": 1}), InputError, "ids is a dict, not a"),
+    # a set has no order: its ids were paired with the texts in whatever order it iterated
+    ("set ids", "add_texts", ("notes", ["x", "y"], None, {"p", "q"}), InputError, "ids is a set"),
     ("bare texts", "add_texts", ("notes", "one text"), InputError, "texts is one string"),
     ("id None", "add_texts", ("notes", ["x"], None, [None]), InputError, r"ids\[0\] is None"),
     ("id int", "add_texts", ("notes", ["x"], None, [7]), InputError, r"ids\[0\] is 7"),
@@ -421,7 +423,7 @@ def test_a_where_that_is_no_object_is_an_invalid_filter_alike(
     [
         (Decimal("1.5"), r"a Decimal \(Decimal\('1.5'\)\) at 'a\.\$gte', .* give a float"),
         (b"ops", r"a bytes \(b'ops'\) at 'a\.\$gte', .* \(value.decode\(\)\)"),
-        (np.int64(3), r"a int64 \(.*\) at 'a\.\$gte', .* \(value.item\(\)\)"),
+        (np.int64(3), r"an int64 \(.*\) at 'a\.\$gte', .* \(value.item\(\)\)"),
         (datetime(2024, 1, 1), r"a datetime .* \(value.isoformat\(\)\)"),
     ],
 )
@@ -627,9 +629,9 @@ def test_metadata_that_is_no_object_is_refused_alike_and_makes_nothing(
     page = tmp_path / "page.md"
     page.write_text("# Page\n\nSome text.")
     for backend in (store, notes):
-        with pytest.raises(InputError, match=r"metadata is a .*, not a JSON object"):
+        with pytest.raises(InputError, match=r"metadata is an? .*, not a JSON object"):
             backend.add_document("meta-made", "p.md", "hi", metadata=metadata)
-        with pytest.raises(InputError, match=r"metadata is a .*, not a JSON object"):
+        with pytest.raises(InputError, match=r"metadata is an? .*, not a JSON object"):
             backend.ingest("meta-made", page, metadata=metadata)
     assert "meta-made" not in {c["name"] for c in store.list_collections()}
 

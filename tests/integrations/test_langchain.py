@@ -443,7 +443,7 @@ def test_a_query_or_texts_of_the_wrong_type_are_refused(store: Store) -> None:
             vs.max_marginal_relevance_search(query)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="texts is one string, not a list of texts"):
         vs.add_texts("xyz")
-    with pytest.raises(InputError, match="texts is a NoneType, not a list; pass a list of strings"):
+    with pytest.raises(InputError, match="texts is None, not a list; pass a list of strings"):
         vs.add_texts(None)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="ids is one string, not a list of ids"):
         vs.get_by_ids("a")

@@ -432,7 +432,7 @@ def test_arguments_of_another_type_are_refused_not_read_as_nothing(store: Store)
     vs = RagstoreVectorStore(store, "li-types")
     node = TextNode(id_="a", text="Backups run nightly.")
     for nodes, message in [
-        (None, "nodes is a NoneType, not a list; pass a list of nodes"),
+        (None, "nodes is None, not a list; pass a list of nodes"),
         (node, r"nodes is one TextNode, not a list of nodes; pass \[node\]"),
         (["Backups run nightly."], r"nodes\[0\] is a str \('Backups run nightly.'\), not a node"),
         ("abc", "nodes is a str, not a list"),
@@ -443,7 +443,7 @@ def test_arguments_of_another_type_are_refused_not_read_as_nothing(store: Store)
         vs.query("backups")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="delete_nodes node_ids is one string"):
         vs.delete_nodes("a")  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="get_nodes node_ids is a int, not a list of ids"):
+    with pytest.raises(InputError, match="get_nodes node_ids is an int, not a list of ids"):
         vs.get_nodes(5)  # type: ignore[arg-type]
     assert "li-types" not in {c["name"] for c in store.list_collections()}
 

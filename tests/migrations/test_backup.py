@@ -805,6 +805,30 @@ def test_a_restore_whose_outcome_cannot_be_read_says_it_is_unknown(
     assert full_dump(populated) == before
 
 
+def test_a_restore_whose_own_backup_cannot_be_written_says_it_did_not_start(
+    populated: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The backup a restore takes of what it replaces, where it could not be written,
+    ended the restore with "cannot create .../backups: File exists" alone: nothing said
+    why the restore stopped there, nor how to go on. It now says, as `db upgrade` does."""
+    archive = tmp_path / "b.dump"
+    assert run_cli("backup", str(archive)) == 0
+    before = full_dump(populated)
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "backups").write_text("")  # the folder cannot be made
+    capsys.readouterr()
+    assert run_cli("restore", str(archive), "--yes") == 74
+    err = capsys.readouterr().err
+    assert err.startswith(f"error[backup_failed]: cannot create {tmp_path / 'data' / 'backups'}")
+    assert "was restored; the database is as it was; the restore did not start" in err, err
+    assert "--no-backup" in err and err.count("\n") == 1, err
+    assert full_dump(populated) == before
+
+
 def test_a_restore_that_fails_after_its_backup_names_that_backup(
     populated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

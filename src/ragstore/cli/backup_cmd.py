@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
         from ragstore.cli.remote import refuse_remote
         from ragstore.cli.signals import interrupt_status, terminate_as_interrupt
         from ragstore.db import migrations
-        from ragstore.errors import RagstoreError
+        from ragstore.errors import BackupError, RagstoreError
         from ragstore.runtime import Runtime
 
         refuse_remote("restore")
@@ -184,6 +184,7 @@ def register(app: typer.Typer) -> None:
         # first, a "yes" was answered with "no such file"
         precheck_archive(path)
         taken: list[str] = []  # each try's backup of what it replaces, oldest first
+        unwritten: list[bool] = []  # that backup failed (the restore stopped before it)
         try:
             # SIGTERM unwinds as Ctrl-C does: killed outright, this process left psql to
             # commit the restore after the command had died without a word
@@ -194,10 +195,14 @@ def register(app: typer.Typer) -> None:
                 def back_up(snapshot: str) -> None:
                     # once the archive passed its checks, in the restore's transaction,
                     # which holds the writes from before that snapshot to its commit
-                    if migrations.holds_ragstore_data(db):  # ragstore's data to keep
-                        taken.append(
-                            backup_before(rt, db, "restore", quiet=as_json, snapshot=snapshot)
-                        )
+                    if not migrations.holds_ragstore_data(db):
+                        return  # no ragstore data to keep
+                    try:
+                        path = backup_before(rt, db, "restore", quiet=as_json, snapshot=snapshot)
+                    except BackupError:
+                        unwritten.append(True)
+                        raise
+                    taken.append(path)
 
                 result = restore_backup(
                     db,
@@ -222,6 +227,15 @@ def register(app: typer.Typer) -> None:
             # outcome is unknown, the one copy of what it may have replaced
             if taken:
                 exc.message += _kept(taken)
+                exc.args = (exc.message,)
+            if unwritten and type(exc) is BackupError:  # its outcome read: nothing restored
+                # "cannot create .../backups: Permission denied" and the outcome alone
+                # left the user to guess why the restore stopped there, and how to go on
+                exc.message += (
+                    "; the restore did not start, as the backup of what it replaces could "
+                    "not be written: fix that and run it again, or add --no-backup to "
+                    "restore without that backup"
+                )
                 exc.args = (exc.message,)
             raise
         if as_json:

@@ -39,6 +39,7 @@ from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
 from ragstore.search.service import VECTOR_ONLY_PROVIDER
 from ragstore.validation import (
+    a_type,
     check_texts,
     check_value,
     float32_array,
@@ -128,7 +129,7 @@ def _checked(
     metas: list[dict[str, Any]] = []
     for i, meta in enumerate(metadatas or [{}] * n):
         if not isinstance(meta, Mapping):
-            raise InputError(f"metadatas[{i}] is a {type(meta).__name__}, not a JSON object")
+            raise InputError(f"metadatas[{i}] is {a_type(meta)}, not a JSON object")
         try:
             json.dumps(dict(meta))
         except (TypeError, ValueError) as exc:

@@ -55,7 +55,7 @@ from ragstore.integrations.backend import (
 )
 from ragstore.search.service import parse_mode
 from ragstore.store import Store
-from ragstore.validation import check_value, id_list, per_text_list
+from ragstore.validation import a_type, check_value, id_list, per_text_list
 
 __all__ = ["RagstoreEmbedding", "RagstoreVectorStore", "to_where"]
 
@@ -102,7 +102,7 @@ def to_where(filters: MetadataFilters | None) -> dict[str, Any] | None:
         return None
     if not isinstance(filters, MetadataFilters):
         raise InputError(
-            f"filters must be a MetadataFilters, got a {type(filters).__name__}; wrap it: "
+            f"filters must be a MetadataFilters, got {a_type(filters)}; wrap it: "
             "MetadataFilters(filters=[MetadataFilter(key=..., value=...)])"
         )
     if not filters.filters:
@@ -395,7 +395,7 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         if not isinstance(query, VectorStoreQuery):
             # a string (the text meant) or a dict failed with a bare AttributeError
             raise InputError(
-                f"query takes a VectorStoreQuery, got a {type(query).__name__} "
+                f"query takes a VectorStoreQuery, got {a_type(query)} "
                 f"({query!r:.60}); pass VectorStoreQuery(query_str=..., similarity_top_k=...)"
             )
         mmr = _mmr(query, kwargs)
@@ -464,7 +464,7 @@ def _node_list(nodes: Any) -> list[BaseNode]:
     for i, node in enumerate(listed):
         if not isinstance(node, BaseNode):
             raise InputError(
-                f"nodes[{i}] is a {type(node).__name__} ({node!r:.60}), not a node; "
+                f"nodes[{i}] is {a_type(node)} ({node!r:.60}), not a node; "
                 "pass LlamaIndex nodes (TextNode(text=...))"
             )
     return listed

@@ -79,15 +79,37 @@ _CONTROLS = bytes([*range(0x01, 0x08), 0x0B, *range(0x0E, 0x1B), *range(0x1C, 0x
 MAX_CONTROL_SHARE = 0.1
 
 
+# Bytes that are not UTF-8 to begin with need fewer control bytes to be taken for binary:
+# text in a legacy 8-bit or double-byte encoding (Latin-1, CP1252, CP1251, Shift JIS)
+# holds next to none, where compressed or random bytes hold one in ten
+MAX_CONTROL_SHARE_NOT_UTF8 = 0.02
+MIN_CONTROLS_NOT_UTF8 = 8
+
+
 def mostly_controls(data: bytes) -> bool:
     """Whether more than a tenth of the first 8 KiB are control bytes no text uses: binary
     data without a NUL that still decodes as UTF-8 (a file named ``a.exe`` of such bytes
     was read as plain text and stored, control bytes and all). For a file whose name says
-    nothing of its format; a .txt file is read as its name says."""
+    nothing of its format; a .txt file is read as its name says.
+
+    A head that is no UTF-8 is held to a fiftieth (and at least 8 such bytes, so a short
+    legacy file ending in a DOS ``^Z`` is still text): binary bytes without a NUL that
+    did not decode were refused ``invalid_encoding`` with "re-save the file as UTF-8",
+    advice no binary file can take, where legacy-encoded prose is still refused that way,
+    since re-saving is its fix."""
     head = data[:SNIFF_BYTES]
     if not head or declared_encoding(data) is not None:
         return False
-    return len(head) - len(head.translate(None, _CONTROLS)) > MAX_CONTROL_SHARE * len(head)
+    controls = len(head) - len(head.translate(None, _CONTROLS))
+    if controls > MAX_CONTROL_SHARE * len(head):
+        return True
+    if controls < MIN_CONTROLS_NOT_UTF8 or controls <= MAX_CONTROL_SHARE_NOT_UTF8 * len(head):
+        return False
+    try:  # incremental: the head may end inside a character
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def decode_text(data: bytes, name: str) -> str:
