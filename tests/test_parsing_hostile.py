@@ -181,9 +181,12 @@ def test_a_byte_order_mark_past_the_first_is_dropped_and_only_marks_are_empty() 
             parse_bytes(data, "marks.txt")
 
 
-@pytest.mark.parametrize("name", ["a.md", "a.txt", "a.html", "a.pdf", "a.docx", "a.pptx", "a.epub"])
+@pytest.mark.parametrize(
+    "name", ["a.md", "a.txt", "a.html", "a.pdf", "a.docx", "a.pptx", "a.epub", "a.xyz", "a"]
+)
 def test_an_empty_or_blank_file_is_empty_whatever_its_format(name: str) -> None:
-    # a DOCX, PPTX or EPUB of no bytes was "not a valid ... file (not a zip archive)"
+    # a DOCX, PPTX or EPUB of no bytes was "not a valid ... file (not a zip archive)", and
+    # an unknown suffix's "unsupported file type" while one blank space was "empty"
     for data in (b"", b" \n\t\n"):
         with pytest.raises(EmptyDocumentError, match=rf"^{name}: the file is empty"):
             parse_bytes(data, name)
