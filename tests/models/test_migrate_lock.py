@@ -252,8 +252,17 @@ def test_ingest_during_a_migration_leaves_a_chunk_too_long_for_the_target_to_the
         ingested = ingest_paths(rt, [long], "words")
         assert ingested.count("added") == 1 and not ingested.failed, "stored for the model"
         assert _statuses(rt, "words")[report.table] == ("building", 1), "left to the backfill"
-        with pytest.raises(MigrationStateError, match=r"tokens for .* which reads at most 256"):
+        with pytest.raises(
+            MigrationStateError, match=r"tokens for .* which reads at most 256"
+        ) as err:
             migrate(rt, "words", DEFAULT_MODEL)
+        # it said "a migration does not re-chunk", untrue since a smaller budget re-cuts
+        assert "does not re-chunk" not in str(err.value)
+        assert (
+            f"cut for {pinned.spec.key}, as longer, and a migration cuts the documents again "
+            "only for a model that reads fewer tokens" in str(err.value)
+        )
+        assert "`ragstore models cancel -c words`" in str(err.value)
         assert rt.collection("words").model.key == pinned.spec.key, "not switched"
         cancel(rt, "words")
     finally:
