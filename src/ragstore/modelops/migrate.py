@@ -339,8 +339,9 @@ def _migrate_recut(
         report.recut = True
         for n in range(MAX_PASSES):
             coll = rt.collection(collection)
-            lock.check()  # a cancel that took the lost lock may be dropping this chunk set
-            rechunk.backfill(rt, coll, shadow, embedder, report, progress)
+            # checked before each batch: a cancel that took the lost lock may be dropping
+            # this chunk set
+            rechunk.backfill(rt, coll, shadow, embedder, report, progress, lock)
             with rt.db.connection() as conn, translated(f"indexing {space.table}"):
                 spaces.ensure_index(conn, space.table, space.model.distance)
             if not switch:
