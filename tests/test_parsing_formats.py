@@ -1027,6 +1027,21 @@ def test_a_broken_or_empty_notebook_fails_with_one_clear_error() -> None:
         parse_bytes(b"[1, 2]", "list.ipynb")
     with pytest.raises(EmptyDocumentError, match="no cells with text"):
         parse_bytes(_notebook([{"cell_type": "code", "source": "  ", "outputs": []}]), "e.ipynb")
+    # a source that is not text was stored as its repr: "{'a': 1}", "nan"
+    for source, says in (
+        ({"a": 1}, "its source is an object, not text"),
+        (float("nan"), "its source is a number, not text"),
+        (["x = 1\n", 2], "its source holds a number among its lines"),
+    ):
+        cells = [
+            {"cell_type": "markdown", "source": "# Fine"},
+            {"cell_type": "code", "source": source},
+        ]
+        with pytest.raises(CorruptDocumentError) as err:
+            parse_bytes(_notebook(cells), "odd.ipynb")
+        assert str(err.value) == (
+            f"odd.ipynb: not a Jupyter notebook (cell 2: {says}); save it again from Jupyter"
+        )
 
 
 def test_a_pptx_is_a_section_a_slide_in_reading_order_with_its_notes(tmp_path: Path) -> None:

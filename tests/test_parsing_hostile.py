@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import codecs
 import io
+import re
 import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +22,7 @@ from ragstore.errors import (
     ParseTimeoutError,
 )
 from ragstore.parsing import detect_format, parse_bytes, sandbox
-from tests.fixtures.builders import epub_book, pdf_bytes
+from tests.fixtures.builders import epub_book, pdf_bytes, write_docx, write_roadmap_pptx
 
 
 def test_markdown_of_open_brackets_and_emphasis_is_read_in_linear_time() -> None:
@@ -159,6 +161,35 @@ def test_xml_entities_in_a_page_or_a_chapter_are_not_expanded_read_or_shown_as_t
     assert [b.text for b in parse_bytes(plain, "plain.html").blocks] == ["a ]> b"]
 
 
+def test_an_entity_bomb_in_a_docx_or_pptx_is_named_in_our_words(tmp_path: Path) -> None:
+    # libxml2's refusal was quoted as it stands: "Maximum entity amplification factor
+    # exceeded, see xmlCtxtSetMaxAmplification", advice for a C programmer
+    laughs = "".join(f'<!ENTITY l{i} "' + f"&l{i - 1};" * 10 + '">' for i in range(1, 10))
+    bomb = f"<!DOCTYPE x [{laughs.replace('&l0;' * 10, 'lol')}]>"
+    loop = '<!DOCTYPE x [<!ENTITY a "&b;"><!ENTITY b "&a;">]>'
+    docx = write_docx(tmp_path / "a.docx", title="T", sections=[("H", ["hello"])])
+    pptx = write_roadmap_pptx(tmp_path / "b.pptx")
+    for path, member, part, program in (
+        (docx, "word/document.xml", "word/document.xml", "Word or LibreOffice"),
+        (pptx, "ppt/slides/slide1.xml", "a slide", "PowerPoint or LibreOffice"),
+    ):
+        data = path.read_bytes()
+        xml = zipfile.ZipFile(io.BytesIO(data)).read(member).decode()
+        head, rest = xml.split("?>", 1)
+        for doctype, entity in ((bomb, "&l9;"), (loop, "&a;")):
+            tagged = re.sub(r"(<(?:w|a):t(?: [^>]*)?>)", rf"\1{entity}", rest, count=1)
+            assert tagged != rest
+            hostile = _with_member(data, member, f"{head}?>{doctype}{tagged}".encode())
+            with pytest.raises(CorruptDocumentError) as err:
+                parse_bytes(hostile, path.name)
+            assert str(err.value) == (
+                f"{path.name}: not a document {program} writes ({part} or another part "
+                "declares XML entities that expand far beyond the file's size, or refer to "
+                f"themselves: an entity bomb); open it in {program} and save a copy as "
+                f"{path.suffix}"
+            )
+
+
 def test_utf32_without_a_byte_order_mark_is_named_not_called_binary() -> None:
     text = "# Notes\n\nA line of notes, not binary.\n"
     for encoding, order in (("utf-32-le", "little"), ("utf-32-be", "big")):
@@ -181,9 +212,12 @@ def test_a_byte_order_mark_past_the_first_is_dropped_and_only_marks_are_empty() 
             parse_bytes(data, "marks.txt")
 
 
-@pytest.mark.parametrize("name", ["a.md", "a.txt", "a.html", "a.pdf", "a.docx", "a.pptx", "a.epub"])
+@pytest.mark.parametrize(
+    "name", ["a.md", "a.txt", "a.html", "a.pdf", "a.docx", "a.pptx", "a.epub", "a.xyz", "a"]
+)
 def test_an_empty_or_blank_file_is_empty_whatever_its_format(name: str) -> None:
-    # a DOCX, PPTX or EPUB of no bytes was "not a valid ... file (not a zip archive)"
+    # a DOCX, PPTX or EPUB of no bytes was "not a valid ... file (not a zip archive)", and
+    # an unknown suffix's "unsupported file type" while one blank space was "empty"
     for data in (b"", b" \n\t\n"):
         with pytest.raises(EmptyDocumentError, match=rf"^{name}: the file is empty"):
             parse_bytes(data, name)

@@ -111,7 +111,7 @@ def test_job_reports_each_failed_document(api: Client, jobs_settings: Settings) 
     assert done["errors"] == [
         {
             "document": "empty.xyz",
-            "code": "unsupported_format",
+            "code": "empty_document",
             "detail": done["errors"][0]["detail"],
         }
     ]

@@ -26,7 +26,6 @@ from ragstore.errors import (
     MigrationStateError,
     ModelNotFoundError,
     NotFoundError,
-    UnsupportedFormatError,
 )
 from tests.api.conftest import running_server, with_
 
@@ -371,8 +370,8 @@ def test_upload_multipart_files_ingests_them(docs: Client) -> None:
     assert all(d["status"] == "added" and d["metadata"]["batch"] == 1 for d in out["data"])
 
 
-def test_upload_of_unknown_format_is_unsupported_format(docs: Client) -> None:
-    with pytest.raises(UnsupportedFormatError, match=r"unsupported file type '\.xyz'"):
+def test_upload_of_an_unknown_format_that_is_empty_or_binary_says_so(docs: Client) -> None:
+    with pytest.raises(EmptyDocumentError, match=r"data\.xyz: the file is empty"):
         docs.upload("docs", [("data.xyz", b"")])
     with pytest.raises(BinaryFileError, match=r"unsupported binary file type '\.xyz'"):
         docs.upload("docs", [("data.xyz", b"\x00\x01\x02 not a known format")])

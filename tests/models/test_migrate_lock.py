@@ -4,6 +4,7 @@ real database with real models; faults are injected in the server (``pg_terminat
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -17,11 +18,12 @@ from psycopg import sql
 
 from ragstore.config import Settings
 from ragstore.db import repository, spaces
+from ragstore.db.models import upsert_model
 from ragstore.embedding.registry import DEFAULT_MODEL, TRUNCATED_MODEL, load_embedder, resolve_spec
 from ragstore.errors import MigrationStateError
 from ragstore.ingest import ingest_paths
 from ragstore.ingest.texts import add_texts
-from ragstore.modelops import add_http_model, migrate, model_status
+from ragstore.modelops import add_http_model, migrate, model_status, rechunk
 from ragstore.modelops.migrate import cancel
 from ragstore.runtime import Runtime
 from tests.models.corpus import write_corpus
@@ -91,6 +93,33 @@ def test_a_migration_whose_lock_was_ended_mid_backfill_stops_and_changes_nothing
     # the space is kept, as a killed run leaves it: the next run resumes it
     assert [s for s, _ in _statuses(rt, old.name).values()].count("building") == 1
     assert migrate(rt, old.name, TRUNCATED_MODEL).switched
+
+
+def test_a_recut_migration_whose_lock_was_ended_stops_within_one_batch(
+    rt: Runtime, admin: psycopg.Connection[Any], corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-cut backfill checked its lock once per pass, so a run whose lock was taken
+    (by a ``models cancel`` dropping its chunk set) cut and embedded every document first;
+    it checks before each batch now, as the plain backfill does."""
+    with rt.db.connection() as conn:
+        upsert_model(
+            conn,
+            dataclasses.replace(resolve_spec(DEFAULT_MODEL), name="minilm-lock-96", max_tokens=96),
+        )
+    monkeypatch.setattr(rechunk, "BATCH_DOCUMENTS", 1)
+    old = _collection(rt, corpus, "recut-killed")
+    seen: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        seen.append(done)
+        if done == 1:
+            _kill_lock(admin, old.id)
+
+    with pytest.raises(MigrationStateError, match="lost its migration lock"):
+        migrate(rt, old.name, "minilm-lock-96", progress=progress)
+    assert seen == [0, 1], "stopped before the second batch"
+    assert rt.collection(old.name).table == old.table, "not switched"
+    cancel(rt, old.name)
 
 
 def test_a_switch_whose_lock_was_ended_while_it_waited_for_a_write_is_refused(
@@ -252,8 +281,17 @@ def test_ingest_during_a_migration_leaves_a_chunk_too_long_for_the_target_to_the
         ingested = ingest_paths(rt, [long], "words")
         assert ingested.count("added") == 1 and not ingested.failed, "stored for the model"
         assert _statuses(rt, "words")[report.table] == ("building", 1), "left to the backfill"
-        with pytest.raises(MigrationStateError, match=r"tokens for .* which reads at most 256"):
+        with pytest.raises(
+            MigrationStateError, match=r"tokens for .* which reads at most 256"
+        ) as err:
             migrate(rt, "words", DEFAULT_MODEL)
+        # it said "a migration does not re-chunk", untrue since a smaller budget re-cuts
+        assert "does not re-chunk" not in str(err.value)
+        assert (
+            f"cut for {pinned.spec.key}, as longer, and a migration cuts the documents again "
+            "only for a model that reads fewer tokens" in str(err.value)
+        )
+        assert "`ragstore models cancel -c words`" in str(err.value)
         assert rt.collection("words").model.key == pinned.spec.key, "not switched"
         cancel(rt, "words")
     finally:

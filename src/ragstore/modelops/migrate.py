@@ -339,8 +339,9 @@ def _migrate_recut(
         report.recut = True
         for n in range(MAX_PASSES):
             coll = rt.collection(collection)
-            lock.check()  # a cancel that took the lost lock may be dropping this chunk set
-            rechunk.backfill(rt, coll, shadow, embedder, report, progress)
+            # checked before each batch: a cancel that took the lost lock may be dropping
+            # this chunk set
+            rechunk.backfill(rt, coll, shadow, embedder, report, progress, lock)
             with rt.db.connection() as conn, translated(f"indexing {space.table}"):
                 spaces.ensure_index(conn, space.table, space.model.distance)
             if not switch:
@@ -411,7 +412,7 @@ def _backfill(
         if not batch:
             return
         texts = [c.embed_text for c in batch]
-        _check_fits(texts, batch, embedder, space)
+        _check_fits(texts, batch, embedder, space, coll)
         t0 = time.perf_counter()
         vecs = embedder.embed(texts)
         report.encode_seconds += time.perf_counter() - t0
@@ -426,18 +427,29 @@ def _backfill(
 
 
 def _check_fits(
-    texts: list[str], batch: list[spaces.PendingChunk], embedder: Any, space: spaces.Space
+    texts: list[str],
+    batch: list[spaces.PendingChunk],
+    embedder: Any,
+    space: spaces.Space,
+    coll: repository.Collection,
 ) -> None:
     """Refuse texts longer than the target model reads (it would silently truncate them),
-    counted as the model reads them: its passage prefix included (``count_tokens``)."""
+    counted as the model reads them: its passage prefix included (``count_tokens``).
+
+    Only a target whose budget is no smaller than the active model's gets here (a smaller
+    one has the documents cut again, :mod:`ragstore.modelops.rechunk`), so a chunk too long
+    for it is one its tokenizer counts as longer than the active model's did. The message
+    said "a migration does not re-chunk", untrue since re-cutting exists."""
     limit = space.model.max_tokens
     for text, chunk, n in zip(texts, batch, embedder.count_tokens(texts), strict=True):
         if n > limit:
             raise MigrationStateError(
                 f"chunk {chunk.id} is {n} tokens for {space.model.key}, which reads at most "
-                f"{limit}; a migration does not re-chunk, so this model would cut it short. "
-                "Cancel with `ragstore models cancel` and ingest into a new collection "
-                f"created with {space.model.key} instead ({text[:40]!r}...)"
+                f"{limit}: its tokenizer counts this chunk, cut for {coll.model.key}, as "
+                "longer, and a migration cuts the documents again only for a model that "
+                "reads fewer tokens, so this model would cut it short. Cancel with "
+                f"`ragstore models cancel -c {coll.name}` and ingest the documents into a "
+                f"new collection created with {space.model.key} instead ({text[:40]!r}...)"
             )
 
 

@@ -85,10 +85,16 @@ def backfill(
     embedder: Any,
     report: Any,
     progress: Any,
+    lock: Any,
 ) -> None:
     """Bring the shadow in step with the live collection: cut, embed and write every live
     document it lacks (one transaction per batch, through the one write path), then
-    delete the documents the live collection no longer has."""
+    delete the documents the live collection no longer has.
+
+    ``lock`` (the command's ``MigrationLock``) is checked before each batch, as the plain
+    backfill does: checked once per pass, a run whose lock was lost (to a ``models
+    cancel`` dropping this chunk set, say) cut and embedded every document before it
+    stopped."""
     spec = shadow.model
     with rt.db.connection() as conn, translated(f"counting documents of {coll.name!r}"):
         total = documents.count_documents(conn, coll.id)
@@ -101,6 +107,7 @@ def backfill(
         progress(done, total)
     after = 0
     while True:
+        lock.check()
         with rt.db.connection() as conn, translated(f"reading documents of {coll.name!r}"):
             batch = documents.without_twin(conn, coll.id, shadow.id, after, BATCH_DOCUMENTS)
             cuts = [cut(conn, i, rec, embedder, spec.max_tokens) for i, rec in batch]

@@ -27,11 +27,27 @@ _BACKTICKS = re.compile(r"`{3,}")
 _LANGUAGE = re.compile(r"[A-Za-z0-9_+.#-]+")
 
 
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    return "an object" if isinstance(value, dict) else "a list"
+
+
 def _source(cell: dict[str, Any], key: str) -> str:
+    """A cell's text: a string, or a list of strings (its lines). Anything else is refused
+    (ValueError saying what it holds): ``str()`` of an object or a NaN stored "{'a': 1}"
+    or "nan" as the cell's text, which no notebook writes."""
     value = cell.get(key, "")
+    if value is None or isinstance(value, str):
+        return value or ""
     if isinstance(value, list):
-        return "".join(str(part) for part in value)
-    return str(value) if value is not None else ""
+        for part in value:
+            if not isinstance(part, str):
+                raise ValueError(f"its {key} holds {_json_kind(part)} among its lines")
+        return "".join(value)
+    raise ValueError(f"its {key} is {_json_kind(value)}, not text")
 
 
 def _fenced(code: str, language: str) -> str:
@@ -96,22 +112,33 @@ def notebook_markdown(text: str, name: str) -> str:
         ) from None
     language = _language(notebook)
     parts: list[str] = []
-    for cell in cells:
-        kind = cell.get("cell_type")
-        if kind == "markdown" or kind == "heading":  # nbformat 3 had heading cells
-            body = _source(cell, "source")
-            if kind == "heading" and body.strip():
-                level = cell.get("level")
-                depth = level if isinstance(level, int) and 1 <= level <= 6 else 1
-                body = "#" * depth + " " + " ".join(body.split())
-        elif kind == "code":
-            code = _source(cell, "source") or _source(cell, "input")
-            body = _fenced(code, language) if code.strip() else ""
-        else:  # raw cells, and any kind a later format adds: their text as it stands
-            body = _source(cell, "source")
+    for number, cell in enumerate(cells, 1):
+        try:
+            body = _cell_markdown(cell, language)
+        except ValueError as exc:
+            raise CorruptDocumentError(
+                f"{name}: not a Jupyter notebook (cell {number}: {exc}); save it again from Jupyter"
+            ) from None
         if body.strip():
             parts.append(body.strip("\n"))
     return "\n\n".join(parts) + "\n"
+
+
+def _cell_markdown(cell: dict[str, Any], language: str) -> str:
+    """One cell as Markdown (see the module docstring); ValueError when its text is not
+    text."""
+    kind = cell.get("cell_type")
+    if kind == "markdown" or kind == "heading":  # nbformat 3 had heading cells
+        body = _source(cell, "source")
+        if kind == "heading" and body.strip():
+            level = cell.get("level")
+            depth = level if isinstance(level, int) and 1 <= level <= 6 else 1
+            body = "#" * depth + " " + " ".join(body.split())
+        return body
+    if kind == "code":
+        code = _source(cell, "source") or _source(cell, "input")
+        return _fenced(code, language) if code.strip() else ""
+    return _source(cell, "source")  # raw cells, and any kind a later format adds
 
 
 def parse_notebook(text: str, name: str) -> ParsedDocument:

@@ -50,6 +50,16 @@ def check_archive(data: bytes, name: str, fmt: str, program: str) -> None:
         )
 
 
+def _entity_bomb(exc: etree.XMLSyntaxError) -> bool:
+    """Whether libxml2 stopped because the part's entities expand too far or in a loop:
+    its own message ("Maximum entity amplification factor exceeded, see
+    xmlCtxtSetMaxAmplification") names a C function, which tells a user nothing. Office
+    documents declare no entities at all."""
+    if exc.code == etree.ErrorTypes.ERR_ENTITY_LOOP:
+        return True
+    return exc.code == etree.ErrorTypes.ERR_RESOURCE_LIMIT and "entity" in str(exc.msg).lower()
+
+
 def parse_archive(
     parse: Callable[[bytes, str], ParsedDocument],
     data: bytes,
@@ -75,6 +85,12 @@ def parse_archive(
             f"re-save it from {program} as .{ext}"
         ) from None
     except etree.XMLSyntaxError as exc:
+        if _entity_bomb(exc):
+            raise CorruptDocumentError(
+                f"{name}: not a document {program} writes ({main_part} or another part "
+                "declares XML entities that expand far beyond the file's size, or refer to "
+                f"themselves: an entity bomb); open it in {program} and save a copy as .{ext}"
+            ) from None
         raise CorruptDocumentError(
             f"{name}: damaged {fmt} ({main_part} or another part is not well-formed XML: "
             f"{exc}); re-save it from {program} as .{ext}"

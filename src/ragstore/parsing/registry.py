@@ -18,7 +18,6 @@ from ragstore.errors import (
     BinaryFileError,
     CorruptDocumentError,
     EmptyDocumentError,
-    UnsupportedFormatError,
 )
 from ragstore.models import ParsedDocument
 from ragstore.parsing.code import CODE_SUFFIXES, language_from_shebang, parse_code
@@ -114,18 +113,15 @@ def detect_format(name: str, data: bytes) -> str:
         return by_name
     if sniffed is not None:
         return sniffed
-    binary = looks_binary(data) or mostly_controls(data)
-    if data and not binary:
-        return "text"  # an unknown suffix on a text file: read it as plain text
-    if binary:
+    if looks_binary(data) or mostly_controls(data):
         raise BinaryFileError(
             f"{name}: unsupported binary file type {suffix!r}; supported: "
             f"{', '.join(sorted(supported_suffixes()))}"
         )
-    raise UnsupportedFormatError(
-        f"{name}: unsupported file type {suffix!r}; supported: "
-        f"{', '.join(sorted(supported_suffixes()))}"
-    )
+    # an unknown suffix on a text file: read it as plain text. An empty one too, so that
+    # parse_bytes calls it empty as it does under every other name (it was
+    # "unsupported file type" while a file of one space was "empty")
+    return "text"
 
 
 # What third-party parsers raise on files they choke on (besides their own error types,
