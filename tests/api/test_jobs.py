@@ -1609,3 +1609,30 @@ def test_a_burst_worker_runs_the_jobs_queued_behind_one_of_their_collection(
         "first.md",
         "second.md",
     ]
+
+
+def test_concurrent_bulk_loads_on_a_small_pool_wait_their_turn_and_all_store(
+    api: Client, jobs_settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ragstore worker --concurrency N`` runs N jobs in one process on one pool. Bulk
+    loads each held one pooled connection (two staged) for their whole length, and with
+    more of them at once than the pool could lend their own lookups found no free one:
+    jobs ended with their documents not stored (``database_unavailable``). Loads past
+    what the pool can lend now wait their turn (``staging.load_connections``)."""
+    from ragstore.ingest import service
+
+    monkeypatch.setattr(service, "STAGE_MIN_BYTES", 0)  # every load stages: two connections
+    monkeypatch.setattr(runner_module, "RETRY_S", 0.1)
+    jobs = []
+    for n in range(6):
+        name = f"pool-bulk-{n}"
+        api.create_collection(name)
+        files = [(f"p{n}-{i}.md", _doc(n * 3 + i)) for i in range(2)]
+        jobs.append((name, api.upload(name, files, background=True)["id"]))
+    small = with_(jobs_settings, pool_max_size=4, bulk_load_bytes=1, connect_timeout_s=3.0)
+    with Runtime(small) as rt, ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        runs = [pool.submit(run_job, rt, job_id) for _, job_id in jobs]
+        done = [r.result() for r in runs]
+    assert [d.status for d in done] == ["succeeded"] * len(jobs), [d.errors for d in done]
+    assert all(d.errors == [] and d.summary.get("added") == 2 for d in done), done
+    assert [_counts(database_url, name)[0] for name, _ in jobs] == [2] * len(jobs)

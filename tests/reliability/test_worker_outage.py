@@ -19,6 +19,7 @@ import pytest
 from ragstore import Client
 from ragstore.config import Settings
 from ragstore.db import embedded
+from ragstore.errors import DatabaseUnavailableError
 from ragstore.jobs.liveness import WORKER_LOCKS, LiveJobManager
 from ragstore.jobs.queue import build_queue
 from ragstore.jobs.runner import run_job
@@ -156,6 +157,54 @@ def test_a_job_whose_connection_is_lost_mid_ingest_is_run_again_not_failed(
         assert state["summary"]["added"] == 2, state["summary"]
         names = sorted(d["name"] for d in api.list_documents("lost-mid-ingest")["data"])
         assert names == ["a.md", "b.md"]
+
+
+def test_a_job_whose_documents_stay_unstored_after_every_run_fails(
+    open_url: str, settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backend writing the job's second document ends every time. After the job's
+    last run that document is still not stored for a reason that is not its own (the
+    database away): the job ended ``succeeded`` with the error listed, and a client
+    waiting on it never sent the document again. It fails now, the error saying which
+    documents to send again; the one that was stored stays."""
+    monkeypatch.setattr("ragstore.jobs.runner.RETRY_S", 0.01)
+    monkeypatch.setattr("ragstore.jobs.runner.ATTEMPTS", 2)
+    with Client(open_url) as api:
+        api.create_collection("lost-for-good")
+        job = api.upload(
+            "lost-for-good",
+            [("a.md", b"# A\n\nfirst text"), ("b.md", b"# B\n\nsecond text")],
+            background=True,
+        )
+        fault = """
+            CREATE FUNCTION ingest_lost_always() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_terminate_backend(pg_backend_pid());
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER ingest_lost_always BEFORE INSERT ON documents FOR EACH ROW
+                WHEN (NEW.source LIKE '%/b.md') EXECUTE FUNCTION ingest_lost_always();
+        """
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(fault)
+            try:
+                with (
+                    Runtime(with_(settings, ingest_batch_chunks=1)) as rt,
+                    pytest.raises(DatabaseUnavailableError, match=r"'b\.md'"),
+                ):
+                    run_job(rt, job["id"])
+            finally:
+                admin.execute(
+                    "DROP TRIGGER ingest_lost_always ON documents;"
+                    " DROP FUNCTION ingest_lost_always()"
+                )
+        state = api.get_job(job["id"])
+        assert state["status"] == "failed", state
+        codes = [(e["document"], e["code"]) for e in state["errors"]]
+        assert codes == [("b.md", "database_unavailable"), (None, "database_unavailable")], codes
+        assert "send them again" in state["errors"][-1]["detail"], state["errors"]
+        names = [d["name"] for d in api.list_documents("lost-for-good")["data"]]
+        assert names == ["a.md"]
 
 
 def _worker_row(admin: psycopg.Connection[tuple[object, ...]]) -> tuple[int, float]:

@@ -472,8 +472,10 @@ class _Ingestor:
         if not self.bulk:
             self._pipeline(files)
             return
+        held = 2 if _stages(self.rt, self.bulk, total_bytes) else 1  # staged: a second
         try:
             with (
+                staging.load_connections(self.rt, held),  # waits while the pool is lent out
                 translated(f"bulk loading {self.coll.name!r}"),
                 self.rt.db.connection() as conn,
             ):

@@ -26,10 +26,12 @@ drops.
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,60 @@ REBUILD_SHARE = 0.25
 def can_stage(rt: Runtime) -> bool:
     """Whether the pool can lend a bulk load a second connection for its whole length."""
     return rt.settings.pool_max_size >= MIN_POOL_TO_STAGE
+
+
+# Pooled connections a process's bulk loads leave to everything else (their own reader
+# and encoder threads' lookups, a job's progress writes, other jobs' and requests' short
+# transactions): those wait their turn for one of these, never for a load to end.
+POOL_LEFT_BY_LOADS = 2
+
+
+class _LoadBudget:
+    """The pooled connections a process's bulk loads may hold at once: the pool's size less
+    :data:`POOL_LEFT_BY_LOADS` (at least one load always runs)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size - POOL_LEFT_BY_LOADS)
+        self.free = self.size
+        self.pid = os.getpid()  # a forked child sizes its own (its pool is its own)
+        self.cond = threading.Condition()
+
+
+_budgets: weakref.WeakKeyDictionary[Any, _LoadBudget] = weakref.WeakKeyDictionary()
+_budgets_lock = threading.Lock()
+
+
+@contextmanager
+def load_connections(rt: Runtime, count: int) -> Iterator[None]:
+    """Wait until this process's bulk loads hold few enough pooled connections that one
+    more load may hold ``count`` (its transaction's, and its staging one's) for its whole
+    length, and hold them in the budget until the block ends.
+
+    A bulk load keeps its connections for minutes, and its threads borrow more meanwhile.
+    ``ragstore worker --concurrency N`` runs N jobs in one process on one pool
+    (``RAGSTORE_POOL_MAX_SIZE``): with more loads at once than the pool could lend, they
+    held every connection, their own lookups timed out waiting for one, and their
+    documents failed ``database_unavailable`` (retried, and the retries tripped the
+    database-down breaker). Loads past the budget now wait their turn here before taking
+    any connection, so a pool smaller than the worker's concurrency makes jobs wait, never
+    fail. A semaphore in the process was the smallest such design: sizing the worker's
+    pool for its concurrency instead needs the server's ``max_connections`` to allow it,
+    and the API server's requests bulk-load on the same pool too."""
+    db = rt.db
+    with _budgets_lock:
+        budget = _budgets.get(db)
+        if budget is None or budget.pid != os.getpid():
+            budget = _budgets[db] = _LoadBudget(rt.settings.pool_max_size)
+    take = min(count, budget.size)
+    with budget.cond:
+        budget.cond.wait_for(lambda: budget.free >= take)
+        budget.free -= take
+    try:
+        yield
+    finally:
+        with budget.cond:
+            budget.free += take
+            budget.cond.notify_all()
 
 
 class StagedVectors:

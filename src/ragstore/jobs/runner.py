@@ -355,6 +355,9 @@ def _run(
             outcomes[job_status(r, job, retry=retry)] += 1
             if r.error is not None:
                 errors.append(_error_entry(r.name, r.error))
+        lost = [r.name for r in results if isinstance(r.error, DatabaseUnavailableError)]
+        if lost:
+            raise _not_stored(lost, len(results))
     except Superseded:
         raise
     except Exception as exc:  # the job itself broke: record it, let the queue see it too
@@ -384,6 +387,25 @@ def _run(
         errors=errors,
         summary=summary,
     )
+
+
+def _not_stored(lost: list[str], total: int) -> DatabaseUnavailableError:
+    """The job's failure where documents were still not stored after its last run because
+    the database was away or lent no connection (every pooled one in use): a transient
+    cause, not the documents' own.
+
+    Recorded ``succeeded`` with the errors listed, such a job told a client waiting on it
+    that its upload was done, and nothing sent it again: its documents were never stored.
+    ``failed`` is what makes a client resend; the documents that were stored stay. A job
+    whose errors are the documents' own (a file that does not parse) still succeeds:
+    sending that file again would fail the same way."""
+    shown = ", ".join(repr(n) for n in lost[:5]) + (", ..." if len(lost) > 5 else "")
+    message = (
+        f"{len(lost)} of the job's {total} documents were not stored ({shown}): the database "
+        f"could not be reached, or lent no connection, in {ATTEMPTS} runs of the job; send "
+        "them again (the documents that were stored stay stored)"
+    )
+    return DatabaseUnavailableError(message, public=message)
 
 
 def _ingest(
