@@ -34,6 +34,7 @@ from ragstore.errors import (
     all_error_classes,
     invalid_collection_name,
 )
+from ragstore.interrupts import deferred
 from ragstore.models import COLLECTION_NAME
 
 T = TypeVar("T")
@@ -811,7 +812,7 @@ class StreamedFile:
                 raise FileUnreadableError(f"{path}: not a regular file")
             # found unreadable here, before any request is sent (without waiting: a pipe
             # put in the file's place since the check above)
-            with open(path, "rb", opener=_open_nonblocking) as f:
+            with deferred(), open(path, "rb", opener=_open_nonblocking) as f:
                 st = os.fstat(f.fileno())
                 if not stat.S_ISREG(st.st_mode):
                     raise FileUnreadableError(f"{path}: not a regular file")
@@ -848,8 +849,12 @@ class StreamedFile:
             try:
                 # without waiting: a pipe put in the file's place since it was planned
                 # blocked the open, and the upload, until something wrote to it (_check
-                # then finds it is not the file planned)
-                self._file = open(self.path, "rb", opener=_open_nonblocking)  # noqa: SIM115
+                # then finds it is not the file planned). Interrupts wait for the open
+                # to be held: a SIGTERM between the descriptor's opening and its
+                # assignment left the file to the garbage collector (a CI run's
+                # ResourceWarning, in the CLI's interrupted remote ingest)
+                with deferred():
+                    self._file = open(self.path, "rb", opener=_open_nonblocking)  # noqa: SIM115
             except OSError as exc:
                 raise self._changed(f"it cannot be opened now ({exc.strerror or exc})") from None
             self._check(os.fstat(self._file.fileno()))

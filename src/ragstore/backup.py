@@ -956,7 +956,7 @@ def _finishing(path: Path) -> Iterator[None]:
     sidecar (restored unchecked) and the sidecar's hidden ``.partial`` file behind. One
     that came meanwhile is delivered at the end as :class:`BackupInterrupted`, saying
     that the backup is complete (or what the error that ended it left)."""
-    from ragstore.cli.signals import deferred
+    from ragstore.interrupts import deferred
 
     done = False
     try:

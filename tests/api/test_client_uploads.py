@@ -6,6 +6,8 @@ server on loopback whose uploads may be 4 KiB at most."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -428,3 +430,32 @@ def test_a_file_replaced_by_a_pipe_after_it_was_planned_is_refused_without_waiti
             with open(f, "wb"):  # lets the stuck open go on, so the test can end
                 pass
             pytest.fail("opening the pipe waited for a writer")
+
+
+def test_an_interrupt_as_an_upload_opens_its_file_leaves_the_file_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM (here Ctrl-C) arriving as :class:`StreamedFile` opened its file raised
+    between the descriptor's opening and its assignment: the file was left to the garbage
+    collector, and a CI run of the interrupted remote ingest failed on that
+    ResourceWarning. The interrupt now waits until the file is held, so the one who
+    closes the upload closes it."""
+    path = tmp_path / "a.md"
+    path.write_text("# A\n\nalpha\n")
+    sent = calls.StreamedFile(path)
+    opened: list[int] = []
+    real = calls._open_nonblocking
+
+    def interrupted_open(name: str, flags: int) -> int:
+        fd = real(name, flags)
+        opened.append(fd)
+        signal.raise_signal(signal.SIGINT)  # delivered at once without the fix
+        return fd
+
+    monkeypatch.setattr(calls, "_open_nonblocking", interrupted_open)
+    with pytest.raises(KeyboardInterrupt):
+        sent.read(4)
+    assert opened and sent._file is not None and sent._file.fileno() == opened[0]
+    sent.close()
+    with pytest.raises(OSError):
+        os.fstat(opened[0])  # closed with the upload, not left open

@@ -237,7 +237,6 @@ def ingest_remote(
 ) -> RemoteIngest:
     """Upload ``paths`` (files and folders) to the server, a batch per request; a batch
     the server refuses is retried file by file so that each failure names its file."""
-    from ragstore.cli.signals import deferred
     from ragstore.errors import RagstoreError
     from ragstore.ingest.files import (
         LINK_OUTSIDE_FOLDER,
@@ -246,6 +245,7 @@ def ingest_remote(
         not_ingestible,
         unlisted_error,
     )
+    from ragstore.interrupts import deferred
 
     start = time.monotonic()
     files, missing, outside, unlisted, passed = discover(paths)

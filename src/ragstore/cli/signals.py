@@ -45,38 +45,6 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-@contextmanager
-def deferred() -> Iterator[None]:
-    """Hold SIGTERM and Ctrl-C for a short block that must not stop half way, and deliver
-    the first one that came when the block ends (main thread only; elsewhere a no-op).
-
-    An interrupt raised between ``open()`` and the ``with`` that closes the file leaves the
-    file to the garbage collector (a ``ResourceWarning``); reading a batch of files inside
-    this block keeps every interrupt at a point where nothing is held open."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {
-        signum: handler
-        for signum in (signal.SIGTERM, signal.SIGINT)
-        if (handler := signal.getsignal(signum)) is not signal.SIG_IGN  # stays ignored
-    }
-
-    def hold(signum: int, _frame: FrameType | None) -> None:
-        held.append(signum)
-
-    for signum in previous:
-        signal.signal(signum, hold)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        if held:
-            signal.raise_signal(held[0])
-
-
 def interrupt_status(exc: BaseException) -> tuple[str, int]:
     """How ``exc`` (a KeyboardInterrupt, or one raised from it) came about, and the exit
     status that says so: ``("SIGTERM", 143)`` or ``("Ctrl-C", 130)``."""
