@@ -779,7 +779,8 @@ def test_an_interrupt_during_a_deferred_block_lands_when_the_block_ends() -> Non
     delivered, once, when the block ends, and the handlers in place before come back."""
     import signal
 
-    from ragstore.cli.signals import Terminated, deferred, terminate_as_interrupt
+    from ragstore.cli.signals import Terminated, terminate_as_interrupt
+    from ragstore.interrupts import deferred
 
     ran_on = []
     with pytest.raises(Terminated), terminate_as_interrupt():
