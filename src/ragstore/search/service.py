@@ -767,6 +767,13 @@ def _search_deadline(collection: str, timeout_s: float) -> Iterator[None]:
         ) from None
 
 
+def _bind_ftcond(conn: Any, values: dict[str, Any], ftcond: sql.Composable | None) -> None:
+    """``values["ftcond"]``: ``ftcond`` as SQL text for the BM25 top k, every value in it
+    quoted client-side by psycopg, as in a bound parameter."""
+    if ftcond is not None:
+        values["ftcond"] = ClientCursor(conn).mogrify(sql.Composed([ftcond]), values)
+
+
 @dataclass(frozen=True)
 class _Statement:
     """Runs one search statement on a pooled connection, in one round trip."""
@@ -803,9 +810,7 @@ class _Statement:
             _search_deadline(self.coll.name, timeout_s),
             cancellable(conn),  # an API search whose client went away (db/cancel.py)
         ):
-            if ftcond is not None:
-                # every value quoted client-side by psycopg, as in a bound parameter
-                values["ftcond"] = ClientCursor(conn).mogrify(sql.Composed([ftcond]), values)
+            _bind_ftcond(conn, values, ftcond)
             set_session = hnsw and _session_ef.get(conn) != self.ef
             prepare = False if hnsw and self.replan_vector else None  # None: psycopg's rule
             # One read statement is its own transaction: in autocommit no BEGIN goes ahead
@@ -816,22 +821,7 @@ class _Statement:
             try:
                 if set_session or timeout_s:
                     with conn.pipeline():
-                        if timeout_s:
-                            # transaction-local: the statement below and nothing after it
-                            conn.execute(
-                                "SELECT set_config('statement_timeout', %s, true)",
-                                (str(_timeout_ms(timeout_s)),),
-                            )
-                        if set_session:
-                            # session-level: later searches on this connection skip them
-                            conn.execute(
-                                "SELECT set_config('hnsw.ef_search', %s, false)",
-                                (str(self.ef),),
-                            )
-                        if set_session and self.iterative:
-                            conn.execute(
-                                "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)"
-                            )
+                        self._settings(conn, set_session)
                         cur = conn.execute(stmt, values, prepare=prepare, binary=binary)
                 else:
                     cur = conn.execute(stmt, values, prepare=prepare, binary=binary)
@@ -847,6 +837,20 @@ class _Statement:
             if set_session:
                 _session_ef[conn] = self.ef
         return rows
+
+    def _settings(self, conn: Any, set_session: bool) -> None:
+        """The statement timeout (transaction-local: the statements after it in this
+        transaction, nothing after it) and, where ``set_session``, the HNSW scan settings
+        (session-level: later searches on this connection skip them)."""
+        if self.timeout_s:
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, true)",
+                (str(_timeout_ms(self.timeout_s)),),
+            )
+        if set_session:
+            conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(self.ef),))
+            if self.iterative:
+                conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)")
 
     def execute_in_one_snapshot(self, lists: Sequence[_ListRun]) -> list[list[tuple[Any, ...]]]:
         """Each list's rows, all read on one pooled connection (one server) in one
@@ -864,20 +868,9 @@ class _Statement:
             set_session = any(x.hnsw for x in lists) and _session_ef.get(conn) != self.ef
             # before any query of the transaction, which takes its snapshot
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            if timeout_s:
-                conn.execute(
-                    "SELECT set_config('statement_timeout', %s, true)",
-                    (str(_timeout_ms(timeout_s)),),
-                )
-            if set_session:
-                conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(self.ef),))
-                if self.iterative:
-                    conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)")
+            self._settings(conn, set_session)
             for x in lists:
-                if x.ftcond is not None:
-                    x.values["ftcond"] = ClientCursor(conn).mogrify(
-                        sql.Composed([x.ftcond]), x.values
-                    )
+                _bind_ftcond(conn, x.values, x.ftcond)
                 prepare = False if x.hnsw and self.replan_vector else None
                 out.append(conn.execute(x.stmt, x.values, prepare=prepare).fetchall())
         if set_session:
