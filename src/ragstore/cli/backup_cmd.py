@@ -83,8 +83,6 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Back up the whole database to a pg_dump custom-format archive."""
-        from typer._click.exceptions import BadParameter
-
         from ragstore.backup import BackupInterrupted, create_backup
         from ragstore.cli.output import err_console
         from ragstore.cli.remote import refuse_remote
@@ -94,7 +92,7 @@ def register(app: typer.Typer) -> None:
         if path == "":
             # Path("") is ".": ``backup "$UNSET_VAR"`` wrote a whole copy of the database
             # into the current folder, where the user named no place at all
-            raise BadParameter(
+            raise typer.BadParameter(
                 "the path is empty; name a file or a folder, or leave it out to write "
                 "under DATA_DIR/backups",
                 ctx=ctx,

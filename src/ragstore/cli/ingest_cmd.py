@@ -288,8 +288,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ingest Markdown, text, HTML, PDF, DOCX, PPTX, EPUB, notebook and source files;
         unchanged files are skipped without embedding, changed ones replaced in one transaction."""
-        from typer._click.exceptions import BadParameter
-
         from ragstore.cli.remote import remote_client
         from ragstore.profiles import get_settings
         from ragstore.runtime import Runtime
@@ -298,17 +296,17 @@ def register(app: typer.Typer) -> None:
         try:
             strings = _parse_meta(meta)
         except ValueError as exc:
-            raise BadParameter(str(exc), ctx=ctx, param_hint="'--meta'") from None
+            raise typer.BadParameter(str(exc), ctx=ctx, param_hint="'--meta'") from None
         user_meta: dict[str, Any] = dict(strings)
         try:
             user_meta.update(_parse_meta_json(meta_json, strings))
         except ValueError as exc:
-            raise BadParameter(str(exc), ctx=ctx, param_hint="'--meta-json'") from None
+            raise typer.BadParameter(str(exc), ctx=ctx, param_hint="'--meta-json'") from None
         from ragstore.validation import problem_in
 
         # its keys too (one past MAX_KEY_CHARS no filter could name), as every write checks
         if found := problem_in(user_meta, json_only=True, paths=True):
-            raise BadParameter(
+            raise typer.BadParameter(
                 f"the metadata holds {found}", ctx=ctx, param_hint="'--meta' / '--meta-json'"
             )
         if prune and not sync:
