@@ -729,24 +729,29 @@ def search_response(
         defaults.vector_weight if vector_weight is None else vector_weight,
         defaults.fulltext_weight if fulltext_weight is None else fulltext_weight,
     )
-    hits: list[Any] = service.search(
-        rt,
-        query,
-        collection=collection,
-        k=k,
-        mode=resolved,
-        where=where,
-        ef_search=ef_search,
-        explain=explain,
-        fusion=fusion,
-        vector=vector,
-        sections=sections,
-        mmr=mmr,
-        fetch_k=fetch_k,
-        lambda_mult=lambda_mult,
-    )
+
+    def run_search() -> list[Any]:
+        return service.search(
+            rt,
+            query,
+            collection=collection,
+            k=k,
+            mode=resolved,
+            where=where,
+            ef_search=ef_search,
+            explain=explain,
+            fusion=fusion,
+            vector=vector,
+            sections=sections,
+            mmr=mmr,
+            fetch_k=fetch_k,
+            lambda_mult=lambda_mult,
+        )
+
+    hits = run_search()
     if context is not None:
-        hits = list(with_context(rt, hits, parse_context(str(context))))
+        # a document written since the search: the search runs again (with_context)
+        hits = with_context(rt, hits, parse_context(str(context)), search_again=run_search)
     took = round((time.perf_counter() - t0) * 1000, 3)
     plan = None
     if explain:

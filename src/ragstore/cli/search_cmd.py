@@ -289,23 +289,31 @@ def register(app: typer.Typer) -> None:
 
         fusion = FusionParams(rrf_k, vector_weight, fulltext_weight)
         with Runtime(settings) as rt:
-            found = run_search(
-                rt,
-                query,
-                collection=collection or settings.collection,  # as through a server
-                k=k,
-                mode=search_mode,
-                where=filter_spec,
-                ef_search=ef_search,
-                explain=explain,
-                fusion=fusion,
-                vector=query_vector,
-                sections=sections,
-                mmr=mmr,
-                fetch_k=fetch_k,
-                lambda_mult=lambda_mult,
-            )
-            shown = with_context(rt, found, context_mode) if context_mode is not None else []
+
+            def searched() -> list[Hit]:
+                return run_search(
+                    rt,
+                    query,
+                    collection=collection or settings.collection,  # as through a server
+                    k=k,
+                    mode=search_mode,
+                    where=filter_spec,
+                    ef_search=ef_search,
+                    explain=explain,
+                    fusion=fusion,
+                    vector=query_vector,
+                    sections=sections,
+                    mmr=mmr,
+                    fetch_k=fetch_k,
+                    lambda_mult=lambda_mult,
+                )
+
+            found = searched()
+            # a document written since the search: the search runs again (with_context)
+            shown: list[HitWithContext] = []
+            if context_mode is not None:
+                shown = with_context(rt, found, context_mode, search_again=searched)
+                found = list(shown)  # the answering search's hits (a stale one left out)
         if as_json:
             # each hit as the API's schema prints it, the keys a search through a server
             # prints too (dataclass fields left out context, context_mode, merged_hits)

@@ -6,10 +6,18 @@ to the next heading of the same or a higher level (subsections included, at most
 ``MAX_SECTION_CHUNKS``). Hits that share a section are merged into the best-scored one,
 so a section is returned once. A hit outside any section (no heading above it) gets the
 chunks around it, kept to its page for PDFs.
+
+The context is read after the search, in statements of its own: a document replaced or
+deleted in between must not lend a hit of its old version the chunks of the new one (or
+none). A replace deletes every chunk of the document and writes new ones under new ids,
+in one transaction, so a hit's chunk id that is still there proves its document is still
+at the version the search read; each context statement checks it in its own snapshot
+(:func:`with_context`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -67,31 +75,44 @@ def _extend(hit: Hit, **extra: Any) -> HitWithContext:
     return HitWithContext(**{f.name: getattr(hit, f.name) for f in fields(hit)}, **extra)
 
 
+# each range with whether its hit's chunk is still in the document in this statement's
+# snapshot (``live``): a range whose hit is gone reads no chunks and comes back as one row
 _RANGE_SQL = """
-SELECT q.i, c.id, c.ordinal, c.chunk_type, c.text, c.section_path, c.page
-FROM unnest(%(doc)s::bigint[], %(lo)s::int[], %(hi)s::int[], %(depth)s::int[],
-            %(page)s::int[]) WITH ORDINALITY AS q(doc, lo, hi, depth, page, i)
+SELECT q.i, v.live, c.id, c.ordinal, c.chunk_type, c.text, c.section_path, c.page
+FROM unnest(%(doc)s::bigint[], %(hit)s::bigint[], %(lo)s::int[], %(hi)s::int[],
+            %(depth)s::int[], %(page)s::int[])
+     WITH ORDINALITY AS q(doc, hit, lo, hi, depth, page, i)
+CROSS JOIN LATERAL (
+    SELECT EXISTS (SELECT 1 FROM chunks h WHERE h.id = q.hit AND h.document_id = q.doc) AS live
+) v
 CROSS JOIN LATERAL (
     SELECT coalesce(min(e.ordinal), q.hi) AS stop FROM chunks e
     WHERE e.document_id = q.doc AND e.ordinal > q.lo AND e.ordinal <= q.hi
       AND e.chunk_type = 'heading' AND cardinality(e.section_path) < q.depth
 ) b
-JOIN chunks c ON c.document_id = q.doc AND c.ordinal >= q.lo
+LEFT JOIN chunks c ON v.live AND c.document_id = q.doc AND c.ordinal >= q.lo
      AND (c.ordinal < b.stop OR (q.depth = 0 AND c.ordinal <= q.hi))
      AND (q.page IS NULL OR c.page = q.page)
 ORDER BY q.i, c.ordinal
 """
 
+# a hit whose chunk is gone (its document replaced or deleted since the search) has no row
 _PARENTS_SQL = """
 SELECT h.id, p.ordinal, cardinality(p.section_path) + 1
 FROM chunks h LEFT JOIN chunks p ON p.id = h.parent_id WHERE h.id = ANY(%s)
 """
 
+# (document, first ordinal, last ordinal, depth, page) of a context range
+_Range = tuple[int, int, int, int, int | None]
+
 
 def _ranges(
-    rt: Runtime, ranges: list[tuple[int, int, int, int, int | None]]
-) -> list[list[ContextChunk]]:
-    """Chunks of each (document, first ordinal, last ordinal, depth, page) range.
+    rt: Runtime, ranges: list[_Range], hit_ids: list[int]
+) -> list[list[ContextChunk] | None]:
+    """Chunks of each (document, first ordinal, last ordinal, depth, page) range, or None
+    where the range's hit (``hit_ids``, one a range) is no longer in its document: the
+    document was replaced or deleted since the search, and the range's ordinals are the
+    old version's.
 
     ``depth`` > 0 also ends the range before the first heading whose section path is
     shorter than ``depth`` (the start of the next section at that level or above).
@@ -100,25 +121,31 @@ def _ranges(
         return []
     params = {
         "doc": [r[0] for r in ranges],
+        "hit": hit_ids,
         "lo": [r[1] for r in ranges],
         "hi": [r[2] for r in ranges],
         "depth": [r[3] for r in ranges],
         "page": [r[4] for r in ranges],
     }
-    out: list[list[ContextChunk]] = [[] for _ in ranges]
+    out: list[list[ContextChunk] | None] = [[] for _ in ranges]
     with rt.db.connection() as conn, translated("reading context chunks"):
         rows: list[Any] = conn.execute(_RANGE_SQL, params).fetchall()
         for row in rows:
-            out[int(row[0]) - 1].append(
-                ContextChunk(
-                    chunk_id=int(row[1]),
-                    ordinal=int(row[2]),
-                    chunk_type=row[3],
-                    text=row[4],
-                    section_path=list(row[5]),
-                    page=row[6],
+            i = int(row[0]) - 1
+            chunks = out[i]
+            if not row[1]:
+                out[i] = None
+            elif chunks is not None and row[2] is not None:
+                chunks.append(
+                    ContextChunk(
+                        chunk_id=int(row[2]),
+                        ordinal=int(row[3]),
+                        chunk_type=row[4],
+                        text=row[5],
+                        section_path=list(row[6]),
+                        page=row[7],
+                    )
                 )
-            )
     return out
 
 
@@ -128,30 +155,62 @@ def _mark(chunks: list[ContextChunk], hit_ids: set[int]) -> list[ContextChunk]:
     return chunks
 
 
-def with_context(rt: Runtime, hits: list[Hit], mode: ContextMode) -> list[HitWithContext]:
+def with_context(
+    rt: Runtime,
+    hits: list[Hit],
+    mode: ContextMode,
+    search_again: Callable[[], Sequence[Hit]] | None = None,
+) -> list[HitWithContext]:
     """``hits`` with their context attached; in section mode, hits sharing a section are
-    merged into the first (best) of them, so the list may get shorter."""
+    merged into the first (best) of them, so the list may get shorter.
+
+    The context is read after the search, and a document may be replaced or deleted in
+    between: its hits would have carried the new version's chunks around an old chunk (the
+    old ordinals, in a document of other chunks), or no context at all. Each context
+    statement checks, in its own snapshot, that each hit's chunk is still in its document
+    (a replace gives every chunk a new id), which costs no extra round trip; reading the
+    context in the search's snapshot instead would have meant one transaction on one
+    connection for the search's lists, which run at once on two. A hit found gone makes
+    the whole search run once more with ``search_again`` (the same search: the answer is
+    then of the current version, as a hybrid search's lists run again on mixed writes); a
+    hit still gone after that (a document written again and again), or any without
+    ``search_again``, is left out rather than returned with a context of another version.
+    """
+    found, stale = _expand(rt, hits, mode)
+    if stale and search_again is not None:
+        found, _ = _expand(rt, list(search_again()), mode)
+    return found
+
+
+def _expand(rt: Runtime, hits: list[Hit], mode: ContextMode) -> tuple[list[HitWithContext], bool]:
+    """The hits whose document is still at the version searched, with their context, and
+    whether any was left out (its chunk gone)."""
     if not hits:
-        return []
+        return [], False
     if mode == "section":
         return _sections(rt, hits)
     n = int(mode)
     found = _ranges(
-        rt, [(h.document_id, max(0, h.ordinal - n), h.ordinal + n, 0, None) for h in hits]
+        rt,
+        [(h.document_id, max(0, h.ordinal - n), h.ordinal + n, 0, None) for h in hits],
+        [h.chunk_id for h in hits],
     )
-    return [
+    out = [
         _extend(h, context=_mark(chunks, {h.chunk_id}), context_mode=str(n))
         for h, chunks in zip(hits, found, strict=True)
+        if chunks is not None
     ]
+    return out, len(out) < len(hits)
 
 
-def _sections(rt: Runtime, hits: list[Hit]) -> list[HitWithContext]:
+def _sections(rt: Runtime, hits: list[Hit]) -> tuple[list[HitWithContext], bool]:
     with rt.db.connection() as conn, translated("reading hit sections"):
         found: list[Any] = conn.execute(_PARENTS_SQL, ([h.chunk_id for h in hits],)).fetchall()
     parents: dict[int, tuple[Any, Any]] = {int(r[0]): (r[1], r[2]) for r in found}
-    keys: list[tuple[int, int, int, int, int | None]] = []
-    for h in hits:
-        start, depth = parents.get(h.chunk_id, (None, None))
+    live = [h for h in hits if h.chunk_id in parents]  # the others' chunks are gone
+    keys: list[_Range] = []
+    for h in live:
+        start, depth = parents[h.chunk_id]
         if start is not None and depth is not None:
             keys.append(
                 (h.document_id, int(start), int(start) + MAX_SECTION_CHUNKS - 1, int(depth), None)
@@ -159,26 +218,29 @@ def _sections(rt: Runtime, hits: list[Hit]) -> list[HitWithContext]:
         else:  # no heading above: the chunks around it, on its page for a PDF
             lo = max(0, h.ordinal - MAX_SECTION_CHUNKS // 2)
             keys.append((h.document_id, lo, lo + MAX_SECTION_CHUNKS - 1, 1, h.page))
-    first_of: dict[tuple[int, int, int, int, int | None], int] = {}
+    first_of: dict[_Range, int] = {}
     members: dict[int, list[Hit]] = {}
-    for i, (h, key) in enumerate(zip(hits, keys, strict=True)):
+    for i, (h, key) in enumerate(zip(live, keys, strict=True)):
         owner = first_of.setdefault(key, i)
         members.setdefault(owner, []).append(h)
     owners = sorted(members)
-    sections = _ranges(rt, [keys[i] for i in owners])
+    # checked again here: the document may have been replaced since the parents were read
+    sections = _ranges(rt, [keys[i] for i in owners], [live[i].chunk_id for i in owners])
     out = []
     for i, chunks in zip(owners, sections, strict=True):
+        if chunks is None:
+            continue
         group = members[i]
         ids = {h.chunk_id for h in group}
         out.append(
             _extend(
-                hits[i],
+                live[i],
                 context=_mark(chunks, ids),
                 context_mode="section",
                 merged_hits=[h.chunk_id for h in group[1:]],
             )
         )
-    return out
+    return out, len(live) < len(hits) or any(s is None for s in sections)
 
 
 def render_context(hit: HitWithContext, width: int = 2000) -> str:
