@@ -680,3 +680,23 @@ async def test_get_section_refuses_an_id_no_document_can_have_as_get_document_do
                     f"Error executing tool {tool}: error[invalid_input]: invalid document id "
                     f"{bad}: give a positive integer"
                 )
+
+
+def test_an_sdk_without_the_low_level_server_stops_ragstore_mcp_as_it_starts() -> None:
+    """The SDK has no public way to the low-level Server that ``serve_stdio`` runs (to answer
+    an unreadable line): an SDK that moved it is refused before stdio is opened, naming
+    the versions ragstore serves with, not with an AttributeError's traceback."""
+    import anyio
+    from mcp.server.lowlevel import Server
+    from mcp.server.mcpserver import MCPServer
+
+    from ragstore.errors import ConfigError
+    from ragstore.integrations.mcp import MCP_VERSIONS, lowlevel_server, serve_stdio
+
+    server = MCPServer(name="probe")
+    assert isinstance(lowlevel_server(server), Server)  # the SDK ragstore pins has it
+    del server._lowlevel_server  # as an SDK that renamed it would build it
+    with pytest.raises(ConfigError) as caught:
+        anyio.run(serve_stdio, server)
+    assert MCP_VERSIONS in caught.value.message
+    assert "pip install 'ragstore[mcp]'" in caught.value.message

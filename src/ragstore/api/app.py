@@ -90,7 +90,9 @@ def guards_loopback(settings: Settings, secure: bool) -> bool:
 
 def install_middleware(app: FastAPI, settings: Settings, *, secure: bool = True) -> None:
     """Every middleware of the app, outermost last. Add metrics/logging middleware here."""
-    app.add_middleware(HeadAsGetMiddleware)  # innermost: HEAD runs the GET route
+    # innermost: an upload's parts as sent, whose text the form parser garbles (forms.py)
+    app.add_middleware(forms.FormBytesMiddleware)
+    app.add_middleware(HeadAsGetMiddleware)  # HEAD runs the GET route
     app.add_middleware(ReadRoutingMiddleware)  # it may run a read twice
     app.add_middleware(DuplicateKeyMiddleware)  # a JSON key named twice: one value lost
     app.add_middleware(
@@ -145,7 +147,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     else:
         secure = auth_enabled(settings)
     stop_with_parent()
-    forms.install()  # an upload's text that is not in its charset is refused, not garbled
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -35,6 +35,7 @@ from typing import Annotated, Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
+from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
@@ -55,6 +56,7 @@ from ragstore.db.inspection import document_chunks
 from ragstore.errors import (
     AuthenticationError,
     CollectionNotFoundError,
+    ConfigError,
     InputError,
     RagstoreError,
     RequestTooLargeError,
@@ -263,9 +265,38 @@ class _Answering:
 async def serve_stdio(server: MCPServer, stdin: Any = None, stdout: Any = None) -> None:
     """``server`` over stdio (``stdin``/``stdout``: other streams, for tests), as
     ``server.run("stdio")`` serves it, each unreadable line answered (:class:`_Answering`)."""
-    lowlevel = server._lowlevel_server  # what MCPServer.run_stdio_async runs
+    lowlevel = lowlevel_server(server)
     async with stdio_server(stdin, stdout) as (read, write):
         await lowlevel.run(_Answering(read, write), write, lowlevel.create_initialization_options())
+
+
+# The SDK releases whose MCPServer keeps its low-level Server where lowlevel_server reads it
+MCP_VERSIONS = "mcp 2.3.x"
+
+
+def lowlevel_server(server: MCPServer) -> Server[Any]:
+    """The low-level ``Server`` that ``server`` runs (what ``MCPServer.run_stdio_async``
+    serves), or a :class:`ConfigError` saying the installed SDK is not one ragstore was
+    built for.
+
+    The SDK has no public way to it: ``run_stdio_async`` serves the process's own stdio
+    and hands the dispatcher the read stream as it is, which drops an unreadable line
+    without a word (:class:`_Answering` answers it), so :func:`serve_stdio` runs the
+    attribute ``MCPServer`` keeps it in (``_lowlevel_server``, private). Checked before
+    stdio is opened, so that an SDK that renamed it stops ``ragstore mcp`` as it starts
+    with one line naming the versions to install (``error[config_invalid]``, exit 78),
+    not with an AttributeError's traceback. Over HTTP the SDK's public
+    ``streamable_http_app`` serves, which needs none of this."""
+    lowlevel = getattr(server, "_lowlevel_server", None)
+    if not isinstance(lowlevel, Server) or not callable(
+        getattr(lowlevel, "create_initialization_options", None)
+    ):
+        raise ConfigError(
+            "the installed mcp SDK keeps no low-level Server where ragstore reads it "
+            f"(MCPServer._lowlevel_server): `ragstore mcp` runs with {MCP_VERSIONS} only; "
+            "install it with `pip install 'ragstore[mcp]'`"
+        )
+    return lowlevel
 
 
 class KeyRequired:

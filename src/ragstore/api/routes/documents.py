@@ -287,9 +287,10 @@ async def _checked_form(request: Request, name: CollectionName, caller: WriteAcc
     with pydantic's "Expected UploadFile, received: <class 'str'>".
 
     A file name is checked as its part sent it (:func:`ragstore.api.forms.sent_filename`)
-    and as a new document's name (:func:`staging.new_name`), and a field or file name in
-    bytes that are not the upload's charset is refused (:class:`ragstore.api.forms.
-    Undecoded`): ``C:\\x.md`` was stored as ``x.md``, and latin-1 bytes garbled."""
+    and as a new document's name (:func:`staging.new_name`), and a field value or file name
+    in bytes that are not the upload's charset is refused (:func:`ragstore.api.forms.
+    undecoded_fields`, :class:`ragstore.api.forms.Undecoded`): ``C:\\x.md`` was stored as
+    ``x.md``, and latin-1 bytes garbled."""
     caller.require("write", name)
     form = await request.form()
     for key, count in Counter(key for key, _ in form.multi_items()).items():
@@ -305,12 +306,11 @@ async def _checked_form(request: Request, name: CollectionName, caller: WriteAcc
                 "nothing was stored"
             )
     charset = _form_charset(request)
-    for key, value in form.multi_items():
-        if isinstance(value, forms.Undecoded):
-            raise InputError(
-                f"form field {key!r} of the upload is not {charset} text (read as "
-                f"{value[:60]!r}); send it as {charset}: nothing was stored"
-            )
+    for key, value in forms.undecoded_fields(request)[:1]:
+        raise InputError(
+            f"form field {key!r} of the upload is not {charset} text (read as "
+            f"{value[:60]!r}); send it as {charset}: nothing was stored"
+        )
     for i, part in enumerate(form.getlist("files")):
         where = f"part {i} of field 'files' (counting from 0)"
         if isinstance(part, str):
@@ -321,7 +321,7 @@ async def _checked_form(request: Request, name: CollectionName, caller: WriteAcc
             )
         # as sent: the parser cut a Windows path (C:\x.md) to its last part unsaid
         sent = forms.sent_filename(part, charset) or part.filename or ""
-        if isinstance(sent, forms.Undecoded) or isinstance(part.filename, forms.Undecoded):
+        if isinstance(sent, forms.Undecoded):
             raise InputError(
                 f"{where}: its file name is not {charset} text (read as {sent[:60]!r}); "
                 f"send the name as {charset}: nothing was stored"
