@@ -524,6 +524,18 @@ def test_delete_without_a_source_document_is_refused_not_widened(store: Store) -
     assert sorted(n.node_id for n in vs.get_nodes(["a", "b"])) == ["b"]
 
 
+def test_delete_of_the_source_none_keeps_the_nodes_without_a_source(store: Store) -> None:
+    """LlamaIndex stores a node without a source document with ``ref_doc_id`` "None" (the
+    string): ``delete("None")`` deleted every such node, where LlamaIndex's own store
+    deletes only the nodes of a source document so named."""
+    sourced = TextNode(id_="named", text="Of the document named None.")
+    sourced.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id="None")
+    vs = RagstoreVectorStore(store, "li-delete-none")
+    vs.add([TextNode(id_="loose", text="No source."), sourced])
+    vs.delete("None")
+    assert [n.node_id for n in vs.get_nodes(["loose", "named"])] == ["loose"]
+
+
 def test_get_nodes_and_clear(backend: Backend) -> None:
     """``get_nodes`` and ``clear`` raised NotImplementedError. ``get_nodes`` returns the
     stored nodes by id, in that order, as queries do. ``clear``

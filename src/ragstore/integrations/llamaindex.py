@@ -24,13 +24,14 @@ filters become ragstore's ``where`` filter, for queries and for ``get_nodes`` an
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
-from llama_index.core.schema import BaseNode, MetadataMode, TextNode
+from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, TextNode
 from llama_index.core.vector_stores.types import (
     BasePydanticVectorStore,
     FilterCondition,
@@ -293,6 +294,7 @@ class RagstoreVectorStore(BasePydanticVectorStore):
                 for d in self._backend.iter_documents(
                     self._collection, metadata={"ref_doc_id": ref_doc_id}
                 )
+                if ref_doc_id != "None" or _source_id(d["metadata"]) == "None"
             ]
             if ids:
                 self._backend.delete_texts(self._collection, ids)
@@ -588,6 +590,18 @@ def _weights(alpha: float | None, mode: str) -> tuple[float | None, float | None
             f"{mode}; leave alpha out or ask for the hybrid mode"
         )
     return float(alpha), 1.0 - float(alpha)
+
+
+def _source_id(metadata: dict[str, Any]) -> str | None:
+    """The id of the source document of the node stored with ``metadata`` (``None``: no
+    source, or not a LlamaIndex node). LlamaIndex stores a node without a source with
+    ``ref_doc_id`` the string ``"None"``, so ``delete("None")`` matched every such node
+    and deleted them all, where LlamaIndex's own store deletes none of them."""
+    try:
+        relations = json.loads(metadata["_node_content"])["relationships"]
+        return str(relations[NodeRelationship.SOURCE.value]["node_id"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _node(hit: dict[str, Any]) -> BaseNode:
