@@ -216,6 +216,20 @@ def test_a_collection_ingested_outside_llamaindex_is_queried_not_crashed(store: 
     assert "Backups run nightly." in retrieved.retrieve("nightly backups")[0].node.get_content()
 
 
+def test_a_node_ragstore_chunks_is_answered_once_and_whole(store: Store) -> None:
+    """A node added without an embedding and longer than one of ragstore's chunks (a
+    LlamaIndex node of its default 1024 tokens) is found by each chunk: a query for two
+    nodes answered that node twice, each holding a part of its text, and not the other."""
+    long = " ".join(
+        f"Backup {i} of the database runs nightly and restores fast." for i in range(80)
+    )
+    vs = RagstoreVectorStore(store, "li-chunked")
+    vs.add([TextNode(id_="long", text=long), TextNode(id_="cat", text="Kittens sleep.")])
+    found = vs.query(VectorStoreQuery(query_str="nightly database backups", similarity_top_k=2))
+    assert found.ids == ["long", "cat"]
+    assert found.nodes is not None and found.nodes[0].get_content() == long
+
+
 def test_filters_mean_what_llamaindex_means(store: Store) -> None:
     """Each filter answers as LlamaIndex's own in-memory store answers it: ``not`` of
     several filters matches the nodes none of them match (ragstore answered ``not`` of
@@ -508,6 +522,18 @@ def test_delete_without_a_source_document_is_refused_not_widened(store: Store) -
     assert store.get_collection("li-delete")["documents"] == 2
     vs.delete_nodes(["a", "unknown"])
     assert sorted(n.node_id for n in vs.get_nodes(["a", "b"])) == ["b"]
+
+
+def test_delete_of_the_source_none_keeps_the_nodes_without_a_source(store: Store) -> None:
+    """LlamaIndex stores a node without a source document with ``ref_doc_id`` "None" (the
+    string): ``delete("None")`` deleted every such node, where LlamaIndex's own store
+    deletes only the nodes of a source document so named."""
+    sourced = TextNode(id_="named", text="Of the document named None.")
+    sourced.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id="None")
+    vs = RagstoreVectorStore(store, "li-delete-none")
+    vs.add([TextNode(id_="loose", text="No source."), sourced])
+    vs.delete("None")
+    assert [n.node_id for n in vs.get_nodes(["loose", "named"])] == ["loose"]
 
 
 def test_get_nodes_and_clear(backend: Backend) -> None:

@@ -24,13 +24,14 @@ filters become ragstore's ``where`` filter, for queries and for ``get_nodes`` an
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
-from llama_index.core.schema import BaseNode, MetadataMode, TextNode
+from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, TextNode
 from llama_index.core.vector_stores.types import (
     BasePydanticVectorStore,
     FilterCondition,
@@ -293,6 +294,7 @@ class RagstoreVectorStore(BasePydanticVectorStore):
                 for d in self._backend.iter_documents(
                     self._collection, metadata={"ref_doc_id": ref_doc_id}
                 )
+                if ref_doc_id != "None" or _source_id(d["metadata"]) == "None"
             ]
             if ids:
                 self._backend.delete_texts(self._collection, ids)
@@ -421,26 +423,64 @@ class RagstoreVectorStore(BasePydanticVectorStore):
             mode_run, weights = asked, _weights(query.alpha, asked or "vector")
         else:
             mode_run, weights = mode, _weights(query.alpha, mode)
-        try:
-            out = self._backend.search(
-                self._collection,
-                text,
-                vector=vector,
-                k=k,
-                where=where,
-                mode=mode_run,
-                vector_weight=weights[0],
-                fulltext_weight=weights[1],
-                **mmr,
-            )
-        except CollectionNotFoundError:
-            return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+        fetch = k
+        while True:
+            try:
+                out = self._backend.search(
+                    self._collection,
+                    text,
+                    vector=vector,
+                    k=fetch,
+                    where=where,
+                    mode=mode_run,
+                    vector_weight=weights[0],
+                    fulltext_weight=weights[1],
+                    **mmr,
+                )
+            except CollectionNotFoundError:
+                return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+            hits = _one_hit_per_node(out["data"])
+            if len(hits) >= k or len(out["data"]) < fetch or fetch >= _MAX_K or mmr:
+                break
+            fetch = min(_MAX_K, fetch * 2)  # chunks of one node filled the list: ask more
+        hits = hits[:k]
+        whole = self._whole_texts([h for h in hits if "_node_content" in h["metadata"]])
         nodes, scores, ids = [], [], []
-        for hit in out["data"]:
-            nodes.append(_node(hit))
+        for hit in hits:
+            source = str(hit["source"])
+            nodes.append(_node({**hit, "text": whole.get(source, hit["text"])}))
             scores.append(float(hit["score"]))
-            ids.append(str(hit["source"]))
+            ids.append(source)
         return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=ids)
+
+    def _whole_texts(self, hits: list[dict[str, Any]]) -> dict[str, str]:
+        """The whole text of each node a hit is a chunk of (by id). A node ragstore
+        embedded itself is chunked like any text when longer than a chunk, and a hit is
+        one chunk: the node came back holding a part of its text."""
+        chunked = [str(h["source"]) for h in hits]
+        if not chunked:
+            return {}
+        with suppress(CollectionNotFoundError):
+            return {t["id"]: t["text"] for t in self._backend.get_texts(self._collection, chunked)}
+        return {}
+
+
+_MAX_K = 1000  # the most hits one search returns
+
+
+def _one_hit_per_node(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first (best) hit of each node. A node longer than one of ragstore's chunks
+    (one added without an embedding, which ragstore embeds and chunks) is found by each
+    chunk: a query for 5 nodes answered one node 5 times, each holding a part of its
+    text, where LlamaIndex's stores answer each node once, whole."""
+    seen: set[str] = set()
+    out = []
+    for hit in hits:
+        source = str(hit["source"])
+        if source not in seen:
+            seen.add(source)
+            out.append(hit)
+    return out
 
 
 # the VectorStoreQuery fields ragstore has no equivalent of, with what to do instead
@@ -550,6 +590,18 @@ def _weights(alpha: float | None, mode: str) -> tuple[float | None, float | None
             f"{mode}; leave alpha out or ask for the hybrid mode"
         )
     return float(alpha), 1.0 - float(alpha)
+
+
+def _source_id(metadata: dict[str, Any]) -> str | None:
+    """The id of the source document of the node stored with ``metadata`` (``None``: no
+    source, or not a LlamaIndex node). LlamaIndex stores a node without a source with
+    ``ref_doc_id`` the string ``"None"``, so ``delete("None")`` matched every such node
+    and deleted them all, where LlamaIndex's own store deletes none of them."""
+    try:
+        relations = json.loads(metadata["_node_content"])["relationships"]
+        return str(relations[NodeRelationship.SOURCE.value]["node_id"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _node(hit: dict[str, Any]) -> BaseNode:
