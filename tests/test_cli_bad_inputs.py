@@ -70,6 +70,21 @@ CLI = [sys.executable, "-c", "import sys; from ragstore.cli import main; main(sy
             "each comma followed by a URL, a key= or nothing, and at a comma in a URL's "
             "path; write a password's comma as %2C)",
         ),
+        # one server listed twice made two pools of it: twice the connections and twice
+        # the share of the reads
+        (
+            "RAGSTORE_READ_DATABASE_URLS",
+            "postgresql://u:hunter2@db2:5432/x, postgres://v:hunter2@DB2/x?sslmode=require",
+            "items 1 and 2 of the comma-separated list name the same server (db2:5432, "
+            "database x); list each replica once",
+        ),
+        (
+            "RAGSTORE_READ_DATABASE_URLS",
+            "postgresql://db9/y,host=db1,db2 dbname=x password=hunter2,"
+            "  host=db2,db1 port=5432  dbname=x user=x",
+            "items 2 and 3 of the comma-separated list name the same server (db1:5432, "
+            "db2:5432, database x); list each replica once",
+        ),
     ],
 )
 def test_a_database_url_libpq_cannot_take_is_a_config_error(
@@ -104,10 +119,11 @@ def test_a_database_url_libpq_cannot_take_is_a_config_error(
 def test_every_form_libpq_takes_is_accepted(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from ragstore.config import Settings
 
-    settings = Settings(database_url=value, read_database_urls=f"{value},{value}")
+    other = value.replace("x", "y")  # another database: another replica
+    settings = Settings(database_url=value, read_database_urls=f"{value},{other}")
     assert settings.database_url is not None
     assert settings.database_url.get_secret_value() == value
-    assert settings.replica_urls == [value, value]
+    assert settings.replica_urls == [value, other]
 
 
 @pytest.mark.parametrize(

@@ -348,6 +348,18 @@ class Settings(BaseSettings):
                     f"{exc} (the list is split at each comma followed by a URL, a key= or "
                     "nothing, and at a comma in a URL's path; write a password's comma as %2C)"
                 ) from None
+        seen: dict[tuple[object, ...], int] = {}
+        for number, item in enumerate(items, 1):
+            key = server_key(item)
+            if key in seen:
+                # each item is a pool of its own: one server listed twice (or spelled twice:
+                # hosts in another order, other options) had twice the connections and twice
+                # the share of the reads
+                raise ValueError(
+                    f"items {seen[key]} and {number} of the comma-separated list name the same "
+                    f"server ({describe_server(key)}); list each replica once"
+                )
+            seen[key] = number
         return value
 
     @field_validator("trusted_proxies")
@@ -442,6 +454,44 @@ def split_conninfo_list(text: str) -> list[str]:
         items.append(text[start:i].strip())
         start = i + 1
     return [item for item in items if item]
+
+
+def server_key(conninfo: str) -> tuple[object, ...]:
+    """What a (valid) conninfo connects to, for telling two spellings of one server apart:
+    its hosts and ports (as a set: their order and libpq's defaults aside), its database
+    (the user's name where it names none, as libpq does) and its service. Everything else
+    (user, password, options, whitespace) leaves the server the same."""
+    import os
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = {k: str(v).strip() for k, v in conninfo_to_dict(conninfo).items() if v is not None}
+    hosts = [
+        h.strip().lower()
+        for h in (
+            params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST", "")
+        ).split(",")
+    ]
+    ports = [p.strip() for p in (params.get("port") or os.environ.get("PGPORT", "")).split(",")]
+    if len(ports) == 1:
+        ports *= len(hosts)  # one port for every host
+    ports = [p or "5432" for p in ports]
+    servers = frozenset(zip(hosts, ports, strict=False))
+    user = params.get("user") or os.environ.get("PGUSER", "")
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE", "") or user
+    return (servers, dbname, params.get("service", ""))
+
+
+def describe_server(key: tuple[object, ...]) -> str:
+    """A :func:`server_key` as text for an error: hosts, ports and database, no secret."""
+    servers, dbname, service = key
+    assert isinstance(servers, frozenset)
+    where = ", ".join(f"{host or 'the local socket'}:{port}" for host, port in sorted(servers))
+    return (
+        where
+        + (f", database {dbname}" if dbname else "")
+        + (f", service {service}" if service else "")
+    )
 
 
 def _first_of(text: str, chars: str, start: int) -> int:
