@@ -85,6 +85,22 @@ CLI = [sys.executable, "-c", "import sys; from ragstore.cli import main; main(sy
             "items 2 and 3 of the comma-separated list name the same server (db1:5432, "
             "db2:5432, database x); list each replica once",
         ),
+        # libpq's password "hunter2,dbname=x" was taken for two replicas, both valid: the
+        # first with the wrong password, the second the local socket's
+        *(
+            (
+                "RAGSTORE_READ_DATABASE_URLS",
+                value,
+                "item 1 of the comma-separated list ends in a password followed by a comma "
+                "and a key=: is that the password's own comma, or the start of the next "
+                "replica? Quote the password (password='a,b=c') or percent-encode it in a URL "
+                "(, as %2C, = as %3D)",
+            )
+            for value in (
+                "host=db1 password=hunter2,dbname=x",
+                "postgresql://u@db1/x?sslmode=prefer&password=hunter2,dbname=x",
+            )
+        ),
     ],
 )
 def test_a_database_url_libpq_cannot_take_is_a_config_error(
@@ -161,6 +177,15 @@ def test_a_port_for_each_of_several_hosts_is_accepted(value: str) -> None:
             "host=db1,db2 port=5432,5433 password='a,b=c',host=db3",
             ["host=db1,db2 port=5432,5433 password='a,b=c'", "host=db3"],
         ),
+        # a password's comma and key= written so that the list cannot take them for a
+        # separator (the documented ways); a space after a comma says that it is one
+        ("host=db1 password='a,dbname=b'", ["host=db1 password='a,dbname=b'"]),
+        ("host=db1 password=a\\,dbname=b", ["host=db1 password=a\\,dbname=b"]),
+        (
+            "postgresql://u:a%2Cdbname=b@db1/x, postgresql://db2/x?password=a%2Cdbname%3Db",
+            ["postgresql://u:a%2Cdbname=b@db1/x", "postgresql://db2/x?password=a%2Cdbname%3Db"],
+        ),
+        ("host=db1 password=a, dbname=b", ["host=db1 password=a", "dbname=b"]),
     ],
 )
 def test_a_replica_of_several_hosts_is_one_replica(value: str, replicas: list[str]) -> None:
