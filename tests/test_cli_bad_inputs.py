@@ -70,6 +70,37 @@ CLI = [sys.executable, "-c", "import sys; from ragstore.cli import main; main(sy
             "each comma followed by a URL, a key= or nothing, and at a comma in a URL's "
             "path; write a password's comma as %2C)",
         ),
+        # one server listed twice made two pools of it: twice the connections and twice
+        # the share of the reads
+        (
+            "RAGSTORE_READ_DATABASE_URLS",
+            "postgresql://u:hunter2@db2:5432/x, postgres://v:hunter2@DB2/x?sslmode=require",
+            "items 1 and 2 of the comma-separated list name the same server (db2:5432, "
+            "database x); list each replica once",
+        ),
+        (
+            "RAGSTORE_READ_DATABASE_URLS",
+            "postgresql://db9/y,host=db1,db2 dbname=x password=hunter2,"
+            "  host=db2,db1 port=5432  dbname=x user=x",
+            "items 2 and 3 of the comma-separated list name the same server (db1:5432, "
+            "db2:5432, database x); list each replica once",
+        ),
+        # libpq's password "hunter2,dbname=x" was taken for two replicas, both valid: the
+        # first with the wrong password, the second the local socket's
+        *(
+            (
+                "RAGSTORE_READ_DATABASE_URLS",
+                value,
+                "item 1 of the comma-separated list ends in a password followed by a comma "
+                "and a key=: is that the password's own comma, or the start of the next "
+                "replica? Quote the password (password='a,b=c') or percent-encode it in a URL "
+                "(, as %2C, = as %3D)",
+            )
+            for value in (
+                "host=db1 password=hunter2,dbname=x",
+                "postgresql://u@db1/x?sslmode=prefer&password=hunter2,dbname=x",
+            )
+        ),
     ],
 )
 def test_a_database_url_libpq_cannot_take_is_a_config_error(
@@ -104,10 +135,11 @@ def test_a_database_url_libpq_cannot_take_is_a_config_error(
 def test_every_form_libpq_takes_is_accepted(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from ragstore.config import Settings
 
-    settings = Settings(database_url=value, read_database_urls=f"{value},{value}")
+    other = value.replace("x", "y")  # another database: another replica
+    settings = Settings(database_url=value, read_database_urls=f"{value},{other}")
     assert settings.database_url is not None
     assert settings.database_url.get_secret_value() == value
-    assert settings.replica_urls == [value, value]
+    assert settings.replica_urls == [value, other]
 
 
 @pytest.mark.parametrize(
@@ -145,6 +177,15 @@ def test_a_port_for_each_of_several_hosts_is_accepted(value: str) -> None:
             "host=db1,db2 port=5432,5433 password='a,b=c',host=db3",
             ["host=db1,db2 port=5432,5433 password='a,b=c'", "host=db3"],
         ),
+        # a password's comma and key= written so that the list cannot take them for a
+        # separator (the documented ways); a space after a comma says that it is one
+        ("host=db1 password='a,dbname=b'", ["host=db1 password='a,dbname=b'"]),
+        ("host=db1 password=a\\,dbname=b", ["host=db1 password=a\\,dbname=b"]),
+        (
+            "postgresql://u:a%2Cdbname=b@db1/x, postgresql://db2/x?password=a%2Cdbname%3Db",
+            ["postgresql://u:a%2Cdbname=b@db1/x", "postgresql://db2/x?password=a%2Cdbname%3Db"],
+        ),
+        ("host=db1 password=a, dbname=b", ["host=db1 password=a", "dbname=b"]),
     ],
 )
 def test_a_replica_of_several_hosts_is_one_replica(value: str, replicas: list[str]) -> None:

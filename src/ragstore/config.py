@@ -162,7 +162,8 @@ class Settings(BaseSettings):
         " read replicas (hot standbys); searches, listings and document reads go there,"
         " everything else to the primary. The list is split at a comma followed by a URL"
         " or a key= (and at one in a URL's path): a multi-host URL (postgresql://h1,h2/db)"
-        " or host=h1,h2 is one replica.",
+        " or host=h1,h2 is one replica. A password's comma is written %2C in a URL, or"
+        " quoted in a key=value item (password='a,b').",
     )
     max_replica_lag_s: float = Field(
         10.0, gt=0, le=86400, description="A replica further behind than this is skipped."
@@ -336,7 +337,17 @@ class Settings(BaseSettings):
         down, every read went to the primary, and nothing said why."""
         if value is None:
             return None
-        items = split_conninfo_list(value.get_secret_value())
+        text = value.get_secret_value()
+        ambiguous = ambiguous_password_item(text)
+        if ambiguous is not None:
+            raise ValueError(
+                f"item {ambiguous} of the comma-separated list ends in a password followed by "
+                "a comma and a key=: is that the password's own comma, or the start of the next "
+                "replica? Quote the password (password='a,b=c') or percent-encode it in a URL "
+                "(, as %2C, = as %3D) if it is the password's; put a space after the comma if "
+                "the next replica starts there"
+            )
+        items = split_conninfo_list(text)
         for number, item in enumerate(items, 1):
             try:
                 _check_conninfo(item, f"item {number} of the comma-separated list ")
@@ -348,6 +359,18 @@ class Settings(BaseSettings):
                     f"{exc} (the list is split at each comma followed by a URL, a key= or "
                     "nothing, and at a comma in a URL's path; write a password's comma as %2C)"
                 ) from None
+        seen: dict[tuple[object, ...], int] = {}
+        for number, item in enumerate(items, 1):
+            key = server_key(item)
+            if key in seen:
+                # each item is a pool of its own: one server listed twice (or spelled twice:
+                # hosts in another order, other options) had twice the connections and twice
+                # the share of the reads
+                raise ValueError(
+                    f"items {seen[key]} and {number} of the comma-separated list name the same "
+                    f"server ({describe_server(key)}); list each replica once"
+                )
+            seen[key] = number
         return value
 
     @field_validator("trusted_proxies")
@@ -416,7 +439,39 @@ def split_conninfo_list(text: str) -> list[str]:
     a URL's path (a database name holds no comma: ``postgresql://h/db,typo`` is two items,
     the second refused); never inside a ``key=value`` item's quoted value
     (``password='a,b'``) nor after its backslash."""
-    items: list[str] = []
+    items = [text[start:end].strip() for start, end in _item_spans(text)]
+    return [item for item in items if item]
+
+
+# an item that ends in an unquoted password: a key=value item's last value, a URL's last
+# query parameter
+_ENDS_IN_PASSWORD = re.compile(r"(?:(?:^|\s)password\s*=\s*(?:[^\s'\\]|\\.)*|[?&]password=[^&#]*)$")
+_KEY_NEXT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\s*=")
+
+
+def ambiguous_password_item(text: str) -> int | None:
+    """The number of the first item of a conninfo list that ends in an unquoted password
+    followed by a comma and, with no space between, a ``key=`` (None: no such item).
+
+    ``host=h password=a,dbname=b`` is a password ``a,dbname=b`` to libpq and two replicas
+    to the list (``host=h password=a`` and ``dbname=b``, the local socket's): both items
+    valid, the list was taken as two replicas, the first with a wrong password. Where the
+    comma is the password's, the password is quoted (``password='a,dbname=b'``) or, in a
+    URL, percent-encoded (``%2C``); where it ends the item, a space after it says so."""
+    for number, (start, end) in enumerate(_item_spans(text), 1):
+        if (
+            end < len(text)
+            and _KEY_NEXT.match(text, end + 1)
+            and _ENDS_IN_PASSWORD.search(text[start:end].strip())
+        ):
+            return number
+    return None
+
+
+def _item_spans(text: str) -> list[tuple[int, int]]:
+    """Where each item of :func:`split_conninfo_list` starts and ends in ``text`` (its
+    comma, or the end), blanks and empty items included."""
+    spans: list[tuple[int, int]] = []
     start = i = 0
     while start <= len(text):
         url = _URL_START.match(text, start)
@@ -439,9 +494,47 @@ def split_conninfo_list(text: str) -> list[str]:
                 break
             value_next = not url and (char == "=" or (value_next and char.isspace()))
             i += 1
-        items.append(text[start:i].strip())
+        spans.append((start, min(i, len(text))))
         start = i + 1
-    return [item for item in items if item]
+    return spans
+
+
+def server_key(conninfo: str) -> tuple[object, ...]:
+    """What a (valid) conninfo connects to, for telling two spellings of one server apart:
+    its hosts and ports (as a set: their order and libpq's defaults aside), its database
+    (the user's name where it names none, as libpq does) and its service. Everything else
+    (user, password, options, whitespace) leaves the server the same."""
+    import os
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = {k: str(v).strip() for k, v in conninfo_to_dict(conninfo).items() if v is not None}
+    hosts = [
+        h.strip().lower()
+        for h in (
+            params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST", "")
+        ).split(",")
+    ]
+    ports = [p.strip() for p in (params.get("port") or os.environ.get("PGPORT", "")).split(",")]
+    if len(ports) == 1:
+        ports *= len(hosts)  # one port for every host
+    ports = [p or "5432" for p in ports]
+    servers = frozenset(zip(hosts, ports, strict=False))
+    user = params.get("user") or os.environ.get("PGUSER", "")
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE", "") or user
+    return (servers, dbname, params.get("service", ""))
+
+
+def describe_server(key: tuple[object, ...]) -> str:
+    """A :func:`server_key` as text for an error: hosts, ports and database, no secret."""
+    servers, dbname, service = key
+    assert isinstance(servers, frozenset)
+    where = ", ".join(f"{host or 'the local socket'}:{port}" for host, port in sorted(servers))
+    return (
+        where
+        + (f", database {dbname}" if dbname else "")
+        + (f", service {service}" if service else "")
+    )
 
 
 def _first_of(text: str, chars: str, start: int) -> int:

@@ -3,8 +3,11 @@ replica that cannot be reached (reads fall back to the primary)."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -18,7 +21,7 @@ from ragstore.api.routing import classify
 from ragstore.config import Settings
 from ragstore.db import lsn
 from ragstore.db.database import Database
-from ragstore.db.routing import REPLICA_TCP, ReadRouter, with_keepalives
+from ragstore.db.routing import PROBE_SLOW_S, REPLICA_TCP, ReadRouter, with_keepalives
 from ragstore.errors import InputError
 from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server
@@ -80,6 +83,61 @@ def test_unreachable_replica_is_skipped(database_url: str) -> None:
     finally:
         router.close()
         primary.close()
+
+
+@contextmanager
+def _blackhole() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A loopback TCP listener that accepts every connection and never says a word (a
+    blackholed host, as a probe sees it); yields its port and the connections it took."""
+    taken: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        listener.settimeout(0.1)
+
+        def accept() -> None:
+            while listener.fileno() != -1:
+                with suppress(OSError):
+                    taken.append(listener.accept()[0])
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield listener.getsockname()[1], taken
+        finally:
+            for conn in taken:
+                conn.close()
+    thread.join(5)
+
+
+def test_a_blackholed_replica_costs_reads_one_probe_timeout_in_all(database_url: str) -> None:
+    """A replica that accepts connections and never answers was probed inline once a
+    second, each probe waiting its full timeout: about every other read waited seconds for
+    nothing. Only the first probe is on a request's path now; the replica is probed again in
+    the background after a growing back-off, and reads meanwhile go to the primary at once."""
+    primary = Database(database_url)
+    with _blackhole() as (port, taken):
+        router = ReadRouter(
+            primary, [f"postgresql://postgres@127.0.0.1:{port}/ragstore"], max_lag_s=5, wait_s=0
+        )
+        try:
+            t0 = time.monotonic()
+            assert router.choose() is primary  # the one probe a request waits for
+            first = time.monotonic() - t0
+            assert first >= PROBE_SLOW_S, first  # it timed out (not refused)
+            reads, waited, end = 0, 0.0, time.monotonic() + 2 * first + 0.5
+            while time.monotonic() < end:
+                t = time.monotonic()
+                assert router.choose() is primary
+                waited += time.monotonic() - t
+                reads += 1
+                time.sleep(0.02)
+            # unfixed, a read a second past the first probe's end waited a whole timeout
+            assert waited < first / 2, (reads, waited, first)
+            assert len(taken) >= 2  # still probed (in the background), not given up on
+            [status] = router.statuses()
+            assert status.up is False and status.error
+        finally:
+            router.close()
+            primary.close()
 
 
 def test_the_primary_listed_as_its_own_replica_twice_is_not_read_from(database_url: str) -> None:

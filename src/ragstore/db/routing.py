@@ -12,8 +12,10 @@ recovery (promoted: it no longer follows the primary), is another database than 
 (or cannot be shown to be the primary's: the primary has not answered since the start)
 or has not replayed the schema revision the code expects; the primary is the last resort. It
 is probed at most every ``probe_interval_s``, inline, by the request that finds its status
-stale. A replica that fails under a request is marked down at once and
-the request is told (:attr:`Route.lost`) so the API can run it again on the primary. A read
+stale; one whose probe failed slowly (it does not answer: blackholed) is probed again off the
+request path, after a back-off that doubles up to :data:`PROBE_BACKOFF_MAX_S`. A replica
+that fails under a request is marked down at once and the request is told
+(:attr:`Route.lost`) so the API can run it again on the primary. A read
 the standby cancelled to replay the primary's changes (a recovery conflict) is told so too,
 the replica left in use: it is fine, and the caller raced nothing (not a 409 ``conflict``);
 only a replica that keeps cancelling reads is left out of them for a short back-off.
@@ -57,8 +59,17 @@ from ragstore.errors import (
 )
 from ragstore.observability import metrics
 
-PROBE_TIMEOUT_S = 1  # a replica that does not accept a connection this fast counts as down
+# a replica that does not accept a connection this fast counts as down (libpq and psycopg
+# take a connect_timeout under 2 s as 2 s: a probe of a host that never answers waits 2 s)
+PROBE_TIMEOUT_S = 1
 PROBE_QUERY_TIMEOUT_S = 3  # ... nor one whose probe queries do not answer this fast
+# A probe that failed after this long (a host that does not answer: a connection or query
+# timeout, not a refusal) puts its replica in a back-off: it is probed again after the probe
+# interval, then twice as long each time up to PROBE_BACKOFF_MAX_S, and those probes run off
+# the request path (a thread of their own), so a blackholed replica costs requests one
+# probe timeout in all instead of one a second
+PROBE_SLOW_S = PROBE_TIMEOUT_S / 2
+PROBE_BACKOFF_MAX_S = 30.0
 _HISTORY = 600  # primary positions remembered for the lag estimate
 log = logging.getLogger("ragstore.db")
 
@@ -288,6 +299,10 @@ class _Replica:
         self.probe_conn: psycopg.Connection[Any] | None = None
         self.conflicts: deque[float] = deque(maxlen=CONFLICT_BACKOFF_COUNT)  # their times
         self.avoid_until = float("-inf")  # backed off after repeated recovery conflicts
+        # probes that failed slowly in a row (see PROBE_SLOW_S), and when the next is due
+        self.slow_failures = 0
+        self.probe_at = float("-inf")
+        self.probing = False  # a background probe of it is under way
 
 
 class ReadRouter:
@@ -333,6 +348,7 @@ class ReadRouter:
         self._primary_conn: psycopg.Connection[Any] | None = None
         self._primary_identity: tuple[int, int] | None = None  # see _identity
         self._history: deque[tuple[float, int]] = deque(maxlen=_HISTORY)
+        self._closed = False
         forks.register(self)
 
     def _after_fork_in_child(self) -> None:
@@ -342,6 +358,7 @@ class ReadRouter:
         self._primary_conn = None
         for r in self._replicas:
             r.probe_conn = None
+            r.probing = False  # the parent's probe thread is not the child's
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
 
@@ -435,7 +452,21 @@ class ReadRouter:
 
     def _refresh(self) -> None:
         now = time.monotonic()
-        stale = [r for r in self._replicas if now - r.status.checked_at >= self.probe_interval_s]
+        stale: list[_Replica] = []
+        with self._lock:
+            for r in self._replicas:
+                if r.slow_failures:
+                    # it did not answer last time: probed off the request path, when due
+                    if now >= r.probe_at and not r.probing and not self._closed:
+                        r.probing = True
+                        threading.Thread(
+                            target=self._probe_in_background,
+                            args=(r,),
+                            name="ragstore-replica-probe",
+                            daemon=True,
+                        ).start()
+                elif now - r.status.checked_at >= self.probe_interval_s:
+                    stale.append(r)
         if not stale or not self._probe_lock.acquire(blocking=False):
             return  # fresh, or another request is probing: use what we know
         try:
@@ -460,7 +491,43 @@ class ReadRouter:
         self._history.append((time.monotonic(), value))
         return value
 
+    def _probe_in_background(self, r: _Replica) -> None:
+        """Probe a replica whose last probe failed slowly, in a thread of its own.
+
+        Probed inline, a blackholed replica (a host that accepts nothing, or accepts and
+        never speaks) cost the request that found its status stale the full probe timeout,
+        one request a second. Its connection is made here without the probe lock, which
+        read-your-writes reads wait for; only the probe's queries on an answering server
+        take it."""
+        started = time.monotonic()
+        try:
+            conn = _connect(r.db.tcp_conninfo)
+        except psycopg.Error as exc:
+            self._set(
+                r,
+                up=False,
+                lag=None,
+                replayed=None,
+                error=str(exc).strip() or "down",
+                slow=time.monotonic() - started >= PROBE_SLOW_S,
+            )
+            with self._lock:
+                r.probing = False
+            return
+        try:
+            with self._probe_lock:
+                if self._closed:
+                    _drop(conn)
+                    return
+                _drop(r.probe_conn)
+                r.probe_conn = conn
+                self._probe(r, self._primary_lsn())
+        finally:
+            with self._lock:
+                r.probing = False
+
     def _probe(self, r: _Replica, primary_lsn: int | None) -> None:
+        started = time.monotonic()
         try:
             if r.probe_conn is None or r.probe_conn.closed:
                 r.probe_conn = _connect(r.db.tcp_conninfo)
@@ -471,7 +538,14 @@ class ReadRouter:
         except psycopg.Error as exc:
             _drop(r.probe_conn)
             r.probe_conn = None
-            self._set(r, up=False, lag=None, replayed=None, error=str(exc).strip() or "down")
+            self._set(
+                r,
+                up=False,
+                lag=None,
+                replayed=None,
+                error=str(exc).strip() or "down",
+                slow=time.monotonic() - started >= PROBE_SLOW_S,
+            )
             return
         if self._primary_identity is None:
             # the primary has not answered since the router started: nothing to compare
@@ -593,20 +667,36 @@ class ReadRouter:
         return state.replay_lsn if state.in_recovery else None
 
     def _set(
-        self, r: _Replica, *, up: bool, lag: float | None, replayed: int | None, error: str | None
+        self,
+        r: _Replica,
+        *,
+        up: bool,
+        lag: float | None,
+        replayed: int | None,
+        error: str | None,
+        slow: bool = False,
     ) -> None:
+        """Record a probe's finding; ``slow``: it failed slowly (see :data:`PROBE_SLOW_S`),
+        so the replica's next probe waits for its back-off and runs in the background."""
         with self._lock:
             was_up = r.status.up
             r.status.up = up
             r.status.lag_s = lag
             r.status.replay_lsn = replayed
             r.status.error = error.splitlines()[0] if error else None
-            r.status.checked_at = time.monotonic()
+            r.status.checked_at = now = time.monotonic()
+            if slow:
+                backoff = self.probe_interval_s * 2 ** min(r.slow_failures, 16)
+                r.slow_failures += 1
+                r.probe_at = now + min(max(backoff, self.probe_interval_s), PROBE_BACKOFF_MAX_S)
+            else:
+                r.slow_failures = 0
         if up and not was_up:
             r.db.close()  # drop connections a past outage may have broken
         metrics.observe_replica(r.status.name, up, lag)
 
     def close(self) -> None:
+        self._closed = True  # a background probe under way drops what it connected
         for r in self._replicas:
             r.db.close()
             if r.probe_conn is not None:
