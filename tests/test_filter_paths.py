@@ -12,6 +12,7 @@ import pytest
 from ragstore.db import field_indexes
 from ragstore.db.field_indexes import FieldIndex, parse_field
 from ragstore.errors import InputError, InvalidFilterError
+from ragstore.integrations.backend import metadata_field
 from ragstore.runtime import Runtime
 from ragstore.search import compile_filter, search
 from ragstore.search.fields import describe_fields
@@ -113,3 +114,12 @@ def test_a_bad_escape_is_refused_with_the_right_form(field: str, found: str, mea
     assert message.endswith(f"for a key holding a backslash write {meant}")
     with pytest.raises(InputError, match="no filter could name it"):
         parse_field(field, "number")
+
+
+def test_a_framework_key_too_long_once_escaped_is_refused_not_read_nested() -> None:
+    """A LangChain or LlamaIndex key is one top-level key: one whose escaped field is over
+    the path limit (each dot doubles) was passed on raw, and read as a nested path."""
+    key = "a." * 100 + "b"  # 201 characters, 301 escaped
+    with pytest.raises(InvalidFilterError, match="at most 256 characters"):
+        compile_filter({metadata_field(key): 1})
+    assert compile_filter({metadata_field("v1.2"): 1}).params["w0"] == ["v1.2"]

@@ -144,8 +144,9 @@ def metadata_field(key: str) -> str:
     were returned and deleted. A key starting with ``$`` (read bare as an operator) is
     named the same way (filters.py's ``field_name``, for a key seen in documents), and a
     key holding a dot is escaped (``v1.2``: ``v1\\.2``), where it was read as the nested
-    path ``v1`` -> ``2``."""
-    return field_name((key,), "document") or key
+    path ``v1`` -> ``2``. A key no filter can name (empty, or too long once escaped) is
+    still escaped, so that the filter refuses it rather than reading a nested path."""
+    return field_name((key,), "document") or escape_key(key)
 
 
 def described_fields(
