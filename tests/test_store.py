@@ -344,8 +344,8 @@ def test_fields_name_a_key_named_like_a_built_in_as_a_filter_must(store: Store) 
     bare, and a filter written from the listing read the built-in column: ``source``
     matched every chunk. It is listed as ``document.KEY``, and a filter on that name finds
     exactly the documents that carry the key; a key starting with ``$`` (bare, an
-    operator) is listed the same way; a dotted key, which no filter can name, is left
-    out and counted with the reason."""
+    operator) is listed the same way; a dotted key, which no filter could name (it was
+    left out and counted), is listed escaped (``v1\\.2``), and a filter on it finds it."""
     store.add_texts(
         "fields-built-in",
         ["From the CRM.", "From the web.", "Neither."],
@@ -354,12 +354,12 @@ def test_fields_name_a_key_named_like_a_built_in_as_a_filter_must(store: Store) 
     )
     got = store.fields("fields-built-in")
     paths = {m["field"]: m for m in got["metadata"]}
-    assert set(paths) == {"document.source", "document.page", "document.$cost"}
+    assert set(paths) == {"document.source", "document.page", "document.$cost", "v1\\.2"}
     assert paths["document.source"]["keys"] == ["source"]
     assert paths["document.source"]["documents"] == 2  # and the chunks, as add_texts copies it
     assert paths["document.source"]["examples"] == ["crm", "web"]
-    assert got["unfilterable"]["count"] == 1 and got["unfilterable"]["examples"] == [["v1.2"]]
-    assert "rename the metadata key" in got["unfilterable"]["reason"]
+    assert paths["v1\\.2"]["keys"] == ["v1.2"]
+    assert got["unfilterable"]["count"] == 0
 
     def ids(where: dict[str, object]) -> list[str]:
         return sorted(store.text_ids("fields-built-in", where=where))
@@ -368,6 +368,7 @@ def test_fields_name_a_key_named_like_a_built_in_as_a_filter_must(store: Store) 
     assert ids({"document.source": "crm"}) == ["a"]
     assert ids({"document.page": 3}) == ["a"]
     assert ids({"document.$cost": {"$gte": 5}}) == ["a"]
+    assert ids({"v1\\.2": "x"}) == ["a"]
     assert ids({"source": {"$exists": True}}) == ["a", "b", "c"]  # the bare name: the column
 
 

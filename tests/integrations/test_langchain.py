@@ -352,6 +352,29 @@ def test_a_self_query_on_a_metadata_key_named_like_a_built_in_reads_the_metadata
     ]
 
 
+def test_a_dotted_key_is_described_by_its_escaped_field(store: Store) -> None:
+    """A key holding a dot (``v1.2``) was left out of the self-query retriever's fields:
+    no filter could name it. It is described as ``v1\\.2``, which finds it, and a nested
+    path keeps its dots (``author.name``, not the one key ``author\\.name``)."""
+    from langchain_core.structured_query import Comparator, Comparison
+
+    from ragstore.integrations.langchain import RagstoreTranslator
+
+    vs = RagstoreVectorStore(store, "lc-dotted-keys")
+    vs.add_texts(
+        ["Backups run nightly.", "Kittens sleep."],
+        metadatas=[{"v1.2": "yes", "author": {"name": "Ann"}}, {"v1": {"2": "yes"}}],
+        ids=["backups", "kittens"],
+    )
+    names = {a["name"] for a in vs.metadata_field_info()}
+    assert names == {"v1\\.2", "author.name", "v1.2"}
+    for name, expected in (("v1\\.2", ["backups"]), ("v1.2", ["kittens"])):
+        where = Comparison(comparator=Comparator.EQ, attribute=name, value="yes").accept(
+            RagstoreTranslator()
+        )
+        assert [d.id for d in vs.search("sleep", "similarity", k=5, filter=where)] == expected
+
+
 class _TableEmbeddings(Embeddings):
     """Known vectors: each text's from a table (the query's too), so that a test can
     compute LangChain's own MMR choice from the very vectors ragstore holds."""

@@ -870,16 +870,18 @@ def test_mmr_options_outside_mode_mmr_are_refused(index: VectorStoreIndex) -> No
         vs.query(VectorStoreQuery(query_str="backups"), mmr_prefetch_k=10)
 
 
-def test_a_dotted_key_is_refused_and_a_dollar_key_is_the_nodes_metadata(store: Store) -> None:
+def test_a_dotted_key_is_escaped_and_a_dollar_key_is_the_nodes_metadata(store: Store) -> None:
     """LlamaIndex reads a filter's key as one top-level key. ragstore read ``v1.2`` as a
-    nested path (key ``v1``, then ``2``: nothing matched) and ``$cost`` as an unknown
-    operator, with a message about an operator the caller never wrote. A dotted or empty
-    key is refused with what to do; ``$cost`` is the node's metadata (``document.$cost``).
-    The auto-retriever is told of the top-level keys by name (``source``, not the field
-    ``document.source``), and not of keys it could not filter on."""
-    for key in ("v1.2", ""):
-        with pytest.raises(InputError, match=f"key {key!r} cannot be filtered.*rename the"):
-            to_where(MetadataFilters(filters=[MetadataFilter(key=key, value="x")]))
+    nested path (key ``v1``, then ``2``: nothing matched; later it was refused) and
+    ``$cost`` as an unknown operator, with a message about an operator the caller never
+    wrote. A dotted key is escaped (``v1\\.2``) and finds its node, an empty key is
+    refused with what to do; ``$cost`` is the node's metadata (``document.$cost``). The
+    auto-retriever is told of the top-level keys by name (``source``, not the field
+    ``document.source``; ``v1.2``, not ``v1\\.2``)."""
+    with pytest.raises(InputError, match=r"key '' cannot be filtered.*rename the"):
+        to_where(MetadataFilters(filters=[MetadataFilter(key="", value="x")]))
+    dotted = MetadataFilters(filters=[MetadataFilter(key="v1.2", value="x")])
+    assert to_where(dotted) == {"$and": [{"v1\\.2": {"$eq": "x"}}]}
     ours = RagstoreVectorStore(store, "li-odd-keys")
     ours.add(
         _vectored(
@@ -896,5 +898,7 @@ def test_a_dotted_key_is_refused_and_a_dollar_key_is_the_nodes_metadata(store: S
     query = VectorStoreQuery(query_embedding=[1.0] + [0.0] * 383, similarity_top_k=5)
     query.filters = cheap
     assert ours.query(query).ids == ["a"]
+    query.filters = dotted
+    assert ours.query(query).ids == ["b"]
     names = {m.name for m in ours.vector_store_info("notes").metadata_info}
-    assert names == {"$cost", "source"}
+    assert names == {"$cost", "source", "v1.2"}

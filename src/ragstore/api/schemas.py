@@ -108,7 +108,11 @@ class BuiltinFieldPublic(BaseModel):
 
 
 class MetadataFieldPublic(BaseModel):
-    field: str = Field(examples=["author.name"], description="The dotted path a filter names.")
+    field: str = Field(
+        examples=["author.name"],
+        description="The dotted path a filter names; a dot or backslash within a key is "
+        "escaped with a backslash (key version.major: version\\.major).",
+    )
     types: list[str] = Field(examples=[["string"]], description="JSON types seen at the path.")
     documents: int = Field(description="Sampled documents carrying the path.")
     chunks: int = Field(description="Sampled chunks carrying it in their own metadata.")
@@ -127,7 +131,7 @@ class MetadataFieldPublic(BaseModel):
 class UnfilterablePublic(BaseModel):
     count: int = Field(description="Sampled metadata paths no filter can name (left out).")
     examples: list[list[str]] = Field(
-        examples=[[["v1.2"]]], description="Up to 5 of them, as their keys."
+        examples=[[["odd", ""]]], description="Up to 5 of them, as their keys."
     )
     reason: str | None = Field(description="Why they cannot be named, and what to do.")
 
@@ -146,7 +150,8 @@ class FieldIndexRequest(Strict):
         min_length=1,
         max_length=256,
         examples=["year"],
-        description="A metadata path as a filter names it bare, dot-separated for nesting.",
+        description="A metadata path as a filter names it bare, dot-separated for nesting "
+        "(a dot within a key escaped: version\\.major).",
     )
     type: Literal["number", "string"] = Field(
         description="The values a range compares: numbers, or strings (ISO dates are strings)."

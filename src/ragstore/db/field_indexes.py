@@ -78,7 +78,10 @@ class FieldIndex:
 
     @property
     def field(self) -> str:
-        return ".".join(self.keys)
+        """The path as a filter names it, a dot within a key escaped (``version\\.major``)."""
+        from ragstore.search.filters import join_path
+
+        return join_path(self.keys)
 
     def name(self, table: str) -> str:
         digest = hashlib.sha1(json.dumps(list(self.keys)).encode()).hexdigest()[:16]

@@ -12,7 +12,7 @@ from contextlib import suppress
 from typing import Any, Protocol
 
 from ragstore.errors import CollectionNotFoundError, ConflictError, ModelMismatchError
-from ragstore.search.filters import field_name
+from ragstore.search.filters import escape_key, field_name
 
 
 class Backend(Protocol):
@@ -142,8 +142,11 @@ def metadata_field(key: str) -> str:
     node's or LangChain document's own ``source`` or ``page`` (the loaders' usual keys)
     compared ragstore's column (the text id, the chunk's page) instead, so other nodes
     were returned and deleted. A key starting with ``$`` (read bare as an operator) is
-    named the same way (filters.py's ``field_name``, for a key seen in documents)."""
-    return field_name((key,), "document") or key
+    named the same way (filters.py's ``field_name``, for a key seen in documents), and a
+    key holding a dot is escaped (``v1.2``: ``v1\\.2``), where it was read as the nested
+    path ``v1`` -> ``2``. A key no filter can name (empty, or too long once escaped) is
+    still escaped, so that the filter refuses it rather than reading a nested path."""
+    return field_name((key,), "document") or escape_key(key)
 
 
 def described_fields(
@@ -168,7 +171,8 @@ def described_fields(
             continue
         name = f["field"]
         if top_level:
-            if len(keys) > 1 or name not in (keys[0], f"document.{keys[0]}"):
+            bare = escape_key(keys[0])
+            if len(keys) > 1 or name not in (bare, f"document.{bare}"):
                 continue  # nested, or only in chunks' own metadata under a built-in's name
             name = keys[0]
         types = [t for t in f["types"] if t != "null"]

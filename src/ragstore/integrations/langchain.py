@@ -252,7 +252,7 @@ class RagstoreVectorStore(VectorStore):
         documents' metadata, ``document.source``; named ``source``, the filter the
         language model wrote on it compared the built-in column (the text id) instead."""
         return [
-            {"name": metadata_field(name), "type": kind, "description": about}
+            {"name": _field(name), "type": kind, "description": about}
             for name, kind, about in described_fields(self.backend, self.collection)
         ]
 
@@ -359,6 +359,15 @@ def _no_other_arguments(method: str, kwargs: dict[str, Any], known: Sequence[str
             f"{method} does not take {', '.join(f'{k}=' for k in unknown)}; it takes "
             f"{takes}{hint if 'filter' in known else ''}"
         )
+
+
+def _field(name: str) -> str:
+    """The field of a path the ``fields`` sample names: already a filter's field, escaped
+    (``v1\\.2``) or nested (``author.name``), where it holds a dot or a backslash, so kept
+    (made a key's field again, ``author.name`` became the one key ``author\\.name``); a
+    bare key as :func:`metadata_field` names it (``source``, from a server that listed a
+    built-in's name bare, is ``document.source``)."""
+    return name if "." in name or "\\" in name else metadata_field(name)
 
 
 class RagstoreTranslator(Visitor):

@@ -137,15 +137,13 @@ def to_where(filters: MetadataFilters | None) -> dict[str, Any] | None:
 
 
 def _one(f: MetadataFilter) -> dict[str, Any]:
-    if not f.key or "." in f.key:
-        # LlamaIndex reads the key as one top-level key; ragstore's filter reads a dot as
-        # a nested path ("a.b": key "a", then "b") and has no escape for it, so such a
-        # filter compared another value, or an empty key was refused as a bad path
+    if not f.key:
+        # an empty key is no path ragstore's filter can name (a dot within a key is
+        # escaped by metadata_field: "v1.2" is the field "v1\\.2")
         raise InputError(
-            f"metadata filter key {f.key!r} cannot be filtered in ragstore: a filter reads "
-            "a dot as a nested path (key 'a', then 'b') and a key must not be empty, so no "
-            "filter names a top-level key like this one; rename the metadata key (e.g. "
-            "'v1_2' for 'v1.2') in the nodes you add, then filter on the new name"
+            f"metadata filter key {f.key!r} cannot be filtered in ragstore: a filter's "
+            "path must not be empty; rename the metadata key (e.g. 'blank' for '') in the "
+            "nodes you add, then filter on the new name"
         )
     key = metadata_field(f.key)
     if f.operator == FilterOperator.IS_EMPTY:

@@ -43,8 +43,8 @@ MAX_DEPTH = 4  # nested objects are walked this deep (``a.b.c.d``)
 MAX_EXAMPLES = 5  # distinct values shown a path
 EXAMPLE_CHARS = 80  # a longer string value is cut
 UNFILTERABLE = (
-    "a key that is empty or holds a dot cannot be named by a filter (dots separate a "
-    "path's keys); rename the metadata key (e.g. 'v1_2' for 'v1.2') to filter on it"
+    "an empty key, or a path longer than a filter may name, cannot be named by a filter; "
+    "rename the metadata key (e.g. 'blank' for '') to filter on it"
 )
 
 # The built-in fields (search/filters.py's BUILTINS), as a caller writes their values

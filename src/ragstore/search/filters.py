@@ -6,7 +6,9 @@ or an object of operators; several keys are ANDed::
     {"chunk_type": "table", "year": {"$gte": 2020}, "$or": [{"team": "a"}, {"team": "b"}]}
 
 Fields are the built-ins (``collection``, ``source``, ``title``, ``chunk_type``,
-``created_at``, ``page``) or metadata paths with dots for nesting (``author.name``). A bare
+``created_at``, ``page``) or metadata paths with dots for nesting (``author.name``); a dot
+within a key is escaped with a backslash, and a backslash doubled (``version\\.major``
+names the key ``version.major``, as kubectl's JSONPath and Helm's ``--set`` do). A bare
 path reads the chunk's metadata first and falls back to its document's; ``chunk.PATH`` and
 ``document.PATH`` read only one of them. Operators: ``$eq $ne $in $nin $gt $gte $lt $lte
 $exists`` on fields and ``$and $or $not`` on filters. ``$ne`` and ``$nin`` also match
@@ -644,7 +646,8 @@ def names_operator(key: str) -> bool:
 def metadata_path(field: str) -> list[str]:
     """The keys of the metadata path ``field`` as a filter names it (a key of a filter
     object), or InvalidFilterError when no filter could name that field: one that starts
-    with ``$`` (read as an operator) or is no dot-separated path of non-empty keys."""
+    with ``$`` (read as an operator) or is no dot-separated path of non-empty keys (a dot
+    within a key escaped, ``version\\.major``)."""
     if names_operator(field):
         raise InvalidFilterError(
             f"invalid filter path {field!r}: a key starting with '$' is read as an operator "
@@ -663,28 +666,86 @@ def field_name(keys: Sequence[str], scope: str) -> str | None:
     column, one whose first key starts with ``$`` is read as an operator, and one whose
     first key is ``chunk`` or ``document`` (``document.x``) as a prefixed path, so those
     are named ``document.PATH`` or ``chunk.PATH``, which read the metadata key itself. A
-    key that is empty or holds a dot cannot be named: dots separate a path's keys, and
-    the filter language has no escape for them."""
-    path = ".".join(keys)
-    if not keys or any(not k or "." in k for k in keys) or len(path) > MAX_PATH_LENGTH:
+    key holding a dot or a backslash is escaped (:func:`join_path`: ``v1\\.2``). An empty
+    key cannot be named: ``a..b`` is refused, not read as a key ``""``."""
+    path = join_path(keys)
+    if not keys or any(not k for k in keys) or len(path) > MAX_PATH_LENGTH:
         return None
     if path in BUILTINS or names_operator(path) or (len(keys) > 1 and keys[0] in _SCOPES):
         return f"{scope}.{path}"
     return path
 
 
+def escape_key(key: str) -> str:
+    """``key`` as one key of a filter's dotted path: each backslash doubled and each dot
+    escaped (``version.major`` -> ``version\\.major``), so that the dot is read as part of
+    the key rather than as the step into a nested object."""
+    return key.replace("\\", "\\\\").replace(".", "\\.")
+
+
+def join_path(keys: Sequence[str]) -> str:
+    """The dotted path of ``keys`` as a filter names it, each key escaped (the inverse of
+    the filter's own reading of a path)."""
+    return ".".join(escape_key(k) for k in keys)
+
+
 _SCOPES = ("chunk", "document")
 
 
 def _split_path(field: str) -> list[str]:
-    parts = field.split(".")
-    if len(field) > MAX_PATH_LENGTH or any(not p for p in parts):
-        raise InvalidFilterError(
-            f"invalid filter path {field!r}: use dot-separated, non-empty "
-            f"keys of at most {MAX_PATH_LENGTH} characters (e.g. "
-            "'author.name')"
-        )
+    """The keys of the dotted path ``field``. A dot separates keys; a backslash escapes the
+    character after it, a dot (``version\\.major``: the one key ``version.major``) or a
+    backslash (``\\\\``), so that a metadata key holding a dot can be named. Before the
+    escape such a key could not be filtered at all: ``version.major`` read the key
+    ``version``, then ``major``. A backslash before anything else, or at the end, is
+    refused rather than guessed at."""
+    if len(field) > MAX_PATH_LENGTH:
+        raise _bad_path(field)
+    parts: list[str] = []
+    key: list[str] = []
+    i = 0
+    while i < len(field):
+        char = field[i]
+        if char == "\\":
+            escaped = field[i + 1 : i + 2]
+            if escaped not in (".", "\\"):
+                raise _bad_escape(field, escaped)
+            key.append(escaped)
+            i += 2
+            continue
+        if char == ".":
+            parts.append("".join(key))
+            key = []
+        else:
+            key.append(char)
+        i += 1
+    parts.append("".join(key))
+    if any(not p for p in parts):
+        raise _bad_path(field)
     return parts
+
+
+def _bad_path(field: str) -> InvalidFilterError:
+    return InvalidFilterError(
+        f"invalid filter path {field!r}: use dot-separated, non-empty "
+        f"keys of at most {MAX_PATH_LENGTH} characters (e.g. "
+        "'author.name'; a dot within a key is escaped: 'version\\.major')"
+    )
+
+
+def _bad_escape(field: str, escaped: str) -> InvalidFilterError:
+    """The error for a backslash in ``field`` before ``escaped`` (neither a dot nor a
+    backslash; empty at the end), with the path as it was likely meant: every backslash
+    that escapes nothing doubled, a literal backslash."""
+    found = f"a backslash before {escaped!r}" if escaped else "a lone backslash at its end"
+    meant = re.sub(r"\\(\\|\.)|\\", lambda m: m.group(0) if m.group(1) else "\\\\", field)
+    return InvalidFilterError(
+        # the path unquoted by repr(), which doubles each backslash: the fix would look
+        # like the mistake
+        f"invalid filter path '{field}': {found}; in a path a backslash escapes a dot "
+        "within a key (\\.) or a backslash (\\\\), nothing else, e.g. version\\.major for "
+        f"the key 'version.major'; for a key holding a backslash write {meant}"
+    )
 
 
 def _operators(field: str, value: Any) -> list[tuple[str, Any]]:

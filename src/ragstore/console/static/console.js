@@ -1003,7 +1003,11 @@
       const carried = m.documents + " documents · " + m.chunks + " chunks";
       // only a bare path is indexed (both tables): not one listed as document.KEY or
       // chunk.KEY (a key named like a built-in), which POST /v1/field-indexes refuses
-      const bare = !m.keys || m.keys.join(".") === m.field;
+      // (the field escapes a dot or backslash within a key: "v1.2" is v1\.2)
+      const path = m.keys && m.keys
+        .map((k) => k.replace(/\\/g, "\\\\").replace(/\./g, "\\."))
+        .join(".");
+      const bare = !m.keys || path === m.field;
       const indexable = me.scope === "admin" && !me.collection && bare
         ? ["number", "string"].filter((k) => m.types.includes(k) && !m.indexed.includes(k))
         : [];
