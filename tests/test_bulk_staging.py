@@ -11,6 +11,7 @@ and no failure leaves a staging table behind.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +22,8 @@ import pytest
 
 from ragstore.config import Settings
 from ragstore.db import catalog, documents, spaces
-from ragstore.ingest import ingest_paths, service
+from ragstore.errors import DatabaseUnavailableError
+from ragstore.ingest import ingest_paths, service, staging
 from ragstore.ingest.service import IngestReport, Item, ingest_items
 from ragstore.runtime import Runtime
 from ragstore.search import search
@@ -357,3 +359,48 @@ def test_a_load_whose_bm25_build_fails_leaves_nothing(
     monkeypatch.setattr(documents, "finish_bulk", real)
     again = ingest_paths(bulk_rt, [folder], "fails")
     assert not again.failed and "attach" in again.stages
+
+
+def test_a_bulk_load_waiting_behind_a_stuck_one_fails_by_its_deadline(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A bulk load waits for its share of the pool (``staging.load_connections``) while this
+    process's other loads hold it; behind one that was stuck it waited for good. It now
+    fails after ``RAGSTORE_BULK_LOAD_WAIT_S``, retryable, with nothing stored."""
+    folder = write_corpus(tmp_path / "late", docs=8, paragraphs=3)
+    update = {"bulk_load_bytes": 1024, "pool_max_size": 4, "bulk_load_wait_s": 0.5}
+    with Runtime(settings.model_copy(update=update)) as rt:
+        holding, release = threading.Event(), threading.Event()
+
+        def stuck_load() -> None:  # holds the loads' whole share, and a real connection
+            with staging.load_connections(rt, 2), rt.db.connection() as conn:
+                conn.execute("SELECT 1")
+                holding.set()
+                release.wait(60)
+
+        reports: list[IngestReport] = []
+        stuck = threading.Thread(target=stuck_load)
+        late = threading.Thread(target=lambda: reports.append(ingest_paths(rt, [folder], "late")))
+        try:
+            stuck.start()
+            assert holding.wait(20)
+            late.start()
+            late.join(60)  # the model's loading included: on a loaded machine, seconds
+            assert not late.is_alive(), "the load waited past its deadline"
+        finally:
+            release.set()
+            stuck.join(60)
+            late.join(60)
+        (report,) = reports
+        err = report.stopped_by
+        assert isinstance(err, DatabaseUnavailableError) and err.busy, report.outcomes
+        assert "RAGSTORE_BULK_LOAD_WAIT_S" in str(err) and "nothing" in str(err), err
+        assert {o.status for o in report.outcomes} <= {"failed", "not_attempted"}, report
+        assert rt.db.breaker.failures == 0
+        with rt.db.connection() as conn:
+            assert catalog.collection_names(conn).count("late") <= 1
+            stored = conn.execute(
+                "SELECT count(*) FROM documents d JOIN collections c ON c.id = d.collection_id"
+                " WHERE c.name = 'late'"
+            ).fetchone()
+        assert stored == (0,)

@@ -325,6 +325,42 @@ def test_a_full_pool_at_the_servers_connection_limit_is_busy_not_down(database_u
             admin.execute(f"DROP ROLE IF EXISTS {role}")
 
 
+def test_a_busy_pool_met_inside_a_held_connection_leaves_the_breaker_shut(
+    database_url: str,
+) -> None:
+    """A block holding one pooled connection asked for a second (a bulk load's staging
+    connection) while a thread held the pool's other: the busy error, passing out through
+    the first block, opened the database-down breaker, and the next request, which the
+    connection just returned would serve, failed fast with "the database is down"."""
+    db = Database(database_url, min_size=1, max_size=2, connect_timeout_s=1)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with db.connection() as conn:
+            conn.execute("SELECT 1")
+            holding.set()
+            release.wait(20)
+
+    holder = threading.Thread(target=hold)
+    try:
+        holder.start()
+        assert holding.wait(20)
+        with pytest.raises(DatabaseUnavailableError) as busy, db.connection() as outer:
+            outer.execute("SELECT 1")
+            with db.connection():
+                pass
+        assert busy.value.busy, busy.value
+        assert "all 2 are busy" in str(busy.value) and "RAGSTORE_POOL_MAX_SIZE" in str(busy.value)
+        assert busy.value.retry_after == 1.0
+        assert db.breaker.failures == 0
+        with db.connection() as conn:  # the outer block's connection, returned: served
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        release.set()
+        holder.join(20)
+        db.close()
+
+
 # What a server whose lc_messages is German says for a statement its statement_timeout
 # ended (SQLSTATE 57014, as for an administrator's cancel)
 _GERMAN_TIMEOUT = "FEHLER:  storniere Anfrage wegen Zeitüberschreitung der Anfrage"

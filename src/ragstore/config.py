@@ -120,6 +120,14 @@ class Settings(BaseSettings):
         description="A first load into an empty collection above this many bytes defers the "
         "vector index and builds it once at the end; 0 = always incremental.",
     )
+    bulk_load_wait_s: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="Seconds a bulk load waits for its share of the connection pool while "
+        "this process's other bulk loads hold it, before it fails (database_unavailable, "
+        "retryable; nothing stored).",
+    )
     index_build_memory: str = Field(
         "1GB",
         pattern=r"^[0-9]+(kB|MB|GB)$",

@@ -467,9 +467,16 @@ class Database:
         :func:`refused_write`) lost nothing either, and is not even looked into: it opened
         the breaker whenever a fresh connection could not be had at that moment (a new
         backend on a full disk cannot always start), and every read, which the pooled
-        connections still served, failed fast for seconds with "the database is down"."""
+        connections still served, failed fast for seconds with "the database is down".
+
+        A pool that lent no connection in time (``busy``, or a ``PoolTimeout`` translated by
+        a caller that used the pool itself) lost nothing either: a block that asked for a
+        second connection while it held one (a bulk load's staging connection, a lookup of
+        its reader threads) found every one in use, and that error, passing out through the
+        first's block, opened the breaker: every request then failed fast for seconds with
+        "the database is down", even those a connection freed a moment later would serve."""
         cause = exc.__cause__
-        if refused_write(cause):
+        if exc.busy or isinstance(cause, PoolTimeout) or refused_write(cause):
             return
         if isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError)) and self.answers():
             if not disk_full(cause):

@@ -39,7 +39,7 @@ import psycopg
 
 from ragstore.db import repository, spaces
 from ragstore.db.errors import translated
-from ragstore.errors import RagstoreError
+from ragstore.errors import DatabaseUnavailableError, RagstoreError
 from ragstore.runtime import Runtime
 
 # A bulk load holds one pooled connection for its transaction and, to stage its vectors,
@@ -99,15 +99,38 @@ def load_connections(rt: Runtime, count: int) -> Iterator[None]:
     any connection, so a pool smaller than the worker's concurrency makes jobs wait, never
     fail. A semaphore in the process was the smallest such design: sizing the worker's
     pool for its concurrency instead needs the server's ``max_connections`` to allow it,
-    and the API server's requests bulk-load on the same pool too."""
+    and the API server's requests bulk-load on the same pool too.
+
+    The wait ends after ``RAGSTORE_BULK_LOAD_WAIT_S`` with a retryable, busy
+    ``database_unavailable`` (nothing of the load is written: it has taken no connection
+    yet). Without a deadline a load behind one that was stuck (a lock never released, an
+    index build of hours) waited for good, its job ``running`` and its client polling. It
+    fails rather than going on round by round: a load is bulk by its size
+    (:func:`ingest.service._bulk_load`), and the incremental path, which takes a pooled
+    connection per round, is the one this budget exists to keep off a pool that bulk loads
+    have lent out. The deadline is not the pool timeout, which would fail the loads that
+    are only queued behind shorter ones (a worker whose concurrency is over its pool's
+    size), which are to wait, not fail."""
     db = rt.db
     with _budgets_lock:
         budget = _budgets.get(db)
         if budget is None or budget.pid != os.getpid():
             budget = _budgets[db] = _LoadBudget(rt.settings.pool_max_size)
     take = min(count, budget.size)
+    limit = rt.settings.bulk_load_wait_s
     with budget.cond:
-        budget.cond.wait_for(lambda: budget.free >= take)
+        if not budget.cond.wait_for(lambda: budget.free >= take, timeout=limit):
+            raise DatabaseUnavailableError(
+                f"a bulk load waited {limit:g}s for its share of the connection pool: this "
+                f"process's other bulk loads hold all {budget.size} connections they may "
+                f"(RAGSTORE_POOL_MAX_SIZE={rt.settings.pool_max_size} less "
+                f"{POOL_LEFT_BY_LOADS}); nothing of it was stored: retry once they end, or "
+                "raise RAGSTORE_POOL_MAX_SIZE or RAGSTORE_BULK_LOAD_WAIT_S",
+                public="the server is busy with other bulk loads; nothing of this load was "
+                "stored, retry it",
+                retry_after=min(limit, 30.0),
+                busy=True,
+            )
         budget.free -= take
     try:
         yield
