@@ -185,7 +185,10 @@ def test_mmr_search_and_its_bad_options(corpus: str, capsys: pytest.CaptureFixtu
     for bad, message in (
         (["-k", "3", "--mmr", "--fetch-k", "2"], r"fetch_k (2) is smaller than k (3)"),
         (["--mmr", "--lambda-mult", "2"], "lambda_mult must be between 0"),
-        (["--fetch-k", "5"], "fetch_k only apply to a maximal-marginal-relevance search"),
+        (
+            ["--fetch-k", "5"],
+            "--fetch-k only applies to a maximal-marginal-relevance search; set --mmr too",
+        ),
     ):
         assert run_cli(*args, *bad) != 0
         err = capsys.readouterr().err.strip()

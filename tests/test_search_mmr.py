@@ -177,8 +177,16 @@ def test_explain_tells_the_mmr_pick_and_the_plan_its_depth(store: Store) -> None
         ({"lambda_mult": "0.5"}, "lambda_mult must be a number, got '0.5'"),
         ({"lambda_mult": float("nan")}, "lambda_mult must be between"),
         ({"mmr": "yes"}, "mmr must be True or False, got 'yes'"),
-        ({"mmr": False, "fetch_k": 20}, "fetch_k only apply to a maximal-marginal-relevance"),
-        ({"mmr": False, "lambda_mult": 0.3}, "lambda_mult only apply to"),
+        # named as a Store, API or MCP caller spells them (not the CLI's --mmr)
+        ({"mmr": False, "fetch_k": 20}, "^fetch_k only applies to a maximal-marginal-relevance"),
+        (
+            {"mmr": False, "lambda_mult": 0.3},
+            "lambda_mult only applies to .*; set mmr too, or leave it out$",
+        ),
+        (
+            {"mmr": False, "fetch_k": 20, "lambda_mult": 0.3},
+            "fetch_k and lambda_mult only apply to .*; set mmr too, or leave them out$",
+        ),
     ],
 )
 def test_bad_mmr_options_are_refused(store: Store, options: dict[str, Any], message: str) -> None:

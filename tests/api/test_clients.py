@@ -122,7 +122,10 @@ def test_the_three_give_the_same_mmr_hits(notes: Client, open_url: str, store: S
     for body, message in (
         ({"k": 3, "mmr": True, "fetch_k": 2}, "fetch_k (2) is smaller than k (3)"),
         ({"mmr": True, "lambda_mult": 1.5}, "lambda_mult"),
-        ({"fetch_k": 5}, "fetch_k only apply to a maximal-marginal-relevance search"),
+        (
+            {"fetch_k": 5},
+            "fetch_k only applies to a maximal-marginal-relevance search; set mmr too",
+        ),
     ):
         answer = httpx.post(f"{open_url}/v1/collections/notes/search", json={"query": "x", **body})
         assert answer.status_code == 422

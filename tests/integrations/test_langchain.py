@@ -452,6 +452,28 @@ def test_mmr_search_with_ragstores_model_and_a_filter(handbook: RagstoreVectorSt
         handbook.max_marginal_relevance_search("migration", where={"year": 2024})
 
 
+def test_a_text_ragstore_chunks_is_one_whole_document(store: Store) -> None:
+    """A text added without an embedding and longer than one of ragstore's chunks is
+    found by each chunk: k=2 answered that text twice, each holding a part of it, and
+    never the second best; MMR could pick two of its chunks."""
+    long = " ".join(
+        f"Backup {i} of the database runs nightly and restores fast." for i in range(80)
+    )
+    vs = RagstoreVectorStore(store, "lc-chunked")
+    vs.add_texts([long, "Kittens sleep."], [{"n": 1}, {"n": 2}], ids=["long", "cat"])
+    assert len(store.search("lc-chunked", "nightly database backups", k=5)["data"]) > 2
+    q = "nightly database backups"
+    for docs in (
+        vs.similarity_search(q, k=2),
+        [d for d, _ in vs.similarity_search_with_relevance_scores(q, k=2)],
+    ):
+        assert [d.id for d in docs] == ["long", "cat"]
+        assert docs[0] == vs.get_by_ids(["long"])[0]
+    mmr = vs.max_marginal_relevance_search(q, k=2, fetch_k=10, lambda_mult=1.0)
+    assert [d.id for d in mmr][:1] == ["long"] and len({d.id for d in mmr}) == len(mmr)
+    assert mmr[0].page_content == long
+
+
 def test_a_query_or_texts_of_the_wrong_type_are_refused(store: Store) -> None:
     """A query that was no string was made one (``None`` searched for the word "None",
     answered with hits); texts or ids given as one string were read as one per character

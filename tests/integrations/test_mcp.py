@@ -445,7 +445,14 @@ async def test_search_picks_diverse_hits_by_mmr_and_refuses_bad_options(handbook
         bad: list[tuple[dict[str, Any], str]] = [
             ({"mmr": True, "lambda_mult": 1.5}, "error[invalid_input]: lambda_mult must be"),
             ({"mmr": True, "fetch_k": 2}, "fetch_k (2) is smaller than k (3)"),
-            ({"fetch_k": 10}, "fetch_k only apply to a maximal-marginal-relevance search"),
+            (
+                {"fetch_k": 10},
+                "fetch_k only applies to a maximal-marginal-relevance search; set mmr too",
+            ),
+            (
+                {"context": "lots"},
+                "error[invalid_input]: context 'lots' is invalid",
+            ),  # not --context
             ({"mmr": True, "lambda_mult": "0.5"}, "validation error"),
             ({"mmr": "yes"}, "validation error"),
         ]

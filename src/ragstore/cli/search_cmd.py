@@ -237,6 +237,7 @@ def register(app: typer.Typer) -> None:
         from ragstore.profiles import get_settings
         from ragstore.search.context import parse_context
         from ragstore.search.filters import parse_filter
+        from ragstore.search.mmr import refuse_without_mmr
         from ragstore.search.service import resolve_mode
 
         query_vector = parse_vector(vector) if vector is not None else None
@@ -248,7 +249,9 @@ def register(app: typer.Typer) -> None:
             )
         search_mode = resolve_mode(mode, query, query_vector)
         filter_spec = parse_filter(where) if where is not None else None
-        context_mode = parse_context(context) if context is not None else None
+        context_mode = parse_context(context, "--context") if context is not None else None
+        if not mmr:  # the search's own check would name fetch_k and mmr, not the options
+            refuse_without_mmr({"--fetch-k": fetch_k, "--lambda-mult": lambda_mult}, "--mmr")
         settings = get_settings()
         client = remote_client(settings)
         if client is not None:

@@ -47,6 +47,7 @@ from ragstore.integrations.backend import (
     exists,
     metadata_field,
 )
+from ragstore.integrations.hits import distinct_hits, whole_texts
 from ragstore.validation import id_list, text_list
 
 __all__ = ["RagstoreTranslator", "RagstoreVectorStore"]
@@ -228,19 +229,29 @@ class RagstoreVectorStore(VectorStore):
         extra: dict[str, Any] = (
             {"mmr": True, "fetch_k": fetch_k, "lambda_mult": lambda_mult} if mmr else {}
         )
-        try:
+
+        def search(n: int) -> list[dict[str, Any]]:
             out = self.backend.search(
-                self.collection, query, vector=vector, k=k, where=where, mode=mode, **extra
+                self.collection, query, vector=vector, k=n, where=where, mode=mode, **extra
             )
+            return list(out["data"])
+
+        # a text ragstore embedded is chunked when long, and found by each chunk: one
+        # Document per text, whole, scored by its best chunk (integrations/hits.py)
+        try:
+            hits = distinct_hits(search, k, ask_again=not mmr)
         except CollectionNotFoundError:
             return []  # an empty store: nothing added yet
-        return [
-            (
-                Document(id=h["source"], page_content=h["text"], metadata=h["metadata"]),
-                float(h["score"]),
+        chunked = [str(h["source"]) for h in hits] if self._embedding is None else []
+        whole = whole_texts(self.backend, self.collection, chunked)
+        found = []
+        for hit in hits:
+            stored = whole.get(str(hit["source"]), hit)
+            doc = Document(
+                id=hit["source"], page_content=stored["text"], metadata=stored["metadata"]
             )
-            for h in out["data"]
-        ]
+            found.append((doc, float(hit["score"])))
+        return found
 
     def metadata_field_info(self) -> list[dict[str, str]]:
         """The collection's metadata described for a self-query retriever

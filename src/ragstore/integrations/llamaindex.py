@@ -54,6 +54,7 @@ from ragstore.integrations.backend import (
     ensure_vector_collection,
     metadata_field,
 )
+from ragstore.integrations.hits import distinct_hits, whole_texts
 from ragstore.search.service import parse_mode
 from ragstore.store import Store
 from ragstore.validation import a_type, check_value, id_list, per_text_list
@@ -421,64 +422,37 @@ class RagstoreVectorStore(BasePydanticVectorStore):
             mode_run, weights = asked, _weights(query.alpha, asked or "vector")
         else:
             mode_run, weights = mode, _weights(query.alpha, mode)
-        fetch = k
-        while True:
-            try:
-                out = self._backend.search(
-                    self._collection,
-                    text,
-                    vector=vector,
-                    k=fetch,
-                    where=where,
-                    mode=mode_run,
-                    vector_weight=weights[0],
-                    fulltext_weight=weights[1],
-                    **mmr,
-                )
-            except CollectionNotFoundError:
-                return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
-            hits = _one_hit_per_node(out["data"])
-            if len(hits) >= k or len(out["data"]) < fetch or fetch >= _MAX_K or mmr:
-                break
-            fetch = min(_MAX_K, fetch * 2)  # chunks of one node filled the list: ask more
-        hits = hits[:k]
-        whole = self._whole_texts([h for h in hits if "_node_content" in h["metadata"]])
+
+        def search(n: int) -> list[dict[str, Any]]:
+            out = self._backend.search(
+                self._collection,
+                text,
+                vector=vector,
+                k=n,
+                where=where,
+                mode=mode_run,
+                vector_weight=weights[0],
+                fulltext_weight=weights[1],
+                **mmr,
+            )
+            return list(out["data"])
+
+        # a node longer than one of ragstore's chunks (one added without an embedding,
+        # which ragstore embeds and chunks) is found by each chunk (integrations/hits.py)
+        try:
+            hits = distinct_hits(search, k, ask_again=not mmr)
+        except CollectionNotFoundError:
+            return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+        chunked = [str(h["source"]) for h in hits if "_node_content" in h["metadata"]]
+        whole = whole_texts(self._backend, self._collection, chunked)
         nodes, scores, ids = [], [], []
         for hit in hits:
             source = str(hit["source"])
-            nodes.append(_node({**hit, "text": whole.get(source, hit["text"])}))
+            text_of = whole[source]["text"] if source in whole else hit["text"]
+            nodes.append(_node({**hit, "text": text_of}))
             scores.append(float(hit["score"]))
             ids.append(source)
         return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=ids)
-
-    def _whole_texts(self, hits: list[dict[str, Any]]) -> dict[str, str]:
-        """The whole text of each node a hit is a chunk of (by id). A node ragstore
-        embedded itself is chunked like any text when longer than a chunk, and a hit is
-        one chunk: the node came back holding a part of its text."""
-        chunked = [str(h["source"]) for h in hits]
-        if not chunked:
-            return {}
-        with suppress(CollectionNotFoundError):
-            return {t["id"]: t["text"] for t in self._backend.get_texts(self._collection, chunked)}
-        return {}
-
-
-_MAX_K = 1000  # the most hits one search returns
-
-
-def _one_hit_per_node(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The first (best) hit of each node. A node longer than one of ragstore's chunks
-    (one added without an embedding, which ragstore embeds and chunks) is found by each
-    chunk: a query for 5 nodes answered one node 5 times, each holding a part of its
-    text, where LlamaIndex's stores answer each node once, whole."""
-    seen: set[str] = set()
-    out = []
-    for hit in hits:
-        source = str(hit["source"])
-        if source not in seen:
-            seen.add(source)
-            out.append(hit)
-    return out
 
 
 # the VectorStoreQuery fields ragstore has no equivalent of, with what to do instead

@@ -56,8 +56,10 @@ class HitWithContext(Hit):
         return "\n\n".join(c.text for c in self.context)
 
 
-def parse_context(value: str) -> ContextMode:
-    """``"section"`` or a number of neighbours 0..50, from a CLI or API parameter."""
+def parse_context(value: str, name: str = "context") -> ContextMode:
+    """``"section"`` or a number of neighbours 0..50, from a CLI or API parameter; an
+    error names it ``name``, as its caller spells it (the CLI's ``--context``: the API and
+    MCP callers were told of a ``--context`` they have no such thing as)."""
     cleaned = value.strip().lower()
     if cleaned == "section":
         return "section"
@@ -66,7 +68,7 @@ def parse_context(value: str) -> ContextMode:
     if cleaned.isascii() and cleaned.isdigit() and int(cleaned) <= MAX_NEIGHBOURS:
         return int(cleaned)
     raise InputError(
-        f"--context {value!r} is invalid: give a number of neighbouring chunks "
+        f"{name} {value!r} is invalid: give a number of neighbouring chunks "
         f"(0-{MAX_NEIGHBOURS}) or 'section'"
     )
 

@@ -60,14 +60,7 @@ def check(enabled: bool, k: int, fetch_k: int | None, lambda_mult: float | None)
     if not isinstance(enabled, bool):
         raise InputError(f"mmr must be true or false, got {enabled!r}")
     if not enabled:
-        given = [
-            n for n, v in (("fetch_k", fetch_k), ("lambda_mult", lambda_mult)) if v is not None
-        ]
-        if given:
-            raise InputError(
-                f"{' and '.join(given)} only apply to a maximal-marginal-relevance search; "
-                "set mmr (--mmr) too, or leave them out"
-            )
+        refuse_without_mmr({"fetch_k": fetch_k, "lambda_mult": lambda_mult})
         return
     if fetch_k is not None:
         if not 1 <= fetch_k <= MAX_FETCH_K:
@@ -83,6 +76,19 @@ def check(enabled: bool, k: int, fetch_k: int | None, lambda_mult: float | None)
         raise InputError(
             f"lambda_mult must be between 0 (most diverse) and 1 (most relevant), "
             f"got {lambda_mult:g}"
+        )
+
+
+def refuse_without_mmr(options: dict[str, object], mmr_name: str = "mmr") -> None:
+    """Refuse the MMR ``options`` given (not ``None``) to a search without MMR, each named
+    as its caller spells it (``fetch_k``, the CLI's ``--fetch-k``), as is the switch: the
+    API and MCP callers were told to set a ``--mmr`` they have no such thing as."""
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
+        raise InputError(
+            f"{' and '.join(given)} only {verb} to a maximal-marginal-relevance search; "
+            f"set {mmr_name} too, or leave {them} out"
         )
 
 
