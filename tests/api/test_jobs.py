@@ -244,6 +244,40 @@ def test_a_job_leaves_a_document_deleted_after_it_was_accepted(
     assert [r[0].rsplit("/", 1)[-1] for r in left] == ["late.md"], left
 
 
+def test_tombstones_are_pruned_per_collection_and_when_a_job_finishes(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """Each delete pruned the tombstones older than the oldest unfinished job of any
+    collection: one job waiting in one collection kept every other collection's
+    tombstones, growing by every delete there. And only a delete pruned: those a finished
+    job had needed stayed until the collection's next delete, for good without one. A
+    collection's tombstones now go when no job of that collection needs them, at its
+    deletes and at the finish of its jobs."""
+
+    def kept(collection: str) -> list[str]:
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                "SELECT t.source FROM document_tombstones t JOIN collections c"
+                " ON c.id = t.collection_id WHERE c.name = %s ORDER BY 1",
+                (collection,),
+            ).fetchall()
+        return [str(r[0]).rsplit("/", 1)[-1] for r in rows]
+
+    api.create_collection("tomb-wait")
+    api.create_collection("tomb-busy")
+    busy = [api.add_document("tomb-busy", f"{n}.md", f"# {n}\n\nbusy {n}") for n in "ab"]
+    waits = api.add_document("tomb-wait", "c.md", "# C\n\nstored before the job")
+    job = api.add_document("tomb-wait", "w.md", "# W\n\nqueued for later", background=True)
+    for doc in busy:  # no job of this collection waits: each delete keeps only its own
+        api.delete_document("tomb-busy", doc["id"])
+    assert kept("tomb-busy") == ["b.md"]
+    api.delete_document("tomb-wait", waits["id"])  # deleted after the job's acceptance
+    assert kept("tomb-wait") == ["c.md"]
+    run_worker(jobs_settings, burst=True, signals=False)
+    assert api.wait_for_job(job["id"], timeout=5)["status"] == "succeeded"
+    assert kept("tomb-wait") == []  # no job of it is left to need it
+
+
 def test_a_job_finished_before_its_worker_died_is_not_run_again(
     api: Client, jobs_settings: Settings
 ) -> None:

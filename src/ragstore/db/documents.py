@@ -474,16 +474,14 @@ def _tombstones(conn: Conn, collection_id: int, sources: Sequence[str]) -> dict[
 
 def bury(conn: Conn, collection_id: int, sources: Sequence[str]) -> None:
     """Record that these sources were just deleted (their write locks held), for the queued
-    jobs that would store them again, and drop the tombstones no unfinished job can need.
+    jobs that would store them again, and drop the collection's tombstones no unfinished
+    job can need.
 
     Every delete of documents calls it (a collection's delete does not: its jobs go with
     it). A job's write compares a tombstone with the job's acceptance like a stored row's
     time (:func:`write_documents`): without it, an upload queued (202) and then deleted
     was stored again by the worker, although the client's last acknowledged request was
-    the delete. The time is the clock's once the locks are held, as a write's is.
-    Pruned here, at a delete, the table stays as small as the deletes of a job's span: a
-    tombstone older than the oldest unfinished job's acceptance (any tombstone before
-    this transaction, when no job waits) decides nothing any more."""
+    the delete. The time is the clock's once the locks are held, as a write's is."""
     if sources:
         conn.execute(
             "INSERT INTO document_tombstones (collection_id, source, deleted_at)"
@@ -491,9 +489,26 @@ def bury(conn: Conn, collection_id: int, sources: Sequence[str]) -> None:
             " ON CONFLICT (collection_id, source) DO UPDATE SET deleted_at = excluded.deleted_at",
             (collection_id, list(sources)),
         )
+    prune_tombstones(conn, collection_id)
+
+
+def prune_tombstones(conn: Conn, collection_id: int) -> None:
+    """Drop the collection's tombstones that no unfinished job can need: those older than
+    the acceptance of the oldest unfinished job of the collection (every one written
+    before this transaction, when none waits). Run at each delete and at each job's
+    finish, the table stays as small as the deletes of a job's span.
+
+    Per collection: pruned against the oldest unfinished job of any collection, one job
+    queued for long in one collection kept every other collection's tombstones, growing
+    by every delete there. Jobs name their collection (``ingest_jobs.collection``); the
+    unfinished ones are read through ``ingest_jobs_status_idx``, the tombstones through
+    their key's leading column."""
     conn.execute(
-        "DELETE FROM document_tombstones WHERE deleted_at < coalesce((SELECT min(created_at)"
-        " FROM ingest_jobs WHERE status IN ('queued', 'running')), now())"
+        "DELETE FROM document_tombstones WHERE collection_id = %(c)s"
+        " AND deleted_at < coalesce((SELECT min(j.created_at) FROM ingest_jobs j"
+        " WHERE j.status IN ('queued', 'running')"
+        " AND j.collection = (SELECT name FROM collections WHERE id = %(c)s)), now())",
+        {"c": collection_id},
     )
 
 
