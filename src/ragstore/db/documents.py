@@ -507,12 +507,19 @@ def prune_tombstones(conn: Conn, collection_id: int) -> None:
     queued for long in one collection kept every other collection's tombstones, growing
     by every delete there. Jobs name their collection (``ingest_jobs.collection``); the
     unfinished ones are read through ``ingest_jobs_status_idx``, the tombstones through
-    their key's leading column."""
+    their key's leading column.
+
+    A tombstone another transaction holds (a delete rewriting it, another pruning) is
+    left to a later pruning (``SKIP LOCKED``): waited for, a job's finish holding one old
+    tombstone and waiting for the one a delete rewrote, while that delete's own pruning
+    waited for the finish's, ended in a deadlock that PostgreSQL broke by failing one."""
     conn.execute(
-        "DELETE FROM document_tombstones WHERE collection_id = %(c)s"
+        "DELETE FROM document_tombstones WHERE collection_id = %(c)s AND source IN ("
+        "SELECT source FROM document_tombstones WHERE collection_id = %(c)s"
         " AND deleted_at < coalesce((SELECT min(j.created_at) FROM ingest_jobs j"
         " WHERE j.status IN ('queued', 'running')"
-        " AND j.collection = (SELECT name FROM collections WHERE id = %(c)s)), now())",
+        " AND j.collection = (SELECT name FROM collections WHERE id = %(c)s)), now())"
+        " FOR UPDATE SKIP LOCKED)",
         {"c": collection_id},
     )
 
