@@ -244,6 +244,105 @@ def test_a_job_leaves_a_document_deleted_after_it_was_accepted(
     assert [r[0].rsplit("/", 1)[-1] for r in left] == ["late.md"], left
 
 
+def test_tombstones_are_pruned_per_collection_and_when_a_job_finishes(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """Each delete pruned the tombstones older than the oldest unfinished job of any
+    collection: one job waiting in one collection kept every other collection's
+    tombstones, growing by every delete there. And only a delete pruned: those a finished
+    job had needed stayed until the collection's next delete, for good without one. A
+    collection's tombstones now go when no job of that collection needs them, at its
+    deletes and at the finish of its jobs."""
+
+    def kept(collection: str) -> list[str]:
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                "SELECT t.source FROM document_tombstones t JOIN collections c"
+                " ON c.id = t.collection_id WHERE c.name = %s ORDER BY 1",
+                (collection,),
+            ).fetchall()
+        return [str(r[0]).rsplit("/", 1)[-1] for r in rows]
+
+    api.create_collection("tomb-wait")
+    api.create_collection("tomb-busy")
+    busy = [api.add_document("tomb-busy", f"{n}.md", f"# {n}\n\nbusy {n}") for n in "ab"]
+    waits = api.add_document("tomb-wait", "c.md", "# C\n\nstored before the job")
+    job = api.add_document("tomb-wait", "w.md", "# W\n\nqueued for later", background=True)
+    for doc in busy:  # no job of this collection waits: each delete keeps only its own
+        api.delete_document("tomb-busy", doc["id"])
+    assert kept("tomb-busy") == ["b.md"]
+    api.delete_document("tomb-wait", waits["id"])  # deleted after the job's acceptance
+    assert kept("tomb-wait") == ["c.md"]
+    run_worker(jobs_settings, burst=True, signals=False)
+    assert api.wait_for_job(job["id"], timeout=5)["status"] == "succeeded"
+    assert kept("tomb-wait") == []  # no job of it is left to need it
+
+
+def test_a_jobs_finish_and_a_delete_do_not_deadlock_on_the_collections_tombstones(
+    api: Client, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's finish prunes its collection's old tombstones, row by row, while a delete
+    in the collection holds the tombstone it rewrote: the finish held one old row and
+    waited for the delete's, the delete's own pruning then waited for the finish's, and
+    PostgreSQL failed one of them (deadlock detected). The pruning now leaves a
+    tombstone another transaction holds to a later one."""
+    api.create_collection("tomb-race")
+    for n in "xy":
+        api.add_document("tomb-race", f"{n}.md", f"# {n}\n\nraced {n}")
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT id FROM collections WHERE name = 'tomb-race'").fetchone()
+        assert row is not None
+        coll = int(row[0])
+        x, y = sorted(
+            str(r[0])
+            for r in conn.execute("SELECT source FROM documents WHERE collection_id = %s", (coll,))
+        )
+        assert documents.delete_documents(conn, coll, [x, y]) == 2  # both tombstones old
+    api.add_document("tomb-race", "y.md", "# y\n\nstored again")  # its tombstone stays
+    prune = documents.prune_tombstones
+    rewritten, finishing = threading.Event(), threading.Event()
+
+    def after_the_finish(conn: documents.Conn, collection_id: int) -> None:
+        rewritten.set()  # y's tombstone written again and held
+        assert finishing.wait(10)
+        prune(conn, collection_id)
+
+    def finish() -> None:  # what ``jobs.finish`` runs
+        assert rewritten.wait(10)
+        with psycopg.connect(database_url) as conn:
+            prune(conn, coll)
+        finishing.set()  # done without waiting for the delete's
+
+    def waiting_for_a_lock() -> None:  # the finish waits for the delete's tombstone
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for _ in range(200):
+                if finishing.is_set():
+                    return
+                found = conn.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE 'DELETE FROM document_tombstones%'"
+                ).fetchone()
+                if found:
+                    break
+                time.sleep(0.05)
+        finishing.set()
+
+    monkeypatch.setattr(documents, "prune_tombstones", after_the_finish)
+
+    def delete() -> int:
+        with psycopg.connect(database_url) as conn:
+            return documents.delete_documents(conn, coll, [y])
+
+    with ThreadPoolExecutor(3) as pool:
+        done = [pool.submit(f) for f in (delete, finish, waiting_for_a_lock)]
+        assert [f.result() for f in done] == [1, None, None]
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT source FROM document_tombstones WHERE collection_id = %s", (coll,)
+        ).fetchall()
+    assert [str(r[0]) for r in rows] == [y]
+
+
 def test_a_job_finished_before_its_worker_died_is_not_run_again(
     api: Client, jobs_settings: Settings
 ) -> None:

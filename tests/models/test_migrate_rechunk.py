@@ -515,3 +515,48 @@ def test_a_recut_keeps_each_documents_origin(rt: Runtime, tmp_path: Path, narrow
     assert before == [("doc0.md", "file"), ("t1", "text"), ("up.md", "upload")]
     assert migrate(rt, "rc-origin", narrow).switched
     assert origins() == before
+
+
+def test_jobs_queued_across_a_recut_switch_meet_the_deletes_as_acknowledged(
+    rt: Runtime, tmp_path: Path, narrow: str
+) -> None:
+    """A job queued before a re-cutting switch writes into the other chunk set after it.
+    Its tombstones were the shadow's own, stamped at the catch-up: a document deleted
+    before the backfill copied it had none there (the job accepted before that delete
+    stored it again), and one deleted after had the catch-up's time (the job accepted
+    between the delete and the catch-up was told ``superseded``). The live row's
+    tombstones, stamped when each delete was acknowledged, now move over at the switch."""
+    from ragstore.db import jobs as store
+    from ragstore.ingest.documents import NewDocument, add_documents
+    from ragstore.jobs.queue import build_queue
+    from ragstore.jobs.runner import run_job
+    from ragstore.jobs.service import submit_ingest
+    from ragstore.store import Store
+
+    def put(name: str) -> str:
+        (tmp_path / name).write_text(f"# {name}\n\nStored directly, about {name}.\n")
+        out = add_documents(rt, "rc-tomb", [NewDocument(name, tmp_path / name)])
+        assert out[0].status == "added" and out[0].document is not None
+        return str(out[0].document["source"])
+
+    def queue_job(name: str) -> int:
+        queue = build_queue(rt.db.conninfo, sync=True)
+        with queue.open():
+            files = [store.JobFile(name, f"# {name}\n\nFrom a queued job.\n".encode())]
+            return submit_ingest(rt, queue, "rc-tomb", files).id
+
+    def delete(source: str) -> None:
+        with rt.db.connection() as conn:
+            assert documents.delete_documents(conn, rt.collection("rc-tomb").id, [source]) == 1
+
+    Store.from_runtime(rt).create_collection("rc-tomb")
+    early, late = put("early.md"), put("late.md")
+    before_delete = queue_job("early.md")
+    delete(early)  # before the backfill: never in the shadow
+    assert not migrate(rt, "rc-tomb", narrow, switch=False).switched
+    delete(late)  # after the backfill: deleted from the shadow by the catch-up
+    after_delete = queue_job("late.md")
+    assert migrate(rt, "rc-tomb", narrow).switched
+    assert run_job(rt, before_delete).summary.get("superseded") == 1
+    assert run_job(rt, after_delete).summary.get("added") == 1
+    assert {k[0] for k in _chunks(rt, rt.collection("rc-tomb"))} == {"late.md"}

@@ -472,29 +472,74 @@ def _tombstones(conn: Conn, collection_id: int, sources: Sequence[str]) -> dict[
     return {str(r[0]): r[1] for r in rows}
 
 
-def bury(conn: Conn, collection_id: int, sources: Sequence[str]) -> None:
+def bury(conn: Conn, collection_id: int, sources: Sequence[str], *, stamp: bool = True) -> None:
     """Record that these sources were just deleted (their write locks held), for the queued
-    jobs that would store them again, and drop the tombstones no unfinished job can need.
+    jobs that would store them again, and drop the collection's tombstones no unfinished
+    job can need.
 
     Every delete of documents calls it (a collection's delete does not: its jobs go with
     it). A job's write compares a tombstone with the job's acceptance like a stored row's
     time (:func:`write_documents`): without it, an upload queued (202) and then deleted
     was stored again by the worker, although the client's last acknowledged request was
     the delete. The time is the clock's once the locks are held, as a write's is.
-    Pruned here, at a delete, the table stays as small as the deletes of a job's span: a
-    tombstone older than the oldest unfinished job's acceptance (any tombstone before
-    this transaction, when no job waits) decides nothing any more."""
-    if sources:
+    ``stamp=False`` only prunes: a re-cut migration's catch-up delete in its shadow
+    repeats a user's delete whose tombstone the live row holds, with the time that delete
+    was acknowledged (moved over at the switch, :func:`move_tombstones`); stamped with the
+    catch-up's time, a job accepted between the two was told ``superseded`` after the
+    switch and its document was lost."""
+    if sources and stamp:
         conn.execute(
             "INSERT INTO document_tombstones (collection_id, source, deleted_at)"
             " SELECT %s, s, clock_timestamp() FROM unnest(%s::text[]) AS s"
             " ON CONFLICT (collection_id, source) DO UPDATE SET deleted_at = excluded.deleted_at",
             (collection_id, list(sources)),
         )
+    prune_tombstones(conn, collection_id)
+
+
+def prune_tombstones(conn: Conn, collection_id: int) -> None:
+    """Drop the collection's tombstones that no unfinished job can need: those older than
+    the acceptance of the oldest unfinished job of the collection (every one written
+    before this transaction, when none waits). Run at each delete and at each job's
+    finish, the table stays as small as the deletes of a job's span.
+
+    Per collection: pruned against the oldest unfinished job of any collection, one job
+    queued for long in one collection kept every other collection's tombstones, growing
+    by every delete there. Jobs name their collection (``ingest_jobs.collection``); the
+    unfinished ones are read through ``ingest_jobs_status_idx``, the tombstones through
+    their key's leading column.
+
+    A tombstone another transaction holds (a delete rewriting it, another pruning) is
+    left to a later pruning (``SKIP LOCKED``): waited for, a job's finish holding one old
+    tombstone and waiting for the one a delete rewrote, while that delete's own pruning
+    waited for the finish's, ended in a deadlock that PostgreSQL broke by failing one."""
     conn.execute(
-        "DELETE FROM document_tombstones WHERE deleted_at < coalesce((SELECT min(created_at)"
-        " FROM ingest_jobs WHERE status IN ('queued', 'running')), now())"
+        "DELETE FROM document_tombstones WHERE collection_id = %(c)s AND source IN ("
+        "SELECT source FROM document_tombstones WHERE collection_id = %(c)s"
+        " AND deleted_at < coalesce((SELECT min(j.created_at) FROM ingest_jobs j"
+        " WHERE j.status IN ('queued', 'running')"
+        " AND j.collection = (SELECT name FROM collections WHERE id = %(c)s)), now())"
+        " FOR UPDATE SKIP LOCKED)",
+        {"c": collection_id},
     )
+
+
+def move_tombstones(conn: Conn, source_id: int, target_id: int) -> None:
+    """Move a collection row's tombstones to the row that takes over its name (a re-cut
+    migration's switch, either way), keeping each source's latest delete time.
+
+    Jobs name their collection, so a job queued before the switch writes into the other
+    row after it: without its tombstones, a document deleted before the backfill copied
+    it (so never deleted from the shadow) was stored again by a job accepted before the
+    delete."""
+    conn.execute(
+        "INSERT INTO document_tombstones (collection_id, source, deleted_at)"
+        " SELECT %(to)s, source, deleted_at FROM document_tombstones WHERE collection_id = %(from)s"
+        " ON CONFLICT (collection_id, source) DO UPDATE"
+        " SET deleted_at = greatest(document_tombstones.deleted_at, excluded.deleted_at)",
+        {"from": source_id, "to": target_id},
+    )
+    conn.execute("DELETE FROM document_tombstones WHERE collection_id = %s", (source_id,))
 
 
 def _store_chunks(
@@ -779,16 +824,19 @@ def delete_documents(conn: Conn, collection_id: int, sources: Sequence[str]) -> 
     return len(delete_sources(conn, collection_id, sources))
 
 
-def delete_sources(conn: Conn, collection_id: int, sources: Sequence[str]) -> list[str]:
+def delete_sources(
+    conn: Conn, collection_id: int, sources: Sequence[str], *, stamp: bool = True
+) -> list[str]:
     """:func:`delete_documents`, returning the sources it deleted: those still stored once
-    their locks are held (another transaction may have deleted some meanwhile)."""
+    their locks are held (another transaction may have deleted some meanwhile).
+    ``stamp``: whether they get tombstones (:func:`bury`)."""
     lock_sources(conn, collection_id, sources)
     rows = conn.execute(
         "DELETE FROM documents WHERE collection_id = %s AND source = ANY(%s) RETURNING source",
         (collection_id, list(sources)),
     ).fetchall()
     deleted = [str(r[0]) for r in rows]
-    bury(conn, collection_id, deleted)
+    bury(conn, collection_id, deleted, stamp=stamp)
     return deleted
 
 

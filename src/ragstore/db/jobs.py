@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from ragstore.db.documents import prune_tombstones
 from ragstore.errors import CollectionNotFoundError, JobNotFoundError
 
 Conn = psycopg.Connection[Any]
@@ -326,7 +327,7 @@ def finish(
     row = conn.execute(
         "UPDATE ingest_jobs SET status = %(status)s, documents_done = %(docs)s,"
         " chunks_done = %(chunks)s, errors = %(errors)s, summary = %(summary)s,"
-        f" finished_at = now(), updated_at = now() WHERE {_CURRENT} RETURNING id",
+        f" finished_at = now(), updated_at = now() WHERE {_CURRENT} RETURNING collection",
         {
             "status": status,
             "docs": documents,
@@ -341,6 +342,11 @@ def finish(
     if row is None:
         return False
     conn.execute("DELETE FROM ingest_job_files WHERE job_id = %s", (job_id,))
+    # the tombstones this job kept (pruned at deletes only, those of a collection with no
+    # delete after its last job stayed for good)
+    coll = conn.execute("SELECT id FROM collections WHERE name = %s", (row[0],)).fetchone()
+    if coll is not None:
+        prune_tombstones(conn, int(coll[0]))
     return True
 
 

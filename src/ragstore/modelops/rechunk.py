@@ -144,7 +144,9 @@ def backfill(
     with rt.db.connection() as conn, translated(f"removing deleted documents of {coll.name!r}"):
         gone = documents.sources_without_twin(conn, shadow.id, coll.id)
         if gone:
-            documents.delete_documents(conn, shadow.id, gone)
+            # no tombstones of its own: the live row's, stamped when the user's delete was
+            # acknowledged, move over at the switch (``documents.move_tombstones``)
+            documents.delete_sources(conn, shadow.id, gone, stamp=False)
 
 
 def out_of_step(conn: Any, a: repository.Collection, b: repository.Collection) -> list[str]:
@@ -176,6 +178,8 @@ def swap(conn: Any, live: repository.Collection, shadow: repository.Collection) 
         return False
     spaces.activate(conn, shadow.id, shadow.space_id, live.space_id)
     repository.swap_shadow(conn, live, shadow)
+    # the queued jobs of the name write into the shadow from now on
+    documents.move_tombstones(conn, live.id, shadow.id)
     return True
 
 
