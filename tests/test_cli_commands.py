@@ -4,7 +4,6 @@ loopback (``RAGSTORE_URL``) without loading the model in the CLI, then ``collect
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import os
@@ -21,10 +20,8 @@ import httpx
 import psycopg
 import pytest
 
-from ragstore import client as client_module
 from ragstore.auth import KeyStore
 from ragstore.cli.output import ProgressLine
-from ragstore.client import Client
 from ragstore.db.database import Database
 from ragstore.db.inspection import orders_bytes
 from tests.conftest import run_cli
@@ -1003,7 +1000,7 @@ def test_an_error_that_stops_an_ingest_through_the_server_says_what_it_stored(
     key = KeyStore(Database(env["RAGSTORE_DATABASE_URL"])).create("admin", name="rate")
     monkeypatch.setattr(remote, "BATCH_FILES", 1)  # a request per file
     # a client that waits out the limit (its default retries) never stops: none here
-    monkeypatch.setattr(client_module, "Client", functools.partial(Client, retries=0))
+    monkeypatch.setenv("RAGSTORE_CLIENT_RETRIES", "0")
     monkeypatch.setenv("RAGSTORE_URL", rate_limited)  # 4 requests a minute, < 8 files
     monkeypatch.setenv("RAGSTORE_API_KEY", key.secret)
     capsys.readouterr()
@@ -1038,7 +1035,7 @@ def test_a_batch_sent_in_parts_and_stopped_counts_what_its_parts_stored(
     requests; one refused (here by the key's rate limit) after others stored files ended
     the ingest saying nothing was stored. Now those are counted before the error."""
     # a client that waits out the limit (its default retries) never stops: none here
-    monkeypatch.setattr(client_module, "Client", functools.partial(Client, retries=0))
+    monkeypatch.setenv("RAGSTORE_CLIENT_RETRIES", "0")
     folder = tmp_path / "parts"
     folder.mkdir()
     for i in range(8):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -214,20 +214,36 @@ class _WritePosition:
 
 
 class _KeyedWrites:
-    """Whether the server honours ``Idempotency-Key``: learned from any answer that says
-    ``RAGStore-Idempotency: 1`` (:data:`ragstore._requests.IDEMPOTENCY_SUPPORT_HEADER`),
-    and kept. Until then a background upload that got no answer is not sent again: an
-    older server ignored the key and queued a second job. A client whose first request
-    was such an upload did not know it yet, and that upload was not sent again: a call
-    whose retries depend on it asks ``/healthz`` first, once (:meth:`_asks_keys_first`)."""
+    """Whether the server honours ``Idempotency-Key``: said by the last answer, which
+    says ``RAGStore-Idempotency: 1`` (:data:`ragstore._requests.IDEMPOTENCY_SUPPORT_HEADER`)
+    when it does. Until one says so a background upload that got no answer is not sent
+    again: an older server ignored the key and queued a second job. A client whose first
+    request was such an upload did not know it yet, and that upload was not sent again: a
+    call whose retries depend on it asks ``/healthz`` first, once (:meth:`_asks_keys_first`).
+
+    Once learned it was kept for ever: after the server behind the URL was replaced by an
+    older one (a rollback, a restart onto another release, a load balancer's other
+    backend) a background upload whose answer was lost was still sent again, and the
+    older server queued a second job. Now an answer that does not say it forgets it, and
+    so does a request that reached no server (the one that comes back may be another):
+    the next such call asks again, and each send of a call is judged on what is known
+    then (``Client._send``)."""
 
     keys_honoured: bool = False
     retries: int
     _keys_asked: bool = False
 
     def _note_keys(self, response: httpx.Response) -> None:
-        if response.headers.get(calls.IDEMPOTENCY_SUPPORT_HEADER, "").strip() == "1":
-            self.keys_honoured = True
+        said = response.headers.get(calls.IDEMPOTENCY_SUPPORT_HEADER, "").strip() == "1"
+        if self.keys_honoured and not said:
+            self._keys_asked = False  # another server answers: asked again when it matters
+        self.keys_honoured = said
+
+    def _note_unreached(self, error: RagstoreError) -> None:
+        """A request that reached no server (refused, no route): whatever answers next may
+        be another server; what this one said is forgotten."""
+        if getattr(error, "nothing_sent", False):
+            self.keys_honoured = self._keys_asked = False
 
     def _asks_keys_first(self, call: Call[Any]) -> bool:
         """Whether to ask the server (``/healthz``) before sending ``call``: how often
@@ -337,11 +353,19 @@ class Client(_WritePosition, _KeyedWrites):
 
         Sent again as :class:`_Retrying` says: ``effect`` is what sending it twice does
         ("read", "upsert" or "write"; by default "read" for GET/HEAD, else "write")."""
+        chosen = effect or ("read" if method.upper() in ("GET", "HEAD") else "write")
+        return self._retried(method, path, lambda: chosen, kwargs)
+
+    def _retried(
+        self, method: str, path: str, effect_of: Callable[[], str], kwargs: dict[str, Any]
+    ) -> httpx.Response:
+        """:meth:`request`, its effect asked before each send (a keyed call's changes
+        with what the server last said: :class:`_KeyedWrites`)."""
         if self._http.is_closed:
             raise RuntimeError(_CLOSED.format(kind="Client"))
-        effect = effect or ("read" if method.upper() in ("GET", "HEAD") else "write")
-        retrying = _Retrying(self.retries, self.max_retry_wait, effect)
+        retrying = _Retrying(self.retries, self.max_retry_wait, "read")
         while True:
+            retrying.effect = effect = effect_of()
             try:
                 return self._request_once(method, path, effect, kwargs)
             except RagstoreError as error:
@@ -356,22 +380,26 @@ class Client(_WritePosition, _KeyedWrites):
         try:
             response = self._http.request(method, path, **self._with_lsn(dict(kwargs)))
         except httpx.TransportError as exc:
-            raise _transport_error(exc, self._http.base_url, method, path, effect) from None
+            error = _transport_error(exc, self._http.base_url, method, path, effect)
+            self._note_unreached(error)
+            raise error from None
         self._note_lsn(response)  # an error can follow writes that committed
         self._note_keys(response)
         raise_for_problem(response)
         return response
 
     def _send(self, call: Call[T]) -> T:
-        if self._asks_keys_first(call):
-            asked: RagstoreError | None = None
-            try:  # its answer says it (_note_keys); unsaid, sent as to an older server
-                self._request_once("GET", calls.health().path, "read", {})
-            except RagstoreError as exc:
-                asked = exc
-            self._keys_answered(asked)
-        effect = call.effect_on(self.keys_honoured)
-        response = self.request(call.method, call.path, effect=effect, **call.kwargs())
+        def effect() -> str:
+            if self._asks_keys_first(call):
+                asked: RagstoreError | None = None
+                try:  # its answer says it (_note_keys); unsaid, sent as to an older server
+                    self._request_once("GET", calls.health().path, "read", {})
+                except RagstoreError as exc:
+                    asked = exc
+                self._keys_answered(asked)
+            return call.effect_on(self.keys_honoured)
+
+        response = self._retried(call.method, call.path, effect, call.kwargs())
         return read_answer(call, response)
 
     def _run(self, plan: Plan[T]) -> T:
@@ -708,11 +736,26 @@ class AsyncClient(_WritePosition, _KeyedWrites):
     ) -> httpx.Response:
         """Send a request; raise the matching RagstoreError for any error answer (sent
         again as :meth:`Client.request` says)."""
+        chosen = effect or ("read" if method.upper() in ("GET", "HEAD") else "write")
+
+        async def effect_of() -> str:
+            return chosen
+
+        return await self._retried(method, path, effect_of, kwargs)
+
+    async def _retried(
+        self,
+        method: str,
+        path: str,
+        effect_of: Callable[[], Awaitable[str]],
+        kwargs: dict[str, Any],
+    ) -> httpx.Response:
+        """As :meth:`Client._retried`."""
         if self._http.is_closed:
             raise RuntimeError(_CLOSED.format(kind="AsyncClient"))
-        effect = effect or ("read" if method.upper() in ("GET", "HEAD") else "write")
-        retrying = _Retrying(self.retries, self.max_retry_wait, effect)
+        retrying = _Retrying(self.retries, self.max_retry_wait, "read")
         while True:
+            retrying.effect = effect = await effect_of()
             try:
                 return await self._request_once(method, path, effect, kwargs)
             except RagstoreError as error:
@@ -727,22 +770,26 @@ class AsyncClient(_WritePosition, _KeyedWrites):
         try:
             response = await self._http.request(method, path, **self._with_lsn(dict(kwargs)))
         except httpx.TransportError as exc:
-            raise _transport_error(exc, self._http.base_url, method, path, effect) from None
+            error = _transport_error(exc, self._http.base_url, method, path, effect)
+            self._note_unreached(error)
+            raise error from None
         self._note_lsn(response)  # an error can follow writes that committed
         self._note_keys(response)
         raise_for_problem(response)
         return response
 
     async def _send(self, call: Call[T]) -> T:
-        if self._asks_keys_first(call):  # as Client._send
-            asked: RagstoreError | None = None
-            try:
-                await self._request_once("GET", calls.health().path, "read", {})
-            except RagstoreError as exc:
-                asked = exc
-            self._keys_answered(asked)
-        effect = call.effect_on(self.keys_honoured)
-        response = await self.request(call.method, call.path, effect=effect, **call.kwargs())
+        async def effect() -> str:  # as Client._send
+            if self._asks_keys_first(call):
+                asked: RagstoreError | None = None
+                try:
+                    await self._request_once("GET", calls.health().path, "read", {})
+                except RagstoreError as exc:
+                    asked = exc
+                self._keys_answered(asked)
+            return call.effect_on(self.keys_honoured)
+
+        response = await self._retried(call.method, call.path, effect, call.kwargs())
         return read_answer(call, response)
 
     async def _run(self, plan: Plan[T]) -> T:

@@ -76,6 +76,21 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="API key the CLI sends to RAGSTORE_URL (when the server wants one)."
     )
+    client_retries: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="How often the CLI sends a request to RAGSTORE_URL again after a failure "
+        "that passes (the server restarting or not ready, 429); 0 = never.",
+    )
+    client_max_retry_wait_s: float = Field(
+        30.0,
+        ge=0,
+        le=86400,
+        allow_inf_nan=False,
+        description="Seconds one CLI request to RAGSTORE_URL may spend waiting between its "
+        "retries, all waits together.",
+    )
     collection: str = Field(
         "default",
         min_length=1,

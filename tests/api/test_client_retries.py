@@ -111,8 +111,9 @@ class _Proxy:
     reset instead of being given them, after ``drop_after`` answers passed. ``hide_keys``:
     the answers do not say the server honours Idempotency-Key (an older server)."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, port: int = 0) -> None:
         self.upstream_port = upstream_port
+        self.listen_port = port  # 0: a free one; given, a closed proxy's again
         self.drop = 0
         self.drop_after = 0
         self.hide_keys = False
@@ -125,7 +126,9 @@ class _Proxy:
 
     def _run(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        server = self.loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", self.listen_port)
+        )
         self.port = server.sockets[0].getsockname()[1]
         ready.set()
         self.loop.run_forever()
@@ -167,6 +170,8 @@ class _Proxy:
         await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
 
     def close(self) -> None:
+        if not self.thread.is_alive():  # closed before (a test that replaces it)
+            return
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
@@ -337,6 +342,58 @@ def test_a_first_background_upload_whose_answer_is_lost_asks_whether_keys_are_ho
                     with pytest.raises(OutcomeUnknownError):
                         older.upload("first", [("d.md", b"delta")], background=True)
                 assert jobs() == 4
+        finally:
+            proxy.close()
+
+
+def test_a_server_that_stops_saying_it_honours_keys_is_not_sent_a_lost_upload_again(
+    settings: Settings,
+) -> None:
+    # A client that had once seen RAGStore-Idempotency: 1 believed it for ever: after the
+    # server behind its URL was replaced by an older one (here: the proxy hides the
+    # header), a background upload whose answer was lost was sent again, and an older
+    # server, ignoring the key, queued a second job. Now an answer without the header
+    # forgets it, and so does a request that reached no server: the next such upload
+    # asks /healthz again, and is not sent again unless the server says it.
+    port = _free_port()
+    with _serve_on(with_(settings, auth="off"), port):
+        proxy = _Proxy(port)
+        try:
+            url = f"http://127.0.0.1:{proxy.port}"
+            with Client(f"http://127.0.0.1:{port}") as direct:
+                direct.create_collection("moved", model="their-model@1", dimension=2)
+
+                def jobs() -> int:
+                    return len(direct.list_jobs(collection="moved")["data"])
+
+                with Client(url, retries=2, max_retry_wait=5) as client:
+                    client.health()
+                    assert client.keys_honoured
+                    proxy.hide_keys = True  # "replaced by an older server"
+                    client.list_collections()
+                    assert not client.keys_honoured
+                    proxy.drop, proxy.drop_after = 1, 1  # asked first: /healthz's passes
+                    with pytest.raises(OutcomeUnknownError, match="Check before sending it"):
+                        client.upload("moved", [("a.md", b"alpha")], background=True)
+                    assert jobs() == 1
+                    # told again, it is believed again: the lost answer's upload sent again
+                    proxy.hide_keys = False
+                    client.health()
+                    proxy.drop = 1
+                    client.upload("moved", [("b.md", b"beta")], background=True)
+                    assert client.keys_honoured and proxy.drop == 0 and jobs() == 2
+                    # the server goes away (nothing reaches it) and an older one comes
+                    # back on the same address: asked again, not sent again
+                    proxy.close()
+                    with pytest.raises(DatabaseUnavailableError, match="nothing was sent"):
+                        client.health()
+                    assert not client.keys_honoured
+                    proxy = _Proxy(port, port=proxy.port)
+                    proxy.hide_keys = True
+                    proxy.drop, proxy.drop_after = 1, 1  # /healthz's answer passes
+                    with pytest.raises(OutcomeUnknownError, match="Check before sending it"):
+                        client.upload("moved", [("c.md", b"gamma")], background=True)
+                    assert jobs() == 3
         finally:
             proxy.close()
 

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from ragstore import Client
+from ragstore._requests import IDEMPOTENCY_SUPPORT_HEADER
 from ragstore.api import middleware
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
@@ -84,6 +85,9 @@ def _has_security_headers(head: bytes) -> None:
     }
     for name, value in BASE_HEADERS.items():
         assert lines.get(name.lower().encode()) == value.encode(), (name, head)
+    # without it a client forgot that this server honours Idempotency-Key (client.py
+    # _KeyedWrites) and asked /healthz again before its next background upload
+    assert lines.get(IDEMPOTENCY_SUPPORT_HEADER.lower().encode()) == b"1", head
 
 
 def test_an_oversized_request_head_is_refused_with_431(secured: str) -> None:

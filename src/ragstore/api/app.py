@@ -40,6 +40,7 @@ from ragstore.api.routes import (
     texts,
 )
 from ragstore.api.routing import ReadRoutingMiddleware
+from ragstore.api.slashes import install_relative_slash_redirects
 from ragstore.auth import KeyStore, RateLimiter
 from ragstore.config import Settings
 from ragstore.console import install_console
@@ -204,6 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # our own page instead (install_api_docs); /openapi.json stays.
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,  # its Location named the request's Host: ours is a path
     )
     install_middleware(app, settings, secure=secure)
     install_error_handlers(app)
@@ -228,4 +230,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.api_routes.extend(module.router.routes)
     install_console(app, auth=secure)
     install_api_docs(app)
+    install_relative_slash_redirects(app)
     return app

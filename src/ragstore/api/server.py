@@ -506,6 +506,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Write ``exc``'s problem (unless a response is under way: then only disconnect)
         and close the connection. A request whose app has not answered yet (its body was
         the unreadable part) is cut off first, so no answer of its own follows ours."""
+        from ragstore._requests import IDEMPOTENCY_SUPPORT_HEADER
         from ragstore.api.errors import PROBLEM_JSON, problem_body
         from ragstore.console.security import BASE_HEADERS
 
@@ -531,6 +532,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 # the headers the app's middleware puts on every other answer: these
                 # are written here, where no middleware runs, and went out without them
                 + b"".join(f"{k.lower()}: {v}\r\n".encode() for k, v in BASE_HEADERS.items())
+                # this server honours Idempotency-Key (RequestIdMiddleware): an answer
+                # without it has a client forget so (client.py _KeyedWrites)
+                + f"{IDEMPOTENCY_SUPPORT_HEADER.lower()}: 1\r\n".encode()
                 + extra
                 + b"connection: close\r\n\r\n"
                 + body

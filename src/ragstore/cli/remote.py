@@ -19,13 +19,23 @@ if TYPE_CHECKING:
 
 
 def remote_client(settings: Settings) -> Client | None:
-    """An HTTP client for ``RAGSTORE_URL``, or None when the CLI works on the database."""
+    """An HTTP client for ``RAGSTORE_URL``, or None when the CLI works on the database.
+
+    It retries as ``RAGSTORE_CLIENT_RETRIES`` and ``RAGSTORE_CLIENT_MAX_RETRY_WAIT_S`` say:
+    the CLI always used the client's defaults (3 retries within 30 s), so a script that
+    wanted a failure at once (its own retry loop, a health check) waited through them,
+    and one that wanted to ride out a longer restart could not."""
     if not settings.url:
         return None
     from ragstore.client import Client
 
     key = settings.api_key.get_secret_value() if settings.api_key is not None else None
-    return Client(settings.url, api_key=key or None)
+    return Client(
+        settings.url,
+        api_key=key or None,
+        retries=settings.client_retries,
+        max_retry_wait=settings.client_max_retry_wait_s,
+    )
 
 
 def refuse_remote(command: str, hint: str = "") -> None:
