@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -404,3 +405,51 @@ def test_a_bulk_load_waiting_behind_a_stuck_one_fails_by_its_deadline(
                 " WHERE c.name = 'late'"
             ).fetchone()
         assert stored == (0,)
+
+
+def test_a_bulk_load_behind_a_stuck_load_of_its_collection_fails_by_its_deadline(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A second bulk load of a collection waits for its write locks (``begin_bulk``) while
+    another write of it holds them; behind a stuck one it waited for good. It now fails
+    after ``RAGSTORE_BULK_LOAD_WAIT_S``, retryable, nothing stored, the breaker shut."""
+    folder = write_corpus(tmp_path / "locked", docs=8, paragraphs=3)
+    update = {"bulk_load_bytes": 1024, "pool_max_size": 6, "bulk_load_wait_s": 0.5}
+    with Runtime(settings.model_copy(update=update)) as rt:
+        name = f"locked_{uuid.uuid4().hex[:8]}"  # the database outlives a run: a new one
+        coll = rt.collection(name, create=True)
+        holding, release = threading.Event(), threading.Event()
+
+        def stuck_load() -> None:  # a load of the collection that took its locks, then hung
+            with rt.db.connection() as conn:
+                documents.begin_bulk(conn, coll.id)
+                holding.set()
+                release.wait(60)
+
+        reports: list[IngestReport] = []
+        stuck = threading.Thread(target=stuck_load)
+        late = threading.Thread(target=lambda: reports.append(ingest_paths(rt, [folder], name)))
+        try:
+            stuck.start()
+            assert holding.wait(20)
+            late.start()
+            late.join(60)  # the model's loading included: on a loaded machine, seconds
+            assert not late.is_alive(), "the load waited past its deadline"
+        finally:
+            release.set()
+            stuck.join(60)
+            late.join(60)
+        (report,) = reports
+        errors = [o.exc for o in report.outcomes if o.exc is not None] + [report.stopped_by]
+        err = next(e for e in errors if e is not None)
+        assert isinstance(err, DatabaseUnavailableError) and err.busy, report.outcomes
+        assert repr(name) in str(err) and "RAGSTORE_BULK_LOAD_WAIT_S" in str(err), err
+        assert {o.status for o in report.outcomes} <= {"failed", "not_attempted"}, report
+        assert rt.db.breaker.failures == 0
+        with rt.db.connection() as conn:
+            stored = conn.execute(
+                "SELECT count(*) FROM documents WHERE collection_id = %s", (coll.id,)
+            ).fetchone()
+        assert stored == (0,)
+        again = ingest_paths(rt, [folder], name)  # once the stuck load ended
+        assert not again.failed and len(again.outcomes) == 8, again

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -133,3 +134,48 @@ def test_public_detail_hides_every_described_address() -> None:
     assert "bob" not in public_detail(other) and "example" not in public_detail(other)
     hint = ConflictError("give a .jsonl file or a postgresql:// URL")  # no address in it
     assert public_detail(hint) == hint.message
+
+
+def test_a_busy_pool_leaves_the_server_ready_and_its_database_up(settings: Settings) -> None:
+    """A pool whose every connection is held, a request queued for one: load, not a fault.
+    /readyz listed the collections on a pooled connection, so it waited out the pool
+    timeout (past any balancer's probe timeout) and answered 503, taking a busy server out
+    of rotation and its load onto the others; the scrape did too and reported
+    ``ragstore_db_up 0``, paging RagstoreDatabaseDown for a database that answered. Both
+    now answer at once: ready, ``checks.pool`` saying busy, the database up."""
+    from ragstore.api import create_app
+
+    busy = with_(settings, auth="off", pool_min_size=1, pool_max_size=1, connect_timeout_s=15.0)
+    app = create_app(busy)
+    holding, release = threading.Event(), threading.Event()
+    with running_server(busy, app) as url:
+        db = app.state.ragstore.runtime.db
+
+        def hold() -> None:
+            with db.connection() as conn:
+                conn.execute("SELECT 1")
+                holding.set()
+                release.wait(60)
+
+        def queue() -> None:
+            with db.connection():
+                pass
+
+        threads = [threading.Thread(target=hold), threading.Thread(target=queue)]
+        threads[0].start()
+        try:
+            assert holding.wait(30)
+            threads[1].start()
+            deadline = time.monotonic() + 10
+            while db._pool is not None and not db._pool.get_stats().get("requests_waiting"):
+                assert time.monotonic() < deadline, "the second request never queued"
+                time.sleep(0.02)
+            ready = httpx.get(f"{url}/readyz", timeout=5)
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["checks"]["pool"].startswith("busy: 1 of 1 connections in use")
+            scraped = httpx.get(f"{url}/metrics", timeout=5).text
+            assert "\nragstore_db_up 1.0\n" in scraped, scraped[:2000]
+        finally:
+            release.set()
+            for t in threads:
+                t.join(30)

@@ -481,7 +481,7 @@ class _Ingestor:
             ):
                 # the collection's write locks first: a second load of it waits here, not
                 # on the first one's staging table, whose name it would take
-                documents.begin_bulk(conn, self.coll.id)
+                staging.lock_collection(self.rt, conn, self.coll)
                 if self.bulk is BulkLoad.REBUILD:
                     self._mark = documents.chunk_mark(conn, self.coll.id)
                 with self._staging(total_bytes) as staged:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from ragstore.db import repository, spaces
+from ragstore.db import documents, repository, spaces
 from ragstore.db.errors import translated
 from ragstore.errors import DatabaseUnavailableError, RagstoreError
 from ragstore.runtime import Runtime
@@ -82,6 +82,34 @@ class _LoadBudget:
 
 _budgets: weakref.WeakKeyDictionary[Any, _LoadBudget] = weakref.WeakKeyDictionary()
 _budgets_lock = threading.Lock()
+
+
+def lock_collection(
+    rt: Runtime, conn: psycopg.Connection[tuple[object, ...]], coll: repository.Collection
+) -> None:
+    """Take the collection's write locks for a bulk load (:func:`documents.begin_bulk`),
+    waiting at most ``RAGSTORE_BULK_LOAD_WAIT_S`` for them.
+
+    A second load of the collection waits there while another write of it (a bulk load,
+    in this process or any other) holds them; behind one that was stuck (a client gone
+    quiet mid-load, an index build of hours) it waited for good, holding its pooled
+    connections and its share of the pool (:func:`load_connections`) all that while, and
+    its job stayed ``running``. Past the deadline it fails as the wait for that share
+    does: busy ``database_unavailable``, retryable, nothing of it written (the locks come
+    first in its transaction, which rolls back)."""
+    limit = rt.settings.bulk_load_wait_s
+    try:
+        documents.begin_bulk(conn, coll.id, wait_s=limit)
+    except psycopg.errors.LockNotAvailable:
+        raise DatabaseUnavailableError(
+            f"a bulk load of collection {coll.name!r} waited {limit:g}s for its write locks: "
+            "another write of that collection holds them; nothing of this load was stored: "
+            "retry once it ends, or raise RAGSTORE_BULK_LOAD_WAIT_S",
+            public=f"another write of collection {coll.name!r} is still running; nothing "
+            "of this load was stored, retry it once that write ends",
+            retry_after=min(limit, 30.0),
+            busy=True,
+        ) from None
 
 
 @contextmanager

@@ -163,8 +163,12 @@ def _render(app: Any) -> bytes:
         rt = _runtime_of(app)
         if rt is None:
             return metrics.render()
+        # a fresh connection, not a pooled one: a pool that every request holds is load,
+        # which the pool's own figures show; waiting for one of its connections held the
+        # scrape for the pool timeout and then reported ragstore_db_up 0, paging
+        # RagstoreDatabaseDown for a busy server whose database answered
         collector = metrics.DatabaseCollector(
-            lambda: rt.db.connection(), data_dir=rt.settings.data_dir
+            lambda: rt.db.connect(autocommit=True), data_dir=rt.settings.data_dir
         )
         app.state.ragstore_db_collector = collector
     return metrics.render(collector)

@@ -15,9 +15,15 @@ from ragstore.api.deps import ApiState, Principal, Rt, State, bearer_token
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import Health, Limits, Readiness, ReplicaPublic
-from ragstore.db import catalog, migrations
+from ragstore.db import catalog, migrations, repository
 from ragstore.db.errors import translated
-from ragstore.errors import ModelError, NotFoundError, NotReadyError, RagstoreError
+from ragstore.errors import (
+    CollectionNotFoundError,
+    ModelError,
+    NotFoundError,
+    NotReadyError,
+    RagstoreError,
+)
 from ragstore.runtime import Runtime
 
 log = logging.getLogger("ragstore.api")
@@ -81,8 +87,17 @@ class _Checked:
 
 
 def _check(rt: Runtime) -> _Checked:
-    """The checks themselves: two fresh connections (the ping and the schema revision) and
-    a pooled one per collection, which is why they are shared (:func:`readiness`)."""
+    """The checks themselves, on two fresh connections (the ping, then the schema revision
+    and the collections), which is why they are shared (:func:`readiness`).
+
+    None of them takes a pooled connection: a pool that every request holds is load, not
+    a fault, and readiness is not the place to shed it. Listing the collections on a
+    pooled connection waited out the pool timeout (``RAGSTORE_CONNECT_TIMEOUT_S``, past a
+    balancer's probe timeout) and then answered 503, so each busy server was taken out of
+    rotation and its load moved onto the others, which became busy and were taken out in
+    turn; the requests of a busy server are answered ``database_unavailable`` with
+    ``Retry-After: 1`` instead, which sheds the excess. ``checks.pool`` says how busy the
+    pool is (:func:`_pool_check`), so the answer still shows it."""
     checks: dict[str, str] = {}
     try:
         db = rt.raw_db()
@@ -91,19 +106,27 @@ def _check(rt: Runtime) -> _Checked:
     except RagstoreError as exc:
         log.warning("not ready: %s", exc)
         raise NotReadyError(f"database unreachable: {public_detail(exc)}") from None
-    st = migrations.status(db)
-    if not st.is_current:
-        raise NotReadyError(
-            f"schema is at {st.current or 'none'}, the code needs {st.head}: "
-            "run `ragstore db upgrade`"
-        )
+    found: list[repository.Collection] = []
+    with db.connect(autocommit=True) as conn, translated("reading the schema and collections"):
+        st = migrations.status_of(migrations.current_revision(conn))
+        if not st.is_current:
+            raise NotReadyError(
+                f"schema is at {st.current or 'none'}, the code needs {st.head}: "
+                "run `ragstore db upgrade`"
+            )
+        for name in catalog.collection_names(conn):
+            try:
+                found.append(repository.get_collection(conn, name))
+            except CollectionNotFoundError:  # deleted since it was listed
+                continue
     checks["schema"] = st.head
-    with rt.db.connection() as conn, translated("listing collections"):
-        names = catalog.collection_names(conn)
+    checks["pool"] = _pool_check(rt)
+    names = [c.name for c in found]
     collections: dict[str, str] = {}
-    for name in names:
+    for coll in found:
+        name = coll.name
         try:
-            rt.embedder_for(rt.collection(name))
+            rt.embedder_for(coll)
             collections[name] = "ok"
         except (ModelError, NotFoundError) as exc:
             collections[name] = f"cannot embed queries: {exc.code}: {exc}"
@@ -117,6 +140,25 @@ def _check(rt: Runtime) -> _Checked:
         up = sum(1 for r in replicas if r["up"])
         checks["replicas"] = f"{up} of {len(replicas)} serving reads"
     return _Checked(checks, collections, replicas)
+
+
+def _pool_check(rt: Runtime) -> str:
+    """How busy this process's connection pool is, read from its figures (it waits for no
+    connection): ``busy`` while requests queue for one. A busy server stays ready
+    (:func:`_check`); this is for the operator reading the answer."""
+    pool = getattr(getattr(rt, "_db", None), "_pool", None)  # never opens one
+    if pool is None:
+        return "not opened yet"
+    stats = pool.get_stats()
+    size, free = stats.get("pool_size", 0), stats.get("pool_available", 0)
+    waiting = stats.get("requests_waiting", 0)
+    used = f"{max(0, size - free)} of {stats.get('pool_max', size)} connections in use"
+    if waiting:
+        return (
+            f"busy: {used}, {waiting} request(s) waiting for one (load, not a fault: "
+            "the server stays ready)"
+        )
+    return used
 
 
 def readiness(request: Request, rt: Runtime) -> Coalesced[_Checked]:
