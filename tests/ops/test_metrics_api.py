@@ -362,3 +362,43 @@ def test_a_client_that_leaves_mid_body_is_counted_499_not_as_bad_input(
     access = [r for r in lines if r.get("request_id") == "ops-gone-1" and r["event"] == "request"]
     assert len(access) == 2 and {r["status"] for r in access} == {499}, access
     assert not any(r.get("code") for r in access), access
+
+
+def _send_raw(server: str, data: bytes) -> bytes:
+    """Send ``data`` on a fresh connection; what the server answers before it closes."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(server)
+    assert where.hostname is not None and where.port is not None
+    with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+        sock.sendall(data)
+        got = b""
+        try:
+            while chunk := sock.recv(65536):
+                got += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return got
+
+
+def test_requests_the_protocol_refuses_are_counted_by_their_error_code(
+    http: httpx.Client, server: str
+) -> None:
+    """A head too large (431) or not readable HTTP (400) is answered by the protocol, never
+    by the app's middleware: a scanner sending junk all day left ``ragstore_errors_total``
+    flat, so no dashboard or alert saw it. Each is counted by its code now."""
+    before = scrape(http)
+    too_large = _send_raw(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000)
+    assert too_large.startswith(b"HTTP/1.1 431 "), too_large[:100]
+    malformed = _send_raw(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n")
+    assert malformed.startswith(b"HTTP/1.1 400 "), malformed[:100]
+    after = scrape(http)
+
+    def grew(code: str) -> float:
+        return value(after, "ragstore_errors_total", code=code) - value(
+            before, "ragstore_errors_total", code=code
+        )
+
+    assert grew("headers_too_large") == 1
+    assert grew("malformed_request") == 1

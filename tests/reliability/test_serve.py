@@ -208,3 +208,63 @@ def test_serve_on_every_interface_requires_keys_and_stops_on_sigterm(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_several_workers_without_a_metrics_folder_share_one_set_of_metrics(
+    pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """``serve --workers 2`` with no ``PROMETHEUS_MULTIPROC_DIR``: each worker counted on
+    its own and each scrape showed whichever worker answered, so counters jumped back and
+    forth (resets to Prometheus). serve now gives the workers a private folder, every
+    scrape sees every request, and the folder goes when the server stops."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = _free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("RAGSTORE_") and k.lower() != "prometheus_multiproc_dir"
+    }
+    env.update(
+        {
+            "RAGSTORE_DATA_DIR": str(_session_data_dir(tmp_path_factory)),
+            "RAGSTORE_PROFILE": "test",
+            "RAGSTORE_AUTH": "off",
+            "RAGSTORE_MODEL": "no-such-model",  # skip loading a model at start
+            "TMPDIR": str(tmp_path),
+        }
+    )
+    serve = [sys.executable, "-c", "from ragstore.cli import main; main()", "serve"]
+    args = ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen(
+        [*serve, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            try:
+                httpx.get(f"{url}/metrics", timeout=5)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "serve exited"
+                time.sleep(0.5)
+        with ThreadPoolExecutor(8) as pool:  # fresh connections, spread over the workers
+            statuses = list(pool.map(lambda _: httpx.get(f"{url}/healthz").status_code, range(40)))
+        assert statuses == [200] * 40
+        seen = []
+        for _ in range(6):
+            text = httpx.get(f"{url}/metrics", timeout=10).text
+            seen.append(
+                sum(
+                    s.value
+                    for f in text_string_to_metric_families(text)
+                    for s in f.samples
+                    if s.name == "ragstore_http_requests_total" and s.labels["route"] == "/healthz"
+                )
+            )
+        assert seen == [40] * 6, seen
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert not list(tmp_path.glob("ragstore-metrics-*"))

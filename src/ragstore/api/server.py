@@ -84,7 +84,7 @@ from ragstore.errors import (
     NotReadyError,
     RagstoreError,
 )
-from ragstore.observability.metrics import record_connection_refused
+from ragstore.observability.metrics import record_connection_refused, record_error
 
 log = logging.getLogger("ragstore.api")
 
@@ -480,6 +480,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.max_head,
             client,
         )
+        # the app's middleware, which counts every other problem, never sees this request
+        record_error(HeadersTooLargeError.code)
         self._answer_and_close(
             b"431 Request Header Fields Too Large",
             HeadersTooLargeError(
@@ -492,6 +494,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """A request the parser could not read, answered as problem+json like every other
         error (uvicorn's own answer was a ``text/plain`` line no client reads as one)."""
         self._stop_head_clock()
+        record_error(MalformedRequestError.code)  # as for a 431: no middleware counts it
         self._answer_and_close(
             b"400 Bad Request",
             MalformedRequestError(

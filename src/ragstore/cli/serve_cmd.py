@@ -69,6 +69,7 @@ def register(app: typer.Typer) -> None:
             access_log=False,
         )
         server = uvicorn.Server(config)
+        private_metrics = _share_metrics(settings.api_workers)
         try:
             if settings.api_workers > 1:
                 Multiprocess(config, sockets=sockets).run()
@@ -77,3 +78,32 @@ def register(app: typer.Typer) -> None:
         finally:
             for sock in sockets:
                 sock.close()
+            if private_metrics is not None:
+                import shutil
+
+                shutil.rmtree(private_metrics, ignore_errors=True)
+
+
+def _share_metrics(workers: int) -> str | None:
+    """With several workers and no ``PROMETHEUS_MULTIPROC_DIR``, make a private empty one
+    for them (returned, to be removed when the server stops); None where none is needed.
+
+    Without a shared folder each worker counted on its own and a scrape saw whichever
+    worker answered it: every counter jumped back and forth between the workers' totals,
+    which Prometheus reads as resets, so rates and alerts were wrong. The workers are
+    spawned after this, so they import prometheus-client with the variable set."""
+    from ragstore.observability.metrics import MULTIPROC_ENV, multiprocess_dir
+
+    if workers <= 1 or multiprocess_dir():
+        return None
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="ragstore-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    logging.getLogger("ragstore").info(
+        "%d workers share their metrics through %s (%s was unset); removed at exit",
+        workers,
+        folder,
+        MULTIPROC_ENV,
+    )
+    return folder
