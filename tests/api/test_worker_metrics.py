@@ -4,6 +4,7 @@ background jobs it runs; a port it cannot bind stops it before it takes a job.""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -18,6 +19,9 @@ from pathlib import Path
 import pytest
 
 from ragstore import Client
+from ragstore.config import Settings
+from ragstore.jobs.worker import serving_metrics
+from tests.api.conftest import with_
 from tests.conftest import run_cli
 
 CLI = (sys.executable, "-c", "from ragstore.cli import main; main()")
@@ -138,3 +142,21 @@ def test_the_worker_port_merges_the_multiprocess_folder(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, done.stderr
     assert _sample(done.stdout, "ragstore_ingest_documents_total", 'outcome="added"') == 6
+
+
+def test_a_metrics_port_beyond_loopback_is_warned_of_and_closed_on_leaving(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No key guards the worker's port: binding every interface says so in the log; the
+    default (loopback) says nothing. Leaving the block (the worker stopping) closes it."""
+    for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
+        caplog.clear()
+        chosen = with_(settings, worker_metrics_host=host, worker_metrics_port=0)
+        with (
+            caplog.at_level(logging.WARNING, logger="ragstore.jobs"),
+            serving_metrics(chosen) as port,
+        ):
+            assert port and "ragstore_ingest_documents_total" in _scrape(port)
+        assert ("without authentication" in caplog.text) is warned, caplog.text
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            _scrape(port)
