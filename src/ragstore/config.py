@@ -287,6 +287,17 @@ class Settings(BaseSettings):
         1200, ge=0, description="Requests per minute per API key; 0 = unlimited."
     )
     worker_heartbeat_s: float = Field(10.0, gt=0, le=3600)
+    worker_metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port `ragstore worker` serves its Prometheus metrics on; unset: none "
+        "(a worker opens no port unless asked).",
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the worker's metrics port binds; it has no authentication.",
+    )
     worker_stalled_after_s: float = Field(
         30.0,
         gt=0,

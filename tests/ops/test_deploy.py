@@ -75,6 +75,18 @@ def test_compose_has_database_api_worker_and_prometheus_wired_together() -> None
     assert "alerts.yml" in mounted and "prometheus.yml" in mounted
 
 
+def test_prometheus_scrapes_the_worker_on_the_compose_network_alone() -> None:
+    """The worker's ingest and model counters (background jobs) are a target of their own;
+    its metrics port has no authentication, so it is exposed to the compose network only."""
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    worker = compose["services"]["worker"]
+    port = worker["environment"]["RAGSTORE_WORKER_METRICS_PORT"]
+    assert "ports" not in worker and [str(p) for p in worker["expose"]] == [port]
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "ragstore-worker"]
+    assert [t for cfg in job["static_configs"] for t in cfg["targets"]] == [f"worker:{port}"]
+
+
 def test_every_alert_has_a_runbook_section_and_a_unit_test() -> None:
     rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
     tests = (DEPLOY / "prometheus" / "alerts_test.yml").read_text()

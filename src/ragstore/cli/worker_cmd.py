@@ -17,6 +17,20 @@ def register(app: typer.Typer) -> None:
             False, "--burst", help="Exit once the queue is empty instead of waiting."
         ),
         name: str | None = typer.Option(None, "--name", help="Worker name in the logs."),
+        metrics_port: int | None = typer.Option(
+            None,
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics on this port [RAGSTORE_WORKER_METRICS_PORT; "
+            "default: none].",
+        ),
+        metrics_host: str | None = typer.Option(
+            None,
+            "--metrics-host",
+            help="Address the metrics port binds [RAGSTORE_WORKER_METRICS_HOST; "
+            "default: 127.0.0.1]; it has no authentication.",
+        ),
     ) -> None:
         """Process ingest jobs until stopped (SIGINT/SIGTERM finish the current job first)."""
         from ragstore.jobs.worker import run_worker
@@ -27,7 +41,15 @@ def register(app: typer.Typer) -> None:
         # given, beside `ragstore serve`, and both are often started from the environment
         # (a .env, an env file) that also holds the URL for the CLI; refusing would stop
         # such a deployment, and the URL names no database a worker could use instead
-        settings = get_settings()
+        overrides = {
+            k: v
+            for k, v in (
+                ("worker_metrics_port", metrics_port),
+                ("worker_metrics_host", metrics_host),
+            )
+            if v is not None
+        }
+        settings = get_settings(**overrides)
         # the same structured lines as the API (JSON unless stderr is a terminal)
         configure_logging(
             settings.log_level, log_format=settings.log_format, log_queries=settings.log_queries

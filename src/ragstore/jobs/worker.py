@@ -15,7 +15,7 @@ import functools
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import nullcontext
 from typing import Any
 
@@ -216,12 +216,52 @@ async def watching_stalled(
         await watcher
 
 
+@contextlib.contextmanager
+def serving_metrics(settings: Settings) -> Iterator[int | None]:
+    """Serve this worker's Prometheus metrics on ``RAGSTORE_WORKER_METRICS_PORT`` (none
+    when unset) for as long as the block runs; the port bound (a given 0 picks a free one).
+
+    A worker counts the ingest and model calls of the jobs it runs in its own process:
+    without a port of its own they reached a scrape only through a multiprocess folder
+    shared with the server on one host, and a worker of its own container (the compose
+    file's) was invisible to the ingest dashboards. The port is bound before anything
+    else, so one in use stops the worker (a ``ConfigError``) before it takes a job; it
+    closes when the worker stops (SIGTERM drains the jobs first, then the block ends)."""
+    port = settings.worker_metrics_port
+    if port is None:
+        yield None
+        return
+    from ragstore.observability.metrics import serve_process_metrics
+    from ragstore.profiles import is_loopback
+
+    host = settings.worker_metrics_host
+    server, thread = serve_process_metrics(host, port)
+    bound = int(server.server_address[1])
+    if not is_loopback(host):
+        # no API key guards it (it reads no database, so it has none to check): the same
+        # figures the API's /metrics gives only to a key of scope metrics
+        log.warning(
+            "worker metrics on %s:%d are served without authentication to every host that "
+            "reaches that address: keep it on a private network (a compose network, a "
+            "firewall), or bind 127.0.0.1 (the default)",
+            host,
+            bound,
+        )
+    events.info("worker metrics served", host=host, port=bound)
+    try:
+        yield bound
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
 async def _run(
     settings: Settings, *, concurrency: int, burst: bool, name: str | None, signals: bool
 ) -> None:
     # before any job is taken: a worker that cannot stage a job's files failed each job
     staging.check_writable(settings)
-    with Runtime(settings) as rt:
+    with serving_metrics(settings), Runtime(settings) as rt:
         db = rt.db  # checks the server and the schema before taking any job
         if rt.read_only:
             # a worker writes (its registration, every job): on a standby procrastinate's

@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import struct
 import threading
 import time
@@ -853,3 +854,55 @@ def sweep_exited_processes(folder: str) -> list[str]:
             "could not sweep the metrics files of exited processes in %s: %s", folder, exc
         )
     return swept
+
+
+class ProcessMetrics(Collector):
+    """Every metric this process records, merged with the other processes' where
+    ``PROMETHEUS_MULTIPROC_DIR`` is set: what :func:`render` gives without the database
+    figures. It is what ``ragstore worker --metrics-port`` serves: the queue and the
+    collection sizes are the API's to report (a worker adding them doubled each series
+    in a sum over targets); the ingest and model counters of background jobs are the
+    worker's alone."""
+
+    def collect(self) -> Iterable[Metric]:
+        folder = multiprocess_dir()
+        if not folder:
+            return list(REGISTRY.collect())
+        try:
+            # shared: a process archiving dead processes' files (exclusive) never runs beside it
+            with _folder_lock(folder, exclusive=False):
+                merged = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+                return list(merged.collect())  # type: ignore[no-untyped-call]
+        except (OSError, ValueError, RuntimeError, struct.error) as exc:
+            raise _unreadable_folder(folder, exc) from exc
+
+
+def serve_process_metrics(host: str, port: int) -> tuple[Any, threading.Thread]:
+    """Serve :class:`ProcessMetrics` over HTTP on ``host``:``port`` from a daemon thread
+    (prometheus-client's threaded WSGI server); the server and its thread. Stop it with
+    ``server.shutdown()`` then ``server.server_close()``.
+
+    A port that cannot be bound (in use, no such address, a privileged port) raises a
+    :class:`~ragstore.errors.ConfigError` that says what to change, before the caller
+    does anything else: a worker that failed to serve its metrics later ran unwatched."""
+    from prometheus_client import start_wsgi_server
+
+    from ragstore.api.listen import _remedy
+    from ragstore.errors import ConfigError
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProcessMetrics())
+    try:
+        return start_wsgi_server(port, addr=host, registry=registry)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"RAGSTORE_WORKER_METRICS_HOST={host!r} does not resolve: {exc.strerror}; give "
+            "--metrics-host an address of this machine (127.0.0.1 for it alone, 0.0.0.0 for all)"
+        ) from None
+    except OSError as exc:
+        where = f"{host}:{port}"
+        remedy = _remedy(exc, host).replace("--host", "--metrics-host")
+        remedy = remedy.replace("--port", "--metrics-port")
+        raise ConfigError(
+            f"the worker cannot serve its metrics on {where}: {exc.strerror or exc}; {remedy}"
+        ) from None

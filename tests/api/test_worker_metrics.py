@@ -1,0 +1,162 @@
+"""``ragstore worker --metrics-port``: a worker of its own (a container of its own, no
+multiprocess folder shared with the server) serves the ingest and model counters of the
+background jobs it runs; a port it cannot bind stops it before it takes a job."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ragstore import Client
+from ragstore.config import Settings
+from ragstore.jobs.worker import serving_metrics
+from tests.api.conftest import with_
+from tests.conftest import run_cli
+
+CLI = (sys.executable, "-c", "from ragstore.cli import main; main()")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _sample(text: str, name: str, labels: str = "") -> float:
+    """The value of ``name{labels}`` in an exposition (0 when absent)."""
+    pattern = "^" + re.escape(name) + (re.escape("{" + labels + "}") if labels else "") + " (\\S+)$"
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        return str(answer.read().decode())
+
+
+def test_a_worker_serves_the_ingest_counters_of_its_jobs_and_closes_the_port_on_sigterm(
+    open_url: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = _free_port()
+    env = {**os.environ, **cli_env, "RAGSTORE_LOG_LEVEL": "warning"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the compose worker's case: nothing shared
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [*CLI, "worker", "--metrics-port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert worker.poll() is None, log.read_text()
+            try:
+                before = _scrape(port)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "the worker never served its metrics"
+                time.sleep(0.2)
+        added = 'outcome="added"'
+        assert _sample(before, "ragstore_ingest_documents_total", added) == 0
+        with Client(open_url) as api:
+            api.create_collection("worker-metrics")
+            job = api.add_document(
+                "worker-metrics", "w.md", "# Worker\n\ncounted by the worker", background=True
+            )
+            deadline = time.monotonic() + 120
+            while (state := api.get_job(job["id"]))["status"] in ("queued", "running"):
+                assert worker.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"job not run: {state}"
+                time.sleep(0.2)
+        assert state["status"] == "succeeded", state
+        after = _scrape(port)
+        assert _sample(after, "ragstore_ingest_documents_total", added) == 1
+        assert _sample(after, "ragstore_embedding_texts_total") >= 1
+        assert _sample(after, "ragstore_ingest_chunks_total", 'outcome="embedded"') >= 1
+        os.killpg(worker.pid, signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0, log.read_text()[-3000:]
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            _scrape(port)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
+
+
+def test_a_metrics_port_in_use_stops_the_worker_with_one_clear_error(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = int(taken.getsockname()[1])
+        code = run_cli("worker", "--burst", "--metrics-port", str(port))
+    err = capsys.readouterr().err
+    assert code == 78, err  # EX_CONFIG, before any job is taken
+    assert f"cannot serve its metrics on 127.0.0.1:{port}" in err
+    assert "pick another --metrics-port" in err
+    assert "Traceback" not in err
+
+
+MULTIPROCESS_SCRAPE = """
+import urllib.request
+from ragstore.observability import metrics
+metrics.INGEST_DOCUMENTS.labels("added").inc(3)
+server, thread = metrics.serve_process_metrics("127.0.0.1", 0)
+port = server.server_address[1]
+with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+    print(answer.read().decode())
+server.shutdown()
+server.server_close()
+"""
+
+
+def test_the_worker_port_merges_the_multiprocess_folder(tmp_path: Path) -> None:
+    """With ``PROMETHEUS_MULTIPROC_DIR`` set the port serves the folder's merged samples
+    (this process's and those of others sharing it), as the API's /metrics does."""
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    for _ in range(2):  # the second process sees the first's samples too
+        done = subprocess.run(
+            [sys.executable, "-c", MULTIPROCESS_SCRAPE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    assert _sample(done.stdout, "ragstore_ingest_documents_total", 'outcome="added"') == 6
+
+
+def test_a_metrics_port_beyond_loopback_is_warned_of_and_closed_on_leaving(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No key guards the worker's port: binding every interface says so in the log; the
+    default (loopback) says nothing. Leaving the block (the worker stopping) closes it."""
+    for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
+        caplog.clear()
+        chosen = with_(settings, worker_metrics_host=host, worker_metrics_port=0)
+        with (
+            caplog.at_level(logging.WARNING, logger="ragstore.jobs"),
+            serving_metrics(chosen) as port,
+        ):
+            assert port and "ragstore_ingest_documents_total" in _scrape(port)
+        assert ("without authentication" in caplog.text) is warned, caplog.text
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            _scrape(port)
