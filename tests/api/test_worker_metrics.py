@@ -87,6 +87,9 @@ def test_a_worker_serves_the_ingest_counters_of_its_jobs_and_closes_the_port_on_
         assert _sample(after, "ragstore_ingest_documents_total", added) == 1
         assert _sample(after, "ragstore_embedding_texts_total") >= 1
         assert _sample(after, "ragstore_ingest_chunks_total", 'outcome="embedded"') >= 1
+        # its own pool's figures (the job's ingest used it), not the zeros of an idle pool
+        assert _sample(after, "ragstore_db_pool_max_connections") >= 1
+        assert _sample(after, "ragstore_db_pool_connections") >= 1
         os.killpg(worker.pid, signal.SIGTERM)
         assert worker.wait(timeout=60) == 0, log.read_text()[-3000:]
         with pytest.raises((urllib.error.URLError, ConnectionError)):

@@ -98,6 +98,19 @@ def test_every_alert_has_a_runbook_section_and_a_unit_test() -> None:
         assert f"## {name}" in runbook, f"{name} is not described in docs/monitoring/alerts.md"
 
 
+def test_every_ragstore_scrape_job_has_a_target_down_alert() -> None:
+    """A target that stops answering leaves its series to go stale, and no rule on them
+    fires: each ragstore job of prometheus.yml (the worker's too) needs its own ``up``
+    alert, or a dead worker is noticed only once the queue has stalled for 20 minutes."""
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = [j["job_name"] for j in prom["scrape_configs"] if j["job_name"] != "prometheus"]
+    assert "ragstore-worker" in jobs
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    exprs = {" ".join(str(r["expr"]).split()) for g in rules["groups"] for r in g["rules"]}
+    for job in jobs:
+        assert f'up{{job="{job}"}} == 0' in exprs, f"no alert fires when {job} is down"
+
+
 def test_prometheus_scrapes_with_a_metrics_key_and_listens_on_loopback_only() -> None:
     """Under profile prod /metrics answers 401 without a key: the compose Prometheus must
     send one (read from the mounted secrets folder, which git ignores), and its own port,

@@ -217,9 +217,12 @@ async def watching_stalled(
 
 
 @contextlib.contextmanager
-def serving_metrics(settings: Settings) -> Iterator[int | None]:
+def serving_metrics(settings: Settings, runtime: Runtime | None = None) -> Iterator[int | None]:
     """Serve this worker's Prometheus metrics on ``RAGSTORE_WORKER_METRICS_PORT`` (none
     when unset) for as long as the block runs; the port bound (a given 0 picks a free one).
+    Each scrape first copies ``runtime``'s pool figures into the pool metrics, as the
+    API's /metrics does for its own: nothing else in a worker updates them, and gauges
+    left at zero read as an idle pool while the worker's jobs queued for a connection.
 
     A worker counts the ingest and model calls of the jobs it runs in its own process:
     without a port of its own they reached a scrape only through a multiprocess folder
@@ -231,11 +234,12 @@ def serving_metrics(settings: Settings) -> Iterator[int | None]:
     if port is None:
         yield None
         return
-    from ragstore.observability.metrics import serve_process_metrics
+    from ragstore.observability.metrics import serve_process_metrics, sync_runtime
     from ragstore.profiles import is_loopback
 
     host = settings.worker_metrics_host
-    server, thread = serve_process_metrics(host, port)
+    sync = None if runtime is None else functools.partial(sync_runtime, runtime)
+    server, thread = serve_process_metrics(host, port, sync=sync)
     bound = int(server.server_address[1])
     if not is_loopback(host):
         # no API key guards it (it reads no database, so it has none to check): the same
@@ -261,7 +265,8 @@ async def _run(
 ) -> None:
     # before any job is taken: a worker that cannot stage a job's files failed each job
     staging.check_writable(settings)
-    with serving_metrics(settings), Runtime(settings) as rt:
+    # the runtime opens nothing before rt.db: the port is still bound before anything else
+    with Runtime(settings) as rt, serving_metrics(settings, rt):
         db = rt.db  # checks the server and the schema before taking any job
         if rt.read_only:
             # a worker writes (its registration, every job): on a standby procrastinate's

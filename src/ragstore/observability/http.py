@@ -50,10 +50,7 @@ def _runtime_of(app: Any) -> Any:
 
 def sync_process_metrics(app: Any) -> None:
     """Copy this process's pool and query-cache figures into the metrics (never opens one)."""
-    rt = _runtime_of(app)
-    db = getattr(rt, "_db", None)  # only a database the runtime already opened
-    metrics.sync_pool(getattr(db, "_pool", None))
-    metrics.sync_query_cache()
+    metrics.sync_runtime(_runtime_of(app))
 
 
 class ObservabilityMiddleware:

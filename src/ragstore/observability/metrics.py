@@ -449,6 +449,14 @@ def sync_pool(pool: Any) -> None:
     _DELTAS.add(key + "timeouts", float(stats.get("requests_errors", 0)), POOL_TIMEOUTS)
 
 
+def sync_runtime(rt: Any) -> None:
+    """Copy a runtime's pool figures (only a database it already opened: a scrape never
+    opens one) and the query cache's totals into the metrics, before a scrape renders them."""
+    db = getattr(rt, "_db", None)
+    sync_pool(getattr(db, "_pool", None))
+    sync_query_cache()
+
+
 # --- scrape-time database figures --------------------------------------------------------
 
 Conn = Any  # a psycopg connection; kept loose so this module imports nothing from db/
@@ -862,9 +870,18 @@ class ProcessMetrics(Collector):
     figures. It is what ``ragstore worker --metrics-port`` serves: the queue and the
     collection sizes are the API's to report (a worker adding them doubled each series
     in a sum over targets); the ingest and model counters of background jobs are the
-    worker's alone."""
+    worker's alone.
+
+    ``sync`` runs before each collection: the worker's copies its runtime's pool figures
+    (:func:`sync_runtime`), which nothing else in a worker updates; without it the pool
+    gauges read zero, an idle pool, while its jobs queued for a connection."""
+
+    def __init__(self, sync: Callable[[], None] | None = None) -> None:
+        self._sync = sync
 
     def collect(self) -> Iterable[Metric]:
+        if self._sync is not None:
+            self._sync()
         folder = multiprocess_dir()
         if not folder:
             return list(REGISTRY.collect())
@@ -877,9 +894,12 @@ class ProcessMetrics(Collector):
             raise _unreadable_folder(folder, exc) from exc
 
 
-def serve_process_metrics(host: str, port: int) -> tuple[Any, threading.Thread]:
-    """Serve :class:`ProcessMetrics` over HTTP on ``host``:``port`` from a daemon thread
-    (prometheus-client's threaded WSGI server); the server and its thread. Stop it with
+def serve_process_metrics(
+    host: str, port: int, *, sync: Callable[[], None] | None = None
+) -> tuple[Any, threading.Thread]:
+    """Serve :class:`ProcessMetrics` (``sync`` run before each scrape) over HTTP on
+    ``host``:``port`` from a daemon thread (prometheus-client's threaded WSGI server);
+    the server and its thread. Stop it with
     ``server.shutdown()`` then ``server.server_close()``.
 
     A port that cannot be bound (in use, no such address, a privileged port) raises a
@@ -891,7 +911,7 @@ def serve_process_metrics(host: str, port: int) -> tuple[Any, threading.Thread]:
     from ragstore.errors import ConfigError
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProcessMetrics())
+    registry.register(ProcessMetrics(sync))
     try:
         return start_wsgi_server(port, addr=host, registry=registry)
     except socket.gaierror as exc:
