@@ -73,6 +73,12 @@ class Runtime:
                     self._db = self._open_primary()
         return self._db
 
+    @property
+    def opened_primary(self) -> Database | None:
+        """The primary if this runtime has opened it, else None (never opens it): for
+        figures read about the process (its pool), which a probe must not create."""
+        return self._db
+
     def _open_primary(self) -> Database:
         db = Database.from_settings(self.settings)
         db.check_server()

@@ -53,28 +53,31 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
             sock.close()
         where = f"{host or '*'}:{port}"
         raise ConfigError(
-            f"cannot listen on {where}: {exc.strerror}; {_remedy(exc, host)}"
+            f"cannot listen on {where}: {exc.strerror}; {bind_remedy(exc, host)}"
         ) from None
     return sockets
 
 
-def _remedy(exc: OSError, host: str = "") -> str:
-    """What to do about a bind that failed, by its cause.
+def bind_remedy(
+    exc: OSError, host: str = "", *, host_flag: str = "--host", port_flag: str = "--port"
+) -> str:
+    """What to do about a bind that failed, by its cause, naming the command's own options
+    (``host_flag``, ``port_flag``: the worker's metrics port has others than ``serve``).
 
     An IPv4-mapped address (``::ffff:127.0.0.1``) fails with EINVAL, since IPv6 sockets
     are bound to IPv6 alone: that was answered "pick another --port", which never helps.
     """
     mapped = _ipv4_mapped(host)
     if exc.errno == errno.EINVAL and mapped is not None:
-        return f"an IPv4-mapped IPv6 address cannot be bound: give --host {mapped} itself"
+        return f"an IPv4-mapped IPv6 address cannot be bound: give {host_flag} {mapped} itself"
     if exc.errno == errno.EADDRNOTAVAIL:
         return (
-            "no interface of this machine has that address: give --host one it has "
+            f"no interface of this machine has that address: give {host_flag} one it has "
             "(`ip addr` lists them), 127.0.0.1 for this machine alone, or 0.0.0.0 for all"
         )
     if exc.errno == errno.EACCES:
-        return "ports below 1024 need privileges: pick --port 1024 or above"
-    return "pick another --port or stop what uses it"
+        return f"ports below 1024 need privileges: pick {port_flag} 1024 or above"
+    return f"pick another {port_flag} or stop what uses it"
 
 
 def _ipv4_mapped(host: str) -> str | None:

@@ -81,12 +81,19 @@ def register(app: typer.Typer) -> None:
             if private_metrics is not None:
                 import shutil
 
+                from ragstore.observability.metrics import MULTIPROC_ENV
+
+                # the variable goes with its folder: left set, whatever ran next in this
+                # process (a test's CliRunner, a program embedding the CLI) read metrics
+                # from a folder that no longer exists
+                os.environ.pop(MULTIPROC_ENV, None)
                 shutil.rmtree(private_metrics, ignore_errors=True)
 
 
 def _share_metrics(workers: int) -> str | None:
     """With several workers and no ``PROMETHEUS_MULTIPROC_DIR``, make a private empty one
-    for them (returned, to be removed when the server stops); None where none is needed.
+    for them (returned, to be removed with the variable when the server stops); None where
+    none is needed.
 
     Without a shared folder each worker counted on its own and a scrape saw whichever
     worker answered it: every counter jumped back and forth between the workers' totals,

@@ -363,6 +363,12 @@ class Database:
         cls._configure_session(conn)
 
     @property
+    def opened_pool(self) -> ConnectionPool[psycopg.Connection[tuple[object, ...]]] | None:
+        """The pool if it is open, else None (never opens it): for its figures
+        (``get_stats()``), which a readiness check or a scrape reads without creating it."""
+        return self._pool
+
+    @property
     def pool(self) -> ConnectionPool[psycopg.Connection[tuple[object, ...]]]:
         pool = self._pool
         if pool is not None:

@@ -696,15 +696,22 @@ class ReadRouter:
         metrics.observe_replica(r.status.name, up, lag)
 
     def close(self) -> None:
-        self._closed = True  # a background probe under way drops what it connected
-        for r in self._replicas:
-            r.db.close()
-            if r.probe_conn is not None:
-                with suppress(psycopg.Error):
-                    r.probe_conn.close()
-        if self._primary_conn is not None:
-            with suppress(psycopg.Error):
-                self._primary_conn.close()
+        """Close every pool and probe connection. A probe under way (a background one, or
+        a request's) holds the probe lock while it connects its replica and the primary's
+        probe connection: waited for here (as long as a probe can take), so that what it
+        opened is closed too, where closing beside it left them open."""
+        self._closed = True  # a background probe that has not connected yet drops its
+        held = self._probe_lock.acquire(timeout=2 * (PROBE_TIMEOUT_S + PROBE_QUERY_TIMEOUT_S))
+        try:
+            for r in self._replicas:
+                r.db.close()
+                _drop(r.probe_conn)
+                r.probe_conn = None
+            _drop(self._primary_conn)
+            self._primary_conn = None
+        finally:
+            if held:
+                self._probe_lock.release()
 
 
 def _identity(conn: psycopg.Connection[Any]) -> tuple[int, int]:

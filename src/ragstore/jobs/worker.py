@@ -251,6 +251,20 @@ def serving_metrics(settings: Settings, runtime: Runtime | None = None) -> Itera
             host,
             bound,
         )
+    from ragstore.observability.metrics import MULTIPROC_ENV, multiprocess_dir
+
+    if multiprocess_dir():
+        # the port serves every process of the folder, as the server's /metrics does: a
+        # folder shared with the server is in both scrapes, and a sum over them doubles
+        log.warning(
+            "worker metrics on port %d merge every process of %s=%s: if the API server "
+            "shares that folder, its /metrics already counts this worker; scrape one of the "
+            "two (or give the worker a folder of its own), or sums over both count its "
+            "jobs twice",
+            bound,
+            MULTIPROC_ENV,
+            multiprocess_dir(),
+        )
     events.info("worker metrics served", host=host, port=bound)
     try:
         yield bound

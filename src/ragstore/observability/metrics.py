@@ -443,7 +443,9 @@ def sync_pool(pool: Any) -> None:
     POOL_SIZE.set(size)
     POOL_IN_USE.set(max(0, size - stats.get("pool_available", 0)))
     POOL_WAITING.set(stats.get("requests_waiting", 0))
-    key = f"pool{id(pool)}"
+    # by the pool's name (unique in the process: psycopg_pool numbers them), not its id(),
+    # which a later pool may reuse, its totals then taken for the old one's going down
+    key = f"pool:{getattr(pool, 'name', '')}"
     _DELTAS.add(key + "waits", float(stats.get("requests_queued", 0)), POOL_WAITS)
     _DELTAS.add(key + "wait_s", stats.get("requests_wait_ms", 0) / 1000.0, POOL_WAIT_SECONDS)
     _DELTAS.add(key + "timeouts", float(stats.get("requests_errors", 0)), POOL_TIMEOUTS)
@@ -452,8 +454,8 @@ def sync_pool(pool: Any) -> None:
 def sync_runtime(rt: Any) -> None:
     """Copy a runtime's pool figures (only a database it already opened: a scrape never
     opens one) and the query cache's totals into the metrics, before a scrape renders them."""
-    db = getattr(rt, "_db", None)
-    sync_pool(getattr(db, "_pool", None))
+    db = rt.opened_primary
+    sync_pool(db.opened_pool if db is not None else None)
     sync_query_cache()
 
 
@@ -907,7 +909,7 @@ def serve_process_metrics(
     does anything else: a worker that failed to serve its metrics later ran unwatched."""
     from prometheus_client import start_wsgi_server
 
-    from ragstore.api.listen import _remedy
+    from ragstore.api.listen import bind_remedy
     from ragstore.errors import ConfigError
 
     registry = CollectorRegistry(auto_describe=False)
@@ -921,8 +923,7 @@ def serve_process_metrics(
         ) from None
     except OSError as exc:
         where = f"{host}:{port}"
-        remedy = _remedy(exc, host).replace("--host", "--metrics-host")
-        remedy = remedy.replace("--port", "--metrics-port")
+        remedy = bind_remedy(exc, host, host_flag="--metrics-host", port_flag="--metrics-port")
         raise ConfigError(
             f"the worker cannot serve its metrics on {where}: {exc.strerror or exc}; {remedy}"
         ) from None

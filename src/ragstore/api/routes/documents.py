@@ -6,7 +6,6 @@ Small additions are ingested during the request (201); large ones, or any with
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 from collections import Counter
@@ -27,7 +26,6 @@ from fastapi import (
 )
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData
 
 from ragstore.api import forms
@@ -305,7 +303,8 @@ async def _checked_form(request: Request, name: CollectionName, caller: WriteAcc
                 f"form field {key!r} is given {count} times in the upload; send it once: "
                 "nothing was stored"
             )
-    charset = _form_charset(request)
+    # the codec the form parser decoded the upload's text in, named for a message
+    charset = forms.form_charset(request.headers.get("content-type", "")).upper()
     for key, value in forms.undecoded_fields(request)[:1]:
         raise InputError(
             f"form field {key!r} of the upload is not {charset} text (read as "
@@ -332,17 +331,6 @@ async def _checked_form(request: Request, name: CollectionName, caller: WriteAcc
             raise InputError(f"{where}: {exc.message}; nothing was stored") from None
         part.filename = sent
     return form
-
-
-def _form_charset(request: Request) -> str:
-    """The charset the form parser decodes the upload's text in, as it reads it from the
-    ``Content-Type`` (UTF-8 unless it names another), named for a message."""
-    _, params = parse_options_header(request.headers.get("content-type", ""))
-    named = params.get(b"charset", b"utf-8").decode("latin-1")
-    try:
-        return codecs.lookup(named).name.upper()
-    except LookupError:
-        return "LATIN-1"
 
 
 @router.post(

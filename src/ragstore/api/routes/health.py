@@ -146,7 +146,8 @@ def _pool_check(rt: Runtime) -> str:
     """How busy this process's connection pool is, read from its figures (it waits for no
     connection): ``busy`` while requests queue for one. A busy server stays ready
     (:func:`_check`); this is for the operator reading the answer."""
-    pool = getattr(getattr(rt, "_db", None), "_pool", None)  # never opens one
+    db = rt.opened_primary
+    pool = db.opened_pool if db is not None else None
     if pool is None:
         return "not opened yet"
     stats = pool.get_stats()
