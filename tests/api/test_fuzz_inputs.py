@@ -187,7 +187,10 @@ WHERES: list[tuple[Any, bool]] = [
     ({"team": {"$in": [None, [1], {"a": 1}]}}, False),
     ({"year": {"$gt": "2020"}}, False),
     ({"year": None}, False),
-    ({"a'b": 1, 'a"b': 1, "a\\b": 1, "a b{c}": 1}, False),
+    ({"a'b": 1, 'a"b': 1, "a\\\\b": 1, "a b{c}": 1}, False),
+    # a backslash escapes a dot or a backslash in a path, nothing else: refused, not guessed
+    ({"a\\b": 1}, True),
+    ({"version\\.major": 1}, False),
     ({"a": {"$eq": {"b": 1}}}, False),
     ({"created_at": {"$exists": True}}, False),
     ({"team": "x" * 500_000}, False),

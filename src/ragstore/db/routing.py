@@ -503,14 +503,7 @@ class ReadRouter:
         try:
             conn = _connect(r.db.tcp_conninfo)
         except psycopg.Error as exc:
-            self._set(
-                r,
-                up=False,
-                lag=None,
-                replayed=None,
-                error=str(exc).strip() or "down",
-                slow=time.monotonic() - started >= PROBE_SLOW_S,
-            )
+            self._set_down(r, exc, started)
             with self._lock:
                 r.probing = False
             return
@@ -538,14 +531,7 @@ class ReadRouter:
         except psycopg.Error as exc:
             _drop(r.probe_conn)
             r.probe_conn = None
-            self._set(
-                r,
-                up=False,
-                lag=None,
-                replayed=None,
-                error=str(exc).strip() or "down",
-                slow=time.monotonic() - started >= PROBE_SLOW_S,
-            )
+            self._set_down(r, exc, started)
             return
         if self._primary_identity is None:
             # the primary has not answered since the router started: nothing to compare
@@ -665,6 +651,18 @@ class ReadRouter:
         finally:
             self._probe_lock.release()
         return state.replay_lsn if state.in_recovery else None
+
+    def _set_down(self, r: _Replica, exc: psycopg.Error, started: float) -> None:
+        """Record a probe that failed with ``exc``, begun at ``started`` (monotonic): one
+        that failed slowly puts the replica in its back-off (see :data:`PROBE_SLOW_S`)."""
+        self._set(
+            r,
+            up=False,
+            lag=None,
+            replayed=None,
+            error=str(exc).strip() or "down",
+            slow=time.monotonic() - started >= PROBE_SLOW_S,
+        )
 
     def _set(
         self,
