@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -371,28 +372,14 @@ def test_a_bulk_load_waiting_behind_a_stuck_one_fails_by_its_deadline(
     folder = write_corpus(tmp_path / "late", docs=8, paragraphs=3)
     update = {"bulk_load_bytes": 1024, "pool_max_size": 4, "bulk_load_wait_s": 0.5}
     with Runtime(settings.model_copy(update=update)) as rt:
-        holding, release = threading.Event(), threading.Event()
 
-        def stuck_load() -> None:  # holds the loads' whole share, and a real connection
+        @contextmanager
+        def stuck_load() -> Iterator[None]:  # holds the loads' whole share, and a connection
             with staging.load_connections(rt, 2), rt.db.connection() as conn:
                 conn.execute("SELECT 1")
-                holding.set()
-                release.wait(60)
+                yield
 
-        reports: list[IngestReport] = []
-        stuck = threading.Thread(target=stuck_load)
-        late = threading.Thread(target=lambda: reports.append(ingest_paths(rt, [folder], "late")))
-        try:
-            stuck.start()
-            assert holding.wait(20)
-            late.start()
-            late.join(60)  # the model's loading included: on a loaded machine, seconds
-            assert not late.is_alive(), "the load waited past its deadline"
-        finally:
-            release.set()
-            stuck.join(60)
-            late.join(60)
-        (report,) = reports
+        report = _ingest_behind(rt, stuck_load, folder, "late")
         err = report.stopped_by
         assert isinstance(err, DatabaseUnavailableError) and err.busy, report.outcomes
         assert "RAGSTORE_BULK_LOAD_WAIT_S" in str(err) and "nothing" in str(err), err
@@ -418,28 +405,14 @@ def test_a_bulk_load_behind_a_stuck_load_of_its_collection_fails_by_its_deadline
     with Runtime(settings.model_copy(update=update)) as rt:
         name = f"locked_{uuid.uuid4().hex[:8]}"  # the database outlives a run: a new one
         coll = rt.collection(name, create=True)
-        holding, release = threading.Event(), threading.Event()
 
-        def stuck_load() -> None:  # a load of the collection that took its locks, then hung
+        @contextmanager
+        def stuck_load() -> Iterator[None]:  # a load of the collection that took its locks
             with rt.db.connection() as conn:
                 documents.begin_bulk(conn, coll.id)
-                holding.set()
-                release.wait(60)
+                yield
 
-        reports: list[IngestReport] = []
-        stuck = threading.Thread(target=stuck_load)
-        late = threading.Thread(target=lambda: reports.append(ingest_paths(rt, [folder], name)))
-        try:
-            stuck.start()
-            assert holding.wait(20)
-            late.start()
-            late.join(60)  # the model's loading included: on a loaded machine, seconds
-            assert not late.is_alive(), "the load waited past its deadline"
-        finally:
-            release.set()
-            stuck.join(60)
-            late.join(60)
-        (report,) = reports
+        report = _ingest_behind(rt, stuck_load, folder, name)
         errors = [o.exc for o in report.outcomes if o.exc is not None] + [report.stopped_by]
         err = next(e for e in errors if e is not None)
         assert isinstance(err, DatabaseUnavailableError) and err.busy, report.outcomes
@@ -453,3 +426,33 @@ def test_a_bulk_load_behind_a_stuck_load_of_its_collection_fails_by_its_deadline
         assert stored == (0,)
         again = ingest_paths(rt, [folder], name)  # once the stuck load ended
         assert not again.failed and len(again.outcomes) == 8, again
+
+
+def _ingest_behind(
+    rt: Runtime, stuck: Callable[[], AbstractContextManager[None]], folder: Path, name: str
+) -> IngestReport:
+    """The report of a bulk ingest of ``folder`` into ``name`` started while another thread
+    sits inside ``stuck()`` (a load that took what this one waits for, then hung); the
+    stuck one is let go once the ingest has ended, which it must do by its deadline."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hang() -> None:
+        with stuck():
+            holding.set()
+            release.wait(60)
+
+    reports: list[IngestReport] = []
+    stuck_thread = threading.Thread(target=hang)
+    late = threading.Thread(target=lambda: reports.append(ingest_paths(rt, [folder], name)))
+    try:
+        stuck_thread.start()
+        assert holding.wait(20)
+        late.start()
+        late.join(60)  # the model's loading included: on a loaded machine, seconds
+        assert not late.is_alive(), "the load waited past its deadline"
+    finally:
+        release.set()
+        stuck_thread.join(60)
+        late.join(60)
+    (report,) = reports
+    return report

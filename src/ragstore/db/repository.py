@@ -79,6 +79,12 @@ def get_collection(conn: Conn, name: str) -> Collection:
     return _collection(row)
 
 
+def live_collections(conn: Conn) -> list[Collection]:
+    """Every collection (shadows of a re-cut left out), by name, in one statement."""
+    rows = conn.execute(_SELECT + " WHERE c.shadow_of IS NULL ORDER BY c.name").fetchall()
+    return [_collection(r) for r in rows]
+
+
 def collection_by_id(conn: Conn, collection_id: int) -> Collection | None:
     """A collection row by id, shadow or not."""
     row = conn.execute(_SELECT + " WHERE c.id = %s", (collection_id,)).fetchone()

@@ -15,15 +15,9 @@ from ragstore.api.deps import ApiState, Principal, Rt, State, bearer_token
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import Health, Limits, Readiness, ReplicaPublic
-from ragstore.db import catalog, migrations, repository
+from ragstore.db import migrations, repository
 from ragstore.db.errors import translated
-from ragstore.errors import (
-    CollectionNotFoundError,
-    ModelError,
-    NotFoundError,
-    NotReadyError,
-    RagstoreError,
-)
+from ragstore.errors import ModelError, NotFoundError, NotReadyError, RagstoreError
 from ragstore.runtime import Runtime
 
 log = logging.getLogger("ragstore.api")
@@ -106,7 +100,6 @@ def _check(rt: Runtime) -> _Checked:
     except RagstoreError as exc:
         log.warning("not ready: %s", exc)
         raise NotReadyError(f"database unreachable: {public_detail(exc)}") from None
-    found: list[repository.Collection] = []
     with db.connect(autocommit=True) as conn, translated("reading the schema and collections"):
         st = migrations.status_of(migrations.current_revision(conn))
         if not st.is_current:
@@ -114,24 +107,18 @@ def _check(rt: Runtime) -> _Checked:
                 f"schema is at {st.current or 'none'}, the code needs {st.head}: "
                 "run `ragstore db upgrade`"
             )
-        for name in catalog.collection_names(conn):
-            try:
-                found.append(repository.get_collection(conn, name))
-            except CollectionNotFoundError:  # deleted since it was listed
-                continue
+        found = repository.live_collections(conn)
     checks["schema"] = st.head
     checks["pool"] = _pool_check(rt)
-    names = [c.name for c in found]
     collections: dict[str, str] = {}
     for coll in found:
-        name = coll.name
         try:
             rt.embedder_for(coll)
-            collections[name] = "ok"
+            collections[coll.name] = "ok"
         except (ModelError, NotFoundError) as exc:
-            collections[name] = f"cannot embed queries: {exc.code}: {exc}"
+            collections[coll.name] = f"cannot embed queries: {exc.code}: {exc}"
     bad = sum(1 for v in collections.values() if v != "ok")
-    checks["models"] = f"{len(names)} collection(s) validated" + (
+    checks["models"] = f"{len(found)} collection(s) validated" + (
         f", {bad} cannot embed queries" if bad else ""
     )
     checks["role"] = "replica (read-only)" if rt.read_only else "primary"
