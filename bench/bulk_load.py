@@ -25,6 +25,12 @@ workers; ``postgres_builds`` is its CPU from the start of the builds on) and the
 embedding server; ``chunks_per_cpu_s`` is chunks per CPU second
 of all of them together.
 
+Each run also reports the WAL the server wrote during the load (``wal``: megabytes, full
+page images, checkpoints, from ``pg_stat_wal`` and ``pg_stat_checkpointer``).
+``--pg-set NAME=VALUE ...`` applies server settings (``ALTER SYSTEM``, then a restart) before
+the load: e.g. ``max_wal_size=8GB`` (no checkpoint during the load) or
+``wal_level=minimal max_wal_senders=0`` (index builds not WAL-logged; no replicas).
+
 ``--delay-ms`` makes the instant server hold each answer that long, as a remote embedding
 API's round trip would; ``--concurrency`` then loads once per value of the HTTP model's
 ``concurrency`` (requests in flight at once), each pinned afresh.
@@ -47,7 +53,7 @@ from bench.instant_embedder import InstantServer
 from bench.scale import COLLECTION, instant_collection, write_corpus
 from bench.scratch import discard
 from ragstore.config import Settings
-from ragstore.db import documents
+from ragstore.db import documents, embedded
 from ragstore.ingest import ingest_paths
 from ragstore.runtime import Runtime
 
@@ -114,15 +120,46 @@ def _marking(data_dir: Path, marks: dict[str, float]) -> Iterator[None]:
         documents.finish_bulk = finish  # type: ignore[assignment]
 
 
+_WAL = """SELECT (SELECT wal_bytes FROM pg_stat_wal), (SELECT wal_fpi FROM pg_stat_wal),
+    (SELECT num_timed + num_requested FROM pg_stat_checkpointer)"""
+
+
+def _wal(rt: Runtime) -> tuple[float, float, float]:
+    """WAL bytes and full page images written, and checkpoints made, since the server's start."""
+    with rt.db.connection() as conn:
+        row = conn.execute(_WAL).fetchone()
+    assert row is not None
+    return float(row[0]), float(row[1]), float(row[2])
+
+
+def _apply_settings(data_dir: Path, settings: list[str]) -> dict[str, str]:
+    """``ALTER SYSTEM`` each ``NAME=VALUE`` on the embedded server under ``data_dir``, stop
+    it so that the next connection starts it with them, and return what it then reports."""
+    with Runtime(Settings(data_dir=data_dir)) as rt, rt.db.connect(autocommit=True) as conn:
+        for item in settings:
+            name, value = item.split("=", 1)
+            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+    embedded.stop(data_dir)
+    names = [item.split("=", 1)[0] for item in settings]
+    with Runtime(Settings(data_dir=data_dir)) as rt, rt.db.connection() as conn:
+        rows = conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", (names,)
+        ).fetchall()
+    return {str(name): str(value) for name, value in rows}
+
+
 def _load(
     folder: Path,
     data_dir: Path,
     server: InstantServer,
     concurrency: int | None = None,
+    pg_set: list[str] | None = None,
     **update: Any,
 ) -> dict[str, Any]:
+    applied = _apply_settings(data_dir, pg_set) if pg_set else {}
     with Runtime(Settings(data_dir=data_dir, **update)) as rt:
         instant_collection(rt, server, concurrency)
+        wal0 = _wal(rt)
         cpu0 = _cpu(data_dir, server)
         marks: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -130,6 +167,7 @@ def _load(
             report = ingest_paths(rt, [folder], COLLECTION)
         seconds = time.perf_counter() - t0
         cpu1 = _cpu(data_dir, server)
+        wal1 = _wal(rt)
         assert not report.failed, report.failed[:3]
     cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
     if "builds" in marks:  # the server's CPU of the final builds, apart from the rounds
@@ -147,6 +185,12 @@ def _load(
         "cpu_s_total": round(total, 1),
         # what this CPU work would allow on ``os.cpu_count()`` idle cores, if it overlapped
         "chunks_per_cpu_s": round(report.chunks / total),
+        "wal": {
+            "mb": round((wal1[0] - wal0[0]) / 1e6),
+            "full_page_images": int(wal1[1] - wal0[1]),
+            "checkpoints": int(wal1[2] - wal0[2]),
+        },
+        **({"pg_settings": applied} if applied else {}),
     }
 
 
@@ -187,6 +231,13 @@ def main() -> None:
         default=0.0,
         help="the embedding server holds each answer this long (a remote API's round trip)",
     )
+    ap.add_argument(
+        "--pg-set",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="server settings for the loads (ALTER SYSTEM, then a restart), e.g. max_wal_size=8GB",
+    )
     ap.add_argument("--work", type=Path, help="where data and files go (default: a temp dir)")
     ap.add_argument(
         "--folder",
@@ -210,30 +261,34 @@ def main() -> None:
         if args.memory:
             for i, size in enumerate(args.memory):
                 result[f"bulk_{i}_memory_{size}"] = _load(
-                    folder, work / f"data-bulk-{i}", server, index_build_memory=size
+                    folder,
+                    work / f"data-bulk-{i}",
+                    server,
+                    pg_set=args.pg_set,
+                    index_build_memory=size,
                 )
                 discard(work / f"data-bulk-{i}")
         elif args.concurrency:
             for i, n in enumerate(args.concurrency):
                 result[f"bulk_{i}_concurrency_{n}"] = _load(
-                    folder, work / f"data-bulk-{i}", server, concurrency=n
+                    folder, work / f"data-bulk-{i}", server, pg_set=args.pg_set, concurrency=n
                 )
                 discard(work / f"data-bulk-{i}")
         elif args.workers:
             for i, n in enumerate(args.workers):
                 result[f"bulk_{i}_workers_{n}"] = _load(
-                    folder, work / f"data-bulk-{i}", server, ingest_workers=n
+                    folder, work / f"data-bulk-{i}", server, pg_set=args.pg_set, ingest_workers=n
                 )
                 discard(work / f"data-bulk-{i}")
         else:
-            result["bulk"] = _load(folder, work / "data-bulk", server)
+            result["bulk"] = _load(folder, work / "data-bulk", server, pg_set=args.pg_set)
         if args.inprocess:
             result["bulk_inprocess"] = _load(
-                folder, work / "data-bulk-inprocess", server, ingest_workers=1
+                folder, work / "data-bulk-inprocess", server, pg_set=args.pg_set, ingest_workers=1
             )
         if args.incremental:
             result["incremental"] = _load(
-                folder, work / "data-incremental", server, bulk_load_bytes=0
+                folder, work / "data-incremental", server, pg_set=args.pg_set, bulk_load_bytes=0
             )
     result["load_average_after"] = os.getloadavg()
     print(json.dumps(result, indent=1))
