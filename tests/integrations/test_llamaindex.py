@@ -15,6 +15,7 @@ from llama_index.core.vector_stores.types import (
     MetadataFilter,
     MetadataFilters,
     VectorStoreQuery,
+    VectorStoreQueryResult,
 )
 
 from ragstore import Client, Store
@@ -228,6 +229,41 @@ def test_a_node_ragstore_chunks_is_answered_once_and_whole(store: Store) -> None
     found = vs.query(VectorStoreQuery(query_str="nightly database backups", similarity_top_k=2))
     assert found.ids == ["long", "cat"]
     assert found.nodes is not None and found.nodes[0].get_content() == long
+
+
+@pytest.mark.parametrize("prefetch", [None, 2])
+def test_mmr_answers_k_nodes_when_chunks_of_one_node_fill_its_picks(
+    store: Store, prefetch: int | None
+) -> None:
+    """MMR picks chunks, and the chunks of a node ragstore cut were dropped as repeats:
+    with relevance first (threshold 1) every pick was a chunk of the long node, and a
+    query for two nodes answered one. It answers two now, the long node whole; with a
+    prefetch of 2 (two of its chunks) the candidates are widened to hold two nodes, and
+    a query for more nodes than are stored answers those there are."""
+    from llama_index.core.vector_stores.types import VectorStoreQueryMode
+
+    long = " ".join(
+        f"Backup {i} of the database runs nightly and restores fast." for i in range(80)
+    )
+    vs = RagstoreVectorStore(store, "li-chunked-mmr")
+    vs.add([TextNode(id_="long", text=long), TextNode(id_="cat", text="Kittens sleep.")])
+    assert len(store.search("li-chunked-mmr", "nightly database backups", k=5)["data"]) > 2
+    kwargs = {} if prefetch is None else {"mmr_prefetch_k": prefetch}
+
+    def mmr(k: int) -> VectorStoreQueryResult:
+        query = VectorStoreQuery(
+            query_str="nightly database backups",
+            similarity_top_k=k,
+            mode=VectorStoreQueryMode.MMR,
+            mmr_threshold=1.0,
+        )
+        return vs.query(query, **kwargs)
+
+    found = mmr(2)
+    assert found.ids == ["long", "cat"]
+    assert found.nodes is not None and found.nodes[0].get_content() == long
+    if prefetch is None:
+        assert mmr(3).ids == ["long", "cat"]
 
 
 def test_filters_mean_what_llamaindex_means(store: Store) -> None:

@@ -54,7 +54,7 @@ from ragstore.integrations.backend import (
     ensure_vector_collection,
     metadata_field,
 )
-from ragstore.integrations.hits import distinct_hits, whole_texts
+from ragstore.integrations.hits import distinct_hits, distinct_mmr_hits, whole_texts
 from ragstore.search.service import parse_mode
 from ragstore.store import Store
 from ragstore.validation import a_type, check_value, id_list, per_text_list
@@ -423,7 +423,7 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         else:
             mode_run, weights = mode, _weights(query.alpha, mode)
 
-        def search(n: int) -> list[dict[str, Any]]:
+        def search(n: int, pool: int | None = None) -> list[dict[str, Any]]:
             out = self._backend.search(
                 self._collection,
                 text,
@@ -433,14 +433,15 @@ class RagstoreVectorStore(BasePydanticVectorStore):
                 mode=mode_run,
                 vector_weight=weights[0],
                 fulltext_weight=weights[1],
-                **mmr,
+                **({**mmr, "fetch_k": pool} if mmr else {}),
             )
             return list(out["data"])
 
         # a node longer than one of ragstore's chunks (one added without an embedding,
         # which ragstore embeds and chunks) is found by each chunk (integrations/hits.py)
         try:
-            hits = distinct_hits(search, k, ask_again=not mmr)
+            prefetch = mmr.get("fetch_k")
+            hits = distinct_mmr_hits(search, k, prefetch) if mmr else distinct_hits(search, k)
         except CollectionNotFoundError:
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         chunked = [str(h["source"]) for h in hits if "_node_content" in h["metadata"]]
