@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import cast
 
+import httpx
 import pytest
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
@@ -46,9 +47,16 @@ NODES = [
 
 
 @pytest.fixture(scope="module")
-def http(settings: Settings) -> Iterator[Client]:
-    """A Client of a real server on loopback (auth off) over the module's database."""
-    with running_server(with_(settings, auth="off")) as url, Client(url) as client:
+def url(settings: Settings) -> Iterator[str]:
+    """The URL of a real server on loopback (auth off) over the module's database."""
+    with running_server(with_(settings, auth="off")) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def http(url: str) -> Iterator[Client]:
+    """A Client of that server."""
+    with Client(url) as client:
         yield client
 
 
@@ -264,6 +272,58 @@ def test_mmr_answers_k_nodes_when_chunks_of_one_node_fill_its_picks(
     assert found.nodes is not None and found.nodes[0].get_content() == long
     if prefetch is None:
         assert mmr(3).ids == ["long", "cat"]
+
+
+class _Counting(httpx.HTTPTransport):
+    """A transport that notes each request a Client sends (method and path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(f"{request.method} {request.url.path}")
+        return super().handle_request(request)
+
+
+def test_a_query_reads_again_only_the_nodes_ragstore_chunked(store: Store, url: str) -> None:
+    """Every query read the whole texts of its hits again (one more request over HTTP),
+    nodes added with their own embedding too, which ragstore stores whole: their hit is
+    the whole text already. Only a node ragstore embedded and chunked is read again now,
+    and every node still comes back whole."""
+    name = "li-round-trips"
+    long = " ".join(
+        f"Backup {i} of the database runs nightly and restores fast." for i in range(80)
+    )
+    RagstoreVectorStore(store, name).add(
+        _vectored([TextNode(id_="whole", text=long), TextNode(id_="short", text="Kittens.")])
+    )
+    RagstoreVectorStore(store, name).add([TextNode(id_="cut", text=long)])
+    search = f"POST /v1/collections/{name}/search"
+    counting = _Counting()
+    with Client(url, transport=counting) as client:
+        vs = RagstoreVectorStore(client, name)
+        found = vs.query(
+            VectorStoreQuery(
+                query_embedding=[1.0] + [0.0] * 383,
+                similarity_top_k=2,
+                node_ids=["whole", "short"],
+            )
+        )
+        assert found.nodes is not None
+        assert {n.node_id: n.get_content() for n in found.nodes} == {
+            "whole": long,
+            "short": "Kittens.",
+        }
+        assert counting.sent == [search]
+        counting.sent.clear()
+        found = vs.query(
+            VectorStoreQuery(
+                query_str="nightly database backups", similarity_top_k=1, node_ids=["cut"]
+            )
+        )
+        assert found.nodes is not None and found.nodes[0].get_content() == long
+        assert counting.sent == [search, f"POST /v1/collections/{name}/texts/get"]
 
 
 def test_filters_mean_what_llamaindex_means(store: Store) -> None:
