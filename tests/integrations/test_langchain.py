@@ -455,7 +455,7 @@ def test_mmr_search_with_ragstores_model_and_a_filter(handbook: RagstoreVectorSt
 def test_a_text_ragstore_chunks_is_one_whole_document(store: Store) -> None:
     """A text added without an embedding and longer than one of ragstore's chunks is
     found by each chunk: k=2 answered that text twice, each holding a part of it, and
-    never the second best; MMR could pick two of its chunks."""
+    never the second best; MMR could pick two of its chunks, and answered one text."""
     long = " ".join(
         f"Backup {i} of the database runs nightly and restores fast." for i in range(80)
     )
@@ -469,9 +469,13 @@ def test_a_text_ragstore_chunks_is_one_whole_document(store: Store) -> None:
     ):
         assert [d.id for d in docs] == ["long", "cat"]
         assert docs[0] == vs.get_by_ids(["long"])[0]
-    mmr = vs.max_marginal_relevance_search(q, k=2, fetch_k=10, lambda_mult=1.0)
-    assert [d.id for d in mmr][:1] == ["long"] and len({d.id for d in mmr}) == len(mmr)
-    assert mmr[0].page_content == long
+    # MMR picks chunks: with relevance first every pick was a chunk of the long text, the
+    # repeats were dropped, and k=2 answered one text; with fetch_k=2 (two of its
+    # chunks) the candidates are widened to hold two texts. k=3 of two: the two
+    for fetch_k, k in ((10, 2), (2, 2), (10, 3)):
+        mmr = vs.max_marginal_relevance_search(q, k=k, fetch_k=fetch_k, lambda_mult=1.0)
+        assert [d.id for d in mmr] == ["long", "cat"]
+        assert mmr[0].page_content == long
 
 
 def test_a_query_or_texts_of_the_wrong_type_are_refused(store: Store) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import cast
 
+import httpx
 import pytest
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
@@ -15,6 +16,7 @@ from llama_index.core.vector_stores.types import (
     MetadataFilter,
     MetadataFilters,
     VectorStoreQuery,
+    VectorStoreQueryResult,
 )
 
 from ragstore import Client, Store
@@ -45,9 +47,16 @@ NODES = [
 
 
 @pytest.fixture(scope="module")
-def http(settings: Settings) -> Iterator[Client]:
-    """A Client of a real server on loopback (auth off) over the module's database."""
-    with running_server(with_(settings, auth="off")) as url, Client(url) as client:
+def url(settings: Settings) -> Iterator[str]:
+    """The URL of a real server on loopback (auth off) over the module's database."""
+    with running_server(with_(settings, auth="off")) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def http(url: str) -> Iterator[Client]:
+    """A Client of that server."""
+    with Client(url) as client:
         yield client
 
 
@@ -228,6 +237,93 @@ def test_a_node_ragstore_chunks_is_answered_once_and_whole(store: Store) -> None
     found = vs.query(VectorStoreQuery(query_str="nightly database backups", similarity_top_k=2))
     assert found.ids == ["long", "cat"]
     assert found.nodes is not None and found.nodes[0].get_content() == long
+
+
+@pytest.mark.parametrize("prefetch", [None, 2])
+def test_mmr_answers_k_nodes_when_chunks_of_one_node_fill_its_picks(
+    store: Store, prefetch: int | None
+) -> None:
+    """MMR picks chunks, and the chunks of a node ragstore cut were dropped as repeats:
+    with relevance first (threshold 1) every pick was a chunk of the long node, and a
+    query for two nodes answered one. It answers two now, the long node whole; with a
+    prefetch of 2 (two of its chunks) the candidates are widened to hold two nodes, and
+    a query for more nodes than are stored answers those there are."""
+    from llama_index.core.vector_stores.types import VectorStoreQueryMode
+
+    long = " ".join(
+        f"Backup {i} of the database runs nightly and restores fast." for i in range(80)
+    )
+    vs = RagstoreVectorStore(store, "li-chunked-mmr")
+    vs.add([TextNode(id_="long", text=long), TextNode(id_="cat", text="Kittens sleep.")])
+    assert len(store.search("li-chunked-mmr", "nightly database backups", k=5)["data"]) > 2
+    kwargs = {} if prefetch is None else {"mmr_prefetch_k": prefetch}
+
+    def mmr(k: int) -> VectorStoreQueryResult:
+        query = VectorStoreQuery(
+            query_str="nightly database backups",
+            similarity_top_k=k,
+            mode=VectorStoreQueryMode.MMR,
+            mmr_threshold=1.0,
+        )
+        return vs.query(query, **kwargs)
+
+    found = mmr(2)
+    assert found.ids == ["long", "cat"]
+    assert found.nodes is not None and found.nodes[0].get_content() == long
+    if prefetch is None:
+        assert mmr(3).ids == ["long", "cat"]
+
+
+class _Counting(httpx.HTTPTransport):
+    """A transport that notes each request a Client sends (method and path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(f"{request.method} {request.url.path}")
+        return super().handle_request(request)
+
+
+def test_a_query_reads_again_only_the_nodes_ragstore_chunked(store: Store, url: str) -> None:
+    """Every query read the whole texts of its hits again (one more request over HTTP),
+    nodes added with their own embedding too, which ragstore stores whole: their hit is
+    the whole text already. Only a node ragstore embedded and chunked is read again now,
+    and every node still comes back whole."""
+    name = "li-round-trips"
+    long = " ".join(
+        f"Backup {i} of the database runs nightly and restores fast." for i in range(80)
+    )
+    RagstoreVectorStore(store, name).add(
+        _vectored([TextNode(id_="whole", text=long), TextNode(id_="short", text="Kittens.")])
+    )
+    RagstoreVectorStore(store, name).add([TextNode(id_="cut", text=long)])
+    search = f"POST /v1/collections/{name}/search"
+    counting = _Counting()
+    with Client(url, transport=counting) as client:
+        vs = RagstoreVectorStore(client, name)
+        found = vs.query(
+            VectorStoreQuery(
+                query_embedding=[1.0] + [0.0] * 383,
+                similarity_top_k=2,
+                node_ids=["whole", "short"],
+            )
+        )
+        assert found.nodes is not None
+        assert {n.node_id: n.get_content() for n in found.nodes} == {
+            "whole": long,
+            "short": "Kittens.",
+        }
+        assert counting.sent == [search]
+        counting.sent.clear()
+        found = vs.query(
+            VectorStoreQuery(
+                query_str="nightly database backups", similarity_top_k=1, node_ids=["cut"]
+            )
+        )
+        assert found.nodes is not None and found.nodes[0].get_content() == long
+        assert counting.sent == [search, f"POST /v1/collections/{name}/texts/get"]
 
 
 def test_filters_mean_what_llamaindex_means(store: Store) -> None:

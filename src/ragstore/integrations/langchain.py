@@ -47,7 +47,7 @@ from ragstore.integrations.backend import (
     exists,
     metadata_field,
 )
-from ragstore.integrations.hits import distinct_hits, whole_texts
+from ragstore.integrations.hits import distinct_hits, distinct_mmr_hits, whole_texts
 from ragstore.validation import id_list, text_list
 
 __all__ = ["RagstoreTranslator", "RagstoreVectorStore"]
@@ -226,11 +226,11 @@ class RagstoreVectorStore(VectorStore):
     ) -> list[tuple[Document, float]]:
         if isinstance(fetch_k, numbers.Integral) and not isinstance(fetch_k, bool):
             fetch_k = int(fetch_k)  # numpy's, as for k (_query_args)
-        extra: dict[str, Any] = (
-            {"mmr": True, "fetch_k": fetch_k, "lambda_mult": lambda_mult} if mmr else {}
-        )
 
-        def search(n: int) -> list[dict[str, Any]]:
+        def search(n: int, pool: int | None = None) -> list[dict[str, Any]]:
+            extra: dict[str, Any] = (
+                {"mmr": True, "fetch_k": pool, "lambda_mult": lambda_mult} if mmr else {}
+            )
             out = self.backend.search(
                 self.collection, query, vector=vector, k=n, where=where, mode=mode, **extra
             )
@@ -239,7 +239,7 @@ class RagstoreVectorStore(VectorStore):
         # a text ragstore embedded is chunked when long, and found by each chunk: one
         # Document per text, whole, scored by its best chunk (integrations/hits.py)
         try:
-            hits = distinct_hits(search, k, ask_again=not mmr)
+            hits = distinct_mmr_hits(search, k, fetch_k) if mmr else distinct_hits(search, k)
         except CollectionNotFoundError:
             return []  # an empty store: nothing added yet
         chunked = [str(h["source"]) for h in hits] if self._embedding is None else []

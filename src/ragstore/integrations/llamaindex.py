@@ -54,7 +54,7 @@ from ragstore.integrations.backend import (
     ensure_vector_collection,
     metadata_field,
 )
-from ragstore.integrations.hits import distinct_hits, whole_texts
+from ragstore.integrations.hits import distinct_hits, distinct_mmr_hits, whole_texts
 from ragstore.search.service import parse_mode
 from ragstore.store import Store
 from ragstore.validation import a_type, check_value, id_list, per_text_list
@@ -249,6 +249,10 @@ class RagstoreVectorStore(BasePydanticVectorStore):
                 )
             else:
                 self._check_dimension(vectors)
+        for meta in metas:
+            # ragstore stores a node with an embedding whole, one chunk: its hits hold all
+            # of its text, which query then need not read again (see _chunked_node)
+            meta[_WHOLE] = vectors is not None
         out = self._backend.add_texts(self._collection, texts, metas, ids, vectors=vectors)
         return list(out["ids"])
 
@@ -423,7 +427,7 @@ class RagstoreVectorStore(BasePydanticVectorStore):
         else:
             mode_run, weights = mode, _weights(query.alpha, mode)
 
-        def search(n: int) -> list[dict[str, Any]]:
+        def search(n: int, pool: int | None = None) -> list[dict[str, Any]]:
             out = self._backend.search(
                 self._collection,
                 text,
@@ -433,17 +437,20 @@ class RagstoreVectorStore(BasePydanticVectorStore):
                 mode=mode_run,
                 vector_weight=weights[0],
                 fulltext_weight=weights[1],
-                **mmr,
+                **({**mmr, "fetch_k": pool} if mmr else {}),
             )
             return list(out["data"])
 
         # a node longer than one of ragstore's chunks (one added without an embedding,
         # which ragstore embeds and chunks) is found by each chunk (integrations/hits.py)
         try:
-            hits = distinct_hits(search, k, ask_again=not mmr)
+            prefetch = mmr.get("fetch_k")
+            hits = distinct_mmr_hits(search, k, prefetch) if mmr else distinct_hits(search, k)
         except CollectionNotFoundError:
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
-        chunked = [str(h["source"]) for h in hits if "_node_content" in h["metadata"]]
+        # a node stored whole (with its own embedding) is its hit's text already: only
+        # the nodes ragstore chunked are read again, whole (one more request or query)
+        chunked = [str(h["source"]) for h in hits if _chunked_node(h["metadata"])]
         whole = whole_texts(self._backend, self._collection, chunked)
         nodes, scores, ids = [], [], []
         for hit in hits:
@@ -574,6 +581,22 @@ def _source_id(metadata: dict[str, Any]) -> str | None:
         return str(relations[NodeRelationship.SOURCE.value]["node_id"])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+# the stored metadata's mark of a node stored whole (added with its embedding), written
+# by add next to LlamaIndex's own keys (_node_content...); the node's own metadata, kept
+# in _node_content, is returned without it
+_WHOLE = "_ragstore_whole"
+
+
+def _chunked_node(metadata: dict[str, Any]) -> bool:
+    """Whether a hit with ``metadata`` may hold a part of its node's text: a node added
+    without an embedding, which ragstore chunks when long (and one stored before add
+    marked the nodes it stores whole: read again, as then). A node added with its
+    embedding is one chunk, its hit the whole text: it was read again all the same, one
+    more request (or query) for every query. A text stored other than through
+    LlamaIndex is its hit, as :func:`_node` answers it."""
+    return "_node_content" in metadata and metadata.get(_WHOLE) is not True
 
 
 def _node(hit: dict[str, Any]) -> BaseNode:
