@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -245,6 +246,38 @@ def run_cli(*args: str) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def _drop_handlers_on_closed_streams() -> None:
+    """Remove every log handler whose stream is closed, from the root logger and each named
+    one."""
+    loggers: list[logging.Logger] = [logging.getLogger()]
+    loggers += [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            stream = getattr(handler, "stream", None)
+            if stream is not None and getattr(stream, "closed", False):
+                logger.removeHandler(handler)
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_on_a_closed_stream() -> Iterator[None]:
+    """A handler left writing to an earlier test's closed capture is dropped.
+
+    ``configure_logging`` (each ``create_app``, ``ragstore worker`` and ``serve`` in
+    process) puts the root handler on the ``sys.stderr`` of the moment: in a test with
+    ``capsys`` or ``capfd``, a stream pytest closes after that test. Every line logged
+    later, in whatever test file ran next in the process, printed "--- Logging error ---
+    ValueError: I/O operation on closed file" until another call replaced the handler,
+    so a test's output depended on the files run before it (pytest-xdist orders them
+    differently). Dropped here rather than made to follow ``sys.stderr`` in the product:
+    a process has one stderr for its life, only tests swap it, and this also covers
+    handlers that the standard library's ``basicConfig`` or a library left."""
+    _drop_handlers_on_closed_streams()
+    yield
+    _drop_handlers_on_closed_streams()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

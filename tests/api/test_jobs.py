@@ -240,7 +240,10 @@ def test_a_job_leaves_a_document_deleted_after_it_was_accepted(
     api.delete_document("bg-tomb", stored["late.md"]["id"])
     assert jobs_settings.database_url is not None
     with psycopg.connect(jobs_settings.database_url.get_secret_value()) as conn:
-        left = conn.execute("SELECT source FROM document_tombstones").fetchall()
+        left = conn.execute(  # this test's collection only: other tests delete too
+            "SELECT t.source FROM document_tombstones t JOIN collections c"
+            " ON c.id = t.collection_id WHERE c.name = 'bg-tomb'"
+        ).fetchall()
     assert [r[0].rsplit("/", 1)[-1] for r in left] == ["late.md"], left
 
 
@@ -320,6 +323,7 @@ def test_a_jobs_finish_and_a_delete_do_not_deadlock_on_the_collections_tombstone
                     return
                 found = conn.execute(
                     "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
                     " AND query LIKE 'DELETE FROM document_tombstones%'"
                 ).fetchone()
                 if found:
@@ -909,6 +913,7 @@ def test_a_write_answered_after_a_job_was_accepted_stays_though_it_began_before(
                     direct.done()
                     or admin.execute(
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
+                        " AND datname = current_database()"
                     ).fetchone()
                     == (1,)
                 ),
