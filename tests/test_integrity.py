@@ -4,11 +4,13 @@ found, named and repaired from the data itself, and searches answer as before.""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
-from ragstore.db import spaces
+from ragstore.db import documents, spaces
+from ragstore.errors import DatabaseUnavailableError
 from ragstore.ingest import ingest_paths
 from ragstore.integrity import check
 from ragstore.runtime import Runtime
@@ -129,3 +131,47 @@ def test_a_staged_table_of_a_load_in_flight_is_not_a_leftover(rt: Runtime, tmp_p
         ).fetchone() == (True,)
     assert check(rt, "loading", repair=True).leftovers == [spaces.load_table(coll.table)]
     assert check(rt, "loading").leftovers == []
+
+
+def test_a_recount_behind_a_stuck_bulk_load_fails_by_the_deadline(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """The repair's BM25 recount takes the collection's write locks (``begin_bulk``);
+    behind a stuck write of the collection that holds them it waited for good, saying
+    nothing. It now fails after ``RAGSTORE_BULK_LOAD_WAIT_S``, retryable, the statistics
+    as they were, and repairs once that write ends."""
+    _ingested(rt, tmp_path, "recount")
+    coll = rt.collection("recount")
+    with rt.db.connection() as conn:
+        conn.execute(
+            "UPDATE bm25_collection_stats SET tokens = tokens + 7 WHERE collection_id = %s",
+            (coll.id,),
+        )
+    update = {"bulk_load_wait_s": 0.5}
+    with Runtime(rt.settings.model_copy(update=update)) as short:
+        failed: list[BaseException] = []
+
+        def repair() -> None:
+            try:
+                check(short, "recount", repair=True)
+            except BaseException as exc:  # the test reads it
+                failed.append(exc)
+
+        with rt.db.connection() as stuck:  # a bulk load of the collection, hung
+            documents.begin_bulk(stuck, coll.id)
+            late = threading.Thread(target=repair)
+            late.start()
+            late.join(60)
+            stuck_for_good = late.is_alive()
+            stuck.rollback()
+        late.join(60)
+        assert not stuck_for_good, "the repair waited past its deadline"
+        (err,) = failed
+        assert isinstance(err, DatabaseUnavailableError) and err.busy, err
+        assert str(err).startswith(
+            "the BM25 recount of collection 'recount' waited 0.5s for its write locks: "
+            "another write of that collection holds them; nothing was changed"
+        ), err
+        assert check(short, "recount").findings[0].problem.startswith("full-text statistics")
+        assert check(short, "recount", repair=True).ok  # once the stuck load ended
+        assert check(short, "recount").findings == []

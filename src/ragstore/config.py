@@ -141,7 +141,8 @@ class Settings(BaseSettings):
         le=86400,
         description="Seconds a bulk load waits for its share of the connection pool while "
         "this process's other bulk loads hold it, and for its collection's write locks while "
-        "another write of that collection holds them, before it fails (database_unavailable, "
+        "another write of that collection holds them (as do `ragstore import` and the BM25 "
+        "recount of `ragstore db check --repair`), before it fails (database_unavailable, "
         "retryable; nothing stored).",
     )
     index_build_memory: str = Field(

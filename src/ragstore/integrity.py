@@ -28,6 +28,7 @@ import psycopg
 
 from ragstore.db import documents, field_indexes, integrity, repository, spaces
 from ragstore.db.errors import translated
+from ragstore.ingest import staging
 from ragstore.ingest.service import ensure_space_index
 
 if TYPE_CHECKING:
@@ -168,7 +169,13 @@ def _check_collection(
         )
         if repair:
             with rt.db.connection() as conn, translated(f"recounting {label}"):
-                documents.begin_bulk(conn, coll.id)
+                # behind a stuck write of the collection that holds its write locks (a
+                # bulk load into a space with rows: the check reads past it) it waited
+                # for good, silently
+                with staging.waiting_for_locks(
+                    rt, conn, coll.name, "the BM25 recount of", "nothing was changed"
+                ):
+                    documents.begin_bulk(conn, coll.id)
                 documents.finish_bulk(conn, coll.id, rt.settings.index_build_memory)
             found.repaired = True
         report.findings.append(found)

@@ -153,7 +153,7 @@ def lock_sources(conn: Conn, collection_id: int, sources: Sequence[str]) -> None
 MAX_BUILD_WORK_MEM = 256 << 20
 
 
-def begin_bulk(conn: Conn, collection_id: int, *, wait_s: float | None = None) -> None:
+def begin_bulk(conn: Conn, collection_id: int) -> None:
     """Start a bulk write of one collection in this transaction (revision 0011).
 
     Every BM25 trigger then skips for the rest of the transaction, and
@@ -162,24 +162,15 @@ def begin_bulk(conn: Conn, collection_id: int, *, wait_s: float | None = None) -
     changes the collection's chunks until this transaction ends and the recount that
     :func:`finish_bulk` does from scratch is exact.
 
-    ``wait_s`` bounds the wait for each lock (``lock_timeout``, for this statement alone:
-    the transaction's own setting is put back after it): past it the statement fails
-    ``LockNotAvailable`` (55P03), the transaction aborted with no lock taken by it kept.
+    The wait for them is the caller's to bound (``staging.waiting_for_locks``, as every
+    bulk writer does): unbounded, one behind a stuck write of the collection waits for good.
     """
     keys = [(_LOCK_SPACE << 48) | (collection_id << 16) | b for b in range(LOCK_BUCKETS)]
-    before = None
-    if wait_s is not None:
-        row = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
-        before = str(row[0]) if row else "0"
-        ms = max(1, round(wait_s * 1000))
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{ms}ms",))
     conn.execute(
         "SELECT count(pg_advisory_xact_lock(k)) FROM"
         " (SELECT k FROM unnest(%s::int8[]) AS u(k) ORDER BY k) AS s",
         (keys,),
     )
-    if before is not None:
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (before,))
     conn.execute("SELECT set_config('ragstore.bulk', 'on', true)")
 
 

@@ -736,20 +736,7 @@ class _Writer:
                 translated(f"importing into collection {self.plan.collection!r}"),
             ):
                 with conn.transaction():
-                    coll, created = self._collection(conn)
-                    spaces.lock_for_load(conn, coll.table)
-                    self.old_vectors = spaces.count_vectors(conn, coll.table)
-                    self.rebuild = (
-                        self.had_rows
-                        and len(self.ids) >= staging.REBUILD_SHARE * self.old_vectors
-                        and staging.can_stage(self.rt)
-                    )
-                    if not self.had_rows:  # the index is built once, at the end
-                        spaces.drop_index(conn, coll.table)
-                    if self.bulk:
-                        documents.begin_bulk(conn, coll.id)
-                    else:
-                        documents.lock_sources(conn, coll.id, self.ids)
+                    coll, created = self._locked(conn)
                     if not created:
                         self._refuse_ids_stored_since_the_plan(conn, coll)
                     memory = self.opts.maintenance_work_mem or self.rt.settings.index_build_memory
@@ -771,7 +758,7 @@ class _Writer:
                 self.progress("committed", len(self.ids), len(self.ids))
             done = True
         except DatabaseError as exc:
-            if not done:
+            if not done and not (isinstance(exc, DatabaseUnavailableError) and exc.busy):
                 exc.message = f"{exc.message}; {_what_became_of_it(committing)}"
             raise
         finally:
@@ -779,6 +766,37 @@ class _Writer:
             if not done and self._staging_committed and coll is not None:
                 discard_staged(self.rt, coll)
         return coll, created, verification
+
+    def _locked(self, conn: psycopg.Connection[Any]) -> tuple[repository.Collection, bool]:
+        """The collection (created if new) with everything the import writes locked: its
+        row, its space's table, its write locks (all of them for a bulk write, else the
+        records' own), each waited for at most ``RAGSTORE_BULK_LOAD_WAIT_S``.
+
+        Behind a stuck bulk load or import of the collection the import waited for good,
+        saying nothing; it now fails busy ``database_unavailable`` (retryable), its
+        transaction rolled back (:func:`staging.waiting_for_locks`)."""
+        with staging.waiting_for_locks(
+            self.rt,
+            conn,
+            self.plan.collection,
+            "an import into",
+            "the import was rolled back, nothing was written",
+        ):
+            coll, created = self._collection(conn)
+            spaces.lock_for_load(conn, coll.table)
+            self.old_vectors = spaces.count_vectors(conn, coll.table)
+            self.rebuild = (
+                self.had_rows
+                and len(self.ids) >= staging.REBUILD_SHARE * self.old_vectors
+                and staging.can_stage(self.rt)
+            )
+            if not self.had_rows:  # the index is built once, at the end
+                spaces.drop_index(conn, coll.table)
+            if self.bulk:
+                documents.begin_bulk(conn, coll.id)
+            else:
+                documents.lock_sources(conn, coll.id, self.ids)
+        return coll, created
 
     def _refuse_ids_stored_since_the_plan(
         self, conn: psycopg.Connection[Any], coll: repository.Collection

@@ -97,19 +97,45 @@ def lock_collection(
     its job stayed ``running``. Past the deadline it fails as the wait for that share
     does: busy ``database_unavailable``, retryable, nothing of it written (the locks come
     first in its transaction, which rolls back)."""
+    with waiting_for_locks(
+        rt, conn, coll.name, "a bulk load of", "nothing of this load was stored"
+    ):
+        documents.begin_bulk(conn, coll.id)
+
+
+@contextmanager
+def waiting_for_locks(
+    rt: Runtime, conn: psycopg.Connection[Any], name: str, doing: str, outcome: str
+) -> Iterator[None]:
+    """Statements of the block wait at most ``RAGSTORE_BULK_LOAD_WAIT_S`` for each lock
+    (``lock_timeout``, in the caller's transaction for the block alone: its own setting
+    is put back after it); past it, busy ``database_unavailable``, retryable.
+
+    For every writer that takes a collection's write locks in bulk: a bulk load
+    (:func:`lock_collection`), ``ragstore import`` and the BM25 recount of ``ragstore db
+    check --repair``. Behind a stuck write of the collection (a client gone quiet
+    mid-load) each of them waited for good, silently. ``doing`` says what waited ("an
+    import into"), ``outcome`` what became of it ("nothing of this load was stored"): the
+    caller's transaction must roll back on the error, which leaves nothing of it."""
     limit = rt.settings.bulk_load_wait_s
+    row = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
+    before = str(row[0]) if row else "0"
+    conn.execute(
+        "SELECT set_config('lock_timeout', %s, true)", (f"{max(1, round(limit * 1000))}ms",)
+    )
     try:
-        documents.begin_bulk(conn, coll.id, wait_s=limit)
+        yield
     except psycopg.errors.LockNotAvailable:
         raise DatabaseUnavailableError(
-            f"a bulk load of collection {coll.name!r} waited {limit:g}s for its write locks: "
-            "another write of that collection holds them; nothing of this load was stored: "
-            "retry once it ends, or raise RAGSTORE_BULK_LOAD_WAIT_S",
-            public=f"another write of collection {coll.name!r} is still running; nothing "
-            "of this load was stored, retry it once that write ends",
+            f"{doing} collection {name!r} waited {limit:g}s for its write locks: another "
+            f"write of that collection holds them; {outcome}: retry once it ends, or raise "
+            "RAGSTORE_BULK_LOAD_WAIT_S",
+            public=f"another write of collection {name!r} is still running; {outcome}, "
+            "retry it once that write ends",
             retry_after=min(limit, 30.0),
             busy=True,
         ) from None
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (before,))
 
 
 @contextmanager
