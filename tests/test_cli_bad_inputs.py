@@ -85,6 +85,21 @@ CLI = [sys.executable, "-c", "import sys; from ragstore.cli import main; main(sy
             "items 2 and 3 of the comma-separated list name the same server (db1:5432, "
             "db2:5432, database x); list each replica once",
         ),
+        # items sharing a server (a multi-host item naming another item's host): that
+        # server took the reads of both, twice its share
+        (
+            "RAGSTORE_READ_DATABASE_URLS",
+            "host=db1,db2 dbname=x password=hunter2, postgresql://u:hunter2@DB2:5432,db3/x",
+            "items 1 and 2 of the comma-separated list both name db2:5432, database x: that "
+            "server would take the reads of both (twice its share); name each server in one "
+            "item only (hosts are compared as written, no name resolved)",
+        ),
+        (  # a socket directory with and without its trailing slash
+            "RAGSTORE_READ_DATABASE_URLS",
+            "postgresql://db9/x, host=/run/pg/ port=5433 dbname=x password=hunter2,"
+            " host=db1,/run/pg port=5433 dbname=x",
+            "items 2 and 3 of the comma-separated list both name /run/pg:5433, database x",
+        ),
         # libpq's password "hunter2,dbname=x" was taken for two replicas, both valid: the
         # first with the wrong password, the second the local socket's
         *(
@@ -135,11 +150,61 @@ def test_a_database_url_libpq_cannot_take_is_a_config_error(
 def test_every_form_libpq_takes_is_accepted(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from ragstore.config import Settings
 
-    other = value.replace("x", "y")  # another database: another replica
-    settings = Settings(database_url=value, read_database_urls=f"{value},{other}")
+    # other databases on the same server: not the primary's, nor one another's
+    primary, other = value.replace("x", "z"), value.replace("x", "y")
+    settings = Settings(database_url=primary, read_database_urls=f"{value},{other}")
     assert settings.database_url is not None
-    assert settings.database_url.get_secret_value() == value
+    assert settings.database_url.get_secret_value() == primary
     assert settings.replica_urls == [value, other]
+
+
+def test_a_replica_item_naming_the_primarys_server_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A replica item whose hosts include the primary's (its host and port, its database)
+    was read from as a replica: the first of its hosts to answer took the item's share of
+    the reads, and where that was the primary, they were the primary's all along."""
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", "postgresql://u:hunter2@db1/x")
+    monkeypatch.setenv(
+        "RAGSTORE_READ_DATABASE_URLS", "postgresql://db7/x, postgresql://u:hunter2@db2,DB1:5432/x"
+    )
+    assert run_cli("collections", "list", "--json") == CONFIG_INVALID
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "error[config_invalid]: RAGSTORE_READ_DATABASE_URLS=(secret) is invalid: Value error, "
+        "item 2 of "
+        "the comma-separated list names the primary's db1:5432, database x "
+        "(RAGSTORE_DATABASE_URL): reads sent there would be the primary's; remove that host "
+        "from the item, or add target_session_attrs=standby where its hosts take turns as the "
+        "primary (hosts are compared as written, no name resolved)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("primary", "replicas"),
+    [
+        # compared as written: a name and an address (or localhost) are not resolved
+        (None, "postgresql://u@localhost/x, postgresql://u@127.0.0.1/x"),
+        (None, "host=db1,db2 dbname=x, host=db2,db3 dbname=y"),  # another database
+        (None, "host=db1,db2 port=5433 dbname=x, host=db2 dbname=x"),  # another port
+        (None, "service=a, service=b"),  # hosts in the service file, not read
+        ("postgresql://u@db1/x", "postgresql://u@db1:5433/x, postgresql://u@db1/y"),
+        # hosts that take turns as the primary: libpq passes over the one that is
+        *(
+            ("postgresql://u@db1,db2/x", f"postgresql://u@db1,db2/x?target_session_attrs={a}")
+            for a in ("standby", "prefer-standby", "read-only")
+        ),
+    ],
+)
+def test_replicas_that_share_no_server_are_accepted(primary: str | None, replicas: str) -> None:
+    from ragstore.config import Settings
+
+    """Only a server reached through two items (or an item and the primary) is refused:
+    what is not one as written, or is one libpq is told to pass over, is a replica."""
+    settings = Settings(database_url=primary, read_database_urls=replicas)
+    assert settings.read_database_urls is not None
+    assert settings.read_database_urls.get_secret_value() == replicas
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ragstore.models import COLLECTION_NAME
@@ -368,9 +368,10 @@ class Settings(BaseSettings):
 
     @field_validator("read_database_urls")
     @classmethod
-    def _replica_urls(cls, value: SecretStr | None) -> SecretStr | None:
+    def _replica_urls(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         """Each item of the list a PostgreSQL URL: a typo was taken as a replica that is
-        down, every read went to the primary, and nothing said why."""
+        down, every read went to the primary, and nothing said why. No server is reached
+        through two items, nor is the primary's (:func:`shared_servers`)."""
         if value is None:
             return None
         text = value.get_secret_value()
@@ -407,6 +408,34 @@ class Settings(BaseSettings):
                     f"server ({describe_server(key)}); list each replica once"
                 )
             seen[key] = number
+        # a server in two items (a multi-host item naming a host another one names) got
+        # the reads of both: its share doubled, the others' shrank. The primary's server in
+        # an item was read from as a replica (the first host that answers is the primary:
+        # unless the item asks libpq for a standby, every read it got was the primary's)
+        keys = [server_key(item) for item in items]
+        for later in range(1, len(keys)):
+            for earlier in range(later):
+                shared = shared_servers(keys[earlier], keys[later])
+                if shared is not None:
+                    raise ValueError(
+                        f"items {earlier + 1} and {later + 1} of the comma-separated list "
+                        f"both name {describe_server(shared)}: that server would take the "
+                        "reads of both (twice its share); name each server in one item only "
+                        "(hosts are compared as written, no name resolved)"
+                    )
+        primary = info.data.get("database_url")
+        if isinstance(primary, SecretStr) and primary.get_secret_value().strip():
+            primary_key = server_key(primary.get_secret_value())
+            for number, (item, key) in enumerate(zip(items, keys, strict=True), 1):
+                shared = shared_servers(primary_key, key)
+                if shared is not None and not asks_for_standby(item):
+                    raise ValueError(
+                        f"item {number} of the comma-separated list names the primary's "
+                        f"{describe_server(shared)} (RAGSTORE_DATABASE_URL): reads sent there "
+                        "would be the primary's; remove that host from the item, or add "
+                        "target_session_attrs=standby where its hosts take turns as the "
+                        "primary (hosts are compared as written, no name resolved)"
+                    )
         return value
 
     @field_validator("trusted_proxies")
@@ -546,7 +575,7 @@ def server_key(conninfo: str) -> tuple[object, ...]:
 
     params = {k: str(v).strip() for k, v in conninfo_to_dict(conninfo).items() if v is not None}
     hosts = [
-        h.strip().lower()
+        _host_as_written(h)
         for h in (
             params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST", "")
         ).split(",")
@@ -559,6 +588,45 @@ def server_key(conninfo: str) -> tuple[object, ...]:
     user = params.get("user") or os.environ.get("PGUSER", "")
     dbname = params.get("dbname") or os.environ.get("PGDATABASE", "") or user
     return (servers, dbname, params.get("service", ""))
+
+
+def _host_as_written(host: str) -> str:
+    """A host of a conninfo for comparing: lower case, a socket directory (``/tmp/``)
+    without its trailing ``/``. Nothing is resolved."""
+    host = host.strip().lower()
+    return (host.rstrip("/") or "/") if host.startswith("/") else host
+
+
+def shared_servers(a: tuple[object, ...], b: tuple[object, ...]) -> tuple[object, ...] | None:
+    """The servers two :func:`server_key` s have in common, as a key of their own (for
+    :func:`describe_server`): the same host and port, the same database. None when they
+    share none, or when either names a service (its hosts are in the service file, which is
+    not read).
+
+    Hosts are compared as written (case aside; a socket directory without a trailing
+    ``/``), ports with libpq's default filled in: no name is resolved, so ``localhost`` and
+    ``127.0.0.1``, or a host's name and its address, are two servers here."""
+    servers_a, dbname_a, service_a = a
+    servers_b, dbname_b, service_b = b
+    assert isinstance(servers_a, frozenset) and isinstance(servers_b, frozenset)
+    if service_a or service_b or dbname_a != dbname_b:
+        return None
+    shared = servers_a & servers_b
+    return (frozenset(shared), dbname_a, "") if shared else None
+
+
+# target_session_attrs under which libpq skips a primary that answers (prefer-standby
+# takes one only when no standby does, and the router's probe then finds it no standby)
+_STANDBY_ATTRS = frozenset({"standby", "prefer-standby", "read-only"})
+
+
+def asks_for_standby(conninfo: str) -> bool:
+    """Whether a (valid) conninfo has libpq pass over a primary among its hosts: a replica
+    item naming the primary's host (hosts that take turns as the primary) reaches a standby."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    attrs = conninfo_to_dict(conninfo).get("target_session_attrs") or ""
+    return str(attrs).strip().lower() in _STANDBY_ATTRS
 
 
 def describe_server(key: tuple[object, ...]) -> str:

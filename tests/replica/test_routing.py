@@ -19,9 +19,15 @@ from psycopg.conninfo import conninfo_to_dict
 from ragstore import Client
 from ragstore.api.routing import classify
 from ragstore.config import Settings
-from ragstore.db import lsn
+from ragstore.db import lsn, routing
 from ragstore.db.database import Database
-from ragstore.db.routing import PROBE_SLOW_S, REPLICA_TCP, ReadRouter, with_keepalives
+from ragstore.db.routing import (
+    PROBE_SLOW_S,
+    PROBE_TIMEOUT_S,
+    REPLICA_TCP,
+    ReadRouter,
+    with_keepalives,
+)
 from ragstore.errors import InputError
 from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server
@@ -138,6 +144,20 @@ def test_a_blackholed_replica_costs_reads_one_probe_timeout_in_all(database_url:
         finally:
             router.close()
             primary.close()
+
+
+def test_a_probe_of_a_blackholed_host_waits_the_probe_timeout_no_less() -> None:
+    """``PROBE_TIMEOUT_S`` said 1 s, and a probe of a host that never answers waited 2 s
+    (psycopg, like libpq, takes a connect timeout under 2 s as 2 s): the back-off threshold
+    and the shutdown's wait were reckoned from a timeout the probe never had. The constant is
+    now what the probe waits."""
+    with _blackhole() as (port, taken):
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.OperationalError):
+            routing._connect(f"postgresql://postgres@127.0.0.1:{port}/ragstore")
+        waited = time.monotonic() - t0
+    assert taken  # it connected, and was never answered
+    assert PROBE_TIMEOUT_S - 0.1 <= waited < PROBE_TIMEOUT_S + 0.9, waited
 
 
 def test_the_primary_listed_as_its_own_replica_twice_is_not_read_from(database_url: str) -> None:

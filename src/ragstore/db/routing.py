@@ -59,9 +59,16 @@ from ragstore.errors import (
 )
 from ragstore.observability import metrics
 
-# a replica that does not accept a connection this fast counts as down (libpq and psycopg
-# take a connect_timeout under 2 s as 2 s: a probe of a host that never answers waits 2 s)
-PROBE_TIMEOUT_S = 1
+# A replica that does not accept a probe's connection this fast counts as down: the probe's
+# connect_timeout, and what a probe of a host that never answers waits, per attempt. It was
+# 1 and waited 2 s all the same: psycopg (Connection.connect, conninfo.timeout_from_conninfo)
+# takes a connect_timeout under 2 s as 2 s, as libpq does, and truncates it to whole seconds
+# (0.5 is 0: its 130 s default). It applies it to each attempt in turn, one per host of a
+# multi-host URL and per address a host name resolves to: a URL of two hosts that never
+# answer costs a probe 4 s. No public API lowers it, and a deadline of our own around the
+# whole connect (a thread abandoned after 1 s) would cut the later hosts' attempts short:
+# a replica ``host=down,up`` that libpq reaches through ``up`` was never reached.
+PROBE_TIMEOUT_S = 2
 PROBE_QUERY_TIMEOUT_S = 3  # ... nor one whose probe queries do not answer this fast
 # A probe that failed after this long (a host that does not answer: a connection or query
 # timeout, not a refusal) puts its replica in a back-off: it is probed again after the probe
