@@ -336,9 +336,25 @@ def test_a_check_at_the_connection_limit_reads_on_a_pooled_connection(database_u
         admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
     url = psycopg.conninfo.make_conninfo(database_url, user=role)
     db = Database(url, min_size=1, max_size=1, connect_timeout_s=1)
+
+    def settled(sessions: int) -> None:
+        """Wait for a closed connection's backend to exit: the role's count holds it
+        until then, and the next connection would be refused."""
+        deadline = time.monotonic() + 10
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            while True:
+                row = admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", [role]
+                ).fetchone()
+                if row is not None and row[0] == sessions:
+                    return
+                assert time.monotonic() < deadline, f"{row} sessions of {role}"
+                time.sleep(0.05)
+
     try:
         with db.checking() as got:
             assert not got.full and got.conn.execute("SELECT 1").fetchone() == (1,)
+        settled(0)
         with db.connection() as conn:  # the pool opens: its one connection is the limit
             conn.execute("SELECT 1")
         with db.checking() as got:
@@ -347,6 +363,7 @@ def test_a_check_at_the_connection_limit_reads_on_a_pooled_connection(database_u
             pass
         assert busy.value.busy and is_full(busy.value), busy.value
         db.close()
+        settled(0)
         # the limit taken by another client, and no pool here
         with psycopg.connect(url), pytest.raises(DatabaseUnavailableError) as none, db.checking():
             pass
