@@ -18,7 +18,7 @@ from ragstore import backup
 from ragstore.api.errors import problem_body
 from ragstore.config import Settings
 from ragstore.db import spaces
-from ragstore.db.database import Breaker, Database, refused_for_limit
+from ragstore.db.database import Breaker, Database, is_full, refused_for_limit
 from ragstore.db.errors import (
     DISK_FULL,
     SQLSTATE_MAP,
@@ -318,6 +318,60 @@ def test_a_full_pool_at_the_servers_connection_limit_is_busy_not_down(database_u
         finally:
             db.close()
     finally:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role]
+            )
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_check_at_the_connection_limit_reads_on_a_pooled_connection(database_url: str) -> None:
+    """``Database.checking`` (what /readyz and the scrape read on) took the server's refusal
+    of a fresh connection for its connection limit for a server down. It lends a pooled
+    connection instead (``full``); without a pool it raises, told full (not down) by
+    ``is_full``; with every pooled connection held, busy as well."""
+    role = "limited_check_user"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
+    url = psycopg.conninfo.make_conninfo(database_url, user=role)
+    db = Database(url, min_size=1, max_size=1, connect_timeout_s=1)
+
+    def settled(sessions: int) -> None:
+        """Wait for a closed connection's backend to exit: the role's count holds it
+        until then, and the next connection would be refused."""
+        deadline = time.monotonic() + 10
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            while True:
+                row = admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", [role]
+                ).fetchone()
+                if row is not None and row[0] == sessions:
+                    return
+                assert time.monotonic() < deadline, f"{row} sessions of {role}"
+                time.sleep(0.05)
+
+    try:
+        with db.checking() as got:
+            assert not got.full and got.conn.execute("SELECT 1").fetchone() == (1,)
+        settled(0)
+        with db.connection() as conn:  # the pool opens: its one connection is the limit
+            conn.execute("SELECT 1")
+        with db.checking() as got:
+            assert got.full and got.conn.execute("SELECT 1").fetchone() == (1,)
+        with db.connection(), pytest.raises(DatabaseUnavailableError) as busy, db.checking():
+            pass
+        assert busy.value.busy and is_full(busy.value), busy.value
+        db.close()
+        settled(0)
+        # the limit taken by another client, and no pool here
+        with psycopg.connect(url), pytest.raises(DatabaseUnavailableError) as none, db.checking():
+            pass
+        assert is_full(none.value) and not none.value.busy, none.value
+        assert "connection limit" in none.value.public
+        assert db.breaker.failures == 0
+    finally:
+        db.close()
         with psycopg.connect(database_url, autocommit=True) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role]

@@ -11,13 +11,14 @@ import threading
 import time
 
 import httpx
+import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
 from ragstore import Client
 from ragstore.config import Settings
-from ragstore.db.database import describe
+from ragstore.db.database import describe, refused_for_limit
 from ragstore.errors import (
     ConflictError,
     DatabaseUnavailableError,
@@ -179,3 +180,108 @@ def test_a_busy_pool_leaves_the_server_ready_and_its_database_up(settings: Setti
             release.set()
             for t in threads:
                 t.join(30)
+
+
+@pytest.mark.parametrize("limit", ["role", "database"])
+def test_a_database_at_its_connection_limit_is_full_not_down(
+    settings: Settings, pg_admin_uri: str, limit: str
+) -> None:
+    """A server at its connection limit refuses a fresh connection (SQLSTATE 53300: "too
+    many connections for role", or for the database) yet answers every pooled one. /readyz
+    and the scrape each opened a fresh one and read that refusal as a database down: 503
+    (every API server on it drained by its balancer) and ``ragstore_db_up 0`` (paging
+    RagstoreDatabaseDown). They now read on a pooled connection: ready, ``checks.database``
+    saying full, the database up and ``ragstore_db_full 1``; with every pooled connection
+    held too, still ready (load, as a busy pool is) and up."""
+    from psycopg import sql
+
+    from ragstore.api import create_app
+    from tests.conftest import TEMPLATE, create_database, drop_database
+
+    role = f"full_{limit}"
+    url = create_database(pg_admin_uri, TEMPLATE)
+    dbname = conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(pg_admin_uri, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        role_limit = sql.SQL(" CONNECTION LIMIT 4" if limit == "role" else "")
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)) + role_limit)
+        # the tables are the admin's: the role reads them as a member (no superuser, which
+        # no connection limit binds)
+        owner = admin.execute("SELECT current_user").fetchone()
+        assert owner is not None
+        admin.execute(
+            sql.SQL("GRANT {} TO {}").format(sql.Identifier(owner[0]), sql.Identifier(role))
+        )
+        if limit == "database":
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 4").format(sql.Identifier(dbname))
+            )
+    as_role = psycopg.conninfo.make_conninfo(url, user=role)
+    held: list[psycopg.Connection[tuple[object, ...]]] = []
+    full = with_(
+        settings,
+        database_url=SecretStr(as_role),
+        auth="off",
+        pool_min_size=1,
+        pool_max_size=1,
+        connect_timeout_s=15.0,
+    )
+    app = create_app(full)
+    release = threading.Event()
+    try:
+        with running_server(full, app) as base:
+            assert httpx.get(f"{base}/v1/collections", timeout=30).status_code == 200
+            # take every slot left (the server holds its pooled one); refused twice, half a
+            # second apart: a backend of a connection closed at start may still be exiting
+            refusals = 0
+            while refusals < 2:
+                try:
+                    held.append(psycopg.connect(as_role, connect_timeout=5))
+                    refusals = 0
+                except psycopg.OperationalError as exc:
+                    assert refused_for_limit(exc), exc
+                    refusals += 1
+                    time.sleep(0.5)
+                assert len(held) < 10, "the connection limit never refused"
+            app.state.ragstore_readiness = None  # no answer from before the limit was hit
+
+            ready = httpx.get(f"{base}/readyz", timeout=10)
+            assert ready.status_code == 200, ready.text
+            checks = ready.json()["checks"]
+            assert checks["database"].startswith("full: it refuses new connections"), checks
+            assert checks["models"].endswith("collection(s) validated"), checks
+            scraped = httpx.get(f"{base}/metrics", timeout=10).text
+            assert "\nragstore_db_up 1.0\n" in scraped, scraped[:3000]
+            assert "\nragstore_db_full 1.0\n" in scraped, scraped[:3000]
+            assert "ragstore_collections " in scraped  # read on the pooled connection
+
+            db = app.state.ragstore.runtime.db
+            holding = threading.Event()
+
+            def hold() -> None:
+                with db.connection() as conn:
+                    conn.execute("SELECT 1")
+                    holding.set()
+                    release.wait(60)
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            try:
+                assert holding.wait(30)
+                app.state.ragstore_readiness = None
+                busy = httpx.get(f"{base}/readyz", timeout=10)
+                assert busy.status_code == 200, busy.text
+                assert "every pooled connection is in use" in busy.json()["checks"]["database"]
+                scraped = httpx.get(f"{base}/metrics", timeout=10).text
+                assert "\nragstore_db_up 1.0\n" in scraped, scraped[:3000]
+                assert "\nragstore_db_full 1.0\n" in scraped, scraped[:3000]
+            finally:
+                release.set()
+                holder.join(30)
+    finally:
+        release.set()
+        for conn in held:
+            conn.close()
+        drop_database(pg_admin_uri, url)
+        with psycopg.connect(pg_admin_uri, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

@@ -62,6 +62,28 @@ def refused_for_limit(exc: psycopg.Error) -> bool:
     return server_words.says(str(exc), server_words.TOO_MANY_CONNECTIONS)
 
 
+def is_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (a ragstore error translated from a failed connection, or psycopg's
+    own) is a refusal for a connection limit: the server answered, and is full."""
+    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    return isinstance(cause, psycopg.Error) and refused_for_limit(cause)
+
+
+# How long a check of the server (readiness, a scrape) waits for one of the process's
+# pooled connections when the server refuses a fresh one for its connection limit: well
+# within a balancer's probe timeout or a scrape's, and a free connection is lent at once
+CHECK_POOL_WAIT_S = 0.5
+
+
+@dataclass(frozen=True)
+class CheckConnection:
+    """A connection to check the server on (:meth:`Database.checking`); ``full`` says the
+    server refused a fresh one for its connection limit, so this is a pooled one."""
+
+    conn: psycopg.Connection[tuple[object, ...]]
+    full: bool
+
+
 # libpq's TCP settings of every connection ragstore opens, where the URL sets none of its
 # own (an operator's values stand). Without them a connection whose path to the server
 # went silent (no FIN, no RST: a failover that moved the server's address, a NAT or
@@ -306,6 +328,49 @@ class Database:
                 conn.close()
                 raise
             return conn
+
+    @contextmanager
+    def checking(self, *, wait_s: float = CHECK_POOL_WAIT_S) -> Iterator[CheckConnection]:
+        """A connection to check the server on (``/readyz``, the scrape's
+        ``ragstore_db_up``): a fresh one, so a pool that every request holds is not read
+        as a database down, and, when the server refuses that for its connection limit
+        (SQLSTATE 53300: ``max_connections``, a role's or the database's ``CONNECTION
+        LIMIT``), one of this process's pooled connections, lent within ``wait_s``.
+
+        A server at its limit answers every pooled connection: taken for down, it had
+        every API server drained by its balancer and paged ``RagstoreDatabaseDown``.
+        When the server is full and no pooled connection is free in time this raises
+        ``DatabaseUnavailableError`` with ``busy`` set (full and busy: load, not a
+        fault); when the process holds no pool it raises it without (this process cannot
+        reach the database at all), and :func:`is_full` tells both from a server down."""
+        try:
+            conn = self.connect(autocommit=True)
+        except DatabaseUnavailableError as exc:
+            if not is_full(exc):
+                raise
+            refusal = exc
+        else:
+            with conn:
+                yield CheckConnection(conn, full=False)
+            return
+        if self._pool is None:
+            raise DatabaseUnavailableError(
+                f"{refusal}; this process holds no connection to it: free connections on "
+                "the server or raise its max_connections (or the role's or database's "
+                "CONNECTION LIMIT)",
+                public="the database refuses new connections (connection limit reached)",
+            ) from refusal.__cause__
+        try:
+            with self.connection(wait_s=wait_s) as pooled:
+                yield CheckConnection(pooled, full=True)
+        except PoolTimeout:
+            raise DatabaseUnavailableError(
+                f"{refusal}; every pooled connection of this process is in use",
+                public="the database refuses new connections (connection limit reached) "
+                "and every pooled connection is in use",
+                retry_after=1.0,
+                busy=True,
+            ) from refusal.__cause__
 
     def server_info(self) -> ServerInfo:
         with self.connect(autocommit=True) as conn, translated(f"inspecting {self.where}"):

@@ -163,9 +163,13 @@ def _render(app: Any) -> bytes:
         # a fresh connection, not a pooled one: a pool that every request holds is load,
         # which the pool's own figures show; waiting for one of its connections held the
         # scrape for the pool timeout and then reported ragstore_db_up 0, paging
-        # RagstoreDatabaseDown for a busy server whose database answered
+        # RagstoreDatabaseDown for a busy server whose database answered; a database at
+        # its connection limit, which refuses the fresh one, is read on a pooled one
+        # (``ragstore_db_full``), never reported down
+        from ragstore.db.database import is_full
+
         collector = metrics.DatabaseCollector(
-            lambda: rt.db.connect(autocommit=True), data_dir=rt.settings.data_dir
+            lambda: rt.db.checking(), full=is_full, data_dir=rt.settings.data_dir
         )
         app.state.ragstore_db_collector = collector
     return metrics.render(collector)

@@ -467,7 +467,10 @@ Conn = Any  # a psycopg connection; kept loose so this module imports nothing fr
 class DatabaseCollector(Collector):
     """Per-collection sizes, job queue and data-dir disk usage, read at scrape time.
 
-    ``connect`` opens a short-lived connection (the caller's pool or a direct one). The
+    ``connect`` gives a context manager lending a connection to read on as ``.conn``, and
+    ``.full`` saying the server refused a fresh one for its connection limit
+    (:meth:`ragstore.db.database.Database.checking`); ``full`` tells an error it raises
+    for such a refusal (no pooled connection free, or none held) from a database down. The
     collection sizes are cached for ``ttl_s`` (refreshed sooner after an ingest in this
     process), so a scrape every few seconds costs one catalog query per ``ttl_s``; the job
     queue is read at every scrape. A failing database yields ``ragstore_db_up 0`` instead
@@ -475,9 +478,15 @@ class DatabaseCollector(Collector):
     """
 
     def __init__(
-        self, connect: Callable[[], Any], *, data_dir: Path | None = None, ttl_s: float = 30.0
+        self,
+        connect: Callable[[], Any],
+        *,
+        full: Callable[[BaseException], bool] = lambda exc: False,
+        data_dir: Path | None = None,
+        ttl_s: float = 30.0,
     ) -> None:
         self._connect = connect
+        self._full = full
         self._data_dir = data_dir
         self._ttl = ttl_s
         self._cached: list[Metric] = []
@@ -490,9 +499,17 @@ class DatabaseCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("ragstore_db_up", "1 when the database answered the last scrape.")
+        full = GaugeMetricFamily(
+            "ragstore_db_full",
+            "1 when the database refused the last scrape a new connection for its "
+            "connection limit (it answers: ragstore_db_up stays 1).",
+        )
         out: list[Metric] = []
+        at_limit = False
         try:
-            with self._lock, self._connect() as conn:
+            with self._lock, self._connect() as got:
+                at_limit = bool(got.full)
+                conn = got.conn
                 generation = _data_generation
                 stale = time.monotonic() - self._at >= self._ttl
                 if stale or generation != self._generation:
@@ -503,9 +520,15 @@ class DatabaseCollector(Collector):
                 # must not lag by the cache's lifetime
                 out = [*self._cached, *_job_metrics(conn)]
             up.add_metric([], 1)
-        except Exception:  # a scrape must never fail because the database is down
-            up.add_metric([], 0)
+        except Exception as exc:  # a scrape must never fail because the database is down
+            # a refusal for the connection limit is an answer (the server is up, and full):
+            # read as down, it paged RagstoreDatabaseDown for a database that served every
+            # pooled connection; the sizes and queue are left out when no pooled one was free
+            at_limit = self._full(exc)
+            up.add_metric([], 1 if at_limit else 0)
+        full.add_metric([], 1 if at_limit else 0)
         yield up
+        yield full
         yield from out
         yield from self._disk()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +17,15 @@ from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
 from ragstore.api.schemas import Health, Limits, Readiness, ReplicaPublic
 from ragstore.db import migrations, repository
+from ragstore.db.database import CheckConnection, is_full
 from ragstore.db.errors import translated
-from ragstore.errors import ModelError, NotFoundError, NotReadyError, RagstoreError
+from ragstore.errors import (
+    DatabaseUnavailableError,
+    ModelError,
+    NotFoundError,
+    NotReadyError,
+    RagstoreError,
+)
 from ragstore.runtime import Runtime
 
 log = logging.getLogger("ragstore.api")
@@ -65,6 +73,13 @@ def _viewer(state: ApiState, request: Request) -> Principal | None:
         return None
 
 
+FULL = "full: it refuses new connections (connection limit reached); checked on a pooled one"
+"""``checks.database`` of a server whose database is at its connection limit (:func:`_check`)."""
+FULL_AND_BUSY = (
+    "full: it refuses new connections (connection limit reached) and every pooled "
+    "connection is in use (load, not a fault: the server stays ready)"
+)
+
 READY_FRESH_S = 1.0
 """How old a readiness answer may be: the checks run at most about once a second (and one
 run at a time) however many probes come, and a database that went down shows within it."""
@@ -81,8 +96,8 @@ class _Checked:
 
 
 def _check(rt: Runtime) -> _Checked:
-    """The checks themselves, on two fresh connections (the ping, then the schema revision
-    and the collections), which is why they are shared (:func:`readiness`).
+    """The checks themselves, on one fresh connection (the ping, the schema revision and
+    the collections), which is why they are shared (:func:`readiness`).
 
     None of them takes a pooled connection: a pool that every request holds is load, not
     a fault, and readiness is not the place to shed it. Listing the collections on a
@@ -91,36 +106,56 @@ def _check(rt: Runtime) -> _Checked:
     rotation and its load moved onto the others, which became busy and were taken out in
     turn; the requests of a busy server are answered ``database_unavailable`` with
     ``Retry-After: 1`` instead, which sheds the excess. ``checks.pool`` says how busy the
-    pool is (:func:`_pool_check`), so the answer still shows it."""
+    pool is (:func:`_pool_check`), so the answer still shows it.
+
+    A server at its connection limit refuses the fresh connection (SQLSTATE 53300) yet
+    answers every pooled one: it was read as unreachable, and every API server on it was
+    drained at once. The checks then run on a pooled connection (``checks.database``
+    says ``full``), and with none free in time the server stays ready as a busy one does,
+    the schema and models not checked this time; only a server holding no connection to
+    a full database is not ready (:meth:`~ragstore.db.database.Database.checking`)."""
     checks: dict[str, str] = {}
-    try:
-        db = rt.raw_db()
-        db.ping()
-        checks["database"] = "ok"
-    except RagstoreError as exc:
-        log.warning("not ready: %s", exc)
-        raise NotReadyError(f"database unreachable: {public_detail(exc)}") from None
-    with db.connect(autocommit=True) as conn, translated("reading the schema and collections"):
-        st = migrations.status_of(migrations.current_revision(conn))
-        if not st.is_current:
-            raise NotReadyError(
-                f"schema is at {st.current or 'none'}, the code needs {st.head}: "
-                "run `ragstore db upgrade`"
-            )
-        found = repository.live_collections(conn)
-    checks["schema"] = st.head
-    checks["pool"] = _pool_check(rt)
     collections: dict[str, str] = {}
-    for coll in found:
+    with ExitStack() as stack:
         try:
-            rt.embedder_for(coll)
-            collections[coll.name] = "ok"
-        except (ModelError, NotFoundError) as exc:
-            collections[coll.name] = f"cannot embed queries: {exc.code}: {exc}"
-    bad = sum(1 for v in collections.values() if v != "ok")
-    checks["models"] = f"{len(found)} collection(s) validated" + (
-        f", {bad} cannot embed queries" if bad else ""
-    )
+            db = rt.raw_db()
+            lent = stack.enter_context(db.checking())
+            with translated(f"pinging {db.where}"):
+                lent.conn.execute("SELECT 1")
+            got: CheckConnection | None = lent
+        except RagstoreError as exc:
+            if not (isinstance(exc, DatabaseUnavailableError) and exc.busy and is_full(exc)):
+                log.warning("not ready: %s", exc)
+                what = "database full" if is_full(exc) else "database unreachable"
+                raise NotReadyError(f"{what}: {public_detail(exc)}") from None
+            log.warning("database full, every pooled connection in use (still ready): %s", exc)
+            got = None
+        if got is None:
+            checks["database"] = FULL_AND_BUSY
+            checks["schema"] = checks["models"] = "not checked: no connection free"
+        else:
+            checks["database"] = FULL if got.full else "ok"
+            with translated("reading the schema and collections"):
+                st = migrations.status_of(migrations.current_revision(got.conn))
+                if not st.is_current:
+                    raise NotReadyError(
+                        f"schema is at {st.current or 'none'}, the code needs {st.head}: "
+                        "run `ragstore db upgrade`"
+                    )
+                found = repository.live_collections(got.conn)
+            checks["schema"] = st.head
+    checks["pool"] = _pool_check(rt)
+    if got is not None:
+        for coll in found:
+            try:
+                rt.embedder_for(coll)
+                collections[coll.name] = "ok"
+            except (ModelError, NotFoundError) as exc:
+                collections[coll.name] = f"cannot embed queries: {exc.code}: {exc}"
+        bad = sum(1 for v in collections.values() if v != "ok")
+        checks["models"] = f"{len(found)} collection(s) validated" + (
+            f", {bad} cannot embed queries" if bad else ""
+        )
     checks["role"] = "replica (read-only)" if rt.read_only else "primary"
     replicas = [r.public() for r in rt.router.statuses()]
     if replicas:
