@@ -293,6 +293,14 @@ POOL_WAIT_SECONDS = Counter(
     "Time requests spent queueing for a connection.",
     registry=REGISTRY,
 )
+# not named ragstore_db_pool_wait_seconds: the counter above is stored under that name
+POOL_ACQUIRE_DURATION = Histogram(
+    "ragstore_db_pool_acquire_duration_seconds",
+    "Time to get a pooled connection (the wait for a free one included), by pool.",
+    ["pool"],
+    buckets=(0.0005, 0.001, *_LATENCY_BUCKETS),
+    registry=REGISTRY,
+)
 POOL_TIMEOUTS = Counter(
     "ragstore_db_pool_timeouts_total",
     "Requests that got no connection in time (errors).",
@@ -433,6 +441,14 @@ def observe_replica(replica: str, up: bool, lag_s: float | None) -> None:
 def record_read(target: str) -> None:
     """A routed read ran on ``target`` (``replica`` or ``primary``)."""
     DB_READS.labels(target).inc()
+
+
+def observe_pool_acquire(pool: str, seconds: float) -> None:
+    """One request for a pooled connection ended, lent one or timed out, after ``seconds``
+    (``pool``: ``primary`` or ``replica``). A search's duration includes this wait: the
+    histogram is what tells a pool that lends connections late from slow SQL or a slow
+    model under the same latency."""
+    POOL_ACQUIRE_DURATION.labels(pool).observe(seconds)
 
 
 def sync_pool(pool: Any) -> None:
