@@ -4,6 +4,7 @@ background jobs it runs; a port it cannot bind stops it before it takes a job.""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -15,7 +16,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+import procrastinate
 import pytest
 
 from ragstore import Client
@@ -90,6 +93,12 @@ def test_a_worker_serves_the_ingest_counters_of_its_jobs_and_closes_the_port_on_
         # its own pool's figures (the job's ingest used it), not the zeros of an idle pool
         assert _sample(after, "ragstore_db_pool_max_connections") >= 1
         assert _sample(after, "ragstore_db_pool_connections") >= 1
+        # and the job queue's own pool (procrastinate's: the loop fetches the jobs on it),
+        # which its max_size of 4 and its min_size of 1 tell apart from the runtime's
+        assert _sample(after, "ragstore_job_queue_pool_max_connections") == 4
+        assert _sample(after, "ragstore_job_queue_pool_connections") >= 1
+        assert "ragstore_job_queue_pool_connections_in_use " in after
+        assert "ragstore_job_queue_pool_requests_waiting " in after
         os.killpg(worker.pid, signal.SIGTERM)
         assert worker.wait(timeout=60) == 0, log.read_text()[-3000:]
         with pytest.raises((urllib.error.URLError, ConnectionError)):
@@ -163,3 +172,50 @@ def test_a_metrics_port_beyond_loopback_is_warned_of_and_closed_on_leaving(
         assert ("without authentication" in caplog.text) is warned, caplog.text
         with pytest.raises((urllib.error.URLError, ConnectionError)):
             _scrape(port)
+
+
+def test_the_job_queue_pool_in_use_and_waiting_reach_the_worker_port(settings: Settings) -> None:
+    """The queue's pool (procrastinate's, which the worker's loop fetches, beats and
+    records jobs on) is its own, apart from ``ragstore_db_pool_*``: a connection of it held,
+    and a second request waiting, show on the port while its app is open; before it is
+    built nothing of it is served (no zeros of a pool that does not exist)."""
+    assert settings.database_url is not None
+    chosen = with_(settings, worker_metrics_port=0)
+    built: list[procrastinate.App] = []
+    conninfo = settings.database_url.get_secret_value()
+
+    async def hold_and_scrape(port: int) -> tuple[str, str]:
+        # the worker's queue app, with a pool of one (build_queue's holds four)
+        connector = procrastinate.PsycopgConnector(conninfo=conninfo, min_size=1, max_size=1)
+        app = procrastinate.App(connector=connector)
+        built.append(app)
+        async with app.open_async():
+            pool = connector.pool
+            async with pool.connection():
+                waiter = asyncio.create_task(_borrow(pool))
+                for _ in range(100):
+                    if pool.get_stats().get("requests_waiting"):
+                        break
+                    await asyncio.sleep(0.05)
+                held = await asyncio.to_thread(_scrape, port)
+            await waiter
+            freed = await asyncio.to_thread(_scrape, port)
+        return held, freed
+
+    with serving_metrics(chosen, queue=lambda: next(iter(built), None)) as port:
+        assert port is not None
+        assert "ragstore_job_queue_pool" not in _scrape(port)
+        held, freed = asyncio.run(hold_and_scrape(port))
+        after_close = _scrape(port)
+    assert _sample(held, "ragstore_job_queue_pool_max_connections") == 1
+    assert _sample(held, "ragstore_job_queue_pool_connections") == 1
+    assert _sample(held, "ragstore_job_queue_pool_connections_in_use") == 1
+    assert _sample(held, "ragstore_job_queue_pool_requests_waiting") == 1
+    assert _sample(freed, "ragstore_job_queue_pool_connections_in_use") == 0
+    assert _sample(freed, "ragstore_job_queue_pool_requests_waiting") == 0
+    assert "ragstore_job_queue_pool" not in after_close  # its app closed: no pool
+
+
+async def _borrow(pool: Any) -> None:
+    async with pool.connection(timeout=30):
+        pass

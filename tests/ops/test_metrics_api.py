@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from collections.abc import Iterator
 
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ragstore.api import create_app
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
 from ragstore.db.database import Database
@@ -402,3 +404,59 @@ def test_requests_the_protocol_refuses_are_counted_by_their_error_code(
 
     assert grew("headers_too_large") == 1
     assert grew("malformed_request") == 1
+
+
+def test_a_search_waiting_for_a_pooled_connection_shows_in_the_pool_wait_histogram(
+    settings: Settings,
+) -> None:
+    """A search's duration includes its wait for a pooled connection: with every
+    connection held (a pool of one, held by another thread for a second), the search
+    histogram alone read as slow SQL or a slow model. The pool's own histogram says where
+    the second went."""
+    tight = settings.model_copy(
+        update={"auth": "off", "pool_min_size": 1, "pool_max_size": 1, "connect_timeout_s": 30}
+    )
+    app = create_app(tight)
+    search = {"query": "how to take a backup", "k": 2, "mode": "vector"}
+    with running_server(tight, app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        assert http.post("/v1/collections", json={"name": "opspoolwait"}).status_code == 201
+        text = "# Backups\n\nTake a backup with pg_dump before every upgrade.\n"
+        added = http.post(
+            "/v1/collections/opspoolwait/documents", json={"name": "b.md", "text": text}
+        )
+        assert added.status_code == 201, added.text
+        # once first: the model is loaded and cached, so the timed one waits for the pool only
+        assert http.post("/v1/collections/opspoolwait/search", json=search).status_code == 200
+        before = scrape(http)
+        rt = app.state.ragstore.runtime
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with rt.db.connection():
+                held.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert held.wait(30)
+        timer = threading.Timer(1.0, release.set)
+        timer.start()
+        try:
+            found = http.post("/v1/collections/opspoolwait/search", json=search)
+        finally:
+            release.set()
+            timer.cancel()
+            holder.join(30)
+        assert found.status_code == 200, found.text
+        after = scrape(http)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    wait = "ragstore_db_pool_acquire_duration_seconds"
+    assert grew(f"{wait}_count", pool="primary") >= 2  # the holder's and the search's
+    assert grew(f"{wait}_sum", pool="primary") >= 0.9
+    # one of them (the search's) waited past half a second
+    assert grew(f"{wait}_bucket", pool="primary", le="0.5") < grew(f"{wait}_count", pool="primary")
+    # and the search's own duration still includes that wait (its meaning is unchanged)
+    assert grew("ragstore_search_duration_seconds_sum", mode="vector") >= 0.9

@@ -34,6 +34,7 @@ from ragstore.config import Settings, conninfo_problem
 from ragstore.db import embedded, server_words
 from ragstore.db.errors import disk_full, refused_write, translate, translated
 from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError, known_address
+from ragstore.observability import metrics
 
 log = logging.getLogger("ragstore.db")
 
@@ -241,6 +242,8 @@ class Database:
 
     # libpq's TCP defaults of this database's connections (see :data:`CLIENT_TCP`)
     tcp: ClassVar[Mapping[str, int]] = CLIENT_TCP
+    # the ``pool`` label of its connection waits (ragstore_db_pool_acquire_duration_seconds)
+    pool_label: ClassVar[str] = "primary"
 
     def __init__(
         self,
@@ -599,11 +602,20 @@ class Database:
                 raise self.breaker.failing(f"{self.where} does not answer", wait)
             if self._pool is not None:
                 self._pool.check()  # drop the connections that died with the server
+        # the wait for a connection, measured apart: a search's duration includes it, and
+        # under pool exhaustion only this says the time went to the pool (opening the pool,
+        # for the first request, counts too: that request waited for it)
+        started = time.perf_counter()
+        lent = False
         try:
             with self.pool.connection(timeout=wait_s) as conn:
+                lent = True
+                metrics.observe_pool_acquire(self.pool_label, time.perf_counter() - started)
                 self._recheck_schema(conn)
                 yield conn
         except PoolTimeout:
+            if not lent:  # (not a PoolTimeout of a nested block's own request)
+                metrics.observe_pool_acquire(self.pool_label, time.perf_counter() - started)
             if wait_s is not None:
                 raise
             if self.probe():  # the server answers: every pooled connection is busy

@@ -144,6 +144,7 @@ class ReplicaDatabase(Database):
 
     router: ReadRouter
     tcp = REPLICA_TCP  # its connections' TCP defaults: see with_keepalives
+    pool_label = "replica"  # one series for every replica: the label set stays bounded
 
     def __init__(self, conninfo: str, **kwargs: Any) -> None:
         super().__init__(conninfo, **kwargs)

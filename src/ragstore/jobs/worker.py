@@ -216,13 +216,31 @@ async def watching_stalled(
         await watcher
 
 
+def queue_pool(app: procrastinate.App | None) -> Any:
+    """The connection pool of ``app``'s connector while the app is open, else None: what
+    its public ``pool`` gives (a psycopg pool), for its figures alone."""
+    connector = None if app is None else app.connector
+    if not isinstance(connector, procrastinate.PsycopgConnector):
+        return None
+    try:
+        return connector.pool
+    except procrastinate.exceptions.AppNotOpen:  # not opened yet, or closed
+        return None
+
+
 @contextlib.contextmanager
-def serving_metrics(settings: Settings, runtime: Runtime | None = None) -> Iterator[int | None]:
+def serving_metrics(
+    settings: Settings,
+    runtime: Runtime | None = None,
+    queue: Callable[[], procrastinate.App | None] | None = None,
+) -> Iterator[int | None]:
     """Serve this worker's Prometheus metrics on ``RAGSTORE_WORKER_METRICS_PORT`` (none
     when unset) for as long as the block runs; the port bound (a given 0 picks a free one).
     Each scrape first copies ``runtime``'s pool figures into the pool metrics, as the
     API's /metrics does for its own: nothing else in a worker updates them, and gauges
     left at zero read as an idle pool while the worker's jobs queued for a connection.
+    ``queue`` gives the job queue's app (None before it is built): its own pool's figures
+    are served too (``ragstore_job_queue_pool_*``, while the app is open).
 
     A worker counts the ingest and model calls of the jobs it runs in its own process:
     without a port of its own they reached a scrape only through a multiprocess folder
@@ -234,12 +252,17 @@ def serving_metrics(settings: Settings, runtime: Runtime | None = None) -> Itera
     if port is None:
         yield None
         return
-    from ragstore.observability.metrics import serve_process_metrics, sync_runtime
+    from ragstore.observability.metrics import (
+        JobQueuePoolMetrics,
+        serve_process_metrics,
+        sync_runtime,
+    )
     from ragstore.profiles import is_loopback
 
     host = settings.worker_metrics_host
     sync = None if runtime is None else functools.partial(sync_runtime, runtime)
-    server, thread = serve_process_metrics(host, port, sync=sync)
+    extra = () if queue is None else (JobQueuePoolMetrics(lambda: queue_pool(queue())),)
+    server, thread = serve_process_metrics(host, port, sync=sync, extra=extra)
     bound = int(server.server_address[1])
     if not is_loopback(host):
         # no API key guards it (it reads no database, so it has none to check): the same
@@ -280,7 +303,8 @@ async def _run(
     # before any job is taken: a worker that cannot stage a job's files failed each job
     staging.check_writable(settings)
     # the runtime opens nothing before rt.db: the port is still bound before anything else
-    with Runtime(settings) as rt, serving_metrics(settings, rt):
+    built: list[procrastinate.App] = []  # the queue's app, once built (its pool's figures)
+    with Runtime(settings) as rt, serving_metrics(settings, rt, lambda: next(iter(built), None)):
         db = rt.db  # checks the server and the schema before taking any job
         if rt.read_only:
             # a worker writes (its registration, every job): on a standby procrastinate's
@@ -291,6 +315,7 @@ async def _run(
             )
         staging.sweep(settings)  # files a killed worker or server left
         app = build_queue(db.tcp_conninfo, runtime=rt)
+        built.append(app)
         app.job_manager = LiveJobManager(
             app.connector,
             db.conninfo,

@@ -293,6 +293,14 @@ POOL_WAIT_SECONDS = Counter(
     "Time requests spent queueing for a connection.",
     registry=REGISTRY,
 )
+# not named ragstore_db_pool_wait_seconds: the counter above is stored under that name
+POOL_ACQUIRE_DURATION = Histogram(
+    "ragstore_db_pool_acquire_duration_seconds",
+    "Time to get a pooled connection (the wait for a free one included), by pool.",
+    ["pool"],
+    buckets=(0.0005, 0.001, *_LATENCY_BUCKETS),
+    registry=REGISTRY,
+)
 POOL_TIMEOUTS = Counter(
     "ragstore_db_pool_timeouts_total",
     "Requests that got no connection in time (errors).",
@@ -435,6 +443,14 @@ def record_read(target: str) -> None:
     DB_READS.labels(target).inc()
 
 
+def observe_pool_acquire(pool: str, seconds: float) -> None:
+    """One request for a pooled connection ended, lent one or timed out, after ``seconds``
+    (``pool``: ``primary`` or ``replica``). A search's duration includes this wait: the
+    histogram is what tells a pool that lends connections late from slow SQL or a slow
+    model under the same latency."""
+    POOL_ACQUIRE_DURATION.labels(pool).observe(seconds)
+
+
 def sync_pool(pool: Any) -> None:
     """Copy a psycopg pool's ``get_stats()`` into the pool metrics (None: no pool yet)."""
     stats: dict[str, int] = pool.get_stats() if pool is not None else {}
@@ -449,6 +465,67 @@ def sync_pool(pool: Any) -> None:
     _DELTAS.add(key + "waits", float(stats.get("requests_queued", 0)), POOL_WAITS)
     _DELTAS.add(key + "wait_s", stats.get("requests_wait_ms", 0) / 1000.0, POOL_WAIT_SECONDS)
     _DELTAS.add(key + "timeouts", float(stats.get("requests_errors", 0)), POOL_TIMEOUTS)
+
+
+class JobQueuePoolMetrics(Collector):
+    """The job queue's own connection pool (procrastinate's, apart from the runtime's: a
+    worker's loop fetches jobs, beats and records their outcomes on it), read at each
+    scrape from ``pool()``: a psycopg pool, or None while the queue is not open (nothing is
+    reported then). Only ``get_stats()`` is read, the pool's public figures.
+
+    Served by ``ragstore worker --metrics-port`` alone: ``ragstore_db_pool_*`` are the
+    runtime's pool, and a worker whose jobs queued for the queue's four connections showed
+    nothing of it."""
+
+    def __init__(self, pool: Callable[[], Any]) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self._pool()
+        if pool is None:
+            return
+        stats: dict[str, int] = {}
+        for _ in range(3):
+            try:
+                stats = pool.get_stats()
+                break
+            except RuntimeError:  # its counters grew a key under the copy (the loop's thread)
+                continue
+        size = stats.get("pool_size", 0)
+        # (each name written out: the doc test finds every family by its literal name)
+        figures = (
+            (
+                GaugeMetricFamily(
+                    "ragstore_job_queue_pool_max_connections",
+                    "Largest size the job queue's pool may grow to.",
+                ),
+                stats.get("pool_max", 0),
+            ),
+            (
+                GaugeMetricFamily(
+                    "ragstore_job_queue_pool_connections",
+                    "Connections the job queue's pool holds now (idle and in use).",
+                ),
+                size,
+            ),
+            (
+                GaugeMetricFamily(
+                    "ragstore_job_queue_pool_connections_in_use",
+                    "Job queue connections lent out now.",
+                ),
+                max(0, size - stats.get("pool_available", 0)),
+            ),
+            (
+                GaugeMetricFamily(
+                    "ragstore_job_queue_pool_requests_waiting",
+                    "Job queue requests waiting now for a connection.",
+                ),
+                stats.get("requests_waiting", 0),
+            ),
+        )
+        for family, figure in figures:
+            family.add_metric([], float(figure))
+            yield family
 
 
 def sync_runtime(rt: Any) -> None:
@@ -920,11 +997,15 @@ class ProcessMetrics(Collector):
 
 
 def serve_process_metrics(
-    host: str, port: int, *, sync: Callable[[], None] | None = None
+    host: str,
+    port: int,
+    *,
+    sync: Callable[[], None] | None = None,
+    extra: Iterable[Collector] = (),
 ) -> tuple[Any, threading.Thread]:
-    """Serve :class:`ProcessMetrics` (``sync`` run before each scrape) over HTTP on
-    ``host``:``port`` from a daemon thread (prometheus-client's threaded WSGI server);
-    the server and its thread. Stop it with
+    """Serve :class:`ProcessMetrics` (``sync`` run before each scrape) and the ``extra``
+    collectors over HTTP on ``host``:``port`` from a daemon thread (prometheus-client's
+    threaded WSGI server); the server and its thread. Stop it with
     ``server.shutdown()`` then ``server.server_close()``.
 
     A port that cannot be bound (in use, no such address, a privileged port) raises a
@@ -937,6 +1018,8 @@ def serve_process_metrics(
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProcessMetrics(sync))
+    for collector in extra:
+        registry.register(collector)
     try:
         return start_wsgi_server(port, addr=host, registry=registry)
     except socket.gaierror as exc:
