@@ -359,9 +359,15 @@ def test_a_check_at_the_connection_limit_reads_on_a_pooled_connection(database_u
             conn.execute("SELECT 1")
         with db.checking() as got:
             assert got.full and got.conn.execute("SELECT 1").fetchone() == (1,)
+        pool = db.opened_pool
+        assert pool is not None
+        errors = pool.get_stats().get("requests_errors", 0)
         with db.connection(), pytest.raises(DatabaseUnavailableError) as busy, db.checking():
             pass
         assert busy.value.busy and is_full(busy.value), busy.value
+        # told from the pool's figures: no request timed out, which would count in
+        # ragstore_db_pool_timeouts_total and page (a check runs every second)
+        assert pool.get_stats().get("requests_errors", 0) == errors
         db.close()
         settled(0)
         # the limit taken by another client, and no pool here

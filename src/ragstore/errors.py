@@ -133,6 +133,13 @@ class DatabaseUnavailableError(RetryLater, DatabaseError):
         self.busy = busy
 
 
+class WriteLocksBusyError(DatabaseUnavailableError):
+    """A collection's write locks still held by another write after
+    ``RAGSTORE_BULK_LOAD_WAIT_S``: busy, and the message already says what became of the
+    write that waited (its transaction rolled back), so callers add nothing to it.
+    Raised with ``busy`` set."""
+
+
 class ExtensionMissingError(DatabaseError):
     code = "extension_missing"
     http_status = 503

@@ -344,8 +344,9 @@ class Database:
         every API server drained by its balancer and paged ``RagstoreDatabaseDown``.
         When the server is full and no pooled connection is free in time this raises
         ``DatabaseUnavailableError`` with ``busy`` set (full and busy: load, not a
-        fault); when the process holds no pool it raises it without (this process cannot
-        reach the database at all), and :func:`is_full` tells both from a server down."""
+        fault); when the process's pool holds no connection it raises it without (this
+        process cannot reach the database at all), and :func:`is_full` tells both from a
+        server down. Neither asks the pool for a connection it does not have idle."""
         try:
             conn = self.connect(autocommit=True)
         except DatabaseUnavailableError as exc:
@@ -356,24 +357,33 @@ class Database:
             with conn:
                 yield CheckConnection(conn, full=False)
             return
-        if self._pool is None:
+        # The pool's own figures decide before it is asked: a request that timed out
+        # would count in ragstore_db_pool_timeouts_total (whose alert pages at once) and
+        # in the acquire histogram, so a check every second would page by itself; and a
+        # pool holding no connection (its connections lost with a restart, the slots
+        # taken by other clients since) cannot lend one: this process is not ready.
+        stats = self._pool.get_stats() if self._pool is not None else {}
+        if not stats.get("pool_size"):
             raise DatabaseUnavailableError(
                 f"{refusal}; this process holds no connection to it: free connections on "
                 "the server or raise its max_connections (or the role's or database's "
                 "CONNECTION LIMIT)",
                 public="the database refuses new connections (connection limit reached)",
             ) from refusal.__cause__
+        busy = DatabaseUnavailableError(
+            f"{refusal}; every pooled connection of this process is in use",
+            public="the database refuses new connections (connection limit reached) "
+            "and every pooled connection is in use",
+            retry_after=1.0,
+            busy=True,
+        )
+        if not stats.get("pool_available"):
+            raise busy from refusal.__cause__
         try:
             with self.connection(wait_s=wait_s) as pooled:
                 yield CheckConnection(pooled, full=True)
-        except PoolTimeout:
-            raise DatabaseUnavailableError(
-                f"{refusal}; every pooled connection of this process is in use",
-                public="the database refuses new connections (connection limit reached) "
-                "and every pooled connection is in use",
-                retry_after=1.0,
-                busy=True,
-            ) from refusal.__cause__
+        except PoolTimeout:  # another request took the idle one first
+            raise busy from refusal.__cause__
 
     def server_info(self) -> ServerInfo:
         with self.connect(autocommit=True) as conn, translated(f"inspecting {self.where}"):

@@ -52,6 +52,7 @@ from ragstore.errors import (
     ModelError,
     ModelMismatchError,
     ModelNotFoundError,
+    WriteLocksBusyError,
 )
 from ragstore.imports.records import Record, Source
 from ragstore.imports.validate import ValidationReport, validate
@@ -758,7 +759,7 @@ class _Writer:
                 self.progress("committed", len(self.ids), len(self.ids))
             done = True
         except DatabaseError as exc:
-            if not done and not (isinstance(exc, DatabaseUnavailableError) and exc.busy):
+            if not done and not isinstance(exc, WriteLocksBusyError):  # it says so itself
                 exc.message = f"{exc.message}; {_what_became_of_it(committing)}"
             raise
         finally:
