@@ -287,6 +287,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     first browser test until the session ends; the async tests after it (langchain-tests'
     async suite, the MCP client sessions, both on pytest-asyncio/anyio) then fail with
     "Cannot run the event loop while another loop is running". The sort is stable, so
-    every other test keeps its order.
+    every other test keeps its order. Under pytest-xdist (pyproject's addopts) each worker
+    process runs whole files in this order (``--dist loadfile --no-loadscope-reorder``):
+    the browser file is then the last file given out, so nothing runs after it on its
+    worker. xdist's default reorder (largest files first) gave it out early, and every
+    async test after it on that worker failed so.
     """
     items.sort(key=lambda item: item.path.name == "test_console_browser.py")
