@@ -133,17 +133,17 @@ def test_an_unknown_key_id_and_a_wrong_secret_get_the_same_answer(
         answers[key_id] = (r.status_code, body["code"], body["detail"].replace(key_id, "ID"))
     assert len(set(answers.values())) == 1, answers
 
-    def took(key_id: str) -> float:  # the fastest of three checks
-        times = []
-        for _ in range(3):
+    # the fastest of five checks of each, the three interleaved: a busy moment of the
+    # machine (another test process) then slows one round of all three, not one key's
+    fastest = dict.fromkeys((unknown, live, revoked), float("inf"))
+    for _ in range(5):
+        for key_id in fastest:
             started = time.perf_counter()
             with pytest.raises(AuthenticationError, match="is not valid"):
                 keys.authenticate(f"rsk_{key_id}_" + "z" * 43, "10.9.9.9")
-            times.append(time.perf_counter() - started)
-        return min(times)
-
-    wrong = took(live)
-    assert took(unknown) > wrong / 2 and took(revoked) > wrong / 2, wrong  # one scrypt each
+            fastest[key_id] = min(fastest[key_id], time.perf_counter() - started)
+    wrong = fastest[live]
+    assert fastest[unknown] > wrong / 2 and fastest[revoked] > wrong / 2, fastest  # one scrypt each
 
 
 def test_two_authorization_headers_are_401_whatever_the_method(
