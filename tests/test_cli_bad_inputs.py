@@ -22,7 +22,9 @@ CLI = [sys.executable, "-c", "import sys; from ragstore.cli import main; main(sy
     [
         ("RAGSTORE_DATABASE_URL", "", "it is empty; set it to postgresql://"),
         ("RAGSTORE_DATABASE_URL", "  ", "it is empty; set it to postgresql://"),
-        ("RAGSTORE_DATABASE_URL", "http://u:hunter2@db/x", "it is a http:// URL"),
+        ("RAGSTORE_DATABASE_URL", "http://u:hunter2@db/x", "it is an http:// URL"),
+        ("RAGSTORE_DATABASE_URL", "mysql://u:hunter2@db/x", "it is a mysql:// URL"),
+        ("RAGSTORE_DATABASE_URL", "9x://u:hunter2@db/x", "it is a URL of another scheme"),
         ("RAGSTORE_DATABASE_URL", "hunter2", "it is not a PostgreSQL URL"),
         (
             "RAGSTORE_READ_DATABASE_URLS",
@@ -140,6 +142,60 @@ def test_a_database_url_libpq_cannot_take_is_a_config_error(
 
 
 @pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        # a validator's own ValueError: pydantic put "Value error, " before its message
+        (
+            "RAGSTORE_TRUSTED_PROXIES",
+            "10.0.0.5, *",
+            "'*' is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/24)",
+        ),
+        (
+            "RAGSTORE_URL",
+            "ftp://ragstore",
+            "not an http(s) URL of a ragstore server (e.g. http://127.0.0.1:8080); unset it "
+            "to work on the database directly",
+        ),
+        # pydantic's own words say what is wrong: kept as they are
+        (
+            "RAGSTORE_WORKER_MAX_ATTEMPTS",
+            "lots",
+            "Input should be a valid integer, unable to parse string as an integer",
+        ),
+        ("RAGSTORE_PROFILE", "production", "Input should be 'dev', 'test' or 'prod'"),
+    ],
+)
+def test_a_bad_setting_is_one_line_in_the_users_words(
+    variable: str,
+    value: str,
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The line says what a validator said, without pydantic's ``Value error, `` before it
+    (the name of a Python exception in the middle of a sentence written for the user)."""
+    monkeypatch.setenv(variable, value)
+    assert run_cli("config", "show") == CONFIG_INVALID
+    out, err = capsys.readouterr()
+    assert out == ""
+    shown = "(secret)" if variable == "RAGSTORE_URL" else repr(value)
+    assert err == f"error[config_invalid]: {variable}={shown} is invalid: {said}\n"
+
+
+def test_a_validators_message_is_its_own_without_pydantics_context() -> None:
+    """``errors(include_context=False)`` holds no exception to read the message from: the
+    prefix is taken off pydantic's message instead."""
+    from pydantic import ValidationError
+
+    from ragstore.config import Settings, describe_error
+
+    with pytest.raises(ValidationError) as refused:
+        Settings(data_dir="  ")
+    said = describe_error(refused.value.errors(include_context=False)[0])
+    assert said.startswith("RAGSTORE_DATA_DIR='  ' is invalid: it is empty; name a folder, ")
+
+
+@pytest.mark.parametrize(
     "value",
     [
         "postgresql://u@db:5432/x",
@@ -172,8 +228,7 @@ def test_a_replica_item_naming_the_primarys_server_is_a_config_error(
     out, err = capsys.readouterr()
     assert out == ""
     assert err == (
-        "error[config_invalid]: RAGSTORE_READ_DATABASE_URLS=(secret) is invalid: Value error, "
-        "item 2 of "
+        "error[config_invalid]: RAGSTORE_READ_DATABASE_URLS=(secret) is invalid: item 2 of "
         "the comma-separated list names the primary's db1:5432, database x "
         "(RAGSTORE_DATABASE_URL): reads sent there would be the primary's; remove that host "
         "from the item, or add target_session_attrs=standby where its hosts take turns as the "

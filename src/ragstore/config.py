@@ -647,6 +647,10 @@ def _first_of(text: str, chars: str, start: int) -> int:
     return min(found, default=len(text))
 
 
+# schemes read letter by letter whose first letter's name starts with a vowel sound
+_SPELLED_AN = frozenset({"http", "https", "ftp", "ftps", "sftp", "smb", "ldap", "ldaps"})
+
+
 def _check_conninfo(text: str, which: str) -> None:
     """Refuse what libpq could never take as a connection string: a URL of another
     scheme (``http://``), a bare word, or a URL or ``key=value`` string libpq cannot parse
@@ -660,8 +664,13 @@ def _check_conninfo(text: str, which: str) -> None:
     if "://" in text:
         scheme = text.split("://", 1)[0].lower()
         if scheme not in ("postgresql", "postgres"):
-            shown = scheme if re.fullmatch(r"[a-z][a-z0-9+.-]{0,15}", scheme) else "another"
-            problem = f"{which or 'it '}is a {shown}:// URL, not postgresql://"
+            if re.fullmatch(r"[a-z][a-z0-9+.-]{0,15}", scheme):
+                # said letter by letter: an http://, an ftp://
+                article = "an" if scheme[0] in "aeiou" or scheme in _SPELLED_AN else "a"
+                shown = f"{article} {scheme}:// URL"
+            else:
+                shown = "a URL of another scheme"
+            problem = f"{which or 'it '}is {shown}, not postgresql://"
             raise ValueError(f"{problem}; e.g. postgresql://user:password@host:5432/dbname")
         form, example = "PostgreSQL URL", "percent-encode a reserved character (@ as %40)"
     elif "=" in text:  # libpq's key=value form (host=/tmp dbname=x)
@@ -723,6 +732,8 @@ def conninfo_problem(exc: BaseException) -> str:
 
 
 def describe_error(err: dict[str, Any]) -> str:
+    """The line a user reads for one of pydantic's errors on a setting: the variable, its
+    value (hidden where it may hold a secret) and what is wrong (:func:`error_message`)."""
     field = ".".join(str(p) for p in err.get("loc", ())) or "settings"
     variable = ENV_PREFIX + field.upper()
     value = err.get("input")
@@ -730,4 +741,25 @@ def describe_error(err: dict[str, Any]) -> str:
         shown = "(secret)"
     else:
         shown = repr(value)
-    return f"{variable}={shown} is invalid: {err.get('msg', 'bad value')}"
+    return f"{variable}={shown} is invalid: {error_message(err)}"
+
+
+# the error types whose message pydantic builds as "<prefix>, <the exception's text>"
+_WRAPPED_ERRORS = {"value_error": "Value error, ", "assertion_error": "Assertion failed, "}
+
+
+def error_message(err: dict[str, Any]) -> str:
+    """What is wrong, in one of pydantic's errors: a validator's own message as it raised
+    it, pydantic's own wording otherwise (``Input should be a valid integer``).
+
+    pydantic puts ``Value error, `` (``Assertion failed, `` for an assert) before the
+    message of an exception a validator raised: the CLI printed ``RAGSTORE_DATA_DIR=''
+    is invalid: Value error, it is empty; ...``, the name of a Python exception in the
+    middle of a sentence written for the user."""
+    msg = str(err.get("msg", "bad value"))
+    prefix = _WRAPPED_ERRORS.get(str(err.get("type")))
+    if prefix is None:
+        return msg
+    raised = (err.get("ctx") or {}).get("error")  # absent from errors(include_context=False)
+    text = str(raised if raised is not None else msg.removeprefix(prefix)).strip()
+    return text or msg  # a bare ``assert``: pydantic's words are all there is
