@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ragstore import Client
 from ragstore.api.routing import classify
@@ -377,3 +377,72 @@ def test_replica_connections_get_keepalives_unless_their_url_sets_them() -> None
     )
     assert mine["keepalives_idle"] == "30" and mine["tcp_user_timeout"] == "0"
     assert mine["keepalives_count"] == str(REPLICA_TCP["keepalives_count"])
+
+
+def _open_probe_conns(router: ReadRouter) -> list[psycopg.Connection[object]]:
+    conns = [router._primary_conn, *(r.probe_conn for r in router._replicas)]
+    return [c for c in conns if c is not None and not c.closed]
+
+
+def test_closing_the_router_mid_probe_of_several_blackholed_replicas_leaves_nothing_open(
+    database_url: str,
+) -> None:
+    """A request's probe holds the probe lock across every stale replica, a probe timeout
+    for each that does not answer; ``close()`` waited for it a bounded while (two probes'
+    length) and closed beside it: the probe went on after the close, connected the
+    replica after the blackholed ones and left that connection open. The probe stops at
+    the next replica now, so the close waits for one replica's probe, not the list."""
+    primary = Database(database_url)
+    with _blackhole() as (port, taken):
+        down = [f"postgresql://postgres@127.0.0.1:{port}/r{i}" for i in range(6)]
+        # the last one answers (the primary, not a standby): its probe connects
+        router = ReadRouter(primary, [*down, database_url], max_lag_s=5, wait_s=0)
+        reader = threading.Thread(target=router.choose, daemon=True)
+        try:
+            reader.start()
+            deadline = time.monotonic() + 5
+            while not taken and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert taken  # the probe of the first blackholed replica is under way
+            t0 = time.monotonic()
+            router.close()
+            closing = time.monotonic() - t0
+            reader.join(len(down) * PROBE_TIMEOUT_S + 5)
+            assert not reader.is_alive()
+            assert _open_probe_conns(router) == []
+            assert closing < PROBE_TIMEOUT_S + 1, closing  # one replica's probe, not six
+        finally:
+            router.close()
+            primary.close()
+
+
+def test_a_probe_that_connects_after_close_gave_up_waiting_closes_what_it_opened(
+    database_url: str,
+) -> None:
+    """A multi-host replica URL whose first hosts never answer costs one probe a probe
+    timeout per host: longer than ``close()`` waits for it. The probe connected the last
+    host after the close and kept the connection; it closes it as it ends now."""
+    params = conninfo_to_dict(database_url)
+    primary = Database(database_url)
+    with _blackhole() as (port, taken):
+        dead = 6  # 12 s of connecting: past the close's wait (PROBE_TIMEOUT_S + query, twice)
+        url = make_conninfo(
+            database_url,
+            host=",".join(["127.0.0.1"] * dead + [str(params.get("host") or "")]),
+            port=",".join([str(port)] * dead + [str(params.get("port") or 5432)]),
+        )
+        router = ReadRouter(primary, [url], max_lag_s=5, wait_s=0)
+        reader = threading.Thread(target=router.choose, daemon=True)
+        try:
+            reader.start()
+            deadline = time.monotonic() + 5
+            while not taken and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert taken  # the probe is connecting through the blackholed hosts
+            router.close()
+            reader.join(dead * PROBE_TIMEOUT_S + 5)
+            assert not reader.is_alive()
+            assert _open_probe_conns(router) == []
+        finally:
+            router.close()
+            primary.close()

@@ -478,11 +478,18 @@ class ReadRouter:
         if not stale or not self._probe_lock.acquire(blocking=False):
             return  # fresh, or another request is probing: use what we know
         try:
+            if self._closed:
+                return  # nothing is opened after close()
             primary_lsn = self._primary_lsn()
             for r in stale:
+                if self._closed:
+                    # close() waits for this probe, a bounded while: one replica's probe
+                    # more at most, where the rest of the list (a probe timeout each for
+                    # those that do not answer) outlasted its wait
+                    break
                 self._probe(r, primary_lsn)
         finally:
-            self._probe_lock.release()
+            self._release_probe_lock()
 
     def _primary_lsn(self) -> int | None:
         try:
@@ -516,13 +523,14 @@ class ReadRouter:
                 r.probing = False
             return
         try:
-            with self._probe_lock:
-                if self._closed:
-                    _drop(conn)
-                    return
+            self._probe_lock.acquire()
+            try:
                 _drop(r.probe_conn)
-                r.probe_conn = conn
-                self._probe(r, self._primary_lsn())
+                r.probe_conn = conn  # dropped at the release where the router is closed
+                if not self._closed:
+                    self._probe(r, self._primary_lsn())
+            finally:
+                self._release_probe_lock()
         finally:
             with self._lock:
                 r.probing = False
@@ -648,6 +656,8 @@ class ReadRouter:
         if not self._probe_lock.acquire(timeout=max(0.0, wait_s)):
             return None  # a probe holds it (until its deadline at most): not known in time
         try:
+            if self._closed:
+                return None
             if r.probe_conn is None or r.probe_conn.closed:
                 r.probe_conn = _connect(r.db.tcp_conninfo)
             with _deadline(r.probe_conn):
@@ -657,7 +667,7 @@ class ReadRouter:
             r.probe_conn = None
             return None
         finally:
-            self._probe_lock.release()
+            self._release_probe_lock()
         return state.replay_lsn if state.in_recovery else None
 
     def _set_down(self, r: _Replica, exc: psycopg.Error, started: float) -> None:
@@ -701,20 +711,40 @@ class ReadRouter:
             r.db.close()  # drop connections a past outage may have broken
         metrics.observe_replica(r.status.name, up, lag)
 
+    def _release_probe_lock(self) -> None:
+        """Release the probe lock, first closing the probe connections where the router
+        was closed meanwhile: see :meth:`close`."""
+        try:
+            if self._closed:
+                self._drop_probe_conns()
+        finally:
+            self._probe_lock.release()
+
+    def _drop_probe_conns(self) -> None:
+        """Close the primary's and every replica's probe connection (the probe lock held)."""
+        for r in self._replicas:
+            _drop(r.probe_conn)
+            r.probe_conn = None
+        _drop(self._primary_conn)
+        self._primary_conn = None
+
     def close(self) -> None:
-        """Close every pool and probe connection. A probe under way (a background one, or
-        a request's) holds the probe lock while it connects its replica and the primary's
-        probe connection: waited for here (as long as a probe can take), so that what it
-        opened is closed too, where closing beside it left them open."""
-        self._closed = True  # a background probe that has not connected yet drops its
+        """Close every pool and probe connection.
+
+        A probe under way (a background one, or a request's) holds the probe lock while it
+        connects and queries: it is waited for here, a bounded while, and stops at the next
+        replica. Where the wait ran out first (a multi-host URL whose hosts do not answer
+        takes a probe timeout for each), whoever holds the probe lock closes the probe
+        connections as it releases it, what it opened since included: closed beside it, a
+        probe that went on connected its next replica after the close and left that
+        connection open, or ran its query on a connection closed under it."""
+        self._closed = True  # probes stop at the next replica, and close as they release
         held = self._probe_lock.acquire(timeout=2 * (PROBE_TIMEOUT_S + PROBE_QUERY_TIMEOUT_S))
         try:
             for r in self._replicas:
                 r.db.close()
-                _drop(r.probe_conn)
-                r.probe_conn = None
-            _drop(self._primary_conn)
-            self._primary_conn = None
+            if held:
+                self._drop_probe_conns()
         finally:
             if held:
                 self._probe_lock.release()
