@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from ragstore.db import documents, spaces
-from ragstore.errors import DatabaseUnavailableError
 from ragstore.ingest import ingest_paths
-from ragstore.integrity import check
+from ragstore.integrity import CheckReport, check
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from tests.conftest import run_cli
@@ -138,8 +137,8 @@ def test_a_recount_behind_a_stuck_bulk_load_fails_by_the_deadline(
 ) -> None:
     """The repair's BM25 recount takes the collection's write locks (``begin_bulk``);
     behind a stuck write of the collection that holds them it waited for good, saying
-    nothing. It now fails after ``RAGSTORE_BULK_LOAD_WAIT_S``, retryable, the statistics
-    as they were, and repairs once that write ends."""
+    nothing. It now gives up after ``RAGSTORE_BULK_LOAD_WAIT_S``, reported busy (retry),
+    the statistics as they were, and repairs once that write ends."""
     _ingested(rt, tmp_path, "recount")
     coll = rt.collection("recount")
     with rt.db.connection() as conn:
@@ -150,10 +149,11 @@ def test_a_recount_behind_a_stuck_bulk_load_fails_by_the_deadline(
     update = {"bulk_load_wait_s": 0.5}
     with Runtime(rt.settings.model_copy(update=update)) as short:
         failed: list[BaseException] = []
+        done: list[CheckReport] = []
 
         def repair() -> None:
             try:
-                check(short, "recount", repair=True)
+                done.append(check(short, "recount", repair=True))
             except BaseException as exc:  # the test reads it
                 failed.append(exc)
 
@@ -166,12 +166,82 @@ def test_a_recount_behind_a_stuck_bulk_load_fails_by_the_deadline(
             stuck.rollback()
         late.join(60)
         assert not stuck_for_good, "the repair waited past its deadline"
-        (err,) = failed
-        assert isinstance(err, DatabaseUnavailableError) and err.busy, err
-        assert str(err).startswith(
+        assert not failed, failed
+        (report,) = done
+        assert not report.ok and report.retry
+        (found,) = report.findings
+        assert not found.repaired and found.busy is not None
+        assert found.busy.startswith(
             "the BM25 recount of collection 'recount' waited 0.5s for its write locks: "
             "another write of that collection holds them; nothing was changed"
-        ), err
+        ), found.busy
         assert check(short, "recount").findings[0].problem.startswith("full-text statistics")
         assert check(short, "recount", repair=True).ok  # once the stuck load ended
         assert check(short, "recount").findings == []
+
+
+def test_a_repair_behind_a_stuck_load_is_busy_and_the_others_go_on(
+    rt: Runtime,
+    tmp_path: Path,
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bulk load into a space with rows holds the space's table (SHARE ROW EXCLUSIVE)
+    and the collection's write locks; the check reads past it, but deleting stray vectors
+    and building a missing index waited for good behind one that was stuck, and a repair
+    that gave up ended the run over every collection. Each now gives up after
+    ``RAGSTORE_BULK_LOAD_WAIT_S`` with nothing changed, the other collections are
+    repaired, and the run exits 69 (busy: retry) saying which were not and why."""
+    for name in ("strayed", "unindexed", "drifted"):
+        _ingested(rt, tmp_path, name)
+    strayed, unindexed, drifted = (rt.collection(n) for n in ("strayed", "unindexed", "drifted"))
+    with rt.db.connection() as conn:
+        conn.execute(
+            f"INSERT INTO {strayed.table} SELECT chunk_id, embedding FROM {drifted.table} LIMIT 1"
+        )
+        conn.execute(f"DROP INDEX {unindexed.table}_hnsw")
+        conn.execute(
+            "UPDATE bm25_collection_stats SET tokens = tokens + 7 WHERE collection_id = %s",
+            (drifted.id,),
+        )
+    monkeypatch.setenv("RAGSTORE_BULK_LOAD_WAIT_S", "0.5")
+    codes: list[int] = []
+    capsys.readouterr()
+    with rt.db.connection() as stuck:  # a bulk load into each of the two, hung
+        for coll in (strayed, unindexed):
+            spaces.lock_for_load(stuck, coll.table)
+            documents.begin_bulk(stuck, coll.id)
+        late = threading.Thread(
+            target=lambda: codes.append(run_cli("db", "check", "--repair", "--json"))
+        )
+        late.start()
+        late.join(60)
+        stuck_for_good = late.is_alive()
+        stuck.rollback()
+    late.join(60)
+    assert not stuck_for_good, "a repair waited past its deadline"
+    assert codes == [69], capsys.readouterr()
+    out = json.loads(capsys.readouterr().out)
+    assert out["retry"] is True and out["ok"] is False
+    mine = {
+        name: [f for f in out["findings"] if f["where"].startswith(f"collection {name!r}")]
+        for name in ("strayed", "unindexed", "drifted")
+    }
+    ((stray,), (index,), (recount,)) = mine.values()
+    assert stray["problem"].startswith("1 vectors whose chunk") and not stray["repaired"]
+    assert stray["busy"].startswith(
+        "deleting stray vectors of collection 'strayed' waited 0.5s for its write locks"
+    ), stray
+    assert index["problem"].startswith("no HNSW index") and not index["repaired"]
+    assert index["busy"].startswith(
+        "building the HNSW index of collection 'unindexed' waited 0.5s for its write locks"
+    ), index
+    assert recount["repaired"] and recount["busy"] is None  # after the busy ones
+    # nothing of the busy repairs was done; once the loads ended they are
+    assert [f.problem[:14] for f in check(rt, "strayed").findings] == ["1 vectors whos"]
+    assert [f.problem[:14] for f in check(rt, "unindexed").findings] == ["no HNSW index:"]
+    assert check(rt, "drifted").findings == []
+    for name in ("strayed", "unindexed"):
+        assert check(rt, name, repair=True).ok
+        assert check(rt, name).findings == []

@@ -16,18 +16,23 @@ describes. A finding means a bug, a hand-made change or a partial restore, and `
 fixes each from the data itself: missing vectors are embedded with the space's model from
 the stored chunk text (what ingest embedded), stray vectors deleted, a missing index
 built, the statistics recounted, leftovers dropped, a field's indexes built again. Each
-repair is one transaction (an index build, one concurrent build).
+repair is one transaction (an index build, one concurrent build). A repair that waits
+past ``RAGSTORE_BULK_LOAD_WAIT_S`` for another write of its collection (a stuck bulk load)
+rolls back and is reported busy with the rest of that collection's; the run goes on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from ragstore.db import documents, field_indexes, integrity, repository, spaces
 from ragstore.db.errors import translated
+from ragstore.errors import DatabaseUnavailableError
 from ragstore.ingest import staging
 from ragstore.ingest.service import ensure_space_index
 
@@ -43,6 +48,9 @@ class Finding:
     problem: str
     fix: str  # what --repair does about it, or what to do
     repaired: bool = False
+    # why --repair did not: another write of the collection held what the repair writes
+    # past RAGSTORE_BULK_LOAD_WAIT_S (this step, or one before it that stopped the rest)
+    busy: str | None = None
 
 
 @dataclass
@@ -77,6 +85,12 @@ class CheckReport:
         """Nothing found, or everything found repaired."""
         return all(f.repaired for f in self.findings)
 
+    @property
+    def retry(self) -> bool:
+        """Some repair waited too long for another write of its collection: run it again
+        once that write ends (the CLI exits 69, as for the busy error itself)."""
+        return any(f.busy for f in self.findings)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
@@ -84,6 +98,7 @@ class CheckReport:
             "leftovers": self.leftovers,
             "findings": [asdict(f) for f in self.findings],
             "busy": self.busy,
+            "retry": self.retry,
         }
 
 
@@ -124,61 +139,107 @@ def _check_collection(
             return
     report.collections.append(state)
     by_table = {s.table: s for s in space_list}
+    # Each repair step takes the locks of what it writes, in a transaction of its own.
+    # Behind a stuck write of the collection (a bulk load into a space with rows holds its
+    # table, which the check reads past) each waited for good, and the first that gave up
+    # ended the whole run: now each waits at most RAGSTORE_BULK_LOAD_WAIT_S and rolls back,
+    # the collection's later steps are not tried, and the run goes on with the others.
+    busy: list[str] = []  # why the collection's repairs stopped, once one was busy
+
+    def repairing(found: Finding, step: Callable[[], None]) -> None:
+        if repair and busy:
+            found.busy = f"not tried after an earlier repair of the collection: {busy[0]}"
+        elif repair:
+            try:
+                step()
+            except DatabaseUnavailableError as exc:
+                if not exc.busy:
+                    raise
+                busy.append(str(exc))
+                found.busy = str(exc)
+            else:
+                found.repaired = True
+        report.findings.append(found)
+
     for s in state.spaces:
         where = f"{label}, {s.table}"
         if s.stray:
-            found = Finding(
-                where,
-                f"{s.stray:,} vectors whose chunk is gone or is not one of the collection's",
-                "--repair deletes them",
+            repairing(
+                Finding(
+                    where,
+                    f"{s.stray:,} vectors whose chunk is gone or is not one of the collection's",
+                    "--repair deletes them",
+                ),
+                partial(_delete_stray, rt, coll, s.table),
             )
-            if repair:
-                with rt.db.connection() as conn, translated(f"repairing {where}"):
-                    integrity.delete_stray_vectors(conn, s.table, coll.id)
-                found.repaired = True
-            report.findings.append(found)
         if s.missing:
-            found = Finding(
-                where,
-                f"{s.missing:,} chunks have no vector: vector and hybrid search cannot find them",
-                f"--repair embeds them with {s.model}, from the stored chunk text",
+            repairing(
+                Finding(
+                    where,
+                    f"{s.missing:,} chunks have no vector: vector and hybrid search cannot "
+                    "find them",
+                    f"--repair embeds them with {s.model}, from the stored chunk text",
+                ),
+                partial(_embed_missing, rt, coll, by_table[s.table]),
             )
-            if repair:
-                _embed_missing(rt, coll, by_table[s.table])
-                found.repaired = True
-            report.findings.append(found)
         if s.missing is not None and not s.index and s.vectors:
-            found = Finding(
-                where,
-                "no HNSW index: vector searches read every vector",
-                "--repair builds it (the next ingest of the collection would too)",
+            repairing(
+                Finding(
+                    where,
+                    "no HNSW index: vector searches read every vector",
+                    "--repair builds it (the next ingest of the collection would too)",
+                ),
+                partial(_build_index, rt, coll, s.table),
             )
-            if repair:
-                with rt.db.connection() as conn, translated(f"indexing {s.table}"):
-                    ensure_space_index(rt, coll, conn)
-                found.repaired = True
-            report.findings.append(found)
     if drift.drifted:
-        found = Finding(
-            label,
-            f"full-text statistics differ from a recount: stored {drift.stored[0]:,} chunks "
-            f"and {drift.stored[1]:,} tokens against {drift.counted[0]:,} and "
-            f"{drift.counted[1]:,}; {drift.terms_differing:,} of {drift.terms:,} terms' "
-            "document frequencies differ, so BM25 scores are off",
-            "--repair recounts them and rewrites the postings",
+        repairing(
+            Finding(
+                label,
+                f"full-text statistics differ from a recount: stored {drift.stored[0]:,} "
+                f"chunks and {drift.stored[1]:,} tokens against {drift.counted[0]:,} and "
+                f"{drift.counted[1]:,}; {drift.terms_differing:,} of {drift.terms:,} terms' "
+                "document frequencies differ, so BM25 scores are off",
+                "--repair recounts them and rewrites the postings",
+            ),
+            partial(_recount, rt, coll),
         )
-        if repair:
-            with rt.db.connection() as conn, translated(f"recounting {label}"):
-                # behind a stuck write of the collection that holds its write locks (a
-                # bulk load into a space with rows: the check reads past it) it waited
-                # for good, silently
-                with staging.waiting_for_locks(
-                    rt, conn, coll.name, "the BM25 recount of", "nothing was changed"
-                ):
-                    documents.begin_bulk(conn, coll.id)
-                documents.finish_bulk(conn, coll.id, rt.settings.index_build_memory)
-            found.repaired = True
-        report.findings.append(found)
+
+
+def _delete_stray(rt: Runtime, coll: repository.Collection, table: str) -> None:
+    """Delete ``table``'s vectors that are not of the collection's chunks, in one
+    transaction; the table's lock waited for at most ``RAGSTORE_BULK_LOAD_WAIT_S``."""
+    with (
+        rt.db.connection() as conn,
+        translated(f"repairing {_label(coll)}, {table}"),
+        staging.waiting_for_locks(
+            rt, conn, coll.name, "deleting stray vectors of", "nothing was changed"
+        ),
+    ):
+        integrity.delete_stray_vectors(conn, table, coll.id)
+
+
+def _build_index(rt: Runtime, coll: repository.Collection, table: str) -> None:
+    """Build the active space's missing HNSW index, as ingest does; the table's lock
+    (SHARE: a bulk load into the space holds a stronger one) waited for at most
+    ``RAGSTORE_BULK_LOAD_WAIT_S``."""
+    with (
+        rt.db.connection() as conn,
+        translated(f"indexing {table}"),
+        staging.waiting_for_locks(
+            rt, conn, coll.name, "building the HNSW index of", "nothing was built"
+        ),
+    ):
+        ensure_space_index(rt, coll, conn)
+
+
+def _recount(rt: Runtime, coll: repository.Collection) -> None:
+    """Recount the collection's BM25 statistics and postings under its write locks."""
+    with rt.db.connection() as conn, translated(f"recounting {_label(coll)}"):
+        with staging.waiting_for_locks(
+            rt, conn, coll.name, "the BM25 recount of", "nothing was changed"
+        ):
+            documents.begin_bulk(conn, coll.id)
+        documents.finish_bulk(conn, coll.id, rt.settings.index_build_memory)
 
 
 def _read_collection(
@@ -224,7 +285,17 @@ def _embed_missing(rt: Runtime, coll: repository.Collection, space: spaces.Space
         if not batch:
             return
         vectors = embedder.embed([c.embed_text for c in batch])
-        with rt.db.connection() as conn, translated(f"storing vectors in {space.table}"):
+        with (
+            rt.db.connection() as conn,
+            translated(f"storing vectors in {space.table}"),
+            staging.waiting_for_locks(
+                rt,
+                conn,
+                coll.name,
+                "storing restored vectors of",
+                "this batch was not stored (those before it were)",
+            ),
+        ):
             spaces.insert_vectors(conn, space.table, [c.id for c in batch], vectors)
         after = batch[-1].id
 

@@ -407,7 +407,10 @@ def check(
 ) -> None:
     """Check that every collection holds what it acknowledged: a vector for each chunk, no
     stray vectors, its HNSW index, full-text statistics equal to a recount, and no tables
-    left by a stopped bulk load. Exits 1 when something is found and not repaired."""
+    left by a stopped bulk load. Exits 1 when something is found and not repaired; 69 when
+    a repair waited past RAGSTORE_BULK_LOAD_WAIT_S for another write of its collection (the
+    other collections are repaired: run it again once that write ends)."""
+    from ragstore.errors import DatabaseUnavailableError
     from ragstore.integrity import check as run_check
     from ragstore.runtime import Runtime
 
@@ -434,8 +437,10 @@ def check(
                 f"{same}; {b['terms_differing']:,} terms differ"
             )
         for f in report.findings:
-            state = "repaired" if f.repaired else "found"
+            state = "repaired" if f.repaired else "not repaired" if f.busy else "found"
             typer.echo(f"{state}: {f.where}: {f.problem} ({f.fix})")
+            if f.busy:
+                typer.echo(f"  busy: {f.busy}")
         for name in report.busy:
             typer.echo(
                 f"busy: collection {name}: a bulk load holds its tables; "
@@ -443,6 +448,8 @@ def check(
             )
         if not report.findings:
             typer.echo("ok: nothing to repair")
+    if report.retry:  # the others were repaired: this is the busy error's, retryable
+        raise typer.Exit(DatabaseUnavailableError.exit_code)
     if not report.ok:
         raise typer.Exit(1)
 
