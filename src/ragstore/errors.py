@@ -114,7 +114,9 @@ class DatabaseUnavailableError(RetryLater, DatabaseError):
     """No connection to PostgreSQL. ``public`` is what an API caller is told (never the
     database's address); ``retry_after`` seconds is the hint sent as ``Retry-After``.
     ``busy`` says the server answers but every pooled connection is in use: load, not
-    a failure (a read replica's router must not mark such a replica down)."""
+    a failure (a read replica's router must not mark such a replica down).
+    ``says_outcome``: the message already says what became of the write that failed
+    (its transaction rolled back, nothing stored), so callers add nothing to it."""
 
     code = "database_unavailable"
     http_status = 503
@@ -127,17 +129,12 @@ class DatabaseUnavailableError(RetryLater, DatabaseError):
         retry_after: float = 5.0,
         *,
         busy: bool = False,
+        says_outcome: bool = False,
     ) -> None:
         super().__init__(message, retry_after)
         self.public = public or "the database is unavailable"
         self.busy = busy
-
-
-class WriteLocksBusyError(DatabaseUnavailableError):
-    """A collection's write locks still held by another write after
-    ``RAGSTORE_BULK_LOAD_WAIT_S``: busy, and the message already says what became of the
-    write that waited (its transaction rolled back), so callers add nothing to it.
-    Raised with ``busy`` set."""
+        self.says_outcome = says_outcome
 
 
 class ExtensionMissingError(DatabaseError):

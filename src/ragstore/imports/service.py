@@ -52,7 +52,6 @@ from ragstore.errors import (
     ModelError,
     ModelMismatchError,
     ModelNotFoundError,
-    WriteLocksBusyError,
 )
 from ragstore.imports.records import Record, Source
 from ragstore.imports.validate import ValidationReport, validate
@@ -759,7 +758,8 @@ class _Writer:
                 self.progress("committed", len(self.ids), len(self.ids))
             done = True
         except DatabaseError as exc:
-            if not done and not isinstance(exc, WriteLocksBusyError):  # it says so itself
+            said = isinstance(exc, DatabaseUnavailableError) and exc.says_outcome
+            if not done and not said:
                 exc.message = f"{exc.message}; {_what_became_of_it(committing)}"
             raise
         finally:

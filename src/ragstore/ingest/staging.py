@@ -39,7 +39,7 @@ import psycopg
 
 from ragstore.db import documents, repository, spaces
 from ragstore.db.errors import translated
-from ragstore.errors import DatabaseUnavailableError, RagstoreError, WriteLocksBusyError
+from ragstore.errors import DatabaseUnavailableError, RagstoreError
 from ragstore.runtime import Runtime
 
 # A bulk load holds one pooled connection for its transaction and, to stage its vectors,
@@ -126,7 +126,7 @@ def waiting_for_locks(
     try:
         yield
     except psycopg.errors.LockNotAvailable:
-        raise WriteLocksBusyError(
+        raise DatabaseUnavailableError(
             f"{doing} collection {name!r} waited {limit:g}s for its write locks: another "
             f"write of that collection holds them; {outcome}: retry once it ends, or raise "
             "RAGSTORE_BULK_LOAD_WAIT_S",
@@ -134,6 +134,7 @@ def waiting_for_locks(
             "retry it once that write ends",
             retry_after=min(limit, 30.0),
             busy=True,
+            says_outcome=True,
         ) from None
     conn.execute("SELECT set_config('lock_timeout', %s, true)", (before,))
 
