@@ -17,6 +17,7 @@ import platformdirs
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ragstore.errors import pydantic_message
 from ragstore.models import COLLECTION_NAME
 
 ENV_PREFIX = "RAGSTORE_"
@@ -733,7 +734,8 @@ def conninfo_problem(exc: BaseException) -> str:
 
 def describe_error(err: dict[str, Any]) -> str:
     """The line a user reads for one of pydantic's errors on a setting: the variable, its
-    value (hidden where it may hold a secret) and what is wrong (:func:`error_message`)."""
+    value (hidden where it may hold a secret) and what is wrong
+    (:func:`~ragstore.errors.pydantic_message`)."""
     field = ".".join(str(p) for p in err.get("loc", ())) or "settings"
     variable = ENV_PREFIX + field.upper()
     value = err.get("input")
@@ -741,25 +743,4 @@ def describe_error(err: dict[str, Any]) -> str:
         shown = "(secret)"
     else:
         shown = repr(value)
-    return f"{variable}={shown} is invalid: {error_message(err)}"
-
-
-# the error types whose message pydantic builds as "<prefix>, <the exception's text>"
-_WRAPPED_ERRORS = {"value_error": "Value error, ", "assertion_error": "Assertion failed, "}
-
-
-def error_message(err: dict[str, Any]) -> str:
-    """What is wrong, in one of pydantic's errors: a validator's own message as it raised
-    it, pydantic's own wording otherwise (``Input should be a valid integer``).
-
-    pydantic puts ``Value error, `` (``Assertion failed, `` for an assert) before the
-    message of an exception a validator raised: the CLI printed ``RAGSTORE_DATA_DIR=''
-    is invalid: Value error, it is empty; ...``, the name of a Python exception in the
-    middle of a sentence written for the user."""
-    msg = str(err.get("msg", "bad value"))
-    prefix = _WRAPPED_ERRORS.get(str(err.get("type")))
-    if prefix is None:
-        return msg
-    raised = (err.get("ctx") or {}).get("error")  # absent from errors(include_context=False)
-    text = str(raised if raised is not None else msg.removeprefix(prefix)).strip()
-    return text or msg  # a bare ``assert``: pydantic's words are all there is
+    return f"{variable}={shown} is invalid: {pydantic_message(err)}"

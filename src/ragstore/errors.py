@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -508,6 +508,30 @@ def public_detail(exc: RagstoreError) -> str:
             "has the details)"
         )
     return hide_addresses(exc.message)
+
+
+# the error types whose message pydantic builds as "<prefix>, <the exception's text>"
+_WRAPPED_ERRORS = {"value_error": "Value error, ", "assertion_error": "Assertion failed, "}
+
+
+def pydantic_message(err: Mapping[str, Any]) -> str:
+    """What is wrong, in one of pydantic's errors: a validator's own message as it raised
+    it, pydantic's own wording otherwise (``Input should be a valid integer``). The CLI's
+    configuration errors (``config.describe_error``) and the HTTP API's validation
+    problems (``api/errors.py``) both say it so.
+
+    pydantic puts ``Value error, `` (``Assertion failed, `` for an assert) before the
+    message of an exception a validator raised: the CLI printed ``RAGSTORE_DATA_DIR=''
+    is invalid: Value error, it is empty; ...``, and the API answered ``body: Value
+    error, give `query` ...``, the name of a Python exception in the middle of a
+    sentence written for the user."""
+    msg = str(err.get("msg", "bad value"))
+    prefix = _WRAPPED_ERRORS.get(str(err.get("type")))
+    if prefix is None:
+        return msg
+    raised = (err.get("ctx") or {}).get("error")  # absent from errors(include_context=False)
+    text = str(raised if raised is not None else msg.removeprefix(prefix)).strip()
+    return text or msg  # a bare ``assert``: pydantic's words are all there is
 
 
 def invalid_collection_name(name: object) -> InputError:

@@ -328,6 +328,50 @@ def test_a_lone_surrogate_in_a_checked_field_is_named(
     assert "unable to parse" not in r.text
 
 
+@pytest.mark.parametrize(
+    ("path", "raw", "detail"),
+    [
+        (  # SearchRequest's own check
+            SEARCH,
+            b"{}",
+            "the search has neither `query` nor `vector`: give `query` (text) or `vector` "
+            "(an embedding), or both",
+        ),
+        (  # Strict._storable
+            DOCS,
+            b'{"name": "a.md", "text": "x\\u0000"}',
+            "the request holds a NUL byte (\\u0000) at 'text'; remove it",
+        ),
+        (  # Strict._unicode
+            "/v1/collections",
+            b'{"name": "a\\ud800"}',
+            "the request holds a lone surrogate (U+D800) at 'name', which is not valid "
+            "Unicode; fix the text or the \\u escape that made it",
+        ),
+    ],
+    ids=["query_or_vector", "storable", "unicode"],
+)
+def test_a_validators_refusal_is_said_in_its_own_words(
+    http: httpx.Client, path: str, raw: bytes, detail: str
+) -> None:
+    """A request model's own check answered ``body: Value error, give `query` ...``:
+    pydantic's name for the exception before the sentence written for the caller. The
+    detail is now the check's message alone (it names its fields itself)."""
+    r = send(http, "POST", path, raw=raw)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == f"the request is invalid: {detail}", r.text
+    assert r.json()["errors"] == [{"loc": "body", "msg": detail}], r.text
+
+
+def test_a_type_error_keeps_pydantics_words_at_its_field(http: httpx.Client) -> None:
+    """A value of the wrong type is said as pydantic says it, at the field's place."""
+    r = send(http, "POST", SEARCH, {"query": "alpha", "k": "3"})
+    assert r.status_code == 422, r.text
+    said = "Input should be a valid integer"
+    assert r.json()["detail"] == f"the request is invalid: body.k: {said}", r.text
+    assert r.json()["errors"] == [{"loc": "body.k", "msg": said}], r.text
+
+
 def test_collection_create_raw_and_limits(http: httpx.Client) -> None:
     for raw in [
         b'{"name": "r1", "settings": {"bm25_k1": NaN}}',

@@ -190,11 +190,21 @@ def _name_rule(err: dict[str, Any]) -> str | None:
 
 
 def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """The detail of a request the schemas refused, and its ``errors`` member: each error
+    at its place (``body.k``), said in pydantic's words for a wrong type or range and in
+    the validator's own for a check of ours (:func:`~ragstore.errors.pydantic_message`),
+    which went out as ``body: Value error, give `query` ...``. A check of the whole body
+    (``schemas.Strict``, ``SearchRequest``) names its fields itself: its ``body:`` is
+    left out of the detail."""
     items = []
+    said = []
     for err in errors:
         loc = ".".join(str(p) for p in err.get("loc", ()))
-        items.append({"loc": loc, "msg": _name_rule(err) or str(err.get("msg", "invalid"))})
-    text = "; ".join(f"{i['loc']}: {i['msg']}" for i in items[:5]) or "invalid request"
+        msg = _name_rule(err) or e.pydantic_message(err)
+        items.append({"loc": loc, "msg": msg})
+        ours = err.get("type") in ("value_error", "assertion_error")
+        said.append(msg if ours and loc == "body" else f"{loc}: {msg}")
+    text = "; ".join(said[:5]) or "invalid request"
     return f"the request is invalid: {text}", items
 
 

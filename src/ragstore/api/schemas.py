@@ -383,7 +383,10 @@ class SearchRequest(Strict):
     @model_validator(mode="after")
     def _query_or_vector(self) -> SearchRequest:
         if self.query is None and self.vector is None:
-            raise ValueError("give `query` (text) or `vector` (an embedding), or both")
+            raise ValueError(
+                "the search has neither `query` nor `vector`: give `query` (text) or "
+                "`vector` (an embedding), or both"
+            )
         return self
 
 
