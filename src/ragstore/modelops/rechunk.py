@@ -1,16 +1,17 @@
-"""A model migration that cuts the documents again: for a target that reads fewer tokens.
+"""A model migration that cuts the documents again: for a target that cuts them otherwise.
 
-Chunks cut for a model's budget would be cut short by a model that reads less, so the
-target gets its own chunk set: a *shadow* collection row (``repository.create_shadow``)
-holding a copy of every document with chunks cut for the target
-(:func:`ragstore.chunking.recipe.rechunk`, i.e. what a fresh ingest under the target
-makes), its BM25 statistics and the target's space. Searches and ingest keep using the
-live row; the backfill is "every live document without an identical twin in the shadow",
-so a killed run resumes and documents ingested, changed or deleted meanwhile are caught
-up pass by pass. The switch swaps the two rows' names in one transaction that holds both
-rows exclusively (writes hold them shared), once nothing is out of step; the old row
-becomes the shadow, with its chunks and vectors untouched, so ``rollback`` swaps back and
-``prune`` drops it.
+Chunks cut for a model's budget and tokenizer would be cut short by a model that reads
+less or counts longer, and are not what ingest makes for one of a larger budget or another
+tokenizer (``migrate.cuts_alike`` decides), so the target gets its own chunk set: a
+*shadow* collection row (``repository.create_shadow``) holding a copy of every document
+with chunks cut for the target (:func:`ragstore.chunking.recipe.rechunk`, i.e. what a
+fresh ingest under the target makes), its BM25 statistics and the target's space. Searches
+and ingest keep using the live row; the backfill is "every live document without an
+identical twin in the shadow", so a killed run resumes and documents ingested, changed or
+deleted meanwhile are caught up pass by pass. The switch swaps the two rows' names in one
+transaction that holds both rows exclusively (writes hold them shared), once nothing is
+out of step; the old row becomes the shadow, with its chunks and vectors untouched, so
+``rollback`` swaps back and ``prune`` drops it.
 """
 
 from __future__ import annotations
