@@ -79,6 +79,12 @@ class Runtime:
         figures read about the process (its pool), which a probe must not create."""
         return self._db
 
+    @property
+    def opened_router(self) -> routing.ReadRouter | None:
+        """The read router if this runtime has made it, else None (never makes it): for
+        its replicas' pool figures, which a scrape must not create."""
+        return self._router
+
     def _open_primary(self) -> Database:
         db = Database.from_settings(self.settings)
         db.check_server()

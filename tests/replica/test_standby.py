@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,8 +25,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ragstore import Client
+from ragstore.api.app import create_app
 from ragstore.db import embedded, errors, lsn, migrations, routing, standby
-from ragstore.db.database import Database
+from ragstore.db.database import Database, describe
 from ragstore.db.routing import ReadRouter, Route, routed
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
 from ragstore.jobs.worker import run_worker
@@ -1261,3 +1263,46 @@ def test_a_replica_whose_pool_is_busy_is_not_marked_down(pair: Pair) -> None:
     finally:
         router.close()
         primary.close()
+
+
+def _sample(text: str, name: str, labels: str = "") -> float | None:
+    """The value of ``name{labels}`` in an exposition, None when absent."""
+    pattern = "^" + re.escape(name) + (re.escape("{" + labels + "}") if labels else "") + " (\\S+)$"
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+def test_each_replica_pool_and_the_api_queue_pool_reach_the_metrics(pair: Pair, kb: str) -> None:
+    """The ``ragstore_db_pool_*`` gauges are the primary's pool alone (unlabelled, as the
+    alerts read them): a replica's pool, its size, in-use and waiting figures, showed
+    nowhere, nor the API's own job-queue pool it defers jobs on (a worker's port served
+    only the worker's). Now each replica's pool is ``ragstore_db_replica_pool_*`` by
+    ``replica`` (its URL without the password), absent while that pool is not open, and
+    the API serves its queue's ``ragstore_job_queue_pool_*``."""
+    settings = pair.settings(pool_max_size=3)
+    app = create_app(settings)
+    label = f'replica="{describe(pair.standby.conninfo)}"'
+    with running_server(settings, app) as url, Client(url) as c:
+        unopened = c.request("GET", "/metrics").text
+        r = c.request("POST", "/v1/collections/kb/search", json={"query": "tides", "k": 1})
+        assert _served_by(r) == "replica"
+        opened = c.request("GET", "/metrics").text
+        state = app.state.ragstore
+        replica = state.runtime.router.choose()
+        assert isinstance(replica, routing.ReplicaDatabase)
+        with replica.pool.connection(), state.queue.connector.pool.connection():
+            held = c.request("GET", "/metrics").text
+        freed = c.request("GET", "/metrics").text
+    assert "ragstore_db_replica_pool_connections{" not in unopened  # no read yet: not open
+    assert _sample(opened, "ragstore_db_replica_pool_max_connections", label) == 3
+    assert (_sample(opened, "ragstore_db_replica_pool_connections", label) or 0) >= 1
+    assert _sample(opened, "ragstore_db_replica_pool_connections_in_use", label) == 0
+    assert _sample(opened, "ragstore_db_replica_pool_requests_waiting", label) == 0
+    assert _sample(held, "ragstore_db_replica_pool_connections_in_use", label) == 1
+    assert _sample(freed, "ragstore_db_replica_pool_connections_in_use", label) == 0
+    # one series per configured replica; the primary's gauges stay unlabelled
+    assert opened.count("ragstore_db_replica_pool_max_connections{") == 1
+    assert _sample(opened, "ragstore_db_pool_max_connections") == 3
+    assert _sample(opened, "ragstore_job_queue_pool_max_connections") == 4
+    assert _sample(held, "ragstore_job_queue_pool_connections_in_use") == 1
+    assert _sample(freed, "ragstore_job_queue_pool_connections_in_use") == 0

@@ -374,6 +374,14 @@ class ReadRouter:
     def has_replicas(self) -> bool:
         return bool(self._replicas)
 
+    def opened_pools(
+        self,
+    ) -> list[tuple[str, ConnectionPool[psycopg.Connection[tuple[object, ...]]] | None]]:
+        """Each replica's name (its ``describe``d URL: user, host and database, never the
+        password; the ``replica`` label of its metrics) and its pool while open, else None
+        (never opened here): for the pool figures a scrape reads."""
+        return [(r.status.name, r.db.opened_pool) for r in self._replicas]
+
     # --- choosing ---------------------------------------------------------------------
 
     def choose(self, min_lsn: int | None = None) -> Database:

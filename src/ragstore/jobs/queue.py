@@ -7,6 +7,8 @@ with many workers (two workers never write the same document at once).
 
 from __future__ import annotations
 
+from typing import Any
+
 import procrastinate
 
 from ragstore.jobs.runner import JobBusy, run_job
@@ -45,3 +47,18 @@ def build_queue(
         run_job(runtime, job_id, queue_job_id=context.job.id)
 
     return app
+
+
+def queue_pool(app: procrastinate.App | None) -> Any:
+    """The connection pool of ``app``'s connector while the app is open, else None: what
+    its public ``pool`` gives (a psycopg pool), for its figures alone. Both connectors:
+    a worker's asynchronous one and the API's synchronous one (it defers jobs on it)."""
+    connector = None if app is None else app.connector
+    if not isinstance(
+        connector, procrastinate.PsycopgConnector | procrastinate.SyncPsycopgConnector
+    ):
+        return None
+    try:
+        return connector.pool
+    except procrastinate.exceptions.AppNotOpen:  # not opened yet, or closed
+        return None

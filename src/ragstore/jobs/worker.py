@@ -34,7 +34,7 @@ from ragstore.db.jobs import (
 from ragstore.errors import ReadOnlyError
 from ragstore.jobs import staging
 from ragstore.jobs.liveness import LiveJobManager
-from ragstore.jobs.queue import QUEUE, build_queue
+from ragstore.jobs.queue import QUEUE, build_queue, queue_pool
 from ragstore.observability.logging import get_logger
 from ragstore.runtime import Runtime
 
@@ -214,18 +214,6 @@ async def watching_stalled(
     finally:
         stop.set()
         await watcher
-
-
-def queue_pool(app: procrastinate.App | None) -> Any:
-    """The connection pool of ``app``'s connector while the app is open, else None: what
-    its public ``pool`` gives (a psycopg pool), for its figures alone."""
-    connector = None if app is None else app.connector
-    if not isinstance(connector, procrastinate.PsycopgConnector):
-        return None
-    try:
-        return connector.pool
-    except procrastinate.exceptions.AppNotOpen:  # not opened yet, or closed
-        return None
 
 
 @contextlib.contextmanager

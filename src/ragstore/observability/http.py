@@ -172,7 +172,26 @@ def _render(app: Any) -> bytes:
             lambda: rt.db.checking(), full=is_full, data_dir=rt.settings.data_dir
         )
         app.state.ragstore_db_collector = collector
-    return metrics.render(collector)
+    return metrics.render(collector, _queue_pool_metrics(app))
+
+
+def _queue_pool_metrics(app: Any) -> metrics.JobQueuePoolMetrics:
+    """The collector of the API's own job-queue pool (``ragstore_job_queue_pool_*``: the
+    synchronous connector it defers jobs on, four connections), read at each scrape while
+    the queue is open. It was served by a worker's metrics port alone: requests that
+    queued for one of the API's four queue connections to defer their jobs showed
+    nowhere. Each server process has its own: a scrape reports the process it reached."""
+    collector = getattr(app.state, "ragstore_queue_collector", None)
+    if collector is None:
+        from ragstore.jobs.queue import queue_pool
+
+        def pool() -> Any:
+            state = getattr(app.state, "ragstore", None)
+            return queue_pool(getattr(state, "queue", None))
+
+        collector = metrics.JobQueuePoolMetrics(pool)
+        app.state.ragstore_queue_collector = collector
+    return collector
 
 
 async def _require_key(request: Request) -> None:

@@ -307,6 +307,45 @@ POOL_TIMEOUTS = Counter(
     registry=REGISTRY,
 )
 
+# Each read replica's own pool, by the replica's name (its URL without the password, as
+# ragstore_db_replica_up): the pool gauges above are the primary's alone and stay
+# unlabelled, the alerts and dashboards that read them unchanged. Absent while a
+# replica's pool is not open (see sync_replica_pools).
+REPLICA_POOL_MAX = Gauge(
+    "ragstore_db_replica_pool_max_connections",
+    "Largest size each read replica's connection pool may grow to.",
+    ["replica"],
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+REPLICA_POOL_SIZE = Gauge(
+    "ragstore_db_replica_pool_connections",
+    "Connections each read replica's pool holds now (idle and in use).",
+    ["replica"],
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+REPLICA_POOL_IN_USE = Gauge(
+    "ragstore_db_replica_pool_connections_in_use",
+    "Connections of each read replica's pool lent out now.",
+    ["replica"],
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+REPLICA_POOL_WAITING = Gauge(
+    "ragstore_db_replica_pool_requests_waiting",
+    "Requests waiting now for a free connection of each read replica's pool.",
+    ["replica"],
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+_REPLICA_POOL_GAUGES = (
+    REPLICA_POOL_MAX,
+    REPLICA_POOL_SIZE,
+    REPLICA_POOL_IN_USE,
+    REPLICA_POOL_WAITING,
+)
+
 REPLICA_LAG = Gauge(
     "ragstore_db_replica_lag_seconds",
     "How far each read replica is behind the primary.",
@@ -451,9 +490,23 @@ def observe_pool_acquire(pool: str, seconds: float) -> None:
     POOL_ACQUIRE_DURATION.labels(pool).observe(seconds)
 
 
+def _pool_stats(pool: Any) -> dict[str, int]:
+    """A psycopg pool's ``get_stats()`` (its public figures); {} for None (no pool). Tried
+    again where its counters grew a key under the copy (a RuntimeError from the pool's own
+    threads: a scrape of a busy pool failed with a 500)."""
+    if pool is None:
+        return {}
+    for _ in range(2):
+        try:
+            return dict(pool.get_stats())
+        except RuntimeError:
+            continue
+    return dict(pool.get_stats())
+
+
 def sync_pool(pool: Any) -> None:
     """Copy a psycopg pool's ``get_stats()`` into the pool metrics (None: no pool yet)."""
-    stats: dict[str, int] = pool.get_stats() if pool is not None else {}
+    stats = _pool_stats(pool)
     POOL_MAX.set(stats.get("pool_max", 0))
     size = stats.get("pool_size", 0)
     POOL_SIZE.set(size)
@@ -465,6 +518,46 @@ def sync_pool(pool: Any) -> None:
     _DELTAS.add(key + "waits", float(stats.get("requests_queued", 0)), POOL_WAITS)
     _DELTAS.add(key + "wait_s", stats.get("requests_wait_ms", 0) / 1000.0, POOL_WAIT_SECONDS)
     _DELTAS.add(key + "timeouts", float(stats.get("requests_errors", 0)), POOL_TIMEOUTS)
+
+
+_replica_pool_labels: set[str] = set()  # the replicas whose pool figures are set now
+_replica_pool_lock = threading.Lock()
+
+
+def sync_replica_pools(pools: Iterable[tuple[str, Any]]) -> None:
+    """Copy each read replica's pool figures into the ``ragstore_db_replica_pool_*``
+    gauges, from ``(name, pool)`` pairs (:meth:`ragstore.db.routing.ReadRouter.
+    opened_pools`; pool None: not open). Two replicas of one name (one URL listed twice)
+    add up. A replica whose pool is not open is dropped from the series (its figures would
+    read as an open pool of no connections); in multiprocess mode, where a labelled series
+    cannot be removed, it reads 0 instead."""
+    figures: dict[str, list[int]] = {}
+    for name, pool in pools:
+        if pool is None:
+            continue
+        stats = _pool_stats(pool)
+        size = stats.get("pool_size", 0)
+        mine = (
+            stats.get("pool_max", 0),
+            size,
+            max(0, size - stats.get("pool_available", 0)),
+            stats.get("requests_waiting", 0),
+        )
+        total = figures.setdefault(name, [0, 0, 0, 0])
+        for i, figure in enumerate(mine):
+            total[i] += figure
+    with _replica_pool_lock:
+        for name, values in figures.items():
+            for gauge, value in zip(_REPLICA_POOL_GAUGES, values, strict=True):
+                gauge.labels(name).set(value)
+        for name in _replica_pool_labels - figures.keys():
+            for gauge in _REPLICA_POOL_GAUGES:
+                if multiprocess_dir():
+                    gauge.labels(name).set(0)
+                else:
+                    gauge.remove(name)
+        _replica_pool_labels.clear()
+        _replica_pool_labels.update(figures)
 
 
 class JobQueuePoolMetrics(Collector):
@@ -533,6 +626,8 @@ def sync_runtime(rt: Any) -> None:
     opens one) and the query cache's totals into the metrics, before a scrape renders them."""
     db = rt.opened_primary
     sync_pool(db.opened_pool if db is not None else None)
+    router = rt.opened_router
+    sync_replica_pools(router.opened_pools() if router is not None else ())
     sync_query_cache()
 
 
