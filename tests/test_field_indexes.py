@@ -280,3 +280,56 @@ def test_db_check_finds_and_repairs_field_indexes_search_cannot_use(docs: Runtim
         assert index in field_indexes.indexed(conn)
         assert field_indexes.broken(conn) == ([], [])
         field_indexes.drop_indexes(conn, index)
+
+
+def test_db_check_repairs_of_field_indexes_behind_a_stuck_load_give_up_busy(
+    docs: Runtime,
+) -> None:
+    """A concurrent build or drop waits for every transaction holding a lock on its table:
+    behind a stuck bulk load ``db check --repair`` rebuilt an indexed field's index for
+    good. It now gives up after ``RAGSTORE_BULK_LOAD_WAIT_S``, reported busy (retry), the
+    index its build left labelled as the field's (it cannot be dropped while the load
+    holds the table), and repairs the field once the load has ended."""
+    from ragstore.db import documents
+    from ragstore.integrity import CheckReport, check
+
+    index = FieldIndex(("shelf",), "number")
+    with docs.db.connect(autocommit=True) as conn:
+        field_indexes.add(conn, index)
+        conn.execute(f"DROP INDEX {index.name('chunks')}")  # a hand-made drop
+    done: list[CheckReport] = []
+    failed: list[BaseException] = []
+
+    def repair(rt: Runtime) -> None:
+        try:
+            done.append(check(rt, repair=True))
+        except BaseException as exc:  # the test reads it
+            failed.append(exc)
+
+    short = Runtime(docs.settings.model_copy(update={"bulk_load_wait_s": 0.5}))
+    with short, docs.db.connection() as stuck:  # a bulk load, hung: it holds its tables
+        documents.begin_bulk(stuck, docs.collection(COLL).id)
+        stuck.execute("LOCK TABLE documents, chunks IN ROW EXCLUSIVE MODE")  # its inserts'
+        late = threading.Thread(target=repair, args=(short,))
+        late.start()
+        late.join(60)
+        stuck_for_good = late.is_alive()
+        stuck.rollback()
+    late.join(60)
+    assert not stuck_for_good, "the repair waited past its deadline"
+    assert not failed, failed
+    (report,) = done
+    (found,) = [f for f in report.findings if "'shelf'" in f.problem]
+    assert not found.repaired and not report.ok and report.retry
+    assert found.busy is not None and found.busy.startswith(
+        "rebuilding the indexes of field 'shelf' waited 0.5s for transactions holding its table"
+    ), found.busy
+    with docs.db.connect(autocommit=True) as conn:
+        # the build's invalid index names its field: not reported as naming none (that
+        # repair dropped the field's index after rebuilding it)
+        assert field_indexes.broken(conn) == ([index], [])
+    assert check(docs, repair=True).ok  # once the load has ended
+    with docs.db.connect(autocommit=True) as conn:
+        assert field_indexes.broken(conn) == ([], [])
+        assert index in field_indexes.indexed(conn)
+        field_indexes.drop_indexes(conn, index)

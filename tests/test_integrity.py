@@ -121,15 +121,58 @@ def test_a_staged_table_of_a_load_in_flight_is_not_a_leftover(rt: Runtime, tmp_p
         spaces.create_load_table(conn, coll.table)
     with rt.db.connection() as load:
         load.execute(f"LOCK TABLE {coll.table} IN ACCESS EXCLUSIVE MODE")  # as the swap
-        report = check(rt, "loading", repair=True)
+        report = check(rt, "loading")
         assert report.leftovers == [] and report.findings == []
         assert report.busy == ["loading"] and report.ok
+        report = check(rt, "loading", repair=True)
+        assert report.leftovers == [] and report.busy == ["loading"]
+        (skipped,) = report.findings  # asked to repair, it was not looked at: retry
+        assert skipped.busy and not report.ok and report.retry
     with rt.db.connection() as conn:
         assert conn.execute(
             "SELECT to_regclass(%s) IS NOT NULL", (spaces.load_table(coll.table),)
         ).fetchone() == (True,)
     assert check(rt, "loading", repair=True).leftovers == [spaces.load_table(coll.table)]
     assert check(rt, "loading").leftovers == []
+
+
+def test_a_collection_a_load_holds_is_listed_and_with_repair_is_a_retry(
+    rt: Runtime, tmp_path: Path, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A collection whose check itself met a bulk load's locks is skipped. With --repair
+    the run answered ok, exit 0, for a collection it never read: it is now a finding not
+    repaired, busy, exit 69 (retry). A plain check during a load still exits 0 (a load is
+    normal), listing the collection as not checked in its text and its JSON."""
+    _ingested(rt, tmp_path, "held")
+    coll = rt.collection("held")
+    capsys.readouterr()
+    with rt.db.connection() as load:
+        load.execute(f"LOCK TABLE {coll.table} IN ACCESS EXCLUSIVE MODE")  # as a load's swap
+        assert run_cli("db", "check", "--collection", "held", "--repair", "--json") == 69
+        out = json.loads(capsys.readouterr().out)
+        assert out["ok"] is False and out["retry"] is True and out["busy"] == ["held"]
+        (skipped,) = out["findings"]
+        assert skipped["where"] == "collection 'held'" and not skipped["repaired"]
+        assert skipped["problem"].startswith("not checked: a bulk load holds its tables")
+        assert "--repair again once the load has ended" in skipped["fix"]
+        assert skipped["busy"].startswith("reading collection 'held' waited for a bulk load")
+
+        assert run_cli("db", "check", "--collection", "held", "--repair") == 69
+        text = capsys.readouterr().out
+        assert "not repaired: collection 'held': not checked: a bulk load" in text, text
+        assert "ok:" not in text, text
+
+        assert run_cli("db", "check", "--collection", "held") == 0
+        text = capsys.readouterr().out
+        assert "busy: collection held: a bulk load holds its tables, so it was not checked" in (
+            text
+        ), text
+        assert "ok: nothing to repair in the collections checked; 1 not checked" in text, text
+        assert run_cli("db", "check", "--collection", "held", "--json") == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["busy"] == ["held"] and out["findings"] == [] and out["collections"] == []
+    assert run_cli("db", "check", "--collection", "held", "--repair") == 0  # load ended
+    assert "ok: nothing to repair\n" in capsys.readouterr().out
 
 
 def test_a_recount_behind_a_stuck_bulk_load_fails_by_the_deadline(

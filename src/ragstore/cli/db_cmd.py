@@ -408,8 +408,10 @@ def check(
     """Check that every collection holds what it acknowledged: a vector for each chunk, no
     stray vectors, its HNSW index, full-text statistics equal to a recount, and no tables
     left by a stopped bulk load. Exits 1 when something is found and not repaired; 69 when
-    a repair waited past RAGSTORE_BULK_LOAD_WAIT_S for another write of its collection (the
-    other collections are repaired: run it again once that write ends)."""
+    a repair waited past RAGSTORE_BULK_LOAD_WAIT_S for another write of its collection, or,
+    with --repair, a bulk load held a collection so it was not checked (the others are
+    repaired: run it again once that write ends). Without --repair a collection a bulk load
+    holds is listed as busy and not checked, and the exit is 0 if nothing else is found."""
     from ragstore.errors import DatabaseUnavailableError
     from ragstore.integrity import check as run_check
     from ragstore.runtime import Runtime
@@ -441,12 +443,18 @@ def check(
             typer.echo(f"{state}: {f.where}: {f.problem} ({f.fix})")
             if f.busy:
                 typer.echo(f"  busy: {f.busy}")
-        for name in report.busy:
+        if not repair:  # with --repair each is a finding above
+            for name in report.busy:
+                typer.echo(
+                    f"busy: collection {name}: a bulk load holds its tables, so it was not "
+                    "checked; check it again when the load has ended"
+                )
+        if not report.findings and report.busy:
             typer.echo(
-                f"busy: collection {name}: a bulk load holds its tables; "
-                "check it again when the load has ended"
+                f"ok: nothing to repair in the collections checked; {len(report.busy)} not "
+                "checked (busy, above)"
             )
-        if not report.findings:
+        elif not report.findings:
             typer.echo("ok: nothing to repair")
     if report.retry:  # the others were repaired: this is the busy error's, retryable
         raise typer.Exit(DatabaseUnavailableError.exit_code)

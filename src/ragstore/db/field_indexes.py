@@ -179,17 +179,50 @@ def add(conn: Any, index: FieldIndex) -> bool:
         if state is False:
             conn.execute(sql.SQL("DROP INDEX CONCURRENTLY {}").format(sql.Identifier(name)))
         if not state:
-            conn.execute(_create_sql(index, table))
+            try:
+                conn.execute(_create_sql(index, table))
+            except psycopg.errors.LockNotAvailable:
+                _left_invalid(conn, index, name)
+                raise
             built = True
         # labelled every time: a build stopped between its CREATE and this is valid, unnamed
-        comment = json.dumps({"field": list(index.keys), "kind": index.kind})
-        conn.execute(
-            sql.SQL("COMMENT ON INDEX {} IS {}").format(sql.Identifier(name), sql.Literal(comment))
-        )
+        _label(conn, index, name)
     if built:  # the planner estimates a range over the new expressions from these statistics
         conn.execute("ANALYZE documents, chunks")
         _changed()
     return built
+
+
+def _label(conn: Any, index: FieldIndex, name: str) -> None:
+    """Name the field and kind of index ``name`` in its comment: the registry's label."""
+    comment = json.dumps({"field": list(index.keys), "kind": index.kind})
+    conn.execute(
+        sql.SQL("COMMENT ON INDEX {} IS {}").format(sql.Identifier(name), sql.Literal(comment))
+    )
+
+
+CLEANUP_LOCK_TIMEOUT = "200ms"  # how long the drop of a build that gave up waits
+
+
+def _left_invalid(conn: Any, index: FieldIndex, name: str) -> None:
+    """Drop the index a concurrent build left when it gave up waiting (``lock_timeout``:
+    its catalog entry is committed before it waits, invalid and not yet written to).
+
+    The drop waits for the same transactions (any lock on the table), so behind one still
+    open (a stuck bulk load) it cannot be done: it is tried briefly, and failing that the
+    index is labelled (that needs no lock on the table), so that ``ragstore db check``
+    reports it as the field's and ``--repair`` or the next declaration drops and builds it
+    again. Unlabelled, it was reported as naming no field, and that repair's drop came
+    after the field's rebuild and dropped the rebuilt index."""
+    before = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", (CLEANUP_LOCK_TIMEOUT,))
+    try:
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+    except psycopg.errors.LockNotAvailable:
+        _label(conn, index, name)
+        log.info("index %s left invalid by a build that gave up; rebuilt by the next try", name)
+    finally:
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (before,))
 
 
 def drop_indexes(conn: Any, index: FieldIndex) -> bool:
