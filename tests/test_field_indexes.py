@@ -282,6 +282,28 @@ def test_db_check_finds_and_repairs_field_indexes_search_cannot_use(docs: Runtim
         field_indexes.drop_indexes(conn, index)
 
 
+def test_a_fields_index_left_unlabelled_is_rebuilt_and_kept(docs: Runtime) -> None:
+    """A build killed between its CREATE and its label leaves the field's index under its
+    own name with no label: the repair rebuilt the field under that name, then dropped
+    the unlabelled names it had read before (that very index), said repaired, and the
+    next check found the index missing."""
+    from ragstore.integrity import check
+
+    index = FieldIndex(("level",), "number")
+    with docs.db.connect(autocommit=True) as conn:
+        field_indexes.add(conn, index)
+        conn.execute(
+            sql.SQL("COMMENT ON INDEX {} IS NULL").format(sql.Identifier(index.name("chunks")))
+        )
+        assert index.name("chunks") in field_indexes.broken(conn)[1]
+    repaired = check(docs, repair=True)
+    assert repaired.ok and all(f.repaired for f in repaired.findings), repaired.findings
+    assert check(docs).findings == []
+    with docs.db.connect(autocommit=True) as conn:
+        assert field_indexes.broken(conn) == ([], [])
+        field_indexes.drop_indexes(conn, index)
+
+
 def test_db_check_repairs_of_field_indexes_behind_a_stuck_load_give_up_busy(
     docs: Runtime,
 ) -> None:

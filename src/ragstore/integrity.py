@@ -371,6 +371,20 @@ def _check_field_indexes(rt: Runtime, report: CheckReport, repair: bool) -> None
                 "SELECT set_config('lock_timeout', %s, false)",
                 (f"{max(1, round(limit * 1000))}ms",),
             )
+        # the unlabelled first: a field's index left unlabelled under its own name (a
+        # build killed between its CREATE and its label) was dropped after the field's
+        # rebuild had made it again under that name, and the repair said repaired
+        if unlabelled:
+            found = Finding(
+                "database",
+                f"indexes of indexed fields that name no field: {', '.join(unlabelled)}",
+                "--repair drops them; declare the field again with ragstore db index-field",
+            )
+            repairing(
+                found,
+                "dropping indexes that name no field",
+                partial(field_indexes.drop_named, conn, unlabelled),
+            )
         for index in incomplete:
             found = Finding(
                 "database",
@@ -383,15 +397,4 @@ def _check_field_indexes(rt: Runtime, report: CheckReport, repair: bool) -> None
                 found,
                 f"rebuilding the indexes of field {index.field!r}",
                 partial(field_indexes.add, conn, index),
-            )
-        if unlabelled:
-            found = Finding(
-                "database",
-                f"indexes of indexed fields that name no field: {', '.join(unlabelled)}",
-                "--repair drops them; declare the field again with ragstore db index-field",
-            )
-            repairing(
-                found,
-                "dropping indexes that name no field",
-                partial(field_indexes.drop_named, conn, unlabelled),
             )

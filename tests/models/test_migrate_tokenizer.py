@@ -157,3 +157,33 @@ def test_what_decides_a_recut_is_the_tokenizer_budget_and_prefix(
     prefixed.options["passage_prefix"] = "passage: "
     assert not cuts_alike(minilm, prefixed)
     assert not cuts_alike(minilm, http(str(tmp_path / "missing"))), "unknown: re-cut"
+
+
+def test_a_migration_begun_in_place_resumes_in_place_when_the_cut_reads_otherwise(
+    rt: Runtime,
+    server: EmbeddingServer,
+    pieces: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A migration left building in place (``--no-switch``, or begun by an older ragstore)
+    whose target's tokenizer files were replaced since: the models no longer cut alike,
+    and the run chose a re-cut, which refused the target's own building space ("already
+    being migrated to X; finish that with `ragstore models migrate ... --to X`": the very
+    command run). It resumes in place, as it began."""
+    monkeypatch.setenv(KEY_ENV, "sk-test-123")
+    folder = write_corpus(tmp_path / "docs", docs=2, paragraphs=2)
+    assert not ingest_paths(rt, [folder], "tok-resume").failed
+    before = _chunk_texts(rt, rt.collection("tok-resume"))
+    tokenizer = _copy_tokenizer(tmp_path / "later")
+    target = _pin(rt, server, "minilm-later", str(tokenizer))
+    first = migrate(rt, "tok-resume", target.key, switch=False)
+    assert not first.switched and not first.recut
+    shutil.copy(pieces / "tokenizer.json", tokenizer / "tokenizer.json")  # replaced in place
+    assert not cuts_alike(rt.collection("tok-resume").model, target)
+
+    report = migrate(rt, "tok-resume", target.key)
+
+    assert report.switched and not report.recut
+    assert rt.collection("tok-resume").model.key == target.key
+    assert _chunk_texts(rt, rt.collection("tok-resume")) == before

@@ -1272,6 +1272,18 @@ def _sample(text: str, name: str, labels: str = "") -> float | None:
     return float(found.group(1)) if found else None
 
 
+def _scraped_when(c: Client, name: str, labels: str, value: float) -> str:
+    """The first ``/metrics`` exposition (within 10 s) where ``name{labels}`` reads
+    ``value``: a connection just given back to its pool is counted in use until the
+    pool's own thread has reset it, and the replica's lag probe borrows one now and then."""
+    deadline = time.monotonic() + 10
+    while True:
+        text = c.request("GET", "/metrics").text
+        if _sample(text, name, labels) == value or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
+
+
 def test_each_replica_pool_and_the_api_queue_pool_reach_the_metrics(pair: Pair, kb: str) -> None:
     """The ``ragstore_db_pool_*`` gauges are the primary's pool alone (unlabelled, as the
     alerts read them): a replica's pool, its size, in-use and waiting figures, showed
@@ -1286,19 +1298,19 @@ def test_each_replica_pool_and_the_api_queue_pool_reach_the_metrics(pair: Pair, 
         unopened = c.request("GET", "/metrics").text
         r = c.request("POST", "/v1/collections/kb/search", json={"query": "tides", "k": 1})
         assert _served_by(r) == "replica"
-        opened = c.request("GET", "/metrics").text
+        opened = _scraped_when(c, "ragstore_db_replica_pool_connections_in_use", label, 0)
         state = app.state.ragstore
         replica = state.runtime.router.choose()
         assert isinstance(replica, routing.ReplicaDatabase)
         with replica.pool.connection(), state.queue.connector.pool.connection():
             held = c.request("GET", "/metrics").text
-        freed = c.request("GET", "/metrics").text
+        freed = _scraped_when(c, "ragstore_db_replica_pool_connections_in_use", label, 0)
     assert "ragstore_db_replica_pool_connections{" not in unopened  # no read yet: not open
     assert _sample(opened, "ragstore_db_replica_pool_max_connections", label) == 3
     assert (_sample(opened, "ragstore_db_replica_pool_connections", label) or 0) >= 1
     assert _sample(opened, "ragstore_db_replica_pool_connections_in_use", label) == 0
     assert _sample(opened, "ragstore_db_replica_pool_requests_waiting", label) == 0
-    assert _sample(held, "ragstore_db_replica_pool_connections_in_use", label) == 1
+    assert (_sample(held, "ragstore_db_replica_pool_connections_in_use", label) or 0) >= 1
     assert _sample(freed, "ragstore_db_replica_pool_connections_in_use", label) == 0
     # one series per configured replica; the primary's gauges stay unlabelled
     assert opened.count("ragstore_db_replica_pool_max_connections{") == 1

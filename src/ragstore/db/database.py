@@ -264,6 +264,11 @@ class Database:
         # second pool, built and overwritten, would never be closed; the garbage collector
         # then stops it on one of its own threads: "cannot join current thread")
         self._pool_open_lock = threading.Lock()
+        # pooled connections lent to blocks now: the pool's own pool_size also counts the
+        # ones it is still trying to make (:meth:`checking` tells a pool that holds a
+        # live connection from one retrying against a full server)
+        self._lent = 0
+        self._lent_lock = threading.Lock()
         self.breaker = Breaker()
         self.data_dir: Path | None = None  # the embedded server's, to restart it
         # the schema check a Runtime gives its primary (:meth:`guard_schema`)
@@ -282,6 +287,8 @@ class Database:
         if pool is not None:
             pool._closed = True
         self._pool_open_lock = threading.Lock()
+        self._lent = 0
+        self._lent_lock = threading.Lock()
         self.breaker = Breaker()
 
     @classmethod
@@ -361,9 +368,10 @@ class Database:
         # would count in ragstore_db_pool_timeouts_total (whose alert pages at once) and
         # in the acquire histogram, so a check every second would page by itself; and a
         # pool holding no connection (its connections lost with a restart, the slots
-        # taken by other clients since) cannot lend one: this process is not ready.
-        stats = self._pool.get_stats() if self._pool is not None else {}
-        if not stats.get("pool_size"):
+        # taken by other clients since: none lent, none idle, whatever pool_size says of
+        # the ones it is still trying to make) cannot lend one: this process is not ready.
+        stats = metrics.pool_stats(self._pool)
+        if not stats.get("pool_available") and not self._lent:
             raise DatabaseUnavailableError(
                 f"{refusal}; this process holds no connection to it: free connections on "
                 "the server or raise its max_connections (or the role's or database's "
@@ -620,9 +628,15 @@ class Database:
         try:
             with self.pool.connection(timeout=wait_s) as conn:
                 lent = True
-                metrics.observe_pool_acquire(self.pool_label, time.perf_counter() - started)
-                self._recheck_schema(conn)
-                yield conn
+                with self._lent_lock:
+                    self._lent += 1
+                try:
+                    metrics.observe_pool_acquire(self.pool_label, time.perf_counter() - started)
+                    self._recheck_schema(conn)
+                    yield conn
+                finally:
+                    with self._lent_lock:
+                        self._lent -= 1
         except PoolTimeout:
             if not lent:  # (not a PoolTimeout of a nested block's own request)
                 metrics.observe_pool_acquire(self.pool_label, time.perf_counter() - started)

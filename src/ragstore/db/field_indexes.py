@@ -213,7 +213,17 @@ def _left_invalid(conn: Any, index: FieldIndex, name: str) -> None:
     index is labelled (that needs no lock on the table), so that ``ragstore db check``
     reports it as the field's and ``--repair`` or the next declaration drops and builds it
     again. Unlabelled, it was reported as naming no field, and that repair's drop came
-    after the field's rebuild and dropped the rebuilt index."""
+    after the field's rebuild and dropped the rebuilt index.
+
+    Only an index still invalid and not being built is dropped: another session's build
+    of the same field may have made it valid, or be making it, since this one gave up."""
+    building = conn.execute(
+        "SELECT 1 FROM pg_stat_progress_create_index p JOIN pg_class c"
+        " ON c.oid = p.index_relid WHERE c.relname = %s",
+        (name,),
+    ).fetchone()
+    if _state(conn, name) is not False or building is not None:
+        return
     before = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
     conn.execute("SELECT set_config('lock_timeout', %s, false)", (CLEANUP_LOCK_TIMEOUT,))
     try:

@@ -274,10 +274,18 @@ def migrate(
         # imported vectors came with their records' texts, each stored whole as one chunk
         # cut for no model's budget: a target of 512 tokens (an endpoint's default) was
         # given them as they were, and the backfill stopped at the first long record
+        # a migration already filling a space of the target in place (begun by an older
+        # ragstore, or its tokenizer files read otherwise since) resumes in place: a
+        # re-cut would refuse that very space as "already being migrated", sending the
+        # user to the command they ran; `_check_fits` guards what it embeds
+        in_place = any(
+            sp.status == "building" and sp.model_id == target.id
+            for sp in spaces.list_spaces(conn, coll.id)
+        )
         recut = (
             coll.model.provider == VECTOR_ONLY_PROVIDER
             or rechunk.find_shadow(conn, coll, target.id) is not None
-            or not cuts_alike(coll.model, target.spec)
+            or (not in_place and not cuts_alike(coll.model, target.spec))
         )
     if recut:
         return _migrate_recut(
@@ -483,7 +491,8 @@ def _check_fits(
 
     Only a target that cuts the documents exactly as the active model does gets here
     (:func:`cuts_alike`: the same tokenizer, budget and prefix; any other has them cut
-    again, :mod:`ragstore.modelops.rechunk`), so no chunk should be too long: this is the
+    again, :mod:`ragstore.modelops.rechunk`), or a migration that began in place and
+    resumes so, so no chunk should be too long: this is the
     last guard, for chunks stored otherwise (cut by an older ragstore, or with tokenizer
     files since replaced in place). The message said a migration re-cuts only for a model
     that reads fewer tokens, untrue since it re-cuts for any other cut."""
@@ -493,12 +502,14 @@ def _check_fits(
             raise MigrationStateError(
                 f"chunk {chunk.id} is {n} tokens for {space.model.key}, which reads at most "
                 f"{limit}, so it would cut it short: the two models cut documents alike (the "
-                "same tokenizer, budget and passage prefix), so the documents were not cut "
-                f"again, yet this stored chunk of {coll.model.key} is longer than a fresh "
-                "ingest cuts (stored by an older ragstore, or the tokenizer's files were "
-                f"replaced since). Cancel with `ragstore models cancel -c {coll.name}` and "
-                "ingest the documents into a new collection created with "
-                f"{space.model.key} instead ({text[:40]!r}...)"
+                "same tokenizer, budget and passage prefix) or this migration began "
+                "without cutting them again, and resumes so; yet this stored chunk of "
+                f"{coll.model.key} is longer than a fresh ingest cuts (stored by an older "
+                "ragstore, or the tokenizer's files were replaced since). Cancel with "
+                f"`ragstore models cancel -c {coll.name}` and run the migration again (it "
+                "then cuts the documents again where the models cut them otherwise), or "
+                f"ingest the documents into a new collection created with {space.model.key} "
+                f"({text[:40]!r}...)"
             )
 
 

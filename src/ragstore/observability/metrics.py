@@ -490,7 +490,7 @@ def observe_pool_acquire(pool: str, seconds: float) -> None:
     POOL_ACQUIRE_DURATION.labels(pool).observe(seconds)
 
 
-def _pool_stats(pool: Any) -> dict[str, int]:
+def pool_stats(pool: Any) -> dict[str, int]:
     """A psycopg pool's ``get_stats()`` (its public figures); {} for None (no pool). Tried
     again where its counters grew a key under the copy (a RuntimeError from the pool's own
     threads: a scrape of a busy pool failed with a 500)."""
@@ -506,7 +506,7 @@ def _pool_stats(pool: Any) -> dict[str, int]:
 
 def sync_pool(pool: Any) -> None:
     """Copy a psycopg pool's ``get_stats()`` into the pool metrics (None: no pool yet)."""
-    stats = _pool_stats(pool)
+    stats = pool_stats(pool)
     POOL_MAX.set(stats.get("pool_max", 0))
     size = stats.get("pool_size", 0)
     POOL_SIZE.set(size)
@@ -535,7 +535,7 @@ def sync_replica_pools(pools: Iterable[tuple[str, Any]]) -> None:
     for name, pool in pools:
         if pool is None:
             continue
-        stats = _pool_stats(pool)
+        stats = pool_stats(pool)
         size = stats.get("pool_size", 0)
         mine = (
             stats.get("pool_max", 0),
