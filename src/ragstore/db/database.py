@@ -84,6 +84,12 @@ class CheckConnection:
     conn: psycopg.Connection[tuple[object, ...]]
     full: bool
 
+    def ping(self, where: str) -> None:
+        """One round trip on the connection: a pooled one may have died since it was
+        lent (its errors translated as every use of ``where``'s are)."""
+        with translated(f"pinging {where}"):
+            self.conn.execute("SELECT 1")
+
 
 # libpq's TCP settings of every connection ragstore opens, where the URL sets none of its
 # own (an operator's values stand). Without them a connection whose path to the server

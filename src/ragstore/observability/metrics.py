@@ -577,13 +577,7 @@ class JobQueuePoolMetrics(Collector):
         pool = self._pool()
         if pool is None:
             return
-        stats: dict[str, int] = {}
-        for _ in range(3):
-            try:
-                stats = pool.get_stats()
-                break
-            except RuntimeError:  # its counters grew a key under the copy (the loop's thread)
-                continue
+        stats = pool_stats(pool)
         size = stats.get("pool_size", 0)
         # (each name written out: the doc test finds every family by its literal name)
         figures = (

@@ -26,6 +26,7 @@ from ragstore.errors import (
     NotReadyError,
     RagstoreError,
 )
+from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 
 log = logging.getLogger("ragstore.api")
@@ -120,8 +121,7 @@ def _check(rt: Runtime) -> _Checked:
         try:
             db = rt.raw_db()
             lent = stack.enter_context(db.checking())
-            with translated(f"pinging {db.where}"):
-                lent.conn.execute("SELECT 1")
+            lent.ping(db.where)
             got: CheckConnection | None = lent
         except RagstoreError as exc:
             if not (isinstance(exc, DatabaseUnavailableError) and exc.busy and is_full(exc)):
@@ -172,7 +172,7 @@ def _pool_check(rt: Runtime) -> str:
     pool = db.opened_pool if db is not None else None
     if pool is None:
         return "not opened yet"
-    stats = pool.get_stats()
+    stats = metrics.pool_stats(pool)
     size, free = stats.get("pool_size", 0), stats.get("pool_available", 0)
     waiting = stats.get("requests_waiting", 0)
     used = f"{max(0, size - free)} of {stats.get('pool_max', size)} connections in use"
