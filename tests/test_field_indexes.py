@@ -17,6 +17,7 @@ from ragstore.db.field_indexes import FieldIndex
 from ragstore.errors import InputError, RagstoreError
 from ragstore.runtime import Runtime
 from ragstore.search import compile_filter, service
+from tests.behind import run_behind
 from tests.conftest import run_cli
 from tests.test_filters import CASES, COLL, PROBED, candidates_plan, docs, sources
 
@@ -313,31 +314,17 @@ def test_db_check_repairs_of_field_indexes_behind_a_stuck_load_give_up_busy(
     index its build left labelled as the field's (it cannot be dropped while the load
     holds the table), and repairs the field once the load has ended."""
     from ragstore.db import documents
-    from ragstore.integrity import CheckReport, check
+    from ragstore.integrity import check
 
     index = FieldIndex(("shelf",), "number")
     with docs.db.connect(autocommit=True) as conn:
         field_indexes.add(conn, index)
         conn.execute(f"DROP INDEX {index.name('chunks')}")  # a hand-made drop
-    done: list[CheckReport] = []
-    failed: list[BaseException] = []
-
-    def repair(rt: Runtime) -> None:
-        try:
-            done.append(check(rt, repair=True))
-        except BaseException as exc:  # the test reads it
-            failed.append(exc)
-
     short = Runtime(docs.settings.model_copy(update={"bulk_load_wait_s": 0.5}))
     with short, docs.db.connection() as stuck:  # a bulk load, hung: it holds its tables
         documents.begin_bulk(stuck, docs.collection(COLL).id)
         stuck.execute("LOCK TABLE documents, chunks IN ROW EXCLUSIVE MODE")  # its inserts'
-        late = threading.Thread(target=repair, args=(short,))
-        late.start()
-        late.join(60)
-        stuck_for_good = late.is_alive()
-        stuck.rollback()
-    late.join(60)
+        stuck_for_good, done, failed = run_behind(lambda: check(short, repair=True), stuck.rollback)
     assert not stuck_for_good, "the repair waited past its deadline"
     assert not failed, failed
     (report,) = done

@@ -11,9 +11,10 @@ import pytest
 
 from ragstore.db import documents, spaces
 from ragstore.ingest import ingest_paths
-from ragstore.integrity import CheckReport, check
+from ragstore.integrity import check
 from ragstore.runtime import Runtime
 from ragstore.search import search
+from tests.behind import run_behind
 from tests.conftest import run_cli
 from tests.models.corpus import write_corpus
 
@@ -191,23 +192,11 @@ def test_a_recount_behind_a_stuck_bulk_load_fails_by_the_deadline(
         )
     update = {"bulk_load_wait_s": 0.5}
     with Runtime(rt.settings.model_copy(update=update)) as short:
-        failed: list[BaseException] = []
-        done: list[CheckReport] = []
-
-        def repair() -> None:
-            try:
-                done.append(check(short, "recount", repair=True))
-            except BaseException as exc:  # the test reads it
-                failed.append(exc)
-
         with rt.db.connection() as stuck:  # a bulk load of the collection, hung
             documents.begin_bulk(stuck, coll.id)
-            late = threading.Thread(target=repair)
-            late.start()
-            late.join(60)
-            stuck_for_good = late.is_alive()
-            stuck.rollback()
-        late.join(60)
+            stuck_for_good, done, failed = run_behind(
+                lambda: check(short, "recount", repair=True), stuck.rollback
+            )
         assert not stuck_for_good, "the repair waited past its deadline"
         assert not failed, failed
         (report,) = done

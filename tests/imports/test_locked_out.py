@@ -4,13 +4,13 @@ import rolled back; it used to wait for good, saying nothing."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from ragstore.db import documents
+from tests.behind import run_behind
 from tests.conftest import run_cli
 from tests.imports.helpers import collection_state, vectors, write_jsonl
 
@@ -49,7 +49,6 @@ def test_an_import_behind_a_stuck_bulk_load_fails_by_the_deadline(
     before = collection_state(url, name)
     more = write_jsonl(tmp_path / "more.jsonl", ["m1", "m2"], vectors(2, DIM, seed=3))
     monkeypatch.setenv("RAGSTORE_BULK_LOAD_WAIT_S", "0.5")
-    statuses: list[int] = []
     with psycopg.connect(url) as stuck:  # a bulk load of the collection that took its locks
         (cid,) = stuck.execute(
             "SELECT id FROM collections WHERE name = %s" + (" FOR KEY SHARE" if rows else ""),
@@ -58,12 +57,10 @@ def test_an_import_behind_a_stuck_bulk_load_fails_by_the_deadline(
         assert isinstance(cid, int)
         documents.begin_bulk(stuck, cid)
         capsys.readouterr()
-        late = threading.Thread(target=lambda: statuses.append(run_cli(*_import(more, name))))
-        late.start()
-        late.join(60)
-        stuck_for_good = late.is_alive()
-        stuck.rollback()  # the stuck load ends: the import, if still waiting, goes on
-    late.join(60)
+        # the stuck load ends on release: the import, if still waiting, goes on
+        stuck_for_good, statuses, _ = run_behind(
+            lambda: run_cli(*_import(more, name)), stuck.rollback
+        )
     assert not stuck_for_good, "the import waited past its deadline"
     err = capsys.readouterr().err
     assert statuses == [69], err
