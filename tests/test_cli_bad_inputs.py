@@ -237,6 +237,132 @@ def test_a_replica_item_naming_the_primarys_server_is_a_config_error(
 
 
 @pytest.mark.parametrize(
+    ("primary", "replicas", "said"),
+    [
+        # the item names every host the primary may be on: whichever is, the item reaches it
+        (
+            "postgresql://u:hunter2@db1,db2/x?target_session_attrs=read-write",
+            "postgresql://db7/x, host=db2,DB1 port=5432 dbname=x password=hunter2",
+            "item 2 of the comma-separated list names every host of the primary's (db1:5432, "
+            "db2:5432, database x; RAGSTORE_DATABASE_URL): whichever of them is the primary, "
+            "the item reaches it, a primary and no replica; name only the standbys' hosts in "
+            "the item, or add target_session_attrs=standby (hosts are compared as written, no "
+            "name resolved)",
+        ),
+        (  # and other hosts besides
+            "host=/run/pg,db2 port=5433 dbname=x",
+            "postgresql://u@db3:5433,db2:5433,%2Frun%2Fpg%2F:5433/x",
+            "item 1 of the comma-separated list names every host of the primary's "
+            "(/run/pg:5433, db2:5433, database x; RAGSTORE_DATABASE_URL)",
+        ),
+        (  # a single-host primary given by its address: the item names that address
+            "host=db1 hostaddr=192.0.2.1 dbname=x",
+            "host=192.0.2.1,db2 dbname=x",
+            "item 1 of the comma-separated list names the primary's 192.0.2.1:5432, database x "
+            "(RAGSTORE_DATABASE_URL): reads sent there would be the primary's",
+        ),
+        # a host of a multi-host primary named by two items is still one server in two
+        (
+            "postgresql://u@db1,db2/x",
+            "postgresql://u@db2/x, host=db3,db2 dbname=x",
+            "items 1 and 2 of the comma-separated list both name db2:5432, database x",
+        ),
+    ],
+)
+def test_a_replica_item_naming_every_host_of_the_primary_is_a_config_error(
+    primary: str,
+    replicas: str,
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Only some of a multi-host primary's hosts make a replica (see below): an item naming
+    all of them, whatever else it names, reaches the primary wherever it is."""
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", primary)
+    monkeypatch.setenv("RAGSTORE_READ_DATABASE_URLS", replicas)
+    assert run_cli("collections", "list", "--json") == CONFIG_INVALID
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(
+        f"error[config_invalid]: RAGSTORE_READ_DATABASE_URLS=(secret) is invalid: {said}"
+    )
+    assert "hunter2" not in err
+
+
+@pytest.mark.parametrize(
+    ("primary", "replicas", "warned"),
+    [
+        (  # the common failover shape: db2 a standby while db1 is the primary
+            "postgresql://u:hunter2@db1,db2/x?target_session_attrs=read-write",
+            "host=db2 dbname=x user=u password=hunter2",
+            [
+                "item 1 of RAGSTORE_READ_DATABASE_URLS names db2:5432, database x, a failover "
+                "host of RAGSTORE_DATABASE_URL: while it is the primary (after a failover to "
+                "it) it is no standby, and reads skip the item (they go to the other "
+                "replicas, or to the primary)"
+            ],
+        ),
+        (  # the first host too, and an item of other hosts besides
+            "host=db1,db2 dbname=x",
+            "postgresql://u@DB1:5432/x, postgresql://u@db3,db2/x",
+            [
+                "item 1 of RAGSTORE_READ_DATABASE_URLS names db1:5432, database x, a failover "
+                "host of RAGSTORE_DATABASE_URL: while it is the primary (after a failover to "
+                "it) it is no standby, and reads skip the item (they go to the other "
+                "replicas, or to the primary)",
+                "item 2 of RAGSTORE_READ_DATABASE_URLS names db2:5432, database x, a failover "
+                "host of RAGSTORE_DATABASE_URL: while it is the primary (after a failover to "
+                "it) it is no standby, and reads skip the item; add "
+                "target_session_attrs=standby to the item to have libpq pass over it to the "
+                "item's other hosts then",
+            ],
+        ),
+        (  # a socket directory (its trailing /) and a port for each host
+            "host=/run/pg,db2 port=5433,5434 dbname=x",
+            "host=/run/pg/ port=5433 dbname=x",
+            [
+                "item 1 of RAGSTORE_READ_DATABASE_URLS names /run/pg:5433, database x, a "
+                "failover host of RAGSTORE_DATABASE_URL: while it is the primary (after a "
+                "failover to it) it is no standby, and reads skip the item (they go to the "
+                "other replicas, or to the primary)"
+            ],
+        ),
+        # asking for a standby, it is no warning: libpq passes over a primary
+        ("postgresql://u@db1,db2/x", "postgresql://u@db2,db3/x?target_session_attrs=standby", []),
+        # one name (a certificate's) with two addresses: two servers, libpq connects to each
+        # hostaddr
+        ("host=db hostaddr=192.0.2.1 dbname=x", "host=db hostaddr=192.0.2.2 dbname=x", []),
+        ("host=db1 dbname=x", "host=db1 hostaddr=192.0.2.2 dbname=x", []),
+    ],
+)
+def test_a_replica_on_a_failover_host_of_the_primary_is_accepted_with_a_warning(
+    primary: str,
+    replicas: str,
+    warned: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A primary URL listing failover hosts with a replica item naming one of them (a
+    standby while another is the primary) was refused at start: a common, valid setup that
+    stopped starting. It is a replica; the warning says what a failover to it does."""
+    import logging
+
+    from ragstore import profiles
+
+    monkeypatch.setattr(profiles, "_warned", set())
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", primary)
+    monkeypatch.setenv("RAGSTORE_READ_DATABASE_URLS", replicas)
+    with caplog.at_level(logging.WARNING, logger="ragstore.profiles"):
+        settings = profiles.get_settings()
+        profiles.get_settings()  # once a process
+    assert settings.read_database_urls is not None
+    assert settings.read_database_urls.get_secret_value() == replicas
+    lines = [r.getMessage() for r in caplog.records if r.name == "ragstore.profiles"]
+    assert lines == warned
+    assert not any("hunter2" in line for line in lines)
+
+
+@pytest.mark.parametrize(
     ("primary", "replicas"),
     [
         # compared as written: a name and an address (or localhost) are not resolved

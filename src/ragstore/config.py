@@ -372,7 +372,12 @@ class Settings(BaseSettings):
     def _replica_urls(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         """Each item of the list a PostgreSQL URL: a typo was taken as a replica that is
         down, every read went to the primary, and nothing said why. No server is reached
-        through two items, nor is the primary's (:func:`shared_servers`)."""
+        through two items (:func:`shared_servers`), and no item names every host the
+        primary may be on (its one host, or all of a multi-host primary's): whichever is
+        the primary, the item would reach it. An item naming some of a multi-host
+        primary's hosts (its failover hosts, a standby while another is the primary) is a
+        replica: refusing it stopped a common setup from starting; it is warned about
+        (:func:`failover_replica_warnings`)."""
         if value is None:
             return None
         text = value.get_secret_value()
@@ -427,9 +432,18 @@ class Settings(BaseSettings):
         primary = info.data.get("database_url")
         if isinstance(primary, SecretStr) and primary.get_secret_value().strip():
             primary_key = server_key(primary.get_secret_value())
+            primary_servers = primary_key[0]
+            assert isinstance(primary_servers, frozenset)
             for number, (item, key) in enumerate(zip(items, keys, strict=True), 1):
                 shared = shared_servers(primary_key, key)
-                if shared is not None and not asks_for_standby(item):
+                if shared is None or asks_for_standby(item) or shared[0] != primary_servers:
+                    # a host of a multi-host primary (its failover hosts) is a standby
+                    # while another is the primary: a valid replica, warned about
+                    # (failover_replica_warnings)
+                    continue
+                # the item names every host the primary may be on: whichever it is, the
+                # item reaches it
+                if len(primary_servers) == 1:
                     raise ValueError(
                         f"item {number} of the comma-separated list names the primary's "
                         f"{describe_server(shared)} (RAGSTORE_DATABASE_URL): reads sent there "
@@ -437,6 +451,14 @@ class Settings(BaseSettings):
                         "target_session_attrs=standby where its hosts take turns as the "
                         "primary (hosts are compared as written, no name resolved)"
                     )
+                raise ValueError(
+                    f"item {number} of the comma-separated list names every host of the "
+                    f"primary's ({describe_server(shared)}; RAGSTORE_DATABASE_URL): "
+                    "whichever of them is the primary, the item reaches it, a primary and "
+                    "no replica; name only the standbys' hosts in the item, or add "
+                    "target_session_attrs=standby (hosts are compared as written, no name "
+                    "resolved)"
+                )
         return value
 
     @field_validator("trusted_proxies")
@@ -575,11 +597,16 @@ def server_key(conninfo: str) -> tuple[object, ...]:
     from psycopg.conninfo import conninfo_to_dict
 
     params = {k: str(v).strip() for k, v in conninfo_to_dict(conninfo).items() if v is not None}
+    names = (params.get("host") or os.environ.get("PGHOST", "")).split(",")
+    addresses = (params.get("hostaddr") or os.environ.get("PGHOSTADDR", "")).split(",")
+    if len(names) < len(addresses):
+        names += [""] * (len(addresses) - len(names))
+    # libpq connects to a host's hostaddr where one is given (its host is then only the
+    # name that TLS and the password file check): two items naming one host with two
+    # addresses (one certificate's name for several servers) are two servers
     hosts = [
-        _host_as_written(h)
-        for h in (
-            params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST", "")
-        ).split(",")
+        _host_as_written(address if address.strip() else name)
+        for name, address in zip(names, addresses + [""] * len(names), strict=False)
     ]
     ports = [p.strip() for p in (params.get("port") or os.environ.get("PGPORT", "")).split(",")]
     if len(ports) == 1:
@@ -628,6 +655,38 @@ def asks_for_standby(conninfo: str) -> bool:
 
     attrs = conninfo_to_dict(conninfo).get("target_session_attrs") or ""
     return str(attrs).strip().lower() in _STANDBY_ATTRS
+
+
+def failover_replica_warnings(settings: Settings) -> list[str]:
+    """A line for each replica item naming some, not all, of the hosts of a multi-host
+    primary (its failover hosts) without asking libpq for a standby.
+
+    Such an item is accepted (the validator refuses only an item naming every host the
+    primary may be on): that host is a standby while another is the primary. While it is
+    the primary (after a failover to it) the router finds it no standby and skips the
+    item; an item of other hosts too went on to them had it asked for a standby."""
+    if settings.database_url is None or settings.read_database_urls is None:
+        return []
+    primary_key = server_key(settings.database_url.get_secret_value())
+    lines = []
+    for number, item in enumerate(settings.replica_urls, 1):
+        key = server_key(item)
+        shared = shared_servers(primary_key, key)
+        if shared is None or asks_for_standby(item):
+            continue
+        others = shared[0] != key[0]  # the item has hosts the primary does not name
+        lines.append(
+            f"item {number} of RAGSTORE_READ_DATABASE_URLS names {describe_server(shared)}, "
+            "a failover host of RAGSTORE_DATABASE_URL: while it is the primary (after a "
+            "failover to it) it is no standby, and reads skip the item"
+            + (
+                "; add target_session_attrs=standby to the item to have libpq pass over it "
+                "to the item's other hosts then"
+                if others
+                else " (they go to the other replicas, or to the primary)"
+            )
+        )
+    return lines
 
 
 def describe_server(key: tuple[object, ...]) -> str:

@@ -20,7 +20,7 @@ from dotenv import dotenv_values
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
-from ragstore.config import ENV_PREFIX, Settings, describe_error
+from ragstore.config import ENV_PREFIX, Settings, describe_error, failover_replica_warnings
 from ragstore.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ def get_settings(**overrides: Any) -> Settings:
     settings = _validated(overrides)
     check_profile(settings)
     _warn_misspelled()
+    _warn_once(failover_replica_warnings(settings))
     return settings
 
 
@@ -165,7 +166,12 @@ _warned: set[str] = set()
 def _warn_misspelled() -> None:
     """Each near-miss variable of the environment or ``.env`` named once a process."""
     seen = {**dotenv_values(".env"), **os.environ} if os.path.isfile(".env") else os.environ
-    for line in misspelled_variables(seen):
+    _warn_once(misspelled_variables(seen))
+
+
+def _warn_once(lines: list[str]) -> None:
+    """Each line logged as a warning once a process (settings are read more than once)."""
+    for line in lines:
         if line not in _warned:
             _warned.add(line)
             log.warning("%s", line)
