@@ -365,7 +365,8 @@ async def test_tool_arguments_are_not_coerced(handbook: Store) -> None:
     async with McpClient(build_server(handbook)) as session:
         for tool, args, field in bad:
             text = _error(await session.call_tool(tool, args))
-            assert "validation error" in text and field in text, (tool, args, text)
+            assert "error[invalid_input]: the arguments are invalid" in text, (tool, args, text)
+            assert f"{field}: " in text, (tool, args, text)
         found = _data(
             await session.call_tool(
                 "search", {"collection": "handbook", "query": "backups", "k": 2, "context": "1"}
@@ -453,8 +454,11 @@ async def test_search_picks_diverse_hits_by_mmr_and_refuses_bad_options(handbook
                 {"context": "lots"},
                 "error[invalid_input]: context 'lots' is invalid",
             ),  # not --context
-            ({"mmr": True, "lambda_mult": "0.5"}, "validation error"),
-            ({"mmr": "yes"}, "validation error"),
+            (
+                {"mmr": True, "lambda_mult": "0.5"},
+                "lambda_mult: Input should be a valid number, got the string '0.5'",
+            ),
+            ({"mmr": "yes"}, "mmr: Input should be a valid boolean, got the string 'yes'"),
         ]
         for args, message in bad:
             assert message in _error(await session.call_tool("search", {**ask, **args})), args
@@ -482,6 +486,141 @@ async def test_an_argument_a_tool_does_not_take_is_refused(handbook: Store) -> N
         assert "unknown argument 'verbose' for list_collections: it takes no arguments" in text
         found = _data(await session.call_tool("search", {**ask, "where": {"team": "ops"}}))
         assert [h["title"] for h in found["hits"]] == ["Ops"]
+
+
+async def test_refused_arguments_are_told_in_one_line_at_each_argument(handbook: Store) -> None:
+    """Arguments a tool's schema refused were answered with pydantic's own report: lines
+    per argument, ``[type=int_type, input_value='3', input_type=str]``, the pydantic
+    docs' URL, and for ``context`` (an integer or "section") one block per type. Each is
+    now one line, ``error[invalid_input]`` as the HTTP API's problem, naming each argument,
+    what it should be and what was given; a bad write stores nothing."""
+    from mcp import Client as McpClient
+
+    writer = KeyStore(handbook.runtime.db).create("write", name="bad-arguments").secret
+    prefix = "error[invalid_input]: the arguments are invalid: "
+    ask = {"collection": "handbook", "query": "backups"}
+    calls: list[tuple[str, dict[str, Any], str]] = [
+        ("search", {}, "collection: Field required; query: Field required"),
+        ("search", {**ask, "query": None}, "query: Input should be a valid string, got null"),
+        ("search", {**ask, "k": "3"}, "k: Input should be a valid integer, got the string '3'"),
+        ("search", {**ask, "k": 1.5}, "k: Input should be a valid integer, got the number 1.5"),
+        ("search", {**ask, "mode": 3}, "mode: Input should be a valid string, got the number 3"),
+        ("search", {**ask, "where": []}, "where: Input should be a valid dictionary, got an array"),
+        (
+            "search",
+            {**ask, "context": 1.5},
+            "context: Input should be a valid integer or a valid string, got the number 1.5",
+        ),
+        (
+            "search",
+            {**ask, "lambda_mult": True},
+            "lambda_mult: Input should be a valid number, got true",
+        ),
+        (
+            "list_fields",
+            {"collection": {}},
+            "collection: Input should be a valid string, got an object",
+        ),
+        ("get_document", {"collection": "handbook"}, "document_id: Field required"),
+        ("get_section", {"collection": "handbook", "document_id": 1}, "section: Field required"),
+        (
+            "add_document",
+            {
+                "collection": "mcp-bad-args",
+                "name": "a.md",
+                "text": "x" * 1000 + "\n",
+                "metadata": "x",
+            },
+            "metadata: Input should be a valid dictionary, got the string 'x'",
+        ),
+        (
+            "add_document",
+            {"collection": "mcp-bad-args", "name": "a.md", "text": 5},
+            "text: Input should be a valid string, got the number 5",
+        ),
+    ]
+    async with McpClient(build_server(handbook, key_for(handbook, writer))) as session:
+        for tool, args, told in calls:
+            text = _error(await session.call_tool(tool, args))
+            assert text.startswith(f"Error executing tool {tool}: {prefix}{told}"), (tool, text)
+            assert text.endswith(
+                "(the tool's inputSchema in tools/list gives each argument's type)"
+            )
+            for noise in ("\n", "pydantic", "validation error", "Arguments", "input_type"):
+                assert noise not in text, (noise, text)
+        long = _error(await session.call_tool("search", {**ask, "query": ["q" * 10_000]}))
+        assert "query: Input should be a valid string, got an array" in long and len(long) < 300
+        long = _error(await session.call_tool("search", {**ask, "mode": None, "k": "q" * 10_000}))
+        assert f"k: Input should be a valid integer, got the string '{'q' * 40}...'" in long
+        assert "; mode: Input should be a valid string, got null" in long and len(long) < 400
+    assert "mcp-bad-args" not in {c["name"] for c in handbook.list_collections()}
+
+
+async def test_a_tool_the_server_does_not_offer_names_those_it_does(handbook: Store) -> None:
+    """A call of a tool not offered was answered ``Unknown tool: add_documents``, and
+    ``add_document`` on a server started without a write key looked like a typo. Now the
+    answer names the tools, or says add_document needs a write-scoped key."""
+    from mcp import Client as McpClient
+
+    async with McpClient(build_server(handbook)) as session:
+        text = _error(await session.call_tool("serach", {"collection": "handbook"}))
+        assert text == (
+            "error[not_found]: no tool 'serach'; the tools are search, list_collections, "
+            "list_fields, get_document, get_section"
+        )
+        text = _error(await session.call_tool("n" * 10_000, {}))
+        assert len(text) < 300 and "no tool 'nnn" in text
+        text = _error(
+            await session.call_tool(
+                "add_document", {"collection": "mcp-no-key", "name": "a.md", "text": "hi"}
+            )
+        )
+        assert text.startswith("error[forbidden]: add_document is offered only when the MCP")
+        assert "write-scoped API key (ragstore mcp --api-key, RAGSTORE_API_KEY)" in text
+    assert "mcp-no-key" not in {c["name"] for c in handbook.list_collections()}
+
+
+async def test_a_tool_error_stores_nothing_and_leaves_the_document_as_it_was(
+    handbook: Store,
+) -> None:
+    """A write the store refuses (an empty or NUL-holding text, a bad name or metadata,
+    a text that is no PDF) creates no collection and leaves the document it would have
+    replaced as it was, and each is one line under its code."""
+    from mcp import Client as McpClient
+
+    writer = KeyStore(handbook.runtime.db).create("write", name="half-written").secret
+    page = handbook.list_documents("handbook")["data"]
+    guide = next(d for d in page if d["name"] == "ops/guide.md")
+    before = handbook.get_document("handbook", guide["id"])
+    calls: list[tuple[str, dict[str, Any], str]] = [
+        ("a.md", {"text": ""}, "error[empty_document]: a.md: the file is empty"),
+        ("a.md", {"text": "hi\u0000"}, "error[invalid_input]: a.md: the text holds a NUL"),
+        ("/a.md", {"text": "hi"}, "error[invalid_input]: invalid document name '/a.md'"),
+        ("a.pdf", {"text": "hello"}, "error[corrupt_document]: a.pdf: not a PDF"),
+        (
+            "a.md",
+            {"text": "# A\n\nhi", "metadata": {"a": "\ud800"}},
+            "error[invalid_input]: metadata holds a lone surrogate",
+        ),
+        ("ops/guide.md", {"text": ""}, "error[empty_document]: ops/guide.md: the file is empty"),
+        (
+            "ops/guide.md",
+            {"text": "# New\n\nhi", "metadata": {"a": "\ud800"}},
+            "error[invalid_input]: metadata holds a lone surrogate",
+        ),
+    ]
+    async with McpClient(build_server(handbook, key_for(handbook, writer))) as session:
+        for name, args, told in calls:
+            collection = "handbook" if name == "ops/guide.md" else "mcp-half"
+            text = _error(
+                await session.call_tool(
+                    "add_document", {"collection": collection, "name": name, **args}
+                )
+            )
+            assert text.startswith(f"Error executing tool add_document: {told}"), text
+            assert "\n" not in text, text
+    assert "mcp-half" not in {c["name"] for c in handbook.list_collections()}
+    assert handbook.get_document("handbook", guide["id"]) == before
 
 
 @contextmanager

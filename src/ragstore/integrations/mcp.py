@@ -15,9 +15,10 @@ With a key, every tool call is checked against its scope and collection, as the 
 does. Over HTTP (:func:`http_app`) the key is also the server's password: every request must
 present it (``Authorization: Bearer rsk_...``), or anyone who reached the port would use it
 (read every collection it may read, add documents with a write key). A failing call
-answers the agent with the error's one-line message; an argument a tool does not take is
-refused (:func:`closed`), not dropped; over stdio a line that is no message is answered
-(:func:`serve_stdio`). A search the agent abandons
+answers the agent with the error's one-line message, arguments the tool's schema refuses
+(:func:`argument_error`) and a tool the server does not offer (:class:`_Server`) too; an
+argument a tool does not take is refused (:func:`closed`), not dropped; over stdio a line
+that is no message is answered (:func:`serve_stdio`). A search the agent abandons
 (``notifications/cancelled``, its own timeout, a closed session) is cancelled in
 PostgreSQL, as an HTTP search whose client goes away is (``api/disconnect.py``), instead
 of running on to ``RAGSTORE_SEARCH_TIMEOUT_S``.
@@ -37,12 +38,19 @@ import anyio
 import anyio.to_thread
 from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
-from mcp.types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError
+from mcp.types import (
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    CallToolResult,
+    ErrorData,
+    InputRequiredResult,
+    JSONRPCError,
+)
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -58,9 +66,12 @@ from ragstore.errors import (
     CollectionNotFoundError,
     ConfigError,
     InputError,
+    NotFoundError,
+    PermissionDeniedError,
     RagstoreError,
     RequestTooLargeError,
     public_detail,
+    pydantic_message,
 )
 from ragstore.store import Store
 from ragstore.validation import row_id
@@ -178,6 +189,98 @@ def closed(tool: Tool) -> Tool:
     tool.fn_metadata.arg_model = strict
     tool.parameters = strict.model_json_schema(by_alias=True)
     return tool
+
+
+def _given(value: Any) -> str:
+    """What an agent gave, in JSON's words and cut (it may be megabytes): the half of a
+    type error that pydantic's message leaves out (``got the string '3'``)."""
+    if value is None or isinstance(value, bool):
+        return f"got {json.dumps(value)}"
+    if isinstance(value, int | float):
+        return f"got the number {value}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        return f"got the string {shown!r}"
+    return "got an array" if isinstance(value, list) else "got an object"
+
+
+def argument_error(tool: str, exc: ValidationError) -> InputError:
+    """The one-line ``invalid_input`` for arguments ``tool``'s schema refused, each at its
+    argument as the HTTP API says a request's (``api/errors._validation_detail``): the SDK
+    answered with pydantic's own report, several lines per argument with the pydantic
+    version's documentation URL (``1 validation error for searchArguments / k / Input
+    should be a valid integer [type=int_type, input_value='3', input_type=str] / For
+    further information visit https://errors.pydantic.dev/...``), and an argument taking
+    an integer or a string got one such block per type. A check of ours (the unknown
+    argument of :func:`closed`) is said in its own words, without pydantic's
+    ``Value error, ``."""
+    said: dict[str, list[str]] = {}
+    got: dict[str, str] = {}
+    for err in exc.errors(include_url=False):
+        loc = err.get("loc", ())
+        where = str(loc[0]) if loc else ""
+        msgs = said.setdefault(where, [])
+        msg = pydantic_message(err)
+        if msg not in msgs:
+            msgs.append(msg)
+        if str(err.get("type", "")).endswith("_type") and where:
+            got[where] = _given(err.get("input"))
+    parts = []
+    for where, msgs in said.items():
+        # an argument of several types (context: an integer or "section") failed each
+        text = " or ".join([msgs[0], *(m.removeprefix("Input should be ") for m in msgs[1:])])
+        if where in got:
+            text += f", {got[where]}"
+        parts.append(f"{where}: {text}" if where else text)
+    detail = "; ".join(parts[:5])
+    if all(where == "" for where in said):  # ours, naming what the tool takes
+        return InputError(detail)
+    return InputError(
+        f"the arguments are invalid: {detail} (the tool's inputSchema in tools/list gives "
+        "each argument's type)"
+    )
+
+
+class _Tool(Tool):
+    """A tool whose refused arguments are told in one line (:func:`argument_error`)."""
+
+    async def run(
+        self, arguments: dict[str, Any], context: Any, convert_result: bool = False
+    ) -> Any:
+        try:
+            return await super().run(arguments, context, convert_result=convert_result)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
+                raise
+            told = argument_error(self.name, cause)
+            # from the ValidationError still: the SDK then logs the arguments' names only
+            raise ToolError(
+                f"Error executing tool {self.name}: error[{told.code}]: {told.message}"
+            ) from cause
+
+
+class _Server(MCPServer):
+    """The SDK's server, telling a call of a tool it does not offer which tools it does:
+    the SDK answered ``Unknown tool: add_documents`` and left the agent to guess, and
+    ``add_document`` on a server started without a write key looked like a typo."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Any = None
+    ) -> CallToolResult | InputRequiredResult:
+        offered = [t.name for t in await self.list_tools()]
+        if name not in offered:
+            shown = name if len(name) <= 100 else name[:100] + "..."
+            told: RagstoreError = NotFoundError(
+                f"no tool {shown!r}; the tools are {', '.join(offered)}"
+            )
+            if name == "add_document":
+                told = PermissionDeniedError(
+                    "add_document is offered only when the MCP server was started with a "
+                    "write-scoped API key (ragstore mcp --api-key, RAGSTORE_API_KEY)"
+                )
+            raise ToolError(f"error[{told.code}]: {told.message}")
+        return await super().call_tool(name, arguments, context)
 
 
 def unreadable_reply(exc: Exception) -> JSONRPCError | None:
@@ -369,7 +472,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
 
     def tool(description: str) -> Callable[[F], F]:
         def register(fn: F) -> F:
-            tools.append(closed(Tool.from_function(fn, description=description)))
+            tools.append(closed(_Tool.from_function(fn, description=description)))
             return fn
 
         return register
@@ -559,7 +662,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             doc = store.add_document(collection, name, text, metadata=metadata)
             return {k: doc[k] for k in ("id", "name", "status", "chunks")}
 
-    return MCPServer(
+    return _Server(
         name="ragstore",
         instructions=(
             "Search the user's documents stored in ragstore. Call list_collections "
