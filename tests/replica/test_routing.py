@@ -3,6 +3,8 @@ replica that cannot be reached (reads fall back to the primary)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -536,3 +538,36 @@ def test_closing_the_router_mid_background_probe_ends_the_probe_thread(
         finally:
             router.close()
             primary.close()
+
+
+def test_closing_the_router_mid_query_of_a_probe_cuts_the_query(database_url: str) -> None:
+    """A probe whose query waits on a server that stopped answering holds the probe lock
+    until its deadline (PROBE_QUERY_TIMEOUT_S): ``close()`` waited that long for it. Closing
+    shuts the query's socket down now, and the probe ends with the close."""
+    primary = Database(database_url)
+    # the primary as its own replica: probed (not a standby), its probe connection kept
+    router = ReadRouter(primary, [database_url], max_lag_s=5, wait_s=0, probe_interval_s=0.05)
+    pid = None
+    try:
+        router.choose()
+        probe = router._replicas[0].probe_conn
+        assert probe is not None
+        pid = probe.info.backend_pid
+        os.kill(pid, signal.SIGSTOP)  # this backend no longer answers; the server runs on
+        time.sleep(0.1)  # its status is stale: the next read probes it again
+        reader = threading.Thread(target=router.choose, daemon=True)
+        reader.start()
+        time.sleep(0.5)
+        assert reader.is_alive()  # its probe's query is waiting
+        t0 = time.monotonic()
+        router.close()
+        closing = time.monotonic() - t0
+        assert closing < 1.5, closing  # unfixed: until the query's deadline, 3 s after it began
+        reader.join(1)
+        assert not reader.is_alive()
+        assert _open_probe_conns(router) == []
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+        router.close()
+        primary.close()
