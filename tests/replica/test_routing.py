@@ -3,6 +3,8 @@ replica that cannot be reached (reads fall back to the primary)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -446,3 +448,126 @@ def test_a_probe_that_connects_after_close_gave_up_waiting_closes_what_it_opened
         finally:
             router.close()
             primary.close()
+
+
+def _multi_host(database_url: str, port: int, dead: int) -> str:
+    """``database_url`` reached through ``dead`` blackholed hosts first: a probe timeout
+    apiece before libpq (psycopg) tries the one that answers."""
+    params = conninfo_to_dict(database_url)
+    return make_conninfo(
+        database_url,
+        host=",".join(["127.0.0.1"] * dead + [str(params.get("host") or "")]),
+        port=",".join([str(port)] * dead + [str(params.get("port") or 5432)]),
+    )
+
+
+def _hung_up(conn: socket.socket, within: float) -> bool:
+    """Whether the client at the other end of a blackhole's connection closed it (what it
+    sent first, a startup or SSL request, read and ignored)."""
+    conn.settimeout(within)
+    try:
+        while conn.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        return True  # reset: closed as well
+    return True
+
+
+def _probe_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ragstore-replica-probe"]
+
+
+def test_closing_the_router_mid_connect_of_a_multi_host_replica_is_prompt(
+    database_url: str,
+) -> None:
+    """A request's probe connecting a multi-host URL whose first hosts never answer (a
+    probe timeout each): ``close()`` waited up to 10 s for it (a hung shutdown of serve, the
+    worker, the client), then returned with the probe still connecting. The connect gives
+    up as soon as the router is closed now: close returns at once, nothing left open."""
+    primary = Database(database_url)
+    with _blackhole() as (port, taken):
+        router = ReadRouter(primary, [_multi_host(database_url, port, 6)], max_lag_s=5, wait_s=0)
+        reader = threading.Thread(target=router.choose, daemon=True)
+        try:
+            reader.start()
+            deadline = time.monotonic() + 5
+            while not taken and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert taken  # the probe is connecting through the blackholed hosts
+            t0 = time.monotonic()
+            router.close()
+            closing = time.monotonic() - t0
+            assert closing < 3, closing  # unfixed: 10 s (the close's wait ran out)
+            reader.join(1)
+            assert not reader.is_alive()  # the probe ended with the close, not after it
+            assert _open_probe_conns(router) == []
+            assert len(taken) < 6  # it gave up the hosts it had not tried yet
+            assert all(_hung_up(conn, 1) for conn in taken)  # and closed the one it was on
+        finally:
+            router.close()
+            primary.close()
+
+
+def test_closing_the_router_mid_background_probe_ends_the_probe_thread(
+    database_url: str,
+) -> None:
+    """A blackholed replica is probed again in a thread of its own (its back-off); that
+    probe connects without the probe lock, so ``close()`` returned at once and left the
+    thread connecting (a probe timeout per host) to set statuses and close the replica's
+    pool after the close. The thread ends with the close now, its connection closed."""
+    primary = Database(database_url)
+    with _blackhole() as (port, taken):
+        url = _multi_host(database_url, port, 3)
+        router = ReadRouter(primary, [url], max_lag_s=5, wait_s=0, probe_interval_s=0.01)
+        try:
+            router._replicas[0].slow_failures = 1  # as after a first probe that timed out
+            router.choose()  # starts the background probe, and is not held by it
+            deadline = time.monotonic() + 5
+            while not taken and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert taken and _probe_threads()  # the background probe is connecting
+            t0 = time.monotonic()
+            router.close()
+            closing = time.monotonic() - t0
+            assert closing < 3, closing
+            assert _probe_threads() == []  # unfixed: still connecting after the close
+            assert _open_probe_conns(router) == []
+            assert all(_hung_up(conn, 1) for conn in taken)
+        finally:
+            router.close()
+            primary.close()
+
+
+def test_closing_the_router_mid_query_of_a_probe_cuts_the_query(database_url: str) -> None:
+    """A probe whose query waits on a server that stopped answering holds the probe lock
+    until its deadline (PROBE_QUERY_TIMEOUT_S): ``close()`` waited that long for it. Closing
+    shuts the query's socket down now, and the probe ends with the close."""
+    primary = Database(database_url)
+    # the primary as its own replica: probed (not a standby), its probe connection kept
+    router = ReadRouter(primary, [database_url], max_lag_s=5, wait_s=0, probe_interval_s=0.05)
+    pid = None
+    try:
+        router.choose()
+        probe = router._replicas[0].probe_conn
+        assert probe is not None
+        pid = probe.info.backend_pid
+        os.kill(pid, signal.SIGSTOP)  # this backend no longer answers; the server runs on
+        time.sleep(0.1)  # its status is stale: the next read probes it again
+        reader = threading.Thread(target=router.choose, daemon=True)
+        reader.start()
+        time.sleep(0.5)
+        assert reader.is_alive()  # its probe's query is waiting
+        t0 = time.monotonic()
+        router.close()
+        closing = time.monotonic() - t0
+        assert closing < 1.5, closing  # unfixed: until the query's deadline, 3 s after it began
+        reader.join(1)
+        assert not reader.is_alive()
+        assert _open_probe_conns(router) == []
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+        router.close()
+        primary.close()

@@ -37,13 +37,14 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Self
 
 import psycopg
+from psycopg.abc import PQGenConn
 from psycopg.conninfo import make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -77,6 +78,9 @@ PROBE_QUERY_TIMEOUT_S = 3  # ... nor one whose probe queries do not answer this 
 # probe timeout in all instead of one a second
 PROBE_SLOW_S = PROBE_TIMEOUT_S / 2
 PROBE_BACKOFF_MAX_S = 30.0
+# How long close() waits for the probes under way to end. They give up at once (see _Stop):
+# this bounds what cannot be cut, a host name's resolution (getaddrinfo blocks in libpq)
+CLOSE_WAIT_S = PROBE_TIMEOUT_S
 _HISTORY = 600  # primary positions remembered for the lag estimate
 log = logging.getLogger("ragstore.db")
 
@@ -356,7 +360,8 @@ class ReadRouter:
         self._primary_conn: psycopg.Connection[Any] | None = None
         self._primary_identity: tuple[int, int] | None = None  # see _identity
         self._history: deque[tuple[float, int]] = deque(maxlen=_HISTORY)
-        self._closed = False
+        self._stop = _Stop()  # set by close(): see there
+        self._threads: set[threading.Thread] = set()  # background probes (under _lock)
         forks.register(self)
 
     def _after_fork_in_child(self) -> None:
@@ -369,6 +374,12 @@ class ReadRouter:
             r.probing = False  # the parent's probe thread is not the child's
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
+        self._threads = set()
+        self._stop.after_fork()
+
+    @property
+    def _closed(self) -> bool:
+        return self._stop.is_set()
 
     @property
     def has_replicas(self) -> bool:
@@ -475,12 +486,14 @@ class ReadRouter:
                     # it did not answer last time: probed off the request path, when due
                     if now >= r.probe_at and not r.probing and not self._closed:
                         r.probing = True
-                        threading.Thread(
+                        thread = threading.Thread(
                             target=self._probe_in_background,
                             args=(r,),
                             name="ragstore-replica-probe",
                             daemon=True,
-                        ).start()
+                        )
+                        self._threads.add(thread)  # close() joins it
+                        thread.start()
                 elif now - r.status.checked_at >= self.probe_interval_s:
                     stale.append(r)
         if not stale or not self._probe_lock.acquire(blocking=False):
@@ -491,10 +504,7 @@ class ReadRouter:
             primary_lsn = self._primary_lsn()
             for r in stale:
                 if self._closed:
-                    # close() waits for this probe, a bounded while: one replica's probe
-                    # more at most, where the rest of the list (a probe timeout each for
-                    # those that do not answer) outlasted its wait
-                    break
+                    break  # close() cut the probe under way: the rest are not begun
                 self._probe(r, primary_lsn)
         finally:
             self._release_probe_lock()
@@ -502,10 +512,10 @@ class ReadRouter:
     def _primary_lsn(self) -> int | None:
         try:
             if self._primary_conn is None or self._primary_conn.closed:
-                self._primary_conn = _connect(self.primary.tcp_conninfo)
-                with _deadline(self._primary_conn):
+                self._primary_conn = _connect(self.primary.tcp_conninfo, self._stop)
+                with _deadline(self._primary_conn, stop=self._stop):
                     self._primary_identity = _identity(self._primary_conn)
-            with _deadline(self._primary_conn):
+            with _deadline(self._primary_conn, stop=self._stop):
                 value = lsn.current(self._primary_conn)
         except psycopg.Error:
             _drop(self._primary_conn)
@@ -521,16 +531,15 @@ class ReadRouter:
         never speaks) cost the request that found its status stale the full probe timeout,
         one request a second. Its connection is made here without the probe lock, which
         read-your-writes reads wait for; only the probe's queries on an answering server
-        take it."""
+        take it. :meth:`close` joins it: the connect gives up once the router is closed."""
         started = time.monotonic()
         try:
-            conn = _connect(r.db.tcp_conninfo)
-        except psycopg.Error as exc:
-            self._set_down(r, exc, started)
-            with self._lock:
-                r.probing = False
-            return
-        try:
+            try:
+                conn = _connect(r.db.tcp_conninfo, self._stop)
+            except psycopg.Error as exc:
+                if not self._closed:
+                    self._set_down(r, exc, started)
+                return
             self._probe_lock.acquire()
             try:
                 _drop(r.probe_conn)
@@ -542,21 +551,25 @@ class ReadRouter:
         finally:
             with self._lock:
                 r.probing = False
+                self._threads.discard(threading.current_thread())
 
     def _probe(self, r: _Replica, primary_lsn: int | None) -> None:
         started = time.monotonic()
         try:
             if r.probe_conn is None or r.probe_conn.closed:
-                r.probe_conn = _connect(r.db.tcp_conninfo)
-            with _deadline(r.probe_conn):
+                r.probe_conn = _connect(r.db.tcp_conninfo, self._stop)
+            with _deadline(r.probe_conn, stop=self._stop):
                 state = lsn.replay_state(r.probe_conn)
                 identity = _identity(r.probe_conn)
                 revision = migrations.current_revision(r.probe_conn)
         except psycopg.Error as exc:
             _drop(r.probe_conn)
             r.probe_conn = None
-            self._set_down(r, exc, started)
+            if not self._closed:  # (cut by close(): not the replica's failure)
+                self._set_down(r, exc, started)
             return
+        if self._closed:
+            return  # nothing recorded, no pool closed, once close() is under way
         if self._primary_identity is None:
             # the primary has not answered since the router started: nothing to compare
             # with. Taken as a match, a standby of another cluster (or a URL naming another
@@ -667,8 +680,8 @@ class ReadRouter:
             if self._closed:
                 return None
             if r.probe_conn is None or r.probe_conn.closed:
-                r.probe_conn = _connect(r.db.tcp_conninfo)
-            with _deadline(r.probe_conn):
+                r.probe_conn = _connect(r.db.tcp_conninfo, self._stop)
+            with _deadline(r.probe_conn, stop=self._stop):
                 state = lsn.replay_state(r.probe_conn)
         except psycopg.Error:
             _drop(r.probe_conn)
@@ -737,17 +750,29 @@ class ReadRouter:
         self._primary_conn = None
 
     def close(self) -> None:
-        """Close every pool and probe connection.
+        """Close every pool and probe connection, once every probe under way has ended.
 
-        A probe under way (a background one, or a request's) holds the probe lock while it
-        connects and queries: it is waited for here, a bounded while, and stops at the next
-        replica. Where the wait ran out first (a multi-host URL whose hosts do not answer
-        takes a probe timeout for each), whoever holds the probe lock closes the probe
-        connections as it releases it, what it opened since included: closed beside it, a
-        probe that went on connected its next replica after the close and left that
-        connection open, or ran its query on a connection closed under it."""
-        self._closed = True  # probes stop at the next replica, and close as they release
-        held = self._probe_lock.acquire(timeout=2 * (PROBE_TIMEOUT_S + PROBE_QUERY_TIMEOUT_S))
+        A probe (a request's, holding the probe lock, or a background one) connects and
+        queries for a probe timeout per host of a multi-host URL, per replica in turn: this
+        waited up to 10 s for it (a shutdown of ``serve``, the worker or the client hung that
+        long) and then returned beside it, the probe closing its replica's pool and opening
+        connections after the close. Closing cuts it now (see :class:`_Stop`): its connect
+        gives up within a tenth of a second, its query's socket is shut down, it begins
+        nothing more and records nothing; it is waited for, up to :data:`CLOSE_WAIT_S`.
+        Where that ran out all the same, whoever holds the probe lock closes the probe
+        connections as it releases it."""
+        self._stop.set()
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        with self._lock:
+            threads = list(self._threads)  # none start once the stop is set
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        held = self._probe_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        if not held or any(t.is_alive() for t in threads):
+            log.warning(
+                "read replica probes still under way %gs after the router was closed",
+                CLOSE_WAIT_S,
+            )
         try:
             for r in self._replicas:
                 r.db.close()
@@ -775,9 +800,13 @@ def _identity(conn: psycopg.Connection[Any]) -> tuple[int, int]:
 
 @contextmanager
 def _deadline(
-    conn: psycopg.Connection[Any], seconds: float = PROBE_QUERY_TIMEOUT_S
+    conn: psycopg.Connection[Any],
+    seconds: float = PROBE_QUERY_TIMEOUT_S,
+    *,
+    stop: _Stop | None = None,
 ) -> Iterator[None]:
-    """Cut ``conn``'s socket if the block has not finished within ``seconds``.
+    """Cut ``conn``'s socket if the block has not finished within ``seconds``, or as soon
+    as ``stop`` is set (the router closed).
 
     A server that stops answering on an open connection (packets dropped on the way, a
     stopped or wedged backend) left the probe's query waiting for good: ``/readyz`` hung
@@ -804,7 +833,8 @@ def _deadline(
     timer.daemon = True
     timer.start()
     try:
-        yield
+        with stop.cutting(cut) if stop is not None else nullcontext():
+            yield
     finally:
         timer.cancel()
         with lock:
@@ -818,10 +848,90 @@ def _drop(conn: psycopg.Connection[Any] | None) -> None:
             conn.close()
 
 
-def _connect(conninfo: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        make_conninfo(conninfo, connect_timeout=PROBE_TIMEOUT_S), autocommit=True
-    )
+class _Stop:
+    """A router's close, as its probes see it: :meth:`set` by ``close()``, checked by a
+    probe between its steps (each replica), and it cuts the step under way: a connect gives
+    up at its next poll (see :class:`_ProbeConnection`), a query has its socket shut down
+    (see :func:`_deadline`)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._cuts: set[Callable[[], None]] = set()
+
+    def after_fork(self) -> None:
+        """In a forked child: a parent thread may have held the lock; its cuts are its own."""
+        self._lock = threading.Lock()
+        self._cuts = set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            self._event.set()
+            cuts = list(self._cuts)
+        for cut in cuts:
+            cut()
+
+    @contextmanager
+    def cutting(self, cut: Callable[[], None]) -> Iterator[None]:
+        """Run a block that ``cut`` ends when the stop is set (at once, where it is)."""
+        with self._lock:
+            self._cuts.add(cut)
+            stopped = self._event.is_set()
+        try:
+            if stopped:
+                cut()
+            yield
+        finally:
+            with self._lock:
+                self._cuts.discard(cut)
+
+
+# The stop of the router whose probe is connecting in this thread (see _connect)
+_connect_stop: ContextVar[_Stop | None] = ContextVar("ragstore_probe_stop", default=None)
+
+
+class _ProbeConnection(psycopg.Connection[Any]):
+    """A probe's connection, whose connect gives up once its router is closed.
+
+    psycopg connects host by host (a multi-host URL, each address a name resolves to), a
+    ``connect_timeout`` each, and none of it could be cut short: closing the router waited
+    for it or left it running. psycopg drives the connect as a generator, resumed at least
+    every tenth of a second while the socket is silent; this one fails there once the
+    router's stop is set, and every attempt after it before it begins. (``_connect_gen`` is
+    psycopg's, pinned in pyproject; the test of a prompt close fails if it is renamed.)"""
+
+    @classmethod
+    def _connect_gen(cls, conninfo: str = "") -> PQGenConn[Self]:
+        stop = _connect_stop.get()
+        gen = super()._connect_gen(conninfo)
+        try:
+            if stop is not None and stop.is_set():
+                raise psycopg.OperationalError("the read router was closed")
+            step = next(gen)
+            while True:
+                ready = yield step
+                if stop is not None and stop.is_set():
+                    raise psycopg.OperationalError("the read router was closed")
+                step = gen.send(ready)
+        except StopIteration as done:
+            conn: Self = done.value
+            return conn
+        finally:
+            gen.close()  # an attempt given up: its libpq connection (and socket) is finished
+
+
+def _connect(conninfo: str, stop: _Stop | None = None) -> psycopg.Connection[Any]:
+    """A probe's connection; its connect gives up once ``stop`` is set."""
+    token = _connect_stop.set(stop)
+    try:
+        return _ProbeConnection.connect(
+            make_conninfo(conninfo, connect_timeout=PROBE_TIMEOUT_S), autocommit=True
+        )
+    finally:
+        _connect_stop.reset(token)
 
 
 def wait_for_replay(db: Database, min_lsn: int, timeout_s: float) -> bool:
