@@ -4,7 +4,7 @@ collection on the real embedded database and model, with metadata filters."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -18,6 +18,7 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQuery,
     VectorStoreQueryResult,
 )
+from llama_index.core.vector_stores.utils import node_to_metadata_dict
 
 from ragstore import Client, Store
 from ragstore.config import Settings
@@ -324,6 +325,57 @@ def test_a_query_reads_again_only_the_nodes_ragstore_chunked(store: Store, url: 
         )
         assert found.nodes is not None and found.nodes[0].get_content() == long
         assert counting.sent == [search, f"POST /v1/collections/{name}/texts/get"]
+
+
+class _Reporting:
+    """A backend over a real Store that keeps what each ``add_texts`` answered (its
+    added, updated and unchanged counts), which ``add`` does not return."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.reports: list[dict[str, Any]] = []
+
+    def add_texts(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        out = self.store.add_texts(*args, **kwargs)
+        self.reports.append(out)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def _outcome(report: dict[str, Any]) -> tuple[int, int, int]:
+    return report["added"], report["updated"], report["unchanged"]
+
+
+def test_re_adding_a_node_stored_before_the_whole_mark_is_unchanged(store: Store) -> None:
+    """A node added with its embedding is marked stored whole (``_ragstore_whole`` next to
+    LlamaIndex's own keys), and the mark changed the stored metadata's content hash: a
+    node stored by a release without the mark, re-added unchanged, was answered updated
+    (and rewritten). It is unchanged now, still found whole; a new vector still updates
+    it, and a node stored with the mark re-added is unchanged too."""
+    name = "li-before-the-mark"
+    text = "Backups run nightly and are kept for thirty days."
+    vector = [0.3] + [0.0] * 383
+    node = TextNode(id_="old", text=text, metadata={"team": "ops"}, embedding=vector)
+    # what the release before the mark stored for it: LlamaIndex's metadata, no mark
+    legacy = node_to_metadata_dict(node, remove_text=True, flat_metadata=False)
+    store.add_texts(name, [text], [legacy], ["old"], vectors=[vector])
+    reporting = _Reporting(store)
+    vs = RagstoreVectorStore(cast(Backend, reporting), name)
+    vs.add([node])
+    assert _outcome(reporting.reports[-1]) == (0, 0, 1)
+    found = vs.query(VectorStoreQuery(query_embedding=vector, similarity_top_k=1))
+    assert found.nodes is not None
+    assert [(n.node_id, n.get_content(), n.metadata) for n in found.nodes] == [
+        ("old", text, {"team": "ops"})
+    ]
+    vs.add([node.model_copy(update={"embedding": [0.0, 0.3] + [0.0] * 382})])
+    assert _outcome(reporting.reports[-1]) == (0, 1, 0)
+    fresh = TextNode(id_="new", text="Kittens sleep.", embedding=vector)
+    vs.add([fresh])
+    vs.add([fresh])
+    assert [_outcome(r) for r in reporting.reports[-2:]] == [(1, 0, 0), (0, 0, 1)]
 
 
 def test_filters_mean_what_llamaindex_means(store: Store) -> None:

@@ -47,7 +47,7 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
 from ragstore.errors import CollectionNotFoundError, InputError, ModelMismatchError
-from ragstore.ingest.texts import check_call
+from ragstore.ingest.texts import WHOLE_MARK, check_call
 from ragstore.integrations.backend import (
     Backend,
     described_fields,
@@ -249,10 +249,14 @@ class RagstoreVectorStore(BasePydanticVectorStore):
                 )
             else:
                 self._check_dimension(vectors)
-        for meta in metas:
-            # ragstore stores a node with an embedding whole, one chunk: its hits hold all
-            # of its text, which query then need not read again (see _chunked_node)
-            meta[_WHOLE] = vectors is not None
+        if vectors is not None:
+            for meta in metas:
+                # ragstore stores a node with an embedding whole, one chunk: its hits hold
+                # all of its text, which query then need not read again (_chunked_node).
+                # Only those are marked, and the mark is no part of the content hash
+                # (ingest/texts.py): a node stored by a release without it, re-added
+                # unchanged, stays unchanged (and is read again, as then)
+                meta[_WHOLE] = True
         out = self._backend.add_texts(self._collection, texts, metas, ids, vectors=vectors)
         return list(out["ids"])
 
@@ -586,7 +590,7 @@ def _source_id(metadata: dict[str, Any]) -> str | None:
 # the stored metadata's mark of a node stored whole (added with its embedding), written
 # by add next to LlamaIndex's own keys (_node_content...); the node's own metadata, kept
 # in _node_content, is returned without it
-_WHOLE = "_ragstore_whole"
+_WHOLE = WHOLE_MARK
 
 
 def _chunked_node(metadata: dict[str, Any]) -> bool:
