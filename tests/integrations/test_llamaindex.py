@@ -22,7 +22,7 @@ from llama_index.core.vector_stores.utils import node_to_metadata_dict
 
 from ragstore import Client, Store
 from ragstore.config import Settings
-from ragstore.errors import EmptyDocumentError, InputError
+from ragstore.errors import CollectionNotFoundError, EmptyDocumentError, InputError
 from ragstore.integrations.backend import Backend
 from ragstore.integrations.llamaindex import RagstoreEmbedding, RagstoreVectorStore, to_where
 from tests.api.conftest import running_server, with_
@@ -376,6 +376,55 @@ def test_re_adding_a_node_stored_before_the_whole_mark_is_unchanged(store: Store
     vs.add([fresh])
     vs.add([fresh])
     assert [_outcome(r) for r in reporting.reports[-2:]] == [(1, 0, 0), (0, 0, 1)]
+
+
+def test_a_node_key_named_like_ragstores_mark_is_refused_and_the_mark_never_shows(
+    store: Store,
+) -> None:
+    """The mark of a node stored whole (``_ragstore_whole``) shares the stored metadata's
+    top level with the node's own keys: a node's own ``_ragstore_whole`` was overwritten
+    unsaid (and filters on it matched the mark), and one holding True added without an
+    embedding would be answered from one chunk of its text. Such a node is refused now,
+    nothing stored, as is a filter on the key; the nodes come back (query, get_nodes)
+    with their own metadata, no mark."""
+    name = "li-mark-key"
+    for nodes in (
+        [TextNode(id_="mine", text="Kittens.", metadata={"_ragstore_whole": "mine"})],
+        _vectored(
+            [
+                TextNode(id_="fine", text="Puppies."),
+                TextNode(id_="mine", text="Kittens.", metadata={"_ragstore_whole": True}),
+            ]
+        ),
+    ):
+        with pytest.raises(
+            InputError,
+            match=rf"nodes\[{len(nodes) - 1}\]\.metadata holds the key '_ragstore_whole', "
+            r"which ragstore's LlamaIndex store writes itself .* rename the key\. Nothing",
+        ):
+            RagstoreVectorStore(store, name).add(nodes)
+    with pytest.raises(CollectionNotFoundError):
+        store.get_collection(name)
+    # (LlamaIndex's filters take no True; is_empty matched every node not stored whole)
+    mark = MetadataFilters(
+        filters=[
+            MetadataFilter(key="_ragstore_whole", value=None, operator=FilterOperator.IS_EMPTY)
+        ]
+    )
+    with pytest.raises(InputError, match=r"'_ragstore_whole' is ragstore's mark of a node"):
+        to_where(mark)
+    vs = RagstoreVectorStore(store, name)
+    vs.add(_vectored([TextNode(id_="whole", text="Kittens sleep.", metadata={"team": "pets"})]))
+    vs.add([TextNode(id_="cut", text="Kittens purr.", metadata={"team": "pets"})])
+    team = MetadataFilters(filters=[MetadataFilter(key="team", value="pets")])
+    found = vs.query(VectorStoreQuery(query_str="kittens", similarity_top_k=2, filters=team))
+    got = vs.get_nodes(["whole", "cut"], filters=team)
+    assert found.nodes is not None
+    for nodes in (found.nodes, got):
+        assert sorted((n.node_id, n.metadata) for n in nodes) == [
+            ("cut", {"team": "pets"}),
+            ("whole", {"team": "pets"}),
+        ]
 
 
 def test_filters_mean_what_llamaindex_means(store: Store) -> None:
