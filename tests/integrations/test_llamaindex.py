@@ -4,7 +4,7 @@ collection on the real embedded database and model, with metadata filters."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -18,10 +18,11 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQuery,
     VectorStoreQueryResult,
 )
+from llama_index.core.vector_stores.utils import node_to_metadata_dict
 
 from ragstore import Client, Store
 from ragstore.config import Settings
-from ragstore.errors import EmptyDocumentError, InputError
+from ragstore.errors import CollectionNotFoundError, EmptyDocumentError, InputError
 from ragstore.integrations.backend import Backend
 from ragstore.integrations.llamaindex import RagstoreEmbedding, RagstoreVectorStore, to_where
 from tests.api.conftest import running_server, with_
@@ -324,6 +325,106 @@ def test_a_query_reads_again_only_the_nodes_ragstore_chunked(store: Store, url: 
         )
         assert found.nodes is not None and found.nodes[0].get_content() == long
         assert counting.sent == [search, f"POST /v1/collections/{name}/texts/get"]
+
+
+class _Reporting:
+    """A backend over a real Store that keeps what each ``add_texts`` answered (its
+    added, updated and unchanged counts), which ``add`` does not return."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.reports: list[dict[str, Any]] = []
+
+    def add_texts(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        out = self.store.add_texts(*args, **kwargs)
+        self.reports.append(out)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def _outcome(report: dict[str, Any]) -> tuple[int, int, int]:
+    return report["added"], report["updated"], report["unchanged"]
+
+
+def test_re_adding_a_node_stored_before_the_whole_mark_is_unchanged(store: Store) -> None:
+    """A node added with its embedding is marked stored whole (``_ragstore_whole`` next to
+    LlamaIndex's own keys), and the mark changed the stored metadata's content hash: a
+    node stored by a release without the mark, re-added unchanged, was answered updated
+    (and rewritten). It is unchanged now, still found whole; a new vector still updates
+    it, and a node stored with the mark re-added is unchanged too."""
+    name = "li-before-the-mark"
+    text = "Backups run nightly and are kept for thirty days."
+    vector = [0.3] + [0.0] * 383
+    node = TextNode(id_="old", text=text, metadata={"team": "ops"}, embedding=vector)
+    # what the release before the mark stored for it: LlamaIndex's metadata, no mark
+    legacy = node_to_metadata_dict(node, remove_text=True, flat_metadata=False)
+    store.add_texts(name, [text], [legacy], ["old"], vectors=[vector])
+    reporting = _Reporting(store)
+    vs = RagstoreVectorStore(cast(Backend, reporting), name)
+    vs.add([node])
+    assert _outcome(reporting.reports[-1]) == (0, 0, 1)
+    found = vs.query(VectorStoreQuery(query_embedding=vector, similarity_top_k=1))
+    assert found.nodes is not None
+    assert [(n.node_id, n.get_content(), n.metadata) for n in found.nodes] == [
+        ("old", text, {"team": "ops"})
+    ]
+    vs.add([node.model_copy(update={"embedding": [0.0, 0.3] + [0.0] * 382})])
+    assert _outcome(reporting.reports[-1]) == (0, 1, 0)
+    fresh = TextNode(id_="new", text="Kittens sleep.", embedding=vector)
+    vs.add([fresh])
+    vs.add([fresh])
+    assert [_outcome(r) for r in reporting.reports[-2:]] == [(1, 0, 0), (0, 0, 1)]
+
+
+def test_a_node_key_named_like_ragstores_mark_is_refused_and_the_mark_never_shows(
+    store: Store,
+) -> None:
+    """The mark of a node stored whole (``_ragstore_whole``) shares the stored metadata's
+    top level with the node's own keys: a node's own ``_ragstore_whole`` was overwritten
+    unsaid (and filters on it matched the mark), and one holding True added without an
+    embedding would be answered from one chunk of its text. Such a node is refused now,
+    nothing stored, as is a filter on the key; the nodes come back (query, get_nodes)
+    with their own metadata, no mark."""
+    name = "li-mark-key"
+    for nodes in (
+        [TextNode(id_="mine", text="Kittens.", metadata={"_ragstore_whole": "mine"})],
+        _vectored(
+            [
+                TextNode(id_="fine", text="Puppies."),
+                TextNode(id_="mine", text="Kittens.", metadata={"_ragstore_whole": True}),
+            ]
+        ),
+    ):
+        with pytest.raises(
+            InputError,
+            match=rf"nodes\[{len(nodes) - 1}\]\.metadata holds the key '_ragstore_whole', "
+            r"which ragstore's LlamaIndex store writes itself .* rename the key\. Nothing",
+        ):
+            RagstoreVectorStore(store, name).add(nodes)
+    with pytest.raises(CollectionNotFoundError):
+        store.get_collection(name)
+    # (LlamaIndex's filters take no True; is_empty matched every node not stored whole)
+    mark = MetadataFilters(
+        filters=[
+            MetadataFilter(key="_ragstore_whole", value=None, operator=FilterOperator.IS_EMPTY)
+        ]
+    )
+    with pytest.raises(InputError, match=r"'_ragstore_whole' is ragstore's mark of a node"):
+        to_where(mark)
+    vs = RagstoreVectorStore(store, name)
+    vs.add(_vectored([TextNode(id_="whole", text="Kittens sleep.", metadata={"team": "pets"})]))
+    vs.add([TextNode(id_="cut", text="Kittens purr.", metadata={"team": "pets"})])
+    team = MetadataFilters(filters=[MetadataFilter(key="team", value="pets")])
+    found = vs.query(VectorStoreQuery(query_str="kittens", similarity_top_k=2, filters=team))
+    got = vs.get_nodes(["whole", "cut"], filters=team)
+    assert found.nodes is not None
+    for nodes in (found.nodes, got):
+        assert sorted((n.node_id, n.metadata) for n in nodes) == [
+            ("cut", {"team": "pets"}),
+            ("whole", {"team": "pets"}),
+        ]
 
 
 def test_filters_mean_what_llamaindex_means(store: Store) -> None:

@@ -178,6 +178,18 @@ def check_call(
     _checked(texts, metadatas, ids, vectors, dimension)
 
 
+# The metadata key the LlamaIndex store (integrations/llamaindex.py) writes, ``True``, next
+# to LlamaIndex's own ``_node_content``, on a node it adds with its embedding: ragstore
+# stores such a node whole, so a query answers it from its hit without reading it again.
+# The store refuses a node whose own metadata holds the key.
+WHOLE_MARK = "_ragstore_whole"
+
+
+def _marked_whole(metadata: Mapping[str, Any]) -> bool:
+    """Whether ``metadata`` is a LlamaIndex node's carrying :data:`WHOLE_MARK`."""
+    return metadata.get(WHOLE_MARK) is True and "_node_content" in metadata
+
+
 def _digest(
     text: str, metadata: dict[str, Any], vector: np.ndarray | None = None, passage_prefix: str = ""
 ) -> str:
@@ -189,7 +201,12 @@ def _digest(
     (``passage: ``): chunks stored before the chunker counted it in their budget run two
     tokens past the model's limit and lose their tails, and were answered unchanged when
     sent again; with the prefix in the hash they are cut again (as files are:
-    :func:`ragstore.chunking.document_hash`)."""
+    :func:`ragstore.chunking.document_hash`). The LlamaIndex store's mark of a node it
+    stores whole (:data:`WHOLE_MARK`) is left out: it says what the vector's presence
+    says, and counted, re-adding an unchanged node stored by a release without the mark
+    answered it updated (and rewrote it)."""
+    if vector is not None and _marked_whole(metadata):
+        metadata = {k: v for k, v in metadata.items() if k != WHOLE_MARK}
     blob = json.dumps([text, metadata], sort_keys=True, ensure_ascii=False)
     digest = hashlib.sha256(blob.encode("utf-8"))
     if vector is not None:

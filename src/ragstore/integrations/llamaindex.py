@@ -47,7 +47,7 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
 from ragstore.errors import CollectionNotFoundError, InputError, ModelMismatchError
-from ragstore.ingest.texts import check_call
+from ragstore.ingest.texts import WHOLE_MARK, check_call
 from ragstore.integrations.backend import (
     Backend,
     described_fields,
@@ -146,6 +146,14 @@ def _one(f: MetadataFilter) -> dict[str, Any]:
             "path must not be empty; rename the metadata key (e.g. 'blank' for '') in the "
             "nodes you add, then filter on the new name"
         )
+    if f.key == _WHOLE:
+        # no node's metadata holds it (add refuses it): a filter on it matched ragstore's
+        # own mark, selecting nodes by how they were stored
+        raise InputError(
+            f"metadata filter key {f.key!r} is ragstore's mark of a node stored whole, not "
+            "a key of the nodes' metadata (add refuses it there); filter on the nodes' own "
+            "keys"
+        )
     key = metadata_field(f.key)
     if f.operator == FilterOperator.IS_EMPTY:
         # LlamaIndex's is_empty: the key missing, or null, "" or [] (it was the key
@@ -225,6 +233,15 @@ class RagstoreVectorStore(BasePydanticVectorStore):
             # first, which turned inf or NaN into null, so the store
             # was handed (and acknowledged) other metadata than the node's
             check_value(n.metadata, f"nodes[{i}].metadata", paths=True)
+            if _WHOLE in n.metadata:
+                # stored next to the node's own keys (node_to_metadata_dict lays them at the
+                # top), the mark overwrote the node's value unsaid, and a node added
+                # without an embedding holding True was answered from one chunk of its text
+                raise InputError(
+                    f"nodes[{i}].metadata holds the key {_WHOLE!r}, which ragstore's "
+                    "LlamaIndex store writes itself (its mark of a node stored whole, with "
+                    "its embedding); rename the key. Nothing was stored"
+                )
         texts = [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
         metas = [node_to_metadata_dict(n, remove_text=True, flat_metadata=False) for n in nodes]
         ids = [n.node_id for n in nodes]
@@ -249,10 +266,14 @@ class RagstoreVectorStore(BasePydanticVectorStore):
                 )
             else:
                 self._check_dimension(vectors)
-        for meta in metas:
-            # ragstore stores a node with an embedding whole, one chunk: its hits hold all
-            # of its text, which query then need not read again (see _chunked_node)
-            meta[_WHOLE] = vectors is not None
+        if vectors is not None:
+            for meta in metas:
+                # ragstore stores a node with an embedding whole, one chunk: its hits hold
+                # all of its text, which query then need not read again (_chunked_node).
+                # Only those are marked, and the mark is no part of the content hash
+                # (ingest/texts.py): a node stored by a release without it, re-added
+                # unchanged, stays unchanged (and is read again, as then)
+                meta[_WHOLE] = True
         out = self._backend.add_texts(self._collection, texts, metas, ids, vectors=vectors)
         return list(out["ids"])
 
@@ -585,8 +606,9 @@ def _source_id(metadata: dict[str, Any]) -> str | None:
 
 # the stored metadata's mark of a node stored whole (added with its embedding), written
 # by add next to LlamaIndex's own keys (_node_content...); the node's own metadata, kept
-# in _node_content, is returned without it
-_WHOLE = "_ragstore_whole"
+# in _node_content, is returned without it, and may not hold the key (add refuses it, a
+# filter names no such key of a node)
+_WHOLE = WHOLE_MARK
 
 
 def _chunked_node(metadata: dict[str, Any]) -> bool:
