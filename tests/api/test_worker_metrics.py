@@ -124,6 +124,34 @@ def test_a_metrics_port_in_use_stops_the_worker_with_one_clear_error(
     assert "Traceback" not in err
 
 
+def test_a_metrics_port_on_loopback_refuses_other_sites_pages() -> None:
+    # No key guards the port: a web page of another site whose name it makes resolve to
+    # 127.0.0.1 (DNS rebinding) read the metrics as that site; a scraper here is served.
+    from ragstore.observability import metrics
+
+    server, thread = metrics.serve_process_metrics("127.0.0.1", 0)
+    port = int(server.server_address[1])
+    try:
+        for host in ("evil.example", f"evil.example:{port}"):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/metrics", headers={"Host": host}
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=5)
+            assert refused.value.code == 403
+            assert "evil.example" in refused.value.read().decode()
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]"):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/metrics", headers={"Host": host}
+            )
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                assert answer.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
 MULTIPROCESS_SCRAPE = """
 import urllib.request
 from ragstore.observability import metrics

@@ -265,6 +265,33 @@ def test_over_http_the_server_key_is_asked_of_every_request(handbook: Store) -> 
         assert revoked.status_code == 401 and "revoked" in revoked.json()["detail"]
 
 
+def test_over_http_without_a_key_a_proxied_client_of_another_machine_is_refused(
+    handbook: Store,
+) -> None:
+    """Without a key the server binds loopback only and the SDK checks the Host; but a
+    reverse proxy on this machine (Apache's ProxyPass: Host 127.0.0.1, X-Forwarded-For)
+    served every collection to the network. A request forwarded for a client that is not
+    this machine is now ``forbidden``; one for this machine is served."""
+    import httpx
+
+    accept = {"Accept": "application/json, text/event-stream"}
+    with _serving(http_app(build_server(handbook), handbook, None)) as url:
+        host = {"Host": url.split("/")[2]}
+        for forwarded in (
+            {"X-Forwarded-For": "203.0.113.9"},
+            {"X-Real-IP": "2001:db8::1"},
+            {"Forwarded": "for=198.51.100.7;proto=https"},
+        ):
+            headers = {**accept, **host, **forwarded}
+            answer = httpx.post(url, json=_HELLO, headers=headers, timeout=30)
+            assert answer.status_code == 403, (forwarded, answer.text)
+            assert answer.headers["content-type"].startswith("application/problem+json")
+            assert answer.json()["code"] == "forbidden"
+            assert "--api-key" in answer.json()["detail"]
+        local = {**accept, **host, "X-Forwarded-For": "127.0.0.1"}
+        assert httpx.post(url, json=_HELLO, headers=local, timeout=30).status_code == 200
+
+
 def test_over_http_a_body_over_the_request_limit_is_refused_unread(handbook: Store) -> None:
     """The SDK reads a request body whole into memory: without a limit one client could
     make the server hold gigabytes. Bodies are held to RAGSTORE_MAX_REQUEST_BYTES, declared

@@ -82,11 +82,14 @@ def auth_enabled(settings: Settings) -> bool:
 
 
 def guards_loopback(settings: Settings, secure: bool) -> bool:
-    """Whether to refuse other sites' requests: auth off on loopback TCP, where being on
-    this machine is the only credential (a Unix socket is out of a browser's reach)."""
-    bound = [h for h in settings.api_bound.split(",") if h] or [settings.api_host]
-    unix = any(h.startswith("unix:") for h in bound)
-    return not secure and served_on_loopback(settings) and not unix
+    """Whether to refuse other sites' and other machines' requests: whenever auth is off,
+    where being on this machine is the only credential.
+
+    Not skipped for ``RAGSTORE_API_HOST=unix:...``: that setting only claims a Unix
+    socket, and the app served on TCP (``uvicorn --host 0.0.0.0``) with it gave every
+    client of the network admin rights. The guard tells a Unix socket's requests by the
+    connection itself (they have no client address) and leaves their ``Host`` alone."""
+    return not secure and served_on_loopback(settings)
 
 
 def install_middleware(app: FastAPI, settings: Settings, *, secure: bool = True) -> None:

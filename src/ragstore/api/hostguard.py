@@ -13,7 +13,10 @@ on the same machine, could still use the server in two ways:
 :class:`LoopbackGuardMiddleware` refuses both with ``forbidden`` unless the ``Host`` and
 any ``Origin`` name a loopback host (``localhost``, ``*.localhost``, ``127.0.0.0/8``,
 ``[::1]``). Requests without those headers (curl, the Python client over HTTP/1.0) pass.
-It also refuses any client whose address is not loopback (:func:`foreign_client`).
+It also refuses any client whose address is not loopback (:func:`foreign_client`), and
+any request a proxy forwarded for a client of another machine (:func:`foreign_forwarded`).
+A request over a Unix socket (no client address) is out of a browser's reach: its
+``Host`` is not checked, but a forwarded client still is.
 """
 
 from __future__ import annotations
@@ -89,6 +92,55 @@ def foreign_client(client: tuple[str, int] | None) -> str | None:
     return None if address.is_loopback else f"client {peer!r}"
 
 
+_FORWARDING_HEADERS = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
+
+
+def _forwarded_for(name: bytes, value: str) -> list[str]:
+    """The client addresses one forwarding header names, ports and brackets dropped.
+
+    ``X-Forwarded-For: 203.0.113.9, 127.0.0.1``; ``X-Real-IP: 203.0.113.9``;
+    ``Forwarded: for=203.0.113.9;proto=https, for="[2001:db8::1]:4711"`` (RFC 7239: only
+    its ``for`` parameters name clients; ``unknown`` and ``_hidden`` ones are kept, and
+    are no loopback address)."""
+    if name != b"forwarded":
+        entries = [e.strip() for e in value.split(",")]
+    else:
+        entries = []
+        for pair in value.replace(",", ";").split(";"):
+            key, _, given = pair.partition("=")
+            if key.strip().lower() == "for":
+                entries.append(given.strip().strip('"'))
+    hosts = []
+    for entry in filter(None, entries):
+        if entry.startswith("["):
+            hosts.append(entry[1:].split("]", 1)[0])
+        elif entry.count(":") == 1:  # IPv4 with a port; a bare IPv6 has several colons
+            hosts.append(entry.split(":", 1)[0])
+        else:
+            hosts.append(entry)
+    return hosts
+
+
+def foreign_forwarded(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The first client of another machine that a forwarding header names (``None``: none).
+
+    A reverse proxy on this machine connects from loopback, and with
+    ``RAGSTORE_TRUSTED_PROXIES`` unset (the default) its ``X-Forwarded-For`` is not
+    believed, so the client address stays the proxy's: Apache's ``ProxyPass`` (which sends
+    ``Host: 127.0.0.1:PORT`` and ``X-Forwarded-For``) or an nginx that adds the header put
+    the network in front of a server with keys off, and every client got admin rights. A
+    proxy says it forwards someone else; a client on this machine that names another one
+    only refuses itself."""
+    for name, raw in headers:
+        name = name.lower()
+        if name not in _FORWARDING_HEADERS:
+            continue
+        for host in _forwarded_for(name, raw.decode("latin-1")):
+            if not is_loopback_name(host):
+                return f"{name.decode()} {host!r}"
+    return None
+
+
 class LoopbackGuardMiddleware:
     """Refuses requests addressed to, or sent from, another site (see the module doc)."""
 
@@ -99,16 +151,20 @@ class LoopbackGuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        client = foreign_client(scope.get("client"))
-        party = client or foreign_party(dict(scope.get("headers", ())))
+        headers = list(scope.get("headers", ()))
+        client = foreign_client(scope.get("client")) or foreign_forwarded(headers)
+        # a Unix socket's client (none) names the Host it likes and no browser reaches it
+        unix = not scope.get("client")
+        party = client or (None if unix else foreign_party(dict(headers)))
         if party is None:
             await self.app(scope, receive, send)
             return
         if client is not None:
             exc = PermissionDeniedError(
                 f"{client} is not this machine: with authentication off this server answers "
-                "only clients on this machine; turn authentication on (RAGSTORE_AUTH=on and "
-                "`ragstore keys create`) to serve others"
+                "only clients on this machine, and no proxy may forward others to it; turn "
+                "authentication on (RAGSTORE_AUTH=on and `ragstore keys create`) to serve "
+                "others"
             )
             await send_problem(scope, send, exc)
             return

@@ -56,6 +56,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ragstore.api.deps import bearer_token
 from ragstore.api.errors import send_problem
+from ragstore.api.hostguard import foreign_client, foreign_forwarded
 from ragstore.api.middleware import BodyLimitMiddleware
 from ragstore.auth.keys import ApiKey, KeyStore
 from ragstore.db.cancel import Cancellation, cancelling
@@ -429,6 +430,37 @@ class KeyRequired:
         await self.app(scope, receive, send)
 
 
+class LocalOnly:
+    """ASGI middleware of a server started without a key: only clients of this machine
+    reach ``app``; any other, or one a proxy forwarded for another machine
+    (``X-Forwarded-For``, ``X-Real-IP``, ``Forwarded``), gets ``forbidden`` (403).
+
+    ``ragstore mcp`` refuses to bind another address than loopback without a key, and the
+    SDK refuses other sites' pages (DNS rebinding) by their ``Host``; but a reverse proxy
+    on this machine (Apache's ``ProxyPass``, an nginx) connects from loopback and names
+    ``127.0.0.1`` as the ``Host``, and served every collection to the network."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        party = foreign_client(scope.get("client")) or foreign_forwarded(
+            list(scope.get("headers", ()))
+        )
+        if party is None:
+            await self.app(scope, receive, send)
+            return
+        exc = PermissionDeniedError(
+            f"{party} is not this machine: an MCP server started without a key answers only "
+            "clients on this machine, and no proxy may forward others to it; start it with "
+            "--api-key (RAGSTORE_API_KEY) to serve others"
+        )
+        await send_problem(scope, send, exc)
+
+
 def http_app(
     server: MCPServer,
     store: Store,
@@ -441,7 +473,8 @@ def http_app(
     for it (:class:`KeyRequired`), before any body is read. ``host`` is the bind address:
     on loopback the SDK also refuses other sites' pages (DNS rebinding). A body is held to
     ``RAGSTORE_MAX_REQUEST_BYTES`` as at the HTTP API (the SDK reads any body whole into
-    memory, however large)."""
+    memory, however large). Without ``key`` only this machine's clients are served
+    (:class:`LocalOnly`)."""
     settings = store.runtime.settings
     app: ASGIApp = BodyLimitMiddleware(
         server.streamable_http_app(streamable_http_path=path, host=host),
@@ -449,7 +482,7 @@ def http_app(
         upload_bytes=settings.max_request_bytes,
     )
     if key is None:
-        return app
+        return LocalOnly(app)
     return KeyRequired(app, KeyStore(store.runtime.db, read_only=True), key)
 
 

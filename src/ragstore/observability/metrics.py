@@ -1085,6 +1085,40 @@ class ProcessMetrics(Collector):
             raise _unreadable_folder(folder, exc) from exc
 
 
+def _loopback_hosts_only(app: Any) -> Any:
+    """The WSGI ``app`` answering ``403`` to a request whose ``Host`` is not this machine.
+
+    A metrics port on loopback has no key: a web page of another site whose own name it
+    makes resolve to 127.0.0.1 (DNS rebinding) read it as that site (the replicas' hosts,
+    the routes, the job and model figures), as the API's guard refuses with keys off
+    (``api/hostguard.py``). A scraper on this machine names ``127.0.0.1`` or
+    ``localhost``."""
+    from ragstore.api.hostguard import foreign_party
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        given = {
+            name: str(environ[key]).encode("latin-1")
+            for name, key in ((b"host", "HTTP_HOST"), (b"origin", "HTTP_ORIGIN"))
+            if key in environ
+        }
+        party = foreign_party(given)
+        if party is None:
+            return app(environ, start_response)
+        body = (
+            f"forbidden: {party} is not this machine: this metrics port on loopback answers "
+            "only requests to localhost, 127.0.0.1 or [::1] (a guard against other sites' "
+            "pages); scrape it by one of those names, or bind --metrics-host to the "
+            "address the scraper reaches\n"
+        ).encode()
+        start_response(
+            "403 Forbidden",
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    return guarded
+
+
 def serve_process_metrics(
     host: str,
     port: int,
@@ -1110,7 +1144,12 @@ def serve_process_metrics(
     for collector in extra:
         registry.register(collector)
     try:
-        return start_wsgi_server(port, addr=host, registry=registry)
+        server, thread = start_wsgi_server(port, addr=host, registry=registry)
+        from ragstore.profiles import is_loopback
+
+        if is_loopback(host):
+            server.set_app(_loopback_hosts_only(server.get_app()))
+        return server, thread
     except socket.gaierror as exc:
         raise ConfigError(
             f"RAGSTORE_WORKER_METRICS_HOST={host!r} does not resolve: {exc.strerror}; give "

@@ -1,0 +1,104 @@
+"""With keys off, being on this machine is the only credential: the ways a server that
+judged itself local could still be reached from the network (tests/api/test_routes.py has
+the Host, Origin and trusted-proxy cases)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from ragstore.api import create_app
+from ragstore.api.server import server_config
+from ragstore.config import Settings
+from tests.api.conftest import running_server, with_
+
+
+@contextmanager
+def unix_server(settings: Settings, path: Path) -> Iterator[httpx.Client]:
+    """``create_app(settings)`` on a Unix socket at ``path``; a client that reaches it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    config = server_config(create_app(settings), settings, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    try:
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(path))) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def test_auth_off_refuses_what_a_local_proxy_forwards_for_another_machine(
+    settings: Settings,
+) -> None:
+    # A reverse proxy on this machine connects from 127.0.0.1; with no trusted proxies its
+    # X-Forwarded-For is not believed, so the peer address alone let Apache's ProxyPass
+    # (Host: 127.0.0.1:PORT, X-Forwarded-For: <client>) serve the network with admin rights.
+    with running_server(with_(settings, auth="off")) as url:
+        local = {"Host": url.removeprefix("http://")}
+        forwarded = [
+            {"X-Forwarded-For": "203.0.113.9"},
+            {"X-Forwarded-For": "127.0.0.1, 203.0.113.9:5120"},
+            {"X-Real-IP": "2001:db8::1"},
+            {"Forwarded": 'for="[2001:db8::1]:4711";proto=https'},
+            {"Forwarded": "for=127.0.0.1, for=unknown"},
+        ]
+        for header in forwarded:
+            refused = httpx.get(f"{url}/v1/collections", headers={**local, **header})
+            assert refused.status_code == 403, (header, refused.text)
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.json()["code"] == "forbidden"
+            assert "RAGSTORE_AUTH=on" in refused.json()["detail"], refused.text
+        mine = [
+            {"X-Forwarded-For": "127.0.0.1, ::1"},
+            {"X-Real-IP": "[::1]:80"},
+            {"Forwarded": 'for=127.0.0.1:5000;proto=http, for="[::1]"'},
+        ]
+        for header in mine:  # a client on this machine, through a proxy on it
+            ok = httpx.get(f"{url}/v1/collections", headers={**local, **header})
+            assert ok.status_code == 200, (header, ok.text)
+
+
+def test_auth_off_claiming_a_unix_socket_still_guards_tcp(settings: Settings) -> None:
+    # RAGSTORE_API_HOST=unix:... only claims a Unix socket; the guard was left out for it,
+    # so the app served on TCP by hand (uvicorn --host 0.0.0.0) answered other sites'
+    # pages and other machines with admin rights.
+    claimed = with_(settings, auth="off", api_host="unix:/run/ragstore.sock")
+    with running_server(claimed) as url:
+        rebound = httpx.get(f"{url}/v1/collections", headers={"Host": "evil.example"})
+        assert rebound.status_code == 403, rebound.text
+        assert "evil.example" in rebound.json()["detail"]
+        assert httpx.get(f"{url}/v1/collections").status_code == 200
+
+
+def test_auth_off_on_a_unix_socket_ignores_host_but_not_forwarded_clients(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # A Unix socket's client (curl --unix-socket, a proxy) names the Host it likes and no
+    # browser reaches it: its Host is not judged. A proxy forwarding the network still is.
+    path = Path(tmp_path_factory.mktemp("sock", numbered=True)) / "api.sock"
+    claimed = with_(settings, auth="off", api_host=f"unix:{path}")
+    with unix_server(claimed, path) as client:
+        ok = client.get("http://ragstore.internal/v1/collections")
+        assert ok.status_code == 200, ok.text
+        proxied = client.get(
+            "http://ragstore.internal/v1/collections",
+            headers={"X-Forwarded-For": "203.0.113.9"},
+        )
+        assert proxied.status_code == 403, proxied.text
+        assert "203.0.113.9" in proxied.json()["detail"]
