@@ -186,6 +186,34 @@ def test_an_upload_name_changed_on_the_way_is_refused_naming_its_part(
     assert doc_names(http) == before
 
 
+@pytest.mark.parametrize(
+    "cut",
+    [
+        b'--B\r\nContent-Disposition: form-data; name="files"; filename="cut2.md"\r\n\r\n# cu',
+        b"",  # the last part ended, its closing boundary not sent
+        b'--B\r\nContent-Disposition: form-data; name="background"\r\n\r\ntrue\r\n',
+    ],
+    ids=["inside-a-file", "before-the-closing-boundary", "after-a-field"],
+)
+def test_a_multipart_body_cut_off_is_refused_and_nothing_stored(
+    http: httpx.Client, cut: bytes
+) -> None:
+    """A body cut off with a Content-Length that counts only what was sent (a proxy or a
+    client giving up mid-stream): neither parser checks for the closing boundary, so the
+    parts that had ended were stored, the one cut off dropped, and the upload answered
+    201 for fewer files than were sent (with ``background``: "body.files: Field
+    required")."""
+    before = doc_names(http)
+    whole = multipart((b"files", b"cut1.md", b"# one whole file"))
+    body = whole.removesuffix(b"--B--\r\n") + cut
+    r = upload(http, body)
+    refused(r, "the multipart body ends without its closing boundary (--B--) after ")
+    assert "it was cut off" in r.json()["detail"]
+    assert "nothing was stored" in r.json()["detail"]
+    assert doc_names(http) == before
+    assert http.get("/v1/jobs").json()["count"] == 0
+
+
 def test_the_json_route_refuses_the_same_names(http: httpx.Client) -> None:
     for name, says in (("x.md/", "it ends with a slash"), ("a.md ", "its part 'a.md ' starts")):
         r = http.post(f"/v1/collections/{COLL}/documents", json={"name": name, "text": "# x"})
