@@ -280,3 +280,22 @@ def test_a_metadata_key_path_no_filter_can_name_is_refused_on_every_route(
     edge = {"a" * 250: {"b" * 5: 1}}  # 256 characters: stored
     doc = {"name": "edge.md", "text": "# edge", "metadata": edge}
     assert http.post(f"/v1/collections/{COLL}/documents", json=doc).status_code == 201
+
+
+def test_a_large_float_in_metadata_reads_back_as_the_float_it_was(http: httpx.Client) -> None:
+    """PostgreSQL writes a ``jsonb`` number back without an exponent: ``1e20`` was read as
+    the integer 100000000000000000000 and ``1.5e300`` as an integer of 301 digits (not
+    even equal to it), so metadata read from ragstore was refused when written back
+    ("an integer out of the 64-bit range"). Integers within 64 bits stay integers."""
+    meta = {"big": 1e20, "huge": 1.5e300, "int": 2**63 - 1, "neg": -(2**63)}
+    texts = {"texts": ["omega float"], "ids": ["f1"], "metadatas": [meta]}
+    assert http.post(f"/v1/collections/{COLL}/texts", json=texts).status_code == 201
+    r = http.post(f"/v1/collections/{COLL}/texts/get", json={"ids": ["f1"]})
+    got = {k: r.json()["data"][0]["metadata"][k] for k in meta}
+    assert got == meta
+    assert [type(v) for v in got.values()] == [float, float, int, int]
+    again = {"texts": ["omega again"], "ids": ["f2"], "metadatas": [got]}
+    r = http.post(f"/v1/collections/{COLL}/texts", json=again)
+    assert r.status_code == 201, r.text[:300]
+    r = http.post(f"/v1/collections/{COLL}/texts/delete", json={"ids": ["f1", "f2"]})
+    assert r.status_code == 200, r.text[:300]
