@@ -186,6 +186,34 @@ def test_an_upload_name_changed_on_the_way_is_refused_naming_its_part(
     assert doc_names(http) == before
 
 
+@pytest.mark.parametrize(
+    "cut",
+    [
+        b'--B\r\nContent-Disposition: form-data; name="files"; filename="cut2.md"\r\n\r\n# cu',
+        b"",  # the last part ended, its closing boundary not sent
+        b'--B\r\nContent-Disposition: form-data; name="background"\r\n\r\ntrue\r\n',
+    ],
+    ids=["inside-a-file", "before-the-closing-boundary", "after-a-field"],
+)
+def test_a_multipart_body_cut_off_is_refused_and_nothing_stored(
+    http: httpx.Client, cut: bytes
+) -> None:
+    """A body cut off with a Content-Length that counts only what was sent (a proxy or a
+    client giving up mid-stream): neither parser checks for the closing boundary, so the
+    parts that had ended were stored, the one cut off dropped, and the upload answered
+    201 for fewer files than were sent (with ``background``: "body.files: Field
+    required")."""
+    before = doc_names(http)
+    whole = multipart((b"files", b"cut1.md", b"# one whole file"))
+    body = whole.removesuffix(b"--B--\r\n") + cut
+    r = upload(http, body)
+    refused(r, "the multipart body ends without its closing boundary (--B--) after ")
+    assert "it was cut off" in r.json()["detail"]
+    assert "nothing was stored" in r.json()["detail"]
+    assert doc_names(http) == before
+    assert http.get("/v1/jobs").json()["count"] == 0
+
+
 def test_the_json_route_refuses_the_same_names(http: httpx.Client) -> None:
     for name, says in (("x.md/", "it ends with a slash"), ("a.md ", "its part 'a.md ' starts")):
         r = http.post(f"/v1/collections/{COLL}/documents", json={"name": name, "text": "# x"})
@@ -252,3 +280,38 @@ def test_a_metadata_key_path_no_filter_can_name_is_refused_on_every_route(
     edge = {"a" * 250: {"b" * 5: 1}}  # 256 characters: stored
     doc = {"name": "edge.md", "text": "# edge", "metadata": edge}
     assert http.post(f"/v1/collections/{COLL}/documents", json=doc).status_code == 201
+
+
+def test_a_large_float_in_metadata_reads_back_as_the_float_it_was(http: httpx.Client) -> None:
+    """PostgreSQL writes a ``jsonb`` number back without an exponent: ``1e20`` was read as
+    the integer 100000000000000000000 and ``1.5e300`` as an integer of 301 digits (not
+    even equal to it), so metadata read from ragstore was refused when written back
+    ("an integer out of the 64-bit range"). Integers within 64 bits stay integers."""
+    meta = {"big": 1e20, "huge": 1.5e300, "int": 2**63 - 1, "neg": -(2**63)}
+    texts = {"texts": ["omega float"], "ids": ["f1"], "metadatas": [meta]}
+    assert http.post(f"/v1/collections/{COLL}/texts", json=texts).status_code == 201
+    r = http.post(f"/v1/collections/{COLL}/texts/get", json={"ids": ["f1"]})
+    got = {k: r.json()["data"][0]["metadata"][k] for k in meta}
+    assert got == meta
+    assert [type(v) for v in got.values()] == [float, float, int, int]
+    again = {"texts": ["omega again"], "ids": ["f2"], "metadatas": [got]}
+    r = http.post(f"/v1/collections/{COLL}/texts", json=again)
+    assert r.status_code == 201, r.text[:300]
+    r = http.post(f"/v1/collections/{COLL}/texts/delete", json={"ids": ["f1", "f2"]})
+    assert r.status_code == 200, r.text[:300]
+
+
+def test_a_document_name_with_a_character_not_allowed_names_it(http: httpx.Client) -> None:
+    """``café.md`` was refused as not "made of letters, digits, ...", é being a letter,
+    with no word of which character was wrong; so was a name holding a newline."""
+    before = doc_names(http)
+    says = "the character 'é' (U+00E9) at position 3 is not allowed; "
+    doc = {"name": "café.md", "text": "# c"}
+    refused(http.post(f"/v1/collections/{COLL}/documents", json=doc), says)
+    refused(upload(http, multipart((b"files", "café.md".encode(), b"# c"))), says)
+    r = upload(http, multipart((b"files", "café.md".encode(), b"# c")))
+    assert "made of ASCII letters, digits" in r.json()["detail"]
+    doc = {"name": "a\nb.md", "text": "# n"}
+    says = "the character '\\n' (U+000A) at position 1 is not allowed"
+    refused(http.post(f"/v1/collections/{COLL}/documents", json=doc), says)
+    assert doc_names(http) == before

@@ -257,13 +257,17 @@ def _unreadable_form(exc: BaseException) -> e.InputError | None:
     Starlette answers every such failure (a part whose headers pass the parser's 4 KB,
     as a file name of 10,000 characters does; a body that does not match its boundary)
     400 "Invalid multipart data.", which went out as a 422 that said neither what was
-    wrong nor how to send it."""
+    wrong nor how to send it. An ``InputError`` that reading the body raised (a body cut
+    off before its closing boundary, :func:`ragstore.api.forms.cut_off_error`) is
+    answered as itself."""
     from python_multipart.exceptions import FormParserError
 
     link: BaseException | None = exc.__cause__ or exc.__context__
     for _ in range(8):  # a chain's first few links; never a cycle
         if link is None:
             return None
+        if isinstance(link, e.InputError):  # the body's reader refused it (api/forms.py)
+            return link
         if isinstance(link, FormParserError):
             return e.InputError(
                 f"the multipart body could not be read ({str(link)[:200]}): send each file "

@@ -14,6 +14,15 @@ the upload route refuses (``routes/documents.py``). (It had replaced Starlette's
 ``formparsers._user_safe_decode`` for the whole process: a Starlette release that renamed
 it would have stored garbled text again without a word.)
 
+Nor does either parser check that the body ends with the closing boundary
+(``--BOUNDARY--``): a body cut inside its last part, its ``Content-Length`` saying the cut
+length (a proxy or a client that gave up mid-stream and sent what it had), was read as the
+parts that had ended, the one cut off dropped, and the upload answered 201 for fewer files
+than were sent. :class:`FormBytesMiddleware` refuses such a body at its last byte
+(:func:`cut_off_error`, raised where the parser reads it, so that Starlette's parser
+closes the files it opened and nothing is stored; an empty body is left to the route,
+which says that it has no files).
+
 python-multipart, for its part, keeps only the last part of a file name that looks like a
 Windows path (``C:\\x.md`` is read as ``x.md``, a workaround for old browsers):
 :func:`sent_filename` reads the name as the part's header sent it.
@@ -31,6 +40,8 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers, UploadFile
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ragstore.errors import InputError
 
 
 class Undecoded(str):
@@ -89,6 +100,7 @@ class _PartReader:
         self.charset = charset
         self.parts: list[SentPart] = []
         self.broken = False  # bytes the parser refused: Starlette's parser refuses them too
+        self.ended = False  # the closing boundary was read (python-multipart's on_end)
         self._part = SentPart()
         self._decoder: codecs.IncrementalDecoder | None = None
         self._header = self._value = b""
@@ -103,6 +115,7 @@ class _PartReader:
                 "on_headers_finished": self._headers_finished,
                 "on_part_data": self._data,
                 "on_part_end": self._end,
+                "on_end": self._ended,
             },
         )
 
@@ -163,6 +176,21 @@ class _PartReader:
                 self._part.text = False
         self.parts.append(self._part)
 
+    def _ended(self) -> None:
+        self.ended = True
+
+
+def cut_off_error(boundary: bytes, parts: int) -> InputError:
+    """The refusal of a multipart body that ended without its closing boundary, raised by
+    its reader (:class:`FormBytesMiddleware`) to whoever reads the body, and answered as
+    the ``InputError`` it is (``api/errors.py``, ``_unreadable_form``)."""
+    shown = boundary[:70].decode("latin-1")
+    return InputError(
+        f"the multipart body ends without its closing boundary (--{shown}--) after "
+        f"{parts} whole part(s): it was cut off, and its last part with it; send the whole "
+        "upload again, with a Content-Length that counts all of it: nothing was stored"
+    )
+
 
 class FormBytesMiddleware:
     """ASGI middleware: a multipart request's parts, as sent (:class:`SentPart`), read as
@@ -183,13 +211,20 @@ class FormBytesMiddleware:
             return
         reader = _PartReader(boundary, form_charset(content_type))
         scope[_SCOPE_KEY] = reader
+        received = 0
 
         async def reading() -> Message:
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
-                reader.write(message.get("body", b""))
+                body = message.get("body", b"")
+                received += len(body)
+                reader.write(body)
                 if not message.get("more_body", False):
                     reader.finalize()
+                    # a body the parser refused is answered so already
+                    if received and not reader.ended and not reader.broken:
+                        raise cut_off_error(boundary, len(reader.parts))
             return message
 
         await self.app(scope, reading, send)

@@ -14,6 +14,7 @@ while the server still takes new ones; only a server that does not answer opens 
 
 from __future__ import annotations
 
+import json
 import logging
 import select
 import threading
@@ -22,11 +23,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ragstore import forks
@@ -35,6 +37,7 @@ from ragstore.db import embedded, server_words
 from ragstore.db.errors import disk_full, refused_write, translate, translated
 from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError, known_address
 from ragstore.observability import metrics
+from ragstore.validation import INT64_MAX, INT64_MIN
 
 log = logging.getLogger("ragstore.db")
 
@@ -243,6 +246,27 @@ class ServerInfo:
     pgvector_available: str | None
 
 
+def _stored_int(text: str) -> int | float:
+    """An integer of stored JSON; one outside the 64-bit range as the float it was.
+
+    PostgreSQL keeps a ``jsonb`` number as ``numeric`` and writes it back without an
+    exponent: metadata ``{"x": 1e20}`` was read as the integer 100000000000000000000 (and
+    ``1.5e300`` as an integer of 301 digits, not even equal to it), which every write
+    refuses as beyond 64 bits, so metadata read from ragstore could not be written back.
+    Writes take no integer beyond 64 bits (:mod:`ragstore.validation`): such a number
+    stored was a float."""
+    if len(text) < 19:  # no more than 18 digits, sign included: within 64 bits
+        return int(text)
+    value = int(text)
+    return value if INT64_MIN <= value <= INT64_MAX else float(text)
+
+
+def stored_json(data: str | bytes) -> Any:
+    """JSON (``json``, ``jsonb``) as ragstore's connections read it: :func:`_stored_int`'s
+    numbers."""
+    return json.loads(data, parse_int=_stored_int)
+
+
 class Database:
     """A pool of connections to one PostgreSQL database, pgvector types registered."""
 
@@ -438,7 +462,9 @@ class Database:
         inside a transaction the caller later rolls back would be undone with it). A
         server on a platform without the check (Windows) refuses any value but 0, and one
         older than PostgreSQL 14 has no such setting: their connections go on without it
-        (an old server is then refused by :meth:`check_server`, which this runs before)."""
+        (an old server is then refused by :meth:`check_server`, which this runs before).
+        Its JSON is read by :func:`stored_json`."""
+        set_json_loads(stored_json, conn)
         try:
             conn.execute(
                 "SELECT set_config('client_connection_check_interval', %s, false)",

@@ -62,10 +62,23 @@ def safe_name(name: str) -> PurePosixPath:
     parts = path.parts
     if not parts or len(parts) > 8 or path.is_absolute() or not all(_PART.match(p) for p in parts):
         raise InputError(
-            f"invalid document name {_shown(name)}: use a relative path of up to 8 parts made of "
-            "letters, digits, spaces and _.,()+=@- (each part starting with a letter or digit)"
+            f"invalid document name {_shown(name)}: {_not_allowed(name)}use a relative path of "
+            "up to 8 parts made of ASCII letters, digits, spaces and _.,()+=@- (each part "
+            "starting with a letter or digit)"
         )
     return path
+
+
+_ALLOWED = re.compile(r"[A-Za-z0-9 _.,()+=@/\\-]")
+
+
+def _not_allowed(name: str) -> str:
+    """The first character of ``name`` no part may hold, said, or nothing: ``café.md`` was
+    refused as not "made of letters", which é is, with no word of which character."""
+    for at, char in enumerate(name[:1000]):
+        if not _ALLOWED.match(char):
+            return f"the character {char!r} (U+{ord(char):04X}) at position {at} is not allowed; "
+    return ""
 
 
 _ABSOLUTE = re.compile(r"^(?:[A-Za-z]:)?[\\/]")

@@ -112,10 +112,22 @@ def mostly_controls(data: bytes) -> bool:
     return False
 
 
+def empty_error(data: bytes, name: str) -> EmptyDocumentError:
+    """The refusal of a file of no bytes but white space (``not data.strip()``), the same
+    for every format. One of a few blank bytes was told "the file is empty" as well, which
+    ``ls -l`` then contradicted: it says which it is."""
+    if not data:
+        return EmptyDocumentError(f"{name}: the file is empty; nothing to ingest")
+    return EmptyDocumentError(
+        f"{name}: the file is empty: its {len(data)} byte(s) are only white space; "
+        "nothing to ingest"
+    )
+
+
 def decode_text(data: bytes, name: str) -> str:
     """Strict UTF-8, or the encoding a BOM declares; the error names the first bad byte."""
     if not data.strip():
-        raise EmptyDocumentError(f"{name}: the file is empty; nothing to ingest")
+        raise empty_error(data, name)
     declared = declared_encoding(data)
     encoding, skip = declared if declared else ("utf-8", 0)
     if looks_binary(data):

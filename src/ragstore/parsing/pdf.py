@@ -31,7 +31,7 @@ from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
 
 from ragstore.errors import CorruptDocumentError, EmptyDocumentError, EncryptedDocumentError
 from ragstore.models import ChunkType, ParsedDocument
-from ragstore.parsing.decode import looks_binary
+from ragstore.parsing.decode import empty_error, looks_binary
 from ragstore.parsing.pdf_headings import find_headings
 from ragstore.parsing.pdf_lines import PdfLine, page_collector, storable
 from ragstore.parsing.structure import BlockBuilder
@@ -142,7 +142,7 @@ def _check_header(data: bytes, name: str) -> None:
     if b"%PDF-" in data[:_PDF_HEADER_WITHIN]:
         return
     if not data.strip():
-        raise EmptyDocumentError(f"{name}: the file is empty; nothing to ingest")
+        raise empty_error(data, name)
     head = data.lstrip()[:40]
     try:
         shown = repr(head.decode("utf-8"))

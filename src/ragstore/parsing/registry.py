@@ -17,11 +17,10 @@ from pathlib import PurePath
 from ragstore.errors import (
     BinaryFileError,
     CorruptDocumentError,
-    EmptyDocumentError,
 )
 from ragstore.models import ParsedDocument
 from ragstore.parsing.code import CODE_SUFFIXES, language_from_shebang, parse_code
-from ragstore.parsing.decode import decode_text, looks_binary, mostly_controls
+from ragstore.parsing.decode import decode_text, empty_error, looks_binary, mostly_controls
 from ragstore.parsing.docx import parse_docx
 from ragstore.parsing.epub import parse_epub
 from ragstore.parsing.html import parse_html
@@ -153,7 +152,7 @@ def parse_bytes(data: bytes, name: str, fmt: str | None = None) -> ParsedDocumen
     if not data.strip():
         # said the same way for every format: a DOCX, PPTX or EPUB of no bytes was
         # "not a valid ... file (not a zip archive)", a PDF or text "empty"
-        raise EmptyDocumentError(f"{name}: the file is empty; nothing to ingest")
+        raise empty_error(data, name)
     try:
         if fmt in BYTES_PARSERS:
             return BYTES_PARSERS[fmt](data, name)
