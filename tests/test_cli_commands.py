@@ -479,6 +479,36 @@ def test_documents_list_show_delete(
     )
 
 
+def test_documents_list_says_a_relative_source_prefix_names_uploads_here(
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``ragstore ingest docs/`` stores each file under its absolute path, and a relative
+    ``--source-prefix`` names uploaded documents, so ``documents list --source-prefix
+    docs/api/`` (the README's example) answered a bare "no documents in 'notes'", as if
+    the collection were empty. It now says what the prefix was matched against and the
+    command that lists the files ingested from there."""
+    (tmp_path / "docs" / "api").mkdir(parents=True)
+    (tmp_path / "docs" / "api" / "guide.md").write_text("# Guide\n\nThe API guide.\n")
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("ingest", "docs/", "-c", "prefixes") == 0
+    capsys.readouterr()
+    assert run_cli("documents", "list", "-c", "prefixes", "--source-prefix", "docs/api/") == 0
+    captured = capsys.readouterr()
+    assert captured.out == "no documents in 'prefixes' whose source starts with 'docs/api/'\n"
+    absolute = f"{os.path.realpath(tmp_path)}/docs/api/"
+    assert captured.err.startswith("a relative --source-prefix names uploaded documents")
+    hint = captured.err.rstrip("\n").split(": ", 1)[1]
+    assert hint == shlex.join(
+        ["ragstore", "documents", "list", "-c", "prefixes", "--source-prefix", absolute]
+    )
+    # the command it names finds the file
+    assert run_cli(*shlex.split(hint)[1:]) == 0
+    assert "guide.md" in capsys.readouterr().out
+
+
 def test_documents_named_oddly_are_one_line(
     ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

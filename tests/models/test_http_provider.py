@@ -164,6 +164,12 @@ def test_http_embedder_gives_up_after_max_retries_with_one_clear_error(
         f"{server.base_url}/embeddings answered HTTP 503 after 3 attempts;"
     )
     assert not server.failures
+    # the fix is one a user can make: it named "options.max_retries / options.timeout_s of
+    # the model spec", which no command sets
+    assert str(err.value).endswith(
+        "; check that the embedding server is up and reachable from here at that URL, and its "
+        "rate limits (RAGSTORE_EMBED_CONCURRENCY=1 sends one request at a time)"
+    )
 
 
 def test_http_embedder_does_not_retry_a_refused_api_key(server: EmbeddingServer) -> None:

@@ -344,3 +344,18 @@ def test_imported_records_are_cut_for_a_target_that_reads_more_than_they_were_pi
     assert len(stored) > 2 and max(embedder.count_tokens(stored)) <= 512
     [hit] = search(rt, "glaciers", collection="mig-from-imp", k=1)
     assert hit.source == "r1"
+
+
+def test_models_migrate_summary_keeps_a_slow_rate_visible() -> None:
+    """7 chunks migrated in 16.9 s (a small collection: the model's load dominates) were
+    reported as "7 chunks embedded ... 0 chunks/s"; a rate under 10 keeps a decimal."""
+    from ragstore.cli.models_cmd import _migrated_line
+    from ragstore.modelops.migrate import MigrationReport
+
+    slow = MigrationReport("notes", "a@1", "b@1", 3, "emb_3", total=7, embedded=7, seconds=16.9)
+    assert _migrated_line(slow) == (
+        "collection 'notes': 7 chunks embedded with b@1 (0 chunks already done, 7 in all) "
+        "in 16.9s, 0.4 chunks/s"
+    )
+    fast = dataclasses.replace(slow, total=700, embedded=700, seconds=2.0)
+    assert _migrated_line(fast).endswith("in 2.0s, 350 chunks/s")

@@ -103,6 +103,25 @@ def _remote_id(document: str) -> int:
     return int(document)
 
 
+def _relative_prefix_hint(collection: str, source_prefix: str | None, *, remote: bool) -> None:
+    """Say what a relative ``--source-prefix`` that found nothing was matched against.
+
+    On the database itself a relative prefix names uploaded documents (their names), as
+    the API reads it, while a file ingested from this machine is stored under its absolute
+    path: ``ragstore ingest docs/`` then ``documents list --source-prefix docs/`` answered
+    "no documents" with nothing saying why or what to write instead."""
+    if remote or not source_prefix or source_prefix.startswith("/"):
+        return
+    absolute = os.path.realpath(source_prefix) + ("/" if source_prefix.endswith("/") else "")
+    if not _storable(absolute):
+        return
+    hint = ["ragstore", "documents", "list", "-c", collection, "--source-prefix", absolute]
+    err_console().print(
+        "a relative --source-prefix names uploaded documents; a file ingested from this "
+        f"machine is stored under its absolute path: {escape(shlex.join(hint))}"
+    )
+
+
 @app.command("list")
 def list_cmd(
     collection: str | None = _collection_option(),
@@ -149,8 +168,11 @@ def list_cmd(
         return
     if not rows:
         console().print(
-            f"no documents in {escape(name)!r}" + (" after that id" if after is not None else "")
+            f"no documents in {escape(name)!r}"
+            + (f" whose source starts with {escape(source_prefix)!r}" if source_prefix else "")
+            + (" after that id" if after is not None else "")
         )
+        _relative_prefix_hint(name, source_prefix, remote=client is not None)
         return
     print_table(
         ["id", "source", "format", "chunks", "bytes", "updated"],

@@ -251,9 +251,12 @@ class HttpEmbedder(Embedder):
                 failure = f"{self.url} answered HTTP {response.status_code}"
                 pause = _retry_after(response)
             if attempt >= self.max_retries:
+                # the fix named options of the model spec, which no command sets (`models
+                # add` has no such flags), so a user could not follow it
                 raise EmbeddingProviderError(
-                    f"{failure} after {attempt + 1} attempts; check the embedding server "
-                    "or raise options.max_retries / options.timeout_s of the model spec"
+                    f"{failure} after {attempt + 1} attempts; check that the embedding "
+                    "server is up and reachable from here at that URL, and its rate limits "
+                    "(RAGSTORE_EMBED_CONCURRENCY=1 sends one request at a time)"
                 )
             if pause is None:
                 pause = self.backoff_s * (2**attempt)
