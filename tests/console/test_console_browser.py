@@ -1302,6 +1302,10 @@ window.__csp = [];
 document.addEventListener("securitypolicyviolation",
   (e) => window.__csp.push(e.violatedDirective + " " + e.blockedURI));
 """
+_HTML_SINK = """() => {
+  try { document.getElementById("page-error").innerHTML = "<b>made</b>"; return "parsed"; }
+  catch (e) { return e.name; }
+}"""
 _INJECTED = (
     "main img, main svg, main script, main iframe, main object, main [onload], "
     "main [onerror], header img, header svg, a[href^='javascript' i]"
@@ -1363,6 +1367,9 @@ def test_hostile_titles_metadata_headings_and_ids_show_as_text_on_every_page(
         f"invalid document name '{HOSTILE_FILE}'"
     )
     nothing_ran()
+    # the third wall (Trusted Types): should a later change hand stored text to an HTML
+    # sink, the browser throws instead of making the markup
+    assert page.evaluate(_HTML_SINK) == "TypeError"
     open_page(page, server, f"/ui/collections/hostile/documents/{doc}")
     facts = page.locator("#document-facts")
     expect(facts).to_contain_text(HOSTILE_TITLE)
