@@ -8,6 +8,7 @@ checked to ``.artifacts/console/`` (git-ignored; two of them are in docs/img/).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -1284,3 +1285,113 @@ def test_only_the_latest_search_is_shown_and_a_failed_one_clears_the_results(
     expect(page.locator("#search-error")).to_contain_text("(not_ready)")
     expect(page.locator("#hits-table")).to_be_hidden()
     expect(page.locator("#search-summary")).to_have_text("")
+
+
+# Markup a stored text may hold, each setting a flag (or alerting) should it ever be parsed
+HOSTILE_TITLE = "<img src=x onerror=alert(1)></script><script>alert(2)</script>"
+HOSTILE_HEADING = '"><svg onload=alert(3)>'
+HOSTILE_KEY = '"><svg onload=alert(4)>'
+HOSTILE_VALUE = "</script><script>window.__pwned = 5</script>"
+HOSTILE_ID = "javascript:alert(6)"
+HOSTILE_FILE = "<img src=x onerror=alert(10)>.txt"
+HOSTILE_KEY_NAME = "<svg onload=alert(11)>"
+# records every Content-Security-Policy violation: the policy is the second wall, so an
+# injected <img onerror> would run nothing and be seen only here (or as an element)
+_CSP_WATCH = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation",
+  (e) => window.__csp.push(e.violatedDirective + " " + e.blockedURI));
+"""
+_HTML_SINK = """() => {
+  try { document.getElementById("page-error").innerHTML = "<b>made</b>"; return "parsed"; }
+  catch (e) { return e.name; }
+}"""
+_INJECTED = (
+    "main img, main svg, main script, main iframe, main object, main [onload], "
+    "main [onerror], header img, header svg, a[href^='javascript' i]"
+)
+
+
+def test_hostile_titles_metadata_headings_and_ids_show_as_text_on_every_page(
+    page: Page, server: Server, keys: KeyStore
+) -> None:
+    """Every text a document controls (title, heading, metadata key and value, a text's
+    id as its source, an upload's file name echoed in its refusal), and an API key's name,
+    on every page that
+    shows it: shown literally, no element made of it, no script run, and nothing for the
+    Content-Security-Policy to block (the policy would stop an injected handler from
+    running, so a missed escape shows as an element or a violation, not as a script)."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    with httpx.Client(base_url=server.url, headers=auth, timeout=120) as c:
+        assert c.post("/v1/collections", json={"name": "hostile"}).status_code == 201
+        r = c.post(
+            "/v1/collections/hostile/documents",
+            json={
+                "name": "evil.md",
+                "text": f"# {HOSTILE_TITLE}\n\n## {HOSTILE_HEADING}\n\n"
+                "Quarantine words in a paragraph [x](javascript:alert(7)).\n",
+                "metadata": {HOSTILE_KEY: HOSTILE_VALUE, "url": "javascript:alert(8)"},
+            },
+        )
+        assert r.status_code == 201, r.text
+        doc = r.json()["id"]
+        r = c.post(
+            "/v1/collections/hostile/texts",
+            json={"texts": ["Quarantine again."], "ids": [HOSTILE_ID]},
+        )
+        assert r.status_code in (200, 201), r.text
+    dialogs: list[str] = []
+
+    def refuse(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", refuse)
+    page.add_init_script(_CSP_WATCH)
+
+    def nothing_ran() -> None:
+        assert page.locator(_INJECTED).count() == 0
+        assert page.evaluate("window.__pwned") is None
+        assert page.evaluate("window.__csp") == []
+        assert dialogs == []
+
+    sign_in(page, server, keys.create("admin", name=HOSTILE_KEY_NAME).secret)
+    expect(page.locator("#whoami")).to_contain_text(HOSTILE_KEY_NAME)
+    open_page(page, server, "/ui/collections/hostile")
+    expect(page.locator("#documents-body")).to_contain_text(HOSTILE_TITLE)
+    expect(page.locator("#documents-body")).to_contain_text(HOSTILE_ID)
+    drop_made_by_script(page, [(HOSTILE_FILE, "text/plain", "Quarantine a third time.\n")])
+    expect(page.locator("#upload-list")).to_contain_text(HOSTILE_FILE)
+    # names allow no markup: the refusal echoes the name, as text
+    expect(page.locator("#upload-list .outcome")).to_contain_text(
+        f"invalid document name '{HOSTILE_FILE}'"
+    )
+    nothing_ran()
+    # the third wall (Trusted Types): should a later change hand stored text to an HTML
+    # sink, the browser throws instead of making the markup
+    assert page.evaluate(_HTML_SINK) == "TypeError"
+    open_page(page, server, f"/ui/collections/hostile/documents/{doc}")
+    facts = page.locator("#document-facts")
+    expect(facts).to_contain_text(HOSTILE_TITLE)
+    expect(facts).to_contain_text(HOSTILE_KEY.replace('"', '\\"'))  # in the metadata's JSON
+    expect(facts).to_contain_text(HOSTILE_VALUE)
+    expect(page.locator("#chunks-list")).to_contain_text(HOSTILE_HEADING)
+    expect(page.locator("#chunks-list")).to_contain_text("javascript:alert(7)")
+    nothing_ran()
+    open_page(page, server, "/ui/collections/hostile/search")
+    page.fill("#q", "quarantine")
+    page.select_option("#mode", "fulltext")
+    page.click("#search-submit")
+    expect(page.locator("#hits-body tr")).to_have_count(2)
+    hits = page.locator("#hits-body")
+    expect(hits).to_contain_text(HOSTILE_TITLE)
+    expect(hits).to_contain_text(HOSTILE_HEADING)
+    expect(hits).to_contain_text(HOSTILE_ID)
+    page.click("#fields-details summary")
+    expect(page.locator("#fields-body")).to_contain_text(HOSTILE_KEY)
+    expect(page.locator("#fields-body")).to_contain_text(HOSTILE_VALUE)
+    page.locator("#fields-body button.link", has_text=HOSTILE_KEY).click()
+    expect(page.locator("#where")).to_have_value(
+        json.dumps({HOSTILE_KEY: HOSTILE_VALUE}, separators=(",", ":"))
+    )
+    nothing_ran()

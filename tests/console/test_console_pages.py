@@ -68,6 +68,9 @@ def test_every_page_has_a_strict_csp_and_no_inline_script_or_style(
     assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
     assert "script-src 'self'" in CONTENT_SECURITY_POLICY
     assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
+    # Trusted Types: an HTML sink refuses strings (the browser test sees it throw)
+    assert "require-trusted-types-for 'script'" in CONTENT_SECURITY_POLICY
+    assert "trusted-types 'none'" in CONTENT_SECURITY_POLICY
     assert r.headers["x-frame-options"] == "DENY"
     assert r.headers["referrer-policy"] == "no-referrer"
     assert "set-cookie" not in r.headers

@@ -4,7 +4,8 @@ A strict Content-Security-Policy: scripts, styles and everything else only from 
 origin, no inline script or style, no framing, forms post only here. With every stored
 text rendered through Jinja's autoescape or ``textContent``, a document holding
 ``<script>`` or ``<img onerror>`` is shown as text; the policy is the second wall should
-an escape ever be missed.
+an escape ever be missed (inline handlers do not run), and Trusted Types the third (an
+HTML sink refuses any string, so the markup is never made).
 
 The headers go on every answer, not only under ``/ui``: the API reference at ``/docs``
 is an HTML page too (it was FastAPI's Swagger UI, which any site could frame and which
@@ -32,6 +33,13 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "form-action 'self'",
         "base-uri 'none'",
         "frame-ancestors 'none'",
+        # the third wall: a string handed to an HTML or script sink (innerHTML,
+        # insertAdjacentHTML, document.write, a script's src) throws in the browser
+        # instead of being parsed; the console never uses one, so an escape missed later
+        # fails loudly rather than injecting markup the rules above would let stand (an
+        # <a href>, an <img> of this origin, a <form>)
+        "require-trusted-types-for 'script'",
+        "trusted-types 'none'",
     )
 )
 
