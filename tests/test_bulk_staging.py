@@ -22,8 +22,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from ragstore import integrity
 from ragstore.config import Settings
 from ragstore.db import catalog, documents, spaces
+from ragstore.db import integrity as db_integrity
 from ragstore.errors import DatabaseUnavailableError
 from ragstore.ingest import ingest_paths, service, staging
 from ragstore.ingest.service import IngestReport, Item, ingest_items
@@ -505,3 +507,37 @@ def test_a_one_snapshot_search_across_a_rebuilding_swap_reads_the_old_vectors(
     assert not report.failed and "attach" in report.stages, report.stages
     assert vector_rows and vector_rows[0] > 0, vector_rows
     assert {h.source for h in found} == {str(tmp_path / "o" / "old000.md")}
+
+
+def test_a_check_across_a_rebuilding_swap_finds_no_missing_vectors(
+    bulk_rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``db check`` reads a collection in one REPEATABLE READ snapshot. One taken before a
+    rebuilding load staged its vectors, counting them after the load swapped its table
+    in, saw none of the new table's rows: every chunk was reported without a vector (exit
+    1, and ``--repair`` embedded the whole collection again). The space's table is
+    locked before the snapshot now, so the check reads one table whole."""
+    name = "swapcheck"
+    ingest_paths(bulk_rt, [write_corpus(tmp_path / "o", docs=1, paragraphs=2, prefix="old")], name)
+    big = write_corpus(tmp_path / "n", docs=12, paragraphs=3, prefix="new")
+    counted, loaded = threading.Event(), threading.Event()
+    original = db_integrity.chunk_count
+
+    def chunk_count(conn: Any, collection_id: int) -> int:
+        n = original(conn, collection_id)  # the check's snapshot: the load runs now
+        if not counted.is_set():
+            counted.set()
+            assert loaded.wait(120)
+        return n
+
+    monkeypatch.setattr(db_integrity, "chunk_count", chunk_count)
+    with ThreadPoolExecutor(1) as pool:
+        checked = pool.submit(integrity.check, bulk_rt, name)
+        assert counted.wait(60) or checked.result()
+        try:
+            report = ingest_paths(bulk_rt, [big], name)
+        finally:
+            loaded.set()
+        found = checked.result(timeout=120)
+    assert not report.failed and "attach" in report.stages, report.stages
+    assert found.findings == [] and found.ok, found.as_dict()
