@@ -475,6 +475,7 @@ def test_a_one_snapshot_search_across_a_rebuilding_swap_reads_the_old_vectors(
     ingest_paths(bulk_rt, [write_corpus(tmp_path / "o", docs=1, paragraphs=2, prefix="old")], name)
     big = write_corpus(tmp_path / "n", docs=12, paragraphs=3, prefix="new")
     monkeypatch.setattr(search_service, "_mixed_writes", lambda *_: True)  # the last resort
+    monkeypatch.setattr(spaces, "ATTACH_LOCK_TIMEOUT", "1s")  # the swap waits for the search
     snapshot, loaded = threading.Event(), threading.Event()
     original = search_service._bind_ftcond
 
