@@ -22,13 +22,16 @@ from typing import Any
 import psycopg
 import pytest
 
+from ragstore import integrity
 from ragstore.config import Settings
 from ragstore.db import catalog, documents, spaces
+from ragstore.db import integrity as db_integrity
 from ragstore.errors import DatabaseUnavailableError
 from ragstore.ingest import ingest_paths, service, staging
 from ragstore.ingest.service import IngestReport, Item, ingest_items
 from ragstore.runtime import Runtime
 from ragstore.search import search
+from ragstore.search import service as search_service
 from tests.models.corpus import write_corpus
 
 
@@ -456,3 +459,86 @@ def _ingest_behind(
         late.join(60)
     (report,) = reports
     return report
+
+
+def test_a_one_snapshot_search_across_a_rebuilding_swap_reads_the_old_vectors(
+    bulk_rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hybrid search's last resort (both lists in one REPEATABLE READ snapshot) whose
+    snapshot was taken before a rebuilding load staged its vectors, and whose vector list
+    read after the load swapped its table in: the new table's rows were written after the
+    snapshot, so the vector list found nothing, and the answer was the BM25 list alone,
+    as if the collection had no vectors. The space's table is locked before the snapshot
+    now: the swap waits for the search (or copies its rows), and the search reads the old
+    table whole."""
+    name = "swapsearch"
+    ingest_paths(bulk_rt, [write_corpus(tmp_path / "o", docs=1, paragraphs=2, prefix="old")], name)
+    big = write_corpus(tmp_path / "n", docs=12, paragraphs=3, prefix="new")
+    monkeypatch.setattr(search_service, "_mixed_writes", lambda *_: True)  # the last resort
+    monkeypatch.setattr(spaces, "ATTACH_LOCK_TIMEOUT", "1s")  # the swap waits for the search
+    snapshot, loaded = threading.Event(), threading.Event()
+    original = search_service._bind_ftcond
+
+    def bind(conn: Any, values: Any, ftcond: Any) -> None:
+        in_transaction = conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        if in_transaction and not snapshot.is_set():  # the one-snapshot one: the load runs now
+            conn.execute("SELECT 1")  # its snapshot, as its first query takes it
+            snapshot.set()
+            assert loaded.wait(120)
+        original(conn, values, ftcond)
+
+    monkeypatch.setattr(search_service, "_bind_ftcond", bind)
+    vector_rows: list[int] = []
+    run = search_service._Statement.execute_in_one_snapshot
+
+    def one_snapshot(self: Any, lists: Any) -> Any:
+        out = run(self, lists)
+        vector_rows.append(len(out[0]))
+        return out
+
+    monkeypatch.setattr(search_service._Statement, "execute_in_one_snapshot", one_snapshot)
+    with ThreadPoolExecutor(1) as pool:
+        hits = pool.submit(search, bulk_rt, "tomatoes notes", collection=name, mode="hybrid")
+        assert snapshot.wait(60) or hits.result()
+        try:
+            report = ingest_paths(bulk_rt, [big], name)
+        finally:
+            loaded.set()
+        found = hits.result(timeout=120)
+    assert not report.failed and "attach" in report.stages, report.stages
+    assert vector_rows and vector_rows[0] > 0, vector_rows
+    assert {h.source for h in found} == {str(tmp_path / "o" / "old000.md")}
+
+
+def test_a_check_across_a_rebuilding_swap_finds_no_missing_vectors(
+    bulk_rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``db check`` reads a collection in one REPEATABLE READ snapshot. One taken before a
+    rebuilding load staged its vectors, counting them after the load swapped its table
+    in, saw none of the new table's rows: every chunk was reported without a vector (exit
+    1, and ``--repair`` embedded the whole collection again). The space's table is
+    locked before the snapshot now, so the check reads one table whole."""
+    name = "swapcheck"
+    ingest_paths(bulk_rt, [write_corpus(tmp_path / "o", docs=1, paragraphs=2, prefix="old")], name)
+    big = write_corpus(tmp_path / "n", docs=12, paragraphs=3, prefix="new")
+    counted, loaded = threading.Event(), threading.Event()
+    original = db_integrity.chunk_count
+
+    def chunk_count(conn: Any, collection_id: int) -> int:
+        n = original(conn, collection_id)  # the check's snapshot: the load runs now
+        if not counted.is_set():
+            counted.set()
+            assert loaded.wait(120)
+        return n
+
+    monkeypatch.setattr(db_integrity, "chunk_count", chunk_count)
+    with ThreadPoolExecutor(1) as pool:
+        checked = pool.submit(integrity.check, bulk_rt, name)
+        assert counted.wait(60) or checked.result()
+        try:
+            report = ingest_paths(bulk_rt, [big], name)
+        finally:
+            loaded.set()
+        found = checked.result(timeout=120)
+    assert not report.failed and "attach" in report.stages, report.stages
+    assert found.findings == [] and found.ok, found.as_dict()

@@ -263,6 +263,7 @@ def _read_collection(
 ) -> tuple[CollectionState, list[spaces.Space], integrity.Bm25Drift]:
     """What the collection's rows say, in one snapshot."""
     integrity.snapshot(conn)
+    integrity.lock_space(conn, coll.table)  # before the snapshot: one table across a swap
     state = CollectionState(coll.name, coll.shadow, integrity.chunk_count(conn, coll.id))
     space_list = spaces.list_spaces(conn, coll.id)
     for space in space_list:

@@ -36,6 +36,25 @@ def snapshot(conn: Conn) -> None:
     conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(CHECK_LOCK_TIMEOUT)))
 
 
+def lock_space(conn: Conn, table: str) -> None:
+    """Lock a collection's active space table (ACCESS SHARE) inside :func:`snapshot`'s
+    transaction before its first query takes the snapshot (neither ``SET``, ``SAVEPOINT``
+    nor ``LOCK`` takes one); a table gone meanwhile is left to the reads that follow.
+
+    A rebuilding bulk load swaps a new table in under the space's name, its rows written
+    by another transaction just before (``spaces.attach_load_table``). A snapshot taken
+    before those rows were written saw none of them in the new table: every chunk was
+    counted without a vector. Locked first, the check waits for a swap in progress
+    (LockNotAvailable past ``CHECK_LOCK_TIMEOUT``: busy) or holds the old table whole."""
+    try:
+        with conn.transaction():  # a savepoint: a missing table fails it alone
+            conn.execute(
+                sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.Identifier(table))
+            )
+    except psycopg.errors.UndefinedTable:
+        pass
+
+
 def collection_ids(conn: Conn) -> list[int]:
     """Every collection row, shadows (other chunk sets kept for a rollback) included."""
     return [int(r[0]) for r in conn.execute("SELECT id FROM collections ORDER BY id")]

@@ -852,6 +852,27 @@ class _Statement:
             if self.iterative:
                 conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false)")
 
+    def _lock_space_table(self, conn: Any) -> None:
+        """Lock the space's table (ACCESS SHARE) before the transaction takes its snapshot
+        (neither ``SET`` nor ``LOCK`` takes one), within the search's timeout.
+
+        A rebuilding bulk load swaps a new table in under the space's name, its rows
+        written by another transaction just before (``spaces.attach_load_table``). A
+        snapshot taken before those rows were written, reading the new table after the
+        swap, saw none of them: the vector list came back empty, and the answer was the
+        BM25 list's alone. Locked first, the search waits for a swap in progress and
+        then reads the new table with a snapshot that holds its rows, or holds the old
+        table while the swap waits (or copies its rows instead)."""
+        if self.timeout_s:
+            conn.execute(
+                sql.SQL("SET LOCAL statement_timeout = {}").format(
+                    sql.Literal(_timeout_ms(self.timeout_s))
+                )
+            )
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.Identifier(self.coll.table))
+        )
+
     def execute_in_one_snapshot(self, lists: Sequence[_ListRun]) -> list[list[tuple[Any, ...]]]:
         """Each list's rows, all read on one pooled connection (one server) in one
         ``REPEATABLE READ READ ONLY`` transaction: one snapshot of the database for all of
@@ -868,6 +889,7 @@ class _Statement:
             set_session = any(x.hnsw for x in lists) and _session_ef.get(conn) != self.ef
             # before any query of the transaction, which takes its snapshot
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            self._lock_space_table(conn)
             self._settings(conn, set_session)
             for x in lists:
                 _bind_ftcond(conn, x.values, x.ftcond)
