@@ -176,9 +176,15 @@ _LEFTOVER_PREFIX = "ragstore_load_"
 
 
 def leftover_tables(conn: Conn) -> list[Leftover]:
-    """What bulk loads left: staged tables of loads killed between their two commits. A
-    load in flight holds its space's table exclusively; its staged table is reported
-    ``in_use`` and never dropped."""
+    """What bulk loads left: staged tables of loads killed between their two commits.
+
+    A staged table is visible to this check only once its load's staging transaction has
+    committed, and that load then takes its space's table exclusively for the swap: a
+    table held so is reported ``in_use`` and never dropped. The load's main transaction
+    holds only advisory locks before the swap (the space's table itself it locked in a
+    short transaction of its own: ``spaces.lock_for_load``), so a ``--repair`` landing in
+    the instant between a load's two commits would drop its staged table; that load then
+    fails whole and says so (its swap finds no table), nothing half-written."""
     names = [
         str(r[0])
         for r in conn.execute(
