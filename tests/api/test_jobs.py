@@ -24,13 +24,14 @@ from procrastinate.jobs import Job, Status
 
 from ragstore import Client
 from ragstore.config import Settings
+from ragstore.db import database as database_module
 from ragstore.db import documents
 from ragstore.db import jobs as store
 from ragstore.errors import CollectionNotFoundError, ConfigError, RagstoreError
 from ragstore.jobs import runner as runner_module
 from ragstore.jobs import worker as worker_module
 from ragstore.jobs.liveness import WORKER_LOCKS, LiveJobManager
-from ragstore.jobs.queue import build_queue
+from ragstore.jobs.queue import QUEUE, build_queue
 from ragstore.jobs.runner import run_job
 from ragstore.jobs.service import submit_ingest
 from ragstore.jobs.worker import run_worker, watching_stalled
@@ -1274,6 +1275,48 @@ def test_a_start_on_a_row_held_by_a_vanished_workers_transaction_tries_later(
     assert state == ("todo",)
     time.sleep(5.5)  # the queue's later hand-out
     run_worker(jobs_settings, burst=True, signals=False)
+    done = api.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 1, done
+
+
+def test_a_worker_left_running_through_a_schema_upgrade_leaves_its_job_queued(
+    api: Client, jobs_settings: Settings, database_url: str
+) -> None:
+    """A worker still running when ``db upgrade`` changed the schema (the upgrade's step
+    "stop the workers" skipped) refused the job's start (schema_mismatch), and its queue
+    entry failed: the job was failed as ``outcome_not_recorded`` with no attempt made, an
+    upload accepted before the upgrade lost. The job now waits, queued, for a worker of
+    the matching version."""
+    api.create_collection("upgraded-under")
+    job = api.upload("upgraded-under", [("u.md", b"# U\n\nupgraded under it")], background=True)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        head = str(conn.execute("SELECT version_num FROM alembic_version").fetchone()[0])
+
+    async def old_worker() -> None:
+        with Runtime(jobs_settings) as rt:
+            app = build_queue(rt.db.conninfo, runtime=rt)  # the schema checked: the head
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute("UPDATE alembic_version SET version_num = '9999'")  # "upgraded"
+            time.sleep(database_module.SCHEMA_RECHECK_S + 0.5)  # its next look sees it
+            async with app.open_async():
+                await app.run_worker_async(
+                    queues=[QUEUE], wait=False, install_signal_handlers=False
+                )
+
+    try:
+        asyncio.run(old_worker())
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = %s", (head,))
+    with psycopg.connect(database_url) as conn:
+        waiting = store.get(conn, job["id"])
+        state = conn.execute(
+            "SELECT status::text FROM procrastinate_jobs WHERE id = %s", (waiting.queue_job_id,)
+        ).fetchone()
+    assert waiting.status == "queued" and waiting.attempts == 0, waiting
+    assert state == ("todo",)
+    time.sleep(5.5)  # the queue's later hand-out
+    run_worker(jobs_settings, burst=True, signals=False)  # the matching version's worker
     done = api.get_job(job["id"])
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
 

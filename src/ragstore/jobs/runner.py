@@ -23,6 +23,7 @@ from ragstore.errors import (
     CollectionNotFoundError,
     DatabaseUnavailableError,
     RagstoreError,
+    SchemaMismatchError,
     public_detail,
 )
 from ragstore.ingest.documents import DocumentOutcome, NewDocument, add_documents
@@ -49,6 +50,14 @@ class JobBusy(Exception):
     started now; the queue hands the job out again a little later (``jobs.queue``), to
     any worker. Waited on, the start took the worker's slot until the dead session was
     noticed (minutes, or hours by the system's default TCP keepalives)."""
+
+
+class SchemaChanged(JobBusy):
+    """The schema is no longer this code's (a ``db upgrade`` or ``downgrade`` ran while
+    this worker kept running): the job is not started, and its entry goes back to wait,
+    as a busy start's does, for a worker of the matching version. Raised as it was
+    (SchemaMismatchError), the entry failed and the job with it (``outcome_not_recorded``,
+    never started): an upload accepted before the upgrade was lost."""
 
 
 class CollectionReplaced(Exception):
@@ -203,13 +212,22 @@ def _start(
     """The job's record and files, the job marked started (``queue_job_id`` recorded where
     the submitting request could not), and this run's attempt; no files where it is not
     to run (finished already, or given up: the record says how)."""
-    with rt.db.connection() as conn, translated(f"starting job {job_id}"):
-        store.keep_alive(conn)  # its start holds the job's row until it commits
-        store.bound_lock_waits(conn, store.START_LOCK_TIMEOUT)
-        try:
-            return _start_in(rt, conn, job_id, queue_job_id)
-        except psycopg.errors.LockNotAvailable:
-            conn.rollback()
+    try:
+        with rt.db.connection() as conn, translated(f"starting job {job_id}"):
+            store.keep_alive(conn)  # its start holds the job's row until it commits
+            store.bound_lock_waits(conn, store.START_LOCK_TIMEOUT)
+            try:
+                return _start_in(rt, conn, job_id, queue_job_id)
+            except psycopg.errors.LockNotAvailable:
+                conn.rollback()
+    except SchemaMismatchError as exc:
+        log.error(
+            "job %s: not started: %s; stop this worker and start one of the matching "
+            "version (the job waits for it)",
+            job_id,
+            exc.message,
+        )
+        raise SchemaChanged(f"job {job_id}: the schema changed under this worker") from exc
     log.warning(
         "job %s: its row is held by a transaction of an earlier attempt (its worker stopped "
         "or cut off mid-commit); not started now, the queue hands it out again later",
