@@ -90,3 +90,14 @@ def test_runnable_blocks_of_page_succeed(
         f"{page.name}: exit {proc.returncode}\n--- stdout\n{stdout[-4000:]}"
         f"\n--- stderr\n{stderr[-4000:]}"
     )
+
+
+def test_the_upgrade_page_names_the_newest_revision() -> None:
+    """upgrade.md spells out the revision chain (it follows ``down_revision``, not the file
+    numbers); it had stopped at 0022 while the code went on to newer heads."""
+    from ragstore.db import migrations
+
+    text = (ROOT / "docs" / "operations" / "upgrade.md").read_text(encoding="utf-8")
+    chain = text.split("The chain follows", 1)[1].split("known_revisions()", 1)[0]
+    named = re.findall(r"\b0\d{3}\b", chain)
+    assert named and named[-1] == migrations.known_revisions()[-1], named
