@@ -68,6 +68,7 @@ def test_auth_off_refuses_what_a_local_proxy_forwards_for_another_machine(
             {"X-Forwarded-For": "127.0.0.1, ::1"},
             {"X-Real-IP": "[::1]:80"},
             {"Forwarded": 'for=127.0.0.1:5000;proto=http, for="[::1]"'},
+            {"X-Forwarded-For": "::ffff:127.0.0.1"},  # a dual-stack proxy (Node) says so
         ]
         for header in mine:  # a client on this machine, through a proxy on it
             ok = httpx.get(f"{url}/v1/collections", headers={**local, **header})
@@ -86,11 +87,12 @@ def test_auth_off_claiming_a_unix_socket_still_guards_tcp(settings: Settings) ->
         assert httpx.get(f"{url}/v1/collections").status_code == 200
 
 
-def test_auth_off_on_a_unix_socket_ignores_host_but_not_forwarded_clients(
+def test_auth_off_on_a_unix_socket_ignores_host_but_not_forwarded_clients_or_origins(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    # A Unix socket's client (curl --unix-socket, a proxy) names the Host it likes and no
-    # browser reaches it: its Host is not judged. A proxy forwarding the network still is.
+    # A Unix socket's client (curl --unix-socket, a proxy) names the Host it likes: its
+    # Host is not judged. A proxy forwarding the network, or another site's page (its
+    # Origin), still is.
     path = Path(tmp_path_factory.mktemp("sock", numbered=True)) / "api.sock"
     claimed = with_(settings, auth="off", api_host=f"unix:{path}")
     with unix_server(claimed, path) as client:
@@ -102,3 +104,12 @@ def test_auth_off_on_a_unix_socket_ignores_host_but_not_forwarded_clients(
         )
         assert proxied.status_code == 403, proxied.text
         assert "203.0.113.9" in proxied.json()["detail"]
+        # a page of another site behind a proxy in front of the socket (nginx sends
+        # Host: localhost and no forwarding header) still names its Origin
+        posted = client.post(
+            "http://localhost/v1/collections/x/texts",
+            headers={"Origin": "https://evil.example"},
+            json={"texts": ["a"]},
+        )
+        assert posted.status_code == 403, posted.text
+        assert "evil.example" in posted.json()["detail"]

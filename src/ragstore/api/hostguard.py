@@ -15,8 +15,9 @@ any ``Origin`` name a loopback host (``localhost``, ``*.localhost``, ``127.0.0.0
 ``[::1]``). Requests without those headers (curl, the Python client over HTTP/1.0) pass.
 It also refuses any client whose address is not loopback (:func:`foreign_client`), and
 any request a proxy forwarded for a client of another machine (:func:`foreign_forwarded`).
-A request over a Unix socket (no client address) is out of a browser's reach: its
-``Host`` is not checked, but a forwarded client still is.
+A request over a Unix socket (no client address) has its ``Host`` left unchecked (a proxy
+in front of the socket names its own), but its ``Origin`` and any forwarded client are
+checked: a browser reaches such a socket through a local proxy.
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ def is_loopback_name(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True  # RFC 6761: browsers resolve these to loopback themselves
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1, as a dual-stack proxy names it
+    return address.is_loopback
 
 
 def _host_of_authority(authority: str) -> str:
@@ -50,10 +54,11 @@ def _host_of_authority(authority: str) -> str:
     return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
-def foreign_party(headers: dict[bytes, bytes]) -> str | None:
-    """What names a non-loopback party in these request headers (``None``: none does)."""
+def foreign_party(headers: dict[bytes, bytes], *, check_host: bool = True) -> str | None:
+    """What names a non-loopback party in these request headers (``None``: none does);
+    ``check_host=False`` looks at the ``Origin`` only."""
     host = headers.get(b"host")
-    if host is not None:
+    if host is not None and check_host:
         name = _host_of_authority(host.decode("latin-1"))
         if not is_loopback_name(name):
             return f"Host {name!r}"
@@ -153,9 +158,11 @@ class LoopbackGuardMiddleware:
             return
         headers = list(scope.get("headers", ()))
         client = foreign_client(scope.get("client")) or foreign_forwarded(headers)
-        # a Unix socket's client (none) names the Host it likes and no browser reaches it
+        # a Unix socket's client (none) names the Host it likes: a proxy in front of the
+        # socket sends its own (nginx: localhost). A browser's page behind such a proxy
+        # still says where it comes from, so the Origin is checked.
         unix = not scope.get("client")
-        party = client or (None if unix else foreign_party(dict(headers)))
+        party = client or foreign_party(dict(headers), check_host=not unix)
         if party is None:
             await self.app(scope, receive, send)
             return
