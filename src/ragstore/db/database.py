@@ -257,14 +257,31 @@ def _stored_int(text: str) -> int | float:
     stored was a float."""
     if len(text) < 19:  # no more than 18 digits, sign included: within 64 bits
         return int(text)
+    if len(text) > 20:  # 20 characters hold any 64-bit integer, its sign included
+        return float(text)  # (and int() refuses more than 4,300 digits)
     value = int(text)
     return value if INT64_MIN <= value <= INT64_MAX else float(text)
 
 
-def stored_json(data: str | bytes) -> Any:
+# Every digit a 0, every other byte a space: a run of 19 digits is the shortest that can be an
+# integer beyond 64 bits (a fraction's or a string's digits match too, and only cost the
+# slower read). A translation and a search run in C, several times faster than a regex.
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))  # "0" or " "
+_LONG_RUN = b"0" * 19
+
+
+def stored_json(data: str | bytes | memoryview) -> Any:
     """JSON (``json``, ``jsonb``) as ragstore's connections read it: :func:`_stored_int`'s
-    numbers."""
-    return json.loads(data, parse_int=_stored_int)
+    numbers. Text without a run of 19 digits is read by the plain reader (a Python
+    ``parse_int`` call per integer doubled the read of integer-heavy metadata)."""
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if not _has_long_digits(raw):
+        return json.loads(raw)
+    return json.loads(raw, parse_int=_stored_int)
+
+
+def _has_long_digits(raw: bytes) -> bool:
+    return _LONG_RUN in raw.translate(_DIGITS_ONLY)
 
 
 class Database:
