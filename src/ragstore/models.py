@@ -124,3 +124,8 @@ class Hit:
     section_score: float | None = None
     section_hits: list[int] = field(default_factory=list)
     section_id: int | None = None
+    # the name an uploaded document was given (``notes/a.md``), as documents list shows it;
+    # None for a file ingested from disk, whose ``source`` is its owner's own path. An
+    # upload's source is the server's path (``<data dir>/uploads/...``), which the
+    # uploader never chose: hits showed only it (search.service.run sets this)
+    name: str | None = None

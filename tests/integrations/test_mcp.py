@@ -873,3 +873,19 @@ def test_an_sdk_without_the_low_level_server_stops_ragstore_mcp_as_it_starts() -
         anyio.run(serve_stdio, server)
     assert MCP_VERSIONS in caught.value.message
     assert "pip install 'ragstore[mcp]'" in caught.value.message
+
+
+async def test_search_hits_carry_an_uploads_name(handbook: Store) -> None:
+    """A hit of an uploaded document showed only its source, the server's own
+    ``<data dir>/uploads/...`` path; it now carries the name it was uploaded under, as
+    documents list does, and a hit of a text none."""
+    from mcp import Client as McpClient
+
+    async with McpClient(build_server(handbook)) as session:
+        found = _data(
+            await session.call_tool("search", {"collection": "handbook", "query": "backups"})
+        )
+        assert {h["name"] for h in found["hits"]} == {"ops/guide.md"}
+        assert all("/uploads/" in h["source"] for h in found["hits"])
+        other = _data(await session.call_tool("search", {"collection": "other", "query": "note"}))
+        assert [(h["source"], h["name"]) for h in other["hits"]] == [("note", None)]

@@ -394,6 +394,13 @@ class HitPublic(BaseModel):
     chunk_id: int
     document_id: int
     source: str
+    name: str | None = Field(
+        None,
+        description="The name the document was uploaded under, as the documents list "
+        "shows it (`source` is then the server's path of the upload); null for a file "
+        "ingested from disk or a text, whose `source` is its own.",
+        examples=["notes/a.md"],
+    )
     title: str | None
     text: str
     chunk_type: str

@@ -37,7 +37,9 @@ def _explain_line(h: Hit) -> str:
 
 
 def print_hits(hits: Sequence[Hit], width: int = 240) -> None:
-    """Each hit on two lines: rank, score, source and section; then the text, cut to width."""
+    """Each hit on two lines: rank, score, document and section; then the text, cut to
+    width. The document is an upload's name, or a file's source (its path): an upload's
+    source is the server's path of it, which its uploader never gave."""
     out = console()
     if not hits:
         out.print("no results")
@@ -47,7 +49,7 @@ def print_hits(hits: Sequence[Hit], width: int = 240) -> None:
         if len(text) > width:
             text = text[: width - 1] + "…"
         out.print(
-            f"[bold]{rank:>2}.[/] [cyan]{h.score:.3f}[/]  {escape(printable(h.source))}  "
+            f"[bold]{rank:>2}.[/] [cyan]{h.score:.3f}[/]  {escape(printable(h.name or h.source))}  "
             f"[dim]§ {escape(section)} ({h.chunk_type})[/]"
         )
         if h.explain is not None:

@@ -566,6 +566,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
                 "document_id": h["document_id"],
                 "chunk_id": h["chunk_id"],
                 "source": h["source"],
+                "name": h["name"],  # an upload's name (null for a file from disk)
                 "title": h["title"],
                 "score": h["score"],
                 "section": " > ".join(h["section_path"]),

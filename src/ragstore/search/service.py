@@ -67,6 +67,7 @@ from ragstore.db.errors import translated
 from ragstore.db.field_indexes import FieldIndex
 from ragstore.db.repository import Collection
 from ragstore.errors import ConflictError, InputError, ModelError, SearchTimeoutError
+from ragstore.jobs import staging
 from ragstore.models import Hit
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
@@ -295,7 +296,23 @@ def run(
         metrics.observe_search(p.mode, time.perf_counter() - t0, None)
         raise
     metrics.observe_search(p.mode, time.perf_counter() - t0, len(hits))
+    name_uploads(rt, collection, hits)
     return hits
+
+
+def name_uploads(rt: Runtime, collection: str, hits: Sequence[Hit]) -> None:
+    """Each hit of an uploaded document given the name documents list shows for it
+    (``Hit.name``, :func:`ragstore.jobs.staging.source_name`); a hit of a file from disk
+    or of a text keeps ``None``. Set here, where every search's hits are made, so the HTTP
+    answer, the Store, the CLI, MCP and the console cannot name them differently: they
+    showed only the ``source``, the server's own ``<data dir>/uploads/...`` path, which the
+    uploader never chose and which told every reader where the server keeps its data."""
+    names: dict[str, str | None] = {}  # one lookup per document, not per hit
+    for hit in hits:
+        if hit.source not in names:
+            name = staging.source_name(rt.settings, collection, hit.source)
+            names[hit.source] = None if name == hit.source else name
+        hit.name = names[hit.source]
 
 
 def _run_current(

@@ -899,7 +899,7 @@
     if (h.page !== null) meta.push("page " + h.page);
     const cell = el("td", { class: "hit" },
       el("a", { href: "/ui/collections/" + enc(COLLECTION) + "/documents/" + h.document_id,
-                text: h.title || h.source }),
+                text: h.title || h.name || h.source }),
       el("div", { class: "meta" }, ...joined(meta, " · ")),
       el("div", { class: "text hit-text", text: h.text }));
     if (h.context && h.context.length) {

@@ -1,0 +1,121 @@
+"""Search hits of an uploaded document carry the name it was uploaded under.
+
+An upload is stored under the source ``<data dir>/uploads/<collection>/<name>``, the
+server's own path: documents list answered the upload's ``name`` beside it, but search
+hits (the HTTP answer, the Client's and Store's, ``ragstore search``, MCP) showed only the
+source, a path the uploader never chose, which told every reader where the server keeps
+its data. A hit of a file ingested from disk has no name: its source is its owner's path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ragstore import Client, Store
+from ragstore.config import Settings
+from tests.conftest import run_cli
+
+COLLECTION = "hitnames"
+UPLOAD = "notes/rollback.md"
+UPLOADED = "# Rollback\n\n## Steps\n\nRun ragstore db downgrade to roll back a revision.\n"
+ON_DISK = "# Backups\n\n## Schedule\n\nBackups to roll back from are taken nightly.\n"
+
+
+@pytest.fixture(scope="module")
+def local_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("own") / "backups.md"
+    path.write_text(ON_DISK)
+    return path.resolve()
+
+
+@pytest.fixture(scope="module")
+def store(settings: Settings) -> Iterator[Store]:
+    with Store(settings=settings) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def both(open_url: str, store: Store, local_file: Path) -> Iterator[Client]:
+    """The collection holding one upload (through the server) and one file from disk."""
+    with Client(open_url) as c:
+        c.add_document(COLLECTION, UPLOAD, UPLOADED)
+        store.ingest(COLLECTION, [local_file])
+        yield c
+
+
+def _names(hits: list[dict[str, Any]], local_file: Path) -> dict[str, str | None]:
+    """Each hit's name by whose document it is: the upload's or the local file's."""
+    out: dict[str, str | None] = {}
+    for h in hits:
+        out["local" if h["source"] == str(local_file) else "upload"] = h["name"]
+    return out
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"sections": False},
+        {"explain": True},
+        {"context": "section"},
+        {"context": 1},
+        {"mmr": True},
+        {"mode": "fulltext"},
+        {"mode": "vector"},
+    ],
+    ids=repr,
+)
+def test_a_hit_of_an_upload_is_named_as_documents_list_names_it(
+    both: Client, store: Store, local_file: Path, options: dict[str, Any]
+) -> None:
+    listed = {d["source"]: d["name"] for d in both.list_documents(COLLECTION)["data"]}
+    upload_source = next(s for s, n in listed.items() if n == UPLOAD)
+    assert "/uploads/" in upload_source  # the server's path, kept as it was
+    for answer in (
+        both.search(COLLECTION, "roll back", **options),
+        store.search(COLLECTION, "roll back", **options),
+    ):
+        hits = answer["data"]
+        assert _names(hits, local_file) == {"upload": UPLOAD, "local": None}
+        assert {h["source"] for h in hits} == {upload_source, str(local_file)}
+
+
+def test_the_openapi_schema_lists_a_hits_name(open_url: str) -> None:
+    spec = httpx.get(f"{open_url}/openapi.json").json()
+    hit = spec["components"]["schemas"]["HitPublic"]
+    assert hit["properties"]["name"]["anyOf"] == [{"type": "string"}, {"type": "null"}]
+    assert "name" not in hit.get("required", [])
+
+
+@pytest.mark.parametrize("remote", [True, False], ids=["through-server", "in-process"])
+def test_cli_search_prints_an_uploads_name_not_the_servers_path(
+    both: Client,
+    open_url: str,
+    local_file: Path,
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    remote: bool,
+) -> None:
+    if remote:
+        monkeypatch.setenv("RAGSTORE_URL", open_url)
+    capsys.readouterr()
+    assert run_cli("search", "roll back", "-c", COLLECTION) == 0
+    out = capsys.readouterr().out
+    assert f"  {UPLOAD}  " in out
+    assert "/uploads/" not in out
+    assert f"  {local_file}  " in out  # a file from disk: its own path, as before
+
+    assert run_cli("search", "roll back", "-c", COLLECTION, "--context", "section") == 0
+    out = capsys.readouterr().out
+    assert f"  {UPLOAD}  " in out and "/uploads/" not in out
+
+    assert run_cli("search", "roll back", "-c", COLLECTION, "--json") == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert _names(hits, local_file) == {"upload": UPLOAD, "local": None}
