@@ -3,7 +3,10 @@ policies (abort, skip, keep), --dry-run, and the declared model's checks."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,7 +16,14 @@ import pytest
 
 from ragstore import Store
 from ragstore.errors import ImportValidationError, InputError
-from ragstore.imports import ImportOptions, SourceOptions, open_source, plan_import, run_import
+from ragstore.imports import (
+    ImportOptions,
+    SourceOptions,
+    files,
+    open_source,
+    plan_import,
+    run_import,
+)
 from ragstore.imports.records import Record, json_safe
 from ragstore.imports.validate import parse_policies, validate
 from ragstore.runtime import Runtime
@@ -502,6 +512,16 @@ def test_a_text_too_large_for_the_full_text_index_is_unstorable(
             "line 2: cannot be read as "
             "JSON (Exceeds the limit (4300 digits) for integer string conversion",
         ),
+        # a key given twice: the parser kept the last, so the record arrived as "c"
+        (
+            '{"id": "b", "text": "t", "vector": [1, 1], "id": "c"}',
+            "line 2: the key 'id' is given twice in one object",
+        ),
+        # a key in the metadata and beside it: the top-level value replaced the other
+        (
+            '{"id": "b", "text": "t", "vector": [1, 1], "metadata": {"lang": "en"}, "lang": "fr"}',
+            """line 2: the key 'lang' is in the metadata ("en") and beside it ("fr")""",
+        ),
     ],
 )
 def test_a_line_the_json_parser_chokes_on_names_file_and_line(
@@ -516,6 +536,37 @@ def test_a_line_the_json_parser_chokes_on_names_file_and_line(
     args = ["import", str(src), "-c", "val-choke", "--model", "legacy-2d@v1", "--dimension", "2"]
     assert run_cli(*args, "--dry-run") == 65
     assert f"error[import_source_invalid]: {src} {said}" in capsys.readouterr().err
+
+
+def test_a_compressed_file_or_one_over_long_line_is_named_before_it_is_read_whole(
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a gzipped JSONL was "invalid UTF-8 at byte 1; re-save the file as UTF-8", and a file
+    # of no line breaks (a JSON array) was read whole into memory, seven times its size
+    line = b'{"id": "a", "text": "t", "vector": [1, 2]}\n'
+    args = ["-c", "val-packed", "--model", "legacy-2d@v1", "--dimension", "2", "--dry-run"]
+    for name, data, said in [
+        ("gz", gzip.compress(line), "the file is gzip-compressed, not text; unpack it first"),
+        ("xz", lzma.compress(line), "the file is xz-compressed"),
+        ("bz2", bz2.compress(line), "the file is bzip2-compressed"),
+    ]:
+        src = tmp_path / f"packed-{name}.jsonl"
+        src.write_bytes(data)
+        assert run_cli("import", str(src), *args) == 65
+        assert f"error[import_source_invalid]: {src}: {said}" in capsys.readouterr().err
+    monkeypatch.setattr(files, "MAX_LINE_BYTES", 1024)
+    src = tmp_path / "array.jsonl"
+    src.write_bytes(line + line.replace(b'"a"', b'"b"').rstrip() * 30)
+    assert run_cli("import", str(src), *args) == 65
+    assert f"{src} line 2: the line is longer than 1,024 bytes, more than one record may take" in (
+        capsys.readouterr().err
+    )
+    # a line of 1,024 bytes and its \n is read
+    src.write_bytes(line + b" " * (1025 - len(line)) + line.replace(b'"a"', b'"b"'))
+    assert run_cli("import", str(src), *args) == 0, capsys.readouterr().err
 
 
 def test_an_integer_beyond_float64_in_a_vector_is_non_finite(

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shlex
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -28,6 +30,21 @@ VECTOR_KEYS = ("vector", "embedding", "values")
 # record's text is one field
 CSV_FIELD_LIMIT = 1 << 30
 TEXT_KEYS = ("text", "document", "content")
+# the longest line read: a line is read whole, and a JSON line takes about seven times its
+# size to parse, so a file with no line breaks (a JSON array saved as .jsonl, a multi-GB
+# dump) was read into memory whole and the import killed for memory. A record is a vector
+# (16,000 dimensions at most: under 1 MB of text) and one chunk's text, which ingest caps
+# at 50 MB (RAGSTORE_MAX_FILE_BYTES) for a whole document.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+# the first bytes of a compressed file, with the tool that unpacks it: read as text, a
+# gzipped JSONL was refused as "invalid UTF-8 at byte 1; re-save the file as UTF-8 (e.g.
+# iconv -f latin1 -t utf-8)", which sent the user to re-encode a file that was fine
+COMPRESSED = (
+    (b"\x1f\x8b", "gzip", "gunzip -k"),
+    (b"\xfd7zXZ\x00", "xz", "unxz -k"),
+    (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+    (b"PK\x03\x04", "zip", "unzip"),
+)
 
 
 def _first(obj: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, Any]:
@@ -63,10 +80,44 @@ def _utf8_lines(path: Path) -> Iterator[str]:
         raise unreadable(path, exc) from None
 
 
+def _compressed(path: Path, head: bytes) -> None:
+    """ImportSourceError for a file that starts as a compressed one does (``COMPRESSED``),
+    naming the compression and the command that unpacks it."""
+    bzip2 = re.match(rb"BZh[1-9]1AY&SY", head)
+    found = [(kind, tool) for magic, kind, tool in COMPRESSED if head.startswith(magic)]
+    if bzip2:
+        found.append(("bzip2", "bunzip2 -k"))
+    if found:
+        kind, tool = found[0]
+        raise ImportSourceError(
+            f"{path}: the file is {kind}-compressed, not text; unpack it first "
+            f"({tool} {shlex.quote(str(path))}) and import the unpacked file"
+        )
+
+
+def _bounded_lines(fh: BinaryIO, path: Path) -> Iterator[bytes]:
+    """The file's lines, each read only up to ``MAX_LINE_BYTES``: a longer one is
+    ImportSourceError naming it, before it is held in memory whole."""
+    limit = MAX_LINE_BYTES
+    lineno = 0
+    while raw := fh.readline(limit + 1):
+        lineno += 1
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            raise ImportSourceError(
+                f"{path} line {lineno}: the line is longer than {limit:,} bytes, "
+                "more than one record may take; a JSONL file holds one JSON object per line "
+                "(a JSON array is made one with jq -c '.[]'), and a text that long is split "
+                "into several records"
+            )
+        yield raw
+
+
 def _decoded_lines(path: Path) -> Iterator[str]:
     with path.open("rb") as fh:
         offset = 0
-        for lineno, raw in enumerate(fh, 1):
+        for lineno, raw in enumerate(_bounded_lines(fh, path), 1):
+            if lineno == 1:
+                _compressed(path, raw[:16])
             declared = declared_encoding(raw) if lineno == 1 else None
             if declared is not None:
                 encoding, offset = declared
@@ -87,12 +138,60 @@ def _decoded_lines(path: Path) -> Iterator[str]:
             offset += len(raw)
 
 
+class _DuplicateKeyError(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, _DuplicateKeyError where a key is given twice: the parser
+    kept the last silently, so ``{"id": "a", ..., "id": "b"}`` was imported as ``b`` and
+    the value ``a`` the store had was lost, unsaid."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
+    return obj
+
+
+def _merged(meta: dict[str, Any], rest: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``metadata`` object's keys with the record's other keys (they join the metadata);
+    ImportSourceError for a key in both with other values: the top-level value silently
+    replaced the metadata's (``"metadata": {"lang": "en"}, "lang": "fr"`` was stored as
+    ``fr``), and the import said every record arrived as the store had it."""
+    for key, value in rest.items():
+        if key in meta and _canonical(meta[key]) != _canonical(value):
+            raise ImportSourceError(
+                f"{where}: the key {key!r} is in the metadata ({_shown(meta[key])}) and beside "
+                f"it ({_shown(value)}); rename one of them, or drop the one not wanted"
+            )
+    return {**meta, **rest}
+
+
+def _canonical(value: Any) -> str:
+    """A value's JSON text, keys sorted: ``1`` and ``true`` differ, as they do in JSON."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _shown(value: Any) -> str:
+    shown = json.dumps(value, default=str)
+    return shown if len(shown) <= 40 else shown[:40] + "..."
+
+
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     for lineno, line in enumerate(_utf8_lines(path), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKeyError as exc:
+            raise ImportSourceError(
+                f"{path} line {lineno}: the key {exc.key!r} is given twice in one object; "
+                "give each key once"
+            ) from None
         except json.JSONDecodeError as exc:
             raise ImportSourceError(
                 f"{path} line {lineno}: not valid JSON ({exc.msg}); "
@@ -113,7 +212,7 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _split_fields(
-    obj: dict[str, Any], *, with_vector: bool
+    obj: dict[str, Any], where: str, *, with_vector: bool
 ) -> tuple[Any, Any, Any, dict[str, Any]]:
     rest = dict(obj)
     # "_id" only where there is no "id": popped as pop's default, it was dropped from the
@@ -131,8 +230,7 @@ def _split_fields(
     metadata: dict[str, Any] = dict(meta) if isinstance(meta, dict) else {}
     if meta is not None and not isinstance(meta, dict):
         metadata["metadata"] = meta
-    metadata.update(rest)
-    return rid, text, vector, metadata
+    return rid, text, vector, _merged(metadata, rest, where)
 
 
 class JsonlSource:
@@ -148,8 +246,8 @@ class JsonlSource:
 
     def records(self) -> Iterator[Record]:
         for lineno, obj in _json_lines(self.path):
-            rid, text, vector, metadata = _split_fields(obj, with_vector=True)
             where = f"{self.path} line {lineno}"
+            rid, text, vector, metadata = _split_fields(obj, where, with_vector=True)
             if vector is None:
                 raise ImportSourceError(
                     f"{where}: no vector; expected one of the keys {', '.join(VECTOR_KEYS)}"
@@ -230,8 +328,9 @@ class NumpySource:
             yield from self._csv_rows()
         else:
             for lineno, obj in _json_lines(self.sidecar):
-                rid, text, _, metadata = _split_fields(obj, with_vector=False)
-                yield f"{self.sidecar} line {lineno}", (rid, text, metadata)
+                where = f"{self.sidecar} line {lineno}"
+                rid, text, _, metadata = _split_fields(obj, where, with_vector=False)
+                yield where, (rid, text, metadata)
 
     def _csv_rows(self) -> Iterator[tuple[str, tuple[Any, Any, dict[str, Any]]]]:
         """The rows of a CSV sidecar; a file the csv module cannot read is
@@ -281,7 +380,8 @@ class NumpySource:
                     meta = json.loads(meta_raw)
                 except json.JSONDecodeError:
                     meta = {"metadata": meta_raw}
-                rest = {**(meta if isinstance(meta, dict) else {"metadata": meta}), **rest}
+                where = f"{self.sidecar} line {lineno}"
+                rest = _merged(meta if isinstance(meta, dict) else {"metadata": meta}, rest, where)
             yield f"{self.sidecar} line {lineno}", (rid, text, rest)
 
     def records(self) -> Iterator[Record]:
