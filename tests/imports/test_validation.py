@@ -557,6 +557,12 @@ def test_a_compressed_file_or_one_over_long_line_is_named_before_it_is_read_whol
         src.write_bytes(data)
         assert run_cli("import", str(src), *args) == 65
         assert f"error[import_source_invalid]: {src}: {said}" in capsys.readouterr().err
+    # named by its suffix, it was "cannot tell the store's format from .gz"
+    src = (tmp_path / "packed-gz.jsonl").rename(tmp_path / "store.jsonl.gz")
+    assert run_cli("import", str(src), *args) == 65
+    assert f"error[unsupported_format]: {src} is compressed (.gz); unpack it first (gunzip" in (
+        capsys.readouterr().err
+    )
     monkeypatch.setattr(files, "MAX_LINE_BYTES", 1024)
     src = tmp_path / "array.jsonl"
     src.write_bytes(line + line.replace(b'"a"', b'"b"').rstrip() * 30)
