@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shlex
 import zipfile
@@ -36,6 +37,7 @@ TEXT_KEYS = ("text", "document", "content")
 # (16,000 dimensions at most: under 1 MB of text) and one chunk's text, which ingest caps
 # at 50 MB (RAGSTORE_MAX_FILE_BYTES) for a whole document.
 MAX_LINE_BYTES = 64 * 1024 * 1024
+NPY_BLOCK_BYTES = 8 * 1024 * 1024  # a .npy matrix is read in blocks of about this size
 # the first bytes of a compressed file, with the tool that unpacks it: read as text, a
 # gzipped JSONL was refused as "invalid UTF-8 at byte 1; re-save the file as UTF-8 (e.g.
 # iconv -f latin1 -t utf-8)", which sent the user to re-encode a file that was fine
@@ -283,7 +285,8 @@ def _load_matrix(path: Path, array: str | None) -> np.ndarray:
                     )
                 matrix = np.asarray(npz[array])
         else:
-            matrix = np.asarray(np.load(path, allow_pickle=False, mmap_mode="r"))
+            # mapped only to learn the shape and type: its rows are read by _npy_rows
+            matrix = np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         # EOFError: an empty .npy; BadZipFile: a truncated or damaged .npz (a bad CRC):
         # both escaped as tracebacks
@@ -296,6 +299,38 @@ def _load_matrix(path: Path, array: str | None) -> np.ndarray:
             "vectors as a float32 or float64 matrix"
         )
     return matrix
+
+
+def _matrix_rows(path: Path, matrix: np.ndarray) -> Iterator[np.ndarray]:
+    """The rows of ``matrix``: those of a mapped ``.npy`` file read with plain reads, in
+    blocks of ``NPY_BLOCK_BYTES``.
+
+    Read through the map, a file cut short while it was read (``np.save`` rewriting it,
+    as a re-run export does, truncates it first) killed the import with SIGBUS ("Bus
+    error", exit 135), saying nothing. A read that comes short, or a file whose size or
+    modification time changed by the end, is now ImportSourceError."""
+    if not isinstance(matrix, np.memmap) or not matrix.flags.c_contiguous:
+        yield from matrix
+        return
+    rows, cols = matrix.shape
+    per_block = max(1, NPY_BLOCK_BYTES // max(1, cols * matrix.dtype.itemsize))
+    changed = ImportSourceError(
+        f"{path} changed while it was read (it is shorter than its header says, or was "
+        "written to); import it once it is written whole. Nothing was written"
+    )
+    with path.open("rb") as fh:
+        before = os.fstat(fh.fileno())
+        fh.seek(matrix.offset)
+        for start in range(0, rows, per_block):
+            count = min(per_block, rows - start)
+            size = count * cols * matrix.dtype.itemsize
+            data = fh.read(size)
+            if len(data) < size:
+                raise changed
+            yield from np.frombuffer(data, dtype=matrix.dtype).reshape(count, cols)
+        after = os.fstat(fh.fileno())
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise changed
 
 
 def default_sidecar(path: Path) -> Path:
@@ -391,6 +426,7 @@ class NumpySource:
                 f"{self.path}: expected a 2-D matrix (one row per vector), got shape {matrix.shape}"
             )
         rows = self._sidecar_rows()
+        vectors = _matrix_rows(self.path, matrix)
         n = 0
         for i in range(matrix.shape[0]):
             item = next(rows, None)
@@ -404,9 +440,10 @@ class NumpySource:
             yield Record(
                 to_id(rid, where),
                 to_text(text, where),
-                to_vector(matrix[i], where),
+                to_vector(next(vectors), where),
                 json_safe(metadata),
             )
+        next(vectors, None)  # past the last row: its check of the file's size and time
         if next(rows, None) is not None:
             extra = 1 + sum(1 for _ in rows)
             raise ImportSourceError(
