@@ -512,6 +512,11 @@ def test_a_text_too_large_for_the_full_text_index_is_unstorable(
             "line 2: cannot be read as "
             "JSON (Exceeds the limit (4300 digits) for integer string conversion",
         ),
+        # lines ending in a bare CR are one line: it said "Extra data" and nothing more
+        (
+            '{"id": "b", "text": "t", "vector": [1, 1]}\r{"id": "c", "vector": [1, 1]}',
+            "line 2: not valid JSON (Extra data); the lines end in a bare CR, not LF or CRLF",
+        ),
         # a key given twice: the parser kept the last, so the record arrived as "c"
         (
             '{"id": "b", "text": "t", "vector": [1, 1], "id": "c"}',

@@ -184,7 +184,11 @@ def _shown(value: Any) -> str:
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for lineno, line in enumerate(_utf8_lines(path), 1):
+    for lineno, numbered in enumerate(_utf8_lines(path), 1):
+        # a BOM opening a later line too: files saved with one (Excel, PowerShell) joined
+        # with cat were refused at the second "(Unexpected UTF-8 BOM (decode using
+        # utf-8-sig))"; no JSON text starts with U+FEFF, so nothing of a record is dropped
+        line = numbered.removeprefix("\ufeff")
         if not line.strip():
             continue
         try:
@@ -195,9 +199,17 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 "give each key once"
             ) from None
         except json.JSONDecodeError as exc:
+            # lines ending in a bare CR (classic Mac OS) are one line here: "Extra data"
+            # said nothing of why
+            bare_cr = "\r" in line.rstrip("\r\n")
             raise ImportSourceError(
                 f"{path} line {lineno}: not valid JSON ({exc.msg}); "
-                "each line must be one JSON object"
+                + (
+                    "the lines end in a bare CR, not LF or CRLF: convert them (tr '\\r' "
+                    "'\\n' < old.jsonl > new.jsonl)"
+                    if bare_cr and exc.msg == "Extra data"
+                    else "each line must be one JSON object"
+                )
             ) from None
         except (ValueError, RecursionError) as exc:
             # an integer of over 4,300 digits (ValueError) or arrays nested thousands
