@@ -70,6 +70,7 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
         _rec("a", [1.0] * DIM),
         _rec("a", [1.0] * DIM),
         _rec("b", [1.0] * 3),
+        _rec("b0", []),  # no values: a dimension_mismatch, and it was a zero_vector too
         _rec("c", [np.nan] + [1.0] * 7),
         _rec("d", [0.0] * DIM),
         _rec("e", [1.0] * DIM, None),
@@ -82,10 +83,10 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
     report = validate(recs, DIM, parse_policies("skip", []), existing_ids={"old"})
     found = {i.kind: (i.count, i.first) for i in report.issues}
     assert found == {
-        "missing_id": (1, ["record #7"]),
+        "missing_id": (1, ["record #8"]),
         "duplicate_id": (1, ["a"]),
         "existing_id": (1, ["old"]),
-        "dimension_mismatch": (1, ["b (3 dims)"]),
+        "dimension_mismatch": (2, ["b (3 dims)", "b0 (0 dims)"]),
         "non_finite": (1, ["c"]),
         "zero_vector": (1, ["d"]),
         "missing_text": (1, ["e"]),
@@ -99,7 +100,7 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
         ),
     }
     assert report.kept == [0]
-    assert report.skipped == 10 and report.ok
+    assert report.skipped == 11 and report.ok
 
 
 def test_a_metadata_key_no_filter_can_name_is_unstorable() -> None:
