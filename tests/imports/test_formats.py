@@ -904,6 +904,48 @@ def test_a_numpy_file_damaged_or_of_no_real_numbers_is_named(
     assert str(info.value).startswith(f"{path}: ") and said in str(info.value)
 
 
+_READ_WHILE_CUT = """
+import sys
+from pathlib import Path
+import numpy as np
+from ragstore.imports import files
+from ragstore.errors import ImportSourceError
+files.NPY_BLOCK_BYTES = 3 * 4 * 4  # three rows of four float32 a block
+path = Path(sys.argv[1])
+rows = files.NumpySource(path).records()
+got = [next(rows).vector for _ in range(int(sys.argv[2]))]
+assert (np.vstack(got) == np.load(path)[: len(got)]).all(), "rows read wrongly"
+if sys.argv[3] == "cut":
+    path.open("wb").close()  # np.save rewriting it truncates it first
+try:
+    got += [r.vector for r in rows]
+except ImportSourceError as exc:
+    sys.exit(str(exc))
+print(len(got))
+"""
+
+
+def test_a_npy_file_cut_while_it_is_read_is_named_not_a_bus_error(tmp_path: Path) -> None:
+    """Its rows were read through a memory map: a .npy cut short while the import read it
+    (an export run again rewrites it) killed the process with SIGBUS, saying nothing."""
+    path = tmp_path / "m.npy"
+    for how, expected in (("keep", "10\n"), ("cut", "")):
+        np.save(path, np.arange(40, dtype=np.float32).reshape(10, 4))
+        path.with_suffix(".csv").write_text("id,text\n" + "".join(f"r{i},t\n" for i in range(10)))
+        done = subprocess.run(
+            [sys.executable, "-c", _READ_WHILE_CUT, str(path), "4", how],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert (done.returncode, done.stdout) == (0 if how == "keep" else 1, expected), done
+        if how == "cut":
+            assert done.stderr == (
+                f"{path} changed while it was read (it is shorter than its header says, or "
+                "was written to); import it once it is written whole. Nothing was written\n"
+            )
+
+
 def test_a_pipe_or_a_looping_link_as_the_source_is_named_without_waiting(tmp_path: Path) -> None:
     """A FIFO named x.jsonl was opened, and the import waited for a writer forever; a link
     that loops was "no such file or directory"."""

@@ -3,7 +3,10 @@ policies (abort, skip, keep), --dry-run, and the declared model's checks."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,7 +16,14 @@ import pytest
 
 from ragstore import Store
 from ragstore.errors import ImportValidationError, InputError
-from ragstore.imports import ImportOptions, SourceOptions, open_source, plan_import, run_import
+from ragstore.imports import (
+    ImportOptions,
+    SourceOptions,
+    files,
+    open_source,
+    plan_import,
+    run_import,
+)
 from ragstore.imports.records import Record, json_safe
 from ragstore.imports.validate import parse_policies, validate
 from ragstore.runtime import Runtime
@@ -60,6 +70,7 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
         _rec("a", [1.0] * DIM),
         _rec("a", [1.0] * DIM),
         _rec("b", [1.0] * 3),
+        _rec("b0", []),  # no values: a dimension_mismatch, and it was a zero_vector too
         _rec("c", [np.nan] + [1.0] * 7),
         _rec("d", [0.0] * DIM),
         _rec("e", [1.0] * DIM, None),
@@ -72,10 +83,10 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
     report = validate(recs, DIM, parse_policies("skip", []), existing_ids={"old"})
     found = {i.kind: (i.count, i.first) for i in report.issues}
     assert found == {
-        "missing_id": (1, ["record #7"]),
+        "missing_id": (1, ["record #8"]),
         "duplicate_id": (1, ["a"]),
         "existing_id": (1, ["old"]),
-        "dimension_mismatch": (1, ["b (3 dims)"]),
+        "dimension_mismatch": (2, ["b (3 dims)", "b0 (0 dims)"]),
         "non_finite": (1, ["c"]),
         "zero_vector": (1, ["d"]),
         "missing_text": (1, ["e"]),
@@ -89,7 +100,7 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
         ),
     }
     assert report.kept == [0]
-    assert report.skipped == 10 and report.ok
+    assert report.skipped == 11 and report.ok
 
 
 def test_a_metadata_key_no_filter_can_name_is_unstorable() -> None:
@@ -502,6 +513,21 @@ def test_a_text_too_large_for_the_full_text_index_is_unstorable(
             "line 2: cannot be read as "
             "JSON (Exceeds the limit (4300 digits) for integer string conversion",
         ),
+        # lines ending in a bare CR are one line: it said "Extra data" and nothing more
+        (
+            '{"id": "b", "text": "t", "vector": [1, 1]}\r{"id": "c", "vector": [1, 1]}',
+            "line 2: not valid JSON (Extra data); the lines end in a bare CR, not LF or CRLF",
+        ),
+        # a key given twice: the parser kept the last, so the record arrived as "c"
+        (
+            '{"id": "b", "text": "t", "vector": [1, 1], "id": "c"}',
+            "line 2: the key 'id' is given twice in one object",
+        ),
+        # a key in the metadata and beside it: the top-level value replaced the other
+        (
+            '{"id": "b", "text": "t", "vector": [1, 1], "metadata": {"lang": "en"}, "lang": "fr"}',
+            """line 2: the key 'lang' is in the metadata ("en") and beside it ("fr")""",
+        ),
     ],
 )
 def test_a_line_the_json_parser_chokes_on_names_file_and_line(
@@ -516,6 +542,43 @@ def test_a_line_the_json_parser_chokes_on_names_file_and_line(
     args = ["import", str(src), "-c", "val-choke", "--model", "legacy-2d@v1", "--dimension", "2"]
     assert run_cli(*args, "--dry-run") == 65
     assert f"error[import_source_invalid]: {src} {said}" in capsys.readouterr().err
+
+
+def test_a_compressed_file_or_one_over_long_line_is_named_before_it_is_read_whole(
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a gzipped JSONL was "invalid UTF-8 at byte 1; re-save the file as UTF-8", and a file
+    # of no line breaks (a JSON array) was read whole into memory, seven times its size
+    line = b'{"id": "a", "text": "t", "vector": [1, 2]}\n'
+    args = ["-c", "val-packed", "--model", "legacy-2d@v1", "--dimension", "2", "--dry-run"]
+    for name, data, said in [
+        ("gz", gzip.compress(line), "the file is gzip-compressed, not text; unpack it first"),
+        ("xz", lzma.compress(line), "the file is xz-compressed"),
+        ("bz2", bz2.compress(line), "the file is bzip2-compressed"),
+    ]:
+        src = tmp_path / f"packed-{name}.jsonl"
+        src.write_bytes(data)
+        assert run_cli("import", str(src), *args) == 65
+        assert f"error[import_source_invalid]: {src}: {said}" in capsys.readouterr().err
+    # named by its suffix, it was "cannot tell the store's format from .gz"
+    src = (tmp_path / "packed-gz.jsonl").rename(tmp_path / "store.jsonl.gz")
+    assert run_cli("import", str(src), *args) == 65
+    assert f"error[unsupported_format]: {src} is compressed (.gz); unpack it first (gunzip" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setattr(files, "MAX_LINE_BYTES", 1024)
+    src = tmp_path / "array.jsonl"
+    src.write_bytes(line + line.replace(b'"a"', b'"b"').rstrip() * 30)
+    assert run_cli("import", str(src), *args) == 65
+    assert f"{src} line 2: the line is longer than 1,024 bytes, more than one record may take" in (
+        capsys.readouterr().err
+    )
+    # a line of 1,024 bytes and its \n is read
+    src.write_bytes(line + b" " * (1025 - len(line)) + line.replace(b'"a"', b'"b"'))
+    assert run_cli("import", str(src), *args) == 0, capsys.readouterr().err
 
 
 def test_an_integer_beyond_float64_in_a_vector_is_non_finite(

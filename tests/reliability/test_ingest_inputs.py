@@ -193,6 +193,10 @@ def test_an_import_file_that_cannot_be_read_is_one_error(
 def test_import_files_saved_with_a_utf8_bom_are_read(tmp_path: Path) -> None:
     (tmp_path / "rows.jsonl").write_bytes(_RECORD.encode("utf-8-sig"))
     assert [r.id for r in JsonlSource(tmp_path / "rows.jsonl").records()] == ["a"]
+    # two such files joined with cat: the second BOM opens a later line
+    second = _RECORD.replace('"a"', '"b"').encode("utf-8-sig")
+    (tmp_path / "rows.jsonl").write_bytes(_RECORD.encode("utf-8-sig") + second)
+    assert [r.id for r in JsonlSource(tmp_path / "rows.jsonl").records()] == ["a", "b"]
     np.save(tmp_path / "m.npy", np.array([[0.5, 0.5]], dtype=np.float32))
     (tmp_path / "m.csv").write_bytes("id,text\r\nb,beta\r\n".encode("utf-8-sig"))
     records = list(NumpySource(tmp_path / "m.npy").records())

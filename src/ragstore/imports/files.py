@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import shlex
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -28,6 +31,22 @@ VECTOR_KEYS = ("vector", "embedding", "values")
 # record's text is one field
 CSV_FIELD_LIMIT = 1 << 30
 TEXT_KEYS = ("text", "document", "content")
+# the longest line read: a line is read whole, and a JSON line takes about seven times its
+# size to parse, so a file with no line breaks (a JSON array saved as .jsonl, a multi-GB
+# dump) was read into memory whole and the import killed for memory. A record is a vector
+# (16,000 dimensions at most: under 1 MB of text) and one chunk's text, which ingest caps
+# at 50 MB (RAGSTORE_MAX_FILE_BYTES) for a whole document.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+NPY_BLOCK_BYTES = 8 * 1024 * 1024  # a .npy matrix is read in blocks of about this size
+# the first bytes of a compressed file, with the tool that unpacks it: read as text, a
+# gzipped JSONL was refused as "invalid UTF-8 at byte 1; re-save the file as UTF-8 (e.g.
+# iconv -f latin1 -t utf-8)", which sent the user to re-encode a file that was fine
+COMPRESSED = (
+    (b"\x1f\x8b", "gzip", "gunzip -k"),
+    (b"\xfd7zXZ\x00", "xz", "unxz -k"),
+    (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+    (b"PK\x03\x04", "zip", "unzip"),
+)
 
 
 def _first(obj: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, Any]:
@@ -63,10 +82,44 @@ def _utf8_lines(path: Path) -> Iterator[str]:
         raise unreadable(path, exc) from None
 
 
+def _compressed(path: Path, head: bytes) -> None:
+    """ImportSourceError for a file that starts as a compressed one does (``COMPRESSED``),
+    naming the compression and the command that unpacks it."""
+    bzip2 = re.match(rb"BZh[1-9]1AY&SY", head)
+    found = [(kind, tool) for magic, kind, tool in COMPRESSED if head.startswith(magic)]
+    if bzip2:
+        found.append(("bzip2", "bunzip2 -k"))
+    if found:
+        kind, tool = found[0]
+        raise ImportSourceError(
+            f"{path}: the file is {kind}-compressed, not text; unpack it first "
+            f"({tool} {shlex.quote(str(path))}) and import the unpacked file"
+        )
+
+
+def _bounded_lines(fh: BinaryIO, path: Path) -> Iterator[bytes]:
+    """The file's lines, each read only up to ``MAX_LINE_BYTES``: a longer one is
+    ImportSourceError naming it, before it is held in memory whole."""
+    limit = MAX_LINE_BYTES
+    lineno = 0
+    while raw := fh.readline(limit + 1):
+        lineno += 1
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            raise ImportSourceError(
+                f"{path} line {lineno}: the line is longer than {limit:,} bytes, "
+                "more than one record may take; a JSONL file holds one JSON object per line "
+                "(a JSON array is made one with jq -c '.[]'), and a text that long is split "
+                "into several records"
+            )
+        yield raw
+
+
 def _decoded_lines(path: Path) -> Iterator[str]:
     with path.open("rb") as fh:
         offset = 0
-        for lineno, raw in enumerate(fh, 1):
+        for lineno, raw in enumerate(_bounded_lines(fh, path), 1):
+            if lineno == 1:
+                _compressed(path, raw[:16])
             declared = declared_encoding(raw) if lineno == 1 else None
             if declared is not None:
                 encoding, offset = declared
@@ -87,16 +140,76 @@ def _decoded_lines(path: Path) -> Iterator[str]:
             offset += len(raw)
 
 
+class _DuplicateKeyError(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, _DuplicateKeyError where a key is given twice: the parser
+    kept the last silently, so ``{"id": "a", ..., "id": "b"}`` was imported as ``b`` and
+    the value ``a`` the store had was lost, unsaid."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
+    return obj
+
+
+def _merged(meta: dict[str, Any], rest: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``metadata`` object's keys with the record's other keys (they join the metadata);
+    ImportSourceError for a key in both with other values: the top-level value silently
+    replaced the metadata's (``"metadata": {"lang": "en"}, "lang": "fr"`` was stored as
+    ``fr``), and the import said every record arrived as the store had it."""
+    for key, value in rest.items():
+        if key in meta and _canonical(meta[key]) != _canonical(value):
+            raise ImportSourceError(
+                f"{where}: the key {key!r} is in the metadata ({_shown(meta[key])}) and beside "
+                f"it ({_shown(value)}); rename one of them, or drop the one not wanted"
+            )
+    return {**meta, **rest}
+
+
+def _canonical(value: Any) -> str:
+    """A value's JSON text, keys sorted: ``1`` and ``true`` differ, as they do in JSON."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _shown(value: Any) -> str:
+    shown = json.dumps(value, default=str)
+    return shown if len(shown) <= 40 else shown[:40] + "..."
+
+
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for lineno, line in enumerate(_utf8_lines(path), 1):
+    for lineno, numbered in enumerate(_utf8_lines(path), 1):
+        # a BOM opening a later line too: files saved with one (Excel, PowerShell) joined
+        # with cat were refused at the second "(Unexpected UTF-8 BOM (decode using
+        # utf-8-sig))"; no JSON text starts with U+FEFF, so nothing of a record is dropped
+        line = numbered.removeprefix("\ufeff")
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKeyError as exc:
+            raise ImportSourceError(
+                f"{path} line {lineno}: the key {exc.key!r} is given twice in one object; "
+                "give each key once"
+            ) from None
         except json.JSONDecodeError as exc:
+            # lines ending in a bare CR (classic Mac OS) are one line here: "Extra data"
+            # said nothing of why
+            bare_cr = "\r" in line.rstrip("\r\n")
             raise ImportSourceError(
                 f"{path} line {lineno}: not valid JSON ({exc.msg}); "
-                "each line must be one JSON object"
+                + (
+                    "the lines end in a bare CR, not LF or CRLF: convert them (tr '\\r' "
+                    "'\\n' < old.jsonl > new.jsonl)"
+                    if bare_cr and exc.msg == "Extra data"
+                    else "each line must be one JSON object"
+                )
             ) from None
         except (ValueError, RecursionError) as exc:
             # an integer of over 4,300 digits (ValueError) or arrays nested thousands
@@ -113,7 +226,7 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _split_fields(
-    obj: dict[str, Any], *, with_vector: bool
+    obj: dict[str, Any], where: str, *, with_vector: bool
 ) -> tuple[Any, Any, Any, dict[str, Any]]:
     rest = dict(obj)
     # "_id" only where there is no "id": popped as pop's default, it was dropped from the
@@ -131,8 +244,7 @@ def _split_fields(
     metadata: dict[str, Any] = dict(meta) if isinstance(meta, dict) else {}
     if meta is not None and not isinstance(meta, dict):
         metadata["metadata"] = meta
-    metadata.update(rest)
-    return rid, text, vector, metadata
+    return rid, text, vector, _merged(metadata, rest, where)
 
 
 class JsonlSource:
@@ -148,8 +260,8 @@ class JsonlSource:
 
     def records(self) -> Iterator[Record]:
         for lineno, obj in _json_lines(self.path):
-            rid, text, vector, metadata = _split_fields(obj, with_vector=True)
             where = f"{self.path} line {lineno}"
+            rid, text, vector, metadata = _split_fields(obj, where, with_vector=True)
             if vector is None:
                 raise ImportSourceError(
                     f"{where}: no vector; expected one of the keys {', '.join(VECTOR_KEYS)}"
@@ -185,7 +297,8 @@ def _load_matrix(path: Path, array: str | None) -> np.ndarray:
                     )
                 matrix = np.asarray(npz[array])
         else:
-            matrix = np.asarray(np.load(path, allow_pickle=False, mmap_mode="r"))
+            # mapped only to learn the shape and type: its rows are read by _npy_rows
+            matrix = np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         # EOFError: an empty .npy; BadZipFile: a truncated or damaged .npz (a bad CRC):
         # both escaped as tracebacks
@@ -198,6 +311,38 @@ def _load_matrix(path: Path, array: str | None) -> np.ndarray:
             "vectors as a float32 or float64 matrix"
         )
     return matrix
+
+
+def _matrix_rows(path: Path, matrix: np.ndarray) -> Iterator[np.ndarray]:
+    """The rows of ``matrix``: those of a mapped ``.npy`` file read with plain reads, in
+    blocks of ``NPY_BLOCK_BYTES``.
+
+    Read through the map, a file cut short while it was read (``np.save`` rewriting it,
+    as a re-run export does, truncates it first) killed the import with SIGBUS ("Bus
+    error", exit 135), saying nothing. A read that comes short, or a file whose size or
+    modification time changed by the end, is now ImportSourceError."""
+    if not isinstance(matrix, np.memmap) or not matrix.flags.c_contiguous:
+        yield from matrix
+        return
+    rows, cols = matrix.shape
+    per_block = max(1, NPY_BLOCK_BYTES // max(1, cols * matrix.dtype.itemsize))
+    changed = ImportSourceError(
+        f"{path} changed while it was read (it is shorter than its header says, or was "
+        "written to); import it once it is written whole. Nothing was written"
+    )
+    with path.open("rb") as fh:
+        before = os.fstat(fh.fileno())
+        fh.seek(matrix.offset)
+        for start in range(0, rows, per_block):
+            count = min(per_block, rows - start)
+            size = count * cols * matrix.dtype.itemsize
+            data = fh.read(size)
+            if len(data) < size:
+                raise changed
+            yield from np.frombuffer(data, dtype=matrix.dtype).reshape(count, cols)
+        after = os.fstat(fh.fileno())
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise changed
 
 
 def default_sidecar(path: Path) -> Path:
@@ -230,8 +375,9 @@ class NumpySource:
             yield from self._csv_rows()
         else:
             for lineno, obj in _json_lines(self.sidecar):
-                rid, text, _, metadata = _split_fields(obj, with_vector=False)
-                yield f"{self.sidecar} line {lineno}", (rid, text, metadata)
+                where = f"{self.sidecar} line {lineno}"
+                rid, text, _, metadata = _split_fields(obj, where, with_vector=False)
+                yield where, (rid, text, metadata)
 
     def _csv_rows(self) -> Iterator[tuple[str, tuple[Any, Any, dict[str, Any]]]]:
         """The rows of a CSV sidecar; a file the csv module cannot read is
@@ -281,7 +427,8 @@ class NumpySource:
                     meta = json.loads(meta_raw)
                 except json.JSONDecodeError:
                     meta = {"metadata": meta_raw}
-                rest = {**(meta if isinstance(meta, dict) else {"metadata": meta}), **rest}
+                where = f"{self.sidecar} line {lineno}"
+                rest = _merged(meta if isinstance(meta, dict) else {"metadata": meta}, rest, where)
             yield f"{self.sidecar} line {lineno}", (rid, text, rest)
 
     def records(self) -> Iterator[Record]:
@@ -291,6 +438,7 @@ class NumpySource:
                 f"{self.path}: expected a 2-D matrix (one row per vector), got shape {matrix.shape}"
             )
         rows = self._sidecar_rows()
+        vectors = _matrix_rows(self.path, matrix)
         n = 0
         for i in range(matrix.shape[0]):
             item = next(rows, None)
@@ -304,9 +452,10 @@ class NumpySource:
             yield Record(
                 to_id(rid, where),
                 to_text(text, where),
-                to_vector(matrix[i], where),
+                to_vector(next(vectors), where),
                 json_safe(metadata),
             )
+        next(vectors, None)  # past the last row: its check of the file's size and time
         if next(rows, None) is not None:
             extra = 1 + sum(1 for _ in rows)
             raise ImportSourceError(

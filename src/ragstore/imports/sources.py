@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,14 @@ from ragstore.imports.records import Source
 
 FORMATS = ("jsonl", "numpy", "postgres", "chroma", "langchain-pgvector", "llamaindex-pgvector")
 URL_FORMATS = ("postgres", "langchain-pgvector", "llamaindex-pgvector")
+# a compressed file's suffix, with the command that unpacks it
+UNPACK = {
+    ".gz": "gunzip -k",
+    ".bz2": "bunzip2 -k",
+    ".xz": "unxz -k",
+    ".zst": "unzstd",
+    ".zip": "unzip",
+}
 
 
 @dataclass
@@ -51,6 +60,13 @@ def detect_format(source: str) -> str:
             "chroma.sqlite3); give a .jsonl, .npy or .npz file, or a postgresql:// URL"
         )
     suffix = path.suffix.lower()
+    if suffix in UNPACK:
+        # it was "cannot tell the store's format from .gz", and --format jsonl then read
+        # the compressed bytes
+        raise UnsupportedFormatError(
+            f"{source} is compressed ({suffix}); unpack it first ({UNPACK[suffix]} "
+            f"{shlex.quote(source)}) and import the unpacked file"
+        )
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     if suffix in (".npy", ".npz"):

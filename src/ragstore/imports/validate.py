@@ -150,7 +150,7 @@ def validate(
         if not np.isfinite(vec).all() or np.abs(vec).max(initial=0.0) > HALFVEC_MAX_VALUE:
             issues["non_finite"].add(label)
             found.append("non_finite")
-        elif not vec.any():
+        elif vec.size and not vec.any():  # [] has no zeros, only too few dimensions
             issues["zero_vector"].add(label)
             found.append("zero_vector")
         if rec.text is None or not rec.text.strip():
