@@ -62,10 +62,10 @@ def source_prefix(settings: Settings, collection: str, prefix: str | None) -> st
     return prefix
 
 
-def _shown(name: str) -> str:
+def _shown(name: str, most: int = 200) -> str:
     """``name`` quoted for an error, cut: a name made up by a caller (an agent's tool
     call, a script) may be megabytes, and was echoed whole."""
-    return repr(name[:200] + "...") if len(name) > 200 else repr(name)
+    return repr(name[:most] + "...") if len(name) > most else repr(name)
 
 
 def safe_name(name: str) -> PurePosixPath:
@@ -112,14 +112,14 @@ def _problem(name: str, path: PurePosixPath) -> str:
         return f"it has {len(parts)} parts; "
     for part in parts:
         if len(part) > _PART_CHARS:
-            return f"its part {_shown(part)} has {len(part)} characters; "
+            return f"its part {_shown(part, 60)} has {len(part)} characters; "
         size = len(part.encode("utf-8"))
         if size > _PART_BYTES:
-            return f"its part {_shown(part)} is {size} bytes in UTF-8; "
+            return f"its part {_shown(part, 60)} is {size} bytes in UTF-8; "
         if unicodedata.category(part[0])[0] not in "LN":
-            return f"its part {_shown(part)} does not start with a letter or digit; "
+            return f"its part {_shown(part, 60)} does not start with a letter or digit; "
         if not all(_allowed(char) for char in part):  # past what _not_allowed reads
-            return f"its part {_shown(part)} holds a character that is not allowed; "
+            return f"its part {_shown(part, 60)} holds a character that is not allowed; "
     return ""
 
 
