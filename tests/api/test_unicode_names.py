@@ -219,3 +219,25 @@ def test_an_ascii_name_maps_to_the_source_it_always_did(settings: Settings) -> N
         staging.safe_name("notes/../a.md")
     with pytest.raises(InputError, match="it has 9 parts"):
         staging.safe_name("/".join("a" * 9))
+
+
+def test_a_local_ingest_keeps_nfc_and_nfd_twins_apart_and_add_document_does_not(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A local folder may hold ``Öl.md`` composed and decomposed: two files on disk, each
+    stored under its own path (as before). A name given to ``add_document`` is an
+    upload's, stored composed (NFC): the two spellings are one document."""
+    from ragstore import Store
+
+    folder = tmp_path / "twins"
+    folder.mkdir()
+    (folder / "Öl.md").write_text("# One\n\nOlive oil.\n")
+    (folder / nfd("Öl.md")).write_text("# Two\n\nEngine oil.\n")
+    with Store(settings=settings) as store:
+        out = store.ingest("local-twins", folder)
+        sources = sorted(d["source"] for d in out["data"])
+        assert sources == sorted([str(folder / "Öl.md"), str(folder / nfd("Öl.md"))])
+        first = store.add_document("local-twins", nfd("Öl.md"), "# Oil\n\nOlive.\n")
+        again = store.add_document("local-twins", "Öl.md", "# Oil\n\nOlive.\n")
+        assert (first["id"], again["status"]) == (again["id"], "unchanged")
+        assert again["source"].endswith("/uploads/local-twins/Öl.md")
