@@ -1236,3 +1236,34 @@ def test_an_ingest_through_the_server_streams_each_file_rather_than_reading_it_w
     assert report["failed"][0]["document"].endswith("big.md"), report
     peak = int(proc.stderr.rsplit("PEAK", 1)[1].split()[0])
     assert peak < 100 * 1024 * 1024, proc.stderr  # the file's 300 MB never in memory at once
+
+
+def test_ingest_through_the_server_takes_names_in_any_script(
+    remote_env: dict[str, str],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """``ragstore ingest café.md`` stored it locally and, with ``RAGSTORE_URL``, failed it
+    (an ``invalid document name``: not ASCII). A macOS file name (decomposed, NFD) is
+    stored composed (NFC), and shown by either spelling."""
+    import unicodedata
+
+    cafe = tmp_path / "café.md"
+    cafe.write_text("# Café\n\nOpen at nine.\n")
+    arger = tmp_path / unicodedata.normalize("NFD", "Ärger.txt")
+    arger.write_text("Trouble at the café.\n")
+    through_server(monkeypatch, remote_env)
+    assert run_cli("ingest", str(cafe), str(arger), "-c", "remote-unicode", "--json") == 0
+    capsys.readouterr()
+    assert run_cli("documents", "list", "-c", "remote-unicode", "--json") == 0
+    names = sorted(Path(d["source"]).name for d in json.loads(capsys.readouterr().out))
+    assert names == ["café.md", "Ärger.txt"]
+    assert run_cli("ingest", str(cafe), "-c", "remote-unicode", "--json") == 0
+    assert '"unchanged"' in capsys.readouterr().out
+    # on the server's own database, an uploaded name is found by either spelling
+    monkeypatch.delenv("RAGSTORE_URL")
+    for spelt in ("Ärger.txt", unicodedata.normalize("NFD", "Ärger.txt")):
+        assert run_cli("documents", "show", spelt, "-c", "remote-unicode", "--json") == 0
+        assert json.loads(capsys.readouterr().out)["source"].endswith("/Ärger.txt")

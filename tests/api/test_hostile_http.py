@@ -303,15 +303,16 @@ def test_a_large_float_in_metadata_reads_back_as_the_float_it_was(http: httpx.Cl
 
 def test_a_document_name_with_a_character_not_allowed_names_it(http: httpx.Client) -> None:
     """``café.md`` was refused as not "made of letters, digits, ...", é being a letter,
-    with no word of which character was wrong; so was a name holding a newline."""
+    with no word of which character was wrong (it is allowed now: test_unicode_names.py);
+    so was a name holding a newline."""
     before = doc_names(http)
-    says = "the character 'é' (U+00E9) at position 3 is not allowed; "
-    doc = {"name": "café.md", "text": "# c"}
+    says = "the character '€' (U+20AC) at position 4 is not allowed; "
+    doc = {"name": "cost€.md", "text": "# c"}
     refused(http.post(f"/v1/collections/{COLL}/documents", json=doc), says)
-    refused(upload(http, multipart((b"files", "café.md".encode(), b"# c"))), says)
-    r = upload(http, multipart((b"files", "café.md".encode(), b"# c")))
-    assert "made of ASCII letters, digits" in r.json()["detail"]
+    refused(upload(http, multipart((b"files", "cost€.md".encode(), b"# c"))), says)
+    r = upload(http, multipart((b"files", "cost€.md".encode(), b"# c")))
+    assert "made of letters, marks and digits (of any script)" in r.json()["detail"]
     doc = {"name": "a\nb.md", "text": "# n"}
-    says = "the character '\\n' (U+000A) at position 1 is not allowed"
+    says = "the character '\\n' (U+000A, a control character) at position 1 is not allowed"
     refused(http.post(f"/v1/collections/{COLL}/documents", json=doc), says)
     assert doc_names(http) == before

@@ -730,6 +730,29 @@ async def test_a_database_down_is_told_without_its_address_and_the_session_recov
                 assert "handbook" in {c["name"] for c in _data(result)["collections"]}
 
 
+async def test_add_document_takes_a_name_in_any_script(handbook: Store) -> None:
+    """``café.md`` was refused as an invalid document name (not ASCII); a name that hides
+    what it reads (a right-to-left override) still is, naming the character."""
+    from mcp import Client as McpClient
+
+    writer = KeyStore(handbook.runtime.db).create("write", name="unicode-names").secret
+    async with McpClient(build_server(handbook, key_for(handbook, writer))) as session:
+        for name in ("café.md", "日本語/メモ.md"):
+            added = _data(
+                await session.call_tool(
+                    "add_document", {"collection": "mcp-unicode", "name": name, "text": "# Hi"}
+                )
+            )
+            assert added["status"] == "added" and added["name"] == name, added
+        text = _error(
+            await session.call_tool(
+                "add_document",
+                {"collection": "mcp-unicode", "name": "a\u202eb.md", "text": "# Hi"},
+            )
+        )
+        assert "(U+202E, an invisible formatting character) at position 1" in text, text
+
+
 async def test_a_made_up_name_of_10_kb_is_not_echoed_whole(handbook: Store) -> None:
     """An invalid collection or document name was quoted whole in the error: an agent's
     10 KB name came back as a 10 KB answer, filling its context. It is quoted cut."""

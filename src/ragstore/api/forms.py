@@ -87,6 +87,9 @@ class SentPart:
 
     name: bytes = b""
     is_file: bool = False
+    # named only in ``filename*`` (RFC 5987), which RFC 7578 forbids in a form and neither
+    # parser reads: the part reads as a field, not a file
+    star_only: bool = False
     text: bool = True
     head: bytearray = field(default_factory=bytearray)
 
@@ -152,6 +155,9 @@ class _PartReader:
         _, options = parse_options_header(self._disposition)
         self._part.name = options.get(b"name", b"")
         self._part.is_file = b"filename" in options
+        self._part.star_only = not self._part.is_file and bool(
+            _FILENAME_STAR.search(self._disposition)
+        )
         if not self._part.is_file:
             self._decoder = codecs.getincrementaldecoder(self.charset)()
 
@@ -228,6 +234,20 @@ class FormBytesMiddleware:
             return message
 
         await self.app(scope, reading, send)
+
+
+_FILENAME_STAR = re.compile(rb"(?i)(?:^|;)\s*filename\*")
+
+
+def named_by_filename_star(request: Request, field: str) -> list[bool]:
+    """For each part of form field ``field`` of ``request`` (a multipart upload whose form
+    was read), in order, whether it named its file only in ``filename*``: such a part was
+    refused as having no file name, which it had sent."""
+    reader = request.scope.get(_SCOPE_KEY)
+    if not isinstance(reader, _PartReader):
+        return []
+    wanted = field.encode(reader.charset, "replace")
+    return [p.star_only for p in reader.parts if p.name == wanted]
 
 
 def undecoded_fields(request: Request) -> list[tuple[str, Undecoded]]:

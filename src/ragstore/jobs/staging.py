@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 import time
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -32,7 +33,16 @@ from ragstore.errors import (
 
 log = logging.getLogger(__name__)
 
-_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.,()+=@-]{0,127}$")
+# a part's limits: 128 characters, and 255 bytes in UTF-8 (what ext4, XFS, APFS and
+# most filesystems allow a file name: the stored source is a path, and a part of 128
+# CJK characters is 384 bytes)
+_MAX_PARTS = 8
+_PART_CHARS = 128
+_PART_BYTES = 255
+# besides letters, marks and digits of any script (Unicode categories L, M and N), a part
+# may hold these; it starts with a letter or digit
+_PUNCTUATION = frozenset(" _.,()+=@-")
+_SEPARATORS = frozenset("/\\")
 
 
 def upload_root(settings: Settings, collection: str) -> Path:
@@ -44,41 +54,100 @@ def source_prefix(settings: Settings, collection: str, prefix: str | None) -> st
     name (an upload's path below its folder), resolved under the collection's upload root.
     The HTTP route and ``Store.list_documents`` both use it: the Store matched a relative
     prefix against the stored absolute paths and found nothing where the Client found the
-    documents."""
+    documents. A relative prefix is a name's start, so it is normalised to NFC as names
+    are: ``café`` typed decomposed (NFD) found no ``café.md``."""
     if prefix is not None and not prefix.startswith("/"):
-        return str(upload_root(settings, collection).resolve() / prefix)
+        # in the composed form (NFC) the names are stored in (:func:`safe_name`)
+        return str(upload_root(settings, collection).resolve() / _nfc(prefix))
     return prefix
 
 
-def _shown(name: str) -> str:
+def _shown(name: str, most: int = 200) -> str:
     """``name`` quoted for an error, cut: a name made up by a caller (an agent's tool
     call, a script) may be megabytes, and was echoed whole."""
-    return repr(name[:200] + "...") if len(name) > 200 else repr(name)
+    return repr(name[:most] + "...") if len(name) > most else repr(name)
 
 
 def safe_name(name: str) -> PurePosixPath:
-    """The upload's file name as a relative path; anything that could escape is refused."""
-    path = PurePosixPath(name.replace("\\", "/"))
-    parts = path.parts
-    if not parts or len(parts) > 8 or path.is_absolute() or not all(_PART.match(p) for p in parts):
+    """The upload's file name as a relative path, in Unicode's composed form (NFC);
+    anything that could escape is refused.
+
+    Letters, marks and digits of every script are allowed (``café.md``, ``日本語/メモ.md``
+    were refused: users of most languages could not upload their files under their own
+    names). A name is normalised to NFC before it becomes a source, so ``café.md`` sent
+    decomposed (NFD, as macOS file names are) and composed is one document, not two; an
+    ASCII name is its own NFC, so every name stored before reads as it did. Characters
+    that make a name read other than it is (bidi overrides, zero-width characters, other
+    controls) or that are no text (surrogates, private use, unassigned code points) stay
+    refused."""
+    path = PurePosixPath(unicodedata.normalize("NFC", name).replace("\\", "/"))
+    problem = _problem(name, path)
+    if problem:
         raise InputError(
-            f"invalid document name {_shown(name)}: {_not_allowed(name)}use a relative path of "
-            "up to 8 parts made of ASCII letters, digits, spaces and _.,()+=@- (each part "
-            "starting with a letter or digit)"
+            f"invalid document name {_shown(name)}: {problem}use a relative path of up to "
+            f"{_MAX_PARTS} parts made of letters, marks and digits (of any script), "
+            "spaces and _.,()+=@-, each part starting with a letter or digit, at most "
+            f"{_PART_CHARS} characters and {_PART_BYTES} bytes in UTF-8"
         )
     return path
 
 
-_ALLOWED = re.compile(r"[A-Za-z0-9 _.,()+=@/\\-]")
+def _allowed(char: str) -> bool:
+    """Whether a part may hold ``char``: a letter, mark or digit of any script, or one of
+    the ASCII punctuation allowed (the space the only separator)."""
+    return char in _PUNCTUATION or unicodedata.category(char)[0] in "LMN"
+
+
+def _problem(name: str, path: PurePosixPath) -> str:
+    """What is wrong with ``name`` (read as ``path``), said, or nothing."""
+    said = _not_allowed(name)
+    if said:
+        return said
+    parts = path.parts
+    if not parts:
+        return "it is empty; "
+    if path.is_absolute():
+        return "it is an absolute path; "
+    if len(parts) > _MAX_PARTS:
+        return f"it has {len(parts)} parts; "
+    for part in parts:
+        if len(part) > _PART_CHARS:
+            return f"its part {_shown(part, 60)} has {len(part)} characters; "
+        size = len(part.encode("utf-8"))
+        if size > _PART_BYTES:
+            return f"its part {_shown(part, 60)} is {size} bytes in UTF-8; "
+        if unicodedata.category(part[0])[0] not in "LN":
+            return f"its part {_shown(part, 60)} does not start with a letter or digit; "
+        if not all(_allowed(char) for char in part):  # past what _not_allowed reads
+            return f"its part {_shown(part, 60)} holds a character that is not allowed; "
+    return ""
 
 
 def _not_allowed(name: str) -> str:
     """The first character of ``name`` no part may hold, said, or nothing: ``café.md`` was
-    refused as not "made of letters", which é is, with no word of which character."""
+    refused as not "made of letters", with no word of which character; a bidi override
+    or a zero-width space is named, since it cannot be seen in the name as shown."""
     for at, char in enumerate(name[:1000]):
-        if not _ALLOWED.match(char):
-            return f"the character {char!r} (U+{ord(char):04X}) at position {at} is not allowed; "
+        if not (char in _SEPARATORS or _allowed(char)):
+            kind = _KINDS.get(unicodedata.category(char)[:2], "")
+            return (
+                f"the character {char!r} (U+{ord(char):04X}{kind}) at position {at} is not "
+                "allowed; "
+            )
     return ""
+
+
+# what a character that is not allowed is, for the few categories a user cannot see
+_KINDS = {
+    "Cc": ", a control character",
+    "Cf": ", an invisible formatting character",
+    "Cs": ", a lone surrogate",
+    "Co": ", a private-use character",
+    "Cn": ", an unassigned code point",
+    "Zs": ", a space other than the ASCII space",
+    "Zl": ", a line separator",
+    "Zp": ", a paragraph separator",
+}
 
 
 _ABSOLUTE = re.compile(r"^(?:[A-Za-z]:)?[\\/]")
@@ -115,17 +184,28 @@ def unique_names(names: Sequence[str]) -> None:
 
     Names are compared as :func:`safe_name` reads them, which is what their stored source
     is made of (:func:`source_of`): compared as sent, ``notes/a.md`` and ``notes\\a.md``
-    (or ``notes//a.md``, ``./notes/a.md``) passed as two documents, were written one over
-    the other, and both were answered as stored."""
+    (or ``notes//a.md``, ``./notes/a.md``, or ``café.md`` composed and decomposed) passed
+    as two documents, were written one over the other, and both were answered as stored."""
     seen: dict[PurePosixPath, str] = {}
     for name in names:
         key = safe_name(name)
         if key in seen:
             same = "" if seen[key] == name else f" (as {seen[key]!r}: both name {str(key)!r})"
+            if same and _nfc(seen[key]) == _nfc(name) and seen[key] != name:
+                # the same letters, composed (NFC) once and decomposed (NFD) once: shown
+                # alike, so their code points are
+                same = (
+                    f" (as {seen[key]!a}, written as {name!a}: the same name in "
+                    "two Unicode forms, stored as its composed form (NFC))"
+                )
             raise InputError(
                 f"document name {name!r} appears twice in one request{same}; send it once"
             )
         seen[key] = name
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
 
 
 def source_of(settings: Settings, collection: str, name: str) -> str:

@@ -310,8 +310,16 @@ async def _checked_form(request: Request, name: CollectionName, caller: WriteAcc
             f"form field {key!r} of the upload is not {charset} text (read as "
             f"{value[:60]!r}); send it as {charset}: nothing was stored"
         )
+    starred = forms.named_by_filename_star(request, "files")
     for i, part in enumerate(form.getlist("files")):
         where = f"part {i} of field 'files' (counting from 0)"
+        if isinstance(part, str) and i < len(starred) and starred[i]:
+            raise InputError(
+                f"{where} names its file only in filename*, which multipart/form-data does "
+                "not use (RFC 7578 section 4.2): send the name in filename=, as UTF-8 "
+                '(Content-Disposition: form-data; name="files"; filename="café.md"); '
+                "nothing was stored"
+            )
         if isinstance(part, str):
             raise InputError(
                 f"{where} has no file name: send each "
