@@ -87,7 +87,9 @@ def test_a_downgrade_under_a_running_job_puts_it_back_and_stops_the_worker(
     finally:
         migrations.upgrade(Database(database_url), head)
     assert moved
-    assert below in stopped.value.message and head in stopped.value.message
+    said = stopped.value.message
+    assert f"at revision {below}" in said and f"needs {head}" in said, said
+    assert "stopped taking jobs" in said and "files were stored" not in said, said
     waiting, state = _queue_state(database_url, job["id"])
     assert state == "todo", (waiting, state)
     assert waiting.status in ("queued", "running") and waiting.attempts == 1, waiting

@@ -323,17 +323,24 @@ async def _run(
             changed.append(error)
             running_loop.call_soon_threadsafe(stopping.set)
 
-        def look_at_schema() -> None:
-            """The schema's revision, looked at where due (``Database.guard_schema``): an
-            idle worker left running through ``db upgrade`` stops too, not at its next
-            job. A database away is the worker loop's to notice, not this."""
+        def mismatch() -> SchemaMismatchError | None:
+            """The schema's revision, looked at where due (``Database.guard_schema``):
+            what it is and what this code needs where they differ. A database away is the
+            worker loop's to notice, not this."""
             try:
                 with db.connection(wait_s=1.0):
-                    pass
+                    return None
             except SchemaMismatchError as exc:
-                schema_changed(exc)
+                return exc
             except (RagstoreError, psycopg_pool.PoolTimeout):
-                pass
+                return None
+
+        def look_at_schema() -> None:
+            """An idle worker left running through ``db upgrade`` stops too, not at its
+            next job (the watcher's rounds)."""
+            error = mismatch()
+            if error is not None:
+                schema_changed(error)
 
         app = build_queue(db.tcp_conninfo, runtime=rt, on_schema_changed=schema_changed)
         built.append(app)
@@ -391,11 +398,13 @@ async def _run(
             # error line each time, helped nobody: this worker's code cannot work on this
             # schema. Its exit (69, schema_mismatch) tells a supervisor and an operator so;
             # started again on the version that matches, a worker runs the jobs waiting.
+            # Worded afresh: a job's error also says how far its ingest got
+            error = await asyncio.to_thread(mismatch) or changed[0]
             raise SchemaMismatchError(
-                f"{changed[0].message}; this worker stopped taking jobs (the queued ones "
-                "wait, and a job it was running went back to the queue): start the worker "
-                "of the ragstore version that matches the database's schema"
-            ) from changed[0]
+                f"{error.message}; this worker stopped taking jobs (the queued ones wait, "
+                "and a job it was running went back to the queue): start the worker of the "
+                "ragstore version that matches the database's schema"
+            ) from error
 
 
 # the queue's entries a fetch would take now: waiting, due, the first of their lock (jobs
