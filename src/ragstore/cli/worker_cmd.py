@@ -32,7 +32,11 @@ def register(app: typer.Typer) -> None:
             "default: 127.0.0.1]; it has no authentication.",
         ),
     ) -> None:
-        """Process ingest jobs until stopped (SIGINT/SIGTERM finish the current job first)."""
+        """Process ingest jobs until stopped (SIGINT/SIGTERM finish the current job first).
+
+        Exits 69 (schema_mismatch) once `ragstore db upgrade` or `downgrade` changes the
+        schema under it: start the worker of the matching version; no job is lost.
+        """
         from ragstore.jobs.worker import run_worker
         from ragstore.observability.logging import configure_logging
         from ragstore.profiles import get_settings

@@ -7,11 +7,13 @@ with many workers (two workers never write the same document at once).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import procrastinate
 
-from ragstore.jobs.runner import JobBusy, run_job
+from ragstore.errors import SchemaMismatchError
+from ragstore.jobs.runner import JobBusy, SchemaChanged, run_job
 from ragstore.runtime import Runtime
 
 QUEUE = "ingest"
@@ -30,9 +32,17 @@ def collection_lock(collection: str) -> str:
 
 
 def build_queue(
-    conninfo: str, *, runtime: Runtime | None = None, sync: bool = False
+    conninfo: str,
+    *,
+    runtime: Runtime | None = None,
+    sync: bool = False,
+    on_schema_changed: Callable[[SchemaMismatchError], None] | None = None,
 ) -> procrastinate.App:
-    """A procrastinate app on ``conninfo``; with ``runtime`` it can also run the task."""
+    """A procrastinate app on ``conninfo``; with ``runtime`` it can also run the task.
+
+    ``on_schema_changed`` is told (from the task's thread) when a job went back to the
+    queue because the schema changed under this code (:class:`SchemaChanged`): a worker
+    stops taking jobs then, where it took each back in turn every few seconds for good."""
     connector: procrastinate.BaseConnector
     if sync:
         connector = procrastinate.SyncPsycopgConnector(conninfo=conninfo, min_size=0, max_size=4)
@@ -44,7 +54,12 @@ def build_queue(
     def ingest(context: procrastinate.JobContext, job_id: int) -> None:
         if runtime is None:
             raise RuntimeError("this queue app was built to defer jobs, not to run them")
-        run_job(runtime, job_id, queue_job_id=context.job.id)
+        try:
+            run_job(runtime, job_id, queue_job_id=context.job.id)
+        except SchemaChanged as exc:
+            if on_schema_changed is not None:
+                on_schema_changed(exc.error)
+            raise
 
     return app
 

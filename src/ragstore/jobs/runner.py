@@ -54,10 +54,17 @@ class JobBusy(Exception):
 
 class SchemaChanged(JobBusy):
     """The schema is no longer this code's (a ``db upgrade`` or ``downgrade`` ran while
-    this worker kept running): the job is not started, and its entry goes back to wait,
-    as a busy start's does, for a worker of the matching version. Raised as it was
-    (SchemaMismatchError), the entry failed and the job with it (``outcome_not_recorded``,
-    never started): an upload accepted before the upgrade was lost."""
+    this worker kept running): the job is not started, or its run stops where it met the
+    change, and its entry goes back to wait, as a busy start's does, for a worker of the
+    matching version; :attr:`error` says what the schema is and what this code expects
+    (the worker stops on it: ``jobs.worker``). Raised as it was (SchemaMismatchError),
+    the entry failed and the job with it (``outcome_not_recorded``, never started, or
+    its documents stored so far not counted): an upload accepted before the upgrade was
+    lost."""
+
+    def __init__(self, message: str, error: SchemaMismatchError) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class CollectionReplaced(Exception):
@@ -227,7 +234,7 @@ def _start(
             job_id,
             exc.message,
         )
-        raise SchemaChanged(f"job {job_id}: the schema changed under this worker") from exc
+        raise SchemaChanged(f"job {job_id}: the schema changed under this worker", exc) from exc
     log.warning(
         "job %s: its row is held by a transaction of an earlier attempt (its worker stopped "
         "or cut off mid-commit); not started now, the queue hands it out again later",
@@ -274,6 +281,21 @@ def run_job(rt: Runtime, job_id: int, *, queue_job_id: int | None = None) -> sto
         return job
     try:
         return _run(rt, job, files, attempt)
+    except SchemaMismatchError as exc:
+        # the schema changed under the run (a `db upgrade` or `downgrade` while this worker
+        # kept running): every later write is refused, its outcome too. Failed, the job
+        # said its documents were not stored where some were, or (its outcome refused as
+        # well) was failed later as outcome_not_recorded. It goes back to the queue as it
+        # stands (running, the documents it stored kept: each is written whole), and the
+        # matching version's worker runs it again, counting them as this job's.
+        log.error(
+            "job %s: attempt %d stopped: %s; the job goes back to the queue for a worker of "
+            "the matching version (the documents it stored stay, counted as the job's)",
+            job_id,
+            attempt,
+            exc.message,
+        )
+        raise SchemaChanged(f"job {job_id}: the schema changed under this run", exc) from exc
     except Superseded:
         # the run that counts is the other attempt's (or the job is finished): this one
         # writes nothing more of the job, and its queue entry is not its own any more
@@ -369,6 +391,9 @@ def _run(
         retry = job.attempts > 0 or runs > 1
         tracker.docs = len(results)
         tracker.chunks = report.chunks
+        changed = [r.error for r in results if isinstance(r.error, SchemaMismatchError)]
+        if changed:
+            raise changed[0]  # a document refused by the changed schema: the job goes back
         for r in results:
             outcomes[job_status(r, job, retry=retry)] += 1
             if r.error is not None:
@@ -376,8 +401,8 @@ def _run(
         lost = [r.name for r in results if isinstance(r.error, DatabaseUnavailableError)]
         if lost:
             raise _not_stored(lost, len(results))
-    except Superseded:
-        raise
+    except (Superseded, SchemaMismatchError):
+        raise  # not this job's failure: nothing recorded (run_job puts it back)
     except Exception as exc:  # the job itself broke: record it, let the queue see it too
         recorded = exc.error if isinstance(exc, CollectionReplaced) else exc
         _finish(
@@ -458,6 +483,8 @@ def _ingest(
                 report=report,
                 guard=_into_its_collection(job, _fence(job.id, attempt)),
             )
+        except SchemaMismatchError:
+            raise  # the schema changed under the run: every statement is refused now
         except RagstoreError:
             # the collection deleted after the check above (before the ingest looked it up:
             # "does not exist (collections: <every other name>); ingest into it to create

@@ -21,6 +21,7 @@ from typing import Any
 
 import procrastinate
 import procrastinate.signals
+import psycopg_pool
 
 from ragstore.config import Settings
 from ragstore.db.database import Database
@@ -31,7 +32,7 @@ from ragstore.db.jobs import (
     RETENTION_BATCH,
     prune_args,
 )
-from ragstore.errors import ReadOnlyError
+from ragstore.errors import RagstoreError, ReadOnlyError, SchemaMismatchError
 from ragstore.jobs import staging
 from ragstore.jobs.liveness import LiveJobManager
 from ragstore.jobs.queue import QUEUE, build_queue, queue_pool
@@ -168,6 +169,7 @@ async def _watch_stalled(
     settings: Settings,
     stop: asyncio.Event,
     retention: Retention | None = None,
+    schema: Callable[[], None] | None = None,
 ) -> None:
     """Retry dead workers' jobs every period until ``stop`` is set.
 
@@ -176,6 +178,8 @@ async def _watch_stalled(
     (``asyncio.wait_for``'s race, fixed in 3.12), and a watcher that lost its
     cancellation polled forever and held a burst worker open after its queue was empty.
     A round in progress runs to its end (two short statements), then the loop sees ``stop``.
+    With ``schema``, each round also looks at the schema revision (in a thread: the
+    check is synchronous), so an idle worker sees a ``db upgrade`` too (:func:`_run`).
     """
     # every heartbeat, or every stalled_after_s when that is shorter: a dead worker's job
     # waits at most about stalled_after_s plus one period, and a check never runs in step
@@ -194,21 +198,27 @@ async def _watch_stalled(
                 log.warning("could not check for stalled jobs: %s", exc)
             if retention is not None:
                 await retention.sweep(app, stop)
+            if schema is not None:
+                await asyncio.to_thread(schema)
     finally:
         stopped.cancel()
 
 
 @contextlib.asynccontextmanager
 async def watching_stalled(
-    app: procrastinate.App, settings: Settings, retention: Retention | None = None
+    app: procrastinate.App,
+    settings: Settings,
+    retention: Retention | None = None,
+    schema: Callable[[], None] | None = None,
 ) -> AsyncIterator[None]:
     """Retry dead workers' jobs in the background for as long as the block runs (and,
-    with ``retention``, delete the finished jobs past their age where due).
+    with ``retention``, delete the finished jobs past their age where due; with
+    ``schema``, call it each round: it looks at the schema revision).
 
     On leaving, the watcher is asked to stop and awaited: it ends within one round.
     """
     stop = asyncio.Event()
-    watcher = asyncio.create_task(_watch_stalled(app, settings, stop, retention))
+    watcher = asyncio.create_task(_watch_stalled(app, settings, stop, retention, schema))
     try:
         yield
     finally:
@@ -302,7 +312,37 @@ async def _run(
                 "RAGSTORE_DATABASE_URL at the primary"
             )
         staging.sweep(settings)  # files a killed worker or server left
-        app = build_queue(db.tcp_conninfo, runtime=rt)
+        stopping = asyncio.Event()
+        changed: list[SchemaMismatchError] = []
+        running_loop = asyncio.get_running_loop()
+
+        def schema_changed(error: SchemaMismatchError) -> None:
+            """The schema is no longer this code's: stop taking jobs (those running finish
+            or go back to the queue), then exit with ``schema_mismatch`` (below). Told
+            from a job's thread, or the watcher's."""
+            changed.append(error)
+            running_loop.call_soon_threadsafe(stopping.set)
+
+        def mismatch() -> SchemaMismatchError | None:
+            """The schema's revision, looked at where due (``Database.guard_schema``):
+            what it is and what this code needs where they differ. A database away is the
+            worker loop's to notice, not this."""
+            try:
+                with db.connection(wait_s=1.0):
+                    return None
+            except SchemaMismatchError as exc:
+                return exc
+            except (RagstoreError, psycopg_pool.PoolTimeout):
+                return None
+
+        def look_at_schema() -> None:
+            """An idle worker left running through ``db upgrade`` stops too, not at its
+            next job (the watcher's rounds)."""
+            error = mismatch()
+            if error is not None:
+                schema_changed(error)
+
+        app = build_queue(db.tcp_conninfo, runtime=rt, on_schema_changed=schema_changed)
         built.append(app)
         app.job_manager = LiveJobManager(
             app.connector,
@@ -311,7 +351,6 @@ async def _run(
             heartbeat_s=settings.worker_heartbeat_s,
         )
         worker = name or "ragstore-worker"
-        stopping = asyncio.Event()
         on_stop = procrastinate.signals.on_stop(stopping.set) if signals else nullcontext()
         async with app.open_async():
             events.info("worker started", worker=worker, concurrency=concurrency, burst=burst)
@@ -340,6 +379,7 @@ async def _run(
                             burst=burst,
                             restarts=restarts,
                             retention=retention,
+                            schema=look_at_schema,
                         ):
                             if not burst or not await _runnable_left(app, stopping):
                                 break
@@ -353,6 +393,18 @@ async def _run(
                     log.warning("could not check for jobs left unfinished: %s", exc)
             finally:
                 events.info("worker stopped", worker=worker)
+        if changed:
+            # taking each job and handing it back every few seconds for good, with an
+            # error line each time, helped nobody: this worker's code cannot work on this
+            # schema. Its exit (69, schema_mismatch) tells a supervisor and an operator so;
+            # started again on the version that matches, a worker runs the jobs waiting.
+            # Worded afresh: a job's error also says how far its ingest got
+            error = await asyncio.to_thread(mismatch) or changed[0]
+            raise SchemaMismatchError(
+                f"{error.message}; this worker stopped taking jobs (the queued ones wait, "
+                "and a job it was running went back to the queue): start the worker of the "
+                "ragstore version that matches the database's schema"
+            ) from error
 
 
 # the queue's entries a fetch would take now: waiting, due, the first of their lock (jobs
@@ -402,6 +454,7 @@ async def _work_until_lost(
     burst: bool = False,
     restarts: Restarts | None = None,
     retention: Retention | None = None,
+    schema: Callable[[], None] | None = None,
 ) -> bool:
     """Run procrastinate's worker ``loop`` until it ends (True: stopped, or a burst's queue
     is empty) or the database goes away under it (False: start it again once it answers).
@@ -425,7 +478,7 @@ async def _work_until_lost(
             # at the start (a burst worker may end before the watcher's first round), then
             # on the watcher's rounds
             await retention.sweep(app, stopping)
-        async with watching_stalled(app, settings, retention):
+        async with watching_stalled(app, settings, retention, schema):
             running = asyncio.ensure_future(loop())
             stopped = asyncio.ensure_future(stopping.wait())
             try:

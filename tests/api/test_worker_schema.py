@@ -1,0 +1,138 @@
+"""A ``ragstore worker`` left running while ``ragstore db upgrade`` (or ``downgrade``)
+changes the schema under it: it stops taking jobs and exits (``schema_mismatch``, exit
+69) for a worker of the matching version to take over, and a job it was running goes
+back to the queue with what it stored kept, never acknowledged as done."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from ragstore import Client
+from ragstore.config import Settings
+from ragstore.db import database as database_module
+from ragstore.db import jobs as store
+from ragstore.db import migrations
+from ragstore.db.database import Database
+from ragstore.errors import SchemaMismatchError
+from ragstore.jobs import runner as runner_module
+from ragstore.jobs.worker import run_worker
+from tests.api.conftest import with_
+
+
+@pytest.fixture(scope="module")
+def api(open_url: str) -> Iterator[Client]:
+    with Client(open_url) as c:
+        yield c
+
+
+def _doc(i: int) -> bytes:
+    body = "\n\n".join(f"Paragraph {p} of report {i}: " + "word " * 40 for p in range(4))
+    return f"# Report {i}\n\n{body}\n".encode()
+
+
+def _queue_state(database_url: str, job_id: int) -> tuple[store.JobRecord, Any]:
+    with psycopg.connect(database_url) as conn:
+        job = store.get(conn, job_id)
+        row = conn.execute(
+            "SELECT status::text FROM procrastinate_jobs WHERE id = %s", (job.queue_job_id,)
+        ).fetchone()
+    return job, None if row is None else row[0]
+
+
+def _hand_out_now(database_url: str) -> None:
+    """The queue's later hand-out of an entry put back (``BUSY_RETRY_S``), now."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE procrastinate_jobs SET scheduled_at = now() WHERE status = 'todo'")
+
+
+def test_a_downgrade_under_a_running_job_puts_it_back_and_stops_the_worker(
+    api: Client, settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real ``db downgrade`` of one revision lands while a worker is in the middle of a
+    job (one document stored). The job is neither finished nor failed by that worker: it
+    goes back to the queue, the worker exits with ``schema_mismatch``, and a worker on a
+    schema that matches again finishes it, counting the stored document as the job's."""
+    api.create_collection("under-run")
+    files = [(f"r{i}.md", _doc(i)) for i in range(4)]
+    job = api.upload("under-run", files, background=True)
+    monkeypatch.setattr(database_module, "SCHEMA_RECHECK_S", 0.0)  # looked at every time
+    head = migrations.known_revisions()[-1]
+    below = migrations.known_revisions()[-2]
+    real_call = runner_module._Progress.__call__
+    moved: list[bool] = []
+
+    def progress(self: Any, event: str, files_done: int, chunks_done: int) -> None:
+        if files_done >= 1 and not moved:
+            moved.append(True)
+            # another machine's `ragstore db downgrade`, while this job runs
+            done = threading.Thread(
+                target=migrations.downgrade, args=(Database(database_url), below)
+            )
+            done.start()
+            done.join(30)
+            assert not done.is_alive()
+        real_call(self, event, files_done, chunks_done)
+
+    monkeypatch.setattr(runner_module._Progress, "__call__", progress)
+    worker_settings = with_(settings, worker_heartbeat_s=0.5, ingest_batch_chunks=1)
+    try:
+        with pytest.raises(SchemaMismatchError) as stopped:
+            run_worker(worker_settings, burst=True, signals=False)
+    finally:
+        migrations.upgrade(Database(database_url), head)
+    assert moved
+    said = stopped.value.message
+    assert f"at revision {below}" in said and f"needs {head}" in said, said
+    assert "stopped taking jobs" in said and "files were stored" not in said, said
+    waiting, state = _queue_state(database_url, job["id"])
+    assert state == "todo", (waiting, state)
+    assert waiting.status in ("queued", "running") and waiting.attempts == 1, waiting
+    monkeypatch.setattr(runner_module._Progress, "__call__", real_call)
+    _hand_out_now(database_url)
+    run_worker(worker_settings, burst=True, signals=False)
+    done = api.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+    assert done["documents_done"] == 4 and done["errors"] == [], done
+    assert done["summary"]["added"] == 4, done
+
+
+def test_an_idle_worker_stops_once_db_upgrade_changes_the_schema(
+    settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle worker left running through a schema change (here a real ``db downgrade``
+    of one revision: to it, the code's schema was upgraded away) kept running the old code
+    until its next job, which it then took and put back every few seconds for good. It now
+    stops on its next look at the schema and ends with ``schema_mismatch`` (``ragstore
+    worker`` exits 69), the two revisions named, for a supervisor to start the matching
+    version."""
+    monkeypatch.setattr(database_module, "SCHEMA_RECHECK_S", 0.0)
+    head, below = migrations.known_revisions()[-1], migrations.known_revisions()[-2]
+    ended: list[BaseException | None] = []
+
+    def work() -> None:
+        try:
+            run_worker(with_(settings, worker_heartbeat_s=0.5), signals=False)
+            ended.append(None)
+        except BaseException as exc:  # handed to the test's thread
+            ended.append(exc)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        time.sleep(1.0)  # started, waiting for jobs
+        assert worker.is_alive() and not ended, ended
+        migrations.downgrade(Database(database_url), below)
+        worker.join(10)
+        assert not worker.is_alive(), "the worker kept running on a schema not its own"
+    finally:
+        migrations.upgrade(Database(database_url), head)
+    (error,) = ended
+    assert isinstance(error, SchemaMismatchError) and error.exit_code == 69, error
+    assert f"at revision {below}" in error.message and f"needs {head}" in error.message
+    assert "stopped taking jobs" in error.message
