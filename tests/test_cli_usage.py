@@ -46,6 +46,12 @@ USAGE = 64
             "error[usage]: No such option: --zzzz (see 'ragstore search --help')",
         ),
         (
+            ["search", "-tape backups"],
+            "error[usage]: No such option: -t; a value that starts with '-' (a query's "
+            "-word, say) goes after '--', e.g. ragstore search -- '-tape backups' "
+            "(see 'ragstore search --help')",
+        ),
+        (
             ["models", "migrate", "-c", "x", "--to", "m", "--batch-size", "0"],
             "error[usage]: Invalid value for '--batch-size': Input should be greater than or equal "
             "to 1 (see 'ragstore models migrate --help')",

@@ -99,6 +99,28 @@ def test_search_by_vector_matches_search_by_the_query_embedding(store: Store) ->
             store.search("pets", "a pet", vector=[0.0] * 384, mode=mode)
 
 
+def test_a_tiny_query_vector_ranks_as_its_direction(store: Store) -> None:
+    """Values all below half precision's smallest normal: the index saw zeros and the norm
+    underflowed, so every hit was scored NaN (null) in an arbitrary order. Cosine ignores
+    length: now it ranks, and scores, exactly as the same direction at unit scale."""
+    tiny = store.search("pets", vector=[1e-45] * 384, k=5, sections=False)["data"]
+    unit = store.search("pets", vector=[1.0] * 384, k=5, sections=False)["data"]
+    assert [h["score"] for h in tiny] == [h["score"] for h in unit]
+    assert [h["chunk_id"] for h in tiny] == [h["chunk_id"] for h in unit]
+    assert all(isinstance(h["score"], float) for h in tiny)
+
+
+def test_a_tiny_stored_vector_is_refused_where_cosine(store: Store) -> None:
+    """Stored, a vector of values all below half precision's smallest normal was never
+    found (its distance to every query NaN, the index's copy zeros): refused, as a zero
+    vector is, and nothing of the call is stored."""
+    with pytest.raises(InputError, match=r"vectors\[1\] has no value of 6.1e-05 or more"):
+        store.add_texts(
+            "pets", ["ok", "tiny"], ids=["v-ok", "v-tiny"], vectors=[[0.1] * 384, [1e-45] * 384]
+        )
+    assert store.get_texts("pets", ["v-ok", "v-tiny"]) == []
+
+
 def test_hybrid_takes_the_fusion_knobs(store: Store) -> None:
     out = store.search(
         "pets", "walk the dog", k=2, explain=True, rrf_k=30, vector_weight=0.5, fulltext_weight=2.0

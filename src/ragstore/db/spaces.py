@@ -50,6 +50,10 @@ OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
 # indexed: ``check_indexable`` refuses one that does not before anything is written.
 HALFVEC_MAX_DIMENSIONS = 4000
 HALFVEC_MAX_VALUE = 65504.0
+# half precision's smallest normal value: a vector whose values are all below it is kept by
+# the HNSW index as subnormals or zeros, its direction coarse or gone (cosine has nothing to
+# rank it by)
+HALFVEC_SMALLEST_NORMAL = 2.0**-14
 
 
 def check_dimension(dimension: int, what: str) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import psycopg
 
 from ragstore.chunking import chunk_document, recipe
-from ragstore.db import documents, repository
+from ragstore.db import documents, repository, spaces
 from ragstore.db.errors import translated
 from ragstore.errors import CollectionNotFoundError, EmptyDocumentError, InputError, RagstoreError
 from ragstore.ingest.service import created_for_this_write
@@ -153,6 +153,18 @@ def _checked(
                     f"vectors[{int(zero[0])}] is all zeros, and the collection ranks by cosine "
                     "similarity, which a vector with no direction has none of; give a "
                     "non-zero vector"
+                )
+            # values all tiny (1e-45): the index kept zeros and the float32 norm underflowed,
+            # so the text was stored and then never found, its distance to every query NaN
+            tops = np.abs(matrix).max(axis=1, initial=0.0)
+            tiny = np.flatnonzero(tops < spaces.HALFVEC_SMALLEST_NORMAL)
+            if tiny.size:
+                i = int(tiny[0])
+                raise InputError(
+                    f"vectors[{i}] has no value of {spaces.HALFVEC_SMALLEST_NORMAL:.2g} or "
+                    f"more (its largest is {float(tops[i]):.3g}): the index keeps vectors in "
+                    "half precision, where it has no direction for cosine similarity to "
+                    "rank; scale it up (cosine ignores a vector's length)"
                 )
     return out_ids, metas, matrix
 

@@ -432,6 +432,8 @@ def _given_vector(
                 "cosine similarity, which a vector with no direction has none of; give a "
                 "non-zero vector"
             )
+        if coll.model.distance == "cosine":
+            arr = _scaled_for_cosine(arr)
         return arr
     if coll.model.provider == VECTOR_ONLY_PROVIDER:
         raise InputError(
@@ -440,6 +442,21 @@ def _given_vector(
             "(`vector=` / --vector) or with mode fulltext"
         )
     return None
+
+
+def _scaled_for_cosine(arr: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``arr`` scaled by a power of two when its largest value is below half precision's
+    smallest normal: cosine ignores a vector's length, but a tiny one (all values 1e-45,
+    say) has no direction where the search computes. The index casts it to half precision
+    (zeros), and its float32 norm underflows to 0, so every distance was NaN and the hits
+    came back in an arbitrary order scored null. A power of two changes no digit of any
+    value, so the direction, and every score, stays exactly the given vector's."""
+    top = float(np.abs(arr).max())
+    if top >= spaces.HALFVEC_SMALLEST_NORMAL:
+        return arr
+    # the largest value becomes one in [0.5, 1): exponent of top, as frexp gives it
+    _, exponent = np.frexp(top)
+    return np.ldexp(arr, -int(exponent)).astype(np.float32)
 
 
 def _query_vector(
