@@ -240,6 +240,16 @@ def _split_fields(
         rest.pop(tkey)
     vector = None
     if with_vector:
+        given = [key for key in VECTOR_KEYS if key in rest]
+        if len(given) > 1:
+            # the first was the vector and the others silently joined the metadata: a
+            # record with "vector" and "embedding" stored the second array as metadata
+            keys = [repr(key) for key in given]
+            raise ImportSourceError(
+                f"{where}: the vector is given {('twice', 'three times')[len(given) - 2]}, "
+                f"under the keys {', '.join(keys[:-1])} and {keys[-1]}; keep one of them "
+                '(a value meant as metadata goes inside the "metadata" object)'
+            )
         vkey, vector = _first(rest, VECTOR_KEYS)
         if vkey:
             rest.pop(vkey)
