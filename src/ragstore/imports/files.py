@@ -450,7 +450,20 @@ class NumpySource:
                 f"{self.sidecar}: the CSV needs a header row with "
                 "an 'id' column (and usually 'text')"
             )
+        first = reader.fieldnames[0]
         for lineno, row in enumerate(reader, 2):
+            if row[first] and row[first].startswith("\ufeff"):
+                # a BOM opening a later line (CSV files saved with one, as Excel does,
+                # joined with cat) became part of the row's first field: its id. Dropped,
+                # as the first line's is; no CSV field starts with U+FEFF
+                row[first] = row[first][1:]
+            if list(row.values()) == reader.fieldnames:
+                # the header of a file joined after the first: read as a record "id"
+                raise ImportSourceError(
+                    f"{self.sidecar} line {reader.line_num}: the header row again (CSV files "
+                    "joined with cat?); join them without the later files' header rows "
+                    "(tail -n +2 b.csv >> a.csv)"
+                )
             if None in row:
                 # the csv module keeps the fields beyond the header under the key None: they
                 # were metadata under a key that is no string, and the record was refused
