@@ -523,6 +523,16 @@ def test_a_text_too_large_for_the_full_text_index_is_unstorable(
             '{"id": "b", "text": "t", "vector": [1, 1], "id": "c"}',
             "line 2: the key 'id' is given twice in one object",
         ),
+        # two vectors under two of the names a vector is read from: the second was metadata
+        (
+            '{"id": "b", "text": "t", "vector": [1, 1], "embedding": [2, 2]}',
+            "line 2: the vector is given twice, under the keys 'vector' and 'embedding'; "
+            'keep one of them (a value meant as metadata goes inside the "metadata" object)',
+        ),
+        (
+            '{"id": "b", "text": "t", "values": [1, 1], "embedding": [1, 1]}',
+            "line 2: the vector is given twice, under the keys 'embedding' and 'values'",
+        ),
         # a key in the metadata and beside it: the top-level value replaced the other
         (
             '{"id": "b", "text": "t", "vector": [1, 1], "metadata": {"lang": "en"}, "lang": "fr"}',

@@ -201,6 +201,15 @@ def test_import_files_saved_with_a_utf8_bom_are_read(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_bytes("id,text\r\nb,beta\r\n".encode("utf-8-sig"))
     records = list(NumpySource(tmp_path / "m.npy").records())
     assert [(r.id, r.text) for r in records] == [("b", "beta")]
+    # two CSV files saved with one joined with cat: the BOM was part of the id "\ufeffc",
+    # and the second file's header row a record "id"
+    np.save(tmp_path / "m.npy", np.array([[0.5, 0.5]] * 2, dtype=np.float32))
+    (tmp_path / "m.csv").write_bytes("id,text\r\nb,beta\r\n\ufeffc,gamma\r\n".encode("utf-8-sig"))
+    records = list(NumpySource(tmp_path / "m.npy").records())
+    assert [(r.id, r.text) for r in records] == [("b", "beta"), ("c", "gamma")]
+    (tmp_path / "m.csv").write_bytes("id,text\nb,beta\n\ufeffid,text\nc,gamma\n".encode())
+    with pytest.raises(ImportSourceError, match=r"m\.csv line 3: the header row again \(CSV"):
+        list(NumpySource(tmp_path / "m.npy").records())
 
 
 @pytest.mark.parametrize(

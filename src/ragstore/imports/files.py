@@ -38,6 +38,9 @@ TEXT_KEYS = ("text", "document", "content")
 # at 50 MB (RAGSTORE_MAX_FILE_BYTES) for a whole document.
 MAX_LINE_BYTES = 64 * 1024 * 1024
 NPY_BLOCK_BYTES = 8 * 1024 * 1024  # a .npy matrix is read in blocks of about this size
+# and a Fortran-order one a column's part of at least this size a read: a wide matrix
+# (thousands of columns, a few rows a block) took a read for every few values
+NPY_COLUMN_READ_BYTES = 4096
 # the first bytes of a compressed file, with the tool that unpacks it: read as text, a
 # gzipped JSONL was refused as "invalid UTF-8 at byte 1; re-save the file as UTF-8 (e.g.
 # iconv -f latin1 -t utf-8)", which sent the user to re-encode a file that was fine
@@ -237,6 +240,16 @@ def _split_fields(
         rest.pop(tkey)
     vector = None
     if with_vector:
+        given = [key for key in VECTOR_KEYS if key in rest]
+        if len(given) > 1:
+            # the first was the vector and the others silently joined the metadata: a
+            # record with "vector" and "embedding" stored the second array as metadata
+            keys = [repr(key) for key in given]
+            raise ImportSourceError(
+                f"{where}: the vector is given {('twice', 'three times')[len(given) - 2]}, "
+                f"under the keys {', '.join(keys[:-1])} and {keys[-1]}; keep one of them "
+                '(a value meant as metadata goes inside the "metadata" object)'
+            )
         vkey, vector = _first(rest, VECTOR_KEYS)
         if vkey:
             rest.pop(vkey)
@@ -320,12 +333,18 @@ def _matrix_rows(path: Path, matrix: np.ndarray) -> Iterator[np.ndarray]:
     Read through the map, a file cut short while it was read (``np.save`` rewriting it,
     as a re-run export does, truncates it first) killed the import with SIGBUS ("Bus
     error", exit 135), saying nothing. A read that comes short, or a file whose size or
-    modification time changed by the end, is now ImportSourceError."""
-    if not isinstance(matrix, np.memmap) or not matrix.flags.c_contiguous:
+    modification time changed by the end, is now ImportSourceError. A matrix saved in
+    Fortran order (``np.save`` of a transposed array) is read so too, a column's part
+    at a time (:func:`_fortran_block`): it was still read through the map."""
+    if not isinstance(matrix, np.memmap):
         yield from matrix
         return
     rows, cols = matrix.shape
-    per_block = max(1, NPY_BLOCK_BYTES // max(1, cols * matrix.dtype.itemsize))
+    itemsize = matrix.dtype.itemsize
+    fortran = not matrix.flags.c_contiguous
+    per_block = max(1, NPY_BLOCK_BYTES // max(1, cols * itemsize))
+    if fortran:
+        per_block = max(per_block, -(-NPY_COLUMN_READ_BYTES // itemsize))
     changed = ImportSourceError(
         f"{path} changed while it was read (it is shorter than its header says, or was "
         "written to); import it once it is written whole. Nothing was written"
@@ -335,7 +354,13 @@ def _matrix_rows(path: Path, matrix: np.ndarray) -> Iterator[np.ndarray]:
         fh.seek(matrix.offset)
         for start in range(0, rows, per_block):
             count = min(per_block, rows - start)
-            size = count * cols * matrix.dtype.itemsize
+            if fortran:
+                block = _fortran_block(fh, matrix, start, count)
+                if block is None:
+                    raise changed
+                yield from block
+                continue
+            size = count * cols * itemsize
             data = fh.read(size)
             if len(data) < size:
                 raise changed
@@ -343,6 +368,23 @@ def _matrix_rows(path: Path, matrix: np.ndarray) -> Iterator[np.ndarray]:
         after = os.fstat(fh.fileno())
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         raise changed
+
+
+def _fortran_block(fh: BinaryIO, matrix: np.memmap, start: int, count: int) -> np.ndarray | None:
+    """Rows ``start`` to ``start + count`` of a Fortran-order ``.npy`` matrix, read from
+    ``fh``: the file holds it column by column, so each column's part is one read. None
+    where a read comes short (the file was cut)."""
+    rows, cols = matrix.shape
+    itemsize = matrix.dtype.itemsize
+    size = count * itemsize
+    block = np.empty((cols, count), dtype=matrix.dtype)
+    for col in range(cols):
+        fh.seek(matrix.offset + (col * rows + start) * itemsize)
+        data = fh.read(size)
+        if len(data) < size:
+            return None
+        block[col] = np.frombuffer(data, dtype=matrix.dtype)
+    return np.ascontiguousarray(block.T)
 
 
 def default_sidecar(path: Path) -> Path:
@@ -408,7 +450,20 @@ class NumpySource:
                 f"{self.sidecar}: the CSV needs a header row with "
                 "an 'id' column (and usually 'text')"
             )
+        first = reader.fieldnames[0]
         for lineno, row in enumerate(reader, 2):
+            if row[first] and row[first].startswith("\ufeff"):
+                # a BOM opening a later line (CSV files saved with one, as Excel does,
+                # joined with cat) became part of the row's first field: its id. Dropped,
+                # as the first line's is; no CSV field starts with U+FEFF
+                row[first] = row[first][1:]
+            if list(row.values()) == reader.fieldnames:
+                # the header of a file joined after the first: read as a record "id"
+                raise ImportSourceError(
+                    f"{self.sidecar} line {reader.line_num}: the header row again (CSV files "
+                    "joined with cat?); join them without the later files' header rows "
+                    "(tail -n +2 b.csv >> a.csv)"
+                )
             if None in row:
                 # the csv module keeps the fields beyond the header under the key None: they
                 # were metadata under a key that is no string, and the record was refused
