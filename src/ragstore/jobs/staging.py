@@ -92,10 +92,37 @@ def safe_name(name: str) -> PurePosixPath:
     return path
 
 
+# Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt) that are
+# letters or marks by category, so the category test alone let them in: the combining
+# grapheme joiner, variation selectors, Hangul fillers, Khmer inherent vowels, Mongolian
+# free variation selectors. Each shows as nothing: ``a\u034f.md`` looked like ``a.md``
+# and was another document, and ``\u3164.md`` showed as ``.md``. (The formatting
+# characters of that property, zero-width and bidi ones, are category Cf: refused too.)
+_IGNORABLE = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+
+
+def _ignorable(char: str) -> bool:
+    code = ord(char)
+    return any(lo <= code <= hi for lo, hi in _IGNORABLE)
+
+
 def _allowed(char: str) -> bool:
-    """Whether a part may hold ``char``: a letter, mark or digit of any script, or one of
-    the ASCII punctuation allowed (the space the only separator)."""
-    return char in _PUNCTUATION or unicodedata.category(char)[0] in "LMN"
+    """Whether a part may hold ``char``: a letter, mark or digit of any script that shows
+    as something (:data:`_IGNORABLE`), or one of the ASCII punctuation allowed (the space
+    the only separator)."""
+    if char in _PUNCTUATION:
+        return True
+    return unicodedata.category(char)[0] in "LMN" and not _ignorable(char)
 
 
 def _problem(name: str, path: PurePosixPath) -> str:
@@ -129,7 +156,11 @@ def _not_allowed(name: str) -> str:
     or a zero-width space is named, since it cannot be seen in the name as shown."""
     for at, char in enumerate(name[:1000]):
         if not (char in _SEPARATORS or _allowed(char)):
-            kind = _KINDS.get(unicodedata.category(char)[:2], "")
+            kind = (
+                ", a character that shows as nothing"
+                if _ignorable(char)
+                else _KINDS.get(unicodedata.category(char)[:2], "")
+            )
             return (
                 f"the character {char!r} (U+{ord(char):04X}{kind}) at position {at} is not "
                 "allowed; "
