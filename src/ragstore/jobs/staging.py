@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import logging
 import os
 import re
@@ -450,5 +451,16 @@ def staging_area(settings: Settings) -> Iterator[StagingArea]:
 
 def source_name(settings: Settings, collection: str, source: str) -> str:
     """The name a client gave for a staged source; other sources are returned unchanged."""
-    root = str(upload_root(settings, collection).resolve()) + os.sep
+    if settings.data_dir.is_absolute():
+        root = _upload_prefix(settings.data_dir, collection)
+    else:  # resolved against the working directory, which may change
+        root = str(upload_root(settings, collection).resolve()) + os.sep
     return source[len(root) :] if source.startswith(root) else source
+
+
+@functools.lru_cache(maxsize=1024)
+def _upload_prefix(data_dir: Path, collection: str) -> str:
+    """The resolved upload root of ``collection``, a separator after it: every search now
+    names its hits' uploads (``search.service.name_uploads``), and resolving the root each
+    time asked the file system once per document hit."""
+    return str((data_dir / "uploads" / collection).resolve()) + os.sep
