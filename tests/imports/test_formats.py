@@ -1019,3 +1019,34 @@ def test_postgres_json_python_cannot_read_is_named_and_a_bad_url_hides_its_passw
     assert "not a valid PostgreSQL URL: invalid percent-encoded token" in err
     assert "s3cret" not in err
     assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "pg-hostile")["exists"]
+
+
+def test_a_csv_column_that_writes_out_the_metadatas_value_agrees_with_it(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CSV column is text: a pandas export writing ``page`` as a column and inside the
+    ``metadata`` JSON (``3`` beside ``{"page": 3}``) was refused as two values of one key;
+    it is one, stored typed. A column that says another value is still refused."""
+    np.save(tmp_path / "m.npy", vectors(2, DIM))
+    (tmp_path / "m.csv").write_text(
+        'id,text,page,metadata\na,x,3,"{""page"": 3, ""lang"": ""en""}"\nb,y,4,"{""page"": 4}"\n'
+    )
+    code = run_cli(
+        "import", str(tmp_path / "m.npy"), "-c", "fmt-cols", "--model", "legacy@v1",
+        "--dimension", str(DIM), "--no-backup",
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        meta = conn.execute(
+            "SELECT k.metadata FROM chunks k JOIN documents d ON d.id = k.document_id"
+            " JOIN collections c ON c.id = d.collection_id"
+            " WHERE d.source = 'a' AND c.name = 'fmt-cols'"
+        ).fetchone()
+    assert meta == ({"page": 3, "lang": "en"},)
+    (tmp_path / "m.csv").write_text('id,text,page,metadata\na,x,5,"{""page"": 3}"\nb,y,4,\n')
+    code = run_cli(
+        "import", str(tmp_path / "m.npy"), "-c", "fmt-cols2", "--model", "legacy@v1",
+        "--dimension", str(DIM), "--no-backup",
+    )  # fmt: skip
+    assert code == 65
+    assert "the key 'page' is in the metadata (3) and beside it" in capsys.readouterr().err

@@ -162,18 +162,34 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _merged(meta: dict[str, Any], rest: dict[str, Any], where: str) -> dict[str, Any]:
+def _merged(
+    meta: dict[str, Any], rest: dict[str, Any], where: str, *, text_columns: bool = False
+) -> dict[str, Any]:
     """The ``metadata`` object's keys with the record's other keys (they join the metadata);
     ImportSourceError for a key in both with other values: the top-level value silently
     replaced the metadata's (``"metadata": {"lang": "en"}, "lang": "fr"`` was stored as
-    ``fr``), and the import said every record arrived as the store had it."""
+    ``fr``), and the import said every record arrived as the store had it.
+
+    ``text_columns``: the other keys are a CSV row's columns, text whatever they hold, so a
+    column agrees with the metadata's value when it is that value written out (``"3"``
+    beside ``{"page": 3}``, as a pandas export writes both); the metadata's typed value is
+    kept."""
     for key, value in rest.items():
-        if key in meta and _canonical(meta[key]) != _canonical(value):
+        if key not in meta or _canonical(meta[key]) == _canonical(value):
+            continue
+        if not (text_columns and _as_text(meta[key]) == value):
             raise ImportSourceError(
                 f"{where}: the key {key!r} is in the metadata ({_shown(meta[key])}) and beside "
                 f"it ({_shown(value)}); rename one of them, or drop the one not wanted"
             )
+    if text_columns:
+        return {**rest, **meta}
     return {**meta, **rest}
+
+
+def _as_text(value: Any) -> str:
+    """A metadata value as a CSV column holds it: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 
 def _canonical(value: Any) -> str:
@@ -483,7 +499,12 @@ class NumpySource:
                 except json.JSONDecodeError:
                     meta = {"metadata": meta_raw}
                 where = f"{self.sidecar} line {lineno}"
-                rest = _merged(meta if isinstance(meta, dict) else {"metadata": meta}, rest, where)
+                rest = _merged(
+                    meta if isinstance(meta, dict) else {"metadata": meta},
+                    rest,
+                    where,
+                    text_columns=True,
+                )
             yield f"{self.sidecar} line {lineno}", (rid, text, rest)
 
     def records(self) -> Iterator[Record]:
