@@ -103,6 +103,26 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
     assert report.skipped == 11 and report.ok
 
 
+def test_a_vector_of_values_all_tiny_is_a_zero_vector() -> None:
+    """Values all below half precision's smallest normal (1e-45 each) are zeros to the
+    index: such a record was imported and then never found, where add_texts refuses it.
+    One value at the smallest normal gives the vector a direction."""
+    edge = [2.0**-14] + [1e-45] * (DIM - 1)
+    recs = [
+        _rec("tiny", [1e-45] * DIM),
+        _rec("small", [-5e-5] * DIM),
+        _rec("zero", [0.0] * DIM),
+        _rec("edge", edge),
+        _rec("ok", [1.0] * DIM),
+    ]
+    report = validate(recs, DIM, parse_policies("skip", []))
+    found = {i.kind: (i.count, i.first) for i in report.issues}
+    assert found == {
+        "zero_vector": (3, ["tiny (largest 1.4e-45)", "small (largest 5e-05)", "zero"])
+    }
+    assert report.kept == [3, 4] and report.skipped == 3
+
+
 def test_a_metadata_key_no_filter_can_name_is_unstorable() -> None:
     """A key past the longest filter path (256 characters) was imported and stored."""
     recs = [Record("k", "t", np.ones(DIM, dtype=np.float32), {"k" * 300: 1})]
