@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from ragstore import Store
-from ragstore.errors import ImportValidationError, InputError
+from ragstore.errors import ImportSourceError, ImportValidationError, InputError
 from ragstore.imports import (
     ImportOptions,
     SourceOptions,
@@ -101,6 +101,26 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
     }
     assert report.kept == [0]
     assert report.skipped == 11 and report.ok
+
+
+def test_a_vector_of_values_all_tiny_is_a_zero_vector() -> None:
+    """Values all below half precision's smallest normal (1e-45 each) are zeros to the
+    index: such a record was imported and then never found, where add_texts refuses it.
+    One value at the smallest normal gives the vector a direction."""
+    edge = [2.0**-14] + [1e-45] * (DIM - 1)
+    recs = [
+        _rec("tiny", [1e-45] * DIM),
+        _rec("small", [-5e-5] * DIM),
+        _rec("zero", [0.0] * DIM),
+        _rec("edge", edge),
+        _rec("ok", [1.0] * DIM),
+    ]
+    report = validate(recs, DIM, parse_policies("skip", []))
+    found = {i.kind: (i.count, i.first) for i in report.issues}
+    assert found == {
+        "zero_vector": (3, ["tiny (largest 1.4e-45)", "small (largest 5e-05)", "zero"])
+    }
+    assert report.kept == [3, 4] and report.skipped == 3
 
 
 def test_a_metadata_key_no_filter_can_name_is_unstorable() -> None:
@@ -533,6 +553,17 @@ def test_a_text_too_large_for_the_full_text_index_is_unstorable(
             '{"id": "b", "text": "t", "values": [1, 1], "embedding": [1, 1]}',
             "line 2: the vector is given twice, under the keys 'embedding' and 'values'",
         ),
+        # two texts under two of the names a text is read from: the second was metadata
+        (
+            '{"id": "b", "text": "t", "vector": [1, 1], "content": "u"}',
+            "line 2: the text is given twice, under the keys 'text' and 'content'; "
+            'keep one of them (a value meant as metadata goes inside the "metadata" object)',
+        ),
+        (
+            '{"id": "b", "content": "t", "document": "u", "text": "v", "vector": [1, 1]}',
+            "line 2: the text is given three times, under the keys 'text', 'document' and "
+            "'content'",
+        ),
         # a key in the metadata and beside it: the top-level value replaced the other
         (
             '{"id": "b", "text": "t", "vector": [1, 1], "metadata": {"lang": "en"}, "lang": "fr"}',
@@ -552,6 +583,18 @@ def test_a_line_the_json_parser_chokes_on_names_file_and_line(
     args = ["import", str(src), "-c", "val-choke", "--model", "legacy-2d@v1", "--dimension", "2"]
     assert run_cli(*args, "--dry-run") == 65
     assert f"error[import_source_invalid]: {src} {said}" in capsys.readouterr().err
+
+
+def test_a_jsonl_sidecar_row_with_two_texts_is_refused(tmp_path: Path) -> None:
+    """A sidecar row is read as a JSONL record is: its second text was metadata."""
+    np.save(tmp_path / "m.npy", vectors(2, DIM))
+    sidecar = tmp_path / "m.jsonl"
+    sidecar.write_text('{"id": "a", "text": "t"}\n{"id": "b", "document": "t", "content": "u"}\n')
+    with pytest.raises(ImportSourceError) as err:
+        list(open_source(str(tmp_path / "m.npy"), SourceOptions()).records())
+    assert str(err.value).startswith(
+        f"{sidecar} line 2: the text is given twice, under the keys 'document' and 'content'"
+    )
 
 
 def test_a_compressed_file_or_one_over_long_line_is_named_before_it_is_read_whole(

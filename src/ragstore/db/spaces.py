@@ -56,6 +56,16 @@ HALFVEC_MAX_VALUE = 65504.0
 HALFVEC_SMALLEST_NORMAL = 2.0**-14
 
 
+def without_direction(vectors: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """For each row of ``vectors`` (a single vector is one row): whether every value is
+    below ``HALFVEC_SMALLEST_NORMAL`` in magnitude, an all-zero vector included. The index
+    keeps such a vector as half precision zeros and its float32 norm underflows, so its
+    cosine distance to every query is NaN: stored, it is never found. The one check
+    ``add_texts`` refuses such a vector by and ``ragstore import`` counts it by."""
+    tops = np.abs(np.atleast_2d(np.asarray(vectors, dtype=np.float32))).max(axis=1, initial=0.0)
+    return np.asarray(tops < HALFVEC_SMALLEST_NORMAL)
+
+
 def check_dimension(dimension: int, what: str) -> None:
     """Refuse a space no HNSW index can serve, before anything is written or embedded."""
     if dimension > HALFVEC_MAX_DIMENSIONS:

@@ -244,6 +244,21 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield lineno, obj
 
 
+def _given_once(obj: dict[str, Any], keys: tuple[str, ...], what: str, where: str) -> None:
+    """Refuse ``obj`` holding its ``what`` under more than one of the ``keys`` it is read
+    from: the first was read and the others silently joined the metadata (a record with
+    "vector" and "embedding" stored the second array as metadata, one with "text" and
+    "content" the second text)."""
+    given = [key for key in keys if key in obj]
+    if len(given) > 1:
+        shown = [repr(key) for key in given]
+        raise ImportSourceError(
+            f"{where}: the {what} is given {('twice', 'three times')[len(given) - 2]}, "
+            f"under the keys {', '.join(shown[:-1])} and {shown[-1]}; keep one of them "
+            '(a value meant as metadata goes inside the "metadata" object)'
+        )
+
+
 def _split_fields(
     obj: dict[str, Any], where: str, *, with_vector: bool
 ) -> tuple[Any, Any, Any, dict[str, Any]]:
@@ -251,21 +266,13 @@ def _split_fields(
     # "_id" only where there is no "id": popped as pop's default, it was dropped from the
     # metadata of every record that had both (a MongoDB export's "_id" beside its own id)
     rid = rest.pop("id") if "id" in rest else rest.pop("_id", None)
+    _given_once(rest, TEXT_KEYS, "text", where)
     tkey, text = _first(rest, TEXT_KEYS)
     if tkey:
         rest.pop(tkey)
     vector = None
     if with_vector:
-        given = [key for key in VECTOR_KEYS if key in rest]
-        if len(given) > 1:
-            # the first was the vector and the others silently joined the metadata: a
-            # record with "vector" and "embedding" stored the second array as metadata
-            keys = [repr(key) for key in given]
-            raise ImportSourceError(
-                f"{where}: the vector is given {('twice', 'three times')[len(given) - 2]}, "
-                f"under the keys {', '.join(keys[:-1])} and {keys[-1]}; keep one of them "
-                '(a value meant as metadata goes inside the "metadata" object)'
-            )
+        _given_once(rest, VECTOR_KEYS, "vector", where)
         vkey, vector = _first(rest, VECTOR_KEYS)
         if vkey:
             rest.pop(vkey)

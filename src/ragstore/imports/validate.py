@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ragstore.db.spaces import HALFVEC_MAX_VALUE
+from ragstore.db.spaces import HALFVEC_MAX_VALUE, HALFVEC_SMALLEST_NORMAL, without_direction
 from ragstore.errors import InputError
 from ragstore.imports.records import Record
 from ragstore.validation import problem_in
@@ -49,7 +49,8 @@ DESCRIPTIONS = {
     "dimension_mismatch": "vectors whose length is not the model's dimension",
     "non_finite": "vectors holding NaN, infinity or a value beyond ±65,504 (the index keeps "
     "vectors in half precision)",
-    "zero_vector": "all-zero vectors (no direction: cosine is undefined)",
+    "zero_vector": "vectors with no direction: all zeros, or every value below "
+    f"{HALFVEC_SMALLEST_NORMAL:.2g} in magnitude (zeros in the half precision the index keeps)",
     "missing_text": "records without text",
     "unstorable": "ids, texts or metadata the database cannot store (a NUL character, a "
     "lone surrogate, a number out of range, a text too large for the full-text index)",
@@ -150,8 +151,11 @@ def validate(
         if not np.isfinite(vec).all() or np.abs(vec).max(initial=0.0) > HALFVEC_MAX_VALUE:
             issues["non_finite"].add(label)
             found.append("non_finite")
-        elif vec.size and not vec.any():  # [] has no zeros, only too few dimensions
-            issues["zero_vector"].add(label)
+        elif vec.size and without_direction(vec)[0]:  # [] has only too few dimensions
+            # values all tiny (1e-45) are zeros to the index, as add_texts refuses them: the
+            # record was imported and then never found, its distance to every query NaN
+            top = float(np.abs(vec).max())
+            issues["zero_vector"].add(f"{label} (largest {top:.3g})" if top else label)
             found.append("zero_vector")
         if rec.text is None or not rec.text.strip():
             issues["missing_text"].add(label)

@@ -156,13 +156,13 @@ def _checked(
                 )
             # values all tiny (1e-45): the index kept zeros and the float32 norm underflowed,
             # so the text was stored and then never found, its distance to every query NaN
-            tops = np.abs(matrix).max(axis=1, initial=0.0)
-            tiny = np.flatnonzero(tops < spaces.HALFVEC_SMALLEST_NORMAL)
+            tiny = np.flatnonzero(spaces.without_direction(matrix))
             if tiny.size:
                 i = int(tiny[0])
+                top = float(np.abs(matrix[i]).max())
                 raise InputError(
                     f"vectors[{i}] has no value of {spaces.HALFVEC_SMALLEST_NORMAL:.2g} or "
-                    f"more (its largest is {float(tops[i]):.3g}): the index keeps vectors in "
+                    f"more (its largest is {top:.3g}): the index keeps vectors in "
                     "half precision, where it has no direction for cosine similarity to "
                     "rank; scale it up (cosine ignores a vector's length)"
                 )
