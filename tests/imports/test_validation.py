@@ -730,3 +730,57 @@ def test_a_dry_run_with_a_builtin_model_pins_nothing(
     assert run_cli(*args, "--dry-run") == 0
     assert "dry run: would import 2 records" in capsys.readouterr().out
     assert pins() == before
+
+
+def _sidecar_error(tmp_path: Path, csv_text: str) -> str:
+    """The error a CSV sidecar gives, read with a matrix of three rows."""
+    np.save(tmp_path / "s.npy", vectors(3, 2))
+    (tmp_path / "s.csv").write_text(csv_text, newline="")
+    with pytest.raises(ImportSourceError) as caught:
+        list(files.NumpySource(tmp_path / "s.npy").records())
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("tail", "said"),
+    [
+        ("id,text,lang\n", "line 5: the header row again"),
+        ("c,z,en,w\n", "line 5: 4 fields, but the header names 3 columns"),
+        ('c,"two\nlines",en,w\n', "line 5: 4 fields"),  # a row spanning lines: its first
+        ("\n\nc,z,en,w\n", "line 7: 4 fields"),  # blank lines are skipped
+        ('c,z,fr,"{""lang"": ""en""}"\n', "line 5: the key 'lang' is in the metadata"),
+        ("\nc,y\rd,z,en\n", "line 6: not a readable CSV file"),
+    ],
+)
+def test_csv_sidecar_rows_are_named_by_the_line_they_start_on(
+    tail: str, said: str, tmp_path: Path
+) -> None:
+    # rows were numbered by count (row n on line n + 1): after a field spanning lines,
+    # every later row was named by a line before it
+    head = 'id,text,lang\na,"two\nlines",en\nb,y,en\n'
+    if "metadata" in said:
+        head = 'id,text,lang,metadata\na,"two\nlines",en,\nb,y,en,\n'
+    assert f"s.csv {said}" in _sidecar_error(tmp_path, head + tail)
+
+
+def test_a_line_over_the_limit_is_named_by_what_the_file_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a CSV sidecar was told of JSONL and jq, and a file with bare-CR line ends (one line,
+    # the whole file) to split its records, not to convert its line ends
+    monkeypatch.setattr(files, "MAX_LINE_BYTES", 1024)
+    said = "line 2: the line is longer than 1,024 bytes"
+    csv_error = _sidecar_error(tmp_path, "id,text\na," + "word " * 300 + "\n")
+    assert f"s.csv {said}, more than one record may take; a CSV row" in csv_error
+    assert "JSONL" not in csv_error and "jq" not in csv_error
+    cr_error = _sidecar_error(tmp_path, "id,text\r" + "a,word\r" * 300)
+    assert "s.csv line 1: the line is longer than 1,024 bytes and holds a CR" in cr_error
+    assert "convert them (tr '\\r' '\\n' < old.csv > new.csv)" in cr_error
+    line = '{"id": "a", "text": "t", "vector": [1, 2]}\r'
+    (tmp_path / "cr.jsonl").write_text(line * 100, newline="")
+    with pytest.raises(ImportSourceError) as caught:
+        list(files.JsonlSource(tmp_path / "cr.jsonl").records())
+    assert "line 1: the line is longer than 1,024 bytes and holds a CR: the lines end in a " in (
+        str(caught.value)
+    )
+    assert "(tr '\\r' '\\n' < old.jsonl > new.jsonl)" in str(caught.value)

@@ -71,16 +71,17 @@ def _must_exist(path: Path) -> None:
         raise not_ingestible(path, printable(str(path)))
 
 
-def _utf8_lines(path: Path) -> Iterator[str]:
+def _utf8_lines(path: Path, *, csv_file: bool = False) -> Iterator[str]:
     """The file's lines as text: UTF-8, a leading BOM dropped (as Excel and PowerShell
     write them); a file in another encoding is :class:`ImportSourceError` naming the line
     and byte, not a ``UnicodeDecodeError`` from deep inside the import. A file that cannot
     be read (permissions, an I/O error) is the error an ingest gives it
-    (:func:`ragstore.ingest.files.unreadable`), not the ``OSError`` traceback it was."""
+    (:func:`ragstore.ingest.files.unreadable`), not the ``OSError`` traceback it was.
+    ``csv_file``: the file is a CSV one, for the error naming a line over the limit."""
     from ragstore.ingest.files import unreadable
 
     try:
-        yield from _decoded_lines(path)
+        yield from _decoded_lines(path, csv_file=csv_file)
     except OSError as exc:
         raise unreadable(path, exc) from None
 
@@ -100,27 +101,49 @@ def _compressed(path: Path, head: bytes) -> None:
         )
 
 
-def _bounded_lines(fh: BinaryIO, path: Path) -> Iterator[bytes]:
+def _bounded_lines(fh: BinaryIO, path: Path, *, csv_file: bool = False) -> Iterator[bytes]:
     """The file's lines, each read only up to ``MAX_LINE_BYTES``: a longer one is
-    ImportSourceError naming it, before it is held in memory whole."""
+    ImportSourceError naming it, before it is held in memory whole (:func:`_too_long`)."""
     limit = MAX_LINE_BYTES
     lineno = 0
     while raw := fh.readline(limit + 1):
         lineno += 1
         if len(raw) > limit and not raw.endswith(b"\n"):
-            raise ImportSourceError(
-                f"{path} line {lineno}: the line is longer than {limit:,} bytes, "
-                "more than one record may take; a JSONL file holds one JSON object per line "
-                "(a JSON array is made one with jq -c '.[]'), and a text that long is split "
-                "into several records"
-            )
+            raise _too_long(path, lineno, limit, bare_cr=b"\r" in raw, csv_file=csv_file)
         yield raw
 
 
-def _decoded_lines(path: Path) -> Iterator[str]:
+def _too_long(
+    path: Path, lineno: int, limit: int, *, bare_cr: bool, csv_file: bool
+) -> ImportSourceError:
+    """The error for a line over ``limit`` bytes, worded by what the file is: a CSV
+    sidecar was told of JSONL and jq, and a file whose lines end in a bare CR (read as one
+    line, the whole file) was told to split its records, not to convert its line ends."""
+    said = f"{path} line {lineno}: the line is longer than {limit:,} bytes"
+    if bare_cr:
+        suffix = ".csv" if csv_file else ".jsonl"
+        return ImportSourceError(
+            f"{said} and holds a CR: the lines end in a bare CR, not LF or CRLF, so the "
+            f"file is read as one line; convert them (tr '\\r' '\\n' < old{suffix} > "
+            f"new{suffix})"
+        )
+    if csv_file:
+        return ImportSourceError(
+            f"{said}, more than one record may take; a CSV row (and each of its fields) "
+            "holds one record, and a text that long is split into several records, a row "
+            "each"
+        )
+    return ImportSourceError(
+        f"{said}, more than one record may take; a JSONL file holds one JSON object per line "
+        "(a JSON array is made one with jq -c '.[]'), and a text that long is split into "
+        "several records"
+    )
+
+
+def _decoded_lines(path: Path, *, csv_file: bool = False) -> Iterator[str]:
     with path.open("rb") as fh:
         offset = 0
-        for lineno, raw in enumerate(_bounded_lines(fh, path), 1):
+        for lineno, raw in enumerate(_bounded_lines(fh, path, csv_file=csv_file), 1):
             if lineno == 1:
                 _compressed(path, raw[:16])
             declared = declared_encoding(raw) if lineno == 1 else None
@@ -421,6 +444,36 @@ def default_sidecar(path: Path) -> Path:
     )
 
 
+class _CsvLines:
+    """A CSV file's lines as the csv module reads them, noting the line each row starts on.
+
+    Rows were numbered by count (row ``n`` said to be on line ``n + 1``), so after a quoted
+    field spanning several lines every later error named the wrong line; the reader's
+    ``line_num`` is the line a row ends on. ``start`` is the first line read since it was
+    last cleared that is not blank (the reader skips blank lines between rows): the line
+    the row being read starts on."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self.lineno = 0
+        self.start: int | None = None
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.lineno += 1
+        if self.start is None and line.strip("\r\n"):
+            self.start = self.lineno
+        return line
+
+    def row_start(self) -> int:
+        """The line the row last read (or being read) starts on; cleared for the next."""
+        start, self.start = self.start or self.lineno, None
+        return start
+
+
 class NumpySource:
     """A ``.npy``/``.npz`` matrix, row ``i`` described by sidecar line ``i``."""
 
@@ -454,27 +507,30 @@ class NumpySource:
         raised)."""
         if csv.field_size_limit() < CSV_FIELD_LIMIT:
             csv.field_size_limit(CSV_FIELD_LIMIT)
-        reader = csv.DictReader(_utf8_lines(self.sidecar))
-        try:  # the error is on the line after the last one read (reader.line_num)
-            yield from self._csv_records(reader)
+        lines = _CsvLines(_utf8_lines(self.sidecar, csv_file=True))
+        reader = csv.DictReader(lines)
+        try:
+            yield from self._csv_records(reader, lines)
         except csv.Error as exc:
             raise ImportSourceError(
-                f"{self.sidecar} line {reader.line_num + 1}: not a readable CSV file ({exc}); "
+                f"{self.sidecar} line {lines.row_start()}: not a readable CSV file ({exc}); "
                 "write it with a CSV writer (fields with commas, quotes or newlines quoted, "
                 "lines ending in LF or CRLF), or give a JSONL sidecar"
             ) from None
 
     def _csv_records(
-        self, reader: csv.DictReader[str]
+        self, reader: csv.DictReader[str], lines: _CsvLines
     ) -> Iterator[tuple[str, tuple[Any, Any, dict[str, Any]]]]:
-        """The rows under the header, each with where it is."""
+        """The rows under the header, each with where it is: the line it starts on."""
         if reader.fieldnames is None or "id" not in reader.fieldnames:
             raise ImportSourceError(
                 f"{self.sidecar}: the CSV needs a header row with "
                 "an 'id' column (and usually 'text')"
             )
         first = reader.fieldnames[0]
-        for lineno, row in enumerate(reader, 2):
+        lines.row_start()  # the header's
+        for row in reader:
+            lineno = lines.row_start()
             if row[first] and row[first].startswith("\ufeff"):
                 # a BOM opening a later line (CSV files saved with one, as Excel does,
                 # joined with cat) became part of the row's first field: its id. Dropped,
@@ -483,7 +539,7 @@ class NumpySource:
             if list(row.values()) == reader.fieldnames:
                 # the header of a file joined after the first: read as a record "id"
                 raise ImportSourceError(
-                    f"{self.sidecar} line {reader.line_num}: the header row again (CSV files "
+                    f"{self.sidecar} line {lineno}: the header row again (CSV files "
                     "joined with cat?); join them without the later files' header rows "
                     "(tail -n +2 b.csv >> a.csv)"
                 )
