@@ -479,6 +479,80 @@ def test_documents_list_show_delete(
     )
 
 
+def test_documents_show_and_delete_take_a_name_or_source_through_the_server(
+    ingested: dict[str, object],
+    env: dict[str, str],
+    remote_env: dict[str, str],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """README: ``ragstore documents show|delete ID-or-PATH``. Locally a path named the
+    document; through ``RAGSTORE_URL`` only an id did ("named by its id, not ..."), so a
+    script that worked here broke against a server. Now a relative path is the name it
+    was uploaded under (NFC, as stored), an absolute one its source, there as here; and
+    the Client finds a document by name as the Store does."""
+    from ragstore import Client
+    from ragstore.errors import DocumentNotFoundError
+    from ragstore.store import Store
+
+    local_file = tmp_path / "local.md"
+    local_file.write_text("# Local\n\nIngested from this disk.\n")
+    assert run_cli("ingest", str(local_file), "-c", "byname") == 0  # its absolute path
+    folder = tmp_path / "byname"
+    folder.mkdir()
+    (folder / "caf\u00e9.md").write_text("# Cafe\n\nBeans are roasted.\n")
+    (folder / "tea.md").write_text("# Tea\n\nGreen tea is steeped.\n")
+    (folder / "milk.md").write_text("# Milk\n\nMilk is poured.\n")
+    through_server(monkeypatch, remote_env)
+    assert run_cli("ingest", str(folder), "-c", "byname") == 0  # uploaded: byname/...
+    capsys.readouterr()
+
+    def show(document: str) -> dict[str, object]:
+        assert run_cli("documents", "show", document, "-c", "byname", "--json") == 0, document
+        return dict(json.loads(capsys.readouterr().out))
+
+    tea = show("byname/tea.md")
+    assert tea["name"] == "byname/tea.md" and tea["title"] == "Tea"
+    assert show("byname/cafe\u0301.md")["name"] == "byname/caf\u00e9.md"  # typed NFD
+    source = os.path.realpath(local_file)
+    mine = show(source)
+    assert mine["source"] == source and mine["title"] == "Local"
+    assert show(str(tea["id"])) == tea
+    assert run_cli("documents", "show", "byname/missing.md", "-c", "byname") == 66
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(
+            "error[document_not_found]: document 'byname/missing.md' is not in collection 'byname'"
+        )
+        and err.count("\n") == 1
+    ), err
+    assert run_cli("documents", "delete", "../etc/passwd", "-c", "byname", "--yes") == 66
+    assert "document '../etc/passwd' is not in" in capsys.readouterr().err
+
+    # the Client and the Store find the same documents by the same names
+    with Client(remote_env["RAGSTORE_URL"], api_key=remote_env["RAGSTORE_API_KEY"]) as client:
+        assert client.find_document("byname", "byname/tea.md") == tea
+        assert client.find_document("byname", source)["id"] == mine["id"]
+        with pytest.raises(DocumentNotFoundError, match=r"'byname/none\.md' is not in"):
+            client.find_document("byname", "byname/none.md")
+    with Store(env["RAGSTORE_DATABASE_URL"], data_dir=env["RAGSTORE_DATA_DIR"]) as store:
+        assert store.find_document("byname", "byname/tea.md")["id"] == tea["id"]
+        assert store.find_document("byname", source)["id"] == mine["id"]
+        with pytest.raises(DocumentNotFoundError, match=r"'byname/none\.md' is not in"):
+            store.find_document("byname", "byname/none.md")
+
+    milk = show("byname/milk.md")
+    for document in ("byname/tea.md", source, str(milk["id"])):
+        assert run_cli("documents", "delete", document, "-c", "byname", "--yes", "--json") == 0
+        assert "deleted" in json.loads(capsys.readouterr().out)
+    assert run_cli("documents", "show", "byname/tea.md", "-c", "byname") == 66
+    capsys.readouterr()
+    assert run_cli("documents", "list", "-c", "byname", "--json") == 0
+    assert [d["name"] for d in json.loads(capsys.readouterr().out)] == ["byname/caf\u00e9.md"]
+
+
 def test_documents_list_says_a_relative_source_prefix_names_uploads_here(
     local: None,
     monkeypatch: pytest.MonkeyPatch,

@@ -1286,6 +1286,7 @@ def list_documents(
     format: str | None = None,
     source_prefix: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    source: str | None = None,
 ) -> Call[dict[str, Any]]:
     from ragstore.validation import page_limit
 
@@ -1297,6 +1298,8 @@ def list_documents(
         params["format"] = format
     if source_prefix is not None:
         params["source_prefix"] = source_prefix
+    if source is not None:
+        params["source"] = source
     if metadata is not None:
         if not isinstance(metadata, Mapping):
             raise InvalidFilterError('metadata filter must be a JSON object, e.g. {"team": "ops"}')

@@ -31,12 +31,22 @@ from ragstore.errors import (
     AuthenticationError,
     ConfigError,
     DatabaseUnavailableError,
+    DocumentNotFoundError,
     InputError,
     OutcomeUnknownError,
     RagstoreError,
 )
 
 __all__ = ["AsyncClient", "Client", "error_from_problem"]
+
+
+def _found(page: dict[str, Any], collection: str, source: str) -> dict[str, Any]:
+    """The one document of a page listed by exact ``source``, or the error the Store
+    raises for it (no source is stored twice in a collection)."""
+    if not page["data"]:
+        raise DocumentNotFoundError.missing(source, collection)
+    return dict(page["data"][0])
+
 
 T = TypeVar("T")
 _FINISHED = ("succeeded", "failed")
@@ -568,8 +578,10 @@ class Client(_WritePosition, _KeyedWrites):
         format: str | None = None,
         source_prefix: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        source: str | None = None,
     ) -> dict[str, Any]:
-        """One page: ``{"data": [...], "count": n, "next_cursor": str | None}``."""
+        """One page: ``{"data": [...], "count": n, "next_cursor": str | None}``
+        (``source``: see :meth:`ragstore.Store.list_documents`)."""
         return self._send(
             calls.list_documents(
                 collection,
@@ -578,6 +590,7 @@ class Client(_WritePosition, _KeyedWrites):
                 format=format,
                 source_prefix=source_prefix,
                 metadata=metadata,
+                source=source,
             )
         )
 
@@ -595,6 +608,12 @@ class Client(_WritePosition, _KeyedWrites):
 
     def get_document(self, collection: str, document_id: int) -> dict[str, Any]:
         return self._send(calls.get_document(collection, document_id))
+
+    def find_document(self, collection: str, source: str) -> dict[str, Any]:
+        """The document of this source (see :meth:`ragstore.Store.find_document`): a
+        relative path is the name it was uploaded under, an absolute one its source on the
+        server; ``DocumentNotFoundError`` naming ``source`` when none is."""
+        return _found(self.list_documents(collection, source=source, limit=1), collection, source)
 
     def delete_document(self, collection: str, document_id: int) -> None:
         self._send(calls.delete_document(collection, document_id))
@@ -943,6 +962,7 @@ class AsyncClient(_WritePosition, _KeyedWrites):
         format: str | None = None,
         source_prefix: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        source: str | None = None,
     ) -> dict[str, Any]:
         return await self._send(
             calls.list_documents(
@@ -952,6 +972,7 @@ class AsyncClient(_WritePosition, _KeyedWrites):
                 format=format,
                 source_prefix=source_prefix,
                 metadata=metadata,
+                source=source,
             )
         )
 
@@ -969,6 +990,10 @@ class AsyncClient(_WritePosition, _KeyedWrites):
 
     async def get_document(self, collection: str, document_id: int) -> dict[str, Any]:
         return await self._send(calls.get_document(collection, document_id))
+
+    async def find_document(self, collection: str, source: str) -> dict[str, Any]:
+        page = await self.list_documents(collection, source=source, limit=1)
+        return _found(page, collection, source)
 
     async def delete_document(self, collection: str, document_id: int) -> None:
         await self._send(calls.delete_document(collection, document_id))

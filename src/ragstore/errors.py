@@ -205,6 +205,17 @@ class CollectionNotFoundError(NotFoundError):
 class DocumentNotFoundError(NotFoundError):
     code = "document_not_found"
 
+    @classmethod
+    def missing(cls, document: int | str, collection: str) -> DocumentNotFoundError:
+        """The error for a document id or source a collection does not hold: names both,
+        and how to see what it holds. One text for the database (``db.catalog``) and the
+        ``Client``, which finds a document by name through the list route."""
+        return cls(
+            f"document {document!r} is not in collection {collection!r}; list its documents "
+            f"with `ragstore documents list -c {collection}` "
+            f"(API: GET /v1/collections/{collection}/documents)"
+        )
+
 
 class JobNotFoundError(NotFoundError):
     code = "job_not_found"

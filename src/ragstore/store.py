@@ -37,6 +37,7 @@ from ragstore.config import Settings
 from ragstore.db import catalog, documents, field_indexes, repository, texts
 from ragstore.db.errors import translated
 from ragstore.errors import (
+    DocumentNotFoundError,
     InputError,
     InvalidFilterError,
     ModelMismatchError,
@@ -512,8 +513,12 @@ class Store:
         format: str | None = None,
         source_prefix: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        source: str | None = None,
     ) -> dict[str, Any]:
-        """One page: ``{"data": [...], "count": n, "next_cursor": str | None}``."""
+        """One page: ``{"data": [...], "count": n, "next_cursor": str | None}``.
+
+        ``source`` keeps the one document of that exact source: an absolute path as
+        stored, a relative one an upload's name (as the HTTP route reads it)."""
         from ragstore.api.deps import decode_cursor, encode_cursor, split_page
         from ragstore.jobs import staging
 
@@ -521,7 +526,9 @@ class Store:
         # checked as the HTTP route checks them: a NaN or a NUL reached PostgreSQL and came
         # back as "invalid input syntax for type json", naming neither the value nor where
         check_value(
-            {"format": format, "source_prefix": source_prefix}, "the query", InvalidFilterError
+            {"format": format, "source_prefix": source_prefix, "source": source},
+            "the query",
+            InvalidFilterError,
         )
         if metadata is not None:
             if not isinstance(metadata, Mapping):
@@ -530,21 +537,31 @@ class Store:
                 )
             check_value(metadata, "the metadata filter", InvalidFilterError, json_only=True)
         coll = self._rt.collection(collection)
-        with self._rt.db.connection() as conn, translated(f"listing documents of {collection!r}"):
-            rows, more = split_page(
-                catalog.documents_page(
-                    conn,
-                    coll.id,
-                    after=decode_cursor(cursor),
-                    limit=limit + 1,
-                    fmt=format,
-                    source_prefix=staging.source_prefix(
-                        self._rt.settings, collection, source_prefix
+        exact = (
+            None if source is None else staging.exact_source(self._rt.settings, collection, source)
+        )
+        rows: list[dict[str, Any]] = []
+        more = False
+        if source is None or exact is not None:  # else a name no upload can have: none
+            with (
+                self._rt.db.connection() as conn,
+                translated(f"listing documents of {collection!r}"),
+            ):
+                rows, more = split_page(
+                    catalog.documents_page(
+                        conn,
+                        coll.id,
+                        after=decode_cursor(cursor),
+                        limit=limit + 1,
+                        fmt=format,
+                        source_prefix=staging.source_prefix(
+                            self._rt.settings, collection, source_prefix
+                        ),
+                        metadata=dict(metadata) if metadata is not None else None,
+                        source=exact,
                     ),
-                    metadata=dict(metadata) if metadata is not None else None,
-                ),
-                limit,
-            )
+                    limit,
+                )
         data = [self._document(collection, r) for r in rows]
         nxt = encode_cursor(rows[-1]["id"]) if more else None
         return {"data": data, "count": len(data), "next_cursor": nxt}
@@ -567,6 +584,16 @@ class Store:
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"reading document {document_id}"):
             return self._document(collection, catalog.document(conn, coll, document_id))
+
+    def find_document(self, collection: str, source: str) -> dict[str, Any]:
+        """The document of this source, as :meth:`get_document` answers it: an absolute
+        path is a source as stored, a relative one the name it was uploaded under
+        (``notes/tea.md``). A ``DocumentNotFoundError`` names ``source`` when none is; the
+        ``Client`` has the same method, so a script finds a document by name either way."""
+        found = self.list_documents(collection, source=source, limit=1)["data"]
+        if not found:
+            raise DocumentNotFoundError.missing(source, collection)
+        return dict(found[0])
 
     @_call
     def delete_document(self, collection: str, document_id: int) -> None:

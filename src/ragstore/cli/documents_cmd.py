@@ -2,7 +2,8 @@
 
 A document is named by its id (from ``documents list``) or by its source: the path it
 was ingested from (relative paths are resolved) or the name it was uploaded under. With
-``RAGSTORE_URL`` set the commands go to that server (by id only).
+``RAGSTORE_URL`` set the commands go to that server: an id, an uploaded name (a relative
+path, as ``ragstore ingest`` through it names each file) or an absolute source.
 """
 
 from __future__ import annotations
@@ -92,15 +93,18 @@ def _find(rt: Runtime, collection: str, document: str) -> dict[str, Any]:
     raise catalog.document_not_found(document, coll)
 
 
-def _remote_id(document: str) -> int:
-    from ragstore.errors import InputError
+def _remote_find(client: Any, collection: str, document: str) -> dict[str, Any]:
+    """The document named by id or source through the server, as :func:`_find` names it
+    here: a relative path is the name it was uploaded under (``ragstore ingest`` through a
+    server uploads each file so), an absolute one its source on the server's disk. Only
+    ids were taken, so a script that named documents by path broke against a server."""
+    from ragstore.errors import DocumentNotFoundError
 
-    if not _is_id(document):
-        raise InputError(
-            f"through RAGSTORE_URL a document is named by its id, not "
-            f"{document!r}; `ragstore documents list` shows the ids"
-        )
-    return int(document)
+    if _is_id(document):
+        return dict(client.get_document(collection, int(document)))
+    if not _storable(document):  # no source, and it cannot be sent as a query
+        raise DocumentNotFoundError.missing(document, collection)
+    return dict(client.find_document(collection, document))
 
 
 def _relative_prefix_hint(collection: str, source_prefix: str | None, *, remote: bool) -> None:
@@ -212,7 +216,7 @@ def show_cmd(
     name = collection or settings.collection
     if client is not None:
         with client:
-            data = client.get_document(name, _remote_id(document))
+            data = _remote_find(client, name, document)
     else:
         from ragstore.runtime import Runtime
         from ragstore.store import Store
@@ -239,13 +243,12 @@ def delete_cmd(
     settings, client = _settings_and_client()
     name = collection or settings.collection
     if client is not None:
-        doc_id = _remote_id(document)
         with client:
-            data = client.get_document(name, doc_id)
+            data = _remote_find(client, name, document)
             confirm(
                 f"Delete {printable(data.get('name') or data['source'])} from {name!r}?", yes=yes
             )
-            client.delete_document(name, doc_id)
+            client.delete_document(name, data["id"])
     else:
         from ragstore.db import catalog
         from ragstore.db.errors import translated

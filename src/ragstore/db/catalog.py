@@ -158,13 +158,16 @@ def documents_page(
     fmt: str | None = None,
     source_prefix: str | None = None,
     metadata: dict[str, Any] | None = None,
+    source: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Documents in id order after ``after``; filters by format, source prefix and metadata."""
+    """Documents in id order after ``after``; filters by format, source prefix, exact
+    source and metadata."""
     rows = conn.execute(
         f"SELECT {_DOC_COLS} FROM documents d WHERE d.collection_id = %(c)s"
         " AND (%(after)s::bigint IS NULL OR d.id > %(after)s)"
         " AND (%(fmt)s::text IS NULL OR d.format = %(fmt)s)"
         " AND (%(prefix)s::text IS NULL OR starts_with(d.source, %(prefix)s))"
+        " AND (%(source)s::text IS NULL OR d.source = %(source)s)"
         " AND (%(meta)s::jsonb IS NULL OR d.metadata @> %(meta)s)"
         " ORDER BY d.id LIMIT %(limit)s",
         {
@@ -172,6 +175,7 @@ def documents_page(
             "after": after,
             "fmt": fmt,
             "prefix": source_prefix,
+            "source": source,
             "meta": Jsonb(metadata) if metadata is not None else None,
             "limit": limit,
         },
@@ -244,10 +248,7 @@ def document_not_found(
             "a model migration cut its documents again (`ragstore models migrate`), which "
             f"gives them new ids; {source!r} is now document {now}"
         )
-    return DocumentNotFoundError(
-        f"document {document!r} is not in collection {coll.name!r}; list its documents with "
-        f"`ragstore documents list -c {coll.name}` (API: GET /v1/collections/{coll.name}/documents)"
-    )
+    return DocumentNotFoundError.missing(document, coll.name)
 
 
 def _renumbered(

@@ -245,6 +245,19 @@ def source_of(settings: Settings, collection: str, name: str) -> str:
     return str(upload_root(settings, collection).resolve().joinpath(*safe_name(name).parts))
 
 
+def exact_source(settings: Settings, collection: str, source: str) -> str | None:
+    """The stored source a ``source`` filter names: an absolute path is a source as given,
+    a relative one an upload's name (in NFC, as :func:`source_of` stores it). ``None`` for
+    a name no upload can have (it names no document). The HTTP route, ``Store`` and the CLI
+    share it, so a name finds the same document on the database as through a server."""
+    if source.startswith("/"):
+        return source
+    try:
+        return source_of(settings, collection, source)
+    except InputError:
+        return None
+
+
 class StagingArea:
     """Staging files of one request; every one is removed when the area closes."""
 

@@ -384,10 +384,21 @@ def list_documents(
         str | None,
         Query(description="JSON object the metadata contains", examples=['{"team": "ops"}']),
     ] = None,
+    source: Annotated[
+        str | None,
+        Query(
+            max_length=1000,
+            description="The one document of this exact source: an absolute path is a "
+            "source as stored (a file ingested from the server's disk), a relative one the "
+            "name a file was uploaded under (compared in Unicode NFC). A name no upload "
+            "can have matches nothing. `ragstore documents show/delete NAME` use it.",
+            examples=["notes/tea.md"],
+        ),
+    ] = None,
 ) -> DocumentsPublic:
     caller.require("read", name)
     check_value(
-        {"format": format, "source_prefix": source_prefix, "metadata": metadata},
+        {"format": format, "source_prefix": source_prefix, "metadata": metadata, "source": source},
         "the query",
         InvalidFilterError,
     )
@@ -403,19 +414,24 @@ def list_documents(
         check_value(meta, "the metadata filter", InvalidFilterError)
     coll = rt.collection(name)
     prefix = staging.source_prefix(rt.settings, name, source_prefix)
-    with rt.db.connection() as conn, translated(f"listing documents of {name!r}"):
-        rows, more = split_page(
-            catalog.documents_page(
-                conn,
-                coll.id,
-                after=after,
-                limit=limit + 1,
-                fmt=format,
-                source_prefix=prefix,
-                metadata=meta,
-            ),
-            limit,
-        )
+    exact = staging.exact_source(rt.settings, name, source) if source is not None else None
+    rows: list[dict[str, Any]] = []
+    more = False
+    if source is None or exact is not None:  # else a name no upload can have: none
+        with rt.db.connection() as conn, translated(f"listing documents of {name!r}"):
+            rows, more = split_page(
+                catalog.documents_page(
+                    conn,
+                    coll.id,
+                    after=after,
+                    limit=limit + 1,
+                    fmt=format,
+                    source_prefix=prefix,
+                    metadata=meta,
+                    source=exact,
+                ),
+                limit,
+            )
     data = [_public(rt, name, r) for r in rows]
     nxt = encode_cursor(rows[-1]["id"]) if more else None
     return DocumentsPublic(data=data, count=len(data), next_cursor=nxt)
