@@ -146,6 +146,12 @@ def foreign_forwarded(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+def foreign_sender(scope: Scope) -> str | None:
+    """The client of another machine behind a request: its address (:func:`foreign_client`)
+    or one a proxy on this machine forwarded it for (:func:`foreign_forwarded`)."""
+    return foreign_client(scope.get("client")) or foreign_forwarded(list(scope.get("headers", ())))
+
+
 class LoopbackGuardMiddleware:
     """Refuses requests addressed to, or sent from, another site (see the module doc)."""
 
@@ -157,7 +163,7 @@ class LoopbackGuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = list(scope.get("headers", ()))
-        client = foreign_client(scope.get("client")) or foreign_forwarded(headers)
+        client = foreign_sender(scope)
         # a Unix socket's client (none) names the Host it likes: a proxy in front of the
         # socket sends its own (nginx: localhost). A browser's page behind such a proxy
         # still says where it comes from, so the Origin is checked.

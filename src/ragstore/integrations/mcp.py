@@ -56,7 +56,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ragstore.api.deps import bearer_token
 from ragstore.api.errors import send_problem
-from ragstore.api.hostguard import foreign_client, foreign_forwarded
+from ragstore.api.hostguard import foreign_sender
 from ragstore.api.middleware import BodyLimitMiddleware
 from ragstore.auth.keys import ApiKey, KeyStore
 from ragstore.db.cancel import Cancellation, cancelling
@@ -447,9 +447,7 @@ class LocalOnly:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        party = foreign_client(scope.get("client")) or foreign_forwarded(
-            list(scope.get("headers", ()))
-        )
+        party = foreign_sender(scope)
         if party is None:
             await self.app(scope, receive, send)
             return
