@@ -47,9 +47,14 @@ USAGE = 64
         ),
         (
             ["search", "-tape backups"],
-            "error[usage]: No such option: -t; a value that starts with '-' (a query's "
-            "-word, say) goes after '--', e.g. ragstore search -- '-tape backups' "
+            "error[usage]: No such option: -t; a value that starts with '-' goes after "
+            "'--' (a query's -word, say), e.g. ragstore search -- '-tape backups' "
             "(see 'ragstore search --help')",
+        ),
+        (
+            ["ingest", "-x", "-c", "notes"],
+            "error[usage]: No such option: -x; a value that starts with '-' goes after "
+            "'--' (see 'ragstore ingest --help')",
         ),
         (
             ["models", "migrate", "-c", "x", "--to", "m", "--batch-size", "0"],

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar, cast
 
 import httpx
@@ -43,9 +44,17 @@ __all__ = ["AsyncClient", "Client", "error_from_problem"]
 def _found(page: dict[str, Any], collection: str, source: str) -> dict[str, Any]:
     """The one document of a page listed by exact ``source``, or the error the Store
     raises for it (no source is stored twice in a collection)."""
-    if not page["data"]:
+    asked = PurePosixPath(unicodedata.normalize("NFC", source).replace("\\", "/"))
+    found = [
+        d
+        for d in page["data"]
+        if d.get("source") == source or (d.get("name") and PurePosixPath(d["name"]) == asked)
+    ]
+    if not found:
+        # checked, not trusted: a server that ignored the filter would answer the
+        # collection's first document, and `documents delete NAME --yes` delete it
         raise DocumentNotFoundError.missing(source, collection)
-    return dict(page["data"][0])
+    return dict(found[0])
 
 
 T = TypeVar("T")

@@ -104,23 +104,29 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
 
 
 def test_a_vector_of_values_all_tiny_is_a_zero_vector() -> None:
-    """Values all below half precision's smallest normal (1e-45 each) are zeros to the
-    index: such a record was imported and then never found, where add_texts refuses it.
-    One value at the smallest normal gives the vector a direction."""
-    edge = [2.0**-14] + [1e-45] * (DIM - 1)
+    """Values all zero in half precision (1e-45, 2e-8 each) are zeros to the index: such
+    a record was imported into a cosine space and then never found, where add_texts
+    refuses it. One value at half precision's smallest subnormal (2**-24) gives the vector
+    a direction, as do values of 5e-5 (subnormals: coarse, found). By l2 or inner product
+    a vector of zeros in half precision is the origin, and ranks; all zeros stay refused."""
+    edge = [2.0**-24] + [1e-45] * (DIM - 1)
     recs = [
         _rec("tiny", [1e-45] * DIM),
-        _rec("small", [-5e-5] * DIM),
+        _rec("small", [-2e-8] * DIM),
         _rec("zero", [0.0] * DIM),
         _rec("edge", edge),
+        _rec("subnormal", [-5e-5] * DIM),
         _rec("ok", [1.0] * DIM),
     ]
     report = validate(recs, DIM, parse_policies("skip", []))
     found = {i.kind: (i.count, i.first) for i in report.issues}
     assert found == {
-        "zero_vector": (3, ["tiny (largest 1.4e-45)", "small (largest 5e-05)", "zero"])
+        "zero_vector": (3, ["tiny (largest 1.4e-45)", "small (largest 2e-08)", "zero"])
     }
-    assert report.kept == [3, 4] and report.skipped == 3
+    assert report.kept == [3, 4, 5] and report.skipped == 3
+    by_l2 = validate(recs, DIM, parse_policies("skip", []), cosine=False)
+    assert {i.kind: (i.count, i.first) for i in by_l2.issues} == {"zero_vector": (1, ["zero"])}
+    assert by_l2.kept == [0, 1, 3, 4, 5]
 
 
 def test_a_metadata_key_no_filter_can_name_is_unstorable() -> None:

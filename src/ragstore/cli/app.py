@@ -241,15 +241,14 @@ def build_command() -> Any:
 
 def _usage_line(exc: click_exceptions.UsageError) -> str:
     message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
     if isinstance(exc, click_exceptions.NoSuchOption) and not exc.option_name.startswith("--"):
         # `ragstore search "-tape backups"` (a query that starts with an excluded word, the
         # documented -word syntax) answered "No such option: -t", which names neither the
         # query nor a way to pass it
-        message += (
-            "; a value that starts with '-' (a query's -word, say) goes after '--', e.g. "
-            "ragstore search -- '-tape backups'"
-        )
-    ctx = getattr(exc, "ctx", None)
+        message += "; a value that starts with '-' goes after '--'"
+        if ctx is not None and ctx.info_name == "search":
+            message += " (a query's -word, say), e.g. ragstore search -- '-tape backups'"
     where = ctx.command_path if ctx is not None else "ragstore"
     return f"error[usage]: {message} (see '{where} --help')"
 

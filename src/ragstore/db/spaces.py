@@ -54,16 +54,21 @@ HALFVEC_MAX_VALUE = 65504.0
 # the HNSW index as subnormals or zeros, its direction coarse or gone (cosine has nothing to
 # rank it by)
 HALFVEC_SMALLEST_NORMAL = 2.0**-14
+# a value of this magnitude or less is zero in half precision (half the smallest subnormal,
+# 2**-24, rounds to even: to zero)
+HALFVEC_ZERO = 2.0**-25
 
 
 def without_direction(vectors: npt.ArrayLike) -> npt.NDArray[np.bool_]:
     """For each row of ``vectors`` (a single vector is one row): whether every value is
-    below ``HALFVEC_SMALLEST_NORMAL`` in magnitude, an all-zero vector included. The index
-    keeps such a vector as half precision zeros and its float32 norm underflows, so its
-    cosine distance to every query is NaN: stored, it is never found. The one check
-    ``add_texts`` refuses such a vector by and ``ragstore import`` counts it by."""
+    zero in half precision (:data:`HALFVEC_ZERO` or less in magnitude), an all-zero vector
+    included. The index keeps such a vector as zeros, so its cosine distance to every
+    query is NaN: stored in a cosine space, it is never found. (Values between that and
+    :data:`HALFVEC_SMALLEST_NORMAL` are kept as subnormals: coarse, but with a direction,
+    and found.) The one check ``add_texts`` refuses such a vector by and ``ragstore
+    import`` counts it by, both where the space ranks by cosine."""
     tops = np.abs(np.atleast_2d(np.asarray(vectors, dtype=np.float32))).max(axis=1, initial=0.0)
-    return np.asarray(tops < HALFVEC_SMALLEST_NORMAL)
+    return np.asarray(tops <= HALFVEC_ZERO)
 
 
 def check_dimension(dimension: int, what: str) -> None:

@@ -420,7 +420,14 @@ def plan_import(
             existing = _existing_ids(conn, coll.id, [r.id for r in records if r.id])
             config = documents.ts_config_name(conn, coll.id)
         unindexable = unindexable_texts(conn, config, records)
-    report = validate(records, spec.dimension, opts.policies, existing, unindexable)
+    report = validate(
+        records,
+        spec.dimension,
+        opts.policies,
+        existing,
+        unindexable,
+        cosine=spec.distance == "cosine",
+    )
     checked = (
         check_declared_model(rt, spec, records, report.kept, opts.trust_vectors)
         if report.ok

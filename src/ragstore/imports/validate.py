@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ragstore.db.spaces import HALFVEC_MAX_VALUE, HALFVEC_SMALLEST_NORMAL, without_direction
+from ragstore.db.spaces import HALFVEC_MAX_VALUE, HALFVEC_ZERO, without_direction
 from ragstore.errors import InputError
 from ragstore.imports.records import Record
 from ragstore.validation import problem_in
@@ -49,8 +49,9 @@ DESCRIPTIONS = {
     "dimension_mismatch": "vectors whose length is not the model's dimension",
     "non_finite": "vectors holding NaN, infinity or a value beyond ±65,504 (the index keeps "
     "vectors in half precision)",
-    "zero_vector": "vectors with no direction: all zeros, or every value below "
-    f"{HALFVEC_SMALLEST_NORMAL:.2g} in magnitude (zeros in the half precision the index keeps)",
+    "zero_vector": "vectors with no direction: all zeros, or, where the collection ranks by "
+    f"cosine, every value {HALFVEC_ZERO:.2g} or less in magnitude (zeros in the half "
+    "precision the index keeps)",
     "missing_text": "records without text",
     "unstorable": "ids, texts or metadata the database cannot store (a NUL character, a "
     "lone surrogate, a number out of range, a text too large for the full-text index)",
@@ -120,8 +121,13 @@ def validate(
     policies: Mapping[str, str],
     existing_ids: set[str] | frozenset[str] = frozenset(),
     unindexable: set[int] | frozenset[int] = frozenset(),
+    cosine: bool = True,
 ) -> ValidationReport:
     """Judge every record against the declared dimension and the policies.
+
+    ``cosine``: the collection ranks by cosine, where a vector that half precision keeps
+    as zeros is never found (:func:`ragstore.db.spaces.without_direction`); by l2 or
+    inner product such a vector is the origin, and ranks.
 
     ``unindexable``: the indices of the records whose text the database found too large
     for its full-text index (:func:`ragstore.imports.service.unindexable_texts`), counted
@@ -151,9 +157,10 @@ def validate(
         if not np.isfinite(vec).all() or np.abs(vec).max(initial=0.0) > HALFVEC_MAX_VALUE:
             issues["non_finite"].add(label)
             found.append("non_finite")
-        elif vec.size and without_direction(vec)[0]:  # [] has only too few dimensions
-            # values all tiny (1e-45) are zeros to the index, as add_texts refuses them: the
-            # record was imported and then never found, its distance to every query NaN
+        elif vec.size and (cosine or not vec.any()) and without_direction(vec)[0]:
+            # ([] has only too few dimensions) values all tiny (1e-45) are zeros to the
+            # index, as add_texts refuses them where cosine: the record was imported and
+            # then never found, its distance to every query NaN. All zeros: any distance
             top = float(np.abs(vec).max())
             issues["zero_vector"].add(f"{label} (largest {top:.3g})" if top else label)
             found.append("zero_vector")

@@ -154,17 +154,17 @@ def _checked(
                     "similarity, which a vector with no direction has none of; give a "
                     "non-zero vector"
                 )
-            # values all tiny (1e-45): the index kept zeros and the float32 norm underflowed,
-            # so the text was stored and then never found, its distance to every query NaN
+            # values all tiny (1e-45): the index kept zeros, so the text was stored and
+            # then never found, its distance to every query NaN
             tiny = np.flatnonzero(spaces.without_direction(matrix))
             if tiny.size:
                 i = int(tiny[0])
                 top = float(np.abs(matrix[i]).max())
                 raise InputError(
-                    f"vectors[{i}] has no value of {spaces.HALFVEC_SMALLEST_NORMAL:.2g} or "
-                    f"more (its largest is {top:.3g}): the index keeps vectors in "
-                    "half precision, where it has no direction for cosine similarity to "
-                    "rank; scale it up (cosine ignores a vector's length)"
+                    f"vectors[{i}] has no value above {spaces.HALFVEC_ZERO:.2g} (its largest "
+                    f"is {top:.3g}): the index keeps vectors in half precision, where it "
+                    "is all zeros, with no direction for cosine similarity to rank; scale "
+                    "it up (cosine ignores a vector's length)"
                 )
     return out_ids, metas, matrix
 

@@ -248,8 +248,10 @@ def source_of(settings: Settings, collection: str, name: str) -> str:
 def exact_source(settings: Settings, collection: str, source: str) -> str | None:
     """The stored source a ``source`` filter names: an absolute path is a source as given,
     a relative one an upload's name (in NFC, as :func:`source_of` stores it). ``None`` for
-    a name no upload can have (it names no document). The HTTP route, ``Store`` and the CLI
-    share it, so a name finds the same document on the database as through a server."""
+    a name no upload can have (it names no document). The HTTP route and ``Store`` share
+    it, so a name finds the same document on the database as through a server (the CLI's
+    local ``documents show PATH`` also resolves a relative path against the working folder
+    and follows links, which means nothing on a server)."""
     if source.startswith("/"):
         return source
     try:
