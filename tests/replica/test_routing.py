@@ -424,16 +424,10 @@ def test_a_probe_that_connects_after_close_gave_up_waiting_closes_what_it_opened
     """A multi-host replica URL whose first hosts never answer costs one probe a probe
     timeout per host: longer than ``close()`` waits for it. The probe connected the last
     host after the close and kept the connection; it closes it as it ends now."""
-    params = conninfo_to_dict(database_url)
     primary = Database(database_url)
     with _blackhole() as (port, taken):
         dead = 6  # 12 s of connecting: past the close's wait (PROBE_TIMEOUT_S + query, twice)
-        url = make_conninfo(
-            database_url,
-            host=",".join(["127.0.0.1"] * dead + [str(params.get("host") or "")]),
-            port=",".join([str(port)] * dead + [str(params.get("port") or 5432)]),
-        )
-        router = ReadRouter(primary, [url], max_lag_s=5, wait_s=0)
+        router = ReadRouter(primary, [_multi_host(database_url, port, dead)], max_lag_s=5, wait_s=0)
         reader = threading.Thread(target=router.choose, daemon=True)
         try:
             reader.start()

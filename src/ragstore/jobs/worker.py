@@ -32,7 +32,11 @@ from ragstore.db.jobs import (
     RETENTION_BATCH,
     prune_args,
 )
-from ragstore.errors import RagstoreError, ReadOnlyError, SchemaMismatchError
+from ragstore.errors import (
+    DatabaseUnavailableError,
+    ReadOnlyError,
+    SchemaMismatchError,
+)
 from ragstore.jobs import staging
 from ragstore.jobs.liveness import LiveJobManager
 from ragstore.jobs.queue import QUEUE, build_queue, queue_pool
@@ -332,8 +336,8 @@ async def _run(
                     return None
             except SchemaMismatchError as exc:
                 return exc
-            except (RagstoreError, psycopg_pool.PoolTimeout):
-                return None
+            except (DatabaseUnavailableError, psycopg_pool.PoolTimeout):
+                return None  # down or busy: the loop's to notice; anything else surfaces
 
         def look_at_schema() -> None:
             """An idle worker left running through ``db upgrade`` stops too, not at its
