@@ -206,6 +206,14 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(5.0, gt=0, le=300)
     search_k: int = Field(10, ge=1, le=1000, description="Hits returned when a search names no k.")
     hnsw_ef_search: int = Field(100, ge=1, le=1000, description="Default HNSW ef_search.")
+    max_answer_chunks: int = Field(
+        20_000,
+        ge=1,
+        description="The most chunks one search may ask to be answered with: k hits, each "
+        "with its context (k x (1 + 2 x N) for N neighbouring chunks, k x 200 for a "
+        "section); a search asking for more is refused with answer_too_large before it "
+        "runs. The default lets any search of k <= 100 through, whatever its context.",
+    )
     search_timeout_s: float = Field(
         30.0,
         ge=0,

@@ -43,6 +43,7 @@ are caught, never passed through to a user.
     │   ├── ParseTimeoutError           parse_timeout
     │   ├── EncryptedDocumentError      encrypted_document
     │   ├── InvalidFilterError          invalid_filter
+    │   ├── AnswerTooLargeError         answer_too_large
     │   ├── MalformedRequestError       malformed_request
     │   ├── ImportSourceError           import_source_invalid
     │   └── ImportValidationError       import_invalid
@@ -383,6 +384,14 @@ class EncryptedDocumentError(InputError):
 class InvalidFilterError(InputError):
     code = "invalid_filter"
     http_status = 400
+
+
+class AnswerTooLargeError(InputError):
+    """A search asking for more chunks in its answer (``k`` hits, each with its context)
+    than ``RAGSTORE_MAX_ANSWER_CHUNKS``: refused before it runs, as one request's answer
+    of that size held hundreds of megabytes of the server's memory."""
+
+    code = "answer_too_large"
 
 
 class ImportSourceError(InputError):

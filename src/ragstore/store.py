@@ -740,7 +740,7 @@ def search_response(
     """One search as the Store and the HTTP route run it: hits (with context if asked),
     timing, and with ``explain`` the plan of the lists and their fusion."""
     from ragstore.search import service
-    from ragstore.search.context import parse_context, with_context
+    from ragstore.search.context import check_answer_size, parse_context, with_context
     from ragstore.search.hybrid import FusionParams
     from ragstore.search.plan import search_plan
 
@@ -749,6 +749,10 @@ def search_response(
     flag(sections, "sections")
     flag(mmr, "mmr")
     resolved = service.resolve_mode(mode, query, vector)
+    context_mode = None if context is None else parse_context(str(context))
+    # before any statement: an answer of k hits each with its context can take hundreds
+    # of megabytes to build (RAGSTORE_MAX_ANSWER_CHUNKS bounds it)
+    check_answer_size(k, context_mode, rt.settings.max_answer_chunks)
 
     defaults = FusionParams()
     fusion = FusionParams(
@@ -776,9 +780,9 @@ def search_response(
         )
 
     hits = run_search()
-    if context is not None:
+    if context_mode is not None:
         # a document written since the search: the search runs again (with_context)
-        hits = with_context(rt, hits, parse_context(str(context)), search_again=run_search)
+        hits = with_context(rt, hits, context_mode, search_again=run_search)
     took = round((time.perf_counter() - t0) * 1000, 3)
     plan = None
     if explain:

@@ -36,6 +36,13 @@ SEARCH = {"query": "rollback downgrade", "k": 1000, "context": 50, "explain": Tr
 
 
 @pytest.fixture(scope="module")
+def settings(settings: Settings) -> Settings:
+    """This module's servers and runtimes take an answer of ``SEARCH``'s size (up to
+    101,000 chunks: the loop must stay free while it is written), over the default bound."""
+    return settings.model_copy(update={"max_answer_chunks": 101_000})
+
+
+@pytest.fixture(scope="module")
 def filled(open_url: str) -> Iterator[tuple[str, int]]:
     """A collection ``big`` with one many-chunk document, texts ``t-0``..``t-49``; its
     document id."""

@@ -343,7 +343,10 @@ class SearchRequest(Strict):
         None,
         examples=[2, "section"],
         description="Neighbouring chunks around each hit (0-50), or 'section' for the "
-        "whole enclosing section (hits sharing one are merged).",
+        "whole enclosing section (hits sharing one are merged). A search whose answer "
+        "could carry more than the server's RAGSTORE_MAX_ANSWER_CHUNKS chunks (k x (1 + "
+        "2 x N), k x 200 with 'section'; 20,000 by default) is refused with "
+        "answer_too_large.",
     )
     explain: bool = False
     ef_search: int | None = Field(None, ge=1, le=1000)

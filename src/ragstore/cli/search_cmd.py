@@ -237,7 +237,7 @@ def register(app: typer.Typer) -> None:
         """Search a collection; prints ranked chunks with score, document and section."""
         from ragstore.cli.remote import remote_client
         from ragstore.profiles import get_settings
-        from ragstore.search.context import parse_context
+        from ragstore.search.context import check_answer_size, parse_context
         from ragstore.search.filters import parse_filter
         from ragstore.search.mmr import refuse_without_mmr
         from ragstore.search.service import resolve_mode
@@ -292,6 +292,8 @@ def register(app: typer.Typer) -> None:
         from ragstore.search.hybrid import FusionParams
         from ragstore.search.service import search as run_search
 
+        # as a server refuses it (store.search_response), before the database is opened
+        check_answer_size(k, context_mode, settings.max_answer_chunks)
         fusion = FusionParams(rrf_k, vector_weight, fulltext_weight)
         with Runtime(settings) as rt:
 

@@ -524,7 +524,9 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             "like a built-in field (source, title, page, chunk_type, created_at, collection) "
             'is filtered as document.KEY, e.g. {"document.source": "crm"} (bare, it reads '
             "the built-in); list_fields gives each field's name. context: a number "
-            'of neighbouring chunks (0-50) or "section" to return each hit\'s whole section. '
+            'of neighbouring chunks (0-50) or "section" to return each hit\'s whole section '
+            "(k x (1 + 2 x context) chunks, k x 200 for a section, may be at most the "
+            "server's RAGSTORE_MAX_ANSWER_CHUNKS, 20,000 by default). "
             "mmr: true picks the k hits among the ranking's best fetch_k (default 20, at "
             "least k) for relevance and for difference from each other, so near-copies of "
             "one passage do not fill the hits; lambda_mult (0-1, default 0.5) weighs them: "

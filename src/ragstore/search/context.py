@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from ragstore.db.errors import translated
-from ragstore.errors import InputError
+from ragstore.errors import AnswerTooLargeError, InputError
 from ragstore.models import Hit
 from ragstore.runtime import Runtime
 
@@ -70,6 +70,45 @@ def parse_context(value: str, name: str = "context") -> ContextMode:
     raise InputError(
         f"{name} {value!r} is invalid: give a number of neighbouring chunks "
         f"(0-{MAX_NEIGHBOURS}) or 'section'"
+    )
+
+
+def answer_chunks(k: int, mode: ContextMode | None) -> int:
+    """The most chunks a search of ``k`` hits with context ``mode`` can answer with: each
+    hit and its ``N`` neighbours on each side, or its section of at most
+    ``MAX_SECTION_CHUNKS`` (a neighbour shared by two hits is sent with each)."""
+    if mode is None:
+        return k
+    if mode == "section":
+        return k * MAX_SECTION_CHUNKS
+    return k * (1 + 2 * int(mode))
+
+
+def check_answer_size(k: object, mode: ContextMode | None, limit: int) -> None:
+    """Refuse a search whose answer could carry more than ``limit`` chunks
+    (``RAGSTORE_MAX_ANSWER_CHUNKS``), before it runs: an answer costs the server about
+    4 KB of memory a chunk of 1,000 characters while it is built and written, so one
+    ``k=1000, context=50`` (up to 101,000 chunks) held hundreds of megabytes, and a few
+    such requests at once from any reader could take a server to its memory limit.
+
+    A ``k`` that is no number of hits (or out of 1..1000) is left to the search's own
+    check, which names it."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
+        return
+    most = answer_chunks(k, mode)
+    if most <= limit:
+        return
+    if mode is None:
+        asked = f"k={k}, no context"
+    elif mode == "section":
+        asked = f"k={k} hits, context='section': each with up to {MAX_SECTION_CHUNKS} chunks"
+    else:
+        asked = f"k={k} hits, context={mode}: each with {2 * int(mode)} neighbouring chunks"
+    raise AnswerTooLargeError(
+        f"the search asks for up to {most:,} chunks ({asked}), more "
+        f"than one answer may carry ({limit:,}, RAGSTORE_MAX_ANSWER_CHUNKS): ask for fewer "
+        "hits or less context, or raise RAGSTORE_MAX_ANSWER_CHUNKS where the search runs "
+        "(the server's setting, for a search through the API)"
     )
 
 
