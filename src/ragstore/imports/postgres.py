@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.types.json import set_json_loads
 
 from ragstore.config import conninfo_problem
-from ragstore.db.database import describe
+from ragstore.db.database import describe, stored_json
 from ragstore.errors import DatabaseUnavailableError, ImportSourceError
 from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vector
 
@@ -110,6 +111,10 @@ class PostgresTableSource:
                 f"connecting to the source {describe(self.url)}: {first}"
             ) from None
         conn.read_only = True
+        # its json/jsonb read as ragstore's own connections read them: jsonb keeps a
+        # number as numeric and writes ``1e20`` back as 100000000000000000000, which was
+        # read as that integer and then refused by validation as beyond 64 bits
+        set_json_loads(stored_json, conn)
         return conn
 
     def _relation(
@@ -288,6 +293,17 @@ class PostgresTableSource:
             ) from None
         except psycopg.Error as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if conn.broken:
+                # the server went away mid-read (restarted, the backend terminated, the
+                # network dropped): not a fault of the data, so not the source error (65)
+                # that told the user to fix a source that had nothing wrong with it
+                place = "before the first row" if after is None else f"after the row id={after}"
+                raise DatabaseUnavailableError(
+                    f"reading {self.description}: the connection to the source was lost "
+                    f"{place} ({first}); nothing was imported: run the import again once "
+                    "the source's server is back",
+                    says_outcome=True,
+                ) from None
             if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
                 first += (
                     " (the source is read in a read-only transaction, and reading it"
@@ -416,7 +432,7 @@ def _as_metadata(raw: Any, column: str) -> dict[str, Any]:
     (a list, a number) kept under the column's name."""
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = stored_json(raw)
         except json.JSONDecodeError:
             return {column: raw}
     if raw is None:
