@@ -869,6 +869,33 @@ def test_a_postgres_source_lost_mid_read_is_unavailable_not_invalid(pg_admin_uri
     assert err.value.exit_code == 69
 
 
+def test_a_postgres_source_lost_before_its_first_row_is_unavailable_too(
+    pg_admin_uri: str,
+    cli_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the connection terminated between its opening and the look at the table's columns
+    url = create_database(pg_admin_uri, None)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE gone (id int, text text, emb real[])")
+    connect = PostgresTableSource._connect
+
+    def connect_then_lose(self: PostgresTableSource) -> psycopg.Connection[tuple[Any, ...]]:
+        conn = connect(self)
+        with psycopg.connect(pg_admin_uri, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        return conn
+
+    monkeypatch.setattr(PostgresTableSource, "_connect", connect_then_lose)
+    args = ["-c", "pg-gone", "--model", "legacy@v1", "--dimension", str(DIM), "--no-backup"]
+    assert run_cli("import", url, "--table", "gone", *args) == 69
+    err = capsys.readouterr().err
+    assert "error[database_unavailable]: reading PostgreSQL table gone on " in err
+    assert "the connection to the source was lost before the first row (" in err
+    assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "pg-gone")["exists"]
+
+
 @pytest.mark.parametrize(
     ("field", "value", "shown"),
     [

@@ -156,6 +156,8 @@ class PostgresTableSource:
                 ).fetchall()
             )
         except psycopg.Error as exc:
+            if conn.broken:
+                raise _lost(self.description, "before the first row", exc) from None
             raise ImportSourceError(f"{self.description}: {exc}") from None
         if relation is None or not rows:
             raise ImportSourceError(
@@ -296,16 +298,8 @@ class PostgresTableSource:
         except psycopg.Error as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             if conn.broken:
-                # the server went away mid-read (restarted, the backend terminated, the
-                # network dropped): not a fault of the data, so not the source error (65)
-                # that told the user to fix a source that had nothing wrong with it
                 place = "before the first row" if after is None else f"after the row id={after}"
-                raise DatabaseUnavailableError(
-                    f"reading {self.description}: the connection to the source was lost "
-                    f"{place} ({first}); nothing was imported: run the import again once "
-                    "the source's server is back",
-                    says_outcome=True,
-                ) from None
+                raise _lost(self.description, place, exc) from None
             if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
                 first += (
                     " (the source is read in a read-only transaction, and reading it"
@@ -313,6 +307,18 @@ class PostgresTableSource:
                     " from a table, or a view that only reads"
                 )
             raise ImportSourceError(f"reading {self.description}: {first}") from None
+
+
+def _lost(description: str, place: str, exc: psycopg.Error) -> DatabaseUnavailableError:
+    """The error for a source whose connection broke (its server restarted, the backend
+    was terminated, the network dropped): not a fault of the data, so not the source
+    error (exit 65) that told the user to fix a source with nothing wrong in it."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return DatabaseUnavailableError(
+        f"reading {description}: the connection to the source was lost {place} ({first}); "
+        "nothing was imported: run the import again once the source's server is back",
+        says_outcome=True,
+    )
 
 
 def _null_vector(where: str, column: str, table: str, view: str, how: str) -> ImportSourceError:
@@ -386,6 +392,8 @@ class LangChainPGVectorSource(PostgresTableSource):
                 sql.SQL("SELECT uuid::text, name FROM {} ORDER BY name").format(table)
             ).fetchall()
         except psycopg.Error as exc:
+            if conn.broken:
+                raise _lost(self.description, "before the first row", exc) from None
             raise ImportSourceError(f"reading {self.description}: {exc}") from None
         names = ", ".join(repr(r[1]) for r in found) or "none"
         if self.collection is None:
@@ -519,6 +527,8 @@ class LlamaIndexPGVectorSource(PostgresTableSource):
             try:
                 relation = self._relation(conn)
             except psycopg.Error as exc:
+                if conn.broken:
+                    raise _lost(self.description, "before the first row", exc) from None
                 raise ImportSourceError(f"{self.description}: {exc}") from None
             if relation is None and self.given.rpartition(".")[2].lower().startswith("data_"):
                 self.table = self.given
