@@ -16,6 +16,9 @@ import numpy as np
 import psycopg
 import pytest
 
+from ragstore.db.database import stored_json
+from ragstore.errors import DatabaseUnavailableError
+from ragstore.imports.postgres import PostgresTableSource
 from tests.conftest import create_database, run_cli
 from tests.imports.helpers import (
     checksum,
@@ -758,6 +761,139 @@ def test_postgres_numeric_columns_stay_numbers_in_the_metadata(
             "made": "2024-01-02",
         },
     )
+
+
+def test_postgres_numbers_beyond_64_bits_are_read_as_the_floats_ragstore_reads(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # jsonb keeps 1e20 as numeric and gives it back as 100000000000000000000, which the
+    # source's connection read as that integer (ragstore's own read it as a float), and
+    # a numeric column's 1e20 became the same integer: the import refused both as beyond
+    # 64 bits ("unstorable"), so such a source could not be imported at all
+    url = create_database(pg_admin_uri, None)
+    vec = vectors(1, DIM, seed=13)
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "CREATE TABLE wide (id text, body text, emb real[], tags jsonb, extra json,"
+            " big numeric)"
+        )
+        conn.execute(
+            "INSERT INTO wide VALUES ('w', 'a thing', %s, '{\"x\": 1e20, \"n\": 7}',"
+            " '{\"y\": 100000000000000000000}', 1e20)",
+            (vec[0].tolist(),),
+        )
+    report = _import(
+        capsys, url, "--table", "wide", "-c", "pg-wide", "--model", "legacy@v1",
+        "--dimension", str(DIM),
+    )  # fmt: skip
+    _assert_verified(report, ["w"], vec)
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        row = conn.execute(
+            "SELECT k.metadata::text FROM chunks k JOIN documents d ON d.id = k.document_id"
+            " JOIN collections c ON c.id = d.collection_id WHERE c.name = 'pg-wide'"
+        ).fetchone()
+    assert row is not None
+    assert stored_json(row[0]) == {"tags": {"x": 1e20, "n": 7}, "extra": {"y": 1e20}, "big": 1e20}
+
+
+def test_a_postgres_row_with_a_null_vector_says_how_to_leave_such_rows_out(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a row whose embedding is still to be made was refused with "the record has no
+    # vector" and no more; the view the error suggests imports the others
+    url = create_database(pg_admin_uri, None)
+    vecs = vectors(2, DIM, seed=14)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE pending (id text, text text, embedding real[])")
+        conn.execute(
+            "INSERT INTO pending VALUES ('a', 't', %s), ('b', 't', NULL), ('c', 't', %s)",
+            (vecs[0].tolist(), vecs[1].tolist()),
+        )
+    args = ["-c", "pg-pending", "--model", "legacy@v1", "--dimension", str(DIM)]
+    assert run_cli("import", url, "--table", "pending", *args, "--no-backup") == 65
+    err = capsys.readouterr().err
+    assert (
+        "error[import_source_invalid]: pending row id=b: the vector column embedding is NULL; "
+        "to import the rows that have one, make a view of them (CREATE VIEW ready AS SELECT * "
+        "FROM pending WHERE embedding IS NOT NULL) and import it with --table ready"
+    ) in err
+    assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "pg-pending")["exists"]
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE VIEW ready AS SELECT * FROM pending WHERE embedding IS NOT NULL")
+    _assert_verified(_import(capsys, url, "--table", "ready", *args), ["a", "c"], vecs)
+
+
+def test_a_postgres_source_written_while_it_is_read_is_read_as_it_was(
+    pg_admin_uri: str,
+) -> None:
+    url = create_database(pg_admin_uri, None)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE live (id int, text text, emb real[])")
+        for i in range(6):
+            conn.execute("INSERT INTO live VALUES (%s, 't', %s)", (i, vectors(1, DIM)[0].tolist()))
+    read = PostgresTableSource(url, "live", batch_rows=2).records()
+    first = next(read)
+    with psycopg.connect(url) as conn:  # committed between two fetches of the read
+        conn.execute("INSERT INTO live VALUES (9, 'new', %s)", (vectors(1, DIM)[0].tolist(),))
+        conn.execute("DELETE FROM live WHERE id = 5")
+        conn.execute("UPDATE live SET text = 'changed' WHERE id = 4")
+    got = [(r.id, r.text) for r in [first, *read]]
+    assert got == [(str(i), "t") for i in range(6)]
+
+
+def test_a_postgres_source_lost_mid_read_is_unavailable_not_invalid(pg_admin_uri: str) -> None:
+    # the source's backend terminated between two fetches was reported as a source that
+    # is invalid (exit 65, "fix the source"), naming no place; it is the source being
+    # away (69), said with the row the read got to and that nothing was imported
+    url = create_database(pg_admin_uri, None)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE gone (id int, text text, emb real[])")
+        for i in range(6):
+            conn.execute("INSERT INTO gone VALUES (%s, 't', %s)", (i, vectors(1, DIM)[0].tolist()))
+        dbname = conn.info.dbname
+    read = PostgresTableSource(url, "gone", batch_rows=2).records()
+    assert next(read).id == "0"
+    with psycopg.connect(pg_admin_uri, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = %s AND state = 'idle in transaction'",
+            (dbname,),
+        ).fetchone()
+    assert killed == (1,)
+    with pytest.raises(DatabaseUnavailableError) as err:
+        list(read)
+    said = str(err.value)
+    assert said.startswith("reading PostgreSQL table gone on postgresql://")
+    assert "the connection to the source was lost after the row id=" in said
+    assert "nothing was imported: run the import again" in said
+    assert err.value.exit_code == 69
+
+
+def test_a_postgres_source_lost_before_its_first_row_is_unavailable_too(
+    pg_admin_uri: str,
+    cli_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the connection terminated between its opening and the look at the table's columns
+    url = create_database(pg_admin_uri, None)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE gone (id int, text text, emb real[])")
+    connect = PostgresTableSource._connect
+
+    def connect_then_lose(self: PostgresTableSource) -> psycopg.Connection[tuple[Any, ...]]:
+        conn = connect(self)
+        with psycopg.connect(pg_admin_uri, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        return conn
+
+    monkeypatch.setattr(PostgresTableSource, "_connect", connect_then_lose)
+    args = ["-c", "pg-gone", "--model", "legacy@v1", "--dimension", str(DIM), "--no-backup"]
+    assert run_cli("import", url, "--table", "gone", *args) == 69
+    err = capsys.readouterr().err
+    assert "error[database_unavailable]: reading PostgreSQL table gone on " in err
+    assert "the connection to the source was lost before the first row (" in err
+    assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "pg-gone")["exists"]
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.types.json import set_json_loads
 
 from ragstore.config import conninfo_problem
-from ragstore.db.database import describe
+from ragstore.db.database import describe, stored_json
 from ragstore.errors import DatabaseUnavailableError, ImportSourceError
 from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vector
 
@@ -110,6 +111,10 @@ class PostgresTableSource:
                 f"connecting to the source {describe(self.url)}: {first}"
             ) from None
         conn.read_only = True
+        # its json/jsonb read as ragstore's own connections read them: jsonb keeps a
+        # number as numeric and writes ``1e20`` back as 100000000000000000000, which was
+        # read as that integer and then refused by validation as beyond 64 bits
+        set_json_loads(stored_json, conn)
         return conn
 
     def _relation(
@@ -151,6 +156,8 @@ class PostgresTableSource:
                 ).fetchall()
             )
         except psycopg.Error as exc:
+            if conn.broken:
+                raise _lost(self.description, "before the first row", exc) from None
             raise ImportSourceError(f"{self.description}: {exc}") from None
         if relation is None or not rows:
             raise ImportSourceError(
@@ -249,6 +256,8 @@ class PostgresTableSource:
             single_meta = len(meta_cols) == 1 and meta_cols[0] in (self.metadata_column, "metadata")
             for row in self._rows(conn, stmt):
                 where = f"{self.table} row id={row[0]}"
+                if row[2] is None:
+                    raise _null_vector(where, vec_col, self.table, "ready", "--table ready")
                 vector = to_vector(self._vector(row[2], kind, where), where)
                 if single_meta:
                     raw = row[3]
@@ -288,6 +297,9 @@ class PostgresTableSource:
             ) from None
         except psycopg.Error as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if conn.broken:
+                place = "before the first row" if after is None else f"after the row id={after}"
+                raise _lost(self.description, place, exc) from None
             if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
                 first += (
                     " (the source is read in a read-only transaction, and reading it"
@@ -295,6 +307,29 @@ class PostgresTableSource:
                     " from a table, or a view that only reads"
                 )
             raise ImportSourceError(f"reading {self.description}: {first}") from None
+
+
+def _lost(description: str, place: str, exc: psycopg.Error) -> DatabaseUnavailableError:
+    """The error for a source whose connection broke (its server restarted, the backend
+    was terminated, the network dropped): not a fault of the data, so not the source
+    error (exit 65) that told the user to fix a source with nothing wrong in it."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return DatabaseUnavailableError(
+        f"reading {description}: the connection to the source was lost {place} ({first}); "
+        "nothing was imported: run the import again once the source's server is back",
+        says_outcome=True,
+    )
+
+
+def _null_vector(where: str, column: str, table: str, view: str, how: str) -> ImportSourceError:
+    """The error for a row whose vector column is NULL (a row whose embedding is still to
+    be made, say): it said "the record has no vector" and no more, though such rows are
+    common, and a view leaves them out."""
+    return ImportSourceError(
+        f"{where}: the vector column {column} is NULL; to import the rows that have one, "
+        f"make a view of them (CREATE VIEW {view} AS SELECT * FROM {table} WHERE {column} "
+        f"IS NOT NULL) and import it with {how}"
+    )
 
 
 def _vector_expr(column: str, type_name: str, table: str) -> sql.Composable:
@@ -357,6 +392,8 @@ class LangChainPGVectorSource(PostgresTableSource):
                 sql.SQL("SELECT uuid::text, name FROM {} ORDER BY name").format(table)
             ).fetchall()
         except psycopg.Error as exc:
+            if conn.broken:
+                raise _lost(self.description, "before the first row", exc) from None
             raise ImportSourceError(f"reading {self.description}: {exc}") from None
         names = ", ".join(repr(r[1]) for r in found) or "none"
         if self.collection is None:
@@ -403,6 +440,15 @@ class LangChainPGVectorSource(PostgresTableSource):
             ).format(id_expr, _vector_expr("embedding", columns["embedding"], self.table), table)
             for rid, text, vec, meta in self._rows(conn, stmt, (uuid,)):
                 where = f"{self.description} row id={rid}"
+                if vec is None:
+                    raise _null_vector(
+                        where,
+                        "embedding",
+                        self.table,
+                        "ready",
+                        "--format postgres --table ready --id-column id --text-column document"
+                        " --metadata-column cmetadata (its WHERE naming the collection_id too)",
+                    )
                 yield Record(
                     to_id(rid, where),
                     to_text(text, where),
@@ -416,7 +462,7 @@ def _as_metadata(raw: Any, column: str) -> dict[str, Any]:
     (a list, a number) kept under the column's name."""
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = stored_json(raw)
         except json.JSONDecodeError:
             return {column: raw}
     if raw is None:
@@ -481,6 +527,8 @@ class LlamaIndexPGVectorSource(PostgresTableSource):
             try:
                 relation = self._relation(conn)
             except psycopg.Error as exc:
+                if conn.broken:
+                    raise _lost(self.description, "before the first row", exc) from None
                 raise ImportSourceError(f"{self.description}: {exc}") from None
             if relation is None and self.given.rpartition(".")[2].lower().startswith("data_"):
                 self.table = self.given
@@ -496,6 +544,14 @@ class LlamaIndexPGVectorSource(PostgresTableSource):
             )
             for rid, text, vec, raw in self._rows(conn, stmt):
                 where = f"{self.description} row node_id={rid}"
+                if vec is None:
+                    raise _null_vector(
+                        where,
+                        "embedding",
+                        self.table,
+                        "data_ready",
+                        "--format llamaindex-pgvector --table data_ready",
+                    )
                 meta = _as_metadata(raw, "metadata_")
                 embedded = llamaindex_embedded_text(text, meta)
                 for key in LLAMAINDEX_INTERNAL:

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragstore.errors import ImportSourceError
+from ragstore.validation import INT64_MAX, INT64_MIN
 
 Vector = npt.NDArray[np.float32]
 
@@ -163,10 +164,12 @@ def _decimal(value: Decimal) -> int | float | str:
     became its string form, so a price 9.99 was stored as ``"9.99"``, which no numeric
     filter matches; only a value with more digits than a float keeps stays a string, as
     the exact text. NaN and infinities stay so, as floats, for validation to refuse
-    (``unstorable``, like a float's): JSON has no form of them."""
+    (``unstorable``, like a float's): JSON has no form of them. An integer beyond 64 bits
+    is a float where one holds it exactly (``1e20``), as ragstore reads stored JSON
+    (:func:`ragstore.db.database.stored_json`): as an integer, validation refused it."""
     if not value.is_finite():
         return float(value)
-    if value == value.to_integral_value():
+    if value == value.to_integral_value() and INT64_MIN <= value <= INT64_MAX:
         return int(value)
     as_float = float(value)
     return as_float if Decimal(repr(as_float)) == value else str(value)
