@@ -198,7 +198,11 @@ def _check_collection(
                 ),
                 partial(_embed_missing, rt, coll, by_table[s.table]),
             )
-        if s.missing is not None and not s.index and s.vectors:
+        # a shadow being built (a re-cutting model migration under way, or one that was
+        # stopped) has its index built once, after its backfill, as a plain migration's
+        # space does: its absence was reported as damage, the check exited 1 and --repair
+        # built the index under the backfill (every batch resumed after it paid for it)
+        if s.missing is not None and not s.index and s.vectors and s.status != "building":
             repairing(
                 Finding(
                     where,

@@ -1,0 +1,242 @@
+"""Model migrations killed outright (SIGKILL) at their decisive points.
+
+The resume of a plain backfill killed midway is proven in ``test_resume``; here: a
+re-cutting migration killed after some of its batches committed, a migration killed as
+it switches, and a rollback killed as it switches back. After each, searches answer from
+one whole model, ``ragstore db check`` is clean and the same command run again ends in the
+state it promises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ragstore.config import Settings
+from ragstore.db import documents, repository, spaces
+from ragstore.db.models import upsert_model
+from ragstore.embedding.registry import DEFAULT_MODEL, TRUNCATED_MODEL, resolve_spec
+from ragstore.ingest import ingest_paths
+from ragstore.modelops import rechunk
+from ragstore.modelops.specs import model_spec
+from ragstore.runtime import Runtime
+from ragstore.search import search
+from tests.conftest import run_cli
+
+NARROW = "minilm-96-killed"
+SENTENCE = "The {t} of part {p} behave in ways that take a long sentence, number {n}, to explain. "
+
+
+def _write(folder: Path, docs: int) -> Path:
+    """``docs`` Markdown files, each one paragraph of ~120 tokens: one chunk at 256 tokens,
+    two at 96 (a migration to the narrow model cuts them again)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in range(docs):
+        text = "".join(SENTENCE.format(t=f"topic{d}", p=d, n=n) for n in range(6))
+        (folder / f"doc{d}.md").write_text(f"# Document {d}\n\n{text}\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def narrow(rt: Runtime) -> str:
+    base = resolve_spec(DEFAULT_MODEL)
+    with rt.db.connection() as conn:
+        upsert_model(conn, dataclasses.replace(base, name=NARROW, max_tokens=96))
+    return NARROW
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    assert settings.database_url is not None
+    return {
+        **os.environ,
+        "RAGSTORE_DATABASE_URL": settings.database_url.get_secret_value(),
+        "RAGSTORE_DATA_DIR": str(settings.data_dir),
+        "RAGSTORE_PROFILE": "test",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "RAGSTORE_DEVICE": "cpu",
+    }
+
+
+def _kill_when(
+    settings: Settings, args: list[str], log: Path, ready: Callable[[], bool]
+) -> subprocess.Popen[bytes]:
+    """Run ``ragstore ARGS`` in a child and SIGKILL it once ``ready()`` holds."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from ragstore.cli import main; main()", *args],
+            env=_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the command ended before it was killed: {log.read_text()}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return proc
+
+
+def _waiting_on_a_lock(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+            " AND datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+@contextmanager
+def _row_held(url: str, coll_id: int) -> Iterator[None]:
+    """The collection's row held FOR UPDATE: a switch waits for it."""
+    with psycopg.connect(url) as conn:
+        conn.execute("SELECT 1 FROM collections WHERE id = %s FOR UPDATE", (coll_id,))
+        yield
+        conn.rollback()
+
+
+def _gone(url: str) -> None:
+    """Wait until the killed child's backends are gone (their locks released)."""
+    deadline = time.monotonic() + 60
+    with psycopg.connect(url, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND pid <> pg_backend_pid()"
+            ).fetchone()
+            if row == (0,):
+                return
+            assert time.monotonic() < deadline, "a killed command's lock was never released"
+            time.sleep(0.05)
+
+
+def _check_clean(capsys: pytest.CaptureFixture[str], collection: str) -> None:
+    capsys.readouterr()
+    assert run_cli("db", "check", "-c", collection) == 0
+    out = capsys.readouterr().out
+    assert "ok: nothing to repair" in out, out
+
+
+def _hits(rt: Runtime, collection: str) -> int:
+    return len(search(rt, "topic3 of part 3", collection=collection, k=5, mode="vector"))
+
+
+def test_a_recut_migration_killed_after_some_batches_resumes_and_switches(
+    rt: Runtime,
+    settings: Settings,
+    cli_env: dict[str, str],
+    narrow: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    coll_name = "killed-recut"
+    docs = rechunk.BATCH_DOCUMENTS + 40
+    ingest_paths(rt, [_write(tmp_path / "c", docs)], coll_name)
+    coll = rt.collection(coll_name)
+    old_key = coll.model.key
+    with rt.db.connection() as conn:
+        chunks_before = spaces.count_vectors(conn, coll.table)
+
+    def some_committed() -> bool:
+        with rt.db.connection() as conn:
+            sh = rechunk.building_shadow(conn, rt.collection(coll_name))
+            return sh is not None and documents.count_documents(conn, sh.id) > 0
+
+    _kill_when(
+        settings,
+        ["models", "migrate", "-c", coll_name, "--to", narrow],
+        tmp_path / "m.log",
+        some_committed,
+    )
+    _gone(cli_env["RAGSTORE_DATABASE_URL"])
+    coll = rt.collection(coll_name)
+    assert coll.model.key == old_key
+    with rt.db.connection() as conn:
+        assert spaces.count_vectors(conn, coll.table) == chunks_before
+        sh = rechunk.building_shadow(conn, coll)
+        assert sh is not None
+        stored = documents.count_documents(conn, sh.id)
+    assert 0 < stored < docs, "killed midway, with a batch committed"
+    assert _hits(rt, coll_name) == 5
+    _check_clean(capsys, coll_name)
+    capsys.readouterr()
+    assert run_cli("models", "migrate", "-c", coll_name, "--to", narrow) == 0
+    err = capsys.readouterr().err
+    assert f"({stored} documents already done, {docs} in all)" in err, err
+    coll = rt.collection(coll_name)
+    assert coll.model.name == narrow
+    with rt.db.connection() as conn:
+        assert documents.count_documents(conn, coll.id) == docs
+        assert spaces.count_vectors(conn, coll.table) > chunks_before
+        assert not repository.shadows(conn, coll.id) or all(
+            spaces.get_space(conn, s.space_id).status == "retired"  # type: ignore[union-attr]
+            for s in repository.shadows(conn, coll.id)
+        )
+    assert _hits(rt, coll_name) == 5
+    _check_clean(capsys, coll_name)
+
+
+def test_a_migration_killed_as_it_switches_keeps_the_old_model_and_switches_when_run_again(
+    rt: Runtime,
+    settings: Settings,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = cli_env["RAGSTORE_DATABASE_URL"]
+    coll_name = "killed-switch"
+    ingest_paths(rt, [_write(tmp_path / "c", 40)], coll_name)
+    rt.embedder(model_spec(rt, TRUNCATED_MODEL))
+    coll = rt.collection(coll_name)
+    old_key = coll.model.key
+    with _row_held(url, coll.id):
+        _kill_when(
+            settings,
+            ["models", "migrate", "-c", coll_name, "--to", TRUNCATED_MODEL],
+            tmp_path / "m.log",
+            lambda: _waiting_on_a_lock(url),
+        )
+    _gone(url)
+    coll = rt.collection(coll_name)
+    assert coll.model.key == old_key
+    assert _hits(rt, coll_name) == 5
+    _check_clean(capsys, coll_name)
+    capsys.readouterr()
+    assert run_cli("models", "migrate", "-c", coll_name, "--to", TRUNCATED_MODEL) == 0
+    assert rt.collection(coll_name).model.key == resolve_spec(TRUNCATED_MODEL).key
+    assert _hits(rt, coll_name) == 5
+    _check_clean(capsys, coll_name)
+
+    # and a rollback killed as it switches back changes nothing; run again, it rolls back
+    coll = rt.collection(coll_name)
+    with _row_held(url, coll.id):
+        _kill_when(
+            settings,
+            ["models", "rollback", "-c", coll_name],
+            tmp_path / "r.log",
+            lambda: _waiting_on_a_lock(url),
+        )
+    _gone(url)
+    assert rt.collection(coll_name).model.key == resolve_spec(TRUNCATED_MODEL).key
+    _check_clean(capsys, coll_name)
+    assert run_cli("models", "rollback", "-c", coll_name) == 0
+    assert rt.collection(coll_name).model.key == old_key
+    assert _hits(rt, coll_name) == 5
+    _check_clean(capsys, coll_name)
