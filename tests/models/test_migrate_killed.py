@@ -127,11 +127,12 @@ def _gone(url: str) -> None:
             time.sleep(0.05)
 
 
-def _check_clean(capsys: pytest.CaptureFixture[str], collection: str) -> None:
+def _check_clean(capsys: pytest.CaptureFixture[str], collection: str) -> str:
     capsys.readouterr()
     assert run_cli("db", "check", "-c", collection) == 0
     out = capsys.readouterr().out
     assert "ok: nothing to repair" in out, out
+    return out
 
 
 def _hits(rt: Runtime, collection: str) -> int:
@@ -175,7 +176,8 @@ def test_a_recut_migration_killed_after_some_batches_resumes_and_switches(
         stored = documents.count_documents(conn, sh.id)
     assert 0 < stored < docs, "killed midway, with a batch committed"
     assert _hits(rt, coll_name) == 5
-    _check_clean(capsys, coll_name)
+    out = _check_clean(capsys, coll_name)
+    assert "the same `ragstore models migrate` again finishes it" in out, out
     capsys.readouterr()
     assert run_cli("models", "migrate", "-c", coll_name, "--to", narrow) == 0
     err = capsys.readouterr().err

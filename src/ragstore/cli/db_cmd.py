@@ -25,6 +25,15 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 
 
+# A space still being filled is a model migration under way or interrupted (killed, a
+# lost connection): its missing index is no finding, but the operator needs the way on.
+BUILDING_HINT = (
+    "    a model migration fills this space and has not switched to it: under way, or "
+    "interrupted; `ragstore models status` shows it, the same `ragstore models migrate` "
+    "again finishes it, `ragstore models cancel` drops it"
+)
+
+
 @app.command("status")
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the schema revision of the database and of the code."""
@@ -432,6 +441,8 @@ def check(
                     f"  {s.table} ({s.status}, {s.model}): {s.vectors:,} vectors{missing}, "
                     f"{s.stray:,} stray, {index}"
                 )
+                if s.status == "building":
+                    typer.echo(BUILDING_HINT)
             b = c.bm25
             same = "equal to a recount" if b["stored"] == b["counted"] else "DIFFER"
             typer.echo(
