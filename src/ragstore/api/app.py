@@ -159,7 +159,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(_warm_up, rt)
         except RagstoreError as exc:
             log.warning("not ready at start (see /readyz): %s", exc)
-        staging.sweep(settings)  # upload files a killed server or worker left
         db = Database.from_settings(settings)  # connects lazily: start even if it is down
         queue = build_queue(db.tcp_conninfo, sync=True)
         queue.open()
@@ -185,9 +184,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             limiter=RateLimiter(settings.rate_limit_per_minute, None if read_only else db),
             queue=queue,
         )
+        sweeper = staging.Sweeper(settings)  # upload files a killed server or worker left
+        sweeper.start()
         try:
             yield
         finally:
+            sweeper.stop()
             queue.close()
             db.close()
             rt.close()

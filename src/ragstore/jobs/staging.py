@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -405,6 +406,36 @@ def sweep(settings: Settings) -> int:
     if removed:
         log.warning("removed %d staging file(s) left by a process that was killed", removed)
     return removed
+
+
+class Sweeper:
+    """:func:`sweep` at once, then every :data:`SWEEP_AFTER_S` until :meth:`stop`.
+
+    A sweep at start only left for good the files of a process killed less than
+    :data:`SWEEP_AFTER_S` before it (too young then: a supervisor restarts a killed
+    server within seconds) and of a worker killed while the server ran: the uploaded
+    text stayed in the data folder until some later restart."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ragstore-sweep", daemon=True)
+
+    def start(self) -> None:
+        sweep(self._settings)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(SWEEP_AFTER_S):
+            try:
+                sweep(self._settings)
+            except Exception:  # a sweep that failed is tried again at the next one
+                log.warning("sweeping the staging folder failed", exc_info=True)
 
 
 def _abandoned(lock: Path) -> bool:
