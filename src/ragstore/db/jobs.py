@@ -44,6 +44,19 @@ class JobRecord:
     started_at: datetime | None
     finished_at: datetime | None
 
+    @property
+    def given_back(self) -> bool:
+        """Whether the job waits for a run again after its last run was stopped by a schema
+        change (:data:`GIVE_BACK`): that run's attempt is the next start's again."""
+        return self.status == "queued" and self.attempts > 0 and self.started_at is None
+
+    @property
+    def attempts_spent(self) -> int:
+        """The attempts the job used up (``RAGSTORE_WORKER_MAX_ATTEMPTS`` counts these, and
+        the API shows them): every start, less a run stopped by a schema change and given
+        back; an operator's ``db upgrade`` is not the job's failure."""
+        return self.attempts - int(self.given_back)
+
 
 _COLS = (
     "id, queue_job_id, collection, status, attempts, total_documents, documents_done,"
@@ -236,18 +249,37 @@ def bound_lock_waits(conn: Conn, timeout: str) -> None:
     conn.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
 
 
+# A run stopped by a schema change gives its attempt back (``LiveJobManager.retry_job``):
+# in the statement putting its queue entry back, while that entry is still its worker's and
+# the run still the job's latest, the job is shown ``queued`` with no ``started_at``. Its
+# next start (:func:`start`) takes that run's attempt number again instead of a new one:
+# the stopped run writes nothing more (its task returned), so no run shares the number.
+# Only columns every revision has (0003): a worker of the old code says it on the new schema.
+# Counted, a job with RAGSTORE_WORKER_MAX_ATTEMPTS=1 (or on its last attempt) was failed
+# ``worker_lost`` by the matching version's worker though it never failed on its own.
+GIVE_BACK = (
+    "UPDATE ingest_jobs SET status = 'queued', started_at = NULL, updated_at = now()"
+    " WHERE id = %(ingest_job)s AND attempts = %(attempt)s AND status = 'running'"
+)
+# what :func:`start` adds to ``attempts``: nothing after a run given back (JobRecord.given_back)
+_NEXT_ATTEMPT = (
+    "CASE WHEN status = 'queued' AND started_at IS NULL AND attempts > 0 THEN 0 ELSE 1 END"
+)
+
+
 def start(conn: Conn, job_id: int, queue_job_id: int | None = None) -> int | None:
-    """A worker took the job (again): progress restarts, the attempt is counted; the
-    queue's entry is recorded where the submitting request could not record it. The
-    attempt's number, which fences this run's later writes (:func:`progress`,
-    :func:`finish`); None where the job is finished already and so not started.
+    """A worker took the job (again): progress restarts, the attempt is counted (after a
+    run given back, :data:`GIVE_BACK`, that run's attempt is taken again); the queue's
+    entry is recorded where the submitting request could not record it. The attempt's
+    number, which fences this run's later writes (:func:`progress`, :func:`finish`); None
+    where the job is finished already and so not started.
 
     A job is taken again while its earlier run may still be going (that worker judged
     dead while cut off from the database): unconditional, a start landing just after
     that run recorded its outcome turned the finished job ``running`` again, its files
     dropped, and the new run reported zero documents as the job's outcome."""
     row = conn.execute(
-        "UPDATE ingest_jobs SET status = 'running', attempts = attempts + 1,"
+        f"UPDATE ingest_jobs SET status = 'running', attempts = attempts + {_NEXT_ATTEMPT},"
         " documents_done = 0, chunks_done = 0, errors = '[]'::jsonb,"
         " queue_job_id = coalesce(queue_job_id, %s),"
         " started_at = now(), updated_at = now()"

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import math
 from collections.abc import Iterable
@@ -43,7 +44,7 @@ from procrastinate.jobs import Status as JobStatus
 from procrastinate.manager import JobManager
 
 from ragstore.db.database import with_tcp
-from ragstore.db.jobs import KEEP_ALIVE, keep_alive_args
+from ragstore.db.jobs import GIVE_BACK, KEEP_ALIVE, keep_alive_args
 
 log = logging.getLogger("ragstore.jobs")
 
@@ -94,6 +95,18 @@ _RETRY_STALLED = (
     "  WHERE status = 'running' AND id IN (SELECT id FROM job))"
     " SELECT (SELECT count(*) FROM done) > 0 AS retried, (SELECT count(*) FROM job) AS jobs"
 )
+# puts this worker's entry back after its run was stopped by a schema change and gives the
+# run's attempt back (``db.jobs.GIVE_BACK``), in one statement, only while the entry is still
+# this worker's (or no worker's: judged dead meanwhile, not yet taken): where another took
+# it, the job is that one's run and nothing is given back
+_RETRY_GIVEN_BACK = (
+    "WITH own AS (SELECT id FROM procrastinate_jobs WHERE id = %(job_id)s"
+    " AND status = 'doing' AND (worker_id IS NULL OR worker_id = %(worker_id)s) FOR UPDATE),"
+    f" given AS ({GIVE_BACK} AND EXISTS (SELECT 1 FROM own) RETURNING id),"
+    " done AS (SELECT procrastinate_retry_job_v2("
+    "id, %(retry_at)s, %(new_priority)s, %(new_queue_name)s, %(new_lock)s) FROM own)"
+    " SELECT (SELECT count(*) FROM done) > 0 AS retried, (SELECT count(*) FROM given) AS given"
+)
 _HOLD = "SELECT pg_advisory_lock(%s, (%s::bigint %% 2147483648)::int4)"
 # libpq's TCP settings of the lock's connection, where the URL sets none of its own: this
 # end also notices a path gone silent, in about a minute (ignored on a Unix socket)
@@ -132,6 +145,13 @@ class LiveJobManager(JobManager):
         self.heartbeat_s = heartbeat_s  # None: only procrastinate's loop beats
         self._held: dict[int, psycopg.AsyncConnection[Any]] = {}
         self._beats: dict[int, asyncio.Task[None]] = {}
+        self._given_back: dict[int, tuple[int, int]] = {}  # queue entry: (job, attempt)
+
+    def give_back(self, queue_job_id: int, job_id: int, attempt: int) -> None:
+        """Attempt ``attempt`` of job ``job_id`` (run by queue entry ``queue_job_id``) was
+        stopped by a schema change: its entry's retry, next (:meth:`retry_job`), gives the
+        attempt back. Told from the task's thread before its exception reaches the loop."""
+        self._given_back[queue_job_id] = (job_id, attempt)
 
     async def register_worker(self) -> int:
         worker_id = await super().register_worker()
@@ -260,6 +280,50 @@ class LiveJobManager(JobManager):
                 job.id,
                 job.worker_id,
             )
+
+    async def retry_job(
+        self,
+        job: Job,
+        retry_at: datetime.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        lock: str | None = None,
+    ) -> None:
+        """Put the entry back for a later run, as procrastinate does; after a run stopped
+        by a schema change (:meth:`give_back`) its attempt is given back in the same
+        statement (``db.jobs.GIVE_BACK``).
+
+        Counted, the run the operator's ``db upgrade`` interrupted used up one of the job's
+        ``RAGSTORE_WORKER_MAX_ATTEMPTS``: a job on its last attempt (every job, with 1) was
+        failed ``worker_lost`` by the matching version's worker, never having failed.
+        The old worker cannot write through its schema-checked connections any more; the
+        queue's statement (the entry's retry, which it must write) says it, with columns
+        every revision has."""
+        given = self._given_back.pop(job.id, None) if job.id is not None else None
+        if given is None:
+            await super().retry_job(job, retry_at, priority, queue, lock)
+            return
+        job_id, attempt = given
+        row = await self.connector.execute_query_one_async(
+            query=_RETRY_GIVEN_BACK,
+            job_id=job.id,
+            worker_id=job.worker_id,
+            retry_at=retry_at or datetime.datetime.now(datetime.UTC),
+            new_priority=priority,
+            new_queue_name=queue,
+            new_lock=lock,
+            ingest_job=job_id,
+            attempt=attempt,
+        )
+        if not row["retried"]:
+            log.warning(
+                "queue job %s: taken by another worker while worker %s ran it (judged dead "
+                "while cut off from the database); its entry left to that worker",
+                job.id,
+                job.worker_id,
+            )
+        elif row["given"]:
+            log.info("job %s: attempt %d given back (stopped by a schema change)", job_id, attempt)
 
     async def retry_stalled_job(self, job: Job) -> bool | None:
         """Put a dead worker's entry back on the queue; False where another party did

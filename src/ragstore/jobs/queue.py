@@ -13,6 +13,7 @@ from typing import Any
 import procrastinate
 
 from ragstore.errors import SchemaMismatchError
+from ragstore.jobs.liveness import LiveJobManager
 from ragstore.jobs.runner import JobBusy, SchemaChanged, run_job
 from ragstore.runtime import Runtime
 
@@ -57,6 +58,15 @@ def build_queue(
         try:
             run_job(runtime, job_id, queue_job_id=context.job.id)
         except SchemaChanged as exc:
+            manager = app.job_manager
+            entry = context.job.id
+            if (
+                exc.attempt is not None
+                and entry is not None
+                and isinstance(manager, LiveJobManager)
+            ):
+                # its entry's retry, next, gives the run's attempt back
+                manager.give_back(entry, job_id, exc.attempt)
             if on_schema_changed is not None:
                 on_schema_changed(exc.error)
             raise

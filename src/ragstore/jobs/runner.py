@@ -60,11 +60,16 @@ class SchemaChanged(JobBusy):
     (the worker stops on it: ``jobs.worker``). Raised as it was (SchemaMismatchError),
     the entry failed and the job with it (``outcome_not_recorded``, never started, or
     its documents stored so far not counted): an upload accepted before the upgrade was
-    lost."""
+    lost. :attr:`attempt` is the stopped run's (None: not started), which the entry's
+    put-back gives back (``LiveJobManager.retry_job``): the change is no failure of the
+    job's."""
 
-    def __init__(self, message: str, error: SchemaMismatchError) -> None:
+    def __init__(
+        self, message: str, error: SchemaMismatchError, attempt: int | None = None
+    ) -> None:
         super().__init__(message)
         self.error = error
+        self.attempt = attempt
 
 
 class CollectionReplaced(Exception):
@@ -188,7 +193,7 @@ def _abandon(conn: store.Conn, job: store.JobRecord) -> store.JobRecord:
     log.error(
         "job %s: its worker stopped %d times before finishing it; not retrying it again",
         job.id,
-        job.attempts,
+        job.attempts_spent,
     )
     store.finish(
         conn,
@@ -202,10 +207,11 @@ def _abandon(conn: store.Conn, job: store.JobRecord) -> store.JobRecord:
             {
                 "document": None,
                 "code": WORKER_LOST,
-                "detail": f"the job was started {job.attempts} times and each time its worker "
-                "stopped before finishing it (killed, out of memory, its machine gone); it is "
-                "not retried again (RAGSTORE_WORKER_MAX_ATTEMPTS): check the workers' logs and "
-                "memory, then send the files again (documents already stored stay unchanged)",
+                "detail": f"the job was started {job.attempts_spent} times and each time its "
+                "worker stopped before finishing it (killed, out of memory, its machine gone); "
+                "it is not retried again (RAGSTORE_WORKER_MAX_ATTEMPTS): check the workers' "
+                "logs and memory, then send the files again (documents already stored stay "
+                "unchanged)",
             },
         ],
         summary=job.summary,
@@ -255,7 +261,7 @@ def _start_in(
         # attempt, call a finished job lost). The recorded outcome stands.
         log.warning("job %s: already %s; not running it again", job_id, job.status)
         return job, None, job.attempts
-    if job.attempts >= rt.settings.worker_max_attempts:
+    if job.attempts_spent >= rt.settings.worker_max_attempts:
         return _abandon(conn, job), None, job.attempts
     attempt = store.start(conn, job_id, queue_job_id)
     if attempt is None:  # its earlier run recorded the outcome just now
@@ -286,8 +292,9 @@ def run_job(rt: Runtime, job_id: int, *, queue_job_id: int | None = None) -> sto
         # kept running): every later write is refused, its outcome too. Failed, the job
         # said its documents were not stored where some were, or (its outcome refused as
         # well) was failed later as outcome_not_recorded. It goes back to the queue as it
-        # stands (running, the documents it stored kept: each is written whole), and the
-        # matching version's worker runs it again, counting them as this job's.
+        # stands (the documents it stored kept: each is written whole), its attempt given
+        # back, and the matching version's worker runs it again, counting them as this
+        # job's.
         log.error(
             "job %s: attempt %d stopped: %s; the job goes back to the queue for a worker of "
             "the matching version (the documents it stored stay, counted as the job's)",
@@ -295,7 +302,9 @@ def run_job(rt: Runtime, job_id: int, *, queue_job_id: int | None = None) -> sto
             attempt,
             exc.message,
         )
-        raise SchemaChanged(f"job {job_id}: the schema changed under this run", exc) from exc
+        raise SchemaChanged(
+            f"job {job_id}: the schema changed under this run", exc, attempt
+        ) from exc
     except Superseded:
         # the run that counts is the other attempt's (or the job is finished): this one
         # writes nothing more of the job, and its queue entry is not its own any more

@@ -30,7 +30,7 @@ def job_public(job: JobRecord) -> JobPublic:
         id=job.id,
         collection=job.collection,
         status=job.status,  # type: ignore[arg-type]
-        attempts=job.attempts,
+        attempts=job.attempts_spent,  # a run stopped by a schema change gave its attempt back
         total_documents=job.total_documents,
         documents_done=job.documents_done,
         chunks_done=job.chunks_done,
