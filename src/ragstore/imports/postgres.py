@@ -57,6 +57,28 @@ def _as_text(column: str, type_name: str) -> sql.Composable:
     return sql.Identifier(column)
 
 
+# id columns read as they are, for to_id to refuse by what they hold: a byte string, an
+# object or a list, or a boolean is no id an application looks a document up by (a bytea
+# id is named with the view that encodes it), and json's ``::text`` of a string quotes it
+UNCAST_ID_TYPES = ("bytea", "json", "jsonb", "boolean")
+
+
+def _id_expr(column: str, type_name: str) -> sql.Composable:
+    """The id column as selected: as the source's own text (``::text``), so the id stored
+    is the one SQL on the source matches (``WHERE id::text = ...``) and another import of
+    the same table finds again.
+
+    Read as Python values they were stored as Python writes them: a float8 ``1e20`` as
+    ``100000000000000000000`` and NaN as ``nan``, a real ``3.4e38`` with 39 digits, an
+    interval ``-1 mons +2 days`` as ``-28 days, 0:00:00`` (the same id as ``-28 days``), and
+    a timestamp or date ``infinity`` refused the whole table as one Python cannot hold.
+    A NaN id is kept as ``NaN``: PostgreSQL holds NaN equal to itself, so it is an id the
+    source looks its row up by (``WHERE id = 'NaN'``)."""
+    if type_name in UNCAST_ID_TYPES or type_name.endswith("[]"):
+        return sql.Identifier(column)
+    return sql.SQL("{}::text").format(sql.Identifier(column))
+
+
 class PostgresTableSource:
     """Rows of ``table`` on the server at ``url``."""
 
@@ -246,7 +268,7 @@ class PostgresTableSource:
             )
             fields = sql.SQL(", ").join(
                 [
-                    _as_text(id_col, columns[id_col]),
+                    _id_expr(id_col, columns[id_col]),
                     text_expr,
                     vec_expr,
                     *[sql.Identifier(c) for c in meta_cols],
