@@ -1,8 +1,9 @@
-"""A PostgreSQL source's ids as the source spells them."""
+"""A PostgreSQL source's ids as the source spells them, and its rows without a vector."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -10,7 +11,7 @@ import pytest
 from psycopg import sql
 
 from tests.conftest import create_database, run_cli
-from tests.imports.helpers import checksum, vectors
+from tests.imports.helpers import checksum, collection_state, vectors
 
 DIM = 24
 # one id column per type, three rows; each column's values distinct
@@ -102,3 +103,72 @@ def test_a_postgres_id_is_stored_as_the_source_spells_it(
                 (rid, rid),
             ).fetchall()
             assert found == [(text,)], rid
+
+
+def _pending(pg_admin_uri: str) -> tuple[str, np.ndarray]:
+    url = create_database(pg_admin_uri, None)
+    vecs = vectors(2, DIM, seed=14)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE pending (id text, text text, embedding real[])")
+        conn.execute(
+            "INSERT INTO pending VALUES ('a', 't', %s), ('b', 't', NULL), ('c', 't', %s),"
+            " ('d', 't', NULL)",
+            (vecs[0].tolist(), vecs[1].tolist()),
+        )
+    return url, vecs
+
+
+def _cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any], str]:
+    capsys.readouterr()
+    code = run_cli("import", *args, "--no-backup", "--json")
+    out = capsys.readouterr()
+    return code, (json.loads(out.out) if out.out.strip() else {}), out.err
+
+
+def test_postgres_rows_without_a_vector_are_refused_or_skipped_as_missing_vector(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a row whose embedding is still to be made stopped the whole import, whatever
+    # --on-invalid said: the only way past it was a view of the other rows
+    url, vecs = _pending(pg_admin_uri)
+    args = [url, "--table", "pending", "-c", "pg-pending2", "--model", "legacy@v1"]
+    args += ["--dimension", str(DIM)]
+    assert run_cli("import", *args, "--no-backup") == 65
+    err = capsys.readouterr().err
+    assert "error[import_invalid]: PostgreSQL table pending on " in err
+    assert "2 missing_vector (first: b, d); nothing was written" in err
+    assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "pg-pending2")["exists"]
+
+    code, report, err = _cli_json(capsys, *args, "--on-invalid", "skip")
+    assert code == 0, err
+    assert report["skipped"] == 2
+    issues = {i["kind"]: i for i in report["validation"]["issues"]}
+    assert issues["missing_vector"]["count"] == 2
+    assert issues["missing_vector"]["action"] == "skip"
+    assert issues["missing_vector"]["first"] == ["b", "d"]
+    v = report["verification"]
+    assert v["ok"] is True and v["source_rows"] == v["stored_rows"] == 2
+    assert v["source_checksum"] == checksum(["a", "c"], vecs)
+
+
+def test_a_null_vector_in_a_jsonl_record_is_missing_vector_too(
+    cli_env: dict[str, str], tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "vector": null said "no vector; expected one of the keys vector, ...", a key
+    # the record had; it is a record without a vector, as a NULL column is
+    vecs = vectors(2, DIM, seed=15)
+    src = tmp_path / "pending.jsonl"
+    lines = [
+        {"id": "a", "text": "t", "vector": vecs[0].tolist()},
+        {"id": "b", "text": "t", "vector": None},
+        {"id": "c", "text": "t", "embedding": vecs[1].tolist()},
+    ]
+    src.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    args = [str(src), "-c", "jsonl-pending", "--model", "legacy@v1", "--dimension", str(DIM)]
+    code, _, err = _cli_json(capsys, *args)
+    assert code == 65
+    assert "1 missing_vector (first: b)" in err
+    code, report, err = _cli_json(capsys, *args, "--policy", "missing_vector=skip")
+    assert code == 0, err
+    assert [i["kind"] for i in report["validation"]["issues"]] == ["missing_vector"]
+    assert report["verification"]["source_checksum"] == checksum(["a", "c"], vecs)

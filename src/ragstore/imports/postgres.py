@@ -278,8 +278,6 @@ class PostgresTableSource:
             single_meta = len(meta_cols) == 1 and meta_cols[0] in (self.metadata_column, "metadata")
             for row in self._rows(conn, stmt):
                 where = f"{self.table} row id={row[0]}"
-                if row[2] is None:
-                    raise _null_vector(where, vec_col, self.table, "ready", "--table ready")
                 vector = to_vector(self._vector(row[2], kind, where), where)
                 if single_meta:
                     raw = row[3]
@@ -340,17 +338,6 @@ def _lost(description: str, place: str, exc: psycopg.Error) -> DatabaseUnavailab
         f"reading {description}: the connection to the source was lost {place} ({first}); "
         "nothing was imported: run the import again once the source's server is back",
         says_outcome=True,
-    )
-
-
-def _null_vector(where: str, column: str, table: str, view: str, how: str) -> ImportSourceError:
-    """The error for a row whose vector column is NULL (a row whose embedding is still to
-    be made, say): it said "the record has no vector" and no more, though such rows are
-    common, and a view leaves them out."""
-    return ImportSourceError(
-        f"{where}: the vector column {column} is NULL; to import the rows that have one, "
-        f"make a view of them (CREATE VIEW {view} AS SELECT * FROM {table} WHERE {column} "
-        f"IS NOT NULL) and import it with {how}"
     )
 
 
@@ -462,15 +449,6 @@ class LangChainPGVectorSource(PostgresTableSource):
             ).format(id_expr, _vector_expr("embedding", columns["embedding"], self.table), table)
             for rid, text, vec, meta in self._rows(conn, stmt, (uuid,)):
                 where = f"{self.description} row id={rid}"
-                if vec is None:
-                    raise _null_vector(
-                        where,
-                        "embedding",
-                        self.table,
-                        "ready",
-                        "--format postgres --table ready --id-column id --text-column document"
-                        " --metadata-column cmetadata (its WHERE naming the collection_id too)",
-                    )
                 yield Record(
                     to_id(rid, where),
                     to_text(text, where),
@@ -566,14 +544,6 @@ class LlamaIndexPGVectorSource(PostgresTableSource):
             )
             for rid, text, vec, raw in self._rows(conn, stmt):
                 where = f"{self.description} row node_id={rid}"
-                if vec is None:
-                    raise _null_vector(
-                        where,
-                        "embedding",
-                        self.table,
-                        "data_ready",
-                        "--format llamaindex-pgvector --table data_ready",
-                    )
                 meta = _as_metadata(raw, "metadata_")
                 embedded = llamaindex_embedded_text(text, meta)
                 for key in LLAMAINDEX_INTERNAL:
