@@ -796,33 +796,6 @@ def test_postgres_numbers_beyond_64_bits_are_read_as_the_floats_ragstore_reads(
     assert stored_json(row[0]) == {"tags": {"x": 1e20, "n": 7}, "extra": {"y": 1e20}, "big": 1e20}
 
 
-def test_a_postgres_row_with_a_null_vector_says_how_to_leave_such_rows_out(
-    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    # a row whose embedding is still to be made was refused with "the record has no
-    # vector" and no more; the view the error suggests imports the others
-    url = create_database(pg_admin_uri, None)
-    vecs = vectors(2, DIM, seed=14)
-    with psycopg.connect(url) as conn:
-        conn.execute("CREATE TABLE pending (id text, text text, embedding real[])")
-        conn.execute(
-            "INSERT INTO pending VALUES ('a', 't', %s), ('b', 't', NULL), ('c', 't', %s)",
-            (vecs[0].tolist(), vecs[1].tolist()),
-        )
-    args = ["-c", "pg-pending", "--model", "legacy@v1", "--dimension", str(DIM)]
-    assert run_cli("import", url, "--table", "pending", *args, "--no-backup") == 65
-    err = capsys.readouterr().err
-    assert (
-        "error[import_source_invalid]: pending row id=b: the vector column embedding is NULL; "
-        "to import the rows that have one, make a view of them (CREATE VIEW ready AS SELECT * "
-        "FROM pending WHERE embedding IS NOT NULL) and import it with --table ready"
-    ) in err
-    assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "pg-pending")["exists"]
-    with psycopg.connect(url) as conn:
-        conn.execute("CREATE VIEW ready AS SELECT * FROM pending WHERE embedding IS NOT NULL")
-    _assert_verified(_import(capsys, url, "--table", "ready", *args), ["a", "c"], vecs)
-
-
 def test_a_postgres_source_written_while_it_is_read_is_read_as_it_was(
     pg_admin_uri: str,
 ) -> None:

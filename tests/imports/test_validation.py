@@ -79,6 +79,7 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
         _rec("f", [1.0] * DIM, "nul\x00text"),
         Record("g", "t", np.ones(DIM, dtype=np.float32), {"a": {"b\x00": 1}}),
         _rec("h" * 2001, [1.0] * DIM),
+        Record("v", "t", None, {}),  # no vector: only that, not a dimension_mismatch too
     ]
     report = validate(recs, DIM, parse_policies("skip", []), existing_ids={"old"})
     found = {i.kind: (i.count, i.first) for i in report.issues}
@@ -86,6 +87,7 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
         "missing_id": (1, ["record #8"]),
         "duplicate_id": (1, ["a"]),
         "existing_id": (1, ["old"]),
+        "missing_vector": (1, ["v"]),
         "dimension_mismatch": (2, ["b (3 dims)", "b0 (0 dims)"]),
         "non_finite": (1, ["c"]),
         "zero_vector": (1, ["d"]),
@@ -100,7 +102,7 @@ def test_every_kind_is_counted_with_its_first_ids() -> None:
         ),
     }
     assert report.kept == [0]
-    assert report.skipped == 11 and report.ok
+    assert report.skipped == 12 and report.ok
 
 
 def test_a_vector_of_values_all_tiny_is_a_zero_vector() -> None:

@@ -321,9 +321,13 @@ class JsonlSource:
         for lineno, obj in _json_lines(self.path):
             where = f"{self.path} line {lineno}"
             rid, text, vector, metadata = _split_fields(obj, where, with_vector=True)
-            if vector is None:
+            # a key given as null is a record without a vector (``missing_vector``, as a
+            # NULL column is); no such key at all is a file of another layout, or a typo
+            if not any(key in obj for key in VECTOR_KEYS):
                 raise ImportSourceError(
                     f"{where}: no vector; expected one of the keys {', '.join(VECTOR_KEYS)}"
+                    ' (a record without one yet gives "vector": null, which --policy '
+                    "missing_vector=skip leaves out)"
                 )
             yield Record(
                 to_id(rid, where),

@@ -57,6 +57,28 @@ def _as_text(column: str, type_name: str) -> sql.Composable:
     return sql.Identifier(column)
 
 
+# id columns read as they are, for to_id to refuse by what they hold: a byte string, an
+# object or a list, or a boolean is no id an application looks a document up by (a bytea
+# id is named with the view that encodes it), and json's ``::text`` of a string quotes it
+UNCAST_ID_TYPES = ("bytea", "json", "jsonb", "boolean")
+
+
+def _id_expr(column: str, type_name: str) -> sql.Composable:
+    """The id column as selected: as the source's own text (``::text``), so the id stored
+    is the one SQL on the source matches (``WHERE id::text = ...``) and another import of
+    the same table finds again.
+
+    Read as Python values they were stored as Python writes them: a float8 ``1e20`` as
+    ``100000000000000000000`` and NaN as ``nan``, a real ``3.4e38`` with 39 digits, an
+    interval ``-1 mons +2 days`` as ``-28 days, 0:00:00`` (the same id as ``-28 days``), and
+    a timestamp or date ``infinity`` refused the whole table as one Python cannot hold.
+    A NaN id is kept as ``NaN``: PostgreSQL holds NaN equal to itself, so it is an id the
+    source looks its row up by (``WHERE id = 'NaN'``)."""
+    if type_name in UNCAST_ID_TYPES or type_name.endswith("[]"):
+        return sql.Identifier(column)
+    return sql.SQL("{}::text").format(sql.Identifier(column))
+
+
 class PostgresTableSource:
     """Rows of ``table`` on the server at ``url``."""
 
@@ -246,7 +268,7 @@ class PostgresTableSource:
             )
             fields = sql.SQL(", ").join(
                 [
-                    _as_text(id_col, columns[id_col]),
+                    _id_expr(id_col, columns[id_col]),
                     text_expr,
                     vec_expr,
                     *[sql.Identifier(c) for c in meta_cols],
@@ -256,8 +278,6 @@ class PostgresTableSource:
             single_meta = len(meta_cols) == 1 and meta_cols[0] in (self.metadata_column, "metadata")
             for row in self._rows(conn, stmt):
                 where = f"{self.table} row id={row[0]}"
-                if row[2] is None:
-                    raise _null_vector(where, vec_col, self.table, "ready", "--table ready")
                 vector = to_vector(self._vector(row[2], kind, where), where)
                 if single_meta:
                     raw = row[3]
@@ -318,17 +338,6 @@ def _lost(description: str, place: str, exc: psycopg.Error) -> DatabaseUnavailab
         f"reading {description}: the connection to the source was lost {place} ({first}); "
         "nothing was imported: run the import again once the source's server is back",
         says_outcome=True,
-    )
-
-
-def _null_vector(where: str, column: str, table: str, view: str, how: str) -> ImportSourceError:
-    """The error for a row whose vector column is NULL (a row whose embedding is still to
-    be made, say): it said "the record has no vector" and no more, though such rows are
-    common, and a view leaves them out."""
-    return ImportSourceError(
-        f"{where}: the vector column {column} is NULL; to import the rows that have one, "
-        f"make a view of them (CREATE VIEW {view} AS SELECT * FROM {table} WHERE {column} "
-        f"IS NOT NULL) and import it with {how}"
     )
 
 
@@ -440,15 +449,6 @@ class LangChainPGVectorSource(PostgresTableSource):
             ).format(id_expr, _vector_expr("embedding", columns["embedding"], self.table), table)
             for rid, text, vec, meta in self._rows(conn, stmt, (uuid,)):
                 where = f"{self.description} row id={rid}"
-                if vec is None:
-                    raise _null_vector(
-                        where,
-                        "embedding",
-                        self.table,
-                        "ready",
-                        "--format postgres --table ready --id-column id --text-column document"
-                        " --metadata-column cmetadata (its WHERE naming the collection_id too)",
-                    )
                 yield Record(
                     to_id(rid, where),
                     to_text(text, where),
@@ -544,14 +544,6 @@ class LlamaIndexPGVectorSource(PostgresTableSource):
             )
             for rid, text, vec, raw in self._rows(conn, stmt):
                 where = f"{self.description} row node_id={rid}"
-                if vec is None:
-                    raise _null_vector(
-                        where,
-                        "embedding",
-                        self.table,
-                        "data_ready",
-                        "--format llamaindex-pgvector --table data_ready",
-                    )
                 meta = _as_metadata(raw, "metadata_")
                 embedded = llamaindex_embedded_text(text, meta)
                 for key in LLAMAINDEX_INTERNAL:

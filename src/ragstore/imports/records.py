@@ -29,7 +29,9 @@ class Record:
 
     id: str | None
     text: str | None
-    vector: Vector
+    # None for a record the store holds without a vector (a NULL column, a JSON null: an
+    # embedding still to be made), which validation counts as ``missing_vector``
+    vector: Vector | None
     metadata: dict[str, Any] = field(default_factory=dict)
     # what the source's model was given to make the vector, where that is not ``text``
     # (LlamaIndex embeds a node's metadata with its text); only the model check reads it
@@ -47,14 +49,17 @@ class Source(Protocol):
         """Every record in the store's own order."""
 
 
-def to_vector(value: Any, where: str) -> Vector:
+def to_vector(value: Any, where: str) -> Vector | None:
     """A 1-D float32 array from a list/array of numbers; ``null`` entries become NaN.
 
     Values too large for float32 become inf (what pgvector would refuse), so validation
-    sees them as non-finite instead of the cast failing later.
+    sees them as non-finite instead of the cast failing later. No vector at all (None) is
+    None, for validation to count as ``missing_vector``: it was an error that stopped the
+    whole import, whatever ``--on-invalid`` said, so a table with some embeddings still to
+    be made could only be imported through a view of the others.
     """
     if value is None:
-        raise ImportSourceError(f"{where}: the record has no vector")
+        return None
     if isinstance(value, str):
         raise ImportSourceError(
             f"{where}: the vector is a string ({_clip(value)}), not a list of numbers; give "

@@ -16,13 +16,14 @@ import numpy as np
 
 from ragstore.db.spaces import HALFVEC_MAX_VALUE, HALFVEC_ZERO, without_direction
 from ragstore.errors import InputError
-from ragstore.imports.records import Record
+from ragstore.imports.records import Record, Vector
 from ragstore.validation import problem_in
 
 KINDS = (
     "missing_id",
     "duplicate_id",
     "existing_id",
+    "missing_vector",
     "dimension_mismatch",
     "non_finite",
     "zero_vector",
@@ -46,6 +47,7 @@ DESCRIPTIONS = {
     "missing_id": "records without an id",
     "duplicate_id": "ids seen more than once in the source (the first is kept)",
     "existing_id": "ids already in the target collection",
+    "missing_vector": "records without a vector (NULL, or null: an embedding still to be made)",
     "dimension_mismatch": "vectors whose length is not the model's dimension",
     "non_finite": "vectors holding NaN, infinity or a value beyond ±65,504 (the index keeps "
     "vectors in half precision)",
@@ -150,20 +152,11 @@ def validate(
             if rec.id in existing_ids:
                 issues["existing_id"].add(label)
                 found.append("existing_id")
-        vec = rec.vector
-        if vec.shape[0] != dimension:
-            issues["dimension_mismatch"].add(f"{label} ({vec.shape[0]} dims)")
-            found.append("dimension_mismatch")
-        if not np.isfinite(vec).all() or np.abs(vec).max(initial=0.0) > HALFVEC_MAX_VALUE:
-            issues["non_finite"].add(label)
-            found.append("non_finite")
-        elif vec.size and (cosine or not vec.any()) and without_direction(vec)[0]:
-            # ([] has only too few dimensions) values all tiny (1e-45) are zeros to the
-            # index, as add_texts refuses them where cosine: the record was imported and
-            # then never found, its distance to every query NaN. All zeros: any distance
-            top = float(np.abs(vec).max())
-            issues["zero_vector"].add(f"{label} (largest {top:.3g})" if top else label)
-            found.append("zero_vector")
+        if rec.vector is None:
+            issues["missing_vector"].add(label)
+            found.append("missing_vector")
+        else:
+            found += _vector_problems(rec.vector, label, dimension, cosine, issues)
         if rec.text is None or not rec.text.strip():
             issues["missing_text"].add(label)
             found.append("missing_text")
@@ -178,6 +171,27 @@ def validate(
     return ValidationReport(
         read=len(records), kept=kept, issues=[i for i in issues.values() if i.count]
     )
+
+
+def _vector_problems(
+    vec: Vector, label: str, dimension: int, cosine: bool, issues: Mapping[str, Issue]
+) -> list[str]:
+    """The kinds ``vec`` is found to be (each added to ``issues``), where there is one."""
+    found: list[str] = []
+    if vec.shape[0] != dimension:
+        issues["dimension_mismatch"].add(f"{label} ({vec.shape[0]} dims)")
+        found.append("dimension_mismatch")
+    if not np.isfinite(vec).all() or np.abs(vec).max(initial=0.0) > HALFVEC_MAX_VALUE:
+        issues["non_finite"].add(label)
+        found.append("non_finite")
+    elif vec.size and (cosine or not vec.any()) and without_direction(vec)[0]:
+        # ([] has only too few dimensions) values all tiny (1e-45) are zeros to the
+        # index, as add_texts refuses them where cosine: the record was imported and
+        # then never found, its distance to every query NaN. All zeros: any distance
+        top = float(np.abs(vec).max())
+        issues["zero_vector"].add(f"{label} (largest {top:.3g})" if top else label)
+        found.append("zero_vector")
+    return found
 
 
 def _unstorable(rec: Record) -> str | None:
