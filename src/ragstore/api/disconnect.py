@@ -8,6 +8,13 @@ runs its work on a worker thread and listens beside it: if the client goes first
 work's statements are cancelled (:class:`ragstore.db.cancel.Cancellation`) and the route
 answers 499, nginx's "client closed request", which nobody receives but the access log
 and the metrics record.
+
+Under load a request waits for a worker thread (all of the thread pool's are busy) before
+its work starts. A client that gave up meanwhile (its timeout ran out) left its work
+queued, and when a thread came free that work ran all but its statements: the query's
+embedding, the bulk of a search's time, computed for no one while the requests of clients
+still waiting queued behind it. Work whose client has gone by the time a thread takes it
+now does not start.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ async def unless_disconnected(request: Request, work: Callable[[], T]) -> T | Re
     cancellation = Cancellation()
 
     def run() -> T:
+        if cancellation.cancelled:  # its client left while it waited for a thread
+            raise Cancelled("the work was not started (its client went away)")
         with cancelling(cancellation):
             return work()
 
