@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from mcp import Client as McpClient
 
@@ -80,6 +81,9 @@ def test_the_store_refuses_it_and_answers_once_the_setting_is_raised(
 ) -> None:
     with pytest.raises(AnswerTooLargeError) as exc:
         store.search("docs", "rollback", k=1000, context=50, mode="fulltext")
+    _says_all(str(exc.value))
+    with pytest.raises(AnswerTooLargeError) as exc:  # a NumPy integer is a k all the same
+        store.search("docs", "rollback", k=np.int64(1000), context=50, mode="fulltext")
     _says_all(str(exc.value))
     with Store(settings=with_(settings, max_answer_chunks=101_000)) as raised:
         found = raised.search("docs", "rollback", k=1000, context=50, mode="fulltext")

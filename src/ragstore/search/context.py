@@ -17,6 +17,7 @@ at the version the search read; each context statement checks it in its own snap
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -92,10 +93,11 @@ def check_answer_size(k: object, mode: ContextMode | None, limit: int) -> None:
     such requests at once from any reader could take a server to its memory limit.
 
     A ``k`` that is no number of hits (or out of 1..1000) is left to the search's own
-    check, which names it."""
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
+    check, which names it. Any integral ``k`` counts (a NumPy integer, as the search's
+    own check takes), so the bound is not a check that an ``np.int64`` walks past."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= int(k) <= 1000:
         return
-    most = answer_chunks(k, mode)
+    most = answer_chunks(int(k), mode)
     if most <= limit:
         return
     if mode is None:
