@@ -992,7 +992,7 @@ def _check_upload_names(names: list[str]) -> None:
     first of several requests: found in a later request, it was refused after the earlier
     ones stored, and a name repeated across two requests was stored over the first
     (answered "updated") where one request refuses it."""
-    from ragstore.jobs.staging import new_name, unique_names
+    from ragstore.uploads.names import new_name, unique_names
 
     for name in names:
         new_name(name)

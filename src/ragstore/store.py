@@ -406,9 +406,9 @@ class Store:
         import ragstore.jobs  # noqa: F401  (first: ingest.documents <-> jobs import cycle)
         from ragstore.ingest.documents import NewDocument, add_documents
         from ragstore.ingest.service import created_for_this_write
-        from ragstore.jobs import staging
+        from ragstore.uploads import names, staging
 
-        staging.new_name(name)
+        names.new_name(name)
         storable_text(text, f"{name}: the text")
         meta = _metadata(metadata)  # before the collection is made
         coll, created = self._rt.open_or_create(collection)
@@ -520,7 +520,7 @@ class Store:
         ``source`` keeps the one document of that exact source: an absolute path as
         stored, a relative one an upload's name (as the HTTP route reads it)."""
         from ragstore.api.deps import decode_cursor, encode_cursor, split_page
-        from ragstore.jobs import staging
+        from ragstore.uploads import names
 
         page_limit(limit)
         # checked as the HTTP route checks them: a NaN or a NUL reached PostgreSQL and came
@@ -538,7 +538,7 @@ class Store:
             check_value(metadata, "the metadata filter", InvalidFilterError, json_only=True)
         coll = self._rt.collection(collection)
         exact = (
-            None if source is None else staging.exact_source(self._rt.settings, collection, source)
+            None if source is None else names.exact_source(self._rt.settings, collection, source)
         )
         rows: list[dict[str, Any]] = []
         more = False
@@ -554,7 +554,7 @@ class Store:
                         after=decode_cursor(cursor),
                         limit=limit + 1,
                         fmt=format,
-                        source_prefix=staging.source_prefix(
+                        source_prefix=names.source_prefix(
                             self._rt.settings, collection, source_prefix
                         ),
                         metadata=dict(metadata) if metadata is not None else None,
@@ -605,9 +605,9 @@ class Store:
     def _document(
         self, collection: str, doc: dict[str, Any], status: str | None = None
     ) -> dict[str, Any]:
-        from ragstore.jobs import staging
+        from ragstore.uploads import names
 
-        name = staging.source_name(self._rt.settings, collection, doc["source"])
+        name = names.source_name(self._rt.settings, collection, doc["source"])
         return _dump(
             DocumentPublic(
                 collection=collection,

@@ -49,10 +49,11 @@ from ragstore.console.security import SecurityHeadersMiddleware
 from ragstore.db import embedded
 from ragstore.db.database import Database
 from ragstore.errors import ConfigError, RagstoreError
-from ragstore.jobs import build_queue, staging
+from ragstore.jobs import build_queue
 from ragstore.observability.http import install_observability
 from ragstore.profiles import get_settings, served_on_loopback
 from ragstore.runtime import Runtime
+from ragstore.uploads import staging
 
 log = logging.getLogger("ragstore.api")
 

@@ -227,7 +227,7 @@ def _disk_full_cause(exc: BaseException) -> e.RagstoreError | None:
                 "stored"
             )
         if isinstance(cause, OSError) and not isinstance(cause, ConnectionError):
-            from ragstore.jobs.staging import folder_failed
+            from ragstore.uploads.staging import folder_failed
 
             where = f"the temporary folder {tempfile.gettempdir()} (where uploads are read)"
             return folder_failed(cause, where)

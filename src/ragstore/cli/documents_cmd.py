@@ -74,7 +74,7 @@ def _find(rt: Runtime, collection: str, document: str) -> dict[str, Any]:
     from ragstore.db import catalog
     from ragstore.db.errors import translated
     from ragstore.errors import DocumentNotFoundError, InputError
-    from ragstore.jobs import staging
+    from ragstore.uploads import names
 
     coll = rt.collection(collection)
     with rt.db.connection() as conn, translated(f"reading document {document!r}"):
@@ -84,7 +84,7 @@ def _find(rt: Runtime, collection: str, document: str) -> dict[str, Any]:
         # ingest package's own helper for it would cost this command 0.8 s of imports
         candidates = [os.path.realpath(document)]
         with contextlib.suppress(InputError):  # not a name an upload could have
-            candidates.append(staging.source_of(rt.settings, collection, document))
+            candidates.append(names.source_of(rt.settings, collection, document))
         for source in filter(_storable, candidates):
             try:
                 return catalog.document_by_source(conn, coll, source)
