@@ -954,7 +954,7 @@ def upload(
 # set to a lower byte limit answers 413, which stores nothing, and the request is sent
 # again in halves. A part's boundary and headers cost about 200 bytes besides its name.
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
-UPLOAD_LIMIT_HEADER = "RAGStore-Max-Upload-Bytes"  # a 413's (api/middleware.py)
+UPLOAD_LIMIT_HEADER = "RAGStore-Max-Upload-Bytes"  # a 413's (http/limits.py)
 MAX_UPLOAD_FILES = 1000
 _PART_OVERHEAD = 256
 

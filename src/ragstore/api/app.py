@@ -18,11 +18,8 @@ from ragstore import __version__
 from ragstore.api import forms
 from ragstore.api.deps import ApiState, refuse_unknown_query
 from ragstore.api.errors import install_error_handlers
-from ragstore.api.hostguard import LoopbackGuardMiddleware
-from ragstore.api.listen import stop_with_parent
 from ragstore.api.middleware import (
     AuthBeforeBodyMiddleware,
-    BodyLimitMiddleware,
     CrashMiddleware,
     DuplicateKeyMiddleware,
     HeadAsGetMiddleware,
@@ -49,6 +46,9 @@ from ragstore.console.security import SecurityHeadersMiddleware
 from ragstore.db import embedded
 from ragstore.db.database import Database
 from ragstore.errors import ConfigError, RagstoreError
+from ragstore.http.guard import LoopbackGuardMiddleware
+from ragstore.http.limits import BodyLimitMiddleware
+from ragstore.http.listen import stop_with_parent
 from ragstore.jobs import build_queue
 from ragstore.observability.http import install_observability
 from ragstore.profiles import get_settings, served_on_loopback

@@ -24,7 +24,8 @@ from starlette.types import Scope
 
 from ragstore.api.schemas import NAME_PATTERN
 from ragstore.auth import SCOPES, ApiKey, KeyStore, RateLimiter
-from ragstore.errors import AuthenticationError, InputError
+from ragstore.errors import InputError
+from ragstore.http.bearer import bearer_token
 from ragstore.runtime import Runtime
 
 
@@ -84,23 +85,6 @@ class Principal:
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `ragstore keys create`.")
-
-
-def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The token of ``Authorization: Bearer TOKEN`` among a request's raw ``headers``.
-
-    A request with two ``Authorization`` headers is refused (AuthenticationError): the
-    routes' dependency read the first and the check before a body the last, so the
-    same request was let in or refused by its method, and a proxy that added its own
-    header left which key a request used to chance."""
-    values = [v for k, v in headers if k.lower() == b"authorization"]
-    if len(values) > 1:
-        raise AuthenticationError(
-            "the request has more than one Authorization header; send one, "
-            "`Authorization: Bearer rsk_...`"
-        )
-    scheme, _, token = (values[0] if values else b"").decode("latin-1").partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
 def authenticate(

@@ -11,7 +11,6 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from ragstore._requests import MAX_UPLOAD_FILES
-from ragstore.api.coalesce import Coalesced
 from ragstore.api.deps import ApiState, Principal, Rt, State, bearer_token
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
@@ -26,6 +25,7 @@ from ragstore.errors import (
     NotReadyError,
     RagstoreError,
 )
+from ragstore.http.coalesce import Coalesced
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 
