@@ -40,7 +40,7 @@ from ragstore.models import COLLECTION_NAME
 T = TypeVar("T")
 Upload = Path | str | tuple[str, bytes]
 
-# What one request to the API may hold: 10,000 texts or ids (api/schemas.py ``TextsCreate``,
+# What one request to the API may hold: 10,000 texts or ids (schemas.py ``TextsCreate``,
 # ``TextIds``) in a JSON body of at most the server's RAGSTORE_MAX_REQUEST_BYTES (1 MiB by
 # default, config.py ``max_request_bytes``). The clients send a longer list in several
 # requests within both (the Store batches too); a server set to a lower byte limit answers

@@ -22,17 +22,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from ragstore.api.schemas import (
-    CollectionPublic,
-    DocumentPublic,
-    FieldIndexPublic,
-    FieldsPublic,
-    HitPublic,
-    IndexedFieldPublic,
-    SearchResponse,
-    TextPublic,
-    TextsAdded,
-)
 from ragstore.config import Settings
 from ragstore.db import catalog, documents, field_indexes, repository, texts
 from ragstore.db.errors import translated
@@ -48,6 +37,17 @@ from ragstore.errors import (
 from ragstore.ingest import texts as text_service
 from ragstore.profiles import check_profile, get_settings, settings_with
 from ragstore.runtime import Runtime
+from ragstore.schemas import (
+    CollectionPublic,
+    DocumentPublic,
+    FieldIndexPublic,
+    FieldsPublic,
+    HitPublic,
+    IndexedFieldPublic,
+    SearchResponse,
+    TextPublic,
+    TextsAdded,
+)
 from ragstore.validation import (
     a_type,
     check_value,
@@ -403,7 +403,6 @@ class Store:
         """Ingest text as document ``name`` (its suffix picks the parser: ``notes.md``),
         creating the collection when missing; re-adding unchanged text is ``unchanged``.
         ``background`` exists for parity with the clients; in-process it runs now."""
-        import ragstore.jobs  # noqa: F401  (first: ingest.documents <-> jobs import cycle)
         from ragstore.ingest.documents import NewDocument, add_documents
         from ragstore.ingest.service import created_for_this_write
         from ragstore.uploads import names, staging
@@ -519,7 +518,7 @@ class Store:
 
         ``source`` keeps the one document of that exact source: an absolute path as
         stored, a relative one an upload's name (as the HTTP route reads it)."""
-        from ragstore.api.deps import decode_cursor, encode_cursor, split_page
+        from ragstore.paging import decode_cursor, encode_cursor, split_page
         from ragstore.uploads import names
 
         page_limit(limit)

@@ -145,7 +145,7 @@ def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Documents in id order, a page at a time (`--after LAST_ID` for the next page)."""
-    from ragstore.api.deps import encode_cursor
+    from ragstore.paging import encode_cursor
 
     settings, client = _settings_and_client()
     name = collection or settings.collection
